@@ -1,0 +1,1 @@
+"""ROS-free core: model, losses, data, metrics, checkpoints and the inference engine."""

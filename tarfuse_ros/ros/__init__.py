@@ -1,0 +1,1 @@
+"""ROS 2 layer: message conversions and the fusion node."""

@@ -1,0 +1,1 @@
+"""Command-line tools: training, evaluation, bags and the demo."""
