@@ -1,0 +1,52 @@
+"""ament_python set-up for tarfuse_ros."""
+
+from glob import glob
+import os
+
+from setuptools import find_packages, setup
+
+PACKAGE = 'tarfuse_ros'
+
+
+def share(folder, pattern='*'):
+    """Install ``folder/pattern`` files under ``share/tarfuse_ros/folder``."""
+    files = [path for path in glob(os.path.join(folder, pattern)) if os.path.isfile(path)]
+    return (os.path.join('share', PACKAGE, folder), files)
+
+
+setup(
+    name=PACKAGE,
+    version='0.1.0',
+    packages=find_packages(exclude=['test', 'test.*']),
+    data_files=[
+        ('share/ament_index/resource_index/packages', ['resource/' + PACKAGE]),
+        ('share/' + PACKAGE, ['package.xml']),
+        share('launch', '*.launch.py'),
+        share('config', '*.yaml'),
+        share('config', '*.xml'),
+        share('models', '*.safetensors'),
+        share('models', '*.md'),
+        share('rviz', '*.rviz'),
+        share('samples/ir'),
+        share('samples/vi'),
+        share('samples/labels'),
+        share('samples', '*.*'),
+    ],
+    install_requires=['setuptools'],
+    zip_safe=True,
+    maintainer='tarfuse_ros developers',
+    maintainer_email='tarfuse@example.com',
+    description='Target-aware fusion of unregistered infrared and visible images for ROS 2.',
+    license='Apache-2.0',
+    tests_require=['pytest'],
+    entry_points={
+        'console_scripts': [
+            'fuse_node = tarfuse_ros.ros.node:main',
+            'tarfuse-train = tarfuse_ros.tools.train:main',
+            'tarfuse-eval = tarfuse_ros.tools.evaluate:main',
+            'tarfuse-make-bag = tarfuse_ros.tools.make_bag:main',
+            'tarfuse-play = tarfuse_ros.tools.play_bag:main',
+            'tarfuse-demo = tarfuse_ros.tools.demo:main',
+        ],
+    },
+)
