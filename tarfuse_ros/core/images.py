@@ -1,0 +1,280 @@
+"""Image conventions of the core: normalisation to [0, 1], colour handling, padding.
+
+Every image the network sees is float32 in [0, 1]. This module turns whatever a camera or a file
+gives (uint8, uint16, float; grey or BGR colour) into that, and back.
+
+Normalisation rules (:func:`to_unit_gray`, :func:`to_unit_visible`):
+
+- ``uint8``: divided by 255.
+- ``uint16`` (thermal ``mono16``): a robust per-frame range. With ``norm='percentile'`` (default)
+  the ``low`` and ``high`` percentiles of the frame (nearest rank, 0.5 and 99.5 by default) map to
+  0 and 1, values outside are clipped, so a few hot or dead pixels do not squash the contrast.
+  ``norm='minmax'`` uses the frame's minimum and maximum, ``norm='fixed'`` divides by 65535.
+  A flat frame (range 0) maps to zeros.
+- float (``float16``, ``float32``, ``float64``): if the maximum is at most 1 the image is taken
+  to be in [0, 1] already (negatives clipped to 0); else if it is at most 255 it is taken to be
+  on the 8-bit scale and divided by 255; else (e.g. ``32FC1`` temperatures) it is normalised per
+  frame as a ``uint16`` frame would be. NaN or infinite values raise ``ValueError``.
+- Other dtypes (signed integers, bool, ...) raise ``ValueError``.
+
+Colour: a visible ``HxWx3`` image is BGR (OpenCV order; ``HxWx4`` BGRA drops alpha). The network
+fuses its luma: :func:`bgr_to_ycrcb` gives Y, Cr, Cb (OpenCV's BT.601 definition, chroma
+centred on 0.5) and :func:`ycrcb_to_bgr` puts the visible Cr/Cb back around the fused Y.
+
+Padding: the network needs sizes that are multiples of 32. :func:`pad_to_multiple` pads at the
+bottom and right only (so pixel coordinates of the original image are unchanged, no box offset
+needed) with replicated border pixels by default: zeros would add a dark edge the fusion and
+detection heads would react to. ``'reflect'`` mirrors instead (it needs the pad to be smaller
+than the image), ``'constant'`` fills zeros. :func:`unpad` crops back.
+"""
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    'IR_NORMS',
+    'PAD_MODES',
+    'bgr_to_ycrcb',
+    'pad_to_multiple',
+    'resize_image',
+    'to_uint8',
+    'to_unit_gray',
+    'to_unit_visible',
+    'unpad',
+    'ycrcb_to_bgr',
+]
+
+IR_NORMS = ('percentile', 'minmax', 'fixed')
+PAD_MODES = ('replicate', 'reflect', 'constant')
+
+_FLOAT_DTYPES = (np.float16, np.float32, np.float64)
+
+
+def _check_array(img, name):
+    if not isinstance(img, np.ndarray):
+        raise ValueError(f'{name} must be a numpy array, got {type(img).__name__}')
+    if img.size == 0:
+        raise ValueError(f'{name} is empty (shape {img.shape})')
+    if img.ndim not in (2, 3):
+        raise ValueError(f'{name} must be HxW or HxWxC, got shape {img.shape}')
+    if img.ndim == 3 and img.shape[2] not in (1, 3, 4):
+        raise ValueError(
+            f'{name} must have 1, 3 (BGR) or 4 (BGRA) channels, got shape {img.shape}')
+    if img.dtype != np.uint8 and img.dtype != np.uint16 and img.dtype not in _FLOAT_DTYPES:
+        raise ValueError(
+            f'{name} has dtype {img.dtype}; expected uint8, uint16, float16, float32 or float64')
+    if img.dtype in _FLOAT_DTYPES:
+        finite = np.isfinite(img)
+        if not finite.all():
+            nan = int(np.isnan(img).sum())
+            inf = int(img.size - finite.sum()) - nan
+            raise ValueError(
+                f'{name} (shape {img.shape}, dtype {img.dtype}) contains {nan} NaN and '
+                f'{inf} infinite values; replace them before inference')
+
+
+def _check_percentiles(low, high):
+    if not (0.0 <= low < high <= 100.0):
+        raise ValueError(f'percentiles must satisfy 0 <= low < high <= 100, got {low}, {high}')
+
+
+def _robust_range(img, norm, low, high):
+    """Return (lo, hi) of ``img`` (any shape) under ``norm``."""
+    if norm == 'minmax':
+        return float(img.min()), float(img.max())
+    if img.dtype == np.uint16:
+        # Nearest-rank percentiles from a histogram: O(N), much faster than np.percentile.
+        counts = np.bincount(img.ravel(), minlength=65536)
+        cdf = np.cumsum(counts)
+        n = cdf[-1]
+        lo = int(np.searchsorted(cdf, max(1, int(np.ceil(low / 100.0 * n)))))
+        hi = int(np.searchsorted(cdf, max(1, int(np.ceil(high / 100.0 * n)))))
+        return float(lo), float(hi)
+    lo, hi = np.percentile(img, [low, high])
+    return float(lo), float(hi)
+
+
+def _to_unit(img, norm, low, high, name):
+    """Return ``img`` (checked) as float32 in [0, 1], channels untouched."""
+    if norm not in IR_NORMS:
+        raise ValueError(f'norm must be one of {IR_NORMS}, got {norm!r}')
+    _check_percentiles(low, high)
+    if img.dtype == np.uint8:
+        return img.astype(np.float32) * np.float32(1.0 / 255.0)
+    if img.dtype in _FLOAT_DTYPES:
+        peak = float(img.max())
+        if peak <= 1.0:
+            return np.clip(img.astype(np.float32), 0.0, 1.0)
+        if peak <= 255.0:
+            return np.clip(img.astype(np.float32) * np.float32(1.0 / 255.0), 0.0, 1.0)
+        if norm == 'fixed':
+            raise ValueError(
+                f'{name}: norm="fixed" is undefined for float images above 255 '
+                f'(max {peak:g}); use "percentile" or "minmax"')
+    elif norm == 'fixed':  # uint16
+        return img.astype(np.float32) * np.float32(1.0 / 65535.0)
+    lo, hi = _robust_range(img, norm, low, high)
+    if hi <= lo:
+        return np.zeros(img.shape, np.float32)
+    out = (img.astype(np.float32) - np.float32(lo)) * np.float32(1.0 / (hi - lo))
+    return np.clip(out, 0.0, 1.0, out=out)
+
+
+def to_unit_gray(img, ir_norm='percentile', low=0.5, high=99.5, name='image'):
+    """Normalise a grey image (typically thermal) to float32 in [0, 1].
+
+    Args:
+        img: ``HxW`` or ``HxWx1`` array, uint8, uint16 or float (see the module docstring for
+            the rules). ``HxWx3``/``HxWx4`` (BGR/BGRA) is accepted and reduced to its luma.
+        ir_norm: ``'percentile'``, ``'minmax'`` or ``'fixed'``: how uint16 (and float frames
+            above 255) are scaled.
+        low, high: percentiles (0-100) mapped to 0 and 1 with ``'percentile'``.
+        name: what to call the image in error messages.
+
+    Returns:
+        float32 array ``HxW`` in [0, 1].
+
+    Raises:
+        ValueError: empty, wrong number of dimensions or channels, unsupported dtype, NaN/inf.
+
+    """
+    _check_array(img, name)
+    if img.ndim == 3 and img.shape[2] == 1:
+        img = img[:, :, 0]
+    unit = _to_unit(img, ir_norm, low, high, name)
+    if unit.ndim == 3:
+        unit = bgr_to_ycrcb(unit[:, :, :3])[:, :, 0]
+    return np.ascontiguousarray(unit, dtype=np.float32)
+
+
+def to_unit_visible(img, norm='percentile', low=0.5, high=99.5, name='visible image'):
+    """Normalise a visible image and split it into the luma to fuse and the chroma to restore.
+
+    Args:
+        img: ``HxW``/``HxWx1`` grey or ``HxWx3`` BGR (``HxWx4`` BGRA: alpha dropped), uint8,
+            uint16 or float (rules in the module docstring; a colour frame is scaled jointly
+            over its channels).
+        norm, low, high: as ``ir_norm``, ``low``, ``high`` of :func:`to_unit_gray`.
+        name: what to call the image in error messages.
+
+    Returns:
+        ``(y, crcb)``: ``y`` float32 ``HxW`` in [0, 1]; ``crcb`` float32 ``HxWx2`` (Cr, Cb in
+        [0, 1]) for a colour image, ``None`` for a grey one.
+
+    """
+    _check_array(img, name)
+    if img.ndim == 3 and img.shape[2] == 1:
+        img = img[:, :, 0]
+    if img.ndim == 3:
+        img = img[:, :, :3]
+    unit = _to_unit(img, norm, low, high, name)
+    if unit.ndim == 2:
+        return np.ascontiguousarray(unit), None
+    ycrcb = bgr_to_ycrcb(unit)
+    return np.ascontiguousarray(ycrcb[:, :, 0]), np.ascontiguousarray(ycrcb[:, :, 1:])
+
+
+def _check_three_channels(img, name):
+    if not isinstance(img, np.ndarray) or img.ndim != 3 or img.shape[2] != 3:
+        shape = getattr(img, 'shape', None)
+        raise ValueError(f'{name} must be an HxWx3 numpy array, got shape {shape}')
+
+
+def bgr_to_ycrcb(bgr):
+    """Convert a float BGR image in [0, 1] to Y, Cr, Cb (BT.601 as in OpenCV, chroma at 0.5).
+
+    Args:
+        bgr: ``HxWx3`` float array in [0, 1], channels B, G, R.
+
+    Returns:
+        float32 ``HxWx3``: Y, Cr, Cb, each in [0, 1].
+
+    """
+    _check_three_channels(bgr, 'bgr')
+    return cv2.cvtColor(np.ascontiguousarray(bgr, dtype=np.float32), cv2.COLOR_BGR2YCrCb)
+
+
+def ycrcb_to_bgr(ycrcb):
+    """Convert a float Y, Cr, Cb image back to BGR, clipped to [0, 1].
+
+    Args:
+        ycrcb: ``HxWx3`` float array, channels Y, Cr, Cb in [0, 1] (as :func:`bgr_to_ycrcb`).
+
+    Returns:
+        float32 ``HxWx3`` BGR in [0, 1].
+
+    """
+    _check_three_channels(ycrcb, 'ycrcb')
+    bgr = cv2.cvtColor(np.ascontiguousarray(ycrcb, dtype=np.float32), cv2.COLOR_YCrCb2BGR)
+    return np.clip(bgr, 0.0, 1.0, out=bgr)
+
+
+def to_uint8(unit):
+    """Map a float image (numpy or tensor) in [0, 1] to uint8 (rounded, clipped), same type."""
+    if isinstance(unit, torch.Tensor):
+        return (unit * 255.0).round_().clamp_(0, 255).to(torch.uint8)
+    out = np.clip(np.rint(np.asarray(unit, dtype=np.float32) * 255.0), 0, 255)
+    return out.astype(np.uint8)
+
+
+def resize_image(img, height, width):
+    """Resize an ``HxW[xC]`` array to ``height x width``.
+
+    Uses ``INTER_AREA`` when the image shrinks in both directions (no aliasing) and
+    ``INTER_LINEAR`` otherwise. A same-size image is returned unchanged.
+    """
+    if img.shape[0] == height and img.shape[1] == width:
+        return img
+    if height < 1 or width < 1:
+        raise ValueError(f'cannot resize to {height}x{width}')
+    shrink = height <= img.shape[0] and width <= img.shape[1]
+    interp = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
+    return cv2.resize(img, (int(width), int(height)), interpolation=interp)
+
+
+def pad_to_multiple(t, multiple=32, mode='replicate'):
+    """Pad a tensor at the bottom and right so that H and W are multiples of ``multiple``.
+
+    Args:
+        t: ``(B, C, H, W)`` tensor.
+        multiple: the size multiple (32 for the network).
+        mode: ``'replicate'`` (default), ``'reflect'`` or ``'constant'`` (zeros).
+
+    Returns:
+        ``(padded, (pad_h, pad_w))`` with ``padded`` of shape ``(B, C, H + pad_h, W + pad_w)``.
+        Pixel ``(y, x)`` of ``t`` is pixel ``(y, x)`` of ``padded``.
+
+    Raises:
+        ValueError: ``t`` not 4-D or empty, bad ``mode``, or ``'reflect'`` with a pad not
+            smaller than the image.
+
+    """
+    if not isinstance(t, torch.Tensor) or t.ndim != 4:
+        raise ValueError(f'expected a (B, C, H, W) tensor, got shape {getattr(t, "shape", None)}')
+    if mode not in PAD_MODES:
+        raise ValueError(f'mode must be one of {PAD_MODES}, got {mode!r}')
+    if multiple < 1:
+        raise ValueError(f'multiple must be >= 1, got {multiple}')
+    height, width = t.shape[-2:]
+    if height == 0 or width == 0:
+        raise ValueError(f'cannot pad an empty image of shape {tuple(t.shape)}')
+    pad_h = (-height) % multiple
+    pad_w = (-width) % multiple
+    if pad_h == 0 and pad_w == 0:
+        return t, (0, 0)
+    if mode == 'reflect' and (pad_h >= height or pad_w >= width):
+        raise ValueError(
+            f'reflect padding of {height}x{width} by ({pad_h}, {pad_w}) needs pads smaller than '
+            f'the image; use mode="replicate"')
+    if mode == 'constant':
+        return F.pad(t, (0, pad_w, 0, pad_h), mode='constant', value=0.0), (pad_h, pad_w)
+    return F.pad(t, (0, pad_w, 0, pad_h), mode=mode), (pad_h, pad_w)
+
+
+def unpad(t, height, width):
+    """Crop a padded ``(..., H', W')`` tensor back to its top-left ``height x width``."""
+    if t.shape[-2] < height or t.shape[-1] < width:
+        raise ValueError(f'cannot crop shape {tuple(t.shape)} to {height}x{width}')
+    return t[..., :height, :width]

@@ -1,0 +1,175 @@
+"""Tests of the image conventions: normalisation, colour round trip, padding."""
+
+import cv2
+import numpy as np
+import pytest
+from tarfuse_ros.core import images
+from tarfuse_ros.core.paths import shared_datasets_dir
+import torch
+
+
+def _roadscene_pair():
+    datasets = shared_datasets_dir()
+    if datasets is None:
+        pytest.skip('shared datasets not found (set TARFUSE_SHARED or put shared/ '
+                    'beside the clone)')
+    root = datasets / 'roadscene'
+    stem = (root / 'test.txt').read_text().split()[0]
+    ir = cv2.imread(str(root / 'ir' / f'{stem}.jpg'), cv2.IMREAD_GRAYSCALE)
+    vi = cv2.imread(str(root / 'vi' / f'{stem}.jpg'), cv2.IMREAD_COLOR)
+    assert ir is not None and vi is not None, stem
+    return ir, vi
+
+
+def test_uint8_divides_by_255():
+    img = np.array([[0, 51, 255]], np.uint8)
+    out = images.to_unit_gray(img)
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, [[0.0, 0.2, 1.0]], atol=1e-7)
+
+
+def test_uint8_hxwx1_same_as_hxw():
+    img = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    np.testing.assert_array_equal(images.to_unit_gray(img[:, :, None]), images.to_unit_gray(img))
+
+
+def test_uint16_percentile_ignores_hot_pixels():
+    rng = np.random.default_rng(0)
+    img = rng.integers(20000, 21000, size=(60, 80)).astype(np.uint16)
+    img[0, 0] = 65535  # one hot pixel
+    img[1, 1] = 0  # one dead pixel
+    out = images.to_unit_gray(img, ir_norm='percentile', low=0.5, high=99.5)
+    lo, hi = np.percentile(img, [0.5, 99.5])
+    expected = np.clip((img.astype(np.float64) - lo) / (hi - lo), 0, 1)
+    # Nearest-rank percentiles differ from numpy's interpolated ones by at most a grey level.
+    assert np.abs(out - expected).max() < 3.0 / (hi - lo)
+    assert out.min() == 0.0 and out.max() == 1.0
+    # The bulk of the frame keeps its contrast, unlike a plain min-max stretch.
+    assert out[2:, 2:].std() > 0.25
+    assert images.to_unit_gray(img, ir_norm='minmax')[2:, 2:].std() < 0.01
+
+
+def test_uint16_minmax_and_fixed():
+    img = np.array([[1000, 3000], [2000, 1000]], np.uint16)
+    np.testing.assert_allclose(images.to_unit_gray(img, ir_norm='minmax'),
+                               [[0.0, 1.0], [0.5, 0.0]], atol=1e-6)
+    np.testing.assert_allclose(images.to_unit_gray(img, ir_norm='fixed'), img / 65535.0,
+                               atol=1e-6)
+
+
+def test_uint16_flat_frame_is_zero():
+    out = images.to_unit_gray(np.full((4, 5), 1234, np.uint16))
+    assert out.shape == (4, 5) and not out.any()
+
+
+@pytest.mark.parametrize('dtype', [np.float32, np.float64])
+def test_float_scales(dtype):
+    unit = np.array([[0.0, 0.5, 1.0]], dtype)
+    np.testing.assert_allclose(images.to_unit_gray(unit), unit, atol=1e-7)
+    eight_bit = np.array([[0.0, 127.5, 255.0]], dtype)
+    np.testing.assert_allclose(images.to_unit_gray(eight_bit), [[0.0, 0.5, 1.0]], atol=1e-6)
+    kelvin = np.array([[290.0, 300.0, 310.0]], dtype)
+    np.testing.assert_allclose(images.to_unit_gray(kelvin, ir_norm='minmax'),
+                               [[0.0, 0.5, 1.0]], atol=1e-6)
+
+
+@pytest.mark.parametrize('bad, match', [
+    (np.zeros((0, 5), np.uint8), 'empty'),
+    (np.zeros((2, 3, 4, 1), np.uint8), 'shape'),
+    (np.zeros((2, 3, 2), np.uint8), 'channels'),
+    (np.zeros((2, 3), np.int32), 'int32'),
+    (np.zeros((2, 3), bool), 'bool'),
+    (np.array([[0.1, np.nan]], np.float32), 'NaN'),
+    (np.array([[0.1, np.inf]], np.float64), 'infinite'),
+])
+def test_bad_inputs_raise(bad, match):
+    with pytest.raises(ValueError, match=match):
+        images.to_unit_gray(bad)
+    with pytest.raises(ValueError, match=match):
+        images.to_unit_visible(bad)
+
+
+def test_bad_norm_and_percentiles_raise():
+    img = np.zeros((2, 2), np.uint16)
+    with pytest.raises(ValueError, match='norm'):
+        images.to_unit_gray(img, ir_norm='log')
+    with pytest.raises(ValueError, match='percentiles'):
+        images.to_unit_gray(img, low=60, high=40)
+
+
+def test_visible_grey_has_no_chroma():
+    img = np.full((6, 7), 128, np.uint8)
+    y, crcb = images.to_unit_visible(img)
+    assert crcb is None and y.shape == (6, 7)
+
+
+def test_colour_round_trip_on_real_image():
+    _, vi = _roadscene_pair()
+    y, crcb = images.to_unit_visible(vi)
+    assert y.shape == vi.shape[:2] and crcb.shape == vi.shape[:2] + (2,)
+    # Luma is OpenCV's grey conversion.
+    grey = cv2.cvtColor(vi, cv2.COLOR_BGR2GRAY)
+    assert np.abs(y * 255.0 - grey).max() <= 1.0
+    back = images.to_uint8(images.ycrcb_to_bgr(np.dstack([y, crcb])))
+    assert np.abs(back.astype(int) - vi.astype(int)).max() <= 1
+
+
+def test_bgra_drops_alpha():
+    bgr = np.random.default_rng(1).integers(0, 256, size=(5, 6, 3)).astype(np.uint8)
+    bgra = np.dstack([bgr, np.full((5, 6), 7, np.uint8)])
+    y1, c1 = images.to_unit_visible(bgr)
+    y2, c2 = images.to_unit_visible(bgra)
+    np.testing.assert_array_equal(y1, y2)
+    np.testing.assert_array_equal(c1, c2)
+
+
+def test_colour_ir_reduced_to_luma():
+    bgr = np.random.default_rng(2).integers(0, 256, size=(5, 6, 3)).astype(np.uint8)
+    y, _ = images.to_unit_visible(bgr)
+    np.testing.assert_allclose(images.to_unit_gray(bgr), y)
+
+
+@pytest.mark.parametrize('mode', images.PAD_MODES)
+def test_pad_bottom_right_keeps_pixels(mode):
+    t = torch.rand(2, 1, 37, 50)
+    padded, (pad_h, pad_w) = images.pad_to_multiple(t, 32, mode)
+    assert padded.shape == (2, 1, 64, 64) and (pad_h, pad_w) == (27, 14)
+    torch.testing.assert_close(images.unpad(padded, 37, 50), t, rtol=0, atol=0)
+    if mode == 'replicate':
+        torch.testing.assert_close(padded[..., 63, :50], t[..., 36, :])
+        torch.testing.assert_close(padded[..., :37, 63], t[..., :, 49])
+    elif mode == 'constant':
+        assert not padded[..., 37:, :].any()
+    else:
+        torch.testing.assert_close(padded[..., 37, :50], t[..., 35, :])
+
+
+def test_pad_no_op_and_errors():
+    t = torch.rand(1, 1, 64, 32)
+    padded, pads = images.pad_to_multiple(t)
+    assert padded is t and pads == (0, 0)
+    with pytest.raises(ValueError, match='reflect'):
+        images.pad_to_multiple(torch.rand(1, 1, 8, 8), 32, 'reflect')
+    with pytest.raises(ValueError, match='shape'):
+        images.pad_to_multiple(torch.rand(8, 8))
+    with pytest.raises(ValueError, match='mode'):
+        images.pad_to_multiple(t, 32, 'wrap')
+
+
+def test_resize_picks_interpolation():
+    img = np.zeros((8, 8), np.float32)
+    img[::2, ::2] = 1.0  # a fine checkerboard: AREA averages it, LINEAR would alias
+    small = images.resize_image(img, 4, 4)
+    np.testing.assert_allclose(small, 0.25, atol=1e-6)
+    big = images.resize_image(img, 16, 12)
+    assert big.shape == (16, 12)
+    assert images.resize_image(img, 8, 8) is img
+
+
+def test_to_uint8_numpy_and_tensor():
+    values = np.array([[-0.1, 0.0, 0.5, 1.0, 1.2]], np.float32)
+    expected = [[0, 0, 128, 255, 255]]
+    np.testing.assert_array_equal(images.to_uint8(values), expected)
+    out = images.to_uint8(torch.from_numpy(values))
+    assert out.dtype == torch.uint8
+    np.testing.assert_array_equal(out.numpy(), expected)
