@@ -73,7 +73,8 @@ def warp(image, flow_px, mode='bilinear', padding_mode='zeros'):
             f'{tuple(image.shape[2:])}; resize the flow with resize_flow first')
     if flow_px.shape[0] not in (1, image.shape[0]):
         raise ValueError(
-            f'flow_px batch {flow_px.shape[0]} does not match image batch {image.shape[0]}')
+            f'flow_px batch does not match image batch: flow_px {tuple(flow_px.shape)}, '
+            f'image {tuple(image.shape)}')
     if mode not in _MODES:
         raise ValueError(f'mode must be one of {_MODES}, got {mode!r}')
     if padding_mode not in _PADDING:
