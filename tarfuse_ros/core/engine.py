@@ -1,0 +1,460 @@
+"""Inference engine: numpy IR + visible frames in, fused image, registration and detections out.
+
+The engine is the only place (with the tools) that binds the network to a device. One call of
+:meth:`FusionEngine.infer`:
+
+1. preprocess (CPU, numpy): the visible image is normalised and split into its luma (fused) and
+   chroma (restored afterwards, colour input only); the IR image is normalised (``uint16``:
+   robust per-frame range, see :mod:`tarfuse_ros.core.images`) and resized to the visible frame
+   when the sizes differ (``INTER_AREA`` when shrinking, ``INTER_LINEAR`` otherwise); both are
+   padded at the bottom/right to multiples of 32 (replicated borders);
+2. model: ``TarFuse.predict_raw`` on the device (CPU: ``torch.inference_mode``; CUDA: optional
+   fp16 autocast and CUDA-graph replay per input size);
+3. postprocess: outputs are cropped back to the visible frame; detections go through ultralytics'
+   NMS, and since padding only adds pixels at the bottom/right, NMS boxes are already in visible
+   image pixels: they are only clipped to the image (boxes left with no area are dropped).
+
+Outputs are in the visible frame: ``fused`` (uint8, grey, or BGR with the visible chroma when the
+visible input is colour), ``registered_ir`` (uint8), ``flow_px`` (float32 HxWx2, dx then dy, in
+pixels of the visible frame; ``registered_ir(p) = ir_resized(p + flow_px(p))``).
+
+Device notes: ``half=True`` only applies on CUDA (autocast to float16, grid sampling stays in
+float32); on CPU it is ignored with a warning, because fp16 convolutions on CPU are slower than
+fp32. ``threads`` sets ``torch.set_num_threads`` (a process-wide setting).
+``cuda_graph``: ``'off'``, ``'on'`` (capture a graph for every new input size at its first use;
+capture errors raise) or ``'auto'`` (capture when a size is seen a second time, fall back to eager
+execution with a warning if capture fails); ignored on CPU.
+"""
+
+from dataclasses import dataclass, field
+import logging
+import math
+from pathlib import Path
+import threading
+import time
+
+import numpy as np
+from tarfuse_ros.core import images
+from tarfuse_ros.core.checkpoint import CheckpointError, load_checkpoint
+import torch
+
+__all__ = ['Detection', 'FusionEngine', 'FusionResult', 'resolve_device']
+
+_LOG = logging.getLogger(__name__)
+
+CUDA_GRAPH_MODES = ('auto', 'on', 'off')
+_MAX_GRAPHS = 8  # captured sizes kept per engine; each holds its own activation memory
+
+
+@dataclass
+class Detection:
+    """One detected object, in pixels of the original visible image (x right, y down)."""
+
+    x1: float
+    y1: float
+    x2: float
+    y2: float
+    score: float
+    class_id: int
+    class_name: str
+
+
+@dataclass
+class FusionResult:
+    """Everything the engine returns for one IR/visible pair (all in the visible frame).
+
+    ``fused``: uint8 ``HxW`` (grey visible) or ``HxWx3`` BGR (colour visible).
+    ``registered_ir``: uint8 ``HxW``, the IR warped onto the visible frame.
+    ``flow_px``: float32 ``HxWx2``, the predicted field (dx, dy) in pixels.
+    ``detections``: list of :class:`Detection`.
+    ``timings_ms``: ``preprocess``, ``model``, ``postprocess``, ``total`` in milliseconds (for a
+    batch, the batch's times divided by the number of pairs in it).
+    """
+
+    fused: np.ndarray
+    registered_ir: np.ndarray
+    flow_px: np.ndarray
+    detections: list = field(default_factory=list)
+    timings_ms: dict = field(default_factory=dict)
+
+
+def resolve_device(device, allow_cpu_fallback=False):
+    """Parse ``'cpu'``, ``'cuda'`` or ``'cuda:N'`` into a :class:`torch.device`.
+
+    Raises:
+        ValueError: any other string.
+        RuntimeError: CUDA asked for but unavailable (or no such GPU index), unless
+            ``allow_cpu_fallback`` is true, in which case a warning is logged and CPU is used.
+
+    """
+    text = str(device).strip().lower()
+    valid = text == 'cpu' or text == 'cuda' or (
+        text.startswith('cuda:') and text[5:].isdigit())
+    if not valid:
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    if text == 'cpu':
+        return torch.device('cpu')
+    index = int(text[5:]) if ':' in text else 0
+    if not torch.cuda.is_available():
+        problem = (f'device {device!r} was requested but CUDA is not available '
+                   f'(torch {torch.__version__}, CUDA build {torch.version.cuda})')
+    elif index >= torch.cuda.device_count():
+        problem = (f'device {device!r} was requested but only {torch.cuda.device_count()} '
+                   f'CUDA device(s) exist')
+    else:
+        return torch.device('cuda', index)
+    if allow_cpu_fallback:
+        _LOG.warning('%s; falling back to the CPU', problem)
+        return torch.device('cpu')
+    raise RuntimeError(problem + "; use device='cpu' or allow the CPU fallback")
+
+
+def _validate_thresholds(conf, iou, max_det, classes, num_classes):
+    if isinstance(conf, bool) or not isinstance(conf, (int, float)) or not 0.0 <= conf <= 1.0:
+        raise ValueError(f'conf_threshold must be a number in [0, 1], got {conf!r}')
+    if isinstance(iou, bool) or not isinstance(iou, (int, float)) or not 0.0 <= iou <= 1.0:
+        raise ValueError(f'iou_threshold must be a number in [0, 1], got {iou!r}')
+    if isinstance(max_det, bool) or not isinstance(max_det, (int, np.integer)) or max_det < 1:
+        raise ValueError(f'max_detections must be an integer >= 1, got {max_det!r}')
+    if classes is None:
+        return float(conf), float(iou), int(max_det), None
+    try:
+        ids = tuple(classes)
+    except TypeError:
+        raise ValueError(f'classes must be None or a sequence of class ids, got {classes!r}')
+    for cid in ids:
+        if isinstance(cid, bool) or not isinstance(cid, (int, np.integer)) or not (
+                0 <= cid < num_classes):
+            raise ValueError(
+                f'classes must hold integer ids in [0, {num_classes}), got {classes!r}')
+    # An empty list means no filter (ROS parameters cannot express None).
+    return float(conf), float(iou), int(max_det), (tuple(int(c) for c in ids) or None)
+
+
+class _GraphRunner:
+    """One captured CUDA graph of ``predict_raw`` for a fixed input shape.
+
+    Inputs are copied into static buffers and the graph is replayed; the returned tensors are
+    the graph's static outputs, overwritten by the next replay (the engine's lock serialises
+    calls and postprocessing copies them out first).
+    """
+
+    def __init__(self, forward, model, shape, device):
+        self.static_ir = torch.zeros(shape, device=device)
+        self.static_vi = torch.zeros(shape, device=device)
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            for _ in range(3):  # warm-up: cuDNN autotuning and lazy caches happen outside capture
+                forward(self.static_ir, self.static_vi)
+        torch.cuda.current_stream(device).wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.static_out = forward(self.static_ir, self.static_vi)
+        # Tensors cached on modules during capture (e.g. the Detect head's anchors) are read by
+        # the graph at fixed addresses: keep them alive even if a later size replaces them.
+        self.keep_alive = [value for module in model.modules()
+                           for value in vars(module).values() if isinstance(value, torch.Tensor)]
+
+    def __call__(self, ir, vi):
+        self.static_ir.copy_(ir)
+        self.static_vi.copy_(vi)
+        self.graph.replay()
+        return self.static_out
+
+
+class FusionEngine:
+    """Run a TarFuse checkpoint on numpy IR/visible pairs.
+
+    Args:
+        weights: path of a ``.safetensors`` checkpoint (``None``: the shipped default weights).
+        device: ``'cpu'``, ``'cuda'`` or ``'cuda:N'``.
+        half: fp16 autocast on CUDA; ignored with a warning on CPU.
+        cuda_graph: ``'auto'``, ``'on'`` or ``'off'`` (see the module docstring).
+        threads: ``torch.set_num_threads`` value (None: leave torch's setting).
+        conf_threshold, iou_threshold, max_detections, classes: NMS settings (see
+            :meth:`set_thresholds`).
+        allow_cpu_fallback: use the CPU with a warning when CUDA is asked for but absent.
+        ir_norm, ir_low, ir_high: how ``uint16``/float thermal frames are normalised
+            (:func:`tarfuse_ros.core.images.to_unit_gray`).
+        pad_mode: ``'replicate'`` (default), ``'reflect'`` or ``'constant'``.
+
+    Raises:
+        CheckpointError: missing or invalid weights.
+        RuntimeError: CUDA unavailable (without ``allow_cpu_fallback``).
+        ValueError: bad settings.
+
+    """
+
+    def __init__(self, weights=None, device='cpu', half=False, cuda_graph='auto', threads=None,
+                 conf_threshold=0.25, iou_threshold=0.45, max_detections=100, classes=None,
+                 allow_cpu_fallback=False, ir_norm='percentile', ir_low=0.5, ir_high=99.5,
+                 pad_mode='replicate'):
+        if cuda_graph is True or cuda_graph is False:
+            cuda_graph = 'on' if cuda_graph else 'off'
+        if cuda_graph not in CUDA_GRAPH_MODES:
+            raise ValueError(f'cuda_graph must be one of {CUDA_GRAPH_MODES}, got {cuda_graph!r}')
+        if ir_norm not in images.IR_NORMS:
+            raise ValueError(f'ir_norm must be one of {images.IR_NORMS}, got {ir_norm!r}')
+        if not 0.0 <= ir_low < ir_high <= 100.0:
+            raise ValueError(f'need 0 <= ir_low < ir_high <= 100, got {ir_low}, {ir_high}')
+        if pad_mode not in images.PAD_MODES:
+            raise ValueError(f'pad_mode must be one of {images.PAD_MODES}, got {pad_mode!r}')
+        if threads is not None:
+            if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+                raise ValueError(f'threads must be None or an integer >= 1, got {threads!r}')
+            torch.set_num_threads(threads)
+        self._device = resolve_device(device, allow_cpu_fallback)
+        cuda = self._device.type == 'cuda'
+        if half and not cuda:
+            _LOG.warning('half=True is ignored on the CPU (fp16 is only used on CUDA)')
+        self._half = bool(half) and cuda
+        self._graph_mode = cuda_graph if cuda else 'off'
+        if weights is None:
+            from tarfuse_ros.core.paths import default_weights_path
+            weights = default_weights_path()
+        self._weights = Path(weights)
+        if not self._weights.is_file():
+            raise CheckpointError(
+                f'weights file {str(self._weights)!r} does not exist; pass the path of a '
+                f'.safetensors checkpoint (e.g. models/tarfuse_default.safetensors) or train one '
+                f'with tarfuse-train')
+        model = load_checkpoint(self._weights, map_location='cpu')
+        self._model = model.to(self._device).eval()
+        self._ir_norm, self._ir_low, self._ir_high = ir_norm, float(ir_low), float(ir_high)
+        self._pad_mode = pad_mode
+        self._class_names = tuple(str(n) for n in self._model.config.class_names)
+        self._num_classes = int(self._model.config.num_classes)
+        if len(self._class_names) < self._num_classes:  # unnamed classes get their index
+            self._class_names += tuple(
+                str(i) for i in range(len(self._class_names), self._num_classes))
+        self._settings_lock = threading.Lock()
+        self._infer_lock = threading.Lock()
+        self._thresholds = _validate_thresholds(
+            conf_threshold, iou_threshold, max_detections, classes, self._num_classes)
+        self._graphs = {}
+        self._seen_shapes = set()
+        self._graph_failed = set()
+
+    # -- properties -------------------------------------------------------------------------
+    @property
+    def class_names(self):
+        """Class names, index = class id."""
+        return self._class_names
+
+    @property
+    def device(self):
+        """The device the model runs on, as a string (``'cpu'``, ``'cuda:0'``)."""
+        return str(self._device)
+
+    @property
+    def config(self):
+        """The checkpoint's ``TarFuseConfig``."""
+        return self._model.config
+
+    @property
+    def model(self):
+        """The underlying ``TarFuse`` module (eval mode, on :attr:`device`)."""
+        return self._model
+
+    @property
+    def half(self):
+        """Whether fp16 autocast is in effect (CUDA only)."""
+        return self._half
+
+    @property
+    def thresholds(self):
+        """``(conf_threshold, iou_threshold, max_detections, classes)`` now in effect."""
+        with self._settings_lock:
+            return self._thresholds
+
+    def set_thresholds(self, conf_threshold=None, iou_threshold=None, max_detections=None,
+                       classes=None):
+        """Change NMS settings atomically; ``None`` keeps a setting.
+
+        ``classes``: a sequence of class ids to keep; an empty sequence removes the filter.
+        Raises ``ValueError`` (and changes nothing) for a value out of range.
+        """
+        with self._settings_lock:
+            conf, iou, max_det, cls = self._thresholds
+            self._thresholds = _validate_thresholds(
+                conf if conf_threshold is None else conf_threshold,
+                iou if iou_threshold is None else iou_threshold,
+                max_det if max_detections is None else max_detections,
+                cls if classes is None else classes,
+                self._num_classes)
+
+    # -- inference ---------------------------------------------------------------------------
+    def infer(self, ir, vi):
+        """Fuse one pair.
+
+        Args:
+            ir: IR image ``HxW`` or ``HxWx1`` (uint8, uint16 or float; any size).
+            vi: visible image ``HxW`` grey or ``HxWx3`` BGR (uint8, uint16 or float).
+
+        Returns:
+            :class:`FusionResult` in the visible frame.
+
+        """
+        return self.infer_batch([ir], [vi])[0]
+
+    def infer_batch(self, irs, vis):
+        """Fuse several pairs; pairs whose visible frames share a size run as one batch.
+
+        Args:
+            irs: sequence of IR images (as :meth:`infer`).
+            vis: sequence of visible images, same length.
+
+        Returns:
+            list of :class:`FusionResult`, in input order.
+
+        """
+        irs, vis = list(irs), list(vis)
+        if len(irs) != len(vis):
+            raise ValueError(f'got {len(irs)} IR images but {len(vis)} visible images')
+        start = time.perf_counter()
+        prepared = [self._prepare(ir, vi, i) for i, (ir, vi) in enumerate(zip(irs, vis))]
+        prep_ms = (time.perf_counter() - start) * 1e3 / max(1, len(prepared))
+        groups = {}
+        for index, item in enumerate(prepared):
+            groups.setdefault(item[0].shape, []).append(index)
+        results = [None] * len(prepared)
+        for indices in groups.values():
+            t0 = time.perf_counter()
+            ir_t, vi_t, height, width = self._to_tensors([prepared[i] for i in indices])
+            t1 = time.perf_counter()
+            with self._infer_lock:
+                raw = self._run_model(ir_t, vi_t)
+                if self._device.type == 'cuda':
+                    torch.cuda.synchronize(self._device)
+                t2 = time.perf_counter()
+                outputs = self._postprocess(raw, [prepared[i] for i in indices], height, width)
+            t3 = time.perf_counter()
+            n = len(indices)
+            for i, (fused, registered, flow, dets) in zip(indices, outputs):
+                timings = {
+                    'preprocess': prep_ms + (t1 - t0) * 1e3 / n,
+                    'model': (t2 - t1) * 1e3 / n,
+                    'postprocess': (t3 - t2) * 1e3 / n,
+                }
+                timings['total'] = sum(timings.values())
+                results[i] = FusionResult(fused, registered, flow, dets, timings)
+        return results
+
+    __call__ = infer
+
+    def forward_tensors(self, ir, vi):
+        """Run the network alone on prepared tensors, as :meth:`infer` does internally.
+
+        Args:
+            ir, vi: ``(B, 1, H, W)`` float32 tensors in [0, 1] on :attr:`device`, H and W
+                multiples of 32.
+
+        Returns:
+            ``predict_raw``'s dict (``fused``, ``flow``, ``registered_ir``, ``det``), float32.
+            With CUDA graphs these tensors are reused by the next call: copy what you keep.
+
+        """
+        with self._infer_lock:
+            return self._run_model(ir, vi)
+
+    def _prepare(self, ir, vi, index):
+        """Normalise one pair on the CPU: (vi_y HxW, crcb or None, ir HxW in the vi frame)."""
+        suffix = f' #{index}' if index else ''
+        vi_y, crcb = images.to_unit_visible(vi, name='visible image' + suffix)
+        ir_unit = images.to_unit_gray(ir, self._ir_norm, self._ir_low, self._ir_high,
+                                      name='IR image' + suffix)
+        ir_unit = images.resize_image(ir_unit, vi_y.shape[0], vi_y.shape[1])
+        return vi_y, crcb, ir_unit
+
+    def _to_tensors(self, items):
+        """Stack same-size prepared pairs into padded (B, 1, H', W') tensors on the device."""
+        height, width = items[0][0].shape
+        vi = np.stack([item[0] for item in items])[:, None]
+        ir = np.stack([item[2] for item in items])[:, None]
+        non_blocking = self._device.type == 'cuda'
+        vi_t = torch.from_numpy(vi).to(self._device, non_blocking=non_blocking)
+        ir_t = torch.from_numpy(ir).to(self._device, non_blocking=non_blocking)
+        vi_t, _ = images.pad_to_multiple(vi_t, 32, self._pad_mode)
+        ir_t, _ = images.pad_to_multiple(ir_t, 32, self._pad_mode)
+        return ir_t, vi_t, height, width
+
+    def _forward(self, ir_t, vi_t):
+        """``predict_raw`` with fp16 autocast when enabled (also the body of captured graphs)."""
+        if self._half:
+            with torch.autocast('cuda', dtype=torch.float16, cache_enabled=False):
+                out = self._model.predict_raw(ir_t, vi_t)
+            return {key: value.float() for key, value in out.items()
+                    if key in ('fused', 'flow', 'registered_ir', 'det')}
+        return self._model.predict_raw(ir_t, vi_t)
+
+    def _run_model(self, ir_t, vi_t):
+        with torch.inference_mode():
+            runner = self._graph_runner(tuple(ir_t.shape))
+            if runner is not None:
+                return runner(ir_t, vi_t)
+            return self._forward(ir_t, vi_t)
+
+    def _graph_runner(self, shape):
+        """Return the captured graph for ``shape``, capturing it when the mode says so."""
+        if self._graph_mode == 'off' or shape in self._graph_failed:
+            return None
+        runner = self._graphs.get(shape)
+        if runner is not None:
+            return runner
+        if self._graph_mode == 'auto' and shape not in self._seen_shapes:
+            self._seen_shapes.add(shape)
+            return None
+        if len(self._graphs) >= _MAX_GRAPHS:
+            self._graphs.pop(next(iter(self._graphs)))
+        try:
+            runner = _GraphRunner(self._forward, self._model, shape, self._device)
+        except Exception as exc:  # noqa: BLE001 - 'auto' falls back to eager execution
+            if self._graph_mode == 'on':
+                raise RuntimeError(f'CUDA graph capture failed for input {shape}: {exc}') from exc
+            _LOG.warning('CUDA graph capture failed for input %s (%s); running eagerly',
+                         shape, exc)
+            self._graph_failed.add(shape)
+            return None
+        self._graphs[shape] = runner
+        return runner
+
+    def _postprocess(self, raw, items, height, width):
+        """Crop to the visible frame, NMS, convert to numpy: list of (fused, reg, flow, dets)."""
+        from ultralytics.utils.nms import non_max_suppression
+        conf, iou, max_det, classes = self.thresholds
+        fused_y = images.to_uint8(images.unpad(raw['fused'], height, width)[:, 0])
+        registered = images.to_uint8(images.unpad(raw['registered_ir'], height, width)[:, 0])
+        flow = images.unpad(raw['flow'], height, width).permute(0, 2, 3, 1).float()
+        dets = non_max_suppression(raw['det'].float(), conf_thres=conf, iou_thres=iou,
+                                   classes=list(classes) if classes else None, max_det=max_det,
+                                   nc=self._num_classes)
+        fused_y = fused_y.cpu().numpy()
+        registered = registered.cpu().numpy()
+        flow = flow.cpu().numpy()
+        outputs = []
+        for b, (item, det) in enumerate(zip(items, dets)):
+            crcb = item[1]
+            if crcb is None:
+                fused = fused_y[b]
+            else:
+                ycrcb = np.dstack([fused_y[b].astype(np.float32) * np.float32(1 / 255.0), crcb])
+                fused = images.to_uint8(images.ycrcb_to_bgr(ycrcb))
+            outputs.append((fused, registered[b], np.ascontiguousarray(flow[b]),
+                            self._detections(det, height, width)))
+        return outputs
+
+    def _detections(self, det, height, width):
+        """NMS rows (x1, y1, x2, y2, conf, cls) in padded-input px -> clipped Detections."""
+        # Padding is bottom/right only, so network-input pixels are visible-image pixels.
+        rows = det[:, :6].detach().float().cpu().numpy()
+        found = []
+        for x1, y1, x2, y2, score, cls in rows:
+            x1, x2 = min(max(x1, 0.0), width), min(max(x2, 0.0), width)
+            y1, y2 = min(max(y1, 0.0), height), min(max(y2, 0.0), height)
+            if not (x2 > x1 and y2 > y1) or not math.isfinite(score):
+                continue  # entirely inside the padding
+            class_id = int(cls)
+            found.append(Detection(float(x1), float(y1), float(x2), float(y2), float(score),
+                                   class_id, self._class_names[class_id]))
+        return found
