@@ -1,0 +1,458 @@
+"""The fusion node: synchronised IR + visible images in, fused image and detections out.
+
+Data flow::
+
+    infrared/image_raw --+  per-input checks     message_filters           keep-newest slot
+                         +-> (zero stamp, time --> approximate/exact  --> (overwritten pair =
+    visible/image_raw ---+   jump -> reset)        time synchroniser      dropped, counted)
+                                                                                 |
+                                                         one worker thread: FusionEngine.infer
+                                                                                 |
+    fused/image_raw, fused/camera_info, detections, registered/image_raw, debug/image_raw
+    (each with the visible image's header), /diagnostics
+
+Run it with ``ros2 run tarfuse_ros fuse_node --ros-args --params-file config/tarfuse.yaml`` or
+``python -m tarfuse_ros.ros.node --ros-args ...``.  Parameters: ``config/tarfuse.yaml``.
+"""
+
+import functools
+import sys
+import threading
+import time
+
+import cv2
+from diagnostic_msgs.msg import DiagnosticArray
+import message_filters
+import numpy as np
+from rcl_interfaces.msg import SetParametersResult
+import rclpy
+from rclpy.clock import Clock, ClockType
+try:
+    from rclpy.event_handler import SubscriptionEventCallbacks
+except ImportError:  # Humble
+    from rclpy.qos_event import SubscriptionEventCallbacks
+from rclpy.exceptions import ParameterException
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.qos_overriding_options import QoSOverridingOptions
+from sensor_msgs.msg import CameraInfo, Image
+from tarfuse_ros.core.engine import FusionEngine
+from tarfuse_ros.ros.conversions import array_to_image_msg, detections_to_msg
+from tarfuse_ros.ros.conversions import image_msg_to_array
+from tarfuse_ros.ros.diagnostics import build_status, NodeStats, process_rss_mib
+from tarfuse_ros.ros.diagnostics import WarningThrottle
+from tarfuse_ros.ros.params import apply_updates, declare_node_parameters, parameter_updates
+from vision_msgs.msg import Detection2DArray
+
+__all__ = ['StartupError', 'TarFuseNode', 'main']
+
+INFRARED, VISIBLE = 0, 1
+_INPUT_NAMES = ('infrared', 'visible')
+_INPUT_TOPICS = ('infrared/image_raw', 'visible/image_raw')
+_RUNTIME_ENGINE_FIELDS = ('confidence_threshold', 'iou_threshold', 'max_detections', 'classes')
+
+
+class StartupError(RuntimeError):
+    """The node cannot start; the message says what to do."""
+
+
+def _stamp_ns(stamp):
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
+def _class_ids(names, class_names):
+    """Map class names to ids; raise ``ValueError`` listing the known names for unknown ones."""
+    unknown = [n for n in names if n not in class_names]
+    if unknown:
+        raise ValueError(f'unknown class names {unknown}; the model knows {list(class_names)}')
+    return [class_names.index(n) for n in names]
+
+
+def draw_detections(image, detections):
+    """Return a BGR copy of ``image`` (HxW or HxWx3 uint8) with boxes and labels drawn."""
+    canvas = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR) if image.ndim == 2 else image.copy()
+    scale = max(0.35, min(canvas.shape[:2]) / 1000.0)
+    for det in detections:
+        colour = tuple(int(c) for c in np.random.default_rng(det.class_id).integers(64, 256, 3))
+        p1 = (int(round(det.x1)), int(round(det.y1)))
+        p2 = (int(round(det.x2)), int(round(det.y2)))
+        cv2.rectangle(canvas, p1, p2, colour, 1 if scale < 0.6 else 2)
+        label = f'{det.class_name} {det.score:.2f}'
+        (tw, th), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+        top = max(p1[1] - th - base, 0)
+        cv2.rectangle(canvas, (p1[0], top), (p1[0] + tw, top + th + base), colour, -1)
+        cv2.putText(canvas, label, (p1[0], top + th), cv2.FONT_HERSHEY_SIMPLEX, scale,
+                    (0, 0, 0), 1, cv2.LINE_AA)
+    return canvas
+
+
+class TarFuseNode(Node):
+    """Fuse synchronised infrared and visible images and detect objects in the fused image.
+
+    Raises :class:`StartupError` (with what to do) for invalid parameters, missing or corrupt
+    weights, or an unavailable CUDA device.
+    """
+
+    def __init__(self, node_name='tarfuse', **kwargs):
+        super().__init__(node_name, **kwargs)
+        try:
+            self._params = declare_node_parameters(self)
+        except (ValueError, ParameterException) as exc:
+            raise StartupError(f'invalid parameter: {exc}; fix it in the params file or on '
+                               f'the command line (see config/tarfuse.yaml)') from exc
+        self._engine = self._load_engine(self._params)
+        self._params_lock = threading.Lock()
+        self._stats = NodeStats()
+        self._throttle = WarningThrottle(5.0)
+        self._steady = Clock(clock_type=ClockType.STEADY_TIME)
+
+        # Keep-newest slot between the synchroniser (executor thread) and the worker.
+        self._slot = None
+        self._slot_cond = threading.Condition()
+        self._stopping = False
+
+        self._last_stamp_ns = [None, None]
+        self._last_arrival = [None, None]
+        self._camera_info = None
+        self._qos_events = {}  # input index -> (monotonic time, problem) from QoS events
+        self._problems = []
+
+        params = self._params
+        self._input_qos = QoSProfile(
+            history=HistoryPolicy.KEEP_LAST, depth=params.qos_depth,
+            reliability=(ReliabilityPolicy.RELIABLE if params.qos_reliability == 'reliable'
+                         else ReliabilityPolicy.BEST_EFFORT),
+            durability=DurabilityPolicy.VOLATILE)
+        self._inputs = []
+        for index, topic in enumerate(_INPUT_TOPICS):
+            events = SubscriptionEventCallbacks(
+                incompatible_qos=functools.partial(self._on_incompatible_qos, index))
+            sub = message_filters.Subscriber(self, Image, topic, qos_profile=self._input_qos,
+                                             event_callbacks=events)
+            sub.registerCallback(self._on_input, index)
+            self._inputs.append(sub)
+        self._topics = [self._resolved(sub, topic)
+                        for sub, topic in zip(self._inputs, _INPUT_TOPICS)]
+        self._relays = None
+        self._sync = None
+        self._make_synchroniser()
+        self._info_sub = self.create_subscription(CameraInfo, 'visible/camera_info',
+                                                  self._on_camera_info, self._input_qos)
+
+        overrides = QoSOverridingOptions.with_default_policies()
+        self._pub_fused = self.create_publisher(Image, 'fused/image_raw', 10,
+                                                qos_overriding_options=overrides)
+        self._pub_info = self.create_publisher(CameraInfo, 'fused/camera_info', 10,
+                                               qos_overriding_options=overrides)
+        self._pub_detections = self.create_publisher(Detection2DArray, 'detections', 10,
+                                                     qos_overriding_options=overrides)
+        self._pub_registered = self.create_publisher(Image, 'registered/image_raw', 10,
+                                                     qos_overriding_options=overrides)
+        self._pub_debug = self.create_publisher(Image, 'debug/image_raw', 10,
+                                                qos_overriding_options=overrides)
+        self._pub_diag = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
+
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+        self._diag_timer = self.create_timer(params.diagnostics_period, self._publish_diagnostics,
+                                             clock=self._steady)
+        self._health_timer = self.create_timer(min(0.5, params.input_timeout / 2.0),
+                                               self._check_health, clock=self._steady)
+
+        self._worker = threading.Thread(target=self._worker_loop, name='tarfuse_worker',
+                                        daemon=True)
+        self._worker.start()
+        mode = (f'approximate (slop {params.sync_slop} s)' if params.sync_approximate
+                else 'exact')
+        self.get_logger().info(
+            f'ready: model {params.weights} ({len(self._engine.class_names)} classes) on '
+            f'{self._engine.device}; inputs {self._topics[0]} + {self._topics[1]} '
+            f'({params.qos_reliability}, depth {params.qos_depth}, {mode} sync, queue '
+            f'{params.sync_queue_size})')
+
+    # -- start-up ------------------------------------------------------------------------------
+    def _load_engine(self, params):
+        from tarfuse_ros.core.checkpoint import CheckpointError
+        try:
+            engine = FusionEngine(
+                params.weights, device=params.device, half=params.half,
+                threads=params.cpu_threads or None,
+                conf_threshold=params.confidence_threshold, iou_threshold=params.iou_threshold,
+                max_detections=params.max_detections,
+                allow_cpu_fallback=params.allow_cpu_fallback)
+        except CheckpointError as exc:
+            raise StartupError(
+                f'cannot load the model: {exc}. Point the weights parameter at a valid '
+                f'.safetensors checkpoint (-p weights:=/path/model.safetensors)') from exc
+        except (RuntimeError, ValueError, OSError) as exc:
+            raise StartupError(
+                f'cannot start the model on device {params.device!r}: {exc}. Use -p device:=cpu '
+                f'or -p allow_cpu_fallback:=true, or check the CUDA driver') from exc
+        if params.classes:
+            try:
+                engine.set_thresholds(classes=_class_ids(params.classes, engine.class_names))
+            except ValueError as exc:
+                raise StartupError(f'invalid classes parameter: {exc}') from exc
+        return engine
+
+    @staticmethod
+    def _resolved(sub, topic):
+        try:
+            return sub.sub.topic_name
+        except AttributeError:
+            return topic
+
+    def _make_synchroniser(self):
+        """(Re)build the synchroniser behind fresh relays; old queues are simply dropped."""
+        params = self._params
+        relays = [message_filters.SimpleFilter(), message_filters.SimpleFilter()]
+        if params.sync_approximate:
+            sync = message_filters.ApproximateTimeSynchronizer(
+                relays, params.sync_queue_size, params.sync_slop)
+        else:
+            sync = message_filters.TimeSynchronizer(relays, params.sync_queue_size)
+        sync.registerCallback(self._on_pair)
+        self._relays, self._sync = relays, sync
+
+    # -- logging -------------------------------------------------------------------------------
+    def _warn(self, key, message):
+        held = self._throttle.admit(key)
+        if held is not None:
+            suffix = f' ({held} similar warnings suppressed)' if held else ''
+            self.get_logger().warning(message + suffix)
+
+    # -- input side (executor thread) ------------------------------------------------------
+    def _on_input(self, msg, index):
+        name, topic = _INPUT_NAMES[index], self._topics[index]
+        self._stats.count(f'{name}_msgs')
+        self._last_arrival[index] = time.monotonic()
+        stamp = _stamp_ns(msg.header.stamp)
+        if stamp == 0:
+            cause = f'zero stamp on {topic}: the driver does not stamp its images'
+            self._stats.reject(cause, pair=False)
+            self._warn(f'zero_stamp:{name}', f'message ignored: {cause}')
+            return
+        last = self._last_stamp_ns[index]
+        if last is not None and stamp < last:
+            self._stats.count('sync_resets')
+            self._warn('time_jump', f'time jumped backwards by {(last - stamp) / 1e9:.3f} s on '
+                                    f'{topic} (bag loop or clock reset): synchroniser reset')
+            self._make_synchroniser()
+            self._last_stamp_ns = [None, None]
+        self._last_stamp_ns[index] = stamp
+        self._relays[index].signalMessage(msg)
+
+    def _on_pair(self, ir_msg, vi_msg):
+        """Store the newest pair; a pair still waiting for the worker is dropped and counted."""
+        self._stats.count('pairs_received')
+        with self._slot_cond:
+            if self._slot is not None:
+                self._stats.count('pairs_dropped')
+            self._slot = (ir_msg, vi_msg)
+            self._slot_cond.notify()
+
+    def _on_camera_info(self, msg):
+        self._camera_info = msg
+
+    def _on_incompatible_qos(self, index, info):
+        policy = getattr(info.last_policy_kind, 'name', str(info.last_policy_kind))
+        problem = (f'a publisher on {self._topics[index]} has QoS incompatible with the '
+                   f'subscription ({policy} policy; subscription: {self._params.qos_reliability})')
+        self._qos_events[index] = (time.monotonic(), problem)
+        self._warn(f'qos:{index}', problem + '; set qos.reliability to match the publisher')
+
+    # -- worker thread ---------------------------------------------------------------------
+    def _worker_loop(self):
+        while True:
+            with self._slot_cond:
+                while self._slot is None and not self._stopping:
+                    self._slot_cond.wait()
+                if self._stopping:
+                    return
+                pair, self._slot = self._slot, None
+            try:
+                self._process(*pair)
+            except Exception as exc:  # noqa: BLE001 - the worker must survive any one pair
+                if self._stopping:
+                    return
+                self._stats.reject(f'processing failed: {exc!r}')
+                self._warn('processing', f'pair skipped, processing failed: {exc!r}')
+
+    def _read_image(self, msg, name):
+        """Convert one message; raise ``ValueError`` naming the input and the cause."""
+        try:
+            array, encoding = image_msg_to_array(msg)
+        except ValueError as exc:
+            raise ValueError(f'{name} image: {exc}') from exc
+        if array.dtype.kind == 'f' and not np.isfinite(array).all():
+            bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+            raise ValueError(f'{name} image ({encoding}) holds {bad} NaN/inf values')
+        return array, encoding
+
+    def _process(self, ir_msg, vi_msg):
+        params = self._params
+        header = vi_msg.header
+        try:
+            ir, _ = self._read_image(ir_msg, self._topics[INFRARED])
+            vi, vi_encoding = self._read_image(vi_msg, self._topics[VISIBLE])
+            if vi_encoding == 'rgb8' and vi.ndim == 3:
+                vi = np.ascontiguousarray(vi[..., ::-1])
+            if ir.shape[:2] != vi.shape[:2]:
+                self._warn('size_mismatch',
+                           f'IR {ir.shape[1]}x{ir.shape[0]} and visible {vi.shape[1]}x'
+                           f'{vi.shape[0]} differ: the IR image is resized to the visible frame')
+            result = self._engine.infer(ir, vi)
+        except ValueError as exc:
+            cause = str(exc)
+            self._stats.reject(cause)
+            self._warn('bad_input:' + cause.split(':')[0],
+                       f'pair at {header.stamp.sec}.{header.stamp.nanosec:09d} skipped: {cause}')
+            return
+        if params.publish_registered:
+            self._pub_registered.publish(array_to_image_msg(result.registered_ir, 'mono8',
+                                                            header))
+        if params.publish_debug:
+            debug = draw_detections(result.fused, result.detections)
+            self._pub_debug.publish(array_to_image_msg(debug, 'bgr8', header))
+        info = self._camera_info
+        if params.publish_camera_info and info is not None:
+            info.header = header
+            self._pub_info.publish(info)
+        if params.publish_fused:
+            encoding = 'bgr8' if result.fused.ndim == 3 else 'mono8'
+            self._pub_fused.publish(array_to_image_msg(result.fused, encoding, header))
+        if params.publish_detections:
+            self._pub_detections.publish(detections_to_msg(result.detections, header))
+        latency_ms = (self.get_clock().now().nanoseconds - _stamp_ns(header.stamp)) / 1e6
+        self._stats.record_output(latency_ms, result.timings_ms.get('total', float('nan')))
+
+    # -- parameters ------------------------------------------------------------------------
+    def _on_set_parameters(self, parameters):
+        with self._params_lock:
+            try:
+                new = apply_updates(self._params, parameter_updates(parameters))
+                if any(getattr(new, f) != getattr(self._params, f)
+                       for f in _RUNTIME_ENGINE_FIELDS):
+                    ids = _class_ids(new.classes, self._engine.class_names)
+                    self._engine.set_thresholds(
+                        conf_threshold=new.confidence_threshold,
+                        iou_threshold=new.iou_threshold,
+                        max_detections=new.max_detections, classes=ids)
+            except ValueError as exc:
+                return SetParametersResult(successful=False, reason=str(exc))
+            self._params = new
+        return SetParametersResult(successful=True)
+
+    # -- health and diagnostics ------------------------------------------------------------
+    def _check_health(self):
+        params = self._params
+        now = time.monotonic()
+        timeout = params.input_timeout
+        problems = []
+        fresh = [t is not None and now - t < timeout for t in self._last_arrival]
+        for index in (INFRARED, VISIBLE):
+            other = 1 - index
+            if fresh[other] and not fresh[index]:
+                since = ('ever' if self._last_arrival[index] is None
+                         else f'{now - self._last_arrival[index]:.1f} s')
+                problems.append(
+                    f'no messages on {self._topics[index]} for {since} while '
+                    f'{self._topics[other]} flows: check its topic name/remapping and QoS')
+        last_pair = self._stats.last_pair_time
+        if all(fresh) and (last_pair is None or now - last_pair > timeout):
+            gap = abs(self._last_stamp_ns[0] - self._last_stamp_ns[1]) / 1e9 if None not in \
+                self._last_stamp_ns else float('nan')
+            rule = (f'more than sync.slop={params.sync_slop} s' if params.sync_approximate
+                    else 'exact sync needs identical stamps')
+            problems.append(f'both inputs flow but no pair was synchronised for {timeout} s: '
+                            f'latest stamps differ by {gap:.3f} s ({rule})')
+        if not any(fresh):
+            counts = [self.count_publishers(t) for t in self._topics]
+            if all(counts) and self._stats.totals['pairs_received'] == 0:
+                problems.append(
+                    f'{counts[0]} + {counts[1]} publishers but no images received: check QoS '
+                    f'and the DDS transport profile (large images over best-effort DDS)')
+        problems.extend(self._check_publisher_qos())
+        self._problems = problems
+        for problem in problems:
+            self._warn('health:' + problem[:30], problem)
+
+    def _check_publisher_qos(self):
+        """Return QoS problems: best-effort publishers a reliable subscription cannot match.
+
+        Recent ``incompatible_qos`` events (any policy) are reported too, for the topics where
+        the publisher check found nothing.
+        """
+        problems = {}
+        if self._params.qos_reliability == 'reliable':
+            for index, topic in enumerate(self._topics):
+                for info in self.get_publishers_info_by_topic(topic):
+                    if info.qos_profile.reliability == ReliabilityPolicy.BEST_EFFORT:
+                        problems[index] = (
+                            f'publisher {info.node_namespace.rstrip("/")}/{info.node_name} on '
+                            f'{topic} is best_effort but qos.reliability is reliable: '
+                            f'incompatible QoS, nothing is received from it; set '
+                            f'qos.reliability:=best_effort')
+                        break
+        now = time.monotonic()
+        for index, (when, problem) in list(self._qos_events.items()):
+            if now - when > max(10.0, self._params.input_timeout):
+                del self._qos_events[index]
+            elif index not in problems:
+                problems[index] = problem
+        return [problems[i] for i in sorted(problems)]
+
+    def _publish_diagnostics(self):
+        snapshot = self._stats.snapshot()
+        extra = {
+            'device': self._engine.device,
+            'model': self._params.weights,
+            'half': self._engine.half,
+            'sync': 'approximate' if self._params.sync_approximate else 'exact',
+            'rss_mib': round(process_rss_mib(), 1),
+        }
+        if self._engine.device.startswith('cuda'):
+            import torch
+            extra['cuda_memory_mib'] = round(torch.cuda.memory_allocated() / 2**20, 1)
+        array = DiagnosticArray()
+        array.header.stamp = self.get_clock().now().to_msg()
+        array.status = [build_status(f'{self.get_name()}: fusion', self._engine.device,
+                                     snapshot, list(self._problems), extra)]
+        self._pub_diag.publish(array)
+
+    # -- shutdown ----------------------------------------------------------------------------
+    def stop(self, timeout=10.0):
+        """Stop the worker thread and wait for it; return True if it ended."""
+        with self._slot_cond:
+            self._stopping = True
+            self._slot_cond.notify_all()
+        self._worker.join(timeout)
+        return not self._worker.is_alive()
+
+
+def main(args=None):
+    """Run the node until Ctrl-C / SIGTERM; return the process exit code."""
+    rclpy.init(args=args)
+    logger = rclpy.logging.get_logger('tarfuse')
+    node = None
+    code = 0
+    try:
+        node = TarFuseNode()
+        rclpy.spin(node)
+    except StartupError as exc:
+        logger.fatal(str(exc))
+        code = 1
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            if not node.stop():
+                logger.error('the worker thread did not stop in time')
+                code = code or 1
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return code
+
+
+if __name__ == '__main__':
+    sys.exit(main())

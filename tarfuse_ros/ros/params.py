@@ -1,0 +1,274 @@
+"""Parameters of the fusion node: declaration, validation and a frozen snapshot.
+
+Every parameter is declared with a :class:`ParameterDescriptor` (description, range or allowed
+values).  The node reads them once into :class:`NodeParams`; run-time changes go through
+:func:`apply_updates`, which validates them and returns a new snapshot or raises ``ValueError``
+with the reason (the node's on-set callback hands that reason back to the caller).
+"""
+
+from dataclasses import dataclass, fields, replace
+import math
+import re
+
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from rcl_interfaces.msg import ParameterType
+from rclpy.parameter import Parameter
+
+from tarfuse_ros.core.paths import default_weights_path
+
+__all__ = [
+    'NodeParams', 'ParamSpec', 'PARAMETER_SPECS', 'RELIABILITY_VALUES', 'apply_updates',
+    'declare_node_parameters', 'descriptor_for', 'parameter_updates', 'params_from_values',
+    'validate_params',
+]
+
+RELIABILITY_VALUES = ('best_effort', 'reliable')
+_DEVICE_PATTERN = re.compile(r'^(cpu|cuda|cuda:\d+)$')
+
+
+@dataclass(frozen=True)
+class NodeParams:
+    """A validated snapshot of the node's parameters (see ``config/tarfuse.yaml``)."""
+
+    weights: str
+    device: str = 'cpu'
+    half: bool = False
+    allow_cpu_fallback: bool = False
+    cpu_threads: int = 0
+    confidence_threshold: float = 0.25
+    iou_threshold: float = 0.45
+    max_detections: int = 100
+    classes: tuple = ()
+    sync_approximate: bool = True
+    sync_slop: float = 0.05
+    sync_queue_size: int = 10
+    qos_reliability: str = 'best_effort'
+    qos_depth: int = 5
+    publish_fused: bool = True
+    publish_camera_info: bool = True
+    publish_detections: bool = True
+    publish_registered: bool = True
+    publish_debug: bool = False
+    diagnostics_period: float = 1.0
+    input_timeout: float = 3.0
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """How one ROS parameter maps onto a :class:`NodeParams` field.
+
+    ``kind`` is one of ``str``, ``bool``, ``int``, ``float``, ``str_array``; ``low``/``high``
+    bound numbers (inclusive); ``allowed`` lists the allowed strings; ``runtime`` says whether
+    the value may change while the node runs.
+    """
+
+    name: str
+    field: str
+    kind: str
+    description: str
+    low: float = None
+    high: float = None
+    allowed: tuple = ()
+    runtime: bool = False
+
+
+PARAMETER_SPECS = (
+    ParamSpec('weights', 'weights', 'str',
+              'Path of the .safetensors checkpoint; empty = the shipped model. '
+              'Restart to change.'),
+    ParamSpec('device', 'device', 'str',
+              "Torch device: 'cpu', 'cuda' or 'cuda:N'. Restart to change."),
+    ParamSpec('half', 'half', 'bool',
+              'Run the network in float16 (CUDA only). Restart to change.'),
+    ParamSpec('allow_cpu_fallback', 'allow_cpu_fallback', 'bool',
+              'Fall back to the CPU when the CUDA device is unavailable (else fail at start-up).'),
+    ParamSpec('cpu_threads', 'cpu_threads', 'int',
+              'Torch intra-op threads on the CPU; 0 = torch default. Restart to change.',
+              low=0, high=256),
+    ParamSpec('confidence_threshold', 'confidence_threshold', 'float',
+              'Minimum detection score kept (changeable at run time).', low=0.0, high=1.0,
+              runtime=True),
+    ParamSpec('iou_threshold', 'iou_threshold', 'float',
+              'IoU threshold of non-maximum suppression (changeable at run time).',
+              low=0.0, high=1.0, runtime=True),
+    ParamSpec('max_detections', 'max_detections', 'int',
+              'Maximum detections per image (changeable at run time).', low=1, high=1000,
+              runtime=True),
+    ParamSpec('classes', 'classes', 'str_array',
+              'Class names to keep; empty or unset = all classes (changeable at run time).',
+              runtime=True),
+    ParamSpec('sync.approximate', 'sync_approximate', 'bool',
+              'Approximate-time synchronisation (true) or exact stamps (false). '
+              'Restart to change.'),
+    ParamSpec('sync.slop', 'sync_slop', 'float',
+              'Largest stamp difference (s) for an approximate pair. Restart to change.',
+              low=0.0, high=10.0),
+    ParamSpec('sync.queue_size', 'sync_queue_size', 'int',
+              'Messages per input kept by the synchroniser. Restart to change.', low=1, high=1000),
+    ParamSpec('qos.reliability', 'qos_reliability', 'str',
+              'Reliability of the input subscriptions. Restart to change.',
+              allowed=RELIABILITY_VALUES),
+    ParamSpec('qos.depth', 'qos_depth', 'int',
+              'History depth (keep last) of the input subscriptions. Restart to change.',
+              low=1, high=100),
+    ParamSpec('publish.fused', 'publish_fused', 'bool', 'Publish fused/image_raw.', runtime=True),
+    ParamSpec('publish.camera_info', 'publish_camera_info', 'bool',
+              'Republish visible/camera_info as fused/camera_info.', runtime=True),
+    ParamSpec('publish.detections', 'publish_detections', 'bool', 'Publish detections.',
+              runtime=True),
+    ParamSpec('publish.registered', 'publish_registered', 'bool',
+              'Publish registered/image_raw (IR warped onto the visible frame).', runtime=True),
+    ParamSpec('publish.debug', 'publish_debug', 'bool',
+              'Publish debug/image_raw (fused image with boxes and labels).', runtime=True),
+    ParamSpec('diagnostics.period', 'diagnostics_period', 'float',
+              'Seconds between /diagnostics messages. Restart to change.', low=0.05, high=60.0),
+    ParamSpec('diagnostics.input_timeout', 'input_timeout', 'float',
+              'Seconds without a pair (or one input) before warning (run time).',
+              low=0.1, high=3600.0, runtime=True),
+)
+_BY_NAME = {spec.name: spec for spec in PARAMETER_SPECS}
+_TYPES = {
+    'str': ParameterType.PARAMETER_STRING,
+    'bool': ParameterType.PARAMETER_BOOL,
+    'int': ParameterType.PARAMETER_INTEGER,
+    'float': ParameterType.PARAMETER_DOUBLE,
+    'str_array': ParameterType.PARAMETER_STRING_ARRAY,
+}
+
+
+def descriptor_for(spec):
+    """Return the :class:`ParameterDescriptor` (description, range, allowed values) of a spec."""
+    descriptor = ParameterDescriptor(name=spec.name, type=_TYPES[spec.kind],
+                                     description=spec.description)
+    if spec.kind == 'float' and spec.low is not None:
+        descriptor.floating_point_range = [
+            FloatingPointRange(from_value=float(spec.low), to_value=float(spec.high), step=0.0)]
+    elif spec.kind == 'int' and spec.low is not None:
+        descriptor.integer_range = [
+            IntegerRange(from_value=int(spec.low), to_value=int(spec.high), step=1)]
+    if spec.allowed:
+        descriptor.additional_constraints = 'one of: ' + ', '.join(spec.allowed)
+    if not spec.runtime:
+        descriptor.additional_constraints = ' '.join(
+            filter(None, [descriptor.additional_constraints, '(fixed while the node runs)']))
+    return descriptor
+
+
+def _coerce(spec, value):
+    """Return ``value`` as the Python type of ``spec`` or raise ``ValueError``."""
+    if spec.kind == 'str_array':
+        if value is None:
+            return ()
+        if isinstance(value, str) or not all(isinstance(v, str) for v in value):
+            raise ValueError(f'{spec.name} must be a list of strings, got {value!r}')
+        return tuple(v.strip() for v in value if v.strip())
+    if spec.kind == 'bool':
+        if not isinstance(value, bool):
+            raise ValueError(f'{spec.name} must be a bool, got {value!r}')
+        return value
+    if spec.kind == 'str':
+        if not isinstance(value, str):
+            raise ValueError(f'{spec.name} must be a string, got {value!r}')
+        return value.strip()
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f'{spec.name} must be a number, got {value!r}')
+    if spec.kind == 'int':
+        if int(value) != value:
+            raise ValueError(f'{spec.name} must be an integer, got {value!r}')
+        return int(value)
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f'{spec.name} must be finite, got {value!r}')
+    return value
+
+
+def _check_value(spec, value):
+    """Raise ``ValueError`` when ``value`` is outside the range or allowed values of ``spec``."""
+    if spec.low is not None and not spec.low <= value <= spec.high:
+        raise ValueError(f'{spec.name}={value!r} is outside [{spec.low}, {spec.high}]')
+    if spec.allowed and value not in spec.allowed:
+        raise ValueError(
+            f'{spec.name}={value!r} is not allowed; use one of: {", ".join(spec.allowed)}')
+
+
+def validate_params(params):
+    """Check every field of a :class:`NodeParams`; raise ``ValueError`` naming the bad one."""
+    for spec in PARAMETER_SPECS:
+        _check_value(spec, getattr(params, spec.field))
+    if not _DEVICE_PATTERN.match(params.device):
+        raise ValueError(f"device={params.device!r} is not valid; use 'cpu', 'cuda' or 'cuda:N'")
+    if params.half and params.device == 'cpu':
+        raise ValueError('half=true needs a CUDA device; set half:=false for device cpu')
+    if not params.weights:
+        raise ValueError('weights is empty')
+    return params
+
+
+def params_from_values(values):
+    """Build a validated :class:`NodeParams` from ``{parameter name: value}``.
+
+    Missing names take their defaults; an empty ``weights`` means the shipped model.
+    """
+    unknown = set(values) - set(_BY_NAME)
+    if unknown:
+        raise ValueError(f'unknown parameters: {sorted(unknown)}')
+    kwargs = {}
+    for name, value in values.items():
+        spec = _BY_NAME[name]
+        if value is None and spec.kind != 'str_array':
+            continue
+        kwargs[spec.field] = _coerce(spec, value)
+    if not kwargs.get('weights'):
+        kwargs['weights'] = str(default_weights_path())
+    return validate_params(NodeParams(**kwargs))
+
+
+def apply_updates(current, updates):
+    """Return ``current`` with ``{parameter name: value}`` applied, or raise ``ValueError``.
+
+    Only parameters marked as run-time changeable may change; setting a fixed parameter to its
+    current value is accepted.  Names that are not ours (``use_sim_time``, ``qos_overrides.*``)
+    are ignored.
+    """
+    changes = {}
+    for name, value in updates.items():
+        spec = _BY_NAME.get(name)
+        if spec is None:
+            continue
+        value = _coerce(spec, value)
+        if name == 'weights' and not value:
+            value = str(default_weights_path())
+        if value == getattr(current, spec.field):
+            continue
+        if not spec.runtime:
+            raise ValueError(
+                f'{name} cannot change while the node runs (the model, device, synchroniser '
+                f'and subscriptions are built at start-up); restart the node with '
+                f'-p {name}:={value!r} instead')
+        _check_value(spec, value)
+        changes[spec.field] = value
+    return validate_params(replace(current, **changes)) if changes else current
+
+
+def declare_node_parameters(node):
+    """Declare every parameter on ``node`` and return the validated :class:`NodeParams`.
+
+    Raises ``ValueError`` with the offending name and value when an override is invalid.
+    """
+    defaults = {f.name: f.default for f in fields(NodeParams) if f.name != 'weights'}
+    defaults['weights'] = str(default_weights_path())
+    values = {}
+    for spec in PARAMETER_SPECS:
+        descriptor = descriptor_for(spec)
+        if spec.kind == 'str_array':
+            # An empty list has no inferable type; declare the type and leave it unset.
+            parameter = node.declare_parameter(spec.name, Parameter.Type.STRING_ARRAY, descriptor)
+        else:
+            parameter = node.declare_parameter(spec.name, defaults[spec.field], descriptor)
+        values[spec.name] = parameter.value
+    return params_from_values(values)
+
+
+def parameter_updates(parameters):
+    """Turn a list of rclpy :class:`Parameter` into ``{name: value}`` for our parameters."""
+    return {p.name: p.value for p in parameters if p.name in _BY_NAME}
