@@ -1,0 +1,595 @@
+"""Paired IR/visible data sets in the layout of ``shared/datasets`` and YOLO labels.
+
+Layout of one data set folder (every shared set follows it; the user's own data should too)::
+
+    <set>/ir/<stem>.<png|jpg|...>     infrared (8- or 16-bit grey; 3 equal channels allowed)
+    <set>/vi/<stem>.<png|jpg|...>     visible (grey or BGR colour), same stem as the IR file
+    <set>/labels/<stem>.txt           optional YOLO boxes ``class cx cy w h`` (normalised, visible
+                                      frame); a missing file means "unlabelled", an empty file
+                                      means "labelled, no objects"
+    <set>/classes.txt                 class names, one a line, in label-id order (also accepted
+                                      as ``<set>/labels/classes.txt``)
+    <set>/<split>.txt                 stems, one a line (``train.txt``, ``test.txt``, ...)
+    <set>/synthetic_misaligned/disp/<stem>.npz     optional: key ``disp`` (H, W, 2) float, the
+                                      APPLIED deformation in pixels, ``ir_warp = warp(ir, disp)``
+    <set>/synthetic_misaligned/ir_warp/<stem>.png  optional: the deformed IR
+
+Flow convention (as everywhere in the core): ``(dx, dy)`` pixels, ``warp(x, f)(p) = x(p + f(p))``.
+The registration target of a ``disp`` field is its inverse (``deform.invert_flow``), not ``-disp``.
+
+Class map: a dict ``name -> id`` unifies the label sets of several data sets. Each set's label ids
+are turned into names through its ``classes.txt`` and the names into our ids through the map
+(case-insensitive; several names may share an id, e.g. ``{'person': 0, 'people': 0}``). Boxes of
+classes absent from the map are dropped (those objects become background for our detector).
+Without a map, :func:`default_class_map` makes one from the union of the sets' class names in
+order of first appearance.
+
+The data set does not deform the IR image: the trainer draws a random deformation per batch on
+its device (``deform.random_deformation``). It does crops, flips and the Y channel.
+"""
+
+from functools import lru_cache
+import math
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tarfuse_ros.core.images import to_unit_gray, to_unit_visible
+import torch
+from torch.utils.data import Dataset
+
+__all__ = [
+    'IMAGE_EXTENSIONS',
+    'PairedDataset',
+    'collate_pairs',
+    'default_class_map',
+    'class_names_from_map',
+    'list_split_names',
+    'load_disp',
+    'load_labels',
+    'load_misaligned_ir',
+    'load_pair',
+    'misaligned_stems',
+    'read_classes',
+    'read_split',
+    'yolo_to_xyxy',
+]
+
+IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff')
+MISALIGNED_DIR = 'synthetic_misaligned'
+
+
+def _dir(dataset_dir):
+    path = Path(dataset_dir)
+    if not path.is_dir():
+        raise ValueError(f'data set folder {str(path)!r} does not exist')
+    if not (path / 'ir').is_dir() or not (path / 'vi').is_dir():
+        raise ValueError(
+            f'data set folder {str(path)!r} must contain ir/ and vi/ sub-folders '
+            f'(found: {sorted(p.name for p in path.iterdir())})')
+    return path
+
+
+@lru_cache(maxsize=64)
+def _image_index(folder):
+    """Map stem -> file path for the images in ``folder`` (cached per folder)."""
+    index = {}
+    for entry in os.scandir(folder):
+        stem, ext = os.path.splitext(entry.name)
+        if ext.lower() in IMAGE_EXTENSIONS and entry.is_file():
+            index.setdefault(stem, entry.path)
+    return index
+
+
+def _image_path(dataset_dir, modality, stem):
+    index = _image_index(str(Path(dataset_dir) / modality))
+    if stem not in index:
+        raise ValueError(
+            f'no {modality}/ image for stem {stem!r} in {str(dataset_dir)!r} '
+            f'(extensions tried: {", ".join(IMAGE_EXTENSIONS)})')
+    return index[stem]
+
+
+def list_split_names(dataset_dir):
+    """Return the split names a data set offers (``<name>.txt`` list files), plus ``'all'``."""
+    path = _dir(dataset_dir)
+    names = sorted(p.stem for p in path.glob('*.txt') if p.name != 'classes.txt')
+    return names + ['all']
+
+
+def read_split(dataset_dir, split='all'):
+    """Return the stems of a split.
+
+    Args:
+        dataset_dir: data set folder (layout in the module docstring).
+        split: a list-file name without extension (``'train'``, ``'test'``, ``'det_labelled'``),
+            ``'misaligned'`` (the stems of ``synthetic_misaligned/list.txt`` or ``disp/``),
+            ``'all'`` (every stem that has both an IR and a visible image), or a path to a
+            list file (absolute, or relative to the data set folder).
+
+    Returns:
+        list of stems in file order (``'all'``: sorted). Blank lines and ``#`` comments are
+        skipped.
+
+    Raises:
+        ValueError: unknown split, or a listed stem without its IR/visible image.
+
+    """
+    path = _dir(dataset_dir)
+    if split == 'all':
+        ir = _image_index(str(path / 'ir'))
+        vi = _image_index(str(path / 'vi'))
+        return sorted(set(ir) & set(vi))
+    if split == 'misaligned':
+        return misaligned_stems(path)
+    split_str = str(split)
+    candidates = [Path(split_str)] if os.path.sep in split_str or split_str.endswith('.txt') \
+        else []
+    candidates += [path / split_str, path / f'{split_str}.txt']
+    list_file = next((c for c in candidates if c.is_file()), None)
+    if list_file is None:
+        raise ValueError(
+            f'split {split_str!r} not found in {str(path)!r}; available: '
+            f'{list_split_names(path)} or a path to a list file')
+    stems = []
+    for line in list_file.read_text().splitlines():
+        line = line.split('#', 1)[0].strip()
+        if line:
+            stems.append(Path(line).stem if Path(line).suffix.lower() in IMAGE_EXTENSIONS
+                         else line)
+    for stem in stems:
+        _image_path(path, 'ir', stem)
+        _image_path(path, 'vi', stem)
+    return stems
+
+
+def _read_image(file_path):
+    img = cv2.imread(str(file_path), cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise ValueError(f'cannot read image {str(file_path)!r}')
+    if img.ndim == 3 and img.shape[2] == 4:
+        img = img[:, :, :3]
+    if img.ndim == 3 and img.shape[2] == 1:
+        img = img[:, :, 0]
+    if img.dtype not in (np.uint8, np.uint16):
+        raise ValueError(f'{str(file_path)!r}: expected 8- or 16-bit pixels, got {img.dtype}')
+    return img
+
+
+def _is_grey(img):
+    return img.ndim == 2 or (np.array_equal(img[:, :, 0], img[:, :, 1])
+                             and np.array_equal(img[:, :, 1], img[:, :, 2]))
+
+
+def load_pair(dataset_dir, stem):
+    """Load one IR/visible pair as stored.
+
+    Args:
+        dataset_dir: data set folder.
+        stem: file stem shared by ``ir/`` and ``vi/``.
+
+    Returns:
+        ``(ir, vi)``: ``ir`` HxW uint8 (uint16 if stored so; a 3-channel file is reduced to its
+        luma), ``vi`` HxWx3 BGR uint8 for a colour image or HxW for a grey one (3 identical
+        channels count as grey). The two may differ in size (real unregistered cameras).
+
+    """
+    path = _dir(dataset_dir)
+    ir = _read_image(_image_path(path, 'ir', stem))
+    vi = _read_image(_image_path(path, 'vi', stem))
+    if ir.ndim == 3:
+        ir = ir[:, :, 0].copy() if _is_grey(ir) else cv2.cvtColor(ir, cv2.COLOR_BGR2GRAY)
+    if vi.ndim == 3 and _is_grey(vi):
+        vi = vi[:, :, 0].copy()
+    return ir, vi
+
+
+def read_classes(dataset_dir):
+    """Return the class names of a data set (``classes.txt``), or None when it has none."""
+    path = Path(dataset_dir)
+    for candidate in (path / 'classes.txt', path / 'labels' / 'classes.txt'):
+        if candidate.is_file():
+            return [line.strip() for line in candidate.read_text().splitlines() if line.strip()]
+    return None
+
+
+def load_labels(dataset_dir, stem, labels_dir='labels'):
+    """Load the YOLO boxes of one pair.
+
+    Args:
+        dataset_dir: data set folder.
+        stem: pair stem.
+        labels_dir: sub-folder holding the ``.txt`` files (``'labels'``; e.g. ``'labels_ir'``).
+
+    Returns:
+        float32 array (N, 5) ``[class_id, cx, cy, w, h]`` normalised to [0, 1] in the visible
+        frame, (0, 5) for an empty (labelled, no objects) file, or None when the set has no
+        label file for this stem (unlabelled).
+
+    Raises:
+        ValueError: malformed line (wrong column count, non-numeric, negative or non-integer
+            class id, coordinates outside [0, 1]), naming file and line.
+
+    """
+    label_file = Path(dataset_dir) / labels_dir / f'{stem}.txt'
+    if not label_file.is_file():
+        return None
+    rows = []
+    for number, line in enumerate(label_file.read_text().splitlines(), start=1):
+        parts = line.split()
+        if not parts:
+            continue
+        where = f'{str(label_file)!r} line {number} ({line.strip()!r})'
+        if len(parts) != 5:
+            raise ValueError(f'{where}: expected 5 columns "class cx cy w h", got {len(parts)}')
+        try:
+            values = [float(p) for p in parts]
+        except ValueError:
+            raise ValueError(f'{where}: non-numeric value') from None
+        if not all(math.isfinite(v) for v in values):
+            raise ValueError(f'{where}: non-finite value')
+        if values[0] < 0 or values[0] != int(values[0]):
+            raise ValueError(f'{where}: class id must be a non-negative integer')
+        if any(v < -1e-3 or v > 1.0 + 1e-3 for v in values[1:]):
+            raise ValueError(f'{where}: box values must be normalised to [0, 1]')
+        rows.append(values)
+    if not rows:
+        return np.zeros((0, 5), np.float32)
+    labels = np.asarray(rows, np.float32)
+    labels[:, 1:] = np.clip(labels[:, 1:], 0.0, 1.0)
+    return labels
+
+
+def yolo_to_xyxy(labels, width, height):
+    """Convert (N, 5) ``[cls, cx, cy, w, h]`` normalised boxes to (N, 5) ``[x1, y1, x2, y2, cls]``.
+
+    Pixel coordinates of an image ``width`` x ``height`` (box edges, so a full-image box is
+    ``[0, 0, width, height]``).
+    """
+    labels = np.asarray(labels, np.float64).reshape(-1, 5)
+    out = np.empty((labels.shape[0], 5), np.float64)
+    out[:, 0] = (labels[:, 1] - labels[:, 3] / 2) * width
+    out[:, 1] = (labels[:, 2] - labels[:, 4] / 2) * height
+    out[:, 2] = (labels[:, 1] + labels[:, 3] / 2) * width
+    out[:, 3] = (labels[:, 2] + labels[:, 4] / 2) * height
+    out[:, 4] = labels[:, 0]
+    return out
+
+
+def misaligned_stems(dataset_dir):
+    """Return the stems that have a ground-truth deformation (``synthetic_misaligned/disp``)."""
+    base = Path(dataset_dir) / MISALIGNED_DIR
+    list_file = base / 'list.txt'
+    if list_file.is_file():
+        return [s.strip() for s in list_file.read_text().splitlines() if s.strip()]
+    if (base / 'disp').is_dir():
+        return sorted(p.stem for p in (base / 'disp').glob('*.npz'))
+    return []
+
+
+def load_disp(dataset_dir, stem):
+    """Load the APPLIED deformation of a synthetic-misaligned pair.
+
+    Args:
+        dataset_dir: data set folder with ``synthetic_misaligned/disp/<stem>.npz`` (key ``disp``).
+        stem: pair stem.
+
+    Returns:
+        float32 array (H, W, 2), ``(dx, dy)`` pixels, such that
+        ``ir_warp = warp(ir, disp)``. The registration reference is its inverse.
+
+    Raises:
+        ValueError: file missing, key missing, wrong shape or non-finite values.
+
+    """
+    npz_path = Path(dataset_dir) / MISALIGNED_DIR / 'disp' / f'{stem}.npz'
+    if not npz_path.is_file():
+        raise ValueError(f'no ground-truth displacement {str(npz_path)!r}')
+    with np.load(npz_path, allow_pickle=False) as npz:
+        if 'disp' not in npz.files:
+            raise ValueError(f'{str(npz_path)!r} has no key "disp" (keys: {npz.files})')
+        disp = np.asarray(npz['disp'], np.float32)
+    if disp.ndim != 3 or disp.shape[2] != 2:
+        raise ValueError(f'{str(npz_path)!r}: disp must be (H, W, 2), got {disp.shape}')
+    if not np.isfinite(disp).all():
+        raise ValueError(f'{str(npz_path)!r}: disp holds non-finite values')
+    return disp
+
+
+def load_misaligned_ir(dataset_dir, stem):
+    """Load the deformed IR image ``synthetic_misaligned/ir_warp/<stem>.*`` (uint8 HxW)."""
+    folder = Path(dataset_dir) / MISALIGNED_DIR / 'ir_warp'
+    if not folder.is_dir():
+        raise ValueError(f'{str(Path(dataset_dir))!r} has no {MISALIGNED_DIR}/ir_warp folder')
+    index = _image_index(str(folder))
+    if stem not in index:
+        raise ValueError(f'no deformed IR for stem {stem!r} in {str(folder)!r}')
+    img = _read_image(index[stem])
+    if img.ndim == 3:
+        img = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
+    return img
+
+
+def default_class_map(dataset_dirs):
+    """Build ``name -> id`` from the union of the sets' class names (lower case, first seen)."""
+    class_map = {}
+    for dataset_dir in dataset_dirs:
+        for name in read_classes(dataset_dir) or []:
+            class_map.setdefault(name.lower(), len(set(class_map.values())))
+    return class_map
+
+
+def class_names_from_map(class_map):
+    """Return the class names ordered by id (the first name listed for each id).
+
+    Raises:
+        ValueError: ids not exactly ``0..K-1``.
+
+    """
+    names = {}
+    for name, class_id in class_map.items():
+        names.setdefault(int(class_id), name)
+    ids = sorted(names)
+    if ids != list(range(len(ids))):
+        raise ValueError(f'class map ids must be 0..K-1 without gaps, got {ids}')
+    return tuple(names[i] for i in ids)
+
+
+def _normalise_class_map(class_map):
+    out = {}
+    for name, class_id in dict(class_map).items():
+        if not isinstance(class_id, (int, np.integer)) or class_id < 0:
+            raise ValueError(
+                f'class map id for {name!r} must be an integer >= 0, got {class_id!r}')
+        out[str(name).lower()] = int(class_id)
+    class_names_from_map(out)
+    return out
+
+
+def _parse_source(source):
+    """Return (path, split, labels_dir) of one data source (str, (path, split) or dict)."""
+    if isinstance(source, (str, os.PathLike)):
+        return Path(source), 'all', 'labels'
+    if isinstance(source, dict):
+        unknown = set(source) - {'path', 'split', 'labels'}
+        if 'path' not in source or unknown:
+            raise ValueError(
+                f'a data source dict needs "path" and may have "split", "labels"; got {source}')
+        return Path(source['path']), source.get('split', 'all'), source.get('labels', 'labels')
+    if isinstance(source, (tuple, list)) and len(source) in (2, 3):
+        labels_dir = source[2] if len(source) == 3 else 'labels'
+        return Path(source[0]), source[1], labels_dir
+    raise ValueError(
+        f'data source must be a path, (path, split[, labels_dir]) or a dict, got {source!r}')
+
+
+def _crop_size(crop_size):
+    if crop_size is None:
+        return None
+    if isinstance(crop_size, (int, np.integer)):
+        crop_size = (int(crop_size), int(crop_size))
+    crop_h, crop_w = (int(v) for v in crop_size)
+    if crop_h <= 0 or crop_w <= 0 or crop_h % 32 or crop_w % 32:
+        raise ValueError(f'crop size must be positive multiples of 32, got {crop_size}')
+    return crop_h, crop_w
+
+
+class PairedDataset(Dataset):
+    """IR/visible pairs from one or more data set folders, with labels, crops and flips.
+
+    Each sample is a dict:
+
+    - ``ir``: float32 tensor (1, H, W) in [0, 1], the ALIGNED IR (resized to the visible size
+      when the stored sizes differ);
+    - ``vi``: float32 tensor (1, H, W), the visible Y channel (BT.601) or the grey image;
+    - ``vi_color``: float32 tensor (3, H, W) BGR (grey replicated) when ``keep_color``;
+    - ``boxes``: float32 tensor (N, 5) ``[class_id, cx, cy, w, h]`` normalised to the crop, ids
+      from the class map;
+    - ``has_labels``: True only when the set has a label file for this stem (an empty file is a
+      valid "no objects");
+    - ``stem``, ``dataset`` (the folder name), ``index``.
+
+    Args:
+        sources: data set folders, each a path (split ``'all'``), ``(path, split)``,
+            ``(path, split, labels_dir)`` or ``{'path':, 'split':, 'labels':}``.
+        class_map: ``name -> id`` (see the module docstring); None: :func:`default_class_map`.
+        crop_size: int or (h, w), multiples of 32, or None for the whole image (then every
+            sample of a batch must have the same size; see ``resize``). An image smaller than
+            the crop is first scaled up (aspect kept) to cover it.
+        resize: (h, w) to resize every pair to (before cropping), or None.
+        augment: random crop positions and flips when True; centre crops and no flips when False.
+        hflip_prob, vflip_prob: flip probabilities when augmenting.
+        min_box_px: boxes cut by a crop are clipped; those narrower or lower than this many
+            pixels, or keeping less than ``min_box_area`` of their area, are dropped.
+        min_box_area: see ``min_box_px``.
+        keep_color: also return ``vi_color``.
+        seed: base seed; the randomness of sample ``i`` in epoch ``e`` is drawn from
+            ``(seed, e, i)``, so results do not depend on worker order. See :meth:`set_epoch`.
+
+    """
+
+    def __init__(self, sources, class_map=None, crop_size=None, resize=None, augment=True,
+                 hflip_prob=0.5, vflip_prob=0.0, min_box_px=3.0, min_box_area=0.2,
+                 keep_color=False, seed=0):
+        if isinstance(sources, (str, os.PathLike, dict)):
+            sources = [sources]
+        parsed = [_parse_source(s) for s in sources]
+        if not parsed:
+            raise ValueError('PairedDataset needs at least one data source')
+        self.crop_size = _crop_size(crop_size)
+        if resize is not None:
+            resize = tuple(int(v) for v in resize)
+            if len(resize) != 2 or min(resize) <= 0:
+                raise ValueError(f'resize must be (height, width) > 0, got {resize}')
+        self.resize = resize
+        for name, prob in (('hflip_prob', hflip_prob), ('vflip_prob', vflip_prob),
+                           ('min_box_area', min_box_area)):
+            if not 0.0 <= float(prob) <= 1.0:
+                raise ValueError(f'{name} must be in [0, 1], got {prob}')
+        self.augment = bool(augment)
+        self.hflip_prob = float(hflip_prob)
+        self.vflip_prob = float(vflip_prob)
+        self.min_box_px = float(min_box_px)
+        self.min_box_area = float(min_box_area)
+        self.keep_color = bool(keep_color)
+        self.seed = int(seed)
+        self.epoch = 0
+        dirs = [_dir(p) for p, _, _ in parsed]
+        self.class_map = _normalise_class_map(
+            default_class_map(dirs) if class_map is None else class_map)
+        self.class_names = class_names_from_map(self.class_map) if self.class_map else ()
+        self.items = []
+        self._id_maps = []
+        for (path, split, labels_dir), folder in zip(parsed, dirs):
+            set_names = read_classes(folder)
+            self._id_maps.append(self._set_id_map(folder, set_names))
+            for stem in read_split(folder, split):
+                self.items.append((len(self._id_maps) - 1, folder, stem, labels_dir))
+        if not self.items:
+            raise ValueError(f'no pairs found in the data sources {sources}')
+
+    def _set_id_map(self, folder, set_names):
+        """Return an array mapping the set's label ids to ours (-1: dropped), or None."""
+        if set_names is None:
+            return None
+        return np.asarray([self.class_map.get(n.lower(), -1) for n in set_names], np.int64)
+
+    def set_epoch(self, epoch):
+        """Select the epoch whose random crops/flips are drawn (call once per epoch)."""
+        self.epoch = int(epoch)
+
+    def __len__(self):
+        return len(self.items)
+
+    def _labels(self, set_index, folder, stem, labels_dir):
+        labels = load_labels(folder, stem, labels_dir)
+        if labels is None:
+            return None
+        id_map = self._id_maps[set_index]
+        if len(labels) == 0:
+            return labels
+        ids = labels[:, 0].astype(np.int64)
+        if id_map is None or ids.max() >= len(id_map):
+            raise ValueError(
+                f'{folder}/{labels_dir}/{stem}.txt uses class id {int(ids.max())} but the set '
+                f'lists {0 if id_map is None else len(id_map)} classes (classes.txt)')
+        mapped = id_map[ids]
+        labels = labels[mapped >= 0].copy()
+        labels[:, 0] = mapped[mapped >= 0]
+        return labels
+
+    def _window(self, height, width, rng):
+        """Return (top, left) of the crop window."""
+        crop_h, crop_w = self.crop_size
+        if self.augment:
+            return (int(rng.integers(0, height - crop_h + 1)),
+                    int(rng.integers(0, width - crop_w + 1)))
+        return (height - crop_h) // 2, (width - crop_w) // 2
+
+    def _crop_boxes(self, boxes, height, width, top, left, crop_h, crop_w):
+        if len(boxes) == 0:
+            return boxes
+        xyxy = yolo_to_xyxy(boxes, width, height)
+        area = (xyxy[:, 2] - xyxy[:, 0]) * (xyxy[:, 3] - xyxy[:, 1])
+        xyxy[:, [0, 2]] = np.clip(xyxy[:, [0, 2]] - left, 0, crop_w)
+        xyxy[:, [1, 3]] = np.clip(xyxy[:, [1, 3]] - top, 0, crop_h)
+        box_w = xyxy[:, 2] - xyxy[:, 0]
+        box_h = xyxy[:, 3] - xyxy[:, 1]
+        keep = ((box_w >= self.min_box_px) & (box_h >= self.min_box_px)
+                & (box_w * box_h >= self.min_box_area * np.maximum(area, 1e-9)))
+        out = np.stack([xyxy[:, 4], (xyxy[:, 0] + xyxy[:, 2]) / 2 / crop_w,
+                        (xyxy[:, 1] + xyxy[:, 3]) / 2 / crop_h, box_w / crop_w,
+                        box_h / crop_h], axis=1)
+        return out[keep].astype(np.float32)
+
+    def __getitem__(self, index):
+        set_index, folder, stem, labels_dir = self.items[index]
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        ir_raw, vi_raw = load_pair(folder, stem)
+        height, width = vi_raw.shape[:2]
+        if ir_raw.shape[:2] != (height, width):
+            ir_raw = cv2.resize(ir_raw, (width, height), interpolation=cv2.INTER_LINEAR)
+        ir = to_unit_gray(ir_raw, name=f'{folder.name}/ir/{stem}')
+        vi_y, _ = to_unit_visible(vi_raw, name=f'{folder.name}/vi/{stem}')
+        channels = [ir, vi_y]
+        if self.keep_color:
+            color = vi_raw if vi_raw.ndim == 3 else np.repeat(vi_raw[:, :, None], 3, axis=2)
+            color = color.astype(np.float32) / (255.0 if color.dtype == np.uint8 else 65535.0)
+            channels += [color[:, :, c] for c in range(3)]
+        stack = np.stack(channels, axis=2)
+        labels = self._labels(set_index, folder, stem, labels_dir)
+        boxes = labels if labels is not None else np.zeros((0, 5), np.float32)
+        # Normalised boxes are unchanged by resizing; only crops and flips move them.
+        if self.resize is not None:
+            height, width = self.resize
+            stack = cv2.resize(stack, (width, height), interpolation=cv2.INTER_AREA)
+        if self.crop_size is not None:
+            crop_h, crop_w = self.crop_size
+            scale = max(crop_h / height, crop_w / width)
+            if scale > 1.0:
+                height = max(crop_h, int(math.ceil(height * scale)))
+                width = max(crop_w, int(math.ceil(width * scale)))
+                stack = cv2.resize(stack, (width, height), interpolation=cv2.INTER_LINEAR)
+            top, left = self._window(height, width, rng)
+            stack = stack[top:top + crop_h, left:left + crop_w]
+            boxes = self._crop_boxes(boxes, height, width, top, left, crop_h, crop_w)
+        if self.augment and rng.random() < self.hflip_prob:
+            stack = stack[:, ::-1]
+            boxes = boxes.copy()
+            boxes[:, 1] = 1.0 - boxes[:, 1]
+        if self.augment and rng.random() < self.vflip_prob:
+            stack = stack[::-1]
+            boxes = boxes.copy()
+            boxes[:, 2] = 1.0 - boxes[:, 2]
+        chw = torch.from_numpy(np.ascontiguousarray(stack.transpose(2, 0, 1), np.float32))
+        sample = {
+            'ir': chw[0:1].clamp_(0.0, 1.0),
+            'vi': chw[1:2].clamp_(0.0, 1.0),
+            'boxes': torch.from_numpy(np.asarray(boxes, np.float32).reshape(-1, 5)),
+            'has_labels': labels is not None,
+            'stem': stem,
+            'dataset': folder.name,
+            'index': index,
+        }
+        if self.keep_color:
+            sample['vi_color'] = chw[2:5].clamp_(0.0, 1.0)
+        return sample
+
+
+def collate_pairs(samples):
+    """Stack samples of :class:`PairedDataset` into a batch with ultralytics detection targets.
+
+    Returns:
+        dict with ``ir``, ``vi`` (B, 1, H, W), ``vi_color`` (B, 3, H, W) if every sample has
+        it, ``has_labels`` (B,) bool, ``batch_idx`` (N,) float32 (image index of each box),
+        ``cls`` (N, 1) float32, ``bboxes`` (N, 4) float32 normalised ``cx, cy, w, h``, and the
+        lists ``stem``, ``dataset``, ``index``.
+
+    Raises:
+        ValueError: empty batch, or samples of different sizes (use ``crop_size``/``resize``).
+
+    """
+    if not samples:
+        raise ValueError('cannot collate an empty batch')
+    shapes = {tuple(s['ir'].shape) for s in samples} | {tuple(s['vi'].shape) for s in samples}
+    if len(shapes) != 1:
+        raise ValueError(
+            f'samples of one batch must share one size, got {sorted(shapes)}; '
+            f'set crop_size or resize')
+    boxes = [torch.as_tensor(s['boxes'], dtype=torch.float32).reshape(-1, 5) for s in samples]
+    all_boxes = torch.cat(boxes, 0)
+    batch = {
+        'ir': torch.stack([s['ir'] for s in samples]),
+        'vi': torch.stack([s['vi'] for s in samples]),
+        'has_labels': torch.tensor([bool(s['has_labels']) for s in samples]),
+        'batch_idx': torch.cat([torch.full((len(b),), float(i)) for i, b in enumerate(boxes)]),
+        'cls': all_boxes[:, 0:1].contiguous(),
+        'bboxes': all_boxes[:, 1:5].contiguous(),
+        'stem': [s['stem'] for s in samples],
+        'dataset': [s['dataset'] for s in samples],
+        'index': [s.get('index', i) for i, s in enumerate(samples)],
+    }
+    if all('vi_color' in s for s in samples):
+        batch['vi_color'] = torch.stack([s['vi_color'] for s in samples])
+    return batch

@@ -1,0 +1,250 @@
+"""Metrics against values worked out by hand on tiny images."""
+
+import math
+
+import numpy as np
+import pytest
+
+from tarfuse_ros.core import metrics
+
+
+def _ramp(height=16, width=16):
+    """Smooth, non-trivial float image in [0, 1] (gradients in both directions)."""
+    y, x = np.mgrid[0:height, 0:width].astype(np.float64)
+    return 0.5 + 0.25 * np.sin(x / 2.0) + 0.2 * np.cos(y / 3.0)
+
+
+def _half_half(height=4, width=4):
+    img = np.zeros((height, width), np.uint8)
+    img[:, width // 2:] = 255
+    return img
+
+
+# --- fusion -------------------------------------------------------------------------------
+
+def test_identical_images_give_ssim_and_cc_one():
+    img = (_ramp() * 255).round().astype(np.uint8)
+    assert metrics.ssim(img, img, img) == pytest.approx(1.0, abs=1e-12)
+    assert metrics.cc(img, img, img) == pytest.approx(1.0, abs=1e-12)
+
+
+def test_ssim_of_flat_images_is_the_luminance_term():
+    x = np.full((16, 16), 100, np.uint8)
+    y = np.full((16, 16), 150, np.uint8)
+    c1 = (0.01 * 255) ** 2
+    expected = (2 * 100 * 150 + c1) / (100 ** 2 + 150 ** 2 + c1)
+    assert metrics.ssim_pair(x, y) == pytest.approx(expected, rel=1e-9)
+    # The fusion SSIM is the mean over the two sources: (1 + expected) / 2.
+    assert metrics.ssim(x, x, y) == pytest.approx((1 + expected) / 2, rel=1e-9)
+
+
+def test_ssim_rejects_images_smaller_than_the_window():
+    with pytest.raises(ValueError, match='11x11'):
+        metrics.ssim_pair(np.zeros((8, 8), np.uint8), np.zeros((8, 8), np.uint8))
+
+
+def test_cc_of_an_inverted_source_cancels():
+    a = (_ramp() * 255).round().astype(np.uint8)
+    # Pearson(F, A) = 1 and Pearson(F, 255 - A) = -1.
+    assert metrics.cc(a, a, 255 - a) == pytest.approx(0.0, abs=1e-12)
+
+
+def _qabf_q(strength, orientation):
+    c = metrics.QABF_CONSTANTS
+    q_g = c['Tg'] / (1 + math.exp(c['kg'] * (strength - c['Dg'])))
+    q_a = c['Ta'] / (1 + math.exp(c['ka'] * (orientation - c['Da'])))
+    return q_g * q_a
+
+
+def test_qabf_of_identical_images_is_the_sigmoid_ceiling():
+    a = _ramp()
+    # G = 1 and A = 1 everywhere: Q = Qg(1) Qa(1) = 0.9994/(1+e^-7.5) * 0.9879/(1+e^-4.4).
+    expected = _qabf_q(1.0, 1.0)
+    assert expected == pytest.approx(0.97479, abs=1e-5)
+    assert metrics.qabf(a, a, a) == pytest.approx(expected, rel=1e-12)
+    # A source without gradients has no weight: F = A, B flat gives the same.
+    assert metrics.qabf(a, a, np.zeros_like(a)) == pytest.approx(expected, rel=1e-12)
+
+
+def test_qabf_of_half_contrast_sits_at_the_strength_midpoint():
+    a = _ramp()
+    # F = A / 2: gradient ratio G = 0.5 (= Dg), same orientation: Q = Qg(0.5) Qa(1).
+    expected = _qabf_q(0.5, 1.0)
+    assert expected == pytest.approx(0.9994 / 2 * 0.9879 / (1 + math.exp(-4.4)), rel=1e-12)
+    assert metrics.qabf(a / 2, a, a) == pytest.approx(expected, rel=1e-9)
+
+
+def test_qabf_is_symmetric_in_its_sources():
+    a = _ramp()
+    b = _ramp().T[::-1].copy()
+    f = (a + b) / 2
+    assert metrics.qabf(f, a, b) == pytest.approx(metrics.qabf(f, b, a), rel=1e-12)
+    assert 0.0 < metrics.qabf(f, a, b) < _qabf_q(1.0, 1.0)
+
+
+def _csf(r):
+    return 2.6 * (0.0192 + 0.144 * r) * math.exp(-(0.144 * r) ** 1.1)
+
+
+@pytest.mark.parametrize('cycles, axis', [(2, 1), (4, 0)])
+def test_qcv_of_a_cosine_difference_is_the_filtered_power(cycles, axis):
+    # F = 0.5 + 0.5 cos(2 pi k t / 32) spans exactly [0, 1] (min-max normalisation keeps it);
+    # A = B = 1 - F, so A - F = -cos(...) * 255 on the 0-255 scale, a single frequency whose
+    # CSF gain is csf(k / 4). Each 16x16 block holds whole periods: mean cos^2 = 1/2, so
+    # D = (255 csf)^2 / 2 in every block, and Q = D whatever the saliency weights.
+    t = np.arange(32, dtype=np.float64)
+    wave = 0.5 + 0.5 * np.cos(2 * math.pi * cycles * t / 32)
+    fused = np.tile(wave, (32, 1)) if axis == 1 else np.tile(wave[:, None], (1, 32))
+    expected = (255 * _csf(cycles / 4)) ** 2 / 2
+    assert metrics.qcv(fused, 1 - fused, 1 - fused) == pytest.approx(expected, rel=1e-9)
+    assert metrics.qcv(fused, fused, fused) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_entropy_of_two_and_four_equal_levels():
+    assert metrics.entropy(_half_half()) == pytest.approx(1.0, abs=1e-12)
+    img = np.array([[0, 85, 170, 255]] * 4, np.uint8)
+    assert metrics.entropy(img) == pytest.approx(2.0, abs=1e-12)
+    assert metrics.entropy(np.full((4, 4), 7, np.uint8)) == 0.0
+
+
+def test_mutual_information_in_bits():
+    f = _half_half()
+    # MI(F, F) = H(F) = 1 bit, twice.
+    assert metrics.mutual_information(f, f, f) == pytest.approx(2.0, abs=1e-12)
+    # Left/right halves vs top/bottom halves are independent: MI = 0.
+    g = f.T.copy()
+    assert metrics.mutual_information(f, g, g) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_sd_sf_ag_of_a_column_pattern():
+    img = np.array([[0, 255, 0, 255]] * 4, np.uint8)
+    assert metrics.sd(_half_half()) == pytest.approx(127.5)
+    # Every horizontal difference is +-255, every vertical one 0.
+    assert metrics.sf(img) == pytest.approx(255.0)
+    assert metrics.ag(img) == pytest.approx(255.0 / math.sqrt(2.0))
+
+
+def test_vif_identity_and_flat_fused():
+    a = np.random.default_rng(0).random((48, 48))
+    assert metrics.vifp(a, a) == pytest.approx(1.0, abs=1e-9)
+    # Fused = A = B: VIFp(A, F) + VIFp(B, F) = 2 (we report the sum).
+    assert metrics.vif(a, a, a) == pytest.approx(2.0, abs=1e-9)
+    # A flat fused image carries no information about the sources.
+    assert metrics.vif(np.full_like(a, 0.5), a, a) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_scd_of_a_sum():
+    rng = np.random.default_rng(1)
+    a = rng.random((8, 8)) * 0.5
+    b = rng.random((8, 8)) * 0.5
+    # F - B = A and F - A = B: both correlations are 1.
+    assert metrics.scd(a + b, a, b) == pytest.approx(2.0, abs=1e-12)
+
+
+def test_fusion_metrics_keys_and_ranges():
+    a = _ramp(32, 32)
+    b = _ramp(32, 32).T.copy()
+    result = metrics.fusion_metrics((a + b) / 2, a, b)
+    assert set(result) == set(metrics.FUSION_METRICS)
+    assert all(math.isfinite(v) for v in result.values())
+    assert -1 <= result['CC'] <= 1 and 0 <= result['Qabf'] <= 1 and result['Qcv'] >= 0
+
+
+def test_fusion_inputs_are_validated():
+    with pytest.raises(ValueError, match='same shape'):
+        metrics.cc(np.zeros((4, 4)), np.zeros((4, 5)), np.zeros((4, 4)))
+    with pytest.raises(ValueError, match=r'\[0, 1\]'):
+        metrics.entropy(np.full((4, 4), 3.0))
+    with pytest.raises(ValueError, match='2-D'):
+        metrics.sd(np.zeros((2, 4, 4)))
+
+
+# --- registration -------------------------------------------------------------------------
+
+def test_mse_ncc_epe_by_hand():
+    black = np.zeros((4, 4), np.uint8)
+    white = np.full((4, 4), 255, np.uint8)
+    assert metrics.mse(black, white) == pytest.approx(1.0)
+    assert metrics.mse(white, np.full((4, 4), 0.5)) == pytest.approx(0.25)
+    x = _ramp(8, 8)
+    assert metrics.ncc(0.5 * x + 0.1, x) == pytest.approx(1.0, abs=1e-12)
+    assert metrics.ncc(1 - x, x) == pytest.approx(-1.0, abs=1e-12)
+    gt = np.zeros((4, 4, 2))
+    gt[..., 0], gt[..., 1] = 3.0, 4.0
+    assert metrics.epe(np.zeros((4, 4, 2)), gt) == pytest.approx(5.0)
+    assert metrics.epe(np.zeros((2, 4, 4)), gt.transpose(2, 0, 1), channel_axis=0) == 5.0
+    mask = np.zeros((4, 4), bool)
+    mask[0, 0] = True
+    gt[0, 0] = (0.0, 1.0)
+    assert metrics.epe(np.zeros((4, 4, 2)), gt, mask=mask) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match='same shape'):
+        metrics.epe(np.zeros((4, 4, 2)), np.zeros((4, 5, 2)))
+
+
+# --- detection ----------------------------------------------------------------------------
+
+GT = np.array([[10, 10, 30, 30, 0], [50, 50, 70, 90, 1]], np.float64)
+
+
+def test_perfect_detections_give_ap_one():
+    preds = np.array([[10, 10, 30, 30, 0.9, 0], [50, 50, 70, 90, 0.8, 1]])
+    result = metrics.detection_metrics([preds], [GT], class_names=['person', 'car'])
+    assert result['map50'] == pytest.approx(1.0)
+    assert result['map50_95'] == pytest.approx(1.0)
+    assert result['per_class']['car']['ap50'] == pytest.approx(1.0)
+    assert result['per_class']['person']['num_gt'] == 1
+
+
+def test_false_positive_ranked_first_halves_the_ap():
+    # Ranked: FP (recall 0, precision 0), TP (recall 1, precision 1/2). The precision envelope
+    # is 1/2 at every recall in [0, 1], so all 101 points read 0.5.
+    gt = [np.array([[10, 10, 30, 30, 0]], np.float64)]
+    preds = [np.array([[60, 60, 80, 80, 0.9, 0], [10, 10, 30, 30, 0.5, 0]])]
+    assert metrics.average_precision(preds, gt, class_id=0) == pytest.approx(0.5)
+
+
+def test_missing_recall_counts_zero_precision():
+    # Two ground-truth boxes, one found first then an FP: precision 1 up to recall 0.5
+    # (51 of the 101 points: 0.00 ... 0.50) and 0 beyond: AP = 51 / 101.
+    gt = [np.array([[10, 10, 30, 30, 0], [40, 40, 60, 60, 0]], np.float64)]
+    preds = [np.array([[10, 10, 30, 30, 0.9, 0], [100, 100, 120, 120, 0.5, 0]])]
+    assert metrics.average_precision(preds, gt, class_id=0) == pytest.approx(51 / 101)
+
+
+def test_iou_thresholds_of_map50_95():
+    # IoU 0.72 matches at thresholds 0.50 ... 0.70 (5 of 10): map50 = 1, map50_95 = 0.5.
+    gt = [np.array([[0, 0, 10, 10, 0]], np.float64)]
+    preds = [np.array([[0, 0, 10, 7.2, 0.9, 0]])]
+    assert metrics.box_iou(preds[0][:, :4], gt[0][:, :4])[0, 0] == pytest.approx(0.72)
+    result = metrics.detection_metrics(preds, gt)
+    assert result['map50'] == pytest.approx(1.0)
+    assert result['map50_95'] == pytest.approx(0.5)
+
+
+def test_classes_without_ground_truth_do_not_count():
+    # A detection of class 3 (no ground truth anywhere) and a missed class-1 box.
+    preds = [np.array([[10, 10, 30, 30, 0.9, 0], [0, 0, 5, 5, 0.99, 3]]), np.zeros((0, 6))]
+    targets = [GT, np.zeros((0, 5))]
+    assert metrics.map_at(preds, targets, 0.5) == pytest.approx(0.5)
+    result = metrics.detection_metrics(preds, targets)
+    assert set(result['per_class']) == {'0', '1'}
+    assert result['per_class']['1']['ap50'] == 0.0
+    assert math.isnan(metrics.average_precision(preds, targets, class_id=3))
+
+
+def test_a_duplicate_detection_is_a_false_positive():
+    gt = [np.array([[10, 10, 30, 30, 0]], np.float64)]
+    preds = [np.array([[10, 10, 30, 30, 0.9, 0], [11, 11, 30, 30, 0.8, 0]])]
+    # TP then FP: precision 1 at recall 1 for every point.
+    assert metrics.average_precision(preds, gt, class_id=0) == pytest.approx(1.0)
+    preds = [np.array([[11, 11, 30, 30, 0.95, 0], [10, 10, 30, 30, 0.9, 0]])]
+    # The slightly worse box (IoU 0.9025) ranked first takes the match; the exact one is then
+    # an FP. At IoU 0.95 the first is an FP and the exact one a TP: AP = 0.5.
+    assert metrics.average_precision(preds, gt, class_id=0) == pytest.approx(1.0)
+    assert metrics.average_precision(
+        preds, gt, class_id=0, iou_threshold=0.95) == pytest.approx(0.5)
+
+
+def test_detection_inputs_are_validated():
+    with pytest.raises(ValueError, match='one prediction array per target'):
+        metrics.detection_metrics([np.zeros((0, 6))], [])
