@@ -1,0 +1,112 @@
+"""Launch the tarfuse_ros fusion node, optionally with RViz.
+
+Examples::
+
+    ros2 launch tarfuse_ros fuse.launch.py
+    ros2 launch tarfuse_ros fuse.launch.py namespace:=front device:=cuda:0 rviz:=true \\
+        infrared_topic:=/flir/image_raw visible_topic:=/rgb/image_raw
+
+Parameters come from ``params_file`` (default: the shipped ``config/tarfuse.yaml``); the
+``weights`` and ``device`` arguments override it only when they are not empty.  Unless
+``FASTRTPS_DEFAULT_PROFILES_FILE`` is already set, the shipped ``config/fastdds_profile.xml``
+is used (shared memory with a large segment: large images over best-effort DDS otherwise get
+lost).
+"""
+
+import os
+from pathlib import Path
+
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable
+from launch.conditions import IfCondition
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import Node
+
+PACKAGE = 'tarfuse_ros'
+
+
+def _share_dir():
+    """Return the installed share directory, or the source tree when not installed."""
+    try:
+        from ament_index_python.packages import get_package_share_directory
+        return Path(get_package_share_directory(PACKAGE))
+    except Exception:  # noqa: BLE001 - not installed: run from the source tree
+        return Path(__file__).resolve().parents[1]
+
+
+def _camera_info_topic(image_topic):
+    """Return the ``camera_info`` sibling of an image topic (``a/b/image_raw`` -> ``a/b/...``)."""
+    head, _, _ = image_topic.rpartition('/')
+    return f'{head}/camera_info' if head else 'camera_info'
+
+
+def _launch_setup(context):
+    share = _share_dir()
+    value = {name: LaunchConfiguration(name).perform(context) for name in (
+        'namespace', 'params_file', 'weights', 'device', 'infrared_topic', 'visible_topic',
+        'use_sim_time')}
+    actions = []
+    profile = share / 'config' / 'fastdds_profile.xml'
+    if not os.environ.get('FASTRTPS_DEFAULT_PROFILES_FILE') and profile.is_file():
+        actions.append(SetEnvironmentVariable('FASTRTPS_DEFAULT_PROFILES_FILE', str(profile)))
+    overrides = {'use_sim_time': value['use_sim_time'].lower() in ('true', '1', 'yes')}
+    for name in ('weights', 'device'):
+        if value[name].strip():
+            overrides[name] = value[name].strip()
+    params_file = value['params_file'] or str(share / 'config' / 'tarfuse.yaml')
+    actions.append(Node(
+        package=PACKAGE,
+        executable='fuse_node',
+        name='tarfuse',
+        namespace=value['namespace'],
+        output='screen',
+        emulate_tty=True,
+        parameters=[params_file, overrides],
+        remappings=[
+            ('infrared/image_raw', value['infrared_topic']),
+            ('visible/image_raw', value['visible_topic']),
+            ('visible/camera_info', _camera_info_topic(value['visible_topic'])),
+        ],
+    ))
+    actions.append(Node(
+        package='rviz2',
+        executable='rviz2',
+        name='tarfuse_rviz',
+        namespace=value['namespace'],
+        arguments=['-d', str(share / 'rviz' / 'tarfuse.rviz')],
+        parameters=[{'use_sim_time': overrides['use_sim_time']}],
+        condition=IfCondition(LaunchConfiguration('rviz')),
+    ))
+    return actions
+
+
+def generate_launch_description():
+    share = _share_dir()
+    arguments = [
+        DeclareLaunchArgument(
+            'namespace', default_value='',
+            description='Namespace of the node and of its relative topics (one per rig).'),
+        DeclareLaunchArgument(
+            'params_file', default_value=str(share / 'config' / 'tarfuse.yaml'),
+            description='YAML file with the node parameters (/**: ros__parameters).'),
+        DeclareLaunchArgument(
+            'weights', default_value='',
+            description='Checkpoint (.safetensors) overriding params_file; empty: keep it.'),
+        DeclareLaunchArgument(
+            'device', default_value='',
+            description="Torch device overriding params_file ('cpu', 'cuda:0'); empty: keep."),
+        DeclareLaunchArgument(
+            'infrared_topic', default_value='infrared/image_raw',
+            description='Infrared image topic (mono8/mono16/8UC1/16UC1).'),
+        DeclareLaunchArgument(
+            'visible_topic', default_value='visible/image_raw',
+            description='Visible image topic (bgr8/rgb8/mono8); its camera_info sibling is '
+                        'republished as fused/camera_info.'),
+        DeclareLaunchArgument(
+            'use_sim_time', default_value='false',
+            description='Use /clock (true when replaying a bag with --clock).'),
+        DeclareLaunchArgument(
+            'rviz', default_value='false',
+            description='Open RViz with rviz/tarfuse.rviz (fused, debug and registered images).'),
+    ]
+    return LaunchDescription(arguments + [OpaqueFunction(function=_launch_setup)])

@@ -1,0 +1,66 @@
+"""The launch file: its arguments, each with a description, and its parameter/remapping wiring."""
+
+import ast
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+LAUNCH_FILE = Path(__file__).resolve().parents[2] / 'launch' / 'fuse.launch.py'
+ARGUMENTS = ('namespace', 'params_file', 'weights', 'device', 'infrared_topic', 'visible_topic',
+             'use_sim_time', 'rviz')
+
+
+def _declared_arguments(tree):
+    """Return ``{name: keyword names}`` of every ``DeclareLaunchArgument`` call in the AST."""
+    found = {}
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Call) and getattr(node.func, 'id', None) ==
+                'DeclareLaunchArgument' and node.args and isinstance(node.args[0], ast.Constant)):
+            found[node.args[0].value] = {kw.arg for kw in node.keywords}
+    return found
+
+
+def test_launch_file_parses_and_declares_every_argument_with_a_description():
+    tree = ast.parse(LAUNCH_FILE.read_text(), filename=str(LAUNCH_FILE))
+    functions = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
+    assert 'generate_launch_description' in functions
+    declared = _declared_arguments(tree)
+    assert set(ARGUMENTS) <= set(declared), f'missing: {set(ARGUMENTS) - set(declared)}'
+    for name in ARGUMENTS:
+        assert {'default_value', 'description'} <= declared[name], name
+    text = LAUNCH_FILE.read_text()
+    for needed in ('FASTRTPS_DEFAULT_PROFILES_FILE', 'fastdds_profile.xml', 'tarfuse.yaml',
+                   'tarfuse.rviz', "'fuse_node'"):
+        assert needed in text, needed
+
+
+def test_launch_description_with_launch_ros():
+    if importlib.util.find_spec('launch_ros') is None:
+        pytest.skip('launch_ros is not installed here (no ROS distro, not on PyPI); the node '
+                    'itself is tested through --ros-args --params-file in test_node*.py')
+    from launch import LaunchContext
+    from launch.actions import DeclareLaunchArgument, OpaqueFunction
+    from launch_ros.actions import Node
+
+    spec = importlib.util.spec_from_file_location('fuse_launch', LAUNCH_FILE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    description = module.generate_launch_description()
+    declared = {e.name: e for e in description.entities if isinstance(e, DeclareLaunchArgument)}
+    assert set(ARGUMENTS) <= set(declared)
+    assert all(declared[name].description for name in ARGUMENTS)
+
+    context = LaunchContext()
+    for argument in declared.values():
+        context.launch_configurations[argument.name] = ''.join(
+            s.perform(context) for s in argument.default_value)
+    context.launch_configurations.update(
+        {'namespace': 'front', 'weights': '/tmp/w.safetensors',
+         'infrared_topic': '/flir/image_raw'})
+    setup = next(e for e in description.entities if isinstance(e, OpaqueFunction))
+    actions = setup.execute(context)
+    nodes = {a.node_executable: a for a in actions if isinstance(a, Node)}
+    assert nodes['fuse_node'].node_package == 'tarfuse_ros'
+    assert nodes['fuse_node'].condition is None
+    assert nodes['rviz2'].condition is not None  # only with rviz:=true
