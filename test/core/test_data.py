@@ -1,0 +1,230 @@
+"""Paired data sets: splits, pairs, labels, class maps, crops/flips that move boxes, collation."""
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from tarfuse_ros.core import data
+from tarfuse_ros.core.images import to_unit_visible
+from tarfuse_ros.core.model.warp import warp
+from tarfuse_ros.core.paths import shared_datasets_dir
+import torch
+
+DATASETS = shared_datasets_dir()
+needs_shared = pytest.mark.skipif(
+    DATASETS is None, reason='shared/datasets not found (set TARFUSE_SHARED or place ../shared)')
+UNIFIED = {'person': 0, 'people': 0, 'bicycle': 1, 'car': 2}
+
+
+def _make_set(root, boxes_px, size=(96, 128), labelled=True, name='toy'):
+    """Write a one-pair data set whose IR and visible show white rectangles at ``boxes_px``."""
+    height, width = size
+    folder = Path(root) / name
+    for sub in ('ir', 'vi', 'labels'):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+    ir = np.full((height, width), 20, np.uint8)
+    vi = np.zeros((height, width, 3), np.uint8)
+    vi[:, :] = (40, 80, 120)
+    lines = []
+    for x1, y1, x2, y2, cls in boxes_px:
+        ir[y1:y2, x1:x2] = 255
+        vi[y1:y2, x1:x2] = 255
+        lines.append(f'{cls} {(x1 + x2) / 2 / width} {(y1 + y2) / 2 / height} '
+                     f'{(x2 - x1) / width} {(y2 - y1) / height}')
+    cv2.imwrite(str(folder / 'ir' / 'a.png'), ir)
+    cv2.imwrite(str(folder / 'vi' / 'a.png'), vi)
+    if labelled:
+        (folder / 'labels' / 'a.txt').write_text('\n'.join(lines) + '\n')
+    (folder / 'classes.txt').write_text('person\ncar\n')
+    (folder / 'train.txt').write_text('a\n')
+    return folder
+
+
+def _bright_box(channel):
+    ys, xs = np.nonzero(channel.numpy()[0] > 0.9)
+    return xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
+
+
+@needs_shared
+def test_splits_of_the_shared_sets():
+    roadscene = DATASETS / 'roadscene'
+    assert len(data.read_split(roadscene, 'train')) == 152
+    test = data.read_split(roadscene, 'test')
+    assert len(test) == 18
+    assert data.read_split(roadscene, roadscene / 'test.txt') == test
+    assert len(data.read_split(DATASETS / 'tno', 'all')) == 25
+    assert set(test) <= set(data.read_split(roadscene, 'misaligned'))
+    with pytest.raises(ValueError, match="split 'val' not found.*'test'"):
+        data.read_split(roadscene, 'val')
+
+
+@needs_shared
+def test_pairs_load_as_stored():
+    ir, vi = data.load_pair(DATASETS / 'roadscene', 'FLIR_00006')
+    assert ir.dtype == np.uint8 and ir.ndim == 2
+    assert vi.dtype == np.uint8 and vi.shape == ir.shape + (3,)
+    # TNO stores 3 identical channels: the visible image is grey, the IR is reduced to HxW.
+    ir, vi = data.load_pair(DATASETS / 'tno', 'TNO_01')
+    assert ir.ndim == 2 and vi.ndim == 2 and ir.shape == vi.shape
+    with pytest.raises(ValueError, match="no ir/ image for stem 'nope'"):
+        data.load_pair(DATASETS / 'tno', 'nope')
+
+
+@needs_shared
+def test_labels_distinguish_unlabelled_from_empty():
+    roadscene = DATASETS / 'roadscene'
+    labelled = data.read_split(roadscene, 'det_labelled')
+    boxes = data.load_labels(roadscene, labelled[0])
+    assert boxes.dtype == np.float32 and boxes.shape[1] == 5 and len(boxes) >= 1
+    assert ((boxes[:, 1:] >= 0) & (boxes[:, 1:] <= 1)).all()
+    unlabelled = sorted(set(data.read_split(roadscene, 'all')) - set(labelled))[0]
+    assert data.load_labels(roadscene, unlabelled) is None
+    empty = data.load_labels(DATASETS / 'msrs_det', '01574D')
+    assert empty.shape == (0, 5)
+
+
+def test_malformed_labels_name_the_line(tmp_path):
+    folder = _make_set(tmp_path, [(10, 10, 40, 40, 0)])
+    (folder / 'labels' / 'a.txt').write_text('0 0.5 0.5 0.2\n')
+    with pytest.raises(ValueError, match='line 1.*5 columns'):
+        data.load_labels(folder, 'a')
+    (folder / 'labels' / 'a.txt').write_text('0 0.5 0.5 0.2 0.2\n1 1.5 0.5 0.2 0.2\n')
+    with pytest.raises(ValueError, match='line 2.*normalised'):
+        data.load_labels(folder, 'a')
+
+
+@needs_shared
+def test_class_map_unifies_label_sets():
+    dataset = data.PairedDataset([(DATASETS / 'm3fd_samples', 'all')], class_map=UNIFIED,
+                                 augment=False)
+    assert dataset.class_names == ('person', 'bicycle', 'car')
+    by_stem = {dataset.items[i][2]: i for i in range(len(dataset))}
+    sample = dataset[by_stem['M3FD_00000']]
+    # M3FD: 4 People (id 0) -> person 0, 7 Car (id 1) -> car 2; Bus/Lamp/... would be dropped.
+    assert sample['has_labels'] is True
+    assert sorted(sample['boxes'][:, 0].tolist()) == [0.0] * 4 + [2.0] * 7
+    unlabelled = dataset[by_stem['M3FD_00370']]
+    assert unlabelled['has_labels'] is False and unlabelled['boxes'].shape == (0, 5)
+    default = data.default_class_map([DATASETS / 'msrs_det', DATASETS / 'm3fd_samples'])
+    assert default == {'person': 0, 'bicycle': 1, 'car': 2, 'people': 3, 'bus': 4,
+                       'motorcycle': 5, 'lamp': 6, 'truck': 7}
+
+
+@needs_shared
+def test_sample_channels_are_ir_and_visible_luma():
+    roadscene = DATASETS / 'roadscene'
+    dataset = data.PairedDataset([(roadscene, 'test')], augment=False, keep_color=True)
+    sample = dataset[0]
+    ir, vi = data.load_pair(roadscene, sample['stem'])
+    assert sample['ir'].shape == (1,) + ir.shape
+    np.testing.assert_allclose(sample['ir'][0].numpy(), ir / 255.0, atol=1e-6)
+    np.testing.assert_allclose(sample['vi'][0].numpy(), to_unit_visible(vi)[0], atol=1e-6)
+    # BT.601 luma of the colour image (what OpenCV's YCrCb gives).
+    y_ref = cv2.cvtColor(vi, cv2.COLOR_BGR2YCrCb)[:, :, 0] / 255.0
+    np.testing.assert_allclose(sample['vi'][0].numpy(), y_ref, atol=1 / 255 + 1e-6)
+    np.testing.assert_allclose(sample['vi_color'].numpy(), vi.transpose(2, 0, 1) / 255.0,
+                               atol=1e-6)
+
+
+def test_boxes_follow_random_crops_and_flips(tmp_path):
+    folder = _make_set(tmp_path, [(40, 30, 72, 62, 0)])
+    dataset = data.PairedDataset([(folder, 'train')], class_map={'person': 0, 'car': 1},
+                                 crop_size=64, hflip_prob=0.5, vflip_prob=0.5, seed=3)
+    seen_flips = set()
+    for epoch in range(12):
+        dataset.set_epoch(epoch)
+        sample = dataset[0]
+        assert sample['ir'].shape == (1, 64, 64) and sample['vi'].shape == (1, 64, 64)
+        if len(sample['boxes']) == 0:
+            continue  # the rectangle fell (mostly) outside this crop
+        _, cx, cy, w, h = sample['boxes'][0].tolist()
+        x1, y1, x2, y2 = _bright_box(sample['ir'])
+        assert (cx - w / 2) * 64 == pytest.approx(x1, abs=1e-3)
+        assert (cx + w / 2) * 64 == pytest.approx(x2, abs=1e-3)
+        assert (cy - h / 2) * 64 == pytest.approx(y1, abs=1e-3)
+        assert (cy + h / 2) * 64 == pytest.approx(y2, abs=1e-3)
+        assert _bright_box(sample['vi']) == (x1, y1, x2, y2)
+        seen_flips.add((x1 == 0, y1 == 0))
+    assert len(seen_flips) >= 1
+
+
+def test_crops_clip_and_drop_cut_boxes(tmp_path):
+    # A 64x64 centre crop of 96x128 spans x 32..96, y 16..80.
+    boxes = [(20, 30, 60, 50, 0),   # cut on the left: clipped to x 32..60
+             (90, 20, 100, 40, 1),  # 6 px of 10 inside: kept, clipped to x 90..96
+             (0, 0, 31, 10, 0),     # entirely outside: dropped
+             (94, 60, 110, 70, 1)]  # 2 px wide inside: dropped (min_box_px 3)
+    folder = _make_set(tmp_path, boxes)
+    dataset = data.PairedDataset([(folder, 'train')], class_map={'person': 0, 'car': 1},
+                                 crop_size=64, augment=False)
+    got = dataset[0]['boxes'].numpy()
+    xyxy = data.yolo_to_xyxy(got, 64, 64)
+    np.testing.assert_allclose(xyxy[:, :4], [[0, 14, 28, 34], [58, 4, 64, 24]], atol=1e-4)
+    np.testing.assert_array_equal(xyxy[:, 4], [0, 1])
+
+
+def test_small_images_are_scaled_up_to_the_crop(tmp_path):
+    folder = _make_set(tmp_path, [(10, 10, 30, 30, 0)], size=(40, 60))
+    sample = data.PairedDataset([(folder, 'train')], crop_size=64, augment=False)[0]
+    assert sample['ir'].shape == (1, 64, 64)
+
+
+def test_samples_are_reproducible_per_epoch(tmp_path):
+    folder = _make_set(tmp_path, [(40, 30, 72, 62, 0)], size=(200, 240))
+    dataset = data.PairedDataset([(folder, 'train')], crop_size=64, seed=7)
+    first = dataset[0]['ir'].clone()
+    assert torch.equal(dataset[0]['ir'], first)
+    changed = False
+    for epoch in range(1, 6):
+        dataset.set_epoch(epoch)
+        changed |= not torch.equal(dataset[0]['ir'], first)
+    assert changed
+
+
+def test_collate_builds_ultralytics_targets(tmp_path):
+    labelled = _make_set(tmp_path, [(40, 30, 72, 62, 0), (5, 5, 20, 20, 1)], name='l')
+    bare = _make_set(tmp_path, [(40, 30, 72, 62, 0)], labelled=False, name='u')
+    dataset = data.PairedDataset([(labelled, 'train'), (bare, 'train')],
+                                 class_map={'person': 0, 'car': 1}, resize=(96, 128),
+                                 augment=False)
+    batch = data.collate_pairs([dataset[1], dataset[0], dataset[0]])
+    assert batch['ir'].shape == (3, 1, 96, 128)
+    assert batch['has_labels'].tolist() == [False, True, True]
+    assert batch['batch_idx'].tolist() == [1.0, 1.0, 2.0, 2.0]
+    assert batch['batch_idx'].dtype == torch.float32
+    assert batch['cls'].shape == (4, 1) and batch['cls'][:, 0].tolist() == [0, 1, 0, 1]
+    assert batch['bboxes'].shape == (4, 4)
+    np.testing.assert_allclose(batch['bboxes'][0].numpy(),
+                               [56 / 128, 46 / 96, 32 / 128, 32 / 96], atol=1e-6)
+    assert batch['dataset'] == ['u', 'l', 'l']
+    small = data.PairedDataset([(labelled, 'train')], resize=(64, 64), augment=False)[0]
+    with pytest.raises(ValueError, match='share one size'):
+        data.collate_pairs([dataset[0], small])
+
+
+def test_bad_arguments_raise(tmp_path):
+    folder = _make_set(tmp_path, [(10, 10, 30, 30, 0)])
+    with pytest.raises(ValueError, match='multiples of 32'):
+        data.PairedDataset([(folder, 'train')], crop_size=50)
+    with pytest.raises(ValueError, match='must contain ir/ and vi/'):
+        data.PairedDataset([(tmp_path, 'train')])
+    with pytest.raises(ValueError, match='without gaps'):
+        data.PairedDataset([(folder, 'train')], class_map={'person': 0, 'car': 2})
+
+
+@needs_shared
+def test_dataset_displacement_reproduces_the_deformed_ir():
+    msrs = DATASETS / 'msrs_det'
+    stem = data.misaligned_stems(msrs)[0]
+    disp = data.load_disp(msrs, stem)
+    ir, _ = data.load_pair(msrs, stem)
+    deformed = data.load_misaligned_ir(msrs, stem)
+    assert disp.shape == ir.shape + (2,) and disp.dtype == np.float32
+    # The stored field is the APPLIED one: ir_warp = warp(ir, disp).
+    ir_t = torch.from_numpy(ir / 255.0).float()[None, None]
+    flow = torch.from_numpy(disp).permute(2, 0, 1)[None]
+    rebuilt = warp(ir_t, flow)[0, 0].numpy() * 255.0
+    assert np.abs(rebuilt - deformed).mean() < 1.0
+    with pytest.raises(ValueError, match='no ground-truth displacement'):
+        data.load_disp(msrs, 'nope')
