@@ -1,0 +1,463 @@
+r"""tarfuse-play: publish a rosbag2's topics with their timing, optionally recording other topics.
+
+Works without rosbag2: the bag is read with ``rosbags`` and each message is published as the
+raw CDR bytes stored in the bag (``rclpy`` publishers accept ``bytes``), so stamps and data are
+exactly the recorded ones. Recording subscribes with ``raw=True`` and writes the received bytes
+into a new MCAP bag whose type definitions come from the Jazzy typestore plus vision_msgs.
+On a ROS install, ``ros2 bag play`` plays the same bags.
+
+Example (play the sample bag into a running node and record what it publishes)::
+
+    tarfuse-play /tmp/sample_bag --wait-for-subscribers 1 --record /tmp/out_bag \\
+        --record-topics fused/image_raw detections registered/image_raw /diagnostics
+"""
+
+import argparse
+from dataclasses import dataclass, field
+import importlib
+import json
+import math
+from pathlib import Path
+import signal
+import statistics
+import sys
+import threading
+import time
+
+from rosbags.rosbag2 import Reader
+
+from tarfuse_ros.tools.bagio import (
+    header_stamp_ns, jazzy_typestore, offered_qos, open_writer, replace_header_stamp,
+    type_has_header)
+
+__all__ = ['BagPlayer', 'PlayError', 'PlayStats', 'build_parser', 'main', 'message_class']
+
+# Types of the node's outputs (and common companions), used when --record-topics gives none.
+KNOWN_TYPES = {
+    'image_raw': 'sensor_msgs/msg/Image',
+    'camera_info': 'sensor_msgs/msg/CameraInfo',
+    'detections': 'vision_msgs/msg/Detection2DArray',
+    'label_info': 'vision_msgs/msg/LabelInfo',
+    'diagnostics': 'diagnostic_msgs/msg/DiagnosticArray',
+}
+
+
+class PlayError(RuntimeError):
+    """Playback could not start or finish (no subscribers, missing message type, ...)."""
+
+
+@dataclass
+class PlayStats:
+    """What was published and received: lists of ``(topic, stamp_ns or None, wall_ns)``."""
+
+    published: list = field(default_factory=list)
+    received: list = field(default_factory=list)
+    record_path: str = ''
+    loops: int = 0
+    interrupted: bool = False
+
+    def counts(self, which='published'):
+        """Return ``{topic: message count}`` of the published or received messages."""
+        result = {}
+        for topic, _stamp, _wall in getattr(self, which):
+            result[topic] = result.get(topic, 0) + 1
+        return result
+
+    def latencies_ms(self, topic):
+        """
+        Return latencies (ms) of the messages received on ``topic`` that answer an input.
+
+        An output answers an input when its header stamp equals a published stamp; the latency
+        is its receipt time minus the latest publish time of an input with that stamp.
+        """
+        published_at = {}
+        for _topic, stamp, wall in self.published:
+            if stamp is not None:
+                published_at[stamp] = max(wall, published_at.get(stamp, wall))
+        return [(wall - published_at[stamp]) / 1e6 for name, stamp, wall in self.received
+                if name == topic and stamp in published_at]
+
+    def to_dict(self):
+        return {'published': self.published, 'received': self.received,
+                'record_path': self.record_path, 'loops': self.loops,
+                'interrupted': self.interrupted}
+
+
+def message_class(msgtype):
+    """Return the rclpy message class for ``pkg/msg/Name`` (ValueError if not importable)."""
+    parts = msgtype.split('/')
+    if len(parts) != 3 or parts[1] != 'msg':
+        raise ValueError(f'message type must look like pkg/msg/Name, got {msgtype!r}')
+    try:
+        return getattr(importlib.import_module(f'{parts[0]}.msg'), parts[2])
+    except (ImportError, AttributeError) as error:
+        raise ValueError(f'message type {msgtype} is not importable here ({error}); source the '
+                         'ROS environment that provides it (tools/ros_env/env.sh)') from None
+
+
+def _qos(reliability, depth):
+    from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+    if reliability not in ('reliable', 'best_effort'):
+        raise ValueError(f'QoS reliability must be reliable or best_effort, got {reliability!r}')
+    policy = ReliabilityPolicy.RELIABLE if reliability == 'reliable' \
+        else ReliabilityPolicy.BEST_EFFORT
+    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth, reliability=policy)
+
+
+def _parse_remaps(remaps):
+    result = {}
+    for item in remaps or ():
+        if ':=' not in item:
+            raise ValueError(f'remap must look like FROM:=TO, got {item!r}')
+        source, target = item.split(':=', 1)
+        result[source] = target
+    return result
+
+
+class BagPlayer:
+    """
+    Publish a bag's messages with their recorded timing; optionally record other topics.
+
+    Runs in its own rclpy context (so it can share a process with other ROS code) with a
+    background executor thread for the recorder. ``run()`` returns a :class:`PlayStats`.
+
+    Parameters: ``rate`` (time factor, 2 = twice as fast), ``loop`` (repeat until
+    ``duration`` or Ctrl-C), ``start_delay`` (s, after waiting for subscribers),
+    ``duration`` (s of playback, None = the whole bag), ``wait_for_subscribers`` (wait until
+    every played topic has that many subscribers, at most ``wait_timeout`` s), ``topics``
+    (bag topics to play, None = all), ``remap`` ({bag topic: published topic}), ``restamp``
+    (shift header stamps so the first message is stamped 'now', keeping relative offsets),
+    ``qos_reliability`` of the publishers, ``record`` (bag directory to create),
+    ``record_topics`` (names, ``name:pkg/msg/Type`` to give a type), ``linger`` (s to keep
+    recording after the last answer to a published input arrived), ``max_linger`` (cap),
+    ``should_abort`` (callable returning a reason string to stop early, e.g. a dead node).
+    """
+
+    def __init__(self, bag, *, rate=1.0, loop=False, start_delay=0.0, duration=None,
+                 wait_for_subscribers=0, wait_timeout=60.0, topics=None, remap=None,
+                 restamp=False, qos_reliability='reliable', record=None, record_topics=(),
+                 record_reliability='reliable', linger=2.0, max_linger=30.0,
+                 domain_id=None, node_name='tarfuse_player', should_abort=None, log=None):
+        if not (rate > 0 and math.isfinite(rate)):
+            raise ValueError(f'rate must be a finite factor > 0, got {rate}')
+        for name, value in (('start_delay', start_delay), ('wait_timeout', wait_timeout),
+                            ('linger', linger), ('max_linger', max_linger)):
+            if value < 0:
+                raise ValueError(f'{name} must be >= 0, got {value}')
+        if duration is not None and duration <= 0:
+            raise ValueError(f'duration must be > 0 s, got {duration}')
+        if wait_for_subscribers < 0:
+            raise ValueError(f'wait_for_subscribers must be >= 0, got {wait_for_subscribers}')
+        self.bag = Path(bag)
+        if not (self.bag / 'metadata.yaml').is_file():
+            raise ValueError(f'{self.bag} is not a rosbag2 directory (no metadata.yaml)')
+        if record is not None and Path(record).exists():
+            raise ValueError(f'record bag {record} exists already; remove it or choose another')
+        if record is not None and not record_topics:
+            raise ValueError('--record needs --record-topics')
+        self.rate, self.loop, self.start_delay, self.duration = rate, loop, start_delay, duration
+        self.wait_for_subscribers, self.wait_timeout = wait_for_subscribers, wait_timeout
+        self.topics = None if topics is None else set(topics)
+        self.remap = dict(remap or {})
+        self.restamp = restamp
+        self.qos_reliability = qos_reliability
+        _qos(qos_reliability, 1)
+        _qos(record_reliability, 1)
+        self.record = None if record is None else Path(record)
+        self.record_topics = list(record_topics)
+        self.record_reliability = record_reliability
+        self.linger, self.max_linger = linger, max_linger
+        self.domain_id, self.node_name = domain_id, node_name
+        self.should_abort = should_abort
+        self.log = log or (lambda text: print(text, file=sys.stderr, flush=True))
+        self.typestore = jazzy_typestore()
+        self.stats = PlayStats(record_path=str(self.record or ''))
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._last_answer = None
+        self._published_stamps = set()
+        self._writer = None
+        self._record_conns = {}
+
+    # -- set-up ---------------------------------------------------------------------------
+    def _record_specs(self, node):
+        specs = []
+        for item in self.record_topics:
+            name, _, msgtype = item.partition(':')
+            topic = node.resolve_topic_name(name)
+            if not msgtype:
+                msgtype = KNOWN_TYPES.get(topic.rstrip('/').rsplit('/', 1)[-1], '')
+            if not msgtype:
+                for graph_topic, types in node.get_topic_names_and_types():
+                    if graph_topic == topic and types:
+                        msgtype = types[0]
+            if not msgtype:
+                raise PlayError(f'type of record topic {topic} unknown: give it as '
+                                f'{name}:pkg/msg/Type')
+            if msgtype not in self.typestore.types:
+                raise PlayError(f'record topic {topic}: type {msgtype} is not in the typestore '
+                                '(vision_msgs needs its .msg files installed)')
+            specs.append((topic, msgtype, message_class(msgtype)))
+        return specs
+
+    def _on_record(self, topic, msgtype, data):
+        wall = time.time_ns()
+        stamp = header_stamp_ns(data) if type_has_header(self.typestore, msgtype) else None
+        with self._lock:
+            if self._writer is not None:
+                conn = self._record_conns.get(topic)
+                if conn is None:
+                    conn = self._writer.add_connection(
+                        topic, msgtype, typestore=self.typestore,
+                        offered_qos_profiles=offered_qos(self.record_reliability == 'reliable'))
+                    self._record_conns[topic] = conn
+                self._writer.write(conn, wall, data)
+            self.stats.received.append((topic, stamp, wall))
+            if stamp is not None and stamp in self._published_stamps:
+                self._last_answer = time.monotonic()
+
+    def _check_abort(self):
+        if self._stop.is_set():
+            return True
+        if self.should_abort is not None:
+            reason = self.should_abort()
+            if reason:
+                raise PlayError(reason)
+        return False
+
+    def _sleep_until(self, deadline):
+        while True:
+            if self._check_abort():
+                return False
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return True
+            time.sleep(min(remaining, 0.05))
+
+    def _wait_for_graph(self, node, publishers, record_topics):
+        deadline = time.monotonic() + self.wait_timeout
+        while True:
+            missing = [topic for topic, pub in publishers.items()
+                       if pub.get_subscription_count() < self.wait_for_subscribers]
+            if not missing:
+                break
+            if time.monotonic() > deadline:
+                raise PlayError(
+                    f'no {self.wait_for_subscribers} subscriber(s) on {", ".join(missing)} after '
+                    f'{self.wait_timeout:.0f} s: is the node running (same ROS_DOMAIN_ID, '
+                    'topic names/namespace, compatible QoS)?')
+            if self._check_abort():
+                return
+            time.sleep(0.05)
+        # Outputs published before the recorder matched would be lost: wait for publishers too.
+        while record_topics:
+            record_topics = [t for t in record_topics if node.count_publishers(t) < 1]
+            if not record_topics or time.monotonic() > deadline:
+                break
+            if self._check_abort():
+                return
+            time.sleep(0.05)
+        if record_topics:
+            self.log(f'tarfuse-play: no publisher yet on {", ".join(record_topics)}; '
+                     'recording anyway')
+
+    # -- playback ---------------------------------------------------------------------------
+    def _play_once(self, reader, connections, publishers, base_mono, base_wall_ns, end_mono):
+        """Publish every message once; return (last bag time, True if stopped early)."""
+        start_ns = reader.start_time
+        last = start_ns
+        for connection, timestamp, data in reader.messages(connections=connections):
+            target = base_mono + (timestamp - start_ns) / 1e9 / self.rate
+            if end_mono is not None and target > end_mono:
+                return last, True
+            if not self._sleep_until(target):
+                return last, True
+            data = bytes(data)
+            stamp = None
+            if type_has_header(self.typestore, connection.msgtype):
+                stamp = header_stamp_ns(data)
+                if self.restamp:
+                    stamp = base_wall_ns + int((stamp - start_ns) / self.rate)
+                    data = replace_header_stamp(data, stamp)
+            topic = self.remap.get(connection.topic, connection.topic)
+            with self._lock:
+                if stamp is not None:
+                    self._published_stamps.add(stamp)
+                publishers[connection.topic].publish(data)
+                self.stats.published.append((topic, stamp, time.time_ns()))
+            last = timestamp
+        return last, False
+
+    def run(self):
+        """Play (and record) until done; return the :class:`PlayStats`."""
+        import rclpy
+        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.signals import SignalHandlerOptions
+
+        context = rclpy.Context()
+        rclpy.init(context=context, domain_id=self.domain_id,
+                   signal_handler_options=SignalHandlerOptions.NO)
+        node = executor = spinner = None
+        try:
+            node = rclpy.create_node(self.node_name, context=context)
+            with Reader(self.bag) as reader:
+                connections = [c for c in reader.connections
+                               if self.topics is None or c.topic in self.topics]
+                if not connections:
+                    raise PlayError(f'no topics to play in {self.bag} '
+                                    f'(bag has {sorted(c.topic for c in reader.connections)})')
+                qos = _qos(self.qos_reliability, 10)
+                publishers = {}
+                for connection in connections:
+                    if connection.topic not in publishers:
+                        topic = self.remap.get(connection.topic, connection.topic)
+                        publishers[connection.topic] = node.create_publisher(
+                            message_class(connection.msgtype), topic, qos)
+                specs = self._record_specs(node) if self.record is not None else []
+                if specs:
+                    self._writer = open_writer(self.record)
+                    record_qos = _qos(self.record_reliability, 100)
+                    for topic, msgtype, cls in specs:
+                        node.create_subscription(
+                            cls, topic,
+                            lambda data, t=topic, m=msgtype: self._on_record(t, m, data),
+                            record_qos, raw=True)
+                executor = SingleThreadedExecutor(context=context)
+                executor.add_node(node)
+                spinner = threading.Thread(target=executor.spin, name='tarfuse_play_spin',
+                                           daemon=True)
+                spinner.start()
+                if self.wait_for_subscribers:
+                    self._wait_for_graph(
+                        node, {self.remap.get(t, t): p for t, p in publishers.items()},
+                        [t for t, _m, _c in specs])
+                self._sleep_until(time.monotonic() + self.start_delay)
+                self._play(reader, connections, publishers)
+            self._linger()
+        except KeyboardInterrupt:
+            self.stats.interrupted = True
+        finally:
+            self._stop.set()
+            if executor is not None:
+                executor.shutdown(timeout_sec=2.0)
+            if spinner is not None:
+                spinner.join(timeout=5.0)
+            with self._lock:
+                if self._writer is not None:
+                    self._writer.close()
+                    self._writer = None
+            if node is not None:
+                node.destroy_node()
+            rclpy.shutdown(context=context)
+        return self.stats
+
+    def _play(self, reader, connections, publishers):
+        first_mono = time.monotonic()
+        end_mono = None if self.duration is None else first_mono + self.duration
+        base_mono = first_mono
+        span_ns = reader.end_time - reader.start_time if reader.message_count > 1 else 0
+        gap_ns = None
+        while True:
+            base_wall_ns = time.time_ns() + int((base_mono - time.monotonic()) * 1e9)
+            _last, stopped = self._play_once(
+                reader, connections, publishers, base_mono, base_wall_ns, end_mono)
+            self.stats.loops += 1
+            if stopped or not self.loop:
+                return
+            if gap_ns is None:
+                gap_ns = self._frame_gap_ns(reader, connections)
+            # The next round starts one frame period after this round's last message.
+            base_mono += (span_ns + gap_ns) / 1e9 / self.rate
+
+    @staticmethod
+    def _frame_gap_ns(reader, connections):
+        stamps = {}
+        for connection, timestamp, _data in reader.messages(connections=connections):
+            stamps.setdefault(connection.topic, []).append(timestamp)
+        gaps = [b - a for times in stamps.values() for a, b in zip(times, times[1:])]
+        return int(statistics.median(gaps)) if gaps else 100_000_000
+
+    def _linger(self):
+        if self.record is None or self._stop.is_set():
+            return
+        end = time.monotonic()
+        cap = end + self.max_linger
+        while time.monotonic() < cap:
+            with self._lock:
+                last = max(end, self._last_answer or end)
+            if time.monotonic() - last >= self.linger:
+                return
+            if self._check_abort():
+                return
+            time.sleep(0.05)
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog='tarfuse-play', description=__doc__.split('\n\n')[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument('bag', type=Path, help='rosbag2 directory (MCAP or SQLite 3)')
+    parser.add_argument('--rate', type=float, default=1.0, help='time factor (2 = twice as fast)')
+    parser.add_argument('--loop', action='store_true', help='repeat until --duration or Ctrl-C')
+    parser.add_argument('--start-delay', type=float, default=0.0,
+                        help='seconds to wait before the first message')
+    parser.add_argument('--duration', type=float, default=None,
+                        help='stop after this many seconds of playback')
+    parser.add_argument('--wait-for-subscribers', type=int, default=0, metavar='N',
+                        help='wait until every played topic has N subscribers')
+    parser.add_argument('--wait-timeout', type=float, default=60.0,
+                        help='give up waiting for subscribers after this many seconds')
+    parser.add_argument('--topics', nargs='+', default=None, help='bag topics to play')
+    parser.add_argument('--remap', nargs='+', default=(), metavar='FROM:=TO',
+                        help='publish bag topic FROM as TO')
+    parser.add_argument('--restamp', action='store_true',
+                        help='shift header stamps to the playback time (keeps offsets)')
+    parser.add_argument('--qos-reliability', choices=('reliable', 'best_effort'),
+                        default='reliable', help='reliability of the publishers')
+    parser.add_argument('--record', type=Path, default=None, help='bag directory to record to')
+    parser.add_argument('--record-topics', nargs='+', default=(), metavar='TOPIC[:TYPE]',
+                        help='topics to record, e.g. fused/image_raw detections /diagnostics')
+    parser.add_argument('--record-reliability', choices=('reliable', 'best_effort'),
+                        default='reliable', help='reliability of the recording subscriptions')
+    parser.add_argument('--linger', type=float, default=2.0,
+                        help='keep recording until no answer to an input came for this long')
+    parser.add_argument('--max-linger', type=float, default=30.0,
+                        help='stop recording at most this many seconds after playback')
+    parser.add_argument('--stats', type=Path, default=None,
+                        help='write published/received stamps and times to this JSON file')
+    return parser
+
+
+def _terminate(_signum, _frame):
+    raise KeyboardInterrupt
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        player = BagPlayer(
+            args.bag, rate=args.rate, loop=args.loop, start_delay=args.start_delay,
+            duration=args.duration, wait_for_subscribers=args.wait_for_subscribers,
+            wait_timeout=args.wait_timeout, topics=args.topics, remap=_parse_remaps(args.remap),
+            restamp=args.restamp, qos_reliability=args.qos_reliability, record=args.record,
+            record_topics=args.record_topics, record_reliability=args.record_reliability,
+            linger=args.linger, max_linger=args.max_linger)
+        stats = player.run()
+    except (ValueError, PlayError) as error:
+        print(f'tarfuse-play: error: {error}', file=sys.stderr)
+        return 2
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if args.stats is not None:
+        args.stats.write_text(json.dumps(stats.to_dict()))
+    published = ', '.join(f'{t}: {n}' for t, n in sorted(stats.counts('published').items()))
+    print(f'published {published or "nothing"} ({stats.loops} round(s))')
+    if args.record is not None:
+        received = ', '.join(f'{t}: {n}' for t, n in sorted(stats.counts('received').items()))
+        print(f'recorded to {args.record}: {received or "nothing"}')
+    return 130 if stats.interrupted else 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,270 @@
+"""Bag tooling: tarfuse-make-bag writes real rosbag2/MCAP bags; tarfuse-play replays and records.
+
+The images are the real RoadScene pairs shipped in ``samples/`` (and the shared data set where
+present); bags are read back with ``rosbags``; playback goes over real DDS to another process.
+"""
+
+import json
+import os
+from pathlib import Path
+import subprocess
+import sys
+import time
+
+import cv2
+import numpy as np
+import pytest
+from ruamel.yaml import YAML
+
+from tarfuse_ros.tools import make_bag as make_bag_tool
+from tarfuse_ros.tools import play_bag as play_bag_tool
+from tarfuse_ros.tools.bagio import (
+    array_to_image, header_stamp_ns, image_to_array, jazzy_typestore, read_messages,
+    replace_header_stamp)
+from tarfuse_ros.tools.make_bag import ir_to_mono16, make_bag, MONO16_GAIN, MONO16_OFFSET
+from tarfuse_ros.tools.play_bag import BagPlayer, PlayError
+
+ROOT = Path(__file__).resolve().parents[2]
+SAMPLES = ROOT / 'samples'
+LISTENER = Path(__file__).with_name('image_listener.py')
+VI, IR = '/visible/image_raw', '/infrared/image_raw'
+
+
+def _shared_roadscene():
+    base = Path(os.environ.get('TARFUSE_SHARED', ROOT.parent / 'shared'))
+    for candidate in (base / 'datasets' / 'roadscene', base / 'roadscene'):
+        if (candidate / 'test.txt').is_file():
+            return candidate
+    return None
+
+
+@pytest.fixture(scope='module')
+def sample_bag(tmp_path_factory):
+    """Two rounds of the five sample pairs, 128x96, mono16 IR 5 ms (+/- 1 ms) after visible."""
+    out = tmp_path_factory.mktemp('bags') / 'samples_mono16'
+    summary = make_bag(SAMPLES, out, rate=20.0, ir_encoding='mono16', offset_ms=5.0,
+                       jitter_ms=1.0, loops=2, seed=3, size=(128, 96))
+    return out, summary
+
+
+def _by_topic(path):
+    result = {}
+    for topic, msgtype, bag_ns, raw, msg in read_messages(path):
+        result.setdefault(topic, []).append((msgtype, bag_ns, raw, msg))
+    return result
+
+
+def test_make_bag_counts_stamps_encodings_frames(sample_bag):
+    path, summary = sample_bag
+    assert summary.pairs == 10 and summary.messages == 20
+    topics = _by_topic(path)
+    assert sorted(topics) == [IR, VI]
+    assert len(topics[VI]) == len(topics[IR]) == 10
+    vi_stamps = []
+    for msgtype, bag_ns, _raw, msg in topics[VI]:
+        stamp = msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
+        assert msgtype == 'sensor_msgs/msg/Image' and bag_ns == stamp
+        assert msg.encoding == 'bgr8' and msg.header.frame_id == 'visible_optical_frame'
+        assert (msg.width, msg.height, msg.step) == (128, 96, 128 * 3)
+        vi_stamps.append(stamp)
+    # Visible frames at exactly 1/rate from the fixed start, increasing across the two rounds.
+    start_ns = int(make_bag_tool.DEFAULT_START_TIME_S) * 10**9
+    assert vi_stamps == [start_ns + k * 50_000_000 for k in range(10)]
+    for k, (_msgtype, bag_ns, _raw, msg) in enumerate(topics[IR]):
+        stamp = msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
+        assert bag_ns == stamp
+        assert msg.encoding == 'mono16' and msg.header.frame_id == 'ir_optical_frame'
+        assert (msg.width, msg.height, msg.step) == (128, 96, 128 * 2)
+        offset_ms = (stamp - vi_stamps[k]) / 1e6
+        assert 4.0 <= offset_ms <= 6.0, offset_ms
+    offsets = [m.header.stamp.nanosec - v % 10**9
+               for (_t, _b, _r, m), v in zip(topics[IR], vi_stamps)]
+    assert len(set(offsets)) > 1, 'jitter must vary the IR offset'
+
+
+def test_make_bag_pixels_match_the_source_images(sample_bag, tmp_path):
+    path, _summary = sample_bag
+    first_ir = next(m for t, _, _, _, m in read_messages(path) if t == IR)
+    first_vi = next(m for t, _, _, _, m in read_messages(path) if t == VI)
+    stem = sorted(p.stem for p in (SAMPLES / 'vi').glob('*.jpg'))[0]
+    ir8 = cv2.resize(cv2.imread(str(SAMPLES / 'ir' / f'{stem}.jpg'), cv2.IMREAD_GRAYSCALE),
+                     (128, 96), interpolation=cv2.INTER_AREA)
+    vi = cv2.resize(cv2.imread(str(SAMPLES / 'vi' / f'{stem}.jpg'), cv2.IMREAD_COLOR),
+                    (128, 96), interpolation=cv2.INTER_AREA)
+    ir16, encoding = image_to_array(first_ir)
+    assert encoding == 'mono16' and ir16.dtype == np.uint16
+    np.testing.assert_array_equal(ir16, MONO16_OFFSET + MONO16_GAIN * ir8.astype(np.uint16))
+    np.testing.assert_array_equal(image_to_array(first_vi)[0], vi)
+
+
+def test_make_bag_metadata_is_rosbag2_mcap_with_upstream_hash(sample_bag):
+    path, _summary = sample_bag
+    info = YAML(typ='safe').load((path / 'metadata.yaml').read_text())
+    info = info['rosbag2_bagfile_information']
+    assert info['storage_identifier'] == 'mcap' and info['version'] == 8
+    assert info['relative_file_paths'][0].endswith('.mcap')
+    assert info['message_count'] == 20
+    from ament_index_python.packages import get_package_share_directory
+    hashes = json.loads((Path(get_package_share_directory('sensor_msgs')) / 'msg' /
+                         'Image.json').read_text())['type_hashes']
+    upstream = next(h['hash_string'] for h in hashes if h['type_name'] == 'sensor_msgs/msg/Image')
+    for entry in info['topics_with_message_count']:
+        meta = entry['topic_metadata']
+        assert meta['type_description_hash'] == upstream
+        qos = YAML(typ='safe').load(meta['offered_qos_profiles'])
+        assert qos[0]['reliability'] == 1 and qos[0]['depth'] == 10  # reliable, keep last 10
+
+
+def test_make_bag_mono8_split_and_cli_on_shared_pairs(tmp_path, capsys):
+    roadscene = _shared_roadscene()
+    if roadscene is None:
+        pytest.skip('shared RoadScene data set not found (../shared or $TARFUSE_SHARED)')
+    out = tmp_path / 'rs'
+    code = make_bag_tool.main(['--pairs', str(roadscene), '--split', 'test', '--out', str(out),
+                               '--max-pairs', '3', '--rate', '5', '--size', '96x64',
+                               '--ir-frame', 'thermal', '--ir-topic', '/cam/ir'])
+    assert code == 0 and '3 pairs' in capsys.readouterr().out
+    stems = (roadscene / 'test.txt').read_text().split()[:3]
+    topics = _by_topic(out)
+    assert sorted(topics) == ['/cam/ir', VI]
+    for k, (_t, _b, _r, msg) in enumerate(topics['/cam/ir']):
+        array, encoding = image_to_array(msg)
+        assert encoding == 'mono8' and msg.header.frame_id == 'thermal'
+        source = cv2.imread(str(roadscene / 'ir' / f'{stems[k]}.jpg'), cv2.IMREAD_GRAYSCALE)
+        np.testing.assert_array_equal(
+            array, cv2.resize(source, (96, 64), interpolation=cv2.INTER_AREA))
+
+
+def test_make_bag_rejects_bad_input(tmp_path, capsys):
+    with pytest.raises(ValueError, match='ir/'):
+        make_bag(tmp_path, tmp_path / 'out')
+    with pytest.raises(ValueError, match='half the frame period'):
+        make_bag(SAMPLES, tmp_path / 'out', rate=30.0, offset_ms=20.0)
+    with pytest.raises(ValueError, match='rate'):
+        make_bag(SAMPLES, tmp_path / 'out', rate=0.0)
+    with pytest.raises(ValueError, match='WIDTHxHEIGHT'):
+        make_bag(SAMPLES, tmp_path / 'out', size='128by96')
+    with pytest.raises(ValueError, match='nosuch'):
+        make_bag(SAMPLES, tmp_path / 'out', split='nosuch')
+    (tmp_path / 'exists').mkdir()
+    with pytest.raises(ValueError, match='exists already'):
+        make_bag(SAMPLES, tmp_path / 'exists', max_pairs=1)
+    assert make_bag_tool.main(['--pairs', str(tmp_path), '--out', str(tmp_path / 'o')]) == 2
+    assert 'error' in capsys.readouterr().err
+    with pytest.raises(ValueError, match='uint8'):
+        ir_to_mono16(np.zeros((2, 2), np.uint16))
+
+
+def test_image_conversions_honour_step_and_endianness():
+    typestore = jazzy_typestore()
+    pixels = np.arange(6 * 5, dtype=np.uint16).reshape(5, 6) * 1000
+    msg = array_to_image(typestore, pixels, 'mono16', 'ir', 1_700_000_000_123_456_789)
+    assert (msg.header.stamp.sec, msg.header.stamp.nanosec) == (1_700_000_000, 123_456_789)
+    np.testing.assert_array_equal(image_to_array(msg)[0], pixels)
+    # Padded rows (step > width * 2) and big-endian data decode to the same pixels.
+    padded = np.zeros((5, 16), np.uint8)
+    padded[:, :12] = pixels.astype('>u2').view(np.uint8).reshape(5, 12)
+    big = typestore.types['sensor_msgs/msg/Image'](
+        header=msg.header, height=5, width=6, encoding='mono16', is_bigendian=1, step=16,
+        data=padded.reshape(-1))
+    np.testing.assert_array_equal(image_to_array(big)[0], pixels)
+    with pytest.raises(ValueError, match='too short'):
+        image_to_array(typestore.types['sensor_msgs/msg/Image'](
+            header=msg.header, height=5, width=6, encoding='mono16', is_bigendian=0, step=12,
+            data=np.zeros(59, np.uint8)))
+    with pytest.raises(ValueError, match='does not fit'):
+        array_to_image(typestore, pixels, 'mono8', 'ir', 1)
+    raw = typestore.serialize_cdr(msg, 'sensor_msgs/msg/Image')
+    assert header_stamp_ns(raw) == 1_700_000_000_123_456_789
+    moved = replace_header_stamp(raw, 42 * 10**9 + 7)
+    back = typestore.deserialize_cdr(moved, 'sensor_msgs/msg/Image')
+    assert (back.header.stamp.sec, back.header.stamp.nanosec) == (42, 7)
+    np.testing.assert_array_equal(image_to_array(back)[0], pixels)
+
+
+def _start_listener(count, *topics):
+    listener = subprocess.Popen([sys.executable, str(LISTENER), str(count), *topics],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=os.environ.copy())
+    assert listener.stdout.readline().strip() == 'ready', listener.stderr.read()
+    return listener
+
+
+@pytest.mark.dds
+def test_play_publishes_recorded_stamps_to_another_process(sample_bag):
+    path, _summary = sample_bag
+    listener = _start_listener(20, VI, IR)
+    try:
+        stats = BagPlayer(path, rate=2.0, wait_for_subscribers=1, wait_timeout=30).run()
+        out, err = listener.communicate(timeout=40)
+    finally:
+        if listener.poll() is None:
+            listener.kill()
+    received = [json.loads(line) for line in out.splitlines() if line.startswith('{')]
+    bag = _by_topic(path)
+    for topic, encoding, frame in ((VI, 'bgr8', 'visible_optical_frame'),
+                                   (IR, 'mono16', 'ir_optical_frame')):
+        got = [r for r in received if r['topic'] == topic]
+        expected = [m.header.stamp.sec * 10**9 + m.header.stamp.nanosec
+                    for _t, _b, _r, m in bag[topic]]
+        assert [r['stamp_ns'] for r in got] == expected, err
+        assert {(r['encoding'], r['frame_id'], r['width'], r['height']) for r in got} == {
+            (encoding, frame, 128, 96)}
+        first = image_to_array(bag[topic][0][3])[0].reshape(-1).view(np.uint8)[:16]
+        assert got[0]['head'] == first.tolist()
+    # The bag's timing is kept: 0.45 s of stamps at rate 2 take at least ~0.22 s to publish.
+    walls = [wall for _topic, _stamp, wall in stats.published]
+    assert (walls[-1] - walls[0]) / 1e9 >= 0.9 * 0.45 / 2.0
+    assert stats.counts() == {VI: 10, IR: 10}
+
+
+@pytest.mark.dds
+def test_record_round_trip_with_restamp_and_remap(sample_bag, tmp_path):
+    path, _summary = sample_bag
+    record = tmp_path / 'recorded'
+    before = time.time_ns()
+    stats = BagPlayer(path, rate=4.0, restamp=True, remap={IR: '/ns/ir'}, record=record,
+                      record_topics=[VI[1:], '/ns/ir'], wait_for_subscribers=1,
+                      wait_timeout=30, linger=0.5).run()
+    assert stats.counts('received') == {VI: 10, '/ns/ir': 10}
+    recorded = _by_topic(record)
+    original = _by_topic(path)
+    for topic, source in ((VI, VI), ('/ns/ir', IR)):
+        assert len(recorded[topic]) == 10
+        for (_t, _b, raw, msg), (_t2, _b2, raw0, msg0) in zip(recorded[topic], original[source]):
+            np.testing.assert_array_equal(image_to_array(msg)[0], image_to_array(msg0)[0])
+            assert msg.header.frame_id == msg0.header.frame_id
+            assert header_stamp_ns(raw) >= before  # re-stamped to the playback time
+    # Re-stamping keeps the cameras' relative offsets (scaled by the rate).
+    for (_a, _b, raw_ir, _m), (_c, _d, raw_vi, _n), (_e, _f, ir0, _o), (_g, _h, vi0, _p) in zip(
+            recorded['/ns/ir'], recorded[VI], original[IR], original[VI]):
+        offset = header_stamp_ns(raw_ir) - header_stamp_ns(raw_vi)
+        assert abs(offset - (header_stamp_ns(ir0) - header_stamp_ns(vi0)) / 4.0) < 2
+    latencies = stats.latencies_ms(VI)
+    assert len(latencies) == 10 and all(0 <= v < 5000 for v in latencies)
+
+
+@pytest.mark.dds
+def test_play_cli_loops_and_fails_clearly_without_subscribers(sample_bag, tmp_path, capsys):
+    path, _summary = sample_bag
+    stats_file = tmp_path / 'stats.json'
+    code = play_bag_tool.main([str(path), '--rate', '10', '--loop', '--duration', '1.5',
+                               '--topics', VI, '--stats', str(stats_file)])
+    assert code == 0
+    stats = json.loads(stats_file.read_text())
+    assert stats['loops'] >= 2
+    stamps = [stamp for topic, stamp, _wall in stats['published']]
+    assert {topic for topic, _s, _w in stats['published']} == {VI}
+    assert stamps[10] == stamps[0]  # a plain loop replays the recorded stamps
+    assert 'round(s)' in capsys.readouterr().out
+    code = play_bag_tool.main([str(path), '--wait-for-subscribers', '1', '--wait-timeout', '1',
+                               '--topics', '/nobody/listens'])
+    assert code == 2 and 'no topics to play' in capsys.readouterr().err
+    player = BagPlayer(path, wait_for_subscribers=1, wait_timeout=0.5, remap={VI: '/lonely'},
+                       topics=[VI])
+    with pytest.raises(PlayError, match='/lonely'):
+        player.run()
+    with pytest.raises(ValueError, match='metadata.yaml'):
+        BagPlayer(tmp_path)
+    with pytest.raises(ValueError, match='record-topics'):
+        BagPlayer(path, record=tmp_path / 'r')
