@@ -1,0 +1,265 @@
+"""sensor_msgs/Image <-> arrays and engine detections -> vision_msgs/Detection2DArray."""
+
+from dataclasses import dataclass
+import os
+from pathlib import Path
+
+from builtin_interfaces.msg import Time
+import cv2
+import numpy as np
+import pytest
+from rclpy.serialization import deserialize_message, serialize_message
+from sensor_msgs.msg import Image
+from std_msgs.msg import Header
+
+from tarfuse_ros.ros.conversions import (
+    array_to_image_msg, detections_to_msg, image_msg_to_array)
+
+RNG = np.random.default_rng(3)
+
+
+def shared_dir():
+    env = os.environ.get('TARFUSE_SHARED')
+    base = Path(env) if env else Path(__file__).resolve().parents[2] / '..' / 'shared'
+    return base if base.is_dir() else None
+
+
+def header(sec=17, nanosec=250, frame_id='visible_optical_frame'):
+    return Header(stamp=Time(sec=sec, nanosec=nanosec), frame_id=frame_id)
+
+
+def wire_message(array, encoding, pad=0, bigendian=False):
+    """Build an Image by hand, rows padded with ``pad`` garbage bytes."""
+    arr = np.ascontiguousarray(array)
+    arr = arr.astype(arr.dtype.newbyteorder('>' if bigendian else '<'))
+    rows = arr.reshape(arr.shape[0], -1).view(np.uint8).reshape(arr.shape[0], -1)
+    padded = np.full((rows.shape[0], rows.shape[1] + pad), 0xCD, np.uint8)
+    padded[:, :rows.shape[1]] = rows
+    msg = Image(height=arr.shape[0], width=arr.shape[1], encoding=encoding,
+                is_bigendian=bigendian, step=padded.shape[1])
+    msg.header = header()
+    msg.data = padded.tobytes()
+    return msg
+
+
+@pytest.mark.parametrize('pad', [0, 5])
+@pytest.mark.parametrize('bigendian', [False, True])
+@pytest.mark.parametrize('encoding,dtype,kind', [
+    ('mono8', np.uint8, 'gray8'), ('8UC1', np.uint8, 'gray8'),
+    ('mono16', np.uint16, 'gray16'), ('16UC1', np.uint16, 'gray16'),
+    ('32FC1', np.float32, 'float32'),
+])
+def test_single_channel_encodings(encoding, dtype, kind, pad, bigendian):
+    if np.dtype(dtype).kind == 'f':
+        image = RNG.uniform(0, 1, (7, 9)).astype(dtype)
+    else:
+        image = RNG.integers(0, np.iinfo(dtype).max, (7, 9), endpoint=True).astype(dtype)
+    array, got_kind = image_msg_to_array(wire_message(image, encoding, pad, bigendian))
+    assert got_kind == kind
+    assert array.dtype == dtype and array.dtype.isnative and array.shape == (7, 9)
+    assert array.flags.c_contiguous
+    np.testing.assert_array_equal(array, image)
+
+
+@pytest.mark.parametrize('pad', [0, 3])
+def test_colour_encodings_come_back_as_bgr(pad):
+    bgr = RNG.integers(0, 255, (6, 8, 3), endpoint=True).astype(np.uint8)
+    alpha = np.full((6, 8, 1), 200, np.uint8)
+    cases = {
+        'bgr8': bgr, 'rgb8': bgr[..., ::-1],
+        'bgra8': np.concatenate([bgr, alpha], axis=2),
+        'rgba8': np.concatenate([bgr[..., ::-1], alpha], axis=2),
+    }
+    for encoding, wire in cases.items():
+        array, kind = image_msg_to_array(wire_message(wire, encoding, pad))
+        assert kind == 'bgr8', encoding
+        assert array.shape == (6, 8, 3) and array.flags.c_contiguous, encoding
+        np.testing.assert_array_equal(array, bgr, err_msg=encoding)
+
+
+def test_yuv422_variants_decode_like_opencv():
+    packed = RNG.integers(0, 255, (4, 6, 2), endpoint=True).astype(np.uint8)
+    for encoding, code in (('yuv422', cv2.COLOR_YUV2BGR_UYVY),
+                           ('yuv422_yuy2', cv2.COLOR_YUV2BGR_YUY2)):
+        array, kind = image_msg_to_array(wire_message(packed, encoding, pad=4))
+        assert kind == 'bgr8'
+        np.testing.assert_array_equal(array, cv2.cvtColor(packed, code))
+
+
+def test_decoded_array_does_not_alias_message():
+    msg = wire_message(np.zeros((2, 3), np.uint8), 'mono8')
+    array, _ = image_msg_to_array(msg)
+    array[:] = 9
+    assert bytes(msg.data) == bytes(6)
+
+
+@pytest.mark.parametrize('change,message', [
+    ({'encoding': 'bayer_rggb8'}, "unsupported encoding 'bayer_rggb8'"),
+    ({'encoding': 'jpeg'}, 'unsupported encoding'),
+    ({'height': 0}, 'zero-size image'),
+    ({'width': 0}, 'zero-size image'),
+    ({'step': 5}, 'step 5 is shorter than one row'),
+    ({'data': bytes(20)}, r'data shorter than step \* height: 20 B < 8 \* 3 = 24 B'),
+    ({'data': b''}, 'data shorter than step'),
+])
+def test_bad_messages_raise_value_error_naming_the_cause(change, message):
+    msg = wire_message(np.zeros((3, 8), np.uint8), 'mono8')
+    for key, value in change.items():
+        setattr(msg, key, value)
+    with pytest.raises(ValueError, match=message):
+        image_msg_to_array(msg)
+
+
+def test_non_finite_float_images_are_rejected():
+    image = np.ones((3, 4), np.float32)
+    image[0, 0] = np.nan
+    image[1, 1] = np.nan
+    image[2, 2] = np.inf
+    with pytest.raises(ValueError, match='holds 2 NaN and 1 inf values'):
+        image_msg_to_array(wire_message(image, '32FC1', bigendian=True))
+
+
+def test_yuv422_with_odd_width_is_rejected():
+    msg = wire_message(np.zeros((2, 3, 2), np.uint8), 'yuv422')
+    with pytest.raises(ValueError, match='even width'):
+        image_msg_to_array(msg)
+
+
+@pytest.mark.parametrize('encoding,array', [
+    ('mono8', np.arange(12, dtype=np.uint8).reshape(3, 4)),
+    ('mono8', np.arange(12, dtype=np.uint8).reshape(3, 4, 1)),
+    ('8UC1', np.arange(12, dtype=np.uint8).reshape(3, 4)),
+    ('mono16', np.arange(12, dtype=np.uint16).reshape(3, 4) * 5000),
+    ('16UC1', np.arange(12, dtype='>u2').reshape(3, 4) * 5000),
+    ('bgr8', np.arange(36, dtype=np.uint8).reshape(3, 4, 3)),
+    ('bgra8', np.arange(48, dtype=np.uint8).reshape(3, 4, 4)),
+    ('32FC1', np.linspace(0, 1, 12, dtype=np.float32).reshape(3, 4)),
+])
+def test_array_to_image_msg_round_trip(encoding, array):
+    source = header(sec=5, nanosec=42, frame_id='fused')
+    msg = array_to_image_msg(array, encoding, source)
+    assert (msg.height, msg.width, msg.encoding) == (3, 4, encoding)
+    assert msg.step * msg.height == len(msg.data)
+    assert msg.header.frame_id == 'fused' and msg.header.stamp.nanosec == 42
+    source.stamp.sec = 99  # the message holds a copy of the header
+    assert msg.header.stamp.sec == 5
+    # Through the wire format and back.
+    msg = deserialize_message(serialize_message(msg), Image)
+    back, _ = image_msg_to_array(msg)
+    expected = array.reshape(3, 4, -1)[..., :3] if array.ndim == 3 else array
+    np.testing.assert_array_equal(back.reshape(expected.shape), expected)
+
+
+def test_array_to_image_msg_is_readable_by_cv_bridge():
+    cv_bridge = pytest.importorskip('cv_bridge')
+    bgr = RNG.integers(0, 255, (5, 6, 3), endpoint=True).astype(np.uint8)
+    msg = array_to_image_msg(bgr, 'bgr8', header())
+    np.testing.assert_array_equal(cv_bridge.CvBridge().imgmsg_to_cv2(msg), bgr)
+    ir = RNG.integers(0, 65535, (5, 6), endpoint=True).astype(np.uint16)
+    msg = array_to_image_msg(ir, 'mono16', header())
+    np.testing.assert_array_equal(cv_bridge.CvBridge().imgmsg_to_cv2(msg), ir)
+
+
+@pytest.mark.parametrize('encoding,array,message', [
+    ('bgr8', np.zeros((3, 4), np.uint8), r'bgr8 needs a \(H, W, 3\) array, got shape \(3, 4\)'),
+    ('mono8', np.zeros((3, 4, 3), np.uint8), r'needs a \(H, W\) array'),
+    ('mono8', np.zeros((3, 4), np.uint16), 'mono8 needs dtype uint8, got uint16'),
+    ('32FC1', np.zeros((3, 4), np.float64), 'needs dtype float32'),
+    ('mono8', np.zeros((0, 4), np.uint8), 'zero-size'),
+    ('yuv422', np.zeros((3, 4, 2), np.uint8), "cannot encode 'yuv422'"),
+])
+def test_array_to_image_msg_rejects_mismatches(encoding, array, message):
+    with pytest.raises(ValueError, match=message):
+        array_to_image_msg(array, encoding, header())
+
+
+def test_real_pair_decodes_exactly():
+    shared = shared_dir()
+    pair = None if shared is None else shared / 'datasets' / 'm3fd_samples'
+    if pair is None or not (pair / 'vi' / 'M3FD_00000.png').is_file():
+        pytest.skip('shared data set m3fd_samples not found (set TARFUSE_SHARED)')
+    vi = cv2.imread(str(pair / 'vi' / 'M3FD_00000.png'), cv2.IMREAD_COLOR)
+    ir = cv2.imread(str(pair / 'ir' / 'M3FD_00000.png'), cv2.IMREAD_GRAYSCALE)
+    vi, ir = vi[:96, :128], ir[:96, :128]
+    # An rgb8 driver with 64-byte aligned rows, and a big-endian 16-bit thermal camera.
+    array, kind = image_msg_to_array(wire_message(vi[..., ::-1], 'rgb8', pad=64 - 128 * 3 % 64))
+    assert kind == 'bgr8'
+    np.testing.assert_array_equal(array, vi)
+    ir16 = ir.astype(np.uint16) * 257
+    array, kind = image_msg_to_array(wire_message(ir16, 'mono16', pad=6, bigendian=True))
+    assert kind == 'gray16'
+    np.testing.assert_array_equal(array, ir16)
+
+
+@dataclass
+class _Box:
+    """Duck-typed detection (the engine's Detection has these attributes)."""
+
+    x1: float
+    y1: float
+    x2: float
+    y2: float
+    score: float
+    class_id: int
+    class_name: str
+
+
+def _detection_type():
+    try:
+        from tarfuse_ros.core.engine import Detection
+    except ImportError:
+        return _Box
+    return Detection
+
+
+def test_detections_to_msg_fields():
+    pytest.importorskip('vision_msgs.msg')
+    from vision_msgs.msg import Detection2DArray
+
+    detection = _detection_type()
+    dets = [detection(10.0, 20.0, 50.0, 40.0, 0.9, 0, 'person'),
+            detection(0.5, 1.5, 2.5, 9.5, 0.25, 3, '')]
+    source = header(sec=3, nanosec=7, frame_id='visible_optical_frame')
+    msg = detections_to_msg(dets, source)
+    assert isinstance(msg, Detection2DArray)
+    assert msg.header.frame_id == 'visible_optical_frame'
+    assert (msg.header.stamp.sec, msg.header.stamp.nanosec) == (3, 7)
+    assert len(msg.detections) == 2
+    first, second = msg.detections
+    for item in msg.detections:
+        assert item.header.frame_id == 'visible_optical_frame'
+        assert (item.header.stamp.sec, item.header.stamp.nanosec) == (3, 7)
+        assert item.id == ''
+        assert len(item.results) == 1
+        assert item.bbox.center.theta == 0.0
+    assert first.results[0].hypothesis.class_id == 'person'
+    assert first.results[0].hypothesis.score == pytest.approx(0.9)
+    assert (first.bbox.center.position.x, first.bbox.center.position.y) == (30.0, 30.0)
+    assert (first.bbox.size_x, first.bbox.size_y) == (40.0, 20.0)
+    assert second.results[0].hypothesis.class_id == '3'  # no name: the numeric id as text
+    assert (second.bbox.center.position.x, second.bbox.size_y) == (1.5, 8.0)
+    # A valid message on the wire.
+    again = deserialize_message(serialize_message(msg), Detection2DArray)
+    assert again.detections[0].results[0].hypothesis.class_id == 'person'
+
+
+def test_detections_to_msg_empty_and_clipped():
+    pytest.importorskip('vision_msgs.msg')
+    empty = detections_to_msg([], header())
+    assert empty.detections == [] and empty.header.frame_id == 'visible_optical_frame'
+    clipped = detections_to_msg([_Box(-4.0, 10.0, 30.0, 70.0, 0.5, 1, 'car')], header(),
+                                image_size=(20, 60))
+    bbox = clipped.detections[0].bbox
+    assert (bbox.center.position.x, bbox.size_x) == (10.0, 20.0)
+    assert (bbox.center.position.y, bbox.size_y) == (35.0, 50.0)
+
+
+@pytest.mark.parametrize('box,message', [
+    (_Box(5.0, 0.0, 1.0, 4.0, 0.5, 0, 'a'), 'inverted box'),
+    (_Box(float('nan'), 0.0, 1.0, 4.0, 0.5, 0, 'a'), 'non-finite box'),
+    (_Box(0.0, 0.0, 1.0, 4.0, 1.5, 0, 'a'), r'score 1.5 outside \[0, 1\]'),
+])
+def test_detections_to_msg_rejects_bad_boxes(box, message):
+    pytest.importorskip('vision_msgs.msg')
+    with pytest.raises(ValueError, match=message):
+        detections_to_msg([box], header())
