@@ -1,0 +1,355 @@
+"""tarfuse-demo: the README's main job, end to end on the shipped sample pairs.
+
+1. builds a rosbag2 (MCAP) from ``samples/`` (real RoadScene pairs; the IR is the synthetically
+   deformed, i.e. unregistered, version) with ``tarfuse-make-bag``;
+2. starts the fusion node as its own process (``python -m tarfuse_ros.ros.node --ros-args
+   --params-file config/tarfuse.yaml -p weights:=...``) on a private ROS domain;
+3. plays the bag into it over DDS with ``tarfuse-play``, recording ``fused/image_raw``,
+   ``detections``, ``registered/image_raw`` and ``/diagnostics`` into another bag;
+4. stops the node cleanly (SIGINT) and writes ``summary.json``, ``summary.md`` and a few fused
+   PNGs (decoded from the recorded bag) under the output folder, and prints the summary.
+"""
+
+import argparse
+import json
+import os
+from pathlib import Path
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import cv2
+import numpy as np
+
+from tarfuse_ros.core import paths
+from tarfuse_ros.tools.bagio import image_to_array, read_messages
+from tarfuse_ros.tools.make_bag import make_bag
+from tarfuse_ros.tools.play_bag import BagPlayer, PlayError
+
+__all__ = ['build_parser', 'main', 'run_demo', 'summarize']
+
+RECORD_TOPICS = ('fused/image_raw', 'detections', 'registered/image_raw', '/diagnostics')
+VI_TOPIC, IR_TOPIC = '/visible/image_raw', '/infrared/image_raw'
+
+
+class DemoError(RuntimeError):
+    """The demo could not run (missing weights or samples, the node failed, no output)."""
+
+
+def default_samples_dir():
+    """Return the shipped sample pairs (share/tarfuse_ros/samples or the source tree's)."""
+    for base in (paths.share_dir(), Path(__file__).resolve().parents[2]):
+        if (base / 'samples' / 'vi').is_dir():
+            return base / 'samples'
+    return paths.share_dir() / 'samples'
+
+
+def _percentile(values, q):
+    return float(np.percentile(values, q)) if len(values) else None
+
+
+def _round(value, digits=1):
+    return None if value is None else round(float(value), digits)
+
+
+def _log_tail(path, lines=15):
+    try:
+        return '\n'.join(Path(path).read_text(errors='replace').splitlines()[-lines:])
+    except OSError:
+        return ''
+
+
+def _diagnostic_values(msg):
+    """Return ``{key: value}`` of the fusion status in a rosbags DiagnosticArray (or {})."""
+    for status in msg.status:
+        if status.name.endswith('fusion'):
+            return {kv.key: kv.value for kv in status.values}
+    return {}
+
+
+def _count_labels(samples, stems):
+    names = []
+    classes_file = Path(samples) / 'labels' / 'classes.txt'
+    if classes_file.is_file():
+        names = classes_file.read_text().split()
+    counts = {}
+    for stem in stems:
+        label_file = Path(samples) / 'labels' / f'{stem}.txt'
+        if not label_file.is_file():
+            continue
+        for line in label_file.read_text().splitlines():
+            if line.strip():
+                index = int(line.split()[0])
+                name = names[index] if index < len(names) else str(index)
+                counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+def summarize(recorded_bag, stats, stems, out_dir, png_count=4, samples=None, extra=None):
+    """
+    Read the recorded bag and the player's statistics; write PNGs and return the summary dict.
+
+    ``stems`` are the pair names in playback order (the k-th visible message is pair k).
+    Latency is end to end: receipt of an output minus the publish time of the visible image
+    with the same stamp (both on this machine's clock).
+    """
+    out_dir = Path(out_dir)
+    vi_stamps = [stamp for topic, stamp, _wall in stats.published if topic == VI_TOPIC]
+    stem_of = {stamp: stems[k % len(stems)] for k, stamp in enumerate(vi_stamps)} if stems \
+        else {}
+    fused, detections, registered, diagnostics = [], [], 0, {}
+    per_class, scores = {}, []
+    if recorded_bag is not None and Path(recorded_bag).exists():
+        for topic, _msgtype, _bag_ns, _raw, msg in read_messages(recorded_bag):
+            if msg is None:
+                continue
+            if topic.endswith('fused/image_raw'):
+                fused.append(msg)
+            elif topic.endswith('registered/image_raw'):
+                registered += 1
+            elif topic.endswith('detections'):
+                detections.append(msg)
+                for det in msg.detections:
+                    if det.results:
+                        best = max(det.results, key=lambda r: r.hypothesis.score)
+                        cls = best.hypothesis.class_id
+                        per_class[cls] = per_class.get(cls, 0) + 1
+                        scores.append(best.hypothesis.score)
+            elif topic.endswith('diagnostics'):
+                diagnostics = _diagnostic_values(msg) or diagnostics
+    pngs = []
+    if fused and png_count > 0:
+        picks = sorted(set(np.linspace(0, len(fused) - 1, min(png_count, len(fused)))
+                           .round().astype(int).tolist()))
+        for index in picks:
+            msg = fused[index]
+            image, encoding = image_to_array(msg)
+            if encoding == 'rgb8':
+                image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+            stamp = msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
+            name = f'fused_{index:03d}_{stem_of.get(stamp, "unknown")}.png'
+            cv2.imwrite(str(out_dir / name), image)
+            pngs.append(name)
+    latencies = stats.latencies_ms('/fused/image_raw')
+    pairs_in = len(vi_stamps)
+    answered = {m.header.stamp.sec * 10**9 + m.header.stamp.nanosec for m in fused}
+
+    def number(key):
+        try:
+            return float(diagnostics[key])
+        except (KeyError, ValueError):
+            return None
+
+    dropped = number('pairs_dropped')
+    summary = {
+        'pairs_in': pairs_in,
+        'pairs_out': len(fused),
+        'pairs_unanswered': len(set(vi_stamps) - answered),
+        'detection_arrays': len(detections),
+        'registered_images': registered,
+        'dropped_by_node': None if dropped is None else int(dropped),
+        'rejected_by_node': None if number('pairs_rejected') is None
+        else int(number('pairs_rejected')),
+        'pairs_synchronised_by_node': None if number('pairs_received') is None
+        else int(number('pairs_received')),
+        'latency_ms': {
+            'definition': 'output receipt - publish time of the visible input (same stamp)',
+            'count': len(latencies),
+            'median': _round(_percentile(latencies, 50)),
+            'p90': _round(_percentile(latencies, 90)),
+            'max': _round(max(latencies) if latencies else None),
+        },
+        'node_inference_ms_median_last_window': number('inference_ms_median'),
+        'detections_per_class': dict(sorted(per_class.items())),
+        'detections_total': sum(per_class.values()),
+        'mean_score': _round(float(np.mean(scores)) if scores else None, 3),
+        'ground_truth_boxes_per_class': _count_labels(samples, stems) if samples else {},
+        'fused_pngs': pngs,
+        'node_diagnostics': diagnostics,
+    }
+    summary.update(extra or {})
+    return summary
+
+
+def summary_markdown(summary):
+    """Return the summary as a short Markdown report."""
+    lat = summary['latency_ms']
+    classes = summary['detections_per_class']
+    truth = summary.get('ground_truth_boxes_per_class') or {}
+    lines = [
+        '# tarfuse_ros demo',
+        '',
+        f"- weights: `{summary.get('weights', '')}` on `{summary.get('device', '')}`",
+        f"- input: {summary.get('bag_pairs', summary['pairs_in'])} pairs from "
+        f"`{summary.get('samples', '')}` at {summary.get('rate_hz', '')} Hz, "
+        f"size {summary.get('size', 'as stored')}, IR `{summary.get('ir_dir', '')}`",
+        '',
+        '| figure | value |',
+        '|---|---|',
+        f"| pairs in (visible images published) | {summary['pairs_in']} |",
+        f"| pairs out (fused images received) | {summary['pairs_out']} |",
+        f"| detection arrays received | {summary['detection_arrays']} |",
+        '| pairs dropped by the node (stale, replaced by newer) | '
+        f"{_dash(summary['dropped_by_node'])} |",
+        f"| pairs rejected by the node (bad input) | {_dash(summary['rejected_by_node'])} |",
+        f"| latency median / p90 / max (ms, {lat['count']} outputs) | {_dash(lat['median'])} / "
+        f"{_dash(lat['p90'])} / {_dash(lat['max'])} |",
+        '| node inference median, last window (ms) | '
+        f"{_dash(summary['node_inference_ms_median_last_window'])} |",
+        f"| clean node shutdown | {summary.get('node_clean_shutdown', '')} |",
+        '',
+        'Detections per class (ground-truth boxes in the played pairs in brackets):',
+        '',
+    ]
+    for name in sorted(set(classes) | set(truth)):
+        lines.append(f'- {name}: {classes.get(name, 0)} ({truth.get(name, 0)})')
+    if not classes and not truth:
+        lines.append('- none')
+    lines += ['', f"Latency: {lat['definition']}.", '',
+              'Fused images: ' + (', '.join(f'`{p}`' for p in summary['fused_pngs']) or 'none'),
+              '']
+    return '\n'.join(lines)
+
+
+def _dash(value):
+    return '-' if value is None else value
+
+
+def _stop_node(process, timeout=20.0):
+    """SIGINT the node (as Ctrl-C would); escalate to SIGTERM / SIGKILL; return (code, clean)."""
+    if process.poll() is not None:
+        return process.returncode, False
+    process.send_signal(signal.SIGINT)
+    try:
+        return process.wait(timeout), True
+    except subprocess.TimeoutExpired:
+        pass
+    process.terminate()
+    try:
+        return process.wait(5.0), False
+    except subprocess.TimeoutExpired:
+        process.kill()
+        return process.wait(), False
+
+
+def run_demo(out='output/demo', weights=None, device='cpu', samples=None,
+             ir_dir='synthetic_misaligned/ir_warp', size='512x288', rate=2.0, loops=2,
+             max_pairs=None, params_file=None, startup_timeout=180.0, png_count=4,
+             linger=3.0, log=print):
+    """Run the whole demo; return the summary dict (raises DemoError / ValueError)."""
+    weights = Path(weights) if weights else paths.default_weights_path()
+    if not weights.is_file():
+        raise DemoError(f'no weights at {weights}: pass --weights PATH.safetensors, or train '
+                        'the default model (tarfuse-train, see models/MODEL_CARD.md)')
+    samples = Path(samples) if samples else default_samples_dir()
+    params_file = Path(params_file) if params_file else paths.config_path('tarfuse.yaml')
+    if not params_file.is_file():
+        raise DemoError(f'node parameters file {params_file} not found')
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    input_bag, recorded_bag = out / 'input_bag', out / 'recorded_bag'
+    for old in [input_bag, recorded_bag, *out.glob('fused_*.png')]:
+        shutil.rmtree(old) if old.is_dir() else old.unlink()
+
+    bag = make_bag(samples, input_bag, rate=rate, ir_encoding='mono8', offset_ms=4.0,
+                   jitter_ms=1.0, loops=loops, size=size, ir_dir=ir_dir, max_pairs=max_pairs)
+    log(f'tarfuse-demo: built {input_bag} ({bag.pairs} pairs at {rate} Hz)')
+
+    env = os.environ.copy()
+    if 'ROS_DOMAIN_ID' not in env:
+        # A private domain, so other ROS processes on this machine neither see nor disturb it.
+        env['ROS_DOMAIN_ID'] = str(random.SystemRandom().randint(1, 100))
+    domain_id = int(env['ROS_DOMAIN_ID'])
+    command = [sys.executable, '-m', 'tarfuse_ros.ros.node', '--ros-args',
+               '--params-file', str(params_file), '-p', f'weights:={weights}',
+               '-p', f'device:={device}']
+    log_path = out / 'node.log'
+    log(f'tarfuse-demo: starting the node (ROS_DOMAIN_ID={domain_id}; log {log_path})')
+    started = time.monotonic()
+    with open(log_path, 'w') as node_log:
+        process = subprocess.Popen(command, stdout=node_log, stderr=subprocess.STDOUT, env=env)
+
+    def node_died():
+        if process.poll() is not None:
+            return (f'the node exited with code {process.returncode} during the demo; '
+                    f'its log ({log_path}) ends with:\n{_log_tail(log_path)}')
+        return None
+
+    code, clean = None, False
+    try:
+        player = BagPlayer(input_bag, rate=1.0, wait_for_subscribers=1,
+                           wait_timeout=startup_timeout, restamp=True, record=recorded_bag,
+                           record_topics=RECORD_TOPICS, linger=linger, max_linger=60.0,
+                           domain_id=domain_id, node_name='tarfuse_demo_player',
+                           should_abort=node_died, log=log)
+        stats = player.run()
+    except PlayError as error:
+        raise DemoError(str(error)) from None
+    finally:
+        code, clean = _stop_node(process)
+        clean = clean and code == 0
+    wall_s = time.monotonic() - started
+    summary = summarize(recorded_bag, stats, bag.stems, out, png_count=png_count,
+                        samples=samples, extra={
+                            'weights': str(weights), 'device': device, 'samples': str(samples),
+                            'ir_dir': ir_dir, 'size': size, 'rate_hz': rate,
+                            'bag_pairs': bag.pairs, 'ros_domain_id': domain_id,
+                            'node_exit_code': code, 'node_clean_shutdown': clean,
+                            'wall_time_s': round(wall_s, 1), 'input_bag': str(input_bag),
+                            'recorded_bag': str(recorded_bag), 'node_log': str(log_path)})
+    (out / 'summary.json').write_text(json.dumps(summary, indent=2) + '\n')
+    (out / 'summary.md').write_text(summary_markdown(summary))
+    if summary['pairs_out'] == 0:
+        raise DemoError(f'the node published no fused image for {summary["pairs_in"]} pairs; '
+                        f'see {log_path}:\n{_log_tail(log_path)}')
+    return summary
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog='tarfuse-demo', description=__doc__.split('\n\n')[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument('--out', type=Path, default=Path('output/demo'),
+                        help='output folder (summary.md, summary.json, PNGs, bags, node log)')
+    parser.add_argument('--weights', type=Path, default=None,
+                        help='checkpoint (.safetensors); default: the shipped model')
+    parser.add_argument('--device', default='cpu', help='torch device: cpu, cuda or cuda:N')
+    parser.add_argument('--samples', type=Path, default=None,
+                        help='pair folder (ir/, vi/); default: the shipped samples/')
+    parser.add_argument('--ir-dir', default='synthetic_misaligned/ir_warp',
+                        help='IR sub-folder of --samples (ir for the aligned originals)')
+    parser.add_argument('--size', default='512x288',
+                        help='camera resolution WIDTHxHEIGHT the pairs are resized to')
+    parser.add_argument('--rate', type=float, default=2.0, help='camera frame rate (Hz)')
+    parser.add_argument('--loops', type=int, default=2, help='rounds over the sample pairs')
+    parser.add_argument('--max-pairs', type=int, default=None, help='use the first N pairs')
+    parser.add_argument('--params-file', type=Path, default=None,
+                        help='node parameters; default: config/tarfuse.yaml')
+    parser.add_argument('--startup-timeout', type=float, default=180.0,
+                        help='seconds to wait for the node to subscribe')
+    parser.add_argument('--pngs', type=int, default=4, help='fused PNGs to write')
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        run_demo(out=args.out, weights=args.weights, device=args.device, samples=args.samples,
+                 ir_dir=args.ir_dir, size=args.size, rate=args.rate, loops=args.loops,
+                 max_pairs=args.max_pairs, params_file=args.params_file,
+                 startup_timeout=args.startup_timeout, png_count=args.pngs)
+    except (DemoError, ValueError) as error:
+        print(f'tarfuse-demo: error: {error}', file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    print((args.out / 'summary.md').read_text())
+    print(f'tarfuse-demo: wrote {args.out}/summary.md, summary.json and the fused PNGs')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
