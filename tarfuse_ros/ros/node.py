@@ -278,25 +278,20 @@ class TarFuseNode(Node):
                 self._stats.reject(f'processing failed: {exc!r}')
                 self._warn('processing', f'pair skipped, processing failed: {exc!r}')
 
-    def _read_image(self, msg, name):
-        """Convert one message; raise ``ValueError`` naming the input and the cause."""
+    @staticmethod
+    def _read_image(msg, topic):
+        """Convert one message; raise ``ValueError`` naming the topic and the cause."""
         try:
-            array, encoding = image_msg_to_array(msg)
+            return image_msg_to_array(msg)
         except ValueError as exc:
-            raise ValueError(f'{name} image: {exc}') from exc
-        if array.dtype.kind == 'f' and not np.isfinite(array).all():
-            bad = int(array.size - np.count_nonzero(np.isfinite(array)))
-            raise ValueError(f'{name} image ({encoding}) holds {bad} NaN/inf values')
-        return array, encoding
+            raise ValueError(f'{topic}: {exc}') from exc
 
     def _process(self, ir_msg, vi_msg):
         params = self._params
         header = vi_msg.header
         try:
             ir, _ = self._read_image(ir_msg, self._topics[INFRARED])
-            vi, vi_encoding = self._read_image(vi_msg, self._topics[VISIBLE])
-            if vi_encoding == 'rgb8' and vi.ndim == 3:
-                vi = np.ascontiguousarray(vi[..., ::-1])
+            vi, _ = self._read_image(vi_msg, self._topics[VISIBLE])
             if ir.shape[:2] != vi.shape[:2]:
                 self._warn('size_mismatch',
                            f'IR {ir.shape[1]}x{ir.shape[0]} and visible {vi.shape[1]}x'
@@ -305,7 +300,7 @@ class TarFuseNode(Node):
         except ValueError as exc:
             cause = str(exc)
             self._stats.reject(cause)
-            self._warn('bad_input:' + cause.split(':')[0],
+            self._warn('bad_input:' + ' '.join(cause.split()[:3]),
                        f'pair at {header.stamp.sec}.{header.stamp.nanosec:09d} skipped: {cause}')
             return
         if params.publish_registered:

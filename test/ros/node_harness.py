@@ -1,0 +1,280 @@
+"""Helpers for the node tests: start the real node as a process, talk to it over real DDS.
+
+:class:`NodeProcess` runs ``python -m tarfuse_ros.ros.node --ros-args ...`` on a domain of its
+own; :class:`Probe` is the test's side (publishers for both cameras, subscribers for every
+output, the parameter service).  Waiting is always done by spinning until a condition holds,
+never by fixed sleeps.
+"""
+
+import os
+from pathlib import Path
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import cv2
+from diagnostic_msgs.msg import DiagnosticArray
+import numpy as np
+from rcl_interfaces.srv import SetParameters
+import rclpy
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.parameter import Parameter
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from rclpy.signals import SignalHandlerOptions
+from sensor_msgs.msg import CameraInfo, Image
+from vision_msgs.msg import Detection2DArray
+
+ROOT = Path(__file__).resolve().parents[2]
+SAMPLES = ROOT / 'samples'
+PARAMS_FILE = ROOT / 'config' / 'tarfuse.yaml'
+WIDTH, HEIGHT = 160, 128
+VISIBLE_FRAME = 'visible_optical_frame'
+OUTPUTS = {
+    'fused': ('fused/image_raw', Image),
+    'camera_info': ('fused/camera_info', CameraInfo),
+    'detections': ('detections', Detection2DArray),
+    'registered': ('registered/image_raw', Image),
+    'debug': ('debug/image_raw', Image),
+}
+
+
+def random_domain_id():
+    """Return a DDS domain id unlikely to be used by another test run at the same time."""
+    return random.SystemRandom().randint(101, 215)
+
+
+def make_checkpoint(path, seed=0):
+    """Save a randomly initialised (seeded) TarFuse checkpoint; return its class names."""
+    import torch
+    from tarfuse_ros.core.checkpoint import save_checkpoint
+    from tarfuse_ros.core.model.tarfuse import build_model
+
+    torch.manual_seed(seed)
+    model = build_model().eval()
+    save_checkpoint(path, model, provenance={'note': f'random init, seed {seed}, node tests'})
+    return tuple(model.config.class_names)
+
+
+def sample_pair(width=WIDTH, height=HEIGHT, stem='FLIR_00122'):
+    """Return a real RoadScene pair from ``samples/`` resized: (IR uint8 HxW, VI uint8 HxWx3)."""
+    ir = cv2.imread(str(SAMPLES / 'ir' / f'{stem}.jpg'), cv2.IMREAD_GRAYSCALE)
+    vi = cv2.imread(str(SAMPLES / 'vi' / f'{stem}.jpg'), cv2.IMREAD_COLOR)
+    if ir is None or vi is None:
+        raise FileNotFoundError(f'sample pair {stem} missing under {SAMPLES}')
+    size = (width, height)
+    return (cv2.resize(ir, size, interpolation=cv2.INTER_AREA),
+            cv2.resize(vi, size, interpolation=cv2.INTER_AREA))
+
+
+def image_msg(array, encoding, stamp_ns, frame_id):
+    """Build a ``sensor_msgs/Image`` (native byte order, unpadded rows) from an array."""
+    array = np.ascontiguousarray(array)
+    msg = Image()
+    msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(int(stamp_ns), 1_000_000_000)
+    msg.header.frame_id = frame_id
+    msg.height, msg.width = int(array.shape[0]), int(array.shape[1])
+    msg.encoding = encoding
+    msg.is_bigendian = int(sys.byteorder == 'big')
+    msg.step = int(array.strides[0])
+    msg.data = array.tobytes()
+    return msg
+
+
+class NodeProcess:
+    """The fusion node running in a child process on ``domain_id``."""
+
+    def __init__(self, domain_id, parameters, namespace='/', env=None):
+        self.log_file = tempfile.NamedTemporaryFile(
+            prefix='tarfuse_node_', suffix='.log', delete=False)
+        environment = dict(os.environ if env is None else env)
+        environment['ROS_DOMAIN_ID'] = str(domain_id)
+        environment['PYTHONUNBUFFERED'] = '1'
+        environment['RCUTILS_COLORIZED_OUTPUT'] = '0'
+        pythonpath = environment.get('PYTHONPATH', '')
+        if str(ROOT) not in pythonpath.split(os.pathsep):
+            environment['PYTHONPATH'] = os.pathsep.join(filter(None, [str(ROOT), pythonpath]))
+        command = [sys.executable, '-m', 'tarfuse_ros.ros.node', '--ros-args',
+                   '--params-file', str(PARAMS_FILE), '-r', f'__ns:={namespace}']
+        for name, value in parameters.items():
+            command += ['-p', f'{name}:={value}']
+        self.command = command
+        self.process = subprocess.Popen(command, cwd=ROOT, env=environment,
+                                        stdout=self.log_file, stderr=subprocess.STDOUT)
+
+    def alive(self):
+        return self.process.poll() is None
+
+    def log(self):
+        """Return everything the node printed so far."""
+        return Path(self.log_file.name).read_text(errors='replace')
+
+    def wait(self, timeout):
+        """Wait for the exit; return the code (None if still running after ``timeout``)."""
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def stop(self, sig=signal.SIGINT, timeout=20.0):
+        """Send ``sig`` and wait; return (exit code, seconds taken); kill if it hangs."""
+        start = time.monotonic()
+        if self.alive():
+            self.process.send_signal(sig)
+        code = self.wait(timeout)
+        if code is None:
+            self.process.kill()
+            self.process.wait(10)
+        return code, time.monotonic() - start
+
+    def close(self):
+        if self.alive():
+            self.stop(signal.SIGINT, 10.0)
+        self.log_file.close()
+        Path(self.log_file.name).unlink(missing_ok=True)
+
+
+class Probe:
+    """The test's ROS side: publishes camera images, collects every output of the node."""
+
+    def __init__(self, domain_id, namespace='', reliability='best_effort', node_name='tarfuse'):
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context, domain_id=domain_id,
+                   signal_handler_options=SignalHandlerOptions.NO)
+        self.node = rclpy.create_node('tarfuse_test_probe', namespace=namespace or '/',
+                                      context=self.context)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self.received = {key: [] for key in OUTPUTS}
+        self.diagnostics = []
+        self._subs = []
+        for key, (topic, msg_type) in OUTPUTS.items():
+            self._subs.append(self.node.create_subscription(
+                msg_type, topic, lambda msg, k=key: self.received[k].append(msg), 50))
+        self._subs.append(self.node.create_subscription(
+            DiagnosticArray, '/diagnostics', self._on_diagnostics, 50))
+        self.ir_pub = self.visible_pub = None
+        self.set_input_qos(reliability)
+        self.info_pub = self.node.create_publisher(CameraInfo, 'visible/camera_info', 10)
+        self.node_name = node_name
+        self._param_client = None
+
+    # -- publishing ------------------------------------------------------------------------
+    def set_input_qos(self, reliability, which=('infrared', 'visible')):
+        """(Re)create the image publishers with the given reliability."""
+        qos = QoSProfile(depth=50, reliability=(
+            ReliabilityPolicy.RELIABLE if reliability == 'reliable'
+            else ReliabilityPolicy.BEST_EFFORT))
+        for name in which:
+            attribute = 'ir_pub' if name == 'infrared' else 'visible_pub'
+            old = getattr(self, attribute)
+            if old is not None:
+                self.node.destroy_publisher(old)
+            setattr(self, attribute,
+                    self.node.create_publisher(Image, f'{name}/image_raw', qos))
+
+    def publish_pair(self, ir_msg, vi_msg):
+        self.ir_pub.publish(ir_msg)
+        self.visible_pub.publish(vi_msg)
+
+    def good_pair(self, stamp_ns, ir_encoding='mono8', ir_size=None, visible_colour=True):
+        """Build a valid (IR, visible) message pair from the real sample images."""
+        ir, vi = sample_pair()
+        if ir_size is not None:
+            ir = cv2.resize(ir, ir_size, interpolation=cv2.INTER_LINEAR)
+        if ir_encoding == 'mono16':
+            ir = ir.astype(np.uint16) * 257 + 300
+        vi_encoding = 'bgr8'
+        if not visible_colour:
+            vi, vi_encoding = cv2.cvtColor(vi, cv2.COLOR_BGR2GRAY), 'mono8'
+        return (image_msg(ir, ir_encoding, stamp_ns, 'infrared_optical_frame'),
+                image_msg(vi, vi_encoding, stamp_ns, VISIBLE_FRAME))
+
+    # -- spinning ----------------------------------------------------------------------------
+    def spin_until(self, predicate, timeout=20.0, tick=None, tick_period=0.1):
+        """Spin until ``predicate()`` is true (return True) or ``timeout`` passes (False).
+
+        ``tick`` is called every ``tick_period`` seconds (e.g. to keep publishing).
+        """
+        deadline = time.monotonic() + timeout
+        next_tick = time.monotonic()
+        while time.monotonic() < deadline:
+            if predicate():
+                return True
+            if tick is not None and time.monotonic() >= next_tick:
+                tick()
+                next_tick = time.monotonic() + tick_period
+            self.executor.spin_once(timeout_sec=0.02)
+        return predicate()
+
+    def outputs_for(self, key, stamp_ns):
+        """Return the received messages of output ``key`` whose header has ``stamp_ns``."""
+        return [m for m in self.received[key]
+                if m.header.stamp.sec * 1_000_000_000 + m.header.stamp.nanosec == stamp_ns]
+
+    def wait_for_outputs(self, stamp_ns, keys=('fused', 'detections'), timeout=20.0):
+        return self.spin_until(lambda: all(self.outputs_for(k, stamp_ns) for k in keys),
+                               timeout)
+
+    def _on_diagnostics(self, msg):
+        for status in msg.status:
+            if status.name.startswith(f'{self.node_name}:'):
+                self.diagnostics.append(status)
+
+    def latest_diagnostics(self):
+        """Return the newest status of the node as ``(level, message, {key: value})``."""
+        if not self.diagnostics:
+            return None
+        status = self.diagnostics[-1]
+        return (status.level, status.message, {kv.key: kv.value for kv in status.values})
+
+    def wait_for_diagnostics(self, predicate, timeout=20.0, tick=None):
+        """Spin until a new diagnostics status satisfies ``predicate(level, msg, values)``."""
+        start = len(self.diagnostics)
+
+        def check():
+            return any(predicate(s.level, s.message, {kv.key: kv.value for kv in s.values})
+                       for s in self.diagnostics[start:])
+        return self.spin_until(check, timeout, tick=tick)
+
+    def counter(self, name):
+        """Return a counter from the newest diagnostics (0 when none arrived yet)."""
+        latest = self.latest_diagnostics()
+        return int(latest[2][name]) if latest else 0
+
+    def wait_until_ready(self, timeout=60.0):
+        """Wait until the node answers a pair (retrying with new stamps); return the stamp."""
+        stamps = []
+
+        def tick():
+            stamp = time.time_ns()
+            stamps.append(stamp)
+            self.publish_pair(*self.good_pair(stamp))
+
+        ok = self.spin_until(
+            lambda: any(self.outputs_for('fused', s) for s in stamps) and self.diagnostics,
+            timeout, tick=tick, tick_period=0.5)
+        return ok
+
+    # -- parameters --------------------------------------------------------------------------
+    def set_parameters(self, **values):
+        """Set parameters of the node through its service; return the list of results."""
+        if self._param_client is None:
+            name = f'{self.node_name}/set_parameters'
+            self._param_client = self.node.create_client(SetParameters, name)
+            if not self.spin_until(self._param_client.service_is_ready, 20.0):
+                raise TimeoutError(f'service {name} did not appear')
+        request = SetParameters.Request()
+        request.parameters = [
+            Parameter(name.replace('__', '.'), value=value).to_parameter_msg()
+            for name, value in values.items()]
+        future = self._param_client.call_async(request)
+        self.spin_until(future.done, 20.0)
+        return future.result().results
+
+    def close(self):
+        self.executor.shutdown()
+        self.node.destroy_node()
+        rclpy.try_shutdown(context=self.context)

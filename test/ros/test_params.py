@@ -1,0 +1,131 @@
+"""Node parameters: descriptors, defaults, validation, run-time changes, YAML coverage."""
+
+from dataclasses import fields
+from pathlib import Path
+import random
+
+import pytest
+from rcl_interfaces.msg import ParameterType
+import rclpy
+from rclpy.parameter import Parameter
+from rclpy.signals import SignalHandlerOptions
+from tarfuse_ros.core.paths import default_weights_path
+from tarfuse_ros.ros.params import apply_updates, declare_node_parameters, descriptor_for
+from tarfuse_ros.ros.params import NodeParams, PARAMETER_SPECS, params_from_values
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+YAML_FILE = ROOT / 'config' / 'tarfuse.yaml'
+
+
+def _defaults():
+    return params_from_values({})
+
+
+def _flatten(tree, prefix=''):
+    out = {}
+    for key, value in tree.items():
+        name = f'{prefix}{key}'
+        if isinstance(value, dict):
+            out.update(_flatten(value, name + '.'))
+        else:
+            out[name] = value
+    return out
+
+
+def test_defaults_use_the_shipped_weights_and_sensor_data_qos():
+    params = _defaults()
+    assert params.weights == str(default_weights_path())
+    assert params.qos_reliability == 'best_effort'
+    assert params.publish_debug is False and params.publish_fused is True
+    assert params.sync_approximate is True and params.classes == ()
+
+
+def test_every_dataclass_field_has_exactly_one_parameter():
+    assert sorted(s.field for s in PARAMETER_SPECS) == sorted(f.name for f in fields(NodeParams))
+
+
+def test_descriptors_carry_description_ranges_and_allowed_values():
+    by_name = {spec.name: descriptor_for(spec) for spec in PARAMETER_SPECS}
+    assert all(d.description for d in by_name.values())
+    conf = by_name['confidence_threshold'].floating_point_range[0]
+    assert (conf.from_value, conf.to_value) == (0.0, 1.0)
+    max_det = by_name['max_detections'].integer_range[0]
+    assert (max_det.from_value, max_det.to_value, max_det.step) == (1, 1000, 1)
+    assert 'best_effort' in by_name['qos.reliability'].additional_constraints
+    assert 'reliable' in by_name['qos.reliability'].additional_constraints
+    assert by_name['classes'].type == ParameterType.PARAMETER_STRING_ARRAY
+
+
+def test_yaml_sets_every_parameter_except_the_optional_class_filter_and_comments_each_key():
+    tree = yaml.safe_load(YAML_FILE.read_text())
+    values = _flatten(tree['/**']['ros__parameters'])
+    names = {spec.name for spec in PARAMETER_SPECS}
+    assert set(values) == names - {'classes'}
+    params = params_from_values(values)
+    assert params == _defaults()
+    lines = YAML_FILE.read_text().splitlines()
+    for index, line in enumerate(lines):
+        stripped = line.strip()
+        if stripped and not stripped.startswith('#') and index > 0 and ':' in stripped and \
+                not stripped.startswith(('/**', 'ros__parameters')):
+            assert lines[index - 1].strip().startswith('#'), f'key without comment: {line}'
+
+
+@pytest.mark.parametrize('values, message', [
+    ({'qos.reliability': 'sometimes'}, 'best_effort, reliable'),
+    ({'device': 'gpu0'}, 'cuda:N'),
+    ({'half': True, 'device': 'cpu'}, 'CUDA'),
+    ({'confidence_threshold': 1.5}, 'outside [0.0, 1.0]'),
+    ({'sync.queue_size': 0}, 'sync.queue_size'),
+    ({'classes': 'person'}, 'list of strings'),
+    ({'no_such': 1}, 'unknown parameters'),
+])
+def test_invalid_start_up_values_raise_value_error_naming_them(values, message):
+    with pytest.raises(ValueError, match=message.replace('[', r'\[').replace(']', r'\]')):
+        params_from_values(values)
+
+
+def test_run_time_changes_are_applied_and_fixed_ones_refused_with_the_reason():
+    params = _defaults()
+    new = apply_updates(params, {'confidence_threshold': 0.6, 'publish.debug': True,
+                                 'classes': ['car', ' person '], 'use_sim_time': True})
+    assert (new.confidence_threshold, new.publish_debug, new.classes) == (
+        0.6, True, ('car', 'person'))
+    assert params.confidence_threshold == 0.25  # the old snapshot is untouched (frozen)
+    for name, value in [('weights', '/tmp/other.safetensors'), ('device', 'cuda:0'),
+                        ('sync.slop', 0.2), ('sync.approximate', False),
+                        ('qos.reliability', 'reliable')]:
+        with pytest.raises(ValueError, match=f'{name} cannot change while the node runs.*'
+                                             f'restart'):
+            apply_updates(params, {name: value})
+    # Setting a fixed parameter to its current value is not a change.
+    assert apply_updates(params, {'weights': params.weights, 'sync.slop': 0.05}) == params
+    with pytest.raises(ValueError, match='iou_threshold'):
+        apply_updates(params, {'iou_threshold': -0.1})
+
+
+def test_declaring_on_a_real_node_takes_overrides_and_rejects_bad_ones():
+    context = rclpy.Context()
+    rclpy.init(context=context, domain_id=random.SystemRandom().randint(101, 215),
+               signal_handler_options=SignalHandlerOptions.NO)
+    try:
+        node = rclpy.create_node(
+            'params_probe', context=context, parameter_overrides=[
+                Parameter('classes', value=['person']), Parameter('sync.slop', value=0.1),
+                Parameter('publish.debug', value=True)])
+        params = declare_node_parameters(node)
+        assert params.classes == ('person',) and params.sync_slop == 0.1 and params.publish_debug
+        descriptor = node.describe_parameter('iou_threshold')
+        assert descriptor.floating_point_range[0].to_value == 1.0
+        result = node.set_parameters([Parameter('confidence_threshold', value=2.0)])[0]
+        assert not result.successful  # outside the descriptor's range
+        node.destroy_node()
+
+        bad = rclpy.create_node('params_probe_bad', context=context, parameter_overrides=[
+            Parameter('qos.reliability', value='fast')])
+        with pytest.raises(ValueError, match='qos.reliability'):
+            declare_node_parameters(bad)
+        bad.destroy_node()
+    finally:
+        rclpy.try_shutdown(context=context)
