@@ -30,6 +30,7 @@ setup(
         share('samples/ir'),
         share('samples/vi'),
         share('samples/labels'),
+        share('samples/synthetic_misaligned/ir_warp'),
         share('samples', '*.*'),
     ],
     install_requires=['setuptools'],
