@@ -251,8 +251,12 @@ def run_demo(out='output/demo', weights=None, device='cpu', samples=None,
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     input_bag, recorded_bag = out / 'input_bag', out / 'recorded_bag'
-    for old in [input_bag, recorded_bag, *out.glob('fused_*.png')]:
-        shutil.rmtree(old) if old.is_dir() else old.unlink()
+    # Results of an earlier run in this folder are replaced (only the demo's own files).
+    for old in [input_bag, recorded_bag]:
+        if old.is_dir():
+            shutil.rmtree(old)
+    for old in out.glob('fused_*.png'):
+        old.unlink()
 
     bag = make_bag(samples, input_bag, rate=rate, ir_encoding='mono8', offset_ms=4.0,
                    jitter_ms=1.0, loops=loops, size=size, ir_dir=ir_dir, max_pairs=max_pairs)
