@@ -1,0 +1,91 @@
+"""Output heads: fused-image reconstruction and the P3/P4/P5 neck + ultralytics ``Detect``."""
+
+from tarfuse_ros.core.model.encoders import ConvBNAct
+import torch
+from torch import nn
+from ultralytics.nn.modules.head import Detect
+
+__all__ = ['DetectionNeck', 'LegacyDetect', 'ReconstructionHead', 'build_detect']
+
+DETECT_STRIDES = (8.0, 16.0, 32.0)
+
+
+class ReconstructionHead(nn.Module):
+    """Three layers from the fused features to the fused image; the last ends with Tanh.
+
+    ``forward: (B, in_channels, H, W) -> (B, 1, H, W)`` in ``[0, 1]`` (``(tanh + 1) / 2``).
+    """
+
+    def __init__(self, in_channels, channels=(16, 8), slope=0.1):
+        super().__init__()
+        channels = tuple(int(c) for c in channels)
+        if len(channels) != 2:
+            raise ValueError(f'reconstruction needs two hidden widths, got {channels}')
+        self.layers = nn.Sequential(
+            ConvBNAct(in_channels, channels[0], slope=slope),
+            ConvBNAct(channels[0], channels[1], slope=slope),
+            nn.Conv2d(channels[1], 1, 3, padding=1),
+            nn.Tanh(),
+        )
+
+    def forward(self, fused_features):
+        return (self.layers(fused_features) + 1.0) * 0.5
+
+
+class DetectionNeck(nn.Module):
+    """Downsampling neck from the fused features to P3, P4, P5 (strides 8, 16, 32).
+
+    Two stride-2 stem layers (``stem_channels``, strides 2 and 4), then per level one stride-2
+    layer and one refinement layer of ``level_channels[i]``.
+    ``forward: (B, in_channels, H, W) -> [P3 (B, c3, H/8, W/8), P4 (.., H/16), P5 (.., H/32)]``.
+    """
+
+    def __init__(self, in_channels, stem_channels=(16, 32), level_channels=(64, 96, 128),
+                 slope=0.1):
+        super().__init__()
+        stem_channels = tuple(int(c) for c in stem_channels)
+        level_channels = tuple(int(c) for c in level_channels)
+        if len(stem_channels) != 2 or len(level_channels) != 3:
+            raise ValueError('the neck needs 2 stem widths and 3 level widths, got '
+                             f'{stem_channels} and {level_channels}')
+        self.stem = nn.Sequential(
+            ConvBNAct(in_channels, stem_channels[0], stride=2, slope=slope),
+            ConvBNAct(stem_channels[0], stem_channels[1], stride=2, slope=slope),
+        )
+        self.levels = nn.ModuleList()
+        width = stem_channels[1]
+        for out in level_channels:
+            self.levels.append(nn.Sequential(
+                ConvBNAct(width, out, stride=2, slope=slope),
+                ConvBNAct(out, out, slope=slope),
+            ))
+            width = out
+        self.out_channels = level_channels
+
+    def forward(self, fused_features):
+        x = self.stem(fused_features)
+        outputs = []
+        for level in self.levels:
+            x = level(x)
+            outputs.append(x)
+        return outputs
+
+
+class LegacyDetect(Detect):
+    """``Detect`` with the exact YOLOv8 classification branch (``legacy = True``)."""
+
+    legacy = True
+
+
+def build_detect(num_classes, reg_max=16, channels=(64, 96, 128), legacy=False):
+    """Return an ultralytics ``Detect`` for P3/P4/P5 with strides set and biases initialised.
+
+    Eval mode returns ``(y, preds)`` (or ``y`` alone when ``export`` is set) with ``y`` of shape
+    ``(B, 4 + nc, anchors)`` (xywh in input pixels, class probabilities); train mode returns the
+    dict ``boxes`` / ``scores`` / ``feats`` that ``v8DetectionLoss`` takes.
+    """
+    cls = LegacyDetect if legacy else Detect
+    detect = cls(nc=int(num_classes), reg_max=int(reg_max), ch=tuple(int(c) for c in channels))
+    detect.stride = torch.tensor(DETECT_STRIDES)
+    detect.bias_init()
+    return detect

@@ -1,0 +1,217 @@
+"""The TarFuse network: register IR features to the visible frame, fuse, reconstruct, detect.
+
+``TarFuse.forward(ir, vi)`` with ``ir`` the (unregistered) infrared image and ``vi`` the visible
+luminance, both ``(B, 1, H, W)`` in ``[0, 1]`` with ``H`` and ``W`` multiples of 32:
+
+1. four extractors give ``c_ir, s_ir`` (IR, shared weights for the deformed and the aligned IR)
+   and ``c_vi, s_vi`` (visible);
+2. the registration network (CSEB x 2 + MSRB) predicts ``flow`` (B, 2, H, W) in pixels from
+   ``c_ir`` and ``c_vi``;
+3. ``c_ir`` and ``s_ir`` are warped with it and concatenated with ``c_vi, s_vi``;
+4. the reconstruction head gives the fused image and the neck + ``Detect`` the detections.
+"""
+
+from dataclasses import asdict, dataclass, fields
+
+from tarfuse_ros.core.model.encoders import FeatureExtractor
+from tarfuse_ros.core.model.heads import build_detect, DetectionNeck, ReconstructionHead
+from tarfuse_ros.core.model.registration import RegistrationNet
+from tarfuse_ros.core.model.warp import warp
+import torch
+from torch import nn
+
+__all__ = ['SIZE_MULTIPLE', 'TarFuse', 'TarFuseConfig', 'build_model', 'parameter_counts']
+
+SIZE_MULTIPLE = 32
+
+
+@dataclass(frozen=True)
+class TarFuseConfig:
+    """Architecture of :class:`TarFuse` (plain values only; stored in every checkpoint)."""
+
+    # Output channels of each of the four feature extractors (full resolution: keep narrow).
+    feature_channels: int = 8
+    # conv3x3-BN-LeakyReLU layers per extractor.
+    extractor_layers: int = 2
+    # Stride-2 steps before registration: the flow is predicted at 1 / 2**n and upsampled.
+    registration_downsample: int = 2
+    # Width of each CSEB.
+    cseb_channels: int = 32
+    # MSRB (U-Net) widths per level, finest first.
+    msrb_channels: tuple = (32, 48, 64, 64)
+    # Hidden widths of the reconstruction head (third layer -> 1 channel, Tanh).
+    reconstruction_channels: tuple = (16, 8)
+    # Detection neck: stem widths at strides 2 and 4, then P3, P4, P5 widths.
+    neck_stem_channels: tuple = (16, 32)
+    detect_channels: tuple = (64, 80, 96)
+    # Detection classes (names in class-id order) and ultralytics' DFL bins.
+    num_classes: int = 3
+    class_names: tuple = ('person', 'bicycle', 'car')
+    reg_max: int = 16
+    # True: YOLOv8's exact classification branch; False: the lighter v11 one (default).
+    detect_legacy: bool = False
+    # Negative slope of every LeakyReLU.
+    leaky_slope: float = 0.1
+
+    def __post_init__(self):
+        for name in ('msrb_channels', 'reconstruction_channels', 'neck_stem_channels',
+                     'detect_channels'):
+            object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
+        object.__setattr__(self, 'class_names', tuple(str(v) for v in self.class_names))
+        if self.num_classes < 1 or len(self.class_names) != self.num_classes:
+            raise ValueError(f'num_classes ({self.num_classes}) must be >= 1 and equal '
+                             f'len(class_names) ({len(self.class_names)}: {self.class_names})')
+        if self.feature_channels < 1 or self.extractor_layers < 1:
+            raise ValueError('feature_channels and extractor_layers must be >= 1, got '
+                             f'{self.feature_channels}, {self.extractor_layers}')
+        if not 0 <= self.registration_downsample <= 4:
+            raise ValueError(
+                f'registration_downsample must be in 0..4, got {self.registration_downsample}')
+        if len(self.detect_channels) != 3 or len(self.neck_stem_channels) != 2:
+            raise ValueError('detect_channels needs 3 widths (P3, P4, P5) and neck_stem_channels '
+                             f'2, got {self.detect_channels}, {self.neck_stem_channels}')
+        if self.reg_max < 1:
+            raise ValueError(f'reg_max must be >= 1, got {self.reg_max}')
+
+    def to_dict(self):
+        """Return a JSON-ready dict (tuples as lists)."""
+        return {key: list(value) if isinstance(value, tuple) else value
+                for key, value in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, values):
+        """Build from :meth:`to_dict` output; unknown keys raise ``ValueError``."""
+        values = dict(values or {})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f'unknown TarFuseConfig keys {unknown}; known: {sorted(known)}')
+        if 'class_names' in values and 'num_classes' not in values:
+            values['num_classes'] = len(values['class_names'])
+        return cls(**values)
+
+
+def _check_image(name, image):
+    if not isinstance(image, torch.Tensor):
+        raise ValueError(f'{name} must be a torch.Tensor, got {type(image).__name__}')
+    if image.dim() != 4 or image.shape[1] != 1:
+        raise ValueError(f'{name} must have shape (B, 1, H, W), got {tuple(image.shape)}')
+    if not image.is_floating_point():
+        raise ValueError(f'{name} must be floating point in [0, 1], got {image.dtype}')
+    height, width = image.shape[2:]
+    if height % SIZE_MULTIPLE or width % SIZE_MULTIPLE or height == 0 or width == 0:
+        raise ValueError(f'{name} height and width must be positive multiples of '
+                         f'{SIZE_MULTIPLE} (pad first), got {tuple(image.shape)}')
+
+
+class TarFuse(nn.Module):
+    """Target-aware unregistered IR-visible fusion network (about 1M parameters by default).
+
+    ``forward(ir, vi, ir_aligned=None) -> dict``:
+
+    - ``fused`` (B, 1, H, W) in [0, 1]: fused luminance in the visible frame;
+    - ``flow`` (B, 2, H, W) pixels: maps ``ir`` onto the visible frame;
+    - ``registered_ir`` (B, 1, H, W) = ``warp(ir, flow)``;
+    - ``det``: the ``Detect`` output in the current mode (train: dict ``boxes``, ``scores``,
+      ``feats``; eval: ``(y, dict)``, ``y`` (B, 4 + nc, anchors) xywh in input pixels);
+    - ``features``: ``c_ir``, ``s_ir`` (of ``ir``), ``c_vi``, ``s_vi``, ``c_ir_registered``,
+      ``s_ir_registered`` (warped with ``flow``) and, when ``ir_aligned`` is given,
+      ``c_ir_aligned``, ``s_ir_aligned`` (same extractors; used by the training losses).
+    """
+
+    def __init__(self, config=None):
+        super().__init__()
+        config = config if config is not None else TarFuseConfig()
+        if not isinstance(config, TarFuseConfig):
+            raise ValueError(f'config must be a TarFuseConfig, got {type(config).__name__}')
+        self.config = config
+        width, layers, slope = config.feature_channels, config.extractor_layers, config.leaky_slope
+        self.ir_common = FeatureExtractor(1, width, layers, slope)
+        self.ir_specific = FeatureExtractor(1, width, layers, slope)
+        self.vi_common = FeatureExtractor(1, width, layers, slope)
+        self.vi_specific = FeatureExtractor(1, width, layers, slope)
+        self.registration = RegistrationNet(width, config.cseb_channels, config.msrb_channels,
+                                            config.registration_downsample, slope)
+        self.reconstruction = ReconstructionHead(4 * width, config.reconstruction_channels, slope)
+        self.neck = DetectionNeck(4 * width, config.neck_stem_channels, config.detect_channels,
+                                  slope)
+        self.detect = build_detect(config.num_classes, config.reg_max, config.detect_channels,
+                                   config.detect_legacy)
+
+    @property
+    def class_names(self):
+        return self.config.class_names
+
+    def _apply(self, fn, *args, **kwargs):
+        # Detect caches its anchors per feature shape only: drop them when moving / casting.
+        result = super()._apply(fn, *args, **kwargs)
+        self.detect.shape = None
+        return result
+
+    def forward(self, ir, vi, ir_aligned=None):
+        _check_image('ir', ir)
+        _check_image('vi', vi)
+        if ir.shape != vi.shape:
+            raise ValueError(f'ir and vi must have the same shape, got {tuple(ir.shape)} and '
+                             f'{tuple(vi.shape)} (resize the IR to the visible frame first)')
+        if ir_aligned is not None:
+            _check_image('ir_aligned', ir_aligned)
+            if ir_aligned.shape != ir.shape:
+                raise ValueError(f'ir_aligned shape {tuple(ir_aligned.shape)} differs from ir '
+                                 f'{tuple(ir.shape)}')
+        c_ir, s_ir = self.ir_common(ir), self.ir_specific(ir)
+        c_vi, s_vi = self.vi_common(vi), self.vi_specific(vi)
+        flow = self.registration(c_ir, c_vi)
+        c_ir_registered = warp(c_ir, flow)
+        s_ir_registered = warp(s_ir, flow)
+        fused_features = torch.cat((c_ir_registered, s_ir_registered, c_vi, s_vi), dim=1)
+        fused = self.reconstruction(fused_features)
+        det = self.detect(self.neck(fused_features))
+        features = {'c_ir': c_ir, 's_ir': s_ir, 'c_vi': c_vi, 's_vi': s_vi,
+                    'c_ir_registered': c_ir_registered, 's_ir_registered': s_ir_registered}
+        if ir_aligned is not None:
+            features['c_ir_aligned'] = self.ir_common(ir_aligned)
+            features['s_ir_aligned'] = self.ir_specific(ir_aligned)
+        return {'fused': fused, 'flow': flow, 'registered_ir': warp(ir, flow), 'det': det,
+                'features': features}
+
+    def predict_raw(self, ir, vi):
+        """Run in eval mode without gradients (the previous mode is restored).
+
+        Returns a dict with ``fused`` (B, 1, H, W), ``flow`` (B, 2, H, W) px,
+        ``registered_ir`` (B, 1, H, W) and ``det`` (B, 4 + nc, anchors): ``cx, cy, w, h`` in
+        network-input pixels followed by the class probabilities (ultralytics' layout, ready for
+        ``ultralytics.utils.nms.non_max_suppression``).
+        """
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.no_grad():
+                out = self.forward(ir, vi)
+        finally:
+            self.train(was_training)
+        det = out['det'][0] if isinstance(out['det'], (tuple, list)) else out['det']
+        return {'fused': out['fused'], 'flow': out['flow'], 'registered_ir': out['registered_ir'],
+                'det': det}
+
+
+def build_model(config=None):
+    """Return a freshly initialised :class:`TarFuse` (``config``: TarFuseConfig, dict or None)."""
+    if isinstance(config, dict):
+        config = TarFuseConfig.from_dict(config)
+    return TarFuse(config)
+
+
+def parameter_counts(model):
+    """Return the number of parameters per part of a :class:`TarFuse` and the ``total``."""
+    registration = model.registration
+    parts = {
+        'ir_common': model.ir_common, 'ir_specific': model.ir_specific,
+        'vi_common': model.vi_common, 'vi_specific': model.vi_specific,
+        'cseb_ir': registration.cseb_ir, 'cseb_vi': registration.cseb_vi,
+        'msrb': registration.msrb, 'reconstruction': model.reconstruction,
+        'neck': model.neck, 'detect': model.detect,
+    }
+    counts = {name: sum(p.numel() for p in part.parameters()) for name, part in parts.items()}
+    counts['total'] = sum(p.numel() for p in model.parameters())
+    return counts

@@ -1,0 +1,168 @@
+"""Tests of the TarFuse network: shapes, identity start, modes, config, gradients."""
+
+import json
+
+import pytest
+from tarfuse_ros.core.model import (build_model, parameter_counts, TarFuse, TarFuseConfig,
+                                    warp)
+import torch
+
+H, W = 64, 96
+
+
+@pytest.fixture(scope='module')
+def model():
+    torch.manual_seed(0)
+    return build_model()
+
+
+def _inputs(batch=2, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return (torch.rand(batch, 1, H, W, generator=generator),
+            torch.rand(batch, 1, H, W, generator=generator))
+
+
+def _anchors(height, width):
+    return sum((height // s) * (width // s) for s in (8, 16, 32))
+
+
+def test_default_model_has_about_one_million_parameters(model):
+    counts = parameter_counts(model)
+    assert 0.9e6 <= counts['total'] <= 1.2e6, counts
+    assert sum(v for k, v in counts.items() if k != 'total') == counts['total']
+    assert counts['cseb_ir'] == counts['cseb_vi'] > 0  # two unshared CSEBs of one design
+    assert model.registration.cseb_ir is not model.registration.cseb_vi
+
+
+def test_forward_shapes_and_ranges_in_training_mode(model):
+    model.train()
+    ir, vi = _inputs()
+    out = model(ir, vi, ir_aligned=ir)
+    assert out['fused'].shape == (2, 1, H, W)
+    assert 0 <= out['fused'].min() and out['fused'].max() <= 1
+    assert out['flow'].shape == (2, 2, H, W)
+    assert out['registered_ir'].shape == (2, 1, H, W)
+    assert set(out['det']) == {'boxes', 'scores', 'feats'}
+    assert out['det']['scores'].shape == (2, 3, _anchors(H, W))
+    assert [tuple(f.shape[2:]) for f in out['det']['feats']] == [(8, 12), (4, 6), (2, 3)]
+    features = out['features']
+    for name in ('c_ir', 's_ir', 'c_vi', 's_vi', 'c_ir_registered', 's_ir_registered',
+                 'c_ir_aligned', 's_ir_aligned'):
+        assert features[name].shape == (2, model.config.feature_channels, H, W), name
+    # The IR extractors are shared between the deformed and the aligned IR.
+    assert torch.allclose(features['c_ir_aligned'], features['c_ir'])
+
+
+def test_aligned_features_only_when_aligned_ir_given(model):
+    out = model(*_inputs())
+    assert 'c_ir_aligned' not in out['features']
+
+
+def test_untrained_flow_is_identity(model):
+    ir, vi = _inputs()
+    out = model.predict_raw(ir, vi)
+    assert out['flow'].abs().max() == 0
+    assert torch.allclose(out['registered_ir'], ir, atol=1e-5)
+
+
+def test_registered_ir_is_ir_warped_by_flow(model):
+    model.train()
+    ir, vi = _inputs()
+    with torch.no_grad():
+        model.registration.msrb.flow_heads[-1].bias.fill_(0.75)  # a non-zero flow
+        out = model(ir, vi)
+        model.registration.msrb.flow_heads[-1].bias.zero_()
+    assert out['flow'].abs().min() > 0.1
+    assert torch.allclose(out['registered_ir'], warp(ir, out['flow']), atol=1e-6)
+
+
+def test_eval_mode_det_tuple_and_predict_raw(model):
+    model.train()
+    ir, vi = _inputs()
+    raw = model.predict_raw(ir, vi)
+    assert model.training  # mode restored
+    assert raw['det'].shape == (2, 4 + 3, _anchors(H, W))
+    assert not raw['det'].requires_grad and not raw['fused'].requires_grad
+    probs = raw['det'][:, 4:]
+    assert (probs >= 0).all() and (probs <= 1).all()
+    model.eval()
+    with torch.no_grad():
+        out = model(ir, vi)
+    assert isinstance(out['det'], tuple)
+    assert torch.allclose(out['det'][0], raw['det'])
+    model.train()
+
+
+def test_batch_samples_are_independent_in_eval(model):
+    ir, vi = _inputs(batch=2)
+    both = model.predict_raw(ir, vi)
+    single = model.predict_raw(ir[1:], vi[1:])
+    assert torch.allclose(both['fused'][1:], single['fused'], atol=1e-5)
+    assert torch.allclose(both['det'][1:], single['det'], atol=1e-3)
+
+
+def test_every_parameter_receives_a_gradient():
+    torch.manual_seed(1)
+    net = build_model(TarFuseConfig(msrb_channels=(8, 8, 8), detect_channels=(16, 16, 16),
+                                    reg_max=4))
+    net.train()
+    ir, vi = _inputs()
+    out = net(ir, vi, ir_aligned=ir)
+    total = out['fused'].mean() + out['flow'].mean() + out['registered_ir'].mean()
+    total = total + out['det']['boxes'].mean() + out['det']['scores'].mean()
+    total.backward()
+    # (ultralytics' DFL projection is a fixed, non-trainable convolution.)
+    missing = [name for name, p in net.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing, missing
+
+
+def test_cast_and_move_reset_detect_anchors(model):
+    ir, vi = _inputs(batch=1)
+    model.predict_raw(ir, vi)
+    double = build_model().double()
+    double.predict_raw(ir.double(), vi.double())
+    out = double.float().predict_raw(ir, vi)
+    assert out['det'].dtype == torch.float32
+
+
+@pytest.mark.parametrize('ir_shape, vi_shape, message', [
+    ((1, 1, 60, 96), (1, 1, 60, 96), 'multiples of 32'),
+    ((1, 3, 64, 96), (1, 3, 64, 96), r'\(B, 1, H, W\)'),
+    ((1, 1, 64, 96), (1, 1, 64, 128), 'same shape'),
+    ((1, 1, 64), (1, 1, 64), r'\(B, 1, H, W\)'),
+])
+def test_bad_inputs_raise_value_error(model, ir_shape, vi_shape, message):
+    with pytest.raises(ValueError, match=message):
+        model(torch.rand(ir_shape), torch.rand(vi_shape))
+
+
+def test_integer_input_rejected(model):
+    with pytest.raises(ValueError, match='floating point'):
+        model(torch.zeros(1, 1, 64, 64, dtype=torch.uint8), torch.zeros(1, 1, 64, 64))
+
+
+def test_config_round_trip_through_json():
+    config = TarFuseConfig(num_classes=2, class_names=('car', 'person'), reg_max=8,
+                           msrb_channels=[16, 24, 32])
+    restored = TarFuseConfig.from_dict(json.loads(json.dumps(config.to_dict())))
+    assert restored == config
+    assert isinstance(restored.msrb_channels, tuple)
+    net = build_model(config.to_dict())
+    assert isinstance(net, TarFuse) and net.detect.nc == 2 and net.detect.reg_max == 8
+    assert net.class_names == ('car', 'person')
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match='num_classes'):
+        TarFuseConfig(num_classes=2)
+    with pytest.raises(ValueError, match='unknown TarFuseConfig keys'):
+        TarFuseConfig.from_dict({'width': 3})
+    assert TarFuseConfig.from_dict({'class_names': ['a']}).num_classes == 1
+
+
+def test_detect_head_is_ultralytics_detect_with_strides(model):
+    from ultralytics.nn.modules.head import Detect
+    assert isinstance(model.detect, Detect)
+    assert model.detect.stride.tolist() == [8.0, 16.0, 32.0]
+    legacy = build_model(TarFuseConfig(detect_legacy=True))
+    assert legacy.detect.legacy and isinstance(legacy.detect, Detect)
