@@ -1,0 +1,299 @@
+"""Training losses of TarFuse (our reading of the paper; see ``METHOD.md``).
+
+Shapes and units:
+
+- images (``fused``, ``ir``, ``vi``): ``(B, 1, H, W)`` (any ``C`` works) in ``[0, 1]``;
+  image losses are mean absolute errors in those intensity units;
+- features: ``(B, C, H, W)``, arbitrary units;
+- flows: ``(B, 2, H, W)`` in pixels; the registration loss is the mean absolute error per flow
+  component in pixels (so it is much larger than an image L1 for a few pixels of error:
+  weigh it accordingly);
+- detection targets (ultralytics layout): ``batch_idx`` (N,), ``cls`` (N, 1), ``bboxes``
+  (N, 4) normalised ``cx, cy, w, h``; ``has_labels`` (B,) bool marks images whose labels are
+  known (images without labels are skipped, not treated as background).
+
+Total: ``L = fusion * L_fus + reg * L_reg + consistency * L_mc + complementary * L_ci
++ det * L_det`` with ``L_fus = L_int + beta * L_grad``.
+"""
+
+from dataclasses import asdict, dataclass, fields
+from types import SimpleNamespace
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+from ultralytics.utils.loss import v8DetectionLoss
+
+__all__ = [
+    'DetectionLoss', 'LossWeights', 'TarFuseLoss', 'complementary_loss', 'consistency_loss',
+    'fusion_loss', 'gradient_loss', 'intensity_loss', 'registration_loss', 'sobel_magnitude',
+]
+
+
+def _check_same(name_a, a, name_b, b):
+    for name, value in ((name_a, a), (name_b, b)):
+        if not isinstance(value, torch.Tensor) or value.dim() != 4:
+            shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value)
+            raise ValueError(f'{name} must be a (B, C, H, W) tensor, got {shape}')
+    if a.shape != b.shape:
+        raise ValueError(f'{name_a} {tuple(a.shape)} and {name_b} {tuple(b.shape)} differ')
+
+
+def sobel_magnitude(image):
+    """Return ``|Sobel_x| + |Sobel_y|`` per channel, ``(B, C, H, W) -> (B, C, H, W)``.
+
+    The L1 magnitude (no square root, so the gradient is defined at flat regions); borders are
+    replicated.
+    """
+    if not isinstance(image, torch.Tensor) or image.dim() != 4:
+        raise ValueError(f'image must be (B, C, H, W), got {getattr(image, "shape", image)}')
+    kernel_x = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]],
+                            dtype=image.dtype, device=image.device)
+    kernels = torch.stack((kernel_x, kernel_x.t())).unsqueeze(1)  # (2, 1, 3, 3)
+    channels = image.shape[1]
+    padded = F.pad(image.reshape(-1, 1, *image.shape[2:]), (1, 1, 1, 1), mode='replicate')
+    grads = F.conv2d(padded, kernels)  # (B*C, 2, H, W)
+    return grads.abs().sum(dim=1).view(-1, channels, *image.shape[2:])
+
+
+def intensity_loss(fused, ir, vi):
+    """Return ``mean |fused - max(ir, vi)|`` (scalar); all ``(B, C, H, W)`` in [0, 1]."""
+    _check_same('fused', fused, 'ir', ir)
+    _check_same('ir', ir, 'vi', vi)
+    return (fused - torch.maximum(ir, vi)).abs().mean()
+
+
+def gradient_loss(fused, ir, vi):
+    """Return ``mean | |S(fused)| - max(|S(ir)|, |S(vi)|) |`` with ``S`` = Sobel (scalar)."""
+    _check_same('fused', fused, 'ir', ir)
+    _check_same('ir', ir, 'vi', vi)
+    target = torch.maximum(sobel_magnitude(ir), sobel_magnitude(vi))
+    return (sobel_magnitude(fused) - target).abs().mean()
+
+
+def fusion_loss(fused, ir, vi, beta=2.0):
+    """Return ``L_int + beta * L_grad`` (scalar), using the *aligned* IR.
+
+    Zero when ``fused`` equals ``max(ir, vi)`` and its Sobel magnitude equals the larger of the
+    two sources' (e.g. ``fused = ir = vi``).
+    """
+    return intensity_loss(fused, ir, vi) + beta * gradient_loss(fused, ir, vi)
+
+
+def consistency_loss(c_ir, c_vi):
+    """Return ``mean |c_ir - c_vi|`` (scalar): common features of aligned IR and VI agree."""
+    _check_same('c_ir', c_ir, 'c_vi', c_vi)
+    return (c_ir - c_vi).abs().mean()
+
+
+def complementary_loss(s_ir, s_vi, eps=1e-6):
+    """Return the mean over samples and channels of ``pearson(s_ir[b, k], s_vi[b, k])**2``.
+
+    Our definition (the paper gives none): specific features should be uncorrelated, so each
+    carries what the other modality lacks. In ``[0, 1]``: 0 for uncorrelated maps (and for
+    constant channels), 1 for identical or negated ones. Use spatially aligned features (the
+    aligned IR's, or the registered ones).
+    """
+    _check_same('s_ir', s_ir, 's_vi', s_vi)
+    a = s_ir.flatten(2)
+    b = s_vi.flatten(2)
+    a = a - a.mean(dim=2, keepdim=True)
+    b = b - b.mean(dim=2, keepdim=True)
+    cov = (a * b).mean(dim=2)
+    std = (a.pow(2).mean(dim=2) * b.pow(2).mean(dim=2) + eps * eps).sqrt()
+    return (cov / (std + eps)).pow(2).mean()
+
+
+def registration_loss(flow, flow_gt, mask=None):
+    """Return ``mean |flow - flow_gt|`` in pixels (scalar); flows ``(B, 2, H, W)``.
+
+    ``mask`` (optional, ``(B, 1, H, W)`` weights in [0, 1]) restricts the mean to where it is
+    positive.
+    """
+    _check_same('flow', flow, 'flow_gt', flow_gt)
+    if flow.shape[1] != 2:
+        raise ValueError(f'flows must be (B, 2, H, W), got {tuple(flow.shape)}')
+    error = (flow - flow_gt).abs()
+    if mask is None:
+        return error.mean()
+    if mask.dim() != 4 or mask.shape[1] != 1 or mask.shape[2:] != flow.shape[2:]:
+        raise ValueError(f'mask must be (B, 1, H, W) like the flow, got {tuple(mask.shape)}')
+    weight = mask.expand_as(error)
+    return (error * weight).sum() / weight.sum().clamp_min(1.0)
+
+
+class _DetectHost:
+    """The minimal model face ``v8DetectionLoss`` reads: ``.args``, ``.model[-1]``, params."""
+
+    def __init__(self, detect, hyp):
+        self.args = hyp
+        self.model = [detect]
+        self._detect = detect
+
+    def parameters(self):
+        return self._detect.parameters()
+
+
+class DetectionLoss:
+    """YOLO training loss (ultralytics ``v8DetectionLoss``: box CIoU, class BCE, DFL).
+
+    ``__call__(det_out, targets) -> (loss, items)``:
+
+    - ``det_out``: the ``Detect`` output, the train-mode dict or the eval-mode ``(y, dict)``;
+    - ``targets``: ``batch_idx`` (N,), ``cls`` (N, 1), ``bboxes`` (N, 4) normalised cxcywh,
+      optional ``has_labels`` (B,) bool: images without labels are removed from the batch
+      before the loss, so they count neither as background nor in the normalisation;
+    - ``loss``: scalar, ``box * 7.5 + cls * 0.5 + dfl * 1.5`` (the gains) averaged over the
+      labelled images (ultralytics returns it multiplied by the batch size; we divide by the
+      number of labelled images so it does not grow with the batch); zero (still in the graph)
+      when no image is labelled;
+    - ``items``: detached ``(3,)`` tensor ``box, cls, dfl`` on the same scale.
+    """
+
+    def __init__(self, detect, box=7.5, cls=0.5, dfl=1.5):
+        self.detect = detect
+        self.hyp = SimpleNamespace(box=float(box), cls=float(cls), dfl=float(dfl))
+        self._criterion = None
+        self._device = None
+
+    def _get_criterion(self, device):
+        if self._criterion is None or self._device != device:
+            self._criterion = v8DetectionLoss(_DetectHost(self.detect, self.hyp))
+            self._device = device
+        return self._criterion
+
+    def __call__(self, det_out, targets):
+        preds = det_out[1] if isinstance(det_out, (tuple, list)) else det_out
+        if not isinstance(preds, dict) or not {'boxes', 'scores', 'feats'} <= set(preds):
+            raise ValueError('det_out must be the Detect output (a dict with boxes, scores, '
+                             f'feats, or an eval-mode tuple), got {type(det_out).__name__}')
+        boxes = preds['boxes']
+        device, batch = boxes.device, boxes.shape[0]
+        batch_idx = torch.as_tensor(targets['batch_idx'], device=device).reshape(-1).long()
+        cls = torch.as_tensor(targets['cls'], device=device).reshape(-1, 1).float()
+        bboxes = torch.as_tensor(targets['bboxes'], device=device).reshape(-1, 4).float()
+        if not batch_idx.shape[0] == cls.shape[0] == bboxes.shape[0]:
+            raise ValueError(f'targets disagree: batch_idx {tuple(batch_idx.shape)}, '
+                             f'cls {tuple(cls.shape)}, bboxes {tuple(bboxes.shape)}')
+        if batch_idx.numel() and (batch_idx.min() < 0 or batch_idx.max() >= batch):
+            raise ValueError(f'batch_idx must lie in [0, {batch}), got '
+                             f'{batch_idx.min().item()}..{batch_idx.max().item()}')
+        has_labels = targets.get('has_labels')
+        if has_labels is None:
+            has_labels = torch.ones(batch, dtype=torch.bool, device=device)
+        has_labels = torch.as_tensor(has_labels, device=device).reshape(-1).bool()
+        if has_labels.shape[0] != batch:
+            raise ValueError(
+                f'has_labels has {has_labels.shape[0]} entries for a batch of {batch}')
+        kept = int(has_labels.sum())
+        if kept == 0:
+            zero = (boxes.sum() + preds['scores'].sum()) * 0.0
+            return zero, torch.zeros(3, device=device)
+        if kept < batch:
+            keep = torch.nonzero(has_labels).flatten()
+            preds = {'boxes': boxes[keep], 'scores': preds['scores'][keep],
+                     'feats': [f[keep] for f in preds['feats']]}
+            new_index = torch.cumsum(has_labels.long(), 0) - 1
+            selected = has_labels[batch_idx]
+            batch_idx = new_index[batch_idx[selected]]
+            cls, bboxes = cls[selected], bboxes[selected]
+        criterion = self._get_criterion(device)
+        loss, _ = criterion(preds, {'batch_idx': batch_idx.float(), 'cls': cls, 'bboxes': bboxes})
+        loss = loss / kept
+        return loss.sum(), loss.detach()
+
+
+@dataclass
+class LossWeights:
+    """Weights of the total loss (paper: 10, 5, 5 and beta = 2; ``fusion`` is ours)."""
+
+    # Registration L1 (pixels).
+    reg: float = 10.0
+    # Modality consistency of the common features.
+    consistency: float = 5.0
+    # Complementary information of the specific features (0 switches it off).
+    complementary: float = 5.0
+    # Weight of the gradient term inside the fusion loss.
+    beta: float = 2.0
+    # Detection loss (0 switches it off).
+    det: float = 1.0
+    # Fusion loss as a whole.
+    fusion: float = 1.0
+
+    @classmethod
+    def from_dict(cls, values):
+        """Build from a plain dict; unknown keys raise ``ValueError``."""
+        values = dict(values or {})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f'unknown LossWeights keys {unknown}; known: {sorted(known)}')
+        return cls(**{k: float(v) for k, v in values.items()})
+
+    def to_dict(self):
+        return asdict(self)
+
+
+class TarFuseLoss(nn.Module):
+    """The total training loss.
+
+    ``TarFuseLoss(model, weights)``: ``model`` is the :class:`TarFuse` (or its ``Detect``; ``None``
+    disables detection). ``forward(outputs, batch) -> (total, parts)``:
+
+    - ``outputs``: the dict of ``TarFuse.forward(ir_deformed, vi, ir_aligned=ir_aligned)``;
+    - ``batch``: ``ir_aligned`` (B, 1, H, W), ``vi`` (B, 1, H, W), ``flow_gt`` (B, 2, H, W) px,
+      optionally ``flow_mask`` (B, 1, H, W), and the detection targets ``batch_idx``, ``cls``,
+      ``bboxes``, ``has_labels``;
+    - ``parts``: detached scalars ``total``, ``fusion``, ``intensity``, ``gradient``,
+      ``registration``, ``consistency``, ``complementary``, ``detection``, ``det_box``,
+      ``det_cls``, ``det_dfl`` (unweighted values; terms with weight 0 are still reported).
+
+    Consistency and complementary use the aligned IR's features when present (else the
+    registered ones); the fusion loss uses the aligned IR.
+    """
+
+    def __init__(self, model=None, weights=None, box=7.5, cls=0.5, dfl=1.5):
+        super().__init__()
+        if isinstance(weights, dict):
+            weights = LossWeights.from_dict(weights)
+        self.weights = weights if weights is not None else LossWeights()
+        detect = getattr(model, 'detect', model)
+        self.detection = DetectionLoss(detect, box, cls, dfl) if detect is not None else None
+
+    def forward(self, outputs, batch):
+        w = self.weights
+        features = outputs['features']
+        ir, vi, fused = batch['ir_aligned'], batch['vi'], outputs['fused']
+        parts = {}
+        intensity = intensity_loss(fused, ir, vi)
+        gradient = gradient_loss(fused, ir, vi)
+        fusion = intensity + w.beta * gradient
+        total = w.fusion * fusion
+        parts.update(fusion=fusion, intensity=intensity, gradient=gradient)
+
+        flow_gt = batch.get('flow_gt')
+        if flow_gt is not None:
+            registration = registration_loss(outputs['flow'], flow_gt, batch.get('flow_mask'))
+            total = total + w.reg * registration
+        else:
+            registration = torch.zeros((), device=fused.device)
+        parts['registration'] = registration
+
+        c_ir = features.get('c_ir_aligned', features.get('c_ir_registered'))
+        s_ir = features.get('s_ir_aligned', features.get('s_ir_registered'))
+        with torch.set_grad_enabled(torch.is_grad_enabled() and w.consistency != 0):
+            consistency = consistency_loss(c_ir, features['c_vi'])
+        with torch.set_grad_enabled(torch.is_grad_enabled() and w.complementary != 0):
+            complementary = complementary_loss(s_ir, features['s_vi'])
+        total = total + w.consistency * consistency + w.complementary * complementary
+        parts.update(consistency=consistency, complementary=complementary)
+
+        det_items = torch.zeros(3, device=fused.device)
+        detection = torch.zeros((), device=fused.device)
+        if self.detection is not None and w.det != 0 and 'bboxes' in batch:
+            detection, det_items = self.detection(outputs['det'], batch)
+            total = total + w.det * detection
+        parts.update(detection=detection, det_box=det_items[0], det_cls=det_items[1],
+                     det_dfl=det_items[2])
+        parts['total'] = total
+        return total, {name: value.detach() for name, value in parts.items()}

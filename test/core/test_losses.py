@@ -1,0 +1,187 @@
+"""Tests of the training losses: zero (or minimal) where they should be, positive otherwise."""
+
+import math
+
+import pytest
+from tarfuse_ros.core.losses import (complementary_loss, consistency_loss, DetectionLoss,
+                                     fusion_loss, gradient_loss, intensity_loss, LossWeights,
+                                     registration_loss, sobel_magnitude, TarFuseLoss)
+from tarfuse_ros.core.model import build_model, TarFuseConfig
+import torch
+
+H, W = 64, 64
+
+
+def _images(batch=2, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.rand(batch, 1, H, W, generator=generator) for _ in range(3)]
+
+
+@pytest.fixture(scope='module')
+def small_model():
+    torch.manual_seed(0)
+    return build_model(TarFuseConfig(msrb_channels=(8, 8, 8), detect_channels=(16, 16, 16),
+                                     reg_max=8))
+
+
+def _targets():
+    # Image 0 has two boxes, image 1 one box; normalised cx, cy, w, h.
+    return {
+        'batch_idx': torch.tensor([0.0, 0.0, 1.0]),
+        'cls': torch.tensor([[0.0], [2.0], [1.0]]),
+        'bboxes': torch.tensor([[0.3, 0.3, 0.2, 0.25], [0.7, 0.6, 0.3, 0.2],
+                                [0.5, 0.5, 0.4, 0.4]]),
+    }
+
+
+def test_sobel_of_a_ramp():
+    ramp = torch.arange(8.0).view(1, 1, 1, 8).expand(1, 1, 6, 8)
+    magnitude = sobel_magnitude(ramp)
+    assert torch.allclose(magnitude[..., 1:-1], torch.full((1, 1, 6, 6), 8.0))
+    assert sobel_magnitude(torch.ones(2, 3, 5, 5)).abs().max() == 0
+
+
+def test_fusion_loss_zero_for_identical_inputs_and_positive_otherwise():
+    ir, vi, other = _images()
+    assert fusion_loss(ir, ir, ir).item() == 0
+    # With a black visible image the ideal fused image is the IR itself.
+    assert fusion_loss(ir, ir, torch.zeros_like(ir)).item() == pytest.approx(0.0, abs=1e-7)
+    assert fusion_loss(other, ir, vi).item() > 0.1
+    flat = torch.full_like(ir, 0.5)
+    assert gradient_loss(flat, ir, vi) > 0 and intensity_loss(flat, ir, vi) > 0
+    total = fusion_loss(flat, ir, vi, beta=2.0)
+    expected = intensity_loss(flat, ir, vi) + 2.0 * gradient_loss(flat, ir, vi)
+    assert torch.allclose(total, expected)
+
+
+def test_consistency_loss():
+    a, b, _ = _images()
+    assert consistency_loss(a, a).item() == 0
+    assert consistency_loss(a, a + 0.25).item() == pytest.approx(0.25, rel=1e-5)
+    assert consistency_loss(a, b) > 0
+
+
+def test_complementary_loss_range():
+    a, b, _ = _images(seed=3)
+    assert complementary_loss(a, a).item() == pytest.approx(1.0, abs=1e-4)
+    assert complementary_loss(a, 1 - a).item() == pytest.approx(1.0, abs=1e-4)
+    # Independent noise: about 1 / (H * W).
+    assert complementary_loss(a, b).item() < 0.01
+    # Orthogonal patterns (full periods of sine and cosine) are exactly uncorrelated.
+    x = torch.arange(W, dtype=torch.float64) * (2 * math.pi / W)
+    sine = torch.sin(x).expand(1, 1, H, W)
+    cosine = torch.cos(x).expand(1, 1, H, W)
+    assert complementary_loss(sine, cosine).item() < 1e-10
+    # Constant channels give 0, not NaN, and a finite gradient.
+    constant = torch.ones(1, 2, H, W, requires_grad=True)
+    value = complementary_loss(constant, torch.rand(1, 2, H, W))
+    value.backward()
+    assert value.item() == 0 and torch.isfinite(constant.grad).all()
+
+
+def test_registration_loss_in_pixels():
+    flow_gt = torch.randn(2, 2, H, W)
+    assert registration_loss(flow_gt, flow_gt).item() == 0
+    assert registration_loss(flow_gt + 1.5, flow_gt).item() == pytest.approx(1.5, rel=1e-5)
+    mask = torch.zeros(2, 1, H, W)
+    mask[..., :10, :] = 1
+    shifted = flow_gt.clone()
+    shifted[..., 10:, :] += 100  # outside the mask: ignored
+    assert registration_loss(shifted, flow_gt, mask).item() == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize('fn', [consistency_loss, complementary_loss, registration_loss])
+def test_shape_mismatch_raises(fn):
+    with pytest.raises(ValueError, match='differ'):
+        fn(torch.zeros(1, 2, 8, 8), torch.zeros(1, 2, 8, 9))
+
+
+def test_detection_loss_finite_positive_and_backpropagates(small_model):
+    small_model.train()
+    ir, vi, _ = _images()
+    out = small_model(ir, vi)
+    loss, items = DetectionLoss(small_model.detect)(out['det'], _targets())
+    assert torch.isfinite(loss) and loss.item() > 0
+    assert items.shape == (3,) and (items > 0).all()
+    assert torch.allclose(loss.detach(), items.sum())
+    loss.backward()
+    assert small_model.neck.levels[0][0][0].weight.grad.abs().sum() > 0
+    small_model.zero_grad()
+
+
+def test_detection_loss_skips_unlabelled_images(small_model):
+    small_model.train()
+    ir, vi, _ = _images(batch=3, seed=5)
+    criterion = DetectionLoss(small_model.detect)
+    with torch.no_grad():
+        out = small_model(ir, vi)
+        # Image 1 has no labels: it must not change the loss of images 0 and 2.
+        targets = _targets()
+        targets['batch_idx'] = torch.tensor([0.0, 0.0, 2.0])
+        targets['has_labels'] = torch.tensor([True, False, True])
+        loss, _ = criterion(out['det'], targets)
+        sub = {'boxes': out['det']['boxes'][[0, 2]], 'scores': out['det']['scores'][[0, 2]],
+               'feats': [f[[0, 2]] for f in out['det']['feats']]}
+        alone, _ = criterion(sub, _targets())
+    assert torch.allclose(loss, alone, rtol=1e-5)
+    # Treating image 1 as labelled background changes the loss.
+    targets['has_labels'] = torch.tensor([True, True, True])
+    with torch.no_grad():
+        as_background, _ = criterion(out['det'], targets)
+    assert not torch.allclose(as_background, loss)
+
+
+def test_detection_loss_zero_without_labels(small_model):
+    small_model.train()
+    ir, vi, _ = _images()
+    out = small_model(ir, vi)
+    targets = {'batch_idx': torch.zeros(0), 'cls': torch.zeros(0, 1), 'bboxes': torch.zeros(0, 4),
+               'has_labels': torch.tensor([False, False])}
+    loss, items = DetectionLoss(small_model.detect)(out['det'], targets)
+    assert loss.item() == 0 and items.abs().sum() == 0
+    loss.backward()  # still part of the graph
+
+
+def test_detection_loss_bad_targets(small_model):
+    small_model.train()
+    ir, vi, _ = _images()
+    out = small_model(ir, vi)
+    targets = _targets()
+    targets['batch_idx'] = torch.tensor([0.0, 0.0, 5.0])
+    with pytest.raises(ValueError, match='batch_idx'):
+        DetectionLoss(small_model.detect)(out['det'], targets)
+    with pytest.raises(ValueError, match='Detect output'):
+        DetectionLoss(small_model.detect)(torch.zeros(2, 7, 10), _targets())
+
+
+def test_total_loss_parts_and_weights(small_model):
+    small_model.train()
+    ir, vi, _ = _images()
+    flow_gt = torch.randn(2, 2, H, W)
+    batch = {'ir_aligned': ir, 'vi': vi, 'flow_gt': flow_gt,
+             'has_labels': torch.tensor([True, True]), **_targets()}
+    out = small_model(ir, vi, ir_aligned=ir)
+    weights = LossWeights()
+    total, parts = TarFuseLoss(small_model, weights)(out, batch)
+    expected = (parts['fusion'] + weights.reg * parts['registration']
+                + weights.consistency * parts['consistency']
+                + weights.complementary * parts['complementary']
+                + weights.det * parts['detection'])
+    assert torch.allclose(total.detach(), expected, rtol=1e-5)
+    for name, value in parts.items():
+        assert torch.isfinite(value), name
+    # Untrained flow is zero, so the registration loss is the mean |flow_gt|.
+    assert parts['registration'].item() == pytest.approx(flow_gt.abs().mean().item(), rel=1e-5)
+    total.backward()
+    # Switching the complementary term off removes it from the total but still reports it.
+    off = LossWeights.from_dict({'complementary': 0.0})
+    total_off, parts_off = TarFuseLoss(small_model, off)(out, batch)
+    assert torch.allclose(total_off.detach(), expected - 5.0 * parts['complementary'],
+                          rtol=1e-5)
+    assert parts_off['complementary'] > 0
+
+
+def test_loss_weights_from_dict_rejects_unknown():
+    with pytest.raises(ValueError, match='unknown LossWeights keys'):
+        LossWeights.from_dict({'regist': 1})
+    assert LossWeights.from_dict({'reg': 3}).reg == 3.0
