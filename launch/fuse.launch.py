@@ -1,10 +1,11 @@
-"""Launch the tarfuse_ros fusion node, optionally with RViz.
+r"""Launch the tarfuse_ros fusion node, optionally with RViz.
 
 Examples::
 
     ros2 launch tarfuse_ros fuse.launch.py
-    ros2 launch tarfuse_ros fuse.launch.py namespace:=front device:=cuda:0 rviz:=true \\
-        infrared_topic:=/flir/image_raw visible_topic:=/rgb/image_raw
+    ros2 launch tarfuse_ros fuse.launch.py namespace:=front device:=cuda:0 rviz:=true
+    ros2 launch tarfuse_ros fuse.launch.py infrared_topic:=/flir/image_raw \
+        visible_topic:=/rgb/image_raw
 
 Parameters come from ``params_file`` (default: the shipped ``config/tarfuse.yaml``); the
 ``weights`` and ``device`` arguments override it only when they are not empty.  Unless

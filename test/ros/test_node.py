@@ -1,0 +1,251 @@
+"""The fusion node over real DDS: the node runs in its own process with a real (random) model.
+
+One node process serves the whole module (approximate sync, best-effort inputs, namespace
+``/rig``); the test process publishes real sample pairs at 160x128 and checks every output.
+"""
+
+import signal
+import time
+
+from node_harness import HEIGHT, make_checkpoint, NodeProcess, Probe, random_domain_id
+from node_harness import image_msg, VISIBLE_FRAME, WIDTH
+import numpy as np
+import pytest
+from sensor_msgs.msg import CameraInfo
+
+pytestmark = pytest.mark.dds
+NAMESPACE = '/rig'
+
+
+@pytest.fixture(scope='module')
+def setup(tmp_path_factory):
+    weights = tmp_path_factory.mktemp('node') / 'random.safetensors'
+    class_names = make_checkpoint(weights)
+    domain = random_domain_id()
+    node = NodeProcess(domain, {
+        'weights': str(weights), 'device': 'cpu', 'cpu_threads': 1,
+        'diagnostics.period': 0.25, 'diagnostics.input_timeout': 1.0, 'qos.depth': 10,
+    }, namespace=NAMESPACE)
+    probe = Probe(domain, namespace=NAMESPACE)
+    try:
+        if not probe.wait_until_ready(90.0):
+            pytest.fail('the node never answered a pair; its log:\n' + node.log())
+        yield node, probe, class_names
+    finally:
+        probe.close()
+        node.close()
+
+
+def _stamp(msg):
+    return msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+
+
+def _send_and_wait(probe, stamp=None, **kwargs):
+    stamp = stamp or time.time_ns()
+    probe.publish_pair(*probe.good_pair(stamp, **kwargs))
+    assert probe.wait_for_outputs(stamp), f'no output for the pair stamped {stamp}'
+    return stamp
+
+
+def test_each_pair_gets_one_fused_image_and_one_detection_array_with_the_visible_header(setup):
+    node, probe, class_names = setup
+    info = CameraInfo(width=WIDTH, height=HEIGHT, distortion_model='plumb_bob')
+    info.header.frame_id = VISIBLE_FRAME
+    probe.info_pub.publish(info)
+    stamps = []
+    for _ in range(3):
+        stamps.append(time.time_ns())
+        probe.publish_pair(*probe.good_pair(stamps[-1]))
+        assert probe.wait_for_outputs(stamps[-1], keys=('fused', 'detections', 'registered'))
+    assert probe.spin_until(lambda: probe.outputs_for('camera_info', stamps[-1]), 10.0)
+    for stamp in stamps:
+        fused, = probe.outputs_for('fused', stamp)
+        detections, = probe.outputs_for('detections', stamp)
+        registered, = probe.outputs_for('registered', stamp)
+        for msg in (fused, detections, registered):
+            assert msg.header.frame_id == VISIBLE_FRAME
+        assert (fused.encoding, fused.width, fused.height) == ('bgr8', WIDTH, HEIGHT)
+        assert len(fused.data) == fused.step * fused.height == WIDTH * HEIGHT * 3
+        assert (registered.encoding, registered.width, registered.height) == (
+            'mono8', WIDTH, HEIGHT)
+        for det in detections.detections:
+            assert det.header.frame_id == VISIBLE_FRAME and _stamp(det) == stamp
+            assert det.results[0].hypothesis.class_id in class_names
+    info_out = probe.outputs_for('camera_info', stamps[-1])[0]
+    assert info_out.header.frame_id == VISIBLE_FRAME and info_out.width == WIDTH
+    assert not probe.received['debug'], 'debug/image_raw is off by default'
+    fused_pixels = np.frombuffer(probe.outputs_for('fused', stamps[0])[0].data, np.uint8)
+    assert fused_pixels.std() > 5.0, 'the fused image should carry the scene, not a flat image'
+
+
+def test_mono16_ir_of_another_size_and_a_grey_visible_camera(setup):
+    node, probe, _ = setup
+    stamp = time.time_ns()
+    probe.publish_pair(*probe.good_pair(stamp, ir_encoding='mono16', ir_size=(96, 80),
+                                        visible_colour=False))
+    assert probe.wait_for_outputs(stamp, keys=('fused', 'detections', 'registered'))
+    fused, = probe.outputs_for('fused', stamp)
+    registered, = probe.outputs_for('registered', stamp)
+    assert (fused.encoding, fused.width, fused.height) == ('mono8', WIDTH, HEIGHT)
+    assert (registered.encoding, registered.width, registered.height) == (
+        'mono8', WIDTH, HEIGHT)
+
+
+def _bad_pair(probe, case, stamp):
+    ir, vi = probe.good_pair(stamp)
+    if case == 'unsupported_encoding':
+        ir.encoding = 'bayer_rggb8'
+    elif case == 'short_data':
+        ir.data = bytes(ir.data)[:ir.step * (ir.height - 3)]
+    elif case == 'zero_size':
+        vi.width = vi.height = vi.step = 0
+        vi.data = b''
+    elif case == 'nan_in_float_ir':
+        values = np.random.default_rng(0).random((HEIGHT, WIDTH), dtype=np.float32)
+        values[5, 7] = np.nan
+        ir = image_msg(values, '32FC1', stamp, 'infrared_optical_frame')
+    elif case == 'zero_stamps':
+        for msg in (ir, vi):
+            msg.header.stamp.sec = msg.header.stamp.nanosec = 0
+    return ir, vi
+
+
+BAD_CASES = {  # case -> (counter that must grow, words of the reported cause)
+    'unsupported_encoding': ('pairs_rejected', 'unsupported encoding'),
+    'short_data': ('pairs_rejected', 'shorter than step * height'),
+    'zero_size': ('pairs_rejected', 'zero-size'),
+    'nan_in_float_ir': ('pairs_rejected', 'NaN'),
+    'zero_stamps': ('messages_rejected', 'zero stamp'),
+}
+
+
+@pytest.mark.parametrize('case', list(BAD_CASES))
+def test_bad_input_gives_no_output_for_that_pair_and_the_node_answers_the_next(setup, case):
+    node, probe, _ = setup
+    counter, cause = BAD_CASES[case]
+    assert probe.spin_until(lambda: probe.diagnostics, 10.0)
+    before = probe.counter(counter)
+    bad_stamp = time.time_ns()
+    probe.publish_pair(*_bad_pair(probe, case, bad_stamp))
+    assert probe.wait_for_diagnostics(
+        lambda level, msg, values: int(values[counter]) > before and
+        cause in values['last_rejection']), f'{case} was not reported'
+    good_stamp = _send_and_wait(probe)
+    assert node.alive()
+    assert good_stamp > bad_stamp
+    for key in ('fused', 'detections', 'registered'):
+        assert not probe.outputs_for(key, bad_stamp), f'{key} published for a bad pair'
+    assert not probe.outputs_for('fused', 0)
+
+
+def test_time_jumping_backwards_resets_the_synchroniser(setup):
+    node, probe, _ = setup
+    resets = probe.counter('sync_resets')
+    _send_and_wait(probe)
+    past = time.time_ns() - 100 * 1_000_000_000  # a bag played again from its start
+    _send_and_wait(probe, stamp=past)
+    _send_and_wait(probe, stamp=past + 50_000_000)
+    assert probe.wait_for_diagnostics(lambda lv, m, values: int(values['sync_resets']) > resets)
+
+
+def test_a_silent_input_is_reported_by_name(setup):
+    node, probe, _ = setup
+
+    def visible_only():
+        probe.visible_pub.publish(probe.good_pair(time.time_ns())[1])
+
+    assert probe.wait_for_diagnostics(
+        lambda level, msg, values: level == b'\x01' and
+        f'no messages on {NAMESPACE}/infrared/image_raw' in msg, timeout=15.0,
+        tick=visible_only), 'no warning naming the silent infrared topic'
+
+    def stamps_apart():
+        ir, vi = probe.good_pair(time.time_ns())
+        vi.header.stamp.sec += 1  # far more than sync.slop apart
+        probe.publish_pair(ir, vi)
+
+    assert probe.wait_for_diagnostics(
+        lambda level, msg, values: level == b'\x01' and 'no pair was synchronised' in msg and
+        'sync.slop' in msg, timeout=15.0, tick=stamps_apart)
+    _send_and_wait(probe)  # healthy again
+
+
+def test_a_burst_faster_than_the_model_drops_stale_pairs_and_answers_the_newest(setup):
+    node, probe, _ = setup
+    assert probe.wait_for_diagnostics(lambda *args: True)
+    dropped = probe.counter('pairs_dropped')
+    base = time.time_ns()
+    stamps = [base + i * 1_000_000 for i in range(40)]
+    pairs = [probe.good_pair(s) for s in stamps]
+    for pair in pairs:
+        probe.publish_pair(*pair)
+    assert probe.wait_for_outputs(stamps[-1], timeout=30.0), 'the newest pair was not answered'
+    answered = [s for s in stamps if probe.outputs_for('fused', s)]
+    assert len(answered) < len(stamps)
+    for stamp in answered:
+        assert len(probe.outputs_for('fused', stamp)) == 1
+        assert len(probe.outputs_for('detections', stamp)) == 1
+
+    def settled(level, msg, values):
+        totals = [int(values[k]) for k in ('pairs_received', 'pairs_processed',
+                                           'pairs_dropped', 'pairs_rejected')]
+        return totals[0] == sum(totals[1:]) and totals[2] > dropped
+
+    assert probe.wait_for_diagnostics(settled), 'drops not counted (received != out + dropped)'
+    latency_s = (time.time_ns() - stamps[-1]) / 1e9
+    assert latency_s < 30.0
+
+
+def test_parameters_change_at_run_time_and_fixed_ones_are_refused(setup):
+    node, probe, class_names = setup
+    results = probe.set_parameters(confidence_threshold=0.0, max_detections=2,
+                                   publish__debug=True, publish__registered=False)
+    assert all(r.successful for r in results), [r.reason for r in results]
+    stamp = time.time_ns()
+    probe.publish_pair(*probe.good_pair(stamp))
+    assert probe.wait_for_outputs(stamp, keys=('fused', 'detections', 'debug'))
+    detections, = probe.outputs_for('detections', stamp)
+    assert len(detections.detections) == 2  # random weights score every anchor above 0.0
+    for det in detections.detections:
+        box = det.bbox
+        assert 0.0 <= box.center.position.x - box.size_x / 2 - 1e-3
+        assert box.center.position.x + box.size_x / 2 <= WIDTH + 1e-3
+        assert box.center.position.y + box.size_y / 2 <= HEIGHT + 1e-3
+        assert 0.0 <= det.results[0].hypothesis.score <= 1.0
+    debug, = probe.outputs_for('debug', stamp)
+    assert (debug.encoding, debug.width, debug.header.frame_id) == ('bgr8', WIDTH, VISIBLE_FRAME)
+    assert probe.wait_for_diagnostics(lambda lv, m, v: int(v['pairs_processed']) > 0)
+    assert not probe.outputs_for('registered', stamp), 'registered published while switched off'
+
+    keep = class_names[-1]
+    assert probe.set_parameters(classes=[keep])[0].successful
+    stamp = time.time_ns()
+    probe.publish_pair(*probe.good_pair(stamp))
+    assert probe.wait_for_outputs(stamp)
+    names = {d.results[0].hypothesis.class_id for d in probe.outputs_for('detections', stamp)[
+        0].detections}
+    assert names <= {keep}
+
+    refused = {
+        'classes': (['no_such_class'], 'unknown class'),
+        'confidence_threshold': (1.5, ''),
+        'weights': ('/tmp/other.safetensors', 'restart'),
+        'device': ('cuda:0', 'restart'),
+        'sync__slop': (0.2, 'restart'),
+    }
+    for name, (value, reason) in refused.items():
+        result, = probe.set_parameters(**{name: value})
+        assert not result.successful, name
+        assert reason in result.reason, result.reason
+    results = probe.set_parameters(confidence_threshold=0.25, max_detections=100, classes=[],
+                                   publish__debug=False, publish__registered=True)
+    assert all(r.successful for r in results)
+
+
+def test_sigint_stops_the_node_cleanly(setup):
+    node, probe, _ = setup
+    code, seconds = node.stop(signal.SIGINT, timeout=20.0)
+    log = node.log()
+    assert code == 0, log
+    assert seconds < 15.0
+    assert 'Traceback' not in log, log

@@ -1,0 +1,72 @@
+"""The node with reliable inputs and exact-time sync, on Fast DDS's plain default transports.
+
+Covers the QoS-incompatibility warning (a best-effort publisher cannot feed a reliable
+subscription), exact pairing, and shutdown by SIGTERM.  The node process runs without the
+shipped Fast DDS profile: small images must still get through on the defaults.
+"""
+
+import os
+import signal
+import time
+
+from node_harness import make_checkpoint, NodeProcess, Probe, random_domain_id
+import pytest
+
+pytestmark = pytest.mark.dds
+
+
+@pytest.fixture(scope='module')
+def setup(tmp_path_factory):
+    weights = tmp_path_factory.mktemp('node') / 'random.safetensors'
+    make_checkpoint(weights, seed=1)
+    domain = random_domain_id()
+    env = dict(os.environ)
+    env.pop('FASTRTPS_DEFAULT_PROFILES_FILE', None)
+    node = NodeProcess(domain, {
+        'weights': str(weights), 'device': 'cpu', 'cpu_threads': 1,
+        'qos.reliability': 'reliable', 'sync.approximate': 'false',
+        'diagnostics.period': 0.25, 'diagnostics.input_timeout': 1.0,
+    }, env=env)
+    probe = Probe(domain, reliability='reliable')
+    try:
+        if not probe.wait_until_ready(90.0):
+            pytest.fail('the node never answered a pair; its log:\n' + node.log())
+        yield node, probe
+    finally:
+        probe.close()
+        node.close()
+
+
+def test_a_best_effort_publisher_is_reported_as_incompatible(setup):
+    node, probe = setup
+    probe.set_input_qos('best_effort', which=('infrared',))
+    try:
+        assert probe.wait_for_diagnostics(
+            lambda level, msg, values: level == b'\x01' and 'incompatible' in msg and
+            '/infrared/image_raw' in msg and 'qos.reliability' in msg, timeout=15.0), \
+            probe.latest_diagnostics()
+    finally:
+        probe.set_input_qos('reliable', which=('infrared',))
+    assert probe.wait_until_ready(30.0)
+
+
+def test_exact_sync_pairs_only_identical_stamps(setup):
+    node, probe = setup
+    apart = time.time_ns()
+    ir, vi = probe.good_pair(apart)
+    vi.header.stamp.nanosec = (vi.header.stamp.nanosec + 1_000_000) % 1_000_000_000
+    probe.publish_pair(ir, vi)
+    same = time.time_ns()
+    probe.publish_pair(*probe.good_pair(same))
+    assert probe.wait_for_outputs(same)
+    assert not probe.outputs_for('fused', apart)
+    assert not probe.outputs_for('fused', apart + 1_000_000)
+
+
+def test_sigterm_stops_the_node_cleanly(setup):
+    node, probe = setup
+    code, seconds = node.stop(signal.SIGTERM, timeout=20.0)
+    log = node.log()
+    assert code == 0, log
+    assert seconds < 15.0
+    assert 'Traceback' not in log, log
