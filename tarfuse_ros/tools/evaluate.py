@@ -1,0 +1,657 @@
+"""Evaluate a TarFuse checkpoint: the ``tarfuse-eval`` console script.
+
+``tarfuse-eval --data DIR [--split NAME|FILE] --weights FILE --out DIR [--deform auto|none|
+synthetic|dataset] [--seed N] [--device D] [--max-pairs N] [--max-side PX]`` writes
+``metrics.json``, ``report.md`` and PNG figures into ``--out``.
+
+Protocol, per pair (everything in the VISIBLE frame):
+
+1. The stored pair is the aligned IR ``ir`` and the visible image ``vi`` (luma ``vi_y``).
+2. The IR is deformed: ``dataset`` uses ``synthetic_misaligned/ir_warp`` and its ground-truth
+   field (``disp`` is the APPLIED field; the registration reference is its inverse,
+   ``deform.invert_flow``); ``synthetic`` draws ``deform.random_deformation`` with the default
+   :class:`~tarfuse_ros.core.deform.DeformConfig`, seeded per pair from ``--seed`` and the stem;
+   ``none`` leaves the IR aligned (zero reference flow); ``auto`` (default) uses the data set's
+   field where the pair has one and a seeded synthetic one otherwise.
+3. The model (:class:`~tarfuse_ros.core.engine.FusionEngine`) fuses the deformed IR with ``vi``.
+4. Metrics (:mod:`tarfuse_ros.core.metrics`): fusion metrics of the fused luma against the
+   ALIGNED IR and ``vi_y``; registration MSE/NCC of the registered IR against the aligned IR
+   (images in [0, 1]) and EPE of the predicted flow against the reference; the unregistered
+   input (deformed IR, zero flow) is scored the same way. Detection: COCO-style AP of the
+   detections (visible pixels) against the labels (visible frame), where the set has labels;
+   label classes are matched to the checkpoint's class names by name (case-insensitive, with
+   ``people``/``pedestrian`` -> ``person``); others are dropped and counted.
+5. Baselines on the same inputs: ``unregistered_average``/``unregistered_max`` (naive fusion of
+   the deformed IR and ``vi_y``); ``ecc_average`` (OpenCV ECC, affine, on gradient magnitudes,
+   then averaging; also gives a flow for EPE); ``model_zero_flow`` (our network with the flow
+   forced to zero by a forward hook on ``model.registration``: the registration ablation);
+   ``visible_only`` (our network, IR input blanked) and ``ir_only`` (visible input blanked; the
+   ALIGNED IR is given, since with a blank visible image there is nothing to register to: the
+   generous choice for that baseline).
+
+Fusion and registration figures are means over pairs; detection is pooled over all labelled pairs
+(COCO). Speed: mean wall time of ``FusionEngine.infer`` per pair after one warm-up call.
+"""
+
+import argparse
+import json
+import logging
+import math
+from pathlib import Path
+import sys
+import time
+import zlib
+
+import cv2
+import numpy as np
+from tarfuse_ros.core import baselines, data, metrics
+from tarfuse_ros.core.images import to_unit_visible
+from tarfuse_ros.core.paths import shared_datasets_dir
+import torch
+
+__all__ = ['DEFORM_MODES', 'build_parser', 'evaluate', 'main']
+
+_LOG = logging.getLogger('tarfuse-eval')
+
+DEFORM_MODES = ('auto', 'none', 'synthetic', 'dataset')
+CLASS_ALIASES = {'people': 'person', 'pedestrian': 'person', 'pedestrians': 'person'}
+DRAW_THRESHOLD = 0.25
+# Issue 4 targets (RoadScene test for registration/fusion, MSRS for detection).
+TARGETS = {'EPE reduction': 0.70, 'NCC': 0.976, 'MSE': 0.0024, 'CC': 0.60, 'Qabf': 0.43,
+           'SSIM': 0.50}
+
+
+# --------------------------------------------------------------------------------------------
+# Inputs
+# --------------------------------------------------------------------------------------------
+def resolve_data_dir(path):
+    """Return a data set folder: the path itself, or a name under the shared data sets."""
+    candidate = Path(path).expanduser()
+    if candidate.is_dir():
+        return candidate.resolve()
+    shared = shared_datasets_dir()
+    if shared is not None and (shared / str(path)).is_dir():
+        return (shared / str(path)).resolve()
+    raise ValueError(f'data set {str(path)!r} not found (neither a folder nor a shared set)')
+
+
+def _scale_pair(ir, vi, max_side):
+    """Downscale both images so the longer side is at most ``max_side``; return (ir, vi, s)."""
+    height, width = vi.shape[:2]
+    if ir.shape[:2] != (height, width):
+        ir = cv2.resize(ir, (width, height), interpolation=cv2.INTER_LINEAR)
+    if not max_side or max(height, width) <= max_side:
+        return ir, vi, (1.0, 1.0)
+    scale = max_side / max(height, width)
+    new_w, new_h = max(32, round(width * scale)), max(32, round(height * scale))
+    ir = cv2.resize(ir, (new_w, new_h), interpolation=cv2.INTER_AREA)
+    vi = cv2.resize(vi, (new_w, new_h), interpolation=cv2.INTER_AREA)
+    return ir, vi, (new_w / width, new_h / height)
+
+
+def _field_to_numpy(flow):
+    return flow[0].permute(1, 2, 0).contiguous().numpy().astype(np.float32)
+
+
+def _field_to_torch(flow_hw2):
+    return torch.from_numpy(np.ascontiguousarray(flow_hw2)).permute(2, 0, 1)[None].float()
+
+
+def pair_seed(seed, stem):
+    """Return the per-pair seed of synthetic deformations (independent of pair order)."""
+    return (int(seed) * 1000003 + zlib.crc32(stem.encode('utf-8'))) % (2 ** 63)
+
+
+def deform_pair(dataset_dir, stem, ir, mode, seed, scale):
+    """Deform the aligned IR of one pair.
+
+    Args:
+        dataset_dir: data set folder.
+        stem: pair stem.
+        ir: aligned IR, uint8 HxW (already scaled by ``scale``).
+        mode: ``'dataset'``, ``'synthetic'`` or ``'none'``.
+        seed: base seed of synthetic fields.
+        scale: (sx, sy) applied to the stored images (for the data set's field).
+
+    Returns:
+        ``(deformed uint8 HxW, reference flow float32 HxWx2)``; the reference maps the deformed
+        IR back onto the visible frame.
+
+    """
+    from tarfuse_ros.core.deform import DeformConfig, invert_flow, random_deformation
+    from tarfuse_ros.core.model.warp import warp
+    height, width = ir.shape
+    if mode == 'none':
+        return ir.copy(), np.zeros((height, width, 2), np.float32)
+    if mode == 'dataset':
+        disp = data.load_disp(dataset_dir, stem)
+        deformed = data.load_misaligned_ir(dataset_dir, stem)
+        if disp.shape[:2] != (height, width):
+            disp = cv2.resize(disp, (width, height), interpolation=cv2.INTER_LINEAR)
+            disp[:, :, 0] *= scale[0]
+            disp[:, :, 1] *= scale[1]
+            deformed = cv2.resize(deformed, (width, height), interpolation=cv2.INTER_AREA)
+        inverse = invert_flow(_field_to_torch(disp), iterations=30)
+        return deformed, _field_to_numpy(inverse)
+    if mode != 'synthetic':
+        raise ValueError(f'deform mode must be one of {DEFORM_MODES}, got {mode!r}')
+    generator = torch.Generator().manual_seed(pair_seed(seed, stem))
+    applied, inverse = random_deformation(1, height, width, DeformConfig(), generator=generator)
+    ir_t = torch.from_numpy(ir.astype(np.float32) / 255.0)[None, None]
+    deformed = warp(ir_t, applied)[0, 0].numpy()
+    return np.clip(np.rint(deformed * 255.0), 0, 255).astype(np.uint8), _field_to_numpy(inverse)
+
+
+def _luma(img):
+    """uint8 luma (BT.601, as the engine) of a grey or BGR uint8 image."""
+    return img if img.ndim == 2 else cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
+
+
+def _class_lookup(dataset_dir, model_names):
+    """Map the set's label ids to model class ids (-1: not a model class)."""
+    set_names = data.read_classes(dataset_dir)
+    index = {name.lower(): i for i, name in enumerate(model_names)}
+    if set_names is None:
+        return None
+    ids = []
+    for name in set_names:
+        key = name.lower()
+        ids.append(index.get(key, index.get(CLASS_ALIASES.get(key, key), -1)))
+    return np.asarray(ids, np.int64)
+
+
+def _targets(labels, lookup, width, height):
+    """YOLO labels -> ((M, 5) [x1, y1, x2, y2, model_class], number dropped)."""
+    if len(labels) == 0:
+        return np.zeros((0, 5)), 0
+    boxes = data.yolo_to_xyxy(labels, width, height)
+    ids = labels[:, 0].astype(np.int64)
+    mapped = lookup[ids] if lookup is not None else ids
+    keep = mapped >= 0
+    boxes[:, 4] = mapped
+    return boxes[keep], int((~keep).sum())
+
+
+def _predictions(detections):
+    rows = [[d.x1, d.y1, d.x2, d.y2, d.score, d.class_id] for d in detections]
+    return np.asarray(rows, np.float64).reshape(-1, 6)
+
+
+# --------------------------------------------------------------------------------------------
+# Figures
+# --------------------------------------------------------------------------------------------
+def _bgr(img):
+    img = np.asarray(img)
+    if img.dtype != np.uint8:
+        img = np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8)
+    return cv2.cvtColor(img, cv2.COLOR_GRAY2BGR) if img.ndim == 2 else img.copy()
+
+
+def checkerboard(a, b, tiles=8):
+    """Return two same-size images interleaved in a checkerboard of about ``tiles`` cells."""
+    a, b = _bgr(a), _bgr(b)
+    height, width = a.shape[:2]
+    cell = max(4, min(height, width) // tiles)
+    ys, xs = np.mgrid[0:height, 0:width]
+    mask = ((ys // cell + xs // cell) % 2).astype(bool)
+    out = a.copy()
+    out[mask] = b[mask]
+    return out
+
+
+def draw_detections(img, detections, targets=None, class_names=()):
+    """Draw ground truth (red, thin) and detections >= 0.25 (green, with score) with OpenCV."""
+    out = _bgr(img)
+    if targets is not None:
+        for x1, y1, x2, y2, _ in np.asarray(targets).reshape(-1, 5):
+            cv2.rectangle(out, (int(x1), int(y1)), (int(x2), int(y2)), (0, 0, 255), 1)
+    for det in detections:
+        if det.score < DRAW_THRESHOLD:
+            continue
+        p1, p2 = (int(det.x1), int(det.y1)), (int(det.x2), int(det.y2))
+        cv2.rectangle(out, p1, p2, (0, 255, 0), 1)
+        cv2.putText(out, f'{det.class_name} {det.score:.2f}', (p1[0], max(8, p1[1] - 2)),
+                    cv2.FONT_HERSHEY_SIMPLEX, 0.35, (0, 255, 0), 1, cv2.LINE_AA)
+    return out
+
+
+def _tile(img, title, width):
+    img = _bgr(img)
+    height = max(1, round(img.shape[0] * width / img.shape[1]))
+    img = cv2.resize(img, (width, height), interpolation=cv2.INTER_AREA)
+    band = np.zeros((18, width, 3), np.uint8)
+    cv2.putText(band, title, (4, 13), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (255, 255, 255), 1,
+                cv2.LINE_AA)
+    return np.vstack([band, img])
+
+
+def save_pair_figure(path, panels, tile_width=320, columns=3):
+    """Write a grid of titled panels ``[(title, image), ...]`` as PNG."""
+    tiles = [_tile(img, title, tile_width) for title, img in panels]
+    height = max(t.shape[0] for t in tiles)
+    tiles = [np.vstack([t, np.zeros((height - t.shape[0], tile_width, 3), np.uint8)])
+             for t in tiles]
+    while len(tiles) % columns:
+        tiles.append(np.zeros_like(tiles[0]))
+    rows = [np.hstack(tiles[i:i + columns]) for i in range(0, len(tiles), columns)]
+    if not cv2.imwrite(str(path), np.vstack(rows)):
+        raise ValueError(f'cannot write figure {str(path)!r}')
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluation
+# --------------------------------------------------------------------------------------------
+class _ZeroFlow:
+    """Context manager forcing ``model.registration``'s output (the flow) to zeros."""
+
+    def __init__(self, model):
+        self.model = model
+        self.handle = None
+
+    def __enter__(self):
+        self.handle = self.model.registration.register_forward_hook(
+            lambda module, inputs, output: torch.zeros_like(output))
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.remove()
+
+
+def _mean_dicts(items):
+    items = [i for i in items if i]
+    if not items:
+        return None
+    keys = items[0].keys()
+    return {k: float(np.mean([i[k] for i in items])) for k in keys}
+
+
+def _finite(value):
+    """Replace NaN/inf (not JSON) with None, recursively."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def evaluate(data_dir, weights, out_dir, split='test', deform='auto', seed=0, device='cpu',
+             max_pairs=None, max_side=None, labels_dir='labels', figures=8, conf=0.001,
+             iou=0.6, threads=None, progress=True):
+    """Run the evaluation protocol (module docstring) and write the outputs.
+
+    Args:
+        data_dir: data set folder (or the name of a shared set).
+        weights: checkpoint path (``.safetensors``).
+        out_dir: output folder (created).
+        split: split name or list file (``'all'`` for every pair).
+        deform: one of :data:`DEFORM_MODES`.
+        seed: base seed of synthetic deformations.
+        device: ``cpu``, ``cuda``, ``cuda:N``.
+        max_pairs: evaluate only the first N pairs of the split.
+        max_side: downscale pairs so the longer side is at most this (None: native size).
+        labels_dir: label sub-folder (``labels``, or e.g. ``labels_vi``).
+        figures: number of pairs that get figures.
+        conf, iou: NMS thresholds (a low ``conf`` for AP, as COCO evaluation does).
+        threads: torch CPU threads (None: unchanged).
+        progress: show a tqdm bar.
+
+    Returns:
+        the metrics dict written to ``metrics.json``.
+
+    """
+    from tarfuse_ros.core.engine import FusionEngine
+    if deform not in DEFORM_MODES:
+        raise ValueError(f'--deform must be one of {DEFORM_MODES}, got {deform!r}')
+    if max_pairs is not None and int(max_pairs) < 1:
+        raise ValueError(f'--max-pairs must be >= 1, got {max_pairs}')
+    if max_side is not None and int(max_side) < 32:
+        raise ValueError(f'--max-side must be >= 32, got {max_side}')
+    dataset_dir = resolve_data_dir(data_dir)
+    out_dir = Path(out_dir)
+    (out_dir / 'figures').mkdir(parents=True, exist_ok=True)
+    stems = data.read_split(dataset_dir, split)
+    with_disp = set(data.misaligned_stems(dataset_dir))
+    if deform == 'dataset':
+        skipped = [s for s in stems if s not in with_disp]
+        stems = [s for s in stems if s in with_disp]
+        if not stems:
+            raise ValueError(
+                f'--deform dataset: no pair of split {split!r} in {str(dataset_dir)!r} has a '
+                f'ground-truth field (synthetic_misaligned/disp); use --deform synthetic')
+    else:
+        skipped = []
+    if max_pairs is not None:
+        stems = stems[:int(max_pairs)]
+
+    engine = FusionEngine(weights, device=device, threads=threads, conf_threshold=conf,
+                          iou_threshold=iou, max_detections=100)
+    # A second engine for the zero-flow ablation: CUDA graphs would replay without the hook.
+    zero_engine = FusionEngine(weights, device=device, cuda_graph='off', conf_threshold=conf,
+                               iou_threshold=iou, max_detections=100)
+    class_names = list(engine.class_names)
+    lookup = _class_lookup(dataset_dir, class_names)
+
+    names = ('unregistered_average', 'unregistered_max', 'ecc_average', 'model_zero_flow',
+             'visible_only', 'ir_only')
+    per_pair = []
+    fus = {'model': []}
+    reg = {'model': [], 'unregistered': []}
+    preds = {'model': [], 'model_zero_flow': [], 'visible_only': [], 'ir_only': []}
+    for name in names:
+        fus.setdefault(name, [])
+        reg.setdefault(name, [])
+    gts = []
+    dropped_boxes = 0
+    times_ms, model_ms = [], []
+    sources = {'dataset': 0, 'synthetic': 0, 'none': 0}
+    ecc_failures = 0
+
+    iterator = stems
+    if progress:
+        from tqdm import tqdm
+        iterator = tqdm(stems, desc='tarfuse-eval', unit='pair')
+    for index, stem in enumerate(iterator):
+        ir_raw, vi_raw = data.load_pair(dataset_dir, stem)
+        if ir_raw.dtype != np.uint8:
+            raise ValueError(f'{stem}: only 8-bit IR is supported by the evaluation for now')
+        ir, vi, scale = _scale_pair(ir_raw, vi_raw, max_side)
+        height, width = vi.shape[:2]
+        mode = deform
+        if mode == 'auto':
+            mode = 'dataset' if stem in with_disp else 'synthetic'
+        sources[mode] += 1
+        deformed, flow_ref = deform_pair(dataset_dir, stem, ir, mode, seed, scale)
+        vi_y = to_unit_visible(vi)[0]
+        ir_unit = ir.astype(np.float32) / 255.0
+        deformed_unit = deformed.astype(np.float32) / 255.0
+
+        if index == 0:
+            engine.infer(deformed, vi)  # warm-up (allocations, lazy initialisation)
+        start = time.perf_counter()
+        result = engine.infer(deformed, vi)
+        times_ms.append((time.perf_counter() - start) * 1e3)
+        model_ms.append(result.timings_ms.get('model', float('nan')))
+        fused_y = _luma(result.fused)
+
+        entry = {'stem': stem, 'deformation': mode, 'size': [height, width]}
+        fus['model'].append(metrics.fusion_metrics(fused_y, ir_unit, vi_y))
+        reg['model'].append(metrics.registration_metrics(
+            result.registered_ir, ir_unit, result.flow_px, flow_ref))
+        zero = np.zeros_like(flow_ref)
+        reg['unregistered'].append(metrics.registration_metrics(
+            deformed_unit, ir_unit, zero, flow_ref))
+        entry['fusion'] = fus['model'][-1]
+        entry['registration'] = reg['model'][-1]
+        entry['unregistered'] = reg['unregistered'][-1]
+
+        # Naive fusion of the unregistered input.
+        for name, fuse in (('unregistered_average', baselines.average_fusion),
+                           ('unregistered_max', baselines.max_fusion)):
+            fus[name].append(metrics.fusion_metrics(fuse(deformed_unit, vi_y), ir_unit, vi_y))
+            reg[name].append(reg['unregistered'][-1])
+        ecc = baselines.ecc_register(deformed_unit, vi_y)
+        ecc_failures += int(not ecc.success)
+        fus['ecc_average'].append(metrics.fusion_metrics(
+            baselines.average_fusion(ecc.registered, vi_y), ir_unit, vi_y))
+        reg['ecc_average'].append(metrics.registration_metrics(
+            ecc.registered, ir_unit, ecc.flow_px, flow_ref))
+        entry['ecc_success'] = ecc.success
+
+        with _ZeroFlow(zero_engine.model):
+            zero_result = zero_engine.infer(deformed, vi)
+        fus['model_zero_flow'].append(
+            metrics.fusion_metrics(_luma(zero_result.fused), ir_unit, vi_y))
+        reg['model_zero_flow'].append(metrics.registration_metrics(
+            zero_result.registered_ir, ir_unit, zero_result.flow_px, flow_ref))
+
+        labels = data.load_labels(dataset_dir, stem, labels_dir)
+        targets = None
+        if labels is not None:
+            targets, dropped = _targets(labels, lookup, width, height)
+            dropped_boxes += dropped
+            gts.append(targets)
+            preds['model'].append(_predictions(result.detections))
+            preds['model_zero_flow'].append(_predictions(zero_result.detections))
+            blank_ir = np.zeros_like(deformed)
+            preds['visible_only'].append(_predictions(engine.infer(blank_ir, vi).detections))
+            blank_vi = np.zeros(vi.shape[:2], np.uint8)
+            preds['ir_only'].append(_predictions(engine.infer(ir, blank_vi).detections))
+            entry['num_gt'] = int(len(targets))
+        per_pair.append(entry)
+
+        if index < figures:
+            vi_show = vi if vi.ndim == 3 else _bgr(vi)
+            panels = [('IR as given (deformed)', deformed), ('visible', vi_show),
+                      ('registered IR', result.registered_ir), ('fused', result.fused),
+                      ('detections (green) / labels (red)',
+                       draw_detections(result.fused, result.detections, targets, class_names)),
+                      ('checkerboard visible / registered IR',
+                       checkerboard(_luma(vi), result.registered_ir))]
+            save_pair_figure(out_dir / 'figures' / f'{stem}_grid.png', panels)
+            save_pair_figure(out_dir / 'figures' / f'{stem}_checkerboard.png', [
+                ('visible / IR as given', checkerboard(_luma(vi), deformed)),
+                ('visible / registered IR', checkerboard(_luma(vi), result.registered_ir)),
+                ('visible / ECC-registered IR', checkerboard(_luma(vi), ecc.registered))],
+                tile_width=min(480, width))
+
+    def detection(key):
+        if not gts:
+            return None
+        return metrics.detection_metrics(preds[key], gts, class_names=class_names)
+
+    registration = dict(_mean_dicts(reg['model']))
+    registration['unregistered'] = _mean_dicts(reg['unregistered'])
+    base_epe = registration['unregistered']['EPE']
+    registration['epe_reduction'] = (1.0 - registration['EPE'] / base_epe
+                                     if base_epe > 0 else float('nan'))
+    baseline_out = {}
+    for name in names:
+        baseline_out[name] = {
+            'fusion': _mean_dicts(fus[name]),
+            'registration': _mean_dicts(reg[name]),
+            'detection': detection(name) if name in preds else None,
+        }
+    result = {
+        'dataset': str(dataset_dir),
+        'split': str(split),
+        'weights': str(weights),
+        'deform': deform,
+        'seed': int(seed),
+        'max_side': max_side,
+        'num_pairs': len(stems),
+        'pairs': stems,
+        'skipped_without_ground_truth': skipped,
+        'deformation_sources': sources,
+        'class_names': class_names,
+        'fusion': _mean_dicts(fus['model']),
+        'registration': registration,
+        'detection': detection('model'),
+        'detection_labels': {'folder': labels_dir, 'labelled_pairs': len(gts),
+                             'dropped_boxes_unknown_class': dropped_boxes},
+        'speed': {'ms_per_pair': float(np.mean(times_ms)),
+                  'model_ms_per_pair': float(np.mean(model_ms)),
+                  'device': engine.device, 'threads': torch.get_num_threads(),
+                  'image_size': per_pair[0]['size'] if per_pair else None},
+        'baselines': baseline_out,
+        'ecc_failures': ecc_failures,
+        'per_pair': per_pair,
+        'conventions': {
+            'fusion_reference': 'fused luma vs aligned IR and visible luma (0-255)',
+            'ssim': 'mean of SSIM(F, IR) and SSIM(F, VI)',
+            'mi': 'MI(F, IR) + MI(F, VI), bits',
+            'vif': 'VIFp(IR, F) + VIFp(VI, F)',
+            'qabf': 'Xydeas-Petrovic, METHOD.md constants, L = 1',
+            'registration': 'MSE/NCC of images in [0, 1]; EPE in px vs the inverse of the '
+                            'applied field',
+            'detection': 'COCO 101-point AP, IoU 0.5 and 0.5:0.95, max 100 detections/image, '
+                         f'NMS conf {conf}, IoU {iou}',
+        },
+    }
+    result = _finite(result)
+    (out_dir / 'metrics.json').write_text(json.dumps(result, indent=2) + '\n')
+    (out_dir / 'report.md').write_text(render_report(result))
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# Report
+# --------------------------------------------------------------------------------------------
+def _fmt(value, digits=4):
+    if value is None:
+        return 'n/a'
+    return f'{value:.{digits}f}'
+
+
+def render_report(result):
+    """Return the Markdown report of a metrics dict."""
+    lines = ['# TarFuse evaluation', '',
+             f'- data: `{result["dataset"]}` split `{result["split"]}` '
+             f'({result["num_pairs"]} pairs, max side {result["max_side"] or "native"})',
+             f'- weights: `{result["weights"]}`',
+             f'- deformation: `{result["deform"]}` (per pair: {result["deformation_sources"]}), '
+             f'seed {result["seed"]}',
+             f'- speed: {_fmt(result["speed"]["ms_per_pair"], 1)} ms per pair '
+             f'(model {_fmt(result["speed"]["model_ms_per_pair"], 1)} ms) on '
+             f'{result["speed"]["device"]}, {result["speed"]["threads"]} CPU threads', '']
+    if result['skipped_without_ground_truth']:
+        lines += [f'- skipped (no ground-truth field): '
+                  f'{len(result["skipped_without_ground_truth"])} pairs', '']
+    fusion_keys = list(metrics.FUSION_METRICS)
+    lines += ['## Fusion (mean over pairs; Qcv: lower is better)', '',
+              '| method | ' + ' | '.join(fusion_keys) + ' |',
+              '|---' * (len(fusion_keys) + 1) + '|']
+    rows = [('TarFuse', result['fusion'])]
+    rows += [(name, b['fusion']) for name, b in result['baselines'].items() if b['fusion']]
+    for name, values in rows:
+        lines.append(f'| {name} | ' + ' | '.join(_fmt(values.get(k), 3) for k in fusion_keys)
+                     + ' |')
+    reg = result['registration']
+    lines += ['', '## Registration (registered IR vs aligned IR; EPE in px)', '',
+              '| method | MSE | NCC | EPE |', '|---|---|---|---|',
+              f'| TarFuse | {_fmt(reg["MSE"])} | {_fmt(reg["NCC"])} | {_fmt(reg["EPE"], 2)} |',
+              f'| unregistered input | {_fmt(reg["unregistered"]["MSE"])} | '
+              f'{_fmt(reg["unregistered"]["NCC"])} | {_fmt(reg["unregistered"]["EPE"], 2)} |']
+    for name in ('ecc_average', 'model_zero_flow'):
+        r = result['baselines'][name]['registration']
+        lines.append(f'| {name} | {_fmt(r["MSE"])} | {_fmt(r["NCC"])} | {_fmt(r["EPE"], 2)} |')
+    reduction = reg['epe_reduction']
+    lines += ['', f'EPE reduction vs the unregistered input: '
+              f'{_fmt(None if reduction is None else 100 * reduction, 1)} %. '
+              f'ECC failures (identity kept): {result["ecc_failures"]}.', '']
+    det = result['detection']
+    if det is None:
+        lines += ['## Detection', '', 'No labels in this split: detection not evaluated.', '']
+    else:
+        names = list(det['per_class'])
+        lines += ['## Detection (COCO-style AP, visible frame)', '',
+                  f'{result["detection_labels"]["labelled_pairs"]} labelled pairs, '
+                  f'{det["num_gt"]} boxes; '
+                  f'{result["detection_labels"]["dropped_boxes_unknown_class"]} boxes of '
+                  f'classes unknown to the model dropped.', '',
+                  '| method | mAP@0.5 | mAP@0.5:0.95 | ' + ' | '.join(
+                      f'AP50 {n}' for n in names) + ' |',
+                  '|---|---|---|' + '---|' * len(names)]
+        rows = [('TarFuse (fused)', det)] + [
+            (name, result['baselines'][name]['detection'])
+            for name in ('model_zero_flow', 'visible_only', 'ir_only')]
+        for name, d in rows:
+            lines.append(f'| {name} | {_fmt(d["map50"])} | {_fmt(d["map50_95"])} | ' + ' | '.join(
+                _fmt(d['per_class'].get(n, {}).get('ap50')) for n in names) + ' |')
+        lines.append('')
+    lines += ['## Issue 4 targets (defined on RoadScene test / MSRS; informative elsewhere)', '',
+              '| target | measured | goal | met |', '|---|---|---|---|']
+    fusion = result['fusion']
+    checks = [('EPE reduction', reg['epe_reduction'], TARGETS['EPE reduction'], '>='),
+              ('NCC', reg['NCC'], TARGETS['NCC'], '>='),
+              ('MSE', reg['MSE'], TARGETS['MSE'], '<='),
+              ('CC', fusion['CC'], TARGETS['CC'], '>='),
+              ('Qabf', fusion['Qabf'], TARGETS['Qabf'], '>='),
+              ('SSIM', fusion['SSIM'], TARGETS['SSIM'], '>=')]
+    for key in ('Qabf', 'SSIM'):
+        best = max(b['fusion'][key] for b in result['baselines'].values() if b['fusion'])
+        checks.append((f'{key} above every baseline', fusion[key], best, '>'))
+    if det is not None:
+        for name in ('visible_only', 'ir_only'):
+            other = result['baselines'][name]['detection']['map50']
+            checks.append((f'mAP@0.5 above {name}', det['map50'], other, '>'))
+    for name, value, goal, op in checks:
+        met = None
+        if value is not None and goal is not None:
+            met = {'>=': value >= goal, '<=': value <= goal, '>': value > goal}[op]
+        lines.append(f'| {name} | {_fmt(value)} | {op} {_fmt(goal)} | '
+                     f'{"yes" if met else ("no" if met is not None else "n/a")} |')
+    lines += ['', '## Conventions', '']
+    lines += [f'- {k}: {v}' for k, v in result['conventions'].items()]
+    lines += ['- fused images are compared with the ALIGNED IR; baselines see the same deformed '
+              'IR; `ir_only` gets the aligned IR (nothing to register to without a visible '
+              'image).', '- figures: `figures/<stem>_grid.png`, `figures/<stem>_checkerboard.png`'
+              '.', '']
+    return '\n'.join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------
+def build_parser():
+    """Return the ``tarfuse-eval`` argument parser."""
+    parser = argparse.ArgumentParser(
+        prog='tarfuse-eval',
+        description='Evaluate a TarFuse checkpoint (fusion, registration, detection, baselines).')
+    parser.add_argument('--data', required=True,
+                        help='data set folder (ir/, vi/, labels/, list files) or a shared name')
+    parser.add_argument('--split', default='test',
+                        help="split name or list file ('all' for every pair; default test)")
+    parser.add_argument('--weights', default=None,
+                        help='checkpoint (.safetensors; default: the shipped weights)')
+    parser.add_argument('--out', required=True, help='output folder')
+    parser.add_argument('--deform', default='auto', choices=DEFORM_MODES,
+                        help="IR deformation: the data set's ground truth where present "
+                             "('auto'), 'dataset' only, seeded 'synthetic', or 'none'")
+    parser.add_argument('--seed', type=int, default=0, help='seed of synthetic deformations')
+    parser.add_argument('--device', default='cpu', help='cpu | cuda | cuda:N')
+    parser.add_argument('--max-pairs', type=int, default=None, help='only the first N pairs')
+    parser.add_argument('--max-side', type=int, default=None,
+                        help='downscale so the longer side is at most this many pixels')
+    parser.add_argument('--labels', default='labels', help='label sub-folder (e.g. labels_vi)')
+    parser.add_argument('--figures', type=int, default=8, help='pairs that get figures')
+    parser.add_argument('--conf', type=float, default=0.001, help='NMS confidence threshold')
+    parser.add_argument('--iou', type=float, default=0.6, help='NMS IoU threshold')
+    parser.add_argument('--threads', type=int, default=None, help='torch CPU threads')
+    parser.add_argument('--no-progress', action='store_true', help='hide the progress bar')
+    return parser
+
+
+def main(argv=None):
+    """Entry point of ``tarfuse-eval``; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format='%(name)s: %(message)s')
+    weights = args.weights
+    if weights is None:
+        from tarfuse_ros.core.paths import default_weights_path
+        weights = default_weights_path()
+    try:
+        result = evaluate(args.data, weights, args.out, split=args.split, deform=args.deform,
+                          seed=args.seed, device=args.device, max_pairs=args.max_pairs,
+                          max_side=args.max_side, labels_dir=args.labels, figures=args.figures,
+                          conf=args.conf, iou=args.iou, threads=args.threads,
+                          progress=not args.no_progress)
+    except ValueError as exc:  # bad input: one clear line, no traceback
+        print(f'tarfuse-eval: error: {exc}', file=sys.stderr)
+        return 2
+    reg = result['registration']
+    fusion = result['fusion']
+    print(f'pairs {result["num_pairs"]}  EPE {reg["EPE"]:.2f} px '
+          f'(unregistered {reg["unregistered"]["EPE"]:.2f})  NCC {reg["NCC"]:.4f}  '
+          f'MSE {reg["MSE"]:.4f}  CC {fusion["CC"]:.3f}  Qabf {fusion["Qabf"]:.3f}  '
+          f'SSIM {fusion["SSIM"]:.3f}'
+          + (f'  mAP50 {result["detection"]["map50"]:.3f}' if result['detection'] else ''))
+    print(f'wrote {Path(args.out) / "metrics.json"} and report.md')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
