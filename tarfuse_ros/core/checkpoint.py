@@ -1,0 +1,163 @@
+"""TarFuse checkpoints: one ``.safetensors`` file, weights plus a JSON config in its metadata.
+
+Metadata key ``tarfuse_config`` holds JSON::
+
+    {"format_version": 1,
+     "model": TarFuseConfig.to_dict(),          # architecture + class names
+     "input": {...},                            # conventions the weights expect
+     "provenance": {...}}                       # how they were made (data, command, metrics)
+
+Loading is strict (every tensor present, nothing extra, same shapes) and never unpickles.
+Every failure raises :class:`CheckpointError` (a ``ValueError``) saying what to do.
+"""
+
+import json
+import os
+from pathlib import Path
+import tempfile
+
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from tarfuse_ros.core.model.tarfuse import build_model, SIZE_MULTIPLE, TarFuseConfig
+import torch
+
+__all__ = ['CheckpointError', 'FORMAT_VERSION', 'INPUT_CONVENTIONS', 'METADATA_KEY',
+           'load_checkpoint', 'read_checkpoint_config', 'save_checkpoint']
+
+FORMAT_VERSION = 1
+METADATA_KEY = 'tarfuse_config'
+INPUT_CONVENTIONS = {
+    'ir': 'one channel float32 in [0, 1]; mono16 normalised per frame (robust min/max)',
+    'vi': 'one channel float32 in [0, 1]: Y of YCrCb for colour images, grey otherwise',
+    'ir_resized_to_vi': True,
+    'size_multiple': SIZE_MULTIPLE,
+    'flow': 'pixels (dx, dy); warp(x, flow)(p) = x(p + flow(p)); align_corners=True',
+    'fused': 'Y channel in [0, 1]',
+    'det': 'ultralytics Detect (B, 4 + nc, anchors): cx, cy, w, h in input pixels + probs',
+}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, unreadable, of another format version or does not match."""
+
+
+def save_checkpoint(path, model, provenance=None, input_conventions=None):
+    """Write ``model`` (a TarFuse) to ``path`` as safetensors with its config in the metadata.
+
+    ``provenance``: JSON-serialisable dict (data sets, command, epochs, metrics...).
+    ``input_conventions`` overrides :data:`INPUT_CONVENTIONS`. The file is written to a temporary
+    name first and renamed, so a crash never leaves a half-written checkpoint under ``path``.
+    Returns the path.
+    """
+    config = getattr(model, 'config', None)
+    if not isinstance(config, TarFuseConfig):
+        raise ValueError(f'model must be a TarFuse with a TarFuseConfig, got {type(model)}')
+    header = {
+        'format_version': FORMAT_VERSION,
+        'model': config.to_dict(),
+        'input': dict(input_conventions if input_conventions is not None else INPUT_CONVENTIONS),
+        'provenance': dict(provenance or {}),
+    }
+    try:
+        metadata = {METADATA_KEY: json.dumps(header, sort_keys=True)}
+    except (TypeError, ValueError) as error:
+        raise ValueError(f'provenance and input conventions must be JSON-serialisable: {error}')
+    # safetensors refuses shared or strided storage: save contiguous CPU copies.
+    tensors = {name: value.detach().to('cpu').contiguous().clone()
+               for name, value in model.state_dict().items()}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=path.name + '.', suffix='.tmp', dir=path.parent)
+    os.close(handle)
+    try:
+        save_file(tensors, temporary, metadata=metadata)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+    return path
+
+
+def _check_file(path):
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(
+            f'checkpoint {path} does not exist: pass the path of a .safetensors file written by '
+            'tarfuse-train (the shipped default is models/tarfuse_default.safetensors)')
+    return path
+
+
+def read_checkpoint_config(path):
+    """Return the JSON config dict stored in a checkpoint (without loading the weights)."""
+    path = _check_file(path)
+    try:
+        with safe_open(str(path), framework='pt') as handle:
+            metadata = handle.metadata() or {}
+    except Exception as error:  # noqa: BLE001 - safetensors raises its own error types
+        raise CheckpointError(
+            f'{path} is not a readable safetensors file (truncated or corrupt: {error}); '
+            'copy or re-export it again') from None
+    if METADATA_KEY not in metadata:
+        raise CheckpointError(
+            f'{path} has no {METADATA_KEY!r} metadata, so it is not a TarFuse checkpoint; '
+            'write checkpoints with tarfuse_ros.core.checkpoint.save_checkpoint')
+    try:
+        config = json.loads(metadata[METADATA_KEY])
+    except json.JSONDecodeError as error:
+        raise CheckpointError(f'{path}: the {METADATA_KEY!r} metadata is not valid JSON '
+                              f'({error}); the file is corrupt, re-export it') from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f'{path}: the {METADATA_KEY!r} metadata must be a JSON object')
+    version = config.get('format_version')
+    if version != FORMAT_VERSION:
+        raise CheckpointError(
+            f'{path} has format_version {version!r} but this tarfuse_ros reads version '
+            f'{FORMAT_VERSION}; use the tarfuse_ros release that wrote it or re-export it')
+    if not isinstance(config.get('model'), dict):
+        raise CheckpointError(f'{path}: the config has no "model" section; re-export it')
+    return config
+
+
+def load_checkpoint(path, map_location='cpu'):
+    """Build the TarFuse described by the checkpoint, load its weights strictly, return it.
+
+    The model is returned in eval mode on ``map_location`` (``'cpu'``, ``'cuda'``, ...); its
+    stored config dict is available as ``model.checkpoint_config``.
+    """
+    config_dict = read_checkpoint_config(path)
+    try:
+        config = TarFuseConfig.from_dict(config_dict['model'])
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f'{path}: the stored model config is invalid for this version '
+                              f'of tarfuse_ros ({error}); re-export the checkpoint') from None
+    device = torch.device(map_location)
+    try:
+        state = load_file(str(path), device=str(device))
+    except Exception as error:  # noqa: BLE001 - safetensors raises its own error types
+        raise CheckpointError(
+            f'{path}: cannot read the tensors (truncated or corrupt file: {error}); '
+            'copy or re-export it again') from None
+    model = build_model(config)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    mismatched = [f'{name} {tuple(state[name].shape)} != {tuple(expected[name].shape)}'
+                  for name in sorted(set(expected) & set(state))
+                  if state[name].shape != expected[name].shape]
+    if missing or unexpected or mismatched:
+        problems = []
+        for label, items in (('missing', missing), ('unexpected', unexpected),
+                             ('shape mismatch (file != model)', mismatched)):
+            if items:
+                more = f' (+{len(items) - 5} more)' if len(items) > 5 else ''
+                shown = ', '.join(items[:5]) + more
+                problems.append(f'{label}: {shown}')
+        raise CheckpointError(
+            f'{path}: tensors do not match the architecture in its config ('
+            + '; '.join(problems) + '); the file was edited or written by other code, '
+            're-export it with save_checkpoint')
+    model.load_state_dict(state, strict=True)
+    model.to(device)
+    model.eval()
+    model.checkpoint_config = config_dict
+    return model

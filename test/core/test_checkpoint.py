@@ -1,0 +1,152 @@
+"""Tests of safetensors checkpoints: identical round trip, strict loading, clear errors."""
+
+import json
+import struct
+
+import pytest
+from safetensors.torch import save_file
+from tarfuse_ros.core.checkpoint import (CheckpointError, FORMAT_VERSION, load_checkpoint,
+                                         METADATA_KEY, read_checkpoint_config, save_checkpoint)
+from tarfuse_ros.core.model import build_model, TarFuseConfig
+import torch
+
+CONFIG = TarFuseConfig(msrb_channels=(8, 16, 16), detect_channels=(16, 24, 32), reg_max=8,
+                       num_classes=2, class_names=('person', 'car'))
+
+
+@pytest.fixture(scope='module')
+def trained_like_model():
+    """A model whose weights and BatchNorm statistics differ from a fresh one."""
+    torch.manual_seed(0)
+    model = build_model(CONFIG)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.01 * torch.randn_like(parameter))
+        model.train()
+        model(torch.rand(2, 1, 64, 64), torch.rand(2, 1, 64, 64))  # updates running stats
+    model.eval()
+    return model
+
+
+def _inputs():
+    generator = torch.Generator().manual_seed(1)
+    return torch.rand(1, 1, 64, 96, generator=generator), torch.rand(1, 1, 64, 96,
+                                                                     generator=generator)
+
+
+def _tensors(model):
+    return {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+
+
+def test_round_trip_gives_bit_identical_outputs(tmp_path, trained_like_model):
+    path = save_checkpoint(tmp_path / 'model.safetensors', trained_like_model,
+                           provenance={'data': ['roadscene'], 'epochs': 3})
+    loaded = load_checkpoint(path)
+    assert not loaded.training
+    assert loaded.config == CONFIG
+    ir, vi = _inputs()
+    expected = trained_like_model.predict_raw(ir, vi)
+    actual = loaded.predict_raw(ir, vi)
+    assert expected['flow'].abs().max() > 0  # the comparison is not between zero flows
+    for key in ('fused', 'flow', 'registered_ir', 'det'):
+        assert torch.equal(expected[key], actual[key]), key
+    for name, tensor in trained_like_model.state_dict().items():
+        assert torch.equal(tensor, loaded.state_dict()[name]), name
+
+
+def test_config_metadata_content(tmp_path, trained_like_model):
+    path = save_checkpoint(tmp_path / 'm.safetensors', trained_like_model,
+                           provenance={'command': 'tarfuse-train --epochs 3'})
+    config = read_checkpoint_config(path)
+    assert config['format_version'] == FORMAT_VERSION
+    assert config['model']['class_names'] == ['person', 'car']
+    assert config['provenance'] == {'command': 'tarfuse-train --epochs 3'}
+    assert config['input']['size_multiple'] == 32
+    # A safetensors file: an 8-byte header length, then a JSON header (no pickle anywhere).
+    raw = path.read_bytes()
+    (length,) = struct.unpack('<Q', raw[:8])
+    header = json.loads(raw[8:8 + length])
+    assert METADATA_KEY in header['__metadata__']
+    assert load_checkpoint(path).checkpoint_config == config
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(CheckpointError, match='does not exist'):
+        load_checkpoint(tmp_path / 'nope.safetensors')
+    with pytest.raises(CheckpointError, match='does not exist'):
+        read_checkpoint_config(tmp_path / 'nope.safetensors')
+
+
+@pytest.mark.parametrize('keep', [0.5, 0.999, 30])
+def test_truncated_file(tmp_path, trained_like_model, keep):
+    path = save_checkpoint(tmp_path / 'm.safetensors', trained_like_model)
+    raw = path.read_bytes()
+    cut = int(len(raw) * keep) if keep < 1 else keep
+    path.write_bytes(raw[:cut])
+    with pytest.raises(CheckpointError, match='truncated or corrupt'):
+        load_checkpoint(path)
+
+
+def test_corrupt_file(tmp_path):
+    path = tmp_path / 'garbage.safetensors'
+    path.write_bytes(b'\x00\x01 this is not a checkpoint' * 10)
+    with pytest.raises(CheckpointError, match='truncated or corrupt'):
+        load_checkpoint(path)
+
+
+def test_wrong_format_version(tmp_path, trained_like_model):
+    header = {'format_version': 99, 'model': CONFIG.to_dict(), 'input': {}, 'provenance': {}}
+    path = tmp_path / 'future.safetensors'
+    save_file(_tensors(trained_like_model), str(path), metadata={METADATA_KEY: json.dumps(header)})
+    with pytest.raises(CheckpointError, match='format_version 99'):
+        load_checkpoint(path)
+
+
+def test_file_without_tarfuse_metadata(tmp_path, trained_like_model):
+    path = tmp_path / 'plain.safetensors'
+    save_file(_tensors(trained_like_model), str(path))
+    with pytest.raises(CheckpointError, match='not a TarFuse checkpoint'):
+        load_checkpoint(path)
+
+
+def test_mismatched_tensors(tmp_path, trained_like_model):
+    header = {'format_version': FORMAT_VERSION, 'model': CONFIG.to_dict(), 'input': {},
+              'provenance': {}}
+    metadata = {METADATA_KEY: json.dumps(header)}
+    # Weights of another architecture under this config: shapes differ.
+    other = build_model(TarFuseConfig(msrb_channels=(8, 16, 24), detect_channels=(16, 24, 32),
+                                      reg_max=8, num_classes=2, class_names=('person', 'car')))
+    path = tmp_path / 'other.safetensors'
+    save_file(_tensors(other), str(path), metadata=metadata)
+    with pytest.raises(CheckpointError, match='shape mismatch'):
+        load_checkpoint(path)
+    # A tensor removed and one added.
+    tensors = _tensors(trained_like_model)
+    tensors.pop('reconstruction.layers.2.weight')
+    tensors['extra.weight'] = torch.zeros(3)
+    path = tmp_path / 'edited.safetensors'
+    save_file(tensors, str(path), metadata=metadata)
+    with pytest.raises(CheckpointError, match='missing: reconstruction.layers.2.weight'):
+        load_checkpoint(path)
+    with pytest.raises(CheckpointError, match='unexpected: extra.weight'):
+        load_checkpoint(path)
+
+
+def test_invalid_stored_config(tmp_path, trained_like_model):
+    header = {'format_version': FORMAT_VERSION, 'model': {'no_such_field': 1}}
+    path = tmp_path / 'badconfig.safetensors'
+    save_file(_tensors(trained_like_model), str(path),
+              metadata={METADATA_KEY: json.dumps(header)})
+    with pytest.raises(CheckpointError, match='config is invalid'):
+        load_checkpoint(path)
+
+
+def test_checkpoint_error_is_value_error():
+    assert issubclass(CheckpointError, ValueError)
+
+
+def test_unserialisable_provenance(tmp_path, trained_like_model):
+    with pytest.raises(ValueError, match='JSON'):
+        save_checkpoint(tmp_path / 'x.safetensors', trained_like_model,
+                        provenance={'bad': object()})
+    assert not list(tmp_path.iterdir())
