@@ -303,6 +303,16 @@ def evaluate(data_dir, weights, out_dir, split='test', deform='auto', seed=0, de
         the metrics dict written to ``metrics.json``.
 
     """
+    threads_before = torch.get_num_threads()
+    try:
+        return _evaluate(data_dir, weights, out_dir, split, deform, seed, device, max_pairs,
+                         max_side, labels_dir, figures, conf, iou, threads, progress)
+    finally:
+        torch.set_num_threads(threads_before)  # the engine's setting is process-wide
+
+
+def _evaluate(data_dir, weights, out_dir, split, deform, seed, device, max_pairs, max_side,
+              labels_dir, figures, conf, iou, threads, progress):
     from tarfuse_ros.core.engine import FusionEngine
     if deform not in DEFORM_MODES:
         raise ValueError(f'--deform must be one of {DEFORM_MODES}, got {deform!r}')

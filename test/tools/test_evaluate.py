@@ -1,0 +1,182 @@
+"""tarfuse-eval end to end on real shared pairs, and the classical baselines it reports."""
+
+import json
+import math
+
+import cv2
+import numpy as np
+import pytest
+from tarfuse_ros.core import baselines, data, metrics
+from tarfuse_ros.core.deform import invert_flow
+from tarfuse_ros.core.model.warp import warp
+from tarfuse_ros.core.paths import shared_datasets_dir
+import torch
+
+DATASETS = shared_datasets_dir()
+needs_shared = pytest.mark.skipif(
+    DATASETS is None, reason='shared/datasets not found (set TARFUSE_SHARED or place ../shared)')
+
+
+def _textured(height=96, width=128, seed=0):
+    """Smooth random texture with edges in every direction, float32 in [0, 1]."""
+    rng = np.random.default_rng(seed)
+    noise = rng.random((height, width)).astype(np.float32)
+    img = cv2.GaussianBlur(noise, (0, 0), 3.0)
+    img = (img - img.min()) / (img.max() - img.min())
+    return img.astype(np.float32)
+
+
+# --- baselines ----------------------------------------------------------------------------
+
+def test_naive_fusion_by_hand():
+    a = np.array([[0, 255], [100, 50]], np.uint8)
+    b = np.array([[255, 255], [0, 150]], np.uint8)
+    np.testing.assert_allclose(baselines.average_fusion(a, b) * 255, [[127.5, 255], [50, 100]],
+                               atol=1e-4)
+    np.testing.assert_allclose(baselines.max_fusion(a, b) * 255, [[255, 255], [100, 150]],
+                               atol=1e-4)
+    with pytest.raises(ValueError, match='same shape'):
+        baselines.average_fusion(a, b[:1])
+
+
+def test_ecc_recovers_a_known_affine_motion_across_modalities():
+    fixed = _textured()
+    height, width = fixed.shape
+    # The IR sees the scene through x_ir = M x_vi with inverted contrast (another modality);
+    # it is black where it samples outside the scene, as synthetic deformations are.
+    matrix = np.array([[1.02, 0.03, 4.0], [-0.02, 0.99, -3.0]], np.float32)
+    moving = baselines.warp_with_matrix(1.0 - fixed, cv2.invertAffineTransform(matrix))
+    result = baselines.ecc_register(moving, fixed, motion='affine')
+    assert result.success
+    truth = baselines.flow_from_matrix(matrix, height, width)
+    inner = (slice(10, -10), slice(10, -10))
+    assert metrics.epe(result.flow_px[inner], truth[inner]) < 0.3
+    # The flow follows the core convention: warp(moving, flow) is the registered image.
+    moving_t = torch.from_numpy(moving)[None, None]
+    flow_t = torch.from_numpy(result.flow_px).permute(2, 0, 1)[None]
+    rebuilt = warp(moving_t, flow_t)[0, 0].numpy()
+    np.testing.assert_allclose(rebuilt[inner], result.registered[inner], atol=2e-3)
+
+
+def test_ecc_falls_back_to_identity_without_structure():
+    flat = np.full((64, 64), 0.5, np.float32)
+    result = baselines.ecc_register(flat, _textured(64, 64))
+    assert not result.success
+    assert np.abs(result.flow_px).max() == 0.0
+    np.testing.assert_array_equal(result.registered, flat)
+
+
+# --- the tool -----------------------------------------------------------------------------
+
+@pytest.fixture(scope='module')
+def random_checkpoint(tmp_path_factory):
+    from tarfuse_ros.core.checkpoint import save_checkpoint
+    from tarfuse_ros.core.model.tarfuse import build_model
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp('weights') / 'random.safetensors'
+    save_checkpoint(path, build_model(), provenance={'note': 'random init, test only'})
+    return path
+
+
+def _all_finite(value):
+    if isinstance(value, dict):
+        return all(_all_finite(v) for v in value.values())
+    if isinstance(value, list):
+        return all(_all_finite(v) for v in value)
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return True
+
+
+@needs_shared
+def test_evaluate_roadscene_with_dataset_deformations(random_checkpoint, tmp_path):
+    from tarfuse_ros.tools.evaluate import main
+    roadscene = DATASETS / 'roadscene'
+    # The first two test pairs with labels, so detection is evaluated too.
+    labelled = set(data.read_split(roadscene, 'det_labelled'))
+    stems = [s for s in data.read_split(roadscene, 'test') if s in labelled][:2]
+    split_file = tmp_path / 'pairs.txt'
+    split_file.write_text('\n'.join(stems) + '\n')
+    out = tmp_path / 'eval'
+    code = main(['--data', str(roadscene), '--split', str(split_file), '--weights',
+                 str(random_checkpoint), '--out', str(out), '--max-side', '128',
+                 '--no-progress', '--figures', '1', '--threads', '1'])
+    assert code == 0
+    result = json.loads((out / 'metrics.json').read_text())
+    report = (out / 'report.md').read_text()
+    assert '## Fusion' in report and '## Registration' in report and '## Detection' in report
+    for stem in stems[:1]:
+        for kind in ('grid', 'checkerboard'):
+            image = cv2.imread(str(out / 'figures' / f'{stem}_{kind}.png'))
+            assert image is not None and image.size > 0
+    assert not (out / 'figures' / f'{stems[1]}_grid.png').exists()
+
+    assert result['num_pairs'] == 2 and result['deformation_sources']['dataset'] == 2
+    assert set(result['fusion']) == set(metrics.FUSION_METRICS)
+    assert _all_finite(result['fusion']) and _all_finite(result['registration'])
+    assert -1 <= result['fusion']['CC'] <= 1 and 0 <= result['fusion']['Qabf'] <= 1
+    assert 0 <= result['fusion']['SSIM'] <= 1
+    reg = result['registration']
+    for values in (reg, reg['unregistered']):
+        assert 0 <= values['MSE'] <= 1 and -1 <= values['NCC'] <= 1 and values['EPE'] >= 0
+    assert set(result['baselines']) == {'unregistered_average', 'unregistered_max',
+                                        'ecc_average', 'model_zero_flow', 'visible_only',
+                                        'ir_only'}
+    for name in ('unregistered_average', 'unregistered_max', 'ecc_average', 'model_zero_flow'):
+        assert set(result['baselines'][name]['fusion']) == set(metrics.FUSION_METRICS)
+    for name in ('model_zero_flow', 'visible_only', 'ir_only'):
+        det = result['baselines'][name]['detection']
+        assert 0 <= det['map50'] <= 1 and 0 <= det['map50_95'] <= det['map50'] + 1e-9
+    det = result['detection']
+    assert 0 <= det['map50'] <= 1 and det['num_gt'] > 0
+    assert set(det['per_class']) <= {'person', 'bicycle', 'car'}
+    assert result['speed']['ms_per_pair'] > 0 and result['speed']['device'] == 'cpu'
+
+    # The unregistered EPE is the mean magnitude of the reference (inverse) field at the
+    # evaluated size: rebuild that field independently from the stored disp.
+    magnitudes = []
+    for stem, entry in zip(stems, result['per_pair']):
+        height, width = entry['size']
+        disp = data.load_disp(roadscene, stem)
+        full_h, full_w = disp.shape[:2]
+        disp = cv2.resize(disp, (width, height), interpolation=cv2.INTER_LINEAR)
+        disp[..., 0] *= width / full_w
+        disp[..., 1] *= height / full_h
+        inverse = invert_flow(torch.from_numpy(disp).permute(2, 0, 1)[None], iterations=30)
+        magnitude = float(inverse[0].norm(dim=0).mean())
+        assert entry['unregistered']['EPE'] == pytest.approx(magnitude, rel=1e-4)
+        magnitudes.append(magnitude)
+    assert reg['unregistered']['EPE'] == pytest.approx(np.mean(magnitudes), rel=1e-4)
+    assert result['baselines']['unregistered_average']['registration'] == reg['unregistered']
+
+
+@needs_shared
+def test_evaluate_synthetic_deformations_are_seeded(random_checkpoint, tmp_path):
+    from tarfuse_ros.tools.evaluate import evaluate
+    kwargs = {'split': 'all', 'deform': 'synthetic', 'max_pairs': 1, 'max_side': 96,
+              'figures': 0, 'progress': False, 'threads': 1}
+    first = evaluate(DATASETS / 'tno', random_checkpoint, tmp_path / 'a', seed=5, **kwargs)
+    again = evaluate(DATASETS / 'tno', random_checkpoint, tmp_path / 'b', seed=5, **kwargs)
+    other = evaluate(DATASETS / 'tno', random_checkpoint, tmp_path / 'c', seed=6, **kwargs)
+    assert first['deformation_sources'] == {'dataset': 0, 'synthetic': 1, 'none': 0}
+    assert first['registration']['unregistered'] == again['registration']['unregistered']
+    assert first['registration']['unregistered'] != other['registration']['unregistered']
+    assert first['registration']['unregistered']['EPE'] > 0
+    assert first['detection'] is None  # TNO has no labels
+    none = evaluate(DATASETS / 'tno', random_checkpoint, tmp_path / 'd', deform='none',
+                    split='all', max_pairs=1, max_side=96, figures=0, progress=False, threads=1)
+    assert none['registration']['unregistered']['EPE'] == 0.0
+    assert none['registration']['unregistered']['MSE'] == pytest.approx(0.0, abs=1e-12)
+
+
+@needs_shared
+def test_evaluate_rejects_bad_requests(random_checkpoint, tmp_path, capsys):
+    from tarfuse_ros.tools.evaluate import main
+    code = main(['--data', str(DATASETS / 'tno'), '--split', 'all', '--weights',
+                 str(random_checkpoint), '--out', str(tmp_path), '--deform', 'dataset',
+                 '--no-progress'])
+    assert code == 2
+    assert 'ground-truth field' in capsys.readouterr().err
+    code = main(['--data', str(tmp_path / 'missing'), '--weights', str(random_checkpoint),
+                 '--out', str(tmp_path)])
+    assert code == 2
