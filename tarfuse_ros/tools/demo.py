@@ -100,7 +100,7 @@ def summarize(recorded_bag, stats, stems, out_dir, png_count=4, samples=None, ex
     vi_stamps = [stamp for topic, stamp, _wall in stats.published if topic == VI_TOPIC]
     stem_of = {stamp: stems[k % len(stems)] for k, stamp in enumerate(vi_stamps)} if stems \
         else {}
-    fused, detections, registered, diagnostics = [], [], 0, {}
+    fused, detections, registered, diagnostics, windows = [], [], 0, {}, []
     per_class, scores = {}, []
     if recorded_bag is not None and Path(recorded_bag).exists():
         for topic, _msgtype, _bag_ns, _raw, msg in read_messages(recorded_bag):
@@ -119,7 +119,10 @@ def summarize(recorded_bag, stats, stems, out_dir, png_count=4, samples=None, ex
                         per_class[cls] = per_class.get(cls, 0) + 1
                         scores.append(best.hypothesis.score)
             elif topic.endswith('diagnostics'):
-                diagnostics = _diagnostic_values(msg) or diagnostics
+                values = _diagnostic_values(msg)
+                if values:
+                    diagnostics = values
+                    windows.append(values)
     pngs = []
     if fused and png_count > 0:
         picks = sorted(set(np.linspace(0, len(fused) - 1, min(png_count, len(fused)))
@@ -137,11 +140,18 @@ def summarize(recorded_bag, stats, stems, out_dir, png_count=4, samples=None, ex
     pairs_in = len(vi_stamps)
     answered = {m.header.stamp.sec * 10**9 + m.header.stamp.nanosec for m in fused}
 
-    def number(key):
+    def number(key, values=None):
         try:
-            return float(diagnostics[key])
+            value = float((diagnostics if values is None else values)[key])
         except (KeyError, ValueError):
             return None
+        return None if np.isnan(value) else value
+
+    def window_median(key):
+        # The node's figures are per diagnostics window (reset each period): take the median
+        # over the windows that saw outputs.
+        values = [v for v in (number(key, w) for w in windows) if v is not None]
+        return _round(float(np.median(values))) if values else None
 
     dropped = number('pairs_dropped')
     summary = {
@@ -162,7 +172,8 @@ def summarize(recorded_bag, stats, stems, out_dir, png_count=4, samples=None, ex
             'p90': _round(_percentile(latencies, 90)),
             'max': _round(max(latencies) if latencies else None),
         },
-        'node_inference_ms_median_last_window': number('inference_ms_median'),
+        'node_inference_ms_median': window_median('inference_ms_median'),
+        'node_latency_ms_median': window_median('latency_ms_median'),
         'detections_per_class': dict(sorted(per_class.items())),
         'detections_total': sum(per_class.values()),
         'mean_score': _round(float(np.mean(scores)) if scores else None, 3),
@@ -197,8 +208,9 @@ def summary_markdown(summary):
         f"| pairs rejected by the node (bad input) | {_dash(summary['rejected_by_node'])} |",
         f"| latency median / p90 / max (ms, {lat['count']} outputs) | {_dash(lat['median'])} / "
         f"{_dash(lat['p90'])} / {_dash(lat['max'])} |",
-        '| node inference median, last window (ms) | '
-        f"{_dash(summary['node_inference_ms_median_last_window'])} |",
+        '| node: inference / latency (now - stamp), median of 1 s windows (ms) | '
+        f"{_dash(summary['node_inference_ms_median'])} / "
+        f"{_dash(summary['node_latency_ms_median'])} |",
         f"| clean node shutdown | {summary.get('node_clean_shutdown', '')} |",
         '',
         'Detections per class (ground-truth boxes in the played pairs in brackets):',

@@ -124,23 +124,27 @@ class BagPlayer:
     Parameters: ``rate`` (time factor, 2 = twice as fast), ``loop`` (repeat until
     ``duration`` or Ctrl-C), ``start_delay`` (s, after waiting for subscribers),
     ``duration`` (s of playback, None = the whole bag), ``wait_for_subscribers`` (wait until
-    every played topic has that many subscribers, at most ``wait_timeout`` s), ``topics``
+    every played topic has that many matched subscribers, at most ``wait_timeout`` s, then
+    ``settle`` s more so the subscribers' side has matched too), ``topics``
     (bag topics to play, None = all), ``remap`` ({bag topic: published topic}), ``restamp``
     (shift header stamps so the first message is stamped 'now', keeping relative offsets),
     ``qos_reliability`` of the publishers, ``record`` (bag directory to create),
     ``record_topics`` (names, ``name:pkg/msg/Type`` to give a type), ``linger`` (s to keep
     recording after the last answer to a published input arrived), ``max_linger`` (cap),
-    ``should_abort`` (callable returning a reason string to stop early, e.g. a dead node).
+    ``domain_id`` (ROS domain, None = $ROS_DOMAIN_ID), ``should_abort`` (callable returning a
+    reason string to stop early, e.g. a dead node).
     """
 
     def __init__(self, bag, *, rate=1.0, loop=False, start_delay=0.0, duration=None,
                  wait_for_subscribers=0, wait_timeout=60.0, topics=None, remap=None,
                  restamp=False, qos_reliability='reliable', record=None, record_topics=(),
                  record_reliability='reliable', linger=2.0, max_linger=30.0,
-                 domain_id=None, node_name='tarfuse_player', should_abort=None, log=None):
+                 settle=0.5, domain_id=None, node_name='tarfuse_player', should_abort=None,
+                 log=None):
         if not (rate > 0 and math.isfinite(rate)):
             raise ValueError(f'rate must be a finite factor > 0, got {rate}')
         for name, value in (('start_delay', start_delay), ('wait_timeout', wait_timeout),
+                            ('settle', settle),
                             ('linger', linger), ('max_linger', max_linger)):
             if value < 0:
                 raise ValueError(f'{name} must be >= 0, got {value}')
@@ -157,6 +161,7 @@ class BagPlayer:
             raise ValueError('--record needs --record-topics')
         self.rate, self.loop, self.start_delay, self.duration = rate, loop, start_delay, duration
         self.wait_for_subscribers, self.wait_timeout = wait_for_subscribers, wait_timeout
+        self.settle = settle
         self.topics = None if topics is None else set(topics)
         self.remap = dict(remap or {})
         self.restamp = restamp
@@ -178,6 +183,7 @@ class BagPlayer:
         self._published_stamps = set()
         self._writer = None
         self._record_conns = {}
+        self._matched = {}
 
     # -- set-up ---------------------------------------------------------------------------
     def _record_specs(self, node):
@@ -216,6 +222,14 @@ class BagPlayer:
             if stamp is not None and stamp in self._published_stamps:
                 self._last_answer = time.monotonic()
 
+    def _on_matched(self, topic, status):
+        with self._lock:
+            self._matched[topic] = status.current_count
+
+    def _matched_count(self, topic):
+        with self._lock:
+            return self._matched.get(topic, 0)
+
     def _check_abort(self):
         if self._stop.is_set():
             return True
@@ -237,8 +251,10 @@ class BagPlayer:
     def _wait_for_graph(self, node, publishers, record_topics):
         deadline = time.monotonic() + self.wait_timeout
         while True:
+            # Both the graph and the DDS writer must see the readers ('matched' event).
             missing = [topic for topic, pub in publishers.items()
-                       if pub.get_subscription_count() < self.wait_for_subscribers]
+                       if pub.get_subscription_count() < self.wait_for_subscribers
+                       or self._matched_count(topic) < self.wait_for_subscribers]
             if not missing:
                 break
             if time.monotonic() > deadline:
@@ -251,7 +267,8 @@ class BagPlayer:
             time.sleep(0.05)
         # Outputs published before the recorder matched would be lost: wait for publishers too.
         while record_topics:
-            record_topics = [t for t in record_topics if node.count_publishers(t) < 1]
+            record_topics = [t for t in record_topics
+                             if node.count_publishers(t) < 1 or self._matched_count(t) < 1]
             if not record_topics or time.monotonic() > deadline:
                 break
             if self._check_abort():
@@ -260,6 +277,9 @@ class BagPlayer:
         if record_topics:
             self.log(f'tarfuse-play: no publisher yet on {", ".join(record_topics)}; '
                      'recording anyway')
+        # Matching is seen from this side only; give the readers' side the same moment to
+        # match our writers, or the very first messages can be lost.
+        self._sleep_until(time.monotonic() + self.settle)
 
     # -- playback ---------------------------------------------------------------------------
     def _play_once(self, reader, connections, publishers, base_mono, base_wall_ns, end_mono):
@@ -291,6 +311,7 @@ class BagPlayer:
     def run(self):
         """Play (and record) until done; return the :class:`PlayStats`."""
         import rclpy
+        from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks
         from rclpy.executors import SingleThreadedExecutor
         from rclpy.signals import SignalHandlerOptions
 
@@ -312,7 +333,9 @@ class BagPlayer:
                     if connection.topic not in publishers:
                         topic = self.remap.get(connection.topic, connection.topic)
                         publishers[connection.topic] = node.create_publisher(
-                            message_class(connection.msgtype), topic, qos)
+                            message_class(connection.msgtype), topic, qos,
+                            event_callbacks=PublisherEventCallbacks(
+                                matched=lambda status, t=topic: self._on_matched(t, status)))
                 specs = self._record_specs(node) if self.record is not None else []
                 if specs:
                     self._writer = open_writer(self.record)
@@ -321,7 +344,8 @@ class BagPlayer:
                         node.create_subscription(
                             cls, topic,
                             lambda data, t=topic, m=msgtype: self._on_record(t, m, data),
-                            record_qos, raw=True)
+                            record_qos, raw=True, event_callbacks=SubscriptionEventCallbacks(
+                                matched=lambda status, t=topic: self._on_matched(t, status)))
                 executor = SingleThreadedExecutor(context=context)
                 executor.add_node(node)
                 spinner = threading.Thread(target=executor.spin, name='tarfuse_play_spin',

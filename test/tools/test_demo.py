@@ -21,8 +21,6 @@ def weights(tmp_path_factory):
         return shipped
     import torch
 
-    pytest.importorskip('tarfuse_ros.core.checkpoint',
-                        reason='core/checkpoint.py (save_checkpoint) not written yet')
     from tarfuse_ros.core.checkpoint import save_checkpoint
     from tarfuse_ros.core.model.tarfuse import build_model
     torch.manual_seed(0)
