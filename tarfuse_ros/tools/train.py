@@ -17,7 +17,7 @@ DistributedDataParallel (one process per GPU, ``train.batch`` samples per GPU, r
 
 import argparse
 import copy
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 import datetime
 import json
 import math
@@ -80,10 +80,10 @@ def set_by_path(cfg, dotted, value):
 
 def parse_data_spec(spec):
     """Turn ``PATH[:SPLIT]`` (split defaults to ``train``) into a data entry dict."""
-    path, sep, split = spec.rpartition(':')
-    if not sep or not path or '/' in split:
-        path, split = spec, 'train'
-    return {'path': path, 'split': split}
+    path, sep, split = str(spec).partition(':')
+    if not path or (sep and not split):
+        raise ValueError(f'data spec must be PATH or PATH:SPLIT, got {spec!r}')
+    return {'path': path, 'split': split or 'train'}
 
 
 def build_parser():
@@ -142,6 +142,8 @@ def apply_cli(cfg, args):
     for (section, key), value in simple.items():
         if value is not None:
             cfg[section][key] = value
+    if args.crop is not None and cfg['data'].get('val_crop') is not None:
+        cfg['data']['val_crop'] = args.crop
     return cfg
 
 
@@ -599,12 +601,7 @@ def _deform_config(cfg):
 
 def _loss_weights(cfg):
     from tarfuse_ros.core.losses import LossWeights
-    known = {f.name for f in fields(LossWeights)}
-    values = dict(cfg.get('loss') or {})
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f'loss: unknown keys {unknown}; LossWeights has {sorted(known)}')
-    return LossWeights(**values)
+    return LossWeights.from_dict(cfg.get('loss') or {})
 
 
 def build_model_from_config(cfg, model_dict=None):
@@ -674,7 +671,7 @@ def validate(model, criterion, loader, deform_cfg, device, seed, amp=False):
     """
     was_training = model.training
     model.eval()
-    generator = torch.Generator(device=device)
+    generator = torch.Generator()  # deform draws on the CPU whatever the device
     generator.manual_seed(epoch_seed(seed, 0, 10_000))
     acc = _Accumulator()
     for batch in loader:
@@ -698,7 +695,8 @@ def validate(model, criterion, loader, deform_cfg, device, seed, amp=False):
 class Trainer:
     """One training run: data, model, optimizer, the epoch loop and its outputs."""
 
-    def __init__(self, cfg, out_dir, dist_info, argv, max_steps=None, resume=None):
+    def __init__(self, cfg, out_dir, dist_info, argv, max_steps=None, resume=None, t0=None):
+        self.t0 = time.monotonic() if t0 is None else t0
         self.cfg = cfg
         self.out = Path(out_dir)
         self.dist = dist_info
@@ -758,9 +756,12 @@ class Trainer:
             from torch.nn.parallel import DistributedDataParallel
             if tcfg.get('sync_bn', True) and dist_info.world_size > 1:
                 self.net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.net)
+            # A loss switched off (weight 0) leaves its parameters without gradients.
+            weights = _loss_weights(cfg)
+            unused = bool(tcfg.get('find_unused_parameters', False)) or weights.det == 0
             self.net = DistributedDataParallel(
                 self.net, device_ids=[self.device.index] if self.device.type == 'cuda' else None,
-                find_unused_parameters=bool(tcfg.get('find_unused_parameters', False)))
+                find_unused_parameters=unused)
         self.train_loader, self.sampler = self._loader(self.train_set, training=True)
         self.val_loader = self._loader(self.val_set, training=False)[0] \
             if self.val_set is not None and dist_info.is_main else None
@@ -813,7 +814,7 @@ class Trainer:
         self.train_loader.generator.manual_seed(seed)
         if self.sampler is not None:
             self.sampler.set_epoch(epoch)
-        generator = torch.Generator(device=self.device)
+        generator = torch.Generator()  # deform draws on the CPU, computes on the device
         generator.manual_seed(seed + 1)
         return generator
 
@@ -823,7 +824,7 @@ class Trainer:
         if budget <= 0:
             return
         tcfg = self.cfg['train']
-        elapsed = time.monotonic() - _T0
+        elapsed = time.monotonic() - self.t0
         reserve = 10.0 + 0.05 * budget
         val_every = int(tcfg.get('val_every') or 0)
         val_steps = len(self.val_loader) if self.val_loader is not None else 0
@@ -839,14 +840,13 @@ class Trainer:
                   f'ms, {self.steps_per_epoch} steps/epoch -> {chosen} epochs '
                   f'(config: {tcfg["epochs"]})', flush=True)
         self.epochs = chosen
-        self.budget_info = {'time_budget_s': budget, 'step_ms': 1000 * step_seconds,
-                            'epochs_chosen': chosen, 'epochs_configured': int(tcfg['epochs'])}
+        self.budget_info.update(step_ms=round(1000 * step_seconds, 2), epochs_chosen=chosen)
 
     def _recheck_budget(self, epoch, epoch_seconds):
         budget = float(self.cfg['train'].get('time_budget_s') or 0)
         if budget <= 0 or epoch + 1 >= self.epochs:
             return
-        elapsed = time.monotonic() - _T0
+        elapsed = time.monotonic() - self.t0
         room = budget - elapsed - (10.0 + 0.05 * budget)
         fit = epoch + 1 + max(int(room // max(epoch_seconds, 1e-6)), 0)
         chosen = _broadcast_int(max(min(self.epochs, fit), epoch + 1), self.dist, self.device)
@@ -889,7 +889,7 @@ class Trainer:
             acc.add(parts)
             self.global_step += 1
             if progress and index % 10 == 0:
-                bar.set_postfix(loss=f'{float(total):.4f}', lr=f'{lr:.2e}')
+                bar.set_postfix(loss=f'{float(total.detach()):.4f}', lr=f'{lr:.2e}')
             if self.global_step - self.run_start_step == _PROBE_WARMUP_STEPS:
                 if self.device.type == 'cuda':
                     torch.cuda.synchronize(self.device)
@@ -963,59 +963,68 @@ class Trainer:
                   f'epochs {self.start_epoch + 1}..{self.epochs}', flush=True)
         self.run_start_step = self.global_step
         self.budget_fitted = False
-        self.budget_info = None
+        budget = float(tcfg.get('time_budget_s') or 0)
+        self.budget_info = {'time_budget_s': budget, 'epochs_configured': int(tcfg['epochs']),
+                            'epochs_chosen': self.epochs} if budget > 0 else None
         val_every = int(tcfg.get('val_every') or 0)
         save_every = max(int(tcfg.get('save_every') or 1), 1)
         epoch = self.start_epoch
         last_val = None
         records = []
-        while epoch < self.epochs:
-            t_epoch = time.monotonic()
-            parts, lr, stopped = self.train_one_epoch(epoch, progress=is_main)
-            if self.device.type == 'cuda':
-                torch.cuda.synchronize(self.device)
-            epoch_seconds = time.monotonic() - t_epoch
-            self.train_seconds += epoch_seconds
-            epoch += 1
-            last = epoch >= self.epochs or stopped
-            record = {'epoch': epoch, 'epochs': self.epochs, 'step': self.global_step,
-                      'lr': lr, 'epoch_time_s': round(epoch_seconds, 3),
-                      'time_s': round(self.train_seconds, 3), 'train': parts}
-            if stopped:
-                record['partial'] = True
-            if is_main and self.val_loader is not None and val_every and \
-                    (epoch % val_every == 0 or last):
-                t_val = time.monotonic()
-                last_val = validate(self.model, self.criterion, self.val_loader,
-                                    self.deform_cfg, self.device, self.seed, self.amp)
-                record['val'] = last_val
-                record['val_time_s'] = round(time.monotonic() - t_val, 3)
+        interrupted = False
+        try:
+            while epoch < self.epochs:
+                t_epoch = time.monotonic()
+                parts, lr, stopped = self.train_one_epoch(epoch, progress=is_main)
+                if self.device.type == 'cuda':
+                    torch.cuda.synchronize(self.device)
+                epoch_seconds = time.monotonic() - t_epoch
+                self.train_seconds += epoch_seconds
+                epoch += 1
+                last = epoch >= self.epochs or stopped
+                record = {'epoch': epoch, 'epochs': self.epochs, 'step': self.global_step,
+                          'lr': lr, 'epoch_time_s': round(epoch_seconds, 3),
+                          'time_s': round(self.train_seconds, 3), 'train': parts}
+                if stopped:
+                    record['partial'] = True
+                if is_main and self.val_loader is not None and val_every and \
+                        (epoch % val_every == 0 or last):
+                    t_val = time.monotonic()
+                    last_val = validate(self.model, self.criterion, self.val_loader,
+                                        self.deform_cfg, self.device, self.seed, self.amp)
+                    record['val'] = last_val
+                    record['val_time_s'] = round(time.monotonic() - t_val, 3)
+                if is_main:
+                    with open(log_path, 'a', encoding='utf-8') as stream:
+                        stream.write(json.dumps(record) + '\n')
+                    records.append(record)
+                    if epoch % save_every == 0 or last:
+                        self._save_state(epoch)
+                    msg = ' '.join(f'{k}={v:.4g}' for k, v in parts.items())
+                    val_msg = f' | val epe {last_val["epe"]:.3f}px' if 'val' in record else ''
+                    print(f'[tarfuse-train] epoch {epoch}/{self.epochs} {epoch_seconds:.1f}s '
+                          f'lr={lr:.2e} {msg}{val_msg}', flush=True)
+                _barrier(self.dist)
+                if stopped:
+                    break
+                self._recheck_budget(epoch - 1, epoch_seconds)
+        except KeyboardInterrupt:
+            interrupted = True
             if is_main:
-                with open(log_path, 'a', encoding='utf-8') as stream:
-                    stream.write(json.dumps(record) + '\n')
-                records.append(record)
-                if epoch % save_every == 0 or last:
-                    self._save_state(epoch)
-                msg = ' '.join(f'{k}={v:.4g}' for k, v in parts.items())
-                val_msg = f' | val epe {last_val["epe"]:.3f}px' if 'val' in record else ''
-                print(f'[tarfuse-train] epoch {epoch}/{self.epochs} {epoch_seconds:.1f}s '
-                      f'lr={lr:.2e} {msg}{val_msg}', flush=True)
-            _barrier(self.dist)
-            if stopped:
-                break
-            self._recheck_budget(epoch - 1, epoch_seconds)
+                print('[tarfuse-train] interrupted: saving the current weights', flush=True)
         summary = None
         if is_main:
-            finished = epoch >= self.epochs
+            finished = epoch >= self.epochs and not interrupted
             provenance = self._provenance(epoch, finished)
+            provenance['interrupted'] = interrupted
             if self.budget_info:
                 provenance['time_budget'] = self.budget_info
             save_checkpoint(self.out / FINAL_NAME, self.model, provenance=provenance)
             plot_curves(log_path, self.out / CURVE_NAME)
             summary = {'epochs': epoch, 'epochs_planned': self.epochs,
                        'steps': self.global_step, 'train_seconds': round(self.train_seconds, 1),
-                       'wall_seconds': round(time.monotonic() - _T0, 1),
-                       'skipped_steps': self.skipped_steps,
+                       'wall_seconds': round(time.monotonic() - self.t0, 1),
+                       'skipped_steps': self.skipped_steps, 'interrupted': interrupted,
                        'final_train': records[-1]['train'] if records else None,
                        'last_val': last_val, 'checkpoint': str(self.out / FINAL_NAME),
                        'time_budget': self.budget_info, 'device': provenance['device']}
@@ -1026,14 +1035,24 @@ class Trainer:
         return summary
 
 
-def train(cfg, out_dir, argv=(), max_steps=None, resume=None, force_ddp=False):
-    """Run a whole training from a config dict; return the summary (rank 0) or None."""
+def train(cfg, out_dir, argv=(), max_steps=None, resume=None, force_ddp=False, t0=None):
+    """Run a whole training from a config dict; return the summary (rank 0) or None.
+
+    ``t0`` (``time.monotonic()`` value) is where a ``train.time_budget_s`` starts counting;
+    default: now.
+    """
     validate_config(cfg)
     dist_info = setup_distributed(force=force_ddp)
+    threads = torch.get_num_threads()
     try:
-        trainer = Trainer(cfg, out_dir, dist_info, argv, max_steps=max_steps, resume=resume)
+        # Tiny gradients/moments become denormal floats, which are very slow on CPUs.
+        torch.set_flush_denormal(True)
+        trainer = Trainer(cfg, out_dir, dist_info, argv, max_steps=max_steps, resume=resume,
+                          t0=t0)
         return trainer.run()
     finally:
+        torch.set_flush_denormal(False)
+        torch.set_num_threads(threads)
         if dist_info.enabled:
             import torch.distributed as dist
             dist.destroy_process_group()
@@ -1041,6 +1060,7 @@ def train(cfg, out_dir, argv=(), max_steps=None, resume=None, force_ddp=False):
 
 def main(argv=None):
     """Entry point of ``tarfuse-train``."""
+    argv_given = argv
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     try:
@@ -1059,12 +1079,13 @@ def main(argv=None):
             out = Path('runs') / datetime.datetime.now().strftime('train_%Y%m%d_%H%M%S')
         if args.max_steps is not None and args.max_steps < 1:
             raise ValueError(f'--max-steps must be >= 1, got {args.max_steps}')
-        train(cfg, out, argv=argv, max_steps=args.max_steps, resume=resume,
-              force_ddp=args.ddp)
+        # The command line counts its budget from the interpreter's start (imports included).
+        summary = train(cfg, out, argv=argv, max_steps=args.max_steps, resume=resume,
+                        force_ddp=args.ddp, t0=_T0 if argv_given is None else None)
     except ValueError as exc:
         print(f'tarfuse-train: error: {exc}', file=sys.stderr)
         return 2
-    return 0
+    return 130 if summary and summary.get('interrupted') else 0
 
 
 if __name__ == '__main__':

@@ -1,0 +1,215 @@
+"""tarfuse-train end to end: real RoadScene pairs, a narrow real model, tiny crops, CPU."""
+
+import json
+import socket
+
+import cv2
+import numpy as np
+import pytest
+from safetensors.torch import load_file
+from tarfuse_ros.core.checkpoint import load_checkpoint, read_checkpoint_config
+from tarfuse_ros.core.paths import shared_datasets_dir
+from tarfuse_ros.tools import train as train_tool
+import torch
+
+SHARED = shared_datasets_dir()
+pytestmark = pytest.mark.skipif(
+    SHARED is None, reason='shared data sets not found ($TARFUSE_SHARED or ../shared)')
+
+# A narrow network (same architecture, fewer channels) keeps each step well under a second.
+NARROW = ('model={feature_channels: 4, cseb_channels: 8, msrb_channels: [8, 8, 16, 16], '
+          'reconstruction_channels: [8, 4], neck_stem_channels: [8, 16], '
+          'detect_channels: [16, 16, 16]}')
+
+
+@pytest.fixture(scope='module')
+def splits(tmp_path_factory):
+    """Four training pairs (three labelled, one not) and two validation pairs."""
+    roadscene = SHARED / 'roadscene'
+    train = (roadscene / 'train.txt').read_text().split()
+    labelled = set((roadscene / 'det_labelled.txt').read_text().split())
+    stems = [s for s in train if s in labelled][:3] + [s for s in train if s not in labelled][:1]
+    folder = tmp_path_factory.mktemp('splits')
+    (folder / 'train4.txt').write_text('\n'.join(stems) + '\n')
+    val = (roadscene / 'test.txt').read_text().split()[:2]
+    (folder / 'val2.txt').write_text('\n'.join(val) + '\n')
+    return {'train': folder / 'train4.txt', 'val': folder / 'val2.txt', 'stems': stems}
+
+
+def _args(splits, out, *extra):
+    return ['--data', f'roadscene:{splits["train"]}', '--val-data', f'roadscene:{splits["val"]}',
+            '--crop', '64', '--batch', '2', '--workers', '0', '--device', 'cpu',
+            '--val-every', '1', '--out', str(out), '--set', 'train.threads=1',
+            '--set', NARROW, *extra]
+
+
+def _log(out):
+    return train_tool.read_log(out / train_tool.LOG_NAME)
+
+
+@pytest.fixture(scope='module')
+def runs(splits, tmp_path_factory):
+    """Run A: 2 epochs straight. Run B: 1 epoch, then resumed to 2 epochs."""
+    base = tmp_path_factory.mktemp('runs')
+    out_a, out_b = base / 'a', base / 'b'
+    assert train_tool.main(_args(splits, out_a, '--epochs', '2')) == 0
+    assert train_tool.main(_args(splits, out_b, '--epochs', '1')) == 0
+    after_one = {'log': _log(out_b),
+                 'state': train_tool.read_state_meta(out_b / train_tool.STATE_DIR),
+                 'weights': load_file(str(out_b / train_tool.STATE_DIR / 'model.safetensors'))}
+    assert train_tool.main(['--resume', str(out_b), '--epochs', '2']) == 0
+    return {'a': out_a, 'b': out_b, 'b_after_one': after_one}
+
+
+def test_one_epoch_writes_log_curve_state_and_checkpoint(runs, splits):
+    first = runs['b_after_one']
+    assert [r['epoch'] for r in first['log']] == [1]
+    record = first['log'][0]
+    for key in ('total', 'fusion', 'registration', 'consistency', 'complementary', 'detection'):
+        assert np.isfinite(record['train'][key]), key
+    assert record['train']['total'] > 0
+    assert record['step'] == 2 and record['lr'] > 0 and record['epoch_time_s'] > 0
+    # Validation: EPE of the predicted flow and of the do-nothing flow on the same deformations.
+    assert record['val']['epe_zero_flow'] > 0.5
+    assert np.isfinite(record['val']['epe'])
+    assert first['state']['epoch'] == 1 and first['state']['global_step'] == 2
+    assert (runs['b'] / train_tool.CURVE_NAME).stat().st_size > 1000
+    assert (runs['b'] / 'splits' / 'train').is_dir()
+
+
+def test_checkpoint_loads_with_provenance(runs):
+    path = runs['b'] / train_tool.FINAL_NAME
+    model = load_checkpoint(path)
+    assert model.config.class_names == ('person', 'bicycle', 'car')
+    assert model.config.feature_channels == 4
+    out = model.predict_raw(torch.rand(1, 1, 64, 96), torch.rand(1, 1, 64, 96))
+    assert out['fused'].shape == (1, 1, 64, 96)
+    provenance = read_checkpoint_config(path)['provenance']
+    assert provenance['epochs'] == 2 and provenance['finished'] is True
+    assert provenance['command'].startswith('tarfuse-train ')
+    assert provenance['device'] == 'cpu'
+    assert provenance['data'][0]['pairs'] == 4 and provenance['data'][0]['name'] == 'roadscene'
+    assert 'commit' in provenance and provenance['train_seconds'] > 0
+    assert provenance['labelled_pairs'] == 3
+
+
+def test_resume_continues_exactly_like_an_uninterrupted_run(runs):
+    log_a, log_b = _log(runs['a']), _log(runs['b'])
+    assert [r['epoch'] for r in log_b] == [1, 2]
+    assert log_b[1]['step'] == 4
+    # Same seed: the first epoch is identical, and resuming restores weights, optimizer and
+    # random streams, so the second epoch matches the uninterrupted run too.
+    for key, value in log_a[0]['train'].items():
+        assert log_b[0]['train'][key] == pytest.approx(value, rel=1e-6, abs=1e-7), key
+    for key, value in log_a[1]['train'].items():
+        assert log_b[1]['train'][key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
+    weights_a = load_file(str(runs['a'] / train_tool.STATE_DIR / 'model.safetensors'))
+    weights_b = load_file(str(runs['b'] / train_tool.STATE_DIR / 'model.safetensors'))
+    assert weights_a.keys() == weights_b.keys()
+    for key in weights_a:
+        torch.testing.assert_close(weights_a[key], weights_b[key], rtol=1e-4, atol=1e-5)
+    # ...and the resumed run really trained on from the saved weights.
+    before = runs['b_after_one']['weights']
+    changed = [k for k in before if before[k].is_floating_point()
+               and not torch.equal(before[k], weights_b[k])]
+    assert changed
+
+
+def test_other_seed_gives_other_losses(splits, tmp_path):
+    out = tmp_path / 'seed1'
+    assert train_tool.main(_args(splits, out, '--epochs', '1', '--seed', '1',
+                                 '--max-steps', '1', '--val-every', '0')) == 0
+    record = _log(out)[0]
+    assert record['partial'] is True and record['step'] == 1
+    assert 'val' not in record
+    seed0 = train_tool.main(_args(splits, tmp_path / 'seed0', '--epochs', '1',
+                                  '--max-steps', '1', '--val-every', '0'))
+    assert seed0 == 0
+    other = _log(tmp_path / 'seed0')[0]
+    assert other['train']['registration'] != record['train']['registration']
+
+
+def test_distributed_path_with_one_gloo_process(splits, tmp_path, monkeypatch):
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        port = sock.getsockname()[1]
+    for name, value in (('MASTER_ADDR', '127.0.0.1'), ('MASTER_PORT', str(port)),
+                        ('RANK', '0'), ('LOCAL_RANK', '0'), ('WORLD_SIZE', '1')):
+        monkeypatch.setenv(name, value)
+    out = tmp_path / 'ddp'
+    assert train_tool.main(_args(splits, out, '--epochs', '1', '--ddp', '--val-every', '0')) == 0
+    assert not torch.distributed.is_initialized()
+    record = _log(out)[0]
+    assert record['step'] == 2 and np.isfinite(record['train']['total'])
+    provenance = read_checkpoint_config(out / train_tool.FINAL_NAME)['provenance']
+    assert provenance['world_size'] == 1
+    load_checkpoint(out / train_tool.FINAL_NAME)
+
+
+def test_time_budget_lowers_the_epoch_count(splits, tmp_path):
+    out = tmp_path / 'budget'
+    assert train_tool.main(_args(splits, out, '--epochs', '50', '--time-budget', '1',
+                                 '--val-every', '0')) == 0
+    summary = json.loads((out / 'summary.json').read_text())
+    assert summary['epochs'] < 50
+    assert summary['time_budget']['epochs_configured'] == 50
+    assert summary['time_budget']['epochs_chosen'] == summary['epochs']
+
+
+@pytest.mark.parametrize('extra, message', [
+    (['--crop', '50'], 'multiple of 32'),
+    (['--set', 'model.no_such_width=3'], 'no_such_width'),
+    (['--set', 'deformation.bogus=1'], 'bogus'),
+    (['--set', 'data.class_map={person: 0, car: 2}'], 'class_map'),
+    (['--batch', '0'], 'train.batch'),
+    (['--device', 'tpu'], 'cpu, cuda or cuda:N'),
+])
+def test_bad_settings_fail_with_a_clear_message(splits, tmp_path, capsys, extra, message):
+    assert train_tool.main(_args(splits, tmp_path / 'bad', '--epochs', '1', *extra)) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_missing_resume_folder_and_unavailable_cuda(splits, tmp_path, capsys):
+    assert train_tool.main(['--resume', str(tmp_path / 'nothing')]) == 2
+    assert 'no training state found' in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert train_tool.main(_args(splits, tmp_path / 'cuda', '--device', 'cuda')) == 2
+        assert 'CUDA is not available' in capsys.readouterr().err
+
+
+def test_optimizer_and_rng_state_round_trip():
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.Adam(layer.parameters(), lr=0.01, betas=(0.8, 0.9))
+    layer(torch.randn(4, 3)).sum().backward()
+    optimizer.step()
+    tensors, meta = train_tool.optimizer_to_flat(optimizer)
+    meta = json.loads(json.dumps(meta))  # what state.json stores
+    fresh = torch.optim.Adam(layer.parameters(), lr=0.5)
+    train_tool.optimizer_from_flat(fresh, tensors, meta)
+    assert fresh.param_groups[0]['lr'] == 0.01 and fresh.param_groups[0]['betas'] == (0.8, 0.9)
+    for before, after in zip(optimizer.state.values(), fresh.state.values()):
+        for key in before:
+            torch.testing.assert_close(before[key], after[key])
+    rng_tensors, rng_meta = train_tool.rng_to_flat()
+    expected = (torch.rand(3), np.random.rand(3))
+    train_tool.rng_from_flat(rng_tensors, json.loads(json.dumps(rng_meta)))
+    torch.testing.assert_close(torch.rand(3), expected[0])
+    np.testing.assert_array_equal(np.random.rand(3), expected[1])
+
+
+def test_lr_schedule_warmup_and_cosine_ends():
+    factor = train_tool.lr_factor
+    assert factor(0, 100, 10, 'cosine', 0.05) == pytest.approx(0.1)
+    assert factor(10, 100, 10, 'cosine', 0.05) == pytest.approx(1.0)
+    assert factor(100, 100, 10, 'cosine', 0.05) == pytest.approx(0.05)
+    assert factor(55, 100, 10, 'cosine', 0.0) == pytest.approx(0.5)
+    assert factor(99, 100, 0, 'constant', 0.05) == 1.0
+
+
+def test_curve_fallback_draws_with_opencv(runs, tmp_path):
+    records = _log(runs['b'])
+    png = train_tool._plot_curves_cv2(records, ['total', 'fusion'], tmp_path / 'curve.png')
+    image = cv2.imread(str(png))
+    assert image is not None and image.shape == (360, 640, 3)
+    assert (image < 250).any()
