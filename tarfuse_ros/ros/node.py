@@ -114,9 +114,11 @@ class TarFuseNode(Node):
 
         self._last_stamp_ns = [None, None]
         self._last_arrival = [None, None]
+        self._last_msg = [None, None]  # newest valid message per input (re-fed after a reset)
         self._camera_info = None
         self._qos_events = {}  # input index -> (monotonic time, problem) from QoS events
         self._problems = []
+        self._publishers_since = None  # when both inputs got publishers (none received yet)
 
         params = self._params
         self._input_qos = QoSProfile(
@@ -238,8 +240,12 @@ class TarFuseNode(Node):
             self._warn('time_jump', f'time jumped backwards by {(last - stamp) / 1e9:.3f} s on '
                                     f'{topic} (bag loop or clock reset): synchroniser reset')
             self._make_synchroniser()
-            self._last_stamp_ns = [None, None]
+            # The other input's newest message may be this one's partner: keep it.
+            other = 1 - index
+            if self._last_msg[other] is not None:
+                self._relays[other].signalMessage(self._last_msg[other])
         self._last_stamp_ns[index] = stamp
+        self._last_msg[index] = msg
         self._relays[index].signalMessage(msg)
 
     def _on_pair(self, ir_msg, vi_msg):
@@ -361,12 +367,17 @@ class TarFuseNode(Node):
                     else 'exact sync needs identical stamps')
             problems.append(f'both inputs flow but no pair was synchronised for {timeout} s: '
                             f'latest stamps differ by {gap:.3f} s ({rule})')
-        if not any(fresh):
-            counts = [self.count_publishers(t) for t in self._topics]
-            if all(counts) and self._stats.totals['pairs_received'] == 0:
-                problems.append(
-                    f'{counts[0]} + {counts[1]} publishers but no images received: check QoS '
-                    f'and the DDS transport profile (large images over best-effort DDS)')
+        counts = [self.count_publishers(t) for t in self._topics]
+        if not all(counts) or any(t is not None for t in self._last_arrival):
+            self._publishers_since = None
+        elif self._publishers_since is None:
+            self._publishers_since = now
+        elif now - self._publishers_since > timeout:
+            problems.append(
+                f'{counts[0]} + {counts[1]} publishers on {self._topics[0]} + '
+                f'{self._topics[1]} but no image received for {timeout} s: check their QoS '
+                f'and the DDS transport (large images over best-effort DDS need the shipped '
+                f'Fast DDS profile, see the README)')
         problems.extend(self._check_publisher_qos())
         self._problems = problems
         for problem in problems:

@@ -268,7 +268,9 @@ class Probe:
                 raise TimeoutError(f'service {name} did not appear')
         request = SetParameters.Request()
         request.parameters = [
-            Parameter(name.replace('__', '.'), value=value).to_parameter_msg()
+            Parameter(name.replace('__', '.'),
+                      Parameter.Type.STRING_ARRAY if value == [] else None,  # not BYTE_ARRAY
+                      value).to_parameter_msg()
             for name, value in values.items()]
         future = self._param_client.call_async(request)
         self.spin_until(future.done, 20.0)

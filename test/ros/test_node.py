@@ -8,10 +8,11 @@ import signal
 import time
 
 from node_harness import HEIGHT, make_checkpoint, NodeProcess, Probe, random_domain_id
-from node_harness import image_msg, VISIBLE_FRAME, WIDTH
+from node_harness import image_msg, sample_pair, VISIBLE_FRAME, WIDTH
 import numpy as np
 import pytest
 from sensor_msgs.msg import CameraInfo
+from tarfuse_ros.core.engine import FusionEngine
 
 pytestmark = pytest.mark.dds
 NAMESPACE = '/rig'
@@ -30,7 +31,7 @@ def setup(tmp_path_factory):
     try:
         if not probe.wait_until_ready(90.0):
             pytest.fail('the node never answered a pair; its log:\n' + node.log())
-        yield node, probe, class_names
+        yield node, probe, class_names, weights
     finally:
         probe.close()
         node.close()
@@ -48,7 +49,7 @@ def _send_and_wait(probe, stamp=None, **kwargs):
 
 
 def test_each_pair_gets_one_fused_image_and_one_detection_array_with_the_visible_header(setup):
-    node, probe, class_names = setup
+    node, probe, class_names, weights = setup
     info = CameraInfo(width=WIDTH, height=HEIGHT, distortion_model='plumb_bob')
     info.header.frame_id = VISIBLE_FRAME
     probe.info_pub.publish(info)
@@ -74,12 +75,19 @@ def test_each_pair_gets_one_fused_image_and_one_detection_array_with_the_visible
     info_out = probe.outputs_for('camera_info', stamps[-1])[0]
     assert info_out.header.frame_id == VISIBLE_FRAME and info_out.width == WIDTH
     assert not probe.received['debug'], 'debug/image_raw is off by default'
-    fused_pixels = np.frombuffer(probe.outputs_for('fused', stamps[0])[0].data, np.uint8)
-    assert fused_pixels.std() > 5.0, 'the fused image should carry the scene, not a flat image'
+    # The node's images are the engine's for the same pair (no channel swap, flip or resize).
+    engine = FusionEngine(weights, device='cpu')
+    expected = engine.infer(*sample_pair())
+    fused = probe.outputs_for('fused', stamps[0])[0]
+    fused_pixels = np.frombuffer(fused.data, np.uint8).reshape(HEIGHT, WIDTH, 3)
+    assert np.abs(fused_pixels.astype(int) - expected.fused).max() <= 1
+    registered = probe.outputs_for('registered', stamps[0])[0]
+    registered_pixels = np.frombuffer(registered.data, np.uint8).reshape(HEIGHT, WIDTH)
+    assert np.abs(registered_pixels.astype(int) - expected.registered_ir).max() <= 1
 
 
 def test_mono16_ir_of_another_size_and_a_grey_visible_camera(setup):
-    node, probe, _ = setup
+    node, probe, _, _ = setup
     stamp = time.time_ns()
     probe.publish_pair(*probe.good_pair(stamp, ir_encoding='mono16', ir_size=(96, 80),
                                         visible_colour=False))
@@ -121,7 +129,7 @@ BAD_CASES = {  # case -> (counter that must grow, words of the reported cause)
 
 @pytest.mark.parametrize('case', list(BAD_CASES))
 def test_bad_input_gives_no_output_for_that_pair_and_the_node_answers_the_next(setup, case):
-    node, probe, _ = setup
+    node, probe, _, _ = setup
     counter, cause = BAD_CASES[case]
     assert probe.spin_until(lambda: probe.diagnostics, 10.0)
     before = probe.counter(counter)
@@ -139,7 +147,7 @@ def test_bad_input_gives_no_output_for_that_pair_and_the_node_answers_the_next(s
 
 
 def test_time_jumping_backwards_resets_the_synchroniser(setup):
-    node, probe, _ = setup
+    node, probe, _, _ = setup
     resets = probe.counter('sync_resets')
     _send_and_wait(probe)
     past = time.time_ns() - 100 * 1_000_000_000  # a bag played again from its start
@@ -149,7 +157,7 @@ def test_time_jumping_backwards_resets_the_synchroniser(setup):
 
 
 def test_a_silent_input_is_reported_by_name(setup):
-    node, probe, _ = setup
+    node, probe, _, _ = setup
 
     def visible_only():
         probe.visible_pub.publish(probe.good_pair(time.time_ns())[1])
@@ -171,11 +179,12 @@ def test_a_silent_input_is_reported_by_name(setup):
 
 
 def test_a_burst_faster_than_the_model_drops_stale_pairs_and_answers_the_newest(setup):
-    node, probe, _ = setup
+    node, probe, _, _ = setup
     assert probe.wait_for_diagnostics(lambda *args: True)
     dropped = probe.counter('pairs_dropped')
+    # Stamps 100 ms apart (more than sync.slop, so pairs cannot mix), sent at once.
     base = time.time_ns()
-    stamps = [base + i * 1_000_000 for i in range(40)]
+    stamps = [base - (39 - i) * 100_000_000 for i in range(40)]
     pairs = [probe.good_pair(s) for s in stamps]
     for pair in pairs:
         probe.publish_pair(*pair)
@@ -197,7 +206,7 @@ def test_a_burst_faster_than_the_model_drops_stale_pairs_and_answers_the_newest(
 
 
 def test_parameters_change_at_run_time_and_fixed_ones_are_refused(setup):
-    node, probe, class_names = setup
+    node, probe, class_names, _ = setup
     results = probe.set_parameters(confidence_threshold=0.0, max_detections=2,
                                    publish__debug=True, publish__registered=False)
     assert all(r.successful for r in results), [r.reason for r in results]
@@ -208,7 +217,10 @@ def test_parameters_change_at_run_time_and_fixed_ones_are_refused(setup):
     assert len(detections.detections) == 2  # random weights score every anchor above 0.0
     for det in detections.detections:
         box = det.bbox
-        assert 0.0 <= box.center.position.x - box.size_x / 2 - 1e-3
+        # Boxes are in visible-image pixels (inside the 160x128 frame, not the padded input).
+        assert box.size_x > 0 and box.size_y > 0
+        assert box.center.position.x - box.size_x / 2 >= -1e-3
+        assert box.center.position.y - box.size_y / 2 >= -1e-3
         assert box.center.position.x + box.size_x / 2 <= WIDTH + 1e-3
         assert box.center.position.y + box.size_y / 2 <= HEIGHT + 1e-3
         assert 0.0 <= det.results[0].hypothesis.score <= 1.0
@@ -239,11 +251,11 @@ def test_parameters_change_at_run_time_and_fixed_ones_are_refused(setup):
         assert reason in result.reason, result.reason
     results = probe.set_parameters(confidence_threshold=0.25, max_detections=100, classes=[],
                                    publish__debug=False, publish__registered=True)
-    assert all(r.successful for r in results)
+    assert all(r.successful for r in results), [r.reason for r in results]
 
 
 def test_sigint_stops_the_node_cleanly(setup):
-    node, probe, _ = setup
+    node, probe, _, _ = setup
     code, seconds = node.stop(signal.SIGINT, timeout=20.0)
     log = node.log()
     assert code == 0, log
