@@ -3,7 +3,7 @@
 
 Prints (and with ``--json OUT`` also writes):
 
-- parameters, in total and per part (when the model has ``parameter_counts()``);
+- parameters, in total and per part (``tarfuse_ros.core.model.tarfuse.parameter_counts``);
 - GFLOPs of one ``predict_raw`` at 640x512, counted with ``torch.utils.flop_counter``'s
   ``FlopCounterMode``, which counts a multiply-add as 2 FLOPs (GMACs = GFLOPs / 2) and counts
   convolutions and matrix products only (activations, normalisation, grid sampling are not
@@ -136,10 +136,11 @@ def count_flops(model, width, height):
 
 
 def _parameters(model):
+    from tarfuse_ros.core.model import tarfuse
     info = {'total': sum(p.numel() for p in model.parameters())}
-    counts = getattr(model, 'parameter_counts', None)
+    counts = getattr(tarfuse, 'parameter_counts', None)
     if callable(counts):
-        info['parts'] = {str(k): int(v) for k, v in counts().items()}
+        info['parts'] = {str(k): int(v) for k, v in counts(model).items() if k != 'total'}
     return info
 
 

@@ -7,7 +7,8 @@ The engine is the only place (with the tools) that binds the network to a device
    chroma (restored afterwards, colour input only); the IR image is normalised (``uint16``:
    robust per-frame range, see :mod:`tarfuse_ros.core.images`) and resized to the visible frame
    when the sizes differ (``INTER_AREA`` when shrinking, ``INTER_LINEAR`` otherwise); both are
-   padded at the bottom/right to multiples of 32 (replicated borders);
+   padded at the bottom/right to multiples of 32 (replicated borders), and to at least the
+   network's minimum size (64 px for the default architecture);
 2. model: ``TarFuse.predict_raw`` on the device (CPU: ``torch.inference_mode``; CUDA: optional
    fp16 autocast and CUDA-graph replay per input size);
 3. postprocess: outputs are cropped back to the visible frame; detections go through ultralytics'
@@ -131,6 +132,14 @@ def _validate_thresholds(conf, iou, max_det, classes, num_classes):
     return float(conf), float(iou), int(max_det), (tuple(int(c) for c in ids) or None)
 
 
+def _min_input_side(config):
+    """Smallest H and W the network takes: its coarsest flow level needs at least 2x2 pixels."""
+    downsample = int(getattr(config, 'registration_downsample', 2))
+    levels = len(getattr(config, 'msrb_channels', (0, 0, 0, 0)))
+    side = 2 * 2 ** (downsample + max(levels - 1, 0))
+    return max(32, -(-side // 32) * 32)
+
+
 class _GraphRunner:
     """One captured CUDA graph of ``predict_raw`` for a fixed input shape.
 
@@ -232,6 +241,7 @@ class FusionEngine:
         self._infer_lock = threading.Lock()
         self._thresholds = _validate_thresholds(
             conf_threshold, iou_threshold, max_detections, classes, self._num_classes)
+        self._min_side = _min_input_side(self._model.config)
         self._graphs = {}
         self._seen_shapes = set()
         self._graph_failed = set()
@@ -375,8 +385,8 @@ class FusionEngine:
         non_blocking = self._device.type == 'cuda'
         vi_t = torch.from_numpy(vi).to(self._device, non_blocking=non_blocking)
         ir_t = torch.from_numpy(ir).to(self._device, non_blocking=non_blocking)
-        vi_t, _ = images.pad_to_multiple(vi_t, 32, self._pad_mode)
-        ir_t, _ = images.pad_to_multiple(ir_t, 32, self._pad_mode)
+        vi_t, _ = images.pad_to_multiple(vi_t, 32, self._pad_mode, self._min_side)
+        ir_t, _ = images.pad_to_multiple(ir_t, 32, self._pad_mode, self._min_side)
         return ir_t, vi_t, height, width
 
     def _forward(self, ir_t, vi_t):

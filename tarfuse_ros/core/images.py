@@ -234,13 +234,15 @@ def resize_image(img, height, width):
     return cv2.resize(img, (int(width), int(height)), interpolation=interp)
 
 
-def pad_to_multiple(t, multiple=32, mode='replicate'):
+def pad_to_multiple(t, multiple=32, mode='replicate', min_size=0):
     """Pad a tensor at the bottom and right so that H and W are multiples of ``multiple``.
 
     Args:
         t: ``(B, C, H, W)`` tensor.
         multiple: the size multiple (32 for the network).
         mode: ``'replicate'`` (default), ``'reflect'`` or ``'constant'`` (zeros).
+        min_size: pad H and W to at least this (rounded up to ``multiple``), for networks with
+            a minimum input size.
 
     Returns:
         ``(padded, (pad_h, pad_w))`` with ``padded`` of shape ``(B, C, H + pad_h, W + pad_w)``.
@@ -260,8 +262,9 @@ def pad_to_multiple(t, multiple=32, mode='replicate'):
     height, width = t.shape[-2:]
     if height == 0 or width == 0:
         raise ValueError(f'cannot pad an empty image of shape {tuple(t.shape)}')
-    pad_h = (-height) % multiple
-    pad_w = (-width) % multiple
+    min_size = -(-int(min_size) // multiple) * multiple
+    pad_h = max((-height) % multiple, min_size - height)
+    pad_w = max((-width) % multiple, min_size - width)
     if pad_h == 0 and pad_w == 0:
         return t, (0, 0)
     if mode == 'reflect' and (pad_h >= height or pad_w >= width):

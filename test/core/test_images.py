@@ -144,6 +144,13 @@ def test_pad_bottom_right_keeps_pixels(mode):
         torch.testing.assert_close(padded[..., 37, :50], t[..., 35, :])
 
 
+def test_pad_min_size():
+    t = torch.rand(1, 1, 20, 70)
+    padded, pads = images.pad_to_multiple(t, 32, 'replicate', min_size=64)
+    assert padded.shape == (1, 1, 64, 96) and pads == (44, 26)
+    torch.testing.assert_close(padded[..., :20, :70], t)
+
+
 def test_pad_no_op_and_errors():
     t = torch.rand(1, 1, 64, 32)
     padded, pads = images.pad_to_multiple(t)

@@ -1,0 +1,340 @@
+"""Tests of FusionEngine with the real network (random weights, seeded) on real images."""
+
+import logging
+import threading
+
+import cv2
+import numpy as np
+import pytest
+from tarfuse_ros.core import images
+from tarfuse_ros.core.checkpoint import CheckpointError, save_checkpoint
+from tarfuse_ros.core.engine import Detection, FusionEngine, FusionResult
+from tarfuse_ros.core.model.tarfuse import build_model
+from tarfuse_ros.core.model.warp import warp
+from tarfuse_ros.core.paths import shared_datasets_dir
+import torch
+
+CUDA = torch.cuda.is_available()
+
+
+def _random_model(seed=0):
+    """Randomly initialised network; its zero-initialised flow heads get small random weights.
+
+    So that the flow (hence registration, padding and resizing) is not trivially zero.
+    """
+    torch.manual_seed(seed)
+    model = build_model().eval()
+    with torch.no_grad():
+        for head in model.registration.msrb.flow_heads:
+            head.weight.normal_(0.0, 0.5)
+        model.registration.msrb.flow_heads[0].bias.copy_(torch.tensor([0.4, -0.3]))
+    return model
+
+
+@pytest.fixture(scope='module')
+def weights(tmp_path_factory):
+    path = tmp_path_factory.mktemp('weights') / 'random.safetensors'
+    save_checkpoint(path, _random_model(), provenance={'note': 'random init, seed 0'})
+    return path
+
+
+@pytest.fixture(scope='module')
+def firing_weights(tmp_path_factory):
+    """Random weights whose class-0 score bias is raised so that the head fires everywhere."""
+    model = _random_model()
+    with torch.no_grad():
+        for cls_head in model.detect.cv3:
+            cls_head[-1].bias[0] = 6.0
+    path = tmp_path_factory.mktemp('weights') / 'firing.safetensors'
+    save_checkpoint(path, model)
+    return path
+
+
+@pytest.fixture(scope='module')
+def engine(weights):
+    return FusionEngine(weights, device='cpu', conf_threshold=0.25)
+
+
+@pytest.fixture(scope='module')
+def firing_engine(firing_weights):
+    return FusionEngine(firing_weights, device='cpu', conf_threshold=0.5, max_detections=50)
+
+
+@pytest.fixture(scope='module')
+def pair():
+    """A real RoadScene pair (IR uint8 HxW, visible uint8 HxWx3 BGR)."""
+    datasets = shared_datasets_dir()
+    if datasets is None:
+        pytest.skip('shared datasets not found (set TARFUSE_SHARED or put shared/ '
+                    'beside the clone)')
+    root = datasets / 'roadscene'
+    stem = (root / 'test.txt').read_text().split()[0]
+    ir = cv2.imread(str(root / 'ir' / f'{stem}.jpg'), cv2.IMREAD_GRAYSCALE)
+    vi = cv2.imread(str(root / 'vi' / f'{stem}.jpg'), cv2.IMREAD_COLOR)
+    assert ir is not None and vi is not None, stem
+    return ir, vi
+
+
+def _small(pair, height=70, width=100):
+    ir, vi = pair
+    return (cv2.resize(ir, (width, height), interpolation=cv2.INTER_AREA),
+            cv2.resize(vi, (width, height), interpolation=cv2.INTER_AREA))
+
+
+def _check_result(result, height, width, colour):
+    assert isinstance(result, FusionResult)
+    assert result.fused.dtype == np.uint8
+    assert result.fused.shape == ((height, width, 3) if colour else (height, width))
+    assert result.registered_ir.dtype == np.uint8
+    assert result.registered_ir.shape == (height, width)
+    assert result.flow_px.dtype == np.float32 and result.flow_px.shape == (height, width, 2)
+    assert np.isfinite(result.flow_px).all()
+    for key in ('preprocess', 'model', 'postprocess', 'total'):
+        assert result.timings_ms[key] >= 0.0
+    for det in result.detections:
+        assert isinstance(det, Detection)
+        assert 0.0 <= det.x1 < det.x2 <= width and 0.0 <= det.y1 < det.y2 <= height
+        assert 0.0 <= det.score <= 1.0
+
+
+def test_odd_size_and_different_ir_size(firing_engine, pair):
+    ir, vi = pair
+    vi = cv2.resize(vi, (637, 481), interpolation=cv2.INTER_LINEAR)
+    ir = cv2.resize(ir, (320, 240), interpolation=cv2.INTER_AREA)  # another size than vi
+    result = firing_engine.infer(ir, vi)
+    _check_result(result, 481, 637, colour=True)
+    assert result.detections, 'the tweaked head should fire'
+    assert len(result.detections) <= 50
+    assert all(d.class_name == firing_engine.class_names[d.class_id]
+               for d in result.detections)
+
+
+def test_registered_ir_is_ir_warped_by_flow(engine, pair):
+    ir, vi = _small(pair, 75, 97)
+    ir = cv2.resize(ir, (61, 43), interpolation=cv2.INTER_AREA)  # smaller IR: resized inside
+    result = engine.infer(ir, vi)
+    _check_result(result, 75, 97, colour=True)
+    assert np.abs(result.flow_px).mean() > 0.2  # a real displacement, not the identity
+    ir_unit = images.resize_image(images.to_unit_gray(ir), 75, 97)
+    flow = torch.from_numpy(result.flow_px).permute(2, 0, 1)[None]
+    expected = warp(torch.from_numpy(ir_unit)[None, None], flow)[0, 0].numpy() * 255.0
+    # Away from samples that fall outside the frame (where padding and zeros differ).
+    ys, xs = np.mgrid[0:75, 0:97]
+    inside = ((xs + result.flow_px[..., 0] >= 0) & (xs + result.flow_px[..., 0] <= 96)
+              & (ys + result.flow_px[..., 1] >= 0) & (ys + result.flow_px[..., 1] <= 74))
+    assert inside.mean() > 0.5
+    diff = np.abs(result.registered_ir.astype(np.float32) - expected)[inside]
+    assert diff.max() <= 1.0
+
+
+def test_boxes_in_original_pixels_at_two_paddings(firing_engine, pair):
+    """A 70x100 frame (padded to 96x128 inside) and the same frame pre-padded to 96x128."""
+    ir, vi = _small(pair)
+    ir_pad = np.pad(ir, ((0, 26), (0, 28)), mode='edge')
+    vi_pad = np.pad(vi, ((0, 26), (0, 28), (0, 0)), mode='edge')
+    small = firing_engine.infer(ir, vi)
+    padded = firing_engine.infer(ir_pad, vi_pad)
+    _check_result(small, 70, 100, colour=True)
+    _check_result(padded, 96, 128, colour=True)
+    np.testing.assert_array_equal(small.fused, padded.fused[:70, :100])
+    np.testing.assert_array_equal(small.flow_px, padded.flow_px[:70, :100])
+    # Same network input, so the small frame's boxes are the padded frame's boxes clipped to it.
+    expected = []
+    for d in padded.detections:
+        x1, x2 = min(d.x1, 100.0), min(d.x2, 100.0)
+        y1, y2 = min(d.y1, 70.0), min(d.y2, 70.0)
+        if x2 > x1 and y2 > y1:
+            expected.append((x1, y1, x2, y2, d.score, d.class_id))
+    got = [(d.x1, d.y1, d.x2, d.y2, d.score, d.class_id) for d in small.detections]
+    assert got and len(got) == len(expected)
+    np.testing.assert_allclose(np.array(got), np.array(expected), rtol=0, atol=1e-4)
+
+
+def test_detections_match_model_output_scale(firing_weights, pair):
+    """Boxes from the engine equal NMS on the raw model output at the network input size."""
+    from ultralytics.utils.nms import non_max_suppression
+    eng = FusionEngine(firing_weights, conf_threshold=0.5, iou_threshold=0.45,
+                       max_detections=20)
+    ir, vi = _small(pair, 64, 96)  # already a multiple of 32: no padding
+    result = eng.infer(ir, vi)
+    y, _ = images.to_unit_visible(vi)
+    with torch.inference_mode():
+        raw = eng.model.predict_raw(torch.from_numpy(images.to_unit_gray(ir))[None, None],
+                                    torch.from_numpy(y)[None, None])
+    rows = non_max_suppression(raw['det'], 0.5, 0.45, max_det=20)[0].numpy()
+    rows[:, [0, 2]] = rows[:, [0, 2]].clip(0, 96)
+    rows[:, [1, 3]] = rows[:, [1, 3]].clip(0, 64)
+    got = np.array([[d.x1, d.y1, d.x2, d.y2, d.score, d.class_id] for d in result.detections])
+    assert len(got) == len(rows) > 0
+    np.testing.assert_allclose(got, rows[:, :6], atol=1e-4)
+
+
+def test_uint16_and_float_ir_match_uint8(weights, pair):
+    eng = FusionEngine(weights, ir_norm='fixed')
+    ir, vi = _small(pair)
+    base = eng.infer(ir, vi)
+    as16 = eng.infer(ir.astype(np.uint16) * 257, vi)
+    as_float = eng.infer(ir.astype(np.float32) / 255.0, vi)
+    as_double = eng.infer(ir.astype(np.float64), vi)  # 0..255 float scale
+    for other in (as16, as_float, as_double):
+        assert np.abs(other.fused.astype(int) - base.fused.astype(int)).max() <= 1
+        np.testing.assert_allclose(other.flow_px, base.flow_px, atol=1e-3)
+
+
+def test_uint16_ir_percentile(engine, pair):
+    ir, vi = _small(pair)
+    ir16 = (ir.astype(np.uint16) * 40 + 20000)
+    ir16[0, 0] = 65535  # a hot pixel must not flatten the frame
+    result = engine.infer(ir16, vi)
+    _check_result(result, 70, 100, colour=True)
+    assert result.registered_ir.std() > 5.0
+
+
+def test_colour_and_grey_visible(engine, pair):
+    ir, vi = _small(pair)
+    colour = engine.infer(ir, vi)
+    grey = engine.infer(ir, cv2.cvtColor(vi, cv2.COLOR_BGR2GRAY))
+    _check_result(colour, 70, 100, colour=True)
+    _check_result(grey, 70, 100, colour=False)
+    fused_ycrcb = cv2.cvtColor(colour.fused, cv2.COLOR_BGR2YCrCb).astype(np.float32)
+    vi_ycrcb = cv2.cvtColor(vi, cv2.COLOR_BGR2YCrCb).astype(np.float32)
+    # Luma is the grey result (up to the grey input's rounding), chroma is the visible one's.
+    assert np.abs(fused_ycrcb[..., 0] - grey.fused).mean() < 1.5
+    chroma_err = np.abs(fused_ycrcb[..., 1:] - vi_ycrcb[..., 1:])
+    assert np.median(chroma_err) <= 1.0
+
+
+def test_infer_batch_matches_single(engine, pair):
+    ir, vi = _small(pair)
+    ir2, vi2 = _small(pair, 64, 80)
+    batch = engine.infer_batch([ir, ir2, ir[::-1].copy()], [vi, vi2, vi[::-1].copy()])
+    assert [r.fused.shape for r in batch] == [(70, 100, 3), (64, 80, 3), (70, 100, 3)]
+    for result, (one_ir, one_vi) in zip(batch, [(ir, vi), (ir2, vi2)]):
+        single = engine.infer(one_ir, one_vi)
+        assert np.abs(single.fused.astype(int) - result.fused.astype(int)).max() <= 1
+        np.testing.assert_allclose(single.flow_px, result.flow_px, atol=1e-3)
+        assert len(single.detections) == len(result.detections)
+    with pytest.raises(ValueError, match='2 IR images but 1 visible'):
+        engine.infer_batch([ir, ir], [vi])
+
+
+@pytest.mark.parametrize('bad_ir, match', [
+    (np.zeros((0, 10), np.uint8), 'empty'),
+    (np.zeros((1, 8, 8, 1), np.uint8), 'shape'),
+    (np.full((8, 8), np.nan, np.float32), 'NaN'),
+    (np.zeros((8, 8), np.int16), 'int16'),
+    ([[0, 1], [2, 3]], 'numpy'),
+])
+def test_bad_inputs_raise(engine, bad_ir, match):
+    vi = np.zeros((8, 8, 3), np.uint8)
+    with pytest.raises(ValueError, match=match):
+        engine.infer(bad_ir, vi)
+    if isinstance(bad_ir, np.ndarray) and bad_ir.ndim != 3:
+        with pytest.raises(ValueError, match=match):
+            engine.infer(np.zeros((8, 8), np.uint8), bad_ir)
+
+
+def test_thresholds_validated_and_applied(firing_weights, pair):
+    eng = FusionEngine(firing_weights, conf_threshold=0.5, max_detections=50)
+    ir, vi = _small(pair)
+    many = eng.infer(ir, vi).detections
+    eng.set_thresholds(max_detections=3)
+    assert len(eng.infer(ir, vi).detections) == 3 < len(many)
+    eng.set_thresholds(classes=[1])  # the tweak only raised class 0
+    assert all(d.class_id == 1 for d in eng.infer(ir, vi).detections)
+    eng.set_thresholds(classes=[])  # empty: no filter again
+    eng.set_thresholds(conf_threshold=1.0)
+    assert eng.infer(ir, vi).detections == []
+    before = eng.thresholds
+    for bad in ({'conf_threshold': 1.5}, {'conf_threshold': -0.1}, {'iou_threshold': 2},
+                {'max_detections': 0}, {'max_detections': 2.5},
+                {'classes': [eng.config.num_classes]}, {'classes': ['car']}):
+        with pytest.raises(ValueError):
+            eng.set_thresholds(**bad)
+    assert eng.thresholds == before
+    with pytest.raises(ValueError, match='conf_threshold'):
+        FusionEngine(firing_weights, conf_threshold=3.0)
+
+
+def test_set_thresholds_from_another_thread(firing_engine, pair):
+    ir, vi = _small(pair, 32, 32)
+    stop = threading.Event()
+    errors = []
+
+    def toggle():
+        value = 1
+        while not stop.is_set():
+            try:
+                firing_engine.set_thresholds(max_detections=value, conf_threshold=0.5)
+            except Exception as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+            value = 1 if value == 5 else 5
+            stop.wait(0.002)
+
+    thread = threading.Thread(target=toggle)
+    thread.start()
+    try:
+        counts = {len(firing_engine.infer(ir, vi).detections) for _ in range(6)}
+    finally:
+        stop.set()
+        thread.join()
+        firing_engine.set_thresholds(max_detections=50)
+    assert not errors and counts <= {1, 5}
+
+
+def test_properties(engine, weights):
+    assert engine.device == 'cpu'
+    assert engine.class_names == tuple(engine.config.class_names)[:len(engine.class_names)]
+    assert len(engine.class_names) == engine.config.num_classes
+    assert not engine.half
+
+
+def test_missing_and_broken_weights(tmp_path):
+    with pytest.raises(CheckpointError, match='does not exist'):
+        FusionEngine(tmp_path / 'nope.safetensors')
+    broken = tmp_path / 'broken.safetensors'
+    broken.write_bytes(b'not a safetensors file')
+    with pytest.raises(CheckpointError):
+        FusionEngine(broken)
+
+
+@pytest.mark.skipif(CUDA, reason='CUDA is available here; the no-CUDA error cannot occur')
+def test_cuda_absent(weights, caplog):
+    with pytest.raises(RuntimeError, match='CUDA is not available'):
+        FusionEngine(weights, device='cuda')
+    with pytest.raises(RuntimeError, match='CUDA'):
+        FusionEngine(weights, device='cuda:1')
+    with caplog.at_level(logging.WARNING, logger='tarfuse_ros.core.engine'):
+        eng = FusionEngine(weights, device='cuda:0', allow_cpu_fallback=True)
+    assert eng.device == 'cpu'
+    assert 'falling back to the CPU' in caplog.text
+
+
+def test_bad_settings(weights, caplog):
+    with pytest.raises(ValueError, match='device'):
+        FusionEngine(weights, device='tpu')
+    with pytest.raises(ValueError, match='cuda_graph'):
+        FusionEngine(weights, cuda_graph='sometimes')
+    with pytest.raises(ValueError, match='threads'):
+        FusionEngine(weights, threads=0)
+    with caplog.at_level(logging.WARNING, logger='tarfuse_ros.core.engine'):
+        eng = FusionEngine(weights, half=True)
+    assert not eng.half and 'ignored on the CPU' in caplog.text
+
+
+@pytest.mark.skipif(not CUDA, reason='needs a CUDA GPU')
+def test_cuda_fp16_and_graph_match_cpu(weights, pair):
+    ir, vi = _small(pair)
+    ref = FusionEngine(weights, device='cpu').infer(ir, vi)
+    eager = FusionEngine(weights, device='cuda', cuda_graph='off').infer(ir, vi)
+    graph_engine = FusionEngine(weights, device='cuda', half=True, cuda_graph='on')
+    first = graph_engine.infer(ir, vi)
+    second = graph_engine.infer(ir[::-1].copy(), vi[::-1].copy())  # replay with new inputs
+    third = graph_engine.infer(ir, vi)
+    assert graph_engine.half and len(graph_engine._graphs) == 1
+    for result, tol in ((eager, 1), (first, 3), (third, 3)):
+        _check_result(result, 70, 100, colour=True)
+        assert np.abs(result.fused.astype(int) - ref.fused.astype(int)).mean() <= tol
+        assert np.abs(result.flow_px - ref.flow_px).mean() < 0.05 * tol
+    np.testing.assert_array_equal(first.fused, third.fused)
+    assert not np.array_equal(first.fused, second.fused)
