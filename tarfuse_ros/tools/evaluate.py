@@ -45,7 +45,7 @@ import zlib
 import cv2
 import numpy as np
 from tarfuse_ros.core import baselines, data, metrics
-from tarfuse_ros.core.images import to_unit_visible
+from tarfuse_ros.core.images import to_uint8, to_unit_gray, to_unit_visible
 from tarfuse_ros.core.paths import shared_datasets_dir
 import torch
 
@@ -366,8 +366,10 @@ def _evaluate(data_dir, weights, out_dir, split, deform, seed, device, max_pairs
         iterator = tqdm(stems, desc='tarfuse-eval', unit='pair')
     for index, stem in enumerate(iterator):
         ir_raw, vi_raw = data.load_pair(dataset_dir, stem)
-        if ir_raw.dtype != np.uint8:
-            raise ValueError(f'{stem}: only 8-bit IR is supported by the evaluation for now')
+        if ir_raw.dtype != np.uint8:  # 16-bit thermal: the engine's robust normalisation
+            ir_raw = to_uint8(to_unit_gray(ir_raw, name=f'{stem} IR'))
+        if vi_raw.dtype != np.uint8:
+            vi_raw = to_uint8(vi_raw.astype(np.float32) / 65535.0)
         ir, vi, scale = _scale_pair(ir_raw, vi_raw, max_side)
         height, width = vi.shape[:2]
         mode = deform
@@ -446,7 +448,7 @@ def _evaluate(data_dir, weights, out_dir, split, deform, seed, device, max_pairs
                 ('visible / IR as given', checkerboard(_luma(vi), deformed)),
                 ('visible / registered IR', checkerboard(_luma(vi), result.registered_ir)),
                 ('visible / ECC-registered IR', checkerboard(_luma(vi), ecc.registered))],
-                tile_width=min(480, width))
+                tile_width=max(320, min(640, width)))
 
     def detection(key):
         if not gts:
