@@ -16,6 +16,7 @@ Run it with ``ros2 run tarfuse_ros fuse_node --ros-args --params-file config/tar
 """
 
 import functools
+from pathlib import Path
 import sys
 import threading
 import time
@@ -37,7 +38,6 @@ from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.qos_overriding_options import QoSOverridingOptions
 from sensor_msgs.msg import CameraInfo, Image
-from tarfuse_ros.core.engine import FusionEngine
 from tarfuse_ros.ros.conversions import array_to_image_msg, detections_to_msg
 from tarfuse_ros.ros.conversions import image_msg_to_array
 from tarfuse_ros.ros.diagnostics import build_status, NodeStats, process_rss_mib
@@ -174,7 +174,14 @@ class TarFuseNode(Node):
 
     # -- start-up ------------------------------------------------------------------------------
     def _load_engine(self, params):
+        if not Path(params.weights).is_file():
+            raise StartupError(
+                f'weights file {params.weights!r} does not exist: pass a .safetensors checkpoint '
+                f'with -p weights:=/path/model.safetensors (train one with tarfuse-train), or '
+                f'leave weights empty for the shipped model')
+        # Imported here so that configuration errors are reported before torch is loaded.
         from tarfuse_ros.core.checkpoint import CheckpointError
+        from tarfuse_ros.core.engine import FusionEngine
         try:
             engine = FusionEngine(
                 params.weights, device=params.device, half=params.half,
