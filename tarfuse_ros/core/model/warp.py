@@ -117,9 +117,9 @@ def resize_flow(flow_px, size, mode='bilinear'):
         resized = F.interpolate(flow_px, size=(new_h, new_w), mode='nearest')
     else:
         raise ValueError(f'mode must be bilinear or nearest, got {mode!r}')
-    scale = torch.tensor([(new_w - 1) / (old_w - 1), (new_h - 1) / (old_h - 1)],
-                         dtype=resized.dtype, device=resized.device)
-    return resized * scale.view(1, 2, 1, 1)
+    # Python-float scales, not a tensor built on the CPU: keeps CUDA-graph capture possible.
+    return torch.cat((resized[:, :1] * ((new_w - 1) / (old_w - 1)),
+                      resized[:, 1:] * ((new_h - 1) / (old_h - 1))), dim=1)
 
 
 class Warp(nn.Module):
