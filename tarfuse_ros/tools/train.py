@@ -623,6 +623,49 @@ def build_model_from_config(cfg, model_dict=None):
     return build_model(TarFuseConfig.from_dict(model_dict))
 
 
+class _EpochSampler(torch.utils.data.Sampler):
+    """Yield ``(epoch, index)`` from a base sampler, reseeded per epoch.
+
+    The data set draws its crops/flips from ``(seed, epoch, index)``; passing the epoch with
+    each index keeps that exact with persistent DataLoader workers (whose copy of the data set
+    never sees ``set_epoch`` of the main process).
+    """
+
+    def __init__(self, base):
+        self.base = base
+        self.epoch = 0
+
+    def set_epoch(self, epoch, seed):
+        self.epoch = int(epoch)
+        if hasattr(self.base, 'set_epoch'):
+            self.base.set_epoch(epoch)
+        if getattr(self.base, 'generator', None) is not None:
+            self.base.generator.manual_seed(seed)
+
+    def __iter__(self):
+        epoch = self.epoch
+        return ((epoch, index) for index in self.base)
+
+    def __len__(self):
+        return len(self.base)
+
+
+class _EpochIndexed(torch.utils.data.Dataset):
+    """Data set view indexed by ``(epoch, index)`` (see :class:`_EpochSampler`)."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        epoch, index = key
+        if self.dataset.epoch != epoch:
+            self.dataset.set_epoch(epoch)
+        return self.dataset[index]
+
+
 class _Accumulator:
     """Sum detached loss parts on the device; read them once per epoch (one sync)."""
 
@@ -776,21 +819,34 @@ class Trainer:
         tcfg, dcfg = self.cfg['train'], self.cfg['data']
         batch = int(tcfg['batch'])
         workers = int(dcfg.get('workers', 0))
-        sampler = None
+        if not training:
+            loader = torch.utils.data.DataLoader(
+                dataset, batch_size=batch, shuffle=False, num_workers=min(workers, 2),
+                collate_fn=collate_pairs, pin_memory=self.device.type == 'cuda')
+            return loader, None
         generator = torch.Generator()
         generator.manual_seed(self.seed)
-        if training and self.dist.enabled:
+        if self.dist.enabled:
             from torch.utils.data.distributed import DistributedSampler
-            sampler = DistributedSampler(dataset, num_replicas=self.dist.world_size,
-                                         rank=self.dist.rank, shuffle=True, seed=self.seed,
-                                         drop_last=True)
-        drop_last = training and len(dataset) >= batch * self.dist.world_size
+            base = DistributedSampler(dataset, num_replicas=self.dist.world_size,
+                                      rank=self.dist.rank, shuffle=True, seed=self.seed,
+                                      drop_last=True)
+        else:
+            # Its own generator: the loader draws worker seeds from `generator` at every
+            # (non-persistent) iterator start, which must not shift the sample order.
+            order = torch.Generator()
+            order.manual_seed(self.seed)
+            base = torch.utils.data.RandomSampler(dataset, generator=order)
+        sampler = _EpochSampler(base)
+        drop_last = len(dataset) >= batch * self.dist.world_size
+        # Persistent workers: the epoch travels with each index (see _EpochSampler), so the
+        # workers need not be restarted every epoch to see it.
         loader = torch.utils.data.DataLoader(
-            dataset, batch_size=batch, shuffle=training and sampler is None, sampler=sampler,
-            num_workers=workers, collate_fn=collate_pairs, drop_last=drop_last,
+            _EpochIndexed(dataset), batch_size=batch, sampler=sampler, num_workers=workers,
+            collate_fn=collate_pairs, drop_last=drop_last,
             pin_memory=self.device.type == 'cuda', generator=generator,
             worker_init_fn=_worker_init if workers > 0 else None,
-            persistent_workers=False)
+            persistent_workers=workers > 0)
         return loader, sampler
 
     # ----------------------------------------------------------------------------------------
@@ -811,9 +867,7 @@ class Trainer:
         seed = epoch_seed(self.seed, epoch, self.dist.rank)
         seed_everything(seed)
         self.train_set.set_epoch(epoch)
-        self.train_loader.generator.manual_seed(seed)
-        if self.sampler is not None:
-            self.sampler.set_epoch(epoch)
+        self.sampler.set_epoch(epoch, seed)
         generator = torch.Generator()  # deform draws on the CPU, computes on the device
         generator.manual_seed(seed + 1)
         return generator
@@ -889,7 +943,7 @@ class Trainer:
             acc.add(parts)
             self.global_step += 1
             if progress and index % 10 == 0:
-                bar.set_postfix(loss=f'{float(total.detach()):.4f}', lr=f'{lr:.2e}')
+                bar.set_postfix(loss=f'{float(total.detach()):.4f}', lr=f'{lr:.2e}', refresh=False)
             if self.global_step - self.run_start_step == _PROBE_WARMUP_STEPS:
                 if self.device.type == 'cuda':
                     torch.cuda.synchronize(self.device)

@@ -115,6 +115,17 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(runs):
     assert changed
 
 
+def test_loader_workers_do_not_change_the_losses(runs, splits, tmp_path):
+    # Crops/flips come from (seed, epoch, index), so persistent workers reproduce the
+    # in-process run epoch by epoch.
+    out = tmp_path / 'workers'
+    assert train_tool.main(_args(splits, out, '--epochs', '2', '--val-every', '0')
+                           + ['--workers', '2']) == 0
+    for ours, reference in zip(_log(out), _log(runs['a'])):
+        for key, value in reference['train'].items():
+            assert ours['train'][key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
+
+
 def test_other_seed_gives_other_losses(splits, tmp_path):
     out = tmp_path / 'seed1'
     assert train_tool.main(_args(splits, out, '--epochs', '1', '--seed', '1',
