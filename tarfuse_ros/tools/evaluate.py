@@ -332,6 +332,9 @@ def _evaluate(data_dir, weights, out_dir, split, deform, seed, device, max_pairs
             raise ValueError(
                 f'--deform dataset: no pair of split {split!r} in {str(dataset_dir)!r} has a '
                 f'ground-truth field (synthetic_misaligned/disp); use --deform synthetic')
+        if skipped:
+            _LOG.warning('--deform dataset: skipping %d of %d pairs without a ground-truth '
+                         'field', len(skipped), len(skipped) + len(stems))
     else:
         skipped = []
     if max_pairs is not None:
