@@ -369,9 +369,9 @@ class FusionEngine:
             return self._run_model(ir, vi)
 
     def _prepare(self, ir, vi, index):
-        """Normalise one pair on the CPU: (vi_y HxW, crcb or None, ir HxW in the vi frame)."""
+        """Normalise one pair on the CPU: (vi_y HxW, crcb uint8 or None, ir HxW in vi frame)."""
         suffix = f' #{index}' if index else ''
-        vi_y, crcb = images.to_unit_visible(vi, name='visible image' + suffix)
+        vi_y, crcb = images.split_visible(vi, name='visible image' + suffix)
         ir_unit = images.to_unit_gray(ir, self._ir_norm, self._ir_low, self._ir_high,
                                       name='IR image' + suffix)
         ir_unit = images.resize_image(ir_unit, vi_y.shape[0], vi_y.shape[1])
@@ -445,11 +445,7 @@ class FusionEngine:
         outputs = []
         for b, (item, det) in enumerate(zip(items, dets)):
             crcb = item[1]
-            if crcb is None:
-                fused = fused_y[b]
-            else:
-                ycrcb = np.dstack([fused_y[b].astype(np.float32) * np.float32(1 / 255.0), crcb])
-                fused = images.to_uint8(images.ycrcb_to_bgr(ycrcb))
+            fused = fused_y[b] if crcb is None else images.merge_luma_chroma(fused_y[b], crcb)
             outputs.append((fused, registered[b], np.ascontiguousarray(flow[b]),
                             self._detections(det, height, width)))
         return outputs

@@ -38,7 +38,9 @@ __all__ = [
     'PAD_MODES',
     'bgr_to_ycrcb',
     'pad_to_multiple',
+    'merge_luma_chroma',
     'resize_image',
+    'split_visible',
     'to_uint8',
     'to_unit_gray',
     'to_unit_visible',
@@ -174,6 +176,37 @@ def to_unit_visible(img, norm='percentile', low=0.5, high=99.5, name='visible im
         return np.ascontiguousarray(unit), None
     ycrcb = bgr_to_ycrcb(unit)
     return np.ascontiguousarray(ycrcb[:, :, 0]), np.ascontiguousarray(ycrcb[:, :, 1:])
+
+
+def split_visible(img, norm='percentile', low=0.5, high=99.5, name='visible image'):
+    """Split a visible image into the luma to fuse (float) and the chroma to restore (8-bit).
+
+    The engine's fast path: a uint8 BGR(A) frame is converted once by OpenCV in 8 bits (the
+    luma is rounded to 8 bits, as the input already was); anything else goes through
+    :func:`to_unit_visible` and its chroma is rounded to 8 bits.
+
+    Returns:
+        ``(y, crcb)``: ``y`` float32 ``HxW`` in [0, 1]; ``crcb`` uint8 ``HxWx2`` (Cr, Cb) for a
+        colour image, ``None`` for a grey one.
+
+    """
+    if isinstance(img, np.ndarray) and img.dtype == np.uint8 and img.ndim == 3 and (
+            img.shape[2] in (3, 4)) and img.size:
+        ycrcb = cv2.cvtColor(np.ascontiguousarray(img[:, :, :3]), cv2.COLOR_BGR2YCrCb)
+        y = ycrcb[:, :, 0].astype(np.float32) * np.float32(1.0 / 255.0)
+        return y, np.ascontiguousarray(ycrcb[:, :, 1:])
+    y, crcb = to_unit_visible(img, norm, low, high, name)
+    return y, (None if crcb is None else to_uint8(crcb))
+
+
+def merge_luma_chroma(y, crcb):
+    """Combine an 8-bit luma ``HxW`` and 8-bit chroma ``HxWx2`` (Cr, Cb) into uint8 BGR."""
+    if y.shape != crcb.shape[:2] or crcb.ndim != 3 or crcb.shape[2] != 2:
+        raise ValueError(f'luma {y.shape} and chroma {crcb.shape} do not match (HxW, HxWx2)')
+    ycrcb = np.empty(y.shape + (3,), np.uint8)
+    ycrcb[:, :, 0] = y
+    ycrcb[:, :, 1:] = crcb
+    return cv2.cvtColor(ycrcb, cv2.COLOR_YCrCb2BGR)
 
 
 def _check_three_channels(img, name):

@@ -136,8 +136,9 @@ def test_boxes_in_original_pixels_at_two_paddings(firing_engine, pair):
     padded = firing_engine.infer(ir_pad, vi_pad)
     _check_result(small, 70, 100, colour=True)
     _check_result(padded, 96, 128, colour=True)
-    np.testing.assert_array_equal(small.fused, padded.fused[:70, :100])
-    np.testing.assert_array_equal(small.flow_px, padded.flow_px[:70, :100])
+    # Identical on the CPU; a GPU may pick other kernels for the two calls (last-bit changes).
+    assert np.abs(small.fused.astype(int) - padded.fused[:70, :100].astype(int)).max() <= 1
+    np.testing.assert_allclose(small.flow_px, padded.flow_px[:70, :100], atol=1e-4)
     # Same network input, so the small frame's boxes are the padded frame's boxes clipped to it.
     expected = []
     for d in padded.detections:
@@ -147,7 +148,7 @@ def test_boxes_in_original_pixels_at_two_paddings(firing_engine, pair):
             expected.append((x1, y1, x2, y2, d.score, d.class_id))
     got = [(d.x1, d.y1, d.x2, d.y2, d.score, d.class_id) for d in small.detections]
     assert got and len(got) == len(expected)
-    np.testing.assert_allclose(np.array(got), np.array(expected), rtol=0, atol=1e-4)
+    np.testing.assert_allclose(np.array(got), np.array(expected), rtol=0, atol=1e-3)
 
 
 def test_detections_match_model_output_scale(firing_weights, pair):

@@ -114,6 +114,24 @@ def test_colour_round_trip_on_real_image():
     assert np.abs(back.astype(int) - vi.astype(int)).max() <= 1
 
 
+def test_split_and_merge_uint8_fast_path():
+    bgr = np.random.default_rng(3).integers(0, 256, size=(9, 11, 3)).astype(np.uint8)
+    y, crcb = images.split_visible(bgr)
+    y_float, crcb_float = images.to_unit_visible(bgr)
+    assert crcb.dtype == np.uint8 and crcb.shape == (9, 11, 2)
+    assert np.abs(y - y_float).max() <= 0.5 / 255 + 1e-6  # luma rounded to 8 bits
+    # OpenCV's 8-bit conversion is fixed-point: chroma within 1.5 levels of the float one.
+    assert np.abs(crcb.astype(np.float32) - crcb_float * 255).max() <= 1.5
+    back = images.merge_luma_chroma(images.to_uint8(y), crcb)
+    assert np.abs(back.astype(int) - bgr.astype(int)).max() <= 3
+    grey_y, grey_crcb = images.split_visible(bgr[:, :, 0])
+    assert grey_crcb is None and grey_y.shape == (9, 11)
+    _, float_crcb = images.split_visible(bgr.astype(np.float32) / 255)
+    assert np.abs(float_crcb.astype(int) - crcb.astype(int)).max() <= 2
+    with pytest.raises(ValueError, match='do not match'):
+        images.merge_luma_chroma(images.to_uint8(y), crcb[1:])
+
+
 def test_bgra_drops_alpha():
     bgr = np.random.default_rng(1).integers(0, 256, size=(5, 6, 3)).astype(np.uint8)
     bgra = np.dstack([bgr, np.full((5, 6), 7, np.uint8)])
