@@ -663,7 +663,47 @@ class _EpochIndexed(torch.utils.data.Dataset):
         epoch, index = key
         if self.dataset.epoch != epoch:
             self.dataset.set_epoch(epoch)
-        return self.dataset[index]
+        sample = self.dataset[index]
+        sample['epoch'] = epoch
+        return sample
+
+
+def batch_generator(seed, epoch, indices):
+    """Return the CPU generator of one batch's deformations, seeded by (seed, epoch, indices).
+
+    Seeding per batch makes the fields independent of where they are drawn (main process or
+    a DataLoader worker) and of the number of workers.
+    """
+    state = np.random.SeedSequence([int(seed), int(epoch), *[int(i) for i in indices]])
+    generator = torch.Generator()
+    generator.manual_seed(int(state.generate_state(1, np.uint64)[0]) % (2 ** 63))
+    return generator
+
+
+class DeformingCollate:
+    """``collate_pairs`` that can also draw the batch's deformation (in the loader worker).
+
+    With ``in_workers`` true (CPU training with workers) the fields are computed on the CPU in
+    the worker, in parallel with the training step, and travel in the batch as
+    ``deform_applied`` / ``flow_gt``; otherwise the trainer draws the same fields on its device.
+    """
+
+    def __init__(self, deform_cfg, seed, in_workers):
+        self.deform_cfg = deform_cfg
+        self.seed = int(seed)
+        self.in_workers = bool(in_workers)
+
+    def __call__(self, samples):
+        from tarfuse_ros.core.data import collate_pairs
+        from tarfuse_ros.core.deform import random_deformation
+        batch = collate_pairs(samples)
+        batch['epoch'] = int(samples[0].get('epoch', 0))
+        if self.in_workers:
+            size, _, height, width = batch['ir'].shape
+            generator = batch_generator(self.seed, batch['epoch'], batch['index'])
+            batch['deform_applied'], batch['flow_gt'] = random_deformation(
+                size, height, width, self.deform_cfg, generator=generator)
+        return batch
 
 
 class _Accumulator:
@@ -689,11 +729,14 @@ def _autocast(device, enabled):
     return torch.autocast(device.type, enabled=False)
 
 
-def _deform_batch(ir, deform_cfg, generator):
+def _deform_batch(ir, deform_cfg, generator, batch=None):
+    """Return ``(warp(ir, applied), inverse)``, using fields already drawn by the loader."""
     from tarfuse_ros.core.deform import random_deformation
     from tarfuse_ros.core.model.warp import warp
-    batch, _, height, width = ir.shape
-    applied, inverse = random_deformation(batch, height, width, deform_cfg,
+    if batch is not None and 'flow_gt' in batch:
+        return warp(ir, batch['deform_applied']), batch['flow_gt']
+    size, _, height, width = ir.shape
+    applied, inverse = random_deformation(size, height, width, deform_cfg,
                                           generator=generator, device=ir.device)
     return warp(ir, applied), inverse
 
@@ -839,11 +882,15 @@ class Trainer:
             base = torch.utils.data.RandomSampler(dataset, generator=order)
         sampler = _EpochSampler(base)
         drop_last = len(dataset) >= batch * self.dist.world_size
+        in_workers = tcfg.get('deform_in_workers', 'auto')
+        if in_workers == 'auto':
+            in_workers = self.device.type == 'cpu' and workers > 0
+        collate = DeformingCollate(self.deform_cfg, self.seed, in_workers)
         # Persistent workers: the epoch travels with each index (see _EpochSampler), so the
         # workers need not be restarted every epoch to see it.
         loader = torch.utils.data.DataLoader(
             _EpochIndexed(dataset), batch_size=batch, sampler=sampler, num_workers=workers,
-            collate_fn=collate_pairs, drop_last=drop_last,
+            collate_fn=collate, drop_last=drop_last,
             pin_memory=self.device.type == 'cuda', generator=generator,
             worker_init_fn=_worker_init if workers > 0 else None,
             persistent_workers=workers > 0)
@@ -868,9 +915,7 @@ class Trainer:
         seed_everything(seed)
         self.train_set.set_epoch(epoch)
         self.sampler.set_epoch(epoch, seed)
-        generator = torch.Generator()  # deform draws on the CPU, computes on the device
-        generator.manual_seed(seed + 1)
-        return generator
+        return seed
 
     def _fit_time_budget(self, epoch, steps_in_epoch, step_seconds):
         """Choose the epoch count that fits ``train.time_budget_s`` (rank 0 decides)."""
@@ -914,7 +959,7 @@ class Trainer:
         """Run one epoch; return ``(mean parts, lr, stopped_early)``."""
         from tqdm import tqdm
         self.net.train()
-        generator = self._reseed_epoch(epoch)
+        self._reseed_epoch(epoch)
         acc = _Accumulator()
         grad_clip = float(self.cfg['train'].get('grad_clip') or 0.0)
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -925,7 +970,8 @@ class Trainer:
         for index, batch in enumerate(bar):
             batch = to_device(batch, self.device)
             lr = self._set_lr()
-            deformed, flow_gt = _deform_batch(batch['ir'], self.deform_cfg, generator)
+            generator = batch_generator(self.seed, epoch, batch['index'])
+            deformed, flow_gt = _deform_batch(batch['ir'], self.deform_cfg, generator, batch)
             with _autocast(self.device, self.amp):
                 outputs = self.net(deformed, batch['vi'], ir_aligned=batch['ir'])
                 total, parts = self.criterion(outputs, _loss_batch(batch, flow_gt))
@@ -1054,6 +1100,9 @@ class Trainer:
                     records.append(record)
                     if epoch % save_every == 0 or last:
                         self._save_state(epoch)
+                        # A usable checkpoint at every save, in case the run is killed.
+                        save_checkpoint(self.out / FINAL_NAME, self.model,
+                                        provenance=self._provenance(epoch, False))
                     msg = ' '.join(f'{k}={v:.4g}' for k, v in parts.items())
                     val_msg = f' | val epe {last_val["epe"]:.3f}px' if 'val' in record else ''
                     print(f'[tarfuse-train] epoch {epoch}/{self.epochs} {epoch_seconds:.1f}s '
