@@ -187,6 +187,8 @@ class FusionEngine:
         ir_norm, ir_low, ir_high: how ``uint16``/float thermal frames are normalised
             (:func:`tarfuse_ros.core.images.to_unit_gray`).
         pad_mode: ``'replicate'`` (default), ``'reflect'`` or ``'constant'``.
+        cudnn_benchmark: on CUDA, set ``torch.backends.cudnn.benchmark`` (process-wide) so that
+            cuDNN times its kernels once per input size and keeps the fastest.
 
     Raises:
         CheckpointError: missing or invalid weights.
@@ -198,7 +200,7 @@ class FusionEngine:
     def __init__(self, weights=None, device='cpu', half=False, cuda_graph='auto', threads=None,
                  conf_threshold=0.25, iou_threshold=0.45, max_detections=100, classes=None,
                  allow_cpu_fallback=False, ir_norm='percentile', ir_low=0.5, ir_high=99.5,
-                 pad_mode='replicate'):
+                 pad_mode='replicate', cudnn_benchmark=True):
         if cuda_graph is True or cuda_graph is False:
             cuda_graph = 'on' if cuda_graph else 'off'
         if cuda_graph not in CUDA_GRAPH_MODES:
@@ -218,6 +220,9 @@ class FusionEngine:
         if half and not cuda:
             _LOG.warning('half=True is ignored on the CPU (fp16 is only used on CUDA)')
         self._half = bool(half) and cuda
+        if cuda and cudnn_benchmark:
+            # Frame sizes are static in a camera pipeline: let cuDNN pick the fastest kernels.
+            torch.backends.cudnn.benchmark = True
         self._graph_mode = cuda_graph if cuda else 'off'
         if weights is None:
             from tarfuse_ros.core.paths import default_weights_path
@@ -371,20 +376,29 @@ class FusionEngine:
     def _prepare(self, ir, vi, index):
         """Normalise one pair on the CPU: (vi_y HxW, crcb uint8 or None, ir HxW in vi frame)."""
         suffix = f' #{index}' if index else ''
-        vi_y, crcb = images.split_visible(vi, name='visible image' + suffix)
-        ir_unit = images.to_unit_gray(ir, self._ir_norm, self._ir_low, self._ir_high,
-                                      name='IR image' + suffix)
-        ir_unit = images.resize_image(ir_unit, vi_y.shape[0], vi_y.shape[1])
-        return vi_y, crcb, ir_unit
+        # uint8 planes stay uint8 until they are on the device (4x less to copy and convert).
+        vi_y, crcb = images.split_visible(vi, name='visible image' + suffix, keep_uint8=True)
+        ir_plane = images.gray_plane(ir, self._ir_norm, self._ir_low, self._ir_high,
+                                     name='IR image' + suffix, keep_uint8=True)
+        ir_plane = images.resize_image(ir_plane, vi_y.shape[0], vi_y.shape[1])
+        return vi_y, crcb, ir_plane
+
+    def _unit_tensor(self, planes):
+        """Stack ``HxW`` planes (uint8 0-255 or float32 0-1) into a (B, 1, H, W) unit tensor."""
+        non_blocking = self._device.type == 'cuda'
+        if all(p.dtype == np.uint8 for p in planes):
+            stacked = torch.from_numpy(np.stack(planes)[:, None])
+            return stacked.to(self._device, non_blocking=non_blocking).float().mul_(1.0 / 255.0)
+        planes = [p.astype(np.float32) * np.float32(1.0 / 255.0) if p.dtype == np.uint8 else p
+                  for p in planes]
+        stacked = torch.from_numpy(np.stack(planes)[:, None])
+        return stacked.to(self._device, non_blocking=non_blocking)
 
     def _to_tensors(self, items):
         """Stack same-size prepared pairs into padded (B, 1, H', W') tensors on the device."""
         height, width = items[0][0].shape
-        vi = np.stack([item[0] for item in items])[:, None]
-        ir = np.stack([item[2] for item in items])[:, None]
-        non_blocking = self._device.type == 'cuda'
-        vi_t = torch.from_numpy(vi).to(self._device, non_blocking=non_blocking)
-        ir_t = torch.from_numpy(ir).to(self._device, non_blocking=non_blocking)
+        vi_t = self._unit_tensor([item[0] for item in items])
+        ir_t = self._unit_tensor([item[2] for item in items])
         vi_t, _ = images.pad_to_multiple(vi_t, 32, self._pad_mode, self._min_side)
         ir_t, _ = images.pad_to_multiple(ir_t, 32, self._pad_mode, self._min_side)
         return ir_t, vi_t, height, width

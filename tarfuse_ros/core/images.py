@@ -37,6 +37,7 @@ __all__ = [
     'IR_NORMS',
     'PAD_MODES',
     'bgr_to_ycrcb',
+    'gray_plane',
     'pad_to_multiple',
     'merge_luma_chroma',
     'resize_image',
@@ -178,25 +179,54 @@ def to_unit_visible(img, norm='percentile', low=0.5, high=99.5, name='visible im
     return np.ascontiguousarray(ycrcb[:, :, 0]), np.ascontiguousarray(ycrcb[:, :, 1:])
 
 
-def split_visible(img, norm='percentile', low=0.5, high=99.5, name='visible image'):
-    """Split a visible image into the luma to fuse (float) and the chroma to restore (8-bit).
+def split_visible(img, norm='percentile', low=0.5, high=99.5, name='visible image',
+                  keep_uint8=False):
+    """Split a visible image into the luma to fuse and the chroma to restore (8-bit).
 
     The engine's fast path: a uint8 BGR(A) frame is converted once by OpenCV in 8 bits (the
     luma is rounded to 8 bits, as the input already was); anything else goes through
     :func:`to_unit_visible` and its chroma is rounded to 8 bits.
 
+    Args:
+        img, norm, low, high, name: as :func:`to_unit_visible`.
+        keep_uint8: return the luma of a uint8 input as uint8 (0-255) instead of float, so
+            that it can be moved to a GPU in 8 bits and scaled there.
+
     Returns:
-        ``(y, crcb)``: ``y`` float32 ``HxW`` in [0, 1]; ``crcb`` uint8 ``HxWx2`` (Cr, Cb) for a
-        colour image, ``None`` for a grey one.
+        ``(y, crcb)``: ``y`` float32 ``HxW`` in [0, 1] (uint8 with ``keep_uint8`` and a uint8
+        input); ``crcb`` uint8 ``HxWx2`` (Cr, Cb) for a colour image, ``None`` for a grey one.
 
     """
-    if isinstance(img, np.ndarray) and img.dtype == np.uint8 and img.ndim == 3 and (
-            img.shape[2] in (3, 4)) and img.size:
-        ycrcb = cv2.cvtColor(np.ascontiguousarray(img[:, :, :3]), cv2.COLOR_BGR2YCrCb)
-        y = ycrcb[:, :, 0].astype(np.float32) * np.float32(1.0 / 255.0)
-        return y, np.ascontiguousarray(ycrcb[:, :, 1:])
+    if isinstance(img, np.ndarray) and img.dtype == np.uint8:
+        _check_array(img, name)
+        crcb = None
+        if img.ndim == 3 and img.shape[2] == 1:
+            y = img[:, :, 0]
+        elif img.ndim == 3:
+            ycrcb = cv2.cvtColor(np.ascontiguousarray(img[:, :, :3]), cv2.COLOR_BGR2YCrCb)
+            y, crcb = ycrcb[:, :, 0], np.ascontiguousarray(ycrcb[:, :, 1:])
+        else:
+            y = img
+        y = np.ascontiguousarray(y)
+        return (y if keep_uint8 else y.astype(np.float32) * np.float32(1.0 / 255.0)), crcb
     y, crcb = to_unit_visible(img, norm, low, high, name)
     return y, (None if crcb is None else to_uint8(crcb))
+
+
+def gray_plane(img, norm='percentile', low=0.5, high=99.5, name='image', keep_uint8=False):
+    """Return :func:`to_unit_gray` of ``img``, or with ``keep_uint8`` a uint8 input as uint8.
+
+    The uint8 form (``HxW``, 0-255; colour reduced to its 8-bit luma) lets the engine resize and
+    upload 8-bit data and scale it by 1/255 on the device.
+    """
+    if keep_uint8 and isinstance(img, np.ndarray) and img.dtype == np.uint8:
+        _check_array(img, name)
+        if img.ndim == 3 and img.shape[2] == 1:
+            img = img[:, :, 0]
+        elif img.ndim == 3:
+            img = cv2.cvtColor(np.ascontiguousarray(img[:, :, :3]), cv2.COLOR_BGR2GRAY)
+        return np.ascontiguousarray(img)
+    return to_unit_gray(img, norm, low, high, name)
 
 
 def merge_luma_chroma(y, crcb):

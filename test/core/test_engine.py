@@ -124,7 +124,8 @@ def test_registered_ir_is_ir_warped_by_flow(engine, pair):
               & (ys + result.flow_px[..., 1] >= 0) & (ys + result.flow_px[..., 1] <= 74))
     assert inside.mean() > 0.5
     diff = np.abs(result.registered_ir.astype(np.float32) - expected)[inside]
-    assert diff.max() <= 1.0
+    # The engine resizes the 8-bit IR (rounded to 8 bits), the reference resizes floats.
+    assert diff.max() <= 1.5
 
 
 def test_boxes_in_original_pixels_at_two_paddings(firing_engine, pair):

@@ -132,6 +132,24 @@ def test_split_and_merge_uint8_fast_path():
         images.merge_luma_chroma(images.to_uint8(y), crcb[1:])
 
 
+def test_keep_uint8_planes():
+    bgr = np.random.default_rng(4).integers(0, 256, size=(6, 5, 3)).astype(np.uint8)
+    y8, crcb = images.split_visible(bgr, keep_uint8=True)
+    y, _ = images.split_visible(bgr)
+    assert y8.dtype == np.uint8 and crcb.dtype == np.uint8
+    np.testing.assert_allclose(y8 / 255.0, y, atol=1e-6)
+    grey8 = images.gray_plane(bgr, keep_uint8=True)
+    np.testing.assert_array_equal(grey8, cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY))
+    np.testing.assert_array_equal(images.gray_plane(bgr[:, :, :1], keep_uint8=True), bgr[:, :, 0])
+    ir16 = np.arange(30, dtype=np.uint16).reshape(6, 5)
+    np.testing.assert_array_equal(images.gray_plane(ir16, keep_uint8=True),
+                                  images.to_unit_gray(ir16))
+    with pytest.raises(ValueError, match='empty'):
+        images.gray_plane(np.zeros((0, 3), np.uint8), keep_uint8=True)
+    with pytest.raises(ValueError, match='shape'):
+        images.split_visible(np.zeros((1, 2, 3, 3), np.uint8), keep_uint8=True)
+
+
 def test_bgra_drops_alpha():
     bgr = np.random.default_rng(1).integers(0, 256, size=(5, 6, 3)).astype(np.uint8)
     bgra = np.dstack([bgr, np.full((5, 6), 7, np.uint8)])
