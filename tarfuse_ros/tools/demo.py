@@ -70,6 +70,22 @@ def _diagnostic_values(msg):
     return {}
 
 
+def _draw(image, detections):
+    """Return a BGR copy of ``image`` with the Detection2D boxes and labels drawn."""
+    canvas = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR) if image.ndim == 2 else image.copy()
+    for det in detections:
+        cx, cy = det.bbox.center.position.x, det.bbox.center.position.y
+        x1, y1 = int(round(cx - det.bbox.size_x / 2)), int(round(cy - det.bbox.size_y / 2))
+        x2, y2 = int(round(cx + det.bbox.size_x / 2)), int(round(cy + det.bbox.size_y / 2))
+        cv2.rectangle(canvas, (x1, y1), (x2, y2), (0, 255, 0), 1)
+        if det.results:
+            best = max(det.results, key=lambda r: r.hypothesis.score)
+            label = f'{best.hypothesis.class_id} {best.hypothesis.score:.2f}'
+            cv2.putText(canvas, label, (x1, max(y1 - 3, 8)), cv2.FONT_HERSHEY_SIMPLEX, 0.35,
+                        (0, 255, 0), 1, cv2.LINE_AA)
+    return canvas
+
+
 def _count_labels(samples, stems):
     names = []
     classes_file = Path(samples) / 'labels' / 'classes.txt'
@@ -123,6 +139,8 @@ def summarize(recorded_bag, stats, stems, out_dir, png_count=4, samples=None, ex
                 if values:
                     diagnostics = values
                     windows.append(values)
+    boxes_of = {m.header.stamp.sec * 10**9 + m.header.stamp.nanosec: m.detections
+                for m in detections}
     pngs = []
     if fused and png_count > 0:
         picks = sorted(set(np.linspace(0, len(fused) - 1, min(png_count, len(fused)))
@@ -133,9 +151,13 @@ def summarize(recorded_bag, stats, stems, out_dir, png_count=4, samples=None, ex
             if encoding == 'rgb8':
                 image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
             stamp = msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
-            name = f'fused_{index:03d}_{stem_of.get(stamp, "unknown")}.png'
-            cv2.imwrite(str(out_dir / name), image)
-            pngs.append(name)
+            name = f'fused_{index:03d}_{stem_of.get(stamp, "unknown")}'
+            cv2.imwrite(str(out_dir / f'{name}.png'), image)
+            pngs.append(f'{name}.png')
+            boxes = boxes_of.get(stamp)
+            if boxes:
+                cv2.imwrite(str(out_dir / f'{name}_detections.png'), _draw(image, boxes))
+                pngs.append(f'{name}_detections.png')
     latencies = stats.latencies_ms('/fused/image_raw')
     pairs_in = len(vi_stamps)
     answered = {m.header.stamp.sec * 10**9 + m.header.stamp.nanosec for m in fused}
@@ -250,8 +272,15 @@ def _stop_node(process, timeout=20.0):
 def run_demo(out='output/demo', weights=None, device='cpu', samples=None,
              ir_dir='synthetic_misaligned/ir_warp', size='512x288', rate=2.0, loops=2,
              max_pairs=None, params_file=None, startup_timeout=180.0, png_count=4,
-             linger=3.0, log=print):
-    """Run the whole demo; return the summary dict (raises DemoError / ValueError)."""
+             linger=3.0, node_params=(), log=print):
+    """
+    Run the whole demo; return the summary dict (raises DemoError / ValueError).
+
+    ``node_params`` are extra ``name:=value`` node parameters (after the params file).
+    """
+    for item in node_params:
+        if ':=' not in item:
+            raise ValueError(f'node parameter must look like name:=value, got {item!r}')
     weights = Path(weights) if weights else paths.default_weights_path()
     if not weights.is_file():
         raise DemoError(f'no weights at {weights}: pass --weights PATH.safetensors, or train '
@@ -267,8 +296,9 @@ def run_demo(out='output/demo', weights=None, device='cpu', samples=None,
     for old in [input_bag, recorded_bag]:
         if old.is_dir():
             shutil.rmtree(old)
-    for old in out.glob('fused_*.png'):
-        old.unlink()
+    for old in [*out.glob('fused_*.png'), out / 'summary.json', out / 'summary.md']:
+        if old.is_file():
+            old.unlink()
 
     bag = make_bag(samples, input_bag, rate=rate, ir_encoding='mono8', offset_ms=4.0,
                    jitter_ms=1.0, loops=loops, size=size, ir_dir=ir_dir, max_pairs=max_pairs)
@@ -282,6 +312,8 @@ def run_demo(out='output/demo', weights=None, device='cpu', samples=None,
     command = [sys.executable, '-m', 'tarfuse_ros.ros.node', '--ros-args',
                '--params-file', str(params_file), '-p', f'weights:={weights}',
                '-p', f'device:={device}']
+    for item in node_params:
+        command += ['-p', item]
     log_path = out / 'node.log'
     log(f'tarfuse-demo: starting the node (ROS_DOMAIN_ID={domain_id}; log {log_path})')
     started = time.monotonic()
@@ -314,6 +346,7 @@ def run_demo(out='output/demo', weights=None, device='cpu', samples=None,
                             'ir_dir': ir_dir, 'size': size, 'rate_hz': rate,
                             'bag_pairs': bag.pairs, 'ros_domain_id': domain_id,
                             'node_exit_code': code, 'node_clean_shutdown': clean,
+                            'node_params': list(node_params),
                             'wall_time_s': round(wall_s, 1), 'input_bag': str(input_bag),
                             'recorded_bag': str(recorded_bag), 'node_log': str(log_path)})
     (out / 'summary.json').write_text(json.dumps(summary, indent=2) + '\n')
@@ -347,6 +380,8 @@ def build_parser():
     parser.add_argument('--startup-timeout', type=float, default=180.0,
                         help='seconds to wait for the node to subscribe')
     parser.add_argument('--pngs', type=int, default=4, help='fused PNGs to write')
+    parser.add_argument('--param', action='append', default=[], metavar='NAME:=VALUE',
+                        help='extra node parameter, e.g. confidence_threshold:=0.4 (repeatable)')
     return parser
 
 
@@ -356,7 +391,8 @@ def main(argv=None):
         run_demo(out=args.out, weights=args.weights, device=args.device, samples=args.samples,
                  ir_dir=args.ir_dir, size=args.size, rate=args.rate, loops=args.loops,
                  max_pairs=args.max_pairs, params_file=args.params_file,
-                 startup_timeout=args.startup_timeout, png_count=args.pngs)
+                 startup_timeout=args.startup_timeout, png_count=args.pngs,
+                 node_params=args.param)
     except (DemoError, ValueError) as error:
         print(f'tarfuse-demo: error: {error}', file=sys.stderr)
         return 1

@@ -34,7 +34,10 @@ def weights(tmp_path_factory):
 def test_demo_runs_the_node_on_sample_pairs_and_summarises(weights, tmp_path, capsys):
     out = tmp_path / 'demo'
     code = demo.main(['--out', str(out), '--weights', str(weights), '--max-pairs', '3',
-                      '--loops', '1', '--rate', '2', '--size', '128x96', '--pngs', '2'])
+                      '--loops', '1', '--rate', '2', '--size', '128x96', '--pngs', '2',
+                      # A threshold low enough that even an untrained model reports boxes,
+                      # so detections are recorded, counted per class and drawn.
+                      '--param', 'confidence_threshold:=0.0001', '--param', 'max_detections:=5'])
     captured = capsys.readouterr()
     log = (out / 'node.log').read_text() if (out / 'node.log').exists() else ''
     assert code == 0, captured.err + '\nnode log:\n' + log
@@ -71,8 +74,23 @@ def test_demo_runs_the_node_on_sample_pairs_and_summarises(weights, tmp_path, ca
         published.add(msg.header.stamp.sec)
     assert all(sec > 1_700_000_000 + 10**6 for sec in published)  # re-stamped to 'now'
 
-    # A few fused PNGs, decodable, at the camera size.
-    assert 1 <= len(summary['fused_pngs']) <= 2
+    # Detections: per class, names from the model's class list, at most max_detections each.
+    classes = summary['detections_per_class']
+    assert summary['detections_total'] == sum(classes.values()) > 0
+    assert set(classes) <= {'person', 'bicycle', 'car'}
+    assert summary['detections_total'] <= 5 * summary['detection_arrays']
+    arrays = [m for topic, _t, _b, _r, m in recorded if topic == '/detections']
+    assert sum(len(a.detections) for a in arrays) == summary['detections_total']
+    for array in arrays:
+        assert array.header.frame_id == 'visible_optical_frame'
+        for det in array.detections:
+            assert det.header.stamp == array.header.stamp
+            assert 0 <= det.bbox.center.position.x <= 128 and 0 <= det.bbox.center.position.y <= 96
+
+    # A few fused PNGs (plus copies with the boxes drawn), decodable, at the camera size.
+    plain = [p for p in summary['fused_pngs'] if not p.endswith('_detections.png')]
+    assert 1 <= len(plain) <= 2
+    assert any(p.endswith('_detections.png') for p in summary['fused_pngs'])
     for name in summary['fused_pngs']:
         image = cv2.imread(str(out / name), cv2.IMREAD_UNCHANGED)
         assert image is not None and image.shape == (96, 128, 3)
