@@ -393,10 +393,14 @@ def optimizer_from_flat(optimizer, tensors, meta):
         index, name = key.split('/', 1)
         slots.setdefault(int(index), {})[name] = value
     groups = []
-    for group in meta['param_groups']:
+    for group, current in zip(meta['param_groups'], optimizer.param_groups):
         group = dict(group)
         if isinstance(group.get('betas'), list):
             group['betas'] = tuple(group['betas'])
+        # Implementation switches follow this run's device (a GPU state may resume on a CPU).
+        for key in ('fused', 'foreach', 'capturable', 'differentiable'):
+            if key in current:
+                group[key] = current[key]
         groups.append(group)
     optimizer.load_state_dict({'state': slots, 'param_groups': groups})
 
@@ -823,7 +827,8 @@ class Trainer:
         self.optimizer = torch.optim.Adam(
             self.model.parameters(), lr=float(tcfg['lr']),
             betas=tuple(tcfg.get('betas', (0.9, 0.999))),
-            weight_decay=float(tcfg.get('weight_decay', 0.0)))
+            weight_decay=float(tcfg.get('weight_decay', 0.0)),
+            fused=True if self.device.type == 'cuda' else None)
         self.start_epoch = 0
         self.global_step = 0
         self.train_seconds = 0.0
