@@ -794,7 +794,9 @@ class Trainer:
         self.max_steps = max_steps
         tcfg = cfg['train']
         self.device = resolve_device(tcfg.get('device', 'cpu'), dist_info.local_rank)
-        if self.device.type == 'cpu' and int(tcfg.get('threads') or 0) > 0:
+        # Also on CUDA runs: the main process draws deformations and collates on the CPU,
+        # and several runs sharing one machine should not oversubscribe its cores.
+        if int(tcfg.get('threads') or 0) > 0:
             torch.set_num_threads(int(tcfg['threads']))
         if tcfg.get('deterministic'):
             torch.use_deterministic_algorithms(True, warn_only=True)
