@@ -18,9 +18,9 @@ Node overhead = node time per output / bare engine time per pair, where the node
 output is ``1 / output rate`` when the node is saturated (input faster than the engine) and the
 end-to-end latency at the unloaded rate otherwise (both printed); also the unloaded latency
 over the engine time the node itself measured in the same seconds (robust to other load).
-Targets (issue 5): overhead <= 1.3x on CPU at 640x512; GPU end-to-end <= 10 ms median at 640x512, no backlog at 100 Hz,
-memory flat over 60 s.  Run with ``source tools/ros_env/env.sh`` first (malloc settings, DDS
-profile).
+Targets (issue 5): overhead <= 1.3x on CPU at 640x512; GPU end-to-end <= 10 ms median at
+640x512, no backlog at 100 Hz, memory flat over 60 s.  Run with ``source tools/ros_env/env.sh``
+first (malloc settings, DDS profile).
 
 Example::
 
