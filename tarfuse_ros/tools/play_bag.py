@@ -431,6 +431,8 @@ def build_parser():
                         help='wait until every played topic has N subscribers')
     parser.add_argument('--wait-timeout', type=float, default=60.0,
                         help='give up waiting for subscribers after this many seconds')
+    parser.add_argument('--settle', type=float, default=0.5,
+                        help='seconds to wait after subscribers matched, before playing')
     parser.add_argument('--topics', nargs='+', default=None, help='bag topics to play')
     parser.add_argument('--remap', nargs='+', default=(), metavar='FROM:=TO',
                         help='publish bag topic FROM as TO')
@@ -463,7 +465,8 @@ def main(argv=None):
         player = BagPlayer(
             args.bag, rate=args.rate, loop=args.loop, start_delay=args.start_delay,
             duration=args.duration, wait_for_subscribers=args.wait_for_subscribers,
-            wait_timeout=args.wait_timeout, topics=args.topics, remap=_parse_remaps(args.remap),
+            wait_timeout=args.wait_timeout, settle=args.settle, topics=args.topics,
+            remap=_parse_remaps(args.remap),
             restamp=args.restamp, qos_reliability=args.qos_reliability, record=args.record,
             record_topics=args.record_topics, record_reliability=args.record_reliability,
             linger=args.linger, max_linger=args.max_linger)
