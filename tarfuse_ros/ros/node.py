@@ -197,6 +197,10 @@ class TarFuseNode(Node):
             raise StartupError(
                 f'cannot start the model on device {params.device!r}: {exc}. Use -p device:=cpu '
                 f'or -p allow_cpu_fallback:=true, or check the CUDA driver') from exc
+        if params.device != 'cpu' and engine.device == 'cpu':
+            self.get_logger().warning(
+                f'device {params.device!r} is unavailable: running on the CPU because '
+                f'allow_cpu_fallback is true (much slower)')
         if params.classes:
             try:
                 engine.set_thresholds(classes=_class_ids(params.classes, engine.class_names))
