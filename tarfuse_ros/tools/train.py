@@ -585,6 +585,18 @@ def lr_factor(step, total_steps, warmup_steps, schedule, min_ratio):
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def fit_epochs(budget_s, elapsed_s, epochs_done, epoch_seconds, configured, minimum):
+    """Return the epoch count that fits a wall-time budget.
+
+    What is left of ``budget_s`` after ``elapsed_s`` and a reserve for the final save
+    (10 s + 5 % of the budget) is filled with epochs of ``epoch_seconds``, counted on top of
+    ``epochs_done``; the result is clamped to ``[minimum, configured]``.
+    """
+    room = budget_s - elapsed_s - (10.0 + 0.05 * budget_s)
+    fit = int(epochs_done) + max(int(room // max(float(epoch_seconds), 1e-6)), 0)
+    return max(min(int(configured), fit), int(minimum))
+
+
 def git_commit(cwd=None):
     """Return ``(commit, dirty)`` of the checkout holding this file, or ``(None, None)``."""
     cwd = cwd or Path(__file__).resolve().parents[2]
@@ -925,21 +937,19 @@ class Trainer:
         return seed
 
     def _fit_time_budget(self, epoch, steps_in_epoch, step_seconds):
-        """Choose the epoch count that fits ``train.time_budget_s`` (rank 0 decides)."""
+        """Choose the epoch count from the measured step time (rank 0 decides)."""
         budget = float(self.cfg['train'].get('time_budget_s') or 0)
         if budget <= 0:
             return
         tcfg = self.cfg['train']
-        elapsed = time.monotonic() - self.t0
-        reserve = 10.0 + 0.05 * budget
         val_every = int(tcfg.get('val_every') or 0)
         val_steps = len(self.val_loader) if self.val_loader is not None else 0
-        val_cost = 0.5 * step_seconds * val_steps / val_every if val_every else 0.0
+        val_cost = (0.5 * step_seconds * val_steps + 1.0) / val_every if val_every else 0.0
         per_epoch = step_seconds * self.steps_per_epoch * 1.03 + 0.15 + val_cost
         left_in_epoch = (self.steps_per_epoch - steps_in_epoch) * step_seconds
-        room = budget - elapsed - reserve - left_in_epoch
-        fit = epoch + 1 + max(int(room // per_epoch), 0)
-        chosen = max(min(int(tcfg['epochs']), fit), epoch + 1)
+        elapsed_at_epoch_end = time.monotonic() - self.t0 + left_in_epoch
+        chosen = fit_epochs(budget, elapsed_at_epoch_end, epoch + 1, per_epoch,
+                            int(tcfg['epochs']), minimum=epoch + 1)
         chosen = _broadcast_int(chosen, self.dist, self.device)
         if chosen != self.epochs and self.dist.is_main:
             print(f'[tarfuse-train] time budget {budget:.0f} s: step {1000 * step_seconds:.1f} '
@@ -948,17 +958,26 @@ class Trainer:
         self.epochs = chosen
         self.budget_info.update(step_ms=round(1000 * step_seconds, 2), epochs_chosen=chosen)
 
-    def _recheck_budget(self, epoch, epoch_seconds):
+    def _recheck_budget(self, epochs_done, loop_seconds):
+        """Re-plan after each epoch from the measured epoch wall times (validation included)."""
         budget = float(self.cfg['train'].get('time_budget_s') or 0)
-        if budget <= 0 or epoch + 1 >= self.epochs:
+        if budget <= 0:
             return
-        elapsed = time.monotonic() - self.t0
-        room = budget - elapsed - (10.0 + 0.05 * budget)
-        fit = epoch + 1 + max(int(room // max(epoch_seconds, 1e-6)), 0)
-        chosen = _broadcast_int(max(min(self.epochs, fit), epoch + 1), self.dist, self.device)
-        if chosen < self.epochs and self.dist.is_main:
-            print(f'[tarfuse-train] time budget: lowering epochs {self.epochs} -> {chosen}',
-                  flush=True)
+        self.epoch_walls.append(loop_seconds)
+        # The first epoch of a run carries start-up costs; leave it out once others exist.
+        walls = self.epoch_walls[1:] or self.epoch_walls
+        mean = sum(walls) / len(walls)
+        fit = fit_epochs(budget, time.monotonic() - self.t0, epochs_done, mean,
+                         int(self.cfg['train']['epochs']), minimum=epochs_done)
+        chosen = self.epochs
+        if fit < self.epochs:
+            chosen = fit
+        elif fit >= 1.1 * self.epochs and (self.budget_fitted or len(self.epoch_walls) >= 2):
+            chosen = fit
+        chosen = _broadcast_int(chosen, self.dist, self.device)
+        if chosen != self.epochs and self.dist.is_main:
+            print(f'[tarfuse-train] time budget: epochs {self.epochs} -> {chosen} '
+                  f'({mean:.2f} s per epoch)', flush=True)
             self.budget_info['epochs_chosen'] = chosen
         self.epochs = chosen
 
@@ -973,7 +992,7 @@ class Trainer:
         bar = tqdm(self.train_loader, desc=f'epoch {epoch + 1}/{self.epochs}', leave=False,
                    disable=not progress, dynamic_ncols=True,
                    mininterval=1.0 if sys.stderr.isatty() else 30.0)
-        probe_start, lr, stopped = None, 0.0, False
+        lr, stopped = 0.0, False
         for index, batch in enumerate(bar):
             batch = to_device(batch, self.device)
             lr = self._set_lr()
@@ -1000,14 +1019,17 @@ class Trainer:
             if self.global_step - self.run_start_step == _PROBE_WARMUP_STEPS:
                 if self.device.type == 'cuda':
                     torch.cuda.synchronize(self.device)
-                probe_start = time.monotonic()
-            if (probe_start is not None and not self.budget_fitted
+                self.probe_start = time.monotonic()
+            if (self.probe_start is not None and not self.budget_fitted
                     and self.global_step - self.run_start_step
                     == _PROBE_WARMUP_STEPS + _PROBE_STEPS):
                 if self.device.type == 'cuda':
                     torch.cuda.synchronize(self.device)
-                self._fit_time_budget(epoch, index + 1,
-                                      (time.monotonic() - probe_start) / _PROBE_STEPS)
+                # Whole measured epochs (the re-plan after each epoch) are the better figure
+                # once there are two of them.
+                if len(self.epoch_walls) < 2:
+                    self._fit_time_budget(epoch, index + 1,
+                                          (time.monotonic() - self.probe_start) / _PROBE_STEPS)
                 self.budget_fitted = True
                 bar.set_description(f'epoch {epoch + 1}/{self.epochs}')
             if self.max_steps is not None and \
@@ -1070,6 +1092,8 @@ class Trainer:
                   f'epochs {self.start_epoch + 1}..{self.epochs}', flush=True)
         self.run_start_step = self.global_step
         self.budget_fitted = False
+        self.probe_start = None
+        self.epoch_walls = []
         budget = float(tcfg.get('time_budget_s') or 0)
         self.budget_info = {'time_budget_s': budget, 'epochs_configured': int(tcfg['epochs']),
                             'epochs_chosen': self.epochs} if budget > 0 else None
@@ -1117,7 +1141,7 @@ class Trainer:
                 _barrier(self.dist)
                 if stopped:
                     break
-                self._recheck_budget(epoch - 1, epoch_seconds)
+                self._recheck_budget(epoch, time.monotonic() - t_epoch)
         except KeyboardInterrupt:
             interrupted = True
             if is_main:

@@ -167,6 +167,15 @@ def test_time_budget_lowers_the_epoch_count(splits, tmp_path):
     assert summary['time_budget']['epochs_chosen'] == summary['epochs']
 
 
+def test_fit_epochs_fills_the_budget_and_respects_the_bounds():
+    fit = train_tool.fit_epochs
+    # 300 s budget, 25 s reserve, 60 s used: 215 s left of 2 s epochs -> 107 more.
+    assert fit(300, 60, 3, 2.0, 150, minimum=3) == 110
+    assert fit(300, 60, 3, 0.1, 150, minimum=3) == 150
+    assert fit(300, 299, 3, 2.0, 150, minimum=3) == 3
+    assert fit(300, 299, 3, 2.0, 150, minimum=4) == 4
+
+
 @pytest.mark.parametrize('extra, message', [
     (['--crop', '50'], 'multiple of 32'),
     (['--set', 'model.no_such_width=3'], 'no_such_width'),
