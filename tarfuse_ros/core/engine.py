@@ -39,7 +39,7 @@ from tarfuse_ros.core import images
 from tarfuse_ros.core.checkpoint import CheckpointError, load_checkpoint
 import torch
 
-__all__ = ['Detection', 'FusionEngine', 'FusionResult', 'resolve_device']
+__all__ = ['Detection', 'FusionEngine', 'FusionResult', 'fuse_conv_bn', 'resolve_device']
 
 _LOG = logging.getLogger(__name__)
 
@@ -132,6 +132,42 @@ def _validate_thresholds(conf, iou, max_det, classes, num_classes):
     return float(conf), float(iou), int(max_det), (tuple(int(c) for c in ids) or None)
 
 
+def fuse_conv_bn(model):
+    """Fold every eval-mode ``BatchNorm2d`` that follows a ``Conv2d`` into the convolution.
+
+    Covers ``nn.Sequential`` runs (``Conv2d``, ``BatchNorm2d``, ...) and modules with ``conv``
+    and ``bn`` attributes (ultralytics' ``Conv``). The folded BatchNorm becomes ``Identity``.
+    Inference only: the result is the same function up to float rounding, with one pass over
+    the feature map less per layer (BatchNorm was half of the GPU time at 640x512).
+
+    Returns:
+        the number of folded pairs.
+
+    """
+    from torch import nn
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    def foldable(conv, bn):
+        return (isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d)
+                and bn.track_running_stats and bn.running_mean is not None)
+
+    count = 0
+    for module in list(model.modules()):
+        if isinstance(module, nn.Sequential):
+            items = list(module._modules.items())
+            for (conv_key, conv), (bn_key, bn) in zip(items, items[1:]):
+                if foldable(conv, bn) and isinstance(module._modules[bn_key], nn.BatchNorm2d):
+                    module._modules[conv_key] = fuse_conv_bn_eval(conv.eval(), bn.eval())
+                    module._modules[bn_key] = nn.Identity()
+                    count += 1
+        conv, bn = getattr(module, 'conv', None), getattr(module, 'bn', None)
+        if foldable(conv, bn):
+            module.conv = fuse_conv_bn_eval(conv.eval(), bn.eval())
+            module.bn = nn.Identity()
+            count += 1
+    return count
+
+
 def _min_input_side(config):
     """Smallest H and W the network takes: its coarsest flow level needs at least 2x2 pixels."""
     downsample = int(getattr(config, 'registration_downsample', 2))
@@ -189,6 +225,9 @@ class FusionEngine:
         pad_mode: ``'replicate'`` (default), ``'reflect'`` or ``'constant'``.
         cudnn_benchmark: on CUDA, set ``torch.backends.cudnn.benchmark`` (process-wide) so that
             cuDNN times its kernels once per input size and keeps the fastest.
+        fuse_bn: fold BatchNorm layers into the preceding convolutions (:func:`fuse_conv_bn`).
+        channels_last: run in the channels-last memory format (None: on CUDA only, where it
+            avoids cuDNN's layout transposes).
 
     Raises:
         CheckpointError: missing or invalid weights.
@@ -200,7 +239,7 @@ class FusionEngine:
     def __init__(self, weights=None, device='cpu', half=False, cuda_graph='auto', threads=None,
                  conf_threshold=0.25, iou_threshold=0.45, max_detections=100, classes=None,
                  allow_cpu_fallback=False, ir_norm='percentile', ir_low=0.5, ir_high=99.5,
-                 pad_mode='replicate', cudnn_benchmark=True):
+                 pad_mode='replicate', cudnn_benchmark=True, fuse_bn=True, channels_last=None):
         if cuda_graph is True or cuda_graph is False:
             cuda_graph = 'on' if cuda_graph else 'off'
         if cuda_graph not in CUDA_GRAPH_MODES:
@@ -233,8 +272,13 @@ class FusionEngine:
                 f'weights file {str(self._weights)!r} does not exist; pass the path of a '
                 f'.safetensors checkpoint (e.g. models/tarfuse_default.safetensors) or train one '
                 f'with tarfuse-train')
-        model = load_checkpoint(self._weights, map_location='cpu')
-        self._model = model.to(self._device).eval()
+        model = load_checkpoint(self._weights, map_location='cpu').eval()
+        self._fused_layers = fuse_conv_bn(model) if fuse_bn else 0
+        self._channels_last = cuda if channels_last is None else bool(channels_last)
+        model = model.to(self._device)
+        if self._channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self._model = model
         self._ir_norm, self._ir_low, self._ir_high = ir_norm, float(ir_low), float(ir_high)
         self._pad_mode = pad_mode
         self._class_names = tuple(str(n) for n in self._model.config.class_names)
@@ -269,7 +313,7 @@ class FusionEngine:
 
     @property
     def model(self):
-        """The underlying ``TarFuse`` module (eval mode, on :attr:`device`)."""
+        """The underlying ``TarFuse`` (eval mode, on :attr:`device`, BatchNorm folded if asked)."""
         return self._model
 
     @property

@@ -18,15 +18,22 @@ CUDA = torch.cuda.is_available()
 
 
 def _random_model(seed=0):
-    """Randomly initialised network; its zero-initialised flow heads get small random weights.
+    """Randomly initialised network with random BatchNorm statistics and flow heads.
 
-    So that the flow (hence registration, padding and resizing) is not trivially zero.
+    The flow heads start at zero in ``build_model``: random ones make the flow (hence
+    registration, padding and resizing) non-trivial.
     """
     torch.manual_seed(seed)
     model = build_model().eval()
     with torch.no_grad():
+        for module in model.modules():  # trained-looking BatchNorm statistics
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.1, 0.1)
+                module.running_var.uniform_(0.5, 2.0)
+                module.weight.uniform_(0.7, 1.3)
+                module.bias.uniform_(-0.1, 0.1)
         for head in model.registration.msrb.flow_heads:
-            head.weight.normal_(0.0, 0.5)
+            head.weight.normal_(0.0, 0.03)
         model.registration.msrb.flow_heads[0].bias.copy_(torch.tensor([0.4, -0.3]))
     return model
 
@@ -169,6 +176,20 @@ def test_detections_match_model_output_scale(firing_weights, pair):
     got = np.array([[d.x1, d.y1, d.x2, d.y2, d.score, d.class_id] for d in result.detections])
     assert len(got) == len(rows) > 0
     np.testing.assert_allclose(got, rows[:, :6], atol=1e-4)
+
+
+def test_batchnorm_folding_keeps_outputs(engine, weights, pair):
+    unfused = FusionEngine(weights, fuse_bn=False)
+    assert engine._fused_layers > 40 and unfused._fused_layers == 0
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in engine.model.modules())
+    ir, vi = _small(pair)
+    a, b = engine.infer(ir, vi), unfused.infer(ir, vi)
+    assert np.abs(a.fused.astype(int) - b.fused.astype(int)).max() <= 1
+    np.testing.assert_allclose(a.flow_px, b.flow_px, atol=1e-3)
+    assert len(a.detections) == len(b.detections)
+    for da, db in zip(a.detections, b.detections):
+        np.testing.assert_allclose([da.x1, da.y1, da.x2, da.y2, da.score],
+                                   [db.x1, db.y1, db.x2, db.y2, db.score], atol=1e-2)
 
 
 def test_uint16_and_float_ir_match_uint8(weights, pair):
