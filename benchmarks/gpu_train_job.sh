@@ -13,6 +13,10 @@
 #   PYTHON (default python3). Extra wheels (ultralytics, kornia) go on PYTHONPATH beforehand.
 # CPU background use: DEVICE=cpu WORKERS=1 bash benchmarks/gpu_train_job.sh DATA OUT 0 --epochs 20
 #   (BUDGET_S 0 = no budget: the configured / given epoch count runs to the end).
+# Outputs: OUT_DIR/tarfuse_default.safetensors (the checkpoint, provenance inside),
+#   OUT_DIR/train/{log.jsonl,loss_curves.png,summary.json,config.yaml,splits/,state/} (state/ is
+#   resumable anywhere: tarfuse-train --resume OUT_DIR/train --device cpu --epochs N),
+#   OUT_DIR/train.log, and OUT_DIR/eval_roadscene/ when the evaluation ran.
 set -uo pipefail
 
 DATA_ROOT=${1:?usage: gpu_train_job.sh DATA_ROOT [OUT_DIR] [BUDGET_S] [train args...]}
@@ -45,8 +49,8 @@ import importlib
 import torch
 print('== torch', torch.__version__, 'cuda', torch.cuda.is_available(),
       torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')
-for name in ('torchvision', 'ultralytics', 'kornia', 'safetensors', 'cv2', 'tqdm', 'yaml',
-             'matplotlib'):
+for name in ('torchvision', 'ultralytics', 'ultralytics.utils.loss', 'safetensors', 'cv2',
+             'tqdm', 'yaml', 'matplotlib'):
     try:
         module = importlib.import_module(name)
         print('==', name, getattr(module, '__version__', '?'))
@@ -61,13 +65,14 @@ T0=$(date +%s)
 HARD_S=$(( BUDGET_S > 0 ? BUDGET_S + 60 : 86400 ))
 timeout --signal=INT --kill-after=20 "${HARD_S}" "${PYTHON}" -m tarfuse_ros.tools.train \
     --config config/train.yaml --set "data.root=${DATA_ROOT}" --device "${DEVICE}" \
-    --workers "${WORKERS}" --out "${OUT_DIR}/train" "${BUDGET_ARGS[@]}" "$@" \
+    --workers "${WORKERS}" --out "${OUT_DIR}/train" ${BUDGET_ARGS[@]+"${BUDGET_ARGS[@]}"} "$@" \
     2>&1 | tee "${OUT_DIR}/train.log"
 TRAIN_RC=${PIPESTATUS[0]}
 T1=$(date +%s)
 echo "== training exit code ${TRAIN_RC}, wall $(( T1 - T0 )) s"
 
 CKPT="${OUT_DIR}/train/tarfuse.safetensors"
+[ -f "${CKPT}" ] && cp "${CKPT}" "${OUT_DIR}/tarfuse_default.safetensors"
 EVAL_RC=skipped
 if [ -f "${CKPT}" ] && [ -f tarfuse_ros/tools/evaluate.py ] && [ "${EVAL_BUDGET_S}" != "0" ] \
         && [ -d "${DATA_ROOT}/roadscene" ]; then

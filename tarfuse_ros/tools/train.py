@@ -516,6 +516,7 @@ def plot_curves(log_path, png_path):
         return None
     parts = [k for k in records[-1].get('train', {}) if k != 'total']
     keys = ['total'] + parts
+    has_epe = any('epe' in (r.get('val') or {}) for r in records)
     try:
         import matplotlib
         matplotlib.use('Agg')
@@ -523,7 +524,7 @@ def plot_curves(log_path, png_path):
     except ImportError:
         return _plot_curves_cv2(records, keys, png_path)
     cols = 3
-    rows = math.ceil(len(keys) / cols)
+    rows = math.ceil((len(keys) + has_epe) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False)
     for ax, key in zip(axes.flat, keys):
         xs = [r['epoch'] for r in records if key in r.get('train', {})]
@@ -538,7 +539,17 @@ def plot_curves(log_path, png_path):
         if ys and min(ys) > 0 and max(ys) / max(min(ys), 1e-12) > 20:
             ax.set_yscale('log')
         ax.legend(fontsize=7)
-    for ax in list(axes.flat)[len(keys):]:
+    if has_epe:
+        ax = axes.flat[len(keys)]
+        val = [r for r in records if 'epe' in (r.get('val') or {})]
+        ax.plot([r['epoch'] for r in val], [r['val']['epe'] for r in val], 'o-',
+                label='val EPE (px)')
+        ax.plot([r['epoch'] for r in val], [r['val']['epe_zero_flow'] for r in val], '--',
+                label='zero flow')
+        ax.set_title('registration EPE')
+        ax.set_xlabel('epoch')
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(keys) + has_epe:]:
         ax.axis('off')
     fig.tight_layout()
     fig.savefig(str(png_path), dpi=80)
