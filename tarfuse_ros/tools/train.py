@@ -1222,6 +1222,12 @@ def main(argv=None):
             out = resume.parent
         else:
             out = Path('runs') / datetime.datetime.now().strftime('train_%Y%m%d_%H%M%S')
+        if resume is not None and out.resolve() != resume.parent:
+            # Resuming into another folder (e.g. from a read-only copy): carry the history.
+            old_log, new_log = resume.parent / LOG_NAME, out / LOG_NAME
+            if old_log.is_file() and not new_log.exists():
+                out.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(old_log, new_log)
         if args.max_steps is not None and args.max_steps < 1:
             raise ValueError(f'--max-steps must be >= 1, got {args.max_steps}')
         # The command line counts its budget from the interpreter's start (imports included).

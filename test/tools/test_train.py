@@ -126,6 +126,15 @@ def test_loader_workers_do_not_change_the_losses(runs, splits, tmp_path):
             assert ours['train'][key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
 
 
+def test_resume_into_another_folder_keeps_the_history(runs, tmp_path):
+    out = tmp_path / 'moved'
+    assert train_tool.main(['--resume', str(runs['b'] / train_tool.STATE_DIR), '--epochs', '3',
+                            '--out', str(out), '--val-every', '0']) == 0
+    assert [r['epoch'] for r in _log(out)] == [1, 2, 3]
+    assert train_tool.read_state_meta(out / train_tool.STATE_DIR)['global_step'] == 6
+    assert [r['epoch'] for r in _log(runs['b'])] == [1, 2]
+
+
 def test_other_seed_gives_other_losses(splits, tmp_path):
     out = tmp_path / 'seed1'
     assert train_tool.main(_args(splits, out, '--epochs', '1', '--seed', '1',
