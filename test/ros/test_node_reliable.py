@@ -67,6 +67,6 @@ def test_sigterm_stops_the_node_cleanly(setup):
     node, probe = setup
     code, seconds = node.stop(signal.SIGTERM, timeout=20.0)
     log = node.log()
-    assert code == 0, log
-    assert seconds < 15.0
+    assert code == 0, f'exit code {code} after {seconds:.1f} s:\n{log}'
+    assert seconds < 15.0, f'took {seconds:.1f} s:\n{log}'
     assert 'Traceback' not in log, log
