@@ -16,7 +16,7 @@ CONFIG = TarFuseConfig(msrb_channels=(8, 16, 16), detect_channels=(16, 24, 32), 
 
 @pytest.fixture(scope='module')
 def trained_like_model():
-    """A model whose weights and BatchNorm statistics differ from a fresh one."""
+    """Return a model whose weights and BatchNorm statistics differ from a fresh one."""
     torch.manual_seed(0)
     model = build_model(CONFIG)
     with torch.no_grad():

@@ -69,7 +69,7 @@ def firing_engine(firing_weights):
 
 @pytest.fixture(scope='module')
 def pair():
-    """A real RoadScene pair (IR uint8 HxW, visible uint8 HxWx3 BGR)."""
+    """Load a real RoadScene pair: IR uint8 HxW, visible uint8 HxWx3 BGR."""
     datasets = shared_datasets_dir()
     if datasets is None:
         pytest.skip('shared datasets not found (set TARFUSE_SHARED or put shared/ '
