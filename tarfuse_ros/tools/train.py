@@ -103,6 +103,8 @@ def build_parser():
     parser.add_argument('--device', default=None, help='cpu | cuda | cuda:N')
     parser.add_argument('--resume', default=None, metavar='DIR',
                         help='continue from a training state folder (or the --out of a run)')
+    parser.add_argument('--init', default=None, metavar='WEIGHTS',
+                        help='start from the weights of a .safetensors checkpoint (fine-tuning)')
     parser.add_argument('--seed', type=int, default=None, help='random seed')
     parser.add_argument('--max-steps', type=int, default=None,
                         help='stop after this many optimizer steps in this run (smoke tests)')
@@ -138,7 +140,8 @@ def apply_cli(cfg, args):
               ('train', 'seed'): args.seed, ('data', 'crop'): args.crop,
               ('train', 'batch'): args.batch, ('data', 'workers'): args.workers,
               ('train', 'val_every'): args.val_every, ('train', 'amp'): args.amp,
-              ('train', 'time_budget_s'): args.time_budget}
+              ('train', 'time_budget_s'): args.time_budget,
+              ('train', 'init_weights'): args.init}
     for (section, key), value in simple.items():
         if value is not None:
             cfg[section][key] = value
@@ -846,7 +849,15 @@ class Trainer:
 
         resume_meta = read_state_meta(resume) if resume else None
         model_dict = resume_meta['model_config'] if resume_meta else None
+        init_model = None
+        if tcfg.get('init_weights') and not resume:
+            # Start from a checkpoint's weights (and its architecture), with a fresh optimizer.
+            from tarfuse_ros.core.checkpoint import load_checkpoint
+            init_model = load_checkpoint(tcfg['init_weights'])
+            model_dict = init_model.config.to_dict()
         self.model = build_model_from_config(cfg, model_dict).to(self.device)
+        if init_model is not None:
+            self.model.load_state_dict(init_model.state_dict())
         from tarfuse_ros.core.losses import TarFuseLoss
         self.criterion = TarFuseLoss(self.model, _loss_weights(cfg)).to(self.device)
         self.optimizer = torch.optim.Adam(

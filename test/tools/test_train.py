@@ -242,3 +242,19 @@ def test_curve_fallback_draws_with_opencv(runs, tmp_path):
     image = cv2.imread(str(png))
     assert image is not None and image.shape == (360, 640, 3)
     assert (image < 250).any()
+
+
+def test_init_starts_from_a_checkpoints_weights(runs, splits, tmp_path):
+    """--init loads a checkpoint's architecture and weights; a 1e-12 step leaves them in place."""
+    source = runs['a'] / 'tarfuse.safetensors'
+    out = tmp_path / 'init'
+    assert train_tool.main(_args(splits, out, '--epochs', '1', '--max-steps', '1',
+                                 '--init', str(source), '--set', 'train.lr=1e-12')) == 0
+    before = load_checkpoint(source).state_dict()
+    after = load_checkpoint(out / 'tarfuse.safetensors').state_dict()
+    conv_weights = [k for k in before if k.endswith('.weight') and before[k].dim() == 4]
+    assert conv_weights
+    for key in conv_weights:
+        assert torch.allclose(before[key], after[key], rtol=0, atol=1e-9), key
+    config = read_checkpoint_config(out / 'tarfuse.safetensors')
+    assert config['model'] == read_checkpoint_config(source)['model']
