@@ -1,0 +1,94 @@
+"""The pieces learn: a short run on tiny synthetic data improves registration and detection.
+
+Synthetic set (drawn fresh every step, seeded): a smooth random texture seen with different
+intensity mappings by the two modalities (visible ``0.1 + 0.6 t``, infrared ``0.6 - 0.4 t``)
+and a square "warm target" (bright in IR, lighter in the visible image) whose box is the
+label. The IR image is deformed by :func:`random_deformation`; the network is trained with the
+full :class:`TarFuseLoss` (fusion, registration, consistency, complementary, detection).
+"""
+
+from tarfuse_ros.core.deform import DeformConfig, random_deformation
+from tarfuse_ros.core.losses import LossWeights, TarFuseLoss
+from tarfuse_ros.core.model import build_model, TarFuseConfig, warp
+import torch
+import torch.nn.functional as F
+
+SIZE = 64
+STEPS = 200
+BATCH = 8
+DEFORM = DeformConfig(rotation_deg=5.0, translation=0.06, scale=(0.95, 1.05),
+                      elastic_sigma_px=8.0, elastic_alpha_px=2.0)
+# A narrow network: the architecture of the default one, small widths.
+CONFIG = TarFuseConfig(feature_channels=8, registration_downsample=1, cseb_channels=16,
+                       msrb_channels=(16, 24, 32, 32), reconstruction_channels=(8, 8),
+                       neck_stem_channels=(8, 16), detect_channels=(16, 24, 32), reg_max=4,
+                       num_classes=1, class_names=('target',))
+
+
+def _scenes(count, generator):
+    texture = 0
+    for cells, weight in ((4, 0.5), (8, 0.35), (16, 0.15)):
+        coarse = torch.rand(count, 1, cells, cells, generator=generator)
+        texture = texture + weight * F.interpolate(coarse, size=(SIZE, SIZE), mode='bicubic',
+                                                   align_corners=True)
+    texture = texture.clamp(0, 1)
+    vi = 0.1 + 0.6 * texture
+    ir = 0.6 - 0.4 * texture
+    ys, xs = torch.meshgrid(torch.arange(SIZE), torch.arange(SIZE), indexing='ij')
+    boxes = []
+    for index in range(count):
+        side = 10 + int(torch.randint(0, 9, (1,), generator=generator))
+        x0 = int(torch.randint(2, SIZE - side - 2, (1,), generator=generator))
+        y0 = int(torch.randint(2, SIZE - side - 2, (1,), generator=generator))
+        inside = (xs >= x0) & (xs < x0 + side) & (ys >= y0) & (ys < y0 + side)
+        ir[index, 0][inside] = 0.95
+        vi[index, 0][inside] = 0.75
+        boxes.append([(x0 + side / 2) / SIZE, (y0 + side / 2) / SIZE, side / SIZE, side / SIZE])
+    return ir, vi, torch.tensor(boxes)
+
+
+def _batch(count, generator):
+    ir, vi, boxes = _scenes(count, generator)
+    applied, inverse = random_deformation(count, SIZE, SIZE, DEFORM, generator=generator)
+    return {'ir': warp(ir, applied), 'ir_aligned': ir, 'vi': vi, 'flow_gt': inverse,
+            'batch_idx': torch.arange(count, dtype=torch.float32), 'cls': torch.zeros(count, 1),
+            'bboxes': boxes, 'has_labels': torch.ones(count, dtype=torch.bool)}
+
+
+def _evaluate(model, criterion, batch):
+    model.eval()
+    with torch.no_grad():
+        out = model(batch['ir'], batch['vi'], ir_aligned=batch['ir_aligned'])
+        _, parts = criterion(out, batch)
+    model.train()
+    epe = (out['flow'] - batch['flow_gt']).norm(dim=1).mean().item()
+    return epe, parts['detection'].item()
+
+
+def test_training_reduces_registration_epe_and_detection_loss():
+    torch.manual_seed(0)
+    held_out = _batch(16, torch.Generator().manual_seed(99))
+    model = build_model(CONFIG)
+    criterion = TarFuseLoss(model, LossWeights(reg=2.0))
+    optimiser = torch.optim.Adam(model.parameters(), lr=4e-3)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=4e-3, total_steps=STEPS,
+                                                   pct_start=0.15)
+    baseline_epe = held_out['flow_gt'].norm(dim=1).mean().item()  # zero flow
+    initial_epe, initial_det = _evaluate(model, criterion, held_out)
+    assert initial_epe == baseline_epe  # the untrained flow is the identity
+
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(STEPS):
+        batch = _batch(BATCH, generator)
+        out = model(batch['ir'], batch['vi'], ir_aligned=batch['ir_aligned'])
+        loss, _ = criterion(out, batch)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        schedule.step()
+
+    final_epe, final_det = _evaluate(model, criterion, held_out)
+    print(f'EPE {baseline_epe:.3f} px (zero flow) -> {final_epe:.3f} px; '
+          f'detection loss {initial_det:.3f} -> {final_det:.3f}')
+    assert final_epe < 0.6 * baseline_epe, (baseline_epe, final_epe)
+    assert final_det < 0.5 * initial_det, (initial_det, final_det)
