@@ -13,9 +13,10 @@ sigma 16 px with a kernel of about 6 sigma (kornia's default kernel truncates th
 can fold the field), scaled to a peak displacement drawn from U(0, 4) px.
 """
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 import math
 
+from tarfuse_ros.core.configs import known_fields
 from tarfuse_ros.core.model.warp import identity_grid, warp
 import torch
 import torch.nn.functional as F
@@ -68,11 +69,7 @@ class DeformConfig:
     @classmethod
     def from_dict(cls, values):
         """Build from a plain dict (e.g. YAML); unknown keys raise ``ValueError``."""
-        values = dict(values or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f'unknown DeformConfig keys {unknown}; known keys: {sorted(known)}')
+        values = known_fields(cls, values)
         return cls(**values)
 
     def to_dict(self):

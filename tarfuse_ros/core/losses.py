@@ -16,9 +16,10 @@ Total: ``L = fusion * L_fus + reg * L_reg + consistency * L_mc + complementary *
 + det * L_det`` with ``L_fus = L_int + beta * L_grad``.
 """
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from types import SimpleNamespace
 
+from tarfuse_ros.core.configs import known_fields
 import torch
 from torch import nn
 import torch.nn.functional as F
@@ -223,11 +224,7 @@ class LossWeights:
     @classmethod
     def from_dict(cls, values):
         """Build from a plain dict; unknown keys raise ``ValueError``."""
-        values = dict(values or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f'unknown LossWeights keys {unknown}; known: {sorted(known)}')
+        values = known_fields(cls, values)
         return cls(**{k: float(v) for k, v in values.items()})
 
     def to_dict(self):

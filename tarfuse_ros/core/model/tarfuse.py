@@ -11,8 +11,9 @@ luminance, both ``(B, 1, H, W)`` in ``[0, 1]`` with ``H`` and ``W`` multiples of
 4. the reconstruction head gives the fused image and the neck + ``Detect`` the detections.
 """
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
+from tarfuse_ros.core.configs import known_fields
 from tarfuse_ros.core.model.encoders import FeatureExtractor
 from tarfuse_ros.core.model.heads import build_detect, DetectionNeck, ReconstructionHead
 from tarfuse_ros.core.model.registration import RegistrationNet
@@ -81,11 +82,7 @@ class TarFuseConfig:
     @classmethod
     def from_dict(cls, values):
         """Build from :meth:`to_dict` output; unknown keys raise ``ValueError``."""
-        values = dict(values or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f'unknown TarFuseConfig keys {unknown}; known: {sorted(known)}')
+        values = known_fields(cls, values)
         if 'class_names' in values and 'num_classes' not in values:
             values['num_classes'] = len(values['class_names'])
         return cls(**values)
