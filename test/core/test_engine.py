@@ -11,7 +11,6 @@ from tarfuse_ros.core.checkpoint import CheckpointError, save_checkpoint
 from tarfuse_ros.core.engine import Detection, FusionEngine, FusionResult
 from tarfuse_ros.core.model.tarfuse import build_model
 from tarfuse_ros.core.model.warp import warp
-from tarfuse_ros.core.paths import shared_datasets_dir
 import torch
 
 CUDA = torch.cuda.is_available()
@@ -68,18 +67,8 @@ def firing_engine(firing_weights):
 
 
 @pytest.fixture(scope='module')
-def pair():
-    """Load a real RoadScene pair: IR uint8 HxW, visible uint8 HxWx3 BGR."""
-    datasets = shared_datasets_dir()
-    if datasets is None:
-        pytest.skip('shared datasets not found (set TARFUSE_SHARED or put shared/ '
-                    'beside the clone)')
-    root = datasets / 'roadscene'
-    stem = (root / 'test.txt').read_text().split()[0]
-    ir = cv2.imread(str(root / 'ir' / f'{stem}.jpg'), cv2.IMREAD_GRAYSCALE)
-    vi = cv2.imread(str(root / 'vi' / f'{stem}.jpg'), cv2.IMREAD_COLOR)
-    assert ir is not None and vi is not None, stem
-    return ir, vi
+def pair(roadscene_pair):
+    return roadscene_pair
 
 
 def _small(pair, height=70, width=100):

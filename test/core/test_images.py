@@ -4,21 +4,7 @@ import cv2
 import numpy as np
 import pytest
 from tarfuse_ros.core import images
-from tarfuse_ros.core.paths import shared_datasets_dir
 import torch
-
-
-def _roadscene_pair():
-    datasets = shared_datasets_dir()
-    if datasets is None:
-        pytest.skip('shared datasets not found (set TARFUSE_SHARED or put shared/ '
-                    'beside the clone)')
-    root = datasets / 'roadscene'
-    stem = (root / 'test.txt').read_text().split()[0]
-    ir = cv2.imread(str(root / 'ir' / f'{stem}.jpg'), cv2.IMREAD_GRAYSCALE)
-    vi = cv2.imread(str(root / 'vi' / f'{stem}.jpg'), cv2.IMREAD_COLOR)
-    assert ir is not None and vi is not None, stem
-    return ir, vi
 
 
 def test_uint8_divides_by_255():
@@ -103,8 +89,8 @@ def test_visible_grey_has_no_chroma():
     assert crcb is None and y.shape == (6, 7)
 
 
-def test_colour_round_trip_on_real_image():
-    _, vi = _roadscene_pair()
+def test_colour_round_trip_on_real_image(roadscene_pair):
+    _, vi = roadscene_pair
     y, crcb = images.to_unit_visible(vi)
     assert y.shape == vi.shape[:2] and crcb.shape == vi.shape[:2] + (2,)
     # Luma is OpenCV's grey conversion.
