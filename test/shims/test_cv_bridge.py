@@ -1,26 +1,13 @@
 """Behaviour of the project's cv_bridge stand-in (tools/ros_env/shims)."""
 
-from pathlib import Path
-import sys
-
 import cv2
 import numpy as np
 import pytest
 from sensor_msgs.msg import Image
+from stand_in import import_stand_in
 from std_msgs.msg import Header
 
-ROOT = Path(__file__).resolve().parents[2]
-SHIMS = ROOT / 'tools' / 'ros_env' / 'shims'
-
-try:
-    import cv_bridge
-except ImportError:  # not installed into this environment yet: use the source tree
-    sys.path.insert(0, str(SHIMS))
-    import cv_bridge
-
-if not getattr(cv_bridge, '__tarfuse_shim__', False):
-    pytest.skip('cv_bridge is the distro package, not the tarfuse_ros stand-in',
-                allow_module_level=True)
+import_stand_in('cv_bridge')
 
 from cv_bridge import CvBridge, CvBridgeError  # noqa: E402,I100
 

@@ -1,7 +1,6 @@
 """Behaviour of the project's message_filters stand-in (tools/ros_env/shims)."""
 
 import os
-from pathlib import Path
 import random
 import subprocess
 import sys
@@ -11,20 +10,10 @@ import time
 
 import pytest
 from sensor_msgs.msg import Image
+from stand_in import import_stand_in
 from std_msgs.msg import Header
 
-ROOT = Path(__file__).resolve().parents[2]
-SHIMS = ROOT / 'tools' / 'ros_env' / 'shims'
-
-try:
-    import message_filters
-except ImportError:  # not installed into this environment yet: use the source tree
-    sys.path.insert(0, str(SHIMS))
-    import message_filters
-
-if not getattr(message_filters, '__tarfuse_shim__', False):
-    pytest.skip('message_filters is the distro package, not the tarfuse_ros stand-in',
-                allow_module_level=True)
+import_stand_in('message_filters')
 
 from message_filters import (  # noqa: E402,I100
     ApproximateTimeSynchronizer, Cache, SimpleFilter, Subscriber, TimeSynchronizer)
