@@ -31,6 +31,8 @@ toolboxes differ (we follow ``shared/design/METHOD.md``):
 - ``scd``: sum of correlations of differences, Pearson(F - B, A) + Pearson(F - A, B).
 
 Registration metrics take images in [0, 1] (uint8 is divided by 255) and flows in pixels.
+``edge_alignment`` (no ground truth needed) also takes uint16 (divided by 65535);
+``landmark_error`` takes point lists in pixels.
 Detection metrics are COCO-style: greedy matching by score, 101-point interpolated precision,
 AP at IoU 0.5 and averaged over IoU 0.50:0.05:0.95, per class and averaged over the classes that
 have ground truth.
@@ -43,6 +45,7 @@ import numpy as np
 
 __all__ = [
     'COCO_IOU_THRESHOLDS',
+    'EDGE_ALIGNMENT_SIGMA_PX',
     'FUSION_METRICS',
     'QABF_CONSTANTS',
     'ag',
@@ -50,9 +53,11 @@ __all__ = [
     'box_iou',
     'cc',
     'detection_metrics',
+    'edge_alignment',
     'entropy',
     'epe',
     'fusion_metrics',
+    'landmark_error',
     'map_at',
     'mse',
     'mutual_information',
@@ -69,6 +74,7 @@ __all__ = [
     'vifp',
 ]
 
+EDGE_ALIGNMENT_SIGMA_PX = 1.5
 QABF_CONSTANTS = {'Tg': 0.9994, 'kg': -15.0, 'Dg': 0.5, 'Ta': 0.9879, 'ka': -22.0, 'Da': 0.8}
 COCO_IOU_THRESHOLDS = tuple(np.round(np.linspace(0.5, 0.95, 10), 2).tolist())
 # Names as reported in metrics.json, with the direction that is better.
@@ -465,6 +471,143 @@ def epe(flow_px, flow_gt_px, channel_axis=-1, mask=None):
             raise ValueError('mask selects no pixels')
         err = err[mask]
     return float(err.mean())
+
+
+def _unit_any(img, name):
+    """Return a 2-D float64 array in [0, 1]: uint16 divided by 65535, else as :func:`_unit`."""
+    arr = np.asarray(img)
+    if arr.dtype == np.uint16:
+        return _unit(arr.astype(np.float64) / 65535.0, name)
+    if arr.dtype != np.uint8 and not np.issubdtype(arr.dtype, np.floating):
+        raise ValueError(
+            f'{name} must be uint8, uint16 or float in [0, 1], got dtype {arr.dtype}')
+    return _unit(arr, name)
+
+
+def edge_alignment(registered, reference, valid=None, sigma_px=EDGE_ALIGNMENT_SIGMA_PX):
+    """Score how well two images of different modalities line up, without ground truth.
+
+    The score is the normalised cross-correlation (Pearson) of the two images' smoothed
+    gradient magnitudes over the overlap::
+
+        G(x) = GaussianBlur(|Sobel(x)|, sigma_px)
+        score = Pearson(G(registered)[overlap], G(reference)[overlap])
+
+    Magnitudes, not signed gradients, are correlated because an edge of the scene usually
+    appears in IR and visible images with a different sign and contrast (Irani and Anandan,
+    "Robust multi-sensor image alignment", ICCV 1998, correlate such sign-free derivative
+    energies; Penney et al., IEEE TMI 17(4), 1998, define the signed "gradient correlation").
+    The Gaussian blur of the magnitudes (``sigma_px`` = 1.5 px by default) turns one-pixel
+    edge lines into ridges a few pixels wide, so the score falls smoothly with the offset
+    instead of dropping to its floor after one pixel, and damps pixel noise.
+
+    Sobel uses reflected borders (the frame border is no edge). Pixels whose 3x3 Sobel window
+    reaches outside ``valid`` are the overlap's rim: the border between valid and invalid
+    (e.g. black, sampled outside the IR) pixels is an edge of the warp, not of the scene, so
+    both images' magnitudes are zeroed outside the overlap before blurring, and only the
+    overlap counts.
+
+    Args:
+        registered: 2-D image (H, W), e.g. the IR warped onto the visible frame; uint8,
+            uint16, or float in [0, 1] (a trailing channel axis of size 1 is accepted).
+        reference: 2-D image of the same shape, e.g. the visible luma; same types.
+        valid: optional bool array (H, W), True where ``registered`` holds image content
+            (e.g. pixels warped from inside the IR image). None: every pixel is valid.
+        sigma_px: standard deviation of the Gaussian blur of the magnitudes, in pixels
+            (0 disables it).
+
+    Returns:
+        float in [-1, 1]; 1 when the gradient magnitudes are proportional over the overlap
+        (identical images). 0.0 when either image has no gradient variance over the overlap
+        (e.g. a flat image), or the overlap holds no pixel.
+
+    Raises:
+        ValueError: an image is not 2-D, has another dtype, holds values outside [0, 1] or
+            NaN; the shapes of ``registered``, ``reference`` and ``valid`` differ;
+            ``sigma_px`` is negative.
+
+    """
+    x = _unit_any(registered, 'registered')
+    y = _unit_any(reference, 'reference')
+    _same_shape(('registered', x), ('reference', y))
+    if not sigma_px >= 0:
+        raise ValueError(f'sigma_px must be >= 0, got {sigma_px}')
+    if valid is None:
+        overlap = np.ones(x.shape, bool)
+    else:
+        valid = np.asarray(valid)
+        if valid.shape != x.shape:
+            raise ValueError(f'valid has shape {valid.shape}, the images {x.shape}')
+        # Outside the frame counts as valid: reflected borders make no edge there.
+        overlap = cv2.erode(valid.astype(np.uint8), np.ones((3, 3), np.uint8),
+                            borderType=cv2.BORDER_CONSTANT, borderValue=1).astype(bool)
+    if not overlap.any():
+        return 0.0
+    magnitudes = []
+    for img in (x, y):
+        gx = cv2.filter2D(img, cv2.CV_64F, _SOBEL_X, borderType=cv2.BORDER_REFLECT_101)
+        gy = cv2.filter2D(img, cv2.CV_64F, _SOBEL_Y, borderType=cv2.BORDER_REFLECT_101)
+        mag = np.where(overlap, np.hypot(gx, gy), 0.0)
+        if sigma_px > 0:
+            mag = cv2.GaussianBlur(mag, (0, 0), sigma_px, borderType=cv2.BORDER_REFLECT_101)
+        magnitudes.append(mag[overlap])
+    return float(np.clip(_pearson(*magnitudes), -1.0, 1.0))
+
+
+def _bilinear(field, points):
+    """Sample an (H, W, C) field at (N, 2) float (x, y) pixel positions, clamped to the frame."""
+    height, width = field.shape[:2]
+    x = np.clip(points[:, 0], 0.0, width - 1.0)
+    y = np.clip(points[:, 1], 0.0, height - 1.0)
+    x0 = np.minimum(np.floor(x).astype(np.int64), max(width - 2, 0))
+    y0 = np.minimum(np.floor(y).astype(np.int64), max(height - 2, 0))
+    x1 = np.minimum(x0 + 1, width - 1)
+    y1 = np.minimum(y0 + 1, height - 1)
+    fx = (x - x0)[:, None]
+    fy = (y - y0)[:, None]
+    top = field[y0, x0] * (1 - fx) + field[y0, x1] * fx
+    bottom = field[y1, x0] * (1 - fx) + field[y1, x1] * fx
+    return top * (1 - fy) + bottom * fy
+
+
+def landmark_error(flow_px, ir_points, vi_points):
+    """Mean distance (pixels) between IR landmarks and visible landmarks mapped by a flow.
+
+    With the core's flow convention ``registered(p) = ir(p + flow(p))`` the flow at a visible
+    pixel ``v`` points to the IR position that lands on ``v``; a visible landmark ``v`` thus
+    maps to ``v + flow(v)`` (flow sampled bilinearly, positions clamped to the frame), which
+    should be its IR landmark ``r``. The error is ``mean_i |v_i + flow(v_i) - r_i|`` (a target
+    registration error, TRE, measured in the IR image). A zero flow gives the error of the
+    unregistered pair, ``mean_i |v_i - r_i|``.
+
+    Args:
+        flow_px: (H, W, 2) flow (dx, dy) in pixels of the visible frame.
+        ir_points: (N, 2) landmark positions (x = column, y = row) in the IR image, already
+            expressed in the visible frame's pixel grid (an IR of another size is resized to
+            the visible frame first).
+        vi_points: (N, 2) the corresponding visible landmarks (x, y), pixels.
+
+    Returns:
+        float, pixels.
+
+    Raises:
+        ValueError: a flow not (H, W, 2), point arrays not (N, 2) of one N >= 1, or
+            non-finite values.
+
+    """
+    flow = np.asarray(flow_px, np.float64)
+    ir = np.asarray(ir_points, np.float64)
+    vi = np.asarray(vi_points, np.float64)
+    if flow.ndim != 3 or flow.shape[2] != 2 or flow.shape[0] < 1 or flow.shape[1] < 1:
+        raise ValueError(f'flow_px must be (H, W, 2), got shape {flow.shape}')
+    if ir.ndim != 2 or ir.shape[1] != 2 or ir.shape != vi.shape or len(ir) == 0:
+        raise ValueError(
+            f'ir_points and vi_points must both be (N, 2) with N >= 1, got {ir.shape} and '
+            f'{vi.shape}')
+    if not (np.isfinite(flow).all() and np.isfinite(ir).all() and np.isfinite(vi).all()):
+        raise ValueError('flow or landmarks hold NaN or infinite values')
+    mapped = vi + _bilinear(flow, vi)
+    return float(np.linalg.norm(mapped - ir, axis=1).mean())
 
 
 def registration_metrics(registered, reference, flow_px=None, flow_gt_px=None):

@@ -1,12 +1,14 @@
 """Evaluate a TarFuse checkpoint: the ``tarfuse-eval`` console script.
 
 ``tarfuse-eval --data DIR [--split NAME|FILE] --weights FILE --out DIR [--deform auto|none|
-synthetic|dataset] [--seed N] [--device D] [--max-pairs N] [--max-side PX]`` writes
-``metrics.json``, ``report.md`` and PNG figures into ``--out``.
+synthetic|dataset] [--stored-ir auto|aligned|unregistered] [--seed N] [--device D]
+[--max-pairs N] [--max-side PX]`` writes ``metrics.json``, ``report.md`` and PNG figures into
+``--out``.
 
 Protocol, per pair (everything in the VISIBLE frame):
 
-1. The stored pair is the aligned IR ``ir`` and the visible image ``vi`` (luma ``vi_y``).
+1. The stored pair is the aligned IR ``ir`` and the visible image ``vi`` (luma ``vi_y``); an IR
+   of another size is resized to the visible frame, as the engine does.
 2. The IR is deformed: ``dataset`` uses ``synthetic_misaligned/ir_warp`` and its ground-truth
    field (``disp`` is the APPLIED field; the registration reference is its inverse,
    ``deform.invert_flow``); ``synthetic`` draws ``deform.random_deformation`` with the default
@@ -28,6 +30,23 @@ Protocol, per pair (everything in the VISIBLE frame):
    ``visible_only`` (our network, IR input blanked) and ``ir_only`` (visible input blanked; the
    ALIGNED IR is given, since with a blank visible image there is nothing to register to: the
    generous choice for that baseline).
+6. Ground-truth-free registration score for the model, the unregistered input, ECC and the
+   zero-flow model: :func:`~tarfuse_ros.core.metrics.edge_alignment` of the registered IR and
+   ``vi_y`` over the pixels the registered IR really covers (sampled inside the frame and inside
+   the deformed IR's own content), and the fraction of pairs where the model beats the
+   unregistered input on it. Where the data set has ``landmarks/<stem>.txt`` (rows ``x_ir y_ir
+   x_vi y_vi``, pixels), the landmark error :func:`~tarfuse_ros.core.metrics.landmark_error`
+   of each flow (the unregistered input: zero flow), with IR landmarks mapped to the visible
+   frame's pixel grid the way the IR is resized.
+
+Sets WITHOUT an aligned IR (``--stored-ir unregistered``; ``auto`` picks it for sets with
+``landmarks/``, e.g. real unregistered cameras such as ``cvc14_misaligned``, which must be named
+explicitly): the stored IR IS the unregistered input (deformation ``none``; ``synthetic`` and
+``dataset`` are refused: there is no reference for them). Everything that needs the aligned IR
+is not computed and reported as n/a (None in ``metrics.json``): EPE, MSE, NCC, EPE reduction,
+and the fusion metrics that compare the fused image with the IR (CC, Qabf, Qcv, SSIM, MI, VIF,
+SCD; against a misaligned IR they would reward not registering). The reference-free fusion
+metrics (EN, SD, SF, AG), edge alignment and landmark errors are reported.
 
 Fusion and registration figures are means over pairs; detection is pooled over all labelled pairs
 (COCO). Speed: mean wall time of ``FusionEngine.infer`` per pair after one warm-up call.
@@ -49,11 +68,16 @@ from tarfuse_ros.core.images import to_uint8, to_unit_gray, to_unit_visible
 from tarfuse_ros.core.paths import shared_datasets_dir
 import torch
 
-__all__ = ['DEFORM_MODES', 'build_parser', 'evaluate', 'main']
+__all__ = ['DEFORM_MODES', 'STORED_IR_MODES', 'build_parser', 'evaluate', 'load_landmarks',
+           'main']
 
 _LOG = logging.getLogger('tarfuse-eval')
 
 DEFORM_MODES = ('auto', 'none', 'synthetic', 'dataset')
+STORED_IR_MODES = ('auto', 'aligned', 'unregistered')
+LANDMARKS_DIR = 'landmarks'
+# Fusion metrics computed from the fused image alone (valid without an aligned IR).
+REFERENCE_FREE_FUSION = ('EN', 'SD', 'SF', 'AG')
 CLASS_ALIASES = {'people': 'person', 'pedestrian': 'person', 'pedestrians': 'person'}
 DRAW_THRESHOLD = 0.25
 # Issue 4 targets (RoadScene test for registration/fusion, MSRS for detection).
@@ -102,7 +126,20 @@ def pair_seed(seed, stem):
     return (int(seed) * 1000003 + zlib.crc32(stem.encode('utf-8'))) % (2 ** 63)
 
 
-def deform_pair(dataset_dir, stem, ir, mode, seed, scale):
+def _covered(field_hw2, valid=None):
+    """Return where ``warp(img, field)`` holds content: bool HxW (all four taps inside).
+
+    ``valid`` (bool HxW, default all True) marks the content of the image being warped.
+    """
+    from tarfuse_ros.core.model.warp import warp
+    height, width = field_hw2.shape[:2]
+    ones = np.ones((height, width), np.float32) if valid is None else valid.astype(np.float32)
+    field = _field_to_torch(field_hw2)
+    covered = warp(torch.from_numpy(ones)[None, None], field)[0, 0].numpy()
+    return covered > 1.0 - 1e-4
+
+
+def deform_pair(dataset_dir, stem, ir, mode, seed, scale, with_valid=False):
     """Deform the aligned IR of one pair.
 
     Args:
@@ -112,17 +149,20 @@ def deform_pair(dataset_dir, stem, ir, mode, seed, scale):
         mode: ``'dataset'``, ``'synthetic'`` or ``'none'``.
         seed: base seed of synthetic fields.
         scale: (sx, sy) applied to the stored images (for the data set's field).
+        with_valid: also return where the deformed IR holds content (the rest sampled outside
+            the aligned IR and is black).
 
     Returns:
-        ``(deformed uint8 HxW, reference flow float32 HxWx2)``; the reference maps the deformed
-        IR back onto the visible frame.
+        ``(deformed uint8 HxW, reference flow float32 HxWx2)``, plus the bool HxW content mask
+        with ``with_valid``; the reference maps the deformed IR back onto the visible frame.
 
     """
     from tarfuse_ros.core.deform import DeformConfig, invert_flow, random_deformation
     from tarfuse_ros.core.model.warp import warp
     height, width = ir.shape
     if mode == 'none':
-        return ir.copy(), np.zeros((height, width, 2), np.float32)
+        out = ir.copy(), np.zeros((height, width, 2), np.float32)
+        return out + (np.ones((height, width), bool),) if with_valid else out
     if mode == 'dataset':
         disp = data.load_disp(dataset_dir, stem)
         deformed = data.load_misaligned_ir(dataset_dir, stem)
@@ -132,14 +172,53 @@ def deform_pair(dataset_dir, stem, ir, mode, seed, scale):
             disp[:, :, 1] *= scale[1]
             deformed = cv2.resize(deformed, (width, height), interpolation=cv2.INTER_AREA)
         inverse = invert_flow(_field_to_torch(disp), iterations=30)
-        return deformed, _field_to_numpy(inverse)
+        out = deformed, _field_to_numpy(inverse)
+        return out + (_covered(disp),) if with_valid else out
     if mode != 'synthetic':
         raise ValueError(f'deform mode must be one of {DEFORM_MODES}, got {mode!r}')
     generator = torch.Generator().manual_seed(pair_seed(seed, stem))
     applied, inverse = random_deformation(1, height, width, DeformConfig(), generator=generator)
     ir_t = torch.from_numpy(ir.astype(np.float32) / 255.0)[None, None]
     deformed = warp(ir_t, applied)[0, 0].numpy()
-    return np.clip(np.rint(deformed * 255.0), 0, 255).astype(np.uint8), _field_to_numpy(inverse)
+    out = (np.clip(np.rint(deformed * 255.0), 0, 255).astype(np.uint8),
+           _field_to_numpy(inverse))
+    return out + (_covered(_field_to_numpy(applied)),) if with_valid else out
+
+
+def load_landmarks(dataset_dir, stem):
+    """Load the landmark correspondences of one pair, or None when the pair has none.
+
+    Args:
+        dataset_dir: data set folder; the file is ``landmarks/<stem>.txt``, one row
+            ``x_ir y_ir x_vi y_vi`` per landmark (pixels of the stored images, x = column,
+            y = row, pixel centres at integers), ``#`` comments allowed.
+        stem: pair stem.
+
+    Returns:
+        ``(ir_points, vi_points)``, float64 (N, 2) each, or None.
+
+    Raises:
+        ValueError: the file exists but is not N >= 1 rows of 4 finite numbers.
+
+    """
+    path = Path(dataset_dir) / LANDMARKS_DIR / f'{stem}.txt'
+    if not path.is_file():
+        return None
+    try:
+        rows = np.loadtxt(path, comments='#', ndmin=2, dtype=np.float64)
+    except ValueError as exc:
+        raise ValueError(f'{str(path)!r}: cannot read landmarks ({exc})') from None
+    if rows.ndim != 2 or rows.shape[1] != 4 or len(rows) == 0 or not np.isfinite(rows).all():
+        raise ValueError(
+            f'{str(path)!r}: expected rows "x_ir y_ir x_vi y_vi", got an array of shape '
+            f'{rows.shape}')
+    return rows[:, :2].copy(), rows[:, 2:].copy()
+
+
+def _to_frame(points, src_size, dst_size):
+    """Map (N, 2) pixel positions between image sizes (w, h) the way ``cv2.resize`` maps them."""
+    factor = np.array([dst_size[0] / src_size[0], dst_size[1] / src_size[1]])
+    return (points + 0.5) * factor - 0.5
 
 
 def _luma(img):
@@ -258,11 +337,40 @@ class _ZeroFlow:
 
 
 def _mean_dicts(items):
+    """Mean per key over the dicts; None values (not computed) are left out of the mean."""
     items = [i for i in items if i]
     if not items:
         return None
-    keys = items[0].keys()
-    return {k: float(np.mean([i[k] for i in items])) for k in keys}
+    keys = list(dict.fromkeys(k for i in items for k in i))
+    out = {}
+    for key in keys:
+        values = [i[key] for i in items if i.get(key) is not None]
+        out[key] = float(np.mean(values)) if values else None
+    return out
+
+
+def _fusion_metrics(fused_y, ir_reference, vi_y):
+    """Fusion metrics against the aligned IR; only the reference-free ones without it."""
+    if ir_reference is not None:
+        return metrics.fusion_metrics(fused_y, ir_reference, vi_y)
+    everything = dict.fromkeys(metrics.FUSION_METRICS)
+    everything.update({'EN': metrics.entropy(fused_y), 'SD': metrics.sd(fused_y),
+                       'SF': metrics.sf(fused_y), 'AG': metrics.ag(fused_y)})
+    return everything
+
+
+def _registration_scores(registered, flow_px, content, vi_y, ir_reference, flow_ref,
+                         landmarks):
+    """Registration figures of one method on one pair (None where not computable)."""
+    if ir_reference is not None:
+        out = metrics.registration_metrics(registered, ir_reference, flow_px, flow_ref)
+    else:
+        out = {'MSE': None, 'NCC': None, 'EPE': None}
+    covered = _covered(flow_px, content)
+    out['edge_alignment'] = metrics.edge_alignment(registered, vi_y, covered)
+    out['landmark_error_px'] = (metrics.landmark_error(flow_px, *landmarks)
+                                if landmarks is not None else None)
+    return out
 
 
 def _finite(value):
@@ -280,7 +388,7 @@ def _finite(value):
 
 def evaluate(data_dir, weights, out_dir, split='test', deform='auto', seed=0, device='cpu',
              max_pairs=None, max_side=None, labels_dir='labels', figures=8, conf=0.001,
-             iou=0.6, threads=None, progress=True):
+             iou=0.6, threads=None, progress=True, stored_ir='auto'):
     """Run the evaluation protocol (module docstring) and write the outputs.
 
     Args:
@@ -298,6 +406,10 @@ def evaluate(data_dir, weights, out_dir, split='test', deform='auto', seed=0, de
         conf, iou: NMS thresholds (a low ``conf`` for AP, as COCO evaluation does).
         threads: torch CPU threads (None: unchanged).
         progress: show a tqdm bar.
+        stored_ir: one of :data:`STORED_IR_MODES`: ``'aligned'`` (the stored IR is registered
+            to the visible image: the ground truth), ``'unregistered'`` (it is not: no
+            aligned-IR metrics, module docstring), ``'auto'`` (unregistered when the set has
+            ``landmarks/``, else aligned).
 
     Returns:
         the metrics dict written to ``metrics.json``.
@@ -306,25 +418,38 @@ def evaluate(data_dir, weights, out_dir, split='test', deform='auto', seed=0, de
     threads_before = torch.get_num_threads()
     try:
         return _evaluate(data_dir, weights, out_dir, split, deform, seed, device, max_pairs,
-                         max_side, labels_dir, figures, conf, iou, threads, progress)
+                         max_side, labels_dir, figures, conf, iou, threads, progress,
+                         stored_ir)
     finally:
         torch.set_num_threads(threads_before)  # the engine's setting is process-wide
 
 
 def _evaluate(data_dir, weights, out_dir, split, deform, seed, device, max_pairs, max_side,
-              labels_dir, figures, conf, iou, threads, progress):
+              labels_dir, figures, conf, iou, threads, progress, stored_ir):
     from tarfuse_ros.core.engine import FusionEngine
     if deform not in DEFORM_MODES:
         raise ValueError(f'--deform must be one of {DEFORM_MODES}, got {deform!r}')
+    if stored_ir not in STORED_IR_MODES:
+        raise ValueError(f'--stored-ir must be one of {STORED_IR_MODES}, got {stored_ir!r}')
     if max_pairs is not None and int(max_pairs) < 1:
         raise ValueError(f'--max-pairs must be >= 1, got {max_pairs}')
     if max_side is not None and int(max_side) < 32:
         raise ValueError(f'--max-side must be >= 32, got {max_side}')
     dataset_dir = resolve_data_dir(data_dir)
+    if stored_ir == 'auto':
+        stored_ir = 'unregistered' if (dataset_dir / LANDMARKS_DIR).is_dir() else 'aligned'
+    aligned = stored_ir == 'aligned'
+    if not aligned:
+        if deform not in ('auto', 'none'):
+            raise ValueError(
+                f'--deform {deform}: the stored IR of {str(dataset_dir)!r} is not aligned '
+                f'(--stored-ir unregistered), so a deformation of it has no reference; '
+                f'use --deform none')
+        deform = 'none'
     out_dir = Path(out_dir)
     (out_dir / 'figures').mkdir(parents=True, exist_ok=True)
     stems = data.read_split(dataset_dir, split)
-    with_disp = set(data.misaligned_stems(dataset_dir))
+    with_disp = set(data.misaligned_stems(dataset_dir)) if aligned else set()
     if deform == 'dataset':
         skipped = [s for s in stems if s not in with_disp]
         stems = [s for s in stems if s in with_disp]
@@ -362,6 +487,8 @@ def _evaluate(data_dir, weights, out_dir, split, deform, seed, device, max_pairs
     times_ms, model_ms = [], []
     sources = {'dataset': 0, 'synthetic': 0, 'none': 0}
     ecc_failures = 0
+    edge_wins = []
+    landmark_pairs = 0
 
     iterator = stems
     if progress:
@@ -379,10 +506,17 @@ def _evaluate(data_dir, weights, out_dir, split, deform, seed, device, max_pairs
         if mode == 'auto':
             mode = 'dataset' if stem in with_disp else 'synthetic'
         sources[mode] += 1
-        deformed, flow_ref = deform_pair(dataset_dir, stem, ir, mode, seed, scale)
+        deformed, flow_ref, content = deform_pair(dataset_dir, stem, ir, mode, seed, scale,
+                                                  with_valid=True)
         vi_y = to_unit_visible(vi)[0]
-        ir_unit = ir.astype(np.float32) / 255.0
+        # The aligned IR: the reference of fusion and registration metrics, where there is one.
+        ir_unit = ir.astype(np.float32) / 255.0 if aligned else None
         deformed_unit = deformed.astype(np.float32) / 255.0
+        landmarks = load_landmarks(dataset_dir, stem)
+        if landmarks is not None:
+            landmark_pairs += 1
+            landmarks = (_to_frame(landmarks[0], ir_raw.shape[1::-1], (width, height)),
+                         _to_frame(landmarks[1], vi_raw.shape[1::-1], (width, height)))
 
         if index == 0:
             engine.infer(deformed, vi)  # warm-up (allocations, lazy initialisation)
@@ -393,12 +527,14 @@ def _evaluate(data_dir, weights, out_dir, split, deform, seed, device, max_pairs
         fused_y = _luma(result.fused)
 
         entry = {'stem': stem, 'deformation': mode, 'size': [height, width]}
-        fus['model'].append(metrics.fusion_metrics(fused_y, ir_unit, vi_y))
-        reg['model'].append(metrics.registration_metrics(
-            result.registered_ir, ir_unit, result.flow_px, flow_ref))
-        zero = np.zeros_like(flow_ref)
-        reg['unregistered'].append(metrics.registration_metrics(
-            deformed_unit, ir_unit, zero, flow_ref))
+        fus['model'].append(_fusion_metrics(fused_y, ir_unit, vi_y))
+        reg['model'].append(_registration_scores(
+            result.registered_ir, result.flow_px, content, vi_y, ir_unit, flow_ref, landmarks))
+        reg['unregistered'].append(_registration_scores(
+            deformed_unit, np.zeros_like(flow_ref), content, vi_y, ir_unit, flow_ref,
+            landmarks))
+        edge_wins.append(reg['model'][-1]['edge_alignment']
+                         > reg['unregistered'][-1]['edge_alignment'])
         entry['fusion'] = fus['model'][-1]
         entry['registration'] = reg['model'][-1]
         entry['unregistered'] = reg['unregistered'][-1]
@@ -406,22 +542,24 @@ def _evaluate(data_dir, weights, out_dir, split, deform, seed, device, max_pairs
         # Naive fusion of the unregistered input.
         for name, fuse in (('unregistered_average', baselines.average_fusion),
                            ('unregistered_max', baselines.max_fusion)):
-            fus[name].append(metrics.fusion_metrics(fuse(deformed_unit, vi_y), ir_unit, vi_y))
+            fus[name].append(_fusion_metrics(fuse(deformed_unit, vi_y), ir_unit, vi_y))
             reg[name].append(reg['unregistered'][-1])
         ecc = baselines.ecc_register(deformed_unit, vi_y)
         ecc_failures += int(not ecc.success)
-        fus['ecc_average'].append(metrics.fusion_metrics(
+        fus['ecc_average'].append(_fusion_metrics(
             baselines.average_fusion(ecc.registered, vi_y), ir_unit, vi_y))
-        reg['ecc_average'].append(metrics.registration_metrics(
-            ecc.registered, ir_unit, ecc.flow_px, flow_ref))
+        reg['ecc_average'].append(_registration_scores(
+            ecc.registered, ecc.flow_px, content, vi_y, ir_unit, flow_ref, landmarks))
         entry['ecc_success'] = ecc.success
+        entry['ecc_average'] = reg['ecc_average'][-1]
 
         with _ZeroFlow(zero_engine.model):
             zero_result = zero_engine.infer(deformed, vi)
         fus['model_zero_flow'].append(
-            metrics.fusion_metrics(_luma(zero_result.fused), ir_unit, vi_y))
-        reg['model_zero_flow'].append(metrics.registration_metrics(
-            zero_result.registered_ir, ir_unit, zero_result.flow_px, flow_ref))
+            _fusion_metrics(_luma(zero_result.fused), ir_unit, vi_y))
+        reg['model_zero_flow'].append(_registration_scores(
+            zero_result.registered_ir, zero_result.flow_px, content, vi_y, ir_unit, flow_ref,
+            landmarks))
 
         labels = data.load_labels(dataset_dir, stem, labels_dir)
         targets = None
@@ -461,8 +599,14 @@ def _evaluate(data_dir, weights, out_dir, split, deform, seed, device, max_pairs
     registration = dict(_mean_dicts(reg['model']))
     registration['unregistered'] = _mean_dicts(reg['unregistered'])
     base_epe = registration['unregistered']['EPE']
-    registration['epe_reduction'] = (1.0 - registration['EPE'] / base_epe
-                                     if base_epe > 0 else float('nan'))
+    if base_epe is None or registration['EPE'] is None:
+        registration['epe_reduction'] = None
+    else:
+        registration['epe_reduction'] = (1.0 - registration['EPE'] / base_epe
+                                         if base_epe > 0 else float('nan'))
+    registration['edge_alignment_better_than_unregistered_fraction'] = (
+        float(np.mean(edge_wins)) if edge_wins else None)
+    registration['landmark_pairs'] = landmark_pairs
     baseline_out = {}
     for name in names:
         baseline_out[name] = {
@@ -475,6 +619,7 @@ def _evaluate(data_dir, weights, out_dir, split, deform, seed, device, max_pairs
         'split': str(split),
         'weights': str(weights),
         'deform': deform,
+        'stored_ir': stored_ir,
         'seed': int(seed),
         'max_side': max_side,
         'num_pairs': len(stems),
@@ -495,13 +640,27 @@ def _evaluate(data_dir, weights, out_dir, split, deform, seed, device, max_pairs
         'ecc_failures': ecc_failures,
         'per_pair': per_pair,
         'conventions': {
-            'fusion_reference': 'fused luma vs aligned IR and visible luma (0-255)',
+            'fusion_reference': (
+                'fused luma vs aligned IR and visible luma (0-255)' if aligned else
+                'no aligned IR: only the reference-free EN, SD, SF, AG (fused luma alone); '
+                'metrics comparing with the IR are None'),
             'ssim': 'mean of SSIM(F, IR) and SSIM(F, VI)',
             'mi': 'MI(F, IR) + MI(F, VI), bits',
             'vif': 'VIFp(IR, F) + VIFp(VI, F)',
             'qabf': 'Xydeas-Petrovic, METHOD.md constants, L = 1',
-            'registration': 'MSE/NCC of images in [0, 1]; EPE in px vs the inverse of the '
-                            'applied field',
+            'registration': (
+                'MSE/NCC of images in [0, 1]; EPE in px vs the inverse of the applied field'
+                if aligned else 'no aligned IR: MSE, NCC, EPE not computed (None)'),
+            'edge_alignment': (
+                'Pearson correlation of the Gaussian-smoothed (sigma '
+                f'{metrics.EDGE_ALIGNMENT_SIGMA_PX} px) Sobel gradient magnitudes of the '
+                'registered IR and the visible luma, over the pixels the registered IR covers; '
+                'no ground truth; higher is better; better_than_unregistered_fraction: pairs '
+                'where the model scores above the unregistered input'),
+            'landmark_error': (
+                'mean |v + flow(v) - r| over landmark pairs (v visible, r IR mapped to the '
+                'visible frame as the IR is resized), px of the evaluated visible image; '
+                'unregistered: zero flow'),
             'detection': 'COCO 101-point AP, IoU 0.5 and 0.5:0.95, max 100 detections/image, '
                          f'NMS conf {conf}, IoU {iou}',
         },
@@ -521,6 +680,16 @@ def _fmt(value, digits=4):
     return f'{value:.{digits}f}'
 
 
+def _registration_row(name, values, with_landmarks):
+    """One Markdown row of the registration table."""
+    values = values or {}
+    cells = [_fmt(values.get('MSE')), _fmt(values.get('NCC')), _fmt(values.get('EPE'), 2),
+             _fmt(values.get('edge_alignment'))]
+    if with_landmarks:
+        cells.append(_fmt(values.get('landmark_error_px'), 2))
+    return f'| {name} | ' + ' | '.join(cells) + ' |'
+
+
 def render_report(result):
     """Return the Markdown report of a metrics dict."""
     lines = ['# TarFuse evaluation', '',
@@ -529,12 +698,21 @@ def render_report(result):
              f'- weights: `{result["weights"]}`',
              f'- deformation: `{result["deform"]}` (per pair: {result["deformation_sources"]}), '
              f'seed {result["seed"]}',
+             f'- stored IR: {result.get("stored_ir", "aligned")}',
              f'- speed: {_fmt(result["speed"]["ms_per_pair"], 1)} ms per pair '
              f'(model {_fmt(result["speed"]["model_ms_per_pair"], 1)} ms) on '
              f'{result["speed"]["device"]}, {result["speed"]["threads"]} CPU threads', '']
     if result['skipped_without_ground_truth']:
         lines += [f'- skipped (no ground-truth field): '
                   f'{len(result["skipped_without_ground_truth"])} pairs', '']
+    aligned = result.get('stored_ir', 'aligned') == 'aligned'
+    if not aligned:
+        lines += ['The stored IR is NOT aligned with the visible image (real unregistered '
+                  'cameras or landmark pairs): there is no aligned IR to compare with, so EPE, '
+                  'MSE, NCC and the fusion metrics that compare the fused image with the IR '
+                  '(CC, Qabf, Qcv, SSIM, MI, VIF, SCD) are not computed (n/a). Registration is '
+                  'scored by edge alignment with the visible image and, where the set has '
+                  'them, landmark errors.', '']
     fusion_keys = list(metrics.FUSION_METRICS)
     lines += ['## Fusion (mean over pairs; Qcv: lower is better)', '',
               '| method | ' + ' | '.join(fusion_keys) + ' |',
@@ -545,18 +723,30 @@ def render_report(result):
         lines.append(f'| {name} | ' + ' | '.join(_fmt(values.get(k), 3) for k in fusion_keys)
                      + ' |')
     reg = result['registration']
-    lines += ['', '## Registration (registered IR vs aligned IR; EPE in px)', '',
-              '| method | MSE | NCC | EPE |', '|---|---|---|---|',
-              f'| TarFuse | {_fmt(reg["MSE"])} | {_fmt(reg["NCC"])} | {_fmt(reg["EPE"], 2)} |',
-              f'| unregistered input | {_fmt(reg["unregistered"]["MSE"])} | '
-              f'{_fmt(reg["unregistered"]["NCC"])} | {_fmt(reg["unregistered"]["EPE"], 2)} |']
+    with_landmarks = bool(reg.get('landmark_pairs'))
+    header = '| method | MSE | NCC | EPE | edge alignment |'
+    rule = '|---|---|---|---|---|'
+    if with_landmarks:
+        header += ' landmark error (px) |'
+        rule += '---|'
+    lines += ['', '## Registration (MSE/NCC vs the aligned IR, EPE in px; edge alignment vs the '
+              'visible image, higher is better)', '', header, rule,
+              _registration_row('TarFuse', reg, with_landmarks),
+              _registration_row('unregistered input', reg['unregistered'], with_landmarks)]
     for name in ('ecc_average', 'model_zero_flow'):
-        r = result['baselines'][name]['registration']
-        lines.append(f'| {name} | {_fmt(r["MSE"])} | {_fmt(r["NCC"])} | {_fmt(r["EPE"], 2)} |')
+        lines.append(_registration_row(name, result['baselines'][name]['registration'],
+                                       with_landmarks))
     reduction = reg['epe_reduction']
+    better = reg.get('edge_alignment_better_than_unregistered_fraction')
     lines += ['', f'EPE reduction vs the unregistered input: '
               f'{_fmt(None if reduction is None else 100 * reduction, 1)} %. '
-              f'ECC failures (identity kept): {result["ecc_failures"]}.', '']
+              f'Edge alignment above the unregistered input on '
+              f'{_fmt(None if better is None else 100 * better, 1)} % of the pairs. '
+              f'ECC failures (identity kept): {result["ecc_failures"]}.']
+    if with_landmarks:
+        lines.append(f'Landmark errors: mean over the {reg["landmark_pairs"]} pairs with '
+                     f'landmarks, in pixels of the evaluated visible image.')
+    lines.append('')
     det = result['detection']
     if det is None:
         lines += ['## Detection', '', 'No labels in this split: detection not evaluated.', '']
@@ -577,8 +767,21 @@ def render_report(result):
             lines.append(f'| {name} | {_fmt(d["map50"])} | {_fmt(d["map50_95"])} | ' + ' | '.join(
                 _fmt(d['per_class'].get(n, {}).get('ap50')) for n in names) + ' |')
         lines.append('')
-    lines += ['## Issue 4 targets (defined on RoadScene test / MSRS; informative elsewhere)', '',
-              '| target | measured | goal | met |', '|---|---|---|---|']
+    if aligned:
+        lines += _target_lines(result, reg, det)
+    lines += ['## Conventions', '']
+    lines += [f'- {k}: {v}' for k, v in result['conventions'].items()]
+    if aligned:
+        lines.append('- fused images are compared with the ALIGNED IR; baselines see the same '
+                     'deformed IR; `ir_only` gets the aligned IR (nothing to register to '
+                     'without a visible image).')
+    lines += ['- figures: `figures/<stem>_grid.png`, `figures/<stem>_checkerboard.png`.', '']
+    return '\n'.join(lines)
+
+
+def _target_lines(result, reg, det):
+    lines = ['## Issue 4 targets (defined on RoadScene test / MSRS; informative elsewhere)', '',
+             '| target | measured | goal | met |', '|---|---|---|---|']
     fusion = result['fusion']
     checks = [('EPE reduction', reg['epe_reduction'], TARGETS['EPE reduction'], '>='),
               ('NCC', reg['NCC'], TARGETS['NCC'], '>='),
@@ -599,13 +802,7 @@ def render_report(result):
             met = {'>=': value >= goal, '<=': value <= goal, '>': value > goal}[op]
         lines.append(f'| {name} | {_fmt(value)} | {op} {_fmt(goal)} | '
                      f'{"yes" if met else ("no" if met is not None else "n/a")} |')
-    lines += ['', '## Conventions', '']
-    lines += [f'- {k}: {v}' for k, v in result['conventions'].items()]
-    lines += ['- fused images are compared with the ALIGNED IR; baselines see the same deformed '
-              'IR; `ir_only` gets the aligned IR (nothing to register to without a visible '
-              'image).', '- figures: `figures/<stem>_grid.png`, `figures/<stem>_checkerboard.png`'
-              '.', '']
-    return '\n'.join(lines)
+    return lines + ['']
 
 
 # --------------------------------------------------------------------------------------------
@@ -626,6 +823,11 @@ def build_parser():
     parser.add_argument('--deform', default='auto', choices=DEFORM_MODES,
                         help="IR deformation: the data set's ground truth where present "
                              "('auto'), 'dataset' only, seeded 'synthetic', or 'none'")
+    parser.add_argument('--stored-ir', default='auto', choices=STORED_IR_MODES,
+                        help='whether the stored IR is aligned with the visible image (the '
+                             "ground truth) or 'unregistered' (real unregistered cameras: no "
+                             'aligned-IR metrics, --deform none); auto: unregistered for sets '
+                             'with landmarks/, else aligned')
     parser.add_argument('--seed', type=int, default=0, help='seed of synthetic deformations')
     parser.add_argument('--device', default='cpu', help='cpu | cuda | cuda:N')
     parser.add_argument('--max-pairs', type=int, default=None, help='only the first N pairs')
@@ -653,17 +855,24 @@ def main(argv=None):
                           seed=args.seed, device=args.device, max_pairs=args.max_pairs,
                           max_side=args.max_side, labels_dir=args.labels, figures=args.figures,
                           conf=args.conf, iou=args.iou, threads=args.threads,
-                          progress=not args.no_progress)
+                          progress=not args.no_progress, stored_ir=args.stored_ir)
     except ValueError as exc:  # bad input: one clear line, no traceback
         print(f'tarfuse-eval: error: {exc}', file=sys.stderr)
         return 2
     reg = result['registration']
     fusion = result['fusion']
-    print(f'pairs {result["num_pairs"]}  EPE {reg["EPE"]:.2f} px '
-          f'(unregistered {reg["unregistered"]["EPE"]:.2f})  NCC {reg["NCC"]:.4f}  '
-          f'MSE {reg["MSE"]:.4f}  CC {fusion["CC"]:.3f}  Qabf {fusion["Qabf"]:.3f}  '
-          f'SSIM {fusion["SSIM"]:.3f}'
-          + (f'  mAP50 {result["detection"]["map50"]:.3f}' if result['detection'] else ''))
+    line = (f'pairs {result["num_pairs"]}  EPE {_fmt(reg["EPE"], 2)} px '
+            f'(unregistered {_fmt(reg["unregistered"]["EPE"], 2)})  NCC {_fmt(reg["NCC"])}  '
+            f'MSE {_fmt(reg["MSE"])}  edge alignment {_fmt(reg["edge_alignment"])} '
+            f'(unregistered {_fmt(reg["unregistered"]["edge_alignment"])})  '
+            f'CC {_fmt(fusion["CC"], 3)}  Qabf {_fmt(fusion["Qabf"], 3)}  '
+            f'SSIM {_fmt(fusion["SSIM"], 3)}')
+    if reg.get('landmark_pairs'):
+        line += (f'  landmark error {_fmt(reg["landmark_error_px"], 2)} px '
+                 f'(unregistered {_fmt(reg["unregistered"]["landmark_error_px"], 2)})')
+    if result['detection']:
+        line += f'  mAP50 {result["detection"]["map50"]:.3f}'
+    print(line)
     print(f'wrote {Path(args.out) / "metrics.json"} and report.md')
     return 0
 

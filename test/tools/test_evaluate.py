@@ -149,6 +149,14 @@ def test_evaluate_roadscene_with_dataset_deformations(random_checkpoint, tmp_pat
     assert reg['unregistered']['EPE'] == pytest.approx(np.mean(magnitudes), rel=1e-4)
     assert result['baselines']['unregistered_average']['registration'] == reg['unregistered']
 
+    # Ground-truth-free edge alignment sits beside the ground-truth figures.
+    assert result['stored_ir'] == 'aligned'
+    for values in (reg, reg['unregistered'], result['baselines']['ecc_average']['registration']):
+        assert -1 <= values['edge_alignment'] <= 1
+        assert values['landmark_error_px'] is None  # RoadScene has no landmarks
+    assert reg['edge_alignment_better_than_unregistered_fraction'] in (0.0, 0.5, 1.0)
+    assert 'edge alignment' in report and 'Issue 9' not in report
+
 
 @needs_shared
 def test_evaluate_synthetic_deformations_are_seeded(random_checkpoint, tmp_path):
@@ -180,3 +188,93 @@ def test_evaluate_rejects_bad_requests(random_checkpoint, tmp_path, capsys):
     code = main(['--data', str(tmp_path / 'missing'), '--weights', str(random_checkpoint),
                  '--out', str(tmp_path)])
     assert code == 2
+
+
+# --- sets without an aligned IR (shipped weights) -----------------------------------------
+
+@needs_shared
+def test_evaluate_real_unregistered_pairs_skips_aligned_ir_metrics(tmp_path, capsys):
+    from tarfuse_ros.tools.evaluate import main
+    out = tmp_path / 'cvc14'
+    code = main(['--data', str(DATASETS / 'cvc14_misaligned'), '--split', 'all',
+                 '--stored-ir', 'unregistered', '--out', str(out), '--max-pairs', '2',
+                 '--max-side', '160', '--no-progress', '--figures', '0', '--threads', '1'])
+    assert code == 0, capsys.readouterr().err
+    result = json.loads((out / 'metrics.json').read_text())
+    report = (out / 'report.md').read_text()
+    assert result['stored_ir'] == 'unregistered'
+    assert result['deformation_sources'] == {'dataset': 0, 'synthetic': 0, 'none': 2}
+    reg = result['registration']
+    for values in (reg, reg['unregistered'], result['baselines']['ecc_average']['registration']):
+        assert values['MSE'] is None and values['NCC'] is None and values['EPE'] is None
+        assert -1 <= values['edge_alignment'] <= 1
+    assert reg['epe_reduction'] is None
+    assert reg['edge_alignment_better_than_unregistered_fraction'] in (0.0, 0.5, 1.0)
+    assert reg['landmark_pairs'] == 0
+    # Only the fusion metrics of the fused image alone are computed.
+    assert {k for k, v in result['fusion'].items() if v is not None} == {'EN', 'SD', 'SF', 'AG'}
+    assert 'NOT aligned' in report and '| TarFuse | n/a | n/a | n/a | ' in report
+    assert 'targets' not in report
+
+    code = main(['--data', str(DATASETS / 'cvc14_misaligned'), '--split', 'all',
+                 '--stored-ir', 'unregistered', '--deform', 'synthetic', '--out',
+                 str(tmp_path / 'refused'), '--no-progress'])
+    assert code == 2 and 'use --deform none' in capsys.readouterr().err
+
+
+@needs_shared
+def test_evaluate_landmark_errors_follow_the_flow_convention(tmp_path):
+    from tarfuse_ros.tools.evaluate import evaluate, load_landmarks
+    murf = DATASETS / 'murf_landmark_pairs'
+    split_file = tmp_path / 'rgbir.txt'
+    split_file.write_text('rgbir_FLIR_04215\n')
+    result = evaluate(murf, _shipped_weights(), tmp_path / 'murf', split=str(split_file),
+                      figures=0, progress=False, threads=1)
+    assert result['stored_ir'] == 'unregistered'  # auto: the set has landmarks/
+    reg = result['registration']
+    assert reg['landmark_pairs'] == 1
+    # Zero flow at native size: the mean distance of the stored landmark pairs.
+    ir_points, vi_points = load_landmarks(murf, 'rgbir_FLIR_04215')
+    before = float(np.linalg.norm(ir_points - vi_points, axis=1).mean())
+    assert reg['unregistered']['landmark_error_px'] == pytest.approx(before, rel=1e-9)
+    assert reg['landmark_error_px'] >= 0
+    # ECC registers this RGB-IR pair well; with the flow read the wrong way round
+    # (v - flow(v)) its error would grow instead.
+    ecc = result['baselines']['ecc_average']['registration']
+    assert ecc['landmark_error_px'] < 0.5 * before
+    report = (tmp_path / 'murf' / 'report.md').read_text()
+    assert 'landmark error (px)' in report
+
+    # The same pair with the IR stored at a third of its size, evaluated at half the visible
+    # size: IR landmarks follow the IR's resize to the visible frame, both the downscaling.
+    small = tmp_path / 'small_ir'
+    for folder in ('ir', 'vi', 'landmarks'):
+        (small / folder).mkdir(parents=True)
+    ir, vi = data.load_pair(murf, 'rgbir_FLIR_04215')
+    factor = np.array([177 / ir.shape[1], 92 / ir.shape[0]])
+    small_ir = cv2.resize(ir, (177, 92), interpolation=cv2.INTER_AREA)
+    cv2.imwrite(str(small / 'ir' / 'p.png'), small_ir)
+    cv2.imwrite(str(small / 'vi' / 'p.png'), vi)
+    rows = np.hstack([(ir_points + 0.5) * factor - 0.5, vi_points])
+    np.savetxt(small / 'landmarks' / 'p.txt', rows, header='x_ir y_ir x_vi y_vi')
+    result = evaluate(small, _shipped_weights(), tmp_path / 'small_eval', split='all',
+                      max_side=265, figures=0, progress=False, threads=1)
+    height, width = result['per_pair'][0]['size']
+    scale = np.array([width / vi.shape[1], height / vi.shape[0]])
+    expected = float(np.linalg.norm((ir_points - vi_points) * scale, axis=1).mean())
+    reg = result['registration']
+    assert reg['unregistered']['landmark_error_px'] == pytest.approx(expected, rel=1e-9)
+    assert result['baselines']['ecc_average']['registration']['landmark_error_px'] \
+        < 0.5 * expected
+
+    bad = tmp_path / 'bad'
+    (bad / 'landmarks').mkdir(parents=True)
+    (bad / 'landmarks' / 'x.txt').write_text('1 2 3\n')
+    with pytest.raises(ValueError, match='x_ir y_ir x_vi y_vi'):
+        load_landmarks(bad, 'x')
+    assert load_landmarks(bad, 'missing') is None
+
+
+def _shipped_weights():
+    from tarfuse_ros.core.paths import default_weights_path
+    return default_weights_path()
