@@ -125,8 +125,12 @@ def load_checkpoint(path, map_location='cpu'):
     stored config dict is available as ``model.checkpoint_config``.
     """
     config_dict = read_checkpoint_config(path)
+    model_dict = dict(config_dict['model'])
+    # Checkpoints written before the matching registration existed name no registration:
+    # they hold the paper's MSRB.
+    model_dict.setdefault('registration', 'paper')
     try:
-        config = TarFuseConfig.from_dict(config_dict['model'])
+        config = TarFuseConfig.from_dict(model_dict)
     except (TypeError, ValueError) as error:
         raise CheckpointError(f'{path}: the stored model config is invalid for this version '
                               f'of tarfuse_ros ({error}); re-export the checkpoint') from None

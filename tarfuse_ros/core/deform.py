@@ -36,12 +36,29 @@ class DeformConfig:
     translation: float = 0.05
     # Isotropic scale drawn from U(scale[0], scale[1]).
     scale: tuple = (0.95, 1.05)
+    # Extra translation drawn from U(-translation_px, translation_px) pixels per axis (added to
+    # the relative one; pixels do not shrink with a training crop).
+    translation_px: float = 0.0
+    # Anisotropy: x and y scales are multiplied by exp(+-u / 2), u ~ U(-ln(1 + a), ln(1 + a))
+    # (a thermal camera whose horizontal and vertical fields of view differ from the visible's).
+    aspect: float = 0.0
+    # Shear angle drawn from U(-shear_deg, shear_deg) degrees (x += tan(shear) * y).
+    shear_deg: float = 0.0
+    # Perspective: the homography's last row is (p_x / d, p_y / d, 1), p ~ U(-perspective,
+    # perspective), d = half the image diagonal (so 0.05 changes the scale at a corner by ~5 %).
+    perspective: float = 0.0
     # Standard deviation of the Gaussian smoothing the elastic noise, pixels (0 disables).
     elastic_sigma_px: float = 16.0
+    # When set (> elastic_sigma_px), the sigma of each batch is drawn from
+    # U(elastic_sigma_px, elastic_sigma_max_px): elastic fields of several sizes.
+    elastic_sigma_max_px: float = 0.0
     # Peak elastic displacement drawn from U(0, elastic_alpha_px), pixels (0 disables).
     elastic_alpha_px: float = 4.0
     # Half-width of the Gaussian kernel in sigmas (3 -> kernel of about 6 sigma + 1).
     elastic_kernel_sigmas: float = 3.0
+    # Draw and smooth the elastic noise on a grid this many times coarser, then upsample it
+    # bilinearly (the cost falls by about n^3; the field is smooth at sigma >> n anyway).
+    elastic_downsample: int = 1
     # Fixed-point iterations of the inverse (each contracts the error by about |grad a|).
     inverse_iterations: int = 20
 
@@ -49,7 +66,9 @@ class DeformConfig:
         self.scale = tuple(float(v) for v in self.scale)
         if not 0.0 <= self.prob <= 1.0:
             raise ValueError(f'prob must be in [0, 1], got {self.prob}')
-        for name in ('rotation_deg', 'translation', 'elastic_sigma_px', 'elastic_alpha_px'):
+        for name in ('rotation_deg', 'translation', 'elastic_sigma_px', 'elastic_alpha_px',
+                     'translation_px', 'aspect', 'shear_deg', 'perspective',
+                     'elastic_sigma_max_px'):
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:
                 raise ValueError(f'{name} must be a finite value >= 0, got {value}')
@@ -60,9 +79,14 @@ class DeformConfig:
                 f'translation is a fraction of the size (< 1), got {self.translation}')
         if len(self.scale) != 2 or not 0 < self.scale[0] <= self.scale[1]:
             raise ValueError(f'scale must be (low, high) with 0 < low <= high, got {self.scale}')
+        if self.shear_deg >= 45 or self.perspective >= 0.25 or self.aspect >= 1:
+            raise ValueError('need shear_deg < 45, perspective < 0.25 and aspect < 1, got '
+                             f'{self.shear_deg}, {self.perspective}, {self.aspect}')
         if self.elastic_kernel_sigmas < 1:
             raise ValueError(
                 f'elastic_kernel_sigmas must be >= 1, got {self.elastic_kernel_sigmas}')
+        if int(self.elastic_downsample) < 1:
+            raise ValueError(f'elastic_downsample must be >= 1, got {self.elastic_downsample}')
         if int(self.inverse_iterations) < 1:
             raise ValueError(f'inverse_iterations must be >= 1, got {self.inverse_iterations}')
 
@@ -128,12 +152,18 @@ def _gaussian_kernel_1d(sigma, radius, dtype, device):
     return kernel / kernel.sum()
 
 
-def _elastic_field(batch, height, width, sigma, kernel_sigmas, peaks, generator, device):
+def _elastic_field(batch, height, width, sigma, kernel_sigmas, peaks, generator, device,
+                   downsample=1):
     """Return a smooth random field ``(B, 2, H, W)`` whose peak magnitude per sample is ``peaks``.
 
     The noise is drawn on a grid larger by the kernel radius and smoothed without padding, so
-    the field has the same statistics everywhere (no border effects).
+    the field has the same statistics everywhere (no border effects). With ``downsample`` n > 1
+    it is drawn on a grid n times coarser (sigma / n) and upsampled bilinearly to ``(H, W)``.
     """
+    full_h, full_w = height, width
+    if downsample > 1:
+        sigma = sigma / downsample
+        height, width = -(-height // downsample) + 1, -(-width // downsample) + 1
     radius = max(1, int(math.ceil(kernel_sigmas * sigma)))
     noise = torch.rand(batch * 2, 1, height + 2 * radius, width + 2 * radius,
                        generator=generator).to(device) * 2 - 1
@@ -141,6 +171,9 @@ def _elastic_field(batch, height, width, sigma, kernel_sigmas, peaks, generator,
     smooth = F.conv2d(noise, kernel.view(1, 1, 1, -1))
     smooth = F.conv2d(smooth, kernel.view(1, 1, -1, 1))
     field = smooth.view(batch, 2, height, width)
+    if downsample > 1:
+        field = F.interpolate(field, scale_factor=float(downsample), mode='bilinear',
+                              align_corners=True)[:, :, :full_h, :full_w]
     peak = (field[:, 0] ** 2 + field[:, 1] ** 2).amax(dim=(1, 2)).sqrt().clamp_min(1e-12)
     return field * (peaks.to(field) / peak).view(batch, 1, 1, 1)
 
@@ -164,13 +197,32 @@ def _invert_extended(applied_ext, margin, height, width, iterations):
     return inverse
 
 
+def _margin(config, height, width, elastic_px):
+    """Return an upper bound (px, with slack) of the displacement on and near the image."""
+    half_diag = 0.5 * math.hypot(width, height)
+    growth = math.exp(0.5 * math.log1p(config.aspect)) * (1 + math.tan(
+        math.radians(config.shear_deg)))
+    linear = max(config.scale[1] * growth - 1, 1 - config.scale[0] / growth)
+    linear += 2 * math.sin(math.radians(config.rotation_deg) / 2)
+    linear += math.tan(math.radians(config.shear_deg))
+    bound = half_diag * linear + config.translation * max(width, height) + config.translation_px
+    # The perspective divides by 1 +- 2p near the image: up to ~2p/(1-2p) of the position more.
+    bound += half_diag * config.scale[1] * growth * 2 * config.perspective / (
+        1 - 2 * config.perspective)
+    bound = bound * config.scale[1] * growth + elastic_px
+    # p + g(p) lies up to ~bound further out, where the displacement is larger still.
+    return int(math.ceil(1.5 * bound)) + 2
+
+
 def random_deformation(batch, height, width, config=None, generator=None, device=None):
     """Draw ``batch`` random rigid + elastic deformations and their exact inverses.
 
     The applied field is ``a = e + (A - id)(p + e)``: first the elastic field ``e``, then the
-    similarity ``A(x) = c + s R (x - c) + t`` about the image centre ``c``, composed exactly
-    (``A`` is evaluated analytically at ``p + e(p)``). The inverse is computed by
-    :func:`invert_flow` on a grid extended by the largest displacement, then cropped.
+    projective map ``A(x) = c + (M (x - c) + t) / (1 + q . (x - c))`` about the image centre
+    ``c`` with ``M = s R S_shear diag(exp(u/2), exp(-u/2))`` (a similarity by default; shear,
+    anisotropy ``u`` and perspective ``q`` when configured), composed exactly (``A`` is
+    evaluated analytically at ``p + e(p)``). The inverse is computed by :func:`invert_flow` on
+    a grid extended by the largest displacement, then cropped.
 
     Args:
         batch: number of fields.
@@ -205,31 +257,54 @@ def random_deformation(batch, height, width, config=None, generator=None, device
     active = (torch.rand(batch, generator=generator) < config.prob).to(device=device, dtype=dtype)
     peaks = uniform(0.0, config.elastic_alpha_px) * active
     elastic_on = config.elastic_sigma_px > 0 and config.elastic_alpha_px > 0
+    # Draws added after the original ones (and only when configured), so that configurations
+    # without them keep drawing exactly the fields they always drew for a given seed.
+    extended = (config.translation_px, config.aspect, config.shear_deg, config.perspective,
+                config.elastic_sigma_max_px)
+    sigma = config.elastic_sigma_px
+    linear = torch.zeros(batch, 2, 2, device=device, dtype=dtype)
+    linear[:, 0, 0] = linear[:, 1, 1] = 1.0
+    tilt = torch.zeros(batch, 2, device=device, dtype=dtype)
+    if any(extended):
+        shift = shift + torch.stack((uniform(-config.translation_px, config.translation_px),
+                                     uniform(-config.translation_px, config.translation_px)), 1)
+        log_aspect = math.log1p(config.aspect)
+        stretch = torch.exp(0.5 * uniform(-log_aspect, log_aspect))
+        shear = torch.tan(uniform(-config.shear_deg, config.shear_deg) * (math.pi / 180))
+        linear[:, 0, 0] = stretch
+        linear[:, 0, 1] = shear / stretch
+        linear[:, 1, 1] = 1.0 / stretch
+        half_diag = 0.5 * math.hypot(width, height)
+        tilt = torch.stack((uniform(-config.perspective, config.perspective),
+                            uniform(-config.perspective, config.perspective)), 1) / half_diag
+        if config.elastic_sigma_max_px > config.elastic_sigma_px:
+            sigma = float(uniform(config.elastic_sigma_px, config.elastic_sigma_max_px, 1))
 
     # Margin: an upper bound of the displacement, so the inverse is exact up to the borders.
-    half_diag = 0.5 * math.hypot(width, height)
-    rigid_bound = half_diag * (2 * math.sin(math.radians(config.rotation_deg) / 2)
-                               + max(abs(config.scale[0] - 1), abs(config.scale[1] - 1)))
-    bound = rigid_bound + config.translation * max(width, height)
-    bound = (bound * config.scale[1] + (config.elastic_alpha_px if elastic_on else 0.0))
-    # p + g(p) lies up to ~bound further out, where the displacement is larger still.
-    margin = int(math.ceil(1.5 * bound)) + 2
+    margin = _margin(config, height, width, config.elastic_alpha_px if elastic_on else 0.0)
     ext_h, ext_w = height + 2 * margin, width + 2 * margin
 
     coords = identity_grid(ext_h, ext_w, device=device, dtype=dtype) - margin
     if elastic_on:
-        elastic = _elastic_field(batch, ext_h, ext_w, config.elastic_sigma_px,
-                                 config.elastic_kernel_sigmas, peaks, generator, device)
+        elastic = _elastic_field(batch, ext_h, ext_w, sigma, config.elastic_kernel_sigmas,
+                                 peaks, generator, device, int(config.elastic_downsample))
     else:
         elastic = torch.zeros(batch, 2, ext_h, ext_w, device=device, dtype=dtype)
     points = coords + elastic
     centre = torch.tensor([(width - 1) / 2, (height - 1) / 2], device=device, dtype=dtype)
     centre = centre.view(1, 2, 1, 1)
     rel = points - centre
+    # Shear / anisotropy first, then rotation and scale: M = s R L.
+    lx = linear[:, 0, 0].view(-1, 1, 1) * rel[:, 0] + linear[:, 0, 1].view(-1, 1, 1) * rel[:, 1]
+    ly = linear[:, 1, 0].view(-1, 1, 1) * rel[:, 0] + linear[:, 1, 1].view(-1, 1, 1) * rel[:, 1]
     cos, sin = torch.cos(angle).view(-1, 1, 1), torch.sin(angle).view(-1, 1, 1)
     s = scale.view(-1, 1, 1)
-    moved_x = s * (cos * rel[:, 0] - sin * rel[:, 1]) + shift[:, 0].view(-1, 1, 1)
-    moved_y = s * (sin * rel[:, 0] + cos * rel[:, 1]) + shift[:, 1].view(-1, 1, 1)
+    moved_x = s * (cos * lx - sin * ly) + shift[:, 0].view(-1, 1, 1)
+    moved_y = s * (sin * lx + cos * ly) + shift[:, 1].view(-1, 1, 1)
+    if config.perspective > 0:
+        denominator = (1.0 + tilt[:, 0].view(-1, 1, 1) * rel[:, 0]
+                       + tilt[:, 1].view(-1, 1, 1) * rel[:, 1])
+        moved_x, moved_y = moved_x / denominator, moved_y / denominator
     rigid = torch.stack((moved_x, moved_y), dim=1) - rel
     applied = (elastic + rigid) * active.view(-1, 1, 1, 1)
 

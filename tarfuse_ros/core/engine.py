@@ -172,8 +172,11 @@ def fuse_conv_bn(model):
 def _min_input_side(config):
     """Smallest H and W the network takes: its coarsest flow level needs at least 2x2 pixels."""
     downsample = int(getattr(config, 'registration_downsample', 2))
-    levels = len(getattr(config, 'msrb_channels', (0, 0, 0, 0)))
-    side = 2 * 2 ** (downsample + max(levels - 1, 0))
+    if getattr(config, 'registration', 'paper') == 'paper':
+        coarser = len(getattr(config, 'msrb_channels', (0, 0, 0, 0))) - 1
+    else:
+        coarser = len(getattr(config, 'pyramid_channels', ()))
+    side = 2 * 2 ** (downsample + max(coarser, 0))
     return max(32, -(-side // 32) * 32)
 
 

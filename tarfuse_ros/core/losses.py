@@ -210,6 +210,9 @@ class LossWeights:
 
     # Registration L1 (pixels).
     reg: float = 10.0
+    # Deep supervision (ours, as in PWC-Net): weight, relative to ``reg``, of the mean L1 of the
+    # registration's intermediate flows (``outputs['flow_levels']``; none for the paper MSRB).
+    reg_levels: float = 0.5
     # Modality consistency of the common features.
     consistency: float = 5.0
     # Complementary information of the specific features (0 switches it off).
@@ -242,8 +245,9 @@ class TarFuseLoss(nn.Module):
       optionally ``flow_mask`` (B, 1, H, W), and the detection targets ``batch_idx``, ``cls``,
       ``bboxes``, ``has_labels``;
     - ``parts``: detached scalars ``total``, ``fusion``, ``intensity``, ``gradient``,
-      ``registration``, ``consistency``, ``complementary``, ``detection``, ``det_box``,
-      ``det_cls``, ``det_dfl`` (unweighted values; terms with weight 0 are still reported).
+      ``registration``, ``registration_levels``, ``consistency``, ``complementary``,
+      ``detection``, ``det_box``, ``det_cls``, ``det_dfl`` (unweighted values; terms with
+      weight 0 are still reported).
 
     Consistency and complementary use the aligned IR's features when present (else the
     registered ones); the fusion loss uses the aligned IR.
@@ -270,11 +274,19 @@ class TarFuseLoss(nn.Module):
 
         flow_gt = batch.get('flow_gt')
         if flow_gt is not None:
-            registration = registration_loss(outputs['flow'], flow_gt, batch.get('flow_mask'))
-            total = total + w.reg * registration
+            mask = batch.get('flow_mask')
+            registration = registration_loss(outputs['flow'], flow_gt, mask)
+            levels = outputs.get('flow_levels') or []
+            level_loss = torch.zeros((), device=fused.device)
+            if levels:
+                level_loss = sum(registration_loss(level, flow_gt, mask)
+                                 for level in levels) / len(levels)
+            total = total + w.reg * (registration + w.reg_levels * level_loss)
         else:
             registration = torch.zeros((), device=fused.device)
+            level_loss = torch.zeros((), device=fused.device)
         parts['registration'] = registration
+        parts['registration_levels'] = level_loss
 
         c_ir = features.get('c_ir_aligned', features.get('c_ir_registered'))
         s_ir = features.get('s_ir_aligned', features.get('s_ir_registered'))

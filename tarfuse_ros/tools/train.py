@@ -145,7 +145,7 @@ def apply_cli(cfg, args):
     for (section, key), value in simple.items():
         if value is not None:
             cfg[section][key] = value
-    if args.crop is not None and cfg['data'].get('val_crop') is not None:
+    if args.crop is not None and cfg['data'].get('val_crop'):
         cfg['data']['val_crop'] = args.crop
     return cfg
 
@@ -161,6 +161,8 @@ def validate_config(cfg):
     crop = dcfg.get('crop')
     for key in ('crop', 'val_crop'):
         value = dcfg.get(key)
+        if key == 'val_crop' and value == 0:
+            continue  # whole frames
         if value is not None and (int(value) < 32 or int(value) % 32):
             raise ValueError(f'data.{key} must be a multiple of 32 (>= 32), got {value!r}')
     if crop is None:
@@ -342,11 +344,15 @@ def build_dataset(resolved, split_files, cfg, training, seed=0):
     """Create the ``PairedDataset`` (random crops/flips when training, centre crops otherwise)."""
     from tarfuse_ros.core.data import PairedDataset
     dcfg = cfg['data']
-    crop = dcfg['crop'] if training else (dcfg.get('val_crop') or dcfg['crop'])
+    crop = dcfg['crop'] if training else dcfg.get('val_crop', dcfg['crop'])
+    if crop is None:
+        crop = dcfg['crop']
     sources = [{'path': str(r['dir']), 'split': str(f), 'labels': r['labels']}
                for r, f in zip(resolved, split_files)]
+    # val_crop 0: whole frames (validated one pair at a time, see Trainer._loader).
     return PairedDataset(
-        sources, class_map=dict(dcfg['class_map']), crop_size=int(crop), augment=training,
+        sources, class_map=dict(dcfg['class_map']), crop_size=int(crop) or None,
+        augment=training,
         hflip_prob=float(dcfg.get('hflip', 0.5)), vflip_prob=float(dcfg.get('vflip', 0.0)),
         seed=seed)
 
@@ -792,6 +798,12 @@ def validate(model, criterion, loader, deform_cfg, device, seed, amp=False):
     acc = _Accumulator()
     for batch in loader:
         batch = to_device(batch, device)
+        height, width = batch['ir'].shape[2:]
+        if height % 32 or width % 32:
+            raise ValueError(
+                f'validation frame {batch["stem"][0]} is {width}x{height}: whole-frame '
+                'validation (data.val_crop 0) needs sizes that are multiples of 32; use a '
+                'val_crop instead or other validation sets')
         deformed, flow_gt = _deform_batch(batch['ir'], deform_cfg, generator)
         with _autocast(device, amp):
             outputs = model(deformed, batch['vi'], ir_aligned=batch['ir'])
@@ -904,6 +916,8 @@ class Trainer:
         batch = int(tcfg['batch'])
         workers = int(dcfg.get('workers', 0))
         if not training:
+            if dataset.crop_size is None:
+                batch = 1  # whole frames of several sizes
             loader = torch.utils.data.DataLoader(
                 dataset, batch_size=batch, shuffle=False, num_workers=min(workers, 2),
                 collate_fn=collate_pairs, pin_memory=self.device.type == 'cuda')

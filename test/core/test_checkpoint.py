@@ -10,8 +10,9 @@ from tarfuse_ros.core.checkpoint import (CheckpointError, FORMAT_VERSION, load_c
 from tarfuse_ros.core.model import build_model, TarFuseConfig
 import torch
 
-CONFIG = TarFuseConfig(msrb_channels=(8, 16, 16), detect_channels=(16, 24, 32), reg_max=8,
-                       num_classes=2, class_names=('person', 'car'))
+CONFIG = TarFuseConfig(registration='paper', msrb_channels=(8, 16, 16),
+                       detect_channels=(16, 24, 32), reg_max=8, num_classes=2,
+                       class_names=('person', 'car'))
 
 
 @pytest.fixture(scope='module')
@@ -114,8 +115,9 @@ def test_mismatched_tensors(tmp_path, trained_like_model):
               'provenance': {}}
     metadata = {METADATA_KEY: json.dumps(header)}
     # Weights of another architecture under this config: shapes differ.
-    other = build_model(TarFuseConfig(msrb_channels=(8, 16, 24), detect_channels=(16, 24, 32),
-                                      reg_max=8, num_classes=2, class_names=('person', 'car')))
+    other = build_model(TarFuseConfig(registration='paper', msrb_channels=(8, 16, 24),
+                                      detect_channels=(16, 24, 32), reg_max=8, num_classes=2,
+                                      class_names=('person', 'car')))
     path = tmp_path / 'other.safetensors'
     save_file(_tensors(other), str(path), metadata=metadata)
     with pytest.raises(CheckpointError, match='shape mismatch'):
@@ -150,3 +152,32 @@ def test_unserialisable_provenance(tmp_path, trained_like_model):
         save_checkpoint(tmp_path / 'x.safetensors', trained_like_model,
                         provenance={'bad': object()})
     assert not list(tmp_path.iterdir())
+
+
+def test_checkpoint_from_before_the_matching_registration_loads_as_paper(tmp_path,
+                                                                        trained_like_model):
+    model_dict = CONFIG.to_dict()
+    del model_dict['registration']
+    for key in ('pyramid_channels', 'estimator_channels', 'corr_radius', 'global_stage'):
+        del model_dict[key]
+    header = {'format_version': FORMAT_VERSION, 'model': model_dict, 'input': {},
+              'provenance': {}}
+    path = tmp_path / 'old.safetensors'
+    save_file(_tensors(trained_like_model), str(path),
+              metadata={METADATA_KEY: json.dumps(header)})
+    loaded = load_checkpoint(path)
+    assert loaded.config.registration == 'paper'
+    for name, value in trained_like_model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], value), name
+
+
+def test_matching_checkpoint_with_paper_tensors_names_the_mismatch(tmp_path,
+                                                                   trained_like_model):
+    header = {'format_version': FORMAT_VERSION,
+              'model': {**CONFIG.to_dict(), 'registration': 'match'}, 'input': {},
+              'provenance': {}}
+    path = tmp_path / 'confused.safetensors'
+    save_file(_tensors(trained_like_model), str(path),
+              metadata={METADATA_KEY: json.dumps(header)})
+    with pytest.raises(CheckpointError, match='missing: registration.estimators'):
+        load_checkpoint(path)

@@ -31,9 +31,9 @@ def _random_model(seed=0):
                 module.running_var.uniform_(0.5, 2.0)
                 module.weight.uniform_(0.7, 1.3)
                 module.bias.uniform_(-0.1, 0.1)
-        for head in model.registration.msrb.flow_heads:
-            head.weight.normal_(0.0, 0.03)
-        model.registration.msrb.flow_heads[0].bias.copy_(torch.tensor([0.4, -0.3]))
+        for estimator in model.registration.estimators:
+            estimator.head.weight.normal_(0.0, 0.03)
+        model.registration.estimators[0].head.bias.copy_(torch.tensor([0.4, -0.3]))
     return model
 
 
@@ -169,7 +169,8 @@ def test_detections_match_model_output_scale(firing_weights, pair):
 
 def test_batchnorm_folding_keeps_outputs(engine, weights, pair):
     unfused = FusionEngine(weights, fuse_bn=False)
-    assert engine._fused_layers > 40 and unfused._fused_layers == 0
+    # The matching registration's flow path uses GroupNorm, which does not fold.
+    assert engine._fused_layers > 30 and unfused._fused_layers == 0
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in engine.model.modules())
     ir, vi = _small(pair)
     a, b = engine.infer(ir, vi), unfused.infer(ir, vi)

@@ -164,6 +164,7 @@ def test_total_loss_parts_and_weights(small_model):
     weights = LossWeights()
     total, parts = TarFuseLoss(small_model, weights)(out, batch)
     expected = (parts['fusion'] + weights.reg * parts['registration']
+                + weights.reg * weights.reg_levels * parts['registration_levels']
                 + weights.consistency * parts['consistency']
                 + weights.complementary * parts['complementary']
                 + weights.det * parts['detection'])

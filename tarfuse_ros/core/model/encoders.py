@@ -1,8 +1,10 @@
 """Feature extractors: stacks of ``conv3x3 - BatchNorm - LeakyReLU`` layers."""
 
+import math
+
 from torch import nn
 
-__all__ = ['ConvBNAct', 'FeatureExtractor']
+__all__ = ['ConvBNAct', 'ConvGNAct', 'FeatureExtractor', 'conv_norm_act']
 
 
 class ConvBNAct(nn.Sequential):
@@ -22,6 +24,34 @@ class ConvBNAct(nn.Sequential):
         if activation:
             layers.append(nn.LeakyReLU(slope, inplace=True))
         super().__init__(*layers)
+
+
+class ConvGNAct(nn.Sequential):
+    """``Conv2d(k x k, no bias) - GroupNorm - LeakyReLU``: statistics per sample, not per batch.
+
+    Same shapes as :class:`ConvBNAct`; ``groups`` is the largest divisor of ``out_channels``
+    up to 8. Used in the flow path, where BatchNorm statistics learnt on training crops differ
+    on whole frames.
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size=3, stride=1, slope=0.1,
+                 activation=True):
+        layers = [
+            nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride,
+                      padding=kernel_size // 2, bias=False),
+            nn.GroupNorm(math.gcd(int(out_channels), 8), out_channels),
+        ]
+        if activation:
+            layers.append(nn.LeakyReLU(slope, inplace=True))
+        super().__init__(*layers)
+
+
+def conv_norm_act(norm):
+    """Return the layer class for ``norm``: ``'batch'`` (ConvBNAct) or ``'group'`` (ConvGNAct)."""
+    layers = {'batch': ConvBNAct, 'group': ConvGNAct}
+    if norm not in layers:
+        raise ValueError(f'norm must be one of {sorted(layers)}, got {norm!r}')
+    return layers[norm]
 
 
 class FeatureExtractor(nn.Module):

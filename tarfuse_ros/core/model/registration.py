@@ -5,7 +5,7 @@ and returned at full resolution by :func:`~tarfuse_ros.core.model.warp.resize_fl
 scales the values. The flow heads start at zero, so an untrained network predicts the identity.
 """
 
-from tarfuse_ros.core.model.encoders import ConvBNAct
+from tarfuse_ros.core.model.encoders import conv_norm_act, ConvBNAct
 from tarfuse_ros.core.model.warp import resize_flow
 import torch
 from torch import nn
@@ -23,10 +23,13 @@ class CSEB(nn.Module):
     global average pooling give the channel weights ``W_c = sigmoid(.)`` (B, C, 1, 1);
     the output is ``f_e = f_s * W_c``.
     ``forward: (B, in_channels, H, W) -> (B, channels, H / 2**downsample, W / 2**downsample)``.
+    ``norm``: ``'batch'`` (the paper's layers) or ``'group'`` (GroupNorm, for the matching
+    registration).
     """
 
-    def __init__(self, in_channels, channels=32, downsample=2, slope=0.1):
+    def __init__(self, in_channels, channels=32, downsample=2, slope=0.1, norm='batch'):
         super().__init__()
+        layer = conv_norm_act(norm)
         if downsample < 0 or channels < 2:
             raise ValueError(f'need downsample >= 0 and channels >= 2, got {downsample}, '
                              f'{channels}')
@@ -35,20 +38,20 @@ class CSEB(nn.Module):
         for step in range(downsample):
             # Widen gradually: the first stride-2 layer still reads full-resolution pixels.
             out = channels if step == downsample - 1 else max(in_channels, channels // 2)
-            stem.append(ConvBNAct(width, out, stride=2, slope=slope))
+            stem.append(layer(width, out, stride=2, slope=slope))
             width = out
         if width != channels or not stem:
-            stem.append(ConvBNAct(width, channels, slope=slope))
+            stem.append(layer(width, channels, slope=slope))
         self.stem = nn.Sequential(*stem)
         half = max(channels // 2, 1)
         self.spatial = nn.Sequential(
-            ConvBNAct(channels, half, slope=slope),
-            ConvBNAct(half, half, slope=slope),
+            layer(channels, half, slope=slope),
+            layer(half, half, slope=slope),
             nn.Conv2d(half, 1, 3, padding=1),
         )
         self.channel = nn.Sequential(
-            ConvBNAct(channels, channels, stride=2, slope=slope),
-            ConvBNAct(channels, channels, stride=2, slope=slope),
+            layer(channels, channels, stride=2, slope=slope),
+            layer(channels, channels, stride=2, slope=slope),
             nn.Conv2d(channels, channels, 3, padding=1),
         )
         self.out_channels = channels
@@ -119,7 +122,8 @@ class RegistrationNet(nn.Module):
         self.cseb_vi = CSEB(in_channels, cseb_channels, downsample, slope)
         self.msrb = MSRB(2 * cseb_channels, msrb_channels, slope)
 
-    def forward(self, c_ir, c_vi):
+    def forward(self, c_ir, c_vi, return_levels=False):
         enhanced = torch.cat((self.cseb_ir(c_ir), self.cseb_vi(c_vi)), dim=1)
-        flow = self.msrb(enhanced)
-        return resize_flow(flow, c_ir.shape[2:])
+        flow = resize_flow(self.msrb(enhanced), c_ir.shape[2:])
+        # The MSRB supervises its final flow only (``return_levels`` gives no extra levels).
+        return (flow, []) if return_levels else flow

@@ -5,8 +5,10 @@ luminance, both ``(B, 1, H, W)`` in ``[0, 1]`` with ``H`` and ``W`` multiples of
 
 1. four extractors give ``c_ir, s_ir`` (IR, shared weights for the deformed and the aligned IR)
    and ``c_vi, s_vi`` (visible);
-2. the registration network (CSEB x 2 + MSRB) predicts ``flow`` (B, 2, H, W) in pixels from
-   ``c_ir`` and ``c_vi``;
+2. the registration network predicts ``flow`` (B, 2, H, W) in pixels from ``c_ir`` and
+   ``c_vi``: by default CSEB x 2 + explicit matching (a global affine stage and coarse-to-fine
+   cost volumes, :mod:`~tarfuse_ros.core.model.matching`); ``registration='paper'`` selects the
+   paper's MSRB U-Net (:mod:`~tarfuse_ros.core.model.registration`);
 3. ``c_ir`` and ``s_ir`` are warped with it and concatenated with ``c_vi, s_vi``;
 4. the reconstruction head gives the fused image and the neck + ``Detect`` the detections.
 """
@@ -16,14 +18,17 @@ from dataclasses import asdict, dataclass
 from tarfuse_ros.core.configs import known_fields
 from tarfuse_ros.core.model.encoders import FeatureExtractor
 from tarfuse_ros.core.model.heads import build_detect, DetectionNeck, ReconstructionHead
+from tarfuse_ros.core.model.matching import MatchingRegistration
 from tarfuse_ros.core.model.registration import RegistrationNet
 from tarfuse_ros.core.model.warp import warp
 import torch
 from torch import nn
 
-__all__ = ['SIZE_MULTIPLE', 'TarFuse', 'TarFuseConfig', 'build_model', 'parameter_counts']
+__all__ = ['REGISTRATIONS', 'SIZE_MULTIPLE', 'TarFuse', 'TarFuseConfig', 'build_model',
+           'parameter_counts']
 
 SIZE_MULTIPLE = 32
+REGISTRATIONS = ('match', 'paper')
 
 
 @dataclass(frozen=True)
@@ -38,8 +43,18 @@ class TarFuseConfig:
     registration_downsample: int = 2
     # Width of each CSEB.
     cseb_channels: int = 32
-    # MSRB (U-Net) widths per level, finest first.
+    # Registration network: 'match' (global affine stage + coarse-to-fine cost volumes) or
+    # 'paper' (the paper's MSRB U-Net, for the ablation).
+    registration: str = 'match'
+    # MSRB (U-Net) widths per level, finest first ('paper' only).
     msrb_channels: tuple = (32, 48, 64, 64)
+    # 'match' only: widths of the pyramid levels below the CSEB (each halves the resolution),
+    # hidden widths of each level's flow estimator (a 1x1 squeeze, then 3x3 layers), the
+    # cost-volume radius in cells, and whether the coarsest level fits one affine map.
+    pyramid_channels: tuple = (48, 64, 96)
+    estimator_channels: tuple = (64, 48, 32)
+    corr_radius: int = 4
+    global_stage: bool = True
     # Hidden widths of the reconstruction head (third layer -> 1 channel, Tanh).
     reconstruction_channels: tuple = (16, 8)
     # Detection neck: stem widths at strides 2 and 4, then P3, P4, P5 widths.
@@ -55,8 +70,8 @@ class TarFuseConfig:
     leaky_slope: float = 0.1
 
     def __post_init__(self):
-        for name in ('msrb_channels', 'reconstruction_channels', 'neck_stem_channels',
-                     'detect_channels'):
+        for name in ('msrb_channels', 'pyramid_channels', 'estimator_channels',
+                     'reconstruction_channels', 'neck_stem_channels', 'detect_channels'):
             object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
         object.__setattr__(self, 'class_names', tuple(str(v) for v in self.class_names))
         if self.num_classes < 1 or len(self.class_names) != self.num_classes:
@@ -71,6 +86,13 @@ class TarFuseConfig:
         if len(self.detect_channels) != 3 or len(self.neck_stem_channels) != 2:
             raise ValueError('detect_channels needs 3 widths (P3, P4, P5) and neck_stem_channels '
                              f'2, got {self.detect_channels}, {self.neck_stem_channels}')
+        if self.registration not in REGISTRATIONS:
+            raise ValueError(f'registration must be one of {REGISTRATIONS}, got '
+                             f'{self.registration!r}')
+        if self.corr_radius < 1 or not self.pyramid_channels or not self.estimator_channels:
+            raise ValueError('corr_radius must be >= 1 and pyramid_channels / estimator_channels '
+                             f'non-empty, got {self.corr_radius}, {self.pyramid_channels}, '
+                             f'{self.estimator_channels}')
         if self.reg_max < 1:
             raise ValueError(f'reg_max must be >= 1, got {self.reg_max}')
 
@@ -111,6 +133,9 @@ class TarFuse(nn.Module):
     - ``registered_ir`` (B, 1, H, W) = ``warp(ir, flow)``;
     - ``det``: the ``Detect`` output in the current mode (train: dict ``boxes``, ``scores``,
       ``feats``; eval: ``(y, dict)``, ``y`` (B, 4 + nc, anchors) xywh in input pixels);
+    - ``flow_levels``: in training mode, the registration's intermediate flows resized to
+      ``(B, 2, H, W)`` pixels, coarsest first (deep supervision; empty for the paper's MSRB and
+      in eval mode);
     - ``features``: ``c_ir``, ``s_ir`` (of ``ir``), ``c_vi``, ``s_vi``, ``c_ir_registered``,
       ``s_ir_registered`` (warped with ``flow``) and, when ``ir_aligned`` is given,
       ``c_ir_aligned``, ``s_ir_aligned`` (same extractors; used by the training losses).
@@ -127,8 +152,15 @@ class TarFuse(nn.Module):
         self.ir_specific = FeatureExtractor(1, width, layers, slope)
         self.vi_common = FeatureExtractor(1, width, layers, slope)
         self.vi_specific = FeatureExtractor(1, width, layers, slope)
-        self.registration = RegistrationNet(width, config.cseb_channels, config.msrb_channels,
-                                            config.registration_downsample, slope)
+        if config.registration == 'paper':
+            self.registration = RegistrationNet(width, config.cseb_channels,
+                                                config.msrb_channels,
+                                                config.registration_downsample, slope)
+        else:
+            self.registration = MatchingRegistration(
+                width, config.cseb_channels, config.pyramid_channels,
+                config.estimator_channels, config.corr_radius, config.registration_downsample,
+                config.global_stage, slope)
         self.reconstruction = ReconstructionHead(4 * width, config.reconstruction_channels, slope)
         self.neck = DetectionNeck(4 * width, config.neck_stem_channels, config.detect_channels,
                                   slope)
@@ -158,7 +190,11 @@ class TarFuse(nn.Module):
                                  f'{tuple(ir.shape)}')
         c_ir, s_ir = self.ir_common(ir), self.ir_specific(ir)
         c_vi, s_vi = self.vi_common(vi), self.vi_specific(vi)
-        flow = self.registration(c_ir, c_vi)
+        flow_levels = []
+        if self.training:
+            flow, flow_levels = self.registration(c_ir, c_vi, return_levels=True)
+        else:
+            flow = self.registration(c_ir, c_vi)
         c_ir_registered = warp(c_ir, flow)
         s_ir_registered = warp(s_ir, flow)
         fused_features = torch.cat((c_ir_registered, s_ir_registered, c_vi, s_vi), dim=1)
@@ -170,7 +206,7 @@ class TarFuse(nn.Module):
             features['c_ir_aligned'] = self.ir_common(ir_aligned)
             features['s_ir_aligned'] = self.ir_specific(ir_aligned)
         return {'fused': fused, 'flow': flow, 'registered_ir': warp(ir, flow), 'det': det,
-                'features': features}
+                'features': features, 'flow_levels': flow_levels}
 
     def predict_raw(self, ir, vi):
         """Run in eval mode without gradients (the previous mode is restored).
@@ -206,9 +242,12 @@ def parameter_counts(model):
         'ir_common': model.ir_common, 'ir_specific': model.ir_specific,
         'vi_common': model.vi_common, 'vi_specific': model.vi_specific,
         'cseb_ir': registration.cseb_ir, 'cseb_vi': registration.cseb_vi,
-        'msrb': registration.msrb, 'reconstruction': model.reconstruction,
-        'neck': model.neck, 'detect': model.detect,
     }
+    if isinstance(registration, MatchingRegistration):
+        parts.update(pyramid=registration.pyramid, estimators=registration.estimators)
+    else:
+        parts['msrb'] = registration.msrb
+    parts.update(reconstruction=model.reconstruction, neck=model.neck, detect=model.detect)
     counts = {name: sum(p.numel() for p in part.parameters()) for name, part in parts.items()}
     counts['total'] = sum(p.numel() for p in model.parameters())
     return counts

@@ -1,0 +1,282 @@
+"""Explicit matching registration: a global affine stage, then coarse-to-fine cost volumes.
+
+The paper's MSRB (:mod:`~tarfuse_ros.core.model.registration`) regresses the flow from
+concatenated features, which cannot solve displacements much larger than its receptive field
+learnt from the training draws. This module matches explicitly, as optical-flow networks do
+(PWC-Net, Sun et al., CVPR 2018; RAFT, Teed and Deng, ECCV 2020), with the paper's CSEBs in front:
+
+1. the CSEBs enhance the IR and visible common features at ``1/4``; a pyramid encoder with
+   shared weights (the two modalities are compared in one feature space) continues to
+   ``1/8 .. 1/32``;
+2. at the coarsest level a **global stage** reads the local cost volume of the unwarped features
+   and predicts a flow plus a confidence per cell; one affine transform is fitted to them by
+   weighted least squares (closed form, differentiable; the normal equations of Hartley and
+   Zisserman, *Multiple View Geometry*, sec. 4.1, for an affine map), so rotation, scale,
+   shear, field of view and translation are solved before anything local;
+3. at every finer level the IR features are warped by the upsampled flow so far, correlated with
+   the visible features within ``radius`` cells (a ``(2r + 1)^2``-channel cost volume) and a small
+   estimator predicts the **residual** flow.
+
+Displacements are predicted in pixels of each level (never as a fraction of the image size), so a
+model trained on crops runs on whole frames; the flow path uses GroupNorm or no normalisation
+(BatchNorm statistics of crops differ on whole frames). Every flow head starts at zero, so the
+untrained network predicts the identity. Plain PyTorch operations only (exportable to ONNX).
+"""
+
+import math
+
+from tarfuse_ros.core.model.registration import CSEB
+from tarfuse_ros.core.model.warp import identity_grid, resize_flow, warp
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+__all__ = ['FlowEstimator', 'MatchingRegistration', 'PyramidEncoder', 'affine_flow',
+           'fit_affine', 'local_correlation']
+
+
+def local_correlation(reference, moving, radius):
+    """Return the local cost volume of two feature maps.
+
+    ``out[:, k, y, x] = mean_c reference[:, c, y, x] * moving[:, c, y + dy_k, x + dx_k]`` for the
+    ``(2 radius + 1)^2`` offsets ``dy, dx in [-radius, radius]`` (row-major: ``k = (dy + r) *
+    (2r + 1) + (dx + r)``), with zeros outside ``moving``. L2-normalise the features first for a
+    cosine similarity in ``[-1, 1]``.
+
+    Args:
+        reference: ``(B, C, H, W)`` features of the fixed (visible) image.
+        moving: ``(B, C, H, W)`` features of the moving (IR) image, already warped.
+        radius: search radius in cells (``>= 0``).
+
+    Returns:
+        ``(B, (2 radius + 1)^2, H, W)`` correlations.
+
+    Raises:
+        ValueError: on shapes that differ or a negative radius.
+
+    """
+    if reference.shape != moving.shape or reference.dim() != 4:
+        raise ValueError(f'reference and moving must be equal (B, C, H, W) tensors, got '
+                         f'{tuple(reference.shape)} and {tuple(moving.shape)}')
+    radius = int(radius)
+    if radius < 0:
+        raise ValueError(f'radius must be >= 0, got {radius}')
+    height, width = reference.shape[2:]
+    padded = F.pad(moving, (radius, radius, radius, radius))
+    costs = []
+    for dy in range(2 * radius + 1):
+        rows = padded[:, :, dy:dy + height]
+        for dx in range(2 * radius + 1):
+            costs.append((reference * rows[:, :, :, dx:dx + width]).mean(dim=1))
+    return torch.stack(costs, dim=1)
+
+
+def _normalised_grid(height, width, device, dtype):
+    """Return ``(1, 2, H, W)`` pixel-centre coordinates in ``[-1, 1]`` (x, y)."""
+    grid = identity_grid(height, width, device=device, dtype=dtype)
+    return torch.cat((grid[:, :1] * (2.0 / max(width - 1, 1)) - 1.0,
+                      grid[:, 1:] * (2.0 / max(height - 1, 1)) - 1.0), dim=1)
+
+
+def _to_normalised(flow_px):
+    height, width = flow_px.shape[2:]
+    return torch.cat((flow_px[:, :1] * (2.0 / max(width - 1, 1)),
+                      flow_px[:, 1:] * (2.0 / max(height - 1, 1))), dim=1)
+
+
+def _inverse_3x3(matrix):
+    """Batched inverse of ``(B, 3, 3)`` matrices by the adjugate (ONNX-friendly, no linalg op)."""
+    a, b, c = matrix[:, 0, 0], matrix[:, 0, 1], matrix[:, 0, 2]
+    d, e, f = matrix[:, 1, 0], matrix[:, 1, 1], matrix[:, 1, 2]
+    g, h, i = matrix[:, 2, 0], matrix[:, 2, 1], matrix[:, 2, 2]
+    co = torch.stack((e * i - f * h, c * h - b * i, b * f - c * e,
+                      f * g - d * i, a * i - c * g, c * d - a * f,
+                      d * h - e * g, b * g - a * h, a * e - b * d), dim=1).view(-1, 3, 3)
+    det = a * co[:, 0, 0] + b * co[:, 1, 0] + c * co[:, 2, 0]
+    return co / det.view(-1, 1, 1)
+
+
+def fit_affine(flow_px, weights=None, ridge=1e-3):
+    """Fit one affine map per sample to a flow by weighted least squares.
+
+    In normalised coordinates ``u`` (pixel centres at -1 and 1), finds ``theta`` (2 x 3)
+    minimising ``sum_p w(p) |theta [u(p); 1] - (u(p) + f(p))|^2 + ridge * sum(w) |theta - I|^2``
+    (the ridge term pulls a degenerate fit, e.g. all weight on one cell, to the identity).
+    A zero flow gives the identity exactly, whatever the weights.
+
+    Args:
+        flow_px: ``(B, 2, h, w)`` flow in pixels of its grid (``warp`` convention).
+        weights: ``(B, 1, h, w)`` non-negative confidences, or None for uniform weights.
+        ridge: relative strength of the identity prior (``> 0``).
+
+    Returns:
+        ``(B, 2, 3)`` affine maps in normalised coordinates (size-independent: evaluate them on
+        any grid with :func:`affine_flow`).
+
+    """
+    batch, _, height, width = flow_px.shape
+    grid = _normalised_grid(height, width, flow_px.device, flow_px.dtype)
+    ones = torch.ones_like(grid[:, :1])
+    basis = torch.cat((grid, ones), dim=1).expand(batch, -1, -1, -1).reshape(batch, 3, -1)
+    target = (grid + _to_normalised(flow_px)).reshape(batch, 2, -1)
+    if weights is None:
+        weights = torch.ones_like(flow_px[:, :1])
+    w = weights.reshape(batch, 1, -1)
+    weighted = basis * w
+    normal = weighted @ basis.transpose(1, 2)                    # (B, 3, 3)
+    rhs = weighted @ target.transpose(1, 2)                      # (B, 3, 2)
+    eye = torch.eye(3, device=flow_px.device, dtype=flow_px.dtype).unsqueeze(0)
+    strength = ridge * w.sum(dim=2, keepdim=True).clamp_min(1e-6)  # (B, 1, 1)
+    prior = eye[:, :, :2]                                        # identity theta, transposed
+    theta_t = _inverse_3x3(normal + strength * eye) @ (rhs + strength * prior)
+    return theta_t.transpose(1, 2)
+
+
+def affine_flow(theta, height, width):
+    """Return the flow ``(B, 2, H, W)`` in pixels of an ``(H, W)`` grid of affine maps.
+
+    ``theta``: ``(B, 2, 3)`` in normalised coordinates (:func:`fit_affine`); the flow at pixel
+    ``p`` is ``theta [u(p); 1] - u(p)`` converted to pixels.
+    """
+    grid = _normalised_grid(height, width, theta.device, theta.dtype)
+    flat = grid.reshape(1, 2, -1)
+    mapped = theta[:, :, :2] @ flat + theta[:, :, 2:]
+    flow = (mapped - flat).reshape(theta.shape[0], 2, height, width)
+    return torch.cat((flow[:, :1] * ((width - 1) / 2.0), flow[:, 1:] * ((height - 1) / 2.0)),
+                     dim=1)
+
+
+def _groups(channels, wanted=8):
+    return math.gcd(int(channels), wanted)
+
+
+def _conv_gn(in_channels, out_channels, stride, slope):
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False),
+        nn.GroupNorm(_groups(out_channels), out_channels),
+        nn.LeakyReLU(slope, inplace=True))
+
+
+class PyramidEncoder(nn.Module):
+    """Stride-2 levels (conv-GroupNorm-LeakyReLU x 2) from the CSEB output down the pyramid.
+
+    ``forward: (B, in_channels, h, w) -> [input, (B, c1, h/2, w/2), (B, c2, h/4, w/4), ...]``.
+    """
+
+    def __init__(self, in_channels, channels=(48, 64, 96), slope=0.1):
+        super().__init__()
+        self.levels = nn.ModuleList()
+        width = in_channels
+        for out in channels:
+            self.levels.append(nn.Sequential(_conv_gn(width, out, 2, slope),
+                                             _conv_gn(out, out, 1, slope)))
+            width = out
+
+    def forward(self, features):
+        outputs = [features]
+        for level in self.levels:
+            outputs.append(level(outputs[-1]))
+        return outputs
+
+
+class FlowEstimator(nn.Module):
+    """A 1x1 squeeze, 3x3 conv-LeakyReLU layers (no normalisation), a zero-initialised head.
+
+    ``channels[0]`` is the squeeze width (a 1x1 layer over the wide cost-volume input keeps the
+    estimator cheap), the others 3x3 layers; the head is a 3x3 layer to ``outputs`` channels.
+    ``forward: (B, in_channels, h, w) -> (B, outputs, h, w)``; starts at exactly zero.
+    """
+
+    def __init__(self, in_channels, channels=(64, 48, 32), outputs=2, slope=0.1):
+        super().__init__()
+        layers = []
+        width = in_channels
+        for index, out in enumerate(channels):
+            kernel = 1 if index == 0 else 3
+            layers += [nn.Conv2d(width, out, kernel, padding=kernel // 2),
+                       nn.LeakyReLU(slope, inplace=True)]
+            width = out
+        self.body = nn.Sequential(*layers)
+        self.head = nn.Conv2d(width, outputs, 3, padding=1)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+
+class MatchingRegistration(nn.Module):
+    """CSEBs + shared pyramid + global affine stage + residual cost-volume levels.
+
+    ``forward(c_ir (B, C, H, W), c_vi (B, C, H, W), return_levels=False)`` returns the flow
+    ``(B, 2, H, W)`` in pixels that maps the IR onto the visible frame (``warp(ir, flow)``);
+    with ``return_levels`` also the list of per-level flows resized to ``(H, W)`` pixels,
+    coarsest (the global stage) first, for deep supervision.
+
+    Args:
+        in_channels: width of the common features.
+        cseb_channels: CSEB width (the ``1/2**downsample`` level).
+        pyramid_channels: widths of the coarser levels (each halves the resolution).
+        estimator_channels: hidden widths of each level's flow estimator.
+        radius: cost-volume search radius in cells (the coarsest level sees
+            ``radius * 2**(downsample + len(pyramid_channels))`` pixels).
+        downsample: stride-2 steps of the CSEBs.
+        global_stage: fit one affine map at the coarsest level (else a free flow there).
+        slope: LeakyReLU negative slope.
+
+    """
+
+    def __init__(self, in_channels, cseb_channels=32, pyramid_channels=(48, 64, 96),
+                 estimator_channels=(64, 48, 32), radius=4, downsample=2, global_stage=True,
+                 slope=0.1):
+        super().__init__()
+        if radius < 1 or not pyramid_channels:
+            raise ValueError(f'need radius >= 1 and >= 1 pyramid level, got {radius}, '
+                             f'{pyramid_channels}')
+        self.cseb_ir = CSEB(in_channels, cseb_channels, downsample, slope, norm='group')
+        self.cseb_vi = CSEB(in_channels, cseb_channels, downsample, slope, norm='group')
+        self.pyramid = PyramidEncoder(cseb_channels, pyramid_channels, slope)
+        self.radius = int(radius)
+        self.global_stage = bool(global_stage)
+        widths = (cseb_channels,) + tuple(pyramid_channels)
+        cost = (2 * self.radius + 1) ** 2
+        self.estimators = nn.ModuleList()
+        for index, width in enumerate(widths):
+            coarsest = index == len(widths) - 1
+            outputs = 3 if coarsest and self.global_stage else 2
+            # The finest level runs on the most cells: half as wide.
+            hidden = (tuple(max(c // 2, 8) for c in estimator_channels) if index == 0
+                      else tuple(estimator_channels))
+            self.estimators.append(FlowEstimator(cost + width + (0 if coarsest else 2),
+                                                 hidden, outputs, slope))
+
+    def forward(self, c_ir, c_vi, return_levels=False):
+        ir_levels = self.pyramid(self.cseb_ir(c_ir))
+        vi_levels = self.pyramid(self.cseb_vi(c_vi))
+        size = c_ir.shape[2:]
+        flow = None
+        levels = []
+        for index in reversed(range(len(ir_levels))):
+            ir_feat, vi_feat = ir_levels[index], vi_levels[index]
+            reference = F.normalize(vi_feat, dim=1, eps=1e-6)
+            if flow is None:
+                cost = local_correlation(reference, F.normalize(ir_feat, dim=1, eps=1e-6),
+                                         self.radius)
+                out = self.estimators[index](torch.cat((cost, vi_feat), dim=1))
+                if self.global_stage:
+                    weights = torch.sigmoid(out[:, 2:3])
+                    theta = fit_affine(out[:, :2], weights)
+                    flow = affine_flow(theta, vi_feat.shape[2], vi_feat.shape[3])
+                else:
+                    flow = out
+            else:
+                flow = resize_flow(flow, vi_feat.shape[2:])
+                moving = F.normalize(warp(ir_feat, flow), dim=1, eps=1e-6)
+                cost = local_correlation(reference, moving, self.radius)
+                flow = flow + self.estimators[index](torch.cat((cost, vi_feat, flow), dim=1))
+            if return_levels:
+                levels.append(resize_flow(flow, size))
+        full = resize_flow(flow, size)
+        if return_levels:
+            return full, levels
+        return full
