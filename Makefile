@@ -1,12 +1,14 @@
 # tarfuse_ros on a machine without a ROS distro (on a ROS install use colcon; see README).
 # make demo  - set up if needed, then run the node with the shipped weights on a sample bag
 # make test  - set up if needed, then run every test (lint included)
+# On a ROS 2 install (Jazzy/Humble), with ROS sourced and this repository in <ws>/src/tarfuse_ros:
+# make ros-install - a venv (--system-site-packages) with the pip packages, then colcon build
 SHELL := /bin/bash
 ENV := source tools/ros_env/env.sh &&
 OUT ?= output/demo
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench clean ros-install
 
 setup:
 	bash tools/ros_env/setup_env.sh
@@ -23,3 +25,18 @@ bench: setup
 
 clean:
 	rm -rf .cache output build install log
+
+# The workspace is two levels up (<ws>/src/tarfuse_ros); the venv sees the distro's packages.
+ROS_WS ?= $(abspath $(CURDIR)/../..)
+ROS_VENV ?= $(ROS_WS)/.venv
+ROS_PIP ?= 'numpy<2' torch torchvision ultralytics==8.4.190 kornia==0.9.0 safetensors rosbags
+
+ros-install:
+	@test -n "$$ROS_DISTRO" || { echo 'source /opt/ros/<distro>/setup.bash first' >&2; exit 1; }
+	test -x $(ROS_VENV)/bin/python || python3 -m venv --system-site-packages $(ROS_VENV)
+	touch $(ROS_VENV)/COLCON_IGNORE
+	$(ROS_VENV)/bin/python -m pip install $(ROS_PIP)
+	source $(ROS_VENV)/bin/activate && cd $(ROS_WS) && \
+		python -m colcon build --packages-select tarfuse_ros
+	@echo "fuse_node runs with: $$(head -1 $(ROS_WS)/install/tarfuse_ros/lib/tarfuse_ros/fuse_node)"
+	@echo 'use it: source $(ROS_VENV)/bin/activate && source $(ROS_WS)/install/setup.bash'

@@ -6,9 +6,12 @@ Examples::
     ros2 launch tarfuse_ros fuse.launch.py namespace:=front device:=cuda:0 rviz:=true
     ros2 launch tarfuse_ros fuse.launch.py infrared_topic:=/flir/image_raw \
         visible_topic:=/rgb/image_raw
+    ros2 launch tarfuse_ros fuse.launch.py visible_transport:=compressed \
+        infrared_transport:=compressed   # subscribes <topic>/compressed
 
 Parameters come from ``params_file`` (default: the shipped ``config/tarfuse.yaml``); the
-``weights`` and ``device`` arguments override it only when they are not empty.  Unless
+``weights``, ``device``, ``infrared_transport`` and ``visible_transport`` arguments override it
+only when they are not empty.  Unless
 ``FASTRTPS_DEFAULT_PROFILES_FILE`` is already set, the shipped ``config/fastdds_profile.xml``
 is used (shared memory with a large segment: large images over best-effort DDS otherwise get
 lost).
@@ -45,7 +48,7 @@ def _launch_setup(context):
     share = _share_dir()
     value = {name: LaunchConfiguration(name).perform(context) for name in (
         'namespace', 'params_file', 'weights', 'device', 'infrared_topic', 'visible_topic',
-        'use_sim_time')}
+        'infrared_transport', 'visible_transport', 'use_sim_time')}
     actions = []
     profile = share / 'config' / 'fastdds_profile.xml'
     if not os.environ.get('FASTRTPS_DEFAULT_PROFILES_FILE') and profile.is_file():
@@ -54,6 +57,9 @@ def _launch_setup(context):
     for name in ('weights', 'device'):
         if value[name].strip():
             overrides[name] = value[name].strip()
+    for camera in ('infrared', 'visible'):
+        if value[f'{camera}_transport'].strip():
+            overrides[f'{camera}.transport'] = value[f'{camera}_transport'].strip()
     params_file = value['params_file'] or str(share / 'config' / 'tarfuse.yaml')
     actions.append(Node(
         package=PACKAGE,
@@ -98,11 +104,20 @@ def generate_launch_description():
             description="Torch device overriding params_file ('cpu', 'cuda:0'); empty: keep."),
         DeclareLaunchArgument(
             'infrared_topic', default_value='infrared/image_raw',
-            description='Infrared image topic (mono8/mono16/8UC1/16UC1).'),
+            description='Infrared image topic (mono8/mono16/8UC1/16UC1/32FC1), the base name '
+                        'for the compressed transport.'),
         DeclareLaunchArgument(
             'visible_topic', default_value='visible/image_raw',
-            description='Visible image topic (bgr8/rgb8/mono8); its camera_info sibling is '
-                        'republished as fused/camera_info.'),
+            description='Visible image topic (bgr8/rgb8/mono8/bayer_*/...); its camera_info '
+                        'sibling is republished as fused/camera_info.'),
+        DeclareLaunchArgument(
+            'infrared_transport', default_value='',
+            description="'raw' or 'compressed' (<infrared_topic>/compressed, e.g. 16-bit PNG) "
+                        'overriding params_file; empty: keep it.'),
+        DeclareLaunchArgument(
+            'visible_transport', default_value='',
+            description="'raw' or 'compressed' (<visible_topic>/compressed, JPEG/PNG) "
+                        'overriding params_file; empty: keep it.'),
         DeclareLaunchArgument(
             'use_sim_time', default_value='false',
             description='Use /clock (true when replaying a bag with --clock).'),

@@ -1,11 +1,11 @@
 """Test-session settings shared by every test module."""
 
 import os
+from pathlib import Path
 import random
 
 import cv2
 import pytest
-from tarfuse_ros.core.paths import shared_datasets_dir
 
 # Ultralytics must never reach the network; set before anything imports it.
 os.environ.setdefault('YOLO_OFFLINE', '1')
@@ -16,16 +16,16 @@ if 'ROS_DOMAIN_ID' not in os.environ:
     os.environ['ROS_DOMAIN_ID'] = str(random.SystemRandom().randint(1, 100))
 
 
+# Real data the tests use, inside the repository (no ../shared needed): samples/ (five RoadScene
+# test pairs) and test/data/datasets (small excerpts of the shared sets; sources in its README).
+SAMPLES = Path(__file__).resolve().parents[1] / 'samples'
+
+
 @pytest.fixture(scope='session')
 def roadscene_pair():
-    """Load the first RoadScene test pair: IR uint8 HxW, visible uint8 HxWx3 BGR."""
-    datasets = shared_datasets_dir()
-    if datasets is None:
-        pytest.skip('shared datasets not found (set TARFUSE_SHARED or put shared/ '
-                    'beside the clone)')
-    root = datasets / 'roadscene'
-    stem = (root / 'test.txt').read_text().split()[0]
-    ir = cv2.imread(str(root / 'ir' / f'{stem}.jpg'), cv2.IMREAD_GRAYSCALE)
-    vi = cv2.imread(str(root / 'vi' / f'{stem}.jpg'), cv2.IMREAD_COLOR)
-    assert ir is not None and vi is not None, stem
+    """Load the first RoadScene test pair (FLIR_00122): IR uint8 HxW, visible uint8 HxWx3 BGR."""
+    stem = 'FLIR_00122'
+    ir = cv2.imread(str(SAMPLES / 'ir' / f'{stem}.jpg'), cv2.IMREAD_GRAYSCALE)
+    vi = cv2.imread(str(SAMPLES / 'vi' / f'{stem}.jpg'), cv2.IMREAD_COLOR)
+    assert ir is not None and vi is not None, f'{stem} missing under {SAMPLES}'
     return ir, vi

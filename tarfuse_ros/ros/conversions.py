@@ -1,48 +1,76 @@
 """
 Conversions between ROS messages and the arrays / results of the ROS-free core.
 
-Images are decoded directly with NumPy (OpenCV only for YUV 4:2:2), not through
-``cv_bridge``: the node then behaves the same with the distro's ``cv_bridge`` (whose Jazzy
-build needs NumPy 1.x) or the project's stand-in, and accepts what the real bridge refuses
-(``8UC1`` as ``mono8``). Every problem with an input message is a ``ValueError`` whose
-message names the cause.
+Images are decoded and encoded by ``cv_bridge`` (``imgmsg_to_cv2``, ``compressed_imgmsg_to_cv2``,
+``cv2_to_imgmsg``, ``cv2_to_compressed_imgmsg``): the distro's on a ROS install, the project's
+stand-in (``tools/ros_env/shims``) in the no-distro venv. This module is the one small adapter
+around it, for what the bridge leaves to its callers or does differently:
+
+* the array the engine takes per encoding: grey stays one channel (``8UC1`` is read like
+  ``mono8``, which the real bridge refuses to convert, vision_opencv #175), every colour
+  encoding (``rgb8``, ``bgra8``, ``yuv422``, ``bayer_*``, ...) becomes BGR, 16-bit stays 16-bit;
+* checks with messages naming the cause (unknown encoding, zero size, short rows or data, NaN,
+  an undecodable compressed payload) where the bridge would raise a bare ``TypeError`` or
+  return None; every problem with an input message is a ``ValueError``;
+* rows padded by a number of bytes that is not a whole number of pixels (the real bridge reads
+  ``step // (itemsize * channels)`` pixels per row) are repacked before decoding;
+* the decoded array owns its memory (the bridge may return a view of ``msg.data``);
+* compressed output carries image_transport's ``format`` (``'bgr8; jpeg compressed bgr8'``).
+
+The bag tools (``tarfuse_ros.tools.bagio``) decode and encode through the same functions, so
+the project has one codec.
 
 Functions:
-    image_msg_to_array(msg) -> (array, kind)   sensor_msgs/Image -> ndarray
+    image_msg_to_array(msg) -> (array, kind)   sensor_msgs/Image or CompressedImage -> ndarray
+    compressed_msg_to_array(msg) -> (array, kind)
     array_to_image_msg(array, encoding, header) -> sensor_msgs/Image
+    array_to_compressed_msg(array, header, fmt='jpeg') -> sensor_msgs/CompressedImage
     detections_to_msg(detections, header, image_size=None) -> vision_msgs/Detection2DArray
 """
 
-import array as _array
+from functools import lru_cache
 import math
-import sys
 
 from builtin_interfaces.msg import Time
 import numpy as np
-from sensor_msgs.msg import Image
+from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
-__all__ = ['array_to_image_msg', 'detections_to_msg', 'image_msg_to_array',
+__all__ = ['array_to_compressed_msg', 'array_to_image_msg', 'compressed_msg_to_array',
+           'COMPRESSED_FORMATS', 'detections_to_msg', 'image_msg_to_array', 'load_bridge',
            'SUPPORTED_ENCODINGS']
 
-# encoding -> (dtype, channels in the message, canonical kind of the returned array).
+_BAYER = tuple(f'bayer_{p}{bits}' for bits in (8, 16) for p in ('rggb', 'bggr', 'gbrg', 'grbg'))
+
+# Accepted encoding (lower case) -> (name the bridge knows, what to ask the bridge for, kind of
+# the returned array, dtype and channels of the message's pixels).
 _DECODE = {
-    'mono8': (np.uint8, 1, 'gray8'),
-    '8uc1': (np.uint8, 1, 'gray8'),
-    'mono16': (np.uint16, 1, 'gray16'),
-    '16uc1': (np.uint16, 1, 'gray16'),
-    'bgr8': (np.uint8, 3, 'bgr8'),
-    'rgb8': (np.uint8, 3, 'bgr8'),
-    'bgra8': (np.uint8, 4, 'bgr8'),
-    'rgba8': (np.uint8, 4, 'bgr8'),
-    '32fc1': (np.float32, 1, 'float32'),
-    'yuv422': (np.uint8, 2, 'bgr8'),
-    'uyvy': (np.uint8, 2, 'bgr8'),
-    'yuv422_yuy2': (np.uint8, 2, 'bgr8'),
-    'yuyv': (np.uint8, 2, 'bgr8'),
+    'mono8': ('mono8', 'passthrough', 'gray8', np.uint8, 1),
+    '8uc1': ('8UC1', 'passthrough', 'gray8', np.uint8, 1),
+    'mono16': ('mono16', 'passthrough', 'gray16', np.uint16, 1),
+    '16uc1': ('16UC1', 'passthrough', 'gray16', np.uint16, 1),
+    '32fc1': ('32FC1', 'passthrough', 'float32', np.float32, 1),
+    'bgr8': ('bgr8', 'passthrough', 'bgr8', np.uint8, 3),
+    'rgb8': ('rgb8', 'bgr8', 'bgr8', np.uint8, 3),
+    'bgra8': ('bgra8', 'bgr8', 'bgr8', np.uint8, 4),
+    'rgba8': ('rgba8', 'bgr8', 'bgr8', np.uint8, 4),
+    'bgr16': ('bgr16', 'passthrough', 'bgr16', np.uint16, 3),
+    'rgb16': ('rgb16', 'bgr16', 'bgr16', np.uint16, 3),
+    'bgra16': ('bgra16', 'bgr16', 'bgr16', np.uint16, 4),
+    'rgba16': ('rgba16', 'bgr16', 'bgr16', np.uint16, 4),
+    # UYVY and YUYV have two names each; older bridges know only the yuv422* ones.
+    'yuv422': ('yuv422', 'bgr8', 'bgr8', np.uint8, 2),
+    'uyvy': ('yuv422', 'bgr8', 'bgr8', np.uint8, 2),
+    'yuv422_yuy2': ('yuv422_yuy2', 'bgr8', 'bgr8', np.uint8, 2),
+    'yuyv': ('yuv422_yuy2', 'bgr8', 'bgr8', np.uint8, 2),
 }
-SUPPORTED_ENCODINGS = ('mono8', '8UC1', 'mono16', '16UC1', 'bgr8', 'rgb8', 'bgra8', 'rgba8',
-                       '32FC1', 'yuv422', 'yuv422_yuy2')
+for _name in _BAYER:  # demosaiced by the bridge (one OpenCV call)
+    _DECODE[_name] = ((_name, 'bgr8', 'bgr8', np.uint8, 1) if _name.endswith('8')
+                      else (_name, 'bgr16', 'bgr16', np.uint16, 1))
+del _name
+SUPPORTED_ENCODINGS = ('mono8', '8UC1', 'mono16', '16UC1', '32FC1', 'bgr8', 'rgb8', 'bgra8',
+                       'rgba8', 'bgr16', 'rgb16', 'bgra16', 'rgba16', 'yuv422', 'yuv422_yuy2',
+                       'uyvy', 'yuyv') + _BAYER
 
 # encoding -> (dtype, channels) accepted by array_to_image_msg.
 _ENCODE = {
@@ -52,6 +80,33 @@ _ENCODE = {
     'bgra8': (np.uint8, 4), 'rgba8': (np.uint8, 4),
     '32FC1': (np.float32, 1),
 }
+# Compressed formats we write: name in image_transport's format string -> OpenCV extension.
+COMPRESSED_FORMATS = {'jpeg': 'jpg', 'png': 'png'}
+
+
+@lru_cache(maxsize=1)
+def load_bridge():
+    """
+    Return the process's ``cv_bridge.CvBridge``; raise ``RuntimeError`` saying what to do.
+
+    On Jazzy/Humble the distro's cv_bridge is built against NumPy 1.x: with NumPy 2 in the
+    environment its import fails, hence the hint.
+    """
+    try:
+        from cv_bridge import CvBridge
+        return CvBridge()
+    except Exception as exc:  # noqa: BLE001 - ImportError, or NumPy ABI errors of any type
+        raise RuntimeError(
+            f'cv_bridge cannot be loaded ({exc!r}): on a ROS install use the distro package '
+            "(apt/rosdep) with 'numpy<2' in the Python environment; without a distro run "
+            'tools/ros_env/setup_env.sh, which installs the stand-in of the project') from exc
+
+
+def _bridge_errors():
+    """Return the exception types a cv_bridge call may raise for bad data."""
+    import cv2
+    from cv_bridge import CvBridgeError
+    return (CvBridgeError, cv2.error, TypeError, ValueError, RuntimeError)
 
 
 def _copy_header(header):
@@ -59,36 +114,50 @@ def _copy_header(header):
     return Header(stamp=stamp, frame_id=str(header.frame_id))
 
 
+def _owned(image):
+    """Return ``image`` as a C-contiguous, native-order array that owns its memory."""
+    if not image.dtype.isnative:
+        image = image.astype(image.dtype.newbyteorder('='))
+    if not image.flags.c_contiguous or not image.flags.owndata:
+        image = np.array(image, order='C', copy=True)
+    return image
+
+
 def image_msg_to_array(msg):
     """
-    Decode a ``sensor_msgs/Image`` into a native-order NumPy array the core accepts.
+    Decode a ``sensor_msgs/Image`` (or ``CompressedImage``) into an array the engine takes.
 
     Returns ``(array, kind)``:
 
     * ``mono8`` / ``8UC1`` -> (H, W) uint8, ``'gray8'``
     * ``mono16`` / ``16UC1`` -> (H, W) uint16, ``'gray16'``
-    * ``bgr8``, ``rgb8``, ``bgra8``, ``rgba8``, ``yuv422`` (UYVY), ``yuv422_yuy2`` (YUYV)
-      -> (H, W, 3) uint8 in BGR order (alpha dropped), ``'bgr8'``
     * ``32FC1`` -> (H, W) float32, ``'float32'``
+    * ``bgr8``, ``rgb8``, ``bgra8``, ``rgba8``, ``yuv422`` (= ``uyvy``), ``yuv422_yuy2``
+      (= ``yuyv``), ``bayer_rggb8`` / ``bggr8`` / ``gbrg8`` / ``grbg8`` -> (H, W, 3) uint8 in
+      BGR order (alpha dropped, Bayer demosaiced), ``'bgr8'``
+    * the 16-bit colour and Bayer encodings -> (H, W, 3) uint16 BGR, ``'bgr16'``
+    * a ``CompressedImage``: see :func:`compressed_msg_to_array`.
 
-    Rows may be padded (``step`` > row size); ``is_bigendian`` data are byte-swapped. The
-    array owns its memory (it does not alias ``msg.data``).
+    Rows may be padded (``step`` > row size); ``is_bigendian`` data come back in native order.
+    The array owns its memory (it does not alias ``msg.data``).
     Raises ``ValueError`` for an unsupported encoding, a zero size, a ``step`` shorter than a
     row, data shorter than ``step * height``, or NaN/inf in a float image.
     """
+    if hasattr(msg, 'format') and not hasattr(msg, 'encoding'):
+        return compressed_msg_to_array(msg)
     encoding = str(msg.encoding)
     spec = _DECODE.get(encoding.strip().lower())
     if spec is None:
         raise ValueError(f'unsupported encoding {encoding!r}; supported: '
                          f'{", ".join(SUPPORTED_ENCODINGS)}')
-    dtype, channels, kind = spec
+    bridge_encoding, desired, kind, dtype, channels = spec
     height, width, step = int(msg.height), int(msg.width), int(msg.step)
     if height <= 0 or width <= 0:
         raise ValueError(f'zero-size image: {width}x{height} ({encoding})')
-    itemsize = np.dtype(dtype).itemsize
-    row_bytes = width * channels * itemsize
     if channels == 2 and width % 2:
         raise ValueError(f'{encoding} needs an even width, got {width}')
+    itemsize = np.dtype(dtype).itemsize
+    row_bytes = width * channels * itemsize
     if step < row_bytes:
         raise ValueError(f'step {step} is shorter than one row of {width} px x {channels} x '
                          f'{itemsize} B = {row_bytes} B ({encoding})')
@@ -96,46 +165,73 @@ def image_msg_to_array(msg):
     if buffer.size < step * height:
         raise ValueError(f'data shorter than step * height: {buffer.size} B < {step} * '
                          f'{height} = {step * height} B ({encoding} {width}x{height})')
-    wire = np.dtype(dtype).newbyteorder('>' if msg.is_bigendian else '<')
-    view = np.ndarray(shape=(height, width, channels), dtype=wire, buffer=buffer,
-                      strides=(step, channels * itemsize, itemsize))
-    image = view.astype(np.dtype(dtype), order='C', copy=True)  # native order, contiguous, owned
-    key = encoding.strip().lower()
-    if channels == 1:
+    source = msg
+    if step != row_bytes or bridge_encoding != encoding:
+        rows = buffer[:step * height].reshape(height, step)[:, :row_bytes]
+        source = Image(height=height, width=width, encoding=bridge_encoding,
+                       is_bigendian=bool(msg.is_bigendian), step=row_bytes,
+                       data=np.ascontiguousarray(rows).tobytes())
+    bridge = load_bridge()
+    try:
+        image = bridge.imgmsg_to_cv2(source, desired_encoding=desired)
+    except _bridge_errors() as exc:
+        raise ValueError(f'cv_bridge cannot decode {encoding} {width}x{height}: {exc}') from exc
+    image = _owned(np.asarray(image))
+    if channels == 1 and desired == 'passthrough':
         image = image.reshape(height, width)
-        if kind == 'float32':
-            finite = np.isfinite(image)
-            if not finite.all():
-                nan = int(np.isnan(image).sum())
-                inf = int(image.size - finite.sum()) - nan
-                raise ValueError(f'float image ({encoding} {width}x{height}) holds {nan} NaN '
-                                 f'and {inf} inf values')
-        return image, kind
-    if key == 'bgr8':
-        return image, kind
-    if key == 'rgb8':
-        return np.ascontiguousarray(image[..., ::-1]), kind
-    if key == 'bgra8':
-        return np.ascontiguousarray(image[..., :3]), kind
-    if key == 'rgba8':
-        return np.ascontiguousarray(image[..., 2::-1]), kind
-    import cv2
-
-    code = (cv2.COLOR_YUV2BGR_UYVY if key in ('yuv422', 'uyvy') else cv2.COLOR_YUV2BGR_YUY2)
-    return cv2.cvtColor(image, code), kind
+    if kind == 'float32':
+        finite = np.isfinite(image)
+        if not finite.all():
+            nan = int(np.isnan(image).sum())
+            inf = int(image.size - finite.sum()) - nan
+            raise ValueError(f'float image ({encoding} {width}x{height}) holds {nan} NaN '
+                             f'and {inf} inf values')
+    return image, kind
 
 
-def array_to_image_msg(array, encoding, header=None):
+def compressed_msg_to_array(msg):
     """
-    Encode a NumPy image as a ``sensor_msgs/Image`` with the given ``header``.
+    Decode a ``sensor_msgs/CompressedImage`` (JPEG, PNG, ...) into an array the engine takes.
 
-    ``array`` is (H, W) or (H, W, 1) for one-channel encodings (``mono8``/``8UC1`` uint8,
-    ``mono16``/``16UC1`` uint16, ``32FC1`` float32) and (H, W, 3) or (H, W, 4) uint8 for
-    ``bgr8``/``rgb8`` and ``bgra8``/``rgba8``. The message is in native byte order with
-    unpadded rows (``step = width * channels * itemsize``); ``header`` is copied (stamp and
-    frame_id), an empty one is used when it is None.
-    Raises ``ValueError`` for an unknown encoding or an array whose dtype/shape does not fit.
+    Returns ``(array, kind)``: a grey payload -> (H, W) uint8 ``'gray8'`` or, for a 16-bit PNG,
+    (H, W) uint16 ``'gray16'``; a colour one -> (H, W, 3) BGR, ``'bgr8'`` (``'bgr16'`` for
+    16-bit), alpha dropped. ``format`` is not needed to decode (image_transport's
+    ``'rgb8; jpeg compressed bgr8'`` and cv_bridge's ``'jpg'`` decode alike: OpenCV always
+    returns BGR) except that ``compressedDepth`` payloads are refused.
+    Raises ``ValueError`` naming the cause for an empty, corrupt or unsupported payload.
     """
+    fmt = str(msg.format)
+    size = len(msg.data)
+    if 'compresseddepth' in fmt.lower():
+        raise ValueError(f'compressed format {fmt!r} (compressedDepth) is not supported; '
+                         f"publish the thermal image as a 16-bit PNG ('png' transport format)")
+    if size == 0:
+        raise ValueError(f'empty compressed payload (format {fmt!r})')
+    bridge = load_bridge()
+    try:
+        image = bridge.compressed_imgmsg_to_cv2(msg)
+    except _bridge_errors():
+        image = None
+    if image is None:
+        raise ValueError(f'cannot decode the compressed payload ({size} B, format {fmt!r}): '
+                         f'corrupt, truncated or not an image OpenCV reads')
+    image = np.asarray(image)
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[..., 0]
+    if image.dtype not in (np.uint8, np.uint16) or image.ndim not in (2, 3) or (
+            image.ndim == 3 and image.shape[2] not in (3, 4)) or image.size == 0:
+        raise ValueError(f'compressed payload (format {fmt!r}) decodes to an unsupported image '
+                         f'of shape {image.shape} and dtype {image.dtype}')
+    if image.ndim == 3:
+        image = image[..., :3]
+        kind = 'bgr8' if image.dtype == np.uint8 else 'bgr16'
+    else:
+        kind = 'gray8' if image.dtype == np.uint8 else 'gray16'
+    return _owned(image), kind
+
+
+def _checked_array(array, encoding):
+    """Return ``array`` fitting ``encoding`` (``(H, W, 1)`` squeezed) or raise ``ValueError``."""
     if encoding not in _ENCODE:
         raise ValueError(f'cannot encode {encoding!r}; supported: {", ".join(_ENCODE)}')
     dtype, channels = _ENCODE[encoding]
@@ -151,16 +247,66 @@ def array_to_image_msg(array, encoding, header=None):
         raise ValueError(f'{encoding} needs dtype {np.dtype(dtype).name}, got {array.dtype}')
     if array.shape[0] == 0 or array.shape[1] == 0:
         raise ValueError(f'zero-size image: shape {array.shape}')
-    data = np.ascontiguousarray(array, dtype=np.dtype(dtype).newbyteorder('='))
-    msg = Image()
-    if header is not None:
-        msg.header = _copy_header(header)
-    msg.height, msg.width = int(data.shape[0]), int(data.shape[1])
-    msg.encoding = encoding
-    msg.is_bigendian = sys.byteorder == 'big'
-    msg.step = int(data.shape[1] * channels * data.itemsize)
-    msg.data = _array.array('B', data.tobytes())
+    return np.ascontiguousarray(array, dtype=np.dtype(dtype).newbyteorder('='))
+
+
+def array_to_image_msg(array, encoding, header=None):
+    """
+    Encode a NumPy image as a ``sensor_msgs/Image`` with the given ``header`` (cv_bridge).
+
+    ``array`` is (H, W) or (H, W, 1) for one-channel encodings (``mono8``/``8UC1`` uint8,
+    ``mono16``/``16UC1`` uint16, ``32FC1`` float32) and (H, W, 3) or (H, W, 4) uint8 for
+    ``bgr8``/``rgb8`` and ``bgra8``/``rgba8``. The message is in native byte order with
+    unpadded rows (``step = width * channels * itemsize``); ``header`` is copied (stamp and
+    frame_id), an empty one is used when it is None.
+    Raises ``ValueError`` for an unknown encoding or an array whose dtype/shape does not fit.
+    """
+    data = _checked_array(array, encoding)
+    try:
+        msg = load_bridge().cv2_to_imgmsg(data, encoding=encoding)
+    except _bridge_errors() as exc:
+        raise ValueError(f'cv_bridge cannot encode {encoding} {data.shape}: {exc}') from exc
+    msg.header = _copy_header(header) if header is not None else Header()
     return msg
+
+
+def array_to_compressed_msg(array, header=None, fmt='jpeg'):
+    """
+    Compress a NumPy image into a ``sensor_msgs/CompressedImage`` (cv_bridge, OpenCV codecs).
+
+    ``array``: (H, W) uint8 (``mono8``), (H, W, 3) uint8 BGR (``bgr8``), or for ``fmt='png'``
+    also (H, W) / (H, W, 3) uint16 (``mono16`` / ``bgr16``, kept 16-bit). ``fmt`` is
+    ``'jpeg'`` (lossy, 8-bit only) or ``'png'`` (lossless). ``format`` is image_transport's
+    string, e.g. ``'bgr8; jpeg compressed bgr8'`` or ``'mono16; png compressed mono16'``;
+    ``header`` is copied. Raises ``ValueError`` for anything else.
+    """
+    if fmt not in COMPRESSED_FORMATS:
+        raise ValueError(f'compressed format must be one of {sorted(COMPRESSED_FORMATS)}, '
+                         f'got {fmt!r}')
+    if not isinstance(array, np.ndarray):
+        raise ValueError(f'expected a numpy array, got {type(array).__name__}')
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[..., 0]
+    if array.dtype not in (np.uint8, np.uint16) or array.ndim not in (2, 3) or (
+            array.ndim == 3 and array.shape[2] != 3) or 0 in array.shape[:2]:
+        raise ValueError(f'can compress (H, W) or (H, W, 3) uint8/uint16 images, got shape '
+                         f'{array.shape} and dtype {array.dtype}')
+    bits = 8 * array.dtype.itemsize
+    if fmt == 'jpeg' and bits != 8:
+        raise ValueError(f'jpeg holds 8-bit images only; use png for {array.dtype} data')
+    encoding = f'{"bgr" if array.ndim == 3 else "mono"}{bits}'
+    try:
+        msg = load_bridge().cv2_to_compressed_imgmsg(np.ascontiguousarray(array),
+                                                     dst_format=COMPRESSED_FORMATS[fmt])
+    except _bridge_errors() as exc:
+        raise ValueError(f'cv_bridge cannot compress {encoding} as {fmt}: {exc}') from exc
+    if len(msg.data) == 0:
+        raise ValueError(f'OpenCV produced no {fmt} data for a {encoding} {array.shape} image')
+    compressed = CompressedImage()
+    compressed.header = _copy_header(header) if header is not None else Header()
+    compressed.format = f'{encoding}; {fmt} compressed {encoding}'
+    compressed.data = msg.data
+    return compressed
 
 
 def detections_to_msg(detections, header, image_size=None):

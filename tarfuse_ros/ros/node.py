@@ -5,11 +5,11 @@ Data flow::
     infrared/image_raw --+  per-input checks     message_filters           keep-newest slot
                          +-> (zero stamp, time --> approximate/exact  --> (overwritten pair =
     visible/image_raw ---+   jump -> reset)        time synchroniser      dropped, counted)
+    (or .../compressed per                                                       |
+     camera: <cam>.transport)              one worker thread: cv_bridge decode, FusionEngine.infer
                                                                                  |
-                                                         one worker thread: FusionEngine.infer
-                                                                                 |
-    fused/image_raw, fused/camera_info, detections, registered/image_raw, debug/image_raw
-    (each with the visible image's header), /diagnostics
+    fused/image_raw (+ /compressed), fused/camera_info, detections, registered/image_raw,
+    debug/image_raw (each with the visible image's header), /diagnostics
 
 Run it with ``ros2 run tarfuse_ros fuse_node --ros-args --params-file config/tarfuse.yaml`` or
 ``python -m tarfuse_ros.ros.node --ros-args ...``.  Parameters: ``config/tarfuse.yaml``.
@@ -37,9 +37,9 @@ from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.qos_overriding_options import QoSOverridingOptions
-from sensor_msgs.msg import CameraInfo, Image
-from tarfuse_ros.ros.conversions import array_to_image_msg, detections_to_msg
-from tarfuse_ros.ros.conversions import image_msg_to_array
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+from tarfuse_ros.ros.conversions import array_to_compressed_msg, array_to_image_msg
+from tarfuse_ros.ros.conversions import detections_to_msg, image_msg_to_array, load_bridge
 from tarfuse_ros.ros.diagnostics import build_status, NodeStats, process_rss_mib
 from tarfuse_ros.ros.diagnostics import WarningThrottle
 from tarfuse_ros.ros.params import apply_updates, declare_node_parameters, parameter_updates
@@ -50,6 +50,7 @@ __all__ = ['StartupError', 'TarFuseNode', 'main']
 INFRARED, VISIBLE = 0, 1
 _INPUT_NAMES = ('infrared', 'visible')
 _INPUT_TOPICS = ('infrared/image_raw', 'visible/image_raw')
+_FUSED_TOPIC = 'fused/image_raw'
 _RUNTIME_ENGINE_FIELDS = ('confidence_threshold', 'iou_threshold', 'max_detections', 'classes')
 
 
@@ -101,6 +102,10 @@ class TarFuseNode(Node):
         except (ValueError, ParameterException) as exc:
             raise StartupError(f'invalid parameter: {exc}; fix it in the params file or on '
                                f'the command line (see config/tarfuse.yaml)') from exc
+        try:
+            load_bridge()  # every image goes through cv_bridge: fail now, not on the first pair
+        except RuntimeError as exc:
+            raise StartupError(str(exc)) from exc
         self._engine = self._load_engine(self._params)
         self._params_lock = threading.Lock()
         self._stats = NodeStats()
@@ -127,15 +132,16 @@ class TarFuseNode(Node):
                          else ReliabilityPolicy.BEST_EFFORT),
             durability=DurabilityPolicy.VOLATILE)
         self._inputs = []
-        for index, topic in enumerate(_INPUT_TOPICS):
+        transports = (params.infrared_transport, params.visible_transport)
+        for index, (base, transport) in enumerate(zip(_INPUT_TOPICS, transports)):
             events = SubscriptionEventCallbacks(
                 incompatible_qos=functools.partial(self._on_incompatible_qos, index))
-            sub = message_filters.Subscriber(self, Image, topic, qos_profile=self._input_qos,
+            msg_type, topic = self._transport_topic(base, transport)
+            sub = message_filters.Subscriber(self, msg_type, topic, qos_profile=self._input_qos,
                                              event_callbacks=events)
             sub.registerCallback(self._on_input, index)
             self._inputs.append(sub)
-        self._topics = [self._resolved(sub, topic)
-                        for sub, topic in zip(self._inputs, _INPUT_TOPICS)]
+        self._topics = [self._resolved(sub, sub.getTopic()) for sub in self._inputs]
         self._relays = None
         self._sync = None
         self._make_synchroniser()
@@ -143,8 +149,11 @@ class TarFuseNode(Node):
                                                   self._on_camera_info, self._input_qos)
 
         overrides = QoSOverridingOptions.with_default_policies()
-        self._pub_fused = self.create_publisher(Image, 'fused/image_raw', 10,
+        self._pub_fused = self.create_publisher(Image, _FUSED_TOPIC, 10,
                                                 qos_overriding_options=overrides)
+        self._pub_fused_compressed = self.create_publisher(
+            CompressedImage, self._transport_topic(_FUSED_TOPIC, 'compressed')[1], 10,
+            qos_overriding_options=overrides)
         self._pub_info = self.create_publisher(CameraInfo, 'fused/camera_info', 10,
                                                qos_overriding_options=overrides)
         self._pub_detections = self.create_publisher(Detection2DArray, 'detections', 10,
@@ -168,9 +177,9 @@ class TarFuseNode(Node):
                 else 'exact')
         self.get_logger().info(
             f'ready: model {params.weights} ({len(self._engine.class_names)} classes) on '
-            f'{self._engine.device}; inputs {self._topics[0]} + {self._topics[1]} '
-            f'({params.qos_reliability}, depth {params.qos_depth}, {mode} sync, queue '
-            f'{params.sync_queue_size})')
+            f'{self._engine.device}; inputs {self._topics[0]} ({params.infrared_transport}) + '
+            f'{self._topics[1]} ({params.visible_transport}); {params.qos_reliability}, depth '
+            f'{params.qos_depth}, {mode} sync, queue {params.sync_queue_size}')
 
     # -- start-up ------------------------------------------------------------------------------
     def _load_engine(self, params):
@@ -207,6 +216,20 @@ class TarFuseNode(Node):
             except ValueError as exc:
                 raise StartupError(f'invalid classes parameter: {exc}') from exc
         return engine
+
+    def _transport_topic(self, base, transport):
+        """Return ``(message type, topic)`` of ``base`` for an image_transport name.
+
+        Like image_transport, the base name is resolved first (namespace and remapping rules
+        apply to ``<camera>/image_raw``), then ``/compressed`` is appended.
+        """
+        if transport == 'raw':
+            return Image, base
+        try:
+            resolved = self.resolve_topic_name(base)
+        except AttributeError:  # an rclpy without Node.resolve_topic_name: no remapping
+            resolved = base
+        return CompressedImage, f'{resolved}/compressed'
 
     @staticmethod
     def _resolved(sub, topic):
@@ -333,6 +356,9 @@ class TarFuseNode(Node):
         if params.publish_fused:
             encoding = 'bgr8' if result.fused.ndim == 3 else 'mono8'
             self._pub_fused.publish(array_to_image_msg(result.fused, encoding, header))
+        if params.publish_fused_compressed:
+            self._pub_fused_compressed.publish(
+                array_to_compressed_msg(result.fused, header, fmt='jpeg'))
         if params.publish_detections:
             self._pub_detections.publish(detections_to_msg(result.detections, header))
         latency_ms = (self.get_clock().now().nanoseconds - _stamp_ns(header.stamp)) / 1e6
@@ -426,6 +452,8 @@ class TarFuseNode(Node):
             'model': self._params.weights,
             'half': self._engine.half,
             'sync': 'approximate' if self._params.sync_approximate else 'exact',
+            'transports': f'infrared {self._params.infrared_transport}, visible '
+                          f'{self._params.visible_transport}',
             'rss_mib': round(process_rss_mib(), 1),
         }
         if self._engine.device.startswith('cuda'):

@@ -17,12 +17,15 @@ from rclpy.parameter import Parameter
 from tarfuse_ros.core.paths import default_weights_path
 
 __all__ = [
-    'NodeParams', 'ParamSpec', 'PARAMETER_SPECS', 'RELIABILITY_VALUES', 'apply_updates',
-    'declare_node_parameters', 'descriptor_for', 'parameter_updates', 'params_from_values',
-    'validate_params',
+    'NodeParams', 'ParamSpec', 'PARAMETER_SPECS', 'RELIABILITY_VALUES', 'TRANSPORT_VALUES',
+    'apply_updates', 'declare_node_parameters', 'descriptor_for', 'parameter_updates',
+    'params_from_values', 'validate_params',
 ]
 
 RELIABILITY_VALUES = ('best_effort', 'reliable')
+# image_transport's names: 'raw' subscribes sensor_msgs/Image on <base>, 'compressed'
+# sensor_msgs/CompressedImage on <base>/compressed.
+TRANSPORT_VALUES = ('raw', 'compressed')
 _DEVICE_PATTERN = re.compile(r'^(cpu|cuda|cuda:\d+)$')
 
 
@@ -44,7 +47,10 @@ class NodeParams:
     sync_queue_size: int = 10
     qos_reliability: str = 'best_effort'
     qos_depth: int = 5
+    infrared_transport: str = 'raw'
+    visible_transport: str = 'raw'
     publish_fused: bool = True
+    publish_fused_compressed: bool = False
     publish_camera_info: bool = True
     publish_detections: bool = True
     publish_registered: bool = True
@@ -101,8 +107,9 @@ PARAMETER_SPECS = (
               'Approximate-time synchronisation (true) or exact stamps (false). '
               'Restart to change.'),
     ParamSpec('sync.slop', 'sync_slop', 'float',
-              'Largest stamp difference (s) for an approximate pair. Restart to change.',
-              low=0.0, high=10.0),
+              'Stamps of an approximate pair differ by less than this (s); for identical '
+              'stamps use sync.approximate false. Restart to change.',
+              low=0.001, high=10.0),
     ParamSpec('sync.queue_size', 'sync_queue_size', 'int',
               'Messages per input kept by the synchroniser. Restart to change.', low=1, high=1000),
     ParamSpec('qos.reliability', 'qos_reliability', 'str',
@@ -111,7 +118,18 @@ PARAMETER_SPECS = (
     ParamSpec('qos.depth', 'qos_depth', 'int',
               'History depth (keep last) of the input subscriptions. Restart to change.',
               low=1, high=100),
+    ParamSpec('infrared.transport', 'infrared_transport', 'str',
+              "Infrared input: 'raw' (sensor_msgs/Image on infrared/image_raw) or 'compressed' "
+              '(sensor_msgs/CompressedImage on infrared/image_raw/compressed, e.g. 16-bit '
+              'PNG). Restart to change.', allowed=TRANSPORT_VALUES),
+    ParamSpec('visible.transport', 'visible_transport', 'str',
+              "Visible input: 'raw' (sensor_msgs/Image on visible/image_raw) or 'compressed' "
+              '(sensor_msgs/CompressedImage on visible/image_raw/compressed, JPEG or PNG). '
+              'Restart to change.', allowed=TRANSPORT_VALUES),
     ParamSpec('publish.fused', 'publish_fused', 'bool', 'Publish fused/image_raw.', runtime=True),
+    ParamSpec('publish.fused_compressed', 'publish_fused_compressed', 'bool',
+              'Also publish fused/image_raw/compressed (JPEG, sensor_msgs/CompressedImage).',
+              runtime=True),
     ParamSpec('publish.camera_info', 'publish_camera_info', 'bool',
               'Republish visible/camera_info as fused/camera_info.', runtime=True),
     ParamSpec('publish.detections', 'publish_detections', 'bool', 'Publish detections.',

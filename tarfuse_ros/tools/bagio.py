@@ -1,14 +1,15 @@
-"""Helpers shared by the bag tools: typestore, Image <-> array, header stamps in raw CDR.
+"""Helpers shared by the bag tools: typestore, images <-> arrays, header stamps in raw CDR.
 
 Bags are rosbag2 directories written and read with ``rosbags`` (MCAP storage), so no rosbag2
 install is needed. Messages stay raw CDR bytes wherever possible: that is what rosbag2 stores
-and what ``rclpy`` publishes with ``publish(bytes)``.
+and what ``rclpy`` publishes with ``publish(bytes)``. Images are encoded and decoded by the
+node's own adapter around ``cv_bridge`` (``tarfuse_ros.ros.conversions``): one codec for the
+node and the bag tools.
 """
 
 from pathlib import Path
 import struct
 
-import numpy as np
 from rosbags.interfaces import (
     Nodetype, Qos, QosDurability, QosHistory, QosLiveliness, QosReliability, QosTime)
 from rosbags.rosbag2 import Reader, StoragePlugin, Writer
@@ -17,7 +18,9 @@ from rosbags.typesys import get_types_from_msg, get_typestore, Stores
 __all__ = [
     'BAG_VERSION',
     'array_to_image',
+    'compressed_cdr',
     'header_stamp_ns',
+    'image_cdr',
     'image_to_array',
     'jazzy_typestore',
     'offered_qos',
@@ -29,14 +32,6 @@ __all__ = [
 
 # rosbag2 metadata version 8 (QoS profiles as a YAML string) is read by Humble and Jazzy alike.
 BAG_VERSION = 8
-
-_BYTES_PER_PIXEL = {
-    'mono8': (np.uint8, 1), '8UC1': (np.uint8, 1),
-    'mono16': (np.uint16, 1), '16UC1': (np.uint16, 1),
-    'bgr8': (np.uint8, 3), 'rgb8': (np.uint8, 3), '8UC3': (np.uint8, 3),
-    'bgra8': (np.uint8, 4), 'rgba8': (np.uint8, 4),
-    '32FC1': (np.float32, 1),
-}
 
 
 def offered_qos(reliable=True, depth=10):
@@ -117,60 +112,59 @@ def replace_header_stamp(data, stamp_ns):
     return bytes(out)
 
 
-def array_to_image(typestore, array, encoding, frame_id, stamp_ns):
-    """
-    Build a rosbags ``sensor_msgs/msg/Image`` from an array.
+def _header(frame_id, stamp_ns):
+    from std_msgs.msg import Header
+    header = Header(frame_id=str(frame_id))
+    header.stamp.sec, header.stamp.nanosec = divmod(int(stamp_ns), 1_000_000_000)
+    return header
 
-    ``array``: (H, W) for mono8/mono16, (H, W, 3) for bgr8/rgb8; dtype uint8 or uint16 to match.
+
+def image_cdr(array, encoding, frame_id, stamp_ns):
     """
-    if encoding not in _BYTES_PER_PIXEL:
-        raise ValueError(
-            f'unsupported encoding {encoding!r}; use one of {sorted(_BYTES_PER_PIXEL)}')
-    dtype, channels = _BYTES_PER_PIXEL[encoding]
-    array = np.asarray(array)
-    expected_ndim = 2 if channels == 1 else 3
-    if array.ndim != expected_ndim or (channels > 1 and array.shape[2] != channels) \
-            or array.dtype != dtype or array.size == 0:
-        raise ValueError(
-            f'array of shape {array.shape} and dtype {array.dtype} does not fit encoding '
-            f'{encoding!r} (needs {expected_ndim} dims, {channels} channel(s), {np.dtype(dtype)})')
-    array = np.ascontiguousarray(array)
-    height, width = array.shape[:2]
-    image_cls = typestore.types['sensor_msgs/msg/Image']
-    header = typestore.types['std_msgs/msg/Header'](
-        stamp=typestore.types['builtin_interfaces/msg/Time'](
-            sec=int(stamp_ns // 1_000_000_000), nanosec=int(stamp_ns % 1_000_000_000)),
-        frame_id=frame_id)
-    # Little endian on the wire, as every common robot CPU writes it.
-    data = array.astype(array.dtype.newbyteorder('<'), copy=False).view(np.uint8).reshape(-1)
-    return image_cls(header=header, height=height, width=width, encoding=encoding,
-                     is_bigendian=0, step=width * channels * np.dtype(dtype).itemsize,
-                     data=data)
+    Return the raw CDR of a ``sensor_msgs/msg/Image`` built from an array by cv_bridge.
+
+    ``array`` and ``encoding`` as :func:`tarfuse_ros.ros.conversions.array_to_image_msg`
+    takes them (e.g. (H, W) uint16 for ``mono16``, (H, W, 3) uint8 for ``bgr8``/``rgb8``).
+    Raises ``ValueError`` when they do not fit.
+    """
+    from rclpy.serialization import serialize_message
+    from tarfuse_ros.ros.conversions import array_to_image_msg
+    if stamp_ns < 0:
+        raise ValueError(f'stamp must be >= 0 ns, got {stamp_ns}')
+    return serialize_message(array_to_image_msg(array, encoding, _header(frame_id, stamp_ns)))
+
+
+def compressed_cdr(array, fmt, frame_id, stamp_ns):
+    """
+    Return the raw CDR of a ``sensor_msgs/msg/CompressedImage`` (``fmt`` ``'jpeg'``/``'png'``).
+
+    ``array``: (H, W) or (H, W, 3) BGR, uint8 (or uint16 for ``'png'``, kept 16-bit); the
+    ``format`` field follows image_transport (``'mono16; png compressed mono16'``).
+    """
+    from rclpy.serialization import serialize_message
+    from tarfuse_ros.ros.conversions import array_to_compressed_msg
+    if stamp_ns < 0:
+        raise ValueError(f'stamp must be >= 0 ns, got {stamp_ns}')
+    return serialize_message(array_to_compressed_msg(array, _header(frame_id, stamp_ns), fmt))
+
+
+def array_to_image(typestore, array, encoding, frame_id, stamp_ns):
+    """Build a rosbags ``sensor_msgs/msg/Image`` from an array (see :func:`image_cdr`)."""
+    return typestore.deserialize_cdr(image_cdr(array, encoding, frame_id, stamp_ns),
+                                     'sensor_msgs/msg/Image')
 
 
 def image_to_array(msg):
     """
-    Decode an Image message (rosbags or rclpy) into ``(array, encoding)``.
+    Decode an Image or CompressedImage message (rosbags or rclpy) as the node does.
 
-    Returns (H, W) or (H, W, C) arrays; honours ``step`` (padded rows) and ``is_bigendian``.
+    Returns ``(array, kind)`` from :func:`tarfuse_ros.ros.conversions.image_msg_to_array`:
+    grey images (H, W) (``'gray8'``, ``'gray16'``, ``'float32'``), colour ones (H, W, 3) in BGR
+    order (``'bgr8'``, ``'bgr16'``); ``step`` and ``is_bigendian`` are honoured. Raises
+    ``ValueError`` naming the cause for a message that cannot be decoded.
     """
-    encoding = msg.encoding
-    if encoding not in _BYTES_PER_PIXEL:
-        raise ValueError(f'unsupported encoding {encoding!r}')
-    dtype, channels = _BYTES_PER_PIXEL[encoding]
-    height, width, step = int(msg.height), int(msg.width), int(msg.step)
-    itemsize = np.dtype(dtype).itemsize
-    row_bytes = width * channels * itemsize
-    data = np.frombuffer(bytes(msg.data), dtype=np.uint8)
-    if height == 0 or width == 0:
-        raise ValueError(f'empty image: {width}x{height}')
-    if step < row_bytes or data.size < step * height:
-        raise ValueError(f'image data too short: {data.size} bytes for step {step} x height '
-                         f'{height} (row needs {row_bytes} bytes)')
-    rows = data[:step * height].reshape(height, step)[:, :row_bytes]
-    wire = np.dtype(dtype).newbyteorder('>' if msg.is_bigendian else '<')
-    array = np.ascontiguousarray(rows).view(wire).astype(dtype).reshape(height, width, channels)
-    return (array[:, :, 0] if channels == 1 else array), encoding
+    from tarfuse_ros.ros.conversions import image_msg_to_array
+    return image_msg_to_array(msg)
 
 
 def open_writer(path, typestore=None):

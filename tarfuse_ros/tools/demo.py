@@ -147,9 +147,7 @@ def summarize(recorded_bag, stats, stems, out_dir, png_count=4, samples=None, ex
                            .round().astype(int).tolist()))
         for index in picks:
             msg = fused[index]
-            image, encoding = image_to_array(msg)
-            if encoding == 'rgb8':
-                image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+            image, _kind = image_to_array(msg)  # colour comes back in BGR order
             stamp = msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
             name = f'fused_{index:03d}_{stem_of.get(stamp, "unknown")}'
             cv2.imwrite(str(out_dir / f'{name}.png'), image)

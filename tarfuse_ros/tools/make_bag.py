@@ -4,13 +4,17 @@ The folder has the shared layout: ``ir/`` and ``vi/`` with the same file stem pe
 (optionally list files such as ``test.txt``). Each pair becomes one IR and one visible
 ``sensor_msgs/msg/Image`` with realistic stamps (a fixed start time, ``1/rate`` apart),
 encodings (IR ``mono8`` or ``mono16``, visible ``bgr8``), frame ids, and optional small offsets
-and jitter between the two cameras, as two free-running cameras would give. The bag plays with
-``tarfuse-play`` or, on a ROS install, ``ros2 bag play``.
+and jitter between the two cameras, as two free-running cameras would give. With
+``--ir-transport compressed`` / ``--vi-transport compressed`` a camera is written as
+``sensor_msgs/msg/CompressedImage`` on ``<topic>/compressed`` instead, as image_transport
+records it (IR: PNG, 16-bit for mono16; visible: JPEG or PNG). Images are encoded by
+cv_bridge, as the node decodes them. The bag plays with ``tarfuse-play`` or, on a ROS install,
+``ros2 bag play``.
 
 Example::
 
     tarfuse-make-bag --pairs samples --out /tmp/sample_bag --rate 5 --ir-encoding mono16 \\
-        --offset-ms 7 --jitter-ms 2
+        --offset-ms 7 --jitter-ms 2 --ir-transport compressed --vi-transport compressed
 """
 
 import argparse
@@ -21,7 +25,8 @@ import sys
 import cv2
 import numpy as np
 
-from tarfuse_ros.tools.bagio import array_to_image, jazzy_typestore, offered_qos, open_writer
+from tarfuse_ros.tools.bagio import compressed_cdr, image_cdr, jazzy_typestore, offered_qos
+from tarfuse_ros.tools.bagio import open_writer
 
 __all__ = ['BagSummary', 'build_parser', 'ir_to_mono16', 'list_pairs', 'main', 'make_bag']
 
@@ -31,6 +36,7 @@ DEFAULT_START_TIME_S = 1_700_000_000.0  # 2023-11-14T22:13:20Z, a fixed 'recorde
 # 27315 + 16 g, i.e. 0 degC .. 40.8 degC, a plausible outdoor scene range in 14 of 16 bits.
 MONO16_OFFSET = 27315
 MONO16_GAIN = 16
+TRANSPORTS = ('raw', 'compressed')
 
 
 @dataclass
@@ -144,7 +150,8 @@ def make_bag(pairs_dir, out, *, split=None, rate=10.0, ir_encoding='mono8', vi_e
              offset_ms=0.0, jitter_ms=0.0, ir_frame='ir_optical_frame',
              vi_frame='visible_optical_frame', ir_topic='/infrared/image_raw',
              vi_topic='/visible/image_raw', loops=1, seed=0, start_time_s=DEFAULT_START_TIME_S,
-             size=None, ir_size=None, ir_dir='ir', vi_dir='vi', max_pairs=None):
+             size=None, ir_size=None, ir_dir='ir', vi_dir='vi', max_pairs=None,
+             ir_transport='raw', vi_transport='raw', vi_format='jpeg'):
     """
     Write a rosbag2 (MCAP) directory ``out`` from the pairs in ``pairs_dir``; return a summary.
 
@@ -152,7 +159,10 @@ def make_bag(pairs_dir, out, *, split=None, rate=10.0, ir_encoding='mono8', vi_e
     ``start_time_s + k / rate``; its IR partner is stamped ``offset_ms`` later plus a uniform
     jitter in ``[-jitter_ms, jitter_ms]`` (seeded). The bag's receive time equals each stamp.
     ``size`` / ``ir_size`` (``(width, height)``) resize the visible / IR images (IR defaults to
-    the visible size when only ``size`` is given).
+    the visible size when only ``size`` is given). ``ir_transport`` / ``vi_transport``
+    (``'raw'`` or ``'compressed'``) choose ``sensor_msgs/msg/Image`` on the topic or
+    ``sensor_msgs/msg/CompressedImage`` on ``<topic>/compressed`` (IR as PNG, visible as
+    ``vi_format``: ``'jpeg'`` or ``'png'``).
     """
     if not rate > 0:
         raise ValueError(f'rate must be > 0 Hz, got {rate}')
@@ -173,6 +183,14 @@ def make_bag(pairs_dir, out, *, split=None, rate=10.0, ir_encoding='mono8', vi_e
         raise ValueError('start_time_s must be a positive time (zero stamps upset synchronisers)')
     if ir_topic == vi_topic:
         raise ValueError(f'IR and visible topics must differ, both are {ir_topic!r}')
+    for name, transport in (('ir_transport', ir_transport), ('vi_transport', vi_transport)):
+        if transport not in TRANSPORTS:
+            raise ValueError(f'{name} must be one of {TRANSPORTS}, got {transport!r}')
+    if vi_format not in ('jpeg', 'png'):
+        raise ValueError(f"vi_format must be 'jpeg' or 'png', got {vi_format!r}")
+    if vi_transport == 'compressed' and vi_encoding == 'rgb8':
+        raise ValueError('compressed visible images are stored as BGR or grey (image_transport '
+                         'converts rgb8 before compressing): use vi_encoding bgr8 or mono8')
     size = _parse_size(size) if isinstance(size, str) else size
     ir_size = _parse_size(ir_size) if isinstance(ir_size, str) else ir_size
     ir_size = ir_size or size
@@ -183,7 +201,6 @@ def make_bag(pairs_dir, out, *, split=None, rate=10.0, ir_encoding='mono8', vi_e
     typestore = jazzy_typestore()
     rng = np.random.default_rng(seed)
     start_ns = int(round(start_time_s * 1e9))
-    msgtype = 'sensor_msgs/msg/Image'
     # Read every image before creating the bag, so a bad file leaves no half-written bag.
     images = [(stem, _load_ir(ir_path, ir_size, ir_encoding), _load_vi(vi_path, size, vi_encoding))
               for stem, ir_path, vi_path in pairs]
@@ -192,21 +209,33 @@ def make_bag(pairs_dir, out, *, split=None, rate=10.0, ir_encoding='mono8', vi_e
     count, last_ns, stems = 0, start_ns, []
     try:
         # A camera driver's publisher: reliable, keep last 10 (matches any subscriber).
-        vi_conn = writer.add_connection(vi_topic, msgtype, typestore=typestore,
-                                        offered_qos_profiles=offered_qos())
-        ir_conn = writer.add_connection(ir_topic, msgtype, typestore=typestore,
-                                        offered_qos_profiles=offered_qos())
+        cameras = {}
+        for key, topic, transport, encoding, fmt in (
+                ('vi', vi_topic, vi_transport, vi_encoding, vi_format),
+                ('ir', ir_topic, ir_transport, ir_encoding, 'png')):
+            if transport == 'compressed':
+                topic, msgtype = f'{topic}/compressed', 'sensor_msgs/msg/CompressedImage'
+            else:
+                msgtype = 'sensor_msgs/msg/Image'
+            conn = writer.add_connection(topic, msgtype, typestore=typestore,
+                                         offered_qos_profiles=offered_qos())
+            cameras[key] = (conn, transport, encoding, fmt)
+        vi_topic, ir_topic = cameras['vi'][0].topic, cameras['ir'][0].topic
         k = 0
         for _loop in range(loops):
             for stem, ir, vi in images:
                 vi_ns = start_ns + k * period_ns
                 jitter = rng.uniform(-jitter_ms, jitter_ms) if jitter_ms > 0 else 0.0
                 ir_ns = vi_ns + int(round((offset_ms + jitter) * 1e6))
-                messages = [(vi_ns, vi_conn, vi, vi_encoding, vi_frame),
-                            (ir_ns, ir_conn, ir, ir_encoding, ir_frame)]
-                for stamp_ns, conn, array, encoding, frame in sorted(messages, key=lambda m: m[0]):
-                    msg = array_to_image(typestore, array, encoding, frame, stamp_ns)
-                    writer.write(conn, stamp_ns, typestore.serialize_cdr(msg, msgtype))
+                messages = [(vi_ns, cameras['vi'], vi, vi_frame),
+                            (ir_ns, cameras['ir'], ir, ir_frame)]
+                for stamp_ns, camera, array, frame in sorted(messages, key=lambda m: m[0]):
+                    conn, transport, encoding, fmt = camera
+                    if transport == 'compressed':
+                        data = compressed_cdr(array, fmt, frame, stamp_ns)
+                    else:
+                        data = image_cdr(array, encoding, frame, stamp_ns)
+                    writer.write(conn, stamp_ns, data)
                     count += 1
                     last_ns = max(last_ns, stamp_ns)
                 stems.append(stem)
@@ -229,6 +258,12 @@ def build_parser():
     parser.add_argument('--rate', type=float, default=10.0, help='frame rate of each camera (Hz)')
     parser.add_argument('--ir-encoding', choices=('mono8', 'mono16'), default='mono8')
     parser.add_argument('--vi-encoding', choices=('bgr8', 'rgb8', 'mono8'), default='bgr8')
+    parser.add_argument('--ir-transport', choices=TRANSPORTS, default='raw',
+                        help='compressed: CompressedImage (PNG) on <ir-topic>/compressed')
+    parser.add_argument('--vi-transport', choices=TRANSPORTS, default='raw',
+                        help='compressed: CompressedImage (JPEG/PNG) on <vi-topic>/compressed')
+    parser.add_argument('--vi-format', choices=('jpeg', 'png'), default='jpeg',
+                        help='format of compressed visible images')
     parser.add_argument('--offset-ms', type=float, default=0.0,
                         help='IR stamp minus visible stamp (ms)')
     parser.add_argument('--jitter-ms', type=float, default=0.0,
@@ -262,7 +297,9 @@ def main(argv=None):
             ir_frame=args.ir_frame, vi_frame=args.vi_frame, ir_topic=args.ir_topic,
             vi_topic=args.vi_topic, loops=args.loops, seed=args.seed,
             start_time_s=args.start_time, size=args.size, ir_size=args.ir_size,
-            ir_dir=args.ir_dir, vi_dir=args.vi_dir, max_pairs=args.max_pairs)
+            ir_dir=args.ir_dir, vi_dir=args.vi_dir, max_pairs=args.max_pairs,
+            ir_transport=args.ir_transport, vi_transport=args.vi_transport,
+            vi_format=args.vi_format)
     except ValueError as error:
         print(f'tarfuse-make-bag: error: {error}', file=sys.stderr)
         return 2

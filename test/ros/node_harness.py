@@ -24,7 +24,7 @@ from rclpy.executors import SingleThreadedExecutor
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from rclpy.signals import SignalHandlerOptions
-from sensor_msgs.msg import CameraInfo, Image
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from vision_msgs.msg import Detection2DArray
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,6 +34,7 @@ WIDTH, HEIGHT = 160, 128
 VISIBLE_FRAME = 'visible_optical_frame'
 OUTPUTS = {
     'fused': ('fused/image_raw', Image),
+    'fused_compressed': ('fused/image_raw/compressed', CompressedImage),
     'camera_info': ('fused/camera_info', CameraInfo),
     'detections': ('detections', Detection2DArray),
     'registered': ('registered/image_raw', Image),
@@ -80,6 +81,22 @@ def image_msg(array, encoding, stamp_ns, frame_id):
     msg.is_bigendian = int(sys.byteorder == 'big')
     msg.step = int(array.strides[0])
     msg.data = array.tobytes()
+    return msg
+
+
+def compressed_msg(array, fmt, stamp_ns, frame_id):
+    """Build a ``sensor_msgs/CompressedImage`` as a camera driver would (OpenCV directly).
+
+    ``fmt`` is ``'jpeg'`` or ``'png'``; ``format`` follows image_transport
+    (``'mono16; png compressed mono16'``).
+    """
+    ok, encoded = cv2.imencode('.jpg' if fmt == 'jpeg' else '.png', array)
+    assert ok, f'OpenCV cannot encode {array.shape} {array.dtype} as {fmt}'
+    encoding = f'{"bgr" if array.ndim == 3 else "mono"}{8 * array.dtype.itemsize}'
+    msg = CompressedImage(format=f'{encoding}; {fmt} compressed {encoding}')
+    msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(int(stamp_ns), 1_000_000_000)
+    msg.header.frame_id = frame_id
+    msg.data = encoded.tobytes()
     return msg
 
 
@@ -139,7 +156,8 @@ class NodeProcess:
 class Probe:
     """The test's ROS side: publishes camera images, collects every output of the node."""
 
-    def __init__(self, domain_id, namespace='', reliability='best_effort', node_name='tarfuse'):
+    def __init__(self, domain_id, namespace='', reliability='best_effort', node_name='tarfuse',
+                 transports=('raw', 'raw')):
         self.context = rclpy.Context()
         rclpy.init(context=self.context, domain_id=domain_id,
                    signal_handler_options=SignalHandlerOptions.NO)
@@ -156,6 +174,7 @@ class Probe:
         self._subs.append(self.node.create_subscription(
             DiagnosticArray, '/diagnostics', self._on_diagnostics, 50))
         self.ir_pub = self.visible_pub = None
+        self.transports = dict(zip(('infrared', 'visible'), transports))
         self.set_input_qos(reliability)
         self.info_pub = self.node.create_publisher(CameraInfo, 'visible/camera_info', 10)
         self.node_name = node_name
@@ -163,7 +182,7 @@ class Probe:
 
     # -- publishing ------------------------------------------------------------------------
     def set_input_qos(self, reliability, which=('infrared', 'visible')):
-        """(Re)create the image publishers with the given reliability."""
+        """(Re)create the image publishers (of each camera's transport) with a reliability."""
         qos = QoSProfile(depth=50, reliability=(
             ReliabilityPolicy.RELIABLE if reliability == 'reliable'
             else ReliabilityPolicy.BEST_EFFORT))
@@ -172,15 +191,23 @@ class Probe:
             old = getattr(self, attribute)
             if old is not None:
                 self.node.destroy_publisher(old)
-            setattr(self, attribute,
-                    self.node.create_publisher(Image, f'{name}/image_raw', qos))
+            if self.transports[name] == 'compressed':
+                publisher = self.node.create_publisher(
+                    CompressedImage, f'{name}/image_raw/compressed', qos)
+            else:
+                publisher = self.node.create_publisher(Image, f'{name}/image_raw', qos)
+            setattr(self, attribute, publisher)
 
     def publish_pair(self, ir_msg, vi_msg):
         self.ir_pub.publish(ir_msg)
         self.visible_pub.publish(vi_msg)
 
     def good_pair(self, stamp_ns, ir_encoding='mono8', ir_size=None, visible_colour=True):
-        """Build a valid (IR, visible) message pair from the real sample images."""
+        """Build a valid (IR, visible) message pair from the real sample images.
+
+        A camera on the compressed transport sends IR as PNG (16-bit for ``mono16``) and the
+        visible image as JPEG.
+        """
         ir, vi = sample_pair()
         if ir_size is not None:
             ir = cv2.resize(ir, ir_size, interpolation=cv2.INTER_LINEAR)
@@ -189,8 +216,15 @@ class Probe:
         vi_encoding = 'bgr8'
         if not visible_colour:
             vi, vi_encoding = cv2.cvtColor(vi, cv2.COLOR_BGR2GRAY), 'mono8'
-        return (image_msg(ir, ir_encoding, stamp_ns, 'infrared_optical_frame'),
-                image_msg(vi, vi_encoding, stamp_ns, VISIBLE_FRAME))
+        if self.transports['infrared'] == 'compressed':
+            ir_msg = compressed_msg(ir, 'png', stamp_ns, 'infrared_optical_frame')
+        else:
+            ir_msg = image_msg(ir, ir_encoding, stamp_ns, 'infrared_optical_frame')
+        if self.transports['visible'] == 'compressed':
+            vi_msg = compressed_msg(vi, 'jpeg', stamp_ns, VISIBLE_FRAME)
+        else:
+            vi_msg = image_msg(vi, vi_encoding, stamp_ns, VISIBLE_FRAME)
+        return ir_msg, vi_msg
 
     # -- spinning ----------------------------------------------------------------------------
     def spin_until(self, predicate, timeout=20.0, tick=None, tick_period=0.1):

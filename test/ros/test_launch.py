@@ -8,7 +8,7 @@ import pytest
 
 LAUNCH_FILE = Path(__file__).resolve().parents[2] / 'launch' / 'fuse.launch.py'
 ARGUMENTS = ('namespace', 'params_file', 'weights', 'device', 'infrared_topic', 'visible_topic',
-             'use_sim_time', 'rviz')
+             'infrared_transport', 'visible_transport', 'use_sim_time', 'rviz')
 
 
 def _declared_arguments(tree):

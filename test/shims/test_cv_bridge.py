@@ -176,9 +176,9 @@ def test_malformed_messages_raise():
     narrow.data = bytes(12)
     with pytest.raises(CvBridgeError, match='step 6 is shorter than a row'):
         bridge.imgmsg_to_cv2(narrow)
-    unknown = Image(height=1, width=1, encoding='bayer_grbg8', step=1)
+    unknown = Image(height=1, width=1, encoding='nv21', step=1)
     unknown.data = bytes(1)
-    with pytest.raises(CvBridgeError, match=r'Unrecognized image encoding \[bayer_grbg8\]'):
+    with pytest.raises(CvBridgeError, match=r'Unrecognized image encoding \[nv21\]'):
         bridge.imgmsg_to_cv2(unknown)
     assert issubclass(CvBridgeError, TypeError)  # as in the real bridge
 
@@ -196,3 +196,119 @@ def test_encoding_must_match_array_type():
         bridge.cv2_to_imgmsg(np.zeros((2, 2, 2, 2), np.uint8))
     with pytest.raises(CvBridgeError, match='dtype'):
         bridge.cv2_to_imgmsg(np.zeros((2, 2), np.complex64))
+
+
+# --- what upstream's own tests pin (vision_opencv cv_bridge/test/enumerants.py, conversions.py)
+
+def test_three_channels_cannot_be_sent_as_rgba8_but_as_rgb8_or_bgr8():
+    bridge = CvBridge()
+    rgba = raw_message(random_image(np.uint8, 4), 'rgba8')
+    rgb = bridge.imgmsg_to_cv2(rgba, 'rgb8')
+    assert rgb.shape == (H, W, 3)
+    with pytest.raises(CvBridgeError, match='encoding specified as rgba8, but image has '
+                                            'incompatible type 8UC3'):
+        bridge.cv2_to_imgmsg(rgb, 'rgba8')
+    assert bridge.cv2_to_imgmsg(rgb, 'rgb8').encoding == 'rgb8'
+    assert bridge.cv2_to_imgmsg(rgb, 'bgr8').encoding == 'bgr8'
+    with pytest.raises(TypeError):
+        bridge.cv2_to_imgmsg(1, 'rgba8')
+
+
+def test_generic_three_channels_do_not_convert_to_mono16_but_rgb8_does():
+    bridge = CvBridge()
+    image = random_image(np.uint8, 3)
+    with pytest.raises(CvBridgeError):
+        bridge.imgmsg_to_cv2(bridge.cv2_to_imgmsg(image), 'mono16')  # 8UC3: not a colour
+    mono16 = bridge.imgmsg_to_cv2(bridge.cv2_to_imgmsg(image, 'rgb8'), 'mono16')
+    assert mono16.dtype == np.uint16 and mono16.shape == (H, W)
+
+
+@pytest.mark.parametrize('dst_format', ['jpg', 'jpeg', 'png', 'bmp', 'tiff'])
+@pytest.mark.parametrize('shape', [(40, 56), (40, 56, 1), (40, 56, 3)])
+def test_compressed_round_trip_keeps_type_and_shape(dst_format, shape):
+    bridge = CvBridge()
+    original = RNG.integers(0, 255, shape, endpoint=True).astype(np.uint8)
+    msg = bridge.cv2_to_compressed_imgmsg(original, dst_format)
+    assert msg.format == dst_format and len(msg.data) > 0
+    back = bridge.compressed_imgmsg_to_cv2(msg)
+    assert back.dtype == np.uint8
+    assert back.shape == (shape if len(shape) == 3 and shape[2] == 3 else shape[:2])
+    if dst_format in ('png', 'bmp', 'tiff'):  # lossless
+        np.testing.assert_array_equal(back.reshape(original.shape), original)
+
+
+def test_compressed_jpeg_is_close_and_colour_stays_bgr():
+    bridge = CvBridge()
+    bgr = np.zeros((32, 48, 3), np.uint8)
+    bgr[:, :24] = (255, 0, 0)  # blue left half
+    bgr[:, 24:] = (0, 0, 255)  # red right half
+    back = bridge.compressed_imgmsg_to_cv2(bridge.cv2_to_compressed_imgmsg(bgr))
+    assert back.shape == bgr.shape
+    assert np.abs(back[4:-4, 4:20].astype(int) - (255, 0, 0)).max() <= 8
+    assert np.abs(back[4:-4, 28:-4].astype(int) - (0, 0, 255)).max() <= 8
+    np.testing.assert_array_equal(bridge.compressed_imgmsg_to_cv2(
+        bridge.cv2_to_compressed_imgmsg(bgr, 'png'), 'rgb8'), bgr[..., ::-1])
+
+
+def test_compressed_16_bit_png_stays_16_bit():
+    bridge = CvBridge()
+    thermal = RNG.integers(27000, 40000, (30, 41)).astype(np.uint16)
+    msg = bridge.cv2_to_compressed_imgmsg(thermal, 'png')
+    back = bridge.compressed_imgmsg_to_cv2(msg)
+    assert back.dtype == np.uint16
+    np.testing.assert_array_equal(back, thermal)
+
+
+def test_undecodable_compressed_payload_gives_none_as_upstream():
+    bridge = CvBridge()
+    msg = bridge.cv2_to_compressed_imgmsg(random_image(np.uint8, 3))
+    msg.data = bytes(msg.data)[:20]  # a truncated JPEG header
+    assert bridge.compressed_imgmsg_to_cv2(msg) is None
+    msg.data = b'not an image at all'
+    assert bridge.compressed_imgmsg_to_cv2(msg) is None
+    with pytest.raises(CvBridgeError, match='cannot decode'):
+        bridge.compressed_imgmsg_to_cv2(msg, 'bgr8')
+
+
+BAYER_CODES = {  # ROS pattern -> the OpenCV code the C++ bridge uses (one cvtColor call)
+    'rggb': cv2.COLOR_BayerBG2BGR, 'bggr': cv2.COLOR_BayerRG2BGR,
+    'gbrg': cv2.COLOR_BayerGR2BGR, 'grbg': cv2.COLOR_BayerGB2BGR,
+}
+
+
+def bayer_mosaic(bgr, pattern):
+    """Sample a BGR image through a Bayer colour filter ``pattern`` (e.g. ``'rggb'``)."""
+    channel = {'b': 0, 'g': 1, 'r': 2}
+    mosaic = np.empty(bgr.shape[:2], bgr.dtype)
+    for k, colour in enumerate(pattern):
+        row, col = divmod(k, 2)
+        mosaic[row::2, col::2] = bgr[row::2, col::2, channel[colour]]
+    return mosaic
+
+
+@pytest.mark.parametrize('pattern', list(BAYER_CODES))
+@pytest.mark.parametrize('bits', [8, 16])
+def test_bayer_demosaics_like_the_cpp_bridge(pattern, bits):
+    bridge = CvBridge()
+    dtype = np.uint8 if bits == 8 else np.uint16
+    # Smooth colour areas, so demosaicing recovers them: the channel order is then visible.
+    bgr = np.zeros((24, 32, 3), dtype)
+    top = np.iinfo(dtype).max
+    bgr[:, :16] = (top, top // 2, 0)
+    bgr[:, 16:] = (0, top // 4, top)
+    mosaic = bayer_mosaic(bgr, pattern)
+    encoding = f'bayer_{pattern}{bits}'
+    msg = raw_message(mosaic, encoding, pad=4 if bits == 8 else 6)
+    assert bridge.encoding_to_dtype_with_channels(encoding) == (np.dtype(dtype).name, 1)
+    np.testing.assert_array_equal(bridge.imgmsg_to_cv2(msg), mosaic)  # passthrough: 1 channel
+    colour = bridge.imgmsg_to_cv2(msg, f'bgr{bits}')
+    np.testing.assert_array_equal(colour, cv2.cvtColor(mosaic, BAYER_CODES[pattern]))
+    inner = colour[2:-2, 2:14].astype(np.int64)
+    assert np.abs(inner - bgr[2:-2, 2:14]).max() <= top // 50  # right colours, right order
+    np.testing.assert_array_equal(bridge.imgmsg_to_cv2(msg, f'rgb{bits}'), colour[..., ::-1])
+    grey = bridge.imgmsg_to_cv2(msg, f'mono{bits}')
+    assert grey.shape == mosaic.shape and grey.dtype == dtype
+    if bits == 16:  # 16 -> 8 bit scales like the other 16-bit colour encodings
+        eight = bridge.imgmsg_to_cv2(msg, 'bgr8')
+        np.testing.assert_array_equal(
+            eight, np.rint(colour.astype(np.float64) * 255 / 65535).astype(np.uint8))

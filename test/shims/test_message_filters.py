@@ -127,18 +127,91 @@ def test_approximate_does_not_pair_outside_slop():
     assert [len(q) for q in sync.queues] == [1, 2]
 
 
-def test_approximate_picks_nearest_partner_and_drops_older():
+def test_approximate_picks_nearest_partner_and_keeps_older_ones_queued():
     (ir, vi), sync, out = make_sync(ApproximateTimeSynchronizer, queue_size=10, slop=0.05)
     for t in (1.00, 1.03, 1.06):
         vi.signalMessage(image(t))
     ir.signalMessage(image(1.035))
     assert out.sets == [(1.035, 1.03)]
-    # 1.00 is older than the emitted visible frame: dropped; 1.06 stays for the next pair.
-    assert sorted(sync.queues[1]) == [1_060_000_000]
-    ir.signalMessage(image(1.005))  # its partner 1.00 was dropped: no pair back in time
-    assert out.sets == [(1.035, 1.03)]
+    # As upstream: only the emitted messages leave the queues; 1.00 can still pair later.
+    assert sorted(sync.queues[1]) == [1_000_000_000, 1_060_000_000]
+    ir.signalMessage(image(1.005))
+    assert out.sets == [(1.035, 1.03), (1.005, 1.0)]
     ir.signalMessage(image(1.07))
-    assert out.sets == [(1.035, 1.03), (1.07, 1.06)]
+    assert out.sets == [(1.035, 1.03), (1.005, 1.0), (1.07, 1.06)]
+
+
+def test_approximate_spread_must_be_strictly_below_slop():
+    # Upstream's rule: max(stamps) - min(stamps) < slop (a spread equal to slop does not pair).
+    (ir, vi), _, out = make_sync(ApproximateTimeSynchronizer, queue_size=10, slop=0.5)
+    ir.signalMessage(image(3.0))
+    vi.signalMessage(image(3.5))
+    assert out.sets == []
+    vi.signalMessage(image(3.25))
+    assert out.sets == [(3.0, 3.25)]
+
+
+class _Header:
+    pass
+
+
+class _Stamped:
+    """A stamped message as upstream's test builds it (``header.stamp`` an rclpy Time)."""
+
+    def __init__(self, stamp, data):
+        self.header = _Header()
+        self.header.stamp = stamp
+        self.data = data
+
+
+class _Headerless:
+    def __init__(self, data):
+        self.data = data
+
+
+def test_approximate_pairs_two_scrambled_sequences_completely():
+    # ros2/message_filters test/test_approxsync.py: N stamped messages per input, each input
+    # fed in a random order, queue size N: every message finds its partner.
+    from rclpy.time import Time
+
+    rng = random.Random(0)
+    for n in range(1, 10):
+        seq0 = [_Stamped(Time(seconds=t), rng.random()) for t in range(n)]
+        seq1 = [_Stamped(Time(seconds=t), rng.random()) for t in range(n)]
+        inputs = [SimpleFilter(), SimpleFilter()]
+        sync = ApproximateTimeSynchronizer(inputs, n, 0.1)
+        pairs = []
+        sync.registerCallback(lambda a, b: pairs.append((a, b)))
+        for msg in rng.sample(seq0, n):
+            inputs[0].signalMessage(msg)
+        assert pairs == []
+        for msg in rng.sample(seq1, n):
+            inputs[1].signalMessage(msg)
+        assert set(pairs) == set(zip(seq0, seq1)), f'N={n}'
+        assert all(len(q) == 0 for q in sync.queues)
+
+
+def test_approximate_pairs_headerless_messages_with_the_nearest_stamped_ones():
+    # The headerless half of the same upstream test: each headerless message is stamped 'now'
+    # and pairs with the nearest stamped message still queued.
+    from rclpy.clock import ROSClock
+    from rclpy.duration import Duration
+
+    rng = random.Random(0)
+    for n in range(1, 10):
+        seq0 = [_Stamped(ROSClock().now() + Duration(seconds=t), rng.random())
+                for t in range(n)]
+        seq1 = [_Headerless(rng.random()) for _ in range(n)]
+        inputs = [SimpleFilter(), SimpleFilter()]
+        sync = ApproximateTimeSynchronizer(inputs, n, 10, allow_headerless=True)
+        pairs = []
+        sync.registerCallback(lambda a, b: pairs.append((a, b)))
+        for msg in rng.sample(seq0, n):
+            inputs[0].signalMessage(msg)
+        assert pairs == []
+        for msg in seq1:
+            inputs[1].signalMessage(msg)
+        assert set(pairs) == set(zip(seq0, seq1)), f'N={n}'
 
 
 def test_approximate_queue_limit_evicts_oldest():

@@ -1,7 +1,8 @@
 """Bag tooling: tarfuse-make-bag writes real rosbag2/MCAP bags; tarfuse-play replays and records.
 
-The images are the real RoadScene pairs shipped in ``samples/`` (and the shared data set where
-present); bags are read back with ``rosbags``; playback goes over real DDS to another process.
+The images are the real RoadScene pairs shipped in ``samples/``; bags are read back with
+``rosbags`` and decoded by the node's own cv_bridge adapter; playback goes over real DDS to
+another process.
 """
 
 import json
@@ -28,14 +29,6 @@ ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = ROOT / 'samples'
 LISTENER = Path(__file__).with_name('image_listener.py')
 VI, IR = '/visible/image_raw', '/infrared/image_raw'
-
-
-def _shared_roadscene():
-    base = Path(os.environ.get('TARFUSE_SHARED', ROOT.parent / 'shared'))
-    for candidate in (base / 'datasets' / 'roadscene', base / 'roadscene'):
-        if (candidate / 'test.txt').is_file():
-            return candidate
-    return None
 
 
 @pytest.fixture(scope='module')
@@ -91,8 +84,8 @@ def test_make_bag_pixels_match_the_source_images(sample_bag, tmp_path):
                      (128, 96), interpolation=cv2.INTER_AREA)
     vi = cv2.resize(cv2.imread(str(SAMPLES / 'vi' / f'{stem}.jpg'), cv2.IMREAD_COLOR),
                     (128, 96), interpolation=cv2.INTER_AREA)
-    ir16, encoding = image_to_array(first_ir)
-    assert encoding == 'mono16' and ir16.dtype == np.uint16
+    ir16, kind = image_to_array(first_ir)
+    assert kind == 'gray16' and ir16.dtype == np.uint16
     np.testing.assert_array_equal(ir16, MONO16_OFFSET + MONO16_GAIN * ir8.astype(np.uint16))
     np.testing.assert_array_equal(image_to_array(first_vi)[0], vi)
 
@@ -115,24 +108,62 @@ def test_make_bag_metadata_is_rosbag2_mcap_with_upstream_hash(sample_bag):
         assert qos[0]['reliability'] == 1 and qos[0]['depth'] == 10  # reliable, keep last 10
 
 
-def test_make_bag_mono8_split_and_cli_on_shared_pairs(tmp_path, capsys):
-    roadscene = _shared_roadscene()
-    if roadscene is None:
-        pytest.skip('shared RoadScene data set not found (../shared or $TARFUSE_SHARED)')
+def test_make_bag_mono8_split_and_cli(tmp_path, capsys):
     out = tmp_path / 'rs'
-    code = make_bag_tool.main(['--pairs', str(roadscene), '--split', 'test', '--out', str(out),
+    code = make_bag_tool.main(['--pairs', str(SAMPLES), '--split', 'list', '--out', str(out),
                                '--max-pairs', '3', '--rate', '5', '--size', '96x64',
                                '--ir-frame', 'thermal', '--ir-topic', '/cam/ir'])
     assert code == 0 and '3 pairs' in capsys.readouterr().out
-    stems = (roadscene / 'test.txt').read_text().split()[:3]
+    stems = (SAMPLES / 'list.txt').read_text().split()[:3]
     topics = _by_topic(out)
     assert sorted(topics) == ['/cam/ir', VI]
     for k, (_t, _b, _r, msg) in enumerate(topics['/cam/ir']):
-        array, encoding = image_to_array(msg)
-        assert encoding == 'mono8' and msg.header.frame_id == 'thermal'
-        source = cv2.imread(str(roadscene / 'ir' / f'{stems[k]}.jpg'), cv2.IMREAD_GRAYSCALE)
+        array, kind = image_to_array(msg)
+        assert msg.encoding == 'mono8' and kind == 'gray8' and msg.header.frame_id == 'thermal'
+        source = cv2.imread(str(SAMPLES / 'ir' / f'{stems[k]}.jpg'), cv2.IMREAD_GRAYSCALE)
         np.testing.assert_array_equal(
             array, cv2.resize(source, (96, 64), interpolation=cv2.INTER_AREA))
+
+
+def test_make_bag_writes_compressed_topics_as_image_transport_records_them(tmp_path, capsys):
+    out = tmp_path / 'compressed'
+    code = make_bag_tool.main(['--pairs', str(SAMPLES), '--out', str(out), '--max-pairs', '2',
+                               '--size', '128x96', '--ir-encoding', 'mono16',
+                               '--ir-transport', 'compressed', '--vi-transport', 'compressed'])
+    assert code == 0, capsys.readouterr().err
+    topics = _by_topic(out)
+    assert sorted(topics) == [IR + '/compressed', VI + '/compressed']
+    stems = sorted(p.stem for p in (SAMPLES / 'vi').glob('*.jpg'))[:2]
+    for k, stem in enumerate(stems):
+        ir_type, _bag_ns, ir_raw, ir_msg = topics[IR + '/compressed'][k]
+        vi_type, _bag_ns, vi_raw, vi_msg = topics[VI + '/compressed'][k]
+        assert ir_type == vi_type == 'sensor_msgs/msg/CompressedImage'
+        assert ir_msg.format == 'mono16; png compressed mono16'
+        assert vi_msg.format == 'bgr8; jpeg compressed bgr8'
+        assert header_stamp_ns(vi_raw) == header_stamp_ns(ir_raw)  # offset 0 ms
+        ir8 = cv2.resize(cv2.imread(str(SAMPLES / 'ir' / f'{stem}.jpg'), cv2.IMREAD_GRAYSCALE),
+                         (128, 96), interpolation=cv2.INTER_AREA)
+        vi = cv2.resize(cv2.imread(str(SAMPLES / 'vi' / f'{stem}.jpg'), cv2.IMREAD_COLOR),
+                        (128, 96), interpolation=cv2.INTER_AREA)
+        ir16, kind = image_to_array(ir_msg)  # 16-bit PNG: lossless, still 16-bit
+        assert kind == 'gray16'
+        np.testing.assert_array_equal(ir16, ir_to_mono16(ir8))
+        decoded, kind = image_to_array(vi_msg)  # JPEG: BGR, within JPEG's loss
+        assert kind == 'bgr8' and decoded.shape == vi.shape
+        assert np.abs(decoded.astype(int) - vi).mean() < 3.0
+    # A lossless visible format and a raw IR topic mix in one bag too.
+    summary = make_bag(SAMPLES, tmp_path / 'png', max_pairs=1, vi_transport='compressed',
+                       vi_format='png', size=(64, 48))
+    assert (summary.ir_topic, summary.vi_topic) == (IR, VI + '/compressed')
+    topics = _by_topic(tmp_path / 'png')
+    assert topics[IR][0][0] == 'sensor_msgs/msg/Image'
+    vi = cv2.resize(cv2.imread(str(SAMPLES / 'vi' / f'{stems[0]}.jpg'), cv2.IMREAD_COLOR),
+                    (64, 48), interpolation=cv2.INTER_AREA)
+    np.testing.assert_array_equal(image_to_array(topics[VI + '/compressed'][0][3])[0], vi)
+    with pytest.raises(ValueError, match='use vi_encoding bgr8 or mono8'):
+        make_bag(SAMPLES, tmp_path / 'rgb', vi_transport='compressed', vi_encoding='rgb8')
+    with pytest.raises(ValueError, match='ir_transport'):
+        make_bag(SAMPLES, tmp_path / 'bad', ir_transport='theora')
 
 
 def test_make_bag_rejects_bad_input(tmp_path, capsys):
@@ -168,11 +199,11 @@ def test_image_conversions_honour_step_and_endianness():
         header=msg.header, height=5, width=6, encoding='mono16', is_bigendian=1, step=16,
         data=padded.reshape(-1))
     np.testing.assert_array_equal(image_to_array(big)[0], pixels)
-    with pytest.raises(ValueError, match='too short'):
+    with pytest.raises(ValueError, match=r'data shorter than step \* height'):
         image_to_array(typestore.types['sensor_msgs/msg/Image'](
             header=msg.header, height=5, width=6, encoding='mono16', is_bigendian=0, step=12,
             data=np.zeros(59, np.uint8)))
-    with pytest.raises(ValueError, match='does not fit'):
+    with pytest.raises(ValueError, match='mono8 needs dtype uint8, got uint16'):
         array_to_image(typestore, pixels, 'mono8', 'ir', 1)
     raw = typestore.serialize_cdr(msg, 'sensor_msgs/msg/Image')
     assert header_stamp_ns(raw) == 1_700_000_000_123_456_789

@@ -1,7 +1,12 @@
-"""tarfuse-eval end to end on real shared pairs, and the classical baselines it reports."""
+"""tarfuse-eval end to end on real pairs, and the classical baselines it reports.
+
+The pairs come from ``test/data/datasets`` (small excerpts of the shared data sets, sources in
+its README), so these tests run on a fresh clone.
+"""
 
 import json
 import math
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -9,12 +14,9 @@ import pytest
 from tarfuse_ros.core import baselines, data, metrics
 from tarfuse_ros.core.deform import invert_flow
 from tarfuse_ros.core.model.warp import warp
-from tarfuse_ros.core.paths import shared_datasets_dir
 import torch
 
-DATASETS = shared_datasets_dir()
-needs_shared = pytest.mark.skipif(
-    DATASETS is None, reason='shared/datasets not found (set TARFUSE_SHARED or place ../shared)')
+DATASETS = Path(__file__).resolve().parents[1] / 'data' / 'datasets'
 
 
 def _textured(height=96, width=128, seed=0):
@@ -88,7 +90,6 @@ def _all_finite(value):
     return True
 
 
-@needs_shared
 def test_evaluate_roadscene_with_dataset_deformations(random_checkpoint, tmp_path):
     from tarfuse_ros.tools.evaluate import main
     roadscene = DATASETS / 'roadscene'
@@ -158,7 +159,6 @@ def test_evaluate_roadscene_with_dataset_deformations(random_checkpoint, tmp_pat
     assert 'edge alignment' in report and 'Issue 9' not in report
 
 
-@needs_shared
 def test_evaluate_synthetic_deformations_are_seeded(random_checkpoint, tmp_path):
     from tarfuse_ros.tools.evaluate import evaluate
     kwargs = {'split': 'all', 'deform': 'synthetic', 'max_pairs': 1, 'max_side': 96,
@@ -177,7 +177,6 @@ def test_evaluate_synthetic_deformations_are_seeded(random_checkpoint, tmp_path)
     assert none['registration']['unregistered']['MSE'] == pytest.approx(0.0, abs=1e-12)
 
 
-@needs_shared
 def test_evaluate_rejects_bad_requests(random_checkpoint, tmp_path, capsys):
     from tarfuse_ros.tools.evaluate import main
     code = main(['--data', str(DATASETS / 'tno'), '--split', 'all', '--weights',
@@ -192,7 +191,6 @@ def test_evaluate_rejects_bad_requests(random_checkpoint, tmp_path, capsys):
 
 # --- sets without an aligned IR (shipped weights) -----------------------------------------
 
-@needs_shared
 def test_evaluate_real_unregistered_pairs_skips_aligned_ir_metrics(tmp_path, capsys):
     from tarfuse_ros.tools.evaluate import main
     out = tmp_path / 'cvc14'
@@ -222,7 +220,6 @@ def test_evaluate_real_unregistered_pairs_skips_aligned_ir_metrics(tmp_path, cap
     assert code == 2 and 'use --deform none' in capsys.readouterr().err
 
 
-@needs_shared
 def test_evaluate_landmark_errors_follow_the_flow_convention(tmp_path):
     from tarfuse_ros.tools.evaluate import evaluate, load_landmarks
     murf = DATASETS / 'murf_landmark_pairs'

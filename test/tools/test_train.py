@@ -1,6 +1,11 @@
-"""tarfuse-train end to end: real RoadScene pairs, a narrow real model, tiny crops, CPU."""
+"""tarfuse-train end to end: real RoadScene pairs, a narrow real model, tiny crops, CPU.
+
+The pairs come from ``test/data/datasets/roadscene`` (an excerpt of the shared RoadScene set,
+sources in its README), so these tests run on a fresh clone.
+"""
 
 import json
+from pathlib import Path
 import socket
 
 import cv2
@@ -8,13 +13,10 @@ import numpy as np
 import pytest
 from safetensors.torch import load_file
 from tarfuse_ros.core.checkpoint import load_checkpoint, read_checkpoint_config
-from tarfuse_ros.core.paths import shared_datasets_dir
 from tarfuse_ros.tools import train as train_tool
 import torch
 
-SHARED = shared_datasets_dir()
-pytestmark = pytest.mark.skipif(
-    SHARED is None, reason='shared data sets not found ($TARFUSE_SHARED or ../shared)')
+ROADSCENE = Path(__file__).resolve().parents[1] / 'data' / 'datasets' / 'roadscene'
 
 # A narrow network (same architecture, fewer channels) keeps each step well under a second.
 NARROW = ('model={feature_channels: 4, cseb_channels: 8, msrb_channels: [8, 8, 16, 16], '
@@ -25,7 +27,7 @@ NARROW = ('model={feature_channels: 4, cseb_channels: 8, msrb_channels: [8, 8, 1
 @pytest.fixture(scope='module')
 def splits(tmp_path_factory):
     """Four training pairs (three labelled, one not) and two validation pairs."""
-    roadscene = SHARED / 'roadscene'
+    roadscene = ROADSCENE
     train = (roadscene / 'train.txt').read_text().split()
     labelled = set((roadscene / 'det_labelled.txt').read_text().split())
     stems = [s for s in train if s in labelled][:3] + [s for s in train if s not in labelled][:1]
@@ -37,7 +39,8 @@ def splits(tmp_path_factory):
 
 
 def _args(splits, out, *extra):
-    return ['--data', f'roadscene:{splits["train"]}', '--val-data', f'roadscene:{splits["val"]}',
+    return ['--data', f'{ROADSCENE}:{splits["train"]}',
+            '--val-data', f'{ROADSCENE}:{splits["val"]}',
             '--crop', '64', '--batch', '2', '--workers', '0', '--device', 'cpu',
             '--val-every', '1', '--out', str(out), '--set', 'train.threads=1',
             '--set', NARROW, *extra]

@@ -11,7 +11,18 @@ listed in ``tools/ros_env/shims/README.md``. Behaviour follows the real bridge:
   encoding (``32FC1``, ``8UC3``, ...) converts only to an encoding with the same channel count
   that is not a colour encoding; 8 <-> 16 bit depth changes are scaled (x 65535/255 or
   x 255/65535), other depth changes saturate.
-* ``cv2_to_imgmsg`` checks that an explicit encoding matches the array's type.
+* Bayer encodings (``bayer_rggb8``, ``bayer_bggr8``, ``bayer_gbrg8``, ``bayer_grbg8`` and their
+  16-bit variants) are one-channel images; converting them to ``mono*``, ``bgr*`` or ``rgb*``
+  demosaics with one ``cv2.cvtColor`` call and the C++ bridge's codes (``bayer_rggb`` ->
+  ``COLOR_BayerBG2*``, ``bayer_bggr`` -> ``RG``, ``bayer_gbrg`` -> ``GR``, ``bayer_grbg`` ->
+  ``GB``: OpenCV names a mosaic by the 2nd and 3rd pixels of its second row).
+* ``cv2_to_imgmsg`` checks that an explicit encoding matches the array's type (a 3-channel
+  array cannot be sent as ``rgba8``).
+* ``compressed_imgmsg_to_cv2`` decodes with ``cv2.imdecode(..., IMREAD_UNCHANGED)`` (a 16-bit
+  PNG stays 16-bit, colour comes back in BGR order) and, like the real one, returns None for
+  a payload OpenCV cannot decode; a ``desired_encoding`` treats the decoded image as ``bgr8``.
+  ``cv2_to_compressed_imgmsg`` encodes with ``cv2.imencode('.' + dst_format, ...)`` and sets
+  ``format`` to ``dst_format``; OpenCV's errors propagate as ``cv2.error`` as they do there.
 """
 
 import array
@@ -44,6 +55,11 @@ _COLOUR_ENCODINGS = {
     'yuv422': ('8U', 2, 'uyvy'), 'uyvy': ('8U', 2, 'uyvy'),
     'yuv422_yuy2': ('8U', 2, 'yuy2'), 'yuyv': ('8U', 2, 'yuy2'),
 }
+# Bayer patterns (ROS name) -> OpenCV's name of the same mosaic (by its second row).
+_BAYER_OPENCV = {'rggb': 'BG', 'bggr': 'RG', 'gbrg': 'GR', 'grbg': 'GB'}
+for _pattern in _BAYER_OPENCV:
+    _COLOUR_ENCODINGS[f'bayer_{_pattern}8'] = ('8U', 1, f'bayer_{_pattern}')
+    _COLOUR_ENCODINGS[f'bayer_{_pattern}16'] = ('16U', 1, f'bayer_{_pattern}')
 _GENERIC_ENCODING = re.compile(r'^(8U|8S|16U|16S|32S|32F|64F)(?:C([1-9][0-9]{0,2}))?$')
 
 # (source family, destination family) -> name of the cv2 colour conversion code.
@@ -58,7 +74,11 @@ for _src, _suffix in (('uyvy', 'UYVY'), ('yuy2', 'YUY2')):
     for _dst, _dtag in (('gray', 'GRAY'), ('rgb', 'RGB'), ('bgr', 'BGR'),
                         ('rgba', 'RGBA'), ('bgra', 'BGRA')):
         _FAMILY_CONVERSIONS[(_src, _dst)] = f'COLOR_YUV2{_dtag}_{_suffix}'
-del _src, _tag, _dst, _dtag, _suffix
+for _pattern, _opencv in _BAYER_OPENCV.items():
+    # The C++ bridge demosaics into grey, RGB and BGR only.
+    for _dst, _dtag in (('gray', 'GRAY'), ('rgb', 'RGB'), ('bgr', 'BGR')):
+        _FAMILY_CONVERSIONS[(f'bayer_{_pattern}', _dst)] = f'COLOR_Bayer{_opencv}2{_dtag}'
+del _src, _tag, _dst, _dtag, _suffix, _pattern, _opencv
 
 
 def _parse_encoding(encoding):
@@ -204,6 +224,47 @@ class CvBridge:
                         f'conversion from [{src_encoding}] to [{dst_encoding}] failed: {exc}'
                     ) from exc
         return image
+
+    def compressed_imgmsg_to_cv2(self, cmprs_img_msg, desired_encoding='passthrough'):
+        """
+        Decode a ``sensor_msgs.msg.CompressedImage`` (JPEG, PNG, ...) into a NumPy array.
+
+        Returns (H, W) for a grey image (uint16 for a 16-bit PNG), (H, W, 3) BGR or
+        (H, W, 4) BGRA for colour, or None when OpenCV cannot decode the payload (as the real
+        bridge does). With a ``desired_encoding`` the decoded image is converted as if it were
+        ``bgr8`` (raises :class:`CvBridgeError` where that is impossible).
+        """
+        import cv2
+
+        data = cmprs_img_msg.data
+        if isinstance(data, (list, tuple)):
+            data = bytes(data)
+        buffer = np.frombuffer(data, dtype=np.uint8).reshape(1, -1)
+        image = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)
+        if desired_encoding == 'passthrough':
+            return image
+        if image is None:
+            raise CvBridgeError(f'cannot decode the {cmprs_img_msg.format!r} payload')
+        return self._convert(image, 'bgr8', desired_encoding)
+
+    def cv2_to_compressed_imgmsg(self, cvim, dst_format='jpg'):
+        """
+        Encode a NumPy array as a ``sensor_msgs.msg.CompressedImage`` in ``dst_format``.
+
+        ``dst_format`` is an OpenCV file extension without the dot (``'jpg'``, ``'png'``, ...);
+        it becomes the message's ``format``. A 16-bit grey array stays 16-bit in ``'png'``.
+        Raises ``TypeError`` for a non-array; OpenCV's own errors propagate (``cv2.error``).
+        """
+        import cv2
+        from sensor_msgs.msg import CompressedImage
+
+        if not isinstance(cvim, (np.ndarray, np.generic)):
+            raise TypeError('Your input type is not a numpy array')
+        cmprs_img_msg = CompressedImage()
+        cmprs_img_msg.format = dst_format
+        _ok, encoded = cv2.imencode('.' + dst_format, cvim)
+        cmprs_img_msg.data = array.array('B', np.asarray(encoded).tobytes())
+        return cmprs_img_msg
 
     def cv2_to_imgmsg(self, cvim, encoding='passthrough', header=None):
         """

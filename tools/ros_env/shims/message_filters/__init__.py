@@ -16,20 +16,24 @@ backwards) works on both implementations::
         for queue in sync.queues:
             queue.clear()
 
+``ApproximateTimeSynchronizer`` pairs like the real Python class (ros2/message_filters): a new
+message is matched against the other inputs' queued messages whose stamps lie within ``slop`` of
+it, nearest first; the first combination whose spread (newest - oldest stamp) is strictly below
+``slop`` is emitted and removed from the queues. Older unmatched messages stay queued until
+``queue_size`` newer ones push them out, so out-of-order arrivals still pair.
+
 Differences from the real Python implementation, all deliberate and documented:
 
-* ``ApproximateTimeSynchronizer`` picks, among the sets that contain the newest message, the
-  one with the smallest spread of stamps, accepts it when ``spread <= slop`` (the real one
-  requires ``spread < slop``), and after emitting it drops every queued message that is not
-  newer than the emitted one of its input (as the C++ policy does), so outputs never go back
-  in time and stale messages cannot pair later.
 * ``registerCallback`` hands out unique connection ids (the real one reuses ``len(callbacks)``,
   which can overwrite a callback after one was removed).
 * ``Subscriber.destroy()`` removes the subscription through ``node.destroy_subscription`` (so
   the node forgets it too); other attributes are delegated to the rclpy subscription, as in
   the real class.
+* Bad arguments raise ``ValueError`` at construction (``queue_size`` < 1, negative or
+  infinite ``slop``) instead of failing later.
 """
 
+import itertools
 import threading
 
 from rclpy.clock import ROSClock
@@ -243,11 +247,12 @@ class ApproximateTimeSynchronizer(TimeSynchronizer):
     """
     Pass on one message per input when their stamps lie within ``slop`` seconds.
 
-    Each arriving message is matched against the other inputs' queues; among the sets that
-    contain it, the one with the smallest spread (newest stamp - oldest stamp) is emitted if
-    the spread is at most ``slop``. Ties go to the older set. After emitting, every queued
-    message not newer than the emitted one of its input is dropped. Each input keeps at most
-    ``queue_size`` messages (oldest evicted first).
+    On each arrival, every other input's queued messages within ``slop`` of the new stamp are
+    candidates, nearest first; the first combination (in that order) whose spread, newest
+    minus oldest stamp, is strictly below ``slop`` is emitted and its messages are removed.
+    Unmatched messages stay queued (each input keeps at most ``queue_size``, oldest evicted
+    first), so messages arriving out of order still find their partners. Note that with
+    ``slop`` 0 nothing pairs (use :class:`TimeSynchronizer` for identical stamps).
     """
 
     def __init__(self, fs, queue_size, slop, allow_headerless=False):
@@ -269,45 +274,31 @@ class ApproximateTimeSynchronizer(TimeSynchronizer):
             return
         with self.lock:
             self._push(my_queue, stamp_ns, msg)
-            if stamp_ns not in my_queue:
-                return  # older than everything queued on a full queue: evicted at once
             if my_queue_index is None:
                 my_queue_index = next(
                     i for i, q in enumerate(self.queues) if q is my_queue)
-            chosen = self._best_set(my_queue_index, stamp_ns)
+            chosen = self._first_set(my_queue_index, stamp_ns)
             if chosen is None:
                 return
-            msgs = [q[t] for q, t in zip(self.queues, chosen)]
-            for q, t in zip(self.queues, chosen):
-                for s in [s for s in q if s <= t]:
-                    del q[s]
+            msgs = [q.pop(t) for q, t in zip(self.queues, chosen)]
             self.signalMessage(*msgs)
 
-    def _best_set(self, index, stamp_ns):
-        """Return per-input stamps of the tightest set holding ``stamp_ns``, or None."""
+    def _first_set(self, index, stamp_ns):
+        """Return per-input stamps of the first set within ``slop`` holding ``stamp_ns``."""
         slop_ns = self.slop.nanoseconds
         candidates = []
-        for i, q in enumerate(self.queues):
+        for i, queue in enumerate(self.queues):
             if i == index:
-                candidates.append([stamp_ns])
                 continue
-            near = sorted(s for s in q if abs(s - stamp_ns) <= slop_ns)
+            near = [s for s in queue if abs(s - stamp_ns) <= slop_ns]
             if not near:
                 return None
-            candidates.append(near)
-        # The set's oldest stamp is one of the candidates at or before the new stamp; for a
-        # given oldest stamp, the tightest set takes each input's first stamp at or after it.
-        best, best_spread = None, None
-        lows = sorted({s for c in candidates for s in c if s <= stamp_ns})
-        for lo in lows:
-            chosen = []
-            for c in candidates:
-                at_or_after = [s for s in c if s >= lo]
-                if not at_or_after:
-                    break
-                chosen.append(at_or_after[0])
-            else:
-                spread = max(chosen) - lo
-                if spread <= slop_ns and (best_spread is None or spread < best_spread):
-                    best, best_spread = chosen, spread
-        return best
+            # Nearest first; equally near stamps keep their queue order (a stable sort).
+            candidates.append(sorted(near, key=lambda s: abs(s - stamp_ns)))
+        for others in itertools.product(*candidates):
+            chosen = list(others)
+            chosen.insert(index, stamp_ns)
+            if max(chosen) - min(chosen) < slop_ns and all(
+                    t in q for q, t in zip(self.queues, chosen)):
+                return chosen
+        return None

@@ -1,0 +1,142 @@
+"""The node on the compressed transport, over real DDS (one node process for the module).
+
+Both cameras on ``compressed`` (``infrared/image_raw/compressed``: 16-bit PNG,
+``visible/image_raw/compressed``: JPEG) with ``publish.fused_compressed`` on. The test process
+compresses real sample pairs with OpenCV, as a camera driver would, and compares what the node
+publishes with the engine's result on the raw pair.
+"""
+
+import json
+import time
+
+import cv2
+from node_harness import compressed_msg, HEIGHT, make_checkpoint, NodeProcess, Probe
+from node_harness import random_domain_id, sample_pair, SAMPLES, VISIBLE_FRAME, WIDTH
+import numpy as np
+import pytest
+from tarfuse_ros.core.engine import FusionEngine
+from tarfuse_ros.tools import play_bag
+from tarfuse_ros.tools.bagio import image_to_array, read_messages
+from tarfuse_ros.tools.make_bag import make_bag
+
+pytestmark = pytest.mark.dds
+TRANSPORTS = ('compressed', 'compressed')
+
+
+@pytest.fixture(scope='module')
+def setup(tmp_path_factory):
+    weights = tmp_path_factory.mktemp('node') / 'random.safetensors'
+    make_checkpoint(weights)
+    domain = random_domain_id()
+    node = NodeProcess(domain, {
+        'weights': str(weights), 'device': 'cpu', 'cpu_threads': 1,
+        'diagnostics.period': 0.25, 'diagnostics.input_timeout': 1.0, 'qos.depth': 10,
+        'infrared.transport': 'compressed', 'visible.transport': 'compressed',
+        'publish.fused_compressed': 'true',
+    })
+    probe = Probe(domain, transports=TRANSPORTS)
+    try:
+        if not probe.wait_until_ready(90.0):
+            pytest.fail('the node never answered a compressed pair; its log:\n' + node.log())
+        yield node, probe, weights, domain
+    finally:
+        probe.close()
+        node.close()
+
+
+def _pixels(msg, channels=3):
+    shape = (msg.height, msg.width, channels) if channels > 1 else (msg.height, msg.width)
+    return np.frombuffer(msg.data, np.uint8).reshape(shape).astype(int)
+
+
+def test_compressed_visible_and_16_bit_thermal_are_fused_like_the_raw_pair(setup):
+    node, probe, weights, _ = setup
+    ir8, vi = sample_pair()
+    # Information in the low byte: a bridge that dropped to 8 bits would flatten the IR.
+    ir16 = (20000 + ir8.astype(np.uint16) * 4).astype(np.uint16)
+    stamp = time.time_ns()
+    vi_msg = compressed_msg(vi, 'jpeg', stamp, VISIBLE_FRAME)
+    probe.publish_pair(compressed_msg(ir16, 'png', stamp, 'infrared_optical_frame'), vi_msg)
+    assert probe.wait_for_outputs(stamp, keys=('fused', 'fused_compressed', 'detections',
+                                               'registered'))
+    fused, = probe.outputs_for('fused', stamp)
+    registered, = probe.outputs_for('registered', stamp)
+    for msg in (fused, registered, probe.outputs_for('fused_compressed', stamp)[0]):
+        assert msg.header.frame_id == VISIBLE_FRAME
+    assert (fused.encoding, fused.width, fused.height) == ('bgr8', WIDTH, HEIGHT)
+    fused_pixels, registered_pixels = _pixels(fused), _pixels(registered, 1)
+
+    engine = FusionEngine(weights, device='cpu')
+    # Exactly what the engine gives for the decoded pair (16-bit kept, BGR order) ...
+    decoded_vi = cv2.imdecode(np.frombuffer(bytes(vi_msg.data), np.uint8), cv2.IMREAD_COLOR)
+    decoded = engine.infer(ir16, decoded_vi)
+    assert np.abs(fused_pixels - decoded.fused).max() <= 1
+    assert np.abs(registered_pixels - decoded.registered_ir).max() <= 1
+    # ... and, within JPEG's loss, what it gives for the raw pair.
+    raw = engine.infer(ir16, vi)
+    assert np.abs(fused_pixels - raw.fused).mean() < 2.0
+    assert np.abs(registered_pixels - raw.registered_ir).mean() < 2.0
+    # The thermal image was used at 16 bits: 8-bit IR would register very differently.
+    eight_bit = engine.infer((ir16 >> 8).astype(np.uint8), vi)
+    assert np.abs(registered_pixels - eight_bit.registered_ir).mean() > 20.0
+
+    # fused/image_raw/compressed: a JPEG of the same fused image, image_transport's format.
+    compressed, = probe.outputs_for('fused_compressed', stamp)
+    assert compressed.format == 'bgr8; jpeg compressed bgr8'
+    jpeg = cv2.imdecode(np.frombuffer(bytes(compressed.data), np.uint8), cv2.IMREAD_UNCHANGED)
+    assert jpeg.shape == (HEIGHT, WIDTH, 3)
+    assert np.abs(jpeg.astype(int) - fused_pixels).mean() < 2.0
+
+
+def test_a_corrupt_jpeg_is_rejected_by_name_and_the_node_answers_the_next_pair(setup):
+    node, probe, _, _ = setup
+    assert probe.spin_until(lambda: probe.diagnostics, 10.0)
+    before = probe.counter('pairs_rejected')
+    bad_stamp = time.time_ns()
+    ir_msg, vi_msg = probe.good_pair(bad_stamp)
+    vi_msg.data = bytes(vi_msg.data)[:len(vi_msg.data) // 8]  # a truncated JPEG
+    probe.publish_pair(ir_msg, vi_msg)
+    assert probe.wait_for_diagnostics(
+        lambda level, msg, values: int(values['pairs_rejected']) > before and
+        '/visible/image_raw/compressed: cannot decode the compressed payload' in
+        values['last_rejection']), 'the corrupt JPEG was not reported by name'
+    good_stamp = time.time_ns()
+    probe.publish_pair(*probe.good_pair(good_stamp))
+    assert probe.wait_for_outputs(good_stamp), 'no output for the good pair after the bad one'
+    assert node.alive()
+    for key in ('fused', 'fused_compressed', 'detections', 'registered'):
+        assert not probe.outputs_for(key, bad_stamp), f'{key} published for a corrupt pair'
+    assert 'cannot decode the compressed payload' in node.log()
+
+
+def test_a_bag_of_compressed_topics_plays_through_the_node_with_tarfuse_play(
+        setup, tmp_path, capsys, monkeypatch):
+    node, probe, _, domain = setup
+    bag = tmp_path / 'compressed_bag'
+    summary = make_bag(SAMPLES, bag, rate=5.0, ir_encoding='mono16', offset_ms=3.0,
+                       size=(WIDTH, HEIGHT), max_pairs=3, ir_transport='compressed',
+                       vi_transport='compressed')
+    topics = {topic: msgtype for topic, msgtype, _t, _raw, _msg in read_messages(bag)}
+    assert topics == {'/infrared/image_raw/compressed': 'sensor_msgs/msg/CompressedImage',
+                      '/visible/image_raw/compressed': 'sensor_msgs/msg/CompressedImage'}
+    stats_file, record = tmp_path / 'stats.json', tmp_path / 'outputs'
+    monkeypatch.setenv('ROS_DOMAIN_ID', str(domain))  # tarfuse-play joins the node's domain
+    code = play_bag.main([str(bag), '--wait-for-subscribers', '1', '--wait-timeout', '60',
+                          '--record', str(record), '--record-topics', '/fused/image_raw',
+                          '--linger', '3', '--max-linger', '90', '--stats', str(stats_file)])
+    assert code == 0, capsys.readouterr().err
+    stats = json.loads(stats_file.read_text())
+    published = {}
+    for topic, _stamp, _wall in stats['published']:
+        published[topic] = published.get(topic, 0) + 1
+    assert published == {'/infrared/image_raw/compressed': 3,
+                         '/visible/image_raw/compressed': 3}
+    vi_stamps = [summary.start_ns + k * 200_000_000 for k in range(3)]
+    fused = [msg for topic, _m, _t, _raw, msg in read_messages(record)
+             if topic == '/fused/image_raw']
+    answered = {m.header.stamp.sec * 1_000_000_000 + m.header.stamp.nanosec for m in fused}
+    # Every answer is for a bag pair; the newest pair is always answered (keep-newest slot).
+    assert answered <= set(vi_stamps) and vi_stamps[-1] in answered, (answered, vi_stamps)
+    image, kind = image_to_array(fused[-1])
+    assert kind == 'bgr8' and image.shape == (HEIGHT, WIDTH, 3)
+    assert node.alive()
