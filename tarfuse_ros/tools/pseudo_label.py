@@ -1,0 +1,824 @@
+"""Pseudo-label aligned IR/visible pairs with COCO teachers: the ``tarfuse-pseudo-label`` script.
+
+``tarfuse-pseudo-label --data DIR --split NAME [--split NAME ...] --out DIR [--teacher yolov8n|
+yolox|both] [--score S] [--skip-labelled] [--overwrite]`` writes ``DIR/labels/<stem>.txt`` (YOLO
+``class cx cy w h``, normalised to the visible image), ``DIR/labels/classes.txt``
+(``person``, ``bicycle``, ``car``), ``DIR/scores.tsv`` (the same boxes with their teacher
+scores), ``DIR/stems.txt`` (the pseudo-labelled stems, usable as a split list file) and a
+provenance ``DIR/README.md``.
+
+``tarfuse-pseudo-label --calibrate --data DIR --split NAME [--out DIR]`` runs the same
+pseudo-labelling on a split WITH human labels and reports precision / recall / F1 of the
+pseudo-labels against them at several score thresholds (per class and over all classes), and
+the threshold that maximises the overall F1 (ties: the higher threshold, i.e. fewer false
+boxes). With ``--out`` it also appends to ``calibration.md`` and ``calibration.jsonl`` there.
+
+Teachers (``shared/teachers``, see its README; ONNX run with onnxruntime on the CPU):
+
+- ``yolov8n``: ``yolov8n_coco_int8.onnx``; input RGB / 255, letterboxed to 640 x 640 (aspect
+  kept, centred, pad 114, bilinear); output (1, 84, 8400): ``cx, cy, w, h`` in input pixels then
+  80 sigmoid class scores.
+- ``yolox``: ``yolox_nano_coco.onnx``; input BGR 0-255, letterboxed to 416 x 416 at the top-left
+  (pad 114, bilinear, size rounded down); output (1, 3549, 85): per anchor of strides 8/16/32
+  (row-major grids) ``tx, ty, tw, th, objectness, 80 class probabilities``;
+  ``xy = (t_xy + grid) * stride``, ``wh = exp(t_wh) * stride``, score = objectness x class prob.
+
+Per anchor the best of the 80 COCO classes is taken (as the teachers' own NMS does), then mapped
+to our classes; anchors whose best class has no mapping are dropped.
+
+Class map (COCO id -> ours, in :data:`COCO_TO_OURS`): person -> person; bicycle and motorcycle ->
+bicycle; car, bus and truck -> car. Why: our label sets (RoadScene from FLIR ADAS, MSRS) have
+exactly these three classes and their annotators labelled riders' two-wheelers as ``bicycle``
+and every road vehicle as ``car``; the teachers' README measured its AP with the same map. Other
+COCO classes (dogs, traffic lights, ...) are dropped and become background.
+
+Pooling: each teacher runs on the visible image AND on the IR image of the pair (grey replicated
+to three channels; an IR image of another size is first resized to the visible one, so all boxes
+are in visible pixels). The candidates of both images (and both teachers with ``both``) are
+pooled and reduced by class-wise NMS at IoU 0.5 (``torchvision.ops.batched_nms``): a person seen
+in both images keeps its best box, one seen only at night in the IR image is kept too. Boxes
+with a score below the threshold are dropped (applying the threshold after NMS keeps exactly the
+boxes that thresholding before it would, since a box is only suppressed by a higher-scoring one).
+
+``--skip-labelled`` leaves out the stems that already have a human label file in the data set's
+``labels/`` folder, so human labels always win. Pairs on which the teachers find nothing get an
+EMPTY label file: the teachers' claim "no objects" (see ``data.load_labels``).
+"""
+
+import argparse
+import datetime
+import hashlib
+import json
+import logging
+from pathlib import Path
+import shlex
+import sys
+import time
+
+import cv2
+import numpy as np
+from tarfuse_ros.core import data
+from tarfuse_ros.core.images import to_uint8, to_unit_gray
+from tarfuse_ros.core.paths import shared_datasets_dir
+import torch
+from torchvision.ops import batched_nms, box_iou
+
+__all__ = [
+    'CLASS_NAMES',
+    'COCO_NAMES',
+    'COCO_TO_OURS',
+    'NMS_IOU',
+    'TEACHER_FILES',
+    'Teacher',
+    'boxes_to_yolo',
+    'build_parser',
+    'calibrate',
+    'default_teachers_dir',
+    'file_sha256',
+    'format_yolo_lines',
+    'load_teachers',
+    'main',
+    'map_coco_classes',
+    'match_counts',
+    'pool_boxes',
+    'pseudo_label',
+    'pseudo_label_pair',
+    'write_provenance',
+]
+
+_LOG = logging.getLogger('tarfuse-pseudo-label')
+
+CLASS_NAMES = ('person', 'bicycle', 'car')
+# COCO ids of the teachers (0 person, 1 bicycle, 2 car, 3 motorcycle, 5 bus, 7 truck) -> ours.
+COCO_TO_OURS = {0: 0, 1: 1, 3: 1, 2: 2, 5: 2, 7: 2}
+COCO_NAMES = {0: 'person', 1: 'bicycle', 2: 'car', 3: 'motorcycle', 5: 'bus', 7: 'truck'}
+NMS_IOU = 0.5
+MATCH_IOU = 0.5
+PAD_VALUE = 114
+TEACHER_FILES = {'yolov8n': 'yolov8n_coco_int8.onnx', 'yolox': 'yolox_nano_coco.onnx'}
+TEACHER_CHOICES = ('yolov8n', 'yolox', 'both')
+# Max overall F1 of yolov8n pseudo-labels on msrs_train (330 pairs) and RoadScene (98).
+DEFAULT_SCORE = 0.3
+CALIBRATION_THRESHOLDS = (0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.7)
+# Candidates below this score are never kept, whatever the threshold (keeps NMS small).
+MIN_CANDIDATE_SCORE = 0.05
+MAX_BOXES_PER_PAIR = 300
+TEACHER_SOURCES = {
+    'yolov8n': 'Ultralytics YOLOv8n COCO, int8 (github.com/Lamri-Meriem/edge-object-detection '
+               '@ 6f7f95f, AGPL-3.0)',
+    'yolox': 'Megvii YOLOX-Nano COCO (github.com/Bigisland1729/object-detection-models '
+             '@ 7f3f2fa; YOLOX upstream Apache-2.0)',
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Teachers
+# --------------------------------------------------------------------------------------------
+def default_teachers_dir():
+    """Return ``shared/teachers`` beside the shared data sets, or None when there is none."""
+    datasets = shared_datasets_dir()
+    if datasets is None:
+        return None
+    folder = datasets.parent / 'teachers'
+    return folder if folder.is_dir() else None
+
+
+def file_sha256(path):
+    """Return the hex sha256 of a file (read in 1 MiB blocks)."""
+    digest = hashlib.sha256()
+    with open(path, 'rb') as handle:
+        for block in iter(lambda: handle.read(1 << 20), b''):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def map_coco_classes(coco_ids):
+    """Map COCO class ids to ours (:data:`CLASS_NAMES`).
+
+    Args:
+        coco_ids: integer array-like (N,) of COCO ids (0-based, 80 classes).
+
+    Returns:
+        int64 array (N,): 0 person, 1 bicycle (bicycle, motorcycle), 2 car (car, bus, truck),
+        -1 for every other COCO class (dropped).
+
+    """
+    coco_ids = np.asarray(coco_ids, np.int64).reshape(-1)
+    lookup = np.full(80, -1, np.int64)
+    for coco_id, ours in COCO_TO_OURS.items():
+        lookup[coco_id] = ours
+    out = np.full(coco_ids.shape, -1, np.int64)
+    valid = (coco_ids >= 0) & (coco_ids < 80)
+    out[valid] = lookup[coco_ids[valid]]
+    return out
+
+
+def _letterbox(image, size, centred, round_size):
+    """Scale ``image`` (HxWx3 uint8) into a ``size`` x ``size`` canvas padded with 114.
+
+    Returns:
+        (canvas uint8 size x size x 3, scale, pad_x px, pad_y px): an input pixel ``p`` maps
+        to ``p * scale + pad``.
+
+    """
+    height, width = image.shape[:2]
+    scale = min(size / height, size / width)
+    to_int = round if round_size else int
+    new_w, new_h = max(1, to_int(width * scale)), max(1, to_int(height * scale))
+    resized = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR) \
+        if (new_w, new_h) != (width, height) else image
+    pad_x = (size - new_w) // 2 if centred else 0
+    pad_y = (size - new_h) // 2 if centred else 0
+    canvas = np.full((size, size, 3), PAD_VALUE, np.uint8)
+    canvas[pad_y:pad_y + new_h, pad_x:pad_x + new_w] = resized
+    return canvas, scale, pad_x, pad_y
+
+
+def _yolox_grid(size, strides=(8, 16, 32)):
+    """Return (A, 2) grid cell (x, y) and (A, 1) strides of YOLOX anchors, row-major."""
+    grids, stride_col = [], []
+    for stride in strides:
+        cells = size // stride
+        ys, xs = np.meshgrid(np.arange(cells), np.arange(cells), indexing='ij')
+        grids.append(np.stack([xs.reshape(-1), ys.reshape(-1)], axis=1))
+        stride_col.append(np.full((cells * cells, 1), stride))
+    return np.concatenate(grids).astype(np.float32), np.concatenate(stride_col).astype(np.float32)
+
+
+class Teacher:
+    """One ONNX COCO detector run with onnxruntime (see the module docstring for the formats).
+
+    Args:
+        kind: ``'yolov8n'`` or ``'yolox'`` (selects pre- and post-processing).
+        model_path: the ``.onnx`` file.
+        threads: onnxruntime intra-op threads of this session (default 1: the tool must not
+            crowd out other work on a shared machine); inter-op is always 1.
+
+    Raises:
+        ValueError: unknown kind, missing file, or a model whose input/output shapes do not
+            match the kind.
+
+    """
+
+    def __init__(self, kind, model_path, threads=1):
+        import onnxruntime as ort
+        if kind not in TEACHER_FILES:
+            raise ValueError(f'unknown teacher {kind!r}; choose from {sorted(TEACHER_FILES)}')
+        model_path = Path(model_path)
+        if not model_path.is_file():
+            raise ValueError(f'teacher model {str(model_path)!r} not found')
+        if int(threads) < 1:
+            raise ValueError(f'threads must be >= 1, got {threads}')
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = int(threads)
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.log_severity_level = 3
+        self.kind = kind
+        self.path = model_path
+        self.session = ort.InferenceSession(
+            str(model_path), sess_options=options, providers=['CPUExecutionProvider'])
+        model_input = self.session.get_inputs()[0]
+        self.input_name = model_input.name
+        self.size = 640 if kind == 'yolov8n' else 416
+        expected_out = (1, 84, 8400) if kind == 'yolov8n' else (1, 3549, 85)
+        got_in = tuple(model_input.shape)
+        got_out = tuple(self.session.get_outputs()[0].shape)
+        if got_in != (1, 3, self.size, self.size) or got_out != expected_out:
+            raise ValueError(
+                f'{str(model_path)!r} does not look like a {kind} teacher: input {got_in}, '
+                f'output {got_out} (expected (1, 3, {self.size}, {self.size}), {expected_out})')
+        if kind == 'yolox':
+            self._grid, self._strides = _yolox_grid(self.size)
+
+    def _prepare(self, bgr):
+        if self.kind == 'yolov8n':
+            canvas, scale, pad_x, pad_y = _letterbox(bgr, self.size, True, True)
+            blob = canvas[:, :, ::-1].astype(np.float32) / 255.0
+        else:
+            canvas, scale, pad_x, pad_y = _letterbox(bgr, self.size, False, False)
+            blob = canvas.astype(np.float32)
+        return np.ascontiguousarray(blob.transpose(2, 0, 1)[None]), scale, pad_x, pad_y
+
+    def _decode(self, output):
+        """Return (A, 4) ``cx, cy, w, h`` in input pixels and (A, 80) class scores."""
+        if self.kind == 'yolov8n':
+            pred = output[0].T
+            return pred[:, :4], pred[:, 4:]
+        pred = output[0]
+        xy = (pred[:, :2] + self._grid) * self._strides
+        wh = np.exp(np.minimum(pred[:, 2:4], 20.0)) * self._strides
+        return np.concatenate([xy, wh], axis=1), pred[:, 4:5] * pred[:, 5:]
+
+    def detect(self, bgr, min_score=MIN_CANDIDATE_SCORE):
+        """Run the teacher on one image.
+
+        Args:
+            bgr: HxWx3 uint8 BGR image (a grey image replicated to three channels).
+            min_score: candidates below this score are dropped.
+
+        Returns:
+            float32 array (N, 6) ``[x1, y1, x2, y2, score, class]``: box edges in pixels of
+            ``bgr`` (clipped to it), score in [0, 1], class in our ids (:data:`CLASS_NAMES`).
+            Candidates are NOT reduced by NMS (see :func:`pool_boxes`).
+
+        Raises:
+            ValueError: not an HxWx3 uint8 image.
+
+        """
+        if bgr.ndim != 3 or bgr.shape[2] != 3 or bgr.dtype != np.uint8:
+            raise ValueError(f'teacher input must be HxWx3 uint8, got {bgr.shape} {bgr.dtype}')
+        blob, scale, pad_x, pad_y = self._prepare(bgr)
+        output = self.session.run(None, {self.input_name: blob})[0]
+        cxcywh, class_scores = self._decode(output)
+        coco_ids = class_scores.argmax(axis=1)
+        scores = class_scores[np.arange(len(coco_ids)), coco_ids]
+        ours = map_coco_classes(coco_ids)
+        keep = (scores >= min_score) & (ours >= 0)
+        cxcywh, scores, ours = cxcywh[keep], scores[keep], ours[keep]
+        height, width = bgr.shape[:2]
+        boxes = np.empty((len(scores), 6), np.float32)
+        boxes[:, 0] = np.clip((cxcywh[:, 0] - cxcywh[:, 2] / 2 - pad_x) / scale, 0, width)
+        boxes[:, 1] = np.clip((cxcywh[:, 1] - cxcywh[:, 3] / 2 - pad_y) / scale, 0, height)
+        boxes[:, 2] = np.clip((cxcywh[:, 0] + cxcywh[:, 2] / 2 - pad_x) / scale, 0, width)
+        boxes[:, 3] = np.clip((cxcywh[:, 1] + cxcywh[:, 3] / 2 - pad_y) / scale, 0, height)
+        boxes[:, 4] = scores
+        boxes[:, 5] = ours
+        valid = (boxes[:, 2] - boxes[:, 0] >= 1.0) & (boxes[:, 3] - boxes[:, 1] >= 1.0)
+        return boxes[valid]
+
+
+def load_teachers(which='yolov8n', teachers_dir=None, threads=1):
+    """Load the teacher(s) ``'yolov8n'``, ``'yolox'`` or ``'both'`` from ``teachers_dir``.
+
+    Returns:
+        list of :class:`Teacher`.
+
+    Raises:
+        ValueError: unknown choice, or no teachers folder (``shared/teachers`` not found and
+            none given).
+
+    """
+    if which not in TEACHER_CHOICES:
+        raise ValueError(f'unknown teacher {which!r}; choose from {TEACHER_CHOICES}')
+    folder = Path(teachers_dir) if teachers_dir is not None else default_teachers_dir()
+    if folder is None:
+        raise ValueError('shared/teachers not found: pass --teachers-dir (or set '
+                         'TARFUSE_SHARED)')
+    kinds = ('yolov8n', 'yolox') if which == 'both' else (which,)
+    return [Teacher(kind, folder / TEACHER_FILES[kind], threads) for kind in kinds]
+
+
+# --------------------------------------------------------------------------------------------
+# Pooling and label files
+# --------------------------------------------------------------------------------------------
+def pool_boxes(box_sets, iou=NMS_IOU, max_boxes=MAX_BOXES_PER_PAIR):
+    """Pool boxes from several images/teachers of one pair with class-wise NMS.
+
+    Args:
+        box_sets: iterable of arrays (N_i, 6) ``[x1, y1, x2, y2, score, class]`` in the same
+            pixel frame (the visible image).
+        iou: NMS IoU threshold (boxes of one class overlapping more than this with a
+            higher-scoring one are dropped; boxes of different classes never suppress each
+            other).
+        max_boxes: keep at most this many (the highest scores).
+
+    Returns:
+        float32 array (M, 6), sorted by score, highest first.
+
+    """
+    boxes = [np.asarray(b, np.float32).reshape(-1, 6) for b in box_sets]
+    pooled = np.concatenate(boxes) if boxes else np.zeros((0, 6), np.float32)
+    if len(pooled) == 0:
+        return pooled
+    tensor = torch.from_numpy(pooled)
+    keep = batched_nms(tensor[:, :4], tensor[:, 4], tensor[:, 5].long(), float(iou))
+    return pooled[keep[:max_boxes].numpy()]
+
+
+def _visible_bgr(vi):
+    if vi.dtype != np.uint8:
+        vi = to_uint8(to_unit_gray(vi) if vi.ndim == 2 else vi.astype(np.float32) / 65535.0)
+    return vi if vi.ndim == 3 else np.repeat(vi[:, :, None], 3, axis=2)
+
+
+def _ir_bgr(ir, height, width):
+    ir = ir if ir.dtype == np.uint8 else to_uint8(to_unit_gray(ir))
+    if ir.shape[:2] != (height, width):
+        ir = cv2.resize(ir, (width, height), interpolation=cv2.INTER_LINEAR)
+    return np.repeat(ir[:, :, None], 3, axis=2)
+
+
+def pseudo_label_pair(teachers, ir, vi, iou=NMS_IOU, min_score=MIN_CANDIDATE_SCORE):
+    """Detect on the visible and the IR image of one aligned pair and pool the boxes.
+
+    Args:
+        teachers: list of :class:`Teacher`.
+        ir: HxW uint8/uint16 IR image (resized to the visible size when it differs).
+        vi: HxWx3 BGR or HxW grey visible image (uint8; uint16 is normalised).
+        iou: NMS IoU of the pooling.
+        min_score: candidates below this score are dropped before pooling.
+
+    Returns:
+        float32 array (M, 6) ``[x1, y1, x2, y2, score, class]`` in visible pixels, by score.
+
+    """
+    vi_bgr = _visible_bgr(vi)
+    height, width = vi_bgr.shape[:2]
+    ir_bgr = _ir_bgr(ir, height, width)
+    found = [t.detect(img, min_score) for t in teachers for img in (vi_bgr, ir_bgr)]
+    return pool_boxes(found, iou)
+
+
+def boxes_to_yolo(boxes, width, height):
+    """Convert (N, >=6) ``[x1, y1, x2, y2, score, class]`` pixel boxes to YOLO rows.
+
+    Returns:
+        float64 array (N, 5) ``[class, cx, cy, w, h]`` normalised by ``width`` x ``height``
+        (clipped to [0, 1]).
+
+    """
+    boxes = np.asarray(boxes, np.float64)
+    if boxes.size == 0:
+        return np.zeros((0, 5), np.float64)
+    x1 = np.clip(boxes[:, 0] / width, 0, 1)
+    y1 = np.clip(boxes[:, 1] / height, 0, 1)
+    x2 = np.clip(boxes[:, 2] / width, 0, 1)
+    y2 = np.clip(boxes[:, 3] / height, 0, 1)
+    return np.stack([boxes[:, 5], (x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1], axis=1)
+
+
+def format_yolo_lines(yolo):
+    """Return the text of a YOLO label file: one ``class cx cy w h`` line per row (6 decimals)."""
+    return ''.join(f'{int(round(r[0]))} {r[1]:.6f} {r[2]:.6f} {r[3]:.6f} {r[4]:.6f}\n'
+                   for r in np.asarray(yolo, np.float64).reshape(-1, 5))
+
+
+# --------------------------------------------------------------------------------------------
+# Calibration against human labels
+# --------------------------------------------------------------------------------------------
+def match_counts(pred, truth, iou=MATCH_IOU, num_classes=len(CLASS_NAMES)):
+    """Count true/false positives and misses of one image, per class.
+
+    Predictions are matched greedily by descending score to the unmatched ground-truth box of
+    the same class with the highest IoU, if that IoU is >= ``iou``.
+
+    Args:
+        pred: (N, 6) ``[x1, y1, x2, y2, score, class]`` pixels.
+        truth: (G, 5) ``[x1, y1, x2, y2, class]`` pixels.
+        iou: matching IoU threshold.
+        num_classes: classes counted (ids 0..K-1).
+
+    Returns:
+        int64 array (K, 3): per class ``[TP, FP, FN]``.
+
+    """
+    pred = np.asarray(pred, np.float64).reshape(-1, 6)
+    truth = np.asarray(truth, np.float64).reshape(-1, 5)
+    counts = np.zeros((num_classes, 3), np.int64)
+    for cls in range(num_classes):
+        p = pred[pred[:, 5] == cls]
+        p = p[np.argsort(-p[:, 4], kind='stable')]
+        g = truth[truth[:, 4] == cls]
+        if len(p) and len(g):
+            ious = box_iou(torch.from_numpy(p[:, :4]), torch.from_numpy(g[:, :4])).numpy()
+        used = np.zeros(len(g), bool)
+        tp = 0
+        for i in range(len(p)):
+            if not len(g):
+                break
+            row = np.where(used, -1.0, ious[i])
+            j = int(row.argmax())
+            if row[j] >= iou:
+                used[j] = True
+                tp += 1
+        counts[cls] = (tp, len(p) - tp, len(g) - tp)
+    return counts
+
+
+def _prf(tp, fp, fn):
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return precision, recall, f1
+
+
+def _gt_id_map(dataset_dir):
+    """Map the set's label ids to ours by class name (-1: not one of ours)."""
+    names = data.read_classes(dataset_dir)
+    if names is None:
+        raise ValueError(f'{str(dataset_dir)!r} has no classes.txt: cannot compare classes')
+    ours = {name: i for i, name in enumerate(CLASS_NAMES)}
+    return np.asarray([ours.get(n.lower(), -1) for n in names], np.int64)
+
+
+def calibrate(teachers, dataset_dir, splits, labels_dir='labels',
+              thresholds=CALIBRATION_THRESHOLDS, iou=NMS_IOU, match_iou=MATCH_IOU,
+              max_pairs=None, progress=True):
+    """Score pseudo-labels against human labels at several score thresholds.
+
+    Args:
+        teachers: list of :class:`Teacher`.
+        dataset_dir: data set folder with human labels (``labels_dir``) and ``classes.txt``.
+        splits: split names (their stems are joined, duplicates once); only stems with a label
+            file are used.
+        labels_dir: label sub-folder.
+        thresholds: score thresholds to evaluate.
+        iou: pooling NMS IoU; match_iou: IoU for a pseudo box to count as a true positive.
+        max_pairs: only the first N labelled pairs.
+        progress: log progress every 25 pairs.
+
+    Returns:
+        dict: ``pairs``, ``thresholds`` (list of dicts ``{'score':, 'overall': {precision,
+        recall, f1, tp, fp, fn}, 'per_class': {name: {...}}}``), ``best_score`` (the threshold
+        with the highest overall F1; ties go to the higher threshold) and ``gt_boxes`` per
+        class.
+
+    Raises:
+        ValueError: no labelled pair in the splits, or no classes.txt.
+
+    """
+    thresholds = sorted(float(t) for t in thresholds)
+    floor = min(MIN_CANDIDATE_SCORE, thresholds[0])
+    id_map = _gt_id_map(dataset_dir)
+    stems = []
+    for split in splits:
+        stems += [s for s in data.read_split(dataset_dir, split) if s not in stems]
+    stems = [s for s in stems if data.load_labels(dataset_dir, s, labels_dir) is not None]
+    if max_pairs is not None:
+        stems = stems[:max_pairs]
+    if not stems:
+        raise ValueError(f'no pair of {splits} has a label file in {labels_dir}/')
+    counts = np.zeros((len(thresholds), len(CLASS_NAMES), 3), np.int64)
+    gt_boxes = np.zeros(len(CLASS_NAMES), np.int64)
+    start = time.monotonic()
+    for number, stem in enumerate(stems, start=1):
+        ir, vi = data.load_pair(dataset_dir, stem)
+        height, width = vi.shape[:2]
+        pooled = pseudo_label_pair(teachers, ir, vi, iou, floor)
+        labels = data.load_labels(dataset_dir, stem, labels_dir)
+        truth = data.yolo_to_xyxy(labels, width, height)
+        ids = id_map[truth[:, 4].astype(np.int64)] if len(truth) else np.zeros(0, np.int64)
+        truth = truth[ids >= 0]
+        truth[:, 4] = ids[ids >= 0]
+        gt_boxes += np.bincount(truth[:, 4].astype(np.int64), minlength=len(CLASS_NAMES))
+        for k, threshold in enumerate(thresholds):
+            counts[k] += match_counts(pooled[pooled[:, 4] >= threshold], truth, match_iou)
+        if progress and (number % 25 == 0 or number == len(stems)):
+            _LOG.info('calibration %d/%d pairs (%.0f s)', number, len(stems),
+                      time.monotonic() - start)
+    rows = []
+    for k, threshold in enumerate(thresholds):
+        per_class = {}
+        for c, name in enumerate(CLASS_NAMES):
+            tp, fp, fn = (int(v) for v in counts[k, c])
+            p, r, f = _prf(tp, fp, fn)
+            per_class[name] = {'precision': p, 'recall': r, 'f1': f, 'tp': tp, 'fp': fp,
+                               'fn': fn}
+        tp, fp, fn = (int(v) for v in counts[k].sum(axis=0))
+        p, r, f = _prf(tp, fp, fn)
+        rows.append({'score': threshold, 'per_class': per_class,
+                     'overall': {'precision': p, 'recall': r, 'f1': f, 'tp': tp, 'fp': fp,
+                                 'fn': fn}})
+    best = max(rows, key=lambda row: (round(row['overall']['f1'], 9), row['score']))
+    return {'pairs': len(stems), 'thresholds': rows, 'best_score': best['score'],
+            'gt_boxes': {n: int(v) for n, v in zip(CLASS_NAMES, gt_boxes)}}
+
+
+def calibration_markdown(result, title):
+    """Return a markdown table (precision / recall / F1 per threshold, overall and per class)."""
+    head = '| score | P | R | F1 | ' + ' | '.join(
+        f'{n} P | {n} R | {n} F1' for n in CLASS_NAMES) + ' |'
+    lines = [f'### {title}', '',
+             f'{result["pairs"]} labelled pairs; human boxes: '
+             + ', '.join(f'{n} {v}' for n, v in result['gt_boxes'].items()) + '.', '',
+             head, '|' + '---|' * (4 + 3 * len(CLASS_NAMES))]
+    for row in result['thresholds']:
+        cells = [f'{row["score"]:.2f}']
+        cells += [f'{row["overall"][k]:.3f}' for k in ('precision', 'recall', 'f1')]
+        for name in CLASS_NAMES:
+            cells += [f'{row["per_class"][name][k]:.3f}' for k in ('precision', 'recall', 'f1')]
+        lines.append('| ' + ' | '.join(cells) + ' |')
+    lines += ['', f'Best overall F1 at score >= {result["best_score"]:.2f}.', '']
+    return '\n'.join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# Writing pseudo-labels
+# --------------------------------------------------------------------------------------------
+def _dataset_attribution(dataset_dir):
+    """Return the source/licence bullets of the data set's README.md (may be empty)."""
+    readme = Path(dataset_dir) / 'README.md'
+    if not readme.is_file():
+        return []
+    lines, keep = [], False
+    for line in readme.read_text().splitlines():
+        if line.startswith('- '):
+            keep = line[2:].lower().startswith(('source', 'license', 'licence'))
+        elif not line.startswith('  '):
+            keep = False
+        if keep:
+            lines.append(line)
+    return lines
+
+
+def write_provenance(out_dir, *, teachers, dataset_dir, splits, score, iou, command, counts,
+                     skipped, note=None):
+    """Write ``out_dir/README.md``: what made the labels, for which images, and how many.
+
+    Args:
+        out_dir: output folder (holding ``labels/``).
+        teachers: the :class:`Teacher` objects used (file name and sha256 recorded).
+        dataset_dir: the data set whose images were labelled (recorded as given).
+        splits: split names used.
+        score: score threshold; iou: pooling NMS IoU.
+        command: the command line, as one string.
+        counts: dict with ``pairs`` (label files written) and ``boxes`` (per class name).
+        skipped: number of stems left out because they have human labels.
+        note: optional extra markdown paragraph.
+
+    Returns:
+        the README path.
+
+    """
+    out_dir = Path(out_dir)
+    skipped_line = ("- Pairs with a human label file in the data set's `labels/` were left out "
+                    f'(human labels win): {skipped}.' if skipped is not None else
+                    '- Pairs with human labels were not left out.')
+    class_map = ', '.join(f'{COCO_NAMES[c]} -> {CLASS_NAMES[o]}' for c, o in
+                          sorted(COCO_TO_OURS.items()))
+    lines = [
+        f'# Pseudo-labels for {Path(dataset_dir).name} ({", ".join(splits)})', '',
+        f'YOLO label files (`labels/<stem>.txt`: `class cx cy w h`, normalised to the visible '
+        f'image) for the IR/visible pairs of `{dataset_dir}` (splits: '
+        f'{", ".join(f"`{s}`" for s in splits)}). They are labels for the images in that '
+        f'folder; the images are not copied here. Classes (`labels/classes.txt`): '
+        f'{", ".join(f"{i} {n}" for i, n in enumerate(CLASS_NAMES))}. `scores.tsv` lists the '
+        f'same boxes with their teacher scores.', '',
+        'Made by `tarfuse-pseudo-label` (tarfuse_ros/tools/pseudo_label.py): machine-made, '
+        'not checked by a person. Use them for training only, never for evaluation.', '',
+        '## How', '',
+        '- Teachers (ONNX, run with onnxruntime on the CPU):',
+    ]
+    for teacher in teachers:
+        lines.append(f'  - `{teacher.path.name}` sha256 `{file_sha256(teacher.path)}` '
+                     f'({TEACHER_SOURCES[teacher.kind]})')
+    lines += [
+        '- Each teacher ran on the visible image and on the IR image (grey replicated to 3 '
+        'channels), preprocessed as `shared/teachers/README.md` specifies.',
+        f'- Pooling: the boxes of both images{" and both teachers" if len(teachers) > 1 else ""}'
+        f' merged by class-wise NMS at IoU {iou:g} (torchvision `batched_nms`).',
+        f'- Score threshold: boxes with score >= {score:g} kept.',
+        f'- Class map (COCO -> ours): {class_map}; other COCO classes dropped. Why: our label '
+        "sets (FLIR-derived RoadScene, MSRS) have only these three classes and label riders' "
+        'two-wheelers as bicycle and all road vehicles as car.',
+        '- A pair on which the teachers found nothing has an empty label file (for the '
+        'training: labelled, no objects).',
+        skipped_line,
+        f'- Date: {datetime.datetime.now(datetime.timezone.utc).date().isoformat()} (UTC).',
+        f'- Command: `{command}`',
+        '',
+        '## Counts', '',
+        f'{counts["pairs"]} label files; boxes: '
+        + ', '.join(f'{n} {counts["boxes"][n]}' for n in CLASS_NAMES)
+        + f' ({sum(counts["boxes"].values())} in all).', '',
+    ]
+    lines += [
+        '## Use in training', '',
+        '`stems.txt` lists the pseudo-labelled stems. A `PairedDataset` source (absolute paths; '
+        'a relative `labels` is taken inside the data set folder):', '',
+        "`{'path': '<data set>', 'split': '<this folder>/stems.txt', "
+        "'labels': '<this folder>/labels'}`", '',
+        "Pairs with human labels come from a second source on the data set's own `labels/`.",
+        '',
+    ]
+    set_classes = data.read_classes(dataset_dir)
+    if set_classes is not None and [c.lower() for c in set_classes] == list(CLASS_NAMES):
+        lines += ["The data set's own classes.txt lists the same classes in the same order, so "
+                  'a data set class map read from it applies to these files too.', '']
+    else:
+        lines += ["Note: the data set's own classes.txt is absent or lists other classes "
+                  f'({set_classes}); ids here follow `labels/classes.txt`.', '']
+    if (out_dir / 'calibration.md').is_file():
+        lines += ['## Threshold', '',
+                  'How the threshold was chosen (pseudo-labels scored against human labels): '
+                  'see [calibration.md](calibration.md).', '']
+    attribution = _dataset_attribution(dataset_dir)
+    lines += ['## Images: source and terms', '',
+              f'The images these labels describe belong to `{dataset_dir}`; its README.md '
+              'gives their source and terms' + (', quoted here:' if attribution else '.'), '']
+    lines += attribution + ([''] if attribution else [])
+    if note:
+        lines += [note.strip(), '']
+    path = out_dir / 'README.md'
+    path.write_text('\n'.join(lines))
+    return path
+
+
+def pseudo_label(teachers, dataset_dir, splits, out_dir, score=DEFAULT_SCORE, iou=NMS_IOU,
+                 skip_labelled=False, overwrite=False, command='', max_pairs=None,
+                 progress=True, note=None):
+    """Pseudo-label the pairs of the given splits and write labels, scores and README.
+
+    Args:
+        teachers: list of :class:`Teacher`.
+        dataset_dir: data set folder (``ir/``, ``vi/``, list files).
+        splits: split names (stems joined in order, each once).
+        out_dir: output folder; label files go to ``out_dir/labels/``.
+        score: keep boxes with score >= this (in (0, 1]).
+        iou: pooling NMS IoU.
+        skip_labelled: leave out stems with a human label file in ``dataset_dir/labels/``.
+        overwrite: delete existing ``out_dir/labels/*.txt`` first (else refuse if present).
+        command: command line recorded in the README.
+        max_pairs: only the first N pairs (tests).
+        progress: log progress every 25 pairs.
+        note: extra paragraph for the README.
+
+    Returns:
+        dict: ``pairs`` (files written), ``skipped`` (human-labelled stems left out),
+        ``boxes`` (count per class name), ``stems``.
+
+    Raises:
+        ValueError: bad threshold, unknown split, or existing labels without ``overwrite``.
+
+    """
+    if not 0.0 < float(score) <= 1.0:
+        raise ValueError(f'score threshold must be in (0, 1], got {score}')
+    dataset_dir = Path(dataset_dir)
+    out_dir = Path(out_dir)
+    labels_out = out_dir / 'labels'
+    existing = sorted(p for p in labels_out.glob('*.txt') if p.name != 'classes.txt') \
+        if labels_out.is_dir() else []
+    if existing and not overwrite:
+        raise ValueError(f'{str(labels_out)!r} already holds {len(existing)} label files; '
+                         'pass --overwrite to replace them')
+    if (out_dir.resolve() / 'labels') == (dataset_dir.resolve() / 'labels'):
+        raise ValueError('refusing to write pseudo-labels over the human labels/ folder')
+    stems = []
+    for split in splits:
+        stems += [s for s in data.read_split(dataset_dir, split) if s not in stems]
+    skipped = 0
+    if skip_labelled:
+        kept = [s for s in stems if not (dataset_dir / 'labels' / f'{s}.txt').is_file()]
+        skipped = len(stems) - len(kept)
+        stems = kept
+    if max_pairs is not None:
+        stems = stems[:max_pairs]
+    for path in existing:
+        path.unlink()
+    labels_out.mkdir(parents=True, exist_ok=True)
+    (labels_out / 'classes.txt').write_text(''.join(f'{n}\n' for n in CLASS_NAMES))
+    boxes_per_class = np.zeros(len(CLASS_NAMES), np.int64)
+    score_rows = ['stem\tclass\tcx\tcy\tw\th\tscore']
+    start = time.monotonic()
+    for number, stem in enumerate(stems, start=1):
+        ir, vi = data.load_pair(dataset_dir, stem)
+        height, width = vi.shape[:2]
+        pooled = pseudo_label_pair(teachers, ir, vi, iou, min(MIN_CANDIDATE_SCORE, score))
+        pooled = pooled[pooled[:, 4] >= score]
+        yolo = boxes_to_yolo(pooled, width, height)
+        (labels_out / f'{stem}.txt').write_text(format_yolo_lines(yolo))
+        boxes_per_class += np.bincount(yolo[:, 0].astype(np.int64), minlength=len(CLASS_NAMES))
+        for row, box in zip(yolo, pooled):
+            score_rows.append(f'{stem}\t{int(row[0])}\t{row[1]:.6f}\t{row[2]:.6f}\t'
+                              f'{row[3]:.6f}\t{row[4]:.6f}\t{box[4]:.4f}')
+        if progress and (number % 25 == 0 or number == len(stems)):
+            _LOG.info('pseudo-labelled %d/%d pairs (%.0f s)', number, len(stems),
+                      time.monotonic() - start)
+    (out_dir / 'scores.tsv').write_text('\n'.join(score_rows) + '\n')
+    (out_dir / 'stems.txt').write_text(''.join(f'{s}\n' for s in stems))
+    counts = {'pairs': len(stems),
+              'boxes': {n: int(v) for n, v in zip(CLASS_NAMES, boxes_per_class)}}
+    write_provenance(out_dir, teachers=teachers, dataset_dir=dataset_dir, splits=splits,
+                     score=score, iou=iou, command=command, counts=counts,
+                     skipped=skipped if skip_labelled else None, note=note)
+    return {**counts, 'skipped': skipped, 'stems': stems}
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------
+def build_parser():
+    """Return the ``tarfuse-pseudo-label`` argument parser."""
+    parser = argparse.ArgumentParser(
+        prog='tarfuse-pseudo-label',
+        description='Pseudo-label aligned IR/visible pairs with COCO teachers (ONNX), or '
+                    'calibrate the score threshold against human labels.')
+    parser.add_argument('--data', required=True, help='data set folder (ir/, vi/, list files)')
+    parser.add_argument('--split', action='append', default=None,
+                        help='split name or list file; repeat to join several (default train)')
+    parser.add_argument('--out', default=None,
+                        help='output folder (labels/, scores.tsv, README.md); required unless '
+                             '--calibrate')
+    parser.add_argument('--teacher', default='yolov8n', choices=TEACHER_CHOICES,
+                        help='teacher detector(s) (default yolov8n)')
+    parser.add_argument('--teachers-dir', default=None,
+                        help='folder of the ONNX teachers (default: shared/teachers)')
+    parser.add_argument('--score', type=float, default=DEFAULT_SCORE,
+                        help=f'keep boxes with score >= this (default {DEFAULT_SCORE}, chosen '
+                             'with --calibrate)')
+    parser.add_argument('--iou', type=float, default=NMS_IOU,
+                        help=f'IoU of the class-wise NMS pooling (default {NMS_IOU})')
+    parser.add_argument('--skip-labelled', action='store_true',
+                        help="leave out stems with a human label file in the set's labels/")
+    parser.add_argument('--overwrite', action='store_true',
+                        help='replace existing label files in --out/labels')
+    parser.add_argument('--calibrate', action='store_true',
+                        help='score pseudo-labels against human labels at several thresholds')
+    parser.add_argument('--labels', default='labels',
+                        help='human label sub-folder for --calibrate (default labels)')
+    parser.add_argument('--thresholds', default=None,
+                        help='comma-separated thresholds for --calibrate')
+    parser.add_argument('--threads', type=int, default=1,
+                        help='onnxruntime intra-op threads (default 1)')
+    parser.add_argument('--max-pairs', type=int, default=None, help='only the first N pairs')
+    parser.add_argument('--note', default=None, help='extra paragraph for the README')
+    return parser
+
+
+def main(argv=None):
+    """Entry point of ``tarfuse-pseudo-label``; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format='%(name)s: %(message)s')
+    # A program may set process-wide thread counts; keep them small on a shared machine.
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
+    splits = args.split or ['train']
+    words = sys.argv[1:] if argv is None else list(argv)
+    command = ' '.join(['tarfuse-pseudo-label'] + [shlex.quote(str(w)) for w in words])
+    try:
+        teachers = load_teachers(args.teacher, args.teachers_dir, args.threads)
+        if args.calibrate:
+            thresholds = CALIBRATION_THRESHOLDS if args.thresholds is None else \
+                [float(t) for t in args.thresholds.split(',') if t.strip()]
+            result = calibrate(teachers, args.data, splits, args.labels, thresholds, args.iou,
+                               max_pairs=args.max_pairs)
+            title = (f'{Path(args.data).name} {"+".join(splits)}, teacher {args.teacher}, '
+                     f'NMS IoU {args.iou:g}, match IoU {MATCH_IOU:g}')
+            text = calibration_markdown(result, title)
+            print(text)
+            if args.out:
+                out = Path(args.out)
+                out.mkdir(parents=True, exist_ok=True)
+                with open(out / 'calibration.md', 'a') as handle:
+                    handle.write(f'Command: `{command}`\n\n{text}\n')
+                with open(out / 'calibration.jsonl', 'a') as handle:
+                    handle.write(json.dumps({'command': command, 'teacher': args.teacher,
+                                             **result}) + '\n')
+            return 0
+        if not args.out:
+            raise ValueError('--out is required (or pass --calibrate)')
+        result = pseudo_label(teachers, args.data, splits, args.out, args.score, args.iou,
+                              args.skip_labelled, args.overwrite, command, args.max_pairs,
+                              note=args.note)
+    except ValueError as exc:  # bad input: one clear line, no traceback
+        print(f'tarfuse-pseudo-label: error: {exc}', file=sys.stderr)
+        return 2
+    print(f'wrote {result["pairs"]} label files to {Path(args.out) / "labels"} '
+          f'(skipped {result["skipped"]} human-labelled); boxes: '
+          + ', '.join(f'{n} {v}' for n, v in result['boxes'].items()))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

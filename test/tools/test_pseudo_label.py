@@ -1,0 +1,135 @@
+"""tarfuse-pseudo-label: class map, pooling, label files, calibration counts, real teachers."""
+
+import importlib.util
+import re
+
+import numpy as np
+import pytest
+from tarfuse_ros.core import data
+from tarfuse_ros.tools import pseudo_label as pl
+
+TEACHERS = pl.default_teachers_dir()
+DATASETS = TEACHERS.parent / 'datasets' if TEACHERS is not None else None
+needs_teachers = pytest.mark.skipif(
+    TEACHERS is None or importlib.util.find_spec('onnxruntime') is None,
+    reason='shared/teachers or onnxruntime not found (set TARFUSE_SHARED or place ../shared; '
+           'pip install onnxruntime)')
+
+
+def test_class_map_keeps_road_users_and_drops_the_rest():
+    # COCO: 0 person, 1 bicycle, 2 car, 3 motorcycle, 5 bus, 7 truck, 16 dog, 9 traffic light.
+    mapped = pl.map_coco_classes([0, 1, 2, 3, 5, 7, 16, 9, 79, 80, -1])
+    assert mapped.tolist() == [0, 1, 2, 1, 2, 2, -1, -1, -1, -1, -1]
+    assert pl.CLASS_NAMES == ('person', 'bicycle', 'car')
+
+
+def test_pooling_keeps_one_box_for_an_object_seen_in_both_modalities():
+    # [x1, y1, x2, y2, score, class] in visible pixels.
+    visible = np.array([[10, 10, 50, 90, 0.9, 0],      # person seen in both images
+                        [100, 40, 180, 80, 0.6, 2]],   # car seen in the visible image only
+                       np.float32)
+    infrared = np.array([[12, 11, 52, 92, 0.7, 0],     # same person, IoU ~0.9: suppressed
+                         [200, 20, 220, 70, 0.8, 0],   # person seen only in the IR image
+                         [101, 41, 181, 81, 0.5, 1]],  # overlaps the car but another class
+                        np.float32)
+    pooled = pl.pool_boxes([visible, infrared], iou=0.5)
+    assert pooled[:, 4].tolist() == pytest.approx([0.9, 0.8, 0.6, 0.5])
+    assert pooled[:, 5].tolist() == [0, 0, 2, 1]
+    np.testing.assert_allclose(pooled[0, :4], [10, 10, 50, 90])
+    assert len(pl.pool_boxes([np.zeros((0, 6), np.float32)] * 2)) == 0
+
+
+def test_label_file_round_trips_through_the_dataset_loader(tmp_path):
+    width, height = 400, 300
+    boxes = np.array([[0, 0, 40, 60, 0.9, 0], [100.5, 50.25, 300, 299, 0.4, 2],
+                      [380, 10, 400, 30, 0.3, 1]], np.float64)
+    yolo = pl.boxes_to_yolo(boxes, width, height)
+    (tmp_path / 'labels').mkdir()
+    (tmp_path / 'labels' / 'a.txt').write_text(pl.format_yolo_lines(yolo))
+    loaded = data.load_labels(tmp_path, 'a')
+    assert loaded.shape == (3, 5)
+    back = data.yolo_to_xyxy(loaded, width, height)
+    np.testing.assert_allclose(back[:, :4], boxes[:, :4], atol=1e-3)
+    assert back[:, 4].tolist() == [0, 2, 1]
+    for line in (tmp_path / 'labels' / 'a.txt').read_text().splitlines():
+        assert re.fullmatch(r'\d (\d\.\d{6} ){3}\d\.\d{6}', line), line
+    assert pl.format_yolo_lines(pl.boxes_to_yolo(np.zeros((0, 6)), width, height)) == ''
+
+
+def test_match_counts_by_hand():
+    truth = np.array([[0, 0, 10, 10, 0], [20, 20, 30, 30, 0], [50, 50, 60, 60, 2]], float)
+    pred = np.array([[0, 0, 10, 10, 0.9, 0],     # TP
+                     [0, 0, 10, 11, 0.8, 0],     # duplicate of a matched box: FP
+                     [20, 20, 30, 40, 0.7, 0],   # IoU 0.5 with the second person: TP
+                     [50, 50, 60, 60, 0.6, 1]],  # right place, wrong class: FP (bicycle)
+                    float)
+    counts = pl.match_counts(pred, truth, iou=0.5)
+    assert counts.tolist() == [[2, 1, 0], [0, 1, 0], [0, 0, 1]]
+
+
+def _two_pair_split(tmp_path, roadscene):
+    """List file with one human-labelled and one unlabelled train stem of RoadScene."""
+    train = data.read_split(roadscene, 'train')
+    labelled = next(s for s in train if (roadscene / 'labels' / f'{s}.txt').is_file())
+    unlabelled = next(s for s in train if not (roadscene / 'labels' / f'{s}.txt').is_file())
+    split = tmp_path / 'two.txt'
+    split.write_text(f'{labelled}\n{unlabelled}\n')
+    return split, labelled, unlabelled
+
+
+@needs_teachers
+def test_teachers_find_the_human_labelled_objects_of_a_real_pair(tmp_path):
+    roadscene = DATASETS / 'roadscene'
+    split, labelled, _ = _two_pair_split(tmp_path, roadscene)
+    teachers = pl.load_teachers('both', TEACHERS)
+    result = pl.pseudo_label(teachers, roadscene, [str(split)], tmp_path / 'out', score=0.3,
+                             progress=False)
+    assert result['pairs'] == 2 and result['skipped'] == 0
+    ir, vi = data.load_pair(roadscene, labelled)
+    height, width = vi.shape[:2]
+    pseudo = data.yolo_to_xyxy(data.load_labels(tmp_path / 'out', labelled), width, height)
+    human = data.yolo_to_xyxy(data.load_labels(roadscene, labelled), width, height)
+    pred = np.concatenate([pseudo[:, :4], np.ones((len(pseudo), 1)), pseudo[:, 4:]], axis=1)
+    tp, fp, fn = pl.match_counts(pred, human).sum(axis=0)
+    # Letterboxing and decoding are right when most pseudo boxes land on human boxes.
+    assert tp >= max(1, 0.5 * len(human)), (tp, fp, fn)
+    assert tp >= fp
+
+
+@needs_teachers
+def test_cli_skips_human_labelled_pairs_and_records_provenance(tmp_path):
+    roadscene = DATASETS / 'roadscene'
+    split, labelled, unlabelled = _two_pair_split(tmp_path, roadscene)
+    out = tmp_path / 'pseudo'
+    argv = ['--data', str(roadscene), '--split', str(split), '--out', str(out),
+            '--teacher', 'yolox', '--score', '0.4', '--skip-labelled']
+    assert pl.main(argv) == 0
+    written = sorted(p.name for p in (out / 'labels').iterdir())
+    assert written == sorted(['classes.txt', f'{unlabelled}.txt'])
+    assert (out / 'labels' / 'classes.txt').read_text().split() == ['person', 'bicycle', 'car']
+    labels = data.load_labels(out, unlabelled)
+    assert labels is not None and set(labels[:, 0].tolist()) <= {0.0, 1.0, 2.0}
+    assert (out / 'stems.txt').read_text().split() == [unlabelled]
+    scores = (out / 'scores.tsv').read_text().splitlines()
+    assert len(scores) == 1 + len(labels)
+    assert all(float(row.split('\t')[-1]) >= 0.4 for row in scores[1:])
+    readme = (out / 'README.md').read_text()
+    sha = pl.file_sha256(TEACHERS / 'yolox_nano_coco.onnx')
+    assert f'`yolox_nano_coco.onnx` sha256 `{sha}`' in readme
+    assert sha in (TEACHERS / 'SHA256SUMS').read_text()
+    for needed in ('score >= 0.4', 'IoU 0.5', 'motorcycle -> bicycle', 'truck -> car',
+                   '--skip-labelled', 'left out (human labels win): 1', str(roadscene),
+                   'the images are not copied', 'License/terms'):
+        assert needed in readme, needed
+    # Existing labels are never silently mixed with a new run.
+    assert pl.main(argv) == 2
+    assert pl.main(argv + ['--overwrite']) == 0
+    # The training data set reads them through an absolute labels folder.
+    dataset = data.PairedDataset({'path': roadscene, 'split': str(split),
+                                  'labels': str(out / 'labels')}, augment=False)
+    samples = {dataset[i]['stem']: dataset[i] for i in range(len(dataset))}
+    assert samples[unlabelled]['has_labels'] and not samples[labelled]['has_labels']
+    np.testing.assert_allclose(samples[unlabelled]['boxes'].numpy(), labels, atol=1e-6)
+    only_pseudo = data.PairedDataset({'path': roadscene, 'split': str(out / 'stems.txt'),
+                                      'labels': str(out / 'labels')}, augment=False)
+    assert len(only_pseudo) == 1 and only_pseudo[0]['has_labels']
