@@ -319,9 +319,14 @@ def resolve_entries(entries, root=None):
         stems = [s for s in stems if s not in excluded]
         if not stems:
             raise ValueError(f'data entry {entry!r}: no pairs left in {str(folder)!r}')
+        # A label folder inside the data set, else one relative to the working directory
+        # (e.g. pseudo-labels kept in this repository for a shared data set).
+        labels = Path(str(entry.get('labels') or 'labels')).expanduser()
+        if (not labels.is_absolute() and not (folder / labels).is_dir()
+                and (Path.cwd() / labels).is_dir()):
+            labels = (Path.cwd() / labels).resolve()
         resolved.append({'dir': folder, 'stems': stems, 'name': folder.name, 'split': split,
-                         'exclude': list(entry.get('exclude') or []),
-                         'labels': str(entry.get('labels') or 'labels')})
+                         'exclude': list(entry.get('exclude') or []), 'labels': str(labels)})
     return resolved
 
 
