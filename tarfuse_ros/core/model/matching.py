@@ -38,10 +38,11 @@ __all__ = ['FlowEstimator', 'MatchingRegistration', 'PyramidEncoder', 'affine_fl
 def local_correlation(reference, moving, radius):
     """Return the local cost volume of two feature maps.
 
-    ``out[:, k, y, x] = mean_c reference[:, c, y, x] * moving[:, c, y + dy_k, x + dx_k]`` for the
+    ``out[:, k, y, x] = sum_c reference[:, c, y, x] * moving[:, c, y + dy_k, x + dx_k]`` for the
     ``(2 radius + 1)^2`` offsets ``dy, dx in [-radius, radius]`` (row-major: ``k = (dy + r) *
     (2r + 1) + (dx + r)``), with zeros outside ``moving``. L2-normalise the features first for a
-    cosine similarity in ``[-1, 1]``.
+    cosine similarity in ``[-1, 1]`` (a sum, not PWC-Net's mean over channels: with unit
+    vectors the mean would shrink the matching signal by the channel count).
 
     Args:
         reference: ``(B, C, H, W)`` features of the fixed (visible) image.
@@ -67,7 +68,7 @@ def local_correlation(reference, moving, radius):
     for dy in range(2 * radius + 1):
         rows = padded[:, :, dy:dy + height]
         for dx in range(2 * radius + 1):
-            costs.append((reference * rows[:, :, :, dx:dx + width]).mean(dim=1))
+            costs.append((reference * rows[:, :, :, dx:dx + width]).sum(dim=1))
     return torch.stack(costs, dim=1)
 
 

@@ -1,0 +1,157 @@
+"""Tests of the explicit matching registration: cost volume, affine fit, the network's contract."""
+
+import math
+
+import pytest
+from tarfuse_ros.core.model import build_model, TarFuseConfig
+from tarfuse_ros.core.model.matching import (affine_flow, fit_affine, local_correlation,
+                                             MatchingRegistration)
+from tarfuse_ros.core.model.warp import warp
+import torch
+
+SMALL = dict(feature_channels=4, cseb_channels=8, pyramid_channels=(8, 8, 8),
+             estimator_channels=(8, 8, 8), detect_channels=(16, 16, 16),
+             neck_stem_channels=(8, 8), reconstruction_channels=(8, 8))
+
+
+def _features(seed=0, shape=(2, 6, 12, 16)):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=generator, dtype=torch.float64)
+
+
+def test_correlation_of_identical_normalised_features_peaks_at_zero_offset():
+    features = torch.nn.functional.normalize(_features(), dim=1)
+    cost = local_correlation(features, features, radius=2)
+    assert cost.shape == (2, 25, 12, 16)
+    centre = cost[:, 12]
+    assert torch.allclose(centre, torch.ones_like(centre), atol=1e-12)  # cosine of itself
+    assert torch.equal(cost.argmax(dim=1), torch.full((2, 12, 16), 12))
+
+
+def test_correlation_finds_a_known_shift():
+    reference = torch.nn.functional.normalize(_features(1), dim=1)
+    dy, dx = 1, -2
+    # moving(y, x) = reference(y - dy, x - dx): the match of reference(p) sits at p + (dy, dx).
+    moving = torch.roll(reference, shifts=(dy, dx), dims=(2, 3))
+    cost = local_correlation(reference, moving, radius=3)
+    expected = (dy + 3) * 7 + (dx + 3)
+    interior = cost[:, :, 3:-3, 3:-3]
+    assert torch.equal(interior.argmax(dim=1), torch.full_like(interior[:, 0], expected,
+                                                               dtype=torch.long))
+
+
+def test_correlation_is_zero_outside_and_rejects_bad_input():
+    features = _features()
+    cost = local_correlation(features, features, radius=1)
+    assert torch.equal(cost[:, 0, 0, :], torch.zeros_like(cost[:, 0, 0, :]))  # dy=-1 at top
+    with pytest.raises(ValueError, match='equal'):
+        local_correlation(features, features[:, :3], 1)
+    with pytest.raises(ValueError, match='radius'):
+        local_correlation(features, features, -1)
+
+
+def test_correlation_gradient_check():
+    a = _features(2, (1, 3, 5, 6)).requires_grad_(True)
+    b = _features(3, (1, 3, 5, 6)).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda x, y: local_correlation(x, y, 2), (a, b))
+
+
+def _affine_field(theta, height, width):
+    return affine_flow(theta.to(torch.float64), height, width)
+
+
+def test_fit_affine_recovers_a_known_affine_exactly():
+    angle = math.radians(7.0)
+    theta = torch.tensor([[[1.1 * math.cos(angle), -math.sin(angle), 0.12],
+                           [math.sin(angle), 0.9 * math.cos(angle), -0.05]]], dtype=torch.float64)
+    flow = _affine_field(theta, 9, 13)
+    fitted = fit_affine(flow, ridge=1e-9)
+    assert torch.allclose(fitted, theta, atol=1e-6)
+    # The same map evaluated on another grid: size-independent.
+    assert torch.allclose(affine_flow(fitted, 40, 60), _affine_field(theta, 40, 60), atol=1e-4)
+
+
+def test_fit_affine_zero_flow_is_identity_and_weights_remove_outliers():
+    zero = torch.zeros(2, 2, 6, 8, dtype=torch.float64)
+    weights = torch.rand(2, 1, 6, 8, dtype=torch.float64)
+    identity = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], dtype=torch.float64)
+    assert torch.allclose(fit_affine(zero, weights), identity.expand(2, 2, 3), atol=1e-12)
+    theta = torch.tensor([[[1.0, 0.05, 0.1], [-0.05, 1.0, 0.0]]], dtype=torch.float64)
+    flow = _affine_field(theta, 6, 8)
+    corrupted = flow.clone()
+    corrupted[:, :, 2, 3] += 50.0  # one wild match
+    weights = torch.ones(1, 1, 6, 8, dtype=torch.float64)
+    assert not torch.allclose(fit_affine(corrupted, weights, ridge=1e-9), theta, atol=1e-3)
+    weights[:, :, 2, 3] = 0.0
+    assert torch.allclose(fit_affine(corrupted, weights, ridge=1e-9), theta, atol=1e-6)
+
+
+def test_fit_affine_degenerate_weights_fall_back_to_identity():
+    flow = torch.full((1, 2, 4, 4), 3.0, dtype=torch.float64)
+    weights = torch.zeros(1, 1, 4, 4, dtype=torch.float64)
+    weights[..., 1, 1] = 1.0  # a single point cannot fix six parameters
+    fitted = fit_affine(flow, weights)
+    assert torch.isfinite(fitted).all()
+    # The one point is matched (the ridge makes the solution the smallest change from the
+    # identity that does so, instead of a singular system).
+    moved = affine_flow(fitted, 4, 4)[0, :, 1, 1]
+    assert torch.allclose(moved, torch.tensor([3.0, 3.0], dtype=torch.float64), atol=0.01)
+    nothing = fit_affine(flow, torch.zeros_like(weights))
+    assert torch.isfinite(nothing).all()
+
+
+def test_fit_affine_gradient_check():
+    flow = (0.5 * _features(4, (1, 2, 4, 5))).requires_grad_(True)
+    weights = torch.rand(1, 1, 4, 5, dtype=torch.float64).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda f, w: fit_affine(f, w), (flow, weights))
+
+
+def test_untrained_matching_registration_is_the_identity():
+    torch.manual_seed(0)
+    net = MatchingRegistration(4, cseb_channels=8, pyramid_channels=(8, 8, 8),
+                               estimator_channels=(8, 8, 8))
+    c_ir, c_vi = torch.randn(2, 4, 64, 96), torch.randn(2, 4, 64, 96)
+    flow, levels = net(c_ir, c_vi, return_levels=True)
+    assert flow.shape == (2, 2, 64, 96)
+    assert flow.abs().max() < 1e-4  # the affine fit of a zero flow, in float32
+    assert len(levels) == 4 and all(level.shape == flow.shape for level in levels)
+    assert torch.equal(net(c_ir, c_vi), flow)
+
+
+def test_global_stage_moves_the_whole_field_by_one_affine_map():
+    torch.manual_seed(0)
+    net = MatchingRegistration(4, cseb_channels=8, pyramid_channels=(8, 8, 8),
+                               estimator_channels=(8, 8, 8))
+    with torch.no_grad():
+        net.estimators[-1].head.bias.copy_(torch.tensor([2.0, -1.0, 0.0]))  # a translation
+    _, levels = net(torch.randn(1, 4, 64, 64), torch.randn(1, 4, 64, 64), return_levels=True)
+    coarse = levels[0]
+    # (2, -1) cells of the 2x2 coarsest grid, whose cell centres span the 63 px between the
+    # input's pixel centres (the package's resize convention), the same everywhere; the ridge
+    # of the fit shrinks it by about 0.1 %.
+    expected = torch.tensor([2.0 * 63, -1.0 * 63]).view(1, 2, 1, 1)
+    assert torch.allclose(coarse, expected.expand_as(coarse), rtol=2e-3)
+
+
+def test_paper_and_match_models_and_parameter_budget():
+    match = build_model(TarFuseConfig())
+    paper = build_model(TarFuseConfig(registration='paper'))
+    total = sum(p.numel() for p in match.parameters())
+    assert total <= 1_500_000, total  # the paper's size class
+    assert isinstance(match.registration, MatchingRegistration)
+    assert not isinstance(paper.registration, MatchingRegistration)
+    no_global = build_model(TarFuseConfig(global_stage=False, **SMALL))
+    assert no_global.registration.estimators[-1].head.out_channels == 2
+    with pytest.raises(ValueError, match='registration'):
+        TarFuseConfig(registration='raft')
+
+
+def test_registered_ir_follows_the_flow_in_train_and_eval():
+    torch.manual_seed(0)
+    model = build_model(TarFuseConfig(**SMALL))
+    ir, vi = torch.rand(1, 1, 64, 64), torch.rand(1, 1, 64, 64)
+    model.train()
+    out = model(ir, vi)
+    assert len(out['flow_levels']) == 4
+    assert torch.allclose(out['registered_ir'], warp(ir, out['flow']), atol=1e-6)
+    assert model.predict_raw(ir, vi)['flow'].shape == (1, 2, 64, 64)
