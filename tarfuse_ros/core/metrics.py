@@ -69,6 +69,8 @@ __all__ = [
     'sd',
     'sf',
     'ssim',
+    'target_contrast',
+    'target_contrast_ratio',
     'ssim_pair',
     'vif',
     'vifp',
@@ -616,6 +618,76 @@ def registration_metrics(registered, reference, flow_px=None, flow_gt_px=None):
     if flow_px is not None and flow_gt_px is not None:
         out['EPE'] = epe(flow_px, flow_gt_px)
     return out
+
+
+# --- target contrast ------------------------------------------------------------------------
+def target_contrast(image, boxes_xyxy, ring_px=None):
+    """Return each box's contrast to its surroundings: mean inside minus mean of a ring around it.
+
+    The ring is the box grown by ``ring_px`` on every side (default: half the box's shorter
+    side, at least 4 px), minus the box, clipped to the image. A target that stands out
+    (brighter than its surroundings) has a positive contrast; one lost in the background ~0.
+
+    Args:
+        image: 2-D grey image, uint8 or float in [0, 1] (0-255 scale internally).
+        boxes_xyxy: ``(N, 4)`` boxes ``x1, y1, x2, y2`` in pixels (edges, as detections).
+        ring_px: ring width in pixels, or None for the per-box default.
+
+    Returns:
+        ``(N,)`` float64 contrasts in grey levels (0-255); NaN for a box with no pixel inside
+        the image or no ring pixel.
+
+    Raises:
+        ValueError: for an image that is not 2-D grey or boxes that are not ``(N, 4)``.
+
+    """
+    img = _gray255(image)
+    boxes = np.asarray(boxes_xyxy, np.float64)
+    if boxes.size == 0:
+        boxes = boxes.reshape(0, 4)
+    if boxes.ndim != 2 or boxes.shape[1] != 4:
+        raise ValueError(f'boxes_xyxy must be (N, 4), got shape {boxes.shape}')
+    height, width = img.shape
+    out = np.full(len(boxes), np.nan)
+    for index, (x1, y1, x2, y2) in enumerate(boxes):
+        ix1, iy1 = max(int(np.floor(x1)), 0), max(int(np.floor(y1)), 0)
+        ix2, iy2 = min(int(np.ceil(x2)), width), min(int(np.ceil(y2)), height)
+        if ix2 <= ix1 or iy2 <= iy1:
+            continue
+        ring = ring_px if ring_px is not None else max(4, int(0.5 * min(ix2 - ix1, iy2 - iy1)))
+        ox1, oy1 = max(ix1 - ring, 0), max(iy1 - ring, 0)
+        ox2, oy2 = min(ix2 + ring, width), min(iy2 + ring, height)
+        outer = img[oy1:oy2, ox1:ox2]
+        inner = img[iy1:iy2, ix1:ix2]
+        ring_count = outer.size - inner.size
+        if ring_count <= 0:
+            continue
+        ring_mean = (outer.sum() - inner.sum()) / ring_count
+        out[index] = inner.mean() - ring_mean
+    return out
+
+
+def target_contrast_ratio(fused, ir, boxes_xyxy, ring_px=None):
+    """Return how much of the IR targets' contrast the fused image keeps, and the contrasts.
+
+    ``ratio = mean(fused contrast) / mean(IR contrast)`` over the boxes whose IR contrast is
+    positive (targets that stand out in the IR); 1 keeps it all, 0 loses it, < 0 inverts it.
+    Contrasts from :func:`target_contrast` (grey levels, 0-255).
+
+    Returns:
+        dict ``ratio`` (NaN when no box has a positive IR contrast), ``boxes`` (how many
+        counted), ``ir_contrast`` and ``fused_contrast`` (means over those boxes).
+
+    """
+    ir_c = target_contrast(ir, boxes_xyxy, ring_px)
+    fused_c = target_contrast(fused, boxes_xyxy, ring_px)
+    keep = np.isfinite(ir_c) & np.isfinite(fused_c) & (ir_c > 0)
+    if not keep.any():
+        return {'ratio': float('nan'), 'boxes': 0, 'ir_contrast': float('nan'),
+                'fused_contrast': float('nan')}
+    ir_mean, fused_mean = float(ir_c[keep].mean()), float(fused_c[keep].mean())
+    return {'ratio': fused_mean / ir_mean, 'boxes': int(keep.sum()), 'ir_contrast': ir_mean,
+            'fused_contrast': fused_mean}
 
 
 # --- detection metrics --------------------------------------------------------------------

@@ -387,3 +387,36 @@ def test_a_duplicate_detection_is_a_false_positive():
 def test_detection_inputs_are_validated():
     with pytest.raises(ValueError, match='one prediction array per target'):
         metrics.detection_metrics([np.zeros((0, 6))], [])
+
+
+def test_target_contrast_on_hand_made_images():
+    image = np.full((40, 60), 50, np.uint8)
+    image[10:20, 20:30] = 150  # a warm target
+    contrast = metrics.target_contrast(image, [[20, 10, 30, 20]], ring_px=5)
+    assert contrast == pytest.approx([100.0])
+    # A box on flat background has no contrast; a dark target a negative one.
+    image[30:36, 5:11] = 10
+    both = metrics.target_contrast(image, [[40, 25, 50, 35], [5, 30, 11, 36]], ring_px=3)
+    assert both[0] == pytest.approx(0.0)
+    assert both[1] == pytest.approx(-40.0)
+    # Outside the image: NaN, no crash; float input in [0, 1] is on the 0-255 scale.
+    assert np.isnan(metrics.target_contrast(image, [[70, 50, 80, 60]]))[0]
+    assert metrics.target_contrast(image / 255.0, [[20, 10, 30, 20]], 5)[0] == pytest.approx(100)
+    with pytest.raises(ValueError, match='N, 4'):
+        metrics.target_contrast(image, [[1, 2, 3]])
+
+
+def test_target_contrast_ratio_counts_only_targets_that_stand_out_in_the_ir():
+    ir = np.full((40, 60), 40, np.uint8)
+    ir[10:20, 20:30] = 120                    # stands out by 80
+    fused = np.full((40, 60), 60, np.uint8)
+    fused[10:20, 20:30] = 100                 # keeps 40 of it
+    boxes = [[20, 10, 30, 20], [40, 25, 50, 35]]  # the second is flat in the IR: not counted
+    result = metrics.target_contrast_ratio(fused, ir, boxes, ring_px=5)
+    assert result['boxes'] == 1
+    assert result['ratio'] == pytest.approx(0.5)
+    assert result['ir_contrast'] == pytest.approx(80.0)
+    lost = metrics.target_contrast_ratio(np.full_like(fused, 60), ir, boxes, ring_px=5)
+    assert lost['ratio'] == pytest.approx(0.0)
+    none = metrics.target_contrast_ratio(fused, np.full_like(ir, 40), boxes)
+    assert none['boxes'] == 0 and np.isnan(none['ratio'])
