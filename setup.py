@@ -48,6 +48,7 @@ setup(
             'tarfuse-make-bag = tarfuse_ros.tools.make_bag:main',
             'tarfuse-play = tarfuse_ros.tools.play_bag:main',
             'tarfuse-demo = tarfuse_ros.tools.demo:main',
+            'tarfuse-fuse = tarfuse_ros.tools.fuse:main',
             'tarfuse-pseudo-label = tarfuse_ros.tools.pseudo_label:main',
         ],
     },

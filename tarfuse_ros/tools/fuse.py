@@ -1,0 +1,729 @@
+"""Fuse your own IR/visible images or videos offline: the ``tarfuse-fuse`` console script.
+
+``tarfuse-fuse --ir PATH --visible PATH --out DIR [--weights W] [--device D] [--threads N]
+[--registered] [--detections] [--flow] [--ir-offset-ms MS]``
+
+Inputs (both PATHs of the same kind):
+
+- two image files: one pair, named after the visible file's stem;
+- two folders: pairs matched by file-name stem (``ir/0001.png`` with ``vi/0001.jpg``); stems
+  found in one folder only are reported and left out, files that are not images (by suffix) are
+  ignored, and a stem present twice in one folder (``a.png`` and ``a.jpg``) is a failure;
+- two video files: each visible frame is paired with the IR frame nearest to it in time.
+
+Video pairing rule: a frame's time is its container timestamp (``CAP_PROP_POS_MSEC``), counted
+from the video's first frame (both recordings are taken to start together; ``--ir-offset-ms``
+places the IR's first frame later on the visible clock); where the backend reports no increasing
+timestamp, the previous frame's time plus one nominal period (``1 / CAP_PROP_FPS``) is used.
+Each visible frame gets the IR frame whose time is nearest (the earlier one on a tie) if the two
+are at most one IR frame period apart; visible frames outside the IR recording by more than that
+are reported as unpaired and left out of the fused video. A slower IR camera thus serves one IR
+frame to several visible frames, a faster one has frames skipped.
+
+Images are read as stored (``cv2.IMREAD_UNCHANGED``, EXIF orientation not applied): 8- or 16-bit
+IR (colour IR is reduced to grey), grey, colour or BGRA visible, any sizes (the IR is resized to
+the visible frame). Every pair goes through :class:`~tarfuse_ros.core.engine.FusionEngine` with
+the node's default settings, so the outputs are the node's for the same pair.
+
+Outputs in ``--out`` (created if needed); ``<name>`` is the stem for images and
+``<visible stem>_<visible frame index, 6 digits>`` for video frames:
+
+- ``fused/<name>.png``: the fused image, visible image size (BGR for a colour visible image,
+  grey for a grey one); for videos instead ``<visible stem>_fused.mp4`` (MPEG-4 Part 2), or
+  ``.avi`` (Motion JPEG) for an ``.avi`` input, at the visible video's frame rate;
+- ``registered/<name>.png`` (``--registered``): the IR warped onto the visible frame, 8-bit;
+- ``flow/<name>.npy`` (``--flow``): float32 ``HxWx2``, (dx, dy) in visible pixels,
+  ``registered_ir(p) = ir(p + flow(p))``; ``flow/<name>.png``: the same colour-coded with
+  torchvision's ``flow_to_image`` (Middlebury colour wheel: hue is the direction, saturation the
+  magnitude relative to the frame's largest);
+- ``detections/<name>.json`` (``--detections``): image size, sources (and frame times for
+  videos) and one entry per box: ``class_id``, ``class_name``, ``score``, ``xyxy`` (visible
+  pixels); ``labels/<name>.txt``: the boxes in YOLO format (``class cx cy w h``, normalised),
+  with ``labels/classes.txt``.
+
+A progress bar runs on a terminal; a summary follows (pairs in and out, failures, frames/s over
+the processing after the model is loaded, mean engine time per pair). Exit status: 0 when every
+pair was fused and written; 1 when some input could not be read or fused or an output not
+written (each named on stderr and in the summary; the rest is still processed); 2 for usage
+errors (bad options, missing paths, inputs of different kinds, no pair to fuse, weights or device
+that cannot be loaded).
+"""
+
+import argparse
+from dataclasses import dataclass, field
+import json
+import math
+from pathlib import Path
+import queue
+import sys
+import threading
+import time
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+__all__ = ['IMAGE_SUFFIXES', 'Summary', 'UsageError', 'VIDEO_SUFFIXES', 'VideoFrames',
+           'build_parser', 'flow_to_colour', 'input_kind', 'main', 'match_stems',
+           'pair_by_time', 'plan_inputs', 'read_image', 'run']
+
+PROG = 'tarfuse-fuse'
+IMAGE_SUFFIXES = frozenset({
+    '.png', '.jpg', '.jpeg', '.jpe', '.bmp', '.dib', '.tif', '.tiff', '.webp', '.jp2', '.pbm',
+    '.pgm', '.ppm', '.pnm', '.pfm', '.exr', '.hdr', '.sr', '.ras'})
+VIDEO_SUFFIXES = frozenset({
+    '.mp4', '.m4v', '.mov', '.avi', '.mkv', '.webm', '.mpg', '.mpeg', '.wmv', '.flv', '.mts',
+    '.m2ts', '.3gp', '.ogv', '.mjpeg', '.mjpg', '.y4m'})
+_PREFETCH = 4  # pairs decoded ahead of the engine
+_WRITE_QUEUE = 8  # results waiting to be encoded
+
+
+class UsageError(ValueError):
+    """The command cannot run at all (exit status 2); the message says why."""
+
+
+# --------------------------------------------------------------------------------------------
+# Inputs
+# --------------------------------------------------------------------------------------------
+def input_kind(path):
+    """Return ``'folder'``, ``'video'`` or ``'image'`` for ``path`` (videos/images by suffix).
+
+    Raises:
+        UsageError: ``path`` does not exist or has a suffix of neither kind.
+
+    """
+    path = Path(path)
+    if path.is_dir():
+        return 'folder'
+    if not path.exists():
+        raise UsageError(f'{str(path)!r} does not exist')
+    suffix = path.suffix.lower()
+    if suffix in VIDEO_SUFFIXES:
+        return 'video'
+    if suffix in IMAGE_SUFFIXES:
+        return 'image'
+    raise UsageError(
+        f'{str(path)!r} is neither a folder, an image ({" ".join(sorted(IMAGE_SUFFIXES))}) nor '
+        f'a video ({" ".join(sorted(VIDEO_SUFFIXES))}) by its suffix')
+
+
+def read_image(path):
+    """Read an image file as stored (bit depth and channels kept).
+
+    Raises:
+        OSError: the file cannot be read or decoded (the message names the file and why).
+
+    """
+    path = Path(path)
+    try:
+        if path.stat().st_size == 0:
+            raise OSError(f'{path}: empty file')
+        img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    except cv2.error as exc:
+        raise OSError(f'{path}: cannot decode ({exc.err or exc})') from exc
+    if img is None or img.size == 0:
+        raise OSError(f'{path}: not a readable image (corrupt, truncated or unsupported)')
+    return img
+
+
+def _images_by_stem(folder):
+    """Map stem -> image files of ``folder`` (top level, by suffix); count the others."""
+    found, ignored = {}, 0
+    for path in sorted(Path(folder).iterdir()):
+        if path.name.startswith('.') or not path.is_file():
+            continue
+        if path.suffix.lower() not in IMAGE_SUFFIXES:
+            ignored += 1
+            continue
+        found.setdefault(path.stem, []).append(path)
+    return found, ignored
+
+
+def match_stems(ir_stems, vi_stems):
+    """Split two collections of stems into ``(common, ir_only, vi_only)``, each sorted."""
+    ir_stems, vi_stems = set(ir_stems), set(vi_stems)
+    return (sorted(ir_stems & vi_stems), sorted(ir_stems - vi_stems),
+            sorted(vi_stems - ir_stems))
+
+
+class VideoFrames:
+    """The frames of a video file with their times, read once in order.
+
+    Iterating yields ``(index, time_ms, frame)``: ``frame`` as OpenCV decodes it (BGR uint8),
+    ``time_ms`` the container timestamp counted from the first frame, or the previous time plus
+    one nominal period where the backend reports no increasing timestamp.
+
+    Raises:
+        OSError: the file cannot be opened as a video or reports no frame rate.
+
+    """
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self._capture = cv2.VideoCapture(str(self.path))
+        if not self._capture.isOpened():
+            raise OSError(f'{self.path}: cannot open the video (corrupt or unsupported)')
+        fps = self._capture.get(cv2.CAP_PROP_FPS)
+        if not (math.isfinite(fps) and fps > 0):
+            self.release()
+            raise OSError(f'{self.path}: the video reports no frame rate')
+        self.fps = float(fps)
+        count = self._capture.get(cv2.CAP_PROP_FRAME_COUNT)
+        self.frame_count = int(count) if math.isfinite(count) and count > 0 else None
+        self.size = (int(self._capture.get(cv2.CAP_PROP_FRAME_WIDTH)),
+                     int(self._capture.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+        self.frames_read = 0
+
+    @property
+    def period_ms(self):
+        """Nominal frame period in milliseconds."""
+        return 1000.0 / self.fps
+
+    def __iter__(self):
+        origin, previous = 0.0, None
+        while self._capture is not None:
+            ok, frame = self._capture.read()
+            if not ok or frame is None:
+                return
+            stamp = self._capture.get(cv2.CAP_PROP_POS_MSEC)
+            if previous is None:
+                origin, time_ms = (stamp if math.isfinite(stamp) else 0.0), 0.0
+            else:
+                time_ms = stamp - origin if math.isfinite(stamp) else -math.inf
+                if not time_ms > previous:  # no usable timestamp: one nominal period on
+                    time_ms = previous + self.period_ms
+            index, previous = self.frames_read, time_ms
+            self.frames_read += 1
+            yield index, time_ms, frame
+
+    def release(self):
+        """Close the file (iteration stops)."""
+        if self._capture is not None:
+            self._capture.release()
+            self._capture = None
+
+
+def pair_by_time(visible, infrared, max_gap_ms):
+    """Pair each visible frame with the infrared frame nearest to it in time.
+
+    Both inputs are read once, in step (memory stays at two IR frames).
+
+    Args:
+        visible, infrared: iterables of ``(index, time_ms, frame)`` with increasing times.
+        max_gap_ms: largest accepted ``|t_ir - t_visible|``.
+
+    Yields:
+        ``(vi, ir)``: the visible tuple and the nearest IR tuple (the earlier one on a tie),
+        or ``None`` for ``ir`` when no IR frame lies within ``max_gap_ms``.
+
+    """
+    ir_frames = iter(infrared)
+    current = next(ir_frames, None)
+    upcoming = next(ir_frames, None)
+    for vi in visible:
+        t = vi[1]
+        # |t_ir - t| decreases then increases along the IR frames: step while it decreases.
+        while upcoming is not None and abs(upcoming[1] - t) < abs(current[1] - t):
+            current, upcoming = upcoming, next(ir_frames, None)
+        if current is None or abs(current[1] - t) > max_gap_ms:
+            yield vi, None
+        else:
+            yield vi, current
+
+
+@dataclass
+class _Item:
+    """One pair to fuse, or why there is none."""
+
+    name: str
+    ir: np.ndarray = None
+    vi: np.ndarray = None
+    error: str = None  # the pair could not be read: a failure
+    unpaired: bool = False  # a visible video frame without an IR frame near it: left out
+    info: dict = field(default_factory=dict)  # sources, recorded in the detections JSON
+
+
+@dataclass
+class _Plan:
+    """What to read, and what was found before reading anything."""
+
+    kind: str
+    items: object  # iterable of _Item
+    total: int = None
+    failures: list = field(default_factory=list)  # (name, reason)
+    failed_pairs: int = 0  # pairs among ``failures`` (a video that cannot be opened is none)
+    notes: list = field(default_factory=list)  # lines for the summary
+    videos: tuple = ()  # (visible, infrared) VideoFrames
+    pair_word: str = 'pair'
+
+
+def _image_items(pairs):
+    for name, ir_path, vi_path in pairs:
+        info = {'ir': str(ir_path), 'visible': str(vi_path)}
+        try:
+            ir, vi = read_image(ir_path), read_image(vi_path)
+        except OSError as exc:
+            yield _Item(name, error=str(exc), info=info)
+            continue
+        yield _Item(name, ir, vi, info=info)
+
+
+def _video_items(vi_video, ir_video, ir_offset_ms):
+    ir_frames = ((index, t + ir_offset_ms, frame) for index, t, frame in ir_video)
+    for (index, t_vi, vi), ir in pair_by_time(vi_video, ir_frames, ir_video.period_ms):
+        name = f'{vi_video.path.stem}_{index:06d}'
+        info = {'visible': str(vi_video.path), 'frame': index, 'time_s': round(t_vi / 1e3, 6)}
+        if ir is None:
+            yield _Item(name, unpaired=True, info=info)
+            continue
+        info.update({'ir': str(ir_video.path), 'ir_frame': ir[0],
+                     'ir_time_s': round(ir[1] / 1e3, 6)})
+        yield _Item(name, ir[2], vi, info=info)
+
+
+def _shorten(names, limit=10):
+    shown = ', '.join(names[:limit])
+    return shown + (f', ... ({len(names) - limit} more)' if len(names) > limit else '')
+
+
+def plan_inputs(ir_path, vi_path, ir_offset_ms=0.0):
+    """Inspect both inputs and return the lazy list of pairs (nothing decoded yet).
+
+    Raises:
+        UsageError: missing paths, inputs of different kinds, or no pair to fuse.
+
+    """
+    ir_path, vi_path = Path(ir_path), Path(vi_path)
+    kinds = input_kind(ir_path), input_kind(vi_path)
+    if kinds[0] != kinds[1]:
+        named = {'folder': 'a folder', 'image': 'an image file', 'video': 'a video file'}
+        raise UsageError(f'--ir is {named[kinds[0]]} but --visible is {named[kinds[1]]}: give '
+                         f'two image files, two folders or two videos')
+    kind = kinds[0]
+    if kind == 'image':
+        return _Plan(kind, _image_items([(vi_path.stem, ir_path, vi_path)]), total=1)
+    if kind == 'folder':
+        return _plan_folders(ir_path, vi_path)
+    plan = _Plan(kind, iter(()), pair_word='frame')
+    try:
+        vi_video = VideoFrames(vi_path)
+    except OSError as exc:
+        plan.failures.append((vi_path.name, str(exc)))
+        return plan
+    try:
+        ir_video = VideoFrames(ir_path)
+    except OSError as exc:
+        vi_video.release()
+        plan.failures.append((ir_path.name, str(exc)))
+        return plan
+    plan.videos = (vi_video, ir_video)
+    plan.items = _video_items(vi_video, ir_video, float(ir_offset_ms))
+    plan.total = vi_video.frame_count
+    return plan
+
+
+def _plan_folders(ir_dir, vi_dir):
+    ir_files, ir_ignored = _images_by_stem(ir_dir)
+    vi_files, vi_ignored = _images_by_stem(vi_dir)
+    common, ir_only, vi_only = match_stems(ir_files, vi_files)
+    plan = _Plan('folder', iter(()))
+    pairs = []
+    for stem in common:
+        duplicates = [paths for paths in (ir_files[stem], vi_files[stem]) if len(paths) > 1]
+        if duplicates:
+            names = ', '.join(str(path) for paths in duplicates for path in paths)
+            plan.failures.append((stem, f'ambiguous, several images of this stem: {names}'))
+            plan.failed_pairs += 1
+            continue
+        pairs.append((stem, ir_files[stem][0], vi_files[stem][0]))
+    if ir_only:
+        plan.notes.append(f'{len(ir_only)} IR image(s) without a visible image of the same '
+                          f'stem, left out: {_shorten(ir_only)}')
+    if vi_only:
+        plan.notes.append(f'{len(vi_only)} visible image(s) without an IR image of the same '
+                          f'stem, left out: {_shorten(vi_only)}')
+    if ir_ignored or vi_ignored:
+        plan.notes.append(f'ignored {ir_ignored + vi_ignored} file(s) that are not images '
+                          f'(by suffix)')
+    if not common:
+        raise UsageError(f'no image stem is in both {str(ir_dir)!r} ({len(ir_files)} images) and '
+                         f'{str(vi_dir)!r} ({len(vi_files)} images)')
+    plan.items = _image_items(pairs)
+    plan.total = len(pairs)
+    return plan
+
+
+class _Prefetch:
+    """Iterate ``items`` in a background thread, a few ahead: decoding overlaps inference."""
+
+    _END = object()
+
+    def __init__(self, items, depth=_PREFETCH):
+        self._items = items
+        self._queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._error = None
+        self._thread = threading.Thread(target=self._run, name='fuse-read', daemon=True)
+        self._thread.start()
+
+    def _put(self, value):
+        while not self._stop.is_set():
+            try:
+                self._queue.put(value, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self):
+        try:
+            for item in self._items:
+                if not self._put(item):
+                    return
+        except Exception as exc:  # noqa: BLE001 - re-raised in the consumer's thread
+            self._error = exc
+        self._put(self._END)
+
+    def __iter__(self):
+        while True:
+            item = self._queue.get()
+            if item is self._END:
+                if self._error is not None:
+                    raise self._error
+                return
+            yield item
+
+    def close(self):
+        """Stop reading ahead and wait for the thread."""
+        self._stop.set()
+        self._thread.join()
+
+
+# --------------------------------------------------------------------------------------------
+# Outputs
+# --------------------------------------------------------------------------------------------
+def flow_to_colour(flow_px):
+    """Colour-code a flow field with torchvision's ``flow_to_image`` (Middlebury colour wheel).
+
+    Args:
+        flow_px: float ``HxWx2`` array, (dx, dy) in pixels.
+
+    Returns:
+        uint8 ``HxWx3`` BGR image; hue is the direction, saturation the magnitude relative to
+        the largest in this field.
+
+    """
+    import torch
+    from torchvision.utils import flow_to_image
+    flow = torch.from_numpy(np.ascontiguousarray(flow_px, dtype=np.float32)).permute(2, 0, 1)
+    rgb = flow_to_image(flow).permute(1, 2, 0).numpy()
+    return cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR)
+
+
+def _imwrite(path, img):
+    if not cv2.imwrite(str(path), img):
+        raise OSError(f'{path}: OpenCV could not write the image')
+
+
+def _yolo_lines(detections, height, width):
+    lines = []
+    for det in detections:
+        cx, cy = (det.x1 + det.x2) / 2.0 / width, (det.y1 + det.y2) / 2.0 / height
+        bw, bh = (det.x2 - det.x1) / width, (det.y2 - det.y1) / height
+        lines.append(f'{det.class_id} {cx:.6f} {cy:.6f} {bw:.6f} {bh:.6f}\n')
+    return ''.join(lines)
+
+
+def _detections_record(name, result, info):
+    height, width = result.fused.shape[:2]
+    return {
+        'image': name, 'width': int(width), 'height': int(height), **info,
+        'detections': [
+            {'class_id': det.class_id, 'class_name': det.class_name,
+             'score': round(float(det.score), 6),
+             'xyxy': [round(float(v), 3) for v in (det.x1, det.y1, det.x2, det.y2)]}
+            for det in result.detections],
+    }
+
+
+class _Outputs:
+    """Write each fused pair's files in a background thread (encoding overlaps inference)."""
+
+    def __init__(self, out, registered=False, flow=False, detections=False, class_names=(),
+                 video=None, report=print):
+        self.out = Path(out)
+        self.registered, self.flow, self.detections = registered, flow, detections
+        self.video_path = None
+        self._video = None
+        self._report = report
+        self.written = 0
+        self.failures = []
+        self.out.mkdir(parents=True, exist_ok=True)
+        if video is None:
+            (self.out / 'fused').mkdir(parents=True, exist_ok=True)
+        else:
+            self._open_video(*video)
+        for wanted, folder in ((registered, 'registered'), (flow, 'flow'),
+                               (detections, 'detections'), (detections, 'labels')):
+            if wanted:
+                (self.out / folder).mkdir(parents=True, exist_ok=True)
+        if detections:
+            (self.out / 'labels' / 'classes.txt').write_text(''.join(
+                f'{name}\n' for name in class_names))
+        self._queue = queue.Queue(maxsize=_WRITE_QUEUE)
+        self._thread = threading.Thread(target=self._run, name='fuse-write', daemon=True)
+        self._thread.start()
+
+    def _open_video(self, visible_path, fps, size):
+        avi = Path(visible_path).suffix.lower() == '.avi'
+        choices = [('.avi', 'MJPG'), ('.mp4', 'mp4v')]
+        for suffix, fourcc in (choices if avi else choices[::-1]):
+            path = self.out / f'{Path(visible_path).stem}_fused{suffix}'
+            writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, size)
+            if writer.isOpened():
+                self._video, self.video_path, self._video_size = writer, path, size
+                return
+            writer.release()
+        raise OSError(f'OpenCV cannot write a video into {self.out} (neither mp4v nor MJPG)')
+
+    def submit(self, name, result, info):
+        """Queue one pair's :class:`FusionResult` for writing."""
+        self._queue.put((name, result, info))
+
+    def close(self):
+        """Write what is queued, then close the video."""
+        self._queue.put(None)
+        self._thread.join()
+        if self._video is not None:
+            self._video.release()
+
+    def _run(self):
+        while True:
+            job = self._queue.get()
+            if job is None:
+                return
+            name = job[0]
+            try:
+                self._write(*job)
+                self.written += 1
+            except (OSError, cv2.error, ValueError) as exc:
+                reason = f'cannot write its outputs: {exc}'
+                self.failures.append((name, reason))
+                self._report(f'{PROG}: {name}: {reason}')
+
+    def _write(self, name, result, info):
+        fused = result.fused
+        if self._video is not None:
+            if fused.ndim == 2:
+                fused = cv2.cvtColor(fused, cv2.COLOR_GRAY2BGR)
+            if (fused.shape[1], fused.shape[0]) != self._video_size:
+                raise ValueError(f'frame size {fused.shape[1]}x{fused.shape[0]} differs from the '
+                                 f'video size {self._video_size[0]}x{self._video_size[1]}')
+            self._video.write(fused)
+        else:
+            _imwrite(self.out / 'fused' / f'{name}.png', fused)
+        if self.registered:
+            _imwrite(self.out / 'registered' / f'{name}.png', result.registered_ir)
+        if self.flow:
+            np.save(self.out / 'flow' / f'{name}.npy', result.flow_px.astype(np.float32))
+            _imwrite(self.out / 'flow' / f'{name}.png', flow_to_colour(result.flow_px))
+        if self.detections:
+            record = _detections_record(name, result, info)
+            (self.out / 'detections' / f'{name}.json').write_text(json.dumps(record, indent=2))
+            (self.out / 'labels' / f'{name}.txt').write_text(
+                _yolo_lines(result.detections, record['height'], record['width']))
+
+
+# --------------------------------------------------------------------------------------------
+# Run
+# --------------------------------------------------------------------------------------------
+@dataclass
+class Summary:
+    """What one run did."""
+
+    pairs_in: int = 0  # pairs that were read or failed to be read (unmatched/unpaired excluded)
+    pairs_out: int = 0  # pairs whose outputs were all written
+    unpaired: int = 0  # visible video frames without an IR frame near them
+    failures: list = field(default_factory=list)  # (name, reason)
+    elapsed_s: float = 0.0  # from the first read to the last write (model loading excluded)
+    engine_ms: list = field(default_factory=list)  # FusionEngine total time per pair
+    interrupted: bool = False
+
+    @property
+    def frames_per_s(self):
+        """Fused pairs written per second of processing."""
+        return self.pairs_out / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+
+def run(plan, engine, outputs, report, show_progress=None):
+    """Fuse every pair of ``plan`` with ``engine`` and hand the results to ``outputs``.
+
+    Unreadable pairs and engine errors (``ValueError``) are passed to ``report`` (a function
+    taking one line) and skipped. ``show_progress``: ``None`` shows a progress bar on a
+    terminal only. Returns a :class:`Summary`.
+    """
+    summary = Summary(pairs_in=plan.failed_pairs, failures=list(plan.failures))
+    bar = tqdm(total=plan.total, unit=plan.pair_word, desc=PROG, file=sys.stderr,
+               disable=None if show_progress is None else not show_progress, dynamic_ncols=True)
+    start = time.perf_counter()
+    reader = _Prefetch(plan.items)
+    try:
+        for item in reader:
+            bar.update(1)
+            if item.unpaired:
+                summary.unpaired += 1
+                continue
+            summary.pairs_in += 1
+            if item.error is not None:
+                summary.failures.append((item.name, item.error))
+                report(f'{PROG}: skipped {item.name}: {item.error}')
+                continue
+            try:
+                result = engine.infer(item.ir, item.vi)
+            except (ValueError, cv2.error) as exc:
+                reason = f'the engine rejected the pair: {exc}'
+                summary.failures.append((item.name, reason))
+                report(f'{PROG}: skipped {item.name}: {reason}')
+                continue
+            summary.engine_ms.append(result.timings_ms['total'])
+            outputs.submit(item.name, result, item.info)
+    except KeyboardInterrupt:
+        summary.interrupted = True
+    finally:
+        reader.close()
+        outputs.close()
+        bar.close()
+        for video in plan.videos:
+            video.release()
+    summary.elapsed_s = time.perf_counter() - start
+    summary.pairs_out = outputs.written
+    summary.failures += outputs.failures
+    return summary
+
+
+def _summary_lines(plan, summary, outputs, engine, threads):
+    lines = []
+    if plan.videos:
+        vi_video, ir_video = plan.videos
+        lines.append(f'visible video: {vi_video.frames_read} frames at {vi_video.fps:.3f} fps; '
+                     f'IR video: {ir_video.frames_read} frames read at {ir_video.fps:.3f} fps')
+        if summary.unpaired:
+            lines.append(f'{summary.unpaired} visible frame(s) without an IR frame within '
+                         f'{ir_video.period_ms:.1f} ms (one IR period), left out')
+    lines += plan.notes
+    word = plan.pair_word
+    mean_ms = float(np.mean(summary.engine_ms)) if summary.engine_ms else float('nan')
+    lines.append(
+        f'{summary.pairs_in} {word}(s) in, {summary.pairs_out} fused out, '
+        f'{len(summary.failures)} failed; {summary.frames_per_s:.2f} {word}s/s '
+        f'({summary.elapsed_s:.1f} s); engine {mean_ms:.1f} ms/{word} mean '
+        f'({engine.device}, torch threads {threads})')
+    if summary.failures:
+        lines.append('failed: ' + '; '.join(
+            f'{name} ({reason})' for name, reason in summary.failures))
+    written = [str(outputs.video_path) if outputs.video_path else str(outputs.out / 'fused')]
+    written += [str(outputs.out / name) for wanted, name in (
+        (outputs.registered, 'registered'), (outputs.flow, 'flow'),
+        (outputs.detections, 'detections'), (outputs.detections, 'labels')) if wanted]
+    lines.append('outputs: ' + ', '.join(written))
+    if summary.interrupted:
+        lines.append('interrupted: the outputs above are complete up to the last pair written')
+    return [f'{PROG}: {line}' for line in lines]
+
+
+def build_parser():
+    """Return the ``tarfuse-fuse`` argument parser."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description='Fuse IR/visible image pairs, folders of pairs or two videos with a TarFuse '
+                    'checkpoint; write the fused images (visible frame and size) and optionally '
+                    'the registered IR, the flow and the detections.')
+    parser.add_argument('--ir', required=True, type=Path,
+                        help='infrared image file, folder of images, or video file')
+    parser.add_argument('--visible', required=True, type=Path,
+                        help='visible image file, folder (pairs matched by file-name stem), or '
+                             'video (each frame paired with the IR frame nearest in time)')
+    parser.add_argument('--out', required=True, type=Path, help='output folder (created)')
+    parser.add_argument('--weights', default=None,
+                        help='checkpoint (.safetensors; default: the shipped '
+                             'models/tarfuse_default.safetensors)')
+    parser.add_argument('--device', default='cpu', help='cpu | cuda | cuda:N (default cpu)')
+    parser.add_argument('--threads', type=int, default=None,
+                        help='CPU threads for torch and OpenCV (default: their own defaults)')
+    parser.add_argument('--registered', action='store_true',
+                        help='also write the IR registered onto the visible frame (PNG)')
+    parser.add_argument('--detections', action='store_true',
+                        help='also write detections: JSON per frame and YOLO txt')
+    parser.add_argument('--flow', action='store_true',
+                        help='also write the flow: .npy (float32 HxWx2, pixels) and a colour PNG')
+    parser.add_argument('--ir-offset-ms', type=float, default=0.0,
+                        help='videos: time of the first IR frame on the visible video clock '
+                             '(default 0: both start together)')
+    return parser
+
+
+def _load_engine(weights, device, threads):
+    # Imported here so that usage errors are reported before torch is loaded.
+    from tarfuse_ros.core.checkpoint import CheckpointError
+    from tarfuse_ros.core.engine import FusionEngine
+    import torch
+    if threads is not None:  # a program sets the process-wide thread counts, not the engine
+        torch.set_num_threads(threads)
+        cv2.setNumThreads(threads)
+    try:
+        return FusionEngine(weights, device=device)
+    except CheckpointError as exc:
+        raise UsageError(f'cannot load the weights: {exc}') from exc
+    except (RuntimeError, ValueError) as exc:
+        raise UsageError(f'cannot start the model on device {device!r}: {exc}') from exc
+
+
+def main(argv=None):
+    """Entry point of ``tarfuse-fuse``; returns the exit status (0, 1 some failed, 2 usage)."""
+    args = build_parser().parse_args(argv)
+
+    def report(line):
+        tqdm.write(line, file=sys.stderr)
+
+    plan = None
+    try:
+        if args.threads is not None and args.threads < 1:
+            raise UsageError(f'--threads must be >= 1, got {args.threads}')
+        if not math.isfinite(args.ir_offset_ms):
+            raise UsageError('--ir-offset-ms must be a finite number')
+        plan = plan_inputs(args.ir, args.visible, args.ir_offset_ms)
+        engine = _load_engine(args.weights, args.device, args.threads)
+        video = None
+        if plan.videos:
+            vi_video = plan.videos[0]
+            video = (vi_video.path, vi_video.fps, vi_video.size)
+        try:
+            outputs = _Outputs(args.out, registered=args.registered, flow=args.flow,
+                               detections=args.detections, class_names=engine.class_names,
+                               video=video, report=report)
+        except OSError as exc:
+            raise UsageError(f'cannot write into {str(args.out)!r}: {exc}') from exc
+    except UsageError as exc:
+        if plan is not None:
+            for video in plan.videos:
+                video.release()
+        print(f'{PROG}: error: {exc}', file=sys.stderr)
+        return 2
+    for name, reason in plan.failures:
+        report(f'{PROG}: skipped {name}: {reason}')
+    threads = args.threads if args.threads is not None else _torch_threads()
+    summary = run(plan, engine, outputs, report)
+    for line in _summary_lines(plan, summary, outputs, engine, threads):
+        print(line)
+    if summary.interrupted:
+        return 130
+    return 1 if summary.failures else 0
+
+
+def _torch_threads():
+    import torch
+    return torch.get_num_threads()
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,253 @@
+"""tarfuse-fuse on image files, folders, two videos of different frame rates and bad inputs."""
+
+import json
+import shutil
+import subprocess
+
+import cv2
+import numpy as np
+import pytest
+from tarfuse_ros.core.engine import FusionEngine
+from tarfuse_ros.core.paths import default_weights_path, share_dir
+from tarfuse_ros.tools import fuse
+import torch
+
+SAMPLES = share_dir() / 'samples'
+STEMS = ('FLIR_00122', 'FLIR_00993', 'FLIR_04229', 'FLIR_04968', 'FLIR_05016')
+WEIGHTS = default_weights_path()
+pytestmark = pytest.mark.skipif(not WEIGHTS.is_file(), reason=f'no shipped weights at {WEIGHTS}')
+
+
+@pytest.fixture(scope='module', autouse=True)
+def restore_thread_counts():
+    """Give the test run back the process-wide thread counts that the tool (a program) sets."""
+    torch_threads, cv2_threads = torch.get_num_threads(), cv2.getNumThreads()
+    yield
+    torch.set_num_threads(torch_threads)
+    cv2.setNumThreads(cv2_threads)
+
+
+@pytest.fixture(scope='module')
+def engine():
+    """Load the shipped model as tarfuse-fuse does by default."""
+    torch.set_num_threads(1)  # as tarfuse-fuse --threads 1 does
+    return FusionEngine(WEIGHTS, device='cpu')
+
+
+def _run(capsys, *args):
+    """Run ``tarfuse-fuse ARGS --threads 1`` in this process: (exit status, stdout, stderr)."""
+    status = fuse.main([str(a) for a in args] + ['--threads', '1'])
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def _read(path):
+    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    assert img is not None, path
+    return img
+
+
+def _max_diff(a, b):
+    assert a.shape == b.shape
+    return int(np.abs(a.astype(np.int16) - b.astype(np.int16)).max())
+
+
+def test_usage_errors_exit_2_and_say_why(tmp_path, capsys):
+    vi = SAMPLES / 'vi' / f'{STEMS[0]}.jpg'
+    status, _, err = _run(capsys, '--ir', tmp_path / 'missing.png', '--visible', vi,
+                          '--out', tmp_path / 'out')
+    assert status == 2 and 'missing.png' in err and 'does not exist' in err
+    status, _, err = _run(capsys, '--ir', SAMPLES / 'ir', '--visible', vi, '--out', tmp_path)
+    assert status == 2 and 'a folder' in err and 'an image file' in err
+    (tmp_path / 'a').mkdir()
+    (tmp_path / 'b').mkdir()
+    shutil.copy(vi, tmp_path / 'a' / 'one.jpg')
+    shutil.copy(vi, tmp_path / 'b' / 'two.jpg')
+    status, _, err = _run(capsys, '--ir', tmp_path / 'a', '--visible', tmp_path / 'b',
+                          '--out', tmp_path / 'out')
+    assert status == 2 and 'no image stem' in err
+    status, _, err = _run(capsys, '--ir', vi, '--visible', vi, '--out', tmp_path / 'out',
+                          '--weights', tmp_path / 'none.safetensors')
+    assert status == 2 and 'none.safetensors' in err
+    assert not (tmp_path / 'out').exists()
+
+
+def test_single_pair_outputs_equal_the_engine(tmp_path, capsys, engine):
+    ir_path = SAMPLES / 'synthetic_misaligned' / 'ir_warp' / f'{STEMS[0]}.png'
+    vi_path = SAMPLES / 'vi' / f'{STEMS[0]}.jpg'
+    out = tmp_path / 'out'
+    status, stdout, _ = _run(capsys, '--ir', ir_path, '--visible', vi_path, '--out', out,
+                             '--registered', '--flow', '--detections')
+    assert status == 0, stdout
+    assert '1 pair(s) in, 1 fused out, 0 failed' in stdout
+    expected = engine.infer(_read(ir_path), _read(vi_path))
+    fused = _read(out / 'fused' / f'{STEMS[0]}.png')
+    assert fused.shape == _read(vi_path).shape
+    assert _max_diff(fused, expected.fused) <= 1
+    assert _max_diff(_read(out / 'registered' / f'{STEMS[0]}.png'), expected.registered_ir) <= 1
+    flow = np.load(out / 'flow' / f'{STEMS[0]}.npy')
+    assert flow.dtype == np.float32 and flow.shape == fused.shape[:2] + (2,)
+    np.testing.assert_allclose(flow, expected.flow_px, atol=0.02)
+    assert _read(out / 'flow' / f'{STEMS[0]}.png').shape == fused.shape
+    record = json.loads((out / 'detections' / f'{STEMS[0]}.json').read_text())
+    assert (record['width'], record['height']) == (fused.shape[1], fused.shape[0])
+    assert [d['class_name'] for d in record['detections']] == [
+        d.class_name for d in expected.detections]
+    assert [d['score'] for d in record['detections']] == pytest.approx(
+        [d.score for d in expected.detections], abs=1e-3)
+    for got, det in zip(record['detections'], expected.detections):
+        assert got['xyxy'] == pytest.approx([det.x1, det.y1, det.x2, det.y2], abs=0.05)
+    lines = (out / 'labels' / f'{STEMS[0]}.txt').read_text().splitlines()
+    assert len(lines) == len(expected.detections)
+    for line, det in zip(lines, expected.detections):
+        cls, cx, cy, w, h = line.split()
+        height, width = fused.shape[:2]
+        assert int(cls) == det.class_id
+        assert float(cx) * width == pytest.approx((det.x1 + det.x2) / 2, abs=0.01)
+        assert float(h) * height == pytest.approx(det.y2 - det.y1, abs=0.01)
+    assert (out / 'labels' / 'classes.txt').read_text().split() == list(engine.class_names)
+
+
+def test_folder_of_sample_pairs_is_matched_by_stem(tmp_path, capsys):
+    out = tmp_path / 'out'
+    # IR as PNG (the deformed copies), visible as JPEG: pairs are matched by stem.
+    status, stdout, _ = _run(capsys, '--ir', SAMPLES / 'synthetic_misaligned' / 'ir_warp',
+                             '--visible', SAMPLES / 'vi', '--out', out)
+    assert status == 0, stdout
+    assert f'{len(STEMS)} pair(s) in, {len(STEMS)} fused out, 0 failed' in stdout
+    assert sorted(p.name for p in (out / 'fused').iterdir()) == [f'{s}.png' for s in STEMS]
+    for stem in STEMS:
+        visible = _read(SAMPLES / 'vi' / f'{stem}.jpg')
+        assert _read(out / 'fused' / f'{stem}.png').shape == visible.shape
+    assert sorted(p.name for p in out.iterdir()) == ['fused']  # nothing else unless asked
+
+
+def test_bad_files_are_reported_and_the_rest_is_fused(tmp_path, capsys):
+    ir_dir, vi_dir, out = tmp_path / 'ir', tmp_path / 'vi', tmp_path / 'out'
+    ir_dir.mkdir()
+    vi_dir.mkdir()
+    for stem in STEMS[:2]:  # two good pairs, made small to keep the test fast
+        cv2.imwrite(str(ir_dir / f'{stem}.png'),
+                    cv2.resize(_read(SAMPLES / 'ir' / f'{stem}.jpg'), (160, 112)))
+        cv2.imwrite(str(vi_dir / f'{stem}.jpg'),
+                    cv2.resize(_read(SAMPLES / 'vi' / f'{stem}.jpg'), (160, 112)))
+    shutil.copy(ir_dir / f'{STEMS[0]}.png', ir_dir / 'corrupt.png')
+    (vi_dir / 'corrupt.png').write_bytes(b'\x89PNG\r\n\x1a\n' + bytes(range(200)))
+    shutil.copy(ir_dir / f'{STEMS[0]}.png', ir_dir / 'twice.png')
+    shutil.copy(vi_dir / f'{STEMS[0]}.jpg', vi_dir / 'twice.jpg')
+    shutil.copy(vi_dir / f'{STEMS[0]}.jpg', vi_dir / 'twice.png')
+    shutil.copy(ir_dir / f'{STEMS[0]}.png', ir_dir / 'lonely.png')
+    (vi_dir / 'notes.txt').write_text('not an image')
+    status, stdout, stderr = _run(capsys, '--ir', ir_dir, '--visible', vi_dir, '--out', out)
+    assert status == 1
+    assert 'corrupt' in stderr and str(vi_dir / 'corrupt.png') in stderr
+    assert 'twice' in stderr and 'ambiguous' in stderr
+    assert '4 pair(s) in, 2 fused out, 2 failed' in stdout
+    assert 'lonely' in stdout and 'without a visible image' in stdout
+    assert 'ignored 1 file(s)' in stdout
+    assert sorted(p.name for p in (out / 'fused').iterdir()) == [f'{s}.png' for s in STEMS[:2]]
+
+
+def test_corrupt_video_is_reported_with_exit_status_1(tmp_path, capsys):
+    (tmp_path / 'ir.mp4').write_bytes(b'\x00\x00\x00\x18ftypmp42' + bytes(500))
+    vi = tmp_path / 'vi.mp4'
+    _write_video(vi, 10.0, 3, (64, 48))
+    status, stdout, stderr = _run(capsys, '--ir', tmp_path / 'ir.mp4', '--visible', vi,
+                                  '--out', tmp_path / 'out')
+    assert status == 1
+    assert 'ir.mp4' in stderr and 'cannot open the video' in stderr
+    assert '0 fused out, 1 failed' in stdout
+
+
+def test_16_bit_ir_equals_the_engine(tmp_path, capsys, engine):
+    ir8 = _read(SAMPLES / 'synthetic_misaligned' / 'ir_warp' / f'{STEMS[1]}.png')
+    ir16 = (20000 + ir8.astype(np.uint16) * 37).astype(np.uint16)  # raw thermal counts
+    cv2.imwrite(str(tmp_path / 'ir16.png'), ir16)
+    assert _read(tmp_path / 'ir16.png').dtype == np.uint16
+    vi_path = SAMPLES / 'vi' / f'{STEMS[1]}.jpg'
+    status, stdout, _ = _run(capsys, '--ir', tmp_path / 'ir16.png', '--visible', vi_path,
+                             '--out', tmp_path / 'out')
+    assert status == 0, stdout
+    fused = _read(tmp_path / 'out' / 'fused' / f'{STEMS[1]}.png')
+    assert fused.shape == _read(vi_path).shape
+    assert _max_diff(fused, engine.infer(ir16, _read(vi_path)).fused) <= 1
+
+
+def _write_video(path, fps, frames, size):
+    """Write a short video: a bright disc moving right on a dark textured background."""
+    fourcc = 'MJPG' if path.suffix == '.avi' else 'mp4v'
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, size)
+    assert writer.isOpened()
+    rng = np.random.default_rng(0)
+    background = cv2.GaussianBlur(rng.integers(0, 90, (size[1], size[0], 3), np.uint8), (5, 5), 0)
+    for i in range(frames):
+        frame = background.copy()
+        cv2.circle(frame, (8 + 3 * i, size[1] // 2), 7, (220, 200, 180), -1)
+        writer.write(frame)
+    writer.release()
+
+
+def _nearest(t, times):
+    """Index of the time nearest to ``t``, the earlier on a tie (the documented rule)."""
+    gaps = [abs(u - t) for u in times]
+    return gaps.index(min(gaps))
+
+
+def test_two_videos_of_different_frame_rates_are_paired_by_time(tmp_path, capsys):
+    vi_fps, vi_frames, ir_fps, ir_frames = 15.0, 16, 7.0, 6
+    _write_video(tmp_path / 'visible.mp4', vi_fps, vi_frames, (96, 64))
+    _write_video(tmp_path / 'thermal.avi', ir_fps, ir_frames, (80, 60))  # another size too
+    out = tmp_path / 'out'
+    status, stdout, _ = _run(capsys, '--ir', tmp_path / 'thermal.avi',
+                             '--visible', tmp_path / 'visible.mp4', '--out', out, '--detections')
+    assert status == 0, stdout
+    vi_times = [1000.0 * k / vi_fps for k in range(vi_frames)]
+    ir_times = [1000.0 * j / ir_fps for j in range(ir_frames)]
+    # Visible frames more than one IR period after the last IR frame have no partner.
+    paired = [k for k, t in enumerate(vi_times) if t - ir_times[-1] <= 1000.0 / ir_fps]
+    assert len(paired) == 13
+    assert f'{len(paired)} frame(s) in, {len(paired)} fused out, 0 failed' in stdout
+    assert f'{vi_frames - len(paired)} visible frame(s) without an IR frame' in stdout
+    for k in paired:
+        record = json.loads((out / 'detections' / f'visible_{k:06d}.json').read_text())
+        assert record['frame'] == k
+        assert record['ir_frame'] == _nearest(vi_times[k], ir_times), k
+        assert record['time_s'] == pytest.approx(vi_times[k] / 1000.0, abs=1e-3)
+    assert [record['ir_frame'] for record in (
+        json.loads((out / 'detections' / f'visible_{k:06d}.json').read_text())
+        for k in paired)] == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 5]
+    video = cv2.VideoCapture(str(out / 'visible_fused.mp4'))
+    assert video.get(cv2.CAP_PROP_FPS) == pytest.approx(vi_fps)
+    frames = []
+    while True:
+        ok, frame = video.read()
+        if not ok:
+            break
+        frames.append(frame)
+    video.release()
+    assert len(frames) == len(paired)
+    assert all(frame.shape == (64, 96, 3) for frame in frames)
+    assert sorted(p.name for p in out.iterdir()) == ['detections', 'labels', 'visible_fused.mp4']
+
+
+def test_pairing_rule_nearest_in_time_earlier_on_ties():
+    visible = [(k, t, f'v{k}') for k, t in enumerate([0.0, 20.0, 50.0, 99.0, 160.0, 260.0])]
+    infrared = [(j, t, f'i{j}') for j, t in enumerate([5.0, 40.0, 60.0, 80.0, 100.0, 140.0])]
+    pairs = [(vi[0], None if ir is None else ir[0])
+             for vi, ir in fuse.pair_by_time(visible, infrared, max_gap_ms=40.0)]
+    # 20 ms is 15 from IR 0 and 20 from IR 1; 50 ms ties IR 1 and IR 2 -> the earlier;
+    # IR frames 2 and 3 are skipped (IR faster); 260 ms is 120 ms after the last IR frame.
+    assert pairs == [(0, 0), (1, 0), (2, 1), (3, 4), (4, 5), (5, None)]
+    assert list(fuse.pair_by_time(visible[:2], [], 40.0)) == [
+        (visible[0], None), (visible[1], None)]
+
+
+def test_console_script_is_installed():
+    script = shutil.which('tarfuse-fuse')
+    if script is None:
+        pytest.skip('tarfuse-fuse is not installed (re-run tools/ros_env/setup_env.sh)')
+    result = subprocess.run([script, '--help'], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and '--visible' in result.stdout
+    result = subprocess.run([script, '--ir', 'x.png'], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 2 and '--visible' in result.stderr
