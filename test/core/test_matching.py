@@ -114,7 +114,7 @@ def test_untrained_matching_registration_is_the_identity():
     flow, levels = net(c_ir, c_vi, return_levels=True)
     assert flow.shape == (2, 2, 64, 96)
     assert flow.abs().max() < 1e-4  # the affine fit of a zero flow, in float32
-    assert len(levels) == 4 and all(level.shape == flow.shape for level in levels)
+    assert len(levels) == 5 and all(level.shape == flow.shape for level in levels)
     assert torch.equal(net(c_ir, c_vi), flow)
 
 
@@ -123,13 +123,13 @@ def test_global_stage_moves_the_whole_field_by_one_affine_map():
     net = MatchingRegistration(4, cseb_channels=8, pyramid_channels=(8, 8, 8),
                                estimator_channels=(8, 8, 8))
     with torch.no_grad():
-        net.estimators[-1].head.bias.copy_(torch.tensor([2.0, -1.0, 0.0]))  # a translation
+        net.global_estimator.head.bias.copy_(torch.tensor([2.0, -1.0, 0.0]))  # a translation
     _, levels = net(torch.randn(1, 4, 64, 64), torch.randn(1, 4, 64, 64), return_levels=True)
     coarse = levels[0]
-    # (2, -1) cells of the 2x2 coarsest grid, whose cell centres span the 63 px between the
+    # (2, -1) cells of the 8x8 global grid, whose cell centres span the 63 px between the
     # input's pixel centres (the package's resize convention), the same everywhere; the ridge
     # of the fit shrinks it by about 0.1 %.
-    expected = torch.tensor([2.0 * 63, -1.0 * 63]).view(1, 2, 1, 1)
+    expected = torch.tensor([2.0 * 63 / 7, -1.0 * 63 / 7]).view(1, 2, 1, 1)
     assert torch.allclose(coarse, expected.expand_as(coarse), rtol=2e-3)
 
 
@@ -141,7 +141,7 @@ def test_paper_and_match_models_and_parameter_budget():
     assert isinstance(match.registration, MatchingRegistration)
     assert not isinstance(paper.registration, MatchingRegistration)
     no_global = build_model(TarFuseConfig(global_stage=False, **SMALL))
-    assert no_global.registration.estimators[-1].head.out_channels == 2
+    assert no_global.registration.global_estimator is None
     with pytest.raises(ValueError, match='registration'):
         TarFuseConfig(registration='raft')
 
@@ -152,6 +152,14 @@ def test_registered_ir_follows_the_flow_in_train_and_eval():
     ir, vi = torch.rand(1, 1, 64, 64), torch.rand(1, 1, 64, 64)
     model.train()
     out = model(ir, vi)
-    assert len(out['flow_levels']) == 4
+    assert len(out['flow_levels']) == 5
     assert torch.allclose(out['registered_ir'], warp(ir, out['flow']), atol=1e-6)
     assert model.predict_raw(ir, vi)['flow'].shape == (1, 2, 64, 64)
+
+
+def test_global_grid_is_the_same_for_a_crop_and_a_whole_frame():
+    net = MatchingRegistration(4, cseb_channels=8, pyramid_channels=(8, 8, 8),
+                               estimator_channels=(8, 8, 8))
+    assert net._global_grid(4, 4) == (8, 8)     # a 128 px training crop
+    assert net._global_grid(15, 20) == (6, 8)   # a 640x480 frame
+    assert net._global_grid(32, 40) == (6, 8)   # a 1280x1024 frame

@@ -61,7 +61,8 @@ def test_aligned_features_only_when_aligned_ir_given(model):
 def test_untrained_flow_is_identity(model):
     ir, vi = _inputs()
     out = model.predict_raw(ir, vi)
-    assert out['flow'].abs().max() == 0
+    # Zero up to the float rounding of the global stage's affine fit of a zero flow.
+    assert out['flow'].abs().max() < 1e-4
     assert torch.allclose(out['registered_ir'], ir, atol=1e-5)
 
 

@@ -209,72 +209,95 @@ class FlowEstimator(nn.Module):
 class MatchingRegistration(nn.Module):
     """CSEBs + shared pyramid + global affine stage + residual cost-volume levels.
 
+    The global stage reads the coarsest features resampled to a fixed grid of ``global_cells``
+    cells along the longer side (area averaging), whatever the input size, so a map learnt on
+    training crops means the same on whole frames (its cost volume searches ``radius`` cells,
+    i.e. a fixed fraction of the image). Its flow and confidence per cell give one affine map by
+    weighted least squares (:func:`fit_affine`). Every pyramid level, coarsest first, then
+    warps the IR features by the flow so far, correlates them with the visible ones and adds a
+    residual flow.
+
     ``forward(c_ir (B, C, H, W), c_vi (B, C, H, W), return_levels=False)`` returns the flow
     ``(B, 2, H, W)`` in pixels that maps the IR onto the visible frame (``warp(ir, flow)``);
-    with ``return_levels`` also the list of per-level flows resized to ``(H, W)`` pixels,
-    coarsest (the global stage) first, for deep supervision.
+    with ``return_levels`` also the list of intermediate flows resized to ``(H, W)`` pixels,
+    coarsest first (the global stage's affine flow, then each level), for deep supervision.
 
     Args:
         in_channels: width of the common features.
         cseb_channels: CSEB width (the ``1/2**downsample`` level).
         pyramid_channels: widths of the coarser levels (each halves the resolution).
         estimator_channels: hidden widths of each level's flow estimator.
-        radius: cost-volume search radius in cells (the coarsest level sees
-            ``radius * 2**(downsample + len(pyramid_channels))`` pixels).
+        radius: cost-volume search radius in cells of the global grid and the coarser levels.
         downsample: stride-2 steps of the CSEBs.
-        global_stage: fit one affine map at the coarsest level (else a free flow there).
+        global_stage: start from one affine map (else from a zero flow).
         slope: LeakyReLU negative slope.
+        finest_radius: the radius at the finest (CSEB) level, which only refines what the
+            coarser levels found; its cost volume runs on the most cells, so it is kept small.
+        global_cells: cells of the global grid along the longer image side.
 
     """
 
     def __init__(self, in_channels, cseb_channels=32, pyramid_channels=(48, 64, 96),
                  estimator_channels=(64, 48, 32), radius=4, downsample=2, global_stage=True,
-                 slope=0.1):
+                 slope=0.1, finest_radius=2, global_cells=8):
         super().__init__()
-        if radius < 1 or not pyramid_channels:
-            raise ValueError(f'need radius >= 1 and >= 1 pyramid level, got {radius}, '
-                             f'{pyramid_channels}')
+        if radius < 1 or finest_radius < 1 or not pyramid_channels or global_cells < 2:
+            raise ValueError(f'need radii >= 1, >= 1 pyramid level and global_cells >= 2, got '
+                             f'{radius}, {finest_radius}, {pyramid_channels}, {global_cells}')
         self.cseb_ir = CSEB(in_channels, cseb_channels, downsample, slope, norm='group')
         self.cseb_vi = CSEB(in_channels, cseb_channels, downsample, slope, norm='group')
         self.pyramid = PyramidEncoder(cseb_channels, pyramid_channels, slope)
-        self.radius = int(radius)
-        self.global_stage = bool(global_stage)
         widths = (cseb_channels,) + tuple(pyramid_channels)
-        cost = (2 * self.radius + 1) ** 2
+        # Search radius per level, finest first.
+        self.radii = (int(finest_radius),) + (int(radius),) * len(pyramid_channels)
+        self.global_cells = int(global_cells)
         self.estimators = nn.ModuleList()
         for index, width in enumerate(widths):
-            coarsest = index == len(widths) - 1
-            outputs = 3 if coarsest and self.global_stage else 2
+            cost = (2 * self.radii[index] + 1) ** 2
             # The finest level runs on the most cells: half as wide.
             hidden = (tuple(max(c // 2, 8) for c in estimator_channels) if index == 0
                       else tuple(estimator_channels))
-            self.estimators.append(FlowEstimator(cost + width + (0 if coarsest else 2),
-                                                 hidden, outputs, slope))
+            self.estimators.append(FlowEstimator(cost + width + 2, hidden, 2, slope))
+        self.global_estimator = None
+        if global_stage:
+            cost = (2 * int(radius) + 1) ** 2
+            self.global_estimator = FlowEstimator(cost + widths[-1], estimator_channels, 3,
+                                                  slope)
+
+    def _global_grid(self, height, width):
+        scale = self.global_cells / max(height, width)
+        return max(2, int(round(height * scale))), max(2, int(round(width * scale)))
+
+    def global_affine(self, ir_feat, vi_feat):
+        """Return ``(B, 2, 3)`` affine maps (normalised coordinates) from coarsest features."""
+        grid = self._global_grid(*vi_feat.shape[2:])
+        ir_g = F.interpolate(ir_feat, size=grid, mode='area')
+        vi_g = F.interpolate(vi_feat, size=grid, mode='area')
+        cost = local_correlation(F.normalize(vi_g, dim=1, eps=1e-6),
+                                 F.normalize(ir_g, dim=1, eps=1e-6), self.radii[-1])
+        out = self.global_estimator(torch.cat((cost, vi_g), dim=1))
+        return fit_affine(out[:, :2], torch.sigmoid(out[:, 2:3]))
 
     def forward(self, c_ir, c_vi, return_levels=False):
         ir_levels = self.pyramid(self.cseb_ir(c_ir))
         vi_levels = self.pyramid(self.cseb_vi(c_vi))
         size = c_ir.shape[2:]
-        flow = None
+        coarsest = vi_levels[-1].shape[2:]
         levels = []
+        if self.global_estimator is not None:
+            theta = self.global_affine(ir_levels[-1], vi_levels[-1])
+            flow = affine_flow(theta, coarsest[0], coarsest[1])
+            if return_levels:
+                levels.append(affine_flow(theta, size[0], size[1]))
+        else:
+            flow = vi_levels[-1].new_zeros(vi_levels[-1].shape[0], 2, *coarsest)
         for index in reversed(range(len(ir_levels))):
             ir_feat, vi_feat = ir_levels[index], vi_levels[index]
+            flow = resize_flow(flow, vi_feat.shape[2:])
             reference = F.normalize(vi_feat, dim=1, eps=1e-6)
-            if flow is None:
-                cost = local_correlation(reference, F.normalize(ir_feat, dim=1, eps=1e-6),
-                                         self.radius)
-                out = self.estimators[index](torch.cat((cost, vi_feat), dim=1))
-                if self.global_stage:
-                    weights = torch.sigmoid(out[:, 2:3])
-                    theta = fit_affine(out[:, :2], weights)
-                    flow = affine_flow(theta, vi_feat.shape[2], vi_feat.shape[3])
-                else:
-                    flow = out
-            else:
-                flow = resize_flow(flow, vi_feat.shape[2:])
-                moving = F.normalize(warp(ir_feat, flow), dim=1, eps=1e-6)
-                cost = local_correlation(reference, moving, self.radius)
-                flow = flow + self.estimators[index](torch.cat((cost, vi_feat, flow), dim=1))
+            moving = F.normalize(warp(ir_feat, flow), dim=1, eps=1e-6)
+            cost = local_correlation(reference, moving, self.radii[index])
+            flow = flow + self.estimators[index](torch.cat((cost, vi_feat, flow), dim=1))
             if return_levels:
                 levels.append(resize_flow(flow, size))
         full = resize_flow(flow, size)

@@ -17,10 +17,11 @@ from dataclasses import asdict, dataclass
 
 from tarfuse_ros.core.configs import known_fields
 from tarfuse_ros.core.model.encoders import FeatureExtractor
-from tarfuse_ros.core.model.heads import build_detect, DetectionNeck, ReconstructionHead
+from tarfuse_ros.core.model.heads import DetectionNeck, ReconstructionHead
 from tarfuse_ros.core.model.matching import MatchingRegistration
 from tarfuse_ros.core.model.registration import RegistrationNet
 from tarfuse_ros.core.model.warp import warp
+from tarfuse_ros.core.model.yolo import build_detect, forget_anchors
 import torch
 from torch import nn
 
@@ -50,10 +51,14 @@ class TarFuseConfig:
     msrb_channels: tuple = (32, 48, 64, 64)
     # 'match' only: widths of the pyramid levels below the CSEB (each halves the resolution),
     # hidden widths of each level's flow estimator (a 1x1 squeeze, then 3x3 layers), the
-    # cost-volume radius in cells, and whether the coarsest level fits one affine map.
+    # cost-volume radius in cells (coarser levels; the finest level, which only refines, has
+    # its own), whether the flow starts from one affine map fitted on a fixed grid of
+    # global_cells cells along the longer side (size-independent), and that grid.
     pyramid_channels: tuple = (48, 64, 96)
     estimator_channels: tuple = (64, 48, 32)
     corr_radius: int = 4
+    corr_radius_finest: int = 2
+    global_cells: int = 8
     global_stage: bool = True
     # Hidden widths of the reconstruction head (third layer -> 1 channel, Tanh).
     reconstruction_channels: tuple = (16, 8)
@@ -89,7 +94,7 @@ class TarFuseConfig:
         if self.registration not in REGISTRATIONS:
             raise ValueError(f'registration must be one of {REGISTRATIONS}, got '
                              f'{self.registration!r}')
-        if self.corr_radius < 1 or not self.pyramid_channels or not self.estimator_channels:
+        if min(self.corr_radius, self.corr_radius_finest) < 1 or not self.pyramid_channels or not self.estimator_channels:
             raise ValueError('corr_radius must be >= 1 and pyramid_channels / estimator_channels '
                              f'non-empty, got {self.corr_radius}, {self.pyramid_channels}, '
                              f'{self.estimator_channels}')
@@ -160,7 +165,7 @@ class TarFuse(nn.Module):
             self.registration = MatchingRegistration(
                 width, config.cseb_channels, config.pyramid_channels,
                 config.estimator_channels, config.corr_radius, config.registration_downsample,
-                config.global_stage, slope)
+                config.global_stage, slope, config.corr_radius_finest, config.global_cells)
         self.reconstruction = ReconstructionHead(4 * width, config.reconstruction_channels, slope)
         self.neck = DetectionNeck(4 * width, config.neck_stem_channels, config.detect_channels,
                                   slope)
@@ -174,7 +179,7 @@ class TarFuse(nn.Module):
     def _apply(self, fn, *args, **kwargs):
         # Detect caches its anchors per feature shape only: drop them when moving / casting.
         result = super()._apply(fn, *args, **kwargs)
-        self.detect.shape = None
+        forget_anchors(self.detect)
         return result
 
     def forward(self, ir, vi, ir_aligned=None):
@@ -245,6 +250,8 @@ def parameter_counts(model):
     }
     if isinstance(registration, MatchingRegistration):
         parts.update(pyramid=registration.pyramid, estimators=registration.estimators)
+        if registration.global_estimator is not None:
+            parts['global_stage'] = registration.global_estimator
     else:
         parts['msrb'] = registration.msrb
     parts.update(reconstruction=model.reconstruction, neck=model.neck, detect=model.detect)
