@@ -126,10 +126,10 @@ def test_global_stage_moves_the_whole_field_by_one_affine_map():
         net.global_estimator.head.bias.copy_(torch.tensor([2.0, -1.0, 0.0]))  # a translation
     _, levels = net(torch.randn(1, 4, 64, 64), torch.randn(1, 4, 64, 64), return_levels=True)
     coarse = levels[0]
-    # (2, -1) cells of the 8x8 global grid, whose cell centres span the 63 px between the
+    # (2, -1) cells of the 2x2 coarsest level, whose cell centres span the 63 px between the
     # input's pixel centres (the package's resize convention), the same everywhere; the ridge
     # of the fit shrinks it by about 0.1 %.
-    expected = torch.tensor([2.0 * 63 / 7, -1.0 * 63 / 7]).view(1, 2, 1, 1)
+    expected = torch.tensor([2.0 * 63, -1.0 * 63]).view(1, 2, 1, 1)
     assert torch.allclose(coarse, expected.expand_as(coarse), rtol=2e-3)
 
 
@@ -156,10 +156,3 @@ def test_registered_ir_follows_the_flow_in_train_and_eval():
     assert torch.allclose(out['registered_ir'], warp(ir, out['flow']), atol=1e-6)
     assert model.predict_raw(ir, vi)['flow'].shape == (1, 2, 64, 64)
 
-
-def test_global_grid_is_the_same_for_a_crop_and_a_whole_frame():
-    net = MatchingRegistration(4, cseb_channels=8, pyramid_channels=(8, 8, 8),
-                               estimator_channels=(8, 8, 8))
-    assert net._global_grid(4, 4) == (8, 8)     # a 128 px training crop
-    assert net._global_grid(15, 20) == (6, 8)   # a 640x480 frame
-    assert net._global_grid(32, 40) == (6, 8)   # a 1280x1024 frame

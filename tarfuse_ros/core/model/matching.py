@@ -209,13 +209,12 @@ class FlowEstimator(nn.Module):
 class MatchingRegistration(nn.Module):
     """CSEBs + shared pyramid + global affine stage + residual cost-volume levels.
 
-    The global stage reads the coarsest features resampled to a fixed grid of ``global_cells``
-    cells along the longer side (area averaging), whatever the input size, so a map learnt on
-    training crops means the same on whole frames (its cost volume searches ``radius`` cells,
-    i.e. a fixed fraction of the image). Its flow and confidence per cell give one affine map by
-    weighted least squares (:func:`fit_affine`). Every pyramid level, coarsest first, then
-    warps the IR features by the flow so far, correlates them with the visible ones and adds a
-    residual flow.
+    The global stage reads the cost volume of the coarsest level (native scale, so the same
+    features and the same pixel displacements on a training crop and on a whole frame) and
+    predicts a flow and a confidence per cell; one affine map is fitted to them by weighted
+    least squares (:func:`fit_affine`: the fit itself is size-independent). Every pyramid level,
+    coarsest first, then warps the IR features by the flow so far, correlates them with the
+    visible ones and adds a residual flow.
 
     ``forward(c_ir (B, C, H, W), c_vi (B, C, H, W), return_levels=False)`` returns the flow
     ``(B, 2, H, W)`` in pixels that maps the IR onto the visible frame (``warp(ir, flow)``);
@@ -227,30 +226,28 @@ class MatchingRegistration(nn.Module):
         cseb_channels: CSEB width (the ``1/2**downsample`` level).
         pyramid_channels: widths of the coarser levels (each halves the resolution).
         estimator_channels: hidden widths of each level's flow estimator.
-        radius: cost-volume search radius in cells of the global grid and the coarser levels.
+        radius: cost-volume search radius in cells of the global stage and the coarser levels.
         downsample: stride-2 steps of the CSEBs.
         global_stage: start from one affine map (else from a zero flow).
         slope: LeakyReLU negative slope.
         finest_radius: the radius at the finest (CSEB) level, which only refines what the
             coarser levels found; its cost volume runs on the most cells, so it is kept small.
-        global_cells: cells of the global grid along the longer image side.
 
     """
 
     def __init__(self, in_channels, cseb_channels=32, pyramid_channels=(48, 64, 96),
                  estimator_channels=(64, 48, 32), radius=4, downsample=2, global_stage=True,
-                 slope=0.1, finest_radius=2, global_cells=8):
+                 slope=0.1, finest_radius=2):
         super().__init__()
-        if radius < 1 or finest_radius < 1 or not pyramid_channels or global_cells < 2:
-            raise ValueError(f'need radii >= 1, >= 1 pyramid level and global_cells >= 2, got '
-                             f'{radius}, {finest_radius}, {pyramid_channels}, {global_cells}')
+        if radius < 1 or finest_radius < 1 or not pyramid_channels:
+            raise ValueError(f'need radii >= 1 and >= 1 pyramid level, got {radius}, '
+                             f'{finest_radius}, {pyramid_channels}')
         self.cseb_ir = CSEB(in_channels, cseb_channels, downsample, slope, norm='group')
         self.cseb_vi = CSEB(in_channels, cseb_channels, downsample, slope, norm='group')
         self.pyramid = PyramidEncoder(cseb_channels, pyramid_channels, slope)
         widths = (cseb_channels,) + tuple(pyramid_channels)
         # Search radius per level, finest first.
         self.radii = (int(finest_radius),) + (int(radius),) * len(pyramid_channels)
-        self.global_cells = int(global_cells)
         self.estimators = nn.ModuleList()
         for index, width in enumerate(widths):
             cost = (2 * self.radii[index] + 1) ** 2
@@ -264,18 +261,11 @@ class MatchingRegistration(nn.Module):
             self.global_estimator = FlowEstimator(cost + widths[-1], estimator_channels, 3,
                                                   slope)
 
-    def _global_grid(self, height, width):
-        scale = self.global_cells / max(height, width)
-        return max(2, int(round(height * scale))), max(2, int(round(width * scale)))
-
     def global_affine(self, ir_feat, vi_feat):
         """Return ``(B, 2, 3)`` affine maps (normalised coordinates) from coarsest features."""
-        grid = self._global_grid(*vi_feat.shape[2:])
-        ir_g = F.interpolate(ir_feat, size=grid, mode='area')
-        vi_g = F.interpolate(vi_feat, size=grid, mode='area')
-        cost = local_correlation(F.normalize(vi_g, dim=1, eps=1e-6),
-                                 F.normalize(ir_g, dim=1, eps=1e-6), self.radii[-1])
-        out = self.global_estimator(torch.cat((cost, vi_g), dim=1))
+        cost = local_correlation(F.normalize(vi_feat, dim=1, eps=1e-6),
+                                 F.normalize(ir_feat, dim=1, eps=1e-6), self.radii[-1])
+        out = self.global_estimator(torch.cat((cost, vi_feat), dim=1))
         return fit_affine(out[:, :2], torch.sigmoid(out[:, 2:3]))
 
     def forward(self, c_ir, c_vi, return_levels=False):

@@ -52,13 +52,11 @@ class TarFuseConfig:
     # 'match' only: widths of the pyramid levels below the CSEB (each halves the resolution),
     # hidden widths of each level's flow estimator (a 1x1 squeeze, then 3x3 layers), the
     # cost-volume radius in cells (coarser levels; the finest level, which only refines, has
-    # its own), whether the flow starts from one affine map fitted on a fixed grid of
-    # global_cells cells along the longer side (size-independent), and that grid.
+    # its own), and whether the flow starts from one affine map fitted at the coarsest level.
     pyramid_channels: tuple = (48, 64, 96)
     estimator_channels: tuple = (64, 48, 32)
     corr_radius: int = 4
     corr_radius_finest: int = 2
-    global_cells: int = 8
     global_stage: bool = True
     # Hidden widths of the reconstruction head (third layer -> 1 channel, Tanh).
     reconstruction_channels: tuple = (16, 8)
@@ -165,7 +163,7 @@ class TarFuse(nn.Module):
             self.registration = MatchingRegistration(
                 width, config.cseb_channels, config.pyramid_channels,
                 config.estimator_channels, config.corr_radius, config.registration_downsample,
-                config.global_stage, slope, config.corr_radius_finest, config.global_cells)
+                config.global_stage, slope, config.corr_radius_finest)
         self.reconstruction = ReconstructionHead(4 * width, config.reconstruction_channels, slope)
         self.neck = DetectionNeck(4 * width, config.neck_stem_channels, config.detect_channels,
                                   slope)
