@@ -1,4 +1,4 @@
-"""Training losses of TarFuse (our reading of the paper; see ``METHOD.md``).
+"""Training losses of TarFuse (our reading of the paper; see ``docs/METHOD.md``).
 
 Shapes and units:
 
@@ -17,13 +17,12 @@ Total: ``L = fusion * L_fus + reg * L_reg + consistency * L_mc + complementary *
 """
 
 from dataclasses import asdict, dataclass
-from types import SimpleNamespace
 
 from tarfuse_ros.core.configs import known_fields
+from tarfuse_ros.core.model.yolo import detection_criterion
 import torch
 from torch import nn
 import torch.nn.functional as F
-from ultralytics.utils.loss import v8DetectionLoss
 
 __all__ = [
     'DetectionLoss', 'LossWeights', 'TarFuseLoss', 'complementary_loss', 'consistency_loss',
@@ -123,20 +122,8 @@ def registration_loss(flow, flow_gt, mask=None):
     return (error * weight).sum() / weight.sum().clamp_min(1.0)
 
 
-class _DetectHost:
-    """The minimal model face ``v8DetectionLoss`` reads: ``.args``, ``.model[-1]``, params."""
-
-    def __init__(self, detect, hyp):
-        self.args = hyp
-        self.model = [detect]
-        self._detect = detect
-
-    def parameters(self):
-        return self._detect.parameters()
-
-
 class DetectionLoss:
-    """YOLO training loss (ultralytics ``v8DetectionLoss``: box CIoU, class BCE, DFL).
+    """YOLO training loss (ultralytics' ``v8DetectionLoss`` through ``model.yolo``).
 
     ``__call__(det_out, targets) -> (loss, items)``:
 
@@ -153,13 +140,13 @@ class DetectionLoss:
 
     def __init__(self, detect, box=7.5, cls=0.5, dfl=1.5):
         self.detect = detect
-        self.hyp = SimpleNamespace(box=float(box), cls=float(cls), dfl=float(dfl))
+        self.gains = (float(box), float(cls), float(dfl))
         self._criterion = None
         self._device = None
 
     def _get_criterion(self, device):
         if self._criterion is None or self._device != device:
-            self._criterion = v8DetectionLoss(_DetectHost(self.detect, self.hyp))
+            self._criterion = detection_criterion(self.detect, *self.gains)
             self._device = device
         return self._criterion
 
@@ -204,7 +191,7 @@ class DetectionLoss:
         return loss.sum(), loss.detach()
 
 
-@dataclass
+@dataclass(frozen=True)
 class LossWeights:
     """Weights of the total loss (paper: 10, 5, 5 and beta = 2; ``fusion`` is ours)."""
 

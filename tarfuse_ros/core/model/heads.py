@@ -1,13 +1,12 @@
-"""Output heads: fused-image reconstruction and the P3/P4/P5 neck + ultralytics ``Detect``."""
+"""Output heads: fused-image reconstruction and the P3/P4/P5 neck of the ``Detect`` head.
+
+The ``Detect`` head itself is ultralytics' (:mod:`tarfuse_ros.core.model.yolo`).
+"""
 
 from tarfuse_ros.core.model.encoders import ConvBNAct
-import torch
 from torch import nn
-from ultralytics.nn.modules.head import Detect
 
-__all__ = ['DetectionNeck', 'LegacyDetect', 'ReconstructionHead', 'build_detect']
-
-DETECT_STRIDES = (8.0, 16.0, 32.0)
+__all__ = ['DetectionNeck', 'ReconstructionHead']
 
 
 class ReconstructionHead(nn.Module):
@@ -69,23 +68,3 @@ class DetectionNeck(nn.Module):
             x = level(x)
             outputs.append(x)
         return outputs
-
-
-class LegacyDetect(Detect):
-    """``Detect`` with the exact YOLOv8 classification branch (``legacy = True``)."""
-
-    legacy = True
-
-
-def build_detect(num_classes, reg_max=16, channels=(64, 96, 128), legacy=False):
-    """Return an ultralytics ``Detect`` for P3/P4/P5 with strides set and biases initialised.
-
-    Eval mode returns ``(y, preds)`` (or ``y`` alone when ``export`` is set) with ``y`` of shape
-    ``(B, 4 + nc, anchors)`` (xywh in input pixels, class probabilities); train mode returns the
-    dict ``boxes`` / ``scores`` / ``feats`` that ``v8DetectionLoss`` takes.
-    """
-    cls = LegacyDetect if legacy else Detect
-    detect = cls(nc=int(num_classes), reg_max=int(reg_max), ch=tuple(int(c) for c in channels))
-    detect.stride = torch.tensor(DETECT_STRIDES)
-    detect.bias_init()
-    return detect
