@@ -105,9 +105,13 @@ def resize_flow(flow_px, size, mode='bilinear'):
 
     """
     _check_flow(flow_px)
-    if len(size) != 2 or int(size[0]) < 2 or int(size[1]) < 2:
-        raise ValueError(f'size must be (H, W) with H, W >= 2, got {tuple(size)}')
-    new_h, new_w = int(size[0]), int(size[1])
+    if torch.jit.is_tracing():
+        # ONNX export traces sizes as tensors: int() would freeze them to the traced size.
+        new_h, new_w = size[0], size[1]
+    else:
+        if len(size) != 2 or int(size[0]) < 2 or int(size[1]) < 2:
+            raise ValueError(f'size must be (H, W) with H, W >= 2, got {tuple(size)}')
+        new_h, new_w = int(size[0]), int(size[1])
     old_h, old_w = flow_px.shape[2:]
     if (new_h, new_w) == (old_h, old_w):
         return flow_px
