@@ -114,7 +114,7 @@ def test_untrained_matching_registration_is_the_identity():
     flow, levels = net(c_ir, c_vi, return_levels=True)
     assert flow.shape == (2, 2, 64, 96)
     assert flow.abs().max() < 1e-4  # the affine fit of a zero flow, in float32
-    assert len(levels) == 5 and all(level.shape == flow.shape for level in levels)
+    assert len(levels) == 4 and all(level.shape == flow.shape for level in levels)
     assert torch.equal(net(c_ir, c_vi), flow)
 
 
@@ -152,7 +152,20 @@ def test_registered_ir_follows_the_flow_in_train_and_eval():
     ir, vi = torch.rand(1, 1, 64, 64), torch.rand(1, 1, 64, 64)
     model.train()
     out = model(ir, vi)
-    assert len(out['flow_levels']) == 5
+    assert len(out['flow_levels']) == 4
     assert torch.allclose(out['registered_ir'], warp(ir, out['flow']), atol=1e-6)
     assert model.predict_raw(ir, vi)['flow'].shape == (1, 2, 64, 64)
 
+
+
+def test_global_stage_ignores_where_a_cell_is():
+    torch.manual_seed(0)
+    net = MatchingRegistration(4, cseb_channels=8, pyramid_channels=(8, 8, 8),
+                               estimator_channels=(8, 8, 8))
+    for parameter in net.global_estimator.parameters():
+        torch.nn.init.normal_(parameter, std=0.3)
+    cost = torch.randn(1, 81, 5, 7)
+    out = net.global_estimator(cost)
+    # The same costs moved to another cell give the same output there (no position cue).
+    moved = net.global_estimator(torch.roll(cost, shifts=(2, 3), dims=(2, 3)))
+    assert torch.allclose(torch.roll(out, shifts=(2, 3), dims=(2, 3)), moved, atol=1e-6)

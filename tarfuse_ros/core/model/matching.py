@@ -185,20 +185,25 @@ class FlowEstimator(nn.Module):
 
     ``channels[0]`` is the squeeze width (a 1x1 layer over the wide cost-volume input keeps the
     estimator cheap), the others 3x3 layers; the head is a 3x3 layer to ``outputs`` channels.
+    ``pointwise=True`` makes every layer 1x1: each cell's output then depends on its own input
+    only, never on where the cell is (zero padding tells a 3x3 stack where the borders are, a
+    cue that differs between a small training crop and a whole frame).
     ``forward: (B, in_channels, h, w) -> (B, outputs, h, w)``; starts at exactly zero.
     """
 
-    def __init__(self, in_channels, channels=(64, 48, 32), outputs=2, slope=0.1):
+    def __init__(self, in_channels, channels=(64, 48, 32), outputs=2, slope=0.1,
+                 pointwise=False):
         super().__init__()
         layers = []
         width = in_channels
         for index, out in enumerate(channels):
-            kernel = 1 if index == 0 else 3
+            kernel = 1 if index == 0 or pointwise else 3
             layers += [nn.Conv2d(width, out, kernel, padding=kernel // 2),
                        nn.LeakyReLU(slope, inplace=True)]
             width = out
         self.body = nn.Sequential(*layers)
-        self.head = nn.Conv2d(width, outputs, 3, padding=1)
+        self.head = nn.Conv2d(width, outputs, 1 if pointwise else 3,
+                              padding=0 if pointwise else 1)
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
 
@@ -211,10 +216,11 @@ class MatchingRegistration(nn.Module):
 
     The global stage reads the cost volume of the coarsest level (native scale, so the same
     features and the same pixel displacements on a training crop and on a whole frame) and
-    predicts a flow and a confidence per cell; one affine map is fitted to them by weighted
-    least squares (:func:`fit_affine`: the fit itself is size-independent). Every pyramid level,
-    coarsest first, then warps the IR features by the flow so far, correlates them with the
-    visible ones and adds a residual flow.
+    predicts, cell by cell from that cell's matching costs alone (1x1 layers: no position cue),
+    a flow and a confidence; one affine map is fitted to them by weighted least squares
+    (:func:`fit_affine`: the fit itself is size-independent). Every finer level then warps the
+    IR features by the flow so far, correlates them with the visible ones and adds a residual
+    flow (without the global stage, the coarsest level starts from a zero flow).
 
     ``forward(c_ir (B, C, H, W), c_vi (B, C, H, W), return_levels=False)`` returns the flow
     ``(B, 2, H, W)`` in pixels that maps the IR onto the visible frame (``warp(ir, flow)``);
@@ -248,8 +254,9 @@ class MatchingRegistration(nn.Module):
         widths = (cseb_channels,) + tuple(pyramid_channels)
         # Search radius per level, finest first.
         self.radii = (int(finest_radius),) + (int(radius),) * len(pyramid_channels)
+        # One residual estimator per level; with the global stage, none at the coarsest.
         self.estimators = nn.ModuleList()
-        for index, width in enumerate(widths):
+        for index, width in enumerate(widths[:-1] if global_stage else widths):
             cost = (2 * self.radii[index] + 1) ** 2
             # The finest level runs on the most cells: half as wide.
             hidden = (tuple(max(c // 2, 8) for c in estimator_channels) if index == 0
@@ -258,14 +265,14 @@ class MatchingRegistration(nn.Module):
         self.global_estimator = None
         if global_stage:
             cost = (2 * int(radius) + 1) ** 2
-            self.global_estimator = FlowEstimator(cost + widths[-1], estimator_channels, 3,
-                                                  slope)
+            self.global_estimator = FlowEstimator(cost, estimator_channels, 3, slope,
+                                                  pointwise=True)
 
     def global_affine(self, ir_feat, vi_feat):
         """Return ``(B, 2, 3)`` affine maps (normalised coordinates) from coarsest features."""
         cost = local_correlation(F.normalize(vi_feat, dim=1, eps=1e-6),
                                  F.normalize(ir_feat, dim=1, eps=1e-6), self.radii[-1])
-        out = self.global_estimator(torch.cat((cost, vi_feat), dim=1))
+        out = self.global_estimator(cost)
         return fit_affine(out[:, :2], torch.sigmoid(out[:, 2:3]))
 
     def forward(self, c_ir, c_vi, return_levels=False):
@@ -281,7 +288,7 @@ class MatchingRegistration(nn.Module):
                 levels.append(affine_flow(theta, size[0], size[1]))
         else:
             flow = vi_levels[-1].new_zeros(vi_levels[-1].shape[0], 2, *coarsest)
-        for index in reversed(range(len(ir_levels))):
+        for index in reversed(range(len(self.estimators))):
             ir_feat, vi_feat = ir_levels[index], vi_levels[index]
             flow = resize_flow(flow, vi_feat.shape[2:])
             reference = F.normalize(vi_feat, dim=1, eps=1e-6)
