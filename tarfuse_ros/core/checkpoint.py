@@ -12,12 +12,11 @@ Every failure raises :class:`CheckpointError` (a ``ValueError``) saying what to 
 """
 
 import json
-import os
 from pathlib import Path
-import tempfile
 
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+from tarfuse_ros.core.files import atomic_output
 from tarfuse_ros.core.model.tarfuse import build_model, SIZE_MULTIPLE, TarFuseConfig
 import torch
 
@@ -66,15 +65,8 @@ def save_checkpoint(path, model, provenance=None, input_conventions=None):
     tensors = {name: value.detach().to('cpu').contiguous().clone()
                for name, value in model.state_dict().items()}
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=path.name + '.', suffix='.tmp', dir=path.parent)
-    os.close(handle)
-    try:
-        save_file(tensors, temporary, metadata=metadata)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
+    with atomic_output(path) as temporary:
+        save_file(tensors, str(temporary), metadata=metadata)
     return path
 
 

@@ -28,6 +28,7 @@ The data set does not deform the IR image: the trainer draws a random deformatio
 its device (``deform.random_deformation``). It does crops, flips and the Y channel.
 """
 
+from dataclasses import dataclass
 from functools import lru_cache
 import math
 import os
@@ -41,6 +42,7 @@ from torch.utils.data import Dataset
 
 __all__ = [
     'IMAGE_EXTENSIONS',
+    'DataSource',
     'PairedDataset',
     'collate_pairs',
     'default_class_map',
@@ -71,9 +73,18 @@ def _dir(dataset_dir):
     return path
 
 
-@lru_cache(maxsize=64)
 def _image_index(folder):
-    """Map stem -> file path for the images in ``folder`` (cached per folder)."""
+    """Map stem -> file path for the images in ``folder``.
+
+    The listing is cached per folder and modification time: adding or removing a file changes
+    the folder's time, so the cache never answers with a stale listing.
+    """
+    return _listing(folder, os.stat(folder).st_mtime_ns)
+
+
+@lru_cache(maxsize=64)
+def _listing(folder, mtime_ns):
+    del mtime_ns  # only part of the cache key
     index = {}
     for entry in os.scandir(folder):
         stem, ext = os.path.splitext(entry.name)
@@ -347,21 +358,71 @@ def _normalise_class_map(class_map):
     return out
 
 
-def _parse_source(source):
-    """Return (path, split, labels_dir) of one data source (str, (path, split) or dict)."""
-    if isinstance(source, (str, os.PathLike)):
-        return Path(source), 'all', 'labels'
-    if isinstance(source, dict):
-        unknown = set(source) - {'path', 'split', 'labels'}
-        if 'path' not in source or unknown:
-            raise ValueError(
-                f'a data source dict needs "path" and may have "split", "labels"; got {source}')
-        return Path(source['path']), source.get('split', 'all'), source.get('labels', 'labels')
-    if isinstance(source, (tuple, list)) and len(source) in (2, 3):
-        labels_dir = source[2] if len(source) == 3 else 'labels'
-        return Path(source[0]), source[1], labels_dir
-    raise ValueError(
-        f'data source must be a path, (path, split[, labels_dir]) or a dict, got {source!r}')
+@dataclass(frozen=True)
+class DataSource:
+    """The pairs taken from one data set folder: the one data-source spec of the package.
+
+    Attributes:
+        path: the data set folder (layout in the module docstring), as given.
+        split: a split of :func:`read_split` (list-file name, ``'all'``, ``'misaligned'`` or a
+            path to a list file).
+        exclude: splits whose stems are removed from ``split`` (so that, e.g., test pairs never
+            leak into training).
+        labels: the label sub-folder (``'labels'``; e.g. ``'labels_ir'``).
+
+    """
+
+    path: str
+    split: str = 'all'
+    exclude: tuple = ()
+    labels: str = 'labels'
+
+    def __post_init__(self):
+        object.__setattr__(self, 'path', str(self.path))
+        object.__setattr__(self, 'split', str(self.split))
+        exclude = (self.exclude,) if isinstance(self.exclude, str) else self.exclude or ()
+        object.__setattr__(self, 'exclude', tuple(str(e) for e in exclude))
+        object.__setattr__(self, 'labels', str(self.labels or 'labels'))
+
+    @classmethod
+    def parse(cls, value, default_split='all'):
+        """Build from a path, ``(path, split[, labels])``, a mapping or a :class:`DataSource`.
+
+        A mapping may hold ``path`` (required), ``split``, ``exclude`` and ``labels``; a bare
+        path or a mapping without ``split`` takes ``default_split``.
+
+        Raises:
+            ValueError: another type, or a mapping with unknown keys or without ``path``.
+
+        """
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, (str, os.PathLike)):
+            return cls(value, default_split)
+        if isinstance(value, dict):
+            unknown = sorted(set(value) - {'path', 'split', 'exclude', 'labels'})
+            if 'path' not in value or unknown:
+                raise ValueError(f'data source {value!r}: needs "path" and may have "split", '
+                                 f'"exclude", "labels" (unknown keys: {unknown})')
+            return cls(value['path'], value.get('split', default_split),
+                       value.get('exclude') or (), value.get('labels') or 'labels')
+        if isinstance(value, (tuple, list)) and len(value) in (2, 3):
+            return cls(value[0], value[1], (), value[2] if len(value) == 3 else 'labels')
+        raise ValueError(f'data source must be a path, (path, split[, labels]), a mapping or '
+                         f'a DataSource, got {value!r}')
+
+    def stems(self):
+        """Return the stems of ``split`` without those of the ``exclude`` splits, in order."""
+        stems = read_split(self.path, self.split)
+        excluded = set()
+        for other in self.exclude:
+            excluded.update(read_split(self.path, other))
+        return [stem for stem in stems if stem not in excluded]
+
+    def to_dict(self):
+        """Return a plain, JSON-ready mapping that :meth:`parse` reads back."""
+        return {'path': self.path, 'split': self.split, 'exclude': list(self.exclude),
+                'labels': self.labels}
 
 
 def _crop_size(crop_size):
@@ -391,8 +452,9 @@ class PairedDataset(Dataset):
     - ``stem``, ``dataset`` (the folder name), ``index``.
 
     Args:
-        sources: data set folders, each a path (split ``'all'``), ``(path, split)``,
-            ``(path, split, labels_dir)`` or ``{'path':, 'split':, 'labels':}``.
+        sources: data set folders, each a :class:`DataSource` or what
+            :meth:`DataSource.parse` reads (a path: split ``'all'``; ``(path, split)``,
+            ``(path, split, labels_dir)``, ``{'path':, 'split':, 'exclude':, 'labels':}``).
         class_map: ``name -> id`` (see the module docstring); None: :func:`default_class_map`.
         crop_size: int or (h, w), multiples of 32, or None for the whole image (then every
             sample of a batch must have the same size; see ``resize``). An image smaller than
@@ -412,9 +474,9 @@ class PairedDataset(Dataset):
     def __init__(self, sources, class_map=None, crop_size=None, resize=None, augment=True,
                  hflip_prob=0.5, vflip_prob=0.0, min_box_px=3.0, min_box_area=0.2,
                  keep_color=False, seed=0):
-        if isinstance(sources, (str, os.PathLike, dict)):
+        if isinstance(sources, (str, os.PathLike, dict, DataSource)):
             sources = [sources]
-        parsed = [_parse_source(s) for s in sources]
+        parsed = [DataSource.parse(s) for s in sources]
         if not parsed:
             raise ValueError('PairedDataset needs at least one data source')
         self.crop_size = _crop_size(crop_size)
@@ -435,17 +497,17 @@ class PairedDataset(Dataset):
         self.keep_color = bool(keep_color)
         self.seed = int(seed)
         self.epoch = 0
-        dirs = [_dir(p) for p, _, _ in parsed]
+        dirs = [_dir(source.path) for source in parsed]
         self.class_map = _normalise_class_map(
             default_class_map(dirs) if class_map is None else class_map)
         self.class_names = class_names_from_map(self.class_map) if self.class_map else ()
         self.items = []
         self._id_maps = []
-        for (path, split, labels_dir), folder in zip(parsed, dirs):
+        for source, folder in zip(parsed, dirs):
             set_names = read_classes(folder)
             self._id_maps.append(self._set_id_map(folder, set_names))
-            for stem in read_split(folder, split):
-                self.items.append((len(self._id_maps) - 1, folder, stem, labels_dir))
+            for stem in source.stems():
+                self.items.append((len(self._id_maps) - 1, folder, stem, source.labels))
         if not self.items:
             raise ValueError(f'no pairs found in the data sources {sources}')
 

@@ -7,14 +7,15 @@ which is the registration ground truth. The inverse is computed by the fixed-poi
 ``g <- -warp(a, g)`` (``g(p) = -a(p + g(p))``), not by negation, on a grid extended by a margin so
 that it is exact near the borders too.
 
-Defaults follow ``METHOD.md`` (peers' training ranges): rotation up to 10 degrees, translation up
-to 5 % of the image size, scale 0.95..1.05, elastic noise U[-1, 1] smoothed by a Gaussian of
-sigma 16 px with a kernel of about 6 sigma (kornia's default kernel truncates the Gaussian and
-can fold the field), scaled to a peak displacement drawn from U(0, 4) px.
+Defaults follow ``docs/METHOD.md`` (peers' training ranges): rotation up to 10 degrees,
+translation up to 5 % of the image size, scale 0.95..1.05, elastic noise U[-1, 1] smoothed by a
+Gaussian of sigma 16 px with a kernel of about 6 sigma (kornia's default kernel truncates the
+Gaussian and can fold the field), scaled to a peak displacement drawn from U(0, 4) px.
 """
 
 from dataclasses import asdict, dataclass
 import math
+from typing import NamedTuple
 
 from tarfuse_ros.core.configs import known_fields
 from tarfuse_ros.core.model.warp import identity_grid, warp
@@ -24,9 +25,9 @@ import torch.nn.functional as F
 __all__ = ['DeformConfig', 'compose_flows', 'invert_flow', 'random_deformation', 'warp_boxes']
 
 
-@dataclass
+@dataclass(frozen=True)
 class DeformConfig:
-    """Ranges of the random deformation (every value configurable; defaults from METHOD.md)."""
+    """Ranges of the random deformation (every value configurable; defaults: docs/METHOD.md)."""
 
     # Probability that a sample is deformed at all (otherwise both fields are zero).
     prob: float = 1.0
@@ -63,7 +64,7 @@ class DeformConfig:
     inverse_iterations: int = 20
 
     def __post_init__(self):
-        self.scale = tuple(float(v) for v in self.scale)
+        object.__setattr__(self, 'scale', tuple(float(v) for v in self.scale))
         if not 0.0 <= self.prob <= 1.0:
             raise ValueError(f'prob must be in [0, 1], got {self.prob}')
         for name in ('rotation_deg', 'translation', 'elastic_sigma_px', 'elastic_alpha_px',
@@ -245,7 +246,46 @@ def random_deformation(batch, height, width, config=None, generator=None, device
         raise ValueError(f'need batch >= 1 and height, width >= 2, got {(batch, height, width)}')
     dtype = torch.float32
     device = torch.device(device) if device is not None else torch.device('cpu')
+    draw = _draw(config, batch, height, width, generator, device, dtype)
+    elastic_on = config.elastic_sigma_px > 0 and config.elastic_alpha_px > 0
 
+    # Margin: an upper bound of the displacement, so the inverse is exact up to the borders.
+    margin = _margin(config, height, width, config.elastic_alpha_px if elastic_on else 0.0)
+    ext_h, ext_w = height + 2 * margin, width + 2 * margin
+
+    coords = identity_grid(ext_h, ext_w, device=device, dtype=dtype) - margin
+    if elastic_on:
+        elastic = _elastic_field(batch, ext_h, ext_w, draw.sigma, config.elastic_kernel_sigmas,
+                                 draw.peaks, generator, device, int(config.elastic_downsample))
+    else:
+        elastic = torch.zeros(batch, 2, ext_h, ext_w, device=device, dtype=dtype)
+    points = coords + elastic
+    centre = torch.tensor([(width - 1) / 2, (height - 1) / 2], device=device, dtype=dtype)
+    rel = points - centre.view(1, 2, 1, 1)
+    rigid = _projective_displacement(rel, draw, config.perspective > 0)
+    applied = (elastic + rigid) * draw.active.view(-1, 1, 1, 1)
+
+    rows, cols = slice(margin, margin + height), slice(margin, margin + width)
+    inverse = _invert_extended(applied, margin, height, width, config.inverse_iterations)
+    applied = applied[:, :, rows, cols]
+    return applied.contiguous(), inverse.contiguous()
+
+
+class _Draw(NamedTuple):
+    """The random parameters of a batch of deformations (see :func:`random_deformation`)."""
+
+    angle: torch.Tensor
+    scale: torch.Tensor
+    shift: torch.Tensor
+    active: torch.Tensor
+    peaks: torch.Tensor
+    linear: torch.Tensor
+    tilt: torch.Tensor
+    sigma: float
+
+
+def _draw(config, batch, height, width, generator, device, dtype):
+    """Draw a batch's parameters from ``generator``, always in the same order."""
     def uniform(low, high, count=batch):
         draw = torch.rand(count, generator=generator, dtype=torch.float64)
         return (low + (high - low) * draw).to(device=device, dtype=dtype)
@@ -256,7 +296,6 @@ def random_deformation(batch, height, width, config=None, generator=None, device
                          uniform(-config.translation, config.translation) * height), dim=1)
     active = (torch.rand(batch, generator=generator) < config.prob).to(device=device, dtype=dtype)
     peaks = uniform(0.0, config.elastic_alpha_px) * active
-    elastic_on = config.elastic_sigma_px > 0 and config.elastic_alpha_px > 0
     # Draws added after the original ones (and only when configured), so that configurations
     # without them keep drawing exactly the fields they always drew for a given seed.
     extended = (config.translation_px, config.aspect, config.shear_deg, config.perspective,
@@ -279,39 +318,27 @@ def random_deformation(batch, height, width, config=None, generator=None, device
                             uniform(-config.perspective, config.perspective)), 1) / half_diag
         if config.elastic_sigma_max_px > config.elastic_sigma_px:
             sigma = float(uniform(config.elastic_sigma_px, config.elastic_sigma_max_px, 1))
+    return _Draw(angle, scale, shift, active, peaks, linear, tilt, sigma)
 
-    # Margin: an upper bound of the displacement, so the inverse is exact up to the borders.
-    margin = _margin(config, height, width, config.elastic_alpha_px if elastic_on else 0.0)
-    ext_h, ext_w = height + 2 * margin, width + 2 * margin
 
-    coords = identity_grid(ext_h, ext_w, device=device, dtype=dtype) - margin
-    if elastic_on:
-        elastic = _elastic_field(batch, ext_h, ext_w, sigma, config.elastic_kernel_sigmas,
-                                 peaks, generator, device, int(config.elastic_downsample))
-    else:
-        elastic = torch.zeros(batch, 2, ext_h, ext_w, device=device, dtype=dtype)
-    points = coords + elastic
-    centre = torch.tensor([(width - 1) / 2, (height - 1) / 2], device=device, dtype=dtype)
-    centre = centre.view(1, 2, 1, 1)
-    rel = points - centre
-    # Shear / anisotropy first, then rotation and scale: M = s R L.
+def _projective_displacement(rel, draw, perspective):
+    """Return ``A(c + rel) - (c + rel)`` for points ``rel`` (B, 2, H, W) relative to the centre.
+
+    ``A(x) = c + (M (x - c) + t) / (1 + q . (x - c))`` with ``M = s R L`` (shear / anisotropy
+    first, then rotation and scale); the perspective division only when ``perspective``.
+    """
+    linear = draw.linear
     lx = linear[:, 0, 0].view(-1, 1, 1) * rel[:, 0] + linear[:, 0, 1].view(-1, 1, 1) * rel[:, 1]
     ly = linear[:, 1, 0].view(-1, 1, 1) * rel[:, 0] + linear[:, 1, 1].view(-1, 1, 1) * rel[:, 1]
-    cos, sin = torch.cos(angle).view(-1, 1, 1), torch.sin(angle).view(-1, 1, 1)
-    s = scale.view(-1, 1, 1)
-    moved_x = s * (cos * lx - sin * ly) + shift[:, 0].view(-1, 1, 1)
-    moved_y = s * (sin * lx + cos * ly) + shift[:, 1].view(-1, 1, 1)
-    if config.perspective > 0:
-        denominator = (1.0 + tilt[:, 0].view(-1, 1, 1) * rel[:, 0]
-                       + tilt[:, 1].view(-1, 1, 1) * rel[:, 1])
+    cos, sin = torch.cos(draw.angle).view(-1, 1, 1), torch.sin(draw.angle).view(-1, 1, 1)
+    s = draw.scale.view(-1, 1, 1)
+    moved_x = s * (cos * lx - sin * ly) + draw.shift[:, 0].view(-1, 1, 1)
+    moved_y = s * (sin * lx + cos * ly) + draw.shift[:, 1].view(-1, 1, 1)
+    if perspective:
+        denominator = (1.0 + draw.tilt[:, 0].view(-1, 1, 1) * rel[:, 0]
+                       + draw.tilt[:, 1].view(-1, 1, 1) * rel[:, 1])
         moved_x, moved_y = moved_x / denominator, moved_y / denominator
-    rigid = torch.stack((moved_x, moved_y), dim=1) - rel
-    applied = (elastic + rigid) * active.view(-1, 1, 1, 1)
-
-    rows, cols = slice(margin, margin + height), slice(margin, margin + width)
-    inverse = _invert_extended(applied, margin, height, width, config.inverse_iterations)
-    applied = applied[:, :, rows, cols]
-    return applied.contiguous(), inverse.contiguous()
+    return torch.stack((moved_x, moved_y), dim=1) - rel
 
 
 def warp_boxes(boxes_xyxy_px, inverse_px_single, samples_per_side=8, clip=True):

@@ -3,7 +3,7 @@
 Fusion metrics compare a fused image ``F`` with its sources ``A`` (IR) and ``B`` (visible).
 Inputs are 2-D grey arrays: uint8 (0-255), or float in [0, 1] (scaled by 255); every fusion metric
 is computed on the 0-255 scale in float64, as the common MATLAB toolboxes do. Choices where the
-toolboxes differ (we follow ``shared/design/METHOD.md``):
+toolboxes differ (we follow ``docs/METHOD.md``):
 
 - ``cc``: mean of Pearson(F, A) and Pearson(F, B). A flat image has correlation 0.
 - ``qabf`` (Xydeas-Petrovic Q^AB/F): Sobel gradients with zero padding ('same' convolution as

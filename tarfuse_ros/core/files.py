@@ -1,0 +1,53 @@
+"""Writing outputs so that a crash never leaves a half-written file or folder under its name."""
+
+from contextlib import contextmanager
+import os
+from pathlib import Path
+import shutil
+import tempfile
+
+__all__ = ['atomic_output']
+
+
+@contextmanager
+def atomic_output(path, folder=False):
+    """Yield a temporary path beside ``path``; move it to ``path`` when the block succeeds.
+
+    Write the file (or, with ``folder=True``, fill the folder) at the yielded path. On success a
+    file replaces ``path`` in one ``os.replace``; a folder replaces it by two renames (the old one
+    is first moved to ``<name>.old``, then deleted). On an exception the temporary is removed and
+    ``path`` is left as it was. The parent folder is created if needed.
+
+    Args:
+        path: the final file or folder.
+        folder: the output is a folder (e.g. a training state of several files).
+
+    Yields:
+        :class:`pathlib.Path` of the temporary file (not yet existing) or of the empty folder.
+
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if folder:
+        temporary = Path(tempfile.mkdtemp(prefix=path.name + '.', suffix='.tmp', dir=path.parent))
+        temporary.chmod(0o755)  # mkdtemp makes it private; a state folder is a normal folder
+    else:
+        handle, name = tempfile.mkstemp(prefix=path.name + '.', suffix='.tmp', dir=path.parent)
+        os.close(handle)
+        temporary = Path(name)
+    try:
+        yield temporary
+        if not folder:
+            os.replace(temporary, path)
+            return
+        old = path.with_name(path.name + '.old')
+        shutil.rmtree(old, ignore_errors=True)
+        if path.exists():
+            path.rename(old)
+        temporary.rename(path)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if temporary.is_dir():
+            shutil.rmtree(temporary, ignore_errors=True)
+        elif temporary.exists():
+            temporary.unlink()

@@ -1,0 +1,305 @@
+"""Training configuration: one frozen dataclass per section, parsed strictly.
+
+A training config (``config/train.yaml``, every key commented there) has five sections:
+
+- ``data``: :class:`DataConfig` (data sets, class map, crops, flips, loader workers);
+- ``deformation``: :class:`tarfuse_ros.core.deform.DeformConfig` (the random IR deformation);
+- ``model``: fields of :class:`tarfuse_ros.core.model.tarfuse.TarFuseConfig` that differ from
+  its defaults (the class names come from ``data.class_map``);
+- ``loss``: :class:`tarfuse_ros.core.losses.LossWeights`;
+- ``train``: :class:`TrainConfig` (epochs, optimiser, schedule, device, seeds, ...).
+
+The defaults live in these dataclasses and nowhere else: a key left out of the YAML takes them.
+``epochs``, ``batch``, ``lr``, ``data.train``, ``data.crop`` and ``data.class_map`` have none and
+must be given. Unknown sections and keys are errors that name the key (``train.warmup_epoch``).
+``--set KEY=VALUE`` changes the raw mapping before it is parsed (:func:`apply_overrides`).
+"""
+
+from dataclasses import asdict, dataclass, field, fields, MISSING
+from pathlib import Path
+
+from tarfuse_ros.core.data import class_names_from_map, DataSource
+from tarfuse_ros.core.deform import DeformConfig
+from tarfuse_ros.core.losses import LossWeights
+from tarfuse_ros.core.model.tarfuse import TarFuseConfig
+from tarfuse_ros.core.paths import config_path
+from tarfuse_ros.training.datasets import parse_data_spec
+import yaml
+
+__all__ = ['DataConfig', 'SECTIONS', 'TrainConfig', 'TrainingConfig', 'apply_overrides',
+           'load_config', 'set_by_path']
+
+SECTIONS = ('data', 'deformation', 'model', 'loss', 'train')
+SCHEDULES = ('constant', 'cosine')
+# Model fields the data section decides.
+_FROM_DATA = ('class_names', 'num_classes')
+
+
+def _number(key, value, kind):
+    """Return ``value`` as ``kind`` (int or float), or raise ``ValueError`` naming ``key``."""
+    if isinstance(value, bool):
+        raise ValueError(f'{key} must be a number, got {value!r}')
+    try:
+        number = float(value)  # YAML reads 5e-4 (no dot) as a string
+    except (TypeError, ValueError):
+        raise ValueError(f'{key} must be a number, got {value!r}') from None
+    if kind is int:
+        if number != int(number):
+            raise ValueError(f'{key} must be an integer, got {value!r}')
+        return int(number)
+    return number
+
+
+def _parse_fields(cls, section, values):
+    """Return ``cls(**values)`` with values converted to the fields' types; strict keys."""
+    values = dict(values or {})
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ValueError(f'unknown key {section}.{unknown[0]} (known keys of {section}: '
+                         f'{sorted(known)})')
+    missing = [name for name, f in known.items()
+               if name not in values and f.default is MISSING and f.default_factory is MISSING]
+    if missing:
+        raise ValueError(f'{section}.{missing[0]} must be set')
+    out = {}
+    for name, value in values.items():
+        kind = known[name].type
+        key = f'{section}.{name}'
+        if value is None or kind not in (int, float, bool):
+            out[name] = value
+        elif kind is bool:
+            if not isinstance(value, bool):
+                raise ValueError(f'{key} must be true or false, got {value!r}')
+            out[name] = value
+        else:
+            out[name] = _number(key, value, kind)
+    return cls(**out)
+
+
+def _check(condition, message):
+    if not condition:
+        raise ValueError(message)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataConfig:
+    """The ``data`` section: where the pairs come from and how they are cut.
+
+    ``train`` / ``val``: data sources (:class:`~tarfuse_ros.core.data.DataSource`; a config
+    entry is a mapping ``{path, split, exclude, labels}`` or ``'PATH[:SPLIT]'``, split
+    ``train`` when left out). ``crop`` / ``val_crop``: square crop sides in pixels (multiples of
+    32); ``val_crop`` ``None`` is the training crop, 0 whole frames. ``hflip`` / ``vflip``: flip
+    probabilities. ``workers``: DataLoader worker processes. ``root``: base folder of relative
+    data set paths (``None``: the working directory, then the shared data sets).
+    """
+
+    root: str = None
+    train: tuple
+    val: tuple = ()
+    class_map: dict
+    crop: int
+    hflip: float = 0.5
+    vflip: float = 0.0
+    val_crop: int = None
+    workers: int = 0
+
+    def __post_init__(self):
+        for name in ('train', 'val'):
+            entries = getattr(self, name) or ()
+            object.__setattr__(self, name, tuple(
+                parse_data_spec(e) if isinstance(e, str)
+                else DataSource.parse(e, default_split='train') for e in entries))
+        _check(self.train, 'data.train is empty: give at least one data set (--data PATH:SPLIT)')
+        for name in ('crop', 'val_crop'):
+            value = getattr(self, name)
+            if value is None or (name == 'val_crop' and value == 0):
+                continue
+            _check(value >= 32 and value % 32 == 0,
+                   f'data.{name} must be a multiple of 32 (>= 32), got {value!r}')
+        _check(isinstance(self.class_map, dict) and self.class_map,
+               f'data.class_map must map class names to ids, got {self.class_map!r}')
+        ids = sorted(set(self.class_map.values()))
+        _check(ids == list(range(len(ids))),
+               f'data.class_map ids must be 0..K-1 without gaps, got {ids}')
+        for name in ('hflip', 'vflip'):
+            _check(0.0 <= getattr(self, name) <= 1.0,
+                   f'data.{name} must be in [0, 1], got {getattr(self, name)!r}')
+        _check(self.workers >= 0, f'data.workers must be >= 0, got {self.workers!r}')
+
+    @property
+    def eval_crop(self):
+        """Validation crop side: ``val_crop``, the training crop for ``None``, 0 whole frames."""
+        return self.crop if self.val_crop is None else self.val_crop
+
+    @property
+    def class_names(self):
+        """Class names in id order (the first name of each id, lower case)."""
+        return class_names_from_map({str(k).lower(): int(v) for k, v in self.class_map.items()})
+
+    def to_dict(self):
+        out = asdict(self)
+        out['train'] = [source.to_dict() for source in self.train]
+        out['val'] = [source.to_dict() for source in self.val]
+        out['class_map'] = dict(self.class_map)
+        return out
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """The ``train`` section: optimisation, schedule, device, seeds and outputs.
+
+    Units: ``lr`` per optimizer step; ``warmup_epochs`` in epochs (fractions allowed);
+    ``grad_clip`` the global gradient-norm limit (0: off); ``val_every`` / ``save_every`` in
+    epochs (``val_every`` 0: never; ``save_every`` below 1 counts as 1); ``threads`` torch CPU
+    threads (0: torch's default); ``time_budget_s`` wall seconds (0: none).
+    """
+
+    epochs: int
+    batch: int
+    lr: float
+    weight_decay: float = 0.0
+    betas: tuple = (0.9, 0.999)
+    schedule: str = 'constant'
+    min_lr_ratio: float = 0.0
+    warmup_epochs: float = 0.0
+    grad_clip: float = 0.0
+    val_every: int = 0
+    save_every: int = 1
+    init_weights: str = None
+    seed: int = 0
+    deterministic: bool = False
+    device: str = 'cpu'
+    amp: bool = False
+    threads: int = 0
+    deform_in_workers: object = 'auto'
+    sync_bn: bool = True
+    find_unused_parameters: bool = False
+    time_budget_s: float = 0.0
+
+    def __post_init__(self):
+        object.__setattr__(self, 'betas', tuple(float(b) for b in self.betas))
+        object.__setattr__(self, 'time_budget_s', float(self.time_budget_s or 0.0))
+        for name in ('epochs', 'batch'):
+            _check(getattr(self, name) >= 1,
+                   f'train.{name} must be >= 1, got {getattr(self, name)!r}')
+        _check(self.lr > 0, f'train.lr must be > 0, got {self.lr!r}')
+        _check(self.schedule in SCHEDULES,
+               f'train.schedule must be constant or cosine, got {self.schedule!r}')
+        _check(len(self.betas) == 2, f'train.betas must be two numbers, got {self.betas!r}')
+        for name in ('weight_decay', 'min_lr_ratio', 'warmup_epochs', 'grad_clip', 'val_every',
+                     'threads', 'time_budget_s'):
+            _check(getattr(self, name) >= 0,
+                   f'train.{name} must be >= 0, got {getattr(self, name)!r}')
+        _check(self.deform_in_workers in ('auto', True, False),
+               f'train.deform_in_workers must be auto, true or false, got '
+               f'{self.deform_in_workers!r}')
+        _check(isinstance(self.device, str), f'train.device must be a string, got {self.device!r}')
+
+    def to_dict(self):
+        out = asdict(self)
+        out['betas'] = list(self.betas)
+        return out
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """A whole training configuration (one attribute per section, see the module docstring)."""
+
+    data: DataConfig
+    train: TrainConfig
+    deformation: DeformConfig = field(default_factory=DeformConfig)
+    loss: LossWeights = field(default_factory=LossWeights)
+    model: TarFuseConfig = field(default_factory=TarFuseConfig)
+
+    @classmethod
+    def from_dict(cls, raw):
+        """Parse a raw mapping (YAML); raise ``ValueError`` naming any bad or unknown key."""
+        if not isinstance(raw, dict):
+            raise ValueError(f'a training config must be a mapping, got {type(raw).__name__}')
+        unknown = sorted(set(raw) - set(SECTIONS))
+        if unknown:
+            raise ValueError(f'unknown config section {unknown[0]!r} (sections: {SECTIONS})')
+        section = {name: raw.get(name) or {} for name in SECTIONS}
+        for name, values in section.items():
+            if not isinstance(values, dict):
+                raise ValueError(f'config section {name!r} must be a mapping, got {values!r}')
+        data = _parse_fields(DataConfig, 'data', section['data'])
+        train = _parse_fields(TrainConfig, 'train', section['train'])
+        try:
+            deformation = DeformConfig.from_dict(section['deformation'])
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f'deformation: {exc}') from None
+        try:
+            loss = LossWeights.from_dict(section['loss'])
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f'loss: {exc}') from None
+        return cls(data, train, deformation, loss, _model_config(section['model'], data))
+
+    def to_dict(self):
+        """Return the plain mapping :meth:`from_dict` reads back (the run's saved config)."""
+        default = TarFuseConfig().to_dict()
+        model = {key: value for key, value in self.model.to_dict().items()
+                 if key not in _FROM_DATA and value != default[key]}
+        return {'data': self.data.to_dict(), 'deformation': self.deformation.to_dict(),
+                'model': model, 'loss': self.loss.to_dict(), 'train': self.train.to_dict()}
+
+
+def _model_config(overrides, data):
+    """Return the TarFuseConfig of the ``model`` section, with the data's class names."""
+    taken = sorted(set(overrides) & set(_FROM_DATA))
+    if taken:
+        raise ValueError(f'model.{taken[0]} comes from data.class_map; remove it from model')
+    names = data.class_names
+    values = dict(TarFuseConfig().to_dict(), **overrides)
+    values.update(class_names=names, num_classes=len(names))
+    try:
+        return TarFuseConfig.from_dict(values)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f'model: {exc}') from None
+
+
+def load_config(path=None):
+    """Read a training YAML file (default: the shipped ``config/train.yaml``) into a mapping.
+
+    Raises:
+        ValueError: the file is missing or does not hold a mapping.
+
+    """
+    path = Path(path) if path is not None else config_path('train.yaml')
+    if not path.is_file():
+        raise ValueError(f'training config {str(path)!r} does not exist')
+    with open(path, encoding='utf-8') as stream:
+        raw = yaml.safe_load(stream)
+    if not isinstance(raw, dict):
+        raise ValueError(f'training config {str(path)!r} must hold a mapping, got {type(raw)}')
+    return raw
+
+
+def set_by_path(raw, dotted, value):
+    """Set ``raw['a']['b'] = value`` for ``dotted == 'a.b'`` (creating missing mappings)."""
+    keys = dotted.split('.')
+    if not all(keys):
+        raise ValueError(f'bad config key {dotted!r}')
+    node = raw
+    for key in keys[:-1]:
+        if not isinstance(node.get(key), dict):
+            node[key] = {}
+        node = node[key]
+    node[keys[-1]] = value
+
+
+def apply_overrides(raw, items):
+    """Apply ``KEY=VALUE`` overrides (values read as YAML) to a raw mapping, in place.
+
+    Raises:
+        ValueError: an item without ``=``. Unknown keys are reported when the mapping is
+            parsed (:meth:`TrainingConfig.from_dict`).
+
+    """
+    for item in items:
+        key, sep, value = item.partition('=')
+        if not sep:
+            raise ValueError(f'--set expects KEY=VALUE, got {item!r}')
+        set_by_path(raw, key.strip(), yaml.safe_load(value))
+    return raw

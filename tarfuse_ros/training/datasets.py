@@ -1,0 +1,122 @@
+"""Where training and evaluation data come from: locating data sets and building the data set.
+
+One spec names the pairs of one data set folder: :class:`tarfuse_ros.core.data.DataSource`
+(path, split, exclude, labels). This module finds the folders (:func:`resolve_dataset_dir`, also
+used by ``tarfuse-eval``), turns config entries into sources with absolute paths
+(:func:`resolve_sources`) and builds the :class:`~tarfuse_ros.core.data.PairedDataset` from them.
+The data set takes the sources as they are, ``exclude`` included: nothing is written to disk.
+"""
+
+from pathlib import Path
+
+from tarfuse_ros.core.data import DataSource, PairedDataset
+from tarfuse_ros.core.paths import shared_datasets_dir
+
+__all__ = ['build_dataset', 'count_labelled', 'parse_data_spec', 'resolve_dataset_dir',
+           'resolve_sources']
+
+
+def parse_data_spec(spec, default_split='train'):
+    """Turn ``PATH[:SPLIT]`` (the command-line form) into a :class:`DataSource`.
+
+    Raises:
+        ValueError: an empty path, or a colon without a split.
+
+    """
+    path, sep, split = str(spec).partition(':')
+    if not path or (sep and not split):
+        raise ValueError(f'data spec must be PATH or PATH:SPLIT, got {spec!r}')
+    return DataSource(path, split or default_split)
+
+
+def resolve_dataset_dir(path, root=None):
+    """Find a data set folder and return its absolute path.
+
+    Args:
+        path: absolute, or relative to ``root``, to the working directory, or to the shared
+            data sets (``$TARFUSE_SHARED/datasets`` or ``../shared/datasets``), tried in this
+            order.
+        root: optional base folder for relative paths.
+
+    Raises:
+        ValueError: the folder is found nowhere.
+
+    """
+    candidate = Path(path).expanduser()
+    if candidate.is_absolute():
+        found = candidate
+    else:
+        bases = [Path(root).expanduser()] if root else []
+        bases.append(Path.cwd())
+        shared = shared_datasets_dir()
+        if shared is not None:
+            bases.append(shared)
+        found = next((b / candidate for b in bases if (b / candidate).is_dir()), None)
+        if found is None:
+            raise ValueError(f'data set {str(path)!r} not found (looked in '
+                             f'{[str(b) for b in bases]}); set data.root or TARFUSE_SHARED')
+    if not found.is_dir():
+        raise ValueError(f'data set folder {str(found)!r} does not exist')
+    return found.resolve()
+
+
+def resolve_sources(sources, root=None):
+    """Return the sources with absolute folders, checking that each keeps some pairs.
+
+    A ``split`` that names a list file relative to the working directory is made absolute, and
+    so is a ``labels`` folder found relative to the working directory rather than inside the
+    data set (e.g. pseudo-labels kept in this repository for a shared data set), so the sources
+    read the same from any directory (and in the run's provenance).
+
+    Args:
+        sources: :class:`DataSource` objects or what :meth:`DataSource.parse` reads
+            (``'PATH[:SPLIT]'`` strings are read by :func:`parse_data_spec`).
+        root: base folder of relative paths (see :func:`resolve_dataset_dir`).
+
+    Raises:
+        ValueError: a folder not found, a bad entry, or no pair left after ``exclude``.
+
+    """
+    resolved = []
+    for value in sources or ():
+        source = parse_data_spec(value) if isinstance(value, str) else \
+            DataSource.parse(value, default_split='train')
+        folder = resolve_dataset_dir(source.path, root)
+        split = source.split
+        split_path = Path(split).expanduser()
+        if not split_path.is_absolute() and (Path.cwd() / split_path).is_file():
+            split = str((Path.cwd() / split_path).resolve())
+        # A label folder inside the data set, else one relative to the working directory
+        # (e.g. pseudo-labels kept in this repository for a shared data set).
+        labels = Path(source.labels).expanduser()
+        if (not labels.is_absolute() and not (folder / labels).is_dir()
+                and (Path.cwd() / labels).is_dir()):
+            labels = (Path.cwd() / labels).resolve()
+        source = DataSource(folder, split, source.exclude, str(labels))
+        if not source.stems():
+            raise ValueError(f'data source {value!r}: no pairs left in {str(folder)!r}')
+        resolved.append(source)
+    return resolved
+
+
+def build_dataset(sources, data_config, training, seed=0):
+    """Create the :class:`PairedDataset` of a run.
+
+    Args:
+        sources: resolved sources (:func:`resolve_sources`).
+        data_config: the run's :class:`~tarfuse_ros.training.config.DataConfig`.
+        training: random crops and flips (``data.crop``) when true; centre crops of
+            ``data.val_crop`` (or whole frames for ``val_crop`` 0) otherwise.
+        seed: base seed of the crops and flips.
+
+    """
+    crop = data_config.crop if training else data_config.eval_crop
+    return PairedDataset(
+        list(sources), class_map=dict(data_config.class_map), crop_size=crop or None,
+        augment=training, hflip_prob=data_config.hflip, vflip_prob=data_config.vflip, seed=seed)
+
+
+def count_labelled(sources):
+    """Return how many pairs of the sources have a label file."""
+    return sum(1 for source in sources for stem in source.stems()
+               if (Path(source.path) / source.labels / f'{stem}.txt').is_file())

@@ -1,0 +1,386 @@
+"""The training loop: :class:`Trainer`, one run from a :class:`TrainingConfig` to a checkpoint.
+
+Every step draws a fresh random rigid + elastic field per sample, deforms the aligned IR with it
+(``deformed = warp(ir, applied)``) and asks the network for the inverse (``flow_gt``), so the
+boxes, which live in the visible frame, never move (:mod:`tarfuse_ros.training.steps`).
+
+Outputs in the run folder: ``log.jsonl`` and ``loss_curves.png`` (see
+:mod:`~tarfuse_ros.training.logs`), ``config.yaml`` (the parsed config), ``splits/`` (the stems
+used), ``state/`` (resumable, :mod:`~tarfuse_ros.training.state`), ``summary.json`` and
+``tarfuse.safetensors`` (:func:`tarfuse_ros.core.checkpoint.save_checkpoint`, with provenance),
+written at every save so that a killed run leaves a usable checkpoint.
+
+The trainer changes no process-wide torch setting (threads, deterministic algorithms,
+denormals): the program does that (:func:`tarfuse_ros.core.runtime.torch_settings`).
+"""
+
+import datetime
+import json
+from pathlib import Path
+import shlex
+import sys
+import time
+
+from tarfuse_ros.core.runtime import resolve_device
+from tarfuse_ros.training import logs, steps
+from tarfuse_ros.training.datasets import build_dataset, count_labelled, resolve_sources
+from tarfuse_ros.training.distributed import barrier, broadcast_int, DistInfo
+from tarfuse_ros.training.loaders import train_loader, val_loader
+from tarfuse_ros.training.schedule import lr_factor, TimeBudget
+from tarfuse_ros.training.seeds import batch_generator, epoch_seed, seed_everything
+from tarfuse_ros.training.state import load_state, read_state_meta, save_state, STATE_DIR
+import torch
+import yaml
+
+__all__ = ['CURVE_NAME', 'FINAL_NAME', 'Trainer']
+
+FINAL_NAME = 'tarfuse.safetensors'
+CURVE_NAME = 'loss_curves.png'
+# The time budget times steps 4..23 of a run (the first ones carry start-up costs).
+_PROBE_WARMUP_STEPS = 3
+_PROBE_STEPS = 20
+
+
+def _log(message):
+    print(f'[tarfuse-train] {message}', flush=True)
+
+
+class Trainer:
+    """One training run: data, model, optimizer, loaders and counters, all made in ``__init__``.
+
+    :meth:`train_step` runs one optimisation step on a loader batch, :meth:`train_epoch` one
+    epoch, :meth:`validate` one validation pass and :meth:`fit` the whole run with its outputs
+    (module docstring).
+
+    Args:
+        config: :class:`~tarfuse_ros.training.config.TrainingConfig`.
+        out_dir: the run folder.
+        dist: :class:`~tarfuse_ros.training.distributed.DistInfo` (default: one process).
+        argv: the command line, recorded in the provenance.
+        max_steps: stop after this many optimizer steps of this run (smoke tests).
+        resume: a state folder to continue from (weights, optimizer, counters, RNG states).
+        t0: ``time.monotonic()`` value where ``train.time_budget_s`` starts (default: now).
+
+    Raises:
+        ValueError: bad data sources, a device name that is not ``cpu``/``cuda``/``cuda:N``,
+            or no training batch.
+        tarfuse_ros.core.runtime.DeviceUnavailableError: CUDA asked for but absent.
+
+    """
+
+    def __init__(self, config, out_dir, dist=None, argv=(), max_steps=None, resume=None,
+                 t0=None):
+        self.t0 = time.monotonic() if t0 is None else t0
+        self.config = config
+        self.out = Path(out_dir)
+        self.dist = dist if dist is not None else DistInfo()
+        self.argv = list(argv)
+        self.max_steps = max_steps
+        self.device = resolve_device(config.train.device, local_rank=self.dist.local_rank)
+        self.seed = config.train.seed
+        self.amp = config.train.amp and self.device.type == 'cuda'
+        seed_everything(epoch_seed(self.seed, 0, self.dist.rank))
+        root = config.data.root
+        self.train_sources = resolve_sources(config.data.train, root)
+        self.val_sources = resolve_sources(config.data.val, root)
+        self.train_set = build_dataset(self.train_sources, config.data, True, self.seed)
+        self.val_set = build_dataset(self.val_sources, config.data, False, self.seed) \
+            if self.val_sources else None
+        self._build_model(resume)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.net = self._wrap_distributed(self.model)
+        self.train_loader, self.sampler = train_loader(self.train_set, config, self.dist,
+                                                       self.device)
+        self.val_loader = val_loader(self.val_set, config, self.device) \
+            if self.val_set is not None and self.dist.is_main else None
+        self.steps_per_epoch = len(self.train_loader)
+        if self.steps_per_epoch == 0:
+            raise ValueError(f'no training batches: {len(self.train_set)} pairs, batch '
+                             f'{config.train.batch} x {self.dist.world_size} process(es)')
+        self.budget = TimeBudget(config.train.time_budget_s, config.train.epochs, self.t0,
+                                 agree=lambda value: broadcast_int(value, self.dist, self.device))
+        self.run_start_step = self.global_step
+        self.probe_start = None
+        self.last_val = None
+        self.records = []
+        self.log_path = self.out / logs.LOG_NAME
+
+    def _build_model(self, resume):
+        """Make the model (config, checkpoint or saved state), loss, optimizer and counters."""
+        from tarfuse_ros.core.losses import TarFuseLoss
+        from tarfuse_ros.core.model.tarfuse import build_model, TarFuseConfig
+        train = self.config.train
+        resume_meta = read_state_meta(resume) if resume else None
+        model_config, init_model = self.config.model, None
+        if resume_meta:
+            model_config = TarFuseConfig.from_dict(resume_meta['model_config'])
+        elif train.init_weights:
+            # Start from a checkpoint's weights (and its architecture), with a fresh optimizer.
+            from tarfuse_ros.core.checkpoint import load_checkpoint
+            init_model = load_checkpoint(train.init_weights)
+            model_config = init_model.config
+        self.model = build_model(model_config).to(self.device)
+        if init_model is not None:
+            self.model.load_state_dict(init_model.state_dict())
+        self.criterion = TarFuseLoss(self.model, self.config.loss).to(self.device)
+        self.optimizer = torch.optim.Adam(
+            self.model.parameters(), lr=train.lr, betas=train.betas,
+            weight_decay=train.weight_decay,
+            fused=True if self.device.type == 'cuda' else None)
+        self.start_epoch, self.global_step = 0, 0
+        self.train_seconds, self.skipped_steps = 0.0, 0
+        self.started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')
+        if resume:
+            meta = load_state(resume, self.model, self.optimizer)
+            self.start_epoch = int(meta['epoch'])
+            self.global_step = int(meta['global_step'])
+            self.train_seconds = float(meta.get('train_seconds', 0.0))
+            self.skipped_steps = int(meta.get('skipped_steps', 0))
+            self.started = meta.get('started', self.started)
+
+    def _wrap_distributed(self, model):
+        """Return the module the steps run: the model, or its DistributedDataParallel wrap."""
+        if not self.dist.enabled:
+            return model
+        from torch.nn.parallel import DistributedDataParallel
+        train = self.config.train
+        if train.sync_bn and self.dist.world_size > 1:
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        # A loss switched off (weight 0) leaves its parameters without gradients.
+        unused = train.find_unused_parameters or self.config.loss.det == 0
+        return DistributedDataParallel(
+            model, device_ids=[self.device.index] if self.device.type == 'cuda' else None,
+            find_unused_parameters=unused)
+
+    @property
+    def epochs(self):
+        """The horizon: the epoch count the learning-rate curve spans."""
+        return self.budget.horizon
+
+    # -- one step, one epoch, one validation ---------------------------------------------------
+    def _set_lr(self):
+        train = self.config.train
+        factor = lr_factor(self.global_step, self.epochs * self.steps_per_epoch,
+                           int(train.warmup_epochs * self.steps_per_epoch), train.schedule,
+                           train.min_lr_ratio)
+        lr = train.lr * factor
+        for group in self.optimizer.param_groups:
+            group['lr'] = lr
+        return lr
+
+    def train_step(self, batch, epoch=0):
+        """Run one optimisation step on a loader batch; return ``(loss parts, lr)``.
+
+        Sets the step's learning rate, draws the batch's deformation from
+        ``(seed, epoch, batch['index'])`` unless the loader did, and counts the step.
+        """
+        batch = steps.to_device(batch, self.device)
+        lr = self._set_lr()
+        generator = batch_generator(self.seed, epoch, batch['index'])
+        batch = steps.draw_deformation(batch, self.config.deformation, generator)
+        parts, stepped = steps.train_step(
+            self.net, self.criterion, self.optimizer, batch,
+            grad_clip=self.config.train.grad_clip, amp=self.amp, params=self.params)
+        self.skipped_steps += int(not stepped)
+        self.global_step += 1
+        return parts, lr
+
+    def train_epoch(self, epoch, progress=False):
+        """Run one epoch; return ``(mean loss parts, last lr, stopped by max_steps)``."""
+        from tqdm import tqdm
+        self.net.train()
+        self._reseed_epoch(epoch)
+        acc = steps.Accumulator()
+        bar = tqdm(self.train_loader, desc=f'epoch {epoch + 1}/{self.epochs}', leave=False,
+                   disable=not progress, dynamic_ncols=True,
+                   mininterval=1.0 if sys.stderr.isatty() else 30.0)
+        lr, stopped = 0.0, False
+        for index, batch in enumerate(bar):
+            parts, lr = self.train_step(batch, epoch)
+            acc.add(parts)
+            if progress and index % 10 == 0:
+                bar.set_postfix(loss=f'{float(parts["total"]):.4f}', lr=f'{lr:.2e}',
+                                refresh=False)
+            if self.budget.enabled and self._probe(epoch, index + 1):
+                bar.set_description(f'epoch {epoch + 1}/{self.epochs}')
+            if self.max_steps is not None and \
+                    self.global_step - self.run_start_step >= self.max_steps:
+                stopped = True
+                break
+        bar.close()
+        return acc.means(), lr, stopped
+
+    def _reseed_epoch(self, epoch):
+        seed = epoch_seed(self.seed, epoch, self.dist.rank)
+        seed_everything(seed)
+        self.train_set.set_epoch(epoch)
+        self.sampler.set_epoch(epoch, seed)
+
+    def _probe(self, epoch, steps_in_epoch):
+        """Time steps 4..23 of the run, then fix the budget's horizon; True when fixed now."""
+        done = self.global_step - self.run_start_step
+        if done == _PROBE_WARMUP_STEPS:
+            self._synchronize()
+            self.probe_start = time.monotonic()
+        if self.probe_start is None or self.budget.fixed or \
+                done != _PROBE_WARMUP_STEPS + _PROBE_STEPS:
+            return False
+        self._synchronize()
+        step_s = (time.monotonic() - self.probe_start) / _PROBE_STEPS
+        val_every = self.config.train.val_every
+        val_steps = len(self.val_loader) if self.val_loader is not None else 0
+        val_cost = (0.5 * step_s * val_steps + 1.0) / val_every if val_every else 0.0
+        per_epoch = step_s * self.steps_per_epoch * 1.03 + 0.15 + val_cost
+        left_in_epoch = (self.steps_per_epoch - steps_in_epoch) * step_s
+        horizon = self.budget.fix(epoch + 1, self.budget.elapsed() + left_in_epoch, per_epoch,
+                                  step_s)
+        if self.dist.is_main:
+            _log(f'time budget {self.budget.budget_s:.0f} s: step {1000 * step_s:.1f} ms, '
+                 f'{self.steps_per_epoch} steps/epoch -> horizon {horizon} epochs '
+                 f'(config: {self.config.train.epochs}); the learning-rate curve spans it')
+        return True
+
+    def _synchronize(self):
+        if self.device.type == 'cuda':
+            torch.cuda.synchronize(self.device)
+
+    def validate(self):
+        """Return the validation figures (:func:`tarfuse_ros.training.steps.validate`).
+
+        The deformations come from a fixed seed, so every validation of a run sees the same.
+        """
+        generator = torch.Generator()  # deformations are drawn on the CPU whatever the device
+        generator.manual_seed(epoch_seed(self.seed, 0, 10_000))
+        return steps.validate(self.model, self.criterion, self.val_loader,
+                              self.config.deformation, generator, self.amp)
+
+    # -- the whole run ---------------------------------------------------------------------------
+    def fit(self):
+        """Train from the start epoch to the horizon; return the summary (rank 0) or None.
+
+        Ctrl-C stops after saving the current weights (``summary['interrupted']``).
+        """
+        is_main = self.dist.is_main
+        if is_main:
+            self._start_outputs()
+        epoch, interrupted = self.start_epoch, False
+        try:
+            while epoch < self.epochs:
+                t_epoch = time.monotonic()
+                parts, lr, stopped = self.train_epoch(epoch, progress=is_main)
+                self._synchronize()
+                epoch_seconds = time.monotonic() - t_epoch
+                self.train_seconds += epoch_seconds
+                epoch += 1
+                if is_main:
+                    self._end_epoch(epoch, parts, lr, epoch_seconds, stopped)
+                barrier(self.dist)
+                if stopped:
+                    break
+                if self.budget.stop_after(epoch, time.monotonic() - t_epoch):
+                    if is_main:
+                        _log(f'time budget: stopping after epoch {epoch} of {self.epochs}')
+                    break
+        except KeyboardInterrupt:
+            interrupted = True
+            if is_main:
+                _log('interrupted: saving the current weights')
+        summary = self._finish(epoch, interrupted) if is_main else None
+        barrier(self.dist)
+        return summary
+
+    def _start_outputs(self):
+        self.out.mkdir(parents=True, exist_ok=True)
+        logs.truncate_log(self.log_path, self.start_epoch)
+        with open(self.out / 'config.yaml', 'w', encoding='utf-8') as stream:
+            yaml.safe_dump(self.config.to_dict(), stream, sort_keys=False)
+        logs.write_stem_lists(self.train_sources, self.out / 'splits' / 'train')
+        logs.write_stem_lists(self.val_sources, self.out / 'splits' / 'val')
+        val_pairs = len(self.val_set) if self.val_set is not None else 0
+        params = sum(p.numel() for p in self.model.parameters()) / 1e6
+        _log(f'{len(self.train_set)} training pairs ({count_labelled(self.train_sources)} '
+             f'labelled), {val_pairs} validation pairs, {params:.3f} M params, device '
+             f'{self.device}, {self.steps_per_epoch} steps/epoch, epochs '
+             f'{self.start_epoch + 1}..{self.epochs}')
+
+    def _end_epoch(self, epoch, parts, lr, epoch_seconds, stopped):
+        """Validate if due, log the epoch, save state and checkpoint if due (rank 0)."""
+        from tarfuse_ros.core.checkpoint import save_checkpoint
+        train = self.config.train
+        last = epoch >= self.epochs or stopped
+        record = {'epoch': epoch, 'epochs': self.epochs, 'step': self.global_step, 'lr': lr,
+                  'epoch_time_s': round(epoch_seconds, 3),
+                  'time_s': round(self.train_seconds, 3), 'train': parts}
+        if stopped:
+            record['partial'] = True
+        if self.val_loader is not None and train.val_every and \
+                (epoch % train.val_every == 0 or last):
+            t_val = time.monotonic()
+            self.last_val = record['val'] = self.validate()
+            record['val_time_s'] = round(time.monotonic() - t_val, 3)
+        logs.append_record(self.log_path, record)
+        self.records.append(record)
+        if epoch % max(train.save_every, 1) == 0 or last:
+            self._save_state(epoch)
+            save_checkpoint(self.out / FINAL_NAME, self.model,
+                            provenance=self.provenance(epoch, False))
+        msg = ' '.join(f'{k}={v:.4g}' for k, v in parts.items())
+        val_msg = f' | val epe {record["val"]["epe"]:.3f}px' if 'val' in record else ''
+        _log(f'epoch {epoch}/{self.epochs} {epoch_seconds:.1f}s lr={lr:.2e} {msg}{val_msg}')
+
+    def _save_state(self, epoch):
+        meta = {'epoch': epoch, 'global_step': self.global_step,
+                'epochs_planned': self.epochs, 'train_seconds': self.train_seconds,
+                'skipped_steps': self.skipped_steps, 'started': self.started,
+                'seed': self.seed, 'config': self.config.to_dict(),
+                'model_config': self.model.config.to_dict(),
+                'rng_note': 'every epoch reseeds Python/NumPy/torch/loader/deformations from '
+                            '(seed, epoch, rank); the saved RNG states are restored as well'}
+        save_state(self.out / STATE_DIR, self.model, self.optimizer, meta)
+
+    def provenance(self, epochs_done, finished):
+        """Return the checkpoint's provenance: data, command, commit, counters, config."""
+        commit, dirty = logs.git_commit()
+        device = str(self.device)
+        if self.device.type == 'cuda':
+            device += f' ({torch.cuda.get_device_name(self.device)})'
+        config = self.config.to_dict()
+        data = [{'path': s.path, 'name': Path(s.path).name, 'split': s.split,
+                 'exclude': list(s.exclude), 'pairs': len(s.stems()), 'labels_dir': s.labels}
+                for s in self.train_sources]
+        return {
+            'command': ' '.join(shlex.quote(a) for a in ['tarfuse-train'] + self.argv),
+            'commit': commit, 'dirty_worktree': dirty, 'data': data,
+            'labelled_pairs': count_labelled(self.train_sources),
+            'class_map': dict(self.config.data.class_map),
+            'val_data': [{'name': Path(s.path).name, 'split': s.split, 'pairs': len(s.stems())}
+                         for s in self.val_sources],
+            'epochs': epochs_done, 'epochs_planned': self.epochs, 'steps': self.global_step,
+            'finished': finished, 'device': device, 'world_size': self.dist.world_size,
+            'amp_bf16': self.amp, 'seed': self.seed, 'torch': torch.__version__,
+            'started': self.started,
+            'saved': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
+            'train_seconds': round(self.train_seconds, 1),
+            'config': {k: config[k] for k in ('data', 'deformation', 'loss', 'train')},
+        }
+
+    def _finish(self, epoch, interrupted):
+        """Write the final checkpoint, the curves and ``summary.json``; return the summary."""
+        from tarfuse_ros.core.checkpoint import save_checkpoint
+        provenance = self.provenance(epoch, epoch >= self.epochs and not interrupted)
+        provenance['interrupted'] = interrupted
+        if self.budget.enabled:
+            provenance['time_budget'] = self.budget.info()
+        save_checkpoint(self.out / FINAL_NAME, self.model, provenance=provenance)
+        logs.plot_curves(self.log_path, self.out / CURVE_NAME)
+        summary = {'epochs': epoch, 'epochs_planned': self.epochs,
+                   'steps': self.global_step, 'train_seconds': round(self.train_seconds, 1),
+                   'wall_seconds': round(time.monotonic() - self.t0, 1),
+                   'skipped_steps': self.skipped_steps, 'interrupted': interrupted,
+                   'final_train': self.records[-1]['train'] if self.records else None,
+                   'last_val': self.last_val, 'checkpoint': str(self.out / FINAL_NAME),
+                   'time_budget': self.budget.info(), 'device': provenance['device']}
+        with open(self.out / 'summary.json', 'w', encoding='utf-8') as stream:
+            json.dump(summary, stream, indent=1)
+        _log('summary ' + json.dumps(summary))
+        return summary

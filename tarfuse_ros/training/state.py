@@ -1,0 +1,160 @@
+"""Resumable training state: safetensors for tensors, JSON for the rest, nothing pickled.
+
+A state folder (``<out>/state``) holds ``model.safetensors`` (the model's state dict),
+``state.safetensors`` (optimizer slots ``optimizer/<param index>/<name>`` and RNG states
+``rng/...``) and ``state.json`` (epoch, step, config, model config, optimizer param groups,
+non-tensor optimizer slots, NumPy / Python RNG scalars, ``format_version`` 1). The folder is
+replaced as a whole (:func:`tarfuse_ros.core.files.atomic_output`), so a crash while saving
+leaves the previous state readable.
+"""
+
+import json
+from pathlib import Path
+import random
+
+import numpy as np
+from tarfuse_ros.core.files import atomic_output
+import torch
+
+__all__ = ['FORMAT_VERSION', 'STATE_DIR', 'find_state_dir', 'load_state', 'optimizer_from_flat',
+           'optimizer_to_flat', 'read_state_meta', 'rng_from_flat', 'rng_to_flat', 'save_state']
+
+STATE_DIR = 'state'
+FORMAT_VERSION = 1
+
+
+def _cpu_tensors(mapping):
+    return {k: v.detach().to('cpu').clone().contiguous() for k, v in mapping.items()}
+
+
+def optimizer_to_flat(optimizer):
+    """Split an optimizer state dict into ``(tensors, json_meta)`` for safetensors + JSON."""
+    state = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for index, slots in state['state'].items():
+        for name, value in slots.items():
+            if torch.is_tensor(value):
+                tensors[f'optimizer/{index}/{name}'] = value
+            else:
+                scalars[f'{index}/{name}'] = value
+    groups = json.loads(json.dumps(state['param_groups'], default=list))
+    return tensors, {'param_groups': groups, 'scalars': scalars}
+
+
+def optimizer_from_flat(optimizer, tensors, meta):
+    """Load what :func:`optimizer_to_flat` produced back into ``optimizer``."""
+    slots = {}
+    for key, value in tensors.items():
+        if not key.startswith('optimizer/'):
+            continue
+        _, index, name = key.split('/', 2)
+        slots.setdefault(int(index), {})[name] = value
+    for key, value in meta.get('scalars', {}).items():
+        index, name = key.split('/', 1)
+        slots.setdefault(int(index), {})[name] = value
+    groups = []
+    for group, current in zip(meta['param_groups'], optimizer.param_groups):
+        group = dict(group)
+        if isinstance(group.get('betas'), list):
+            group['betas'] = tuple(group['betas'])
+        # Implementation switches follow this run's device (a GPU state may resume on a CPU).
+        for key in ('fused', 'foreach', 'capturable', 'differentiable'):
+            if key in current:
+                group[key] = current[key]
+        groups.append(group)
+    optimizer.load_state_dict({'state': slots, 'param_groups': groups})
+
+
+def rng_to_flat():
+    """Return ``(tensors, json_meta)`` holding the Python, NumPy and torch RNG states."""
+    tensors = {'rng/torch_cpu': torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, value in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f'rng/torch_cuda_{i}'] = value
+    np_state = np.random.get_state()
+    tensors['rng/numpy_keys'] = torch.from_numpy(np_state[1].astype(np.int64))
+    py_state = random.getstate()
+    meta = {'numpy': [np_state[0], int(np_state[2]), int(np_state[3]), float(np_state[4])],
+            'python': [py_state[0], list(py_state[1]), py_state[2]]}
+    return tensors, meta
+
+
+def rng_from_flat(tensors, meta):
+    """Restore the RNG states saved by :func:`rng_to_flat`."""
+    if 'rng/torch_cpu' in tensors:
+        torch.set_rng_state(tensors['rng/torch_cpu'])
+    cuda = [tensors[k] for k in sorted(tensors) if k.startswith('rng/torch_cuda_')]
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+    if 'rng/numpy_keys' in tensors and meta.get('numpy'):
+        name, pos, has_gauss, cached = meta['numpy']
+        keys = tensors['rng/numpy_keys'].numpy().astype(np.uint32)
+        np.random.set_state((name, keys, pos, has_gauss, cached))
+    if meta.get('python'):
+        version, internal, gauss = meta['python']
+        random.setstate((version, tuple(internal), gauss))
+
+
+def save_state(state_dir, model, optimizer, meta):
+    """Write a resumable training state folder, replacing the previous one as a whole.
+
+    Args:
+        state_dir: the folder (``<out>/state``).
+        model: the module whose ``state_dict`` is saved.
+        optimizer: its optimizer.
+        meta: JSON-ready mapping (epoch, global_step, config, ...); the optimizer groups, the
+            RNG scalars and ``format_version`` are added.
+
+    """
+    from safetensors.torch import save_file
+    with atomic_output(state_dir, folder=True) as folder:
+        save_file(_cpu_tensors(model.state_dict()), str(folder / 'model.safetensors'))
+        opt_tensors, opt_meta = optimizer_to_flat(optimizer)
+        rng_tensors, rng_meta = rng_to_flat()
+        save_file(_cpu_tensors({**opt_tensors, **rng_tensors}), str(folder / 'state.safetensors'))
+        meta = dict(meta, optimizer=opt_meta, rng=rng_meta, format_version=FORMAT_VERSION)
+        with open(folder / 'state.json', 'w', encoding='utf-8') as stream:
+            json.dump(meta, stream, indent=1)
+
+
+def find_state_dir(path):
+    """Return the state folder for ``--resume PATH`` (the folder itself or ``PATH/state``).
+
+    Raises:
+        ValueError: neither holds ``state.json`` and ``model.safetensors``.
+
+    """
+    path = Path(path).expanduser()
+    for candidate in (path, path / STATE_DIR):
+        if (candidate / 'state.json').is_file() and (candidate / 'model.safetensors').is_file():
+            return candidate.resolve()
+    raise ValueError(f'--resume {str(path)!r}: no training state found (expected state.json and '
+                     f'model.safetensors in it or in its {STATE_DIR}/ folder)')
+
+
+def read_state_meta(state_dir):
+    """Return the JSON part of a training state.
+
+    Raises:
+        ValueError: a ``format_version`` other than the one this code reads.
+
+    """
+    with open(Path(state_dir) / 'state.json', encoding='utf-8') as stream:
+        meta = json.load(stream)
+    version = meta.get('format_version', FORMAT_VERSION)
+    if version != FORMAT_VERSION:
+        raise ValueError(f'{str(state_dir)!r}: training state format_version {version!r}, this '
+                         f'code reads {FORMAT_VERSION}')
+    return meta
+
+
+def load_state(state_dir, model, optimizer):
+    """Load model weights, optimizer and RNG states from ``state_dir``; return its JSON meta."""
+    from safetensors.torch import load_file
+    state_dir = Path(state_dir)
+    meta = read_state_meta(state_dir)
+    model.load_state_dict(load_file(str(state_dir / 'model.safetensors')), strict=True)
+    tensors = load_file(str(state_dir / 'state.safetensors'))
+    optimizer_from_flat(optimizer, tensors, meta['optimizer'])
+    rng_from_flat(tensors, meta.get('rng', {}))
+    return meta

@@ -1,0 +1,69 @@
+"""One data-source spec and one resolver: exclude, relative paths, the data set, no files."""
+
+import os
+from pathlib import Path
+
+import pytest
+from tarfuse_ros.core.data import DataSource, PairedDataset
+from tarfuse_ros.training.config import TrainingConfig
+from tarfuse_ros.training.datasets import (build_dataset, count_labelled, parse_data_spec,
+                                           resolve_dataset_dir, resolve_sources)
+
+DATASETS = Path(__file__).resolve().parents[1] / 'data' / 'datasets'
+ROADSCENE = DATASETS / 'roadscene'
+
+
+def test_exclude_removes_stems_without_writing_files(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    before = set(os.listdir(ROADSCENE))
+    source = DataSource(ROADSCENE, 'det_labelled', exclude=('test',))
+    assert source.stems() == ['FLIR_00006', 'FLIR_00018', 'FLIR_00060']
+    dataset = PairedDataset([source], augment=False)
+    assert [item[2] for item in dataset.items] == source.stems()
+    assert set(os.listdir(ROADSCENE)) == before and not os.listdir(tmp_path)
+
+
+def test_sources_parse_from_every_form():
+    assert parse_data_spec('roadscene') == DataSource('roadscene', 'train')
+    assert parse_data_spec('a/b:test') == DataSource('a/b', 'test')
+    for bad in ('', ':x', 'a:'):
+        with pytest.raises(ValueError, match='PATH or PATH:SPLIT'):
+            parse_data_spec(bad)
+    mapping = {'path': 'x', 'split': 'extra', 'exclude': ['test'], 'labels': 'labels_ir'}
+    assert DataSource.parse(mapping) == DataSource('x', 'extra', ('test',), 'labels_ir')
+    assert DataSource.parse(DataSource.parse(mapping).to_dict()) == DataSource.parse(mapping)
+    assert DataSource.parse(('x', 'all')) == DataSource('x', 'all')
+    assert DataSource.parse({'path': 'x'}, default_split='train').split == 'train'
+
+
+def test_resolver_finds_relative_folders_list_files_and_labels(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / 'two.txt').write_text('FLIR_00006\nFLIR_00018\n')
+    assert resolve_dataset_dir('roadscene', root=DATASETS) == ROADSCENE
+    sources = resolve_sources(['roadscene:two.txt'], root=DATASETS)
+    assert sources == [DataSource(ROADSCENE, str((tmp_path / 'two.txt').resolve()))]
+    assert count_labelled(sources) == 2
+    # A label folder outside the data set, relative to the working directory.
+    (tmp_path / 'pseudo').mkdir()
+    (tmp_path / 'pseudo' / 'FLIR_00550.txt').write_text('')
+    sources = resolve_sources([{'path': 'roadscene', 'labels': 'pseudo'}], root=DATASETS)
+    assert sources[0].labels == str((tmp_path / 'pseudo').resolve())
+    assert count_labelled(sources) == 1
+    with pytest.raises(ValueError, match='not found'):
+        resolve_dataset_dir('no_such_set', root=DATASETS)
+    with pytest.raises(ValueError, match='no pairs left'):
+        resolve_sources([{'path': 'roadscene', 'split': 'test', 'exclude': ['test']}],
+                        root=DATASETS)
+
+
+def test_build_dataset_crops_for_training_and_whole_frames_for_validation():
+    raw = {'data': {'root': str(DATASETS), 'train': ['roadscene:train'], 'crop': 64,
+                    'class_map': {'person': 0, 'bicycle': 1, 'car': 2}, 'val_crop': 0},
+           'train': {'epochs': 1, 'batch': 2, 'lr': 1e-3}}
+    config = TrainingConfig.from_dict(raw)
+    sources = resolve_sources(config.data.train, config.data.root)
+    training = build_dataset(sources, config.data, training=True, seed=3)
+    validation = build_dataset(sources, config.data, training=False)
+    assert training.crop_size == (64, 64) and training.augment and training.seed == 3
+    assert validation.crop_size is None and not validation.augment
+    assert len(training) == len(validation) == 4
