@@ -220,7 +220,10 @@ class MatchingRegistration(nn.Module):
     a flow and a confidence; one affine map is fitted to them by weighted least squares
     (:func:`fit_affine`: the fit itself is size-independent). Every finer level then warps the
     IR features by the flow so far, correlates them with the visible ones and adds a residual
-    flow (without the global stage, the coarsest level starts from a zero flow).
+    flow read from that cost volume and the visible features (without the global stage, the
+    coarsest level starts from a zero flow). Unlike PWC-Net, the flow so far is not an input
+    of the estimators: a rotation or a scale gives flows that grow with the image, so a whole
+    frame would show them values never seen on training crops.
 
     ``forward(c_ir (B, C, H, W), c_vi (B, C, H, W), return_levels=False)`` returns the flow
     ``(B, 2, H, W)`` in pixels that maps the IR onto the visible frame (``warp(ir, flow)``);
@@ -261,7 +264,7 @@ class MatchingRegistration(nn.Module):
             # The finest level runs on the most cells: half as wide.
             hidden = (tuple(max(c // 2, 8) for c in estimator_channels) if index == 0
                       else tuple(estimator_channels))
-            self.estimators.append(FlowEstimator(cost + width + 2, hidden, 2, slope))
+            self.estimators.append(FlowEstimator(cost + width, hidden, 2, slope))
         self.global_estimator = None
         if global_stage:
             cost = (2 * int(radius) + 1) ** 2
@@ -294,7 +297,7 @@ class MatchingRegistration(nn.Module):
             reference = F.normalize(vi_feat, dim=1, eps=1e-6)
             moving = F.normalize(warp(ir_feat, flow), dim=1, eps=1e-6)
             cost = local_correlation(reference, moving, self.radii[index])
-            flow = flow + self.estimators[index](torch.cat((cost, vi_feat, flow), dim=1))
+            flow = flow + self.estimators[index](torch.cat((cost, vi_feat), dim=1))
             if return_levels:
                 levels.append(resize_flow(flow, size))
         full = resize_flow(flow, size)
