@@ -1,7 +1,7 @@
 """The training package trains exactly as the code before it, and resumes its states.
 
 ``fixtures/losses.json`` and ``fixtures/state_epoch1/`` were recorded by ``loss_fixture.py`` with
-the code of commit 1a50c77 (``tarfuse_ros/tools/train.py`` before ``tarfuse_ros.training``).
+the code of commit 598e2b9 (``tarfuse_ros/tools/train.py`` before ``tarfuse_ros.training``).
 Here the same seeded runs are replayed with the current code.
 
 Tolerance: none on the machine that recorded the fixture (same torch, same CPU capability):
