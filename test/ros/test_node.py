@@ -38,6 +38,18 @@ def setup(tmp_path_factory):
         node.close()
 
 
+@pytest.fixture(scope='module')
+def reference_engine(setup):
+    """The engine the node runs, in the test process: what the node's images must equal."""
+    return FusionEngine(setup[3], device='cpu')
+
+
+@pytest.fixture(scope='module')
+def sample_result(reference_engine):
+    """The engine's result for the raw sample pair (bgr8 visible, mono8 IR)."""
+    return reference_engine.infer(*sample_pair())
+
+
 def _stamp(msg):
     return msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
 
@@ -49,7 +61,8 @@ def _send_and_wait(probe, stamp=None, **kwargs):
     return stamp
 
 
-def test_each_pair_gets_one_fused_image_and_one_detection_array_with_the_visible_header(setup):
+def test_each_pair_gets_one_fused_image_and_one_detection_array_with_the_visible_header(
+        setup, sample_result):
     node, probe, class_names, weights = setup
     info = CameraInfo(width=WIDTH, height=HEIGHT, distortion_model='plumb_bob')
     info.header.frame_id = VISIBLE_FRAME
@@ -77,8 +90,7 @@ def test_each_pair_gets_one_fused_image_and_one_detection_array_with_the_visible
     assert info_out.header.frame_id == VISIBLE_FRAME and info_out.width == WIDTH
     assert not probe.received['debug'], 'debug/image_raw is off by default'
     # The node's images are the engine's for the same pair (no channel swap, flip or resize).
-    engine = FusionEngine(weights, device='cpu')
-    expected = engine.infer(*sample_pair())
+    expected = sample_result
     fused = probe.outputs_for('fused', stamps[0])[0]
     fused_pixels = np.frombuffer(fused.data, np.uint8).reshape(HEIGHT, WIDTH, 3)
     assert np.abs(fused_pixels.astype(int) - expected.fused).max() <= 1
@@ -110,8 +122,9 @@ def _rggb_mosaic(bgr):
     return mosaic
 
 
-def test_a_bayer_visible_camera_is_fused_like_its_bgr_original(setup):
-    node, probe, _, weights = setup
+def test_a_bayer_visible_camera_is_fused_like_its_bgr_original(
+        setup, reference_engine, sample_result):
+    node, probe, _, _ = setup
     ir, vi = sample_pair()
     mosaic = _rggb_mosaic(vi)
     stamp = time.time_ns()
@@ -123,12 +136,11 @@ def test_a_bayer_visible_camera_is_fused_like_its_bgr_original(setup):
     assert (fused.encoding, fused.width, fused.height) == ('bgr8', WIDTH, HEIGHT)
     fused_pixels = np.frombuffer(fused.data, np.uint8).reshape(HEIGHT, WIDTH, 3).astype(int)
     registered_pixels = np.frombuffer(registered.data, np.uint8).reshape(HEIGHT, WIDTH)
-    engine = FusionEngine(weights, device='cpu')
     # Exactly the engine's result on the demosaiced image (cv_bridge: one OpenCV call) ...
-    demosaiced = engine.infer(ir, cv2.cvtColor(mosaic, cv2.COLOR_BayerBG2BGR))
+    demosaiced = reference_engine.infer(ir, cv2.cvtColor(mosaic, cv2.COLOR_BayerBG2BGR))
     assert np.abs(fused_pixels - demosaiced.fused).max() <= 1
     # ... and close to the result on the BGR original (demosaicing loses a little detail).
-    original = engine.infer(ir, vi)
+    original = sample_result  # the same IR with the BGR original
     assert np.abs(fused_pixels - original.fused).mean() < 4.0
     assert np.abs(registered_pixels.astype(int) - original.registered_ir).mean() < 4.0
 
