@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Narrower thermal field of view: does registration bring a zoomed IR back onto the scene?
+"""Narrower thermal field of view: registration should bring a zoomed IR back onto the scene.
 
 A rig whose thermal camera sees only the central ``--fov`` (default 80 %) of the visible
 camera's view, at the same resolution, is emulated from aligned pairs: the visible image is
@@ -30,8 +30,8 @@ def narrow_ir(ir_aligned, fov):
     crop_h, crop_w = int(round(height * fov)), int(round(width * fov))
     top, left = (height - crop_h) // 2, (width - crop_w) // 2
     centre = ir_aligned[top:top + crop_h, left:left + crop_w]
-    return cv2.resize(centre, (width, height), interpolation=cv2.INTER_LINEAR), (top, left,
-                                                                                crop_h, crop_w)
+    zoomed = cv2.resize(centre, (width, height), interpolation=cv2.INTER_LINEAR)
+    return zoomed, (top, left, crop_h, crop_w)
 
 
 def evaluate_pair(engine, ir_aligned, vi, fov):

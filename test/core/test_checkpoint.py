@@ -154,11 +154,12 @@ def test_unserialisable_provenance(tmp_path, trained_like_model):
     assert not list(tmp_path.iterdir())
 
 
-def test_checkpoint_from_before_the_matching_registration_loads_as_paper(tmp_path,
-                                                                        trained_like_model):
+def test_checkpoint_from_before_the_matching_registration_loads_as_paper(
+        tmp_path, trained_like_model):
     model_dict = CONFIG.to_dict()
     del model_dict['registration']
-    for key in ('pyramid_channels', 'estimator_channels', 'corr_radius', 'global_stage'):
+    for key in ('pyramid_channels', 'estimator_channels', 'corr_radius', 'corr_radius_finest',
+                'global_stage'):
         del model_dict[key]
     header = {'format_version': FORMAT_VERSION, 'model': model_dict, 'input': {},
               'provenance': {}}
@@ -171,8 +172,8 @@ def test_checkpoint_from_before_the_matching_registration_loads_as_paper(tmp_pat
         assert torch.equal(loaded.state_dict()[name], value), name
 
 
-def test_matching_checkpoint_with_paper_tensors_names_the_mismatch(tmp_path,
-                                                                   trained_like_model):
+def test_matching_checkpoint_with_paper_tensors_names_the_mismatch(
+        tmp_path, trained_like_model):
     header = {'format_version': FORMAT_VERSION,
               'model': {**CONFIG.to_dict(), 'registration': 'match'}, 'input': {},
               'provenance': {}}

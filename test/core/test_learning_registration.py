@@ -18,9 +18,10 @@ BATCH = 8
 # Large displacements for a 64 px image: up to 16 px of translation plus rotation and scale.
 DEFORM = DeformConfig(rotation_deg=8.0, translation=0.0, translation_px=16.0, scale=(0.9, 1.1),
                       elastic_alpha_px=0.0)
-COMMON = dict(feature_channels=8, registration_downsample=1, cseb_channels=16,
-              reconstruction_channels=(8, 8), neck_stem_channels=(8, 8),
-              detect_channels=(8, 8, 8), reg_max=2, num_classes=1, class_names=('target',))
+COMMON = {'feature_channels': 8, 'registration_downsample': 1, 'cseb_channels': 16,
+          'reconstruction_channels': (8, 8), 'neck_stem_channels': (8, 8),
+          'detect_channels': (8, 8, 8), 'reg_max': 2, 'num_classes': 1,
+          'class_names': ('target',)}
 MATCH = TarFuseConfig(pyramid_channels=(16, 24, 32), estimator_channels=(24, 16, 16), **COMMON)
 PAPER = TarFuseConfig(registration='paper', msrb_channels=(16, 24, 32, 32), **COMMON)
 

@@ -9,9 +9,9 @@ from tarfuse_ros.core.model.matching import (affine_flow, fit_affine, local_corr
 from tarfuse_ros.core.model.warp import warp
 import torch
 
-SMALL = dict(feature_channels=4, cseb_channels=8, pyramid_channels=(8, 8, 8),
-             estimator_channels=(8, 8, 8), detect_channels=(16, 16, 16),
-             neck_stem_channels=(8, 8), reconstruction_channels=(8, 8))
+SMALL = {'feature_channels': 4, 'cseb_channels': 8, 'pyramid_channels': (8, 8, 8),
+         'estimator_channels': (8, 8, 8), 'detect_channels': (16, 16, 16),
+         'neck_stem_channels': (8, 8), 'reconstruction_channels': (8, 8)}
 
 
 def _features(seed=0, shape=(2, 6, 12, 16)):
@@ -155,7 +155,6 @@ def test_registered_ir_follows_the_flow_in_train_and_eval():
     assert len(out['flow_levels']) == 4
     assert torch.allclose(out['registered_ir'], warp(ir, out['flow']), atol=1e-6)
     assert model.predict_raw(ir, vi)['flow'].shape == (1, 2, 64, 64)
-
 
 
 def test_global_stage_ignores_where_a_cell_is():

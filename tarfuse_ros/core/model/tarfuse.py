@@ -92,7 +92,8 @@ class TarFuseConfig:
         if self.registration not in REGISTRATIONS:
             raise ValueError(f'registration must be one of {REGISTRATIONS}, got '
                              f'{self.registration!r}')
-        if min(self.corr_radius, self.corr_radius_finest) < 1 or not self.pyramid_channels or not self.estimator_channels:
+        if (min(self.corr_radius, self.corr_radius_finest) < 1 or not self.pyramid_channels
+                or not self.estimator_channels):
             raise ValueError('corr_radius must be >= 1 and pyramid_channels / estimator_channels '
                              f'non-empty, got {self.corr_radius}, {self.pyramid_channels}, '
                              f'{self.estimator_channels}')
