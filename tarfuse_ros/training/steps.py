@@ -10,6 +10,7 @@ boxes live in the visible frame and never move.
 
 from tarfuse_ros.core.model.warp import warp
 import torch
+import torch.nn.functional as F
 
 __all__ = ['Accumulator', 'autocast', 'draw_deformation', 'loss_batch', 'to_device',
            'train_step', 'validate']
@@ -108,6 +109,20 @@ def train_step(net, criterion, optimizer, batch, grad_clip=0.0, amp=False, param
     return parts, stepped
 
 
+def _to_multiple_of_32(batch):
+    """Resize a batch's images to the nearest multiple of 32 (at least 32) when needed."""
+    height, width = batch['ir'].shape[2:]
+    size = (max(32, int(round(height / 32)) * 32), max(32, int(round(width / 32)) * 32))
+    if size == (height, width):
+        return batch
+    batch = dict(batch)
+    for key in ('ir', 'vi', 'vi_color'):
+        if key in batch:
+            batch[key] = F.interpolate(batch[key], size=size, mode='bilinear',
+                                       align_corners=False).clamp_(0.0, 1.0)
+    return batch
+
+
 @torch.no_grad()
 def validate(model, criterion, loader, deform_cfg, generator, amp=False):
     """Return mean validation figures: loss parts, EPE of the flow and of zero flow (px).
@@ -115,14 +130,12 @@ def validate(model, criterion, loader, deform_cfg, generator, amp=False):
     Args:
         model: the ``TarFuse`` (its training / eval mode is restored afterwards).
         criterion: ``TarFuseLoss``.
-        loader: validation batches (sizes must be multiples of 32).
+        loader: validation batches; whole frames whose size is not a multiple of 32 are
+            resized (bilinear) to the nearest multiple of 32 (normalised boxes are unchanged).
         deform_cfg: ``DeformConfig`` of the deformations.
         generator: CPU generator of the deformations (seed it the same way every time, so
             that validations are comparable).
         amp: bfloat16 autocast (CUDA only).
-
-    Raises:
-        ValueError: a frame whose size is not a multiple of 32.
 
     """
     was_training = model.training
@@ -131,12 +144,7 @@ def validate(model, criterion, loader, deform_cfg, generator, amp=False):
     acc = Accumulator()
     for batch in loader:
         batch = to_device(batch, device)
-        height, width = batch['ir'].shape[2:]
-        if height % 32 or width % 32:
-            raise ValueError(
-                f'validation frame {batch["stem"][0]} is {width}x{height}: whole-frame '
-                'validation (data.val_crop 0) needs sizes that are multiples of 32; use a '
-                'val_crop instead or other validation sets')
+        batch = _to_multiple_of_32(batch)
         batch = draw_deformation(batch, deform_cfg, generator)
         deformed = warp(batch['ir'], batch['deform_applied'])
         flow_gt = batch['flow_gt']
