@@ -2,7 +2,7 @@
 
 Both architectures (same small widths elsewhere) are trained for the same few steps with the
 registration loss on a synthetic texture whose two modalities differ in contrast (the IR is an
-inverted, compressed copy), under rigid shifts of up to a quarter of the image. The matching
+inverted, compressed copy), under rigid shifts of up to 24 px on 64 px images (plus rotation and scale). The matching
 network compares features explicitly (cost volumes) and solves the bulk with its global stage.
 """
 
@@ -15,8 +15,8 @@ import torch.nn.functional as F
 SIZE = 64
 STEPS = 120
 BATCH = 8
-# Large displacements for a 64 px image: up to 16 px of translation plus rotation and scale.
-DEFORM = DeformConfig(rotation_deg=8.0, translation=0.0, translation_px=16.0, scale=(0.9, 1.1),
+# Large displacements for a 64 px image: up to 24 px of translation plus rotation and scale.
+DEFORM = DeformConfig(rotation_deg=8.0, translation=0.0, translation_px=24.0, scale=(0.9, 1.1),
                       elastic_alpha_px=0.0)
 COMMON = {'feature_channels': 8, 'registration_downsample': 1, 'cseb_channels': 16,
           'reconstruction_channels': (8, 8), 'neck_stem_channels': (8, 8),
@@ -63,6 +63,6 @@ def test_matching_registration_beats_the_paper_msrb_on_large_shifts():
     paper_epe, _ = _train_and_measure(PAPER)
     print(f'EPE zero flow {zero_epe:.2f} px, paper MSRB {paper_epe:.2f} px, '
           f'matching {match_epe:.2f} px')
-    # Measured on this 2-core VM: zero flow 12.62 px, paper MSRB 5.51 px, matching 4.18 px.
-    assert match_epe < 0.4 * zero_epe, (match_epe, zero_epe)
-    assert match_epe < 0.9 * paper_epe, (match_epe, paper_epe)
+    # Measured on this 2-core VM: zero flow 18.78 px, paper MSRB 10.96 px, matching 6.33 px.
+    assert match_epe < 0.5 * zero_epe, (match_epe, zero_epe)
+    assert match_epe < 0.75 * paper_epe, (match_epe, paper_epe)
