@@ -2,8 +2,9 @@
 
 Both architectures (same small widths elsewhere) are trained for the same few steps with the
 registration loss on a synthetic texture whose two modalities differ in contrast (the IR is an
-inverted, compressed copy), under rigid shifts of up to 24 px on 64 px images (plus rotation and scale). The matching
-network compares features explicitly (cost volumes) and solves the bulk with its global stage.
+inverted, compressed copy), under shifts of up to 24 px on 64 px images (plus rotation and
+scale). The matching network compares features explicitly (cost volumes) and solves the bulk
+with its global stage.
 """
 
 from tarfuse_ros.core.deform import DeformConfig, random_deformation
