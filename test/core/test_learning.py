@@ -20,9 +20,10 @@ DEFORM = DeformConfig(rotation_deg=5.0, translation=0.06, scale=(0.95, 1.05),
                       elastic_sigma_px=8.0, elastic_alpha_px=2.0)
 # A narrow network: the architecture of the default one, small widths.
 CONFIG = TarFuseConfig(feature_channels=8, registration_downsample=1, cseb_channels=16,
-                       msrb_channels=(16, 24, 32, 32), reconstruction_channels=(8, 8),
-                       neck_stem_channels=(8, 16), detect_channels=(16, 24, 32), reg_max=4,
-                       num_classes=1, class_names=('target',))
+                       pyramid_channels=(16, 24, 32), estimator_channels=(24, 16, 16),
+                       reconstruction_channels=(8, 8), neck_stem_channels=(8, 16),
+                       detect_channels=(16, 24, 32), reg_max=4, num_classes=1,
+                       class_names=('target',))
 
 
 def _scenes(count, generator):
@@ -75,7 +76,8 @@ def test_training_reduces_registration_epe_and_detection_loss():
                                                    pct_start=0.15)
     baseline_epe = held_out['flow_gt'].norm(dim=1).mean().item()  # zero flow
     initial_epe, initial_det = _evaluate(model, criterion, held_out)
-    assert initial_epe == baseline_epe  # the untrained flow is the identity
+    # The untrained flow is the identity (up to the float32 affine fit of a zero flow).
+    assert abs(initial_epe - baseline_epe) < 1e-3
 
     generator = torch.Generator().manual_seed(0)
     for _ in range(STEPS):
