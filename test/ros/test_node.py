@@ -40,13 +40,13 @@ def setup(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def reference_engine(setup):
-    """The engine the node runs, in the test process: what the node's images must equal."""
+    """Return the engine the node runs, in the test process (the node's images must equal it)."""
     return FusionEngine(setup[3], device='cpu')
 
 
 @pytest.fixture(scope='module')
 def sample_result(reference_engine):
-    """The engine's result for the raw sample pair (bgr8 visible, mono8 IR)."""
+    """Return the engine's result for the raw sample pair (bgr8 visible, mono8 IR)."""
     return reference_engine.infer(*sample_pair())
 
 

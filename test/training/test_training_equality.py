@@ -48,7 +48,7 @@ def _assert_close(new_records, old_records, tolerance):
 
 @pytest.fixture(scope='module')
 def replayed(tmp_path_factory):
-    """The fixture's runs, trained again with the current code."""
+    """Return the fixture's runs, trained again with the current code."""
     return loss_fixture.run_all(tmp_path_factory.mktemp('replay'), names=('colour', 'grey'))
 
 
