@@ -46,6 +46,16 @@ def test_detect_outputs_in_train_and_eval_mode():
     assert detect(_features()).shape == (2, 7, anchors)
 
 
+def test_anchors_every_call_keeps_a_traced_detect_valid_at_other_sizes():
+    detect = _detect().eval().requires_grad_(False)
+    yolo.anchors_every_call(detect)
+    with torch.no_grad():
+        traced = torch.jit.trace(lambda *feats: detect(list(feats))[0], tuple(_features(1, 64)),
+                                 check_trace=False)
+        larger = _features(1, 96)
+        assert torch.allclose(traced(*larger), detect(larger)[0])
+
+
 def test_loss_reads_the_host_and_scales_with_the_batch():
     detect = _detect().train()
     criterion = yolo.detection_criterion(detect, box=7.5, cls=0.5, dfl=1.5)

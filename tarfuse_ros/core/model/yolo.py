@@ -11,7 +11,8 @@ What we rely on (ultralytics 8.4.190):
   ``boxes`` / ``scores`` / ``feats``; in eval mode ``(y, dict)`` with ``y`` (B, 4 + nc, anchors):
   ``cx, cy, w, h`` in input pixels, then class probabilities. Its strides must be set and
   ``bias_init()`` called (it assumes 640 px images); ``legacy = True`` selects YOLOv8's exact
-  classification branch. It caches its anchors in ``shape`` (per feature-map shape only).
+  classification branch. It caches its anchors in ``shape`` (per feature-map shape only),
+  unless ``dynamic`` is true (then it builds them on every call, as tracing needs).
 - ``ultralytics.utils.loss.v8DetectionLoss(model)`` reads ``model.args`` (box / cls / dfl
   gains), ``model.model[-1]`` (the ``Detect``) and ``model.parameters()`` (the device); it
   returns the (3,) loss multiplied by the batch size and a dict of the detached terms.
@@ -23,8 +24,8 @@ from types import SimpleNamespace
 import torch
 from ultralytics.nn.modules.head import Detect
 
-__all__ = ['DETECT_STRIDES', 'Detect', 'LegacyDetect', 'ULTRALYTICS_VERSION', 'build_detect',
-           'detection_criterion', 'forget_anchors', 'non_max_suppression']
+__all__ = ['DETECT_STRIDES', 'Detect', 'LegacyDetect', 'ULTRALYTICS_VERSION', 'anchors_every_call',
+           'build_detect', 'detection_criterion', 'forget_anchors', 'non_max_suppression']
 
 ULTRALYTICS_VERSION = '8.4.190'
 DETECT_STRIDES = (8.0, 16.0, 32.0)
@@ -53,6 +54,15 @@ def build_detect(num_classes, reg_max=16, channels=(64, 96, 128), legacy=False):
 def forget_anchors(detect):
     """Drop ``Detect``'s cached anchors (call after moving or casting it: they are rebuilt)."""
     detect.shape = None
+
+
+def anchors_every_call(detect):
+    """Make ``detect`` build its anchors on every call (ultralytics' ``dynamic = True``).
+
+    For tracing (ONNX export with dynamic height and width): a cached anchor grid would be
+    frozen into the graph at the traced size. Eager inference keeps the cache (faster).
+    """
+    detect.dynamic = True
 
 
 class _DetectHost:
