@@ -49,6 +49,7 @@ setup(
             'tarfuse-play = tarfuse_ros.tools.play_bag:main',
             'tarfuse-demo = tarfuse_ros.tools.demo:main',
             'tarfuse-fuse = tarfuse_ros.tools.fuse:main',
+            'tarfuse-export = tarfuse_ros.tools.export:main',
             'tarfuse-pseudo-label = tarfuse_ros.tools.pseudo_label:main',
         ],
     },

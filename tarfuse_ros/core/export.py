@@ -1,0 +1,221 @@
+"""Export a TarFuse checkpoint to ONNX (for onnxruntime, TensorRT, Isaac ROS).
+
+The graph is the network of :meth:`TarFuse.predict_raw` with BatchNorm folded (as the torch
+engine runs it), traced by ``torch.onnx.export``'s TorchScript exporter:
+
+- inputs ``ir`` and ``vi``: ``(B, 1, H, W)`` float32 in [0, 1] (the IR resized to the visible
+  frame, the visible luma; :func:`~tarfuse_ros.core.images.prepare_pair`), batch, height and width
+  dynamic; H and W must be multiples of 32 and at least the ``min_side`` in the metadata (the
+  engines pad at the bottom/right);
+- outputs (:data:`~tarfuse_ros.core.onnx_backend.ONNX_OUTPUTS`): ``fused`` (B, 1, H, W),
+  ``flow`` (B, 2, H, W) in pixels, ``registered_ir`` (B, 1, H, W), ``det`` (B, 4 + nc, anchors)
+  in ultralytics' layout (before NMS);
+- ``metadata_props``: ``tarfuse_config`` (the checkpoint's JSON header: model config with class
+  names, input conventions, provenance, format version), ``tarfuse_onnx`` (this export: format
+  version, min side, precision, opset, outputs, source) and ``class_names`` (a JSON list).
+
+``half=True`` converts the traced graph to float16 with onnxruntime's converter, inputs and
+outputs kept float32, ``GridSample`` and ``Range`` kept float32. For TensorRT, prefer the float32
+file and ``trtexec --fp16`` (TensorRT chooses the precision per layer).
+
+The file is checked before it is written: the exported graph runs in onnxruntime at another
+batch, height and width than the traced ones and must match PyTorch (a size frozen into the
+graph by the tracer fails here, not on the robot).
+"""
+
+from dataclasses import dataclass, field
+import io
+import json
+import os
+from pathlib import Path
+import warnings
+
+import numpy as np
+from tarfuse_ros.core.checkpoint import load_checkpoint
+from tarfuse_ros.core.model.yolo import anchors_every_call
+from tarfuse_ros.core.onnx_backend import CONFIG_KEY, MIN_OPSET, ONNX_FORMAT_VERSION
+from tarfuse_ros.core.onnx_backend import ONNX_INPUTS, ONNX_KEY, ONNX_OUTPUTS
+import torch
+from torch import nn
+
+__all__ = ['ExportError', 'ExportReport', 'VERIFY_TOLERANCES', 'export_onnx']
+
+# Largest max-abs difference onnxruntime vs PyTorch accepted by the check, per output and
+# precision (det holds box coordinates in pixels and probabilities).
+VERIFY_TOLERANCES = {
+    'float32': {'fused': 1e-3, 'registered_ir': 1e-3, 'flow': 1e-2, 'det': 5e-2},
+    'float16': {'fused': 0.1, 'registered_ir': 0.1, 'flow': 1.0, 'det': 8.0},
+}
+
+
+class ExportError(RuntimeError):
+    """The graph could not be exported, or the exported graph does not match PyTorch."""
+
+
+@dataclass
+class ExportReport:
+    """What :func:`export_onnx` wrote, and how it was checked.
+
+    ``path``, ``opset``, ``precision`` (``'float32'``/``'float16'``); ``verify_shape`` the
+    ``(B, 1, H, W)`` input of the check and ``max_abs_diff`` the max abs differences
+    onnxruntime vs PyTorch there, per output (both empty when not verified).
+    """
+
+    path: Path
+    opset: int
+    precision: str
+    verify_shape: tuple = ()
+    max_abs_diff: dict = field(default_factory=dict)
+
+
+class _ExportGraph(nn.Module):
+    """``(ir, vi) -> (fused, flow, registered_ir, det)`` of ``predict_raw``, in output order."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, ir, vi):
+        out = self.model.predict_raw(ir, vi)
+        return tuple(out[name] for name in ONNX_OUTPUTS)
+
+
+def _sizes(min_side):
+    """Trace and check sizes: (1, H, W) then (2, W', H') with other H, W and aspect."""
+    side = -(-max(int(min_side), 64) // 32) * 32
+    trace = (1, max(128, side), max(160, side + 32))
+    check = (2, trace[2] + 32, trace[1])
+    return trace, check
+
+
+def _to_float16(proto):
+    from onnxruntime.transformers.float16 import convert_float_to_float16, DEFAULT_OP_BLOCK_LIST
+
+    from onnxruntime.transformers.onnx_model import OnnxModel
+
+    # Sampling coordinates stay float32 (float16 has 0.5 px steps beyond 1024 px).
+    converted = OnnxModel(convert_float_to_float16(
+        proto, keep_io_types=True, op_block_list=list(DEFAULT_OP_BLOCK_LIST) + ['GridSample']))
+    converted.topological_sort()  # the converter appends its input casts last
+    return converted.model
+
+
+def _verify(blob, graph, shape, precision, threads):
+    """Run ``blob`` in onnxruntime and ``graph`` in PyTorch on one random input; max diffs."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    try:
+        session = ort.InferenceSession(blob, options, providers=['CPUExecutionProvider'])
+    except Exception as error:  # noqa: BLE001 - onnxruntime raises its own error types
+        raise ExportError(f'onnxruntime cannot load the exported graph: {error}') from None
+    generator = torch.Generator().manual_seed(0)
+    ir = torch.rand(shape, generator=generator)
+    vi = torch.rand(shape, generator=generator)
+    with torch.inference_mode():
+        expected = graph(ir, vi)
+    try:
+        got = session.run(list(ONNX_OUTPUTS), {'ir': ir.numpy(), 'vi': vi.numpy()})
+    except Exception as error:  # noqa: BLE001 - onnxruntime raises its own error types
+        raise ExportError(
+            f'the exported graph fails at input {tuple(shape)} (another size than the traced '
+            f'one: a size was frozen into the graph?): {str(error)[:400]}') from None
+    diffs = {}
+    for name, ours, theirs in zip(ONNX_OUTPUTS, got, expected):
+        if ours.shape != tuple(theirs.shape):
+            raise ExportError(f'output {name} has shape {ours.shape} in onnxruntime but '
+                              f'{tuple(theirs.shape)} in PyTorch at input {tuple(shape)}')
+        diffs[name] = float(np.abs(ours.astype(np.float32) - theirs.numpy()).max())
+    bad = {name: value for name, value in diffs.items()
+           if not value <= VERIFY_TOLERANCES[precision][name]}
+    if bad:
+        raise ExportError(f'the exported graph differs from PyTorch at input {tuple(shape)}: '
+                          f'max abs differences {bad} exceed {VERIFY_TOLERANCES[precision]}')
+    return diffs
+
+
+def export_onnx(weights, output, half=False, opset=MIN_OPSET, verify=True):
+    """Export a ``.safetensors`` checkpoint to an ONNX file (see the module docstring).
+
+    Args:
+        weights: path of a TarFuse checkpoint (``save_checkpoint`` / ``tarfuse-train``).
+        output: path of the ``.onnx`` file to write (replaced atomically; folders created).
+        half: float16 computation inside, float32 inputs and outputs.
+        opset: ONNX opset, ``>= 17`` (GridSample needs 16; TensorRT 8.6+ and 10 parse 17).
+        verify: run the exported graph in onnxruntime at another batch and size than the
+            traced one and compare with PyTorch (:data:`VERIFY_TOLERANCES`).
+
+    Returns:
+        :class:`ExportReport`.
+
+    Raises:
+        CheckpointError: missing or invalid checkpoint.
+        ExportError: tracing failed or the graph does not match PyTorch.
+        ValueError: ``opset`` below 17.
+
+    """
+    import onnx
+    from tarfuse_ros.core.engine import _min_input_side, fuse_conv_bn
+
+    if isinstance(opset, bool) or not isinstance(opset, int) or opset < MIN_OPSET:
+        raise ValueError(f'opset must be an integer >= {MIN_OPSET}, got {opset!r}')
+    weights, output = Path(weights), Path(output)
+    model = load_checkpoint(weights, map_location='cpu').eval()
+    fuse_conv_bn(model)
+    anchors_every_call(model.detect)
+    graph = _ExportGraph(model).eval()
+    min_side = _min_input_side(model.config)
+    trace_shape, check_shape = _sizes(min_side)
+    dims = {0: 'batch', 2: 'height', 3: 'width'}
+    buffer = io.BytesIO()
+    example = (torch.rand(trace_shape[0], 1, *trace_shape[1:]),
+               torch.rand(trace_shape[0], 1, *trace_shape[1:]))
+    try:
+        with warnings.catch_warnings():
+            # The tracer warns about every Python-level shape check it freezes; the check
+            # below runs the graph at other sizes instead.
+            warnings.simplefilter('ignore')
+            torch.onnx.export(graph, example, buffer, dynamo=False, opset_version=opset,
+                              input_names=list(ONNX_INPUTS), output_names=list(ONNX_OUTPUTS),
+                              dynamic_axes={name: dims for name in ONNX_INPUTS},
+                              do_constant_folding=True)
+    except Exception as error:  # noqa: BLE001 - the exporter raises many error types
+        raise ExportError(f'torch.onnx.export failed for {weights}: {error}') from error
+    proto = onnx.load_from_string(buffer.getvalue())
+    precision = 'float16' if half else 'float32'
+    if half:
+        proto = _to_float16(proto)
+    description = {
+        'format_version': ONNX_FORMAT_VERSION,
+        'inputs': dict.fromkeys(ONNX_INPUTS, '(B, 1, H, W) float32 in [0, 1]; H, W multiples '
+                                             'of size_multiple, >= min_side'),
+        'outputs': dict(ONNX_OUTPUTS),
+        'size_multiple': 32,
+        'min_side': int(min_side),
+        'precision': precision,
+        'opset': int(opset),
+        'source': weights.name,
+        'torch': torch.__version__,
+    }
+    config = model.checkpoint_config
+    for key, value in ((CONFIG_KEY, config), (ONNX_KEY, description),
+                       ('class_names', list(model.config.class_names))):
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, json.dumps(value, sort_keys=True)
+    proto.producer_name = 'tarfuse_ros'
+    onnx.checker.check_model(proto)
+    blob = proto.SerializeToString()
+    report = ExportReport(output, int(opset), precision)
+    if verify:
+        report.verify_shape = (check_shape[0], 1) + check_shape[1:]
+        report.max_abs_diff = _verify(blob, graph, report.verify_shape, precision,
+                                      torch.get_num_threads())
+    output.parent.mkdir(parents=True, exist_ok=True)
+    temporary = output.with_name(f'.{output.name}.{os.getpid()}.tmp')
+    try:
+        temporary.write_bytes(blob)
+        os.replace(temporary, output)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return report

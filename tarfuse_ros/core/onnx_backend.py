@@ -1,0 +1,428 @@
+"""The onnxruntime backend: run a ``tarfuse-export`` ONNX file like :class:`FusionEngine`.
+
+:class:`OnnxFusionEngine` takes the same numpy pairs and returns the same
+:class:`~tarfuse_ros.core.engine.FusionResult` as the torch engine, computed by onnxruntime:
+
+1. preprocess (numpy/OpenCV): :func:`~tarfuse_ros.core.images.prepare_pair` (the one preparation
+   of training, evaluation and the torch engine), planes scaled by 1/255 and padded at the
+   bottom/right to multiples of 32 (and the network's minimum size) as the torch engine pads;
+2. model: one ``InferenceSession.run`` of the exported graph (inputs ``ir``, ``vi``; outputs
+   ``fused``, ``flow``, ``registered_ir``, ``det``: see :data:`ONNX_OUTPUTS`);
+3. postprocess (numpy/OpenCV): crop to the visible frame, per-class NMS by OpenCV's
+   ``cv2.dnn.NMSBoxesBatched`` with ultralytics' rules (best class per anchor,
+   ``score > conf``, suppression when ``IoU > iou``, at most ``max_detections`` by score), boxes
+   clipped to the image.
+
+No torch operation runs in any of these steps. (The modules this one shares code with,
+:mod:`~tarfuse_ros.core.images` and :mod:`~tarfuse_ros.core.engine`, still import torch at
+module level, so torch must be installed for now.)
+
+The exported file carries the checkpoint's JSON config in its ``metadata_props``
+(:data:`CONFIG_KEY`: the safetensors header, class names included) and the export's own
+description (:data:`ONNX_KEY`: format version, minimum input side, precision); a file without
+them is refused with :class:`OnnxModelError`.
+"""
+
+import json
+import logging
+import math
+from pathlib import Path
+import threading
+import time
+
+import cv2
+import numpy as np
+
+__all__ = ['CONFIG_KEY', 'MIN_OPSET', 'ONNX_FORMAT_VERSION', 'ONNX_INPUTS', 'ONNX_KEY',
+           'ONNX_OUTPUTS', 'OnnxFusionEngine', 'OnnxModelError', 'nms_rows',
+           'read_onnx_metadata']
+
+_LOG = logging.getLogger(__name__)
+
+ONNX_FORMAT_VERSION = 1
+MIN_OPSET = 17
+CONFIG_KEY = 'tarfuse_config'   # the checkpoint's JSON header, as in the .safetensors file
+ONNX_KEY = 'tarfuse_onnx'       # this export: format version, sizes, precision, outputs
+ONNX_INPUTS = ('ir', 'vi')
+# Output name -> meaning (also written into the file's metadata).
+ONNX_OUTPUTS = {
+    'fused': '(B, 1, H, W) float32 fused luma Y in [0, 1], visible frame',
+    'flow': '(B, 2, H, W) float32 flow in pixels (dx, dy): registered_ir(p) = ir(p + flow(p))',
+    'registered_ir': '(B, 1, H, W) float32 IR warped onto the visible frame, [0, 1]',
+    'det': '(B, 4 + nc, anchors) float32, ultralytics Detect layout: cx, cy, w, h in input '
+           'pixels, then nc class probabilities; needs NMS',
+}
+_PAD_MODES = {'replicate': 'edge', 'reflect': 'reflect', 'constant': 'constant'}
+
+
+class OnnxModelError(ValueError):
+    """An ONNX file is missing, unreadable, or not a TarFuse export of a known format."""
+
+
+def _session_error(path, error):
+    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return OnnxModelError(
+        f'{path} is not a loadable ONNX model ({first[:300]}); export one with '
+        f'tarfuse-export WEIGHTS.safetensors --out MODEL.onnx')
+
+
+def _metadata(path, session):
+    """Return ``(checkpoint config dict, export dict)`` from a session, checked."""
+    props = session.get_modelmeta().custom_metadata_map or {}
+    if CONFIG_KEY not in props or ONNX_KEY not in props:
+        raise OnnxModelError(
+            f'{path} has no {CONFIG_KEY!r}/{ONNX_KEY!r} metadata, so it was not written by '
+            f'tarfuse-export; export the checkpoint with tarfuse-export WEIGHTS.safetensors '
+            f'--out MODEL.onnx')
+    try:
+        config, export = json.loads(props[CONFIG_KEY]), json.loads(props[ONNX_KEY])
+    except json.JSONDecodeError as error:
+        raise OnnxModelError(f'{path}: its TarFuse metadata is not valid JSON ({error}); '
+                             f're-export it with tarfuse-export') from None
+    if not isinstance(config, dict) or not isinstance(config.get('model'), dict) or not (
+            isinstance(export, dict)):
+        raise OnnxModelError(f'{path}: its TarFuse metadata has no model config; re-export it '
+                             f'with tarfuse-export')
+    if export.get('format_version') != ONNX_FORMAT_VERSION:
+        raise OnnxModelError(
+            f'{path} has ONNX format_version {export.get("format_version")!r} but this '
+            f'tarfuse_ros reads version {ONNX_FORMAT_VERSION}; re-export it with this release')
+    inputs = tuple(arg.name for arg in session.get_inputs())
+    outputs = tuple(arg.name for arg in session.get_outputs())
+    if inputs != ONNX_INPUTS or set(outputs) != set(ONNX_OUTPUTS):
+        raise OnnxModelError(
+            f'{path} has inputs {inputs} and outputs {outputs}; a TarFuse export has inputs '
+            f'{ONNX_INPUTS} and outputs {tuple(ONNX_OUTPUTS)}; re-export it with tarfuse-export')
+    return config, export
+
+
+def read_onnx_metadata(path):
+    """Return the TarFuse metadata of an exported file, checked.
+
+    Args:
+        path: an ``.onnx`` file written by ``tarfuse-export``.
+
+    Returns:
+        ``(config, export)``: the checkpoint's JSON header (``format_version``, ``model`` with
+        ``class_names``, ``input``, ``provenance``) and the export's description
+        (``format_version``, ``min_side``, ``size_multiple``, ``precision``, ``opset``,
+        ``outputs``, ``source``).
+
+    Raises:
+        OnnxModelError: missing or unloadable file, or not a TarFuse export.
+
+    """
+    import onnxruntime as ort
+
+    path = Path(path)
+    if not path.is_file():
+        raise OnnxModelError(f'ONNX file {str(path)!r} does not exist; export one with '
+                             f'tarfuse-export WEIGHTS.safetensors --out MODEL.onnx')
+    try:
+        session = ort.InferenceSession(str(path), providers=['CPUExecutionProvider'])
+    except Exception as error:  # noqa: BLE001 - onnxruntime raises its own error types
+        raise _session_error(path, error) from None
+    return _metadata(path, session)
+
+
+def _providers(device, allow_cpu_fallback):
+    """Return ``(providers, device string)`` for ``'cpu'``, ``'cuda'`` or ``'cuda:N'``."""
+    import onnxruntime as ort
+
+    text = str(device).strip().lower()
+    if text == 'cpu':
+        return ['CPUExecutionProvider'], 'cpu'
+    if not (text == 'cuda' or (text.startswith('cuda:') and text[5:].isdigit())):
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    index = int(text[5:]) if ':' in text else 0
+    if 'CUDAExecutionProvider' in ort.get_available_providers():
+        return ([('CUDAExecutionProvider', {'device_id': index}), 'CPUExecutionProvider'],
+                f'cuda:{index}')
+    problem = (f'device {device!r} was requested but this onnxruntime '
+               f'({ort.__version__}) has no CUDAExecutionProvider (install onnxruntime-gpu)')
+    if allow_cpu_fallback:
+        _LOG.warning('%s; falling back to the CPU', problem)
+        return ['CPUExecutionProvider'], 'cpu'
+    raise RuntimeError(problem + "; use device='cpu' or allow the CPU fallback")
+
+
+def nms_rows(det, conf, iou, max_det, classes=None):
+    """Non-maximum suppression of one image's raw detections (ultralytics' rules, OpenCV NMS).
+
+    Each anchor keeps its best class; anchors with ``score > conf`` (and a class in
+    ``classes``) go through per-class NMS (``cv2.dnn.NMSBoxesBatched``: a box is suppressed by
+    a higher-scoring box of its class with ``IoU > iou``); the ``max_det`` best remain.
+
+    Args:
+        det: ``(4 + nc, anchors)`` float array: ``cx, cy, w, h`` in pixels, then the class
+            probabilities (one image of the ``det`` output).
+        conf, iou: thresholds in [0, 1].
+        max_det: the most detections kept (``>= 1``).
+        classes: class ids to keep, or None for all.
+
+    Returns:
+        float32 ``(N, 6)``: ``x1, y1, x2, y2, score, class_id`` by decreasing score, in pixels
+        of the network input.
+
+    """
+    det = np.asarray(det, dtype=np.float32)
+    scores_all = det[4:]
+    class_ids = scores_all.argmax(axis=0)
+    scores = scores_all.max(axis=0)
+    keep = scores > conf
+    if classes is not None:
+        keep &= np.isin(class_ids, np.asarray(classes))
+    if not keep.any():
+        return np.zeros((0, 6), np.float32)
+    centre, size = det[:2, keep].T, det[2:4, keep].T
+    corners = np.concatenate((centre - size / 2, centre + size / 2), axis=1)
+    scores, class_ids = scores[keep], class_ids[keep]
+    rects = np.concatenate((corners[:, :2], corners[:, 2:] - corners[:, :2]), axis=1)
+    # score_threshold 0: the conf filter above already applied ultralytics' strict '>'.
+    chosen = cv2.dnn.NMSBoxesBatched(rects.astype(np.float64).tolist(), scores.tolist(),
+                                     class_ids.tolist(), 0.0, float(iou))
+    chosen = np.asarray(chosen, dtype=np.int64).reshape(-1)
+    # OpenCV returns survivors in decreasing score; a stable sort keeps that among equal scores.
+    chosen = chosen[np.argsort(-scores[chosen], kind='stable')][:max_det]
+    return np.concatenate((corners[chosen], scores[chosen, None],
+                           class_ids[chosen, None].astype(np.float32)), axis=1)
+
+
+class OnnxFusionEngine:
+    """Run a ``tarfuse-export`` ONNX file on numpy IR/visible pairs with onnxruntime.
+
+    The interface of :class:`~tarfuse_ros.core.engine.FusionEngine` (``infer``,
+    ``infer_batch``, ``set_thresholds``, ``thresholds``, ``class_names``, ``device``, ``half``)
+    with the same outputs within float tolerance.
+
+    Args:
+        weights: path of an ``.onnx`` file written by ``tarfuse-export``.
+        device: ``'cpu'``, ``'cuda'`` or ``'cuda:N'`` (CUDA needs ``onnxruntime-gpu``).
+        half: ignored (with a warning when true): the precision is the file's
+            (``tarfuse-export --half``).
+        threads: onnxruntime intra-op threads of this session (None: onnxruntime's default).
+        conf_threshold, iou_threshold, max_detections, classes: NMS settings (see
+            :meth:`set_thresholds`).
+        allow_cpu_fallback: use the CPU with a warning when CUDA is asked for but absent.
+        ir_norm, ir_low, ir_high, pad_mode: as :class:`FusionEngine`.
+
+    Raises:
+        OnnxModelError: missing, unloadable or foreign ONNX file.
+        RuntimeError: CUDA unavailable (without ``allow_cpu_fallback``).
+        ValueError: bad settings.
+
+    """
+
+    backend = 'onnxruntime'
+
+    def __init__(self, weights, device='cpu', half=False, threads=None, conf_threshold=0.25,
+                 iou_threshold=0.45, max_detections=100, classes=None, allow_cpu_fallback=False,
+                 ir_norm='percentile', ir_low=0.5, ir_high=99.5, pad_mode='replicate'):
+        import onnxruntime as ort
+        from tarfuse_ros.core import images
+        from tarfuse_ros.core.engine import _validate_thresholds
+
+        if weights is None:
+            raise OnnxModelError('the onnxruntime backend needs an .onnx file: export one with '
+                                 'tarfuse-export WEIGHTS.safetensors --out MODEL.onnx')
+        if ir_norm not in images.IR_NORMS:
+            raise ValueError(f'ir_norm must be one of {images.IR_NORMS}, got {ir_norm!r}')
+        if not 0.0 <= ir_low < ir_high <= 100.0:
+            raise ValueError(f'need 0 <= ir_low < ir_high <= 100, got {ir_low}, {ir_high}')
+        if pad_mode not in _PAD_MODES:
+            raise ValueError(f'pad_mode must be one of {tuple(_PAD_MODES)}, got {pad_mode!r}')
+        if threads is not None and (
+                isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise ValueError(f'threads must be None or an integer >= 1, got {threads!r}')
+        if half:
+            _LOG.warning('half=True is ignored by the onnxruntime backend: the precision is '
+                         "the ONNX file's (tarfuse-export --half)")
+        self._weights = Path(weights)
+        if not self._weights.is_file():
+            raise OnnxModelError(
+                f'ONNX file {str(self._weights)!r} does not exist; export one with '
+                f'tarfuse-export WEIGHTS.safetensors --out MODEL.onnx')
+        providers, self._device = _providers(device, allow_cpu_fallback)
+        options = ort.SessionOptions()
+        if threads is not None:
+            options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        try:
+            self._session = ort.InferenceSession(str(self._weights), options,
+                                                 providers=providers)
+        except Exception as error:  # noqa: BLE001 - onnxruntime raises its own error types
+            raise _session_error(self._weights, error) from None
+        self._checkpoint_config, self._export = _metadata(self._weights, self._session)
+        if self._device != 'cpu' and 'CUDAExecutionProvider' not in (
+                self._session.get_providers()):
+            raise RuntimeError(f'onnxruntime could not start CUDA for device {device!r} '
+                               f'(providers in use: {self._session.get_providers()})')
+        model = self._checkpoint_config['model']
+        self._class_names = tuple(str(n) for n in model.get('class_names', ()))
+        self._num_classes = int(model.get('num_classes', len(self._class_names)))
+        if len(self._class_names) < self._num_classes:  # unnamed classes get their index
+            self._class_names += tuple(
+                str(i) for i in range(len(self._class_names), self._num_classes))
+        self._images = images
+        self._ir_norm, self._ir_low, self._ir_high = ir_norm, float(ir_low), float(ir_high)
+        self._pad_mode = pad_mode
+        self._multiple = int(self._export.get('size_multiple', 32))
+        self._min_side = int(self._export.get('min_side', 0))
+        self._validate = _validate_thresholds
+        self._settings_lock = threading.Lock()
+        self._thresholds = _validate_thresholds(
+            conf_threshold, iou_threshold, max_detections, classes, self._num_classes)
+
+    # -- properties -------------------------------------------------------------------------
+    @property
+    def class_names(self):
+        """Class names, index = class id."""
+        return self._class_names
+
+    @property
+    def device(self):
+        """``'cpu'`` or ``'cuda:N'``: where onnxruntime runs the graph."""
+        return self._device
+
+    @property
+    def half(self):
+        """Whether the ONNX file computes in float16 (``tarfuse-export --half``)."""
+        return self._export.get('precision') == 'float16'
+
+    @property
+    def config(self):
+        """Return the model section of the checkpoint's JSON header: a dict, not a dataclass."""
+        return dict(self._checkpoint_config['model'])
+
+    @property
+    def checkpoint_config(self):
+        """The checkpoint's whole JSON header (model, input conventions, provenance)."""
+        return self._checkpoint_config
+
+    @property
+    def export_info(self):
+        """The export's description (format version, min side, precision, opset, outputs)."""
+        return dict(self._export)
+
+    @property
+    def thresholds(self):
+        """``(conf_threshold, iou_threshold, max_detections, classes)`` now in effect."""
+        with self._settings_lock:
+            return self._thresholds
+
+    def set_thresholds(self, conf_threshold=None, iou_threshold=None, max_detections=None,
+                       classes=None):
+        """Change NMS settings atomically; ``None`` keeps a setting (as ``FusionEngine``)."""
+        with self._settings_lock:
+            conf, iou, max_det, cls = self._thresholds
+            self._thresholds = self._validate(
+                conf if conf_threshold is None else conf_threshold,
+                iou if iou_threshold is None else iou_threshold,
+                max_det if max_detections is None else max_detections,
+                cls if classes is None else classes,
+                self._num_classes)
+
+    # -- inference ---------------------------------------------------------------------------
+    def infer(self, ir, vi):
+        """Fuse one pair (arguments and result as :meth:`FusionEngine.infer`)."""
+        return self.infer_batch([ir], [vi])[0]
+
+    __call__ = infer
+
+    def infer_batch(self, irs, vis):
+        """Fuse several pairs; pairs whose visible frames share a size run as one batch.
+
+        Args:
+            irs: sequence of IR images (``HxW``/``HxWx1``, uint8, uint16 or float).
+            vis: sequence of visible images (``HxW`` grey or ``HxWx3`` BGR), same length.
+
+        Returns:
+            list of :class:`~tarfuse_ros.core.engine.FusionResult`, in input order.
+
+        """
+        from tarfuse_ros.core.engine import FusionResult
+
+        irs, vis = list(irs), list(vis)
+        if len(irs) != len(vis):
+            raise ValueError(f'got {len(irs)} IR images but {len(vis)} visible images')
+        start = time.perf_counter()
+        prepared = []
+        for index, (ir, vi) in enumerate(zip(irs, vis)):
+            suffix = f' #{index}' if index else ''
+            prepared.append(self._images.prepare_pair(
+                ir, vi, self._ir_norm, self._ir_low, self._ir_high, keep_uint8=True,
+                names=('IR image' + suffix, 'visible image' + suffix)))
+        prep_ms = (time.perf_counter() - start) * 1e3 / max(1, len(prepared))
+        groups = {}
+        for index, item in enumerate(prepared):
+            groups.setdefault(item.vi_y.shape, []).append(index)
+        results = [None] * len(prepared)
+        for (height, width), indices in groups.items():
+            t0 = time.perf_counter()
+            items = [prepared[i] for i in indices]
+            feeds = {'ir': self._batch([item.ir for item in items]),
+                     'vi': self._batch([item.vi_y for item in items])}
+            t1 = time.perf_counter()
+            raw = dict(zip([o.name for o in self._session.get_outputs()],
+                           self._session.run(None, feeds)))
+            t2 = time.perf_counter()
+            outputs = self._postprocess(raw, items, height, width)
+            t3 = time.perf_counter()
+            n = len(indices)
+            for i, (fused, registered, flow, dets) in zip(indices, outputs):
+                timings = {
+                    'preprocess': prep_ms + (t1 - t0) * 1e3 / n,
+                    'model': (t2 - t1) * 1e3 / n,
+                    'postprocess': (t3 - t2) * 1e3 / n,
+                }
+                timings['total'] = sum(timings.values())
+                results[i] = FusionResult(fused, registered, flow, dets, timings)
+        return results
+
+    def _batch(self, planes):
+        """Stack ``HxW`` planes into a padded ``(B, 1, H', W')`` float32 array in [0, 1]."""
+        unit = np.stack([self._images.unit_plane(p) for p in planes])[:, None]
+        height, width = unit.shape[2:]
+        side = -(-self._min_side // self._multiple) * self._multiple
+        pad_h = max((-height) % self._multiple, side - height)
+        pad_w = max((-width) % self._multiple, side - width)
+        if pad_h or pad_w:
+            if self._pad_mode == 'reflect' and (pad_h >= height or pad_w >= width):
+                raise ValueError(
+                    f'reflect padding of {height}x{width} by ({pad_h}, {pad_w}) needs pads '
+                    f'smaller than the image; use pad_mode="replicate"')
+            unit = np.pad(unit, ((0, 0), (0, 0), (0, pad_h), (0, pad_w)),
+                          mode=_PAD_MODES[self._pad_mode])
+        return np.ascontiguousarray(unit, dtype=np.float32)
+
+    def _postprocess(self, raw, items, height, width):
+        """Crop, NMS, 8-bit conversion: a list of ``(fused, registered, flow, detections)``."""
+        conf, iou, max_det, classes = self.thresholds
+        to_uint8 = self._images.to_uint8
+        fused_y = to_uint8(raw['fused'][:, 0, :height, :width])
+        registered = to_uint8(raw['registered_ir'][:, 0, :height, :width])
+        flow = raw['flow'][:, :, :height, :width].astype(np.float32).transpose(0, 2, 3, 1)
+        outputs = []
+        for b, item in enumerate(items):
+            crcb = item.crcb
+            fused = (fused_y[b] if crcb is None
+                     else self._images.merge_luma_chroma(fused_y[b], crcb))
+            rows = nms_rows(raw['det'][b], conf, iou, max_det, classes)
+            outputs.append((fused, registered[b], np.ascontiguousarray(flow[b]),
+                            self._detections(rows, height, width)))
+        return outputs
+
+    def _detections(self, rows, height, width):
+        """NMS rows in padded-input px -> Detections clipped to the image (as FusionEngine)."""
+        from tarfuse_ros.core.engine import Detection
+
+        found = []
+        for x1, y1, x2, y2, score, cls in rows.tolist():
+            # Padding is bottom/right only, so network-input pixels are visible-image pixels.
+            x1, x2 = min(max(x1, 0.0), width), min(max(x2, 0.0), width)
+            y1, y2 = min(max(y1, 0.0), height), min(max(y2, 0.0), height)
+            if not (x2 > x1 and y2 > y1) or not math.isfinite(score):
+                continue  # entirely inside the padding
+            class_id = int(cls)
+            found.append(Detection(x1, y1, x2, y2, score, class_id, self._class_names[class_id]))
+        return found

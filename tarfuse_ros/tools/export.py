@@ -1,0 +1,75 @@
+"""``tarfuse-export``: a TarFuse checkpoint -> an ONNX file (onnxruntime, TensorRT, Isaac ROS).
+
+Example::
+
+    tarfuse-export models/tarfuse_default.safetensors --out /tmp/tarfuse.onnx
+    ros2 run tarfuse_ros fuse_node --ros-args -p backend:=onnxruntime -p weights:=/tmp/tarfuse.onnx
+
+The graph, its inputs, outputs and metadata: :mod:`tarfuse_ros.core.export`. Exit status 0 on
+success, 1 when the export or its check against PyTorch fails, 2 for usage errors (a missing or
+invalid checkpoint, a bad option).
+"""
+
+import argparse
+from pathlib import Path
+import sys
+
+PROG = 'tarfuse-export'
+
+
+def build_parser():
+    """Return the command-line parser of ``tarfuse-export``."""
+    parser = argparse.ArgumentParser(
+        prog=PROG, description='Export a TarFuse .safetensors checkpoint to ONNX (dynamic '
+                               'batch, height and width; config and class names in the '
+                               'metadata), checked against PyTorch with onnxruntime.')
+    parser.add_argument('weights', type=Path, help='checkpoint (.safetensors)')
+    parser.add_argument('--out', required=True, type=Path, help='ONNX file to write')
+    parser.add_argument('--half', action='store_true',
+                        help='float16 inside (float32 inputs/outputs); for TensorRT prefer the '
+                             'float32 file and trtexec --fp16')
+    parser.add_argument('--opset', type=int, default=17, help='ONNX opset, >= 17 (default 17)')
+    parser.add_argument('--no-verify', action='store_true',
+                        help='skip the onnxruntime-vs-PyTorch check at another input size')
+    parser.add_argument('--threads', type=int, default=None,
+                        help='CPU threads for tracing and the check (default: torch default)')
+    return parser
+
+
+def main(argv=None):
+    """Entry point of ``tarfuse-export``; returns the exit status (0, 1 failed, 2 usage)."""
+    args = build_parser().parse_args(argv)
+    if args.threads is not None and args.threads < 1:
+        print(f'{PROG}: error: --threads must be >= 1, got {args.threads}', file=sys.stderr)
+        return 2
+    # Imported here so that usage errors are reported before torch is loaded.
+    from tarfuse_ros.core.checkpoint import CheckpointError
+    from tarfuse_ros.core.export import export_onnx, ExportError
+    import torch
+    if args.threads is not None:  # a program sets the process-wide thread count
+        torch.set_num_threads(args.threads)
+    try:
+        report = export_onnx(args.weights, args.out, half=args.half, opset=args.opset,
+                             verify=not args.no_verify)
+    except (CheckpointError, ValueError) as exc:
+        print(f'{PROG}: error: {exc}', file=sys.stderr)
+        return 2
+    except (ExportError, OSError) as exc:
+        print(f'{PROG}: error: {exc}', file=sys.stderr)
+        return 1
+    size_mib = report.path.stat().st_size / 2**20
+    print(f'wrote {report.path} ({size_mib:.1f} MiB, opset {report.opset}, {report.precision}; '
+          f'inputs ir, vi (B, 1, H, W) float32 in [0, 1], H and W multiples of 32; outputs '
+          f'fused, flow, registered_ir, det)')
+    if report.max_abs_diff:
+        diffs = ', '.join(f'{name} {value:.2g}' for name, value in report.max_abs_diff.items())
+        print(f'checked against PyTorch at {report.verify_shape}: max abs difference {diffs}')
+    print(f'run it: fuse_node with -p backend:=onnxruntime -p weights:={report.path}; '
+          f'TensorRT: trtexec --onnx={report.path} --minShapes=ir:1x1x256x320,vi:1x1x256x320 '
+          f'--optShapes=ir:1x1x512x640,vi:1x1x512x640 '
+          f'--maxShapes=ir:1x1x1024x1280,vi:1x1x1024x1280 --fp16 --saveEngine=tarfuse.engine')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,219 @@
+"""ONNX export (tarfuse-export) and the onnxruntime backend against the torch engine.
+
+Parity is measured on the five real sample pairs of ``samples/`` with the synthetically
+misaligned IR (flows up to ~49 px), shipped model, onnxruntime 1.32 on the CPU. Measured when
+written (max abs over the five pairs): fused 1 grey level (a rounding tie: 0 on most pixels),
+registered IR 1 grey level, flow 6.5e-5 px, the same detections (count and classes) with boxes
+within 6.1e-5 px and scores within 1.4e-6.
+"""
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnx
+import pytest
+from tarfuse_ros.core.checkpoint import read_checkpoint_config, save_checkpoint
+from tarfuse_ros.core.engine import FusionEngine
+from tarfuse_ros.core.export import export_onnx, VERIFY_TOLERANCES
+from tarfuse_ros.core.model import yolo
+from tarfuse_ros.core.model.tarfuse import build_model
+from tarfuse_ros.core.onnx_backend import CONFIG_KEY, nms_rows, ONNX_KEY, ONNX_OUTPUTS
+from tarfuse_ros.core.onnx_backend import OnnxFusionEngine, OnnxModelError
+from tarfuse_ros.core.paths import default_weights_path
+from tarfuse_ros.tools import export as export_tool
+import torch
+
+SAMPLES = Path(__file__).resolve().parents[2] / 'samples'
+STEMS = SAMPLES.joinpath('list.txt').read_text().split()
+
+
+@pytest.fixture(scope='module')
+def shipped_onnx(tmp_path_factory):
+    """Export the shipped model with the command-line tool (one thread, as a test should)."""
+    out = tmp_path_factory.mktemp('onnx') / 'shipped.onnx'
+    code = export_tool.main([str(default_weights_path()), '--out', str(out), '--threads', '1'])
+    assert code == 0
+    return out
+
+
+@pytest.fixture(scope='module')
+def match_checkpoint(tmp_path_factory):
+    """A randomly initialised model of the default architecture (registration 'match')."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp('match') / 'match.safetensors'
+    save_checkpoint(path, build_model().eval(), provenance={'note': 'random init, ONNX test'})
+    return path
+
+
+def _pairs():
+    for stem in STEMS:
+        ir = cv2.imread(str(SAMPLES / 'synthetic_misaligned' / 'ir_warp' / f'{stem}.png'),
+                        cv2.IMREAD_UNCHANGED)
+        vi = cv2.imread(str(SAMPLES / 'vi' / f'{stem}.jpg'), cv2.IMREAD_COLOR)
+        assert ir is not None and vi is not None, stem
+        yield stem, ir, vi
+
+
+def test_shipped_model_exports_with_dynamic_sizes_and_the_checkpoint_config(shipped_onnx):
+    model = onnx.load(str(shipped_onnx))
+    assert max(o.version for o in model.opset_import if o.domain in ('', 'ai.onnx')) >= 17
+    inputs = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim]
+              for i in model.graph.input}
+    assert inputs == {'ir': ['batch', 1, 'height', 'width'],
+                      'vi': ['batch', 1, 'height', 'width']}
+    assert [o.name for o in model.graph.output] == list(ONNX_OUTPUTS)
+    meta = {p.key: json.loads(p.value) for p in model.metadata_props}
+    config = read_checkpoint_config(default_weights_path())
+    assert meta[CONFIG_KEY] == config
+    assert meta['class_names'] == config['model']['class_names']
+    assert meta[ONNX_KEY]['precision'] == 'float32' and meta[ONNX_KEY]['size_multiple'] == 32
+    assert meta[ONNX_KEY]['min_side'] >= 32 and meta[ONNX_KEY]['opset'] == 17
+
+
+def test_match_model_exports_and_matches_pytorch_at_another_batch_and_size(
+        match_checkpoint, tmp_path):
+    report = export_onnx(match_checkpoint, tmp_path / 'match.onnx')
+    assert read_checkpoint_config(match_checkpoint)['model']['registration'] == 'match'
+    # Traced at (1, 1, 128, 160); checked at batch 2, portrait.
+    assert report.verify_shape == (2, 1, 192, 128)
+    assert set(report.max_abs_diff) == set(ONNX_OUTPUTS)
+    for name, value in report.max_abs_diff.items():
+        assert value <= VERIFY_TOLERANCES['float32'][name], (name, value)
+    engine = OnnxFusionEngine(tmp_path / 'match.onnx', threads=1)
+    assert engine.config['registration'] == 'match' and engine.half is False
+
+
+def test_half_export_keeps_float32_inputs_and_outputs(match_checkpoint, tmp_path):
+    report = export_onnx(match_checkpoint, tmp_path / 'half.onnx', half=True)
+    assert report.precision == 'float16' and report.max_abs_diff
+    model = onnx.load(str(tmp_path / 'half.onnx'))
+    float32 = onnx.TensorProto.FLOAT
+    assert all(v.type.tensor_type.elem_type == float32
+               for v in list(model.graph.input) + list(model.graph.output))
+    assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer)
+    assert OnnxFusionEngine(tmp_path / 'half.onnx', threads=1).half is True
+
+
+def test_export_tool_usage_errors(tmp_path, capsys):
+    weights = str(default_weights_path())
+    assert export_tool.main([weights, '--out', str(tmp_path / 'a.onnx'), '--opset', '16']) == 2
+    assert 'opset must be an integer >= 17' in capsys.readouterr().err
+    assert export_tool.main([str(tmp_path / 'absent.safetensors'), '--out',
+                             str(tmp_path / 'b.onnx')]) == 2
+    assert 'does not exist' in capsys.readouterr().err
+    assert not list(tmp_path.glob('*.onnx'))
+
+
+@pytest.fixture(scope='module')
+def engines(shipped_onnx):
+    torch.set_num_threads(1)
+    return (FusionEngine(default_weights_path(), device='cpu'),
+            OnnxFusionEngine(shipped_onnx, device='cpu', threads=1))
+
+
+def _box(det):
+    return np.array([det.x1, det.y1, det.x2, det.y2])
+
+
+def test_onnxruntime_backend_matches_the_torch_engine_on_real_pairs(engines):
+    torch_engine, onnx_engine = engines
+    assert onnx_engine.class_names == torch_engine.class_names
+    worst = {'fused': 0, 'registered': 0, 'flow': 0.0, 'box': 0.0, 'score': 0.0}
+    detections = 0
+    for stem, ir, vi in _pairs():
+        expected, got = torch_engine.infer(ir, vi), onnx_engine.infer(ir, vi)
+        assert got.fused.shape == expected.fused.shape == vi.shape, stem
+        assert got.flow_px.shape == expected.flow_px.shape and got.flow_px.dtype == np.float32
+        worst['fused'] = max(worst['fused'], int(np.abs(
+            got.fused.astype(int) - expected.fused).max()))
+        worst['registered'] = max(worst['registered'], int(np.abs(
+            got.registered_ir.astype(int) - expected.registered_ir).max()))
+        worst['flow'] = max(worst['flow'], float(np.abs(got.flow_px - expected.flow_px).max()))
+        assert [d.class_id for d in got.detections] == [
+            d.class_id for d in expected.detections], stem
+        for ours, theirs in zip(got.detections, expected.detections):
+            assert ours.class_name == theirs.class_name
+            worst['box'] = max(worst['box'], float(np.abs(_box(ours) - _box(theirs)).max()))
+            worst['score'] = max(worst['score'], abs(ours.score - theirs.score))
+        detections += len(expected.detections)
+        assert set(got.timings_ms) == {'preprocess', 'model', 'postprocess', 'total'}
+    assert detections >= 5, 'the comparison needs detections to compare'
+    assert worst['fused'] <= 1 and worst['registered'] <= 1, worst
+    assert worst['flow'] <= 0.05, worst
+    assert worst['box'] <= 1e-2 and worst['score'] <= 1e-4, worst
+
+
+def test_onnxruntime_backend_batches_mixed_sizes_and_applies_thresholds(engines):
+    _, engine = engines
+    (_, ir_a, vi_a), (_, ir_b, vi_b) = list(_pairs())[:2]
+    grey = cv2.cvtColor(vi_b, cv2.COLOR_BGR2GRAY)
+    batch = engine.infer_batch([ir_a, ir_b, ir_a], [vi_a, grey, vi_a])
+    single = engine.infer(ir_b, grey)
+    assert batch[1].fused.shape == grey.shape
+    assert np.abs(batch[1].fused.astype(int) - single.fused).max() <= 1
+    assert np.array_equal(batch[0].fused, batch[2].fused)
+    engine.set_thresholds(conf_threshold=0.99)
+    try:
+        assert engine.infer(ir_a, vi_a).detections == []
+        with pytest.raises(ValueError, match='conf_threshold'):
+            engine.set_thresholds(conf_threshold=1.5)
+        assert engine.thresholds[0] == 0.99
+    finally:
+        engine.set_thresholds(conf_threshold=0.25)
+
+
+def test_onnxruntime_backend_runs_no_torch_operation(engines, roadscene_pair):
+    from torch.overrides import TorchFunctionMode
+
+    calls = []
+
+    class Recorder(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            calls.append(getattr(func, '__name__', str(func)))
+            return func(*args, **(kwargs or {}))
+
+    _, engine = engines
+    with Recorder():
+        result = engine.infer(*roadscene_pair)
+    assert result.fused.shape == roadscene_pair[1].shape
+    assert calls == []
+
+
+@pytest.mark.parametrize('classes', [None, (2,), (0, 1)])
+def test_opencv_nms_equals_ultralytics_nms(classes):
+    rng = np.random.default_rng(3)
+    anchors, num_classes = 400, 3
+    centre = rng.uniform(20, 300, (2, anchors))
+    size = rng.uniform(10, 80, (2, anchors))
+    # Clusters of overlapping boxes: many suppressions, several classes.
+    centre[:, ::4] = centre[:, 1::4] + rng.uniform(-5, 5, (2, anchors // 4))
+    probs = rng.uniform(0, 1, (num_classes, anchors)) ** 3
+    det = np.concatenate((centre, size, probs)).astype(np.float32)
+    for conf, iou, max_det in ((0.25, 0.45, 100), (0.1, 0.7, 30), (0.5, 0.3, 300)):
+        ours = nms_rows(det, conf, iou, max_det, classes)
+        theirs = yolo.non_max_suppression(torch.from_numpy(det)[None], conf, iou, classes,
+                                          max_det, num_classes)[0].numpy()
+        assert ours.shape == theirs.shape and len(ours) > 0, (conf, iou, max_det)
+        assert np.allclose(ours, theirs, atol=1e-4), (conf, iou, max_det)
+
+
+def test_a_bad_onnx_file_is_refused_with_one_clear_error(tmp_path):
+    corrupt = tmp_path / 'corrupt.onnx'
+    corrupt.write_bytes(b'\x08\x07 not a protobuf at all' * 50)
+    identity = onnx.helper.make_model(onnx.helper.make_graph(
+        [onnx.helper.make_node('Identity', ['x'], ['y'])], 'other',
+        [onnx.helper.make_tensor_value_info('x', onnx.TensorProto.FLOAT, [1])],
+        [onnx.helper.make_tensor_value_info('y', onnx.TensorProto.FLOAT, [1])]),
+        opset_imports=[onnx.helper.make_opsetid('', 17)])
+    foreign = tmp_path / 'foreign.onnx'
+    onnx.save(identity, str(foreign))
+    cases = {corrupt: 'is not a loadable ONNX model', foreign: 'not written by tarfuse-export',
+             tmp_path / 'absent.onnx': 'does not exist'}
+    for path, words in cases.items():
+        with pytest.raises(OnnxModelError) as raised:
+            OnnxFusionEngine(path)
+        message = str(raised.value)
+        assert words in message and 'tarfuse-export' in message, message
+        assert '\n' not in message
