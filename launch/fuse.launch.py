@@ -8,13 +8,13 @@ Examples::
         visible_topic:=/rgb/image_raw
     ros2 launch tarfuse_ros fuse.launch.py visible_transport:=compressed \
         infrared_transport:=compressed   # subscribes <topic>/compressed
+    ros2 launch tarfuse_ros fuse.launch.py backend:=onnxruntime weights:=/path/tarfuse.onnx
 
 Parameters come from ``params_file`` (default: the shipped ``config/tarfuse.yaml``); the
-``weights``, ``device``, ``infrared_transport`` and ``visible_transport`` arguments override it
-only when they are not empty.  Unless
-``FASTRTPS_DEFAULT_PROFILES_FILE`` is already set, the shipped ``config/fastdds_profile.xml``
-is used (shared memory with a large segment: large images over best-effort DDS otherwise get
-lost).
+``weights``, ``backend``, ``device``, ``infrared_transport`` and ``visible_transport`` arguments
+override it only when they are not empty.  Unless ``FASTRTPS_DEFAULT_PROFILES_FILE`` is
+already set, the shipped ``config/fastdds_profile.xml`` is used (shared memory with a large
+segment: large images over best-effort DDS otherwise get lost).
 """
 
 import os
@@ -47,14 +47,14 @@ def _camera_info_topic(image_topic):
 def _launch_setup(context):
     share = _share_dir()
     value = {name: LaunchConfiguration(name).perform(context) for name in (
-        'namespace', 'params_file', 'weights', 'device', 'infrared_topic', 'visible_topic',
-        'infrared_transport', 'visible_transport', 'use_sim_time')}
+        'namespace', 'params_file', 'weights', 'backend', 'device', 'infrared_topic',
+        'visible_topic', 'infrared_transport', 'visible_transport', 'use_sim_time')}
     actions = []
     profile = share / 'config' / 'fastdds_profile.xml'
     if not os.environ.get('FASTRTPS_DEFAULT_PROFILES_FILE') and profile.is_file():
         actions.append(SetEnvironmentVariable('FASTRTPS_DEFAULT_PROFILES_FILE', str(profile)))
     overrides = {'use_sim_time': value['use_sim_time'].lower() in ('true', '1', 'yes')}
-    for name in ('weights', 'device'):
+    for name in ('weights', 'backend', 'device'):
         if value[name].strip():
             overrides[name] = value[name].strip()
     for camera in ('infrared', 'visible'):
@@ -98,7 +98,12 @@ def generate_launch_description():
             description='YAML file with the node parameters (/**: ros__parameters).'),
         DeclareLaunchArgument(
             'weights', default_value='',
-            description='Checkpoint (.safetensors) overriding params_file; empty: keep it.'),
+            description='Checkpoint (.safetensors; .onnx with backend onnxruntime) overriding '
+                        'params_file; empty: keep it.'),
+        DeclareLaunchArgument(
+            'backend', default_value='',
+            description="'torch' or 'onnxruntime' (weights: an .onnx file from tarfuse-export) "
+                        'overriding params_file; empty: keep it.'),
         DeclareLaunchArgument(
             'device', default_value='',
             description="Torch device overriding params_file ('cpu', 'cuda:0'); empty: keep."),

@@ -177,31 +177,40 @@ class TarFuseNode(Node):
                 else 'exact')
         self.get_logger().info(
             f'ready: model {params.weights} ({len(self._engine.class_names)} classes) on '
-            f'{self._engine.device}; inputs {self._topics[0]} ({params.infrared_transport}) + '
-            f'{self._topics[1]} ({params.visible_transport}); {params.qos_reliability}, depth '
+            f'{self._engine.device} ({params.backend}); inputs {self._topics[0]} '
+            f'({params.infrared_transport}) + {self._topics[1]} ({params.visible_transport}); '
+            f'{params.qos_reliability}, depth '
             f'{params.qos_depth}, {mode} sync, queue {params.sync_queue_size}')
 
     # -- start-up ------------------------------------------------------------------------------
     def _load_engine(self, params):
+        onnx = params.backend == 'onnxruntime'
         if not Path(params.weights).is_file():
+            if onnx:
+                raise StartupError(
+                    f'weights file {params.weights!r} does not exist: with backend onnxruntime '
+                    f'pass an .onnx file with -p weights:=/path/model.onnx (export one with '
+                    f'tarfuse-export WEIGHTS.safetensors --out model.onnx)')
             raise StartupError(
                 f'weights file {params.weights!r} does not exist: pass a .safetensors checkpoint '
                 f'with -p weights:=/path/model.safetensors (train one with tarfuse-train), or '
                 f'leave weights empty for the shipped model')
-        # Imported here so that configuration errors are reported before torch is loaded.
-        from tarfuse_ros.core.checkpoint import CheckpointError
-        from tarfuse_ros.core.engine import FusionEngine
+        # Imported here so that configuration errors are reported before torch is loaded (and
+        # the onnxruntime backend does not load the torch engine).
+        from tarfuse_ros.core.backends import create_engine, model_error
         try:
-            engine = FusionEngine(
-                params.weights, device=params.device, half=params.half,
+            engine = create_engine(
+                params.backend, weights=params.weights, device=params.device, half=params.half,
                 threads=params.cpu_threads or None,
                 conf_threshold=params.confidence_threshold, iou_threshold=params.iou_threshold,
                 max_detections=params.max_detections,
                 allow_cpu_fallback=params.allow_cpu_fallback)
-        except CheckpointError as exc:
+        except model_error(params.backend) as exc:
+            kind = '.onnx file from tarfuse-export' if onnx else '.safetensors checkpoint'
+            example = 'model.onnx' if onnx else 'model.safetensors'
             raise StartupError(
-                f'cannot load the model: {exc}. Point the weights parameter at a valid '
-                f'.safetensors checkpoint (-p weights:=/path/model.safetensors)') from exc
+                f'cannot load the model: {exc}. Point the weights parameter at a valid {kind} '
+                f'(-p weights:=/path/{example})') from exc
         except (RuntimeError, ValueError, OSError) as exc:
             raise StartupError(
                 f'cannot start the model on device {params.device!r}: {exc}. Use -p device:=cpu '
@@ -449,6 +458,7 @@ class TarFuseNode(Node):
         snapshot = self._stats.snapshot()
         extra = {
             'device': self._engine.device,
+            'backend': self._params.backend,
             'model': self._params.weights,
             'half': self._engine.half,
             'sync': 'approximate' if self._params.sync_approximate else 'exact',
@@ -456,7 +466,7 @@ class TarFuseNode(Node):
                           f'{self._params.visible_transport}',
             'rss_mib': round(process_rss_mib(), 1),
         }
-        if self._engine.device.startswith('cuda'):
+        if self._engine.device.startswith('cuda') and self._params.backend == 'torch':
             import torch
             extra['cuda_memory_mib'] = round(torch.cuda.memory_allocated() / 2**20, 1)
         array = DiagnosticArray()

@@ -14,6 +14,7 @@ from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescri
 from rcl_interfaces.msg import ParameterType
 from rclpy.parameter import Parameter
 
+from tarfuse_ros.core.backends import BACKENDS
 from tarfuse_ros.core.paths import default_weights_path
 
 __all__ = [
@@ -34,6 +35,7 @@ class NodeParams:
     """A validated snapshot of the node's parameters (see ``config/tarfuse.yaml``)."""
 
     weights: str
+    backend: str = 'torch'
     device: str = 'cpu'
     half: bool = False
     allow_cpu_fallback: bool = False
@@ -80,8 +82,12 @@ class ParamSpec:
 
 PARAMETER_SPECS = (
     ParamSpec('weights', 'weights', 'str',
-              'Path of the .safetensors checkpoint; empty = the shipped model. '
-              'Restart to change.'),
+              'Path of the .safetensors checkpoint (backend torch; empty = the shipped model) or '
+              'of the .onnx file from tarfuse-export (backend onnxruntime). Restart to change.'),
+    ParamSpec('backend', 'backend', 'str',
+              "Inference backend: 'torch' (PyTorch, a .safetensors checkpoint) or 'onnxruntime' "
+              '(an .onnx file from tarfuse-export, no PyTorch in the inference path). '
+              'Restart to change.', allowed=BACKENDS),
     ParamSpec('device', 'device', 'str',
               "Torch device: 'cpu', 'cuda' or 'cuda:N'. Restart to change."),
     ParamSpec('half', 'half', 'bool',
@@ -219,6 +225,11 @@ def validate_params(params):
         raise ValueError('half=true needs a CUDA device; set half:=false for device cpu')
     if not params.weights:
         raise ValueError('weights is empty')
+    if params.backend == 'onnxruntime' and params.weights.endswith('.safetensors'):
+        raise ValueError(
+            f'backend onnxruntime runs an .onnx file but weights is the checkpoint '
+            f'{params.weights!r}; export it with tarfuse-export {params.weights} --out '
+            f'MODEL.onnx and pass -p weights:=MODEL.onnx (or use backend torch)')
     return params
 
 

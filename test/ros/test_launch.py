@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 LAUNCH_FILE = Path(__file__).resolve().parents[2] / 'launch' / 'fuse.launch.py'
-ARGUMENTS = ('namespace', 'params_file', 'weights', 'device', 'infrared_topic', 'visible_topic',
-             'infrared_transport', 'visible_transport', 'use_sim_time', 'rviz')
+ARGUMENTS = ('namespace', 'params_file', 'weights', 'backend', 'device', 'infrared_topic',
+             'visible_topic', 'infrared_transport', 'visible_transport', 'use_sim_time', 'rviz')
 
 
 def _declared_arguments(tree):

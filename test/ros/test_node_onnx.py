@@ -1,0 +1,82 @@
+"""The node with ``backend:=onnxruntime`` over real DDS, and its start-up errors.
+
+The shipped model is exported once (``tarfuse-export``); the node runs the ``.onnx`` file in its
+own process and must answer a real sample pair with the images and detections that the
+onnxruntime engine gives in this process.
+"""
+
+import time
+
+from node_harness import HEIGHT, NodeProcess, Probe, random_domain_id, sample_pair, WIDTH
+import numpy as np
+import pytest
+from tarfuse_ros.core.export import export_onnx
+from tarfuse_ros.core.onnx_backend import OnnxFusionEngine
+from tarfuse_ros.core.paths import default_weights_path
+
+pytestmark = pytest.mark.dds
+
+
+@pytest.fixture(scope='module')
+def exported(tmp_path_factory):
+    path = tmp_path_factory.mktemp('onnx_node') / 'tarfuse.onnx'
+    export_onnx(default_weights_path(), path, verify=False)
+    return path
+
+
+@pytest.fixture(scope='module')
+def node_and_probe(exported):
+    domain = random_domain_id()
+    node = NodeProcess(domain, {
+        'weights': str(exported), 'backend': 'onnxruntime', 'device': 'cpu', 'cpu_threads': 1,
+        'diagnostics.period': 0.25, 'qos.depth': 10,
+    }, namespace='/onnx')
+    probe = Probe(domain, namespace='/onnx')
+    try:
+        if not probe.wait_until_ready(120.0):
+            pytest.fail('the node never answered a pair; its log:\n' + node.log())
+        yield node, probe
+    finally:
+        probe.close()
+        node.close()
+
+
+def test_node_with_the_onnxruntime_backend_answers_a_pair_like_the_engine(
+        exported, node_and_probe):
+    node, probe = node_and_probe
+    stamp = time.time_ns()
+    probe.publish_pair(*probe.good_pair(stamp))
+    assert probe.wait_for_outputs(stamp, keys=('fused', 'detections', 'registered')), node.log()
+    fused, = probe.outputs_for('fused', stamp)
+    detections, = probe.outputs_for('detections', stamp)
+    assert (fused.encoding, fused.width, fused.height) == ('bgr8', WIDTH, HEIGHT)
+    expected = OnnxFusionEngine(exported, threads=1).infer(*sample_pair())
+    pixels = np.frombuffer(fused.data, np.uint8).reshape(HEIGHT, WIDTH, 3)
+    assert np.abs(pixels.astype(int) - expected.fused).max() <= 1
+    got = [d.results[0].hypothesis.class_id for d in detections.detections]
+    assert got == [d.class_name for d in expected.detections]
+    assert probe.wait_for_diagnostics(lambda level, msg, values: values.get('backend') ==
+                                      'onnxruntime', 10.0)
+
+
+@pytest.mark.parametrize('case', ['corrupt_onnx', 'checkpoint_given'])
+def test_onnxruntime_start_up_errors_say_what_to_do(case, tmp_path):
+    corrupt = tmp_path / 'corrupt.onnx'
+    corrupt.write_bytes(b'\x00\x01 this is not an ONNX file' * 20)
+    params, words = {
+        'corrupt_onnx': ({'weights': str(corrupt)},
+                         ['cannot load the model', 'not a loadable ONNX model', 'tarfuse-export']),
+        'checkpoint_given': ({'weights': str(default_weights_path())},
+                             ['invalid parameter', 'backend onnxruntime runs an .onnx file',
+                              'tarfuse-export']),
+    }[case]
+    node = NodeProcess(random_domain_id(), dict(params, backend='onnxruntime'))
+    try:
+        code = node.wait(90.0)
+        log = node.log()
+    finally:
+        node.close()
+    assert code is not None and code != 0, log
+    assert 'Traceback' not in log and 'FATAL' in log, log
+    for word in words:
+        assert word in log, f'{word!r} missing from:\n{log}'
