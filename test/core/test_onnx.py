@@ -40,7 +40,7 @@ def shipped_onnx(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def match_checkpoint(tmp_path_factory):
-    """A randomly initialised model of the default architecture (registration 'match')."""
+    """Save a randomly initialised model of the default architecture (registration match)."""
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp('match') / 'match.safetensors'
     save_checkpoint(path, build_model().eval(), provenance={'note': 'random init, ONNX test'})
