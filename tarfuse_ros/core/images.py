@@ -21,12 +21,21 @@ Colour: a visible ``HxWx3`` image is BGR (OpenCV order; ``HxWx4`` BGRA drops alp
 fuses its luma: :func:`bgr_to_ycrcb` gives Y, Cr, Cb (OpenCV's BT.601 definition, chroma
 centred on 0.5) and :func:`ycrcb_to_bgr` puts the visible Cr/Cb back around the fused Y.
 
+Pairs (:func:`prepare_pair`, the one preparation of the dataset, the engine and the
+evaluation): the visible image is split into its luma and chroma (:func:`split_visible`: a uint8
+colour frame's luma is OpenCV's 8-bit BT.601 luma, rounded to whole grey levels); the IR image is
+normalised (:func:`gray_plane`) and THEN resized to the visible frame (:func:`resize_image`:
+``INTER_AREA`` when it shrinks in both directions, ``INTER_LINEAR`` otherwise), so a 16-bit frame's
+robust range is taken on the frame as the camera gave it.
+
 Padding: the network needs sizes that are multiples of 32. :func:`pad_to_multiple` pads at the
 bottom and right only (so pixel coordinates of the original image are unchanged, no box offset
 needed) with replicated border pixels by default: zeros would add a dark edge the fusion and
 detection heads would react to. ``'reflect'`` mirrors instead (it needs the pad to be smaller
 than the image), ``'constant'`` fills zeros. :func:`unpad` crops back.
 """
+
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -36,15 +45,19 @@ import torch.nn.functional as F
 __all__ = [
     'IR_NORMS',
     'PAD_MODES',
+    'PreparedPair',
     'bgr_to_ycrcb',
     'gray_plane',
     'pad_to_multiple',
     'merge_luma_chroma',
+    'normalise',
+    'prepare_pair',
     'resize_image',
     'split_visible',
     'to_uint8',
     'to_unit_gray',
     'to_unit_visible',
+    'unit_plane',
     'unpad',
     'ycrcb_to_bgr',
 ]
@@ -344,3 +357,68 @@ def unpad(t, height, width):
     if t.shape[-2] < height or t.shape[-1] < width:
         raise ValueError(f'cannot crop shape {tuple(t.shape)} to {height}x{width}')
     return t[..., :height, :width]
+
+
+def normalise(img, norm='percentile', low=0.5, high=99.5, name='image'):
+    """Return any accepted image as float32 in [0, 1], channels untouched (module rules).
+
+    A colour frame is scaled jointly over its channels (its colours are kept), with the
+    rules of :func:`to_unit_gray` (``norm``, ``low``, ``high``).
+    """
+    _check_array(img, name)
+    return _to_unit(img, norm, low, high, name)
+
+
+def unit_plane(plane):
+    """Return a plane of :func:`prepare_pair` as float32 in [0, 1] (uint8 is divided by 255)."""
+    if plane.dtype == np.uint8:
+        return plane.astype(np.float32) * np.float32(1.0 / 255.0)
+    return np.asarray(plane, np.float32)
+
+
+@dataclass(frozen=True)
+class PreparedPair:
+    """An IR/visible pair ready for the network, in the visible frame.
+
+    ``ir``: ``HxW`` IR plane resized to the visible frame; ``vi_y``: ``HxW`` visible luma (or
+    grey image). Both are uint8 (0-255) for 8-bit inputs prepared with ``keep_uint8``, float32
+    in [0, 1] otherwise (:func:`unit_plane` gives the float form). ``crcb``: uint8 ``HxWx2``
+    (Cr, Cb) of a colour visible image, ``None`` for a grey one.
+    """
+
+    ir: np.ndarray
+    vi_y: np.ndarray
+    crcb: np.ndarray = None
+
+
+def prepare_pair(ir, vi, ir_norm='percentile', ir_low=0.5, ir_high=99.5, keep_uint8=False,
+                 names=('IR image', 'visible image')):
+    """Prepare one IR/visible pair for the network (the rules of the module docstring).
+
+    The dataset, the engine and the evaluation all prepare pairs with this function, so the
+    network sees the same numbers in training, inference and evaluation.
+
+    Args:
+        ir: IR image ``HxW`` or ``HxWx1`` (uint8, uint16 or float; any size; colour is reduced
+            to its luma).
+        vi: visible image ``HxW`` grey or ``HxWx3`` BGR (``HxWx4``: alpha dropped), uint8,
+            uint16 or float.
+        ir_norm, ir_low, ir_high: how 16-bit (and float above 255) IR frames are scaled
+            (:func:`to_unit_gray`); the visible image always uses the default rule.
+        keep_uint8: keep 8-bit planes as uint8 (the engine uploads 8 bits and scales on the
+            device); float32 in [0, 1] otherwise.
+        names: what to call the two images in error messages.
+
+    Returns:
+        :class:`PreparedPair`.
+
+    Raises:
+        ValueError: an image that the normalisation rules refuse (empty, NaN, bad dtype, ...).
+
+    """
+    vi_y, crcb = split_visible(vi, name=names[1], keep_uint8=True)
+    ir_plane = gray_plane(ir, ir_norm, ir_low, ir_high, name=names[0], keep_uint8=True)
+    ir_plane = resize_image(ir_plane, vi_y.shape[0], vi_y.shape[1])
+    if not keep_uint8:
+        ir_plane, vi_y = unit_plane(ir_plane), unit_plane(vi_y)
+    return PreparedPair(ir_plane, vi_y, crcb)
