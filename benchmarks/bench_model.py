@@ -144,10 +144,10 @@ def _parameters(model):
     return info
 
 
-def _make_engine(weights, mode, threads):
+def _make_engine(weights, mode):
     from tarfuse_ros.core.engine import FusionEngine
-    if mode == 'cpu':
-        return FusionEngine(weights, device='cpu', threads=threads)
+    if mode == 'cpu':  # the thread count is set by main()
+        return FusionEngine(weights, device='cpu')
     return FusionEngine(weights, device='cuda', half=mode != 'cuda-fp32',
                         cuda_graph='on' if mode == 'cuda-fp16-graph' else 'off')
 
@@ -255,7 +255,7 @@ def main(argv=None):
                           f"{'infer pre / model / post':>27}", 'target']))
         rows = []
         for mode in modes:
-            engine = _make_engine(weights, mode, args.threads)
+            engine = _make_engine(weights, mode)
             for width, height in sizes:
                 row = run_case(engine, mode, width, height, pair, args)
                 rows.append(row)

@@ -102,7 +102,9 @@ def bench_engine(weights, device, ir, vi, threads, half, iters=20, max_seconds=2
     (main heap arena) ran the same engine several times slower than a worker thread here.
     """
     from tarfuse_ros.core.engine import FusionEngine
-    engine = FusionEngine(weights, device=device, half=half, threads=threads or None)
+    if threads:
+        torch.set_num_threads(threads)  # a program sets its thread count, not the engine
+    engine = FusionEngine(weights, device=device, half=half)
     times = []
 
     def work():

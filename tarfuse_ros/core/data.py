@@ -36,7 +36,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from tarfuse_ros.core.images import to_unit_gray, to_unit_visible
+from tarfuse_ros.core.images import prepare_pair
 import torch
 from torch.utils.data import Dataset
 
@@ -443,7 +443,9 @@ class PairedDataset(Dataset):
 
     - ``ir``: float32 tensor (1, H, W) in [0, 1], the ALIGNED IR (resized to the visible size
       when the stored sizes differ);
-    - ``vi``: float32 tensor (1, H, W), the visible Y channel (BT.601) or the grey image;
+    - ``vi``: float32 tensor (1, H, W), the visible Y channel (BT.601; of an 8-bit colour image,
+      8-bit like the engine's) or the grey image; ``ir`` and ``vi`` are prepared by
+      :func:`tarfuse_ros.core.images.prepare_pair`, as the engine prepares its inputs;
     - ``vi_color``: float32 tensor (3, H, W) BGR (grey replicated) when ``keep_color``;
     - ``boxes``: float32 tensor (N, 5) ``[class_id, cx, cy, w, h]`` normalised to the crop, ids
       from the class map;
@@ -570,11 +572,9 @@ class PairedDataset(Dataset):
         rng = np.random.default_rng([self.seed, self.epoch, index])
         ir_raw, vi_raw = load_pair(folder, stem)
         height, width = vi_raw.shape[:2]
-        if ir_raw.shape[:2] != (height, width):
-            ir_raw = cv2.resize(ir_raw, (width, height), interpolation=cv2.INTER_LINEAR)
-        ir = to_unit_gray(ir_raw, name=f'{folder.name}/ir/{stem}')
-        vi_y, _ = to_unit_visible(vi_raw, name=f'{folder.name}/vi/{stem}')
-        channels = [ir, vi_y]
+        pair = prepare_pair(ir_raw, vi_raw, names=(f'{folder.name}/ir/{stem}',
+                                                   f'{folder.name}/vi/{stem}'))
+        channels = [pair.ir, pair.vi_y]
         if self.keep_color:
             color = vi_raw if vi_raw.ndim == 3 else np.repeat(vi_raw[:, :, None], 3, axis=2)
             color = color.astype(np.float32) / (255.0 if color.dtype == np.uint8 else 65535.0)

@@ -3,12 +3,13 @@
 The engine is the only place (with the tools) that binds the network to a device. One call of
 :meth:`FusionEngine.infer`:
 
-1. preprocess (CPU, numpy): the visible image is normalised and split into its luma (fused) and
-   chroma (restored afterwards, colour input only); the IR image is normalised (``uint16``:
-   robust per-frame range, see :mod:`tarfuse_ros.core.images`) and resized to the visible frame
-   when the sizes differ (``INTER_AREA`` when shrinking, ``INTER_LINEAR`` otherwise); both are
-   padded at the bottom/right to multiples of 32 (replicated borders), and to at least the
-   network's minimum size (64 px for the default architecture);
+1. preprocess (CPU, numpy): :func:`~tarfuse_ros.core.images.prepare_pair`, as in training and
+   evaluation: the visible image is normalised and split into its luma (fused) and chroma
+   (restored afterwards, colour input only); the IR image is normalised (``uint16``: robust
+   per-frame range) and resized to the visible frame when the sizes differ (``INTER_AREA`` when
+   shrinking, ``INTER_LINEAR`` otherwise); both are padded at the bottom/right to multiples of 32
+   (replicated borders), and to at least the network's minimum size (64 px for the default
+   architecture);
 2. model: ``TarFuse.predict_raw`` on the device under ``torch.inference_mode``, with BatchNorm
    folded into the convolutions and the channels-last memory format (both measured faster);
    on CUDA optionally fp16 autocast and CUDA-graph replay per input size;
@@ -22,7 +23,9 @@ pixels of the visible frame; ``registered_ir(p) = ir_resized(p + flow_px(p))``).
 
 Device notes: ``half=True`` only applies on CUDA (autocast to float16, grid sampling stays in
 float32); on CPU it is ignored with a warning, because fp16 convolutions on CPU are slower than
-fp32. ``threads`` sets ``torch.set_num_threads`` (a process-wide setting).
+fp32. The engine changes no process-wide setting for good: cuDNN's benchmark mode is switched on
+around its own forward passes only (:func:`tarfuse_ros.core.runtime.cudnn_benchmark`), and the
+CPU thread count is the program's to set (``torch.set_num_threads`` in its ``main``).
 ``cuda_graph``: ``'off'``, ``'on'`` (capture a graph for every new input size at its first use;
 capture errors raise) or ``'auto'`` (capture when a size is seen a second time, fall back to eager
 execution with a warning if capture fails); ignored on CPU.
@@ -34,13 +37,15 @@ import math
 from pathlib import Path
 import threading
 import time
+import warnings
 
 import numpy as np
 from tarfuse_ros.core import images
 from tarfuse_ros.core.checkpoint import CheckpointError, load_checkpoint
+from tarfuse_ros.core.runtime import cudnn_benchmark, resolve_device
 import torch
 
-__all__ = ['Detection', 'FusionEngine', 'FusionResult', 'fuse_conv_bn', 'resolve_device']
+__all__ = ['Detection', 'FusionEngine', 'FusionResult', 'fuse_conv_bn']
 
 _LOG = logging.getLogger(__name__)
 
@@ -78,37 +83,6 @@ class FusionResult:
     flow_px: np.ndarray
     detections: list = field(default_factory=list)
     timings_ms: dict = field(default_factory=dict)
-
-
-def resolve_device(device, allow_cpu_fallback=False):
-    """Parse ``'cpu'``, ``'cuda'`` or ``'cuda:N'`` into a :class:`torch.device`.
-
-    Raises:
-        ValueError: any other string.
-        RuntimeError: CUDA asked for but unavailable (or no such GPU index), unless
-            ``allow_cpu_fallback`` is true, in which case a warning is logged and CPU is used.
-
-    """
-    text = str(device).strip().lower()
-    valid = text == 'cpu' or text == 'cuda' or (
-        text.startswith('cuda:') and text[5:].isdigit())
-    if not valid:
-        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
-    if text == 'cpu':
-        return torch.device('cpu')
-    index = int(text[5:]) if ':' in text else 0
-    if not torch.cuda.is_available():
-        problem = (f'device {device!r} was requested but CUDA is not available '
-                   f'(torch {torch.__version__}, CUDA build {torch.version.cuda})')
-    elif index >= torch.cuda.device_count():
-        problem = (f'device {device!r} was requested but only {torch.cuda.device_count()} '
-                   f'CUDA device(s) exist')
-    else:
-        return torch.device('cuda', index)
-    if allow_cpu_fallback:
-        _LOG.warning('%s; falling back to the CPU', problem)
-        return torch.device('cpu')
-    raise RuntimeError(problem + "; use device='cpu' or allow the CPU fallback")
 
 
 def _validate_thresholds(conf, iou, max_det, classes, num_classes):
@@ -220,22 +194,25 @@ class FusionEngine:
         device: ``'cpu'``, ``'cuda'`` or ``'cuda:N'``.
         half: fp16 autocast on CUDA; ignored with a warning on CPU.
         cuda_graph: ``'auto'``, ``'on'`` or ``'off'`` (see the module docstring).
-        threads: ``torch.set_num_threads`` value (None: leave torch's setting).
+        threads: deprecated: a program sets its thread count itself (``torch.set_num_threads``
+            in its ``main``). Still applied (process-wide) for callers that pass it, with a
+            ``DeprecationWarning``; None: leave torch's setting.
         conf_threshold, iou_threshold, max_detections, classes: NMS settings (see
             :meth:`set_thresholds`).
         allow_cpu_fallback: use the CPU with a warning when CUDA is asked for but absent.
         ir_norm, ir_low, ir_high: how ``uint16``/float thermal frames are normalised
             (:func:`tarfuse_ros.core.images.to_unit_gray`).
         pad_mode: ``'replicate'`` (default), ``'reflect'`` or ``'constant'``.
-        cudnn_benchmark: on CUDA, set ``torch.backends.cudnn.benchmark`` (process-wide) so that
-            cuDNN times its kernels once per input size and keeps the fastest.
+        cudnn_benchmark: on CUDA, let cuDNN time its kernels once per input size and keep the
+            fastest (``torch.backends.cudnn.benchmark``, set during the engine's own calls).
         fuse_bn: fold BatchNorm layers into the preceding convolutions (:func:`fuse_conv_bn`).
         channels_last: run in the channels-last memory format (default: measured faster on
             CUDA, where it avoids cuDNN's layout transposes, and on the CPU with 2 threads).
 
     Raises:
         CheckpointError: missing or invalid weights.
-        RuntimeError: CUDA unavailable (without ``allow_cpu_fallback``).
+        DeviceUnavailableError: (a ``RuntimeError``) CUDA unavailable, without
+            ``allow_cpu_fallback``.
         ValueError: bad settings.
 
     """
@@ -257,15 +234,16 @@ class FusionEngine:
         if threads is not None:
             if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
                 raise ValueError(f'threads must be None or an integer >= 1, got {threads!r}')
+            warnings.warn('FusionEngine(threads=...) is deprecated: set the thread count in the '
+                          'program (torch.set_num_threads)', DeprecationWarning, stacklevel=2)
             torch.set_num_threads(threads)
         self._device = resolve_device(device, allow_cpu_fallback)
         cuda = self._device.type == 'cuda'
         if half and not cuda:
             _LOG.warning('half=True is ignored on the CPU (fp16 is only used on CUDA)')
         self._half = bool(half) and cuda
-        if cuda and cudnn_benchmark:
-            # Frame sizes are static in a camera pipeline: let cuDNN pick the fastest kernels.
-            torch.backends.cudnn.benchmark = True
+        # Frame sizes are static in a camera pipeline: let cuDNN pick the fastest kernels.
+        self._cudnn_benchmark = bool(cudnn_benchmark) and cuda
         self._graph_mode = cuda_graph if cuda else 'off'
         if weights is None:
             from tarfuse_ros.core.paths import default_weights_path
@@ -380,7 +358,7 @@ class FusionEngine:
         prep_ms = (time.perf_counter() - start) * 1e3 / max(1, len(prepared))
         groups = {}
         for index, item in enumerate(prepared):
-            groups.setdefault(item[0].shape, []).append(index)
+            groups.setdefault(item.vi_y.shape, []).append(index)
         results = [None] * len(prepared)
         for indices in groups.values():
             t0 = time.perf_counter()
@@ -422,14 +400,26 @@ class FusionEngine:
             return self._run_model(ir, vi)
 
     def _prepare(self, ir, vi, index):
-        """Normalise one pair on the CPU: (vi_y HxW, crcb uint8 or None, ir HxW in vi frame)."""
+        """Prepare one pair on the CPU (:func:`~tarfuse_ros.core.images.prepare_pair`)."""
         suffix = f' #{index}' if index else ''
         # uint8 planes stay uint8 until they are on the device (4x less to copy and convert).
-        vi_y, crcb = images.split_visible(vi, name='visible image' + suffix, keep_uint8=True)
-        ir_plane = images.gray_plane(ir, self._ir_norm, self._ir_low, self._ir_high,
-                                     name='IR image' + suffix, keep_uint8=True)
-        ir_plane = images.resize_image(ir_plane, vi_y.shape[0], vi_y.shape[1])
-        return vi_y, crcb, ir_plane
+        return images.prepare_pair(ir, vi, self._ir_norm, self._ir_low, self._ir_high,
+                                   keep_uint8=True,
+                                   names=('IR image' + suffix, 'visible image' + suffix))
+
+    def input_tensors(self, ir, vi):
+        """Return the network's inputs for one pair as :meth:`infer` makes them, before padding.
+
+        Args:
+            ir, vi: as :meth:`infer`.
+
+        Returns:
+            ``(ir, vi)``: ``(1, 1, H, W)`` float32 tensors in [0, 1] on :attr:`device`, the IR
+            resized to the visible frame ``H x W``.
+
+        """
+        pair = self._prepare(ir, vi, 0)
+        return self._unit_tensor([pair.ir]), self._unit_tensor([pair.vi_y])
 
     def _unit_tensor(self, planes):
         """Stack ``HxW`` planes (uint8 0-255 or float32 0-1) into a (B, 1, H, W) unit tensor."""
@@ -444,9 +434,9 @@ class FusionEngine:
 
     def _to_tensors(self, items):
         """Stack same-size prepared pairs into padded (B, 1, H', W') tensors on the device."""
-        height, width = items[0][0].shape
-        vi_t = self._unit_tensor([item[0] for item in items])
-        ir_t = self._unit_tensor([item[2] for item in items])
+        height, width = items[0].vi_y.shape
+        vi_t = self._unit_tensor([item.vi_y for item in items])
+        ir_t = self._unit_tensor([item.ir for item in items])
         vi_t, _ = images.pad_to_multiple(vi_t, 32, self._pad_mode, self._min_side)
         ir_t, _ = images.pad_to_multiple(ir_t, 32, self._pad_mode, self._min_side)
         return ir_t, vi_t, height, width
@@ -461,7 +451,7 @@ class FusionEngine:
         return self._model.predict_raw(ir_t, vi_t)
 
     def _run_model(self, ir_t, vi_t):
-        with torch.inference_mode():
+        with torch.inference_mode(), cudnn_benchmark(self._cudnn_benchmark):
             runner = self._graph_runner(tuple(ir_t.shape))
             if runner is not None:
                 return runner(ir_t, vi_t)
@@ -493,20 +483,19 @@ class FusionEngine:
 
     def _postprocess(self, raw, items, height, width):
         """Crop to the visible frame, NMS, convert to numpy: list of (fused, reg, flow, dets)."""
-        from ultralytics.utils.nms import non_max_suppression
+        from tarfuse_ros.core.model.yolo import non_max_suppression
         conf, iou, max_det, classes = self.thresholds
         fused_y = images.to_uint8(images.unpad(raw['fused'], height, width)[:, 0])
         registered = images.to_uint8(images.unpad(raw['registered_ir'], height, width)[:, 0])
         flow = images.unpad(raw['flow'], height, width).permute(0, 2, 3, 1).float()
-        dets = non_max_suppression(raw['det'].float(), conf_thres=conf, iou_thres=iou,
-                                   classes=list(classes) if classes else None, max_det=max_det,
-                                   nc=self._num_classes)
+        dets = non_max_suppression(raw['det'].float(), conf, iou, classes, max_det,
+                                   self._num_classes)
         fused_y = fused_y.cpu().numpy()
         registered = registered.cpu().numpy()
         flow = flow.cpu().numpy()
         outputs = []
         for b, (item, det) in enumerate(zip(items, dets)):
-            crcb = item[1]
+            crcb = item.crcb
             fused = fused_y[b] if crcb is None else images.merge_luma_chroma(fused_y[b], crcb)
             outputs.append((fused, registered[b], np.ascontiguousarray(flow[b]),
                             self._detections(det, height, width)))

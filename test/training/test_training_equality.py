@@ -5,8 +5,18 @@ the code of commit 598e2b9 (``tarfuse_ros/tools/train.py`` before ``tarfuse_ros.
 Here the same seeded runs are replayed with the current code.
 
 Tolerance: none on the machine that recorded the fixture (same torch, same CPU capability):
-every loss part, learning rate and validation figure must be bit-identical. On another machine
-float kernels may round differently, so the figures must agree to 1e-4 (relative).
+every loss part, learning rate and validation figure of the ``grey`` run must be bit-identical.
+On another machine float kernels may round differently, so the figures must agree to 1e-4
+(relative).
+
+One deliberate change: since the pairs are prepared by one function for training, inference and
+evaluation (``tarfuse_ros.core.images.prepare_pair``, the engine's rules), the visible luma of an
+8-bit COLOUR image is OpenCV's 8-bit luma (whole grey levels), not the unrounded float luma the
+data set used before: the network's inputs move by at most half a grey level. The ``grey`` run
+(grey visible images, where both rules agree) therefore stays bit-identical, and the ``colour``
+run moves by that rounding only: the train and validation totals within 1e-3 (relative), every
+part within 15 % (measured: totals 5e-4, detection 1.4 %; the complementary term, a squared
+correlation near zero, 12 %).
 """
 
 import json
@@ -23,7 +33,9 @@ FIXTURE = json.loads(loss_fixture.LOSSES.read_text())
 SAME_MACHINE = (FIXTURE['torch'] == torch.__version__
                 and FIXTURE['cpu_capability'] == torch.backends.cpu.get_cpu_capability())
 MACHINE_TOLERANCE = 0.0 if SAME_MACHINE else 1e-4
-COLOUR_TOLERANCE = None  # the colour run is bit-identical until the luma rule changes
+# The colour run after the 8-bit luma rule (module docstring): totals, then every part.
+COLOUR_TOTAL_TOLERANCE = 1e-3
+COLOUR_TOLERANCE = 0.15
 
 
 def _differences(new, old, path=''):
@@ -56,10 +68,14 @@ def test_grey_run_reproduces_the_recorded_losses(replayed):
     _assert_close(replayed['grey'], FIXTURE['runs']['grey'], MACHINE_TOLERANCE)
 
 
-def test_colour_run_reproduces_the_recorded_losses(replayed):
-    tolerance = MACHINE_TOLERANCE if COLOUR_TOLERANCE is None else COLOUR_TOLERANCE
-    _assert_close(replayed['colour'], FIXTURE['runs']['colour'], tolerance)
-    assert all(math.isfinite(r['train']['total']) for r in replayed['colour'])
+def test_colour_run_moves_by_the_luma_rounding_only(replayed):
+    new, old = replayed['colour'], FIXTURE['runs']['colour']
+    _assert_close(new, old, COLOUR_TOLERANCE)
+    totals = [[{k: r[k] for k in ('epoch', 'step', 'lr')} | {
+        section: {'total': r[section]['total']} for section in ('train', 'val')} for r in runs]
+        for runs in (new, old)]
+    _assert_close(*totals, COLOUR_TOTAL_TOLERANCE)
+    assert all(math.isfinite(r['train']['total']) for r in new)
 
 
 def test_state_saved_by_the_old_code_resumes(tmp_path):
