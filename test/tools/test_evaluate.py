@@ -156,11 +156,12 @@ def test_evaluate_roadscene_with_dataset_deformations(random_checkpoint, tmp_pat
         assert -1 <= values['edge_alignment'] <= 1
         assert values['landmark_error_px'] is None  # RoadScene has no landmarks
     assert reg['edge_alignment_better_than_unregistered_fraction'] in (0.0, 0.5, 1.0)
-    assert 'edge alignment' in report and 'Issue 9' not in report
+    assert 'edge alignment' in report and '## Goals' in report
+    assert 'issue' not in report.lower()  # no tracker wording in a shipped report
 
 
 def test_evaluate_synthetic_deformations_are_seeded(random_checkpoint, tmp_path):
-    from tarfuse_ros.tools.evaluate import evaluate
+    from tarfuse_ros.evaluation.protocol import evaluate
     kwargs = {'split': 'all', 'deform': 'synthetic', 'max_pairs': 1, 'max_side': 96,
               'figures': 0, 'progress': False, 'threads': 1}
     first = evaluate(DATASETS / 'tno', random_checkpoint, tmp_path / 'a', seed=5, **kwargs)
@@ -221,7 +222,8 @@ def test_evaluate_real_unregistered_pairs_skips_aligned_ir_metrics(tmp_path, cap
 
 
 def test_evaluate_landmark_errors_follow_the_flow_convention(tmp_path):
-    from tarfuse_ros.tools.evaluate import evaluate, load_landmarks
+    from tarfuse_ros.evaluation.inputs import load_landmarks
+    from tarfuse_ros.evaluation.protocol import evaluate
     murf = DATASETS / 'murf_landmark_pairs'
     split_file = tmp_path / 'rgbir.txt'
     split_file.write_text('rgbir_FLIR_04215\n')
@@ -275,3 +277,13 @@ def test_evaluate_landmark_errors_follow_the_flow_convention(tmp_path):
 def _shipped_weights():
     from tarfuse_ros.core.paths import default_weights_path
     return default_weights_path()
+
+
+def test_options_are_checked_before_anything_runs():
+    from tarfuse_ros.evaluation.options import EvalOptions
+    assert EvalOptions().split == 'test' and EvalOptions(max_side=64).max_side == 64
+    for bad, message in (({'deform': 'rigid'}, '--deform'), ({'stored_ir': 'x'}, '--stored-ir'),
+                         ({'max_pairs': 0}, '--max-pairs'), ({'max_side': 16}, '--max-side'),
+                         ({'threads': 0}, '--threads')):
+        with pytest.raises(ValueError, match=message):
+            EvalOptions(**bad)

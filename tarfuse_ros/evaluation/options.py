@@ -1,0 +1,62 @@
+"""The settings of one evaluation (:class:`EvalOptions`)."""
+
+from dataclasses import dataclass
+
+__all__ = ['DEFORM_MODES', 'EvalOptions', 'STORED_IR_MODES']
+
+DEFORM_MODES = ('auto', 'none', 'synthetic', 'dataset')
+STORED_IR_MODES = ('auto', 'aligned', 'unregistered')
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    """How to evaluate (the protocol is in :mod:`tarfuse_ros.evaluation.protocol`).
+
+    Attributes:
+        split: split name or list file (``'all'`` for every pair).
+        deform: one of :data:`DEFORM_MODES`: the data set's ground-truth field where the pair
+            has one (``'auto'``), ``'dataset'`` only, seeded ``'synthetic'``, or ``'none'``.
+        seed: base seed of synthetic deformations.
+        device: ``cpu``, ``cuda``, ``cuda:N``.
+        max_pairs: evaluate only the first N pairs of the split (None: all).
+        max_side: downscale pairs so the longer side is at most this many pixels (None: native).
+        labels_dir: label sub-folder (``labels``, or e.g. ``labels_vi``).
+        figures: number of pairs that get figures.
+        conf, iou: NMS thresholds (a low ``conf`` for AP, as COCO evaluation does).
+        threads: torch CPU threads for the evaluation (None: unchanged); restored afterwards.
+        progress: show a progress bar.
+        stored_ir: one of :data:`STORED_IR_MODES`: ``'aligned'`` (the stored IR is registered to
+            the visible image: the ground truth), ``'unregistered'`` (it is not: no aligned-IR
+            metrics), ``'auto'`` (unregistered when the set has ``landmarks/``, else aligned).
+
+    Raises:
+        ValueError: a value out of range, naming the command-line option.
+
+    """
+
+    split: str = 'test'
+    deform: str = 'auto'
+    seed: int = 0
+    device: str = 'cpu'
+    max_pairs: int = None
+    max_side: int = None
+    labels_dir: str = 'labels'
+    figures: int = 8
+    conf: float = 0.001
+    iou: float = 0.6
+    threads: int = None
+    progress: bool = True
+    stored_ir: str = 'auto'
+
+    def __post_init__(self):
+        if self.deform not in DEFORM_MODES:
+            raise ValueError(f'--deform must be one of {DEFORM_MODES}, got {self.deform!r}')
+        if self.stored_ir not in STORED_IR_MODES:
+            raise ValueError(
+                f'--stored-ir must be one of {STORED_IR_MODES}, got {self.stored_ir!r}')
+        if self.max_pairs is not None and int(self.max_pairs) < 1:
+            raise ValueError(f'--max-pairs must be >= 1, got {self.max_pairs}')
+        if self.max_side is not None and int(self.max_side) < 32:
+            raise ValueError(f'--max-side must be >= 32, got {self.max_side}')
+        if self.threads is not None and int(self.threads) < 1:
+            raise ValueError(f'--threads must be >= 1, got {self.threads}')

@@ -1,0 +1,225 @@
+"""The evaluation protocol and :func:`evaluate`.
+
+Per pair (everything in the VISIBLE frame):
+
+1. The stored pair is the aligned IR and the visible image, prepared as the engine prepares its
+   inputs (:mod:`~tarfuse_ros.evaluation.inputs`): the visible luma ``vi_y`` is the network's.
+2. The IR is deformed: ``dataset`` uses ``synthetic_misaligned/ir_warp`` and its ground-truth
+   field (``disp`` is the APPLIED field; the registration reference is its inverse,
+   ``deform.invert_flow``); ``synthetic`` draws ``deform.random_deformation`` with the default
+   :class:`~tarfuse_ros.core.deform.DeformConfig`, seeded per pair from ``seed`` and the stem;
+   ``none`` leaves the IR aligned (zero reference flow); ``auto`` uses the data set's field where
+   the pair has one and a seeded synthetic one otherwise.
+3. The model (:class:`~tarfuse_ros.core.engine.FusionEngine`) fuses the deformed IR with the
+   visible image.
+4. Metrics (:mod:`tarfuse_ros.core.metrics`): fusion metrics of the fused luma against the
+   ALIGNED IR and ``vi_y``; registration MSE/NCC of the registered IR against the aligned IR
+   (images in [0, 1]) and EPE of the predicted flow against the reference; the unregistered
+   input (deformed IR, zero flow) is scored the same way. Detection: COCO-style AP of the
+   detections (visible pixels) against the labels (visible frame), where the set has labels;
+   label classes are matched to the checkpoint's class names by name.
+5. Baselines on the same inputs (:mod:`~tarfuse_ros.evaluation.baselines`).
+6. Ground-truth-free registration score for the model, the unregistered input, ECC and the
+   zero-flow model: :func:`~tarfuse_ros.core.metrics.edge_alignment` of the registered IR and
+   ``vi_y`` over the pixels the registered IR really covers, and the fraction of pairs where the
+   model beats the unregistered input on it. Where the data set has ``landmarks/<stem>.txt``
+   (rows ``x_ir y_ir x_vi y_vi``, pixels), the landmark error
+   :func:`~tarfuse_ros.core.metrics.landmark_error` of each flow, with IR landmarks mapped to
+   the visible frame's pixel grid the way the IR is resized.
+
+Sets WITHOUT an aligned IR (``stored_ir='unregistered'``; ``'auto'`` picks it for sets with
+``landmarks/``): the stored IR IS the unregistered input (deformation ``none``; ``synthetic``
+and ``dataset`` are refused: there is no reference for them). Everything that needs the aligned
+IR is reported as n/a (None): EPE, MSE, NCC, EPE reduction, and the fusion metrics that compare
+the fused image with the IR (against a misaligned IR they would reward not registering). The
+reference-free fusion metrics (EN, SD, SF, AG), edge alignment and landmark errors are reported.
+
+Fusion and registration figures are means over pairs; detection is pooled over all labelled
+pairs (COCO). Speed: mean wall time of ``FusionEngine.infer`` per pair after one warm-up call.
+"""
+
+from dataclasses import dataclass
+import json
+import logging
+from pathlib import Path
+import time
+
+import numpy as np
+from tarfuse_ros.core import data
+from tarfuse_ros.core.images import unit_plane
+from tarfuse_ros.core.runtime import torch_settings
+from tarfuse_ros.evaluation import inputs
+from tarfuse_ros.evaluation.aggregate import Scores
+from tarfuse_ros.evaluation.baselines import score_baselines
+from tarfuse_ros.evaluation.figures import save_pair_figures
+from tarfuse_ros.evaluation.options import EvalOptions
+from tarfuse_ros.evaluation.report import render_report
+from tarfuse_ros.evaluation.scoring import fusion_scores, luma, registration_scores
+from tarfuse_ros.training.datasets import resolve_dataset_dir
+
+__all__ = ['Case', 'evaluate', 'make_case']
+
+_LOG = logging.getLogger('tarfuse-eval')
+
+
+@dataclass(frozen=True)
+class Case:
+    """One pair as the protocol scores it (all planes in the evaluated visible frame).
+
+    ``ir`` / ``ir_unit``: the aligned IR (``ir_unit`` None without an aligned IR);
+    ``vi`` / ``vi_y``: the visible image and its luma (uint8); ``vi_y_unit`` the luma in [0, 1];
+    ``deformed`` / ``deformed_unit``: the IR given to the model; ``flow_ref``: the reference flow
+    (px, HxWx2); ``content``: where the deformed IR holds content; ``landmarks``: mapped
+    ``(ir_points, vi_points)`` or None.
+    """
+
+    stem: str
+    mode: str
+    ir: np.ndarray
+    ir_unit: np.ndarray
+    vi: np.ndarray
+    vi_y: np.ndarray
+    vi_y_unit: np.ndarray
+    deformed: np.ndarray
+    deformed_unit: np.ndarray
+    flow_ref: np.ndarray
+    content: np.ndarray
+    landmarks: tuple
+
+    @property
+    def size(self):
+        return self.vi_y.shape[:2]
+
+
+def make_case(dataset_dir, stem, mode, options, aligned):
+    """Load, prepare and deform one pair (steps 1 and 2 of the protocol)."""
+    ir_raw, vi_raw = data.load_pair(dataset_dir, stem)
+    pair = inputs.prepare(ir_raw, vi_raw, options.max_side, name=stem)
+    deformed, flow_ref, content = inputs.deform_pair(dataset_dir, stem, pair.ir, mode,
+                                                     options.seed, pair.scale)
+    height, width = pair.vi_y.shape
+    landmarks = inputs.load_landmarks(dataset_dir, stem)
+    if landmarks is not None:
+        landmarks = (inputs.to_frame(landmarks[0], ir_raw.shape[1::-1], (width, height)),
+                     inputs.to_frame(landmarks[1], vi_raw.shape[1::-1], (width, height)))
+    return Case(stem, mode, pair.ir, unit_plane(pair.ir) if aligned else None, pair.vi,
+                pair.vi_y, unit_plane(pair.vi_y), deformed, unit_plane(deformed), flow_ref,
+                content, landmarks)
+
+
+def _select_stems(dataset_dir, options, deform, with_disp):
+    """Return ``(stems, skipped)``: the split's stems (with a field for ``dataset``)."""
+    stems = data.DataSource(dataset_dir, options.split).stems()
+    skipped = []
+    if deform == 'dataset':
+        skipped = [s for s in stems if s not in with_disp]
+        stems = [s for s in stems if s in with_disp]
+        if not stems:
+            raise ValueError(
+                f'--deform dataset: no pair of split {options.split!r} in '
+                f'{str(dataset_dir)!r} has a ground-truth field (synthetic_misaligned/disp); '
+                f'use --deform synthetic')
+        if skipped:
+            _LOG.warning('--deform dataset: skipping %d of %d pairs without a ground-truth '
+                         'field', len(skipped), len(skipped) + len(stems))
+    if options.max_pairs is not None:
+        stems = stems[:int(options.max_pairs)]
+    return stems, skipped
+
+
+def _stored_ir(dataset_dir, options):
+    """Return ``(stored_ir, deform)`` with ``auto`` resolved; refuse impossible requests."""
+    stored_ir = options.stored_ir
+    if stored_ir == 'auto':
+        stored_ir = 'unregistered' if (dataset_dir / inputs.LANDMARKS_DIR).is_dir() \
+            else 'aligned'
+    deform = options.deform
+    if stored_ir != 'aligned':
+        if deform not in ('auto', 'none'):
+            raise ValueError(
+                f'--deform {deform}: the stored IR of {str(dataset_dir)!r} is not aligned '
+                f'(--stored-ir unregistered), so a deformation of it has no reference; '
+                f'use --deform none')
+        deform = 'none'
+    return stored_ir, deform
+
+
+def evaluate(data_dir, weights, out_dir, options=None, **settings):
+    """Run the evaluation protocol (module docstring) and write the outputs.
+
+    Args:
+        data_dir: data set folder (or the name of a shared set).
+        weights: checkpoint path (``.safetensors``).
+        out_dir: output folder (created): ``metrics.json``, ``report.md``, ``figures/``.
+        options: :class:`~tarfuse_ros.evaluation.options.EvalOptions`; or give its fields
+            as keyword arguments (``split='test'``, ``deform='auto'``, ...).
+
+    Returns:
+        the metrics dict written to ``metrics.json``.
+
+    Raises:
+        ValueError: bad options, a data set not found, or nothing to evaluate.
+
+    """
+    options = options if options is not None else EvalOptions(**settings)
+    with torch_settings(threads=options.threads):
+        return _evaluate(data_dir, weights, Path(out_dir), options)
+
+
+def _evaluate(data_dir, weights, out_dir, options):
+    from tarfuse_ros.core.engine import FusionEngine
+    dataset_dir = resolve_dataset_dir(data_dir)
+    stored_ir, deform = _stored_ir(dataset_dir, options)
+    aligned = stored_ir == 'aligned'
+    (out_dir / 'figures').mkdir(parents=True, exist_ok=True)
+    with_disp = set(data.misaligned_stems(dataset_dir)) if aligned else set()
+    stems, skipped = _select_stems(dataset_dir, options, deform, with_disp)
+    nms = {'conf_threshold': options.conf, 'iou_threshold': options.iou, 'max_detections': 100}
+    engine = FusionEngine(weights, device=options.device, **nms)
+    # A second engine for the zero-flow ablation: CUDA graphs would replay without the hook.
+    zero_engine = FusionEngine(weights, device=options.device, cuda_graph='off', **nms)
+    scores = Scores(list(engine.class_names))
+    lookup = inputs.class_lookup(dataset_dir, scores.class_names)
+    iterator = stems
+    if options.progress:
+        from tqdm import tqdm
+        iterator = tqdm(stems, desc='tarfuse-eval', unit='pair')
+    for index, stem in enumerate(iterator):
+        mode = deform if deform != 'auto' else ('dataset' if stem in with_disp else 'synthetic')
+        case = make_case(dataset_dir, stem, mode, options, aligned)
+        _score_pair(case, engine, zero_engine, scores, index, options, dataset_dir, lookup,
+                    out_dir / 'figures')
+    result = scores.result(
+        dataset=str(dataset_dir), split=str(options.split), weights=str(weights),
+        deform=deform, stored_ir=stored_ir, seed=int(options.seed), max_side=options.max_side,
+        pairs=stems, skipped=skipped, device=engine.device, conf=options.conf, iou=options.iou,
+        labels_dir=options.labels_dir)
+    (out_dir / 'metrics.json').write_text(json.dumps(result, indent=2) + '\n')
+    (out_dir / 'report.md').write_text(render_report(result))
+    return result
+
+
+def _score_pair(case, engine, zero_engine, scores, index, options, dataset_dir, lookup, figures):
+    """Run the model and the baselines on one pair and add every figure to ``scores``."""
+    if index == 0:
+        engine.infer(case.deformed, case.vi)  # warm-up (allocations, lazy initialisation)
+    start = time.perf_counter()
+    result = engine.infer(case.deformed, case.vi)
+    wall_ms = (time.perf_counter() - start) * 1e3
+    model = {'fusion': fusion_scores(luma(result.fused), case.ir_unit, case.vi_y_unit),
+             'registration': registration_scores(case, result.registered_ir, result.flow_px)}
+    unregistered = registration_scores(case, case.deformed_unit, np.zeros_like(case.flow_ref))
+    baselines, ecc, zero_result = score_baselines(case, unregistered, zero_engine)
+    labels = data.load_labels(dataset_dir, case.stem, options.labels_dir)
+    truth, dropped, predictions = None, 0, None
+    if labels is not None:
+        height, width = case.size
+        truth, dropped = inputs.targets(labels, lookup, width, height)
+        predictions = {
+            'model': result.detections, 'model_zero_flow': zero_result.detections,
+            'visible_only': engine.infer(np.zeros_like(case.deformed), case.vi).detections,
+            'ir_only': engine.infer(case.ir, np.zeros(case.size, np.uint8)).detections}
+    scores.add(case, model, unregistered, baselines, ecc.success, truth, dropped, predictions,
+               wall_ms, result.timings_ms.get('model', float('nan')))
+    if index < options.figures:
+        save_pair_figures(figures, case.stem, case, result, ecc.registered, truth)

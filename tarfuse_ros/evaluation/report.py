@@ -1,0 +1,153 @@
+"""``report.md``: the Markdown report of an evaluation's ``metrics.json``."""
+
+from tarfuse_ros.core import metrics
+
+__all__ = ['GOALS', 'render_report']
+
+# Goals for the shipped model (RoadScene test for registration and fusion, MSRS for detection;
+# informative on other sets): the figures of the best published peer on RoadScene (IMF, in
+# docs/METHOD.md) and an EPE reduction of 70 % (about what an affine ECC reaches there).
+GOALS = {'EPE reduction': 0.70, 'NCC': 0.976, 'MSE': 0.0024, 'CC': 0.60, 'Qabf': 0.43,
+         'SSIM': 0.50}
+
+
+def _fmt(value, digits=4):
+    if value is None:
+        return 'n/a'
+    return f'{value:.{digits}f}'
+
+
+def _header(result):
+    speed = result['speed']
+    lines = ['# TarFuse evaluation', '',
+             f'- data: `{result["dataset"]}` split `{result["split"]}` '
+             f'({result["num_pairs"]} pairs, max side {result["max_side"] or "native"})',
+             f'- weights: `{result["weights"]}`',
+             f'- deformation: `{result["deform"]}` (per pair: {result["deformation_sources"]}), '
+             f'seed {result["seed"]}',
+             f'- stored IR: {result.get("stored_ir", "aligned")}',
+             f'- speed: {_fmt(speed["ms_per_pair"], 1)} ms per pair '
+             f'(model {_fmt(speed["model_ms_per_pair"], 1)} ms) on '
+             f'{speed["device"]}, {speed["threads"]} CPU threads', '']
+    if result['skipped_without_ground_truth']:
+        lines += [f'- skipped (no ground-truth field): '
+                  f'{len(result["skipped_without_ground_truth"])} pairs', '']
+    if result.get('stored_ir', 'aligned') != 'aligned':
+        lines += ['The stored IR is NOT aligned with the visible image (real unregistered '
+                  'cameras or landmark pairs): there is no aligned IR to compare with, so EPE, '
+                  'MSE, NCC and the fusion metrics that compare the fused image with the IR '
+                  '(CC, Qabf, Qcv, SSIM, MI, VIF, SCD) are not computed (n/a). Registration is '
+                  'scored by edge alignment with the visible image and, where the set has '
+                  'them, landmark errors.', '']
+    return lines
+
+
+def _fusion_lines(result):
+    keys = list(metrics.FUSION_METRICS)
+    lines = ['## Fusion (mean over pairs; Qcv: lower is better)', '',
+             '| method | ' + ' | '.join(keys) + ' |', '|---' * (len(keys) + 1) + '|']
+    rows = [('TarFuse', result['fusion'])]
+    rows += [(name, b['fusion']) for name, b in result['baselines'].items() if b['fusion']]
+    for name, values in rows:
+        lines.append(f'| {name} | ' + ' | '.join(_fmt(values.get(k), 3) for k in keys) + ' |')
+    return lines
+
+
+def _registration_row(name, values, with_landmarks):
+    values = values or {}
+    cells = [_fmt(values.get('MSE')), _fmt(values.get('NCC')), _fmt(values.get('EPE'), 2),
+             _fmt(values.get('edge_alignment'))]
+    if with_landmarks:
+        cells.append(_fmt(values.get('landmark_error_px'), 2))
+    return f'| {name} | ' + ' | '.join(cells) + ' |'
+
+
+def _registration_lines(result):
+    reg = result['registration']
+    with_landmarks = bool(reg.get('landmark_pairs'))
+    header, rule = '| method | MSE | NCC | EPE | edge alignment |', '|---|---|---|---|---|'
+    if with_landmarks:
+        header += ' landmark error (px) |'
+        rule += '---|'
+    lines = ['', '## Registration (MSE/NCC vs the aligned IR, EPE in px; edge alignment vs the '
+             'visible image, higher is better)', '', header, rule,
+             _registration_row('TarFuse', reg, with_landmarks),
+             _registration_row('unregistered input', reg['unregistered'], with_landmarks)]
+    for name in ('ecc_average', 'model_zero_flow'):
+        lines.append(_registration_row(name, result['baselines'][name]['registration'],
+                                       with_landmarks))
+    reduction = reg['epe_reduction']
+    better = reg.get('edge_alignment_better_than_unregistered_fraction')
+    lines += ['', f'EPE reduction vs the unregistered input: '
+              f'{_fmt(None if reduction is None else 100 * reduction, 1)} %. '
+              f'Edge alignment above the unregistered input on '
+              f'{_fmt(None if better is None else 100 * better, 1)} % of the pairs. '
+              f'ECC failures (identity kept): {result["ecc_failures"]}.']
+    if with_landmarks:
+        lines.append(f'Landmark errors: mean over the {reg["landmark_pairs"]} pairs with '
+                     f'landmarks, in pixels of the evaluated visible image.')
+    return lines + ['']
+
+
+def _detection_lines(result):
+    det = result['detection']
+    if det is None:
+        return ['## Detection', '', 'No labels in this split: detection not evaluated.', '']
+    names = list(det['per_class'])
+    labels = result['detection_labels']
+    lines = ['## Detection (COCO-style AP, visible frame)', '',
+             f'{labels["labelled_pairs"]} labelled pairs, {det["num_gt"]} boxes; '
+             f'{labels["dropped_boxes_unknown_class"]} boxes of classes unknown to the model '
+             f'dropped.', '',
+             '| method | mAP@0.5 | mAP@0.5:0.95 | ' + ' | '.join(
+                 f'AP50 {n}' for n in names) + ' |',
+             '|---|---|---|' + '---|' * len(names)]
+    rows = [('TarFuse (fused)', det)] + [(name, result['baselines'][name]['detection'])
+                                         for name in ('model_zero_flow', 'visible_only',
+                                                      'ir_only')]
+    for name, d in rows:
+        lines.append(f'| {name} | {_fmt(d["map50"])} | {_fmt(d["map50_95"])} | ' + ' | '.join(
+            _fmt(d['per_class'].get(n, {}).get('ap50')) for n in names) + ' |')
+    return lines + ['']
+
+
+def _goal_lines(result):
+    reg, fusion, det = result['registration'], result['fusion'], result['detection']
+    checks = [('EPE reduction', reg['epe_reduction'], GOALS['EPE reduction'], '>='),
+              ('NCC', reg['NCC'], GOALS['NCC'], '>='), ('MSE', reg['MSE'], GOALS['MSE'], '<='),
+              ('CC', fusion['CC'], GOALS['CC'], '>='),
+              ('Qabf', fusion['Qabf'], GOALS['Qabf'], '>='),
+              ('SSIM', fusion['SSIM'], GOALS['SSIM'], '>=')]
+    for key in ('Qabf', 'SSIM'):
+        best = max(b['fusion'][key] for b in result['baselines'].values() if b['fusion'])
+        checks.append((f'{key} above every baseline', fusion[key], best, '>'))
+    if det is not None:
+        for name in ('visible_only', 'ir_only'):
+            other = result['baselines'][name]['detection']['map50']
+            checks.append((f'mAP@0.5 above {name}', det['map50'], other, '>'))
+    lines = ['## Goals (set on RoadScene test / MSRS; informative elsewhere)', '',
+             '| figure | measured | goal | met |', '|---|---|---|---|']
+    for name, value, goal, op in checks:
+        met = None
+        if value is not None and goal is not None:
+            met = {'>=': value >= goal, '<=': value <= goal, '>': value > goal}[op]
+        lines.append(f'| {name} | {_fmt(value)} | {op} {_fmt(goal)} | '
+                     f'{"yes" if met else ("no" if met is not None else "n/a")} |')
+    return lines + ['']
+
+
+def render_report(result):
+    """Return the Markdown report of a ``metrics.json`` dict."""
+    aligned = result.get('stored_ir', 'aligned') == 'aligned'
+    lines = _header(result) + _fusion_lines(result) + _registration_lines(result)
+    lines += _detection_lines(result)
+    if aligned:
+        lines += _goal_lines(result)
+    lines += ['## Conventions', '']
+    lines += [f'- {k}: {v}' for k, v in result['conventions'].items()]
+    if aligned:
+        lines.append('- fused images are compared with the ALIGNED IR; baselines see the same '
+                     'deformed IR; `ir_only` gets the aligned IR (nothing to register to '
+                     'without a visible image).')
+    lines += ['- figures: `figures/<stem>_grid.png`, `figures/<stem>_checkerboard.png`.', '']
+    return '\n'.join(lines)
