@@ -129,12 +129,10 @@ def _providers(device, allow_cpu_fallback):
     """Return ``(providers, device string)`` for ``'cpu'``, ``'cuda'`` or ``'cuda:N'``."""
     import onnxruntime as ort
 
-    text = str(device).strip().lower()
-    if text == 'cpu':
+    from tarfuse_ros.core.runtime import parse_device
+    kind, index = parse_device(device)
+    if kind == 'cpu':
         return ['CPUExecutionProvider'], 'cpu'
-    if not (text == 'cuda' or (text.startswith('cuda:') and text[5:].isdigit())):
-        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
-    index = int(text[5:]) if ':' in text else 0
     if 'CUDAExecutionProvider' in ort.get_available_providers():
         return ([('CUDAExecutionProvider', {'device_id': index}), 'CPUExecutionProvider'],
                 f'cuda:{index}')

@@ -11,13 +11,34 @@ import logging
 
 import torch
 
-__all__ = ['DeviceUnavailableError', 'cudnn_benchmark', 'resolve_device', 'torch_settings']
+__all__ = ['DeviceUnavailableError', 'cudnn_benchmark', 'parse_device', 'resolve_device',
+           'torch_settings']
 
 _LOG = logging.getLogger(__name__)
 
 
 class DeviceUnavailableError(RuntimeError):
     """A valid device name whose device does not exist here (no CUDA, or no such GPU)."""
+
+
+def parse_device(device, local_rank=0):
+    """Parse a device name into ``('cpu', None)`` or ``('cuda', index)`` (syntax only).
+
+    Args:
+        device: ``'cpu'``, ``'cuda'`` or ``'cuda:N'`` (case and surrounding blanks ignored).
+        local_rank: the index plain ``'cuda'`` means.
+
+    Raises:
+        ValueError: any other name.
+
+    """
+    text = str(device).strip().lower()
+    valid = text in ('cpu', 'cuda') or (text.startswith('cuda:') and text[5:].isdigit())
+    if not valid:
+        raise ValueError(f'device must be cpu, cuda or cuda:N, got {device!r}')
+    if text == 'cpu':
+        return 'cpu', None
+    return 'cuda', int(text[5:]) if ':' in text else int(local_rank)
 
 
 def resolve_device(device, allow_cpu_fallback=False, local_rank=0):
@@ -35,13 +56,9 @@ def resolve_device(device, allow_cpu_fallback=False, local_rank=0):
             ``allow_cpu_fallback`` is true.
 
     """
-    text = str(device).strip().lower()
-    valid = text in ('cpu', 'cuda') or (text.startswith('cuda:') and text[5:].isdigit())
-    if not valid:
-        raise ValueError(f'device must be cpu, cuda or cuda:N, got {device!r}')
-    if text == 'cpu':
+    kind, index = parse_device(device, local_rank)
+    if kind == 'cpu':
         return torch.device('cpu')
-    index = int(text[5:]) if ':' in text else int(local_rank)
     if not torch.cuda.is_available():
         problem = (f'device {device!r} was requested but CUDA is not available '
                    f'(torch {torch.__version__}, CUDA build {torch.version.cuda})')

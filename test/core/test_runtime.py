@@ -1,12 +1,14 @@
 """Device names and process-wide torch settings applied and restored by programs."""
 
 import pytest
-from tarfuse_ros.core.runtime import (cudnn_benchmark, DeviceUnavailableError, resolve_device,
-                                      torch_settings)
+from tarfuse_ros.core.runtime import (cudnn_benchmark, DeviceUnavailableError, parse_device,
+                                      resolve_device, torch_settings)
 import torch
 
 
 def test_device_names():
+    assert parse_device(' CPU ') == ('cpu', None) and parse_device('cuda:2') == ('cuda', 2)
+    assert parse_device('cuda', local_rank=1) == ('cuda', 1)
     assert resolve_device(' CPU ') == torch.device('cpu')
     for bad in ('tpu', 'cuda:x', 'cuda:', 'gpu0', ''):
         with pytest.raises(ValueError, match='cpu, cuda or cuda:N'):
