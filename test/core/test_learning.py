@@ -4,12 +4,14 @@ Synthetic set (drawn fresh every step, seeded): a smooth random texture seen wit
 intensity mappings by the two modalities (visible ``0.1 + 0.6 t``, infrared ``0.6 - 0.4 t``)
 and a square "warm target" (bright in IR, lighter in the visible image) whose box is the
 label. The IR image is deformed by :func:`random_deformation`; the network is trained with the
-full :class:`TarFuseLoss` (fusion, registration, consistency, complementary, detection).
+full :class:`TarFuseLoss` (fusion, registration, consistency, complementary, detection) by the
+trainer's own step (:func:`tarfuse_ros.training.steps.train_step`).
 """
 
 from tarfuse_ros.core.deform import DeformConfig, random_deformation
 from tarfuse_ros.core.losses import LossWeights, TarFuseLoss
 from tarfuse_ros.core.model import build_model, TarFuseConfig, warp
+from tarfuse_ros.training.steps import loss_batch, train_step
 import torch
 import torch.nn.functional as F
 
@@ -49,9 +51,10 @@ def _scenes(count, generator):
 
 
 def _batch(count, generator):
+    """A training batch as the trainer's loader makes it: aligned IR and its deformation."""
     ir, vi, boxes = _scenes(count, generator)
     applied, inverse = random_deformation(count, SIZE, SIZE, DEFORM, generator=generator)
-    return {'ir': warp(ir, applied), 'ir_aligned': ir, 'vi': vi, 'flow_gt': inverse,
+    return {'ir': ir, 'deform_applied': applied, 'flow_gt': inverse, 'vi': vi,
             'batch_idx': torch.arange(count, dtype=torch.float32), 'cls': torch.zeros(count, 1),
             'bboxes': boxes, 'has_labels': torch.ones(count, dtype=torch.bool)}
 
@@ -59,8 +62,9 @@ def _batch(count, generator):
 def _evaluate(model, criterion, batch):
     model.eval()
     with torch.no_grad():
-        out = model(batch['ir'], batch['vi'], ir_aligned=batch['ir_aligned'])
-        _, parts = criterion(out, batch)
+        out = model(warp(batch['ir'], batch['deform_applied']), batch['vi'],
+                    ir_aligned=batch['ir'])
+        _, parts = criterion(out, loss_batch(batch, batch['flow_gt']))
     model.train()
     epe = (out['flow'] - batch['flow_gt']).norm(dim=1).mean().item()
     return epe, parts['detection'].item()
@@ -81,12 +85,8 @@ def test_training_reduces_registration_epe_and_detection_loss():
 
     generator = torch.Generator().manual_seed(0)
     for _ in range(STEPS):
-        batch = _batch(BATCH, generator)
-        out = model(batch['ir'], batch['vi'], ir_aligned=batch['ir_aligned'])
-        loss, _ = criterion(out, batch)
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
+        _, stepped = train_step(model, criterion, optimiser, _batch(BATCH, generator))
+        assert stepped
         schedule.step()
 
     final_epe, final_det = _evaluate(model, criterion, held_out)
