@@ -29,7 +29,6 @@ its device (``deform.random_deformation``). It does crops, flips and the Y chann
 """
 
 from dataclasses import dataclass
-from functools import lru_cache
 import math
 import os
 from pathlib import Path
@@ -73,33 +72,42 @@ def _dir(dataset_dir):
     return path
 
 
-def _image_index(folder):
+_LISTINGS = {}  # folder -> {stem: path}; see _image_index
+
+
+def _image_index(folder, fresh=False):
     """Map stem -> file path for the images in ``folder``.
 
-    The listing is cached per folder and modification time: adding or removing a file changes
-    the folder's time, so the cache never answers with a stale listing.
+    Listings are kept per folder (loading a pair looks its files up); ``fresh`` lists the folder
+    again. :func:`_find_image` lists again before reporting a stem missing and ``read_split``
+    lists ``'all'`` afresh, so a file added after a listing is always found.
     """
-    return _listing(folder, os.stat(folder).st_mtime_ns)
-
-
-@lru_cache(maxsize=64)
-def _listing(folder, mtime_ns):
-    del mtime_ns  # only part of the cache key
-    index = {}
-    for entry in os.scandir(folder):
-        stem, ext = os.path.splitext(entry.name)
-        if ext.lower() in IMAGE_EXTENSIONS and entry.is_file():
-            index.setdefault(stem, entry.path)
+    index = None if fresh else _LISTINGS.get(folder)
+    if index is None:
+        index = {}
+        for entry in os.scandir(folder):
+            stem, ext = os.path.splitext(entry.name)
+            if ext.lower() in IMAGE_EXTENSIONS and entry.is_file():
+                index.setdefault(stem, entry.path)
+        _LISTINGS[folder] = index
     return index
 
 
-def _image_path(dataset_dir, modality, stem):
-    index = _image_index(str(Path(dataset_dir) / modality))
+def _find_image(folder, stem):
+    """Return the path of ``stem`` in ``folder``, or None (listing the folder again first)."""
+    index = _image_index(folder)
     if stem not in index:
+        index = _image_index(folder, fresh=True)
+    return index.get(stem)
+
+
+def _image_path(dataset_dir, modality, stem):
+    path = _find_image(str(Path(dataset_dir) / modality), stem)
+    if path is None:
         raise ValueError(
             f'no {modality}/ image for stem {stem!r} in {str(dataset_dir)!r} '
             f'(extensions tried: {", ".join(IMAGE_EXTENSIONS)})')
-    return index[stem]
+    return path
 
 
 def list_split_names(dataset_dir):
@@ -129,8 +137,8 @@ def read_split(dataset_dir, split='all'):
     """
     path = _dir(dataset_dir)
     if split == 'all':
-        ir = _image_index(str(path / 'ir'))
-        vi = _image_index(str(path / 'vi'))
+        ir = _image_index(str(path / 'ir'), fresh=True)
+        vi = _image_index(str(path / 'vi'), fresh=True)
         return sorted(set(ir) & set(vi))
     if split == 'misaligned':
         return misaligned_stems(path)
@@ -313,10 +321,10 @@ def load_misaligned_ir(dataset_dir, stem):
     folder = Path(dataset_dir) / MISALIGNED_DIR / 'ir_warp'
     if not folder.is_dir():
         raise ValueError(f'{str(Path(dataset_dir))!r} has no {MISALIGNED_DIR}/ir_warp folder')
-    index = _image_index(str(folder))
-    if stem not in index:
+    path = _find_image(str(folder), stem)
+    if path is None:
         raise ValueError(f'no deformed IR for stem {stem!r} in {str(folder)!r}')
-    img = _read_image(index[stem])
+    img = _read_image(path)
     if img.ndim == 3:
         img = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
     return img

@@ -67,3 +67,23 @@ def test_build_dataset_crops_for_training_and_whole_frames_for_validation():
     assert training.crop_size == (64, 64) and training.augment and training.seed == 3
     assert validation.crop_size is None and not validation.augment
     assert len(training) == len(validation) == 4
+
+
+def test_folder_listings_are_never_stale(tmp_path):
+    import cv2
+    import numpy as np
+    for sub in ('ir', 'vi'):
+        (tmp_path / sub).mkdir()
+    image = np.zeros((32, 32), np.uint8)
+
+    def add(stem):
+        for sub in ('ir', 'vi'):
+            cv2.imwrite(str(tmp_path / sub / f'{stem}.png'), image)
+
+    add('a')
+    assert DataSource(tmp_path).stems() == ['a']
+    assert PairedDataset([(tmp_path, 'all')], augment=False)[0]['stem'] == 'a'
+    add('b')  # files added after the folders were listed, within the same clock tick
+    assert DataSource(tmp_path).stems() == ['a', 'b']
+    (tmp_path / 'two.txt').write_text('a\nb\n')
+    assert PairedDataset([(tmp_path, 'two')], augment=False)[1]['stem'] == 'b'
