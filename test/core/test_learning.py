@@ -51,7 +51,7 @@ def _scenes(count, generator):
 
 
 def _batch(count, generator):
-    """A training batch as the trainer's loader makes it: aligned IR and its deformation."""
+    """Return a batch as the trainer's loader makes it: the aligned IR and its deformation."""
     ir, vi, boxes = _scenes(count, generator)
     applied, inverse = random_deformation(count, SIZE, SIZE, DEFORM, generator=generator)
     return {'ir': ir, 'deform_applied': applied, 'flow_gt': inverse, 'vi': vi,
