@@ -21,10 +21,8 @@ import sys
 import threading
 import time
 
-import cv2
 from diagnostic_msgs.msg import DiagnosticArray
 import message_filters
-import numpy as np
 from rcl_interfaces.msg import SetParametersResult
 import rclpy
 from rclpy.clock import Clock, ClockType
@@ -38,6 +36,7 @@ from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.qos_overriding_options import QoSOverridingOptions
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+from tarfuse_ros.core.drawing import draw_detections
 from tarfuse_ros.ros.conversions import array_to_compressed_msg, array_to_image_msg
 from tarfuse_ros.ros.conversions import detections_to_msg, image_msg_to_array, load_bridge
 from tarfuse_ros.ros.diagnostics import build_status, NodeStats, process_rss_mib
@@ -68,24 +67,6 @@ def _class_ids(names, class_names):
     if unknown:
         raise ValueError(f'unknown class names {unknown}; the model knows {list(class_names)}')
     return [class_names.index(n) for n in names]
-
-
-def draw_detections(image, detections):
-    """Return a BGR copy of ``image`` (HxW or HxWx3 uint8) with boxes and labels drawn."""
-    canvas = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR) if image.ndim == 2 else image.copy()
-    scale = max(0.35, min(canvas.shape[:2]) / 1000.0)
-    for det in detections:
-        colour = tuple(int(c) for c in np.random.default_rng(det.class_id).integers(64, 256, 3))
-        p1 = (int(round(det.x1)), int(round(det.y1)))
-        p2 = (int(round(det.x2)), int(round(det.y2)))
-        cv2.rectangle(canvas, p1, p2, colour, 1 if scale < 0.6 else 2)
-        label = f'{det.class_name} {det.score:.2f}'
-        (tw, th), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
-        top = max(p1[1] - th - base, 0)
-        cv2.rectangle(canvas, (p1[0], top), (p1[0] + tw, top + th + base), colour, -1)
-        cv2.putText(canvas, label, (p1[0], top + th), cv2.FONT_HERSHEY_SIMPLEX, scale,
-                    (0, 0, 0), 1, cv2.LINE_AA)
-    return canvas
 
 
 class TarFuseNode(Node):
