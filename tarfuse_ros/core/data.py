@@ -459,6 +459,11 @@ class PairedDataset(Dataset):
       from the class map;
     - ``has_labels``: True only when the set has a label file for this stem (an empty file is a
       valid "no objects");
+    - ``ir_context``: float32 tensor (1, H + 2 context, W + 2 context), the aligned IR around
+      the crop (zeros beyond the frame), when cropping with ``context > 0``: deforming it and
+      cutting out the centre gives a deformed crop with the scene's content at its borders (a
+      crop deformed alone shows the deformation in its empty borders, a cue that real
+      misaligned pairs do not have);
     - ``stem``, ``dataset`` (the folder name), ``index``.
 
     Args:
@@ -476,6 +481,7 @@ class PairedDataset(Dataset):
             pixels, or keeping less than ``min_box_area`` of their area, are dropped.
         min_box_area: see ``min_box_px``.
         keep_color: also return ``vi_color``.
+        context: pixels of aligned IR kept around each crop (``ir_context``); 0: none.
         seed: base seed; the randomness of sample ``i`` in epoch ``e`` is drawn from
             ``(seed, e, i)``, so results do not depend on worker order. See :meth:`set_epoch`.
 
@@ -483,7 +489,7 @@ class PairedDataset(Dataset):
 
     def __init__(self, sources, class_map=None, crop_size=None, resize=None, augment=True,
                  hflip_prob=0.5, vflip_prob=0.0, min_box_px=3.0, min_box_area=0.2,
-                 keep_color=False, seed=0):
+                 keep_color=False, seed=0, context=0):
         if isinstance(sources, (str, os.PathLike, dict, DataSource)):
             sources = [sources]
         parsed = [DataSource.parse(s) for s in sources]
@@ -505,6 +511,9 @@ class PairedDataset(Dataset):
         self.min_box_px = float(min_box_px)
         self.min_box_area = float(min_box_area)
         self.keep_color = bool(keep_color)
+        self.context = int(context)
+        if self.context < 0:
+            raise ValueError(f'context must be >= 0 pixels, got {context}')
         self.seed = int(seed)
         self.epoch = 0
         dirs = [_dir(source.path) for source in parsed]
@@ -591,6 +600,7 @@ class PairedDataset(Dataset):
         labels = self._labels(set_index, folder, stem, labels_dir)
         boxes = labels if labels is not None else np.zeros((0, 5), np.float32)
         # Normalised boxes are unchanged by resizing; only crops and flips move them.
+        context = None
         if self.resize is not None:
             height, width = self.resize
             stack = cv2.resize(stack, (width, height), interpolation=cv2.INTER_AREA)
@@ -602,14 +612,20 @@ class PairedDataset(Dataset):
                 width = max(crop_w, int(math.ceil(width * scale)))
                 stack = cv2.resize(stack, (width, height), interpolation=cv2.INTER_LINEAR)
             top, left = self._window(height, width, rng)
+            if self.context:
+                context = _padded_window(stack[:, :, 0], top - self.context,
+                                         left - self.context, crop_h + 2 * self.context,
+                                         crop_w + 2 * self.context)
             stack = stack[top:top + crop_h, left:left + crop_w]
             boxes = self._crop_boxes(boxes, height, width, top, left, crop_h, crop_w)
         if self.augment and rng.random() < self.hflip_prob:
             stack = stack[:, ::-1]
+            context = None if context is None else context[:, ::-1]
             boxes = boxes.copy()
             boxes[:, 1] = 1.0 - boxes[:, 1]
         if self.augment and rng.random() < self.vflip_prob:
             stack = stack[::-1]
+            context = None if context is None else context[::-1]
             boxes = boxes.copy()
             boxes[:, 2] = 1.0 - boxes[:, 2]
         chw = torch.from_numpy(np.ascontiguousarray(stack.transpose(2, 0, 1), np.float32))
@@ -624,15 +640,28 @@ class PairedDataset(Dataset):
         }
         if self.keep_color:
             sample['vi_color'] = chw[2:5].clamp_(0.0, 1.0)
+        if context is not None:
+            sample['ir_context'] = torch.from_numpy(
+                np.ascontiguousarray(context, np.float32))[None].clamp_(0.0, 1.0)
         return sample
+
+
+def _padded_window(plane, top, left, height, width):
+    """Return ``plane[top:top + height, left:left + width]``, zeros where it leaves the plane."""
+    out = np.zeros((height, width), np.float32)
+    y0, x0 = max(top, 0), max(left, 0)
+    y1, x1 = min(top + height, plane.shape[0]), min(left + width, plane.shape[1])
+    if y1 > y0 and x1 > x0:
+        out[y0 - top:y1 - top, x0 - left:x1 - left] = plane[y0:y1, x0:x1]
+    return out
 
 
 def collate_pairs(samples):
     """Stack samples of :class:`PairedDataset` into a batch with ultralytics detection targets.
 
     Returns:
-        dict with ``ir``, ``vi`` (B, 1, H, W), ``vi_color`` (B, 3, H, W) if every sample has
-        it, ``has_labels`` (B,) bool, ``batch_idx`` (N,) float32 (image index of each box),
+        dict with ``ir``, ``vi`` (B, 1, H, W), ``vi_color`` (B, 3, H, W) and ``ir_context``
+        where every sample has them, ``has_labels`` (B,) bool, ``batch_idx`` (N,) float32 (image index of each box),
         ``cls`` (N, 1) float32, ``bboxes`` (N, 4) float32 normalised ``cx, cy, w, h``, and the
         lists ``stem``, ``dataset``, ``index``.
 
@@ -660,6 +689,7 @@ def collate_pairs(samples):
         'dataset': [s['dataset'] for s in samples],
         'index': [s.get('index', i) for i, s in enumerate(samples)],
     }
-    if all('vi_color' in s for s in samples):
-        batch['vi_color'] = torch.stack([s['vi_color'] for s in samples])
+    for key in ('vi_color', 'ir_context'):
+        if all(key in s for s in samples):
+            batch[key] = torch.stack([s[key] for s in samples])
     return batch

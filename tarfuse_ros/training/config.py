@@ -91,7 +91,10 @@ class DataConfig:
     ``train`` when left out). ``crop`` / ``val_crop``: square crop sides in pixels (multiples of
     32); ``val_crop`` ``None`` is the training crop, 0 whole frames. ``hflip`` / ``vflip``: flip
     probabilities. ``workers``: DataLoader worker processes. ``root``: base folder of relative
-    data set paths (``None``: the working directory, then the shared data sets).
+    data set paths (``None``: the working directory, then the shared data sets). ``context``:
+    pixels of aligned IR kept around each training crop and deformed with it (the deformed crop
+    then has scene content at its borders, as a real misaligned frame has; 0: deform the crop
+    alone, whose empty borders show the deformation to the network).
     """
 
     root: str = None
@@ -103,6 +106,7 @@ class DataConfig:
     vflip: float = 0.0
     val_crop: int = None
     workers: int = 0
+    context: int = 0
 
     def __post_init__(self):
         for name in ('train', 'val'):
@@ -122,6 +126,8 @@ class DataConfig:
         ids = sorted(set(self.class_map.values()))
         _check(ids == list(range(len(ids))),
                f'data.class_map ids must be 0..K-1 without gaps, got {ids}')
+        _check(isinstance(self.context, int) and self.context >= 0,
+               f'data.context must be an integer >= 0 (pixels), got {self.context!r}')
         for name in ('hflip', 'vflip'):
             _check(0.0 <= getattr(self, name) <= 1.0,
                    f'data.{name} must be in [0, 1], got {getattr(self, name)!r}')

@@ -105,15 +105,17 @@ def build_dataset(sources, data_config, training, seed=0):
     Args:
         sources: resolved sources (:func:`resolve_sources`).
         data_config: the run's :class:`~tarfuse_ros.training.config.DataConfig`.
-        training: random crops and flips (``data.crop``) when true; centre crops of
-            ``data.val_crop`` (or whole frames for ``val_crop`` 0) otherwise.
+        training: random crops and flips (``data.crop``, with ``data.context`` pixels of IR
+            around them) when true; centre crops of ``data.val_crop`` (or whole frames for
+            ``val_crop`` 0) otherwise.
         seed: base seed of the crops and flips.
 
     """
     crop = data_config.crop if training else data_config.eval_crop
     return PairedDataset(
         list(sources), class_map=dict(data_config.class_map), crop_size=crop or None,
-        augment=training, hflip_prob=data_config.hflip, vflip_prob=data_config.vflip, seed=seed)
+        augment=training, hflip_prob=data_config.hflip, vflip_prob=data_config.vflip, seed=seed,
+        context=data_config.context if training and crop else 0)
 
 
 def count_labelled(sources):

@@ -55,9 +55,10 @@ class EpochIndexed(torch.utils.data.Dataset):
 class DeformingCollate:
     """``collate_pairs`` that can also draw the batch's deformation (in the loader worker).
 
-    With ``in_workers`` true (CPU training with workers) the fields are computed on the CPU in
-    the worker, in parallel with the training step, and travel in the batch as
-    ``deform_applied`` / ``flow_gt``; otherwise the trainer draws the same fields on its device.
+    With ``in_workers`` true (CPU training with workers) the deformation is drawn on the CPU in
+    the worker (:func:`~tarfuse_ros.training.steps.draw_deformation`), in parallel with the
+    training step, and travels in the batch as ``ir_deformed`` / ``flow_gt``; otherwise the
+    trainer draws the same fields on its device.
     """
 
     def __init__(self, deform_cfg, seed, in_workers):
@@ -67,14 +68,13 @@ class DeformingCollate:
 
     def __call__(self, samples):
         from tarfuse_ros.core.data import collate_pairs
-        from tarfuse_ros.core.deform import random_deformation
+        from tarfuse_ros.training.steps import draw_deformation
         batch = collate_pairs(samples)
         batch['epoch'] = int(samples[0].get('epoch', 0))
         if self.in_workers:
-            size, _, height, width = batch['ir'].shape
             generator = batch_generator(self.seed, batch['epoch'], batch['index'])
-            batch['deform_applied'], batch['flow_gt'] = random_deformation(
-                size, height, width, self.deform_cfg, generator=generator)
+            batch = draw_deformation(batch, self.deform_cfg, generator)
+            batch.pop('ir_context', None)  # used: no need to send it to the trainer
         return batch
 
 

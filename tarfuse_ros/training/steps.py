@@ -2,18 +2,21 @@
 
 A training batch holds the ALIGNED IR ``ir`` (B, 1, H, W), the visible luma ``vi``, the
 detection targets (``batch_idx``, ``cls``, ``bboxes``, ``has_labels``) and the batch's random
-deformation: ``deform_applied`` (the field applied to the IR, ``deformed = warp(ir, applied)``)
-and ``flow_gt`` (its exact inverse, the registration target), both (B, 2, H, W) pixels. The
-loader workers draw the deformation, or :func:`draw_deformation` does it on the device. The
-boxes live in the visible frame and never move.
+deformation: ``ir_deformed`` (the network's IR input) and ``flow_gt`` (the field that maps it
+back onto the aligned IR, the registration target, (B, 2, H, W) pixels), or ``deform_applied``
+(the field applied to the IR, ``ir_deformed = warp(ir, applied)``) with ``flow_gt`` its exact
+inverse. The loader workers draw the deformation, or :func:`draw_deformation` does it on the
+device. With ``ir_context`` (the aligned IR with a margin around the crop) the context is
+deformed and its centre cut out, so the deformed crop shows scene content where a crop
+deformed alone would show empty borders. The boxes live in the visible frame and never move.
 """
 
 from tarfuse_ros.core.model.warp import warp
 import torch
 import torch.nn.functional as F
 
-__all__ = ['Accumulator', 'autocast', 'draw_deformation', 'loss_batch', 'to_device',
-           'train_step', 'validate']
+__all__ = ['Accumulator', 'autocast', 'deformed_ir', 'draw_deformation', 'loss_batch',
+           'to_device', 'train_step', 'validate']
 
 
 class Accumulator:
@@ -49,17 +52,31 @@ def to_device(batch, device):
 
 
 def draw_deformation(batch, deform_cfg, generator):
-    """Return ``batch`` with ``deform_applied`` / ``flow_gt`` drawn on its device, if missing.
+    """Return ``batch`` with ``ir_deformed`` / ``flow_gt`` drawn on its device, if missing.
 
-    The fields are drawn from ``generator`` (CPU) for the batch's ``ir`` size.
+    The field is drawn from ``generator`` (CPU) for the size of ``ir_context`` when the batch
+    has one (then the deformed context's centre, of the ``ir`` size, is kept, and so is the
+    centre of the target flow), else for the ``ir`` size.
     """
     if 'flow_gt' in batch:
         return batch
     from tarfuse_ros.core.deform import random_deformation
-    size, _, height, width = batch['ir'].shape
+    source = batch.get('ir_context', batch['ir'])
+    size, _, height, width = source.shape
     applied, inverse = random_deformation(size, height, width, deform_cfg,
-                                          generator=generator, device=batch['ir'].device)
-    return dict(batch, deform_applied=applied, flow_gt=inverse)
+                                          generator=generator, device=source.device)
+    deformed = warp(source, applied)
+    crop_h, crop_w = batch['ir'].shape[2:]
+    top, left = (height - crop_h) // 2, (width - crop_w) // 2
+    return dict(batch, ir_deformed=deformed[:, :, top:top + crop_h, left:left + crop_w],
+                flow_gt=inverse[:, :, top:top + crop_h, left:left + crop_w].contiguous())
+
+
+def deformed_ir(batch):
+    """Return the network's IR input of a batch with its deformation (module docstring)."""
+    if 'ir_deformed' in batch:
+        return batch['ir_deformed']
+    return warp(batch['ir'], batch['deform_applied'])
 
 
 def loss_batch(batch, flow_gt):
@@ -93,7 +110,7 @@ def train_step(net, criterion, optimizer, batch, grad_clip=0.0, amp=False, param
     if params is None:
         params = [p for p in net.parameters() if p.requires_grad]
     device = batch['ir'].device
-    deformed = warp(batch['ir'], batch['deform_applied'])
+    deformed = deformed_ir(batch)
     with autocast(device, amp):
         outputs = net(deformed, batch['vi'], ir_aligned=batch['ir'])
         total, parts = criterion(outputs, loss_batch(batch, batch['flow_gt']))
@@ -146,7 +163,7 @@ def validate(model, criterion, loader, deform_cfg, generator, amp=False):
         batch = to_device(batch, device)
         batch = _to_multiple_of_32(batch)
         batch = draw_deformation(batch, deform_cfg, generator)
-        deformed = warp(batch['ir'], batch['deform_applied'])
+        deformed = deformed_ir(batch)
         flow_gt = batch['flow_gt']
         with autocast(device, amp):
             outputs = model(deformed, batch['vi'], ir_aligned=batch['ir'])
