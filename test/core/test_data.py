@@ -225,3 +225,34 @@ def test_dataset_displacement_reproduces_the_deformed_ir():
     assert np.abs(rebuilt - deformed).mean() < 1.0
     with pytest.raises(ValueError, match='no ground-truth displacement'):
         data.load_disp(roadscene, 'nope')
+
+
+def test_context_surrounds_the_crop_and_follows_its_flips(tmp_path):
+    roadscene = DATASETS / 'roadscene'
+    plain = data.PairedDataset([(roadscene, 'train')], crop_size=64, hflip_prob=0.5,
+                               vflip_prob=0.5, seed=5)
+    framed = data.PairedDataset([(roadscene, 'train')], crop_size=64, hflip_prob=0.5,
+                                vflip_prob=0.5, seed=5, context=16)
+    for epoch in range(4):
+        plain.set_epoch(epoch)
+        framed.set_epoch(epoch)
+        for index in range(len(framed)):
+            sample = framed[index]
+            # The same crops and flips with or without context; the crop is its centre.
+            assert torch.equal(sample['ir'], plain[index]['ir'])
+            assert sample['ir_context'].shape == (1, 96, 96)
+            assert torch.equal(sample['ir_context'][:, 16:80, 16:80], sample['ir'])
+    batch = data.collate_pairs([framed[0], framed[1]])
+    assert batch['ir_context'].shape == (2, 1, 96, 96)
+
+
+def test_context_beyond_the_frame_is_zero(tmp_path):
+    folder = _make_set(tmp_path, [(10, 10, 30, 30, 0)], size=(64, 64))
+    sample = data.PairedDataset([(folder, 'train')], crop_size=64, augment=False,
+                                context=8)[0]
+    context = sample['ir_context'][0]
+    assert context.shape == (80, 80)
+    assert float(context[:8].abs().max()) == 0.0 and float(context[:, -8:].abs().max()) == 0.0
+    assert torch.equal(context[8:72, 8:72], sample['ir'][0])
+    with pytest.raises(ValueError, match='context must be >= 0'):
+        data.PairedDataset([(folder, 'train')], crop_size=64, context=-1)

@@ -30,6 +30,7 @@ def test_shipped_config_parses_with_every_key_it_sets():
             deformation.perspective, deformation.elastic_sigma_max_px,
             deformation.elastic_downsample) == (40.0, 0.1, 4.0, 0.03, 32.0, 4)
     assert config.data.val_crop == 0 and config.data.eval_crop == 0  # whole frames
+    assert config.data.context == 64  # deformed crops cut from a deformed context
     assert config.loss.reg_levels == 0.5
     assert config.model.registration == 'match' and config.model.global_stage is True
     assert config.model.class_names == ('person', 'bicycle', 'car')
@@ -60,6 +61,7 @@ def test_sections_reuse_the_core_dataclasses():
     ('train.epochs', '1.5', 'train.epochs must be an integer'),
     ('train.schedule', 'linear', 'train.schedule must be constant or cosine'),
     ('data.val_crop', '48', 'data.val_crop must be a multiple of 32'),
+    ('data.context', '-8', 'data.context must be an integer >= 0'),
 ])
 def test_bad_or_unknown_keys_are_errors_that_name_the_key(key, value, message):
     raw = apply_overrides(_minimal(), [f'{key}={value}'])
