@@ -11,7 +11,8 @@ A training config (``config/train.yaml``, every key commented there) has five se
 
 The defaults live in these dataclasses and nowhere else: a key left out of the YAML takes them.
 ``epochs``, ``batch``, ``lr``, ``data.train``, ``data.crop`` and ``data.class_map`` have none and
-must be given. Unknown sections and keys are errors that name the key (``train.warmup_epoch``).
+must be given (``data.class_map`` only for a model with detection: with ``model.detect: false``
+it must be left out or empty). Unknown sections and keys are errors that name the key (``train.warmup_epoch``).
 ``--set KEY=VALUE`` changes the raw mapping before it is parsed (:func:`apply_overrides`).
 """
 
@@ -100,7 +101,7 @@ class DataConfig:
     root: str = None
     train: tuple
     val: tuple = ()
-    class_map: dict
+    class_map: dict = None
     crop: int
     hflip: float = 0.5
     vflip: float = 0.0
@@ -121,7 +122,9 @@ class DataConfig:
                 continue
             _check(value >= 32 and value % 32 == 0,
                    f'data.{name} must be a multiple of 32 (>= 32), got {value!r}')
-        _check(isinstance(self.class_map, dict) and self.class_map,
+        if self.class_map is None:
+            object.__setattr__(self, 'class_map', {})
+        _check(isinstance(self.class_map, dict),
                f'data.class_map must map class names to ids, got {self.class_map!r}')
         ids = sorted(set(self.class_map.values()))
         _check(ids == list(range(len(ids))),
@@ -258,6 +261,13 @@ def _model_config(overrides, data):
         raise ValueError(f'model.{taken[0]} comes from data.class_map; remove it from model')
     names = data.class_names
     values = dict(TarFuseConfig().to_dict(), **overrides)
+    if values.get('detect') is False:
+        if names:
+            raise ValueError('data.class_map must be left out (or {}) with model.detect: false '
+                             f'(a model without detection has no classes), got {names}')
+    elif not names:
+        raise ValueError('data.class_map must be set: it maps label class names to the '
+                         'detection classes (or set model.detect: false for a fusion-only model)')
     values.update(class_names=names, num_classes=len(names))
     try:
         return TarFuseConfig.from_dict(values)

@@ -116,12 +116,18 @@ class Trainer:
             model_config = TarFuseConfig.from_dict(resume_meta['model_config'])
         elif train.init_weights:
             # Start from a checkpoint's weights (and its architecture), with a fresh optimizer.
+            # A run with model.detect false takes all but the detection neck and head.
+            from dataclasses import replace
             from tarfuse_ros.core.checkpoint import load_checkpoint
             init_model = load_checkpoint(train.init_weights)
             model_config = init_model.config
+            if not self.config.model.detect:
+                model_config = replace(model_config, detect=False)
         self.model = build_model(model_config).to(self.device)
         if init_model is not None:
-            self.model.load_state_dict(init_model.state_dict())
+            wanted = self.model.state_dict()
+            self.model.load_state_dict({name: value for name, value
+                                        in init_model.state_dict().items() if name in wanted})
         self.criterion = TarFuseLoss(self.model, self.config.loss).to(self.device)
         self.optimizer = torch.optim.Adam(
             self.model.parameters(), lr=train.lr, betas=train.betas,

@@ -10,7 +10,8 @@ luminance, both ``(B, 1, H, W)`` in ``[0, 1]`` with ``H`` and ``W`` multiples of
    cost volumes, :mod:`~tarfuse_ros.core.model.matching`); ``registration='paper'`` selects the
    paper's MSRB U-Net (:mod:`~tarfuse_ros.core.model.registration`);
 3. ``c_ir`` and ``s_ir`` are warped with it and concatenated with ``c_vi, s_vi``;
-4. the reconstruction head gives the fused image and the neck + ``Detect`` the detections.
+4. the reconstruction head gives the fused image and the neck + ``Detect`` the detections
+   (none with ``detect=False``: a fusion-only model, e.g. the medical one, has no neck or head).
 """
 
 from dataclasses import asdict, dataclass
@@ -64,6 +65,7 @@ class TarFuseConfig:
     neck_stem_channels: tuple = (16, 32)
     detect_channels: tuple = (64, 80, 96)
     # Detection classes (names in class-id order) and ultralytics' DFL bins.
+    # With detect=False they are cleared (no classes): class_names () and num_classes 0.
     num_classes: int = 3
     class_names: tuple = ('person', 'bicycle', 'car')
     reg_max: int = 16
@@ -71,13 +73,21 @@ class TarFuseConfig:
     detect_legacy: bool = False
     # Negative slope of every LeakyReLU.
     leaky_slope: float = 0.1
+    # False: no detection neck or head (registration + fusion only; ``det`` outputs are None).
+    # Checkpoints written before this field existed have a head (True).
+    detect: bool = True
 
     def __post_init__(self):
+        if not isinstance(self.detect, bool):
+            raise ValueError(f'detect must be true or false, got {self.detect!r}')
+        if not self.detect:
+            object.__setattr__(self, 'class_names', ())
+            object.__setattr__(self, 'num_classes', 0)
         for name in ('msrb_channels', 'pyramid_channels', 'estimator_channels',
                      'reconstruction_channels', 'neck_stem_channels', 'detect_channels'):
             object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
         object.__setattr__(self, 'class_names', tuple(str(v) for v in self.class_names))
-        if self.num_classes < 1 or len(self.class_names) != self.num_classes:
+        if self.detect and (self.num_classes < 1 or len(self.class_names) != self.num_classes):
             raise ValueError(f'num_classes ({self.num_classes}) must be >= 1 and equal '
                              f'len(class_names) ({len(self.class_names)}: {self.class_names})')
         if self.feature_channels < 1 or self.extractor_layers < 1:
@@ -136,7 +146,8 @@ class TarFuse(nn.Module):
     - ``flow`` (B, 2, H, W) pixels: maps ``ir`` onto the visible frame;
     - ``registered_ir`` (B, 1, H, W) = ``warp(ir, flow)``;
     - ``det``: the ``Detect`` output in the current mode (train: dict ``boxes``, ``scores``,
-      ``feats``; eval: ``(y, dict)``, ``y`` (B, 4 + nc, anchors) xywh in input pixels);
+      ``feats``; eval: ``(y, dict)``, ``y`` (B, 4 + nc, anchors) xywh in input pixels); None
+      when ``config.detect`` is false (no neck, no head);
     - ``flow_levels``: in training mode, the registration's intermediate flows resized to
       ``(B, 2, H, W)`` pixels, coarsest first (deep supervision; empty for the paper's MSRB and
       in eval mode);
@@ -166,10 +177,12 @@ class TarFuse(nn.Module):
                 config.estimator_channels, config.corr_radius, config.registration_downsample,
                 config.global_stage, slope, config.corr_radius_finest)
         self.reconstruction = ReconstructionHead(4 * width, config.reconstruction_channels, slope)
-        self.neck = DetectionNeck(4 * width, config.neck_stem_channels, config.detect_channels,
-                                  slope)
-        self.detect = build_detect(config.num_classes, config.reg_max, config.detect_channels,
-                                   config.detect_legacy)
+        self.neck = self.detect = None
+        if config.detect:
+            self.neck = DetectionNeck(4 * width, config.neck_stem_channels,
+                                      config.detect_channels, slope)
+            self.detect = build_detect(config.num_classes, config.reg_max,
+                                       config.detect_channels, config.detect_legacy)
 
     @property
     def class_names(self):
@@ -178,7 +191,8 @@ class TarFuse(nn.Module):
     def _apply(self, fn, *args, **kwargs):
         # Detect caches its anchors per feature shape only: drop them when moving / casting.
         result = super()._apply(fn, *args, **kwargs)
-        forget_anchors(self.detect)
+        if self.detect is not None:
+            forget_anchors(self.detect)
         return result
 
     def forward(self, ir, vi, ir_aligned=None):
@@ -203,7 +217,7 @@ class TarFuse(nn.Module):
         s_ir_registered = warp(s_ir, flow)
         fused_features = torch.cat((c_ir_registered, s_ir_registered, c_vi, s_vi), dim=1)
         fused = self.reconstruction(fused_features)
-        det = self.detect(self.neck(fused_features))
+        det = self.detect(self.neck(fused_features)) if self.detect is not None else None
         features = {'c_ir': c_ir, 's_ir': s_ir, 'c_vi': c_vi, 's_vi': s_vi,
                     'c_ir_registered': c_ir_registered, 's_ir_registered': s_ir_registered}
         if ir_aligned is not None:
@@ -218,7 +232,8 @@ class TarFuse(nn.Module):
         Returns a dict with ``fused`` (B, 1, H, W), ``flow`` (B, 2, H, W) px,
         ``registered_ir`` (B, 1, H, W) and ``det`` (B, 4 + nc, anchors): ``cx, cy, w, h`` in
         network-input pixels followed by the class probabilities (ultralytics' layout, ready for
-        ``ultralytics.utils.nms.non_max_suppression``).
+        ``ultralytics.utils.nms.non_max_suppression``); ``det`` is None without a detection
+        head (``config.detect`` false).
         """
         was_training = self.training
         self.eval()
@@ -240,7 +255,10 @@ def build_model(config=None):
 
 
 def parameter_counts(model):
-    """Return the number of parameters per part of a :class:`TarFuse` and the ``total``."""
+    """Return the number of parameters per part of a :class:`TarFuse` and the ``total``.
+
+    ``neck`` and ``detect`` are absent for a model without detection (``config.detect`` false).
+    """
     registration = model.registration
     parts = {
         'ir_common': model.ir_common, 'ir_specific': model.ir_specific,
@@ -253,7 +271,9 @@ def parameter_counts(model):
             parts['global_stage'] = registration.global_estimator
     else:
         parts['msrb'] = registration.msrb
-    parts.update(reconstruction=model.reconstruction, neck=model.neck, detect=model.detect)
+    parts['reconstruction'] = model.reconstruction
+    if model.detect is not None:
+        parts.update(neck=model.neck, detect=model.detect)
     counts = {name: sum(p.numel() for p in part.parameters()) for name, part in parts.items()}
     counts['total'] = sum(p.numel() for p in model.parameters())
     return counts
