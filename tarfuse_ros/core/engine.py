@@ -17,6 +17,11 @@ The engine is the only place (with the tools) that binds the network to a device
    NMS, and since padding only adds pixels at the bottom/right, NMS boxes are already in visible
    image pixels: they are only clipped to the image (boxes left with no area are dropped).
 
+With a calibration prior (``registration_prior``, :mod:`tarfuse_ros.core.prior`), step 1 also
+warps the resized IR by the prior's homography (``cv2.warpPerspective``), the network predicts the
+residual, and step 3 composes the published flow (``prior.compose_flow``); the flow convention
+below holds either way.
+
 Outputs are in the visible frame: ``fused`` (uint8, grey, or BGR with the visible chroma when the
 visible input is colour), ``registered_ir`` (uint8), ``flow_px`` (float32 HxWx2, dx then dy, in
 pixels of the visible frame; ``registered_ir(p) = ir_resized(p + flow_px(p))``).
@@ -42,6 +47,7 @@ import warnings
 import numpy as np
 from tarfuse_ros.core import images
 from tarfuse_ros.core.checkpoint import CheckpointError, load_checkpoint
+from tarfuse_ros.core.prior import apply_prior, check_prior, compose_flow
 from tarfuse_ros.core.runtime import cudnn_benchmark, resolve_device
 import torch
 
@@ -208,6 +214,9 @@ class FusionEngine:
         fuse_bn: fold BatchNorm layers into the preceding convolutions (:func:`fuse_conv_bn`).
         channels_last: run in the channels-last memory format (default: measured faster on
             CUDA, where it avoids cuDNN's layout transposes, and on the CPU with 2 threads).
+        registration_prior: a :class:`~tarfuse_ros.core.prior.RegistrationPrior` (IR -> visible
+            homography applied before the network, :func:`~tarfuse_ros.core.prior.make_prior`)
+            or None (default: no prior, the IR is only resized to the visible frame).
 
     Raises:
         CheckpointError: missing or invalid weights.
@@ -220,7 +229,8 @@ class FusionEngine:
     def __init__(self, weights=None, device='cpu', half=False, cuda_graph='auto', threads=None,
                  conf_threshold=0.25, iou_threshold=0.45, max_detections=100, classes=None,
                  allow_cpu_fallback=False, ir_norm='percentile', ir_low=0.5, ir_high=99.5,
-                 pad_mode='replicate', cudnn_benchmark=True, fuse_bn=True, channels_last=True):
+                 pad_mode='replicate', cudnn_benchmark=True, fuse_bn=True, channels_last=True,
+                 registration_prior=None):
         if cuda_graph is True or cuda_graph is False:
             cuda_graph = 'on' if cuda_graph else 'off'
         if cuda_graph not in CUDA_GRAPH_MODES:
@@ -231,6 +241,7 @@ class FusionEngine:
             raise ValueError(f'need 0 <= ir_low < ir_high <= 100, got {ir_low}, {ir_high}')
         if pad_mode not in images.PAD_MODES:
             raise ValueError(f'pad_mode must be one of {images.PAD_MODES}, got {pad_mode!r}')
+        self._prior = check_prior(registration_prior)
         if threads is not None:
             if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
                 raise ValueError(f'threads must be None or an integer >= 1, got {threads!r}')
@@ -302,6 +313,11 @@ class FusionEngine:
     def half(self):
         """Whether fp16 autocast is in effect (CUDA only)."""
         return self._half
+
+    @property
+    def registration_prior(self):
+        """The :class:`~tarfuse_ros.core.prior.RegistrationPrior` in use, or None."""
+        return self._prior
 
     @property
     def thresholds(self):
@@ -403,9 +419,10 @@ class FusionEngine:
         """Prepare one pair on the CPU (:func:`~tarfuse_ros.core.images.prepare_pair`)."""
         suffix = f' #{index}' if index else ''
         # uint8 planes stay uint8 until they are on the device (4x less to copy and convert).
-        return images.prepare_pair(ir, vi, self._ir_norm, self._ir_low, self._ir_high,
+        pair = images.prepare_pair(ir, vi, self._ir_norm, self._ir_low, self._ir_high,
                                    keep_uint8=True,
                                    names=('IR image' + suffix, 'visible image' + suffix))
+        return apply_prior(self._prior, pair, (ir.shape[1], ir.shape[0]))
 
     def input_tensors(self, ir, vi):
         """Return the network's inputs for one pair as :meth:`infer` makes them, before padding.
@@ -415,7 +432,7 @@ class FusionEngine:
 
         Returns:
             ``(ir, vi)``: ``(1, 1, H, W)`` float32 tensors in [0, 1] on :attr:`device`, the IR
-            resized to the visible frame ``H x W``.
+            resized to the visible frame ``H x W`` (and warped by the registration prior).
 
         """
         pair = self._prepare(ir, vi, 0)
@@ -497,7 +514,8 @@ class FusionEngine:
         for b, (item, det) in enumerate(zip(items, dets)):
             crcb = item.crcb
             fused = fused_y[b] if crcb is None else images.merge_luma_chroma(fused_y[b], crcb)
-            outputs.append((fused, registered[b], np.ascontiguousarray(flow[b]),
+            outputs.append((fused, registered[b],
+                            np.ascontiguousarray(compose_flow(flow[b], item.pre_warp)),
                             self._detections(det, height, width)))
         return outputs
 

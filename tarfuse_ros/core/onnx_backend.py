@@ -202,7 +202,8 @@ class OnnxFusionEngine:
         conf_threshold, iou_threshold, max_detections, classes: NMS settings (see
             :meth:`set_thresholds`).
         allow_cpu_fallback: use the CPU with a warning when CUDA is asked for but absent.
-        ir_norm, ir_low, ir_high, pad_mode: as :class:`FusionEngine`.
+        ir_norm, ir_low, ir_high, pad_mode, registration_prior: as :class:`FusionEngine`
+            (the prior's pre-warp and flow composition are the same NumPy/OpenCV code).
 
     Raises:
         OnnxModelError: missing, unloadable or foreign ONNX file.
@@ -215,9 +216,10 @@ class OnnxFusionEngine:
 
     def __init__(self, weights, device='cpu', half=False, threads=None, conf_threshold=0.25,
                  iou_threshold=0.45, max_detections=100, classes=None, allow_cpu_fallback=False,
-                 ir_norm='percentile', ir_low=0.5, ir_high=99.5, pad_mode='replicate'):
+                 ir_norm='percentile', ir_low=0.5, ir_high=99.5, pad_mode='replicate',
+                 registration_prior=None):
         import onnxruntime as ort
-        from tarfuse_ros.core import images
+        from tarfuse_ros.core import images, prior
         from tarfuse_ros.core.engine import _validate_thresholds
 
         if weights is None:
@@ -229,6 +231,7 @@ class OnnxFusionEngine:
             raise ValueError(f'need 0 <= ir_low < ir_high <= 100, got {ir_low}, {ir_high}')
         if pad_mode not in _PAD_MODES:
             raise ValueError(f'pad_mode must be one of {tuple(_PAD_MODES)}, got {pad_mode!r}')
+        self._prior_module, self._prior = prior, prior.check_prior(registration_prior)
         if threads is not None and (
                 isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
             raise ValueError(f'threads must be None or an integer >= 1, got {threads!r}')
@@ -281,6 +284,11 @@ class OnnxFusionEngine:
     def device(self):
         """``'cpu'`` or ``'cuda:N'``: where onnxruntime runs the graph."""
         return self._device
+
+    @property
+    def registration_prior(self):
+        """The :class:`~tarfuse_ros.core.prior.RegistrationPrior` in use, or None."""
+        return self._prior
 
     @property
     def half(self):
@@ -347,9 +355,11 @@ class OnnxFusionEngine:
         prepared = []
         for index, (ir, vi) in enumerate(zip(irs, vis)):
             suffix = f' #{index}' if index else ''
-            prepared.append(self._images.prepare_pair(
+            pair = self._images.prepare_pair(
                 ir, vi, self._ir_norm, self._ir_low, self._ir_high, keep_uint8=True,
-                names=('IR image' + suffix, 'visible image' + suffix)))
+                names=('IR image' + suffix, 'visible image' + suffix))
+            prepared.append(self._prior_module.apply_prior(self._prior, pair,
+                                                           (ir.shape[1], ir.shape[0])))
         prep_ms = (time.perf_counter() - start) * 1e3 / max(1, len(prepared))
         groups = {}
         for index, item in enumerate(prepared):
@@ -406,7 +416,8 @@ class OnnxFusionEngine:
             fused = (fused_y[b] if crcb is None
                      else self._images.merge_luma_chroma(fused_y[b], crcb))
             rows = nms_rows(raw['det'][b], conf, iou, max_det, classes)
-            outputs.append((fused, registered[b], np.ascontiguousarray(flow[b]),
+            flow_b = self._prior_module.compose_flow(flow[b], item.pre_warp)
+            outputs.append((fused, registered[b], np.ascontiguousarray(flow_b),
                             self._detections(rows, height, width)))
         return outputs
 

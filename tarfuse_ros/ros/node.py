@@ -42,6 +42,7 @@ from tarfuse_ros.ros.conversions import detections_to_msg, image_msg_to_array, l
 from tarfuse_ros.ros.diagnostics import build_status, NodeStats, process_rss_mib
 from tarfuse_ros.ros.diagnostics import WarningThrottle
 from tarfuse_ros.ros.params import apply_updates, declare_node_parameters, parameter_updates
+from tarfuse_ros.ros.params import registration_prior
 from vision_msgs.msg import Detection2DArray
 
 __all__ = ['StartupError', 'TarFuseNode', 'main']
@@ -185,7 +186,8 @@ class TarFuseNode(Node):
                 threads=params.cpu_threads or None,
                 conf_threshold=params.confidence_threshold, iou_threshold=params.iou_threshold,
                 max_detections=params.max_detections,
-                allow_cpu_fallback=params.allow_cpu_fallback)
+                allow_cpu_fallback=params.allow_cpu_fallback,
+                registration_prior=registration_prior(params))
         except model_error(params.backend) as exc:
             kind = '.onnx file from tarfuse-export' if onnx else '.safetensors checkpoint'
             example = 'model.onnx' if onnx else 'model.safetensors'
@@ -196,6 +198,12 @@ class TarFuseNode(Node):
             raise StartupError(
                 f'cannot start the model on device {params.device!r}: {exc}. Use -p device:=cpu '
                 f'or -p allow_cpu_fallback:=true, or check the CUDA driver') from exc
+        if engine.registration_prior is not None:
+            prior = engine.registration_prior
+            self.get_logger().info(
+                f'registration prior (IR {prior.ir_size[0]}x{prior.ir_size[1]} -> visible '
+                f'{prior.visible_size[0]}x{prior.visible_size[1]}): '
+                f'{prior.homography.ravel().round(6).tolist()}')
         if params.device != 'cpu' and engine.device == 'cpu':
             self.get_logger().warning(
                 f'device {params.device!r} is unavailable: running on the CPU because '

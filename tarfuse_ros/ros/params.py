@@ -20,7 +20,7 @@ from tarfuse_ros.core.paths import default_weights_path
 __all__ = [
     'NodeParams', 'ParamSpec', 'PARAMETER_SPECS', 'RELIABILITY_VALUES', 'TRANSPORT_VALUES',
     'apply_updates', 'declare_node_parameters', 'descriptor_for', 'parameter_updates',
-    'params_from_values', 'validate_params',
+    'params_from_values', 'registration_prior', 'validate_params',
 ]
 
 RELIABILITY_VALUES = ('best_effort', 'reliable')
@@ -51,6 +51,9 @@ class NodeParams:
     qos_depth: int = 5
     infrared_transport: str = 'raw'
     visible_transport: str = 'raw'
+    registration_prior: tuple = ()
+    registration_prior_ir_size: tuple = ()
+    registration_prior_visible_size: tuple = ()
     publish_fused: bool = True
     publish_fused_compressed: bool = False
     publish_camera_info: bool = True
@@ -65,7 +68,8 @@ class NodeParams:
 class ParamSpec:
     """How one ROS parameter maps onto a :class:`NodeParams` field.
 
-    ``kind`` is one of ``str``, ``bool``, ``int``, ``float``, ``str_array``; ``low``/``high``
+    ``kind`` is one of ``str``, ``bool``, ``int``, ``float``, ``str_array``, ``float_array``,
+    ``int_array``; ``low``/``high``
     bound numbers (inclusive); ``allowed`` lists the allowed strings; ``runtime`` says whether
     the value may change while the node runs.
     """
@@ -132,6 +136,15 @@ PARAMETER_SPECS = (
               "Visible input: 'raw' (sensor_msgs/Image on visible/image_raw) or 'compressed' "
               '(sensor_msgs/CompressedImage on visible/image_raw/compressed, JPEG or PNG). '
               'Restart to change.', allowed=TRANSPORT_VALUES),
+    ParamSpec('registration.prior', 'registration_prior', 'float_array',
+              'Calibration prior: 9 numbers, a row-major 3x3 homography from IR pixels to '
+              'visible pixels (tarfuse-calibrate writes it). The IR is warped by it before the '
+              'network, which predicts the residual; empty = no prior. Restart to change.'),
+    ParamSpec('registration.prior_ir_size', 'registration_prior_ir_size', 'int_array',
+              '[width, height] of the IR images the prior was made for (other sizes of the same '
+              'aspect ratio are scaled). Restart to change.'),
+    ParamSpec('registration.prior_visible_size', 'registration_prior_visible_size', 'int_array',
+              '[width, height] of the visible images the prior was made for. Restart to change.'),
     ParamSpec('publish.fused', 'publish_fused', 'bool', 'Publish fused/image_raw.', runtime=True),
     ParamSpec('publish.fused_compressed', 'publish_fused_compressed', 'bool',
               'Also publish fused/image_raw/compressed (JPEG, sensor_msgs/CompressedImage).',
@@ -157,6 +170,13 @@ _TYPES = {
     'int': ParameterType.PARAMETER_INTEGER,
     'float': ParameterType.PARAMETER_DOUBLE,
     'str_array': ParameterType.PARAMETER_STRING_ARRAY,
+    'float_array': ParameterType.PARAMETER_DOUBLE_ARRAY,
+    'int_array': ParameterType.PARAMETER_INTEGER_ARRAY,
+}
+_ARRAY_TYPES = {
+    'str_array': Parameter.Type.STRING_ARRAY,
+    'float_array': Parameter.Type.DOUBLE_ARRAY,
+    'int_array': Parameter.Type.INTEGER_ARRAY,
 }
 
 
@@ -172,6 +192,11 @@ def descriptor_for(spec):
             IntegerRange(from_value=int(spec.low), to_value=int(spec.high), step=1)]
     if spec.allowed:
         descriptor.additional_constraints = 'one of: ' + ', '.join(spec.allowed)
+    if spec.kind == 'float_array':
+        # Dynamically typed so that integers ([1, 0, 0, ...]) are accepted too; the value is
+        # checked (numbers only) when it is read.
+        descriptor.type = ParameterType.PARAMETER_NOT_SET
+        descriptor.dynamic_typing = True
     if not spec.runtime:
         descriptor.additional_constraints = ' '.join(
             filter(None, [descriptor.additional_constraints, '(fixed while the node runs)']))
@@ -186,6 +211,8 @@ def _coerce(spec, value):
         if isinstance(value, str) or not all(isinstance(v, str) for v in value):
             raise ValueError(f'{spec.name} must be a list of strings, got {value!r}')
         return tuple(v.strip() for v in value if v.strip())
+    if spec.kind in ('float_array', 'int_array'):
+        return _coerce_numbers(spec, value)
     if spec.kind == 'bool':
         if not isinstance(value, bool):
             raise ValueError(f'{spec.name} must be a bool, got {value!r}')
@@ -204,6 +231,33 @@ def _coerce(spec, value):
     if not math.isfinite(value):
         raise ValueError(f'{spec.name} must be finite, got {value!r}')
     return value
+
+
+def _coerce_numbers(spec, value):
+    """Return a number list parameter as a tuple (of floats or ints) or raise ``ValueError``."""
+    if value is None:
+        return ()
+    if isinstance(value, (str, bytes)) or not hasattr(value, '__iter__'):
+        raise ValueError(f'{spec.name} must be a list of numbers, got {value!r}')
+    items = list(value)
+    if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in items):
+        raise ValueError(f'{spec.name} must be a list of numbers, got {items!r}')
+    if spec.kind == 'int_array':
+        if any(int(v) != v for v in items):
+            raise ValueError(f'{spec.name} must be a list of integers, got {items!r}')
+        return tuple(int(v) for v in items)
+    return tuple(float(v) for v in items)
+
+
+def registration_prior(params):
+    """Return the :class:`~tarfuse_ros.core.prior.RegistrationPrior` of ``params``, or None.
+
+    Raises ``ValueError`` naming the parameter when the prior is invalid (not 9 finite numbers,
+    not invertible, sizes missing or not positive).
+    """
+    from tarfuse_ros.core.prior import make_prior
+    return make_prior(params.registration_prior, params.registration_prior_ir_size,
+                      params.registration_prior_visible_size)
 
 
 def _check_value(spec, value):
@@ -225,6 +279,7 @@ def validate_params(params):
         raise ValueError('half=true needs a CUDA device; set half:=false for device cpu')
     if not params.weights:
         raise ValueError('weights is empty')
+    registration_prior(params)
     if params.backend == 'onnxruntime' and params.weights.endswith('.safetensors'):
         raise ValueError(
             f'backend onnxruntime runs an .onnx file but weights is the checkpoint '
@@ -244,7 +299,7 @@ def params_from_values(values):
     kwargs = {}
     for name, value in values.items():
         spec = _BY_NAME[name]
-        if value is None and spec.kind != 'str_array':
+        if value is None and not spec.kind.endswith('_array'):
             continue
         kwargs[spec.field] = _coerce(spec, value)
     if not kwargs.get('weights'):
@@ -289,9 +344,11 @@ def declare_node_parameters(node):
     values = {}
     for spec in PARAMETER_SPECS:
         descriptor = descriptor_for(spec)
-        if spec.kind == 'str_array':
+        if spec.kind == 'float_array':
+            parameter = node.declare_parameter(spec.name, None, descriptor)
+        elif spec.kind in _ARRAY_TYPES:
             # An empty list has no inferable type; declare the type and leave it unset.
-            parameter = node.declare_parameter(spec.name, Parameter.Type.STRING_ARRAY, descriptor)
+            parameter = node.declare_parameter(spec.name, _ARRAY_TYPES[spec.kind], descriptor)
         else:
             parameter = node.declare_parameter(spec.name, defaults[spec.field], descriptor)
         values[spec.name] = parameter.value

@@ -1,0 +1,355 @@
+"""The calibration prior: a fixed IR -> visible homography applied before the network.
+
+Two cameras in one rigid mount are misaligned mostly by a fixed transform (field of view, offset,
+a small rotation); the network then only has to predict what is left (parallax, lens residue).
+A :class:`RegistrationPrior` holds that transform as a 3x3 homography ``H`` (row-major) from IR
+pixels to visible pixels, ``[x_vi, y_vi, 1]^T ~ H [x_ir, y_ir, 1]^T`` (pixel centres at integer
+coordinates, x right, y down), with the IR and visible image sizes it was made for
+(``tarfuse-calibrate`` fits one from a recording: :mod:`tarfuse_ros.core.calibration`).
+
+How the engines use it (:class:`~tarfuse_ros.core.engine.FusionEngine` and the onnxruntime
+backend, through :func:`apply_prior` and :func:`compose_flow`):
+
+1. the pair is prepared as without a prior (:func:`~tarfuse_ros.core.images.prepare_pair`: the
+   IR is normalised and resized to the visible frame, ``ir_resized``);
+2. ``ir_resized`` is warped by ``M = H' R^-1`` into the visible frame with
+   ``cv2.warpPerspective`` (bilinear, zeros outside the IR image), where ``R`` is the resize of
+   step 1 (``x_resized = (x_ir + 0.5) * W_vi / W_ir - 0.5``, OpenCV's ``cv2.resize`` pixel
+   mapping) and ``H'`` is ``H`` scaled to the incoming image sizes (below). So the prior
+   *composes with* the resize: without a prior ``M`` is the identity and nothing changes; a
+   prior equal to the resize (``H = R``) is the same as no prior;
+3. the network sees the pre-warped IR and predicts the residual flow ``r`` (visible frame);
+4. the published ``registered_ir`` is the network's, ``pre_warped(p + r(p))``, and the
+   published flow is the composition in the package's one convention (relative to
+   ``ir_resized``, :mod:`tarfuse_ros.core.model.warp`):
+   ``flow(p) = M^-1 (p + r(p)) - p``, so that ``registered_ir(p) = ir_resized(p + flow(p))``
+   holds with or without a prior.
+
+Other image sizes: when the incoming IR or visible image differs in size from the prior's,
+``H`` is scaled, ``H' = S_vi H S_ir^-1`` with ``S`` the same half-pixel scaling as ``R`` (a
+camera streaming a binned or resized mode). An image whose aspect ratio differs from the
+prior's by more than :data:`ASPECT_TOLERANCE` (a crop or another sensor mode) is refused with
+a ``ValueError`` that says to calibrate again for that size: scaling cannot express a crop.
+"""
+
+from dataclasses import dataclass, replace
+import math
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+__all__ = ['ASPECT_TOLERANCE', 'PARAMETER_NAMES', 'RegistrationPrior', 'apply_prior',
+           'check_prior', 'compose_flow', 'corner_error_px', 'load_prior_yaml', 'make_prior',
+           'prior_flow', 'resize_matrix', 'write_prior_yaml']
+
+ASPECT_TOLERANCE = 0.02  # relative change of width/height ratio accepted by scaling
+PARAMETER_NAMES = ('registration.prior', 'registration.prior_ir_size',
+                   'registration.prior_visible_size')
+# |det H| relative to the scale of H below this: not invertible (numerically singular).
+_MIN_RELATIVE_DET = 1e-9
+
+
+def resize_matrix(src_wh, dst_wh):
+    """Return the 3x3 pixel mapping of ``cv2.resize`` from size ``src_wh`` to ``dst_wh``.
+
+    ``x_dst = (x_src + 0.5) * W_dst / W_src - 0.5`` (and the same for y): OpenCV's half-pixel
+    convention, pixel centres at integer coordinates.
+
+    Args:
+        src_wh, dst_wh: ``(width, height)`` in pixels, each >= 1.
+
+    Returns:
+        ``(3, 3)`` float64 matrix.
+
+    """
+    sx, sy = dst_wh[0] / src_wh[0], dst_wh[1] / src_wh[1]
+    return np.array([[sx, 0.0, 0.5 * sx - 0.5], [0.0, sy, 0.5 * sy - 0.5], [0.0, 0.0, 1.0]])
+
+
+def _size(value, name):
+    """Return ``value`` as a ``(width, height)`` tuple of ints >= 1 or raise ``ValueError``."""
+    try:
+        items = [float(v) for v in value]
+    except (TypeError, ValueError):
+        raise ValueError(f'{name} must be [width, height] in pixels, got {value!r}') from None
+    if len(items) != 2 or not all(math.isfinite(v) and v >= 1 and v == int(v) for v in items):
+        raise ValueError(f'{name} must be [width, height], two integers >= 1 (the image size the '
+                         f'prior was made for), got {list(value)!r}')
+    return int(items[0]), int(items[1])
+
+
+@dataclass(frozen=True)
+class RegistrationPrior:
+    """A validated IR -> visible homography with the image sizes it was made for.
+
+    Build it with :func:`make_prior` (which validates). ``homography``: ``(3, 3)`` float64 array
+    (IR pixels -> visible pixels); ``ir_size`` and ``visible_size``: ``(width, height)``.
+    """
+
+    homography: np.ndarray
+    ir_size: tuple
+    visible_size: tuple
+
+    def as_parameters(self):
+        """Return ``{parameter name: value}`` as the node's parameters file holds them."""
+        return {PARAMETER_NAMES[0]: [float(v) for v in self.homography.ravel()],
+                PARAMETER_NAMES[1]: list(self.ir_size),
+                PARAMETER_NAMES[2]: list(self.visible_size)}
+
+    def homography_for(self, ir_wh, visible_wh):
+        """Return ``H'``: the prior scaled to incoming image sizes (module docstring).
+
+        Args:
+            ir_wh, visible_wh: ``(width, height)`` of the incoming IR and visible images.
+
+        Returns:
+            ``(3, 3)`` float64, IR pixels (incoming size) -> visible pixels (incoming size).
+
+        Raises:
+            ValueError: an aspect ratio differs from the prior's by more than
+                :data:`ASPECT_TOLERANCE`.
+
+        """
+        checks = (('IR', self.ir_size, ir_wh), ('visible', self.visible_size, visible_wh))
+        for label, made, got in checks:
+            ratio = (got[0] / made[0]) / (got[1] / made[1])
+            if abs(ratio - 1.0) > ASPECT_TOLERANCE:
+                raise ValueError(
+                    f'registration.prior was made for a {made[0]}x{made[1]} {label} image but '
+                    f'the {label} image is {got[0]}x{got[1]} (another aspect ratio: a crop or '
+                    f'another sensor mode); run tarfuse-calibrate again for this size')
+        scale_ir = resize_matrix(self.ir_size, ir_wh)
+        scale_vi = resize_matrix(self.visible_size, visible_wh)
+        return scale_vi @ self.homography @ np.linalg.inv(scale_ir)
+
+    def pre_warp_for(self, ir_wh, visible_wh):
+        """Return ``M``: resized-IR pixels (visible frame) -> visible pixels (module docstring).
+
+        Args:
+            ir_wh, visible_wh: ``(width, height)`` of the incoming IR and visible images.
+
+        Returns:
+            ``(3, 3)`` float64.
+
+        Raises:
+            ValueError: as :meth:`homography_for`.
+
+        """
+        matrix = self.homography_for(ir_wh, visible_wh) @ np.linalg.inv(
+            resize_matrix(ir_wh, visible_wh))
+        return matrix / matrix[2, 2] if abs(matrix[2, 2]) > 1e-12 else matrix
+
+
+def make_prior(homography, ir_size=(), visible_size=(), name='registration.prior'):
+    """Validate a prior given as parameters; return a :class:`RegistrationPrior` or None.
+
+    Args:
+        homography: 9 numbers (row-major 3x3, IR pixels -> visible pixels), a ``(3, 3)``
+            array, or empty/None for no prior (the engine then behaves exactly as without one).
+        ir_size, visible_size: ``[width, height]`` in pixels the prior was made for.
+        name: the parameter name used in error messages (``<name>_ir_size`` etc. follow it).
+
+    Returns:
+        :class:`RegistrationPrior`, or None when ``homography`` is empty.
+
+    Raises:
+        ValueError: not 9 numbers, a non-finite value, a singular matrix, a homography that
+            sends part of the IR image through the line at infinity (a point of the image maps
+            behind the camera), or sizes missing/not positive; the message names the parameter.
+
+    """
+    if homography is None:
+        return None
+    values = np.asarray(homography, dtype=object).ravel()
+    if values.size == 0:
+        return None
+    try:
+        matrix = np.array([float(v) for v in values], dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f'{name} must hold 9 numbers (row-major 3x3 homography, IR pixels -> '
+                         f'visible pixels), got {list(values)!r}') from None
+    if matrix.size != 9:
+        raise ValueError(f'{name} must hold 9 numbers (row-major 3x3 homography, IR pixels -> '
+                         f'visible pixels), got {matrix.size}; leave it empty for no prior')
+    if not np.all(np.isfinite(matrix)):
+        raise ValueError(f'{name} must be finite, got {matrix.tolist()!r}')
+    matrix = matrix.reshape(3, 3)
+    scale = np.abs(matrix).max()
+    if scale == 0 or abs(np.linalg.det(matrix / scale)) < _MIN_RELATIVE_DET:
+        raise ValueError(f'{name} is not invertible (determinant ~0): {matrix.tolist()!r}; a '
+                         f'homography must map the IR image onto an area of the visible image')
+    ir_wh = _size(ir_size, f'{name}_ir_size')
+    visible_wh = _size(visible_size, f'{name}_visible_size')
+    corners = np.array([[0, 0, 1], [ir_wh[0] - 1, 0, 1], [ir_wh[0] - 1, ir_wh[1] - 1, 1],
+                        [0, ir_wh[1] - 1, 1]], dtype=np.float64)
+    w = corners @ matrix[2]
+    if not (np.all(w > 0) or np.all(w < 0)):
+        raise ValueError(f'{name} sends part of the {ir_wh[0]}x{ir_wh[1]} IR image through the '
+                         f'line at infinity (its last row changes sign over the image): not a '
+                         f'camera-to-camera homography; check the row-major order')
+    return RegistrationPrior(matrix / matrix[2, 2], ir_wh, visible_wh)
+
+
+def check_prior(prior):
+    """Return ``prior`` if it is a :class:`RegistrationPrior` or None, else raise ValueError."""
+    if prior is not None and not isinstance(prior, RegistrationPrior):
+        raise ValueError(f'registration_prior must be a RegistrationPrior (make_prior(...)) or '
+                         f'None, got {type(prior).__name__}')
+    return prior
+
+
+def apply_prior(prior, pair, ir_wh):
+    """Warp a prepared pair's IR plane by the prior (step 2 of the module docstring).
+
+    Args:
+        prior: :class:`RegistrationPrior` or None.
+        pair: a :class:`~tarfuse_ros.core.images.PreparedPair` (IR resized to the visible frame).
+        ir_wh: ``(width, height)`` of the IR image as it came in (before the resize).
+
+    Returns:
+        the pair with its IR plane pre-warped (same dtype) and ``pre_warp`` set to the
+        ``(3, 3)`` matrix ``M`` (resized-IR pixels -> visible pixels); ``pair`` unchanged
+        without a prior.
+
+    Raises:
+        ValueError: as :meth:`RegistrationPrior.homography_for`.
+
+    """
+    if prior is None:
+        return pair
+    height, width = pair.vi_y.shape[:2]
+    matrix = prior.pre_warp_for(ir_wh, (width, height))
+    warped = cv2.warpPerspective(pair.ir, matrix, (width, height), flags=cv2.INTER_LINEAR,
+                                 borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    return replace(pair, ir=warped, pre_warp=matrix)
+
+
+def _apply_h(matrix, x, y):
+    """Map pixel coordinate arrays through a 3x3 homography (float64)."""
+    den = matrix[2, 0] * x + matrix[2, 1] * y + matrix[2, 2]
+    return ((matrix[0, 0] * x + matrix[0, 1] * y + matrix[0, 2]) / den,
+            (matrix[1, 0] * x + matrix[1, 1] * y + matrix[1, 2]) / den)
+
+
+def compose_flow(residual_px, matrix):
+    """Return the published flow: the prior's pre-warp followed by the network's residual.
+
+    ``flow(p) = M^-1 (p + residual(p)) - p`` (module docstring, step 4): warping
+    ``ir_resized`` by the returned flow equals warping it by ``M`` (``cv2.warpPerspective``)
+    and then by ``residual_px``.
+
+    Args:
+        residual_px: ``(H, W, 2)`` float flow in pixels (dx, dy), visible frame.
+        matrix: ``M`` (``PreparedPair.pre_warp`` after :func:`apply_prior`; None:
+            ``residual_px`` is returned as is).
+
+    Returns:
+        ``(H, W, 2)`` float32 flow in pixels.
+
+    """
+    if matrix is None:
+        return residual_px
+    residual = np.asarray(residual_px)
+    if residual.ndim != 3 or residual.shape[2] != 2:
+        raise ValueError(f'residual_px must have shape (H, W, 2), got {residual.shape}')
+    height, width = residual.shape[:2]
+    grid_y, grid_x = np.mgrid[0:height, 0:width].astype(np.float64)
+    x = grid_x + residual[..., 0]
+    y = grid_y + residual[..., 1]
+    src_x, src_y = _apply_h(np.linalg.inv(matrix), x, y)
+    return np.stack((src_x - grid_x, src_y - grid_y), axis=-1).astype(np.float32)
+
+
+def prior_flow(matrix, height, width):
+    """Return the flow of the pre-warp alone, ``M^-1 p - p``, ``(H, W, 2)`` float32 pixels."""
+    return compose_flow(np.zeros((height, width, 2), np.float32), matrix)
+
+
+def corner_error_px(fitted, reference, ir_wh):
+    """Return the largest distance (visible pixels) between two homographies at the IR corners.
+
+    Args:
+        fitted, reference: ``(3, 3)`` homographies, IR pixels -> visible pixels.
+        ir_wh: ``(width, height)`` of the IR image; its corner pixel centres are compared.
+
+    Returns:
+        float: ``max_c |fitted(c) - reference(c)|`` over the four corners, in pixels.
+
+    """
+    xs = np.array([0.0, ir_wh[0] - 1, ir_wh[0] - 1, 0.0])
+    ys = np.array([0.0, 0.0, ir_wh[1] - 1, ir_wh[1] - 1])
+    fx, fy = _apply_h(np.asarray(fitted, np.float64), xs, ys)
+    rx, ry = _apply_h(np.asarray(reference, np.float64), xs, ys)
+    return float(np.max(np.hypot(fx - rx, fy - ry)))
+
+
+def _yaml_float(value):
+    """Format a float so every YAML parser reads a float (always a '.' in the mantissa)."""
+    text = repr(float(value))
+    mantissa, _, exponent = text.partition('e')
+    if '.' not in mantissa:
+        mantissa += '.0'
+    return mantissa + ('e' + exponent if exponent else '')
+
+
+def write_prior_yaml(path, prior, comments=()):
+    """Write a node parameters file holding the prior (``/**: ros__parameters: registration``).
+
+    The file can be passed as it is to the node (``--params-file``) or the launch file
+    (``prior_file:=``), or pasted into ``config/tarfuse.yaml``.
+
+    Args:
+        path: output file.
+        prior: :class:`RegistrationPrior`.
+        comments: lines written as ``#`` comments at the top (provenance, residuals).
+
+    """
+    rows = [', '.join(_yaml_float(v) for v in row) for row in prior.homography]
+    lines = [f'# {line}' for line in comments]
+    lines += [
+        '/**:',
+        '  ros__parameters:',
+        '    registration:',
+        '      # 3x3 homography, row-major, IR pixels -> visible pixels.',
+        '      prior: [' + (',\n              ').join(rows) + ']',
+        '      # [width, height] of the IR and visible images the prior was made for.',
+        f'      prior_ir_size: [{prior.ir_size[0]}, {prior.ir_size[1]}]',
+        f'      prior_visible_size: [{prior.visible_size[0]}, {prior.visible_size[1]}]',
+    ]
+    Path(path).write_text('\n'.join(lines) + '\n')
+
+
+def load_prior_yaml(path):
+    """Read the prior from a node parameters file (as :func:`write_prior_yaml` writes it).
+
+    Accepts ``registration: {prior: ...}`` nested or ``registration.prior`` dotted keys under
+    any node's ``ros__parameters``.
+
+    Returns:
+        :class:`RegistrationPrior`, or None when the file sets no (or an empty) prior.
+
+    Raises:
+        ValueError: unreadable file, or an invalid prior (the message names the parameter).
+
+    """
+    import yaml
+
+    try:
+        document = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as error:
+        raise ValueError(f'cannot read the prior file {str(path)!r}: {error}') from None
+    if not isinstance(document, dict):
+        raise ValueError(f'{str(path)!r} is not a node parameters file (/**: ros__parameters:)')
+    for node in document.values():
+        params = node.get('ros__parameters') if isinstance(node, dict) else None
+        if not isinstance(params, dict):
+            continue
+        flat = dict(params)
+        nested = params.get('registration')
+        if isinstance(nested, dict):
+            flat.update({f'registration.{key}': value for key, value in nested.items()})
+        if PARAMETER_NAMES[0] in flat:
+            return make_prior(flat.get(PARAMETER_NAMES[0]), flat.get(PARAMETER_NAMES[1], ()),
+                              flat.get(PARAMETER_NAMES[2], ()))
+    return None
