@@ -51,6 +51,7 @@ setup(
             'tarfuse-fuse = tarfuse_ros.tools.fuse:main',
             'tarfuse-export = tarfuse_ros.tools.export:main',
             'tarfuse-pseudo-label = tarfuse_ros.tools.pseudo_label:main',
+            'tarfuse-calibrate = tarfuse_ros.tools.calibrate:main',
         ],
     },
 )

@@ -9,10 +9,12 @@ Examples::
     ros2 launch tarfuse_ros fuse.launch.py visible_transport:=compressed \
         infrared_transport:=compressed   # subscribes <topic>/compressed
     ros2 launch tarfuse_ros fuse.launch.py backend:=onnxruntime weights:=/path/tarfuse.onnx
+    ros2 launch tarfuse_ros fuse.launch.py prior_file:=rig_prior.yaml   # from tarfuse-calibrate
 
 Parameters come from ``params_file`` (default: the shipped ``config/tarfuse.yaml``); the
 ``weights``, ``backend``, ``device``, ``infrared_transport`` and ``visible_transport`` arguments
-override it only when they are not empty.  Unless ``FASTRTPS_DEFAULT_PROFILES_FILE`` is
+override it only when they are not empty; ``prior_file`` (a parameters file written by
+``tarfuse-calibrate``, ``registration.prior*``) is applied after ``params_file``.  Unless ``FASTRTPS_DEFAULT_PROFILES_FILE`` is
 already set, the shipped ``config/fastdds_profile.xml`` is used (shared memory with a large
 segment: large images over best-effort DDS otherwise get lost).
 """
@@ -48,7 +50,8 @@ def _launch_setup(context):
     share = _share_dir()
     value = {name: LaunchConfiguration(name).perform(context) for name in (
         'namespace', 'params_file', 'weights', 'backend', 'device', 'infrared_topic',
-        'visible_topic', 'infrared_transport', 'visible_transport', 'use_sim_time')}
+        'visible_topic', 'infrared_transport', 'visible_transport', 'use_sim_time',
+        'prior_file')}
     actions = []
     profile = share / 'config' / 'fastdds_profile.xml'
     if not os.environ.get('FASTRTPS_DEFAULT_PROFILES_FILE') and profile.is_file():
@@ -61,6 +64,10 @@ def _launch_setup(context):
         if value[f'{camera}_transport'].strip():
             overrides[f'{camera}.transport'] = value[f'{camera}_transport'].strip()
     params_file = value['params_file'] or str(share / 'config' / 'tarfuse.yaml')
+    prior_file = value['prior_file'].strip()
+    if prior_file and not Path(prior_file).is_file():
+        raise FileNotFoundError(f'prior_file {prior_file!r} does not exist (write one with '
+                                f'tarfuse-calibrate ... --out PRIOR.yaml)')
     actions.append(Node(
         package=PACKAGE,
         executable='fuse_node',
@@ -68,7 +75,7 @@ def _launch_setup(context):
         namespace=value['namespace'],
         output='screen',
         emulate_tty=True,
-        parameters=[params_file, overrides],
+        parameters=[params_file] + ([prior_file] if prior_file else []) + [overrides],
         remappings=[
             ('infrared/image_raw', value['infrared_topic']),
             ('visible/image_raw', value['visible_topic']),
@@ -96,6 +103,11 @@ def generate_launch_description():
         DeclareLaunchArgument(
             'params_file', default_value=str(share / 'config' / 'tarfuse.yaml'),
             description='YAML file with the node parameters (/**: ros__parameters).'),
+        DeclareLaunchArgument(
+            'prior_file', default_value='',
+            description='Parameters file with the registration prior (registration.prior, '
+                        'prior_ir_size, prior_visible_size) written by tarfuse-calibrate, '
+                        'applied after params_file; empty: none.'),
         DeclareLaunchArgument(
             'weights', default_value='',
             description='Checkpoint (.safetensors; .onnx with backend onnxruntime) overriding '

@@ -1,0 +1,294 @@
+"""Fit a calibration prior for an IR/visible rig from a recording: ``tarfuse-calibrate``.
+
+``tarfuse-calibrate (--pairs DIR | --bag DIR [--infrared-topic T --visible-topic T]) --out
+PRIOR.yaml [--weights W] [--pairs-count N] [--iterations K] [--device D] [--threads N]``
+
+1. Reads ``N`` pairs spread evenly over the recording: from a folder in the data-set layout
+   (``ir/`` and ``vi/`` matched by stem, :mod:`tarfuse_ros.core.data`; ``--split`` picks a list
+   file) or from a rosbag2 directory (``sensor_msgs/Image`` or ``CompressedImage``; a topic
+   missing from the bag is looked up as ``<topic>/compressed``). In a bag, each chosen visible
+   image is paired with the IR image whose header stamp is nearest, at most ``--slop`` seconds
+   away.
+2. Runs the model (:class:`~tarfuse_ros.core.engine.FusionEngine`, or the onnxruntime backend
+   for an ``.onnx`` file) on them and fits ONE homography to the predicted flows
+   (:func:`tarfuse_ros.core.calibration.calibrate`: texture-weighted points, MAGSAC++); with
+   ``--iterations K`` > 1 it runs again with the prior found so far and refits.
+3. Prints the residual of the fit per pair (median and 90th percentile in visible pixels, inlier
+   share) and writes ``PRIOR.yaml``, a node parameters file (``/**: ros__parameters:
+   registration: prior, prior_ir_size, prior_visible_size``) to pass as it is to the launch file
+   (``prior_file:=PRIOR.yaml``) or the node (``--params-file``), or to paste into the node's
+   parameters file.
+
+Exit status: 0 on success, 1 when no homography could be fitted, 2 for usage errors (bad options,
+missing paths or topics, fewer than 1 pair, weights or device that cannot be loaded).
+"""
+
+import argparse
+from datetime import datetime, timezone
+from pathlib import Path
+import sys
+
+import cv2
+import numpy as np
+
+__all__ = ['bag_pairs', 'build_parser', 'folder_pairs', 'main', 'spread_indices']
+
+PROG = 'tarfuse-calibrate'
+DEFAULT_IR_TOPIC = '/infrared/image_raw'
+DEFAULT_VI_TOPIC = '/visible/image_raw'
+
+
+class UsageError(ValueError):
+    """The command cannot run at all (exit status 2); the message says why."""
+
+
+def spread_indices(total, count):
+    """Return up to ``count`` distinct indices in ``range(total)`` spread evenly, ends included."""
+    if total <= 0:
+        return []
+    if count >= total:
+        return list(range(total))
+    return sorted({int(round(i)) for i in np.linspace(0, total - 1, count)})
+
+
+def folder_pairs(pairs_dir, count, split='all'):
+    """Return ``[(stem, ir, vi)]``: ``count`` pairs spread over a data-set folder's split.
+
+    Raises:
+        UsageError: not a data-set folder, unknown split, or no pair.
+
+    """
+    from tarfuse_ros.core import data
+    try:
+        stems = data.read_split(pairs_dir, split)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    if not stems:
+        raise UsageError(f'no IR/visible pair in {str(pairs_dir)!r} (split {split!r})')
+    pairs = []
+    for index in spread_indices(len(stems), count):
+        ir, vi = data.load_pair(pairs_dir, stems[index])
+        pairs.append((stems[index], ir, vi))
+    return pairs
+
+
+def _topic_in_bag(topics, topic):
+    """Return the bag topic holding ``topic``'s images (itself or ``<topic>/compressed``)."""
+    for candidate in (topic, topic.rstrip('/') + '/compressed'):
+        if candidate in topics:
+            return candidate
+    raise UsageError(f'topic {topic!r} (or {topic}/compressed) is not in the bag; its image '
+                     f'topics: {sorted(t for t in topics if "image" in topics[t].lower())}')
+
+
+def bag_pairs(bag_dir, count, ir_topic=DEFAULT_IR_TOPIC, vi_topic=DEFAULT_VI_TOPIC, slop_s=0.05):
+    """Return ``[(name, ir, vi)]``: ``count`` pairs spread over a rosbag2 recording.
+
+    Visible images are chosen evenly over the recording (by header stamp); each is paired with
+    the IR image of nearest header stamp, at most ``slop_s`` away (else it is skipped). ``name``
+    is the visible stamp as ``sec.nanosec``.
+
+    Raises:
+        UsageError: unreadable bag, missing topics, or no pair within ``slop_s``.
+
+    """
+    from rosbags.rosbag2 import Reader
+    from tarfuse_ros.tools.bagio import header_stamp_ns, image_to_array, read_messages
+
+    try:
+        with Reader(Path(bag_dir)) as reader:
+            types = {c.topic: c.msgtype for c in reader.connections}
+            ir_bag, vi_bag = _topic_in_bag(types, ir_topic), _topic_in_bag(types, vi_topic)
+            stamps = {ir_bag: [], vi_bag: []}
+            wanted = [c for c in reader.connections if c.topic in stamps]
+            for connection, _, raw in reader.messages(connections=wanted):
+                stamps[connection.topic].append(header_stamp_ns(raw))
+    except UsageError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - rosbags raises several error types
+        raise UsageError(f'cannot read the bag {str(bag_dir)!r}: {exc}') from exc
+    vi_stamps = sorted(set(stamps[vi_bag]))
+    ir_stamps = np.array(sorted(set(stamps[ir_bag])), dtype=np.int64)
+    if not vi_stamps or not len(ir_stamps):
+        raise UsageError(f'the bag has no message on {vi_bag!r} or {ir_bag!r}')
+    chosen = {}
+    slop_ns = int(round(slop_s * 1e9))
+    for index in spread_indices(len(vi_stamps), count):
+        stamp = vi_stamps[index]
+        nearest = int(ir_stamps[np.argmin(np.abs(ir_stamps - stamp))])
+        if abs(nearest - stamp) <= slop_ns:
+            chosen[stamp] = nearest
+    if not chosen:
+        raise UsageError(f'no IR image within --slop {slop_s} s of the chosen visible images')
+    ir_wanted = set(chosen.values())
+    images = {}
+    for topic, _, _, raw, msg in read_messages(bag_dir, topics=[ir_bag, vi_bag]):
+        stamp = header_stamp_ns(raw)
+        key = (topic, stamp)
+        if key in images or not ((topic == vi_bag and stamp in chosen)
+                                 or (topic == ir_bag and stamp in ir_wanted)):
+            continue
+        try:
+            images[key] = image_to_array(msg)[0]
+        except ValueError as exc:
+            raise UsageError(f'{topic} at {stamp} ns: {exc}') from exc
+    pairs = []
+    for stamp, ir_stamp in sorted(chosen.items()):
+        sec, nanosec = divmod(stamp, 1_000_000_000)
+        pairs.append((f'{sec}.{nanosec:09d}', images[(ir_bag, ir_stamp)],
+                      images[(vi_bag, stamp)]))
+    return pairs
+
+
+def build_parser():
+    """Return the ``tarfuse-calibrate`` argument parser."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description='Fit one IR -> visible homography (the registration prior of the node) to '
+                    "the model's flows on pairs spread over a recording, and write it as a node "
+                    'parameters file.')
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument('--pairs', type=Path,
+                        help='folder of pairs in the data-set layout (ir/, vi/ matched by stem)')
+    source.add_argument('--bag', type=Path, help='rosbag2 directory (MCAP or sqlite3)')
+    parser.add_argument('--infrared-topic', default=DEFAULT_IR_TOPIC,
+                        help=f'IR topic in the bag (default {DEFAULT_IR_TOPIC}; '
+                             '<topic>/compressed is used when only that is recorded)')
+    parser.add_argument('--visible-topic', default=DEFAULT_VI_TOPIC,
+                        help=f'visible topic in the bag (default {DEFAULT_VI_TOPIC})')
+    parser.add_argument('--slop', type=float, default=0.05,
+                        help='bag: largest IR/visible stamp difference of a pair in seconds '
+                             '(default 0.05)')
+    parser.add_argument('--split', default='all',
+                        help='--pairs: split name or list file (default all)')
+    parser.add_argument('--out', required=True, type=Path,
+                        help='output node parameters file (PRIOR.yaml)')
+    parser.add_argument('--weights', default=None,
+                        help='checkpoint (.safetensors, default: the shipped model) or an .onnx '
+                             'file from tarfuse-export (runs with onnxruntime)')
+    parser.add_argument('--pairs-count', type=int, default=20,
+                        help='pairs spread over the recording (default 20)')
+    parser.add_argument('--iterations', type=int, default=2,
+                        help='model runs per pair; each after the first uses the prior fitted '
+                             'so far (default 2)')
+    parser.add_argument('--threshold-px', type=float, default=3.0,
+                        help='inlier threshold of the robust fit, visible pixels (default 3)')
+    parser.add_argument('--initial-prior', type=Path, default=None,
+                        help='start from this prior file (e.g. a previous calibration)')
+    parser.add_argument('--device', default='cpu', help='cpu | cuda | cuda:N (default cpu)')
+    parser.add_argument('--threads', type=int, default=None,
+                        help='CPU threads for torch and OpenCV (default: their own defaults)')
+    return parser
+
+
+def _engine_factory(weights, device):
+    """Return ``make_engine(prior)`` for :func:`~tarfuse_ros.core.calibration.calibrate`."""
+    from tarfuse_ros.core.backends import create_engine, model_error
+    backend = 'onnxruntime' if str(weights or '').endswith('.onnx') else 'torch'
+    extra = {'cuda_graph': 'off'} if backend == 'torch' else {}
+
+    engines = {}
+
+    def make_engine(prior):
+        if prior is None and None in engines:
+            return engines[None]
+        try:
+            return create_engine(backend, weights=weights, device=device,
+                                 registration_prior=prior, **extra)
+        except model_error(backend) as exc:
+            raise UsageError(f'cannot load the weights: {exc}') from exc
+        except (RuntimeError, ValueError) as exc:
+            raise UsageError(f'cannot start the model on device {device!r}: {exc}') from exc
+
+    # Fail on bad weights or device before reading the recording; reused for a first run
+    # without a prior.
+    engines[None] = make_engine(None)
+    return make_engine
+
+
+def _check_args(args):
+    if args.pairs_count < 1:
+        raise UsageError(f'--pairs-count must be >= 1, got {args.pairs_count}')
+    if args.iterations < 1:
+        raise UsageError(f'--iterations must be >= 1, got {args.iterations}')
+    if not args.threshold_px > 0:
+        raise UsageError(f'--threshold-px must be > 0, got {args.threshold_px}')
+    if not args.slop > 0:
+        raise UsageError(f'--slop must be > 0 s, got {args.slop}')
+    if args.threads is not None and args.threads < 1:
+        raise UsageError(f'--threads must be >= 1, got {args.threads}')
+    source = args.pairs if args.pairs is not None else args.bag
+    if not source.is_dir():
+        raise UsageError(f'{str(source)!r} is not a folder')
+    if not args.out.parent.is_dir():
+        raise UsageError(f'the folder of --out {str(args.out)!r} does not exist')
+
+
+def _report_lines(result, iterations):
+    lines = [f'{"pair":<28} {"median px":>9} {"p90 px":>8} {"inliers":>8} {"points":>7}']
+    for r in result.residuals:
+        lines.append(f'{r.name:<28} {r.median_px:>9.2f} {r.p90_px:>8.2f} '
+                     f'{r.inlier_fraction:>8.1%} {r.points:>7d}')
+    prior = result.prior
+    lines.append(f'fitted on {result.points} points of {len(result.residuals)} pairs '
+                 f'({iterations} iteration(s)), inliers {result.inlier_fraction:.1%}')
+    lines.append(f'IR {prior.ir_size[0]}x{prior.ir_size[1]} -> visible '
+                 f'{prior.visible_size[0]}x{prior.visible_size[1]}, homography (row-major):')
+    lines += ['  ' + ' '.join(f'{v:+.6g}' for v in row) for row in prior.homography]
+    return lines
+
+
+def main(argv=None):
+    """Entry point of ``tarfuse-calibrate``; return the exit status (0, 1 no fit, 2 usage)."""
+    args = build_parser().parse_args(argv)
+    from tarfuse_ros.core.calibration import calibrate
+    from tarfuse_ros.core.prior import load_prior_yaml, write_prior_yaml
+    try:
+        _check_args(args)
+        initial = None
+        if args.initial_prior is not None:
+            try:
+                initial = load_prior_yaml(args.initial_prior)
+            except ValueError as exc:
+                raise UsageError(f'--initial-prior: {exc}') from exc
+        if args.threads is not None:  # a program sets the process-wide thread counts
+            import torch
+            torch.set_num_threads(args.threads)
+            cv2.setNumThreads(args.threads)
+        make_engine = _engine_factory(args.weights, args.device)
+        if args.pairs is not None:
+            pairs = folder_pairs(args.pairs, args.pairs_count, args.split)
+            source = f'--pairs {args.pairs} (split {args.split})'
+        else:
+            pairs = bag_pairs(args.bag, args.pairs_count, args.infrared_topic,
+                              args.visible_topic, args.slop)
+            source = f'--bag {args.bag} ({args.infrared_topic}, {args.visible_topic})'
+
+        def progress(iteration, index, name):
+            print(f'{PROG}: iteration {iteration + 1}/{args.iterations}, pair {index + 1}/'
+                  f'{len(pairs)} ({name})', file=sys.stderr, flush=True)
+
+        result = calibrate(pairs, make_engine, iterations=args.iterations,
+                           threshold_px=args.threshold_px, initial_prior=initial,
+                           progress=progress)
+    except UsageError as exc:
+        print(f'{PROG}: error: {exc}', file=sys.stderr)
+        return 2
+    except ValueError as exc:
+        print(f'{PROG}: no prior fitted: {exc}', file=sys.stderr)
+        return 1
+    lines = _report_lines(result, args.iterations)
+    for line in lines:
+        print(line)
+    stamp = datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')
+    comments = [f'Registration prior written by {PROG} on {stamp}',
+                f'from {source}, weights {args.weights or "(shipped model)"}.',
+                'Pass it as it is: ros2 launch tarfuse_ros fuse.launch.py prior_file:=THIS.yaml',
+                ''] + lines
+    write_prior_yaml(args.out, result.prior, comments)
+    print(f'wrote {args.out}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
