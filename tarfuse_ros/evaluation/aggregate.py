@@ -5,11 +5,16 @@ import math
 import numpy as np
 from tarfuse_ros.core import metrics
 from tarfuse_ros.evaluation.baselines import BASELINES
+from tarfuse_ros.evaluation.contrast import CONTRAST_CLASSES, TargetContrast
+from tarfuse_ros.evaluation.detection import detection_summary
 
-__all__ = ['Scores', 'conventions', 'mean_dicts']
+__all__ = ['CONTRAST_METHODS', 'DETECTORS', 'Scores', 'conventions', 'mean_dicts']
 
 # The methods whose detections are scored.
 DETECTORS = ('model', 'model_zero_flow', 'visible_only', 'ir_only')
+# The methods whose fused images are measured for target contrast.
+CONTRAST_METHODS = ('model', 'unregistered_average', 'unregistered_max', 'ecc_average',
+                    'model_zero_flow')
 
 
 def mean_dicts(items):
@@ -67,8 +72,18 @@ def conventions(aligned, conf, iou):
             'mean |v + flow(v) - r| over landmark pairs (v visible, r IR mapped to the '
             'visible frame as the IR is resized), px of the evaluated visible image; '
             'unregistered: zero flow'),
-        'detection': 'COCO 101-point AP, IoU 0.5 and 0.5:0.95, max 100 detections/image, '
+        'detection': 'AP by ultralytics (ap_per_class, match_predictions: 101-point '
+                     'interpolated AP, IoU 0.5 and 0.5:0.95), max 100 detections/image, '
                      f'NMS conf {conf}, IoU {iou}',
+        'target_contrast': (
+            f'per labelled {"/".join(CONTRAST_CLASSES)} box: mean inside minus mean of a ring '
+            'around it (half the shorter side, >= 4 px), grey levels 0-255, in the aligned IR, '
+            'the visible luma and each fused luma; pooled over the boxes whose IR contrast is '
+            '> 0; ratio = mean fused / mean IR contrast; day/night from pairs.tsv or MSRS '
+            'names (D/N)' if aligned else 'no aligned IR: not measured'),
+        'teachers': (f'COCO teachers (onnxruntime) on the same visible and aligned IR images, '
+                     f'candidates >= conf {conf}, class-wise NMS IoU {iou}, scored like the '
+                     'model'),
     }
 
 
@@ -85,6 +100,8 @@ class Scores:
         self.sources = {'dataset': 0, 'synthetic': 0, 'none': 0}
         self.ecc_failures, self.edge_wins, self.landmark_pairs = 0, [], 0
         self.per_pair = []
+        self.contrast = TargetContrast(CONTRAST_METHODS)
+        self.contrast_pairs = 0
 
     def add(self, case, model, unregistered, baselines, ecc_success, truth, dropped,
             predictions, wall_ms, model_ms):
@@ -114,12 +131,37 @@ class Scores:
             entry['num_gt'] = int(len(truth))
         self.per_pair.append(entry)
 
+    def add_contrast(self, stem, group, truth, ir, vi_y, fused):
+        """Measure the target contrast of the pair added last (``truth``: (M, 5) boxes).
+
+        Args:
+            stem: the pair's name; group: ``'day'``, ``'night'`` or None.
+            truth: (M, 5) ``[x1, y1, x2, y2, model class]`` in the evaluated frame.
+            ir: the aligned IR (H, W); vi_y: the visible luma (H, W).
+            fused: ``{method: fused luma}`` for every name in :data:`CONTRAST_METHODS`.
+
+        """
+        names = [self.class_names[int(c)] for c in truth[:, 4]]
+        self.contrast.add(stem, group, truth[:, :4], names, ir, vi_y, fused)
+        self.contrast_pairs += 1
+        wanted = np.array([n in CONTRAST_CLASSES for n in names], bool)
+        pair = metrics.target_contrast_ratio(fused['model'], ir, truth[wanted, :4])
+        self.per_pair[-1]['illumination'] = group
+        self.per_pair[-1]['target_contrast'] = pair
+
+    def contrast_figures(self, method):
+        """``{'target_contrast_ratio': ..., 'target_contrast': {group: ...}}`` of a method."""
+        if not self.contrast_pairs:
+            return {'target_contrast_ratio': None, 'target_contrast': None}
+        groups = self.contrast.for_method(method)
+        return {'target_contrast_ratio': groups['all']['ratio'], 'target_contrast': groups}
+
     def detection(self, name):
         """COCO-style detection figures of one method (None without labelled pairs)."""
         if not self.truths:
             return None
-        return metrics.detection_metrics(self.predictions[name], self.truths,
-                                         class_names=self.class_names)
+        return detection_summary(self.predictions[name], self.truths,
+                                 class_names=self.class_names)
 
     def registration_summary(self):
         """Mean registration figures of the model, the unregistered input and the ratios."""
@@ -136,20 +178,29 @@ class Scores:
         return out
 
     def result(self, *, dataset, split, weights, deform, stored_ir, seed, max_side, pairs,
-               skipped, device, conf, iou, labels_dir):
-        """Return the ``metrics.json`` dict (NaN and infinities as None)."""
+               skipped, device, conf, iou, labels_dir, teachers=None):
+        """Return the ``metrics.json`` dict (NaN and infinities as None).
+
+        ``teachers``: ``{name: TeacherReference}`` whose rows go under ``teachers``.
+        """
         import torch
         baselines = {name: {'fusion': mean_dicts(self.fusion[name]),
                             'registration': mean_dicts(self.registration[name]),
                             'detection': self.detection(name) if name in DETECTORS else None}
                      for name in BASELINES}
+        for name in CONTRAST_METHODS[1:]:
+            if baselines[name]['fusion'] is not None:
+                baselines[name]['fusion'].update(self.contrast_figures(name))
+        fusion = mean_dicts(self.fusion['model'])
+        if fusion is not None:
+            fusion.update(self.contrast_figures('model'))
         result = {
             'dataset': dataset, 'split': split, 'weights': weights, 'deform': deform,
             'stored_ir': stored_ir, 'seed': seed, 'max_side': max_side,
             'num_pairs': len(pairs), 'pairs': list(pairs),
             'skipped_without_ground_truth': list(skipped),
             'deformation_sources': self.sources, 'class_names': self.class_names,
-            'fusion': mean_dicts(self.fusion['model']),
+            'fusion': fusion,
             'registration': self.registration_summary(),
             'detection': self.detection('model'),
             'detection_labels': {'folder': labels_dir, 'labelled_pairs': len(self.truths),
@@ -159,6 +210,8 @@ class Scores:
                       'device': device, 'threads': torch.get_num_threads(),
                       'image_size': self.per_pair[0]['size'] if self.per_pair else None},
             'baselines': baselines, 'ecc_failures': self.ecc_failures,
+            'teachers': {name: ref.result(self.truths, self.class_names)
+                         for name, ref in (teachers or {}).items()} if self.truths else {},
             'per_pair': self.per_pair,
             'conventions': conventions(stored_ir == 'aligned', conf, iou),
         }

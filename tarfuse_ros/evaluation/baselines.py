@@ -47,24 +47,28 @@ def score_baselines(case, unregistered, zero_engine):
             (the zero-flow hook must run).
 
     Returns:
-        ``(scores, ecc, zero_result)``: ``{name: {'fusion': ..., 'registration': ...}}`` for
-        the baselines that fuse, the ECC result and the zero-flow model's result (its
-        detections are the ``model_zero_flow`` detection baseline).
+        ``(scores, ecc, zero_result, fused)``: ``{name: {'fusion': ..., 'registration': ...}}``
+        for the baselines that fuse, the ECC result, the zero-flow model's result (its
+        detections are the ``model_zero_flow`` detection baseline) and ``{name: fused luma}``
+        (H, W) of the baselines that fuse (float in [0, 1] or uint8), for the target contrast.
 
     """
     ir, vi_y = case.ir_unit, case.vi_y_unit
-    scores = {}
+    scores, fused = {}, {}
     for name, fuse in (('unregistered_average', baselines.average_fusion),
                        ('unregistered_max', baselines.max_fusion)):
-        scores[name] = {'fusion': fusion_scores(fuse(case.deformed_unit, vi_y), ir, vi_y),
+        fused[name] = fuse(case.deformed_unit, vi_y)
+        scores[name] = {'fusion': fusion_scores(fused[name], ir, vi_y),
                         'registration': unregistered}
     ecc = baselines.ecc_register(case.deformed_unit, vi_y)
+    fused['ecc_average'] = baselines.average_fusion(ecc.registered, vi_y)
     scores['ecc_average'] = {
-        'fusion': fusion_scores(baselines.average_fusion(ecc.registered, vi_y), ir, vi_y),
+        'fusion': fusion_scores(fused['ecc_average'], ir, vi_y),
         'registration': registration_scores(case, ecc.registered, ecc.flow_px)}
     with ZeroFlow(zero_engine.model):
         zero = zero_engine.infer(case.deformed, case.vi)
+    fused['model_zero_flow'] = luma(zero.fused)
     scores['model_zero_flow'] = {
-        'fusion': fusion_scores(luma(zero.fused), ir, vi_y),
+        'fusion': fusion_scores(fused['model_zero_flow'], ir, vi_y),
         'registration': registration_scores(case, zero.registered_ir, zero.flow_px)}
-    return scores, ecc, zero
+    return scores, ecc, zero, fused

@@ -28,6 +28,8 @@ class EvalOptions:
         stored_ir: one of :data:`STORED_IR_MODES`: ``'aligned'`` (the stored IR is registered to
             the visible image: the ground truth), ``'unregistered'`` (it is not: no aligned-IR
             metrics), ``'auto'`` (unregistered when the set has ``landmarks/``, else aligned).
+        teachers: COCO teachers scored as reference rows on the labelled pairs: ``'yolov8n'``,
+            ``'yolox'`` (from ``shared/teachers``) or ``.onnx`` paths (empty: none).
 
     Raises:
         ValueError: a value out of range, naming the command-line option.
@@ -47,6 +49,7 @@ class EvalOptions:
     threads: int = None
     progress: bool = True
     stored_ir: str = 'auto'
+    teachers: tuple = ()
 
     def __post_init__(self):
         if self.deform not in DEFORM_MODES:
@@ -60,3 +63,7 @@ class EvalOptions:
             raise ValueError(f'--max-side must be >= 32, got {self.max_side}')
         if self.threads is not None and int(self.threads) < 1:
             raise ValueError(f'--threads must be >= 1, got {self.threads}')
+        if isinstance(self.teachers, str):
+            raise ValueError(f'teachers must be a sequence of names or paths, got '
+                             f'{self.teachers!r}')
+        object.__setattr__(self, 'teachers', tuple(str(t) for t in self.teachers))

@@ -19,6 +19,12 @@ Per pair (everything in the VISIBLE frame):
    detections (visible pixels) against the labels (visible frame), where the set has labels;
    label classes are matched to the checkpoint's class names by name.
 5. Baselines on the same inputs (:mod:`~tarfuse_ros.evaluation.baselines`).
+   Target contrast (:mod:`~tarfuse_ros.evaluation.contrast`), where the pair has labels and an
+   aligned IR: each labelled person/car box's contrast to its surroundings in the aligned IR,
+   the visible luma and the fused luma of the model and of the baselines that fuse; pooled
+   over pairs per day/night group. Teachers (``teachers``, optional;
+   :mod:`~tarfuse_ros.evaluation.teachers`): the COCO teachers' detections on the same
+   visible and aligned IR images, scored like the model's.
 6. Ground-truth-free registration score for the model, the unregistered input, ECC and the
    zero-flow model: :func:`~tarfuse_ros.core.metrics.edge_alignment` of the registered IR and
    ``vi_y`` over the pixels the registered IR really covers, and the fraction of pairs where the
@@ -51,6 +57,7 @@ from tarfuse_ros.core.runtime import torch_settings
 from tarfuse_ros.evaluation import inputs
 from tarfuse_ros.evaluation.aggregate import Scores
 from tarfuse_ros.evaluation.baselines import score_baselines
+from tarfuse_ros.evaluation.contrast import illumination, read_illumination
 from tarfuse_ros.evaluation.figures import save_pair_figures
 from tarfuse_ros.evaluation.options import EvalOptions
 from tarfuse_ros.evaluation.report import render_report
@@ -180,6 +187,8 @@ def _evaluate(data_dir, weights, out_dir, options):
     zero_engine = FusionEngine(weights, device=options.device, cuda_graph='off', **nms)
     scores = Scores(list(engine.class_names))
     lookup = inputs.class_lookup(dataset_dir, scores.class_names)
+    teachers = _load_teachers(options, scores.class_names)
+    day_night = read_illumination(dataset_dir)
     iterator = stems
     if options.progress:
         from tqdm import tqdm
@@ -188,19 +197,34 @@ def _evaluate(data_dir, weights, out_dir, options):
         mode = deform if deform != 'auto' else ('dataset' if stem in with_disp else 'synthetic')
         case = make_case(dataset_dir, stem, mode, options, aligned)
         _score_pair(case, engine, zero_engine, scores, index, options, dataset_dir, lookup,
-                    out_dir / 'figures')
+                    out_dir / 'figures', teachers, illumination(stem, day_night))
     result = scores.result(
         dataset=str(dataset_dir), split=str(options.split), weights=str(weights),
         deform=deform, stored_ir=stored_ir, seed=int(options.seed), max_side=options.max_side,
         pairs=stems, skipped=skipped, device=engine.device, conf=options.conf, iou=options.iou,
-        labels_dir=options.labels_dir)
+        labels_dir=options.labels_dir, teachers=teachers)
     (out_dir / 'metrics.json').write_text(json.dumps(result, indent=2) + '\n')
     (out_dir / 'report.md').write_text(render_report(result))
     return result
 
 
-def _score_pair(case, engine, zero_engine, scores, index, options, dataset_dir, lookup, figures):
-    """Run the model and the baselines on one pair and add every figure to ``scores``."""
+def _load_teachers(options, class_names):
+    """Return ``{name: TeacherReference}`` for ``options.teachers`` (empty without)."""
+    if not options.teachers:
+        return {}
+    from tarfuse_ros.evaluation.teachers import load_teacher, TeacherReference
+    threads = int(options.threads) if options.threads is not None else 1
+    out = {}
+    for spec in options.teachers:
+        teacher = load_teacher(spec, threads=threads)
+        name = spec if spec not in out else f'{spec}_{len(out)}'
+        out[name] = TeacherReference(teacher, class_names, options.conf, options.iou)
+    return out
+
+
+def _score_pair(case, engine, zero_engine, scores, index, options, dataset_dir, lookup, figures,
+                teachers, group):
+    """Run the model, the baselines and the teachers on one pair; add every figure."""
     if index == 0:
         engine.infer(case.deformed, case.vi)  # warm-up (allocations, lazy initialisation)
     start = time.perf_counter()
@@ -209,7 +233,7 @@ def _score_pair(case, engine, zero_engine, scores, index, options, dataset_dir, 
     model = {'fusion': fusion_scores(luma(result.fused), case.ir_unit, case.vi_y_unit),
              'registration': registration_scores(case, result.registered_ir, result.flow_px)}
     unregistered = registration_scores(case, case.deformed_unit, np.zeros_like(case.flow_ref))
-    baselines, ecc, zero_result = score_baselines(case, unregistered, zero_engine)
+    baselines, ecc, zero_result, fused = score_baselines(case, unregistered, zero_engine)
     labels = data.load_labels(dataset_dir, case.stem, options.labels_dir)
     truth, dropped, predictions = None, 0, None
     if labels is not None:
@@ -221,5 +245,11 @@ def _score_pair(case, engine, zero_engine, scores, index, options, dataset_dir, 
             'ir_only': engine.infer(case.ir, np.zeros(case.size, np.uint8)).detections}
     scores.add(case, model, unregistered, baselines, ecc.success, truth, dropped, predictions,
                wall_ms, result.timings_ms.get('model', float('nan')))
+    if truth is not None and case.ir_unit is not None:
+        fused['model'] = luma(result.fused)
+        scores.add_contrast(case.stem, group, truth, case.ir, case.vi_y, fused)
+    if truth is not None:
+        for reference in teachers.values():
+            reference.add(case.ir if case.ir_unit is not None else None, case.vi)
     if index < options.figures:
         save_pair_figures(figures, case.stem, case, result, ecc.registered, truth)

@@ -7,8 +7,13 @@ __all__ = ['GOALS', 'render_report']
 # Goals for the shipped model (RoadScene test for registration and fusion, MSRS for detection;
 # informative on other sets): the figures of the best published peer on RoadScene (IMF, in
 # docs/METHOD.md) and an EPE reduction of 70 % (about what an affine ECC reaches there).
+# Night target contrast: the fused image keeps at least half of the IR targets' contrast.
 GOALS = {'EPE reduction': 0.70, 'NCC': 0.976, 'MSE': 0.0024, 'CC': 0.60, 'Qabf': 0.43,
-         'SSIM': 0.50}
+         'SSIM': 0.50, 'night target contrast ratio': 0.5}
+# The methods of the target-contrast table (their fused images), in order.
+CONTRAST_ROWS = (('TarFuse', None), ('unregistered average', 'unregistered_average'),
+                 ('unregistered max', 'unregistered_max'), ('ECC + average', 'ecc_average'),
+                 ('TarFuse, zero flow', 'model_zero_flow'))
 
 
 def _fmt(value, digits=4):
@@ -89,6 +94,44 @@ def _registration_lines(result):
     return lines + ['']
 
 
+def _contrast_lines(result):
+    model = result['fusion'].get('target_contrast') if result['fusion'] else None
+    if not model:
+        return []
+    groups = [g for g in ('all', 'day', 'night') if g == 'all' or model[g]['pairs']]
+    lines = ['## Target contrast (labelled person and car boxes)', '',
+             'Contrast of each box to its surroundings (mean inside minus mean of a ring '
+             'around it, grey levels), over the boxes whose IR contrast is positive; ratio = '
+             'fused contrast / IR contrast (1 keeps the IR targets, 0 loses them, < 0 inverts '
+             'them).', '',
+             '| | ' + ' | '.join(groups) + ' |', '|---' * (len(groups) + 1) + '|',
+             '| pairs | ' + ' | '.join(str(model[g]['pairs']) for g in groups) + ' |',
+             '| boxes counted / person+car boxes | ' + ' | '.join(
+                 f'{model[g]["counted_boxes"]} / {model[g]["boxes"]}' for g in groups) + ' |',
+             '| IR contrast | ' + ' | '.join(_fmt(model[g]['ir'], 2) for g in groups) + ' |',
+             '| visible contrast | ' + ' | '.join(
+                 _fmt(model[g]['visible'], 2) for g in groups) + ' |']
+    for label, name in CONTRAST_ROWS:
+        fusion = result['fusion'] if name is None else result['baselines'][name]['fusion']
+        values = (fusion or {}).get('target_contrast')
+        if not values:
+            continue
+        lines.append(f'| {label}: fused contrast | ' + ' | '.join(
+            _fmt(values[g]['fused'], 2) for g in groups) + ' |')
+        lines.append(f'| {label}: **ratio** | ' + ' | '.join(
+            _fmt(values[g]['ratio'], 3) for g in groups) + ' |')
+    return lines + ['']
+
+
+def _teacher_rows(result):
+    rows = []
+    for name, teacher in (result.get('teachers') or {}).items():
+        for source in ('visible', 'ir', 'visible+ir'):
+            if teacher.get(source):
+                rows.append((f'teacher {name} ({source})', teacher[source]))
+    return rows
+
+
 def _detection_lines(result):
     det = result['detection']
     if det is None:
@@ -105,6 +148,7 @@ def _detection_lines(result):
     rows = [('TarFuse (fused)', det)] + [(name, result['baselines'][name]['detection'])
                                          for name in ('model_zero_flow', 'visible_only',
                                                       'ir_only')]
+    rows += _teacher_rows(result)
     for name, d in rows:
         lines.append(f'| {name} | {_fmt(d["map50"])} | {_fmt(d["map50_95"])} | ' + ' | '.join(
             _fmt(d['per_class'].get(n, {}).get('ap50')) for n in names) + ' |')
@@ -121,6 +165,10 @@ def _goal_lines(result):
     for key in ('Qabf', 'SSIM'):
         best = max(b['fusion'][key] for b in result['baselines'].values() if b['fusion'])
         checks.append((f'{key} above every baseline', fusion[key], best, '>'))
+    contrast = (fusion or {}).get('target_contrast')
+    if contrast and contrast['night']['pairs']:
+        checks.append(('night target contrast ratio', contrast['night']['ratio'],
+                       GOALS['night target contrast ratio'], '>='))
     if det is not None:
         for name in ('visible_only', 'ir_only'):
             other = result['baselines'][name]['detection']['map50']
@@ -140,7 +188,7 @@ def render_report(result):
     """Return the Markdown report of a ``metrics.json`` dict."""
     aligned = result.get('stored_ir', 'aligned') == 'aligned'
     lines = _header(result) + _fusion_lines(result) + _registration_lines(result)
-    lines += _detection_lines(result)
+    lines += _contrast_lines(result) + _detection_lines(result)
     if aligned:
         lines += _goal_lines(result)
     lines += ['## Conventions', '']

@@ -2,8 +2,10 @@
 
 ``tarfuse-eval --data DIR [--split NAME|FILE] --weights FILE --out DIR [--deform auto|none|
 synthetic|dataset] [--stored-ir auto|aligned|unregistered] [--seed N] [--device D]
-[--max-pairs N] [--max-side PX]`` writes ``metrics.json``, ``report.md`` and PNG figures into
-``--out``; the protocol is :mod:`tarfuse_ros.evaluation.protocol`'s.
+[--max-pairs N] [--max-side PX] [--teacher yolov8n|yolox|FILE.onnx ...]`` writes
+``metrics.json``, ``report.md`` and PNG figures into ``--out``; the protocol is
+:mod:`tarfuse_ros.evaluation.protocol`'s. ``--teacher`` (repeatable) adds a COCO teacher's own
+detection accuracy on the same images as reference rows (needs onnxruntime).
 """
 
 import argparse
@@ -48,6 +50,9 @@ def build_parser():
     parser.add_argument('--iou', type=float, default=0.6, help='NMS IoU threshold')
     parser.add_argument('--threads', type=int, default=None, help='torch CPU threads')
     parser.add_argument('--no-progress', action='store_true', help='hide the progress bar')
+    parser.add_argument('--teacher', action='append', default=[],
+                        help='reference detector scored on the same images: yolov8n | yolox '
+                             '(shared/teachers) | FILE.onnx; repeatable')
     return parser
 
 
@@ -67,8 +72,13 @@ def summary_line(result):
     if reg.get('landmark_pairs'):
         line += (f'  landmark error {_fmt(reg["landmark_error_px"], 2)} px '
                  f'(unregistered {_fmt(reg["unregistered"]["landmark_error_px"], 2)})')
+    contrast = fusion.get('target_contrast')
+    if contrast:
+        line += f'  target contrast ratio {_fmt(contrast["all"]["ratio"], 3)}'
+        if contrast['night']['pairs']:
+            line += f' (night {_fmt(contrast["night"]["ratio"], 3)})'
     if result['detection']:
-        line += f'  mAP50 {result["detection"]["map50"]:.3f}'
+        line += f'  mAP50 {_fmt(result["detection"]["map50"], 3)}'
     return line
 
 
@@ -86,7 +96,8 @@ def main(argv=None):
             split=args.split, deform=args.deform, seed=args.seed, device=args.device,
             max_pairs=args.max_pairs, max_side=args.max_side, labels_dir=args.labels,
             figures=args.figures, conf=args.conf, iou=args.iou, threads=args.threads,
-            progress=not args.no_progress, stored_ir=args.stored_ir)
+            progress=not args.no_progress, stored_ir=args.stored_ir,
+            teachers=tuple(args.teacher))
         result = evaluate(args.data, weights, args.out, options)
     except (ValueError, DeviceUnavailableError) as exc:  # bad input: one line, no traceback
         print(f'tarfuse-eval: error: {exc}', file=sys.stderr)

@@ -17,6 +17,8 @@ from tarfuse_ros.core.model.warp import warp
 import torch
 
 DATASETS = Path(__file__).resolve().parents[1] / 'data' / 'datasets'
+# What the evaluation adds to the fusion metrics of a fused image.
+CONTRAST_KEYS = {'target_contrast_ratio', 'target_contrast'}
 
 
 def _textured(height=96, width=128, seed=0):
@@ -113,7 +115,7 @@ def test_evaluate_roadscene_with_dataset_deformations(random_checkpoint, tmp_pat
     assert not (out / 'figures' / f'{stems[1]}_grid.png').exists()
 
     assert result['num_pairs'] == 2 and result['deformation_sources']['dataset'] == 2
-    assert set(result['fusion']) == set(metrics.FUSION_METRICS)
+    assert set(result['fusion']) == set(metrics.FUSION_METRICS) | CONTRAST_KEYS
     assert _all_finite(result['fusion']) and _all_finite(result['registration'])
     assert -1 <= result['fusion']['CC'] <= 1 and 0 <= result['fusion']['Qabf'] <= 1
     assert 0 <= result['fusion']['SSIM'] <= 1
@@ -124,7 +126,12 @@ def test_evaluate_roadscene_with_dataset_deformations(random_checkpoint, tmp_pat
                                         'ecc_average', 'model_zero_flow', 'visible_only',
                                         'ir_only'}
     for name in ('unregistered_average', 'unregistered_max', 'ecc_average', 'model_zero_flow'):
-        assert set(result['baselines'][name]['fusion']) == set(metrics.FUSION_METRICS)
+        assert set(result['baselines'][name]['fusion']) == set(metrics.FUSION_METRICS) \
+            | CONTRAST_KEYS
+    # RoadScene names say nothing of day or night: the target contrast is pooled in 'all'.
+    contrast = result['fusion']['target_contrast']
+    assert contrast['all']['pairs'] == 2 and contrast['night']['pairs'] == 0
+    assert '## Target contrast' in report
     for name in ('model_zero_flow', 'visible_only', 'ir_only'):
         det = result['baselines'][name]['detection']
         assert 0 <= det['map50'] <= 1 and 0 <= det['map50_95'] <= det['map50'] + 1e-9
