@@ -14,9 +14,10 @@ Examples::
 Parameters come from ``params_file`` (default: the shipped ``config/tarfuse.yaml``); the
 ``weights``, ``backend``, ``device``, ``infrared_transport`` and ``visible_transport`` arguments
 override it only when they are not empty; ``prior_file`` (a parameters file written by
-``tarfuse-calibrate``, ``registration.prior*``) is applied after ``params_file``.  Unless ``FASTRTPS_DEFAULT_PROFILES_FILE`` is
-already set, the shipped ``config/fastdds_profile.xml`` is used (shared memory with a large
-segment: large images over best-effort DDS otherwise get lost).
+``tarfuse-calibrate``, ``registration.prior*``) is applied after ``params_file``.  Unless
+``FASTRTPS_DEFAULT_PROFILES_FILE`` is already set, the shipped ``config/fastdds_profile.xml`` is
+used (shared memory with a large segment: large images over best-effort DDS otherwise get
+lost).
 """
 
 import os

@@ -30,6 +30,9 @@ class EvalOptions:
             metrics), ``'auto'`` (unregistered when the set has ``landmarks/``, else aligned).
         teachers: COCO teachers scored as reference rows on the labelled pairs: ``'yolov8n'``,
             ``'yolox'`` (from ``shared/teachers``) or ``.onnx`` paths (empty: none).
+        prior: node parameters file holding a calibration prior (``registration.prior*``, as
+            ``tarfuse-calibrate`` writes it) that the model (and its zero-flow ablation) runs
+            with; None: no prior.
 
     Raises:
         ValueError: a value out of range, naming the command-line option.
@@ -50,6 +53,7 @@ class EvalOptions:
     progress: bool = True
     stored_ir: str = 'auto'
     teachers: tuple = ()
+    prior: str = None
 
     def __post_init__(self):
         if self.deform not in DEFORM_MODES:

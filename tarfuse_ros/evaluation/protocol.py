@@ -182,6 +182,12 @@ def _evaluate(data_dir, weights, out_dir, options):
     with_disp = set(data.misaligned_stems(dataset_dir)) if aligned else set()
     stems, skipped = _select_stems(dataset_dir, options, deform, with_disp)
     nms = {'conf_threshold': options.conf, 'iou_threshold': options.iou, 'max_detections': 100}
+    if options.prior is not None:  # the rig's calibration prior (tarfuse-calibrate)
+        from tarfuse_ros.core.prior import load_prior_yaml
+        prior = load_prior_yaml(options.prior)
+        if prior is None:
+            raise ValueError(f'--prior {options.prior}: the file sets no registration.prior')
+        nms['registration_prior'] = prior
     engine = FusionEngine(weights, device=options.device, **nms)
     # A second engine for the zero-flow ablation: CUDA graphs would replay without the hook.
     zero_engine = FusionEngine(weights, device=options.device, cuda_graph='off', **nms)

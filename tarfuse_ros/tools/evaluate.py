@@ -34,6 +34,9 @@ def build_parser():
     parser.add_argument('--deform', default='auto', choices=DEFORM_MODES,
                         help="IR deformation: the data set's ground truth where present "
                              "('auto'), 'dataset' only, seeded 'synthetic', or 'none'")
+    parser.add_argument('--prior', default=None,
+                        help='node parameters file with a calibration prior (registration.prior, '
+                             'from tarfuse-calibrate) that the model runs with')
     parser.add_argument('--stored-ir', default='auto', choices=STORED_IR_MODES,
                         help='whether the stored IR is aligned with the visible image (the '
                              "ground truth) or 'unregistered' (real unregistered cameras: no "
@@ -97,7 +100,7 @@ def main(argv=None):
             max_pairs=args.max_pairs, max_side=args.max_side, labels_dir=args.labels,
             figures=args.figures, conf=args.conf, iou=args.iou, threads=args.threads,
             progress=not args.no_progress, stored_ir=args.stored_ir,
-            teachers=tuple(args.teacher))
+            teachers=tuple(args.teacher), prior=args.prior)
         result = evaluate(args.data, weights, args.out, options)
     except (ValueError, DeviceUnavailableError) as exc:  # bad input: one line, no traceback
         print(f'tarfuse-eval: error: {exc}', file=sys.stderr)

@@ -103,7 +103,7 @@ def compressed_msg(array, fmt, stamp_ns, frame_id):
 class NodeProcess:
     """The fusion node running in a child process on ``domain_id``."""
 
-    def __init__(self, domain_id, parameters, namespace='/', env=None):
+    def __init__(self, domain_id, parameters, namespace='/', env=None, params_files=()):
         self.log_file = tempfile.NamedTemporaryFile(
             prefix='tarfuse_node_', suffix='.log', delete=False)
         environment = dict(os.environ if env is None else env)
@@ -115,6 +115,8 @@ class NodeProcess:
             environment['PYTHONPATH'] = os.pathsep.join(filter(None, [str(ROOT), pythonpath]))
         command = [sys.executable, '-m', 'tarfuse_ros.ros.node', '--ros-args',
                    '--params-file', str(PARAMS_FILE), '-r', f'__ns:={namespace}']
+        for path in params_files:  # applied after the shipped file, as the launch file does
+            command += ['--params-file', str(path)]
         for name, value in parameters.items():
             command += ['-p', f'{name}:={value}']
         self.command = command

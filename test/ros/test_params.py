@@ -61,7 +61,9 @@ def test_yaml_sets_every_parameter_except_the_optional_class_filter_and_comments
     tree = yaml.safe_load(YAML_FILE.read_text())
     values = _flatten(tree['/**']['ros__parameters'])
     names = {spec.name for spec in PARAMETER_SPECS}
-    assert set(values) == names - {'classes'}
+    # Optional, commented out in the file: the class filter and the calibration prior.
+    assert set(values) == names - {'classes', 'registration.prior', 'registration.prior_ir_size',
+                                   'registration.prior_visible_size'}
     params = params_from_values(values)
     assert params == _defaults()
     lines = YAML_FILE.read_text().splitlines()
