@@ -59,6 +59,10 @@ class TarFuseConfig:
     corr_radius: int = 4
     corr_radius_finest: int = 2
     global_stage: bool = True
+    # What the global stage matches: 'learned' (a 1x1 estimator on the coarsest learnt cost
+    # volume, a weighted affine fit) or 'orientation' (fixed unsigned-orientation descriptors
+    # matched cell by cell, a robust affine fit: modality-independent without training).
+    global_features: str = 'learned'
     # Hidden widths of the reconstruction head (third layer -> 1 channel, Tanh).
     reconstruction_channels: tuple = (16, 8)
     # Detection neck: stem widths at strides 2 and 4, then P3, P4, P5 widths.
@@ -109,6 +113,9 @@ class TarFuseConfig:
                              f'{self.estimator_channels}')
         if self.reg_max < 1:
             raise ValueError(f'reg_max must be >= 1, got {self.reg_max}')
+        if self.global_features not in ('learned', 'orientation'):
+            raise ValueError(f"global_features must be 'learned' or 'orientation', got "
+                             f'{self.global_features!r}')
 
     def to_dict(self):
         """Return a JSON-ready dict (tuples as lists)."""
@@ -175,7 +182,8 @@ class TarFuse(nn.Module):
             self.registration = MatchingRegistration(
                 width, config.cseb_channels, config.pyramid_channels,
                 config.estimator_channels, config.corr_radius, config.registration_downsample,
-                config.global_stage, slope, config.corr_radius_finest)
+                config.global_stage, slope, config.corr_radius_finest,
+                global_features=config.global_features)
         self.reconstruction = ReconstructionHead(4 * width, config.reconstruction_channels, slope)
         self.neck = self.detect = None
         if config.detect:
@@ -210,9 +218,9 @@ class TarFuse(nn.Module):
         c_vi, s_vi = self.vi_common(vi), self.vi_specific(vi)
         flow_levels = []
         if self.training:
-            flow, flow_levels = self.registration(c_ir, c_vi, return_levels=True)
+            flow, flow_levels = self.registration(c_ir, c_vi, return_levels=True, ir=ir, vi=vi)
         else:
-            flow = self.registration(c_ir, c_vi)
+            flow = self.registration(c_ir, c_vi, ir=ir, vi=vi)
         c_ir_registered = warp(c_ir, flow)
         s_ir_registered = warp(s_ir, flow)
         fused_features = torch.cat((c_ir_registered, s_ir_registered, c_vi, s_vi), dim=1)
