@@ -114,7 +114,7 @@ def flow_correspondences(flow_px, ir_wh, weight=None, stride_px=DEFAULT_STRIDE_P
 
 
 def _draw(count, weights, rng):
-    """Indices of at most ``count`` points drawn without replacement, probability ~ weight."""
+    """Return at most ``count`` point indices drawn without replacement, probability ~ weight."""
     n = len(weights)
     if n <= count:
         return np.arange(n)
