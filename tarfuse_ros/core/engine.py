@@ -23,8 +23,12 @@ residual, and step 3 composes the published flow (``prior.compose_flow``); the f
 below holds either way.
 
 Outputs are in the visible frame: ``fused`` (uint8, grey, or BGR with the visible chroma when the
-visible input is colour), ``registered_ir`` (uint8), ``flow_px`` (float32 HxWx2, dx then dy, in
-pixels of the visible frame; ``registered_ir(p) = ir_resized(p + flow_px(p))``).
+visible input is colour; with a grey visible and a colour 8-bit IR input, the IR chroma
+registered by the flow, :mod:`tarfuse_ros.core.chroma`), ``registered_ir`` (uint8), ``flow_px``
+(float32 HxWx2, dx then dy, in pixels of the visible frame;
+``registered_ir(p) = ir_resized(p + flow_px(p))``). A checkpoint without a detection head
+(``TarFuseConfig.detect`` false; :attr:`FusionEngine.detects`) gives no detections (empty
+lists).
 
 Device notes: ``half=True`` only applies on CUDA (autocast to float16, grid sampling stays in
 float32); on CPU it is ignored with a warning, because fp16 convolutions on CPU are slower than
@@ -47,6 +51,7 @@ import warnings
 import numpy as np
 from tarfuse_ros.core import images
 from tarfuse_ros.core.checkpoint import CheckpointError, load_checkpoint
+from tarfuse_ros.core.chroma import ir_chroma, restore_ir_chroma
 from tarfuse_ros.core.prior import apply_prior, check_prior, compose_flow
 from tarfuse_ros.core.runtime import cudnn_benchmark, resolve_device
 import torch
@@ -291,8 +296,13 @@ class FusionEngine:
     # -- properties -------------------------------------------------------------------------
     @property
     def class_names(self):
-        """Class names, index = class id."""
+        """Class names, index = class id (empty without a detection head)."""
         return self._class_names
+
+    @property
+    def detects(self):
+        """Whether the checkpoint has a detection head (False: detections are always empty)."""
+        return self._model.detect is not None
 
     @property
     def device(self):
@@ -371,6 +381,9 @@ class FusionEngine:
             raise ValueError(f'got {len(irs)} IR images but {len(vis)} visible images')
         start = time.perf_counter()
         prepared = [self._prepare(ir, vi, i) for i, (ir, vi) in enumerate(zip(irs, vis))]
+        # A grey visible image with a colour IR image: the fused image takes the IR chroma.
+        chromas = [None if item.crcb is not None else ir_chroma(ir, *item.vi_y.shape[:2])
+                   for ir, item in zip(irs, prepared)]
         prep_ms = (time.perf_counter() - start) * 1e3 / max(1, len(prepared))
         groups = {}
         for index, item in enumerate(prepared):
@@ -389,6 +402,8 @@ class FusionEngine:
             t3 = time.perf_counter()
             n = len(indices)
             for i, (fused, registered, flow, dets) in zip(indices, outputs):
+                if chromas[i] is not None:
+                    fused = restore_ir_chroma(fused, chromas[i], flow)
                 timings = {
                     'preprocess': prep_ms + (t1 - t0) * 1e3 / n,
                     'model': (t2 - t1) * 1e3 / n,
@@ -464,7 +479,7 @@ class FusionEngine:
             with torch.autocast('cuda', dtype=torch.float16, cache_enabled=False):
                 out = self._model.predict_raw(ir_t, vi_t)
             return {key: value.float() for key, value in out.items()
-                    if key in ('fused', 'flow', 'registered_ir', 'det')}
+                    if key in ('fused', 'flow', 'registered_ir', 'det') and value is not None}
         return self._model.predict_raw(ir_t, vi_t)
 
     def _run_model(self, ir_t, vi_t):
@@ -505,8 +520,11 @@ class FusionEngine:
         fused_y = images.to_uint8(images.unpad(raw['fused'], height, width)[:, 0])
         registered = images.to_uint8(images.unpad(raw['registered_ir'], height, width)[:, 0])
         flow = images.unpad(raw['flow'], height, width).permute(0, 2, 3, 1).float()
-        dets = non_max_suppression(raw['det'].float(), conf, iou, classes, max_det,
-                                   self._num_classes)
+        if raw.get('det') is None:  # no detection head
+            dets = [None] * raw['fused'].shape[0]
+        else:
+            dets = non_max_suppression(raw['det'].float(), conf, iou, classes, max_det,
+                                       self._num_classes)
         fused_y = fused_y.cpu().numpy()
         registered = registered.cpu().numpy()
         flow = flow.cpu().numpy()
@@ -521,6 +539,8 @@ class FusionEngine:
 
     def _detections(self, det, height, width):
         """NMS rows (x1, y1, x2, y2, conf, cls) in padded-input px -> clipped Detections."""
+        if det is None:
+            return []
         # Padding is bottom/right only, so network-input pixels are visible-image pixels.
         rows = det[:, :6].detach().float().cpu().numpy()
         found = []

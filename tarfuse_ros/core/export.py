@@ -9,7 +9,9 @@ engine runs it), traced by ``torch.onnx.export``'s TorchScript exporter:
   engines pad at the bottom/right);
 - outputs (:data:`~tarfuse_ros.core.onnx_backend.ONNX_OUTPUTS`): ``fused`` (B, 1, H, W),
   ``flow`` (B, 2, H, W) in pixels, ``registered_ir`` (B, 1, H, W), ``det`` (B, 4 + nc, anchors)
-  in ultralytics' layout (before NMS);
+  in ultralytics' layout (before NMS; absent for a checkpoint without detection head,
+  ``TarFuseConfig.detect`` false: the outputs are then
+  :data:`~tarfuse_ros.core.onnx_backend.FUSION_OUTPUTS`);
 - ``metadata_props``: ``tarfuse_config`` (the checkpoint's JSON header: model config with class
   names, input conventions, provenance, format version), ``tarfuse_onnx`` (this export: format
   version, min side, precision, opset, outputs, source) and ``class_names`` (a JSON list).
@@ -33,7 +35,8 @@ import warnings
 import numpy as np
 from tarfuse_ros.core.checkpoint import load_checkpoint
 from tarfuse_ros.core.model.yolo import anchors_every_call
-from tarfuse_ros.core.onnx_backend import CONFIG_KEY, MIN_OPSET, ONNX_FORMAT_VERSION
+from tarfuse_ros.core.onnx_backend import CONFIG_KEY, FUSION_OUTPUTS, MIN_OPSET
+from tarfuse_ros.core.onnx_backend import ONNX_FORMAT_VERSION
 from tarfuse_ros.core.onnx_backend import ONNX_INPUTS, ONNX_KEY, ONNX_OUTPUTS
 import torch
 from torch import nn
@@ -69,15 +72,16 @@ class ExportReport:
 
 
 class _ExportGraph(nn.Module):
-    """``(ir, vi) -> (fused, flow, registered_ir, det)`` of ``predict_raw``, in output order."""
+    """``(ir, vi) -> (fused, flow, registered_ir[, det])`` of ``predict_raw``, in output order."""
 
-    def __init__(self, model):
+    def __init__(self, model, names):
         super().__init__()
         self.model = model
+        self.names = tuple(names)
 
     def forward(self, ir, vi):
         out = self.model.predict_raw(ir, vi)
-        return tuple(out[name] for name in ONNX_OUTPUTS)
+        return tuple(out[name] for name in self.names)
 
 
 def _sizes(min_side):
@@ -116,22 +120,23 @@ def _verify(blob, graph, shape, precision, threads):
     with torch.inference_mode():
         expected = graph(ir, vi)
     try:
-        got = session.run(list(ONNX_OUTPUTS), {'ir': ir.numpy(), 'vi': vi.numpy()})
+        got = session.run(list(graph.names), {'ir': ir.numpy(), 'vi': vi.numpy()})
     except Exception as error:  # noqa: BLE001 - onnxruntime raises its own error types
         raise ExportError(
             f'the exported graph fails at input {tuple(shape)} (another size than the traced '
             f'one: a size was frozen into the graph?): {str(error)[:400]}') from None
     diffs = {}
-    for name, ours, theirs in zip(ONNX_OUTPUTS, got, expected):
+    for name, ours, theirs in zip(graph.names, got, expected):
         if ours.shape != tuple(theirs.shape):
             raise ExportError(f'output {name} has shape {ours.shape} in onnxruntime but '
                               f'{tuple(theirs.shape)} in PyTorch at input {tuple(shape)}')
         diffs[name] = float(np.abs(ours.astype(np.float32) - theirs.numpy()).max())
     bad = {name: value for name, value in diffs.items()
            if not value <= VERIFY_TOLERANCES[precision][name]}
+    tolerances = {name: VERIFY_TOLERANCES[precision][name] for name in graph.names}
     if bad:
         raise ExportError(f'the exported graph differs from PyTorch at input {tuple(shape)}: '
-                          f'max abs differences {bad} exceed {VERIFY_TOLERANCES[precision]}')
+                          f'max abs differences {bad} exceed {tolerances}')
     return diffs
 
 
@@ -163,8 +168,12 @@ def export_onnx(weights, output, half=False, opset=MIN_OPSET, verify=True):
     weights, output = Path(weights), Path(output)
     model = load_checkpoint(weights, map_location='cpu').eval()
     fuse_conv_bn(model)
-    anchors_every_call(model.detect)
-    graph = _ExportGraph(model).eval()
+    if model.detect is not None:
+        anchors_every_call(model.detect)
+        names = tuple(ONNX_OUTPUTS)
+    else:  # no detection head: no det output
+        names = FUSION_OUTPUTS
+    graph = _ExportGraph(model, names).eval()
     min_side = _min_input_side(model.config)
     trace_shape, check_shape = _sizes(min_side)
     dims = {0: 'batch', 2: 'height', 3: 'width'}
@@ -177,7 +186,7 @@ def export_onnx(weights, output, half=False, opset=MIN_OPSET, verify=True):
             # below runs the graph at other sizes instead.
             warnings.simplefilter('ignore')
             torch.onnx.export(graph, example, buffer, dynamo=False, opset_version=opset,
-                              input_names=list(ONNX_INPUTS), output_names=list(ONNX_OUTPUTS),
+                              input_names=list(ONNX_INPUTS), output_names=list(names),
                               dynamic_axes={name: dims for name in ONNX_INPUTS},
                               do_constant_folding=True)
     except Exception as error:  # noqa: BLE001 - the exporter raises many error types
@@ -190,7 +199,7 @@ def export_onnx(weights, output, half=False, opset=MIN_OPSET, verify=True):
         'format_version': ONNX_FORMAT_VERSION,
         'inputs': dict.fromkeys(ONNX_INPUTS, '(B, 1, H, W) float32 in [0, 1]; H, W multiples '
                                              'of size_multiple, >= min_side'),
-        'outputs': dict(ONNX_OUTPUTS),
+        'outputs': {name: ONNX_OUTPUTS[name] for name in names},
         'size_multiple': 32,
         'min_side': int(min_side),
         'precision': precision,

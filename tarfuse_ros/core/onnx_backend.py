@@ -7,7 +7,8 @@
    of training, evaluation and the torch engine), planes scaled by 1/255 and padded at the
    bottom/right to multiples of 32 (and the network's minimum size) as the torch engine pads;
 2. model: one ``InferenceSession.run`` of the exported graph (inputs ``ir``, ``vi``; outputs
-   ``fused``, ``flow``, ``registered_ir``, ``det``: see :data:`ONNX_OUTPUTS`);
+   ``fused``, ``flow``, ``registered_ir``, ``det``: see :data:`ONNX_OUTPUTS`; no ``det`` for a
+   checkpoint without detection head, whose detections are then always empty);
 3. postprocess (numpy/OpenCV): crop to the visible frame, per-class NMS by OpenCV's
    ``cv2.dnn.NMSBoxesBatched`` with ultralytics' rules (best class per anchor,
    ``score > conf``, suppression when ``IoU > iou``, at most ``max_detections`` by score), boxes
@@ -33,8 +34,8 @@ import time
 import cv2
 import numpy as np
 
-__all__ = ['CONFIG_KEY', 'MIN_OPSET', 'ONNX_FORMAT_VERSION', 'ONNX_INPUTS', 'ONNX_KEY',
-           'ONNX_OUTPUTS', 'OnnxFusionEngine', 'OnnxModelError', 'nms_rows',
+__all__ = ['CONFIG_KEY', 'FUSION_OUTPUTS', 'MIN_OPSET', 'ONNX_FORMAT_VERSION', 'ONNX_INPUTS',
+           'ONNX_KEY', 'ONNX_OUTPUTS', 'OnnxFusionEngine', 'OnnxModelError', 'nms_rows',
            'read_onnx_metadata']
 
 _LOG = logging.getLogger(__name__)
@@ -52,6 +53,8 @@ ONNX_OUTPUTS = {
     'det': '(B, 4 + nc, anchors) float32, ultralytics Detect layout: cx, cy, w, h in input '
            'pixels, then nc class probabilities; needs NMS',
 }
+# The outputs of an export without detection head (``TarFuseConfig.detect`` false).
+FUSION_OUTPUTS = ('fused', 'flow', 'registered_ir')
 _PAD_MODES = {'replicate': 'edge', 'reflect': 'reflect', 'constant': 'constant'}
 
 
@@ -89,10 +92,11 @@ def _metadata(path, session):
             f'tarfuse_ros reads version {ONNX_FORMAT_VERSION}; re-export it with this release')
     inputs = tuple(arg.name for arg in session.get_inputs())
     outputs = tuple(arg.name for arg in session.get_outputs())
-    if inputs != ONNX_INPUTS or set(outputs) != set(ONNX_OUTPUTS):
+    if inputs != ONNX_INPUTS or set(outputs) not in (set(ONNX_OUTPUTS), set(FUSION_OUTPUTS)):
         raise OnnxModelError(
             f'{path} has inputs {inputs} and outputs {outputs}; a TarFuse export has inputs '
-            f'{ONNX_INPUTS} and outputs {tuple(ONNX_OUTPUTS)}; re-export it with tarfuse-export')
+            f'{ONNX_INPUTS} and outputs {tuple(ONNX_OUTPUTS)} (without det for a model without '
+            f'detection head); re-export it with tarfuse-export')
     return config, export
 
 
@@ -259,6 +263,7 @@ class OnnxFusionEngine:
             raise RuntimeError(f'onnxruntime could not start CUDA for device {device!r} '
                                f'(providers in use: {self._session.get_providers()})')
         model = self._checkpoint_config['model']
+        self._detects = 'det' in [arg.name for arg in self._session.get_outputs()]
         self._class_names = tuple(str(n) for n in model.get('class_names', ()))
         self._num_classes = int(model.get('num_classes', len(self._class_names)))
         if len(self._class_names) < self._num_classes:  # unnamed classes get their index
@@ -279,6 +284,11 @@ class OnnxFusionEngine:
     def class_names(self):
         """Class names, index = class id."""
         return self._class_names
+
+    @property
+    def detects(self):
+        """Whether the export has a ``det`` output (False: detections are always empty)."""
+        return self._detects
 
     @property
     def device(self):
@@ -346,6 +356,7 @@ class OnnxFusionEngine:
             list of :class:`~tarfuse_ros.core.engine.FusionResult`, in input order.
 
         """
+        from tarfuse_ros.core.chroma import ir_chroma, restore_ir_chroma
         from tarfuse_ros.core.engine import FusionResult
 
         irs, vis = list(irs), list(vis)
@@ -361,6 +372,9 @@ class OnnxFusionEngine:
             prepared.append(self._prior_module.apply_prior(self._prior, pair,
                                                            (ir.shape[1], ir.shape[0])))
         prep_ms = (time.perf_counter() - start) * 1e3 / max(1, len(prepared))
+        # A grey visible image with a colour IR image: the fused image takes the IR chroma.
+        chromas = [None if item.crcb is not None else ir_chroma(ir, *item.vi_y.shape[:2])
+                   for ir, item in zip(irs, prepared)]
         groups = {}
         for index, item in enumerate(prepared):
             groups.setdefault(item.vi_y.shape, []).append(index)
@@ -378,6 +392,8 @@ class OnnxFusionEngine:
             t3 = time.perf_counter()
             n = len(indices)
             for i, (fused, registered, flow, dets) in zip(indices, outputs):
+                if chromas[i] is not None:
+                    fused = restore_ir_chroma(fused, chromas[i], flow)
                 timings = {
                     'preprocess': prep_ms + (t1 - t0) * 1e3 / n,
                     'model': (t2 - t1) * 1e3 / n,
@@ -415,7 +431,8 @@ class OnnxFusionEngine:
             crcb = item.crcb
             fused = (fused_y[b] if crcb is None
                      else self._images.merge_luma_chroma(fused_y[b], crcb))
-            rows = nms_rows(raw['det'][b], conf, iou, max_det, classes)
+            rows = (nms_rows(raw['det'][b], conf, iou, max_det, classes) if 'det' in raw
+                    else None)
             flow_b = self._prior_module.compose_flow(flow[b], item.pre_warp)
             outputs.append((fused, registered[b], np.ascontiguousarray(flow_b),
                             self._detections(rows, height, width)))
@@ -424,6 +441,8 @@ class OnnxFusionEngine:
     def _detections(self, rows, height, width):
         """NMS rows in padded-input px -> Detections clipped to the image (as FusionEngine)."""
         from tarfuse_ros.core.engine import Detection
+        if rows is None:  # no detection head
+            return []
 
         found = []
         for x1, y1, x2, y2, score, cls in rows.tolist():

@@ -12,7 +12,8 @@ A training config (``config/train.yaml``, every key commented there) has five se
 The defaults live in these dataclasses and nowhere else: a key left out of the YAML takes them.
 ``epochs``, ``batch``, ``lr``, ``data.train``, ``data.crop`` and ``data.class_map`` have none and
 must be given (``data.class_map`` only for a model with detection: with ``model.detect: false``
-it must be left out or empty). Unknown sections and keys are errors that name the key (``train.warmup_epoch``).
+it must be left out or empty). Unknown sections and keys are errors that name the key
+(``train.warmup_epoch``).
 ``--set KEY=VALUE`` changes the raw mapping before it is parsed (:func:`apply_overrides`).
 """
 
