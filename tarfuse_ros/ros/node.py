@@ -37,6 +37,7 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from rclpy.qos_overriding_options import QoSOverridingOptions
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from tarfuse_ros.core.drawing import draw_detections
+from tarfuse_ros.core.health import HealthSettings, RegistrationHealth
 from tarfuse_ros.ros.conversions import array_to_compressed_msg, array_to_image_msg
 from tarfuse_ros.ros.conversions import detections_to_msg, image_msg_to_array, load_bridge
 from tarfuse_ros.ros.diagnostics import build_status, NodeStats, process_rss_mib
@@ -52,6 +53,8 @@ _INPUT_NAMES = ('infrared', 'visible')
 _INPUT_TOPICS = ('infrared/image_raw', 'visible/image_raw')
 _FUSED_TOPIC = 'fused/image_raw'
 _RUNTIME_ENGINE_FIELDS = ('confidence_threshold', 'iou_threshold', 'max_detections', 'classes')
+_HEALTH_FIELDS = ('health_window', 'health_every_n', 'health_max_side', 'health_min_alignment',
+                  'health_max_flow_px')
 
 
 class StartupError(RuntimeError):
@@ -60,6 +63,14 @@ class StartupError(RuntimeError):
 
 def _stamp_ns(stamp):
     return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
+def _health_settings(params):
+    """Return the :class:`HealthSettings` of a ``NodeParams`` (``registration_health.*``)."""
+    return HealthSettings(window=params.health_window, every_n=params.health_every_n,
+                          max_side_px=params.health_max_side,
+                          min_alignment=params.health_min_alignment,
+                          max_flow_px=params.health_max_flow_px)
 
 
 def _class_ids(names, class_names):
@@ -93,6 +104,8 @@ class TarFuseNode(Node):
         self._stats = NodeStats()
         self._throttle = WarningThrottle(5.0)
         self._steady = Clock(clock_type=ClockType.STEADY_TIME)
+        self._health = RegistrationHealth(_health_settings(self._params))
+        self._prior_flows = {}  # (IR w, h, visible w, h) -> the calibration prior's own flow
 
         # Keep-newest slot between the synchroniser (executor thread) and the worker.
         self._slot = None
@@ -361,6 +374,28 @@ class TarFuseNode(Node):
             self._pub_detections.publish(detections_to_msg(result.detections, header))
         latency_ms = (self.get_clock().now().nanoseconds - _stamp_ns(header.stamp)) / 1e6
         self._stats.record_output(latency_ms, result.timings_ms.get('total', float('nan')))
+        if params.health_enabled and self._health.due():
+            self._score_registration(ir, vi, result)
+
+    def _score_registration(self, ir, vi, result):
+        """Add one pair to the registration health (after its outputs went out)."""
+        try:
+            self._health.observe(result.registered_ir, vi, result.flow_px,
+                                 self._prior_flow(ir.shape, vi.shape))
+        except ValueError as exc:
+            self._warn('registration_health', f'registration health not scored: {exc}')
+
+    def _prior_flow(self, ir_shape, vi_shape):
+        """Return the calibration prior's own flow for these sizes (None without a prior)."""
+        prior = getattr(self._engine, 'registration_prior', None)
+        if prior is None:
+            return None
+        key = (ir_shape[1], ir_shape[0], vi_shape[1], vi_shape[0])
+        if key not in self._prior_flows:
+            from tarfuse_ros.core.prior import prior_flow
+            self._prior_flows[key] = prior_flow(prior.pre_warp_for(key[:2], key[2:]),
+                                                key[3], key[2])
+        return self._prior_flows[key]
 
     # -- parameters ------------------------------------------------------------------------
     def _on_set_parameters(self, parameters):
@@ -374,6 +409,10 @@ class TarFuseNode(Node):
                         conf_threshold=new.confidence_threshold,
                         iou_threshold=new.iou_threshold,
                         max_detections=new.max_detections, classes=ids)
+                if any(getattr(new, f) != getattr(self._params, f) for f in _HEALTH_FIELDS):
+                    self._health.settings = _health_settings(new)
+                if new.health_enabled and not self._params.health_enabled:
+                    self._health.reset()  # scores from before it was switched off are stale
             except ValueError as exc:
                 return SetParametersResult(successful=False, reason=str(exc))
             self._params = new
@@ -458,10 +497,19 @@ class TarFuseNode(Node):
         if self._engine.device.startswith('cuda') and self._params.backend == 'torch':
             import torch
             extra['cuda_memory_mib'] = round(torch.cuda.memory_allocated() / 2**20, 1)
+        problems = list(self._problems)
+        if self._params.health_enabled:
+            health = self._health.summary()
+            extra.update(health.as_dict())
+            problems.extend(health.problems)
+            for problem in health.problems:
+                self._warn('registration_health:' + problem[:30], problem)
+        else:
+            extra['registration_health'] = 'off'
         array = DiagnosticArray()
         array.header.stamp = self.get_clock().now().to_msg()
         array.status = [build_status(f'{self.get_name()}: fusion', self._engine.device,
-                                     snapshot, list(self._problems), extra)]
+                                     snapshot, problems, extra)]
         self._pub_diag.publish(array)
 
     # -- shutdown ----------------------------------------------------------------------------

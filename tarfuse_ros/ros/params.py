@@ -62,6 +62,12 @@ class NodeParams:
     publish_debug: bool = False
     diagnostics_period: float = 1.0
     input_timeout: float = 3.0
+    health_enabled: bool = True
+    health_window: int = 10
+    health_every_n: int = 1
+    health_max_side: int = 160
+    health_min_alignment: float = 0.15
+    health_max_flow_px: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -162,6 +168,25 @@ PARAMETER_SPECS = (
     ParamSpec('diagnostics.input_timeout', 'input_timeout', 'float',
               'Seconds without a pair (or one input) before warning (run time).',
               low=0.1, high=3600.0, runtime=True),
+    ParamSpec('registration_health.enabled', 'health_enabled', 'bool',
+              'Score the registration of every every_n-th pair (edge alignment of the '
+              'registered IR and the visible image, residual flow) and report it in '
+              '/diagnostics, warning when it degrades (run time).', runtime=True),
+    ParamSpec('registration_health.window', 'health_window', 'int',
+              'Scored pairs in the rolling summary; the verdict waits until it is full '
+              '(run time).', low=1, high=1000, runtime=True),
+    ParamSpec('registration_health.every_n', 'health_every_n', 'int',
+              'Score one pair in every_n (run time).', low=1, high=1000, runtime=True),
+    ParamSpec('registration_health.max_side', 'health_max_side', 'int',
+              'Longer side (px) of the shrunk planes the score is computed on (run time).',
+              low=16, high=4096, runtime=True),
+    ParamSpec('registration_health.min_alignment', 'health_min_alignment', 'float',
+              'Warn when the window mean edge alignment falls below this, in [-1, 1] '
+              '(scene-dependent: set it well below what a good recording shows; run time).',
+              low=-1.0, high=1.0, runtime=True),
+    ParamSpec('registration_health.max_flow_px', 'health_max_flow_px', 'float',
+              'Warn when the window mean |flow| (px, beyond the calibration prior) exceeds '
+              'this; 0 = never (run time).', low=0.0, high=10000.0, runtime=True),
 )
 _BY_NAME = {spec.name: spec for spec in PARAMETER_SPECS}
 _TYPES = {
