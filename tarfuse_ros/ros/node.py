@@ -151,8 +151,12 @@ class TarFuseNode(Node):
             qos_overriding_options=overrides)
         self._pub_info = self.create_publisher(CameraInfo, 'fused/camera_info', 10,
                                                qos_overriding_options=overrides)
-        self._pub_detections = self.create_publisher(Detection2DArray, 'detections', 10,
-                                                     qos_overriding_options=overrides)
+        # A model without detection head: no detections publisher, so the topic is absent
+        # (not advertised with an always-empty array); said once in the log below.
+        self._pub_detections = None
+        if self._engine.detects:
+            self._pub_detections = self.create_publisher(
+                Detection2DArray, 'detections', 10, qos_overriding_options=overrides)
         self._pub_registered = self.create_publisher(Image, 'registered/image_raw', 10,
                                                      qos_overriding_options=overrides)
         self._pub_debug = self.create_publisher(Image, 'debug/image_raw', 10,
@@ -176,6 +180,10 @@ class TarFuseNode(Node):
             f'({params.infrared_transport}) + {self._topics[1]} ({params.visible_transport}); '
             f'{params.qos_reliability}, depth '
             f'{params.qos_depth}, {mode} sync, queue {params.sync_queue_size}')
+        if not self._engine.detects:
+            self.get_logger().info(
+                f'model {params.weights} has no detection head (model.detect: false): the '
+                f'detections topic is not advertised and publish.detections has no effect')
 
     # -- start-up ------------------------------------------------------------------------------
     def _load_engine(self, params):
@@ -370,7 +378,7 @@ class TarFuseNode(Node):
         if params.publish_fused_compressed:
             self._pub_fused_compressed.publish(
                 array_to_compressed_msg(result.fused, header, fmt='jpeg'))
-        if params.publish_detections:
+        if params.publish_detections and self._pub_detections is not None:
             self._pub_detections.publish(detections_to_msg(result.detections, header))
         latency_ms = (self.get_clock().now().nanoseconds - _stamp_ns(header.stamp)) / 1e6
         self._stats.record_output(latency_ms, result.timings_ms.get('total', float('nan')))

@@ -168,3 +168,102 @@ def test_global_stage_ignores_where_a_cell_is():
     # The same costs moved to another cell give the same output there (no position cue).
     moved = net.global_estimator(torch.roll(cost, shifts=(2, 3), dims=(2, 3)))
     assert torch.allclose(torch.roll(out, shifts=(2, 3), dims=(2, 3)), moved, atol=1e-6)
+
+
+# -- the orientation-descriptor global stage -------------------------------------------------
+
+def _real_pair(size=(256, 320)):
+    """Return the aligned IR and visible luma of a real RoadScene pair, (1, 1, H, W) in [0, 1]."""
+    from pathlib import Path
+    from tarfuse_ros.core import data
+    from tarfuse_ros.core.images import prepare_pair
+    folder = Path(__file__).resolve().parents[1] / 'data' / 'datasets' / 'roadscene'
+    stem = data.read_split(folder, 'test')[0]
+    pair = prepare_pair(*data.load_pair(folder, stem))
+    height, width = size
+    ir = torch.from_numpy(pair.ir[:height, :width].copy())[None, None].float()
+    vi = torch.from_numpy(pair.vi_y[:height, :width].copy())[None, None].float()
+    return ir, vi
+
+
+def test_orientation_descriptors_ignore_contrast_inversion():
+    from tarfuse_ros.core.model.matching import orientation_descriptors
+    ir, _ = _real_pair()
+    plain = orientation_descriptors(ir)
+    inverted = orientation_descriptors(1.0 - ir)
+    assert plain.shape == (1, 8 * 16, 32, 40)
+    norms = torch.linalg.vector_norm(plain, dim=1)
+    assert float(norms.max()) == pytest.approx(1.0, abs=1e-4)
+    torch.testing.assert_close(plain, inverted, atol=1e-4, rtol=1e-4)
+
+
+def test_match_cells_recovers_a_known_shift_with_sub_cell_precision():
+    from tarfuse_ros.core.model.matching import match_cells, orientation_descriptors
+    _, vi = _real_pair()
+    # The moving image shows the scene shifted by (+20, -12) px: 2.5 and -1.5 cells.
+    shift = torch.tensor([20.0, -12.0]).view(1, 2, 1, 1).expand(1, 2, 256, 320)
+    moving = warp(vi, -shift)
+    offset, confidence = match_cells(orientation_descriptors(vi), orientation_descriptors(moving),
+                                     radius=4)
+    inner = (slice(None), slice(None), slice(4, -4), slice(6, -6))
+    strong = confidence[inner] > 0.02
+    median = offset[inner].flatten(2)[:, :, strong.flatten()].median(dim=2).values[0]
+    assert float(median[0]) == pytest.approx(2.5, abs=0.25)
+    assert float(median[1]) == pytest.approx(-1.5, abs=0.25)
+
+
+def test_robust_affine_ignores_a_third_of_wrong_matches():
+    from tarfuse_ros.core.model.matching import robust_affine_px
+    generator = torch.Generator().manual_seed(0)
+    points = torch.rand(300, 2, generator=generator, dtype=torch.float64) * 600
+    truth = torch.tensor([[1.05, 0.04, -12.0], [-0.03, 0.97, 7.5]], dtype=torch.float64)
+    targets = points @ truth[:, :2].t() + truth[:, 2]
+    wrong = torch.rand(300, generator=generator) < 0.33
+    targets[wrong] += torch.rand(int(wrong.sum()), 2, generator=generator,
+                                 dtype=torch.float64) * 120 - 60
+    fitted = robust_affine_px(points, targets[None], torch.ones(1, 300, dtype=torch.float64),
+                              scales=(32, 24, 16, 12, 8, 8, 6, 4, 4, 4))
+    corners = torch.tensor([[0, 0], [600, 0], [0, 600], [600, 600]], dtype=torch.float64)
+    error = (corners @ (fitted[0, :, :2] - truth[:, :2]).t() + fitted[0, :, 2] - truth[:, 2])
+    assert float(torch.linalg.vector_norm(error, dim=1).max()) < 0.5
+    # No weight at all: the identity.
+    none = robust_affine_px(points, targets[None], torch.zeros(1, 300, dtype=torch.float64),
+                            scales=(8,))
+    torch.testing.assert_close(none[0], torch.eye(3, dtype=torch.float64)[:2])
+
+
+def test_orientation_matcher_registers_a_real_infrared_visible_pair():
+    from tarfuse_ros.core.deform import DeformConfig, random_deformation
+    from tarfuse_ros.core.model.matching import OrientationMatcher
+    ir, vi = _real_pair((320, 480))
+    config = DeformConfig(prob=1.0, rotation_deg=6.0, translation=0.0, scale=(0.92, 1.08),
+                          translation_px=24.0, elastic_alpha_px=0.0)
+    applied, inverse = random_deformation(1, 320, 480, config,
+                                          generator=torch.Generator().manual_seed(0))
+    matcher = OrientationMatcher()
+
+    def epe(moving):
+        flow = affine_flow(matcher(warp(moving, applied), vi), 320, 480)
+        return float(torch.linalg.vector_norm(flow - inverse, dim=1).mean())
+
+    before = float(torch.linalg.vector_norm(inverse, dim=1).mean())
+    assert before > 15.0
+    # Infrared onto visible (measured 3.3 px of 20.6), and the visible onto itself.
+    assert epe(ir) < 0.35 * before
+    assert epe(vi) < 1.5
+
+
+def test_orientation_global_stage_in_the_network():
+    config = TarFuseConfig(**SMALL, global_features='orientation')
+    model = build_model(config).eval()
+    ir, vi = _real_pair((128, 160))
+    shifted = warp(ir, torch.full((1, 2, 128, 160), 6.0))
+    with torch.no_grad():
+        out = model(shifted, vi)
+    # Untrained levels add nothing: the flow is the global stage's affine map alone.
+    assert out['flow'].shape == (1, 2, 128, 160)
+    assert 'global_estimator' not in dict(model.named_modules()).get('registration', model)._modules
+    with pytest.raises(ValueError, match='needs the input images'):
+        model.registration(model.ir_common(ir), model.vi_common(vi))
+    with pytest.raises(ValueError, match='global_features'):
+        TarFuseConfig(global_features='sift')

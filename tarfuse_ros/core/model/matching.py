@@ -230,7 +230,7 @@ def match_cells(reference, moving, radius):
         curvature = minus - 2.0 * centre + plus
         step = 0.5 * (minus - plus) / torch.where(curvature < -1e-6, curvature,
                                                    torch.full_like(curvature, -1e-6))
-        return (-step).clamp(-0.5, 0.5)
+        return step.clamp(-0.5, 0.5)
 
     sub_x = vertex(at(0, -1), best, at(0, 1))
     sub_y = vertex(at(-1, 0), best, at(1, 0))
