@@ -1,7 +1,8 @@
 """Fit a calibration prior for an IR/visible rig from a recording: ``tarfuse-calibrate``.
 
 ``tarfuse-calibrate (--pairs DIR | --bag DIR [--infrared-topic T --visible-topic T]) --out
-PRIOR.yaml [--weights W] [--pairs-count N] [--iterations K] [--device D] [--threads N]``
+PRIOR.yaml [--weights W] [--pairs-count N] [--iterations K] [--max-side PX] [--device D]
+[--threads N]``
 
 1. Reads ``N`` pairs spread evenly over the recording: from a folder in the data-set layout
    (``ir/`` and ``vi/`` matched by stem, :mod:`tarfuse_ros.core.data`; ``--split`` picks a list
@@ -12,7 +13,9 @@ PRIOR.yaml [--weights W] [--pairs-count N] [--iterations K] [--device D] [--thre
 2. Runs the model (:class:`~tarfuse_ros.core.engine.FusionEngine`, or the onnxruntime backend
    for an ``.onnx`` file) on them and fits ONE homography to the predicted flows
    (:func:`tarfuse_ros.core.calibration.calibrate`: texture-weighted points, MAGSAC++); with
-   ``--iterations K`` > 1 it runs again with the prior found so far and refits.
+   ``--iterations K`` > 1 it runs again with the prior found so far and refits. ``--max-side``
+   runs it on downscaled pairs (the network was trained on small deformations: a large offset
+   is smaller in pixels of a smaller image) and scales the prior back to the recorded sizes.
 3. Prints the residual of the fit per pair (median and 90th percentile in visible pixels, inlier
    share) and writes ``PRIOR.yaml``, a node parameters file (``/**: ros__parameters:
    registration: prior, prior_ir_size, prior_visible_size``) to pass as it is to the launch file
@@ -24,6 +27,7 @@ missing paths or topics, fewer than 1 pair, weights or device that cannot be loa
 """
 
 import argparse
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 import sys
@@ -31,7 +35,8 @@ import sys
 import cv2
 import numpy as np
 
-__all__ = ['bag_pairs', 'build_parser', 'folder_pairs', 'main', 'spread_indices']
+__all__ = ['bag_pairs', 'build_parser', 'downscale_pairs', 'folder_pairs', 'main',
+           'spread_indices']
 
 PROG = 'tarfuse-calibrate'
 DEFAULT_IR_TOPIC = '/infrared/image_raw'
@@ -140,6 +145,21 @@ def bag_pairs(bag_dir, count, ir_topic=DEFAULT_IR_TOPIC, vi_topic=DEFAULT_VI_TOP
     return pairs
 
 
+def downscale_pairs(pairs, max_side):
+    """Return the pairs with each image shrunk (``INTER_AREA``) so its longer side <= max_side.
+
+    Both sizes keep their aspect ratio (rounded to whole pixels), so a prior fitted on the
+    result scales back to the recorded sizes (:meth:`RegistrationPrior.homography_for`).
+    """
+    def shrink(img):
+        scale = max_side / max(img.shape[:2])
+        if scale >= 1.0:
+            return img
+        size = (max(1, round(img.shape[1] * scale)), max(1, round(img.shape[0] * scale)))
+        return cv2.resize(img, size, interpolation=cv2.INTER_AREA)
+    return [(name, shrink(ir), shrink(vi)) for name, ir, vi in pairs]
+
+
 def build_parser():
     """Return the ``tarfuse-calibrate`` argument parser."""
     parser = argparse.ArgumentParser(
@@ -173,6 +193,10 @@ def build_parser():
                              'so far (default 2)')
     parser.add_argument('--threshold-px', type=float, default=3.0,
                         help='inlier threshold of the robust fit, visible pixels (default 3)')
+    parser.add_argument('--max-side', type=int, default=None,
+                        help="run the model on pairs downscaled so that each image's longer "
+                             'side is at most this (px); the prior is scaled back to the '
+                             'recorded sizes (default: native size)')
     parser.add_argument('--initial-prior', type=Path, default=None,
                         help='start from this prior file (e.g. a previous calibration)')
     parser.add_argument('--device', default='cpu', help='cpu | cuda | cuda:N (default cpu)')
@@ -217,6 +241,8 @@ def _check_args(args):
         raise UsageError(f'--slop must be > 0 s, got {args.slop}')
     if args.threads is not None and args.threads < 1:
         raise UsageError(f'--threads must be >= 1, got {args.threads}')
+    if args.max_side is not None and args.max_side < 64:
+        raise UsageError(f'--max-side must be >= 64 px, got {args.max_side}')
     source = args.pairs if args.pairs is not None else args.bag
     if not source.is_dir():
         raise UsageError(f'{str(source)!r} is not a folder')
@@ -242,7 +268,7 @@ def main(argv=None):
     """Entry point of ``tarfuse-calibrate``; return the exit status (0, 1 no fit, 2 usage)."""
     args = build_parser().parse_args(argv)
     from tarfuse_ros.core.calibration import calibrate
-    from tarfuse_ros.core.prior import load_prior_yaml, write_prior_yaml
+    from tarfuse_ros.core.prior import load_prior_yaml, make_prior, write_prior_yaml
     try:
         _check_args(args)
         initial = None
@@ -268,9 +294,22 @@ def main(argv=None):
             print(f'{PROG}: iteration {iteration + 1}/{args.iterations}, pair {index + 1}/'
                   f'{len(pairs)} ({name})', file=sys.stderr, flush=True)
 
+        ir_wh = pairs[0][1].shape[1], pairs[0][1].shape[0]
+        vi_wh = pairs[0][2].shape[1], pairs[0][2].shape[0]
+        if args.max_side is not None:
+            pairs = downscale_pairs(pairs, args.max_side)
+            if initial is not None:
+                initial = make_prior(initial.homography_for(
+                    (pairs[0][1].shape[1], pairs[0][1].shape[0]),
+                    (pairs[0][2].shape[1], pairs[0][2].shape[0])),
+                    (pairs[0][1].shape[1], pairs[0][1].shape[0]),
+                    (pairs[0][2].shape[1], pairs[0][2].shape[0]))
         result = calibrate(pairs, make_engine, iterations=args.iterations,
                            threshold_px=args.threshold_px, initial_prior=initial,
                            progress=progress)
+        if args.max_side is not None:  # the prior at the recorded sizes
+            result = replace(result, prior=make_prior(
+                result.prior.homography_for(ir_wh, vi_wh), ir_wh, vi_wh))
     except UsageError as exc:
         print(f'{PROG}: error: {exc}', file=sys.stderr)
         return 2

@@ -1,0 +1,91 @@
+"""The node with a calibration prior (registration.prior*) over real DDS, and its start-up errors.
+
+The prior file is the one ``tarfuse-calibrate`` writes (``core.prior.write_prior_yaml``), passed
+to the node with ``--params-file`` after the shipped parameters, as the launch file's
+``prior_file:=`` does; the node must answer a real sample pair with the registered IR that the
+engine gives with the same prior in this process.
+"""
+
+import time
+
+from node_harness import HEIGHT, NodeProcess, Probe, random_domain_id, sample_pair, WIDTH
+import numpy as np
+import pytest
+from tarfuse_ros.core.engine import FusionEngine
+from tarfuse_ros.core.prior import make_prior, write_prior_yaml
+from tarfuse_ros.ros.params import params_from_values, registration_prior
+
+pytestmark = pytest.mark.dds
+
+HOMOGRAPHY = [[1.04, 0.02, 5.0], [-0.015, 1.03, -3.0], [3e-5, -1e-5, 1.0]]
+
+
+def test_prior_parameters_are_read_and_validated_naming_the_parameter():
+    params = params_from_values({'registration.prior': [1, 0, 2, 0, 1, 3, 0, 0, 1],
+                                 'registration.prior_ir_size': [320, 256],
+                                 'registration.prior_visible_size': [640, 512]})
+    prior = registration_prior(params)
+    assert prior.homography[0, 2] == 2.0 and prior.ir_size == (320, 256)
+    assert registration_prior(params_from_values({})) is None  # default: no prior
+    for values, words in [
+            ({'registration.prior': [1.0, 0.0, 0.0]}, ['registration.prior', '9 numbers']),
+            ({'registration.prior': [0.0] * 9, 'registration.prior_ir_size': [4, 4],
+              'registration.prior_visible_size': [4, 4]}, ['registration.prior',
+                                                           'not invertible']),
+            ({'registration.prior': [1, 0, 0, 0, 1, 0, 0, 0, 1]},
+             ['registration.prior_ir_size']),
+            ({'registration.prior_ir_size': ['a', 'b']}, ['registration.prior_ir_size'])]:
+        with pytest.raises(ValueError) as error:
+            params_from_values(values)
+        for word in words:
+            assert word in str(error.value)
+
+
+@pytest.fixture(scope='module')
+def prior_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp('prior') / 'rig_prior.yaml'
+    write_prior_yaml(path, make_prior(HOMOGRAPHY, (WIDTH, HEIGHT), (WIDTH, HEIGHT)),
+                     comments=['node test prior'])
+    return path
+
+
+def test_node_with_a_prior_file_publishes_the_registration_of_the_engine(prior_file):
+    domain = random_domain_id()
+    node = NodeProcess(domain, {'device': 'cpu', 'cpu_threads': 1, 'qos.depth': 10},
+                       namespace='/prior', params_files=[prior_file])
+    probe = Probe(domain, namespace='/prior')
+    try:
+        if not probe.wait_until_ready(120.0):
+            pytest.fail('the node never answered a pair; its log:\n' + node.log())
+        stamp = time.time_ns()
+        probe.publish_pair(*probe.good_pair(stamp))
+        assert probe.wait_for_outputs(stamp, keys=('registered', 'fused')), node.log()
+        registered, = probe.outputs_for('registered', stamp)
+        log = node.log()
+    finally:
+        probe.close()
+        node.close()
+    assert 'registration prior' in log, log
+    prior = make_prior(HOMOGRAPHY, (WIDTH, HEIGHT), (WIDTH, HEIGHT))
+    expected = FusionEngine(cuda_graph='off', registration_prior=prior).infer(*sample_pair())
+    without = FusionEngine(cuda_graph='off').infer(*sample_pair())
+    pixels = np.frombuffer(registered.data, np.uint8).reshape(HEIGHT, WIDTH)
+    assert np.abs(pixels.astype(int) - expected.registered_ir).max() <= 1
+    # The prior really acted: without it the registered IR is another image.
+    assert np.abs(pixels.astype(int) - without.registered_ir).mean() > 5.0
+
+
+def test_node_refuses_an_invalid_prior_at_start_up_naming_the_parameter():
+    node = NodeProcess(random_domain_id(), {
+        'registration.prior': '[1.0, 2.0, 3.0, 2.0, 4.0, 6.0, 0.0, 0.0, 1.0]',
+        'registration.prior_ir_size': '[160, 128]',
+        'registration.prior_visible_size': '[160, 128]'})
+    try:
+        code = node.wait(90.0)
+        log = node.log()
+    finally:
+        node.close()
+    assert code is not None and code != 0, log
+    assert 'Traceback' not in log and 'FATAL' in log, log
+    for word in ('invalid parameter', 'registration.prior', 'not invertible'):
+        assert word in log, log

@@ -1,0 +1,133 @@
+"""``tarfuse-calibrate`` end to end: real pairs seen through a known rig transform, real model.
+
+A folder of RoadScene pairs whose IR is warped by a known homography, and a real rosbag2
+(compressed topics, written by ``tarfuse-make-bag``), go through the command; the written file
+must be a node parameters file holding a valid prior. The end-to-end corner error with the
+shipped model is printed (the shipped model's registration is weak: the exact-flow test in
+``test/core/test_calibration.py`` checks the fit itself against the 1 px target).
+"""
+
+from pathlib import Path
+import re
+
+import cv2
+import numpy as np
+import pytest
+from tarfuse_ros.core import data
+from tarfuse_ros.core.prior import corner_error_px, load_prior_yaml
+from tarfuse_ros.tools import calibrate
+from tarfuse_ros.tools.make_bag import make_bag
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+ROADSCENE = ROOT / 'test' / 'data' / 'datasets' / 'roadscene'
+SIZE = (320, 256)  # 640x512 halved: the model is slow on a shared CPU
+
+
+def rig_homography():
+    """IR -> visible homography at 320x256: 5 % wider field of view, 1.5 deg roll, offset."""
+    c, s = np.cos(np.radians(1.5)), np.sin(np.radians(1.5))
+    return np.array([[1.05 * c, -1.05 * s, 9.0], [1.05 * s, 1.05 * c, -5.0], [4e-5, -2e-5, 1.0]])
+
+
+@pytest.fixture(scope='module')
+def rig_folder(tmp_path_factory):
+    """Two real pairs in the data-set layout, the IR recorded through ``rig_homography``."""
+    out = tmp_path_factory.mktemp('rig')
+    (out / 'ir').mkdir()
+    (out / 'vi').mkdir()
+    for stem in data.read_split(ROADSCENE)[:2]:
+        ir, vi = data.load_pair(ROADSCENE, stem)
+        ir, vi = cv2.resize(ir, SIZE), cv2.resize(vi, SIZE)
+        # ir_cam(u) = ir(H u): visible pixel H u sees IR pixel u.
+        ir_cam = cv2.warpPerspective(ir, rig_homography(), SIZE,
+                                     flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
+        cv2.imwrite(str(out / 'ir' / f'{stem}.png'), ir_cam)
+        cv2.imwrite(str(out / 'vi' / f'{stem}.png'), vi)
+    return out
+
+
+def test_calibrate_a_folder_writes_a_prior_file_and_reports_each_pair(rig_folder, tmp_path,
+                                                                      capsys):
+    out = tmp_path / 'prior.yaml'
+    code = calibrate.main(['--pairs', str(rig_folder), '--out', str(out), '--pairs-count', '2',
+                           '--iterations', '1', '--threads', '2'])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    for stem in data.read_split(rig_folder):
+        assert stem in printed  # one residual line per pair
+    document = yaml.safe_load(out.read_text())
+    registration = document['/**']['ros__parameters']['registration']
+    assert len(registration['prior']) == 9
+    prior = load_prior_yaml(out)
+    assert (prior.ir_size, prior.visible_size) == (SIZE, SIZE)
+    # The figure at 640x512: both homographies scaled to that size.
+    fitted = prior.homography_for((640, 512), (640, 512))
+    truth = calibrate_truth_at_640()
+    error = corner_error_px(fitted, truth, (640, 512))
+    identity_error = corner_error_px(np.eye(3), truth, (640, 512))
+    with capsys.disabled():
+        print(f'\nend to end, shipped model, 2 pairs at 320x256, 1 iteration: corner error '
+              f'{error:.1f} px at 640x512 (no prior: {identity_error:.1f} px)')
+    assert np.isfinite(error)
+
+
+def calibrate_truth_at_640():
+    from tarfuse_ros.core.prior import make_prior
+    return make_prior(rig_homography(), SIZE, SIZE).homography_for((640, 512), (640, 512))
+
+
+def test_calibrate_a_bag_with_compressed_topics(tmp_path, capsys):
+    bag = tmp_path / 'rig_bag'
+    make_bag(ROOT / 'samples', bag, rate=10.0, size=(160, 128), ir_transport='compressed',
+             vi_transport='compressed', max_pairs=3)
+    out = tmp_path / 'bag_prior.yaml'
+    code = calibrate.main(['--bag', str(bag), '--out', str(out), '--pairs-count', '2',
+                           '--iterations', '1', '--threads', '2'])
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    prior = load_prior_yaml(out)
+    assert (prior.ir_size, prior.visible_size) == ((160, 128), (160, 128))
+    # Two visible images chosen (the first and the last), named by their stamps.
+    assert len(re.findall(r'^\d+\.\d{9} ', printed.out, re.MULTILINE)) == 2, printed.out
+
+
+@pytest.mark.parametrize('argv, words', [
+    (['--pairs-count', '0'], ['--pairs-count must be >= 1']),
+    (['--iterations', '0'], ['--iterations must be >= 1']),
+    (['--infrared-topic', '/thermal/image_raw'], ['/thermal/image_raw', 'not in the bag']),
+])
+def test_usage_errors_exit_2_with_the_reason(argv, words, tmp_path, capsys):
+    bag = tmp_path / 'small_bag'
+    make_bag(ROOT / 'samples', bag, rate=10.0, size=(64, 64), max_pairs=1)
+    code = calibrate.main(['--bag', str(bag), '--out', str(tmp_path / 'p.yaml')] + argv)
+    err = capsys.readouterr().err
+    assert code == 2
+    for word in words:
+        assert word in err
+    assert not (tmp_path / 'p.yaml').exists()
+
+
+def test_spread_indices_cover_the_recording_ends_included():
+    assert calibrate.spread_indices(100, 5) == [0, 25, 50, 74, 99]
+    assert calibrate.spread_indices(3, 10) == [0, 1, 2]
+    assert calibrate.spread_indices(0, 4) == []
+
+
+def test_max_side_runs_downscaled_and_writes_the_prior_for_the_recorded_sizes(
+        rig_folder, tmp_path, capsys):
+    out = tmp_path / 'small_prior.yaml'
+    code = calibrate.main(['--pairs', str(rig_folder), '--out', str(out), '--pairs-count', '2',
+                           '--iterations', '1', '--max-side', '160'])
+    assert code == 0, capsys.readouterr().err
+    prior = load_prior_yaml(out)
+    assert (prior.ir_size, prior.visible_size) == (SIZE, SIZE)
+    fitted = prior.homography_for((640, 512), (640, 512))
+    error = corner_error_px(fitted, calibrate_truth_at_640(), (640, 512))
+    with capsys.disabled():
+        print(f'\nend to end, shipped model, 2 pairs run at 160x128 (--max-side 160): corner '
+              f'error {error:.1f} px at 640x512')
+    assert np.isfinite(error)
+    pairs = calibrate.downscale_pairs([('a', np.zeros((471, 640), np.uint8),
+                                        np.zeros((480, 640, 3), np.uint8))], 320)
+    assert pairs[0][1].shape == (236, 320) and pairs[0][2].shape == (240, 320, 3)
