@@ -53,7 +53,7 @@ class HealthSettings:
     window: int = 10
     every_n: int = 1
     max_side_px: int = 160
-    min_alignment: float = 0.15
+    min_alignment: float = 0.2
     max_flow_px: float = 0.0
 
     def __post_init__(self):

@@ -66,7 +66,7 @@ class NodeParams:
     health_window: int = 10
     health_every_n: int = 1
     health_max_side: int = 160
-    health_min_alignment: float = 0.15
+    health_min_alignment: float = 0.2
     health_max_flow_px: float = 0.0
 
 
