@@ -15,9 +15,10 @@ Per pair (everything in the VISIBLE frame):
 4. Metrics (:mod:`tarfuse_ros.core.metrics`): fusion metrics of the fused luma against the
    ALIGNED IR and ``vi_y``; registration MSE/NCC of the registered IR against the aligned IR
    (images in [0, 1]) and EPE of the predicted flow against the reference; the unregistered
-   input (deformed IR, zero flow) is scored the same way. Detection: COCO-style AP of the
-   detections (visible pixels) against the labels (visible frame), where the set has labels;
-   label classes are matched to the checkpoint's class names by name.
+   input (deformed IR, zero flow) is scored the same way. Detection: AP@0.5 and
+   AP@0.5:0.95 (:mod:`~tarfuse_ros.evaluation.detection`: ultralytics' validation code) of
+   the detections (visible pixels) against the labels (visible frame), where the set has
+   labels; label classes are matched to the checkpoint's class names by name.
 5. Baselines on the same inputs (:mod:`~tarfuse_ros.evaluation.baselines`).
    Target contrast (:mod:`~tarfuse_ros.evaluation.contrast`), where the pair has labels and an
    aligned IR: each labelled person/car box's contrast to its surroundings in the aligned IR,

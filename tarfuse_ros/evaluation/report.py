@@ -138,7 +138,7 @@ def _detection_lines(result):
         return ['## Detection', '', 'No labels in this split: detection not evaluated.', '']
     names = list(det['per_class'])
     labels = result['detection_labels']
-    lines = ['## Detection (COCO-style AP, visible frame)', '',
+    lines = ["## Detection (AP by ultralytics' validation code, visible frame)", '',
              f'{labels["labelled_pairs"]} labelled pairs, {det["num_gt"]} boxes; '
              f'{labels["dropped_boxes_unknown_class"]} boxes of classes unknown to the model '
              f'dropped.', '',

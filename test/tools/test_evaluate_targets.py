@@ -246,3 +246,15 @@ def test_evaluation_reports_target_contrast_and_teacher_rows_on_real_pairs(tmp_p
     assert '## Target contrast' in report and '| TarFuse: **ratio** |' in report
     assert '| ECC + average: **ratio** |' in report
     assert '| teacher yolov8n (visible) |' in report and 'night target contrast ratio' in report
+
+
+def test_a_teacher_is_a_known_name_or_an_onnx_file(tmp_path):
+    from tarfuse_ros.evaluation.teachers import load_teacher
+    with pytest.raises(ValueError, match='.onnx'):
+        load_teacher('resnet')
+    with pytest.raises(ValueError, match='not found'):
+        load_teacher(str(tmp_path / 'missing.onnx'))
+    from tarfuse_ros.evaluation.options import EvalOptions
+    assert EvalOptions(teachers=['yolov8n']).teachers == ('yolov8n',)
+    with pytest.raises(ValueError, match='sequence'):
+        EvalOptions(teachers='yolov8n')
