@@ -8,7 +8,8 @@ import pytest
 
 LAUNCH_FILE = Path(__file__).resolve().parents[2] / 'launch' / 'fuse.launch.py'
 ARGUMENTS = ('namespace', 'params_file', 'weights', 'backend', 'device', 'infrared_topic',
-             'visible_topic', 'infrared_transport', 'visible_transport', 'use_sim_time', 'rviz')
+             'visible_topic', 'infrared_transport', 'visible_transport', 'use_sim_time', 'rviz',
+             'prior_file')
 
 
 def _declared_arguments(tree):
