@@ -85,6 +85,33 @@ def test_match_model_exports_and_matches_pytorch_at_another_batch_and_size(
     assert engine.config['registration'] == 'match' and engine.half is False
 
 
+def test_orientation_global_stage_exports_and_matches_pytorch_on_real_pairs(tmp_path):
+    from dataclasses import replace
+    from tarfuse_ros.core.model.tarfuse import TarFuseConfig
+    torch.manual_seed(0)
+    path = tmp_path / 'orientation.safetensors'
+    model = build_model(replace(TarFuseConfig(), global_features='orientation')).eval()
+    save_checkpoint(path, model, provenance={'note': 'random init, ONNX test'})
+    report = export_onnx(path, tmp_path / 'orientation.onnx')
+    for name, value in report.max_abs_diff.items():
+        assert value <= VERIFY_TOLERANCES['float32'][name], (name, value)
+    import onnxruntime as ort
+    session = ort.InferenceSession(str(tmp_path / 'orientation.onnx'),
+                                   providers=['CPUExecutionProvider'])
+    names = [output.name for output in session.get_outputs()]
+    for _, ir, vi in list(_pairs())[:2]:
+        height, width = (s // 32 * 32 for s in vi.shape[:2])
+        ir_t = torch.from_numpy(ir[:height, :width].astype(np.float32) / 255.0)[None, None]
+        vi_y = cv2.cvtColor(vi, cv2.COLOR_BGR2GRAY)[:height, :width]
+        vi_t = torch.from_numpy(vi_y.astype(np.float32) / 255.0)[None, None]
+        with torch.no_grad():
+            expected = model(ir_t, vi_t)
+        got = dict(zip(names, session.run(None, {'ir': ir_t.numpy(), 'vi': vi_t.numpy()})))
+        # The descriptor matching (top-k, gather, IRLS) runs the same in onnxruntime.
+        assert np.abs(got['flow'] - expected['flow'].numpy()).max() < 0.05
+        assert np.abs(got['fused'] - expected['fused'].numpy()).max() < 1e-3
+
+
 def test_half_export_keeps_float32_inputs_and_outputs(match_checkpoint, tmp_path):
     report = export_onnx(match_checkpoint, tmp_path / 'half.onnx', half=True)
     assert report.precision == 'float16' and report.max_abs_diff

@@ -276,11 +276,18 @@ def robust_affine_px(points, targets, weights, scales):
 
 
 def _pixel_affine_to_normalised(theta_px, height, width):
-    """Convert ``(B, 2, 3)`` pixel affine maps to :func:`fit_affine`'s normalised coordinates."""
-    scale = theta_px.new_tensor([2.0 / max(width - 1, 1), 2.0 / max(height - 1, 1)])
-    linear = theta_px[:, :, :2] * scale.view(1, 2, 1) / scale.view(1, 1, 2)
-    shift = linear.sum(dim=2) + theta_px[:, :, 2] * scale.view(1, 2) - 1.0
-    return torch.cat((linear, shift.unsqueeze(2)), dim=2)
+    """Convert ``(B, 2, 3)`` pixel affine maps to :func:`fit_affine`'s normalised coordinates.
+
+    With ``D = diag(2 / (W - 1), 2 / (H - 1))``: ``theta = [D M D^-1, D M D^-1 1 + D t - 1]``
+    for ``x' = M x + t`` in pixels. Plain arithmetic on the sizes, so that an ONNX trace keeps
+    them symbolic.
+    """
+    sx, sy = 2.0 / (width - 1.0), 2.0 / (height - 1.0)
+    a, b, t0 = theta_px[:, 0, 0], theta_px[:, 0, 1] * (sx / sy), theta_px[:, 0, 2]
+    c, d, t1 = theta_px[:, 1, 0] * (sy / sx), theta_px[:, 1, 1], theta_px[:, 1, 2]
+    rows = (torch.stack((a, b, a + b + sx * t0 - 1.0), dim=1),
+            torch.stack((c, d, c + d + sy * t1 - 1.0), dim=1))
+    return torch.stack(rows, dim=1)
 
 
 class OrientationMatcher(nn.Module):
