@@ -69,7 +69,7 @@ def texture_weight(registered, reference, sigma_px=2.0):
 
 
 def flow_correspondences(flow_px, ir_wh, weight=None, stride_px=DEFAULT_STRIDE_PX,
-                         margin_px=2.0):
+                         margin_px=8.0):
     """Turn a predicted flow into IR <-> visible point correspondences.
 
     Args:
@@ -79,7 +79,8 @@ def flow_correspondences(flow_px, ir_wh, weight=None, stride_px=DEFAULT_STRIDE_P
         weight: optional ``(H, W)`` non-negative confidence (:func:`texture_weight`).
         stride_px: sample every ``stride_px``-th pixel in x and y.
         margin_px: drop points whose IR position lies closer than this to the IR border (the
-            flow is extrapolated there).
+            flow is extrapolated there, and with a prior the edge of the pre-warped IR is an
+            edge of the warp, not of the scene, that :func:`texture_weight` would favour).
 
     Returns:
         ``(ir_points, vi_points, weights)``: ``(N, 2)`` float64 IR pixels, ``(N, 2)`` float64
