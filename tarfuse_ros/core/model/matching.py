@@ -295,33 +295,54 @@ class OrientationMatcher(nn.Module):
 
     :func:`orientation_descriptors` of both images, :func:`match_cells` (best offset within
     ``radius`` cells, sub-cell peak, margin as confidence), :func:`robust_affine_px` on the
-    matched cell centres. Modality-independent from the first step of training, so the learnt
-    levels only refine; measured on the RoadScene / MSRS ground-truth test fields (before any
-    training of the rest): EPE 3.9 / 4.6 px from 16.2 / 18.0 px (docs/METHOD.md).
+    matched cell centres; then a second pass on the IR warped by that map, matched within
+    ``refine_radius`` cells (the matches mapped back through the first map before the fit).
+    Modality-independent from the first step of training, so the learnt levels only refine.
+    Measured alone on the ground-truth test fields (frames cut to multiples of 32): RoadScene
+    EPE 3.95 px (from 16.0), msrs_det 3.88 px (from 17.95); without the second pass 4.0 / 4.6.
 
     ``forward(ir (B, 1, H, W), vi (B, 1, H, W)) -> (B, 2, 3)`` affine maps in normalised
     coordinates of the ``(H, W)`` frame (:func:`affine_flow`).
     """
 
     def __init__(self, cell=8, bins=8, block=4, radius=8,
-                 scales=(4.0, 3.0, 2.0, 1.5, 1.0, 1.0, 0.75, 0.5, 0.5, 0.5)):
+                 scales=(4.0, 3.0, 2.0, 1.5, 1.0, 1.0, 0.75, 0.5, 0.5, 0.5), refine_radius=2,
+                 refine_scales=(1.0, 0.75, 0.5, 0.5, 0.5)):
         super().__init__()
         self.cell, self.bins, self.block, self.radius = int(cell), int(bins), int(block), \
             int(radius)
         self.scales = tuple(float(s) * self.cell for s in scales)
+        self.refine_radius = int(refine_radius)
+        self.refine_scales = tuple(float(s) * self.cell for s in refine_scales)
+
+    def _fit(self, reference, moving, radius, points, scales, theta_px=None):
+        """Match cells and fit ``q = A [p; 1]``; matches of a warped moving image are mapped
+        back through ``theta_px`` (the map it was warped with) before the fit."""
+        offset, confidence = match_cells(reference, moving, radius)
+        targets = points.unsqueeze(0) + offset.flatten(2).transpose(1, 2) * self.cell
+        if theta_px is not None:
+            targets = targets @ theta_px[:, :, :2].transpose(1, 2) + theta_px[:, :, 2].unsqueeze(1)
+        return robust_affine_px(points, targets, confidence.flatten(1), scales)
 
     def forward(self, ir, vi):
         height, width = vi.shape[2:]
         reference = orientation_descriptors(vi, self.cell, self.bins, self.block)
-        moving = orientation_descriptors(ir, self.cell, self.bins, self.block)
-        offset, confidence = match_cells(reference, moving, self.radius)
         rows, cols = reference.shape[2:]
         ys = (torch.arange(rows, device=vi.device, dtype=vi.dtype) + 0.5) * self.cell - 0.5
         xs = (torch.arange(cols, device=vi.device, dtype=vi.dtype) + 0.5) * self.cell - 0.5
         grid_y, grid_x = torch.meshgrid(ys, xs, indexing='ij')
         points = torch.stack((grid_x.reshape(-1), grid_y.reshape(-1)), dim=1)
-        targets = points.unsqueeze(0) + offset.flatten(2).transpose(1, 2) * self.cell
-        theta_px = robust_affine_px(points, targets, confidence.flatten(1), self.scales)
+        theta_px = self._fit(reference, orientation_descriptors(ir, self.cell, self.bins,
+                                                                self.block),
+                             self.radius, points, self.scales)
+        if self.refine_radius > 0:
+            # Second pass: warp the IR by the first map, match again within a small radius
+            # (now the whole neighbourhood lines up, so more cells find their true match).
+            theta = _pixel_affine_to_normalised(theta_px, height, width)
+            warped = warp(ir, affine_flow(theta, height, width))
+            moving = orientation_descriptors(warped, self.cell, self.bins, self.block)
+            theta_px = self._fit(reference, moving, self.refine_radius, points,
+                                 self.refine_scales, theta_px)
         return _pixel_affine_to_normalised(theta_px, height, width)
 
 
