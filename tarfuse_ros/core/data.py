@@ -661,9 +661,9 @@ def collate_pairs(samples):
 
     Returns:
         dict with ``ir``, ``vi`` (B, 1, H, W), ``vi_color`` (B, 3, H, W) and ``ir_context``
-        where every sample has them, ``has_labels`` (B,) bool, ``batch_idx`` (N,) float32 (image index of each box),
-        ``cls`` (N, 1) float32, ``bboxes`` (N, 4) float32 normalised ``cx, cy, w, h``, and the
-        lists ``stem``, ``dataset``, ``index``.
+        where every sample has them, ``has_labels`` (B,) bool, ``batch_idx`` (N,) float32
+        (image index of each box), ``cls`` (N, 1) float32, ``bboxes`` (N, 4) float32
+        normalised ``cx, cy, w, h``, and the lists ``stem``, ``dataset``, ``index``.
 
     Raises:
         ValueError: empty batch, or samples of different sizes (use ``crop_size``/``resize``).

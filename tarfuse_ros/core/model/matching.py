@@ -221,6 +221,7 @@ def match_cells(reference, moving, radius):
     best, index = top.values[:, :1], top.indices[:, :1]
     iy = torch.div(index, size, rounding_mode='floor')
     ix = index - iy * size
+
     def at(dy, dx):
         y = (iy + dy).clamp(0, size - 1)
         x = (ix + dx).clamp(0, size - 1)
@@ -228,8 +229,8 @@ def match_cells(reference, moving, radius):
 
     def vertex(minus, centre, plus):
         curvature = minus - 2.0 * centre + plus
-        step = 0.5 * (minus - plus) / torch.where(curvature < -1e-6, curvature,
-                                                   torch.full_like(curvature, -1e-6))
+        peaked = torch.where(curvature < -1e-6, curvature, torch.full_like(curvature, -1e-6))
+        step = 0.5 * (minus - plus) / peaked
         return step.clamp(-0.5, 0.5)
 
     sub_x = vertex(at(0, -1), best, at(0, 1))
