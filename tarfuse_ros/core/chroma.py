@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 from tarfuse_ros.core.images import merge_luma_chroma, resize_image
 
-__all__ = ['NEUTRAL_CHROMA', 'ir_chroma', 'restore_ir_chroma']
+__all__ = ['NEUTRAL_CHROMA', 'ir_chroma', 'ir_chroma_for', 'restore_ir_chroma']
 
 # 8-bit Cr, Cb of a grey pixel.
 NEUTRAL_CHROMA = 128
@@ -43,11 +43,32 @@ def ir_chroma(ir, height, width):
     return np.ascontiguousarray(resize_image(crcb, height, width))
 
 
+def ir_chroma_for(ir, vi_crcb, height, width):
+    """Return the IR-role chroma the fused image should take, or None (the engines' rule).
+
+    Args:
+        ir: the IR-role image as given (see :func:`ir_chroma`).
+        vi_crcb: the visible image's chroma (``HxWx2`` uint8, ``None`` for a grey image).
+        height, width: the visible frame in pixels.
+
+    Returns:
+        :func:`ir_chroma` when the IR image is colour and the visible image is grey (no chroma,
+        or a colour encoding whose chroma is neutral everywhere, e.g. an MRI stored as three
+        equal channels); None otherwise (a colour visible image keeps its own chroma).
+
+    """
+    crcb = ir_chroma(ir, height, width)
+    if crcb is None or (vi_crcb is not None and not np.all(vi_crcb == NEUTRAL_CHROMA)):
+        return None
+    return crcb
+
+
 def restore_ir_chroma(fused_y, crcb, flow_px):
     """Return the fused luma coloured with the IR-role chroma registered by ``flow_px``.
 
     Args:
-        fused_y: uint8 ``HxW`` fused luma (visible frame).
+        fused_y: uint8 ``HxW`` fused luma (visible frame), or ``HxWx3`` BGR whose luma is taken
+            (a fused image already merged with a neutral visible chroma).
         crcb: uint8 ``HxWx2`` chroma of :func:`ir_chroma` (IR resized to the visible frame).
         flow_px: float32 ``HxWx2`` (dx, dy) pixels, the engine's published flow.
 
@@ -59,6 +80,8 @@ def restore_ir_chroma(fused_y, crcb, flow_px):
         ValueError: shapes that do not match.
 
     """
+    if fused_y.ndim == 3:
+        fused_y = cv2.cvtColor(np.ascontiguousarray(fused_y), cv2.COLOR_BGR2GRAY)
     height, width = fused_y.shape[:2]
     if crcb.shape != (height, width, 2) or flow_px.shape != (height, width, 2):
         raise ValueError(f'fused luma {fused_y.shape}, chroma {crcb.shape} and flow '

@@ -23,9 +23,9 @@ residual, and step 3 composes the published flow (``prior.compose_flow``); the f
 below holds either way.
 
 Outputs are in the visible frame: ``fused`` (uint8, grey, or BGR with the visible chroma when the
-visible input is colour; with a grey visible and a colour 8-bit IR input, the IR chroma
-registered by the flow, :mod:`tarfuse_ros.core.chroma`), ``registered_ir`` (uint8), ``flow_px``
-(float32 HxWx2, dx then dy, in pixels of the visible frame;
+visible input is colour; with a grey visible (or one of neutral chroma) and a colour 8-bit IR
+input, the IR chroma registered by the flow, :mod:`tarfuse_ros.core.chroma`), ``registered_ir``
+(uint8), ``flow_px`` (float32 HxWx2, dx then dy, in pixels of the visible frame;
 ``registered_ir(p) = ir_resized(p + flow_px(p))``). A checkpoint without a detection head
 (``TarFuseConfig.detect`` false; :attr:`FusionEngine.detects`) gives no detections (empty
 lists).
@@ -51,7 +51,7 @@ import warnings
 import numpy as np
 from tarfuse_ros.core import images
 from tarfuse_ros.core.checkpoint import CheckpointError, load_checkpoint
-from tarfuse_ros.core.chroma import ir_chroma, restore_ir_chroma
+from tarfuse_ros.core.chroma import ir_chroma_for, restore_ir_chroma
 from tarfuse_ros.core.prior import apply_prior, check_prior, compose_flow
 from tarfuse_ros.core.runtime import cudnn_benchmark, resolve_device
 import torch
@@ -382,7 +382,7 @@ class FusionEngine:
         start = time.perf_counter()
         prepared = [self._prepare(ir, vi, i) for i, (ir, vi) in enumerate(zip(irs, vis))]
         # A grey visible image with a colour IR image: the fused image takes the IR chroma.
-        chromas = [None if item.crcb is not None else ir_chroma(ir, *item.vi_y.shape[:2])
+        chromas = [ir_chroma_for(ir, item.crcb, *item.vi_y.shape[:2])
                    for ir, item in zip(irs, prepared)]
         prep_ms = (time.perf_counter() - start) * 1e3 / max(1, len(prepared))
         groups = {}

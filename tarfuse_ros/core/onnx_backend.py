@@ -356,7 +356,7 @@ class OnnxFusionEngine:
             list of :class:`~tarfuse_ros.core.engine.FusionResult`, in input order.
 
         """
-        from tarfuse_ros.core.chroma import ir_chroma, restore_ir_chroma
+        from tarfuse_ros.core.chroma import ir_chroma_for, restore_ir_chroma
         from tarfuse_ros.core.engine import FusionResult
 
         irs, vis = list(irs), list(vis)
@@ -373,7 +373,7 @@ class OnnxFusionEngine:
                                                            (ir.shape[1], ir.shape[0])))
         prep_ms = (time.perf_counter() - start) * 1e3 / max(1, len(prepared))
         # A grey visible image with a colour IR image: the fused image takes the IR chroma.
-        chromas = [None if item.crcb is not None else ir_chroma(ir, *item.vi_y.shape[:2])
+        chromas = [ir_chroma_for(ir, item.crcb, *item.vi_y.shape[:2])
                    for ir, item in zip(irs, prepared)]
         groups = {}
         for index, item in enumerate(prepared):

@@ -8,7 +8,8 @@ import cv2
 import numpy as np
 import pytest
 from tarfuse_ros.core.checkpoint import load_checkpoint, read_checkpoint_config, save_checkpoint
-from tarfuse_ros.core.chroma import ir_chroma, NEUTRAL_CHROMA, restore_ir_chroma
+from tarfuse_ros.core.chroma import ir_chroma, ir_chroma_for, NEUTRAL_CHROMA
+from tarfuse_ros.core.chroma import restore_ir_chroma
 from tarfuse_ros.core.engine import FusionEngine
 from tarfuse_ros.core.losses import TarFuseLoss
 from tarfuse_ros.core.model.tarfuse import build_model, parameter_counts, TarFuseConfig
@@ -144,6 +145,19 @@ def test_ir_chroma_is_kept_only_for_colour_uint8_images():
     assert tuple(crcb[0, 0]) == tuple(cv2.cvtColor(red, cv2.COLOR_BGR2YCrCb)[0, 0, 1:])
 
 
+def test_ir_chroma_is_used_only_when_the_visible_image_has_no_colour():
+    red = np.zeros((8, 10, 3), np.uint8)
+    red[..., 2] = 200
+    neutral = np.full((8, 10, 2), NEUTRAL_CHROMA, np.uint8)
+    expected = ir_chroma(red, 8, 10)
+    assert np.array_equal(ir_chroma_for(red, None, 8, 10), expected)
+    assert np.array_equal(ir_chroma_for(red, neutral, 8, 10), expected)
+    coloured = neutral.copy()
+    coloured[0, 0, 0] = 140
+    assert ir_chroma_for(red, coloured, 8, 10) is None
+    assert ir_chroma_for(red[..., 2], None, 8, 10) is None
+
+
 def test_restored_chroma_follows_the_flow_and_is_neutral_outside_the_image():
     height, width = 24, 32
     crcb = np.full((height, width, 2), NEUTRAL_CHROMA, np.uint8)
@@ -173,6 +187,9 @@ def test_engine_colours_a_grey_visible_fusion_with_the_registered_ir_chroma(chec
     assert np.array_equal(result.fused, expected)
     luma = cv2.cvtColor(result.fused, cv2.COLOR_BGR2YCrCb)[..., 0].astype(int)
     assert np.median(np.abs(luma - grey_fused.astype(int))) <= 1
+    # A grey visible image stored as three equal channels (as the atlas MRI files) is grey.
+    assert np.array_equal(engine.infer(pet, cv2.cvtColor(vi, cv2.COLOR_GRAY2BGR)).fused,
+                          result.fused)
     # A colour visible image keeps its own chroma (the IR chroma is not used).
     colour_vi = cv2.applyColorMap(vi, cv2.COLORMAP_BONE)
     own = engine.infer(pet, colour_vi).fused
