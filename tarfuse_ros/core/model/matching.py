@@ -326,6 +326,9 @@ class OrientationMatcher(nn.Module):
         return robust_affine_px(points, targets, confidence.flatten(1), scales)
 
     def forward(self, ir, vi):
+        # In float32 whatever the network runs in (the map is returned in float32): the normal
+        # equations sum squared pixel coordinates over thousands of cells, beyond float16.
+        ir, vi = ir.float(), vi.float()
         height, width = vi.shape[2:]
         reference = orientation_descriptors(vi, self.cell, self.bins, self.block)
         rows, cols = reference.shape[2:]
@@ -498,9 +501,10 @@ class MatchingRegistration(nn.Module):
         elif self.global_estimator is not None:
             theta = self.global_affine(ir_levels[-1], vi_levels[-1])
         if self.global_matcher is not None or self.global_estimator is not None:
-            flow = affine_flow(theta, coarsest[0], coarsest[1])
+            dtype = vi_levels[-1].dtype
+            flow = affine_flow(theta, coarsest[0], coarsest[1]).to(dtype)
             if return_levels:
-                levels.append(affine_flow(theta, size[0], size[1]))
+                levels.append(affine_flow(theta, size[0], size[1]).to(dtype))
         else:
             flow = vi_levels[-1].new_zeros(vi_levels[-1].shape[0], 2, *coarsest)
         for index in reversed(range(len(self.estimators))):
