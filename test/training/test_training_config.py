@@ -28,11 +28,12 @@ def test_shipped_config_parses_with_every_key_it_sets():
     deformation = config.deformation
     assert (deformation.translation_px, deformation.aspect, deformation.shear_deg,
             deformation.perspective, deformation.elastic_sigma_max_px,
-            deformation.elastic_downsample) == (40.0, 0.1, 4.0, 0.03, 32.0, 4)
+            deformation.elastic_downsample) == (32.0, 0.1, 4.0, 0.03, 32.0, 4)
     assert config.data.val_crop == 0 and config.data.eval_crop == 0  # whole frames
     assert config.data.context == 64  # deformed crops cut from a deformed context
     assert config.loss.reg_levels == 0.5
     assert config.model.registration == 'match' and config.model.global_stage is True
+    assert config.model.global_features == 'orientation'
     assert config.model.class_names == ('person', 'bicycle', 'car')
     assert config.data.train[0] == DataSource('roadscene', 'det_labelled', ('test',), 'labels')
     assert TrainingConfig.from_dict(config.to_dict()) == config
