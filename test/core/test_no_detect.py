@@ -4,6 +4,8 @@ Network, config, loss, checkpoint, torch engine, ONNX export and onnxruntime bac
 IR-role chroma that a grey visible-role image with a colour IR-role image (medical pairs) gets.
 """
 
+import json
+
 import cv2
 import numpy as np
 import pytest
@@ -103,17 +105,27 @@ def test_training_config_without_detection_needs_no_class_map_and_refuses_one():
         TrainingConfig.from_dict(raw)
 
 
-def test_checkpoint_without_detection_round_trips_and_the_shipped_one_keeps_its_head(
-        checkpoint):
+def test_checkpoint_without_detection_round_trips_and_older_ones_keep_their_head(
+        checkpoint, tmp_path):
     stored = read_checkpoint_config(checkpoint)['model']
     assert stored['detect'] is False and stored['class_names'] == []
     model = load_checkpoint(checkpoint)
     assert model.detect is None
     for name, value in _model().state_dict().items():
         assert torch.equal(model.state_dict()[name], value), name
-    # The shipped checkpoint predates the field: it loads with its head.
-    assert 'detect' not in read_checkpoint_config(default_weights_path())['model']
     assert load_checkpoint(default_weights_path()).detect is not None
+    # A checkpoint written before the field existed (no 'detect' key) loads with its head.
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+    from tarfuse_ros.core.checkpoint import METADATA_KEY
+    with safe_open(str(default_weights_path()), framework='pt') as handle:
+        header = json.loads(handle.metadata()[METADATA_KEY])
+    del header['model']['detect']
+    older = tmp_path / 'older.safetensors'
+    save_file(load_file(str(default_weights_path())), str(older),
+              metadata={METADATA_KEY: json.dumps(header)})
+    assert 'detect' not in read_checkpoint_config(older)['model']
+    assert load_checkpoint(older).detect is not None
 
 
 def test_engine_loads_a_detection_free_checkpoint_and_returns_no_detections(checkpoint):
