@@ -8,8 +8,8 @@ the stored deformed IR. Printed per variant: mean EPE (px) against the inverse o
 and the zero-flow EPE. Variants: each ``--weights`` checkpoint as it is, and for a checkpoint
 with a global stage (``--stages``) its global stage alone and its learnt levels alone.
 
-    python benchmarks/registration_ablation.py --stages models/tarfuse_default.safetensors \\
-        --weights old.safetensors --json models/eval/registration_ablation.json
+    python benchmarks/registration_ablation.py --stages models/tarfuse_default.safetensors
+        --weights old.safetensors --json models/eval/registration_ablation.json   (one line)
 """
 
 import argparse

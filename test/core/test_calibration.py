@@ -55,7 +55,7 @@ def real_pairs(count, size=SIZE):
 
 
 def smooth_residual(height, width, amplitude_px=3.0):
-    """A smooth, deterministic residual flow (what the network adds on top of a prior)."""
+    """Return a smooth, deterministic residual flow (what the network adds on top of a prior)."""
     ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
     dx = amplitude_px * np.sin(2 * np.pi * xs / width) * np.cos(np.pi * ys / height)
     dy = amplitude_px * np.cos(2 * np.pi * ys / height) * np.sin(np.pi * xs / width)
@@ -143,7 +143,7 @@ def test_empty_prior_means_none_and_the_engine_refuses_a_foreign_prior():
 # -- the engine with a prior ---------------------------------------------------------------------
 @pytest.fixture(scope='module')
 def small_pair():
-    """A real pair at 256x192 (the model is slow on a shared CPU), IR seen through a rig."""
+    """Return a real pair at 256x192 (the model is slow on a shared CPU), IR seen through a rig."""
     _, ir, vi = real_pairs(1, (256, 192))[0]
     homography = rig_homography(shift_px=(7.0, -4.0), perspective=(4e-5, -2e-5))
     return camera_ir(ir, homography, (256, 192)), vi, homography

@@ -1,10 +1,11 @@
 """ONNX export (tarfuse-export) and the onnxruntime backend against the torch engine.
 
 Parity is measured on the five real sample pairs of ``samples/`` with the synthetically
-misaligned IR (flows up to ~49 px), shipped model, onnxruntime 1.32 on the CPU. Measured when
-written (max abs over the five pairs): fused 1 grey level (a rounding tie: 0 on most pixels),
-registered IR 1 grey level, flow 6.5e-5 px, the same detections (count and classes) with boxes
-within 6.1e-5 px and scores within 1.4e-6.
+misaligned IR (flows up to ~49 px), shipped model, onnxruntime 1.32 on the CPU. Measured with
+the orientation global stage (max abs over the five pairs): fused 1 grey level, registered IR
+3 grey levels (resampling at edges), flow 0.015 px (the IRLS fit, float32), the same
+detections (count and classes) with boxes within 4.3e-3 px, scores within 1.8e-4. (With the
+previous learnt global stage: fused 1, registered 1, flow 6.5e-5 px.)
 """
 
 import json
@@ -167,9 +168,12 @@ def test_onnxruntime_backend_matches_the_torch_engine_on_real_pairs(engines):
         detections += len(expected.detections)
         assert set(got.timings_ms) == {'preprocess', 'model', 'postprocess', 'total'}
     assert detections >= 5, 'the comparison needs detections to compare'
-    assert worst['fused'] <= 1 and worst['registered'] <= 1, worst
+    # The registered IR is the IR resampled at the flow: on an edge of ~200 grey levels per
+    # pixel, the flows' 0.015 px difference is 3 levels. The issue's parity goal is on the
+    # fused image and the flow.
+    assert worst['fused'] <= 1 and worst['registered'] <= 4, worst
     assert worst['flow'] <= 0.05, worst
-    assert worst['box'] <= 1e-2 and worst['score'] <= 1e-4, worst
+    assert worst['box'] <= 1e-2 and worst['score'] <= 1e-3, worst
 
 
 def test_onnxruntime_backend_batches_mixed_sizes_and_applies_thresholds(engines):

@@ -317,8 +317,10 @@ class OrientationMatcher(nn.Module):
         self.refine_scales = tuple(float(s) * self.cell for s in refine_scales)
 
     def _fit(self, reference, moving, radius, points, scales, theta_px=None):
-        """Match cells and fit ``q = A [p; 1]``; matches of a warped moving image are mapped
-        back through ``theta_px`` (the map it was warped with) before the fit."""
+        """Match cells and fit ``q = A [p; 1]`` in pixels.
+
+        Matches in a moving image warped by ``theta_px`` are mapped back through it first.
+        """
         offset, confidence = match_cells(reference, moving, radius)
         targets = points.unsqueeze(0) + offset.flatten(2).transpose(1, 2) * self.cell
         if theta_px is not None:
