@@ -268,3 +268,13 @@ def test_orientation_global_stage_in_the_network():
         model.registration(model.ir_common(ir), model.vi_common(vi))
     with pytest.raises(ValueError, match='global_features'):
         TarFuseConfig(global_features='sift')
+
+
+def test_block_cost_volume_equals_the_correlation_of_block_descriptors():
+    from tarfuse_ros.core.model.matching import (block_cost_volume, cell_histograms,
+                                                 orientation_descriptors)
+    ir, vi = _real_pair((192, 256))
+    ir = torch.roll(ir, (5, -9), (2, 3))
+    direct = local_correlation(orientation_descriptors(vi), orientation_descriptors(ir), 4)
+    fast = block_cost_volume(cell_histograms(vi), cell_histograms(ir), 4, block=4)
+    torch.testing.assert_close(fast, direct, atol=1e-5, rtol=1e-5)

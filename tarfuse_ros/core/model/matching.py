@@ -32,8 +32,9 @@ from torch import nn
 import torch.nn.functional as F
 
 __all__ = ['FlowEstimator', 'MatchingRegistration', 'OrientationMatcher', 'PyramidEncoder',
-           'affine_flow', 'fit_affine', 'local_correlation', 'match_cells',
-           'orientation_descriptors', 'robust_affine_px']
+           'affine_flow', 'block_cost_volume', 'cell_histograms', 'fit_affine',
+           'local_correlation', 'match_cells', 'orientation_descriptors', 'peak_offsets',
+           'robust_affine_px']
 
 
 def local_correlation(reference, moving, radius):
@@ -172,6 +173,20 @@ def orientation_descriptors(image, cell=8, bins=8, block=4):
         cell (i + 1/2) - 1/2)``.
 
     """
+    hist = cell_histograms(image, cell, bins)
+    before, after = block // 2, (block - 1) // 2
+    padded = F.pad(hist, (before, after, before, after))
+    height, width = hist.shape[2:]
+    blocks = [padded[:, :, dy:dy + height, dx:dx + width]
+              for dy in range(block) for dx in range(block)]
+    return F.normalize(torch.cat(blocks, dim=1), dim=1, eps=1e-6)
+
+
+def cell_histograms(image, cell=8, bins=8):
+    """Return the contrast-normalised orientation histograms of :func:`orientation_descriptors`.
+
+    ``(B, 1, H, W)`` in ``[0, 1]`` -> ``(B, bins, H / cell, W / cell)`` (before blocks).
+    """
     if image.dim() != 4 or image.shape[1] != 1:
         raise ValueError(f'image must be (B, 1, H, W), got {tuple(image.shape)}')
     import kornia
@@ -191,13 +206,51 @@ def orientation_descriptors(image, cell=8, bins=8, block=4):
     hist = F.avg_pool2d(torch.cat(channels, dim=1), cell)
     local = F.avg_pool2d(F.avg_pool2d(magnitude, cell), 5, stride=1, padding=2,
                          count_include_pad=False)
-    hist = hist / (local + 1e-3)
+    return hist / (local + 1e-3)
+
+
+def _box_sum(maps, block):
+    """Sum ``maps`` (B, C, h, w) over each cell's ``block x block`` block (zeros outside)."""
     before, after = block // 2, (block - 1) // 2
-    padded = F.pad(hist, (before, after, before, after))
-    height, width = hist.shape[2:]
-    blocks = [padded[:, :, dy:dy + height, dx:dx + width]
-              for dy in range(block) for dx in range(block)]
-    return F.normalize(torch.cat(blocks, dim=1), dim=1, eps=1e-6)
+    padded = F.pad(maps, (before, after, before, after))
+    return F.avg_pool2d(padded, block, stride=1) * float(block * block)
+
+
+def block_cost_volume(reference_hist, moving_hist, radius, block=4):
+    """Return the cosine cost volume of block descriptors from the cell histograms alone.
+
+    Equal to ``local_correlation(D(reference), D(moving), radius)`` with ``D`` the L2-normalised
+    ``block x block`` concatenation of :func:`orientation_descriptors`, but ``block^2`` times
+    cheaper: the dot product of two blocks is the sum over the block of the cells' dot
+    products (a box filter of the cell-level cost volume), divided by the two block norms.
+
+    Args:
+        reference_hist: ``(B, bins, h, w)`` fixed-image histograms (:func:`cell_histograms`).
+        moving_hist: ``(B, bins, h, w)`` histograms of the moving image.
+        radius: search radius in cells.
+        block: cells per block side.
+
+    Returns:
+        ``(B, (2 radius + 1)^2, h, w)`` cosine similarities (offset order of
+        :func:`local_correlation`).
+
+    """
+    cells = local_correlation(reference_hist, moving_hist, radius)
+    # A block's content at cell p is the cells p + b for b in [-before, after] (orientation_
+    # descriptors); summing the cell products over the same window gives the block product.
+    numerator = _box_sum(cells, block)
+    norm_ref = _box_sum((reference_hist * reference_hist).sum(1, keepdim=True), block)
+    norm_mov = _box_sum((moving_hist * moving_hist).sum(1, keepdim=True), block)
+    norm_ref = norm_ref.sqrt().clamp_min(1e-6)
+    norm_mov = norm_mov.sqrt().clamp_min(1e-6)
+    height, width = norm_mov.shape[2:]
+    # A moving block centred outside the grid is all zeros in local_correlation: mask it (its
+    # cells inside the grid would otherwise still count).
+    padded = F.pad(norm_mov, (radius, radius, radius, radius))
+    shifted = torch.cat([padded[:, :, dy:dy + height, dx:dx + width]
+                         for dy in range(2 * radius + 1) for dx in range(2 * radius + 1)], dim=1)
+    inside = (shifted > 0).to(numerator.dtype)
+    return numerator * inside / (norm_ref * shifted.clamp_min(1e-6))
 
 
 def match_cells(reference, moving, radius):
@@ -215,8 +268,12 @@ def match_cells(reference, moving, radius):
         offset (0: ambiguous), zero where the best similarity is not positive.
 
     """
+    return peak_offsets(local_correlation(reference, moving, radius), radius)
+
+
+def peak_offsets(cost, radius):
+    """Return :func:`match_cells`' ``(offset, confidence)`` from a cost volume of ``radius``."""
     size = 2 * int(radius) + 1
-    cost = local_correlation(reference, moving, radius)
     top = torch.topk(cost, 2, dim=1)
     best, index = top.values[:, :1], top.indices[:, :1]
     iy = torch.div(index, size, rounding_mode='floor')
@@ -321,7 +378,8 @@ class OrientationMatcher(nn.Module):
 
         Matches in a moving image warped by ``theta_px`` are mapped back through it first.
         """
-        offset, confidence = match_cells(reference, moving, radius)
+        offset, confidence = peak_offsets(
+            block_cost_volume(reference, moving, radius, self.block), radius)
         targets = points.unsqueeze(0) + offset.flatten(2).transpose(1, 2) * self.cell
         if theta_px is not None:
             targets = targets @ theta_px[:, :, :2].transpose(1, 2) + theta_px[:, :, 2].unsqueeze(1)
@@ -332,21 +390,20 @@ class OrientationMatcher(nn.Module):
         # equations sum squared pixel coordinates over thousands of cells, beyond float16.
         ir, vi = ir.float(), vi.float()
         height, width = vi.shape[2:]
-        reference = orientation_descriptors(vi, self.cell, self.bins, self.block)
+        reference = cell_histograms(vi, self.cell, self.bins)
         rows, cols = reference.shape[2:]
         ys = (torch.arange(rows, device=vi.device, dtype=vi.dtype) + 0.5) * self.cell - 0.5
         xs = (torch.arange(cols, device=vi.device, dtype=vi.dtype) + 0.5) * self.cell - 0.5
         grid_y, grid_x = torch.meshgrid(ys, xs, indexing='ij')
         points = torch.stack((grid_x.reshape(-1), grid_y.reshape(-1)), dim=1)
-        theta_px = self._fit(reference, orientation_descriptors(ir, self.cell, self.bins,
-                                                                self.block),
+        theta_px = self._fit(reference, cell_histograms(ir, self.cell, self.bins),
                              self.radius, points, self.scales)
         if self.refine_radius > 0:
             # Second pass: warp the IR by the first map, match again within a small radius
             # (now the whole neighbourhood lines up, so more cells find their true match).
             theta = _pixel_affine_to_normalised(theta_px, height, width)
             warped = warp(ir, affine_flow(theta, height, width))
-            moving = orientation_descriptors(warped, self.cell, self.bins, self.block)
+            moving = cell_histograms(warped, self.cell, self.bins)
             theta_px = self._fit(reference, moving, self.refine_radius, points,
                                  self.refine_scales, theta_px)
         return _pixel_affine_to_normalised(theta_px, height, width)
