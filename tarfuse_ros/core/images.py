@@ -385,13 +385,15 @@ class PreparedPair:
     in [0, 1] otherwise (:func:`unit_plane` gives the float form). ``crcb``: uint8 ``HxWx2``
     (Cr, Cb) of a colour visible image, ``None`` for a grey one. ``pre_warp``: ``(3, 3)``
     matrix by which ``ir`` was warped with a calibration prior
-    (:func:`tarfuse_ros.core.prior.apply_prior`), ``None`` without one.
+    (:func:`tarfuse_ros.core.prior.apply_prior`), ``None`` without one; ``ir_resized``: the IR
+    plane before that warp (``None`` without a prior).
     """
 
     ir: np.ndarray
     vi_y: np.ndarray
     crcb: np.ndarray = None
     pre_warp: np.ndarray = None
+    ir_resized: np.ndarray = None
 
 
 def prepare_pair(ir, vi, ir_norm='percentile', ir_low=0.5, ir_high=99.5, keep_uint8=False,

@@ -433,9 +433,10 @@ class OnnxFusionEngine:
                      else self._images.merge_luma_chroma(fused_y[b], crcb))
             rows = (nms_rows(raw['det'][b], conf, iou, max_det, classes) if 'det' in raw
                     else None)
-            flow_b = self._prior_module.compose_flow(flow[b], item.pre_warp)
-            outputs.append((fused, registered[b], np.ascontiguousarray(flow_b),
-                            self._detections(rows, height, width)))
+            prior = self._prior_module
+            flow_b = np.ascontiguousarray(prior.compose_flow(flow[b], item.pre_warp))
+            outputs.append((fused, prior.registered_ir_for(item, flow_b, registered[b]),
+                            flow_b, self._detections(rows, height, width)))
         return outputs
 
     def _detections(self, rows, height, width):

@@ -222,7 +222,37 @@ def apply_prior(prior, pair, ir_wh):
     matrix = prior.pre_warp_for(ir_wh, (width, height))
     warped = cv2.warpPerspective(pair.ir, matrix, (width, height), flags=cv2.INTER_LINEAR,
                                  borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-    return replace(pair, ir=warped, pre_warp=matrix)
+    return replace(pair, ir=warped, pre_warp=matrix, ir_resized=pair.ir)
+
+
+def registered_ir_for(pair, flow_px, registered):
+    """Return the registered IR that the published (composed) flow describes.
+
+    The network's own registered IR resamples the pre-warped IR, which lost what the prior
+    mapped outside the visible frame; the published flow still points there. With a prior the
+    resized IR is therefore resampled once at the composed flow (``cv2.remap``, bilinear, zeros
+    outside), so ``registered_ir(p) = ir_resized(p + flow_px(p))`` holds as documented.
+
+    Args:
+        pair: the :class:`~tarfuse_ros.core.images.PreparedPair` given to the network.
+        flow_px: ``(H, W, 2)`` float32 composed flow (:func:`compose_flow`), pixels.
+        registered: uint8 ``HxW`` registered IR of the network (returned without a prior).
+
+    Returns:
+        uint8 ``HxW``.
+
+    """
+    if (pair.pre_warp is None or pair.ir_resized is None
+            or np.array_equal(pair.pre_warp, np.eye(3))):
+        return registered  # nothing was warped away
+    height, width = flow_px.shape[:2]
+    grid_y, grid_x = np.mgrid[0:height, 0:width].astype(np.float32)
+    plane = pair.ir_resized
+    if plane.dtype != np.uint8:
+        plane = np.clip(np.rint(np.asarray(plane, np.float32) * 255.0), 0, 255).astype(np.uint8)
+    return cv2.remap(plane, grid_x + flow_px[..., 0], grid_y + flow_px[..., 1],
+                     interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                     borderValue=0)
 
 
 def _apply_h(matrix, x, y):

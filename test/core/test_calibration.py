@@ -248,7 +248,29 @@ def test_onnxruntime_backend_applies_the_prior_like_the_torch_engine(small_pair,
     got = onnx_engine.infer(ir, vi)
     expected = FusionEngine(cuda_graph='off', registration_prior=prior).infer(ir, vi)
     assert np.abs(got.flow_px - expected.flow_px).max() <= 0.05
-    assert np.abs(got.registered_ir.astype(int) - expected.registered_ir).max() <= 1
+    # The registered IR is resampled at the flow: within 0.05 px of each other, sharp edges
+    # still differ by a few grey levels.
+    assert np.abs(got.registered_ir.astype(int) - expected.registered_ir).max() <= 8
     assert np.abs(got.fused.astype(int) - expected.fused).max() <= 1
     without = OnnxFusionEngine(path, threads=1).infer(ir, vi)
     assert np.abs(without.flow_px - got.flow_px).mean() > 1.0  # the prior acted
+
+
+def test_registered_ir_follows_the_published_flow_where_the_pre_warp_lost_content():
+    from tarfuse_ros.core.images import PreparedPair
+    from tarfuse_ros.core.prior import apply_prior, registered_ir_for
+    rng = np.random.default_rng(0)
+    ir = cv2.GaussianBlur(rng.integers(0, 255, (120, 160), dtype=np.uint8), (0, 0), 2.0)
+    pair = PreparedPair(ir=ir, vi_y=ir.copy())
+    # Shift the IR 20 px right: its left 20 columns leave the visible frame in the pre-warp.
+    prior = make_prior([1, 0, 20, 0, 1, 0, 0, 0, 1], (160, 120), (160, 120))
+    warped = apply_prior(prior, pair, (160, 120))
+    assert np.all(warped.ir[:, :20] == 0) and warped.ir_resized is ir
+    # A residual that points back 30 px left reaches content the pre-warp lost.
+    residual = np.zeros((120, 160, 2), np.float32)
+    residual[..., 0] = -30.0
+    flow = compose_flow(residual, warped.pre_warp)
+    registered = registered_ir_for(warped, flow, np.zeros_like(ir))
+    # registered(p) = ir(p + flow(p)) = ir(p - 50 px): real content wherever x >= 50.
+    np.testing.assert_array_equal(registered[:, 60:], ir[:, 60 - 50:160 - 50])
+    assert registered_ir_for(pair, flow, ir) is ir  # no prior: the network's own
