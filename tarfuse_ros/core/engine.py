@@ -52,8 +52,7 @@ import numpy as np
 from tarfuse_ros.core import images
 from tarfuse_ros.core.checkpoint import CheckpointError, load_checkpoint
 from tarfuse_ros.core.chroma import ir_chroma_for, restore_ir_chroma
-from tarfuse_ros.core.prior import apply_prior, check_prior, compose_flow
-from tarfuse_ros.core.prior import registered_ir_for
+from tarfuse_ros.core.prior import apply_prior, check_prior, published_outputs
 from tarfuse_ros.core.runtime import cudnn_benchmark, resolve_device
 import torch
 
@@ -533,9 +532,8 @@ class FusionEngine:
         for b, (item, det) in enumerate(zip(items, dets)):
             crcb = item.crcb
             fused = fused_y[b] if crcb is None else images.merge_luma_chroma(fused_y[b], crcb)
-            flow_b = np.ascontiguousarray(compose_flow(flow[b], item.pre_warp))
-            outputs.append((fused, registered_ir_for(item, flow_b, registered[b]), flow_b,
-                            self._detections(det, height, width)))
+            flow_b, registered_b = published_outputs(item, flow[b], registered[b])
+            outputs.append((fused, registered_b, flow_b, self._detections(det, height, width)))
         return outputs
 
     def _detections(self, det, height, width):

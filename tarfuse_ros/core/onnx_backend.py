@@ -434,9 +434,8 @@ class OnnxFusionEngine:
             rows = (nms_rows(raw['det'][b], conf, iou, max_det, classes) if 'det' in raw
                     else None)
             prior = self._prior_module
-            flow_b = np.ascontiguousarray(prior.compose_flow(flow[b], item.pre_warp))
-            outputs.append((fused, prior.registered_ir_for(item, flow_b, registered[b]),
-                            flow_b, self._detections(rows, height, width)))
+            flow_b, registered_b = prior.published_outputs(item, flow[b], registered[b])
+            outputs.append((fused, registered_b, flow_b, self._detections(rows, height, width)))
         return outputs
 
     def _detections(self, rows, height, width):

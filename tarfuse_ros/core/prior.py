@@ -225,6 +225,17 @@ def apply_prior(prior, pair, ir_wh):
     return replace(pair, ir=warped, pre_warp=matrix, ir_resized=pair.ir)
 
 
+def published_outputs(pair, residual_px, registered):
+    """Return ``(flow_px, registered_ir)`` as an engine publishes them for one pair.
+
+    The flow is the network's residual composed with the pair's pre-warp
+    (:func:`compose_flow`, contiguous float32); the registered IR is what that flow describes
+    (:func:`registered_ir_for`). Without a prior both come back as the network gave them.
+    """
+    flow_px = np.ascontiguousarray(compose_flow(residual_px, pair.pre_warp))
+    return flow_px, registered_ir_for(pair, flow_px, registered)
+
+
 def registered_ir_for(pair, flow_px, registered):
     """Return the registered IR that the published (composed) flow describes.
 
