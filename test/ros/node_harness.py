@@ -155,6 +155,23 @@ class NodeProcess:
         Path(self.log_file.name).unlink(missing_ok=True)
 
 
+def assert_start_up_fails(parameters, words, timeout=90.0):
+    """Start the node with ``parameters``; assert it exits non-zero with one clear message.
+
+    The message is a FATAL log line (no traceback) that contains every one of ``words``.
+    """
+    node = NodeProcess(random_domain_id(), parameters)
+    try:
+        code = node.wait(timeout)
+        log = node.log()
+    finally:
+        node.close()
+    assert code is not None and code != 0, log
+    assert 'Traceback' not in log and 'FATAL' in log, log
+    for word in words:
+        assert word in log, f'{word!r} missing from:\n{log}'
+
+
 class Probe:
     """The test's ROS side: publishes camera images, collects every output of the node."""
 

@@ -7,7 +7,8 @@ onnxruntime engine gives in this process.
 
 import time
 
-from node_harness import HEIGHT, NodeProcess, Probe, random_domain_id, sample_pair, WIDTH
+from node_harness import assert_start_up_fails, HEIGHT, NodeProcess, Probe, random_domain_id
+from node_harness import sample_pair, WIDTH
 import numpy as np
 import pytest
 from tarfuse_ros.core.export import export_onnx
@@ -70,13 +71,4 @@ def test_onnxruntime_start_up_errors_say_what_to_do(case, tmp_path):
                              ['invalid parameter', 'backend onnxruntime runs an .onnx file',
                               'tarfuse-export']),
     }[case]
-    node = NodeProcess(random_domain_id(), dict(params, backend='onnxruntime'))
-    try:
-        code = node.wait(90.0)
-        log = node.log()
-    finally:
-        node.close()
-    assert code is not None and code != 0, log
-    assert 'Traceback' not in log and 'FATAL' in log, log
-    for word in words:
-        assert word in log, f'{word!r} missing from:\n{log}'
+    assert_start_up_fails(dict(params, backend='onnxruntime'), words)

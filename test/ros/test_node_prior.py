@@ -8,7 +8,8 @@ engine gives with the same prior in this process.
 
 import time
 
-from node_harness import HEIGHT, NodeProcess, Probe, random_domain_id, sample_pair, WIDTH
+from node_harness import assert_start_up_fails, HEIGHT, NodeProcess, Probe, random_domain_id
+from node_harness import sample_pair, WIDTH
 import numpy as np
 import pytest
 from tarfuse_ros.core.engine import FusionEngine
@@ -76,16 +77,8 @@ def test_node_with_a_prior_file_publishes_the_registration_of_the_engine(prior_f
 
 
 def test_node_refuses_an_invalid_prior_at_start_up_naming_the_parameter():
-    node = NodeProcess(random_domain_id(), {
+    assert_start_up_fails({
         'registration.prior': '[1.0, 2.0, 3.0, 2.0, 4.0, 6.0, 0.0, 0.0, 1.0]',
         'registration.prior_ir_size': '[160, 128]',
-        'registration.prior_visible_size': '[160, 128]'})
-    try:
-        code = node.wait(90.0)
-        log = node.log()
-    finally:
-        node.close()
-    assert code is not None and code != 0, log
-    assert 'Traceback' not in log and 'FATAL' in log, log
-    for word in ('invalid parameter', 'registration.prior', 'not invertible'):
-        assert word in log, log
+        'registration.prior_visible_size': '[160, 128]'},
+        ('invalid parameter', 'registration.prior', 'not invertible'))
