@@ -13,7 +13,8 @@ Shapes and units:
   known (images without labels are skipped, not treated as background).
 
 Total: ``L = fusion * L_fus + reg * L_reg + consistency * L_mc + complementary * L_ci
-+ det * L_det`` with ``L_fus = L_int + beta * L_grad``.
++ det * L_det + target * L_tgt`` with ``L_fus = L_int + beta * L_grad`` (``L_tgt``, the
+target-aware intensity term, is ours: :func:`target_intensity_loss`).
 """
 
 from dataclasses import asdict, dataclass
@@ -26,7 +27,8 @@ import torch.nn.functional as F
 
 __all__ = [
     'DetectionLoss', 'LossWeights', 'TarFuseLoss', 'complementary_loss', 'consistency_loss',
-    'fusion_loss', 'gradient_loss', 'intensity_loss', 'registration_loss', 'sobel_magnitude',
+    'box_mask', 'fusion_loss', 'gradient_loss', 'intensity_loss', 'registration_loss',
+    'sobel_magnitude', 'target_intensity_loss',
 ]
 
 
@@ -69,6 +71,65 @@ def gradient_loss(fused, ir, vi):
     _check_same('ir', ir, 'vi', vi)
     target = torch.maximum(sobel_magnitude(ir), sobel_magnitude(vi))
     return (sobel_magnitude(fused) - target).abs().mean()
+
+
+def box_mask(shape, batch_idx, bboxes, device=None):
+    """Return a ``(B, 1, H, W)`` float mask, 1 inside any labelled box of each image, else 0.
+
+    Args:
+        shape: ``(B, C, H, W)`` of the images the boxes belong to.
+        batch_idx: ``(N,)`` image index of each box (ultralytics' layout).
+        bboxes: ``(N, 4)`` normalised ``cx, cy, w, h`` (fractions of the width / height).
+        device: the mask's device (default: ``bboxes``').
+
+    Pixel ``(y, x)`` (centre ``x + 0.5``) is inside a box when its centre lies within the box's
+    edges; a box smaller than a pixel still marks the pixel holding its centre.
+    """
+    batch, _, height, width = shape
+    bboxes = torch.as_tensor(bboxes, device=device).reshape(-1, 4).float()
+    batch_idx = torch.as_tensor(batch_idx, device=bboxes.device).reshape(-1).long()
+    mask = torch.zeros(batch, 1, height, width, device=bboxes.device)
+    if bboxes.shape[0] != batch_idx.shape[0]:
+        raise ValueError(f'{batch_idx.shape[0]} batch indices for {bboxes.shape[0]} boxes')
+    xs = torch.arange(width, device=bboxes.device, dtype=torch.float32) + 0.5
+    ys = torch.arange(height, device=bboxes.device, dtype=torch.float32) + 0.5
+    for index, (cx, cy, w, h) in zip(batch_idx.tolist(), bboxes.tolist()):
+        if not 0 <= index < batch:
+            raise ValueError(f'batch index {index} outside [0, {batch})')
+        x0, x1 = (cx - w / 2) * width, (cx + w / 2) * width
+        y0, y1 = (cy - h / 2) * height, (cy + h / 2) * height
+        inside_x = (xs >= x0) & (xs <= x1)
+        inside_y = (ys >= y0) & (ys <= y1)
+        if not inside_x.any():  # thinner than a pixel: the pixel holding the centre
+            inside_x[min(max(int(cx * width), 0), width - 1)] = True
+        if not inside_y.any():
+            inside_y[min(max(int(cy * height), 0), height - 1)] = True
+        mask[index, 0] = torch.maximum(mask[index, 0],
+                                       (inside_y[:, None] & inside_x[None, :]).float())
+    return mask
+
+
+def target_intensity_loss(fused, ir, vi, mask):
+    """Return ``mean |fused - max(ir, vi)|`` over the pixels of ``mask`` (scalar, ours).
+
+    The intensity term of :func:`intensity_loss` restricted to the labelled targets, so that a
+    person that covers 0.5 % of a night frame weighs as much as the whole frame: without it the
+    fused image follows the (larger, brighter) visible background and hot targets vanish
+    (measured: fused / IR target contrast 0.08 at night). The same idea as TarDAL's target mask
+    (Liu et al., CVPR 2022), with the paper's ``max(ir, vi)`` target instead of the IR alone.
+
+    Args:
+        fused, ir, vi: ``(B, C, H, W)`` in [0, 1].
+        mask: ``(B, 1, H, W)`` in [0, 1] (:func:`box_mask`); zero everywhere gives a zero loss
+            that stays in the graph.
+    """
+    _check_same('fused', fused, 'ir', ir)
+    _check_same('fused', fused, 'vi', vi)
+    if mask.dim() != 4 or mask.shape[0] != fused.shape[0] or mask.shape[1] != 1 \
+            or mask.shape[2:] != fused.shape[2:]:
+        raise ValueError(f'mask must be (B, 1, H, W) like fused, got {tuple(mask.shape)}')
+    error = (fused - torch.maximum(ir, vi)).abs() * mask
+    return error.sum() / (mask.sum() * fused.shape[1]).clamp_min(1.0)
 
 
 def fusion_loss(fused, ir, vi, beta=2.0):
@@ -210,6 +271,9 @@ class LossWeights:
     det: float = 1.0
     # Fusion loss as a whole.
     fusion: float = 1.0
+    # Ours: target-aware intensity term (:func:`target_intensity_loss`) over the labelled boxes
+    # of labelled images (0, the paper, switches it off).
+    target: float = 0.0
 
     @classmethod
     def from_dict(cls, values):
@@ -233,7 +297,7 @@ class TarFuseLoss(nn.Module):
       ``bboxes``, ``has_labels``;
     - ``parts``: detached scalars ``total``, ``fusion``, ``intensity``, ``gradient``,
       ``registration``, ``registration_levels``, ``consistency``, ``complementary``,
-      ``detection``, ``det_box``, ``det_cls``, ``det_dfl`` (unweighted values; terms with
+      ``target``, ``detection``, ``det_box``, ``det_cls``, ``det_dfl`` (unweighted values; terms with
       weight 0 are still reported).
 
     Consistency and complementary use the aligned IR's features when present (else the
@@ -283,6 +347,17 @@ class TarFuseLoss(nn.Module):
             complementary = complementary_loss(s_ir, features['s_vi'])
         total = total + w.consistency * consistency + w.complementary * complementary
         parts.update(consistency=consistency, complementary=complementary)
+
+        target = torch.zeros((), device=fused.device)
+        if w.target != 0 and 'bboxes' in batch:
+            mask = box_mask(fused.shape, batch['batch_idx'], batch['bboxes'], fused.device)
+            has_labels = batch.get('has_labels')
+            if has_labels is not None:
+                labelled = torch.as_tensor(has_labels, device=fused.device).reshape(-1)
+                mask = mask * labelled.float().view(-1, 1, 1, 1)
+            target = target_intensity_loss(fused, ir, vi, mask)
+            total = total + w.target * target
+        parts['target'] = target
 
         det_items = torch.zeros(3, device=fused.device)
         detection = torch.zeros((), device=fused.device)

@@ -3,9 +3,10 @@
 import math
 
 import pytest
-from tarfuse_ros.core.losses import (complementary_loss, consistency_loss, DetectionLoss,
-                                     fusion_loss, gradient_loss, intensity_loss, LossWeights,
-                                     registration_loss, sobel_magnitude, TarFuseLoss)
+from tarfuse_ros.core.losses import (box_mask, complementary_loss, consistency_loss,
+                                     DetectionLoss, fusion_loss, gradient_loss, intensity_loss,
+                                     LossWeights, registration_loss, sobel_magnitude,
+                                     target_intensity_loss, TarFuseLoss)
 from tarfuse_ros.core.model import build_model, TarFuseConfig
 import torch
 
@@ -186,3 +187,56 @@ def test_loss_weights_from_dict_rejects_unknown():
     with pytest.raises(ValueError, match='unknown LossWeights keys'):
         LossWeights.from_dict({'regist': 1})
     assert LossWeights.from_dict({'reg': 3}).reg == 3.0
+
+
+def test_box_mask_marks_the_box_pixels():
+    mask = box_mask((2, 1, 10, 20), [0, 1, 1],
+                    [[0.25, 0.5, 0.2, 0.4], [0.5, 0.5, 0.01, 0.01], [0.9, 0.1, 0.1, 0.2]])
+    assert mask.shape == (2, 1, 10, 20)
+    # Image 0: x in [3, 7] px, y in [3, 7] px -> pixel centres 3.5..6.5 -> 3 x 4 ... exactly
+    # columns 3..6 and rows 3..6 (centres 3.5, 4.5, 5.5, 6.5).
+    assert mask[0, 0].sum().item() == 16
+    assert mask[0, 0, 3:7, 3:7].min().item() == 1.0
+    # Image 1: a sub-pixel box marks the pixel holding its centre (x 10, y 5), plus the
+    # 2 x 2 box at the top right (x 17..19, y 0..2 -> columns 17, 18, rows 0, 1).
+    assert mask[1, 0, 5, 10].item() == 1.0
+    assert mask[1, 0, 0:2, 17:19].min().item() == 1.0
+    assert mask[1, 0].sum().item() == 5
+    with pytest.raises(ValueError, match='batch index 2'):
+        box_mask((2, 1, 10, 20), [2], [[0.5, 0.5, 0.1, 0.1]])
+
+
+def test_target_intensity_loss_weighs_only_the_targets():
+    ir = torch.zeros(1, 1, 32, 32)
+    ir[..., 10:14, 10:14] = 0.9          # a hot target
+    vi = torch.full((1, 1, 32, 32), 0.4)  # a brighter background, dark where the target is
+    mask = box_mask(ir.shape, [0], [[12 / 32, 12 / 32, 4 / 32, 4 / 32]])
+    follows_visible = vi.clone()
+    keeps_target = torch.maximum(ir, vi)
+    # Following the visible image costs little over the frame but everything on the target.
+    assert intensity_loss(follows_visible, ir, vi).item() < 0.01
+    assert target_intensity_loss(follows_visible, ir, vi, mask).item() == pytest.approx(0.5)
+    assert target_intensity_loss(keeps_target, ir, vi, mask).item() == 0.0
+    empty = target_intensity_loss(follows_visible, ir, vi, torch.zeros_like(mask))
+    assert empty.item() == 0.0
+    with pytest.raises(ValueError, match='mask must be'):
+        target_intensity_loss(vi, ir, vi, torch.zeros(1, 1, 16, 16))
+
+
+def test_total_loss_target_term(small_model):
+    small_model.train()
+    ir, vi, _ = _images()
+    batch = {'ir_aligned': ir, 'vi': vi, 'has_labels': torch.tensor([True, False]),
+             **_targets()}
+    out = small_model(ir, vi, ir_aligned=ir)
+    _, parts = TarFuseLoss(small_model, LossWeights())(out, batch)
+    assert parts['target'].item() == 0.0  # off by default (the paper)
+    weights = LossWeights.from_dict({'target': 4.0})
+    total, parts_on = TarFuseLoss(small_model, weights)(out, batch)
+    # Only image 0 is labelled: its two boxes, not image 1's.
+    mask = box_mask(ir.shape, [0, 0], _targets()['bboxes'][:2])
+    expected = target_intensity_loss(out['fused'].detach(), ir, vi, mask)
+    assert parts_on['target'].item() == pytest.approx(expected.item(), rel=1e-5)
+    assert parts_on['target'] > 0
+    assert total.item() == pytest.approx(parts_on['total'].item())
+    assert (total - parts['total']).item() == pytest.approx(4.0 * expected.item(), rel=1e-4)
