@@ -297,8 +297,8 @@ class TarFuseLoss(nn.Module):
       ``bboxes``, ``has_labels``;
     - ``parts``: detached scalars ``total``, ``fusion``, ``intensity``, ``gradient``,
       ``registration``, ``registration_levels``, ``consistency``, ``complementary``,
-      ``target``, ``detection``, ``det_box``, ``det_cls``, ``det_dfl`` (unweighted values; terms with
-      weight 0 are still reported).
+      ``target``, ``detection``, ``det_box``, ``det_cls``, ``det_dfl`` (unweighted values;
+      terms with weight 0 are still reported).
 
     Consistency and complementary use the aligned IR's features when present (else the
     registered ones); the fusion loss uses the aligned IR.

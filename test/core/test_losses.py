@@ -6,7 +6,7 @@ import pytest
 from tarfuse_ros.core.losses import (box_mask, complementary_loss, consistency_loss,
                                      DetectionLoss, fusion_loss, gradient_loss, intensity_loss,
                                      LossWeights, registration_loss, sobel_magnitude,
-                                     target_intensity_loss, TarFuseLoss)
+                                     TarFuseLoss, target_intensity_loss)
 from tarfuse_ros.core.model import build_model, TarFuseConfig
 import torch
 
