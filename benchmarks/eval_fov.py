@@ -22,6 +22,8 @@ import cv2
 import numpy as np
 from tarfuse_ros.core import data, metrics
 from tarfuse_ros.core.engine import FusionEngine
+from tarfuse_ros.training.datasets import resolve_dataset_dir
+import torch
 
 
 def narrow_ir(ir_aligned, fov):
@@ -46,7 +48,8 @@ def evaluate_pair(engine, ir_aligned, vi, fov):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--data', required=True, help='data set folder (ir/, vi/, aligned)')
+    parser.add_argument('--data', required=True,
+                        help='data set folder (ir/, vi/, aligned) or a shared name (msrs_det)')
     parser.add_argument('--split', default='test', help='split name or list file')
     parser.add_argument('--weights', default=None, help='checkpoint (default: shipped)')
     parser.add_argument('--fov', type=float, default=0.8, help='IR field of view fraction')
@@ -58,13 +61,15 @@ def main(argv=None):
     if not 0.3 <= args.fov <= 1.0:
         parser.error(f'--fov must be in [0.3, 1], got {args.fov}')
     width, height = (int(v) for v in args.size.lower().split('x'))
-    engine = FusionEngine(args.weights, device='cpu', threads=args.threads)
-    stems = list(data.read_split(args.data, args.split))
+    torch.set_num_threads(args.threads)
+    engine = FusionEngine(args.weights, device='cpu')
+    dataset_dir = resolve_dataset_dir(args.data)
+    stems = list(data.read_split(dataset_dir, args.split))
     if args.max_pairs:
         stems = stems[:args.max_pairs]
     rows = []
     for stem in stems:
-        ir, vi = data.load_pair(args.data, stem)
+        ir, vi = data.load_pair(dataset_dir, stem)
         ir = cv2.resize(ir, (width, height), interpolation=cv2.INTER_AREA)
         vi = cv2.resize(vi, (width, height), interpolation=cv2.INTER_AREA)
         if ir.ndim == 3:
