@@ -30,7 +30,9 @@ Outputs in ``--out`` (created if needed); ``<name>`` is the stem for images and
 
 - ``fused/<name>.png``: the fused image, visible image size (BGR for a colour visible image,
   grey for a grey one); for videos instead ``<visible stem>_fused.mp4`` (MPEG-4 Part 2), or
-  ``.avi`` (Motion JPEG) for an ``.avi`` input, at the visible video's frame rate;
+  ``.avi`` (Motion JPEG) for an ``.avi`` input or a visible video of odd width or height
+  (FFmpeg's encoders would crop it to even sizes), at the visible video's frame rate and size;
+  no video file is left when no frame was fused;
 - ``registered/<name>.png`` (``--registered``): the IR warped onto the visible frame, 8-bit;
 - ``flow/<name>.npy`` (``--flow``): float32 ``HxWx2``, (dx, dy) in visible pixels,
   ``registered_ir(p) = ir(p + flow(p))``; ``flow/<name>.png``: the same colour-coded with
@@ -45,8 +47,8 @@ A progress bar runs on a terminal; a summary follows (pairs in and out, failures
 the processing after the model is loaded, mean engine time per pair). Exit status: 0 when every
 pair was fused and written; 1 when some input could not be read or fused or an output not
 written (each named on stderr and in the summary; the rest is still processed); 2 for usage
-errors (bad options, missing paths, inputs of different kinds, no pair to fuse, weights or device
-that cannot be loaded).
+errors (bad options, missing paths, inputs of different kinds, no pair to fuse (for videos: no
+visible frame with an IR frame near it), weights or device that cannot be loaded).
 """
 
 import argparse
@@ -476,26 +478,38 @@ class _Outputs:
 
     def _open_video(self, visible_path, fps, size):
         avi = Path(visible_path).suffix.lower() == '.avi'
-        choices = [('.avi', 'MJPG'), ('.mp4', 'mp4v')]
-        for suffix, fourcc in (choices if avi else choices[::-1]):
+        choices = [('.avi', 'MJPG', cv2.CAP_ANY), ('.mp4', 'mp4v', cv2.CAP_ANY)]
+        if not avi:
+            choices = choices[::-1]
+        if size[0] % 2 or size[1] % 2:
+            # OpenCV's FFmpeg writers crop an odd width or height to an even one; its own
+            # Motion JPEG writer keeps the visible size.
+            choices = [('.avi', 'MJPG', cv2.CAP_OPENCV_MJPEG)]
+        for suffix, fourcc, api in choices:
             path = self.out / f'{Path(visible_path).stem}_fused{suffix}'
-            writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, size)
+            writer = cv2.VideoWriter(str(path), api, cv2.VideoWriter_fourcc(*fourcc), fps, size)
             if writer.isOpened():
                 self._video, self.video_path, self._video_size = writer, path, size
                 return
             writer.release()
-        raise OSError(f'OpenCV cannot write a video into {self.out} (neither mp4v nor MJPG)')
+        names = ' nor '.join(fourcc for _, fourcc, _ in choices)
+        raise OSError(f'OpenCV cannot write a {size[0]}x{size[1]} video into {self.out} '
+                      f'(neither {names})')
 
     def submit(self, name, result, info):
         """Queue one pair's :class:`FusionResult` for writing."""
         self._queue.put((name, result, info))
 
     def close(self):
-        """Write what is queued, then close the video."""
+        """Write what is queued, then close the video (removed if it holds no frame)."""
         self._queue.put(None)
         self._thread.join()
         if self._video is not None:
             self._video.release()
+            self._video = None
+            if self.written == 0:  # a container without frames does not even open
+                self.video_path.unlink(missing_ok=True)
+                self.video_path = None
 
     def _run(self):
         while True:
@@ -621,7 +635,12 @@ def _summary_lines(plan, summary, outputs, engine, threads):
     if summary.failures:
         lines.append('failed: ' + '; '.join(
             f'{name} ({reason})' for name, reason in summary.failures))
-    written = [str(outputs.video_path) if outputs.video_path else str(outputs.out / 'fused')]
+    if not plan.videos:
+        written = [str(outputs.out / 'fused')]
+    elif outputs.video_path is not None:
+        written = [str(outputs.video_path)]
+    else:
+        written = ['no video (no frame fused)']
     written += [str(outputs.out / name) for wanted, name in (
         (outputs.registered, 'registered'), (outputs.flow, 'flow'),
         (outputs.detections, 'detections'), (outputs.detections, 'labels')) if wanted]
@@ -691,6 +710,9 @@ def main(argv=None):
             raise UsageError(f'--threads must be >= 1, got {args.threads}')
         if not math.isfinite(args.ir_offset_ms):
             raise UsageError('--ir-offset-ms must be a finite number')
+        if args.out.exists() and not args.out.is_dir():
+            raise UsageError(f'--out {str(args.out)!r} is a file; give a folder (created if '
+                             f'needed)')
         plan = plan_inputs(args.ir, args.visible, args.ir_offset_ms)
         engine = _load_engine(args.weights, args.device, args.threads)
         video = None
@@ -717,6 +739,12 @@ def main(argv=None):
         print(line)
     if summary.interrupted:
         return 130
+    if plan.videos and summary.pairs_in == 0:
+        print(f'{PROG}: error: no visible frame has an IR frame within '
+              f'{plan.videos[1].period_ms:.1f} ms (one IR period), nothing was fused: the IR '
+              f'video starts {args.ir_offset_ms / 1e3:g} s into the visible one '
+              f'(--ir-offset-ms); give two recordings that overlap in time', file=sys.stderr)
+        return 2
     return 1 if summary.failures else 0
 
 

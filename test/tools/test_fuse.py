@@ -70,6 +70,10 @@ def test_usage_errors_exit_2_and_say_why(tmp_path, capsys):
                           '--weights', tmp_path / 'none.safetensors')
     assert status == 2 and 'none.safetensors' in err
     assert not (tmp_path / 'out').exists()
+    (tmp_path / 'file').write_text('not a folder')
+    status, _, err = _run(capsys, '--ir', vi, '--visible', vi, '--out', tmp_path / 'file')
+    assert status == 2 and "--out '" in err and 'is a file; give a folder' in err
+    assert 'Traceback' not in err
 
 
 def test_single_pair_outputs_equal_the_engine(tmp_path, capsys, engine):
@@ -228,6 +232,58 @@ def test_two_videos_of_different_frame_rates_are_paired_by_time(tmp_path, capsys
     assert len(frames) == len(paired)
     assert all(frame.shape == (64, 96, 3) for frame in frames)
     assert sorted(p.name for p in out.iterdir()) == ['detections', 'labels', 'visible_fused.mp4']
+
+
+def _write_y4m(path, fps, frames, size):
+    """Write an uncompressed 4:4:4 YUV4MPEG2 video (any size, odd ones included)."""
+    width, height = size
+    rng = np.random.default_rng(1)
+    with open(path, 'wb') as stream:
+        stream.write(f'YUV4MPEG2 W{width} H{height} F{fps}:1 Ip A1:1 C444\n'.encode())
+        for _ in range(frames):
+            planes = rng.integers(16, 235, (3, height, width), np.uint8)
+            stream.write(b'FRAME\n' + planes.tobytes())
+
+
+def _frames(path):
+    video = cv2.VideoCapture(str(path))
+    frames = []
+    while True:
+        ok, frame = video.read()
+        if not ok:
+            break
+        frames.append(frame)
+    video.release()
+    return frames
+
+
+def test_odd_sized_video_keeps_the_visible_size(tmp_path, capsys):
+    _write_y4m(tmp_path / 'visible.y4m', 10, 3, (37, 29))
+    _write_y4m(tmp_path / 'thermal.y4m', 10, 3, (37, 29))
+    assert _frames(tmp_path / 'visible.y4m')[0].shape == (29, 37, 3)
+    out = tmp_path / 'out'
+    status, stdout, _ = _run(capsys, '--ir', tmp_path / 'thermal.y4m',
+                             '--visible', tmp_path / 'visible.y4m', '--out', out)
+    assert status == 0, stdout
+    assert '3 frame(s) in, 3 fused out, 0 failed' in stdout
+    # FFmpeg's mp4v/MJPG encoders would have cropped the frames to 36x28.
+    assert sorted(p.name for p in out.iterdir()) == ['visible_fused.avi']
+    frames = _frames(out / 'visible_fused.avi')
+    assert len(frames) == 3 and all(frame.shape == (29, 37, 3) for frame in frames)
+
+
+def test_videos_without_a_common_frame_exit_2_and_leave_no_video(tmp_path, capsys):
+    _write_video(tmp_path / 'visible.mp4', 10.0, 3, (64, 48))
+    _write_video(tmp_path / 'thermal.mp4', 10.0, 3, (64, 48))
+    out = tmp_path / 'out'
+    status, stdout, stderr = _run(capsys, '--ir', tmp_path / 'thermal.mp4',
+                                  '--visible', tmp_path / 'visible.mp4', '--out', out,
+                                  '--ir-offset-ms', '60000')
+    assert status == 2
+    assert '3 visible frame(s) without an IR frame' in stdout
+    assert 'no visible frame has an IR frame' in stderr and '--ir-offset-ms' in stderr
+    assert 'Traceback' not in stderr
+    assert list(out.iterdir()) == []  # no unplayable, frameless video file
 
 
 def test_pairing_rule_nearest_in_time_earlier_on_ties():
