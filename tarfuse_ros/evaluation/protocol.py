@@ -166,7 +166,8 @@ def evaluate(data_dir, weights, out_dir, options=None, **settings):
         the metrics dict written to ``metrics.json``.
 
     Raises:
-        ValueError: bad options, a data set not found, or nothing to evaluate.
+        ValueError: bad options, a data set not found, an output folder that cannot be made,
+            or nothing to evaluate.
 
     """
     options = options if options is not None else EvalOptions(**settings)
@@ -179,7 +180,11 @@ def _evaluate(data_dir, weights, out_dir, options):
     dataset_dir = resolve_dataset_dir(data_dir)
     stored_ir, deform = _stored_ir(dataset_dir, options)
     aligned = stored_ir == 'aligned'
-    (out_dir / 'figures').mkdir(parents=True, exist_ok=True)
+    try:
+        (out_dir / 'figures').mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        what = 'is a file' if out_dir.is_file() else f'cannot be created ({exc.strerror})'
+        raise ValueError(f'--out {str(out_dir)!r} {what}: give a folder') from None
     with_disp = set(data.misaligned_stems(dataset_dir)) if aligned else set()
     stems, skipped = _select_stems(dataset_dir, options, deform, with_disp)
     nms = {'conf_threshold': options.conf, 'iou_threshold': options.iou, 'max_detections': 100}

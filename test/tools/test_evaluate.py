@@ -195,6 +195,13 @@ def test_evaluate_rejects_bad_requests(random_checkpoint, tmp_path, capsys):
     code = main(['--data', str(tmp_path / 'missing'), '--weights', str(random_checkpoint),
                  '--out', str(tmp_path)])
     assert code == 2
+    (tmp_path / 'file').write_text('not a folder')
+    for out in (tmp_path / 'file', tmp_path / 'file' / 'eval'):
+        code = main(['--data', str(DATASETS / 'tno'), '--split', 'all', '--weights',
+                     str(random_checkpoint), '--out', str(out), '--no-progress'])
+        err = capsys.readouterr().err
+        assert code == 2, err
+        assert f"--out '{out}'" in err and 'give a folder' in err and 'Traceback' not in err
 
 
 # --- sets without an aligned IR (shipped weights) -----------------------------------------
