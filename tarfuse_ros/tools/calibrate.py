@@ -23,7 +23,8 @@ PRIOR.yaml [--weights W] [--pairs-count N] [--iterations K] [--max-side PX] [--d
    parameters file.
 
 Exit status: 0 on success, 1 when no homography could be fitted, 2 for usage errors (bad options,
-missing paths or topics, fewer than 1 pair, weights or device that cannot be loaded).
+missing paths or topics, fewer than 1 pair, an unreadable image, an ``--out`` that is a folder,
+weights or device that cannot be loaded).
 """
 
 import argparse
@@ -60,7 +61,7 @@ def folder_pairs(pairs_dir, count, split='all'):
     """Return ``[(stem, ir, vi)]``: ``count`` pairs spread over a data-set folder's split.
 
     Raises:
-        UsageError: not a data-set folder, unknown split, or no pair.
+        UsageError: not a data-set folder, unknown split, no pair, or an unreadable image.
 
     """
     from tarfuse_ros.core import data
@@ -72,7 +73,10 @@ def folder_pairs(pairs_dir, count, split='all'):
         raise UsageError(f'no IR/visible pair in {str(pairs_dir)!r} (split {split!r})')
     pairs = []
     for index in spread_indices(len(stems), count):
-        ir, vi = data.load_pair(pairs_dir, stems[index])
+        try:
+            ir, vi = data.load_pair(pairs_dir, stems[index])
+        except ValueError as exc:  # an unreadable image: the input's fault, not the fit's
+            raise UsageError(f'pair {stems[index]!r}: {exc}; remove or replace it') from exc
         pairs.append((stems[index], ir, vi))
     return pairs
 
@@ -248,6 +252,9 @@ def _check_args(args):
         raise UsageError(f'{str(source)!r} is not a folder')
     if not args.out.parent.is_dir():
         raise UsageError(f'the folder of --out {str(args.out)!r} does not exist')
+    if args.out.is_dir():
+        raise UsageError(f'--out {str(args.out)!r} is a folder; give the file to write (e.g. '
+                         f'{str(args.out / "rig_prior.yaml")!r})')
 
 
 def _report_lines(result, iterations):

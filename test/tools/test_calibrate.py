@@ -108,6 +108,28 @@ def test_usage_errors_exit_2_with_the_reason(argv, words, tmp_path, capsys):
     assert not (tmp_path / 'p.yaml').exists()
 
 
+def test_folder_usage_errors_exit_2_before_the_model_runs(rig_folder, tmp_path, capsys):
+    # --out a folder: refused up front (it used to fail writing, after the whole calibration).
+    code = calibrate.main(['--pairs', str(rig_folder), '--out', str(tmp_path),
+                           '--pairs-count', '1', '--iterations', '1', '--threads', '1'])
+    err = capsys.readouterr().err
+    assert code == 2 and f"--out '{tmp_path}' is a folder" in err and 'Traceback' not in err
+    # An unreadable image is the input's fault (exit 2 naming it), not "no prior fitted".
+    broken = tmp_path / 'broken'
+    for sub in ('ir', 'vi'):
+        (broken / sub).mkdir(parents=True)
+        for path in (rig_folder / sub).iterdir():
+            (broken / sub / path.name).write_bytes(path.read_bytes())
+    bad = sorted((broken / 'vi').iterdir())[-1]
+    bad.write_bytes(b'\x89PNG\r\n\x1a\n' + bytes(64))
+    code = calibrate.main(['--pairs', str(broken), '--out', str(tmp_path / 'p.yaml'),
+                           '--pairs-count', '2', '--iterations', '1', '--threads', '1'])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert 'error:' in err and str(bad) in err and 'no prior fitted' not in err
+    assert not (tmp_path / 'p.yaml').exists()
+
+
 def test_spread_indices_cover_the_recording_ends_included():
     assert calibrate.spread_indices(100, 5) == [0, 25, 50, 74, 99]
     assert calibrate.spread_indices(3, 10) == [0, 1, 2]
