@@ -7,7 +7,7 @@ Example::
 
 The graph, its inputs, outputs and metadata: :mod:`tarfuse_ros.core.export`. Exit status 0 on
 success, 1 when the export or its check against PyTorch fails, 2 for usage errors (a missing or
-invalid checkpoint, a bad option).
+invalid checkpoint, a bad option, an ``--out`` that is a folder).
 """
 
 import argparse
@@ -42,6 +42,10 @@ def main(argv=None):
     if args.threads is not None and args.threads < 1:
         print(f'{PROG}: error: --threads must be >= 1, got {args.threads}', file=sys.stderr)
         return 2
+    if args.out.is_dir():
+        print(f'{PROG}: error: --out {str(args.out)!r} is a folder; give the ONNX file to '
+              f'write (e.g. {str(args.out / "tarfuse.onnx")!r})', file=sys.stderr)
+        return 2
     # Imported here so that usage errors are reported before torch is loaded.
     from tarfuse_ros.core.checkpoint import CheckpointError
     from tarfuse_ros.core.export import export_onnx, ExportError
@@ -60,7 +64,7 @@ def main(argv=None):
     size_mib = report.path.stat().st_size / 2**20
     print(f'wrote {report.path} ({size_mib:.1f} MiB, opset {report.opset}, {report.precision}; '
           f'inputs ir, vi (B, 1, H, W) float32 in [0, 1], H and W multiples of 32; outputs '
-          f'fused, flow, registered_ir, det)')
+          f'{", ".join(_output_names(report.path))})')
     if report.max_abs_diff:
         diffs = ', '.join(f'{name} {value:.2g}' for name, value in report.max_abs_diff.items())
         print(f'checked against PyTorch at {report.verify_shape}: max abs difference {diffs}')
@@ -69,6 +73,12 @@ def main(argv=None):
           f'--optShapes=ir:1x1x512x640,vi:1x1x512x640 '
           f'--maxShapes=ir:1x1x1024x1280,vi:1x1x1024x1280 --fp16 --saveEngine=tarfuse.engine')
     return 0
+
+
+def _output_names(path):
+    """Return the output names of the written graph (no ``det`` without a detection head)."""
+    import onnx
+    return [output.name for output in onnx.load(str(path), load_external_data=False).graph.output]
 
 
 if __name__ == '__main__':

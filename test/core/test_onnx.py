@@ -22,7 +22,7 @@ from tarfuse_ros.core.model import yolo
 from tarfuse_ros.core.model.tarfuse import build_model
 from tarfuse_ros.core.onnx_backend import CONFIG_KEY, nms_rows, ONNX_KEY, ONNX_OUTPUTS
 from tarfuse_ros.core.onnx_backend import OnnxFusionEngine, OnnxModelError
-from tarfuse_ros.core.paths import default_weights_path
+from tarfuse_ros.core.paths import default_weights_path, share_dir
 from tarfuse_ros.tools import export as export_tool
 import torch
 
@@ -132,6 +132,22 @@ def test_export_tool_usage_errors(tmp_path, capsys):
                              str(tmp_path / 'b.onnx')]) == 2
     assert 'does not exist' in capsys.readouterr().err
     assert not list(tmp_path.glob('*.onnx'))
+    # --out a folder: refused before the export (it failed renaming a temporary file after it).
+    assert export_tool.main([weights, '--out', str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert f"--out '{tmp_path}' is a folder" in err and '.tmp' not in err
+
+
+def test_export_tool_names_the_outputs_it_wrote(tmp_path, capsys):
+    # The medical model has no detection head: no det output, and the tool must not claim one.
+    out = tmp_path / 'medical.onnx'
+    code = export_tool.main([str(share_dir() / 'models' / 'tarfuse_medical.safetensors'),
+                             '--out', str(out), '--no-verify', '--threads', '1'])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert [o.name for o in onnx.load(str(out)).graph.output] == [
+        'fused', 'flow', 'registered_ir']
+    assert 'outputs fused, flow, registered_ir)' in printed  # it printed '..., det)'
 
 
 @pytest.fixture(scope='module')
