@@ -310,13 +310,20 @@ def apply_overrides(raw, items):
     """Apply ``KEY=VALUE`` overrides (values read as YAML) to a raw mapping, in place.
 
     Raises:
-        ValueError: an item without ``=``. Unknown keys are reported when the mapping is
-            parsed (:meth:`TrainingConfig.from_dict`).
+        ValueError: an item without ``=`` or whose value is not YAML. Unknown keys are
+            reported when the mapping is parsed (:meth:`TrainingConfig.from_dict`).
 
     """
     for item in items:
         key, sep, value = item.partition('=')
         if not sep:
             raise ValueError(f'--set expects KEY=VALUE, got {item!r}')
-        set_by_path(raw, key.strip(), yaml.safe_load(value))
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            problem = getattr(exc, 'problem', None) or str(exc).splitlines()[0]
+            raise ValueError(f'--set {item!r}: the value is not valid YAML ({problem}); a '
+                             f'string holding [ ] {{ }} : @ or quotes goes in YAML quotes, e.g. '
+                             f'"{key.strip()}=\'...\'"') from None
+        set_by_path(raw, key.strip(), parsed)
     return raw

@@ -197,6 +197,7 @@ def test_fit_epochs_fills_the_budget_and_respects_the_bounds():
     (['--set', 'model.no_such_width=3'], 'no_such_width'),
     (['--set', 'deformation.bogus=1'], 'bogus'),
     (['--set', 'data.class_map={person: 0, car: 2}'], 'class_map'),
+    (['--set', 'train.epochs=[1'], "--set 'train.epochs=[1': the value is not valid YAML"),
     (['--batch', '0'], 'train.batch'),
     (['--device', 'tpu'], 'cpu, cuda or cuda:N'),
 ])
