@@ -41,14 +41,16 @@ Outputs in ``--out`` (created if needed); ``<name>`` is the stem for images and
 - ``detections/<name>.json`` (``--detections``): image size, sources (and frame times for
   videos) and one entry per box: ``class_id``, ``class_name``, ``score``, ``xyxy`` (visible
   pixels); ``labels/<name>.txt``: the boxes in YOLO format (``class cx cy w h``, normalised),
-  with ``labels/classes.txt``.
+  with ``labels/classes.txt``. A model without detection head (``model.detect: false``)
+  refuses ``--detections`` (empty files would read as "nothing found").
 
 A progress bar runs on a terminal; a summary follows (pairs in and out, failures, frames/s over
 the processing after the model is loaded, mean engine time per pair). Exit status: 0 when every
 pair was fused and written; 1 when some input could not be read or fused or an output not
 written (each named on stderr and in the summary; the rest is still processed); 2 for usage
 errors (bad options, missing paths, inputs of different kinds, no pair to fuse (for videos: no
-visible frame with an IR frame near it), weights or device that cannot be loaded).
+visible frame with an IR frame near it), weights or device that cannot be loaded, an ``.onnx``
+file, ``--detections`` with a model without detection head).
 """
 
 import argparse
@@ -689,6 +691,9 @@ def _load_engine(weights, device, threads):
     if threads is not None:  # a program sets the process-wide thread counts, not the engine
         torch.set_num_threads(threads)
         cv2.setNumThreads(threads)
+    if str(weights or '').lower().endswith('.onnx'):
+        raise UsageError(f'--weights {weights}: an ONNX file (tarfuse-export); tarfuse-fuse runs '
+                         f'.safetensors checkpoints (the file that was exported)')
     try:
         return FusionEngine(weights, device=device)
     except CheckpointError as exc:
@@ -715,6 +720,10 @@ def main(argv=None):
                              f'needed)')
         plan = plan_inputs(args.ir, args.visible, args.ir_offset_ms)
         engine = _load_engine(args.weights, args.device, args.threads)
+        if args.detections and not engine.detects:
+            raise UsageError(f'--detections: the model {args.weights or "(shipped)"} has no '
+                             f'detection head (model.detect: false), so it detects nothing; '
+                             f'leave out --detections')
         video = None
         if plan.videos:
             vi_video = plan.videos[0]

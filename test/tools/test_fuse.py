@@ -74,6 +74,21 @@ def test_usage_errors_exit_2_and_say_why(tmp_path, capsys):
     status, _, err = _run(capsys, '--ir', vi, '--visible', vi, '--out', tmp_path / 'file')
     assert status == 2 and "--out '" in err and 'is a file; give a folder' in err
     assert 'Traceback' not in err
+    status, _, err = _run(capsys, '--ir', vi, '--visible', vi, '--out', tmp_path / 'out',
+                          '--weights', tmp_path / 'model.onnx')
+    assert status == 2 and 'an ONNX file' in err and '.safetensors' in err
+    assert not (tmp_path / 'out').exists()
+
+
+def test_detections_from_a_model_without_detection_head_are_refused(tmp_path, capsys):
+    # Empty detection files from a head-less model would read as "nothing found".
+    medical = share_dir() / 'models' / 'tarfuse_medical.safetensors'
+    vi = SAMPLES / 'vi' / f'{STEMS[0]}.jpg'
+    status, _, err = _run(capsys, '--ir', vi, '--visible', vi, '--out', tmp_path / 'out',
+                          '--weights', medical, '--detections')
+    assert status == 2, err
+    assert '--detections' in err and 'no detection head' in err and 'Traceback' not in err
+    assert not (tmp_path / 'out').exists()
 
 
 def test_single_pair_outputs_equal_the_engine(tmp_path, capsys, engine):
