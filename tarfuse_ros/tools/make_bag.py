@@ -174,6 +174,8 @@ def make_bag(pairs_dir, out, *, split=None, rate=10.0, ir_encoding='mono8', vi_e
         raise ValueError(f'loops must be >= 1, got {loops}')
     if jitter_ms < 0:
         raise ValueError(f'jitter_ms must be >= 0, got {jitter_ms}')
+    if max_pairs is not None and max_pairs < 1:  # 0 wrote an empty bag, -1 left one pair out
+        raise ValueError(f'max_pairs (--max-pairs) must be >= 1, got {max_pairs}')
     period_ns = int(round(1e9 / rate))
     if abs(offset_ms) * 1e6 + jitter_ms * 1e6 >= period_ns / 2:
         raise ValueError(f'|offset_ms| + jitter_ms = {abs(offset_ms) + jitter_ms} ms must stay '

@@ -177,6 +177,11 @@ def test_make_bag_rejects_bad_input(tmp_path, capsys):
         make_bag(SAMPLES, tmp_path / 'out', size='128by96')
     with pytest.raises(ValueError, match='nosuch'):
         make_bag(SAMPLES, tmp_path / 'out', split='nosuch')
+    for bad in ('0', '-1'):  # an empty bag; all pairs but the last
+        assert make_bag_tool.main(['--pairs', str(SAMPLES), '--out', str(tmp_path / 'few'),
+                                   '--max-pairs', bad]) == 2
+        assert f'--max-pairs) must be >= 1, got {bad}' in capsys.readouterr().err
+        assert not (tmp_path / 'few').exists()
     (tmp_path / 'exists').mkdir()
     with pytest.raises(ValueError, match='exists already'):
         make_bag(SAMPLES, tmp_path / 'exists', max_pairs=1)
