@@ -329,6 +329,15 @@ class FusionEngine:
         """The :class:`~tarfuse_ros.core.prior.RegistrationPrior` in use, or None."""
         return self._prior
 
+    def set_registration_prior(self, prior):
+        """Use another registration prior (or None) from the next pair on.
+
+        Each pair is prepared with the prior in effect when its preparation starts, and its
+        flow is composed with that same prior (``PreparedPair.pre_warp``). Raises
+        ``ValueError`` for anything but a ``RegistrationPrior`` or None.
+        """
+        self._prior = check_prior(prior)
+
     @property
     def thresholds(self):
         """``(conf_threshold, iou_threshold, max_detections, classes)`` now in effect."""

@@ -194,7 +194,8 @@ class OnnxFusionEngine:
     """Run a ``tarfuse-export`` ONNX file on numpy IR/visible pairs with onnxruntime.
 
     The interface of :class:`~tarfuse_ros.core.engine.FusionEngine` (``infer``,
-    ``infer_batch``, ``set_thresholds``, ``thresholds``, ``class_names``, ``device``, ``half``)
+    ``infer_batch``, ``set_thresholds``, ``thresholds``, ``set_registration_prior``,
+    ``registration_prior``, ``class_names``, ``device``, ``half``)
     with the same outputs within float tolerance.
 
     Args:
@@ -299,6 +300,10 @@ class OnnxFusionEngine:
     def registration_prior(self):
         """The :class:`~tarfuse_ros.core.prior.RegistrationPrior` in use, or None."""
         return self._prior
+
+    def set_registration_prior(self, prior):
+        """Use another registration prior (or None) from the next pair on (as FusionEngine)."""
+        self._prior = self._prior_module.check_prior(prior)
 
     @property
     def half(self):

@@ -43,7 +43,7 @@ from tarfuse_ros.ros.conversions import detections_to_msg, image_msg_to_array, l
 from tarfuse_ros.ros.diagnostics import build_status, NodeStats, process_rss_mib
 from tarfuse_ros.ros.diagnostics import WarningThrottle
 from tarfuse_ros.ros.params import apply_updates, declare_node_parameters, parameter_updates
-from tarfuse_ros.ros.params import registration_prior
+from tarfuse_ros.ros.params import refinement_settings, registration_prior
 from vision_msgs.msg import Detection2DArray
 
 __all__ = ['StartupError', 'TarFuseNode', 'main']
@@ -105,7 +105,8 @@ class TarFuseNode(Node):
         self._throttle = WarningThrottle(5.0)
         self._steady = Clock(clock_type=ClockType.STEADY_TIME)
         self._health = RegistrationHealth(_health_settings(self._params))
-        self._prior_flows = {}  # (IR w, h, visible w, h) -> the calibration prior's own flow
+        self._prior_flows = {}  # (IR w, h, visible w, h) -> (prior, the prior's own flow)
+        self._refiner = self._make_refiner(self._params)
 
         # Keep-newest slot between the synchroniser (executor thread) and the worker.
         self._slot = None
@@ -235,6 +236,19 @@ class TarFuseNode(Node):
             except ValueError as exc:
                 raise StartupError(f'invalid classes parameter: {exc}') from exc
         return engine
+
+    def _make_refiner(self, params):
+        """Return the online refiner of the prior (None unless enabled); log its settings."""
+        if not params.refinement_enabled:
+            return None
+        from tarfuse_ros.core.refine import OnlinePriorRefiner
+        settings = refinement_settings(params)
+        self.get_logger().info(
+            f'online refinement of the registration prior: from '
+            f'{"registration.prior" if self._engine.registration_prior else "no prior"}, '
+            f'alpha {settings.alpha}, max_step_px {settings.max_step_px}, min_alignment '
+            f'{settings.min_alignment}, every_n {settings.every_n}')
+        return OnlinePriorRefiner(settings, self._engine.registration_prior)
 
     def _transport_topic(self, base, transport):
         """Return ``(message type, topic)`` of ``base`` for an image_transport name.
@@ -382,16 +396,35 @@ class TarFuseNode(Node):
             self._pub_detections.publish(detections_to_msg(result.detections, header))
         latency_ms = (self.get_clock().now().nanoseconds - _stamp_ns(header.stamp)) / 1e6
         self._stats.record_output(latency_ms, result.timings_ms.get('total', float('nan')))
+        score = None
         if params.health_enabled and self._health.due():
-            self._score_registration(ir, vi, result)
+            score = self._score_registration(ir, vi, result)
+        if self._refiner is not None and self._refiner.due():
+            self._refine_prior(ir, vi, result, score)
 
     def _score_registration(self, ir, vi, result):
-        """Add one pair to the registration health (after its outputs went out)."""
+        """Add one pair to the registration health (after its outputs went out).
+
+        Returns the pair's ``FrameScore``, or None when it could not be scored.
+        """
         try:
-            self._health.observe(result.registered_ir, vi, result.flow_px,
-                                 self._prior_flow(ir.shape, vi.shape))
+            return self._health.observe(result.registered_ir, vi, result.flow_px,
+                                        self._prior_flow(ir.shape, vi.shape))
         except ValueError as exc:
             self._warn('registration_health', f'registration health not scored: {exc}')
+            return None
+
+    def _refine_prior(self, ir, vi, result, score):
+        """Feed one pair to the online refiner; the engine takes an accepted estimate."""
+        try:
+            update = self._refiner.observe(
+                result.flow_px, result.registered_ir, vi, (ir.shape[1], ir.shape[0]),
+                alignment=None if score is None else score.alignment)
+        except ValueError as exc:
+            self._warn('refinement', f'online refinement skipped a pair: {exc}')
+            return
+        if update.accepted:
+            self._engine.set_registration_prior(self._refiner.prior)
 
     def _prior_flow(self, ir_shape, vi_shape):
         """Return the calibration prior's own flow for these sizes (None without a prior)."""
@@ -399,11 +432,12 @@ class TarFuseNode(Node):
         if prior is None:
             return None
         key = (ir_shape[1], ir_shape[0], vi_shape[1], vi_shape[0])
-        if key not in self._prior_flows:
+        cached = self._prior_flows.get(key)
+        if cached is None or cached[0] is not prior:  # new sizes, or the refiner moved it
             from tarfuse_ros.core.prior import prior_flow
-            self._prior_flows[key] = prior_flow(prior.pre_warp_for(key[:2], key[2:]),
-                                                key[3], key[2])
-        return self._prior_flows[key]
+            cached = (prior, prior_flow(prior.pre_warp_for(key[:2], key[2:]), key[3], key[2]))
+            self._prior_flows[key] = cached
+        return cached[1]
 
     # -- parameters ------------------------------------------------------------------------
     def _on_set_parameters(self, parameters):
@@ -514,6 +548,10 @@ class TarFuseNode(Node):
                 self._warn('registration_health:' + problem[:30], problem)
         else:
             extra['registration_health'] = 'off'
+        if self._refiner is not None:
+            extra.update(self._refiner.summary().as_dict())
+        else:
+            extra['registration_refinement'] = 'off'
         array = DiagnosticArray()
         array.header.stamp = self.get_clock().now().to_msg()
         array.status = [build_status(f'{self.get_name()}: fusion', self._engine.device,

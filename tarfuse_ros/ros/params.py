@@ -20,7 +20,7 @@ from tarfuse_ros.core.paths import default_weights_path
 __all__ = [
     'NodeParams', 'ParamSpec', 'PARAMETER_SPECS', 'RELIABILITY_VALUES', 'TRANSPORT_VALUES',
     'apply_updates', 'declare_node_parameters', 'descriptor_for', 'parameter_updates',
-    'params_from_values', 'registration_prior', 'validate_params',
+    'params_from_values', 'refinement_settings', 'registration_prior', 'validate_params',
 ]
 
 RELIABILITY_VALUES = ('best_effort', 'reliable')
@@ -54,6 +54,11 @@ class NodeParams:
     registration_prior: tuple = ()
     registration_prior_ir_size: tuple = ()
     registration_prior_visible_size: tuple = ()
+    refinement_enabled: bool = False
+    refinement_alpha: float = 0.1
+    refinement_max_step_px: float = 20.0
+    refinement_min_alignment: float = 0.3
+    refinement_every_n: int = 1
     publish_fused: bool = True
     publish_fused_compressed: bool = False
     publish_camera_info: bool = True
@@ -151,6 +156,23 @@ PARAMETER_SPECS = (
               'aspect ratio are scaled). Restart to change.'),
     ParamSpec('registration.prior_visible_size', 'registration_prior_visible_size', 'int_array',
               '[width, height] of the visible images the prior was made for. Restart to change.'),
+    ParamSpec('registration.online_refinement.enabled', 'refinement_enabled', 'bool',
+              'Refine the registration prior online: fit a homography to the flow of every '
+              'every_n-th pair, reject outliers, smooth the accepted fits (alpha) and use the '
+              'result for the following pairs (starts from registration.prior, or none). '
+              'Restart to change.'),
+    ParamSpec('registration.online_refinement.alpha', 'refinement_alpha', 'float',
+              'Smoothing factor per accepted pair, in (0, 1]: the IR corners move this share '
+              'of the way to the fit of the pair. Restart to change.', low=0.0, high=1.0),
+    ParamSpec('registration.online_refinement.max_step_px', 'refinement_max_step_px', 'float',
+              'Reject a pair whose fit moves an IR corner more than this many visible pixels '
+              'from the current estimate (> 0). Restart to change.', low=0.0, high=10000.0),
+    ParamSpec('registration.online_refinement.min_alignment', 'refinement_min_alignment',
+              'float', 'Reject a pair whose registered IR / visible edge alignment is below '
+              'this, in [-1, 1]. Restart to change.', low=-1.0, high=1.0),
+    ParamSpec('registration.online_refinement.every_n', 'refinement_every_n', 'int',
+              'Use one pair in every_n for the refinement. Restart to change.', low=1,
+              high=1000),
     ParamSpec('publish.fused', 'publish_fused', 'bool', 'Publish fused/image_raw.', runtime=True),
     ParamSpec('publish.fused_compressed', 'publish_fused_compressed', 'bool',
               'Also publish fused/image_raw/compressed (JPEG, sensor_msgs/CompressedImage).',
@@ -285,6 +307,23 @@ def registration_prior(params):
                       params.registration_prior_visible_size)
 
 
+def refinement_settings(params):
+    """Return the :class:`~tarfuse_ros.core.refine.RefinementSettings` of ``params``.
+
+    ``registration.online_refinement.*``, with the alignment scored at
+    ``registration_health.max_side``. Raises ``ValueError`` naming the parameter when a value
+    is out of range (e.g. ``alpha`` 0: the estimate would never move).
+    """
+    from tarfuse_ros.core.refine import RefinementSettings
+    try:
+        return RefinementSettings(
+            alpha=params.refinement_alpha, max_step_px=params.refinement_max_step_px,
+            min_alignment=params.refinement_min_alignment, every_n=params.refinement_every_n,
+            max_side_px=params.health_max_side)
+    except ValueError as exc:
+        raise ValueError(f'registration.online_refinement.{exc}') from None
+
+
 def _check_value(spec, value):
     """Raise ``ValueError`` when ``value`` is outside the range or allowed values of ``spec``."""
     if spec.low is not None and not spec.low <= value <= spec.high:
@@ -305,6 +344,7 @@ def validate_params(params):
     if not params.weights:
         raise ValueError('weights is empty')
     registration_prior(params)
+    refinement_settings(params)
     if params.backend == 'onnxruntime' and params.weights.endswith('.safetensors'):
         raise ValueError(
             f'backend onnxruntime runs an .onnx file but weights is the checkpoint '
