@@ -1,13 +1,13 @@
-"""The README picture: per pair, the unregistered IR, the registered IR, the visible image and
-the fused image with detections, side by side (one row per pair).
+"""The README picture: one row of four panels per IR / visible pair.
 
-The IR of each pair is misaligned with its data set's ground-truth field where it has one
-(MSRS ``synthetic_misaligned``), else with the seeded synthetic deformation of ``tarfuse-eval``
-(:func:`tarfuse_ros.evaluation.inputs.deform_pair`), so the picture shows what the evaluation
-measures. Run from the repository root::
+Per pair: the unregistered IR, the registered IR, the visible image and the fused image with
+detections, side by side. The IR of each pair is misaligned with its data set's ground-truth
+field where it has one (MSRS ``synthetic_misaligned``), else with the seeded synthetic
+deformation of ``tarfuse-eval`` (:func:`tarfuse_ros.evaluation.inputs.deform_pair`), so the
+picture shows what the evaluation measures. Run from the repository root::
 
-    python benchmarks/readme_figure.py --out docs/demo_fused.png \\
-        --pair roadscene:FLIR_00006 --pair msrs_det:00004N
+    python benchmarks/readme_figure.py --out docs/demo_fused.png --pair roadscene:FLIR_00122 \
+        --pair msrs_det:00004N
 """
 
 import argparse
