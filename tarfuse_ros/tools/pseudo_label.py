@@ -744,7 +744,8 @@ def build_parser():
         prog='tarfuse-pseudo-label',
         description='Pseudo-label aligned IR/visible pairs with COCO teachers (ONNX), or '
                     'calibrate the score threshold against human labels.')
-    parser.add_argument('--data', required=True, help='data set folder (ir/, vi/, list files)')
+    parser.add_argument('--data', required=True,
+                        help='data set folder (ir/, vi/, list files) or a shared set name')
     parser.add_argument('--split', action='append', default=None,
                         help='split name or list file; repeat to join several (default train)')
     parser.add_argument('--out', default=None,
@@ -787,12 +788,21 @@ def main(argv=None):
     words = sys.argv[1:] if argv is None else list(argv)
     command = ' '.join(['tarfuse-pseudo-label'] + [shlex.quote(str(w)) for w in words])
     try:
+        # Checked before the teachers load; a shared set name works as in tarfuse-eval/-train.
+        if args.max_pairs is not None and args.max_pairs < 1:
+            raise ValueError(f'--max-pairs must be >= 1, got {args.max_pairs}')
+        if args.threads < 1:
+            raise ValueError(f'--threads must be >= 1, got {args.threads}')
+        if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
+            raise ValueError(f'--out {args.out!r} is a file; give a folder (created if needed)')
+        from tarfuse_ros.training.datasets import resolve_dataset_dir
+        dataset_dir = resolve_dataset_dir(args.data)
         teachers = load_teachers(args.teacher, args.teachers_dir, args.threads)
         if args.calibrate:
             thresholds = CALIBRATION_THRESHOLDS if args.thresholds is None else \
                 [float(t) for t in args.thresholds.split(',') if t.strip()]
-            result = calibrate(teachers, args.data, splits, args.labels, thresholds, args.iou,
-                               max_pairs=args.max_pairs)
+            result = calibrate(teachers, dataset_dir, splits, args.labels, thresholds,
+                               args.iou, max_pairs=args.max_pairs)
             title = (f'{Path(args.data).name} {"+".join(splits)}, teacher {args.teacher}, '
                      f'NMS IoU {args.iou:g}, match IoU {MATCH_IOU:g}')
             text = calibration_markdown(result, title)
@@ -808,7 +818,7 @@ def main(argv=None):
             return 0
         if not args.out:
             raise ValueError('--out is required (or pass --calibrate)')
-        result = pseudo_label(teachers, args.data, splits, args.out, args.score, args.iou,
+        result = pseudo_label(teachers, dataset_dir, splits, args.out, args.score, args.iou,
                               args.skip_labelled, args.overwrite, command, args.max_pairs,
                               note=args.note)
     except ValueError as exc:  # bad input: one clear line, no traceback

@@ -133,3 +133,16 @@ def test_cli_skips_human_labelled_pairs_and_records_provenance(tmp_path):
     only_pseudo = data.PairedDataset({'path': roadscene, 'split': str(out / 'stems.txt'),
                                       'labels': str(out / 'labels')}, augment=False)
     assert len(only_pseudo) == 1 and only_pseudo[0]['has_labels']
+
+
+def test_cli_usage_errors_exit_2_before_the_teachers_load(tmp_path, capsys):
+    (tmp_path / 'file').write_text('not a folder')
+    for extra, words in ((['--max-pairs', '0'], '--max-pairs must be >= 1, got 0'),
+                         (['--threads', '0'], '--threads must be >= 1'),
+                         (['--out', str(tmp_path / 'file')], 'is a file; give a folder'),
+                         (['--data', 'no_such_set'], "data set 'no_such_set' not found")):
+        argv = ['--data', str(tmp_path), '--out', str(tmp_path / 'out'), *extra]
+        assert pl.main(argv) == 2, extra
+        err = capsys.readouterr().err
+        assert words in err and 'Traceback' not in err, err
+    assert not (tmp_path / 'out').exists()  # --max-pairs 0 wrote an empty result (exit 0)
