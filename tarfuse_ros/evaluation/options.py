@@ -65,6 +65,8 @@ class EvalOptions:
             raise ValueError(f'--max-pairs must be >= 1, got {self.max_pairs}')
         if self.max_side is not None and int(self.max_side) < 32:
             raise ValueError(f'--max-side must be >= 32, got {self.max_side}')
+        if int(self.figures) < 0:
+            raise ValueError(f'--figures must be >= 0, got {self.figures}')
         if self.threads is not None and int(self.threads) < 1:
             raise ValueError(f'--threads must be >= 1, got {self.threads}')
         if isinstance(self.teachers, str):

@@ -298,6 +298,6 @@ def test_options_are_checked_before_anything_runs():
     assert EvalOptions().split == 'test' and EvalOptions(max_side=64).max_side == 64
     for bad, message in (({'deform': 'rigid'}, '--deform'), ({'stored_ir': 'x'}, '--stored-ir'),
                          ({'max_pairs': 0}, '--max-pairs'), ({'max_side': 16}, '--max-side'),
-                         ({'threads': 0}, '--threads')):
+                         ({'threads': 0}, '--threads'), ({'figures': -1}, '--figures')):
         with pytest.raises(ValueError, match=message):
             EvalOptions(**bad)
