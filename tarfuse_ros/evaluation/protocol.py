@@ -180,11 +180,8 @@ def _evaluate(data_dir, weights, out_dir, options):
     dataset_dir = resolve_dataset_dir(data_dir)
     stored_ir, deform = _stored_ir(dataset_dir, options)
     aligned = stored_ir == 'aligned'
-    try:
-        (out_dir / 'figures').mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        what = 'is a file' if out_dir.is_file() else f'cannot be created ({exc.strerror})'
-        raise ValueError(f'--out {str(out_dir)!r} {what}: give a folder') from None
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f'--out {str(out_dir)!r} is a file: give a folder')
     with_disp = set(data.misaligned_stems(dataset_dir)) if aligned else set()
     stems, skipped = _select_stems(dataset_dir, options, deform, with_disp)
     nms = {'conf_threshold': options.conf, 'iou_threshold': options.iou, 'max_detections': 100}
@@ -201,6 +198,11 @@ def _evaluate(data_dir, weights, out_dir, options):
     lookup = inputs.class_lookup(dataset_dir, scores.class_names)
     teachers = _load_teachers(options, scores.class_names)
     day_night = read_illumination(dataset_dir)
+    try:  # only now: a request refused above leaves no output folder behind
+        (out_dir / 'figures').mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f'--out {str(out_dir)!r} cannot be created ({exc.strerror}): give '
+                         f'a folder') from None
     iterator = stems
     if options.progress:
         from tqdm import tqdm

@@ -202,6 +202,12 @@ def test_evaluate_rejects_bad_requests(random_checkpoint, tmp_path, capsys):
         err = capsys.readouterr().err
         assert code == 2, err
         assert f"--out '{out}'" in err and 'give a folder' in err and 'Traceback' not in err
+    # A refused request leaves no (empty) output folder behind.
+    for extra in (['--split', 'no_such_split'], ['--prior', str(tmp_path / 'file')]):
+        code = main(['--data', str(DATASETS / 'tno'), '--weights', str(random_checkpoint),
+                     '--out', str(tmp_path / 'never'), '--no-progress', *extra])
+        assert code == 2 and not (tmp_path / 'never').exists(), extra
+    capsys.readouterr()
 
 
 # --- sets without an aligned IR (shipped weights) -----------------------------------------
