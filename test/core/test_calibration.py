@@ -253,7 +253,9 @@ def test_onnxruntime_backend_applies_the_prior_like_the_torch_engine(small_pair,
     assert np.abs(got.registered_ir.astype(int) - expected.registered_ir).max() <= 8
     assert np.abs(got.fused.astype(int) - expected.fused).max() <= 1
     without = OnnxFusionEngine(path, threads=1).infer(ir, vi)
-    assert np.abs(without.flow_px - got.flow_px).mean() > 1.0  # the prior acted
+    # The prior acted (without it the network alone registers most of this rig: the flows
+    # differ by ~1 px on average with the match_v5 default).
+    assert np.abs(without.flow_px - got.flow_px).mean() > 0.5
 
 
 def test_registered_ir_follows_the_published_flow_where_the_pre_warp_lost_content():
