@@ -237,13 +237,8 @@ def test_two_videos_of_different_frame_rates_are_paired_by_time(tmp_path, capsys
         for k in paired)] == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 5]
     video = cv2.VideoCapture(str(out / 'visible_fused.mp4'))
     assert video.get(cv2.CAP_PROP_FPS) == pytest.approx(vi_fps)
-    frames = []
-    while True:
-        ok, frame = video.read()
-        if not ok:
-            break
-        frames.append(frame)
     video.release()
+    frames = _frames(out / 'visible_fused.mp4')
     assert len(frames) == len(paired)
     assert all(frame.shape == (64, 96, 3) for frame in frames)
     assert sorted(p.name for p in out.iterdir()) == ['detections', 'labels', 'visible_fused.mp4']
