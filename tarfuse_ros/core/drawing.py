@@ -7,6 +7,7 @@ every image; ground-truth boxes, when given, are thin red boxes.
 
 import cv2
 import numpy as np
+from tarfuse_ros.core.images import to_uint8
 
 __all__ = ['as_bgr8', 'class_colour', 'draw_detections']
 
@@ -17,7 +18,7 @@ def as_bgr8(image):
     """Return an ``HxWx3`` uint8 BGR copy of a grey or BGR image (uint8, or float in [0, 1])."""
     image = np.asarray(image)
     if image.dtype != np.uint8:
-        image = np.clip(np.rint(image.astype(np.float32) * 255.0), 0, 255).astype(np.uint8)
+        image = to_uint8(image)
     if image.ndim == 2:
         return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
     return image[:, :, :3].copy()

@@ -38,10 +38,11 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from tarfuse_ros.core.images import to_uint8
 
 __all__ = ['ASPECT_TOLERANCE', 'PARAMETER_NAMES', 'RegistrationPrior', 'apply_prior',
-           'check_prior', 'compose_flow', 'corner_error_px', 'load_prior_yaml', 'make_prior',
-           'prior_flow', 'resize_matrix', 'write_prior_yaml']
+           'check_prior', 'compose_flow', 'corner_error_px', 'ir_corners', 'load_prior_yaml',
+           'make_prior', 'map_points', 'prior_flow', 'resize_matrix', 'write_prior_yaml']
 
 ASPECT_TOLERANCE = 0.02  # relative change of width/height ratio accepted by scaling
 PARAMETER_NAMES = ('registration.prior', 'registration.prior_ir_size',
@@ -260,7 +261,7 @@ def registered_ir_for(pair, flow_px, registered):
     grid_y, grid_x = np.mgrid[0:height, 0:width].astype(np.float32)
     plane = pair.ir_resized
     if plane.dtype != np.uint8:
-        plane = np.clip(np.rint(np.asarray(plane, np.float32) * 255.0), 0, 255).astype(np.uint8)
+        plane = to_uint8(plane)
     return cv2.remap(plane, grid_x + flow_px[..., 0], grid_y + flow_px[..., 1],
                      interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
                      borderValue=0)
@@ -318,11 +319,26 @@ def corner_error_px(fitted, reference, ir_wh):
         float: ``max_c |fitted(c) - reference(c)|`` over the four corners, in pixels.
 
     """
-    xs = np.array([0.0, ir_wh[0] - 1, ir_wh[0] - 1, 0.0])
-    ys = np.array([0.0, 0.0, ir_wh[1] - 1, ir_wh[1] - 1])
-    fx, fy = _apply_h(np.asarray(fitted, np.float64), xs, ys)
-    rx, ry = _apply_h(np.asarray(reference, np.float64), xs, ys)
-    return float(np.max(np.hypot(fx - rx, fy - ry)))
+    corners = ir_corners(ir_wh)
+    difference = map_points(fitted, corners) - map_points(reference, corners)
+    return float(np.max(np.hypot(difference[:, 0], difference[:, 1])))
+
+
+def ir_corners(ir_wh):
+    """Return the corner pixel centres of a ``(width, height)`` image, ``(4, 2)`` float64.
+
+    Clockwise from the top left: ``(0, 0)``, ``(W-1, 0)``, ``(W-1, H-1)``, ``(0, H-1)``.
+    """
+    width, height = ir_wh
+    return np.array([[0.0, 0.0], [width - 1.0, 0.0], [width - 1.0, height - 1.0],
+                     [0.0, height - 1.0]])
+
+
+def map_points(matrix, points):
+    """Map ``(N, 2)`` pixel points through a ``(3, 3)`` homography; ``(N, 2)`` float64."""
+    points = np.asarray(points, np.float64)
+    x, y = _apply_h(np.asarray(matrix, np.float64), points[:, 0], points[:, 1])
+    return np.stack((x, y), axis=1)
 
 
 def _yaml_float(value):

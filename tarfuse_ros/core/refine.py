@@ -43,7 +43,8 @@ import cv2
 import numpy as np
 from tarfuse_ros.core.calibration import fit_prior, texture_weight
 from tarfuse_ros.core.health import score_frame, visible_luma
-from tarfuse_ros.core.prior import check_prior, corner_error_px, make_prior, resize_matrix
+from tarfuse_ros.core.prior import check_prior, corner_error_px, ir_corners, make_prior
+from tarfuse_ros.core.prior import map_points, resize_matrix
 
 __all__ = ['REJECT_REASONS', 'OnlinePriorRefiner', 'RefinementSettings', 'RefinementSummary',
            'RefinementUpdate']
@@ -162,18 +163,6 @@ class RefinementSummary:
         return out
 
 
-def _corners(ir_wh):
-    """Return the IR corner pixel centres as ``(4, 2)`` float64 (as ``corner_error_px``)."""
-    width, height = ir_wh
-    return np.array([[0.0, 0.0], [width - 1.0, 0.0], [width - 1.0, height - 1.0],
-                     [0.0, height - 1.0]])
-
-
-def _map(homography, points):
-    """Map ``(N, 2)`` points through a homography."""
-    return cv2.perspectiveTransform(points.reshape(-1, 1, 2), homography).reshape(-1, 2)
-
-
 class OnlinePriorRefiner:
     """Refine a calibration prior across frames (see the module docstring).
 
@@ -213,7 +202,7 @@ class OnlinePriorRefiner:
     def _start(self, homography, ir_wh, visible_wh):
         self._base = np.asarray(homography, np.float64)
         self._ir_size, self._visible_size = tuple(ir_wh), tuple(visible_wh)
-        self._corners_vi = _map(self._base, _corners(ir_wh))
+        self._corners_vi = map_points(self._base, ir_corners(ir_wh))
 
     @property
     def settings(self):
@@ -310,15 +299,15 @@ class OnlinePriorRefiner:
                     f'min_inlier_fraction {settings.min_inlier_fraction:.2f}', inliers, nan,
                     None, None)
         # The frame's fit at the estimate's sizes (raises for another aspect ratio).
-        ir_corners = _corners(self._ir_size)
-        frame_corners = _map(fit.prior.homography_for(self._ir_size, self._visible_size),
-                             ir_corners)
+        corners_ir = ir_corners(self._ir_size)
+        frame_corners = map_points(fit.prior.homography_for(self._ir_size, self._visible_size),
+                                   corners_ir)
         step_px = float(np.max(np.hypot(*(frame_corners - corners_vi).T)))
         if not step_px <= settings.max_step_px:
             return ('step', f'the fit moves a corner {step_px:.1f} px > max_step_px '
                     f'{settings.max_step_px:.1f}', inliers, step_px, None, None)
         corners = (1.0 - settings.alpha) * corners_vi + settings.alpha * frame_corners
-        homography = cv2.getPerspectiveTransform(ir_corners.astype(np.float32),
+        homography = cv2.getPerspectiveTransform(corners_ir.astype(np.float32),
                                                  corners.astype(np.float32))
         try:
             estimate = make_prior(homography, self._ir_size, self._visible_size)
