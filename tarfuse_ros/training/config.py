@@ -162,7 +162,10 @@ class TrainConfig:
     Units: ``lr`` per optimizer step; ``warmup_epochs`` in epochs (fractions allowed);
     ``grad_clip`` the global gradient-norm limit (0: off); ``val_every`` / ``save_every`` in
     epochs (``val_every`` 0: never; ``save_every`` below 1 counts as 1); ``threads`` torch CPU
-    threads (0: torch's default); ``time_budget_s`` wall seconds (0: none).
+    threads (0: torch's default); ``time_budget_s`` wall seconds (0: none). ``lr_mult`` maps
+    top-level model parts (``neck``, ``detect``, ``registration``, ...) to a factor on ``lr``;
+    ``freeze`` lists parts whose parameters are not trained (the names are checked against the
+    model when the run starts).
     """
 
     epochs: int
@@ -186,9 +189,20 @@ class TrainConfig:
     sync_bn: bool = True
     find_unused_parameters: bool = False
     time_budget_s: float = 0.0
+    lr_mult: dict = field(default_factory=dict)
+    freeze: tuple = ()
 
     def __post_init__(self):
         object.__setattr__(self, 'betas', tuple(float(b) for b in self.betas))
+        _check(isinstance(self.lr_mult, dict),
+               f'train.lr_mult must be a mapping part -> factor, got {self.lr_mult!r}')
+        for part, factor in self.lr_mult.items():
+            _check(isinstance(factor, (int, float)) and not isinstance(factor, bool)
+                   and factor > 0, f'train.lr_mult.{part} must be a number > 0, got {factor!r}')
+        object.__setattr__(self, 'lr_mult', {str(k): float(v) for k, v in self.lr_mult.items()})
+        _check(isinstance(self.freeze, (list, tuple)),
+               f'train.freeze must be a list of model parts, got {self.freeze!r}')
+        object.__setattr__(self, 'freeze', tuple(str(part) for part in self.freeze))
         object.__setattr__(self, 'time_budget_s', float(self.time_budget_s or 0.0))
         for name in ('epochs', 'batch'):
             _check(getattr(self, name) >= 1,
@@ -209,6 +223,7 @@ class TrainConfig:
     def to_dict(self):
         out = asdict(self)
         out['betas'] = list(self.betas)
+        out['freeze'] = list(self.freeze)
         return out
 
 

@@ -41,6 +41,33 @@ _PROBE_WARMUP_STEPS = 3
 _PROBE_STEPS = 20
 
 
+def parameter_groups(model, lr_mult, freeze, lr):
+    """Return Adam parameter groups of ``model``: one per top-level part with its ``lr_mult``.
+
+    ``lr_mult``: part name -> factor on ``lr`` (parts not named: 1); ``freeze``: part names
+    whose parameters get ``requires_grad`` False and no group. Raises ``ValueError`` naming an
+    unknown part (the known ones are the model's children with parameters).
+    """
+    parts = {name: list(child.parameters()) for name, child in model.named_children()}
+    parts = {name: params for name, params in parts.items() if params}
+    for key, names in (('lr_mult', lr_mult), ('freeze', freeze)):
+        unknown = sorted(set(names) - set(parts))
+        if unknown:
+            raise ValueError(f'train.{key}: unknown model part {unknown[0]!r} (parts: '
+                             f'{sorted(parts)})')
+    groups = []
+    for name, params in parts.items():
+        if name in freeze:
+            for param in params:
+                param.requires_grad_(False)
+            continue
+        factor = float(lr_mult.get(name, 1.0))
+        groups.append({'params': params, 'lr': lr * factor, 'lr_mult': factor, 'part': name})
+    if not groups:
+        raise ValueError(f'train.freeze leaves nothing to train (frozen: {sorted(freeze)})')
+    return groups
+
+
 def _log(message):
     print(f'[tarfuse-train] {message}', flush=True)
 
@@ -119,10 +146,14 @@ class Trainer:
             # A run with model.detect false takes all but the detection neck and head.
             from dataclasses import replace
             from tarfuse_ros.core.checkpoint import load_checkpoint
+            # More neck blocks than the checkpoint has are added as identities (fine-tuning a
+            # deeper neck from a trained one).
             init_model = load_checkpoint(train.init_weights)
             model_config = init_model.config
             if not self.config.model.detect:
                 model_config = replace(model_config, detect=False)
+            if self.config.model.neck_blocks > model_config.neck_blocks:
+                model_config = replace(model_config, neck_blocks=self.config.model.neck_blocks)
         self.model = build_model(model_config).to(self.device)
         if init_model is not None:
             wanted = self.model.state_dict()
@@ -130,8 +161,8 @@ class Trainer:
                                         in init_model.state_dict().items() if name in wanted})
         self.criterion = TarFuseLoss(self.model, self.config.loss).to(self.device)
         self.optimizer = torch.optim.Adam(
-            self.model.parameters(), lr=train.lr, betas=train.betas,
-            weight_decay=train.weight_decay,
+            parameter_groups(self.model, train.lr_mult, train.freeze, train.lr),
+            lr=train.lr, betas=train.betas, weight_decay=train.weight_decay,
             fused=True if self.device.type == 'cuda' else None)
         self.start_epoch, self.global_step = 0, 0
         self.train_seconds, self.skipped_steps = 0.0, 0
@@ -171,7 +202,7 @@ class Trainer:
                            train.min_lr_ratio)
         lr = train.lr * factor
         for group in self.optimizer.param_groups:
-            group['lr'] = lr
+            group['lr'] = lr * group.get('lr_mult', 1.0)
         return lr
 
     def train_step(self, batch, epoch=0):

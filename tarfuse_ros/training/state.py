@@ -53,7 +53,8 @@ def optimizer_from_flat(optimizer, tensors, meta):
         index, name = key.split('/', 1)
         slots.setdefault(int(index), {})[name] = value
     groups = []
-    for group, current in zip(meta['param_groups'], optimizer.param_groups):
+    for group, current in zip(_match_groups(meta['param_groups'], optimizer.param_groups),
+                              optimizer.param_groups):
         group = dict(group)
         if isinstance(group.get('betas'), list):
             group['betas'] = tuple(group['betas'])
@@ -63,6 +64,32 @@ def optimizer_from_flat(optimizer, tensors, meta):
                 group[key] = current[key]
         groups.append(group)
     optimizer.load_state_dict({'state': slots, 'param_groups': groups})
+
+
+def _match_groups(saved, current):
+    """Return the saved param groups laid out as ``current``'s.
+
+    A state written with one group (before per-part groups) is split into the current groups
+    in parameter order, each keeping the current group's ``lr_mult`` / ``part``. Raises
+    ``ValueError`` when the layouts cannot match (other parts frozen, another model).
+    """
+    sizes = [len(group['params']) for group in current]
+    if len(saved) == len(current):
+        if [len(group['params']) for group in saved] != sizes:
+            raise ValueError('the saved optimizer state has other parameter groups than this '
+                             'run (train.freeze or the model changed): resume with the saved '
+                             'config, or start a new run with train.init_weights')
+        return saved
+    if len(saved) != 1 or len(saved[0]['params']) != sum(sizes):
+        raise ValueError(f'the saved optimizer state has {len(saved)} parameter group(s) and '
+                         f'this run {len(current)}: resume with the saved config, or start a '
+                         'new run with train.init_weights')
+    out, start = [], 0
+    for size, group in zip(sizes, current):
+        extra = {key: group[key] for key in ('lr_mult', 'part') if key in group}
+        out.append(dict(saved[0], params=saved[0]['params'][start:start + size], **extra))
+        start += size
+    return out
 
 
 def rng_to_flat():

@@ -6,7 +6,7 @@ The ``Detect`` head itself is ultralytics' (:mod:`tarfuse_ros.core.model.yolo`).
 from tarfuse_ros.core.model.encoders import ConvBNAct
 from torch import nn
 
-__all__ = ['DetectionNeck', 'ReconstructionHead']
+__all__ = ['DetectionNeck', 'ReconstructionHead', 'ResidualBlock']
 
 
 class ReconstructionHead(nn.Module):
@@ -31,22 +31,45 @@ class ReconstructionHead(nn.Module):
         return (self.layers(fused_features) + 1.0) * 0.5
 
 
+class ResidualBlock(nn.Module):
+    """``x + BN(conv3x3(LeakyReLU(BN(conv3x3(x)))))``: a basic residual block (He et al. 2016).
+
+    ``(B, C, H, W) -> (B, C, H, W)``. No activation after the sum, and the last BatchNorm's
+    scale starts at zero (Goyal et al. 2017): a new block is exactly the identity, so blocks can
+    be added to a trained network without changing its output, and training grows them.
+    """
+
+    def __init__(self, channels, slope=0.1):
+        super().__init__()
+        self.branch = nn.Sequential(
+            ConvBNAct(channels, channels, slope=slope),
+            ConvBNAct(channels, channels, slope=slope, activation=False),
+        )
+        nn.init.zeros_(self.branch[1][1].weight)
+
+    def forward(self, x):
+        return x + self.branch(x)
+
+
 class DetectionNeck(nn.Module):
     """Downsampling neck from the fused features to P3, P4, P5 (strides 8, 16, 32).
 
     Two stride-2 stem layers (``stem_channels``, strides 2 and 4), then per level one stride-2
-    layer and one refinement layer of ``level_channels[i]``.
+    layer, one refinement layer of ``level_channels[i]`` and ``blocks`` :class:`ResidualBlock`
+    (identity when new, so blocks can be added to a trained neck without changing its output).
     ``forward: (B, in_channels, H, W) -> [P3 (B, c3, H/8, W/8), P4 (.., H/16), P5 (.., H/32)]``.
     """
 
     def __init__(self, in_channels, stem_channels=(16, 32), level_channels=(64, 96, 128),
-                 slope=0.1):
+                 slope=0.1, blocks=0):
         super().__init__()
         stem_channels = tuple(int(c) for c in stem_channels)
         level_channels = tuple(int(c) for c in level_channels)
         if len(stem_channels) != 2 or len(level_channels) != 3:
             raise ValueError('the neck needs 2 stem widths and 3 level widths, got '
                              f'{stem_channels} and {level_channels}')
+        if int(blocks) < 0:
+            raise ValueError(f'the neck needs blocks >= 0, got {blocks}')
         self.stem = nn.Sequential(
             ConvBNAct(in_channels, stem_channels[0], stride=2, slope=slope),
             ConvBNAct(stem_channels[0], stem_channels[1], stride=2, slope=slope),
@@ -57,6 +80,7 @@ class DetectionNeck(nn.Module):
             self.levels.append(nn.Sequential(
                 ConvBNAct(width, out, stride=2, slope=slope),
                 ConvBNAct(out, out, slope=slope),
+                *(ResidualBlock(out, slope) for _ in range(int(blocks))),
             ))
             width = out
         self.out_channels = level_channels

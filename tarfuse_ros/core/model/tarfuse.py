@@ -68,6 +68,9 @@ class TarFuseConfig:
     # Detection neck: stem widths at strides 2 and 4, then P3, P4, P5 widths.
     neck_stem_channels: tuple = (16, 32)
     detect_channels: tuple = (64, 80, 96)
+    # Residual blocks after each neck level (identity when added; checkpoints without the
+    # field have none).
+    neck_blocks: int = 0
     # Detection classes (names in class-id order) and ultralytics' DFL bins.
     # With detect=False they are cleared (no classes): class_names () and num_classes 0.
     num_classes: int = 3
@@ -113,6 +116,8 @@ class TarFuseConfig:
                              f'{self.estimator_channels}')
         if self.reg_max < 1:
             raise ValueError(f'reg_max must be >= 1, got {self.reg_max}')
+        if not isinstance(self.neck_blocks, int) or self.neck_blocks < 0:
+            raise ValueError(f'neck_blocks must be an integer >= 0, got {self.neck_blocks!r}')
         if self.global_features not in ('learned', 'orientation'):
             raise ValueError(f"global_features must be 'learned' or 'orientation', got "
                              f'{self.global_features!r}')
@@ -188,7 +193,7 @@ class TarFuse(nn.Module):
         self.neck = self.detect = None
         if config.detect:
             self.neck = DetectionNeck(4 * width, config.neck_stem_channels,
-                                      config.detect_channels, slope)
+                                      config.detect_channels, slope, config.neck_blocks)
             self.detect = build_detect(config.num_classes, config.reg_max,
                                        config.detect_channels, config.detect_legacy)
 
