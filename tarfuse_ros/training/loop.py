@@ -156,9 +156,11 @@ class Trainer:
                 model_config = replace(model_config, neck_blocks=self.config.model.neck_blocks)
         self.model = build_model(model_config).to(self.device)
         if init_model is not None:
-            wanted = self.model.state_dict()
-            self.model.load_state_dict({name: value for name, value
-                                        in init_model.state_dict().items() if name in wanted})
+            # Keys the checkpoint lacks (added neck blocks) keep their identity initialisation.
+            state = self.model.state_dict()
+            state.update({name: value for name, value in init_model.state_dict().items()
+                          if name in state})
+            self.model.load_state_dict(state)
         self.criterion = TarFuseLoss(self.model, self.config.loss).to(self.device)
         self.optimizer = torch.optim.Adam(
             parameter_groups(self.model, train.lr_mult, train.freeze, train.lr),

@@ -168,3 +168,23 @@ def test_detect_head_is_ultralytics_detect_with_strides(model):
     assert model.detect.stride.tolist() == [8.0, 16.0, 32.0]
     legacy = build_model(TarFuseConfig(detect_legacy=True))
     assert legacy.detect.legacy and isinstance(legacy.detect, Detect)
+
+
+def test_added_neck_blocks_start_as_the_identity():
+    """A deeper neck built from a trained one gives the same outputs until it is trained."""
+    torch.manual_seed(3)
+    config = TarFuseConfig(detect_channels=(16, 24, 32), reg_max=4)
+    shallow = build_model(config)
+    for param in shallow.parameters():
+        param.data.add_(0.01 * torch.randn_like(param))
+    deeper = build_model(TarFuseConfig.from_dict(dict(config.to_dict(), neck_blocks=2)))
+    state = deeper.state_dict()
+    state.update(shallow.state_dict())
+    deeper.load_state_dict(state)
+    assert sum(p.numel() for p in deeper.parameters()) > \
+        sum(p.numel() for p in shallow.parameters())
+    ir, vi = _inputs(batch=1)
+    a, b = shallow.predict_raw(ir, vi), deeper.predict_raw(ir, vi)
+    assert torch.equal(a['det'], b['det']) and torch.equal(a['fused'], b['fused'])
+    with pytest.raises(ValueError, match='neck_blocks'):
+        TarFuseConfig(neck_blocks=-1)

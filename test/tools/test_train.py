@@ -266,3 +266,36 @@ def test_init_starts_from_a_checkpoints_weights(runs, splits, tmp_path):
         assert torch.allclose(before[key], after[key], rtol=0, atol=1e-9), key
     config = read_checkpoint_config(out / 'tarfuse.safetensors')
     assert config['model'] == read_checkpoint_config(source)['model']
+
+
+def test_init_adds_neck_blocks_and_trains_only_unfrozen_parts(runs, splits, tmp_path):
+    """--init with more neck blocks: old weights kept, new blocks added; frozen parts stay put."""
+    source = runs['a'] / 'tarfuse.safetensors'
+    out = tmp_path / 'deeper'
+    assert train_tool.main(_args(splits, out, '--epochs', '1', '--max-steps', '2',
+                                 '--init', str(source), '--set', 'model.neck_blocks=1',
+                                 '--set', 'train.freeze=[registration, vi_common]',
+                                 '--set', 'train.lr_mult={neck: 10}')) == 0
+    before = load_checkpoint(source).state_dict()
+    deeper = load_checkpoint(out / 'tarfuse.safetensors')
+    after = deeper.state_dict()
+    assert deeper.config.neck_blocks == 1
+    new = sorted(set(after) - set(before))
+    assert new and all(key.startswith('neck.levels.') and '.2.branch.' in key for key in new)
+    frozen = [k for k in before if k.startswith(('registration.', 'vi_common.'))
+              and before[k].is_floating_point() and 'running' not in k]
+    assert frozen
+    for key in frozen:
+        assert torch.equal(before[key], after[key]), key
+    moved = [k for k in before if k.startswith('neck.stem.') and k.endswith('.weight')]
+    assert any(not torch.equal(before[k], after[k]) for k in moved)
+    train = read_checkpoint_config(out / 'tarfuse.safetensors')['provenance']['config']['train']
+    assert train['lr_mult'] == {'neck': 10.0}
+    assert train['freeze'] == ['registration', 'vi_common']
+
+
+def test_unknown_part_in_freeze_fails_at_start(splits, tmp_path, capsys):
+    code = train_tool.main(_args(splits, tmp_path / 'bad', '--epochs', '1', '--max-steps', '1',
+                                 '--set', 'train.freeze=[backbone]'))
+    assert code != 0
+    assert "unknown model part 'backbone'" in capsys.readouterr().err

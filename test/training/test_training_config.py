@@ -63,6 +63,10 @@ def test_sections_reuse_the_core_dataclasses():
     ('train.schedule', 'linear', 'train.schedule must be constant or cosine'),
     ('data.val_crop', '48', 'data.val_crop must be a multiple of 32'),
     ('data.context', '-8', 'data.context must be an integer >= 0'),
+    ('train.lr_mult', '{neck: 0}', 'train.lr_mult.neck must be a number > 0'),
+    ('train.lr_mult', '[neck]', 'train.lr_mult must be a mapping'),
+    ('train.freeze', 'registration', 'train.freeze must be a list'),
+    ('model.neck_blocks', '-1', 'neck_blocks must be an integer >= 0'),
 ])
 def test_bad_or_unknown_keys_are_errors_that_name_the_key(key, value, message):
     raw = apply_overrides(_minimal(), [f'{key}={value}'])

@@ -60,3 +60,26 @@ def test_atomic_file_output(tmp_path):
             temporary.write_text('two')
             raise KeyError('stop')
     assert target.read_text() == 'one' and sorted(tmp_path.iterdir()) == [target]
+
+
+def test_single_group_state_resumes_into_per_part_groups(tmp_path):
+    """States written before per-part groups (one Adam group) load into several groups."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    model(torch.randn(5, 3)).sum().backward()
+    optimizer.step()
+    state.save_state(tmp_path / 'state', model, optimizer, {'epoch': 1})
+    fresh = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    groups = [{'params': list(fresh[0].parameters()), 'lr_mult': 1.0, 'part': '0'},
+              {'params': list(fresh[1].parameters()), 'lr_mult': 3.0, 'part': '1'}]
+    split = torch.optim.Adam(groups, lr=0.01)
+    state.load_state(tmp_path / 'state', fresh, split)
+    assert [g['lr_mult'] for g in split.param_groups] == [1.0, 3.0]
+    old_slots = optimizer.state_dict()['state']
+    new_slots = split.state_dict()['state']
+    for index in old_slots:
+        torch.testing.assert_close(new_slots[index]['exp_avg'], old_slots[index]['exp_avg'])
+    other = torch.optim.Adam([{'params': list(fresh[0].parameters())}], lr=0.01)
+    with pytest.raises(ValueError, match='parameter group'):
+        state.load_state(tmp_path / 'state', fresh, other)
