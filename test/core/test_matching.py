@@ -278,3 +278,60 @@ def test_block_cost_volume_equals_the_correlation_of_block_descriptors():
     direct = local_correlation(orientation_descriptors(vi), orientation_descriptors(ir), 4)
     fast = block_cost_volume(cell_histograms(vi), cell_histograms(ir), 4, block=4)
     torch.testing.assert_close(fast, direct, atol=1e-5, rtol=1e-5)
+
+
+def test_zoom_samples_about_the_centre():
+    from tarfuse_ros.core.model.matching import zoom
+    image = torch.rand(2, 1, 32, 48, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(zoom(image, 1.0), image, atol=1e-5, rtol=0)
+    # Zoomed in by 2: the centre pixel stays, the frame shows the central half.
+    centre = torch.zeros(1, 1, 33, 33)
+    centre[:, :, 16, 16] = 1.0
+    centre[:, :, 8, 8] = 0.5
+    zoomed = zoom(centre, 0.5)
+    assert float(zoomed[0, 0, 16, 16]) == pytest.approx(1.0)
+    assert float(zoomed[0, 0, 0, 0]) == pytest.approx(0.5)
+
+
+def _narrow_field_of_view(image, fov):
+    """The central ``fov`` of ``image`` (1, 1, H, W) resized back to (H, W), as a camera with a
+    narrower field of view sees the scene (cv2, as benchmarks/eval_fov.py)."""
+    import cv2
+    height, width = image.shape[2:]
+    crop_h, crop_w = int(round(height * fov)), int(round(width * fov))
+    top, left = (height - crop_h) // 2, (width - crop_w) // 2
+    plane = image[0, 0, top:top + crop_h, left:left + crop_w].numpy()
+    return torch.from_numpy(cv2.resize(plane, (width, height),
+                                       interpolation=cv2.INTER_LINEAR))[None, None]
+
+
+def test_scale_candidates_recover_a_narrower_thermal_field_of_view():
+    """One fit misses a 1.25 zoom (blocks do not match across scales); the search finds it."""
+    from tarfuse_ros.core.model.matching import OrientationMatcher
+    ir, vi = _real_pair((320, 480))
+    narrow = _narrow_field_of_view(ir, 0.8)
+    truth = affine_flow(torch.tensor([[[1.25, 0.0, 0.0], [0.0, 1.25, 0.0]]]), 320, 480)
+
+    def error(matcher, moving):
+        flow = affine_flow(matcher(moving, vi), 320, 480)
+        return float(torch.linalg.vector_norm(flow - truth, dim=1).mean())
+
+    before = float(torch.linalg.vector_norm(truth, dim=1).mean())
+    single = OrientationMatcher()
+    search = OrientationMatcher(scale_candidates=(0.8, 1.0, 1.25))
+    assert error(single, narrow) > 0.5 * before
+    assert error(search, narrow) < 0.15 * before
+    # A wider thermal view (the IR shows more: scale 0.8) and an aligned pair.
+    wide_truth = affine_flow(torch.tensor([[[0.8, 0.0, 0.0], [0.0, 0.8, 0.0]]]), 320, 480)
+    wide = _narrow_field_of_view(vi, 0.8)  # the visible image is the narrow one
+    flow = affine_flow(search(ir, wide), 320, 480)
+    assert float(torch.linalg.vector_norm(flow - wide_truth, dim=1).mean()) < 0.15 * before
+    aligned = affine_flow(search(ir, vi), 320, 480)
+    assert float(torch.linalg.vector_norm(aligned, dim=1).mean()) < 2.0
+    scores = search.alignment_score(ir, vi, torch.tensor([[[1.0, 0, 0], [0, 1.0, 0]]]))
+    worse = search.alignment_score(ir, vi, torch.tensor([[[1.1, 0, 0.05], [0, 1.1, 0]]]))
+    assert float(scores) > float(worse)
+    with pytest.raises(ValueError, match='scale_candidates'):
+        OrientationMatcher(scale_candidates=(0.0, 1.0))
+    with pytest.raises(ValueError, match='global_scale_candidates'):
+        TarFuseConfig(global_scale_candidates=())

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 __all__ = ['FlowEstimator', 'MatchingRegistration', 'OrientationMatcher', 'PyramidEncoder',
            'affine_flow', 'block_cost_volume', 'cell_histograms', 'fit_affine',
            'local_correlation', 'match_cells', 'orientation_descriptors', 'peak_offsets',
-           'robust_affine_px']
+           'robust_affine_px', 'zoom']
 
 
 def local_correlation(reference, moving, radius):
@@ -333,6 +333,21 @@ def robust_affine_px(points, targets, weights, scales):
     return theta_t.transpose(1, 2)
 
 
+def zoom(image, factor):
+    """Return ``image`` sampled at ``factor * u`` about its centre (``u`` normalised coordinates).
+
+    ``image`` (B, C, H, W), ``factor`` a number or a (B,) tensor -> (B, C, H, W); a factor
+    below 1 magnifies the centre (no empty border), above 1 shrinks the content inside an
+    empty (zero) border.
+    """
+    batch, _, height, width = image.shape
+    factor = torch.as_tensor(factor, dtype=image.dtype, device=image.device).expand(batch)
+    zero = torch.zeros_like(factor)
+    theta = torch.stack((torch.stack((factor, zero, zero), dim=1),
+                         torch.stack((zero, factor, zero), dim=1)), dim=1)
+    return warp(image, affine_flow(theta, height, width))
+
+
 def _pixel_affine_to_normalised(theta_px, height, width):
     """Convert ``(B, 2, 3)`` pixel affine maps to :func:`fit_affine`'s normalised coordinates.
 
@@ -359,19 +374,32 @@ class OrientationMatcher(nn.Module):
     Measured alone on the ground-truth test fields (frames cut to multiples of 32): RoadScene
     EPE 3.95 px (from 16.0), msrs_det 3.88 px (from 17.95); without the second pass 4.0 / 4.6.
 
+    Fixed-size blocks do not match across a large scale change (a thermal camera with another
+    field of view), so with ``scale_candidates`` other than ``(1.0,)`` the fit runs once per
+    candidate scale ``s`` of the IR relative to the visible image, on a pre-zoomed pair (the
+    visible centre magnified by ``s`` when ``s > 1``, the IR centre by ``1 / s`` when ``s < 1``:
+    always zoomed in, so neither image gets an empty border), and the map whose warped IR agrees
+    best with the visible image (:meth:`alignment_score`) wins, per sample.
+
     ``forward(ir (B, 1, H, W), vi (B, 1, H, W)) -> (B, 2, 3)`` affine maps in normalised
     coordinates of the ``(H, W)`` frame (:func:`affine_flow`).
     """
 
     def __init__(self, cell=8, bins=8, block=4, radius=8,
                  scales=(4.0, 3.0, 2.0, 1.5, 1.0, 1.0, 0.75, 0.5, 0.5, 0.5), refine_radius=2,
-                 refine_scales=(1.0, 0.75, 0.5, 0.5, 0.5)):
+                 refine_scales=(1.0, 0.75, 0.5, 0.5, 0.5), scale_candidates=(1.0,),
+                 min_coverage=0.3):
         super().__init__()
         self.cell, self.bins, self.block, self.radius = int(cell), int(bins), int(block), \
             int(radius)
         self.scales = tuple(float(s) * self.cell for s in scales)
         self.refine_radius = int(refine_radius)
         self.refine_scales = tuple(float(s) * self.cell for s in refine_scales)
+        self.scale_candidates = tuple(float(s) for s in scale_candidates)
+        if not self.scale_candidates or min(self.scale_candidates) <= 0:
+            raise ValueError('scale_candidates must be positive scales, got '
+                             f'{scale_candidates!r}')
+        self.min_coverage = float(min_coverage)
 
     def _fit(self, reference, moving, radius, points, scales, theta_px=None):
         """Match cells and fit ``q = A [p; 1]`` in pixels.
@@ -389,6 +417,59 @@ class OrientationMatcher(nn.Module):
         # In float32 whatever the network runs in (the map is returned in float32): the normal
         # equations sum squared pixel coordinates over thousands of cells, beyond float16.
         ir, vi = ir.float(), vi.float()
+        if self.scale_candidates == (1.0,):
+            return self._match(ir, vi)
+        # The search runs at half resolution, one pass per candidate (a quarter of the cost
+        # each); the chosen scale then gets the full two-pass fit at full resolution.
+        ir_half, vi_half = F.avg_pool2d(ir, 2), F.avg_pool2d(vi, 2)
+        scores = []
+        for scale in self.scale_candidates:
+            factors = ir.new_full((ir.shape[0],), scale)
+            theta = self._match_zoomed(ir_half, vi_half, factors, refine=False)
+            scores.append(self.alignment_score(ir_half, vi_half, theta))
+        best = torch.stack(scores, dim=1).argmax(dim=1)
+        factors = ir.new_tensor(self.scale_candidates)[best]
+        return self._match_zoomed(ir, vi, factors)
+
+    def _match_zoomed(self, ir, vi, factors, refine=True):
+        """Fit with the IR assumed ``factors`` (B,) times larger than the visible image.
+
+        The pair is zoomed in (the visible centre by ``s`` when ``s > 1``, the IR centre by
+        ``1 / s`` when ``s < 1``) and fitted; with ``ir'(v) = ir(a v)``, ``vi'(u) = vi(b u)``
+        and the fit ``ir'(M u + t) = vi'(u)``, the map of the original pair is
+        ``[a M / b, a t]``.
+        """
+        ir_factor = factors.clamp(max=1.0)
+        vi_factor = (1.0 / factors).clamp(max=1.0)
+        found = self._match(zoom(ir, ir_factor), zoom(vi, vi_factor), refine)
+        ratio = (ir_factor / vi_factor).view(-1, 1, 1)
+        return torch.cat((found[:, :, :2] * ratio, found[:, :, 2:] * ir_factor.view(-1, 1, 1)),
+                         dim=2)
+
+    def alignment_score(self, ir, vi, theta):
+        """Return how well ``ir`` warped by ``theta`` agrees with ``vi``: ``(B,)`` in [-1, 1].
+
+        The mean cosine similarity of the block descriptors at zero offset
+        (:func:`block_cost_volume`) over the blocks that lie wholly inside the warped IR's
+        support; -1 when those blocks cover less than ``min_coverage`` of the frame (a map
+        that keeps only a sliver of the IR).
+        """
+        height, width = vi.shape[2:]
+        flow = affine_flow(theta, height, width)
+        warped = warp(ir, flow)
+        support = warp(torch.ones_like(ir), flow)
+        cells_inside = (-F.max_pool2d(-support, self.cell) > 0.99).to(vi.dtype)
+        blocks_inside = (_box_sum(cells_inside, self.block) > self.block ** 2 - 0.5).to(vi.dtype)
+        similarity = block_cost_volume(cell_histograms(vi, self.cell, self.bins),
+                                       cell_histograms(warped, self.cell, self.bins), 0,
+                                       self.block)
+        count = blocks_inside.flatten(1).sum(dim=1)
+        mean = (similarity * blocks_inside).flatten(1).sum(dim=1) / count.clamp_min(1.0)
+        coverage = count / float(blocks_inside[0].numel())
+        return torch.where(coverage >= self.min_coverage, mean, torch.full_like(mean, -1.0))
+
+    def _match(self, ir, vi, refine=True):
+        """The two-pass fit of the class docstring (the first pass alone without ``refine``)."""
         height, width = vi.shape[2:]
         reference = cell_histograms(vi, self.cell, self.bins)
         rows, cols = reference.shape[2:]
@@ -398,7 +479,7 @@ class OrientationMatcher(nn.Module):
         points = torch.stack((grid_x.reshape(-1), grid_y.reshape(-1)), dim=1)
         theta_px = self._fit(reference, cell_histograms(ir, self.cell, self.bins),
                              self.radius, points, self.scales)
-        if self.refine_radius > 0:
+        if refine and self.refine_radius > 0:
             # Second pass: warp the IR by the first map, match again within a small radius
             # (now the whole neighbourhood lines up, so more cells find their true match).
             theta = _pixel_affine_to_normalised(theta_px, height, width)
@@ -506,12 +587,15 @@ class MatchingRegistration(nn.Module):
         global_features: ``'learned'`` (the global stage above) or ``'orientation'``
             (:class:`OrientationMatcher` on the input images: fixed descriptors, no learnt
             parameter; ``forward`` then needs ``ir`` and ``vi``).
+        scale_candidates: the orientation matcher's candidate IR / visible scales
+            (:class:`OrientationMatcher`; ``(1.0,)``: one fit, no search).
 
     """
 
     def __init__(self, in_channels, cseb_channels=32, pyramid_channels=(48, 64, 96),
                  estimator_channels=(64, 48, 32), radius=4, downsample=2, global_stage=True,
-                 slope=0.1, finest_radius=2, global_features='learned'):
+                 slope=0.1, finest_radius=2, global_features='learned',
+                 scale_candidates=(1.0,)):
         super().__init__()
         if radius < 1 or finest_radius < 1 or not pyramid_channels:
             raise ValueError(f'need radii >= 1 and >= 1 pyramid level, got {radius}, '
@@ -533,7 +617,7 @@ class MatchingRegistration(nn.Module):
         self.global_estimator = None
         self.global_matcher = None
         if global_stage and global_features == 'orientation':
-            self.global_matcher = OrientationMatcher()
+            self.global_matcher = OrientationMatcher(scale_candidates=scale_candidates)
         elif global_stage:
             cost = (2 * int(radius) + 1) ** 2
             self.global_estimator = FlowEstimator(cost, estimator_channels, 3, slope,

@@ -63,6 +63,9 @@ class TarFuseConfig:
     # volume, a weighted affine fit) or 'orientation' (fixed unsigned-orientation descriptors
     # matched cell by cell, a robust affine fit: modality-independent without training).
     global_features: str = 'learned'
+    # 'orientation' only: the IR / visible scales the global stage tries (one fit each, the
+    # best-agreeing map wins; for thermal cameras with another field of view). (1.0,): one fit.
+    global_scale_candidates: tuple = (1.0,)
     # Hidden widths of the reconstruction head (third layer -> 1 channel, Tanh).
     reconstruction_channels: tuple = (16, 8)
     # Detection neck: stem widths at strides 2 and 4, then P3, P4, P5 widths.
@@ -93,6 +96,8 @@ class TarFuseConfig:
         for name in ('msrb_channels', 'pyramid_channels', 'estimator_channels',
                      'reconstruction_channels', 'neck_stem_channels', 'detect_channels'):
             object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
+        object.__setattr__(self, 'global_scale_candidates',
+                           tuple(float(v) for v in self.global_scale_candidates))
         object.__setattr__(self, 'class_names', tuple(str(v) for v in self.class_names))
         if self.detect and (self.num_classes < 1 or len(self.class_names) != self.num_classes):
             raise ValueError(f'num_classes ({self.num_classes}) must be >= 1 and equal '
@@ -116,6 +121,9 @@ class TarFuseConfig:
                              f'{self.estimator_channels}')
         if self.reg_max < 1:
             raise ValueError(f'reg_max must be >= 1, got {self.reg_max}')
+        if not self.global_scale_candidates or min(self.global_scale_candidates) <= 0:
+            raise ValueError('global_scale_candidates must be positive scales, got '
+                             f'{self.global_scale_candidates!r}')
         if not isinstance(self.neck_blocks, int) or self.neck_blocks < 0:
             raise ValueError(f'neck_blocks must be an integer >= 0, got {self.neck_blocks!r}')
         if self.global_features not in ('learned', 'orientation'):
@@ -188,7 +196,8 @@ class TarFuse(nn.Module):
                 width, config.cseb_channels, config.pyramid_channels,
                 config.estimator_channels, config.corr_radius, config.registration_downsample,
                 config.global_stage, slope, config.corr_radius_finest,
-                global_features=config.global_features)
+                global_features=config.global_features,
+                scale_candidates=config.global_scale_candidates)
         self.reconstruction = ReconstructionHead(4 * width, config.reconstruction_channels, slope)
         self.neck = self.detect = None
         if config.detect:
