@@ -379,7 +379,8 @@ class OrientationMatcher(nn.Module):
     candidate scale ``s`` of the IR relative to the visible image, on a pre-zoomed pair (the
     visible centre magnified by ``s`` when ``s > 1``, the IR centre by ``1 / s`` when ``s < 1``:
     always zoomed in, so neither image gets an empty border), and the map whose warped IR agrees
-    best with the visible image (:meth:`alignment_score`) wins, per sample.
+    best with the visible image wins, per sample (:meth:`alignment_score`, on the blocks all
+    candidates cover; another scale must beat the unzoomed fit by ``prefer_unit`` times).
 
     ``forward(ir (B, 1, H, W), vi (B, 1, H, W)) -> (B, 2, 3)`` affine maps in normalised
     coordinates of the ``(H, W)`` frame (:func:`affine_flow`).
@@ -388,7 +389,7 @@ class OrientationMatcher(nn.Module):
     def __init__(self, cell=8, bins=8, block=4, radius=8,
                  scales=(4.0, 3.0, 2.0, 1.5, 1.0, 1.0, 0.75, 0.5, 0.5, 0.5), refine_radius=2,
                  refine_scales=(1.0, 0.75, 0.5, 0.5, 0.5), scale_candidates=(1.0,),
-                 min_coverage=0.3):
+                 min_coverage=0.3, prefer_unit=1.5):
         super().__init__()
         self.cell, self.bins, self.block, self.radius = int(cell), int(bins), int(block), \
             int(radius)
@@ -400,6 +401,7 @@ class OrientationMatcher(nn.Module):
             raise ValueError('scale_candidates must be positive scales, got '
                              f'{scale_candidates!r}')
         self.min_coverage = float(min_coverage)
+        self.prefer_unit = float(prefer_unit)
 
     def _fit(self, reference, moving, radius, points, scales, theta_px=None):
         """Match cells and fit ``q = A [p; 1]`` in pixels.
@@ -419,17 +421,33 @@ class OrientationMatcher(nn.Module):
         ir, vi = ir.float(), vi.float()
         if self.scale_candidates == (1.0,):
             return self._match(ir, vi)
-        # The search runs at half resolution, one pass per candidate (a quarter of the cost
-        # each); the chosen scale then gets the full two-pass fit at full resolution.
-        ir_half, vi_half = F.avg_pool2d(ir, 2), F.avg_pool2d(vi, 2)
-        scores = []
+        # One full fit per candidate; each map is scored by the fraction of blocks whose best
+        # match within the refinement radius sits at zero offset (inliers), over the blocks
+        # every usable candidate covers: a zoomed candidate keeps only the frame's centre,
+        # often its most textured part. Scores of candidates other than 1 are divided by
+        # ``prefer_unit`` so that near ties keep the unzoomed fit.
+        thetas, inliers, insides = [], [], []
         for scale in self.scale_candidates:
-            factors = ir.new_full((ir.shape[0],), scale)
-            theta = self._match_zoomed(ir_half, vi_half, factors, refine=False)
-            scores.append(self.alignment_score(ir_half, vi_half, theta))
+            theta = self._match_zoomed(ir, vi, ir.new_full((ir.shape[0],), scale))
+            inlier, inside = self._inlier_cells(ir, vi, theta)
+            thetas.append(theta)
+            inliers.append(inlier)
+            insides.append(inside)
+        usable = [(inside.flatten(1).mean(dim=1) >= self.min_coverage).to(ir.dtype)
+                  for inside in insides]
+        common = torch.ones_like(insides[0])
+        for inside, ok in zip(insides, usable):
+            # A candidate that keeps too little of the IR does not shrink the common region.
+            common = common * torch.maximum(inside, 1.0 - ok.view(-1, 1, 1, 1))
+        count = common.flatten(1).sum(dim=1).clamp_min(1.0)
+        scores = []
+        for scale, inlier, ok in zip(self.scale_candidates, inliers, usable):
+            fraction = (inlier * common).flatten(1).sum(dim=1) / count
+            fraction = fraction if scale == 1.0 else fraction / self.prefer_unit
+            scores.append(torch.where(ok > 0, fraction, torch.full_like(fraction, -1.0)))
         best = torch.stack(scores, dim=1).argmax(dim=1)
-        factors = ir.new_tensor(self.scale_candidates)[best]
-        return self._match_zoomed(ir, vi, factors)
+        index = best.view(-1, 1, 1, 1).expand(-1, 1, 2, 3)
+        return torch.gather(torch.stack(thetas, dim=1), 1, index).squeeze(1)
 
     def _match_zoomed(self, ir, vi, factors, refine=True):
         """Fit with the IR assumed ``factors`` (B,) times larger than the visible image.
@@ -447,26 +465,38 @@ class OrientationMatcher(nn.Module):
                          dim=2)
 
     def alignment_score(self, ir, vi, theta):
-        """Return how well ``ir`` warped by ``theta`` agrees with ``vi``: ``(B,)`` in [-1, 1].
+        """Return how well ``ir`` warped by ``theta`` agrees with ``vi``: ``(B,)`` in [0, 1].
 
-        The mean cosine similarity of the block descriptors at zero offset
-        (:func:`block_cost_volume`) over the blocks that lie wholly inside the warped IR's
-        support; -1 when those blocks cover less than ``min_coverage`` of the frame (a map
-        that keeps only a sliver of the IR).
+        The fraction of blocks, among those wholly inside the warped IR's support, whose best
+        block-descriptor match within ``refine_radius`` cells (:func:`peak_offsets`) lies
+        within 0.75 cell of zero offset; -1 when those blocks cover less than
+        ``min_coverage`` of the frame (a map that keeps only a sliver of the IR).
         """
+        inlier, inside = self._inlier_cells(ir, vi, theta)
+        count = inside.flatten(1).sum(dim=1)
+        fraction = (inlier * inside).flatten(1).sum(dim=1) / count.clamp_min(1.0)
+        coverage = count / float(inside[0].numel())
+        return torch.where(coverage >= self.min_coverage, fraction,
+                           torch.full_like(fraction, -1.0))
+
+    def _inlier_cells(self, ir, vi, theta):
+        """Return ``(inlier, inside)``, both ``(B, 1, H / cell, W / cell)`` in {0, 1}: blocks
+        whose best match after warping ``ir`` by ``theta`` is at zero offset, and blocks
+        wholly inside the warped IR's support."""
         height, width = vi.shape[2:]
         flow = affine_flow(theta, height, width)
         warped = warp(ir, flow)
         support = warp(torch.ones_like(ir), flow)
         cells_inside = (-F.max_pool2d(-support, self.cell) > 0.99).to(vi.dtype)
-        blocks_inside = (_box_sum(cells_inside, self.block) > self.block ** 2 - 0.5).to(vi.dtype)
-        similarity = block_cost_volume(cell_histograms(vi, self.cell, self.bins),
-                                       cell_histograms(warped, self.cell, self.bins), 0,
-                                       self.block)
-        count = blocks_inside.flatten(1).sum(dim=1)
-        mean = (similarity * blocks_inside).flatten(1).sum(dim=1) / count.clamp_min(1.0)
-        coverage = count / float(blocks_inside[0].numel())
-        return torch.where(coverage >= self.min_coverage, mean, torch.full_like(mean, -1.0))
+        inside = (_box_sum(cells_inside, self.block) > self.block ** 2 - 0.5).to(vi.dtype)
+        radius = max(self.refine_radius, 1)
+        offset, confidence = peak_offsets(
+            block_cost_volume(cell_histograms(vi, self.cell, self.bins),
+                              cell_histograms(warped, self.cell, self.bins), radius,
+                              self.block), radius)
+        inlier = ((torch.linalg.vector_norm(offset, dim=1, keepdim=True) < 0.75)
+                  & (confidence > 0)).to(vi.dtype)
+        return inlier, inside
 
     def _match(self, ir, vi, refine=True):
         """The two-pass fit of the class docstring (the first pass alone without ``refine``)."""
