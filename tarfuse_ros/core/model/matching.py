@@ -389,7 +389,7 @@ class OrientationMatcher(nn.Module):
     def __init__(self, cell=8, bins=8, block=4, radius=8,
                  scales=(4.0, 3.0, 2.0, 1.5, 1.0, 1.0, 0.75, 0.5, 0.5, 0.5), refine_radius=2,
                  refine_scales=(1.0, 0.75, 0.5, 0.5, 0.5), scale_candidates=(1.0,),
-                 min_coverage=0.3, prefer_unit=2.5):
+                 min_coverage=0.3, prefer_unit=2.0):
         super().__init__()
         self.cell, self.bins, self.block, self.radius = int(cell), int(bins), int(block), \
             int(radius)
