@@ -294,8 +294,10 @@ def test_zoom_samples_about_the_centre():
 
 
 def _narrow_field_of_view(image, fov):
-    """The central ``fov`` of ``image`` (1, 1, H, W) resized back to (H, W), as a camera with a
-    narrower field of view sees the scene (cv2, as benchmarks/eval_fov.py)."""
+    """Return the central ``fov`` of ``image`` (1, 1, H, W) resized back to (H, W).
+
+    What a camera with a narrower field of view sees (cv2, as benchmarks/eval_fov.py).
+    """
     import cv2
     height, width = image.shape[2:]
     crop_h, crop_w = int(round(height * fov)), int(round(width * fov))

@@ -480,9 +480,11 @@ class OrientationMatcher(nn.Module):
                            torch.full_like(fraction, -1.0))
 
     def _inlier_cells(self, ir, vi, theta):
-        """Return ``(inlier, inside)``, both ``(B, 1, H / cell, W / cell)`` in {0, 1}: blocks
-        whose best match after warping ``ir`` by ``theta`` is at zero offset, and blocks
-        wholly inside the warped IR's support."""
+        """Return ``(inlier, inside)``, both ``(B, 1, H / cell, W / cell)`` in {0, 1}.
+
+        ``inlier``: blocks whose best match after warping ``ir`` by ``theta`` is at zero
+        offset; ``inside``: blocks wholly inside the warped IR's support.
+        """
         height, width = vi.shape[2:]
         flow = affine_flow(theta, height, width)
         warped = warp(ir, flow)
@@ -499,7 +501,7 @@ class OrientationMatcher(nn.Module):
         return inlier, inside
 
     def _match(self, ir, vi, refine=True):
-        """The two-pass fit of the class docstring (the first pass alone without ``refine``)."""
+        """Run the two-pass fit of the class docstring (only the first without ``refine``)."""
         height, width = vi.shape[2:]
         reference = cell_histograms(vi, self.cell, self.bins)
         rows, cols = reference.shape[2:]
