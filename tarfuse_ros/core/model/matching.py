@@ -426,10 +426,11 @@ class OrientationMatcher(nn.Module):
         # every usable candidate covers: a zoomed candidate keeps only the frame's centre,
         # often its most textured part. Scores of candidates other than 1 are divided by
         # ``prefer_unit`` so that near ties keep the unzoomed fit.
+        reference = cell_histograms(vi, self.cell, self.bins)
         thetas, inliers, insides = [], [], []
         for scale in self.scale_candidates:
             theta = self._match_zoomed(ir, vi, ir.new_full((ir.shape[0],), scale))
-            inlier, inside = self._inlier_cells(ir, vi, theta)
+            inlier, inside = self._inlier_cells(ir, reference, theta)
             thetas.append(theta)
             inliers.append(inlier)
             insides.append(inside)
@@ -449,7 +450,7 @@ class OrientationMatcher(nn.Module):
         index = best.view(-1, 1, 1, 1).expand(-1, 1, 2, 3)
         return torch.gather(torch.stack(thetas, dim=1), 1, index).squeeze(1)
 
-    def _match_zoomed(self, ir, vi, factors, refine=True):
+    def _match_zoomed(self, ir, vi, factors):
         """Fit with the IR assumed ``factors`` (B,) times larger than the visible image.
 
         The pair is zoomed in (the visible centre by ``s`` when ``s > 1``, the IR centre by
@@ -459,7 +460,7 @@ class OrientationMatcher(nn.Module):
         """
         ir_factor = factors.clamp(max=1.0)
         vi_factor = (1.0 / factors).clamp(max=1.0)
-        found = self._match(zoom(ir, ir_factor), zoom(vi, vi_factor), refine)
+        found = self._match(zoom(ir, ir_factor), zoom(vi, vi_factor))
         ratio = (ir_factor / vi_factor).view(-1, 1, 1)
         return torch.cat((found[:, :, :2] * ratio, found[:, :, 2:] * ir_factor.view(-1, 1, 1)),
                          dim=2)
@@ -472,36 +473,36 @@ class OrientationMatcher(nn.Module):
         within 0.75 cell of zero offset; -1 when those blocks cover less than
         ``min_coverage`` of the frame (a map that keeps only a sliver of the IR).
         """
-        inlier, inside = self._inlier_cells(ir, vi, theta)
+        inlier, inside = self._inlier_cells(ir, cell_histograms(vi, self.cell, self.bins), theta)
         count = inside.flatten(1).sum(dim=1)
         fraction = (inlier * inside).flatten(1).sum(dim=1) / count.clamp_min(1.0)
         coverage = count / float(inside[0].numel())
         return torch.where(coverage >= self.min_coverage, fraction,
                            torch.full_like(fraction, -1.0))
 
-    def _inlier_cells(self, ir, vi, theta):
+    def _inlier_cells(self, ir, reference, theta):
         """Return ``(inlier, inside)``, both ``(B, 1, H / cell, W / cell)`` in {0, 1}.
 
-        ``inlier``: blocks whose best match after warping ``ir`` by ``theta`` is at zero
-        offset; ``inside``: blocks wholly inside the warped IR's support.
+        ``reference``: the visible image's :func:`cell_histograms`. ``inlier``: blocks whose
+        best match after warping ``ir`` by ``theta`` is at zero offset; ``inside``: blocks
+        wholly inside the warped IR's support.
         """
-        height, width = vi.shape[2:]
+        height, width = ir.shape[2:]
         flow = affine_flow(theta, height, width)
         warped = warp(ir, flow)
         support = warp(torch.ones_like(ir), flow)
-        cells_inside = (-F.max_pool2d(-support, self.cell) > 0.99).to(vi.dtype)
-        inside = (_box_sum(cells_inside, self.block) > self.block ** 2 - 0.5).to(vi.dtype)
+        cells_inside = (-F.max_pool2d(-support, self.cell) > 0.99).to(ir.dtype)
+        inside = (_box_sum(cells_inside, self.block) > self.block ** 2 - 0.5).to(ir.dtype)
         radius = max(self.refine_radius, 1)
         offset, confidence = peak_offsets(
-            block_cost_volume(cell_histograms(vi, self.cell, self.bins),
-                              cell_histograms(warped, self.cell, self.bins), radius,
+            block_cost_volume(reference, cell_histograms(warped, self.cell, self.bins), radius,
                               self.block), radius)
         inlier = ((torch.linalg.vector_norm(offset, dim=1, keepdim=True) < 0.75)
-                  & (confidence > 0)).to(vi.dtype)
+                  & (confidence > 0)).to(ir.dtype)
         return inlier, inside
 
-    def _match(self, ir, vi, refine=True):
-        """Run the two-pass fit of the class docstring (only the first without ``refine``)."""
+    def _match(self, ir, vi):
+        """Run the two-pass fit of the class docstring on one pair of (zoomed) images."""
         height, width = vi.shape[2:]
         reference = cell_histograms(vi, self.cell, self.bins)
         rows, cols = reference.shape[2:]
@@ -511,7 +512,7 @@ class OrientationMatcher(nn.Module):
         points = torch.stack((grid_x.reshape(-1), grid_y.reshape(-1)), dim=1)
         theta_px = self._fit(reference, cell_histograms(ir, self.cell, self.bins),
                              self.radius, points, self.scales)
-        if refine and self.refine_radius > 0:
+        if self.refine_radius > 0:
             # Second pass: warp the IR by the first map, match again within a small radius
             # (now the whole neighbourhood lines up, so more cells find their true match).
             theta = _pixel_affine_to_normalised(theta_px, height, width)
