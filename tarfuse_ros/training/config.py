@@ -165,7 +165,9 @@ class TrainConfig:
     threads (0: torch's default); ``time_budget_s`` wall seconds (0: none). ``lr_mult`` maps
     top-level model parts (``neck``, ``detect``, ``registration``, ...) to a factor on ``lr``;
     ``freeze`` lists parts whose parameters are not trained (the names are checked against the
-    model when the run starts).
+    model when the run starts). ``init_model`` (only with ``init_weights``) maps model fields to
+    values that replace the checkpoint's (e.g. ``{global_features: learned}``); parameters the
+    changed architecture adds or reshapes start from their fresh initialisation.
     """
 
     epochs: int
@@ -191,6 +193,7 @@ class TrainConfig:
     time_budget_s: float = 0.0
     lr_mult: dict = field(default_factory=dict)
     freeze: tuple = ()
+    init_model: dict = field(default_factory=dict)
 
     def __post_init__(self):
         object.__setattr__(self, 'betas', tuple(float(b) for b in self.betas))
@@ -204,6 +207,20 @@ class TrainConfig:
                f'train.freeze must be a list of model parts, got {self.freeze!r}')
         object.__setattr__(self, 'freeze', tuple(str(part) for part in self.freeze))
         object.__setattr__(self, 'time_budget_s', float(self.time_budget_s or 0.0))
+        _check(isinstance(self.init_model, dict),
+               f'train.init_model must be a mapping model field -> value, got {self.init_model!r}')
+        _check(not self.init_model or self.init_weights,
+               'train.init_model needs train.init_weights (it changes that checkpoint\'s '
+               'architecture); put architecture fields in the model section otherwise')
+        model_fields = set(TarFuseConfig().to_dict()) - set(_FROM_DATA)
+        for key in self.init_model:
+            _check(key in model_fields,
+                   f'train.init_model.{key} is not a model field (fields: '
+                   f'{", ".join(sorted(model_fields))})')
+        try:
+            TarFuseConfig.from_dict(dict(TarFuseConfig().to_dict(), **self.init_model))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f'train.init_model: {exc}') from None
         for name in ('epochs', 'batch'):
             _check(getattr(self, name) >= 1,
                    f'train.{name} must be >= 1, got {getattr(self, name)!r}')

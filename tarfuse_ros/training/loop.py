@@ -154,13 +154,22 @@ class Trainer:
                 model_config = replace(model_config, detect=False)
             if self.config.model.neck_blocks > model_config.neck_blocks:
                 model_config = replace(model_config, neck_blocks=self.config.model.neck_blocks)
+            if train.init_model:
+                model_config = TarFuseConfig.from_dict(
+                    dict(model_config.to_dict(), **train.init_model))
         self.model = build_model(model_config).to(self.device)
         if init_model is not None:
-            # Keys the checkpoint lacks (added neck blocks) keep their identity initialisation.
+            # Keys the checkpoint lacks or holds in another shape (added neck blocks, a
+            # global stage switched by train.init_model) keep their initialisation.
             state = self.model.state_dict()
-            state.update({name: value for name, value in init_model.state_dict().items()
-                          if name in state})
+            taken = {name: value for name, value in init_model.state_dict().items()
+                     if name in state and state[name].shape == value.shape}
+            fresh = sorted(set(state) - set(taken))
+            state.update(taken)
             self.model.load_state_dict(state)
+            if fresh:
+                _log(f'init_weights: {len(taken)} tensors loaded, {len(fresh)} freshly '
+                     f'initialised (first: {fresh[0]})')
         self.criterion = TarFuseLoss(self.model, self.config.loss).to(self.device)
         self.optimizer = torch.optim.Adam(
             parameter_groups(self.model, train.lr_mult, train.freeze, train.lr),

@@ -294,6 +294,30 @@ def test_init_adds_neck_blocks_and_trains_only_unfrozen_parts(runs, splits, tmp_
     assert train['freeze'] == ['registration', 'vi_common']
 
 
+def test_init_model_switches_the_global_stage_and_keeps_the_other_weights(runs, splits,
+                                                                         tmp_path, capsys):
+    """train.init_model: the checkpoint's global stage dropped, every other tensor carried over."""
+    source = runs['a'] / 'tarfuse.safetensors'
+    assert load_checkpoint(source).config.global_stage
+    out = tmp_path / 'no_global'
+    assert train_tool.main(_args(splits, out, '--epochs', '1', '--max-steps', '1',
+                                 '--init', str(source), '--set', 'train.lr=1e-12',
+                                 '--set', 'train.init_model={global_stage: false}')) == 0
+    before = load_checkpoint(source).state_dict()
+    switched = load_checkpoint(out / 'tarfuse.safetensors')
+    after = switched.state_dict()
+    assert not switched.config.global_stage
+    assert not any(key.startswith('registration.global_estimator.') for key in after)
+    # Without the global stage the coarsest level gets its own (new) residual estimator.
+    new = sorted(set(after) - set(before))
+    assert new and all(key.startswith('registration.estimators.') for key in new)
+    kept = [k for k in after if k in before and k.endswith('.weight') and after[k].dim() == 4]
+    assert kept
+    for key in kept:
+        assert torch.allclose(before[key], after[key], rtol=0, atol=1e-9), key
+    assert 'freshly initialised' in capsys.readouterr().out
+
+
 def test_unknown_part_in_freeze_fails_at_start(splits, tmp_path, capsys):
     code = train_tool.main(_args(splits, tmp_path / 'bad', '--epochs', '1', '--max-steps', '1',
                                  '--set', 'train.freeze=[backbone]'))

@@ -67,11 +67,30 @@ def test_sections_reuse_the_core_dataclasses():
     ('train.lr_mult', '[neck]', 'train.lr_mult must be a mapping'),
     ('train.freeze', 'registration', 'train.freeze must be a list'),
     ('model.neck_blocks', '-1', 'neck_blocks must be an integer >= 0'),
+    ('train.init_model', '{global_stage: false}', 'train.init_model needs train.init_weights'),
+    ('train.init_model', '[global_stage]', 'train.init_model must be a mapping'),
 ])
 def test_bad_or_unknown_keys_are_errors_that_name_the_key(key, value, message):
     raw = apply_overrides(_minimal(), [f'{key}={value}'])
     with pytest.raises(ValueError, match=message):
         TrainingConfig.from_dict(raw)
+
+
+@pytest.mark.parametrize('value, message', [
+    ('{width: 8}', 'train.init_model.width is not a model field'),
+    ('{num_classes: 2}', 'train.init_model.num_classes is not a model field'),
+    ("{global_features: sift}", "train.init_model: global_features must be 'learned' or"),
+])
+def test_init_model_names_fields_of_the_model(value, message):
+    raw = apply_overrides(_minimal(), ['train.init_weights=x.safetensors',
+                                       f'train.init_model={value}'])
+    with pytest.raises(ValueError, match=message):
+        TrainingConfig.from_dict(raw)
+    raw = apply_overrides(_minimal(), ['train.init_weights=x.safetensors',
+                                       'train.init_model={global_stage: false}'])
+    config = TrainingConfig.from_dict(raw)
+    assert config.train.init_model == {'global_stage': False}
+    assert TrainingConfig.from_dict(config.to_dict()) == config
 
 
 def test_required_keys_and_overrides():
