@@ -59,6 +59,9 @@ def get_args_parser():
     parser.add_argument('--max-seconds', type=float, default=15.0,
                         help='stop timing one case after this long (at least 5 iterations)')
     parser.add_argument('--no-engine', action='store_true', help='time the bare network only')
+    parser.add_argument('--no-scale-search', dest='scale_search', action='store_false',
+                        help="the global stage fits scale 1.0 only (the node's "
+                             'registration.scale_search false)')
     parser.add_argument('--json', type=Path, default=None, help='also write results here')
     return parser
 
@@ -144,12 +147,13 @@ def _parameters(model):
     return info
 
 
-def _make_engine(weights, mode):
+def _make_engine(weights, mode, scale_search=True):
     from tarfuse_ros.core.engine import FusionEngine
     if mode == 'cpu':  # the thread count is set by main()
-        return FusionEngine(weights, device='cpu')
+        return FusionEngine(weights, device='cpu', scale_search=scale_search)
     return FusionEngine(weights, device='cuda', half=mode != 'cuda-fp32',
-                        cuda_graph='on' if mode == 'cuda-fp16-graph' else 'off')
+                        cuda_graph='on' if mode == 'cuda-fp16-graph' else 'off',
+                        scale_search=scale_search)
 
 
 def run_case(engine, mode, width, height, pair, args):
@@ -228,6 +232,7 @@ def main(argv=None):
         from tarfuse_ros.core.checkpoint import load_checkpoint
         model = load_checkpoint(weights).eval()
         results['weights'] = described
+        results['scale_search'] = args.scale_search
         results['parameters'] = _parameters(model)
         flops = count_flops(model, 640, 512)
         results['gflops_640x512'] = flops / 1e9
@@ -236,7 +241,7 @@ def main(argv=None):
         del model
         pair = _sample_pair()
         results['input'] = pair[2]
-        print(f'weights: {described}')
+        print(f'weights: {described}' + ('' if args.scale_search else ' (scale search off)'))
         print(f"torch {torch.__version__}, {args.threads} CPU threads, GPU: {results['gpu']}, "
               f'input: {pair[2]}')
         if not all(results['malloc_tunables'].values()):
@@ -255,7 +260,7 @@ def main(argv=None):
                           f"{'infer pre / model / post':>27}", 'target']))
         rows = []
         for mode in modes:
-            engine = _make_engine(weights, mode)
+            engine = _make_engine(weights, mode, args.scale_search)
             for width, height in sizes:
                 row = run_case(engine, mode, width, height, pair, args)
                 rows.append(row)

@@ -209,7 +209,8 @@ class TarFuseNode(Node):
                 conf_threshold=params.confidence_threshold, iou_threshold=params.iou_threshold,
                 max_detections=params.max_detections,
                 allow_cpu_fallback=params.allow_cpu_fallback,
-                registration_prior=registration_prior(params))
+                registration_prior=registration_prior(params),
+                **({} if onnx else {'scale_search': params.registration_scale_search}))
         except model_error(params.backend) as exc:
             kind = '.onnx file from tarfuse-export' if onnx else '.safetensors checkpoint'
             example = 'model.onnx' if onnx else 'model.safetensors'
@@ -226,6 +227,15 @@ class TarFuseNode(Node):
                 f'registration prior (IR {prior.ir_size[0]}x{prior.ir_size[1]} -> visible '
                 f'{prior.visible_size[0]}x{prior.visible_size[1]}): '
                 f'{prior.homography.ravel().round(6).tolist()}')
+        config = None if onnx else engine.config
+        if config is not None and config.global_scale_candidates != (1.0,):
+            self.get_logger().info(
+                f'global stage scale search: IR / visible scales '
+                f'{list(config.global_scale_candidates)} (-p registration.scale_search:=false '
+                f'for rigs with matching fields of view: about half the CPU time)')
+        elif not params.registration_scale_search:
+            self.get_logger().info('global stage scale search off '
+                                   '(registration.scale_search false): scale 1.0 only')
         if params.device != 'cpu' and engine.device == 'cpu':
             self.get_logger().warning(
                 f'device {params.device!r} is unavailable: running on the CPU because '

@@ -54,6 +54,7 @@ class NodeParams:
     registration_prior: tuple = ()
     registration_prior_ir_size: tuple = ()
     registration_prior_visible_size: tuple = ()
+    registration_scale_search: bool = True
     refinement_enabled: bool = False
     refinement_alpha: float = 0.1
     refinement_max_step_px: float = 20.0
@@ -156,6 +157,12 @@ PARAMETER_SPECS = (
               'aspect ratio are scaled). Restart to change.'),
     ParamSpec('registration.prior_visible_size', 'registration_prior_visible_size', 'int_array',
               '[width, height] of the visible images the prior was made for. Restart to change.'),
+    ParamSpec('registration.scale_search', 'registration_scale_search', 'bool',
+              'Let the global stage try the IR / visible scales the model was saved with (the '
+              'shipped one: 0.8, 1.0, 1.25) for thermal cameras with another field of view; '
+              'false fits scale 1.0 only, about half the CPU time, for rigs whose fields of '
+              'view match or that have a registration.prior. Backend torch only (an ONNX graph '
+              'has its scales built in). Restart to change.'),
     ParamSpec('registration.online_refinement.enabled', 'refinement_enabled', 'bool',
               'Refine the registration prior online: fit a homography to the flow of every '
               'every_n-th pair, reject outliers, smooth the accepted fits (alpha) and use the '
@@ -345,6 +352,11 @@ def validate_params(params):
         raise ValueError('weights is empty')
     registration_prior(params)
     refinement_settings(params)
+    if params.backend == 'onnxruntime' and not params.registration_scale_search:
+        raise ValueError(
+            'registration.scale_search=false needs backend torch: an ONNX graph has the '
+            'scales it was exported with built in; use backend torch, or export a checkpoint '
+            'saved with model.global_scale_candidates [1.0] (see the model card)')
     if params.backend == 'onnxruntime' and params.weights.endswith('.safetensors'):
         raise ValueError(
             f'backend onnxruntime runs an .onnx file but weights is the checkpoint '

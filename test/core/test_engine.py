@@ -351,3 +351,44 @@ def test_cuda_fp16_and_graph_match_cpu(weights, pair):
         assert np.abs(result.flow_px - ref.flow_px).mean() < 0.05 * tol
     np.testing.assert_array_equal(first.fused, third.fused)
     assert not np.array_equal(first.fused, second.fused)
+
+
+def test_scale_search_off_fits_one_scale_with_the_shipped_model():
+    """scale_search=False: scale 1.0 only; the search is what registers a narrower IR view."""
+    from pathlib import Path
+    from tarfuse_ros.core import data
+    folder = Path(__file__).resolve().parents[1] / 'data' / 'datasets' / 'roadscene'
+    ir, vi = data.load_pair(folder, data.read_split(folder, 'test')[0])
+    height, width = vi.shape[:2]
+    # A thermal camera that sees the central 80 % of the visible view, at the same size.
+    top, left = int(round(0.1 * height)), int(round(0.1 * width))
+    narrow = cv2.resize(ir[top:height - top, left:width - left], (width, height),
+                        interpolation=cv2.INTER_LINEAR)
+    search = FusionEngine(cuda_graph='off')
+    single = FusionEngine(cuda_graph='off', scale_search=False)
+    assert search.config.global_scale_candidates == (0.8, 1.0, 1.25)
+    assert single.config.global_scale_candidates == (1.0,)
+    assert single.model.registration.global_matcher.scale_candidates == (1.0,)
+
+    def ncc(a, b):
+        a, b = (x[top:height - top, left:width - left].astype(np.float64) for x in (a, b))
+        a, b = a - a.mean(), b - b.mean()
+        return float((a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum()))
+
+    truth = ir if ir.ndim == 2 else cv2.cvtColor(ir, cv2.COLOR_BGR2GRAY)
+    found = ncc(search.infer(narrow, vi).registered_ir, truth)
+    kept = ncc(single.infer(narrow, vi).registered_ir, truth)
+    assert found > 0.93 and found > kept + 0.05, (found, kept)  # measured 0.968, 0.852
+
+
+def test_set_global_scale_candidates_needs_the_orientation_stage():
+    model = build_model()  # the learnt global stage: no scales to set
+    with pytest.raises(ValueError, match='no orientation global stage'):
+        model.set_global_scale_candidates((1.0,))
+    from tarfuse_ros.core.model.tarfuse import TarFuseConfig
+    model = build_model(TarFuseConfig(global_features='orientation'))
+    model.set_global_scale_candidates((0.9, 1.0))
+    assert model.config.global_scale_candidates == (0.9, 1.0)
+    assert model.registration.global_matcher.scale_candidates == (0.9, 1.0)
+    with pytest.raises(ValueError, match='global_scale_candidates'):
+        model.set_global_scale_candidates((0.0,))

@@ -1,4 +1,5 @@
-"""The node with a calibration prior (registration.prior*) over real DDS, and its start-up errors.
+"""The node's registration parameters over real DDS: a calibration prior (registration.prior*),
+its start-up errors, and the global stage's scale search switched off (registration.scale_search).
 
 The prior file is the one ``tarfuse-calibrate`` writes (``core.prior.write_prior_yaml``), passed
 to the node with ``--params-file`` after the shipped parameters, as the launch file's
@@ -82,3 +83,33 @@ def test_node_refuses_an_invalid_prior_at_start_up_naming_the_parameter():
         'registration.prior_ir_size': '[160, 128]',
         'registration.prior_visible_size': '[160, 128]'},
         ('invalid parameter', 'registration.prior', 'not invertible'))
+
+
+def test_node_with_the_scale_search_off_publishes_the_single_scale_registration():
+    domain = random_domain_id()
+    node = NodeProcess(domain, {'device': 'cpu', 'cpu_threads': 1, 'qos.depth': 10,
+                                'registration.scale_search': 'false'}, namespace='/single')
+    probe = Probe(domain, namespace='/single')
+    try:
+        if not probe.wait_until_ready(120.0):
+            pytest.fail('the node never answered a pair; its log:\n' + node.log())
+        stamp = time.time_ns()
+        probe.publish_pair(*probe.good_pair(stamp))
+        assert probe.wait_for_outputs(stamp, keys=('registered', 'fused')), node.log()
+        registered, = probe.outputs_for('registered', stamp)
+        log = node.log()
+    finally:
+        probe.close()
+        node.close()
+    assert 'scale search off' in log, log
+    expected = FusionEngine(cuda_graph='off', scale_search=False).infer(*sample_pair())
+    pixels = np.frombuffer(registered.data, np.uint8).reshape(HEIGHT, WIDTH)
+    assert np.abs(pixels.astype(int) - expected.registered_ir).max() <= 1
+
+
+def test_node_refuses_the_scale_search_off_with_onnxruntime_naming_the_parameter(tmp_path):
+    model = tmp_path / 'model.onnx'
+    model.write_bytes(b'not read: the parameters are checked first')
+    assert_start_up_fails({'backend': 'onnxruntime', 'weights': str(model),
+                           'registration.scale_search': 'false'},
+                          ('invalid parameter', 'registration.scale_search', 'backend torch'))

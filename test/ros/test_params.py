@@ -82,6 +82,9 @@ def test_yaml_sets_every_parameter_except_the_optional_class_filter_and_comments
     ({'sync.queue_size': 0}, 'sync.queue_size'),
     ({'classes': 'person'}, 'list of strings'),
     ({'no_such': 1}, 'unknown parameters'),
+    ({'registration.scale_search': 'no'}, 'registration.scale_search must be a bool'),
+    ({'registration.scale_search': False, 'backend': 'onnxruntime', 'weights': 'm.onnx'},
+     'registration.scale_search=false needs backend torch'),
 ])
 def test_invalid_start_up_values_raise_value_error_naming_them(values, message):
     with pytest.raises(ValueError, match=message.replace('[', r'\[').replace(']', r'\]')):

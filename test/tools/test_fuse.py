@@ -127,6 +127,20 @@ def test_single_pair_outputs_equal_the_engine(tmp_path, capsys, engine):
     assert (out / 'labels' / 'classes.txt').read_text().split() == list(engine.class_names)
 
 
+def test_no_scale_search_runs_the_single_scale_engine(tmp_path, capsys):
+    ir_path = SAMPLES / 'synthetic_misaligned' / 'ir_warp' / f'{STEMS[1]}.png'
+    vi_path = SAMPLES / 'vi' / f'{STEMS[1]}.jpg'
+    out = tmp_path / 'out'
+    status, stdout, _ = _run(capsys, '--ir', ir_path, '--visible', vi_path, '--out', out,
+                             '--flow', '--no-scale-search')
+    assert status == 0, stdout
+    single = FusionEngine(WEIGHTS, device='cpu', scale_search=False)
+    assert single.config.global_scale_candidates == (1.0,)
+    expected = single.infer(_read(ir_path), _read(vi_path))
+    np.testing.assert_allclose(np.load(out / 'flow' / f'{STEMS[1]}.npy'), expected.flow_px,
+                               atol=0.02)
+
+
 def test_folder_of_sample_pairs_is_matched_by_stem(tmp_path, capsys):
     out = tmp_path / 'out'
     # IR as PNG (the deformed copies), visible as JPEG: pairs are matched by stem.
