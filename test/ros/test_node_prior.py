@@ -51,11 +51,13 @@ def prior_file(tmp_path_factory):
     return path
 
 
-def test_node_with_a_prior_file_publishes_the_registration_of_the_engine(prior_file):
+def _registered_by_node(parameters, namespace, params_files=()):
+    """Start the node, send it the sample pair; return (its registered IR (H, W) uint8, log)."""
     domain = random_domain_id()
-    node = NodeProcess(domain, {'device': 'cpu', 'cpu_threads': 1, 'qos.depth': 10},
-                       namespace='/prior', params_files=[prior_file])
-    probe = Probe(domain, namespace='/prior')
+    node = NodeProcess(domain, dict({'device': 'cpu', 'cpu_threads': 1, 'qos.depth': 10},
+                                    **parameters),
+                       namespace=namespace, params_files=params_files)
+    probe = Probe(domain, namespace=namespace)
     try:
         if not probe.wait_until_ready(120.0):
             pytest.fail('the node never answered a pair; its log:\n' + node.log())
@@ -67,11 +69,15 @@ def test_node_with_a_prior_file_publishes_the_registration_of_the_engine(prior_f
     finally:
         probe.close()
         node.close()
+    return np.frombuffer(registered.data, np.uint8).reshape(HEIGHT, WIDTH), log
+
+
+def test_node_with_a_prior_file_publishes_the_registration_of_the_engine(prior_file):
+    pixels, log = _registered_by_node({}, '/prior', params_files=[prior_file])
     assert 'registration prior' in log, log
     prior = make_prior(HOMOGRAPHY, (WIDTH, HEIGHT), (WIDTH, HEIGHT))
     expected = FusionEngine(cuda_graph='off', registration_prior=prior).infer(*sample_pair())
     without = FusionEngine(cuda_graph='off').infer(*sample_pair())
-    pixels = np.frombuffer(registered.data, np.uint8).reshape(HEIGHT, WIDTH)
     assert np.abs(pixels.astype(int) - expected.registered_ir).max() <= 1
     # The prior really acted: without it the registered IR is another image.
     assert np.abs(pixels.astype(int) - without.registered_ir).mean() > 5.0
@@ -86,24 +92,9 @@ def test_node_refuses_an_invalid_prior_at_start_up_naming_the_parameter():
 
 
 def test_node_with_the_scale_search_off_publishes_the_single_scale_registration():
-    domain = random_domain_id()
-    node = NodeProcess(domain, {'device': 'cpu', 'cpu_threads': 1, 'qos.depth': 10,
-                                'registration.scale_search': 'false'}, namespace='/single')
-    probe = Probe(domain, namespace='/single')
-    try:
-        if not probe.wait_until_ready(120.0):
-            pytest.fail('the node never answered a pair; its log:\n' + node.log())
-        stamp = time.time_ns()
-        probe.publish_pair(*probe.good_pair(stamp))
-        assert probe.wait_for_outputs(stamp, keys=('registered', 'fused')), node.log()
-        registered, = probe.outputs_for('registered', stamp)
-        log = node.log()
-    finally:
-        probe.close()
-        node.close()
+    pixels, log = _registered_by_node({'registration.scale_search': 'false'}, '/single')
     assert 'scale search off' in log, log
     expected = FusionEngine(cuda_graph='off', scale_search=False).infer(*sample_pair())
-    pixels = np.frombuffer(registered.data, np.uint8).reshape(HEIGHT, WIDTH)
     assert np.abs(pixels.astype(int) - expected.registered_ir).max() <= 1
 
 
