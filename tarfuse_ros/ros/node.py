@@ -227,12 +227,12 @@ class TarFuseNode(Node):
                 f'registration prior (IR {prior.ir_size[0]}x{prior.ir_size[1]} -> visible '
                 f'{prior.visible_size[0]}x{prior.visible_size[1]}): '
                 f'{prior.homography.ravel().round(6).tolist()}')
-        config = None if onnx else engine.config
-        if config is not None and config.global_scale_candidates != (1.0,):
+        scales = () if onnx else engine.scale_candidates
+        if len(scales) > 1:
             self.get_logger().info(
-                f'global stage scale search: IR / visible scales '
-                f'{list(config.global_scale_candidates)} (-p registration.scale_search:=false '
-                f'for rigs with matching fields of view: about half the CPU time)')
+                f'global stage scale search: IR / visible scales {list(scales)} '
+                f'(-p registration.scale_search:=false for rigs with matching fields of view: '
+                f'about half the CPU time)')
         elif not params.registration_scale_search:
             self.get_logger().info('global stage scale search off '
                                    '(registration.scale_search false): scale 1.0 only')

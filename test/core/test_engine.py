@@ -368,7 +368,7 @@ def test_scale_search_off_fits_one_scale_with_the_shipped_model():
     single = FusionEngine(cuda_graph='off', scale_search=False)
     assert search.config.global_scale_candidates == (0.8, 1.0, 1.25)
     assert single.config.global_scale_candidates == (1.0,)
-    assert single.model.registration.global_matcher.scale_candidates == (1.0,)
+    assert single.scale_candidates == (1.0,) and search.scale_candidates == (0.8, 1.0, 1.25)
 
     def ncc(a, b):
         a, b = (x[top:height - top, left:width - left].astype(np.float64) for x in (a, b))
@@ -392,3 +392,14 @@ def test_set_global_scale_candidates_needs_the_orientation_stage():
     assert model.registration.global_matcher.scale_candidates == (0.9, 1.0)
     with pytest.raises(ValueError, match='global_scale_candidates'):
         model.set_global_scale_candidates((0.0,))
+
+
+def test_scale_search_off_is_a_no_op_without_the_orientation_stage(tmp_path):
+    """A config that lists scales but has no orientation stage (global stage off) still loads."""
+    from tarfuse_ros.core.model.tarfuse import TarFuseConfig
+    path = tmp_path / 'no_global.safetensors'
+    save_checkpoint(path, build_model(TarFuseConfig(
+        global_features='orientation', global_stage=False,
+        global_scale_candidates=(0.8, 1.0, 1.25))).eval(), {})
+    engine = FusionEngine(path, cuda_graph='off', scale_search=False)
+    assert engine.scale_candidates == ()
