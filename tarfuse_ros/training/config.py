@@ -210,8 +210,8 @@ class TrainConfig:
         _check(isinstance(self.init_model, dict),
                f'train.init_model must be a mapping model field -> value, got {self.init_model!r}')
         _check(not self.init_model or self.init_weights,
-               'train.init_model needs train.init_weights (it changes that checkpoint\'s '
-               'architecture); put architecture fields in the model section otherwise')
+               'train.init_model needs train.init_weights (it changes the architecture of that '
+               'checkpoint); put architecture fields in the model section otherwise')
         model_fields = set(TarFuseConfig().to_dict()) - set(_FROM_DATA)
         for key in self.init_model:
             _check(key in model_fields,

@@ -1,5 +1,7 @@
-"""The node's registration parameters over real DDS: a calibration prior (registration.prior*),
-its start-up errors, and the global stage's scale search switched off (registration.scale_search).
+"""The node's registration parameters over real DDS, and their start-up errors.
+
+A calibration prior (registration.prior*) and the global stage's scale search switched off
+(registration.scale_search).
 
 The prior file is the one ``tarfuse-calibrate`` writes (``core.prior.write_prior_yaml``), passed
 to the node with ``--params-file`` after the shipped parameters, as the launch file's

@@ -294,8 +294,8 @@ def test_init_adds_neck_blocks_and_trains_only_unfrozen_parts(runs, splits, tmp_
     assert train['freeze'] == ['registration', 'vi_common']
 
 
-def test_init_model_switches_the_global_stage_and_keeps_the_other_weights(runs, splits,
-                                                                         tmp_path, capsys):
+def test_init_model_switches_the_global_stage_and_keeps_the_other_weights(
+        runs, splits, tmp_path, capsys):
     """train.init_model: the checkpoint's global stage dropped, every other tensor carried over."""
     source = runs['a'] / 'tarfuse.safetensors'
     assert load_checkpoint(source).config.global_stage

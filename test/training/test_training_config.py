@@ -79,7 +79,7 @@ def test_bad_or_unknown_keys_are_errors_that_name_the_key(key, value, message):
 @pytest.mark.parametrize('value, message', [
     ('{width: 8}', 'train.init_model.width is not a model field'),
     ('{num_classes: 2}', 'train.init_model.num_classes is not a model field'),
-    ("{global_features: sift}", "train.init_model: global_features must be 'learned' or"),
+    ('{global_features: sift}', "train.init_model: global_features must be 'learned' or"),
 ])
 def test_init_model_names_fields_of_the_model(value, message):
     raw = apply_overrides(_minimal(), ['train.init_weights=x.safetensors',
