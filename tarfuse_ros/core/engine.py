@@ -197,12 +197,6 @@ class _GraphRunner:
         return self.static_out
 
 
-def _scale_candidates(model):
-    """Return the scales ``model``'s orientation global stage tries, or () without one."""
-    matcher = getattr(model.registration, 'global_matcher', None)
-    return () if matcher is None else tuple(matcher.scale_candidates)
-
-
 class FusionEngine:
     """Run a TarFuse checkpoint on numpy IR/visible pairs.
 
@@ -282,7 +276,7 @@ class FusionEngine:
                 f'.safetensors checkpoint (e.g. models/tarfuse_default.safetensors) or train one '
                 f'with tarfuse-train')
         model = load_checkpoint(self._weights, map_location='cpu').eval()
-        if not scale_search and len(_scale_candidates(model)) > 1:
+        if not scale_search and len(model.scale_candidates) > 1:
             model.set_global_scale_candidates((1.0,))
         self._fused_layers = fuse_conv_bn(model) if fuse_bn else 0
         self._channels_last = bool(channels_last)
@@ -340,7 +334,7 @@ class FusionEngine:
     @property
     def scale_candidates(self):
         """The IR / visible scales the orientation global stage tries; () without one."""
-        return _scale_candidates(self._model)
+        return self._model.scale_candidates
 
     @property
     def registration_prior(self):

@@ -209,6 +209,8 @@ class OnnxFusionEngine:
         allow_cpu_fallback: use the CPU with a warning when CUDA is asked for but absent.
         ir_norm, ir_low, ir_high, pad_mode, registration_prior: as :class:`FusionEngine`
             (the prior's pre-warp and flow composition are the same NumPy/OpenCV code).
+        scale_search: True only: the graph runs the scales it was exported with
+            (``ValueError`` for False: export a checkpoint saved with one scale instead).
 
     Raises:
         OnnxModelError: missing, unloadable or foreign ONNX file.
@@ -222,7 +224,7 @@ class OnnxFusionEngine:
     def __init__(self, weights, device='cpu', half=False, threads=None, conf_threshold=0.25,
                  iou_threshold=0.45, max_detections=100, classes=None, allow_cpu_fallback=False,
                  ir_norm='percentile', ir_low=0.5, ir_high=99.5, pad_mode='replicate',
-                 registration_prior=None):
+                 registration_prior=None, scale_search=True):
         import onnxruntime as ort
         from tarfuse_ros.core import images, prior
         from tarfuse_ros.core.engine import _validate_thresholds
@@ -230,6 +232,10 @@ class OnnxFusionEngine:
         if weights is None:
             raise OnnxModelError('the onnxruntime backend needs an .onnx file: export one with '
                                  'tarfuse-export WEIGHTS.safetensors --out MODEL.onnx')
+        if not scale_search:
+            raise ValueError('scale_search=False needs the torch engine: an ONNX graph has the '
+                             'scales it was exported with built in; export a checkpoint saved '
+                             'with model.global_scale_candidates [1.0] (see the model card)')
         if ir_norm not in images.IR_NORMS:
             raise ValueError(f'ir_norm must be one of {images.IR_NORMS}, got {ir_norm!r}')
         if not 0.0 <= ir_low < ir_high <= 100.0:

@@ -210,7 +210,7 @@ class TarFuseNode(Node):
                 max_detections=params.max_detections,
                 allow_cpu_fallback=params.allow_cpu_fallback,
                 registration_prior=registration_prior(params),
-                **({} if onnx else {'scale_search': params.registration_scale_search}))
+                scale_search=params.registration_scale_search)
         except model_error(params.backend) as exc:
             kind = '.onnx file from tarfuse-export' if onnx else '.safetensors checkpoint'
             example = 'model.onnx' if onnx else 'model.safetensors'

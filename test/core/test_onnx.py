@@ -268,3 +268,6 @@ def test_a_bad_onnx_file_is_refused_with_one_clear_error(tmp_path):
         message = str(raised.value)
         assert words in message and 'tarfuse-export' in message, message
         assert '\n' not in message
+    # The graph has its scales built in: the torch engine's scale_search=False is refused.
+    with pytest.raises(ValueError, match='scale_search=False needs the torch engine'):
+        OnnxFusionEngine(foreign, scale_search=False)

@@ -210,6 +210,12 @@ class TarFuse(nn.Module):
     def class_names(self):
         return self.config.class_names
 
+    @property
+    def scale_candidates(self):
+        """The IR / visible scales the orientation global stage tries; () without one."""
+        matcher = getattr(self.registration, 'global_matcher', None)
+        return () if matcher is None else tuple(matcher.scale_candidates)
+
     def set_global_scale_candidates(self, candidates):
         """Set the IR / visible scales the orientation global stage tries (``config`` too).
 
@@ -224,14 +230,13 @@ class TarFuse(nn.Module):
                 positive.
         """
         from dataclasses import replace
-        matcher = getattr(self.registration, 'global_matcher', None)
-        if matcher is None:
+        if not self.scale_candidates:
             raise ValueError('this model has no orientation global stage (registration '
                              f'{self.config.registration!r}, global_stage '
                              f'{self.config.global_stage}, global_features '
                              f'{self.config.global_features!r}): it has no scales to set')
         config = replace(self.config, global_scale_candidates=tuple(candidates))
-        matcher.scale_candidates = config.global_scale_candidates
+        self.registration.global_matcher.scale_candidates = config.global_scale_candidates
         self.config = config
 
     def _apply(self, fn, *args, **kwargs):
