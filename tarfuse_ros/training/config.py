@@ -164,8 +164,9 @@ class TrainConfig:
     epochs (``val_every`` 0: never; ``save_every`` below 1 counts as 1); ``threads`` torch CPU
     threads (0: torch's default); ``time_budget_s`` wall seconds (0: none). ``lr_mult`` maps
     top-level model parts (``neck``, ``detect``, ``registration``, ...) to a factor on ``lr``;
-    ``freeze`` lists parts whose parameters are not trained (the names are checked against the
-    model when the run starts). ``init_model`` (only with ``init_weights``) maps model fields to
+    ``freeze`` lists parts whose parameters are not trained and whose BatchNorm statistics are
+    not updated (they run in eval mode; the names are checked against the model when the run
+    starts). ``init_model`` (only with ``init_weights``) maps model fields to
     values that replace the checkpoint's (e.g. ``{global_features: learned}``); parameters the
     changed architecture adds or reshapes start from their fresh initialisation.
     """

@@ -237,6 +237,9 @@ class Trainer:
         """Run one epoch; return ``(mean loss parts, last lr, stopped by max_steps)``."""
         from tqdm import tqdm
         self.net.train()
+        for part in self.config.train.freeze:
+            # Frozen means frozen: BatchNorm statistics of a frozen part stay as loaded.
+            getattr(self.model, part).eval()
         self._reseed_epoch(epoch)
         acc = steps.Accumulator()
         bar = tqdm(self.train_loader, desc=f'epoch {epoch + 1}/{self.epochs}', leave=False,
