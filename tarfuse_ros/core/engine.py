@@ -40,9 +40,7 @@ capture errors raise) or ``'auto'`` (capture when a size is seen a second time, 
 execution with a warning if capture fails); ignored on CPU.
 """
 
-from dataclasses import dataclass, field
 import logging
-import math
 from pathlib import Path
 import threading
 import time
@@ -51,7 +49,7 @@ import warnings
 import numpy as np
 from tarfuse_ros.core import images
 from tarfuse_ros.core.checkpoint import CheckpointError, load_checkpoint
-from tarfuse_ros.core.chroma import ir_chroma_for, restore_ir_chroma
+from tarfuse_ros.core.pair_engine import Detection, FusionResult, PairEngine
 from tarfuse_ros.core.prior import apply_prior, check_prior, published_outputs
 from tarfuse_ros.core.runtime import cudnn_benchmark, resolve_device
 import torch
@@ -62,60 +60,6 @@ _LOG = logging.getLogger(__name__)
 
 CUDA_GRAPH_MODES = ('auto', 'on', 'off')
 _MAX_GRAPHS = 8  # captured sizes kept per engine; each holds its own activation memory
-
-
-@dataclass
-class Detection:
-    """One detected object, in pixels of the original visible image (x right, y down)."""
-
-    x1: float
-    y1: float
-    x2: float
-    y2: float
-    score: float
-    class_id: int
-    class_name: str
-
-
-@dataclass
-class FusionResult:
-    """Everything the engine returns for one IR/visible pair (all in the visible frame).
-
-    ``fused``: uint8 ``HxW`` (grey visible) or ``HxWx3`` BGR (colour visible).
-    ``registered_ir``: uint8 ``HxW``, the IR warped onto the visible frame.
-    ``flow_px``: float32 ``HxWx2``, the predicted field (dx, dy) in pixels.
-    ``detections``: list of :class:`Detection`.
-    ``timings_ms``: ``preprocess``, ``model``, ``postprocess``, ``total`` in milliseconds (for a
-    batch, the batch's times divided by the number of pairs in it).
-    """
-
-    fused: np.ndarray
-    registered_ir: np.ndarray
-    flow_px: np.ndarray
-    detections: list = field(default_factory=list)
-    timings_ms: dict = field(default_factory=dict)
-
-
-def _validate_thresholds(conf, iou, max_det, classes, num_classes):
-    if isinstance(conf, bool) or not isinstance(conf, (int, float)) or not 0.0 <= conf <= 1.0:
-        raise ValueError(f'conf_threshold must be a number in [0, 1], got {conf!r}')
-    if isinstance(iou, bool) or not isinstance(iou, (int, float)) or not 0.0 <= iou <= 1.0:
-        raise ValueError(f'iou_threshold must be a number in [0, 1], got {iou!r}')
-    if isinstance(max_det, bool) or not isinstance(max_det, (int, np.integer)) or max_det < 1:
-        raise ValueError(f'max_detections must be an integer >= 1, got {max_det!r}')
-    if classes is None:
-        return float(conf), float(iou), int(max_det), None
-    try:
-        ids = tuple(classes)
-    except TypeError:
-        raise ValueError(f'classes must be None or a sequence of class ids, got {classes!r}')
-    for cid in ids:
-        if isinstance(cid, bool) or not isinstance(cid, (int, np.integer)) or not (
-                0 <= cid < num_classes):
-            raise ValueError(
-                f'classes must hold integer ids in [0, {num_classes}), got {classes!r}')
-    # An empty list means no filter (ROS parameters cannot express None).
-    return float(conf), float(iou), int(max_det), (tuple(int(c) for c in ids) or None)
 
 
 def fuse_conv_bn(model):
@@ -197,7 +141,7 @@ class _GraphRunner:
         return self.static_out
 
 
-class FusionEngine:
+class FusionEngine(PairEngine):
     """Run a TarFuse checkpoint on numpy IR/visible pairs.
 
     Args:
@@ -251,7 +195,7 @@ class FusionEngine:
             raise ValueError(f'need 0 <= ir_low < ir_high <= 100, got {ir_low}, {ir_high}')
         if pad_mode not in images.PAD_MODES:
             raise ValueError(f'pad_mode must be one of {images.PAD_MODES}, got {pad_mode!r}')
-        self._prior = check_prior(registration_prior)
+        check_prior(registration_prior)  # fail before loading the weights
         if threads is not None:
             if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
                 raise ValueError(f'threads must be None or an integer >= 1, got {threads!r}')
@@ -286,26 +230,16 @@ class FusionEngine:
         self._model = model
         self._ir_norm, self._ir_low, self._ir_high = ir_norm, float(ir_low), float(ir_high)
         self._pad_mode = pad_mode
-        self._class_names = tuple(str(n) for n in self._model.config.class_names)
-        self._num_classes = int(self._model.config.num_classes)
-        if len(self._class_names) < self._num_classes:  # unnamed classes get their index
-            self._class_names += tuple(
-                str(i) for i in range(len(self._class_names), self._num_classes))
-        self._settings_lock = threading.Lock()
+        super().__init__(self._model.config.class_names, self._model.config.num_classes,
+                         registration_prior, conf_threshold, iou_threshold, max_detections,
+                         classes)
         self._infer_lock = threading.Lock()
-        self._thresholds = _validate_thresholds(
-            conf_threshold, iou_threshold, max_detections, classes, self._num_classes)
         self._min_side = _min_input_side(self._model.config)
         self._graphs = {}
         self._seen_shapes = set()
         self._graph_failed = set()
 
     # -- properties -------------------------------------------------------------------------
-    @property
-    def class_names(self):
-        """Class names, index = class id (empty without a detection head)."""
-        return self._class_names
-
     @property
     def detects(self):
         """Whether the checkpoint has a detection head (False: detections are always empty)."""
@@ -336,106 +270,7 @@ class FusionEngine:
         """The IR / visible scales the orientation global stage tries; () without one."""
         return self._model.scale_candidates
 
-    @property
-    def registration_prior(self):
-        """The :class:`~tarfuse_ros.core.prior.RegistrationPrior` in use, or None."""
-        return self._prior
-
-    def set_registration_prior(self, prior):
-        """Use another registration prior (or None) from the next pair on.
-
-        Each pair is prepared with the prior in effect when its preparation starts, and its
-        flow is composed with that same prior (``PreparedPair.pre_warp``). Raises
-        ``ValueError`` for anything but a ``RegistrationPrior`` or None.
-        """
-        self._prior = check_prior(prior)
-
-    @property
-    def thresholds(self):
-        """``(conf_threshold, iou_threshold, max_detections, classes)`` now in effect."""
-        with self._settings_lock:
-            return self._thresholds
-
-    def set_thresholds(self, conf_threshold=None, iou_threshold=None, max_detections=None,
-                       classes=None):
-        """Change NMS settings atomically; ``None`` keeps a setting.
-
-        ``classes``: a sequence of class ids to keep; an empty sequence removes the filter.
-        Raises ``ValueError`` (and changes nothing) for a value out of range.
-        """
-        with self._settings_lock:
-            conf, iou, max_det, cls = self._thresholds
-            self._thresholds = _validate_thresholds(
-                conf if conf_threshold is None else conf_threshold,
-                iou if iou_threshold is None else iou_threshold,
-                max_det if max_detections is None else max_detections,
-                cls if classes is None else classes,
-                self._num_classes)
-
     # -- inference ---------------------------------------------------------------------------
-    def infer(self, ir, vi):
-        """Fuse one pair.
-
-        Args:
-            ir: IR image ``HxW`` or ``HxWx1`` (uint8, uint16 or float; any size).
-            vi: visible image ``HxW`` grey or ``HxWx3`` BGR (uint8, uint16 or float).
-
-        Returns:
-            :class:`FusionResult` in the visible frame.
-
-        """
-        return self.infer_batch([ir], [vi])[0]
-
-    def infer_batch(self, irs, vis):
-        """Fuse several pairs; pairs whose visible frames share a size run as one batch.
-
-        Args:
-            irs: sequence of IR images (as :meth:`infer`).
-            vis: sequence of visible images, same length.
-
-        Returns:
-            list of :class:`FusionResult`, in input order.
-
-        """
-        irs, vis = list(irs), list(vis)
-        if len(irs) != len(vis):
-            raise ValueError(f'got {len(irs)} IR images but {len(vis)} visible images')
-        start = time.perf_counter()
-        prepared = [self._prepare(ir, vi, i) for i, (ir, vi) in enumerate(zip(irs, vis))]
-        # A grey visible image with a colour IR image: the fused image takes the IR chroma.
-        chromas = [ir_chroma_for(ir, item.crcb, *item.vi_y.shape[:2])
-                   for ir, item in zip(irs, prepared)]
-        prep_ms = (time.perf_counter() - start) * 1e3 / max(1, len(prepared))
-        groups = {}
-        for index, item in enumerate(prepared):
-            groups.setdefault(item.vi_y.shape, []).append(index)
-        results = [None] * len(prepared)
-        for indices in groups.values():
-            t0 = time.perf_counter()
-            ir_t, vi_t, height, width = self._to_tensors([prepared[i] for i in indices])
-            t1 = time.perf_counter()
-            with self._infer_lock:
-                raw = self._run_model(ir_t, vi_t)
-                if self._device.type == 'cuda':
-                    torch.cuda.synchronize(self._device)
-                t2 = time.perf_counter()
-                outputs = self._postprocess(raw, [prepared[i] for i in indices], height, width)
-            t3 = time.perf_counter()
-            n = len(indices)
-            for i, (fused, registered, flow, dets) in zip(indices, outputs):
-                if chromas[i] is not None:
-                    fused = restore_ir_chroma(fused, chromas[i], flow)
-                timings = {
-                    'preprocess': prep_ms + (t1 - t0) * 1e3 / n,
-                    'model': (t2 - t1) * 1e3 / n,
-                    'postprocess': (t3 - t2) * 1e3 / n,
-                }
-                timings['total'] = sum(timings.values())
-                results[i] = FusionResult(fused, registered, flow, dets, timings)
-        return results
-
-    __call__ = infer
-
     def forward_tensors(self, ir, vi):
         """Run the network alone on prepared tensors, as :meth:`infer` does internally.
 
@@ -485,14 +320,26 @@ class FusionEngine:
         stacked = torch.from_numpy(np.stack(planes)[:, None])
         return stacked.to(self._device, non_blocking=non_blocking)
 
+    def _run_group(self, items, height, width):
+        """Same-size prepared pairs -> ``(outputs, (preprocess, model, postprocess) s)``."""
+        t0 = time.perf_counter()
+        ir_t, vi_t = self._to_tensors(items)
+        t1 = time.perf_counter()
+        with self._infer_lock:
+            raw = self._run_model(ir_t, vi_t)
+            if self._device.type == 'cuda':
+                torch.cuda.synchronize(self._device)
+            t2 = time.perf_counter()
+            outputs = self._postprocess(raw, items, height, width)
+        return outputs, (t1 - t0, t2 - t1, time.perf_counter() - t2)
+
     def _to_tensors(self, items):
         """Stack same-size prepared pairs into padded (B, 1, H', W') tensors on the device."""
-        height, width = items[0].vi_y.shape
         vi_t = self._unit_tensor([item.vi_y for item in items])
         ir_t = self._unit_tensor([item.ir for item in items])
         vi_t, _ = images.pad_to_multiple(vi_t, 32, self._pad_mode, self._min_side)
         ir_t, _ = images.pad_to_multiple(ir_t, 32, self._pad_mode, self._min_side)
-        return ir_t, vi_t, height, width
+        return ir_t, vi_t
 
     def _forward(self, ir_t, vi_t):
         """``predict_raw`` with fp16 autocast when enabled (also the body of captured graphs)."""
@@ -558,18 +405,6 @@ class FusionEngine:
         return outputs
 
     def _detections(self, det, height, width):
-        """NMS rows (x1, y1, x2, y2, conf, cls) in padded-input px -> clipped Detections."""
-        if det is None:
-            return []
-        # Padding is bottom/right only, so network-input pixels are visible-image pixels.
-        rows = det[:, :6].detach().float().cpu().numpy()
-        found = []
-        for x1, y1, x2, y2, score, cls in rows:
-            x1, x2 = min(max(x1, 0.0), width), min(max(x2, 0.0), width)
-            y1, y2 = min(max(y1, 0.0), height), min(max(y2, 0.0), height)
-            if not (x2 > x1 and y2 > y1) or not math.isfinite(score):
-                continue  # entirely inside the padding
-            class_id = int(cls)
-            found.append(Detection(float(x1), float(y1), float(x2), float(y2), float(score),
-                                   class_id, self._class_names[class_id]))
-        return found
+        """NMS output ``(N, 6)`` tensor (or None) -> Detections clipped to the image."""
+        rows = None if det is None else det[:, :6].detach().float().cpu().numpy()
+        return super()._detections(rows, height, width)

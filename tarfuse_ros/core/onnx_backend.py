@@ -26,13 +26,12 @@ them is refused with :class:`OnnxModelError`.
 
 import json
 import logging
-import math
 from pathlib import Path
-import threading
 import time
 
 import cv2
 import numpy as np
+from tarfuse_ros.core.pair_engine import PairEngine
 
 __all__ = ['CONFIG_KEY', 'FUSION_OUTPUTS', 'MIN_OPSET', 'ONNX_FORMAT_VERSION', 'ONNX_INPUTS',
            'ONNX_KEY', 'ONNX_OUTPUTS', 'OnnxFusionEngine', 'OnnxModelError', 'nms_rows',
@@ -190,7 +189,7 @@ def nms_rows(det, conf, iou, max_det, classes=None):
                            class_ids[chosen, None].astype(np.float32)), axis=1)
 
 
-class OnnxFusionEngine:
+class OnnxFusionEngine(PairEngine):
     """Run a ``tarfuse-export`` ONNX file on numpy IR/visible pairs with onnxruntime.
 
     The interface of :class:`~tarfuse_ros.core.engine.FusionEngine` (``infer``,
@@ -227,7 +226,6 @@ class OnnxFusionEngine:
                  registration_prior=None, scale_search=True):
         import onnxruntime as ort
         from tarfuse_ros.core import images, prior
-        from tarfuse_ros.core.engine import _validate_thresholds
 
         if weights is None:
             raise OnnxModelError('the onnxruntime backend needs an .onnx file: export one with '
@@ -242,7 +240,8 @@ class OnnxFusionEngine:
             raise ValueError(f'need 0 <= ir_low < ir_high <= 100, got {ir_low}, {ir_high}')
         if pad_mode not in _PAD_MODES:
             raise ValueError(f'pad_mode must be one of {tuple(_PAD_MODES)}, got {pad_mode!r}')
-        self._prior_module, self._prior = prior, prior.check_prior(registration_prior)
+        prior.check_prior(registration_prior)  # fail before loading the graph
+        self._prior_module = prior
         if threads is not None and (
                 isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
             raise ValueError(f'threads must be None or an integer >= 1, got {threads!r}')
@@ -271,27 +270,16 @@ class OnnxFusionEngine:
                                f'(providers in use: {self._session.get_providers()})')
         model = self._checkpoint_config['model']
         self._detects = 'det' in [arg.name for arg in self._session.get_outputs()]
-        self._class_names = tuple(str(n) for n in model.get('class_names', ()))
-        self._num_classes = int(model.get('num_classes', len(self._class_names)))
-        if len(self._class_names) < self._num_classes:  # unnamed classes get their index
-            self._class_names += tuple(
-                str(i) for i in range(len(self._class_names), self._num_classes))
+        names = model.get('class_names', ())
+        super().__init__(names, model.get('num_classes', len(names)), registration_prior,
+                         conf_threshold, iou_threshold, max_detections, classes)
         self._images = images
         self._ir_norm, self._ir_low, self._ir_high = ir_norm, float(ir_low), float(ir_high)
         self._pad_mode = pad_mode
         self._multiple = int(self._export.get('size_multiple', 32))
         self._min_side = int(self._export.get('min_side', 0))
-        self._validate = _validate_thresholds
-        self._settings_lock = threading.Lock()
-        self._thresholds = _validate_thresholds(
-            conf_threshold, iou_threshold, max_detections, classes, self._num_classes)
 
     # -- properties -------------------------------------------------------------------------
-    @property
-    def class_names(self):
-        """Class names, index = class id."""
-        return self._class_names
-
     @property
     def detects(self):
         """Whether the export has a ``det`` output (False: detections are always empty)."""
@@ -301,15 +289,6 @@ class OnnxFusionEngine:
     def device(self):
         """``'cpu'`` or ``'cuda:N'``: where onnxruntime runs the graph."""
         return self._device
-
-    @property
-    def registration_prior(self):
-        """The :class:`~tarfuse_ros.core.prior.RegistrationPrior` in use, or None."""
-        return self._prior
-
-    def set_registration_prior(self, prior):
-        """Use another registration prior (or None) from the next pair on (as FusionEngine)."""
-        self._prior = self._prior_module.check_prior(prior)
 
     @property
     def half(self):
@@ -331,88 +310,26 @@ class OnnxFusionEngine:
         """The export's description (format version, min side, precision, opset, outputs)."""
         return dict(self._export)
 
-    @property
-    def thresholds(self):
-        """``(conf_threshold, iou_threshold, max_detections, classes)`` now in effect."""
-        with self._settings_lock:
-            return self._thresholds
-
-    def set_thresholds(self, conf_threshold=None, iou_threshold=None, max_detections=None,
-                       classes=None):
-        """Change NMS settings atomically; ``None`` keeps a setting (as ``FusionEngine``)."""
-        with self._settings_lock:
-            conf, iou, max_det, cls = self._thresholds
-            self._thresholds = self._validate(
-                conf if conf_threshold is None else conf_threshold,
-                iou if iou_threshold is None else iou_threshold,
-                max_det if max_detections is None else max_detections,
-                cls if classes is None else classes,
-                self._num_classes)
-
     # -- inference ---------------------------------------------------------------------------
-    def infer(self, ir, vi):
-        """Fuse one pair (arguments and result as :meth:`FusionEngine.infer`)."""
-        return self.infer_batch([ir], [vi])[0]
+    def _prepare(self, ir, vi, index):
+        """Prepare one pair as the torch engine does (same NumPy/OpenCV code)."""
+        suffix = f' #{index}' if index else ''
+        pair = self._images.prepare_pair(
+            ir, vi, self._ir_norm, self._ir_low, self._ir_high, keep_uint8=True,
+            names=('IR image' + suffix, 'visible image' + suffix))
+        return self._prior_module.apply_prior(self._prior, pair, (ir.shape[1], ir.shape[0]))
 
-    __call__ = infer
-
-    def infer_batch(self, irs, vis):
-        """Fuse several pairs; pairs whose visible frames share a size run as one batch.
-
-        Args:
-            irs: sequence of IR images (``HxW``/``HxWx1``, uint8, uint16 or float).
-            vis: sequence of visible images (``HxW`` grey or ``HxWx3`` BGR), same length.
-
-        Returns:
-            list of :class:`~tarfuse_ros.core.engine.FusionResult`, in input order.
-
-        """
-        from tarfuse_ros.core.chroma import ir_chroma_for, restore_ir_chroma
-        from tarfuse_ros.core.engine import FusionResult
-
-        irs, vis = list(irs), list(vis)
-        if len(irs) != len(vis):
-            raise ValueError(f'got {len(irs)} IR images but {len(vis)} visible images')
-        start = time.perf_counter()
-        prepared = []
-        for index, (ir, vi) in enumerate(zip(irs, vis)):
-            suffix = f' #{index}' if index else ''
-            pair = self._images.prepare_pair(
-                ir, vi, self._ir_norm, self._ir_low, self._ir_high, keep_uint8=True,
-                names=('IR image' + suffix, 'visible image' + suffix))
-            prepared.append(self._prior_module.apply_prior(self._prior, pair,
-                                                           (ir.shape[1], ir.shape[0])))
-        prep_ms = (time.perf_counter() - start) * 1e3 / max(1, len(prepared))
-        # A grey visible image with a colour IR image: the fused image takes the IR chroma.
-        chromas = [ir_chroma_for(ir, item.crcb, *item.vi_y.shape[:2])
-                   for ir, item in zip(irs, prepared)]
-        groups = {}
-        for index, item in enumerate(prepared):
-            groups.setdefault(item.vi_y.shape, []).append(index)
-        results = [None] * len(prepared)
-        for (height, width), indices in groups.items():
-            t0 = time.perf_counter()
-            items = [prepared[i] for i in indices]
-            feeds = {'ir': self._batch([item.ir for item in items]),
-                     'vi': self._batch([item.vi_y for item in items])}
-            t1 = time.perf_counter()
-            raw = dict(zip([o.name for o in self._session.get_outputs()],
-                           self._session.run(None, feeds)))
-            t2 = time.perf_counter()
-            outputs = self._postprocess(raw, items, height, width)
-            t3 = time.perf_counter()
-            n = len(indices)
-            for i, (fused, registered, flow, dets) in zip(indices, outputs):
-                if chromas[i] is not None:
-                    fused = restore_ir_chroma(fused, chromas[i], flow)
-                timings = {
-                    'preprocess': prep_ms + (t1 - t0) * 1e3 / n,
-                    'model': (t2 - t1) * 1e3 / n,
-                    'postprocess': (t3 - t2) * 1e3 / n,
-                }
-                timings['total'] = sum(timings.values())
-                results[i] = FusionResult(fused, registered, flow, dets, timings)
-        return results
+    def _run_group(self, items, height, width):
+        """Same-size prepared pairs -> ``(outputs, (preprocess, model, postprocess) s)``."""
+        t0 = time.perf_counter()
+        feeds = {'ir': self._batch([item.ir for item in items]),
+                 'vi': self._batch([item.vi_y for item in items])}
+        t1 = time.perf_counter()
+        raw = dict(zip([o.name for o in self._session.get_outputs()],
+                       self._session.run(None, feeds)))
+        t2 = time.perf_counter()
+        outputs = self._postprocess(raw, items, height, width)
+        return outputs, (t1 - t0, t2 - t1, time.perf_counter() - t2)
 
     def _batch(self, planes):
         """Stack ``HxW`` planes into a padded ``(B, 1, H', W')`` float32 array in [0, 1]."""
@@ -446,22 +363,6 @@ class OnnxFusionEngine:
                     else None)
             prior = self._prior_module
             flow_b, registered_b = prior.published_outputs(item, flow[b], registered[b])
-            outputs.append((fused, registered_b, flow_b, self._detections(rows, height, width)))
+            outputs.append((fused, registered_b, flow_b,
+                            self._detections(rows, height, width)))
         return outputs
-
-    def _detections(self, rows, height, width):
-        """NMS rows in padded-input px -> Detections clipped to the image (as FusionEngine)."""
-        from tarfuse_ros.core.engine import Detection
-        if rows is None:  # no detection head
-            return []
-
-        found = []
-        for x1, y1, x2, y2, score, cls in rows.tolist():
-            # Padding is bottom/right only, so network-input pixels are visible-image pixels.
-            x1, x2 = min(max(x1, 0.0), width), min(max(x2, 0.0), width)
-            y1, y2 = min(max(y1, 0.0), height), min(max(y2, 0.0), height)
-            if not (x2 > x1 and y2 > y1) or not math.isfinite(score):
-                continue  # entirely inside the padding
-            class_id = int(cls)
-            found.append(Detection(x1, y1, x2, y2, score, class_id, self._class_names[class_id]))
-        return found

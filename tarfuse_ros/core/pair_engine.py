@@ -1,0 +1,239 @@
+"""What the torch engine and the onnxruntime backend share: results, NMS settings, batching.
+
+:class:`PairEngine` is the base of :class:`~tarfuse_ros.core.engine.FusionEngine` and
+:class:`~tarfuse_ros.core.onnx_backend.OnnxFusionEngine`. It holds the class names, the NMS
+settings (changed atomically from any thread) and the registration prior, and runs
+:meth:`PairEngine.infer_batch`: prepare every pair, group the pairs by visible frame size, run
+each group as one batch, restore the IR chroma where the visible image is grey. A backend
+implements two steps:
+
+- ``_prepare(ir, vi, index)``: one pair -> a :class:`~tarfuse_ros.core.images.PreparedPair`
+  (normalised, IR resized to the visible frame, warped by the prior);
+- ``_run_group(items, height, width)``: same-size prepared pairs -> ``(outputs, seconds)``, where
+  ``outputs`` holds one ``(fused, registered_ir, flow_px, detections)`` per pair and ``seconds``
+  is ``(preprocess, model, postprocess)`` for the whole group.
+
+This module imports no torch at load time (the prior and chroma modules it uses are imported
+when first needed).
+"""
+
+from dataclasses import dataclass, field
+import math
+import threading
+import time
+
+import numpy as np
+
+__all__ = ['Detection', 'FusionResult', 'PairEngine', 'validate_thresholds']
+
+
+@dataclass
+class Detection:
+    """One detected object, in pixels of the original visible image (x right, y down)."""
+
+    x1: float
+    y1: float
+    x2: float
+    y2: float
+    score: float
+    class_id: int
+    class_name: str
+
+
+@dataclass
+class FusionResult:
+    """Everything an engine returns for one IR/visible pair (all in the visible frame).
+
+    ``fused``: uint8 ``HxW`` (grey visible) or ``HxWx3`` BGR (colour visible).
+    ``registered_ir``: uint8 ``HxW``, the IR warped onto the visible frame.
+    ``flow_px``: float32 ``HxWx2``, the predicted field (dx, dy) in pixels.
+    ``detections``: list of :class:`Detection`.
+    ``timings_ms``: ``preprocess``, ``model``, ``postprocess``, ``total`` in milliseconds (for a
+    batch, the batch's times divided by the number of pairs in it).
+    """
+
+    fused: np.ndarray
+    registered_ir: np.ndarray
+    flow_px: np.ndarray
+    detections: list = field(default_factory=list)
+    timings_ms: dict = field(default_factory=dict)
+
+
+def validate_thresholds(conf, iou, max_det, classes, num_classes):
+    """Check NMS settings; return them as ``(float, float, int, tuple of ids or None)``.
+
+    ``classes``: None or a sequence of class ids in ``[0, num_classes)``; an empty sequence means
+    no filter (ROS parameters cannot express None). Raises ``ValueError`` naming the bad value.
+    """
+    if isinstance(conf, bool) or not isinstance(conf, (int, float)) or not 0.0 <= conf <= 1.0:
+        raise ValueError(f'conf_threshold must be a number in [0, 1], got {conf!r}')
+    if isinstance(iou, bool) or not isinstance(iou, (int, float)) or not 0.0 <= iou <= 1.0:
+        raise ValueError(f'iou_threshold must be a number in [0, 1], got {iou!r}')
+    if isinstance(max_det, bool) or not isinstance(max_det, (int, np.integer)) or max_det < 1:
+        raise ValueError(f'max_detections must be an integer >= 1, got {max_det!r}')
+    if classes is None:
+        return float(conf), float(iou), int(max_det), None
+    try:
+        ids = tuple(classes)
+    except TypeError:
+        raise ValueError(f'classes must be None or a sequence of class ids, got {classes!r}')
+    for cid in ids:
+        if isinstance(cid, bool) or not isinstance(cid, (int, np.integer)) or not (
+                0 <= cid < num_classes):
+            raise ValueError(
+                f'classes must hold integer ids in [0, {num_classes}), got {classes!r}')
+    return float(conf), float(iou), int(max_det), (tuple(int(c) for c in ids) or None)
+
+
+class PairEngine:
+    """Base of the engines: settings, the batching loop and detections in image pixels.
+
+    Args:
+        class_names: the checkpoint's class names (classes beyond them are named by index).
+        num_classes: the detection head's number of classes.
+        registration_prior: a :class:`~tarfuse_ros.core.prior.RegistrationPrior` or None.
+        conf_threshold, iou_threshold, max_detections, classes: NMS settings (see
+            :meth:`set_thresholds`).
+
+    Raises:
+        ValueError: a bad prior or NMS setting.
+
+    """
+
+    def __init__(self, class_names, num_classes, registration_prior, conf_threshold,
+                 iou_threshold, max_detections, classes):
+        self.set_registration_prior(registration_prior)
+        self._num_classes = int(num_classes)
+        names = tuple(str(n) for n in class_names)
+        # Unnamed classes get their index as a name.
+        self._class_names = names + tuple(str(i) for i in range(len(names), self._num_classes))
+        self._settings_lock = threading.Lock()
+        self._thresholds = validate_thresholds(
+            conf_threshold, iou_threshold, max_detections, classes, self._num_classes)
+
+    @property
+    def class_names(self):
+        """Class names, index = class id (empty without a detection head)."""
+        return self._class_names
+
+    @property
+    def registration_prior(self):
+        """The :class:`~tarfuse_ros.core.prior.RegistrationPrior` in use, or None."""
+        return self._prior
+
+    def set_registration_prior(self, prior):
+        """Use another registration prior (or None) from the next pair on.
+
+        Each pair is prepared with the prior in effect when its preparation starts, and its
+        flow is composed with that same prior (``PreparedPair.pre_warp``). Raises
+        ``ValueError`` for anything but a ``RegistrationPrior`` or None.
+        """
+        from tarfuse_ros.core.prior import check_prior
+        self._prior = check_prior(prior)
+
+    @property
+    def thresholds(self):
+        """``(conf_threshold, iou_threshold, max_detections, classes)`` now in effect."""
+        with self._settings_lock:
+            return self._thresholds
+
+    def set_thresholds(self, conf_threshold=None, iou_threshold=None, max_detections=None,
+                       classes=None):
+        """Change NMS settings atomically; ``None`` keeps a setting.
+
+        ``classes``: a sequence of class ids to keep; an empty sequence removes the filter.
+        Raises ``ValueError`` (and changes nothing) for a value out of range.
+        """
+        with self._settings_lock:
+            conf, iou, max_det, cls = self._thresholds
+            self._thresholds = validate_thresholds(
+                conf if conf_threshold is None else conf_threshold,
+                iou if iou_threshold is None else iou_threshold,
+                max_det if max_detections is None else max_detections,
+                cls if classes is None else classes,
+                self._num_classes)
+
+    def infer(self, ir, vi):
+        """Fuse one pair.
+
+        Args:
+            ir: IR image ``HxW`` or ``HxWx1`` (uint8, uint16 or float; any size).
+            vi: visible image ``HxW`` grey or ``HxWx3`` BGR (uint8, uint16 or float).
+
+        Returns:
+            :class:`FusionResult` in the visible frame.
+
+        """
+        return self.infer_batch([ir], [vi])[0]
+
+    __call__ = infer
+
+    def infer_batch(self, irs, vis):
+        """Fuse several pairs; pairs whose visible frames share a size run as one batch.
+
+        Args:
+            irs: sequence of IR images (as :meth:`infer`).
+            vis: sequence of visible images, same length.
+
+        Returns:
+            list of :class:`FusionResult`, in input order.
+
+        Raises:
+            ValueError: different lengths, or an image :func:`~tarfuse_ros.core.images.
+                prepare_pair` refuses (empty, wrong shape or dtype).
+
+        """
+        from tarfuse_ros.core.chroma import ir_chroma_for, restore_ir_chroma
+
+        irs, vis = list(irs), list(vis)
+        if len(irs) != len(vis):
+            raise ValueError(f'got {len(irs)} IR images but {len(vis)} visible images')
+        start = time.perf_counter()
+        prepared = [self._prepare(ir, vi, i) for i, (ir, vi) in enumerate(zip(irs, vis))]
+        # A grey visible image with a colour IR image: the fused image takes the IR chroma.
+        chromas = [ir_chroma_for(ir, item.crcb, *item.vi_y.shape[:2])
+                   for ir, item in zip(irs, prepared)]
+        prep_s = (time.perf_counter() - start) / max(1, len(prepared))
+        groups = {}
+        for index, item in enumerate(prepared):
+            groups.setdefault(item.vi_y.shape[:2], []).append(index)
+        results = [None] * len(prepared)
+        for (height, width), indices in groups.items():
+            outputs, seconds = self._run_group([prepared[i] for i in indices], height, width)
+            n = len(indices)
+            for i, (fused, registered, flow, dets) in zip(indices, outputs):
+                if chromas[i] is not None:
+                    fused = restore_ir_chroma(fused, chromas[i], flow)
+                timings = {name: 1e3 * value / n for name, value in
+                           zip(('preprocess', 'model', 'postprocess'), seconds)}
+                timings['preprocess'] += 1e3 * prep_s
+                timings['total'] = sum(timings.values())
+                results[i] = FusionResult(fused, registered, flow, dets, timings)
+        return results
+
+    def _prepare(self, ir, vi, index):
+        raise NotImplementedError
+
+    def _run_group(self, items, height, width):
+        raise NotImplementedError
+
+    def _detections(self, rows, height, width):
+        """NMS rows ``(x1, y1, x2, y2, score, class)`` in padded-input px -> :class:`Detection`.
+
+        Padding is bottom/right only, so network-input pixels are visible-image pixels: boxes
+        are clipped to the ``height x width`` image, and dropped when nothing of them is left
+        (entirely inside the padding) or their score is not finite. ``rows`` None (no detection
+        head) gives an empty list.
+        """
+        if rows is None:
+            return []
+        found = []
+        for x1, y1, x2, y2, score, cls in rows:
+            x1, x2 = (float(min(max(x, 0.0), width)) for x in (x1, x2))
+            y1, y2 = (float(min(max(y, 0.0), height)) for y in (y1, y2))
+            if not (x2 > x1 and y2 > y1) or not math.isfinite(score):
+                continue
+            class_id = int(cls)
+            found.append(Detection(x1, y1, x2, y2, float(score), class_id,
+                                   self._class_names[class_id]))
+        return found
