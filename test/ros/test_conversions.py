@@ -4,7 +4,6 @@ These tests run against whichever ``cv_bridge`` is importable: the project's sta
 no-distro venv, the distro's on a ROS install.
 """
 
-from dataclasses import dataclass
 from pathlib import Path
 import sys
 
@@ -16,6 +15,7 @@ from rclpy.serialization import deserialize_message, serialize_message
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
+from tarfuse_ros.core.pair_engine import Detection
 from tarfuse_ros.ros import conversions
 from tarfuse_ros.ros.conversions import (
     array_to_compressed_msg, array_to_image_msg, compressed_msg_to_array, detections_to_msg,
@@ -328,34 +328,12 @@ def test_a_missing_cv_bridge_says_what_to_do(monkeypatch):
         conversions.load_bridge.cache_clear()
 
 
-@dataclass
-class _Box:
-    """Duck-typed detection (the engine's Detection has these attributes)."""
-
-    x1: float
-    y1: float
-    x2: float
-    y2: float
-    score: float
-    class_id: int
-    class_name: str
-
-
-def _detection_type():
-    try:
-        from tarfuse_ros.core.engine import Detection
-    except ImportError:
-        return _Box
-    return Detection
-
-
 def test_detections_to_msg_fields():
     pytest.importorskip('vision_msgs.msg')
     from vision_msgs.msg import Detection2DArray
 
-    detection = _detection_type()
-    dets = [detection(10.0, 20.0, 50.0, 40.0, 0.9, 0, 'person'),
-            detection(0.5, 1.5, 2.5, 9.5, 0.25, 3, '')]
+    dets = [Detection(10.0, 20.0, 50.0, 40.0, 0.9, 0, 'person'),
+            Detection(0.5, 1.5, 2.5, 9.5, 0.25, 3, '')]
     source = header(sec=3, nanosec=7, frame_id='visible_optical_frame')
     msg = detections_to_msg(dets, source)
     assert isinstance(msg, Detection2DArray)
@@ -384,7 +362,7 @@ def test_detections_to_msg_empty_and_clipped():
     pytest.importorskip('vision_msgs.msg')
     empty = detections_to_msg([], header())
     assert empty.detections == [] and empty.header.frame_id == 'visible_optical_frame'
-    clipped = detections_to_msg([_Box(-4.0, 10.0, 30.0, 70.0, 0.5, 1, 'car')], header(),
+    clipped = detections_to_msg([Detection(-4.0, 10.0, 30.0, 70.0, 0.5, 1, 'car')], header(),
                                 image_size=(20, 60))
     bbox = clipped.detections[0].bbox
     assert (bbox.center.position.x, bbox.size_x) == (10.0, 20.0)
@@ -392,9 +370,9 @@ def test_detections_to_msg_empty_and_clipped():
 
 
 @pytest.mark.parametrize('box,message', [
-    (_Box(5.0, 0.0, 1.0, 4.0, 0.5, 0, 'a'), 'inverted box'),
-    (_Box(float('nan'), 0.0, 1.0, 4.0, 0.5, 0, 'a'), 'non-finite box'),
-    (_Box(0.0, 0.0, 1.0, 4.0, 1.5, 0, 'a'), r'score 1.5 outside \[0, 1\]'),
+    (Detection(5.0, 0.0, 1.0, 4.0, 0.5, 0, 'a'), 'inverted box'),
+    (Detection(float('nan'), 0.0, 1.0, 4.0, 0.5, 0, 'a'), 'non-finite box'),
+    (Detection(0.0, 0.0, 1.0, 4.0, 1.5, 0, 'a'), r'score 1.5 outside \[0, 1\]'),
 ])
 def test_detections_to_msg_rejects_bad_boxes(box, message):
     pytest.importorskip('vision_msgs.msg')
