@@ -179,8 +179,9 @@ class PairEngine:
             list of :class:`FusionResult`, in input order.
 
         Raises:
-            ValueError: different lengths, or an image :func:`~tarfuse_ros.core.images.
-                prepare_pair` refuses (empty, wrong shape or dtype).
+            ValueError: different lengths, or an image that
+                :func:`~tarfuse_ros.core.images.prepare_pair` refuses (empty, wrong shape or
+                dtype).
 
         """
         from tarfuse_ros.core.chroma import ir_chroma_for, restore_ir_chroma
