@@ -337,3 +337,47 @@ def test_scale_candidates_recover_a_narrower_thermal_field_of_view():
         OrientationMatcher(scale_candidates=(0.0, 1.0))
     with pytest.raises(ValueError, match='global_scale_candidates'):
         TarFuseConfig(global_scale_candidates=())
+
+
+def test_normalised_and_pixel_affine_maps_round_trip():
+    from tarfuse_ros.core.model.matching import (_normalised_affine_to_pixel,
+                                                 _pixel_affine_to_normalised)
+    theta_px = torch.tensor([[[1.05, 0.03, -7.5], [-0.02, 0.97, 12.0]]], dtype=torch.float64)
+    theta = _pixel_affine_to_normalised(theta_px, 240, 320)
+    torch.testing.assert_close(_normalised_affine_to_pixel(theta, 240, 320), theta_px)
+    # The pixel map moves pixel (x, y) where the normalised map's flow says.
+    flow = affine_flow(theta, 240, 320)
+    x, y = 250, 40
+    moved = theta_px[0, :, :2] @ torch.tensor([x, y], dtype=torch.float64) + theta_px[0, :, 2]
+    torch.testing.assert_close(moved - torch.tensor([x, y], dtype=torch.float64),
+                               flow[0, :, y, x])
+
+
+def test_fine_pass_refines_the_global_map_on_a_real_pair():
+    """4 px cells after the 8 px passes: closer to a known affine (real IR / visible pair)."""
+    from tarfuse_ros.core.deform import DeformConfig, random_deformation
+    from tarfuse_ros.core.model.matching import OrientationMatcher
+    ir, vi = _real_pair((320, 480))
+    config = DeformConfig(prob=1.0, rotation_deg=6.0, translation=0.0, scale=(0.92, 1.08),
+                          translation_px=24.0, elastic_alpha_px=0.0)
+    errors = {}
+    for fine_cell in (0, 4):
+        matcher = OrientationMatcher(fine_cell=fine_cell)
+        found = []
+        for seed in range(3):
+            applied, inverse = random_deformation(1, 320, 480, config,
+                                                  generator=torch.Generator().manual_seed(seed))
+            flow = affine_flow(matcher(warp(ir, applied), vi), 320, 480)
+            found.append(float(torch.linalg.vector_norm(flow - inverse, dim=1).mean()))
+        errors[fine_cell] = sum(found) / len(found)
+    assert errors[4] < 0.8 * errors[0], errors
+    with pytest.raises(ValueError, match='fine_cell'):
+        OrientationMatcher(fine_cell=-1)
+    with pytest.raises(ValueError, match='global_fine_cell'):
+        TarFuseConfig(global_fine_cell=3)
+    # The network's config reaches the matcher; checkpoints without the fields have no pass.
+    model = build_model(TarFuseConfig(**SMALL, global_features='orientation', global_fine_cell=4,
+                                      global_fine_block=6))
+    assert (model.registration.global_matcher.fine_cell,
+            model.registration.global_matcher.fine_block) == (4, 6)
+    assert TarFuseConfig().global_fine_cell == 0

@@ -66,6 +66,11 @@ class TarFuseConfig:
     # 'orientation' only: the IR / visible scales the global stage tries (one fit each, the
     # best-agreeing map wins; for thermal cameras with another field of view). (1.0,): one fit.
     global_scale_candidates: tuple = (1.0,)
+    # 'orientation' only: cell side (px) of a last, finer pass of the global stage on the IR
+    # warped by its map (0: none, as in checkpoints written before the field), and that pass's
+    # block side in cells (OrientationMatcher). No learnt parameter depends on them.
+    global_fine_cell: int = 0
+    global_fine_block: int = 8
     # Hidden widths of the reconstruction head (third layer -> 1 channel, Tanh).
     reconstruction_channels: tuple = (16, 8)
     # Detection neck: stem widths at strides 2 and 4, then P3, P4, P5 widths.
@@ -126,6 +131,15 @@ class TarFuseConfig:
                              f'{self.global_scale_candidates!r}')
         if not isinstance(self.neck_blocks, int) or self.neck_blocks < 0:
             raise ValueError(f'neck_blocks must be an integer >= 0, got {self.neck_blocks!r}')
+        for name in ('global_fine_cell', 'global_fine_block'):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f'{name} must be an integer >= 0, got {value!r}')
+        if self.global_fine_cell > 0 and (self.global_fine_block < 1
+                                          or 32 % self.global_fine_cell):
+            raise ValueError('global_fine_cell must divide 32 (the padded frames are multiples '
+                             f'of 32) and global_fine_block be >= 1, got '
+                             f'{self.global_fine_cell}, {self.global_fine_block}')
         if self.global_features not in ('learned', 'orientation'):
             raise ValueError(f"global_features must be 'learned' or 'orientation', got "
                              f'{self.global_features!r}')
@@ -197,7 +211,8 @@ class TarFuse(nn.Module):
                 config.estimator_channels, config.corr_radius, config.registration_downsample,
                 config.global_stage, slope, config.corr_radius_finest,
                 global_features=config.global_features,
-                scale_candidates=config.global_scale_candidates)
+                scale_candidates=config.global_scale_candidates,
+                fine_cell=config.global_fine_cell, fine_block=config.global_fine_block)
         self.reconstruction = ReconstructionHead(4 * width, config.reconstruction_channels, slope)
         self.neck = self.detect = None
         if config.detect:
