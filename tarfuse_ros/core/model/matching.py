@@ -317,7 +317,14 @@ def robust_affine_px(points, targets, weights, scales):
         are zero).
 
     """
-    basis = torch.cat((points, torch.ones_like(points[:, :1])), dim=1)       # (N, 3)
+    # Solve in centred coordinates of unit spread (Hartley's normalisation, Multiple View
+    # Geometry sec. 4.4): squared pixel coordinates summed over thousands of points would leave
+    # the float32 normal equations badly conditioned (results that differ between runtimes).
+    centre = points.mean(dim=0)
+    spread = (points - centre).abs().amax().clamp_min(1.0)
+    unit_points = (points - centre) / spread
+    unit_targets = (targets - centre) / spread
+    basis = torch.cat((unit_points, torch.ones_like(unit_points[:, :1])), dim=1)  # (N, 3)
     eye = torch.eye(3, device=points.device, dtype=points.dtype).unsqueeze(0)
     prior = eye[:, :, :2]
     current = weights
@@ -325,12 +332,16 @@ def robust_affine_px(points, targets, weights, scales):
         weighted = basis.t().unsqueeze(0) * current.unsqueeze(1)            # (B, 3, N)
         normal = weighted @ basis.unsqueeze(0)                               # (B, 3, 3)
         ridge = 1e-6 * current.sum(dim=1).clamp_min(1e-6).view(-1, 1, 1)
-        rhs = weighted @ targets                                             # (B, 3, 2)
+        rhs = weighted @ unit_targets                                        # (B, 3, 2)
         # Ridge towards the identity: a fit with no weight at all stays the identity.
         theta_t = _inverse_3x3(normal + ridge * eye) @ (rhs + ridge * prior)
-        residual = torch.linalg.vector_norm(basis.unsqueeze(0) @ theta_t - targets, dim=2)
+        residual = torch.linalg.vector_norm(basis.unsqueeze(0) @ theta_t - unit_targets,
+                                            dim=2) * spread
         current = weights / (1.0 + (residual / float(scale)) ** 2)
-    return theta_t.transpose(1, 2)
+    # Back to pixels: q = M' (p - c) / s * s + c + s t' = M' p + (c + s t' - M' c).
+    linear = theta_t[:, :2, :].transpose(1, 2)                               # (B, 2, 2) M'
+    shift = centre + spread * theta_t[:, 2, :] - (linear @ centre.view(2, 1)).squeeze(2)
+    return torch.cat((linear, shift.unsqueeze(2)), dim=2)
 
 
 def zoom(image, factor):
