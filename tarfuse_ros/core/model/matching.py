@@ -450,14 +450,19 @@ class OrientationMatcher(nn.Module):
         self.min_coverage = float(min_coverage)
         self.prefer_unit = float(prefer_unit)
 
-    def _fit(self, reference, moving, radius, points, scales, theta_px=None):
+    def _fit(self, reference, moving, radius, points, scales, theta_px=None, cell=None,
+             block=None):
         """Match cells and fit ``q = A [p; 1]`` in pixels.
 
         Matches in a moving image warped by ``theta_px`` are mapped back through it first.
+        ``cell`` / ``block``: the histograms' cell side (px) and the block side (cells); None:
+        the matcher's own.
         """
+        cell = self.cell if cell is None else cell
+        block = self.block if block is None else block
         offset, confidence = peak_offsets(
-            block_cost_volume(reference, moving, radius, self.block), radius)
-        targets = points.unsqueeze(0) + offset.flatten(2).transpose(1, 2) * self.cell
+            block_cost_volume(reference, moving, radius, block), radius)
+        targets = points.unsqueeze(0) + offset.flatten(2).transpose(1, 2) * cell
         if theta_px is not None:
             targets = targets @ theta_px[:, :, :2].transpose(1, 2) + theta_px[:, :, 2].unsqueeze(1)
         return robust_affine_px(points, targets, confidence.flatten(1), scales)
@@ -478,16 +483,12 @@ class OrientationMatcher(nn.Module):
         cell = self.fine_cell
         reference = cell_histograms(vi, cell, self.bins)
         points = _cell_centres(reference.shape[2], reference.shape[3], cell, vi)
-        warped = warp(ir, affine_flow(theta, height, width))
-        offset, confidence = peak_offsets(
-            block_cost_volume(reference, cell_histograms(warped, cell, self.bins),
-                              self.refine_radius, self.fine_block), self.refine_radius)
-        theta_px = _normalised_affine_to_pixel(theta, height, width)
-        # Matches in the warped IR, mapped back through the current map, as in the second pass.
-        targets = points.unsqueeze(0) + offset.flatten(2).transpose(1, 2) * cell
-        targets = targets @ theta_px[:, :, :2].transpose(1, 2) + theta_px[:, :, 2].unsqueeze(1)
+        moving = cell_histograms(warp(ir, affine_flow(theta, height, width)), cell, self.bins)
+        # As the second pass: matches in the warped IR, mapped back through the current map.
         scales = tuple(s * cell / self.cell for s in self.refine_scales)
-        fitted = robust_affine_px(points, targets, confidence.flatten(1), scales)
+        fitted = self._fit(reference, moving, self.refine_radius, points, scales,
+                           _normalised_affine_to_pixel(theta, height, width), cell,
+                           self.fine_block)
         return _pixel_affine_to_normalised(fitted, height, width)
 
     def _search_scales(self, ir, vi):
