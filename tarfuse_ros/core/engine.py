@@ -10,7 +10,10 @@ The engine is the only place (with the tools) that binds the network to a device
    shrinking, ``INTER_LINEAR`` otherwise); both are padded at the bottom/right to multiples of 32
    (replicated borders), and to at least the network's minimum size (64 px for the default
    architecture);
-2. model: ``TarFuse.predict_raw`` on the device under ``torch.inference_mode``, with BatchNorm
+2. model: ``TarFuse.predict_raw`` on the device under ``torch.inference_mode`` (told the size
+   before padding, so that the orientation global stage fits its map on the image alone: the
+   replicated rows and columns are the same in both images and would pull it towards no
+   motion), with BatchNorm
    folded into the convolutions and the channels-last memory format (both measured faster);
    on CUDA optionally fp16 autocast and CUDA-graph replay per input size;
 3. postprocess: outputs are cropped back to the visible frame; detections go through ultralytics'
@@ -40,6 +43,7 @@ capture errors raise) or ``'auto'`` (capture when a size is seen a second time, 
 execution with a warning if capture fails); ignored on CPU.
 """
 
+import functools
 import logging
 from pathlib import Path
 import threading
@@ -107,6 +111,11 @@ def _min_input_side(config):
         coarser = len(getattr(config, 'pyramid_channels', ()))
     side = 2 * 2 ** (downsample + max(coarser, 0))
     return max(32, -(-side // 32) * 32)
+
+
+def _padded_from(tensor, height, width):
+    """Return ``(height, width)`` if ``tensor`` (B, 1, H', W') was padded beyond it, else None."""
+    return None if tuple(tensor.shape[2:]) == (height, width) else (int(height), int(width))
 
 
 class _GraphRunner:
@@ -271,12 +280,14 @@ class FusionEngine(PairEngine):
         return self._model.scale_candidates
 
     # -- inference ---------------------------------------------------------------------------
-    def forward_tensors(self, ir, vi):
+    def forward_tensors(self, ir, vi, valid_size=None):
         """Run the network alone on prepared tensors, as :meth:`infer` does internally.
 
         Args:
             ir, vi: ``(B, 1, H, W)`` float32 tensors in [0, 1] on :attr:`device`, H and W
                 multiples of 32.
+            valid_size: ``(h, w)`` of the images before they were padded at the bottom/right
+                (:meth:`infer` passes it when it pads); None: nothing padded.
 
         Returns:
             ``predict_raw``'s dict (``fused``, ``flow``, ``registered_ir``, ``det``), float32.
@@ -284,7 +295,7 @@ class FusionEngine(PairEngine):
 
         """
         with self._infer_lock:
-            return self._run_model(ir, vi)
+            return self._run_model(ir, vi, valid_size)
 
     def _prepare(self, ir, vi, index):
         """Prepare one pair on the CPU (:func:`~tarfuse_ros.core.images.prepare_pair`)."""
@@ -326,7 +337,7 @@ class FusionEngine(PairEngine):
         ir_t, vi_t = self._to_tensors(items)
         t1 = time.perf_counter()
         with self._infer_lock:
-            raw = self._run_model(ir_t, vi_t)
+            raw = self._run_model(ir_t, vi_t, _padded_from(ir_t, height, width))
             if self._device.type == 'cuda':
                 torch.cuda.synchronize(self._device)
             t2 = time.perf_counter()
@@ -341,44 +352,48 @@ class FusionEngine(PairEngine):
         ir_t, _ = images.pad_to_multiple(ir_t, 32, self._pad_mode, self._min_side)
         return ir_t, vi_t
 
-    def _forward(self, ir_t, vi_t):
+    def _forward(self, ir_t, vi_t, valid_size=None):
         """``predict_raw`` with fp16 autocast when enabled (also the body of captured graphs)."""
         if self._half:
             with torch.autocast('cuda', dtype=torch.float16, cache_enabled=False):
-                out = self._model.predict_raw(ir_t, vi_t)
+                out = self._model.predict_raw(ir_t, vi_t, valid_size)
             return {key: value.float() for key, value in out.items()
                     if key in ('fused', 'flow', 'registered_ir', 'det') and value is not None}
-        return self._model.predict_raw(ir_t, vi_t)
+        return self._model.predict_raw(ir_t, vi_t, valid_size)
 
-    def _run_model(self, ir_t, vi_t):
+    def _run_model(self, ir_t, vi_t, valid_size=None):
         with torch.inference_mode(), cudnn_benchmark(self._cudnn_benchmark):
-            runner = self._graph_runner(tuple(ir_t.shape))
+            valid_size = None if valid_size is None else tuple(int(v) for v in valid_size)
+            # One graph per padded shape and valid region (the global stage crops to it).
+            runner = self._graph_runner((tuple(ir_t.shape), valid_size))
             if runner is not None:
                 return runner(ir_t, vi_t)
-            return self._forward(ir_t, vi_t)
+            return self._forward(ir_t, vi_t, valid_size)
 
-    def _graph_runner(self, shape):
-        """Return the captured graph for ``shape``, capturing it when the mode says so."""
-        if self._graph_mode == 'off' or shape in self._graph_failed:
+    def _graph_runner(self, key):
+        """Return the captured graph for ``key`` (input shape, valid size), per the mode."""
+        if self._graph_mode == 'off' or key in self._graph_failed:
             return None
-        runner = self._graphs.get(shape)
+        runner = self._graphs.get(key)
         if runner is not None:
             return runner
-        if self._graph_mode == 'auto' and shape not in self._seen_shapes:
-            self._seen_shapes.add(shape)
+        if self._graph_mode == 'auto' and key not in self._seen_shapes:
+            self._seen_shapes.add(key)
             return None
         if len(self._graphs) >= _MAX_GRAPHS:
             self._graphs.pop(next(iter(self._graphs)))
+        shape, valid_size = key
         try:
-            runner = _GraphRunner(self._forward, self._model, shape, self._device)
+            runner = _GraphRunner(functools.partial(self._forward, valid_size=valid_size),
+                                  self._model, shape, self._device)
         except Exception as exc:  # noqa: BLE001 - 'auto' falls back to eager execution
             if self._graph_mode == 'on':
                 raise RuntimeError(f'CUDA graph capture failed for input {shape}: {exc}') from exc
             _LOG.warning('CUDA graph capture failed for input %s (%s); running eagerly',
                          shape, exc)
-            self._graph_failed.add(shape)
+            self._graph_failed.add(key)
             return None
-        self._graphs[shape] = runner
+        self._graphs[key] = runner
         return runner
 
     def _postprocess(self, raw, items, height, width):

@@ -6,7 +6,9 @@ engine runs it), traced by ``torch.onnx.export``'s TorchScript exporter:
 - inputs ``ir`` and ``vi``: ``(B, 1, H, W)`` float32 in [0, 1] (the IR resized to the visible
   frame, the visible luma; :func:`~tarfuse_ros.core.images.prepare_pair`), batch, height and width
   dynamic; H and W must be multiples of 32 and at least the ``min_side`` in the metadata (the
-  engines pad at the bottom/right);
+  engines pad at the bottom/right); ``valid_size``: ``(2,)`` int64, the ``(h, w)`` of the images
+  before that padding (``(H, W)`` when none), read by the orientation global stage (format
+  version 2; a model without that stage ignores it);
 - outputs (:data:`~tarfuse_ros.core.onnx_backend.ONNX_OUTPUTS`): ``fused`` (B, 1, H, W),
   ``flow`` (B, 2, H, W) in pixels, ``registered_ir`` (B, 1, H, W), ``det`` (B, 4 + nc, anchors)
   in ultralytics' layout (before NMS; absent for a checkpoint without detection head,
@@ -37,7 +39,7 @@ from tarfuse_ros.core.checkpoint import load_checkpoint
 from tarfuse_ros.core.model.yolo import anchors_every_call
 from tarfuse_ros.core.onnx_backend import CONFIG_KEY, FUSION_OUTPUTS, MIN_OPSET
 from tarfuse_ros.core.onnx_backend import ONNX_FORMAT_VERSION
-from tarfuse_ros.core.onnx_backend import ONNX_INPUTS, ONNX_KEY, ONNX_OUTPUTS
+from tarfuse_ros.core.onnx_backend import ONNX_INPUT_MEANINGS, ONNX_INPUTS, ONNX_KEY, ONNX_OUTPUTS
 import torch
 from torch import nn
 import torch.nn.functional as F
@@ -73,15 +75,15 @@ class ExportReport:
 
 
 class _ExportGraph(nn.Module):
-    """``(ir, vi) -> (fused, flow, registered_ir[, det])`` of ``predict_raw``, in output order."""
+    """``(ir, vi, valid_size) -> (fused, flow, registered_ir[, det])`` of ``predict_raw``."""
 
     def __init__(self, model, names):
         super().__init__()
         self.model = model
         self.names = tuple(names)
 
-    def forward(self, ir, vi):
-        out = self.model.predict_raw(ir, vi)
+    def forward(self, ir, vi, valid_size):
+        out = self.model.predict_raw(ir, vi, valid_size)
         return tuple(out[name] for name in self.names)
 
 
@@ -122,10 +124,14 @@ def _verify(blob, graph, shape, precision, threads):
     coarse = torch.rand(shape[0], 1, shape[2] // 8 + 1, shape[3] // 8 + 1, generator=generator)
     ir = F.interpolate(coarse, size=shape[2:], mode='bilinear', align_corners=False)
     vi = 1.0 - torch.roll(ir, shifts=(3, -5), dims=(2, 3))
+    # As if the last rows and columns were padding (exercises the global stage's crop).
+    valid = torch.tensor([shape[2] - 5, shape[3] - 7], dtype=torch.int64)
     with torch.inference_mode():
-        expected = graph(ir, vi)
+        expected = graph(ir, vi, valid)
     try:
-        got = session.run(list(graph.names), {'ir': ir.numpy(), 'vi': vi.numpy()})
+        feeds = {'ir': ir.numpy(), 'vi': vi.numpy(), 'valid_size': valid.numpy()}
+        got = session.run(list(graph.names),
+                          {arg.name: feeds[arg.name] for arg in session.get_inputs()})
     except Exception as error:  # noqa: BLE001 - onnxruntime raises its own error types
         raise ExportError(
             f'the exported graph fails at input {tuple(shape)} (another size than the traced '
@@ -184,7 +190,8 @@ def export_onnx(weights, output, half=False, opset=MIN_OPSET, verify=True):
     dims = {0: 'batch', 2: 'height', 3: 'width'}
     buffer = io.BytesIO()
     example = (torch.rand(trace_shape[0], 1, *trace_shape[1:]),
-               torch.rand(trace_shape[0], 1, *trace_shape[1:]))
+               torch.rand(trace_shape[0], 1, *trace_shape[1:]),
+               torch.tensor(trace_shape[1:], dtype=torch.int64))
     try:
         with warnings.catch_warnings():
             # The tracer warns about every Python-level shape check it freezes; the check
@@ -192,7 +199,7 @@ def export_onnx(weights, output, half=False, opset=MIN_OPSET, verify=True):
             warnings.simplefilter('ignore')
             torch.onnx.export(graph, example, buffer, dynamo=False, opset_version=opset,
                               input_names=list(ONNX_INPUTS), output_names=list(names),
-                              dynamic_axes={name: dims for name in ONNX_INPUTS},
+                              dynamic_axes={name: dims for name in ONNX_INPUTS[:2]},
                               do_constant_folding=True)
     except Exception as error:  # noqa: BLE001 - the exporter raises many error types
         raise ExportError(f'torch.onnx.export failed for {weights}: {error}') from error
@@ -202,8 +209,9 @@ def export_onnx(weights, output, half=False, opset=MIN_OPSET, verify=True):
         proto = _to_float16(proto)
     description = {
         'format_version': ONNX_FORMAT_VERSION,
-        'inputs': dict.fromkeys(ONNX_INPUTS, '(B, 1, H, W) float32 in [0, 1]; H, W multiples '
-                                             'of size_multiple, >= min_side'),
+        # A model without the orientation global stage does not read valid_size: the
+        # exporter drops the unused input.
+        'inputs': {arg.name: ONNX_INPUT_MEANINGS[arg.name] for arg in proto.graph.input},
         'outputs': {name: ONNX_OUTPUTS[name] for name in names},
         'size_multiple': 32,
         'min_side': int(min_side),

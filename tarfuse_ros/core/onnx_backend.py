@@ -6,7 +6,8 @@
 1. preprocess (numpy/OpenCV): :func:`~tarfuse_ros.core.images.prepare_pair` (the one preparation
    of training, evaluation and the torch engine), planes scaled by 1/255 and padded at the
    bottom/right to multiples of 32 (and the network's minimum size) as the torch engine pads;
-2. model: one ``InferenceSession.run`` of the exported graph (inputs ``ir``, ``vi``; outputs
+2. model: one ``InferenceSession.run`` of the exported graph (inputs ``ir``, ``vi`` and
+   ``valid_size``, the size before padding: :data:`ONNX_INPUT_MEANINGS`; outputs
    ``fused``, ``flow``, ``registered_ir``, ``det``: see :data:`ONNX_OUTPUTS`; no ``det`` for a
    checkpoint without detection head, whose detections are then always empty);
 3. postprocess (numpy/OpenCV): crop to the visible frame, per-class NMS by OpenCV's
@@ -34,16 +35,24 @@ import numpy as np
 from tarfuse_ros.core.pair_engine import PairEngine
 
 __all__ = ['CONFIG_KEY', 'FUSION_OUTPUTS', 'MIN_OPSET', 'ONNX_FORMAT_VERSION', 'ONNX_INPUTS',
-           'ONNX_KEY', 'ONNX_OUTPUTS', 'OnnxFusionEngine', 'OnnxModelError', 'nms_rows',
-           'read_onnx_metadata']
+           'ONNX_INPUT_MEANINGS', 'ONNX_KEY', 'ONNX_OUTPUTS', 'OnnxFusionEngine', 'OnnxModelError',
+           'nms_rows', 'read_onnx_metadata']
 
 _LOG = logging.getLogger(__name__)
 
-ONNX_FORMAT_VERSION = 1
+ONNX_FORMAT_VERSION = 2  # 2: the valid_size input
 MIN_OPSET = 17
 CONFIG_KEY = 'tarfuse_config'   # the checkpoint's JSON header, as in the .safetensors file
 ONNX_KEY = 'tarfuse_onnx'       # this export: format version, sizes, precision, outputs
-ONNX_INPUTS = ('ir', 'vi')
+ONNX_INPUTS = ('ir', 'vi', 'valid_size')
+# Input name -> meaning (also written into the file's metadata).
+ONNX_INPUT_MEANINGS = {
+    'ir': '(B, 1, H, W) float32 in [0, 1]; H, W multiples of size_multiple, >= min_side',
+    'vi': '(B, 1, H, W) float32 in [0, 1], the same H, W',
+    'valid_size': '(2,) int64: (h, w) of the images before padding at the bottom/right '
+                  '(the global stage fits its map on that region); (H, W) when not padded; '
+                  'absent from the export of a model without the orientation global stage',
+}
 # Output name -> meaning (also written into the file's metadata).
 ONNX_OUTPUTS = {
     'fused': '(B, 1, H, W) float32 fused luma Y in [0, 1], visible frame',
@@ -91,10 +100,12 @@ def _metadata(path, session):
             f'tarfuse_ros reads version {ONNX_FORMAT_VERSION}; re-export it with this release')
     inputs = tuple(arg.name for arg in session.get_inputs())
     outputs = tuple(arg.name for arg in session.get_outputs())
-    if inputs != ONNX_INPUTS or set(outputs) not in (set(ONNX_OUTPUTS), set(FUSION_OUTPUTS)):
+    if inputs not in (ONNX_INPUTS, ONNX_INPUTS[:2]) or set(outputs) not in (
+            set(ONNX_OUTPUTS), set(FUSION_OUTPUTS)):
         raise OnnxModelError(
             f'{path} has inputs {inputs} and outputs {outputs}; a TarFuse export has inputs '
-            f'{ONNX_INPUTS} and outputs {tuple(ONNX_OUTPUTS)} (without det for a model without '
+            f'{ONNX_INPUTS} (without valid_size for a model without the orientation global '
+            f'stage) and outputs {tuple(ONNX_OUTPUTS)} (without det for a model without '
             f'detection head); re-export it with tarfuse-export')
     return config, export
 
@@ -264,6 +275,7 @@ class OnnxFusionEngine(PairEngine):
         except Exception as error:  # noqa: BLE001 - onnxruntime raises its own error types
             raise _session_error(self._weights, error) from None
         self._checkpoint_config, self._export = _metadata(self._weights, self._session)
+        self._input_names = tuple(arg.name for arg in self._session.get_inputs())
         if self._device != 'cpu' and 'CUDAExecutionProvider' not in (
                 self._session.get_providers()):
             raise RuntimeError(f'onnxruntime could not start CUDA for device {device!r} '
@@ -323,7 +335,9 @@ class OnnxFusionEngine(PairEngine):
         """Same-size prepared pairs -> ``(outputs, (preprocess, model, postprocess) s)``."""
         t0 = time.perf_counter()
         feeds = {'ir': self._batch([item.ir for item in items]),
-                 'vi': self._batch([item.vi_y for item in items])}
+                 'vi': self._batch([item.vi_y for item in items]),
+                 'valid_size': np.array([height, width], dtype=np.int64)}
+        feeds = {name: feeds[name] for name in self._input_names}
         t1 = time.perf_counter()
         raw = dict(zip([o.name for o in self._session.get_outputs()],
                        self._session.run(None, feeds)))

@@ -62,9 +62,12 @@ def main(argv=None):
         print(f'{PROG}: error: {exc}', file=sys.stderr)
         return 1
     size_mib = report.path.stat().st_size / 2**20
+    inputs = _input_names(report.path)
     print(f'wrote {report.path} ({size_mib:.1f} MiB, opset {report.opset}, {report.precision}; '
-          f'inputs ir, vi (B, 1, H, W) float32 in [0, 1], H and W multiples of 32; outputs '
-          f'{", ".join(_output_names(report.path))})')
+          f'inputs {", ".join(inputs)}; outputs {", ".join(_output_names(report.path))})')
+    print('inputs: ir, vi (B, 1, H, W) float32 in [0, 1], H and W multiples of 32'
+          + ('; valid_size (2,) int64, their (h, w) before padding at the bottom/right'
+             if 'valid_size' in inputs else ''))
     if report.max_abs_diff:
         diffs = ', '.join(f'{name} {value:.2g}' for name, value in report.max_abs_diff.items())
         print(f'checked against PyTorch at {report.verify_shape}: max abs difference {diffs}')
@@ -73,6 +76,12 @@ def main(argv=None):
           f'--optShapes=ir:1x1x512x640,vi:1x1x512x640 '
           f'--maxShapes=ir:1x1x1024x1280,vi:1x1x1024x1280 --fp16 --saveEngine=tarfuse.engine')
     return 0
+
+
+def _input_names(path):
+    """Return the input names of the written graph (no ``valid_size`` without a global stage)."""
+    import onnx
+    return [item.name for item in onnx.load(str(path), load_external_data=False).graph.input]
 
 
 def _output_names(path):

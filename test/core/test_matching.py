@@ -381,3 +381,36 @@ def test_fine_pass_refines_the_global_map_on_a_real_pair():
     assert (model.registration.global_matcher.fine_cell,
             model.registration.global_matcher.fine_block) == (4, 6)
     assert TarFuseConfig().global_fine_cell == 0
+
+
+def test_valid_size_fits_the_map_on_the_image_and_not_on_its_padding():
+    """Padded rows/columns are the same in both images; with ``valid_size`` they are not read."""
+    from tarfuse_ros.core import images
+    from tarfuse_ros.core.deform import DeformConfig, random_deformation
+    from tarfuse_ros.core.model.matching import (_normalised_affine_to_pixel, crop_to_valid,
+                                                 OrientationMatcher)
+    ir, vi = _real_pair((320, 480))
+    ir, vi = ir[:, :, :301, :457], vi[:, :, :301, :457]  # as a 457x301 camera frame
+    config = DeformConfig(prob=1.0, rotation_deg=6.0, translation=0.0, scale=(0.92, 1.08),
+                          translation_px=24.0, elastic_alpha_px=0.0)
+    applied, _ = random_deformation(1, 301, 457, config,
+                                    generator=torch.Generator().manual_seed(1))
+    moving = warp(ir, applied)
+    padded_ir, _ = images.pad_to_multiple(moving)
+    padded_vi, _ = images.pad_to_multiple(vi)
+    assert padded_ir.shape[2:] == (320, 480)
+    matcher = OrientationMatcher(scale_candidates=(0.8, 1.0, 1.25), fine_cell=4)
+    alone = _normalised_affine_to_pixel(matcher(moving, vi), 301, 457)
+    for valid in ((301, 457), torch.tensor([301, 457])):
+        cropped = _normalised_affine_to_pixel(matcher(padded_ir, padded_vi, valid), 320, 480)
+        # The same pixel map as on the unpadded images (pixel coordinates are unchanged).
+        torch.testing.assert_close(cropped, alone, atol=1e-3, rtol=1e-4)
+    ignored = _normalised_affine_to_pixel(matcher(padded_ir, padded_vi), 320, 480)
+    assert not torch.allclose(ignored, alone, atol=1e-3)  # the padding did change the fit
+    model = build_model(TarFuseConfig(**SMALL, global_features='orientation')).eval()
+    with torch.no_grad():
+        flow = model(padded_ir, padded_vi, valid_size=(301, 457))['flow']
+    assert flow.shape == (1, 2, 320, 480)
+    for bad in ((0, 457), (321, 457)):
+        with pytest.raises(ValueError, match='valid_size'):
+            crop_to_valid(padded_ir, bad)

@@ -63,7 +63,7 @@ def test_shipped_model_exports_with_dynamic_sizes_and_the_checkpoint_config(ship
     inputs = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim]
               for i in model.graph.input}
     assert inputs == {'ir': ['batch', 1, 'height', 'width'],
-                      'vi': ['batch', 1, 'height', 'width']}
+                      'vi': ['batch', 1, 'height', 'width'], 'valid_size': [2]}
     assert [o.name for o in model.graph.output] == list(ONNX_OUTPUTS)
     meta = {p.key: json.loads(p.value) for p in model.metadata_props}
     config = read_checkpoint_config(default_weights_path())
@@ -105,9 +105,12 @@ def test_orientation_global_stage_exports_and_matches_pytorch_on_real_pairs(tmp_
         ir_t = torch.from_numpy(ir[:height, :width].astype(np.float32) / 255.0)[None, None]
         vi_y = cv2.cvtColor(vi, cv2.COLOR_BGR2GRAY)[:height, :width]
         vi_t = torch.from_numpy(vi_y.astype(np.float32) / 255.0)[None, None]
+        # The last rows and columns taken as padding: the crop runs the same in onnxruntime.
+        valid = (height - 9, width - 13)
         with torch.no_grad():
-            expected = model(ir_t, vi_t)
-        got = dict(zip(names, session.run(None, {'ir': ir_t.numpy(), 'vi': vi_t.numpy()})))
+            expected = model(ir_t, vi_t, valid_size=valid)
+        got = dict(zip(names, session.run(None, {'ir': ir_t.numpy(), 'vi': vi_t.numpy(),
+                                                 'valid_size': np.array(valid, np.int64)})))
         # The descriptor matching (top-k, gather, IRLS) runs the same in onnxruntime.
         assert np.abs(got['flow'] - expected['flow'].numpy()).max() < 0.05
         assert np.abs(got['fused'] - expected['fused'].numpy()).max() < 1e-3

@@ -122,7 +122,8 @@ class RegistrationNet(nn.Module):
         self.cseb_vi = CSEB(in_channels, cseb_channels, downsample, slope)
         self.msrb = MSRB(2 * cseb_channels, msrb_channels, slope)
 
-    def forward(self, c_ir, c_vi, return_levels=False, ir=None, vi=None):
+    def forward(self, c_ir, c_vi, return_levels=False, ir=None, vi=None, valid_size=None):
+        # ``ir``, ``vi``, ``valid_size``: the matching registration's arguments, unused here.
         enhanced = torch.cat((self.cseb_ir(c_ir), self.cseb_vi(c_vi)), dim=1)
         flow = resize_flow(self.msrb(enhanced), c_ir.shape[2:])
         # The MSRB supervises its final flow only (``return_levels`` gives no extra levels).

@@ -174,7 +174,9 @@ def _check_image(name, image):
 class TarFuse(nn.Module):
     """Target-aware unregistered IR-visible fusion network (about 1M parameters by default).
 
-    ``forward(ir, vi, ir_aligned=None) -> dict``:
+    ``forward(ir, vi, ir_aligned=None, valid_size=None) -> dict`` (``valid_size``: the images'
+    ``(h, w)`` before padding at the bottom/right, for the orientation global stage, which then
+    fits its map on that region alone: see ``matching.OrientationMatcher``):
 
     - ``fused`` (B, 1, H, W) in [0, 1]: fused luminance in the visible frame;
     - ``flow`` (B, 2, H, W) pixels: maps ``ir`` onto the visible frame;
@@ -261,7 +263,7 @@ class TarFuse(nn.Module):
             forget_anchors(self.detect)
         return result
 
-    def forward(self, ir, vi, ir_aligned=None):
+    def forward(self, ir, vi, ir_aligned=None, valid_size=None):
         _check_image('ir', ir)
         _check_image('vi', vi)
         if ir.shape != vi.shape:
@@ -276,9 +278,10 @@ class TarFuse(nn.Module):
         c_vi, s_vi = self.vi_common(vi), self.vi_specific(vi)
         flow_levels = []
         if self.training:
-            flow, flow_levels = self.registration(c_ir, c_vi, return_levels=True, ir=ir, vi=vi)
+            flow, flow_levels = self.registration(c_ir, c_vi, return_levels=True, ir=ir, vi=vi,
+                                                  valid_size=valid_size)
         else:
-            flow = self.registration(c_ir, c_vi, ir=ir, vi=vi)
+            flow = self.registration(c_ir, c_vi, ir=ir, vi=vi, valid_size=valid_size)
         c_ir_registered = warp(c_ir, flow)
         s_ir_registered = warp(s_ir, flow)
         fused_features = torch.cat((c_ir_registered, s_ir_registered, c_vi, s_vi), dim=1)
@@ -292,8 +295,10 @@ class TarFuse(nn.Module):
         return {'fused': fused, 'flow': flow, 'registered_ir': warp(ir, flow), 'det': det,
                 'features': features, 'flow_levels': flow_levels}
 
-    def predict_raw(self, ir, vi):
+    def predict_raw(self, ir, vi, valid_size=None):
         """Run in eval mode without gradients (the previous mode is restored).
+
+        ``valid_size``: the images' ``(h, w)`` before padding at the bottom/right (``forward``).
 
         Returns a dict with ``fused`` (B, 1, H, W), ``flow`` (B, 2, H, W) px,
         ``registered_ir`` (B, 1, H, W) and ``det`` (B, 4 + nc, anchors): ``cx, cy, w, h`` in
@@ -305,7 +310,7 @@ class TarFuse(nn.Module):
         self.eval()
         try:
             with torch.no_grad():
-                out = self.forward(ir, vi)
+                out = self.forward(ir, vi, valid_size=valid_size)
         finally:
             self.train(was_training)
         det = out['det'][0] if isinstance(out['det'], (tuple, list)) else out['det']
