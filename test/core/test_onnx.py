@@ -91,7 +91,10 @@ def test_orientation_global_stage_exports_and_matches_pytorch_on_real_pairs(tmp_
     from tarfuse_ros.core.model.tarfuse import TarFuseConfig
     torch.manual_seed(0)
     path = tmp_path / 'orientation.safetensors'
-    model = build_model(replace(TarFuseConfig(), global_features='orientation')).eval()
+    # A coarse side of 320 px: the export's own check (192x128) takes the direct start, the
+    # real pairs below (wider than 320 px) the halved one, both from one traced graph.
+    model = build_model(replace(TarFuseConfig(), global_features='orientation',
+                                global_coarse_side=320)).eval()
     save_checkpoint(path, model, provenance={'note': 'random init, ONNX test'})
     report = export_onnx(path, tmp_path / 'orientation.onnx')
     for name, value in report.max_abs_diff.items():
@@ -100,6 +103,8 @@ def test_orientation_global_stage_exports_and_matches_pytorch_on_real_pairs(tmp_
     session = ort.InferenceSession(str(tmp_path / 'orientation.onnx'),
                                    providers=['CPUExecutionProvider'])
     names = [output.name for output in session.get_outputs()]
+    matcher = model.registration.global_matcher
+    starts_differ = []
     for _, ir, vi in list(_pairs())[:2]:
         height, width = (s // 32 * 32 for s in vi.shape[:2])
         ir_t = torch.from_numpy(ir[:height, :width].astype(np.float32) / 255.0)[None, None]
@@ -114,6 +119,12 @@ def test_orientation_global_stage_exports_and_matches_pytorch_on_real_pairs(tmp_
         # The descriptor matching (top-k, gather, IRLS) runs the same in onnxruntime.
         assert np.abs(got['flow'] - expected['flow'].numpy()).max() < 0.05
         assert np.abs(got['fused'] - expected['fused'].numpy()).max() < 1e-3
+        with torch.no_grad():
+            crop_ir, crop_vi = ir_t[:, :, :valid[0], :valid[1]], vi_t[:, :, :valid[0], :valid[1]]
+            starts_differ.append(float((matcher._match_from_half(crop_ir, crop_vi)
+                                        - matcher._match_once(crop_ir, crop_vi)).abs().max()))
+    # The two starts give other maps here, so the match above is the halved branch's.
+    assert max(starts_differ) > 1e-3, starts_differ
 
 
 def test_half_export_keeps_float32_inputs_and_outputs(match_checkpoint, tmp_path):

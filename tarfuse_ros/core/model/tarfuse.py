@@ -71,6 +71,10 @@ class TarFuseConfig:
     # block side in cells (OrientationMatcher). No learnt parameter depends on them.
     global_fine_cell: int = 0
     global_fine_block: int = 8
+    # 'orientation' only: frames whose longer side exceeds this (px) run the global stage's
+    # first two passes on the frame halved, then refine at full size (0: never, as in
+    # checkpoints written before the field). No learnt parameter depends on it.
+    global_coarse_side: int = 0
     # Hidden widths of the reconstruction head (third layer -> 1 channel, Tanh).
     reconstruction_channels: tuple = (16, 8)
     # Detection neck: stem widths at strides 2 and 4, then P3, P4, P5 widths.
@@ -131,7 +135,7 @@ class TarFuseConfig:
                              f'{self.global_scale_candidates!r}')
         if not isinstance(self.neck_blocks, int) or self.neck_blocks < 0:
             raise ValueError(f'neck_blocks must be an integer >= 0, got {self.neck_blocks!r}')
-        for name in ('global_fine_cell', 'global_fine_block'):
+        for name in ('global_fine_cell', 'global_fine_block', 'global_coarse_side'):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f'{name} must be an integer >= 0, got {value!r}')
@@ -214,7 +218,8 @@ class TarFuse(nn.Module):
                 config.global_stage, slope, config.corr_radius_finest,
                 global_features=config.global_features,
                 scale_candidates=config.global_scale_candidates,
-                fine_cell=config.global_fine_cell, fine_block=config.global_fine_block)
+                fine_cell=config.global_fine_cell, fine_block=config.global_fine_block,
+                coarse_side=config.global_coarse_side)
         self.reconstruction = ReconstructionHead(4 * width, config.reconstruction_channels, slope)
         self.neck = self.detect = None
         if config.detect:
