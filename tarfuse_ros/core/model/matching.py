@@ -460,8 +460,9 @@ class OrientationMatcher(nn.Module):
     in the padded frame (the same pixel map: padding keeps pixel coordinates). Padded rows and
     columns are the same in both images and would pull the fit towards no motion: measured on
     the RoadScene test fields (frames padded by the engine's replicate mode, EPE over the frames
-    cut to multiples of 32), the global stage gave 3.08 px on the padded frames and 2.61 on the
-    cut ones.
+    cut to multiples of 32), the global stage gave 3.08 px on the padded frames, 3.00 with
+    ``valid_size`` and 2.61 on the cut frames (most of that last gap is one small pair whose fit
+    depends on its last rows and columns, docs/METHOD.md).
     """
 
     def __init__(self, cell=8, bins=8, block=4, radius=8,
@@ -520,7 +521,7 @@ class OrientationMatcher(nn.Module):
         return _pixel_affine_to_normalised(theta_px, height, width)
 
     def _estimate(self, ir, vi):
-        """The maps of :meth:`forward` for unpadded float32 images."""
+        """Return the maps of :meth:`forward` for unpadded float32 images."""
         if self.scale_candidates == (1.0,):
             theta = self._match(ir, vi)
         else:
