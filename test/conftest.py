@@ -29,3 +29,22 @@ def roadscene_pair():
     vi = cv2.imread(str(SAMPLES / 'vi' / f'{stem}.jpg'), cv2.IMREAD_COLOR)
     assert ir is not None and vi is not None, f'{stem} missing under {SAMPLES}'
     return ir, vi
+
+
+@pytest.fixture(scope='session')
+def shipped_onnx_file(tmp_path_factory):
+    """Return the path of the shipped model exported to ONNX once per test session.
+
+    ``verify=False``: the export's own check runs in test_onnx.py, on its own export.
+    """
+    import torch
+    from tarfuse_ros.core.export import export_onnx
+    from tarfuse_ros.core.paths import default_weights_path
+    path = tmp_path_factory.mktemp('shipped_onnx') / 'tarfuse.onnx'
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as a test should; restored below
+    try:
+        export_onnx(default_weights_path(), path, verify=False)
+    finally:
+        torch.set_num_threads(threads)
+    return path

@@ -234,16 +234,13 @@ def test_prior_yaml_round_trip_is_a_node_parameters_file(tmp_path):
     assert (loaded.ir_size, loaded.visible_size) == ((320, 256), SIZE)
 
 
-def test_onnxruntime_backend_applies_the_prior_like_the_torch_engine(small_pair, tmp_path):
-    from tarfuse_ros.core.export import export_onnx
+def test_onnxruntime_backend_applies_the_prior_like_the_torch_engine(
+        small_pair, shipped_onnx_file):
     from tarfuse_ros.core.onnx_backend import OnnxFusionEngine
-    from tarfuse_ros.core.paths import default_weights_path
 
     ir, vi, homography = small_pair
     prior = make_prior(homography, (256, 192), (256, 192))
-    path = tmp_path / 'tarfuse.onnx'
-    export_onnx(default_weights_path(), path, verify=False)
-    onnx_engine = OnnxFusionEngine(path, threads=1, registration_prior=prior)
+    onnx_engine = OnnxFusionEngine(shipped_onnx_file, threads=1, registration_prior=prior)
     assert onnx_engine.registration_prior is prior
     got = onnx_engine.infer(ir, vi)
     expected = FusionEngine(cuda_graph='off', registration_prior=prior).infer(ir, vi)
@@ -252,7 +249,7 @@ def test_onnxruntime_backend_applies_the_prior_like_the_torch_engine(small_pair,
     # still differ by a few grey levels.
     assert np.abs(got.registered_ir.astype(int) - expected.registered_ir).max() <= 8
     assert np.abs(got.fused.astype(int) - expected.fused).max() <= 1
-    without = OnnxFusionEngine(path, threads=1).infer(ir, vi)
+    without = OnnxFusionEngine(shipped_onnx_file, threads=1).infer(ir, vi)
     # The prior acted (without it the network alone registers most of this rig: the flows
     # differ by ~1 px on average with the match_v5 default).
     assert np.abs(without.flow_px - got.flow_px).mean() > 0.5

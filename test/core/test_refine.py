@@ -266,13 +266,10 @@ def test_shipped_model_converges_from_a_slightly_wrong_prior_and_rejects_a_swapp
     assert final < 4.0 and final < 0.6 * start, history
 
 
-def test_onnxruntime_engine_refines_like_the_torch_engine(rig_pairs, tmp_path):
-    from tarfuse_ros.core.export import export_onnx
+def test_onnxruntime_engine_refines_like_the_torch_engine(rig_pairs, shipped_onnx_file):
     from tarfuse_ros.core.onnx_backend import OnnxFusionEngine
-    from tarfuse_ros.core.paths import default_weights_path
 
-    path = tmp_path / 'tarfuse.onnx'
-    export_onnx(default_weights_path(), path, verify=False)
+    path = shipped_onnx_file
     frames = rig_pairs[2:3]
     histories = []
     for engine_type in ('onnxruntime', 'torch'):

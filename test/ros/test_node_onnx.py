@@ -11,7 +11,6 @@ from node_harness import assert_start_up_fails, HEIGHT, NodeProcess, Probe, rand
 from node_harness import sample_pair, WIDTH
 import numpy as np
 import pytest
-from tarfuse_ros.core.export import export_onnx
 from tarfuse_ros.core.onnx_backend import OnnxFusionEngine
 from tarfuse_ros.core.paths import default_weights_path
 
@@ -19,10 +18,8 @@ pytestmark = pytest.mark.dds
 
 
 @pytest.fixture(scope='module')
-def exported(tmp_path_factory):
-    path = tmp_path_factory.mktemp('onnx_node') / 'tarfuse.onnx'
-    export_onnx(default_weights_path(), path, verify=False)
-    return path
+def exported(shipped_onnx_file):
+    return shipped_onnx_file
 
 
 @pytest.fixture(scope='module')
