@@ -62,9 +62,9 @@ def main(argv=None):
         print(f'{PROG}: error: {exc}', file=sys.stderr)
         return 1
     size_mib = report.path.stat().st_size / 2**20
-    inputs = _input_names(report.path)
+    inputs, outputs = _graph_names(report.path)
     print(f'wrote {report.path} ({size_mib:.1f} MiB, opset {report.opset}, {report.precision}; '
-          f'inputs {", ".join(inputs)}; outputs {", ".join(_output_names(report.path))})')
+          f'inputs {", ".join(inputs)}; outputs {", ".join(outputs)})')
     print('inputs: ir, vi (B, 1, H, W) float32 in [0, 1], H and W multiples of 32'
           + ('; valid_size (2,) int64, their (h, w) before padding at the bottom/right'
              if 'valid_size' in inputs else ''))
@@ -78,16 +78,15 @@ def main(argv=None):
     return 0
 
 
-def _input_names(path):
-    """Return the input names of the written graph (no ``valid_size`` without a global stage)."""
-    import onnx
-    return [item.name for item in onnx.load(str(path), load_external_data=False).graph.input]
+def _graph_names(path):
+    """Return the written graph's ``(input names, output names)``, read once.
 
-
-def _output_names(path):
-    """Return the output names of the written graph (no ``det`` without a detection head)."""
+    No ``valid_size`` input without the orientation global stage, no ``det`` output without a
+    detection head.
+    """
     import onnx
-    return [output.name for output in onnx.load(str(path), load_external_data=False).graph.output]
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return [item.name for item in graph.input], [item.name for item in graph.output]
 
 
 if __name__ == '__main__':

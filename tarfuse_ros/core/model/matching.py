@@ -534,13 +534,23 @@ class OrientationMatcher(nn.Module):
         cell = self.fine_cell
         reference = cell_histograms(vi, cell, self.bins)
         points = _cell_centres(reference.shape[2], reference.shape[3], cell, vi)
-        moving = cell_histograms(warp(ir, affine_flow(theta, height, width)), cell, self.bins)
-        # As the second pass: matches in the warped IR, mapped back through the current map.
         scales = tuple(s * cell / self.cell for s in self.refine_scales)
-        fitted = self._fit(reference, moving, self.refine_radius, points, scales,
-                           _normalised_affine_to_pixel(theta, height, width), cell,
-                           self.fine_block)
+        fitted = self._refine(ir, reference, points, theta, cell, self.fine_block, scales)
         return _pixel_affine_to_normalised(fitted, height, width)
+
+    def _refine(self, ir, reference, points, theta, cell, block, scales, theta_px=None):
+        """Return the pixel maps of one pass within ``refine_radius`` on the IR warped by theta.
+
+        ``reference``: the visible image's histograms of ``cell``-pixel cells, centred on
+        ``points``; matches in the warped IR are mapped back through the current map
+        (``theta_px``, its pixel form; None: converted from ``theta``).
+        """
+        height, width = ir.shape[2:]
+        if theta_px is None:
+            theta_px = _normalised_affine_to_pixel(theta, height, width)
+        moving = cell_histograms(warp(ir, affine_flow(theta, height, width)), cell, self.bins)
+        return self._fit(reference, moving, self.refine_radius, points, scales, theta_px, cell,
+                         block)
 
     def _search_scales(self, ir, vi):
         """Fit once per scale candidate and keep the best-agreeing map (class docstring)."""
@@ -643,10 +653,8 @@ class OrientationMatcher(nn.Module):
         theta = self._match_once(F.avg_pool2d(ir, 2), F.avg_pool2d(vi, 2))
         reference = cell_histograms(vi, self.cell, self.bins)
         points = _cell_centres(reference.shape[2], reference.shape[3], self.cell, vi)
-        warped = warp(ir, affine_flow(theta, height, width))
-        theta_px = self._fit(reference, cell_histograms(warped, self.cell, self.bins),
-                             self.refine_radius, points, self.refine_scales,
-                             _normalised_affine_to_pixel(theta, height, width))
+        theta_px = self._refine(ir, reference, points, theta, self.cell, self.block,
+                                self.refine_scales)
         return _pixel_affine_to_normalised(theta_px, height, width)
 
     def _match_once(self, ir, vi):
@@ -659,11 +667,9 @@ class OrientationMatcher(nn.Module):
         if self.refine_radius > 0:
             # Second pass: warp the IR by the first map, match again within a small radius
             # (now the whole neighbourhood lines up, so more cells find their true match).
-            theta = _pixel_affine_to_normalised(theta_px, height, width)
-            warped = warp(ir, affine_flow(theta, height, width))
-            moving = cell_histograms(warped, self.cell, self.bins)
-            theta_px = self._fit(reference, moving, self.refine_radius, points,
-                                 self.refine_scales, theta_px)
+            theta_px = self._refine(ir, reference, points,
+                                    _pixel_affine_to_normalised(theta_px, height, width),
+                                    self.cell, self.block, self.refine_scales, theta_px)
         return _pixel_affine_to_normalised(theta_px, height, width)
 
 
