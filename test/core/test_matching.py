@@ -383,6 +383,37 @@ def test_fine_pass_refines_the_global_map_on_a_real_pair():
     assert TarFuseConfig().global_fine_cell == 0
 
 
+def test_repeated_fine_passes_converge_closer_to_a_known_affine():
+    """Each fine pass re-matches on the IR warped by the last map: several passes beat one."""
+    from tarfuse_ros.core.deform import DeformConfig, random_deformation
+    from tarfuse_ros.core.model.matching import OrientationMatcher
+    ir, vi = _real_pair((320, 480))
+    config = DeformConfig(prob=1.0, rotation_deg=6.0, translation=0.0, scale=(0.92, 1.08),
+                          translation_px=24.0, elastic_alpha_px=0.0)
+    errors = {}
+    for passes, radius in ((1, 2), (4, 4)):
+        matcher = OrientationMatcher(fine_cell=4, fine_passes=passes, fine_radius=radius)
+        found = []
+        for seed in range(3):
+            applied, inverse = random_deformation(1, 320, 480, config,
+                                                  generator=torch.Generator().manual_seed(seed))
+            flow = affine_flow(matcher(warp(ir, applied), vi), 320, 480)
+            found.append(float(torch.linalg.vector_norm(flow - inverse, dim=1).mean()))
+        errors[passes] = sum(found) / len(found)
+    assert errors[4] < errors[1], errors
+    for name in ('fine_passes', 'fine_radius'):
+        with pytest.raises(ValueError, match=name):
+            OrientationMatcher(fine_cell=4, **{name: 0})
+        with pytest.raises(ValueError, match='global_' + name):
+            TarFuseConfig(**{'global_' + name: 0})
+    # The config reaches the matcher; checkpoints without the fields keep one pass of radius 2.
+    model = build_model(TarFuseConfig(**SMALL, global_features='orientation', global_fine_cell=4,
+                                      global_fine_passes=3, global_fine_radius=4))
+    matcher = model.registration.global_matcher
+    assert (matcher.fine_passes, matcher.fine_radius) == (3, 4)
+    assert (TarFuseConfig().global_fine_passes, TarFuseConfig().global_fine_radius) == (1, 2)
+
+
 def test_valid_size_fits_the_map_on_the_image_and_not_on_its_padding():
     """Padded rows/columns are the same in both images; with ``valid_size`` they are not read."""
     from tarfuse_ros.core import images

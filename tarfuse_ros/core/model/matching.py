@@ -468,8 +468,13 @@ class OrientationMatcher(nn.Module):
     def __init__(self, cell=8, bins=8, block=4, radius=8,
                  scales=(4.0, 3.0, 2.0, 1.5, 1.0, 1.0, 0.75, 0.5, 0.5, 0.5), refine_radius=2,
                  refine_scales=(1.0, 0.75, 0.5, 0.5, 0.5), scale_candidates=(1.0,),
-                 min_coverage=0.3, prefer_unit=2.0, fine_cell=0, fine_block=8, coarse_side=0):
+                 min_coverage=0.3, prefer_unit=2.0, fine_cell=0, fine_block=8, coarse_side=0,
+                 fine_passes=1, fine_radius=2):
         super().__init__()
+        for name, value in (('fine_passes', fine_passes), ('fine_radius', fine_radius)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f'{name} must be an integer >= 1, got {value!r}')
+        self.fine_passes, self.fine_radius = fine_passes, fine_radius
         if int(coarse_side) < 0:
             raise ValueError(f'coarse_side must be >= 0 (0: no halved start), got {coarse_side}')
         self.coarse_side = int(coarse_side)
@@ -535,22 +540,27 @@ class OrientationMatcher(nn.Module):
         reference = cell_histograms(vi, cell, self.bins)
         points = _cell_centres(reference.shape[2], reference.shape[3], cell, vi)
         scales = tuple(s * cell / self.cell for s in self.refine_scales)
-        fitted = self._refine(ir, reference, points, theta, cell, self.fine_block, scales)
-        return _pixel_affine_to_normalised(fitted, height, width)
+        for _ in range(self.fine_passes):
+            fitted = self._refine(ir, reference, points, theta, cell, self.fine_block, scales,
+                                  radius=self.fine_radius)
+            theta = _pixel_affine_to_normalised(fitted, height, width)
+        return theta
 
-    def _refine(self, ir, reference, points, theta, cell, block, scales, theta_px=None):
+    def _refine(self, ir, reference, points, theta, cell, block, scales, theta_px=None,
+                radius=None):
         """Return the pixel maps of one pass within ``refine_radius`` on the IR warped by theta.
 
         ``reference``: the visible image's histograms of ``cell``-pixel cells, centred on
         ``points``; matches in the warped IR are mapped back through the current map
-        (``theta_px``, its pixel form; None: converted from ``theta``).
+        (``theta_px``, its pixel form; None: converted from ``theta``); ``radius``: the search
+        radius in cells (None: ``refine_radius``).
         """
         height, width = ir.shape[2:]
         if theta_px is None:
             theta_px = _normalised_affine_to_pixel(theta, height, width)
         moving = cell_histograms(warp(ir, affine_flow(theta, height, width)), cell, self.bins)
-        return self._fit(reference, moving, self.refine_radius, points, scales, theta_px, cell,
-                         block)
+        radius = self.refine_radius if radius is None else radius
+        return self._fit(reference, moving, radius, points, scales, theta_px, cell, block)
 
     def _search_scales(self, ir, vi):
         """Fit once per scale candidate and keep the best-agreeing map (class docstring)."""
@@ -774,8 +784,9 @@ class MatchingRegistration(nn.Module):
             parameter; ``forward`` then needs ``ir`` and ``vi``).
         scale_candidates: the orientation matcher's candidate IR / visible scales
             (:class:`OrientationMatcher`; ``(1.0,)``: one fit, no search).
-        fine_cell, fine_block: the orientation matcher's last, finer pass (cell side in px, 0:
-            none; block side in cells).
+        fine_cell, fine_block, fine_passes, fine_radius: the orientation matcher's last, finer
+            pass (cell side in px, 0: none; block side in cells; how many times it runs; its
+            search radius in cells).
         coarse_side: the orientation matcher's halved start for frames whose longer side
             exceeds it (px; 0: never).
 
@@ -784,7 +795,8 @@ class MatchingRegistration(nn.Module):
     def __init__(self, in_channels, cseb_channels=32, pyramid_channels=(48, 64, 96),
                  estimator_channels=(64, 48, 32), radius=4, downsample=2, global_stage=True,
                  slope=0.1, finest_radius=2, global_features='learned',
-                 scale_candidates=(1.0,), fine_cell=0, fine_block=8, coarse_side=0):
+                 scale_candidates=(1.0,), fine_cell=0, fine_block=8, coarse_side=0,
+                 fine_passes=1, fine_radius=2):
         super().__init__()
         if radius < 1 or finest_radius < 1 or not pyramid_channels:
             raise ValueError(f'need radii >= 1 and >= 1 pyramid level, got {radius}, '
@@ -808,7 +820,9 @@ class MatchingRegistration(nn.Module):
         if global_stage and global_features == 'orientation':
             self.global_matcher = OrientationMatcher(scale_candidates=scale_candidates,
                                                      fine_cell=fine_cell, fine_block=fine_block,
-                                                     coarse_side=coarse_side)
+                                                     coarse_side=coarse_side,
+                                                     fine_passes=fine_passes,
+                                                     fine_radius=fine_radius)
         elif global_stage:
             cost = (2 * int(radius) + 1) ** 2
             self.global_estimator = FlowEstimator(cost, estimator_channels, 3, slope,

@@ -71,6 +71,11 @@ class TarFuseConfig:
     # block side in cells (OrientationMatcher). No learnt parameter depends on them.
     global_fine_cell: int = 0
     global_fine_block: int = 8
+    # 'orientation' only: how many times the fine pass runs, each on the IR warped by the map
+    # the previous one fitted, and its search radius in fine cells (1 and 2, as in checkpoints
+    # written before the fields).
+    global_fine_passes: int = 1
+    global_fine_radius: int = 2
     # 'orientation' only: frames whose longer side exceeds this (px) run the global stage's
     # first two passes on the frame halved, then refine at full size (0: never, as in
     # checkpoints written before the field). No learnt parameter depends on it.
@@ -143,6 +148,10 @@ class TarFuseConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f'{name} must be an integer >= 0, got {value!r}')
+        for name in ('global_fine_passes', 'global_fine_radius'):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f'{name} must be an integer >= 1, got {value!r}')
         if self.global_fine_cell > 0 and (self.global_fine_block < 1
                                           or 32 % self.global_fine_cell):
             raise ValueError('global_fine_cell must divide 32 (the padded frames are multiples '
@@ -231,7 +240,8 @@ class TarFuse(nn.Module):
                 global_features=config.global_features,
                 scale_candidates=config.global_scale_candidates,
                 fine_cell=config.global_fine_cell, fine_block=config.global_fine_block,
-                coarse_side=config.global_coarse_side)
+                coarse_side=config.global_coarse_side, fine_passes=config.global_fine_passes,
+                fine_radius=config.global_fine_radius)
         self.reconstruction = ReconstructionHead(4 * width, config.reconstruction_channels, slope)
         self.neck = self.detect = None
         if config.detect:
