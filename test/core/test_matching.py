@@ -353,23 +353,25 @@ def test_normalised_and_pixel_affine_maps_round_trip():
                                flow[0, :, y, x])
 
 
-def test_fine_pass_refines_the_global_map_on_a_real_pair():
-    """4 px cells after the 8 px passes: closer to a known affine (real IR / visible pair)."""
+def _mean_affine_error(matcher):
+    """Mean EPE (px) of ``matcher``'s map on a real 480x320 pair under three seeded affines."""
     from tarfuse_ros.core.deform import DeformConfig, random_deformation
-    from tarfuse_ros.core.model.matching import OrientationMatcher
     ir, vi = _real_pair((320, 480))
     config = DeformConfig(prob=1.0, rotation_deg=6.0, translation=0.0, scale=(0.92, 1.08),
                           translation_px=24.0, elastic_alpha_px=0.0)
-    errors = {}
-    for fine_cell in (0, 4):
-        matcher = OrientationMatcher(fine_cell=fine_cell)
-        found = []
-        for seed in range(3):
-            applied, inverse = random_deformation(1, 320, 480, config,
-                                                  generator=torch.Generator().manual_seed(seed))
-            flow = affine_flow(matcher(warp(ir, applied), vi), 320, 480)
-            found.append(float(torch.linalg.vector_norm(flow - inverse, dim=1).mean()))
-        errors[fine_cell] = sum(found) / len(found)
+    found = []
+    for seed in range(3):
+        applied, inverse = random_deformation(1, 320, 480, config,
+                                              generator=torch.Generator().manual_seed(seed))
+        flow = affine_flow(matcher(warp(ir, applied), vi), 320, 480)
+        found.append(float(torch.linalg.vector_norm(flow - inverse, dim=1).mean()))
+    return sum(found) / len(found)
+
+
+def test_fine_pass_refines_the_global_map_on_a_real_pair():
+    """4 px cells after the 8 px passes: closer to a known affine (real IR / visible pair)."""
+    from tarfuse_ros.core.model.matching import OrientationMatcher
+    errors = {cell: _mean_affine_error(OrientationMatcher(fine_cell=cell)) for cell in (0, 4)}
     assert errors[4] < 0.8 * errors[0], errors
     with pytest.raises(ValueError, match='fine_cell'):
         OrientationMatcher(fine_cell=-1)
@@ -385,21 +387,10 @@ def test_fine_pass_refines_the_global_map_on_a_real_pair():
 
 def test_repeated_fine_passes_converge_closer_to_a_known_affine():
     """Each fine pass re-matches on the IR warped by the last map: several passes beat one."""
-    from tarfuse_ros.core.deform import DeformConfig, random_deformation
     from tarfuse_ros.core.model.matching import OrientationMatcher
-    ir, vi = _real_pair((320, 480))
-    config = DeformConfig(prob=1.0, rotation_deg=6.0, translation=0.0, scale=(0.92, 1.08),
-                          translation_px=24.0, elastic_alpha_px=0.0)
-    errors = {}
-    for passes, radius in ((1, 2), (4, 4)):
-        matcher = OrientationMatcher(fine_cell=4, fine_passes=passes, fine_radius=radius)
-        found = []
-        for seed in range(3):
-            applied, inverse = random_deformation(1, 320, 480, config,
-                                                  generator=torch.Generator().manual_seed(seed))
-            flow = affine_flow(matcher(warp(ir, applied), vi), 320, 480)
-            found.append(float(torch.linalg.vector_norm(flow - inverse, dim=1).mean()))
-        errors[passes] = sum(found) / len(found)
+    errors = {passes: _mean_affine_error(OrientationMatcher(fine_cell=4, fine_passes=passes,
+                                                            fine_radius=radius))
+              for passes, radius in ((1, 2), (4, 4))}
     assert errors[4] < errors[1], errors
     for name in ('fine_passes', 'fine_radius'):
         with pytest.raises(ValueError, match=name):
