@@ -144,14 +144,12 @@ class TarFuseConfig:
                              f'{self.global_scale_candidates!r}')
         if not isinstance(self.neck_blocks, int) or self.neck_blocks < 0:
             raise ValueError(f'neck_blocks must be an integer >= 0, got {self.neck_blocks!r}')
-        for name in ('global_fine_cell', 'global_fine_block', 'global_coarse_side'):
+        for name, least in (('global_fine_cell', 0), ('global_fine_block', 0),
+                            ('global_coarse_side', 0), ('global_fine_passes', 1),
+                            ('global_fine_radius', 1)):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f'{name} must be an integer >= 0, got {value!r}')
-        for name in ('global_fine_passes', 'global_fine_radius'):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f'{name} must be an integer >= 1, got {value!r}')
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ValueError(f'{name} must be an integer >= {least}, got {value!r}')
         if self.global_fine_cell > 0 and (self.global_fine_block < 1
                                           or 32 % self.global_fine_cell):
             raise ValueError('global_fine_cell must divide 32 (the padded frames are multiples '
