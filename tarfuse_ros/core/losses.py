@@ -13,12 +13,14 @@ Shapes and units:
   known (images without labels are skipped, not treated as background).
 
 Total: ``L = fusion * L_fus + reg * L_reg + consistency * L_mc + complementary * L_ci
-+ det * L_det + target * L_tgt`` with ``L_fus = L_int + beta * L_grad`` (``L_tgt``, the
-target-aware intensity term, is ours: :func:`target_intensity_loss`).
++ det * L_det + target * L_tgt + ssim * L_ssim`` with ``L_fus = L_int + beta * L_grad``
+(``L_tgt``, the target-aware intensity term, and ``L_ssim``, a structural term, are ours:
+:func:`target_intensity_loss`, :func:`ssim_loss`).
 """
 
 from dataclasses import asdict, dataclass
 
+import kornia
 from tarfuse_ros.core.configs import known_fields
 from tarfuse_ros.core.model.yolo import detection_criterion
 import torch
@@ -28,7 +30,7 @@ import torch.nn.functional as F
 __all__ = [
     'DetectionLoss', 'LossWeights', 'TarFuseLoss', 'complementary_loss', 'consistency_loss',
     'box_mask', 'fusion_loss', 'gradient_loss', 'intensity_loss', 'registration_loss',
-    'sobel_magnitude', 'target_intensity_loss',
+    'sobel_magnitude', 'ssim_loss', 'target_intensity_loss',
 ]
 
 
@@ -139,6 +141,29 @@ def fusion_loss(fused, ir, vi, beta=2.0):
     two sources' (e.g. ``fused = ir = vi``).
     """
     return intensity_loss(fused, ir, vi) + beta * gradient_loss(fused, ir, vi)
+
+
+def ssim_loss(fused, ir, vi, window=11):
+    """Return ``1 - (SSIM(fused, ir) + SSIM(fused, vi)) / 2`` (scalar in [0, 2], ours).
+
+    SSIM of Wang et al. (2004) with an 11x11 Gaussian window of sigma 1.5 and constants for
+    images in [0, 1] (``kornia.metrics.ssim``), averaged over the positions where the window
+    lies wholly inside the image (as ``core.metrics.ssim_pair``, which reports the mean of the
+    two SSIMs as the fusion metric). Structural losses of this kind are common in IR-visible
+    fusion training (e.g. U2Fusion, Xu et al., TPAMI 2022); the paper's loss has none.
+
+    Args:
+        fused, ir, vi: ``(B, C, H, W)`` in [0, 1], ``H`` and ``W`` at least ``window``; use the
+            aligned IR.
+    """
+    _check_same('fused', fused, 'ir', ir)
+    _check_same('ir', ir, 'vi', vi)
+    if min(fused.shape[2:]) < window:
+        raise ValueError(f'ssim_loss needs images of at least {window}x{window}, got '
+                         f'{tuple(fused.shape[2:])}')
+    with_ir = kornia.metrics.ssim(fused, ir, window, max_val=1.0, padding='valid').mean()
+    with_vi = kornia.metrics.ssim(fused, vi, window, max_val=1.0, padding='valid').mean()
+    return 1.0 - 0.5 * (with_ir + with_vi)
 
 
 def consistency_loss(c_ir, c_vi):
@@ -274,6 +299,9 @@ class LossWeights:
     # Ours: target-aware intensity term (:func:`target_intensity_loss`) over the labelled boxes
     # of labelled images (0, the paper, switches it off).
     target: float = 0.0
+    # Ours: structural term 1 - mean SSIM of the fused image with both sources
+    # (:func:`ssim_loss`; 0, the paper, switches it off and skips its computation).
+    ssim: float = 0.0
 
     @classmethod
     def from_dict(cls, values):
@@ -297,8 +325,8 @@ class TarFuseLoss(nn.Module):
       ``bboxes``, ``has_labels``;
     - ``parts``: detached scalars ``total``, ``fusion``, ``intensity``, ``gradient``,
       ``registration``, ``registration_levels``, ``consistency``, ``complementary``,
-      ``target``, ``detection``, ``det_box``, ``det_cls``, ``det_dfl`` (unweighted values;
-      terms with weight 0 are still reported).
+      ``target``, ``ssim``, ``detection``, ``det_box``, ``det_cls``, ``det_dfl`` (unweighted
+      values; terms with weight 0 are still reported, ``ssim`` as 0 when its weight is 0).
 
     Consistency and complementary use the aligned IR's features when present (else the
     registered ones); the fusion loss uses the aligned IR.
@@ -358,6 +386,12 @@ class TarFuseLoss(nn.Module):
             target = target_intensity_loss(fused, ir, vi, mask)
             total = total + w.target * target
         parts['target'] = target
+
+        structure = torch.zeros((), device=fused.device)
+        if w.ssim != 0:
+            structure = ssim_loss(fused, ir, vi)
+            total = total + w.ssim * structure
+        parts['ssim'] = structure
 
         det_items = torch.zeros(3, device=fused.device)
         detection = torch.zeros((), device=fused.device)

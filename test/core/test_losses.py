@@ -6,7 +6,8 @@ import pytest
 from tarfuse_ros.core.losses import (box_mask, complementary_loss, consistency_loss,
                                      DetectionLoss, fusion_loss, gradient_loss, intensity_loss,
                                      LossWeights, registration_loss, sobel_magnitude,
-                                     TarFuseLoss, target_intensity_loss)
+                                     ssim_loss, TarFuseLoss, target_intensity_loss)
+from tarfuse_ros.core.metrics import ssim
 from tarfuse_ros.core.model import build_model, TarFuseConfig
 import torch
 
@@ -240,3 +241,33 @@ def test_total_loss_target_term(small_model):
     assert parts_on['target'] > 0
     assert total.item() == pytest.approx(parts_on['total'].item())
     assert (total - parts['total']).item() == pytest.approx(4.0 * expected.item(), rel=1e-4)
+
+
+def test_ssim_loss_is_one_minus_the_fusion_metric():
+    generator = torch.Generator().manual_seed(3)
+    ir = torch.rand(1, 1, 48, 64, generator=generator)
+    vi = (0.5 * ir + 0.5 * torch.rand(1, 1, 48, 64, generator=generator)).clamp(0, 1)
+    average = 0.5 * (ir + vi)
+    noise = torch.rand(1, 1, 48, 64, generator=generator)
+    # The same figure as the eval's SSIM (mean of SSIM with each source, valid windows).
+    for fused in (average, noise):
+        expected = 1.0 - ssim(fused[0, 0].numpy(), ir[0, 0].numpy(), vi[0, 0].numpy())
+        assert ssim_loss(fused, ir, vi).item() == pytest.approx(expected, abs=1e-5)
+    assert ssim_loss(ir, ir, ir).item() == pytest.approx(0.0, abs=1e-6)
+    assert ssim_loss(average, ir, vi) < ssim_loss(noise, ir, vi)
+    with pytest.raises(ValueError, match='at least 11x11'):
+        ssim_loss(ir[..., :8, :8], ir[..., :8, :8], vi[..., :8, :8])
+
+
+def test_total_loss_ssim_term(small_model):
+    small_model.train()
+    ir, vi, _ = _images()
+    batch = {'ir_aligned': ir, 'vi': vi}
+    out = small_model(ir, vi, ir_aligned=ir)
+    _, parts = TarFuseLoss(small_model, LossWeights())(out, batch)
+    assert parts['ssim'].item() == 0.0  # off by default (the paper has no such term)
+    total, parts_on = TarFuseLoss(small_model, LossWeights.from_dict({'ssim': 3.0}))(out, batch)
+    expected = ssim_loss(out['fused'].detach(), ir, vi).item()
+    assert parts_on['ssim'].item() == pytest.approx(expected, rel=1e-5)
+    assert 0.0 < expected < 2.0
+    assert (total - parts['total']).item() == pytest.approx(3.0 * expected, rel=1e-4)
