@@ -405,6 +405,24 @@ def test_repeated_fine_passes_converge_closer_to_a_known_affine():
     assert (TarFuseConfig().global_fine_passes, TarFuseConfig().global_fine_radius) == (1, 2)
 
 
+def test_support_mask_keeps_the_black_border_of_the_warped_ir_out_of_the_fit():
+    """Blocks whose search window leaves the warped IR's support pull the map inwards."""
+    from tarfuse_ros.core.model.matching import OrientationMatcher
+    # The seeded affines (rotation, scale, 24 px shifts) pull black borders into the warped IR.
+    errors = {mask: _mean_affine_error(OrientationMatcher(support_mask=mask))
+              for mask in (False, True)}
+    assert errors[True] < 0.7 * errors[False], errors
+    with pytest.raises(ValueError, match='support_mask'):
+        OrientationMatcher(support_mask=1)
+    with pytest.raises(ValueError, match='global_support_mask'):
+        TarFuseConfig(global_support_mask='yes')
+    # The config reaches the matcher; checkpoints without the field keep every block.
+    model = build_model(TarFuseConfig(**SMALL, global_features='orientation',
+                                      global_support_mask=True))
+    assert model.registration.global_matcher.support_mask is True
+    assert TarFuseConfig().global_support_mask is False
+
+
 def test_valid_size_fits_the_map_on_the_image_and_not_on_its_padding():
     """Padded rows/columns are the same in both images; with ``valid_size`` they are not read."""
     from tarfuse_ros.core import images

@@ -76,6 +76,9 @@ class TarFuseConfig:
     # written before the fields).
     global_fine_passes: int = 1
     global_fine_radius: int = 2
+    # 'orientation' only: the 8 px passes on the warped IR drop blocks whose search window
+    # leaves its support (false, as in checkpoints written before the field).
+    global_support_mask: bool = False
     # 'orientation' only: frames whose longer side exceeds this (px) run the global stage's
     # first two passes on the frame halved, then refine at full size (0: never, as in
     # checkpoints written before the field). No learnt parameter depends on it.
@@ -155,6 +158,9 @@ class TarFuseConfig:
             raise ValueError('global_fine_cell must divide 32 (the padded frames are multiples '
                              f'of 32) and global_fine_block be >= 1, got '
                              f'{self.global_fine_cell}, {self.global_fine_block}')
+        if not isinstance(self.global_support_mask, bool):
+            raise ValueError('global_support_mask must be true or false, got '
+                             f'{self.global_support_mask!r}')
         if not isinstance(self.flip_average, bool):
             raise ValueError(f'flip_average must be true or false, got {self.flip_average!r}')
         orientation = (self.registration == 'match' and self.global_stage
@@ -239,7 +245,8 @@ class TarFuse(nn.Module):
                 scale_candidates=config.global_scale_candidates,
                 fine_cell=config.global_fine_cell, fine_block=config.global_fine_block,
                 coarse_side=config.global_coarse_side, fine_passes=config.global_fine_passes,
-                fine_radius=config.global_fine_radius)
+                fine_radius=config.global_fine_radius,
+                support_mask=config.global_support_mask)
         self.reconstruction = ReconstructionHead(4 * width, config.reconstruction_channels, slope)
         self.neck = self.detect = None
         if config.detect:
