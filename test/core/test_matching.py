@@ -423,6 +423,26 @@ def test_support_mask_keeps_the_black_border_of_the_warped_ir_out_of_the_fit():
     assert TarFuseConfig().global_support_mask is False
 
 
+def test_support_mask_keeps_every_block_when_too_few_would_be_left():
+    """A map that keeps a sliver of the IR: the masked pass falls back to the unmasked one."""
+    from tarfuse_ros.core.model.matching import _cell_centres, cell_histograms, \
+        OrientationMatcher
+    ir, vi = _real_pair((128, 192))
+    matcher = OrientationMatcher(support_mask=True)
+    reference = cell_histograms(vi, matcher.cell, matcher.bins)
+    points = _cell_centres(reference.shape[2], reference.shape[3], matcher.cell, vi)
+
+    def refined(shift, mask):
+        theta = torch.tensor([[[1.0, 0.0, shift], [0.0, 1.0, 0.0]]])
+        return matcher._refine(ir, reference, points, theta, matcher.cell, matcher.block,
+                               matcher.refine_scales, mask_support=mask)
+
+    # A shift of 85 % of the width: the warped IR covers a 29 px band, narrower than a window.
+    torch.testing.assert_close(refined(1.7, True), refined(1.7, False))
+    # A shift of 10 %: most blocks stay, those near the black band are dropped.
+    assert not torch.allclose(refined(0.2, True), refined(0.2, False))
+
+
 def test_valid_size_fits_the_map_on_the_image_and_not_on_its_padding():
     """Padded rows/columns are the same in both images; with ``valid_size`` they are not read."""
     from tarfuse_ros.core import images

@@ -483,7 +483,8 @@ class OrientationMatcher(nn.Module):
     thermal view, the corners of a rotation), and its step edge and empty cells pull the
     matches of nearby blocks inwards. Measured on ``msrs_train`` val with seeded synthetic fields
     (shipped default weights, whole network, frames cut to /32): 5.74 -> 5.11 px (docs/METHOD.md).
-    The fine passes keep every block (dropping them there was worse on validation).
+    The fine passes keep every block (dropping them there was worse on validation), and so does a
+    pass that would keep less than a tenth of its blocks.
     """
 
     def __init__(self, cell=8, bins=8, block=4, radius=8,
@@ -596,6 +597,10 @@ class OrientationMatcher(nn.Module):
             support = warp(torch.ones_like(ir), flow)
             outside = (-F.max_pool2d(-support, cell) <= 0.99).to(ir.dtype)
             keep = (_box_sum(outside, block + 2 * radius + 2) < 0.5).to(ir.dtype)
+            # With fewer than a tenth of the blocks left (a small frame, a map that keeps a
+            # sliver of the IR) the fit would have nothing to stand on: keep every block.
+            enough = keep.flatten(1).mean(dim=1) >= 0.1
+            keep = torch.where(enough.view(-1, 1, 1, 1), keep, torch.ones_like(keep))
         return self._fit(reference, moving, radius, points, scales, theta_px, cell, block, keep)
 
     def _search_scales(self, ir, vi):
