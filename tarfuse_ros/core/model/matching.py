@@ -227,6 +227,16 @@ def _box_sum(maps, block):
     return total.to(maps.dtype)
 
 
+def _cells_inside_support(image, flow_px, cell):
+    """Return ``(B, 1, H / cell, W / cell)`` in {0, 1}: cells wholly inside ``warp``'s support.
+
+    1 where every pixel of the ``cell x cell`` cell of ``warp(image, flow_px)`` samples inside
+    the image (bilinear weight of the inside above 0.99), 0 where any pixel reaches outside.
+    """
+    support = warp(torch.ones_like(image), flow_px)
+    return (-F.max_pool2d(-support, cell) > 0.99).to(image.dtype)
+
+
 def block_cost_volume(reference_hist, moving_hist, radius, block=4):
     """Return the cosine cost volume of block descriptors from the cell histograms alone.
 
@@ -594,8 +604,7 @@ class OrientationMatcher(nn.Module):
         if mask_support:
             # A cell is outside when any of its pixels is (partly) outside the support; a
             # block is kept when no cell of its search window, one cell wider, is outside.
-            support = warp(torch.ones_like(ir), flow)
-            outside = (-F.max_pool2d(-support, cell) <= 0.99).to(ir.dtype)
+            outside = 1.0 - _cells_inside_support(ir, flow, cell)
             keep = (_box_sum(outside, block + 2 * radius + 2) < 0.5).to(ir.dtype)
             # With fewer than a tenth of the blocks left (a small frame, a map that keeps a
             # sliver of the IR) the fit would have nothing to stand on: keep every block.
@@ -674,8 +683,7 @@ class OrientationMatcher(nn.Module):
         height, width = ir.shape[2:]
         flow = affine_flow(theta, height, width)
         warped = warp(ir, flow)
-        support = warp(torch.ones_like(ir), flow)
-        cells_inside = (-F.max_pool2d(-support, self.cell) > 0.99).to(ir.dtype)
+        cells_inside = _cells_inside_support(ir, flow, self.cell)
         inside = (_box_sum(cells_inside, self.block) > self.block ** 2 - 0.5).to(ir.dtype)
         radius = max(self.refine_radius, 1)
         offset, confidence = peak_offsets(

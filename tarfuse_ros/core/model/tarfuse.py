@@ -158,11 +158,9 @@ class TarFuseConfig:
             raise ValueError('global_fine_cell must divide 32 (the padded frames are multiples '
                              f'of 32) and global_fine_block be >= 1, got '
                              f'{self.global_fine_cell}, {self.global_fine_block}')
-        if not isinstance(self.global_support_mask, bool):
-            raise ValueError('global_support_mask must be true or false, got '
-                             f'{self.global_support_mask!r}')
-        if not isinstance(self.flip_average, bool):
-            raise ValueError(f'flip_average must be true or false, got {self.flip_average!r}')
+        for name in ('global_support_mask', 'flip_average'):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f'{name} must be true or false, got {getattr(self, name)!r}')
         orientation = (self.registration == 'match' and self.global_stage
                        and self.global_features == 'orientation')
         if self.flip_average and orientation:
