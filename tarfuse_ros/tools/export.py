@@ -31,6 +31,9 @@ def build_parser():
     parser.add_argument('--opset', type=int, default=17, help='ONNX opset, >= 17 (default 17)')
     parser.add_argument('--no-verify', action='store_true',
                         help='skip the onnxruntime-vs-PyTorch check at another input size')
+    parser.add_argument('--no-scale-search', action='store_true',
+                        help='the global stage fits the 1.0 IR / visible scale only (rigs with '
+                             'matching fields of view): a graph a third the size')
     parser.add_argument('--threads', type=int, default=None,
                         help='CPU threads for tracing and the check (default: torch default)')
     return parser
@@ -54,7 +57,7 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     try:
         report = export_onnx(args.weights, args.out, half=args.half, opset=args.opset,
-                             verify=not args.no_verify)
+                             verify=not args.no_verify, scale_search=not args.no_scale_search)
     except (CheckpointError, ValueError) as exc:
         print(f'{PROG}: error: {exc}', file=sys.stderr)
         return 2

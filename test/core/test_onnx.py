@@ -32,10 +32,11 @@ STEMS = SAMPLES.joinpath('list.txt').read_text().split()
 
 @pytest.fixture(scope='module')
 def shipped_onnx(shipped_onnx_file):
-    """Return the shipped model's export, shared by the test session (test/conftest.py).
+    """Return the shipped model's export without the scale search (test/conftest.py).
 
     One export of the shipped model costs minutes; the tool and its check run on other models
-    below (and the engines' parity on real pairs checks this export).
+    below (and the engines' parity on real pairs checks this export against
+    ``FusionEngine(scale_search=False)``).
     """
     return shipped_onnx_file
 
@@ -68,6 +69,10 @@ def test_shipped_model_exports_with_dynamic_sizes_and_the_checkpoint_config(ship
     assert [o.name for o in model.graph.output] == list(ONNX_OUTPUTS)
     meta = {p.key: json.loads(p.value) for p in model.metadata_props}
     config = read_checkpoint_config(default_weights_path())
+    # Exported without the scale search: the metadata says so; nothing else differs.
+    assert len(config['model']['global_scale_candidates']) == 3
+    assert meta[CONFIG_KEY]['model'].pop('global_scale_candidates') == [1.0]
+    config['model'].pop('global_scale_candidates')
     assert meta[CONFIG_KEY] == config
     assert meta['class_names'] == config['model']['class_names']
     assert meta[ONNX_KEY]['precision'] == 'float32' and meta[ONNX_KEY]['size_multiple'] == 32
@@ -128,6 +133,31 @@ def test_orientation_global_stage_exports_and_matches_pytorch_on_real_pairs(tmp_
     assert max(starts_differ) > 1e-3, starts_differ
 
 
+def test_scale_search_exports_and_the_tool_can_leave_it_out(tmp_path):
+    # The shipped model's scale search and support mask (its export in this file leaves the
+    # search out), on one start (no halved frame) to keep the graph small.
+    from dataclasses import replace
+    from tarfuse_ros.core.model.tarfuse import TarFuseConfig
+    torch.manual_seed(0)
+    path = tmp_path / 'scales.safetensors'
+    model = build_model(replace(TarFuseConfig(), global_features='orientation',
+                                global_scale_candidates=(0.8, 1.0, 1.25),
+                                global_support_mask=True)).eval()
+    save_checkpoint(path, model, provenance={'note': 'random init, ONNX test'})
+    report = export_onnx(path, tmp_path / 'scales.onnx')
+    for name, value in report.max_abs_diff.items():
+        assert value <= VERIFY_TOLERANCES['float32'][name], (name, value)
+    # tarfuse-export --no-scale-search: one scale in the graph and in its metadata.
+    # (Its parity with FusionEngine(scale_search=False) is checked on the shipped model.)
+    assert export_tool.main([str(path), '--out', str(tmp_path / 'one.onnx'), '--no-scale-search',
+                             '--no-verify', '--threads', '1']) == 0
+    graphs = {name: onnx.load(str(tmp_path / name)) for name in ('scales.onnx', 'one.onnx')}
+    scales = {name: json.loads({p.key: p.value for p in graph.metadata_props}[CONFIG_KEY])[
+        'model']['global_scale_candidates'] for name, graph in graphs.items()}
+    assert scales == {'scales.onnx': [0.8, 1.0, 1.25], 'one.onnx': [1.0]}
+    assert len(graphs['one.onnx'].graph.node) < 0.6 * len(graphs['scales.onnx'].graph.node)
+
+
 def test_half_export_keeps_float32_inputs_and_outputs(match_checkpoint, tmp_path):
     report = export_onnx(match_checkpoint, tmp_path / 'half.onnx', half=True)
     assert report.precision == 'float16' and report.max_abs_diff
@@ -168,7 +198,7 @@ def test_export_tool_names_the_outputs_it_wrote(tmp_path, capsys):
 @pytest.fixture(scope='module')
 def engines(shipped_onnx):
     torch.set_num_threads(1)
-    return (FusionEngine(default_weights_path(), device='cpu'),
+    return (FusionEngine(default_weights_path(), device='cpu', scale_search=False),
             OnnxFusionEngine(shipped_onnx, device='cpu', threads=1))
 
 
