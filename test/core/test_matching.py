@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 from tarfuse_ros.core.model import build_model, TarFuseConfig
 from tarfuse_ros.core.model.matching import (affine_flow, fit_affine, local_correlation,
@@ -337,6 +338,44 @@ def test_scale_candidates_recover_a_narrower_thermal_field_of_view():
         OrientationMatcher(scale_candidates=(0.0, 1.0))
     with pytest.raises(ValueError, match='global_scale_candidates'):
         TarFuseConfig(global_scale_candidates=())
+
+
+def test_fine_check_keeps_the_map_that_the_fine_passes_drifted_away_from():
+    """A narrower thermal view at night: four fine passes shrink the map; the check keeps it."""
+    import cv2
+    from pathlib import Path
+    from tarfuse_ros.core import data
+    from tarfuse_ros.core.model.matching import OrientationMatcher
+    folder = Path(__file__).resolve().parents[1] / 'data' / 'datasets' / 'msrs_train'
+    ir, vi = data.load_pair(folder, '00854N')  # msrs_train val, 640x480
+
+    def plane(image):
+        grey = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+        resized = cv2.resize(grey, (640, 512), interpolation=cv2.INTER_AREA)
+        return torch.from_numpy(resized.astype(np.float32) / 255.0)[None, None]
+
+    narrow, vi = _narrow_field_of_view(plane(ir), 0.8), plane(vi)
+    truth = affine_flow(torch.tensor([[[1.25, 0.0, 0.0], [0.0, 1.25, 0.0]]]), 512, 640)
+    # The shipped global stage's settings (models/tarfuse_default.safetensors).
+    shipped = {'scale_candidates': (0.8, 1.0, 1.25), 'fine_cell': 4, 'fine_block': 8,
+               'coarse_side': 640, 'fine_passes': 4, 'fine_radius': 4, 'support_mask': True}
+    errors = {}
+    for check in (False, True):
+        matcher = OrientationMatcher(fine_check=check, **shipped)
+        flow = affine_flow(matcher(narrow, vi), 512, 640)
+        errors[check] = float(torch.linalg.vector_norm(flow - truth, dim=1).mean())
+    # Measured (benchmarks/eval_fov.py's zoom, docs/METHOD.md): 2.5 px before the fine passes,
+    # 19.2 after them, 2.5 with the check.
+    assert errors[False] > 8.0 and errors[True] < 4.0, errors
+    with pytest.raises(ValueError, match='fine_check'):
+        OrientationMatcher(fine_check=1)
+    with pytest.raises(ValueError, match='global_fine_check'):
+        TarFuseConfig(global_fine_check='yes')
+    # The config reaches the matcher; checkpoints without the field keep the passes' map.
+    model = build_model(TarFuseConfig(**SMALL, global_features='orientation', global_fine_cell=4,
+                                      global_fine_check=True))
+    assert model.registration.global_matcher.fine_check is True
+    assert TarFuseConfig().global_fine_check is False
 
 
 def test_normalised_and_pixel_affine_maps_round_trip():

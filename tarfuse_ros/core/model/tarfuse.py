@@ -79,6 +79,10 @@ class TarFuseConfig:
     # 'orientation' only: the 8 px passes on the warped IR drop blocks whose search window
     # leaves its support (false, as in checkpoints written before the field).
     global_support_mask: bool = False
+    # 'orientation' only: the map from before the fine passes is kept where it agrees better
+    # with the visible image than the map they end on (false, as in checkpoints written before
+    # the field).
+    global_fine_check: bool = False
     # 'orientation' only: frames whose longer side exceeds this (px) run the global stage's
     # first two passes on the frame halved, then refine at full size (0: never, as in
     # checkpoints written before the field). No learnt parameter depends on it.
@@ -158,7 +162,7 @@ class TarFuseConfig:
             raise ValueError('global_fine_cell must divide 32 (the padded frames are multiples '
                              f'of 32) and global_fine_block be >= 1, got '
                              f'{self.global_fine_cell}, {self.global_fine_block}')
-        for name in ('global_support_mask', 'flip_average'):
+        for name in ('global_support_mask', 'global_fine_check', 'flip_average'):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f'{name} must be true or false, got {getattr(self, name)!r}')
         orientation = (self.registration == 'match' and self.global_stage
@@ -244,7 +248,7 @@ class TarFuse(nn.Module):
                 fine_cell=config.global_fine_cell, fine_block=config.global_fine_block,
                 coarse_side=config.global_coarse_side, fine_passes=config.global_fine_passes,
                 fine_radius=config.global_fine_radius,
-                support_mask=config.global_support_mask)
+                support_mask=config.global_support_mask, fine_check=config.global_fine_check)
         self.reconstruction = ReconstructionHead(4 * width, config.reconstruction_channels, slope)
         self.neck = self.detect = None
         if config.detect:
