@@ -520,6 +520,8 @@ class OrientationMatcher(nn.Module):
             if not isinstance(value, bool):
                 raise ValueError(f'{name} must be true or false, got {value!r}')
         self.support_mask, self.fine_check = support_mask, fine_check
+        if not float(fine_check_margin) >= 0.0:
+            raise ValueError(f'fine_check_margin must be >= 0, got {fine_check_margin!r}')
         self.fine_check_margin = float(fine_check_margin)
         for name, value in (('fine_passes', fine_passes), ('fine_radius', fine_radius)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -903,8 +905,7 @@ class MatchingRegistration(nn.Module):
                  estimator_channels=(64, 48, 32), radius=4, downsample=2, global_stage=True,
                  slope=0.1, finest_radius=2, global_features='learned',
                  scale_candidates=(1.0,), fine_cell=0, fine_block=8, coarse_side=0,
-                 fine_passes=1, fine_radius=2, support_mask=False, fine_check=False,
-                 fine_check_margin=0.005):
+                 fine_passes=1, fine_radius=2, support_mask=False, fine_check=False):
         super().__init__()
         if radius < 1 or finest_radius < 1 or not pyramid_channels:
             raise ValueError(f'need radii >= 1 and >= 1 pyramid level, got {radius}, '
