@@ -355,8 +355,9 @@ def validate_params(params):
     if params.backend == 'onnxruntime' and not params.registration_scale_search:
         raise ValueError(
             'registration.scale_search=false needs backend torch: an ONNX graph has the '
-            'scales it was exported with built in; use backend torch, or export a checkpoint '
-            'saved with model.global_scale_candidates [1.0] (see the model card)')
+            'scales it was exported with built in; use backend torch, or export the graph '
+            'without the search (tarfuse-export WEIGHTS --out MODEL.onnx --no-scale-search) '
+            'and leave this parameter true')
     if params.backend == 'onnxruntime' and params.weights.endswith('.safetensors'):
         raise ValueError(
             f'backend onnxruntime runs an .onnx file but weights is the checkpoint '
