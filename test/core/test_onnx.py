@@ -1,8 +1,10 @@
 """ONNX export (tarfuse-export) and the onnxruntime backend against the torch engine.
 
 Parity is measured on the five real sample pairs of ``samples/`` with the synthetically
-misaligned IR (flows up to ~49 px), shipped model, onnxruntime 1.32 on the CPU. Measured with
-the orientation global stage (max abs over the five pairs): fused 1 grey level, registered IR
+misaligned IR (flows up to ~49 px), shipped model (exported without the scale search since
+session 14, against ``FusionEngine(scale_search=False)``), onnxruntime 1.32 on the CPU.
+Measured with the orientation global stage (max abs over the five pairs, before session 14:
+with the search): fused 1 grey level, registered IR
 3 grey levels (resampling at edges), flow 0.015 px (the IRLS fit, float32), the same
 detections (count and classes) with boxes within 4.3e-3 px, scores within 1.8e-4. (With the
 previous learnt global stage: fused 1, registered 1, flow 6.5e-5 px.)
