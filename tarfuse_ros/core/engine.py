@@ -175,11 +175,11 @@ class FusionEngine(PairEngine):
         registration_prior: a :class:`~tarfuse_ros.core.prior.RegistrationPrior` (IR -> visible
             homography applied before the network, :func:`~tarfuse_ros.core.prior.make_prior`)
             or None (default: no prior, the IR is only resized to the visible frame).
-        scale_search: False: the orientation global stage fits the 1.0 IR / visible scale
-            only, whatever scales the checkpoint was saved with
-            (``TarFuse.set_global_scale_candidates``): about half the CPU time of the default
-            three-scale search, for rigs with matching fields of view. No effect on a
-            checkpoint without the search.
+        scale_search: False: a checkpoint saved with several scale candidates fits the 1.0
+            IR / visible scale only (``TarFuse.set_global_scale_candidates``): about half the
+            CPU time of the default three-scale search, for rigs with matching fields of view.
+            No effect on a checkpoint with one candidate or without the orientation global
+            stage.
 
     Raises:
         CheckpointError: missing or invalid weights.
@@ -229,6 +229,8 @@ class FusionEngine(PairEngine):
                 f'.safetensors checkpoint (e.g. models/tarfuse_default.safetensors) or train one '
                 f'with tarfuse-train')
         model = load_checkpoint(self._weights, map_location='cpu').eval()
+        if not isinstance(scale_search, bool):
+            raise ValueError(f'scale_search must be True or False, got {scale_search!r}')
         if not scale_search and len(model.scale_candidates) > 1:
             model.set_global_scale_candidates((1.0,))
         self._fused_layers = fuse_conv_bn(model) if fuse_bn else 0

@@ -65,7 +65,9 @@ class ExportReport:
 
     ``path``, ``opset``, ``precision`` (``'float32'``/``'float16'``); ``verify_shape`` the
     ``(B, 1, H, W)`` input of the check and ``max_abs_diff`` the max abs differences
-    onnxruntime vs PyTorch there, per output (both empty when not verified).
+    onnxruntime vs PyTorch there, per output (both empty when not verified);
+    ``scale_candidates`` the IR / visible scales the graph's global stage tries (``()``
+    without the orientation global stage).
     """
 
     path: Path
@@ -73,6 +75,7 @@ class ExportReport:
     precision: str
     verify_shape: tuple = ()
     max_abs_diff: dict = field(default_factory=dict)
+    scale_candidates: tuple = ()
 
 
 class _ExportGraph(nn.Module):
@@ -162,13 +165,14 @@ def export_onnx(weights, output, half=False, opset=MIN_OPSET, verify=True, scale
         opset: ONNX opset, ``>= 17`` (GridSample needs 16; TensorRT 8.6+ and 10 parse 17).
         verify: run the exported graph in onnxruntime at another batch and size than the
             traced one and compare with PyTorch (:data:`VERIFY_TOLERANCES`).
-        scale_search: False: the orientation global stage fits the 1.0 IR / visible scale
-            only, as ``FusionEngine(scale_search=False)``, whatever scales the checkpoint was
-            saved with; the metadata's config records ``global_scale_candidates`` [1.0]. For
-            rigs with matching fields of view: with the shipped model's three scales, the graph
-            is about a third the size (2-core VM, 1 thread: export 85 s instead of 302 s, an
-            onnxruntime session opens in 15 s instead of 49 s). No effect on a checkpoint
-            without the search.
+        scale_search: False: a checkpoint saved with several scale candidates fits the 1.0
+            IR / visible scale only, as ``FusionEngine(scale_search=False)``; the metadata's
+            config then records ``global_scale_candidates`` [1.0]. For rigs with matching
+            fields of view: with the shipped model's three scales, the graph is about a third
+            the size (2-core VM, 1 thread: export 85 s instead of 302 s, an onnxruntime
+            session opens in 15 s instead of 49 s). No effect on a checkpoint with one
+            candidate or without the orientation global stage (``report.scale_candidates``
+            says what the graph runs).
 
     Returns:
         :class:`ExportReport`.
@@ -239,7 +243,8 @@ def export_onnx(weights, output, half=False, opset=MIN_OPSET, verify=True, scale
     proto.producer_name = 'tarfuse_ros'
     onnx.checker.check_model(proto)
     blob = proto.SerializeToString()
-    report = ExportReport(output, int(opset), precision)
+    report = ExportReport(output, int(opset), precision,
+                          scale_candidates=tuple(model.scale_candidates))
     if verify:
         report.verify_shape = (check_shape[0], 1) + check_shape[1:]
         report.max_abs_diff = _verify(blob, graph, report.verify_shape, precision,

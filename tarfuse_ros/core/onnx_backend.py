@@ -220,7 +220,8 @@ class OnnxFusionEngine(PairEngine):
         ir_norm, ir_low, ir_high, pad_mode, registration_prior: as :class:`FusionEngine`
             (the prior's pre-warp and flow composition are the same NumPy/OpenCV code).
         scale_search: True only: the graph runs the scales it was exported with
-            (``ValueError`` for False: export with ``tarfuse-export --no-scale-search``).
+            (``ValueError`` for False: export with ``tarfuse-export WEIGHTS --out MODEL.onnx
+            --no-scale-search``).
 
     Raises:
         OnnxModelError: missing, unloadable or foreign ONNX file.
@@ -244,7 +245,8 @@ class OnnxFusionEngine(PairEngine):
         if not scale_search:
             raise ValueError('scale_search=False needs the torch engine: an ONNX graph has the '
                              'scales it was exported with built in; export one without the '
-                             'search instead (tarfuse-export WEIGHTS --no-scale-search)')
+                             'search instead (tarfuse-export WEIGHTS --out MODEL.onnx '
+                             '--no-scale-search)')
         if ir_norm not in images.IR_NORMS:
             raise ValueError(f'ir_norm must be one of {images.IR_NORMS}, got {ir_norm!r}')
         if not 0.0 <= ir_low < ir_high <= 100.0:

@@ -71,6 +71,12 @@ def main(argv=None):
     print('inputs: ir, vi (B, 1, H, W) float32 in [0, 1], H and W multiples of 32'
           + ('; valid_size (2,) int64, their (h, w) before padding at the bottom/right'
              if 'valid_size' in inputs else ''))
+    if report.scale_candidates:
+        searched = len(report.scale_candidates) > 1
+        print(f'global stage scales: {list(report.scale_candidates)}'
+              + (' (the scale search; --no-scale-search leaves it out)' if searched else ''))
+    if args.no_scale_search and not report.scale_candidates:
+        print('--no-scale-search had no effect: this checkpoint has no orientation global stage')
     if report.max_abs_diff:
         diffs = ', '.join(f'{name} {value:.2g}' for name, value in report.max_abs_diff.items())
         print(f'checked against PyTorch at {report.verify_shape}: max abs difference {diffs}')

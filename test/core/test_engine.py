@@ -369,6 +369,9 @@ def test_scale_search_off_fits_one_scale_with_the_shipped_model():
     assert search.config.global_scale_candidates == (0.8, 1.0, 1.25)
     assert single.config.global_scale_candidates == (1.0,)
     assert single.scale_candidates == (1.0,) and search.scale_candidates == (0.8, 1.0, 1.25)
+    # A string is not a switch ('false' would otherwise be true).
+    with pytest.raises(ValueError, match='scale_search must be True or False'):
+        FusionEngine(cuda_graph='off', scale_search='false')
 
     def ncc(a, b):
         a, b = (x[top:height - top, left:width - left].astype(np.float64) for x in (a, b))

@@ -369,8 +369,14 @@ def test_fine_check_keeps_the_map_that_the_fine_passes_drifted_away_from():
     assert errors[False] > 8.0 and errors[True] < 4.0, errors
     with pytest.raises(ValueError, match='fine_check'):
         OrientationMatcher(fine_check=1)
-    with pytest.raises(ValueError, match='fine_check_margin'):
-        OrientationMatcher(fine_check_margin=-0.1)
+    for margin in (-0.1, 1.0, float('nan'), True, 'abc', None):
+        with pytest.raises(ValueError, match='fine_check_margin'):
+            OrientationMatcher(fine_check_margin=margin)
+    # Nothing to check without a fine pass.
+    with pytest.raises(ValueError, match='fine_check needs a fine pass'):
+        OrientationMatcher(fine_check=True)
+    with pytest.raises(ValueError, match='global_fine_check needs a fine pass'):
+        TarFuseConfig(global_features='orientation', global_fine_check=True)
     with pytest.raises(ValueError, match='global_fine_check'):
         TarFuseConfig(global_fine_check='yes')
     # The config reaches the matcher; checkpoints without the field keep the passes' map.

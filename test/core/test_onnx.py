@@ -135,7 +135,7 @@ def test_orientation_global_stage_exports_and_matches_pytorch_on_real_pairs(tmp_
     assert max(starts_differ) > 1e-3, starts_differ
 
 
-def test_scale_search_exports_and_the_tool_can_leave_it_out(tmp_path):
+def test_scale_search_exports_and_the_tool_can_leave_it_out(tmp_path, capsys):
     # The shipped model's scale search and support mask (its export in this file leaves the
     # search out), on one start (no halved frame) to keep the graph small.
     from dataclasses import replace
@@ -147,12 +147,14 @@ def test_scale_search_exports_and_the_tool_can_leave_it_out(tmp_path):
                                 global_support_mask=True)).eval()
     save_checkpoint(path, model, provenance={'note': 'random init, ONNX test'})
     report = export_onnx(path, tmp_path / 'scales.onnx')
+    assert report.scale_candidates == (0.8, 1.0, 1.25)
     for name, value in report.max_abs_diff.items():
         assert value <= VERIFY_TOLERANCES['float32'][name], (name, value)
     # tarfuse-export --no-scale-search: one scale in the graph and in its metadata.
     # (Its parity with FusionEngine(scale_search=False) is checked on the shipped model.)
     assert export_tool.main([str(path), '--out', str(tmp_path / 'one.onnx'), '--no-scale-search',
                              '--no-verify', '--threads', '1']) == 0
+    assert 'global stage scales: [1.0]\n' in capsys.readouterr().out
     graphs = {name: onnx.load(str(tmp_path / name)) for name in ('scales.onnx', 'one.onnx')}
     scales = {name: json.loads({p.key: p.value for p in graph.metadata_props}[CONFIG_KEY])[
         'model']['global_scale_candidates'] for name, graph in graphs.items()}
@@ -189,9 +191,12 @@ def test_export_tool_names_the_outputs_it_wrote(tmp_path, capsys):
     # The medical model has no detection head: no det output, and the tool must not claim one.
     out = tmp_path / 'medical.onnx'
     code = export_tool.main([str(share_dir() / 'models' / 'tarfuse_medical.safetensors'),
-                             '--out', str(out), '--no-verify', '--threads', '1'])
+                             '--out', str(out), '--no-verify', '--threads', '1',
+                             '--no-scale-search'])
     printed = capsys.readouterr().out
     assert code == 0, printed
+    # No orientation global stage: nothing to leave out, and the tool says so.
+    assert '--no-scale-search had no effect' in printed and 'scales:' not in printed
     assert [o.name for o in onnx.load(str(out)).graph.output] == [
         'fused', 'flow', 'registered_ir']
     assert 'outputs fused, flow, registered_ir)' in printed  # it printed '..., det)'
@@ -316,5 +321,6 @@ def test_a_bad_onnx_file_is_refused_with_one_clear_error(tmp_path):
         assert words in message and 'tarfuse-export' in message, message
         assert '\n' not in message
     # The graph has its scales built in: the torch engine's scale_search=False is refused.
-    with pytest.raises(ValueError, match='scale_search=False needs the torch engine'):
+    with pytest.raises(ValueError, match='scale_search=False needs the torch engine') as raised:
         OnnxFusionEngine(foreign, scale_search=False)
+    assert 'tarfuse-export WEIGHTS --out MODEL.onnx --no-scale-search' in str(raised.value)

@@ -520,9 +520,15 @@ class OrientationMatcher(nn.Module):
             if not isinstance(value, bool):
                 raise ValueError(f'{name} must be true or false, got {value!r}')
         self.support_mask, self.fine_check = support_mask, fine_check
-        if not float(fine_check_margin) >= 0.0:
-            raise ValueError(f'fine_check_margin must be >= 0, got {fine_check_margin!r}')
-        self.fine_check_margin = float(fine_check_margin)
+        margin = fine_check_margin
+        if isinstance(margin, bool) or not isinstance(margin, (int, float)) \
+                or not 0.0 <= margin < 1.0:
+            raise ValueError(f'fine_check_margin must be a number in [0, 1) (the scores are '
+                             f'cosines in [0, 1]), got {margin!r}')
+        self.fine_check_margin = float(margin)
+        if fine_check and int(fine_cell) <= 0:
+            raise ValueError('fine_check needs a fine pass to check (fine_cell > 0), got '
+                             f'fine_cell {fine_cell}')
         for name, value in (('fine_passes', fine_passes), ('fine_radius', fine_radius)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f'{name} must be an integer >= 1, got {value!r}')

@@ -165,6 +165,9 @@ class TarFuseConfig:
         for name in ('global_support_mask', 'global_fine_check', 'flip_average'):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f'{name} must be true or false, got {getattr(self, name)!r}')
+        if self.global_fine_check and self.global_fine_cell == 0:
+            raise ValueError('global_fine_check needs a fine pass to check: set '
+                             'global_fine_cell (e.g. 4) or global_fine_check false')
         orientation = (self.registration == 'match' and self.global_stage
                        and self.global_features == 'orientation')
         if self.flip_average and orientation:
