@@ -58,12 +58,28 @@ from tarfuse_ros.core.prior import apply_prior, check_prior, published_outputs
 from tarfuse_ros.core.runtime import cudnn_benchmark, resolve_device
 import torch
 
-__all__ = ['Detection', 'FusionEngine', 'FusionResult', 'fuse_conv_bn']
+__all__ = ['Detection', 'FusionEngine', 'FusionResult', 'fuse_conv_bn', 'scale_search_off']
 
 _LOG = logging.getLogger(__name__)
 
 CUDA_GRAPH_MODES = ('auto', 'on', 'off')
 _MAX_GRAPHS = 8  # captured sizes kept per engine; each holds its own activation memory
+
+
+def scale_search_off(model):
+    """Make a TarFuse model's orientation global stage fit the 1.0 IR / visible scale only.
+
+    ``TarFuse.set_global_scale_candidates((1.0,))`` on a model with several scale candidates
+    (``FusionEngine(scale_search=False)``, ``tarfuse-export --no-scale-search``).
+
+    Returns:
+        True if the model changed; False for one candidate or no orientation global stage.
+
+    """
+    if len(model.scale_candidates) <= 1:
+        return False
+    model.set_global_scale_candidates((1.0,))
+    return True
 
 
 def fuse_conv_bn(model):
@@ -231,8 +247,8 @@ class FusionEngine(PairEngine):
         model = load_checkpoint(self._weights, map_location='cpu').eval()
         if not isinstance(scale_search, bool):
             raise ValueError(f'scale_search must be True or False, got {scale_search!r}')
-        if not scale_search and len(model.scale_candidates) > 1:
-            model.set_global_scale_candidates((1.0,))
+        if not scale_search:
+            scale_search_off(model)
         self._fused_layers = fuse_conv_bn(model) if fuse_bn else 0
         self._channels_last = bool(channels_last)
         model = model.to(self._device)

@@ -184,15 +184,14 @@ def export_onnx(weights, output, half=False, opset=MIN_OPSET, verify=True, scale
 
     """
     import onnx
-    from tarfuse_ros.core.engine import _min_input_side, fuse_conv_bn
+    from tarfuse_ros.core.engine import _min_input_side, fuse_conv_bn, scale_search_off
 
     if isinstance(opset, bool) or not isinstance(opset, int) or opset < MIN_OPSET:
         raise ValueError(f'opset must be an integer >= {MIN_OPSET}, got {opset!r}')
     weights, output = Path(weights), Path(output)
     model = load_checkpoint(weights, map_location='cpu').eval()
     config = copy.deepcopy(model.checkpoint_config)
-    if not scale_search and len(model.scale_candidates) > 1:
-        model.set_global_scale_candidates((1.0,))
+    if not scale_search and scale_search_off(model):
         config['model']['global_scale_candidates'] = [1.0]
     fuse_conv_bn(model)
     if model.detect is not None:

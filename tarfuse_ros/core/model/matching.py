@@ -630,16 +630,11 @@ class OrientationMatcher(nn.Module):
         """
         height, width = ir.shape[2:]
         cell, block = self.fine_cell, self.fine_block
-        norm_ref = _box_sum((reference * reference).sum(1, keepdim=True), block)
-        norm_ref = norm_ref.clamp_min(0.0).sqrt().clamp_min(1e-6)
-        cosines, common = [], torch.ones_like(norm_ref)
+        cosines, common = [], torch.ones_like(reference[:, :1])
         for theta in thetas:
             flow = affine_flow(theta, height, width)
             moving = cell_histograms(warp(ir, flow), cell, self.bins)
-            norm_mov = _box_sum((moving * moving).sum(1, keepdim=True), block)
-            norm_mov = norm_mov.clamp_min(0.0).sqrt().clamp_min(1e-6)
-            cosines.append(_box_sum((reference * moving).sum(1, keepdim=True), block)
-                           / (norm_ref * norm_mov))
+            cosines.append(block_cost_volume(reference, moving, 0, block))
             inside = _box_sum(_cells_inside_support(ir, flow, cell), block)
             common = common * (inside > block * block - 0.5).to(ir.dtype)
         count = common.flatten(1).sum(dim=1).clamp_min(1.0)
