@@ -10,6 +10,13 @@ per pair and on average: NCC (Pearson, [0, 1] images) between the true aligned I
 model registered, and the same for the unregistered (zoomed) IR, both over the central ``fov``
 region (outside it the thermal camera saw nothing). Target of the registration work: >= 0.9.
 
+The truth assumes the aligned pair is exact. With ``--own-offset`` the script also estimates
+how far it is not: the global stage of ``--weights`` (no learnt parameter) registers the
+aligned IR onto the visible image, and the NCC of the truth with itself moved by that offset is
+printed per pair (``ncc_truth_moved_by_own_offset``): what a registration that put the IR
+exactly where the global stage sees the visible scene would score. One estimator (OpenCV's ECC
+fails on most MSRS night pairs, ``benchmarks/dataset_alignment.py``), so an estimate only.
+
     python benchmarks/eval_fov.py --data ../shared/datasets/msrs_det --split test \
         --weights models/tarfuse_default.safetensors
 """
@@ -21,7 +28,11 @@ import sys
 import cv2
 import numpy as np
 from tarfuse_ros.core import data, metrics
+from tarfuse_ros.core.checkpoint import load_checkpoint
 from tarfuse_ros.core.engine import FusionEngine
+from tarfuse_ros.core.model.matching import affine_flow
+from tarfuse_ros.core.model.warp import warp
+from tarfuse_ros.core.paths import default_weights_path
 from tarfuse_ros.training.datasets import resolve_dataset_dir
 import torch
 
@@ -46,6 +57,26 @@ def evaluate_pair(engine, ir_aligned, vi, fov):
             metrics.ncc(narrow[region], truth))
 
 
+def own_offset_ncc(matcher, ir_aligned, vi, fov):
+    """Return ``(offset_px, ncc)``: the aligned pair's own offset and the truth moved by it.
+
+    ``matcher``: a global stage (``model.registration.global_matcher``); ``ir_aligned`` and
+    ``vi``: 2-D uint8 planes of one size. ``offset_px``: the mean length (px) of the flow the
+    stage finds from the aligned IR to the visible image; ``ncc``: NCC of the aligned IR with
+    itself warped by that flow, over the region of :func:`evaluate_pair`.
+    """
+    height, width = ir_aligned.shape
+    ir, visible = (torch.from_numpy(plane.astype(np.float32) / 255.0)[None, None]
+                   for plane in (ir_aligned, vi))
+    with torch.no_grad():
+        flow = affine_flow(matcher(ir, visible), height, width)
+        moved = warp(ir, flow)[0, 0].numpy()
+    _, (top, left, crop_h, crop_w) = narrow_ir(ir_aligned, fov)
+    region = (slice(top, top + crop_h), slice(left, left + crop_w))
+    return (float(flow[0].norm(dim=0).mean()),
+            metrics.ncc(moved[region], ir[0, 0].numpy()[region]))
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--data', required=True,
@@ -56,6 +87,9 @@ def main(argv=None):
     parser.add_argument('--size', default='640x512', help='WIDTHxHEIGHT of both cameras')
     parser.add_argument('--threads', type=int, default=2, help='CPU threads')
     parser.add_argument('--max-pairs', type=int, default=0, help='0 = all')
+    parser.add_argument('--own-offset', action='store_true',
+                        help='also the NCC a registration onto the visible image would score '
+                             "given the aligned pair's own offset (module docstring)")
     parser.add_argument('--json', default=None, help='also write the figures here')
     args = parser.parse_args(argv)
     if not 0.3 <= args.fov <= 1.0:
@@ -63,6 +97,12 @@ def main(argv=None):
     width, height = (int(v) for v in args.size.lower().split('x'))
     torch.set_num_threads(args.threads)
     engine = FusionEngine(args.weights, device='cpu')
+    matcher = None
+    if args.own_offset:
+        model = load_checkpoint(args.weights or str(default_weights_path())).eval()
+        matcher = getattr(model.registration, 'global_matcher', None)
+        if matcher is None:
+            parser.error('--own-offset needs a checkpoint with the orientation global stage')
     dataset_dir = resolve_dataset_dir(args.data)
     stems = list(data.read_split(dataset_dir, args.split))
     if args.max_pairs:
@@ -77,12 +117,20 @@ def main(argv=None):
         registered, unregistered = evaluate_pair(engine, ir, vi, args.fov)
         rows.append({'stem': stem, 'ncc_registered': registered,
                      'ncc_unregistered': unregistered})
-        print(f'{stem}: NCC registered {registered:.4f}, unregistered {unregistered:.4f}',
-              flush=True)
+        line = f'{stem}: NCC registered {registered:.4f}, unregistered {unregistered:.4f}'
+        if matcher is not None:
+            grey = cv2.cvtColor(vi, cv2.COLOR_BGR2GRAY) if vi.ndim == 3 else vi
+            offset, moved = own_offset_ncc(matcher, ir, grey, args.fov)
+            rows[-1].update({'own_offset_px': offset, 'ncc_truth_moved_by_own_offset': moved})
+            line += f'; own offset {offset:.2f} px, truth moved by it {moved:.4f}'
+        print(line, flush=True)
     summary = {'pairs': len(rows), 'fov': args.fov, 'size': [width, height],
                'ncc_registered': float(np.mean([r['ncc_registered'] for r in rows])),
                'ncc_unregistered': float(np.mean([r['ncc_unregistered'] for r in rows])),
                'weights': args.weights or 'shipped default'}
+    if matcher is not None:
+        for key in ('own_offset_px', 'ncc_truth_moved_by_own_offset'):
+            summary[key] = float(np.mean([r[key] for r in rows]))
     print(json.dumps(summary, indent=1))
     if args.json:
         with open(args.json, 'w') as handle:
