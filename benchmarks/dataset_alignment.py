@@ -10,26 +10,29 @@ This script measures the offset on the aligned pairs themselves (no deformation)
 estimators that share no code and optimise different things:
 
 - the model's global stage (:class:`~tarfuse_ros.core.model.matching.OrientationMatcher`, the
-  shipped settings: block-matched orientation histograms, a robust affine fit; no learnt
+  checkpoint's settings: block-matched orientation histograms, a robust affine fit; no learnt
   parameter);
 - OpenCV's ECC (Evangelidis and Psarakis, TPAMI 2008; :func:`~tarfuse_ros.core.baselines.
   ecc_register`, affine, on gradient magnitudes), the evaluation's own baseline.
 
-Per pair: the mean length of each estimator's flow over the frame (px), the mean length of
-their difference, and the offset they share: with ``g = c + e_g`` and ``e = c + e_e`` (a common
-offset ``c`` plus errors independent of it and of each other), the mean over the frame of the
-inner product ``g . e`` estimates ``|c|^2``; ``common_px`` is its root (0 where it is negative).
-Where both find a flow of a few pixels and agree on it to a fraction of its length, the pair is
-off by about that much; where they disagree, one of them failed. Frames are cut to multiples
-of 32 (as ``benchmarks/registration_ablation.py``).
+Per pair, all in pixels of the frame and all mean lengths over it (the EPE's kind of figure):
+each estimator's flow ``g`` and ``e``, their difference ``g - e``, and the offset both find,
+``(g + e) / 2``. Where the two agree (difference below ``--agree-px``) the pair is off by
+about that offset; where they disagree, one of them failed (ECC often does on dark night
+images) and the pair says nothing. Frames are cut to multiples of 32 (as
+``benchmarks/registration_ablation.py``).
 
-With ``--epe`` (test splits with ground-truth fields: RoadScene, msrs_det), the same pairs'
-registration EPE on their fields (``benchmarks/registration_ablation.py``'s frames and flows:
-the whole network and its global stage alone) is printed beside the offset, with their
-correlation over the pairs and the mean EPE over the pairs whose two estimators agree within
-``--agree-px``: how much of the EPE the pairs' own offset explains.
+With ``--epe`` (pairs with a ground-truth field, ``synthetic_misaligned/disp``: the RoadScene
+and msrs_det test pairs), each pair's registration EPE on its field is printed beside (the
+whole network and its global stage alone, ``benchmarks/registration_ablation.py``'s frames and
+flows), and the network's EPE against the field corrected by ECC's offset: the stored IR is
+``ir(x + d(x))`` and the reference flow ``r`` undoes ``d``; if the aligned IR matches the
+visible image at ``x + o(x)`` (``o``: ECC's flow on the aligned pair), the flow that puts the
+stored IR on the visible image is ``o(x) + r(x + o(x))``. That figure still holds ECC's own
+error; over the agreeing pairs it says how far the network is from the visible scene rather
+than from the data set's alignment.
 
-    python benchmarks/dataset_alignment.py --data roadscene --split test --epe \
+    python benchmarks/dataset_alignment.py --data roadscene --split test --epe \\
         --json models/eval/dataset_alignment_roadscene_test.json
 """
 
@@ -42,143 +45,197 @@ import numpy as np
 from tarfuse_ros.core import baselines, data
 from tarfuse_ros.core.checkpoint import load_checkpoint
 from tarfuse_ros.core.model.matching import affine_flow
+from tarfuse_ros.core.paths import default_weights_path
+from tarfuse_ros.evaluation import protocol
+from tarfuse_ros.evaluation.options import EvalOptions
 from tarfuse_ros.training.datasets import resolve_dataset_dir
 import torch
 
 # A sibling script: importable when this one runs from benchmarks/ (or with it on sys.path).
 import registration_ablation  # noqa: I100
 
-DEFAULT_WEIGHTS = 'models/tarfuse_default.safetensors'
-
 
 def grey_unit(image):
-    """Return a 2-D float32 plane in [0, 1] of an 8-bit grey or BGR image."""
+    """Return a 2-D float32 plane in [0, 1] of an 8- or 16-bit grey or BGR image."""
     if image.ndim == 3:
         image = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
-    return image.astype(np.float32) / 255.0
+    top = float(np.iinfo(image.dtype).max) if image.dtype.kind in 'ui' else 1.0
+    return image.astype(np.float32) / top
 
 
-def pair_offsets(matcher, ir, vi):
-    """Return the offsets the two estimators find on one aligned pair.
+def mean_length(flow):
+    """Return the mean length (px) of an ``(H, W, 2)`` flow."""
+    return float(np.linalg.norm(flow, axis=2).mean())
+
+
+def estimate_flows(matcher, ir, vi):
+    """Return the two estimators' flows from ``ir`` to ``vi`` on one aligned pair.
 
     Args:
         matcher: the global stage (``model.registration.global_matcher``).
         ir, vi: ``(H, W)`` float32 planes in [0, 1], H and W multiples of 32.
 
     Returns:
-        ``(global_px, ecc_px, difference_px, common_px, ecc_success)``: mean flow lengths in
-        pixels of the frame (the global stage's, ECC's (0 where ECC failed and fell back to the
-        identity), their difference's) and the root of the mean inner product of the two flows
-        (the offset they share, module docstring).
+        ``(flow_global, ecc)``: the global stage's ``(H, W, 2)`` flow in pixels (``warp``
+        convention: the IR sampled at ``x + flow`` lies on the visible image at ``x``) and
+        the :class:`~tarfuse_ros.core.baselines.EccResult` (its ``flow_px`` in the same
+        convention; the identity where ECC failed, ``success`` False).
 
     """
     height, width = vi.shape
     with torch.no_grad():
         theta = matcher(torch.from_numpy(ir)[None, None], torch.from_numpy(vi)[None, None])
     flow_global = affine_flow(theta, height, width)[0].permute(1, 2, 0).numpy()
-    ecc = baselines.ecc_register(ir, vi)
-    flow_ecc = ecc.flow_px
-
-    def mean_length(flow):
-        return float(np.linalg.norm(flow, axis=2).mean())
-
-    shared = float((flow_global * flow_ecc).sum(axis=2).mean())
-    return (mean_length(flow_global), mean_length(flow_ecc),
-            mean_length(flow_global - flow_ecc), float(np.sqrt(max(shared, 0.0))),
-            bool(ecc.success))
+    return flow_global, baselines.ecc_register(ir, vi)
 
 
-def field_epe(model, case, mode):
-    """Return the mean EPE (px) of ``model`` (``mode`` of registration_ablation) on a case."""
+def pair_offsets(matcher, ir, vi):
+    """Return ``(global_px, ecc_px, difference_px, both_px)`` for one aligned pair.
+
+    Mean lengths (px) of the global stage's flow, ECC's flow, their difference and their
+    average (the offset both find); arguments as :func:`estimate_flows`.
+    """
+    flow_global, ecc = estimate_flows(matcher, ir, vi)
+    return (mean_length(flow_global), mean_length(ecc.flow_px),
+            mean_length(flow_global - ecc.flow_px),
+            mean_length((flow_global + ecc.flow_px) / 2.0))
+
+
+def corrected_reference(flow_ref, offset):
+    """Return the flow putting the stored IR on the visible image, given the pair's offset.
+
+    Args:
+        flow_ref: ``(H, W, 2)`` reference flow undoing the ground-truth field (px).
+        offset: ``(H, W, 2)`` flow from the aligned IR to the visible image (px).
+
+    Returns:
+        ``offset(x) + flow_ref(x + offset(x))`` (bilinear, edges repeated), ``(H, W, 2)``.
+
+    """
+    height, width = flow_ref.shape[:2]
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+    map_x, map_y = xs + offset[..., 0], ys + offset[..., 1]
+    moved = [cv2.remap(np.ascontiguousarray(flow_ref[..., k], dtype=np.float32), map_x, map_y,
+                       cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE) for k in (0, 1)]
+    return offset + np.stack(moved, axis=2)
+
+
+def field_epes(model, case, ecc_offset):
+    """Return ``--epe``'s figures for one case (module docstring), in px."""
     height, width = (side // 32 * 32 for side in case.size)
-    flow = registration_ablation._flow(model, case, mode)[0].permute(1, 2, 0).numpy()
-    return float(np.linalg.norm(flow - case.flow_ref[:height, :width], axis=2).mean())
+    reference = case.flow_ref[:height, :width]
+    flows = {mode: registration_ablation._flow(model, case, mode)[0].permute(1, 2, 0).numpy()
+             for mode in ('full', 'global only')}
+    return {'epe_network_px': mean_length(flows['full'] - reference),
+            'epe_global_stage_px': mean_length(flows['global only'] - reference),
+            'epe_network_vs_ecc_corrected_px': mean_length(
+                flows['full'] - corrected_reference(reference, ecc_offset))}
 
 
-def epe_summary(rows, agree_px):
-    """Return the EPE figures of ``--epe`` over ``rows`` (module docstring)."""
-    epe = np.array([row['epe_full_px'] for row in rows])
-    common = np.array([row['common_px'] for row in rows])
-    trusted = np.array([row['difference_px'] < agree_px for row in rows])
-    summary = {'epe_full_px': float(epe.mean()),
-               'epe_global_px': float(np.mean([row['epe_global_px'] for row in rows])),
-               'corr_epe_common': (float(np.corrcoef(epe, common)[0, 1]) if len(rows) > 1
-                                   else float('nan')),
-               'agree_px': agree_px, 'trusted_pairs': int(trusted.sum())}
-    if trusted.any():
-        summary['trusted_epe_full_px'] = float(epe[trusted].mean())
-        summary['trusted_common_px'] = float(common[trusted].mean())
+def summarise(rows, agree_px, with_epe):
+    """Return the summary figures over ``rows`` (means; the agreeing pairs apart)."""
+    def mean(key, subset):
+        return float(np.mean([row[key] for row in subset])) if subset else None
+
+    agreeing = [row for row in rows if row['estimators_agree']]
+    keys = ['global_stage_px', 'ecc_px', 'difference_px', 'both_px']
+    if with_epe:
+        keys += ['epe_network_px', 'epe_global_stage_px', 'epe_network_vs_ecc_corrected_px']
+    summary = {key: mean(key, rows) for key in keys}
+    summary.update({'pairs': len(rows), 'agree_px': agree_px, 'agreeing_pairs': len(agreeing),
+                    'ecc_fallbacks': sum(row['ecc_fell_back'] for row in rows)})
+    summary.update({f'agreeing_{key}': mean(key, agreeing) for key in keys})
+    if with_epe and len(rows) > 1:
+        summary['corr_epe_network_both'] = float(np.corrcoef(
+            [row['epe_network_px'] for row in rows], [row['both_px'] for row in rows])[0, 1])
     return summary
 
 
+def field_cases(dataset_dir, stems):
+    """Return ``({stem: case}, skipped)``: the stems that have a ground-truth field."""
+    folder = dataset_dir / 'synthetic_misaligned' / 'disp'
+    with_field = {path.stem for path in folder.glob('*.npz')} if folder.is_dir() else set()
+    cases = {stem: protocol.make_case(dataset_dir, stem, 'dataset', EvalOptions(), True)
+             for stem in stems if stem in with_field}
+    return cases, [stem for stem in stems if stem not in with_field]
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument('--data', required=True,
                         help='data set folder (ir/, vi/, aligned) or a shared name (roadscene)')
     parser.add_argument('--split', default='test', help='split name or list file')
-    parser.add_argument('--weights', default=DEFAULT_WEIGHTS,
-                        help='checkpoint whose global stage is used (no learnt parameter)')
-    parser.add_argument('--threads', type=int, default=2, help='CPU threads')
-    parser.add_argument('--max-pairs', type=int, default=0, help='0 = all')
-    parser.add_argument('--agree', type=float, default=0.5,
-                        help='a pair counts as offset when both estimators find more than 1 px '
-                             'and differ by less than this fraction of the smaller flow')
+    parser.add_argument('--weights', default=None,
+                        help='checkpoint: its global stage estimates the offsets, and with --epe '
+                             'the whole network is scored (default: the shipped model)')
+    parser.add_argument('--threads', type=int, default=2, help='CPU threads (torch, OpenCV)')
+    parser.add_argument('--max-pairs', type=int, default=0, help='first N pairs; 0 = all')
     parser.add_argument('--agree-px', type=float, default=1.0,
-                        help='with --epe: pairs whose estimators differ by less than this (px) '
-                             'are the ones whose offset is trusted')
+                        help='the estimators agree on a pair when their flows differ by less '
+                             'than this (mean px)')
     parser.add_argument('--epe', action='store_true',
-                        help="also the EPE on the pairs' ground-truth fields (test split)")
+                        help="also the EPE on the pairs' ground-truth fields (pairs without "
+                             'one are skipped)')
     parser.add_argument('--json', default=None, help='also write the figures here')
     args = parser.parse_args(argv)
-    if args.epe and args.split != 'test':
-        parser.error('--epe needs --split test (the pairs with ground-truth fields)')
-    torch.set_num_threads(args.threads)
-    model = load_checkpoint(args.weights).eval()
-    matcher = getattr(model.registration, 'global_matcher', None)
-    if matcher is None:
-        parser.error(f'{args.weights} has no orientation global stage '
-                     '(model.registration: match with global_features: orientation)')
-    dataset_dir = resolve_dataset_dir(args.data)
-    stems = list(data.read_split(dataset_dir, args.split))
+    if args.threads < 1 or args.max_pairs < 0 or args.agree_px <= 0:
+        parser.error('need --threads >= 1, --max-pairs >= 0 and --agree-px > 0')
+    try:
+        dataset_dir = resolve_dataset_dir(args.data)
+        stems = list(data.read_split(dataset_dir, args.split))
+    except (FileNotFoundError, ValueError) as error:
+        parser.error(str(error))
     if args.max_pairs:
         stems = stems[:args.max_pairs]
     cases = {}
     if args.epe:
-        cases = {case.stem: case for case in registration_ablation.load_cases(args.data)}
+        cases, without = field_cases(dataset_dir, stems)
+        if without:
+            print(f'--epe: {len(without)} of {len(stems)} pairs have no ground-truth field '
+                  f'(skipped): {" ".join(without[:10])}{" ..." if len(without) > 10 else ""}')
         stems = [stem for stem in stems if stem in cases]
+    if not stems:
+        parser.error(f'no pairs to measure in {args.data} / {args.split}')
+    torch.set_num_threads(args.threads)
+    cv2.setNumThreads(args.threads)
+    weights = args.weights or str(default_weights_path())
+    model = load_checkpoint(weights).eval()
+    matcher = getattr(model.registration, 'global_matcher', None)
+    if matcher is None:
+        parser.error(f'{weights} has no orientation global stage '
+                     '(model.registration: match with global_features: orientation)')
     rows = []
     for stem in stems:
         ir, vi = (grey_unit(image) for image in data.load_pair(dataset_dir, stem))
         height, width = vi.shape[0] // 32 * 32, vi.shape[1] // 32 * 32
-        found, ecc, difference, common, ecc_ok = pair_offsets(
-            matcher, np.ascontiguousarray(ir[:height, :width]),
-            np.ascontiguousarray(vi[:height, :width]))
-        offset = min(found, ecc) > 1.0 and difference < args.agree * min(found, ecc)
-        rows.append({'stem': stem, 'global_stage_px': found, 'ecc_px': ecc,
-                     'difference_px': difference, 'common_px': common, 'ecc_success': ecc_ok,
-                     'offset': offset})
-        mark = '  (offset)' if offset else ''
+        if ir.shape != vi.shape or min(height, width) < 32:
+            print(f'{stem}: skipped (IR {ir.shape}, visible {vi.shape}: need one size of at '
+                  'least 32 x 32 px)', flush=True)
+            continue
+        flow_global, ecc = estimate_flows(matcher, np.ascontiguousarray(ir[:height, :width]),
+                                          np.ascontiguousarray(vi[:height, :width]))
+        row = {'stem': stem, 'global_stage_px': mean_length(flow_global),
+               'ecc_px': mean_length(ecc.flow_px),
+               'difference_px': mean_length(flow_global - ecc.flow_px),
+               'both_px': mean_length((flow_global + ecc.flow_px) / 2.0),
+               'ecc_fell_back': not ecc.success}
+        row['estimators_agree'] = row['difference_px'] < args.agree_px
+        line = (f'{stem}: global stage {row["global_stage_px"]:.2f} px, ECC '
+                f'{row["ecc_px"]:.2f} px, they differ by {row["difference_px"]:.2f} px, '
+                f'both {row["both_px"]:.2f} px{" (agree)" if row["estimators_agree"] else ""}')
         if args.epe:
-            rows[-1].update({f'epe_{mode.split()[0]}_px': field_epe(model, cases[stem], mode)
-                             for mode in ('full', 'global only')})
-            mark += ' | EPE on its field: network {epe_full_px:.2f}, global stage ' \
-                '{epe_global_px:.2f} px'.format(**rows[-1])
-        print(f'{stem}: global stage {found:.2f} px, ECC {ecc:.2f} px, they differ by '
-              f'{difference:.2f} px, share {common:.2f} px{mark}', flush=True)
-    agreeing = [r for r in rows if r['offset']]
-    summary = {
-        'data': args.data, 'split': args.split, 'pairs': len(rows),
-        'global_stage_px': float(np.mean([r['global_stage_px'] for r in rows])),
-        'ecc_px': float(np.mean([r['ecc_px'] for r in rows])),
-        'difference_px': float(np.mean([r['difference_px'] for r in rows])),
-        'common_px': float(np.mean([r['common_px'] for r in rows])),
-        'ecc_failures': sum(not r['ecc_success'] for r in rows),
-        'offset_pairs': len(agreeing),
-        'offset_pairs_mean_px': (float(np.mean([(r['global_stage_px'] + r['ecc_px']) / 2
-                                                for r in agreeing])) if agreeing else 0.0),
-        'agree': args.agree, 'weights': args.weights}
-    if args.epe:
-        summary.update(epe_summary(rows, args.agree_px))
+            row.update(field_epes(model, cases[stem], ecc.flow_px))
+            line += (f' | EPE on its field: network {row["epe_network_px"]:.2f}, global stage '
+                     f'{row["epe_global_stage_px"]:.2f}, network vs the field corrected by '
+                     f'ECC {row["epe_network_vs_ecc_corrected_px"]:.2f} px')
+        rows.append(row)
+        print(line, flush=True)
+    if not rows:
+        parser.error('every pair was skipped')
+    summary = {'data': args.data, 'split': args.split,
+               'weights': args.weights or 'shipped default'}
+    summary.update(summarise(rows, args.agree_px, args.epe))
     print(json.dumps(summary, indent=1))
     if args.json:
         with open(args.json, 'w') as handle:

@@ -12,9 +12,10 @@ region (outside it the thermal camera saw nothing). Target of the registration w
 
 The truth assumes the aligned pair is exact. With ``--own-offset`` the script also estimates
 how far it is not: the global stage of ``--weights`` (no learnt parameter) registers the
-aligned IR onto the visible image, and the NCC of the truth with itself moved by that offset is
-printed per pair (``ncc_truth_moved_by_own_offset``): what a registration that put the IR
-exactly where the global stage sees the visible scene would score. One estimator (OpenCV's ECC
+aligned IR onto the visible image (both resized to ``--size``: the offset is in pixels of that
+frame), and the NCC of the truth with itself moved by that offset is printed per pair
+(``ncc_truth_moved_by_own_offset``): what a registration that put the IR exactly where the
+global stage sees the visible scene would score. One estimator (OpenCV's ECC
 fails on most MSRS night pairs, ``benchmarks/dataset_alignment.py``), so an estimate only.
 
     python benchmarks/eval_fov.py --data ../shared/datasets/msrs_det --split test \
@@ -94,8 +95,14 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if not 0.3 <= args.fov <= 1.0:
         parser.error(f'--fov must be in [0.3, 1], got {args.fov}')
-    width, height = (int(v) for v in args.size.lower().split('x'))
+    try:
+        width, height = (int(v) for v in args.size.lower().split('x'))
+    except ValueError:
+        parser.error(f'--size must be WIDTHxHEIGHT, e.g. 640x512, got {args.size!r}')
+    if min(width, height) < 64 or args.threads < 1 or args.max_pairs < 0:
+        parser.error('need --size of at least 64x64, --threads >= 1 and --max-pairs >= 0')
     torch.set_num_threads(args.threads)
+    cv2.setNumThreads(args.threads)
     engine = FusionEngine(args.weights, device='cpu')
     matcher = None
     if args.own_offset:
