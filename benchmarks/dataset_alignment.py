@@ -32,8 +32,7 @@ stored IR on the visible image is ``o(x) + r(x + o(x))``. That figure still hold
 error; over the agreeing pairs it says how far the network is from the visible scene rather
 than from the data set's alignment.
 
-    python benchmarks/dataset_alignment.py --data roadscene --split test --epe \\
-        --json models/eval/dataset_alignment_roadscene_test.json
+    python benchmarks/dataset_alignment.py --data roadscene --split test --epe --json OUT.json
 """
 
 import argparse
