@@ -93,7 +93,8 @@ class Scores:
     def __init__(self, class_names):
         self.class_names = list(class_names)
         self.fusion = {name: [] for name in ('model',) + BASELINES}
-        self.registration = {name: [] for name in ('model', 'unregistered') + BASELINES}
+        self.registration = {name: [] for name in ('model', 'unregistered', 'reference_flow')
+                             + BASELINES}
         self.predictions = {name: [] for name in DETECTORS}
         self.truths, self.dropped_boxes = [], 0
         self.times_ms, self.model_ms = [], []
@@ -104,8 +105,12 @@ class Scores:
         self.contrast_pairs = 0
 
     def add(self, case, model, unregistered, baselines, ecc_success, truth, dropped,
-            predictions, wall_ms, model_ms):
-        """Add one pair: the model's and the baselines' scores, detections and times."""
+            predictions, wall_ms, model_ms, reference=None):
+        """Add one pair: the model's and the baselines' scores, detections and times.
+
+        ``reference``: the reference flow's own registration figures
+        (:func:`~tarfuse_ros.evaluation.scoring.reference_scores`; None without an aligned IR).
+        """
         self.sources[case.mode] += 1
         self.landmark_pairs += int(case.landmarks is not None)
         self.times_ms.append(wall_ms)
@@ -113,6 +118,8 @@ class Scores:
         self.fusion['model'].append(model['fusion'])
         self.registration['model'].append(model['registration'])
         self.registration['unregistered'].append(unregistered)
+        if reference is not None:
+            self.registration['reference_flow'].append(reference)
         for name, values in baselines.items():
             self.fusion[name].append(values['fusion'])
             self.registration[name].append(values['registration'])
@@ -122,7 +129,8 @@ class Scores:
         entry = {'stem': case.stem, 'deformation': case.mode, 'size': list(case.size),
                  'fusion': model['fusion'], 'registration': model['registration'],
                  'unregistered': unregistered, 'ecc_success': ecc_success,
-                 'ecc_average': baselines['ecc_average']['registration']}
+                 'ecc_average': baselines['ecc_average']['registration'],
+                 'reference_flow': reference}
         if truth is not None:
             self.truths.append(truth)
             self.dropped_boxes += dropped
@@ -167,6 +175,8 @@ class Scores:
         """Mean registration figures of the model, the unregistered input and the ratios."""
         out = dict(mean_dicts(self.registration['model']) or {})
         out['unregistered'] = mean_dicts(self.registration['unregistered'])
+        # The reference flow's own figures: the ceiling every method is measured under.
+        out['reference_flow'] = mean_dicts(self.registration['reference_flow'])
         base_epe = (out['unregistered'] or {}).get('EPE')
         if base_epe is None or out.get('EPE') is None:
             out['epe_reduction'] = None

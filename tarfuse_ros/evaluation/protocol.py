@@ -62,7 +62,8 @@ from tarfuse_ros.evaluation.contrast import illumination, read_illumination
 from tarfuse_ros.evaluation.figures import save_pair_figures
 from tarfuse_ros.evaluation.options import EvalOptions
 from tarfuse_ros.evaluation.report import render_report
-from tarfuse_ros.evaluation.scoring import fusion_scores, luma, registration_scores
+from tarfuse_ros.evaluation.scoring import (
+    fusion_scores, luma, reference_scores, registration_scores)
 from tarfuse_ros.training.datasets import resolve_dataset_dir
 
 __all__ = ['Case', 'evaluate', 'make_case']
@@ -258,7 +259,8 @@ def _score_pair(case, engine, zero_engine, scores, index, options, dataset_dir, 
             'visible_only': engine.infer(np.zeros_like(case.deformed), case.vi).detections,
             'ir_only': engine.infer(case.ir, np.zeros(case.size, np.uint8)).detections}
     scores.add(case, model, unregistered, baselines, ecc.success, truth, dropped, predictions,
-               wall_ms, result.timings_ms.get('model', float('nan')))
+               wall_ms, result.timings_ms.get('model', float('nan')),
+               reference=reference_scores(case))
     if truth is not None and case.ir_unit is not None:
         fused['model'] = luma(result.fused)
         scores.add_contrast(case.stem, group, truth, case.ir, case.vi_y, fused)

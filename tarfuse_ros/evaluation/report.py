@@ -78,6 +78,9 @@ def _registration_lines(result):
              'visible image, higher is better)', '', header, rule,
              _registration_row('TarFuse', reg, with_landmarks),
              _registration_row('unregistered input', reg['unregistered'], with_landmarks)]
+    if reg.get('reference_flow'):
+        lines.append(_registration_row('reference flow itself (the ceiling)',
+                                       reg['reference_flow'], with_landmarks))
     for name in ('ecc_average', 'model_zero_flow'):
         lines.append(_registration_row(name, result['baselines'][name]['registration'],
                                        with_landmarks))
