@@ -52,6 +52,7 @@ __all__ = [
     'average_precision',
     'box_iou',
     'cc',
+    'cc_upper_bound',
     'detection_metrics',
     'edge_alignment',
     'entropy',
@@ -148,6 +149,31 @@ def cc(fused, ir, vi):
     """Mean correlation coefficient: (Pearson(F, A) + Pearson(F, B)) / 2; higher is better."""
     f, a, b = _triple(fused, ir, vi)
     return 0.5 * (_pearson(f, a) + _pearson(f, b))
+
+
+def cc_upper_bound(ir, vi):
+    """Return the highest :func:`cc` any fused image can reach with these two sources.
+
+    With ``rho`` = Pearson(A, B), the mean of Pearson(F, A) and Pearson(F, B) over all images
+    F is at most ``sqrt((1 + rho) / 2)``, reached by F = a + b (the sources standardised to
+    zero mean and unit variance): the mean of two correlations is the correlation of F with
+    (a + b) / 2 scaled by the norm of (a + b) / 2, which is ``sqrt((1 + rho) / 2)``
+    (Cauchy-Schwarz). Sources that are anti-correlated (a hot pedestrian on a bright road,
+    dark in the IR sky) keep every fusion's CC well below 1.
+
+    Args:
+        ir, vi: 2-D grey images of one shape (uint8 or float in [0, 1]).
+
+    Returns:
+        The bound, in [0, 1]; 0 where a source is constant.
+
+    """
+    a, b = _unit(ir, 'ir'), _unit(vi, 'vi')
+    _same_shape(('ir', a), ('vi', b))
+    a, b = a - a.mean(), b - b.mean()
+    if float((a * a).sum()) <= 0 or float((b * b).sum()) <= 0:
+        return 0.0
+    return math.sqrt(max(0.0, (1.0 + _pearson(a, b)) / 2.0))
 
 
 def _edge(img):

@@ -100,16 +100,18 @@ class Scores:
         self.times_ms, self.model_ms = [], []
         self.sources = {'dataset': 0, 'synthetic': 0, 'none': 0}
         self.ecc_failures, self.edge_wins, self.landmark_pairs = 0, [], 0
-        self.per_pair = []
+        self.per_pair, self.cc_bounds = [], []
         self.contrast = TargetContrast(CONTRAST_METHODS)
         self.contrast_pairs = 0
 
     def add(self, case, model, unregistered, baselines, ecc_success, truth, dropped,
-            predictions, wall_ms, model_ms, reference=None):
+            predictions, wall_ms, model_ms, reference=None, cc_bound=None):
         """Add one pair: the model's and the baselines' scores, detections and times.
 
         ``reference``: the reference flow's own registration figures
-        (:func:`~tarfuse_ros.evaluation.scoring.reference_scores`; None without an aligned IR).
+        (:func:`~tarfuse_ros.evaluation.scoring.reference_scores`; None without an aligned IR);
+        ``cc_bound``: the highest CC a fused image can reach with the pair's sources
+        (:func:`~tarfuse_ros.core.metrics.cc_upper_bound`; None without an aligned IR).
         """
         self.sources[case.mode] += 1
         self.landmark_pairs += int(case.landmarks is not None)
@@ -120,6 +122,8 @@ class Scores:
         self.registration['unregistered'].append(unregistered)
         if reference is not None:
             self.registration['reference_flow'].append(reference)
+        if cc_bound is not None:
+            self.cc_bounds.append(cc_bound)
         for name, values in baselines.items():
             self.fusion[name].append(values['fusion'])
             self.registration[name].append(values['registration'])
@@ -130,7 +134,7 @@ class Scores:
                  'fusion': model['fusion'], 'registration': model['registration'],
                  'unregistered': unregistered, 'ecc_success': ecc_success,
                  'ecc_average': baselines['ecc_average']['registration'],
-                 'reference_flow': reference}
+                 'reference_flow': reference, 'cc_upper_bound': cc_bound}
         if truth is not None:
             self.truths.append(truth)
             self.dropped_boxes += dropped
@@ -211,6 +215,8 @@ class Scores:
             'skipped_without_ground_truth': list(skipped),
             'deformation_sources': self.sources, 'class_names': self.class_names,
             'fusion': fusion,
+            # What no fusion can exceed on these pairs (mean of the per-pair bounds).
+            'fusion_bounds': {'CC': float(np.mean(self.cc_bounds)) if self.cc_bounds else None},
             'registration': self.registration_summary(),
             'detection': self.detection('model'),
             'detection_labels': {'folder': labels_dir, 'labelled_pairs': len(self.truths),

@@ -52,7 +52,7 @@ from pathlib import Path
 import time
 
 import numpy as np
-from tarfuse_ros.core import data
+from tarfuse_ros.core import data, metrics
 from tarfuse_ros.core.images import unit_plane
 from tarfuse_ros.core.runtime import torch_settings
 from tarfuse_ros.evaluation import inputs
@@ -260,7 +260,9 @@ def _score_pair(case, engine, zero_engine, scores, index, options, dataset_dir, 
             'ir_only': engine.infer(case.ir, np.zeros(case.size, np.uint8)).detections}
     scores.add(case, model, unregistered, baselines, ecc.success, truth, dropped, predictions,
                wall_ms, result.timings_ms.get('model', float('nan')),
-               reference=reference_scores(case))
+               reference=reference_scores(case),
+               cc_bound=(metrics.cc_upper_bound(case.ir_unit, case.vi_y_unit)
+                         if case.ir_unit is not None else None))
     if truth is not None and case.ir_unit is not None:
         fused['model'] = luma(result.fused)
         scores.add_contrast(case.stem, group, truth, case.ir, case.vi_y, fused)

@@ -55,6 +55,11 @@ def _fusion_lines(result):
     rows += [(name, b['fusion']) for name, b in result['baselines'].items() if b['fusion']]
     for name, values in rows:
         lines.append(f'| {name} | ' + ' | '.join(_fmt(values.get(k), 3) for k in keys) + ' |')
+    bound = (result.get('fusion_bounds') or {}).get('CC')
+    if bound is not None:
+        lines += ['', f'The highest CC any fused image can reach with these sources: '
+                  f'{_fmt(bound, 3)} (mean over the pairs of sqrt((1 + rho) / 2), rho the '
+                  'Pearson correlation of the aligned IR and the visible luma).']
     return lines
 
 

@@ -52,6 +52,24 @@ def test_cc_of_an_inverted_source_cancels():
     assert metrics.cc(a, a, 255 - a) == pytest.approx(0.0, abs=1e-12)
 
 
+def test_cc_upper_bound_is_reached_by_the_standardised_sum_and_never_beaten():
+    rng = np.random.default_rng(3)
+    a = _ramp(32, 32)
+    b = np.clip(1.0 - a + 0.3 * rng.random((32, 32)), 0, 1)  # anti-correlated, like IR vs sky
+    rho = np.corrcoef(a.ravel(), b.ravel())[0, 1]
+    bound = metrics.cc_upper_bound(a, b)
+    assert rho < 0 and bound == pytest.approx(math.sqrt((1 + rho) / 2), abs=1e-9)
+    best = (a - a.mean()) / a.std() + (b - b.mean()) / b.std()
+    best = (best - best.min()) / (best.max() - best.min())  # any affine rescaling keeps CC
+    assert metrics.cc(best, a, b) == pytest.approx(bound, abs=1e-9)
+    for _ in range(20):
+        weights = rng.normal(size=3)
+        other = np.clip(weights[0] * a + weights[1] * b + weights[2] * rng.random((32, 32)), 0, 1)
+        assert metrics.cc(other, a, b) <= bound + 1e-9
+    assert metrics.cc_upper_bound(a, a) == pytest.approx(1.0, abs=1e-9)
+    assert metrics.cc_upper_bound(a, np.full_like(a, 0.5)) == 0.0
+
+
 def _qabf_q(strength, orientation):
     c = metrics.QABF_CONSTANTS
     q_g = c['Tg'] / (1 + math.exp(c['kg'] * (strength - c['Dg'])))

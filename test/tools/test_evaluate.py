@@ -130,6 +130,11 @@ def test_evaluate_roadscene_with_dataset_deformations(random_checkpoint, tmp_pat
     assert all(entry['reference_flow']['EPE'] == pytest.approx(0.0, abs=1e-6)
                for entry in result['per_pair'])
     assert 'reference flow itself' in report
+    # No fused image beats the CC bound of its sources.
+    assert result['fusion']['CC'] <= result['fusion_bounds']['CC'] <= 1
+    assert all(entry['fusion']['CC'] <= entry['cc_upper_bound'] + 1e-9
+               for entry in result['per_pair'])
+    assert 'The highest CC any fused image can reach' in report
     assert set(result['baselines']) == {'unregistered_average', 'unregistered_max',
                                         'ecc_average', 'model_zero_flow', 'visible_only',
                                         'ir_only'}
