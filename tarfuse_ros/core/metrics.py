@@ -165,14 +165,16 @@ def cc_upper_bound(ir, vi):
         ir, vi: 2-D grey images of one shape (uint8 or float in [0, 1]).
 
     Returns:
-        The bound, in [0, 1]; 0 where a source is constant.
+        The bound, in [0, 1]. A constant source correlates with nothing (:func:`cc` counts 0
+        for it), so with one constant source the bound is 0.5 (F = the other), with two 0.
 
     """
     a, b = _unit(ir, 'ir'), _unit(vi, 'vi')
     _same_shape(('ir', a), ('vi', b))
     a, b = a - a.mean(), b - b.mean()
-    if float((a * a).sum()) <= 0 or float((b * b).sum()) <= 0:
-        return 0.0
+    varying = [float((x * x).sum()) > 0 for x in (a, b)]
+    if not all(varying):
+        return 0.5 * sum(varying)
     return math.sqrt(max(0.0, (1.0 + _pearson(a, b)) / 2.0))
 
 

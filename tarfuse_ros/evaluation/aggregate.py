@@ -59,6 +59,10 @@ def conventions(aligned, conf, iou):
         'mi': 'MI(F, IR) + MI(F, VI), bits',
         'vif': 'VIFp(IR, F) + VIFp(VI, F)',
         'qabf': 'Xydeas-Petrovic, constants of docs/METHOD.md, L = 1',
+        'fusion_bounds': (
+            'CC: mean over the pairs of the highest CC any fused image can reach with its '
+            'sources, sqrt((1 + rho) / 2), rho = Pearson(aligned IR, visible luma)'
+            if aligned else 'no aligned IR: None'),
         'registration': (
             'MSE/NCC of images in [0, 1]; EPE in px vs the inverse of the applied field'
             if aligned else 'no aligned IR: MSE, NCC, EPE not computed (None)'),
@@ -93,8 +97,7 @@ class Scores:
     def __init__(self, class_names):
         self.class_names = list(class_names)
         self.fusion = {name: [] for name in ('model',) + BASELINES}
-        self.registration = {name: [] for name in ('model', 'unregistered', 'reference_flow')
-                             + BASELINES}
+        self.registration = {name: [] for name in ('model', 'unregistered') + BASELINES}
         self.predictions = {name: [] for name in DETECTORS}
         self.truths, self.dropped_boxes = [], 0
         self.times_ms, self.model_ms = [], []
@@ -105,11 +108,9 @@ class Scores:
         self.contrast_pairs = 0
 
     def add(self, case, model, unregistered, baselines, ecc_success, truth, dropped,
-            predictions, wall_ms, model_ms, reference=None, cc_bound=None):
+            predictions, wall_ms, model_ms, cc_bound=None):
         """Add one pair: the model's and the baselines' scores, detections and times.
 
-        ``reference``: the reference flow's own registration figures
-        (:func:`~tarfuse_ros.evaluation.scoring.reference_scores`; None without an aligned IR);
         ``cc_bound``: the highest CC a fused image can reach with the pair's sources
         (:func:`~tarfuse_ros.core.metrics.cc_upper_bound`; None without an aligned IR).
         """
@@ -120,8 +121,6 @@ class Scores:
         self.fusion['model'].append(model['fusion'])
         self.registration['model'].append(model['registration'])
         self.registration['unregistered'].append(unregistered)
-        if reference is not None:
-            self.registration['reference_flow'].append(reference)
         if cc_bound is not None:
             self.cc_bounds.append(cc_bound)
         for name, values in baselines.items():
@@ -134,7 +133,7 @@ class Scores:
                  'fusion': model['fusion'], 'registration': model['registration'],
                  'unregistered': unregistered, 'ecc_success': ecc_success,
                  'ecc_average': baselines['ecc_average']['registration'],
-                 'reference_flow': reference, 'cc_upper_bound': cc_bound}
+                 'cc_upper_bound': cc_bound}
         if truth is not None:
             self.truths.append(truth)
             self.dropped_boxes += dropped
@@ -179,8 +178,6 @@ class Scores:
         """Mean registration figures of the model, the unregistered input and the ratios."""
         out = dict(mean_dicts(self.registration['model']) or {})
         out['unregistered'] = mean_dicts(self.registration['unregistered'])
-        # The reference flow's own figures: the ceiling every method is measured under.
-        out['reference_flow'] = mean_dicts(self.registration['reference_flow'])
         base_epe = (out['unregistered'] or {}).get('EPE')
         if base_epe is None or out.get('EPE') is None:
             out['epe_reduction'] = None

@@ -62,8 +62,7 @@ from tarfuse_ros.evaluation.contrast import illumination, read_illumination
 from tarfuse_ros.evaluation.figures import save_pair_figures
 from tarfuse_ros.evaluation.options import EvalOptions
 from tarfuse_ros.evaluation.report import render_report
-from tarfuse_ros.evaluation.scoring import (
-    fusion_scores, luma, reference_scores, registration_scores)
+from tarfuse_ros.evaluation.scoring import fusion_scores, luma, registration_scores
 from tarfuse_ros.training.datasets import resolve_dataset_dir
 
 __all__ = ['Case', 'evaluate', 'make_case']
@@ -260,7 +259,6 @@ def _score_pair(case, engine, zero_engine, scores, index, options, dataset_dir, 
             'ir_only': engine.infer(case.ir, np.zeros(case.size, np.uint8)).detections}
     scores.add(case, model, unregistered, baselines, ecc.success, truth, dropped, predictions,
                wall_ms, result.timings_ms.get('model', float('nan')),
-               reference=reference_scores(case),
                cc_bound=(metrics.cc_upper_bound(case.ir_unit, case.vi_y_unit)
                          if case.ir_unit is not None else None))
     if truth is not None and case.ir_unit is not None:

@@ -83,9 +83,6 @@ def _registration_lines(result):
              'visible image, higher is better)', '', header, rule,
              _registration_row('TarFuse', reg, with_landmarks),
              _registration_row('unregistered input', reg['unregistered'], with_landmarks)]
-    if reg.get('reference_flow'):
-        lines.append(_registration_row('reference flow itself (the ceiling)',
-                                       reg['reference_flow'], with_landmarks))
     for name in ('ecc_average', 'model_zero_flow'):
         lines.append(_registration_row(name, result['baselines'][name]['registration'],
                                        with_landmarks))
@@ -189,6 +186,10 @@ def _goal_lines(result):
             met = {'>=': value >= goal, '<=': value <= goal, '>': value > goal}[op]
         lines.append(f'| {name} | {_fmt(value)} | {op} {_fmt(goal)} | '
                      f'{"yes" if met else ("no" if met is not None else "n/a")} |')
+    bound = (result.get('fusion_bounds') or {}).get('CC')
+    if bound is not None and bound < GOALS['CC']:
+        lines += ['', f'No fused image can meet the CC goal on these pairs: their sources '
+                  f'allow at most {_fmt(bound)} (Fusion).']
     return lines + ['']
 
 

@@ -1,13 +1,10 @@
 """Scores of one method on one pair: fusion metrics and registration figures."""
 
 import cv2
-from tarfuse_ros.core import images, metrics
-from tarfuse_ros.core.model.warp import warp
+from tarfuse_ros.core import metrics
 from tarfuse_ros.evaluation.inputs import covered
-import torch
 
-__all__ = ['REFERENCE_FREE_FUSION', 'fusion_scores', 'luma', 'reference_registered',
-           'reference_scores', 'registration_scores']
+__all__ = ['REFERENCE_FREE_FUSION', 'fusion_scores', 'luma', 'registration_scores']
 
 # Fusion metrics computed from the fused image alone (valid without an aligned IR).
 REFERENCE_FREE_FUSION = ('EN', 'SD', 'SF', 'AG')
@@ -52,34 +49,3 @@ def registration_scores(case, registered, flow_px):
     out['landmark_error_px'] = (metrics.landmark_error(flow_px, *case.landmarks)
                                 if case.landmarks is not None else None)
     return out
-
-
-def reference_registered(case):
-    """Return the deformed IR warped by the reference flow, as the engines warp the model's.
-
-    The engines pad the frame at the bottom/right to a multiple of 32 with replicated pixels
-    and warp with zeros beyond (:func:`~tarfuse_ros.core.model.warp.warp`); the same here, so
-    the reference and the model lose the same content where a flow points outside the frame.
-
-    Returns:
-        ``(H, W)`` float32 in [0, 1].
-
-    """
-    height, width = case.deformed_unit.shape
-    ir, _ = images.pad_to_multiple(torch.from_numpy(case.deformed_unit).float()[None, None])
-    flow, _ = images.pad_to_multiple(
-        torch.from_numpy(case.flow_ref).float().permute(2, 0, 1)[None])
-    with torch.no_grad():
-        return images.unpad(warp(ir, flow), height, width)[0, 0].numpy()
-
-
-def reference_scores(case):
-    """Registration figures of the reference flow itself (None without an aligned IR).
-
-    What a registration that found the true field exactly would score: EPE 0, and the MSE /
-    NCC the deformation's lost content leaves (where the field pushed part of the IR out of
-    the frame, the zeros there count against every method alike).
-    """
-    if case.ir_unit is None:
-        return None
-    return registration_scores(case, reference_registered(case), case.flow_ref)

@@ -67,7 +67,11 @@ def test_cc_upper_bound_is_reached_by_the_standardised_sum_and_never_beaten():
         other = np.clip(weights[0] * a + weights[1] * b + weights[2] * rng.random((32, 32)), 0, 1)
         assert metrics.cc(other, a, b) <= bound + 1e-9
     assert metrics.cc_upper_bound(a, a) == pytest.approx(1.0, abs=1e-9)
-    assert metrics.cc_upper_bound(a, np.full_like(a, 0.5)) == 0.0
+    # A flat source counts 0 in cc: the other source alone reaches half.
+    flat = np.full_like(a, 0.5)
+    assert metrics.cc_upper_bound(a, flat) == 0.5 == metrics.cc(a, a, flat)
+    assert metrics.cc_upper_bound(flat, a) == 0.5
+    assert metrics.cc_upper_bound(flat, flat) == 0.0
 
 
 def _qabf_q(strength, orientation):
