@@ -88,16 +88,29 @@ def estimate_flows(matcher, ir, vi):
     return flow_global, baselines.ecc_register(ir, vi)
 
 
+OFFSETS = ('global_stage_px', 'ecc_px', 'difference_px', 'both_px')
+
+
+def offset_figures(flow_global, ecc):
+    """Return one pair's figures from :func:`estimate_flows`' output (module docstring).
+
+    ``{name: px}`` for :data:`OFFSETS`: mean lengths of the global stage's flow, ECC's flow,
+    their difference and their average (the offset both find); and ``ecc_fell_back``.
+    """
+    values = (flow_global, ecc.flow_px, flow_global - ecc.flow_px,
+              (flow_global + ecc.flow_px) / 2.0)
+    figures = {name: mean_length(flow) for name, flow in zip(OFFSETS, values)}
+    figures['ecc_fell_back'] = not ecc.success
+    return figures
+
+
 def pair_offsets(matcher, ir, vi):
     """Return ``(global_px, ecc_px, difference_px, both_px)`` for one aligned pair.
 
-    Mean lengths (px) of the global stage's flow, ECC's flow, their difference and their
-    average (the offset both find); arguments as :func:`estimate_flows`.
+    Arguments as :func:`estimate_flows`; figures as :func:`offset_figures`.
     """
-    flow_global, ecc = estimate_flows(matcher, ir, vi)
-    return (mean_length(flow_global), mean_length(ecc.flow_px),
-            mean_length(flow_global - ecc.flow_px),
-            mean_length((flow_global + ecc.flow_px) / 2.0))
+    figures = offset_figures(*estimate_flows(matcher, ir, vi))
+    return tuple(figures[name] for name in OFFSETS)
 
 
 def corrected_reference(flow_ref, offset):
@@ -137,7 +150,7 @@ def summarise(rows, agree_px, with_epe):
         return float(np.mean([row[key] for row in subset])) if subset else None
 
     agreeing = [row for row in rows if row['estimators_agree']]
-    keys = ['global_stage_px', 'ecc_px', 'difference_px', 'both_px']
+    keys = list(OFFSETS)
     if with_epe:
         keys += ['epe_network_px', 'epe_global_stage_px', 'epe_network_vs_ecc_corrected_px']
     summary = {key: mean(key, rows) for key in keys}
@@ -214,11 +227,7 @@ def main(argv=None):
             continue
         flow_global, ecc = estimate_flows(matcher, np.ascontiguousarray(ir[:height, :width]),
                                           np.ascontiguousarray(vi[:height, :width]))
-        row = {'stem': stem, 'global_stage_px': mean_length(flow_global),
-               'ecc_px': mean_length(ecc.flow_px),
-               'difference_px': mean_length(flow_global - ecc.flow_px),
-               'both_px': mean_length((flow_global + ecc.flow_px) / 2.0),
-               'ecc_fell_back': not ecc.success}
+        row = {'stem': stem, **offset_figures(flow_global, ecc)}
         row['estimators_agree'] = row['difference_px'] < args.agree_px
         line = (f'{stem}: global stage {row["global_stage_px"]:.2f} px, ECC '
                 f'{row["ecc_px"]:.2f} px, they differ by {row["difference_px"]:.2f} px, '
