@@ -557,3 +557,36 @@ def test_coarse_start_reaches_large_displacements_of_large_frames():
                                       global_coarse_side=640))
     assert model.registration.global_matcher.coarse_side == 640
     assert TarFuseConfig().global_coarse_side == 0
+
+
+def test_min_side_enlarges_small_frames_for_the_fit():
+    """A small real pair (76 x 114, a low-resolution thermal core): enlarged, the fit lands."""
+    from tarfuse_ros.core.deform import DeformConfig, random_deformation
+    from tarfuse_ros.core.model.matching import OrientationMatcher
+    import torch.nn.functional as F
+    ir, vi = _real_pair((320, 480))
+    ir, vi = (F.interpolate(image, size=(76, 114), mode='area') for image in (ir, vi))
+    config = DeformConfig(prob=1.0, rotation_deg=4.0, translation=0.0, scale=(0.95, 1.05),
+                          translation_px=4.0, elastic_alpha_px=0.0)
+    errors = {0: [], 160: []}
+    for seed in range(3):
+        applied, inverse = random_deformation(1, 76, 114, config,
+                                              generator=torch.Generator().manual_seed(seed))
+        for side in errors:
+            matcher = OrientationMatcher(fine_cell=4, min_side=side)
+            flow = affine_flow(matcher(warp(ir, applied), vi), 76, 114)
+            errors[side].append(float(torch.linalg.vector_norm(flow - inverse, dim=1).mean()))
+    mean = {side: sum(values) / len(values) for side, values in errors.items()}
+    assert mean[160] < 0.6 * mean[0], mean
+    # Frames at least min_side px on their shorter side are fitted exactly as before.
+    big_ir, big_vi = _real_pair((192, 256))
+    torch.testing.assert_close(OrientationMatcher(fine_cell=4, min_side=160)(big_ir, big_vi),
+                               OrientationMatcher(fine_cell=4)(big_ir, big_vi))
+    with pytest.raises(ValueError, match='min_side'):
+        OrientationMatcher(min_side=-1)
+    with pytest.raises(ValueError, match='global_min_side'):
+        TarFuseConfig(global_min_side=1.5)
+    model = build_model(TarFuseConfig(**SMALL, global_features='orientation',
+                                      global_min_side=160))
+    assert model.registration.global_matcher.min_side == 160
+    assert TarFuseConfig().global_min_side == 0

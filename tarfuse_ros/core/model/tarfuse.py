@@ -87,6 +87,10 @@ class TarFuseConfig:
     # first two passes on the frame halved, then refine at full size (0: never, as in
     # checkpoints written before the field). No learnt parameter depends on it.
     global_coarse_side: int = 0
+    # 'orientation' only: frames whose shorter side is below this (px) are enlarged by an
+    # integer factor for the global stage's fit (0: never, as in checkpoints written before
+    # the field). No learnt parameter depends on it.
+    global_min_side: int = 0
     # Eval mode only: the flow is the mean of the pair's flow and the mirrored flow of the pair
     # mirrored left-right (test-time augmentation; the registration runs twice). Not with the
     # orientation global stage, whose fit on the unpadded region cannot be mirrored.
@@ -152,7 +156,8 @@ class TarFuseConfig:
         if not isinstance(self.neck_blocks, int) or self.neck_blocks < 0:
             raise ValueError(f'neck_blocks must be an integer >= 0, got {self.neck_blocks!r}')
         for name, least in (('global_fine_cell', 0), ('global_fine_block', 0),
-                            ('global_coarse_side', 0), ('global_fine_passes', 1),
+                            ('global_coarse_side', 0), ('global_min_side', 0),
+                            ('global_fine_passes', 1),
                             ('global_fine_radius', 1)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
@@ -251,7 +256,8 @@ class TarFuse(nn.Module):
                 fine_cell=config.global_fine_cell, fine_block=config.global_fine_block,
                 coarse_side=config.global_coarse_side, fine_passes=config.global_fine_passes,
                 fine_radius=config.global_fine_radius,
-                support_mask=config.global_support_mask, fine_check=config.global_fine_check)
+                support_mask=config.global_support_mask, fine_check=config.global_fine_check,
+                min_side=config.global_min_side)
         self.reconstruction = ReconstructionHead(4 * width, config.reconstruction_channels, slope)
         self.neck = self.detect = None
         if config.detect:
