@@ -67,6 +67,26 @@ def mean_length(flow):
     return float(np.linalg.norm(flow, axis=2).mean())
 
 
+def global_stage_flow(matcher, ir, vi):
+    """Return the global stage's ``(1, 2, H, W)`` flow (px, ``warp`` convention) of a pair.
+
+    ``ir``, ``vi``: ``(H, W)`` float32 planes in [0, 1] (``matcher``: as
+    :func:`estimate_flows`).
+    """
+    height, width = vi.shape
+    with torch.no_grad():
+        theta = matcher(torch.from_numpy(ir)[None, None], torch.from_numpy(vi)[None, None])
+    return affine_flow(theta, height, width)
+
+
+def save_figures(summary, rows, path):
+    """Print ``summary`` as JSON and, with a ``path``, write ``{summary, pairs: rows}`` there."""
+    print(json.dumps(summary, indent=1))
+    if path:
+        with open(path, 'w') as handle:
+            json.dump({'summary': summary, 'pairs': rows}, handle, indent=1)
+
+
 def estimate_flows(matcher, ir, vi):
     """Return the two estimators' flows from ``ir`` to ``vi`` on one aligned pair.
 
@@ -81,10 +101,7 @@ def estimate_flows(matcher, ir, vi):
         convention; the identity where ECC failed, ``success`` False).
 
     """
-    height, width = vi.shape
-    with torch.no_grad():
-        theta = matcher(torch.from_numpy(ir)[None, None], torch.from_numpy(vi)[None, None])
-    flow_global = affine_flow(theta, height, width)[0].permute(1, 2, 0).numpy()
+    flow_global = global_stage_flow(matcher, ir, vi)[0].permute(1, 2, 0).numpy()
     return flow_global, baselines.ecc_register(ir, vi)
 
 
@@ -244,10 +261,7 @@ def main(argv=None):
     summary = {'data': args.data, 'split': args.split,
                'weights': args.weights or 'shipped default'}
     summary.update(summarise(rows, args.agree_px, args.epe))
-    print(json.dumps(summary, indent=1))
-    if args.json:
-        with open(args.json, 'w') as handle:
-            json.dump({'summary': summary, 'pairs': rows}, handle, indent=1)
+    save_figures(summary, rows, args.json)
     return 0
 
 

@@ -23,7 +23,6 @@ fails on most MSRS night pairs, ``benchmarks/dataset_alignment.py``), so an esti
 """
 
 import argparse
-import json
 import sys
 
 import cv2
@@ -31,11 +30,13 @@ import numpy as np
 from tarfuse_ros.core import data, metrics
 from tarfuse_ros.core.checkpoint import load_checkpoint
 from tarfuse_ros.core.engine import FusionEngine
-from tarfuse_ros.core.model.matching import affine_flow
 from tarfuse_ros.core.model.warp import warp
 from tarfuse_ros.core.paths import default_weights_path
 from tarfuse_ros.training.datasets import resolve_dataset_dir
 import torch
+
+# A sibling script: importable when this one runs from benchmarks/ (or with it on sys.path).
+from dataset_alignment import global_stage_flow, save_figures  # noqa: I100
 
 
 def narrow_ir(ir_aligned, fov):
@@ -66,16 +67,12 @@ def own_offset_ncc(matcher, ir_aligned, vi, fov):
     stage finds from the aligned IR to the visible image; ``ncc``: NCC of the aligned IR with
     itself warped by that flow, over the region of :func:`evaluate_pair`.
     """
-    height, width = ir_aligned.shape
-    ir, visible = (torch.from_numpy(plane.astype(np.float32) / 255.0)[None, None]
-                   for plane in (ir_aligned, vi))
-    with torch.no_grad():
-        flow = affine_flow(matcher(ir, visible), height, width)
-        moved = warp(ir, flow)[0, 0].numpy()
+    ir, visible = (plane.astype(np.float32) / 255.0 for plane in (ir_aligned, vi))
+    flow = global_stage_flow(matcher, ir, visible)
+    moved = warp(torch.from_numpy(ir)[None, None], flow)[0, 0].numpy()
     _, (top, left, crop_h, crop_w) = narrow_ir(ir_aligned, fov)
     region = (slice(top, top + crop_h), slice(left, left + crop_w))
-    return (float(flow[0].norm(dim=0).mean()),
-            metrics.ncc(moved[region], ir[0, 0].numpy()[region]))
+    return float(flow[0].norm(dim=0).mean()), metrics.ncc(moved[region], ir[region])
 
 
 def main(argv=None):
@@ -138,10 +135,7 @@ def main(argv=None):
     if matcher is not None:
         for key in ('own_offset_px', 'ncc_truth_moved_by_own_offset'):
             summary[key] = float(np.mean([r[key] for r in rows]))
-    print(json.dumps(summary, indent=1))
-    if args.json:
-        with open(args.json, 'w') as handle:
-            json.dump({'summary': summary, 'pairs': rows}, handle, indent=1)
+    save_figures(summary, rows, args.json)
     return 0
 
 

@@ -103,7 +103,7 @@ class Scores:
         self.times_ms, self.model_ms = [], []
         self.sources = {'dataset': 0, 'synthetic': 0, 'none': 0}
         self.ecc_failures, self.edge_wins, self.landmark_pairs = 0, [], 0
-        self.per_pair, self.cc_bounds = [], []
+        self.per_pair = []
         self.contrast = TargetContrast(CONTRAST_METHODS)
         self.contrast_pairs = 0
 
@@ -121,8 +121,6 @@ class Scores:
         self.fusion['model'].append(model['fusion'])
         self.registration['model'].append(model['registration'])
         self.registration['unregistered'].append(unregistered)
-        if cc_bound is not None:
-            self.cc_bounds.append(cc_bound)
         for name, values in baselines.items():
             self.fusion[name].append(values['fusion'])
             self.registration[name].append(values['registration'])
@@ -205,6 +203,8 @@ class Scores:
         fusion = mean_dicts(self.fusion['model'])
         if fusion is not None:
             fusion.update(self.contrast_figures('model'))
+        bounds = [entry['cc_upper_bound'] for entry in self.per_pair
+                  if entry['cc_upper_bound'] is not None]
         result = {
             'dataset': dataset, 'split': split, 'weights': weights, 'deform': deform,
             'stored_ir': stored_ir, 'seed': seed, 'max_side': max_side,
@@ -213,7 +213,7 @@ class Scores:
             'deformation_sources': self.sources, 'class_names': self.class_names,
             'fusion': fusion,
             # What no fusion can exceed on these pairs (mean of the per-pair bounds).
-            'fusion_bounds': {'CC': float(np.mean(self.cc_bounds)) if self.cc_bounds else None},
+            'fusion_bounds': {'CC': float(np.mean(bounds)) if bounds else None},
             'registration': self.registration_summary(),
             'detection': self.detection('model'),
             'detection_labels': {'folder': labels_dir, 'labelled_pairs': len(self.truths),
