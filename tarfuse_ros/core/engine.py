@@ -43,6 +43,7 @@ capture errors raise) or ``'auto'`` (capture when a size is seen a second time, 
 execution with a warning if capture fails); ignored on CPU.
 """
 
+import collections
 import functools
 import logging
 from pathlib import Path
@@ -196,6 +197,17 @@ class FusionEngine(PairEngine):
             CPU time of the default three-scale search, for rigs with matching fields of view.
             No effect on a checkpoint with one candidate or without the orientation global
             stage.
+        global_every, global_window: the orientation global stage over a stream of pairs from
+            one rigid rig (:meth:`infer` one pair at a time): every pair starts the learnt
+            levels from the elementwise median of the last ``global_window`` fits of its
+            affine map (the error of a fit depends on the scene: over scenes it averages out,
+            and a failed fit is outvoted); the stage fits every pair until it holds
+            ``global_window`` fits, then one pair in ``global_every`` (the others skip it:
+            about a quarter of the CPU time of a fit). 1 and 1 (default): every pair is fitted
+            alone, as without a stream. The fits are forgotten when the frame size or the
+            registration prior changes, and by :meth:`reset_global_maps`; a call with several
+            pairs (:meth:`infer_batch`) fits each of them and leaves the stream alone. Needs the
+            orientation global stage (:attr:`streams_global_map`).
 
     Raises:
         CheckpointError: missing or invalid weights.
@@ -209,7 +221,7 @@ class FusionEngine(PairEngine):
                  conf_threshold=0.25, iou_threshold=0.45, max_detections=100, classes=None,
                  allow_cpu_fallback=False, ir_norm='percentile', ir_low=0.5, ir_high=99.5,
                  pad_mode='replicate', cudnn_benchmark=True, fuse_bn=True, channels_last=True,
-                 registration_prior=None, scale_search=True):
+                 registration_prior=None, scale_search=True, global_every=1, global_window=1):
         if cuda_graph is True or cuda_graph is False:
             cuda_graph = 'on' if cuda_graph else 'off'
         if cuda_graph not in CUDA_GRAPH_MODES:
@@ -221,6 +233,9 @@ class FusionEngine(PairEngine):
         if pad_mode not in images.PAD_MODES:
             raise ValueError(f'pad_mode must be one of {images.PAD_MODES}, got {pad_mode!r}')
         check_prior(registration_prior)  # fail before loading the weights
+        for name, value in (('global_every', global_every), ('global_window', global_window)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f'{name} must be an integer >= 1, got {value!r}')
         if threads is not None:
             if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
                 raise ValueError(f'threads must be None or an integer >= 1, got {threads!r}')
@@ -265,6 +280,17 @@ class FusionEngine(PairEngine):
         self._graphs = {}
         self._seen_shapes = set()
         self._graph_failed = set()
+        streams = global_every > 1 or global_window > 1
+        if streams and getattr(model.registration, 'global_matcher', None) is None:
+            raise ValueError(
+                f'global_every / global_window above 1 need a checkpoint with the orientation '
+                f'global stage; {str(self._weights)!r} has none (registration '
+                f'{model.config.registration!r}, global_features '
+                f'{model.config.global_features!r}): leave both at 1')
+        self._global_every, self._global_window = global_every, global_window
+        self._global_key = None  # (input shape, valid size, pre-warp) the fits belong to
+        self._global_fits = collections.deque(maxlen=global_window)
+        self._global_age = 0  # pairs since the last fit
 
     # -- properties -------------------------------------------------------------------------
     @property
@@ -291,6 +317,19 @@ class FusionEngine(PairEngine):
     def half(self):
         """Whether fp16 autocast is in effect (CUDA only)."""
         return self._half
+
+    @property
+    def streams_global_map(self):
+        """True when the global stage's map is kept over a stream (``global_every`` or
+        ``global_window`` above 1)."""
+        return self._global_every > 1 or self._global_window > 1
+
+    def reset_global_maps(self):
+        """Forget the stream's global fits: the next pair is fitted afresh (a new rig)."""
+        with self._infer_lock:
+            self._global_key = None
+            self._global_fits.clear()
+            self._global_age = 0
 
     @property
     def scale_candidates(self):
@@ -355,12 +394,39 @@ class FusionEngine(PairEngine):
         ir_t, vi_t = self._to_tensors(items)
         t1 = time.perf_counter()
         with self._infer_lock:
-            raw = self._run_model(ir_t, vi_t, _padded_from(ir_t, height, width))
+            valid_size = _padded_from(ir_t, height, width)
+            if self.streams_global_map and len(items) == 1:
+                theta = self._stream_theta(ir_t, vi_t, valid_size, items[0].pre_warp)
+                raw = self._run_model(ir_t, vi_t, valid_size, theta)
+            else:
+                raw = self._run_model(ir_t, vi_t, valid_size)
             if self._device.type == 'cuda':
                 torch.cuda.synchronize(self._device)
             t2 = time.perf_counter()
             outputs = self._postprocess(raw, items, height, width)
         return outputs, (t1 - t0, t2 - t1, time.perf_counter() - t2)
+
+    def _stream_theta(self, ir_t, vi_t, valid_size, pre_warp):
+        """Return the ``(1, 2, 3)`` global map of a stream's pair (``global_every``).
+
+        Fits the global stage on every pair until ``global_window`` fits are held, then when
+        ``global_every`` pairs have passed since the last fit (a new frame size or pre-warp
+        forgets the fits), and returns the elementwise median of the last ``global_window``
+        fits.
+        """
+        valid = None if valid_size is None else tuple(int(v) for v in valid_size)
+        key = (tuple(ir_t.shape), valid, None if pre_warp is None else pre_warp.tobytes())
+        if key != self._global_key:
+            self._global_key = key
+            self._global_fits.clear()
+        filling = len(self._global_fits) < self._global_window
+        if filling or self._global_age >= self._global_every:
+            with torch.inference_mode():
+                self._global_fits.append(self._model.fit_global(ir_t, vi_t, valid))
+            self._global_age = 0
+        self._global_age += 1
+        # Even counts: the mean of the two middle fits (torch.median would take the lower).
+        return torch.cat(tuple(self._global_fits)).quantile(0.5, dim=0, keepdim=True)
 
     def _to_tensors(self, items):
         """Stack same-size prepared pairs into padded (B, 1, H', W') tensors on the device."""
@@ -370,18 +436,21 @@ class FusionEngine(PairEngine):
         ir_t, _ = images.pad_to_multiple(ir_t, 32, self._pad_mode, self._min_side)
         return ir_t, vi_t
 
-    def _forward(self, ir_t, vi_t, valid_size=None):
+    def _forward(self, ir_t, vi_t, valid_size=None, global_theta=None):
         """``predict_raw`` with fp16 autocast when enabled (also the body of captured graphs)."""
         if self._half:
             with torch.autocast('cuda', dtype=torch.float16, cache_enabled=False):
-                out = self._model.predict_raw(ir_t, vi_t, valid_size)
+                out = self._model.predict_raw(ir_t, vi_t, valid_size, global_theta)
             return {key: value.float() for key, value in out.items()
-                    if key in ('fused', 'flow', 'registered_ir', 'det') and value is not None}
-        return self._model.predict_raw(ir_t, vi_t, valid_size)
+                    if key in ('fused', 'flow', 'registered_ir', 'det', 'global_theta')
+                    and value is not None}
+        return self._model.predict_raw(ir_t, vi_t, valid_size, global_theta)
 
-    def _run_model(self, ir_t, vi_t, valid_size=None):
+    def _run_model(self, ir_t, vi_t, valid_size=None, global_theta=None):
         with torch.inference_mode(), cudnn_benchmark(self._cudnn_benchmark):
             valid_size = None if valid_size is None else tuple(int(v) for v in valid_size)
+            if global_theta is not None:  # a stream's map: eager (graphs fit their own)
+                return self._forward(ir_t, vi_t, valid_size, global_theta)
             # One graph per padded shape and valid region (the global stage crops to it).
             runner = self._graph_runner((tuple(ir_t.shape), valid_size))
             if runner is not None:

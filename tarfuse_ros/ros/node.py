@@ -202,6 +202,8 @@ class TarFuseNode(Node):
         # Imported here so that configuration errors are reported before torch is loaded (and
         # the onnxruntime backend does not load the torch engine).
         from tarfuse_ros.core.backends import create_engine, model_error
+        stream = {} if onnx else {'global_every': params.registration_global_every,
+                                  'global_window': params.registration_global_window}
         try:
             engine = create_engine(
                 params.backend, weights=params.weights, device=params.device, half=params.half,
@@ -210,7 +212,7 @@ class TarFuseNode(Node):
                 max_detections=params.max_detections,
                 allow_cpu_fallback=params.allow_cpu_fallback,
                 registration_prior=registration_prior(params),
-                scale_search=params.registration_scale_search)
+                scale_search=params.registration_scale_search, **stream)
         except model_error(params.backend) as exc:
             kind = '.onnx file from tarfuse-export' if onnx else '.safetensors checkpoint'
             example = 'model.onnx' if onnx else 'model.safetensors'
@@ -236,6 +238,11 @@ class TarFuseNode(Node):
         elif not params.registration_scale_search:
             self.get_logger().info('global stage scale search off '
                                    '(registration.scale_search false): scale 1.0 only')
+        if not onnx and engine.streams_global_map:
+            self.get_logger().info(
+                f'global stage over the stream (one rigid rig): a fit on one pair in '
+                f'{params.registration_global_every}, each pair starts from the median of the '
+                f'last {params.registration_global_window} fits')
         if params.device != 'cpu' and engine.device == 'cpu':
             self.get_logger().warning(
                 f'device {params.device!r} is unavailable: running on the CPU because '
@@ -562,6 +569,11 @@ class TarFuseNode(Node):
             extra.update(self._refiner.summary().as_dict())
         else:
             extra['registration_refinement'] = 'off'
+        extra['registration_global_map'] = (
+            f'every {self._params.registration_global_every} pairs, median of '
+            f'{self._params.registration_global_window} fits'
+            if self._params.registration_global_every > 1
+            or self._params.registration_global_window > 1 else 'per pair')
         array = DiagnosticArray()
         array.header.stamp = self.get_clock().now().to_msg()
         array.status = [build_status(f'{self.get_name()}: fusion', self._engine.device,

@@ -55,6 +55,8 @@ class NodeParams:
     registration_prior_ir_size: tuple = ()
     registration_prior_visible_size: tuple = ()
     registration_scale_search: bool = True
+    registration_global_every: int = 1
+    registration_global_window: int = 1
     refinement_enabled: bool = False
     refinement_alpha: float = 0.1
     refinement_max_step_px: float = 20.0
@@ -163,6 +165,16 @@ PARAMETER_SPECS = (
               'false fits scale 1.0 only, about half the CPU time, for rigs whose fields of '
               'view match or that have a registration.prior. Backend torch only (an ONNX graph '
               'has its scales built in). Restart to change.'),
+    ParamSpec('registration.global_every', 'registration_global_every', 'int',
+              'For one rigid rig: once it holds global_window fits, the global stage fits '
+              'its map on one pair in this many and the others skip it (about a quarter of '
+              'the CPU time of a fit); 1 = every pair. Backend torch only. Restart to change.',
+              low=1, high=10000),
+    ParamSpec('registration.global_window', 'registration_global_window', 'int',
+              'For one rigid rig: every pair starts from the elementwise median of the last '
+              'this many global fits (scene-dependent fit errors average out; a failed fit is '
+              'outvoted); 1 = the newest fit alone. Backend torch only. Restart to change.',
+              low=1, high=1000),
     ParamSpec('registration.online_refinement.enabled', 'refinement_enabled', 'bool',
               'Refine the registration prior online: fit a homography to the flow of every '
               'every_n-th pair, reject outliers, smooth the accepted fits (alpha) and use the '
@@ -358,6 +370,18 @@ def validate_params(params):
             'scales it was exported with built in; use backend torch, or export the graph '
             'without the search (tarfuse-export WEIGHTS --out MODEL.onnx --no-scale-search) '
             'and leave this parameter true')
+    stream = params.registration_global_every > 1 or params.registration_global_window > 1
+    if params.backend == 'onnxruntime' and stream:
+        raise ValueError(
+            'registration.global_every / registration.global_window above 1 need backend '
+            'torch: an ONNX graph runs its global stage on every pair; use backend torch, or '
+            'leave both at 1')
+    if params.refinement_enabled and stream:
+        raise ValueError(
+            'registration.global_every / registration.global_window above 1 and '
+            'registration.online_refinement.enabled both keep the rig transform over the '
+            'stream, and each refined prior would make the global fits start over: enable '
+            'one of them')
     if params.backend == 'onnxruntime' and params.weights.endswith('.safetensors'):
         raise ValueError(
             f'backend onnxruntime runs an .onnx file but weights is the checkpoint '

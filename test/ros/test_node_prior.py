@@ -1,7 +1,8 @@
 """The node's registration parameters over real DDS, and their start-up errors.
 
-A calibration prior (registration.prior*) and the global stage's scale search switched off
-(registration.scale_search).
+A calibration prior (registration.prior*), the global stage's scale search switched off
+(registration.scale_search) and its map kept over a stream (registration.global_every /
+global_window).
 
 The prior file is the one ``tarfuse-calibrate`` writes (``core.prior.write_prior_yaml``), passed
 to the node with ``--params-file`` after the shipped parameters, as the launch file's
@@ -12,7 +13,7 @@ engine gives with the same prior in this process.
 import time
 
 from node_harness import assert_start_up_fails, HEIGHT, NodeProcess, Probe, random_domain_id
-from node_harness import sample_pair, WIDTH
+from node_harness import image_msg, sample_pair, VISIBLE_FRAME, WIDTH
 import numpy as np
 import pytest
 from tarfuse_ros.core.engine import FusionEngine
@@ -106,3 +107,46 @@ def test_node_refuses_the_scale_search_off_with_onnxruntime_naming_the_parameter
     assert_start_up_fails({'backend': 'onnxruntime', 'weights': str(model),
                            'registration.scale_search': 'false'},
                           ('invalid parameter', 'registration.scale_search', 'backend torch'))
+
+
+def test_node_keeps_the_global_map_over_the_stream_and_reports_it():
+    """global_every 1000: the first pair's fit registers a later, different pair."""
+    domain, namespace = random_domain_id(), '/stream'
+    node = NodeProcess(domain, {'device': 'cpu', 'cpu_threads': 1, 'qos.depth': 10,
+                                'registration.global_every': '1000'}, namespace=namespace)
+    probe = Probe(domain, namespace=namespace)
+    other = sample_pair(stem='FLIR_04229')
+    try:
+        # The readiness pairs (the sample pair) give the stream its one fit.
+        if not probe.wait_until_ready(120.0):
+            pytest.fail('the node never answered a pair; its log:\n' + node.log())
+        stamp = time.time_ns()
+        probe.publish_pair(image_msg(other[0], 'mono8', stamp, 'infrared_optical_frame'),
+                           image_msg(other[1], 'bgr8', stamp, VISIBLE_FRAME))
+        assert probe.wait_for_outputs(stamp, keys=('registered',)), node.log()
+        registered, = probe.outputs_for('registered', stamp)
+        assert probe.wait_for_diagnostics(
+            lambda level, message, values: 'registration_global_map' in values), node.log()
+        reported = probe.latest_diagnostics()[2]['registration_global_map']
+        log = node.log()
+    finally:
+        probe.close()
+        node.close()
+    pixels = np.frombuffer(registered.data, np.uint8).reshape(HEIGHT, WIDTH).astype(int)
+    assert 'global stage over the stream' in log, log
+    assert reported == 'every 1000 pairs, median of 1 fits'
+    stream = FusionEngine(cuda_graph='off', global_every=1000)
+    stream.infer(*sample_pair())
+    expected = stream.infer(*other).registered_ir
+    alone = FusionEngine(cuda_graph='off').infer(*other).registered_ir
+    assert np.abs(pixels - expected).max() <= 1
+    # The kept map really acted: the pair's own fit registers it elsewhere.
+    assert np.abs(pixels - alone).mean() > 1.0, np.abs(pixels - alone).mean()
+
+
+def test_node_refuses_a_stream_with_onnxruntime_naming_the_parameter(tmp_path):
+    model = tmp_path / 'model.onnx'
+    model.write_bytes(b'not read: the parameters are checked first')
+    assert_start_up_fails({'backend': 'onnxruntime', 'weights': str(model),
+                           'registration.global_every': '5'},
+                          ('invalid parameter', 'registration.global_every', 'backend torch'))

@@ -85,6 +85,12 @@ def test_yaml_sets_every_parameter_except_the_optional_class_filter_and_comments
     ({'registration.scale_search': 'no'}, 'registration.scale_search must be a bool'),
     ({'registration.scale_search': False, 'backend': 'onnxruntime', 'weights': 'm.onnx'},
      'registration.scale_search=false needs backend torch'),
+    ({'registration.global_every': 0}, 'registration.global_every=0 is outside [1, 10000]'),
+    ({'registration.global_window': 1.5}, 'registration.global_window must be'),
+    ({'registration.global_window': 9, 'backend': 'onnxruntime', 'weights': 'm.onnx'},
+     'registration.global_window above 1 need backend torch'),
+    ({'registration.global_every': 5, 'registration.online_refinement.enabled': True},
+     'enable one of them'),
 ])
 def test_invalid_start_up_values_raise_value_error_naming_them(values, message):
     with pytest.raises(ValueError, match=message.replace('[', r'\[').replace(']', r'\]')):

@@ -896,6 +896,9 @@ class MatchingRegistration(nn.Module):
     passed to the orientation global stage (:class:`OrientationMatcher`);
     with ``return_levels`` also the list of intermediate flows resized to ``(H, W)`` pixels,
     coarsest first (the global stage's affine flow, then each level), for deep supervision.
+    ``theta``: ``(B, 2, 3)`` normalised affine maps (:func:`affine_flow`) to start from instead
+    of running the global stage (a map fitted on an earlier frame of the same rig; orientation
+    global stage only).
 
     Args:
         in_channels: width of the common features.
@@ -974,20 +977,29 @@ class MatchingRegistration(nn.Module):
         out = self.global_estimator(cost)
         return fit_affine(out[:, :2], torch.sigmoid(out[:, 2:3]))
 
-    def forward(self, c_ir, c_vi, return_levels=False, ir=None, vi=None, valid_size=None):
+    def forward(self, c_ir, c_vi, return_levels=False, ir=None, vi=None, valid_size=None,
+                theta=None):
+        if theta is not None and self.global_matcher is None:
+            raise ValueError('a given global map (theta) needs the orientation global stage '
+                             "(global_features 'orientation'); this registration has none")
         ir_levels = self.pyramid(self.cseb_ir(c_ir))
         vi_levels = self.pyramid(self.cseb_vi(c_vi))
         size = c_ir.shape[2:]
         coarsest = vi_levels[-1].shape[2:]
         levels = []
-        if self.global_matcher is not None:
+        if theta is not None:
+            if tuple(theta.shape) != (c_ir.shape[0], 2, 3):
+                raise ValueError(f'theta must be ({c_ir.shape[0]}, 2, 3) normalised affine '
+                                 f'maps, got {tuple(theta.shape)}')
+            theta = theta.float()
+        elif self.global_matcher is not None:
             if ir is None or vi is None:
                 raise ValueError('the orientation global stage needs the input images: '
                                  'forward(c_ir, c_vi, ir=..., vi=...)')
             theta = self.global_matcher(ir, vi, valid_size)
         elif self.global_estimator is not None:
             theta = self.global_affine(ir_levels[-1], vi_levels[-1])
-        if self.global_matcher is not None or self.global_estimator is not None:
+        if theta is not None:
             dtype = vi_levels[-1].dtype
             flow = affine_flow(theta, coarsest[0], coarsest[1]).to(dtype)
             if return_levels:

@@ -306,7 +306,7 @@ class TarFuse(nn.Module):
             forget_anchors(self.detect)
         return result
 
-    def forward(self, ir, vi, ir_aligned=None, valid_size=None):
+    def forward(self, ir, vi, ir_aligned=None, valid_size=None, global_theta=None):
         _check_image('ir', ir)
         _check_image('vi', vi)
         if ir.shape != vi.shape:
@@ -317,14 +317,21 @@ class TarFuse(nn.Module):
             if ir_aligned.shape != ir.shape:
                 raise ValueError(f'ir_aligned shape {tuple(ir_aligned.shape)} differs from ir '
                                  f'{tuple(ir.shape)}')
+        matcher = getattr(self.registration, 'global_matcher', None)
+        if global_theta is not None and matcher is None:
+            raise ValueError('global_theta needs the orientation global stage (registration '
+                             "'matching', global_features 'orientation'); this model has none")
+        if global_theta is None and matcher is not None:
+            global_theta = matcher(ir, vi, valid_size)
         c_ir, s_ir = self.ir_common(ir), self.ir_specific(ir)
         c_vi, s_vi = self.vi_common(vi), self.vi_specific(vi)
         flow_levels = []
+        extra = {} if matcher is None else {'theta': global_theta}
         if self.training:
             flow, flow_levels = self.registration(c_ir, c_vi, return_levels=True, ir=ir, vi=vi,
-                                                  valid_size=valid_size)
+                                                  valid_size=valid_size, **extra)
         else:
-            flow = self.registration(c_ir, c_vi, ir=ir, vi=vi, valid_size=valid_size)
+            flow = self.registration(c_ir, c_vi, ir=ir, vi=vi, valid_size=valid_size, **extra)
             if self.config.flip_average:
                 flow = 0.5 * (flow + self._mirrored_flow(ir, vi))
         c_ir_registered = warp(c_ir, flow)
@@ -338,7 +345,7 @@ class TarFuse(nn.Module):
             features['c_ir_aligned'] = self.ir_common(ir_aligned)
             features['s_ir_aligned'] = self.ir_specific(ir_aligned)
         return {'fused': fused, 'flow': flow, 'registered_ir': warp(ir, flow), 'det': det,
-                'features': features, 'flow_levels': flow_levels}
+                'features': features, 'flow_levels': flow_levels, 'global_theta': global_theta}
 
     def _mirrored_flow(self, ir, vi):
         """Return the flow of the left-right mirrored pair, mirrored back: (B, 2, H, W) px.
@@ -353,27 +360,59 @@ class TarFuse(nn.Module):
                           dims=(3,))
         return torch.cat((-flow[:, :1], flow[:, 1:]), dim=1)
 
-    def predict_raw(self, ir, vi, valid_size=None):
+    def fit_global(self, ir, vi, valid_size=None):
+        """Fit the orientation global stage alone (no gradient; no learnt parameter).
+
+        Args:
+            ir, vi: ``(B, 1, H, W)`` planes in [0, 1] (as :meth:`predict_raw`).
+            valid_size: the images' ``(h, w)`` before padding at the bottom/right, or None.
+
+        Returns:
+            ``(B, 2, 3)`` float32 normalised affine maps (``matching.affine_flow``), to pass
+            to :meth:`predict_raw` as ``global_theta``.
+
+        Raises:
+            ValueError: the model has no orientation global stage.
+        """
+        matcher = getattr(self.registration, 'global_matcher', None)
+        if matcher is None:
+            raise ValueError('this model has no orientation global stage (registration '
+                             f'{self.config.registration!r}, global_features '
+                             f'{self.config.global_features!r})')
+        _check_image('ir', ir)
+        _check_image('vi', vi)
+        with torch.no_grad():
+            return matcher(ir, vi, valid_size)
+
+    def predict_raw(self, ir, vi, valid_size=None, global_theta=None):
         """Run in eval mode without gradients (the previous mode is restored).
 
         ``valid_size``: the images' ``(h, w)`` before padding at the bottom/right (``forward``).
+        ``global_theta``: ``(B, 2, 3)`` normalised affine maps (``matching.affine_flow``) used
+        in place of the orientation global stage's fit (a map fitted on an earlier frame of the
+        same rig: the stage is skipped); None: fit them on this pair.
 
         Returns a dict with ``fused`` (B, 1, H, W), ``flow`` (B, 2, H, W) px,
-        ``registered_ir`` (B, 1, H, W) and ``det`` (B, 4 + nc, anchors): ``cx, cy, w, h`` in
+        ``registered_ir`` (B, 1, H, W), ``det`` (B, 4 + nc, anchors): ``cx, cy, w, h`` in
         network-input pixels followed by the class probabilities (ultralytics' layout, ready for
-        ``ultralytics.utils.nms.non_max_suppression``); ``det`` is None without a detection
-        head (``config.detect`` false).
+        ``ultralytics.utils.nms.non_max_suppression``), None without a detection head
+        (``config.detect`` false), and ``global_theta``: the ``(B, 2, 3)`` maps the learnt
+        levels started from (given or fitted), None without the orientation global stage.
+
+        Raises:
+            ValueError: ``global_theta`` given to a model without the orientation global stage,
+                or of the wrong shape.
         """
         was_training = self.training
         self.eval()
         try:
             with torch.no_grad():
-                out = self.forward(ir, vi, valid_size=valid_size)
+                out = self.forward(ir, vi, valid_size=valid_size, global_theta=global_theta)
         finally:
             self.train(was_training)
         det = out['det'][0] if isinstance(out['det'], (tuple, list)) else out['det']
         return {'fused': out['fused'], 'flow': out['flow'], 'registered_ir': out['registered_ir'],
-                'det': det}
+                'det': det, 'global_theta': out['global_theta']}
 
 
 def build_model(config=None):

@@ -1,0 +1,165 @@
+#!/usr/bin/env python3
+"""One rigid rig, many scenes: the global stage's map kept over a stream of pairs.
+
+A camera rig does not change its misalignment from frame to frame, but the global stage fits
+it afresh on every pair, with an error that depends on the scene. ``FusionEngine``'s
+``global_every`` / ``global_window`` (the node's ``registration.global_every`` /
+``registration.global_window``) fit one pair in ``global_every`` and start every pair from the
+elementwise median of the last ``global_window`` fits. This script measures what that does to
+the registration error and to the time per pair.
+
+The rig is emulated from aligned pairs: every pair of ``--data`` / ``--split`` (in list order)
+has its aligned IR deformed by the *same* field, one seeded draw of
+``deform.random_deformation`` with the default ranges (rotation, translation, scale, a 4 px
+elastic part) per entry of ``--seeds``, and is fed to one engine per setting, pair by pair
+(``FusionEngine.infer``, as the node does). Printed per rig and setting: the mean EPE (px,
+against the field's inverse, over the pixels the deformed IR covers), and the mean, median and
+90th percentile of the engine's model time and total time per pair (ms); then the mean over
+the rigs. Frames keep their size (``msrs_det``: 640x480). Settings are ``EVERYxWINDOW``: ``1x1`` is
+a fit on every pair alone (the default, as without a stream). The aligned pairs' own offsets
+(``benchmarks/dataset_alignment.py``) are part of each pair's error either way.
+
+    python benchmarks/eval_stream.py --data msrs_det --split test --threads 2 \
+        --settings 1x1 5x1 5x9 --json /tmp/stream.json
+"""
+
+import argparse
+import sys
+import time
+
+import cv2
+import numpy as np
+from tarfuse_ros.core import data, metrics
+from tarfuse_ros.core.deform import DeformConfig, random_deformation
+from tarfuse_ros.core.engine import FusionEngine
+from tarfuse_ros.core.images import to_uint8, unit_plane
+from tarfuse_ros.core.model.warp import warp
+from tarfuse_ros.evaluation.inputs import covered
+from tarfuse_ros.training.datasets import resolve_dataset_dir
+import torch
+
+# A sibling script: importable when this one runs from benchmarks/ (or with it on sys.path).
+from dataset_alignment import save_figures  # noqa: I100
+
+
+def parse_setting(text):
+    """Return ``(every, window)`` from ``'EVERYxWINDOW'`` (both integers >= 1)."""
+    try:
+        every, window = (int(v) for v in text.lower().split('x'))
+    except ValueError:
+        raise ValueError(f'a setting is EVERYxWINDOW, e.g. 5x9, got {text!r}') from None
+    if every < 1 or window < 1:
+        raise ValueError(f'EVERY and WINDOW must be >= 1, got {text!r}')
+    return every, window
+
+
+def rig_field(seed, height, width):
+    """Return ``(applied, inverse)``: one seeded default deformation, ``(H, W, 2)`` px each."""
+    generator = torch.Generator().manual_seed(int(seed))
+    applied, inverse = random_deformation(1, height, width, DeformConfig(), generator=generator)
+    return (field[0].permute(1, 2, 0).numpy() for field in (applied, inverse))
+
+
+def deform(ir, applied):
+    """Return the uint8 plane ``ir`` warped by the ``(H, W, 2)`` field ``applied``."""
+    field = torch.from_numpy(np.ascontiguousarray(applied)).permute(2, 0, 1)[None]
+    return to_uint8(warp(torch.from_numpy(unit_plane(ir))[None, None], field)[0, 0].numpy())
+
+
+def run_stream(engine, pairs, inverse, content):
+    """Feed ``pairs`` (uint8 deformed IR, visible) to ``engine`` in order; return per-pair rows.
+
+    Each row: ``epe`` (px, over ``content``), ``model_ms`` and ``total_ms`` (the engine's own
+    timings) and ``wall_ms`` (the ``infer`` call).
+    """
+    rows = []
+    for ir, vi in pairs:
+        start = time.perf_counter()
+        result = engine.infer(ir, vi)
+        wall = 1e3 * (time.perf_counter() - start)
+        rows.append({'epe': metrics.epe(result.flow_px, inverse, mask=content),
+                     'model_ms': result.timings_ms['model'],
+                     'total_ms': result.timings_ms['total'],
+                     'wall_ms': wall})
+    return rows
+
+
+def summarise(rows):
+    """Return the mean EPE and the mean / median / p90 times of a stream's rows."""
+    out = {'epe': float(np.mean([r['epe'] for r in rows]))}
+    for key in ('model_ms', 'total_ms'):
+        values = [r[key] for r in rows]
+        out[key + '_mean'] = float(np.mean(values))
+        out[key + '_median'] = float(np.median(values))
+        out[key + '_p90'] = float(np.percentile(values, 90))
+    return out
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--data', default='msrs_det',
+                        help='data set folder (ir/, vi/, aligned) or a shared name')
+    parser.add_argument('--split', default='test', help='split name or list file')
+    parser.add_argument('--weights', default=None, help='checkpoint (default: shipped)')
+    parser.add_argument('--settings', nargs='+', default=['1x1', '5x1', '5x9'],
+                        help='EVERYxWINDOW settings of the engine (module docstring)')
+    parser.add_argument('--seeds', type=int, nargs='+', default=[1, 2, 3],
+                        help='one emulated rig per seed')
+    parser.add_argument('--threads', type=int, default=2, help='CPU threads')
+    parser.add_argument('--max-pairs', type=int, default=0, help='0 = all')
+    parser.add_argument('--json', default=None, help='also write the figures here')
+    args = parser.parse_args(argv)
+    try:
+        settings = [parse_setting(text) for text in args.settings]
+    except ValueError as exc:
+        parser.error(str(exc))
+    if args.threads < 1 or args.max_pairs < 0:
+        parser.error('need --threads >= 1 and --max-pairs >= 0')
+    torch.set_num_threads(args.threads)
+    cv2.setNumThreads(args.threads)
+    dataset_dir = resolve_dataset_dir(args.data)
+    stems = list(data.read_split(dataset_dir, args.split))[:args.max_pairs or None]
+    loaded = [data.load_pair(dataset_dir, stem) for stem in stems]
+    size = loaded[0][1].shape[:2]
+    if any(vi.shape[:2] != size or ir.shape[:2] != size for ir, vi in loaded):
+        parser.error(f'{args.data} {args.split}: the pairs differ in size; a rig streams '
+                     'frames of one size (pick a split whose frames share one)')
+    aligned = [(cv2.cvtColor(ir, cv2.COLOR_BGR2GRAY) if ir.ndim == 3 else ir, vi)
+               for ir, vi in loaded]
+    engines = {setting: FusionEngine(args.weights, device='cpu', global_every=setting[0],
+                                     global_window=setting[1]) for setting in settings}
+    rows, figures = [], {}
+    for seed in args.seeds:
+        applied, inverse = rig_field(seed, *size)
+        content = covered(applied)
+        pairs = [(deform(ir, applied), vi) for ir, vi in aligned]
+        unregistered = metrics.epe(np.zeros_like(inverse), inverse, mask=content)
+        print(f'rig {seed}: unregistered EPE {unregistered:.2f} px', flush=True)
+        for setting, engine in engines.items():
+            engine.reset_global_maps()
+            stream = run_stream(engine, pairs, inverse, content)
+            name = f'{setting[0]}x{setting[1]}'
+            summary = summarise(stream)
+            figures.setdefault(name, []).append(summary)
+            rows.append({'rig_seed': seed, 'setting': name, 'unregistered_epe': unregistered,
+                         **summary, 'pairs': [{'stem': stem, **row}
+                                              for stem, row in zip(stems, stream)]})
+            print(f'  every {setting[0]}, window {setting[1]}: EPE {summary["epe"]:.2f} px, '
+                  f'model mean {summary["model_ms_mean"]:.0f} ms, median '
+                  f'{summary["model_ms_median"]:.0f} ms (p90 '
+                  f'{summary["model_ms_p90"]:.0f}), total {summary["total_ms_median"]:.0f} ms '
+                  f'(p90 {summary["total_ms_p90"]:.0f})', flush=True)
+    summary = {'data': args.data, 'split': args.split, 'pairs': len(stems),
+               'frame': [size[1], size[0]], 'rig_seeds': args.seeds, 'threads': args.threads,
+               'weights': args.weights or 'shipped default',
+               'unregistered_epe': float(np.mean([r['unregistered_epe'] for r in rows
+                                                  if r['setting'] == rows[0]['setting']])),
+               'settings': {name: {key: float(np.mean([f[key] for f in values]))
+                                   for key in values[0]}
+                            for name, values in figures.items()}}
+    save_figures(summary, rows, args.json)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""The global stage's map over a stream (``FusionEngine(global_every=..., global_window=...)``).
+
+Real RoadScene pairs (test/data) and the shipped model: which fit each pair starts from, when
+the fits are forgotten, and the settings that are refused. What the stream does to the error
+and the time per pair is measured by ``benchmarks/eval_stream.py``, not here.
+"""
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from tarfuse_ros.core import data
+from tarfuse_ros.core.checkpoint import save_checkpoint
+from tarfuse_ros.core.engine import FusionEngine
+from tarfuse_ros.core.model.tarfuse import build_model, TarFuseConfig
+import torch
+
+FOLDER = Path(__file__).resolve().parents[1] / 'data' / 'datasets' / 'roadscene'
+SIZE = (320, 256)  # one frame size for the whole stream (multiples of 32: nothing padded)
+
+
+@pytest.fixture(scope='module')
+def pairs():
+    """Four real pairs at one size: (IR uint8 plane, visible BGR)."""
+    stems = ('FLIR_00006', 'FLIR_00018', 'FLIR_00060', 'FLIR_00122')
+    out = []
+    for stem in stems:
+        ir, vi = data.load_pair(FOLDER, stem)
+        ir = cv2.cvtColor(ir, cv2.COLOR_BGR2GRAY) if ir.ndim == 3 else ir
+        out.append((cv2.resize(ir, SIZE, interpolation=cv2.INTER_AREA),
+                    cv2.resize(vi, SIZE, interpolation=cv2.INTER_AREA)))
+    return out
+
+
+@pytest.fixture(scope='module')
+def single():
+    """The default engine: every pair fitted alone."""
+    return FusionEngine(cuda_graph='off')
+
+
+def _fit(engine, pair):
+    """The global stage's (1, 2, 3) map fitted on one pair alone."""
+    ir_t, vi_t = engine.input_tensors(*pair)
+    return engine.model.fit_global(ir_t, vi_t)
+
+
+def _flow_from(engine, pair, theta):
+    """The published flow of ``pair`` with the learnt levels started from ``theta``."""
+    ir_t, vi_t = engine.input_tensors(*pair)
+    with torch.inference_mode():
+        out = engine.model.predict_raw(ir_t, vi_t, global_theta=theta)
+    return out['flow'][0].permute(1, 2, 0).numpy()
+
+
+def test_the_stage_fits_until_the_window_is_full_then_one_pair_in_every(pairs, single):
+    stream = FusionEngine(cuda_graph='off', global_every=2, global_window=2)
+    assert stream.streams_global_map and not single.streams_global_map
+    fits = [_fit(single, pair) for pair in pairs]
+    results = [stream.infer(*pair) for pair in pairs]
+    # Pairs 1 and 2 are fitted (the window fills); pair 3 skips the stage and starts from the
+    # mean of fits 1 and 2; pair 4 is fitted (2 pairs since the last fit): fits 2 and 4.
+    np.testing.assert_array_equal(results[0].flow_px, single.infer(*pairs[0]).flow_px)
+    for index, theta in ((1, fits[0] + fits[1]), (2, fits[0] + fits[1]),
+                         (3, fits[1] + fits[3])):
+        np.testing.assert_allclose(results[index].flow_px,
+                                   _flow_from(single, pairs[index], 0.5 * theta), atol=1e-4)
+    # Pair 3's own fit is not what it started from.
+    assert not torch.allclose(fits[2], 0.5 * (fits[0] + fits[1]), atol=1e-3)
+
+
+def test_each_pair_starts_from_the_median_of_the_last_window_fits(pairs, single):
+    stream = FusionEngine(cuda_graph='off', global_window=3)
+    fits = [_fit(single, pair) for pair in pairs]
+    got = [stream.infer(*pair).flow_px for pair in pairs]
+    # One fit: itself; two: their mean; three and four: the median of the newest three.
+    expected = (fits[0], 0.5 * (fits[0] + fits[1]),
+                torch.cat(fits[:3]).median(dim=0, keepdim=True).values,
+                torch.cat(fits[1:4]).median(dim=0, keepdim=True).values)
+    for pair, flow, theta in zip(pairs, got, expected):
+        np.testing.assert_allclose(flow, _flow_from(single, pair, theta), atol=1e-4)
+    # The median is not the newest fit: the stream's flow differs from the single fit's.
+    assert np.abs(got[3] - single.infer(*pairs[3]).flow_px).mean() > 0.01
+
+
+def test_a_new_frame_size_a_reset_or_a_batch_forgets_or_keeps_the_fits(pairs, single):
+    stream = FusionEngine(cuda_graph='off', global_every=10)
+    stream.infer(*pairs[0])
+    # Another frame size: the fits of the old one do not apply (fitted afresh, alone).
+    ir, vi = (cv2.resize(image, (288, 224), interpolation=cv2.INTER_AREA)
+              for image in pairs[1])
+    np.testing.assert_array_equal(stream.infer(ir, vi).flow_px, single.infer(ir, vi).flow_px)
+    # Back to the first size: that size's fits were forgotten too.
+    np.testing.assert_array_equal(stream.infer(*pairs[2]).flow_px,
+                                  single.infer(*pairs[2]).flow_px)
+    # A batch fits each pair and leaves the stream alone: the next single pair still starts
+    # from pair 3's fit.
+    batch = stream.infer_batch([pairs[0][0], pairs[1][0]], [pairs[0][1], pairs[1][1]])
+    for result, pair in zip(batch, pairs[:2]):  # (a batch rounds a little differently)
+        np.testing.assert_allclose(result.flow_px, single.infer(*pair).flow_px, atol=1e-4)
+    np.testing.assert_allclose(stream.infer(*pairs[3]).flow_px,
+                               _flow_from(single, pairs[3], _fit(single, pairs[2])), atol=1e-4)
+    stream.reset_global_maps()
+    np.testing.assert_array_equal(stream.infer(*pairs[3]).flow_px,
+                                  single.infer(*pairs[3]).flow_px)
+
+
+def test_the_model_takes_a_given_map_and_returns_the_one_it_used(pairs, single):
+    ir_t, vi_t = single.input_tensors(*pairs[0])
+    with torch.inference_mode():
+        fitted = single.model.predict_raw(ir_t, vi_t)
+        given = single.model.predict_raw(ir_t, vi_t, global_theta=fitted['global_theta'])
+    assert fitted['global_theta'].shape == (1, 2, 3)
+    torch.testing.assert_close(given['flow'], fitted['flow'], rtol=0, atol=0)
+    torch.testing.assert_close(given['fused'], fitted['fused'], rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r'theta must be \(1, 2, 3\)'):
+        single.model.predict_raw(ir_t, vi_t, global_theta=torch.zeros(2, 2, 3))
+
+
+@pytest.mark.parametrize('kwargs, message', [
+    ({'global_every': 0}, 'global_every must be an integer >= 1'),
+    ({'global_window': 2.5}, 'global_window must be an integer >= 1'),
+    ({'global_every': True}, 'global_every must be an integer >= 1'),
+])
+def test_bad_stream_settings_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        FusionEngine(cuda_graph='off', **kwargs)
+
+
+def test_a_model_without_the_orientation_stage_refuses_a_stream_and_a_given_map(tmp_path):
+    path = tmp_path / 'learnt_global.safetensors'
+    model = build_model(TarFuseConfig()).eval()  # the learnt global stage
+    save_checkpoint(path, model, {})
+    FusionEngine(path, cuda_graph='off')  # 1 and 1: fine
+    with pytest.raises(ValueError, match='orientation global stage'):
+        FusionEngine(path, cuda_graph='off', global_every=3)
+    image = torch.rand(1, 1, 64, 64)
+    with pytest.raises(ValueError, match='orientation global stage'):
+        model.predict_raw(image, image, global_theta=torch.zeros(1, 2, 3))
+    with pytest.raises(ValueError, match='no orientation global stage'):
+        model.fit_global(image, image)
+    assert model.predict_raw(image, image)['global_theta'] is None
