@@ -19,6 +19,12 @@ the rigs. Frames keep their size (``msrs_det``: 640x480). Settings are ``EVERYxW
 a fit on every pair alone (the default, as without a stream). The aligned pairs' own offsets
 (``benchmarks/dataset_alignment.py``) are part of each pair's error either way.
 
+With ``--real`` the pairs are one real rig's unregistered pairs as stored (``cvc14_misaligned``:
+25 pairs of the CVC-14 car rig), not deformed, and scored without ground truth: the edge
+alignment (``metrics.edge_alignment``, as ``tarfuse-eval`` scores it) of the registered IR
+with the visible luma over the pixels it covers, its mean, the unregistered input's, and the
+fraction of pairs on which the registered IR beats the unregistered one.
+
     python benchmarks/eval_stream.py --data msrs_det --split test --threads 2 \
         --settings 1x1 5x1 5x9 --json /tmp/stream.json
 """
@@ -66,27 +72,48 @@ def deform(ir, applied):
     return to_uint8(warp(torch.from_numpy(unit_plane(ir))[None, None], field)[0, 0].numpy())
 
 
-def run_stream(engine, pairs, inverse, content):
-    """Feed ``pairs`` (uint8 deformed IR, visible) to ``engine`` in order; return per-pair rows.
+def epe_score(inverse, content):
+    """Return ``score(result, ir, vi) -> {'epe': px}`` against a rig's known field."""
+    def score(result, ir, vi):
+        return {'epe': metrics.epe(result.flow_px, inverse, mask=content)}
+    return score
 
-    Each row: ``epe`` (px, over ``content``), ``model_ms`` and ``total_ms`` (the engine's own
-    timings) and ``wall_ms`` (the ``infer`` call).
+
+def edge_score(result, ir, vi):
+    """Return the edge alignment (``metrics.edge_alignment``) of a real pair, before and after.
+
+    ``registered``: the registered IR with the visible luma over the pixels it covers (as
+    ``tarfuse-eval`` scores it); ``unregistered``: the stored IR with the visible luma.
+    """
+    luma = cv2.cvtColor(vi, cv2.COLOR_BGR2GRAY) if vi.ndim == 3 else vi
+    return {'edge_alignment': metrics.edge_alignment(result.registered_ir, luma,
+                                                     covered(result.flow_px)),
+            'edge_alignment_unregistered': metrics.edge_alignment(ir, luma)}
+
+
+def run_stream(engine, pairs, score):
+    """Feed ``pairs`` (uint8 IR, visible) to ``engine`` in order; return per-pair rows.
+
+    Each row: what ``score(result, ir, vi)`` returns, ``model_ms`` and ``total_ms`` (the
+    engine's own timings) and ``wall_ms`` (the ``infer`` call).
     """
     rows = []
     for ir, vi in pairs:
         start = time.perf_counter()
         result = engine.infer(ir, vi)
         wall = 1e3 * (time.perf_counter() - start)
-        rows.append({'epe': metrics.epe(result.flow_px, inverse, mask=content),
-                     'model_ms': result.timings_ms['model'],
-                     'total_ms': result.timings_ms['total'],
-                     'wall_ms': wall})
+        rows.append({**score(result, ir, vi), 'model_ms': result.timings_ms['model'],
+                     'total_ms': result.timings_ms['total'], 'wall_ms': wall})
     return rows
 
 
 def summarise(rows):
-    """Return the mean EPE and the mean / median / p90 times of a stream's rows."""
-    out = {'epe': float(np.mean([r['epe'] for r in rows]))}
+    """Return the mean scores and the mean / median / p90 times of a stream's rows."""
+    timed = ('model_ms', 'total_ms', 'wall_ms')
+    out = {key: float(np.mean([r[key] for r in rows])) for key in rows[0] if key not in timed}
+    if 'edge_alignment' in out:
+        out['better_than_unregistered_fraction'] = float(np.mean(
+            [r['edge_alignment'] > r['edge_alignment_unregistered'] for r in rows]))
     for key in ('model_ms', 'total_ms'):
         values = [r[key] for r in rows]
         out[key + '_mean'] = float(np.mean(values))
@@ -107,6 +134,9 @@ def main(argv=None):
                         help='one emulated rig per seed')
     parser.add_argument('--threads', type=int, default=2, help='CPU threads')
     parser.add_argument('--max-pairs', type=int, default=0, help='0 = all')
+    parser.add_argument('--real', action='store_true',
+                        help='the stored IR is the unregistered input of one real rig (e.g. '
+                             'cvc14_misaligned): no field; scored by edge alignment')
     parser.add_argument('--json', default=None, help='also write the figures here')
     args = parser.parse_args(argv)
     try:
@@ -129,34 +159,44 @@ def main(argv=None):
     engines = {setting: FusionEngine(args.weights, device='cpu', global_every=setting[0],
                                      global_window=setting[1]) for setting in settings}
     rows, figures = [], {}
-    for seed in args.seeds:
-        applied, inverse = rig_field(seed, *size)
-        content = covered(applied)
-        pairs = [(deform(ir, applied), vi) for ir, vi in aligned]
-        unregistered = metrics.epe(np.zeros_like(inverse), inverse, mask=content)
-        print(f'rig {seed}: unregistered EPE {unregistered:.2f} px', flush=True)
+    for seed in [None] if args.real else args.seeds:
+        if seed is None:
+            pairs, score, rig = aligned, edge_score, {'rig': 'real'}
+            print('real rig (stored IR unregistered)', flush=True)
+        else:
+            applied, inverse = rig_field(seed, *size)
+            content = covered(applied)
+            pairs = [(deform(ir, applied), vi) for ir, vi in aligned]
+            score = epe_score(inverse, content)
+            rig = {'rig_seed': seed, 'unregistered_epe': metrics.epe(
+                np.zeros_like(inverse), inverse, mask=content)}
+            print(f'rig {seed}: unregistered EPE {rig["unregistered_epe"]:.2f} px', flush=True)
         for setting, engine in engines.items():
             engine.reset_global_maps()
-            stream = run_stream(engine, pairs, inverse, content)
+            stream = run_stream(engine, pairs, score)
             name = f'{setting[0]}x{setting[1]}'
             summary = summarise(stream)
             figures.setdefault(name, []).append(summary)
-            rows.append({'rig_seed': seed, 'setting': name, 'unregistered_epe': unregistered,
-                         **summary, 'pairs': [{'stem': stem, **row}
-                                              for stem, row in zip(stems, stream)]})
-            print(f'  every {setting[0]}, window {setting[1]}: EPE {summary["epe"]:.2f} px, '
-                  f'model mean {summary["model_ms_mean"]:.0f} ms, median '
+            rows.append({**rig, 'setting': name, **summary,
+                         'pairs': [{'stem': stem, **row} for stem, row in zip(stems, stream)]})
+            quality = (f'edge alignment {summary["edge_alignment"]:.4f} (unregistered '
+                       f'{summary["edge_alignment_unregistered"]:.4f})' if args.real
+                       else f'EPE {summary["epe"]:.2f} px')
+            print(f'  every {setting[0]}, window {setting[1]}: {quality}, model mean '
+                  f'{summary["model_ms_mean"]:.0f} ms, median '
                   f'{summary["model_ms_median"]:.0f} ms (p90 '
                   f'{summary["model_ms_p90"]:.0f}), total {summary["total_ms_median"]:.0f} ms '
                   f'(p90 {summary["total_ms_p90"]:.0f})', flush=True)
     summary = {'data': args.data, 'split': args.split, 'pairs': len(stems),
-               'frame': [size[1], size[0]], 'rig_seeds': args.seeds, 'threads': args.threads,
+               'frame': [size[1], size[0]], 'threads': args.threads,
                'weights': args.weights or 'shipped default',
-               'unregistered_epe': float(np.mean([r['unregistered_epe'] for r in rows
-                                                  if r['setting'] == rows[0]['setting']])),
                'settings': {name: {key: float(np.mean([f[key] for f in values]))
                                    for key in values[0]}
                             for name, values in figures.items()}}
+    if not args.real:
+        summary['rig_seeds'] = args.seeds
+        summary['unregistered_epe'] = float(np.mean(
+            [r['unregistered_epe'] for r in rows if r['setting'] == rows[0]['setting']]))
     save_figures(summary, rows, args.json)
     return 0
 
