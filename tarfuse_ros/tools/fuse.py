@@ -1,7 +1,8 @@
 """Fuse your own IR/visible images or videos offline: the ``tarfuse-fuse`` console script.
 
 ``tarfuse-fuse --ir PATH --visible PATH --out DIR [--weights W] [--device D] [--threads N]
-[--registered] [--detections] [--flow] [--ir-offset-ms MS] [--no-scale-search]``
+[--registered] [--detections] [--flow] [--ir-offset-ms MS] [--no-scale-search]
+[--global-every N] [--global-window W]``
 
 Inputs (both PATHs of the same kind):
 
@@ -23,7 +24,10 @@ frame to several visible frames, a faster one has frames skipped.
 Images are read as stored (``cv2.IMREAD_UNCHANGED``, EXIF orientation not applied): 8- or 16-bit
 IR (colour IR is reduced to grey), grey, colour or BGRA visible, any sizes (the IR is resized to
 the visible frame). Every pair goes through :class:`~tarfuse_ros.core.engine.FusionEngine` with
-the node's default settings, so the outputs are the node's for the same pair.
+the node's default settings, so the outputs are the node's for the same pair. Pairs are fused in
+order (folders: sorted by stem; videos: by time), one at a time, so ``--global-every`` /
+``--global-window`` (the node's ``registration.global_every`` / ``global_window``) keep the global
+stage's map over them as the node does over a stream: for frames of one rigid rig.
 
 Outputs in ``--out`` (created if needed); ``<name>`` is the stem for images and
 ``<visible stem>_<visible frame index, 6 digits>`` for video frames:
@@ -680,13 +684,20 @@ def build_parser():
     parser.add_argument('--no-scale-search', dest='scale_search', action='store_false',
                         help='fit the 1.0 IR / visible scale only in the global stage (about '
                              'half the CPU time; for cameras of the same field of view)')
+    parser.add_argument('--global-every', type=int, default=1, metavar='N',
+                        help='one rigid rig: once --global-window fits are held, fit the global '
+                             'stage on one pair in N (the others skip it; default 1: every pair)')
+    parser.add_argument('--global-window', type=int, default=1, metavar='W',
+                        help='one rigid rig: each pair starts from the median of the last W '
+                             'global fits (default 1: its own fit; README, "One rig, many '
+                             'frames")')
     parser.add_argument('--ir-offset-ms', type=float, default=0.0,
                         help='videos: time of the first IR frame on the visible video clock '
                              '(default 0: both start together)')
     return parser
 
 
-def _load_engine(weights, device, threads, scale_search=True):
+def _load_engine(weights, device, threads, scale_search=True, global_every=1, global_window=1):
     # Imported here so that usage errors are reported before torch is loaded.
     from tarfuse_ros.core.checkpoint import CheckpointError
     from tarfuse_ros.core.engine import FusionEngine
@@ -698,7 +709,8 @@ def _load_engine(weights, device, threads, scale_search=True):
         raise UsageError(f'--weights {weights}: an ONNX file (tarfuse-export); tarfuse-fuse runs '
                          f'.safetensors checkpoints (the file that was exported)')
     try:
-        return FusionEngine(weights, device=device, scale_search=scale_search)
+        return FusionEngine(weights, device=device, scale_search=scale_search,
+                            global_every=global_every, global_window=global_window)
     except CheckpointError as exc:
         raise UsageError(f'cannot load the weights: {exc}') from exc
     except (RuntimeError, ValueError) as exc:
@@ -716,13 +728,18 @@ def main(argv=None):
     try:
         if args.threads is not None and args.threads < 1:
             raise UsageError(f'--threads must be >= 1, got {args.threads}')
+        for name, value in (('--global-every', args.global_every),
+                            ('--global-window', args.global_window)):
+            if value < 1:
+                raise UsageError(f'{name} must be >= 1, got {value}')
         if not math.isfinite(args.ir_offset_ms):
             raise UsageError('--ir-offset-ms must be a finite number')
         if args.out.exists() and not args.out.is_dir():
             raise UsageError(f'--out {str(args.out)!r} is a file; give a folder (created if '
                              f'needed)')
         plan = plan_inputs(args.ir, args.visible, args.ir_offset_ms)
-        engine = _load_engine(args.weights, args.device, args.threads, args.scale_search)
+        engine = _load_engine(args.weights, args.device, args.threads, args.scale_search,
+                              args.global_every, args.global_window)
         if args.detections and not engine.detects:
             raise UsageError(f'--detections: the model {args.weights or "(shipped)"} has no '
                              f'detection head (model.detect: false), so it detects nothing; '

@@ -141,6 +141,31 @@ def test_no_scale_search_runs_the_single_scale_engine(tmp_path, capsys):
                                atol=0.02)
 
 
+def test_global_every_keeps_the_first_fit_over_a_folder_of_one_rig(tmp_path, capsys):
+    ir_dir, vi_dir, out = tmp_path / 'ir', tmp_path / 'vi', tmp_path / 'out'
+    ir_dir.mkdir()
+    vi_dir.mkdir()
+    pairs = []
+    for index, stem in enumerate(STEMS[:2]):  # one frame size: one rig's stream
+        ir = cv2.resize(_read(SAMPLES / 'ir' / f'{stem}.jpg'), (320, 256))
+        vi = cv2.resize(_read(SAMPLES / 'vi' / f'{stem}.jpg'), (320, 256))
+        cv2.imwrite(str(ir_dir / f'{index:04d}.png'), ir)
+        cv2.imwrite(str(vi_dir / f'{index:04d}.png'), vi)
+        pairs.append((_read(ir_dir / f'{index:04d}.png'), _read(vi_dir / f'{index:04d}.png')))
+    status, stdout, _ = _run(capsys, '--ir', ir_dir, '--visible', vi_dir, '--out', out,
+                             '--flow', '--global-every', '1000')
+    assert status == 0, stdout
+    stream = FusionEngine(WEIGHTS, device='cpu', global_every=1000)
+    expected = [stream.infer(*pair).flow_px for pair in pairs]
+    alone = FusionEngine(WEIGHTS, device='cpu').infer(*pairs[1]).flow_px
+    second = np.load(out / 'flow' / '0001.npy')
+    np.testing.assert_allclose(second, expected[1], atol=0.02)
+    assert np.abs(second - alone).mean() > 0.1  # the first pair's fit, not its own
+    status, _, err = _run(capsys, '--ir', ir_dir, '--visible', vi_dir, '--out', out,
+                          '--global-window', '0')
+    assert status == 2 and '--global-window must be >= 1' in err
+
+
 def test_folder_of_sample_pairs_is_matched_by_stem(tmp_path, capsys):
     out = tmp_path / 'out'
     # IR as PNG (the deformed copies), visible as JPEG: pairs are matched by stem.
