@@ -324,6 +324,31 @@ class FusionEngine(PairEngine):
         ``global_window`` above 1)."""
         return self._global_every > 1 or self._global_window > 1
 
+    def global_map_state(self):
+        """Return ``(fits, spread_px)`` of the stream's global fits (``global_window``).
+
+        ``fits``: how many are held; ``spread_px``: how far they lie from the map in use, the
+        median over the fits of the mean distance (px of the padded network input, i.e. of
+        the visible frame) between where a fit and the median map put the frame's four
+        corners: a pixel or two on a rigid rig watching a far scene, more where parallax or
+        failed fits make the pairs disagree (None with fewer than 2 fits).
+        """
+        with self._infer_lock:
+            fits = tuple(self._global_fits)
+            key = self._global_key
+        if len(fits) < 2:
+            return len(fits), None
+        height, width = key[0][2:]
+        stacked = torch.cat(fits).double()
+        median = stacked.quantile(0.5, dim=0, keepdim=True)
+        corners = torch.tensor([[-1.0, 1.0, 1.0, -1.0], [-1.0, -1.0, 1.0, 1.0]],
+                               dtype=stacked.dtype, device=stacked.device)
+        moved = (stacked - median)[:, :, :2] @ corners + (stacked - median)[:, :, 2:]
+        scale = torch.tensor([(width - 1) / 2.0, (height - 1) / 2.0], dtype=stacked.dtype,
+                             device=stacked.device).view(1, 2, 1)
+        distance = torch.linalg.vector_norm(moved * scale, dim=1).mean(dim=1)
+        return len(fits), float(distance.median())
+
     def reset_global_maps(self):
         """Forget the stream's global fits: the next pair is fitted afresh (a new rig)."""
         with self._infer_lock:

@@ -569,11 +569,15 @@ class TarFuseNode(Node):
             extra.update(self._refiner.summary().as_dict())
         else:
             extra['registration_refinement'] = 'off'
+        streams = self._params.backend == 'torch' and self._engine.streams_global_map
         extra['registration_global_map'] = (
             f'every {self._params.registration_global_every} pairs, median of '
-            f'{self._params.registration_global_window} fits'
-            if self._params.registration_global_every > 1
-            or self._params.registration_global_window > 1 else 'per pair')
+            f'{self._params.registration_global_window} fits' if streams else 'per pair')
+        if streams:
+            fits, spread = self._engine.global_map_state()
+            extra['registration_global_fits'] = fits
+            extra['registration_global_spread_px'] = 'n/a' if spread is None else round(
+                spread, 2)
         array = DiagnosticArray()
         array.header.stamp = self.get_clock().now().to_msg()
         array.status = [build_status(f'{self.get_name()}: fusion', self._engine.device,

@@ -13,6 +13,7 @@ import pytest
 from tarfuse_ros.core import data
 from tarfuse_ros.core.checkpoint import save_checkpoint
 from tarfuse_ros.core.engine import FusionEngine
+from tarfuse_ros.core.model.matching import affine_flow
 from tarfuse_ros.core.model.tarfuse import build_model, TarFuseConfig
 import torch
 
@@ -81,6 +82,18 @@ def test_each_pair_starts_from_the_median_of_the_last_window_fits(pairs, single)
         np.testing.assert_allclose(flow, _flow_from(single, pair, theta), atol=1e-4)
     # The median is not the newest fit: the stream's flow differs from the single fit's.
     assert np.abs(got[3] - single.infer(*pairs[3]).flow_px).mean() > 0.01
+    # The spread: the median over the held fits of their corners' mean distance (px) from
+    # where the map in use puts them (checked through the flows of the two maps).
+    held, spread = stream.global_map_state()
+    corners = (0, -1)
+    median_flow = affine_flow(expected[3], SIZE[1], SIZE[0])
+    distances = []
+    for fit in fits[1:4]:
+        gap = (affine_flow(fit, SIZE[1], SIZE[0]) - median_flow)[0]
+        distances.append(np.mean([float(gap[:, y, x].norm()) for y in corners
+                                  for x in corners]))
+    assert held == 3 and spread == pytest.approx(np.median(distances), rel=1e-4)
+    assert spread > 0.1, distances
 
 
 def test_a_new_frame_size_a_reset_or_a_batch_forgets_or_keeps_the_fits(pairs, single):
@@ -101,8 +114,10 @@ def test_a_new_frame_size_a_reset_or_a_batch_forgets_or_keeps_the_fits(pairs, si
     np.testing.assert_allclose(stream.infer(*pairs[3]).flow_px,
                                _flow_from(single, pairs[3], _fit(single, pairs[2])), atol=1e-4)
     stream.reset_global_maps()
+    assert stream.global_map_state() == (0, None)
     np.testing.assert_array_equal(stream.infer(*pairs[3]).flow_px,
                                   single.infer(*pairs[3]).flow_px)
+    assert stream.global_map_state() == (1, None)
 
 
 def test_the_model_takes_a_given_map_and_returns_the_one_it_used(pairs, single):

@@ -127,7 +127,9 @@ def test_node_keeps_the_global_map_over_the_stream_and_reports_it():
         registered, = probe.outputs_for('registered', stamp)
         assert probe.wait_for_diagnostics(
             lambda level, message, values: 'registration_global_map' in values), node.log()
-        reported = probe.latest_diagnostics()[2]['registration_global_map']
+        values = probe.latest_diagnostics()[2]
+        reported = values['registration_global_map']
+        fits, spread = values['registration_global_fits'], values['registration_global_spread_px']
         log = node.log()
     finally:
         probe.close()
@@ -135,6 +137,7 @@ def test_node_keeps_the_global_map_over_the_stream_and_reports_it():
     pixels = np.frombuffer(registered.data, np.uint8).reshape(HEIGHT, WIDTH).astype(int)
     assert 'global stage over the stream' in log, log
     assert reported == 'every 1000 pairs, median of 1 fits'
+    assert (fits, spread) == ('1', 'n/a')  # one fit held: no spread yet
     stream = FusionEngine(cuda_graph='off', global_every=1000)
     stream.infer(*sample_pair())
     expected = stream.infer(*other).registered_ir
