@@ -13,11 +13,14 @@ has its aligned IR deformed by the *same* field, one seeded draw of
 ``deform.random_deformation`` with the default ranges (rotation, translation, scale, a 4 px
 elastic part) per entry of ``--seeds``, and is fed to one engine per setting, pair by pair
 (``FusionEngine.infer``, as the node does). Printed per rig and setting: the mean EPE (px,
-against the field's inverse, over the pixels the deformed IR covers), and the mean, median and
-90th percentile of the engine's model time and total time per pair (ms); then the mean over
-the rigs. Frames keep their size (``msrs_det``: 640x480). Settings are ``EVERYxWINDOW``: ``1x1`` is
-a fit on every pair alone (the default, as without a stream). The aligned pairs' own offsets
-(``benchmarks/dataset_alignment.py``) are part of each pair's error either way.
+against the field's inverse, over the pixels the deformed IR covers), the mean, median and
+90th percentile of the engine's model time and total time per pair (ms), and the spread of the
+fits held at the end (``FusionEngine.global_map_state``, px; null with fewer than 2); then the
+mean over the rigs (of each rig's median and p90 for the times). Frames keep their size
+(``msrs_det``: 640x480). Settings are ``EVERYxWINDOW``: ``1x1`` is a fit on every pair alone
+(the default, as without a stream).
+The aligned pairs' own offsets (``benchmarks/dataset_alignment.py``) are part of each pair's
+error either way.
 
 With ``--real`` the pairs are one real rig's unregistered pairs as stored (``cvc14_misaligned``:
 25 pairs of the CVC-14 car rig), not deformed, and scored without ground truth: the edge
@@ -122,6 +125,12 @@ def summarise(rows):
     return out
 
 
+def _mean(values):
+    """Mean of the values that are not None (None when all are)."""
+    kept = [v for v in values if v is not None]
+    return float(np.mean(kept)) if kept else None
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--data', default='msrs_det',
@@ -130,8 +139,8 @@ def main(argv=None):
     parser.add_argument('--weights', default=None, help='checkpoint (default: shipped)')
     parser.add_argument('--settings', nargs='+', default=['1x1', '5x1', '5x9'],
                         help='EVERYxWINDOW settings of the engine (module docstring)')
-    parser.add_argument('--seeds', type=int, nargs='+', default=[1, 2, 3],
-                        help='one emulated rig per seed')
+    parser.add_argument('--seeds', type=int, nargs='+', default=None,
+                        help='one emulated rig per seed (default 1 2 3; not with --real)')
     parser.add_argument('--threads', type=int, default=2, help='CPU threads')
     parser.add_argument('--max-pairs', type=int, default=0, help='0 = all')
     parser.add_argument('--real', action='store_true',
@@ -143,12 +152,19 @@ def main(argv=None):
         settings = [parse_setting(text) for text in args.settings]
     except ValueError as exc:
         parser.error(str(exc))
+    if len(set(settings)) != len(settings):
+        parser.error(f'--settings lists a setting twice: {args.settings}')
+    if args.real and args.seeds is not None:
+        parser.error('--real runs the stored pairs of one real rig: no --seeds')
+    args.seeds = args.seeds or [1, 2, 3]
     if args.threads < 1 or args.max_pairs < 0:
         parser.error('need --threads >= 1 and --max-pairs >= 0')
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(args.threads)
     dataset_dir = resolve_dataset_dir(args.data)
     stems = list(data.read_split(dataset_dir, args.split))[:args.max_pairs or None]
+    if not stems:
+        parser.error(f'{args.data} {args.split}: no pair to stream')
     loaded = [data.load_pair(dataset_dir, stem) for stem in stems]
     size = loaded[0][1].shape[:2]
     if any(vi.shape[:2] != size or ir.shape[:2] != size for ir, vi in loaded):
@@ -176,6 +192,8 @@ def main(argv=None):
             stream = run_stream(engine, pairs, score)
             name = f'{setting[0]}x{setting[1]}'
             summary = summarise(stream)
+            # How far the fits held at the end lie from the map in use (global_map_state).
+            summary['final_spread_px'] = engine.global_map_state()[1]
             figures.setdefault(name, []).append(summary)
             rows.append({**rig, 'setting': name, **summary,
                          'pairs': [{'stem': stem, **row} for stem, row in zip(stems, stream)]})
@@ -186,12 +204,12 @@ def main(argv=None):
                   f'{summary["model_ms_mean"]:.0f} ms, median '
                   f'{summary["model_ms_median"]:.0f} ms (p90 '
                   f'{summary["model_ms_p90"]:.0f}), total {summary["total_ms_median"]:.0f} ms '
-                  f'(p90 {summary["total_ms_p90"]:.0f})', flush=True)
+                  f'(p90 {summary["total_ms_p90"]:.0f}), spread of the fits '
+                  f'{summary["final_spread_px"] or 0.0:.2f} px', flush=True)
     summary = {'data': args.data, 'split': args.split, 'pairs': len(stems),
                'frame': [size[1], size[0]], 'threads': args.threads,
                'weights': args.weights or 'shipped default',
-               'settings': {name: {key: float(np.mean([f[key] for f in values]))
-                                   for key in values[0]}
+               'settings': {name: {key: _mean([f[key] for f in values]) for key in values[0]}
                             for name, values in figures.items()}}
     if not args.real:
         summary['rig_seeds'] = args.seeds

@@ -46,6 +46,7 @@ execution with a warning if capture fails); ignored on CPU.
 import collections
 import functools
 import logging
+import numbers
 from pathlib import Path
 import threading
 import time
@@ -130,6 +131,20 @@ def _min_input_side(config):
     return max(32, -(-side // 32) * 32)
 
 
+def _plausible_map(theta):
+    """True when a ``(1, 2, 3)`` normalised affine map may describe a camera rig.
+
+    Finite, both singular values of its linear part in [0.5, 2] (the scale candidates are
+    0.8-1.25) and its shift at most 1 (half the frame): a flat or featureless pair can give a
+    degenerate fit (a scale of 0.03 on a constant image), which must not enter a stream.
+    """
+    if not bool(torch.isfinite(theta).all()):
+        return False
+    singular = torch.linalg.svdvals(theta[0, :, :2].double())
+    return bool((singular.min() >= 0.5) & (singular.max() <= 2.0)
+                & (theta[0, :, 2].abs().max() <= 1.0))
+
+
 def _padded_from(tensor, height, width):
     """Return ``(height, width)`` if ``tensor`` (B, 1, H', W') was padded beyond it, else None."""
     return None if tuple(tensor.shape[2:]) == (height, width) else (int(height), int(width))
@@ -198,17 +213,22 @@ class FusionEngine(PairEngine):
             No effect on a checkpoint with one candidate or without the orientation global
             stage.
         global_every, global_window: the orientation global stage over a stream of pairs from
-            one rigid rig (:meth:`infer` one pair at a time): every pair starts the learnt
+            one rigid rig (:meth:`infer`, one pair per call): every pair starts the learnt
             levels from the elementwise median of the last ``global_window`` fits of its
-            affine map (the error of a fit depends on the scene: over scenes it averages out,
-            and a failed fit is outvoted); the stage fits every pair until it holds
-            ``global_window`` fits, then one pair in ``global_every`` (the others skip it:
-            about a quarter of the CPU time of a fit). 1 and 1 (default): every pair is fitted
-            alone, as without a stream. The fits are forgotten when the frame size or the
-            registration prior changes, and by :meth:`reset_global_maps`; a call with several
-            pairs (:meth:`infer_batch`) fits each of them and leaves the stream alone. Needs the
-            orientation global stage (:attr:`streams_global_map`).
-
+            affine map (the mean of the two middle ones for an even count; the error of a fit
+            depends on the scene and averages out over scenes, and with 3 or more fits a
+            failed one is outvoted); the stage fits every pair until it holds
+            ``global_window`` fits, then one pair in ``global_every`` (a pair that skips it
+            takes about a quarter of the CPU time of a fitted one). A fit whose map is not
+            plausible (not finite, a scale outside [0.5, 2] or a shift of more than half the
+            frame: a flat scene) is not kept; the pair then starts from the held fits' median,
+            or from its own map when none is held. The fits are forgotten when the visible
+            frame size, the IR input's shape or the registration prior changes, and by
+            :meth:`reset_global_maps`; a call with several pairs (:meth:`infer_batch`) fits
+            each of them and leaves the stream alone. With CUDA, a stream's pairs run without
+            CUDA graphs (eagerly). 1 and 1 (default): every pair is fitted alone, as without a
+            stream. Integers, ``global_every`` <= 10000 and ``global_window`` <= 1000; above
+            1 they need the orientation global stage (:attr:`streams_global_map`).
     Raises:
         CheckpointError: missing or invalid weights.
         DeviceUnavailableError: (a ``RuntimeError``) CUDA unavailable, without
@@ -233,9 +253,11 @@ class FusionEngine(PairEngine):
         if pad_mode not in images.PAD_MODES:
             raise ValueError(f'pad_mode must be one of {images.PAD_MODES}, got {pad_mode!r}')
         check_prior(registration_prior)  # fail before loading the weights
-        for name, value in (('global_every', global_every), ('global_window', global_window)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f'{name} must be an integer >= 1, got {value!r}')
+        for name, value, high in (('global_every', global_every, 10000),
+                                  ('global_window', global_window, 1000)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) \
+                    or not 1 <= value <= high:
+                raise ValueError(f'{name} must be an integer in [1, {high}], got {value!r}')
         if threads is not None:
             if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
                 raise ValueError(f'threads must be None or an integer >= 1, got {threads!r}')
@@ -282,15 +304,20 @@ class FusionEngine(PairEngine):
         self._graph_failed = set()
         streams = global_every > 1 or global_window > 1
         if streams and getattr(model.registration, 'global_matcher', None) is None:
+            config = model.config
             raise ValueError(
                 f'global_every / global_window above 1 need a checkpoint with the orientation '
                 f'global stage; {str(self._weights)!r} has none (registration '
-                f'{model.config.registration!r}, global_features '
-                f'{model.config.global_features!r}): leave both at 1')
-        self._global_every, self._global_window = global_every, global_window
-        self._global_key = None  # (input shape, valid size, pre-warp) the fits belong to
-        self._global_fits = collections.deque(maxlen=global_window)
-        self._global_age = 0  # pairs since the last fit
+                f'{config.registration!r}, global_stage {config.global_stage}, '
+                f'global_features {config.global_features!r}): leave both at 1')
+        self._global_every, self._global_window = int(global_every), int(global_window)
+        # The stream's state, behind its own lock (read by global_map_state without waiting
+        # for a model run): the key its fits belong to (IR input shape, network input shape,
+        # valid size, pre-warp), the fits, and the pairs since the last fit.
+        self._global_lock = threading.Lock()
+        self._global_key = None
+        self._global_fits = collections.deque(maxlen=self._global_window)
+        self._global_age = 0
 
     # -- properties -------------------------------------------------------------------------
     @property
@@ -328,22 +355,21 @@ class FusionEngine(PairEngine):
         """Return ``(fits, spread_px)`` of the stream's global fits (``global_window``).
 
         ``fits``: how many are held; ``spread_px``: how far they lie from the map in use, the
-        median over the fits of the mean distance (px of the padded network input, i.e. of
-        the visible frame) between where a fit and the median map put the frame's four
-        corners: a pixel or two on a rigid rig watching a far scene, more where parallax or
-        failed fits make the pairs disagree (None with fewer than 2 fits).
+        median over the fits of the mean distance (pixels of the network input frame: the
+        visible frame padded to multiples of 32) between where a fit and the median map put
+        that frame's four corners; None with fewer than 2 fits. Does not wait for a model run.
         """
-        with self._infer_lock:
+        with self._global_lock:
             fits = tuple(self._global_fits)
             key = self._global_key
         if len(fits) < 2:
             return len(fits), None
-        height, width = key[0][2:]
+        height, width = key[1][2:]
         stacked = torch.cat(fits).double()
-        median = stacked.quantile(0.5, dim=0, keepdim=True)
+        gap = stacked - stacked.quantile(0.5, dim=0, keepdim=True)
         corners = torch.tensor([[-1.0, 1.0, 1.0, -1.0], [-1.0, -1.0, 1.0, 1.0]],
                                dtype=stacked.dtype, device=stacked.device)
-        moved = (stacked - median)[:, :, :2] @ corners + (stacked - median)[:, :, 2:]
+        moved = gap[:, :, :2] @ corners + gap[:, :, 2:]
         scale = torch.tensor([(width - 1) / 2.0, (height - 1) / 2.0], dtype=stacked.dtype,
                              device=stacked.device).view(1, 2, 1)
         distance = torch.linalg.vector_norm(moved * scale, dim=1).mean(dim=1)
@@ -351,7 +377,7 @@ class FusionEngine(PairEngine):
 
     def reset_global_maps(self):
         """Forget the stream's global fits: the next pair is fitted afresh (a new rig)."""
-        with self._infer_lock:
+        with self._global_lock:
             self._global_key = None
             self._global_fits.clear()
             self._global_age = 0
@@ -372,8 +398,9 @@ class FusionEngine(PairEngine):
                 (:meth:`infer` passes it when it pads); None: nothing padded.
 
         Returns:
-            ``predict_raw``'s dict (``fused``, ``flow``, ``registered_ir``, ``det``), float32.
-            With CUDA graphs these tensors are reused by the next call: copy what you keep.
+            ``predict_raw``'s dict (``fused``, ``flow``, ``registered_ir``, ``det``,
+            ``global_theta``), float32. With CUDA graphs these tensors are reused by the next
+            call: copy what you keep. The global stage fits every call here (no stream).
 
         """
         with self._infer_lock:
@@ -413,15 +440,16 @@ class FusionEngine(PairEngine):
         stacked = torch.from_numpy(np.stack(planes)[:, None])
         return stacked.to(self._device, non_blocking=non_blocking)
 
-    def _run_group(self, items, height, width):
+    def _run_group(self, items, height, width, stream_key=None):
         """Same-size prepared pairs -> ``(outputs, (preprocess, model, postprocess) s)``."""
         t0 = time.perf_counter()
         ir_t, vi_t = self._to_tensors(items)
         t1 = time.perf_counter()
         with self._infer_lock:
             valid_size = _padded_from(ir_t, height, width)
-            if self.streams_global_map and len(items) == 1:
-                theta = self._stream_theta(ir_t, vi_t, valid_size, items[0].pre_warp)
+            if self.streams_global_map and stream_key is not None:
+                theta = self._stream_theta(ir_t, vi_t, valid_size,
+                                           (stream_key, items[0].pre_warp))
                 raw = self._run_model(ir_t, vi_t, valid_size, theta)
             else:
                 raw = self._run_model(ir_t, vi_t, valid_size)
@@ -431,27 +459,40 @@ class FusionEngine(PairEngine):
             outputs = self._postprocess(raw, items, height, width)
         return outputs, (t1 - t0, t2 - t1, time.perf_counter() - t2)
 
-    def _stream_theta(self, ir_t, vi_t, valid_size, pre_warp):
+    def _stream_theta(self, ir_t, vi_t, valid_size, source):
         """Return the ``(1, 2, 3)`` global map of a stream's pair (``global_every``).
 
-        Fits the global stage on every pair until ``global_window`` fits are held, then when
-        ``global_every`` pairs have passed since the last fit (a new frame size or pre-warp
-        forgets the fits), and returns the elementwise median of the last ``global_window``
-        fits.
+        ``source``: ``(IR input shape, pre-warp matrix or None)``. Fits the global stage on
+        every pair until ``global_window`` fits are held, then when ``global_every`` pairs have
+        passed since the last fit (another frame size, IR shape or pre-warp forgets the fits),
+        keeps a fit when it is plausible (:func:`_plausible_map`), and returns the elementwise
+        median of the held fits (the pair's own map when none is held).
         """
         valid = None if valid_size is None else tuple(int(v) for v in valid_size)
-        key = (tuple(ir_t.shape), valid, None if pre_warp is None else pre_warp.tobytes())
-        if key != self._global_key:
-            self._global_key = key
-            self._global_fits.clear()
-        filling = len(self._global_fits) < self._global_window
-        if filling or self._global_age >= self._global_every:
+        ir_shape, pre_warp = source
+        key = (ir_shape, tuple(ir_t.shape), valid,
+               None if pre_warp is None else pre_warp.tobytes())
+        with self._global_lock:
+            if key != self._global_key:
+                self._global_key = key
+                self._global_fits.clear()
+                self._global_age = 0
+            due = (len(self._global_fits) < self._global_window
+                   or self._global_age >= self._global_every)
+        fit = None
+        if due:
             with torch.inference_mode():
-                self._global_fits.append(self._model.fit_global(ir_t, vi_t, valid))
-            self._global_age = 0
-        self._global_age += 1
-        # Even counts: the mean of the two middle fits (torch.median would take the lower).
-        return torch.cat(tuple(self._global_fits)).quantile(0.5, dim=0, keepdim=True)
+                fit = self._model.fit_global(ir_t, vi_t, valid)
+        with self._global_lock:
+            if due:
+                self._global_age = 0
+                if _plausible_map(fit):
+                    self._global_fits.append(fit)
+            self._global_age += 1
+            if not self._global_fits:
+                return fit
+            # Even counts: the mean of the two middle fits (torch.median would take the lower).
+            return torch.cat(tuple(self._global_fits)).quantile(0.5, dim=0, keepdim=True)
 
     def _to_tensors(self, items):
         """Stack same-size prepared pairs into padded (B, 1, H', W') tensors on the device."""

@@ -222,6 +222,8 @@ class OnnxFusionEngine(PairEngine):
         scale_search: True only: the graph runs the scales it was exported with
             (``ValueError`` for False: export with ``tarfuse-export WEIGHTS --out MODEL.onnx
             --no-scale-search``).
+        global_every, global_window: 1 only (``ValueError`` otherwise): the graph runs its
+            global stage on every pair (the stream setting is the torch engine's).
 
     Raises:
         OnnxModelError: missing, unloadable or foreign ONNX file.
@@ -235,7 +237,7 @@ class OnnxFusionEngine(PairEngine):
     def __init__(self, weights, device='cpu', half=False, threads=None, conf_threshold=0.25,
                  iou_threshold=0.45, max_detections=100, classes=None, allow_cpu_fallback=False,
                  ir_norm='percentile', ir_low=0.5, ir_high=99.5, pad_mode='replicate',
-                 registration_prior=None, scale_search=True):
+                 registration_prior=None, scale_search=True, global_every=1, global_window=1):
         import onnxruntime as ort
         from tarfuse_ros.core import images, prior
 
@@ -247,6 +249,9 @@ class OnnxFusionEngine(PairEngine):
                              'scales it was exported with built in; export one without the '
                              'search instead (tarfuse-export WEIGHTS --out MODEL.onnx '
                              '--no-scale-search)')
+        if (global_every, global_window) != (1, 1):
+            raise ValueError('global_every / global_window above 1 need the torch engine: an '
+                             'ONNX graph runs its global stage on every pair')
         if ir_norm not in images.IR_NORMS:
             raise ValueError(f'ir_norm must be one of {images.IR_NORMS}, got {ir_norm!r}')
         if not 0.0 <= ir_low < ir_high <= 100.0:
@@ -333,7 +338,7 @@ class OnnxFusionEngine(PairEngine):
             names=('IR image' + suffix, 'visible image' + suffix))
         return self._prior_module.apply_prior(self._prior, pair, (ir.shape[1], ir.shape[0]))
 
-    def _run_group(self, items, height, width):
+    def _run_group(self, items, height, width, stream_key=None):
         """Same-size prepared pairs -> ``(outputs, (preprocess, model, postprocess) s)``."""
         t0 = time.perf_counter()
         feeds = {'ir': self._batch([item.ir for item in items]),

@@ -199,8 +199,12 @@ class PairEngine:
         for index, item in enumerate(prepared):
             groups.setdefault(item.vi_y.shape[:2], []).append(index)
         results = [None] * len(prepared)
+        # One pair per call is a stream's pair (its IR's own size is part of the stream's key:
+        # another IR camera geometry is another rig); a batch never touches the stream.
+        stream_key = tuple(np.shape(irs[0])) if len(prepared) == 1 else None
         for (height, width), indices in groups.items():
-            outputs, seconds = self._run_group([prepared[i] for i in indices], height, width)
+            outputs, seconds = self._run_group([prepared[i] for i in indices], height, width,
+                                               stream_key)
             n = len(indices)
             for i, (fused, registered, flow, dets) in zip(indices, outputs):
                 if chromas[i] is not None:
@@ -215,8 +219,25 @@ class PairEngine:
     def _prepare(self, ir, vi, index):
         raise NotImplementedError
 
-    def _run_group(self, items, height, width):
+    def _run_group(self, items, height, width, stream_key=None):
+        """Same-size prepared pairs -> ``(outputs, (preprocess, model, postprocess) s)``.
+
+        ``stream_key``: the IR input's shape when the call held this one pair alone (a
+        stream's pair, :attr:`streams_global_map`), else None.
+        """
         raise NotImplementedError
+
+    @property
+    def streams_global_map(self):
+        """True when the global stage's map is kept over a stream (torch engine only)."""
+        return False
+
+    def global_map_state(self):
+        """Return ``(fits held, spread px or None)`` of the stream (``(0, None)``: none)."""
+        return 0, None
+
+    def reset_global_maps(self):
+        """Forget the stream's global fits (nothing to forget without a stream)."""
 
     def _detections(self, rows, height, width):
         """NMS rows ``(x1, y1, x2, y2, score, class)`` in padded-input px -> :class:`Detection`.

@@ -202,8 +202,6 @@ class TarFuseNode(Node):
         # Imported here so that configuration errors are reported before torch is loaded (and
         # the onnxruntime backend does not load the torch engine).
         from tarfuse_ros.core.backends import create_engine, model_error
-        stream = {} if onnx else {'global_every': params.registration_global_every,
-                                  'global_window': params.registration_global_window}
         try:
             engine = create_engine(
                 params.backend, weights=params.weights, device=params.device, half=params.half,
@@ -212,14 +210,18 @@ class TarFuseNode(Node):
                 max_detections=params.max_detections,
                 allow_cpu_fallback=params.allow_cpu_fallback,
                 registration_prior=registration_prior(params),
-                scale_search=params.registration_scale_search, **stream)
+                scale_search=params.registration_scale_search,
+                global_every=params.registration_global_every,
+                global_window=params.registration_global_window)
         except model_error(params.backend) as exc:
             kind = '.onnx file from tarfuse-export' if onnx else '.safetensors checkpoint'
             example = 'model.onnx' if onnx else 'model.safetensors'
             raise StartupError(
                 f'cannot load the model: {exc}. Point the weights parameter at a valid {kind} '
                 f'(-p weights:=/path/{example})') from exc
-        except (RuntimeError, ValueError, OSError) as exc:
+        except ValueError as exc:
+            raise StartupError(f'cannot start the model with these parameters: {exc}') from exc
+        except (RuntimeError, OSError) as exc:
             raise StartupError(
                 f'cannot start the model on device {params.device!r}: {exc}. Use -p device:=cpu '
                 f'or -p allow_cpu_fallback:=true, or check the CUDA driver') from exc
@@ -238,7 +240,7 @@ class TarFuseNode(Node):
         elif not params.registration_scale_search:
             self.get_logger().info('global stage scale search off '
                                    '(registration.scale_search false): scale 1.0 only')
-        if not onnx and engine.streams_global_map:
+        if engine.streams_global_map:
             self.get_logger().info(
                 f'global stage over the stream (one rigid rig): a fit on one pair in '
                 f'{params.registration_global_every}, each pair starts from the median of the '
@@ -569,7 +571,7 @@ class TarFuseNode(Node):
             extra.update(self._refiner.summary().as_dict())
         else:
             extra['registration_refinement'] = 'off'
-        streams = self._params.backend == 'torch' and self._engine.streams_global_map
+        streams = self._engine.streams_global_map
         extra['registration_global_map'] = (
             f'every {self._params.registration_global_every} pairs, median of '
             f'{self._params.registration_global_window} fits' if streams else 'per pair')

@@ -167,13 +167,15 @@ PARAMETER_SPECS = (
               'has its scales built in). Restart to change.'),
     ParamSpec('registration.global_every', 'registration_global_every', 'int',
               'For one rigid rig: once it holds global_window fits, the global stage fits '
-              'its map on one pair in this many and the others skip it (about a quarter of '
-              'the CPU time of a fit); 1 = every pair. Backend torch only. Restart to change.',
+              'its map on one pair in this many and the others skip it (they take about a '
+              'quarter of the time of a fitted pair); 1 = every pair. Backend torch only. '
+              'Restart to change.',
               low=1, high=10000),
     ParamSpec('registration.global_window', 'registration_global_window', 'int',
               'For one rigid rig: every pair starts from the elementwise median of the last '
-              'this many global fits (scene-dependent fit errors average out; a failed fit is '
-              'outvoted); 1 = the newest fit alone. Backend torch only. Restart to change.',
+              'this many global fits (scene-dependent fit errors average out; with 3 or more a '
+              'failed fit is outvoted); 1 = the newest fit alone. Backend torch only. Restart '
+              'to change.',
               low=1, high=1000),
     ParamSpec('registration.online_refinement.enabled', 'refinement_enabled', 'bool',
               'Refine the registration prior online: fit a homography to the flow of every '

@@ -713,7 +713,9 @@ def _load_engine(weights, device, threads, scale_search=True, global_every=1, gl
                             global_every=global_every, global_window=global_window)
     except CheckpointError as exc:
         raise UsageError(f'cannot load the weights: {exc}') from exc
-    except (RuntimeError, ValueError) as exc:
+    except ValueError as exc:
+        raise UsageError(f'cannot start the model with these options: {exc}') from exc
+    except RuntimeError as exc:
         raise UsageError(f'cannot start the model on device {device!r}: {exc}') from exc
 
 

@@ -120,6 +120,69 @@ def test_a_new_frame_size_a_reset_or_a_batch_forgets_or_keeps_the_fits(pairs, si
     assert stream.global_map_state() == (1, None)
 
 
+def test_a_mixed_size_batch_an_ir_of_another_shape_and_a_new_prior_are_no_stream_pairs(
+        pairs, single):
+    stream = FusionEngine(cuda_graph='off', global_every=100)
+    stream.infer(*pairs[0])
+    # A batch whose pairs differ in size: each is fitted alone, the stream keeps its fit.
+    small = tuple(cv2.resize(image, (256, 192), interpolation=cv2.INTER_AREA)
+                  for image in pairs[1])
+    stream.infer_batch([small[0], pairs[2][0]], [small[1], pairs[2][1]])
+    assert stream.global_map_state() == (1, None)
+    np.testing.assert_allclose(stream.infer(*pairs[3]).flow_px,
+                               _flow_from(single, pairs[3], _fit(single, pairs[0])), atol=1e-4)
+    # The same visible frame with an IR of another shape (another IR camera geometry, resized
+    # to the visible frame by the engine): fitted afresh.
+    ir_crop = np.ascontiguousarray(pairs[3][0][:, 32:])
+    np.testing.assert_array_equal(stream.infer(ir_crop, pairs[3][1]).flow_px,
+                                  single.infer(ir_crop, pairs[3][1]).flow_px)
+    # A new registration prior (another pre-warp): fitted afresh, with the prior.
+    from tarfuse_ros.core.prior import make_prior
+    prior = make_prior([[1.02, 0.0, 4.0], [0.0, 1.02, -3.0], [0.0, 0.0, 1.0]], SIZE, SIZE)
+    stream.set_registration_prior(prior)
+    single.set_registration_prior(prior)
+    try:
+        np.testing.assert_array_equal(stream.infer(*pairs[1]).flow_px,
+                                      single.infer(*pairs[1]).flow_px)
+    finally:
+        single.set_registration_prior(None)
+    assert stream.global_map_state() == (1, None)
+
+
+def test_padded_frames_stream_on_the_valid_region(pairs, single):
+    """Frames that are not multiples of 32 are padded; the fits use the valid region."""
+    cut = [(ir[:250, :310].copy(), vi[:250, :310].copy()) for ir, vi in pairs[:2]]
+    stream = FusionEngine(cuda_graph='off', global_every=100)
+    got = [stream.infer(*pair).flow_px for pair in cut]
+    np.testing.assert_array_equal(got[0], single.infer(*cut[0]).flow_px)
+    # The second pair started from the first pair's fit on the valid region.
+    from tarfuse_ros.core import images
+    tensors = [single.input_tensors(*pair) for pair in cut]
+    padded = [tuple(images.pad_to_multiple(t, 32, 'replicate')[0] for t in pair)
+              for pair in tensors]
+    theta = single.model.fit_global(*padded[0], (250, 310))
+    with torch.inference_mode():
+        out = single.model.predict_raw(*padded[1], (250, 310), global_theta=theta)
+    expected = out['flow'][0, :, :250, :310].permute(1, 2, 0).numpy()
+    np.testing.assert_allclose(got[1], expected, atol=1e-4)
+
+
+def test_an_implausible_fit_of_a_flat_pair_is_not_kept(pairs, single):
+    flat = (np.full((SIZE[1], SIZE[0]), 128, np.uint8),
+            np.full((SIZE[1], SIZE[0], 3), 77, np.uint8))
+    stream = FusionEngine(cuda_graph='off', global_every=2, global_window=3)
+    stream.infer(*flat)  # no fit held: the pair uses its own map, which is not kept
+    assert stream.global_map_state() == (0, None)
+    stream.infer(*pairs[0])
+    stream.infer(*flat)
+    assert stream.global_map_state()[0] == 1
+    # The next real pair starts from the real fit alone.
+    np.testing.assert_allclose(stream.infer(*pairs[1]).flow_px,
+                               _flow_from(single, pairs[1], 0.5 * (
+                                   _fit(single, pairs[0]) + _fit(single, pairs[1]))),
+                               atol=1e-4)
+
+
 def test_the_model_takes_a_given_map_and_returns_the_one_it_used(pairs, single):
     ir_t, vi_t = single.input_tensors(*pairs[0])
     with torch.inference_mode():
@@ -133,13 +196,22 @@ def test_the_model_takes_a_given_map_and_returns_the_one_it_used(pairs, single):
 
 
 @pytest.mark.parametrize('kwargs, message', [
-    ({'global_every': 0}, 'global_every must be an integer >= 1'),
-    ({'global_window': 2.5}, 'global_window must be an integer >= 1'),
-    ({'global_every': True}, 'global_every must be an integer >= 1'),
+    ({'global_every': 0}, r'global_every must be an integer in \[1, 10000\]'),
+    ({'global_window': 2.5}, r'global_window must be an integer in \[1, 1000\]'),
+    ({'global_every': True}, 'global_every must be an integer'),
+    ({'global_window': 1001}, 'global_window must be an integer'),
 ])
 def test_bad_stream_settings_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
         FusionEngine(cuda_graph='off', **kwargs)
+
+
+def test_numpy_integers_are_settings_and_onnxruntime_refuses_a_stream(tmp_path):
+    engine = FusionEngine(cuda_graph='off', global_every=np.int64(5), global_window=np.int32(3))
+    assert engine.streams_global_map and engine.global_map_state() == (0, None)
+    from tarfuse_ros.core.onnx_backend import OnnxFusionEngine
+    with pytest.raises(ValueError, match='need the torch engine'):
+        OnnxFusionEngine(tmp_path / 'never_read.onnx', global_every=5)
 
 
 def test_a_model_without_the_orientation_stage_refuses_a_stream_and_a_given_map(tmp_path):

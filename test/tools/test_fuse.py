@@ -164,6 +164,12 @@ def test_global_every_keeps_the_first_fit_over_a_folder_of_one_rig(tmp_path, cap
     status, _, err = _run(capsys, '--ir', ir_dir, '--visible', vi_dir, '--out', out,
                           '--global-window', '0')
     assert status == 2 and '--global-window must be >= 1' in err
+    # A model without the orientation global stage (the medical one) says why it refuses.
+    medical = WEIGHTS.parent / 'tarfuse_medical.safetensors'
+    status, _, err = _run(capsys, '--ir', ir_dir, '--visible', vi_dir, '--out', out,
+                          '--weights', medical, '--global-every', '5')
+    assert status == 2 and 'cannot start the model with these options' in err, err
+    assert 'global_stage False' in err and 'on device' not in err, err
 
 
 def test_folder_of_sample_pairs_is_matched_by_stem(tmp_path, capsys):

@@ -319,8 +319,11 @@ class TarFuse(nn.Module):
                                  f'{tuple(ir.shape)}')
         matcher = getattr(self.registration, 'global_matcher', None)
         if global_theta is not None and matcher is None:
-            raise ValueError('global_theta needs the orientation global stage (registration '
-                             "'matching', global_features 'orientation'); this model has none")
+            config = self.config
+            raise ValueError(f'global_theta needs the orientation global stage; this model has '
+                             f'none (registration {config.registration!r}, global_stage '
+                             f'{config.global_stage}, global_features '
+                             f'{config.global_features!r})')
         if global_theta is None and matcher is not None:
             global_theta = matcher(ir, vi, valid_size)
         c_ir, s_ir = self.ir_common(ir), self.ir_specific(ir)
@@ -377,7 +380,8 @@ class TarFuse(nn.Module):
         matcher = getattr(self.registration, 'global_matcher', None)
         if matcher is None:
             raise ValueError('this model has no orientation global stage (registration '
-                             f'{self.config.registration!r}, global_features '
+                             f'{self.config.registration!r}, global_stage '
+                             f'{self.config.global_stage}, global_features '
                              f'{self.config.global_features!r})')
         _check_image('ir', ir)
         _check_image('vi', vi)
