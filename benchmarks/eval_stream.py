@@ -197,6 +197,7 @@ def main(argv=None):
             figures.setdefault(name, []).append(summary)
             rows.append({**rig, 'setting': name, **summary,
                          'pairs': [{'stem': stem, **row} for stem, row in zip(stems, stream)]})
+            spread = summary['final_spread_px']
             quality = (f'edge alignment {summary["edge_alignment"]:.4f} (unregistered '
                        f'{summary["edge_alignment_unregistered"]:.4f})' if args.real
                        else f'EPE {summary["epe"]:.2f} px')
@@ -205,7 +206,7 @@ def main(argv=None):
                   f'{summary["model_ms_median"]:.0f} ms (p90 '
                   f'{summary["model_ms_p90"]:.0f}), total {summary["total_ms_median"]:.0f} ms '
                   f'(p90 {summary["total_ms_p90"]:.0f}), spread of the fits '
-                  f'{summary["final_spread_px"] or 0.0:.2f} px', flush=True)
+                  f'{"n/a" if spread is None else f"{spread:.2f} px"}', flush=True)
     summary = {'data': args.data, 'split': args.split, 'pairs': len(stems),
                'frame': [size[1], size[0]], 'threads': args.threads,
                'weights': args.weights or 'shipped default',

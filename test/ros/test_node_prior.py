@@ -101,12 +101,13 @@ def test_node_with_the_scale_search_off_publishes_the_single_scale_registration(
     assert np.abs(pixels.astype(int) - expected.registered_ir).max() <= 1
 
 
-def test_node_refuses_the_scale_search_off_with_onnxruntime_naming_the_parameter(tmp_path):
+@pytest.mark.parametrize('name, value', [('registration.scale_search', 'false'),
+                                         ('registration.global_every', '5')])
+def test_node_refuses_a_torch_only_setting_with_onnxruntime_naming_it(tmp_path, name, value):
     model = tmp_path / 'model.onnx'
     model.write_bytes(b'not read: the parameters are checked first')
-    assert_start_up_fails({'backend': 'onnxruntime', 'weights': str(model),
-                           'registration.scale_search': 'false'},
-                          ('invalid parameter', 'registration.scale_search', 'backend torch'))
+    assert_start_up_fails({'backend': 'onnxruntime', 'weights': str(model), name: value},
+                          ('invalid parameter', name, 'backend torch'))
 
 
 def test_node_keeps_the_global_map_over_the_stream_and_reports_it():
@@ -145,11 +146,3 @@ def test_node_keeps_the_global_map_over_the_stream_and_reports_it():
     assert np.abs(pixels - expected).max() <= 1
     # The kept map really acted: the pair's own fit registers it elsewhere.
     assert np.abs(pixels - alone).mean() > 1.0, np.abs(pixels - alone).mean()
-
-
-def test_node_refuses_a_stream_with_onnxruntime_naming_the_parameter(tmp_path):
-    model = tmp_path / 'model.onnx'
-    model.write_bytes(b'not read: the parameters are checked first')
-    assert_start_up_fails({'backend': 'onnxruntime', 'weights': str(model),
-                           'registration.global_every': '5'},
-                          ('invalid parameter', 'registration.global_every', 'backend torch'))
