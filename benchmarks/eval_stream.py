@@ -57,8 +57,8 @@ def parse_setting(text):
         every, window = (int(v) for v in text.lower().split('x'))
     except ValueError:
         raise ValueError(f'a setting is EVERYxWINDOW, e.g. 5x9, got {text!r}') from None
-    if every < 1 or window < 1:
-        raise ValueError(f'EVERY and WINDOW must be >= 1, got {text!r}')
+    if not (1 <= every <= 10000 and 1 <= window <= 1000):
+        raise ValueError(f'EVERY must be in [1, 10000] and WINDOW in [1, 1000], got {text!r}')
     return every, window
 
 

@@ -131,16 +131,21 @@ def _min_input_side(config):
     return max(32, -(-side // 32) * 32)
 
 
-def _plausible_map(theta):
-    """True when a ``(1, 2, 3)`` normalised affine map may describe a camera rig.
+def _plausible_map(theta, height, width):
+    """Return True when a ``(1, 2, 3)`` normalised affine map may describe a camera rig.
 
-    Finite, both singular values of its linear part in [0.5, 2] (the scale candidates are
-    0.8-1.25) and its shift at most 1 (half the frame): a flat or featureless pair can give a
-    degenerate fit (a scale of 0.03 on a constant image), which must not enter a stream.
+    Finite, both singular values of its linear part in pixels (``D^-1 A D`` on an ``height x
+    width`` frame, ``D = diag(2 / (W - 1), 2 / (H - 1))``) in [0.5, 2] (the scale candidates
+    are 0.8-1.25), and its shift at most 1 (half the frame): a flat or featureless pair can
+    give a degenerate fit (a scale of 0.03 on a constant image), which must not enter a stream.
     """
     if not bool(torch.isfinite(theta).all()):
         return False
-    singular = torch.linalg.svdvals(theta[0, :, :2].double())
+    linear = theta[0, :, :2].double().cpu()
+    sx, sy = 2.0 / max(width - 1.0, 1.0), 2.0 / max(height - 1.0, 1.0)
+    pixel = torch.diag(torch.tensor([1.0 / sx, 1.0 / sy], dtype=torch.float64)) @ linear \
+        @ torch.diag(torch.tensor([sx, sy], dtype=torch.float64))
+    singular = torch.linalg.svdvals(pixel)
     return bool((singular.min() >= 0.5) & (singular.max() <= 2.0)
                 & (theta[0, :, 2].abs().max() <= 1.0))
 
@@ -219,7 +224,7 @@ class FusionEngine(PairEngine):
             depends on the scene and averages out over scenes, and with 3 or more fits a
             failed one is outvoted); the stage fits every pair until it holds
             ``global_window`` fits, then one pair in ``global_every`` (a pair that skips it
-            takes about a quarter of the CPU time of a fitted one). A fit whose map is not
+            takes about 30 % of the CPU time of a fitted one). A fit whose map is not
             plausible (not finite, a scale outside [0.5, 2] or a shift of more than half the
             frame: a flat scene) is not kept; the pair then starts from the held fits' median,
             or from its own map when none is held. The fits are forgotten when the visible
@@ -229,6 +234,7 @@ class FusionEngine(PairEngine):
             CUDA graphs (eagerly). 1 and 1 (default): every pair is fitted alone, as without a
             stream. Integers, ``global_every`` <= 10000 and ``global_window`` <= 1000; above
             1 they need the orientation global stage (:attr:`streams_global_map`).
+
     Raises:
         CheckpointError: missing or invalid weights.
         DeviceUnavailableError: (a ``RuntimeError``) CUDA unavailable, without
@@ -347,8 +353,7 @@ class FusionEngine(PairEngine):
 
     @property
     def streams_global_map(self):
-        """True when the global stage's map is kept over a stream (``global_every`` or
-        ``global_window`` above 1)."""
+        """True when the global map is kept over a stream (global_every or window above 1)."""
         return self._global_every > 1 or self._global_window > 1
 
     def global_map_state(self):
@@ -479,20 +484,25 @@ class FusionEngine(PairEngine):
                 self._global_age = 0
             due = (len(self._global_fits) < self._global_window
                    or self._global_age >= self._global_every)
-        fit = None
+        fit = plausible = None
         if due:
-            with torch.inference_mode():
-                fit = self._model.fit_global(ir_t, vi_t, valid)
+            # As a per-pair fit runs (under autocast with half); kept on the CPU, so that
+            # global_map_state never waits for the device.
+            with torch.inference_mode(), torch.autocast('cuda', dtype=torch.float16,
+                                                        enabled=self._half):
+                fit = self._model.fit_global(ir_t, vi_t, valid).float()
+            plausible = _plausible_map(fit, ir_t.shape[2], ir_t.shape[3])
         with self._global_lock:
             if due:
                 self._global_age = 0
-                if _plausible_map(fit):
-                    self._global_fits.append(fit)
+                if plausible:
+                    self._global_fits.append(fit.cpu())
             self._global_age += 1
-            if not self._global_fits:
-                return fit
-            # Even counts: the mean of the two middle fits (torch.median would take the lower).
-            return torch.cat(tuple(self._global_fits)).quantile(0.5, dim=0, keepdim=True)
+            fits = tuple(self._global_fits)
+        if not fits:
+            return fit
+        # Even counts: the mean of the two middle fits (torch.median would take the lower).
+        return torch.cat(fits).quantile(0.5, dim=0, keepdim=True).to(ir_t.device)
 
     def _to_tensors(self, items):
         """Stack same-size prepared pairs into padded (B, 1, H', W') tensors on the device."""

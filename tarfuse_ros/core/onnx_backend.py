@@ -250,8 +250,8 @@ class OnnxFusionEngine(PairEngine):
                              'search instead (tarfuse-export WEIGHTS --out MODEL.onnx '
                              '--no-scale-search)')
         if (global_every, global_window) != (1, 1):
-            raise ValueError('global_every / global_window above 1 need the torch engine: an '
-                             'ONNX graph runs its global stage on every pair')
+            raise ValueError('global_every / global_window other than 1 need the torch engine: '
+                             'an ONNX graph runs its global stage on every pair')
         if ir_norm not in images.IR_NORMS:
             raise ValueError(f'ir_norm must be one of {images.IR_NORMS}, got {ir_norm!r}')
         if not 0.0 <= ir_low < ir_high <= 100.0:

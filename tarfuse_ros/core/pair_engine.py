@@ -9,9 +9,11 @@ implements two steps:
 
 - ``_prepare(ir, vi, index)``: one pair -> a :class:`~tarfuse_ros.core.images.PreparedPair`
   (normalised, IR resized to the visible frame, warped by the prior);
-- ``_run_group(items, height, width)``: same-size prepared pairs -> ``(outputs, seconds)``, where
-  ``outputs`` holds one ``(fused, registered_ir, flow_px, detections)`` per pair and ``seconds``
-  is ``(preprocess, model, postprocess)`` for the whole group.
+- ``_run_group(items, height, width, stream_key)``: same-size prepared pairs -> ``(outputs,
+  seconds)``, where ``outputs`` holds one ``(fused, registered_ir, flow_px, detections)`` per
+  pair and ``seconds`` is ``(preprocess, model, postprocess)`` for the whole group;
+  ``stream_key`` is the IR input's shape when the call held one pair (a stream's pair), else
+  None.
 
 This module imports no torch at load time (the prior and chroma modules it uses are imported
 when first needed).

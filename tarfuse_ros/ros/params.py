@@ -167,8 +167,8 @@ PARAMETER_SPECS = (
               'has its scales built in). Restart to change.'),
     ParamSpec('registration.global_every', 'registration_global_every', 'int',
               'For one rigid rig: once it holds global_window fits, the global stage fits '
-              'its map on one pair in this many and the others skip it (they take about a '
-              'quarter of the time of a fitted pair); 1 = every pair. Backend torch only. '
+              'its map on one pair in this many and the others skip it (they take about 30 % '
+              'of the time of a fitted pair); 1 = every pair. Backend torch only. '
               'Restart to change.',
               low=1, high=10000),
     ParamSpec('registration.global_window', 'registration_global_window', 'int',

@@ -18,7 +18,7 @@ from tarfuse_ros.core.model.tarfuse import build_model, TarFuseConfig
 import torch
 
 FOLDER = Path(__file__).resolve().parents[1] / 'data' / 'datasets' / 'roadscene'
-SIZE = (320, 256)  # one frame size for the whole stream (multiples of 32: nothing padded)
+SIZE = (256, 192)  # one frame size for the whole stream (multiples of 32: nothing padded)
 
 
 @pytest.fixture(scope='module')
@@ -36,18 +36,18 @@ def pairs():
 
 @pytest.fixture(scope='module')
 def single():
-    """The default engine: every pair fitted alone."""
+    """Return the default engine: every pair fitted alone."""
     return FusionEngine(cuda_graph='off')
 
 
 def _fit(engine, pair):
-    """The global stage's (1, 2, 3) map fitted on one pair alone."""
+    """Return the global stage's (1, 2, 3) map fitted on one pair alone."""
     ir_t, vi_t = engine.input_tensors(*pair)
     return engine.model.fit_global(ir_t, vi_t)
 
 
 def _flow_from(engine, pair, theta):
-    """The published flow of ``pair`` with the learnt levels started from ``theta``."""
+    """Return the published flow of ``pair`` with the learnt levels started from ``theta``."""
     ir_t, vi_t = engine.input_tensors(*pair)
     with torch.inference_mode():
         out = engine.model.predict_raw(ir_t, vi_t, global_theta=theta)
@@ -100,7 +100,7 @@ def test_a_new_frame_size_a_reset_or_a_batch_forgets_or_keeps_the_fits(pairs, si
     stream = FusionEngine(cuda_graph='off', global_every=10)
     stream.infer(*pairs[0])
     # Another frame size: the fits of the old one do not apply (fitted afresh, alone).
-    ir, vi = (cv2.resize(image, (288, 224), interpolation=cv2.INTER_AREA)
+    ir, vi = (cv2.resize(image, (224, 160), interpolation=cv2.INTER_AREA)
               for image in pairs[1])
     np.testing.assert_array_equal(stream.infer(ir, vi).flow_px, single.infer(ir, vi).flow_px)
     # Back to the first size: that size's fits were forgotten too.
@@ -125,7 +125,7 @@ def test_a_mixed_size_batch_an_ir_of_another_shape_and_a_new_prior_are_no_stream
     stream = FusionEngine(cuda_graph='off', global_every=100)
     stream.infer(*pairs[0])
     # A batch whose pairs differ in size: each is fitted alone, the stream keeps its fit.
-    small = tuple(cv2.resize(image, (256, 192), interpolation=cv2.INTER_AREA)
+    small = tuple(cv2.resize(image, (224, 160), interpolation=cv2.INTER_AREA)
                   for image in pairs[1])
     stream.infer_batch([small[0], pairs[2][0]], [small[1], pairs[2][1]])
     assert stream.global_map_state() == (1, None)
@@ -151,7 +151,7 @@ def test_a_mixed_size_batch_an_ir_of_another_shape_and_a_new_prior_are_no_stream
 
 def test_padded_frames_stream_on_the_valid_region(pairs, single):
     """Frames that are not multiples of 32 are padded; the fits use the valid region."""
-    cut = [(ir[:250, :310].copy(), vi[:250, :310].copy()) for ir, vi in pairs[:2]]
+    cut = [(ir[:180, :240].copy(), vi[:180, :240].copy()) for ir, vi in pairs[:2]]
     stream = FusionEngine(cuda_graph='off', global_every=100)
     got = [stream.infer(*pair).flow_px for pair in cut]
     np.testing.assert_array_equal(got[0], single.infer(*cut[0]).flow_px)
@@ -160,10 +160,10 @@ def test_padded_frames_stream_on_the_valid_region(pairs, single):
     tensors = [single.input_tensors(*pair) for pair in cut]
     padded = [tuple(images.pad_to_multiple(t, 32, 'replicate')[0] for t in pair)
               for pair in tensors]
-    theta = single.model.fit_global(*padded[0], (250, 310))
+    theta = single.model.fit_global(*padded[0], (180, 240))
     with torch.inference_mode():
-        out = single.model.predict_raw(*padded[1], (250, 310), global_theta=theta)
-    expected = out['flow'][0, :, :250, :310].permute(1, 2, 0).numpy()
+        out = single.model.predict_raw(*padded[1], (180, 240), global_theta=theta)
+    expected = out['flow'][0, :, :180, :240].permute(1, 2, 0).numpy()
     np.testing.assert_allclose(got[1], expected, atol=1e-4)
 
 
