@@ -150,6 +150,14 @@ def _plausible_map(theta, height, width):
                 & (theta[0, :, 2].abs().max() <= 1.0))
 
 
+def _median_map(fits):
+    """Return the elementwise median ``(1, 2, 3)`` of a stream's fits, stacked ``(N, 2, 3)``.
+
+    Even counts: the mean of the two middle fits (``torch.median`` would take the lower).
+    """
+    return fits.quantile(0.5, dim=0, keepdim=True)
+
+
 def _padded_from(tensor, height, width):
     """Return ``(height, width)`` if ``tensor`` (B, 1, H', W') was padded beyond it, else None."""
     return None if tuple(tensor.shape[2:]) == (height, width) else (int(height), int(width))
@@ -371,7 +379,7 @@ class FusionEngine(PairEngine):
             return len(fits), None
         height, width = key[1][2:]
         stacked = torch.cat(fits).double()
-        gap = stacked - stacked.quantile(0.5, dim=0, keepdim=True)
+        gap = stacked - _median_map(stacked)
         corners = torch.tensor([[-1.0, 1.0, 1.0, -1.0], [-1.0, -1.0, 1.0, 1.0]],
                                dtype=stacked.dtype, device=stacked.device)
         moved = gap[:, :, :2] @ corners + gap[:, :, 2:]
@@ -499,10 +507,7 @@ class FusionEngine(PairEngine):
                     self._global_fits.append(fit.cpu())
             self._global_age += 1
             fits = tuple(self._global_fits)
-        if not fits:
-            return fit
-        # Even counts: the mean of the two middle fits (torch.median would take the lower).
-        return torch.cat(fits).quantile(0.5, dim=0, keepdim=True).to(ir_t.device)
+        return _median_map(torch.cat(fits)).to(ir_t.device) if fits else fit
 
     def _to_tensors(self, items):
         """Stack same-size prepared pairs into padded (B, 1, H', W') tensors on the device."""

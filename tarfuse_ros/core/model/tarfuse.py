@@ -318,13 +318,9 @@ class TarFuse(nn.Module):
                 raise ValueError(f'ir_aligned shape {tuple(ir_aligned.shape)} differs from ir '
                                  f'{tuple(ir.shape)}')
         matcher = getattr(self.registration, 'global_matcher', None)
-        if global_theta is not None and matcher is None:
-            config = self.config
-            raise ValueError(f'global_theta needs the orientation global stage; this model has '
-                             f'none (registration {config.registration!r}, global_stage '
-                             f'{config.global_stage}, global_features '
-                             f'{config.global_features!r})')
-        if global_theta is None and matcher is not None:
+        if global_theta is not None:
+            matcher = self._orientation_matcher('global_theta')
+        elif matcher is not None:
             global_theta = matcher(ir, vi, valid_size)
         c_ir, s_ir = self.ir_common(ir), self.ir_specific(ir)
         c_vi, s_vi = self.vi_common(vi), self.vi_specific(vi)
@@ -363,6 +359,17 @@ class TarFuse(nn.Module):
                           dims=(3,))
         return torch.cat((-flow[:, :1], flow[:, 1:]), dim=1)
 
+    def _orientation_matcher(self, what):
+        """Return the orientation global stage; ``ValueError`` naming ``what`` without one."""
+        matcher = getattr(self.registration, 'global_matcher', None)
+        if matcher is None:
+            config = self.config
+            raise ValueError(f'{what} needs the orientation global stage; this model has no '
+                             f'orientation global stage (registration {config.registration!r}, '
+                             f'global_stage {config.global_stage}, global_features '
+                             f'{config.global_features!r})')
+        return matcher
+
     def fit_global(self, ir, vi, valid_size=None):
         """Fit the orientation global stage alone (no gradient; no learnt parameter).
 
@@ -377,12 +384,7 @@ class TarFuse(nn.Module):
         Raises:
             ValueError: the model has no orientation global stage.
         """
-        matcher = getattr(self.registration, 'global_matcher', None)
-        if matcher is None:
-            raise ValueError('this model has no orientation global stage (registration '
-                             f'{self.config.registration!r}, global_stage '
-                             f'{self.config.global_stage}, global_features '
-                             f'{self.config.global_features!r})')
+        matcher = self._orientation_matcher('fit_global')
         _check_image('ir', ir)
         _check_image('vi', vi)
         with torch.no_grad():
