@@ -45,6 +45,7 @@ __all__ = [
     'PairedDataset',
     'collate_pairs',
     'default_class_map',
+    'parse_scale_range',
     'class_names_from_map',
     'list_split_names',
     'load_disp',
@@ -444,6 +445,20 @@ def _crop_size(crop_size):
     return crop_h, crop_w
 
 
+def parse_scale_range(scale_range):
+    """Return ``scale_range`` as ``(low, high)`` floats, or None; refuse a bad range."""
+    if scale_range is None:
+        return None
+    try:
+        low, high = (float(v) for v in scale_range)
+    except (TypeError, ValueError):
+        raise ValueError(f'scale_range must be (low, high) factors, got {scale_range!r}') from None
+    if not (math.isfinite(low) and math.isfinite(high) and 0.0 < low <= high):
+        raise ValueError(f'scale_range must satisfy 0 < low <= high (finite resize factors), '
+                         f'got {scale_range!r}')
+    return low, high
+
+
 class PairedDataset(Dataset):
     """IR/visible pairs from one or more data set folders, with labels, crops and flips.
 
@@ -482,6 +497,11 @@ class PairedDataset(Dataset):
         min_box_area: see ``min_box_px``.
         keep_color: also return ``vi_color``.
         context: pixels of aligned IR kept around each crop (``ir_context``); 0: none.
+        scale_range: ``(low, high)`` with ``0 < low <= high``: when augmenting with crops, each
+            pair is first resized by a factor drawn log-uniformly from the range (scale
+            augmentation: objects appear smaller or larger than in the stored frames); the
+            factor is raised where the resized pair would not cover the crop. None: no
+            resizing beyond covering the crop.
         seed: base seed; the randomness of sample ``i`` in epoch ``e`` is drawn from
             ``(seed, e, i)``, so results do not depend on worker order. See :meth:`set_epoch`.
 
@@ -489,7 +509,7 @@ class PairedDataset(Dataset):
 
     def __init__(self, sources, class_map=None, crop_size=None, resize=None, augment=True,
                  hflip_prob=0.5, vflip_prob=0.0, min_box_px=3.0, min_box_area=0.2,
-                 keep_color=False, seed=0, context=0):
+                 keep_color=False, seed=0, context=0, scale_range=None):
         if isinstance(sources, (str, os.PathLike, dict, DataSource)):
             sources = [sources]
         parsed = [DataSource.parse(s) for s in sources]
@@ -514,6 +534,7 @@ class PairedDataset(Dataset):
         self.context = int(context)
         if self.context < 0:
             raise ValueError(f'context must be >= 0 pixels, got {context}')
+        self.scale_range = parse_scale_range(scale_range)
         self.seed = int(seed)
         self.epoch = 0
         dirs = [_dir(source.path) for source in parsed]
@@ -606,11 +627,15 @@ class PairedDataset(Dataset):
             stack = cv2.resize(stack, (width, height), interpolation=cv2.INTER_AREA)
         if self.crop_size is not None:
             crop_h, crop_w = self.crop_size
-            scale = max(crop_h / height, crop_w / width)
-            if scale > 1.0:
+            jitter = 1.0
+            if self.augment and self.scale_range is not None:  # no draw without: same crops
+                jitter = math.exp(rng.uniform(*np.log(self.scale_range)))
+            scale = max(jitter, crop_h / height, crop_w / width)
+            if scale != 1.0:
                 height = max(crop_h, int(math.ceil(height * scale)))
                 width = max(crop_w, int(math.ceil(width * scale)))
-                stack = cv2.resize(stack, (width, height), interpolation=cv2.INTER_LINEAR)
+                stack = cv2.resize(stack, (width, height), interpolation=(
+                    cv2.INTER_LINEAR if scale > 1.0 else cv2.INTER_AREA))
             top, left = self._window(height, width, rng)
             if self.context:
                 context = _padded_window(stack[:, :, 0], top - self.context,

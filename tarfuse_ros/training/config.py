@@ -20,7 +20,7 @@ it must be left out or empty). Unknown sections and keys are errors that name th
 from dataclasses import asdict, dataclass, field, fields, MISSING
 from pathlib import Path
 
-from tarfuse_ros.core.data import class_names_from_map, DataSource
+from tarfuse_ros.core.data import class_names_from_map, DataSource, parse_scale_range
 from tarfuse_ros.core.deform import DeformConfig
 from tarfuse_ros.core.losses import LossWeights
 from tarfuse_ros.core.model.tarfuse import TarFuseConfig
@@ -96,7 +96,9 @@ class DataConfig:
     data set paths (``None``: the working directory, then the shared data sets). ``context``:
     pixels of aligned IR kept around each training crop and deformed with it (the deformed crop
     then has scene content at its borders, as a real misaligned frame has; 0: deform the crop
-    alone, whose empty borders show the deformation to the network).
+    alone, whose empty borders show the deformation to the network). ``scale_range``:
+    ``[low, high]`` resize factors drawn log-uniformly per training pair before its crop (scale
+    augmentation); ``None``: none.
     """
 
     root: str = None
@@ -109,6 +111,7 @@ class DataConfig:
     val_crop: int = None
     workers: int = 0
     context: int = 0
+    scale_range: tuple = None
 
     def __post_init__(self):
         for name in ('train', 'val'):
@@ -136,6 +139,11 @@ class DataConfig:
             _check(0.0 <= getattr(self, name) <= 1.0,
                    f'data.{name} must be in [0, 1], got {getattr(self, name)!r}')
         _check(self.workers >= 0, f'data.workers must be >= 0, got {self.workers!r}')
+        if self.scale_range is not None:
+            try:
+                object.__setattr__(self, 'scale_range', parse_scale_range(self.scale_range))
+            except ValueError as exc:
+                raise ValueError(f'data.{exc}') from None
 
     @property
     def eval_crop(self):
@@ -152,6 +160,8 @@ class DataConfig:
         out['train'] = [source.to_dict() for source in self.train]
         out['val'] = [source.to_dict() for source in self.val]
         out['class_map'] = dict(self.class_map)
+        if self.scale_range is not None:
+            out['scale_range'] = list(self.scale_range)
         return out
 
 

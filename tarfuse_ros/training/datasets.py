@@ -115,7 +115,8 @@ def build_dataset(sources, data_config, training, seed=0):
     return PairedDataset(
         list(sources), class_map=dict(data_config.class_map), crop_size=crop or None,
         augment=training, hflip_prob=data_config.hflip, vflip_prob=data_config.vflip, seed=seed,
-        context=data_config.context if training and crop else 0)
+        context=data_config.context if training and crop else 0,
+        scale_range=data_config.scale_range if training else None)
 
 
 def count_labelled(sources):

@@ -256,3 +256,43 @@ def test_context_beyond_the_frame_is_zero(tmp_path):
     assert torch.equal(context[8:72, 8:72], sample['ir'][0])
     with pytest.raises(ValueError, match='context must be >= 0'):
         data.PairedDataset([(folder, 'train')], crop_size=64, context=-1)
+
+
+def test_scale_range_resizes_the_pair_and_its_boxes(tmp_path):
+    # One 40x20 px box in a 192x256 frame; 64 px crops without flips.
+    folder = _make_set(tmp_path, [(100, 80, 140, 100, 0)], size=(192, 256))
+    plain = data.PairedDataset([(folder, 'train')], crop_size=64, hflip_prob=0.0, seed=3)
+    doubled = data.PairedDataset([(folder, 'train')], crop_size=128, hflip_prob=0.0, seed=3,
+                                 scale_range=(2.0, 2.0))
+    halved = data.PairedDataset([(folder, 'train')], crop_size=64, hflip_prob=0.0, seed=3,
+                                scale_range=(0.5, 0.5))
+    whole = {2.0: 0, 0.5: 0}
+    for epoch in range(12):
+        for dataset, factor in ((doubled, 2.0), (halved, 0.5)):
+            dataset.set_epoch(epoch)
+            sample = dataset[0]
+            crop = dataset.crop_size[0]
+            for box in sample['boxes'].numpy():
+                if box[3] * crop > 0.99 * 40 * factor:  # the whole box is inside this crop
+                    whole[factor] += 1
+                    assert box[3] * crop == pytest.approx(40 * factor, abs=1.0)
+                    assert box[4] * crop == pytest.approx(20 * factor, abs=1.0)
+            if len(sample['boxes']):  # the box pixels and the label move together
+                x1, y1, x2, y2 = _bright_box(sample['ir'])
+                cx, cy = sample['boxes'][0, 1:3].numpy() * crop
+                assert (x1 + x2) / 2 == pytest.approx(cx, abs=1.5)
+                assert (y1 + y2) / 2 == pytest.approx(cy, abs=1.5)
+    assert min(whole.values()) >= 2, whole
+    # Without a range nothing is drawn: the crops of earlier runs stay the same.
+    again = data.PairedDataset([(folder, 'train')], crop_size=64, hflip_prob=0.0, seed=3)
+    assert torch.equal(again[0]['ir'], plain[0]['ir'])
+    # Validation (augment false) never resizes; a small frame is still enlarged to cover.
+    fixed = data.PairedDataset([(folder, 'train')], crop_size=64, augment=False,
+                               scale_range=(0.5, 0.5))[0]
+    assert torch.equal(fixed['ir'], data.PairedDataset([(folder, 'train')], crop_size=64,
+                                                       augment=False)[0]['ir'])
+    covered = data.PairedDataset([(folder, 'train')], crop_size=160, scale_range=(0.5, 0.5))[0]
+    assert covered['ir'].shape == (1, 160, 160)
+    for bad in ((0.0, 1.0), (1.5, 1.0), (1.0,), 'big', (1.0, float('nan'))):
+        with pytest.raises(ValueError, match='scale_range'):
+            data.PairedDataset([(folder, 'train')], crop_size=64, scale_range=bad)

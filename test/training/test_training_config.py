@@ -63,6 +63,8 @@ def test_sections_reuse_the_core_dataclasses():
     ('train.schedule', 'linear', 'train.schedule must be constant or cosine'),
     ('data.val_crop', '48', 'data.val_crop must be a multiple of 32'),
     ('data.context', '-8', 'data.context must be an integer >= 0'),
+    ('data.scale_range', '[1.5, 0.5]', r'data.scale_range must satisfy 0 < low <= high'),
+    ('data.scale_range', '0.8', r'data.scale_range must be \(low, high\)'),
     ('train.lr_mult', '{neck: 0}', 'train.lr_mult.neck must be a number > 0'),
     ('train.lr_mult', '[neck]', 'train.lr_mult must be a mapping'),
     ('train.freeze', 'registration', 'train.freeze must be a list'),
@@ -99,12 +101,15 @@ def test_required_keys_and_overrides():
     with pytest.raises(ValueError, match='train.lr must be set'):
         TrainingConfig.from_dict(raw)
     raw = apply_overrides(_minimal(), ['train.lr=5e-4', 'model.feature_channels=6',
-                                       'deformation.scale=[0.9, 1.1]', 'data.val_crop=0'])
+                                       'deformation.scale=[0.9, 1.1]', 'data.val_crop=0',
+                                       'data.scale_range=[0.7, 1.4]'])
     config = TrainingConfig.from_dict(raw)
     assert config.train.lr == 5e-4  # YAML reads 5e-4 as a string; the config reads a number
     assert config.model.feature_channels == 6 and config.to_dict()['model'] == {
         'feature_channels': 6}
     assert config.deformation.scale == (0.9, 1.1) and config.data.eval_crop == 0
+    assert config.data.scale_range == (0.7, 1.4)
+    assert TrainingConfig.from_dict(config.to_dict()) == config
     with pytest.raises(ValueError, match='KEY=VALUE'):
         apply_overrides(raw, ['train.lr'])
     with pytest.raises(ValueError, match='PATH or PATH:SPLIT'):
