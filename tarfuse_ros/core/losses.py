@@ -13,15 +13,18 @@ Shapes and units:
   known (images without labels are skipped, not treated as background).
 
 Total: ``L = fusion * L_fus + reg * L_reg + consistency * L_mc + complementary * L_ci
-+ det * L_det + target * L_tgt + ssim * L_ssim`` with ``L_fus = L_int + beta * L_grad``
-(``L_tgt``, the target-aware intensity term, and ``L_ssim``, a structural term, are ours:
-:func:`target_intensity_loss`, :func:`ssim_loss`).
++ det * L_det + target * L_tgt + ssim * L_ssim + qabf * L_qabf`` with ``L_fus = L_int + beta *
+L_grad`` (``L_tgt``, the target-aware intensity term, ``L_ssim``, a structural term, and
+``L_qabf``, an edge-transfer term, are ours: :func:`target_intensity_loss`, :func:`ssim_loss`,
+:func:`qabf_loss`).
 """
 
 from dataclasses import asdict, dataclass
+import math
 
 import kornia
 from tarfuse_ros.core.configs import known_fields
+from tarfuse_ros.core.metrics import QABF_CONSTANTS
 from tarfuse_ros.core.model.yolo import detection_criterion
 import torch
 from torch import nn
@@ -29,8 +32,8 @@ import torch.nn.functional as F
 
 __all__ = [
     'DetectionLoss', 'LossWeights', 'TarFuseLoss', 'complementary_loss', 'consistency_loss',
-    'box_mask', 'fusion_loss', 'gradient_loss', 'intensity_loss', 'registration_loss',
-    'sobel_magnitude', 'ssim_loss', 'target_intensity_loss',
+    'box_mask', 'fusion_loss', 'gradient_loss', 'intensity_loss', 'qabf_loss',
+    'registration_loss', 'sobel_magnitude', 'ssim_loss', 'target_intensity_loss',
 ]
 
 
@@ -164,6 +167,62 @@ def ssim_loss(fused, ir, vi, window=11):
     with_ir = kornia.metrics.ssim(fused, ir, window, max_val=1.0, padding='valid').mean()
     with_vi = kornia.metrics.ssim(fused, vi, window, max_val=1.0, padding='valid').mean()
     return 1.0 - 0.5 * (with_ir + with_vi)
+
+
+def _sobel_xy(image):
+    """Return the Sobel derivatives ``(B, 2, H, W)`` of ``(B, 1, H, W)`` (zero padding)."""
+    kernel_x = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]],
+                            dtype=image.dtype, device=image.device)
+    return F.conv2d(image, torch.stack((kernel_x, kernel_x.t())).unsqueeze(1), padding=1)
+
+
+def _edge_preservation(source, fused, eps):
+    """Return Q^xF ``(B, 1, H, W)`` and the source's edge strength (:func:`qabf_loss`)."""
+    C = QABF_CONSTANTS
+    g_src = torch.sqrt((source * source).sum(dim=1, keepdim=True) + eps)
+    g_f = torch.sqrt((fused * fused).sum(dim=1, keepdim=True) + eps)
+    strength = torch.minimum(g_src, g_f) / torch.maximum(g_src, g_f)
+    # The angle between the two edge lines, in [0, pi / 2]: the metric's |atan(sy / sx)|
+    # difference taken modulo pi, written with the dot product (no division by sx).
+    cosine = (source * fused).sum(dim=1, keepdim=True).abs() / (g_src * g_f)
+    angle = torch.acos(cosine.clamp(0.0, 1.0 - 1e-6))
+    orient = 1.0 - angle / (math.pi / 2)
+    q_g = C['Tg'] / (1.0 + torch.exp(C['kg'] * (strength - C['Dg'])))
+    q_a = C['Ta'] / (1.0 + torch.exp(C['ka'] * (orient - C['Da'])))
+    return q_g * q_a, g_src
+
+
+def qabf_loss(fused, ir, vi, eps=1e-8):
+    """Return ``1 - Q^AB/F`` of the fused image (scalar in about [0.025, 1], ours).
+
+    The Xydeas-Petrovic edge-transfer figure (Electronics Letters 36(4), 2000) that
+    ``core.metrics.qabf`` reports, written to be differentiable: Sobel derivatives (zeros
+    beyond the frame), the strength ratio ``min(g_x, g_F) / max(g_x, g_F)`` and the angle
+    between the edge lines, through the same sigmoids and constants
+    (``metrics.QABF_CONSTANTS``), weighted by the sources' edge strengths; the mean over the
+    batch of ``1 - Q``. ``eps`` (in squared intensity units) keeps the strengths and the
+    angle finite on flat regions. Scale-free in the intensities (ratios and angles), so
+    images in [0, 1] give the metric's figure for the same images in grey levels, up to
+    ``eps``.
+
+    Args:
+        fused, ir, vi: ``(B, 1, H, W)`` in [0, 1]; use the aligned IR.
+
+    Raises:
+        ValueError: not 4-D tensors of one shape, or more than one channel.
+
+    """
+    _check_same('fused', fused, 'ir', ir)
+    _check_same('ir', ir, 'vi', vi)
+    if fused.shape[1] != 1:
+        raise ValueError(f'qabf_loss takes one-channel images, got {fused.shape[1]} channels')
+    fused, ir, vi = fused.float(), ir.float(), vi.float()
+    d_f, d_a, d_b = _sobel_xy(fused), _sobel_xy(ir), _sobel_xy(vi)
+    q_af, g_a = _edge_preservation(d_a, d_f, eps)
+    q_bf, g_b = _edge_preservation(d_b, d_f, eps)
+    weighted = (q_af * g_a + q_bf * g_b).flatten(1).sum(dim=1)
+    quality = weighted / (g_a + g_b).flatten(1).sum(dim=1)
+    return 1.0 - quality.mean()
 
 
 def consistency_loss(c_ir, c_vi):
@@ -302,6 +361,9 @@ class LossWeights:
     # Ours: structural term 1 - mean SSIM of the fused image with both sources
     # (:func:`ssim_loss`; 0, the paper, switches it off and skips its computation).
     ssim: float = 0.0
+    # Ours: edge-transfer term 1 - Q^AB/F of the fused image (:func:`qabf_loss`; 0 switches it
+    # off and skips its computation).
+    qabf: float = 0.0
 
     @classmethod
     def from_dict(cls, values):
@@ -325,8 +387,9 @@ class TarFuseLoss(nn.Module):
       ``bboxes``, ``has_labels``;
     - ``parts``: detached scalars ``total``, ``fusion``, ``intensity``, ``gradient``,
       ``registration``, ``registration_levels``, ``consistency``, ``complementary``,
-      ``target``, ``ssim``, ``detection``, ``det_box``, ``det_cls``, ``det_dfl`` (unweighted
-      values; terms with weight 0 are still reported, ``ssim`` as 0 when its weight is 0).
+      ``target``, ``ssim``, ``qabf``, ``detection``, ``det_box``, ``det_cls``, ``det_dfl``
+      (unweighted values; terms with weight 0 are still reported, ``ssim`` and ``qabf`` as 0
+      when their weight is 0).
 
     Consistency and complementary use the aligned IR's features when present (else the
     registered ones); the fusion loss uses the aligned IR.
@@ -392,6 +455,12 @@ class TarFuseLoss(nn.Module):
             structure = ssim_loss(fused, ir, vi)
             total = total + w.ssim * structure
         parts['ssim'] = structure
+
+        edges = torch.zeros((), device=fused.device)
+        if w.qabf != 0:
+            edges = qabf_loss(fused, ir, vi)
+            total = total + w.qabf * edges
+        parts['qabf'] = edges
 
         det_items = torch.zeros(3, device=fused.device)
         detection = torch.zeros((), device=fused.device)

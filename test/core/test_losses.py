@@ -271,3 +271,42 @@ def test_total_loss_ssim_term(small_model):
     assert parts_on['ssim'].item() == pytest.approx(expected, rel=1e-5)
     assert 0.0 < expected < 2.0
     assert (total - parts['total']).item() == pytest.approx(3.0 * expected, rel=1e-4)
+
+
+def test_qabf_loss_is_one_minus_the_metric():
+    from tarfuse_ros.core.losses import qabf_loss
+    from tarfuse_ros.core.metrics import qabf
+    ir, vi, _ = _images(batch=1)
+    generator = torch.Generator().manual_seed(3)
+    average = 0.5 * (ir + vi)
+    noise = torch.rand(1, 1, *ir.shape[2:], generator=generator)
+    for fused in (average, torch.maximum(ir, vi), noise, ir):
+        expected = 1.0 - qabf(fused[0, 0].numpy(), ir[0, 0].numpy(), vi[0, 0].numpy())
+        assert qabf_loss(fused, ir, vi).item() == pytest.approx(expected, abs=2e-3)
+    assert qabf_loss(average, ir, vi) < qabf_loss(noise, ir, vi)
+    # Differentiable, finite on flat regions, and a step along its gradient raises Q^AB/F.
+    fused = average.clone().requires_grad_(True)
+    loss = qabf_loss(fused, ir, vi)
+    loss.backward()
+    assert torch.isfinite(fused.grad).all() and fused.grad.abs().sum() > 0
+    flat = torch.full_like(ir, 0.5).requires_grad_(True)
+    qabf_loss(flat, ir, vi).backward()
+    assert torch.isfinite(flat.grad).all()
+    stepped = (average - 0.5 * fused.grad / fused.grad.abs().max()).clamp(0, 1)
+    assert qabf_loss(stepped, ir, vi) < loss.detach()
+    with pytest.raises(ValueError, match='one-channel'):
+        qabf_loss(ir.repeat(1, 2, 1, 1), ir.repeat(1, 2, 1, 1), vi.repeat(1, 2, 1, 1))
+
+
+def test_total_loss_qabf_term(small_model):
+    from tarfuse_ros.core.losses import qabf_loss
+    small_model.train()
+    ir, vi, _ = _images()
+    batch = {'ir_aligned': ir, 'vi': vi}
+    out = small_model(ir, vi, ir_aligned=ir)
+    _, parts = TarFuseLoss(small_model, LossWeights())(out, batch)
+    assert parts['qabf'].item() == 0.0  # off by default
+    total, parts_on = TarFuseLoss(small_model, LossWeights.from_dict({'qabf': 2.0}))(out, batch)
+    expected = qabf_loss(out['fused'].detach(), ir, vi).item()
+    assert parts_on['qabf'].item() == pytest.approx(expected, rel=1e-5)
+    assert (total - parts['total']).item() == pytest.approx(2.0 * expected, rel=1e-4)

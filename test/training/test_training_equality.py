@@ -40,7 +40,7 @@ COLOUR_TOLERANCE = 0.15
 
 # Loss parts added after the fixture was recorded: the replay switches them off (weight 0, see
 # loss_fixture.train_args), so they are logged and must be zero.
-ADDED_PARTS = {'target', 'ssim'}
+ADDED_PARTS = {'target', 'ssim', 'qabf'}
 
 
 def _differences(new, old, path=''):
