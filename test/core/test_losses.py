@@ -5,9 +5,10 @@ import math
 import pytest
 from tarfuse_ros.core.losses import (box_mask, complementary_loss, consistency_loss,
                                      DetectionLoss, fusion_loss, gradient_loss, intensity_loss,
-                                     LossWeights, registration_loss, sobel_magnitude,
-                                     ssim_loss, TarFuseLoss, target_intensity_loss)
-from tarfuse_ros.core.metrics import ssim
+                                     LossWeights, qabf_loss, registration_loss,
+                                     sobel_magnitude, ssim_loss, TarFuseLoss,
+                                     target_intensity_loss)
+from tarfuse_ros.core.metrics import qabf, ssim
 from tarfuse_ros.core.model import build_model, TarFuseConfig
 import torch
 
@@ -259,23 +260,22 @@ def test_ssim_loss_is_one_minus_the_fusion_metric():
         ssim_loss(ir[..., :8, :8], ir[..., :8, :8], vi[..., :8, :8])
 
 
-def test_total_loss_ssim_term(small_model):
+@pytest.mark.parametrize('name, loss_fn', [('ssim', ssim_loss), ('qabf', qabf_loss)])
+def test_total_loss_optional_image_terms(small_model, name, loss_fn):
     small_model.train()
     ir, vi, _ = _images()
     batch = {'ir_aligned': ir, 'vi': vi}
     out = small_model(ir, vi, ir_aligned=ir)
     _, parts = TarFuseLoss(small_model, LossWeights())(out, batch)
-    assert parts['ssim'].item() == 0.0  # off by default (the paper has no such term)
-    total, parts_on = TarFuseLoss(small_model, LossWeights.from_dict({'ssim': 3.0}))(out, batch)
-    expected = ssim_loss(out['fused'].detach(), ir, vi).item()
-    assert parts_on['ssim'].item() == pytest.approx(expected, rel=1e-5)
+    assert parts[name].item() == 0.0  # off by default (the paper has no such term)
+    total, parts_on = TarFuseLoss(small_model, LossWeights.from_dict({name: 3.0}))(out, batch)
+    expected = loss_fn(out['fused'].detach(), ir, vi).item()
+    assert parts_on[name].item() == pytest.approx(expected, rel=1e-5)
     assert 0.0 < expected < 2.0
     assert (total - parts['total']).item() == pytest.approx(3.0 * expected, rel=1e-4)
 
 
 def test_qabf_loss_is_one_minus_the_metric():
-    from tarfuse_ros.core.losses import qabf_loss
-    from tarfuse_ros.core.metrics import qabf
     ir, vi, _ = _images(batch=1)
     generator = torch.Generator().manual_seed(3)
     average = 0.5 * (ir + vi)
@@ -296,17 +296,3 @@ def test_qabf_loss_is_one_minus_the_metric():
     assert qabf_loss(stepped, ir, vi) < loss.detach()
     with pytest.raises(ValueError, match='one-channel'):
         qabf_loss(ir.repeat(1, 2, 1, 1), ir.repeat(1, 2, 1, 1), vi.repeat(1, 2, 1, 1))
-
-
-def test_total_loss_qabf_term(small_model):
-    from tarfuse_ros.core.losses import qabf_loss
-    small_model.train()
-    ir, vi, _ = _images()
-    batch = {'ir_aligned': ir, 'vi': vi}
-    out = small_model(ir, vi, ir_aligned=ir)
-    _, parts = TarFuseLoss(small_model, LossWeights())(out, batch)
-    assert parts['qabf'].item() == 0.0  # off by default
-    total, parts_on = TarFuseLoss(small_model, LossWeights.from_dict({'qabf': 2.0}))(out, batch)
-    expected = qabf_loss(out['fused'].detach(), ir, vi).item()
-    assert parts_on['qabf'].item() == pytest.approx(expected, rel=1e-5)
-    assert (total - parts['total']).item() == pytest.approx(2.0 * expected, rel=1e-4)
