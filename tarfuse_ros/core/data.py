@@ -28,6 +28,7 @@ The data set does not deform the IR image: the trainer draws a random deformatio
 its device (``deform.random_deformation``). It does crops, flips and the Y channel.
 """
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 import math
 import os
@@ -449,8 +450,11 @@ def parse_scale_range(scale_range):
     """Return ``scale_range`` as ``(low, high)`` floats, or None; refuse a bad range."""
     if scale_range is None:
         return None
+    values = () if isinstance(scale_range, (str, bytes, Mapping)) else scale_range
     try:
-        low, high = (float(v) for v in scale_range)
+        low, high = (float(v) for v in values)
+        if any(isinstance(v, bool) for v in values):
+            raise TypeError('booleans are not factors')
     except (TypeError, ValueError):
         raise ValueError(f'scale_range must be (low, high) factors, got {scale_range!r}') from None
     if not (math.isfinite(low) and math.isfinite(high) and 0.0 < low <= high):

@@ -211,18 +211,22 @@ def qabf_loss(fused, ir, vi, eps=1e-8):
     Raises:
         ValueError: not 4-D tensors of one shape, or more than one channel.
 
+    Computed in float32 whatever the inputs' dtype or an enclosing autocast (a float32 scalar).
     """
     _check_same('fused', fused, 'ir', ir)
     _check_same('ir', ir, 'vi', vi)
     if fused.shape[1] != 1:
         raise ValueError(f'qabf_loss takes one-channel images, got {fused.shape[1]} channels')
-    fused, ir, vi = fused.float(), ir.float(), vi.float()
-    d_f, d_a, d_b = _sobel_xy(fused), _sobel_xy(ir), _sobel_xy(vi)
-    q_af, g_a = _edge_preservation(d_a, d_f, eps)
-    q_bf, g_b = _edge_preservation(d_b, d_f, eps)
-    weighted = (q_af * g_a + q_bf * g_b).flatten(1).sum(dim=1)
-    quality = weighted / (g_a + g_b).flatten(1).sum(dim=1)
-    return 1.0 - quality.mean()
+    # In float32 even under autocast: eps and the strength ratios of flat regions underflow in
+    # float16 (0 / 0), and bfloat16 blurs the ratios the sigmoids are steep on.
+    with torch.autocast(fused.device.type, enabled=False):
+        fused, ir, vi = fused.float(), ir.float(), vi.float()
+        d_f, d_a, d_b = _sobel_xy(fused), _sobel_xy(ir), _sobel_xy(vi)
+        q_af, g_a = _edge_preservation(d_a, d_f, eps)
+        q_bf, g_b = _edge_preservation(d_b, d_f, eps)
+        weighted = (q_af * g_a + q_bf * g_b).flatten(1).sum(dim=1)
+        quality = weighted / (g_a + g_b).flatten(1).sum(dim=1)
+        return 1.0 - quality.mean()
 
 
 def consistency_loss(c_ir, c_vi):

@@ -293,6 +293,7 @@ def test_scale_range_resizes_the_pair_and_its_boxes(tmp_path):
                                                        augment=False)[0]['ir'])
     covered = data.PairedDataset([(folder, 'train')], crop_size=160, scale_range=(0.5, 0.5))[0]
     assert covered['ir'].shape == (1, 160, 160)
-    for bad in ((0.0, 1.0), (1.5, 1.0), (1.0,), 'big', (1.0, float('nan'))):
+    for bad in ((0.0, 1.0), (1.5, 1.0), (1.0,), 'big', '12', (1.0, float('nan')), (True, 2),
+                {1: 'a', 2: 'b'}):
         with pytest.raises(ValueError, match='scale_range'):
             data.PairedDataset([(folder, 'train')], crop_size=64, scale_range=bad)

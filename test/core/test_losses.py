@@ -296,3 +296,14 @@ def test_qabf_loss_is_one_minus_the_metric():
     assert qabf_loss(stepped, ir, vi) < loss.detach()
     with pytest.raises(ValueError, match='one-channel'):
         qabf_loss(ir.repeat(1, 2, 1, 1), ir.repeat(1, 2, 1, 1), vi.repeat(1, 2, 1, 1))
+    # Under autocast (training on a GPU runs the loss in bfloat16 autocast) it stays float32.
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        for fused in (average, torch.full_like(ir, 0.5)):
+            fused = fused.clone().requires_grad_(True)
+            low = qabf_loss(fused.bfloat16(), ir.bfloat16(), vi.bfloat16())
+            assert low.dtype == torch.float32
+            low.backward()
+            assert torch.isfinite(fused.grad).all()
+            assert low.item() == pytest.approx(
+                qabf_loss(fused.detach().bfloat16().float(), ir.bfloat16().float(),
+                          vi.bfloat16().float()).item(), abs=1e-5)
