@@ -55,6 +55,7 @@ import warnings
 import numpy as np
 from tarfuse_ros.core import images
 from tarfuse_ros.core.checkpoint import CheckpointError, load_checkpoint
+from tarfuse_ros.core.model.matching import _normalised_affine_to_pixel
 from tarfuse_ros.core.pair_engine import Detection, FusionResult, PairEngine
 from tarfuse_ros.core.prior import apply_prior, check_prior, published_outputs
 from tarfuse_ros.core.runtime import cudnn_benchmark, resolve_device
@@ -141,11 +142,8 @@ def _plausible_map(theta, height, width):
     """
     if not bool(torch.isfinite(theta).all()):
         return False
-    linear = theta[0, :, :2].double().cpu()
-    sx, sy = 2.0 / max(width - 1.0, 1.0), 2.0 / max(height - 1.0, 1.0)
-    pixel = torch.diag(torch.tensor([1.0 / sx, 1.0 / sy], dtype=torch.float64)) @ linear \
-        @ torch.diag(torch.tensor([sx, sy], dtype=torch.float64))
-    singular = torch.linalg.svdvals(pixel)
+    pixel = _normalised_affine_to_pixel(theta.double().cpu(), height, width)
+    singular = torch.linalg.svdvals(pixel[0, :, :2])
     return bool((singular.min() >= 0.5) & (singular.max() <= 2.0)
                 & (theta[0, :, 2].abs().max() <= 1.0))
 

@@ -46,6 +46,16 @@ def _check_same(name_a, a, name_b, b):
         raise ValueError(f'{name_a} {tuple(a.shape)} and {name_b} {tuple(b.shape)} differ')
 
 
+def _sobel_xy(image, padding=1):
+    """Return the Sobel derivatives ``(B, 2, H', W')`` of ``(B, 1, H, W)``.
+
+    ``padding`` pixels of zeros around the image (1: same size; 0: the image is padded already).
+    """
+    kernel_x = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]],
+                            dtype=image.dtype, device=image.device)
+    return F.conv2d(image, torch.stack((kernel_x, kernel_x.t())).unsqueeze(1), padding=padding)
+
+
 def sobel_magnitude(image):
     """Return ``|Sobel_x| + |Sobel_y|`` per channel, ``(B, C, H, W) -> (B, C, H, W)``.
 
@@ -54,12 +64,9 @@ def sobel_magnitude(image):
     """
     if not isinstance(image, torch.Tensor) or image.dim() != 4:
         raise ValueError(f'image must be (B, C, H, W), got {getattr(image, "shape", image)}')
-    kernel_x = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]],
-                            dtype=image.dtype, device=image.device)
-    kernels = torch.stack((kernel_x, kernel_x.t())).unsqueeze(1)  # (2, 1, 3, 3)
     channels = image.shape[1]
     padded = F.pad(image.reshape(-1, 1, *image.shape[2:]), (1, 1, 1, 1), mode='replicate')
-    grads = F.conv2d(padded, kernels)  # (B*C, 2, H, W)
+    grads = _sobel_xy(padded, padding=0)  # (B*C, 2, H, W)
     return grads.abs().sum(dim=1).view(-1, channels, *image.shape[2:])
 
 
@@ -167,13 +174,6 @@ def ssim_loss(fused, ir, vi, window=11):
     with_ir = kornia.metrics.ssim(fused, ir, window, max_val=1.0, padding='valid').mean()
     with_vi = kornia.metrics.ssim(fused, vi, window, max_val=1.0, padding='valid').mean()
     return 1.0 - 0.5 * (with_ir + with_vi)
-
-
-def _sobel_xy(image):
-    """Return the Sobel derivatives ``(B, 2, H, W)`` of ``(B, 1, H, W)`` (zero padding)."""
-    kernel_x = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]],
-                            dtype=image.dtype, device=image.device)
-    return F.conv2d(image, torch.stack((kernel_x, kernel_x.t())).unsqueeze(1), padding=1)
 
 
 def _edge_preservation(source, fused, eps):

@@ -319,7 +319,7 @@ class TarFuse(nn.Module):
                                  f'{tuple(ir.shape)}')
         matcher = getattr(self.registration, 'global_matcher', None)
         if global_theta is not None:
-            matcher = self._orientation_matcher('global_theta')
+            self._orientation_matcher('global_theta')  # raises for a model without the stage
         elif matcher is not None:
             global_theta = matcher(ir, vi, valid_size)
         c_ir, s_ir = self.ir_common(ir), self.ir_specific(ir)
