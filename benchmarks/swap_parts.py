@@ -8,16 +8,19 @@ reconstruction head's widths (``reconstruction_channels``) follow the run, so a 
 trained fresh can be put in. The run's provenance is kept, with ``after_training`` saying what
 was done.
 
-    python benchmarks/swap_parts.py BASE RUN_CHECKPOINT OUT --parts reconstruction.
+    python benchmarks/swap_parts.py BASE RUN_CHECKPOINT OUT --parts reconstruction
 
-Prints the number of tensors taken and the sha256 of ``OUT``. Fails (``SystemExit``) when a
-tensor of another part differs between the two files (the run did not freeze it: swapping would
-silently drop what it learnt) or a taken tensor's shape differs from the model being built.
+Parts are the model's top-level modules, named as ``train.freeze`` names them
+(``reconstruction``, ``neck``, ``detect``, ``registration``, ...). Prints the number of tensors
+taken and the sha256 of ``OUT``. Fails with a message (exit status 1) when a tensor of another
+part differs between the two files (the run did not freeze it: swapping would silently drop
+what it learnt), when the files are not one architecture, or on an unknown part.
 """
 
 import argparse
 from dataclasses import replace
 import hashlib
+from pathlib import Path
 import sys
 
 from tarfuse_ros.core.checkpoint import load_checkpoint, save_checkpoint
@@ -30,47 +33,70 @@ def sha256(path):
 
 
 def swap_parts(base_path, run_path, out_path, parts):
-    """Write ``out_path``: ``base_path``'s model with the tensors under ``parts`` from the run.
+    """Write ``out_path``: ``base_path``'s model with the named parts' tensors from the run.
 
     Args:
         base_path, run_path: ``.safetensors`` checkpoints of the same architecture (the
             reconstruction head's widths may differ).
-        out_path: where the result is written (safetensors + JSON config).
-        parts: tuple of state-dict name prefixes, e.g. ``('reconstruction.',)``.
+        out_path: where the result is written (safetensors + JSON config); neither input.
+        parts: the model's top-level part names, as ``train.freeze`` names them, e.g.
+            ``('reconstruction',)`` or ``('neck', 'detect')``.
 
     Returns:
         The number of tensors taken from the run.
 
     Raises:
-        SystemExit: a tensor outside ``parts`` differs between the two checkpoints, or a
-            taken tensor does not fit the model built.
+        ValueError: an unknown or empty part, a part with no tensor, ``out_path`` naming an
+            input, the two checkpoints holding different tensor names, a taken tensor that
+            does not fit the model built, or a tensor outside ``parts`` that differs between
+            the two checkpoints (the run trained it).
 
     """
+    parts = tuple(str(part) for part in parts)
+    out = Path(out_path).resolve()
+    if out in (Path(base_path).resolve(), Path(run_path).resolve()):
+        raise ValueError(f'{out_path} is one of the inputs: write the result elsewhere')
     base = load_checkpoint(base_path)
     run = load_checkpoint(run_path)
     config = replace(base.config, reconstruction_channels=run.config.reconstruction_channels)
     model = build_model(config).eval()
+    known = sorted(name for name, _ in model.named_children())
+    unknown = [part for part in parts if part not in known]
+    if not parts or unknown:
+        raise ValueError(f'parts must be among {known}, got {list(parts)}')
     base_state, run_state = base.state_dict(), run.state_dict()
     state = model.state_dict()
+    if set(base_state) != set(run_state):
+        only_base, only_run = set(base_state) - set(run_state), set(run_state) - set(base_state)
+        raise ValueError(f'the checkpoints hold different tensors (only in the base: '
+                         f'{sorted(only_base)[:3]}, only in the run: {sorted(only_run)[:3]}): '
+                         'they are not one architecture')
     taken = 0
     for name in state:
-        source = run_state if name.startswith(parts) else base_state
-        if name not in source or source[name].shape != state[name].shape:
-            sys.exit(f'{name}: missing or of another shape in the '
-                     f'{"run" if source is run_state else "base"} checkpoint')
-        if source is base_state and not base_state[name].equal(run_state.get(name, state[name])):
-            sys.exit(f'{name} differs between the base and the run, but is not under {parts}: '
-                     'the run trained it; name its part too or start from the base')
+        from_run = name.split('.')[0] in parts
+        source = run_state if from_run else base_state
+        if source[name].shape != state[name].shape:
+            raise ValueError(f'{name}: shape {tuple(source[name].shape)} in the '
+                             f'{"run" if from_run else "base"}, the model built needs '
+                             f'{tuple(state[name].shape)}')
+        if not from_run and not base_state[name].equal(run_state[name]):
+            raise ValueError(f'{name} differs between the base and the run, but is not in the '
+                             f'parts {", ".join(parts)}: the run trained it; name its part too '
+                             'or start the run from the base')
         state[name] = source[name]
-        taken += source is run_state
+        taken += from_run
+    missing = [part for part in parts if not any(n.split('.')[0] == part for n in state)]
+    if missing:
+        raise ValueError(f'no tensor in the parts {missing}')
     model.load_state_dict(state, strict=True)
     provenance = dict(run.checkpoint_config.get('provenance', {}))
-    kept = base.checkpoint_config.get('provenance', {}).get('after_training', '')
+    earlier = base.checkpoint_config.get('provenance', {}).get('after_training')
     provenance['after_training'] = (
-        f'tensors {", ".join(p + "*" for p in parts)} from the training checkpoint '
-        f'(reconstruction_channels {list(config.reconstruction_channels)}); every other tensor '
-        f'and the model config from the previous default (sha256 {sha256(base_path)[:8]}...), '
-        f'whose own provenance said: {kept}')
+        f'tensors {", ".join(p + ".*" for p in parts)} from the training checkpoint (model '
+        f'reconstruction_channels {list(config.reconstruction_channels)}); every other tensor '
+        f'and the rest of the model config from the base checkpoint (sha256 '
+        f'{sha256(base_path)[:8]}...)'
+        + (f', whose own provenance said: {earlier}' if earlier else ''))
     save_checkpoint(out_path, model, provenance)
     return taken
 
@@ -81,9 +107,12 @@ def main(argv=None):
     parser.add_argument('run', help="the stage run's checkpoint (its tarfuse.safetensors)")
     parser.add_argument('out', help='the checkpoint to write')
     parser.add_argument('--parts', nargs='+', required=True,
-                        help="state-dict prefixes taken from the run, e.g. 'reconstruction.'")
+                        help="the model's parts taken from the run, e.g. reconstruction")
     args = parser.parse_args(argv)
-    taken = swap_parts(args.base, args.run, args.out, tuple(args.parts))
+    try:
+        taken = swap_parts(args.base, args.run, args.out, tuple(args.parts))
+    except ValueError as error:
+        sys.exit(f'swap_parts: {error}')
     print(f'{taken} tensors taken from {args.run}; wrote {args.out} sha256 {sha256(args.out)}')
 
 

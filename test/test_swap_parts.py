@@ -1,5 +1,6 @@
 """benchmarks/swap_parts.py: a stage run's part put into the previous model."""
 
+from dataclasses import replace
 from pathlib import Path
 import sys
 
@@ -29,23 +30,26 @@ def _perturbed(model, prefix):
 
 def test_takes_the_part_and_keeps_everything_else(tmp_path):
     torch.manual_seed(0)
-    base = build_model(CONFIG)
+    # The base's inference settings (no weights) are kept, not the run's.
+    base = build_model(replace(CONFIG, flip_average=True))
     run = build_model(CONFIG)
     run.load_state_dict(base.state_dict())
     _perturbed(run, 'reconstruction.')
     base_path = _save(tmp_path / 'base.safetensors', base, {'after_training': 'base note'})
     run_path = _save(tmp_path / 'run.safetensors', run, {'command': 'the run'})
     out = tmp_path / 'out.safetensors'
-    taken = swap_parts.swap_parts(base_path, run_path, out, ('reconstruction.',))
+    taken = swap_parts.swap_parts(base_path, run_path, out, ('reconstruction',))
     merged = load_checkpoint(out).state_dict()
     expected = sum(1 for name in merged if name.startswith('reconstruction.'))
     assert taken == expected > 0
     for name, tensor in merged.items():
         source = run if name.startswith('reconstruction.') else base
         assert tensor.equal(source.state_dict()[name]), name
+    assert load_checkpoint(out).config.flip_average is True
     provenance = load_checkpoint(out).checkpoint_config['provenance']
     assert provenance['command'] == 'the run'
     assert 'reconstruction.*' in provenance['after_training']
+    assert swap_parts.sha256(base_path)[:8] in provenance['after_training']
     assert 'base note' in provenance['after_training']
 
 
@@ -62,7 +66,7 @@ def test_a_wider_head_follows_the_run(tmp_path):
     base_path = _save(tmp_path / 'base.safetensors', base, {})
     run_path = _save(tmp_path / 'run.safetensors', run, {})
     out = tmp_path / 'out.safetensors'
-    swap_parts.swap_parts(base_path, run_path, out, ('reconstruction.',))
+    swap_parts.swap_parts(base_path, run_path, out, ('reconstruction',))
     merged = load_checkpoint(out)
     assert merged.config.reconstruction_channels == (32, 16)
     image = torch.rand(1, 1, 64, 64)
@@ -78,7 +82,41 @@ def test_refuses_a_run_that_trained_another_part(tmp_path):
     _perturbed(run, 'vi_common.')
     base_path = _save(tmp_path / 'base.safetensors', base, {})
     run_path = _save(tmp_path / 'run.safetensors', run, {})
-    with pytest.raises(SystemExit, match='vi_common.*not under'):
+    with pytest.raises(ValueError, match='vi_common.*not in the parts reconstruction'):
         swap_parts.swap_parts(base_path, run_path, tmp_path / 'out.safetensors',
-                              ('reconstruction.',))
+                              ('reconstruction',))
     assert not (tmp_path / 'out.safetensors').exists()
+
+
+@pytest.mark.parametrize('parts, message', [
+    ((), 'parts must be among'),
+    (('',), 'parts must be among'),
+    (('reconstruction.',), 'parts must be among'),
+    (('ir',), 'parts must be among'),
+])
+def test_refuses_unknown_parts(tmp_path, parts, message):
+    model = build_model(CONFIG)
+    path = _save(tmp_path / 'model.safetensors', model, {})
+    with pytest.raises(ValueError, match=message):
+        swap_parts.swap_parts(path, path, tmp_path / 'out.safetensors', parts)
+
+
+def test_refuses_other_architectures_and_overwriting_an_input(tmp_path):
+    base_path = _save(tmp_path / 'base.safetensors', build_model(CONFIG), {})
+    with_detection = build_model(TarFuseConfig(registration='paper'))
+    run_path = _save(tmp_path / 'run.safetensors', with_detection, {})
+    with pytest.raises(ValueError, match='different tensors'):
+        swap_parts.swap_parts(base_path, run_path, tmp_path / 'out.safetensors',
+                              ('reconstruction',))
+    with pytest.raises(ValueError, match='one of the inputs'):
+        swap_parts.swap_parts(base_path, base_path, base_path, ('reconstruction',))
+
+
+def test_the_command_line_exits_with_the_message(tmp_path, capsys):
+    path = _save(tmp_path / 'model.safetensors', build_model(CONFIG), {})
+    with pytest.raises(SystemExit, match='swap_parts: parts must be among'):
+        swap_parts.main([str(path), str(path), str(tmp_path / 'out.safetensors'),
+                         '--parts', 'nothing'])
+    swap_parts.main([str(path), str(path), str(tmp_path / 'out.safetensors'),
+                     '--parts', 'reconstruction'])
+    assert 'tensors taken' in capsys.readouterr().out
