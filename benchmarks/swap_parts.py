@@ -19,17 +19,12 @@ what it learnt), when the files are not one architecture, or on an unknown part.
 
 import argparse
 from dataclasses import replace
-import hashlib
 from pathlib import Path
 import sys
 
 from tarfuse_ros.core.checkpoint import load_checkpoint, save_checkpoint
+from tarfuse_ros.core.files import file_sha256
 from tarfuse_ros.core.model.tarfuse import build_model
-
-
-def sha256(path):
-    with open(path, 'rb') as handle:
-        return hashlib.sha256(handle.read()).hexdigest()
 
 
 def swap_parts(base_path, run_path, out_path, parts):
@@ -95,7 +90,7 @@ def swap_parts(base_path, run_path, out_path, parts):
         f'tensors {", ".join(p + ".*" for p in parts)} from the training checkpoint (model '
         f'reconstruction_channels {list(config.reconstruction_channels)}); every other tensor '
         f'and the rest of the model config from the base checkpoint (sha256 '
-        f'{sha256(base_path)[:8]}...)'
+        f'{file_sha256(base_path)[:8]}...)'
         + (f', whose own provenance said: {earlier}' if earlier else ''))
     save_checkpoint(out_path, model, provenance)
     return taken
@@ -113,7 +108,8 @@ def main(argv=None):
         taken = swap_parts(args.base, args.run, args.out, tuple(args.parts))
     except ValueError as error:
         sys.exit(f'swap_parts: {error}')
-    print(f'{taken} tensors taken from {args.run}; wrote {args.out} sha256 {sha256(args.out)}')
+    print(f'{taken} tensors taken from {args.run}; wrote {args.out} '
+          f'sha256 {file_sha256(args.out)}')
 
 
 if __name__ == '__main__':

@@ -49,7 +49,7 @@ def test_takes_the_part_and_keeps_everything_else(tmp_path):
     provenance = load_checkpoint(out).checkpoint_config['provenance']
     assert provenance['command'] == 'the run'
     assert 'reconstruction.*' in provenance['after_training']
-    assert swap_parts.sha256(base_path)[:8] in provenance['after_training']
+    assert swap_parts.file_sha256(base_path)[:8] in provenance['after_training']
     assert 'base note' in provenance['after_training']
 
 

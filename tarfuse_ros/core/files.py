@@ -1,12 +1,22 @@
-"""Writing outputs so that a crash never leaves a half-written file or folder under its name."""
+"""Files: outputs that a crash never leaves half-written under their name, and file digests."""
 
 from contextlib import contextmanager
+import hashlib
 import os
 from pathlib import Path
 import shutil
 import tempfile
 
-__all__ = ['atomic_output']
+__all__ = ['atomic_output', 'file_sha256']
+
+
+def file_sha256(path):
+    """Return the hex sha256 of a file (read in 1 MiB blocks)."""
+    digest = hashlib.sha256()
+    with open(path, 'rb') as handle:
+        for block in iter(lambda: handle.read(1 << 20), b''):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 @contextmanager

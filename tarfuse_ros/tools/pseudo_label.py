@@ -47,7 +47,6 @@ EMPTY label file: the teachers' claim "no objects" (see ``data.load_labels``).
 
 import argparse
 import datetime
-import hashlib
 import json
 import logging
 from pathlib import Path
@@ -58,6 +57,7 @@ import time
 import cv2
 import numpy as np
 from tarfuse_ros.core import data
+from tarfuse_ros.core.files import file_sha256
 from tarfuse_ros.core.images import to_uint8, to_unit_gray
 from tarfuse_ros.core.paths import shared_datasets_dir
 import torch
@@ -121,15 +121,6 @@ def default_teachers_dir():
         return None
     folder = datasets.parent / 'teachers'
     return folder if folder.is_dir() else None
-
-
-def file_sha256(path):
-    """Return the hex sha256 of a file (read in 1 MiB blocks)."""
-    digest = hashlib.sha256()
-    with open(path, 'rb') as handle:
-        for block in iter(lambda: handle.read(1 << 20), b''):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def map_coco_classes(coco_ids):
