@@ -46,6 +46,7 @@ __all__ = [
     'PairedDataset',
     'collate_pairs',
     'default_class_map',
+    'enlarged_size',
     'parse_scale_range',
     'class_names_from_map',
     'list_split_names',
@@ -446,6 +447,21 @@ def _crop_size(crop_size):
     return crop_h, crop_w
 
 
+def enlarged_size(height, width, min_long_side):
+    """Return ``(height, width)`` scaled up so the longer side is ``min_long_side`` (aspect kept).
+
+    Sides are rounded to whole pixels (at least 1). A frame whose longer side already reaches
+    ``min_long_side`` (or ``min_long_side`` 0) keeps its size. Used alike by training
+    (:class:`PairedDataset`) and inference (``TarFuseConfig.input_min_long_side``).
+    """
+    longer = max(height, width)
+    if min_long_side <= longer:
+        return int(height), int(width)
+    scale = min_long_side / longer
+    return (max(1, int(round(height * scale))) if height != longer else int(min_long_side),
+            max(1, int(round(width * scale))) if width != longer else int(min_long_side))
+
+
 def parse_scale_range(scale_range):
     """Return ``scale_range`` as ``(low, high)`` floats, or None; refuse a bad range."""
     if scale_range is None:
@@ -506,6 +522,10 @@ class PairedDataset(Dataset):
             augmentation: objects appear smaller or larger than in the stored frames); the
             factor is raised where the resized pair would not cover the crop. None: no
             resizing beyond covering the crop.
+        min_long_side: pairs whose longer side is below this many pixels are first enlarged
+            (bilinear, aspect kept) until it is reached, before any crop, flip or scale draw:
+            the frames the network sees at inference with the same
+            ``TarFuseConfig.input_min_long_side`` (0: never).
         seed: base seed; the randomness of sample ``i`` in epoch ``e`` is drawn from
             ``(seed, e, i)``, so results do not depend on worker order. See :meth:`set_epoch`.
 
@@ -513,7 +533,7 @@ class PairedDataset(Dataset):
 
     def __init__(self, sources, class_map=None, crop_size=None, resize=None, augment=True,
                  hflip_prob=0.5, vflip_prob=0.0, min_box_px=3.0, min_box_area=0.2,
-                 keep_color=False, seed=0, context=0, scale_range=None):
+                 keep_color=False, seed=0, context=0, scale_range=None, min_long_side=0):
         if isinstance(sources, (str, os.PathLike, dict, DataSource)):
             sources = [sources]
         parsed = [DataSource.parse(s) for s in sources]
@@ -539,6 +559,11 @@ class PairedDataset(Dataset):
         if self.context < 0:
             raise ValueError(f'context must be >= 0 pixels, got {context}')
         self.scale_range = parse_scale_range(scale_range)
+        if isinstance(min_long_side, bool) or not isinstance(min_long_side, int) \
+                or min_long_side < 0:
+            raise ValueError(f'min_long_side must be an integer >= 0 (pixels), got '
+                             f'{min_long_side!r}')
+        self.min_long_side = min_long_side
         self.seed = int(seed)
         self.epoch = 0
         dirs = [_dir(source.path) for source in parsed]
@@ -629,6 +654,9 @@ class PairedDataset(Dataset):
         if self.resize is not None:
             height, width = self.resize
             stack = cv2.resize(stack, (width, height), interpolation=cv2.INTER_AREA)
+        if max(height, width) < self.min_long_side:
+            height, width = enlarged_size(height, width, self.min_long_side)
+            stack = cv2.resize(stack, (width, height), interpolation=cv2.INTER_LINEAR)
         if self.crop_size is not None:
             crop_h, crop_w = self.crop_size
             jitter = 1.0

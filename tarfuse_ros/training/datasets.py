@@ -99,7 +99,7 @@ def resolve_sources(sources, root=None):
     return resolved
 
 
-def build_dataset(sources, data_config, training, seed=0):
+def build_dataset(sources, data_config, training, seed=0, min_long_side=0):
     """Create the :class:`PairedDataset` of a run.
 
     Args:
@@ -109,6 +109,8 @@ def build_dataset(sources, data_config, training, seed=0):
             around them) when true; centre crops of ``data.val_crop`` (or whole frames for
             ``val_crop`` 0) otherwise.
         seed: base seed of the crops and flips.
+        min_long_side: the model's ``input_min_long_side``: pairs with a shorter longer side
+            are enlarged to it first, as the engines do at inference (0: never).
 
     """
     crop = data_config.crop if training else data_config.eval_crop
@@ -116,7 +118,8 @@ def build_dataset(sources, data_config, training, seed=0):
         list(sources), class_map=dict(data_config.class_map), crop_size=crop or None,
         augment=training, hflip_prob=data_config.hflip, vflip_prob=data_config.vflip, seed=seed,
         context=data_config.context if training and crop else 0,
-        scale_range=data_config.scale_range if training else None)
+        scale_range=data_config.scale_range if training else None,
+        min_long_side=min_long_side)
 
 
 def count_labelled(sources):

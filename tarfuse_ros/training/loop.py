@@ -110,10 +110,13 @@ class Trainer:
         root = config.data.root
         self.train_sources = resolve_sources(config.data.train, root)
         self.val_sources = resolve_sources(config.data.val, root)
-        self.train_set = build_dataset(self.train_sources, config.data, True, self.seed)
-        self.val_set = build_dataset(self.val_sources, config.data, False, self.seed) \
-            if self.val_sources else None
         self._build_model(resume)
+        # Frames the network sees as at inference (the model's input_min_long_side).
+        long_side = self.model.config.input_min_long_side
+        self.train_set = build_dataset(self.train_sources, config.data, True, self.seed,
+                                       long_side)
+        self.val_set = build_dataset(self.val_sources, config.data, False, self.seed,
+                                     long_side) if self.val_sources else None
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.net = self._wrap_distributed(self.model)
         self.train_loader, self.sampler = train_loader(self.train_set, config, self.dist,

@@ -297,3 +297,28 @@ def test_scale_range_resizes_the_pair_and_its_boxes(tmp_path):
                 {1: 'a', 2: 'b'}):
         with pytest.raises(ValueError, match='scale_range'):
             data.PairedDataset([(folder, 'train')], crop_size=64, scale_range=bad)
+
+
+def test_min_long_side_enlarges_small_frames_as_inference_does(tmp_path):
+    # A 30x20 px box in a 96x128 frame; frames under a 256 px longer side are doubled here.
+    folder = _make_set(tmp_path, [(40, 30, 70, 50, 0)], size=(96, 128))
+    assert data.enlarged_size(96, 128, 256) == (192, 256)
+    assert data.enlarged_size(96, 128, 128) == (96, 128)  # already there: unchanged
+    assert data.enlarged_size(96, 128, 0) == (96, 128)
+    assert data.enlarged_size(161, 622, 640) == (166, 640)
+    whole = data.PairedDataset([(folder, 'train')], augment=False, min_long_side=256)[0]
+    assert whole['ir'].shape == (1, 192, 256)
+    x1, y1, x2, y2 = _bright_box(whole['ir'])
+    assert (x2 - x1, y2 - y1) == pytest.approx((60, 40), abs=2)
+    _, cx, cy, w, h = whole['boxes'][0].tolist()  # normalised: the same box
+    assert (cx * 256, cy * 192, w * 256, h * 192) == pytest.approx((110, 80, 60, 40), abs=1e-3)
+    # Crops are cut from the enlarged frame (the box keeps its enlarged size).
+    crop = data.PairedDataset([(folder, 'train')], crop_size=128, augment=False,
+                              min_long_side=256)[0]
+    _, _, _, w, h = crop['boxes'][0].tolist()
+    assert (w * 128, h * 128) == pytest.approx((60, 40), abs=1e-3)
+    unchanged = data.PairedDataset([(folder, 'train')], augment=False, min_long_side=128)[0]
+    assert unchanged['ir'].shape == (1, 96, 128)
+    for bad in (-1, 1.5, True, '640'):
+        with pytest.raises(ValueError, match='min_long_side'):
+            data.PairedDataset([(folder, 'train')], min_long_side=bad)

@@ -91,6 +91,12 @@ class TarFuseConfig:
     # integer factor for the global stage's fit (0: never, as in checkpoints written before
     # the field). No learnt parameter depends on it.
     global_min_side: int = 0
+    # Inference: frames whose longer side is below this (px) are enlarged (bilinear, aspect
+    # kept) to it before the network and its outputs brought back to the frame (as YOLO's
+    # ``imgsz`` enlarges small images); training crops come from frames enlarged alike
+    # (``core.data.enlarged_size``). 0: never, as in checkpoints written before the field.
+    # No learnt parameter depends on it.
+    input_min_long_side: int = 0
     # Eval mode only: the flow is the mean of the pair's flow and the mirrored flow of the pair
     # mirrored left-right (test-time augmentation; the registration runs twice). Not with the
     # orientation global stage, whose fit on the unpadded region cannot be mirrored.
@@ -157,6 +163,7 @@ class TarFuseConfig:
             raise ValueError(f'neck_blocks must be an integer >= 0, got {self.neck_blocks!r}')
         for name, least in (('global_fine_cell', 0), ('global_fine_block', 0),
                             ('global_coarse_side', 0), ('global_min_side', 0),
+                            ('input_min_long_side', 0),
                             ('global_fine_passes', 1),
                             ('global_fine_radius', 1)):
             value = getattr(self, name)
