@@ -53,10 +53,12 @@ import time
 import warnings
 
 import numpy as np
+from tarfuse_ros.core import data as images_data
 from tarfuse_ros.core import images
 from tarfuse_ros.core.checkpoint import CheckpointError, load_checkpoint
 from tarfuse_ros.core.model.matching import _normalised_affine_to_pixel
-from tarfuse_ros.core.pair_engine import Detection, FusionResult, PairEngine
+from tarfuse_ros.core.pair_engine import (Detection, enlarge_planes, FusionResult,
+                                          outputs_to_frame, PairEngine)
 from tarfuse_ros.core.prior import apply_prior, check_prior, published_outputs
 from tarfuse_ros.core.runtime import cudnn_benchmark, resolve_device
 import torch
@@ -240,6 +242,12 @@ class FusionEngine(PairEngine):
             CUDA graphs (eagerly). 1 and 1 (default): every pair is fitted alone, as without a
             stream. Integers, ``global_every`` <= 10000 and ``global_window`` <= 1000; above
             1 they need the orientation global stage (:attr:`streams_global_map`).
+        input_min_long_side: a visible frame whose longer side is below this many pixels is
+            enlarged to it (aspect kept, bilinear) for the network, and the outputs are brought
+            back to the frame (:func:`~tarfuse_ros.core.pair_engine.outputs_to_frame`), as
+            YOLO's ``imgsz`` enlarges small images; the detection head then sees objects at
+            the scale it was trained at. None (default): the checkpoint's
+            ``input_min_long_side`` (0 in checkpoints written before the field); 0: never.
 
     Raises:
         CheckpointError: missing or invalid weights.
@@ -253,7 +261,8 @@ class FusionEngine(PairEngine):
                  conf_threshold=0.25, iou_threshold=0.45, max_detections=100, classes=None,
                  allow_cpu_fallback=False, ir_norm='percentile', ir_low=0.5, ir_high=99.5,
                  pad_mode='replicate', cudnn_benchmark=True, fuse_bn=True, channels_last=True,
-                 registration_prior=None, scale_search=True, global_every=1, global_window=1):
+                 registration_prior=None, scale_search=True, global_every=1, global_window=1,
+                 input_min_long_side=None):
         if cuda_graph is True or cuda_graph is False:
             cuda_graph = 'on' if cuda_graph else 'off'
         if cuda_graph not in CUDA_GRAPH_MODES:
@@ -323,6 +332,15 @@ class FusionEngine(PairEngine):
                 f'{config.registration!r}, global_stage {config.global_stage}, '
                 f'global_features {config.global_features!r}): leave both at 1')
         self._global_every, self._global_window = int(global_every), int(global_window)
+        if input_min_long_side is None:
+            input_min_long_side = int(getattr(model.config, 'input_min_long_side', 0))
+        elif (isinstance(input_min_long_side, bool)
+              or not isinstance(input_min_long_side, numbers.Integral)
+              or not 0 <= input_min_long_side <= 16384):
+            raise ValueError(f'input_min_long_side must be None (the checkpoint value) or an '
+                             f'integer in [0, 16384] (pixels; 0: never enlarge), got '
+                             f'{input_min_long_side!r}')
+        self._min_long_side = int(input_min_long_side)
         # The stream's state, behind its own lock (read by global_map_state without waiting
         # for a model run): the key its fits belong to (IR input shape, network input shape,
         # valid size, pre-warp), the fits, and the pairs since the last fit.
@@ -356,6 +374,15 @@ class FusionEngine(PairEngine):
     def half(self):
         """Whether fp16 autocast is in effect (CUDA only)."""
         return self._half
+
+    @property
+    def input_min_long_side(self):
+        """Frames with a shorter longer side are enlarged to it for the network (0: never)."""
+        return self._min_long_side
+
+    def network_size(self, height, width):
+        """Return the ``(height, width)`` the network runs a visible frame of this size at."""
+        return images_data.enlarged_size(height, width, self._min_long_side)
 
     @property
     def streams_global_map(self):
@@ -434,11 +461,15 @@ class FusionEngine(PairEngine):
 
         Returns:
             ``(ir, vi)``: ``(1, 1, H, W)`` float32 tensors in [0, 1] on :attr:`device`, the IR
-            resized to the visible frame ``H x W`` (and warped by the registration prior).
+            resized to the visible frame (and warped by the registration prior); ``H x W`` is
+            the visible frame, enlarged where it is smaller than :attr:`input_min_long_side`
+            (:meth:`network_size`).
 
         """
         pair = self._prepare(ir, vi, 0)
-        return self._unit_tensor([pair.ir]), self._unit_tensor([pair.vi_y])
+        size = self.network_size(*pair.vi_y.shape[:2])
+        ir_plane, vi_plane = enlarge_planes([pair.ir, pair.vi_y], size)
+        return self._unit_tensor([ir_plane]), self._unit_tensor([vi_plane])
 
     def _unit_tensor(self, planes):
         """Stack ``HxW`` planes (uint8 0-255 or float32 0-1) into a (B, 1, H, W) unit tensor."""
@@ -454,10 +485,11 @@ class FusionEngine(PairEngine):
     def _run_group(self, items, height, width, stream_key=None):
         """Same-size prepared pairs -> ``(outputs, (preprocess, model, postprocess) s)``."""
         t0 = time.perf_counter()
-        ir_t, vi_t = self._to_tensors(items)
+        net_size = self.network_size(height, width)
+        ir_t, vi_t = self._to_tensors(items, net_size)
         t1 = time.perf_counter()
         with self._infer_lock:
-            valid_size = _padded_from(ir_t, height, width)
+            valid_size = _padded_from(ir_t, *net_size)
             if self.streams_global_map and stream_key is not None:
                 theta = self._stream_theta(ir_t, vi_t, valid_size,
                                            (stream_key, items[0].pre_warp))
@@ -467,7 +499,7 @@ class FusionEngine(PairEngine):
             if self._device.type == 'cuda':
                 torch.cuda.synchronize(self._device)
             t2 = time.perf_counter()
-            outputs = self._postprocess(raw, items, height, width)
+            outputs = self._postprocess(raw, items, height, width, net_size)
         return outputs, (t1 - t0, t2 - t1, time.perf_counter() - t2)
 
     def _stream_theta(self, ir_t, vi_t, valid_size, source):
@@ -507,10 +539,10 @@ class FusionEngine(PairEngine):
             fits = tuple(self._global_fits)
         return _median_map(torch.cat(fits)).to(ir_t.device) if fits else fit
 
-    def _to_tensors(self, items):
-        """Stack same-size prepared pairs into padded (B, 1, H', W') tensors on the device."""
-        vi_t = self._unit_tensor([item.vi_y for item in items])
-        ir_t = self._unit_tensor([item.ir for item in items])
+    def _to_tensors(self, items, net_size):
+        """Stack same-size prepared pairs, enlarged to ``net_size``, into padded tensors."""
+        vi_t = self._unit_tensor(enlarge_planes([item.vi_y for item in items], net_size))
+        ir_t = self._unit_tensor(enlarge_planes([item.ir for item in items], net_size))
         vi_t, _ = images.pad_to_multiple(vi_t, 32, self._pad_mode, self._min_side)
         ir_t, _ = images.pad_to_multiple(ir_t, 32, self._pad_mode, self._min_side)
         return ir_t, vi_t
@@ -562,13 +594,14 @@ class FusionEngine(PairEngine):
         self._graphs[key] = runner
         return runner
 
-    def _postprocess(self, raw, items, height, width):
-        """Crop to the visible frame, NMS, convert to numpy: list of (fused, reg, flow, dets)."""
+    def _postprocess(self, raw, items, height, width, net_size):
+        """Crop, NMS, to numpy, back to the visible frame: list of (fused, reg, flow, dets)."""
         from tarfuse_ros.core.model.yolo import non_max_suppression
         conf, iou, max_det, classes = self.thresholds
-        fused_y = images.to_uint8(images.unpad(raw['fused'], height, width)[:, 0])
-        registered = images.to_uint8(images.unpad(raw['registered_ir'], height, width)[:, 0])
-        flow = images.unpad(raw['flow'], height, width).permute(0, 2, 3, 1).float()
+        net_h, net_w = net_size
+        fused_y = images.to_uint8(images.unpad(raw['fused'], net_h, net_w)[:, 0])
+        registered = images.to_uint8(images.unpad(raw['registered_ir'], net_h, net_w)[:, 0])
+        flow = images.unpad(raw['flow'], net_h, net_w).permute(0, 2, 3, 1).float()
         if raw.get('det') is None:  # no detection head
             dets = [None] * raw['fused'].shape[0]
         else:
@@ -579,13 +612,12 @@ class FusionEngine(PairEngine):
         flow = flow.cpu().numpy()
         outputs = []
         for b, (item, det) in enumerate(zip(items, dets)):
+            rows = None if det is None else det[:, :6].detach().float().cpu().numpy()
+            fused_b, registered_b, flow_b, rows = outputs_to_frame(
+                fused_y[b], registered[b], flow[b], rows, height, width)
             crcb = item.crcb
-            fused = fused_y[b] if crcb is None else images.merge_luma_chroma(fused_y[b], crcb)
-            flow_b, registered_b = published_outputs(item, flow[b], registered[b])
-            outputs.append((fused, registered_b, flow_b, self._detections(det, height, width)))
+            fused = fused_b if crcb is None else images.merge_luma_chroma(fused_b, crcb)
+            flow_b, registered_b = published_outputs(item, flow_b, registered_b)
+            outputs.append((fused, registered_b, flow_b,
+                            self._detections(rows, height, width)))
         return outputs
-
-    def _detections(self, det, height, width):
-        """NMS output ``(N, 6)`` tensor (or None) -> Detections clipped to the image."""
-        rows = None if det is None else det[:, :6].detach().float().cpu().numpy()
-        return super()._detections(rows, height, width)

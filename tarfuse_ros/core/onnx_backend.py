@@ -297,6 +297,9 @@ class OnnxFusionEngine(PairEngine):
         self._pad_mode = pad_mode
         self._multiple = int(self._export.get('size_multiple', 32))
         self._min_side = int(self._export.get('min_side', 0))
+        # Small frames are enlarged for the graph as the torch engine does (the checkpoint's
+        # input_min_long_side, kept in the export's metadata).
+        self._min_long_side = int(model.get('input_min_long_side', 0) or 0)
 
     # -- properties -------------------------------------------------------------------------
     @property
@@ -320,6 +323,11 @@ class OnnxFusionEngine(PairEngine):
         return dict(self._checkpoint_config['model'])
 
     @property
+    def input_min_long_side(self):
+        """Frames with a shorter longer side are enlarged to it for the graph (0: never)."""
+        return self._min_long_side
+
+    @property
     def checkpoint_config(self):
         """The checkpoint's whole JSON header (model, input conventions, provenance)."""
         return self._checkpoint_config
@@ -340,16 +348,19 @@ class OnnxFusionEngine(PairEngine):
 
     def _run_group(self, items, height, width, stream_key=None):
         """Same-size prepared pairs -> ``(outputs, (preprocess, model, postprocess) s)``."""
+        from tarfuse_ros.core.data import enlarged_size
+        from tarfuse_ros.core.pair_engine import enlarge_planes
         t0 = time.perf_counter()
-        feeds = {'ir': self._batch([item.ir for item in items]),
-                 'vi': self._batch([item.vi_y for item in items]),
-                 'valid_size': np.array([height, width], dtype=np.int64)}
+        net_size = enlarged_size(height, width, self._min_long_side)
+        feeds = {'ir': self._batch(enlarge_planes([item.ir for item in items], net_size)),
+                 'vi': self._batch(enlarge_planes([item.vi_y for item in items], net_size)),
+                 'valid_size': np.array(net_size, dtype=np.int64)}
         feeds = {name: feeds[name] for name in self._input_names}
         t1 = time.perf_counter()
         raw = dict(zip([o.name for o in self._session.get_outputs()],
                        self._session.run(None, feeds)))
         t2 = time.perf_counter()
-        outputs = self._postprocess(raw, items, height, width)
+        outputs = self._postprocess(raw, items, height, width, net_size)
         return outputs, (t1 - t0, t2 - t1, time.perf_counter() - t2)
 
     def _batch(self, planes):
@@ -368,22 +379,26 @@ class OnnxFusionEngine(PairEngine):
                           mode=_PAD_MODES[self._pad_mode])
         return np.ascontiguousarray(unit, dtype=np.float32)
 
-    def _postprocess(self, raw, items, height, width):
-        """Crop, NMS, 8-bit conversion: a list of ``(fused, registered, flow, detections)``."""
+    def _postprocess(self, raw, items, height, width, net_size):
+        """Crop, NMS, 8-bit, back to the frame: list of ``(fused, registered, flow, dets)``."""
+        from tarfuse_ros.core.pair_engine import outputs_to_frame
         conf, iou, max_det, classes = self.thresholds
         to_uint8 = self._images.to_uint8
-        fused_y = to_uint8(raw['fused'][:, 0, :height, :width])
-        registered = to_uint8(raw['registered_ir'][:, 0, :height, :width])
-        flow = raw['flow'][:, :, :height, :width].astype(np.float32).transpose(0, 2, 3, 1)
+        net_h, net_w = net_size
+        fused_y = to_uint8(raw['fused'][:, 0, :net_h, :net_w])
+        registered = to_uint8(raw['registered_ir'][:, 0, :net_h, :net_w])
+        flow = raw['flow'][:, :, :net_h, :net_w].astype(np.float32).transpose(0, 2, 3, 1)
         outputs = []
         for b, item in enumerate(items):
-            crcb = item.crcb
-            fused = (fused_y[b] if crcb is None
-                     else self._images.merge_luma_chroma(fused_y[b], crcb))
             rows = (nms_rows(raw['det'][b], conf, iou, max_det, classes) if 'det' in raw
                     else None)
+            fused_b, registered_b, flow_b, rows = outputs_to_frame(
+                fused_y[b], registered[b], flow[b], rows, height, width)
+            crcb = item.crcb
+            fused = (fused_b if crcb is None
+                     else self._images.merge_luma_chroma(fused_b, crcb))
             prior = self._prior_module
-            flow_b, registered_b = prior.published_outputs(item, flow[b], registered[b])
+            flow_b, registered_b = prior.published_outputs(item, flow_b, registered_b)
             outputs.append((fused, registered_b, flow_b,
                             self._detections(rows, height, width)))
         return outputs

@@ -406,3 +406,44 @@ def test_scale_search_off_is_a_no_op_without_the_orientation_stage(tmp_path):
         global_scale_candidates=(0.8, 1.0, 1.25))).eval(), {})
     engine = FusionEngine(path, cuda_graph='off', scale_search=False)
     assert engine.scale_candidates == ()
+
+
+def test_small_frames_run_enlarged_and_come_back_to_the_frame(firing_weights, pair, tmp_path):
+    """input_min_long_side: a 60x80 frame runs at 120x160; outputs are in the 60x80 frame."""
+    ir, vi = _small(pair, 60, 80)
+    enlarged = FusionEngine(firing_weights, conf_threshold=0.5, max_detections=20,
+                            input_min_long_side=160)
+    plain = FusionEngine(firing_weights, conf_threshold=0.5, max_detections=20,
+                         input_min_long_side=0)
+    assert (enlarged.input_min_long_side, plain.input_min_long_side) == (160, 0)
+    assert enlarged.network_size(60, 80) == (120, 160)
+    assert enlarged.network_size(480, 640) == (480, 640)  # large frames are left alone
+    small = enlarged.infer(ir, vi)
+    _check_result(small, 60, 80, colour=True)
+    # The same network input by hand: the pair enlarged, run as it is, then brought back.
+    big_ir = cv2.resize(ir, (160, 120), interpolation=cv2.INTER_LINEAR)
+    big_vi = cv2.resize(vi, (160, 120), interpolation=cv2.INTER_LINEAR)
+    big = plain.infer(big_ir, big_vi)
+    shrunk_flow = cv2.resize(big.flow_px, (80, 60), interpolation=cv2.INTER_AREA) * 0.5
+    assert np.abs(big.flow_px).mean() > 0.2  # a real displacement
+    np.testing.assert_allclose(small.flow_px, shrunk_flow, atol=0.05)
+    shrunk_fused = cv2.resize(big.fused, (80, 60), interpolation=cv2.INTER_LINEAR)
+    assert np.abs(small.fused.astype(int) - shrunk_fused.astype(int)).mean() < 1.0
+    got = np.array([[d.x1, d.y1, d.x2, d.y2, d.score] for d in small.detections])
+    want = np.array([[d.x1 / 2, d.y1 / 2, d.x2 / 2, d.y2 / 2, d.score]
+                     for d in big.detections])
+    assert len(got) > 0 and len(got) == len(want)
+    np.testing.assert_allclose(got[:5], want[:5], atol=0.5)
+    # A checkpoint carries the setting; the argument overrides it.
+    from dataclasses import replace
+    from tarfuse_ros.core.checkpoint import load_checkpoint
+    model = load_checkpoint(firing_weights)
+    model.config = replace(model.config, input_min_long_side=160)
+    path = tmp_path / 'enlarging.safetensors'
+    save_checkpoint(path, model)
+    assert FusionEngine(path).input_min_long_side == 160
+    assert FusionEngine(path, input_min_long_side=0).input_min_long_side == 0
+    assert FusionEngine(firing_weights).input_min_long_side == 0  # written before the field
+    for bad in (-1, 1.5, True, '640', 10 ** 6):
+        with pytest.raises(ValueError, match='input_min_long_side'):
+            FusionEngine(firing_weights, input_min_long_side=bad)

@@ -324,3 +324,36 @@ def test_a_bad_onnx_file_is_refused_with_one_clear_error(tmp_path):
     with pytest.raises(ValueError, match='scale_search=False needs the torch engine') as raised:
         OnnxFusionEngine(foreign, scale_search=False)
     assert 'tarfuse-export WEIGHTS --out MODEL.onnx --no-scale-search' in str(raised.value)
+
+
+def test_both_backends_enlarge_small_frames_alike(tmp_path):
+    """input_min_long_side in the checkpoint: both engines run a 60x80 frame at 120x160."""
+    from dataclasses import replace
+    torch.manual_seed(0)
+    model = build_model().eval()
+    model.config = replace(model.config, input_min_long_side=160)
+    with torch.no_grad():  # a class-0 score bias, so that the head fires
+        for cls_head in model.detect.cv3:
+            cls_head[-1].bias[0] = 6.0
+    checkpoint = tmp_path / 'enlarging.safetensors'
+    save_checkpoint(checkpoint, model, provenance={'note': 'random init, ONNX test'})
+    export_onnx(checkpoint, tmp_path / 'enlarging.onnx')
+    torch.set_num_threads(1)
+    torch_engine = FusionEngine(checkpoint, conf_threshold=0.5, max_detections=20)
+    onnx_engine = OnnxFusionEngine(tmp_path / 'enlarging.onnx', threads=1, conf_threshold=0.5,
+                                   max_detections=20)
+    assert torch_engine.input_min_long_side == onnx_engine.input_min_long_side == 160
+    _, ir, vi = next(_pairs())
+    ir = cv2.resize(ir, (80, 60), interpolation=cv2.INTER_AREA)
+    vi = cv2.resize(vi, (80, 60), interpolation=cv2.INTER_AREA)
+    expected, got = torch_engine.infer(ir, vi), onnx_engine.infer(ir, vi)
+    assert got.fused.shape == expected.fused.shape == (60, 80, 3)
+    assert got.flow_px.shape == expected.flow_px.shape == (60, 80, 2)
+    assert np.abs(got.fused.astype(int) - expected.fused).max() <= 2
+    assert np.abs(got.flow_px - expected.flow_px).max() <= 0.05
+    # The tweaked head scores many boxes alike (NMS may keep other ones among equals): the
+    # boxes' scaling is checked on the torch engine (test_engine), which shares the code.
+    assert len(got.detections) == len(expected.detections) > 0
+    assert abs(got.detections[0].score - expected.detections[0].score) <= 1e-3
+    for ours in got.detections:
+        assert 0 <= ours.x1 < ours.x2 <= 80 and 0 <= ours.y1 < ours.y2 <= 60
