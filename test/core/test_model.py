@@ -188,3 +188,41 @@ def test_added_neck_blocks_start_as_the_identity():
     assert torch.equal(a['det'], b['det']) and torch.equal(a['fused'], b['fused'])
     with pytest.raises(ValueError, match='neck_blocks'):
         TarFuseConfig(neck_blocks=-1)
+
+
+def test_detect_min_long_side_enlarges_the_features_of_small_frames_only():
+    from dataclasses import replace
+    import torch.nn.functional as F
+    torch.manual_seed(0)
+    plain = build_model().eval()
+    enlarging = build_model(replace(plain.config, detect_min_long_side=192)).eval()
+    enlarging.load_state_dict(plain.state_dict())
+    ir, vi = _inputs()  # 64x96: the features go to the neck at 128x192
+    raw = enlarging.predict_raw(ir, vi)
+    base = plain.predict_raw(ir, vi)
+    assert raw['det'].shape == (2, 4 + 3, _anchors(128, 192))
+    # The fused image and the registration are those of the frame's own resolution.
+    for key in ('fused', 'flow', 'registered_ir'):
+        assert torch.equal(raw[key], base[key]), key
+    # The same as the neck and head run by hand on the enlarged features, boxes halved.
+    with torch.no_grad():
+        out = plain(ir, vi)
+        features = torch.cat([out['features'][k] for k in (
+            'c_ir_registered', 's_ir_registered', 'c_vi', 's_vi')], dim=1)
+        big = F.interpolate(features, size=(128, 192), mode='bilinear', align_corners=False)
+        by_hand = plain.detect(plain.neck(big))[0].clone()
+    by_hand[:, :4] /= 2.0
+    torch.testing.assert_close(raw['det'], by_hand, rtol=1e-5, atol=1e-4)
+    assert float(raw['det'][:, 0].max()) <= W + 8 and float(raw['det'][:, 1].max()) <= H + 8
+    # Frames whose longer side reaches the setting, training mode and forward: as before.
+    large = build_model(replace(plain.config, detect_min_long_side=96)).eval()
+    large.load_state_dict(plain.state_dict())
+    assert torch.equal(large.predict_raw(ir, vi)['det'], base['det'])
+    with torch.no_grad():
+        assert torch.equal(enlarging(ir, vi)['det'][0], plain(ir, vi)['det'][0])
+    # Sides are rounded to multiples of 32 (a 64x96 frame, 160 px: 96x160 -> 3x5 cells).
+    odd = build_model(replace(plain.config, detect_min_long_side=160)).eval()
+    odd.load_state_dict(plain.state_dict())
+    assert odd.predict_raw(ir, vi)['det'].shape[2] == _anchors(96, 160)
+    with pytest.raises(ValueError, match='detect_min_long_side'):
+        TarFuseConfig(detect_min_long_side=-1)

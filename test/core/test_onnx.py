@@ -357,3 +357,28 @@ def test_both_backends_enlarge_small_frames_alike(tmp_path):
     assert abs(got.detections[0].score - expected.detections[0].score) <= 1e-3
     for ours in got.detections:
         assert 0 <= ours.x1 < ours.x2 <= 80 and 0 <= ours.y1 < ours.y2 <= 60
+
+
+def test_detect_min_long_side_exports_with_dynamic_sizes(tmp_path):
+    """The features' enlargement before the neck stays dynamic in the graph (tensor sizes)."""
+    from dataclasses import replace
+    torch.manual_seed(0)
+    model = build_model().eval()
+    model.config = replace(model.config, detect_min_long_side=256)
+    checkpoint = tmp_path / 'detect_enlarging.safetensors'
+    save_checkpoint(checkpoint, model, provenance={'note': 'random init, ONNX test'})
+    report = export_onnx(checkpoint, tmp_path / 'detect_enlarging.onnx')
+    for name, value in report.max_abs_diff.items():  # checked at another size than traced
+        assert value <= VERIFY_TOLERANCES['float32'][name], (name, value)
+    import onnxruntime as ort
+    session = ort.InferenceSession(str(tmp_path / 'detect_enlarging.onnx'))
+    names = [o.name for o in session.get_outputs()]
+    for height, width in ((64, 96), (128, 256), (256, 320)):
+        ir, vi = torch.rand(1, 1, height, width), torch.rand(1, 1, height, width)
+        feeds = {'ir': ir.numpy(), 'vi': vi.numpy(),
+                 'valid_size': np.array([height, width], np.int64)}
+        got = dict(zip(names, session.run(None, {
+            arg.name: feeds[arg.name] for arg in session.get_inputs()})))
+        want = model.predict_raw(ir, vi)
+        assert got['det'].shape == tuple(want['det'].shape), (height, width)
+        np.testing.assert_allclose(got['det'], want['det'].numpy(), atol=2e-3, rtol=1e-3)

@@ -25,6 +25,7 @@ from tarfuse_ros.core.model.warp import warp
 from tarfuse_ros.core.model.yolo import build_detect, forget_anchors
 import torch
 from torch import nn
+import torch.nn.functional as F
 
 __all__ = ['REGISTRATIONS', 'SIZE_MULTIPLE', 'TarFuse', 'TarFuseConfig', 'build_model',
            'parameter_counts']
@@ -97,6 +98,13 @@ class TarFuseConfig:
     # (``core.data.enlarged_size``). 0: never, as in checkpoints written before the field.
     # No learnt parameter depends on it.
     input_min_long_side: int = 0
+    # Inference only (predict_raw): when the padded frame's longer side is below this (px),
+    # the fused features are enlarged (bilinear) before the detection neck until it reaches
+    # it (sides rounded to multiples of 32) and the boxes are scaled back, so objects of small
+    # frames reach the neck at about the scale of the 640 px frames it was trained on, while
+    # the fused image and the registration keep the frame's own resolution. 0: never, as in
+    # checkpoints written before the field. No learnt parameter depends on it.
+    detect_min_long_side: int = 0
     # Eval mode only: the flow is the mean of the pair's flow and the mirrored flow of the pair
     # mirrored left-right (test-time augmentation; the registration runs twice). Not with the
     # orientation global stage, whose fit on the unpadded region cannot be mirrored.
@@ -163,7 +171,7 @@ class TarFuseConfig:
             raise ValueError(f'neck_blocks must be an integer >= 0, got {self.neck_blocks!r}')
         for name, least in (('global_fine_cell', 0), ('global_fine_block', 0),
                             ('global_coarse_side', 0), ('global_min_side', 0),
-                            ('input_min_long_side', 0),
+                            ('input_min_long_side', 0), ('detect_min_long_side', 0),
                             ('global_fine_passes', 1),
                             ('global_fine_radius', 1)):
             value = getattr(self, name)
@@ -313,7 +321,37 @@ class TarFuse(nn.Module):
             forget_anchors(self.detect)
         return result
 
-    def forward(self, ir, vi, ir_aligned=None, valid_size=None, global_theta=None):
+    def _detect_enlarged(self, fused_features):
+        """Run the neck and head on features enlarged to ``config.detect_min_long_side``.
+
+        The target sides are ``max(side, round(side * N / longer / 32) * 32)`` for the padded
+        frame's sides and ``N = detect_min_long_side``, computed with tensor operations so that
+        an ONNX export keeps them dynamic. Returns the eval-mode ``Detect`` output with the
+        boxes (``cx, cy, w, h``) in pixels of the frame given.
+        """
+        side = self.config.detect_min_long_side
+        shape = torch._shape_as_tensor(fused_features)
+        height, width = shape[2], shape[3]
+        longer = torch.maximum(height, width)
+        new_h = torch.maximum(height, torch.div(height * side + 16 * longer, 32 * longer,
+                                                rounding_mode='floor') * 32)
+        new_w = torch.maximum(width, torch.div(width * side + 16 * longer, 32 * longer,
+                                               rounding_mode='floor') * 32)
+        if not torch.jit.is_tracing() and int(new_h) == fused_features.shape[2] \
+                and int(new_w) == fused_features.shape[3]:
+            return self.detect(self.neck(fused_features))  # large enough already
+        enlarged = F.interpolate(fused_features, size=(new_h, new_w), mode='bilinear',
+                                 align_corners=False)
+        out = self.detect(self.neck(enlarged))
+        y = out[0] if isinstance(out, (tuple, list)) else out
+        sx = (width.to(y.dtype) / new_w.to(y.dtype))
+        sy = (height.to(y.dtype) / new_h.to(y.dtype))
+        y = torch.cat((y[:, 0:1] * sx, y[:, 1:2] * sy, y[:, 2:3] * sx, y[:, 3:4] * sy,
+                       y[:, 4:]), dim=1)
+        return (y,) + tuple(out[1:]) if isinstance(out, (tuple, list)) else y
+
+    def forward(self, ir, vi, ir_aligned=None, valid_size=None, global_theta=None,
+                detect_enlarge=False):
         _check_image('ir', ir)
         _check_image('vi', vi)
         if ir.shape != vi.shape:
@@ -344,7 +382,12 @@ class TarFuse(nn.Module):
         s_ir_registered = warp(s_ir, flow)
         fused_features = torch.cat((c_ir_registered, s_ir_registered, c_vi, s_vi), dim=1)
         fused = self.reconstruction(fused_features)
-        det = self.detect(self.neck(fused_features)) if self.detect is not None else None
+        if self.detect is None:
+            det = None
+        elif detect_enlarge and not self.training and self.config.detect_min_long_side > 0:
+            det = self._detect_enlarged(fused_features)
+        else:
+            det = self.detect(self.neck(fused_features))
         features = {'c_ir': c_ir, 's_ir': s_ir, 'c_vi': c_vi, 's_vi': s_vi,
                     'c_ir_registered': c_ir_registered, 's_ir_registered': s_ir_registered}
         if ir_aligned is not None:
@@ -420,7 +463,8 @@ class TarFuse(nn.Module):
         self.eval()
         try:
             with torch.no_grad():
-                out = self.forward(ir, vi, valid_size=valid_size, global_theta=global_theta)
+                out = self.forward(ir, vi, valid_size=valid_size, global_theta=global_theta,
+                                   detect_enlarge=True)
         finally:
             self.train(was_training)
         det = out['det'][0] if isinstance(out['det'], (tuple, list)) else out['det']
