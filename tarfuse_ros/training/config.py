@@ -179,6 +179,10 @@ class TrainConfig:
     starts). ``init_model`` (only with ``init_weights``) maps model fields to
     values that replace the checkpoint's (e.g. ``{global_features: learned}``); parameters the
     changed architecture adds or reshapes start from their fresh initialisation.
+    ``detect_scale_range``: ``[low, high]`` (within [0.5, 2]): each training batch's fused
+    features are enlarged by a factor drawn log-uniformly from it before the detection neck
+    (sides rounded to multiples of 32; the boxes are normalised, so they follow), as
+    ``model.detect_min_long_side`` enlarges those of small frames at inference; ``None``: no.
     """
 
     epochs: int
@@ -205,9 +209,18 @@ class TrainConfig:
     lr_mult: dict = field(default_factory=dict)
     freeze: tuple = ()
     init_model: dict = field(default_factory=dict)
+    detect_scale_range: tuple = None
 
     def __post_init__(self):
         object.__setattr__(self, 'betas', tuple(float(b) for b in self.betas))
+        if self.detect_scale_range is not None:
+            try:
+                scales = parse_scale_range(self.detect_scale_range)
+            except ValueError as exc:
+                raise ValueError(f'train.detect_{exc}') from None
+            _check(scales[0] >= 0.5 and scales[1] <= 2.0,
+                   f'train.detect_scale_range must lie within [0.5, 2], got {list(scales)}')
+            object.__setattr__(self, 'detect_scale_range', scales)
         _check(isinstance(self.lr_mult, dict),
                f'train.lr_mult must be a mapping part -> factor, got {self.lr_mult!r}')
         for part, factor in self.lr_mult.items():
@@ -252,6 +265,8 @@ class TrainConfig:
         out = asdict(self)
         out['betas'] = list(self.betas)
         out['freeze'] = list(self.freeze)
+        if self.detect_scale_range is not None:
+            out['detect_scale_range'] = list(self.detect_scale_range)
         return out
 
 

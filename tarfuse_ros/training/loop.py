@@ -16,6 +16,7 @@ denormals): the program does that (:func:`tarfuse_ros.core.runtime.torch_setting
 
 import datetime
 import json
+import math
 from pathlib import Path
 import shlex
 import sys
@@ -229,6 +230,13 @@ class Trainer:
         lr = self._set_lr()
         generator = batch_generator(self.seed, epoch, batch['index'])
         batch = steps.draw_deformation(batch, self.config.deformation, generator)
+        scales = self.config.train.detect_scale_range
+        if scales is not None:
+            # Drawn after the deformation, from the same generator: the fields stay those of
+            # a run without it. Log-uniform, one factor for the whole batch.
+            low, high = math.log(scales[0]), math.log(scales[1])
+            batch['detect_scale'] = math.exp(
+                low + (high - low) * float(torch.rand((), generator=generator)))
         parts, stepped = steps.train_step(
             self.net, self.criterion, self.optimizer, batch,
             grad_clip=self.config.train.grad_clip, amp=self.amp, params=self.params)

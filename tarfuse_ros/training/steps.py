@@ -112,7 +112,8 @@ def train_step(net, criterion, optimizer, batch, grad_clip=0.0, amp=False, param
     device = batch['ir'].device
     deformed = deformed_ir(batch)
     with autocast(device, amp):
-        outputs = net(deformed, batch['vi'], ir_aligned=batch['ir'])
+        outputs = net(deformed, batch['vi'], ir_aligned=batch['ir'],
+                      detect_scale=batch.get('detect_scale'))
         total, parts = criterion(outputs, loss_batch(batch, batch['flow_gt']))
     optimizer.zero_grad(set_to_none=True)
     total.backward()

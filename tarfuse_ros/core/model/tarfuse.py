@@ -351,7 +351,7 @@ class TarFuse(nn.Module):
         return (y,) + tuple(out[1:]) if isinstance(out, (tuple, list)) else y
 
     def forward(self, ir, vi, ir_aligned=None, valid_size=None, global_theta=None,
-                detect_enlarge=False):
+                detect_enlarge=False, detect_scale=None):
         _check_image('ir', ir)
         _check_image('vi', vi)
         if ir.shape != vi.shape:
@@ -386,6 +386,14 @@ class TarFuse(nn.Module):
             det = None
         elif detect_enlarge and not self.training and self.config.detect_min_long_side > 0:
             det = self._detect_enlarged(fused_features)
+        elif detect_scale is not None and float(detect_scale) != 1.0:
+            # Training's feature-scale augmentation (train.detect_scale_range): the neck sees
+            # the features enlarged as detect_min_long_side enlarges small frames'.
+            height, width = fused_features.shape[2:]
+            size = (max(32, int(round(height * float(detect_scale) / 32)) * 32),
+                    max(32, int(round(width * float(detect_scale) / 32)) * 32))
+            det = self.detect(self.neck(F.interpolate(fused_features, size=size,
+                                                      mode='bilinear', align_corners=False)))
         else:
             det = self.detect(self.neck(fused_features))
         features = {'c_ir': c_ir, 's_ir': s_ir, 'c_vi': c_vi, 's_vi': s_vi,
