@@ -94,3 +94,38 @@ def test_training_reduces_registration_epe_and_detection_loss():
           f'detection loss {initial_det:.3f} -> {final_det:.3f}')
     assert final_epe < 0.6 * baseline_epe, (baseline_epe, final_epe)
     assert final_det < 0.5 * initial_det, (initial_det, final_det)
+
+
+def test_detection_learns_on_enlarged_features_and_finds_targets_enlarged_at_inference():
+    """train.detect_scale_range's path: the neck trained on enlarged features, run enlarged.
+
+    Every batch's fused features are enlarged by 1.5 before the neck (as the trainer's
+    ``detect_scale``); at inference ``detect_min_long_side`` 96 enlarges the 64 px frames'
+    features by the same 1.5, and the boxes, scaled back, must land on the targets.
+    """
+    from dataclasses import replace
+    from tarfuse_ros.core.metrics import box_iou
+    torch.manual_seed(0)
+    model = build_model(CONFIG)
+    criterion = TarFuseLoss(model, LossWeights(reg=2.0))
+    optimiser = torch.optim.Adam(model.parameters(), lr=4e-3)
+    generator = torch.Generator().manual_seed(1)
+    for _ in range(60):
+        batch = dict(_batch(BATCH, generator), detect_scale=1.5)
+        parts, stepped = train_step(model, criterion, optimiser, batch)
+        assert stepped and torch.isfinite(parts['detection'])
+    model.config = replace(model.config, detect_min_long_side=96)
+    held_out = _batch(16, torch.Generator().manual_seed(98))
+    deformed = warp(held_out['ir'], held_out['deform_applied'])
+    raw = model.predict_raw(deformed, held_out['vi'])
+    assert raw['det'].shape[2] == sum((96 // s) ** 2 for s in (8, 16, 32))  # enlarged
+    best = raw['det'][:, 4].argmax(dim=1)
+    hits = 0
+    for index in range(16):
+        cx, cy, w, h = raw['det'][index, :4, best[index]].tolist()
+        tx, ty, tw, th = (held_out['bboxes'][index] * SIZE).tolist()
+        iou = box_iou([[cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2]],
+                      [[tx - tw / 2, ty - th / 2, tx + tw / 2, ty + th / 2]])[0, 0]
+        hits += int(iou >= 0.5)
+    print(f'{hits} of 16 targets found')
+    assert hits >= 12, hits  # the top box finds the target in the frame's own pixels
