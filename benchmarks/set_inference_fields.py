@@ -81,7 +81,8 @@ def set_inference_fields(base_path, out_path, settings):
     provenance['after_training'] = (
         (f'{earlier}; then ' if earlier else '') + f'{said} after training (no learnt '
         f'parameter; weights those of sha256 {file_sha256(base_path)[:8]}...)')
-    save_checkpoint(out_path, model, provenance)
+    save_checkpoint(out_path, model, provenance,
+                    input_conventions=base.checkpoint_config.get('input'))
     return config
 
 

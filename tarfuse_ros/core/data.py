@@ -37,6 +37,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 from tarfuse_ros.core.images import prepare_pair
+from tarfuse_ros.core.sizes import enlarged_size
 import torch
 from torch.utils.data import Dataset
 
@@ -447,21 +448,6 @@ def _crop_size(crop_size):
     return crop_h, crop_w
 
 
-def enlarged_size(height, width, min_long_side):
-    """Return ``(height, width)`` scaled up so the longer side is ``min_long_side`` (aspect kept).
-
-    Sides are rounded to whole pixels (at least 1). A frame whose longer side already reaches
-    ``min_long_side`` (or ``min_long_side`` 0) keeps its size. Used alike by training
-    (:class:`PairedDataset`) and inference (``TarFuseConfig.input_min_long_side``).
-    """
-    longer = max(height, width)
-    if min_long_side <= longer:
-        return int(height), int(width)
-    scale = min_long_side / longer
-    return (max(1, int(round(height * scale))) if height != longer else int(min_long_side),
-            max(1, int(round(width * scale))) if width != longer else int(min_long_side))
-
-
 def parse_scale_range(scale_range):
     """Return ``scale_range`` as ``(low, high)`` floats, or None; refuse a bad range."""
     if scale_range is None:
@@ -522,8 +508,9 @@ class PairedDataset(Dataset):
             augmentation: objects appear smaller or larger than in the stored frames); the
             factor is raised where the resized pair would not cover the crop. None: no
             resizing beyond covering the crop.
-        min_long_side: pairs whose longer side is below this many pixels are first enlarged
-            (bilinear, aspect kept) until it is reached, before any crop, flip or scale draw:
+        min_long_side: pairs whose longer side is below this many pixels are enlarged
+            (bilinear, aspect kept) until it is reached, after ``resize`` and before any crop,
+            flip or scale draw:
             the frames the network sees at inference with the same
             ``TarFuseConfig.input_min_long_side`` (0: never).
         seed: base seed; the randomness of sample ``i`` in epoch ``e`` is drawn from

@@ -53,7 +53,6 @@ import time
 import warnings
 
 import numpy as np
-from tarfuse_ros.core import data as images_data
 from tarfuse_ros.core import images
 from tarfuse_ros.core.checkpoint import CheckpointError, load_checkpoint
 from tarfuse_ros.core.model.matching import _normalised_affine_to_pixel
@@ -61,6 +60,7 @@ from tarfuse_ros.core.pair_engine import (Detection, enlarge_planes, FusionResul
                                           outputs_to_frame, PairEngine)
 from tarfuse_ros.core.prior import apply_prior, check_prior, published_outputs
 from tarfuse_ros.core.runtime import cudnn_benchmark, resolve_device
+from tarfuse_ros.core.sizes import enlarged_size
 import torch
 
 __all__ = ['Detection', 'FusionEngine', 'FusionResult', 'fuse_conv_bn', 'scale_search_off']
@@ -382,7 +382,7 @@ class FusionEngine(PairEngine):
 
     def network_size(self, height, width):
         """Return the ``(height, width)`` the network runs a visible frame of this size at."""
-        return images_data.enlarged_size(height, width, self._min_long_side)
+        return enlarged_size(height, width, self._min_long_side)
 
     @property
     def streams_global_map(self):
@@ -394,7 +394,8 @@ class FusionEngine(PairEngine):
 
         ``fits``: how many are held; ``spread_px``: how far they lie from the map in use, the
         median over the fits of the mean distance (pixels of the network input frame: the
-        visible frame padded to multiples of 32) between where a fit and the median map put
+        visible frame, enlarged where it is smaller than :attr:`input_min_long_side`, padded
+        to multiples of 32) between where a fit and the median map put
         that frame's four corners; None with fewer than 2 fits. Does not wait for a model run.
         """
         with self._global_lock:

@@ -224,6 +224,8 @@ class OnnxFusionEngine(PairEngine):
             --no-scale-search``).
         global_every, global_window: 1 only (``ValueError`` otherwise): the graph runs its
             global stage on every pair (the stream setting is the torch engine's).
+        input_min_long_side: as :class:`~tarfuse_ros.core.engine.FusionEngine`'s (None: the
+            checkpoint's value in the export's metadata).
 
     Raises:
         OnnxModelError: missing, unloadable or foreign ONNX file.
@@ -237,7 +239,8 @@ class OnnxFusionEngine(PairEngine):
     def __init__(self, weights, device='cpu', half=False, threads=None, conf_threshold=0.25,
                  iou_threshold=0.45, max_detections=100, classes=None, allow_cpu_fallback=False,
                  ir_norm='percentile', ir_low=0.5, ir_high=99.5, pad_mode='replicate',
-                 registration_prior=None, scale_search=True, global_every=1, global_window=1):
+                 registration_prior=None, scale_search=True, global_every=1, global_window=1,
+                 input_min_long_side=None):
         import onnxruntime as ort
         from tarfuse_ros.core import images, prior
 
@@ -298,8 +301,15 @@ class OnnxFusionEngine(PairEngine):
         self._multiple = int(self._export.get('size_multiple', 32))
         self._min_side = int(self._export.get('min_side', 0))
         # Small frames are enlarged for the graph as the torch engine does (the checkpoint's
-        # input_min_long_side, kept in the export's metadata).
-        self._min_long_side = int(model.get('input_min_long_side', 0) or 0)
+        # input_min_long_side, kept in the export's metadata, unless overridden).
+        if input_min_long_side is None:
+            input_min_long_side = int(model.get('input_min_long_side', 0) or 0)
+        elif (isinstance(input_min_long_side, bool) or not isinstance(input_min_long_side, int)
+              or not 0 <= input_min_long_side <= 16384):
+            raise ValueError(f'input_min_long_side must be None (the checkpoint value) or an '
+                             f'integer in [0, 16384] (pixels; 0: never enlarge), got '
+                             f'{input_min_long_side!r}')
+        self._min_long_side = int(input_min_long_side)
 
     # -- properties -------------------------------------------------------------------------
     @property
@@ -348,8 +358,8 @@ class OnnxFusionEngine(PairEngine):
 
     def _run_group(self, items, height, width, stream_key=None):
         """Same-size prepared pairs -> ``(outputs, (preprocess, model, postprocess) s)``."""
-        from tarfuse_ros.core.data import enlarged_size
         from tarfuse_ros.core.pair_engine import enlarge_planes
+        from tarfuse_ros.core.sizes import enlarged_size
         t0 = time.perf_counter()
         net_size = enlarged_size(height, width, self._min_long_side)
         feeds = {'ir': self._batch(enlarge_planes([item.ir for item in items], net_size)),

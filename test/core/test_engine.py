@@ -447,3 +447,23 @@ def test_small_frames_run_enlarged_and_come_back_to_the_frame(firing_weights, pa
     for bad in (-1, 1.5, True, '640', 10 ** 6):
         with pytest.raises(ValueError, match='input_min_long_side'):
             FusionEngine(firing_weights, input_min_long_side=bad)
+
+
+def test_outputs_come_back_to_the_frame_per_axis():
+    """outputs_to_frame (both engines): x and y scaled by their own factors."""
+    from tarfuse_ros.core.pair_engine import outputs_to_frame
+    fused = np.full((120, 200), 90, np.uint8)
+    registered = np.full((120, 200), 40, np.uint8)
+    flow = np.zeros((120, 200, 2), np.float32)
+    flow[..., 0], flow[..., 1] = 10.0, -6.0
+    rows = np.array([[100.0, 60.0, 150.0, 90.0, 0.9, 1.0]])
+    out_fused, out_registered, out_flow, out_rows = outputs_to_frame(
+        fused, registered, flow, rows, 60, 80)  # x 80 / 200 = 0.4, y 60 / 120 = 0.5
+    assert out_fused.shape == out_registered.shape == (60, 80)
+    assert (out_fused == 90).all() and (out_registered == 40).all()
+    assert out_flow.shape == (60, 80, 2) and out_flow.dtype == np.float32
+    np.testing.assert_allclose(out_flow[..., 0], 4.0, atol=1e-5)
+    np.testing.assert_allclose(out_flow[..., 1], -3.0, atol=1e-5)
+    np.testing.assert_allclose(out_rows, [[40.0, 30.0, 60.0, 45.0, 0.9, 1.0]])
+    same = outputs_to_frame(fused, registered, flow, rows, 120, 200)  # no enlargement
+    assert same[0] is fused and same[2] is flow and same[3] is rows

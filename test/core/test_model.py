@@ -224,5 +224,21 @@ def test_detect_min_long_side_enlarges_the_features_of_small_frames_only():
     odd = build_model(replace(plain.config, detect_min_long_side=160)).eval()
     odd.load_state_dict(plain.state_dict())
     assert odd.predict_raw(ir, vi)['det'].shape[2] == _anchors(96, 160)
-    with pytest.raises(ValueError, match='detect_min_long_side'):
-        TarFuseConfig(detect_min_long_side=-1)
+    # Unequal factors per axis: 96x160 at 256 px runs the neck at 160x256 (x 1.6, y 1.67).
+    wide = build_model(replace(plain.config, detect_min_long_side=256)).eval()
+    wide.load_state_dict(plain.state_dict())
+    generator = torch.Generator().manual_seed(5)
+    ir, vi = (torch.rand(1, 1, 96, 160, generator=generator) for _ in range(2))
+    raw = wide.predict_raw(ir, vi)
+    with torch.no_grad():
+        out = plain(ir, vi)
+        features = torch.cat([out['features'][k] for k in (
+            'c_ir_registered', 's_ir_registered', 'c_vi', 's_vi')], dim=1)
+        big = F.interpolate(features, size=(160, 256), mode='bilinear', align_corners=False)
+        by_hand = plain.detect(plain.neck(big))[0].clone()
+    by_hand[:, [0, 2]] *= 160 / 256
+    by_hand[:, [1, 3]] *= 96 / 160
+    torch.testing.assert_close(raw['det'], by_hand, rtol=1e-5, atol=1e-4)
+    for bad in (-1, 100):
+        with pytest.raises(ValueError, match='detect_min_long_side'):
+            TarFuseConfig(detect_min_long_side=bad)

@@ -15,6 +15,7 @@ luminance, both ``(B, 1, H, W)`` in ``[0, 1]`` with ``H`` and ``W`` multiples of
 """
 
 from dataclasses import asdict, dataclass
+import math
 
 from tarfuse_ros.core.configs import known_fields
 from tarfuse_ros.core.model.encoders import FeatureExtractor
@@ -95,15 +96,16 @@ class TarFuseConfig:
     # Inference: frames whose longer side is below this (px) are enlarged (bilinear, aspect
     # kept) to it before the network and its outputs brought back to the frame (as YOLO's
     # ``imgsz`` enlarges small images); training crops come from frames enlarged alike
-    # (``core.data.enlarged_size``). 0: never, as in checkpoints written before the field.
+    # (``core.sizes.enlarged_size``). 0: never, as in checkpoints written before the field.
     # No learnt parameter depends on it.
     input_min_long_side: int = 0
     # Inference only (predict_raw): when the padded frame's longer side is below this (px),
     # the fused features are enlarged (bilinear) before the detection neck until it reaches
     # it (sides rounded to multiples of 32) and the boxes are scaled back, so objects of small
     # frames reach the neck at about the scale of the 640 px frames it was trained on, while
-    # the fused image and the registration keep the frame's own resolution. 0: never, as in
-    # checkpoints written before the field. No learnt parameter depends on it.
+    # the fused image and the registration keep the frame's own resolution. 0 (never, as in
+    # checkpoints written before the field) or a multiple of 32. No learnt parameter depends
+    # on it.
     detect_min_long_side: int = 0
     # Eval mode only: the flow is the mean of the pair's flow and the mirrored flow of the pair
     # mirrored left-right (test-time augmentation; the registration runs twice). Not with the
@@ -177,6 +179,9 @@ class TarFuseConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
                 raise ValueError(f'{name} must be an integer >= {least}, got {value!r}')
+        if self.detect_min_long_side % 32:
+            raise ValueError(f'detect_min_long_side must be 0 or a multiple of 32 (the padded '
+                             f'frames are), got {self.detect_min_long_side}')
         if self.global_fine_cell > 0 and (self.global_fine_block < 1
                                           or 32 % self.global_fine_cell):
             raise ValueError('global_fine_cell must divide 32 (the padded frames are multiples '
@@ -324,19 +329,21 @@ class TarFuse(nn.Module):
     def _detect_enlarged(self, fused_features):
         """Run the neck and head on features enlarged to ``config.detect_min_long_side``.
 
-        The target sides are ``max(side, round(side * N / longer / 32) * 32)`` for the padded
-        frame's sides and ``N = detect_min_long_side``, computed with tensor operations so that
-        an ONNX export keeps them dynamic. Returns the eval-mode ``Detect`` output with the
-        boxes (``cx, cy, w, h``) in pixels of the frame given.
+        Where the padded frame's longer side is below ``N = detect_min_long_side`` (a multiple
+        of 32), its sides become ``floor(side * N / longer / 32 + 1/2) * 32`` (the longer one
+        exactly ``N``); otherwise nothing changes. Computed with tensor operations so that an
+        ONNX export keeps them dynamic. Returns the eval-mode ``Detect`` output with the boxes
+        (``cx, cy, w, h``) in pixels of the frame given.
         """
         side = self.config.detect_min_long_side
         shape = torch._shape_as_tensor(fused_features)
         height, width = shape[2], shape[3]
         longer = torch.maximum(height, width)
-        new_h = torch.maximum(height, torch.div(height * side + 16 * longer, 32 * longer,
-                                                rounding_mode='floor') * 32)
-        new_w = torch.maximum(width, torch.div(width * side + 16 * longer, 32 * longer,
-                                               rounding_mode='floor') * 32)
+        small = longer < side
+        new_h = torch.where(small, torch.div(height * side + 16 * longer, 32 * longer,
+                                             rounding_mode='floor') * 32, height)
+        new_w = torch.where(small, torch.div(width * side + 16 * longer, 32 * longer,
+                                             rounding_mode='floor') * 32, width)
         if not torch.jit.is_tracing() and int(new_h) == fused_features.shape[2] \
                 and int(new_w) == fused_features.shape[3]:
             return self.detect(self.neck(fused_features))  # large enough already
@@ -390,8 +397,9 @@ class TarFuse(nn.Module):
             # Training's feature-scale augmentation (train.detect_scale_range): the neck sees
             # the features enlarged as detect_min_long_side enlarges small frames'.
             height, width = fused_features.shape[2:]
-            size = (max(32, int(round(height * float(detect_scale) / 32)) * 32),
-                    max(32, int(round(width * float(detect_scale) / 32)) * 32))
+            # Halves rounded up, as _detect_enlarged rounds.
+            size = (max(32, math.floor(height * float(detect_scale) / 32 + 0.5) * 32),
+                    max(32, math.floor(width * float(detect_scale) / 32 + 0.5) * 32))
             det = self.detect(self.neck(F.interpolate(fused_features, size=size,
                                                       mode='bilinear', align_corners=False)))
         else:

@@ -1,0 +1,19 @@
+"""Frame sizes shared by training and both inference engines (no torch import)."""
+
+__all__ = ['enlarged_size']
+
+
+def enlarged_size(height, width, min_long_side):
+    """Return ``(height, width)`` scaled up so the longer side is ``min_long_side`` (aspect kept).
+
+    Sides are rounded to whole pixels (at least 1). A frame whose longer side already reaches
+    ``min_long_side`` (or ``min_long_side`` 0) keeps its size. Used alike by training
+    (:class:`~tarfuse_ros.core.data.PairedDataset`) and inference
+    (``TarFuseConfig.input_min_long_side``).
+    """
+    longer = max(height, width)
+    if min_long_side <= longer:
+        return int(height), int(width)
+    scale = min_long_side / longer
+    return (max(1, int(round(height * scale))) if height != longer else int(min_long_side),
+            max(1, int(round(width * scale))) if width != longer else int(min_long_side))
