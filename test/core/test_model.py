@@ -190,9 +190,19 @@ def test_added_neck_blocks_start_as_the_identity():
         TarFuseConfig(neck_blocks=-1)
 
 
+def _detect_on_enlarged_features(model, ir, vi, size):
+    """Eval-mode ``det`` of ``model``'s neck and head on its fused features resized to size."""
+    import torch.nn.functional as F
+    with torch.no_grad():
+        out = model(ir, vi)
+        features = torch.cat([out['features'][k] for k in (
+            'c_ir_registered', 's_ir_registered', 'c_vi', 's_vi')], dim=1)
+        big = F.interpolate(features, size=size, mode='bilinear', align_corners=False)
+        return model.detect(model.neck(big))[0].clone()
+
+
 def test_detect_min_long_side_enlarges_the_features_of_small_frames_only():
     from dataclasses import replace
-    import torch.nn.functional as F
     torch.manual_seed(0)
     plain = build_model().eval()
     enlarging = build_model(replace(plain.config, detect_min_long_side=192)).eval()
@@ -205,12 +215,7 @@ def test_detect_min_long_side_enlarges_the_features_of_small_frames_only():
     for key in ('fused', 'flow', 'registered_ir'):
         assert torch.equal(raw[key], base[key]), key
     # The same as the neck and head run by hand on the enlarged features, boxes halved.
-    with torch.no_grad():
-        out = plain(ir, vi)
-        features = torch.cat([out['features'][k] for k in (
-            'c_ir_registered', 's_ir_registered', 'c_vi', 's_vi')], dim=1)
-        big = F.interpolate(features, size=(128, 192), mode='bilinear', align_corners=False)
-        by_hand = plain.detect(plain.neck(big))[0].clone()
+    by_hand = _detect_on_enlarged_features(plain, ir, vi, (128, 192))
     by_hand[:, :4] /= 2.0
     torch.testing.assert_close(raw['det'], by_hand, rtol=1e-5, atol=1e-4)
     assert float(raw['det'][:, 0].max()) <= W + 8 and float(raw['det'][:, 1].max()) <= H + 8
@@ -230,12 +235,7 @@ def test_detect_min_long_side_enlarges_the_features_of_small_frames_only():
     generator = torch.Generator().manual_seed(5)
     ir, vi = (torch.rand(1, 1, 96, 160, generator=generator) for _ in range(2))
     raw = wide.predict_raw(ir, vi)
-    with torch.no_grad():
-        out = plain(ir, vi)
-        features = torch.cat([out['features'][k] for k in (
-            'c_ir_registered', 's_ir_registered', 'c_vi', 's_vi')], dim=1)
-        big = F.interpolate(features, size=(160, 256), mode='bilinear', align_corners=False)
-        by_hand = plain.detect(plain.neck(big))[0].clone()
+    by_hand = _detect_on_enlarged_features(plain, ir, vi, (160, 256))
     by_hand[:, [0, 2]] *= 160 / 256
     by_hand[:, [1, 3]] *= 96 / 160
     torch.testing.assert_close(raw['det'], by_hand, rtol=1e-5, atol=1e-4)
