@@ -510,8 +510,7 @@ class PairedDataset(Dataset):
             resizing beyond covering the crop.
         min_long_side: pairs whose longer side is below this many pixels are enlarged
             (bilinear, aspect kept) until it is reached, after ``resize`` and before any crop,
-            flip or scale draw:
-            the frames the network sees at inference with the same
+            flip or scale draw: the frames the network sees at inference with the same
             ``TarFuseConfig.input_min_long_side`` (0: never).
         seed: base seed; the randomness of sample ``i`` in epoch ``e`` is drawn from
             ``(seed, e, i)``, so results do not depend on worker order. See :meth:`set_epoch`.

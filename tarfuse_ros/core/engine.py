@@ -60,7 +60,6 @@ from tarfuse_ros.core.pair_engine import (Detection, enlarge_planes, FusionResul
                                           outputs_to_frame, PairEngine)
 from tarfuse_ros.core.prior import apply_prior, check_prior, published_outputs
 from tarfuse_ros.core.runtime import cudnn_benchmark, resolve_device
-from tarfuse_ros.core.sizes import enlarged_size
 import torch
 
 __all__ = ['Detection', 'FusionEngine', 'FusionResult', 'fuse_conv_bn', 'scale_search_off']
@@ -332,15 +331,7 @@ class FusionEngine(PairEngine):
                 f'{config.registration!r}, global_stage {config.global_stage}, '
                 f'global_features {config.global_features!r}): leave both at 1')
         self._global_every, self._global_window = int(global_every), int(global_window)
-        if input_min_long_side is None:
-            input_min_long_side = int(getattr(model.config, 'input_min_long_side', 0))
-        elif (isinstance(input_min_long_side, bool)
-              or not isinstance(input_min_long_side, numbers.Integral)
-              or not 0 <= input_min_long_side <= 16384):
-            raise ValueError(f'input_min_long_side must be None (the checkpoint value) or an '
-                             f'integer in [0, 16384] (pixels; 0: never enlarge), got '
-                             f'{input_min_long_side!r}')
-        self._min_long_side = int(input_min_long_side)
+        self._set_input_min_long_side(input_min_long_side, model.config.input_min_long_side)
         # The stream's state, behind its own lock (read by global_map_state without waiting
         # for a model run): the key its fits belong to (IR input shape, network input shape,
         # valid size, pre-warp), the fits, and the pairs since the last fit.
@@ -374,15 +365,6 @@ class FusionEngine(PairEngine):
     def half(self):
         """Whether fp16 autocast is in effect (CUDA only)."""
         return self._half
-
-    @property
-    def input_min_long_side(self):
-        """Frames with a shorter longer side are enlarged to it for the network (0: never)."""
-        return self._min_long_side
-
-    def network_size(self, height, width):
-        """Return the ``(height, width)`` the network runs a visible frame of this size at."""
-        return enlarged_size(height, width, self._min_long_side)
 
     @property
     def streams_global_map(self):

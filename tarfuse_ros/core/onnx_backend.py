@@ -32,7 +32,7 @@ import time
 
 import cv2
 import numpy as np
-from tarfuse_ros.core.pair_engine import PairEngine
+from tarfuse_ros.core.pair_engine import enlarge_planes, outputs_to_frame, PairEngine
 
 __all__ = ['CONFIG_KEY', 'FUSION_OUTPUTS', 'MIN_OPSET', 'ONNX_FORMAT_VERSION', 'ONNX_INPUTS',
            'ONNX_INPUT_MEANINGS', 'ONNX_KEY', 'ONNX_OUTPUTS', 'OnnxFusionEngine', 'OnnxModelError',
@@ -302,14 +302,7 @@ class OnnxFusionEngine(PairEngine):
         self._min_side = int(self._export.get('min_side', 0))
         # Small frames are enlarged for the graph as the torch engine does (the checkpoint's
         # input_min_long_side, kept in the export's metadata, unless overridden).
-        if input_min_long_side is None:
-            input_min_long_side = int(model.get('input_min_long_side', 0) or 0)
-        elif (isinstance(input_min_long_side, bool) or not isinstance(input_min_long_side, int)
-              or not 0 <= input_min_long_side <= 16384):
-            raise ValueError(f'input_min_long_side must be None (the checkpoint value) or an '
-                             f'integer in [0, 16384] (pixels; 0: never enlarge), got '
-                             f'{input_min_long_side!r}')
-        self._min_long_side = int(input_min_long_side)
+        self._set_input_min_long_side(input_min_long_side, model.get('input_min_long_side'))
 
     # -- properties -------------------------------------------------------------------------
     @property
@@ -333,11 +326,6 @@ class OnnxFusionEngine(PairEngine):
         return dict(self._checkpoint_config['model'])
 
     @property
-    def input_min_long_side(self):
-        """Frames with a shorter longer side are enlarged to it for the graph (0: never)."""
-        return self._min_long_side
-
-    @property
     def checkpoint_config(self):
         """The checkpoint's whole JSON header (model, input conventions, provenance)."""
         return self._checkpoint_config
@@ -358,10 +346,8 @@ class OnnxFusionEngine(PairEngine):
 
     def _run_group(self, items, height, width, stream_key=None):
         """Same-size prepared pairs -> ``(outputs, (preprocess, model, postprocess) s)``."""
-        from tarfuse_ros.core.pair_engine import enlarge_planes
-        from tarfuse_ros.core.sizes import enlarged_size
         t0 = time.perf_counter()
-        net_size = enlarged_size(height, width, self._min_long_side)
+        net_size = self.network_size(height, width)
         feeds = {'ir': self._batch(enlarge_planes([item.ir for item in items], net_size)),
                  'vi': self._batch(enlarge_planes([item.vi_y for item in items], net_size)),
                  'valid_size': np.array(net_size, dtype=np.int64)}
@@ -391,7 +377,6 @@ class OnnxFusionEngine(PairEngine):
 
     def _postprocess(self, raw, items, height, width, net_size):
         """Crop, NMS, 8-bit, back to the frame: list of ``(fused, registered, flow, dets)``."""
-        from tarfuse_ros.core.pair_engine import outputs_to_frame
         conf, iou, max_det, classes = self.thresholds
         to_uint8 = self._images.to_uint8
         net_h, net_w = net_size

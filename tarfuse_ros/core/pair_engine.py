@@ -26,10 +26,12 @@ when first needed).
 
 from dataclasses import dataclass, field
 import math
+import numbers
 import threading
 import time
 
 import numpy as np
+from tarfuse_ros.core.sizes import enlarged_size
 
 __all__ = ['Detection', 'FusionResult', 'PairEngine', 'enlarge_planes', 'outputs_to_frame',
            'validate_thresholds']
@@ -183,6 +185,29 @@ class PairEngine:
         """
         from tarfuse_ros.core.prior import check_prior
         self._prior = check_prior(prior)
+
+    def _set_input_min_long_side(self, value, checkpoint_value):
+        """Resolve the engine's ``input_min_long_side`` argument (None: ``checkpoint_value``).
+
+        Raises ``ValueError`` for anything but None or an integer in [0, 16384].
+        """
+        if value is None:
+            value = int(checkpoint_value or 0)
+        elif (isinstance(value, bool) or not isinstance(value, numbers.Integral)
+              or not 0 <= value <= 16384):
+            raise ValueError(f'input_min_long_side must be None (the checkpoint value) or an '
+                             f'integer in [0, 16384] (pixels; 0: never enlarge), got '
+                             f'{value!r}')
+        self._min_long_side = int(value)
+
+    @property
+    def input_min_long_side(self):
+        """Frames with a shorter longer side are enlarged to it for the network (0: never)."""
+        return self._min_long_side
+
+    def network_size(self, height, width):
+        """Return the ``(height, width)`` the network runs a visible frame of this size at."""
+        return enlarged_size(height, width, self._min_long_side)
 
     @property
     def thresholds(self):
