@@ -281,6 +281,59 @@ def test_block_cost_volume_equals_the_correlation_of_block_descriptors():
     torch.testing.assert_close(fast, direct, atol=1e-5, rtol=1e-5)
 
 
+def test_box_sum_equals_a_direct_block_sum_and_keeps_empty_blocks_at_zero():
+    from tarfuse_ros.core.model.matching import _box_sum
+    maps = torch.rand(2, 3, 13, 19, generator=torch.Generator().manual_seed(1),
+                      dtype=torch.float64)
+    maps[:, :, 4:13, 6:19] = 0.0  # an empty region larger than every block below
+    for block in (1, 2, 3, 4, 5, 7, 8, 9):
+        before, after = block // 2, (block - 1) // 2
+        padded = torch.nn.functional.pad(maps, (before, after, before, after))
+        direct = torch.zeros_like(maps)
+        for dy in range(block):
+            for dx in range(block):
+                direct += padded[:, :, dy:dy + 13, dx:dx + 19]
+        fast = _box_sum(maps, block)
+        torch.testing.assert_close(fast, direct, atol=1e-12, rtol=1e-12)
+        # Blocks wholly in the empty region sum to exactly zero (no rounding residue).
+        assert bool((fast[:, :, 4 + before:13 - after, 6 + before:19 - after] == 0).all())
+
+
+def test_top_two_matches_topk_including_ties():
+    from tarfuse_ros.core.model.matching import _top_two, peak_offsets
+    cost = torch.rand(2, 25, 6, 7, generator=torch.Generator().manual_seed(2))
+    cost[0, :, 0, 0] = 0.5  # every offset ties
+    cost[1, 3, 2, 2] = cost[1, 17, 2, 2] = 2.0  # two offsets tie for the best
+    best, index, second = _top_two(cost)
+    top = torch.topk(cost, 2, dim=1)
+    torch.testing.assert_close(best, top.values[:, :1], atol=0, rtol=0)
+    torch.testing.assert_close(second, top.values[:, 1:2], atol=0, rtol=0)
+    untied = (top.values[:, :1] > top.values[:, 1:2])
+    assert bool((index == top.indices[:, :1])[untied].all())
+    assert int(index[0, 0, 0, 0]) == 0 and int(index[1, 0, 2, 2]) == 3  # the first maximum
+    offset, confidence = peak_offsets(cost, 2)
+    assert float(confidence[0, 0, 0, 0]) == 0.0 and float(confidence[1, 0, 2, 2]) == 0.0
+    assert offset.shape == (2, 2, 6, 7)
+
+
+def test_scale_search_reuses_histograms_without_changing_the_map():
+    """Candidates that do not zoom an image share its histograms: the same maps as zooming."""
+    from tarfuse_ros.core.model.matching import OrientationMatcher
+    ir, vi = _real_pair((192, 256))
+    ir = torch.roll(ir, (4, -6), (2, 3))
+    matcher = OrientationMatcher(scale_candidates=(0.8, 1.0, 1.25))
+    for scale in (0.8, 1.0, 1.25):
+        factors = torch.full((1,), scale)
+        cache = {}
+        shared = matcher._match_zoomed(ir, vi, factors, cache)
+        plain = matcher._match_zoomed(ir, vi, factors)
+        torch.testing.assert_close(shared, plain, atol=1e-4, rtol=0)
+        assert set(cache) == ({'ir'} if scale >= 1.0 else set()) | \
+            ({'vi'} if scale <= 1.0 else set())
+    theta = matcher(ir.requires_grad_(), vi)
+    assert not theta.requires_grad  # no learnt parameter: nothing to differentiate
+
+
 def test_zoom_samples_about_the_centre():
     from tarfuse_ros.core.model.matching import zoom
     image = torch.rand(2, 1, 32, 48, generator=torch.Generator().manual_seed(0))

@@ -198,33 +198,56 @@ def cell_histograms(image, cell=8, bins=8):
     # Doubled angle: (cos 2t, sin 2t) = ((gx^2 - gy^2), 2 gx gy) / |g|^2.
     cos2 = (gx * gx - gy * gy) / (energy + 1e-12)
     sin2 = 2.0 * gx * gy / (energy + 1e-12)
-    channels = []
-    for index in range(bins):
-        phi = 2.0 * math.pi * index / bins
-        weight = torch.relu(cos2 * math.cos(phi) + sin2 * math.sin(phi)) ** 3
-        channels.append(magnitude * weight)
-    hist = F.avg_pool2d(torch.cat(channels, dim=1), cell)
+    phi = torch.arange(bins, device=image.device, dtype=image.dtype) * (2.0 * math.pi / bins)
+    # (B, bins, H, W): bin b receives max(0, cos(2 theta - phi_b))^3 of the magnitude.
+    weights = torch.relu(torch.addcmul(cos2 * torch.cos(phi).view(1, -1, 1, 1), sin2,
+                                       torch.sin(phi).view(1, -1, 1, 1)))
+    if torch.is_grad_enabled() and image.requires_grad:
+        weighted = weights ** 3 * magnitude
+    else:
+        weighted = weights.pow_(3).mul_(magnitude)  # in place: about 2x faster on a CPU
+    hist = F.avg_pool2d(weighted, cell)
     local = F.avg_pool2d(F.avg_pool2d(magnitude, cell), 5, stride=1, padding=2,
                          count_include_pad=False)
     return hist / (local + 1e-3)
 
 
+def _window_sum(maps, length, dim):
+    """Sum ``maps`` over windows of ``length`` along ``dim``: output ``i`` is ``sum x[i:i + n]``.
+
+    The output is ``length - 1`` shorter along ``dim``. Windows of 1, 2, 4, ... are built by
+    doubling (``S_2k(i) = S_k(i) + S_k(i + k)``) and those of the set bits of ``length`` added
+    at their offsets: about ``2 log2(length)`` additions whatever the window, each term a plain
+    sum of the inputs (so a window of zeros sums to exactly zero, unlike the difference of
+    two running sums).
+    """
+    size = maps.shape[dim]
+    total, offset = None, 0
+    window, span = maps, 1
+    while True:
+        if length & span:
+            out = length - 1
+            part = window.narrow(dim, offset, size - out)
+            total = part if total is None else total + part
+            offset += span
+        if span * 2 > length:
+            return total
+        window = window.narrow(dim, 0, window.shape[dim] - span) \
+            + window.narrow(dim, span, window.shape[dim] - span)
+        span *= 2
+
+
 def _box_sum(maps, block):
     """Sum ``maps`` (B, C, h, w) over each cell's ``block x block`` block (zeros outside).
 
-    A summed-area table (Crow, SIGGRAPH 1984): four lookups per cell whatever the block, in
-    float64 so that the differences of large running sums keep float32 precision (about 3x
-    faster than a stride-1 average pool for blocks of 8 cells).
+    Separable window sums (:func:`_window_sum`) on the zero-padded maps: about 4x faster than
+    a summed-area table in float64 for blocks of 8 cells (measured at 640x512 on one CPU
+    thread), exact zeros over empty blocks, and float32 sums of at most ``block`` terms per
+    axis.
     """
     before, after = block // 2, (block - 1) // 2
-    # One more zero row and column in front: table[i, j] is the sum of everything above-left.
-    table = F.pad(maps, (before + 1, after, before + 1, after)).double().cumsum(2).cumsum(3)
-    height, width = maps.shape[2:]
-    total = (table[:, :, block:block + height, block:block + width]
-             - table[:, :, :height, block:block + width]
-             - table[:, :, block:block + height, :width]
-             + table[:, :, :height, :width])
-    return total.to(maps.dtype)
+    padded = F.pad(maps, (before, after, before, after))
+    return _window_sum(_window_sum(padded, block, 2), block, 3)
 
 
 def _cells_inside_support(image, flow_px, cell):
@@ -296,8 +319,7 @@ def match_cells(reference, moving, radius):
 def peak_offsets(cost, radius):
     """Return :func:`match_cells`' ``(offset, confidence)`` from a cost volume of ``radius``."""
     size = 2 * int(radius) + 1
-    top = torch.topk(cost, 2, dim=1)
-    best, index = top.values[:, :1], top.indices[:, :1]
+    best, index, second = _top_two(cost)
     iy = torch.div(index, size, rounding_mode='floor')
     ix = index - iy * size
 
@@ -316,8 +338,27 @@ def peak_offsets(cost, radius):
     sub_y = vertex(at(-1, 0), best, at(1, 0))
     offset = torch.cat((ix.to(cost.dtype) - radius + sub_x, iy.to(cost.dtype) - radius + sub_y),
                        dim=1)
-    confidence = (best - top.values[:, 1:2]).clamp_min(0.0) * (best > 0).to(cost.dtype)
+    confidence = (best - second).clamp_min(0.0) * (best > 0).to(cost.dtype)
     return offset, confidence
+
+
+def _top_two(cost):
+    """Return ``(best, index, second)`` over dim 1 of ``cost`` (B, K, h, w), each (B, 1, h, w).
+
+    ``torch.topk(cost, 2, dim=1)`` without its sort: ``index`` (int64) is the first offset
+    that reaches the best value, ``second`` the largest value at any other offset (the best
+    again where two offsets tie). About 2.5x faster than ``topk`` on 81 offsets on a CPU.
+    """
+    count = cost.shape[1]
+    best = cost.amax(dim=1, keepdim=True)
+    is_best = cost == best
+    # The first maximal offset: the largest of (count - 1 - k) over the maximal k.
+    reverse = torch.arange(count - 1, -1, -1, device=cost.device, dtype=cost.dtype)
+    index = (count - 1) - (is_best.to(cost.dtype) * reverse.view(1, -1, 1, 1)).amax(
+        dim=1, keepdim=True)
+    rest = cost.masked_fill(is_best, float('-inf')).amax(dim=1, keepdim=True)
+    tied = is_best.sum(dim=1, keepdim=True) > 1
+    return best, index.long(), torch.where(tied, best, rest)
 
 
 def robust_affine_px(points, targets, weights, scales):
@@ -589,9 +630,11 @@ class OrientationMatcher(nn.Module):
             targets = targets @ theta_px[:, :, :2].transpose(1, 2) + theta_px[:, :, 2].unsqueeze(1)
         return robust_affine_px(points, targets, confidence.flatten(1), scales)
 
+    @torch.no_grad()
     def forward(self, ir, vi, valid_size=None):
-        # In float32 whatever the network runs in (the map is returned in float32): the normal
-        # equations sum squared pixel coordinates over thousands of cells, beyond float16.
+        # No learnt parameter and images for inputs: nothing to differentiate (and no graph to
+        # keep). In float32 whatever the network runs in (the map is returned in float32): the
+        # normal equations sum squared pixel coordinates over thousands of cells, beyond float16.
         ir, vi = ir.float(), vi.float()
         if valid_size is None:
             return self._estimate(ir, vi)
@@ -699,9 +742,13 @@ class OrientationMatcher(nn.Module):
         # often its most textured part. Scores of candidates other than 1 are divided by
         # ``prefer_unit`` so that near ties keep the unzoomed fit.
         reference = cell_histograms(vi, self.cell, self.bins)
+        # The histograms of an image a candidate does not zoom are the same for every such
+        # candidate: computed once (the IR's on first use). Not in an ONNX trace, which zooms
+        # every candidate as the graph must (the factors are tensors there).
+        cache = None if torch.jit.is_tracing() else {'vi': reference}
         thetas, inliers, insides = [], [], []
         for scale in self.scale_candidates:
-            theta = self._match_zoomed(ir, vi, ir.new_full((ir.shape[0],), scale))
+            theta = self._match_zoomed(ir, vi, ir.new_full((ir.shape[0],), scale), cache)
             inlier, inside = self._inlier_cells(ir, reference, theta)
             thetas.append(theta)
             inliers.append(inlier)
@@ -722,17 +769,26 @@ class OrientationMatcher(nn.Module):
         index = best.view(-1, 1, 1, 1).expand(-1, 1, 2, 3)
         return torch.gather(torch.stack(thetas, dim=1), 1, index).squeeze(1)
 
-    def _match_zoomed(self, ir, vi, factors):
+    def _match_zoomed(self, ir, vi, factors, cache=None):
         """Fit with the IR assumed ``factors`` (B,) times larger than the visible image.
 
         The pair is zoomed in (the visible centre by ``s`` when ``s > 1``, the IR centre by
         ``1 / s`` when ``s < 1``) and fitted; with ``ir'(v) = ir(a v)``, ``vi'(u) = vi(b u)``
         and the fit ``ir'(M u + t) = vi'(u)``, the map of the original pair is
-        ``[a M / b, a t]``.
+        ``[a M / b, a t]``. ``cache``: None, or a dict whose ``'ir'`` / ``'vi'`` entries hold
+        (or receive) the :func:`cell_histograms` of the unzoomed images, used where no sample
+        of the batch zooms that image (which is then not resampled either).
         """
         ir_factor = factors.clamp(max=1.0)
         vi_factor = (1.0 / factors).clamp(max=1.0)
-        found = self._match(zoom(ir, ir_factor), zoom(vi, vi_factor))
+        planes, histograms = [], []
+        for key, image, factor in (('ir', ir, ir_factor), ('vi', vi, vi_factor)):
+            unzoomed = cache is not None and bool((factor == 1.0).all())
+            if unzoomed and cache.get(key) is None:
+                cache[key] = cell_histograms(image, self.cell, self.bins)
+            planes.append(image if unzoomed else zoom(image, factor))
+            histograms.append(cache[key] if unzoomed else None)
+        found = self._match(*planes, *histograms)
         ratio = (ir_factor / vi_factor).view(-1, 1, 1)
         return torch.cat((found[:, :, :2] * ratio, found[:, :, 2:] * ir_factor.view(-1, 1, 1)),
                          dim=2)
@@ -772,10 +828,14 @@ class OrientationMatcher(nn.Module):
                   & (confidence > 0)).to(ir.dtype)
         return inlier, inside
 
-    def _match(self, ir, vi):
-        """Run the two-pass fit (halved first for large frames) on one pair of images."""
+    def _match(self, ir, vi, ir_hist=None, vi_hist=None):
+        """Run the two-pass fit (halved first for large frames) on one pair of images.
+
+        ``ir_hist`` / ``vi_hist``: the images' :func:`cell_histograms` where already computed
+        (None: computed here; unused by the halved start, which works on other images).
+        """
         if self.coarse_side <= 0:
-            return self._match_once(ir, vi)
+            return self._match_once(ir, vi, ir_hist, vi_hist)
         if torch.jit.is_tracing():
             # An ONNX graph cannot branch on the frame size: it computes both starts and keeps
             # one per the size, read from the traced shape.
@@ -783,7 +843,7 @@ class OrientationMatcher(nn.Module):
             return torch.where(large, self._match_from_half(ir, vi), self._match_once(ir, vi))
         if max(vi.shape[2:]) > self.coarse_side:
             return self._match_from_half(ir, vi)
-        return self._match_once(ir, vi)
+        return self._match_once(ir, vi, ir_hist, vi_hist)
 
     def _match_from_half(self, ir, vi):
         """Fit on the frame halved (2x2 means), then refine once at full size."""
@@ -795,13 +855,16 @@ class OrientationMatcher(nn.Module):
                                 self.refine_scales, mask_support=self.support_mask)
         return _pixel_affine_to_normalised(theta_px, height, width)
 
-    def _match_once(self, ir, vi):
-        """Run the two-pass fit of the class docstring on one pair of (zoomed) images."""
+    def _match_once(self, ir, vi, ir_hist=None, vi_hist=None):
+        """Run the two-pass fit of the class docstring on one pair of (zoomed) images.
+
+        ``ir_hist`` / ``vi_hist``: their :func:`cell_histograms` (None: computed here).
+        """
         height, width = vi.shape[2:]
-        reference = cell_histograms(vi, self.cell, self.bins)
+        reference = cell_histograms(vi, self.cell, self.bins) if vi_hist is None else vi_hist
+        moving = cell_histograms(ir, self.cell, self.bins) if ir_hist is None else ir_hist
         points = _cell_centres(reference.shape[2], reference.shape[3], self.cell, vi)
-        theta_px = self._fit(reference, cell_histograms(ir, self.cell, self.bins),
-                             self.radius, points, self.scales)
+        theta_px = self._fit(reference, moving, self.radius, points, self.scales)
         if self.refine_radius > 0:
             # Second pass: warp the IR by the first map, match again within a small radius
             # (now the whole neighbourhood lines up, so more cells find their true match).
