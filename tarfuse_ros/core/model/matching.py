@@ -289,13 +289,12 @@ def block_cost_volume(reference_hist, moving_hist, radius, block=4):
     norm_ref = norm_ref.clamp_min(0.0).sqrt().clamp_min(1e-6)
     norm_mov = norm_mov.clamp_min(0.0).sqrt().clamp_min(1e-6)
     height, width = norm_mov.shape[2:]
-    # A moving block centred outside the grid is all zeros in local_correlation: mask it (its
-    # cells inside the grid would otherwise still count).
-    padded = F.pad(norm_mov, (radius, radius, radius, radius))
+    # Reciprocal norms, the moving one per offset; zero for a moving block centred outside the
+    # grid (all zeros in local_correlation), whose cells inside the grid would otherwise count.
+    padded = F.pad(1.0 / norm_mov, (radius, radius, radius, radius))
     shifted = torch.cat([padded[:, :, dy:dy + height, dx:dx + width]
                          for dy in range(2 * radius + 1) for dx in range(2 * radius + 1)], dim=1)
-    inside = (shifted > 0).to(numerator.dtype)
-    return numerator * inside / (norm_ref * shifted.clamp_min(1e-6))
+    return numerator * shifted * (1.0 / norm_ref)
 
 
 def match_cells(reference, moving, radius):
