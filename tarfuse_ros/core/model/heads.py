@@ -4,7 +4,9 @@ The ``Detect`` head itself is ultralytics' (:mod:`tarfuse_ros.core.model.yolo`).
 """
 
 from tarfuse_ros.core.model.encoders import ConvBNAct
+import torch
 from torch import nn
+import torch.nn.functional as F
 
 __all__ = ['DetectionNeck', 'ReconstructionHead', 'ResidualBlock']
 
@@ -57,11 +59,18 @@ class DetectionNeck(nn.Module):
     Two stride-2 stem layers (``stem_channels``, strides 2 and 4), then per level one stride-2
     layer, one refinement layer of ``level_channels[i]`` and ``blocks`` :class:`ResidualBlock`
     (identity when new, so blocks can be added to a trained neck without changing its output).
-    ``forward: (B, in_channels, H, W) -> [P3 (B, c3, H/8, W/8), P4 (.., H/16), P5 (.., H/32)]``.
+    ``forward: (B, in_channels, H, W) -> [P3 (B, c3, H/8, W/8), P4 (.., H/16), P5 (.., H/32)]``
+    (H, W multiples of 32).
+
+    With ``top_down``, a top-down path (the FPN of Lin et al., CVPR 2017, in the residual
+    form): ``P4 += BN(conv1x1([P4, up2(P5)]))``, then ``P3 += BN(conv1x1([P3, up2(P4)]))``
+    with the updated P4 (``up2``: nearest-neighbour upsampling by 2), so the finer levels, which
+    find the small objects, see the context of the coarser ones. The BatchNorm scales start at
+    zero: the path is the identity when added to a trained neck, and training grows it.
     """
 
     def __init__(self, in_channels, stem_channels=(16, 32), level_channels=(64, 96, 128),
-                 slope=0.1, blocks=0):
+                 slope=0.1, blocks=0, top_down=False):
         super().__init__()
         stem_channels = tuple(int(c) for c in stem_channels)
         level_channels = tuple(int(c) for c in level_channels)
@@ -84,6 +93,14 @@ class DetectionNeck(nn.Module):
             ))
             width = out
         self.out_channels = level_channels
+        self.top_down = None
+        if top_down:
+            # Index i fuses level i + 1 into level i (P4 <- P5, P3 <- P4).
+            self.top_down = nn.ModuleList(
+                ConvBNAct(level_channels[i] + level_channels[i + 1], level_channels[i],
+                          kernel_size=1, slope=slope, activation=False) for i in range(2))
+            for layer in self.top_down:
+                nn.init.zeros_(layer[1].weight)
 
     def forward(self, fused_features):
         x = self.stem(fused_features)
@@ -91,4 +108,8 @@ class DetectionNeck(nn.Module):
         for level in self.levels:
             x = level(x)
             outputs.append(x)
+        if self.top_down is not None:
+            for i in (1, 0):
+                coarser = F.interpolate(outputs[i + 1], scale_factor=2.0, mode='nearest')
+                outputs[i] = outputs[i] + self.top_down[i](torch.cat((outputs[i], coarser), 1))
         return outputs

@@ -119,6 +119,9 @@ class TarFuseConfig:
     # Residual blocks after each neck level (identity when added; checkpoints without the
     # field have none).
     neck_blocks: int = 0
+    # A top-down path in the neck (P5 -> P4 -> P3, identity when added; checkpoints without
+    # the field have none): heads.DetectionNeck.
+    neck_top_down: bool = False
     # Detection classes (names in class-id order) and ultralytics' DFL bins.
     # With detect=False they are cleared (no classes): class_names () and num_classes 0.
     num_classes: int = 3
@@ -187,7 +190,8 @@ class TarFuseConfig:
             raise ValueError('global_fine_cell must divide 32 (the padded frames are multiples '
                              f'of 32) and global_fine_block be >= 1, got '
                              f'{self.global_fine_cell}, {self.global_fine_block}')
-        for name in ('global_support_mask', 'global_fine_check', 'flip_average'):
+        for name in ('global_support_mask', 'global_fine_check', 'flip_average',
+                     'neck_top_down'):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f'{name} must be true or false, got {getattr(self, name)!r}')
         if self.global_fine_check and self.global_fine_cell == 0:
@@ -282,7 +286,8 @@ class TarFuse(nn.Module):
         self.neck = self.detect = None
         if config.detect:
             self.neck = DetectionNeck(4 * width, config.neck_stem_channels,
-                                      config.detect_channels, slope, config.neck_blocks)
+                                      config.detect_channels, slope, config.neck_blocks,
+                                      config.neck_top_down)
             self.detect = build_detect(config.num_classes, config.reg_max,
                                        config.detect_channels, config.detect_legacy)
 
