@@ -190,6 +190,48 @@ def test_added_neck_blocks_start_as_the_identity():
         TarFuseConfig(neck_blocks=-1)
 
 
+def test_top_down_neck_starts_as_the_identity_and_then_mixes_the_levels():
+    """The top-down path added to a trained neck changes nothing until it is trained; then P3
+    depends on what only P5 sees (and a gradient reaches its weights)."""
+    from tarfuse_ros.core.model.heads import DetectionNeck
+    torch.manual_seed(4)
+    config = TarFuseConfig(detect_channels=(16, 24, 32), reg_max=4)
+    plain = build_model(config)
+    for param in plain.parameters():
+        param.data.add_(0.01 * torch.randn_like(param))
+    top_down = build_model(TarFuseConfig.from_dict(dict(config.to_dict(), neck_top_down=True)))
+    state = top_down.state_dict()
+    fresh = sorted(set(state) - set(plain.state_dict()))
+    assert fresh and all(name.startswith('neck.top_down.') for name in fresh)
+    state.update(plain.state_dict())
+    top_down.load_state_dict(state)
+    added = sum(p.numel() for p in top_down.parameters()) - \
+        sum(p.numel() for p in plain.parameters())
+    assert added == (16 + 24) * 16 + 2 * 16 + (24 + 32) * 24 + 2 * 24  # two 1x1 convs + BN
+    ir, vi = _inputs(batch=1)
+    a, b = plain.predict_raw(ir, vi), top_down.predict_raw(ir, vi)
+    assert torch.equal(a['det'], b['det']) and torch.equal(a['fused'], b['fused'])
+    # Once the path has weight, P3 sees a change that lies outside its receptive field.
+    neck = DetectionNeck(4, (8, 8), (8, 8, 8), top_down=True).eval()
+    for layer in neck.top_down:
+        torch.nn.init.ones_(layer[1].weight)
+    x = torch.rand(1, 4, 256, 256)
+    y = x.clone()
+    y[:, :, 80:112, 80:112] = 0.0  # beyond P3's top-left cells' reach, within P5's
+    with torch.no_grad():
+        p3x, p3y = neck(x)[0], neck(y)[0]
+        plain_neck = DetectionNeck(4, (8, 8), (8, 8, 8)).eval()
+        plain_neck.load_state_dict({k: v for k, v in neck.state_dict().items()
+                                    if not k.startswith('top_down.')})
+        plain_x, plain_y = plain_neck(x)[0], plain_neck(y)[0]
+    assert p3x.shape == (1, 8, 32, 32)
+    assert torch.equal(plain_x[:, :, :4, :4], plain_y[:, :, :4, :4])
+    # (Small in an untrained neck, but the plain path above is bit-identical.)
+    assert float((p3x[:, :, :4, :4] - p3y[:, :, :4, :4]).abs().max()) > 0
+    with pytest.raises(ValueError, match='neck_top_down'):
+        TarFuseConfig(neck_top_down='yes')
+
+
 def _detect_on_enlarged_features(model, ir, vi, size):
     """Eval-mode ``det`` of ``model``'s neck and head on its fused features resized to size."""
     import torch.nn.functional as F
