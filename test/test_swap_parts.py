@@ -74,6 +74,35 @@ def test_a_wider_head_follows_the_run(tmp_path):
                        run.predict_raw(image, image)['fused'])
 
 
+def test_a_neck_with_a_top_down_path_follows_the_run(tmp_path):
+    """A run that added neck layers (model.neck_top_down): its neck and head go in whole."""
+    torch.manual_seed(0)
+    config = TarFuseConfig(registration='paper', detect_channels=(16, 16, 16), reg_max=4)
+    base = build_model(replace(config, flip_average=True))
+    run = build_model(replace(config, neck_top_down=True))
+    state = run.state_dict()
+    state.update(base.state_dict())
+    run.load_state_dict(state)
+    _perturbed(run, 'neck.')
+    _perturbed(run, 'detect.')
+    base_path = _save(tmp_path / 'base.safetensors', base, {})
+    run_path = _save(tmp_path / 'run.safetensors', run, {})
+    out = tmp_path / 'out.safetensors'
+    swap_parts.swap_parts(base_path, run_path, out, ('neck', 'detect'))
+    merged = load_checkpoint(out)
+    assert merged.config.neck_top_down is True and merged.config.flip_average is True
+    assert 'neck_top_down true' in merged.checkpoint_config['provenance']['after_training']
+    image = torch.rand(1, 1, 64, 64)
+    assert torch.equal(merged.predict_raw(image, image)['det'],
+                       run.predict_raw(image, image)['det'])
+    # The neck alone cannot go in: the run's head is not the base's.
+    with pytest.raises(ValueError, match='detect.*not in the parts neck'):
+        swap_parts.swap_parts(base_path, run_path, tmp_path / 'neck.safetensors', ('neck',))
+    # Without the neck, the base (no top-down path) and the run are not one architecture.
+    with pytest.raises(ValueError, match='different tensors'):
+        swap_parts.swap_parts(base_path, run_path, tmp_path / 'head.safetensors', ('detect',))
+
+
 def test_refuses_a_run_that_trained_another_part(tmp_path):
     torch.manual_seed(0)
     base = build_model(CONFIG)
