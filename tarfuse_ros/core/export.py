@@ -201,7 +201,11 @@ def export_onnx(weights, output, half=False, opset=MIN_OPSET, verify=True, scale
         names = FUSION_OUTPUTS
     graph = _ExportGraph(model, names).eval()
     min_side = _min_input_side(model.config)
-    trace_shape, check_shape = _sizes(min_side)
+    # Frames whose shorter side (of the valid region: the check marks up to 7 px as padding)
+    # is below the global stage's min_side are enlarged for its fit in PyTorch, not in the
+    # graph (OrientationMatcher): trace and check above it, where both compute the same.
+    enlarged_below = int(model.config.global_min_side)
+    trace_shape, check_shape = _sizes(max(min_side, enlarged_below + 8 if enlarged_below else 0))
     dims = {0: 'batch', 2: 'height', 3: 'width'}
     buffer = io.BytesIO()
     example = (torch.rand(trace_shape[0], 1, *trace_shape[1:]),

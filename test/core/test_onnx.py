@@ -99,12 +99,16 @@ def test_orientation_global_stage_exports_and_matches_pytorch_on_real_pairs(tmp_
     from tarfuse_ros.core.model.tarfuse import TarFuseConfig
     torch.manual_seed(0)
     path = tmp_path / 'orientation.safetensors'
-    # A coarse side of 320 px: the export's own check (192x128) takes the direct start, the
-    # real pairs below (wider than 320 px) the halved one, both from one traced graph.
+    # A coarse side of 320 px: the export's own check takes the direct start, the real pairs
+    # below (wider than 320 px) the halved one, both from one traced graph. A min side of
+    # 160 px (the shipped one): PyTorch enlarges smaller frames for the fit, the graph does
+    # not, so the export traces and checks where the valid region's sides are above it (a
+    # check at 192x128 failed with the shipped model).
     model = build_model(replace(TarFuseConfig(), global_features='orientation',
-                                global_coarse_side=320)).eval()
+                                global_coarse_side=320, global_min_side=160)).eval()
     save_checkpoint(path, model, provenance={'note': 'random init, ONNX test'})
     report = export_onnx(path, tmp_path / 'orientation.onnx')
+    assert report.verify_shape == (2, 1, 256, 192)  # valid region 251x185 (7 px or less cut)
     for name, value in report.max_abs_diff.items():
         assert value <= VERIFY_TOLERANCES['float32'][name], (name, value)
     import onnxruntime as ort
