@@ -191,8 +191,11 @@ def test_added_neck_blocks_start_as_the_identity():
 
 
 def test_top_down_neck_starts_as_the_identity_and_then_mixes_the_levels():
-    """The top-down path added to a trained neck changes nothing until it is trained; then P3
-    depends on what only P5 sees (and a gradient reaches its weights)."""
+    """Check the top-down path: the identity until trained, then P3 sees what only P5 sees.
+
+    Added to a trained neck it changes nothing; once its scales move, P3 depends on P5's context
+    and a gradient reaches its weights.
+    """
     from tarfuse_ros.core.model.heads import DetectionNeck
     torch.manual_seed(4)
     config = TarFuseConfig(detect_channels=(16, 24, 32), reg_max=4)
