@@ -286,7 +286,7 @@ def test_box_sum_equals_a_direct_block_sum_and_keeps_empty_blocks_at_zero():
     maps = torch.rand(2, 3, 13, 19, generator=torch.Generator().manual_seed(1),
                       dtype=torch.float64)
     maps[:, :, 4:13, 6:19] = 0.0  # an empty region larger than every block below
-    for block in (1, 2, 3, 4, 5, 7, 8, 9):
+    for block in (1, 2, 3, 4, 5, 7, 8, 9, 14, 17, 25):  # the last three exceed the 13 rows
         before, after = block // 2, (block - 1) // 2
         padded = torch.nn.functional.pad(maps, (before, after, before, after))
         direct = torch.zeros_like(maps)
@@ -314,9 +314,29 @@ def test_top_two_matches_topk_including_ties():
     offset, confidence = peak_offsets(cost, 2)
     assert float(confidence[0, 0, 0, 0]) == 0.0 and float(confidence[1, 0, 2, 2]) == 0.0
     assert offset.shape == (2, 2, 6, 7)
+    with pytest.raises(ValueError, match='two offsets'):
+        _top_two(cost[:, :1])
 
 
-def test_scale_search_reuses_histograms_without_changing_the_map():
+def test_block_cost_volume_stays_finite_in_float16_beside_empty_blocks():
+    """Blocks without texture (a flat region, a frame's padding) have norms near zero.
+
+    Their reciprocals must stay finite in float16 (``tarfuse-export --half``): a floor of 1e-6
+    gave 1e6, beyond float16's 65504, and NaN costs.
+    """
+    from tarfuse_ros.core.model.matching import block_cost_volume, cell_histograms
+    ir, vi = _real_pair((96, 128))
+    ir = ir.clone()
+    ir[..., 64:] = 0.5  # flat: all-zero histograms, and blocks at its edge with tiny norms
+    ir_hist, vi_hist = cell_histograms(ir, 4), cell_histograms(vi, 4)
+    full = block_cost_volume(vi_hist, ir_hist, 3)
+    half = block_cost_volume(vi_hist.half(), ir_hist.half(), 3)
+    assert bool(torch.isfinite(half).all())
+    torch.testing.assert_close(half.float(), full, atol=1e-2, rtol=0)
+    assert float(full.abs().max()) <= 1.0 + 1e-5  # cosines
+
+
+def test_scale_search_reuses_histograms_without_changing_the_map(monkeypatch):
     """Candidates that do not zoom an image share its histograms: the same maps as zooming."""
     from tarfuse_ros.core.model.matching import OrientationMatcher
     ir, vi = _real_pair((192, 256))
@@ -330,8 +350,19 @@ def test_scale_search_reuses_histograms_without_changing_the_map():
         torch.testing.assert_close(shared, plain, atol=1e-4, rtol=0)
         assert set(cache) == ({'ir'} if scale >= 1.0 else set()) | \
             ({'vi'} if scale <= 1.0 else set())
+    # A batch whose samples differ: the IR is unzoomed for both (cached), the visible is not.
+    pair_ir, pair_vi = torch.cat([ir, ir]), torch.cat([vi, vi])
+    factors = torch.tensor([1.0, 1.25])
+    cache = {}
+    shared = matcher._match_zoomed(pair_ir, pair_vi, factors, cache)
+    assert set(cache) == {'ir'}
+    torch.testing.assert_close(shared, matcher._match_zoomed(pair_ir, pair_vi, factors),
+                               atol=1e-4, rtol=0)
+    # The whole search with and without the cache (a trace turns it off).
     theta = matcher(ir.requires_grad_(), vi)
     assert not theta.requires_grad  # no learnt parameter: nothing to differentiate
+    monkeypatch.setattr(torch.jit, 'is_tracing', lambda: True)
+    torch.testing.assert_close(theta, matcher(ir, vi), atol=1e-4, rtol=0)
 
 
 def test_zoom_samples_about_the_centre():

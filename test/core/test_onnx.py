@@ -128,7 +128,7 @@ def test_orientation_global_stage_exports_and_matches_pytorch_on_real_pairs(tmp_
             expected = model(ir_t, vi_t, valid_size=valid)
         got = dict(zip(names, session.run(None, {'ir': ir_t.numpy(), 'vi': vi_t.numpy(),
                                                  'valid_size': np.array(valid, np.int64)})))
-        # The descriptor matching (top-k, gather, IRLS) runs the same in onnxruntime.
+        # The descriptor matching (best two offsets, gather, IRLS) runs the same in onnxruntime.
         assert np.abs(got['flow'] - expected['flow'].numpy()).max() < 0.05
         assert np.abs(got['fused'] - expected['fused'].numpy()).max() < 1e-3
         with torch.no_grad():

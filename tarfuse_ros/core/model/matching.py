@@ -36,6 +36,9 @@ __all__ = ['FlowEstimator', 'MatchingRegistration', 'OrientationMatcher', 'Pyram
            'local_correlation', 'match_cells', 'orientation_descriptors', 'peak_offsets',
            'robust_affine_px', 'zoom']
 
+#: Smallest block norm :func:`block_cost_volume` divides by (norms of textured blocks: 1-3).
+BLOCK_NORM_FLOOR = 1e-3
+
 
 def local_correlation(reference, moving, radius):
     """Return the local cost volume of two feature maps.
@@ -213,13 +216,13 @@ def cell_histograms(image, cell=8, bins=8):
 
 
 def _window_sum(maps, length, dim):
-    """Sum ``maps`` over windows of ``length`` along ``dim``: output ``i`` is ``sum x[i:i + n]``.
+    """Sum ``maps`` over windows of ``length`` along ``dim``.
 
-    The output is ``length - 1`` shorter along ``dim``. Windows of 1, 2, 4, ... are built by
-    doubling (``S_2k(i) = S_k(i) + S_k(i + k)``) and those of the set bits of ``length`` added
-    at their offsets: about ``2 log2(length)`` additions whatever the window, each term a plain
-    sum of the inputs (so a window of zeros sums to exactly zero, unlike the difference of
-    two running sums).
+    Output ``i`` is ``sum x[i:i + length]``, so the output is ``length - 1`` shorter along
+    ``dim``. Windows of 1, 2, 4, ... are built by doubling (``S_2k(i) = S_k(i) + S_k(i + k)``)
+    and those of the set bits of ``length`` added at their offsets: about ``2 log2(length)``
+    additions whatever the window, each term a plain sum of the inputs (so a window of zeros
+    sums to exactly zero, unlike the difference of two running sums).
     """
     size = maps.shape[dim]
     total, offset = None, 0
@@ -242,8 +245,8 @@ def _box_sum(maps, block):
 
     Separable window sums (:func:`_window_sum`) on the zero-padded maps: about 4x faster than
     a summed-area table in float64 for blocks of 8 cells (measured at 640x512 on one CPU
-    thread), exact zeros over empty blocks, and float32 sums of at most ``block`` terms per
-    axis.
+    thread), exact zeros over empty blocks, and sums (in the maps' dtype) of at most ``block``
+    terms per axis.
     """
     before, after = block // 2, (block - 1) // 2
     padded = F.pad(maps, (before, after, before, after))
@@ -285,9 +288,11 @@ def block_cost_volume(reference_hist, moving_hist, radius, block=4):
     numerator = _box_sum(cells, block)
     norm_ref = _box_sum((reference_hist * reference_hist).sum(1, keepdim=True), block)
     norm_mov = _box_sum((moving_hist * moving_hist).sum(1, keepdim=True), block)
-    # clamp_min(0): a summed-area difference over an all-zero block can round to -1e-17.
-    norm_ref = norm_ref.clamp_min(0.0).sqrt().clamp_min(1e-6)
-    norm_mov = norm_mov.clamp_min(0.0).sqrt().clamp_min(1e-6)
+    # Block norms are about 1-3 where there is texture (contrast-normalised cells); the floor
+    # only mutes near-empty blocks and keeps the reciprocals below 1e3, finite in float16
+    # (a floor of 1e-6 overflowed there: NaN costs from ``tarfuse-export --half``).
+    norm_ref = norm_ref.sqrt().clamp_min(BLOCK_NORM_FLOOR)
+    norm_mov = norm_mov.sqrt().clamp_min(BLOCK_NORM_FLOOR)
     height, width = norm_mov.shape[2:]
     # Reciprocal norms, the moving one per offset; zero for a moving block centred outside the
     # grid (all zeros in local_correlation), whose cells inside the grid would otherwise count.
@@ -347,8 +352,11 @@ def _top_two(cost):
     ``torch.topk(cost, 2, dim=1)`` without its sort: ``index`` (int64) is the first offset
     that reaches the best value, ``second`` the largest value at any other offset (the best
     again where two offsets tie). About 2.5x faster than ``topk`` on 81 offsets on a CPU.
+    Raises ValueError when ``K < 2``.
     """
     count = cost.shape[1]
+    if count < 2:
+        raise ValueError(f'the top two need at least two offsets, got {count}')
     best = cost.amax(dim=1, keepdim=True)
     is_best = cost == best
     # The first maximal offset: the largest of (count - 1 - k) over the maximal k.
