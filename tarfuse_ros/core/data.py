@@ -465,6 +465,31 @@ def parse_scale_range(scale_range):
     return low, high
 
 
+#: Ranges of the photometric augmentation (``PairedDataset(photometric=p)``), drawn per
+#: modality: gamma log-uniform, contrast about the frame's mean uniform, brightness shift
+#: uniform in [-b, b] (intensities in [0, 1]).
+PHOTOMETRIC_GAMMA = (2.0 / 3.0, 1.5)
+PHOTOMETRIC_CONTRAST = (0.7, 1.3)
+PHOTOMETRIC_BRIGHTNESS = 0.1
+
+
+def photometric_change(planes, rng):
+    """Return ``planes`` (H, W[, C]) in [0, 1] after one random gamma, contrast and brightness.
+
+    ``x -> clip((x^g - m) c + m + b, 0, 1)`` with ``m`` the mean of ``x^g`` over every plane
+    (one change for all planes: the visible luma and its colour stay consistent) and ``g``,
+    ``c``, ``b`` drawn from :data:`PHOTOMETRIC_GAMMA`, :data:`PHOTOMETRIC_CONTRAST`,
+    :data:`PHOTOMETRIC_BRIGHTNESS` with ``rng`` (a ``numpy.random.Generator``). Monotonic in
+    ``x``: edges keep their place, so labels and alignment hold.
+    """
+    gamma = math.exp(rng.uniform(*np.log(PHOTOMETRIC_GAMMA)))
+    contrast = rng.uniform(*PHOTOMETRIC_CONTRAST)
+    shift = rng.uniform(-PHOTOMETRIC_BRIGHTNESS, PHOTOMETRIC_BRIGHTNESS)
+    out = np.power(np.clip(planes, 0.0, 1.0), gamma)
+    mean = float(out.mean())
+    return np.clip((out - mean) * contrast + mean + shift, 0.0, 1.0).astype(np.float32)
+
+
 class PairedDataset(Dataset):
     """IR/visible pairs from one or more data set folders, with labels, crops and flips.
 
@@ -512,6 +537,11 @@ class PairedDataset(Dataset):
             (bilinear, aspect kept) until it is reached, after ``resize`` and before any crop,
             flip or scale draw: the frames the network sees at inference with the same
             ``TarFuseConfig.input_min_long_side`` (0: never).
+        photometric: probability, per modality and sample when augmenting, of one
+            :func:`photometric_change` of the whole frame (before the crop, so the context
+            changes with it): the IR and the visible image (luma and colour together) change
+            independently, as two cameras' gains and responses differ. 0: never (and no draw:
+            the same crops and flips as before the option existed).
         seed: base seed; the randomness of sample ``i`` in epoch ``e`` is drawn from
             ``(seed, e, i)``, so results do not depend on worker order. See :meth:`set_epoch`.
 
@@ -519,7 +549,8 @@ class PairedDataset(Dataset):
 
     def __init__(self, sources, class_map=None, crop_size=None, resize=None, augment=True,
                  hflip_prob=0.5, vflip_prob=0.0, min_box_px=3.0, min_box_area=0.2,
-                 keep_color=False, seed=0, context=0, scale_range=None, min_long_side=0):
+                 keep_color=False, seed=0, context=0, scale_range=None, min_long_side=0,
+                 photometric=0.0):
         if isinstance(sources, (str, os.PathLike, dict, DataSource)):
             sources = [sources]
         parsed = [DataSource.parse(s) for s in sources]
@@ -532,11 +563,12 @@ class PairedDataset(Dataset):
                 raise ValueError(f'resize must be (height, width) > 0, got {resize}')
         self.resize = resize
         for name, prob in (('hflip_prob', hflip_prob), ('vflip_prob', vflip_prob),
-                           ('min_box_area', min_box_area)):
+                           ('min_box_area', min_box_area), ('photometric', photometric)):
             if not 0.0 <= float(prob) <= 1.0:
                 raise ValueError(f'{name} must be in [0, 1], got {prob}')
         self.augment = bool(augment)
         self.hflip_prob = float(hflip_prob)
+        self.photometric = float(photometric)
         self.vflip_prob = float(vflip_prob)
         self.min_box_px = float(min_box_px)
         self.min_box_area = float(min_box_area)
@@ -643,6 +675,11 @@ class PairedDataset(Dataset):
         if max(height, width) < self.min_long_side:
             height, width = enlarged_size(height, width, self.min_long_side)
             stack = cv2.resize(stack, (width, height), interpolation=cv2.INTER_LINEAR)
+        if self.augment and self.photometric > 0.0:  # no draw without: same crops as before
+            stack = np.ascontiguousarray(stack)
+            for planes in (slice(0, 1), slice(1, stack.shape[2])):  # IR; visible luma (+ colour)
+                if rng.random() < self.photometric:
+                    stack[:, :, planes] = photometric_change(stack[:, :, planes], rng)
         if self.crop_size is not None:
             crop_h, crop_w = self.crop_size
             jitter = 1.0

@@ -98,7 +98,9 @@ class DataConfig:
     then has scene content at its borders, as a real misaligned frame has; 0: deform the crop
     alone, whose empty borders show the deformation to the network). ``scale_range``:
     ``[low, high]`` resize factors drawn log-uniformly per training pair before its crop (scale
-    augmentation); ``None``: none.
+    augmentation); ``None``: none. ``photometric``: probability per modality and training pair
+    of a random gamma, contrast and brightness change
+    (:func:`~tarfuse_ros.core.data.photometric_change`); 0: none.
     """
 
     root: str = None
@@ -112,6 +114,7 @@ class DataConfig:
     workers: int = 0
     context: int = 0
     scale_range: tuple = None
+    photometric: float = 0.0
 
     def __post_init__(self):
         for name in ('train', 'val'):
@@ -135,8 +138,10 @@ class DataConfig:
                f'data.class_map ids must be 0..K-1 without gaps, got {ids}')
         _check(isinstance(self.context, int) and self.context >= 0,
                f'data.context must be an integer >= 0 (pixels), got {self.context!r}')
-        for name in ('hflip', 'vflip'):
-            _check(0.0 <= getattr(self, name) <= 1.0,
+        for name in ('hflip', 'vflip', 'photometric'):
+            value = getattr(self, name)
+            _check(isinstance(value, (int, float)) and not isinstance(value, bool)
+                   and 0.0 <= value <= 1.0,
                    f'data.{name} must be in [0, 1], got {getattr(self, name)!r}')
         _check(self.workers >= 0, f'data.workers must be >= 0, got {self.workers!r}')
         if self.scale_range is not None:

@@ -119,7 +119,8 @@ def build_dataset(sources, data_config, training, seed=0, min_long_side=0):
         augment=training, hflip_prob=data_config.hflip, vflip_prob=data_config.vflip, seed=seed,
         context=data_config.context if training and crop else 0,
         scale_range=data_config.scale_range if training else None,
-        min_long_side=min_long_side)
+        min_long_side=min_long_side,
+        photometric=data_config.photometric if training else 0.0)
 
 
 def count_labelled(sources):

@@ -322,3 +322,42 @@ def test_min_long_side_enlarges_small_frames_as_inference_does(tmp_path):
     for bad in (-1, 1.5, True, '640'):
         with pytest.raises(ValueError, match='min_long_side'):
             data.PairedDataset([(folder, 'train')], min_long_side=bad)
+
+
+def test_photometric_change_is_monotonic_and_drawn_per_modality(tmp_path):
+    roadscene = DATASETS / 'roadscene'
+    plain = data.PairedDataset([(roadscene, 'train')], crop_size=64, hflip_prob=0.0, seed=3)
+    changed = data.PairedDataset([(roadscene, 'train')], crop_size=64, hflip_prob=0.0, seed=3,
+                                 photometric=1.0, context=16, keep_color=True)
+    off = data.PairedDataset([(roadscene, 'train')], crop_size=64, hflip_prob=0.0, seed=3,
+                             photometric=0.0)
+    assert torch.equal(off[0]['ir'], plain[0]['ir'])  # 0: no draw, the same crops
+    moved = 0
+    for index in range(len(changed)):
+        sample = changed[index]
+        for key in ('ir', 'vi', 'vi_color'):
+            assert 0.0 <= float(sample[key].min()) and float(sample[key].max()) <= 1.0
+        # The context changed with the frame: the crop is still its centre.
+        assert torch.equal(sample['ir_context'][:, 16:80, 16:80], sample['ir'])
+    # Whole frames (no crop draw): the same geometry, so pixel orders compare.
+    plain = data.PairedDataset([(roadscene, 'train')], hflip_prob=0.0, seed=3)
+    changed = data.PairedDataset([(roadscene, 'train')], hflip_prob=0.0, seed=3,
+                                 photometric=1.0)
+    for index in range(len(changed)):
+        sample, before = changed[index], plain[index]
+        for key in ('ir', 'vi'):
+            # Monotonic: sorted by the unchanged frame, the changed one does not decrease.
+            order = torch.argsort(before[key].flatten())
+            assert bool((torch.diff(sample[key].flatten()[order]) >= -1e-6).all())
+        moved += int(not torch.allclose(sample['ir'], before['ir'], atol=1e-3))
+        moved += int(not torch.allclose(sample['vi'], before['vi'], atol=1e-3))
+    assert moved == 2 * len(changed)  # probability 1: both modalities change every time
+    # Gamma, contrast and brightness together; one change for every plane given.
+    rng = np.random.default_rng(0)
+    ramp = np.linspace(0.0, 1.0, 101, dtype=np.float32).reshape(1, -1, 1).repeat(2, axis=2)
+    out = data.photometric_change(ramp, rng)
+    assert out.dtype == np.float32 and out.shape == ramp.shape
+    assert np.array_equal(out[..., 0], out[..., 1])
+    assert np.all(np.diff(out[0, :, 0]) >= 0) and not np.allclose(out, ramp)
+    with pytest.raises(ValueError, match='photometric'):
+        data.PairedDataset([(roadscene, 'train')], photometric=1.5)
