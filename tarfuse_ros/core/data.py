@@ -542,6 +542,11 @@ class PairedDataset(Dataset):
             changes with it): the IR and the visible image (luma and colour together) change
             independently, as two cameras' gains and responses differ. 0: never (and no draw:
             the same crops and flips as before the option existed).
+        mosaic: probability, per sample when augmenting with crops, of a 2 x 2 mosaic: the
+            crop is cut into four quadrants at a random split point and pair ``i`` and three
+            random pairs each fill one with a window at their own scale (more objects and
+            scenes per crop; YOLOv4's mosaic, Bochkovskiy et al. 2020, without its resize).
+            ``has_labels`` then holds only when all four pairs have labels. 0: never (no draw).
         seed: base seed; the randomness of sample ``i`` in epoch ``e`` is drawn from
             ``(seed, e, i)``, so results do not depend on worker order. See :meth:`set_epoch`.
 
@@ -550,7 +555,7 @@ class PairedDataset(Dataset):
     def __init__(self, sources, class_map=None, crop_size=None, resize=None, augment=True,
                  hflip_prob=0.5, vflip_prob=0.0, min_box_px=3.0, min_box_area=0.2,
                  keep_color=False, seed=0, context=0, scale_range=None, min_long_side=0,
-                 photometric=0.0):
+                 photometric=0.0, mosaic=0.0):
         if isinstance(sources, (str, os.PathLike, dict, DataSource)):
             sources = [sources]
         parsed = [DataSource.parse(s) for s in sources]
@@ -563,12 +568,14 @@ class PairedDataset(Dataset):
                 raise ValueError(f'resize must be (height, width) > 0, got {resize}')
         self.resize = resize
         for name, prob in (('hflip_prob', hflip_prob), ('vflip_prob', vflip_prob),
-                           ('min_box_area', min_box_area), ('photometric', photometric)):
+                           ('min_box_area', min_box_area), ('photometric', photometric),
+                           ('mosaic', mosaic)):
             if not 0.0 <= float(prob) <= 1.0:
                 raise ValueError(f'{name} must be in [0, 1], got {prob}')
         self.augment = bool(augment)
         self.hflip_prob = float(hflip_prob)
         self.photometric = float(photometric)
+        self.mosaic = float(mosaic)
         self.vflip_prob = float(vflip_prob)
         self.min_box_px = float(min_box_px)
         self.min_box_area = float(min_box_area)
@@ -628,9 +635,8 @@ class PairedDataset(Dataset):
         labels[:, 0] = mapped[mapped >= 0]
         return labels
 
-    def _window(self, height, width, rng):
-        """Return (top, left) of the crop window."""
-        crop_h, crop_w = self.crop_size
+    def _window(self, height, width, rng, crop_h, crop_w):
+        """Return (top, left) of a ``crop_h x crop_w`` window."""
         if self.augment:
             return (int(rng.integers(0, height - crop_h + 1)),
                     int(rng.integers(0, width - crop_w + 1)))
@@ -652,9 +658,13 @@ class PairedDataset(Dataset):
                         box_h / crop_h], axis=1)
         return out[keep].astype(np.float32)
 
-    def __getitem__(self, index):
+    def _frame(self, index, rng):
+        """Return ``(stack, boxes, labelled)`` of pair ``index``: resized, enlarged, changed.
+
+        ``stack``: (H, W, C) float32 planes (IR, visible luma, colour); ``boxes`` normalised to
+        the frame; ``labelled``: the pair has a label file.
+        """
         set_index, folder, stem, labels_dir = self.items[index]
-        rng = np.random.default_rng([self.seed, self.epoch, index])
         ir_raw, vi_raw = load_pair(folder, stem)
         height, width = vi_raw.shape[:2]
         pair = prepare_pair(ir_raw, vi_raw, names=(f'{folder.name}/ir/{stem}',
@@ -668,7 +678,6 @@ class PairedDataset(Dataset):
         labels = self._labels(set_index, folder, stem, labels_dir)
         boxes = labels if labels is not None else np.zeros((0, 5), np.float32)
         # Normalised boxes are unchanged by resizing; only crops and flips move them.
-        context = None
         if self.resize is not None:
             height, width = self.resize
             stack = cv2.resize(stack, (width, height), interpolation=cv2.INTER_AREA)
@@ -680,24 +689,88 @@ class PairedDataset(Dataset):
             for planes in (slice(0, 1), slice(1, stack.shape[2])):  # IR; visible luma (+ colour)
                 if rng.random() < self.photometric:
                     stack[:, :, planes] = photometric_change(stack[:, :, planes], rng)
-        if self.crop_size is not None:
-            crop_h, crop_w = self.crop_size
-            jitter = 1.0
-            if self.augment and self.scale_range is not None:  # no draw without: same crops
-                jitter = math.exp(rng.uniform(*np.log(self.scale_range)))
-            scale = max(jitter, crop_h / height, crop_w / width)
-            if scale != 1.0:
-                height = max(crop_h, int(math.ceil(height * scale)))
-                width = max(crop_w, int(math.ceil(width * scale)))
-                stack = cv2.resize(stack, (width, height), interpolation=(
-                    cv2.INTER_LINEAR if scale > 1.0 else cv2.INTER_AREA))
-            top, left = self._window(height, width, rng)
-            if self.context:
-                context = _padded_window(stack[:, :, 0], top - self.context,
-                                         left - self.context, crop_h + 2 * self.context,
-                                         crop_w + 2 * self.context)
-            stack = stack[top:top + crop_h, left:left + crop_w]
-            boxes = self._crop_boxes(boxes, height, width, top, left, crop_h, crop_w)
+        return stack, boxes, labels is not None
+
+    def _cut(self, stack, boxes, crop_h, crop_w, rng, margins):
+        """Return ``(crop, context, boxes)``: a ``crop_h x crop_w`` window of a frame.
+
+        The frame is first resized by the scale draw (and to cover the window); ``margins``
+        ``(top, bottom, left, right)``: pixels of aligned IR kept around the window in
+        ``context`` (zeros beyond the frame; None when all are 0); ``boxes`` normalised to the
+        window, those the window cuts clipped or dropped (:meth:`_crop_boxes`).
+        """
+        height, width = stack.shape[:2]
+        jitter = 1.0
+        if self.augment and self.scale_range is not None:  # no draw without: same crops
+            jitter = math.exp(rng.uniform(*np.log(self.scale_range)))
+        scale = max(jitter, crop_h / height, crop_w / width)
+        if scale != 1.0:
+            height = max(crop_h, int(math.ceil(height * scale)))
+            width = max(crop_w, int(math.ceil(width * scale)))
+            stack = cv2.resize(stack, (width, height), interpolation=(
+                cv2.INTER_LINEAR if scale > 1.0 else cv2.INTER_AREA))
+        top, left = self._window(height, width, rng, crop_h, crop_w)
+        above, below, before, after = margins
+        context = None
+        if above or below or before or after:
+            context = _padded_window(stack[:, :, 0], top - above, left - before,
+                                     crop_h + above + below, crop_w + before + after)
+        crop = stack[top:top + crop_h, left:left + crop_w]
+        return crop, context, self._crop_boxes(boxes, height, width, top, left, crop_h, crop_w)
+
+    def _mosaic(self, index, rng):
+        """Return ``(stack, context, boxes, labelled)`` of a 2 x 2 mosaic (``mosaic``).
+
+        Pair ``index`` and three pairs drawn at random each fill one quadrant of the crop (the
+        split point drawn in the middle half of each side) with a window at their own scale;
+        each quadrant's IR context extends outwards only, so the mosaic's context is the
+        mosaic surrounded by its quadrants' scene. ``labelled``: all four pairs are.
+        """
+        crop_h, crop_w = self.crop_size
+        split_y = int(rng.integers(crop_h // 4, crop_h - crop_h // 4 + 1))
+        split_x = int(rng.integers(crop_w // 4, crop_w - crop_w // 4 + 1))
+        members = [index] + [int(i) for i in rng.integers(0, len(self.items), 3)]
+        c = self.context
+        stack = context = None
+        boxes, labelled = [], True
+        quadrants = ((0, split_y, 0, split_x), (0, split_y, split_x, crop_w),
+                     (split_y, crop_h, 0, split_x), (split_y, crop_h, split_x, crop_w))
+        for member, (y0, y1, x0, x1) in zip(members, quadrants):
+            frame, frame_boxes, member_labelled = self._frame(member, rng)
+            labelled = labelled and member_labelled
+            margins = (c if y0 == 0 else 0, c if y1 == crop_h else 0,
+                       c if x0 == 0 else 0, c if x1 == crop_w else 0)
+            crop, part, cut = self._cut(frame, frame_boxes, y1 - y0, x1 - x0, rng, margins)
+            if stack is None:
+                stack = np.zeros((crop_h, crop_w, frame.shape[2]), np.float32)
+                context = np.zeros((crop_h + 2 * c, crop_w + 2 * c), np.float32) if c else None
+            stack[y0:y1, x0:x1] = crop
+            if context is not None:
+                context[y0 + c - margins[0]:y1 + c + margins[1],
+                        x0 + c - margins[2]:x1 + c + margins[3]] = part
+            if len(cut):
+                cut = cut.copy()  # quadrant-normalised -> crop-normalised
+                cut[:, 1] = (x0 + cut[:, 1] * (x1 - x0)) / crop_w
+                cut[:, 2] = (y0 + cut[:, 2] * (y1 - y0)) / crop_h
+                cut[:, 3] *= (x1 - x0) / crop_w
+                cut[:, 4] *= (y1 - y0) / crop_h
+                boxes.append(cut)
+        boxes = np.concatenate(boxes) if boxes else np.zeros((0, 5), np.float32)
+        return stack, context, boxes.astype(np.float32), labelled
+
+    def __getitem__(self, index):
+        _, folder, stem, _ = self.items[index]
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        context = None
+        # The mosaic draw only with mosaic > 0: earlier runs keep their crops.
+        if (self.augment and self.crop_size is not None and self.mosaic > 0.0
+                and rng.random() < self.mosaic):
+            stack, context, boxes, labelled = self._mosaic(index, rng)
+        else:
+            stack, boxes, labelled = self._frame(index, rng)
+            if self.crop_size is not None:
+                margins = (self.context,) * 4
+                stack, context, boxes = self._cut(stack, boxes, *self.crop_size, rng, margins)
         if self.augment and rng.random() < self.hflip_prob:
             stack = stack[:, ::-1]
             context = None if context is None else context[:, ::-1]
@@ -713,7 +786,7 @@ class PairedDataset(Dataset):
             'ir': chw[0:1].clamp_(0.0, 1.0),
             'vi': chw[1:2].clamp_(0.0, 1.0),
             'boxes': torch.from_numpy(np.asarray(boxes, np.float32).reshape(-1, 5)),
-            'has_labels': labels is not None,
+            'has_labels': labelled,
             'stem': stem,
             'dataset': folder.name,
             'index': index,

@@ -100,7 +100,9 @@ class DataConfig:
     ``[low, high]`` resize factors drawn log-uniformly per training pair before its crop (scale
     augmentation); ``None``: none. ``photometric``: probability per modality and training pair
     of a random gamma, contrast and brightness change
-    (:func:`~tarfuse_ros.core.data.photometric_change`); 0: none.
+    (:func:`~tarfuse_ros.core.data.photometric_change`); 0: none. ``mosaic``: probability
+    per training crop of a 2 x 2 mosaic of four pairs
+    (:class:`~tarfuse_ros.core.data.PairedDataset`); 0: none.
     """
 
     root: str = None
@@ -115,6 +117,7 @@ class DataConfig:
     context: int = 0
     scale_range: tuple = None
     photometric: float = 0.0
+    mosaic: float = 0.0
 
     def __post_init__(self):
         for name in ('train', 'val'):
@@ -138,7 +141,7 @@ class DataConfig:
                f'data.class_map ids must be 0..K-1 without gaps, got {ids}')
         _check(isinstance(self.context, int) and self.context >= 0,
                f'data.context must be an integer >= 0 (pixels), got {self.context!r}')
-        for name in ('hflip', 'vflip', 'photometric'):
+        for name in ('hflip', 'vflip', 'photometric', 'mosaic'):
             value = getattr(self, name)
             _check(isinstance(value, (int, float)) and not isinstance(value, bool)
                    and 0.0 <= value <= 1.0,

@@ -120,7 +120,8 @@ def build_dataset(sources, data_config, training, seed=0, min_long_side=0):
         context=data_config.context if training and crop else 0,
         scale_range=data_config.scale_range if training else None,
         min_long_side=min_long_side,
-        photometric=data_config.photometric if training else 0.0)
+        photometric=data_config.photometric if training else 0.0,
+        mosaic=data_config.mosaic if training else 0.0)
 
 
 def count_labelled(sources):

@@ -361,3 +361,46 @@ def test_photometric_change_is_monotonic_and_drawn_per_modality(tmp_path):
     assert np.all(np.diff(out[0, :, 0]) >= 0) and not np.allclose(out, ramp)
     with pytest.raises(ValueError, match='photometric'):
         data.PairedDataset([(roadscene, 'train')], photometric=1.5)
+
+
+def test_mosaic_boxes_follow_their_quadrants_and_the_context_surrounds_it(tmp_path):
+    labelled = _make_set(tmp_path, [(10, 10, 30, 30, 0), (70, 40, 110, 80, 1)])
+    unlabelled = _make_set(tmp_path, [(20, 20, 60, 50, 0)], labelled=False, name='bare')
+    plain = data.PairedDataset([(labelled, 'train')], crop_size=64, seed=2, context=8)
+    off = data.PairedDataset([(labelled, 'train')], crop_size=64, seed=2, context=8,
+                             mosaic=0.0)
+    assert torch.equal(off[0]['ir'], plain[0]['ir'])  # 0: no draw, the same crops
+    mosaic = data.PairedDataset([(labelled, 'train')], crop_size=64, seed=2, context=8,
+                                mosaic=1.0, min_box_px=1.0, min_box_area=0.0)
+    boxes_seen = 0
+    for epoch in range(12):
+        mosaic.set_epoch(epoch)
+        sample = mosaic[0]
+        assert sample['ir'].shape == (1, 64, 64) and sample['has_labels']
+        assert torch.equal(sample['ir_context'][:, 8:72, 8:72], sample['ir'])
+        ir = sample['ir'][0]
+        for _, cx, cy, w, h in sample['boxes'].tolist():
+            x1, x2 = round((cx - w / 2) * 64), round((cx + w / 2) * 64)
+            y1, y2 = round((cy - h / 2) * 64), round((cy + h / 2) * 64)
+            assert x2 > x1 and y2 > y1
+            # Each box lies on a white rectangle of its quadrant's pair (the IR is 20 around).
+            assert float(ir[y1:y2, x1:x2].min()) > 0.9
+            boxes_seen += 1
+        # Every bright pixel is inside a box (cut boxes are all kept here).
+        covered = torch.zeros_like(ir, dtype=torch.bool)
+        for _, cx, cy, w, h in sample['boxes'].tolist():
+            covered[round((cy - h / 2) * 64):round((cy + h / 2) * 64),
+                    round((cx - w / 2) * 64):round((cx + w / 2) * 64)] = True
+        assert float(((ir > 0.9) & ~covered).float().mean()) < 0.01
+    assert boxes_seen >= 12
+    # A mosaic with a pair without labels has none as a whole (its objects would be negatives).
+    mixed = data.PairedDataset([(labelled, 'train'), (unlabelled, 'train')], crop_size=64,
+                               seed=2, mosaic=1.0)
+    flags = set()
+    for epoch in range(12):
+        mixed.set_epoch(epoch)
+        flags.add(bool(mixed[0]['has_labels']))
+        assert not mixed[1]['has_labels']
+    assert flags == {True, False}
+    with pytest.raises(ValueError, match='mosaic'):
+        data.PairedDataset([(labelled, 'train')], crop_size=64, mosaic=-0.1)

@@ -67,6 +67,7 @@ def test_sections_reuse_the_core_dataclasses():
     ('data.scale_range', '0.8', r'data.scale_range must be \(low, high\)'),
     ('data.photometric', '1.5', r'data.photometric must be in \[0, 1\]'),
     ('data.photometric', 'often', 'data.photometric must be a number'),
+    ('data.mosaic', '-0.5', r'data.mosaic must be in \[0, 1\]'),
     ('train.lr_mult', '{neck: 0}', 'train.lr_mult.neck must be a number > 0'),
     ('train.lr_mult', '[neck]', 'train.lr_mult must be a mapping'),
     ('train.freeze', 'registration', 'train.freeze must be a list'),
@@ -104,13 +105,15 @@ def test_required_keys_and_overrides():
         TrainingConfig.from_dict(raw)
     raw = apply_overrides(_minimal(), ['train.lr=5e-4', 'model.feature_channels=6',
                                        'deformation.scale=[0.9, 1.1]', 'data.val_crop=0',
-                                       'data.scale_range=[0.7, 1.4]', 'data.photometric=0.5'])
+                                       'data.scale_range=[0.7, 1.4]', 'data.photometric=0.5',
+                                       'data.mosaic=0.25'])
     config = TrainingConfig.from_dict(raw)
     assert config.train.lr == 5e-4  # YAML reads 5e-4 as a string; the config reads a number
     assert config.model.feature_channels == 6 and config.to_dict()['model'] == {
         'feature_channels': 6}
     assert config.deformation.scale == (0.9, 1.1) and config.data.eval_crop == 0
     assert config.data.scale_range == (0.7, 1.4) and config.data.photometric == 0.5
+    assert config.data.mosaic == 0.25
     assert TrainingConfig.from_dict(config.to_dict()) == config
     with pytest.raises(ValueError, match='KEY=VALUE'):
         apply_overrides(raw, ['train.lr'])
