@@ -5,8 +5,9 @@ one part of the network. The shipped default is then the previous default with t
 tensors taken from the run; every other tensor, and the model config (with the global stage's
 inference settings, which have no learnt parameter), stay the previous default's. Only the
 fields that shape a swapped part follow the run (``PART_FIELDS``: the reconstruction head's
-widths, the neck's blocks and top-down path), so a wider head or a deeper neck trained in the
-run can be put in. The run's provenance is kept, with ``after_training`` saying what was done.
+widths, the neck's stem widths, blocks and top-down path), so a wider head or a deeper neck
+trained in the run can be put in. The run's provenance is kept, with ``after_training``
+saying what was done.
 
     python benchmarks/swap_parts.py BASE RUN_CHECKPOINT OUT --parts reconstruction
 

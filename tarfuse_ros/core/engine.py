@@ -149,6 +149,19 @@ def _plausible_map(theta, height, width):
                 & (theta[0, :, 2].abs().max() <= 1.0))
 
 
+def _featureless(plane, valid):
+    """Return True when a ``(1, 1, H, W)`` plane in [0, 1] is constant over its valid region.
+
+    Constant to within one grey level (standard deviation below 1 / 255 over the ``valid``
+    ``(height, width)`` top-left region, None: the whole plane): the global stage has nothing
+    to fit there (its blocks do not vote and it returns the identity or its scale prior),
+    so a stream must not keep that map as a fit of the rig.
+    """
+    if valid is not None:
+        plane = plane[..., :valid[0], :valid[1]]
+    return bool(plane.float().std() < 1.0 / 255.0)
+
+
 def _median_map(fits):
     """Return the elementwise median ``(1, 2, 3)`` of a stream's fits, stacked ``(N, 2, 3)``.
 
@@ -233,14 +246,15 @@ class FusionEngine(PairEngine):
             ``global_window`` fits, then one pair in ``global_every`` (a pair that skips it
             takes about 30 % of the CPU time of a fitted one). A fit whose map is not
             plausible (not finite, a scale outside [0.5, 2] or a shift of more than half the
-            frame: a flat scene) is not kept; the pair then starts from the held fits' median,
-            or from its own map when none is held. The fits are forgotten when the visible
-            frame size, the IR input's shape or the registration prior changes, and by
-            :meth:`reset_global_maps`; a call with several pairs (:meth:`infer_batch`) fits
-            each of them and leaves the stream alone. With CUDA, a stream's pairs run without
-            CUDA graphs (eagerly). 1 and 1 (default): every pair is fitted alone, as without a
-            stream. Integers, ``global_every`` <= 10000 and ``global_window`` <= 1000; above
-            1 they need the orientation global stage (:attr:`streams_global_map`).
+            frame), or of a pair whose IR or visible image is constant (a flat scene, a
+            covered lens: nothing to fit), is not kept; the pair then starts from the held
+            fits' median, or from its own map when none is held. The fits are forgotten when
+            the visible frame size, the IR input's shape or the registration prior changes,
+            and by :meth:`reset_global_maps`; a call with several pairs (:meth:`infer_batch`)
+            fits each of them and leaves the stream alone. With CUDA, a stream's pairs run
+            without CUDA graphs (eagerly). 1 and 1 (default): every pair is fitted alone, as
+            without a stream. Integers, ``global_every`` <= 10000 and ``global_window`` <=
+            1000; above 1 they need the orientation global stage (:attr:`streams_global_map`).
         input_min_long_side: a visible frame whose longer side is below this many pixels is
             enlarged to it (aspect kept, bilinear) for the network, and the outputs are brought
             back to the frame (:func:`~tarfuse_ros.core.pair_engine.outputs_to_frame`), as
@@ -491,7 +505,8 @@ class FusionEngine(PairEngine):
         ``source``: ``(IR input shape, pre-warp matrix or None)``. Fits the global stage on
         every pair until ``global_window`` fits are held, then when ``global_every`` pairs have
         passed since the last fit (another frame size, IR shape or pre-warp forgets the fits),
-        keeps a fit when it is plausible (:func:`_plausible_map`), and returns the elementwise
+        keeps a fit when it is plausible (:func:`_plausible_map`) and neither image is
+        constant (:func:`_featureless`), and returns the elementwise
         median of the held fits (the pair's own map when none is held).
         """
         valid = None if valid_size is None else tuple(int(v) for v in valid_size)
@@ -512,7 +527,8 @@ class FusionEngine(PairEngine):
             with torch.inference_mode(), torch.autocast('cuda', dtype=torch.float16,
                                                         enabled=self._half):
                 fit = self._model.fit_global(ir_t, vi_t, valid).float()
-            plausible = _plausible_map(fit, ir_t.shape[2], ir_t.shape[3])
+            plausible = (_plausible_map(fit, ir_t.shape[2], ir_t.shape[3])
+                         and not _featureless(ir_t, valid) and not _featureless(vi_t, valid))
         with self._global_lock:
             if due:
                 self._global_age = 0

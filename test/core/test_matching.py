@@ -334,6 +334,24 @@ def test_block_cost_volume_stays_finite_in_float16_beside_empty_blocks():
     assert bool(torch.isfinite(half).all())
     torch.testing.assert_close(half.float(), full, atol=1e-2, rtol=0)
     assert float(full.abs().max()) <= 1.0 + 1e-5  # cosines
+    # Blocks of the flat region (histograms of rounding noise only) do not vote: zero cosines.
+    from tarfuse_ros.core.model.matching import _box_sum, BLOCK_NORM_FLOOR
+    norms = _box_sum((ir_hist * ir_hist).sum(1, keepdim=True), 4).sqrt()
+    flat_blocks = (norms < BLOCK_NORM_FLOOR).expand_as(full[:, :1])
+    assert bool(flat_blocks.any())
+    centre = full[:, (full.shape[1] - 1) // 2:(full.shape[1] + 1) // 2]
+    assert bool((centre[flat_blocks] == 0).all())
+
+
+def test_a_featureless_pair_gets_the_identity_from_the_global_stage():
+    """No block has texture: nothing votes, and the scale search keeps the unzoomed fit."""
+    from tarfuse_ros.core.model.matching import OrientationMatcher
+    matcher = OrientationMatcher(scale_candidates=(0.8, 1.0, 1.25), fine_cell=4)
+    ir = torch.full((1, 1, 192, 256), 0.5)
+    vi = torch.full((1, 1, 192, 256), 0.3)
+    theta = matcher(ir, vi)
+    identity = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]])
+    torch.testing.assert_close(theta, identity, atol=1e-6, rtol=0)
 
 
 def test_scale_search_reuses_histograms_without_changing_the_map(monkeypatch):

@@ -36,7 +36,7 @@ __all__ = ['FlowEstimator', 'MatchingRegistration', 'OrientationMatcher', 'Pyram
            'local_correlation', 'match_cells', 'orientation_descriptors', 'peak_offsets',
            'robust_affine_px', 'zoom']
 
-#: Smallest block norm :func:`block_cost_volume` divides by (norms of textured blocks: 1-3).
+#: Block norm below which :func:`block_cost_volume` gives a zero cosine (textured blocks: 1-3).
 BLOCK_NORM_FLOOR = 1e-3
 
 
@@ -288,18 +288,26 @@ def block_cost_volume(reference_hist, moving_hist, radius, block=4):
     numerator = _box_sum(cells, block)
     norm_ref = _box_sum((reference_hist * reference_hist).sum(1, keepdim=True), block)
     norm_mov = _box_sum((moving_hist * moving_hist).sum(1, keepdim=True), block)
-    # Block norms are about 1-3 where there is texture (contrast-normalised cells); the floor
-    # only mutes near-empty blocks and keeps the reciprocals below 1e3, finite in float16
-    # (a floor of 1e-6 overflowed there: NaN costs from ``tarfuse-export --half``).
-    norm_ref = norm_ref.sqrt().clamp_min(BLOCK_NORM_FLOOR)
-    norm_mov = norm_mov.sqrt().clamp_min(BLOCK_NORM_FLOOR)
+    # Block norms are about 1-3 where there is texture (contrast-normalised cells) and below
+    # 1e-10 on a constant image (rounding noise). Blocks under the floor get a zero cosine:
+    # they do not vote with their noise, and the reciprocals stay below 1e3, finite in float16
+    # (dividing by norms clamped at 1e-6 overflowed there: NaN from ``tarfuse-export --half``).
+    inv_ref = _reciprocal_norm(norm_ref)
+    inv_mov = _reciprocal_norm(norm_mov)
     height, width = norm_mov.shape[2:]
     # Reciprocal norms, the moving one per offset; zero for a moving block centred outside the
     # grid (all zeros in local_correlation), whose cells inside the grid would otherwise count.
-    padded = F.pad(1.0 / norm_mov, (radius, radius, radius, radius))
+    padded = F.pad(inv_mov, (radius, radius, radius, radius))
     shifted = torch.cat([padded[:, :, dy:dy + height, dx:dx + width]
                          for dy in range(2 * radius + 1) for dx in range(2 * radius + 1)], dim=1)
-    return numerator * shifted * (1.0 / norm_ref)
+    return numerator * shifted * inv_ref
+
+
+def _reciprocal_norm(squared):
+    """Return ``1 / sqrt(squared)``, 0 where the norm is below :data:`BLOCK_NORM_FLOOR`."""
+    norm = squared.sqrt()
+    textured = norm >= BLOCK_NORM_FLOOR
+    return torch.where(textured, 1.0 / norm.clamp_min(BLOCK_NORM_FLOOR), torch.zeros_like(norm))
 
 
 def match_cells(reference, moving, radius):
@@ -772,7 +780,12 @@ class OrientationMatcher(nn.Module):
             fraction = (inlier * common).flatten(1).sum(dim=1) / count
             fraction = fraction if scale == 1.0 else fraction / self.prefer_unit
             scores.append(torch.where(ok > 0, fraction, torch.full_like(fraction, -1.0)))
-        best = torch.stack(scores, dim=1).argmax(dim=1)
+        scores = torch.stack(scores, dim=1)
+        best = scores.argmax(dim=1)
+        if 1.0 in self.scale_candidates:
+            # Ties (e.g. no block matches in any fit: a featureless pair) keep the unzoomed fit.
+            unit = self.scale_candidates.index(1.0)
+            best = torch.where(scores[:, unit] >= scores.amax(dim=1), unit, best)
         index = best.view(-1, 1, 1, 1).expand(-1, 1, 2, 3)
         return torch.gather(torch.stack(thetas, dim=1), 1, index).squeeze(1)
 
