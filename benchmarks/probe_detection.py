@@ -1,7 +1,10 @@
 """Detection AP of a checkpoint on the aligned pairs of a labelled split (a quick held-out probe).
 
-Usage: python benchmarks/probe_detection.py --set rs_extra --weights FILE [--iou 0.7]
-[--threads 1] [--out FILE.json]
+Usage: python benchmarks/probe_detection.py --set rs_extra --weights FILE [--iou 0.6]
+[--conf 0.001] [--threads 1] [--out FILE.json]
+
+The defaults are ``tarfuse-eval``'s NMS settings; the selection rules of the detection runs
+score with ``--iou 0.7``.
 
 The selection rules of the detection runs (``training/det_v15cfg/SELECTION.md``) score candidate
 heads on held-out pairs without the deformation ``tarfuse-eval`` applies: the stored IR is

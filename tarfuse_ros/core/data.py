@@ -546,7 +546,8 @@ class PairedDataset(Dataset):
             crop is cut into four quadrants at a random split point and pair ``i`` and three
             random pairs each fill one with a window at their own scale (more objects and
             scenes per crop; YOLOv4's mosaic, Bochkovskiy et al. 2020, without its resize).
-            ``has_labels`` then holds only when all four pairs have labels. 0: never (no draw).
+            A labelled pair takes labelled partners; ``has_labels`` holds only when all four
+            pairs have labels. 0: never (no draw).
         seed: base seed; the randomness of sample ``i`` in epoch ``e`` is drawn from
             ``(seed, e, i)``, so results do not depend on worker order. See :meth:`set_epoch`.
 
@@ -718,6 +719,17 @@ class PairedDataset(Dataset):
         crop = stack[top:top + crop_h, left:left + crop_w]
         return crop, context, self._crop_boxes(boxes, height, width, top, left, crop_h, crop_w)
 
+    def _has_label_file(self, index):
+        _, folder, stem, labels_dir = self.items[index]
+        return (Path(folder) / labels_dir / f'{stem}.txt').is_file()
+
+    def _labelled_items(self):
+        """Return (and cache) the indices of the pairs with a label file."""
+        if getattr(self, '_labelled', None) is None:
+            self._labelled = np.asarray([i for i in range(len(self.items))
+                                         if self._has_label_file(i)], np.int64)
+        return self._labelled
+
     def _mosaic(self, index, rng):
         """Return ``(stack, context, boxes, labelled)`` of a 2 x 2 mosaic (``mosaic``).
 
@@ -729,7 +741,12 @@ class PairedDataset(Dataset):
         crop_h, crop_w = self.crop_size
         split_y = int(rng.integers(crop_h // 4, crop_h - crop_h // 4 + 1))
         split_x = int(rng.integers(crop_w // 4, crop_w - crop_w // 4 + 1))
-        members = [index] + [int(i) for i in rng.integers(0, len(self.items), 3)]
+        # A labelled pair takes labelled partners (an unlabelled one would void the labels of
+        # the whole crop); an unlabelled pair takes any.
+        pool = self._labelled_items() if self._has_label_file(index) else None
+        if pool is None or not len(pool):
+            pool = np.arange(len(self.items))
+        members = [index] + [int(pool[i]) for i in rng.integers(0, len(pool), 3)]
         c = self.context
         stack = context = None
         boxes, labelled = [], True

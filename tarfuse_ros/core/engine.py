@@ -150,12 +150,14 @@ def _plausible_map(theta, height, width):
 
 
 def _featureless(plane, valid):
-    """Return True when a ``(1, 1, H, W)`` plane in [0, 1] is constant over its valid region.
+    """Return True when a ``(1, 1, H, W)`` plane in [0, 1] is (nearly) constant.
 
-    Constant to within one grey level (standard deviation below 1 / 255 over the ``valid``
-    ``(height, width)`` top-left region, None: the whole plane): the global stage has nothing
-    to fit there (its blocks do not vote and it returns the identity or its scale prior),
-    so a stream must not keep that map as a fit of the rig.
+    Standard deviation below 1 / 255 (one grey level) over the ``valid`` ``(height, width)``
+    top-left region (None: the whole plane): the global stage has nothing to fit there (its
+    blocks do not vote and it returns the identity), so a stream must not keep that map as a
+    fit of the rig. Limitation: an IR pre-warped by a registration prior has zero borders, so a
+    constant IR behind a prior is not caught here (with three or more fits held, the median
+    outvotes one such fit).
     """
     if valid is not None:
         plane = plane[..., :valid[0], :valid[1]]

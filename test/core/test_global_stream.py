@@ -167,11 +167,11 @@ def test_padded_frames_stream_on_the_valid_region(pairs, single):
     np.testing.assert_allclose(got[1], expected, atol=1e-4)
 
 
-def test_an_implausible_fit_of_a_flat_pair_is_not_kept(pairs, single):
+def test_the_fit_of_a_flat_pair_is_not_kept(pairs, single):
     flat = (np.full((SIZE[1], SIZE[0]), 128, np.uint8),
             np.full((SIZE[1], SIZE[0], 3), 77, np.uint8))
     stream = FusionEngine(cuda_graph='off', global_every=2, global_window=3)
-    stream.infer(*flat)  # no fit held: the pair uses its own map, which is not kept
+    stream.infer(*flat)  # nothing to fit: the pair uses its own map (identity), not kept
     assert stream.global_map_state() == (0, None)
     stream.infer(*pairs[0])
     stream.infer(*flat)

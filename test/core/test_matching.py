@@ -346,12 +346,14 @@ def test_block_cost_volume_stays_finite_in_float16_beside_empty_blocks():
 def test_a_featureless_pair_gets_the_identity_from_the_global_stage():
     """No block has texture: nothing votes, and the scale search keeps the unzoomed fit."""
     from tarfuse_ros.core.model.matching import OrientationMatcher
-    matcher = OrientationMatcher(scale_candidates=(0.8, 1.0, 1.25), fine_cell=4)
     ir = torch.full((1, 1, 192, 256), 0.5)
     vi = torch.full((1, 1, 192, 256), 0.3)
-    theta = matcher(ir, vi)
     identity = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]])
-    torch.testing.assert_close(theta, identity, atol=1e-6, rtol=0)
+    # Without fine passes (which would return the identity whatever the search chose), the
+    # tie of three zero scores must keep the 1.0 candidate, not the first (0.8).
+    for fine_cell in (0, 4):
+        matcher = OrientationMatcher(scale_candidates=(0.8, 1.0, 1.25), fine_cell=fine_cell)
+        torch.testing.assert_close(matcher(ir, vi), identity, atol=1e-6, rtol=0)
 
 
 def test_scale_search_reuses_histograms_without_changing_the_map(monkeypatch):
