@@ -681,10 +681,10 @@ class PairedDataset(Dataset):
         # Normalised boxes are unchanged by resizing; only crops and flips move them.
         if self.resize is not None:
             height, width = self.resize
-            stack = cv2.resize(stack, (width, height), interpolation=cv2.INTER_AREA)
+            stack = _resize_planes(stack, width, height, cv2.INTER_AREA)
         if max(height, width) < self.min_long_side:
             height, width = enlarged_size(height, width, self.min_long_side)
-            stack = cv2.resize(stack, (width, height), interpolation=cv2.INTER_LINEAR)
+            stack = _resize_planes(stack, width, height, cv2.INTER_LINEAR)
         if self.augment and self.photometric > 0.0:  # no draw without: same crops as before
             stack = np.ascontiguousarray(stack)
             for planes in (slice(0, 1), slice(1, stack.shape[2])):  # IR; visible luma (+ colour)
@@ -708,7 +708,7 @@ class PairedDataset(Dataset):
         if scale != 1.0:
             height = max(crop_h, int(math.ceil(height * scale)))
             width = max(crop_w, int(math.ceil(width * scale)))
-            stack = cv2.resize(stack, (width, height), interpolation=(
+            stack = _resize_planes(stack, width, height, (
                 cv2.INTER_LINEAR if scale > 1.0 else cv2.INTER_AREA))
         top, left = self._window(height, width, rng, crop_h, crop_w)
         above, below, before, after = margins
@@ -814,6 +814,18 @@ class PairedDataset(Dataset):
             sample['ir_context'] = torch.from_numpy(
                 np.ascontiguousarray(context, np.float32))[None].clamp_(0.0, 1.0)
         return sample
+
+
+def _resize_planes(stack, width, height, interpolation):
+    """Return ``cv2.resize`` of an (H, W, C) stack, at most 4 planes per call.
+
+    OpenCV's area interpolation refuses more than 4 channels at non-integer factors, and the
+    IR, luma and colour planes (``keep_color``) are 5.
+    """
+    parts = [cv2.resize(np.ascontiguousarray(stack[:, :, i:i + 4]), (width, height),
+                        interpolation=interpolation) for i in range(0, stack.shape[2], 4)]
+    parts = [part[:, :, None] if part.ndim == 2 else part for part in parts]
+    return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=2)
 
 
 def _padded_window(plane, top, left, height, width):

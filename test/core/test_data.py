@@ -417,3 +417,16 @@ def test_crops_without_the_new_augmentations_are_those_of_earlier_runs():
     assert float(sample['ir'].sum()) == pytest.approx(3353.6672, abs=1e-2)
     assert float(sample['vi'].sum()) == pytest.approx(3540.6714, abs=1e-2)
     assert float(sample['ir_context'].sum()) == pytest.approx(5166.7373, abs=1e-2)
+
+
+def test_colour_planes_resize_with_the_pair(tmp_path):
+    """Five planes (IR, luma, colour) at a non-integer downscale: OpenCV takes at most 4."""
+    dataset = data.PairedDataset([(DATASETS / 'roadscene', 'train')], crop_size=64, seed=1,
+                                 keep_color=True, scale_range=(0.7, 0.9))
+    for index in range(len(dataset)):
+        sample = dataset[index]
+        assert sample['vi_color'].shape == (3, 64, 64)
+        # The luma is the colour's BT.601 mix: both were resized by the same factor.
+        blue, green, red = sample['vi_color']
+        luma = 0.114 * blue + 0.587 * green + 0.299 * red
+        assert float((luma - sample['vi'][0]).abs().mean()) < 0.02
