@@ -405,7 +405,7 @@ def test_mosaic_boxes_follow_their_quadrants_and_the_context_surrounds_it(tmp_pa
 
 
 def test_crops_without_the_new_augmentations_are_those_of_earlier_runs():
-    """photometric 0 and mosaic 0 draw nothing: the samples of runs before them are unchanged.
+    """Without photometric changes or mosaics the samples of earlier runs are unchanged.
 
     Pinned: sums of the sample computed with the data code of commit 19b2514 (before both).
     """
