@@ -51,6 +51,7 @@ __all__ = [
     'parse_scale_range',
     'class_names_from_map',
     'list_split_names',
+    'label_file',
     'load_disp',
     'load_labels',
     'load_misaligned_ir',
@@ -217,6 +218,11 @@ def read_classes(dataset_dir):
     return None
 
 
+def label_file(dataset_dir, stem, labels_dir='labels'):
+    """Return the path of a pair's YOLO label file (which may not exist: an unlabelled pair)."""
+    return Path(dataset_dir) / labels_dir / f'{stem}.txt'
+
+
 def load_labels(dataset_dir, stem, labels_dir='labels'):
     """Load the YOLO boxes of one pair.
 
@@ -235,15 +241,15 @@ def load_labels(dataset_dir, stem, labels_dir='labels'):
             class id, coordinates outside [0, 1]), naming file and line.
 
     """
-    label_file = Path(dataset_dir) / labels_dir / f'{stem}.txt'
-    if not label_file.is_file():
+    path = label_file(dataset_dir, stem, labels_dir)
+    if not path.is_file():
         return None
     rows = []
-    for number, line in enumerate(label_file.read_text().splitlines(), start=1):
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
         parts = line.split()
         if not parts:
             continue
-        where = f'{str(label_file)!r} line {number} ({line.strip()!r})'
+        where = f'{str(path)!r} line {number} ({line.strip()!r})'
         if len(parts) != 5:
             raise ValueError(f'{where}: expected 5 columns "class cx cy w h", got {len(parts)}')
         try:
@@ -577,6 +583,7 @@ class PairedDataset(Dataset):
         self.hflip_prob = float(hflip_prob)
         self.photometric = float(photometric)
         self.mosaic = float(mosaic)
+        self._labelled = None  # indices of the pairs with labels (mosaic partners), on first use
         self.vflip_prob = float(vflip_prob)
         self.min_box_px = float(min_box_px)
         self.min_box_area = float(min_box_area)
@@ -721,11 +728,11 @@ class PairedDataset(Dataset):
 
     def _has_label_file(self, index):
         _, folder, stem, labels_dir = self.items[index]
-        return (Path(folder) / labels_dir / f'{stem}.txt').is_file()
+        return label_file(folder, stem, labels_dir).is_file()
 
     def _labelled_items(self):
         """Return (and cache) the indices of the pairs with a label file."""
-        if getattr(self, '_labelled', None) is None:
+        if self._labelled is None:
             self._labelled = np.asarray([i for i in range(len(self.items))
                                          if self._has_label_file(i)], np.int64)
         return self._labelled
@@ -743,9 +750,8 @@ class PairedDataset(Dataset):
         split_x = int(rng.integers(crop_w // 4, crop_w - crop_w // 4 + 1))
         # A labelled pair takes labelled partners (an unlabelled one would void the labels of
         # the whole crop); an unlabelled pair takes any.
-        pool = self._labelled_items() if self._has_label_file(index) else None
-        if pool is None or not len(pool):
-            pool = np.arange(len(self.items))
+        pool = (self._labelled_items() if self._has_label_file(index)
+                else np.arange(len(self.items)))
         members = [index] + [int(pool[i]) for i in rng.integers(0, len(pool), 3)]
         c = self.context
         stack = context = None

@@ -204,10 +204,8 @@ def export_onnx(weights, output, half=False, opset=MIN_OPSET, verify=True, scale
     # Frames whose shorter side (of the valid region: the check marks up to 7 px as padding)
     # is below the global stage's min_side are enlarged for its fit in PyTorch, not in the
     # graph (OrientationMatcher): trace and check above it, where both compute the same.
-    cfg = model.config
-    orientation = (cfg.registration == 'match' and cfg.global_stage
-                   and cfg.global_features == 'orientation')
-    enlarged_below = int(cfg.global_min_side) if orientation else 0
+    matcher = getattr(model.registration, 'global_matcher', None)
+    enlarged_below = 0 if matcher is None else int(matcher.min_side)
     trace_shape, check_shape = _sizes(max(min_side, enlarged_below + 8 if enlarged_below else 0))
     dims = {0: 'batch', 2: 'height', 3: 'width'}
     buffer = io.BytesIO()

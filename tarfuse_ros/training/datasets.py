@@ -9,7 +9,7 @@ The data set takes the sources as they are, ``exclude`` included: nothing is wri
 
 from pathlib import Path
 
-from tarfuse_ros.core.data import DataSource, PairedDataset
+from tarfuse_ros.core.data import DataSource, label_file, PairedDataset
 from tarfuse_ros.core.paths import shared_datasets_dir
 
 __all__ = ['build_dataset', 'count_labelled', 'parse_data_spec', 'resolve_dataset_dir',
@@ -127,4 +127,4 @@ def build_dataset(sources, data_config, training, seed=0, min_long_side=0):
 def count_labelled(sources):
     """Return how many pairs of the sources have a label file."""
     return sum(1 for source in sources for stem in source.stems()
-               if (Path(source.path) / source.labels / f'{stem}.txt').is_file())
+               if label_file(source.path, stem, source.labels).is_file())
