@@ -191,6 +191,10 @@ class TrainConfig:
     features are enlarged by a factor drawn log-uniformly from it before the detection neck
     (sides rounded to multiples of 32; the boxes are normalised, so they follow), as
     ``model.detect_min_long_side`` enlarges those of small frames at inference; ``None``: no.
+    ``ema``: the decay of an exponential moving average of the weights, in ``[0, 1)`` (0: none),
+    updated after every optimizer step with a warm-up ramp of time constant ``ema_tau`` steps
+    (0: none; :mod:`tarfuse_ros.training.ema`); with it, validation and the saved checkpoint use
+    the averaged weights, and the training state keeps both.
     """
 
     epochs: int
@@ -218,6 +222,8 @@ class TrainConfig:
     freeze: tuple = ()
     init_model: dict = field(default_factory=dict)
     detect_scale_range: tuple = None
+    ema: float = 0.0
+    ema_tau: float = 0.0
 
     def __post_init__(self):
         object.__setattr__(self, 'betas', tuple(float(b) for b in self.betas))
@@ -260,8 +266,10 @@ class TrainConfig:
         _check(self.schedule in SCHEDULES,
                f'train.schedule must be constant or cosine, got {self.schedule!r}')
         _check(len(self.betas) == 2, f'train.betas must be two numbers, got {self.betas!r}')
+        _check(0 <= self.ema < 1, f'train.ema must lie in [0, 1) (0: no average), got '
+               f'{self.ema!r}')
         for name in ('weight_decay', 'min_lr_ratio', 'warmup_epochs', 'grad_clip', 'val_every',
-                     'threads', 'time_budget_s'):
+                     'threads', 'time_budget_s', 'ema_tau'):
             _check(getattr(self, name) >= 0,
                    f'train.{name} must be >= 0, got {getattr(self, name)!r}')
         _check(self.deform_in_workers in ('auto', True, False),

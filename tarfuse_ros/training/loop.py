@@ -26,6 +26,7 @@ from tarfuse_ros.core.runtime import resolve_device
 from tarfuse_ros.training import logs, steps
 from tarfuse_ros.training.datasets import build_dataset, count_labelled, resolve_sources
 from tarfuse_ros.training.distributed import barrier, broadcast_int, DistInfo
+from tarfuse_ros.training.ema import weight_average
 from tarfuse_ros.training.loaders import train_loader, val_loader
 from tarfuse_ros.training.schedule import lr_factor, TimeBudget
 from tarfuse_ros.training.seeds import batch_generator, epoch_seed, seed_everything
@@ -174,6 +175,8 @@ class Trainer:
             if fresh:
                 _log(f'init_weights: {len(taken)} tensors loaded, {len(fresh)} freshly '
                      f'initialised (first: {fresh[0]})')
+        # The weight average starts from the weights loaded so far (a resumed state replaces it).
+        self.ema = weight_average(self.model, train.ema, train.ema_tau) if train.ema else None
         self.criterion = TarFuseLoss(self.model, self.config.loss).to(self.device)
         self.optimizer = torch.optim.Adam(
             parameter_groups(self.model, train.lr_mult, train.freeze, train.lr),
@@ -183,7 +186,10 @@ class Trainer:
         self.train_seconds, self.skipped_steps = 0.0, 0
         self.started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')
         if resume:
-            meta = load_state(resume, self.model, self.optimizer)
+            meta = load_state(resume, self.model, self.optimizer, self.ema)
+            if self.ema is not None and 'ema_updates' not in meta:
+                _log('resume: the state holds no weight average; it starts from the resumed '
+                     'weights')
             self.start_epoch = int(meta['epoch'])
             self.global_step = int(meta['global_step'])
             self.train_seconds = float(meta.get('train_seconds', 0.0))
@@ -241,6 +247,8 @@ class Trainer:
             self.net, self.criterion, self.optimizer, batch,
             grad_clip=self.config.train.grad_clip, amp=self.amp, params=self.params)
         self.skipped_steps += int(not stepped)
+        if stepped and self.ema is not None:
+            self.ema.update_parameters(self.model)
         self.global_step += 1
         return parts, lr
 
@@ -306,14 +314,20 @@ class Trainer:
         if self.device.type == 'cuda':
             torch.cuda.synchronize(self.device)
 
+    @property
+    def weights(self):
+        """The network that is validated and saved: the weight average if on, else the model."""
+        return self.ema.module if self.ema is not None else self.model
+
     def validate(self):
         """Return the validation figures (:func:`tarfuse_ros.training.steps.validate`).
 
         The deformations come from a fixed seed, so every validation of a run sees the same.
+        With ``train.ema`` the averaged weights are validated.
         """
         generator = torch.Generator()  # deformations are drawn on the CPU whatever the device
         generator.manual_seed(epoch_seed(self.seed, 0, 10_000))
-        return steps.validate(self.model, self.criterion, self.val_loader,
+        return steps.validate(self.weights, self.criterion, self.val_loader,
                               self.config.deformation, generator, self.amp)
 
     # -- the whole run ---------------------------------------------------------------------------
@@ -384,7 +398,7 @@ class Trainer:
         self.records.append(record)
         if epoch % max(train.save_every, 1) == 0 or last:
             self._save_state(epoch)
-            save_checkpoint(self.out / FINAL_NAME, self.model,
+            save_checkpoint(self.out / FINAL_NAME, self.weights,
                             provenance=self.provenance(epoch, False))
         msg = ' '.join(f'{k}={v:.4g}' for k, v in parts.items())
         val_msg = f' | val epe {record["val"]["epe"]:.3f}px' if 'val' in record else ''
@@ -398,7 +412,7 @@ class Trainer:
                 'model_config': self.model.config.to_dict(),
                 'rng_note': 'every epoch reseeds Python/NumPy/torch/loader/deformations from '
                             '(seed, epoch, rank); the saved RNG states are restored as well'}
-        save_state(self.out / STATE_DIR, self.model, self.optimizer, meta)
+        save_state(self.out / STATE_DIR, self.model, self.optimizer, meta, self.ema)
 
     def provenance(self, epochs_done, finished):
         """Return the checkpoint's provenance: data, command, commit, counters, config."""
@@ -433,7 +447,7 @@ class Trainer:
         provenance['interrupted'] = interrupted
         if self.budget.enabled:
             provenance['time_budget'] = self.budget.info()
-        save_checkpoint(self.out / FINAL_NAME, self.model, provenance=provenance)
+        save_checkpoint(self.out / FINAL_NAME, self.weights, provenance=provenance)
         logs.plot_curves(self.log_path, self.out / CURVE_NAME)
         summary = {'epochs': epoch, 'epochs_planned': self.epochs,
                    'steps': self.global_step, 'train_seconds': round(self.train_seconds, 1),

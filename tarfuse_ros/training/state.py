@@ -2,8 +2,10 @@
 
 A state folder (``<out>/state``) holds ``model.safetensors`` (the model's state dict),
 ``state.safetensors`` (optimizer slots ``optimizer/<param index>/<name>`` and RNG states
-``rng/...``) and ``state.json`` (epoch, step, config, model config, optimizer param groups,
-non-tensor optimizer slots, NumPy / Python RNG scalars, ``format_version`` 1). The folder is
+``rng/...``), with ``train.ema`` ``ema.safetensors`` (the weight average's state dict,
+:mod:`~tarfuse_ros.training.ema`), and ``state.json`` (epoch, step, config, model config,
+optimizer param groups, non-tensor optimizer slots, NumPy / Python RNG scalars,
+``ema_updates`` with a weight average, ``format_version`` 1). The folder is
 replaced as a whole (:func:`tarfuse_ros.core.files.atomic_output`), so a crash while saving
 leaves the previous state readable.
 """
@@ -16,10 +18,12 @@ import numpy as np
 from tarfuse_ros.core.files import atomic_output
 import torch
 
-__all__ = ['FORMAT_VERSION', 'STATE_DIR', 'find_state_dir', 'load_state', 'optimizer_from_flat',
-           'optimizer_to_flat', 'read_state_meta', 'rng_from_flat', 'rng_to_flat', 'save_state']
+__all__ = ['EMA_FILE', 'FORMAT_VERSION', 'STATE_DIR', 'find_state_dir', 'load_state',
+           'optimizer_from_flat', 'optimizer_to_flat', 'read_state_meta', 'rng_from_flat',
+           'rng_to_flat', 'save_state']
 
 STATE_DIR = 'state'
+EMA_FILE = 'ema.safetensors'
 FORMAT_VERSION = 1
 
 
@@ -122,7 +126,7 @@ def rng_from_flat(tensors, meta):
         random.setstate((version, tuple(internal), gauss))
 
 
-def save_state(state_dir, model, optimizer, meta):
+def save_state(state_dir, model, optimizer, meta, ema=None):
     """Write a resumable training state folder, replacing the previous one as a whole.
 
     Args:
@@ -131,6 +135,7 @@ def save_state(state_dir, model, optimizer, meta):
         optimizer: its optimizer.
         meta: JSON-ready mapping (epoch, global_step, config, ...); the optimizer groups, the
             RNG scalars and ``format_version`` are added.
+        ema: the :func:`~tarfuse_ros.training.ema.weight_average`, or None.
 
     """
     from safetensors.torch import save_file
@@ -140,6 +145,9 @@ def save_state(state_dir, model, optimizer, meta):
         rng_tensors, rng_meta = rng_to_flat()
         save_file(_cpu_tensors({**opt_tensors, **rng_tensors}), str(folder / 'state.safetensors'))
         meta = dict(meta, optimizer=opt_meta, rng=rng_meta, format_version=FORMAT_VERSION)
+        if ema is not None:
+            save_file(_cpu_tensors(ema.state_dict()), str(folder / EMA_FILE))
+            meta['ema_updates'] = int(ema.n_averaged)
         with open(folder / 'state.json', 'w', encoding='utf-8') as stream:
             json.dump(meta, stream, indent=1)
 
@@ -175,8 +183,12 @@ def read_state_meta(state_dir):
     return meta
 
 
-def load_state(state_dir, model, optimizer):
-    """Load model weights, optimizer and RNG states from ``state_dir``; return its JSON meta."""
+def load_state(state_dir, model, optimizer, ema=None):
+    """Load model weights, optimizer and RNG states from ``state_dir``; return its JSON meta.
+
+    ``ema``: a :func:`~tarfuse_ros.training.ema.weight_average` that takes the saved average;
+    left as it is when the state holds none (a run that had ``train.ema`` off).
+    """
     from safetensors.torch import load_file
     state_dir = Path(state_dir)
     meta = read_state_meta(state_dir)
@@ -184,4 +196,6 @@ def load_state(state_dir, model, optimizer):
     tensors = load_file(str(state_dir / 'state.safetensors'))
     optimizer_from_flat(optimizer, tensors, meta['optimizer'])
     rng_from_flat(tensors, meta.get('rng', {}))
+    if ema is not None and (state_dir / EMA_FILE).is_file():
+        ema.load_state_dict(load_file(str(state_dir / EMA_FILE)), strict=True)
     return meta

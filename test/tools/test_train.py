@@ -323,3 +323,39 @@ def test_unknown_part_in_freeze_fails_at_start(splits, tmp_path, capsys):
                                  '--set', 'train.freeze=[backbone]'))
     assert code != 0
     assert "unknown model part 'backbone'" in capsys.readouterr().err
+
+
+def test_weight_average_is_validated_saved_and_resumed(splits, tmp_path):
+    """train.ema: the checkpoint holds the average, the state both, and resuming is exact."""
+    ema = ['--set', 'train.ema=0.5', '--set', 'train.ema_tau=2']
+    straight, split = tmp_path / 'ema_a', tmp_path / 'ema_b'
+    assert train_tool.main(_args(splits, straight, '--epochs', '2', *ema)) == 0
+    assert train_tool.main(_args(splits, split, '--epochs', '1', *ema)) == 0
+    assert state.read_state_meta(split / STATE_DIR)['ema_updates'] == 2
+    assert train_tool.main(['--resume', str(split), '--epochs', '2']) == 0
+    meta = state.read_state_meta(split / STATE_DIR)
+    assert meta['ema_updates'] == 4 and meta['config']['train']['ema'] == 0.5
+    averages = [load_file(str(out / STATE_DIR / state.EMA_FILE)) for out in (straight, split)]
+    assert averages[0].keys() == averages[1].keys()
+    for key in averages[0]:
+        torch.testing.assert_close(averages[0][key], averages[1][key], rtol=1e-4, atol=1e-5)
+    # The checkpoint is the average, not the last weights (which the state keeps as well).
+    saved = load_checkpoint(split / FINAL_NAME).state_dict()
+    last = load_file(str(split / STATE_DIR / 'model.safetensors'))
+    average = {key[len('module.'):]: value for key, value in averages[1].items()
+               if key.startswith('module.')}
+    assert saved.keys() == average.keys() == last.keys()
+    for key in saved:
+        assert torch.equal(saved[key], average[key]), key
+    assert any(not torch.equal(saved[key], last[key]) for key in saved
+               if saved[key].is_floating_point())
+    assert 'val' in _log(split)[-1]
+
+
+def test_a_state_without_average_resumes_with_one(runs, tmp_path, capsys):
+    """A run saved with train.ema off, resumed with it on: the average starts there."""
+    out = tmp_path / 'late_ema'
+    assert train_tool.main(['--resume', str(runs['a']), '--epochs', '3', '--out', str(out),
+                            '--val-every', '0', '--set', 'train.ema=0.9']) == 0
+    assert 'holds no weight average' in capsys.readouterr().out
+    assert state.read_state_meta(out / STATE_DIR)['ema_updates'] == 2
