@@ -175,7 +175,7 @@ class Trainer:
             if fresh:
                 _log(f'init_weights: {len(taken)} tensors loaded, {len(fresh)} freshly '
                      f'initialised (first: {fresh[0]})')
-        # The weight average starts from the weights loaded so far (a resumed state replaces it).
+        # The weight average (its first update copies the weights; a resumed state replaces it).
         self.ema = weight_average(self.model, train.ema, train.ema_tau) if train.ema else None
         self.criterion = TarFuseLoss(self.model, self.config.loss).to(self.device)
         self.optimizer = torch.optim.Adam(
@@ -188,8 +188,8 @@ class Trainer:
         if resume:
             meta = load_state(resume, self.model, self.optimizer, self.ema)
             if self.ema is not None and 'ema_updates' not in meta:
-                _log('resume: the state holds no weight average; it starts from the resumed '
-                     'weights')
+                _log('resume: the state holds no weight average; it starts at the first step '
+                     'after the resume')
             self.start_epoch = int(meta['epoch'])
             self.global_step = int(meta['global_step'])
             self.train_seconds = float(meta.get('train_seconds', 0.0))
