@@ -22,7 +22,10 @@ fuses its luma: :func:`bgr_to_ycrcb` gives Y, Cr, Cb (OpenCV's BT.601 definition
 centred on 0.5) and :func:`ycrcb_to_bgr` puts the visible Cr/Cb back around the fused Y.
 
 Pairs (:func:`prepare_pair`, the one preparation of the dataset, the engine and the
-evaluation): the visible image is split into its luma and chroma (:func:`split_visible`: a uint8
+evaluation): each image's shorter side must be at least :data:`MIN_SIDE` pixels and its longer
+side at most :data:`MAX_ASPECT` times the shorter (a 1-pixel line or a 640x2 strip is a driver
+or cropping fault, not a frame to fuse: the network would enlarge it by hundreds of times);
+the visible image is split into its luma and chroma (:func:`split_visible`: a uint8
 colour frame's luma is OpenCV's 8-bit BT.601 luma, rounded to whole grey levels); the IR image is
 normalised (:func:`gray_plane`) and THEN resized to the visible frame (:func:`resize_image`:
 ``INTER_AREA`` when it shrinks in both directions, ``INTER_LINEAR`` otherwise), so a 16-bit frame's
@@ -44,9 +47,12 @@ import torch.nn.functional as F
 
 __all__ = [
     'IR_NORMS',
+    'MAX_ASPECT',
+    'MIN_SIDE',
     'PAD_MODES',
     'PreparedPair',
     'bgr_to_ycrcb',
+    'check_frame_size',
     'gray_plane',
     'pad_to_multiple',
     'merge_luma_chroma',
@@ -64,6 +70,10 @@ __all__ = [
 
 IR_NORMS = ('percentile', 'minmax', 'fixed')
 PAD_MODES = ('replicate', 'reflect', 'constant')
+# Frame-size limits of a pair (module docstring): the smallest thermal arrays that make an image
+# (32x24) pass; a strip or a single line is refused before the network enlarges it.
+MIN_SIDE = 16
+MAX_ASPECT = 8.0
 
 _FLOAT_DTYPES = (np.float16, np.float32, np.float64)
 
@@ -89,6 +99,28 @@ def _check_array(img, name):
             raise ValueError(
                 f'{name} (shape {img.shape}, dtype {img.dtype}) contains {nan} NaN and '
                 f'{inf} infinite values; replace them before inference')
+
+
+def check_frame_size(img, name='image'):
+    """Raise ``ValueError`` naming ``name`` when ``img`` is outside the frame-size limits.
+
+    Args:
+        img: an ``HxW`` or ``HxWxC`` array.
+        name: what to call the image in the message.
+
+    Raises:
+        ValueError: a side below :data:`MIN_SIDE` pixels, or the longer side more than
+            :data:`MAX_ASPECT` times the shorter.
+
+    """
+    height, width = img.shape[:2]
+    short, long = min(height, width), max(height, width)
+    if short < MIN_SIDE:
+        raise ValueError(f'{name} is {width}x{height}: both sides must be at least {MIN_SIDE} '
+                         f'pixels')
+    if long > MAX_ASPECT * short:
+        raise ValueError(f'{name} is {width}x{height}: its longer side is {long / short:.1f} '
+                         f'times the shorter, more than {MAX_ASPECT:g} (a strip, not a frame)')
 
 
 def _check_percentiles(low, high):
@@ -418,11 +450,15 @@ def prepare_pair(ir, vi, ir_norm='percentile', ir_low=0.5, ir_high=99.5, keep_ui
         :class:`PreparedPair`.
 
     Raises:
-        ValueError: an image that the normalisation rules refuse (empty, NaN, bad dtype, ...).
+        ValueError: an image that the normalisation rules refuse (empty, NaN, bad dtype, ...)
+            or whose size is outside the frame-size limits (:data:`MIN_SIDE`,
+            :data:`MAX_ASPECT`).
 
     """
     vi_y, crcb = split_visible(vi, name=names[1], keep_uint8=True)
     ir_plane = gray_plane(ir, ir_norm, ir_low, ir_high, name=names[0], keep_uint8=True)
+    check_frame_size(ir_plane, names[0])
+    check_frame_size(vi_y, names[1])
     ir_plane = resize_image(ir_plane, vi_y.shape[0], vi_y.shape[1])
     if not keep_uint8:
         ir_plane, vi_y = unit_plane(ir_plane), unit_plane(vi_y)

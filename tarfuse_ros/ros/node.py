@@ -38,6 +38,7 @@ from rclpy.qos_overriding_options import QoSOverridingOptions
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from tarfuse_ros.core.drawing import draw_detections
 from tarfuse_ros.core.health import HealthSettings, RegistrationHealth
+from tarfuse_ros.core.images import check_frame_size
 from tarfuse_ros.ros.conversions import array_to_compressed_msg, array_to_image_msg
 from tarfuse_ros.ros.conversions import detections_to_msg, image_msg_to_array, load_bridge
 from tarfuse_ros.ros.diagnostics import build_status, NodeStats, process_rss_mib
@@ -374,9 +375,11 @@ class TarFuseNode(Node):
     def _read_image(msg, topic):
         """Convert one message; raise ``ValueError`` naming the topic and the cause."""
         try:
-            return image_msg_to_array(msg)
+            array, encoding = image_msg_to_array(msg)
+            check_frame_size(array, 'the image')
         except ValueError as exc:
             raise ValueError(f'{topic}: {exc}') from exc
+        return array, encoding
 
     def _process(self, ir_msg, vi_msg):
         params = self._params

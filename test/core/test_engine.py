@@ -237,14 +237,17 @@ def test_infer_batch_matches_single(engine, pair):
     (np.full((8, 8), np.nan, np.float32), 'NaN'),
     (np.zeros((8, 8), np.int16), 'int16'),
     ([[0, 1], [2, 3]], 'numpy'),
+    (np.zeros((1, 1), np.uint8), 'is 1x1: both sides must be at least 16'),
+    (np.zeros((2, 640), np.uint8), 'is 640x2: both sides must be at least 16'),
+    (np.zeros((20, 400), np.uint8), 'is 400x20: its longer side is 20.0 times the shorter'),
 ])
 def test_bad_inputs_raise(engine, bad_ir, match):
-    vi = np.zeros((8, 8, 3), np.uint8)
+    vi = np.zeros((32, 32, 3), np.uint8)
     with pytest.raises(ValueError, match=match):
         engine.infer(bad_ir, vi)
     if isinstance(bad_ir, np.ndarray) and bad_ir.ndim != 3:
         with pytest.raises(ValueError, match=match):
-            engine.infer(np.zeros((8, 8), np.uint8), bad_ir)
+            engine.infer(np.zeros((32, 32), np.uint8), bad_ir)
 
 
 def test_thresholds_validated_and_applied(firing_weights, pair):

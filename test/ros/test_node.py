@@ -158,6 +158,8 @@ def _bad_pair(probe, case, stamp):
         values = np.random.default_rng(0).random((HEIGHT, WIDTH), dtype=np.float32)
         values[5, 7] = np.nan
         ir = image_msg(values, '32FC1', stamp, 'infrared_optical_frame')
+    elif case == 'one_pixel_ir':
+        ir = image_msg(np.zeros((1, 1), np.uint8), 'mono8', stamp, 'infrared_optical_frame')
     elif case == 'zero_stamps':
         for msg in (ir, vi):
             msg.header.stamp.sec = msg.header.stamp.nanosec = 0
@@ -169,6 +171,8 @@ BAD_CASES = {  # case -> (counter that must grow, words of the reported cause)
     'short_data': ('pairs_rejected', 'shorter than step * height'),
     'zero_size': ('pairs_rejected', 'zero-size'),
     'nan_in_float_ir': ('pairs_rejected', 'NaN'),
+    'one_pixel_ir': ('pairs_rejected', 'infrared/image_raw: the image is 1x1: both sides must '
+                                       'be at least 16 pixels'),
     'zero_stamps': ('messages_rejected', 'zero stamp'),
 }
 
