@@ -72,11 +72,22 @@ def save_checkpoint(path, model, provenance=None, input_conventions=None):
 
 def _check_file(path):
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(
+            f'{path} is a directory, not a weights file: pass the path of a .safetensors file '
+            '(e.g. models/tarfuse_default.safetensors)')
     if not path.is_file():
         raise CheckpointError(
             f'checkpoint {path} does not exist: pass the path of a .safetensors file written by '
             'tarfuse-train (the shipped default is models/tarfuse_default.safetensors)')
     return path
+
+
+def _is_torch_file(path):
+    """Return whether ``path`` starts as a ``torch.save`` file: a zip or a pickle (not loaded)."""
+    with open(path, 'rb') as handle:
+        head = handle.read(4)
+    return head == b'PK\x03\x04' or (len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5)
 
 
 def read_checkpoint_config(path):
@@ -86,6 +97,12 @@ def read_checkpoint_config(path):
         with safe_open(str(path), framework='pt') as handle:
             metadata = handle.metadata() or {}
     except Exception as error:  # noqa: BLE001 - safetensors raises its own error types
+        if _is_torch_file(path):
+            raise CheckpointError(
+                f'{path} is a PyTorch pickle/zip checkpoint, not safetensors: convert it '
+                '(safetensors.torch.save_file; a TarFuse model: load its state dict and write '
+                'it with save_checkpoint, which stores the config), only if you trust its '
+                'source: unpickling runs code') from None
         raise CheckpointError(
             f'{path} is not a readable safetensors file (truncated or corrupt: {error}); '
             'copy or re-export it again') from None

@@ -57,6 +57,7 @@ __all__ = [
     'load_misaligned_ir',
     'load_pair',
     'misaligned_stems',
+    'pair_files',
     'read_classes',
     'read_split',
     'yolo_to_xyxy',
@@ -186,6 +187,12 @@ def _is_grey(img):
                              and np.array_equal(img[:, :, 1], img[:, :, 2]))
 
 
+def pair_files(dataset_dir, stem):
+    """Return the ``(ir, vi)`` image paths of one pair (``ValueError`` when one is missing)."""
+    path = _dir(dataset_dir)
+    return _image_path(path, 'ir', stem), _image_path(path, 'vi', stem)
+
+
 def load_pair(dataset_dir, stem):
     """Load one IR/visible pair as stored.
 
@@ -199,9 +206,8 @@ def load_pair(dataset_dir, stem):
         channels count as grey). The two may differ in size (real unregistered cameras).
 
     """
-    path = _dir(dataset_dir)
-    ir = _read_image(_image_path(path, 'ir', stem))
-    vi = _read_image(_image_path(path, 'vi', stem))
+    ir_path, vi_path = pair_files(dataset_dir, stem)
+    ir, vi = _read_image(ir_path), _read_image(vi_path)
     if ir.ndim == 3:
         ir = ir[:, :, 0].copy() if _is_grey(ir) else cv2.cvtColor(ir, cv2.COLOR_BGR2GRAY)
     if vi.ndim == 3 and _is_grey(vi):

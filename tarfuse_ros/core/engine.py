@@ -54,7 +54,7 @@ import warnings
 
 import numpy as np
 from tarfuse_ros.core import images
-from tarfuse_ros.core.checkpoint import CheckpointError, load_checkpoint
+from tarfuse_ros.core.checkpoint import load_checkpoint
 from tarfuse_ros.core.model.matching import _normalised_affine_to_pixel
 from tarfuse_ros.core.pair_engine import (Detection, enlarge_planes, FusionResult,
                                           outputs_to_frame, PairEngine)
@@ -312,11 +312,6 @@ class FusionEngine(PairEngine):
             from tarfuse_ros.core.paths import default_weights_path
             weights = default_weights_path()
         self._weights = Path(weights)
-        if not self._weights.is_file():
-            raise CheckpointError(
-                f'weights file {str(self._weights)!r} does not exist; pass the path of a '
-                f'.safetensors checkpoint (e.g. models/tarfuse_default.safetensors) or train one '
-                f'with tarfuse-train')
         model = load_checkpoint(self._weights, map_location='cpu').eval()
         if not isinstance(scale_search, bool):
             raise ValueError(f'scale_search must be True or False, got {scale_search!r}')

@@ -1,4 +1,7 @@
-"""Files: outputs that a crash never leaves half-written under their name, and file digests."""
+"""Files: outputs that a crash never leaves half-written under their name, and file digests.
+
+:func:`output_problem` tells, before any slow work, why an output cannot be written.
+"""
 
 from contextlib import contextmanager
 import hashlib
@@ -7,7 +10,7 @@ from pathlib import Path
 import shutil
 import tempfile
 
-__all__ = ['atomic_output', 'file_sha256']
+__all__ = ['atomic_output', 'file_sha256', 'output_problem']
 
 
 def file_sha256(path):
@@ -17,6 +20,36 @@ def file_sha256(path):
         for block in iter(lambda: handle.read(1 << 20), b''):
             digest.update(block)
     return digest.hexdigest()
+
+
+def output_problem(path, folder=False):
+    """Return why ``path`` cannot be written, or None when it can (a check before slow work).
+
+    Missing parent folders are no problem when the nearest existing one is a folder this
+    process may write to (:func:`atomic_output` and the tools create them).
+
+    Args:
+        path: the file to write or, with ``folder=True``, the folder to fill (an existing
+            folder is fine).
+        folder: ``path`` is a folder.
+
+    Returns:
+        None, or the reason as part of a sentence (e.g. ``'/data is not writable'``).
+
+    """
+    path = Path(path)
+    if path.is_dir() and not folder:
+        return f'{path} is a folder, not a file'
+    if folder and path.exists() and not path.is_dir():
+        return f'{path} is a file, not a folder'
+    existing = path if path.is_dir() else path.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f'{existing} is a file, not a folder'
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f'folder {existing} is not writable'
+    return None
 
 
 @contextmanager

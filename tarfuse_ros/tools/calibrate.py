@@ -6,7 +6,8 @@ PRIOR.yaml [--weights W] [--pairs-count N] [--iterations K] [--max-side PX] [--d
 
 1. Reads ``N`` pairs spread evenly over the recording: from a folder in the data-set layout
    (``ir/`` and ``vi/`` matched by stem, :mod:`tarfuse_ros.core.data`; ``--split`` picks a list
-   file) or from a rosbag2 directory (``sensor_msgs/Image`` or ``CompressedImage``; a topic
+   file; images read as ``tarfuse-fuse`` reads them: 8- or 16-bit, or float such as a 32-bit
+   TIFF) or from a rosbag2 directory (``sensor_msgs/Image`` or ``CompressedImage``; a topic
    missing from the bag is looked up as ``<topic>/compressed``). In a bag, each chosen visible
    image is paired with the IR image whose header stamp is nearest, at most ``--slop`` seconds
    away.
@@ -60,11 +61,17 @@ def spread_indices(total, count):
 def folder_pairs(pairs_dir, count, split='all'):
     """Return ``[(stem, ir, vi)]``: ``count`` pairs spread over a data-set folder's split.
 
+    The images are as stored (``tarfuse-fuse``'s :func:`~tarfuse_ros.tools.fuse.read_image`:
+    8- or 16-bit, or float such as a 32-bit TIFF); the engine normalises them.
+
     Raises:
-        UsageError: not a data-set folder, unknown split, no pair, or an unreadable image.
+        UsageError: not a data-set folder, unknown split, no pair, or an unreadable image (or
+            one the engine does not take).
 
     """
     from tarfuse_ros.core import data
+    from tarfuse_ros.core.images import prepare_pair
+    from tarfuse_ros.tools.fuse import read_image
     try:
         stems = data.read_split(pairs_dir, split)
     except ValueError as exc:
@@ -74,8 +81,12 @@ def folder_pairs(pairs_dir, count, split='all'):
     pairs = []
     for index in spread_indices(len(stems), count):
         try:
-            ir, vi = data.load_pair(pairs_dir, stems[index])
-        except ValueError as exc:  # an unreadable image: the input's fault, not the fit's
+            # As stored, as tarfuse-fuse reads them (8/16-bit, float TIFF...): the engine
+            # normalises them; its own preparation refuses here what it could not run.
+            paths = data.pair_files(pairs_dir, stems[index])
+            ir, vi = read_image(paths[0]), read_image(paths[1])
+            prepare_pair(ir, vi, names=tuple(str(path) for path in paths))
+        except (OSError, ValueError) as exc:  # the input's fault, not the fit's
             raise UsageError(f'pair {stems[index]!r}: {exc}; remove or replace it') from exc
         pairs.append((stems[index], ir, vi))
     return pairs

@@ -2,7 +2,7 @@
 
 1. builds a rosbag2 (MCAP) from ``samples/`` (real RoadScene pairs; the IR is the synthetically
    deformed, i.e. unregistered, version) with ``tarfuse-make-bag``;
-2. starts the fusion node as its own process (``python -m tarfuse_ros.ros.node --ros-args
+2. starts the fusion node as its own process (``python -m tarfuse_ros.ros.fuse_node --ros-args
    --params-file config/tarfuse.yaml -p weights:=...``) on a private ROS domain;
 3. plays the bag into it over DDS with ``tarfuse-play``, recording ``fused/image_raw``,
    ``detections``, ``registered/image_raw`` and ``/diagnostics`` into another bag;
@@ -307,7 +307,7 @@ def run_demo(out='output/demo', weights=None, device='cpu', samples=None,
         # A private domain, so other ROS processes on this machine neither see nor disturb it.
         env['ROS_DOMAIN_ID'] = str(random.SystemRandom().randint(1, 100))
     domain_id = int(env['ROS_DOMAIN_ID'])
-    command = [sys.executable, '-m', 'tarfuse_ros.ros.node', '--ros-args',
+    command = [sys.executable, '-m', 'tarfuse_ros.ros.fuse_node', '--ros-args',
                '--params-file', str(params_file), '-p', f'weights:={weights}',
                '-p', f'device:={device}']
     for item in node_params:

@@ -5,7 +5,9 @@ synthetic|dataset] [--stored-ir auto|aligned|unregistered] [--seed N] [--device 
 [--max-pairs N] [--max-side PX] [--teacher yolov8n|yolox|FILE.onnx ...]`` writes
 ``metrics.json``, ``report.md`` and PNG figures into ``--out``; the protocol is
 :mod:`tarfuse_ros.evaluation.protocol`'s. ``--teacher`` (repeatable) adds a COCO teacher's own
-detection accuracy on the same images as reference rows (needs onnxruntime).
+detection accuracy on the same images as reference rows (needs onnxruntime). ``--labels DIR``
+names the label sub-folder, which must exist (exit status 2 otherwise); without it ``labels/``
+is used where the set has one, and a set without labels gets no detection metrics.
 """
 
 import argparse
@@ -47,7 +49,9 @@ def build_parser():
     parser.add_argument('--max-pairs', type=int, default=None, help='only the first N pairs')
     parser.add_argument('--max-side', type=int, default=None,
                         help='downscale so the longer side is at most this many pixels')
-    parser.add_argument('--labels', default='labels', help='label sub-folder (e.g. labels_vi)')
+    parser.add_argument('--labels', default=None,
+                        help='label sub-folder (e.g. labels_vi), which must exist; default '
+                             'labels/ where the set has it (else no detection metrics)')
     parser.add_argument('--figures', type=int, default=8, help='pairs that get figures')
     parser.add_argument('--conf', type=float, default=0.001, help='NMS confidence threshold')
     parser.add_argument('--iou', type=float, default=0.6, help='NMS IoU threshold')
@@ -85,6 +89,16 @@ def summary_line(result):
     return line
 
 
+def _check_labels(data_arg, labels):
+    """Raise ``ValueError`` when the label folder that ``--labels`` names is not a folder."""
+    from tarfuse_ros.training.datasets import resolve_dataset_dir
+    folder = resolve_dataset_dir(data_arg) / labels
+    if not folder.is_dir():
+        state = 'is not a folder' if folder.exists() else 'does not exist'
+        raise ValueError(f'--labels {labels!r}: {str(folder)!r} {state}; name a label folder of '
+                         f'the data set (e.g. labels_vi) or leave --labels out')
+
+
 def main(argv=None):
     """Entry point of ``tarfuse-eval``; returns the exit status (2: bad request)."""
     args = build_parser().parse_args(argv)
@@ -94,10 +108,13 @@ def main(argv=None):
         from tarfuse_ros.core.paths import default_weights_path
         weights = default_weights_path()
     try:
+        if args.labels is not None:  # named: it must exist (a set may lack the default)
+            _check_labels(args.data, args.labels)
         from tarfuse_ros.evaluation.protocol import evaluate
         options = EvalOptions(
             split=args.split, deform=args.deform, seed=args.seed, device=args.device,
-            max_pairs=args.max_pairs, max_side=args.max_side, labels_dir=args.labels,
+            max_pairs=args.max_pairs, max_side=args.max_side,
+            labels_dir='labels' if args.labels is None else args.labels,
             figures=args.figures, conf=args.conf, iou=args.iou, threads=args.threads,
             progress=not args.no_progress, stored_ir=args.stored_ir,
             teachers=tuple(args.teacher), prior=args.prior)

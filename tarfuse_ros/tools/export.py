@@ -7,12 +7,15 @@ Example::
 
 The graph, its inputs, outputs and metadata: :mod:`tarfuse_ros.core.export`. Exit status 0 on
 success, 1 when the export or its check against PyTorch fails, 2 for usage errors (a missing or
-invalid checkpoint, a bad option, an ``--out`` that is a folder).
+invalid checkpoint, a bad option, an ``--out`` that is a folder or cannot be written: checked
+before the export).
 """
 
 import argparse
 from pathlib import Path
 import sys
+
+from tarfuse_ros.core.files import output_problem
 
 PROG = 'tarfuse-export'
 
@@ -48,6 +51,11 @@ def main(argv=None):
     if args.out.is_dir():
         print(f'{PROG}: error: --out {str(args.out)!r} is a folder; give the ONNX file to '
               f'write (e.g. {str(args.out / "tarfuse.onnx")!r})', file=sys.stderr)
+        return 2
+    problem = output_problem(args.out)
+    if problem:  # checked now: the export takes minutes and would fail only when writing
+        print(f'{PROG}: error: --out {str(args.out)!r} cannot be written ({problem}); give a '
+              f'path in a folder you can write to', file=sys.stderr)
         return 2
     # Imported here so that usage errors are reported before torch is loaded.
     from tarfuse_ros.core.checkpoint import CheckpointError

@@ -57,7 +57,7 @@ import time
 import cv2
 import numpy as np
 from tarfuse_ros.core import data
-from tarfuse_ros.core.files import file_sha256
+from tarfuse_ros.core.files import file_sha256, output_problem
 from tarfuse_ros.core.images import to_uint8, to_unit_gray
 from tarfuse_ros.core.paths import shared_datasets_dir
 import torch
@@ -784,8 +784,10 @@ def main(argv=None):
             raise ValueError(f'--max-pairs must be >= 1, got {args.max_pairs}')
         if args.threads < 1:
             raise ValueError(f'--threads must be >= 1, got {args.threads}')
-        if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
-            raise ValueError(f'--out {args.out!r} is a file; give a folder (created if needed)')
+        problem = output_problem(args.out, folder=True) if args.out else None
+        if problem:
+            raise ValueError(f'--out {args.out!r} cannot be written ({problem}); give a '
+                             'folder you can write to (created if needed)')
         from tarfuse_ros.training.datasets import resolve_dataset_dir
         dataset_dir = resolve_dataset_dir(args.data)
         teachers = load_teachers(args.teacher, args.teachers_dir, args.threads)

@@ -1,12 +1,14 @@
 """Tests of safetensors checkpoints: identical round trip, strict loading, clear errors."""
 
 import json
+import os
 import struct
 
 import pytest
 from safetensors.torch import save_file
 from tarfuse_ros.core.checkpoint import (CheckpointError, FORMAT_VERSION, load_checkpoint,
                                          METADATA_KEY, read_checkpoint_config, save_checkpoint)
+from tarfuse_ros.core.engine import FusionEngine
 from tarfuse_ros.core.model import build_model, TarFuseConfig
 import torch
 
@@ -93,6 +95,43 @@ def test_corrupt_file(tmp_path):
     path.write_bytes(b'\x00\x01 this is not a checkpoint' * 10)
     with pytest.raises(CheckpointError, match='truncated or corrupt'):
         load_checkpoint(path)
+
+
+def test_a_directory_is_named_as_such(tmp_path):
+    # It was reported as "does not exist" (e.g. FusionEngine('/tmp'), weights:=/tmp).
+    for load in (load_checkpoint, read_checkpoint_config, FusionEngine):
+        with pytest.raises(CheckpointError) as raised:
+            load(tmp_path)
+        assert str(raised.value).startswith(f'{tmp_path} is a directory, not a weights file')
+
+
+class _Trap:
+    """Makes a folder when unpickled: proof that a file holding it was never unpickled."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return os.mkdir, (self.path,)
+
+
+@pytest.mark.parametrize('zipped', [True, False], ids=['zip', 'legacy-pickle'])
+def test_a_pytorch_checkpoint_is_named_as_such_and_never_unpickled(tmp_path, zipped):
+    # It was reported as "truncated or corrupt".
+    path = tmp_path / 'model.pt'
+    trap = tmp_path / 'unpickled'
+    torch.save({'weight': torch.zeros(3), 'trap': _Trap(trap)}, str(path),
+               _use_new_zipfile_serialization=zipped)
+    head = path.read_bytes()[:4]
+    assert head == b'PK\x03\x04' if zipped else head[:2] == b'\x80\x02'
+    for load in (load_checkpoint, read_checkpoint_config, FusionEngine):
+        with pytest.raises(CheckpointError) as raised:
+            load(path)
+        message = str(raised.value)
+        assert message.startswith(f'{path} is a PyTorch pickle/zip checkpoint, not safetensors: '
+                                  'convert it (safetensors.torch.save_file'), message
+        assert 'truncated' not in message and '\n' not in message
+    assert not trap.exists()
 
 
 def test_wrong_format_version(tmp_path, trained_like_model):

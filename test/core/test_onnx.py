@@ -191,6 +191,21 @@ def test_export_tool_usage_errors(tmp_path, capsys):
     assert f"--out '{tmp_path}' is a folder" in err and '.tmp' not in err
 
 
+def test_export_tool_refuses_an_out_it_cannot_write_before_exporting(tmp_path, capsys):
+    # It ran the whole export (minutes for the shipped model), then failed writing (exit 1).
+    (tmp_path / 'file').write_text('not a folder')
+    out = tmp_path / 'file' / 'onnx' / 'medical.onnx'
+    code = export_tool.main([str(share_dir() / 'models' / 'tarfuse_medical.safetensors'),
+                             '--out', str(out), '--no-verify', '--threads', '1',
+                             '--no-scale-search'])
+    captured = capsys.readouterr()
+    assert code == 2, captured.err
+    assert captured.err == (f"tarfuse-export: error: --out '{out}' cannot be written "
+                            f"({tmp_path / 'file'} is a file, not a folder); give a path in a "
+                            f'folder you can write to\n')
+    assert not captured.out and list(tmp_path.iterdir()) == [tmp_path / 'file']
+
+
 def test_export_tool_names_the_outputs_it_wrote(tmp_path, capsys):
     # The medical model has no detection head: no det output, and the tool must not claim one.
     out = tmp_path / 'medical.onnx'

@@ -72,6 +72,41 @@ def test_calibrate_a_folder_writes_a_prior_file_and_reports_each_pair(rig_folder
     assert np.isfinite(error)
 
 
+def test_calibrate_reads_a_float32_tiff_ir_as_tarfuse_fuse_does(rig_folder, tmp_path, capsys):
+    # It refused the pair ("expected 8- or 16-bit pixels") although tarfuse-fuse fuses it.
+    pairs = tmp_path / 'float_rig'
+    for sub in ('ir', 'vi'):
+        (pairs / sub).mkdir(parents=True)
+    for path in sorted((rig_folder / 'ir').iterdir()):
+        ir = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        kelvin = (273.15 + 10.0 + 0.1 * ir).astype(np.float32)  # a 32FC1 temperature image
+        assert cv2.imwrite(str(pairs / 'ir' / f'{path.stem}.tiff'), kelvin)
+        assert cv2.imread(str(pairs / 'ir' / f'{path.stem}.tiff'),
+                          cv2.IMREAD_UNCHANGED).dtype == np.float32
+        vi = rig_folder / 'vi' / path.name
+        (pairs / 'vi' / vi.name).write_bytes(vi.read_bytes())
+    out = tmp_path / 'prior.yaml'
+    code = calibrate.main(['--pairs', str(pairs), '--out', str(out), '--pairs-count', '2',
+                           '--iterations', '1', '--threads', '1'])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    for stem in data.read_split(pairs):
+        assert stem in captured.out
+    prior = load_prior_yaml(out)
+    assert (prior.ir_size, prior.visible_size) == (SIZE, SIZE)
+    assert np.isfinite(prior.homography).all()
+    # A float image the engine refuses (NaN pixels) is the input's fault: exit 2 naming it.
+    bad = sorted((pairs / 'ir').iterdir())[-1]
+    kelvin = cv2.imread(str(bad), cv2.IMREAD_UNCHANGED)
+    kelvin[0, 0] = np.nan
+    assert cv2.imwrite(str(bad), kelvin)
+    code = calibrate.main(['--pairs', str(pairs), '--out', str(tmp_path / 'nan.yaml'),
+                           '--pairs-count', '2', '--iterations', '1', '--threads', '1'])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert str(bad) in err and 'NaN' in err and 'no prior fitted' not in err
+
+
 def calibrate_truth_at_640():
     from tarfuse_ros.core.prior import make_prior
     return make_prior(rig_homography(), SIZE, SIZE).homography_for((640, 512), (640, 512))

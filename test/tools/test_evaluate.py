@@ -215,6 +215,24 @@ def test_evaluate_rejects_bad_requests(random_checkpoint, tmp_path, capsys):
     capsys.readouterr()
 
 
+def test_evaluate_refuses_a_missing_labels_folder(random_checkpoint, tmp_path, capsys):
+    # It evaluated without detection metrics ("No labels in this split") and exited 0.
+    from tarfuse_ros.tools.evaluate import main
+    roadscene = DATASETS / 'roadscene'
+    out = tmp_path / 'eval'
+    for labels in ('labels_vii', str(tmp_path / 'no_labels')):
+        code = main(['--data', str(roadscene), '--labels', labels, '--weights',
+                     str(random_checkpoint), '--out', str(out), '--max-pairs', '1',
+                     '--max-side', '96', '--figures', '0', '--no-progress', '--threads', '1'])
+        captured = capsys.readouterr()
+        assert code == 2, captured.err
+        folder = roadscene / labels
+        assert captured.err == (f"tarfuse-eval: error: --labels '{labels}': '{folder}' does not "
+                                'exist; name a label folder of the data set (e.g. labels_vi) or '
+                                'leave --labels out\n')
+        assert not out.exists()
+
+
 # --- sets without an aligned IR (shipped weights) -----------------------------------------
 
 def test_evaluate_real_unregistered_pairs_skips_aligned_ir_metrics(tmp_path, capsys):

@@ -139,10 +139,27 @@ def test_cli_usage_errors_exit_2_before_the_teachers_load(tmp_path, capsys):
     (tmp_path / 'file').write_text('not a folder')
     for extra, words in ((['--max-pairs', '0'], '--max-pairs must be >= 1, got 0'),
                          (['--threads', '0'], '--threads must be >= 1'),
-                         (['--out', str(tmp_path / 'file')], 'is a file; give a folder'),
+                         (['--out', str(tmp_path / 'file')], 'is a file, not a folder'),
                          (['--data', 'no_such_set'], "data set 'no_such_set' not found")):
         argv = ['--data', str(tmp_path), '--out', str(tmp_path / 'out'), *extra]
         assert pl.main(argv) == 2, extra
         err = capsys.readouterr().err
         assert words in err and 'Traceback' not in err, err
     assert not (tmp_path / 'out').exists()  # --max-pairs 0 wrote an empty result (exit 0)
+
+
+@needs_teachers
+def test_cli_refuses_an_out_it_cannot_write_before_any_work(tmp_path, capsys):
+    # Under a regular file it crashed with a traceback making the folder (after the teachers
+    # loaded; with --calibrate after the whole calibration).
+    (tmp_path / 'file').write_text('not a folder')
+    out = tmp_path / 'file' / 'pseudo'
+    for extra in ([], ['--calibrate']):
+        argv = ['--data', str(DATASETS / 'roadscene'), '--split', 'test', '--out', str(out),
+                '--max-pairs', '1', *extra]
+        assert pl.main(argv) == 2, extra
+        captured = capsys.readouterr()
+        assert captured.err == (f"tarfuse-pseudo-label: error: --out '{out}' cannot be written "
+                                f"({tmp_path / 'file'} is a file, not a folder); give a folder "
+                                'you can write to (created if needed)\n'), extra
+        assert not captured.out
