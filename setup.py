@@ -42,7 +42,7 @@ setup(
     tests_require=['pytest'],
     entry_points={
         'console_scripts': [
-            'fuse_node = tarfuse_ros.ros.node:main',
+            'fuse_node = tarfuse_ros.ros.fuse_node:main',
             'tarfuse-train = tarfuse_ros.tools.train:main',
             'tarfuse-eval = tarfuse_ros.tools.evaluate:main',
             'tarfuse-make-bag = tarfuse_ros.tools.make_bag:main',

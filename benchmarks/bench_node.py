@@ -5,7 +5,7 @@ For each device (``cpu``, plus ``cuda`` when available) the script
 
 1. times the bare :class:`FusionEngine` (``infer`` on a real 640x512 pair, numpy in/out) in this
    process: median and p90 per pair; its throughput bound is ``1000 / median`` pairs/s;
-2. starts the node as its own process (``python -m tarfuse_ros.ros.node``, shipped
+2. starts the node as its own process (``python -m tarfuse_ros.ros.fuse_node``, shipped
    ``config/tarfuse.yaml``, default outputs: fused, camera_info, detections, registered) and
    publishes IR (mono8) + visible (bgr8) pairs at each input rate (default 30 and 100 Hz, plus an
    "unloaded" rate of half the engine's throughput bound, capped at 10 Hz), each for
@@ -152,7 +152,7 @@ class NodeRun:
         env = dict(_START_ENV, ROS_DOMAIN_ID=str(domain), PYTHONUNBUFFERED='1')
         env['PYTHONPATH'] = os.pathsep.join(filter(None, [str(ROOT), env.get('PYTHONPATH')]))
         self.log = tempfile.NamedTemporaryFile(prefix='bench_node_', suffix='.log')
-        command = [sys.executable, '-m', 'tarfuse_ros.ros.node', '--ros-args',
+        command = [sys.executable, '-m', 'tarfuse_ros.ros.fuse_node', '--ros-args',
                    '--params-file', str(ROOT / 'config' / 'tarfuse.yaml'),
                    '-p', f'weights:={weights}', '-p', f'device:={device}',
                    '-p', f'cpu_threads:={threads}', '-p', f'half:={str(half).lower()}',

@@ -58,6 +58,12 @@ _DECODE = {
     'rgb16': ('rgb16', 'bgr16', 'bgr16', np.uint16, 3),
     'bgra16': ('bgra16', 'bgr16', 'bgr16', np.uint16, 4),
     'rgba16': ('rgba16', 'bgr16', 'bgr16', np.uint16, 4),
+    # Generic types, as cv_bridge names an OpenCV array sent with 'passthrough': BGR(A) order
+    # (OpenCV's), alpha dropped after decoding (the bridge converts no generic type to bgr8).
+    '8uc3': ('8UC3', 'passthrough', 'bgr8', np.uint8, 3),
+    '8uc4': ('8UC4', 'passthrough', 'bgr8', np.uint8, 4),
+    '16uc3': ('16UC3', 'passthrough', 'bgr16', np.uint16, 3),
+    '16uc4': ('16UC4', 'passthrough', 'bgr16', np.uint16, 4),
     # UYVY and YUYV have two names each; older bridges know only the yuv422* ones.
     'yuv422': ('yuv422', 'bgr8', 'bgr8', np.uint8, 2),
     'uyvy': ('yuv422', 'bgr8', 'bgr8', np.uint8, 2),
@@ -69,8 +75,8 @@ for _name in _BAYER:  # demosaiced by the bridge (one OpenCV call)
                       else (_name, 'bgr16', 'bgr16', np.uint16, 1))
 del _name
 SUPPORTED_ENCODINGS = ('mono8', '8UC1', 'mono16', '16UC1', '32FC1', 'bgr8', 'rgb8', 'bgra8',
-                       'rgba8', 'bgr16', 'rgb16', 'bgra16', 'rgba16', 'yuv422', 'yuv422_yuy2',
-                       'uyvy', 'yuyv') + _BAYER
+                       'rgba8', '8UC3', '8UC4', 'bgr16', 'rgb16', 'bgra16', 'rgba16', '16UC3',
+                       '16UC4', 'yuv422', 'yuv422_yuy2', 'uyvy', 'yuyv') + _BAYER
 
 # encoding -> (dtype, channels) accepted by array_to_image_msg.
 _ENCODE = {
@@ -132,10 +138,12 @@ def image_msg_to_array(msg):
     * ``mono8`` / ``8UC1`` -> (H, W) uint8, ``'gray8'``
     * ``mono16`` / ``16UC1`` -> (H, W) uint16, ``'gray16'``
     * ``32FC1`` -> (H, W) float32, ``'float32'``
-    * ``bgr8``, ``rgb8``, ``bgra8``, ``rgba8``, ``yuv422`` (= ``uyvy``), ``yuv422_yuy2``
-      (= ``yuyv``), ``bayer_rggb8`` / ``bggr8`` / ``gbrg8`` / ``grbg8`` -> (H, W, 3) uint8 in
-      BGR order (alpha dropped, Bayer demosaiced), ``'bgr8'``
-    * the 16-bit colour and Bayer encodings -> (H, W, 3) uint16 BGR, ``'bgr16'``
+    * ``bgr8``, ``rgb8``, ``bgra8``, ``rgba8``, ``8UC3`` / ``8UC4`` (taken as BGR(A), the
+      order of the OpenCV array cv_bridge sends with ``'passthrough'``), ``yuv422``
+      (= ``uyvy``), ``yuv422_yuy2`` (= ``yuyv``), ``bayer_rggb8`` / ``bggr8`` / ``gbrg8`` /
+      ``grbg8`` -> (H, W, 3) uint8 in BGR order (alpha dropped, Bayer demosaiced), ``'bgr8'``
+    * the 16-bit colour and Bayer encodings (``16UC3`` / ``16UC4`` as BGR(A)) -> (H, W, 3)
+      uint16 BGR, ``'bgr16'``
     * a ``CompressedImage``: see :func:`compressed_msg_to_array`.
 
     Rows may be padded (``step`` > row size); ``is_bigendian`` data come back in native order.
@@ -176,7 +184,10 @@ def image_msg_to_array(msg):
         image = bridge.imgmsg_to_cv2(source, desired_encoding=desired)
     except _bridge_errors() as exc:
         raise ValueError(f'cv_bridge cannot decode {encoding} {width}x{height}: {exc}') from exc
-    image = _owned(np.asarray(image))
+    image = np.asarray(image)
+    if channels == 4 and desired == 'passthrough':
+        image = image[:, :, :3]
+    image = _owned(image)
     if channels == 1 and desired == 'passthrough':
         image = image.reshape(height, width)
     if kind == 'float32':

@@ -12,7 +12,7 @@ Data flow::
     debug/image_raw (each with the visible image's header), /diagnostics
 
 Run it with ``ros2 run tarfuse_ros fuse_node --ros-args --params-file config/tarfuse.yaml`` or
-``python -m tarfuse_ros.ros.node --ros-args ...``.  Parameters: ``config/tarfuse.yaml``.
+``python -m tarfuse_ros.ros.fuse_node --ros-args ...``.  Parameters: ``config/tarfuse.yaml``.
 """
 
 import functools
@@ -43,8 +43,10 @@ from tarfuse_ros.ros.conversions import array_to_compressed_msg, array_to_image_
 from tarfuse_ros.ros.conversions import detections_to_msg, image_msg_to_array, load_bridge
 from tarfuse_ros.ros.diagnostics import build_status, NodeStats, process_rss_mib
 from tarfuse_ros.ros.diagnostics import WarningThrottle
-from tarfuse_ros.ros.params import apply_updates, declare_node_parameters, parameter_updates
+from tarfuse_ros.ros.params import apply_updates, command_line_type_errors
+from tarfuse_ros.ros.params import declare_node_parameters, parameter_updates
 from tarfuse_ros.ros.params import refinement_settings, registration_prior
+from tarfuse_ros.ros.params import unknown_parameters
 from vision_msgs.msg import Detection2DArray
 
 __all__ = ['StartupError', 'TarFuseNode', 'main']
@@ -89,13 +91,24 @@ class TarFuseNode(Node):
     weights, or an unavailable CUDA device.
     """
 
-    def __init__(self, node_name='tarfuse', **kwargs):
+    def __init__(self, node_name='tarfuse', argv=(), **kwargs):
         super().__init__(node_name, **kwargs)
+        # argv: the process arguments, whose -p values are checked (rcl drops a mistyped one
+        # silently when a params file gave the parameter first).
+        errors = command_line_type_errors(argv, self.get_name())
+        if errors:
+            raise StartupError(f'invalid parameter: {"; ".join(errors)}; fix it on the command '
+                               f'line (see config/tarfuse.yaml)')
         try:
             self._params = declare_node_parameters(self)
         except (ValueError, ParameterException) as exc:
             raise StartupError(f'invalid parameter: {exc}; fix it in the params file or on '
                                f'the command line (see config/tarfuse.yaml)') from exc
+        unknown = unknown_parameters(self)
+        if unknown:
+            raise StartupError(f'unknown parameter {", ".join(unknown)}: the node has no such '
+                               f'parameter; correct or remove it in the params file or on the '
+                               f'command line (see config/tarfuse.yaml)')
         try:
             load_bridge()  # every image goes through cv_bridge: fail now, not on the first pair
         except RuntimeError as exc:
@@ -117,6 +130,7 @@ class TarFuseNode(Node):
         self._last_stamp_ns = [None, None]
         self._last_arrival = [None, None]
         self._last_msg = [None, None]  # newest valid message per input (re-fed after a reset)
+        self._zero_stamped = [False, False]  # whether each input's newest message had stamp 0
         self._camera_info = None
         self._qos_events = {}  # input index -> (monotonic time, problem) from QoS events
         self._problems = []
@@ -190,6 +204,10 @@ class TarFuseNode(Node):
     # -- start-up ------------------------------------------------------------------------------
     def _load_engine(self, params):
         onnx = params.backend == 'onnxruntime'
+        if Path(params.weights).is_dir():
+            kind = 'an .onnx file' if onnx else 'a .safetensors checkpoint'
+            raise StartupError(f'weights {params.weights!r} is a directory, not a weights file: '
+                               f'pass {kind} with -p weights:=/path/to/file')
         if not Path(params.weights).is_file():
             if onnx:
                 raise StartupError(
@@ -316,6 +334,7 @@ class TarFuseNode(Node):
         self._stats.count(f'{name}_msgs')
         self._last_arrival[index] = time.monotonic()
         stamp = _stamp_ns(msg.header.stamp)
+        self._zero_stamped[index] = stamp == 0
         if stamp == 0:
             cause = f'zero stamp on {topic}: the driver does not stamp its images'
             self._stats.reject(cause, pair=False)
@@ -477,6 +496,9 @@ class TarFuseNode(Node):
                     self._health.settings = _health_settings(new)
                 if new.health_enabled and not self._params.health_enabled:
                     self._health.reset()  # scores from before it was switched off are stale
+                if new.diagnostics_period != self._params.diagnostics_period:
+                    self._diag_timer.timer_period_ns = round(new.diagnostics_period * 1e9)
+                    self._diag_timer.reset()  # the next message one new period from now
             except ValueError as exc:
                 return SetParametersResult(successful=False, reason=str(exc))
             self._params = new
@@ -498,7 +520,12 @@ class TarFuseNode(Node):
                     f'no messages on {self._topics[index]} for {since} while '
                     f'{self._topics[other]} flows: check its topic name/remapping and QoS')
         last_pair = self._stats.last_pair_time
-        if all(fresh) and (last_pair is None or now - last_pair > timeout):
+        zero = [self._topics[i] for i in (INFRARED, VISIBLE) if self._zero_stamped[i]]
+        if all(fresh) and (last_pair is None or now - last_pair > timeout) and zero:
+            problems.append(f'both inputs flow but no pair was synchronised for {timeout} s: '
+                            f'the messages on {" and ".join(zero)} have zero stamps (the '
+                            f'driver does not stamp its images)')
+        elif all(fresh) and (last_pair is None or now - last_pair > timeout):
             gap = abs(self._last_stamp_ns[0] - self._last_stamp_ns[1]) / 1e9 if None not in \
                 self._last_stamp_ns else float('nan')
             rule = (f'more than sync.slop={params.sync_slop} s' if params.sync_approximate
@@ -601,12 +628,13 @@ class TarFuseNode(Node):
 
 def main(args=None):
     """Run the node until Ctrl-C / SIGTERM; return the process exit code."""
-    rclpy.init(args=args)
+    argv = sys.argv if args is None else args
     logger = rclpy.logging.get_logger('tarfuse')
     node = None
     code = 0
     try:
-        node = TarFuseNode()
+        rclpy.init(args=argv)
+        node = TarFuseNode(argv=argv)
         rclpy.spin(node)
     except StartupError as exc:
         logger.fatal(str(exc))

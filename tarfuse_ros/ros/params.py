@@ -7,6 +7,7 @@ with the reason (the node's on-set callback hands that reason back to the caller
 """
 
 from dataclasses import dataclass, fields, replace
+import difflib
 import math
 import re
 
@@ -16,6 +17,7 @@ from rclpy.parameter import Parameter
 
 from tarfuse_ros.core.backends import BACKENDS
 from tarfuse_ros.core.paths import default_weights_path
+import yaml
 
 __all__ = [
     'NodeParams', 'ParamSpec', 'PARAMETER_SPECS', 'RELIABILITY_VALUES', 'TRANSPORT_VALUES',
@@ -207,7 +209,8 @@ PARAMETER_SPECS = (
     ParamSpec('publish.debug', 'publish_debug', 'bool',
               'Publish debug/image_raw (fused image with boxes and labels).', runtime=True),
     ParamSpec('diagnostics.period', 'diagnostics_period', 'float',
-              'Seconds between /diagnostics messages. Restart to change.', low=0.05, high=60.0),
+              'Seconds between /diagnostics messages (run time).', low=0.05, high=60.0,
+              runtime=True),
     ParamSpec('diagnostics.input_timeout', 'input_timeout', 'float',
               'Seconds without a pair (or one input) before warning (run time).',
               low=0.1, high=3600.0, runtime=True),
@@ -457,6 +460,105 @@ def declare_node_parameters(node):
             parameter = node.declare_parameter(spec.name, defaults[spec.field], descriptor)
         values[spec.name] = parameter.value
     return params_from_values(values)
+
+
+def unknown_parameters(node):
+    """Return one line per parameter given to ``node`` that it never declared.
+
+    rclpy ignores a parameter set for a node (params file or ``-p``) that the node does not
+    declare, so a misspelt name would silently keep the default. Call this after
+    :func:`declare_node_parameters`. ``qos_overrides.*`` names are left out (rclpy declares
+    them when the subscriptions are made). Each line names the parameter and, where one is
+    close, the declared name it was probably meant to be.
+    """
+    # rclpy keeps the overrides (params files and -p, for this node) in this attribute on
+    # Humble and Jazzy; without it there is nothing to check.
+    given = getattr(node, '_parameter_overrides', None) or {}
+    declared = [spec.name for spec in PARAMETER_SPECS]
+    lines = []
+    for name in sorted(given):
+        if node.has_parameter(name) or name.startswith('qos_overrides.'):
+            continue
+        close = difflib.get_close_matches(name, declared, n=1)
+        lines.append(f'{name!r}' + (f' (did you mean {close[0]!r}?)' if close else ''))
+    return lines
+
+
+def _yaml_type(text):
+    """Return the :class:`Parameter.Type` rcl gives a ``-p name:=text`` value (YAML rules)."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return Parameter.Type.STRING
+    if isinstance(value, str):
+        try:
+            float(value)  # rcl reads 1e3 as a double where YAML 1.1 keeps a string
+            return Parameter.Type.DOUBLE
+        except ValueError:
+            return Parameter.Type.STRING
+    try:
+        return Parameter.Type.from_parameter_value(value)
+    except TypeError:
+        return None
+
+
+def command_line_type_errors(argv, node_name):
+    """Return one line per ``-p name:=value`` in ``argv`` whose type the parameter refuses.
+
+    rcl merges the sources of a parameter in order and silently drops a later value whose type
+    differs from an earlier one's (``--params-file f.yaml -p confidence_threshold:=abc`` keeps
+    the file's 0.25), so such a value never reaches the node to be refused there. This reads
+    the ``-p`` / ``--param`` arguments of every ``--ros-args`` section as rcl does (YAML
+    values; ``node:name:=value`` applies only to ``node_name``) and compares each value's type
+    with the declared one (a number list also takes integers).
+
+    Args:
+        argv: the process arguments (``sys.argv``).
+        node_name: the node's name (without namespace).
+
+    Returns:
+        Lines such as ``"-p confidence_threshold:=abc: a string where a double is expected"``;
+        empty when every value fits.
+
+    """
+    lines, in_ros_args, argv = [], False, list(argv)
+    for i, arg in enumerate(argv):
+        if arg == '--ros-args':
+            in_ros_args = True
+        elif arg == '--':
+            in_ros_args = False
+        elif in_ros_args and arg in ('-p', '--param') and i + 1 < len(argv):
+            name, sep, text = argv[i + 1].partition(':=')
+            if not sep:
+                continue
+            node, _, name = name.rpartition(':')
+            spec = _BY_NAME.get(name)
+            if spec is None or node not in ('', node_name):
+                continue
+            given = _yaml_type(text)
+            if spec.kind == 'float_array':
+                fits = given in (Parameter.Type.DOUBLE_ARRAY, Parameter.Type.INTEGER_ARRAY)
+            else:
+                fits = given is not None and given.value == _TYPES[spec.kind]
+            if not fits:
+                given_name = 'a value' if given is None else _TYPE_WORDS[given]
+                lines.append(f'-p {argv[i + 1]}: {given_name} where '
+                             f'{_TYPE_WORDS[Parameter.Type(_TYPES[spec.kind])]} is expected')
+    return lines
+
+
+_TYPE_WORDS = {
+    Parameter.Type.NOT_SET: 'an empty value',
+    Parameter.Type.BOOL: 'a bool',
+    Parameter.Type.INTEGER: 'an integer',
+    Parameter.Type.DOUBLE: 'a double',
+    Parameter.Type.STRING: 'a string',
+    Parameter.Type.BYTE_ARRAY: 'a byte list',
+    Parameter.Type.BOOL_ARRAY: 'a bool list',
+    Parameter.Type.INTEGER_ARRAY: 'an integer list',
+    Parameter.Type.DOUBLE_ARRAY: 'a double list',
+    Parameter.Type.STRING_ARRAY: 'a string list',
+}
 
 
 def parameter_updates(parameters):

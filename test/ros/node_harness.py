@@ -1,6 +1,6 @@
 """Helpers for the node tests: start the real node as a process, talk to it over real DDS.
 
-:class:`NodeProcess` runs ``python -m tarfuse_ros.ros.node --ros-args ...`` on a domain of its
+:class:`NodeProcess` runs ``python -m tarfuse_ros.ros.fuse_node --ros-args ...`` on a domain of its
 own; :class:`Probe` is the test's side (publishers for both cameras, subscribers for every
 output, the parameter service).  Waiting is always done by spinning until a condition holds,
 never by fixed sleeps.
@@ -113,7 +113,7 @@ class NodeProcess:
         pythonpath = environment.get('PYTHONPATH', '')
         if str(ROOT) not in pythonpath.split(os.pathsep):
             environment['PYTHONPATH'] = os.pathsep.join(filter(None, [str(ROOT), pythonpath]))
-        command = [sys.executable, '-m', 'tarfuse_ros.ros.node', '--ros-args',
+        command = [sys.executable, '-m', 'tarfuse_ros.ros.fuse_node', '--ros-args',
                    '--params-file', str(PARAMS_FILE), '-r', f'__ns:={namespace}']
         for path in params_files:  # applied after the shipped file, as the launch file does
             command += ['--params-file', str(path)]

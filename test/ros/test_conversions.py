@@ -70,6 +70,7 @@ def test_colour_encodings_come_back_as_bgr(pad):
         'bgr8': bgr, 'rgb8': bgr[..., ::-1],
         'bgra8': np.concatenate([bgr, alpha], axis=2),
         'rgba8': np.concatenate([bgr[..., ::-1], alpha], axis=2),
+        '8UC3': bgr, '8UC4': np.concatenate([bgr, alpha], axis=2),
     }
     for encoding, wire in cases.items():
         array, kind = image_msg_to_array(wire_message(wire, encoding, pad))
@@ -84,7 +85,8 @@ def test_16_bit_colour_encodings_come_back_as_16_bit_bgr(pad):
     alpha = np.full((5, 7, 1), 60000, np.uint16)
     cases = {'bgr16': bgr, 'rgb16': bgr[..., ::-1],
              'bgra16': np.concatenate([bgr, alpha], axis=2),
-             'rgba16': np.concatenate([bgr[..., ::-1], alpha], axis=2)}
+             'rgba16': np.concatenate([bgr[..., ::-1], alpha], axis=2),
+             '16UC3': bgr, '16UC4': np.concatenate([bgr, alpha], axis=2)}
     for encoding, wire in cases.items():
         array, kind = image_msg_to_array(wire_message(wire, encoding, pad, bigendian=True))
         assert kind == 'bgr16' and array.dtype == np.uint16, encoding
@@ -132,6 +134,16 @@ def test_yuv422_variants_decode_like_opencv():
         array, kind = image_msg_to_array(wire_message(packed, encoding, pad=4))
         assert kind == 'bgr8'
         np.testing.assert_array_equal(array, cv2.cvtColor(packed, code))
+
+
+def test_an_opencv_array_sent_by_cv_bridge_as_passthrough_decodes_as_bgr():
+    from cv_bridge import CvBridge
+    bgr = RNG.integers(0, 255, (6, 8, 3), endpoint=True).astype(np.uint8)
+    msg = CvBridge().cv2_to_imgmsg(bgr)  # the default encoding: 'passthrough' -> 8UC3
+    assert msg.encoding == '8UC3'
+    array, kind = image_msg_to_array(msg)
+    assert kind == 'bgr8'
+    np.testing.assert_array_equal(array, bgr)
 
 
 def test_decoded_array_does_not_alias_message():

@@ -227,7 +227,19 @@ def test_a_silent_input_is_reported_by_name(setup):
     assert probe.wait_for_diagnostics(
         lambda level, msg, values: level == b'\x01' and 'no pair was synchronised' in msg and
         'sync.slop' in msg, timeout=15.0, tick=stamps_apart)
-    _send_and_wait(probe)  # healthy again
+
+    def zero_stamps():
+        ir, vi = probe.good_pair(time.time_ns())
+        ir.header.stamp.sec = ir.header.stamp.nanosec = 0
+        probe.publish_pair(ir, vi)
+
+    assert probe.wait_for_diagnostics(
+        lambda level, msg, values: level == b'\x01' and 'no pair was synchronised' in msg and
+        f'the messages on {NAMESPACE}/infrared/image_raw have zero stamps' in msg and
+        'differ by' not in msg, timeout=15.0, tick=zero_stamps), 'zero stamps not named'
+    # Healthy again; 0.5 s (more than sync.slop) after the last visible image, which has no
+    # partner and would take this pair's IR image.
+    _send_and_wait(probe, stamp=time.time_ns() + 500_000_000)
 
 
 def test_a_burst_faster_than_the_model_drops_stale_pairs_and_answers_the_newest(setup):
@@ -304,6 +316,15 @@ def test_parameters_change_at_run_time_and_fixed_ones_are_refused(setup):
     results = probe.set_parameters(confidence_threshold=0.25, max_detections=100, classes=[],
                                    publish__debug=False, publish__registered=True)
     assert all(r.successful for r in results), [r.reason for r in results]
+
+    # diagnostics.period (0.25 s here) changes at run time: at 3 s, 2 s bring at most one.
+    assert probe.set_parameters(diagnostics__period=3.0)[0].successful
+    seen = len(probe.diagnostics)
+    start = time.monotonic()
+    probe.spin_until(lambda: time.monotonic() - start > 2.0, 5.0)
+    assert len(probe.diagnostics) - seen <= 1, 'diagnostics still at the old period'
+    assert probe.set_parameters(diagnostics__period=0.25)[0].successful
+    assert probe.wait_for_diagnostics(lambda *args: True, timeout=5.0)
 
 
 def test_sigint_stops_the_node_cleanly(setup):
