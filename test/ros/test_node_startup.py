@@ -35,6 +35,11 @@ def _cases(tmp_path):
                                       ["unknown parameter 'sync.slopp'",
                                        "did you mean 'sync.slop'?"], typo_file),
         # rcl drops this value silently: the shipped params file gave the parameter a double.
+        'mistyped_use_sim_time': ({'weights': str(weights), 'use_sim_time': 1},
+                                  ['invalid parameter', 'use_sim_time']),
+        'list_of_mixed_types': ({'weights': str(weights),
+                                 'registration.prior': '[1.0,0,0,0,1,0,0,0,1]'},
+                                ['the ROS arguments cannot be parsed']),
         'mistyped_after_the_params_file': ({'weights': str(weights),
                                             'confidence_threshold': 'abc'},
                                            ['-p confidence_threshold:=abc',
@@ -65,6 +70,7 @@ def outcomes(tmp_path_factory):
                                   'bad_reliability',
                                   'unknown_class', 'misspelt_parameter',
                                   'misspelt_in_a_params_file', 'mistyped_after_the_params_file',
+                                  'mistyped_use_sim_time', 'list_of_mixed_types',
                                   'cuda_unavailable'])
 def test_start_up_failure_exits_non_zero_with_a_clear_message(outcomes, case):
     if case not in outcomes:
@@ -78,21 +84,28 @@ def test_start_up_failure_exits_non_zero_with_a_clear_message(outcomes, case):
         assert word in log, f'{word!r} missing from:\n{log}'
 
 
-def test_ctrl_c_while_the_node_is_still_importing_exits_quietly():
-    node = NodeProcess(random_domain_id(), {})
-    maps = Path(f'/proc/{node.process.pid}/maps')
+def _reached(node, moment):
+    """Whether the starting node reached ``moment``: importing PyTorch, or its model loaded."""
+    if moment == 'model_loaded':  # logged at the end of the model load, before subscribing
+        return 'global stage scale search' in node.log()
     try:
-        deadline = time.monotonic() + 60.0
-        loading = False
-        while not loading and node.alive() and time.monotonic() < deadline:
-            try:  # PyTorch's library is mapped while the node module imports
-                loading = 'libtorch' in maps.read_text()
-            except OSError:
-                break
-        assert loading, f'never saw the import:\n{node.log()}'
-        code, _ = node.stop(signal.SIGINT, timeout=30.0)
+        return 'libtorch' in Path(f'/proc/{node.process.pid}/maps').read_text()
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize('sig', [signal.SIGINT, signal.SIGTERM], ids=['sigint', 'sigterm'])
+@pytest.mark.parametrize('moment', ['importing', 'model_loaded'])
+def test_a_stop_signal_during_start_up_exits_quietly(moment, sig):
+    node = NodeProcess(random_domain_id(), {})
+    try:
+        deadline = time.monotonic() + 90.0
+        while not _reached(node, moment) and node.alive() and time.monotonic() < deadline:
+            time.sleep(0.002)
+        assert _reached(node, moment), f'never saw the node {moment}:\n{node.log()}'
+        code, _ = node.stop(sig, timeout=30.0)
         log = node.log()
         assert code == 0, f'exit code {code}:\n{log}'
-        assert 'Traceback' not in log and 'KeyboardInterrupt' not in log, log
+        assert 'Traceback' not in log and 'Error' not in log, log
     finally:
         node.close()

@@ -10,6 +10,7 @@ import rclpy
 from rclpy.parameter import Parameter
 from rclpy.signals import SignalHandlerOptions
 from tarfuse_ros.core.paths import default_weights_path
+from tarfuse_ros.ros.params import _rcl_type, command_line_type_errors
 from tarfuse_ros.ros.params import apply_updates, declare_node_parameters, descriptor_for
 from tarfuse_ros.ros.params import NodeParams, PARAMETER_SPECS, params_from_values
 import yaml
@@ -140,3 +141,40 @@ def test_declaring_on_a_real_node_takes_overrides_and_rejects_bad_ones():
         bad.destroy_node()
     finally:
         rclpy.try_shutdown(context=context)
+
+
+RCL_VALUES = ['abc', 'y', 'N', 'yes', 'Off', 'TRUE', 'true', '1', '-7', '0x1F', '010', '08',
+              '1_000', '0b11', '12:30', '1e-1', '-2.5', '.5', '5.', '.inf', '-.Inf', '.nan',
+              'nan', 'inf', '9223372036854775808', '"1.0"', "'true'", '[]', '[a, b]',
+              '[1, 2]', '[1.0, 2.5]', '[true, n]', '[person]', '["1", "2"]']
+
+
+@pytest.mark.parametrize('text', RCL_VALUES)
+def test_command_line_values_are_typed_as_rcl_types_them(text):
+    # rcl itself parses the value, in a context of its own (no node talks to anyone).
+    context = rclpy.Context()
+    rclpy.init(args=['--ros-args', '-p', f'x:={text}'], context=context,
+               signal_handler_options=SignalHandlerOptions.NO)
+    try:
+        node = rclpy.create_node('probe', context=context)
+        overrides = node._parameter_overrides
+        expected = overrides['x'].type_ if 'x' in overrides else Parameter.Type.NOT_SET
+        node.destroy_node()
+    finally:
+        rclpy.shutdown(context=context)
+    assert _rcl_type(text) == expected, text
+
+
+def test_mistyped_command_line_values_are_named_and_fitting_ones_pass():
+    argv = ['fuse_node', '--ros-args', '--params-file', 'f.yaml',
+            '-p', 'confidence_threshold:=abc', '-p', 'max_detections:=1_000',
+            '--param', 'publish.debug:=y', '-p', 'weights:="1.0"', '-p', 'classes:=[]',
+            '-p', 'registration.prior:=[1, 0, 0, 0, 1, 0, 0, 0, 1]', '-p', 'qos.depth:=0x10',
+            '-p', 'other_node:sync.slop:=abc', '-p', 'tarfuse:sync.slop:=[0.1]',
+            '-p', 'iou_threshold:=1', '--', '-p', 'sync.slop:=abc']
+    assert command_line_type_errors(argv, 'tarfuse') == [
+        '-p confidence_threshold:=abc: a string where a double is expected',
+        '-p max_detections:=1_000: a string where an integer is expected',
+        '-p tarfuse:sync.slop:=[0.1]: a double list where a double is expected',
+        '-p iou_threshold:=1: an integer where a double is expected',
+    ]
