@@ -648,8 +648,8 @@ def main(args=None):
         try:
             rclpy.init(args=argv)
         except Exception as exc:  # noqa: BLE001 - rcl refuses the arguments (RCLError)
-            raise StartupError(f'the ROS arguments cannot be parsed: {exc}; fix them (a -p '
-                               f'list takes one type: [1.0, 0.0] not [1.0, 0])') from exc
+            raise StartupError(f'the ROS arguments cannot be parsed: {exc}; fix them (e.g. a '
+                               f'-p list holds one type: [1.0, 0.0], not [1.0, 0])') from exc
         node = TarFuseNode(argv=argv)
         rclpy.spin(node)
     except StartupError as exc:
