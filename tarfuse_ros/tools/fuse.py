@@ -740,6 +740,13 @@ def main(argv=None):
             raise UsageError(f'--out {str(args.out)!r} is a file; give a folder (created if '
                              f'needed)')
         plan = plan_inputs(args.ir, args.visible, args.ir_offset_ms)
+        from tarfuse_ros.core.images import check_frame_size
+        for each in plan.videos:  # every frame would be refused: say it once, before the model
+            width, height = each.size
+            try:
+                check_frame_size(np.empty((height, width), np.uint8), str(each.path))
+            except ValueError as exc:
+                raise UsageError(f'{exc}: no frame of it can be fused') from exc
         engine = _load_engine(args.weights, args.device, args.threads, args.scale_search,
                               args.global_every, args.global_window)
         if args.detections and not engine.detects:

@@ -330,6 +330,16 @@ def test_odd_sized_video_keeps_the_visible_size(tmp_path, capsys):
     assert len(frames) == 3 and all(frame.shape == (29, 37, 3) for frame in frames)
 
 
+def test_a_video_of_strips_is_refused_once_before_the_model_loads(tmp_path, capsys):
+    _write_y4m(tmp_path / 'visible.y4m', 10, 3, (200, 16))
+    _write_y4m(tmp_path / 'thermal.y4m', 10, 3, (64, 48))
+    status, stdout, stderr = _run(capsys, '--ir', tmp_path / 'thermal.y4m',
+                                  '--visible', tmp_path / 'visible.y4m', '--out', tmp_path / 'o')
+    assert status == 2
+    assert stderr.count('is 200x16: its longer side is 12.5 times the shorter') == 1, stderr
+    assert 'no frame of it can be fused' in stderr and 'Traceback' not in stderr
+
+
 def test_videos_without_a_common_frame_exit_2_and_leave_no_video(tmp_path, capsys):
     _write_video(tmp_path / 'visible.mp4', 10.0, 3, (64, 48))
     _write_video(tmp_path / 'thermal.mp4', 10.0, 3, (64, 48))
