@@ -16,7 +16,7 @@ from pathlib import Path
 
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-from tarfuse_ros.core.files import atomic_output
+from tarfuse_ros.core.files import atomic_output, is_torch_pickle
 from tarfuse_ros.core.model.tarfuse import build_model, SIZE_MULTIPLE, TarFuseConfig
 import torch
 
@@ -83,13 +83,6 @@ def _check_file(path):
     return path
 
 
-def _is_torch_file(path):
-    """Return whether ``path`` starts as a ``torch.save`` file: a zip or a pickle (not loaded)."""
-    with open(path, 'rb') as handle:
-        head = handle.read(4)
-    return head == b'PK\x03\x04' or (len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5)
-
-
 def read_checkpoint_config(path):
     """Return the JSON config dict stored in a checkpoint (without loading the weights)."""
     path = _check_file(path)
@@ -97,7 +90,7 @@ def read_checkpoint_config(path):
         with safe_open(str(path), framework='pt') as handle:
             metadata = handle.metadata() or {}
     except Exception as error:  # noqa: BLE001 - safetensors raises its own error types
-        if _is_torch_file(path):
+        if is_torch_pickle(path):
             raise CheckpointError(
                 f'{path} is a PyTorch pickle/zip checkpoint, not safetensors: convert it '
                 '(safetensors.torch.save_file; a TarFuse model: load its state dict and write '

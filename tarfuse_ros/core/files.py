@@ -10,7 +10,7 @@ from pathlib import Path
 import shutil
 import tempfile
 
-__all__ = ['atomic_output', 'file_sha256', 'output_problem']
+__all__ = ['atomic_output', 'file_sha256', 'is_torch_pickle', 'output_problem']
 
 
 def file_sha256(path):
@@ -20,6 +20,17 @@ def file_sha256(path):
         for block in iter(lambda: handle.read(1 << 20), b''):
             digest.update(block)
     return digest.hexdigest()
+
+
+def is_torch_pickle(path):
+    """Return whether ``path`` starts as a ``torch.save`` file does: a zip or a pickle.
+
+    Reads the first 4 bytes only (never unpickles): a zip header (bytes 50 4B 03 04, PyTorch
+    1.6 and later) or a pickle protocol marker (byte 0x80, then the protocol 2-5).
+    """
+    with open(path, 'rb') as handle:
+        head = handle.read(4)
+    return head == b'PK\x03\x04' or (len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5)
 
 
 def output_problem(path, folder=False):

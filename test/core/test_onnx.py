@@ -331,8 +331,11 @@ def test_a_bad_onnx_file_is_refused_with_one_clear_error(tmp_path):
         opset_imports=[onnx.helper.make_opsetid('', 17)])
     foreign = tmp_path / 'foreign.onnx'
     onnx.save(identity, str(foreign))
+    pytorch = tmp_path / 'model.pt'  # torch.save writes a zip; never loaded back
+    torch.save({'weight': torch.zeros(2)}, pytorch)
     cases = {corrupt: 'is not a loadable ONNX model', foreign: 'not written by tarfuse-export',
-             tmp_path / 'absent.onnx': 'does not exist'}
+             tmp_path / 'absent.onnx': 'does not exist',
+             pytorch: 'is a PyTorch pickle/zip checkpoint, not an ONNX model'}
     for path, words in cases.items():
         with pytest.raises(OnnxModelError) as raised:
             OnnxFusionEngine(path)
