@@ -4,10 +4,12 @@
 the code of commit 598e2b9 (``tarfuse_ros/tools/train.py`` before ``tarfuse_ros.training``).
 Here the same seeded runs are replayed with the current code.
 
-Tolerance: none on the machine that recorded the fixture (same torch, same CPU capability):
-every loss part, learning rate and validation figure of the ``grey`` run must be bit-identical.
-On another machine float kernels may round differently, so the figures must agree to 1e-4
-(relative).
+Tolerance: with the torch and the CPU capability that recorded the fixture, every loss part,
+learning rate and validation figure of the ``grey`` run must agree to 1e-6 (relative):
+bit-identical on the recording VM, but a VM of the same capability (AVX512) with another CPU
+model rounds some kernels differently (4.3e-7 measured on 2026-12-04, ``.val.complementary``;
+the fixture does not name the CPU model, so the two cannot be told apart). With another torch
+or capability the figures must agree to 1e-4 (relative).
 
 One deliberate change: since the pairs are prepared by one function for training, inference and
 evaluation (``tarfuse_ros.core.images.prepare_pair``, the engine's rules), the visible luma of an
@@ -32,7 +34,7 @@ import torch
 FIXTURE = json.loads(loss_fixture.LOSSES.read_text())
 SAME_MACHINE = (FIXTURE['torch'] == torch.__version__
                 and FIXTURE['cpu_capability'] == torch.backends.cpu.get_cpu_capability())
-MACHINE_TOLERANCE = 0.0 if SAME_MACHINE else 1e-4
+MACHINE_TOLERANCE = 1e-6 if SAME_MACHINE else 1e-4
 # The colour run after the 8-bit luma rule (module docstring): totals, then every part.
 COLOUR_TOTAL_TOLERANCE = 1e-3
 COLOUR_TOLERANCE = 0.15
