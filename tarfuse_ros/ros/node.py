@@ -47,7 +47,7 @@ from tarfuse_ros.ros.diagnostics import WarningThrottle
 from tarfuse_ros.ros.params import apply_updates, command_line_type_errors
 from tarfuse_ros.ros.params import declare_node_parameters, parameter_updates
 from tarfuse_ros.ros.params import refinement_settings, registration_prior
-from tarfuse_ros.ros.params import unknown_parameters
+from tarfuse_ros.ros.params import unknown_parameters, unknown_qos_overrides
 from vision_msgs.msg import Detection2DArray
 
 __all__ = ['StartupError', 'TarFuseNode', 'main']
@@ -183,6 +183,11 @@ class TarFuseNode(Node):
         self._pub_debug = self.create_publisher(Image, 'debug/image_raw', 10,
                                                 qos_overriding_options=overrides)
         self._pub_diag = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
+        unknown = unknown_qos_overrides(self, [*self._topics, self._info_sub.topic_name])
+        if unknown:
+            raise StartupError(f'unknown QoS override {", ".join(unknown)}: no publisher of '
+                               f'this node takes it (the outputs take history, depth and '
+                               f'reliability); correct or remove it in the params file')
 
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self._diag_timer = self.create_timer(params.diagnostics_period, self._publish_diagnostics,

@@ -483,6 +483,31 @@ def unknown_parameters(node):
     return lines
 
 
+def unknown_qos_overrides(node, input_topics=()):
+    """Return one line per ``qos_overrides.*`` parameter given to ``node`` that nothing took.
+
+    rclpy declares ``qos_overrides.<topic>.<publisher|subscription>.<policy>`` (REP-2003) for
+    the publishers made with QoS overriding options, and ignores the other names given: a
+    misspelt topic or policy would silently keep the default. Call this after the publishers
+    exist. ``input_topics`` are the resolved names of the input subscriptions, whose QoS comes
+    from the node's own ``qos.reliability`` / ``qos.depth`` parameters: an override for them
+    says so. Other lines name the closest overridable parameter, where one is close.
+    """
+    given = getattr(node, '_parameter_overrides', None) or {}
+    declared = node.list_parameters(['qos_overrides'], 0).names
+    lines = []
+    for name in sorted(given):
+        if not name.startswith('qos_overrides.') or node.has_parameter(name):
+            continue
+        if any(name.startswith(f'qos_overrides.{topic}.') for topic in input_topics):
+            lines.append(f'{name!r} (the image inputs take their QoS from qos.reliability and '
+                         f'qos.depth)')
+            continue
+        close = difflib.get_close_matches(name, declared, n=1)
+        lines.append(f'{name!r}' + (f' (did you mean {close[0]!r}?)' if close else ''))
+    return lines
+
+
 # How rcl types a ``-p`` value (rcl_yaml_param_parser, parse.c ``get_value``): a quoted scalar
 # is a string; unquoted, these words are bools, then what C ``strtol`` (base 0: decimal, 0x hex,
 # 0 octal) reads whole within int64 is an integer, what ``strtod`` reads whole (or .inf / .nan)

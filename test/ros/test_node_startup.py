@@ -4,9 +4,17 @@ from pathlib import Path
 import signal
 import time
 
-from node_harness import make_checkpoint, NodeProcess, random_domain_id
+from node_harness import make_checkpoint, NodeProcess, Probe, random_domain_id
 import pytest
+from rclpy.qos import ReliabilityPolicy
 import torch
+
+
+def _qos_overrides_file(path, topic, entity, policy, value):
+    """Write a params file with one REP-2003 QoS override for every node; return its path."""
+    path.write_text(f'/**:\n  ros__parameters:\n    qos_overrides:\n      {topic}:\n'
+                    f'        {entity}:\n          {policy}: {value}\n')
+    return path
 
 
 def _cases(tmp_path):
@@ -27,6 +35,10 @@ def _cases(tmp_path):
     }
     typo_file = tmp_path / 'typo.yaml'
     typo_file.write_text('/**:\n  ros__parameters:\n    sync:\n      slopp: 0.05\n')
+    qos_typo_file = _qos_overrides_file(tmp_path / 'qos_typo.yaml', '/fused/image_raw',
+                                        'publisher', 'reliabilty', 'best_effort')
+    qos_input_file = _qos_overrides_file(tmp_path / 'qos_input.yaml', '/infrared/image_raw',
+                                         'subscription', 'reliability', 'reliable')
     cases.update({
         'misspelt_parameter': ({'weights': str(weights), 'confidance_threshold': 0.5},
                                ["unknown parameter 'confidance_threshold'",
@@ -35,6 +47,15 @@ def _cases(tmp_path):
                                       ["unknown parameter 'sync.slopp'",
                                        "did you mean 'sync.slop'?"], typo_file),
         # rcl drops this value silently: the shipped params file gave the parameter a double.
+        'misspelt_qos_override': (
+            {'weights': str(weights)},
+            ["unknown QoS override 'qos_overrides./fused/image_raw.publisher.reliabilty'",
+             "did you mean 'qos_overrides./fused/image_raw.publisher.reliability'?"],
+            qos_typo_file),
+        'qos_override_of_an_input': (
+            {'weights': str(weights)},
+            ["'qos_overrides./infrared/image_raw.subscription.reliability'",
+             'take their QoS from qos.reliability and qos.depth'], qos_input_file),
         'mistyped_use_sim_time': ({'weights': str(weights), 'use_sim_time': 1},
                                   ['invalid parameter', 'use_sim_time']),
         'list_of_mixed_types': ({'weights': str(weights),
@@ -70,6 +91,7 @@ def outcomes(tmp_path_factory):
                                   'bad_reliability',
                                   'unknown_class', 'misspelt_parameter',
                                   'misspelt_in_a_params_file', 'mistyped_after_the_params_file',
+                                  'misspelt_qos_override', 'qos_override_of_an_input',
                                   'mistyped_use_sim_time', 'list_of_mixed_types',
                                   'cuda_unavailable'])
 def test_start_up_failure_exits_non_zero_with_a_clear_message(outcomes, case):
@@ -108,4 +130,30 @@ def test_a_stop_signal_during_start_up_exits_quietly(moment, sig):
         assert code == 0, f'exit code {code}:\n{log}'
         assert 'Traceback' not in log and 'Error' not in log, log
     finally:
+        node.close()
+
+
+def test_a_qos_override_sets_that_output_publishers_qos(tmp_path):
+    """A REP-2003 override in a params file reaches its output; the others keep the default."""
+    weights = tmp_path / 'random.safetensors'
+    make_checkpoint(weights)
+    overrides = _qos_overrides_file(tmp_path / 'qos.yaml', '/fused/image_raw', 'publisher',
+                                    'reliability', 'best_effort')
+    domain = random_domain_id()
+    node = NodeProcess(domain, {'weights': str(weights)}, params_files=[overrides])
+    probe = Probe(domain)
+    try:
+        topics = ('/fused/image_raw', '/registered/image_raw')
+        found = {}
+        deadline = time.monotonic() + 90.0
+        while len(found) < len(topics) and node.alive() and time.monotonic() < deadline:
+            for topic in topics:
+                infos = probe.node.get_publishers_info_by_topic(topic)
+                if infos:
+                    found[topic] = infos[0].qos_profile.reliability
+            time.sleep(0.1)
+        assert found == {'/fused/image_raw': ReliabilityPolicy.BEST_EFFORT,
+                         '/registered/image_raw': ReliabilityPolicy.RELIABLE}, node.log()
+    finally:
+        probe.close()
         node.close()
