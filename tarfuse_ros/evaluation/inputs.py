@@ -1,7 +1,8 @@
 """One evaluation pair: prepared as the engine prepares it, deformed, with labels and landmarks.
 
 Everything is in the VISIBLE frame of the evaluated size: the visible image, downscaled so that
-its longer side is at most ``max_side`` (``INTER_AREA``), and the stored IR prepared with it by
+its longer side is at most ``max_side`` (``INTER_AREA``, aspect ratio kept; a strip stops
+shrinking where its shorter side reaches ``MIN_SIDE``), and the stored IR prepared with it by
 :func:`tarfuse_ros.core.images.prepare_pair` (normalised, then resized straight to that frame),
 exactly as the engine prepares its inputs. An 8-bit IR stays 8-bit; a 16-bit one becomes a float
 plane in [0, 1] (the engine's robust normalisation) and keeps that type through the deformation.
@@ -14,7 +15,8 @@ import zlib
 import cv2
 import numpy as np
 from tarfuse_ros.core import data
-from tarfuse_ros.core.images import normalise, prepare_pair, resize_image, to_uint8, unit_plane
+from tarfuse_ros.core.images import MIN_SIDE, normalise, prepare_pair, resize_image, to_uint8
+from tarfuse_ros.core.images import unit_plane
 import torch
 
 __all__ = ['CLASS_ALIASES', 'LANDMARKS_DIR', 'EvalPair', 'class_lookup', 'covered',
@@ -47,8 +49,10 @@ def prepare(ir_raw, vi_raw, max_side=None, name='pair'):
     height, width = vi_raw.shape[:2]
     vi, scale = vi_raw, (1.0, 1.0)
     if max_side and max(height, width) > max_side:
-        factor = max_side / max(height, width)
-        new_w, new_h = max(32, round(width * factor)), max(32, round(height * factor))
+        # Keep the aspect ratio; a long strip stops shrinking where its shorter side would go
+        # below what the engine accepts (MIN_SIDE), so its longer side stays above max_side.
+        factor = min(1.0, max(max_side / max(height, width), MIN_SIDE / min(height, width)))
+        new_w, new_h = round(width * factor), round(height * factor)
         vi = resize_image(vi_raw, new_h, new_w)
         scale = (new_w / width, new_h / height)
     pair = prepare_pair(ir_raw, vi, keep_uint8=True, names=(f'{name} IR', f'{name} visible'))

@@ -330,3 +330,21 @@ def test_options_are_checked_before_anything_runs():
                          ({'threads': 0}, '--threads'), ({'figures': -1}, '--figures')):
         with pytest.raises(ValueError, match=message):
             EvalOptions(**bad)
+
+
+@pytest.mark.parametrize('size, max_side, expected', [
+    ((480, 640), 320, (240, 320)),    # the longer side at max_side, aspect kept
+    ((480, 640), 1024, (480, 640)),   # never enlarged
+    ((32, 256), 64, (16, 128)),       # a strip stops at the engine's 16 px shorter side
+    ((256, 48), 32, (85, 16)),        # (was stretched to 32x32 / 32x256 before)
+])
+def test_max_side_keeps_the_aspect_ratio(size, max_side, expected):
+    from tarfuse_ros.evaluation.inputs import prepare
+    height, width = size
+    rng = np.random.default_rng(0)
+    ir = rng.integers(0, 256, (height, width), np.uint8)
+    vi = rng.integers(0, 256, (height, width, 3), np.uint8)
+    pair = prepare(ir, vi, max_side=max_side)
+    assert pair.vi.shape[:2] == expected and pair.ir.shape == expected
+    assert pair.scale == pytest.approx((expected[1] / width, expected[0] / height))
+    assert pair.scale[0] == pytest.approx(pair.scale[1], rel=0.04)
