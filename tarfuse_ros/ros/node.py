@@ -35,7 +35,7 @@ from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
-from rclpy.qos_overriding_options import QoSOverridingOptions
+from rclpy.qos_overriding_options import InvalidQosOverridesError, QoSOverridingOptions
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from tarfuse_ros.core.drawing import draw_detections
 from tarfuse_ros.core.health import HealthSettings, RegistrationHealth
@@ -164,30 +164,30 @@ class TarFuseNode(Node):
         self._info_sub = self.create_subscription(CameraInfo, 'visible/camera_info',
                                                   self._on_camera_info, self._input_qos)
 
-        overrides = QoSOverridingOptions.with_default_policies()
-        self._pub_fused = self.create_publisher(Image, _FUSED_TOPIC, 10,
-                                                qos_overriding_options=overrides)
-        self._pub_fused_compressed = self.create_publisher(
-            CompressedImage, self._transport_topic(_FUSED_TOPIC, 'compressed')[1], 10,
-            qos_overriding_options=overrides)
-        self._pub_info = self.create_publisher(CameraInfo, 'fused/camera_info', 10,
-                                               qos_overriding_options=overrides)
+        self._pub_fused = self._output(Image, _FUSED_TOPIC)
+        self._pub_fused_compressed = self._output(
+            CompressedImage, self._transport_topic(_FUSED_TOPIC, 'compressed')[1])
+        self._pub_info = self._output(CameraInfo, 'fused/camera_info')
         # A model without detection head: no detections publisher, so the topic is absent
         # (not advertised with an always-empty array); said once in the log below.
         self._pub_detections = None
         if self._engine.detects:
-            self._pub_detections = self.create_publisher(
-                Detection2DArray, 'detections', 10, qos_overriding_options=overrides)
-        self._pub_registered = self.create_publisher(Image, 'registered/image_raw', 10,
-                                                     qos_overriding_options=overrides)
-        self._pub_debug = self.create_publisher(Image, 'debug/image_raw', 10,
-                                                qos_overriding_options=overrides)
+            self._pub_detections = self._output(Detection2DArray, 'detections')
+        self._pub_registered = self._output(Image, 'registered/image_raw')
+        self._pub_debug = self._output(Image, 'debug/image_raw')
         self._pub_diag = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
-        unknown = unknown_qos_overrides(self, [*self._topics, self._info_sub.topic_name])
+        inputs = [*self._topics, self._info_sub.topic_name,
+                  *(self._resolve(base) for base in _INPUT_TOPICS)]
+        absent = [] if self._engine.detects else [self._resolve('detections')]
+        unknown, ignored = unknown_qos_overrides(self, inputs, absent)
         if unknown:
-            raise StartupError(f'unknown QoS override {", ".join(unknown)}: no publisher of '
-                               f'this node takes it (the outputs take history, depth and '
-                               f'reliability); correct or remove it in the params file')
+            raise StartupError(f'unknown QoS override {", ".join(unknown)}: no output of this '
+                               f'node takes it (outputs take history, depth and reliability); '
+                               f'correct or remove it in the params file or on the command line')
+        if ignored:
+            self.get_logger().warning(
+                f'QoS override {", ".join(repr(name) for name in ignored)} ignored: this '
+                f'model does not detect, so the detections topic is not advertised')
 
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self._diag_timer = self.create_timer(params.diagnostics_period, self._publish_diagnostics,
@@ -298,6 +298,25 @@ class TarFuseNode(Node):
             f'{settings.min_alignment}, every_n {settings.every_n}')
         return OnlinePriorRefiner(settings, self._engine.registration_prior)
 
+    def _output(self, msg_type, topic):
+        """Create an output publisher (reliable, keep last 10) that takes REP-2003 overrides."""
+        try:
+            return self.create_publisher(
+                msg_type, topic, 10,
+                qos_overriding_options=QoSOverridingOptions.with_default_policies())
+        except (ParameterException, InvalidQosOverridesError, RuntimeError, ValueError) as exc:
+            raise StartupError(
+                f'invalid QoS override for {self._resolve(topic)!r}: {exc}; reliability takes '
+                f'reliable, best_effort or system_default, history keep_last, keep_all or '
+                f'system_default, depth an integer >= 1 (with keep_last)') from exc
+
+    def _resolve(self, topic):
+        """Return ``topic`` with namespace and remapping applied (as given without them)."""
+        try:
+            return self.resolve_topic_name(topic)
+        except AttributeError:  # an rclpy without Node.resolve_topic_name
+            return topic
+
     def _transport_topic(self, base, transport):
         """Return ``(message type, topic)`` of ``base`` for an image_transport name.
 
@@ -306,11 +325,7 @@ class TarFuseNode(Node):
         """
         if transport == 'raw':
             return Image, base
-        try:
-            resolved = self.resolve_topic_name(base)
-        except AttributeError:  # an rclpy without Node.resolve_topic_name: no remapping
-            resolved = base
-        return CompressedImage, f'{resolved}/compressed'
+        return CompressedImage, f'{self._resolve(base)}/compressed'
 
     @staticmethod
     def _resolved(sub, topic):

@@ -483,29 +483,47 @@ def unknown_parameters(node):
     return lines
 
 
-def unknown_qos_overrides(node, input_topics=()):
-    """Return one line per ``qos_overrides.*`` parameter given to ``node`` that nothing took.
+def unknown_qos_overrides(node, input_topics=(), absent_topics=()):
+    """Return ``(errors, ignored)`` for the ``qos_overrides.*`` names that nothing took.
 
     rclpy declares ``qos_overrides.<topic>.<publisher|subscription>.<policy>`` (REP-2003) for
     the publishers made with QoS overriding options, and ignores the other names given: a
     misspelt topic or policy would silently keep the default. Call this after the publishers
-    exist. ``input_topics`` are the resolved names of the input subscriptions, whose QoS comes
-    from the node's own ``qos.reliability`` / ``qos.depth`` parameters: an override for them
-    says so. Other lines name the closest overridable parameter, where one is close.
+    exist. ``input_topics``: the resolved names of the inputs, whose QoS comes from the node's
+    own ``qos.reliability`` / ``qos.depth`` parameters. ``absent_topics``: resolved names of
+    outputs this configuration does not advertise (e.g. detections of a model without a
+    detection head); their overrides are returned in ``ignored``, not as errors. Each error
+    line names the parameter and why it is refused (an input, a policy that cannot be
+    overridden, or the closest overridable name).
     """
     given = getattr(node, '_parameter_overrides', None) or {}
     declared = node.list_parameters(['qos_overrides'], 0).names
-    lines = []
+    errors, ignored = [], []
     for name in sorted(given):
         if not name.startswith('qos_overrides.') or node.has_parameter(name):
             continue
-        if any(name.startswith(f'qos_overrides.{topic}.') for topic in input_topics):
-            lines.append(f'{name!r} (the image inputs take their QoS from qos.reliability and '
-                         f'qos.depth)')
-            continue
-        close = difflib.get_close_matches(name, declared, n=1)
-        lines.append(f'{name!r}' + (f' (did you mean {close[0]!r}?)' if close else ''))
-    return lines
+        topic, _, policy = name[len('qos_overrides.'):].rpartition('.')
+        topic = topic.rpartition('.')[0]  # drop publisher / subscription
+        if topic in absent_topics:
+            ignored.append(name)
+        elif topic in input_topics:
+            errors.append(f'{name!r} (the inputs take their QoS from qos.reliability and '
+                          f'qos.depth)')
+        elif topic == '/diagnostics':
+            errors.append(f'{name!r} (/diagnostics keeps the default QoS)')
+        elif policy in _FIXED_POLICIES:
+            errors.append(f'{name!r} ({policy!r} cannot be overridden: only '
+                          f'{", ".join(_OVERRIDABLE_POLICIES)})')
+        else:
+            close = difflib.get_close_matches(name, declared, n=1)
+            errors.append(f'{name!r}' + (f' (did you mean {close[0]!r}?)' if close else ''))
+    return errors, ignored
+
+
+_OVERRIDABLE_POLICIES = ('depth', 'history', 'reliability')
+# QoS policies that rclpy's overriding options know but the node does not let change.
+_FIXED_POLICIES = frozenset(('durability', 'deadline', 'lifespan', 'liveliness',
+                             'liveliness_lease_duration'))
 
 
 # How rcl types a ``-p`` value (rcl_yaml_param_parser, parse.c ``get_value``): a quoted scalar

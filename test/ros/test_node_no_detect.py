@@ -29,12 +29,16 @@ def _save_fusion_only_checkpoint(path, seed=0):
 def setup(tmp_path_factory):
     weights = tmp_path_factory.mktemp('node_nodet') / 'fusion_only.safetensors'
     _save_fusion_only_checkpoint(weights)
+    # A params file shared with models that detect: its detections override is ignored here.
+    shared = weights.parent / 'qos.yaml'
+    shared.write_text(f'/**:\n  ros__parameters:\n    qos_overrides:\n'
+                      f'      {NAMESPACE}/detections:\n        publisher:\n          depth: 3\n')
     domain = random_domain_id()
     node = NodeProcess(domain, {
         'weights': str(weights), 'device': 'cpu', 'cpu_threads': 1,
         'diagnostics.period': 0.25, 'diagnostics.input_timeout': 1.0, 'qos.depth': 10,
         'publish.detections': True, 'publish.debug': True,
-    }, namespace=NAMESPACE)
+    }, namespace=NAMESPACE, params_files=[shared])
     probe = Probe(domain, namespace=NAMESPACE)
     try:
         if not probe.wait_until_ready(90.0):
@@ -68,3 +72,4 @@ def test_fused_images_are_published_without_a_detections_topic_and_the_log_says_
     log = node.log()
     assert log.count('has no detection head') == 1, log
     assert 'detections topic is not advertised' in log
+    assert f"QoS override 'qos_overrides.{NAMESPACE}/detections.publisher.depth' ignored" in log

@@ -39,6 +39,10 @@ def _cases(tmp_path):
                                         'publisher', 'reliabilty', 'best_effort')
     qos_input_file = _qos_overrides_file(tmp_path / 'qos_input.yaml', '/infrared/image_raw',
                                          'subscription', 'reliability', 'reliable')
+    qos_value_file = _qos_overrides_file(tmp_path / 'qos_value.yaml', '/fused/image_raw',
+                                         'publisher', 'reliability', 'bogus')
+    qos_policy_file = _qos_overrides_file(tmp_path / 'qos_policy.yaml', '/fused/image_raw',
+                                          'publisher', 'durability', 'transient_local')
     cases.update({
         'misspelt_parameter': ({'weights': str(weights), 'confidance_threshold': 0.5},
                                ["unknown parameter 'confidance_threshold'",
@@ -56,6 +60,14 @@ def _cases(tmp_path):
             {'weights': str(weights)},
             ["'qos_overrides./infrared/image_raw.subscription.reliability'",
              'take their QoS from qos.reliability and qos.depth'], qos_input_file),
+        'bad_qos_override_value': (
+            {'weights': str(weights)},
+            ["invalid QoS override for '/fused/image_raw'", 'bogus',
+             'reliable, best_effort or system_default'], qos_value_file),
+        'qos_override_of_a_policy': (
+            {'weights': str(weights)},
+            ["'durability' cannot be overridden: only depth, history, reliability"],
+            qos_policy_file),
         'mistyped_use_sim_time': ({'weights': str(weights), 'use_sim_time': 1},
                                   ['invalid parameter', 'use_sim_time']),
         'list_of_mixed_types': ({'weights': str(weights),
@@ -92,6 +104,7 @@ def outcomes(tmp_path_factory):
                                   'unknown_class', 'misspelt_parameter',
                                   'misspelt_in_a_params_file', 'mistyped_after_the_params_file',
                                   'misspelt_qos_override', 'qos_override_of_an_input',
+                                  'bad_qos_override_value', 'qos_override_of_a_policy',
                                   'mistyped_use_sim_time', 'list_of_mixed_types',
                                   'cuda_unavailable'])
 def test_start_up_failure_exits_non_zero_with_a_clear_message(outcomes, case):
