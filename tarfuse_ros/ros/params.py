@@ -467,8 +467,8 @@ def unknown_parameters(node):
     rclpy ignores a parameter set for a node (params file or ``-p``) that the node does not
     declare, so a misspelt name would silently keep the default. Call this after
     :func:`declare_node_parameters`. ``qos_overrides.*`` names are left out (rclpy declares
-    them when the subscriptions are made). Each line names the parameter and, where one is
-    close, the declared name it was probably meant to be.
+    them when the publishers are made; :func:`unknown_qos_overrides` checks them). Each line
+    names the parameter and, where one is close, the declared name it was probably meant to be.
     """
     # rclpy keeps the overrides (params files and -p, for this node) in this attribute on
     # Humble and Jazzy; without it there is nothing to check.
@@ -478,9 +478,20 @@ def unknown_parameters(node):
     for name in sorted(given):
         if node.has_parameter(name) or name.startswith('qos_overrides.'):
             continue
-        close = difflib.get_close_matches(name, declared, n=1)
-        lines.append(f'{name!r}' + (f' (did you mean {close[0]!r}?)' if close else ''))
+        lines.append(_with_closest(name, declared))
     return lines
+
+
+def _with_closest(name, names):
+    """Return ``'name'`` quoted, with ``(did you mean 'x'?)`` where one of ``names`` is close."""
+    close = difflib.get_close_matches(name, names, n=1)
+    return f'{name!r}' + (f' (did you mean {close[0]!r}?)' if close else '')
+
+
+_OVERRIDABLE_POLICIES = ('depth', 'history', 'reliability')
+# QoS policies that rclpy's overriding options know but the node does not let change.
+_FIXED_POLICIES = frozenset(('durability', 'deadline', 'lifespan', 'liveliness',
+                             'liveliness_lease_duration'))
 
 
 def unknown_qos_overrides(node, input_topics=(), absent_topics=()):
@@ -515,15 +526,8 @@ def unknown_qos_overrides(node, input_topics=(), absent_topics=()):
             errors.append(f'{name!r} ({policy!r} cannot be overridden: only '
                           f'{", ".join(_OVERRIDABLE_POLICIES)})')
         else:
-            close = difflib.get_close_matches(name, declared, n=1)
-            errors.append(f'{name!r}' + (f' (did you mean {close[0]!r}?)' if close else ''))
+            errors.append(_with_closest(name, declared))
     return errors, ignored
-
-
-_OVERRIDABLE_POLICIES = ('depth', 'history', 'reliability')
-# QoS policies that rclpy's overriding options know but the node does not let change.
-_FIXED_POLICIES = frozenset(('durability', 'deadline', 'lifespan', 'liveliness',
-                             'liveliness_lease_duration'))
 
 
 # How rcl types a ``-p`` value (rcl_yaml_param_parser, parse.c ``get_value``): a quoted scalar

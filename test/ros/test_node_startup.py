@@ -50,7 +50,6 @@ def _cases(tmp_path):
         'misspelt_in_a_params_file': ({'weights': str(weights)},
                                       ["unknown parameter 'sync.slopp'",
                                        "did you mean 'sync.slop'?"], typo_file),
-        # rcl drops this value silently: the shipped params file gave the parameter a double.
         'misspelt_qos_override': (
             {'weights': str(weights)},
             ["unknown QoS override 'qos_overrides./fused/image_raw.publisher.reliabilty'",
@@ -68,6 +67,7 @@ def _cases(tmp_path):
             {'weights': str(weights)},
             ["'durability' cannot be overridden: only depth, history, reliability"],
             qos_policy_file),
+        # rcl drops this value silently: the shipped params file gave the parameter a double.
         'mistyped_use_sim_time': ({'weights': str(weights), 'use_sim_time': 1},
                                   ['invalid parameter', 'use_sim_time']),
         'list_of_mixed_types': ({'weights': str(weights),

@@ -336,7 +336,7 @@ def test_options_are_checked_before_anything_runs():
     ((480, 640), 320, (240, 320)),    # the longer side at max_side, aspect kept
     ((480, 640), 1024, (480, 640)),   # never enlarged
     ((32, 256), 64, (16, 128)),       # a strip stops at the engine's 16 px shorter side
-    ((256, 48), 32, (85, 16)),        # (was stretched to 32x32 / 32x256 before)
+    ((256, 48), 32, (85, 16)),        # (the old 32 px clamp gave 32x64 and 32x32)
 ])
 def test_max_side_keeps_the_aspect_ratio(size, max_side, expected):
     from tarfuse_ros.evaluation.inputs import prepare
