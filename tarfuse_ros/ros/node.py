@@ -56,6 +56,9 @@ INFRARED, VISIBLE = 0, 1
 _INPUT_NAMES = ('infrared', 'visible')
 _INPUT_TOPICS = ('infrared/image_raw', 'visible/image_raw')
 _FUSED_TOPIC = 'fused/image_raw'
+# Outputs that take REP-2003 QoS overrides (the fused image's compressed topic too).
+_OUTPUT_TOPICS = (_FUSED_TOPIC, 'fused/camera_info', 'detections', 'registered/image_raw',
+                  'debug/image_raw')
 _RUNTIME_ENGINE_FIELDS = ('confidence_threshold', 'iou_threshold', 'max_detections', 'classes')
 _HEALTH_FIELDS = ('health_window', 'health_every_n', 'health_max_side', 'health_min_alignment',
                   'health_max_flow_px')
@@ -179,7 +182,7 @@ class TarFuseNode(Node):
         inputs = [*self._topics, self._info_sub.topic_name,
                   *(self._resolve(base) for base in _INPUT_TOPICS)]
         absent = [] if self._engine.detects else [self._resolve('detections')]
-        unknown, ignored = unknown_qos_overrides(self, inputs, absent)
+        unknown, ignored = unknown_qos_overrides(self, inputs, absent, self._remapped_outputs())
         if unknown:
             raise StartupError(f'unknown QoS override {", ".join(unknown)}: no output of this '
                                f'node takes it (outputs take history, depth and reliability); '
@@ -316,6 +319,21 @@ class TarFuseNode(Node):
             return self.resolve_topic_name(topic)
         except AttributeError:  # an rclpy without Node.resolve_topic_name
             return topic
+
+    def _remapped_outputs(self):
+        """Return ``{output name before remapping: after}`` for the outputs a rule renamed."""
+        renamed = {}
+        for base in _OUTPUT_TOPICS:
+            try:
+                before = self.resolve_topic_name(base, only_expand=True)
+            except (AttributeError, TypeError):  # an rclpy without only_expand
+                return {}
+            after = self._resolve(base)
+            if after != before:
+                renamed[before] = after
+                if base == _FUSED_TOPIC:
+                    renamed[f'{before}/compressed'] = f'{after}/compressed'
+        return renamed
 
     def _transport_topic(self, base, transport):
         """Return ``(message type, topic)`` of ``base`` for an image_transport name.
@@ -658,6 +676,14 @@ class TarFuseNode(Node):
         return not self._worker.is_alive()
 
 
+def _argument_hint(message):
+    """Return what to fix for rcl's argument-parsing error ``message``."""
+    if "Couldn't parse params file" in message:
+        return ('check that each --params-file names a readable YAML file (<node name or /**>: '
+                'ros__parameters: ...)')
+    return 'fix them (e.g. a -p list holds one type: [1.0, 0.0], not [1.0, 0])'
+
+
 def main(args=None):
     """Run the node until Ctrl-C / SIGTERM; return the process exit code."""
     argv = sys.argv if args is None else args
@@ -668,8 +694,8 @@ def main(args=None):
         try:
             rclpy.init(args=argv)
         except Exception as exc:  # noqa: BLE001 - rcl refuses the arguments (RCLError)
-            raise StartupError(f'the ROS arguments cannot be parsed: {exc}; fix them (e.g. a '
-                               f'-p list holds one type: [1.0, 0.0], not [1.0, 0])') from exc
+            raise StartupError(f'the ROS arguments cannot be parsed: {exc}; '
+                               f'{_argument_hint(str(exc))}') from exc
         node = TarFuseNode(argv=argv)
         rclpy.spin(node)
     except StartupError as exc:

@@ -494,7 +494,7 @@ _FIXED_POLICIES = frozenset(('durability', 'deadline', 'lifespan', 'liveliness',
                              'liveliness_lease_duration'))
 
 
-def unknown_qos_overrides(node, input_topics=(), absent_topics=()):
+def unknown_qos_overrides(node, input_topics=(), absent_topics=(), remapped=None):
     """Return ``(errors, ignored)`` for the ``qos_overrides.*`` names that nothing took.
 
     rclpy declares ``qos_overrides.<topic>.<publisher|subscription>.<policy>`` (REP-2003) for
@@ -503,12 +503,15 @@ def unknown_qos_overrides(node, input_topics=(), absent_topics=()):
     exist. ``input_topics``: the resolved names of the inputs, whose QoS comes from the node's
     own ``qos.reliability`` / ``qos.depth`` parameters. ``absent_topics``: resolved names of
     outputs this configuration does not advertise (e.g. detections of a model without a
-    detection head); their overrides are returned in ``ignored``, not as errors. Each error
-    line names the parameter and why it is refused (an input, a policy that cannot be
+    detection head); their overrides are returned in ``ignored``, not as errors.
+    ``remapped``: output topic names before remapping -> after (only those a ``-r`` rule
+    changed); rclpy declares the overrides under the remapped name. Each error line names the
+    parameter and why it is refused (an input, a remapped output, a policy that cannot be
     overridden, or the closest overridable name).
     """
     given = getattr(node, '_parameter_overrides', None) or {}
     declared = node.list_parameters(['qos_overrides'], 0).names
+    remapped = remapped or {}
     errors, ignored = [], []
     for name in sorted(given):
         if not name.startswith('qos_overrides.') or node.has_parameter(name):
@@ -520,6 +523,11 @@ def unknown_qos_overrides(node, input_topics=(), absent_topics=()):
         elif topic in input_topics:
             errors.append(f'{name!r} (the inputs take their QoS from qos.reliability and '
                           f'qos.depth)')
+        elif topic in remapped:
+            suffix = name[len('qos_overrides.') + len(topic):]  # .publisher.<policy>
+            errors.append(f'{name!r} (that output is remapped to {remapped[topic]!r}; overrides '
+                          f'take the remapped name: '
+                          f'{"qos_overrides." + remapped[topic] + suffix!r})')
         elif topic == '/diagnostics':
             errors.append(f'{name!r} (/diagnostics keeps the default QoS)')
         elif policy in _FIXED_POLICIES:

@@ -103,7 +103,8 @@ def compressed_msg(array, fmt, stamp_ns, frame_id):
 class NodeProcess:
     """The fusion node running in a child process on ``domain_id``."""
 
-    def __init__(self, domain_id, parameters, namespace='/', env=None, params_files=()):
+    def __init__(self, domain_id, parameters, namespace='/', env=None, params_files=(),
+                 remaps=()):
         self.log_file = tempfile.NamedTemporaryFile(
             prefix='tarfuse_node_', suffix='.log', delete=False)
         environment = dict(os.environ if env is None else env)
@@ -119,6 +120,8 @@ class NodeProcess:
             command += ['--params-file', str(path)]
         for name, value in parameters.items():
             command += ['-p', f'{name}:={value}']
+        for rule in remaps:  # 'from:=to'
+            command += ['-r', rule]
         self.command = command
         self.process = subprocess.Popen(command, cwd=ROOT, env=environment,
                                         stdout=self.log_file, stderr=subprocess.STDOUT)

@@ -41,6 +41,8 @@ def _cases(tmp_path):
                                          'subscription', 'reliability', 'reliable')
     qos_value_file = _qos_overrides_file(tmp_path / 'qos_value.yaml', '/fused/image_raw',
                                          'publisher', 'reliability', 'bogus')
+    qos_remap_file = _qos_overrides_file(tmp_path / 'qos_remap.yaml', '/fused/image_raw',
+                                         'publisher', 'depth', 3)
     qos_policy_file = _qos_overrides_file(tmp_path / 'qos_policy.yaml', '/fused/image_raw',
                                           'publisher', 'durability', 'transient_local')
     cases.update({
@@ -63,6 +65,13 @@ def _cases(tmp_path):
             {'weights': str(weights)},
             ["invalid QoS override for '/fused/image_raw'", 'bogus',
              'reliable, best_effort or system_default'], qos_value_file),
+        # A -r rule renames the output; rclpy takes the override under the new name only.
+        'qos_override_under_a_remap': (
+            {'weights': str(weights)},
+            ["'qos_overrides./fused/image_raw.publisher.depth'",
+             "remapped to '/out/fused'",
+             "'qos_overrides./out/fused.publisher.depth'"], qos_remap_file,
+            ['fused/image_raw:=/out/fused']),
         'qos_override_of_a_policy': (
             {'weights': str(weights)},
             ["'durability' cannot be overridden: only depth, history, reliability"],
@@ -70,9 +79,13 @@ def _cases(tmp_path):
         # rcl drops this value silently: the shipped params file gave the parameter a double.
         'mistyped_use_sim_time': ({'weights': str(weights), 'use_sim_time': 1},
                                   ['invalid parameter', 'use_sim_time']),
+        'missing_params_file': ({'weights': str(weights)},
+                                ["Couldn't parse params file", 'absent.yaml',
+                                 'names a readable YAML file'], tmp_path / 'absent.yaml'),
         'list_of_mixed_types': ({'weights': str(weights),
                                  'registration.prior': '[1.0,0,0,0,1,0,0,0,1]'},
-                                ['the ROS arguments cannot be parsed']),
+                                ['the ROS arguments cannot be parsed',
+                                 'a -p list holds one type']),
         'mistyped_after_the_params_file': ({'weights': str(weights),
                                             'confidence_threshold': 'abc'},
                                            ['-p confidence_threshold:=abc',
@@ -89,8 +102,12 @@ def outcomes(tmp_path_factory):
     """Start every failing configuration at once (they fail in parallel) and collect them."""
     cases = _cases(tmp_path_factory.mktemp('startup'))
     domain = random_domain_id()
-    processes = {name: (NodeProcess(domain, params, params_files=files), words)
-                 for name, (params, words, *files) in cases.items()}
+    processes = {}
+    for name, (params, words, *more) in cases.items():
+        params_files = more[:1]  # optional: a params file, then remapping rules
+        remaps = more[1] if len(more) > 1 else ()
+        processes[name] = (NodeProcess(domain, params, params_files=params_files,
+                                       remaps=remaps), words)
     try:
         yield {name: (proc.wait(90.0), proc.log(), words)
                for name, (proc, words) in processes.items()}
@@ -105,7 +122,9 @@ def outcomes(tmp_path_factory):
                                   'misspelt_in_a_params_file', 'mistyped_after_the_params_file',
                                   'misspelt_qos_override', 'qos_override_of_an_input',
                                   'bad_qos_override_value', 'qos_override_of_a_policy',
+                                  'qos_override_under_a_remap',
                                   'mistyped_use_sim_time', 'list_of_mixed_types',
+                                  'missing_params_file',
                                   'cuda_unavailable'])
 def test_start_up_failure_exits_non_zero_with_a_clear_message(outcomes, case):
     if case not in outcomes:
