@@ -37,7 +37,8 @@ def output_problem(path, folder=False):
     """Return why ``path`` cannot be written, or None when it can (a check before slow work).
 
     Missing parent folders are no problem when the nearest existing one is a folder this
-    process may write to (:func:`atomic_output` and the tools create them).
+    process can create a file in (:func:`atomic_output` and the tools create them); the check
+    creates and removes one empty file there.
 
     Args:
         path: the file to write or, with ``folder=True``, the folder to fill (an existing
@@ -58,8 +59,14 @@ def output_problem(path, folder=False):
         existing = existing.parent
     if not existing.is_dir():
         return f'{existing} is a file, not a folder'
-    if not os.access(existing, os.W_OK | os.X_OK):
+    # Create a file there rather than ask os.access: root passes os.access on folders no one
+    # can write to (/proc, /sys).
+    try:
+        handle, probe = tempfile.mkstemp(prefix='.tarfuse_probe_', dir=existing)
+    except OSError:
         return f'folder {existing} is not writable'
+    os.close(handle)
+    os.unlink(probe)
     return None
 
 
