@@ -32,6 +32,8 @@ setup(
         share('samples/labels'),
         share('samples/synthetic_misaligned/ir_warp'),
         share('samples', '*.*'),
+        # Split lists and pseudo-labels the training configs name (data/...).
+        *[share(folder) for folder, _, _ in sorted(os.walk('data'))],
     ],
     install_requires=['setuptools'],
     zip_safe=True,

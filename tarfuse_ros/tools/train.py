@@ -15,15 +15,18 @@ import copy
 import datetime
 from pathlib import Path
 import shutil
+import signal
 import sys
+import threading
 import time
 
+from tarfuse_ros.core.files import output_problem
 from tarfuse_ros.core.runtime import DeviceUnavailableError, torch_settings
 from tarfuse_ros.training.config import apply_overrides, load_config, TrainingConfig
 from tarfuse_ros.training.distributed import setup_distributed, teardown_distributed
 from tarfuse_ros.training.logs import LOG_NAME
-from tarfuse_ros.training.loop import Trainer
-from tarfuse_ros.training.state import find_state_dir, read_state_meta
+from tarfuse_ros.training.loop import FINAL_NAME, Trainer
+from tarfuse_ros.training.state import find_state_dir, read_state_meta, RUN_META_KEYS, STATE_DIR
 
 __all__ = ['build_config', 'build_parser', 'main']
 
@@ -76,8 +79,8 @@ def build_config(args, resume=None):
         ValueError: a bad or unknown key or value, naming it.
 
     """
+    meta = read_state_meta(resume, RUN_META_KEYS) if resume is not None else None
     if resume is not None and args.config is None:
-        meta = read_state_meta(resume)
         raw = copy.deepcopy(meta['config'])
         raw['train'].pop('time_budget_s', None)
         if args.epochs is None and 'epochs_planned' in meta:
@@ -103,16 +106,66 @@ def build_config(args, resume=None):
             raw[section][key] = value
     if args.crop is not None and raw['data'].get('val_crop'):
         raw['data']['val_crop'] = args.crop
-    return TrainingConfig.from_dict(raw)
+    config = TrainingConfig.from_dict(raw)
+    if resume is not None:
+        _check_resumable(config, TrainingConfig.from_dict(meta['config']), resume)
+    return config
+
+
+def _check_resumable(config, saved, resume):
+    """Refuse a resume whose config changes what the saved network is (its fields, classes).
+
+    The resumed network is the saved one (architecture and detection classes), so a changed
+    ``model`` field or ``data.class_map`` would be recorded in the run without taking effect
+    (or, for the class map, train boxes as other classes).
+
+    Raises:
+        ValueError: naming the changed keys.
+
+    """
+    old, new = saved.model.to_dict(), config.model.to_dict()
+    changed = [f'model.{key}' for key in sorted(new) if new[key] != old.get(key)
+               and key not in ('class_names', 'num_classes')]
+    if dict(config.data.class_map) != dict(saved.data.class_map):
+        changed.append('data.class_map')
+    if changed:
+        raise ValueError(f'--resume {str(resume.parent)!r} cannot change {", ".join(changed)}: '
+                         f'the resumed network is the saved one; start a new run from its '
+                         f'weights instead (--init {str(resume.parent / FINAL_NAME)!r} '
+                         f'--out <new folder>)')
+
+
+# What a run leaves in its --out folder (a new run there would replace them).
+_RUN_FILES = (LOG_NAME, STATE_DIR, FINAL_NAME, 'summary.json')
 
 
 def _out_dir(args, resume):
+    """Return the run's output folder, refusing one that would lose a run or cannot be made.
+
+    Raises:
+        ValueError: ``--out`` cannot be written, or holds another run (a new run would
+            replace its log, state and checkpoint).
+
+    """
     if args.out:
         out = Path(args.out)
     elif resume is not None:
         out = resume.parent
     else:
         out = Path('runs') / datetime.datetime.now().strftime('train_%Y%m%d_%H%M%S')
+    problem = output_problem(out, folder=True)
+    if problem:
+        raise ValueError(f'--out {str(out)!r} cannot be used ({problem})')
+    held = [name for name in _RUN_FILES if (out / name).exists()]
+    if held and (resume is None or out.resolve() != resume.parent):
+        if resume is not None:
+            hint = f'resume into the folder of that run, {str(resume.parent)!r}, or '
+        elif (out / STATE_DIR).is_dir():
+            hint = f'continue it with --resume {str(out)!r}, or '
+        else:
+            hint = ''
+        raise ValueError(f'--out {str(out)!r} already holds a training run ({", ".join(held)}); '
+                         f'{hint}choose another --out (or remove that folder)')
     if resume is not None and out.resolve() != resume.parent:
         # Resuming into another folder (e.g. from a read-only copy): carry the history.
         old_log, new_log = resume.parent / LOG_NAME, out / LOG_NAME
@@ -136,6 +189,8 @@ def main(argv=None):
         # The command line counts its budget from the interpreter's start (imports included).
         t0 = _T0 if argv_given is None else None
         dist = setup_distributed(force=args.ddp)
+        # SIGTERM (a job scheduler, docker stop) stops the run as Ctrl-C does.
+        previous = _terminate_as_interrupt()
         try:
             with torch_settings(threads=config.train.threads,
                                 deterministic=True if config.train.deterministic else None,
@@ -144,11 +199,31 @@ def main(argv=None):
                                   resume=resume, t0=t0)
                 summary = trainer.fit()
         finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
             teardown_distributed(dist)
     except (ValueError, DeviceUnavailableError) as exc:
         print(f'tarfuse-train: error: {exc}', file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # before training started (fit handles it afterwards)
+        print('tarfuse-train: interrupted while starting; no training was done',
+              file=sys.stderr)
+        return 130
     return 130 if summary and summary.get('interrupted') else 0
+
+
+def _terminate_as_interrupt():
+    """Make SIGTERM raise KeyboardInterrupt (the run then stops cleanly); return the old handler.
+
+    Returns None (nothing changed) outside the main thread, where signals cannot be handled.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, handler)
 
 
 if __name__ == '__main__':

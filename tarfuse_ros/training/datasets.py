@@ -9,11 +9,13 @@ The data set takes the sources as they are, ``exclude`` included: nothing is wri
 
 from pathlib import Path
 
-from tarfuse_ros.core.data import DataSource, label_file, PairedDataset
-from tarfuse_ros.core.paths import shared_datasets_dir
+from tarfuse_ros.core.data import DataSource, label_file, PairedDataset, read_classes
+from tarfuse_ros.core.paths import share_dir, shared_datasets_dir
 
-__all__ = ['build_dataset', 'count_labelled', 'parse_data_spec', 'resolve_dataset_dir',
-           'resolve_sources']
+__all__ = ['build_dataset', 'check_class_map', 'count_labelled', 'parse_data_spec',
+           'resolve_dataset_dir', 'resolve_sources']
+
+DEFAULT_LABELS = 'labels'
 
 
 def parse_data_spec(spec, default_split='train'):
@@ -84,19 +86,66 @@ def resolve_sources(sources, root=None):
         folder = resolve_dataset_dir(source.path, root)
         split = source.split
         split_path = Path(split).expanduser()
-        if not split_path.is_absolute() and (Path.cwd() / split_path).is_file():
-            split = str((Path.cwd() / split_path).resolve())
-        # A label folder inside the data set, else one relative to the working directory
-        # (e.g. pseudo-labels kept in this repository for a shared data set).
+        if not split_path.is_absolute():
+            found = next((base / split_path for base in _repository_bases()
+                          if (base / split_path).is_file()), None)
+            if found is not None:
+                split = str(found.resolve())
+        # A label folder inside the data set, else one relative to the working directory or
+        # the package (e.g. pseudo-labels kept in this repository for a shared data set).
         labels = Path(source.labels).expanduser()
-        if (not labels.is_absolute() and not (folder / labels).is_dir()
-                and (Path.cwd() / labels).is_dir()):
-            labels = (Path.cwd() / labels).resolve()
+        if not labels.is_absolute() and not (folder / labels).is_dir():
+            labels = next(((base / labels).resolve() for base in _repository_bases()
+                           if (base / labels).is_dir()), labels)
+        if source.labels != DEFAULT_LABELS and not (folder / labels).is_dir():
+            # The default folder may be absent (an unlabelled set); a named one must exist.
+            raise ValueError(f'data source {value!r}: labels folder {source.labels!r} not found '
+                             f'in {str(folder)!r}, the working directory or the package')
         source = DataSource(folder, split, source.exclude, str(labels))
         if not source.stems():
             raise ValueError(f'data source {value!r}: no pairs left in {str(folder)!r}')
         resolved.append(source)
     return resolved
+
+
+def _repository_bases():
+    """Folders a relative list file or label folder of a config is looked up in, in order.
+
+    The working directory, then the package's share folder (the source tree when run from
+    it), so the shipped ``config/train.yaml``'s ``data/...`` paths work from any directory.
+    """
+    return [Path.cwd(), share_dir()]
+
+
+def check_class_map(sources, class_map):
+    """Refuse class ids none of whose names a labelled data set lists (their boxes would go).
+
+    A label file's class ids are mapped to names by its set's ``classes.txt`` and the names to
+    ``class_map`` ids (:class:`~tarfuse_ros.core.data.PairedDataset`); a map name that no set
+    lists (e.g. ``pedestrian`` for ``person``) keeps none of its boxes, and the pairs would
+    teach the detector that there is nothing there. Sets without labels or ``classes.txt``
+    are not consulted; nothing is checked when none has them.
+
+    Raises:
+        ValueError: naming the ids' names and the names the sets list.
+
+    """
+    listed = set()
+    for source in sources:
+        names = read_classes(source.path)
+        if names and (Path(source.path) / source.labels).is_dir():
+            listed.update(name.lower() for name in names)
+    if not listed:
+        return
+    by_id = {}
+    for name, class_id in class_map.items():
+        by_id.setdefault(int(class_id), []).append(str(name).lower())
+    missing = [names for _, names in sorted(by_id.items())
+               if not any(name in listed for name in names)]
+    if missing:
+        raise ValueError(f'data.class_map: {", ".join("/".join(n) for n in missing)} is in no '
+                         f'classes.txt of the labelled data sets (they list '
+                         f'{", ".join(sorted(listed))}), so none of its boxes would be kept')
 
 
 def build_dataset(sources, data_config, training, seed=0, min_long_side=0):

@@ -14,6 +14,7 @@ The trainer changes no process-wide torch setting (threads, deterministic algori
 denormals): the program does that (:func:`tarfuse_ros.core.runtime.torch_settings`).
 """
 
+import dataclasses
 import datetime
 import json
 import math
@@ -24,7 +25,8 @@ import time
 
 from tarfuse_ros.core.runtime import resolve_device
 from tarfuse_ros.training import logs, steps
-from tarfuse_ros.training.datasets import build_dataset, count_labelled, resolve_sources
+from tarfuse_ros.training.datasets import (build_dataset, check_class_map, count_labelled,
+                                           resolve_sources)
 from tarfuse_ros.training.distributed import barrier, broadcast_int, DistInfo
 from tarfuse_ros.training.ema import weight_average
 from tarfuse_ros.training.loaders import train_loader, val_loader
@@ -74,6 +76,49 @@ def _log(message):
     print(f'[tarfuse-train] {message}', flush=True)
 
 
+def _check_init_fields(wanted, checkpoint, path):
+    """Refuse ``model`` fields a run from ``init_weights`` would silently not use.
+
+    The network of such a run is the checkpoint's (``train.init_model`` changes it), except
+    ``detect: false`` and a deeper ``neck_blocks``; a model field the config sets (differs from
+    the default) to another value than the checkpoint's would be recorded and not take effect.
+    """
+    from tarfuse_ros.core.model.tarfuse import TarFuseConfig
+    default, given, have = TarFuseConfig().to_dict(), wanted.to_dict(), checkpoint.to_dict()
+    ignored = [key for key in sorted(given) if key not in ('class_names', 'num_classes',
+                                                           'detect', 'neck_blocks')
+               and given[key] != default[key] and given[key] != have[key]]
+    if ignored:
+        key = ignored[0]
+        raise ValueError(f'model.{key} is {given[key]!r} in the config but init_weights '
+                         f'{str(path)!r} has {have[key]!r} (and so on for '
+                         f'{", ".join("model." + k for k in ignored)}): the run starts from '
+                         f'the checkpoint network; change it through train.init_model, or '
+                         f'remove those fields from the model section')
+
+
+def _init_classes(wanted, checkpoint, path):
+    """Return ``checkpoint`` (a TarFuseConfig) with the run's detection classes.
+
+    The run's classes come from ``data.class_map``. The same classes in another order would
+    train each class in another's outputs: refused. Other classes replace the checkpoint's
+    (outputs of a changed count start fresh), said in the log.
+    """
+    if not (wanted.detect and checkpoint.detect) or wanted.class_names == checkpoint.class_names:
+        return checkpoint
+    if sorted(wanted.class_names) == sorted(checkpoint.class_names):
+        order = {name: index for index, name in enumerate(checkpoint.class_names)}
+        raise ValueError(f'data.class_map orders the classes {list(wanted.class_names)} but '
+                         f'init_weights {str(path)!r} was trained for '
+                         f'{list(checkpoint.class_names)}: each class would train in the '
+                         f'outputs of another; use the ids of the checkpoint (class_map: '
+                         f'{order})')
+    _log(f'init_weights: classes {list(checkpoint.class_names)} -> '
+         f'{list(wanted.class_names)} (data.class_map)')
+    return dataclasses.replace(checkpoint, class_names=wanted.class_names,
+                               num_classes=len(wanted.class_names))
+
+
 class Trainer:
     """One training run: data, model, optimizer, loaders and counters, all made in ``__init__``.
 
@@ -112,6 +157,8 @@ class Trainer:
         root = config.data.root
         self.train_sources = resolve_sources(config.data.train, root)
         self.val_sources = resolve_sources(config.data.val, root)
+        if config.model.detect:
+            check_class_map(self.train_sources + self.val_sources, config.data.class_map)
         self._build_model(resume)
         # Frames the network sees as at inference (the model's input_min_long_side).
         long_side = self.model.config.input_min_long_side
@@ -159,6 +206,8 @@ class Trainer:
                 model_config = replace(model_config, detect=False)
             if self.config.model.neck_blocks > model_config.neck_blocks:
                 model_config = replace(model_config, neck_blocks=self.config.model.neck_blocks)
+            _check_init_fields(self.config.model, model_config, train.init_weights)
+            model_config = _init_classes(self.config.model, model_config, train.init_weights)
             if train.init_model:
                 model_config = TarFuseConfig.from_dict(
                     dict(model_config.to_dict(), **train.init_model))
@@ -183,6 +232,8 @@ class Trainer:
             lr=train.lr, betas=train.betas, weight_decay=train.weight_decay,
             fused=True if self.device.type == 'cuda' else None)
         self.start_epoch, self.global_step = 0, 0
+        # The newest resumable state: (epoch, run folder), or (None, None) while none.
+        self._state_epoch = None, None
         self.train_seconds, self.skipped_steps = 0.0, 0
         self.started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')
         if resume:
@@ -191,6 +242,7 @@ class Trainer:
                 _log('resume: the state holds no weight average; it starts at the first step '
                      'after the resume')
             self.start_epoch = int(meta['epoch'])
+            self._state_epoch = self.start_epoch, Path(resume).parent
             self.global_step = int(meta['global_step'])
             self.train_seconds = float(meta.get('train_seconds', 0.0))
             self.skipped_steps = int(meta.get('skipped_steps', 0))
@@ -360,7 +412,13 @@ class Trainer:
         except KeyboardInterrupt:
             interrupted = True
             if is_main:
-                _log('interrupted: saving the current weights')
+                saved, folder = self._state_epoch
+                resumable = (f'the last resumable state is from epoch {saved} (--resume '
+                             f'{str(folder)!r} continues from there)' if saved is not None
+                             else 'no resumable state was saved yet (states are saved at the '
+                             'end of epochs)')
+                _log(f'interrupted in epoch {epoch + 1}: saving the current weights to '
+                     f'{FINAL_NAME}; {resumable}')
         summary = self._finish(epoch, interrupted) if is_main else None
         barrier(self.dist)
         return summary
@@ -405,6 +463,7 @@ class Trainer:
         _log(f'epoch {epoch}/{self.epochs} {epoch_seconds:.1f}s lr={lr:.2e} {msg}{val_msg}')
 
     def _save_state(self, epoch):
+        self._state_epoch = epoch, self.out
         meta = {'epoch': epoch, 'global_step': self.global_step,
                 'epochs_planned': self.epochs, 'train_seconds': self.train_seconds,
                 'skipped_steps': self.skipped_steps, 'started': self.started,

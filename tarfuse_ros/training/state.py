@@ -18,13 +18,15 @@ import numpy as np
 from tarfuse_ros.core.files import atomic_output
 import torch
 
-__all__ = ['EMA_FILE', 'FORMAT_VERSION', 'STATE_DIR', 'find_state_dir', 'load_state',
-           'optimizer_from_flat', 'optimizer_to_flat', 'read_state_meta', 'rng_from_flat',
-           'rng_to_flat', 'save_state']
+__all__ = ['EMA_FILE', 'FORMAT_VERSION', 'RUN_META_KEYS', 'STATE_DIR', 'find_state_dir',
+           'load_state', 'optimizer_from_flat', 'optimizer_to_flat', 'read_state_meta',
+           'rng_from_flat', 'rng_to_flat', 'save_state']
 
 STATE_DIR = 'state'
 EMA_FILE = 'ema.safetensors'
 FORMAT_VERSION = 1
+# What the state.json of a tarfuse-train run holds besides 'epoch' (what resuming reads).
+RUN_META_KEYS = ('global_step', 'config', 'model_config')
 
 
 def _cpu_tensors(mapping):
@@ -167,19 +169,32 @@ def find_state_dir(path):
                      f'model.safetensors in it or in its {STATE_DIR}/ folder)')
 
 
-def read_state_meta(state_dir):
+def read_state_meta(state_dir, required=()):
     """Return the JSON part of a training state.
 
+    ``required``: keys it must hold (a run's state holds :data:`RUN_META_KEYS`).
+
     Raises:
-        ValueError: a ``format_version`` other than the one this code reads.
+        ValueError: ``state.json`` unreadable, not a JSON object, without a ``required`` key,
+            or of a ``format_version`` other than the one this code reads.
 
     """
-    with open(Path(state_dir) / 'state.json', encoding='utf-8') as stream:
-        meta = json.load(stream)
+    path = Path(state_dir) / 'state.json'
+    try:
+        with open(path, encoding='utf-8') as stream:
+            meta = json.load(stream)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f'{str(path)!r} cannot be read as a training state ({exc})') from None
+    if not isinstance(meta, dict):
+        raise ValueError(f'{str(path)!r} is not a training state (a JSON object is expected)')
     version = meta.get('format_version', FORMAT_VERSION)
     if version != FORMAT_VERSION:
         raise ValueError(f'{str(state_dir)!r}: training state format_version {version!r}, this '
                          f'code reads {FORMAT_VERSION}')
+    missing = [key for key in ('epoch', *required) if key not in meta]
+    if missing:
+        raise ValueError(f'{str(path)!r} is not a training state (no {missing[0]!r}): resume '
+                         f'from the --out folder of a tarfuse-train run')
     return meta
 
 
@@ -189,11 +204,17 @@ def load_state(state_dir, model, optimizer, ema=None):
     ``ema``: a :func:`~tarfuse_ros.training.ema.weight_average` that takes the saved average;
     left as it is when the state holds none (a run that had ``train.ema`` off).
     """
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
     state_dir = Path(state_dir)
     meta = read_state_meta(state_dir)
-    model.load_state_dict(load_file(str(state_dir / 'model.safetensors')), strict=True)
-    tensors = load_file(str(state_dir / 'state.safetensors'))
+    try:
+        weights = load_file(str(state_dir / 'model.safetensors'))
+        tensors = load_file(str(state_dir / 'state.safetensors'))
+    except (OSError, SafetensorError) as exc:
+        raise ValueError(f'training state {str(state_dir)!r} cannot be read ({exc}); resume '
+                         f'from an intact state or start again') from None
+    model.load_state_dict(weights, strict=True)
     optimizer_from_flat(optimizer, tensors, meta['optimizer'])
     rng_from_flat(tensors, meta.get('rng', {}))
     if ema is not None and (state_dir / EMA_FILE).is_file():

@@ -6,15 +6,22 @@ sources in its README), so these tests run on a fresh clone.
 
 import json
 from pathlib import Path
+import shutil
+import signal
 import socket
+import subprocess
+import sys
+import time
 
 import cv2
 import numpy as np
 import pytest
 from safetensors.torch import load_file
 from tarfuse_ros.core.checkpoint import load_checkpoint, read_checkpoint_config
+from tarfuse_ros.core.paths import share_dir
 from tarfuse_ros.tools import train as train_tool
 from tarfuse_ros.training import logs, schedule, state
+from tarfuse_ros.training.datasets import resolve_sources
 from tarfuse_ros.training.loop import CURVE_NAME, FINAL_NAME
 from tarfuse_ros.training.state import STATE_DIR
 import torch
@@ -359,3 +366,110 @@ def test_a_state_without_average_resumes_with_one(runs, tmp_path, capsys):
                             '--val-every', '0', '--set', 'train.ema=0.9']) == 0
     assert 'holds no weight average' in capsys.readouterr().out
     assert state.read_state_meta(out / STATE_DIR)['ema_updates'] == 2
+
+
+def test_a_new_run_refuses_a_folder_that_holds_one(runs, splits, tmp_path, capsys):
+    """A new run in a finished run's folder would replace its log, state and checkpoint."""
+    before = (runs['a'] / logs.LOG_NAME).read_bytes()
+    assert train_tool.main(_args(splits, runs['a'], '--epochs', '1')) == 2
+    err = capsys.readouterr().err
+    assert 'already holds a training run' in err and f"--resume '{runs['a']}'" in err
+    assert (runs['a'] / logs.LOG_NAME).read_bytes() == before
+    # Resuming into another run's folder is refused as well.
+    assert train_tool.main(['--resume', str(runs['b']), '--out', str(runs['a'])]) == 2
+    assert 'resume into the folder of that run' in capsys.readouterr().err
+
+
+def test_an_out_folder_that_cannot_be_made_fails_before_any_work(splits, tmp_path, capsys):
+    a_file = tmp_path / 'a_file'
+    a_file.write_text('x')
+    assert train_tool.main(_args(splits, a_file, '--epochs', '1')) == 2
+    assert 'is a file, not a folder' in capsys.readouterr().err
+    if Path('/proc/self').is_dir():
+        assert train_tool.main(_args(splits, '/proc/tarfuse_run', '--epochs', '1')) == 2
+        assert 'folder /proc is not writable' in capsys.readouterr().err
+
+
+def test_resume_refuses_to_change_the_saved_network(runs, capsys):
+    """The resumed network is the saved one: a changed model field or class map is refused."""
+    for change, key in (('model.feature_channels=8', 'model.feature_channels'),
+                        ('data.class_map={car: 0, person: 1, bicycle: 2}', 'data.class_map')):
+        assert train_tool.main(['--resume', str(runs['b']), '--epochs', '3',
+                                '--set', change]) == 2
+        err = capsys.readouterr().err
+        assert f'cannot change {key}' in err and '--init' in err
+    assert [r['epoch'] for r in _log(runs['b'])] == [1, 2]
+
+
+def test_resume_from_a_broken_state_is_one_clear_error(runs, tmp_path, capsys):
+    broken = tmp_path / 'broken'
+    shutil.copytree(runs['b'] / STATE_DIR, broken / STATE_DIR)
+    (broken / STATE_DIR / 'state.json').write_text('{}')
+    assert train_tool.main(['--resume', str(broken)]) == 2
+    assert "is not a training state (no 'epoch')" in capsys.readouterr().err
+    (broken / STATE_DIR / 'state.json').write_text('not json')
+    assert train_tool.main(['--resume', str(broken)]) == 2
+    assert 'cannot be read as a training state' in capsys.readouterr().err
+    shutil.copy(runs['b'] / STATE_DIR / 'state.json', broken / STATE_DIR / 'state.json')
+    (broken / STATE_DIR / 'model.safetensors').write_bytes(b'\x00' * 64)
+    assert train_tool.main(['--resume', str(broken), '--epochs', '3']) == 2
+    assert 'cannot be read' in capsys.readouterr().err
+
+
+def test_init_refuses_reordered_classes_and_model_fields_it_would_not_use(
+        runs, splits, tmp_path, capsys):
+    source = str(runs['a'] / FINAL_NAME)
+    reordered = ['--set', 'data.class_map={car: 0, person: 1, bicycle: 2}']
+    assert train_tool.main(_args(splits, tmp_path / 'i1', '--epochs', '1', '--init', source,
+                                 *reordered)) == 2
+    assert "orders the classes ['car', 'person', 'bicycle']" in capsys.readouterr().err
+    wider = ['--set', 'model.feature_channels=16']  # the checkpoint has 4
+    assert train_tool.main(_args(splits, tmp_path / 'i2', '--epochs', '1', '--init', source,
+                                 *wider)) == 2
+    assert 'model.feature_channels is 16 in the config' in capsys.readouterr().err
+    assert not (tmp_path / 'i1').exists() and not (tmp_path / 'i2').exists()
+
+
+def test_class_names_and_label_folders_that_match_nothing_are_refused(splits, tmp_path, capsys):
+    typo = ['--set', 'data.class_map={pedestrian: 0, bicycle: 1, car: 2}']
+    assert train_tool.main(_args(splits, tmp_path / 'c1', '--epochs', '1', *typo)) == 2
+    assert 'data.class_map: pedestrian is in no classes.txt' in capsys.readouterr().err
+    folder = ['--set', f'data.train=[{{path: {ROADSCENE}, split: {splits["train"]}, '
+                       f'labels: label}}]']
+    args = _args(splits, tmp_path / 'c2', '--epochs', '1', *folder)
+    del args[args.index('--data'):args.index('--data') + 2]  # --data would replace data.train
+    assert train_tool.main(args) == 2
+    assert "labels folder 'label' not found" in capsys.readouterr().err
+
+
+def test_relative_list_files_and_label_folders_are_found_from_any_directory(
+        tmp_path, monkeypatch):
+    """config/train.yaml names data/... paths of this package; they resolve from elsewhere."""
+    monkeypatch.chdir(tmp_path)
+    listed = tmp_path / 'two.txt'
+    listed.write_text('\n'.join((ROADSCENE / 'train.txt').read_text().split()[:2]) + '\n')
+    source, = resolve_sources([{'path': str(ROADSCENE), 'split': 'two.txt',
+                                'labels': 'data/pseudo_labels/roadscene/labels'}])
+    assert source.labels == str(share_dir() / 'data' / 'pseudo_labels' / 'roadscene' / 'labels')
+    assert source.split == str(listed)
+
+
+def test_sigterm_stops_the_run_like_ctrl_c(splits, tmp_path):
+    out = tmp_path / 'term'
+    command = [sys.executable, '-m', 'tarfuse_ros.tools.train',
+               *_args(splits, out, '--epochs', '500', '--val-every', '0')]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, cwd=Path(__file__).resolve().parents[2])
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / STATE_DIR / 'state.json').is_file() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert (out / STATE_DIR / 'state.json').is_file(), 'no epoch finished in 120 s'
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 130, output
+    assert 'interrupted in epoch' in output and 'the last resumable state is from epoch' in output
+    assert 'Traceback' not in output
+    assert json.loads((out / 'summary.json').read_text())['interrupted'] is True
