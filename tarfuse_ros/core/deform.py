@@ -13,7 +13,7 @@ Gaussian of sigma 16 px with a kernel of about 6 sigma (kornia's default kernel 
 Gaussian and can fold the field), scaled to a peak displacement drawn from U(0, 4) px.
 """
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 import math
 from typing import NamedTuple
 
@@ -64,6 +64,19 @@ class DeformConfig:
     inverse_iterations: int = 20
 
     def __post_init__(self):
+        for item in fields(self):
+            value = getattr(self, item.name)
+            if item.type in (int, float) and (isinstance(value, bool)
+                                              or not isinstance(value, (int, float))
+                                              or not math.isfinite(value)):
+                raise ValueError(f'{item.name} must be a finite number, got {value!r}')
+            if item.type is int and value != int(value):
+                raise ValueError(f'{item.name} must be an integer, got {value!r}')
+        scale = self.scale
+        if (not isinstance(scale, (list, tuple)) or len(scale) != 2
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                           and math.isfinite(v) for v in scale)):
+            raise ValueError(f'scale must be (low, high) with 0 < low <= high, got {scale!r}')
         object.__setattr__(self, 'scale', tuple(float(v) for v in self.scale))
         if not 0.0 <= self.prob <= 1.0:
             raise ValueError(f'prob must be in [0, 1], got {self.prob}')

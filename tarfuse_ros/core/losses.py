@@ -371,9 +371,20 @@ class LossWeights:
 
     @classmethod
     def from_dict(cls, values):
-        """Build from a plain dict; unknown keys raise ``ValueError``."""
+        """Build from a plain dict; unknown keys and weights that are no number raise ValueError.
+
+        Strings that read as a number are taken (YAML reads 5e-4, without a dot, as a string).
+        """
         values = known_fields(cls, values)
-        return cls(**{k: float(v) for k, v in values.items()})
+        weights = {}
+        for key, value in values.items():
+            try:
+                weights[key] = float(value)
+            except (TypeError, ValueError, OverflowError):
+                weights[key] = math.nan
+            if isinstance(value, bool) or not math.isfinite(weights[key]):
+                raise ValueError(f'{key} must be a finite number, got {value!r}')
+        return cls(**weights)
 
     def to_dict(self):
         return asdict(self)

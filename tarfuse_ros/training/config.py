@@ -12,12 +12,15 @@ A training config (``config/train.yaml``, every key commented there) has five se
 The defaults live in these dataclasses and nowhere else: a key left out of the YAML takes them.
 ``epochs``, ``batch``, ``lr``, ``data.train``, ``data.crop`` and ``data.class_map`` have none and
 must be given (``data.class_map`` only for a model with detection: with ``model.detect: false``
-it must be left out or empty). Unknown sections and keys are errors that name the key
-(``train.warmup_epoch``).
+it must be left out or empty). Unknown sections and keys, and bad values, are errors (one line,
+``ValueError``) that name the key (``train.warmup_epoch``). ``null`` is a key left out. Numbers
+must be finite; a string that reads as one is taken (YAML reads 5e-4, without a dot, as a
+string).
 ``--set KEY=VALUE`` changes the raw mapping before it is parsed (:func:`apply_overrides`).
 """
 
 from dataclasses import asdict, dataclass, field, fields, MISSING
+import math
 from pathlib import Path
 
 from tarfuse_ros.core.data import class_names_from_map, DataSource, parse_scale_range
@@ -38,28 +41,51 @@ _FROM_DATA = ('class_names', 'num_classes')
 
 
 def _number(key, value, kind):
-    """Return ``value`` as ``kind`` (int or float), or raise ``ValueError`` naming ``key``."""
+    """Return ``value`` as ``kind`` (int or float), or raise ``ValueError`` naming ``key``.
+
+    Numbers must be finite (``.inf`` and ``.nan`` are refused); strings that read as one are
+    taken (YAML reads 5e-4, without a dot, as a string).
+    """
     if isinstance(value, bool):
         raise ValueError(f'{key} must be a number, got {value!r}')
+    if kind is int and isinstance(value, int):
+        return value
     try:
-        number = float(value)  # YAML reads 5e-4 (no dot) as a string
-    except (TypeError, ValueError):
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
         raise ValueError(f'{key} must be a number, got {value!r}') from None
+    if not math.isfinite(number):
+        raise ValueError(f'{key} must be a finite number, got {value!r}')
     if kind is int:
-        if number != int(number):
+        if not number.is_integer():
             raise ValueError(f'{key} must be an integer, got {value!r}')
         return int(number)
     return number
 
 
+def _numbers(cls, section, values):
+    """Return ``values`` with those of the int and float fields of ``cls`` read by _number.
+
+    ``null`` counts as left out (the field's default), as in :func:`_parse_fields`.
+    """
+    kinds = {f.name: f.type for f in fields(cls)}
+    return {name: _number(f'{section}.{name}', value, kinds[name])
+            if kinds.get(name) in (int, float) else value
+            for name, value in values.items() if value is not None or name not in kinds}
+
+
 def _parse_fields(cls, section, values):
-    """Return ``cls(**values)`` with values converted to the fields' types; strict keys."""
+    """Return ``cls(**values)`` with values converted to the fields' types; strict keys.
+
+    ``null`` counts as left out: the field's default, or an error if it has none.
+    """
     values = dict(values or {})
     known = {f.name: f for f in fields(cls)}
     unknown = sorted(set(values) - set(known))
     if unknown:
         raise ValueError(f'unknown key {section}.{unknown[0]} (known keys of {section}: '
                          f'{sorted(known)})')
+    values = {name: value for name, value in values.items() if value is not None}
     missing = [name for name, f in known.items()
                if name not in values and f.default is MISSING and f.default_factory is MISSING]
     if missing:
@@ -68,7 +94,7 @@ def _parse_fields(cls, section, values):
     for name, value in values.items():
         kind = known[name].type
         key = f'{section}.{name}'
-        if value is None or kind not in (int, float, bool):
+        if kind not in (int, float, bool):
             out[name] = value
         elif kind is bool:
             if not isinstance(value, bool):
@@ -122,6 +148,9 @@ class DataConfig:
     def __post_init__(self):
         for name in ('train', 'val'):
             entries = getattr(self, name) or ()
+            _check(isinstance(entries, (list, tuple)),
+                   f'data.{name} must be a list of data sources (a YAML list, e.g. '
+                   f'[roadscene:train]), got {entries!r}')
             object.__setattr__(self, name, tuple(
                 parse_data_spec(e) if isinstance(e, str)
                 else DataSource.parse(e, default_split='train') for e in entries))
@@ -226,7 +255,15 @@ class TrainConfig:
     ema_tau: float = 0.0
 
     def __post_init__(self):
-        object.__setattr__(self, 'betas', tuple(float(b) for b in self.betas))
+        betas = self.betas
+        message = f"train.betas must be two numbers in [0, 1) (Adam's), got {betas!r}"
+        _check(isinstance(betas, (list, tuple)) and len(betas) == 2, message)
+        try:
+            betas = tuple(_number('train.betas', beta, float) for beta in betas)
+        except ValueError:
+            raise ValueError(message) from None
+        _check(all(0 <= beta < 1 for beta in betas), message)
+        object.__setattr__(self, 'betas', betas)
         if self.detect_scale_range is not None:
             try:
                 scales = parse_scale_range(self.detect_scale_range)
@@ -262,10 +299,16 @@ class TrainConfig:
         for name in ('epochs', 'batch'):
             _check(getattr(self, name) >= 1,
                    f'train.{name} must be >= 1, got {getattr(self, name)!r}')
-        _check(self.lr > 0, f'train.lr must be > 0, got {self.lr!r}')
+        _check(self.lr > 0 and math.isfinite(self.lr),
+               f'train.lr must be a finite number > 0, got {self.lr!r}')
+        _check(0 <= self.min_lr_ratio <= 1,
+               f'train.min_lr_ratio must be in [0, 1] (a fraction of train.lr), got '
+               f'{self.min_lr_ratio!r}')
+        _check(isinstance(self.seed, int) and not isinstance(self.seed, bool)
+               and 0 <= self.seed < 2**32,
+               f'train.seed must be an integer >= 0 and < 2**32, got {self.seed!r}')
         _check(self.schedule in SCHEDULES,
                f'train.schedule must be constant or cosine, got {self.schedule!r}')
-        _check(len(self.betas) == 2, f'train.betas must be two numbers, got {self.betas!r}')
         _check(0 <= self.ema < 1, f'train.ema must lie in [0, 1) (0: no average), got '
                f'{self.ema!r}')
         for name in ('weight_decay', 'min_lr_ratio', 'warmup_epochs', 'grad_clip', 'val_every',
@@ -310,12 +353,14 @@ class TrainingConfig:
                 raise ValueError(f'config section {name!r} must be a mapping, got {values!r}')
         data = _parse_fields(DataConfig, 'data', section['data'])
         train = _parse_fields(TrainConfig, 'train', section['train'])
+        deformation = _numbers(DeformConfig, 'deformation', section['deformation'])
+        loss = _numbers(LossWeights, 'loss', section['loss'])
         try:
-            deformation = DeformConfig.from_dict(section['deformation'])
+            deformation = DeformConfig.from_dict(deformation)
         except (TypeError, ValueError) as exc:
             raise ValueError(f'deformation: {exc}') from None
         try:
-            loss = LossWeights.from_dict(section['loss'])
+            loss = LossWeights.from_dict(loss)
         except (TypeError, ValueError) as exc:
             raise ValueError(f'loss: {exc}') from None
         return cls(data, train, deformation, loss, _model_config(section['model'], data))
@@ -354,16 +399,38 @@ def load_config(path=None):
     """Read a training YAML file (default: the shipped ``config/train.yaml``) into a mapping.
 
     Raises:
-        ValueError: the file is missing or does not hold a mapping.
+        ValueError: the file is missing, a directory, unreadable, not UTF-8, not YAML (with
+            the line and column of the problem), empty or not a mapping; one line naming it.
 
     """
     path = Path(path) if path is not None else config_path('train.yaml')
+    name = f'training config {str(path)!r}'
+    if path.is_dir():
+        raise ValueError(f'{name} is a directory, not a YAML file')
     if not path.is_file():
-        raise ValueError(f'training config {str(path)!r} does not exist')
-    with open(path, encoding='utf-8') as stream:
-        raw = yaml.safe_load(stream)
+        raise ValueError(f'{name} does not exist')
+    try:
+        text = path.read_text(encoding='utf-8')
+    except UnicodeDecodeError as exc:
+        raise ValueError(f'{name} is not UTF-8 text (byte {exc.start}: {exc.reason})') from None
+    except OSError as exc:
+        raise ValueError(f'{name} cannot be read: {exc.strerror or exc}') from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, 'problem_mark', None)
+        where = f' at line {mark.line + 1}, column {mark.column + 1}' if mark else ''
+        problem = ' '.join(str(getattr(exc, 'problem', None) or exc).split())
+        lines = text.splitlines()
+        if mark and mark.line < len(lines) and '\t' in lines[mark.line]:
+            problem += ' (a tab: YAML indents with spaces)'
+        raise ValueError(f'{name} is not valid YAML{where}: {problem}') from None
+    if raw is None:
+        raise ValueError(f'{name} is empty: a training config is a YAML mapping of sections '
+                         f'({", ".join(SECTIONS)})')
     if not isinstance(raw, dict):
-        raise ValueError(f'training config {str(path)!r} must hold a mapping, got {type(raw)}')
+        raise ValueError(f'{name} must hold a mapping of sections ({", ".join(SECTIONS)}), '
+                         f'got a {type(raw).__name__}')
     return raw
 
 

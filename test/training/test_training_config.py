@@ -1,12 +1,16 @@
 """The training config: strict sections, defaults in one place, every shipped key honoured."""
 
+from pathlib import Path
+
 import pytest
 from tarfuse_ros.core.data import DataSource
 from tarfuse_ros.core.deform import DeformConfig
 from tarfuse_ros.core.losses import LossWeights
 from tarfuse_ros.core.model.tarfuse import TarFuseConfig
-from tarfuse_ros.training.config import (apply_overrides, load_config, TrainConfig,
+from tarfuse_ros.training.config import (apply_overrides, load_config, SECTIONS, TrainConfig,
                                          TrainingConfig)
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _minimal():
@@ -74,6 +78,40 @@ def test_sections_reuse_the_core_dataclasses():
     ('model.neck_blocks', '-1', 'neck_blocks must be an integer >= 0'),
     ('train.init_model', '{global_stage: false}', 'train.init_model needs train.init_weights'),
     ('train.init_model', '[global_stage]', 'train.init_model must be a mapping'),
+    # Numbers are finite; train.lr, min_lr_ratio, seed and betas within their ranges.
+    ('train.epochs', '.inf', 'train.epochs must be a finite number, got inf'),
+    ('train.epochs', '.nan', 'train.epochs must be a finite number, got nan'),
+    ('train.epochs', '1e400', "train.epochs must be a finite number, got '1e400'"),
+    ('train.lr', '.inf', 'train.lr must be a finite number, got inf'),
+    ('train.lr', 'null', 'train.lr must be set'),  # null: left out (a TypeError traceback)
+    ('train.weight_decay', '-.inf', 'train.weight_decay must be a finite number'),
+    ('train.min_lr_ratio', '5', r'train.min_lr_ratio must be in \[0, 1\]'),
+    ('train.seed', '-1', r'train.seed must be an integer >= 0 and < 2\*\*32, got -1'),
+    ('train.seed', '4294967296', r'train.seed must be an integer >= 0 and < 2\*\*32'),
+    ('train.betas', '0.9', r'train.betas must be two numbers in \[0, 1\).*got 0.9'),
+    ('train.betas', '[a, b]', r'train.betas must be two numbers in \[0, 1\)'),
+    ('train.betas', '[0.9, 1.5]', r'train.betas must be two numbers in \[0, 1\)'),
+    ('train.betas', '[0.9, 0.99, 0.999]', r'train.betas must be two numbers in \[0, 1\)'),
+    # data.train / data.val are lists (a string is not read letter by letter).
+    ('data.train', 'roadscene', 'data.train must be a list of data sources'),
+    ('data.val', 'roadscene:val', 'data.val must be a list of data sources'),
+    # Every bool field of the model is a bool, every int field an integer.
+    ('model.global_stage', '"false"', "model: global_stage must be true or false, got 'false'"),
+    ('model.detect_legacy', '1', 'model: detect_legacy must be true or false, got 1'),
+    ('model.feature_channels', '8.5', 'model: feature_channels must be an integer, got 8.5'),
+    ('model.corr_radius', '"4"', "model: corr_radius must be an integer, got '4'"),
+    ('model.leaky_slope', 'abc', "model: leaky_slope must be a finite number, got 'abc'"),
+    # Numeric fields of the deformation and loss sections are numbers, named by their key.
+    ('deformation.prob', 'abc', "deformation.prob must be a number, got 'abc'"),
+    ('deformation.prob', '[1]', r'deformation.prob must be a number, got \[1\]'),
+    ('deformation.rotation_deg', '.nan', 'deformation.rotation_deg must be a finite number'),
+    ('deformation.elastic_downsample', '2.5',
+     'deformation.elastic_downsample must be an integer, got 2.5'),
+    ('deformation.scale', 'abc', r'deformation: scale must be \(low, high\)'),
+    ('deformation.scale', '0.9', r'deformation: scale must be \(low, high\)'),
+    ('loss.det', 'abc', "loss.det must be a number, got 'abc'"),
+    ('loss.det', '.inf', 'loss.det must be a finite number, got inf'),
+    ('loss.reg', 'true', 'loss.reg must be a number, got True'),
 ])
 def test_bad_or_unknown_keys_are_errors_that_name_the_key(key, value, message):
     raw = apply_overrides(_minimal(), [f'{key}={value}'])
@@ -129,3 +167,104 @@ def test_config_sections_are_frozen():
     for section in (config, config.data, config.train, config.deformation, config.loss):
         with pytest.raises(AttributeError):
             section.seed = 1
+
+
+def test_numbers_in_strings_and_integral_floats_are_read_as_before():
+    # YAML reads 5e-4 (no dot) as a string: every section reads such strings as numbers.
+    raw = apply_overrides(_minimal(), ['train.betas=[0.5, 9e-1]', 'deformation.prob="1"',
+                                       'deformation.elastic_downsample=4.0', 'loss.det=5e-1',
+                                       'train.seed=4294967295', 'model.feature_channels=8.0'])
+    config = TrainingConfig.from_dict(raw)
+    assert config.train.betas == (0.5, 0.9) and config.train.seed == 2**32 - 1
+    assert config.deformation.prob == 1.0 and config.deformation.elastic_downsample == 4
+    assert config.loss.det == 0.5
+    assert config.model.feature_channels == 8 and isinstance(config.model.feature_channels, int)
+    assert TrainingConfig.from_dict(config.to_dict()) == config
+    # null is a key left out: its default (time_budget_s: null was read as 0 before).
+    raw = apply_overrides(_minimal(), ['train.seed=null', 'train.time_budget_s=null',
+                                       'data.val_crop=null', 'deformation.prob=null',
+                                       'loss.det=null'])
+    config = TrainingConfig.from_dict(raw)
+    assert config.train.seed == 0 and config.train.time_budget_s == 0.0
+    assert config.data.val_crop is None and config.deformation.prob == 1.0
+    assert config.loss.det == 1.0
+
+
+def test_core_dataclasses_check_their_types():
+    with pytest.raises(ValueError, match="prob must be a finite number, got '1'"):
+        DeformConfig(prob='1')
+    with pytest.raises(ValueError, match='inverse_iterations must be an integer'):
+        DeformConfig(inverse_iterations=2.5)
+    with pytest.raises(ValueError, match="det must be a finite number, got 'abc'"):
+        LossWeights.from_dict({'det': 'abc'})
+    assert LossWeights.from_dict({'det': '0.5', 'reg': 2}) == LossWeights(det=0.5, reg=2.0)
+    for name in ('global_stage', 'detect', 'flip_average', 'neck_top_down', 'detect_legacy',
+                 'global_support_mask', 'global_fine_check'):
+        with pytest.raises(ValueError, match=f"{name} must be true or false, got 'false'"):
+            TarFuseConfig(**{name: 'false'})
+    with pytest.raises(ValueError, match='reg_max must be an integer, got 16.5'):
+        TarFuseConfig(reg_max=16.5)
+    with pytest.raises(ValueError, match='leaky_slope must be a finite number, got nan'):
+        TarFuseConfig(leaky_slope=float('nan'))
+
+
+@pytest.mark.parametrize('name, content, message', [
+    ('syntax.yaml', b'data: {train: [roadscene\n', 'is not valid YAML at line 2, column 1: '
+     r"expected ',' or '\]'"),
+    ('tab.yaml', b'data:\n\ttrain: x\n', 'is not valid YAML at line 2, column 1: found '
+     r"character '\\t' that cannot start any token \(a tab: YAML indents with spaces\)$"),
+    ('binary.yaml', b'\xff\xfe bad', r'is not UTF-8 text \(byte 0: invalid start byte\)'),
+    ('empty.yaml', b'', 'is empty'),
+    ('comments.yaml', b'# nothing yet\n', 'is empty'),
+    ('list.yaml', b'- a\n- b\n', 'must hold a mapping of sections .* got a list$'),
+])
+def test_load_config_errors_are_one_line_naming_the_file(tmp_path, name, content, message):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=message) as info:
+        load_config(path)
+    assert str(info.value).startswith(f'training config {str(path)!r} ')
+    assert '\n' not in str(info.value)
+
+
+def test_load_config_directory_and_missing_file(tmp_path):
+    with pytest.raises(ValueError, match='is a directory, not a YAML file'):
+        load_config(tmp_path)
+    with pytest.raises(ValueError, match='does not exist'):
+        load_config(tmp_path / 'missing.yaml')
+
+
+def test_config_errors_stop_tarfuse_train_before_training(tmp_path, capsys):
+    from tarfuse_ros.tools.train import main
+    common = ['--data', 'm3fd_samples:all', '--val-data', 'none', '--workers', '0', '--batch',
+              '1', '--crop', '128', '--device', 'cpu', '--max-steps', '1', '--out',
+              str(tmp_path / 'run')]
+    for extra, message in (
+            (['--config', str(tmp_path)], 'is a directory'),
+            (['--set', 'train.epochs=.inf'], 'train.epochs must be a finite number, got inf'),
+            (['--set', 'train.betas=0.9'], 'train.betas must be two numbers in [0, 1)')):
+        assert main(common + extra) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith('tarfuse-train: error: ') and message in err
+        assert '\n' not in err and 'Traceback' not in err
+    assert not (tmp_path / 'run').exists()
+
+
+def _training_yamls():
+    paths = sorted((REPO / 'config').glob('*.yaml'))
+    for pattern in ('training/*cfg/*.yaml', 'training/*cfg/*.yml', 'training/*/config.yaml'):
+        paths += sorted(REPO.glob(pattern))
+    return paths
+
+
+def test_every_config_in_the_repository_parses():
+    parsed = 0
+    for path in _training_yamls():
+        raw = load_config(path)
+        if not set(raw) & set(SECTIONS):
+            assert 'ros__parameters' in path.read_text(), path  # a node's parameters file
+            continue
+        config = TrainingConfig.from_dict(raw)  # names no data set folder: reads no data
+        assert TrainingConfig.from_dict(config.to_dict()) == config, path
+        parsed += 1
+    assert parsed >= 2  # config/train.yaml and config/train_medical.yaml at least

@@ -14,7 +14,7 @@ luminance, both ``(B, 1, H, W)`` in ``[0, 1]`` with ``H`` and ``W`` multiples of
    (none with ``detect=False``: a fusion-only model, e.g. the medical one, has no neck or head).
 """
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 import math
 
 from tarfuse_ros.core.configs import known_fields
@@ -136,8 +136,21 @@ class TarFuseConfig:
     detect: bool = True
 
     def __post_init__(self):
-        if not isinstance(self.detect, bool):
-            raise ValueError(f'detect must be true or false, got {self.detect!r}')
+        # Types first, for every field typed bool, int or float (a YAML "false" is a string,
+        # 8.5 no width): the checks below compare values.
+        for item in fields(self):
+            value = getattr(self, item.name)
+            if item.type is bool and not isinstance(value, bool):
+                raise ValueError(f'{item.name} must be true or false, got {value!r}')
+            if item.type is int:
+                if isinstance(value, float) and value.is_integer():
+                    object.__setattr__(self, item.name, int(value))
+                elif isinstance(value, bool) or not isinstance(value, int):
+                    raise ValueError(f'{item.name} must be an integer, got {value!r}')
+            if item.type is float and (isinstance(value, bool)
+                                       or not isinstance(value, (int, float))
+                                       or not math.isfinite(value)):
+                raise ValueError(f'{item.name} must be a finite number, got {value!r}')
         if not self.detect:
             object.__setattr__(self, 'class_names', ())
             object.__setattr__(self, 'num_classes', 0)
@@ -190,10 +203,6 @@ class TarFuseConfig:
             raise ValueError('global_fine_cell must divide 32 (the padded frames are multiples '
                              f'of 32) and global_fine_block be >= 1, got '
                              f'{self.global_fine_cell}, {self.global_fine_block}')
-        for name in ('global_support_mask', 'global_fine_check', 'flip_average',
-                     'neck_top_down'):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f'{name} must be true or false, got {getattr(self, name)!r}')
         if self.global_fine_check and self.global_fine_cell == 0:
             raise ValueError('global_fine_check needs a fine pass to check: set '
                              'global_fine_cell (e.g. 4) or global_fine_check false')
