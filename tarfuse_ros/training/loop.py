@@ -178,6 +178,10 @@ class Trainer:
                              f'{config.train.batch} x {self.dist.world_size} process(es)')
         self.budget = TimeBudget(config.train.time_budget_s, config.train.epochs, self.t0,
                                  agree=lambda value: broadcast_int(value, self.dist, self.device))
+        if self.start_epoch >= self.epochs and not self.budget.enabled:
+            raise ValueError(f'--resume: the run has already trained {self.start_epoch} of '
+                             f'{self.epochs} epochs; give --epochs N with N > '
+                             f'{self.start_epoch} to train on')
         self.run_start_step = self.global_step
         self.probe_start = None
         self.last_val = None
@@ -394,14 +398,16 @@ class Trainer:
         epoch, interrupted = self.start_epoch, False
         try:
             while epoch < self.epochs:
-                t_epoch = time.monotonic()
+                t_epoch, step0 = time.monotonic(), self.global_step
                 parts, lr, stopped = self.train_epoch(epoch, progress=is_main)
                 self._synchronize()
                 epoch_seconds = time.monotonic() - t_epoch
                 self.train_seconds += epoch_seconds
                 epoch += 1
+                # --max-steps ended the run inside this epoch.
+                partial = stopped and self.global_step - step0 < self.steps_per_epoch
                 if is_main:
-                    self._end_epoch(epoch, parts, lr, epoch_seconds, stopped)
+                    self._end_epoch(epoch, parts, lr, epoch_seconds, stopped, partial)
                 barrier(self.dist)
                 if stopped:
                     break
@@ -437,15 +443,19 @@ class Trainer:
              f'{self.device}, {self.steps_per_epoch} steps/epoch, epochs '
              f'{self.start_epoch + 1}..{self.epochs}')
 
-    def _end_epoch(self, epoch, parts, lr, epoch_seconds, stopped):
-        """Validate if due, log the epoch, save state and checkpoint if due (rank 0)."""
+    def _end_epoch(self, epoch, parts, lr, epoch_seconds, stopped, partial=False):
+        """Validate if due, log the epoch, save state and checkpoint if due (rank 0).
+
+        ``partial``: ``--max-steps`` stopped the run inside the epoch; its weights go to the
+        checkpoint but no resumable state is written (one would mark the epoch done).
+        """
         from tarfuse_ros.core.checkpoint import save_checkpoint
         train = self.config.train
         last = epoch >= self.epochs or stopped
         record = {'epoch': epoch, 'epochs': self.epochs, 'step': self.global_step, 'lr': lr,
                   'epoch_time_s': round(epoch_seconds, 3),
                   'time_s': round(self.train_seconds, 3), 'train': parts}
-        if stopped:
+        if partial:
             record['partial'] = True
         if self.val_loader is not None and train.val_every and \
                 (epoch % train.val_every == 0 or last):
@@ -455,7 +465,13 @@ class Trainer:
         logs.append_record(self.log_path, record)
         self.records.append(record)
         if epoch % max(train.save_every, 1) == 0 or last:
-            self._save_state(epoch)
+            if partial:
+                saved = self._state_epoch[0]
+                newest = 'none yet' if saved is None else f'the newest is from epoch {saved}'
+                _log(f'--max-steps stopped the run inside epoch {epoch}: no resumable state '
+                     f'is written for a partial epoch ({newest})')
+            else:
+                self._save_state(epoch)
             save_checkpoint(self.out / FINAL_NAME, self.weights,
                             provenance=self.provenance(epoch, False))
         msg = ' '.join(f'{k}={v:.4g}' for k, v in parts.items())

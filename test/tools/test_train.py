@@ -473,3 +473,20 @@ def test_sigterm_stops_the_run_like_ctrl_c(splits, tmp_path):
     assert 'interrupted in epoch' in output and 'the last resumable state is from epoch' in output
     assert 'Traceback' not in output
     assert json.loads((out / 'summary.json').read_text())['interrupted'] is True
+
+
+def test_max_steps_inside_an_epoch_leaves_no_state_that_skips_its_rest(
+        splits, tmp_path, capsys):
+    """--max-steps 1 of 2 steps: the epoch is not done, so no state says it is."""
+    out = tmp_path / 'partial'
+    assert train_tool.main(_args(splits, out, '--epochs', '2', '--max-steps', '1',
+                                 '--val-every', '0')) == 0
+    assert 'no resumable state is written for a partial epoch' in capsys.readouterr().out
+    assert not (out / STATE_DIR).exists() and (out / FINAL_NAME).is_file()
+    assert _log(out)[0]['partial'] is True
+
+
+def test_resume_with_nothing_left_to_train_says_so(runs, capsys):
+    assert train_tool.main(['--resume', str(runs['b']), '--epochs', '2']) == 2
+    assert 'has already trained 2 of 2 epochs; give --epochs N with N > 2' in \
+        capsys.readouterr().err
