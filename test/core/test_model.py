@@ -287,3 +287,13 @@ def test_detect_min_long_side_enlarges_the_features_of_small_frames_only():
     for bad in (-1, 100):
         with pytest.raises(ValueError, match='detect_min_long_side'):
             TarFuseConfig(detect_min_long_side=bad)
+
+
+@pytest.mark.parametrize('field, value', [
+    ('detect_channels', 8), ('detect_channels', ['a', 80, 96]),
+    ('detect_channels', [64.5, 80, 96]), ('neck_stem_channels', '16, 32'),
+    ('global_scale_candidates', [1.0, float('inf')]), ('global_scale_candidates', 1.0),
+])
+def test_list_fields_that_are_not_lists_of_numbers_name_the_field(field, value):
+    with pytest.raises(ValueError, match=f'{field} must be a list of'):
+        TarFuseConfig(**{field: value})

@@ -156,9 +156,10 @@ class TarFuseConfig:
             object.__setattr__(self, 'num_classes', 0)
         for name in ('msrb_channels', 'pyramid_channels', 'estimator_channels',
                      'reconstruction_channels', 'neck_stem_channels', 'detect_channels'):
-            object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
+            object.__setattr__(self, name, _number_tuple(name, getattr(self, name), int))
         object.__setattr__(self, 'global_scale_candidates',
-                           tuple(float(v) for v in self.global_scale_candidates))
+                           _number_tuple('global_scale_candidates',
+                                         self.global_scale_candidates, float))
         object.__setattr__(self, 'class_names', tuple(str(v) for v in self.class_names))
         if self.detect and (self.num_classes < 1 or len(self.class_names) != self.num_classes):
             raise ValueError(f'num_classes ({self.num_classes}) must be >= 1 and equal '
@@ -228,6 +229,21 @@ class TarFuseConfig:
         if 'class_names' in values and 'num_classes' not in values:
             values['num_classes'] = len(values['class_names'])
         return cls(**values)
+
+
+def _number_tuple(name, values, kind):
+    """Return ``values`` (a list of numbers) as a tuple of ``kind``, or raise naming ``name``."""
+    wrong = ValueError(f'{name} must be a list of {"integers" if kind is int else "numbers"}, '
+                       f'got {values!r}')
+    if isinstance(values, (str, bytes, dict)) or not hasattr(values, '__iter__'):
+        raise wrong
+    out = []
+    for value in values:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or not math.isfinite(value) or (kind is int and value != int(value)):
+            raise wrong
+        out.append(kind(value))
+    return tuple(out)
 
 
 def _check_image(name, image):
