@@ -368,6 +368,11 @@ class LossWeights:
     # Ours: edge-transfer term 1 - Q^AB/F of the fused image (:func:`qabf_loss`; 0 switches it
     # off and skips its computation).
     qabf: float = 0.0
+    # Gains of the YOLO loss's box (CIoU), class (BCE) and DFL terms inside ``det``
+    # (:class:`DetectionLoss`; ultralytics' defaults, tuned on COCO).
+    det_box_gain: float = 7.5
+    det_cls_gain: float = 0.5
+    det_dfl_gain: float = 1.5
 
     @classmethod
     def from_dict(cls, values):
@@ -410,13 +415,14 @@ class TarFuseLoss(nn.Module):
     registered ones); the fusion loss uses the aligned IR.
     """
 
-    def __init__(self, model=None, weights=None, box=7.5, cls=0.5, dfl=1.5):
+    def __init__(self, model=None, weights=None):
         super().__init__()
         if isinstance(weights, dict):
             weights = LossWeights.from_dict(weights)
-        self.weights = weights if weights is not None else LossWeights()
+        self.weights = w = weights if weights is not None else LossWeights()
         detect = getattr(model, 'detect', model)
-        self.detection = DetectionLoss(detect, box, cls, dfl) if detect is not None else None
+        self.detection = None if detect is None else DetectionLoss(
+            detect, w.det_box_gain, w.det_cls_gain, w.det_dfl_gain)
 
     def forward(self, outputs, batch):
         w = self.weights

@@ -307,3 +307,21 @@ def test_qabf_loss_is_one_minus_the_metric():
             assert low.item() == pytest.approx(
                 qabf_loss(fused.detach().bfloat16().float(), ir.bfloat16().float(),
                           vi.bfloat16().float()).item(), abs=1e-5)
+
+
+def test_detection_gains_come_from_the_loss_weights(small_model):
+    """loss.det_*_gain weight the YOLO terms: doubling the box gain doubles that term only."""
+    small_model.train()
+    ir, vi, _ = _images()
+    batch = {'ir_aligned': ir, 'vi': vi, 'flow_gt': torch.zeros(2, 2, H, W),
+             'has_labels': torch.tensor([True, True]), **_targets()}
+    out = small_model(ir, vi, ir_aligned=ir)
+    _, default = TarFuseLoss(small_model)(out, batch)
+    doubled = LossWeights.from_dict({'det_box_gain': 15.0})
+    _, parts = TarFuseLoss(small_model, doubled)(out, batch)
+    assert parts['det_box'] == pytest.approx(2 * default['det_box'].item(), rel=1e-5)
+    assert parts['det_cls'] == pytest.approx(default['det_cls'].item(), rel=1e-5)
+    assert parts['det_dfl'] == pytest.approx(default['det_dfl'].item(), rel=1e-5)
+    assert default['det_box'] > 0
+    with pytest.raises(ValueError, match='det_cls_gain must be a finite number'):
+        LossWeights.from_dict({'det_cls_gain': 'abc'})
