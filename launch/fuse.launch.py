@@ -57,18 +57,30 @@ def _launch_setup(context):
     profile = share / 'config' / 'fastdds_profile.xml'
     if not os.environ.get('FASTRTPS_DEFAULT_PROFILES_FILE') and profile.is_file():
         actions.append(SetEnvironmentVariable('FASTRTPS_DEFAULT_PROFILES_FILE', str(profile)))
-    overrides = {'use_sim_time': value['use_sim_time'].lower() in ('true', '1', 'yes')}
+    sim_time = value['use_sim_time'].strip().lower()
+    if sim_time not in ('true', 'false', '1', '0'):
+        raise ValueError(f"use_sim_time must be 'true' or 'false', got {value['use_sim_time']!r}")
+    overrides = {'use_sim_time': sim_time in ('true', '1')}
     for name in ('weights', 'backend', 'device'):
         if value[name].strip():
             overrides[name] = value[name].strip()
     for camera in ('infrared', 'visible'):
         if value[f'{camera}_transport'].strip():
             overrides[f'{camera}.transport'] = value[f'{camera}_transport'].strip()
-    params_file = value['params_file'] or str(share / 'config' / 'tarfuse.yaml')
+    params_file = value['params_file'].strip() or str(share / 'config' / 'tarfuse.yaml')
+    # launch_ros drops a parameters file that is not a file with a mere warning, and the node
+    # would then run on its built-in defaults.
+    if not Path(params_file).is_file():
+        raise FileNotFoundError(f'params_file {params_file!r} is not a file (give a YAML file '
+                                f'like config/tarfuse.yaml, or leave params_file out)')
     prior_file = value['prior_file'].strip()
     if prior_file and not Path(prior_file).is_file():
-        raise FileNotFoundError(f'prior_file {prior_file!r} does not exist (write one with '
+        raise FileNotFoundError(f'prior_file {prior_file!r} is not a file (write one with '
                                 f'tarfuse-calibrate ... --out PRIOR.yaml)')
+    for name in ('infrared_topic', 'visible_topic'):
+        if not value[name].strip():
+            raise ValueError(f'{name} is empty: give the camera image topic (e.g. '
+                             f'/flir/image_raw)')
     actions.append(Node(
         package=PACKAGE,
         executable='fuse_node',
@@ -138,7 +150,8 @@ def generate_launch_description():
                         'overriding params_file; empty: keep it.'),
         DeclareLaunchArgument(
             'use_sim_time', default_value='false',
-            description='Use /clock (true when replaying a bag with --clock).'),
+            description='true or false: use /clock (true when replaying a bag with '
+                        'ros2 bag play --clock or tarfuse-play --clock).'),
         DeclareLaunchArgument(
             'rviz', default_value='false',
             description='Open RViz with rviz/tarfuse.rviz (fused, debug and registered images).'),

@@ -65,3 +65,61 @@ def test_launch_description_with_launch_ros():
     assert nodes['fuse_node'].node_package == 'tarfuse_ros'
     assert nodes['fuse_node'].condition is None
     assert nodes['rviz2'].condition is not None  # only with rviz:=true
+
+
+def _load_with_stand_ins(monkeypatch):
+    """Import the launch file with stand-ins for launch / launch_ros (not installable here).
+
+    Only ``_launch_setup``'s own checks run; the stand-in ``LaunchConfiguration`` reads the
+    values from a plain dict context, and ``Node`` records its arguments.
+    """
+    import types
+
+    class Configuration:
+        def __init__(self, name):
+            self.name = name
+
+        def perform(self, context):
+            return context[self.name]
+
+    class Recorded:
+        def __init__(self, *args, **kwargs):
+            self.args, self.kwargs = args, kwargs
+
+    modules = {
+        'launch': types.SimpleNamespace(LaunchDescription=Recorded),
+        'launch.actions': types.SimpleNamespace(DeclareLaunchArgument=Recorded,
+                                                OpaqueFunction=Recorded,
+                                                SetEnvironmentVariable=Recorded),
+        'launch.conditions': types.SimpleNamespace(IfCondition=Recorded),
+        'launch.substitutions': types.SimpleNamespace(LaunchConfiguration=Configuration),
+        'launch_ros': types.SimpleNamespace(),
+        'launch_ros.actions': types.SimpleNamespace(Node=Recorded),
+    }
+    for name, module in modules.items():
+        monkeypatch.setitem(__import__('sys').modules, name, module)
+    spec = importlib.util.spec_from_file_location('fuse_launch_stand_ins', LAUNCH_FILE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize('change, error, words', [
+    ({'params_file': '/nonexistent/tarfuse.yaml'}, FileNotFoundError,
+     "params_file '/nonexistent/tarfuse.yaml' is not a file"),
+    ({'prior_file': '/tmp'}, FileNotFoundError, "prior_file '/tmp' is not a file"),
+    ({'use_sim_time': 'ture'}, ValueError, "use_sim_time must be 'true' or 'false'"),
+    ({'infrared_topic': ''}, ValueError, 'infrared_topic is empty'),
+])
+def test_launch_arguments_that_would_be_dropped_or_misread_stop_the_launch(
+        monkeypatch, change, error, words):
+    module = _load_with_stand_ins(monkeypatch)
+    context = {'namespace': '', 'params_file': '', 'weights': '', 'backend': '', 'device': '',
+               'infrared_topic': 'infrared/image_raw', 'visible_topic': 'visible/image_raw',
+               'infrared_transport': '', 'visible_transport': '', 'use_sim_time': 'false',
+               'prior_file': ''}
+    actions = module._launch_setup(context)  # the defaults launch
+    node = next(a for a in actions if a.kwargs.get('executable') == 'fuse_node')
+    assert node.kwargs['parameters'][0].endswith('tarfuse.yaml')
+    with pytest.raises(error, match=words.replace('(', r'\(')):
+        module._launch_setup(dict(context, **change))
