@@ -26,6 +26,7 @@ import time
 
 from rosbags.rosbag2 import Reader
 
+from tarfuse_ros.core.files import output_problem
 from tarfuse_ros.tools.bagio import (
     header_stamp_ns, jazzy_typestore, offered_qos, open_writer, replace_header_stamp,
     type_has_header)
@@ -115,6 +116,29 @@ def _parse_remaps(remaps):
     return result
 
 
+def _bag_topics(bag):
+    """Return the topic names of a rosbag2 folder; ValueError naming why it cannot be read."""
+    import yaml
+    from rosbags.rosbag2 import ReaderError
+    try:
+        with Reader(bag) as reader:
+            return {connection.topic for connection in reader.connections}
+    except (ReaderError, yaml.YAMLError, OSError, KeyError, ValueError) as exc:
+        problem = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ValueError(f'{bag} cannot be read as a rosbag2 ({problem})') from None
+
+
+def _check_topic_name(name, what):
+    """Raise ValueError when ``name`` is not a valid ROS topic name (rclpy's rules)."""
+    from rclpy.exceptions import InvalidTopicNameException
+    from rclpy.validate_topic_name import validate_topic_name
+    try:
+        validate_topic_name(name)
+    except InvalidTopicNameException as exc:
+        raise ValueError(f'{what} {name!r} is not a valid ROS topic name '
+                         f'({str(exc).splitlines()[0].strip()})') from None
+
+
 class BagPlayer:
     """
     Publish a bag's messages with their recorded timing; optionally record other topics.
@@ -133,7 +157,9 @@ class BagPlayer:
     ``record_topics`` (names, ``name:pkg/msg/Type`` to give a type), ``linger`` (s to keep
     recording after the last answer to a published input arrived), ``max_linger`` (cap),
     ``domain_id`` (ROS domain, None = $ROS_DOMAIN_ID), ``should_abort`` (callable returning a
-    reason string to stop early, e.g. a dead node).
+    reason string to stop early, e.g. a dead node), ``clock`` (publish ``/clock``, the bag time
+    of each message as it is played, shifted as the stamps with ``restamp``, for nodes with
+    ``use_sim_time``; as ``ros2 bag play --clock``, which publishes it at a fixed rate instead).
     """
 
     def __init__(self, bag, *, rate=1.0, loop=False, start_delay=0.0, duration=None,
@@ -141,7 +167,7 @@ class BagPlayer:
                  restamp=False, qos_reliability='reliable', record=None, record_topics=(),
                  record_reliability='reliable', linger=2.0, max_linger=30.0,
                  settle=0.5, domain_id=None, node_name='tarfuse_player', should_abort=None,
-                 log=None):
+                 log=None, clock=False):
         if not (rate > 0 and math.isfinite(rate)):
             raise ValueError(f'rate must be a finite factor > 0, got {rate}')
         for name, value in (('start_delay', start_delay), ('wait_timeout', wait_timeout),
@@ -160,12 +186,24 @@ class BagPlayer:
             raise ValueError(f'record bag {record} exists already; remove it or choose another')
         if record is not None and not record_topics:
             raise ValueError('--record needs --record-topics')
+        if record is None and record_topics:
+            raise ValueError('--record-topics needs --record (the bag to record them to)')
+        bag_topics = _bag_topics(self.bag)
+        for name, given in (('--topics', list(topics or ())),
+                            ('--remap', list((remap or {}).keys()))):
+            unknown = [topic for topic in given if topic not in bag_topics]
+            if unknown:
+                raise ValueError(f'{name}: {", ".join(unknown)} not in the bag (it has '
+                                 f'{", ".join(sorted(bag_topics))})')
+        for topic in (remap or {}).values():
+            _check_topic_name(topic, '--remap target')
         self.rate, self.loop, self.start_delay, self.duration = rate, loop, start_delay, duration
         self.wait_for_subscribers, self.wait_timeout = wait_for_subscribers, wait_timeout
         self.settle = settle
         self.topics = None if topics is None else set(topics)
         self.remap = dict(remap or {})
         self.restamp = restamp
+        self.clock = bool(clock)
         self.qos_reliability = qos_reliability
         _qos(qos_reliability, 1)
         _qos(record_reliability, 1)
@@ -185,6 +223,7 @@ class BagPlayer:
         self._writer = None
         self._record_conns = {}
         self._matched = {}
+        self._clock_pub = None
 
     # -- set-up ---------------------------------------------------------------------------
     def _record_specs(self, node):
@@ -304,10 +343,19 @@ class BagPlayer:
             with self._lock:
                 if stamp is not None:
                     self._published_stamps.add(stamp)
+                if self._clock_pub is not None:
+                    self._publish_clock(timestamp if not self.restamp else
+                                        base_wall_ns + int((timestamp - start_ns) / self.rate))
                 publishers[connection.topic].publish(data)
                 self.stats.published.append((topic, stamp, time.time_ns()))
             last = timestamp
         return last, False
+
+    def _publish_clock(self, time_ns):
+        from rosgraph_msgs.msg import Clock
+        message = Clock()
+        message.clock.sec, message.clock.nanosec = divmod(int(time_ns), 1_000_000_000)
+        self._clock_pub.publish(message)
 
     def run(self):
         """Play (and record) until done; return the :class:`PlayStats`."""
@@ -317,11 +365,16 @@ class BagPlayer:
         from rclpy.signals import SignalHandlerOptions
 
         context = rclpy.Context()
-        rclpy.init(context=context, domain_id=self.domain_id,
+        # args=[]: the tool's own command line (--remap A:=B) is not for rcl.
+        rclpy.init(args=[], context=context, domain_id=self.domain_id,
                    signal_handler_options=SignalHandlerOptions.NO)
         node = executor = spinner = None
         try:
             node = rclpy.create_node(self.node_name, context=context)
+            if self.clock:
+                from rclpy.qos import QoSProfile
+                from rosgraph_msgs.msg import Clock
+                self._clock_pub = node.create_publisher(Clock, '/clock', QoSProfile(depth=10))
             with Reader(self.bag) as reader:
                 connections = [c for c in reader.connections
                                if self.topics is None or c.topic in self.topics]
@@ -450,6 +503,9 @@ def build_parser():
                         help='keep recording until no answer to an input came for this long')
     parser.add_argument('--max-linger', type=float, default=30.0,
                         help='stop recording at most this many seconds after playback')
+    parser.add_argument('--clock', action='store_true',
+                        help='publish /clock with the bag time of each message (for nodes '
+                             'with use_sim_time true)')
     parser.add_argument('--stats', type=Path, default=None,
                         help='write published/received stamps and times to this JSON file')
     return parser
@@ -463,6 +519,9 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
+        problem = None if args.stats is None else output_problem(args.stats)
+        if problem:
+            raise ValueError(f'--stats {str(args.stats)!r} cannot be written ({problem})')
         player = BagPlayer(
             args.bag, rate=args.rate, loop=args.loop, start_delay=args.start_delay,
             duration=args.duration, wait_for_subscribers=args.wait_for_subscribers,
@@ -470,7 +529,7 @@ def main(argv=None):
             remap=_parse_remaps(args.remap),
             restamp=args.restamp, qos_reliability=args.qos_reliability, record=args.record,
             record_topics=args.record_topics, record_reliability=args.record_reliability,
-            linger=args.linger, max_linger=args.max_linger)
+            linger=args.linger, max_linger=args.max_linger, clock=args.clock)
         stats = player.run()
     except (ValueError, PlayError) as error:
         print(f'tarfuse-play: error: {error}', file=sys.stderr)
@@ -478,6 +537,7 @@ def main(argv=None):
     finally:
         signal.signal(signal.SIGTERM, previous)
     if args.stats is not None:
+        args.stats.parent.mkdir(parents=True, exist_ok=True)
         args.stats.write_text(json.dumps(stats.to_dict()))
     published = ', '.join(f'{t}: {n}' for t, n in sorted(stats.counts('published').items()))
     print(f'published {published or "nothing"} ({stats.loops} round(s))')

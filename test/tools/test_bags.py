@@ -15,6 +15,7 @@ import time
 import cv2
 import numpy as np
 import pytest
+from rosbags.rosbag2 import Reader
 from ruamel.yaml import YAML
 
 from tarfuse_ros.tools import make_bag as make_bag_tool
@@ -295,7 +296,7 @@ def test_play_cli_loops_and_fails_clearly_without_subscribers(sample_bag, tmp_pa
     assert 'round(s)' in capsys.readouterr().out
     code = play_bag_tool.main([str(path), '--wait-for-subscribers', '1', '--wait-timeout', '1',
                                '--topics', '/nobody/listens'])
-    assert code == 2 and 'no topics to play' in capsys.readouterr().err
+    assert code == 2 and '/nobody/listens not in the bag' in capsys.readouterr().err
     player = BagPlayer(path, wait_for_subscribers=1, wait_timeout=0.5, remap={VI: '/lonely'},
                        topics=[VI])
     with pytest.raises(PlayError, match='/lonely'):
@@ -304,3 +305,39 @@ def test_play_cli_loops_and_fails_clearly_without_subscribers(sample_bag, tmp_pa
         BagPlayer(tmp_path)
     with pytest.raises(ValueError, match='record-topics'):
         BagPlayer(path, record=tmp_path / 'r')
+
+
+@pytest.mark.dds
+def test_play_clock_publishes_the_bag_time_of_each_message(sample_bag, tmp_path):
+    """--clock: /clock carries each played message's bag time (for use_sim_time nodes)."""
+    path, _summary = sample_bag
+    record = tmp_path / 'clock'
+    stats = BagPlayer(path, rate=4.0, clock=True, record=record, start_delay=0.5,
+                      record_topics=['/clock:rosgraph_msgs/msg/Clock'], linger=0.5).run()
+    assert stats.counts() == {VI: 10, IR: 10}
+    typestore = jazzy_typestore()
+    with Reader(record) as reader:
+        clocks = [typestore.deserialize_cdr(data, connection.msgtype).clock
+                  for connection, _t, data in reader.messages()]
+    times = [clock.sec * 10**9 + clock.nanosec for clock in clocks]
+    with Reader(path) as reader:
+        bag_times = sorted(timestamp for _c, timestamp, _d in reader.messages())
+    assert len(times) >= 15  # the first may go before the recorder matched
+    assert set(times) <= set(bag_times) and times == sorted(times)
+
+
+def test_play_refuses_what_it_would_silently_ignore(sample_bag, tmp_path):
+    path, _summary = sample_bag
+    with pytest.raises(ValueError, match=r'--topics: /visible/imageraw not in the bag'):
+        BagPlayer(path, topics=[IR, '/visible/imageraw'])
+    with pytest.raises(ValueError, match=r'--remap: /nope not in the bag'):
+        BagPlayer(path, remap={'/nope': '/cam/image_raw'})
+    with pytest.raises(ValueError, match="--remap target 'bad name' is not a valid ROS topic"):
+        BagPlayer(path, remap={VI: 'bad name'})
+    with pytest.raises(ValueError, match='--record-topics needs --record'):
+        BagPlayer(path, record_topics=['fused/image_raw'])
+    broken = tmp_path / 'broken'
+    broken.mkdir()
+    (broken / 'metadata.yaml').write_text('rosbag2_bagfile_information: {version: [')
+    with pytest.raises(ValueError, match='cannot be read as a rosbag2'):
+        BagPlayer(broken)
