@@ -19,6 +19,7 @@ Example::
 
 import argparse
 from dataclasses import dataclass
+from glob import escape as glob_escape
 from pathlib import Path
 import sys
 
@@ -62,11 +63,18 @@ def ir_to_mono16(ir8):
 
 
 def _find_image(folder, stem):
-    for suffix in IMAGE_SUFFIXES:
-        candidate = folder / f'{stem}{suffix}'
-        if candidate.is_file():
-            return candidate
-    return None
+    """Return the one image ``stem.<suffix>`` in ``folder`` (any case), or None.
+
+    Raises:
+        ValueError: several images share the stem (``a.png`` and ``a.jpg``).
+
+    """
+    found = sorted(p for p in folder.glob(f'{glob_escape(stem)}.*')
+                   if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if len(found) > 1:
+        raise ValueError(f'pair {stem!r}: several images in {folder} '
+                         f'({", ".join(p.name for p in found)}); keep one')
+    return found[0] if found else None
 
 
 def list_pairs(pairs_dir, split=None, ir_dir='ir', vi_dir='vi'):
@@ -102,6 +110,17 @@ def list_pairs(pairs_dir, split=None, ir_dir='ir', vi_dir='vi'):
     return pairs
 
 
+def _check_topic_name(name, what):
+    """Raise ValueError when ``name`` is not a valid ROS topic name (rclpy's rules)."""
+    from rclpy.exceptions import InvalidTopicNameException
+    from rclpy.validate_topic_name import validate_topic_name
+    try:
+        validate_topic_name(name)
+    except InvalidTopicNameException as exc:
+        raise ValueError(f'{what} {name!r} is not a valid ROS topic name '
+                         f'({str(exc).splitlines()[0].strip()})') from None
+
+
 def _parse_size(text):
     if text is None:
         return None
@@ -127,6 +146,12 @@ def _load_ir(path, size, encoding):
     if ir.ndim == 3:
         ir = cv2.cvtColor(ir, cv2.COLOR_BGRA2GRAY if ir.shape[2] == 4 else cv2.COLOR_BGR2GRAY)
     if ir.dtype == np.uint16 and encoding == 'mono8':
+        levels = int(ir.max() >> 8) - int(ir.min() >> 8) + 1
+        if levels < 64:
+            # Raw radiometric counts span a narrow band: their top byte is nearly flat.
+            raise ValueError(f'IR image {path} is 16-bit with counts {int(ir.min())}-'
+                             f'{int(ir.max())}: mono8 would keep only its top byte ({levels} '
+                             f'grey levels); use --ir-encoding mono16')
         ir = (ir >> 8).astype(np.uint8)
     elif ir.dtype != np.uint8 and ir.dtype != np.uint16:
         raise ValueError(f'IR image {path} has unsupported dtype {ir.dtype}')
@@ -181,8 +206,11 @@ def make_bag(pairs_dir, out, *, split=None, rate=10.0, ir_encoding='mono8', vi_e
         raise ValueError(f'|offset_ms| + jitter_ms = {abs(offset_ms) + jitter_ms} ms must stay '
                          f'below half the frame period ({period_ns / 2e6} ms) so pairs stay '
                          'distinguishable')
-    if start_time_s < 1:
-        raise ValueError('start_time_s must be a positive time (zero stamps upset synchronisers)')
+    if not 1 <= start_time_s < 2**31:
+        raise ValueError(f'start_time_s must be seconds in [1, 2**31) (zero stamps upset '
+                         f'synchronisers; ROS stamps hold int32 seconds), got {start_time_s}')
+    for name, topic in (('ir_topic', ir_topic), ('vi_topic', vi_topic)):
+        _check_topic_name(topic, name)
     if ir_topic == vi_topic:
         raise ValueError(f'IR and visible topics must differ, both are {ir_topic!r}')
     for name, transport in (('ir_transport', ir_transport), ('vi_transport', vi_transport)):

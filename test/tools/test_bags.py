@@ -341,3 +341,26 @@ def test_play_refuses_what_it_would_silently_ignore(sample_bag, tmp_path):
     (broken / 'metadata.yaml').write_text('rosbag2_bagfile_information: {version: [')
     with pytest.raises(ValueError, match='cannot be read as a rosbag2'):
         BagPlayer(broken)
+
+
+def test_make_bag_refuses_lossy_or_unplayable_choices_and_finds_any_suffix_case(tmp_path):
+    pairs = tmp_path / 'pairs'
+    (pairs / 'ir').mkdir(parents=True)
+    (pairs / 'vi').mkdir()
+    counts = (7000 + np.arange(32 * 32, dtype=np.uint16).reshape(32, 32) * 2)  # raw, narrow
+    assert cv2.imwrite(str(pairs / 'ir' / 'a.TIFF'), counts)
+    assert cv2.imwrite(str(pairs / 'vi' / 'a.PNG'), np.full((32, 32, 3), 90, np.uint8))
+    with pytest.raises(ValueError, match=r'mono8 would keep only its top byte \(9 grey levels'):
+        make_bag(pairs, tmp_path / 'mono8')
+    assert not (tmp_path / 'mono8').exists()
+    summary = make_bag(pairs, tmp_path / 'mono16', ir_encoding='mono16')  # upper-case suffixes
+    assert summary.pairs == 1
+    ir = _by_topic(tmp_path / 'mono16')[IR][0][3]
+    np.testing.assert_array_equal(image_to_array(ir)[0], counts)  # the counts kept exactly
+    with pytest.raises(ValueError, match=r'start_time_s must be seconds in \[1, 2\*\*31\)'):
+        make_bag(pairs, tmp_path / 'ns', ir_encoding='mono16', start_time_s=1.7e18)
+    with pytest.raises(ValueError, match="vi_topic 'bad topic' is not a valid ROS topic"):
+        make_bag(pairs, tmp_path / 'topic', ir_encoding='mono16', vi_topic='bad topic')
+    assert cv2.imwrite(str(pairs / 'vi' / 'a.jpg'), np.full((32, 32, 3), 90, np.uint8))
+    with pytest.raises(ValueError, match=r"pair 'a': several images .*a.PNG, a.jpg"):
+        make_bag(pairs, tmp_path / 'dup', ir_encoding='mono16')
