@@ -18,6 +18,7 @@ Run it with ``ros2 run tarfuse_ros fuse_node --ros-args --params-file config/tar
 import functools
 import os
 from pathlib import Path
+import signal
 import sys
 import threading
 import time
@@ -709,6 +710,10 @@ def main(args=None):
         # A signal (SIGTERM from ros2 launch) shut the context down while the node was being
         # built: a requested stop, not a failure.
     finally:
+        # Shutting down already (the stop is bounded): a second Ctrl-C, which ros2 launch and a
+        # terminal both send, must not interrupt the worker's join and abort the process.
+        previous = {number: signal.signal(number, signal.SIG_IGN)
+                    for number in (signal.SIGINT, signal.SIGTERM)}
         stopped = node is None or node.stop()
         if not stopped:
             logger.warning('the worker was still inside the model 10 s after the stop: '
@@ -721,6 +726,8 @@ def main(args=None):
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(code)
+        for number, handler in previous.items():
+            signal.signal(number, handler)
     return code
 
 

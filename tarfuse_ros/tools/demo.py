@@ -25,6 +25,7 @@ import cv2
 import numpy as np
 
 from tarfuse_ros.core import paths
+from tarfuse_ros.core.files import output_problem
 from tarfuse_ros.tools.bagio import image_to_array, read_messages
 from tarfuse_ros.tools.make_bag import make_bag
 from tarfuse_ros.tools.play_bag import BagPlayer, PlayError
@@ -288,6 +289,18 @@ def run_demo(out='output/demo', weights=None, device='cpu', samples=None,
     if not params_file.is_file():
         raise DemoError(f'node parameters file {params_file} not found')
     out = Path(out)
+    problem = output_problem(out, folder=True)
+    if problem:
+        raise DemoError(f'--out {str(out)!r} cannot be used ({problem})')
+    env = os.environ.copy()
+    if 'ROS_DOMAIN_ID' not in env:
+        # A private domain, so other ROS processes on this machine neither see nor disturb it.
+        env['ROS_DOMAIN_ID'] = str(random.SystemRandom().randint(1, 100))
+    try:
+        domain_id = int(env['ROS_DOMAIN_ID'])
+    except ValueError:
+        value = env['ROS_DOMAIN_ID']
+        raise DemoError(f'ROS_DOMAIN_ID must be an integer (0-232), got {value!r}') from None
     out.mkdir(parents=True, exist_ok=True)
     input_bag, recorded_bag = out / 'input_bag', out / 'recorded_bag'
     # Results of an earlier run in this folder are replaced (only the demo's own files).
@@ -302,11 +315,6 @@ def run_demo(out='output/demo', weights=None, device='cpu', samples=None,
                    jitter_ms=1.0, loops=loops, size=size, ir_dir=ir_dir, max_pairs=max_pairs)
     log(f'tarfuse-demo: built {input_bag} ({bag.pairs} pairs at {rate} Hz)')
 
-    env = os.environ.copy()
-    if 'ROS_DOMAIN_ID' not in env:
-        # A private domain, so other ROS processes on this machine neither see nor disturb it.
-        env['ROS_DOMAIN_ID'] = str(random.SystemRandom().randint(1, 100))
-    domain_id = int(env['ROS_DOMAIN_ID'])
     command = [sys.executable, '-m', 'tarfuse_ros.ros.fuse_node', '--ros-args',
                '--params-file', str(params_file), '-p', f'weights:={weights}',
                '-p', f'device:={device}']
@@ -337,6 +345,8 @@ def run_demo(out='output/demo', weights=None, device='cpu', samples=None,
     finally:
         code, clean = _stop_node(process)
         clean = clean and code == 0
+    if stats.interrupted:  # Ctrl-C / SIGTERM: the player stopped early; no summary of a part
+        raise KeyboardInterrupt
     wall_s = time.monotonic() - started
     summary = summarize(recorded_bag, stats, bag.stems, out, png_count=png_count,
                         samples=samples, extra={
@@ -395,6 +405,8 @@ def main(argv=None):
         print(f'tarfuse-demo: error: {error}', file=sys.stderr)
         return 1
     except KeyboardInterrupt:
+        print('tarfuse-demo: interrupted; the node was stopped, no summary written',
+              file=sys.stderr)
         return 130
     print((args.out / 'summary.md').read_text())
     print(f'tarfuse-demo: wrote {args.out}/summary.md, summary.json and the fused PNGs')

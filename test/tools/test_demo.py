@@ -1,7 +1,12 @@
 """tarfuse-demo end to end: sample bag -> fusion node process over DDS -> recorded outputs."""
 
 import json
+import os
 from pathlib import Path
+import signal
+import subprocess
+import sys
+import time
 
 import cv2
 import pytest
@@ -104,3 +109,44 @@ def test_demo_says_what_to_do_without_weights(tmp_path, capsys):
     err = capsys.readouterr().err
     assert 'no weights at' in err and str(missing) in err and '--weights' in err
     assert not (tmp_path / 'o').exists()
+
+
+def test_demo_refuses_an_unusable_out_or_domain_before_any_work(tmp_path, capsys, monkeypatch):
+    a_file = tmp_path / 'a_file'
+    a_file.write_text('x')
+    assert demo.main(['--out', str(a_file)]) == 1
+    assert 'is a file, not a folder' in capsys.readouterr().err
+    monkeypatch.setenv('ROS_DOMAIN_ID', 'abc')
+    assert demo.main(['--out', str(tmp_path / 'o')]) == 1
+    assert "ROS_DOMAIN_ID must be an integer (0-232), got 'abc'" in capsys.readouterr().err
+    assert not (tmp_path / 'o').exists()
+
+
+@pytest.mark.dds
+def test_ctrl_c_stops_the_demo_and_its_node_cleanly(weights, tmp_path):
+    """A terminal Ctrl-C reaches the demo and its node (one process group): exit 130."""
+    out = tmp_path / 'interrupted'
+    process = subprocess.Popen(
+        [sys.executable, '-m', 'tarfuse_ros.tools.demo', '--out', str(out), '--weights',
+         str(weights), '--loops', '50', '--rate', '4', '--size', '128x96'],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+        start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and 'ready' not in _read(out / 'node.log'):
+            time.sleep(0.2)
+        assert 'ready' in _read(out / 'node.log'), _read(out / 'node.log')
+        time.sleep(2.0)  # pairs are flowing
+        os.killpg(process.pid, signal.SIGINT)
+        output, _ = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    node_log = _read(out / 'node.log')
+    assert process.returncode == 130, output
+    assert 'interrupted' in output and not (out / 'summary.md').exists()
+    assert 'Traceback' not in output + node_log and 'terminate called' not in node_log
+
+
+def _read(path):
+    return path.read_text(errors='replace') if path.is_file() else ''
