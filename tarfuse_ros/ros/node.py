@@ -583,8 +583,10 @@ class TarFuseNode(Node):
                     else 'exact sync needs identical stamps')
             problems.append(f'both inputs flow but no pair was synchronised for {timeout} s: '
                             f'latest stamps differ by {gap:.3f} s ({rule})')
+        type_problems = self._check_publisher_types()
+        problems.extend(type_problems)
         counts = [self.count_publishers(t) for t in self._topics]
-        if not all(counts) or any(t is not None for t in self._last_arrival):
+        if type_problems or not all(counts) or any(t is not None for t in self._last_arrival):
             self._publishers_since = None
         elif self._publishers_since is None:
             self._publishers_since = now
@@ -598,6 +600,33 @@ class TarFuseNode(Node):
         self._problems = problems
         for problem in problems:
             self._warn('health:' + problem[:30], problem)
+
+    def _check_publisher_types(self):
+        """Return a problem per input topic whose publisher sends another message type.
+
+        DDS does not match a subscription with a publisher of another type, so nothing
+        arrives; the usual cause is a compressed topic given as a raw one (or the reverse).
+        """
+        problems = []
+        for index, (topic, sub) in enumerate(zip(self._topics, self._inputs)):
+            wanted = _type_name(sub.sub.msg_type)
+            for info in self.get_publishers_info_by_topic(topic):
+                if info.topic_type == wanted:
+                    continue
+                camera = ('infrared', 'visible')[index]
+                if info.topic_type == 'sensor_msgs/msg/CompressedImage':
+                    hint = (f'set {camera}.transport:=compressed and give the base topic '
+                            f'(without /compressed)')
+                elif info.topic_type == 'sensor_msgs/msg/Image':
+                    hint = f'set {camera}.transport:=raw'
+                else:
+                    hint = f'give a topic of {wanted}'
+                problems.append(
+                    f'publisher {info.node_namespace.rstrip("/")}/{info.node_name} on {topic} '
+                    f'sends {info.topic_type} but the node subscribes {wanted} there: nothing '
+                    f'is received from it; {hint}')
+                break
+        return problems
 
     def _check_publisher_qos(self):
         """Return QoS problems: best-effort publishers a reliable subscription cannot match.
@@ -675,6 +704,11 @@ class TarFuseNode(Node):
             self._slot_cond.notify_all()
         self._worker.join(timeout)
         return not self._worker.is_alive()
+
+
+def _type_name(msg_class):
+    """Return the ROS name of a message class: ``sensor_msgs/msg/Image``."""
+    return f'{msg_class.__module__.split(".")[0]}/msg/{msg_class.__name__}'
 
 
 def _argument_hint(message):

@@ -50,6 +50,30 @@ def test_a_best_effort_publisher_is_reported_as_incompatible(setup):
     assert probe.wait_until_ready(30.0)
 
 
+def test_a_publisher_of_another_type_is_named_not_blamed_on_qos(setup):
+    """A CompressedImage publisher on the raw IR topic: the type clash and the transport fix."""
+    import rclpy
+    from rclpy.signals import SignalHandlerOptions
+    from sensor_msgs.msg import CompressedImage
+    node, probe = setup
+    # Another participant: DDS refuses two types on one topic within one participant.
+    context = rclpy.Context()
+    rclpy.init(context=context, domain_id=probe.context.get_domain_id(),
+               signal_handler_options=SignalHandlerOptions.NO)
+    try:
+        other = rclpy.create_node('compressed_camera', context=context)
+        other.create_publisher(CompressedImage, '/infrared/image_raw', 10)
+        assert probe.wait_for_diagnostics(
+            lambda level, msg, values: level == b'\x01' and
+            'sends sensor_msgs/msg/CompressedImage but the node subscribes '
+            'sensor_msgs/msg/Image' in msg and 'infrared.transport:=compressed' in msg,
+            timeout=15.0), probe.latest_diagnostics()
+        other.destroy_node()
+    finally:
+        rclpy.shutdown(context=context)
+    assert probe.wait_until_ready(30.0)
+
+
 def test_exact_sync_pairs_only_identical_stamps(setup):
     node, probe = setup
     apart = time.time_ns()
