@@ -597,9 +597,26 @@ class TarFuseNode(Node):
                 f'and the DDS transport (large images over best-effort DDS need the shipped '
                 f'Fast DDS profile, see the README)')
         problems.extend(self._check_publisher_qos())
+        problems.extend(self._check_other_fused_publishers())
         self._problems = problems
         for problem in problems:
             self._warn('health:' + problem[:30], problem)
+
+    def _check_other_fused_publishers(self):
+        """Return a problem when another node also publishes this node's fused image topic.
+
+        Two fusion nodes in one namespace (a launch file started twice) both publish every
+        output, so subscribers get each frame twice.
+        """
+        topic = self._resolve(_FUSED_TOPIC)
+        me = (self.get_namespace().rstrip('/'), self.get_name())
+        others = sorted({f'{info.node_namespace.rstrip("/")}/{info.node_name}'
+                         for info in self.get_publishers_info_by_topic(topic)
+                         if (info.node_namespace.rstrip('/'), info.node_name) != me})
+        if not others:
+            return []
+        return [f'{", ".join(others)} also publish(es) {topic}: subscribers get images from '
+                f'both (two fusion nodes in one namespace?); give each its own namespace']
 
     def _check_publisher_types(self):
         """Return a problem per input topic whose publisher sends another message type.

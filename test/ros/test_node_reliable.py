@@ -74,6 +74,27 @@ def test_a_publisher_of_another_type_is_named_not_blamed_on_qos(setup):
     assert probe.wait_until_ready(30.0)
 
 
+def test_another_publisher_of_the_fused_topic_is_reported(setup):
+    """A second fusion node in the namespace would double every output: said in diagnostics."""
+    import rclpy
+    from rclpy.signals import SignalHandlerOptions
+    from sensor_msgs.msg import Image
+    node, probe = setup
+    context = rclpy.Context()
+    rclpy.init(context=context, domain_id=probe.context.get_domain_id(),
+               signal_handler_options=SignalHandlerOptions.NO)
+    try:
+        other = rclpy.create_node('tarfuse_twin', context=context)
+        other.create_publisher(Image, '/fused/image_raw', 10)
+        assert probe.wait_for_diagnostics(
+            lambda level, msg, values: level == b'\x01' and
+            '/tarfuse_twin also publish(es) /fused/image_raw' in msg, timeout=15.0), \
+            probe.latest_diagnostics()
+        other.destroy_node()
+    finally:
+        rclpy.shutdown(context=context)
+
+
 def test_exact_sync_pairs_only_identical_stamps(setup):
     node, probe = setup
     apart = time.time_ns()
