@@ -522,14 +522,21 @@ class Trainer:
         provenance['interrupted'] = interrupted
         if self.budget.enabled:
             provenance['time_budget'] = self.budget.info()
-        save_checkpoint(self.out / FINAL_NAME, self.weights, provenance=provenance)
+        if interrupted and self.global_step == self.run_start_step:
+            # Stopped before the first step: nothing was trained, so no checkpoint is written
+            # (one would hold the initial weights under the run's name).
+            _log(f'no step was trained in this run: {FINAL_NAME} not written')
+        else:
+            save_checkpoint(self.out / FINAL_NAME, self.weights, provenance=provenance)
         logs.plot_curves(self.log_path, self.out / CURVE_NAME)
         summary = {'epochs': epoch, 'epochs_planned': self.epochs,
                    'steps': self.global_step, 'train_seconds': round(self.train_seconds, 1),
                    'wall_seconds': round(time.monotonic() - self.t0, 1),
                    'skipped_steps': self.skipped_steps, 'interrupted': interrupted,
                    'final_train': self.records[-1]['train'] if self.records else None,
-                   'last_val': self.last_val, 'checkpoint': str(self.out / FINAL_NAME),
+                   'last_val': self.last_val,
+                   'checkpoint': str(self.out / FINAL_NAME) if (self.out / FINAL_NAME).is_file()
+                   else None,
                    'time_budget': self.budget.info(), 'device': provenance['device']}
         with open(self.out / 'summary.json', 'w', encoding='utf-8') as stream:
             json.dump(summary, stream, indent=1)

@@ -490,3 +490,19 @@ def test_resume_with_nothing_left_to_train_says_so(runs, capsys):
     assert train_tool.main(['--resume', str(runs['b']), '--epochs', '2']) == 2
     assert 'has already trained 2 of 2 epochs; give --epochs N with N > 2' in \
         capsys.readouterr().err
+
+
+def test_an_interrupt_before_the_first_step_writes_no_checkpoint(
+        splits, tmp_path, monkeypatch):
+    """Ctrl-C while the first batch loads: no weights were trained, none are saved."""
+    from tarfuse_ros.training.loop import Trainer
+
+    def interrupted(self, epoch, progress=False):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, 'train_epoch', interrupted)
+    out = tmp_path / 'early'
+    assert train_tool.main(_args(splits, out, '--epochs', '1')) == 130
+    assert not (out / FINAL_NAME).exists() and not (out / STATE_DIR).exists()
+    summary = json.loads((out / 'summary.json').read_text())
+    assert summary['interrupted'] is True and summary['checkpoint'] is None
