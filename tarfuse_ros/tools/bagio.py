@@ -18,6 +18,7 @@ from rosbags.typesys import get_types_from_msg, get_typestore, Stores
 __all__ = [
     'BAG_VERSION',
     'array_to_image',
+    'check_topic_name',
     'compressed_cdr',
     'header_stamp_ns',
     'image_cdr',
@@ -191,3 +192,14 @@ def read_messages(path, topics=None, typestore=None):
             if connection.msgtype in typestore.types:
                 msg = typestore.deserialize_cdr(data, connection.msgtype)
             yield connection.topic, connection.msgtype, timestamp, bytes(data), msg
+
+
+def check_topic_name(name, what):
+    """Raise ValueError when ``name`` is not a valid ROS topic name (rclpy's rules)."""
+    from rclpy.exceptions import InvalidTopicNameException
+    from rclpy.validate_topic_name import validate_topic_name
+    try:
+        validate_topic_name(name)
+    except InvalidTopicNameException as exc:
+        raise ValueError(f'{what} {name!r} is not a valid ROS topic name '
+                         f'({str(exc).splitlines()[0].strip()})') from None

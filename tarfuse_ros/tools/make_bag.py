@@ -26,8 +26,8 @@ import sys
 import cv2
 import numpy as np
 
-from tarfuse_ros.tools.bagio import compressed_cdr, image_cdr, jazzy_typestore, offered_qos
-from tarfuse_ros.tools.bagio import open_writer
+from tarfuse_ros.tools.bagio import check_topic_name, compressed_cdr, image_cdr, jazzy_typestore
+from tarfuse_ros.tools.bagio import offered_qos, open_writer
 
 __all__ = ['BagSummary', 'build_parser', 'ir_to_mono16', 'list_pairs', 'main', 'make_bag']
 
@@ -108,17 +108,6 @@ def list_pairs(pairs_dir, split=None, ir_dir='ir', vi_dir='vi'):
     if not pairs:
         raise ValueError(f'no image pairs found in {pairs_dir}')
     return pairs
-
-
-def _check_topic_name(name, what):
-    """Raise ValueError when ``name`` is not a valid ROS topic name (rclpy's rules)."""
-    from rclpy.exceptions import InvalidTopicNameException
-    from rclpy.validate_topic_name import validate_topic_name
-    try:
-        validate_topic_name(name)
-    except InvalidTopicNameException as exc:
-        raise ValueError(f'{what} {name!r} is not a valid ROS topic name '
-                         f'({str(exc).splitlines()[0].strip()})') from None
 
 
 def _parse_size(text):
@@ -210,7 +199,7 @@ def make_bag(pairs_dir, out, *, split=None, rate=10.0, ir_encoding='mono8', vi_e
         raise ValueError(f'start_time_s must be seconds in [1, 2**31) (zero stamps upset '
                          f'synchronisers; ROS stamps hold int32 seconds), got {start_time_s}')
     for name, topic in (('ir_topic', ir_topic), ('vi_topic', vi_topic)):
-        _check_topic_name(topic, name)
+        check_topic_name(topic, name)
     if ir_topic == vi_topic:
         raise ValueError(f'IR and visible topics must differ, both are {ir_topic!r}')
     for name, transport in (('ir_transport', ir_transport), ('vi_transport', vi_transport)):

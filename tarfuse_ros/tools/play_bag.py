@@ -28,8 +28,8 @@ from rosbags.rosbag2 import Reader
 
 from tarfuse_ros.core.files import output_problem
 from tarfuse_ros.tools.bagio import (
-    header_stamp_ns, jazzy_typestore, offered_qos, open_writer, replace_header_stamp,
-    type_has_header)
+    check_topic_name, header_stamp_ns, jazzy_typestore, offered_qos, open_writer,
+    replace_header_stamp, type_has_header)
 
 __all__ = ['BagPlayer', 'PlayError', 'PlayStats', 'build_parser', 'main', 'message_class']
 
@@ -128,17 +128,6 @@ def _bag_topics(bag):
         raise ValueError(f'{bag} cannot be read as a rosbag2 ({problem})') from None
 
 
-def _check_topic_name(name, what):
-    """Raise ValueError when ``name`` is not a valid ROS topic name (rclpy's rules)."""
-    from rclpy.exceptions import InvalidTopicNameException
-    from rclpy.validate_topic_name import validate_topic_name
-    try:
-        validate_topic_name(name)
-    except InvalidTopicNameException as exc:
-        raise ValueError(f'{what} {name!r} is not a valid ROS topic name '
-                         f'({str(exc).splitlines()[0].strip()})') from None
-
-
 class BagPlayer:
     """
     Publish a bag's messages with their recorded timing; optionally record other topics.
@@ -196,7 +185,7 @@ class BagPlayer:
                 raise ValueError(f'{name}: {", ".join(unknown)} not in the bag (it has '
                                  f'{", ".join(sorted(bag_topics))})')
         for topic in (remap or {}).values():
-            _check_topic_name(topic, '--remap target')
+            check_topic_name(topic, '--remap target')
         self.rate, self.loop, self.start_delay, self.duration = rate, loop, start_delay, duration
         self.wait_for_subscribers, self.wait_timeout = wait_for_subscribers, wait_timeout
         self.settle = settle

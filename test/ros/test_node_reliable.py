@@ -5,12 +5,16 @@ subscription), exact pairing, and shutdown by SIGTERM.  The node process runs wi
 shipped Fast DDS profile: small images must still get through on the defaults.
 """
 
+import contextlib
 import os
 import signal
 import time
 
 from node_harness import make_checkpoint, NodeProcess, Probe, random_domain_id
 import pytest
+import rclpy
+from rclpy.signals import SignalHandlerOptions
+from sensor_msgs.msg import CompressedImage, Image
 
 pytestmark = pytest.mark.dds
 
@@ -50,49 +54,44 @@ def test_a_best_effort_publisher_is_reported_as_incompatible(setup):
     assert probe.wait_until_ready(30.0)
 
 
-def test_a_publisher_of_another_type_is_named_not_blamed_on_qos(setup):
-    """A CompressedImage publisher on the raw IR topic: the type clash and the transport fix."""
-    import rclpy
-    from rclpy.signals import SignalHandlerOptions
-    from sensor_msgs.msg import CompressedImage
-    node, probe = setup
-    # Another participant: DDS refuses two types on one topic within one participant.
+@contextlib.contextmanager
+def _other_participant(probe, name):
+    """Yield a node of another DDS participant in the probe's domain (shut down afterwards).
+
+    DDS refuses two message types on one topic within one participant, and a node of the
+    probe's own participant would not look like another process to the fusion node.
+    """
     context = rclpy.Context()
     rclpy.init(context=context, domain_id=probe.context.get_domain_id(),
                signal_handler_options=SignalHandlerOptions.NO)
     try:
-        other = rclpy.create_node('compressed_camera', context=context)
+        yield rclpy.create_node(name, context=context)
+    finally:
+        rclpy.shutdown(context=context)
+
+
+def test_a_publisher_of_another_type_is_named_not_blamed_on_qos(setup):
+    """A CompressedImage publisher on the raw IR topic: the type clash and the transport fix."""
+    node, probe = setup
+    with _other_participant(probe, 'compressed_camera') as other:
         other.create_publisher(CompressedImage, '/infrared/image_raw', 10)
         assert probe.wait_for_diagnostics(
             lambda level, msg, values: level == b'\x01' and
             'sends sensor_msgs/msg/CompressedImage but the node subscribes '
             'sensor_msgs/msg/Image' in msg and 'infrared.transport:=compressed' in msg,
             timeout=15.0), probe.latest_diagnostics()
-        other.destroy_node()
-    finally:
-        rclpy.shutdown(context=context)
     assert probe.wait_until_ready(30.0)
 
 
 def test_another_publisher_of_the_fused_topic_is_reported(setup):
     """A second fusion node in the namespace would double every output: said in diagnostics."""
-    import rclpy
-    from rclpy.signals import SignalHandlerOptions
-    from sensor_msgs.msg import Image
     node, probe = setup
-    context = rclpy.Context()
-    rclpy.init(context=context, domain_id=probe.context.get_domain_id(),
-               signal_handler_options=SignalHandlerOptions.NO)
-    try:
-        other = rclpy.create_node('tarfuse_twin', context=context)
+    with _other_participant(probe, 'tarfuse_twin') as other:
         other.create_publisher(Image, '/fused/image_raw', 10)
         assert probe.wait_for_diagnostics(
             lambda level, msg, values: level == b'\x01' and
             '/tarfuse_twin also publish(es) /fused/image_raw' in msg, timeout=15.0), \
             probe.latest_diagnostics()
-        other.destroy_node()
-    finally:
-        rclpy.shutdown(context=context)
 
 
 def test_exact_sync_pairs_only_identical_stamps(setup):
