@@ -43,8 +43,9 @@ def _share_dir():
 
 def _camera_info_topic(image_topic):
     """Return the ``camera_info`` sibling of an image topic (``a/b/image_raw`` -> ``a/b/...``)."""
-    head, _, _ = image_topic.rpartition('/')
-    return f'{head}/camera_info' if head else 'camera_info'
+    head, slash, _ = image_topic.rpartition('/')
+    # '/image_raw' -> '/camera_info' (absolute stays absolute); 'image_raw' -> 'camera_info'.
+    return f'{head}/camera_info' if slash else 'camera_info'
 
 
 def _launch_setup(context):

@@ -123,3 +123,11 @@ def test_launch_arguments_that_would_be_dropped_or_misread_stop_the_launch(
     assert node.kwargs['parameters'][0].endswith('tarfuse.yaml')
     with pytest.raises(error, match=words.replace('(', r'\(')):
         module._launch_setup(dict(context, **change))
+
+
+def test_the_camera_info_sibling_keeps_an_absolute_topic_absolute(monkeypatch):
+    module = _load_with_stand_ins(monkeypatch)
+    assert module._camera_info_topic('/image_raw') == '/camera_info'
+    assert module._camera_info_topic('/rgb/image_raw') == '/rgb/camera_info'
+    assert module._camera_info_topic('visible/image_raw') == 'visible/camera_info'
+    assert module._camera_info_topic('image_raw') == 'camera_info'
