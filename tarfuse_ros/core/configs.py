@@ -1,6 +1,7 @@
 """Small helpers shared by the configuration dataclasses."""
 
 from dataclasses import fields
+import math
 
 
 def known_fields(cls, values):
@@ -14,3 +15,25 @@ def known_fields(cls, values):
     if unknown:
         raise ValueError(f'unknown {cls.__name__} keys {unknown}; known keys: {sorted(known)}')
     return values
+
+
+def check_field_types(instance):
+    """Check a dataclass instance's fields typed bool, int or float; raise ValueError naming one.
+
+    A bool field takes true or false only (a YAML ``"false"`` is a string); an int field an
+    integer (a whole float such as 8.0 is stored as 8; a bool is refused); a float field a
+    finite number (not a bool). Call it first in ``__post_init__``, before checks that compare
+    values.
+    """
+    for item in fields(instance):
+        value = getattr(instance, item.name)
+        if item.type is bool and not isinstance(value, bool):
+            raise ValueError(f'{item.name} must be true or false, got {value!r}')
+        if item.type is int:
+            if isinstance(value, float) and value.is_integer():
+                object.__setattr__(instance, item.name, int(value))
+            elif isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f'{item.name} must be an integer, got {value!r}')
+        if item.type is float and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                   or not math.isfinite(value)):
+            raise ValueError(f'{item.name} must be a finite number, got {value!r}')

@@ -13,11 +13,11 @@ Gaussian of sigma 16 px with a kernel of about 6 sigma (kornia's default kernel 
 Gaussian and can fold the field), scaled to a peak displacement drawn from U(0, 4) px.
 """
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 import math
 from typing import NamedTuple
 
-from tarfuse_ros.core.configs import known_fields
+from tarfuse_ros.core.configs import check_field_types, known_fields
 from tarfuse_ros.core.model.warp import identity_grid, warp
 import torch
 import torch.nn.functional as F
@@ -64,14 +64,7 @@ class DeformConfig:
     inverse_iterations: int = 20
 
     def __post_init__(self):
-        for item in fields(self):
-            value = getattr(self, item.name)
-            if item.type in (int, float) and (isinstance(value, bool)
-                                              or not isinstance(value, (int, float))
-                                              or not math.isfinite(value)):
-                raise ValueError(f'{item.name} must be a finite number, got {value!r}')
-            if item.type is int and value != int(value):
-                raise ValueError(f'{item.name} must be an integer, got {value!r}')
+        check_field_types(self)
         scale = self.scale
         if (not isinstance(scale, (list, tuple)) or len(scale) != 2
                 or not all(isinstance(v, (int, float)) and not isinstance(v, bool)

@@ -315,6 +315,10 @@ class BagPlayer:
         """Publish every message once; return (last bag time, True if stopped early)."""
         start_ns = reader.start_time
         last = start_ns
+
+        def restamped(time_ns):  # bag time -> playback time (offsets scaled by the rate)
+            return base_wall_ns + int((time_ns - start_ns) / self.rate)
+
         for connection, timestamp, data in reader.messages(connections=connections):
             target = base_mono + (timestamp - start_ns) / 1e9 / self.rate
             if end_mono is not None and target > end_mono:
@@ -326,15 +330,14 @@ class BagPlayer:
             if type_has_header(self.typestore, connection.msgtype):
                 stamp = header_stamp_ns(data)
                 if self.restamp:
-                    stamp = base_wall_ns + int((stamp - start_ns) / self.rate)
+                    stamp = restamped(stamp)
                     data = replace_header_stamp(data, stamp)
             topic = self.remap.get(connection.topic, connection.topic)
             with self._lock:
                 if stamp is not None:
                     self._published_stamps.add(stamp)
                 if self._clock_pub is not None:
-                    self._publish_clock(timestamp if not self.restamp else
-                                        base_wall_ns + int((timestamp - start_ns) / self.rate))
+                    self._publish_clock(restamped(timestamp) if self.restamp else timestamp)
                 publishers[connection.topic].publish(data)
                 self.stats.published.append((topic, stamp, time.time_ns()))
             last = timestamp

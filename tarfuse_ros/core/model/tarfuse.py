@@ -14,10 +14,10 @@ luminance, both ``(B, 1, H, W)`` in ``[0, 1]`` with ``H`` and ``W`` multiples of
    (none with ``detect=False``: a fusion-only model, e.g. the medical one, has no neck or head).
 """
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 import math
 
-from tarfuse_ros.core.configs import known_fields
+from tarfuse_ros.core.configs import check_field_types, known_fields
 from tarfuse_ros.core.model.encoders import FeatureExtractor
 from tarfuse_ros.core.model.heads import DetectionNeck, ReconstructionHead
 from tarfuse_ros.core.model.matching import MatchingRegistration
@@ -136,21 +136,8 @@ class TarFuseConfig:
     detect: bool = True
 
     def __post_init__(self):
-        # Types first, for every field typed bool, int or float (a YAML "false" is a string,
-        # 8.5 no width): the checks below compare values.
-        for item in fields(self):
-            value = getattr(self, item.name)
-            if item.type is bool and not isinstance(value, bool):
-                raise ValueError(f'{item.name} must be true or false, got {value!r}')
-            if item.type is int:
-                if isinstance(value, float) and value.is_integer():
-                    object.__setattr__(self, item.name, int(value))
-                elif isinstance(value, bool) or not isinstance(value, int):
-                    raise ValueError(f'{item.name} must be an integer, got {value!r}')
-            if item.type is float and (isinstance(value, bool)
-                                       or not isinstance(value, (int, float))
-                                       or not math.isfinite(value)):
-                raise ValueError(f'{item.name} must be a finite number, got {value!r}')
+        # Types first (a YAML "false" is a string, 8.5 no width): the checks below compare values.
+        check_field_types(self)
         if not self.detect:
             object.__setattr__(self, 'class_names', ())
             object.__setattr__(self, 'num_classes', 0)
