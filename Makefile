@@ -4,17 +4,19 @@
 # On a ROS 2 install (Jazzy/Humble), with ROS sourced and this repository in <ws>/src/tarfuse_ros:
 # make ros-install - a venv (--system-site-packages) with the pip packages, then colcon build
 SHELL := /bin/bash
-ENV := source tools/ros_env/env.sh &&
-OUT ?= output/demo
+# The repository (this file's folder), so `make -f <repo>/Makefile ...` works from anywhere.
+ROOT := $(patsubst %/,%,$(dir $(abspath $(lastword $(MAKEFILE_LIST)))))
+ENV := cd $(ROOT) && source tools/ros_env/env.sh &&
+OUT ?= $(ROOT)/output/demo
 PYTEST_ARGS ?=
 
 .PHONY: setup demo test bench clean ros-install
 
 setup:
-	bash tools/ros_env/setup_env.sh
+	bash $(ROOT)/tools/ros_env/setup_env.sh
 
 demo: setup
-	$(ENV) tarfuse-demo --out $(OUT)
+	$(ENV) tarfuse-demo --out $(abspath $(OUT))
 
 test: setup
 	$(ENV) python -m pytest -ra -p no:cacheprovider $(PYTEST_ARGS) test
@@ -24,10 +26,10 @@ bench: setup
 	$(ENV) python benchmarks/bench_node.py
 
 clean:
-	rm -rf .cache output build install log
+	cd $(ROOT) && rm -rf .cache output build install log
 
 # The workspace is two levels up (<ws>/src/tarfuse_ros); the venv sees the distro's packages.
-ROS_WS ?= $(abspath $(CURDIR)/../..)
+ROS_WS ?= $(abspath $(ROOT)/../..)
 ROS_VENV ?= $(ROS_WS)/.venv
 ROS_PIP ?= 'numpy<2' torch torchvision ultralytics==8.4.190 kornia==0.9.0 safetensors rosbags
 

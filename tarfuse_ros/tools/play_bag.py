@@ -186,6 +186,11 @@ class BagPlayer:
                                  f'{", ".join(sorted(bag_topics))})')
         for topic in (remap or {}).values():
             check_topic_name(topic, '--remap target')
+        # A relative target is published from the player's node (root namespace): name it as
+        # the graph will, so the wait, the errors and the statistics use the real topic.
+        from rclpy.expand_topic_name import expand_topic_name
+        remap = {source: expand_topic_name(target, node_name, '/')
+                 for source, target in (remap or {}).items()}
         self.rate, self.loop, self.start_delay, self.duration = rate, loop, start_delay, duration
         self.wait_for_subscribers, self.wait_timeout = wait_for_subscribers, wait_timeout
         self.settle = settle
