@@ -24,8 +24,8 @@ PRIOR.yaml [--weights W] [--pairs-count N] [--iterations K] [--max-side PX] [--d
    parameters file.
 
 Exit status: 0 on success, 1 when no homography could be fitted, 2 for usage errors (bad options,
-missing paths or topics, fewer than 1 pair, an unreadable image, an ``--out`` that is a folder,
-weights or device that cannot be loaded).
+missing paths or topics, fewer than 1 pair, an unreadable image, an ``--out`` that is a folder
+or cannot be written, weights or device that cannot be loaded).
 """
 
 import argparse
@@ -36,6 +36,7 @@ import sys
 
 import cv2
 import numpy as np
+from tarfuse_ros.core.files import output_problem
 
 __all__ = ['bag_pairs', 'build_parser', 'downscale_pairs', 'folder_pairs', 'main',
            'spread_indices']
@@ -266,6 +267,10 @@ def _check_args(args):
     if args.out.is_dir():
         raise UsageError(f'--out {str(args.out)!r} is a folder; give the file to write (e.g. '
                          f'{str(args.out / "rig_prior.yaml")!r})')
+    problem = output_problem(args.out)
+    if problem:  # checked now: it would fail only when writing, after the whole calibration
+        raise UsageError(f'--out {str(args.out)!r} cannot be written ({problem}); give a path '
+                         f'in a folder you can write to')
 
 
 def _report_lines(result, iterations):

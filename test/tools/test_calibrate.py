@@ -165,6 +165,18 @@ def test_folder_usage_errors_exit_2_before_the_model_runs(rig_folder, tmp_path, 
     assert not (tmp_path / 'p.yaml').exists()
 
 
+def test_an_out_that_cannot_be_written_exits_2_before_the_model_runs(tmp_path, capsys):
+    # It ran the whole calibration, then died writing the file with a traceback.
+    bag = tmp_path / 'small_bag'
+    make_bag(ROOT / 'samples', bag, rate=10.0, size=(64, 64), max_pairs=1)
+    code = calibrate.main(['--bag', str(bag), '--out', '/proc/rig_prior.yaml',
+                           '--iterations', '1', '--threads', '1'])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err == ("tarfuse-calibrate: error: --out '/proc/rig_prior.yaml' cannot be written "
+                   '(folder /proc is not writable); give a path in a folder you can write to\n')
+
+
 def test_spread_indices_cover_the_recording_ends_included():
     assert calibrate.spread_indices(100, 5) == [0, 25, 50, 74, 99]
     assert calibrate.spread_indices(3, 10) == [0, 1, 2]
