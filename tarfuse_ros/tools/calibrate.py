@@ -300,6 +300,9 @@ def main(argv=None):
                 initial = load_prior_yaml(args.initial_prior)
             except ValueError as exc:
                 raise UsageError(f'--initial-prior: {exc}') from exc
+            if initial is None:  # else it would silently start from no prior
+                raise UsageError(f'--initial-prior {str(args.initial_prior)!r} sets no '
+                                 f'registration.prior; give a file from tarfuse-calibrate')
         if args.threads is not None:  # a program sets the process-wide thread counts
             import torch
             torch.set_num_threads(args.threads)

@@ -177,6 +177,22 @@ def test_an_out_that_cannot_be_written_exits_2_before_the_model_runs(tmp_path, c
                    '(folder /proc is not writable); give a path in a folder you can write to\n')
 
 
+def test_an_initial_prior_file_without_a_prior_is_refused(tmp_path, capsys):
+    # It was silently ignored: the calibration started from no prior.
+    bag = tmp_path / 'small_bag'
+    make_bag(ROOT / 'samples', bag, rate=10.0, size=(64, 64), max_pairs=1)
+    initial = tmp_path / 'params.yaml'
+    initial.write_text('/**:\n  ros__parameters:\n    registration:\n      prior: []\n')
+    out = tmp_path / 'p.yaml'
+    code = calibrate.main(['--bag', str(bag), '--out', str(out), '--initial-prior',
+                           str(initial), '--iterations', '1', '--threads', '1'])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err == (f"tarfuse-calibrate: error: --initial-prior '{initial}' sets no "
+                   f'registration.prior; give a file from tarfuse-calibrate\n')
+    assert not out.exists()
+
+
 def test_spread_indices_cover_the_recording_ends_included():
     assert calibrate.spread_indices(100, 5) == [0, 25, 50, 74, 99]
     assert calibrate.spread_indices(3, 10) == [0, 1, 2]
