@@ -322,6 +322,12 @@ def main(argv=None):
 
         ir_wh = pairs[0][1].shape[1], pairs[0][1].shape[0]
         vi_wh = pairs[0][2].shape[1], pairs[0][2].shape[0]
+        if initial is not None:  # the recording's fault, found before the model runs
+            try:
+                initial.homography_for(ir_wh, vi_wh)
+            except ValueError as exc:
+                raise UsageError(f'--initial-prior {str(args.initial_prior)!r}: {exc} (or '
+                                 f'leave --initial-prior out)') from exc
         if args.max_side is not None:
             pairs = downscale_pairs(pairs, args.max_side)
             if initial is not None:

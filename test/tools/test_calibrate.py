@@ -14,7 +14,8 @@ import cv2
 import numpy as np
 import pytest
 from tarfuse_ros.core import data
-from tarfuse_ros.core.prior import corner_error_px, load_prior_yaml
+from tarfuse_ros.core.prior import (
+    corner_error_px, load_prior_yaml, make_prior, write_prior_yaml)
 from tarfuse_ros.tools import calibrate
 from tarfuse_ros.tools.make_bag import make_bag
 import yaml
@@ -197,6 +198,23 @@ def test_spread_indices_cover_the_recording_ends_included():
     assert calibrate.spread_indices(100, 5) == [0, 25, 50, 74, 99]
     assert calibrate.spread_indices(3, 10) == [0, 1, 2]
     assert calibrate.spread_indices(0, 4) == []
+
+
+def test_an_initial_prior_for_another_aspect_ratio_exits_2_naming_the_recorded_size(
+        rig_folder, tmp_path, capsys):
+    # It ran the model, then exited 1 "no prior fitted", naming the --max-side size (160x128).
+    initial = tmp_path / 'other_rig.yaml'
+    write_prior_yaml(initial, make_prior(np.eye(3), (320, 240), SIZE))
+    out = tmp_path / 'p.yaml'
+    code = calibrate.main(['--pairs', str(rig_folder), '--out', str(out), '--initial-prior',
+                           str(initial), '--max-side', '160', '--iterations', '1',
+                           '--threads', '1'])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.startswith(f"tarfuse-calibrate: error: --initial-prior '{initial}': "
+                          'registration.prior was made for a 320x240 IR image but the IR image '
+                          'is 320x256'), err
+    assert 'iteration' not in err and not out.exists()
 
 
 def test_max_side_runs_downscaled_and_writes_the_prior_for_the_recorded_sizes(
