@@ -162,7 +162,8 @@ def export_onnx(weights, output, half=False, opset=MIN_OPSET, verify=True, scale
         weights: path of a TarFuse checkpoint (``save_checkpoint`` / ``tarfuse-train``).
         output: path of the ``.onnx`` file to write (replaced atomically; folders created).
         half: float16 computation inside, float32 inputs and outputs.
-        opset: ONNX opset, ``>= 17`` (GridSample needs 16; TensorRT 8.6+ and 10 parse 17).
+        opset: ONNX opset, ``>= 17`` (GridSample needs 16; TensorRT 8.6+ and 10 parse 17)
+            and at most what ``torch.onnx.export`` writes (23 with torch 2.14).
         verify: run the exported graph in onnxruntime at another batch and size than the
             traced one and compare with PyTorch (:data:`VERIFY_TOLERANCES`).
         scale_search: False: a checkpoint saved with several scale candidates fits the 1.0
@@ -180,14 +181,19 @@ def export_onnx(weights, output, half=False, opset=MIN_OPSET, verify=True, scale
     Raises:
         CheckpointError: missing or invalid checkpoint.
         ExportError: tracing failed or the graph does not match PyTorch.
-        ValueError: ``opset`` below 17.
+        ValueError: ``opset`` below 17 or above what ``torch.onnx.export`` writes.
 
     """
     import onnx
     from tarfuse_ros.core.engine import _min_input_side, fuse_conv_bn, scale_search_off
 
-    if isinstance(opset, bool) or not isinstance(opset, int) or opset < MIN_OPSET:
-        raise ValueError(f'opset must be an integer >= {MIN_OPSET}, got {opset!r}')
+    # The newest opset torch.onnx.export writes: it refuses a newer one only after tracing
+    # (minutes).
+    from torch.onnx._constants import ONNX_MAX_OPSET as max_opset
+    if (isinstance(opset, bool) or not isinstance(opset, int)
+            or not MIN_OPSET <= opset <= max_opset):
+        raise ValueError(f'opset must be an integer >= {MIN_OPSET} and <= {max_opset} (the '
+                         f'newest torch.onnx.export writes), got {opset!r}')
     weights, output = Path(weights), Path(output)
     model = load_checkpoint(weights, map_location='cpu').eval()
     config = copy.deepcopy(model.checkpoint_config)

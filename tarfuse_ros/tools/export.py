@@ -31,7 +31,9 @@ def build_parser():
     parser.add_argument('--half', action='store_true',
                         help='float16 inside (float32 inputs/outputs); for TensorRT prefer the '
                              'float32 file and trtexec --fp16')
-    parser.add_argument('--opset', type=int, default=17, help='ONNX opset, >= 17 (default 17)')
+    parser.add_argument('--opset', type=int, default=17,
+                        help='ONNX opset, >= 17 and at most what torch.onnx.export writes (23 '
+                             'with torch 2.14; default 17)')
     parser.add_argument('--no-verify', action='store_true',
                         help='skip the onnxruntime-vs-PyTorch check at another input size')
     parser.add_argument('--no-scale-search', action='store_true',

@@ -181,6 +181,13 @@ def test_export_tool_usage_errors(tmp_path, capsys):
     weights = str(default_weights_path())
     assert export_tool.main([weights, '--out', str(tmp_path / 'a.onnx'), '--opset', '16']) == 2
     assert 'opset must be an integer >= 17' in capsys.readouterr().err
+    # An opset above the exporter's: refused at once (it traced, minutes for the shipped model,
+    # then failed with exit 1).
+    medical = str(share_dir() / 'models' / 'tarfuse_medical.safetensors')
+    assert export_tool.main([medical, '--out', str(tmp_path / 'a.onnx'), '--opset', '24',
+                             '--no-verify', '--no-scale-search', '--threads', '1']) == 2
+    assert ('opset must be an integer >= 17 and <= 23 (the newest torch.onnx.export writes), '
+            'got 24') in capsys.readouterr().err
     assert export_tool.main([str(tmp_path / 'absent.safetensors'), '--out',
                              str(tmp_path / 'b.onnx')]) == 2
     assert 'does not exist' in capsys.readouterr().err
