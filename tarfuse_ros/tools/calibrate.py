@@ -24,8 +24,8 @@ PRIOR.yaml [--weights W] [--pairs-count N] [--iterations K] [--max-side PX] [--d
    parameters file.
 
 Exit status: 0 on success, 1 when no homography could be fitted, 2 for usage errors (bad options,
-missing paths or topics, fewer than 1 pair, an unreadable image, an ``--out`` that is a folder
-or cannot be written, weights or device that cannot be loaded).
+missing paths or topics, fewer than 1 pair, an unreadable image, pairs of several image sizes,
+an ``--out`` that is a folder or cannot be written, weights or device that cannot be loaded).
 """
 
 import argparse
@@ -273,6 +273,22 @@ def _check_args(args):
                          f'in a folder you can write to')
 
 
+def _rig_sizes(pairs):
+    """Return the pairs' ``(IR, visible)`` sizes as ``(width, height)``; UsageError if several.
+
+    Checked at the recorded sizes, before ``--max-side`` could make two sizes one.
+    """
+    sizes = {}
+    for name, ir, vi in pairs:
+        sizes.setdefault(((ir.shape[1], ir.shape[0]), (vi.shape[1], vi.shape[0])), name)
+    if len(sizes) > 1:
+        listed = '; '.join(f'{name!r}: IR {ir[0]}x{ir[1]}, visible {vi[0]}x{vi[1]}'
+                           for (ir, vi), name in sizes.items())
+        raise UsageError(f'the pairs hold several image sizes ({listed}); calibrate one rig '
+                         f'(one size per camera) at a time')
+    return next(iter(sizes))
+
+
 def _report_lines(result, iterations):
     lines = [f'{"pair":<28} {"median px":>9} {"p90 px":>8} {"inliers":>8} {"points":>7}']
     for r in result.residuals:
@@ -320,8 +336,7 @@ def main(argv=None):
             print(f'{PROG}: iteration {iteration + 1}/{args.iterations}, pair {index + 1}/'
                   f'{len(pairs)} ({name})', file=sys.stderr, flush=True)
 
-        ir_wh = pairs[0][1].shape[1], pairs[0][1].shape[0]
-        vi_wh = pairs[0][2].shape[1], pairs[0][2].shape[0]
+        ir_wh, vi_wh = _rig_sizes(pairs)
         if initial is not None:  # the recording's fault, found before the model runs
             try:
                 initial.homography_for(ir_wh, vi_wh)

@@ -194,6 +194,29 @@ def test_an_initial_prior_file_without_a_prior_is_refused(tmp_path, capsys):
     assert not out.exists()
 
 
+def test_pairs_of_several_sizes_exit_2_naming_them_even_with_max_side(
+        rig_folder, tmp_path, capsys):
+    # It exited 1 "no prior fitted"; with --max-side making both sizes one, it fitted them.
+    mixed = tmp_path / 'mixed'
+    for sub in ('ir', 'vi'):
+        (mixed / sub).mkdir(parents=True)
+    first, second = sorted(data.read_split(rig_folder))
+    for stem, scale in ((first, 1.0), (second, 0.5)):
+        for sub in ('ir', 'vi'):
+            image = cv2.imread(str(rig_folder / sub / f'{stem}.png'), cv2.IMREAD_UNCHANGED)
+            cv2.imwrite(str(mixed / sub / f'{stem}.png'),
+                        cv2.resize(image, None, fx=scale, fy=scale))
+    for extra in ([], ['--max-side', '160']):
+        code = calibrate.main(['--pairs', str(mixed), '--out', str(tmp_path / 'p.yaml'),
+                               '--iterations', '1', '--threads', '1'] + extra)
+        err = capsys.readouterr().err
+        assert code == 2, err
+        assert err == ('tarfuse-calibrate: error: the pairs hold several image sizes '
+                       f"('{first}': IR 320x256, visible 320x256; '{second}': IR 160x128, "
+                       f'visible 160x128); calibrate one rig (one size per camera) at a time\n')
+    assert not (tmp_path / 'p.yaml').exists()
+
+
 def test_spread_indices_cover_the_recording_ends_included():
     assert calibrate.spread_indices(100, 5) == [0, 25, 50, 74, 99]
     assert calibrate.spread_indices(3, 10) == [0, 1, 2]
