@@ -200,7 +200,8 @@ def fit_prior(samples, ir_wh, visible_wh, threshold_px=DEFAULT_THRESHOLD_PX,
         :class:`CalibrationResult`.
 
     Raises:
-        ValueError: no sample, a flow of another size than ``visible_wh``, or no fit.
+        ValueError: no sample, a flow of another size than ``visible_wh``, fewer than 4 usable
+            points (flat images), or no fit.
 
     """
     if not samples:
@@ -216,6 +217,11 @@ def fit_prior(samples, ir_wh, visible_wh, threshold_px=DEFAULT_THRESHOLD_PX,
         per_pair.append((name, ir_pts[chosen], vi_pts[chosen]))
     ir_all = np.concatenate([p[1] for p in per_pair])
     vi_all = np.concatenate([p[2] for p in per_pair])
+    if len(ir_all) < 4:  # fit_homography's "need 4 points" would not say why
+        raise ValueError(f'{len(ir_all)} usable flow points in {len(samples)} pair(s) (a point '
+                         f'needs edges in both images and a flow into the IR image): are the '
+                         f'images flat (a lens cap, fog, a blank wall)? calibrate on pairs of a '
+                         f'scene with structure')
     matrix, inliers = fit_homography(ir_all, vi_all, threshold_px, seed)
     residuals = []
     for name, ir_pts, vi_pts in per_pair:

@@ -213,6 +213,17 @@ def test_fit_ignores_a_parallax_region_that_disagrees():
     assert 0.8 < result.residuals[0].inlier_fraction < 0.95
 
 
+def test_fit_on_flat_images_says_they_are_flat():
+    # It said "need at least 4 corresponding points, got 0 and 0" (tarfuse-calibrate on pairs
+    # of a flat grey image).
+    flat = np.full(SIZE[::-1], 128, np.uint8)
+    weight = texture_weight(flat, flat)
+    flow = np.zeros(SIZE[::-1] + (2,), np.float32)
+    with pytest.raises(ValueError, match=r'^0 usable flow points in 1 pair\(s\) .* are the '
+                                         r'images flat'):
+        fit_prior([('flat', flow, weight)], SIZE, SIZE)
+
+
 def test_correspondences_drop_points_outside_the_ir_image():
     flow = np.zeros((64, 80, 2), np.float32)
     flow[:, :40, 0] = -100.0  # left half looks outside the IR image
