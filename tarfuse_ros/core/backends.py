@@ -6,9 +6,18 @@ Both engines take the same pairs and return the same :class:`FusionResult`; the 
 asked, so choosing onnxruntime does not load torch here.
 """
 
-__all__ = ['BACKENDS', 'create_engine', 'model_error']
+__all__ = ['BACKENDS', 'backend_for_weights', 'create_engine', 'model_error']
 
 BACKENDS = ('torch', 'onnxruntime')
+
+
+def backend_for_weights(weights):
+    """Return the backend that runs ``weights``: ``'onnxruntime'`` for a ``.onnx`` file.
+
+    The suffix is compared without case (``MODEL.ONNX`` too); anything else, and ``None``
+    (the shipped checkpoint), is ``'torch'``.
+    """
+    return 'onnxruntime' if str(weights or '').lower().endswith('.onnx') else 'torch'
 
 
 def create_engine(backend='torch', **kwargs):

@@ -223,8 +223,8 @@ def build_parser():
 
 def _engine_factory(weights, device):
     """Return ``make_engine(prior)`` for :func:`~tarfuse_ros.core.calibration.calibrate`."""
-    from tarfuse_ros.core.backends import create_engine, model_error
-    backend = 'onnxruntime' if str(weights or '').endswith('.onnx') else 'torch'
+    from tarfuse_ros.core.backends import backend_for_weights, create_engine, model_error
+    backend = backend_for_weights(weights)
     extra = {'cuda_graph': 'off'} if backend == 'torch' else {}
 
     engines = {}

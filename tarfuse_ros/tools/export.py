@@ -12,6 +12,7 @@ before the export).
 """
 
 import argparse
+import os
 from pathlib import Path
 import sys
 
@@ -27,7 +28,7 @@ def build_parser():
                                'batch, height and width; config and class names in the '
                                'metadata), checked against PyTorch with onnxruntime.')
     parser.add_argument('weights', type=Path, help='checkpoint (.safetensors)')
-    parser.add_argument('--out', required=True, type=Path, help='ONNX file to write')
+    parser.add_argument('--out', required=True, help='ONNX file to write')
     parser.add_argument('--half', action='store_true',
                         help='float16 inside (float32 inputs/outputs); for TensorRT prefer the '
                              'float32 file and trtexec --fp16')
@@ -50,8 +51,12 @@ def main(argv=None):
     if args.threads is not None and args.threads < 1:
         print(f'{PROG}: error: --threads must be >= 1, got {args.threads}', file=sys.stderr)
         return 2
-    if args.out.is_dir():
-        print(f'{PROG}: error: --out {str(args.out)!r} is a folder; give the ONNX file to '
+    # A trailing separator names a folder (Path() would drop it and write a file there).
+    folder_named = args.out.endswith(('/', os.sep))
+    args.out = Path(args.out)
+    if folder_named or args.out.is_dir():
+        what = 'is a folder' if args.out.is_dir() else 'names a folder (trailing /)'
+        print(f'{PROG}: error: --out {str(args.out)!r} {what}; give the ONNX file to '
               f'write (e.g. {str(args.out / "tarfuse.onnx")!r})', file=sys.stderr)
         return 2
     problem = output_problem(args.out)

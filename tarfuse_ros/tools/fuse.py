@@ -699,13 +699,14 @@ def build_parser():
 
 def _load_engine(weights, device, threads, scale_search=True, global_every=1, global_window=1):
     # Imported here so that usage errors are reported before torch is loaded.
+    from tarfuse_ros.core.backends import backend_for_weights
     from tarfuse_ros.core.checkpoint import CheckpointError
     from tarfuse_ros.core.engine import FusionEngine
     import torch
     if threads is not None:  # a program sets the process-wide thread counts, not the engine
         torch.set_num_threads(threads)
         cv2.setNumThreads(threads)
-    if str(weights or '').lower().endswith('.onnx'):
+    if backend_for_weights(weights) == 'onnxruntime':
         raise UsageError(f'--weights {weights}: an ONNX file (tarfuse-export); tarfuse-fuse runs '
                          f'.safetensors checkpoints (the file that was exported)')
     try:

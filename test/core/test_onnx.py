@@ -196,6 +196,11 @@ def test_export_tool_usage_errors(tmp_path, capsys):
     assert export_tool.main([weights, '--out', str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert f"--out '{tmp_path}' is a folder" in err and '.tmp' not in err
+    # A folder named with a trailing separator that does not exist yet (a file was written
+    # under the folder's name).
+    assert export_tool.main([weights, '--out', str(tmp_path / 'new') + '/']) == 2
+    assert f"--out '{tmp_path / 'new'}' names a folder" in capsys.readouterr().err
+    assert not (tmp_path / 'new').exists()
 
 
 def test_export_tool_refuses_an_out_it_cannot_write_before_exporting(tmp_path, capsys):

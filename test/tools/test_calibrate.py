@@ -257,3 +257,16 @@ def test_max_side_runs_downscaled_and_writes_the_prior_for_the_recorded_sizes(
     pairs = calibrate.downscale_pairs([('a', np.zeros((471, 640), np.uint8),
                                         np.zeros((480, 640, 3), np.uint8))], 320)
     assert pairs[0][1].shape == (236, 320) and pairs[0][2].shape == (240, 320, 3)
+
+
+def test_an_upper_case_onnx_file_is_run_by_onnxruntime(rig_folder, tmp_path, capsys):
+    # 'MODEL.ONNX' was handed to the PyTorch loader (a .safetensors error); tarfuse-fuse
+    # already compared the suffix without case.
+    model = tmp_path / 'MODEL.ONNX'
+    model.write_bytes(b'not an ONNX graph')
+    code = calibrate.main(['--pairs', str(rig_folder), '--out', str(tmp_path / 'p.yaml'),
+                           '--weights', str(model), '--pairs-count', '1', '--iterations', '1',
+                           '--threads', '1'])
+    err = capsys.readouterr().err
+    assert code == 2 and 'Traceback' not in err
+    assert 'is not a loadable ONNX model' in err and 'safetensors file' not in err
