@@ -198,6 +198,7 @@ def _evaluate(data_dir, weights, out_dir, options):
     lookup = inputs.class_lookup(dataset_dir, scores.class_names)
     teachers = _load_teachers(options, scores.class_names)
     day_night = read_illumination(dataset_dir)
+    created = [folder for folder in (out_dir, out_dir / 'figures') if not folder.exists()]
     try:  # only now: a request refused above leaves no output folder behind
         (out_dir / 'figures').mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -207,11 +208,20 @@ def _evaluate(data_dir, weights, out_dir, options):
     if options.progress:
         from tqdm import tqdm
         iterator = tqdm(stems, desc='tarfuse-eval', unit='pair')
-    for index, stem in enumerate(iterator):
-        mode = deform if deform != 'auto' else ('dataset' if stem in with_disp else 'synthetic')
-        case = make_case(dataset_dir, stem, mode, options, aligned)
-        _score_pair(case, engine, zero_engine, scores, index, options, dataset_dir, lookup,
-                    out_dir / 'figures', teachers, illumination(stem, day_night))
+    try:
+        for index, stem in enumerate(iterator):
+            mode = deform if deform != 'auto' else \
+                ('dataset' if stem in with_disp else 'synthetic')
+            case = make_case(dataset_dir, stem, mode, options, aligned)
+            _score_pair(case, engine, zero_engine, scores, index, options, dataset_dir, lookup,
+                        out_dir / 'figures', teachers, illumination(stem, day_night))
+    except BaseException:
+        # A pair refused (e.g. a --prior for another aspect ratio) or an interrupt: remove the
+        # folders this run created while they are still empty.
+        for folder in reversed(created):
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+        raise
     result = scores.result(
         dataset=str(dataset_dir), split=str(options.split), weights=str(weights),
         deform=deform, stored_ir=stored_ir, seed=int(options.seed), max_side=options.max_side,
