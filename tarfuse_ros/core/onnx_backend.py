@@ -305,6 +305,11 @@ class OnnxFusionEngine(PairEngine):
         self._pad_mode = pad_mode
         self._multiple = int(self._export.get('size_multiple', 32))
         self._min_side = int(self._export.get('min_side', 0))
+        # PyTorch enlarges frames below the global stage's min side for its fit, the graph
+        # cannot (README, ONNX): such frames get other maps here, said once per engine.
+        self._global_min_side = int(model.get('global_min_side', 0) or 0) \
+            if model.get('global_stage') else 0
+        self._small_frame_warned = False
         # Small frames are enlarged for the graph as the torch engine does (the checkpoint's
         # input_min_long_side, kept in the export's metadata, unless overridden).
         self._set_input_min_long_side(input_min_long_side, model.get('input_min_long_side'))
@@ -353,6 +358,14 @@ class OnnxFusionEngine(PairEngine):
         """Same-size prepared pairs -> ``(outputs, (preprocess, model, postprocess) s)``."""
         t0 = time.perf_counter()
         net_size = self.network_size(height, width)
+        if min(net_size) < self._global_min_side and not self._small_frame_warned:
+            self._small_frame_warned = True
+            _LOG.warning(
+                "a %dx%d frame is below the global stage's min side (%d px): the PyTorch "
+                'engine enlarges such frames for the global fit, the ONNX graph cannot, so '
+                "its registration may differ from PyTorch's by tens of pixels (said once); "
+                'use backend torch, or input_min_long_side to enlarge them for the graph',
+                net_size[1], net_size[0], self._global_min_side)
         feeds = {'ir': self._batch(enlarge_planes([item.ir for item in items], net_size)),
                  'vi': self._batch(enlarge_planes([item.vi_y for item in items], net_size)),
                  'valid_size': np.array(net_size, dtype=np.int64)}

@@ -11,6 +11,7 @@ previous learnt global stage: fused 1, registered 1, flow 6.5e-5 px.)
 """
 
 import json
+import logging
 from pathlib import Path
 
 import cv2
@@ -296,6 +297,20 @@ def test_onnxruntime_backend_batches_mixed_sizes_and_applies_thresholds(engines)
         assert engine.thresholds[0] == 0.99
     finally:
         engine.set_thresholds(conf_threshold=0.25)
+
+
+def test_onnxruntime_backend_warns_once_on_frames_below_the_global_min_side(engines, caplog):
+    # The two backends' maps differ there by tens of pixels (README); nothing said so.
+    _, onnx_engine = engines
+    _, ir, vi = next(_pairs())
+    small = [cv2.resize(image, (100, 74), interpolation=cv2.INTER_AREA) for image in (ir, vi)]
+    with caplog.at_level(logging.WARNING, logger='tarfuse_ros.core.onnx_backend'):
+        onnx_engine.infer(ir, vi)
+        assert not caplog.records  # 512x346 (the sample's size) is above 160 px
+        onnx_engine.infer(*small)
+        onnx_engine.infer(*small)
+    assert len(caplog.records) == 1
+    assert "100x74 frame is below the global stage's min side (160 px)" in caplog.text
 
 
 def test_onnxruntime_backend_runs_no_torch_operation(engines, roadscene_pair):
