@@ -750,7 +750,7 @@ def build_parser():
                         help=f'keep boxes with score >= this (default {DEFAULT_SCORE}, chosen '
                              'with --calibrate)')
     parser.add_argument('--iou', type=float, default=NMS_IOU,
-                        help=f'IoU of the class-wise NMS pooling (default {NMS_IOU})')
+                        help=f'IoU of the class-wise NMS pooling, in (0, 1] (default {NMS_IOU})')
     parser.add_argument('--skip-labelled', action='store_true',
                         help="leave out stems with a human label file in the set's labels/")
     parser.add_argument('--overwrite', action='store_true',
@@ -760,12 +760,35 @@ def build_parser():
     parser.add_argument('--labels', default='labels',
                         help='human label sub-folder for --calibrate (default labels)')
     parser.add_argument('--thresholds', default=None,
-                        help='comma-separated thresholds for --calibrate')
+                        help='comma-separated score thresholds in (0, 1] for --calibrate')
     parser.add_argument('--threads', type=int, default=1,
                         help='onnxruntime intra-op threads (default 1)')
     parser.add_argument('--max-pairs', type=int, default=None, help='only the first N pairs')
     parser.add_argument('--note', default=None, help='extra paragraph for the README')
     return parser
+
+
+def _check_fraction(option, value):
+    """Raise ``ValueError`` unless ``value`` is in (0, 1] (a score or an IoU)."""
+    if not 0.0 < value <= 1.0:
+        raise ValueError(f'{option} must be in (0, 1], got {value:g}')
+
+
+def _parse_thresholds(text):
+    """Return the ``--thresholds`` list (:data:`CALIBRATION_THRESHOLDS` when not given)."""
+    if text is None:
+        return CALIBRATION_THRESHOLDS
+    thresholds = []
+    for word in (w.strip() for w in text.split(',') if w.strip()):
+        try:
+            thresholds.append(float(word))
+        except ValueError:
+            raise ValueError(f'--thresholds {text!r}: {word!r} is not a number') from None
+        _check_fraction('--thresholds', thresholds[-1])
+    if not thresholds:
+        raise ValueError(f'--thresholds {text!r} names no threshold; give comma-separated '
+                         'scores such as 0.2,0.3,0.4')
+    return thresholds
 
 
 def main(argv=None):
@@ -784,6 +807,9 @@ def main(argv=None):
             raise ValueError(f'--max-pairs must be >= 1, got {args.max_pairs}')
         if args.threads < 1:
             raise ValueError(f'--threads must be >= 1, got {args.threads}')
+        thresholds = _parse_thresholds(args.thresholds)
+        for option, value in (('--score', args.score), ('--iou', args.iou)):
+            _check_fraction(option, value)
         problem = output_problem(args.out, folder=True) if args.out else None
         if problem:
             raise ValueError(f'--out {args.out!r} cannot be written ({problem}); give a '
@@ -792,8 +818,6 @@ def main(argv=None):
         dataset_dir = resolve_dataset_dir(args.data)
         teachers = load_teachers(args.teacher, args.teachers_dir, args.threads)
         if args.calibrate:
-            thresholds = CALIBRATION_THRESHOLDS if args.thresholds is None else \
-                [float(t) for t in args.thresholds.split(',') if t.strip()]
             result = calibrate(teachers, dataset_dir, splits, args.labels, thresholds,
                                args.iou, max_pairs=args.max_pairs)
             title = (f'{Path(args.data).name} {"+".join(splits)}, teacher {args.teacher}, '

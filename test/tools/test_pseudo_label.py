@@ -148,6 +148,24 @@ def test_cli_usage_errors_exit_2_before_the_teachers_load(tmp_path, capsys):
     assert not (tmp_path / 'out').exists()  # --max-pairs 0 wrote an empty result (exit 0)
 
 
+def test_cli_refuses_scores_ious_and_thresholds_outside_0_1_before_any_work(tmp_path, capsys):
+    # --iou 5 turned the pooling NMS off (50 car boxes on one pair, exit 0); --thresholds ','
+    # was an IndexError traceback, --thresholds 0.3,5 a row of zeros in the table.
+    for extra, words in ((['--iou', '5'], '--iou must be in (0, 1], got 5'),
+                         (['--iou', '0'], '--iou must be in (0, 1], got 0'),
+                         (['--score', 'nan'], '--score must be in (0, 1], got nan'),
+                         (['--calibrate', '--thresholds', ','], "--thresholds ',' names no"),
+                         (['--calibrate', '--thresholds', '0.3,5'],
+                          '--thresholds must be in (0, 1], got 5'),
+                         (['--calibrate', '--thresholds', '0.3,x'],
+                          "--thresholds '0.3,x': 'x' is not a number")):
+        argv = ['--data', str(tmp_path), '--out', str(tmp_path / 'out'), *extra]
+        assert pl.main(argv) == 2, extra
+        err = capsys.readouterr().err
+        assert words in err and 'Traceback' not in err, err
+    assert not (tmp_path / 'out').exists()
+
+
 @needs_teachers
 def test_cli_refuses_an_out_it_cannot_write_before_any_work(tmp_path, capsys):
     # Under a regular file it crashed with a traceback making the folder (after the teachers
