@@ -48,7 +48,8 @@ def load_teacher(spec, threads=1):
             return pl.Teacher(kind, path, threads)
         except ValueError as exc:
             errors.append(str(exc))
-    raise ValueError(f'--teacher: {spec!r} is no known teacher: ' + '; '.join(errors))
+    raise ValueError(f'--teacher: {spec!r} is no known teacher: '
+                     + '; '.join(dict.fromkeys(errors)))
 
 
 class TeacherReference:

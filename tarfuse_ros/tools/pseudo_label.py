@@ -186,8 +186,8 @@ class Teacher:
             crowd out other work on a shared machine); inter-op is always 1.
 
     Raises:
-        ValueError: unknown kind, missing file, or a model whose input/output shapes do not
-            match the kind.
+        ValueError: unknown kind, missing file, a file onnxruntime cannot load, or a model
+            whose input/output shapes do not match the kind.
 
     """
 
@@ -207,8 +207,13 @@ class Teacher:
         options.log_severity_level = 3
         self.kind = kind
         self.path = model_path
-        self.session = ort.InferenceSession(
-            str(model_path), sess_options=options, providers=['CPUExecutionProvider'])
+        try:
+            self.session = ort.InferenceSession(
+                str(model_path), sess_options=options, providers=['CPUExecutionProvider'])
+        except Exception as error:  # noqa: BLE001 - onnxruntime raises its own error types
+            first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            raise ValueError(f'{str(model_path)!r} is not a loadable ONNX model '
+                             f'({first[:300]})') from None
         model_input = self.session.get_inputs()[0]
         self.input_name = model_input.name
         self.size = 640 if kind == 'yolov8n' else 416

@@ -1,6 +1,7 @@
 """tarfuse-pseudo-label: class map, pooling, label files, calibration counts, real teachers."""
 
 import importlib.util
+from pathlib import Path
 import re
 
 import numpy as np
@@ -164,6 +165,26 @@ def test_cli_refuses_scores_ious_and_thresholds_outside_0_1_before_any_work(tmp_
         err = capsys.readouterr().err
         assert words in err and 'Traceback' not in err, err
     assert not (tmp_path / 'out').exists()
+
+
+@pytest.mark.skipif(importlib.util.find_spec('onnxruntime') is None,
+                    reason='onnxruntime not installed')
+def test_a_teacher_file_that_is_no_onnx_model_is_one_error_line(tmp_path, capsys):
+    # It was an onnxruntime InvalidProtobuf traceback (tarfuse-eval --teacher FILE.onnx too).
+    from tarfuse_ros.evaluation.teachers import load_teacher
+    teachers = tmp_path / 'teachers'
+    teachers.mkdir()
+    junk = teachers / pl.TEACHER_FILES['yolov8n']
+    junk.write_text('not an ONNX model\n')
+    roadscene = Path(__file__).resolve().parents[1] / 'data' / 'datasets' / 'roadscene'
+    argv = ['--data', str(roadscene), '--split', 'test', '--out', str(tmp_path / 'out'),
+            '--teachers-dir', str(teachers)]
+    assert pl.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"tarfuse-pseudo-label: error: '{junk}' is not a loadable ONNX "
+                          'model (') and len(err.splitlines()) == 1, err
+    with pytest.raises(ValueError, match='is no known teacher: .* is not a loadable ONNX'):
+        load_teacher(str(junk))
 
 
 @needs_teachers
