@@ -229,13 +229,15 @@ def label_file(dataset_dir, stem, labels_dir='labels'):
     return Path(dataset_dir) / labels_dir / f'{stem}.txt'
 
 
-def load_labels(dataset_dir, stem, labels_dir='labels'):
+def load_labels(dataset_dir, stem, labels_dir='labels', classes=None):
     """Load the YOLO boxes of one pair.
 
     Args:
         dataset_dir: data set folder.
         stem: pair stem.
         labels_dir: sub-folder holding the ``.txt`` files (``'labels'``; e.g. ``'labels_ir'``).
+        classes: when given, the class names the ids index (``classes.txt``): a larger id is
+            refused.
 
     Returns:
         float32 array (N, 5) ``[class_id, cx, cy, w, h]`` normalised to [0, 1] in the visible
@@ -244,7 +246,8 @@ def load_labels(dataset_dir, stem, labels_dir='labels'):
 
     Raises:
         ValueError: malformed line (wrong column count, non-numeric, negative or non-integer
-            class id, coordinates outside [0, 1]), naming file and line.
+            class id, an id beyond ``classes``, coordinates outside [0, 1]), naming file and
+            line.
 
     """
     path = label_file(dataset_dir, stem, labels_dir)
@@ -266,6 +269,9 @@ def load_labels(dataset_dir, stem, labels_dir='labels'):
             raise ValueError(f'{where}: non-finite value')
         if values[0] < 0 or values[0] != int(values[0]):
             raise ValueError(f'{where}: class id must be a non-negative integer')
+        if classes is not None and values[0] >= len(classes):
+            raise ValueError(f'{where}: class id {int(values[0])} is none of the '
+                             f'{len(classes)} classes {list(classes)}')
         if any(v < -1e-3 or v > 1.0 + 1e-3 for v in values[1:]):
             raise ValueError(f'{where}: box values must be normalised to [0, 1]')
         rows.append(values)

@@ -471,7 +471,8 @@ def calibrate(teachers, dataset_dir, splits, labels_dir='labels',
         class.
 
     Raises:
-        ValueError: no labelled pair in the splits, or no classes.txt.
+        ValueError: no labelled pair in the splits, no classes.txt, or a label file with a
+            bad line (a class id beyond classes.txt, ...).
 
     """
     thresholds = sorted(float(t) for t in thresholds)
@@ -480,7 +481,10 @@ def calibrate(teachers, dataset_dir, splits, labels_dir='labels',
     stems = []
     for split in splits:
         stems += [s for s in data.read_split(dataset_dir, split) if s not in stems]
-    stems = [s for s in stems if data.load_labels(dataset_dir, s, labels_dir) is not None]
+    # Every label file is read (and checked against classes.txt) before the teachers run.
+    names = data.read_classes(dataset_dir)
+    stems = [s for s in stems
+             if data.load_labels(dataset_dir, s, labels_dir, names) is not None]
     if max_pairs is not None:
         stems = stems[:max_pairs]
     if not stems:
@@ -492,7 +496,7 @@ def calibrate(teachers, dataset_dir, splits, labels_dir='labels',
         ir, vi = data.load_pair(dataset_dir, stem)
         height, width = vi.shape[:2]
         pooled = pseudo_label_pair(teachers, ir, vi, iou, floor)
-        labels = data.load_labels(dataset_dir, stem, labels_dir)
+        labels = data.load_labels(dataset_dir, stem, labels_dir, names)
         truth = data.yolo_to_xyxy(labels, width, height)
         ids = id_map[truth[:, 4].astype(np.int64)] if len(truth) else np.zeros(0, np.int64)
         truth = truth[ids >= 0]

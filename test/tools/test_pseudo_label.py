@@ -68,6 +68,21 @@ def test_match_counts_by_hand():
     assert counts.tolist() == [[2, 1, 0], [0, 1, 0], [0, 0, 1]]
 
 
+def test_calibration_refuses_a_label_class_id_beyond_classes_txt(tmp_path):
+    # It was an IndexError traceback (tarfuse-pseudo-label --calibrate, after the teachers
+    # loaded); now the file and line are named while the labelled pairs are chosen.
+    import shutil
+    roadscene = tmp_path / 'roadscene'
+    shutil.copytree(Path(__file__).resolve().parents[1] / 'data' / 'datasets' / 'roadscene',
+                    roadscene)
+    stem = data.read_split(roadscene, 'test')[-1]
+    with open(roadscene / 'labels' / f'{stem}.txt', 'a') as handle:
+        handle.write('7 0.5 0.5 0.1 0.1\n')
+    with pytest.raises(ValueError, match=rf"{stem}\.txt' line \d+ \('7 0\.5 0\.5 0\.1 0\.1'\): "
+                                         r"class id 7 is none of the 3 classes \['person'"):
+        pl.calibrate([], roadscene, ['test'], max_pairs=1, progress=False)
+
+
 def _two_pair_split(tmp_path, roadscene):
     """List file with one human-labelled and one unlabelled train stem of RoadScene."""
     train = data.read_split(roadscene, 'train')
