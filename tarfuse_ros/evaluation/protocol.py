@@ -196,6 +196,12 @@ def _evaluate(data_dir, weights, out_dir, options):
     zero_engine = FusionEngine(weights, device=options.device, cuda_graph='off', **nms)
     scores = Scores(list(engine.class_names))
     lookup = inputs.class_lookup(dataset_dir, scores.class_names)
+    # Label ids index classes.txt (without one: the model's classes). Every label file is
+    # checked now, so a bad line is refused before the first pair runs.
+    label_classes = data.read_classes(dataset_dir)
+    label_classes = scores.class_names if label_classes is None else label_classes
+    for stem in stems:
+        data.load_labels(dataset_dir, stem, options.labels_dir, label_classes)
     teachers = _load_teachers(options, scores.class_names)
     day_night = read_illumination(dataset_dir)
     created = [folder for folder in (out_dir, out_dir / 'figures') if not folder.exists()]

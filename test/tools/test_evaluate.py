@@ -243,6 +243,34 @@ def test_evaluate_refuses_a_missing_labels_folder(random_checkpoint, tmp_path, c
         assert not out.exists()
 
 
+def test_evaluate_refuses_a_label_class_id_beyond_the_classes_before_any_pair(
+        random_checkpoint, tmp_path, capsys):
+    # A class id that classes.txt (without one: the model) does not name was an IndexError
+    # traceback at that pair, after the pairs before it had run.
+    import shutil
+    from tarfuse_ros.tools.evaluate import main
+    roadscene = tmp_path / 'roadscene'
+    shutil.copytree(DATASETS / 'roadscene', roadscene)
+    stem = data.read_split(roadscene, 'test')[-1]
+    with open(roadscene / 'labels' / f'{stem}.txt', 'a') as handle:
+        handle.write('7 0.5 0.5 0.1 0.1\n')
+    for classes_txt in (True, False):
+        if not classes_txt:
+            (roadscene / 'labels' / 'classes.txt').unlink()
+        out = tmp_path / f'eval_{classes_txt}'
+        code = main(['--data', str(roadscene), '--weights', str(random_checkpoint), '--out',
+                     str(out), '--max-side', '96', '--figures', '0', '--no-progress',
+                     '--threads', '1'])
+        captured = capsys.readouterr()
+        assert code == 2, captured.err
+        assert captured.err == (
+            f"tarfuse-eval: error: '{roadscene / 'labels' / stem}.txt' line "
+            f"{len((roadscene / 'labels' / f'{stem}.txt').read_text().splitlines())} "
+            "('7 0.5 0.5 0.1 0.1'): class id 7 is none of the 3 classes "
+            "['person', 'bicycle', 'car']\n")
+        assert not out.exists()
+
+
 # --- sets without an aligned IR (shipped weights) -----------------------------------------
 
 def test_evaluate_real_unregistered_pairs_skips_aligned_ir_metrics(tmp_path, capsys):
