@@ -668,7 +668,9 @@ def pseudo_label(teachers, dataset_dir, splits, out_dir, score=DEFAULT_SCORE, io
         score: keep boxes with score >= this (in (0, 1]).
         iou: pooling NMS IoU.
         skip_labelled: leave out stems with a human label file in ``dataset_dir/labels/``.
-        overwrite: delete existing ``out_dir/labels/*.txt`` first (else refuse if present).
+        overwrite: delete existing ``out_dir/labels/*.txt`` first (else refuse if present);
+            ``stems.txt``, ``scores.tsv`` and ``README.md`` are written last, when every pair
+            is labelled (a previous run's are deleted first).
         command: command line recorded in the README.
         max_pairs: only the first N pairs (tests).
         progress: log progress every 25 pairs.
@@ -704,8 +706,10 @@ def pseudo_label(teachers, dataset_dir, splits, out_dir, score=DEFAULT_SCORE, io
         stems = kept
     if max_pairs is not None:
         stems = stems[:max_pairs]
-    for path in existing:
-        path.unlink()
+    # The previous run's summary goes with its labels: a run stopped half-way (an unreadable
+    # image, Ctrl-C) leaves label files but no stems.txt / scores.tsv / README.md claiming them.
+    for path in existing + [out_dir / name for name in ('stems.txt', 'scores.tsv', 'README.md')]:
+        path.unlink(missing_ok=True)
     labels_out.mkdir(parents=True, exist_ok=True)
     (labels_out / 'classes.txt').write_text(''.join(f'{n}\n' for n in CLASS_NAMES))
     boxes_per_class = np.zeros(len(CLASS_NAMES), np.int64)

@@ -83,6 +83,25 @@ def test_calibration_refuses_a_label_class_id_beyond_classes_txt(tmp_path):
         pl.calibrate([], roadscene, ['test'], max_pairs=1, progress=False)
 
 
+def test_a_run_stopped_half_way_leaves_no_summary_of_the_previous_run(tmp_path):
+    # --overwrite deleted the old labels but kept the old stems.txt, scores.tsv and README.md,
+    # so after a run that stopped at an unreadable image they listed pairs and counts of label
+    # files that were no longer there.
+    import shutil
+    roadscene = tmp_path / 'roadscene'
+    shutil.copytree(Path(__file__).resolve().parents[1] / 'data' / 'datasets' / 'roadscene',
+                    roadscene)
+    out = tmp_path / 'pseudo'
+    first, second = data.read_split(roadscene, 'test')[:2]
+    assert pl.pseudo_label([], roadscene, ['test'], out, progress=False)['pairs'] >= 2
+    assert (out / 'stems.txt').read_text().split()[:2] == [first, second]
+    Path(data.pair_files(roadscene, second)[1]).write_bytes(b'not an image')
+    with pytest.raises(ValueError, match='cannot read image'):
+        pl.pseudo_label([], roadscene, ['test'], out, overwrite=True, progress=False)
+    assert sorted(p.name for p in out.iterdir()) == ['labels']
+    assert {p.name for p in (out / 'labels').iterdir()} == {'classes.txt', f'{first}.txt'}
+
+
 def _two_pair_split(tmp_path, roadscene):
     """List file with one human-labelled and one unlabelled train stem of RoadScene."""
     train = data.read_split(roadscene, 'train')
