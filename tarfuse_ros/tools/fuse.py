@@ -46,7 +46,9 @@ Outputs in ``--out`` (created if needed); ``<name>`` is the stem for images and
   videos) and one entry per box: ``class_id``, ``class_name``, ``score``, ``xyxy`` (visible
   pixels); ``labels/<name>.txt``: the boxes in YOLO format (``class cx cy w h``, normalised),
   with ``labels/classes.txt``. A model without detection head (``model.detect: false``)
-  refuses ``--detections`` (empty files would read as "nothing found").
+  refuses ``--detections`` (empty files would read as "nothing found"), and so does an
+  ``--out`` whose ``labels/`` holds label files tarfuse-fuse did not write (no
+  ``detections/<name>.json`` beside them: e.g. a data set's human labels).
 
 A progress bar runs on a terminal; a summary follows (pairs in and out, failures, frames/s over
 the processing after the model is loaded, mean engine time per pair). Exit status: 0 when every
@@ -54,7 +56,7 @@ pair was fused and written; 1 when some input could not be read or fused or an o
 written (each named on stderr and in the summary; the rest is still processed); 2 for usage
 errors (bad options, missing paths, inputs of different kinds, no pair to fuse (for videos: no
 visible frame with an IR frame near it), weights or device that cannot be loaded, an ``.onnx``
-file, ``--detections`` with a model without detection head).
+file, ``--detections`` with a model without detection head or into label files not its own).
 """
 
 import argparse
@@ -697,6 +699,19 @@ def build_parser():
     return parser
 
 
+def _foreign_labels(out):
+    """Return the label files in ``out/labels`` that tarfuse-fuse did not write.
+
+    Each label file it writes has ``detections/<name>.json`` beside it; one without is someone
+    else's (e.g. the human labels of a data set given as ``--out``).
+    """
+    labels = Path(out) / 'labels'
+    if not labels.is_dir():
+        return []
+    return sorted(path.name for path in labels.glob('*.txt') if path.name != 'classes.txt'
+                  and not (Path(out) / 'detections' / f'{path.stem}.json').is_file())
+
+
 def _load_engine(weights, device, threads, scale_search=True, global_every=1, global_window=1):
     # Imported here so that usage errors are reported before torch is loaded.
     from tarfuse_ros.core.backends import backend_for_weights
@@ -740,6 +755,12 @@ def main(argv=None):
         if args.out.exists() and not args.out.is_dir():
             raise UsageError(f'--out {str(args.out)!r} is a file; give a folder (created if '
                              f'needed)')
+        foreign = _foreign_labels(args.out) if args.detections else []
+        if foreign:
+            raise UsageError(f'--detections would write into {str(args.out / "labels")!r}, '
+                             f'which holds {len(foreign)} label file(s) tarfuse-fuse did not '
+                             f'write ({_shorten(foreign, 3)}; e.g. human labels); give '
+                             f'another --out')
         plan = plan_inputs(args.ir, args.visible, args.ir_offset_ms)
         from tarfuse_ros.core.images import check_frame_size
         for each in plan.videos:  # every frame would be refused: say it once, before the model

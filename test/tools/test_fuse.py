@@ -91,6 +91,25 @@ def test_detections_from_a_model_without_detection_head_are_refused(tmp_path, ca
     assert not (tmp_path / 'out').exists()
 
 
+def test_detections_never_overwrite_label_files_it_did_not_write(tmp_path, capsys):
+    # --out a data set folder: its human labels/<stem>.txt (and classes.txt) were replaced by
+    # the model's detections without a word (exit 0).
+    out = tmp_path / 'dataset'
+    (out / 'labels').mkdir(parents=True)
+    human = out / 'labels' / f'{STEMS[0]}.txt'
+    human.write_text('0 0.5 0.5 0.1 0.2\n')
+    (out / 'labels' / 'classes.txt').write_text('people\n')
+    status, stdout, err = _run(capsys, '--ir', SAMPLES / 'ir' / f'{STEMS[0]}.jpg', '--visible',
+                               SAMPLES / 'vi' / f'{STEMS[0]}.jpg', '--out', out, '--detections')
+    assert status == 2 and not stdout, err
+    assert err == (f"tarfuse-fuse: error: --detections would write into '{out / 'labels'}', "
+                   f'which holds 1 label file(s) tarfuse-fuse did not write ({STEMS[0]}.txt; '
+                   'e.g. human labels); give another --out\n')
+    assert human.read_text() == '0 0.5 0.5 0.1 0.2\n'
+    assert (out / 'labels' / 'classes.txt').read_text() == 'people\n'
+    assert sorted(p.name for p in out.iterdir()) == ['labels']
+
+
 def test_single_pair_outputs_equal_the_engine(tmp_path, capsys, engine):
     ir_path = SAMPLES / 'synthetic_misaligned' / 'ir_warp' / f'{STEMS[0]}.png'
     vi_path = SAMPLES / 'vi' / f'{STEMS[0]}.jpg'
