@@ -37,7 +37,7 @@ def load_teacher(spec, threads=1):
     if spec in pl.TEACHER_FILES:
         return pl.load_teachers(spec, threads=threads)[0]
     path = Path(spec)
-    if path.suffix != '.onnx':
+    if path.suffix.lower() != '.onnx':  # as --weights: the suffix in any case
         raise ValueError(f'--teacher: expected one of {sorted(pl.TEACHER_FILES)} or an .onnx '
                          f'file, got {spec!r}')
     if not path.is_file():

@@ -254,6 +254,9 @@ def test_a_teacher_is_a_known_name_or_an_onnx_file(tmp_path):
         load_teacher('resnet')
     with pytest.raises(ValueError, match='not found'):
         load_teacher(str(tmp_path / 'missing.onnx'))
+    # The suffix in any case (it was refused as not an .onnx file).
+    with pytest.raises(ValueError, match='not found'):
+        load_teacher(str(tmp_path / 'MISSING.ONNX'))
     from tarfuse_ros.evaluation.options import EvalOptions
     assert EvalOptions(teachers=['yolov8n']).teachers == ('yolov8n',)
     with pytest.raises(ValueError, match='sequence'):
