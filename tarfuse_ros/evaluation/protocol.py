@@ -210,6 +210,11 @@ def _evaluate(data_dir, weights, out_dir, options):
     except OSError as exc:
         raise ValueError(f'--out {str(out_dir)!r} cannot be created ({exc.strerror}): give '
                          f'a folder') from None
+    # An earlier evaluation's results and figures there would sit beside this run's.
+    for old in (*(out_dir / 'figures').glob('*_grid.png'),
+                *(out_dir / 'figures').glob('*_checkerboard.png'),
+                out_dir / 'metrics.json', out_dir / 'report.md'):
+        old.unlink(missing_ok=True)
     iterator = stems
     if options.progress:
         from tqdm import tqdm

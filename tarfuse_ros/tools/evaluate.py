@@ -32,7 +32,9 @@ def build_parser():
                         help="split name or list file ('all' for every pair; default test)")
     parser.add_argument('--weights', default=None,
                         help='checkpoint (.safetensors; default: the shipped weights)')
-    parser.add_argument('--out', required=True, help='output folder')
+    parser.add_argument('--out', required=True,
+                        help='output folder (an earlier evaluation there is replaced: its '
+                             'metrics.json, report.md and figures)')
     parser.add_argument('--deform', default='auto', choices=DEFORM_MODES,
                         help="IR deformation: the data set's ground truth where present "
                              "('auto'), 'dataset' only, seeded 'synthetic', or 'none'")

@@ -190,6 +190,23 @@ def test_evaluate_synthetic_deformations_are_seeded(random_checkpoint, tmp_path)
     assert none['registration']['unregistered']['MSE'] == pytest.approx(0.0, abs=1e-12)
 
 
+def test_an_evaluation_into_an_earlier_ones_folder_replaces_its_figures(random_checkpoint,
+                                                                        tmp_path):
+    # The earlier run's figures stayed beside the new report (of other pairs, or of none).
+    from tarfuse_ros.evaluation.protocol import evaluate
+    kwargs = {'split': 'all', 'max_side': 96, 'progress': False, 'threads': 1,
+              'deform': 'synthetic'}
+    out = tmp_path / 'eval'
+    evaluate(DATASETS / 'tno', random_checkpoint, out, max_pairs=1, figures=1, **kwargs)
+    assert len(list((out / 'figures').glob('*.png'))) == 2
+    (out / 'figures' / 'notes.txt').write_text('kept')
+    result = evaluate(DATASETS / 'tno', random_checkpoint, out, max_pairs=1, figures=0,
+                      **kwargs)
+    assert not list((out / 'figures').glob('*.png'))
+    assert (out / 'figures' / 'notes.txt').is_file()
+    assert json.loads((out / 'metrics.json').read_text())['pairs'] == result['pairs']
+
+
 def test_evaluate_rejects_bad_requests(random_checkpoint, tmp_path, capsys):
     from tarfuse_ros.tools.evaluate import main
     code = main(['--data', str(DATASETS / 'tno'), '--split', 'all', '--weights',
