@@ -300,11 +300,15 @@ def plan_inputs(ir_path, vi_path, ir_offset_ms=0.0):
     """Inspect both inputs and return the lazy list of pairs (nothing decoded yet).
 
     Raises:
-        UsageError: missing paths, inputs of different kinds, or no pair to fuse.
+        UsageError: missing paths, one path given twice, inputs of different kinds, or no
+            pair to fuse.
 
     """
     ir_path, vi_path = Path(ir_path), Path(vi_path)
     kinds = input_kind(ir_path), input_kind(vi_path)
+    if ir_path.resolve() == vi_path.resolve():  # each image would be fused with itself
+        raise UsageError(f'--ir and --visible are the same {kinds[0]} ({str(ir_path)!r}): give '
+                         f'the infrared and the visible input')
     if kinds[0] != kinds[1]:
         named = {'folder': 'a folder', 'image': 'an image file', 'video': 'a video file'}
         raise UsageError(f'--ir is {named[kinds[0]]} but --visible is {named[kinds[1]]}: give '

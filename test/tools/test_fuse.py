@@ -66,15 +66,20 @@ def test_usage_errors_exit_2_and_say_why(tmp_path, capsys):
     status, _, err = _run(capsys, '--ir', tmp_path / 'a', '--visible', tmp_path / 'b',
                           '--out', tmp_path / 'out')
     assert status == 2 and 'no image stem' in err
-    status, _, err = _run(capsys, '--ir', vi, '--visible', vi, '--out', tmp_path / 'out',
+    # The same input twice fused each image with itself (exit 0).
+    for same in (vi, tmp_path / 'a'):
+        status, _, err = _run(capsys, '--ir', same, '--visible', same, '--out', tmp_path / 'out')
+        assert status == 2 and '--ir and --visible are the same' in err, err
+    ir = SAMPLES / 'ir' / f'{STEMS[0]}.jpg'
+    status, _, err = _run(capsys, '--ir', ir, '--visible', vi, '--out', tmp_path / 'out',
                           '--weights', tmp_path / 'none.safetensors')
     assert status == 2 and 'none.safetensors' in err
     assert not (tmp_path / 'out').exists()
     (tmp_path / 'file').write_text('not a folder')
-    status, _, err = _run(capsys, '--ir', vi, '--visible', vi, '--out', tmp_path / 'file')
+    status, _, err = _run(capsys, '--ir', ir, '--visible', vi, '--out', tmp_path / 'file')
     assert status == 2 and "--out '" in err and 'is a file; give a folder' in err
     assert 'Traceback' not in err
-    status, _, err = _run(capsys, '--ir', vi, '--visible', vi, '--out', tmp_path / 'out',
+    status, _, err = _run(capsys, '--ir', ir, '--visible', vi, '--out', tmp_path / 'out',
                           '--weights', tmp_path / 'model.onnx')
     assert status == 2 and 'an ONNX file' in err and '.safetensors' in err
     assert not (tmp_path / 'out').exists()
@@ -83,8 +88,8 @@ def test_usage_errors_exit_2_and_say_why(tmp_path, capsys):
 def test_detections_from_a_model_without_detection_head_are_refused(tmp_path, capsys):
     # Empty detection files from a head-less model would read as "nothing found".
     medical = share_dir() / 'models' / 'tarfuse_medical.safetensors'
-    vi = SAMPLES / 'vi' / f'{STEMS[0]}.jpg'
-    status, _, err = _run(capsys, '--ir', vi, '--visible', vi, '--out', tmp_path / 'out',
+    ir, vi = (SAMPLES / folder / f'{STEMS[0]}.jpg' for folder in ('ir', 'vi'))
+    status, _, err = _run(capsys, '--ir', ir, '--visible', vi, '--out', tmp_path / 'out',
                           '--weights', medical, '--detections')
     assert status == 2, err
     assert '--detections' in err and 'no detection head' in err and 'Traceback' not in err
