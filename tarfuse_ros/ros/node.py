@@ -118,6 +118,7 @@ class TarFuseNode(Node):
             raise StartupError(f'unknown parameter {", ".join(unknown)}: the node has no such '
                                f'parameter; correct or remove it in the params file or on the '
                                f'command line (see config/tarfuse.yaml)')
+        self._check_topics_distinct()
         try:
             load_bridge()  # every image goes through cv_bridge: fail now, not on the first pair
         except RuntimeError as exc:
@@ -320,6 +321,25 @@ class TarFuseNode(Node):
             return self.resolve_topic_name(topic)
         except AttributeError:  # an rclpy without Node.resolve_topic_name
             return topic
+
+    def _check_topics_distinct(self):
+        """Raise :class:`StartupError` when two inputs, or an input and an output, share a topic.
+
+        Remapping can do it; each image would then be fused with itself, or the node would
+        read what it publishes.
+        """
+        transports = (self._params.infrared_transport, self._params.visible_transport)
+        inputs = [self._resolve(self._transport_topic(base, transport)[1])
+                  for base, transport in zip(_INPUT_TOPICS, transports)]
+        if inputs[0] == inputs[1]:
+            raise StartupError(f'the infrared and the visible input are both {inputs[0]!r}: '
+                               f'remap infrared/image_raw and visible/image_raw to the '
+                               f'topics of the two cameras')
+        for base in _OUTPUT_TOPICS:
+            if self._resolve(base) in inputs:
+                raise StartupError(f'output {base} is remapped onto the input '
+                                   f'{self._resolve(base)!r}: the node would read what it '
+                                   f'publishes; remap it to another topic')
 
     def _remapped_outputs(self):
         """Return ``{output name before remapping: after}`` for the outputs a rule renamed."""

@@ -86,6 +86,14 @@ def _cases(tmp_path):
                                  'registration.prior': '[1.0,0,0,0,1,0,0,0,1]'},
                                 ['the ROS arguments cannot be parsed',
                                  'a -p list holds one type']),
+        # Each image would be fused with itself / the node would read its own output.
+        'inputs_on_one_topic': ({'weights': str(weights)},
+                                ["the infrared and the visible input are both '/camera'"], None,
+                                ['infrared/image_raw:=/camera', 'visible/image_raw:=/camera']),
+        'output_onto_an_input': ({'weights': str(weights)},
+                                 ['output fused/image_raw is remapped onto the input '
+                                  "'/visible/image_raw'"], None,
+                                 ['fused/image_raw:=/visible/image_raw']),
         'mistyped_after_the_params_file': ({'weights': str(weights),
                                             'confidence_threshold': 'abc'},
                                            ['-p confidence_threshold:=abc',
@@ -104,7 +112,7 @@ def outcomes(tmp_path_factory):
     domain = random_domain_id()
     processes = {}
     for name, (params, words, *more) in cases.items():
-        params_files = more[:1]  # optional: a params file, then remapping rules
+        params_files = [path for path in more[:1] if path]  # optional, then remapping rules
         remaps = more[1] if len(more) > 1 else ()
         processes[name] = (NodeProcess(domain, params, params_files=params_files,
                                        remaps=remaps), words)
@@ -124,8 +132,8 @@ def outcomes(tmp_path_factory):
                                   'bad_qos_override_value', 'qos_override_of_a_policy',
                                   'qos_override_under_a_remap',
                                   'mistyped_use_sim_time', 'list_of_mixed_types',
-                                  'missing_params_file',
-                                  'cuda_unavailable'])
+                                  'missing_params_file', 'inputs_on_one_topic',
+                                  'output_onto_an_input', 'cuda_unavailable'])
 def test_start_up_failure_exits_non_zero_with_a_clear_message(outcomes, case):
     if case not in outcomes:
         pytest.skip('CUDA is available here: the unavailable-device case cannot happen')
