@@ -65,6 +65,9 @@ class EvalOptions:
             raise ValueError(f'--max-pairs must be >= 1, got {self.max_pairs}')
         if self.max_side is not None and int(self.max_side) < 32:
             raise ValueError(f'--max-side must be >= 32, got {self.max_side}')
+        for name, value in (('--conf', self.conf), ('--iou', self.iou)):
+            if not 0.0 <= float(value) <= 1.0:  # NaN too; checked before the model loads
+                raise ValueError(f'{name} must be a number in [0, 1], got {value}')
         if int(self.figures) < 0:
             raise ValueError(f'--figures must be >= 0, got {self.figures}')
         if self.threads is not None and int(self.threads) < 1:

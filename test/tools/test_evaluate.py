@@ -382,7 +382,10 @@ def test_options_are_checked_before_anything_runs():
     assert EvalOptions().split == 'test' and EvalOptions(max_side=64).max_side == 64
     for bad, message in (({'deform': 'rigid'}, '--deform'), ({'stored_ir': 'x'}, '--stored-ir'),
                          ({'max_pairs': 0}, '--max-pairs'), ({'max_side': 16}, '--max-side'),
-                         ({'threads': 0}, '--threads'), ({'figures': -1}, '--figures')):
+                         ({'threads': 0}, '--threads'), ({'figures': -1}, '--figures'),
+                         # named as options (the engine's error named its own arguments)
+                         ({'conf': 2.0}, r'--conf must be a number in \[0, 1\], got 2.0'),
+                         ({'iou': float('nan')}, '--iou must be')):
         with pytest.raises(ValueError, match=message):
             EvalOptions(**bad)
 
