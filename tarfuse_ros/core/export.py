@@ -188,10 +188,13 @@ def export_onnx(weights, output, half=False, opset=MIN_OPSET, verify=True, scale
     from tarfuse_ros.core.engine import _min_input_side, fuse_conv_bn, scale_search_off
 
     # The newest opset torch.onnx.export writes: it refuses a newer one only after tracing
-    # (minutes).
-    from torch.onnx._constants import ONNX_MAX_OPSET as max_opset
-    if (isinstance(opset, bool) or not isinstance(opset, int)
-            or not MIN_OPSET <= opset <= max_opset):
+    # (minutes). A private constant: a torch without it leaves that check to the exporter.
+    try:
+        from torch.onnx._constants import ONNX_MAX_OPSET as max_opset
+    except ImportError:
+        max_opset = None
+    if (isinstance(opset, bool) or not isinstance(opset, int) or opset < MIN_OPSET
+            or (max_opset is not None and opset > max_opset)):
         raise ValueError(f'opset must be an integer >= {MIN_OPSET} and <= {max_opset} (the '
                          f'newest torch.onnx.export writes), got {opset!r}')
     weights, output = Path(weights), Path(output)
