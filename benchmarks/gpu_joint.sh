@@ -23,13 +23,17 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "${REPO}"
 mkdir -p "${OUT}"
 
-install() {
+install_wheels() {  # the wheels of one part (.gpu_a in call 1, .gpu_b in call 2)
   if ! python3 -c 'import sys; sys.exit(sys.version_info[:2] != (3, 12))'; then
     echo 'wheels not installed: they are for Python 3.12 (the device machine); using this one'
-  elif ls .gpu_a/whl/*.whl >/dev/null 2>&1; then
+  elif ls "$1"/whl/*.whl >/dev/null 2>&1; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-      --target /tmp/site .gpu_a/whl/*.whl || return 1
+      --target /tmp/site "$1"/whl/*.whl || return 1
   fi
+}
+
+install() {
+  install_wheels .gpu_a || return 1
   if [ -d .gpu_a/datasets ]; then
     rm -rf /tmp/tarfuse_a && cp -r .gpu_a /tmp/tarfuse_a
   fi
@@ -39,6 +43,7 @@ install() {
 
 run() {
   local work shared
+  install_wheels .gpu_b || return 1
   work=$(mktemp -d)
   shared=${work}/shared/datasets
   mkdir -p "${shared}"
