@@ -135,12 +135,18 @@ def _select_stems(dataset_dir, options, deform, with_disp):
     return stems, skipped
 
 
+# Shared sets of real, unregistered camera pairs without landmarks/ (their READMEs say so):
+# deforming their IR for aligned-IR metrics would score against a reference that is not one.
+UNREGISTERED_SETS = ('cvc14_misaligned',)
+
+
 def _stored_ir(dataset_dir, options):
     """Return ``(stored_ir, deform)`` with ``auto`` resolved; refuse impossible requests."""
     stored_ir = options.stored_ir
     if stored_ir == 'auto':
-        stored_ir = 'unregistered' if (dataset_dir / inputs.LANDMARKS_DIR).is_dir() \
-            else 'aligned'
+        unregistered = (dataset_dir / inputs.LANDMARKS_DIR).is_dir() \
+            or dataset_dir.name in UNREGISTERED_SETS
+        stored_ir = 'unregistered' if unregistered else 'aligned'
     deform = options.deform
     if stored_ir != 'aligned':
         if deform not in ('auto', 'none'):

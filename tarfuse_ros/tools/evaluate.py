@@ -45,7 +45,7 @@ def build_parser():
                         help='whether the stored IR is aligned with the visible image (the '
                              "ground truth) or 'unregistered' (real unregistered cameras: no "
                              'aligned-IR metrics, --deform none); auto: unregistered for sets '
-                             'with landmarks/, else aligned')
+                             'with landmarks/ and for cvc14_misaligned, else aligned')
     parser.add_argument('--seed', type=int, default=0, help='seed of synthetic deformations')
     parser.add_argument('--device', default='cpu', help='cpu | cuda | cuda:N')
     parser.add_argument('--max-pairs', type=int, default=None, help='only the first N pairs')
