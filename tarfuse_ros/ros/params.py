@@ -453,8 +453,13 @@ def declare_node_parameters(node):
         if spec.kind == 'float_array':
             parameter = node.declare_parameter(spec.name, None, descriptor)
         elif spec.kind in _ARRAY_TYPES:
-            # An empty list has no inferable type; declare the type and leave it unset.
+            # An empty list has no inferable type: declare the type, then give it the empty
+            # list. Left without a value, rclpy's get_parameters service answers nothing for
+            # a request naming it (ros2 param dump, rqt_reconfigure ask for every name).
             parameter = node.declare_parameter(spec.name, _ARRAY_TYPES[spec.kind], descriptor)
+            if parameter.type_ == Parameter.Type.NOT_SET:
+                parameter = Parameter(spec.name, _ARRAY_TYPES[spec.kind], [])
+                node.set_parameters([parameter])
         else:
             parameter = node.declare_parameter(spec.name, defaults[spec.field], descriptor)
         values[spec.name] = parameter.value

@@ -12,6 +12,8 @@ from node_harness import HEIGHT, make_checkpoint, NodeProcess, Probe, random_dom
 from node_harness import image_msg, sample_pair, VISIBLE_FRAME, WIDTH
 import numpy as np
 import pytest
+from rcl_interfaces.msg import ParameterType
+from rcl_interfaces.srv import GetParameters, ListParameters
 from sensor_msgs.msg import CameraInfo
 from tarfuse_ros.core.engine import FusionEngine
 
@@ -341,6 +343,31 @@ def test_parameters_change_at_run_time_and_fixed_ones_are_refused(setup):
     assert len(probe.diagnostics) - seen <= 1, 'diagnostics still at the old period'
     assert probe.set_parameters(diagnostics__period=0.25)[0].successful
     assert probe.wait_for_diagnostics(lambda *args: True, timeout=5.0)
+
+
+def _call(probe, service_type, name, request):
+    """Call the node's service ``name`` (relative to the node) and return the response."""
+    client = probe.node.create_client(service_type, f'{probe.node_name}/{name}')
+    assert probe.spin_until(client.service_is_ready, 20.0), f'no service {name}'
+    future = client.call_async(request)
+    assert probe.spin_until(future.done, 20.0), f'{name} did not answer'
+    return future.result()
+
+
+def test_every_parameter_reads_back_through_the_parameter_services(setup):
+    # ros2 param dump and rqt_reconfigure ask get_parameters for every listed name at once;
+    # rclpy answers nothing at all when one of them is declared but has no value.
+    node, probe, _, _ = setup
+    names = _call(probe, ListParameters, 'list_parameters',
+                  ListParameters.Request()).result.names
+    assert 'classes' in names and 'registration.prior_ir_size' in names
+    values = _call(probe, GetParameters, 'get_parameters',
+                   GetParameters.Request(names=names)).values
+    assert len(values) == len(names), 'get_parameters answered nothing for the listed names'
+    by_name = dict(zip(names, values))
+    assert by_name['classes'].type == ParameterType.PARAMETER_STRING_ARRAY
+    assert list(by_name['classes'].string_array_value) == []
+    assert by_name['registration.prior_ir_size'].type == ParameterType.PARAMETER_INTEGER_ARRAY
 
 
 def test_sigint_stops_the_node_cleanly(setup):
