@@ -417,14 +417,17 @@ def apply_updates(current, updates):
     """Return ``current`` with ``{parameter name: value}`` applied, or raise ``ValueError``.
 
     Only parameters marked as run-time changeable may change; setting a fixed parameter to its
-    current value is accepted.  Names that are not ours (``use_sim_time``, ``qos_overrides.*``)
-    are ignored.
+    current value is accepted; a value of None (``ros2 param delete``) is refused.  Names that
+    are not ours (``use_sim_time``, ``qos_overrides.*``) are ignored.
     """
     changes = {}
     for name, value in updates.items():
         spec = _BY_NAME.get(name)
         if spec is None:
             continue
+        if value is None:  # no value: ros2 param delete; rclpy would undeclare the parameter
+            raise ValueError(f'{name} cannot be deleted while the node runs; set a value '
+                             f'instead')
         value = _coerce(spec, value)
         if name == 'weights' and not value:
             value = str(default_weights_path())

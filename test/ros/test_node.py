@@ -13,7 +13,8 @@ from node_harness import image_msg, sample_pair, VISIBLE_FRAME, WIDTH
 import numpy as np
 import pytest
 from rcl_interfaces.msg import ParameterType
-from rcl_interfaces.srv import GetParameters, ListParameters
+from rcl_interfaces.srv import GetParameters, ListParameters, SetParameters
+from rclpy.parameter import Parameter
 from sensor_msgs.msg import CameraInfo
 from tarfuse_ros.core.engine import FusionEngine
 
@@ -368,6 +369,23 @@ def test_every_parameter_reads_back_through_the_parameter_services(setup):
     assert by_name['classes'].type == ParameterType.PARAMETER_STRING_ARRAY
     assert list(by_name['classes'].string_array_value) == []
     assert by_name['registration.prior_ir_size'].type == ParameterType.PARAMETER_INTEGER_ARRAY
+
+
+def test_deleting_a_parameter_at_run_time_is_refused_and_it_stays(setup):
+    # ros2 param delete sends the parameter without a value. rclpy refuses it for a statically
+    # typed parameter, but would undeclare the dynamically typed prior (gone from ros2 param
+    # list, no longer settable) unless the node refuses it.
+    node, probe, _, _ = setup
+    for name, reason in (('registration.prior', 'registration.prior cannot be deleted'),
+                         ('classes', 'cannot be undeclared')):
+        request = SetParameters.Request(
+            parameters=[Parameter(name, Parameter.Type.NOT_SET, None).to_parameter_msg()])
+        result, = _call(probe, SetParameters, 'set_parameters', request).results
+        assert not result.successful, name
+        assert reason in result.reason, result.reason
+        names = _call(probe, ListParameters, 'list_parameters',
+                      ListParameters.Request()).result.names
+        assert name in names, f'{name} was undeclared'
 
 
 def test_sigint_stops_the_node_cleanly(setup):
