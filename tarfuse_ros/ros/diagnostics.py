@@ -80,11 +80,16 @@ class NodeStats:
                 self.last_rejection_time = self._clock()
 
     def record_output(self, latency_ms, inference_ms):
-        """Count one processed pair with its latency (now - input stamp) and engine time."""
+        """Count one processed pair with its latency (now - input stamp) and engine time.
+
+        A latency of NaN (the time is unknown: sim time before the first /clock) is not
+        added to the window figures.
+        """
         with self._lock:
             self.totals['pairs_processed'] += 1
             self._window_counts['pairs_processed'] += 1
-            self._latencies_ms.append(float(latency_ms))
+            if latency_ms == latency_ms:
+                self._latencies_ms.append(float(latency_ms))
             self._inference_ms.append(float(inference_ms))
             self.last_latency_ms = float(latency_ms)
             self.last_output_time = self._clock()

@@ -346,6 +346,28 @@ def test_parameters_change_at_run_time_and_fixed_ones_are_refused(setup):
     assert probe.wait_for_diagnostics(lambda *args: True, timeout=5.0)
 
 
+def test_with_sim_time_and_no_clock_the_latency_is_not_measured(setup):
+    # use_sim_time without /clock (a bag played without --clock): the node's time is 0, so
+    # now - stamp would be minus the stamp (about -1.8e12 ms).
+    node, probe, _, _ = setup
+    assert probe.set_parameters(use_sim_time=True)[0].successful
+    try:
+        stamp = _send_and_wait(probe)
+        assert probe.wait_for_diagnostics(
+            lambda lv, m, values: int(values['pairs_processed']) > 0 and
+            values['latency_ms_last'] == 'nan', timeout=10.0), probe.latest_diagnostics()
+        _send_and_wait(probe, stamp=stamp + 100_000_000)
+        assert probe.wait_for_diagnostics(
+            lambda lv, m, values: values['latency_ms_last'] == 'nan' and
+            values['latency_ms_median'] == 'nan', timeout=10.0), probe.latest_diagnostics()
+        assert probe.spin_until(lambda: 'use_sim_time is true' in node.log(), 10.0), node.log()
+    finally:
+        assert probe.set_parameters(use_sim_time=False)[0].successful
+    _send_and_wait(probe)
+    assert probe.wait_for_diagnostics(
+        lambda lv, m, values: 0.0 <= float(values['latency_ms_last']) < 30_000.0, timeout=10.0)
+
+
 def _call(probe, service_type, name, request):
     """Call the node's service ``name`` (relative to the node) and return the response."""
     client = probe.node.create_client(service_type, f'{probe.node_name}/{name}')
