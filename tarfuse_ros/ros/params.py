@@ -437,10 +437,27 @@ def apply_updates(current, updates):
             raise ValueError(
                 f'{name} cannot change while the node runs (the model, device, synchroniser '
                 f'and subscriptions are built at start-up); restart the node with '
-                f'-p {name}:={value!r} instead')
+                f'-p {name}:={_command_line_value(value)} instead')
         _check_value(spec, value)
         changes[spec.field] = value
     return validate_params(replace(current, **changes)) if changes else current
+
+
+def _command_line_value(value):
+    """Return ``value`` written as a ``-p name:=value`` that rcl reads with its type.
+
+    One shell word: a list as ``[640,512]``, a bool as ``true``, a string quoted only where
+    rcl would read it as another type (``"1"``) or the shell would split it (``'a b'``).
+    """
+    if isinstance(value, tuple):
+        return '[' + ','.join(_command_line_value(v) for v in value) + ']'
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, str) and _rcl_scalar_type(value) != Parameter.Type.STRING:
+        return f'"{value}"'
+    if isinstance(value, str) and value.split() != [value]:
+        return f"'{value}'"
+    return str(value)
 
 
 def declare_node_parameters(node):

@@ -17,6 +17,7 @@ from rcl_interfaces.srv import GetParameters, ListParameters, SetParameters
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import CameraInfo
 from tarfuse_ros.core.engine import FusionEngine
+from tarfuse_ros.ros.params import command_line_type_errors
 
 pytestmark = pytest.mark.dds
 NAMESPACE = '/rig'
@@ -344,6 +345,20 @@ def test_parameters_change_at_run_time_and_fixed_ones_are_refused(setup):
     assert len(probe.diagnostics) - seen <= 1, 'diagnostics still at the old period'
     assert probe.set_parameters(diagnostics__period=0.25)[0].successful
     assert probe.wait_for_diagnostics(lambda *args: True, timeout=5.0)
+
+
+def test_a_refused_fixed_parameter_names_a_restart_value_rcl_reads_with_its_type(setup):
+    node, probe, _, _ = setup
+    for name, value in (('registration.prior_ir_size', [640, 512]), ('half', True),
+                        ('sync.slop', 0.2), ('device', 'cuda:0')):
+        result, = probe.set_parameters(**{name.replace('.', '__'): value})
+        assert not result.successful and 'restart' in result.reason, result.reason
+        argument = result.reason.split(' -p ')[1].rpartition(' instead')[0]
+        assert argument.startswith(f'{name}:=') and ' ' not in argument, argument
+        # The suggested -p value is one rcl gives the parameter's type (the check the node
+        # makes at start-up).
+        assert command_line_type_errors(['fuse_node', '--ros-args', '-p', argument],
+                                        'tarfuse') == [], result.reason
 
 
 def test_with_sim_time_and_no_clock_the_latency_is_not_measured(setup):
