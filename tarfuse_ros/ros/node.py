@@ -489,8 +489,7 @@ class TarFuseNode(Node):
             self._pub_debug.publish(array_to_image_msg(debug, 'bgr8', header))
         info = self._camera_info
         if params.publish_camera_info and info is not None:
-            info.header = header
-            self._pub_info.publish(info)
+            self._publish_camera_info(info, header, vi.shape)
         if params.publish_fused:
             encoding = 'bgr8' if result.fused.ndim == 3 else 'mono8'
             self._pub_fused.publish(array_to_image_msg(result.fused, encoding, header))
@@ -510,6 +509,26 @@ class TarFuseNode(Node):
             score = self._score_registration(ir, vi, result)
         if self._refiner is not None and self._refiner.due():
             self._refine_prior(ir, vi, result, score)
+
+    def _publish_camera_info(self, info, header, shape):
+        """Republish ``info`` with ``header`` when it describes a frame of ``shape``.
+
+        The image a camera_info describes (REP 104) is its ROI, if set, else width x height,
+        divided by the binning; 0 x 0 (unknown) fits any frame. Otherwise it is not published
+        (another camera mode, or a calibration of another camera) and a warning names both.
+        """
+        roi = info.roi.width and info.roi.height
+        width, height = ((info.roi.width, info.roi.height) if roi else (info.width, info.height))
+        width //= max(info.binning_x, 1)
+        height //= max(info.binning_y, 1)
+        if (width or height) and (width, height) != (shape[1], shape[0]):
+            self._warn('camera_info_size',
+                       f'fused/camera_info not published: {self._info_sub.topic_name} '
+                       f'describes {width}x{height} images but the visible image is '
+                       f'{shape[1]}x{shape[0]}')
+            return
+        info.header = header
+        self._pub_info.publish(info)
 
     def _score_registration(self, ir, vi, result):
         """Add one pair to the registration health (after its outputs went out).

@@ -149,6 +149,36 @@ def test_a_bayer_visible_camera_is_fused_like_its_bgr_original(
     assert np.abs(registered_pixels.astype(int) - original.registered_ir).mean() < 4.0
 
 
+def test_camera_info_of_another_image_size_is_not_republished_with_a_frame(setup):
+    # A camera switched to 128x96 while its camera_info still describes 160x128 (or a
+    # calibration file of another camera): fused/camera_info would give the 128x96 fused image
+    # the intrinsics of another size.
+    node, probe, _, _ = setup
+    info = CameraInfo(width=WIDTH, height=HEIGHT, distortion_model='plumb_bob')
+    info.header.frame_id = VISIBLE_FRAME
+    probe.info_pub.publish(info)
+    stamp = _send_and_wait(probe)
+    assert probe.spin_until(lambda: probe.outputs_for('camera_info', stamp), 10.0)
+    ir, vi = sample_pair(128, 96)
+    small = time.time_ns()
+    probe.publish_pair(image_msg(ir, 'mono8', small, 'infrared_optical_frame'),
+                       image_msg(vi, 'bgr8', small, VISIBLE_FRAME))
+    assert probe.wait_for_outputs(small, keys=('fused', 'detections', 'registered'))
+    probe.spin_until(lambda: probe.outputs_for('camera_info', small), 1.0)
+    assert not probe.outputs_for('camera_info', small), 'a 160x128 camera_info for 128x96'
+    assert probe.spin_until(lambda: 'fused/camera_info not published' in node.log(), 10.0)
+    assert '160x128' in node.log() and '128x96' in node.log()
+    # Binned 2x2, the same camera_info describes a 80x64 image (REP 104).
+    info.binning_x = info.binning_y = 2
+    probe.info_pub.publish(info)
+    probe.spin_until(lambda: False, 0.3)
+    ir, vi = sample_pair(WIDTH // 2, HEIGHT // 2)
+    binned = time.time_ns()
+    probe.publish_pair(image_msg(ir, 'mono8', binned, 'infrared_optical_frame'),
+                       image_msg(vi, 'bgr8', binned, VISIBLE_FRAME))
+    assert probe.wait_for_outputs(binned, keys=('fused', 'camera_info'))
+
+
 def _bad_pair(probe, case, stamp):
     ir, vi = probe.good_pair(stamp)
     if case == 'unsupported_encoding':
