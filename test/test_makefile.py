@@ -1,5 +1,6 @@
 """The README's two commands (`make demo`, `make test`) from another directory (`make -f`)."""
 
+import os
 from pathlib import Path
 import shutil
 import subprocess
@@ -7,6 +8,8 @@ import subprocess
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+# Run as a child of `make test` too: the parent's flags would print 'Entering directory'.
+ENV = {k: v for k, v in os.environ.items() if k not in ('MAKEFLAGS', 'MAKELEVEL', 'MFLAGS')}
 
 
 @pytest.mark.skipif(shutil.which('make') is None, reason='GNU make is not installed')
@@ -19,7 +22,7 @@ def test_make_targets_run_in_the_repository_from_any_directory(tmp_path):
     """
     result = subprocess.run(
         ['make', '-n', '-f', str(REPO / 'Makefile'), 'demo', 'test', 'OUT=here/demo'],
-        cwd=tmp_path, capture_output=True, text=True, timeout=60, check=True)
+        cwd=tmp_path, capture_output=True, text=True, timeout=60, check=True, env=ENV)
     lines = result.stdout.splitlines()
     assert lines[0] == f'bash {REPO}/tools/ros_env/setup_env.sh'
     demo = [line for line in lines if 'tarfuse-demo' in line]
@@ -31,5 +34,5 @@ def test_make_targets_run_in_the_repository_from_any_directory(tmp_path):
     # The default output folder is the repository's, wherever make runs.
     default = subprocess.run(['make', '-n', '-f', str(REPO / 'Makefile'), 'demo'],
                              cwd=tmp_path, capture_output=True, text=True, timeout=60,
-                             check=True).stdout
+                             check=True, env=ENV).stdout
     assert f'--out {REPO}/output/demo' in default
