@@ -5,6 +5,7 @@ touch it); :func:`build_status` turns a snapshot into a ``diagnostic_msgs/Diagno
 """
 
 from collections import deque
+import math
 import os
 import resource
 import threading
@@ -88,7 +89,7 @@ class NodeStats:
         with self._lock:
             self.totals['pairs_processed'] += 1
             self._window_counts['pairs_processed'] += 1
-            if latency_ms == latency_ms:
+            if not math.isnan(latency_ms):
                 self._latencies_ms.append(float(latency_ms))
             self._inference_ms.append(float(inference_ms))
             self.last_latency_ms = float(latency_ms)

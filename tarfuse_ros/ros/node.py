@@ -336,10 +336,11 @@ class TarFuseNode(Node):
                                f'remap infrared/image_raw and visible/image_raw to the '
                                f'topics of the two cameras')
         for base in _OUTPUT_TOPICS:
-            if self._resolve(base) in inputs:
-                raise StartupError(f'output {base} is remapped onto the input '
-                                   f'{self._resolve(base)!r}: the node would read what it '
-                                   f'publishes; remap it to another topic')
+            output = self._resolve(base)
+            if output in inputs:
+                raise StartupError(f'output {base} is remapped onto the input {output!r}: the '
+                                   f'node would read what it publishes; remap it to another '
+                                   f'topic')
 
     def _remapped_outputs(self):
         """Return ``{output name before remapping: after}`` for the outputs a rule renamed."""
