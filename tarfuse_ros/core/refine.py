@@ -172,7 +172,8 @@ class OnlinePriorRefiner:
             starts with, or None (the estimate then starts as the resize of the IR to the
             visible frame, at the first frame's sizes).
 
-    Thread-safe: one thread feeds frames while another reads :meth:`summary`.
+    Thread-safe: one thread feeds frames while another reads :meth:`summary` or changes
+    :attr:`settings`.
 
     Raises:
         ValueError: ``settings`` or ``configured_prior`` of the wrong type.
@@ -206,8 +207,18 @@ class OnlinePriorRefiner:
 
     @property
     def settings(self):
-        """The :class:`RefinementSettings` in effect."""
-        return self._settings
+        """The :class:`RefinementSettings` in effect (settable: the following frames use it)."""
+        with self._lock:
+            return self._settings
+
+    @settings.setter
+    def settings(self, settings):
+        """Change the settings; the estimate and the counts are kept."""
+        if not isinstance(settings, RefinementSettings):
+            raise ValueError(f'settings must be RefinementSettings, got '
+                             f'{type(settings).__name__}')
+        with self._lock:
+            self._settings = settings
 
     @property
     def configured_prior(self):
@@ -256,16 +267,17 @@ class OnlinePriorRefiner:
             raise ValueError(f'flow_px must have shape (H, W, 2), got {flow.shape}')
         visible_wh = (flow.shape[1], flow.shape[0])
         ir_wh = (int(ir_wh[0]), int(ir_wh[1]))
+        settings = self.settings  # one frame, one set of settings
         if alignment is None:
             alignment = score_frame(registered_ir, visible, flow,
-                                    self._settings.max_side_px).alignment
+                                    settings.max_side_px).alignment
         with self._lock:
             if self._base is None:  # no configured prior: start from the plain resize
                 self._start(resize_matrix(ir_wh, visible_wh), ir_wh, visible_wh)
             corners_vi = self._corners_vi
         # Only the feeding thread changes the estimate, so it is still corners_vi below.
         reason, detail, inliers, step_px, estimate, corners = self._judge(
-            flow, registered_ir, visible, ir_wh, float(alignment), corners_vi)
+            flow, registered_ir, visible, ir_wh, float(alignment), corners_vi, settings)
         with self._lock:
             if not math.isnan(step_px):
                 self._last_step_px = step_px
@@ -279,12 +291,12 @@ class OnlinePriorRefiner:
             return RefinementUpdate(not reason, reason, detail, float(alignment), inliers,
                                     step_px, self._drift_px())
 
-    def _judge(self, flow, registered_ir, visible, ir_wh, alignment, corners_vi):
+    def _judge(self, flow, registered_ir, visible, ir_wh, alignment, corners_vi, settings):
         """Return ``(reason, detail, inlier_fraction, step_px, estimate, corners)``.
 
         ``reason`` is ``''`` for an accepted frame, whose new estimate and corners follow.
         """
-        settings, nan = self._settings, math.nan
+        nan = math.nan
         if not alignment >= settings.min_alignment:  # NaN (nothing covered) too
             return ('alignment', f'edge alignment {alignment:.3f} < min_alignment '
                     f'{settings.min_alignment:.3f}', nan, nan, None, None)

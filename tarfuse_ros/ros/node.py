@@ -15,6 +15,8 @@ Run it with ``ros2 run tarfuse_ros fuse_node --ros-args --params-file config/tar
 ``python -m tarfuse_ros.ros.fuse_node --ros-args ...``.  Parameters: ``config/tarfuse.yaml``.
 """
 
+import collections
+import copy
 import functools
 import os
 from pathlib import Path
@@ -61,6 +63,8 @@ _FUSED_TOPIC = 'fused/image_raw'
 _OUTPUT_TOPICS = (_FUSED_TOPIC, 'fused/camera_info', 'detections', 'registered/image_raw',
                   'debug/image_raw')
 _RUNTIME_ENGINE_FIELDS = ('confidence_threshold', 'iou_threshold', 'max_detections', 'classes')
+# visible/camera_info messages kept to find the one stamped like a visible image (1 s at 30 Hz).
+_CAMERA_INFO_BUFFER = 30
 _HEALTH_FIELDS = ('health_window', 'health_every_n', 'health_max_side', 'health_min_alignment',
                   'health_max_flow_px')
 
@@ -138,10 +142,15 @@ class TarFuseNode(Node):
         self._stopping = False
 
         self._last_stamp_ns = [None, None]
+        # Per input: its newest stamp when the other input jumped back in time (a bag loop),
+        # i.e. it has still to make that jump, which then resets nothing again; else None.
+        self._jump_pending = [None, None]
         self._last_arrival = [None, None]
         self._last_msg = [None, None]  # newest valid message per input (re-fed after a reset)
         self._zero_stamped = [False, False]  # whether each input's newest message had stamp 0
-        self._camera_info = None
+        # The newest visible/camera_info messages as (stamp ns, message), oldest first.
+        self._camera_infos = collections.deque(maxlen=_CAMERA_INFO_BUFFER)
+        self._camera_infos_lock = threading.Lock()
         self._qos_events = {}  # input index -> (monotonic time, problem) from QoS events
         self._problems = []
         self._publishers_since = None  # when both inputs got publishers (none received yet)
@@ -406,15 +415,33 @@ class TarFuseNode(Node):
             self._warn(f'zero_stamp:{name}', f'message ignored: {cause}')
             return
         last = self._last_stamp_ns[index]
+        other = 1 - index
         if last is not None and stamp < last:
-            self._stats.count('sync_resets')
-            self._warn('time_jump', f'time jumped backwards by {(last - stamp) / 1e9:.3f} s on '
-                                    f'{topic} (bag loop or clock reset): synchroniser reset')
-            self._make_synchroniser()
-            # The other input's newest message may be this one's partner: keep it.
-            other = 1 - index
-            if self._last_msg[other] is not None:
-                self._relays[other].signalMessage(self._last_msg[other])
+            if self._jump_pending[index] is not None:
+                # The other input made this jump first (a bag loop moves both cameras back):
+                # the synchroniser was reset then, and holds this input's partners now.
+                self._jump_pending[index] = None
+            else:
+                self._stats.count('sync_resets')
+                self._warn('time_jump',
+                           f'time jumped backwards by {(last - stamp) / 1e9:.3f} s on '
+                           f'{topic} (bag loop or clock reset): synchroniser reset')
+                self._make_synchroniser()
+                other_last = self._last_stamp_ns[other]
+                params = self._params
+                slop_ns = round(params.sync_slop * 1e9) if params.sync_approximate else 0
+                if other_last is not None and other_last > stamp + slop_ns:
+                    # The other input's newest stamp is of the old timeline (no partner of
+                    # this one): its step back from it is this jump, not one to reset again.
+                    self._jump_pending[other] = other_last
+                elif self._last_msg[other] is not None:
+                    # The other input's newest message may be this one's partner: keep it.
+                    self._relays[other].signalMessage(self._last_msg[other])
+        pending = self._jump_pending[other]
+        if pending is not None and stamp > pending:
+            # This input's new timeline has passed the other's old stamps: the other did not
+            # jump with it (one camera's clock reset), so a later step back is a jump of its own.
+            self._jump_pending[other] = None
         self._last_stamp_ns[index] = stamp
         self._last_msg[index] = msg
         self._relays[index].signalMessage(msg)
@@ -429,7 +456,21 @@ class TarFuseNode(Node):
             self._slot_cond.notify()
 
     def _on_camera_info(self, msg):
-        self._camera_info = msg
+        with self._camera_infos_lock:
+            self._camera_infos.append((_stamp_ns(msg.header.stamp), msg))
+
+    def _camera_info_for(self, stamp):
+        """Return the camera_info stamped ``stamp`` (image_transport's pairing), else the newest.
+
+        The newest stands in for drivers that stamp their camera_info otherwise; None before
+        the first camera_info.
+        """
+        with self._camera_infos_lock:
+            infos = list(self._camera_infos)
+        if not infos:
+            return None
+        return next((msg for info_stamp, msg in reversed(infos) if info_stamp == stamp),
+                    infos[-1][1])
 
     def _on_incompatible_qos(self, index, info):
         policy = getattr(info.last_policy_kind, 'name', str(info.last_policy_kind))
@@ -488,7 +529,7 @@ class TarFuseNode(Node):
         if params.publish_debug:
             debug = draw_detections(result.fused, result.detections)
             self._pub_debug.publish(array_to_image_msg(debug, 'bgr8', header))
-        info = self._camera_info
+        info = self._camera_info_for(_stamp_ns(header.stamp))
         if params.publish_camera_info and info is not None:
             self._publish_camera_info(info, header, vi.shape)
         if params.publish_fused:
@@ -528,6 +569,7 @@ class TarFuseNode(Node):
                        f'describes {width}x{height} images but the visible image is '
                        f'{shape[1]}x{shape[0]}')
             return
+        info = copy.copy(info)  # the buffered message keeps its own header (and stamp)
         info.header = header
         self._pub_info.publish(info)
 
@@ -582,6 +624,10 @@ class TarFuseNode(Node):
                         max_detections=new.max_detections, classes=ids)
                 if any(getattr(new, f) != getattr(self._params, f) for f in _HEALTH_FIELDS):
                     self._health.settings = _health_settings(new)
+                if (self._refiner is not None
+                        and new.health_max_side != self._params.health_max_side):
+                    # The refinement scores the pairs the health did not at this size too.
+                    self._refiner.settings = refinement_settings(new)
                 if new.health_enabled and not self._params.health_enabled:
                     self._health.reset()  # scores from before it was switched off are stale
                 if new.diagnostics_period != self._params.diagnostics_period:

@@ -223,7 +223,8 @@ PARAMETER_SPECS = (
     ParamSpec('registration_health.every_n', 'health_every_n', 'int',
               'Score one pair in every_n (run time).', low=1, high=1000, runtime=True),
     ParamSpec('registration_health.max_side', 'health_max_side', 'int',
-              'Longer side (px) of the shrunk planes the score is computed on (run time).',
+              'Longer side (px) of the shrunk planes the score is computed on, also for '
+              'the alignment check of the online refinement (run time).',
               low=16, high=4096, runtime=True),
     ParamSpec('registration_health.min_alignment', 'health_min_alignment', 'float',
               'Warn when the window mean edge alignment falls below this, in [-1, 1] '

@@ -179,6 +179,37 @@ def test_camera_info_of_another_image_size_is_not_republished_with_a_frame(setup
     assert probe.wait_for_outputs(binned, keys=('fused', 'camera_info'))
 
 
+def _camera_info(stamp_ns, focal):
+    """Return a 160x128 visible camera_info stamped ``stamp_ns`` with focal length ``focal``."""
+    info = CameraInfo(width=WIDTH, height=HEIGHT, distortion_model='plumb_bob')
+    info.header.frame_id = VISIBLE_FRAME
+    info.header.stamp.sec, info.header.stamp.nanosec = divmod(stamp_ns, 1_000_000_000)
+    info.k = [focal, 0.0, WIDTH / 2, 0.0, focal, HEIGHT / 2, 0.0, 0.0, 1.0]
+    return info
+
+
+def test_fused_camera_info_is_the_one_stamped_like_the_visible_image_else_the_newest(setup):
+    # image_transport pairs an image with the camera_info of the same stamp; a camera whose
+    # info changes (zoom, another calibration) must not give a frame the next frame's info.
+    node, probe, _, _ = setup
+    older = time.time_ns()
+    newer = older + 50_000_000
+    probe.info_pub.publish(_camera_info(older, 100.0))
+    probe.info_pub.publish(_camera_info(newer, 200.0))
+    probe.spin_until(lambda: False, 0.5)  # both reach the node before the image
+    for stamp, focal in ((older, 100.0), (newer, 200.0)):
+        _send_and_wait(probe, stamp=stamp)
+        assert probe.spin_until(lambda s=stamp: probe.outputs_for('camera_info', s), 10.0)
+        info, = probe.outputs_for('camera_info', stamp)
+        assert list(info.k)[:5] == [focal, 0.0, WIDTH / 2, 0.0, focal], (stamp, list(info.k))
+        assert info.header.frame_id == VISIBLE_FRAME and _stamp(info) == stamp
+    # A driver that stamps its camera_info otherwise: no stamp matches, the newest is used.
+    unmatched = _send_and_wait(probe)
+    assert probe.spin_until(lambda: probe.outputs_for('camera_info', unmatched), 10.0)
+    info, = probe.outputs_for('camera_info', unmatched)
+    assert info.k[0] == 200.0 and _stamp(info) == unmatched
+
+
 def _bad_pair(probe, case, stamp):
     ir, vi = probe.good_pair(stamp)
     if case == 'unsupported_encoding':
@@ -238,6 +269,32 @@ def test_time_jumping_backwards_resets_the_synchroniser(setup):
     _send_and_wait(probe, stamp=past)
     _send_and_wait(probe, stamp=past + 50_000_000)
     assert probe.wait_for_diagnostics(lambda lv, m, values: int(values['sync_resets']) > resets)
+
+
+def _counters(probe):
+    """Return the node's diagnostics values from a status taken after all the probe has seen.
+
+    The first status to arrive may have been taken before the newest output; the second was
+    taken after it.
+    """
+    seen = len(probe.diagnostics)
+    assert probe.spin_until(lambda: len(probe.diagnostics) >= seen + 2, 10.0)
+    return probe.latest_diagnostics()[2]
+
+
+def test_a_bag_loop_counts_one_sync_reset_though_both_cameras_jump_back(setup):
+    node, probe, _, _ = setup
+    _send_and_wait(probe)
+    before = int(_counters(probe)['sync_resets'])
+    start = time.time_ns() - 100 * 1_000_000_000  # the bag's first stamp
+    for loop in (1, 2):
+        # The bag of two pairs 0.5 s apart from its start (each loop's stamps a little apart,
+        # to tell the outputs apart): both cameras jump back, which is one time jump, one reset.
+        offset = (loop - 1) * 10_000_000
+        _send_and_wait(probe, stamp=start + offset)
+        _send_and_wait(probe, stamp=start + offset + 500_000_000)
+        resets = int(_counters(probe)['sync_resets'])
+        assert resets == before + loop, f'loop {loop}: {resets - before} resets counted'
 
 
 def test_a_silent_input_is_reported_by_name(setup):

@@ -11,10 +11,11 @@ parameters stop the node at start-up, naming the parameter.
 
 import json
 from pathlib import Path
+import re
 import time
 
 import cv2
-from node_harness import assert_start_up_fails, image_msg, NodeProcess, Probe
+from node_harness import assert_start_up_fails, image_msg, make_checkpoint, NodeProcess, Probe
 from node_harness import random_domain_id, VISIBLE_FRAME
 import numpy as np
 import pytest
@@ -200,3 +201,60 @@ def test_node_without_refinement_publishes_the_configured_prior_bit_for_bit(fram
         node.close()
     assert not any(key.startswith('registration_refinement_') for key in values), values
     assert 'online refinement' not in log
+
+
+def _settled(values):
+    """Whether every received pair went through the worker and the refiner."""
+    processed = int(values['pairs_processed'])
+    return (int(values['infrared_msgs']) == int(values['visible_msgs'])
+            == int(values['pairs_received'])
+            == processed + int(values['pairs_dropped']) + int(values['pairs_rejected'])
+            and _used(values) == processed)
+
+
+def _refinement_alignment(probe, node, stamp):
+    """Publish the sample pair; return the alignment the refinement rejected it with."""
+    before = _used(probe.latest_diagnostics()[2])
+    probe.publish_pair(*probe.good_pair(stamp))
+    assert probe.wait_for_diagnostics(
+        lambda level, msg, values: _used(values) > before and _settled(values),
+        timeout=60.0), node.log()
+    last = probe.latest_diagnostics()[2]['registration_refinement_last']
+    match = re.fullmatch(r'rejected: edge alignment (\S+) < min_alignment 1\.000', last)
+    assert match, last
+    return match.group(1)
+
+
+def test_the_refinement_scores_at_the_run_time_registration_health_max_side(tmp_path):
+    # registration_health.max_side changes at run time; the refinement's alignment check, which
+    # scores a pair itself when the health did not, must follow it (the health's own score
+    # is handed over when there is one). min_alignment 1.0 rejects every pair, so the
+    # estimate never moves and the same pair gives the same outputs each time.
+    weights = tmp_path / 'random.safetensors'
+    make_checkpoint(weights)
+    domain = random_domain_id()
+    node = NodeProcess(domain, {
+        'weights': str(weights), 'device': 'cpu', 'cpu_threads': 1, 'qos.depth': 10,
+        'diagnostics.period': 0.25, 'registration.online_refinement.enabled': 'true',
+        'registration.online_refinement.min_alignment': 1.0}, namespace='/side')
+    probe = Probe(domain, namespace='/side')
+    try:
+        if not probe.wait_until_ready(90.0):
+            pytest.fail('the node never answered a pair; its log:\n' + node.log())
+        assert probe.wait_for_diagnostics(lambda level, msg, values: _settled(values)), \
+            node.log()
+        stamp = time.time_ns()
+        scored_by_health = {160: _refinement_alignment(probe, node, stamp)}
+        assert probe.set_parameters(registration_health__max_side=16)[0].successful
+        scored_by_health[16] = _refinement_alignment(probe, node, stamp + 100_000_000)
+        assert scored_by_health[16] != scored_by_health[160], scored_by_health
+        # Without the health the refinement scores the pair itself, at the current max_side.
+        assert probe.set_parameters(registration_health__enabled=False)[0].successful
+        own = _refinement_alignment(probe, node, stamp + 200_000_000)
+        assert own == scored_by_health[16], (own, scored_by_health)
+        assert probe.set_parameters(registration_health__max_side=160)[0].successful
+        own = _refinement_alignment(probe, node, stamp + 300_000_000)
+        assert own == scored_by_health[160], (own, scored_by_health)
+    finally:
+        probe.close()
+        node.close()
