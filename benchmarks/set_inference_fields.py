@@ -25,7 +25,8 @@ from tarfuse_ros.core.model.tarfuse import build_model, TarFuseConfig
 # TarFuseConfig fields that no learnt parameter depends on (their comments say so).
 INFERENCE_FIELDS = (
     'global_scale_candidates', 'global_fine_cell', 'global_fine_block', 'global_fine_passes',
-    'global_fine_radius', 'global_support_mask', 'global_fine_check', 'global_coarse_side',
+    'global_fine_radius', 'global_extra_passes', 'global_extra_radius', 'global_support_mask',
+    'global_fine_check', 'global_coarse_side',
     'global_min_side', 'input_min_long_side', 'detect_min_long_side', 'flip_average')
 
 

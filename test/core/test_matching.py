@@ -471,6 +471,16 @@ def test_fine_check_keeps_the_map_that_the_fine_passes_drifted_away_from():
     # Measured (benchmarks/eval_fov.py's zoom, docs/METHOD.md): 2.5 px before the fine passes,
     # 19.2 after them, 2.5 with the check.
     assert errors[False] > 8.0 and errors[True] < 4.0, errors
+    # Extra 8 px passes pull a narrower view's scale off (00854N: 2.6 -> 9.2 px, global stage
+    # alone, docs/METHOD.md): they run only where the unzoomed scale candidate won, which the
+    # 1.25 zoom here does not.
+    matcher = OrientationMatcher(fine_check=True, **shipped)
+    extra = OrientationMatcher(fine_check=True, extra_passes=2, extra_radius=4, **shipped)
+    torch.testing.assert_close(extra(narrow, vi), matcher(narrow, vi))
+    theta, unit = extra._search_scales(narrow, vi)
+    assert not bool(unit.any())
+    forced = affine_flow(extra._fine(narrow, vi, extra._extra(narrow, vi, theta)), 512, 640)
+    assert float(torch.linalg.vector_norm(forced - truth, dim=1).mean()) > errors[True] + 1.0
     with pytest.raises(ValueError, match='fine_check'):
         OrientationMatcher(fine_check=1)
     for margin in (-0.1, 1.0, float('nan'), True, 'abc', None):
@@ -554,6 +564,49 @@ def test_repeated_fine_passes_converge_closer_to_a_known_affine():
     matcher = model.registration.global_matcher
     assert (matcher.fine_passes, matcher.fine_radius) == (3, 4)
     assert (TarFuseConfig().global_fine_passes, TarFuseConfig().global_fine_radius) == (1, 2)
+
+
+def test_extra_passes_bring_a_map_left_far_off_back_onto_a_real_pair():
+    """8 px passes within 4 cells reach a map 34 px off; passes within 2 cells do not."""
+    from tarfuse_ros.core.deform import DeformConfig, random_deformation
+    from tarfuse_ros.core.model.matching import OrientationMatcher
+    ir, vi = _real_pair((320, 480))
+    config = DeformConfig(prob=1.0, rotation_deg=4.0, translation=0.0, scale=(0.95, 1.05),
+                          translation_px=16.0, elastic_alpha_px=0.0)
+    applied, inverse = random_deformation(1, 320, 480, config,
+                                          generator=torch.Generator().manual_seed(1))
+    moved = warp(ir, applied)
+    # The true map (a least-squares fit of the inverse field) moved 32 px right and 12 px
+    # down: a start like the 15-40 px misses of the first passes on validation
+    # (docs/METHOD.md).
+    truth = fit_affine(inverse, torch.ones(1, 1, 320, 480))
+    start = truth.clone()
+    start[:, 0, 2] += 32.0 * 2.0 / (480 - 1)
+    start[:, 1, 2] += 12.0 * 2.0 / (320 - 1)
+
+    def error(theta):
+        flow = affine_flow(theta, 320, 480)
+        return float(torch.linalg.vector_norm(flow - inverse, dim=1).mean())
+
+    errors = {}
+    for radius in (2, 4):
+        matcher = OrientationMatcher(extra_passes=2, extra_radius=radius, support_mask=True)
+        errors[radius] = error(matcher._extra(moved, vi, start))
+    # Measured: 34.2 px at the start, 22.6 after two passes within 2 cells, 2.5 within 4.
+    assert error(start) > 30.0
+    assert errors[4] < 4.0 and errors[2] > 10.0, errors
+    for name, bad in (('extra_passes', -1), ('extra_passes', True), ('extra_radius', 0),
+                      ('extra_radius', 2.5)):
+        with pytest.raises(ValueError, match=name):
+            OrientationMatcher(**{name: bad})
+        with pytest.raises(ValueError, match='global_' + name):
+            TarFuseConfig(**{'global_' + name: bad})
+    # The config reaches the matcher; checkpoints without the fields run no extra pass.
+    model = build_model(TarFuseConfig(**SMALL, global_features='orientation',
+                                      global_extra_passes=3, global_extra_radius=4))
+    matcher = model.registration.global_matcher
+    assert (matcher.extra_passes, matcher.extra_radius) == (3, 4)
+    assert (TarFuseConfig().global_extra_passes, TarFuseConfig().global_extra_radius) == (0, 2)
 
 
 def test_support_mask_keeps_the_black_border_of_the_warped_ir_out_of_the_fit():

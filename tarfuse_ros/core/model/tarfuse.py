@@ -78,6 +78,12 @@ class TarFuseConfig:
     # written before the fields).
     global_fine_passes: int = 1
     global_fine_radius: int = 2
+    # 'orientation' only: how many more passes on 8 px cells refine the global stage's map
+    # before the fine passes, and their search radius in cells (0 and 2: none, as in
+    # checkpoints written before the fields; OrientationMatcher). No learnt parameter depends
+    # on them.
+    global_extra_passes: int = 0
+    global_extra_radius: int = 2
     # 'orientation' only: the 8 px passes on the warped IR drop blocks whose search window
     # leaves its support (false, as in checkpoints written before the field).
     global_support_mask: bool = False
@@ -179,7 +185,8 @@ class TarFuseConfig:
                             ('global_coarse_side', 0), ('global_min_side', 0),
                             ('input_min_long_side', 0), ('detect_min_long_side', 0),
                             ('global_fine_passes', 1),
-                            ('global_fine_radius', 1)):
+                            ('global_fine_radius', 1), ('global_extra_passes', 0),
+                            ('global_extra_radius', 1)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
                 raise ValueError(f'{name} must be an integer >= {least}, got {value!r}')
@@ -293,7 +300,8 @@ class TarFuse(nn.Module):
                 coarse_side=config.global_coarse_side, fine_passes=config.global_fine_passes,
                 fine_radius=config.global_fine_radius,
                 support_mask=config.global_support_mask, fine_check=config.global_fine_check,
-                min_side=config.global_min_side)
+                min_side=config.global_min_side, extra_passes=config.global_extra_passes,
+                extra_radius=config.global_extra_radius)
         self.reconstruction = ReconstructionHead(4 * width, config.reconstruction_channels, slope)
         self.neck = self.detect = None
         if config.detect:
