@@ -564,17 +564,19 @@ class OrientationMatcher(nn.Module):
     2.14 px with or without it (no pair keeps the start: the margin, 0.005, was chosen there;
     without one, 5.15 and 2.12 px).
 
-    With ``extra_passes`` > 0, the winning map (after the scale search, or the one fit) is
-    refined that many more times on 8 px cells before the fine passes, each pass as the second
-    pass (the IR warped by the map so far, the support mask as set) but searching within
-    ``extra_radius`` cells. The fine passes reach ``fine_radius`` 4 px cells (8 px) per pass,
-    so a map that the first passes left 15-25 px off needed every fine pass to walk in, and some
-    never arrived; 8 px cells within 4 cells reach 32 px for the cost of about half a fine pass
-    each. Measured on validation (global stage alone, shipped settings, seeded synthetic fields,
-    frames cut to /32, docs/METHOD.md): ``msrs_train`` val (30 pairs) mean EPE 4.93 -> 3.76 px
-    with 2 passes within 4 cells (within 2 cells: 4.30), RoadScene train (40 pairs) 2.11 ->
-    2.07 px; four more fine passes instead (eight) gave 4.39 px on ``msrs_train`` val for
-    three times the cost.
+    With ``extra_passes`` > 0, the winning map is refined that many more times on 8 px cells
+    before the fine passes, each pass as the second pass (the IR warped by the map so far, the
+    support mask as set) but searching within ``extra_radius`` cells; per sample, only where
+    the unzoomed scale candidate won (or there is no search). On ``msrs_train`` val with
+    seeded synthetic fields a few maps leave the first passes 15-45 px off; the fine passes
+    reach ``fine_radius`` 4 px cells per pass and walk them in slowly, some never, while 8 px
+    cells within 4 cells reach 32 px. Where a zoomed candidate won (a thermal camera with a
+    narrower view), the same passes pull its scale off (the 80 % view of ``msrs_train`` val,
+    global stage alone: 4.02 -> 5.36 px): they are skipped there. Measured on validation
+    (global stage alone, shipped settings, frames cut to /32, docs/METHOD.md): ``msrs_train``
+    val (30) mean EPE 4.93 -> 3.85 px with 2 passes within 4 cells (within 2 cells 4.30; four
+    more fine passes instead, 4.39 for three times the cost), RoadScene train (40) 2.11 ->
+    2.07 px.
 
     With ``min_side`` > 0, a frame whose shorter side is below it (a 160x120 thermal core, a
     downscaled stream) is enlarged by the integer factor ``ceil(min_side / side)`` (bilinear,
