@@ -2,26 +2,43 @@
 
 Importing the node loads PyTorch and OpenCV (about a second); a Ctrl-C, or the SIGTERM of
 ``ros2 launch`` shutting down, in that second ends the process with status 0 and no traceback
-(rclpy handles both signals once it is initialised).
+(rclpy handles both signals once it is initialised). The stop is remembered as well as raised:
+a library that swallows the ``KeyboardInterrupt`` in its import-time code (a bare ``except``
+around an optional import) would otherwise let the node start and run on after the stop.
 """
 
 import signal
 import sys
 
 
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
+class StopRequest:
+    """Signal handler: remember the stop (``requested``), then raise ``KeyboardInterrupt``."""
+
+    def __init__(self):
+        self.requested = False
+
+    def __call__(self, signum, frame):
+        self.requested = True
+        raise KeyboardInterrupt
 
 
 def main(args=None):
     """Import and run the node; return its exit code (0 when stopped while importing)."""
-    previous = signal.signal(signal.SIGTERM, _interrupt)
+    stop = StopRequest()
+    # SIGINT stays ignored where the process was started so (a background job of a shell).
+    numbers = [signal.SIGTERM]
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        numbers.append(signal.SIGINT)
+    previous = {number: signal.signal(number, stop) for number in numbers}
     try:
         from tarfuse_ros.ros.node import main as node_main
     except KeyboardInterrupt:
         return 0
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+    if stop.requested:  # raised inside the import and swallowed there
+        return 0
     return node_main(args)
 
 

@@ -26,6 +26,7 @@ import numpy as np
 
 from tarfuse_ros.core import paths
 from tarfuse_ros.core.files import output_problem
+from tarfuse_ros.ros.fuse_node import StopRequest
 from tarfuse_ros.tools.bagio import image_to_array, read_messages
 from tarfuse_ros.tools.make_bag import make_bag
 from tarfuse_ros.tools.play_bag import BagPlayer, PlayError
@@ -271,11 +272,14 @@ def _stop_node(process, timeout=20.0):
 def run_demo(out='output/demo', weights=None, device='cpu', samples=None,
              ir_dir='synthetic_misaligned/ir_warp', size='512x288', rate=2.0, loops=2,
              max_pairs=None, params_file=None, startup_timeout=180.0, png_count=4,
-             linger=3.0, node_params=(), log=print):
+             linger=3.0, node_params=(), log=print, interrupted=None):
     """
     Run the whole demo; return the summary dict (raises DemoError / ValueError).
 
     ``node_params`` are extra ``name:=value`` node parameters (after the params file).
+    ``interrupted``: None, or a callable that says whether a stop signal reached this process
+    (then a node that exits is one stopped by the same Ctrl-C: ``KeyboardInterrupt``, not
+    ``DemoError``).
     """
     for item in node_params:
         if ':=' not in item:
@@ -328,6 +332,9 @@ def run_demo(out='output/demo', weights=None, device='cpu', samples=None,
 
     def node_died():
         if process.poll() is not None:
+            if interrupted is not None and interrupted():
+                # The terminal's Ctrl-C reached the node too and it stopped first.
+                raise KeyboardInterrupt
             return (f'the node exited with code {process.returncode} during the demo; '
                     f'its log ({log_path}) ends with:\n{_log_tail(log_path)}')
         return None
@@ -341,6 +348,8 @@ def run_demo(out='output/demo', weights=None, device='cpu', samples=None,
                            should_abort=node_died, log=log)
         stats = player.run()
     except PlayError as error:
+        if interrupted is not None and interrupted():
+            raise KeyboardInterrupt from None
         raise DemoError(str(error)) from None
     finally:
         code, clean = _stop_node(process)
@@ -395,12 +404,18 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    # A Ctrl-C reaches the node as well (one process group) and may stop it before this
+    # process handles its own: remember the stop so a node that exits then is no error.
+    stop = StopRequest()
+    previous = None
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        previous = signal.signal(signal.SIGINT, stop)
     try:
         run_demo(out=args.out, weights=args.weights, device=args.device, samples=args.samples,
                  ir_dir=args.ir_dir, size=args.size, rate=args.rate, loops=args.loops,
                  max_pairs=args.max_pairs, params_file=args.params_file,
                  startup_timeout=args.startup_timeout, png_count=args.pngs,
-                 node_params=args.param)
+                 node_params=args.param, interrupted=lambda: stop.requested)
     except (DemoError, ValueError) as error:
         print(f'tarfuse-demo: error: {error}', file=sys.stderr)
         return 1
@@ -408,6 +423,11 @@ def main(argv=None):
         print('tarfuse-demo: interrupted; the node was stopped, no summary written',
               file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:
+            # Stopping: a second Ctrl-C (terminals and ros2 launch send more than one) must not
+            # raise in the interpreter's exit handlers; else the handler from before.
+            signal.signal(signal.SIGINT, signal.SIG_IGN if stop.requested else previous)
     print((args.out / 'summary.md').read_text())
     print(f'tarfuse-demo: wrote {args.out}/summary.md, summary.json and the fused PNGs')
     return 0

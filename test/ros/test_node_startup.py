@@ -197,3 +197,43 @@ def test_a_qos_override_sets_that_output_publishers_qos(tmp_path):
     finally:
         probe.close()
         node.close()
+
+
+_SWALLOWING_IMPORT = '''
+import os, signal, sys, time
+from importlib.abc import MetaPathFinder
+
+class Swallow(MetaPathFinder):
+    """Ctrl-C lands in a library's import-time code, whose bare except swallows it."""
+
+    def find_spec(self, name, path, target=None):
+        if name == 'tarfuse_ros.ros.node':
+            sys.meta_path.remove(self)
+            try:
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(1.0)
+            except BaseException:
+                pass
+        return None
+
+sys.meta_path.insert(0, Swallow())
+from tarfuse_ros.ros import fuse_node
+print('exit code', fuse_node.main(['fuse_node']), flush=True)
+'''
+
+
+def test_a_stop_swallowed_during_the_import_still_stops_the_node():
+    """A stop signal while importing ends the process though the import swallowed it."""
+    import subprocess
+    import sys
+    env = dict(__import__('os').environ, ROS_DOMAIN_ID=str(random_domain_id()))
+    process = subprocess.Popen([sys.executable, '-c', _SWALLOWING_IMPORT], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        output, _ = process.communicate(timeout=90)
+    finally:
+        if process.poll() is None:  # before the fix: the node started and ran on
+            process.kill()
+            output = process.communicate()[0]
+    assert process.returncode == 0, output
+    assert 'exit code 0' in output and 'ready' not in output, output
