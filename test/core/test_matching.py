@@ -233,14 +233,20 @@ def test_robust_affine_ignores_a_third_of_wrong_matches():
     torch.testing.assert_close(none[0], torch.eye(3, dtype=torch.float64)[:2])
 
 
-def test_orientation_matcher_registers_a_real_infrared_visible_pair():
+def _seeded_affine(rotation_deg, scale, translation_px, seed):
+    """Return ``(applied, inverse)`` flows of a seeded affine at 480x320 (``deform``)."""
     from tarfuse_ros.core.deform import DeformConfig, random_deformation
+    config = DeformConfig(prob=1.0, rotation_deg=rotation_deg, translation=0.0,
+                          scale=(1.0 - scale, 1.0 + scale), translation_px=translation_px,
+                          elastic_alpha_px=0.0)
+    return random_deformation(1, 320, 480, config,
+                              generator=torch.Generator().manual_seed(seed))
+
+
+def test_orientation_matcher_registers_a_real_infrared_visible_pair():
     from tarfuse_ros.core.model.matching import OrientationMatcher
     ir, vi = _real_pair((320, 480))
-    config = DeformConfig(prob=1.0, rotation_deg=6.0, translation=0.0, scale=(0.92, 1.08),
-                          translation_px=24.0, elastic_alpha_px=0.0)
-    applied, inverse = random_deformation(1, 320, 480, config,
-                                          generator=torch.Generator().manual_seed(0))
+    applied, inverse = _seeded_affine(6.0, 0.08, 24.0, 0)
     matcher = OrientationMatcher()
 
     def epe(moving):
@@ -568,13 +574,9 @@ def test_repeated_fine_passes_converge_closer_to_a_known_affine():
 
 def test_extra_passes_bring_a_map_left_far_off_back_onto_a_real_pair():
     """8 px passes within 4 cells reach a map 34 px off; passes within 2 cells do not."""
-    from tarfuse_ros.core.deform import DeformConfig, random_deformation
     from tarfuse_ros.core.model.matching import OrientationMatcher
     ir, vi = _real_pair((320, 480))
-    config = DeformConfig(prob=1.0, rotation_deg=4.0, translation=0.0, scale=(0.95, 1.05),
-                          translation_px=16.0, elastic_alpha_px=0.0)
-    applied, inverse = random_deformation(1, 320, 480, config,
-                                          generator=torch.Generator().manual_seed(1))
+    applied, inverse = _seeded_affine(4.0, 0.05, 16.0, 1)
     moved = warp(ir, applied)
     # The true map (a least-squares fit of the inverse field) moved 32 px right and 12 px
     # down: a start like the 15-40 px misses of the first passes on validation
