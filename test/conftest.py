@@ -3,6 +3,7 @@
 import os
 from pathlib import Path
 import random
+import signal
 
 import cv2
 import pytest
@@ -14,6 +15,11 @@ os.environ.setdefault('YOLO_OFFLINE', '1')
 os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
 if 'ROS_DOMAIN_ID' not in os.environ:
     os.environ['ROS_DOMAIN_ID'] = str(random.SystemRandom().randint(1, 100))
+# A test run started in the background (`make test &`, nohup) has SIGINT ignored, and every
+# process it starts inherits that: the tests that Ctrl-C a node or the demo, as a terminal or
+# ros2 launch does, would see it ignored. Children start with the default again.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 # Real data the tests use, inside the repository (no ../shared needed): samples/ (five RoadScene

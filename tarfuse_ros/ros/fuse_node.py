@@ -39,7 +39,13 @@ def main(args=None):
             signal.signal(number, handler)
     if stop.requested:  # raised inside the import and swallowed there
         return 0
-    return node_main(args)
+    code = node_main(args)
+    # The process exits now: a late second Ctrl-C (a terminal, ros2 launch and tarfuse-demo
+    # may each send one) must not raise KeyboardInterrupt in the interpreter's exit handlers
+    # (PyTorch's library finalizers printed a traceback).
+    for number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(number, signal.SIG_IGN)
+    return code
 
 
 if __name__ == '__main__':
