@@ -21,15 +21,19 @@ class StopRequest:
         self.requested = True
         raise KeyboardInterrupt
 
+    def install(self, numbers):
+        """Handle the signals ``numbers``; return ``{number: previous handler}``.
+
+        SIGINT stays ignored where the process was started so (a background job of a shell).
+        """
+        return {number: signal.signal(number, self) for number in numbers
+                if number != signal.SIGINT or signal.getsignal(number) is not signal.SIG_IGN}
+
 
 def main(args=None):
     """Import and run the node; return its exit code (0 when stopped while importing)."""
     stop = StopRequest()
-    # SIGINT stays ignored where the process was started so (a background job of a shell).
-    numbers = [signal.SIGTERM]
-    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
-        numbers.append(signal.SIGINT)
-    previous = {number: signal.signal(number, stop) for number in numbers}
+    previous = stop.install((signal.SIGTERM, signal.SIGINT))
     try:
         from tarfuse_ros.ros.node import main as node_main
     except KeyboardInterrupt:

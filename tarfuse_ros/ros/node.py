@@ -529,8 +529,9 @@ class TarFuseNode(Node):
         if params.publish_debug:
             debug = draw_detections(result.fused, result.detections)
             self._pub_debug.publish(array_to_image_msg(debug, 'bgr8', header))
-        info = self._camera_info_for(_stamp_ns(header.stamp))
-        if params.publish_camera_info and info is not None:
+        info = (self._camera_info_for(_stamp_ns(header.stamp)) if params.publish_camera_info
+                else None)
+        if info is not None:
             self._publish_camera_info(info, header, vi.shape)
         if params.publish_fused:
             encoding = 'bgr8' if result.fused.ndim == 3 else 'mono8'

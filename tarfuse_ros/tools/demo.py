@@ -407,9 +407,7 @@ def main(argv=None):
     # A Ctrl-C reaches the node as well (one process group) and may stop it before this
     # process handles its own: remember the stop so a node that exits then is no error.
     stop = StopRequest()
-    previous = None
-    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
-        previous = signal.signal(signal.SIGINT, stop)
+    previous = stop.install((signal.SIGINT,))
     try:
         run_demo(out=args.out, weights=args.weights, device=args.device, samples=args.samples,
                  ir_dir=args.ir_dir, size=args.size, rate=args.rate, loops=args.loops,
@@ -424,10 +422,10 @@ def main(argv=None):
               file=sys.stderr)
         return 130
     finally:
-        if previous is not None:
+        for number, handler in previous.items():
             # Stopping: a second Ctrl-C (terminals and ros2 launch send more than one) must not
             # raise in the interpreter's exit handlers; else the handler from before.
-            signal.signal(signal.SIGINT, signal.SIG_IGN if stop.requested else previous)
+            signal.signal(number, signal.SIG_IGN if stop.requested else handler)
     print((args.out / 'summary.md').read_text())
     print(f'tarfuse-demo: wrote {args.out}/summary.md, summary.json and the fused PNGs')
     return 0

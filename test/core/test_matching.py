@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 from tarfuse_ros.core.model import build_model, TarFuseConfig
-from tarfuse_ros.core.model.matching import (affine_flow, fit_affine, local_correlation,
-                                             MatchingRegistration)
+from tarfuse_ros.core.model.matching import (affine_flow, cell_histograms, fit_affine,
+                                             local_correlation, MatchingRegistration)
 from tarfuse_ros.core.model.warp import warp
 import torch
 
@@ -483,9 +483,11 @@ def test_fine_check_keeps_the_map_that_the_fine_passes_drifted_away_from():
     matcher = OrientationMatcher(fine_check=True, **shipped)
     extra = OrientationMatcher(fine_check=True, extra_passes=2, extra_radius=4, **shipped)
     torch.testing.assert_close(extra(narrow, vi), matcher(narrow, vi))
-    theta, unit = extra._search_scales(narrow, vi)
+    reference = cell_histograms(vi, extra.cell, extra.bins)
+    theta, unit = extra._search_scales(narrow, vi, reference)
     assert not bool(unit.any())
-    forced = affine_flow(extra._fine(narrow, vi, extra._extra(narrow, vi, theta)), 512, 640)
+    forced = affine_flow(extra._fine(narrow, vi, extra._extra(narrow, vi, theta, reference)),
+                         512, 640)
     assert float(torch.linalg.vector_norm(forced - truth, dim=1).mean()) > errors[True] + 1.0
     with pytest.raises(ValueError, match='fine_check'):
         OrientationMatcher(fine_check=1)
@@ -593,7 +595,8 @@ def test_extra_passes_bring_a_map_left_far_off_back_onto_a_real_pair():
     errors = {}
     for radius in (2, 4):
         matcher = OrientationMatcher(extra_passes=2, extra_radius=radius, support_mask=True)
-        errors[radius] = error(matcher._extra(moved, vi, start))
+        reference = cell_histograms(vi, matcher.cell, matcher.bins)
+        errors[radius] = error(matcher._extra(moved, vi, start, reference))
     # Measured: 34.2 px at the start, 22.6 after two passes within 2 cells, 2.5 within 4.
     assert error(start) > 30.0
     assert errors[4] < 4.0 and errors[2] > 10.0, errors

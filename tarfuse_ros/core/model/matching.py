@@ -688,19 +688,27 @@ class OrientationMatcher(nn.Module):
             size = (int(vi.shape[2]) * factor, int(vi.shape[3]) * factor)
             ir, vi = (F.interpolate(image, size=size, mode='bilinear', align_corners=True)
                       for image in (ir, vi))
-        if self.scale_candidates == (1.0,):
-            theta = self._match(ir, vi)
-            unit = torch.ones(theta.shape[0], dtype=torch.bool, device=theta.device)
+        search = self.scale_candidates != (1.0,)
+        # The visible image's histograms, shared by the scale search (or the one fit) and the
+        # extra passes; None where only the one fit would read them (it computes them).
+        reference = (cell_histograms(vi, self.cell, self.bins)
+                     if search or self.extra_passes > 0 else None)
+        if search:
+            theta, unit = self._search_scales(ir, vi, reference)
         else:
-            theta, unit = self._search_scales(ir, vi)
+            theta = self._match(ir, vi, vi_hist=reference)
+            unit = torch.ones(theta.shape[0], dtype=torch.bool, device=theta.device)
         if self.extra_passes > 0 and (torch.jit.is_tracing() or bool(unit.any())):
-            theta = torch.where(unit.view(-1, 1, 1), self._extra(ir, vi, theta), theta)
+            theta = torch.where(unit.view(-1, 1, 1), self._extra(ir, vi, theta, reference),
+                                theta)
         return self._fine(ir, vi, theta) if self.fine_cell > 0 else theta
 
-    def _extra(self, ir, vi, theta):
-        """Refine normalised maps ``theta`` on 8 px cells ``extra_passes`` times (class doc)."""
+    def _extra(self, ir, vi, theta, reference):
+        """Refine normalised maps ``theta`` on 8 px cells ``extra_passes`` times (class doc).
+
+        ``reference``: the visible image's :func:`cell_histograms` on ``cell``-pixel cells.
+        """
         height, width = vi.shape[2:]
-        reference = cell_histograms(vi, self.cell, self.bins)
         points = _cell_centres(reference.shape[2], reference.shape[3], self.cell, vi)
         for _ in range(self.extra_passes):
             fitted = self._refine(ir, reference, points, theta, self.cell, self.block,
@@ -783,8 +791,10 @@ class OrientationMatcher(nn.Module):
             keep = torch.where(enough.view(-1, 1, 1, 1), keep, torch.ones_like(keep))
         return self._fit(reference, moving, radius, points, scales, theta_px, cell, block, keep)
 
-    def _search_scales(self, ir, vi):
+    def _search_scales(self, ir, vi, reference):
         """Fit once per scale candidate and keep the best-agreeing map (class docstring).
+
+        ``reference``: the visible image's :func:`cell_histograms` on ``cell``-pixel cells.
 
         Returns ``(theta, unit)``: the ``(B, 2, 3)`` maps and a ``(B,)`` bool, true where the
         unzoomed candidate (scale 1.0) won.
@@ -794,7 +804,6 @@ class OrientationMatcher(nn.Module):
         # every usable candidate covers: a zoomed candidate keeps only the frame's centre,
         # often its most textured part. Scores of candidates other than 1 are divided by
         # ``prefer_unit`` so that near ties keep the unzoomed fit.
-        reference = cell_histograms(vi, self.cell, self.bins)
         # The histograms of an image a candidate does not zoom are the same for every such
         # candidate: computed once (the IR's on first use). Not in an ONNX trace, which zooms
         # every candidate as the graph must (the factors are tensors there).
