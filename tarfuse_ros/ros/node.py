@@ -85,6 +85,17 @@ def _health_settings(params):
                           max_flow_px=params.health_max_flow_px)
 
 
+def _input_check_period(params):
+    """Return the input checks' period (s): half ``diagnostics.input_timeout``, 0.5 s at most."""
+    return min(0.5, params.input_timeout / 2.0)
+
+
+def _restart(timer, period):
+    """Give an rclpy ``timer`` a new ``period`` (s); its next call one new period from now."""
+    timer.timer_period_ns = round(period * 1e9)
+    timer.reset()
+
+
 def _class_ids(names, class_names):
     """Map class names to ids; raise ``ValueError`` listing the known names for unknown ones."""
     unknown = [n for n in names if n not in class_names]
@@ -206,7 +217,7 @@ class TarFuseNode(Node):
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self._diag_timer = self.create_timer(params.diagnostics_period, self._publish_diagnostics,
                                              clock=self._steady)
-        self._health_timer = self.create_timer(min(0.5, params.input_timeout / 2.0),
+        self._health_timer = self.create_timer(_input_check_period(params),
                                                self._check_health, clock=self._steady)
 
         self._worker = threading.Thread(target=self._worker_loop, name='tarfuse_worker',
@@ -614,28 +625,35 @@ class TarFuseNode(Node):
     # -- parameters ------------------------------------------------------------------------
     def _on_set_parameters(self, parameters):
         with self._params_lock:
+            old = self._params
             try:
-                new = apply_updates(self._params, parameter_updates(parameters))
-                if any(getattr(new, f) != getattr(self._params, f)
-                       for f in _RUNTIME_ENGINE_FIELDS):
-                    ids = _class_ids(new.classes, self._engine.class_names)
+                # Everything that can refuse the update first, so a refusal changes nothing.
+                new = apply_updates(old, parameter_updates(parameters))
+                changed = {f for f in _RUNTIME_ENGINE_FIELDS + _HEALTH_FIELDS
+                           if getattr(new, f) != getattr(old, f)}
+                ids = (_class_ids(new.classes, self._engine.class_names)
+                       if changed & set(_RUNTIME_ENGINE_FIELDS) else None)
+                health = _health_settings(new) if changed & set(_HEALTH_FIELDS) else None
+                # The refinement scores the pairs the health did not at this size too.
+                refine = (refinement_settings(new) if self._refiner is not None
+                          and new.health_max_side != old.health_max_side else None)
+                if ids is not None:
                     self._engine.set_thresholds(
                         conf_threshold=new.confidence_threshold,
                         iou_threshold=new.iou_threshold,
                         max_detections=new.max_detections, classes=ids)
-                if any(getattr(new, f) != getattr(self._params, f) for f in _HEALTH_FIELDS):
-                    self._health.settings = _health_settings(new)
-                if (self._refiner is not None
-                        and new.health_max_side != self._params.health_max_side):
-                    # The refinement scores the pairs the health did not at this size too.
-                    self._refiner.settings = refinement_settings(new)
-                if new.health_enabled and not self._params.health_enabled:
-                    self._health.reset()  # scores from before it was switched off are stale
-                if new.diagnostics_period != self._params.diagnostics_period:
-                    self._diag_timer.timer_period_ns = round(new.diagnostics_period * 1e9)
-                    self._diag_timer.reset()  # the next message one new period from now
             except ValueError as exc:
                 return SetParametersResult(successful=False, reason=str(exc))
+            if health is not None:
+                self._health.settings = health
+            if refine is not None:
+                self._refiner.settings = refine
+            if new.health_enabled and not old.health_enabled:
+                self._health.reset()  # scores from before it was switched off are stale
+            if new.diagnostics_period != old.diagnostics_period:
+                _restart(self._diag_timer, new.diagnostics_period)
+            if new.input_timeout != old.input_timeout:
+                _restart(self._health_timer, _input_check_period(new))
             self._params = new
         return SetParametersResult(successful=True)
 
