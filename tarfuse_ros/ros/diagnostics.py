@@ -14,7 +14,7 @@ import time
 from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
 import numpy as np
 
-__all__ = ['NodeStats', 'WarningThrottle', 'build_status', 'process_rss_mib']
+__all__ = ['NodeStats', 'WarningThrottle', 'arrival_rate', 'build_status', 'process_rss_mib']
 
 _COUNTERS = ('infrared_msgs', 'visible_msgs', 'pairs_received', 'pairs_processed',
              'pairs_dropped', 'pairs_rejected', 'messages_rejected', 'sync_resets')
@@ -45,16 +45,40 @@ class WarningThrottle:
             return self._held.pop(key, 0)
 
 
-class NodeStats:
-    """Counters since start, plus per-window rates and latencies for ``/diagnostics``."""
+# Counters whose rates /diagnostics reports, and the names of those rates.
+_RATES = {'infrared_msgs': 'infrared_rate_hz', 'visible_msgs': 'visible_rate_hz',
+          'pairs_received': 'input_rate_hz', 'pairs_processed': 'output_rate_hz'}
 
-    def __init__(self, clock=time.monotonic, window=1000):
+
+def arrival_rate(times, now, horizon_s):
+    """Return the rate (Hz) of events at monotonic ``times`` (ascending), seen at ``now``.
+
+    Over the events of the last ``horizon_s`` seconds: one over their mean interval (as
+    ``ros2 topic hz``), or one over the time since the last event where that is longer (a
+    stream that stopped decays towards 0 instead of keeping its old rate); one event in the
+    horizon gives ``1 / horizon_s``, none 0. Unlike a count per diagnostics period, a steady
+    0.5 Hz stream reads 0.5 whatever the period.
+    """
+    recent = [t for t in times if now - t <= horizon_s]
+    if len(recent) < 2:
+        return len(recent) / horizon_s
+    interval = (recent[-1] - recent[0]) / (len(recent) - 1)
+    return 1.0 / max(interval, now - recent[-1], 1e-9)
+
+
+class NodeStats:
+    """Counters since start, plus rates and per-window latencies for ``/diagnostics``.
+
+    Rates are :func:`arrival_rate` over the last ``rate_horizon_s`` seconds (at most
+    ``window`` events per counter); latencies are those of the pairs since the last snapshot.
+    """
+
+    def __init__(self, clock=time.monotonic, window=1000, rate_horizon_s=10.0):
         self._clock = clock
         self._lock = threading.Lock()
         self.totals = dict.fromkeys(_COUNTERS, 0)
-        self._window_counts = dict.fromkeys(('infrared_msgs', 'visible_msgs', 'pairs_received',
-                                             'pairs_processed'), 0)
-        self._window_start = clock()
+        self.rate_horizon_s = float(rate_horizon_s)
+        self._arrivals = {name: deque(maxlen=window) for name in _RATES}
         self._latencies_ms = deque(maxlen=window)
         self._inference_ms = deque(maxlen=window)
         self.last_latency_ms = float('nan')
@@ -67,10 +91,11 @@ class NodeStats:
         """Add ``n`` to counter ``name`` (one of the names in ``totals``)."""
         with self._lock:
             self.totals[name] += n
-            if name in self._window_counts:
-                self._window_counts[name] += n
+            now = self._clock()
+            if name in self._arrivals:
+                self._arrivals[name].extend([now] * n)
             if name == 'pairs_received':
-                self.last_pair_time = self._clock()
+                self.last_pair_time = now
 
     def reject(self, cause, pair=True):
         """Count a rejected pair (or a single rejected message) and remember the cause."""
@@ -88,7 +113,7 @@ class NodeStats:
         """
         with self._lock:
             self.totals['pairs_processed'] += 1
-            self._window_counts['pairs_processed'] += 1
+            self._arrivals['pairs_processed'].append(self._clock())
             if not math.isnan(latency_ms):
                 self._latencies_ms.append(float(latency_ms))
             self._inference_ms.append(float(inference_ms))
@@ -96,18 +121,15 @@ class NodeStats:
             self.last_output_time = self._clock()
 
     def snapshot(self, reset_window=True):
-        """Return a dict of totals, window rates (Hz) and latency figures (ms)."""
+        """Return a dict of totals, rates (Hz) and latency figures (ms) of the window."""
         with self._lock:
             now = self._clock()
-            elapsed = max(now - self._window_start, 1e-6)
             lat = np.asarray(self._latencies_ms, dtype=np.float64)
             inf = np.asarray(self._inference_ms, dtype=np.float64)
             snap = dict(self.totals)
+            snap.update({rate: arrival_rate(self._arrivals[name], now, self.rate_horizon_s)
+                         for name, rate in _RATES.items()})
             snap.update({
-                'infrared_rate_hz': self._window_counts['infrared_msgs'] / elapsed,
-                'visible_rate_hz': self._window_counts['visible_msgs'] / elapsed,
-                'input_rate_hz': self._window_counts['pairs_received'] / elapsed,
-                'output_rate_hz': self._window_counts['pairs_processed'] / elapsed,
                 'latency_ms_median': float(np.median(lat)) if lat.size else float('nan'),
                 'latency_ms_p90': float(np.percentile(lat, 90)) if lat.size else float('nan'),
                 'latency_ms_max': float(lat.max()) if lat.size else float('nan'),
@@ -116,8 +138,6 @@ class NodeStats:
                 'last_rejection': self.last_rejection,
             })
             if reset_window:
-                self._window_start = now
-                self._window_counts = dict.fromkeys(self._window_counts, 0)
                 self._latencies_ms.clear()
                 self._inference_ms.clear()
             return snap

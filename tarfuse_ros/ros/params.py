@@ -263,9 +263,11 @@ def descriptor_for(spec):
             IntegerRange(from_value=int(spec.low), to_value=int(spec.high), step=1)]
     if spec.allowed:
         descriptor.additional_constraints = 'one of: ' + ', '.join(spec.allowed)
-    if spec.kind == 'float_array':
-        # Dynamically typed so that integers ([1, 0, 0, ...]) are accepted too; the value is
-        # checked (numbers only) when it is read.
+    if spec.kind in ('float_array', 'str_array'):
+        # Dynamically typed so that integers ([1, 0, 0, ...]) are accepted in a number list,
+        # and any empty list in a name list: an empty list has no element type, and
+        # `ros2 param set NODE classes "[]"` sends a bool list. The value is checked (numbers
+        # only, names only) when it is read.
         descriptor.type = ParameterType.PARAMETER_NOT_SET
         descriptor.dynamic_typing = True
     if not spec.runtime:
@@ -279,9 +281,12 @@ def _coerce(spec, value):
     if spec.kind == 'str_array':
         if value is None:
             return ()
-        if isinstance(value, str) or not all(isinstance(v, str) for v in value):
+        if isinstance(value, (str, bytes)) or not hasattr(value, '__iter__'):
             raise ValueError(f'{spec.name} must be a list of strings, got {value!r}')
-        return tuple(v.strip() for v in value if v.strip())
+        items = list(value)  # an empty list of any element type is the empty list
+        if not all(isinstance(v, str) for v in items):
+            raise ValueError(f'{spec.name} must be a list of strings, got {items!r}')
+        return tuple(v.strip() for v in items if v.strip())
     if spec.kind in ('float_array', 'int_array'):
         return _coerce_numbers(spec, value)
     if spec.kind == 'bool':
@@ -435,6 +440,11 @@ def apply_updates(current, updates):
         if value == getattr(current, spec.field):
             continue
         if not spec.runtime:
+            problem = _start_up_problem(current, spec, value)
+            if problem:  # a restart with it would fail too: say why, not how to restart
+                raise ValueError(f'{name} cannot change while the node runs, and {value!r} '
+                                 f'would be refused at start-up too (with the other parameters '
+                                 f'as they are): {problem}')
             raise ValueError(
                 f'{name} cannot change while the node runs (the model, device, synchroniser '
                 f'and subscriptions are built at start-up); restart the node with '
@@ -442,6 +452,20 @@ def apply_updates(current, updates):
         _check_value(spec, value)
         changes[spec.field] = value
     return validate_params(replace(current, **changes)) if changes else current
+
+
+def _start_up_problem(current, spec, value):
+    """Return why the node would refuse ``value`` for ``spec`` at start-up, or None.
+
+    The other parameters keep their current values (a value valid only with others changed
+    too, e.g. ``backend`` onnxruntime with an ``.onnx`` file as ``weights``, says so).
+    """
+    try:
+        _check_value(spec, value)
+        validate_params(replace(current, **{spec.field: value}))
+    except ValueError as exc:
+        return str(exc)
+    return None
 
 
 def _command_line_value(value):
@@ -474,10 +498,12 @@ def declare_node_parameters(node):
         if spec.kind == 'float_array':
             parameter = node.declare_parameter(spec.name, None, descriptor)
         elif spec.kind in _ARRAY_TYPES:
-            # An empty list has no inferable type: declare the type, then give it the empty
-            # list. Left without a value, rclpy's get_parameters service answers nothing for
-            # a request naming it (ros2 param dump, rqt_reconfigure ask for every name).
-            parameter = node.declare_parameter(spec.name, _ARRAY_TYPES[spec.kind], descriptor)
+            # An empty list has no inferable type: declare the parameter, then give it the
+            # empty list. Left without a value, rclpy's get_parameters service answers nothing
+            # for a request naming it (ros2 param dump, rqt_reconfigure ask for every name).
+            parameter = node.declare_parameter(
+                spec.name, None if descriptor.dynamic_typing else _ARRAY_TYPES[spec.kind],
+                descriptor)
             if parameter.type_ == Parameter.Type.NOT_SET:
                 parameter = Parameter(spec.name, _ARRAY_TYPES[spec.kind], [])
                 node.set_parameters([parameter])

@@ -317,17 +317,21 @@ class Probe:
     # -- parameters --------------------------------------------------------------------------
     def set_parameters(self, **values):
         """Set parameters of the node through its service; return the list of results."""
+        return self.set_typed_parameters(*(
+            Parameter(name.replace('__', '.'),
+                      Parameter.Type.STRING_ARRAY if value == [] else None,  # not BYTE_ARRAY
+                      value)
+            for name, value in values.items()))
+
+    def set_typed_parameters(self, *parameters):
+        """Set rclpy ``Parameter`` objects (their own types) through the node's service."""
         if self._param_client is None:
             name = f'{self.node_name}/set_parameters'
             self._param_client = self.node.create_client(SetParameters, name)
             if not self.spin_until(self._param_client.service_is_ready, 20.0):
                 raise TimeoutError(f'service {name} did not appear')
         request = SetParameters.Request()
-        request.parameters = [
-            Parameter(name.replace('__', '.'),
-                      Parameter.Type.STRING_ARRAY if value == [] else None,  # not BYTE_ARRAY
-                      value).to_parameter_msg()
-            for name, value in values.items()]
+        request.parameters = [parameter.to_parameter_msg() for parameter in parameters]
         future = self._param_client.call_async(request)
         self.spin_until(future.done, 20.0)
         return future.result().results

@@ -436,7 +436,7 @@ def test_parameters_change_at_run_time_and_fixed_ones_are_refused(setup):
 
 def test_a_refused_fixed_parameter_names_a_restart_value_rcl_reads_with_its_type(setup):
     node, probe, _, _ = setup
-    for name, value in (('registration.prior_ir_size', [640, 512]), ('half', True),
+    for name, value in (('registration.prior_ir_size', [640, 512]), ('sync.approximate', False),
                         ('sync.slop', 0.2), ('device', 'cuda:0')):
         result, = probe.set_parameters(**{name.replace('.', '__'): value})
         assert not result.successful and 'restart' in result.reason, result.reason
@@ -495,13 +495,54 @@ def test_every_parameter_reads_back_through_the_parameter_services(setup):
     assert by_name['registration.prior_ir_size'].type == ParameterType.PARAMETER_INTEGER_ARRAY
 
 
+def test_an_empty_list_of_any_type_sets_classes_back_to_all(setup):
+    # `ros2 param set /rig/tarfuse classes "[]"` sends an empty bool list: the node refused
+    # every empty list but a string one, so "empty = all classes" was out of reach from the
+    # command line (found by a break test). A non-empty list of another type stays refused.
+    node, probe, class_names, _ = setup
+    # Random weights: every anchor scores above 0, so every class shows up unfiltered.
+    assert probe.set_parameters(confidence_threshold=0.0, max_detections=100)[0].successful
+    for kind in (Parameter.Type.BOOL_ARRAY, Parameter.Type.INTEGER_ARRAY,
+                 Parameter.Type.DOUBLE_ARRAY, Parameter.Type.STRING_ARRAY):
+        assert probe.set_parameters(classes=[class_names[-1]])[0].successful
+        filtered = _send_and_wait(probe)
+        result, = probe.set_typed_parameters(Parameter('classes', kind, []))
+        assert result.successful, (kind, result.reason)
+        everything = _send_and_wait(probe)
+        counts = [len(probe.outputs_for('detections', stamp)[0].detections)
+                  for stamp in (filtered, everything)]
+        names = {d.results[0].hypothesis.class_id
+                 for d in probe.outputs_for('detections', everything)[0].detections}
+        assert counts[1] >= counts[0] and names - {class_names[-1]}, (kind, counts, names)
+    result, = probe.set_typed_parameters(Parameter('classes', Parameter.Type.INTEGER_ARRAY, [1]))
+    assert not result.successful and 'list of strings' in result.reason, result.reason
+    result, = probe.set_typed_parameters(Parameter('classes', Parameter.Type.STRING, 'car'))
+    assert not result.successful and 'list of strings' in result.reason, result.reason
+    assert probe.set_parameters(confidence_threshold=0.25)[0].successful
+
+
+def test_a_fixed_parameter_set_to_an_invalid_value_is_refused_with_why_not_how_to_restart(
+        setup):
+    # The refusal used to suggest `-p device:=gpu`, which the node then refused at start-up
+    # (found by a break test).
+    node, probe, _, _ = setup
+    for name, value, why in (('device', 'gpu', "use 'cpu', 'cuda' or 'cuda:N'"),
+                             ('qos.reliability', 'sometimes', 'best_effort, reliable'),
+                             ('registration.online_refinement.alpha', 0.0, 'alpha'),
+                             ('registration.prior', [1.0, 2.0], 'registration.prior')):
+        result, = probe.set_parameters(**{name.replace('.', '__'): value})
+        assert not result.successful, name
+        assert 'would be refused at start-up too' in result.reason, result.reason
+        assert why in result.reason and ' -p ' not in result.reason, result.reason
+
+
 def test_deleting_a_parameter_at_run_time_is_refused_and_it_stays(setup):
     # ros2 param delete sends the parameter without a value. rclpy refuses it for a statically
     # typed parameter, but would undeclare the dynamically typed prior (gone from ros2 param
     # list, no longer settable) unless the node refuses it.
     node, probe, _, _ = setup
     for name, reason in (('registration.prior', 'registration.prior cannot be deleted'),
-                         ('classes', 'cannot be undeclared')):
+                         ('classes', 'classes cannot be deleted')):
         request = SetParameters.Request(
             parameters=[Parameter(name, Parameter.Type.NOT_SET, None).to_parameter_msg()])
         result, = _call(probe, SetParameters, 'set_parameters', request).results

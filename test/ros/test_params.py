@@ -55,7 +55,10 @@ def test_descriptors_carry_description_ranges_and_allowed_values():
     assert (max_det.from_value, max_det.to_value, max_det.step) == (1, 1000, 1)
     assert 'best_effort' in by_name['qos.reliability'].additional_constraints
     assert 'reliable' in by_name['qos.reliability'].additional_constraints
-    assert by_name['classes'].type == ParameterType.PARAMETER_STRING_ARRAY
+    # Dynamically typed: `ros2 param set NODE classes "[]"` sends an empty bool list.
+    assert by_name['classes'].dynamic_typing
+    assert by_name['classes'].type == ParameterType.PARAMETER_NOT_SET
+    assert by_name['max_detections'].type == ParameterType.PARAMETER_INTEGER
 
 
 def test_yaml_sets_every_parameter_except_the_optional_class_filter_and_comments_each_key():

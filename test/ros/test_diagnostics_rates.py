@@ -1,0 +1,63 @@
+"""Input and output rates of the node's /diagnostics (tarfuse_ros.ros.diagnostics)."""
+
+import pytest
+from tarfuse_ros.ros.diagnostics import arrival_rate, NodeStats
+
+
+class FakeClock:
+    """A monotonic clock the test moves by hand (s)."""
+
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self):
+        return self.now
+
+
+@pytest.mark.parametrize('period', [0.05, 1.0, 3.0])
+def test_a_steady_half_hertz_stream_reads_half_a_hertz_whatever_the_diagnostics_period(period):
+    # Found by a break test: the rates were counts per diagnostics period, so a 0.5 Hz camera
+    # read 0 or 1 Hz with a 1 s period and 0 or 20 Hz with 0.05 s.
+    clock = FakeClock()
+    stats = NodeStats(clock=clock)
+    start = clock.now
+    # A message every 2 s and a snapshot every period, in time order, for 30 s.
+    events = sorted([(start + 2.0 * k, 'message') for k in range(15)]
+                    + [(start + period * (k + 1), 'snapshot') for k in range(int(30 / period))])
+    readings = []
+    for when, what in events:
+        clock.now = when
+        if what == 'message':
+            stats.count('infrared_msgs')
+            stats.count('pairs_received')
+        elif when - start > 2.5:  # after two messages
+            snap = stats.snapshot()
+            readings.append((snap['infrared_rate_hz'], snap['input_rate_hz']))
+    assert readings
+    for infrared, pairs in readings:
+        assert infrared == pytest.approx(0.5, abs=0.02)
+        assert pairs == pytest.approx(0.5, abs=0.02)
+    assert stats.snapshot()['visible_rate_hz'] == 0.0  # nothing on the other camera
+
+
+def test_a_stream_that_stops_decays_to_zero():
+    clock = FakeClock()
+    stats = NodeStats(clock=clock, rate_horizon_s=10.0)
+    for _ in range(20):  # 10 Hz for 2 s
+        stats.record_output(latency_ms=50.0, inference_ms=40.0)
+        clock.now += 0.1
+    assert stats.snapshot()['output_rate_hz'] == pytest.approx(10.0, rel=0.01)
+    clock.now += 0.9  # 1 s since the last pair: at most 1 Hz now
+    assert stats.snapshot()['output_rate_hz'] == pytest.approx(1.0, rel=0.01)
+    clock.now += 20.0
+    assert stats.snapshot()['output_rate_hz'] == 0.0
+
+
+def test_arrival_rate_edge_cases():
+    assert arrival_rate([], 5.0, 10.0) == 0.0
+    assert arrival_rate([4.0], 5.0, 10.0) == pytest.approx(0.1)  # one message in 10 s
+    assert arrival_rate([1.0, 2.0, 3.0], 3.5, 10.0) == pytest.approx(1.0)
+    # Messages older than the horizon do not count.
+    assert arrival_rate([0.0, 0.5, 20.0, 21.0], 21.0, 10.0) == pytest.approx(1.0)
+    # Several messages in one instant (a burst) stay finite.
+    assert arrival_rate([3.0, 3.0], 3.0, 10.0) > 1e6
