@@ -158,6 +158,7 @@ class TarFuseNode(Node):
         self._jump_pending = [None, None]
         self._last_arrival = [None, None]
         self._last_msg = [None, None]  # newest valid message per input (re-fed after a reset)
+        self._silence_flushed = [False, False]  # an input's stale queue dropped in its silence
         self._zero_stamped = [False, False]  # whether each input's newest message had stamp 0
         # The newest visible/camera_info messages as (stamp ns, message), oldest first.
         self._camera_infos = collections.deque(maxlen=_CAMERA_INFO_BUFFER)
@@ -417,7 +418,20 @@ class TarFuseNode(Node):
     def _on_input(self, msg, index):
         name, topic = _INPUT_NAMES[index], self._topics[index]
         self._stats.count(f'{name}_msgs')
-        self._last_arrival[index] = time.monotonic()
+        now = time.monotonic()
+        previous_arrival, self._last_arrival[index] = self._last_arrival[index], now
+        self._silence_flushed[index] = False
+        other = 1 - index
+        other_arrival = self._last_arrival[other]
+        if (other_arrival is not None and now - other_arrival > self._params.input_timeout
+                and not self._silence_flushed[other]):
+            # The other input has been silent for longer than diagnostics.input_timeout: the
+            # messages it left in the synchroniser are stale. Dropped, so that they never pair
+            # with this input's (a bag replayed without that camera, same stamps, found a
+            # previous bag's images).
+            self._make_synchroniser()
+            self._last_msg[other] = None
+            self._silence_flushed[other] = True
         stamp = _stamp_ns(msg.header.stamp)
         self._zero_stamped[index] = stamp == 0
         if stamp == 0:
@@ -426,7 +440,14 @@ class TarFuseNode(Node):
             self._warn(f'zero_stamp:{name}', f'message ignored: {cause}')
             return
         last = self._last_stamp_ns[index]
-        other = 1 - index
+        if last is not None and stamp < last and index == VISIBLE:
+            # The camera_info that came before the visible camera's last image of its old
+            # timeline (a previous loop or bag) are never a new image's, by stamp or as the
+            # newest; those since (this loop's, sent just before its first image) stay.
+            with self._camera_infos_lock:
+                kept = [info for info in self._camera_infos if info[2] > previous_arrival]
+                self._camera_infos.clear()
+                self._camera_infos.extend(kept)
         if last is not None and stamp < last:
             if self._jump_pending[index] is not None:
                 # The other input made this jump first (a bag loop moves both cameras back):
@@ -468,19 +489,20 @@ class TarFuseNode(Node):
 
     def _on_camera_info(self, msg):
         with self._camera_infos_lock:
-            self._camera_infos.append((_stamp_ns(msg.header.stamp), msg))
+            self._camera_infos.append((_stamp_ns(msg.header.stamp), msg, time.monotonic()))
 
     def _camera_info_for(self, stamp):
         """Return the camera_info stamped ``stamp`` (image_transport's pairing), else the newest.
 
         The newest stands in for drivers that stamp their camera_info otherwise; None before
-        the first camera_info.
+        the first camera_info, and after the visible images' time jumped back until one comes
+        again (those held were of the old timeline).
         """
         with self._camera_infos_lock:
             infos = list(self._camera_infos)
         if not infos:
             return None
-        return next((msg for info_stamp, msg in reversed(infos) if info_stamp == stamp),
+        return next((msg for info_stamp, msg, _ in reversed(infos) if info_stamp == stamp),
                     infos[-1][1])
 
     def _on_incompatible_qos(self, index, info):

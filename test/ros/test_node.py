@@ -536,6 +536,48 @@ def test_a_fixed_parameter_set_to_an_invalid_value_is_refused_with_why_not_how_t
         assert why in result.reason and ' -p ' not in result.reason, result.reason
 
 
+def test_images_left_by_a_camera_silent_for_the_input_timeout_never_pair(setup):
+    # Found by a break test: a bag with the IR camera only, then one with the visible camera
+    # only and the same stamps (tarfuse-make-bag starts every bag at one time): the second
+    # bag's visible images were fused with the first bag's IR images, left in the synchroniser.
+    node, probe, _, _ = setup
+    _send_and_wait(probe)
+    start = time.time_ns()
+    stamps = [start + k * 100_000_000 for k in range(3)]
+    for stamp in stamps:
+        probe.ir_pub.publish(probe.good_pair(stamp)[0])
+    probe.spin_until(lambda: False, 1.6)  # silent for longer than input_timeout (1 s here)
+    for stamp in stamps:
+        probe.visible_pub.publish(probe.good_pair(stamp)[1])
+    fused = probe.spin_until(lambda: any(probe.outputs_for('fused', s) for s in stamps), 4.0)
+    assert not fused, 'visible images fused with IR images of a camera silent since'
+    _send_and_wait(probe)  # both cameras again: pairs as before
+
+
+def test_after_the_visible_time_jumps_back_old_camera_info_is_not_republished(setup):
+    # Found by a break test: a bag without camera_info, played after one with it, got the
+    # earlier bag's camera_info republished with every image (the "newest" fallback).
+    node, probe, _, _ = setup
+    stamp = time.time_ns()
+    probe.info_pub.publish(_camera_info(stamp, 300.0))
+    probe.spin_until(lambda: False, 0.5)
+    _send_and_wait(probe, stamp=stamp)
+    assert probe.spin_until(lambda: probe.outputs_for('camera_info', stamp), 10.0)
+    # Another bag, its stamps a minute earlier, without camera_info.
+    earlier = stamp - 60 * 1_000_000_000
+    _send_and_wait(probe, stamp=earlier)
+    probe.spin_until(lambda: False, 1.0)
+    assert not probe.outputs_for('camera_info', earlier), "an old bag's camera_info republished"
+    # A loop that sends its camera_info just before its first image keeps it.
+    loop = earlier - 60 * 1_000_000_000
+    probe.info_pub.publish(_camera_info(loop, 400.0))
+    probe.spin_until(lambda: False, 0.5)
+    _send_and_wait(probe, stamp=loop)
+    assert probe.spin_until(lambda: probe.outputs_for('camera_info', loop), 10.0)
+    assert probe.outputs_for('camera_info', loop)[0].k[0] == 400.0
+    _send_and_wait(probe)  # stamps of now again: one more jump forward, nothing else
+
+
 def test_deleting_a_parameter_at_run_time_is_refused_and_it_stays(setup):
     # ros2 param delete sends the parameter without a value. rclpy refuses it for a statically
     # typed parameter, but would undeclare the dynamically typed prior (gone from ros2 param
