@@ -213,6 +213,7 @@ class BagPlayer:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._last_answer = None
+        self._answered = set()  # (topic, stamp) of the recorded answers to published inputs
         self._published_stamps = set()
         self._writer = None
         self._record_conns = {}
@@ -253,7 +254,12 @@ class BagPlayer:
                     self._record_conns[topic] = conn
                 self._writer.write(conn, wall, data)
             self.stats.received.append((topic, stamp, wall))
-            if stamp is not None and stamp in self._published_stamps:
+            if (stamp is not None and stamp in self._published_stamps
+                    and (topic, stamp) not in self._answered):
+                # A first message per topic and published stamp answers an input; a repeat of
+                # it does not (a use_sim_time node under --clock stamps its /diagnostics with
+                # the bag's last time again and again once the clock stops).
+                self._answered.add((topic, stamp))
                 self._last_answer = time.monotonic()
 
     def _on_matched(self, topic, status):

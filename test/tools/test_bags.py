@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 import subprocess
 import sys
+import threading
 import time
 
 import cv2
@@ -366,3 +367,43 @@ def test_make_bag_refuses_lossy_or_unplayable_choices_and_finds_any_suffix_case(
     assert cv2.imwrite(str(pairs / 'vi' / 'a.jpg'), np.full((32, 32, 3), 90, np.uint8))
     with pytest.raises(ValueError, match=r"pair 'a': several images .*a.PNG, a.jpg"):
         make_bag(pairs, tmp_path / 'dup', ir_encoding='mono16')
+
+
+@pytest.mark.dds
+def test_recording_stops_though_a_topic_repeats_an_answered_stamp(sample_bag, tmp_path):
+    # Found by a break test: with --clock, a use_sim_time node stamps its /diagnostics with the
+    # bag's last time again and again once the clock stops; each repeat counted as a new answer,
+    # so the recording went on for the whole --max-linger.
+    import rclpy
+    from diagnostic_msgs.msg import DiagnosticArray
+
+    path, _summary = sample_bag
+    last = max(header_stamp_ns(raw) for _t, _b, raw, _m in _by_topic(path)[VI])
+    context = rclpy.Context()
+    rclpy.init(args=[], context=context)
+    node = rclpy.create_node('repeater', context=context)
+    publisher = node.create_publisher(DiagnosticArray, '/diagnostics', 10)
+    stop = threading.Event()
+
+    def repeat():
+        message = DiagnosticArray()
+        message.header.stamp.sec, message.header.stamp.nanosec = divmod(last, 10**9)
+        while not stop.is_set():
+            publisher.publish(message)
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=repeat, daemon=True)
+    thread.start()
+    try:
+        start = time.monotonic()
+        stats = BagPlayer(path, rate=4.0, record=tmp_path / 'rec', start_delay=0.5,
+                          record_topics=['/diagnostics'], linger=0.5, max_linger=30.0).run()
+        elapsed = time.monotonic() - start
+    finally:
+        stop.set()
+        thread.join()
+        node.destroy_node()
+        rclpy.try_shutdown(context=context)
+    stamps = [stamp for topic, stamp, _wall in stats.received if topic == '/diagnostics']
+    assert stamps.count(last) >= 2, 'the repeats were not recorded: the test proves nothing'
+    assert elapsed < 15.0, f'recorded for {elapsed:.1f} s: the repeats kept it lingering'
