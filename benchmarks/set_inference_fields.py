@@ -27,7 +27,8 @@ INFERENCE_FIELDS = (
     'global_scale_candidates', 'global_fine_cell', 'global_fine_block', 'global_fine_passes',
     'global_fine_radius', 'global_extra_passes', 'global_extra_radius', 'global_support_mask',
     'global_fine_check', 'global_coarse_side',
-    'global_min_side', 'input_min_long_side', 'detect_min_long_side', 'flip_average')
+    'global_min_side', 'input_min_long_side', 'detect_min_long_side', 'flip_average',
+    'registration_skip_levels')
 
 
 def parse_settings(items):

@@ -752,3 +752,44 @@ def test_min_side_enlarges_small_frames_for_the_fit():
                                       global_min_side=160))
     assert model.registration.global_matcher.min_side == 160
     assert TarFuseConfig().global_min_side == 0
+
+
+def test_skipped_learnt_levels_pass_the_flow_unchanged():
+    """``registration_skip_levels``: a skipped level adds nothing, the others run as before."""
+    from tarfuse_ros.core.model.matching import MatchingRegistration
+    torch.manual_seed(0)
+    ir, vi = _real_pair(size=(128, 160))
+    c_ir, c_vi = torch.randn(1, 4, 128, 160), torch.randn(1, 4, 128, 160)
+    every = MatchingRegistration(4, 8, (8, 8, 8), (8, 8, 8), global_features='orientation')
+    with torch.no_grad():
+        for estimator in every.estimators:  # heads start at zero: give each a residual
+            estimator.head.weight.normal_(0.0, 0.05)
+            estimator.head.bias.normal_(0.0, 0.5)
+    skipping = MatchingRegistration(4, 8, (8, 8, 8), (8, 8, 8), global_features='orientation',
+                                    skip_levels=(1, 2))
+    skipping.load_state_dict(every.state_dict())  # the same weights: nothing else differs
+    zeroed = MatchingRegistration(4, 8, (8, 8, 8), (8, 8, 8), global_features='orientation')
+    zeroed.load_state_dict(every.state_dict())
+    with torch.no_grad():
+        for index in (1, 2):
+            zeroed.estimators[index].head.weight.zero_()
+            zeroed.estimators[index].head.bias.zero_()
+        flows = [net.eval()(c_ir, c_vi, return_levels=True, ir=ir, vi=vi)
+                 for net in (every, skipping, zeroed)]
+    (full, levels_all), (skipped, levels_skip), (zero_heads, _) = flows
+    assert torch.equal(skipped, zero_heads)
+    assert (full - skipped).abs().max() > 0.1  # the skipped levels did move the flow
+    # Levels listed coarse to fine after the global map: the two coarser ones only resample
+    # the map they got (bilinear, so not bit-equal), the finest adds its residual.
+    moved = [[(levels[k + 1] - levels[k]).abs().max().item() for k in range(3)]
+             for levels in (levels_all, levels_skip)]
+    assert min(moved[0]) > 1.0 and max(moved[1][:2]) < 1e-3 and moved[1][2] > 1.0, moved
+    with pytest.raises(ValueError, match='0..2'):
+        MatchingRegistration(4, 8, (8, 8, 8), (8, 8, 8), skip_levels=(3,))
+    with pytest.raises(ValueError, match="registration 'match'"):
+        TarFuseConfig(registration='paper', registration_skip_levels=(0,))
+    with pytest.raises(ValueError, match='registration_skip_levels'):
+        TarFuseConfig(registration_skip_levels=('coarse',))
+    model = build_model(TarFuseConfig(**SMALL, registration_skip_levels=[2]))
+    assert model.registration.skip_levels == {2}
+    assert TarFuseConfig().registration_skip_levels == ()

@@ -1067,7 +1067,7 @@ class MatchingRegistration(nn.Module):
                  slope=0.1, finest_radius=2, global_features='learned',
                  scale_candidates=(1.0,), fine_cell=0, fine_block=8, coarse_side=0,
                  fine_passes=1, fine_radius=2, support_mask=False, fine_check=False,
-                 min_side=0, extra_passes=0, extra_radius=2):
+                 min_side=0, extra_passes=0, extra_radius=2, skip_levels=()):
         super().__init__()
         if radius < 1 or finest_radius < 1 or not pyramid_channels:
             raise ValueError(f'need radii >= 1 and >= 1 pyramid level, got {radius}, '
@@ -1086,6 +1086,10 @@ class MatchingRegistration(nn.Module):
             hidden = (tuple(max(c // 2, 8) for c in estimator_channels) if index == 0
                       else tuple(estimator_channels))
             self.estimators.append(FlowEstimator(cost + width, hidden, 2, slope))
+        self.skip_levels = frozenset(int(level) for level in skip_levels)
+        if not self.skip_levels <= set(range(len(self.estimators))):
+            raise ValueError(f'registration_skip_levels {sorted(self.skip_levels)} must name '
+                             f'learnt levels 0..{len(self.estimators) - 1} (0 = the finest)')
         self.global_estimator = None
         self.global_matcher = None
         if global_stage and global_features == 'orientation':
@@ -1143,10 +1147,11 @@ class MatchingRegistration(nn.Module):
         for index in reversed(range(len(self.estimators))):
             ir_feat, vi_feat = ir_levels[index], vi_levels[index]
             flow = resize_flow(flow, vi_feat.shape[2:])
-            reference = F.normalize(vi_feat, dim=1, eps=1e-6)
-            moving = F.normalize(warp(ir_feat, flow), dim=1, eps=1e-6)
-            cost = local_correlation(reference, moving, self.radii[index])
-            flow = flow + self.estimators[index](torch.cat((cost, vi_feat), dim=1))
+            if index not in self.skip_levels:
+                reference = F.normalize(vi_feat, dim=1, eps=1e-6)
+                moving = F.normalize(warp(ir_feat, flow), dim=1, eps=1e-6)
+                cost = local_correlation(reference, moving, self.radii[index])
+                flow = flow + self.estimators[index](torch.cat((cost, vi_feat), dim=1))
             if return_levels:
                 levels.append(resize_flow(flow, size))
         full = resize_flow(flow, size)

@@ -113,6 +113,11 @@ class TarFuseConfig:
     # checkpoints written before the field) or a multiple of 32. No learnt parameter depends
     # on it.
     detect_min_long_side: int = 0
+    # 'match' registration only: learnt levels (0 = the finest, counted towards the coarsest)
+    # whose residual flow is not added: the flow passes them unchanged and their cost volume
+    # is not computed (() : every level, as in checkpoints written before the field). No learnt
+    # parameter depends on it (the skipped levels' weights stay in the file).
+    registration_skip_levels: tuple = ()
     # Eval mode only: the flow is the mean of the pair's flow and the mirrored flow of the pair
     # mirrored left-right (test-time augmentation; the registration runs twice). Not with the
     # orientation global stage, whose fit on the unpadded region cannot be mirrored.
@@ -150,6 +155,9 @@ class TarFuseConfig:
         for name in ('msrb_channels', 'pyramid_channels', 'estimator_channels',
                      'reconstruction_channels', 'neck_stem_channels', 'detect_channels'):
             object.__setattr__(self, name, _number_tuple(name, getattr(self, name), int))
+        object.__setattr__(self, 'registration_skip_levels',
+                           _number_tuple('registration_skip_levels',
+                                         self.registration_skip_levels, int))
         object.__setattr__(self, 'global_scale_candidates',
                            _number_tuple('global_scale_candidates',
                                          self.global_scale_candidates, float))
@@ -201,6 +209,9 @@ class TarFuseConfig:
         if self.global_fine_check and self.global_fine_cell == 0:
             raise ValueError('global_fine_check needs a fine pass to check: set '
                              'global_fine_cell (e.g. 4) or global_fine_check false')
+        if self.registration_skip_levels and self.registration != 'match':
+            raise ValueError("registration_skip_levels needs registration 'match' (the paper's "
+                             'MSRB has no separate levels); set it to []')
         orientation = (self.registration == 'match' and self.global_stage
                        and self.global_features == 'orientation')
         if self.flip_average and orientation:
@@ -301,7 +312,8 @@ class TarFuse(nn.Module):
                 fine_radius=config.global_fine_radius,
                 support_mask=config.global_support_mask, fine_check=config.global_fine_check,
                 min_side=config.global_min_side, extra_passes=config.global_extra_passes,
-                extra_radius=config.global_extra_radius)
+                extra_radius=config.global_extra_radius,
+                skip_levels=config.registration_skip_levels)
         self.reconstruction = ReconstructionHead(4 * width, config.reconstruction_channels, slope)
         self.neck = self.detect = None
         if config.detect:
