@@ -262,10 +262,11 @@ def test_onnxruntime_backend_applies_the_prior_like_the_torch_engine(
     assert np.abs(got.registered_ir.astype(int) - expected.registered_ir).max() <= 8
     assert np.abs(got.fused.astype(int) - expected.fused).max() <= 1
     without = OnnxFusionEngine(shipped_onnx_file, threads=1).infer(ir, vi)
-    # The prior acted: an ignored prior gives the same flow as no prior (difference 0); the
-    # network alone registers most of this rig, so the flows differ by ~1 px on average with
-    # the match_v5 default and ~0.47 px with reg_v5 (the 0.2 px bound is 4x the parity one).
-    assert np.abs(without.flow_px - got.flow_px).mean() > 0.2
+    # The prior acted: an ignored prior gives the same flow as no prior (the same backend:
+    # difference 0); the network alone registers most of this rig, so the flows differ by ~1
+    # px on average with the match_v5 default, ~0.47 px with reg_v5 and ~0.18 px with only
+    # its finest learnt level (session 28; the 0.1 px bound is twice the parity one).
+    assert np.abs(without.flow_px - got.flow_px).mean() > 0.1
 
 
 def test_registered_ir_follows_the_published_flow_where_the_pre_warp_lost_content():

@@ -82,8 +82,10 @@ def test_node_with_a_prior_file_publishes_the_registration_of_the_engine(prior_f
     expected = FusionEngine(cuda_graph='off', registration_prior=prior).infer(*sample_pair())
     without = FusionEngine(cuda_graph='off').infer(*sample_pair())
     assert np.abs(pixels.astype(int) - expected.registered_ir).max() <= 1
-    # The prior really acted: without it the registered IR is another image.
-    assert np.abs(pixels.astype(int) - without.registered_ir).mean() > 5.0
+    # The prior really acted: without it the registered IR is another image (an ignored prior
+    # would match it within the 1 grey level above; measured 2.4 on average with the session-28
+    # default, whose network alone registers this rig better than earlier ones).
+    assert np.abs(pixels.astype(int) - without.registered_ir).mean() > 1.5
 
 
 def test_node_refuses_an_invalid_prior_at_start_up_naming_the_parameter():
