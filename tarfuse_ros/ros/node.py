@@ -160,7 +160,8 @@ class TarFuseNode(Node):
         self._last_msg = [None, None]  # newest valid message per input (re-fed after a reset)
         self._silence_flushed = [False, False]  # an input's stale queue dropped in its silence
         self._zero_stamped = [False, False]  # whether each input's newest message had stamp 0
-        # The newest visible/camera_info messages as (stamp ns, message), oldest first.
+        # The newest visible/camera_info messages as (stamp ns, message, monotonic arrival s),
+        # oldest first.
         self._camera_infos = collections.deque(maxlen=_CAMERA_INFO_BUFFER)
         self._camera_infos_lock = threading.Lock()
         self._qos_events = {}  # input index -> (monotonic time, problem) from QoS events
@@ -440,15 +441,15 @@ class TarFuseNode(Node):
             self._warn(f'zero_stamp:{name}', f'message ignored: {cause}')
             return
         last = self._last_stamp_ns[index]
-        if last is not None and stamp < last and index == VISIBLE:
-            # The camera_info that came before the visible camera's last image of its old
-            # timeline (a previous loop or bag) are never a new image's, by stamp or as the
-            # newest; those since (this loop's, sent just before its first image) stay.
-            with self._camera_infos_lock:
-                kept = [info for info in self._camera_infos if info[2] > previous_arrival]
-                self._camera_infos.clear()
-                self._camera_infos.extend(kept)
         if last is not None and stamp < last:
+            if index == VISIBLE:
+                # The camera_info that came before the visible camera's last image of its old
+                # timeline (a previous loop or bag) are never a new image's, by stamp or as the
+                # newest; those since (this loop's, sent just before its first image) stay.
+                with self._camera_infos_lock:
+                    kept = [info for info in self._camera_infos if info[2] > previous_arrival]
+                    self._camera_infos.clear()
+                    self._camera_infos.extend(kept)
             if self._jump_pending[index] is not None:
                 # The other input made this jump first (a bag loop moves both cameras back):
                 # the synchroniser was reset then, and holds this input's partners now.
