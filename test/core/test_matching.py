@@ -574,6 +574,74 @@ def test_repeated_fine_passes_converge_closer_to_a_known_affine():
     assert (TarFuseConfig().global_fine_passes, TarFuseConfig().global_fine_radius) == (1, 2)
 
 
+def test_corner_shift_is_the_largest_corner_displacement_in_pixels():
+    from tarfuse_ros.core.model.matching import corner_shift_px
+    before = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]]).repeat(2, 1, 1)
+    after = before.clone()
+    after[0, :, 2] = torch.tensor([3.0, 4.0])  # a translation moves every corner by 5 px
+    after[1, 0, 0] = 1.01  # 1 % wider about the origin: the far corners move 0.01 * 99 px
+    torch.testing.assert_close(corner_shift_px(before, after, 50, 100),
+                               torch.tensor([5.0, 0.99]))
+
+
+def test_fine_tolerance_stops_the_fine_passes_once_the_map_has_settled():
+    """Fewer passes for the same map; each sample stops on its own, whatever the batch."""
+    from tarfuse_ros.core.model.matching import OrientationMatcher
+    ir, vi = _real_pair((320, 480))
+    moved = []
+    for seed in range(2):
+        applied, _ = _seeded_affine(6.0, 0.08, 24.0, seed)
+        moved.append(warp(ir, applied))
+    moved = torch.cat(moved)
+    vi = vi.expand(2, -1, -1, -1)
+    settings = {'fine_cell': 4, 'fine_passes': 4, 'fine_radius': 4}
+    maps, passes = {}, {}
+    for tolerance in (0.0, 0.25, 1e6):
+        matcher = OrientationMatcher(**settings, fine_tolerance=tolerance)
+        calls = []
+        fine_pass = matcher._refine
+
+        def counted(*args, **kwargs):
+            calls.append(kwargs.get('radius'))
+            return fine_pass(*args, **kwargs)
+
+        matcher._refine = counted
+        first = matcher(moved[:1], vi[:1])
+        passes[tolerance] = calls.count(4)  # the fine passes search within 4 cells
+        # In a batch with a sample that needs all four passes (the second), each sample gets
+        # the map it gets alone.
+        maps[tolerance] = matcher(moved, vi)
+        alone = torch.cat([first, matcher(moved[1:], vi[1:])])
+        torch.testing.assert_close(alone, maps[tolerance], atol=1e-5, rtol=0)
+    # Measured: the first sample settles after 3 passes at 0.25 px, the second after 4.
+    assert passes[0.0] == 4 and passes[1e6] == 1 and 1 < passes[0.25] < 4, passes
+    one_pass = OrientationMatcher(fine_cell=4, fine_passes=1, fine_radius=4)(moved, vi)
+    torch.testing.assert_close(maps[1e6], one_pass)
+
+    def corner_px(theta):
+        return _corner_shift(maps[0.0], theta)
+
+    # The passes left out move the map by less than a pixel (measured 0.1-0.4 px).
+    assert float(corner_px(maps[0.25]).max()) < 1.0
+    for bad in (-0.1, float('nan'), True, '0.25'):
+        with pytest.raises(ValueError, match='tolerance'):
+            OrientationMatcher(fine_cell=4, fine_tolerance=bad)
+    with pytest.raises(ValueError, match='global_fine_tolerance'):
+        TarFuseConfig(global_fine_tolerance=-1.0)
+    # The config reaches the matcher; checkpoints without the field run every pass.
+    model = build_model(TarFuseConfig(**SMALL, global_features='orientation', global_fine_cell=4,
+                                      global_fine_tolerance=0.25))
+    assert model.registration.global_matcher.fine_tolerance == 0.25
+    assert TarFuseConfig().global_fine_tolerance == 0.0
+
+
+def _corner_shift(theta_a, theta_b, height=320, width=480):
+    """Largest corner displacement (px) between two normalised affine maps."""
+    from tarfuse_ros.core.model.matching import _normalised_affine_to_pixel, corner_shift_px
+    return corner_shift_px(_normalised_affine_to_pixel(theta_a, height, width),
+                           _normalised_affine_to_pixel(theta_b, height, width), height, width)
+
+
 def test_extra_passes_bring_a_map_left_far_off_back_onto_a_real_pair():
     """8 px passes within 4 cells reach a map 34 px off; passes within 2 cells do not."""
     from tarfuse_ros.core.model.matching import OrientationMatcher

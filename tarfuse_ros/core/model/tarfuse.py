@@ -78,6 +78,10 @@ class TarFuseConfig:
     # written before the fields).
     global_fine_passes: int = 1
     global_fine_radius: int = 2
+    # 'orientation' only: a sample's fine passes stop once one moves its map by less than this
+    # many pixels at every frame corner (0.0: every pass runs, as in checkpoints written before
+    # the field; OrientationMatcher). No learnt parameter depends on it.
+    global_fine_tolerance: float = 0.0
     # 'orientation' only: how many more passes on 8 px cells refine the global stage's map
     # before the fine passes, and their search radius in cells (0 and 2: none, as in
     # checkpoints written before the fields; OrientationMatcher). No learnt parameter depends
@@ -198,6 +202,11 @@ class TarFuseConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
                 raise ValueError(f'{name} must be an integer >= {least}, got {value!r}')
+        tolerance = self.global_fine_tolerance
+        if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) \
+                or not 0.0 <= tolerance < math.inf:
+            raise ValueError(f'global_fine_tolerance must be a number of pixels >= 0 (0: every '
+                             f'fine pass runs), got {tolerance!r}')
         if self.detect_min_long_side % 32:
             raise ValueError(f'detect_min_long_side must be 0 or a multiple of 32 (the padded '
                              f'frames are), got {self.detect_min_long_side}')
@@ -313,7 +322,8 @@ class TarFuse(nn.Module):
                 support_mask=config.global_support_mask, fine_check=config.global_fine_check,
                 min_side=config.global_min_side, extra_passes=config.global_extra_passes,
                 extra_radius=config.global_extra_radius,
-                skip_levels=config.registration_skip_levels)
+                skip_levels=config.registration_skip_levels,
+                fine_tolerance=float(config.global_fine_tolerance))
         self.reconstruction = ReconstructionHead(4 * width, config.reconstruction_channels, slope)
         self.neck = self.detect = None
         if config.detect:
