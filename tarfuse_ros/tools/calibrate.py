@@ -313,7 +313,8 @@ def _constant_images(pairs):
                          f'pairs of a scene with structure')
 
 
-def _report_lines(result, iterations):
+def _report_lines(result, iterations, run_wh=None):
+    """Return the report; ``run_wh``: visible size the model ran at, if not the recorded one."""
     lines = [f'{"pair":<28} {"median px":>9} {"p90 px":>8} {"inliers":>8} {"points":>7}']
     for r in result.residuals:
         lines.append(f'{r.name:<28} {r.median_px:>9.2f} {r.p90_px:>8.2f} '
@@ -321,6 +322,11 @@ def _report_lines(result, iterations):
     prior = result.prior
     lines.append(f'fitted on {result.points} points of {len(result.residuals)} pairs '
                  f'({iterations} iteration(s)), inliers {result.inlier_fraction:.1%}')
+    if run_wh is not None and tuple(run_wh) != tuple(prior.visible_size):
+        lines.append(f'residuals and --threshold-px in pixels of the {run_wh[0]}x{run_wh[1]} '
+                     f'visible images the model ran on (--max-side); times '
+                     f'{prior.visible_size[0] / run_wh[0]:.3g} at '
+                     f'{prior.visible_size[0]}x{prior.visible_size[1]}')
     lines.append(f'IR {prior.ir_size[0]}x{prior.ir_size[1]} -> visible '
                  f'{prior.visible_size[0]}x{prior.visible_size[1]}, homography (row-major):')
     lines += ['  ' + ' '.join(f'{v:+.6g}' for v in row) for row in prior.homography]
@@ -370,6 +376,7 @@ def main(argv=None):
                                  f'leave --initial-prior out)') from exc
         if args.max_side is not None:
             pairs = downscale_pairs(pairs, args.max_side)
+            run_wh = (pairs[0][2].shape[1], pairs[0][2].shape[0])
             if initial is not None:
                 initial = make_prior(initial.homography_for(
                     (pairs[0][1].shape[1], pairs[0][1].shape[0]),
@@ -388,7 +395,8 @@ def main(argv=None):
     except ValueError as exc:
         print(f'{PROG}: no prior fitted: {exc}', file=sys.stderr)
         return 1
-    lines = _report_lines(result, args.iterations)
+    lines = _report_lines(result, args.iterations,
+                          run_wh if args.max_side is not None else None)
     for line in lines:
         print(line)
     if result.inlier_fraction < args.min_inliers:

@@ -248,7 +248,12 @@ def test_max_side_runs_downscaled_and_writes_the_prior_for_the_recorded_sizes(
     out = tmp_path / 'small_prior.yaml'
     code = calibrate.main(['--pairs', str(rig_folder), '--out', str(out), '--pairs-count', '2',
                            '--iterations', '1', '--max-side', '160'])
-    assert code == 0, capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    # The residuals are of the 160x128 run: they were printed as if at 320x256.
+    assert ('residuals and --threshold-px in pixels of the 160x128 visible images the model '
+            'ran on (--max-side); times 2 at 320x256') in captured.out, captured.out
+    assert 'times 2 at 320x256' in out.read_text()
     prior = load_prior_yaml(out)
     assert (prior.ir_size, prior.visible_size) == (SIZE, SIZE)
     fitted = prior.homography_for((640, 512), (640, 512))
