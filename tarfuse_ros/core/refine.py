@@ -235,6 +235,34 @@ class OnlinePriorRefiner:
         with self._lock:
             return self._configured if self._estimate is None else self._estimate
 
+    def start_over_for(self, ir_wh, visible_wh):
+        """Forget an estimate that frames of these sizes cannot use; return True if forgotten.
+
+        Only without a configured prior: the estimate then starts from the plain resize at the
+        first frames' sizes, and a camera that changes to another aspect ratio (another sensor
+        mode) would have every pair refused by the engine. The refinement starts over from the
+        resize at the new sizes (:attr:`prior` is None again; the counts are kept). With a
+        configured prior nothing is forgotten: that prior does not fit those sizes either
+        (calibrate again).
+
+        Args:
+            ir_wh, visible_wh: ``(width, height)`` of the incoming IR and visible images.
+
+        """
+        with self._lock:
+            if self._configured is not None or self._base is None:
+                return False
+            try:
+                make_prior(self._base, self._ir_size, self._visible_size).homography_for(
+                    ir_wh, visible_wh)
+                return False
+            except ValueError:  # another aspect ratio
+                self._estimate = None
+                self._base = self._ir_size = self._visible_size = self._corners_vi = None
+                self._last = (f'started over: the images are now IR {ir_wh[0]}x{ir_wh[1]}, '
+                              f'visible {visible_wh[0]}x{visible_wh[1]} (another aspect ratio)')
+                return True
+
     def due(self):
         """Count one frame; return True when it is to be used (one in ``every_n``)."""
         with self._lock:

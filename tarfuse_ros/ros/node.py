@@ -550,6 +550,13 @@ class TarFuseNode(Node):
                 self._warn('size_mismatch',
                            f'IR {ir.shape[1]}x{ir.shape[0]} and visible {vi.shape[1]}x'
                            f'{vi.shape[0]} differ: the IR image is resized to the visible frame')
+            if self._refiner is not None and self._refiner.start_over_for(
+                    (ir.shape[1], ir.shape[0]), (vi.shape[1], vi.shape[0])):
+                self._engine.set_registration_prior(None)
+                self._warn('refinement_start_over',
+                           f'online refinement starts over from no prior: the images are now '
+                           f'IR {ir.shape[1]}x{ir.shape[0]}, visible {vi.shape[1]}x'
+                           f'{vi.shape[0]}, an aspect ratio the estimate cannot be scaled to')
             result = self._engine.infer(ir, vi)
         except ValueError as exc:
             cause = str(exc)

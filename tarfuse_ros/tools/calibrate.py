@@ -1,8 +1,8 @@
 """Fit a calibration prior for an IR/visible rig from a recording: ``tarfuse-calibrate``.
 
 ``tarfuse-calibrate (--pairs DIR | --bag DIR [--infrared-topic T --visible-topic T]) --out
-PRIOR.yaml [--weights W] [--pairs-count N] [--iterations K] [--max-side PX] [--device D]
-[--threads N]``
+PRIOR.yaml [--weights W] [--pairs-count N] [--iterations K] [--min-inliers F] [--max-side PX]
+[--device D] [--threads N]``
 
 1. Reads ``N`` pairs spread evenly over the recording: from a folder in the data-set layout
    (``ir/`` and ``vi/`` matched by stem, :mod:`tarfuse_ros.core.data`; ``--split`` picks a list
@@ -18,14 +18,18 @@ PRIOR.yaml [--weights W] [--pairs-count N] [--iterations K] [--max-side PX] [--d
    runs it on downscaled pairs (the network was trained on small deformations: a large offset
    is smaller in pixels of a smaller image) and scales the prior back to the recorded sizes.
 3. Prints the residual of the fit per pair (median and 90th percentile in visible pixels, inlier
-   share) and writes ``PRIOR.yaml``, a node parameters file (``/**: ros__parameters:
-   registration: prior, prior_ir_size, prior_visible_size``) to pass as it is to the launch file
-   (``prior_file:=PRIOR.yaml``) or the node (``--params-file``), or to paste into the node's
-   parameters file.
+   share) and, when the fit explains at least ``--min-inliers`` of the points (0.5: as the
+   node's online refinement asks of one pair), writes ``PRIOR.yaml``, a node parameters file
+   (``/**: ros__parameters: registration: prior, prior_ir_size, prior_visible_size``) to pass
+   as it is to the launch file (``prior_file:=PRIOR.yaml``) or the node (``--params-file``),
+   or to paste into the node's parameters file.
 
-Exit status: 0 on success, 1 when no homography could be fitted, 2 for usage errors (bad options,
-missing paths or topics, fewer than 1 pair, an unreadable image, pairs of several image sizes,
-an ``--out`` that is a folder or cannot be written, weights or device that cannot be loaded).
+Exit status: 0 on success, 1 when no homography could be fitted or it explains less than
+``--min-inliers`` of the points (pairs that disagree: a featureless or unrelated IR, pairs from
+several rigs), 2 for usage errors (bad options, missing paths or topics, fewer than 1 pair, an
+unreadable image, a constant image (a lens cap: nothing to register), pairs of several image
+sizes, an ``--out`` that is a folder or cannot be written, weights or device that cannot be
+loaded).
 """
 
 import argparse
@@ -209,6 +213,9 @@ def build_parser():
                              'so far (default 2)')
     parser.add_argument('--threshold-px', type=float, default=3.0,
                         help='inlier threshold of the robust fit, visible pixels (default 3)')
+    parser.add_argument('--min-inliers', type=float, default=0.5,
+                        help='write the prior only if it explains at least this share of the '
+                             'points within --threshold-px, in [0, 1] (default 0.5)')
     parser.add_argument('--max-side', type=int, default=None,
                         help="run the model on pairs downscaled so that each image's longer "
                              'side is at most this (px); the prior is scaled back to the '
@@ -251,8 +258,10 @@ def _check_args(args):
         raise UsageError(f'--pairs-count must be >= 1, got {args.pairs_count}')
     if args.iterations < 1:
         raise UsageError(f'--iterations must be >= 1, got {args.iterations}')
-    if not args.threshold_px > 0:
-        raise UsageError(f'--threshold-px must be > 0, got {args.threshold_px}')
+    if not 0 < args.threshold_px < float('inf'):
+        raise UsageError(f'--threshold-px must be a finite number > 0, got {args.threshold_px}')
+    if not 0 <= args.min_inliers <= 1:
+        raise UsageError(f'--min-inliers must be in [0, 1], got {args.min_inliers}')
     if not args.slop > 0:
         raise UsageError(f'--slop must be > 0 s, got {args.slop}')
     if args.threads is not None and args.threads < 1:
@@ -289,7 +298,23 @@ def _rig_sizes(pairs):
     return next(iter(sizes))
 
 
-def _report_lines(result, iterations):
+def _constant_images(pairs):
+    """Raise UsageError naming the pairs that hold a constant image (nothing to register).
+
+    A lens cap, a closed shutter or a dead camera: the flow there follows the frame's border
+    only, and a prior fitted to it is nonsense.
+    """
+    constant = [f'{name!r} ({label})' for name, ir, vi in pairs
+                for label, image in (('IR', ir), ('visible', vi))
+                if np.ptp(np.asarray(image)) == 0]
+    if constant:
+        raise UsageError(f'constant image (one value everywhere: a lens cap, a closed shutter?) '
+                         f'in pair(s) {", ".join(constant)}: nothing to register; calibrate on '
+                         f'pairs of a scene with structure')
+
+
+def _report_lines(result, iterations, run_wh=None):
+    """Return the report; ``run_wh``: visible size the model ran at, if not the recorded one."""
     lines = [f'{"pair":<28} {"median px":>9} {"p90 px":>8} {"inliers":>8} {"points":>7}']
     for r in result.residuals:
         lines.append(f'{r.name:<28} {r.median_px:>9.2f} {r.p90_px:>8.2f} '
@@ -297,6 +322,11 @@ def _report_lines(result, iterations):
     prior = result.prior
     lines.append(f'fitted on {result.points} points of {len(result.residuals)} pairs '
                  f'({iterations} iteration(s)), inliers {result.inlier_fraction:.1%}')
+    if run_wh is not None and tuple(run_wh) != tuple(prior.visible_size):
+        lines.append(f'residuals and --threshold-px in pixels of the {run_wh[0]}x{run_wh[1]} '
+                     f'visible images the model ran on (--max-side); times '
+                     f'{prior.visible_size[0] / run_wh[0]:.3g} at '
+                     f'{prior.visible_size[0]}x{prior.visible_size[1]}')
     lines.append(f'IR {prior.ir_size[0]}x{prior.ir_size[1]} -> visible '
                  f'{prior.visible_size[0]}x{prior.visible_size[1]}, homography (row-major):')
     lines += ['  ' + ' '.join(f'{v:+.6g}' for v in row) for row in prior.homography]
@@ -337,6 +367,7 @@ def main(argv=None):
                   f'{len(pairs)} ({name})', file=sys.stderr, flush=True)
 
         ir_wh, vi_wh = _rig_sizes(pairs)
+        _constant_images(pairs)
         if initial is not None:  # the recording's fault, found before the model runs
             try:
                 initial.homography_for(ir_wh, vi_wh)
@@ -345,6 +376,7 @@ def main(argv=None):
                                  f'leave --initial-prior out)') from exc
         if args.max_side is not None:
             pairs = downscale_pairs(pairs, args.max_side)
+            run_wh = (pairs[0][2].shape[1], pairs[0][2].shape[0])
             if initial is not None:
                 initial = make_prior(initial.homography_for(
                     (pairs[0][1].shape[1], pairs[0][1].shape[0]),
@@ -363,9 +395,18 @@ def main(argv=None):
     except ValueError as exc:
         print(f'{PROG}: no prior fitted: {exc}', file=sys.stderr)
         return 1
-    lines = _report_lines(result, args.iterations)
+    lines = _report_lines(result, args.iterations,
+                          run_wh if args.max_side is not None else None)
     for line in lines:
         print(line)
+    if result.inlier_fraction < args.min_inliers:
+        low = [r.name for r in result.residuals if not r.inlier_fraction >= args.min_inliers]
+        print(f'{PROG}: no prior written: the fit explains {result.inlier_fraction:.1%} of the '
+              f'points within --threshold-px {args.threshold_px:g} (< --min-inliers '
+              f'{args.min_inliers:g}): the pairs disagree (featureless or unrelated IR, pairs '
+              f'of several rigs?); check the pairs of low inlier share ({", ".join(low)}) and '
+              f'calibrate without them', file=sys.stderr)
+        return 1
     stamp = datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')
     comments = [f'Registration prior written by {PROG} on {stamp}',
                 f'from {source}, weights {args.weights or "(shipped model)"}.',

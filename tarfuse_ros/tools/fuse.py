@@ -2,7 +2,7 @@
 
 ``tarfuse-fuse --ir PATH --visible PATH --out DIR [--weights W] [--device D] [--threads N]
 [--registered] [--detections] [--flow] [--ir-offset-ms MS] [--no-scale-search]
-[--global-every N] [--global-window W]``
+[--global-every N] [--global-window W] [--prior PRIOR.yaml]``
 
 Inputs (both PATHs of the same kind):
 
@@ -27,7 +27,10 @@ the visible frame). Every pair goes through :class:`~tarfuse_ros.core.engine.Fus
 the node's default settings, so the outputs are the node's for the same pair. Pairs are fused in
 order (folders: sorted by stem; videos: by time), one at a time, so ``--global-every`` /
 ``--global-window`` (the node's ``registration.global_every`` / ``global_window``) keep the global
-stage's map over them as the node does over a stream: for frames of one rigid rig.
+stage's map over them as the node does over a stream: for frames of one rigid rig. ``--prior``
+takes the rig's calibration prior (the node parameters file ``tarfuse-calibrate`` writes, as the
+node's ``prior_file:=``): the IR is pre-warped by it and the flow is the composition, as in the
+node; a pair whose aspect ratio is not the prior's is reported and left out.
 
 Outputs in ``--out`` (created if needed); ``<name>`` is the stem for images and
 ``<visible stem>_<visible frame index, 6 digits>`` for video frames:
@@ -697,6 +700,10 @@ def build_parser():
                         help='one rigid rig: each pair starts from the median of the last W '
                              'global fits (default 1: its own fit; README, "One rig, many '
                              'frames")')
+    parser.add_argument('--prior', type=Path, default=None,
+                        help="the rig's calibration prior: the node parameters file that "
+                             'tarfuse-calibrate writes (registration.prior; the launch file '
+                             'takes it as prior_file:=)')
     parser.add_argument('--ir-offset-ms', type=float, default=0.0,
                         help='videos: time of the first IR frame on the visible video clock '
                              '(default 0: both start together)')
@@ -716,7 +723,23 @@ def _foreign_labels(out):
                   and not (Path(out) / 'detections' / f'{path.stem}.json').is_file())
 
 
-def _load_engine(weights, device, threads, scale_search=True, global_every=1, global_window=1):
+def _load_prior(path):
+    """Return the :class:`~tarfuse_ros.core.prior.RegistrationPrior` of ``--prior`` (or None)."""
+    if path is None:
+        return None
+    from tarfuse_ros.core.prior import load_prior_yaml
+    try:
+        prior = load_prior_yaml(path)
+    except ValueError as exc:
+        raise UsageError(f'--prior: {exc}') from exc
+    if prior is None:  # else it would silently fuse without a prior
+        raise UsageError(f'--prior {str(path)!r} sets no registration.prior; give a file from '
+                         f'tarfuse-calibrate')
+    return prior
+
+
+def _load_engine(weights, device, threads, scale_search=True, global_every=1, global_window=1,
+                 prior=None):
     # Imported here so that usage errors are reported before torch is loaded.
     from tarfuse_ros.core.backends import backend_for_weights
     from tarfuse_ros.core.checkpoint import CheckpointError
@@ -730,7 +753,8 @@ def _load_engine(weights, device, threads, scale_search=True, global_every=1, gl
                          f'.safetensors checkpoints (the file that was exported)')
     try:
         return FusionEngine(weights, device=device, scale_search=scale_search,
-                            global_every=global_every, global_window=global_window)
+                            global_every=global_every, global_window=global_window,
+                            registration_prior=prior)
     except CheckpointError as exc:
         raise UsageError(f'cannot load the weights: {exc}') from exc
     except ValueError as exc:
@@ -765,6 +789,7 @@ def main(argv=None):
                              f'which holds {len(foreign)} label file(s) tarfuse-fuse did not '
                              f'write ({_shorten(foreign, 3)}; e.g. human labels); give '
                              f'another --out')
+        prior = _load_prior(args.prior)
         plan = plan_inputs(args.ir, args.visible, args.ir_offset_ms)
         from tarfuse_ros.core.images import check_frame_size
         for each in plan.videos:  # every frame would be refused: say it once, before the model
@@ -774,7 +799,7 @@ def main(argv=None):
             except ValueError as exc:
                 raise UsageError(f'{exc}: no frame of it can be fused') from exc
         engine = _load_engine(args.weights, args.device, args.threads, args.scale_search,
-                              args.global_every, args.global_window)
+                              args.global_every, args.global_window, prior)
         if args.detections and not engine.detects:
             raise UsageError(f'--detections: the model {args.weights or "(shipped)"} has no '
                              f'detection head (model.detect: false), so it detects nothing; '

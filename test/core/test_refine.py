@@ -184,6 +184,33 @@ def test_without_a_configured_prior_the_estimate_starts_from_the_resize(rig_pair
     assert abs(update.drift_px - half_way) < 0.05
 
 
+def test_without_a_configured_prior_another_aspect_ratio_starts_the_estimate_over(rig_pairs):
+    # A camera switching to another sensor mode (4:3 after 5:4): the estimate made at the first
+    # sizes cannot be scaled to it, and the engine would refuse every pair with it.
+    refiner = OnlinePriorRefiner(RefinementSettings(alpha=0.5, max_step_px=30.0))
+    stem, ir_cam, vi = rig_pairs[1]
+    assert refiner.observe(*perfect_outputs(ir_cam, TRUTH), vi, SIZE).accepted
+    half = (160, 128)  # the same aspect ratio: the estimate is scaled, kept
+    assert not refiner.start_over_for(half, half) and refiner.prior is not None
+    mode = (320, 240)
+    engine = FusionEngine(cuda_graph='off', registration_prior=refiner.prior)
+    with pytest.raises(ValueError, match='another aspect ratio'):
+        engine.infer(ir_cam[8:-8], vi[8:-8])
+    assert refiner.start_over_for(mode, mode)
+    assert refiner.prior is None and refiner.summary().state == 'waiting'
+    assert 'started over' in refiner.summary().last
+    assert not refiner.start_over_for(mode, mode)  # nothing left to forget
+    # The new mode's frames refine from the plain resize at the new sizes.
+    truth = rig_homography(shift_px=(9.0, -1.0))
+    update = refiner.observe(*perfect_outputs(ir_cam[8:-8], truth, mode, mode), vi[8:-8], mode)
+    assert update.accepted, update
+    assert (refiner.prior.ir_size, refiner.prior.visible_size) == (mode, mode)
+    # With a configured prior nothing is forgotten (the configured prior needs calibrating).
+    configured = OnlinePriorRefiner(RefinementSettings(), make_prior(WRONG, SIZE, SIZE))
+    assert not configured.start_over_for(mode, mode)
+    assert configured.prior.ir_size == SIZE
+
+
 def test_every_n_uses_one_frame_in_n():
     refiner = OnlinePriorRefiner(RefinementSettings(every_n=3))
     assert [refiner.due() for _ in range(7)] == [True, False, False, True, False, False, True]

@@ -258,3 +258,41 @@ def test_the_refinement_scores_at_the_run_time_registration_health_max_side(tmp_
     finally:
         probe.close()
         node.close()
+
+
+def test_refinement_without_a_prior_starts_over_when_the_camera_mode_changes_aspect(frames):
+    # No configured prior: the estimate is made at the first frames' sizes. A camera that then
+    # streams another aspect ratio (4:3 after 5:4) must still be fused (the estimate starts over
+    # from the plain resize), not have every pair refused as if a prior had been configured.
+    domain, namespace = random_domain_id(), '/mode'
+    node = NodeProcess(domain, {
+        'device': 'cpu', 'cpu_threads': 1, 'qos.depth': 10, 'diagnostics.period': 0.25,
+        'registration.online_refinement.enabled': 'true',
+        'registration.online_refinement.alpha': 1.0,
+        'registration.online_refinement.min_alignment': -1.0,
+        'registration.online_refinement.max_step_px': 10000.0}, namespace=namespace)
+    probe = Probe(domain, namespace=namespace)
+    try:
+        if not probe.wait_until_ready(120.0):
+            pytest.fail('the node never answered a pair; its log:\n' + node.log())
+        assert probe.wait_for_diagnostics(
+            lambda level, msg, values: values.get('registration_refinement') == 'on',
+            timeout=30.0), node.log()
+        _, ir, vi = frames[1]
+        ir, vi = ir[8:-8], vi[8:-8]  # 320x240
+        stamp = time.time_ns()
+        probe.publish_pair(image_msg(ir, 'mono8', stamp, 'infrared_optical_frame'),
+                           image_msg(vi, 'bgr8', stamp, VISIBLE_FRAME))
+        assert probe.wait_for_outputs(stamp, keys=('registered', 'fused'), timeout=60.0), \
+            node.log()
+        registered, = probe.outputs_for('registered', stamp)
+        assert (registered.width, registered.height) == (320, 240)
+        assert probe.wait_for_diagnostics(
+            lambda level, msg, values: values.get('registration_refinement') == 'on'
+            and values['registration_refinement_homography'].endswith(
+                '(IR 320x240 -> visible 320x240)'), timeout=30.0), node.log()
+        log = node.log()
+    finally:
+        probe.close()
+        node.close()
+    assert 'starts over' in log, log

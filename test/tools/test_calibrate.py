@@ -132,6 +132,9 @@ def test_calibrate_a_bag_with_compressed_topics(tmp_path, capsys):
     (['--pairs-count', '0'], ['--pairs-count must be >= 1']),
     (['--iterations', '0'], ['--iterations must be >= 1']),
     (['--infrared-topic', '/thermal/image_raw'], ['/thermal/image_raw', 'not in the bag']),
+    # inf made every point an inlier and OpenCV found nothing: "the flows disagree", exit 1.
+    (['--threshold-px', 'inf'], ['--threshold-px must be a finite number > 0']),
+    (['--min-inliers', '1.5'], ['--min-inliers must be in [0, 1]']),
 ])
 def test_usage_errors_exit_2_with_the_reason(argv, words, tmp_path, capsys):
     bag = tmp_path / 'small_bag'
@@ -245,7 +248,12 @@ def test_max_side_runs_downscaled_and_writes_the_prior_for_the_recorded_sizes(
     out = tmp_path / 'small_prior.yaml'
     code = calibrate.main(['--pairs', str(rig_folder), '--out', str(out), '--pairs-count', '2',
                            '--iterations', '1', '--max-side', '160'])
-    assert code == 0, capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    # The residuals are of the 160x128 run: they were printed as if at 320x256.
+    assert ('residuals and --threshold-px in pixels of the 160x128 visible images the model '
+            'ran on (--max-side); times 2 at 320x256') in captured.out, captured.out
+    assert 'times 2 at 320x256' in out.read_text()
     prior = load_prior_yaml(out)
     assert (prior.ir_size, prior.visible_size) == (SIZE, SIZE)
     fitted = prior.homography_for((640, 512), (640, 512))
@@ -270,3 +278,56 @@ def test_an_upper_case_onnx_file_is_run_by_onnxruntime(rig_folder, tmp_path, cap
     err = capsys.readouterr().err
     assert code == 2 and 'Traceback' not in err
     assert 'is not a loadable ONNX model' in err and 'safetensors file' not in err
+
+
+def _rig_copy(rig_folder, out, ir_image):
+    """Copy the rig folder to ``out`` with each IR replaced by ``ir_image(ir)``."""
+    for sub in ('ir', 'vi'):
+        (out / sub).mkdir(parents=True)
+    for path in sorted((rig_folder / 'vi').iterdir()):
+        (out / 'vi' / path.name).write_bytes(path.read_bytes())
+        ir = cv2.imread(str(rig_folder / 'ir' / path.name), cv2.IMREAD_GRAYSCALE)
+        cv2.imwrite(str(out / 'ir' / path.name), ir_image(ir))
+    return out
+
+
+def test_a_constant_ir_exits_2_naming_the_pairs_before_the_model_runs(rig_folder, tmp_path,
+                                                                      capsys):
+    # A lens cap: it wrote a prior fitted to the frame border alone (20 points), exit 0.
+    capped = _rig_copy(rig_folder, tmp_path / 'capped', lambda ir: np.full_like(ir, 128))
+    out = tmp_path / 'p.yaml'
+    code = calibrate.main(['--pairs', str(capped), '--out', str(out), '--iterations', '1',
+                           '--threads', '1'])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    stems = data.read_split(capped)
+    assert err.startswith('tarfuse-calibrate: error: constant image'), err
+    for stem in stems:
+        assert f"'{stem}' (IR)" in err
+    assert 'iteration' not in err and not out.exists()
+
+
+def test_a_featureless_ir_writes_no_prior_and_exits_1(tmp_path, capsys):
+    # A lens cap with sensor noise over the six pairs: each pair's flow is smooth but they
+    # disagree, and it wrote their fit (on CVC-14 pairs a 1.6 y scale and a 90 px offset) with
+    # 41 % inliers, exit 0. (One or two pairs can still agree by chance: use many.)
+    rng = np.random.default_rng(0)
+    noisy = tmp_path / 'noisy'
+    for sub in ('ir', 'vi'):
+        (noisy / sub).mkdir(parents=True)
+    for stem in data.read_split(ROADSCENE):
+        ir, vi = data.load_pair(ROADSCENE, stem)
+        cv2.imwrite(str(noisy / 'vi' / f'{stem}.png'), cv2.resize(vi, SIZE))
+        cv2.imwrite(str(noisy / 'ir' / f'{stem}.png'), np.clip(
+            128 + rng.normal(0.0, 2.0, SIZE[::-1]), 0, 255).astype(np.uint8))
+    out = tmp_path / 'p.yaml'
+    argv = ['--pairs', str(noisy), '--out', str(out), '--iterations', '1', '--threads', '1',
+            '--max-side', '160']
+    code = calibrate.main(argv)
+    captured = capsys.readouterr()
+    assert code == 1, captured.err
+    assert 'no prior written: the fit explains' in captured.err, captured.err
+    assert '< --min-inliers 0.5' in captured.err and not out.exists()
+    assert 'fitted on' in captured.out  # the per-pair report is still printed
+    assert calibrate.main(argv + ['--min-inliers', '0']) == 0  # asked for: written
+    assert load_prior_yaml(out) is not None
