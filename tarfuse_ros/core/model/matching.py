@@ -484,10 +484,14 @@ def corner_shift_px(before, after, height, width):
         ``c``. An affine map's difference is affine, so its largest displacement over the
         frame is at a corner.
     """
-    corners = torch.tensor([[0.0, 0.0, 1.0], [width - 1.0, 0.0, 1.0], [0.0, height - 1.0, 1.0],
-                            [width - 1.0, height - 1.0, 1.0]], dtype=after.dtype,
-                           device=after.device)
-    return ((after - before) @ corners.T).norm(dim=1).amax(dim=1)
+    # Plain arithmetic on the sizes (no tensor built from them), so that an ONNX trace keeps
+    # them dynamic rather than baking in the traced frame's.
+    diff = after - before
+    along_x, along_y, shift = (diff[:, :, 0] * (width - 1.0), diff[:, :, 1] * (height - 1.0),
+                               diff[:, :, 2])
+    corners = torch.stack((shift, shift + along_x, shift + along_y, shift + along_x + along_y),
+                          dim=2)
+    return corners.norm(dim=1).amax(dim=1)
 
 
 def _cell_centres(rows, cols, cell, like):
