@@ -219,6 +219,27 @@ def test_export_tool_refuses_an_out_it_cannot_write_before_exporting(tmp_path, c
     assert not captured.out and list(tmp_path.iterdir()) == [tmp_path / 'file']
 
 
+def test_export_tool_refuses_to_overwrite_its_checkpoint(tmp_path, capsys):
+    # --out the input itself replaced the checkpoint by the ONNX file (exit 0), and any
+    # --out X.safetensors wrote an ONNX file that the node refuses as a checkpoint.
+    weights = tmp_path / 'medical.safetensors'
+    weights.write_bytes((share_dir() / 'models' / 'tarfuse_medical.safetensors').read_bytes())
+    before = weights.read_bytes()
+    (tmp_path / 'link.safetensors').symlink_to(weights)
+    for out, words in ((weights, 'is the checkpoint being exported'),
+                       (tmp_path / 'link.safetensors', 'is the checkpoint being exported'),
+                       (tmp_path / 'other.SAFETENSORS', 'names a .safetensors file')):
+        code = export_tool.main([str(weights), '--out', str(out), '--no-verify', '--threads',
+                                 '1', '--no-scale-search'])
+        captured = capsys.readouterr()
+        assert code == 2, captured
+        assert words in captured.err and '.onnx' in captured.err, captured.err
+        assert not captured.out
+    assert weights.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['link.safetensors',
+                                                          'medical.safetensors']
+
+
 def test_export_tool_names_the_outputs_it_wrote(tmp_path, capsys):
     # The medical model has no detection head: no det output, and the tool must not claim one.
     out = tmp_path / 'medical.onnx'
