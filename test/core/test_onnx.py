@@ -24,7 +24,7 @@ from tarfuse_ros.core.export import export_onnx, VERIFY_TOLERANCES
 from tarfuse_ros.core.model import yolo
 from tarfuse_ros.core.model.tarfuse import build_model
 from tarfuse_ros.core.onnx_backend import CONFIG_KEY, nms_rows, ONNX_KEY, ONNX_OUTPUTS
-from tarfuse_ros.core.onnx_backend import OnnxFusionEngine, OnnxModelError
+from tarfuse_ros.core.onnx_backend import OnnxFusionEngine, OnnxModelError, read_onnx_metadata
 from tarfuse_ros.core.paths import default_weights_path, share_dir
 from tarfuse_ros.tools import export as export_tool
 import torch
@@ -394,6 +394,21 @@ def test_a_bad_onnx_file_is_refused_with_one_clear_error(tmp_path):
     with pytest.raises(ValueError, match='scale_search=False needs the torch engine') as raised:
         OnnxFusionEngine(foreign, scale_search=False)
     assert 'tarfuse-export WEIGHTS --out MODEL.onnx --no-scale-search' in str(raised.value)
+
+
+@pytest.mark.parametrize('name', ['medical.onnx', 'medical'])
+def test_a_checkpoint_given_to_the_onnxruntime_backend_is_named_as_such(tmp_path, name):
+    # It was reported as "not a loadable ONNX model (... Protobuf parsing failed)".
+    path = tmp_path / name
+    path.write_bytes((share_dir() / 'models' / 'tarfuse_medical.safetensors').read_bytes())
+    for load in (OnnxFusionEngine, read_onnx_metadata):
+        with pytest.raises(OnnxModelError) as raised:
+            load(path)
+        message = str(raised.value)
+        assert message.startswith(f'{path} is a .safetensors checkpoint, not an ONNX model: '
+                                  f'run it with the torch backend, or export it with '
+                                  f'tarfuse-export {path} --out MODEL.onnx'), message
+        assert 'Protobuf' not in message and '\n' not in message
 
 
 def test_both_backends_enlarge_small_frames_alike(tmp_path):
