@@ -58,6 +58,17 @@ def test_node_with_the_onnxruntime_backend_answers_a_pair_like_the_engine(
                                       'onnxruntime', 10.0)
 
 
+def test_the_engines_warnings_reach_the_ros_log(node_and_probe):
+    # The 160x128 test frames are below the global stage's min side (160 px): the onnxruntime
+    # engine warns once (Python logging). The line went to stderr bare (no level, node name or
+    # /rosout), so a ROS user's log tools never saw it.
+    node, _ = node_and_probe
+    lines = [line for line in node.log().splitlines()
+             if "frame is below the global stage's min side" in line]
+    assert len(lines) == 1, node.log()
+    assert lines[0].startswith('[WARN] ') and '[onnx.tarfuse]: a 160x128 frame' in lines[0]
+
+
 @pytest.mark.parametrize('case', ['corrupt_onnx', 'checkpoint_given', 'onnx_given_to_torch'])
 def test_onnxruntime_start_up_errors_say_what_to_do(case, tmp_path):
     corrupt = tmp_path / 'corrupt.onnx'
