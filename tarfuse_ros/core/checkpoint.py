@@ -16,7 +16,7 @@ from pathlib import Path
 
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-from tarfuse_ros.core.files import atomic_output, is_torch_pickle
+from tarfuse_ros.core.files import atomic_output, is_torch_pickle, looks_like_onnx
 from tarfuse_ros.core.model.tarfuse import build_model, SIZE_MULTIPLE, TarFuseConfig
 import torch
 
@@ -96,6 +96,11 @@ def read_checkpoint_config(path):
                 '(safetensors.torch.save_file; a TarFuse model: load its state dict and write '
                 'it with save_checkpoint, which stores the config), only if you trust its '
                 'source: unpickling runs code') from None
+        if path.suffix.lower() == '.onnx' or looks_like_onnx(path):
+            raise CheckpointError(
+                f'{path} is an ONNX model (tarfuse-export writes them), not a .safetensors '
+                f'checkpoint: run it with the onnxruntime backend (node: -p '
+                f'backend:=onnxruntime), or give the checkpoint it was exported from') from None
         raise CheckpointError(
             f'{path} is not a readable safetensors file (truncated or corrupt: {error}); '
             'copy or re-export it again') from None

@@ -10,7 +10,8 @@ from pathlib import Path
 import shutil
 import tempfile
 
-__all__ = ['atomic_output', 'file_sha256', 'is_torch_pickle', 'output_problem']
+__all__ = ['atomic_output', 'file_sha256', 'is_safetensors', 'is_torch_pickle',
+           'looks_like_onnx', 'output_problem']
 
 
 def file_sha256(path):
@@ -31,6 +32,34 @@ def is_torch_pickle(path):
     with open(path, 'rb') as handle:
         head = handle.read(4)
     return head == b'PK\x03\x04' or (len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5)
+
+
+def is_safetensors(path):
+    """Return whether ``path`` starts as a safetensors file does.
+
+    Reads the first 9 bytes only: the header's length (8 bytes, little-endian), smaller than
+    the file, then the header's opening ``{``.
+    """
+    with open(path, 'rb') as handle:
+        head = handle.read(9)
+    return (len(head) == 9 and head[8:] == b'{'
+            and int.from_bytes(head[:8], 'little') < os.path.getsize(path))
+
+
+# The tags (field << 3 | wire type) of ModelProto's fields 2 to 8 and 14 (producer name and
+# version, domain, model version, doc string, graph, opset imports, metadata).
+_ONNX_TAGS = (0x12, 0x1a, 0x22, 0x28, 0x32, 0x3a, 0x42, 0x72)
+
+
+def looks_like_onnx(path):
+    """Return whether ``path`` starts as a serialised ONNX model does (a heuristic).
+
+    Reads the first 3 bytes only: ``onnx.save`` writes ModelProto's ``ir_version`` first
+    (byte 0x08, then the version, 3 or later, in one byte), then one of its other fields.
+    """
+    with open(path, 'rb') as handle:
+        head = handle.read(3)
+    return len(head) == 3 and head[0] == 0x08 and 3 <= head[1] < 0x80 and head[2] in _ONNX_TAGS
 
 
 def output_problem(path, folder=False):

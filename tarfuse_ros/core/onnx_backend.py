@@ -32,7 +32,7 @@ import time
 
 import cv2
 import numpy as np
-from tarfuse_ros.core.files import is_torch_pickle
+from tarfuse_ros.core.files import is_safetensors, is_torch_pickle
 from tarfuse_ros.core.pair_engine import enlarge_planes, outputs_to_frame, PairEngine
 
 __all__ = ['CONFIG_KEY', 'FUSION_OUTPUTS', 'MIN_OPSET', 'ONNX_FORMAT_VERSION', 'ONNX_INPUTS',
@@ -76,6 +76,10 @@ def _session_error(path, error):
         return OnnxModelError(
             f'{path} is a PyTorch pickle/zip checkpoint, not an ONNX model: export a '
             f'.safetensors checkpoint with tarfuse-export WEIGHTS.safetensors --out MODEL.onnx')
+    if is_safetensors(path):
+        return OnnxModelError(
+            f'{path} is a .safetensors checkpoint, not an ONNX model: run it with the torch '
+            f'backend, or export it with tarfuse-export {path} --out MODEL.onnx')
     first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     return OnnxModelError(
         f'{path} is not a loadable ONNX model ({first[:300]}); export one with '

@@ -18,6 +18,7 @@ Run it with ``ros2 run tarfuse_ros fuse_node --ros-args --params-file config/tar
 import collections
 import copy
 import functools
+import logging
 import os
 from pathlib import Path
 import signal
@@ -138,6 +139,9 @@ class TarFuseNode(Node):
             load_bridge()  # every image goes through cv_bridge: fail now, not on the first pair
         except RuntimeError as exc:
             raise StartupError(str(exc)) from exc
+        # The core (engines, prior, refiner) warns through Python logging: to the ROS log.
+        self._log_handler = _RosLogHandler(self.get_logger())
+        logging.getLogger('tarfuse_ros').addHandler(self._log_handler)
         self._engine = self._load_engine(self._params)
         self._params_lock = threading.Lock()
         self._stats = NodeStats()
@@ -859,7 +863,28 @@ class TarFuseNode(Node):
             self._stopping = True
             self._slot_cond.notify_all()
         self._worker.join(timeout)
+        logging.getLogger('tarfuse_ros').removeHandler(self._log_handler)
         return not self._worker.is_alive()
+
+
+class _RosLogHandler(logging.Handler):
+    """Forward Python log records (the core's ``tarfuse_ros.*`` loggers) to a ROS logger."""
+
+    def __init__(self, ros_logger):
+        super().__init__()
+        self._ros_logger = ros_logger
+
+    def emit(self, record):
+        try:
+            message = self.format(record)
+            if record.levelno >= logging.ERROR:
+                self._ros_logger.error(message)
+            elif record.levelno >= logging.WARNING:
+                self._ros_logger.warning(message)
+            else:
+                self._ros_logger.info(message)
+        except Exception:  # noqa: BLE001 - logging must never break the caller
+            self.handleError(record)
 
 
 def _type_name(msg_class):

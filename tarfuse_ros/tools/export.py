@@ -7,8 +7,8 @@ Example::
 
 The graph, its inputs, outputs and metadata: :mod:`tarfuse_ros.core.export`. Exit status 0 on
 success, 1 when the export or its check against PyTorch fails, 2 for usage errors (a missing or
-invalid checkpoint, a bad option, an ``--out`` that is a folder or cannot be written: checked
-before the export).
+invalid checkpoint, a bad option, an ``--out`` that is a folder, cannot be written, is the
+checkpoint itself or ends in ``.safetensors``: checked before the export).
 """
 
 import argparse
@@ -58,6 +58,17 @@ def main(argv=None):
         what = 'is a folder' if args.out.is_dir() else 'names a folder (trailing /)'
         print(f'{PROG}: error: --out {str(args.out)!r} {what}; give the ONNX file to '
               f'write (e.g. {str(args.out / "tarfuse.onnx")!r})', file=sys.stderr)
+        return 2
+    onnx_name = str(args.out.with_suffix('.onnx'))
+    if args.out.exists() and args.weights.exists() and args.out.samefile(args.weights):
+        print(f'{PROG}: error: --out {str(args.out)!r} is the checkpoint being exported; the '
+              f'ONNX file would replace it: give another path (e.g. {onnx_name!r})',
+              file=sys.stderr)
+        return 2
+    if args.out.suffix.lower() == '.safetensors':
+        print(f'{PROG}: error: --out {str(args.out)!r} names a .safetensors file, but an ONNX '
+              f'file is written there (the node and tools would take it for a checkpoint): '
+              f'give a path ending in .onnx (e.g. {onnx_name!r})', file=sys.stderr)
         return 2
     problem = output_problem(args.out)
     if problem:  # checked now: the export takes minutes and would fail only when writing

@@ -134,6 +134,29 @@ def test_a_pytorch_checkpoint_is_named_as_such_and_never_unpickled(tmp_path, zip
     assert not trap.exists()
 
 
+@pytest.mark.parametrize('name', ['model.onnx', 'model.bin'])
+def test_an_onnx_file_is_named_as_such(tmp_path, name):
+    # It was reported as "truncated or corrupt ... copy or re-export it again" (backend torch
+    # or tarfuse-export given the .onnx file that tarfuse-export wrote).
+    import onnx
+    from onnx import helper, TensorProto
+    model = helper.make_model(helper.make_graph(
+        [helper.make_node('Identity', ['x'], ['y'])], 'other',
+        [helper.make_tensor_value_info('x', TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info('y', TensorProto.FLOAT, [1])]),
+        producer_name='tarfuse_ros', opset_imports=[helper.make_opsetid('', 17)])
+    path = tmp_path / name
+    onnx.save(model, str(path))
+    for load in (load_checkpoint, read_checkpoint_config, FusionEngine):
+        with pytest.raises(CheckpointError) as raised:
+            load(path)
+        message = str(raised.value)
+        assert message.startswith(f'{path} is an ONNX model (tarfuse-export writes them), not a '
+                                  f'.safetensors checkpoint: run it with the onnxruntime '
+                                  f'backend'), message
+        assert 'truncated' not in message and '\n' not in message
+
+
 def test_wrong_format_version(tmp_path, trained_like_model):
     header = {'format_version': 99, 'model': CONFIG.to_dict(), 'input': {}, 'provenance': {}}
     path = tmp_path / 'future.safetensors'

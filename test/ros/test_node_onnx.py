@@ -10,6 +10,7 @@ import time
 from node_harness import assert_start_up_fails, HEIGHT, NodeProcess, Probe, random_domain_id
 from node_harness import sample_pair, WIDTH
 import numpy as np
+import onnx
 import pytest
 from tarfuse_ros.core.onnx_backend import OnnxFusionEngine
 from tarfuse_ros.core.paths import default_weights_path
@@ -57,15 +58,35 @@ def test_node_with_the_onnxruntime_backend_answers_a_pair_like_the_engine(
                                       'onnxruntime', 10.0)
 
 
-@pytest.mark.parametrize('case', ['corrupt_onnx', 'checkpoint_given'])
+def test_the_engines_warnings_reach_the_ros_log(node_and_probe):
+    # The 160x128 test frames are below the global stage's min side (160 px): the onnxruntime
+    # engine warns once (Python logging). The line went to stderr bare (no level, node name or
+    # /rosout), so a ROS user's log tools never saw it.
+    node, _ = node_and_probe
+    lines = [line for line in node.log().splitlines()
+             if "frame is below the global stage's min side" in line]
+    assert len(lines) == 1, node.log()
+    assert lines[0].startswith('[WARN] ') and '[onnx.tarfuse]: a 160x128 frame' in lines[0]
+
+
+@pytest.mark.parametrize('case', ['corrupt_onnx', 'checkpoint_given', 'onnx_given_to_torch'])
 def test_onnxruntime_start_up_errors_say_what_to_do(case, tmp_path):
     corrupt = tmp_path / 'corrupt.onnx'
     corrupt.write_bytes(b'\x00\x01 this is not an ONNX file' * 20)
+    exported = tmp_path / 'model.onnx'  # any ONNX file: the torch backend must name it
+    onnx.save(onnx.helper.make_model(onnx.helper.make_graph(
+        [onnx.helper.make_node('Identity', ['x'], ['y'])], 'other',
+        [onnx.helper.make_tensor_value_info('x', onnx.TensorProto.FLOAT, [1])],
+        [onnx.helper.make_tensor_value_info('y', onnx.TensorProto.FLOAT, [1])])), str(exported))
     params, words = {
         'corrupt_onnx': ({'weights': str(corrupt)},
                          ['cannot load the model', 'not a loadable ONNX model', 'tarfuse-export']),
         'checkpoint_given': ({'weights': str(default_weights_path())},
                              ['invalid parameter', 'backend onnxruntime runs an .onnx file',
                               'tarfuse-export']),
+        # It said 'not a readable safetensors file (truncated or corrupt ...)'.
+        'onnx_given_to_torch': ({'weights': str(exported), 'backend': 'torch'},
+                                ['cannot load the model', 'is an ONNX model',
+                                 '-p backend:=onnxruntime']),
     }[case]
-    assert_start_up_fails(dict(params, backend='onnxruntime'), words)
+    assert_start_up_fails(dict({'backend': 'onnxruntime'}, **params), words)
