@@ -391,6 +391,56 @@ def test_scale_search_reuses_histograms_without_changing_the_map(monkeypatch):
     torch.testing.assert_close(theta, matcher(ir, vi), atol=1e-4, rtol=0)
 
 
+def test_warped_views_reuse_earlier_passes_without_changing_the_map(monkeypatch):
+    """The search's score of the winning map and the first extra pass warp the IR by one map.
+
+    So do the first fine pass and the fine-pass check: each warped IR's histograms are
+    computed once, and the map is the same bit for bit as without the memo.
+    """
+    from tarfuse_ros.core.model import matching
+    ir, vi = _real_pair((192, 256))
+    ir = torch.roll(ir, (3, -5), (2, 3))
+    matcher = matching.OrientationMatcher(
+        scale_candidates=(0.8, 1.0, 1.25), extra_passes=2, extra_radius=4, fine_cell=4,
+        fine_passes=2, fine_radius=4, support_mask=True, fine_check=True)
+    calls = {'n': 0}
+    histograms = matching.cell_histograms
+
+    def counted(*args, **kwargs):
+        calls['n'] += 1
+        return histograms(*args, **kwargs)
+
+    monkeypatch.setattr(matching, 'cell_histograms', counted)
+    memo = matcher(ir, vi)
+    with_memo = calls['n']
+
+    class Unmemoised(matching._WarpedViews):
+        def __init__(self, matcher, ir, memo=False):
+            super().__init__(matcher, ir, memo=False)
+
+    monkeypatch.setattr(matching, '_WarpedViews', Unmemoised)
+    calls['n'] = 0
+    plain = matcher(ir, vi)
+    assert torch.equal(memo, plain)
+    # The unzoomed candidate wins here, so the extra passes run: two histograms saved.
+    assert with_memo == calls['n'] - 2, (with_memo, calls['n'])
+    # A batch of two different pairs: each sample's map as alone.
+    pair = matcher(torch.cat([ir, vi]), torch.cat([vi, vi]))
+    torch.testing.assert_close(pair[:1], plain, atol=1e-5, rtol=0)
+
+
+def test_shifted_copies_equal_one_slice_per_offset(monkeypatch):
+    from tarfuse_ros.core.model.matching import _shifted_copies
+    maps = torch.rand(2, 1, 5, 7, generator=torch.Generator().manual_seed(3))
+    copies = _shifted_copies(maps, 2)
+    assert copies.shape == (2, 25, 5, 7)
+    # Offset (dy, dx) = (1, -2) is channel (1 + 2) * 5 + (-2 + 2) = 15; zeros outside.
+    assert torch.equal(copies[:, 15, :4, 2:], maps[:, 0, 1:, :5])
+    assert bool((copies[:, 15, 4:] == 0).all()) and bool((copies[:, 15, :, :2] == 0).all())
+    monkeypatch.setattr(torch.jit, 'is_tracing', lambda: True)  # the ONNX trace's slices
+    assert torch.equal(_shifted_copies(maps, 2), copies)
+
+
 def test_zoom_samples_about_the_centre():
     from tarfuse_ros.core.model.matching import zoom
     image = torch.rand(2, 1, 32, 48, generator=torch.Generator().manual_seed(0))

@@ -298,10 +298,24 @@ def block_cost_volume(reference_hist, moving_hist, radius, block=4):
     height, width = norm_mov.shape[2:]
     # Reciprocal norms, the moving one per offset; zero for a moving block centred outside the
     # grid (all zeros in local_correlation), whose cells inside the grid would otherwise count.
-    padded = F.pad(inv_mov, (radius, radius, radius, radius))
-    shifted = torch.cat([padded[:, :, dy:dy + height, dx:dx + width]
-                         for dy in range(2 * radius + 1) for dx in range(2 * radius + 1)], dim=1)
-    return numerator * shifted * inv_ref
+    return numerator * _shifted_copies(inv_mov, radius) * inv_ref
+
+
+def _shifted_copies(maps, radius):
+    """Return ``(B, (2 radius + 1)^2, h, w)``: ``maps`` (B, 1, h, w) at every offset.
+
+    Channel ``k`` holds ``maps[:, 0, y + dy_k, x + dx_k]`` in :func:`local_correlation`'s
+    offset order, with zeros outside the grid. One strided copy (``unfold``), or in an ONNX
+    trace one slice per offset (the exporter has no ``Unfold`` of a traced size).
+    """
+    height, width = maps.shape[2:]
+    size = 2 * radius + 1
+    padded = F.pad(maps, (radius, radius, radius, radius))
+    if torch.jit.is_tracing():
+        return torch.cat([padded[:, :, dy:dy + height, dx:dx + width]
+                          for dy in range(size) for dx in range(size)], dim=1)
+    windows = padded[:, 0].unfold(1, height, 1).unfold(2, width, 1)
+    return windows.reshape(maps.shape[0], size * size, height, width)
 
 
 def _reciprocal_norm(squared):
@@ -359,22 +373,16 @@ def _top_two(cost):
     """Return ``(best, index, second)`` over dim 1 of ``cost`` (B, K, h, w), each (B, 1, h, w).
 
     ``torch.topk(cost, 2, dim=1)`` without its sort: ``index`` (int64) is the first offset
-    that reaches the best value, ``second`` the largest value at any other offset (the best
-    again where two offsets tie). About 2.5x faster than ``topk`` on 81 offsets on a CPU.
-    Raises ValueError when ``K < 2``.
+    that reaches the best value (``torch.max`` returns the first), ``second`` the largest
+    value at any other offset (the best again where two offsets tie). About 4x faster than
+    ``topk`` on 81 offsets on a CPU. Raises ValueError when ``K < 2``.
     """
     count = cost.shape[1]
     if count < 2:
         raise ValueError(f'the top two need at least two offsets, got {count}')
-    best = cost.amax(dim=1, keepdim=True)
-    is_best = cost == best
-    # The first maximal offset: the largest of (count - 1 - k) over the maximal k.
-    reverse = torch.arange(count - 1, -1, -1, device=cost.device, dtype=cost.dtype)
-    index = (count - 1) - (is_best.to(cost.dtype) * reverse.view(1, -1, 1, 1)).amax(
-        dim=1, keepdim=True)
-    rest = cost.masked_fill(is_best, float('-inf')).amax(dim=1, keepdim=True)
-    tied = is_best.sum(dim=1, keepdim=True) > 1
-    return best, index.long(), torch.where(tied, best, rest)
+    best, index = cost.max(dim=1, keepdim=True)
+    second = cost.scatter(1, index, float('-inf')).amax(dim=1, keepdim=True)
+    return best, index, second
 
 
 def robust_affine_px(points, targets, weights, scales):
@@ -729,36 +737,43 @@ class OrientationMatcher(nn.Module):
             ir, vi = (F.interpolate(image, size=size, mode='bilinear', align_corners=True)
                       for image in (ir, vi))
         search = self.scale_candidates != (1.0,)
+        # The warped IR's histograms and support cells by map and cell size, for passes that
+        # warp ``ir`` by a map an earlier one already warped it by (:class:`_WarpedViews`).
+        views = _WarpedViews(self, ir, memo=not torch.jit.is_tracing())
         # The visible image's histograms, shared by the scale search (or the one fit) and the
         # extra passes; None where only the one fit would read them (it computes them).
         reference = (cell_histograms(vi, self.cell, self.bins)
                      if search or self.extra_passes > 0 else None)
         if search:
-            theta, unit = self._search_scales(ir, vi, reference)
+            theta, unit = self._search_scales(ir, vi, reference, views)
         else:
             theta = self._match(ir, vi, vi_hist=reference)
             unit = torch.ones(theta.shape[0], dtype=torch.bool, device=theta.device)
         if self.extra_passes > 0 and (torch.jit.is_tracing() or bool(unit.any())):
-            theta = torch.where(unit.view(-1, 1, 1), self._extra(ir, vi, theta, reference),
-                                theta)
-        return self._fine(ir, vi, theta) if self.fine_cell > 0 else theta
+            theta = torch.where(unit.view(-1, 1, 1),
+                                self._extra(ir, vi, theta, reference, views), theta)
+        return self._fine(ir, vi, theta, views) if self.fine_cell > 0 else theta
 
-    def _extra(self, ir, vi, theta, reference):
+    def _extra(self, ir, vi, theta, reference, views=None):
         """Refine normalised maps ``theta`` on 8 px cells ``extra_passes`` times (class doc).
 
-        ``reference``: the visible image's :func:`cell_histograms` on ``cell``-pixel cells.
+        ``reference``: the visible image's :func:`cell_histograms` on ``cell``-pixel cells;
+        ``views``: None or the :class:`_WarpedViews` of ``ir``.
         """
         height, width = vi.shape[2:]
         points = _cell_centres(reference.shape[2], reference.shape[3], self.cell, vi)
         for _ in range(self.extra_passes):
             fitted = self._refine(ir, reference, points, theta, self.cell, self.block,
                                   self.refine_scales, radius=self.extra_radius,
-                                  mask_support=self.support_mask)
+                                  mask_support=self.support_mask, views=views)
             theta = _pixel_affine_to_normalised(fitted, height, width)
         return theta
 
-    def _fine(self, ir, vi, theta):
-        """Refine normalised maps ``theta`` on ``fine_cell``-pixel cells (class docstring)."""
+    def _fine(self, ir, vi, theta, views=None):
+        """Refine normalised maps ``theta`` on ``fine_cell``-pixel cells (class docstring).
+
+        ``views``: None or the :class:`_WarpedViews` of ``ir``.
+        """
         height, width = vi.shape[2:]
         cell = self.fine_cell
         reference = cell_histograms(vi, cell, self.bins)
@@ -769,7 +784,7 @@ class OrientationMatcher(nn.Module):
         active = torch.ones(theta.shape[0], dtype=torch.bool, device=theta.device)
         for _ in range(self.fine_passes):
             fitted = self._refine(ir, reference, points, theta, cell, self.fine_block, scales,
-                                  radius=self.fine_radius)
+                                  radius=self.fine_radius, views=views)
             if self.fine_tolerance <= 0.0:
                 theta = _pixel_affine_to_normalised(fitted, height, width)
                 continue
@@ -783,11 +798,11 @@ class OrientationMatcher(nn.Module):
                 break
         if not self.fine_check:
             return theta
-        before, after = self.fine_agreement(ir, reference, (start, theta))
+        before, after = self.fine_agreement(ir, reference, (start, theta), views)
         drifted = before > after + self.fine_check_margin
         return torch.where(drifted.view(-1, 1, 1), start, theta)
 
-    def fine_agreement(self, ir, reference, thetas):
+    def fine_agreement(self, ir, reference, thetas, views=None):
         """Return how well ``ir`` warped by each map agrees with the visible image.
 
         Args:
@@ -795,6 +810,8 @@ class OrientationMatcher(nn.Module):
             reference: ``(B, bins, H / fine_cell, W / fine_cell)`` :func:`cell_histograms` of
                 the visible plane on ``fine_cell``-pixel cells.
             thetas: sequence of ``(B, 2, 3)`` normalised affine maps (:func:`affine_flow`).
+            views: None, or the :class:`_WarpedViews` of ``ir`` (reuses what earlier passes
+                computed for the same map).
 
         Returns:
             One ``(B,)`` tensor per map: the mean cosine similarity, in ``[0, 1]``, of the
@@ -803,39 +820,38 @@ class OrientationMatcher(nn.Module):
             keeps wholly inside the warped IR's support; 0 where no block is.
 
         """
-        height, width = ir.shape[2:]
+        views = _WarpedViews(self, ir) if views is None else views
         cell, block = self.fine_cell, self.fine_block
         cosines, common = [], torch.ones_like(reference[:, :1])
         for theta in thetas:
-            flow = affine_flow(theta, height, width)
-            moving = cell_histograms(warp(ir, flow), cell, self.bins)
-            cosines.append(block_cost_volume(reference, moving, 0, block))
-            inside = _box_sum(_cells_inside_support(ir, flow, cell), block)
+            cosines.append(block_cost_volume(reference, views.histograms(theta, cell), 0, block))
+            inside = _box_sum(views.cells_inside(theta, cell), block)
             common = common * (inside > block * block - 0.5).to(ir.dtype)
         count = common.flatten(1).sum(dim=1).clamp_min(1.0)
         return [(cosine * common).flatten(1).sum(dim=1) / count for cosine in cosines]
 
     def _refine(self, ir, reference, points, theta, cell, block, scales, theta_px=None,
-                radius=None, mask_support=False):
+                radius=None, mask_support=False, views=None):
         """Return the pixel maps of one pass within ``refine_radius`` on the IR warped by theta.
 
         ``reference``: the visible image's histograms of ``cell``-pixel cells, centred on
         ``points``; matches in the warped IR are mapped back through the current map
         (``theta_px``, its pixel form; None: converted from ``theta``); ``radius``: the search
         radius in cells (None: ``refine_radius``); ``mask_support``: drop the blocks whose
-        search window leaves the warped IR's support (``support_mask`` in the class docstring).
+        search window leaves the warped IR's support (``support_mask`` in the class docstring);
+        ``views``: None or the :class:`_WarpedViews` of ``ir``.
         """
         height, width = ir.shape[2:]
         if theta_px is None:
             theta_px = _normalised_affine_to_pixel(theta, height, width)
-        flow = affine_flow(theta, height, width)
-        moving = cell_histograms(warp(ir, flow), cell, self.bins)
+        views = _WarpedViews(self, ir) if views is None else views
+        moving = views.histograms(theta, cell)
         radius = self.refine_radius if radius is None else radius
         keep = None
         if mask_support:
             # A cell is outside when any of its pixels is (partly) outside the support; a
             # block is kept when no cell of its search window, one cell wider, is outside.
-            outside = 1.0 - _cells_inside_support(ir, flow, cell)
+            outside = 1.0 - views.cells_inside(theta, cell)
             keep = (_box_sum(outside, block + 2 * radius + 2) < 0.5).to(ir.dtype)
             # With fewer than a tenth of the blocks left (a small frame, a map that keeps a
             # sliver of the IR) the fit would have nothing to stand on: keep every block.
@@ -843,10 +859,11 @@ class OrientationMatcher(nn.Module):
             keep = torch.where(enough.view(-1, 1, 1, 1), keep, torch.ones_like(keep))
         return self._fit(reference, moving, radius, points, scales, theta_px, cell, block, keep)
 
-    def _search_scales(self, ir, vi, reference):
+    def _search_scales(self, ir, vi, reference, views=None):
         """Fit once per scale candidate and keep the best-agreeing map (class docstring).
 
-        ``reference``: the visible image's :func:`cell_histograms` on ``cell``-pixel cells.
+        ``reference``: the visible image's :func:`cell_histograms` on ``cell``-pixel cells;
+        ``views``: None or the :class:`_WarpedViews` of ``ir``.
 
         Returns ``(theta, unit)``: the ``(B, 2, 3)`` maps and a ``(B,)`` bool, true where the
         unzoomed candidate (scale 1.0) won.
@@ -863,7 +880,7 @@ class OrientationMatcher(nn.Module):
         thetas, inliers, insides = [], [], []
         for scale in self.scale_candidates:
             theta = self._match_zoomed(ir, vi, ir.new_full((ir.shape[0],), scale), cache)
-            inlier, inside = self._inlier_cells(ir, reference, theta)
+            inlier, inside = self._inlier_cells(ir, reference, theta, views)
             thetas.append(theta)
             inliers.append(inlier)
             insides.append(inside)
@@ -929,21 +946,20 @@ class OrientationMatcher(nn.Module):
         return torch.where(coverage >= self.min_coverage, fraction,
                            torch.full_like(fraction, -1.0))
 
-    def _inlier_cells(self, ir, reference, theta):
+    def _inlier_cells(self, ir, reference, theta, views=None):
         """Return ``(inlier, inside)``, both ``(B, 1, H / cell, W / cell)`` in {0, 1}.
 
         ``reference``: the visible image's :func:`cell_histograms`. ``inlier``: blocks whose
         best match after warping ``ir`` by ``theta`` is at zero offset; ``inside``: blocks
-        wholly inside the warped IR's support.
+        wholly inside the warped IR's support. ``views``: None or the :class:`_WarpedViews`
+        of ``ir``.
         """
-        height, width = ir.shape[2:]
-        flow = affine_flow(theta, height, width)
-        warped = warp(ir, flow)
-        cells_inside = _cells_inside_support(ir, flow, self.cell)
+        views = _WarpedViews(self, ir) if views is None else views
+        cells_inside = views.cells_inside(theta, self.cell)
         inside = (_box_sum(cells_inside, self.block) > self.block ** 2 - 0.5).to(ir.dtype)
         radius = max(self.refine_radius, 1)
         offset, confidence = peak_offsets(
-            block_cost_volume(reference, cell_histograms(warped, self.cell, self.bins), radius,
+            block_cost_volume(reference, views.histograms(theta, self.cell), radius,
                               self.block), radius)
         inlier = ((torch.linalg.vector_norm(offset, dim=1, keepdim=True) < 0.75)
                   & (confidence > 0)).to(ir.dtype)
@@ -994,6 +1010,45 @@ class OrientationMatcher(nn.Module):
                                     self.cell, self.block, self.refine_scales, theta_px,
                                     mask_support=self.support_mask)
         return _pixel_affine_to_normalised(theta_px, height, width)
+
+
+class _WarpedViews:
+    """What the passes of one :class:`OrientationMatcher` fit read from the IR warped by a map.
+
+    The :func:`cell_histograms` of ``warp(ir, affine_flow(theta))`` on ``cell``-pixel cells
+    and its :func:`_cells_inside_support`. With ``memo`` they are kept by the map's values and
+    the cell size and computed once: the scale search scores the winning map on the IR warped
+    by it, and the first extra pass warps the IR by that same map again; the fine-pass check
+    warps it by the map the first fine pass started from. One instance serves one IR tensor for
+    one fit (the images a scale candidate zooms are other images, with views of their own);
+    never memoised in an ONNX trace, where a map's values are not known.
+    """
+
+    def __init__(self, matcher, ir, memo=False):
+        self.matcher, self.ir = matcher, ir
+        self._memo = {} if memo else None
+
+    def _get(self, kind, theta, cell, compute):
+        if self._memo is None:
+            return compute()
+        key = (kind, cell, tuple(theta.shape), tuple(theta.flatten().tolist()))
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]
+
+    def flow(self, theta):
+        """Return the affine flow of ``theta`` at the IR's size: ``(B, 2, H, W)`` pixels."""
+        return self._get('flow', theta, 0, lambda: affine_flow(theta, *self.ir.shape[2:]))
+
+    def histograms(self, theta, cell):
+        """Return the ``(B, bins, H / cell, W / cell)`` histograms of the warped IR."""
+        return self._get('histograms', theta, cell, lambda: cell_histograms(
+            warp(self.ir, self.flow(theta)), cell, self.matcher.bins))
+
+    def cells_inside(self, theta, cell):
+        """Return ``(B, 1, H / cell, W / cell)`` in {0, 1}: :func:`_cells_inside_support`."""
+        return self._get('inside', theta, cell,
+                         lambda: _cells_inside_support(self.ir, self.flow(theta), cell))
 
 
 def _groups(channels, wanted=8):
