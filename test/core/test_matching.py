@@ -500,6 +500,46 @@ def test_scale_candidates_recover_a_narrower_thermal_field_of_view():
         TarFuseConfig(global_scale_candidates=())
 
 
+def test_scale_accept_skips_the_search_only_where_the_unzoomed_map_explains_the_pair(
+        monkeypatch):
+    """An aligned pair keeps the unzoomed fit without the zoomed ones; a narrower view does not.
+
+    The maps are those of the full search, alone, in a batch of both, and in an ONNX trace
+    (which fits every candidate).
+    """
+    from tarfuse_ros.core.model import matching
+    ir, vi = _real_pair((320, 480))
+    narrow = _narrow_field_of_view(ir, 0.8)
+    full = matching.OrientationMatcher(scale_candidates=(0.8, 1.0, 1.25))
+    accept = matching.OrientationMatcher(scale_candidates=(0.8, 1.0, 1.25), scale_accept=0.25)
+    zoomed = []
+    match_zoomed = matching.OrientationMatcher._match_zoomed
+
+    def counted(self, ir, vi, factors, cache=None):
+        zoomed.append(round(float(factors[0]), 3))
+        return match_zoomed(self, ir, vi, factors, cache)
+
+    monkeypatch.setattr(matching.OrientationMatcher, '_match_zoomed', counted)
+    aligned = accept(ir, vi)
+    assert zoomed == [1.0]  # accepted: no zoomed fit
+    assert torch.equal(aligned, full(ir, vi))
+    zoomed.clear()
+    wider = accept(narrow, vi)
+    assert sorted(zoomed) == [0.8, 1.0, 1.25]  # not accepted: the whole search
+    assert torch.equal(wider, full(narrow, vi))
+    assert float(wider[0, 0, 0]) > 1.15  # the 1.25 zoom
+    both = accept(torch.cat([ir, narrow]), torch.cat([vi, vi]))
+    torch.testing.assert_close(both, torch.cat([aligned, wider]), atol=1e-5, rtol=0)
+    monkeypatch.setattr(torch.jit, 'is_tracing', lambda: True)
+    torch.testing.assert_close(accept(torch.cat([ir, narrow]), torch.cat([vi, vi])), both,
+                               atol=1e-4, rtol=0)
+    for bad in (-0.1, 1.5, True, '0.2'):
+        with pytest.raises(ValueError, match='scale_accept'):
+            matching.OrientationMatcher(scale_accept=bad)
+    with pytest.raises(ValueError, match='global_scale_accept'):
+        TarFuseConfig(global_scale_accept=2.0)
+
+
 def test_fine_check_keeps_the_map_that_the_fine_passes_drifted_away_from():
     """A narrower thermal view at night: four fine passes shrink the map; the check keeps it."""
     import cv2

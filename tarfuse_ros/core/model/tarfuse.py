@@ -82,6 +82,11 @@ class TarFuseConfig:
     # many pixels at every frame corner (0.0: every pass runs, as in checkpoints written before
     # the field; OrientationMatcher). No learnt parameter depends on it.
     global_fine_tolerance: float = 0.0
+    # 'orientation' only: with several scale candidates, the unzoomed candidate's map is kept
+    # without fitting the others where at least this fraction of its blocks are inliers (0.0:
+    # every candidate is fitted, as in checkpoints written before the field; OrientationMatcher).
+    # No learnt parameter depends on it.
+    global_scale_accept: float = 0.0
     # 'orientation' only: how many more passes on 8 px cells refine the global stage's map
     # before the fine passes, and their search radius in cells (0 and 2: none, as in
     # checkpoints written before the fields; OrientationMatcher). No learnt parameter depends
@@ -207,6 +212,11 @@ class TarFuseConfig:
                 or not 0.0 <= tolerance < math.inf:
             raise ValueError(f'global_fine_tolerance must be a number of pixels >= 0 (0: every '
                              f'fine pass runs), got {tolerance!r}')
+        accept = self.global_scale_accept
+        if isinstance(accept, bool) or not isinstance(accept, (int, float)) \
+                or not 0.0 <= accept <= 1.0:
+            raise ValueError(f'global_scale_accept must be an inlier fraction in [0, 1] (0: '
+                             f'every scale candidate is fitted), got {accept!r}')
         if self.detect_min_long_side % 32:
             raise ValueError(f'detect_min_long_side must be 0 or a multiple of 32 (the padded '
                              f'frames are), got {self.detect_min_long_side}')
@@ -323,7 +333,8 @@ class TarFuse(nn.Module):
                 min_side=config.global_min_side, extra_passes=config.global_extra_passes,
                 extra_radius=config.global_extra_radius,
                 skip_levels=config.registration_skip_levels,
-                fine_tolerance=float(config.global_fine_tolerance))
+                fine_tolerance=float(config.global_fine_tolerance),
+                scale_accept=float(config.global_scale_accept))
         self.reconstruction = ReconstructionHead(4 * width, config.reconstruction_channels, slope)
         self.neck = self.detect = None
         if config.detect:
