@@ -139,6 +139,20 @@ def _check_resumable(config, saved, resume):
 _RUN_FILES = (LOG_NAME, STATE_DIR, FINAL_NAME, 'summary.json')
 
 
+def _held_run_files(out):
+    """Return the names of :data:`_RUN_FILES` in ``out`` that hold a run worth keeping.
+
+    A run that failed or was stopped before training anything (a bad label found in its first
+    epoch, Ctrl-C while loading) leaves an empty log and perhaps a summary, but no state, no
+    checkpoint and no epoch record: the same command may start again there.
+    """
+    held = [name for name in _RUN_FILES if (out / name).exists()]
+    log = out / LOG_NAME
+    if LOG_NAME in held and log.is_file() and log.stat().st_size == 0:
+        held.remove(LOG_NAME)
+    return held if set(held) - {'summary.json'} else []
+
+
 def _out_dir(args, resume):
     """Return the run's output folder, refusing one that would lose a run or cannot be made.
 
@@ -156,7 +170,7 @@ def _out_dir(args, resume):
     problem = output_problem(out, folder=True)
     if problem:
         raise ValueError(f'--out {str(out)!r} cannot be used ({problem})')
-    held = [name for name in _RUN_FILES if (out / name).exists()]
+    held = _held_run_files(out)
     if held and (resume is None or out.resolve() != resume.parent):
         if resume is not None:
             hint = f'resume into the folder of that run, {str(resume.parent)!r}, or '

@@ -506,3 +506,22 @@ def test_an_interrupt_before_the_first_step_writes_no_checkpoint(
     assert not (out / FINAL_NAME).exists() and not (out / STATE_DIR).exists()
     summary = json.loads((out / 'summary.json').read_text())
     assert summary['interrupted'] is True and summary['checkpoint'] is None
+    # Nothing was trained there: the same command starts the run again.
+    monkeypatch.undo()
+    assert train_tool.main(_args(splits, out, '--epochs', '1')) == 0
+
+
+def test_the_same_command_runs_again_after_a_run_that_trained_nothing(splits, tmp_path, capsys):
+    """A run that failed in its first epoch (an unreadable image) leaves an empty log only."""
+    data = tmp_path / 'roadscene'
+    shutil.copytree(ROADSCENE, data)
+    image = next((data / 'vi').glob(f'{splits["stems"][0]}.*'))
+    intact = image.read_bytes()
+    image.write_bytes(intact[:300])
+    args = _args(splits, tmp_path / 'run', '--epochs', '1')
+    args[1] = f'{data}:{splits["train"]}'
+    assert train_tool.main(args) == 2
+    assert 'cannot read image' in capsys.readouterr().err
+    image.write_bytes(intact)
+    assert train_tool.main(args) == 0
+    assert (tmp_path / 'run' / FINAL_NAME).is_file()
