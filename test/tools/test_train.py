@@ -525,3 +525,23 @@ def test_the_same_command_runs_again_after_a_run_that_trained_nothing(splits, tm
     image.write_bytes(intact)
     assert train_tool.main(args) == 0
     assert (tmp_path / 'run' / FINAL_NAME).is_file()
+
+
+@pytest.mark.parametrize('break_labels, message', [
+    (lambda data, stem: (data / 'labels' / f'{stem}.txt').write_text('0 0.5 0.5 0.1\n'),
+     'expected 5 columns'),
+    (lambda data, stem: (data / 'labels' / 'classes.txt').unlink(),
+     'but the set lists 0 classes'),
+], ids=['malformed line', 'no classes.txt'])
+def test_a_bad_label_file_fails_before_training(
+        splits, tmp_path, capsys, break_labels, message):
+    """Not when a loader worker reaches the pair in the first epoch, after the outputs began."""
+    data = tmp_path / 'roadscene'
+    shutil.copytree(ROADSCENE, data)
+    break_labels(data, splits['stems'][-2])
+    args = _args(splits, tmp_path / 'run', '--epochs', '1', '--workers', '1')
+    args[1] = f'{data}:{splits["train"]}'
+    assert train_tool.main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and 'Traceback' not in err
+    assert not (tmp_path / 'run').exists()
