@@ -115,9 +115,10 @@ def build_config(args, resume=None):
 def _check_resumable(config, saved, resume):
     """Refuse a resume whose config changes what the saved network is (its fields, classes).
 
-    The resumed network is the saved one (architecture and detection classes), so a changed
-    ``model`` field or ``data.class_map`` would be recorded in the run without taking effect
-    (or, for the class map, train boxes as other classes).
+    The resumed network is the saved one (architecture, detection classes and weights), so a
+    changed ``model`` field, ``data.class_map``, ``train.init_weights`` or ``train.init_model``
+    would be recorded in the run without taking effect (or, for the class map, train boxes as
+    other classes).
 
     Raises:
         ValueError: naming the changed keys.
@@ -128,6 +129,12 @@ def _check_resumable(config, saved, resume):
                and key not in ('class_names', 'num_classes')]
     if dict(config.data.class_map) != dict(saved.data.class_map):
         changed.append('data.class_map')
+    # The resumed weights are the state's: other initial weights would be recorded, not used
+    # (none given, e.g. by a --config without them, asks for nothing).
+    for key in ('init_weights', 'init_model'):
+        value = getattr(config.train, key)
+        if value and value != getattr(saved.train, key):
+            changed.append(f'train.{key} (--init)' if key == 'init_weights' else f'train.{key}')
     if changed:
         raise ValueError(f'--resume {str(resume.parent)!r} cannot change {", ".join(changed)}: '
                          f'the resumed network is the saved one; start a new run from its '

@@ -391,13 +391,18 @@ def test_an_out_folder_that_cannot_be_made_fails_before_any_work(splits, tmp_pat
 
 
 def test_resume_refuses_to_change_the_saved_network(runs, capsys):
-    """The resumed network is the saved one: a changed model field or class map is refused."""
+    """The resumed network is the saved one: changed model, classes or init are refused."""
     for change, key in (('model.feature_channels=8', 'model.feature_channels'),
-                        ('data.class_map={car: 0, person: 1, bicycle: 2}', 'data.class_map')):
+                        ('data.class_map={car: 0, person: 1, bicycle: 2}', 'data.class_map'),
+                        (f'train.init_weights={runs["a"] / FINAL_NAME}', 'train.init_weights')):
         assert train_tool.main(['--resume', str(runs['b']), '--epochs', '3',
                                 '--set', change]) == 2
         err = capsys.readouterr().err
         assert f'cannot change {key}' in err and '--init' in err
+    # --init with --resume: the resumed weights would be the state's, not the file's.
+    assert train_tool.main(['--resume', str(runs['b']), '--epochs', '3',
+                            '--init', str(runs['a'] / FINAL_NAME)]) == 2
+    assert 'cannot change train.init_weights (--init)' in capsys.readouterr().err
     assert [r['epoch'] for r in _log(runs['b'])] == [1, 2]
 
 
