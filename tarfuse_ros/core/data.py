@@ -638,6 +638,18 @@ class PairedDataset(Dataset):
     def __len__(self):
         return len(self.items)
 
+    def check_labels(self):
+        """Read every pair's label file now; return how many pairs have one.
+
+        A malformed file (or one with class ids its set's ``classes.txt`` does not list) then
+        fails at once, not when a loader reaches the pair.
+
+        Raises:
+            ValueError: as :func:`load_labels`, or a class id beyond ``classes.txt``.
+
+        """
+        return sum(self._labels(*item) is not None for item in self.items)
+
     def _labels(self, set_index, folder, stem, labels_dir):
         labels = load_labels(folder, stem, labels_dir)
         if labels is None:

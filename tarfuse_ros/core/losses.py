@@ -376,7 +376,7 @@ class LossWeights:
 
     @classmethod
     def from_dict(cls, values):
-        """Build from a plain dict; unknown keys and weights that are no number raise ValueError.
+        """Build from a plain dict; unknown keys and weights that are not numbers >= 0 raise.
 
         Strings that read as a number are taken (YAML reads 5e-4, without a dot, as a string).
         """
@@ -389,6 +389,9 @@ class LossWeights:
                 weights[key] = math.nan
             if isinstance(value, bool) or not math.isfinite(weights[key]):
                 raise ValueError(f'{key} must be a finite number, got {value!r}')
+            if weights[key] < 0:
+                # A negative weight would maximise its term (drive the network away from it).
+                raise ValueError(f'{key} must be >= 0 (0 switches the term off), got {value!r}')
         return cls(**weights)
 
     def to_dict(self):

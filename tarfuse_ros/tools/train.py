@@ -115,9 +115,10 @@ def build_config(args, resume=None):
 def _check_resumable(config, saved, resume):
     """Refuse a resume whose config changes what the saved network is (its fields, classes).
 
-    The resumed network is the saved one (architecture and detection classes), so a changed
-    ``model`` field or ``data.class_map`` would be recorded in the run without taking effect
-    (or, for the class map, train boxes as other classes).
+    The resumed network is the saved one (architecture, detection classes and weights), so a
+    changed ``model`` field, ``data.class_map``, ``train.init_weights`` or ``train.init_model``
+    would be recorded in the run without taking effect (or, for the class map, train boxes as
+    other classes).
 
     Raises:
         ValueError: naming the changed keys.
@@ -128,6 +129,12 @@ def _check_resumable(config, saved, resume):
                and key not in ('class_names', 'num_classes')]
     if dict(config.data.class_map) != dict(saved.data.class_map):
         changed.append('data.class_map')
+    # The resumed weights are the state's: other initial weights would be recorded, not used
+    # (none given, e.g. by a --config without them, asks for nothing).
+    for key in ('init_weights', 'init_model'):
+        value = getattr(config.train, key)
+        if value and value != getattr(saved.train, key):
+            changed.append(f'train.{key} (--init)' if key == 'init_weights' else f'train.{key}')
     if changed:
         raise ValueError(f'--resume {str(resume.parent)!r} cannot change {", ".join(changed)}: '
                          f'the resumed network is the saved one; start a new run from its '
@@ -137,6 +144,20 @@ def _check_resumable(config, saved, resume):
 
 # What a run leaves in its --out folder (a new run there would replace them).
 _RUN_FILES = (LOG_NAME, STATE_DIR, FINAL_NAME, 'summary.json')
+
+
+def _held_run_files(out):
+    """Return the names of :data:`_RUN_FILES` in ``out`` that hold a run worth keeping.
+
+    A run that failed or was stopped before training anything (a bad label found in its first
+    epoch, Ctrl-C while loading) leaves an empty log and perhaps a summary, but no state, no
+    checkpoint and no epoch record: the same command may start again there.
+    """
+    held = [name for name in _RUN_FILES if (out / name).exists()]
+    log = out / LOG_NAME
+    if LOG_NAME in held and log.is_file() and log.stat().st_size == 0:
+        held.remove(LOG_NAME)
+    return held if set(held) - {'summary.json'} else []
 
 
 def _out_dir(args, resume):
@@ -156,7 +177,7 @@ def _out_dir(args, resume):
     problem = output_problem(out, folder=True)
     if problem:
         raise ValueError(f'--out {str(out)!r} cannot be used ({problem})')
-    held = [name for name in _RUN_FILES if (out / name).exists()]
+    held = _held_run_files(out)
     if held and (resume is None or out.resolve() != resume.parent):
         if resume is not None:
             hint = f'resume into the folder of that run, {str(resume.parent)!r}, or '

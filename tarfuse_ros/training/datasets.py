@@ -161,9 +161,12 @@ def build_dataset(sources, data_config, training, seed=0, min_long_side=0):
         min_long_side: the model's ``input_min_long_side``: pairs with a shorter longer side
             are enlarged to it first, as the engines do at inference (0: never).
 
+    Raises:
+        ValueError: a malformed label file (:meth:`PairedDataset.check_labels`).
+
     """
     crop = data_config.crop if training else data_config.eval_crop
-    return PairedDataset(
+    dataset = PairedDataset(
         list(sources), class_map=dict(data_config.class_map), crop_size=crop or None,
         augment=training, hflip_prob=data_config.hflip, vflip_prob=data_config.vflip, seed=seed,
         context=data_config.context if training and crop else 0,
@@ -171,6 +174,9 @@ def build_dataset(sources, data_config, training, seed=0, min_long_side=0):
         min_long_side=min_long_side,
         photometric=data_config.photometric if training else 0.0,
         mosaic=data_config.mosaic if training else 0.0)
+    # A bad label file stops the run before it starts, not in a loader worker mid-epoch.
+    dataset.check_labels()
+    return dataset
 
 
 def count_labelled(sources):

@@ -391,13 +391,18 @@ def test_an_out_folder_that_cannot_be_made_fails_before_any_work(splits, tmp_pat
 
 
 def test_resume_refuses_to_change_the_saved_network(runs, capsys):
-    """The resumed network is the saved one: a changed model field or class map is refused."""
+    """The resumed network is the saved one: changed model, classes or init are refused."""
     for change, key in (('model.feature_channels=8', 'model.feature_channels'),
-                        ('data.class_map={car: 0, person: 1, bicycle: 2}', 'data.class_map')):
+                        ('data.class_map={car: 0, person: 1, bicycle: 2}', 'data.class_map'),
+                        (f'train.init_weights={runs["a"] / FINAL_NAME}', 'train.init_weights')):
         assert train_tool.main(['--resume', str(runs['b']), '--epochs', '3',
                                 '--set', change]) == 2
         err = capsys.readouterr().err
         assert f'cannot change {key}' in err and '--init' in err
+    # --init with --resume: the resumed weights would be the state's, not the file's.
+    assert train_tool.main(['--resume', str(runs['b']), '--epochs', '3',
+                            '--init', str(runs['a'] / FINAL_NAME)]) == 2
+    assert 'cannot change train.init_weights (--init)' in capsys.readouterr().err
     assert [r['epoch'] for r in _log(runs['b'])] == [1, 2]
 
 
@@ -506,3 +511,42 @@ def test_an_interrupt_before_the_first_step_writes_no_checkpoint(
     assert not (out / FINAL_NAME).exists() and not (out / STATE_DIR).exists()
     summary = json.loads((out / 'summary.json').read_text())
     assert summary['interrupted'] is True and summary['checkpoint'] is None
+    # Nothing was trained there: the same command starts the run again.
+    monkeypatch.undo()
+    assert train_tool.main(_args(splits, out, '--epochs', '1')) == 0
+
+
+def test_the_same_command_runs_again_after_a_run_that_trained_nothing(splits, tmp_path, capsys):
+    """A run that failed in its first epoch (an unreadable image) leaves an empty log only."""
+    data = tmp_path / 'roadscene'
+    shutil.copytree(ROADSCENE, data)
+    image = next((data / 'vi').glob(f'{splits["stems"][0]}.*'))
+    intact = image.read_bytes()
+    image.write_bytes(intact[:300])
+    args = _args(splits, tmp_path / 'run', '--epochs', '1')
+    args[1] = f'{data}:{splits["train"]}'
+    assert train_tool.main(args) == 2
+    assert 'cannot read image' in capsys.readouterr().err
+    image.write_bytes(intact)
+    assert train_tool.main(args) == 0
+    assert (tmp_path / 'run' / FINAL_NAME).is_file()
+
+
+@pytest.mark.parametrize('break_labels, message', [
+    (lambda data, stem: (data / 'labels' / f'{stem}.txt').write_text('0 0.5 0.5 0.1\n'),
+     'expected 5 columns'),
+    (lambda data, stem: (data / 'labels' / 'classes.txt').unlink(),
+     'but the set lists 0 classes'),
+], ids=['malformed line', 'no classes.txt'])
+def test_a_bad_label_file_fails_before_training(
+        splits, tmp_path, capsys, break_labels, message):
+    """Not when a loader worker reaches the pair in the first epoch, after the outputs began."""
+    data = tmp_path / 'roadscene'
+    shutil.copytree(ROADSCENE, data)
+    break_labels(data, splits['stems'][-2])
+    args = _args(splits, tmp_path / 'run', '--epochs', '1', '--workers', '1')
+    args[1] = f'{data}:{splits["train"]}'
+    assert train_tool.main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and 'Traceback' not in err
+    assert not (tmp_path / 'run').exists()

@@ -61,6 +61,8 @@ def test_sections_reuse_the_core_dataclasses():
     ('model.class_names', '[a]', 'model.class_names comes from data.class_map'),
     ('deformation.bogus', '1', 'deformation: unknown DeformConfig keys'),
     ('loss.regs', '1', 'loss: unknown LossWeights keys'),
+    ('loss.det', '-1', r'loss: det must be >= 0 \(0 switches the term off\), got -1.0'),
+    ('loss.beta', '-0.5', 'loss: beta must be >= 0'),
     ('optim.lr', '1', "unknown config section 'optim'"),
     ('train.amp', '1', 'train.amp must be true or false'),
     ('train.epochs', '1.5', 'train.epochs must be an integer'),
