@@ -162,7 +162,8 @@ def _providers(device, allow_cpu_fallback):
     problem = (f'device {device!r} was requested but this onnxruntime '
                f'({ort.__version__}) has no CUDAExecutionProvider (install onnxruntime-gpu)')
     if allow_cpu_fallback:
-        _LOG.warning('%s; falling back to the CPU', problem)
+        _LOG.warning('%s; falling back to the CPU (allow_cpu_fallback is true; much slower)',
+                     problem)
         return ['CPUExecutionProvider'], 'cpu'
     raise RuntimeError(problem + "; use device='cpu' or allow the CPU fallback")
 

@@ -68,7 +68,8 @@ def resolve_device(device, allow_cpu_fallback=False, local_rank=0):
     else:
         return torch.device('cuda', index)
     if allow_cpu_fallback:
-        _LOG.warning('%s; falling back to the CPU', problem)
+        _LOG.warning('%s; falling back to the CPU (allow_cpu_fallback is true; much slower)',
+                     problem)
         return torch.device('cpu')
     raise DeviceUnavailableError(problem + "; use device 'cpu' or allow the CPU fallback")
 

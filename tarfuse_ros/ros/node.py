@@ -305,10 +305,7 @@ class TarFuseNode(Node):
                 f'global stage over the stream (one rigid rig): a fit on one pair in '
                 f'{params.registration_global_every}, each pair starts from the median of the '
                 f'last {params.registration_global_window} fits')
-        if params.device != 'cpu' and engine.device == 'cpu':
-            self.get_logger().warning(
-                f'device {params.device!r} is unavailable: running on the CPU because '
-                f'allow_cpu_fallback is true (much slower)')
+        # A CPU fallback is logged by the core (forwarded above), once, with its cause.
         if params.classes:
             try:
                 engine.set_thresholds(classes=_class_ids(params.classes, engine.class_names))

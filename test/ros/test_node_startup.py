@@ -237,3 +237,23 @@ def test_a_stop_swallowed_during_the_import_still_stops_the_node():
             output = process.communicate()[0]
     assert process.returncode == 0, output
     assert 'exit code 0' in output and 'ready' not in output, output
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='needs a machine without CUDA')
+def test_the_cpu_fallback_is_logged_once():
+    """With allow_cpu_fallback the node runs on the CPU and says so once, naming why."""
+    node = NodeProcess(random_domain_id(), {'device': 'cuda:0', 'allow_cpu_fallback': True})
+    try:
+        deadline = time.monotonic() + 90.0
+        while not _reached(node, 'model_loaded') and node.alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _reached(node, 'model_loaded'), node.log()
+        code, _ = node.stop(timeout=30.0)
+        log = node.log()
+        assert code == 0, log
+        warnings = [line for line in log.splitlines() if 'CPU' in line and 'WARN' in line]
+        assert len(warnings) == 1, log
+        for word in ("device 'cuda:0'", 'CUDA is not available', 'allow_cpu_fallback'):
+            assert word in warnings[0], log
+    finally:
+        node.close()
