@@ -550,3 +550,54 @@ def test_a_bad_label_file_fails_before_training(
     err = capsys.readouterr().err
     assert message in err and 'Traceback' not in err
     assert not (tmp_path / 'run').exists()
+
+
+@pytest.mark.parametrize('where, saved', [
+    ('validation', 1), ('state write', 1), ('checkpoint write', 2)])
+def test_ctrl_c_at_the_end_of_an_epoch_names_the_epoch_saved(
+        splits, tmp_path, monkeypatch, capsys, where, saved):
+    """A real SIGINT while epoch 2 ends: the summary counts the epochs the resume hint does.
+
+    In its validation, or inside the write of its state, no state of epoch 2 is saved (the run
+    resumes from epoch 1); once it is, while its checkpoint is written, the run resumes from 2.
+    """
+    from tarfuse_ros.training.loop import Trainer
+    validate, provenance, rng_to_flat = Trainer.validate, Trainer.provenance, state.rng_to_flat
+    sent, states = [], []
+
+    def ctrl_c_in(stage):
+        if where == stage and not sent:
+            sent.append(stage)
+            signal.raise_signal(signal.SIGINT)  # Python turns it into KeyboardInterrupt here
+
+    def validate_epoch(self):
+        if self.global_step == 4:
+            ctrl_c_in('validation')
+        return validate(self)
+
+    def rng_of_state():  # called inside the state's atomic write, after its weights
+        states.append(1)
+        if len(states) == 2:
+            ctrl_c_in('state write')
+        return rng_to_flat()
+
+    def provenance_of(self, epochs_done, finished):
+        if epochs_done == 2:
+            ctrl_c_in('checkpoint write')
+        return provenance(self, epochs_done, finished)
+
+    monkeypatch.setattr(Trainer, 'validate', validate_epoch)
+    monkeypatch.setattr(state, 'rng_to_flat', rng_of_state)
+    monkeypatch.setattr(Trainer, 'provenance', provenance_of)
+    out = tmp_path / 'run'
+    assert train_tool.main(_args(splits, out, '--epochs', '2')) == 130
+    assert sent == [where]
+    printed = capsys.readouterr().out
+    assert f'interrupted in epoch 2: saving the current weights to {FINAL_NAME}; the last ' \
+           f'resumable state is from epoch {saved}' in printed
+    assert state.read_state_meta(out / STATE_DIR)['epoch'] == saved
+    summary = json.loads((out / 'summary.json').read_text())
+    assert summary['interrupted'] is True and summary['epochs'] == saved
+    assert f'summary {{"epochs": {saved},' in printed
+    provenance = read_checkpoint_config(out / FINAL_NAME)['provenance']
+    assert provenance['epochs'] == saved and provenance['finished'] is False
