@@ -601,3 +601,23 @@ def test_ctrl_c_at_the_end_of_an_epoch_names_the_epoch_saved(
     assert f'summary {{"epochs": {saved},' in printed
     provenance = read_checkpoint_config(out / FINAL_NAME)['provenance']
     assert provenance['epochs'] == saved and provenance['finished'] is False
+
+
+@pytest.mark.parametrize('given, val_crop', [
+    (['--crop', '64', '--set', 'data.val_crop=128'], 128),
+    (['--set', 'data.val_crop=128', '--crop', '64'], 128),
+    (['--crop', '64'], 64),
+], ids=['--set after --crop', '--set before --crop', 'config value'])
+def test_set_val_crop_wins_over_the_one_crop_carries_over(tmp_path, given, val_crop):
+    """--crop moves a fixed validation crop of the config, not one --set gives beside it."""
+    import yaml
+    from tarfuse_ros.training.config import load_config
+    raw = load_config(None)
+    raw['data']['val_crop'] = 96  # the config's fixed validation crop
+    config_file = tmp_path / 'train.yaml'
+    config_file.write_text(yaml.safe_dump(raw))
+    args = train_tool.build_parser().parse_args(['--config', str(config_file), *given])
+    config = train_tool.build_config(args)
+    assert config.data.crop == 64 and config.data.val_crop == val_crop
+    shown = ' '.join(train_tool.build_parser().format_help().split())
+    assert 'unless --set data.val_crop=N gives one (the explicit key wins)' in shown
