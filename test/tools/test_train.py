@@ -621,3 +621,22 @@ def test_set_val_crop_wins_over_the_one_crop_carries_over(tmp_path, given, val_c
     assert config.data.crop == 64 and config.data.val_crop == val_crop
     shown = ' '.join(train_tool.build_parser().format_help().split())
     assert 'unless --set data.val_crop=N gives one (the explicit key wins)' in shown
+
+
+@pytest.mark.parametrize('which, again', [('train', '{stem}'), ('val', '{stem}.jpg')],
+                         ids=['train list', 'val list, as a file name'])
+def test_a_stem_listed_twice_in_a_split_file_fails_before_training(
+        splits, tmp_path, capsys, which, again):
+    """Not trained (or validated) twice per epoch without a word."""
+    listed = splits[which].read_text().split()
+    split_file = tmp_path / f'{which}_twice.txt'
+    split_file.write_text('\n'.join(listed + ['# listed again:', again.format(stem=listed[1])])
+                          + '\n')
+    args = _args(splits, tmp_path / 'run', '--epochs', '1')
+    args[args.index('--data' if which == 'train' else '--val-data') + 1] = \
+        f'{ROADSCENE}:{split_file}'
+    assert train_tool.main(args) == 2
+    err = capsys.readouterr().err
+    assert f"split file '{split_file}' lists '{listed[1]}' twice (lines 2 and " \
+           f'{len(listed) + 2})' in err
+    assert 'Traceback' not in err and not (tmp_path / 'run').exists()
