@@ -123,7 +123,7 @@ def list_split_names(dataset_dir):
     return names + ['all']
 
 
-def read_split(dataset_dir, split='all'):
+def read_split(dataset_dir, split='all', unique=False):
     """Return the stems of a split.
 
     Args:
@@ -132,13 +132,15 @@ def read_split(dataset_dir, split='all'):
             ``'misaligned'`` (the stems of ``synthetic_misaligned/list.txt`` or ``disp/``),
             ``'all'`` (every stem that has both an IR and a visible image), or a path to a
             list file (absolute, or relative to the data set folder).
+        unique: refuse a list file that names a stem twice (its pair would count twice).
 
     Returns:
         list of stems in file order (``'all'``: sorted). Blank lines and ``#`` comments are
         skipped.
 
     Raises:
-        ValueError: unknown split, or a listed stem without its IR/visible image.
+        ValueError: unknown split, a listed stem without its IR/visible image, or (``unique``)
+            a stem listed twice, naming the file, the stem and both lines.
 
     """
     path = _dir(dataset_dir)
@@ -157,12 +159,18 @@ def read_split(dataset_dir, split='all'):
         raise ValueError(
             f'split {split_str!r} not found in {str(path)!r}; available: '
             f'{list_split_names(path)} or a path to a list file')
-    stems = []
-    for line in list_file.read_text().splitlines():
+    stems, first_line = [], {}
+    for number, line in enumerate(list_file.read_text().splitlines(), start=1):
         line = line.split('#', 1)[0].strip()
-        if line:
-            stems.append(Path(line).stem if Path(line).suffix.lower() in IMAGE_EXTENSIONS
-                         else line)
+        if not line:
+            continue
+        stem = Path(line).stem if Path(line).suffix.lower() in IMAGE_EXTENSIONS else line
+        if unique and stem in first_line:
+            raise ValueError(f'split file {str(list_file)!r} lists {stem!r} twice (lines '
+                             f'{first_line[stem]} and {number}): its pair would count twice; '
+                             f'remove one of the lines')
+        first_line.setdefault(stem, number)
+        stems.append(stem)
     for stem in stems:
         _image_path(path, 'ir', stem)
         _image_path(path, 'vi', stem)

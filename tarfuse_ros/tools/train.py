@@ -55,7 +55,10 @@ def build_parser():
     parser.add_argument('--seed', type=int, default=None, help='random seed')
     parser.add_argument('--max-steps', type=int, default=None,
                         help='stop after this many optimizer steps in this run (smoke tests)')
-    parser.add_argument('--crop', type=int, default=None, help='square crop side (multiple of 32)')
+    parser.add_argument('--crop', type=int, default=None,
+                        help='square crop side (multiple of 32); a fixed validation crop '
+                             '(data.val_crop > 0) takes it too, unless --set data.val_crop=N '
+                             'gives one (the explicit key wins)')
     parser.add_argument('--batch', type=int, default=None, help='batch size per process')
     parser.add_argument('--workers', type=int, default=None, help='DataLoader workers')
     parser.add_argument('--val-every', type=int, default=None, help='validate every N epochs')
@@ -104,12 +107,20 @@ def build_config(args, resume=None):
     for (section, key), value in options.items():
         if value is not None:
             raw[section][key] = value
-    if args.crop is not None and raw['data'].get('val_crop'):
+    # A fixed validation crop follows --crop, unless --set gave it on the same command line.
+    if args.crop is not None and raw['data'].get('val_crop') and \
+            not _given_by_set(args.set, 'data', 'val_crop'):
         raw['data']['val_crop'] = args.crop
     config = TrainingConfig.from_dict(raw)
     if resume is not None:
         _check_resumable(config, TrainingConfig.from_dict(meta['config']), resume)
     return config
+
+
+def _given_by_set(items, section, key):
+    """Return whether ``--set`` items give ``section.key`` (by itself or in its section)."""
+    given = apply_overrides({}, items).get(section)
+    return isinstance(given, dict) and key in given
 
 
 def _check_resumable(config, saved, resume):

@@ -9,7 +9,8 @@ The data set takes the sources as they are, ``exclude`` included: nothing is wri
 
 from pathlib import Path
 
-from tarfuse_ros.core.data import DataSource, label_file, PairedDataset, read_classes
+from tarfuse_ros.core.data import (DataSource, label_file, PairedDataset, read_classes,
+                                   read_split)
 from tarfuse_ros.core.paths import share_dir, shared_datasets_dir
 
 __all__ = ['build_dataset', 'check_class_map', 'count_labelled', 'parse_data_spec',
@@ -76,7 +77,8 @@ def resolve_sources(sources, root=None):
         root: base folder of relative paths (see :func:`resolve_dataset_dir`).
 
     Raises:
-        ValueError: a folder not found, a bad entry, or no pair left after ``exclude``.
+        ValueError: a folder not found, a bad entry, a stem listed twice in a split file, or
+            no pair left after ``exclude``.
 
     """
     resolved = []
@@ -102,6 +104,8 @@ def resolve_sources(sources, root=None):
             raise ValueError(f'data source {value!r}: labels folder {source.labels!r} not found '
                              f'in {str(folder)!r}, the working directory or the package')
         source = DataSource(folder, split, source.exclude, str(labels))
+        # A stem listed twice would be trained (or validated) twice per epoch, unnoticed.
+        read_split(folder, split, unique=True)
         if not source.stems():
             raise ValueError(f'data source {value!r}: no pairs left in {str(folder)!r}')
         resolved.append(source)

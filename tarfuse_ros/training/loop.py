@@ -403,12 +403,14 @@ class Trainer:
                 self._synchronize()
                 epoch_seconds = time.monotonic() - t_epoch
                 self.train_seconds += epoch_seconds
-                epoch += 1
                 # --max-steps ended the run inside this epoch.
                 partial = stopped and self.global_step - step0 < self.steps_per_epoch
                 if is_main:
-                    self._end_epoch(epoch, parts, lr, epoch_seconds, stopped, partial)
+                    self._end_epoch(epoch + 1, parts, lr, epoch_seconds, stopped, partial)
                 barrier(self.dist)
+                # Done once validated, logged and saved: Ctrl-C before (in the validation, say)
+                # leaves the epoch to a resume, and the summary must not count it.
+                epoch += 1
                 if stopped:
                     break
                 if self.budget.stop_after(epoch, time.monotonic() - t_epoch):
@@ -417,14 +419,16 @@ class Trainer:
                     break
         except KeyboardInterrupt:
             interrupted = True
+            saved, folder = self._state_epoch
             if is_main:
-                saved, folder = self._state_epoch
                 resumable = (f'the last resumable state is from epoch {saved} (--resume '
                              f'{str(folder)!r} continues from there)' if saved is not None
                              else 'no resumable state was saved yet (states are saved at the '
                              'end of epochs)')
                 _log(f'interrupted in epoch {epoch + 1}: saving the current weights to '
                      f'{FINAL_NAME}; {resumable}')
+            # Stopped after the epoch's state was saved (writing its checkpoint): it is done.
+            epoch = max(epoch, saved or 0)
         summary = self._finish(epoch, interrupted) if is_main else None
         barrier(self.dist)
         return summary
@@ -479,7 +483,6 @@ class Trainer:
         _log(f'epoch {epoch}/{self.epochs} {epoch_seconds:.1f}s lr={lr:.2e} {msg}{val_msg}')
 
     def _save_state(self, epoch):
-        self._state_epoch = epoch, self.out
         meta = {'epoch': epoch, 'global_step': self.global_step,
                 'epochs_planned': self.epochs, 'train_seconds': self.train_seconds,
                 'skipped_steps': self.skipped_steps, 'started': self.started,
@@ -488,6 +491,8 @@ class Trainer:
                 'rng_note': 'every epoch reseeds Python/NumPy/torch/loader/deformations from '
                             '(seed, epoch, rank); the saved RNG states are restored as well'}
         save_state(self.out / STATE_DIR, self.model, self.optimizer, meta, self.ema)
+        # Only now: a write cut short (Ctrl-C) leaves the previous state in place.
+        self._state_epoch = epoch, self.out
 
     def provenance(self, epochs_done, finished):
         """Return the checkpoint's provenance: data, command, commit, counters, config."""

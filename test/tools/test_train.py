@@ -550,3 +550,93 @@ def test_a_bad_label_file_fails_before_training(
     err = capsys.readouterr().err
     assert message in err and 'Traceback' not in err
     assert not (tmp_path / 'run').exists()
+
+
+@pytest.mark.parametrize('where, saved', [
+    ('validation', 1), ('state write', 1), ('checkpoint write', 2)])
+def test_ctrl_c_at_the_end_of_an_epoch_names_the_epoch_saved(
+        splits, tmp_path, monkeypatch, capsys, where, saved):
+    """A real SIGINT while epoch 2 ends: the summary counts the epochs the resume hint does.
+
+    In its validation, or inside the write of its state, no state of epoch 2 is saved (the run
+    resumes from epoch 1); once it is, while its checkpoint is written, the run resumes from 2.
+    """
+    from tarfuse_ros.training.loop import Trainer
+    validate, provenance, rng_to_flat = Trainer.validate, Trainer.provenance, state.rng_to_flat
+    sent, states = [], []
+
+    def ctrl_c_in(stage):
+        if where == stage and not sent:
+            sent.append(stage)
+            signal.raise_signal(signal.SIGINT)  # Python turns it into KeyboardInterrupt here
+
+    def validate_epoch(self):
+        if self.global_step == 4:
+            ctrl_c_in('validation')
+        return validate(self)
+
+    def rng_of_state():  # called inside the state's atomic write, after its weights
+        states.append(1)
+        if len(states) == 2:
+            ctrl_c_in('state write')
+        return rng_to_flat()
+
+    def provenance_of(self, epochs_done, finished):
+        if epochs_done == 2:
+            ctrl_c_in('checkpoint write')
+        return provenance(self, epochs_done, finished)
+
+    monkeypatch.setattr(Trainer, 'validate', validate_epoch)
+    monkeypatch.setattr(state, 'rng_to_flat', rng_of_state)
+    monkeypatch.setattr(Trainer, 'provenance', provenance_of)
+    out = tmp_path / 'run'
+    assert train_tool.main(_args(splits, out, '--epochs', '2')) == 130
+    assert sent == [where]
+    printed = capsys.readouterr().out
+    assert f'interrupted in epoch 2: saving the current weights to {FINAL_NAME}; the last ' \
+           f'resumable state is from epoch {saved}' in printed
+    assert state.read_state_meta(out / STATE_DIR)['epoch'] == saved
+    summary = json.loads((out / 'summary.json').read_text())
+    assert summary['interrupted'] is True and summary['epochs'] == saved
+    assert f'summary {{"epochs": {saved},' in printed
+    provenance = read_checkpoint_config(out / FINAL_NAME)['provenance']
+    assert provenance['epochs'] == saved and provenance['finished'] is False
+
+
+@pytest.mark.parametrize('given, val_crop', [
+    (['--crop', '64', '--set', 'data.val_crop=128'], 128),
+    (['--set', 'data.val_crop=128', '--crop', '64'], 128),
+    (['--crop', '64'], 64),
+], ids=['--set after --crop', '--set before --crop', 'config value'])
+def test_set_val_crop_wins_over_the_one_crop_carries_over(tmp_path, given, val_crop):
+    """--crop moves a fixed validation crop of the config, not one --set gives beside it."""
+    import yaml
+    from tarfuse_ros.training.config import load_config
+    raw = load_config(None)
+    raw['data']['val_crop'] = 96  # the config's fixed validation crop
+    config_file = tmp_path / 'train.yaml'
+    config_file.write_text(yaml.safe_dump(raw))
+    args = train_tool.build_parser().parse_args(['--config', str(config_file), *given])
+    config = train_tool.build_config(args)
+    assert config.data.crop == 64 and config.data.val_crop == val_crop
+    shown = ' '.join(train_tool.build_parser().format_help().split())
+    assert 'unless --set data.val_crop=N gives one (the explicit key wins)' in shown
+
+
+@pytest.mark.parametrize('which, again', [('train', '{stem}'), ('val', '{stem}.jpg')],
+                         ids=['train list', 'val list, as a file name'])
+def test_a_stem_listed_twice_in_a_split_file_fails_before_training(
+        splits, tmp_path, capsys, which, again):
+    """Not trained (or validated) twice per epoch without a word."""
+    listed = splits[which].read_text().split()
+    split_file = tmp_path / f'{which}_twice.txt'
+    split_file.write_text('\n'.join(listed + ['# listed again:', again.format(stem=listed[1])])
+                          + '\n')
+    args = _args(splits, tmp_path / 'run', '--epochs', '1')
+    args[args.index('--data' if which == 'train' else '--val-data') + 1] = \
+        f'{ROADSCENE}:{split_file}'
+    assert train_tool.main(args) == 2
+    err = capsys.readouterr().err
+    assert f"split file '{split_file}' lists '{listed[1]}' twice (lines 2 and " \
+           f'{len(listed) + 2})' in err
+    assert 'Traceback' not in err and not (tmp_path / 'run').exists()
