@@ -329,7 +329,8 @@ def registration_prior(params):
     """Return the :class:`~tarfuse_ros.core.prior.RegistrationPrior` of ``params``, or None.
 
     Raises ``ValueError`` naming the parameter when the prior is invalid (not 9 finite numbers,
-    not invertible, sizes missing or not positive).
+    not invertible, sizes missing or not positive, the IR frame mapped outside the visible
+    frame: :func:`~tarfuse_ros.core.prior.make_prior`).
     """
     from tarfuse_ros.core.prior import make_prior
     return make_prior(params.registration_prior, params.registration_prior_ir_size,

@@ -39,6 +39,10 @@ def test_prior_parameters_are_read_and_validated_naming_the_parameter():
                                                            'not invertible']),
             ({'registration.prior': [1, 0, 0, 0, 1, 0, 0, 0, 1]},
              ['registration.prior_ir_size']),
+            ({'registration.prior': [1, 0, -300, 0, 1, 0, 0, 0, 1],
+              'registration.prior_ir_size': [160, 128],
+              'registration.prior_visible_size': [160, 128]},
+             ['registration.prior', 'IR frame entirely outside the 160x128 visible frame']),
             ({'registration.prior_ir_size': ['a', 'b']}, ['registration.prior_ir_size'])]:
         with pytest.raises(ValueError) as error:
             params_from_values(values)
@@ -88,12 +92,19 @@ def test_node_with_a_prior_file_publishes_the_registration_of_the_engine(prior_f
     assert np.abs(pixels.astype(int) - without.registered_ir).mean() > 1.5
 
 
-def test_node_refuses_an_invalid_prior_at_start_up_naming_the_parameter():
+@pytest.mark.parametrize('prior, words', [
+    ('[1.0, 2.0, 3.0, 2.0, 4.0, 6.0, 0.0, 0.0, 1.0]', ('not invertible',)),
+    # The IR frame 200 px to the right of a 160 px wide visible frame: it started, and the
+    # network saw an all-zero IR.
+    ('[1.0, 0.0, 200.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]',
+     ('maps the 160x128 IR frame entirely outside the 160x128 visible frame',
+      'its corners land at (199.5, -0.5), (359.5, -0.5), (359.5, 127.5), (199.5, 127.5)'))])
+def test_node_refuses_an_invalid_prior_at_start_up_naming_the_parameter(prior, words):
     assert_start_up_fails({
-        'registration.prior': '[1.0, 2.0, 3.0, 2.0, 4.0, 6.0, 0.0, 0.0, 1.0]',
+        'registration.prior': prior,
         'registration.prior_ir_size': '[160, 128]',
         'registration.prior_visible_size': '[160, 128]'},
-        ('invalid parameter', 'registration.prior', 'not invertible'))
+        ('invalid parameter', 'registration.prior') + words)
 
 
 def test_node_with_the_scale_search_off_publishes_the_single_scale_registration():

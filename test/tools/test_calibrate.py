@@ -197,6 +197,27 @@ def test_an_initial_prior_file_without_a_prior_is_refused(tmp_path, capsys):
     assert not out.exists()
 
 
+# A hand-written prior whose IR frame lands 400 px right of a 320x256 visible frame.
+OUTSIDE_PRIOR = ('/**:\n  ros__parameters:\n    registration:\n'
+                 '      prior: [1.0, 0.0, 400.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]\n'
+                 '      prior_ir_size: [320, 256]\n      prior_visible_size: [320, 256]\n')
+
+
+def test_an_initial_prior_mapping_the_ir_outside_the_visible_frame_exits_2(tmp_path, capsys):
+    # It was accepted: the model then ran on an all-zero pre-warped IR.
+    initial = tmp_path / 'outside.yaml'
+    initial.write_text(OUTSIDE_PRIOR)
+    out = tmp_path / 'p.yaml'
+    code = calibrate.main(['--pairs', str(tmp_path), '--out', str(out), '--initial-prior',
+                           str(initial), '--iterations', '1', '--threads', '1'])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.startswith('tarfuse-calibrate: error: --initial-prior: registration.prior maps '
+                          'the 320x256 IR frame entirely outside the 320x256 visible frame: '
+                          'its corners land at (399.5, -0.5), (719.5, -0.5), '), err
+    assert not out.exists()
+
+
 def test_pairs_of_several_sizes_exit_2_naming_them_even_with_max_side(
         rig_folder, tmp_path, capsys):
     # It exited 1 "no prior fitted"; with --max-side making both sizes one, it fitted them.
