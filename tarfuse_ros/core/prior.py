@@ -469,7 +469,8 @@ def load_prior_yaml(path):
     """Read the prior from a node parameters file (as :func:`write_prior_yaml` writes it).
 
     Accepts ``registration: {prior: ...}`` nested or ``registration.prior`` dotted keys under
-    any node's ``ros__parameters``.
+    any node's ``ros__parameters``; integers in the homography (a hand-edited ``1`` for
+    ``1.0``) are read as floats, as the node reads them.
 
     Returns:
         :class:`RegistrationPrior`, or None when the file sets no (or an empty) prior.
