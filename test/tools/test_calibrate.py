@@ -312,6 +312,41 @@ def _rig_copy(rig_folder, out, ir_image):
     return out
 
 
+def test_stems_in_one_folder_only_are_named_in_a_warning_and_left_out(
+        rig_folder, tmp_path, capsys):
+    # They were dropped without a word: a user with 7 IR frames missing saw 2 pairs used.
+    folder = _rig_copy(rig_folder, tmp_path / 'gaps', lambda ir: ir)
+    ir_file = sorted((rig_folder / 'ir').iterdir())[0]
+    vi_file = sorted((rig_folder / 'vi').iterdir())[0]
+    for index in range(7):  # real images under stems the other folder lacks
+        (folder / 'ir' / f'ir_only_{index}.png').write_bytes(ir_file.read_bytes())
+    (folder / 'vi' / 'vi_only_0.png').write_bytes(vi_file.read_bytes())
+    out = tmp_path / 'p.yaml'
+    code = calibrate.main(['--pairs', str(folder), '--out', str(out), '--iterations', '1',
+                           '--max-side', '160', '--min-inliers', '0', '--threads', '1'])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert ('tarfuse-calibrate: warning: 7 IR image(s) without a visible image of the same '
+            'stem: ir_only_0, ir_only_1, ir_only_2, ir_only_3, ir_only_4, ... (2 more), left '
+            'out\n') in captured.err, captured.err
+    assert ('tarfuse-calibrate: warning: 1 visible image(s) without an IR image of the same '
+            'stem: vi_only_0, left out\n') in captured.err, captured.err
+    assert 'fitted on' in captured.out and 'ir_only' not in captured.out
+    assert load_prior_yaml(out) is not None
+    # No pair left: exit 2 naming both sides' stems.
+    for path in (folder / 'vi').iterdir():
+        if not path.stem.startswith('vi_only'):
+            path.unlink()
+    code = calibrate.main(['--pairs', str(folder), '--out', str(tmp_path / 'q.yaml'),
+                           '--iterations', '1', '--threads', '1'])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.startswith(f"tarfuse-calibrate: error: no IR/visible pair in '{folder}' (split "
+                          f"'all'); 9 IR image(s) without a visible image of the same stem: "), err
+    assert '1 visible image(s) without an IR image of the same stem: vi_only_0' in err, err
+    assert not (tmp_path / 'q.yaml').exists()
+
+
 def test_a_constant_ir_exits_2_naming_the_pairs_before_the_model_runs(rig_folder, tmp_path,
                                                                       capsys):
     # A lens cap: it wrote a prior fitted to the frame border alone (20 points), exit 0.
