@@ -60,6 +60,7 @@ __all__ = [
     'pair_files',
     'read_classes',
     'read_split',
+    'unpaired_stems',
     'yolo_to_xyxy',
 ]
 
@@ -175,6 +176,24 @@ def read_split(dataset_dir, split='all', unique=False):
         _image_path(path, 'ir', stem)
         _image_path(path, 'vi', stem)
     return stems
+
+
+def unpaired_stems(dataset_dir):
+    """Return the stems that have an image in only one of ``ir/`` and ``vi/``.
+
+    They are what split ``'all'`` of :func:`read_split` leaves out.
+
+    Returns:
+        ``(ir_only, vi_only)``: two sorted lists of stems.
+
+    Raises:
+        ValueError: not a data set folder (no ``ir/`` or ``vi/``).
+
+    """
+    path = _dir(dataset_dir)
+    ir = set(_image_index(str(path / 'ir'), fresh=True))
+    vi = set(_image_index(str(path / 'vi'), fresh=True))
+    return sorted(ir - vi), sorted(vi - ir)
 
 
 def _read_image(file_path):

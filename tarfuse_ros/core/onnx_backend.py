@@ -34,6 +34,7 @@ import cv2
 import numpy as np
 from tarfuse_ros.core.files import is_safetensors, is_torch_pickle
 from tarfuse_ros.core.pair_engine import enlarge_planes, outputs_to_frame, PairEngine
+from tarfuse_ros.core.sizes import enlarged_size
 
 __all__ = ['CONFIG_KEY', 'FUSION_OUTPUTS', 'MIN_OPSET', 'ONNX_FORMAT_VERSION', 'ONNX_INPUTS',
            'ONNX_INPUT_MEANINGS', 'ONNX_KEY', 'ONNX_OUTPUTS', 'OnnxFusionEngine', 'OnnxModelError',
@@ -65,6 +66,41 @@ ONNX_OUTPUTS = {
 # The outputs of an export without detection head (``TarFuseConfig.detect`` false).
 FUSION_OUTPUTS = ('fused', 'flow', 'registered_ir')
 _PAD_MODES = {'replicate': 'edge', 'reflect': 'reflect', 'constant': 'constant'}
+_MAX_LONG_SIDE = 16384  # the engines' largest input_min_long_side
+
+
+def _small_frame_warning(frame_hw, global_min_side):
+    """Return the warning for a frame the graph runs below the global stage's min side.
+
+    It names what a user can set: the node parameters ``backend`` and ``weights``, or the
+    checkpoint's model field ``input_min_long_side`` (not a node parameter: it travels in the
+    checkpoint and the exported graph's metadata), with the least value that lifts this
+    frame's shorter side to ``global_min_side`` (:func:`~tarfuse_ros.core.sizes.enlarged_size`).
+
+    Args:
+        frame_hw: ``(height, width)`` of the visible frame, pixels.
+        global_min_side: the checkpoint's ``global_min_side``, pixels.
+
+    Returns:
+        str: one line.
+
+    """
+    height, width = (int(v) for v in frame_hw)
+    needed = max(height, width, int(global_min_side))
+    while (min(enlarged_size(height, width, needed)) < global_min_side
+           and needed < _MAX_LONG_SIDE):
+        needed += 1
+    text = (f"a {width}x{height} frame is below the global stage's min side "
+            f'({global_min_side} px): the PyTorch engine enlarges such frames for the global '
+            f"fit, the ONNX graph cannot, so its registration may differ from PyTorch's by tens "
+            f'of pixels (said once); use backend torch (node parameters backend:=torch and '
+            f'weights:=CHECKPOINT.safetensors; in the tools, the .safetensors checkpoint)')
+    if min(enlarged_size(height, width, needed)) < global_min_side:
+        return text  # no enlargement lifts so thin a frame
+    return (f"{text}, or have such frames enlarged for the graph: set the checkpoint's model "
+            f'field input_min_long_side (not a node parameter) to {needed} or more, e.g. '
+            f'python benchmarks/set_inference_fields.py CHECKPOINT OUT --set '
+            f'input_min_long_side={needed}, and export OUT again with tarfuse-export')
 
 
 class OnnxModelError(ValueError):
@@ -365,12 +401,7 @@ class OnnxFusionEngine(PairEngine):
         net_size = self.network_size(height, width)
         if min(net_size) < self._global_min_side and not self._small_frame_warned:
             self._small_frame_warned = True
-            _LOG.warning(
-                "a %dx%d frame is below the global stage's min side (%d px): the PyTorch "
-                'engine enlarges such frames for the global fit, the ONNX graph cannot, so '
-                "its registration may differ from PyTorch's by tens of pixels (said once); "
-                'use backend torch, or input_min_long_side to enlarge them for the graph',
-                net_size[1], net_size[0], self._global_min_side)
+            _LOG.warning(_small_frame_warning((height, width), self._global_min_side))
         feeds = {'ir': self._batch(enlarge_planes([item.ir for item in items], net_size)),
                  'vi': self._batch(enlarge_planes([item.vi_y for item in items], net_size)),
                  'valid_size': np.array(net_size, dtype=np.int64)}

@@ -40,15 +40,18 @@ import cv2
 import numpy as np
 from tarfuse_ros.core.images import to_uint8
 
-__all__ = ['ASPECT_TOLERANCE', 'PARAMETER_NAMES', 'RegistrationPrior', 'apply_prior',
-           'check_prior', 'compose_flow', 'corner_error_px', 'ir_corners', 'load_prior_yaml',
-           'make_prior', 'map_points', 'prior_flow', 'resize_matrix', 'write_prior_yaml']
+__all__ = ['ASPECT_TOLERANCE', 'MIN_OVERLAP', 'PARAMETER_NAMES', 'RegistrationPrior',
+           'apply_prior', 'check_prior', 'compose_flow', 'corner_error_px', 'ir_corners',
+           'load_prior_yaml', 'make_prior', 'map_points', 'prior_flow', 'resize_matrix',
+           'write_prior_yaml']
 
 ASPECT_TOLERANCE = 0.02  # relative change of width/height ratio accepted by scaling
 PARAMETER_NAMES = ('registration.prior', 'registration.prior_ir_size',
                    'registration.prior_visible_size')
-# |det H| relative to the scale of H below this: not invertible (numerically singular).
+# |det H| relative to the scale of H (both images scaled to 1 x 1) below this: not invertible.
 _MIN_RELATIVE_DET = 1e-9
+# Least overlap of the mapped IR frame and the visible frame, as a share of the smaller one.
+MIN_OVERLAP = 0.01
 
 
 def resize_matrix(src_wh, dst_wh):
@@ -145,6 +148,15 @@ class RegistrationPrior:
 def make_prior(homography, ir_size=(), visible_size=(), name='registration.prior'):
     """Validate a prior given as parameters; return a :class:`RegistrationPrior` or None.
 
+    Checks, in this order after the numbers: sizes; singular: ``|det|`` of ``H`` divided by its
+    largest element below 1e-9, with both images scaled to 1 x 1 first (in pixels a large
+    translation would make a valid ``H`` look singular); the line at infinity must not cross
+    the IR frame; outside: the mapped IR frame and the visible frame overlap on less than
+    :data:`MIN_OVERLAP` (1 %) of the smaller of the two areas (frames as pixel extents,
+    ``[-0.5, W - 0.5] x [-0.5, H - 0.5]``; the message gives the mapped corners). A narrow IR
+    inside a wide visible view, or the converse, overlaps on 100 % of the smaller one; an
+    orientation flip (a mirror, ``det H < 0``) is accepted.
+
     Args:
         homography: 9 numbers (row-major 3x3, IR pixels -> visible pixels), a ``(3, 3)``
             array, or empty/None for no prior (the engine then behaves exactly as without one).
@@ -157,7 +169,8 @@ def make_prior(homography, ir_size=(), visible_size=(), name='registration.prior
     Raises:
         ValueError: not 9 numbers, a non-finite value, a singular matrix, a homography that
             sends part of the IR image through the line at infinity (a point of the image maps
-            behind the camera), or sizes missing/not positive; the message names the parameter.
+            behind the camera), one that maps the IR frame (almost) entirely outside the visible
+            frame, or sizes missing/not positive; the message names the parameter.
 
     """
     if homography is None:
@@ -176,20 +189,95 @@ def make_prior(homography, ir_size=(), visible_size=(), name='registration.prior
     if not np.all(np.isfinite(matrix)):
         raise ValueError(f'{name} must be finite, got {matrix.tolist()!r}')
     matrix = matrix.reshape(3, 3)
-    scale = np.abs(matrix).max()
-    if scale == 0 or abs(np.linalg.det(matrix / scale)) < _MIN_RELATIVE_DET:
-        raise ValueError(f'{name} is not invertible (determinant ~0): {matrix.tolist()!r}; a '
-                         f'homography must map the IR image onto an area of the visible image')
+    singular = (f'{name} is not invertible (determinant ~0): {matrix.tolist()!r}; a '
+                f'homography must map the IR image onto an area of the visible image')
+    if not np.any(matrix):
+        raise ValueError(singular)
     ir_wh = _size(ir_size, f'{name}_ir_size')
     visible_wh = _size(visible_size, f'{name}_visible_size')
-    corners = np.array([[0, 0, 1], [ir_wh[0] - 1, 0, 1], [ir_wh[0] - 1, ir_wh[1] - 1, 1],
-                        [0, ir_wh[1] - 1, 1]], dtype=np.float64)
-    w = corners @ matrix[2]
+    # Judged in frame units (each image 1 x 1): in pixels a translation of a few hundred px
+    # dominates the scale of H, and a valid prior for a large visible image looked singular.
+    unit = np.diag([1.0 / visible_wh[0], 1.0 / visible_wh[1], 1.0]) @ matrix @ np.diag(
+        [ir_wh[0], ir_wh[1], 1.0])
+    if abs(np.linalg.det(unit / np.abs(unit).max())) < _MIN_RELATIVE_DET:
+        raise ValueError(singular)
+    corners = _frame_corners(ir_wh)
+    w = corners[:, 0] * matrix[2, 0] + corners[:, 1] * matrix[2, 1] + matrix[2, 2]
     if not (np.all(w > 0) or np.all(w < 0)):
         raise ValueError(f'{name} sends part of the {ir_wh[0]}x{ir_wh[1]} IR image through the '
                          f'line at infinity (its last row changes sign over the image): not a '
                          f'camera-to-camera homography; check the row-major order')
+    _check_overlap(matrix, ir_wh, visible_wh, name)
     return RegistrationPrior(matrix / matrix[2, 2], ir_wh, visible_wh)
+
+
+def _frame_corners(wh):
+    """Return the outer corners of a ``(width, height)`` image, ``(4, 2)`` float64.
+
+    The image covers ``[-0.5, W - 0.5] x [-0.5, H - 0.5]`` (pixel centres at integers), corners
+    clockwise from the top left.
+    """
+    width, height = wh
+    return np.array([[-0.5, -0.5], [width - 0.5, -0.5], [width - 0.5, height - 0.5],
+                     [-0.5, height - 0.5]])
+
+
+def _polygon_area(points):
+    """Return the area of a simple polygon given as ``(N, 2)`` vertices (either orientation)."""
+    if len(points) < 3:
+        return 0.0
+    x, y = points[:, 0], points[:, 1]
+    return 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
+
+
+def _clip_to_frame(points, wh):
+    """Return the convex polygon ``points`` clipped to the frame of a ``(width, height)`` image.
+
+    Sutherland-Hodgman against the four sides of :func:`_frame_corners`; ``(M, 2)`` float64,
+    empty when nothing of the polygon lies inside.
+    """
+    polygon = [tuple(p) for p in points]
+    for axis, bound, sign in ((0, -0.5, 1.0), (0, wh[0] - 0.5, -1.0), (1, -0.5, 1.0),
+                              (1, wh[1] - 0.5, -1.0)):
+        # Kept: sign * (coordinate - bound) >= 0 (inside this side of the frame).
+        inside = [sign * (p[axis] - bound) >= 0 for p in polygon]
+        clipped = []
+        for index, current in enumerate(polygon):
+            previous = polygon[index - 1]
+            if inside[index] != inside[index - 1]:  # the edge crosses the side: add the cut
+                t = (bound - previous[axis]) / (current[axis] - previous[axis])
+                clipped.append(tuple(a + t * (b - a) for a, b in zip(previous, current)))
+            if inside[index]:
+                clipped.append(current)
+        polygon = clipped
+        if not polygon:
+            break
+    return np.array(polygon, dtype=np.float64).reshape(-1, 2)
+
+
+def _check_overlap(matrix, ir_wh, visible_wh, name):
+    """Raise ``ValueError`` when the IR frame mapped by ``matrix`` misses the visible frame.
+
+    The mapped IR frame (a convex quadrilateral: the line at infinity is checked before) and
+    the visible frame must overlap on at least :data:`MIN_OVERLAP` of the smaller of the two
+    areas (pixel extents, :func:`_frame_corners`); below it the pre-warped IR is (almost) all
+    zeros and nothing can be registered.
+    """
+    mapped = map_points(matrix, _frame_corners(ir_wh))
+    overlap = _polygon_area(_clip_to_frame(mapped, visible_wh))
+    smaller = min(_polygon_area(mapped), float(visible_wh[0] * visible_wh[1]))
+    if overlap >= MIN_OVERLAP * smaller:
+        return
+    where = 'entirely' if overlap <= 0 else 'almost entirely'
+    landed = ', '.join(f'({x:.1f}, {y:.1f})' for x, y in mapped)
+    raise ValueError(
+        f'{name} maps the {ir_wh[0]}x{ir_wh[1]} IR frame {where} outside the '
+        f'{visible_wh[0]}x{visible_wh[1]} visible frame: its corners land at {landed} (visible '
+        f'pixels; the visible frame spans (-0.5, -0.5) to ({visible_wh[0] - 0.5}, '
+        f'{visible_wh[1] - 0.5})), an overlap of {overlap / smaller:.2%} of the smaller frame '
+        f'(at least {MIN_OVERLAP:.0%} needed): nothing would be registered; check that it maps '
+        f'IR pixels to visible pixels (not the inverse), its row-major order and '
+        f'{name}_ir_size / {name}_visible_size')
 
 
 def check_prior(prior):
@@ -381,7 +469,8 @@ def load_prior_yaml(path):
     """Read the prior from a node parameters file (as :func:`write_prior_yaml` writes it).
 
     Accepts ``registration: {prior: ...}`` nested or ``registration.prior`` dotted keys under
-    any node's ``ros__parameters``.
+    any node's ``ros__parameters``; integers in the homography (a hand-edited ``1`` for
+    ``1.0``) are read as floats, as the node reads them.
 
     Returns:
         :class:`RegistrationPrior`, or None when the file sets no (or an empty) prior.

@@ -23,6 +23,7 @@ import os
 from pathlib import Path
 import signal
 import sys
+import tempfile
 import threading
 import time
 
@@ -49,6 +50,7 @@ from tarfuse_ros.ros.conversions import detections_to_msg, image_msg_to_array, l
 from tarfuse_ros.ros.diagnostics import build_status, NodeStats, process_rss_mib
 from tarfuse_ros.ros.diagnostics import WarningThrottle
 from tarfuse_ros.ros.params import apply_updates, command_line_type_errors
+from tarfuse_ros.ros.params import decimal_number_lists
 from tarfuse_ros.ros.params import declare_node_parameters, parameter_updates
 from tarfuse_ros.ros.params import refinement_settings, registration_prior
 from tarfuse_ros.ros.params import unknown_parameters, unknown_qos_overrides
@@ -904,11 +906,16 @@ def main(args=None):
     node = None
     code = 0
     try:
-        try:
-            rclpy.init(args=argv)
-        except Exception as exc:  # noqa: BLE001 - rcl refuses the arguments (RCLError)
-            raise StartupError(f'the ROS arguments cannot be parsed: {exc}; '
-                               f'{_argument_hint(str(exc))}') from exc
+        with tempfile.TemporaryDirectory(prefix='tarfuse_params_') as folder:
+            # A hand-edited number list ([1, 0.02, ...]) would stop rcl itself: made doubles.
+            argv, notes = decimal_number_lists(argv, folder)
+            for note in notes:
+                logger.warning(note)
+            try:
+                rclpy.init(args=argv)  # reads the parameters files now
+            except Exception as exc:  # noqa: BLE001 - rcl refuses the arguments (RCLError)
+                raise StartupError(f'the ROS arguments cannot be parsed: {exc}; '
+                                   f'{_argument_hint(str(exc))}') from exc
         node = TarFuseNode(argv=argv)
         rclpy.spin(node)
     except StartupError as exc:

@@ -9,6 +9,7 @@ with the reason (the node's on-set callback hands that reason back to the caller
 from dataclasses import dataclass, fields, replace
 import difflib
 import math
+from pathlib import Path
 import re
 
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
@@ -20,8 +21,9 @@ from tarfuse_ros.core.paths import default_weights_path
 
 __all__ = [
     'NodeParams', 'ParamSpec', 'PARAMETER_SPECS', 'RELIABILITY_VALUES', 'TRANSPORT_VALUES',
-    'apply_updates', 'declare_node_parameters', 'descriptor_for', 'parameter_updates',
-    'params_from_values', 'refinement_settings', 'registration_prior', 'validate_params',
+    'apply_updates', 'decimal_number_lists', 'declare_node_parameters', 'descriptor_for',
+    'parameter_updates', 'params_from_values', 'refinement_settings', 'registration_prior',
+    'validate_params',
 ]
 
 RELIABILITY_VALUES = ('best_effort', 'reliable')
@@ -329,7 +331,8 @@ def registration_prior(params):
     """Return the :class:`~tarfuse_ros.core.prior.RegistrationPrior` of ``params``, or None.
 
     Raises ``ValueError`` naming the parameter when the prior is invalid (not 9 finite numbers,
-    not invertible, sizes missing or not positive).
+    not invertible, sizes missing or not positive, the IR frame mapped outside the visible
+    frame: :func:`~tarfuse_ros.core.prior.make_prior`).
     """
     from tarfuse_ros.core.prior import make_prior
     return make_prior(params.registration_prior, params.registration_prior_ir_size,
@@ -637,6 +640,122 @@ def _rcl_type(text):
         return Parameter.Type.NOT_SET  # rcl passes an empty list as unset
     types = {_rcl_scalar_type(item) for item in text[1:-1].split(',')}
     return _ARRAY_OF[types.pop()] if len(types) == 1 else None
+
+
+def _float_text(text):
+    """Return an integer scalar as rcl reads it (``_rcl_scalar_type``) written as a double."""
+    text = text.strip()
+    digits = text.lstrip('+-')
+    base = 16 if digits[:2] in ('0x', '0X') else 8 if digits.startswith('0') else 10
+    return repr(float(int(digits, base) * (-1 if text.startswith('-') else 1)))
+
+
+def _mixed_number_list(types):
+    """Return whether rcl types of a list's items are integers and doubles together."""
+    return set(types) == {Parameter.Type.INTEGER, Parameter.Type.DOUBLE}
+
+
+def _decimal_params_file(path):
+    """Return ``(text, names)``: a parameters file with its integer/double lists as doubles.
+
+    The file is composed (``yaml.compose``: node positions, no value conversion) and only the
+    integer items of lists that mix integers and doubles are rewritten in place, so every other
+    byte, and rcl's reading of it, stays as it was. ``names``: those lists' parameter names
+    (the keys below ``ros__parameters``, dotted); empty when nothing was rewritten (also for a
+    file that cannot be read or parsed: rcl then reports it).
+    """
+    import yaml
+
+    try:
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError):
+        return '', []
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return text, []
+    edits, names = [], []
+
+    def scalar_type(node):
+        if not isinstance(node, yaml.ScalarNode):
+            return None
+        return Parameter.Type.STRING if node.style else _rcl_scalar_type(node.value)
+
+    def visit(node, keys):
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                visit(value, keys + [key.value if isinstance(key, yaml.ScalarNode) else '?'])
+        elif isinstance(node, yaml.SequenceNode):
+            types = [scalar_type(item) for item in node.value]
+            if _mixed_number_list(types):
+                for item, kind in zip(node.value, types):
+                    if kind == Parameter.Type.INTEGER:
+                        edits.append((item.start_mark.index, item.end_mark.index,
+                                      _float_text(item.value)))
+                inside = keys[keys.index('ros__parameters') + 1:] \
+                    if 'ros__parameters' in keys else keys
+                names.append('.'.join(inside))
+            else:
+                for item in node.value:
+                    visit(item, keys)
+
+    if root is not None:
+        visit(root, [])
+    for start, end, value in sorted(edits, reverse=True):
+        text = text[:start] + value + text[end:]
+    return text, names
+
+
+def decimal_number_lists(argv, folder):
+    """Return ``(argv, notes)`` with number lists that mix integers and doubles made doubles.
+
+    rcl refuses such a list (``[1, 0.02, 5.0, ...]``, a hand-edited ``registration.prior``) in
+    a parameters file or a ``-p`` value at start-up ("Sequence should be of same type"), so
+    the node cannot even read it. For every ``--params-file`` holding one, a copy with those
+    lists' integers written as doubles is put in ``folder`` and named instead; a ``-p name:=[...]``
+    value is rewritten in place. Nothing else changes; argv without such a list comes back
+    equal.
+
+    Args:
+        argv: the process arguments (``sys.argv``).
+        folder: an existing folder for the rewritten copies (they must exist until ``rclpy.init``
+            has read them).
+
+    Returns:
+        ``(argv, notes)``: the arguments to give ``rclpy.init``, and one line per rewritten
+        list (``"--params-file F: registration.prior ..."``) to log.
+
+    """
+    argv, notes, in_ros_args = list(argv), [], False
+    for i, arg in enumerate(argv):
+        if arg == '--ros-args':
+            in_ros_args = True
+        elif arg == '--':
+            in_ros_args = False
+        elif in_ros_args and arg == '--params-file' and i + 1 < len(argv):
+            text, names = _decimal_params_file(argv[i + 1])
+            if names:
+                rewritten = Path(folder) / f'{i + 1}_{Path(argv[i + 1]).name}'
+                rewritten.write_text(text)
+                notes += [f'--params-file {argv[i + 1]}: {name} mixes integers and decimals, '
+                          f'which rcl refuses in one list; its integers were read as decimals '
+                          f'(write 1.0 for 1 to keep the file valid for other ROS tools)'
+                          for name in names]
+                argv[i + 1] = str(rewritten)
+        elif in_ros_args and arg in ('-p', '--param') and i + 1 < len(argv):
+            name, sep, text = argv[i + 1].partition(':=')
+            value = text.strip()
+            if not (sep and value.startswith('[') and value.endswith(']')):
+                continue
+            items = value[1:-1].split(',')
+            types = [_rcl_scalar_type(item) for item in items]
+            if _mixed_number_list(types):
+                items = [_float_text(item) if kind == Parameter.Type.INTEGER else item.strip()
+                         for item, kind in zip(items, types)]
+                argv[i + 1] = f'{name}:=[{", ".join(items)}]'
+                notes.append(f'-p {name}:={text}: mixes integers and decimals, which rcl refuses '
+                             f'in one list; its integers were read as decimals')
+    return argv, notes
 
 
 def command_line_type_errors(argv, node_name):

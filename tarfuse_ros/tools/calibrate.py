@@ -5,10 +5,11 @@ PRIOR.yaml [--weights W] [--pairs-count N] [--iterations K] [--min-inliers F] [-
 [--device D] [--threads N]``
 
 1. Reads ``N`` pairs spread evenly over the recording: from a folder in the data-set layout
-   (``ir/`` and ``vi/`` matched by stem, :mod:`tarfuse_ros.core.data`; ``--split`` picks a list
-   file; images read as ``tarfuse-fuse`` reads them: 8- or 16-bit, or float such as a 32-bit
-   TIFF) or from a rosbag2 directory (``sensor_msgs/Image`` or ``CompressedImage``; a topic
-   missing from the bag is looked up as ``<topic>/compressed``). In a bag, each chosen visible
+   (``ir/`` and ``vi/`` matched by stem, :mod:`tarfuse_ros.core.data`; stems found in one
+   folder only are left out with a warning naming them; ``--split`` picks a list file; images
+   read as ``tarfuse-fuse`` reads them: 8- or 16-bit, or float such as a 32-bit TIFF) or
+   from a rosbag2 directory (``sensor_msgs/Image`` or ``CompressedImage``; a topic missing
+   from the bag is looked up as ``<topic>/compressed``). In a bag, each chosen visible
    image is paired with the IR image whose header stamp is nearest, at most ``--slop`` seconds
    away.
 2. Runs the model (:class:`~tarfuse_ros.core.engine.FusionEngine`, or the onnxruntime backend
@@ -48,6 +49,7 @@ __all__ = ['bag_pairs', 'build_parser', 'downscale_pairs', 'folder_pairs', 'main
 PROG = 'tarfuse-calibrate'
 DEFAULT_IR_TOPIC = '/infrared/image_raw'
 DEFAULT_VI_TOPIC = '/visible/image_raw'
+_SHOWN_STEMS = 5  # unpaired stems named per folder
 
 
 class UsageError(ValueError):
@@ -63,15 +65,32 @@ def spread_indices(total, count):
     return sorted({int(round(i)) for i in np.linspace(0, total - 1, count)})
 
 
+def _unpaired_lines(pairs_dir):
+    """Return one line per folder of ``pairs_dir`` with images whose stem the other lacks."""
+    from tarfuse_ros.core import data
+    lines = []
+    for only, label, other in zip(data.unpaired_stems(pairs_dir), ('IR', 'visible'),
+                                  ('a visible', 'an IR')):
+        if only:
+            shown = ', '.join(only[:_SHOWN_STEMS])
+            more = f', ... ({len(only) - _SHOWN_STEMS} more)' if len(only) > _SHOWN_STEMS \
+                else ''
+            lines.append(f'{len(only)} {label} image(s) without {other} image of the same '
+                         f'stem: {shown}{more}')
+    return lines
+
+
 def folder_pairs(pairs_dir, count, split='all'):
     """Return ``[(stem, ir, vi)]``: ``count`` pairs spread over a data-set folder's split.
 
     The images are as stored (``tarfuse-fuse``'s :func:`~tarfuse_ros.tools.fuse.read_image`:
-    8- or 16-bit, or float such as a 32-bit TIFF); the engine normalises them.
+    8- or 16-bit, or float such as a 32-bit TIFF); the engine normalises them. With split
+    ``'all'``, images whose stem is in only one of ``ir/`` and ``vi/`` are left out with a
+    warning on stderr (how many per folder, the first few stems).
 
     Raises:
-        UsageError: not a data-set folder, unknown split, no pair, or an unreadable image (or
-            one the engine does not take).
+        UsageError: not a data-set folder, unknown split, no pair (the unpaired stems are
+            named), or an unreadable image (or one the engine does not take).
 
     """
     from tarfuse_ros.core import data
@@ -81,8 +100,12 @@ def folder_pairs(pairs_dir, count, split='all'):
         stems = data.read_split(pairs_dir, split)
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
+    unpaired = _unpaired_lines(pairs_dir) if split == 'all' else []
     if not stems:
-        raise UsageError(f'no IR/visible pair in {str(pairs_dir)!r} (split {split!r})')
+        raise UsageError(f'no IR/visible pair in {str(pairs_dir)!r} (split {split!r})'
+                         + ''.join(f'; {line}' for line in unpaired))
+    for line in unpaired:
+        print(f'{PROG}: warning: {line}, left out', file=sys.stderr, flush=True)
     pairs = []
     for index in spread_indices(len(stems), count):
         try:

@@ -121,6 +121,7 @@ def test_prior_is_scaled_to_other_image_sizes_and_refuses_another_aspect_ratio()
     ([1.0] * 8, SIZE, SIZE, ['registration.prior', '9 numbers']),
     ([1, 0, 0, 0, 1, 0, 0, 0, float('nan')], SIZE, SIZE, ['registration.prior', 'finite']),
     ([1, 2, 3, 2, 4, 6, 0, 0, 1], SIZE, SIZE, ['registration.prior', 'not invertible']),
+    ([1, 0, 0, 0, 1e-12, 0, 0, 0, 1], SIZE, SIZE, ['registration.prior', 'not invertible']),
     ([1, 0, 0, 0, 1, 0, -0.01, 0, 1], SIZE, SIZE, ['registration.prior', 'line at infinity']),
     (np.eye(3), [], SIZE, ['registration.prior_ir_size', '[width, height]']),
     (np.eye(3), SIZE, [640, 0], ['registration.prior_visible_size', '[width, height]']),
@@ -132,6 +133,39 @@ def test_invalid_prior_is_refused_with_the_parameter_named(
         make_prior(homography, ir_size, visible_size)
     for word in words:
         assert word in str(error.value)
+
+
+# A prior fitted for a 3840x2160 visible camera (IR 640x512 at 1.5x, centred) given with
+# 640x512 sizes: it was accepted, and the pre-warped IR was all zeros.
+FOR_4K = [[1.5, 0.0, 1440.0], [0.0, 1.5, 696.0], [0.0, 0.0, 1.0]]
+
+
+@pytest.mark.parametrize('homography, where, corners', [
+    (FOR_4K, 'entirely', '(1439.2, 695.2), (2399.2, 695.2), (2399.2, 1463.2), (1439.2, 1463.2)'),
+    # IR -> visible of a rig whose IR sits 700 px to the right (no overlap at all).
+    ([1.0, 0.0, 700.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0], 'entirely', '(699.5, -0.5)'),
+    # A 4 px sliver of 640 (0.6 % of the frame) still overlaps: refused too.
+    ([1.0, 0.0, -636.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0], 'almost entirely', '(3.5, 511.5)'),
+])
+def test_prior_mapping_the_ir_frame_outside_the_visible_frame_is_refused_with_its_corners(
+        homography, where, corners):
+    with pytest.raises(ValueError) as error:
+        make_prior(homography, SIZE, SIZE)
+    message = str(error.value)
+    assert message.startswith(f'registration.prior maps the 640x512 IR frame {where} outside '
+                              f'the 640x512 visible frame: its corners land at '), message
+    assert corners in message and 'at least 1% needed' in message
+
+
+@pytest.mark.parametrize('homography, ir_size, visible_size', [
+    (FOR_4K, SIZE, (3840, 2160)),  # narrow IR inside a wide visible view
+    ([6.0, 0.0, -1600.0, 0.0, 6.0, -1300.0, 0.0, 0.0, 1.0], SIZE, SIZE),  # visible inside IR
+    ([1.0, 0.0, -630.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0], SIZE, SIZE),  # 10 px, 1.6 %: kept
+    ([-1.0, 0.0, 639.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0], SIZE, SIZE),  # a mirror, as before
+])
+def test_prior_overlapping_the_visible_frame_is_accepted(homography, ir_size, visible_size):
+    prior = make_prior(homography, ir_size, visible_size)
+    assert np.allclose(prior.homography, np.reshape(homography, (3, 3)))
 
 
 def test_empty_prior_means_none_and_the_engine_refuses_a_foreign_prior():

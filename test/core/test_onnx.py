@@ -348,6 +348,41 @@ def test_onnxruntime_backend_warns_once_on_frames_below_the_global_min_side(engi
     assert "100x74 frame is below the global stage's min side (160 px)" in caplog.text
 
 
+def test_the_small_frame_warning_names_settings_that_exist_and_a_value_that_works(
+        shipped_onnx, caplog):
+    # It said 'use backend torch, or input_min_long_side to enlarge them', and a node user
+    # found no input_min_long_side parameter: it is a model field of the checkpoint.
+    from tarfuse_ros.core.model.tarfuse import TarFuseConfig
+    from tarfuse_ros.core.sizes import enlarged_size
+    params = pytest.importorskip('tarfuse_ros.ros.params')
+    _, ir, vi = next(_pairs())
+    small = [cv2.resize(image, (100, 74), interpolation=cv2.INTER_AREA) for image in (ir, vi)]
+    fresh = OnnxFusionEngine(shipped_onnx, device='cpu', threads=1)
+    with caplog.at_level(logging.WARNING, logger='tarfuse_ros.core.onnx_backend'):
+        fresh.infer(*small)
+    message = caplog.records[0].getMessage()
+    assert ('use backend torch (node parameters backend:=torch and '
+            'weights:=CHECKPOINT.safetensors; in the tools, the .safetensors checkpoint), '
+            "or have such frames enlarged for the graph: set the checkpoint's model field "
+            'input_min_long_side (not a node parameter) to 216 or more, e.g. python '
+            'benchmarks/set_inference_fields.py CHECKPOINT OUT --set input_min_long_side=216, '
+            'and export OUT again with tarfuse-export') in message, message
+    node_parameters = {spec.name for spec in params.PARAMETER_SPECS}
+    assert {'backend', 'weights'} <= node_parameters
+    assert 'input_min_long_side' not in node_parameters
+    assert 'input_min_long_side' in TarFuseConfig.__dataclass_fields__
+    set_fields = (Path(__file__).resolve().parents[2] / 'benchmarks'
+                  / 'set_inference_fields.py').read_text()
+    assert "'input_min_long_side'" in set_fields
+    # 216 is the least value that lifts the 74 px side to 160 px: with it nothing is said.
+    assert min(enlarged_size(74, 100, 215)) < 160 <= min(enlarged_size(74, 100, 216))
+    enlarged = OnnxFusionEngine(shipped_onnx, device='cpu', threads=1, input_min_long_side=216)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger='tarfuse_ros.core.onnx_backend'):
+        enlarged.infer(*small)
+    assert not caplog.records, caplog.text
+
+
 def test_onnxruntime_backend_runs_no_torch_operation(engines, roadscene_pair):
     from torch.overrides import TorchFunctionMode
 

@@ -10,14 +10,19 @@ to the node with ``--params-file`` after the shipped parameters, as the launch f
 engine gives with the same prior in this process.
 """
 
+from pathlib import Path
 import time
 
 from node_harness import assert_start_up_fails, HEIGHT, NodeProcess, Probe, random_domain_id
 from node_harness import image_msg, sample_pair, VISIBLE_FRAME, WIDTH
 import numpy as np
 import pytest
+import rclpy
+from rclpy.node import Node
+from rclpy.parameter import Parameter
 from tarfuse_ros.core.engine import FusionEngine
-from tarfuse_ros.core.prior import make_prior, write_prior_yaml
+from tarfuse_ros.core.prior import load_prior_yaml, make_prior, write_prior_yaml
+from tarfuse_ros.ros.params import decimal_number_lists, declare_node_parameters
 from tarfuse_ros.ros.params import params_from_values, registration_prior
 
 pytestmark = pytest.mark.dds
@@ -39,6 +44,10 @@ def test_prior_parameters_are_read_and_validated_naming_the_parameter():
                                                            'not invertible']),
             ({'registration.prior': [1, 0, 0, 0, 1, 0, 0, 0, 1]},
              ['registration.prior_ir_size']),
+            ({'registration.prior': [1, 0, -300, 0, 1, 0, 0, 0, 1],
+              'registration.prior_ir_size': [160, 128],
+              'registration.prior_visible_size': [160, 128]},
+             ['registration.prior', 'IR frame entirely outside the 160x128 visible frame']),
             ({'registration.prior_ir_size': ['a', 'b']}, ['registration.prior_ir_size'])]:
         with pytest.raises(ValueError) as error:
             params_from_values(values)
@@ -52,6 +61,65 @@ def prior_file(tmp_path_factory):
     write_prior_yaml(path, make_prior(HOMOGRAPHY, (WIDTH, HEIGHT), (WIDTH, HEIGHT)),
                      comments=['node test prior'])
     return path
+
+
+def _hand_edited(prior_file, out):
+    """Write ``prior_file`` as a user edits it: some decimals of the homography made integers."""
+    text = prior_file.read_text()
+    assert text.count('1.0]') == 1 and text.count('5.0,') == 1  # HOMOGRAPHY's 1.0 and 5.0
+    out.write_text(text.replace('1.0]', '1]').replace('5.0,', '5,'))
+    return out
+
+
+def test_a_hand_edited_prior_file_with_integers_reaches_the_node(prior_file, tmp_path):
+    # rcl refused the file before the node could read it ("Sequence should be of same type.
+    # Value type 'integer' do not belong"), while load_prior_yaml and the tools took it.
+    edited = _hand_edited(prior_file, tmp_path / 'edited_prior.yaml')
+    expected = make_prior(HOMOGRAPHY, (WIDTH, HEIGHT), (WIDTH, HEIGHT))
+    loaded = load_prior_yaml(edited)
+    assert np.array_equal(loaded.homography, expected.homography)
+    node = NodeProcess(random_domain_id(), {'device': 'cpu', 'cpu_threads': 1},
+                       namespace='/edited', params_files=[edited])
+    try:
+        deadline = time.monotonic() + 120.0
+        while node.alive() and 'registration prior (IR' not in node.log():
+            assert time.monotonic() < deadline, node.log()
+            time.sleep(0.2)
+        log = node.log()
+    finally:
+        node.close()
+    assert f'registration prior (IR {WIDTH}x{HEIGHT} -> visible {WIDTH}x{HEIGHT}): ' \
+        f'{expected.homography.ravel().round(6).tolist()}' in log, log
+    assert (f'--params-file {edited}: registration.prior mixes integers and decimals, which '
+            f'rcl refuses in one list; its integers were read as decimals') in log, log
+
+
+def test_number_lists_mixing_integers_and_decimals_are_given_to_rcl_as_doubles(
+        prior_file, tmp_path):
+    """What the node's main gives rclpy.init: in a params file and in a -p value."""
+    edited = _hand_edited(prior_file, tmp_path / 'edited_prior.yaml')
+    given = ['fuse_node', '--ros-args', '--params-file', str(edited), '-p',
+             'registration.prior:=[1, 0, 0x10, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]', '-p',
+             'registration.prior_ir_size:=[160, 128]', '--', '-p', 'x:=[1, 0.5]']
+    argv, notes = decimal_number_lists(given, tmp_path)
+    assert argv[3] != str(edited) and Path(argv[3]).parent == tmp_path
+    assert Path(argv[3]).read_text() == prior_file.read_text()  # only the integers changed
+    assert argv[5] == 'registration.prior:=[1.0, 0.0, 16.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]'
+    assert argv[6:] == given[6:]  # an integer list, and what follows '--', as given
+    assert len(notes) == 2 and notes[1].startswith('-p registration.prior:=[1, 0, 0x10,')
+    # rcl takes the result: the node's own declarations read the prior as doubles.
+    context = rclpy.Context()
+    rclpy.init(args=argv[:8], context=context)
+    try:
+        node = Node('tarfuse', context=context)
+        params = declare_node_parameters(node)
+        assert node.get_parameter('registration.prior').type_ == Parameter.Type.DOUBLE_ARRAY
+        assert registration_prior(params).homography[0, 2] == 16.0  # -p after the file
+        node.destroy_node()
+    finally:
+        rclpy.shutdown(context=context)
+    assert decimal_number_lists(given[:3] + [str(prior_file)], tmp_path) == (
+        given[:3] + [str(prior_file)], [])  # a valid file is given as it is
 
 
 def _registered_by_node(parameters, namespace, params_files=()):
@@ -88,12 +156,19 @@ def test_node_with_a_prior_file_publishes_the_registration_of_the_engine(prior_f
     assert np.abs(pixels.astype(int) - without.registered_ir).mean() > 1.5
 
 
-def test_node_refuses_an_invalid_prior_at_start_up_naming_the_parameter():
+@pytest.mark.parametrize('prior, words', [
+    ('[1.0, 2.0, 3.0, 2.0, 4.0, 6.0, 0.0, 0.0, 1.0]', ('not invertible',)),
+    # The IR frame 200 px to the right of a 160 px wide visible frame: it started, and the
+    # network saw an all-zero IR.
+    ('[1.0, 0.0, 200.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]',
+     ('maps the 160x128 IR frame entirely outside the 160x128 visible frame',
+      'its corners land at (199.5, -0.5), (359.5, -0.5), (359.5, 127.5), (199.5, 127.5)'))])
+def test_node_refuses_an_invalid_prior_at_start_up_naming_the_parameter(prior, words):
     assert_start_up_fails({
-        'registration.prior': '[1.0, 2.0, 3.0, 2.0, 4.0, 6.0, 0.0, 0.0, 1.0]',
+        'registration.prior': prior,
         'registration.prior_ir_size': '[160, 128]',
         'registration.prior_visible_size': '[160, 128]'},
-        ('invalid parameter', 'registration.prior', 'not invertible'))
+        ('invalid parameter', 'registration.prior') + words)
 
 
 def test_node_with_the_scale_search_off_publishes_the_single_scale_registration():

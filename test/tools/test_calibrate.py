@@ -197,6 +197,27 @@ def test_an_initial_prior_file_without_a_prior_is_refused(tmp_path, capsys):
     assert not out.exists()
 
 
+# A hand-written prior whose IR frame lands 400 px right of a 320x256 visible frame.
+OUTSIDE_PRIOR = ('/**:\n  ros__parameters:\n    registration:\n'
+                 '      prior: [1.0, 0.0, 400.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]\n'
+                 '      prior_ir_size: [320, 256]\n      prior_visible_size: [320, 256]\n')
+
+
+def test_an_initial_prior_mapping_the_ir_outside_the_visible_frame_exits_2(tmp_path, capsys):
+    # It was accepted: the model then ran on an all-zero pre-warped IR.
+    initial = tmp_path / 'outside.yaml'
+    initial.write_text(OUTSIDE_PRIOR)
+    out = tmp_path / 'p.yaml'
+    code = calibrate.main(['--pairs', str(tmp_path), '--out', str(out), '--initial-prior',
+                           str(initial), '--iterations', '1', '--threads', '1'])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.startswith('tarfuse-calibrate: error: --initial-prior: registration.prior maps '
+                          'the 320x256 IR frame entirely outside the 320x256 visible frame: '
+                          'its corners land at (399.5, -0.5), (719.5, -0.5), '), err
+    assert not out.exists()
+
+
 def test_pairs_of_several_sizes_exit_2_naming_them_even_with_max_side(
         rig_folder, tmp_path, capsys):
     # It exited 1 "no prior fitted"; with --max-side making both sizes one, it fitted them.
@@ -289,6 +310,41 @@ def _rig_copy(rig_folder, out, ir_image):
         ir = cv2.imread(str(rig_folder / 'ir' / path.name), cv2.IMREAD_GRAYSCALE)
         cv2.imwrite(str(out / 'ir' / path.name), ir_image(ir))
     return out
+
+
+def test_stems_in_one_folder_only_are_named_in_a_warning_and_left_out(
+        rig_folder, tmp_path, capsys):
+    # They were dropped without a word: a user with 7 IR frames missing saw 2 pairs used.
+    folder = _rig_copy(rig_folder, tmp_path / 'gaps', lambda ir: ir)
+    ir_file = sorted((rig_folder / 'ir').iterdir())[0]
+    vi_file = sorted((rig_folder / 'vi').iterdir())[0]
+    for index in range(7):  # real images under stems the other folder lacks
+        (folder / 'ir' / f'ir_only_{index}.png').write_bytes(ir_file.read_bytes())
+    (folder / 'vi' / 'vi_only_0.png').write_bytes(vi_file.read_bytes())
+    out = tmp_path / 'p.yaml'
+    code = calibrate.main(['--pairs', str(folder), '--out', str(out), '--iterations', '1',
+                           '--max-side', '160', '--min-inliers', '0', '--threads', '1'])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert ('tarfuse-calibrate: warning: 7 IR image(s) without a visible image of the same '
+            'stem: ir_only_0, ir_only_1, ir_only_2, ir_only_3, ir_only_4, ... (2 more), left '
+            'out\n') in captured.err, captured.err
+    assert ('tarfuse-calibrate: warning: 1 visible image(s) without an IR image of the same '
+            'stem: vi_only_0, left out\n') in captured.err, captured.err
+    assert 'fitted on' in captured.out and 'ir_only' not in captured.out
+    assert load_prior_yaml(out) is not None
+    # No pair left: exit 2 naming both sides' stems.
+    for path in (folder / 'vi').iterdir():
+        if not path.stem.startswith('vi_only'):
+            path.unlink()
+    code = calibrate.main(['--pairs', str(folder), '--out', str(tmp_path / 'q.yaml'),
+                           '--iterations', '1', '--threads', '1'])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.startswith(f"tarfuse-calibrate: error: no IR/visible pair in '{folder}' (split "
+                          f"'all'); 9 IR image(s) without a visible image of the same stem: "), err
+    assert '1 visible image(s) without an IR image of the same stem: vi_only_0' in err, err
+    assert not (tmp_path / 'q.yaml').exists()
 
 
 def test_a_constant_ir_exits_2_naming_the_pairs_before_the_model_runs(rig_folder, tmp_path,

@@ -243,6 +243,24 @@ def test_prior_from_tarfuse_calibrate_is_applied_as_the_node_does(tmp_path, caps
     assert status == 1 and 'run tarfuse-calibrate again for this size' in stdout + err
 
 
+def test_a_prior_mapping_the_ir_outside_the_visible_frame_exits_2(tmp_path, capsys):
+    # It was accepted and every pair fused with an all-zero pre-warped IR.
+    prior_file = tmp_path / 'outside.yaml'
+    prior_file.write_text('/**:\n  ros__parameters:\n    registration:\n'
+                          '      prior: [1.0, 0.0, 0.0, 0.0, 1.0, -900.0, 0.0, 0.0, 1.0]\n'
+                          '      prior_ir_size: [640, 512]\n'
+                          '      prior_visible_size: [640, 512]\n')
+    stem = STEMS[0]
+    status, _, err = _run(capsys, '--ir', SAMPLES / 'ir' / f'{stem}.jpg', '--visible',
+                          SAMPLES / 'vi' / f'{stem}.jpg', '--out', tmp_path / 'out',
+                          '--prior', prior_file)
+    assert status == 2, err
+    assert ('--prior: registration.prior maps the 640x512 IR frame entirely outside the '
+            '640x512 visible frame: its corners land at (-0.5, -900.5), (639.5, -900.5), '
+            '(639.5, -388.5), (-0.5, -388.5)') in err, err
+    assert not (tmp_path / 'out').exists()
+
+
 def test_folder_of_sample_pairs_is_matched_by_stem(tmp_path, capsys):
     out = tmp_path / 'out'
     # IR as PNG (the deformed copies), visible as JPEG: pairs are matched by stem.
