@@ -82,8 +82,9 @@ def _cases(tmp_path):
         'missing_params_file': ({'weights': str(weights)},
                                 ["Couldn't parse params file", 'absent.yaml',
                                  'names a readable YAML file'], tmp_path / 'absent.yaml'),
+        # Integers among decimals are read as decimals (main); other mixes rcl refuses.
         'list_of_mixed_types': ({'weights': str(weights),
-                                 'registration.prior': '[1.0,0,0,0,1,0,0,0,1]'},
+                                 'registration.prior': '[1.0,abc,0,0,1,0,0,0,1]'},
                                 ['the ROS arguments cannot be parsed',
                                  'a -p list holds one type']),
         # Each image would be fused with itself / the node would read its own output.
