@@ -896,8 +896,8 @@ def _argument_hint(message):
     if "Couldn't parse params file" in message:
         return ('check that each --params-file names a readable YAML file (<node name or /**>: '
                 'ros__parameters: ...)')
-    return ("fix them (e.g. a -p list holds one type: numbers or strings, not both: "
-            "[1.0, 0.0], not [1.0, 'a'])")
+    return ('fix them (e.g. a -p list holds one type: numbers or strings, not both: '
+            '[1.0, 0.0], not [1.0, a])')
 
 
 def main(args=None):
