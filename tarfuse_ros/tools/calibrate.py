@@ -133,7 +133,8 @@ def bag_pairs(bag_dir, count, ir_topic=DEFAULT_IR_TOPIC, vi_topic=DEFAULT_VI_TOP
     """Return ``[(name, ir, vi)]``: ``count`` pairs spread over a rosbag2 recording.
 
     Visible images are chosen evenly over the recording (by header stamp); each is paired with
-    the IR image of nearest header stamp, at most ``slop_s`` away (else it is skipped). ``name``
+    the IR image of nearest header stamp, at most ``slop_s`` away (else it is left out, with a
+    warning on stderr giving how many and how far their nearest IR images are). ``name``
     is the visible stamp as ``sec.nanosec``.
 
     Raises:
@@ -159,15 +160,25 @@ def bag_pairs(bag_dir, count, ir_topic=DEFAULT_IR_TOPIC, vi_topic=DEFAULT_VI_TOP
     ir_stamps = np.array(sorted(set(stamps[ir_bag])), dtype=np.int64)
     if not vi_stamps or not len(ir_stamps):
         raise UsageError(f'the bag has no message on {vi_bag!r} or {ir_bag!r}')
-    chosen = {}
+    chosen, gaps = {}, []
     slop_ns = int(round(slop_s * 1e9))
-    for index in spread_indices(len(vi_stamps), count):
+    indices = spread_indices(len(vi_stamps), count)
+    for index in indices:
         stamp = vi_stamps[index]
         nearest = int(ir_stamps[np.argmin(np.abs(ir_stamps - stamp))])
         if abs(nearest - stamp) <= slop_ns:
             chosen[stamp] = nearest
+        else:
+            gaps.append(abs(nearest - stamp) / 1e9)
     if not chosen:
-        raise UsageError(f'no IR image within --slop {slop_s} s of the chosen visible images')
+        raise UsageError(f'no IR image within --slop {slop_s} s of the chosen visible images '
+                         f'(the nearest IR images are {min(gaps):.3f}-{max(gaps):.3f} s away); '
+                         f'raise --slop if the cameras stamp that far apart')
+    if gaps:
+        print(f'{PROG}: warning: {len(gaps)} of {len(indices)} chosen visible images have no '
+              f'IR image within --slop {slop_s} s (nearest {min(gaps):.3f}-{max(gaps):.3f} s '
+              f'away), left out; raise --slop if the cameras stamp that far apart',
+              file=sys.stderr, flush=True)
     ir_wanted = set(chosen.values())
     images = {}
     for topic, _, _, raw, msg in read_messages(bag_dir, topics=[ir_bag, vi_bag]):

@@ -387,3 +387,30 @@ def test_a_featureless_ir_writes_no_prior_and_exits_1(tmp_path, capsys):
     assert 'fitted on' in captured.out  # the per-pair report is still printed
     assert calibrate.main(argv + ['--min-inliers', '0']) == 0  # asked for: written
     assert load_prior_yaml(out) is not None
+
+
+def test_bag_images_without_an_ir_partner_within_slop_are_named_not_dropped_silently(
+        tmp_path, capsys):
+    """Visible images whose nearest IR image is beyond --slop are left out with a warning."""
+    bag = tmp_path / 'jittered_bag'
+    # IR stamped up to 45 ms from its visible image (seeded): some beyond a 20 ms slop.
+    make_bag(ROOT / 'samples', bag, rate=10.0, size=(160, 128), jitter_ms=45.0, seed=0,
+             max_pairs=4)
+    pairs = calibrate.bag_pairs(bag, 4, slop_s=0.02)
+    warning = capsys.readouterr().err
+    found = re.search(r'warning: (\d+) of 4 chosen visible images have no IR image within '
+                      r'--slop 0.02 s \(nearest (\d\.\d{3})-(\d\.\d{3}) s away\)', warning)
+    assert found, warning
+    left_out = int(found.group(1))
+    assert left_out >= 1 and len(pairs) + left_out == 4, (len(pairs), warning)
+    assert 0.02 < float(found.group(2)) <= float(found.group(3)) <= 0.045, warning
+    assert 'raise --slop' in warning
+    # Every IR image 30 ms late: none within 20 ms, the command says how far they are.
+    late = tmp_path / 'late_bag'
+    make_bag(ROOT / 'samples', late, rate=10.0, size=(160, 128), offset_ms=30.0, max_pairs=2)
+    code = calibrate.main(['--bag', str(late), '--out', str(tmp_path / 'p.yaml'),
+                           '--slop', '0.02', '--iterations', '1'])
+    printed = capsys.readouterr().err
+    assert code == 2, printed
+    assert 'no IR image within --slop 0.02 s' in printed and '0.030-0.030 s away' in printed
+    assert not (tmp_path / 'p.yaml').exists()
