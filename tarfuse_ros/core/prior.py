@@ -167,10 +167,11 @@ def make_prior(homography, ir_size=(), visible_size=(), name='registration.prior
         :class:`RegistrationPrior`, or None when ``homography`` is empty.
 
     Raises:
-        ValueError: not 9 numbers, a non-finite value, a singular matrix, a homography that
-            sends part of the IR image through the line at infinity (a point of the image maps
-            behind the camera), one that maps the IR frame (almost) entirely outside the visible
-            frame, or sizes missing/not positive; the message names the parameter.
+        ValueError: not 9 numbers (a bool or a string is not one), a non-finite value, a
+            singular matrix, a homography that sends part of the IR image through the line at
+            infinity (a point of the image maps behind the camera), one that maps the IR frame
+            (almost) entirely outside the visible frame, or sizes missing/not positive; the
+            message names the parameter.
 
     """
     if homography is None:
@@ -179,6 +180,8 @@ def make_prior(homography, ir_size=(), visible_size=(), name='registration.prior
     if values.size == 0:
         return None
     try:
+        if any(isinstance(v, (bool, np.bool_, str, bytes)) for v in values):
+            raise TypeError('not a number')  # float() would take true and '1.5'
         matrix = np.array([float(v) for v in values], dtype=np.float64)
     except (TypeError, ValueError):
         raise ValueError(f'{name} must hold 9 numbers (row-major 3x3 homography, IR pixels -> '

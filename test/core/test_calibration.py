@@ -119,6 +119,9 @@ def test_prior_is_scaled_to_other_image_sizes_and_refuses_another_aspect_ratio()
 # -- validation -------------------------------------------------------------------------------
 @pytest.mark.parametrize('homography, ir_size, visible_size, words', [
     ([1.0] * 8, SIZE, SIZE, ['registration.prior', '9 numbers']),
+    # YAML's true and a quoted number are not numbers (float() took them as 1.0 and 1.5).
+    ([True, 0, 0, 0, 1, 0, 0, 0, 1], SIZE, SIZE, ['registration.prior', '9 numbers']),
+    (['1.5', 0, 0, 0, 1, 0, 0, 0, 1], SIZE, SIZE, ['registration.prior', '9 numbers']),
     ([1, 0, 0, 0, 1, 0, 0, 0, float('nan')], SIZE, SIZE, ['registration.prior', 'finite']),
     ([1, 2, 3, 2, 4, 6, 0, 0, 1], SIZE, SIZE, ['registration.prior', 'not invertible']),
     ([1, 0, 0, 0, 1e-12, 0, 0, 0, 1], SIZE, SIZE, ['registration.prior', 'not invertible']),
