@@ -49,7 +49,8 @@ from tarfuse_ros.ros.conversions import array_to_compressed_msg, array_to_image_
 from tarfuse_ros.ros.conversions import detections_to_msg, image_msg_to_array, load_bridge
 from tarfuse_ros.ros.diagnostics import build_status, NodeStats, process_rss_mib
 from tarfuse_ros.ros.diagnostics import WarningThrottle
-from tarfuse_ros.ros.params import apply_updates, command_line_type_errors
+from tarfuse_ros.ros.params import apply_updates, canonical_parameters
+from tarfuse_ros.ros.params import command_line_type_errors
 from tarfuse_ros.ros.params import decimal_number_lists
 from tarfuse_ros.ros.params import declare_node_parameters, parameter_updates
 from tarfuse_ros.ros.params import refinement_settings, registration_prior
@@ -222,6 +223,9 @@ class TarFuseNode(Node):
                 f'QoS override {", ".join(repr(name) for name in ignored)} ignored: this '
                 f'model does not detect, so the detections topic is not advertised')
 
+        if hasattr(self, 'add_pre_set_parameters_callback'):  # rclpy of Iron and newer
+            # Stored as used: a set ' cpu' reads back as 'cpu' (on Humble, verbatim).
+            self.add_pre_set_parameters_callback(canonical_parameters)
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self._diag_timer = self.create_timer(params.diagnostics_period, self._publish_diagnostics,
                                              clock=self._steady)

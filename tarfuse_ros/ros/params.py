@@ -21,7 +21,8 @@ from tarfuse_ros.core.paths import default_weights_path
 
 __all__ = [
     'NodeParams', 'ParamSpec', 'PARAMETER_SPECS', 'RELIABILITY_VALUES', 'TRANSPORT_VALUES',
-    'apply_updates', 'decimal_number_lists', 'declare_node_parameters', 'descriptor_for',
+    'apply_updates', 'canonical_parameters', 'decimal_number_lists', 'declare_node_parameters',
+    'descriptor_for',
     'parameter_updates', 'params_from_values', 'refinement_settings', 'registration_prior',
     'validate_params',
 ]
@@ -495,7 +496,7 @@ def declare_node_parameters(node):
     """
     defaults = {f.name: f.default for f in fields(NodeParams) if f.name != 'weights'}
     defaults['weights'] = str(default_weights_path())
-    values = {}
+    values, declared = {}, []
     for spec in PARAMETER_SPECS:
         descriptor = descriptor_for(spec)
         if spec.kind == 'float_array':
@@ -513,7 +514,42 @@ def declare_node_parameters(node):
         else:
             parameter = node.declare_parameter(spec.name, defaults[spec.field], descriptor)
         values[spec.name] = parameter.value
-    return params_from_values(values)
+        declared.append(parameter)
+    params = params_from_values(values)
+    # The node's parameter store holds the values in use (ros2 param get / dump show them).
+    changed = [new for new, old in zip(canonical_parameters(declared), declared) if new is not old]
+    if changed:
+        node.set_parameters(changed)
+    return params
+
+
+def canonical_parameters(parameters):
+    """Return rclpy ``parameters`` with our string values written as the node uses them.
+
+    A string loses its surrounding whitespace, a string list its blank items, and an empty
+    ``weights`` becomes the shipped weights' path: otherwise ``ros2 param set ... device ' cpu'``
+    (or ``-p``) would leave ``' cpu'`` in the node's parameter store while the node runs on
+    ``'cpu'``. Other parameters, and values of another type (the set callback refuses those),
+    are passed on unchanged (the same objects). Usable as rclpy's pre-set parameters callback.
+    """
+    result = []
+    for parameter in parameters:
+        spec = _BY_NAME.get(parameter.name)
+        if spec is not None and spec.kind in ('str', 'str_array'):
+            try:
+                value = _coerce(spec, parameter.value)
+            except ValueError:
+                value = None
+            if spec.name == 'weights' and value == '':
+                value = str(default_weights_path())
+            if spec.kind == 'str_array' and value is not None:
+                value = list(value)
+            if value is not None and value != parameter.value:
+                kind = (Parameter.Type.STRING if spec.kind == 'str'
+                        else Parameter.Type.STRING_ARRAY)
+                parameter = Parameter(parameter.name, kind, value)
+        result.append(parameter)
+    return result
 
 
 def unknown_parameters(node):

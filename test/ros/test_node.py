@@ -448,6 +448,19 @@ def test_a_refused_fixed_parameter_names_a_restart_value_rcl_reads_with_its_type
                                         'tarfuse') == [], result.reason
 
 
+def test_a_whitespace_variant_of_a_fixed_parameter_is_stored_as_used(setup):
+    # ros2 param set /rig/tarfuse device ' cpu': accepted (no change), but ros2 param get
+    # then showed ' cpu' while the node ran on 'cpu'.
+    node, probe, _, _ = setup
+    result, = probe.set_parameters(device=' cpu')
+    assert result.successful, result.reason
+    value, = _call(probe, GetParameters, 'get_parameters',
+                   GetParameters.Request(names=['device'])).values
+    assert value.string_value == 'cpu'
+    result, = probe.set_parameters(device=' cuda:0')
+    assert not result.successful and 'device:=cuda:0 ' in result.reason, result.reason
+
+
 def test_with_sim_time_and_no_clock_the_latency_is_not_measured(setup):
     # use_sim_time without /clock (a bag played without --clock): the node's time is 0, so
     # now - stamp would be minus the stamp (about -1.8e12 ms).

@@ -5,13 +5,14 @@ from pathlib import Path
 import random
 
 import pytest
-from rcl_interfaces.msg import ParameterType
+from rcl_interfaces.msg import ParameterType, SetParametersResult
 import rclpy
 from rclpy.parameter import Parameter
 from rclpy.signals import SignalHandlerOptions
 from tarfuse_ros.core.paths import default_weights_path
 from tarfuse_ros.ros.params import _rcl_type, command_line_type_errors
-from tarfuse_ros.ros.params import apply_updates, declare_node_parameters, descriptor_for
+from tarfuse_ros.ros.params import apply_updates, canonical_parameters
+from tarfuse_ros.ros.params import declare_node_parameters, descriptor_for
 from tarfuse_ros.ros.params import NodeParams, PARAMETER_SPECS, params_from_values
 import yaml
 
@@ -144,6 +145,46 @@ def test_declaring_on_a_real_node_takes_overrides_and_rejects_bad_ones():
         bad.destroy_node()
     finally:
         rclpy.try_shutdown(context=context)
+
+
+def test_the_parameter_store_holds_the_values_the_node_uses():
+    # `-p device:=' cpu'` or `ros2 param set ... device ' cpu'`: the node ran on 'cpu' but
+    # `ros2 param get` showed ' cpu' (a fixed parameter's whitespace variant, accepted as no
+    # change, was stored verbatim), and an empty weights showed '' instead of the file in use.
+    context = rclpy.Context()
+    rclpy.init(context=context, domain_id=random.SystemRandom().randint(101, 215),
+               signal_handler_options=SignalHandlerOptions.NO)
+    try:
+        node = rclpy.create_node('params_store', context=context, parameter_overrides=[
+            Parameter('device', value=' cpu '), Parameter('weights', value=''),
+            Parameter('classes', value=[' person', ' ', 'car'])])
+        params = declare_node_parameters(node)
+        assert (params.device, params.classes) == ('cpu', ('person', 'car'))
+        stored = {name: node.get_parameter(name).value
+                  for name in ('device', 'weights', 'classes')}
+        assert stored == {'device': 'cpu', 'weights': str(default_weights_path()),
+                          'classes': ['person', 'car']}
+        node.add_pre_set_parameters_callback(canonical_parameters)
+        node.add_on_set_parameters_callback(
+            lambda changes: SetParametersResult(successful=True))
+        assert node.set_parameters([Parameter('device', value='cpu\t')])[0].successful
+        assert node.get_parameter('device').value == 'cpu'
+        assert node.set_parameters([Parameter('classes', value=['car ', ''])])[0].successful
+        assert node.get_parameter('classes').value == ['car']
+        node.destroy_node()
+    finally:
+        rclpy.try_shutdown(context=context)
+
+
+def test_canonical_parameters_keeps_other_parameters_and_wrong_types_as_they_are():
+    numbers = Parameter('sync.slop', value=0.1)
+    wrong_type = Parameter('device', value=3)
+    unknown = Parameter('use_sim_time', value=True)
+    already = Parameter('backend', value='torch')
+    given = [numbers, wrong_type, unknown, already, Parameter('backend', value=' onnxruntime')]
+    result = canonical_parameters(given)
+    assert result[:4] == given[:4] and all(a is b for a, b in zip(result[:4], given[:4]))
+    assert (result[4].type_, result[4].value) == (Parameter.Type.STRING, 'onnxruntime')
 
 
 RCL_VALUES = ['abc', 'y', 'N', 'yes', 'Off', 'TRUE', 'true', '1', '-7', '0x1F', '010', '08',
