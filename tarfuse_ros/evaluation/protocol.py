@@ -116,8 +116,11 @@ def make_case(dataset_dir, stem, mode, options, aligned):
 
 
 def _select_stems(dataset_dir, options, deform, with_disp):
-    """Return ``(stems, skipped)``: the split's stems (with a field for ``dataset``)."""
-    stems = data.DataSource(dataset_dir, options.split).stems()
+    """Return ``(stems, skipped)``: the split's stems (with a field for ``dataset``).
+
+    A list file that names a stem twice is refused: its pair would count twice.
+    """
+    stems = data.read_split(dataset_dir, options.split, unique=True)
     skipped = []
     if deform == 'dataset':
         skipped = [s for s in stems if s not in with_disp]
