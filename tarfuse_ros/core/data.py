@@ -8,7 +8,8 @@ Layout of one data set folder (every shared set follows it; the user's own data 
                                       frame); a missing file means "unlabelled", an empty file
                                       means "labelled, no objects"
     <set>/classes.txt                 class names, one a line, in label-id order (also accepted
-                                      as ``<set>/labels/classes.txt``)
+                                      as ``<set>/labels/classes.txt``; a label folder with a
+                                      ``classes.txt`` of its own uses that, :func:`read_classes`)
     <set>/<split>.txt                 stems, one a line (``train.txt``, ``test.txt``, ...)
     <set>/synthetic_misaligned/disp/<stem>.npz     optional: key ``disp`` (H, W, 2) float, the
                                       APPLIED deformation in pixels, ``ir_warp = warp(ir, disp)``
@@ -18,11 +19,11 @@ Flow convention (as everywhere in the core): ``(dx, dy)`` pixels, ``warp(x, f)(p
 The registration target of a ``disp`` field is its inverse (``deform.invert_flow``), not ``-disp``.
 
 Class map: a dict ``name -> id`` unifies the label sets of several data sets. Each set's label ids
-are turned into names through its ``classes.txt`` and the names into our ids through the map
-(case-insensitive; several names may share an id, e.g. ``{'person': 0, 'people': 0}``). Boxes of
-classes absent from the map are dropped (those objects become background for our detector).
-Without a map, :func:`default_class_map` makes one from the union of the sets' class names in
-order of first appearance.
+are turned into names through its label folder's (else its own) ``classes.txt`` and the names
+into our ids through the map (case-insensitive; several names may share an id, e.g.
+``{'person': 0, 'people': 0}``). Boxes of classes absent from the map are dropped (those objects
+become background for our detector). Without a map, :func:`default_class_map` makes one from the
+union of the sets' class names in order of first appearance.
 
 The data set does not deform the IR image: the trainer draws a random deformation per batch on
 its device (``deform.random_deformation``). It does crops, flips and the Y channel.
@@ -242,10 +243,16 @@ def load_pair(dataset_dir, stem):
     return ir, vi
 
 
-def read_classes(dataset_dir):
-    """Return the class names of a data set (``classes.txt``), or None when it has none."""
+def read_classes(dataset_dir, labels_dir='labels'):
+    """Return the class names the label files of ``labels_dir`` use, or None without a list.
+
+    The label folder's own ``classes.txt`` comes first (a folder labelled with other classes,
+    e.g. by another tool, carries its list), then the set's ``classes.txt`` and
+    ``labels/classes.txt``. ``labels_dir`` is relative to ``dataset_dir`` or absolute.
+    """
     path = Path(dataset_dir)
-    for candidate in (path / 'classes.txt', path / 'labels' / 'classes.txt'):
+    for candidate in (path / labels_dir / 'classes.txt', path / 'classes.txt',
+                      path / 'labels' / 'classes.txt'):
         if candidate.is_file():
             return [line.strip() for line in candidate.read_text().splitlines() if line.strip()]
     return None
@@ -380,10 +387,15 @@ def load_misaligned_ir(dataset_dir, stem):
 
 
 def default_class_map(dataset_dirs):
-    """Build ``name -> id`` from the union of the sets' class names (lower case, first seen)."""
+    """Build ``name -> id`` from the union of the sets' class names (lower case, first seen).
+
+    ``dataset_dirs``: data set folders or :class:`DataSource` objects (whose label folder's
+    ``classes.txt`` comes first, :func:`read_classes`).
+    """
     class_map = {}
-    for dataset_dir in dataset_dirs:
-        for name in read_classes(dataset_dir) or []:
+    for source in dataset_dirs:
+        source = DataSource.parse(source)
+        for name in read_classes(source.path, source.labels) or []:
             class_map.setdefault(name.lower(), len(set(class_map.values())))
     return class_map
 
@@ -640,12 +652,12 @@ class PairedDataset(Dataset):
         self.epoch = 0
         dirs = [_dir(source.path) for source in parsed]
         self.class_map = _normalise_class_map(
-            default_class_map(dirs) if class_map is None else class_map)
+            default_class_map(parsed) if class_map is None else class_map)
         self.class_names = class_names_from_map(self.class_map) if self.class_map else ()
         self.items = []
         self._id_maps = []
         for source, folder in zip(parsed, dirs):
-            set_names = read_classes(folder)
+            set_names = read_classes(folder, source.labels)
             self._id_maps.append(self._set_id_map(folder, set_names))
             for stem in source.stems():
                 self.items.append((len(self._id_maps) - 1, folder, stem, source.labels))

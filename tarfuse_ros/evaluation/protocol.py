@@ -204,10 +204,10 @@ def _evaluate(data_dir, weights, out_dir, options):
     # A second engine for the zero-flow ablation: CUDA graphs would replay without the hook.
     zero_engine = FusionEngine(weights, device=options.device, cuda_graph='off', **nms)
     scores = Scores(list(engine.class_names))
-    lookup = inputs.class_lookup(dataset_dir, scores.class_names)
-    # Label ids index classes.txt (without one: the model's classes). Every label file is
-    # checked now, so a bad line is refused before the first pair runs.
-    label_classes = data.read_classes(dataset_dir)
+    lookup = inputs.class_lookup(dataset_dir, scores.class_names, options.labels_dir)
+    # Label ids index the label folder's (else the set's) classes.txt; without one, the model's
+    # classes. Every label file is checked now, so a bad line is refused before the first pair.
+    label_classes = data.read_classes(dataset_dir, options.labels_dir)
     label_classes = scores.class_names if label_classes is None else label_classes
     for stem in stems:
         data.load_labels(dataset_dir, stem, options.labels_dir, label_classes)

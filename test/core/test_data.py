@@ -108,6 +108,37 @@ def test_class_map_unifies_label_sets():
                        'motorcycle': 5, 'lamp': 6, 'truck': 7}
 
 
+def test_a_label_folder_with_its_own_classes_txt_names_its_ids(tmp_path):
+    # A second label folder written with other class ids (another tool's order) was read with
+    # the set's classes.txt: its persons were trained as cars and the reverse.
+    import shutil
+    from tarfuse_ros.training.datasets import check_class_map
+    m3fd = tmp_path / 'm3fd'
+    shutil.copytree(DATASETS / 'm3fd_samples', m3fd)
+    set_names = data.read_classes(m3fd)
+    swapped = list(reversed(set_names))
+    (m3fd / 'labels_swapped').mkdir()
+    (m3fd / 'labels_swapped' / 'classes.txt').write_text('\n'.join(swapped) + '\n')
+    lines = (m3fd / 'labels' / 'M3FD_00000.txt').read_text().splitlines()
+    (m3fd / 'labels_swapped' / 'M3FD_00000.txt').write_text(''.join(
+        f'{swapped.index(set_names[int(line.split()[0])])} {line.split(None, 1)[1]}\n'
+        for line in lines))
+    assert data.read_classes(m3fd, 'labels_swapped') == swapped
+    assert data.read_classes(m3fd, str(m3fd / 'labels_swapped')) == swapped
+    assert data.read_classes(m3fd, 'labels') == set_names  # none of its own: the set's
+    both = [data.PairedDataset([(m3fd, 'all', labels)], class_map=UNIFIED, augment=False)
+            for labels in ('labels', 'labels_swapped')]
+    assert [sorted(d[0]['boxes'][:, 0].tolist()) for d in both] == [[0.0] * 4 + [2.0] * 7] * 2
+    assert data.default_class_map([data.DataSource(m3fd, 'all', (), 'labels_swapped')]) == {
+        name.lower(): i for i, name in enumerate(swapped)}
+    # The training's check reads the label folder's list too: a map naming only its classes.
+    (m3fd / 'labels_people').mkdir()
+    (m3fd / 'labels_people' / 'classes.txt').write_text('pedestrian\n')
+    check_class_map([data.DataSource(m3fd, 'all', (), 'labels_people')], {'pedestrian': 0})
+    with pytest.raises(ValueError, match='pedestrian is in no classes.txt'):
+        check_class_map([data.DataSource(m3fd, 'all')], {'pedestrian': 0})
+
+
 def test_sample_channels_are_ir_and_visible_luma():
     roadscene = DATASETS / 'roadscene'
     dataset = data.PairedDataset([(roadscene, 'test')], augment=False, keep_color=True)

@@ -44,3 +44,25 @@ def test_a_stem_listed_twice_is_refused(tmp_path, capsys):
         f"tarfuse-eval: error: split file '{data_dir / 'twice.txt'}' lists 'FLIR_00006' twice "
         '(lines 1 and 4): its pair would count twice; remove one of the lines\n')
     assert not (tmp_path / 'eval').exists()
+
+
+def test_a_label_folder_with_its_own_classes_txt_is_read_with_it(tmp_path, capsys):
+    # --labels DIR named a folder labelled in another class order, with its classes.txt: the
+    # set's classes.txt was used instead, so its cars were scored as persons.
+    data_dir = own_set(tmp_path / 'own')
+    names = (data_dir / 'labels' / 'classes.txt').read_text().split()
+    swapped = list(reversed(names))
+    (data_dir / 'labels_swapped').mkdir()
+    (data_dir / 'labels_swapped' / 'classes.txt').write_text('\n'.join(swapped) + '\n')
+    for stem in STEMS:
+        rows = [line.split() for line in (data_dir / 'labels' / f'{stem}.txt').open()]
+        (data_dir / 'labels_swapped' / f'{stem}.txt').write_text(''.join(
+            f'{swapped.index(names[int(row[0])])} {" ".join(row[1:])}\n' for row in rows if row))
+    per_class = []
+    for labels in ('labels', 'labels_swapped'):
+        out = tmp_path / labels
+        assert evaluate(data_dir, out, '--split', 'test', '--labels', labels) == 0, \
+            capsys.readouterr().err
+        detection = json.loads((out / 'metrics.json').read_text())['detection']['per_class']
+        per_class.append({name: values['num_gt'] for name, values in detection.items()})
+    assert per_class[0] == per_class[1] == {'car': 15}  # these pairs hold cars only
