@@ -187,10 +187,12 @@ class Scores:
         return out
 
     def result(self, *, dataset, split, weights, deform, stored_ir, seed, max_side, pairs,
-               skipped, device, conf, iou, labels_dir, teachers=None):
+               skipped, device, conf, iou, labels_dir, dropped_classes=None, teachers=None):
         """Return the ``metrics.json`` dict (NaN and infinities as None).
 
-        ``teachers``: ``{name: TeacherReference}`` whose rows go under ``teachers``.
+        ``dropped_classes``: ``{label class name: boxes}`` of the classes the model does not
+        know (their boxes are left out); ``teachers``: ``{name: TeacherReference}`` whose rows
+        go under ``teachers``.
         """
         import torch
         baselines = {name: {'fusion': mean_dicts(self.fusion[name]),
@@ -217,7 +219,8 @@ class Scores:
             'registration': self.registration_summary(),
             'detection': self.detection('model'),
             'detection_labels': {'folder': labels_dir, 'labelled_pairs': len(self.truths),
-                                 'dropped_boxes_unknown_class': self.dropped_boxes},
+                                 'dropped_boxes_unknown_class': self.dropped_boxes,
+                                 'dropped_boxes_by_class': dict(dropped_classes or {})},
             'speed': {'ms_per_pair': float(np.mean(self.times_ms)),
                       'model_ms_per_pair': float(np.mean(self.model_ms)),
                       'device': device, 'threads': torch.get_num_threads(),

@@ -209,8 +209,15 @@ def _evaluate(data_dir, weights, out_dir, options):
     # classes. Every label file is checked now, so a bad line is refused before the first pair.
     label_classes = data.read_classes(dataset_dir, options.labels_dir)
     label_classes = scores.class_names if label_classes is None else label_classes
-    for stem in stems:
-        data.load_labels(dataset_dir, stem, options.labels_dir, label_classes)
+    labels = [data.load_labels(dataset_dir, stem, options.labels_dir, label_classes)
+              for stem in stems]
+    unknown = _unknown_classes(labels, lookup, label_classes)
+    if unknown:
+        _LOG.warning('the model does not know the label classes %s: those %d boxes are left out '
+                     'of the detection scores (its classes: %s)',
+                     ', '.join(f'{name} ({count} box{"es" if count > 1 else ""})'
+                               for name, count in unknown.items()),
+                     sum(unknown.values()), ', '.join(scores.class_names))
     teachers = _load_teachers(options, scores.class_names)
     day_night = read_illumination(dataset_dir)
     created = [folder for folder in (out_dir, out_dir / 'figures') if not folder.exists()]
@@ -246,10 +253,26 @@ def _evaluate(data_dir, weights, out_dir, options):
         dataset=str(dataset_dir), split=str(options.split), weights=str(weights),
         deform=deform, stored_ir=stored_ir, seed=int(options.seed), max_side=options.max_side,
         pairs=stems, skipped=skipped, device=engine.device, conf=options.conf, iou=options.iou,
-        labels_dir=options.labels_dir, teachers=teachers)
+        labels_dir=options.labels_dir, dropped_classes=unknown, teachers=teachers)
     (out_dir / 'metrics.json').write_text(json.dumps(result, indent=2) + '\n')
     (out_dir / 'report.md').write_text(render_report(result))
     return result
+
+
+def _unknown_classes(labels, lookup, names):
+    """Return ``{class name: boxes}`` of the label classes the model does not know.
+
+    ``labels``: the pairs' YOLO labels (None: unlabelled); ``lookup``: label id -> model id (-1:
+    unknown; None: label ids are model ids); ``names``: the label classes.
+    """
+    counts = {}
+    if lookup is None:
+        return counts
+    for rows in labels:
+        for class_id in (() if rows is None else rows[:, 0].astype(np.int64)):
+            if lookup[class_id] < 0:
+                counts[names[class_id]] = counts.get(names[class_id], 0) + 1
+    return counts
 
 
 def _load_teachers(options, class_names):

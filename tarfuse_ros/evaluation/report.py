@@ -137,6 +137,14 @@ def _teacher_rows(result):
     return rows
 
 
+def _dropped_names(labels):
+    """Return ``'(truck 2, ...) '`` for the dropped boxes by class, or ``''``."""
+    by_class = labels.get('dropped_boxes_by_class') or {}
+    if not by_class:
+        return ''
+    return '(' + ', '.join(f'{name} {count}' for name, count in by_class.items()) + ') '
+
+
 def _detection_lines(result):
     det = result['detection']
     if det is None:
@@ -146,7 +154,7 @@ def _detection_lines(result):
     lines = ["## Detection (AP by ultralytics' validation code, visible frame)", '',
              f'{labels["labelled_pairs"]} labelled pairs, {det["num_gt"]} boxes; '
              f'{labels["dropped_boxes_unknown_class"]} boxes of classes unknown to the model '
-             f'dropped.', '',
+             f'{_dropped_names(labels)}dropped.', '',
              '| method | mAP@0.5 | mAP@0.5:0.95 | ' + ' | '.join(
                  f'AP50 {n}' for n in names) + ' |',
              '|---|---|---|' + '---|' * len(names)]

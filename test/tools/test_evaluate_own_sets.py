@@ -66,3 +66,26 @@ def test_a_label_folder_with_its_own_classes_txt_is_read_with_it(tmp_path, capsy
         detection = json.loads((out / 'metrics.json').read_text())['detection']['per_class']
         per_class.append({name: values['num_gt'] for name, values in detection.items()})
     assert per_class[0] == per_class[1] == {'car': 15}  # these pairs hold cars only
+
+
+def test_boxes_of_classes_the_model_does_not_know_are_named_once(tmp_path, caplog):
+    # Their boxes left the scores without a word: only a count deep in the report said so.
+    data_dir = own_set(tmp_path / 'own')
+    with open(data_dir / 'labels' / 'classes.txt', 'a') as handle:
+        handle.write('truck\ntraffic sign\n')
+    for stem, extra in zip(STEMS, ('3 0.5 0.5 0.2 0.2\n4 0.1 0.1 0.05 0.05\n',
+                                   '3 0.4 0.6 0.1 0.1\n', '')):
+        with open(data_dir / 'labels' / f'{stem}.txt', 'a') as handle:
+            handle.write(extra)
+    out = tmp_path / 'eval'
+    assert evaluate(data_dir, out, '--split', 'test') == 0
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == 'WARNING']
+    assert warnings == [
+        'the model does not know the label classes truck (2 boxes), traffic sign (1 box): '
+        'those 3 boxes are left out of the detection scores (its classes: person, bicycle, '
+        'car)']
+    labels = json.loads((out / 'metrics.json').read_text())['detection_labels']
+    assert labels['dropped_boxes_unknown_class'] == 3
+    assert labels['dropped_boxes_by_class'] == {'truck': 2, 'traffic sign': 1}
+    assert '3 boxes of classes unknown to the model (truck 2, traffic sign 1) dropped' in \
+        (out / 'report.md').read_text()
