@@ -121,6 +121,8 @@ def _select_stems(dataset_dir, options, deform, with_disp):
     A list file that names a stem twice is refused: its pair would count twice.
     """
     stems = data.read_split(dataset_dir, options.split, unique=True)
+    if options.split == 'all':
+        _warn_unpaired(dataset_dir)
     skipped = []
     if deform == 'dataset':
         skipped = [s for s in stems if s not in with_disp]
@@ -136,6 +138,17 @@ def _select_stems(dataset_dir, options, deform, with_disp):
     if options.max_pairs is not None:
         stems = stems[:int(options.max_pairs)]
     return stems, skipped
+
+
+def _warn_unpaired(dataset_dir, shown=5):
+    """Warn of the images that split ``all`` leaves out: those without a partner image."""
+    for only, name, other in zip(data.unpaired_stems(dataset_dir), ('IR', 'visible'),
+                                 ('a visible', 'an IR')):
+        if only:
+            more = f', ... ({len(only) - shown} more)' if len(only) > shown else ''
+            _LOG.warning('--split all: left out %d %s image%s without %s image of the same '
+                         'stem: %s%s', len(only), name, 's' if len(only) > 1 else '', other,
+                         ', '.join(only[:shown]), more)
 
 
 # Shared sets of real, unregistered camera pairs without landmarks/ (their READMEs say so):

@@ -30,7 +30,8 @@ def build_parser():
     parser.add_argument('--data', required=True,
                         help='data set folder (ir/, vi/, labels/, list files) or a shared name')
     parser.add_argument('--split', default='test',
-                        help="split name or list file ('all' for every pair; default test)")
+                        help="split name or list file ('all' for every pair, with a warning "
+                             'naming the images without a partner; default test)')
     parser.add_argument('--weights', default=None,
                         help='checkpoint (.safetensors; default: the shipped weights)')
     parser.add_argument('--out', required=True,

@@ -89,3 +89,17 @@ def test_boxes_of_classes_the_model_does_not_know_are_named_once(tmp_path, caplo
     assert labels['dropped_boxes_by_class'] == {'truck': 2, 'traffic sign': 1}
     assert '3 boxes of classes unknown to the model (truck 2, traffic sign 1) dropped' in \
         (out / 'report.md').read_text()
+
+
+def test_split_all_names_the_images_without_a_partner(tmp_path, caplog):
+    # An IR image without its visible image (or the reverse) was left out without a word.
+    data_dir = own_set(tmp_path / 'own')
+    shutil.copy(ROADSCENE / 'ir' / 'FLIR_00060.jpg', data_dir / 'ir')
+    for stem in ('FLIR_00211', 'FLIR_00550', *(f'extra_{i}' for i in range(5))):
+        shutil.copy(ROADSCENE / 'vi' / 'FLIR_00211.jpg', data_dir / 'vi' / f'{stem}.jpg')
+    assert evaluate(data_dir, tmp_path / 'eval', '--split', 'all', '--max-pairs', '1') == 0
+    assert [r.getMessage() for r in caplog.records if r.levelname == 'WARNING'] == [
+        '--split all: left out 1 IR image without a visible image of the same stem: '
+        'FLIR_00060',
+        '--split all: left out 7 visible images without an IR image of the same stem: '
+        'FLIR_00211, FLIR_00550, extra_0, extra_1, extra_2, ... (2 more)']
