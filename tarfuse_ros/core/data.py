@@ -3,7 +3,9 @@
 Layout of one data set folder (every shared set follows it; the user's own data should too)::
 
     <set>/ir/<stem>.<png|jpg|...>     infrared (8- or 16-bit grey; 3 equal channels allowed)
-    <set>/vi/<stem>.<png|jpg|...>     visible (grey or BGR colour), same stem as the IR file
+    <set>/vi/<stem>.<png|jpg|...>     visible (grey or BGR colour), same stem as the IR file;
+                                      one image per stem and folder (``x.png`` beside ``x.jpg``
+                                      is refused)
     <set>/labels/<stem>.txt           optional YOLO boxes ``class cx cy w h`` (normalised, visible
                                       frame); a missing file means "unlabelled", an empty file
                                       means "labelled, no objects"
@@ -84,7 +86,7 @@ _LISTINGS = {}  # folder -> {stem: path}; see _image_index
 
 
 def _image_index(folder, fresh=False):
-    """Map stem -> file path for the images in ``folder``.
+    """Map stem -> the paths of the images of that stem in ``folder`` (one, unless a mistake).
 
     Listings are kept per folder (loading a pair looks its files up); ``fresh`` lists the folder
     again. :func:`_find_image` lists again before reporting a stem missing and ``read_split``
@@ -96,17 +98,28 @@ def _image_index(folder, fresh=False):
         for entry in os.scandir(folder):
             stem, ext = os.path.splitext(entry.name)
             if ext.lower() in IMAGE_EXTENSIONS and entry.is_file():
-                index.setdefault(stem, entry.path)
+                index.setdefault(stem, []).append(entry.path)
         _LISTINGS[folder] = index
     return index
 
 
 def _find_image(folder, stem):
-    """Return the path of ``stem`` in ``folder``, or None (listing the folder again first)."""
+    """Return the path of ``stem`` in ``folder``, or None (listing the folder again first).
+
+    Raises:
+        ValueError: two images of the stem (``x.png`` and ``x.jpg``): which is the pair's?
+
+    """
     index = _image_index(folder)
     if stem not in index:
         index = _image_index(folder, fresh=True)
-    return index.get(stem)
+    paths = sorted(index.get(stem, [None]))
+    if len(paths) > 1:
+        raise ValueError(
+            f'{len(paths)} {Path(folder).name}/ images of stem {stem!r} in '
+            f'{str(Path(folder).parent)!r}: {", ".join(Path(p).name for p in paths)}; keep the '
+            f"pair's one")
+    return paths[0]
 
 
 def _image_path(dataset_dir, modality, stem):
@@ -141,15 +154,16 @@ def read_split(dataset_dir, split='all', unique=False):
         skipped.
 
     Raises:
-        ValueError: unknown split, a listed stem without its IR/visible image, or (``unique``)
-            a stem listed twice, naming the file, the stem and both lines.
+        ValueError: unknown split, a listed stem without its IR/visible image, a stem with two
+            image files in ``ir/`` or ``vi/`` (``x.png`` and ``x.jpg``), or (``unique``) a stem
+            listed twice, naming the file, the stem and both lines.
 
     """
     path = _dir(dataset_dir)
     if split == 'all':
         ir = _image_index(str(path / 'ir'), fresh=True)
         vi = _image_index(str(path / 'vi'), fresh=True)
-        return sorted(set(ir) & set(vi))
+        return _checked(path, sorted(set(ir) & set(vi)))
     if split == 'misaligned':
         return misaligned_stems(path)
     split_str = str(split)
@@ -173,9 +187,14 @@ def read_split(dataset_dir, split='all', unique=False):
                              f'remove one of the lines')
         first_line.setdefault(stem, number)
         stems.append(stem)
+    return _checked(path, stems)
+
+
+def _checked(dataset_dir, stems):
+    """Return ``stems`` once each has one IR and one visible image (``ValueError`` if not)."""
     for stem in stems:
-        _image_path(path, 'ir', stem)
-        _image_path(path, 'vi', stem)
+        _image_path(dataset_dir, 'ir', stem)
+        _image_path(dataset_dir, 'vi', stem)
     return stems
 
 

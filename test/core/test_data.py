@@ -70,6 +70,26 @@ def test_pairs_load_as_stored():
         data.load_pair(DATASETS / 'tno', 'nope')
 
 
+def test_a_stem_with_two_image_files_is_refused(tmp_path):
+    # ir/x.png beside ir/x.jpg: one of them was taken, whichever the folder listed first.
+    import shutil
+    roadscene = tmp_path / 'roadscene'
+    shutil.copytree(DATASETS / 'roadscene', roadscene)
+    ir = cv2.imread(str(roadscene / 'ir' / 'FLIR_00122.jpg'), cv2.IMREAD_GRAYSCALE)
+    cv2.imwrite(str(roadscene / 'ir' / 'FLIR_00122.png'), 255 - ir)
+    message = (f"2 ir/ images of stem 'FLIR_00122' in '{roadscene}': FLIR_00122.jpg, "
+               "FLIR_00122.png; keep the pair's one")
+    for read in (lambda: data.read_split(roadscene, 'test'),
+                 lambda: data.read_split(roadscene, 'all'),
+                 lambda: data.load_pair(roadscene, 'FLIR_00122'),
+                 lambda: data.PairedDataset([(roadscene, 'all')], augment=False)):
+        with pytest.raises(ValueError) as refused:
+            read()
+        assert str(refused.value) == message
+    assert data.read_split(roadscene, 'train') == data.read_split(DATASETS / 'roadscene',
+                                                                  'train')
+
+
 def test_labels_distinguish_unlabelled_from_empty():
     roadscene = DATASETS / 'roadscene'
     labelled = data.read_split(roadscene, 'det_labelled')

@@ -103,3 +103,15 @@ def test_split_all_names_the_images_without_a_partner(tmp_path, caplog):
         'FLIR_00060',
         '--split all: left out 7 visible images without an IR image of the same stem: '
         'FLIR_00211, FLIR_00550, extra_0, extra_1, extra_2, ... (2 more)']
+
+
+def test_a_stem_with_two_image_files_is_refused(tmp_path, capsys):
+    # ir/x.jpg beside ir/x.png: one of them was evaluated, whichever the folder listed first.
+    data_dir = own_set(tmp_path / 'own')
+    shutil.copy(ROADSCENE / 'ir' / 'FLIR_00018.jpg', data_dir / 'ir' / 'FLIR_00018.png')
+    for split in ('test', 'all'):
+        assert evaluate(data_dir, tmp_path / 'eval', '--split', split) == 2
+        assert capsys.readouterr().err == (
+            f"tarfuse-eval: error: 2 ir/ images of stem 'FLIR_00018' in '{data_dir}': "
+            "FLIR_00018.jpg, FLIR_00018.png; keep the pair's one\n")
+        assert not (tmp_path / 'eval').exists()
