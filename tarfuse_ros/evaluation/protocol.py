@@ -118,9 +118,13 @@ def make_case(dataset_dir, stem, mode, options, aligned):
 def _select_stems(dataset_dir, options, deform, with_disp):
     """Return ``(stems, skipped)``: the split's stems (with a field for ``dataset``).
 
-    A list file that names a stem twice is refused: its pair would count twice.
+    A split without pairs is refused, and so is a list file that names a stem twice (its pair
+    would count twice).
     """
     stems = data.read_split(dataset_dir, options.split, unique=True)
+    if not stems:
+        raise ValueError(f'split {str(options.split)!r} of {str(dataset_dir)!r} lists no pair: '
+                         f'nothing to evaluate')
     if options.split == 'all':
         _warn_unpaired(dataset_dir)
     skipped = []

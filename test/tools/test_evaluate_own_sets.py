@@ -115,3 +115,18 @@ def test_a_stem_with_two_image_files_is_refused(tmp_path, capsys):
             f"tarfuse-eval: error: 2 ir/ images of stem 'FLIR_00018' in '{data_dir}': "
             "FLIR_00018.jpg, FLIR_00018.png; keep the pair's one\n")
         assert not (tmp_path / 'eval').exists()
+
+
+def test_an_empty_split_is_refused(tmp_path, capsys):
+    # A list file without stems crashed in the report (a traceback, exit status 1) after
+    # writing a metrics.json of no pairs.
+    data_dir = own_set(tmp_path / 'own')
+    (data_dir / 'none.txt').write_text('# to do: pick the test pairs\n\n')
+    assert evaluate(data_dir, tmp_path / 'eval', '--split', 'none') == 2
+    assert capsys.readouterr().err == (
+        f"tarfuse-eval: error: split 'none' of '{data_dir}' lists no pair: nothing to "
+        'evaluate\n')
+    assert not (tmp_path / 'eval').exists()
+    # --max-pairs 0 was refused already.
+    assert evaluate(data_dir, tmp_path / 'eval', '--split', 'test', '--max-pairs', '0') == 2
+    assert capsys.readouterr().err == 'tarfuse-eval: error: --max-pairs must be >= 1, got 0\n'
