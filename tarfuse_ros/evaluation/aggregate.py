@@ -8,7 +8,7 @@ from tarfuse_ros.evaluation.baselines import BASELINES
 from tarfuse_ros.evaluation.contrast import CONTRAST_CLASSES, TargetContrast
 from tarfuse_ros.evaluation.detection import detection_summary
 
-__all__ = ['CONTRAST_METHODS', 'DETECTORS', 'Scores', 'conventions', 'mean_dicts']
+__all__ = ['CONTRAST_METHODS', 'DETECTORS', 'Scores', 'conventions', 'mean_dicts', 'pixel_units']
 
 # The methods whose detections are scored.
 DETECTORS = ('model', 'model_zero_flow', 'visible_only', 'ir_only')
@@ -48,7 +48,15 @@ def _boxes(detections):
     return np.asarray(rows, np.float64).reshape(-1, 6)
 
 
-def conventions(aligned, conf, iou):
+def pixel_units(max_side):
+    """Return the pixels that EPE is measured in, for ``max_side`` (None: native size)."""
+    if max_side is None:
+        return 'px of the stored visible images (native size)'
+    return (f'px of the evaluated visible images, downscaled where larger so that their longer '
+            f'side is at most {max_side} px (not pixels of the stored images)')
+
+
+def conventions(aligned, conf, iou, max_side=None):
     """Return the conventions block of ``metrics.json`` (what each figure means)."""
     return {
         'fusion_reference': (
@@ -64,7 +72,8 @@ def conventions(aligned, conf, iou):
             'sources, sqrt((1 + rho) / 2), rho = Pearson(aligned IR, visible luma)'
             if aligned else 'no aligned IR: None'),
         'registration': (
-            'MSE/NCC of images in [0, 1]; EPE in px vs the inverse of the applied field'
+            f'MSE/NCC of images in [0, 1]; EPE in {pixel_units(max_side)} vs the inverse of '
+            'the applied field'
             if aligned else 'no aligned IR: MSE, NCC, EPE not computed (None)'),
         'edge_alignment': (
             'Pearson correlation of the Gaussian-smoothed (sigma '
@@ -229,6 +238,6 @@ class Scores:
             'teachers': {name: ref.result(self.truths, self.class_names)
                          for name, ref in (teachers or {}).items()} if self.truths else {},
             'per_pair': self.per_pair,
-            'conventions': conventions(stored_ir == 'aligned', conf, iou),
+            'conventions': conventions(stored_ir == 'aligned', conf, iou, max_side),
         }
         return _finite(result)

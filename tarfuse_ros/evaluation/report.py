@@ -1,6 +1,7 @@
 """``report.md``: the Markdown report of an evaluation's ``metrics.json``."""
 
 from tarfuse_ros.core import metrics
+from tarfuse_ros.evaluation.aggregate import pixel_units
 
 __all__ = ['GOALS', 'render_report']
 
@@ -88,6 +89,8 @@ def _registration_lines(result):
                                        with_landmarks))
     reduction = reg['epe_reduction']
     better = reg.get('edge_alignment_better_than_unregistered_fraction')
+    if reg.get('EPE') is not None:
+        lines += ['', f'EPE in {pixel_units(result["max_side"])}.']
     lines += ['', f'EPE reduction vs the unregistered input: '
               f'{_fmt(None if reduction is None else 100 * reduction, 1)} %. '
               f'Edge alignment above the unregistered input on '

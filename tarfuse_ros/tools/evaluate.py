@@ -74,7 +74,8 @@ def _fmt(value, digits=4):
 def summary_line(result):
     """Return the one-line summary ``tarfuse-eval`` prints."""
     reg, fusion = result['registration'], result['fusion']
-    line = (f'pairs {result["num_pairs"]}  EPE {_fmt(reg["EPE"], 2)} px '
+    at = f' at max side {result["max_side"]}' if result['max_side'] else ''
+    line = (f'pairs {result["num_pairs"]}  EPE {_fmt(reg["EPE"], 2)} px{at} '
             f'(unregistered {_fmt(reg["unregistered"]["EPE"], 2)})  NCC {_fmt(reg["NCC"])}  '
             f'MSE {_fmt(reg["MSE"])}  edge alignment {_fmt(reg["edge_alignment"])} '
             f'(unregistered {_fmt(reg["unregistered"]["edge_alignment"])})  '

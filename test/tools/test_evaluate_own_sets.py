@@ -130,3 +130,18 @@ def test_an_empty_split_is_refused(tmp_path, capsys):
     # --max-pairs 0 was refused already.
     assert evaluate(data_dir, tmp_path / 'eval', '--split', 'test', '--max-pairs', '0') == 2
     assert capsys.readouterr().err == 'tarfuse-eval: error: --max-pairs must be >= 1, got 0\n'
+
+
+def test_the_units_of_epe_are_stated_with_max_side(tmp_path, capsys):
+    # With --max-side the EPE is in pixels of the downscaled images; nothing said so.
+    data_dir = own_set(tmp_path / 'own')
+    assert evaluate(data_dir, tmp_path / 'eval', '--split', 'test', '--max-pairs', '1') == 0
+    units = ('px of the evaluated visible images, downscaled where larger so that their '
+             'longer side is at most 96 px (not pixels of the stored images)')
+    result = json.loads((tmp_path / 'eval' / 'metrics.json').read_text())
+    assert units in result['conventions']['registration']
+    assert f'EPE in {units}' in (tmp_path / 'eval' / 'report.md').read_text()
+    assert ' px at max side 96 (unregistered ' in capsys.readouterr().out
+    from tarfuse_ros.evaluation.aggregate import conventions
+    assert 'EPE in px of the stored visible images (native size)' in conventions(
+        True, 0.001, 0.6)['registration']
