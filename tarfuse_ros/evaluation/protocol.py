@@ -53,6 +53,7 @@ import time
 
 import numpy as np
 from tarfuse_ros.core import data, metrics
+from tarfuse_ros.core.files import write_text_atomic
 from tarfuse_ros.core.images import unit_plane
 from tarfuse_ros.core.runtime import torch_settings
 from tarfuse_ros.evaluation import inputs
@@ -271,8 +272,10 @@ def _evaluate(data_dir, weights, out_dir, options):
         deform=deform, stored_ir=stored_ir, seed=int(options.seed), max_side=options.max_side,
         pairs=stems, skipped=skipped, device=engine.device, conf=options.conf, iou=options.iou,
         labels_dir=options.labels_dir, dropped_classes=unknown, teachers=teachers)
-    (out_dir / 'metrics.json').write_text(json.dumps(result, indent=2) + '\n')
-    (out_dir / 'report.md').write_text(render_report(result))
+    # Whole or not at all: an interrupted run leaves no half-written file under these names.
+    report = render_report(result)
+    write_text_atomic(out_dir / 'metrics.json', json.dumps(result, indent=2) + '\n')
+    write_text_atomic(out_dir / 'report.md', report)
     return result
 
 

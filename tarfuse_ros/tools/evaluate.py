@@ -105,7 +105,7 @@ def _check_labels(data_arg, labels):
 
 
 def main(argv=None):
-    """Entry point of ``tarfuse-eval``; returns the exit status (2: bad request)."""
+    """Entry point of ``tarfuse-eval``; returns the exit status (2: bad request, 130: Ctrl-C)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(name)s: %(message)s')
     weights = args.weights
@@ -127,6 +127,10 @@ def main(argv=None):
     except (ValueError, DeviceUnavailableError) as exc:  # bad input: one line, no traceback
         print(f'tarfuse-eval: error: {exc}', file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: one line, no traceback
+        print('tarfuse-eval: interrupted; the evaluation is incomplete: no metrics.json or '
+              'report.md written', file=sys.stderr)
+        return 130
     print(summary_line(result))
     print(f'wrote {Path(args.out) / "metrics.json"} and report.md')
     return 0

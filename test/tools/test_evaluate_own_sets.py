@@ -8,7 +8,12 @@ and runs the tool on it with the shipped weights.
 import json
 from pathlib import Path
 import shutil
+import signal
+import subprocess
+import sys
+import time
 
+import pytest
 from tarfuse_ros.tools.evaluate import main
 
 ROADSCENE = Path(__file__).resolve().parents[1] / 'data' / 'datasets' / 'roadscene'
@@ -145,3 +150,41 @@ def test_the_units_of_epe_are_stated_with_max_side(tmp_path, capsys):
     from tarfuse_ros.evaluation.aggregate import conventions
     assert 'EPE in px of the stored visible images (native size)' in conventions(
         True, 0.001, 0.6)['registration']
+
+
+def test_ctrl_c_stops_the_evaluation_with_one_line(tmp_path):
+    # It printed a Python traceback of wherever the model was.
+    data_dir = own_set(tmp_path / 'own')
+    out = tmp_path / 'eval'
+    process = subprocess.Popen(
+        [sys.executable, '-m', 'tarfuse_ros.tools.evaluate', '--data', str(data_dir), '--split',
+         'test', '--out', str(out), '--no-progress', '--threads', '1'],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=Path(__file__).resolve().parents[2])
+    try:
+        deadline = time.monotonic() + 120
+        while not list(out.glob('figures/*.png')) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert list(out.glob('figures/*.png')), 'no pair done in 120 s'
+        process.send_signal(signal.SIGINT)  # the first of three native-size pairs is done
+        stdout, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 130, stderr
+    assert stderr.splitlines()[-1] == ('tarfuse-eval: interrupted; the evaluation is '
+                                       'incomplete: no metrics.json or report.md written')
+    assert 'Traceback' not in stderr and 'pairs ' not in stdout
+    assert not (out / 'metrics.json').exists() and not (out / 'report.md').exists()
+
+
+def test_results_are_written_whole_or_not_at_all(tmp_path):
+    # metrics.json and report.md were written in place: a run stopped in the write (Ctrl-C, a
+    # full disk) left half a file under the name.
+    from tarfuse_ros.core.files import write_text_atomic
+    report = tmp_path / 'report.md'
+    write_text_atomic(report, '# TarFuse evaluation\n')
+    with pytest.raises(UnicodeEncodeError):  # fails once the file is open for writing
+        write_text_atomic(report, '# TarFuse evaluation\n' * 1000 + 'stem \udce9\n')
+    assert report.read_text() == '# TarFuse evaluation\n'
+    assert [p.name for p in tmp_path.iterdir()] == ['report.md']
+    assert report.stat().st_mode & 0o777 == 0o644
