@@ -233,7 +233,8 @@ class Scores:
             'speed': {'ms_per_pair': float(np.mean(self.times_ms)),
                       'model_ms_per_pair': float(np.mean(self.model_ms)),
                       'device': device, 'threads': torch.get_num_threads(),
-                      'image_size': self.per_pair[0]['size'] if self.per_pair else None},
+                      # Every distinct evaluated size (height, width): pairs may differ.
+                      'image_sizes': sorted({tuple(e['size']) for e in self.per_pair})},
             'baselines': baselines, 'ecc_failures': self.ecc_failures,
             'teachers': {name: ref.result(self.truths, self.class_names)
                          for name, ref in (teachers or {}).items()} if self.truths else {},

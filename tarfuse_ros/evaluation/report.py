@@ -23,6 +23,15 @@ def _fmt(value, digits=4):
     return f'{value:.{digits}f}'
 
 
+def _sizes(speed, shown=4):
+    """Return ``', images of 240x320, ... px (height x width)'`` (``''`` in older results)."""
+    sizes = [f'{height}x{width}' for height, width in speed.get('image_sizes') or ()]
+    if not sizes:
+        return ''
+    more = f', ... ({len(sizes)} sizes in all)' if len(sizes) > shown else ''
+    return f', images of {", ".join(sizes[:shown])}{more} px (height x width)'
+
+
 def _header(result):
     speed = result['speed']
     lines = ['# TarFuse evaluation', '',
@@ -34,7 +43,7 @@ def _header(result):
              f'- stored IR: {result.get("stored_ir", "aligned")}',
              f'- speed: {_fmt(speed["ms_per_pair"], 1)} ms per pair '
              f'(model {_fmt(speed["model_ms_per_pair"], 1)} ms) on '
-             f'{speed["device"]}, {speed["threads"]} CPU threads', '']
+             f'{speed["device"]}, {speed["threads"]} CPU threads{_sizes(speed)}', '']
     if result['skipped_without_ground_truth']:
         lines += [f'- skipped (no ground-truth field): '
                   f'{len(result["skipped_without_ground_truth"])} pairs', '']

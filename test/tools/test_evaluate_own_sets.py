@@ -188,3 +188,17 @@ def test_results_are_written_whole_or_not_at_all(tmp_path):
     assert report.read_text() == '# TarFuse evaluation\n'
     assert [p.name for p in tmp_path.iterdir()] == ['report.md']
     assert report.stat().st_mode & 0o777 == 0o644
+
+
+def test_the_speed_names_every_image_size(tmp_path):
+    # speed.image_size gave the first pair's size only, though the pairs' sizes differ.
+    data_dir = own_set(tmp_path / 'own')
+    assert evaluate(data_dir, tmp_path / 'eval', '--split', 'test') == 0
+    result = json.loads((tmp_path / 'eval' / 'metrics.json').read_text())
+    sizes = [entry['size'] for entry in result['per_pair']]
+    assert len({tuple(size) for size in sizes}) == 3
+    assert result['speed']['image_sizes'] == sorted(sizes)
+    assert 'image_size' not in result['speed']
+    shown = ', '.join(f'{height}x{width}' for height, width in sorted(sizes))
+    assert f'CPU threads, images of {shown} px (height x width)' in \
+        (tmp_path / 'eval' / 'report.md').read_text()
