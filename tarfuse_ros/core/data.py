@@ -7,8 +7,9 @@ Layout of one data set folder (every shared set follows it; the user's own data 
                                       one image per stem and folder (``x.png`` beside ``x.jpg``
                                       is refused)
     <set>/labels/<stem>.txt           optional YOLO boxes ``class cx cy w h`` (normalised, visible
-                                      frame); a missing file means "unlabelled", an empty file
-                                      means "labelled, no objects"
+                                      frame; boxes past an edge are clipped to the image); a
+                                      missing file means "unlabelled", an empty file means
+                                      "labelled, no objects"
     <set>/classes.txt                 class names, one a line, in label-id order (also accepted
                                       as ``<set>/labels/classes.txt``; a label folder with a
                                       ``classes.txt`` of its own uses that, :func:`read_classes`)
@@ -294,13 +295,14 @@ def load_labels(dataset_dir, stem, labels_dir='labels', classes=None):
 
     Returns:
         float32 array (N, 5) ``[class_id, cx, cy, w, h]`` normalised to [0, 1] in the visible
-        frame, (0, 5) for an empty (labelled, no objects) file, or None when the set has no
-        label file for this stem (unlabelled).
+        frame, each box clipped to the image (a box drawn past an edge keeps its part inside,
+        for evaluation and training alike), (0, 5) for an empty (labelled, no objects) file,
+        or None when the set has no label file for this stem (unlabelled).
 
     Raises:
         ValueError: malformed line (wrong column count, non-numeric, negative or non-integer
-            class id, an id beyond ``classes``, coordinates outside [0, 1]), naming file and
-            line.
+            class id, an id beyond ``classes``, a centre or size outside [0, 1]), naming file
+            and line.
 
     """
     path = label_file(dataset_dir, stem, labels_dir)
@@ -331,7 +333,13 @@ def load_labels(dataset_dir, stem, labels_dir='labels', classes=None):
     if not rows:
         return np.zeros((0, 5), np.float32)
     labels = np.asarray(rows, np.float32)
-    labels[:, 1:] = np.clip(labels[:, 1:], 0.0, 1.0)
+    # Clip each box to the image: eval's targets and training's boxes (whole frames or crops)
+    # keep the same part of a box drawn past an edge.
+    half = labels[:, 3:5] / 2
+    low = np.clip(labels[:, 1:3] - half, 0.0, 1.0)
+    high = np.clip(labels[:, 1:3] + half, 0.0, 1.0)
+    labels[:, 1:3] = (low + high) / 2
+    labels[:, 3:5] = high - low
     return labels
 
 

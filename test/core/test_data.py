@@ -112,6 +112,27 @@ def test_malformed_labels_name_the_line(tmp_path):
         data.load_labels(folder, 'a')
 
 
+def test_boxes_past_the_image_edge_are_clipped_for_eval_and_training_alike(tmp_path):
+    # Centres were checked against [0, 1], edges not: a box past the image edge stayed so in
+    # eval's targets and in whole training frames, while training crops clipped it.
+    from tarfuse_ros.evaluation.inputs import targets
+    folder = _make_set(tmp_path, [(0, 30, 20, 60, 0)])
+    (folder / 'labels' / 'a.txt').write_text(
+        '0 0.05 0.5 0.2 0.25\n'     # 0.1 of its width past the left edge
+        '1 0.9 0.95 0.3 0.2\n'      # past the right and the bottom edge
+        '1 0.5 0.5 0.25 0.125\n')   # inside: unchanged
+    labels = data.load_labels(folder, 'a')
+    np.testing.assert_allclose(labels, [[0, 0.075, 0.5, 0.15, 0.25],
+                                        [1, 0.875, 0.925, 0.25, 0.15],
+                                        [1, 0.5, 0.5, 0.25, 0.125]], atol=1e-6)
+    boxes, _ = targets(labels, None, 128, 96)  # eval's targets, pixels of a 128 x 96 image
+    np.testing.assert_allclose(boxes[:, :4], [[0, 36, 19.2, 60], [96, 81.6, 128, 96],
+                                              [48, 42, 80, 54]], atol=1e-4)
+    sample = data.PairedDataset([(folder, 'all')], class_map={'person': 0, 'car': 1},
+                                augment=False)[0]  # a whole frame (no crop)
+    np.testing.assert_allclose(sample['boxes'].numpy(), labels, atol=1e-6)
+
+
 def test_class_map_unifies_label_sets():
     dataset = data.PairedDataset([(DATASETS / 'm3fd_samples', 'all')], class_map=UNIFIED,
                                  augment=False)
