@@ -3,12 +3,16 @@
 Layout of one data set folder (every shared set follows it; the user's own data should too)::
 
     <set>/ir/<stem>.<png|jpg|...>     infrared (8- or 16-bit grey; 3 equal channels allowed)
-    <set>/vi/<stem>.<png|jpg|...>     visible (grey or BGR colour), same stem as the IR file
+    <set>/vi/<stem>.<png|jpg|...>     visible (grey or BGR colour), same stem as the IR file;
+                                      one image per stem and folder (``x.png`` beside ``x.jpg``
+                                      is refused)
     <set>/labels/<stem>.txt           optional YOLO boxes ``class cx cy w h`` (normalised, visible
-                                      frame); a missing file means "unlabelled", an empty file
-                                      means "labelled, no objects"
+                                      frame; boxes past an edge are clipped to the image); a
+                                      missing file means "unlabelled", an empty file means
+                                      "labelled, no objects"
     <set>/classes.txt                 class names, one a line, in label-id order (also accepted
-                                      as ``<set>/labels/classes.txt``)
+                                      as ``<set>/labels/classes.txt``; a label folder with a
+                                      ``classes.txt`` of its own uses that, :func:`read_classes`)
     <set>/<split>.txt                 stems, one a line (``train.txt``, ``test.txt``, ...)
     <set>/synthetic_misaligned/disp/<stem>.npz     optional: key ``disp`` (H, W, 2) float, the
                                       APPLIED deformation in pixels, ``ir_warp = warp(ir, disp)``
@@ -18,11 +22,11 @@ Flow convention (as everywhere in the core): ``(dx, dy)`` pixels, ``warp(x, f)(p
 The registration target of a ``disp`` field is its inverse (``deform.invert_flow``), not ``-disp``.
 
 Class map: a dict ``name -> id`` unifies the label sets of several data sets. Each set's label ids
-are turned into names through its ``classes.txt`` and the names into our ids through the map
-(case-insensitive; several names may share an id, e.g. ``{'person': 0, 'people': 0}``). Boxes of
-classes absent from the map are dropped (those objects become background for our detector).
-Without a map, :func:`default_class_map` makes one from the union of the sets' class names in
-order of first appearance.
+are turned into names through its label folder's (else its own) ``classes.txt`` and the names
+into our ids through the map (case-insensitive; several names may share an id, e.g.
+``{'person': 0, 'people': 0}``). Boxes of classes absent from the map are dropped (those objects
+become background for our detector). Without a map, :func:`default_class_map` makes one from the
+union of the sets' class names in order of first appearance.
 
 The data set does not deform the IR image: the trainer draws a random deformation per batch on
 its device (``deform.random_deformation``). It does crops, flips and the Y channel.
@@ -83,7 +87,7 @@ _LISTINGS = {}  # folder -> {stem: path}; see _image_index
 
 
 def _image_index(folder, fresh=False):
-    """Map stem -> file path for the images in ``folder``.
+    """Map stem -> the paths of the images of that stem in ``folder`` (one, unless a mistake).
 
     Listings are kept per folder (loading a pair looks its files up); ``fresh`` lists the folder
     again. :func:`_find_image` lists again before reporting a stem missing and ``read_split``
@@ -95,17 +99,28 @@ def _image_index(folder, fresh=False):
         for entry in os.scandir(folder):
             stem, ext = os.path.splitext(entry.name)
             if ext.lower() in IMAGE_EXTENSIONS and entry.is_file():
-                index.setdefault(stem, entry.path)
+                index.setdefault(stem, []).append(entry.path)
         _LISTINGS[folder] = index
     return index
 
 
 def _find_image(folder, stem):
-    """Return the path of ``stem`` in ``folder``, or None (listing the folder again first)."""
+    """Return the path of ``stem`` in ``folder``, or None (listing the folder again first).
+
+    Raises:
+        ValueError: two images of the stem (``x.png`` and ``x.jpg``): which is the pair's?
+
+    """
     index = _image_index(folder)
     if stem not in index:
         index = _image_index(folder, fresh=True)
-    return index.get(stem)
+    paths = sorted(index.get(stem, [None]))
+    if len(paths) > 1:
+        raise ValueError(
+            f'{len(paths)} {Path(folder).name}/ images of stem {stem!r} in '
+            f'{str(Path(folder).parent)!r}: {", ".join(Path(p).name for p in paths)}; keep the '
+            f"pair's one")
+    return paths[0]
 
 
 def _image_path(dataset_dir, modality, stem):
@@ -140,15 +155,16 @@ def read_split(dataset_dir, split='all', unique=False):
         skipped.
 
     Raises:
-        ValueError: unknown split, a listed stem without its IR/visible image, or (``unique``)
-            a stem listed twice, naming the file, the stem and both lines.
+        ValueError: unknown split, a listed stem without its IR/visible image, a stem with two
+            image files in ``ir/`` or ``vi/`` (``x.png`` and ``x.jpg``), or (``unique``) a stem
+            listed twice, naming the file, the stem and both lines.
 
     """
     path = _dir(dataset_dir)
     if split == 'all':
         ir = _image_index(str(path / 'ir'), fresh=True)
         vi = _image_index(str(path / 'vi'), fresh=True)
-        return sorted(set(ir) & set(vi))
+        return _checked(path, sorted(set(ir) & set(vi)))
     if split == 'misaligned':
         return misaligned_stems(path)
     split_str = str(split)
@@ -172,9 +188,14 @@ def read_split(dataset_dir, split='all', unique=False):
                              f'remove one of the lines')
         first_line.setdefault(stem, number)
         stems.append(stem)
+    return _checked(path, stems)
+
+
+def _checked(dataset_dir, stems):
+    """Return ``stems`` once each has one IR and one visible image (``ValueError`` if not)."""
     for stem in stems:
-        _image_path(path, 'ir', stem)
-        _image_path(path, 'vi', stem)
+        _image_path(dataset_dir, 'ir', stem)
+        _image_path(dataset_dir, 'vi', stem)
     return stems
 
 
@@ -242,10 +263,16 @@ def load_pair(dataset_dir, stem):
     return ir, vi
 
 
-def read_classes(dataset_dir):
-    """Return the class names of a data set (``classes.txt``), or None when it has none."""
+def read_classes(dataset_dir, labels_dir='labels'):
+    """Return the class names the label files of ``labels_dir`` use, or None without a list.
+
+    The label folder's own ``classes.txt`` comes first (a folder labelled with other classes,
+    e.g. by another tool, carries its list), then the set's ``classes.txt`` and
+    ``labels/classes.txt``. ``labels_dir`` is relative to ``dataset_dir`` or absolute.
+    """
     path = Path(dataset_dir)
-    for candidate in (path / 'classes.txt', path / 'labels' / 'classes.txt'):
+    for candidate in (path / labels_dir / 'classes.txt', path / 'classes.txt',
+                      path / 'labels' / 'classes.txt'):
         if candidate.is_file():
             return [line.strip() for line in candidate.read_text().splitlines() if line.strip()]
     return None
@@ -268,13 +295,14 @@ def load_labels(dataset_dir, stem, labels_dir='labels', classes=None):
 
     Returns:
         float32 array (N, 5) ``[class_id, cx, cy, w, h]`` normalised to [0, 1] in the visible
-        frame, (0, 5) for an empty (labelled, no objects) file, or None when the set has no
-        label file for this stem (unlabelled).
+        frame, each box clipped to the image (a box drawn past an edge keeps its part inside,
+        for evaluation and training alike), (0, 5) for an empty (labelled, no objects) file,
+        or None when the set has no label file for this stem (unlabelled).
 
     Raises:
         ValueError: malformed line (wrong column count, non-numeric, negative or non-integer
-            class id, an id beyond ``classes``, coordinates outside [0, 1]), naming file and
-            line.
+            class id, an id beyond ``classes``, a centre or size outside [0, 1]), naming file
+            and line.
 
     """
     path = label_file(dataset_dir, stem, labels_dir)
@@ -305,7 +333,13 @@ def load_labels(dataset_dir, stem, labels_dir='labels', classes=None):
     if not rows:
         return np.zeros((0, 5), np.float32)
     labels = np.asarray(rows, np.float32)
-    labels[:, 1:] = np.clip(labels[:, 1:], 0.0, 1.0)
+    # Clip each box to the image: eval's targets and training's boxes (whole frames or crops)
+    # keep the same part of a box drawn past an edge.
+    half = labels[:, 3:5] / 2
+    low = np.clip(labels[:, 1:3] - half, 0.0, 1.0)
+    high = np.clip(labels[:, 1:3] + half, 0.0, 1.0)
+    labels[:, 1:3] = (low + high) / 2
+    labels[:, 3:5] = high - low
     return labels
 
 
@@ -380,10 +414,15 @@ def load_misaligned_ir(dataset_dir, stem):
 
 
 def default_class_map(dataset_dirs):
-    """Build ``name -> id`` from the union of the sets' class names (lower case, first seen)."""
+    """Build ``name -> id`` from the union of the sets' class names (lower case, first seen).
+
+    ``dataset_dirs``: data set folders or :class:`DataSource` objects (whose label folder's
+    ``classes.txt`` comes first, :func:`read_classes`).
+    """
     class_map = {}
-    for dataset_dir in dataset_dirs:
-        for name in read_classes(dataset_dir) or []:
+    for source in dataset_dirs:
+        source = DataSource.parse(source)
+        for name in read_classes(source.path, source.labels) or []:
             class_map.setdefault(name.lower(), len(set(class_map.values())))
     return class_map
 
@@ -640,12 +679,12 @@ class PairedDataset(Dataset):
         self.epoch = 0
         dirs = [_dir(source.path) for source in parsed]
         self.class_map = _normalise_class_map(
-            default_class_map(dirs) if class_map is None else class_map)
+            default_class_map(parsed) if class_map is None else class_map)
         self.class_names = class_names_from_map(self.class_map) if self.class_map else ()
         self.items = []
         self._id_maps = []
         for source, folder in zip(parsed, dirs):
-            set_names = read_classes(folder)
+            set_names = read_classes(folder, source.labels)
             self._id_maps.append(self._set_id_map(folder, set_names))
             for stem in source.stems():
                 self.items.append((len(self._id_maps) - 1, folder, stem, source.labels))

@@ -11,7 +11,7 @@ import shutil
 import tempfile
 
 __all__ = ['atomic_output', 'file_sha256', 'is_safetensors', 'is_torch_pickle',
-           'looks_like_onnx', 'output_problem']
+           'looks_like_onnx', 'output_problem', 'write_text_atomic']
 
 
 def file_sha256(path):
@@ -141,3 +141,14 @@ def atomic_output(path, folder=False):
             shutil.rmtree(temporary, ignore_errors=True)
         elif temporary.exists():
             temporary.unlink()
+
+
+def write_text_atomic(path, text):
+    """Write ``text`` (UTF-8) to the file ``path`` whole or not at all (:func:`atomic_output`).
+
+    An interrupted or failed write leaves ``path`` as it was; the file is readable by all
+    (mode 0644), as an ordinary new file.
+    """
+    with atomic_output(path) as temporary:
+        temporary.write_text(text, encoding='utf-8')
+        temporary.chmod(0o644)

@@ -8,7 +8,7 @@ from tarfuse_ros.evaluation.baselines import BASELINES
 from tarfuse_ros.evaluation.contrast import CONTRAST_CLASSES, TargetContrast
 from tarfuse_ros.evaluation.detection import detection_summary
 
-__all__ = ['CONTRAST_METHODS', 'DETECTORS', 'Scores', 'conventions', 'mean_dicts']
+__all__ = ['CONTRAST_METHODS', 'DETECTORS', 'Scores', 'conventions', 'mean_dicts', 'pixel_units']
 
 # The methods whose detections are scored.
 DETECTORS = ('model', 'model_zero_flow', 'visible_only', 'ir_only')
@@ -48,7 +48,15 @@ def _boxes(detections):
     return np.asarray(rows, np.float64).reshape(-1, 6)
 
 
-def conventions(aligned, conf, iou):
+def pixel_units(max_side):
+    """Return the pixels that EPE is measured in, for ``max_side`` (None: native size)."""
+    if max_side is None:
+        return 'px of the stored visible images (native size)'
+    return (f'px of the evaluated visible images, downscaled where larger so that their longer '
+            f'side is at most {max_side} px (not pixels of the stored images)')
+
+
+def conventions(aligned, conf, iou, max_side=None):
     """Return the conventions block of ``metrics.json`` (what each figure means)."""
     return {
         'fusion_reference': (
@@ -64,7 +72,8 @@ def conventions(aligned, conf, iou):
             'sources, sqrt((1 + rho) / 2), rho = Pearson(aligned IR, visible luma)'
             if aligned else 'no aligned IR: None'),
         'registration': (
-            'MSE/NCC of images in [0, 1]; EPE in px vs the inverse of the applied field'
+            f'MSE/NCC of images in [0, 1]; EPE in {pixel_units(max_side)} vs the inverse of '
+            'the applied field'
             if aligned else 'no aligned IR: MSE, NCC, EPE not computed (None)'),
         'edge_alignment': (
             'Pearson correlation of the Gaussian-smoothed (sigma '
@@ -187,10 +196,12 @@ class Scores:
         return out
 
     def result(self, *, dataset, split, weights, deform, stored_ir, seed, max_side, pairs,
-               skipped, device, conf, iou, labels_dir, teachers=None):
+               skipped, device, conf, iou, labels_dir, dropped_classes=None, teachers=None):
         """Return the ``metrics.json`` dict (NaN and infinities as None).
 
-        ``teachers``: ``{name: TeacherReference}`` whose rows go under ``teachers``.
+        ``dropped_classes``: ``{label class name: boxes}`` of the classes the model does not
+        know (their boxes are left out); ``teachers``: ``{name: TeacherReference}`` whose rows
+        go under ``teachers``.
         """
         import torch
         baselines = {name: {'fusion': mean_dicts(self.fusion[name]),
@@ -217,15 +228,17 @@ class Scores:
             'registration': self.registration_summary(),
             'detection': self.detection('model'),
             'detection_labels': {'folder': labels_dir, 'labelled_pairs': len(self.truths),
-                                 'dropped_boxes_unknown_class': self.dropped_boxes},
+                                 'dropped_boxes_unknown_class': self.dropped_boxes,
+                                 'dropped_boxes_by_class': dict(dropped_classes or {})},
             'speed': {'ms_per_pair': float(np.mean(self.times_ms)),
                       'model_ms_per_pair': float(np.mean(self.model_ms)),
                       'device': device, 'threads': torch.get_num_threads(),
-                      'image_size': self.per_pair[0]['size'] if self.per_pair else None},
+                      # Every distinct evaluated size (height, width): pairs may differ.
+                      'image_sizes': sorted({tuple(e['size']) for e in self.per_pair})},
             'baselines': baselines, 'ecc_failures': self.ecc_failures,
             'teachers': {name: ref.result(self.truths, self.class_names)
                          for name, ref in (teachers or {}).items()} if self.truths else {},
             'per_pair': self.per_pair,
-            'conventions': conventions(stored_ir == 'aligned', conf, iou),
+            'conventions': conventions(stored_ir == 'aligned', conf, iou, max_side),
         }
         return _finite(result)

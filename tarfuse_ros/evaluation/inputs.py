@@ -166,13 +166,15 @@ def to_frame(points, src_size, dst_size):
     return (points + 0.5) * factor - 0.5
 
 
-def class_lookup(dataset_dir, model_names):
-    """Map the set's label ids to model class ids (-1: not a model class), or None.
+def class_lookup(dataset_dir, model_names, labels_dir='labels'):
+    """Map the label ids of ``labels_dir`` to model class ids (-1: not a model class), or None.
 
-    Names are compared case-insensitively, with :data:`CLASS_ALIASES` (``people`` ->
-    ``person``, ...); a set without ``classes.txt`` gives None (label ids taken as model ids).
+    The ids name the classes of the label folder's ``classes.txt``, else the set's
+    (:func:`tarfuse_ros.core.data.read_classes`). Names are compared case-insensitively, with
+    :data:`CLASS_ALIASES` (``people`` -> ``person``, ...); without a ``classes.txt``: None
+    (label ids taken as model ids).
     """
-    set_names = data.read_classes(dataset_dir)
+    set_names = data.read_classes(dataset_dir, labels_dir)
     if set_names is None:
         return None
     index = {name.lower(): i for i, name in enumerate(model_names)}

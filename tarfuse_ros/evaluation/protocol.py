@@ -53,6 +53,7 @@ import time
 
 import numpy as np
 from tarfuse_ros.core import data, metrics
+from tarfuse_ros.core.files import write_text_atomic
 from tarfuse_ros.core.images import unit_plane
 from tarfuse_ros.core.runtime import torch_settings
 from tarfuse_ros.evaluation import inputs
@@ -116,8 +117,17 @@ def make_case(dataset_dir, stem, mode, options, aligned):
 
 
 def _select_stems(dataset_dir, options, deform, with_disp):
-    """Return ``(stems, skipped)``: the split's stems (with a field for ``dataset``)."""
-    stems = data.DataSource(dataset_dir, options.split).stems()
+    """Return ``(stems, skipped)``: the split's stems (with a field for ``dataset``).
+
+    A split without pairs is refused, and so is a list file that names a stem twice (its pair
+    would count twice).
+    """
+    stems = data.read_split(dataset_dir, options.split, unique=True)
+    if not stems:
+        raise ValueError(f'split {str(options.split)!r} of {str(dataset_dir)!r} lists no pair: '
+                         f'nothing to evaluate')
+    if options.split == 'all':
+        _warn_unpaired(dataset_dir)
     skipped = []
     if deform == 'dataset':
         skipped = [s for s in stems if s not in with_disp]
@@ -133,6 +143,17 @@ def _select_stems(dataset_dir, options, deform, with_disp):
     if options.max_pairs is not None:
         stems = stems[:int(options.max_pairs)]
     return stems, skipped
+
+
+def _warn_unpaired(dataset_dir, shown=5):
+    """Warn of the images that split ``all`` leaves out: those without a partner image."""
+    for only, name, other in zip(data.unpaired_stems(dataset_dir), ('IR', 'visible'),
+                                 ('a visible', 'an IR')):
+        if only:
+            more = f', ... ({len(only) - shown} more)' if len(only) > shown else ''
+            _LOG.warning('--split all: left out %d %s image%s without %s image of the same '
+                         'stem: %s%s', len(only), name, 's' if len(only) > 1 else '', other,
+                         ', '.join(only[:shown]), more)
 
 
 # Shared sets of real, unregistered camera pairs without landmarks/ (their READMEs say so):
@@ -201,13 +222,20 @@ def _evaluate(data_dir, weights, out_dir, options):
     # A second engine for the zero-flow ablation: CUDA graphs would replay without the hook.
     zero_engine = FusionEngine(weights, device=options.device, cuda_graph='off', **nms)
     scores = Scores(list(engine.class_names))
-    lookup = inputs.class_lookup(dataset_dir, scores.class_names)
-    # Label ids index classes.txt (without one: the model's classes). Every label file is
-    # checked now, so a bad line is refused before the first pair runs.
-    label_classes = data.read_classes(dataset_dir)
+    lookup = inputs.class_lookup(dataset_dir, scores.class_names, options.labels_dir)
+    # Label ids index the label folder's (else the set's) classes.txt; without one, the model's
+    # classes. Every label file is checked now, so a bad line is refused before the first pair.
+    label_classes = data.read_classes(dataset_dir, options.labels_dir)
     label_classes = scores.class_names if label_classes is None else label_classes
-    for stem in stems:
-        data.load_labels(dataset_dir, stem, options.labels_dir, label_classes)
+    labels = [data.load_labels(dataset_dir, stem, options.labels_dir, label_classes)
+              for stem in stems]
+    unknown = _unknown_classes(labels, lookup, label_classes)
+    if unknown:
+        _LOG.warning('the model does not know the label classes %s: those %d boxes are left out '
+                     'of the detection scores (its classes: %s)',
+                     ', '.join(f'{name} ({count} box{"es" if count > 1 else ""})'
+                               for name, count in unknown.items()),
+                     sum(unknown.values()), ', '.join(scores.class_names))
     teachers = _load_teachers(options, scores.class_names)
     day_night = read_illumination(dataset_dir)
     created = [folder for folder in (out_dir, out_dir / 'figures') if not folder.exists()]
@@ -243,10 +271,28 @@ def _evaluate(data_dir, weights, out_dir, options):
         dataset=str(dataset_dir), split=str(options.split), weights=str(weights),
         deform=deform, stored_ir=stored_ir, seed=int(options.seed), max_side=options.max_side,
         pairs=stems, skipped=skipped, device=engine.device, conf=options.conf, iou=options.iou,
-        labels_dir=options.labels_dir, teachers=teachers)
-    (out_dir / 'metrics.json').write_text(json.dumps(result, indent=2) + '\n')
-    (out_dir / 'report.md').write_text(render_report(result))
+        labels_dir=options.labels_dir, dropped_classes=unknown, teachers=teachers)
+    # Whole or not at all: an interrupted run leaves no half-written file under these names.
+    report = render_report(result)
+    write_text_atomic(out_dir / 'metrics.json', json.dumps(result, indent=2) + '\n')
+    write_text_atomic(out_dir / 'report.md', report)
     return result
+
+
+def _unknown_classes(labels, lookup, names):
+    """Return ``{class name: boxes}`` of the label classes the model does not know.
+
+    ``labels``: the pairs' YOLO labels (None: unlabelled); ``lookup``: label id -> model id (-1:
+    unknown; None: label ids are model ids); ``names``: the label classes.
+    """
+    counts = {}
+    if lookup is None:
+        return counts
+    for rows in labels:
+        for class_id in (() if rows is None else rows[:, 0].astype(np.int64)):
+            if lookup[class_id] < 0:
+                counts[names[class_id]] = counts.get(names[class_id], 0) + 1
+    return counts
 
 
 def _load_teachers(options, class_names):

@@ -1,6 +1,7 @@
 """``report.md``: the Markdown report of an evaluation's ``metrics.json``."""
 
 from tarfuse_ros.core import metrics
+from tarfuse_ros.evaluation.aggregate import pixel_units
 
 __all__ = ['GOALS', 'render_report']
 
@@ -22,6 +23,15 @@ def _fmt(value, digits=4):
     return f'{value:.{digits}f}'
 
 
+def _sizes(speed, shown=4):
+    """Return ``', images of 240x320, ... px (height x width)'`` (``''`` in older results)."""
+    sizes = [f'{height}x{width}' for height, width in speed.get('image_sizes') or ()]
+    if not sizes:
+        return ''
+    more = f', ... ({len(sizes)} sizes in all)' if len(sizes) > shown else ''
+    return f', images of {", ".join(sizes[:shown])}{more} px (height x width)'
+
+
 def _header(result):
     speed = result['speed']
     lines = ['# TarFuse evaluation', '',
@@ -33,7 +43,7 @@ def _header(result):
              f'- stored IR: {result.get("stored_ir", "aligned")}',
              f'- speed: {_fmt(speed["ms_per_pair"], 1)} ms per pair '
              f'(model {_fmt(speed["model_ms_per_pair"], 1)} ms) on '
-             f'{speed["device"]}, {speed["threads"]} CPU threads', '']
+             f'{speed["device"]}, {speed["threads"]} CPU threads{_sizes(speed)}', '']
     if result['skipped_without_ground_truth']:
         lines += [f'- skipped (no ground-truth field): '
                   f'{len(result["skipped_without_ground_truth"])} pairs', '']
@@ -88,6 +98,8 @@ def _registration_lines(result):
                                        with_landmarks))
     reduction = reg['epe_reduction']
     better = reg.get('edge_alignment_better_than_unregistered_fraction')
+    if reg.get('EPE') is not None:
+        lines += ['', f'EPE in {pixel_units(result["max_side"])}.']
     lines += ['', f'EPE reduction vs the unregistered input: '
               f'{_fmt(None if reduction is None else 100 * reduction, 1)} %. '
               f'Edge alignment above the unregistered input on '
@@ -137,6 +149,14 @@ def _teacher_rows(result):
     return rows
 
 
+def _dropped_names(labels):
+    """Return ``'(truck 2, ...) '`` for the dropped boxes by class, or ``''``."""
+    by_class = labels.get('dropped_boxes_by_class') or {}
+    if not by_class:
+        return ''
+    return '(' + ', '.join(f'{name} {count}' for name, count in by_class.items()) + ') '
+
+
 def _detection_lines(result):
     det = result['detection']
     if det is None:
@@ -146,7 +166,7 @@ def _detection_lines(result):
     lines = ["## Detection (AP by ultralytics' validation code, visible frame)", '',
              f'{labels["labelled_pairs"]} labelled pairs, {det["num_gt"]} boxes; '
              f'{labels["dropped_boxes_unknown_class"]} boxes of classes unknown to the model '
-             f'dropped.', '',
+             f'{_dropped_names(labels)}dropped.', '',
              '| method | mAP@0.5 | mAP@0.5:0.95 | ' + ' | '.join(
                  f'AP50 {n}' for n in names) + ' |',
              '|---|---|---|' + '---|' * len(names)]

@@ -7,7 +7,8 @@ synthetic|dataset] [--stored-ir auto|aligned|unregistered] [--seed N] [--device 
 :mod:`tarfuse_ros.evaluation.protocol`'s. ``--teacher`` (repeatable) adds a COCO teacher's own
 detection accuracy on the same images as reference rows (needs onnxruntime). ``--labels DIR``
 names the label sub-folder, which must exist (exit status 2 otherwise); without it ``labels/``
-is used where the set has one, and a set without labels gets no detection metrics.
+is used where the set has one, and a set without labels gets no detection metrics. The label
+folder's own ``classes.txt`` names its class ids, else the set's ``classes.txt``.
 """
 
 import argparse
@@ -29,7 +30,8 @@ def build_parser():
     parser.add_argument('--data', required=True,
                         help='data set folder (ir/, vi/, labels/, list files) or a shared name')
     parser.add_argument('--split', default='test',
-                        help="split name or list file ('all' for every pair; default test)")
+                        help="split name or list file ('all' for every pair, with a warning "
+                             'naming the images without a partner; default test)')
     parser.add_argument('--weights', default=None,
                         help='checkpoint (.safetensors; default: the shipped weights)')
     parser.add_argument('--out', required=True,
@@ -72,7 +74,8 @@ def _fmt(value, digits=4):
 def summary_line(result):
     """Return the one-line summary ``tarfuse-eval`` prints."""
     reg, fusion = result['registration'], result['fusion']
-    line = (f'pairs {result["num_pairs"]}  EPE {_fmt(reg["EPE"], 2)} px '
+    at = f' at max side {result["max_side"]}' if result['max_side'] else ''
+    line = (f'pairs {result["num_pairs"]}  EPE {_fmt(reg["EPE"], 2)} px{at} '
             f'(unregistered {_fmt(reg["unregistered"]["EPE"], 2)})  NCC {_fmt(reg["NCC"])}  '
             f'MSE {_fmt(reg["MSE"])}  edge alignment {_fmt(reg["edge_alignment"])} '
             f'(unregistered {_fmt(reg["unregistered"]["edge_alignment"])})  '
@@ -102,7 +105,7 @@ def _check_labels(data_arg, labels):
 
 
 def main(argv=None):
-    """Entry point of ``tarfuse-eval``; returns the exit status (2: bad request)."""
+    """Entry point of ``tarfuse-eval``; returns the exit status (2: bad request, 130: Ctrl-C)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(name)s: %(message)s')
     weights = args.weights
@@ -124,6 +127,10 @@ def main(argv=None):
     except (ValueError, DeviceUnavailableError) as exc:  # bad input: one line, no traceback
         print(f'tarfuse-eval: error: {exc}', file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: one line, no traceback
+        print('tarfuse-eval: interrupted; the evaluation is incomplete: no metrics.json or '
+              'report.md written', file=sys.stderr)
+        return 130
     print(summary_line(result))
     print(f'wrote {Path(args.out) / "metrics.json"} and report.md')
     return 0

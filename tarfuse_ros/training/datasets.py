@@ -124,7 +124,8 @@ def _repository_bases():
 def check_class_map(sources, class_map):
     """Refuse class ids none of whose names a labelled data set lists (their boxes would go).
 
-    A label file's class ids are mapped to names by its set's ``classes.txt`` and the names to
+    A label file's class ids are mapped to names by its folder's (else its set's) ``classes.txt``
+    (:func:`~tarfuse_ros.core.data.read_classes`) and the names to
     ``class_map`` ids (:class:`~tarfuse_ros.core.data.PairedDataset`); a map name that no set
     lists (e.g. ``pedestrian`` for ``person``) keeps none of its boxes, and the pairs would
     teach the detector that there is nothing there. Sets without labels or ``classes.txt``
@@ -136,7 +137,7 @@ def check_class_map(sources, class_map):
     """
     listed = set()
     for source in sources:
-        names = read_classes(source.path)
+        names = read_classes(source.path, source.labels)
         if names and (Path(source.path) / source.labels).is_dir():
             listed.update(name.lower() for name in names)
     if not listed:

@@ -70,6 +70,26 @@ def test_pairs_load_as_stored():
         data.load_pair(DATASETS / 'tno', 'nope')
 
 
+def test_a_stem_with_two_image_files_is_refused(tmp_path):
+    # ir/x.png beside ir/x.jpg: one of them was taken, whichever the folder listed first.
+    import shutil
+    roadscene = tmp_path / 'roadscene'
+    shutil.copytree(DATASETS / 'roadscene', roadscene)
+    ir = cv2.imread(str(roadscene / 'ir' / 'FLIR_00122.jpg'), cv2.IMREAD_GRAYSCALE)
+    cv2.imwrite(str(roadscene / 'ir' / 'FLIR_00122.png'), 255 - ir)
+    message = (f"2 ir/ images of stem 'FLIR_00122' in '{roadscene}': FLIR_00122.jpg, "
+               "FLIR_00122.png; keep the pair's one")
+    for read in (lambda: data.read_split(roadscene, 'test'),
+                 lambda: data.read_split(roadscene, 'all'),
+                 lambda: data.load_pair(roadscene, 'FLIR_00122'),
+                 lambda: data.PairedDataset([(roadscene, 'all')], augment=False)):
+        with pytest.raises(ValueError) as refused:
+            read()
+        assert str(refused.value) == message
+    assert data.read_split(roadscene, 'train') == data.read_split(DATASETS / 'roadscene',
+                                                                  'train')
+
+
 def test_labels_distinguish_unlabelled_from_empty():
     roadscene = DATASETS / 'roadscene'
     labelled = data.read_split(roadscene, 'det_labelled')
@@ -92,6 +112,27 @@ def test_malformed_labels_name_the_line(tmp_path):
         data.load_labels(folder, 'a')
 
 
+def test_boxes_past_the_image_edge_are_clipped_for_eval_and_training_alike(tmp_path):
+    # Centres were checked against [0, 1], edges not: a box past the image edge stayed so in
+    # eval's targets and in whole training frames, while training crops clipped it.
+    from tarfuse_ros.evaluation.inputs import targets
+    folder = _make_set(tmp_path, [(0, 30, 20, 60, 0)])
+    (folder / 'labels' / 'a.txt').write_text(
+        '0 0.05 0.5 0.2 0.25\n'     # 0.1 of its width past the left edge
+        '1 0.9 0.95 0.3 0.2\n'      # past the right and the bottom edge
+        '1 0.5 0.5 0.25 0.125\n')   # inside: unchanged
+    labels = data.load_labels(folder, 'a')
+    np.testing.assert_allclose(labels, [[0, 0.075, 0.5, 0.15, 0.25],
+                                        [1, 0.875, 0.925, 0.25, 0.15],
+                                        [1, 0.5, 0.5, 0.25, 0.125]], atol=1e-6)
+    boxes, _ = targets(labels, None, 128, 96)  # eval's targets, pixels of a 128 x 96 image
+    np.testing.assert_allclose(boxes[:, :4], [[0, 36, 19.2, 60], [96, 81.6, 128, 96],
+                                              [48, 42, 80, 54]], atol=1e-4)
+    sample = data.PairedDataset([(folder, 'all')], class_map={'person': 0, 'car': 1},
+                                augment=False)[0]  # a whole frame (no crop)
+    np.testing.assert_allclose(sample['boxes'].numpy(), labels, atol=1e-6)
+
+
 def test_class_map_unifies_label_sets():
     dataset = data.PairedDataset([(DATASETS / 'm3fd_samples', 'all')], class_map=UNIFIED,
                                  augment=False)
@@ -106,6 +147,37 @@ def test_class_map_unifies_label_sets():
     default = data.default_class_map([DATASETS / 'msrs_det', DATASETS / 'm3fd_samples'])
     assert default == {'person': 0, 'bicycle': 1, 'car': 2, 'people': 3, 'bus': 4,
                        'motorcycle': 5, 'lamp': 6, 'truck': 7}
+
+
+def test_a_label_folder_with_its_own_classes_txt_names_its_ids(tmp_path):
+    # A second label folder written with other class ids (another tool's order) was read with
+    # the set's classes.txt: its persons were trained as cars and the reverse.
+    import shutil
+    from tarfuse_ros.training.datasets import check_class_map
+    m3fd = tmp_path / 'm3fd'
+    shutil.copytree(DATASETS / 'm3fd_samples', m3fd)
+    set_names = data.read_classes(m3fd)
+    swapped = list(reversed(set_names))
+    (m3fd / 'labels_swapped').mkdir()
+    (m3fd / 'labels_swapped' / 'classes.txt').write_text('\n'.join(swapped) + '\n')
+    lines = (m3fd / 'labels' / 'M3FD_00000.txt').read_text().splitlines()
+    (m3fd / 'labels_swapped' / 'M3FD_00000.txt').write_text(''.join(
+        f'{swapped.index(set_names[int(line.split()[0])])} {line.split(None, 1)[1]}\n'
+        for line in lines))
+    assert data.read_classes(m3fd, 'labels_swapped') == swapped
+    assert data.read_classes(m3fd, str(m3fd / 'labels_swapped')) == swapped
+    assert data.read_classes(m3fd, 'labels') == set_names  # none of its own: the set's
+    both = [data.PairedDataset([(m3fd, 'all', labels)], class_map=UNIFIED, augment=False)
+            for labels in ('labels', 'labels_swapped')]
+    assert [sorted(d[0]['boxes'][:, 0].tolist()) for d in both] == [[0.0] * 4 + [2.0] * 7] * 2
+    assert data.default_class_map([data.DataSource(m3fd, 'all', (), 'labels_swapped')]) == {
+        name.lower(): i for i, name in enumerate(swapped)}
+    # The training's check reads the label folder's list too: a map naming only its classes.
+    (m3fd / 'labels_people').mkdir()
+    (m3fd / 'labels_people' / 'classes.txt').write_text('pedestrian\n')
+    check_class_map([data.DataSource(m3fd, 'all', (), 'labels_people')], {'pedestrian': 0})
+    with pytest.raises(ValueError, match='pedestrian is in no classes.txt'):
+        check_class_map([data.DataSource(m3fd, 'all')], {'pedestrian': 0})
 
 
 def test_sample_channels_are_ir_and_visible_luma():

@@ -1,0 +1,204 @@
+"""tarfuse-eval on a user's own data set folder, and the mistakes such a folder may hold.
+
+Each test lays out a small set as a user would (``ir/``, ``vi/``, ``labels/`` with YOLO files
+and ``classes.txt``, list files of stems) from real RoadScene pairs of ``test/data/datasets``,
+and runs the tool on it with the shipped weights.
+"""
+
+import json
+from pathlib import Path
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from tarfuse_ros.tools.evaluate import main
+
+ROADSCENE = Path(__file__).resolve().parents[1] / 'data' / 'datasets' / 'roadscene'
+# Labelled pairs of different sizes (329 x 500, 322 x 478, 346 x 507).
+STEMS = ('FLIR_00006', 'FLIR_00018', 'FLIR_00122')
+
+
+def own_set(folder, stems=STEMS):
+    """Lay out RoadScene pairs in ``folder`` as a user's own set (list file ``test.txt``)."""
+    for sub in ('ir', 'vi', 'labels'):
+        (folder / sub).mkdir(parents=True)
+    for stem in stems:
+        for sub in ('ir', 'vi'):
+            shutil.copy(ROADSCENE / sub / f'{stem}.jpg', folder / sub)
+        shutil.copy(ROADSCENE / 'labels' / f'{stem}.txt', folder / 'labels')
+    shutil.copy(ROADSCENE / 'labels' / 'classes.txt', folder / 'labels')
+    (folder / 'test.txt').write_text('\n'.join(stems) + '\n')
+    return folder
+
+
+def evaluate(data_dir, out, *extra):
+    """Run ``tarfuse-eval`` on ``data_dir`` into ``out``, small and quick; return its status."""
+    return main(['--data', str(data_dir), '--out', str(out), '--max-side', '96', '--figures',
+                 '0', '--no-progress', '--threads', '1', *extra])
+
+
+def test_a_stem_listed_twice_is_refused(tmp_path, capsys):
+    # The pair was evaluated twice without a word, counting twice in every mean.
+    data_dir = own_set(tmp_path / 'own')
+    (data_dir / 'twice.txt').write_text('FLIR_00006\nFLIR_00018\n\nFLIR_00006.jpg\n')
+    assert evaluate(data_dir, tmp_path / 'eval', '--split', 'twice.txt') == 2
+    assert capsys.readouterr().err == (
+        f"tarfuse-eval: error: split file '{data_dir / 'twice.txt'}' lists 'FLIR_00006' twice "
+        '(lines 1 and 4): its pair would count twice; remove one of the lines\n')
+    assert not (tmp_path / 'eval').exists()
+
+
+def test_a_label_folder_with_its_own_classes_txt_is_read_with_it(tmp_path, capsys):
+    # --labels DIR named a folder labelled in another class order, with its classes.txt: the
+    # set's classes.txt was used instead, so its cars were scored as persons.
+    data_dir = own_set(tmp_path / 'own')
+    names = (data_dir / 'labels' / 'classes.txt').read_text().split()
+    swapped = list(reversed(names))
+    (data_dir / 'labels_swapped').mkdir()
+    (data_dir / 'labels_swapped' / 'classes.txt').write_text('\n'.join(swapped) + '\n')
+    for stem in STEMS:
+        rows = [line.split() for line in (data_dir / 'labels' / f'{stem}.txt').open()]
+        (data_dir / 'labels_swapped' / f'{stem}.txt').write_text(''.join(
+            f'{swapped.index(names[int(row[0])])} {" ".join(row[1:])}\n' for row in rows if row))
+    per_class = []
+    for labels in ('labels', 'labels_swapped'):
+        out = tmp_path / labels
+        assert evaluate(data_dir, out, '--split', 'test', '--labels', labels) == 0, \
+            capsys.readouterr().err
+        detection = json.loads((out / 'metrics.json').read_text())['detection']['per_class']
+        per_class.append({name: values['num_gt'] for name, values in detection.items()})
+    assert per_class[0] == per_class[1] == {'car': 15}  # these pairs hold cars only
+
+
+def test_boxes_of_classes_the_model_does_not_know_are_named_once(tmp_path, caplog):
+    # Their boxes left the scores without a word: only a count deep in the report said so.
+    data_dir = own_set(tmp_path / 'own')
+    with open(data_dir / 'labels' / 'classes.txt', 'a') as handle:
+        handle.write('truck\ntraffic sign\n')
+    for stem, extra in zip(STEMS, ('3 0.5 0.5 0.2 0.2\n4 0.1 0.1 0.05 0.05\n',
+                                   '3 0.4 0.6 0.1 0.1\n', '')):
+        with open(data_dir / 'labels' / f'{stem}.txt', 'a') as handle:
+            handle.write(extra)
+    out = tmp_path / 'eval'
+    assert evaluate(data_dir, out, '--split', 'test') == 0
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == 'WARNING']
+    assert warnings == [
+        'the model does not know the label classes truck (2 boxes), traffic sign (1 box): '
+        'those 3 boxes are left out of the detection scores (its classes: person, bicycle, '
+        'car)']
+    labels = json.loads((out / 'metrics.json').read_text())['detection_labels']
+    assert labels['dropped_boxes_unknown_class'] == 3
+    assert labels['dropped_boxes_by_class'] == {'truck': 2, 'traffic sign': 1}
+    assert '3 boxes of classes unknown to the model (truck 2, traffic sign 1) dropped' in \
+        (out / 'report.md').read_text()
+
+
+def test_split_all_names_the_images_without_a_partner(tmp_path, caplog):
+    # An IR image without its visible image (or the reverse) was left out without a word.
+    data_dir = own_set(tmp_path / 'own')
+    shutil.copy(ROADSCENE / 'ir' / 'FLIR_00060.jpg', data_dir / 'ir')
+    for stem in ('FLIR_00211', 'FLIR_00550', *(f'extra_{i}' for i in range(5))):
+        shutil.copy(ROADSCENE / 'vi' / 'FLIR_00211.jpg', data_dir / 'vi' / f'{stem}.jpg')
+    assert evaluate(data_dir, tmp_path / 'eval', '--split', 'all', '--max-pairs', '1') == 0
+    assert [r.getMessage() for r in caplog.records if r.levelname == 'WARNING'] == [
+        '--split all: left out 1 IR image without a visible image of the same stem: '
+        'FLIR_00060',
+        '--split all: left out 7 visible images without an IR image of the same stem: '
+        'FLIR_00211, FLIR_00550, extra_0, extra_1, extra_2, ... (2 more)']
+
+
+def test_a_stem_with_two_image_files_is_refused(tmp_path, capsys):
+    # ir/x.jpg beside ir/x.png: one of them was evaluated, whichever the folder listed first.
+    data_dir = own_set(tmp_path / 'own')
+    shutil.copy(ROADSCENE / 'ir' / 'FLIR_00018.jpg', data_dir / 'ir' / 'FLIR_00018.png')
+    for split in ('test', 'all'):
+        assert evaluate(data_dir, tmp_path / 'eval', '--split', split) == 2
+        assert capsys.readouterr().err == (
+            f"tarfuse-eval: error: 2 ir/ images of stem 'FLIR_00018' in '{data_dir}': "
+            "FLIR_00018.jpg, FLIR_00018.png; keep the pair's one\n")
+        assert not (tmp_path / 'eval').exists()
+
+
+def test_an_empty_split_is_refused(tmp_path, capsys):
+    # A list file without stems crashed in the report (a traceback, exit status 1) after
+    # writing a metrics.json of no pairs.
+    data_dir = own_set(tmp_path / 'own')
+    (data_dir / 'none.txt').write_text('# to do: pick the test pairs\n\n')
+    assert evaluate(data_dir, tmp_path / 'eval', '--split', 'none') == 2
+    assert capsys.readouterr().err == (
+        f"tarfuse-eval: error: split 'none' of '{data_dir}' lists no pair: nothing to "
+        'evaluate\n')
+    assert not (tmp_path / 'eval').exists()
+    # --max-pairs 0 was refused already.
+    assert evaluate(data_dir, tmp_path / 'eval', '--split', 'test', '--max-pairs', '0') == 2
+    assert capsys.readouterr().err == 'tarfuse-eval: error: --max-pairs must be >= 1, got 0\n'
+
+
+def test_the_units_of_epe_are_stated_with_max_side(tmp_path, capsys):
+    # With --max-side the EPE is in pixels of the downscaled images; nothing said so.
+    data_dir = own_set(tmp_path / 'own')
+    assert evaluate(data_dir, tmp_path / 'eval', '--split', 'test', '--max-pairs', '1') == 0
+    units = ('px of the evaluated visible images, downscaled where larger so that their '
+             'longer side is at most 96 px (not pixels of the stored images)')
+    result = json.loads((tmp_path / 'eval' / 'metrics.json').read_text())
+    assert units in result['conventions']['registration']
+    assert f'EPE in {units}' in (tmp_path / 'eval' / 'report.md').read_text()
+    assert ' px at max side 96 (unregistered ' in capsys.readouterr().out
+    from tarfuse_ros.evaluation.aggregate import conventions
+    assert 'EPE in px of the stored visible images (native size)' in conventions(
+        True, 0.001, 0.6)['registration']
+
+
+def test_ctrl_c_stops_the_evaluation_with_one_line(tmp_path):
+    # It printed a Python traceback of wherever the model was.
+    data_dir = own_set(tmp_path / 'own')
+    out = tmp_path / 'eval'
+    process = subprocess.Popen(
+        [sys.executable, '-m', 'tarfuse_ros.tools.evaluate', '--data', str(data_dir), '--split',
+         'test', '--out', str(out), '--no-progress', '--threads', '1'],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=Path(__file__).resolve().parents[2])
+    try:
+        deadline = time.monotonic() + 120
+        while not list(out.glob('figures/*.png')) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert list(out.glob('figures/*.png')), 'no pair done in 120 s'
+        process.send_signal(signal.SIGINT)  # the first of three native-size pairs is done
+        stdout, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 130, stderr
+    assert stderr.splitlines()[-1] == ('tarfuse-eval: interrupted; the evaluation is '
+                                       'incomplete: no metrics.json or report.md written')
+    assert 'Traceback' not in stderr and 'pairs ' not in stdout
+    assert not (out / 'metrics.json').exists() and not (out / 'report.md').exists()
+
+
+def test_results_are_written_whole_or_not_at_all(tmp_path):
+    # metrics.json and report.md were written in place: a run stopped in the write (Ctrl-C, a
+    # full disk) left half a file under the name.
+    from tarfuse_ros.core.files import write_text_atomic
+    report = tmp_path / 'report.md'
+    write_text_atomic(report, '# TarFuse evaluation\n')
+    with pytest.raises(UnicodeEncodeError):  # fails once the file is open for writing
+        write_text_atomic(report, '# TarFuse evaluation\n' * 1000 + 'stem \udce9\n')
+    assert report.read_text() == '# TarFuse evaluation\n'
+    assert [p.name for p in tmp_path.iterdir()] == ['report.md']
+    assert report.stat().st_mode & 0o777 == 0o644
+
+
+def test_the_speed_names_every_image_size(tmp_path):
+    # speed.image_size gave the first pair's size only, though the pairs' sizes differ.
+    data_dir = own_set(tmp_path / 'own')
+    assert evaluate(data_dir, tmp_path / 'eval', '--split', 'test') == 0
+    result = json.loads((tmp_path / 'eval' / 'metrics.json').read_text())
+    sizes = [entry['size'] for entry in result['per_pair']]
+    assert len({tuple(size) for size in sizes}) == 3
+    assert result['speed']['image_sizes'] == sorted(sizes)
+    assert 'image_size' not in result['speed']
+    shown = ', '.join(f'{height}x{width}' for height, width in sorted(sizes))
+    assert f'CPU threads, images of {shown} px (height x width)' in \
+        (tmp_path / 'eval' / 'report.md').read_text()
