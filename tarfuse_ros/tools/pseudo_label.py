@@ -689,13 +689,15 @@ def pseudo_label(teachers, dataset_dir, splits, out_dir, score=DEFAULT_SCORE, io
     dataset_dir = Path(dataset_dir)
     out_dir = Path(out_dir)
     labels_out = out_dir / 'labels'
+    if (out_dir.resolve() / 'labels') == (dataset_dir.resolve() / 'labels'):
+        raise ValueError(f'--out {str(out_dir)!r} is the data set folder, whose labels/ is '
+                         'for human labels (pseudo-labels there would pass for them, and never '
+                         'replace them); give another --out')
     existing = sorted(p for p in labels_out.glob('*.txt') if p.name != 'classes.txt') \
         if labels_out.is_dir() else []
     if existing and not overwrite:
         raise ValueError(f'{str(labels_out)!r} already holds {len(existing)} label files; '
                          'pass --overwrite to replace them')
-    if (out_dir.resolve() / 'labels') == (dataset_dir.resolve() / 'labels'):
-        raise ValueError('refusing to write pseudo-labels over the human labels/ folder')
     stems = []
     for split in splits:
         stems += [s for s in data.read_split(dataset_dir, split) if s not in stems]

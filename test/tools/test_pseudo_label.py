@@ -102,6 +102,24 @@ def test_a_run_stopped_half_way_leaves_no_summary_of_the_previous_run(tmp_path):
     assert {p.name for p in (out / 'labels').iterdir()} == {'classes.txt', f'{first}.txt'}
 
 
+def test_out_in_the_data_set_folder_is_refused_without_suggesting_overwrite(tmp_path):
+    # --out DATASET said "'DATASET/labels' already holds 5 label files; pass --overwrite to
+    # replace them", inviting the user to replace the human labels (which --overwrite then
+    # refused anyway); now both say that the human labels are never replaced.
+    import shutil
+    roadscene = tmp_path / 'roadscene'
+    shutil.copytree(Path(__file__).resolve().parents[1] / 'data' / 'datasets' / 'roadscene',
+                    roadscene)
+    human = sorted((roadscene / 'labels').iterdir())
+    for overwrite in (False, True):
+        with pytest.raises(ValueError, match='is the data set folder, whose labels/ is for '
+                                             'human labels') as error:
+            pl.pseudo_label([], roadscene, ['test'], roadscene, overwrite=overwrite,
+                            progress=False)
+        assert '--overwrite' not in str(error.value)
+    assert sorted((roadscene / 'labels').iterdir()) == human
+
+
 def _two_pair_split(tmp_path, roadscene):
     """List file with one human-labelled and one unlabelled train stem of RoadScene."""
     train = data.read_split(roadscene, 'train')
