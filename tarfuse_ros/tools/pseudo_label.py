@@ -668,9 +668,9 @@ def pseudo_label(teachers, dataset_dir, splits, out_dir, score=DEFAULT_SCORE, io
         score: keep boxes with score >= this (in (0, 1]).
         iou: pooling NMS IoU.
         skip_labelled: leave out stems with a human label file in ``dataset_dir/labels/``.
-        overwrite: delete existing ``out_dir/labels/*.txt`` first (else refuse if present);
-            ``stems.txt``, ``scores.tsv`` and ``README.md`` are written last, when every pair
-            is labelled (a previous run's are deleted first).
+        overwrite: delete existing ``out_dir/labels/*.txt``, ``stems.txt``, ``scores.tsv``
+            and ``README.md`` first (else refuse if one is present, e.g. a project's own
+            README.md); the last three are written when every pair is labelled.
         command: command line recorded in the README.
         max_pairs: only the first N pairs (tests).
         progress: log progress every 25 pairs.
@@ -681,7 +681,7 @@ def pseudo_label(teachers, dataset_dir, splits, out_dir, score=DEFAULT_SCORE, io
         ``boxes`` (count per class name), ``stems``.
 
     Raises:
-        ValueError: bad threshold, unknown split, or existing labels without ``overwrite``.
+        ValueError: bad threshold, unknown split, or existing outputs without ``overwrite``.
 
     """
     if not 0.0 < float(score) <= 1.0:
@@ -695,9 +695,12 @@ def pseudo_label(teachers, dataset_dir, splits, out_dir, score=DEFAULT_SCORE, io
                          'replace them); give another --out')
     existing = sorted(p for p in labels_out.glob('*.txt') if p.name != 'classes.txt') \
         if labels_out.is_dir() else []
-    if existing and not overwrite:
-        raise ValueError(f'{str(labels_out)!r} already holds {len(existing)} label files; '
-                         'pass --overwrite to replace them')
+    summaries = [out_dir / name for name in ('stems.txt', 'scores.tsv', 'README.md')]
+    taken = [f'{len(existing)} label files in labels/'] if existing else []
+    taken += [path.name for path in summaries if path.exists()]
+    if taken and not overwrite:
+        raise ValueError(f'{str(out_dir)!r} already holds {", ".join(taken)}; pass '
+                         '--overwrite to replace them, or give another --out')
     stems = []
     for split in splits:
         stems += [s for s in data.read_split(dataset_dir, split) if s not in stems]
@@ -710,7 +713,7 @@ def pseudo_label(teachers, dataset_dir, splits, out_dir, score=DEFAULT_SCORE, io
         stems = stems[:max_pairs]
     # The previous run's summary goes with its labels: a run stopped half-way (an unreadable
     # image, Ctrl-C) leaves label files but no stems.txt / scores.tsv / README.md claiming them.
-    for path in existing + [out_dir / name for name in ('stems.txt', 'scores.tsv', 'README.md')]:
+    for path in existing + summaries:
         path.unlink(missing_ok=True)
     labels_out.mkdir(parents=True, exist_ok=True)
     (labels_out / 'classes.txt').write_text(''.join(f'{n}\n' for n in CLASS_NAMES))
@@ -769,7 +772,8 @@ def build_parser():
     parser.add_argument('--skip-labelled', action='store_true',
                         help="leave out stems with a human label file in the set's labels/")
     parser.add_argument('--overwrite', action='store_true',
-                        help='replace existing label files in --out/labels')
+                        help="replace an earlier run's outputs in --out (labels/*.txt, "
+                             'stems.txt, scores.tsv, README.md)')
     parser.add_argument('--calibrate', action='store_true',
                         help='score pseudo-labels against human labels at several thresholds')
     parser.add_argument('--labels', default='labels',

@@ -120,6 +120,24 @@ def test_out_in_the_data_set_folder_is_refused_without_suggesting_overwrite(tmp_
     assert sorted((roadscene / 'labels').iterdir()) == human
 
 
+def test_an_out_folder_with_its_own_readme_is_not_overwritten(tmp_path):
+    # --out . in a project folder replaced the project's README.md and stems.txt with the
+    # pseudo-labels' own, without a word (exit 0); now they are named and kept.
+    roadscene = Path(__file__).resolve().parents[1] / 'data' / 'datasets' / 'roadscene'
+    project = tmp_path / 'project'
+    project.mkdir()
+    (project / 'README.md').write_text('# My project\n')
+    (project / 'stems.txt').write_text('mine\n')
+    with pytest.raises(ValueError, match=f"'{project}' already holds stems.txt, README.md; "
+                                         'pass --overwrite to replace them'):
+        pl.pseudo_label([], roadscene, ['test'], project, progress=False)
+    assert sorted(p.name for p in project.iterdir()) == ['README.md', 'stems.txt']
+    assert (project / 'README.md').read_text() == '# My project\n'
+    assert (project / 'stems.txt').read_text() == 'mine\n'
+    pl.pseudo_label([], roadscene, ['test'], project, overwrite=True, progress=False)
+    assert (project / 'README.md').read_text().startswith('# Pseudo-labels for roadscene')
+
+
 def _two_pair_split(tmp_path, roadscene):
     """List file with one human-labelled and one unlabelled train stem of RoadScene."""
     train = data.read_split(roadscene, 'train')
