@@ -439,6 +439,12 @@ def _prf(tp, fp, fn):
     return precision, recall, f1
 
 
+def _split_stems(dataset_dir, splits):
+    """Return the stems of ``splits`` joined in order, each once (also one listed twice)."""
+    return list(dict.fromkeys(
+        stem for split in splits for stem in data.read_split(dataset_dir, split)))
+
+
 def _gt_id_map(dataset_dir):
     """Map the set's label ids to ours by class name (-1: not one of ours)."""
     names = data.read_classes(dataset_dir)
@@ -478,9 +484,7 @@ def calibrate(teachers, dataset_dir, splits, labels_dir='labels',
     thresholds = sorted(float(t) for t in thresholds)
     floor = min(MIN_CANDIDATE_SCORE, thresholds[0])
     id_map = _gt_id_map(dataset_dir)
-    stems = []
-    for split in splits:
-        stems += [s for s in data.read_split(dataset_dir, split) if s not in stems]
+    stems = _split_stems(dataset_dir, splits)
     # Every label file is read (and checked against classes.txt) before the teachers run.
     names = data.read_classes(dataset_dir)
     stems = [s for s in stems
@@ -701,9 +705,7 @@ def pseudo_label(teachers, dataset_dir, splits, out_dir, score=DEFAULT_SCORE, io
     if taken and not overwrite:
         raise ValueError(f'{str(out_dir)!r} already holds {", ".join(taken)}; pass '
                          '--overwrite to replace them, or give another --out')
-    stems = []
-    for split in splits:
-        stems += [s for s in data.read_split(dataset_dir, split) if s not in stems]
+    stems = _split_stems(dataset_dir, splits)
     skipped = 0
     if skip_labelled:
         kept = [s for s in stems if not (dataset_dir / 'labels' / f'{s}.txt').is_file()]

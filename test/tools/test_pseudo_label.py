@@ -138,6 +138,24 @@ def test_an_out_folder_with_its_own_readme_is_not_overwritten(tmp_path):
     assert (project / 'README.md').read_text().startswith('# Pseudo-labels for roadscene')
 
 
+def test_a_stem_listed_twice_is_labelled_and_counted_once(tmp_path):
+    # A list file naming a stem twice (FLIR_00122 and FLIR_00122.jpg) ran the teachers twice
+    # on it, said "wrote 2 label files" for one file, listed it twice in stems.txt (trained
+    # twice) and counted its boxes twice in scores.tsv, the README and --calibrate's table.
+    roadscene = Path(__file__).resolve().parents[1] / 'data' / 'datasets' / 'roadscene'
+    stem = data.read_split(roadscene, 'test')[0]
+    split = tmp_path / 'twice.txt'
+    split.write_text(f'{stem}\n{stem}.jpg\n')
+    result = pl.pseudo_label([], roadscene, [str(split), 'test'], tmp_path / 'out',
+                             progress=False)
+    assert result['pairs'] == 2 and result['stems'] == data.read_split(roadscene, 'test')
+    assert (tmp_path / 'out' / 'stems.txt').read_text().split() == result['stems']
+    human = len(data.load_labels(roadscene, stem))
+    calibration = pl.calibrate([], roadscene, [str(split)], progress=False)
+    assert calibration['pairs'] == 1
+    assert sum(calibration['gt_boxes'].values()) == human
+
+
 def _two_pair_split(tmp_path, roadscene):
     """List file with one human-labelled and one unlabelled train stem of RoadScene."""
     train = data.read_split(roadscene, 'train')
