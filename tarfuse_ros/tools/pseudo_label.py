@@ -862,6 +862,12 @@ def main(argv=None):
     except ValueError as exc:  # bad input: one clear line, no traceback
         print(f'tarfuse-pseudo-label: error: {exc}', file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: say what is left, no traceback
+        left = ('nothing was written' if args.calibrate else
+                f'{Path(args.out) / "labels"} holds the label files written so far, but no '
+                'stems.txt, scores.tsv or README.md; run again with --overwrite')
+        print(f'tarfuse-pseudo-label: interrupted: {left}', file=sys.stderr)
+        return 130
     print(f'wrote {result["pairs"]} label files to {Path(args.out) / "labels"} '
           f'(skipped {result["skipped"]} human-labelled); boxes: '
           + ', '.join(f'{n} {v}' for n, v in result['boxes'].items()))

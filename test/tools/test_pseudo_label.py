@@ -224,6 +224,33 @@ def test_cli_skips_human_labelled_pairs_and_records_provenance(tmp_path):
     assert len(only_pseudo) == 1 and only_pseudo[0]['has_labels']
 
 
+@needs_teachers
+def test_ctrl_c_mid_run_says_what_is_left_without_a_traceback(tmp_path):
+    # Ctrl-C printed a KeyboardInterrupt traceback from inside onnxruntime and left label
+    # files without stems.txt or README.md, with no word on what to do next.
+    import signal
+    import subprocess
+    import sys
+    import time
+    out = tmp_path / 'pseudo'
+    process = subprocess.Popen(
+        [sys.executable, '-m', 'tarfuse_ros.tools.pseudo_label', '--data',
+         str(DATASETS / 'msrs_train'), '--split', 'train', '--out', str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while process.poll() is None and time.monotonic() < deadline and \
+            len(list(out.glob('labels/*.txt'))) < 3:  # classes.txt and two pairs
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert 'Traceback' not in err, err
+    assert err.splitlines()[-1] == (f'tarfuse-pseudo-label: interrupted: {out / "labels"} holds '
+                                    'the label files written so far, but no stems.txt, '
+                                    'scores.tsv or README.md; run again with --overwrite')
+    assert sorted(p.name for p in out.iterdir()) == ['labels']
+
+
 def test_cli_usage_errors_exit_2_before_the_teachers_load(tmp_path, capsys):
     (tmp_path / 'file').write_text('not a folder')
     for extra, words in ((['--max-pairs', '0'], '--max-pairs must be >= 1, got 0'),
