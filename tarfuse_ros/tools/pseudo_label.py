@@ -831,7 +831,10 @@ def main(argv=None):
         thresholds = _parse_thresholds(args.thresholds)
         for option, value in (('--score', args.score), ('--iou', args.iou)):
             _check_fraction(option, value)
-        problem = output_problem(args.out, folder=True) if args.out else None
+        # The labels go to --out/labels: a read-only labels/ (or a file of that name) too.
+        folders = [args.out] + ([] if args.calibrate else [Path(args.out) / 'labels']) \
+            if args.out else []
+        problem = next(filter(None, (output_problem(f, folder=True) for f in folders)), None)
         if problem:
             raise ValueError(f'--out {args.out!r} cannot be written ({problem}); give a '
                              'folder you can write to (created if needed)')
@@ -862,6 +865,10 @@ def main(argv=None):
     except ValueError as exc:  # bad input: one clear line, no traceback
         print(f'tarfuse-pseudo-label: error: {exc}', file=sys.stderr)
         return 2
+    except OSError as exc:  # e.g. a full disk or a read-only stems.txt: one line
+        where = f'{exc.filename}: ' if exc.filename else ''
+        print(f'tarfuse-pseudo-label: error: {where}{exc.strerror or exc}', file=sys.stderr)
+        return 1
     except KeyboardInterrupt:  # Ctrl-C: say what is left, no traceback
         left = ('nothing was written' if args.calibrate else
                 f'{Path(args.out) / "labels"} holds the label files written so far, but no '

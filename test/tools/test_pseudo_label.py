@@ -282,6 +282,21 @@ def test_cli_refuses_scores_ious_and_thresholds_outside_0_1_before_any_work(tmp_
     assert not (tmp_path / 'out').exists()
 
 
+def test_cli_refuses_an_out_whose_labels_folder_it_cannot_write(tmp_path, capsys):
+    # A read-only --out/labels (or a file of that name) passed the --out check, then the run
+    # stopped with a PermissionError / FileExistsError traceback after the teachers loaded.
+    roadscene = Path(__file__).resolve().parents[1] / 'data' / 'datasets' / 'roadscene'
+    out = tmp_path / 'pseudo'
+    out.mkdir()
+    (out / 'labels').write_text('not a folder')
+    argv = ['--data', str(roadscene), '--split', 'test', '--out', str(out),
+            '--teachers-dir', str(tmp_path / 'no_teachers_needed')]
+    assert pl.main(argv) == 2
+    assert capsys.readouterr().err == (
+        f"tarfuse-pseudo-label: error: --out '{out}' cannot be written ({out / 'labels'} is a "
+        'file, not a folder); give a folder you can write to (created if needed)\n')
+
+
 @pytest.mark.skipif(importlib.util.find_spec('onnxruntime') is None,
                     reason='onnxruntime not installed')
 def test_a_teacher_file_that_is_no_onnx_model_is_one_error_line(tmp_path, capsys):
