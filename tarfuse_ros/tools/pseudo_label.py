@@ -641,16 +641,21 @@ def write_provenance(out_dir, *, teachers, dataset_dir, splits, score, iou, comm
         lines += ["The data set's own classes.txt lists the same classes in the same order, so "
                   'a data set class map read from it applies to these files too.', '']
     else:
-        lines += ["Note: the data set's own classes.txt is absent or lists other classes "
-                  f'({set_classes}); ids here follow `labels/classes.txt`.', '']
+        theirs = 'the data set has no classes.txt' if set_classes is None else \
+            f"the data set's classes.txt lists other classes ({', '.join(set_classes)})"
+        lines += [f'Note: {theirs}; ids here follow `labels/classes.txt`.', '']
     if (out_dir / 'calibration.md').is_file():
         lines += ['## Threshold', '',
                   'How the threshold was chosen (pseudo-labels scored against human labels): '
                   'see [calibration.md](calibration.md).', '']
     attribution = _dataset_attribution(dataset_dir)
+    if (Path(dataset_dir) / 'README.md').is_file():
+        terms = 'its README.md gives their source and terms' + (
+            ', quoted here:' if attribution else '.')
+    else:
+        terms = 'it has no README.md: record their source and terms here before sharing them.'
     lines += ['## Images: source and terms', '',
-              f'The images these labels describe belong to `{dataset_dir}`; its README.md '
-              'gives their source and terms' + (', quoted here:' if attribution else '.'), '']
+              f'The images these labels describe belong to `{dataset_dir}`; {terms}', '']
     lines += attribution + ([''] if attribution else [])
     if note:
         lines += [note.strip(), '']

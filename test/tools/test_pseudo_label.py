@@ -156,6 +156,29 @@ def test_a_stem_listed_twice_is_labelled_and_counted_once(tmp_path):
     assert sum(calibration['gt_boxes'].values()) == human
 
 
+def test_the_readme_says_when_the_data_set_has_no_readme_or_classes(tmp_path):
+    # On a folder of one's own images the provenance README said "its README.md gives their
+    # source and terms" of a set without README.md, and "classes.txt is absent or lists other
+    # classes (None)".
+    import shutil
+    own = tmp_path / 'own'
+    roadscene = Path(__file__).resolve().parents[1] / 'data' / 'datasets' / 'roadscene'
+    for sub in ('ir', 'vi'):
+        shutil.copytree(roadscene / sub, own / sub)
+    pl.pseudo_label([], own, ['all'], tmp_path / 'out', progress=False)
+    readme = (tmp_path / 'out' / 'README.md').read_text()
+    assert f'belong to `{own}`; it has no README.md: record their source and terms' in readme
+    assert 'gives their source' not in readme
+    assert 'Note: the data set has no classes.txt; ids here follow `labels/classes.txt`.' in readme
+    (own / 'README.md').write_text('# Own images\n\n- Source: my camera\n')
+    (own / 'classes.txt').write_text('car\nperson\n')
+    pl.pseudo_label([], own, ['all'], tmp_path / 'out', overwrite=True, progress=False)
+    readme = (tmp_path / 'out' / 'README.md').read_text()
+    assert 'its README.md gives their source and terms, quoted here:\n\n- Source: my camera' \
+        in readme
+    assert "Note: the data set's classes.txt lists other classes (car, person)" in readme
+
+
 def _two_pair_split(tmp_path, roadscene):
     """List file with one human-labelled and one unlabelled train stem of RoadScene."""
     train = data.read_split(roadscene, 'train')
