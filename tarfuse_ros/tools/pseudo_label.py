@@ -440,9 +440,20 @@ def _prf(tp, fp, fn):
 
 
 def _split_stems(dataset_dir, splits):
-    """Return the stems of ``splits`` joined in order, each once (also one listed twice)."""
-    return list(dict.fromkeys(
+    """Return the stems of ``splits`` joined in order, each once (also one listed twice).
+
+    Split ``all`` leaves out the images whose stem the other folder lacks: logged as a warning.
+    """
+    stems = list(dict.fromkeys(
         stem for split in splits for stem in data.read_split(dataset_dir, split)))
+    if 'all' in splits:
+        for only, label, other in zip(data.unpaired_stems(dataset_dir), ('IR', 'visible'),
+                                      ('a visible', 'an IR')):
+            if only:
+                more = f', ... ({len(only) - 10} more)' if len(only) > 10 else ''
+                _LOG.warning('%d %s image(s) without %s image of the same stem, left out: %s%s',
+                             len(only), label, other, ', '.join(only[:10]), more)
+    return stems
 
 
 def _gt_id_map(dataset_dir):

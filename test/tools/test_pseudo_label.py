@@ -179,6 +179,23 @@ def test_the_readme_says_when_the_data_set_has_no_readme_or_classes(tmp_path):
     assert "Note: the data set's classes.txt lists other classes (car, person)" in readme
 
 
+def test_split_all_names_the_images_it_leaves_out(tmp_path, caplog):
+    # --split all on a folder where an IR image had no visible partner labelled the others and
+    # said "wrote 5 label files" without a word on the image left out.
+    import shutil
+    own = tmp_path / 'own'
+    roadscene = Path(__file__).resolve().parents[1] / 'data' / 'datasets' / 'roadscene'
+    for sub in ('ir', 'vi'):
+        shutil.copytree(roadscene / sub, own / sub)
+    lone = data.read_split(own, 'all')[0]
+    Path(data.pair_files(own, lone)[1]).unlink()
+    with caplog.at_level('WARNING', logger='tarfuse-pseudo-label'):
+        result = pl.pseudo_label([], own, ['all'], tmp_path / 'out', progress=False)
+    assert lone not in result['stems']
+    assert caplog.messages == [f'1 IR image(s) without a visible image of the same stem, left '
+                               f'out: {lone}']
+
+
 def _two_pair_split(tmp_path, roadscene):
     """List file with one human-labelled and one unlabelled train stem of RoadScene."""
     train = data.read_split(roadscene, 'train')
