@@ -443,6 +443,22 @@ def test_videos_without_a_common_frame_exit_2_and_leave_no_video(tmp_path, capsy
     assert list(out.iterdir()) == []  # no unplayable, frameless video file
 
 
+def test_a_run_that_fuses_no_frame_keeps_the_video_of_an_earlier_run(tmp_path, capsys):
+    # Re-running into the same --out with a wrong --ir-offset-ms (exit 2, "nothing was
+    # fused") deleted the video the first run had written.
+    _write_video(tmp_path / 'visible.mp4', 10.0, 3, (64, 48))
+    _write_video(tmp_path / 'thermal.mp4', 10.0, 3, (64, 48))
+    out = tmp_path / 'out'
+    args = ('--ir', tmp_path / 'thermal.mp4', '--visible', tmp_path / 'visible.mp4', '--out', out)
+    assert _run(capsys, *args)[0] == 0
+    first = (out / 'visible_fused.mp4').read_bytes()
+    assert len(_frames(out / 'visible_fused.mp4')) == 3
+    status, _, stderr = _run(capsys, *args, '--ir-offset-ms', '60000')
+    assert status == 2 and 'nothing was fused' in stderr
+    assert sorted(p.name for p in out.iterdir()) == ['visible_fused.mp4']
+    assert (out / 'visible_fused.mp4').read_bytes() == first
+
+
 def test_pairing_rule_nearest_in_time_earlier_on_ties():
     visible = [(k, t, f'v{k}') for k, t in enumerate([0.0, 20.0, 50.0, 99.0, 160.0, 260.0])]
     infrared = [(j, t, f'i{j}') for j, t in enumerate([5.0, 40.0, 60.0, 80.0, 100.0, 140.0])]
