@@ -701,7 +701,8 @@ def pseudo_label(teachers, dataset_dir, splits, out_dir, score=DEFAULT_SCORE, io
         ``boxes`` (count per class name), ``stems``.
 
     Raises:
-        ValueError: bad threshold, unknown split, or existing outputs without ``overwrite``.
+        ValueError: bad threshold, unknown split, a split without pairs, or existing outputs
+            without ``overwrite``.
 
     """
     if not 0.0 < float(score) <= 1.0:
@@ -722,6 +723,10 @@ def pseudo_label(teachers, dataset_dir, splits, out_dir, score=DEFAULT_SCORE, io
         raise ValueError(f'{str(out_dir)!r} already holds {", ".join(taken)}; pass '
                          '--overwrite to replace them, or give another --out')
     stems = _split_stems(dataset_dir, splits)
+    if not stems:
+        raise ValueError(f'no pair to label: {", ".join(splits)} of {str(dataset_dir)!r} holds '
+                         'no stem with an image in both ir/ and vi/ (file types: '
+                         f'{" ".join(data.IMAGE_EXTENSIONS)})')
     skipped = 0
     if skip_labelled:
         kept = [s for s in stems if not (dataset_dir / 'labels' / f'{s}.txt').is_file()]

@@ -4,6 +4,7 @@ import importlib.util
 from pathlib import Path
 import re
 
+import cv2
 import numpy as np
 import pytest
 from tarfuse_ros.core import data
@@ -194,6 +195,24 @@ def test_split_all_names_the_images_it_leaves_out(tmp_path, caplog):
     assert lone not in result['stems']
     assert caplog.messages == [f'1 IR image(s) without a visible image of the same stem, left '
                                f'out: {lone}']
+
+
+def test_a_split_without_pairs_is_an_error_not_an_empty_result(tmp_path):
+    # A folder of .webp images (or an empty list file) gave "wrote 0 label files", exit 0,
+    # and an empty stems.txt and README.md, replacing an earlier run's with --overwrite.
+    own = tmp_path / 'own'
+    roadscene = Path(__file__).resolve().parents[1] / 'data' / 'datasets' / 'roadscene'
+    stem = data.read_split(roadscene, 'test')[0]
+    for sub, path in zip(('ir', 'vi'), data.pair_files(roadscene, stem)):
+        (own / sub).mkdir(parents=True)
+        cv2.imwrite(str(own / sub / f'{stem}.webp'), cv2.imread(str(path)))
+    (own / 'empty.txt').write_text('# nothing yet\n')
+    for split in ('all', 'empty'):
+        with pytest.raises(ValueError, match=f"no pair to label: {split} of '{own}' holds no "
+                                             r'stem with an image in both ir/ and vi/ '
+                                             r'\(file types: \.png \.jpg'):
+            pl.pseudo_label([], own, [split], tmp_path / 'out', progress=False)
+    assert not (tmp_path / 'out').exists()
 
 
 def _two_pair_split(tmp_path, roadscene):
