@@ -727,6 +727,12 @@ def pseudo_label(teachers, dataset_dir, splits, out_dir, score=DEFAULT_SCORE, io
         raise ValueError(f'no pair to label: {", ".join(splits)} of {str(dataset_dir)!r} holds '
                          'no stem with an image in both ir/ and vi/ (file types: '
                          f'{" ".join(data.IMAGE_EXTENSIONS)})')
+    # stems.txt must read back as a split (data.read_split): '#' starts a comment there.
+    unlisted = [repr(s) for s in stems if s.split('#', 1)[0].strip() != s]
+    if unlisted:
+        raise ValueError(f'stems.txt could not list {len(unlisted)} pair(s) '
+                         f'({", ".join(unlisted[:10])}): a list file ends a stem at "#" and '
+                         'drops the spaces around it; rename their images')
     skipped = 0
     if skip_labelled:
         kept = [s for s in stems if not (dataset_dir / 'labels' / f'{s}.txt').is_file()]

@@ -215,6 +215,29 @@ def test_a_split_without_pairs_is_an_error_not_an_empty_result(tmp_path):
     assert not (tmp_path / 'out').exists()
 
 
+def test_stems_a_list_file_cannot_name_are_refused_before_any_work(tmp_path):
+    # Images named 'shot#1.jpg' or ' lead.jpg' were labelled, and stems.txt listed them as
+    # 'shot#1' and ' lead', which a list file reads as 'shot' and 'lead': training on the
+    # README's recipe then stopped with "no ir/ image for stem 'shot'".
+    import shutil
+    own = tmp_path / 'own'
+    roadscene = Path(__file__).resolve().parents[1] / 'data' / 'datasets' / 'roadscene'
+    stem = data.read_split(roadscene, 'test')[0]
+    for name in ('shot#1', ' lead', 'fine'):
+        for sub, path in zip(('ir', 'vi'), data.pair_files(roadscene, stem)):
+            (own / sub).mkdir(parents=True, exist_ok=True)
+            shutil.copy(path, own / sub / f'{name}.jpg')
+    with pytest.raises(ValueError, match=r"stems.txt could not list 2 pair\(s\) \(' lead', "
+                                         r"'shot#1'\): a list file ends a stem at \"#\""):
+        pl.pseudo_label([], own, ['all'], tmp_path / 'out', progress=False)
+    assert not (tmp_path / 'out').exists()
+    for sub in ('ir', 'vi'):
+        for name in ('shot#1', ' lead'):
+            (own / sub / f'{name}.jpg').unlink()
+    pl.pseudo_label([], own, ['all'], tmp_path / 'out', progress=False)
+    assert data.read_split(own, str(tmp_path / 'out' / 'stems.txt')) == ['fine']
+
+
 def _two_pair_split(tmp_path, roadscene):
     """List file with one human-labelled and one unlabelled train stem of RoadScene."""
     train = data.read_split(roadscene, 'train')
