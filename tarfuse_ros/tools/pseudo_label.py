@@ -58,7 +58,7 @@ import cv2
 import numpy as np
 from tarfuse_ros.core import data
 from tarfuse_ros.core.files import file_sha256, output_problem
-from tarfuse_ros.core.images import to_uint8, to_unit_gray
+from tarfuse_ros.core.images import normalise, to_uint8, to_unit_gray
 from tarfuse_ros.core.paths import shared_datasets_dir
 import torch
 from torchvision.ops import batched_nms, box_iou
@@ -333,8 +333,8 @@ def pool_boxes(box_sets, iou=NMS_IOU, max_boxes=MAX_BOXES_PER_PAIR):
 
 
 def _visible_bgr(vi):
-    if vi.dtype != np.uint8:
-        vi = to_uint8(to_unit_gray(vi) if vi.ndim == 2 else vi.astype(np.float32) / 65535.0)
+    if vi.dtype != np.uint8:  # 16-bit: the frame's robust range, grey or colour, as the engine
+        vi = to_uint8(normalise(vi))
     return vi if vi.ndim == 3 else np.repeat(vi[:, :, None], 3, axis=2)
 
 
@@ -351,7 +351,8 @@ def pseudo_label_pair(teachers, ir, vi, iou=NMS_IOU, min_score=MIN_CANDIDATE_SCO
     Args:
         teachers: list of :class:`Teacher`.
         ir: HxW uint8/uint16 IR image (resized to the visible size when it differs).
-        vi: HxWx3 BGR or HxW grey visible image (uint8; uint16 is normalised).
+        vi: HxWx3 BGR or HxW grey visible image (uint8; uint16 is mapped to 8 bits by its
+            robust per-frame range, as the engine does: ``images.normalise``).
         iou: NMS IoU of the pooling.
         min_score: candidates below this score are dropped before pooling.
 

@@ -268,6 +268,22 @@ def test_teachers_find_the_human_labelled_objects_of_a_real_pair(tmp_path):
 
 
 @needs_teachers
+def test_a_12_bit_colour_visible_image_is_seen_as_its_8_bit_version(tmp_path):
+    # A colour visible image stored as 16-bit with 12-bit values (a machine-vision camera)
+    # was divided by 65535, so the teachers saw it almost black (at most 16 grey levels) and
+    # found in the IR image only: here the person only the visible image shows was lost.
+    ir, vi = data.load_pair(DATASETS / 'msrs_train', '00115D')
+    teachers = pl.load_teachers('yolov8n', TEACHERS)
+    eight = pl.pseudo_label_pair(teachers, ir, vi)
+    twelve = pl.pseudo_label_pair(teachers, ir, vi.astype(np.uint16) * 16)
+    eight, twelve = eight[eight[:, 4] >= 0.3], twelve[twelve[:, 4] >= 0.3]
+    assert sorted(eight[:, 5].tolist()) == sorted(twelve[:, 5].tolist()) == [0.0, 2.0]
+    for box in eight:
+        same = twelve[twelve[:, 5] == box[5]][0]
+        np.testing.assert_allclose(same[:4], box[:4], atol=0.02 * vi.shape[1])
+
+
+@needs_teachers
 def test_cli_skips_human_labelled_pairs_and_records_provenance(tmp_path):
     roadscene = DATASETS / 'roadscene'
     split, labelled, unlabelled = _two_pair_split(tmp_path, roadscene)
