@@ -824,10 +824,14 @@ def main(argv=None):
                                video=video, report=report)
         except OSError as exc:
             raise UsageError(f'cannot write into {str(args.out)!r}: {exc}') from exc
-    except UsageError as exc:
+    except (UsageError, KeyboardInterrupt) as exc:  # Ctrl-C while the model loads, too
         if plan is not None:
             for video in plan.videos:
                 video.release()
+        if isinstance(exc, KeyboardInterrupt):
+            print(f'{PROG}: interrupted before the first pair: nothing was fused',
+                  file=sys.stderr)
+            return 130
         print(f'{PROG}: error: {exc}', file=sys.stderr)
         return 2
     for name, reason in plan.failures:
