@@ -39,7 +39,8 @@ Outputs in ``--out`` (created if needed); ``<name>`` is the stem for images and
   grey for a grey one); for videos instead ``<visible stem>_fused.mp4`` (MPEG-4 Part 2), or
   ``.avi`` (Motion JPEG) for an ``.avi`` input or a visible video of odd width or height
   (FFmpeg's encoders would crop it to even sizes), at the visible video's frame rate and size;
-  no video file is left when no frame was fused;
+  written under a temporary name until the end, so a run that fuses no frame leaves no video
+  file and an earlier run's video as it was;
 - ``registered/<name>.png`` (``--registered``): the IR warped onto the visible frame, 8-bit;
 - ``flow/<name>.npy`` (``--flow``): float32 ``HxWx2``, (dx, dy) in visible pixels,
   ``registered_ir(p) = ir(p + flow(p))``; ``flow/<name>.png``: the same colour-coded with
@@ -66,6 +67,7 @@ import argparse
 from dataclasses import dataclass, field
 import json
 import math
+import os
 from pathlib import Path
 import queue
 import sys
@@ -501,12 +503,18 @@ class _Outputs:
             # Motion JPEG writer keeps the visible size.
             choices = [('.avi', 'MJPG', cv2.CAP_OPENCV_MJPEG)]
         for suffix, fourcc, api in choices:
+            # Written under a temporary name (same suffix: it picks the container) that
+            # replaces the video of an earlier run only once a frame is in it.
             path = self.out / f'{Path(visible_path).stem}_fused{suffix}'
-            writer = cv2.VideoWriter(str(path), api, cv2.VideoWriter_fourcc(*fourcc), fps, size)
+            partial = path.with_name(f'{path.stem}.partial{suffix}')
+            writer = cv2.VideoWriter(str(partial), api, cv2.VideoWriter_fourcc(*fourcc), fps,
+                                     size)
             if writer.isOpened():
-                self._video, self.video_path, self._video_size = writer, path, size
+                self._video, self._video_size = writer, size
+                self.video_path, self._partial = path, partial
                 return
             writer.release()
+            partial.unlink(missing_ok=True)
         names = ' nor '.join(fourcc for _, fourcc, _ in choices)
         raise OSError(f'OpenCV cannot write a {size[0]}x{size[1]} video into {self.out} '
                       f'(neither {names})')
@@ -516,15 +524,17 @@ class _Outputs:
         self._queue.put((name, result, info))
 
     def close(self):
-        """Write what is queued, then close the video (removed if it holds no frame)."""
+        """Write what is queued, then close the video (dropped if it holds no frame)."""
         self._queue.put(None)
         self._thread.join()
         if self._video is not None:
             self._video.release()
             self._video = None
             if self.written == 0:  # a container without frames does not even open
-                self.video_path.unlink(missing_ok=True)
+                self._partial.unlink(missing_ok=True)
                 self.video_path = None
+            else:
+                os.replace(self._partial, self.video_path)
 
     def _run(self):
         while True:
@@ -814,10 +824,14 @@ def main(argv=None):
                                video=video, report=report)
         except OSError as exc:
             raise UsageError(f'cannot write into {str(args.out)!r}: {exc}') from exc
-    except UsageError as exc:
+    except (UsageError, KeyboardInterrupt) as exc:  # Ctrl-C while the model loads, too
         if plan is not None:
             for video in plan.videos:
                 video.release()
+        if isinstance(exc, KeyboardInterrupt):
+            print(f'{PROG}: interrupted before the first pair: nothing was fused',
+                  file=sys.stderr)
+            return 130
         print(f'{PROG}: error: {exc}', file=sys.stderr)
         return 2
     for name, reason in plan.failures:

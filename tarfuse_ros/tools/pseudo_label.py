@@ -58,7 +58,7 @@ import cv2
 import numpy as np
 from tarfuse_ros.core import data
 from tarfuse_ros.core.files import file_sha256, output_problem
-from tarfuse_ros.core.images import to_uint8, to_unit_gray
+from tarfuse_ros.core.images import normalise, to_uint8, to_unit_gray
 from tarfuse_ros.core.paths import shared_datasets_dir
 import torch
 from torchvision.ops import batched_nms, box_iou
@@ -333,8 +333,8 @@ def pool_boxes(box_sets, iou=NMS_IOU, max_boxes=MAX_BOXES_PER_PAIR):
 
 
 def _visible_bgr(vi):
-    if vi.dtype != np.uint8:
-        vi = to_uint8(to_unit_gray(vi) if vi.ndim == 2 else vi.astype(np.float32) / 65535.0)
+    if vi.dtype != np.uint8:  # 16-bit: the frame's robust range, grey or colour, as the engine
+        vi = to_uint8(normalise(vi))
     return vi if vi.ndim == 3 else np.repeat(vi[:, :, None], 3, axis=2)
 
 
@@ -351,7 +351,8 @@ def pseudo_label_pair(teachers, ir, vi, iou=NMS_IOU, min_score=MIN_CANDIDATE_SCO
     Args:
         teachers: list of :class:`Teacher`.
         ir: HxW uint8/uint16 IR image (resized to the visible size when it differs).
-        vi: HxWx3 BGR or HxW grey visible image (uint8; uint16 is normalised).
+        vi: HxWx3 BGR or HxW grey visible image (uint8; uint16 is mapped to 8 bits by its
+            robust per-frame range, as the engine does: ``images.normalise``).
         iou: NMS IoU of the pooling.
         min_score: candidates below this score are dropped before pooling.
 
@@ -439,6 +440,23 @@ def _prf(tp, fp, fn):
     return precision, recall, f1
 
 
+def _split_stems(dataset_dir, splits):
+    """Return the stems of ``splits`` joined in order, each once (also one listed twice).
+
+    Split ``all`` leaves out the images whose stem the other folder lacks: logged as a warning.
+    """
+    stems = list(dict.fromkeys(
+        stem for split in splits for stem in data.read_split(dataset_dir, split)))
+    if 'all' in splits:
+        for only, label, other in zip(data.unpaired_stems(dataset_dir), ('IR', 'visible'),
+                                      ('a visible', 'an IR')):
+            if only:
+                more = f', ... ({len(only) - 10} more)' if len(only) > 10 else ''
+                _LOG.warning('%d %s image(s) without %s image of the same stem, left out: %s%s',
+                             len(only), label, other, ', '.join(only[:10]), more)
+    return stems
+
+
 def _gt_id_map(dataset_dir):
     """Map the set's label ids to ours by class name (-1: not one of ours)."""
     names = data.read_classes(dataset_dir)
@@ -478,9 +496,7 @@ def calibrate(teachers, dataset_dir, splits, labels_dir='labels',
     thresholds = sorted(float(t) for t in thresholds)
     floor = min(MIN_CANDIDATE_SCORE, thresholds[0])
     id_map = _gt_id_map(dataset_dir)
-    stems = []
-    for split in splits:
-        stems += [s for s in data.read_split(dataset_dir, split) if s not in stems]
+    stems = _split_stems(dataset_dir, splits)
     # Every label file is read (and checked against classes.txt) before the teachers run.
     names = data.read_classes(dataset_dir)
     stems = [s for s in stems
@@ -637,16 +653,21 @@ def write_provenance(out_dir, *, teachers, dataset_dir, splits, score, iou, comm
         lines += ["The data set's own classes.txt lists the same classes in the same order, so "
                   'a data set class map read from it applies to these files too.', '']
     else:
-        lines += ["Note: the data set's own classes.txt is absent or lists other classes "
-                  f'({set_classes}); ids here follow `labels/classes.txt`.', '']
+        theirs = 'the data set has no classes.txt' if set_classes is None else \
+            f"the data set's classes.txt lists other classes ({', '.join(set_classes)})"
+        lines += [f'Note: {theirs}; ids here follow `labels/classes.txt`.', '']
     if (out_dir / 'calibration.md').is_file():
         lines += ['## Threshold', '',
                   'How the threshold was chosen (pseudo-labels scored against human labels): '
                   'see [calibration.md](calibration.md).', '']
     attribution = _dataset_attribution(dataset_dir)
+    if (Path(dataset_dir) / 'README.md').is_file():
+        terms = 'its README.md gives their source and terms' + (
+            ', quoted here:' if attribution else '.')
+    else:
+        terms = 'it has no README.md: record their source and terms here before sharing them.'
     lines += ['## Images: source and terms', '',
-              f'The images these labels describe belong to `{dataset_dir}`; its README.md '
-              'gives their source and terms' + (', quoted here:' if attribution else '.'), '']
+              f'The images these labels describe belong to `{dataset_dir}`; {terms}', '']
     lines += attribution + ([''] if attribution else [])
     if note:
         lines += [note.strip(), '']
@@ -668,9 +689,9 @@ def pseudo_label(teachers, dataset_dir, splits, out_dir, score=DEFAULT_SCORE, io
         score: keep boxes with score >= this (in (0, 1]).
         iou: pooling NMS IoU.
         skip_labelled: leave out stems with a human label file in ``dataset_dir/labels/``.
-        overwrite: delete existing ``out_dir/labels/*.txt`` first (else refuse if present);
-            ``stems.txt``, ``scores.tsv`` and ``README.md`` are written last, when every pair
-            is labelled (a previous run's are deleted first).
+        overwrite: delete existing ``out_dir/labels/*.txt``, ``stems.txt``, ``scores.tsv``
+            and ``README.md`` first (else refuse if one is present, e.g. a project's own
+            README.md); the last three are written when every pair is labelled.
         command: command line recorded in the README.
         max_pairs: only the first N pairs (tests).
         progress: log progress every 25 pairs.
@@ -681,7 +702,8 @@ def pseudo_label(teachers, dataset_dir, splits, out_dir, score=DEFAULT_SCORE, io
         ``boxes`` (count per class name), ``stems``.
 
     Raises:
-        ValueError: bad threshold, unknown split, or existing labels without ``overwrite``.
+        ValueError: bad threshold, unknown split, a split without pairs, or existing outputs
+            without ``overwrite``.
 
     """
     if not 0.0 < float(score) <= 1.0:
@@ -689,16 +711,29 @@ def pseudo_label(teachers, dataset_dir, splits, out_dir, score=DEFAULT_SCORE, io
     dataset_dir = Path(dataset_dir)
     out_dir = Path(out_dir)
     labels_out = out_dir / 'labels'
+    if (out_dir.resolve() / 'labels') == (dataset_dir.resolve() / 'labels'):
+        raise ValueError(f'--out {str(out_dir)!r} is the data set folder, whose labels/ is '
+                         'for human labels (pseudo-labels there would pass for them, and never '
+                         'replace them); give another --out')
     existing = sorted(p for p in labels_out.glob('*.txt') if p.name != 'classes.txt') \
         if labels_out.is_dir() else []
-    if existing and not overwrite:
-        raise ValueError(f'{str(labels_out)!r} already holds {len(existing)} label files; '
-                         'pass --overwrite to replace them')
-    if (out_dir.resolve() / 'labels') == (dataset_dir.resolve() / 'labels'):
-        raise ValueError('refusing to write pseudo-labels over the human labels/ folder')
-    stems = []
-    for split in splits:
-        stems += [s for s in data.read_split(dataset_dir, split) if s not in stems]
+    summaries = [out_dir / name for name in ('stems.txt', 'scores.tsv', 'README.md')]
+    taken = [f'{len(existing)} label files in labels/'] if existing else []
+    taken += [path.name for path in summaries if path.exists()]
+    if taken and not overwrite:
+        raise ValueError(f'{str(out_dir)!r} already holds {", ".join(taken)}; pass '
+                         '--overwrite to replace them, or give another --out')
+    stems = _split_stems(dataset_dir, splits)
+    if not stems:
+        raise ValueError(f'no pair to label: {", ".join(splits)} of {str(dataset_dir)!r} holds '
+                         'no stem with an image in both ir/ and vi/ (file types: '
+                         f'{" ".join(data.IMAGE_EXTENSIONS)})')
+    # stems.txt must read back as a split (data.read_split): '#' starts a comment there.
+    unlisted = [repr(s) for s in stems if s.split('#', 1)[0].strip() != s]
+    if unlisted:
+        raise ValueError(f'stems.txt could not list {len(unlisted)} pair(s) '
+                         f'({", ".join(unlisted[:10])}): a list file ends a stem at "#" and '
+                         'drops the spaces around it; rename their images')
     skipped = 0
     if skip_labelled:
         kept = [s for s in stems if not (dataset_dir / 'labels' / f'{s}.txt').is_file()]
@@ -708,7 +743,7 @@ def pseudo_label(teachers, dataset_dir, splits, out_dir, score=DEFAULT_SCORE, io
         stems = stems[:max_pairs]
     # The previous run's summary goes with its labels: a run stopped half-way (an unreadable
     # image, Ctrl-C) leaves label files but no stems.txt / scores.tsv / README.md claiming them.
-    for path in existing + [out_dir / name for name in ('stems.txt', 'scores.tsv', 'README.md')]:
+    for path in existing + summaries:
         path.unlink(missing_ok=True)
     labels_out.mkdir(parents=True, exist_ok=True)
     (labels_out / 'classes.txt').write_text(''.join(f'{n}\n' for n in CLASS_NAMES))
@@ -767,7 +802,8 @@ def build_parser():
     parser.add_argument('--skip-labelled', action='store_true',
                         help="leave out stems with a human label file in the set's labels/")
     parser.add_argument('--overwrite', action='store_true',
-                        help='replace existing label files in --out/labels')
+                        help="replace an earlier run's outputs in --out (labels/*.txt, "
+                             'stems.txt, scores.tsv, README.md)')
     parser.add_argument('--calibrate', action='store_true',
                         help='score pseudo-labels against human labels at several thresholds')
     parser.add_argument('--labels', default='labels',
@@ -823,7 +859,10 @@ def main(argv=None):
         thresholds = _parse_thresholds(args.thresholds)
         for option, value in (('--score', args.score), ('--iou', args.iou)):
             _check_fraction(option, value)
-        problem = output_problem(args.out, folder=True) if args.out else None
+        # The labels go to --out/labels: a read-only labels/ (or a file of that name) too.
+        folders = [args.out] + ([] if args.calibrate else [Path(args.out) / 'labels']) \
+            if args.out else []
+        problem = next(filter(None, (output_problem(f, folder=True) for f in folders)), None)
         if problem:
             raise ValueError(f'--out {args.out!r} cannot be written ({problem}); give a '
                              'folder you can write to (created if needed)')
@@ -854,6 +893,16 @@ def main(argv=None):
     except ValueError as exc:  # bad input: one clear line, no traceback
         print(f'tarfuse-pseudo-label: error: {exc}', file=sys.stderr)
         return 2
+    except OSError as exc:  # e.g. a full disk or a read-only stems.txt: one line
+        where = f'{exc.filename}: ' if exc.filename else ''
+        print(f'tarfuse-pseudo-label: error: {where}{exc.strerror or exc}', file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:  # Ctrl-C: say what is left, no traceback
+        left = ('nothing was written' if args.calibrate else
+                f'{Path(args.out) / "labels"} holds the label files written so far, but no '
+                'stems.txt, scores.tsv or README.md; run again with --overwrite')
+        print(f'tarfuse-pseudo-label: interrupted: {left}', file=sys.stderr)
+        return 130
     print(f'wrote {result["pairs"]} label files to {Path(args.out) / "labels"} '
           f'(skipped {result["skipped"]} human-labelled); boxes: '
           + ', '.join(f'{n} {v}' for n, v in result['boxes'].items()))

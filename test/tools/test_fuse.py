@@ -443,6 +443,53 @@ def test_videos_without_a_common_frame_exit_2_and_leave_no_video(tmp_path, capsy
     assert list(out.iterdir()) == []  # no unplayable, frameless video file
 
 
+def test_a_run_that_fuses_no_frame_keeps_the_video_of_an_earlier_run(tmp_path, capsys):
+    # Re-running into the same --out with a wrong --ir-offset-ms (exit 2, "nothing was
+    # fused") deleted the video the first run had written.
+    _write_video(tmp_path / 'visible.mp4', 10.0, 3, (64, 48))
+    _write_video(tmp_path / 'thermal.mp4', 10.0, 3, (64, 48))
+    out = tmp_path / 'out'
+    args = ('--ir', tmp_path / 'thermal.mp4', '--visible', tmp_path / 'visible.mp4', '--out', out)
+    assert _run(capsys, *args)[0] == 0
+    first = (out / 'visible_fused.mp4').read_bytes()
+    assert len(_frames(out / 'visible_fused.mp4')) == 3
+    status, _, stderr = _run(capsys, *args, '--ir-offset-ms', '60000')
+    assert status == 2 and 'nothing was fused' in stderr
+    assert sorted(p.name for p in out.iterdir()) == ['visible_fused.mp4']
+    assert (out / 'visible_fused.mp4').read_bytes() == first
+
+
+def test_ctrl_c_while_starting_is_one_line_without_a_traceback(tmp_path):
+    # Ctrl-C before the first pair (while torch imported or the weights loaded) printed a
+    # KeyboardInterrupt traceback. The --prior file here is a pipe: the tool waits in its
+    # start-up reading it, where the real SIGINT reaches it.
+    import os
+    import signal
+    import sys
+    import time
+    prior = tmp_path / 'prior.yaml'
+    os.mkfifo(prior)
+    ir, vi = SAMPLES / 'ir' / f'{STEMS[0]}.jpg', SAMPLES / 'vi' / f'{STEMS[0]}.jpg'
+    process = subprocess.Popen(
+        [sys.executable, '-m', 'tarfuse_ros.tools.fuse', '--ir', str(ir), '--visible', str(vi),
+         '--out', str(tmp_path / 'out'), '--prior', str(prior)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while True:  # the writer's end opens once the tool has opened the pipe to read it
+        try:
+            writer = os.open(prior, os.O_WRONLY | os.O_NONBLOCK)
+            break
+        except OSError:
+            assert process.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+    time.sleep(0.5)  # blocked reading it
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    os.close(writer)
+    assert process.returncode == 130, err
+    assert err == 'tarfuse-fuse: interrupted before the first pair: nothing was fused\n', err
+
+
 def test_pairing_rule_nearest_in_time_earlier_on_ties():
     visible = [(k, t, f'v{k}') for k, t in enumerate([0.0, 20.0, 50.0, 99.0, 160.0, 260.0])]
     infrared = [(j, t, f'i{j}') for j, t in enumerate([5.0, 40.0, 60.0, 80.0, 100.0, 140.0])]

@@ -4,6 +4,7 @@ import importlib.util
 from pathlib import Path
 import re
 
+import cv2
 import numpy as np
 import pytest
 from tarfuse_ros.core import data
@@ -102,6 +103,141 @@ def test_a_run_stopped_half_way_leaves_no_summary_of_the_previous_run(tmp_path):
     assert {p.name for p in (out / 'labels').iterdir()} == {'classes.txt', f'{first}.txt'}
 
 
+def test_out_in_the_data_set_folder_is_refused_without_suggesting_overwrite(tmp_path):
+    # --out DATASET said "'DATASET/labels' already holds 5 label files; pass --overwrite to
+    # replace them", inviting the user to replace the human labels (which --overwrite then
+    # refused anyway); now both say that the human labels are never replaced.
+    import shutil
+    roadscene = tmp_path / 'roadscene'
+    shutil.copytree(Path(__file__).resolve().parents[1] / 'data' / 'datasets' / 'roadscene',
+                    roadscene)
+    human = sorted((roadscene / 'labels').iterdir())
+    for overwrite in (False, True):
+        with pytest.raises(ValueError, match='is the data set folder, whose labels/ is for '
+                                             'human labels') as error:
+            pl.pseudo_label([], roadscene, ['test'], roadscene, overwrite=overwrite,
+                            progress=False)
+        assert '--overwrite' not in str(error.value)
+    assert sorted((roadscene / 'labels').iterdir()) == human
+
+
+def test_an_out_folder_with_its_own_readme_is_not_overwritten(tmp_path):
+    # --out . in a project folder replaced the project's README.md and stems.txt with the
+    # pseudo-labels' own, without a word (exit 0); now they are named and kept.
+    roadscene = Path(__file__).resolve().parents[1] / 'data' / 'datasets' / 'roadscene'
+    project = tmp_path / 'project'
+    project.mkdir()
+    (project / 'README.md').write_text('# My project\n')
+    (project / 'stems.txt').write_text('mine\n')
+    with pytest.raises(ValueError, match=f"'{project}' already holds stems.txt, README.md; "
+                                         'pass --overwrite to replace them'):
+        pl.pseudo_label([], roadscene, ['test'], project, progress=False)
+    assert sorted(p.name for p in project.iterdir()) == ['README.md', 'stems.txt']
+    assert (project / 'README.md').read_text() == '# My project\n'
+    assert (project / 'stems.txt').read_text() == 'mine\n'
+    pl.pseudo_label([], roadscene, ['test'], project, overwrite=True, progress=False)
+    assert (project / 'README.md').read_text().startswith('# Pseudo-labels for roadscene')
+
+
+def test_a_stem_listed_twice_is_labelled_and_counted_once(tmp_path):
+    # A list file naming a stem twice (FLIR_00122 and FLIR_00122.jpg) ran the teachers twice
+    # on it, said "wrote 2 label files" for one file, listed it twice in stems.txt (trained
+    # twice) and counted its boxes twice in scores.tsv, the README and --calibrate's table.
+    roadscene = Path(__file__).resolve().parents[1] / 'data' / 'datasets' / 'roadscene'
+    stem = data.read_split(roadscene, 'test')[0]
+    split = tmp_path / 'twice.txt'
+    split.write_text(f'{stem}\n{stem}.jpg\n')
+    result = pl.pseudo_label([], roadscene, [str(split), 'test'], tmp_path / 'out',
+                             progress=False)
+    assert result['pairs'] == 2 and result['stems'] == data.read_split(roadscene, 'test')
+    assert (tmp_path / 'out' / 'stems.txt').read_text().split() == result['stems']
+    human = len(data.load_labels(roadscene, stem))
+    calibration = pl.calibrate([], roadscene, [str(split)], progress=False)
+    assert calibration['pairs'] == 1
+    assert sum(calibration['gt_boxes'].values()) == human
+
+
+def test_the_readme_says_when_the_data_set_has_no_readme_or_classes(tmp_path):
+    # On a folder of one's own images the provenance README said "its README.md gives their
+    # source and terms" of a set without README.md, and "classes.txt is absent or lists other
+    # classes (None)".
+    import shutil
+    own = tmp_path / 'own'
+    roadscene = Path(__file__).resolve().parents[1] / 'data' / 'datasets' / 'roadscene'
+    for sub in ('ir', 'vi'):
+        shutil.copytree(roadscene / sub, own / sub)
+    pl.pseudo_label([], own, ['all'], tmp_path / 'out', progress=False)
+    readme = (tmp_path / 'out' / 'README.md').read_text()
+    assert f'belong to `{own}`; it has no README.md: record their source and terms' in readme
+    assert 'gives their source' not in readme
+    assert 'Note: the data set has no classes.txt; ids here follow `labels/classes.txt`.' in readme
+    (own / 'README.md').write_text('# Own images\n\n- Source: my camera\n')
+    (own / 'classes.txt').write_text('car\nperson\n')
+    pl.pseudo_label([], own, ['all'], tmp_path / 'out', overwrite=True, progress=False)
+    readme = (tmp_path / 'out' / 'README.md').read_text()
+    assert 'its README.md gives their source and terms, quoted here:\n\n- Source: my camera' \
+        in readme
+    assert "Note: the data set's classes.txt lists other classes (car, person)" in readme
+
+
+def test_split_all_names_the_images_it_leaves_out(tmp_path, caplog):
+    # --split all on a folder where an IR image had no visible partner labelled the others and
+    # said "wrote 5 label files" without a word on the image left out.
+    import shutil
+    own = tmp_path / 'own'
+    roadscene = Path(__file__).resolve().parents[1] / 'data' / 'datasets' / 'roadscene'
+    for sub in ('ir', 'vi'):
+        shutil.copytree(roadscene / sub, own / sub)
+    lone = data.read_split(own, 'all')[0]
+    Path(data.pair_files(own, lone)[1]).unlink()
+    with caplog.at_level('WARNING', logger='tarfuse-pseudo-label'):
+        result = pl.pseudo_label([], own, ['all'], tmp_path / 'out', progress=False)
+    assert lone not in result['stems']
+    assert caplog.messages == [f'1 IR image(s) without a visible image of the same stem, left '
+                               f'out: {lone}']
+
+
+def test_a_split_without_pairs_is_an_error_not_an_empty_result(tmp_path):
+    # A folder of .webp images (or an empty list file) gave "wrote 0 label files", exit 0,
+    # and an empty stems.txt and README.md, replacing an earlier run's with --overwrite.
+    own = tmp_path / 'own'
+    roadscene = Path(__file__).resolve().parents[1] / 'data' / 'datasets' / 'roadscene'
+    stem = data.read_split(roadscene, 'test')[0]
+    for sub, path in zip(('ir', 'vi'), data.pair_files(roadscene, stem)):
+        (own / sub).mkdir(parents=True)
+        cv2.imwrite(str(own / sub / f'{stem}.webp'), cv2.imread(str(path)))
+    (own / 'empty.txt').write_text('# nothing yet\n')
+    for split in ('all', 'empty'):
+        with pytest.raises(ValueError, match=f"no pair to label: {split} of '{own}' holds no "
+                                             r'stem with an image in both ir/ and vi/ '
+                                             r'\(file types: \.png \.jpg'):
+            pl.pseudo_label([], own, [split], tmp_path / 'out', progress=False)
+    assert not (tmp_path / 'out').exists()
+
+
+def test_stems_a_list_file_cannot_name_are_refused_before_any_work(tmp_path):
+    # Images named 'shot#1.jpg' or ' lead.jpg' were labelled, and stems.txt listed them as
+    # 'shot#1' and ' lead', which a list file reads as 'shot' and 'lead': training on the
+    # README's recipe then stopped with "no ir/ image for stem 'shot'".
+    import shutil
+    own = tmp_path / 'own'
+    roadscene = Path(__file__).resolve().parents[1] / 'data' / 'datasets' / 'roadscene'
+    stem = data.read_split(roadscene, 'test')[0]
+    for name in ('shot#1', ' lead', 'fine'):
+        for sub, path in zip(('ir', 'vi'), data.pair_files(roadscene, stem)):
+            (own / sub).mkdir(parents=True, exist_ok=True)
+            shutil.copy(path, own / sub / f'{name}.jpg')
+    with pytest.raises(ValueError, match=r"stems.txt could not list 2 pair\(s\) \(' lead', "
+                                         r"'shot#1'\): a list file ends a stem at \"#\""):
+        pl.pseudo_label([], own, ['all'], tmp_path / 'out', progress=False)
+    assert not (tmp_path / 'out').exists()
+    for sub in ('ir', 'vi'):
+        for name in ('shot#1', ' lead'):
+            (own / sub / f'{name}.jpg').unlink()
+    pl.pseudo_label([], own, ['all'], tmp_path / 'out', progress=False)
+    assert data.read_split(own, str(tmp_path / 'out' / 'stems.txt')) == ['fine']
+
+
 def _two_pair_split(tmp_path, roadscene):
     """List file with one human-labelled and one unlabelled train stem of RoadScene."""
     train = data.read_split(roadscene, 'train')
@@ -129,6 +265,22 @@ def test_teachers_find_the_human_labelled_objects_of_a_real_pair(tmp_path):
     # Letterboxing and decoding are right when most pseudo boxes land on human boxes.
     assert tp >= max(1, 0.5 * len(human)), (tp, fp, fn)
     assert tp >= fp
+
+
+@needs_teachers
+def test_a_12_bit_colour_visible_image_is_seen_as_its_8_bit_version(tmp_path):
+    # A colour visible image stored as 16-bit with 12-bit values (a machine-vision camera)
+    # was divided by 65535, so the teachers saw it almost black (at most 16 grey levels) and
+    # found in the IR image only: here the person only the visible image shows was lost.
+    ir, vi = data.load_pair(DATASETS / 'msrs_train', '00115D')
+    teachers = pl.load_teachers('yolov8n', TEACHERS)
+    eight = pl.pseudo_label_pair(teachers, ir, vi)
+    twelve = pl.pseudo_label_pair(teachers, ir, vi.astype(np.uint16) * 16)
+    eight, twelve = eight[eight[:, 4] >= 0.3], twelve[twelve[:, 4] >= 0.3]
+    assert sorted(eight[:, 5].tolist()) == sorted(twelve[:, 5].tolist()) == [0.0, 2.0]
+    for box in eight:
+        same = twelve[twelve[:, 5] == box[5]][0]
+        np.testing.assert_allclose(same[:4], box[:4], atol=0.02 * vi.shape[1])
 
 
 @needs_teachers
@@ -170,6 +322,33 @@ def test_cli_skips_human_labelled_pairs_and_records_provenance(tmp_path):
     assert len(only_pseudo) == 1 and only_pseudo[0]['has_labels']
 
 
+@needs_teachers
+def test_ctrl_c_mid_run_says_what_is_left_without_a_traceback(tmp_path):
+    # Ctrl-C printed a KeyboardInterrupt traceback from inside onnxruntime and left label
+    # files without stems.txt or README.md, with no word on what to do next.
+    import signal
+    import subprocess
+    import sys
+    import time
+    out = tmp_path / 'pseudo'
+    process = subprocess.Popen(
+        [sys.executable, '-m', 'tarfuse_ros.tools.pseudo_label', '--data',
+         str(DATASETS / 'msrs_train'), '--split', 'train', '--out', str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while process.poll() is None and time.monotonic() < deadline and \
+            len(list(out.glob('labels/*.txt'))) < 3:  # classes.txt and two pairs
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert 'Traceback' not in err, err
+    assert err.splitlines()[-1] == (f'tarfuse-pseudo-label: interrupted: {out / "labels"} holds '
+                                    'the label files written so far, but no stems.txt, '
+                                    'scores.tsv or README.md; run again with --overwrite')
+    assert sorted(p.name for p in out.iterdir()) == ['labels']
+
+
 def test_cli_usage_errors_exit_2_before_the_teachers_load(tmp_path, capsys):
     (tmp_path / 'file').write_text('not a folder')
     for extra, words in ((['--max-pairs', '0'], '--max-pairs must be >= 1, got 0'),
@@ -199,6 +378,21 @@ def test_cli_refuses_scores_ious_and_thresholds_outside_0_1_before_any_work(tmp_
         err = capsys.readouterr().err
         assert words in err and 'Traceback' not in err, err
     assert not (tmp_path / 'out').exists()
+
+
+def test_cli_refuses_an_out_whose_labels_folder_it_cannot_write(tmp_path, capsys):
+    # A read-only --out/labels (or a file of that name) passed the --out check, then the run
+    # stopped with a PermissionError / FileExistsError traceback after the teachers loaded.
+    roadscene = Path(__file__).resolve().parents[1] / 'data' / 'datasets' / 'roadscene'
+    out = tmp_path / 'pseudo'
+    out.mkdir()
+    (out / 'labels').write_text('not a folder')
+    argv = ['--data', str(roadscene), '--split', 'test', '--out', str(out),
+            '--teachers-dir', str(tmp_path / 'no_teachers_needed')]
+    assert pl.main(argv) == 2
+    assert capsys.readouterr().err == (
+        f"tarfuse-pseudo-label: error: --out '{out}' cannot be written ({out / 'labels'} is a "
+        'file, not a folder); give a folder you can write to (created if needed)\n')
 
 
 @pytest.mark.skipif(importlib.util.find_spec('onnxruntime') is None,
