@@ -28,7 +28,8 @@ INFERENCE_FIELDS = (
     'global_fine_radius', 'global_extra_passes', 'global_extra_radius', 'global_support_mask',
     'global_fine_check', 'global_coarse_side',
     'global_min_side', 'input_min_long_side', 'detect_min_long_side', 'flip_average',
-    'registration_skip_levels', 'global_fine_tolerance', 'global_scale_accept')
+    'registration_skip_levels', 'global_fine_tolerance', 'global_scale_accept',
+    'global_wide_below', 'global_wide_scales')
 
 
 def parse_settings(items):

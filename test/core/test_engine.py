@@ -398,6 +398,14 @@ def test_set_global_scale_candidates_needs_the_orientation_stage():
     assert model.registration.global_matcher.scale_candidates == (0.9, 1.0)
     with pytest.raises(ValueError, match='global_scale_candidates'):
         model.set_global_scale_candidates((0.0,))
+    # The scale search off: the wide search keeps its wider start, fits no other scale.
+    model = build_model(TarFuseConfig(global_features='orientation',
+                                      global_scale_candidates=(0.8, 1.0, 1.25),
+                                      global_wide_below=0.15, global_wide_scales=(0.64, 1.5625)))
+    model.set_global_scale_candidates((1.0,))
+    matcher = model.registration.global_matcher
+    assert model.config.global_wide_scales == () and matcher.wide_scales == ()
+    assert model.config.global_wide_below == 0.15 == matcher.wide_below
 
 
 def test_scale_search_off_is_a_no_op_without_the_orientation_stage(tmp_path):

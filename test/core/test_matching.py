@@ -540,6 +540,55 @@ def test_scale_accept_skips_the_search_only_where_the_unzoomed_map_explains_the_
         TarFuseConfig(global_scale_accept=2.0)
 
 
+def test_wide_search_brings_back_a_shift_beyond_the_first_pass_reach(monkeypatch):
+    """A real pair shifted by 96 px (the first pass reaches 64): the wide search registers it.
+
+    An aligned pair, which the map found explains, keeps that map bit for bit (no wide fit);
+    a batch of both gives each its own map, and so does an ONNX trace (every fit runs).
+    """
+    from tarfuse_ros.core.model import matching
+    ir, vi = _real_pair((320, 480))
+    shift = torch.tensor([88.0, 38.0])  # 96 px
+    moved = warp(ir, -shift.view(1, 2, 1, 1).expand(1, 2, 320, 480))  # moved(p) = ir(p - s)
+    settings = {'scale_candidates': (0.8, 1.0, 1.25), 'scale_accept': 0.25, 'extra_passes': 2,
+                'extra_radius': 4, 'support_mask': True}
+    plain = matching.OrientationMatcher(**settings)
+    wide = matching.OrientationMatcher(**settings, wide_below=0.15, wide_scales=(0.64, 1.5625))
+
+    def error(theta):
+        # Mean distance (px) to the true field over the frame's inner half.
+        flow = affine_flow(theta, 320, 480)[:, :, 80:240, 120:360]
+        return float(torch.linalg.vector_norm(flow - shift.view(1, 2, 1, 1), dim=1).mean())
+
+    assert error(plain(moved, vi)) > 20.0  # beyond the search: the plain stage fails
+    found = wide(moved, vi)
+    assert error(found) < 3.0
+    starts = []
+    match_from_half = matching.OrientationMatcher._match_from_half
+
+    def counted(self, ir, vi, factor=2):
+        starts.append(factor)
+        return match_from_half(self, ir, vi, factor)
+
+    monkeypatch.setattr(matching.OrientationMatcher, '_match_from_half', counted)
+    aligned = wide(ir, vi)
+    assert starts == [] and torch.equal(aligned, plain(ir, vi))
+    both = wide(torch.cat([ir, moved]), torch.cat([vi, vi]))
+    torch.testing.assert_close(both, torch.cat([aligned, found]), atol=1e-4, rtol=0)
+    monkeypatch.setattr(torch.jit, 'is_tracing', lambda: True)
+    torch.testing.assert_close(wide(torch.cat([ir, moved]), torch.cat([vi, vi])), both,
+                               atol=1e-3, rtol=0)
+    for bad in (-0.1, 1.5, True, '0.2'):
+        with pytest.raises(ValueError, match='wide_below'):
+            matching.OrientationMatcher(wide_below=bad)
+    with pytest.raises(ValueError, match='wide_scales'):
+        matching.OrientationMatcher(wide_scales=(0.0, 1.5))
+    with pytest.raises(ValueError, match='global_wide_below'):
+        TarFuseConfig(global_wide_below=2.0)
+    with pytest.raises(ValueError, match='global_wide_scales'):
+        TarFuseConfig(global_wide_scales=(-1.0,))
+
+
 def test_fine_check_keeps_the_map_that_the_fine_passes_drifted_away_from():
     """A narrower thermal view at night: four fine passes shrink the map; the check keeps it."""
     import cv2

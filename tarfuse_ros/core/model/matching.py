@@ -634,6 +634,25 @@ class OrientationMatcher(nn.Module):
     more fine passes instead, 4.39 for three times the cost), RoadScene train (40) 2.11 ->
     2.07 px.
 
+    With ``wide_below`` > 0, a sample whose map (after the scale search) explains less than
+    that fraction of the pair (inlier blocks among those inside the warped IR's support,
+    :meth:`alignment_score`) is also fitted from wide candidates: a start on the frame reduced
+    twice as much as the search's own (4x4 means for frames above ``coarse_side``, else 2x2:
+    twice the reach, 128 px at 640 px) refined once at full size, and the scales of
+    ``wide_scales`` (e.g. 0.64 and 1.5625, one step beyond 0.8 and 1.25). A candidate whose
+    own inlier fraction beats the map's by ``prefer_unit`` times (and the other candidates')
+    replaces it; the wider start counts as unzoomed (its extra passes run). The first pass
+    reaches 64 px: a real pair shifted by 96 px (15 % of a 640 px frame) keeps maps 25-80 px
+    off, with fractions of 0.04-0.08 in every standard candidate, while the right map scores
+    0.1-0.7 (``msrs_train`` val and RoadScene train pairs at 640x512, global stage alone:
+    mean EPE 41.1 -> 7.2 px at 96 px, 70.6 -> 8.7 px at 128 px, 20.7 -> 4.8 px for a 0.7
+    view, 92.0 -> 34.2 px for a 0.6 view, 7.2 -> 4.7 px for a 15 degree rotation). Where the
+    map explains the pair nothing is fitted: ``msrs_train`` val with seeded synthetic fields
+    4.31 -> 3.79 px (4 of 30 pairs changed: one failure, 20.8 -> 4.4 px, fixed; three others
+    0.2-0.4 px worse), its 80 % view and aligned pairs and RoadScene train (40) unchanged
+    (docs/METHOD.md). An ONNX trace fits every wide candidate and keeps a map where the
+    eager run would, so the two agree.
+
     With ``min_side`` > 0, a frame whose shorter side is below it (a 160x120 thermal core, a
     downscaled stream) is enlarged by the integer factor ``ceil(min_side / side)`` (bilinear,
     corners aligned, so the normalised map is the same for both sizes) before the fit: small
@@ -652,8 +671,17 @@ class OrientationMatcher(nn.Module):
                  min_coverage=0.3, prefer_unit=2.0, fine_cell=0, fine_block=8, coarse_side=0,
                  fine_passes=1, fine_radius=2, support_mask=False, fine_check=False,
                  fine_check_margin=0.005, min_side=0, extra_passes=0, extra_radius=2,
-                 fine_tolerance=0.0, scale_accept=0.0):
+                 fine_tolerance=0.0, scale_accept=0.0, wide_below=0.0, wide_scales=()):
         super().__init__()
+        if isinstance(wide_below, bool) or not isinstance(wide_below, (int, float)) \
+                or not 0.0 <= wide_below <= 1.0:
+            raise ValueError(f'wide_below must be an inlier fraction in [0, 1] (0: no wide '
+                             f'search), got {wide_below!r}')
+        self.wide_below = float(wide_below)
+        if any(isinstance(s, bool) or not isinstance(s, (int, float)) or not 0.0 < s < math.inf
+               for s in wide_scales):
+            raise ValueError(f'wide_scales must be positive scales, got {wide_scales!r}')
+        self.wide_scales = tuple(float(s) for s in wide_scales)
         if isinstance(scale_accept, bool) or not isinstance(scale_accept, (int, float)) \
                 or not 0.0 <= scale_accept <= 1.0:
             raise ValueError(f'scale_accept must be an inlier fraction in [0, 1] (0: every '
@@ -762,12 +790,14 @@ class OrientationMatcher(nn.Module):
         # The visible image's histograms, shared by the scale search (or the one fit) and the
         # extra passes; None where only the one fit would read them (it computes them).
         reference = (cell_histograms(vi, self.cell, self.bins)
-                     if search or self.extra_passes > 0 else None)
+                     if search or self.extra_passes > 0 or self.wide_below > 0.0 else None)
         if search:
             theta, unit = self._search_scales(ir, vi, reference, views)
         else:
             theta = self._match(ir, vi, vi_hist=reference)
             unit = torch.ones(theta.shape[0], dtype=torch.bool, device=theta.device)
+        if self.wide_below > 0.0:
+            theta, unit = self._widen(ir, vi, reference, views, theta, unit)
         if self.extra_passes > 0 and (torch.jit.is_tracing() or bool(unit.any())):
             theta = torch.where(unit.view(-1, 1, 1),
                                 self._extra(ir, vi, theta, reference, views), theta)
@@ -940,6 +970,42 @@ class OrientationMatcher(nn.Module):
             unit = unit | accepted
         return theta, unit
 
+    def _widen(self, ir, vi, reference, views, theta, unit):
+        """Fit the wide candidates where ``theta`` explains too little of the pair (class doc).
+
+        ``reference``: the visible image's :func:`cell_histograms`; ``views``: the
+        :class:`_WarpedViews` of ``ir``; ``theta`` / ``unit``: the ``(B, 2, 3)`` maps and the
+        ``(B,)`` unzoomed-winner flags of the scale search. Returns them updated where a wide
+        candidate won.
+        """
+        fraction, _ = _inlier_fraction(*self._inlier_cells(ir, reference, theta, views))
+        weak = fraction < self.wide_below
+        if not torch.jit.is_tracing() and not bool(weak.any()):
+            return theta, unit
+        # The start on the frame reduced twice as much as the search's own (reach 128 px at
+        # 640 px), then the wide scales; a candidate replaces the map where its inlier
+        # fraction beats the best so far, the search's by ``prefer_unit`` times.
+        if torch.jit.is_tracing() and self.coarse_side > 0:
+            large = torch._shape_as_tensor(vi)[2:].max() > self.coarse_side
+            start = torch.where(large, self._match_from_half(ir, vi, 4),
+                                self._match_from_half(ir, vi, 2))
+        else:
+            large = self.coarse_side > 0 and max(vi.shape[2:]) > self.coarse_side
+            start = self._match_from_half(ir, vi, 4 if large else 2)
+        cache = None if torch.jit.is_tracing() else {'vi': reference}
+        candidates = [(start, True)] + [
+            (self._match_zoomed(ir, vi, ir.new_full((ir.shape[0],), scale), cache), scale == 1.0)
+            for scale in self.wide_scales]
+        best = fraction * self.prefer_unit
+        for candidate, candidate_unit in candidates:
+            score, coverage = _inlier_fraction(*self._inlier_cells(ir, reference, candidate,
+                                                                   views))
+            better = weak & (coverage >= self.min_coverage) & (score > best)
+            theta = torch.where(better.view(-1, 1, 1), candidate, theta)
+            unit = torch.where(better, torch.full_like(unit, candidate_unit), unit)
+            best = torch.where(better, score, best)
+        return theta, unit
+
     def _match_zoomed(self, ir, vi, factors, cache=None):
         """Fit with the IR assumed ``factors`` (B,) times larger than the visible image.
 
@@ -1013,10 +1079,10 @@ class OrientationMatcher(nn.Module):
             return self._match_from_half(ir, vi)
         return self._match_once(ir, vi, ir_hist, vi_hist)
 
-    def _match_from_half(self, ir, vi):
-        """Fit on the frame halved (2x2 means), then refine once at full size."""
+    def _match_from_half(self, ir, vi, factor=2):
+        """Fit on the frame reduced ``factor`` times (means), then refine once at full size."""
         height, width = vi.shape[2:]
-        theta = self._match_once(F.avg_pool2d(ir, 2), F.avg_pool2d(vi, 2))
+        theta = self._match_once(F.avg_pool2d(ir, factor), F.avg_pool2d(vi, factor))
         reference = cell_histograms(vi, self.cell, self.bins)
         points = _cell_centres(reference.shape[2], reference.shape[3], self.cell, vi)
         theta_px = self._refine(ir, reference, points, theta, self.cell, self.block,
@@ -1214,6 +1280,8 @@ class MatchingRegistration(nn.Module):
         scale_accept: the orientation matcher keeps the unzoomed candidate's map without the
             other scale candidates where at least this fraction of its blocks are inliers
             (0: every candidate is fitted).
+        wide_below, wide_scales: the orientation matcher's wide search where its map explains
+            less than that fraction of the pair (0: none), and its extra scale candidates.
 
     """
 
@@ -1223,7 +1291,7 @@ class MatchingRegistration(nn.Module):
                  scale_candidates=(1.0,), fine_cell=0, fine_block=8, coarse_side=0,
                  fine_passes=1, fine_radius=2, support_mask=False, fine_check=False,
                  min_side=0, extra_passes=0, extra_radius=2, skip_levels=(),
-                 fine_tolerance=0.0, scale_accept=0.0):
+                 fine_tolerance=0.0, scale_accept=0.0, wide_below=0.0, wide_scales=()):
         super().__init__()
         if radius < 1 or finest_radius < 1 or not pyramid_channels:
             raise ValueError(f'need radii >= 1 and >= 1 pyramid level, got {radius}, '
@@ -1260,7 +1328,9 @@ class MatchingRegistration(nn.Module):
                                                      extra_passes=extra_passes,
                                                      extra_radius=extra_radius,
                                                      fine_tolerance=fine_tolerance,
-                                                     scale_accept=scale_accept)
+                                                     scale_accept=scale_accept,
+                                                     wide_below=wide_below,
+                                                     wide_scales=wide_scales)
         elif global_stage:
             cost = (2 * int(radius) + 1) ** 2
             self.global_estimator = FlowEstimator(cost, estimator_channels, 3, slope,

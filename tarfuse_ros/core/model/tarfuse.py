@@ -87,6 +87,14 @@ class TarFuseConfig:
     # every candidate is fitted, as in checkpoints written before the field; OrientationMatcher).
     # No learnt parameter depends on it.
     global_scale_accept: float = 0.0
+    # 'orientation' only: where the map found explains less than this fraction of the pair
+    # (inlier blocks), the global stage also fits wide candidates: a start on the frame reduced
+    # twice as much (twice the reach) and the scales of ``global_wide_scales``; one that
+    # explains the pair ``prefer_unit`` times better wins (0.0: no wide search, as in
+    # checkpoints written before the fields; OrientationMatcher). No learnt parameter depends
+    # on them.
+    global_wide_below: float = 0.0
+    global_wide_scales: tuple = ()
     # 'orientation' only: how many more passes on 8 px cells refine the global stage's map
     # before the fine passes, and their search radius in cells (0 and 2: none, as in
     # checkpoints written before the fields; OrientationMatcher). No learnt parameter depends
@@ -170,6 +178,8 @@ class TarFuseConfig:
         object.__setattr__(self, 'global_scale_candidates',
                            _number_tuple('global_scale_candidates',
                                          self.global_scale_candidates, float))
+        object.__setattr__(self, 'global_wide_scales',
+                           _number_tuple('global_wide_scales', self.global_wide_scales, float))
         object.__setattr__(self, 'class_names', tuple(str(v) for v in self.class_names))
         if self.detect and (self.num_classes < 1 or len(self.class_names) != self.num_classes):
             raise ValueError(f'num_classes ({self.num_classes}) must be >= 1 and equal '
@@ -217,6 +227,13 @@ class TarFuseConfig:
                 or not 0.0 <= accept <= 1.0:
             raise ValueError(f'global_scale_accept must be an inlier fraction in [0, 1] (0: '
                              f'every scale candidate is fitted), got {accept!r}')
+        wide = self.global_wide_below
+        if isinstance(wide, bool) or not isinstance(wide, (int, float)) or not 0.0 <= wide <= 1.0:
+            raise ValueError(f'global_wide_below must be an inlier fraction in [0, 1] (0: no '
+                             f'wide search), got {wide!r}')
+        if self.global_wide_scales and min(self.global_wide_scales) <= 0:
+            raise ValueError('global_wide_scales must be positive scales, got '
+                             f'{self.global_wide_scales!r}')
         if self.detect_min_long_side % 32:
             raise ValueError(f'detect_min_long_side must be 0 or a multiple of 32 (the padded '
                              f'frames are), got {self.detect_min_long_side}')
@@ -334,7 +351,9 @@ class TarFuse(nn.Module):
                 extra_radius=config.global_extra_radius,
                 skip_levels=config.registration_skip_levels,
                 fine_tolerance=float(config.global_fine_tolerance),
-                scale_accept=float(config.global_scale_accept))
+                scale_accept=float(config.global_scale_accept),
+                wide_below=float(config.global_wide_below),
+                wide_scales=config.global_wide_scales)
         self.reconstruction = ReconstructionHead(4 * width, config.reconstruction_channels, slope)
         self.neck = self.detect = None
         if config.detect:
@@ -359,8 +378,10 @@ class TarFuse(nn.Module):
 
         ``(1.0,)`` switches the scale search off: one fit instead of one per candidate (about
         half the network's CPU time with three candidates), right for rigs whose IR and
-        visible fields of view match (or a calibration prior that maps one onto the other).
-        No learnt weight depends on the candidates, so any tuple of positive scales is valid.
+        visible fields of view match (or a calibration prior that maps one onto the other);
+        the wide search (``global_wide_below``) then keeps its wider start but fits none of its
+        other scales (``global_wide_scales``). No learnt weight depends on the candidates, so
+        any tuple of positive scales is valid.
 
         Raises:
             ValueError: the model has no orientation global stage (``config.registration``
@@ -374,7 +395,11 @@ class TarFuse(nn.Module):
                              f'{self.config.global_stage}, global_features '
                              f'{self.config.global_features!r}): it has no scales to set')
         config = replace(self.config, global_scale_candidates=tuple(candidates))
-        self.registration.global_matcher.scale_candidates = config.global_scale_candidates
+        if config.global_scale_candidates == (1.0,):
+            config = replace(config, global_wide_scales=())
+        matcher = self.registration.global_matcher
+        matcher.scale_candidates = config.global_scale_candidates
+        matcher.wide_scales = config.global_wide_scales
         self.config = config
 
     def _apply(self, fn, *args, **kwargs):
