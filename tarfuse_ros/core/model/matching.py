@@ -1002,7 +1002,7 @@ class OrientationMatcher(nn.Module):
                                                                    views))
             better = weak & (coverage >= self.min_coverage) & (score > best)
             theta = torch.where(better.view(-1, 1, 1), candidate, theta)
-            unit = torch.where(better, torch.full_like(unit, candidate_unit), unit)
+            unit = (unit | better) if candidate_unit else (unit & ~better)
             best = torch.where(better, score, best)
         return theta, unit
 
