@@ -69,8 +69,9 @@ def _find_image(folder, stem):
         ValueError: several images share the stem (``a.png`` and ``a.jpg``).
 
     """
+    # The stem must match exactly: 'scene.*' also finds 'scene.night.png', another pair.
     found = sorted(p for p in folder.glob(f'{glob_escape(stem)}.*')
-                   if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+                   if p.stem == stem and p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if len(found) > 1:
         raise ValueError(f'pair {stem!r}: several images in {folder} '
                          f'({", ".join(p.name for p in found)}); keep one')

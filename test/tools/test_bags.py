@@ -369,6 +369,29 @@ def test_make_bag_refuses_lossy_or_unplayable_choices_and_finds_any_suffix_case(
         make_bag(pairs, tmp_path / 'dup', ir_encoding='mono16')
 
 
+def test_make_bag_pairs_files_by_their_whole_stem(tmp_path):
+    """'scene.png' and 'scene.night.png' are two pairs, never one stem with two images."""
+    pairs = tmp_path / 'pairs'
+    (pairs / 'ir').mkdir(parents=True)
+    (pairs / 'vi').mkdir()
+    ir = cv2.imread(str(SAMPLES / 'ir' / 'FLIR_00122.jpg'), cv2.IMREAD_GRAYSCALE)
+    vi = cv2.imread(str(SAMPLES / 'vi' / 'FLIR_00122.jpg'))
+    for stem, flip in (('scene', False), ('scene.night', True)):
+        assert cv2.imwrite(str(pairs / 'ir' / f'{stem}.png'), ir[:, ::-1] if flip else ir)
+        assert cv2.imwrite(str(pairs / 'vi' / f'{stem}.png'), vi[:, ::-1] if flip else vi)
+    summary = make_bag(pairs, tmp_path / 'both')
+    assert summary.stems == ['scene', 'scene.night']
+    for k, (_t, _b, _r, msg) in enumerate(_by_topic(tmp_path / 'both')[IR]):
+        np.testing.assert_array_equal(image_to_array(msg)[0], ir[:, ::-1] if k else ir)
+    # Its own IR missing, 'scene' was paired with the IR of 'scene.night' without a word.
+    (pairs / 'ir' / 'scene.png').unlink()
+    split = tmp_path / 'scene.txt'
+    split.write_text('scene\n')
+    with pytest.raises(ValueError, match=r"pair 'scene': no image named scene\.\* in .*ir"):
+        make_bag(pairs, tmp_path / 'one', split=str(split))
+    assert not (tmp_path / 'one').exists()
+
+
 @pytest.mark.dds
 def test_recording_stops_though_a_topic_repeats_an_answered_stamp(sample_bag, tmp_path):
     # Found by a break test: with --clock, a use_sim_time node stamps its /diagnostics with the
