@@ -98,7 +98,9 @@ def list_pairs(pairs_dir, split=None, ir_dir='ir', vi_dir='vi'):
             raise ValueError(f'split {split!r} is neither a file nor {pairs_dir}/{split}.txt')
         stems = [s.strip() for s in split_path.read_text().splitlines() if s.strip()]
     else:
-        stems = sorted(p.stem for p in vi_folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        # Both folders: an image on one side only is named below, whichever side it is on.
+        stems = sorted({p.stem for folder in (ir_folder, vi_folder) for p in folder.iterdir()
+                        if p.suffix.lower() in IMAGE_SUFFIXES})
     pairs = []
     for stem in stems:
         ir_path, vi_path = _find_image(ir_folder, stem), _find_image(vi_folder, stem)

@@ -8,6 +8,7 @@ another process.
 import json
 import os
 from pathlib import Path
+import shutil
 import subprocess
 import sys
 import threading
@@ -390,6 +391,22 @@ def test_make_bag_pairs_files_by_their_whole_stem(tmp_path):
     with pytest.raises(ValueError, match=r"pair 'scene': no image named scene\.\* in .*ir"):
         make_bag(pairs, tmp_path / 'one', split=str(split))
     assert not (tmp_path / 'one').exists()
+
+
+def test_make_bag_names_an_image_on_either_side_only(tmp_path, capsys):
+    """An IR image without a visible one was left out without a word; the converse stopped."""
+    pairs = tmp_path / 'pairs'
+    for side in ('ir', 'vi'):
+        shutil.copytree(SAMPLES / side, pairs / side)
+    shutil.copy(SAMPLES / 'ir' / 'FLIR_00122.jpg', pairs / 'ir' / 'FLIR_99999.jpg')
+    assert make_bag_tool.main(['--pairs', str(pairs), '--out', str(tmp_path / 'ir_only')]) == 2
+    assert (f"error: pair 'FLIR_99999': no image named FLIR_99999.* in {pairs / 'vi'}"
+            in capsys.readouterr().err)
+    assert not (tmp_path / 'ir_only').exists()
+    (pairs / 'ir' / 'FLIR_99999.jpg').rename(pairs / 'vi' / 'FLIR_99999.jpg')
+    assert make_bag_tool.main(['--pairs', str(pairs), '--out', str(tmp_path / 'vi_only')]) == 2
+    assert (f"error: pair 'FLIR_99999': no image named FLIR_99999.* in {pairs / 'ir'}"
+            in capsys.readouterr().err)
 
 
 @pytest.mark.dds
