@@ -88,6 +88,11 @@ def _draw(image, detections):
     return canvas
 
 
+def _stamp(msg):
+    """Return the header stamp of a rosbags message in nanoseconds."""
+    return msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
+
+
 def _count_labels(samples, stems):
     names = []
     classes_file = Path(samples) / 'labels' / 'classes.txt'
@@ -112,7 +117,8 @@ def summarize(recorded_bag, stats, stems, out_dir, png_count=4, samples=None, ex
 
     ``stems`` are the pair names in playback order (the k-th visible message is pair k).
     Latency is end to end: receipt of an output minus the publish time of the visible image
-    with the same stamp (both on this machine's clock).
+    with the same stamp (both on this machine's clock). The ground-truth boxes are counted
+    over the pairs whose detections were received, as the detections are.
     """
     out_dir = Path(out_dir)
     vi_stamps = [stamp for topic, stamp, _wall in stats.published if topic == VI_TOPIC]
@@ -141,8 +147,7 @@ def summarize(recorded_bag, stats, stems, out_dir, png_count=4, samples=None, ex
                 if values:
                     diagnostics = values
                     windows.append(values)
-    boxes_of = {m.header.stamp.sec * 10**9 + m.header.stamp.nanosec: m.detections
-                for m in detections}
+    boxes_of = {_stamp(m): m.detections for m in detections}
     pngs = []
     if fused and png_count > 0:
         picks = sorted(set(np.linspace(0, len(fused) - 1, min(png_count, len(fused)))
@@ -150,7 +155,7 @@ def summarize(recorded_bag, stats, stems, out_dir, png_count=4, samples=None, ex
         for index in picks:
             msg = fused[index]
             image, _kind = image_to_array(msg)  # colour comes back in BGR order
-            stamp = msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
+            stamp = _stamp(msg)
             name = f'fused_{index:03d}_{stem_of.get(stamp, "unknown")}'
             cv2.imwrite(str(out_dir / f'{name}.png'), image)
             pngs.append(f'{name}.png')
@@ -160,7 +165,7 @@ def summarize(recorded_bag, stats, stems, out_dir, png_count=4, samples=None, ex
                 pngs.append(f'{name}_detections.png')
     latencies = stats.latencies_ms('/fused/image_raw')
     pairs_in = len(vi_stamps)
-    answered = {m.header.stamp.sec * 10**9 + m.header.stamp.nanosec for m in fused}
+    answered = {_stamp(m) for m in fused}
 
     def number(key, values=None):
         try:
@@ -176,6 +181,8 @@ def summarize(recorded_bag, stats, stems, out_dir, png_count=4, samples=None, ex
         return _round(float(np.median(values))) if values else None
 
     dropped = number('pairs_dropped')
+    # The pairs whose detections arrived: a dropped pair's ground truth has nothing to meet.
+    detected = [stem_of[_stamp(m)] for m in detections if _stamp(m) in stem_of]
     summary = {
         'pairs_in': pairs_in,
         'pairs_out': len(fused),
@@ -199,7 +206,7 @@ def summarize(recorded_bag, stats, stems, out_dir, png_count=4, samples=None, ex
         'detections_per_class': dict(sorted(per_class.items())),
         'detections_total': sum(per_class.values()),
         'mean_score': _round(float(np.mean(scores)) if scores else None, 3),
-        'ground_truth_boxes_per_class': _count_labels(samples, stems) if samples else {},
+        'ground_truth_boxes_per_class': _count_labels(samples, detected) if samples else {},
         'fused_pngs': pngs,
         'node_diagnostics': diagnostics,
     }
@@ -235,7 +242,7 @@ def summary_markdown(summary):
         f"{_dash(summary['node_latency_ms_median'])} |",
         f"| clean node shutdown | {summary.get('node_clean_shutdown', '')} |",
         '',
-        'Detections per class (ground-truth boxes in the played pairs in brackets):',
+        'Detections per class (ground-truth boxes in the pairs with detections in brackets):',
         '',
     ]
     for name in sorted(set(classes) | set(truth)):
