@@ -279,11 +279,12 @@ def _stop_node(process, timeout=20.0):
 def run_demo(out='output/demo', weights=None, device='cpu', samples=None,
              ir_dir='synthetic_misaligned/ir_warp', size='512x288', rate=2.0, loops=2,
              max_pairs=None, params_file=None, startup_timeout=180.0, png_count=4,
-             linger=3.0, node_params=(), log=print, interrupted=None):
+             linger=3.0, node_params=(), log=print, interrupted=None, ir_encoding='mono8'):
     """
     Run the whole demo; return the summary dict (raises DemoError / ValueError).
 
-    ``node_params`` are extra ``name:=value`` node parameters (after the params file).
+    ``node_params`` are extra ``name:=value`` node parameters (after the params file);
+    ``ir_encoding`` is the IR camera's (``mono8``, or ``mono16`` for 16-bit IR images).
     ``interrupted``: None, or a callable that says whether a stop signal reached this process
     (then a node that exits is one stopped by the same Ctrl-C: ``KeyboardInterrupt``, not
     ``DemoError``).
@@ -296,6 +297,10 @@ def run_demo(out='output/demo', weights=None, device='cpu', samples=None,
         raise DemoError(f'no weights at {weights}: pass --weights PATH.safetensors, or train '
                         'the default model (tarfuse-train, see models/MODEL_CARD.md)')
     samples = Path(samples) if samples else default_samples_dir()
+    for folder in (samples / ir_dir, samples / 'vi'):
+        if not folder.is_dir():
+            raise DemoError(f'{folder} is not a folder: --samples needs vi/ and the IR folder '
+                            f'--ir-dir ({ir_dir}; --ir-dir ir for a folder of ir/ and vi/)')
     params_file = Path(params_file) if params_file else paths.config_path('tarfuse.yaml')
     if not params_file.is_file():
         raise DemoError(f'node parameters file {params_file} not found')
@@ -322,7 +327,7 @@ def run_demo(out='output/demo', weights=None, device='cpu', samples=None,
         if old.is_file():
             old.unlink()
 
-    bag = make_bag(samples, input_bag, rate=rate, ir_encoding='mono8', offset_ms=4.0,
+    bag = make_bag(samples, input_bag, rate=rate, ir_encoding=ir_encoding, offset_ms=4.0,
                    jitter_ms=1.0, loops=loops, size=size, ir_dir=ir_dir, max_pairs=max_pairs)
     log(f'tarfuse-demo: built {input_bag} ({bag.pairs} pairs at {rate} Hz)')
 
@@ -394,6 +399,8 @@ def build_parser():
                         help='pair folder (ir/, vi/); default: the shipped samples/')
     parser.add_argument('--ir-dir', default='synthetic_misaligned/ir_warp',
                         help='IR sub-folder of --samples (ir for the aligned originals)')
+    parser.add_argument('--ir-encoding', choices=('mono8', 'mono16'), default='mono8',
+                        help='encoding of the IR camera (mono16 for 16-bit IR images)')
     parser.add_argument('--size', default='512x288',
                         help='camera resolution WIDTHxHEIGHT the pairs are resized to')
     parser.add_argument('--rate', type=float, default=2.0, help='camera frame rate (Hz)')
@@ -417,9 +424,10 @@ def main(argv=None):
     previous = stop.install((signal.SIGINT,))
     try:
         run_demo(out=args.out, weights=args.weights, device=args.device, samples=args.samples,
-                 ir_dir=args.ir_dir, size=args.size, rate=args.rate, loops=args.loops,
-                 max_pairs=args.max_pairs, params_file=args.params_file,
-                 startup_timeout=args.startup_timeout, png_count=args.pngs,
+                 ir_dir=args.ir_dir, ir_encoding=args.ir_encoding, size=args.size,
+                 rate=args.rate, loops=args.loops, max_pairs=args.max_pairs,
+                 params_file=args.params_file, startup_timeout=args.startup_timeout,
+                 png_count=args.pngs,
                  node_params=args.param, interrupted=lambda: stop.requested)
     except (DemoError, ValueError) as error:
         print(f'tarfuse-demo: error: {error}', file=sys.stderr)

@@ -3,6 +3,7 @@
 import json
 import os
 from pathlib import Path
+import shutil
 import signal
 import subprocess
 import sys
@@ -173,6 +174,34 @@ def test_ctrl_c_stops_the_demo_and_its_node_cleanly(weights, tmp_path):
     assert process.returncode == 130, output
     assert 'interrupted' in output and not (out / 'summary.md').exists()
     assert 'Traceback' not in output + node_log and 'terminate called' not in node_log
+
+
+@pytest.mark.dds
+def test_a_folder_of_your_own_pairs_is_refused_or_run_with_the_demo_s_own_options(
+        weights, tmp_path, capsys):
+    """Errors about --samples named tarfuse-make-bag's options (--pairs, --ir-encoding)."""
+    pairs = tmp_path / 'pairs'
+    for side in ('ir', 'vi'):
+        (pairs / side).mkdir(parents=True)
+    ir = cv2.imread(str(ROOT / 'samples' / 'ir' / 'FLIR_00122.jpg'), cv2.IMREAD_GRAYSCALE)
+    assert cv2.imwrite(str(pairs / 'ir' / 'a.png'), 27315 + 16 * ir.astype('uint16'))
+    shutil.copy(ROOT / 'samples' / 'vi' / 'FLIR_00122.jpg', pairs / 'vi' / 'a.jpg')
+    out = tmp_path / 'demo'
+    assert demo.main(['--out', str(out), '--weights', str(weights), '--samples', str(pairs)]) == 1
+    err = capsys.readouterr().err
+    assert (f'{pairs}/synthetic_misaligned/ir_warp is not a folder: --samples needs vi/ and the '
+            f'IR folder --ir-dir (synthetic_misaligned/ir_warp; --ir-dir ir for a folder of ir/ '
+            f'and vi/)') in err and '--pairs' not in err
+    assert not out.exists()
+    command = ['--out', str(out), '--weights', str(weights), '--samples', str(pairs),
+               '--ir-dir', 'ir', '--loops', '1', '--size', '128x96', '--pngs', '0']
+    assert demo.main(command) == 1
+    assert 'use --ir-encoding mono16' in capsys.readouterr().err  # now an option of the demo
+    assert demo.main(command + ['--ir-encoding', 'mono16']) == 0, capsys.readouterr().err
+    summary = json.loads((out / 'summary.json').read_text())
+    assert summary['pairs_out'] == 1
+    assert [m.encoding for topic, _t, _b, _r, m in read_messages(summary['input_bag'])
+            if topic == '/infrared/image_raw'] == ['mono16']
 
 
 def _read(path):
