@@ -3,7 +3,8 @@
 1. builds a rosbag2 (MCAP) from ``samples/`` (real RoadScene pairs; the IR is the synthetically
    deformed, i.e. unregistered, version) with ``tarfuse-make-bag``;
 2. starts the fusion node as its own process (``python -m tarfuse_ros.ros.fuse_node --ros-args
-   --params-file config/tarfuse.yaml -p weights:=...``) on a private ROS domain;
+   --params-file config/tarfuse.yaml -p weights:=...``) on a private ROS domain (never the
+   shell's ``ROS_DOMAIN_ID``, where other nodes may run);
 3. plays the bag into it over DDS with ``tarfuse-play``, recording ``fused/image_raw``,
    ``detections``, ``registered/image_raw`` and ``/diagnostics`` into another bag;
 4. stops the node cleanly (SIGINT) and writes ``summary.json``, ``summary.md`` and a few fused
@@ -309,14 +310,11 @@ def run_demo(out='output/demo', weights=None, device='cpu', samples=None,
     if problem:
         raise DemoError(f'--out {str(out)!r} cannot be used ({problem})')
     env = os.environ.copy()
-    if 'ROS_DOMAIN_ID' not in env:
-        # A private domain, so other ROS processes on this machine neither see nor disturb it.
-        env['ROS_DOMAIN_ID'] = str(random.SystemRandom().randint(1, 100))
-    try:
-        domain_id = int(env['ROS_DOMAIN_ID'])
-    except ValueError:
-        value = env['ROS_DOMAIN_ID']
-        raise DemoError(f'ROS_DOMAIN_ID must be an integer (0-232), got {value!r}') from None
+    # A private domain, never the shell's ROS_DOMAIN_ID: a fusion node running there (a robot's,
+    # a launch file's) would be fed the sample images too, and its outputs counted as the demo's.
+    domain_id = random.SystemRandom().choice(
+        [d for d in range(1, 101) if str(d) != env.get('ROS_DOMAIN_ID', '').strip()])
+    env['ROS_DOMAIN_ID'] = str(domain_id)
     out.mkdir(parents=True, exist_ok=True)
     input_bag, recorded_bag = out / 'input_bag', out / 'recorded_bag'
     # Results of an earlier run in this folder are replaced (only the demo's own files).
@@ -337,7 +335,8 @@ def run_demo(out='output/demo', weights=None, device='cpu', samples=None,
     for item in node_params:
         command += ['-p', item]
     log_path = out / 'node.log'
-    log(f'tarfuse-demo: starting the node (ROS_DOMAIN_ID={domain_id}; log {log_path})')
+    log(f'tarfuse-demo: starting the node (on a private ROS_DOMAIN_ID={domain_id}; log '
+        f'{log_path})')
     started = time.monotonic()
     with open(log_path, 'w') as node_log:
         process = subprocess.Popen(command, stdout=node_log, stderr=subprocess.STDOUT, env=env)

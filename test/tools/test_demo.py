@@ -139,15 +139,41 @@ def test_demo_says_what_to_do_without_weights(tmp_path, capsys):
     assert not (tmp_path / 'o').exists()
 
 
-def test_demo_refuses_an_unusable_out_or_domain_before_any_work(tmp_path, capsys, monkeypatch):
+def test_demo_refuses_an_unusable_out_before_any_work(tmp_path, capsys):
     a_file = tmp_path / 'a_file'
     a_file.write_text('x')
     assert demo.main(['--out', str(a_file)]) == 1
     assert 'is a file, not a folder' in capsys.readouterr().err
-    monkeypatch.setenv('ROS_DOMAIN_ID', 'abc')
-    assert demo.main(['--out', str(tmp_path / 'o')]) == 1
-    assert "ROS_DOMAIN_ID must be an integer (0-232), got 'abc'" in capsys.readouterr().err
-    assert not (tmp_path / 'o').exists()
+
+
+@pytest.mark.dds
+def test_a_fusion_node_on_the_shell_s_domain_neither_gets_nor_adds_to_the_demo_s_pairs(
+        weights, tmp_path, capsys):
+    """With ROS_DOMAIN_ID set, the demo ran there: another fusion node's outputs counted."""
+    domain = os.environ['ROS_DOMAIN_ID']  # set: this test run's own (conftest)
+    log = tmp_path / 'other_node.log'
+    with open(log, 'w') as output:
+        other = subprocess.Popen(
+            [sys.executable, '-m', 'tarfuse_ros.ros.fuse_node', '--ros-args', '-p',
+             f'weights:={weights}', '-p', 'cpu_threads:=1'], stdout=output,
+            stderr=subprocess.STDOUT, cwd=ROOT, env=dict(os.environ, PYTHONUNBUFFERED='1'))
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and 'ready' not in _read(log):
+            time.sleep(0.2)
+        assert 'ready' in _read(log), _read(log)
+        out = tmp_path / 'demo'
+        assert demo.main(['--out', str(out), '--weights', str(weights), '--max-pairs', '2',
+                          '--loops', '1', '--rate', '1', '--size', '128x96', '--pngs', '0',
+                          '--param', 'cpu_threads:=1']) == 0, capsys.readouterr().err
+    finally:
+        other.send_signal(signal.SIGINT)
+        other.wait(30)
+    summary = json.loads((out / 'summary.json').read_text())
+    assert str(summary['ros_domain_id']) != domain
+    assert summary['pairs_in'] == 2 and summary['pairs_out'] == int(
+        summary['node_diagnostics']['pairs_processed']) <= 2
+    assert 'WARN' not in _read(log) and 'skipped' not in _read(log)
 
 
 @pytest.mark.dds
