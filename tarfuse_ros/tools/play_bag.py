@@ -298,10 +298,16 @@ class BagPlayer:
             if not missing:
                 break
             if time.monotonic() > deadline:
+                # A bag holds topics the node does not read (another camera_info, /tf): the
+                # node is running when the other topics have their subscribers.
+                served = [topic for topic in publishers if topic not in missing]
                 raise PlayError(
                     f'no {self.wait_for_subscribers} subscriber(s) on {", ".join(missing)} after '
-                    f'{self.wait_timeout:.0f} s: is the node running (same ROS_DOMAIN_ID, '
-                    'topic names/namespace, compatible QoS)?')
+                    f'{self.wait_timeout:.0f} s' + (
+                        f', though on {", ".join(served)}: play only the topics the node reads '
+                        f'(--topics)' if served else
+                        ': is the node running (same ROS_DOMAIN_ID, topic names/namespace, '
+                        'compatible QoS)?'))
             if self._check_abort():
                 return
             time.sleep(0.05)

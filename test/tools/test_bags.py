@@ -258,6 +258,23 @@ def test_play_publishes_recorded_stamps_to_another_process(sample_bag):
 
 
 @pytest.mark.dds
+def test_waiting_for_subscribers_names_the_topics_that_have_them(sample_bag, capsys):
+    """A bag topic no node reads (here the IR) was blamed on a node that is not running."""
+    path, _summary = sample_bag
+    listener = _start_listener(1, VI)
+    try:
+        code = play_bag_tool.main([str(path), '--wait-for-subscribers', '1', '--wait-timeout',
+                                   '3'])
+    finally:
+        listener.kill()
+        listener.communicate()
+    err = capsys.readouterr().err
+    assert code == 2
+    assert (f'no 1 subscriber(s) on {IR} after 3 s, though on {VI}: play only the topics the '
+            f'node reads (--topics)') in err and 'is the node running' not in err
+
+
+@pytest.mark.dds
 def test_record_round_trip_with_restamp_and_remap(sample_bag, tmp_path):
     path, _summary = sample_bag
     record = tmp_path / 'recorded'
