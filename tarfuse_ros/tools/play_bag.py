@@ -521,12 +521,23 @@ def build_parser():
 
 
 def _terminate(_signum, _frame):
+    """Stop the playback on the first SIGINT or SIGTERM (``KeyboardInterrupt``); ignore more.
+
+    The clean-up then runs whole: a second Ctrl-C (a terminal and ros2 launch may send more
+    than one) cut the recording's close short, with a traceback and a bag left without its
+    metadata.yaml.
+    """
+    for number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(number, signal.SIG_IGN)
     raise KeyboardInterrupt
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    previous = signal.signal(signal.SIGTERM, _terminate)
+    # SIGINT stays ignored where the process was started so (a background job of a shell).
+    previous = {number: signal.signal(number, _terminate)
+                for number in (signal.SIGINT, signal.SIGTERM)
+                if number != signal.SIGINT or signal.getsignal(number) is not signal.SIG_IGN}
     try:
         problem = None if args.stats is None else output_problem(args.stats)
         if problem:
@@ -543,8 +554,12 @@ def main(argv=None):
     except (ValueError, PlayError) as error:
         print(f'tarfuse-play: error: {error}', file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # before the playback started (reading the bag)
+        print('tarfuse-play: interrupted', file=sys.stderr)
+        return 130
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for number, handler in previous.items():
+            signal.signal(number, handler)
     if args.stats is not None:
         args.stats.parent.mkdir(parents=True, exist_ok=True)
         args.stats.write_text(json.dumps(stats.to_dict()))

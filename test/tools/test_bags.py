@@ -9,6 +9,7 @@ import json
 import os
 from pathlib import Path
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -326,6 +327,32 @@ def test_play_cli_loops_and_fails_clearly_without_subscribers(sample_bag, tmp_pa
         BagPlayer(tmp_path)
     with pytest.raises(ValueError, match='record-topics'):
         BagPlayer(path, record=tmp_path / 'r')
+
+
+@pytest.mark.dds
+@pytest.mark.parametrize('gap_s', [0.0, 0.005])
+def test_a_second_ctrl_c_does_not_cut_the_recording_short(sample_bag, tmp_path, gap_s):
+    """Two Ctrl-C (a terminal may send more than one): a traceback, a bag without metadata."""
+    path, _summary = sample_bag
+    listener = _start_listener(1000, VI)
+    record = tmp_path / 'record'
+    player = subprocess.Popen(
+        [sys.executable, '-m', 'tarfuse_ros.tools.play_bag', str(path), '--rate', '0.2',
+         '--loop', '--wait-for-subscribers', '1', '--topics', VI, '--record', str(record),
+         '--record-topics', VI], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert listener.stdout.readline().startswith('{')  # playing and recording
+        player.send_signal(signal.SIGINT)
+        time.sleep(gap_s)
+        player.send_signal(signal.SIGINT)
+        output, _ = player.communicate(timeout=30)
+    finally:
+        for process in (player, listener):
+            process.kill()
+            process.communicate()
+    assert player.returncode == 130 and 'Traceback' not in output, output
+    assert f'recorded to {record}: {VI}: ' in output
+    assert [topic for topic, *_rest in read_messages(record)][:1] == [VI]
 
 
 @pytest.mark.dds
