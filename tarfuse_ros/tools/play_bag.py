@@ -55,7 +55,7 @@ class PlayStats:
     published: list = field(default_factory=list)
     received: list = field(default_factory=list)
     record_path: str = ''
-    loops: int = 0
+    loops: int = 0  # rounds over the bag begun
     interrupted: bool = False
 
     def counts(self, which='published'):
@@ -446,9 +446,9 @@ class BagPlayer:
         gap_ns = None
         while True:
             base_wall_ns = time.time_ns() + int((base_mono - time.monotonic()) * 1e9)
+            self.stats.loops += 1  # rounds begun: one cut short by Ctrl-C counts too
             _last, stopped = self._play_once(
                 reader, connections, publishers, base_mono, base_wall_ns, end_mono)
-            self.stats.loops += 1
             if stopped or not self.loop:
                 return
             if gap_ns is None:
@@ -564,7 +564,8 @@ def main(argv=None):
         args.stats.parent.mkdir(parents=True, exist_ok=True)
         args.stats.write_text(json.dumps(stats.to_dict()))
     published = ', '.join(f'{t}: {n}' for t, n in sorted(stats.counts('published').items()))
-    print(f'published {published or "nothing"} ({stats.loops} round(s))')
+    interrupted = ', interrupted' if stats.interrupted else ''
+    print(f'published {published or "nothing"} ({stats.loops} round(s){interrupted})')
     if args.record is not None:
         received = ', '.join(f'{t}: {n}' for t, n in sorted(stats.counts('received').items()))
         print(f'recorded to {args.record}: {received or "nothing"}')

@@ -351,6 +351,7 @@ def test_a_second_ctrl_c_does_not_cut_the_recording_short(sample_bag, tmp_path, 
             process.kill()
             process.communicate()
     assert player.returncode == 130 and 'Traceback' not in output, output
+    assert '(1 round(s), interrupted)' in output  # was '(0 round(s))'
     assert f'recorded to {record}: {VI}: ' in output
     assert [topic for topic, *_rest in read_messages(record)][:1] == [VI]
 
