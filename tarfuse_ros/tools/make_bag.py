@@ -21,6 +21,7 @@ import argparse
 from dataclasses import dataclass
 from glob import escape as glob_escape
 from pathlib import Path
+import shutil
 import sys
 
 import cv2
@@ -227,9 +228,12 @@ def make_bag(pairs_dir, out, *, split=None, rate=10.0, ir_encoding='mono8', vi_e
     images = [(stem, _load_ir(ir_path, ir_size, ir_encoding), _load_vi(vi_path, size, vi_encoding))
               for stem, ir_path, vi_path in pairs]
     out = Path(out)
-    writer = open_writer(out)
+    if out.exists():  # checked here too: what is at out after a failure below is ours
+        raise ValueError(f'output bag {out} exists already; remove it or choose another --out')
+    writer, complete = None, False
     count, last_ns, stems = 0, start_ns, []
     try:
+        writer = open_writer(out)
         # A camera driver's publisher: reliable, keep last 10 (matches any subscriber).
         cameras = {}
         for key, topic, transport, encoding, fmt in (
@@ -262,8 +266,16 @@ def make_bag(pairs_dir, out, *, split=None, rate=10.0, ir_encoding='mono8', vi_e
                     last_ns = max(last_ns, stamp_ns)
                 stems.append(stem)
                 k += 1
+        complete = True
     finally:
-        writer.close()
+        try:
+            if writer is not None:
+                writer.close()
+        finally:
+            if not complete:
+                # Interrupted (Ctrl-C) or failed while writing: the truncated bag would play
+                # like a whole one.
+                shutil.rmtree(out, ignore_errors=True)
     return BagSummary(path=out, pairs=len(stems), messages=count, start_ns=start_ns,
                       end_ns=last_ns, ir_topic=ir_topic, vi_topic=vi_topic, stems=stems)
 
@@ -325,6 +337,9 @@ def main(argv=None):
     except ValueError as error:
         print(f'tarfuse-make-bag: error: {error}', file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f'tarfuse-make-bag: interrupted; no bag written to {args.out}', file=sys.stderr)
+        return 130
     span = (summary.end_ns - summary.start_ns) / 1e9
     print(f'wrote {summary.path}: {summary.pairs} pairs, {summary.messages} messages on '
           f'{summary.vi_topic} and {summary.ir_topic}, {span:.2f} s')

@@ -195,6 +195,27 @@ def test_make_bag_rejects_bad_input(tmp_path, capsys):
         ir_to_mono16(np.zeros((2, 2), np.uint16))
 
 
+def test_ctrl_c_while_writing_leaves_no_truncated_bag(tmp_path):
+    """A Ctrl-C left a bag with its metadata.yaml that played as a whole one, and a traceback."""
+    out = tmp_path / 'long'
+    process = subprocess.Popen(
+        [sys.executable, '-m', 'tarfuse_ros.tools.make_bag', '--pairs', str(SAMPLES), '--out',
+         str(out), '--size', '320x256', '--loops', '400'],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not any(out.glob('*.mcap')) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert any(out.glob('*.mcap'))  # writing
+        process.send_signal(signal.SIGINT)
+        output, _ = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 130, output
+    assert output == f'tarfuse-make-bag: interrupted; no bag written to {out}\n'
+    assert not out.exists()
+
+
 def test_image_conversions_honour_step_and_endianness():
     typestore = jazzy_typestore()
     pixels = np.arange(6 * 5, dtype=np.uint16).reshape(5, 6) * 1000
