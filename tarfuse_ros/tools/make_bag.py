@@ -156,7 +156,10 @@ def _load_ir(path, size, encoding):
 
 
 def _load_vi(path, size, encoding):
-    vi = _read(path, cv2.IMREAD_COLOR if encoding in ('bgr8', 'rgb8') else cv2.IMREAD_GRAYSCALE)
+    # As stored, like the IR image (IMREAD_UNCHANGED) and tarfuse-fuse: an EXIF orientation
+    # would turn the visible image alone.
+    flags = cv2.IMREAD_COLOR if encoding in ('bgr8', 'rgb8') else cv2.IMREAD_GRAYSCALE
+    vi = _read(path, flags | cv2.IMREAD_IGNORE_ORIENTATION)
     if size is not None:
         vi = cv2.resize(vi, size, interpolation=cv2.INTER_AREA)
     if encoding == 'rgb8':

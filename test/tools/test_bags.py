@@ -195,6 +195,34 @@ def test_make_bag_rejects_bad_input(tmp_path, capsys):
         ir_to_mono16(np.zeros((2, 2), np.uint16))
 
 
+def _jpeg_turned_by_exif(image):
+    """Return JPEG bytes of ``image`` with an EXIF orientation 6 (display turned 90 deg)."""
+    ok, jpeg = cv2.imencode('.jpg', image)
+    assert ok
+    tiff = (b'MM\x00\x2a\x00\x00\x00\x08' + b'\x00\x01'  # big-endian, one IFD entry:
+            + b'\x01\x12\x00\x03\x00\x00\x00\x01\x00\x06\x00\x00'  # Orientation = 6
+            + b'\x00\x00\x00\x00')
+    app1 = b'Exif\x00\x00' + tiff
+    segment = b'\xff\xe1' + (len(app1) + 2).to_bytes(2, 'big') + app1
+    return jpeg.tobytes()[:2] + segment + jpeg.tobytes()[2:]
+
+
+def test_make_bag_reads_both_images_as_stored_whatever_their_exif_orientation(tmp_path):
+    """An EXIF orientation turned the visible image (346x507) but not the IR one (507x346)."""
+    pairs = tmp_path / 'pairs'
+    for side, flags in (('ir', cv2.IMREAD_GRAYSCALE), ('vi', cv2.IMREAD_COLOR)):
+        (pairs / side).mkdir(parents=True)
+        image = cv2.imread(str(SAMPLES / side / 'FLIR_00122.jpg'), flags)
+        (pairs / side / 'a.jpg').write_bytes(_jpeg_turned_by_exif(image))
+    assert cv2.imread(str(pairs / 'vi' / 'a.jpg')).shape == (507, 346, 3)  # EXIF applied
+    make_bag(pairs, tmp_path / 'bag')
+    topics = _by_topic(tmp_path / 'bag')
+    vi, ir = (image_to_array(topics[topic][0][3])[0] for topic in (VI, IR))
+    stored = cv2.imread(str(pairs / 'vi' / 'a.jpg'), cv2.IMREAD_UNCHANGED)
+    assert vi.shape == stored.shape == (346, 507, 3) and ir.shape == (346, 507)
+    np.testing.assert_array_equal(vi, stored)
+
+
 def test_ctrl_c_while_writing_leaves_no_truncated_bag(tmp_path):
     """A Ctrl-C left a bag with its metadata.yaml that played as a whole one, and a traceback."""
     out = tmp_path / 'long'
