@@ -122,7 +122,8 @@ def summarize(recorded_bag, stats, stems, out_dir, png_count=4, samples=None, ex
     over the pairs whose detections were received, as the detections are.
     """
     out_dir = Path(out_dir)
-    vi_stamps = [stamp for topic, stamp, _wall in stats.published if topic == VI_TOPIC]
+    vi_stamps = [stamp for topic, stamp, _wall in stats.published
+                 if topic in (VI_TOPIC, f'{VI_TOPIC}/compressed')]
     stem_of = {stamp: stems[k % len(stems)] for k, stamp in enumerate(vi_stamps)} if stems \
         else {}
     fused, detections, registered, diagnostics, windows = [], [], 0, {}, []
@@ -284,7 +285,8 @@ def run_demo(out='output/demo', weights=None, device='cpu', samples=None,
     """
     Run the whole demo; return the summary dict (raises DemoError / ValueError).
 
-    ``node_params`` are extra ``name:=value`` node parameters (after the params file);
+    ``node_params`` are extra ``name:=value`` node parameters (after the params file; a
+    ``<camera>.transport`` there sets that camera's topic in the bag too);
     ``ir_encoding`` is the IR camera's (``mono8``, or ``mono16`` for 16-bit IR images).
     ``interrupted``: None, or a callable that says whether a stop signal reached this process
     (then a node that exits is one stopped by the same Ctrl-C: ``KeyboardInterrupt``, not
@@ -325,8 +327,12 @@ def run_demo(out='output/demo', weights=None, device='cpu', samples=None,
         if old.is_file():
             old.unlink()
 
+    # Each camera on the transport the node reads (--param visible.transport:=compressed).
+    given = dict(item.split(':=', 1) for item in node_params)
     bag = make_bag(samples, input_bag, rate=rate, ir_encoding=ir_encoding, offset_ms=4.0,
-                   jitter_ms=1.0, loops=loops, size=size, ir_dir=ir_dir, max_pairs=max_pairs)
+                   jitter_ms=1.0, loops=loops, size=size, ir_dir=ir_dir, max_pairs=max_pairs,
+                   ir_transport=given.get('infrared.transport', 'raw').strip(),
+                   vi_transport=given.get('visible.transport', 'raw').strip())
     log(f'tarfuse-demo: built {input_bag} ({bag.pairs} pairs at {rate} Hz)')
 
     command = [sys.executable, '-m', 'tarfuse_ros.ros.fuse_node', '--ros-args',

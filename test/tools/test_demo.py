@@ -131,6 +131,22 @@ def test_the_ground_truth_beside_the_detections_is_that_of_the_pairs_with_detect
     assert 'ground-truth boxes in the pairs with detections' in (out / 'summary.md').read_text()
 
 
+@pytest.mark.dds
+def test_a_compressed_transport_given_to_the_node_is_the_bag_s_too(weights, tmp_path, capsys):
+    """The bag stayed raw: the node never subscribed to it ('no 1 subscriber(s)' after 180 s)."""
+    out = tmp_path / 'compressed'
+    assert demo.main(['--out', str(out), '--weights', str(weights), '--max-pairs', '2',
+                      '--loops', '1', '--rate', '1', '--size', '128x96', '--pngs', '0',
+                      '--startup-timeout', '60', '--param', 'cpu_threads:=1',
+                      '--param', 'visible.transport:=compressed',
+                      '--param', 'infrared.transport:=compressed']) == 0, capsys.readouterr().err
+    summary = json.loads((out / 'summary.json').read_text())
+    assert {topic for topic, *_rest in read_messages(summary['input_bag'])} == {
+        '/visible/image_raw/compressed', '/infrared/image_raw/compressed'}
+    assert summary['pairs_in'] == 2 and summary['pairs_out'] >= 1
+    assert 'inputs /infrared/image_raw/compressed (compressed)' in (out / 'node.log').read_text()
+
+
 def test_demo_says_what_to_do_without_weights(tmp_path, capsys):
     missing = tmp_path / 'none.safetensors'
     assert demo.main(['--out', str(tmp_path / 'o'), '--weights', str(missing)]) == 1
