@@ -27,6 +27,7 @@ import sys
 import cv2
 import numpy as np
 
+from tarfuse_ros.core.files import output_problem
 from tarfuse_ros.tools.bagio import check_topic_name, compressed_cdr, image_cdr, jazzy_typestore
 from tarfuse_ros.tools.bagio import offered_qos, open_writer
 
@@ -217,6 +218,9 @@ def make_bag(pairs_dir, out, *, split=None, rate=10.0, ir_encoding='mono8', vi_e
     if vi_transport == 'compressed' and vi_encoding == 'rgb8':
         raise ValueError('compressed visible images are stored as BGR or grey (image_transport '
                          'converts rgb8 before compressing): use vi_encoding bgr8 or mono8')
+    problem = output_problem(out, folder=True)
+    if problem:  # before reading every image
+        raise ValueError(f'--out {str(out)!r} cannot be written ({problem})')
     size = _parse_size(size) if isinstance(size, str) else size
     ir_size = _parse_size(ir_size) if isinstance(ir_size, str) else ir_size
     ir_size = ir_size or size

@@ -173,6 +173,9 @@ class BagPlayer:
             raise ValueError(f'{self.bag} is not a rosbag2 directory (no metadata.yaml)')
         if record is not None and Path(record).exists():
             raise ValueError(f'record bag {record} exists already; remove it or choose another')
+        problem = None if record is None else output_problem(record, folder=True)
+        if problem:
+            raise ValueError(f'record bag {record} cannot be written ({problem})')
         if record is not None and not record_topics:
             raise ValueError('--record needs --record-topics')
         if record is None and record_topics:

@@ -244,6 +244,21 @@ def test_ctrl_c_while_writing_leaves_no_truncated_bag(tmp_path):
     assert not out.exists()
 
 
+def test_an_output_bag_that_cannot_be_written_is_named_without_a_traceback(
+        sample_bag, tmp_path, capsys):
+    """--out or --record under a file (or in /proc) ended in an OSError traceback."""
+    path, _summary = sample_bag
+    a_file = tmp_path / 'a_file'
+    a_file.write_text('x')
+    assert make_bag_tool.main(['--pairs', str(SAMPLES), '--out', str(a_file / 'bag')]) == 2
+    assert (f"tarfuse-make-bag: error: --out '{a_file / 'bag'}' cannot be written ({a_file} is "
+            f'a file, not a folder)') in capsys.readouterr().err
+    assert play_bag_tool.main([str(path), '--record', str(a_file / 'rec'), '--record-topics',
+                               '/diagnostics']) == 2
+    assert (f"tarfuse-play: error: record bag {a_file / 'rec'} cannot be written ({a_file} is a "
+            f'file, not a folder)') in capsys.readouterr().err
+
+
 def test_image_conversions_honour_step_and_endianness():
     typestore = jazzy_typestore()
     pixels = np.arange(6 * 5, dtype=np.uint16).reshape(5, 6) * 1000
