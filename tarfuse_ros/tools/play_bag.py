@@ -141,14 +141,16 @@ class BagPlayer:
     every played topic has that many matched subscribers, at most ``wait_timeout`` s, then
     ``settle`` s more so the subscribers' side has matched too), ``topics``
     (bag topics to play, None = all), ``remap`` ({bag topic: published topic}), ``restamp``
-    (shift header stamps so the first message is stamped 'now', keeping relative offsets),
+    (shift header stamps so the first message is stamped 'now', keeping relative offsets; also
+    stamps of another clock than the bag's, e.g. a camera's since boot),
     ``qos_reliability`` of the publishers, ``record`` (bag directory to create),
     ``record_topics`` (names, ``name:pkg/msg/Type`` to give a type), ``linger`` (s to keep
     recording after the last answer to a published input arrived), ``max_linger`` (cap),
     ``domain_id`` (ROS domain, None = $ROS_DOMAIN_ID), ``should_abort`` (callable returning a
     reason string to stop early, e.g. a dead node), ``clock`` (publish ``/clock``, the bag time
-    of each message as it is played, shifted as the stamps with ``restamp``, for nodes with
-    ``use_sim_time``; as ``ros2 bag play --clock``, which publishes it at a fixed rate instead).
+    of each message as it is played, shifted to 'now' as the stamps with ``restamp``, for
+    nodes with ``use_sim_time``; as ``ros2 bag play --clock``, which publishes it at a fixed
+    rate instead).
     """
 
     def __init__(self, bag, *, rate=1.0, loop=False, start_delay=0.0, duration=None,
@@ -218,6 +220,7 @@ class BagPlayer:
         self._last_answer = None
         self._answered = set()  # (topic, stamp) of the recorded answers to published inputs
         self._published_stamps = set()
+        self._first_stamp = None  # header stamp of the first message played (restamp)
         self._writer = None
         self._record_conns = {}
         self._matched = {}
@@ -336,8 +339,8 @@ class BagPlayer:
         start_ns = reader.start_time
         last = start_ns
 
-        def restamped(time_ns):  # bag time -> playback time (offsets scaled by the rate)
-            return base_wall_ns + int((time_ns - start_ns) / self.rate)
+        def restamped(time_ns, first_ns=start_ns):  # -> playback time (offsets scaled)
+            return base_wall_ns + int((time_ns - first_ns) / self.rate)
 
         for connection, timestamp, data in reader.messages(connections=connections):
             target = base_mono + (timestamp - start_ns) / 1e9 / self.rate
@@ -350,7 +353,11 @@ class BagPlayer:
             if type_has_header(self.typestore, connection.msgtype):
                 stamp = header_stamp_ns(data)
                 if self.restamp:
-                    stamp = restamped(stamp)
+                    # From the first stamp played, not the bag's start: a camera may stamp by
+                    # its own clock (since boot: decades before the bag's times).
+                    if self._first_stamp is None:
+                        self._first_stamp = stamp
+                    stamp = restamped(stamp, self._first_stamp)
                     data = replace_header_stamp(data, stamp)
             topic = self.remap.get(connection.topic, connection.topic)
             with self._lock:

@@ -24,8 +24,8 @@ from ruamel.yaml import YAML
 from tarfuse_ros.tools import make_bag as make_bag_tool
 from tarfuse_ros.tools import play_bag as play_bag_tool
 from tarfuse_ros.tools.bagio import (
-    array_to_image, header_stamp_ns, image_to_array, jazzy_typestore, read_messages,
-    replace_header_stamp)
+    array_to_image, header_stamp_ns, image_to_array, jazzy_typestore, open_writer,
+    read_messages, replace_header_stamp)
 from tarfuse_ros.tools.make_bag import ir_to_mono16, make_bag, MONO16_GAIN, MONO16_OFFSET
 from tarfuse_ros.tools.play_bag import BagPlayer, PlayError
 
@@ -363,6 +363,30 @@ def test_record_round_trip_with_restamp_and_remap(sample_bag, tmp_path):
         assert abs(offset - (header_stamp_ns(ir0) - header_stamp_ns(vi0)) / 4.0) < 2
     latencies = stats.latencies_ms(VI)
     assert len(latencies) == 10 and all(0 <= v < 5000 for v in latencies)
+
+
+@pytest.mark.dds
+def test_restamp_starts_at_now_though_the_camera_stamps_by_its_own_clock(sample_bag, tmp_path):
+    """Stamps since boot (bag times since 1970) were shifted to decades before 'now'."""
+    path, _summary = sample_bag
+    boot = tmp_path / 'since_boot'
+    typestore = jazzy_typestore()
+    writer = open_writer(boot)
+    connections = {}
+    for topic, msgtype, bag_ns, raw, _msg in read_messages(path):
+        if topic not in connections:
+            connections[topic] = writer.add_connection(topic, msgtype, typestore=typestore)
+        since_boot = header_stamp_ns(raw) - 1_699_999_000 * 10**9  # 1000 s after boot
+        writer.write(connections[topic], bag_ns, replace_header_stamp(raw, since_boot))
+    writer.close()
+    before = time.time_ns()
+    stats = BagPlayer(boot, rate=4.0, restamp=True).run()
+    after = time.time_ns()
+    stamps = [stamp for _topic, stamp, _wall in stats.published]
+    assert before <= stamps[0] <= after and len(stamps) == 20
+    originals = [header_stamp_ns(raw) for _t, _m, _b, raw, _msg in read_messages(path)]
+    assert all(abs((stamp - stamps[0]) - (original - originals[0]) / 4.0) < 2
+               for stamp, original in zip(stamps, originals))
 
 
 @pytest.mark.dds
