@@ -3,7 +3,8 @@
 1. builds a rosbag2 (MCAP) from ``samples/`` (real RoadScene pairs; the IR is the synthetically
    deformed, i.e. unregistered, version) with ``tarfuse-make-bag``;
 2. starts the fusion node as its own process (``python -m tarfuse_ros.ros.fuse_node --ros-args
-   --params-file config/tarfuse.yaml -p weights:=...``) on a private ROS domain;
+   --params-file config/tarfuse.yaml -p weights:=...``) on a private ROS domain (never the
+   shell's ``ROS_DOMAIN_ID``, where other nodes may run);
 3. plays the bag into it over DDS with ``tarfuse-play``, recording ``fused/image_raw``,
    ``detections``, ``registered/image_raw`` and ``/diagnostics`` into another bag;
 4. stops the node cleanly (SIGINT) and writes ``summary.json``, ``summary.md`` and a few fused
@@ -88,6 +89,11 @@ def _draw(image, detections):
     return canvas
 
 
+def _stamp(msg):
+    """Return the header stamp of a rosbags message in nanoseconds."""
+    return msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
+
+
 def _count_labels(samples, stems):
     names = []
     classes_file = Path(samples) / 'labels' / 'classes.txt'
@@ -112,10 +118,12 @@ def summarize(recorded_bag, stats, stems, out_dir, png_count=4, samples=None, ex
 
     ``stems`` are the pair names in playback order (the k-th visible message is pair k).
     Latency is end to end: receipt of an output minus the publish time of the visible image
-    with the same stamp (both on this machine's clock).
+    with the same stamp (both on this machine's clock). The ground-truth boxes are counted
+    over the pairs whose detections were received, as the detections are.
     """
     out_dir = Path(out_dir)
-    vi_stamps = [stamp for topic, stamp, _wall in stats.published if topic == VI_TOPIC]
+    vi_stamps = [stamp for topic, stamp, _wall in stats.published
+                 if topic in (VI_TOPIC, f'{VI_TOPIC}/compressed')]
     stem_of = {stamp: stems[k % len(stems)] for k, stamp in enumerate(vi_stamps)} if stems \
         else {}
     fused, detections, registered, diagnostics, windows = [], [], 0, {}, []
@@ -141,8 +149,7 @@ def summarize(recorded_bag, stats, stems, out_dir, png_count=4, samples=None, ex
                 if values:
                     diagnostics = values
                     windows.append(values)
-    boxes_of = {m.header.stamp.sec * 10**9 + m.header.stamp.nanosec: m.detections
-                for m in detections}
+    boxes_of = {_stamp(m): m.detections for m in detections}
     pngs = []
     if fused and png_count > 0:
         picks = sorted(set(np.linspace(0, len(fused) - 1, min(png_count, len(fused)))
@@ -150,7 +157,7 @@ def summarize(recorded_bag, stats, stems, out_dir, png_count=4, samples=None, ex
         for index in picks:
             msg = fused[index]
             image, _kind = image_to_array(msg)  # colour comes back in BGR order
-            stamp = msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
+            stamp = _stamp(msg)
             name = f'fused_{index:03d}_{stem_of.get(stamp, "unknown")}'
             cv2.imwrite(str(out_dir / f'{name}.png'), image)
             pngs.append(f'{name}.png')
@@ -160,7 +167,7 @@ def summarize(recorded_bag, stats, stems, out_dir, png_count=4, samples=None, ex
                 pngs.append(f'{name}_detections.png')
     latencies = stats.latencies_ms('/fused/image_raw')
     pairs_in = len(vi_stamps)
-    answered = {m.header.stamp.sec * 10**9 + m.header.stamp.nanosec for m in fused}
+    answered = {_stamp(m) for m in fused}
 
     def number(key, values=None):
         try:
@@ -176,6 +183,8 @@ def summarize(recorded_bag, stats, stems, out_dir, png_count=4, samples=None, ex
         return _round(float(np.median(values))) if values else None
 
     dropped = number('pairs_dropped')
+    # The pairs whose detections arrived: a dropped pair's ground truth has nothing to meet.
+    detected = [stem_of[_stamp(m)] for m in detections if _stamp(m) in stem_of]
     summary = {
         'pairs_in': pairs_in,
         'pairs_out': len(fused),
@@ -199,7 +208,7 @@ def summarize(recorded_bag, stats, stems, out_dir, png_count=4, samples=None, ex
         'detections_per_class': dict(sorted(per_class.items())),
         'detections_total': sum(per_class.values()),
         'mean_score': _round(float(np.mean(scores)) if scores else None, 3),
-        'ground_truth_boxes_per_class': _count_labels(samples, stems) if samples else {},
+        'ground_truth_boxes_per_class': _count_labels(samples, detected) if samples else {},
         'fused_pngs': pngs,
         'node_diagnostics': diagnostics,
     }
@@ -235,7 +244,7 @@ def summary_markdown(summary):
         f"{_dash(summary['node_latency_ms_median'])} |",
         f"| clean node shutdown | {summary.get('node_clean_shutdown', '')} |",
         '',
-        'Detections per class (ground-truth boxes in the played pairs in brackets):',
+        'Detections per class (ground-truth boxes in the pairs with detections in brackets):',
         '',
     ]
     for name in sorted(set(classes) | set(truth)):
@@ -272,11 +281,13 @@ def _stop_node(process, timeout=20.0):
 def run_demo(out='output/demo', weights=None, device='cpu', samples=None,
              ir_dir='synthetic_misaligned/ir_warp', size='512x288', rate=2.0, loops=2,
              max_pairs=None, params_file=None, startup_timeout=180.0, png_count=4,
-             linger=3.0, node_params=(), log=print, interrupted=None):
+             linger=3.0, node_params=(), log=print, interrupted=None, ir_encoding='mono8'):
     """
     Run the whole demo; return the summary dict (raises DemoError / ValueError).
 
-    ``node_params`` are extra ``name:=value`` node parameters (after the params file).
+    ``node_params`` are extra ``name:=value`` node parameters (after the params file; a
+    ``<camera>.transport`` there sets that camera's topic in the bag too);
+    ``ir_encoding`` is the IR camera's (``mono8``, or ``mono16`` for 16-bit IR images).
     ``interrupted``: None, or a callable that says whether a stop signal reached this process
     (then a node that exits is one stopped by the same Ctrl-C: ``KeyboardInterrupt``, not
     ``DemoError``).
@@ -289,6 +300,10 @@ def run_demo(out='output/demo', weights=None, device='cpu', samples=None,
         raise DemoError(f'no weights at {weights}: pass --weights PATH.safetensors, or train '
                         'the default model (tarfuse-train, see models/MODEL_CARD.md)')
     samples = Path(samples) if samples else default_samples_dir()
+    for folder in (samples / ir_dir, samples / 'vi'):
+        if not folder.is_dir():
+            raise DemoError(f'{folder} is not a folder: --samples needs vi/ and the IR folder '
+                            f'--ir-dir ({ir_dir}; --ir-dir ir for a folder of ir/ and vi/)')
     params_file = Path(params_file) if params_file else paths.config_path('tarfuse.yaml')
     if not params_file.is_file():
         raise DemoError(f'node parameters file {params_file} not found')
@@ -297,14 +312,11 @@ def run_demo(out='output/demo', weights=None, device='cpu', samples=None,
     if problem:
         raise DemoError(f'--out {str(out)!r} cannot be used ({problem})')
     env = os.environ.copy()
-    if 'ROS_DOMAIN_ID' not in env:
-        # A private domain, so other ROS processes on this machine neither see nor disturb it.
-        env['ROS_DOMAIN_ID'] = str(random.SystemRandom().randint(1, 100))
-    try:
-        domain_id = int(env['ROS_DOMAIN_ID'])
-    except ValueError:
-        value = env['ROS_DOMAIN_ID']
-        raise DemoError(f'ROS_DOMAIN_ID must be an integer (0-232), got {value!r}') from None
+    # A private domain, never the shell's ROS_DOMAIN_ID: a fusion node running there (a robot's,
+    # a launch file's) would be fed the sample images too, and its outputs counted as the demo's.
+    domain_id = random.SystemRandom().choice(
+        [d for d in range(1, 101) if str(d) != env.get('ROS_DOMAIN_ID', '').strip()])
+    env['ROS_DOMAIN_ID'] = str(domain_id)
     out.mkdir(parents=True, exist_ok=True)
     input_bag, recorded_bag = out / 'input_bag', out / 'recorded_bag'
     # Results of an earlier run in this folder are replaced (only the demo's own files).
@@ -315,8 +327,12 @@ def run_demo(out='output/demo', weights=None, device='cpu', samples=None,
         if old.is_file():
             old.unlink()
 
-    bag = make_bag(samples, input_bag, rate=rate, ir_encoding='mono8', offset_ms=4.0,
-                   jitter_ms=1.0, loops=loops, size=size, ir_dir=ir_dir, max_pairs=max_pairs)
+    # Each camera on the transport the node reads (--param visible.transport:=compressed).
+    given = dict(item.split(':=', 1) for item in node_params)
+    bag = make_bag(samples, input_bag, rate=rate, ir_encoding=ir_encoding, offset_ms=4.0,
+                   jitter_ms=1.0, loops=loops, size=size, ir_dir=ir_dir, max_pairs=max_pairs,
+                   ir_transport=given.get('infrared.transport', 'raw').strip(),
+                   vi_transport=given.get('visible.transport', 'raw').strip())
     log(f'tarfuse-demo: built {input_bag} ({bag.pairs} pairs at {rate} Hz)')
 
     command = [sys.executable, '-m', 'tarfuse_ros.ros.fuse_node', '--ros-args',
@@ -325,7 +341,8 @@ def run_demo(out='output/demo', weights=None, device='cpu', samples=None,
     for item in node_params:
         command += ['-p', item]
     log_path = out / 'node.log'
-    log(f'tarfuse-demo: starting the node (ROS_DOMAIN_ID={domain_id}; log {log_path})')
+    log(f'tarfuse-demo: starting the node (on a private ROS_DOMAIN_ID={domain_id}; log '
+        f'{log_path})')
     started = time.monotonic()
     with open(log_path, 'w') as node_log:
         process = subprocess.Popen(command, stdout=node_log, stderr=subprocess.STDOUT, env=env)
@@ -387,6 +404,8 @@ def build_parser():
                         help='pair folder (ir/, vi/); default: the shipped samples/')
     parser.add_argument('--ir-dir', default='synthetic_misaligned/ir_warp',
                         help='IR sub-folder of --samples (ir for the aligned originals)')
+    parser.add_argument('--ir-encoding', choices=('mono8', 'mono16'), default='mono8',
+                        help='encoding of the IR camera (mono16 for 16-bit IR images)')
     parser.add_argument('--size', default='512x288',
                         help='camera resolution WIDTHxHEIGHT the pairs are resized to')
     parser.add_argument('--rate', type=float, default=2.0, help='camera frame rate (Hz)')
@@ -410,9 +429,10 @@ def main(argv=None):
     previous = stop.install((signal.SIGINT,))
     try:
         run_demo(out=args.out, weights=args.weights, device=args.device, samples=args.samples,
-                 ir_dir=args.ir_dir, size=args.size, rate=args.rate, loops=args.loops,
-                 max_pairs=args.max_pairs, params_file=args.params_file,
-                 startup_timeout=args.startup_timeout, png_count=args.pngs,
+                 ir_dir=args.ir_dir, ir_encoding=args.ir_encoding, size=args.size,
+                 rate=args.rate, loops=args.loops, max_pairs=args.max_pairs,
+                 params_file=args.params_file, startup_timeout=args.startup_timeout,
+                 png_count=args.pngs,
                  node_params=args.param, interrupted=lambda: stop.requested)
     except (DemoError, ValueError) as error:
         print(f'tarfuse-demo: error: {error}', file=sys.stderr)

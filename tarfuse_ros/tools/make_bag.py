@@ -21,11 +21,13 @@ import argparse
 from dataclasses import dataclass
 from glob import escape as glob_escape
 from pathlib import Path
+import shutil
 import sys
 
 import cv2
 import numpy as np
 
+from tarfuse_ros.core.files import output_problem
 from tarfuse_ros.tools.bagio import check_topic_name, compressed_cdr, image_cdr, jazzy_typestore
 from tarfuse_ros.tools.bagio import offered_qos, open_writer
 
@@ -69,8 +71,9 @@ def _find_image(folder, stem):
         ValueError: several images share the stem (``a.png`` and ``a.jpg``).
 
     """
+    # The stem must match exactly: 'scene.*' also finds 'scene.night.png', another pair.
     found = sorted(p for p in folder.glob(f'{glob_escape(stem)}.*')
-                   if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+                   if p.stem == stem and p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if len(found) > 1:
         raise ValueError(f'pair {stem!r}: several images in {folder} '
                          f'({", ".join(p.name for p in found)}); keep one')
@@ -97,7 +100,9 @@ def list_pairs(pairs_dir, split=None, ir_dir='ir', vi_dir='vi'):
             raise ValueError(f'split {split!r} is neither a file nor {pairs_dir}/{split}.txt')
         stems = [s.strip() for s in split_path.read_text().splitlines() if s.strip()]
     else:
-        stems = sorted(p.stem for p in vi_folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        # Both folders: an image on one side only is named below, whichever side it is on.
+        stems = sorted({p.stem for folder in (ir_folder, vi_folder) for p in folder.iterdir()
+                        if p.suffix.lower() in IMAGE_SUFFIXES})
     pairs = []
     for stem in stems:
         ir_path, vi_path = _find_image(ir_folder, stem), _find_image(vi_folder, stem)
@@ -152,7 +157,10 @@ def _load_ir(path, size, encoding):
 
 
 def _load_vi(path, size, encoding):
-    vi = _read(path, cv2.IMREAD_COLOR if encoding in ('bgr8', 'rgb8') else cv2.IMREAD_GRAYSCALE)
+    # As stored, like the IR image (IMREAD_UNCHANGED) and tarfuse-fuse: an EXIF orientation
+    # would turn the visible image alone.
+    flags = cv2.IMREAD_COLOR if encoding in ('bgr8', 'rgb8') else cv2.IMREAD_GRAYSCALE
+    vi = _read(path, flags | cv2.IMREAD_IGNORE_ORIENTATION)
     if size is not None:
         vi = cv2.resize(vi, size, interpolation=cv2.INTER_AREA)
     if encoding == 'rgb8':
@@ -210,6 +218,9 @@ def make_bag(pairs_dir, out, *, split=None, rate=10.0, ir_encoding='mono8', vi_e
     if vi_transport == 'compressed' and vi_encoding == 'rgb8':
         raise ValueError('compressed visible images are stored as BGR or grey (image_transport '
                          'converts rgb8 before compressing): use vi_encoding bgr8 or mono8')
+    problem = output_problem(out, folder=True)
+    if problem:  # before reading every image
+        raise ValueError(f'--out {str(out)!r} cannot be written ({problem})')
     size = _parse_size(size) if isinstance(size, str) else size
     ir_size = _parse_size(ir_size) if isinstance(ir_size, str) else ir_size
     ir_size = ir_size or size
@@ -224,9 +235,12 @@ def make_bag(pairs_dir, out, *, split=None, rate=10.0, ir_encoding='mono8', vi_e
     images = [(stem, _load_ir(ir_path, ir_size, ir_encoding), _load_vi(vi_path, size, vi_encoding))
               for stem, ir_path, vi_path in pairs]
     out = Path(out)
-    writer = open_writer(out)
+    if out.exists():  # checked here too: what is at out after a failure below is ours
+        raise ValueError(f'output bag {out} exists already; remove it or choose another --out')
+    writer, complete = None, False
     count, last_ns, stems = 0, start_ns, []
     try:
+        writer = open_writer(out)
         # A camera driver's publisher: reliable, keep last 10 (matches any subscriber).
         cameras = {}
         for key, topic, transport, encoding, fmt in (
@@ -259,8 +273,16 @@ def make_bag(pairs_dir, out, *, split=None, rate=10.0, ir_encoding='mono8', vi_e
                     last_ns = max(last_ns, stamp_ns)
                 stems.append(stem)
                 k += 1
+        complete = True
     finally:
-        writer.close()
+        try:
+            if writer is not None:
+                writer.close()
+        finally:
+            if not complete:
+                # Interrupted (Ctrl-C) or failed while writing: the truncated bag would play
+                # like a whole one.
+                shutil.rmtree(out, ignore_errors=True)
     return BagSummary(path=out, pairs=len(stems), messages=count, start_ns=start_ns,
                       end_ns=last_ns, ir_topic=ir_topic, vi_topic=vi_topic, stems=stems)
 
@@ -322,6 +344,9 @@ def main(argv=None):
     except ValueError as error:
         print(f'tarfuse-make-bag: error: {error}', file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f'tarfuse-make-bag: interrupted; no bag written to {args.out}', file=sys.stderr)
+        return 130
     span = (summary.end_ns - summary.start_ns) / 1e9
     print(f'wrote {summary.path}: {summary.pairs} pairs, {summary.messages} messages on '
           f'{summary.vi_topic} and {summary.ir_topic}, {span:.2f} s')

@@ -55,7 +55,7 @@ class PlayStats:
     published: list = field(default_factory=list)
     received: list = field(default_factory=list)
     record_path: str = ''
-    loops: int = 0
+    loops: int = 0  # rounds over the bag begun
     interrupted: bool = False
 
     def counts(self, which='published'):
@@ -141,14 +141,16 @@ class BagPlayer:
     every played topic has that many matched subscribers, at most ``wait_timeout`` s, then
     ``settle`` s more so the subscribers' side has matched too), ``topics``
     (bag topics to play, None = all), ``remap`` ({bag topic: published topic}), ``restamp``
-    (shift header stamps so the first message is stamped 'now', keeping relative offsets),
+    (shift header stamps so the first message is stamped 'now', keeping relative offsets; also
+    stamps of another clock than the bag's, e.g. a camera's since boot),
     ``qos_reliability`` of the publishers, ``record`` (bag directory to create),
     ``record_topics`` (names, ``name:pkg/msg/Type`` to give a type), ``linger`` (s to keep
     recording after the last answer to a published input arrived), ``max_linger`` (cap),
     ``domain_id`` (ROS domain, None = $ROS_DOMAIN_ID), ``should_abort`` (callable returning a
     reason string to stop early, e.g. a dead node), ``clock`` (publish ``/clock``, the bag time
-    of each message as it is played, shifted as the stamps with ``restamp``, for nodes with
-    ``use_sim_time``; as ``ros2 bag play --clock``, which publishes it at a fixed rate instead).
+    of each message as it is played, shifted to 'now' as the stamps with ``restamp``, for
+    nodes with ``use_sim_time``; as ``ros2 bag play --clock``, which publishes it at a fixed
+    rate instead).
     """
 
     def __init__(self, bag, *, rate=1.0, loop=False, start_delay=0.0, duration=None,
@@ -173,6 +175,9 @@ class BagPlayer:
             raise ValueError(f'{self.bag} is not a rosbag2 directory (no metadata.yaml)')
         if record is not None and Path(record).exists():
             raise ValueError(f'record bag {record} exists already; remove it or choose another')
+        problem = None if record is None else output_problem(record, folder=True)
+        if problem:
+            raise ValueError(f'record bag {record} cannot be written ({problem})')
         if record is not None and not record_topics:
             raise ValueError('--record needs --record-topics')
         if record is None and record_topics:
@@ -215,6 +220,7 @@ class BagPlayer:
         self._last_answer = None
         self._answered = set()  # (topic, stamp) of the recorded answers to published inputs
         self._published_stamps = set()
+        self._first_stamp = None  # header stamp of the first message played (restamp)
         self._writer = None
         self._record_conns = {}
         self._matched = {}
@@ -298,10 +304,16 @@ class BagPlayer:
             if not missing:
                 break
             if time.monotonic() > deadline:
+                # A bag holds topics the node does not read (another camera_info, /tf): the
+                # node is running when the other topics have their subscribers.
+                served = [topic for topic in publishers if topic not in missing]
                 raise PlayError(
                     f'no {self.wait_for_subscribers} subscriber(s) on {", ".join(missing)} after '
-                    f'{self.wait_timeout:.0f} s: is the node running (same ROS_DOMAIN_ID, '
-                    'topic names/namespace, compatible QoS)?')
+                    f'{self.wait_timeout:.0f} s' + (
+                        f', though on {", ".join(served)}: play only the topics the node reads '
+                        f'(--topics)' if served else
+                        ': is the node running (same ROS_DOMAIN_ID, topic names/namespace, '
+                        'compatible QoS)?'))
             if self._check_abort():
                 return
             time.sleep(0.05)
@@ -327,8 +339,8 @@ class BagPlayer:
         start_ns = reader.start_time
         last = start_ns
 
-        def restamped(time_ns):  # bag time -> playback time (offsets scaled by the rate)
-            return base_wall_ns + int((time_ns - start_ns) / self.rate)
+        def restamped(time_ns, first_ns=start_ns):  # -> playback time (offsets scaled)
+            return base_wall_ns + int((time_ns - first_ns) / self.rate)
 
         for connection, timestamp, data in reader.messages(connections=connections):
             target = base_mono + (timestamp - start_ns) / 1e9 / self.rate
@@ -341,7 +353,11 @@ class BagPlayer:
             if type_has_header(self.typestore, connection.msgtype):
                 stamp = header_stamp_ns(data)
                 if self.restamp:
-                    stamp = restamped(stamp)
+                    # From the first stamp played, not the bag's start: a camera may stamp by
+                    # its own clock (since boot: decades before the bag's times).
+                    if self._first_stamp is None:
+                        self._first_stamp = stamp
+                    stamp = restamped(stamp, self._first_stamp)
                     data = replace_header_stamp(data, stamp)
             topic = self.remap.get(connection.topic, connection.topic)
             with self._lock:
@@ -440,9 +456,9 @@ class BagPlayer:
         gap_ns = None
         while True:
             base_wall_ns = time.time_ns() + int((base_mono - time.monotonic()) * 1e9)
+            self.stats.loops += 1  # rounds begun: one cut short by Ctrl-C counts too
             _last, stopped = self._play_once(
                 reader, connections, publishers, base_mono, base_wall_ns, end_mono)
-            self.stats.loops += 1
             if stopped or not self.loop:
                 return
             if gap_ns is None:
@@ -515,12 +531,23 @@ def build_parser():
 
 
 def _terminate(_signum, _frame):
+    """Stop the playback on the first SIGINT or SIGTERM (``KeyboardInterrupt``); ignore more.
+
+    The clean-up then runs whole: a second Ctrl-C (a terminal and ros2 launch may send more
+    than one) cut the recording's close short, with a traceback and a bag left without its
+    metadata.yaml.
+    """
+    for number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(number, signal.SIG_IGN)
     raise KeyboardInterrupt
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    previous = signal.signal(signal.SIGTERM, _terminate)
+    # SIGINT stays ignored where the process was started so (a background job of a shell).
+    previous = {number: signal.signal(number, _terminate)
+                for number in (signal.SIGINT, signal.SIGTERM)
+                if number != signal.SIGINT or signal.getsignal(number) is not signal.SIG_IGN}
     try:
         problem = None if args.stats is None else output_problem(args.stats)
         if problem:
@@ -537,13 +564,18 @@ def main(argv=None):
     except (ValueError, PlayError) as error:
         print(f'tarfuse-play: error: {error}', file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # before the playback started (reading the bag)
+        print('tarfuse-play: interrupted', file=sys.stderr)
+        return 130
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for number, handler in previous.items():
+            signal.signal(number, handler)
     if args.stats is not None:
         args.stats.parent.mkdir(parents=True, exist_ok=True)
         args.stats.write_text(json.dumps(stats.to_dict()))
     published = ', '.join(f'{t}: {n}' for t, n in sorted(stats.counts('published').items()))
-    print(f'published {published or "nothing"} ({stats.loops} round(s))')
+    interrupted = ', interrupted' if stats.interrupted else ''
+    print(f'published {published or "nothing"} ({stats.loops} round(s){interrupted})')
     if args.record is not None:
         received = ', '.join(f'{t}: {n}' for t, n in sorted(stats.counts('received').items()))
         print(f'recorded to {args.record}: {received or "nothing"}')

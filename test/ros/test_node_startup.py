@@ -200,6 +200,48 @@ def test_a_qos_override_sets_that_output_publishers_qos(tmp_path):
         node.close()
 
 
+def _readme_topics():
+    """Return ``{'in': {...}, 'out': {...}}``: the topics of the README's Topics table."""
+    readme = (Path(__file__).resolve().parents[2] / 'README.md').read_text()
+    table = readme.split('### Topics', 1)[1].split('\n\n', 2)[1]
+    topics = {'in': set(), 'out': set()}
+    for row in table.splitlines()[2:]:
+        direction, topic = (cell.strip() for cell in row.split('|')[1:3])
+        topics[direction].add('/' + topic.split('`')[1].lstrip('/'))
+    return topics
+
+
+def test_the_readme_topics_table_lists_what_the_node_reads_and_publishes(tmp_path):
+    """It left out visible/camera_info (in) and fused/camera_info (out)."""
+    weights = tmp_path / 'random.safetensors'
+    make_checkpoint(weights)
+    domain = random_domain_id()
+    node = NodeProcess(domain, {'weights': str(weights)})
+    probe = Probe(domain)
+    graph = probe.node
+
+    def topics(query):
+        if ('tarfuse', '/') not in graph.get_node_names_and_namespaces():
+            return set()
+        names = {name for name, _types in query('tarfuse', '/')}
+        return names - {'/rosout', '/parameter_events'}
+
+    try:
+        # The diagnostics publisher is created last: every other entity is there by then.
+        assert probe.spin_until(
+            lambda: '/diagnostics' in topics(graph.get_publisher_names_and_types_by_node),
+            90.0), node.log()
+        published = topics(graph.get_publisher_names_and_types_by_node)
+        subscribed = topics(graph.get_subscriber_names_and_types_by_node)
+    finally:
+        probe.close()
+        node.close()
+    documented = _readme_topics()
+    assert published == documented['out']
+    assert subscribed <= documented['in']  # the /compressed inputs come with their transports
+    assert '/visible/camera_info' in subscribed
+
+
 _SWALLOWING_IMPORT = '''
 import os, signal, sys, time
 from importlib.abc import MetaPathFinder

@@ -8,6 +8,8 @@ another process.
 import json
 import os
 from pathlib import Path
+import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -22,8 +24,8 @@ from ruamel.yaml import YAML
 from tarfuse_ros.tools import make_bag as make_bag_tool
 from tarfuse_ros.tools import play_bag as play_bag_tool
 from tarfuse_ros.tools.bagio import (
-    array_to_image, header_stamp_ns, image_to_array, jazzy_typestore, read_messages,
-    replace_header_stamp)
+    array_to_image, header_stamp_ns, image_to_array, jazzy_typestore, open_writer,
+    read_messages, replace_header_stamp)
 from tarfuse_ros.tools.make_bag import ir_to_mono16, make_bag, MONO16_GAIN, MONO16_OFFSET
 from tarfuse_ros.tools.play_bag import BagPlayer, PlayError
 
@@ -193,6 +195,70 @@ def test_make_bag_rejects_bad_input(tmp_path, capsys):
         ir_to_mono16(np.zeros((2, 2), np.uint16))
 
 
+def _jpeg_turned_by_exif(image):
+    """Return JPEG bytes of ``image`` with an EXIF orientation 6 (display turned 90 deg)."""
+    ok, jpeg = cv2.imencode('.jpg', image)
+    assert ok
+    tiff = (b'MM\x00\x2a\x00\x00\x00\x08' + b'\x00\x01'  # big-endian, one IFD entry:
+            + b'\x01\x12\x00\x03\x00\x00\x00\x01\x00\x06\x00\x00'  # Orientation = 6
+            + b'\x00\x00\x00\x00')
+    app1 = b'Exif\x00\x00' + tiff
+    segment = b'\xff\xe1' + (len(app1) + 2).to_bytes(2, 'big') + app1
+    return jpeg.tobytes()[:2] + segment + jpeg.tobytes()[2:]
+
+
+def test_make_bag_reads_both_images_as_stored_whatever_their_exif_orientation(tmp_path):
+    """An EXIF orientation turned the visible image (346x507) but not the IR one (507x346)."""
+    pairs = tmp_path / 'pairs'
+    for side, flags in (('ir', cv2.IMREAD_GRAYSCALE), ('vi', cv2.IMREAD_COLOR)):
+        (pairs / side).mkdir(parents=True)
+        image = cv2.imread(str(SAMPLES / side / 'FLIR_00122.jpg'), flags)
+        (pairs / side / 'a.jpg').write_bytes(_jpeg_turned_by_exif(image))
+    assert cv2.imread(str(pairs / 'vi' / 'a.jpg')).shape == (507, 346, 3)  # EXIF applied
+    make_bag(pairs, tmp_path / 'bag')
+    topics = _by_topic(tmp_path / 'bag')
+    vi, ir = (image_to_array(topics[topic][0][3])[0] for topic in (VI, IR))
+    stored = cv2.imread(str(pairs / 'vi' / 'a.jpg'), cv2.IMREAD_UNCHANGED)
+    assert vi.shape == stored.shape == (346, 507, 3) and ir.shape == (346, 507)
+    np.testing.assert_array_equal(vi, stored)
+
+
+def test_ctrl_c_while_writing_leaves_no_truncated_bag(tmp_path):
+    """A Ctrl-C left a bag with its metadata.yaml that played as a whole one, and a traceback."""
+    out = tmp_path / 'long'
+    process = subprocess.Popen(
+        [sys.executable, '-m', 'tarfuse_ros.tools.make_bag', '--pairs', str(SAMPLES), '--out',
+         str(out), '--size', '320x256', '--loops', '400'],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not any(out.glob('*.mcap')) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert any(out.glob('*.mcap'))  # writing
+        process.send_signal(signal.SIGINT)
+        output, _ = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 130, output
+    assert output == f'tarfuse-make-bag: interrupted; no bag written to {out}\n'
+    assert not out.exists()
+
+
+def test_an_output_bag_that_cannot_be_written_is_named_without_a_traceback(
+        sample_bag, tmp_path, capsys):
+    """--out or --record under a file (or in /proc) ended in an OSError traceback."""
+    path, _summary = sample_bag
+    a_file = tmp_path / 'a_file'
+    a_file.write_text('x')
+    assert make_bag_tool.main(['--pairs', str(SAMPLES), '--out', str(a_file / 'bag')]) == 2
+    assert (f"tarfuse-make-bag: error: --out '{a_file / 'bag'}' cannot be written ({a_file} is "
+            f'a file, not a folder)') in capsys.readouterr().err
+    assert play_bag_tool.main([str(path), '--record', str(a_file / 'rec'), '--record-topics',
+                               '/diagnostics']) == 2
+    assert (f"tarfuse-play: error: record bag {a_file / 'rec'} cannot be written ({a_file} is a "
+            f'file, not a folder)') in capsys.readouterr().err
+
+
 def test_image_conversions_honour_step_and_endianness():
     typestore = jazzy_typestore()
     pixels = np.arange(6 * 5, dtype=np.uint16).reshape(5, 6) * 1000
@@ -257,6 +323,23 @@ def test_play_publishes_recorded_stamps_to_another_process(sample_bag):
 
 
 @pytest.mark.dds
+def test_waiting_for_subscribers_names_the_topics_that_have_them(sample_bag, capsys):
+    """A bag topic no node reads (here the IR) was blamed on a node that is not running."""
+    path, _summary = sample_bag
+    listener = _start_listener(1, VI)
+    try:
+        code = play_bag_tool.main([str(path), '--wait-for-subscribers', '1', '--wait-timeout',
+                                   '3'])
+    finally:
+        listener.kill()
+        listener.communicate()
+    err = capsys.readouterr().err
+    assert code == 2
+    assert (f'no 1 subscriber(s) on {IR} after 3 s, though on {VI}: play only the topics the '
+            f'node reads (--topics)') in err and 'is the node running' not in err
+
+
+@pytest.mark.dds
 def test_record_round_trip_with_restamp_and_remap(sample_bag, tmp_path):
     path, _summary = sample_bag
     record = tmp_path / 'recorded'
@@ -280,6 +363,30 @@ def test_record_round_trip_with_restamp_and_remap(sample_bag, tmp_path):
         assert abs(offset - (header_stamp_ns(ir0) - header_stamp_ns(vi0)) / 4.0) < 2
     latencies = stats.latencies_ms(VI)
     assert len(latencies) == 10 and all(0 <= v < 5000 for v in latencies)
+
+
+@pytest.mark.dds
+def test_restamp_starts_at_now_though_the_camera_stamps_by_its_own_clock(sample_bag, tmp_path):
+    """Stamps since boot (bag times since 1970) were shifted to decades before 'now'."""
+    path, _summary = sample_bag
+    boot = tmp_path / 'since_boot'
+    typestore = jazzy_typestore()
+    writer = open_writer(boot)
+    connections = {}
+    for topic, msgtype, bag_ns, raw, _msg in read_messages(path):
+        if topic not in connections:
+            connections[topic] = writer.add_connection(topic, msgtype, typestore=typestore)
+        since_boot = header_stamp_ns(raw) - 1_699_999_000 * 10**9  # 1000 s after boot
+        writer.write(connections[topic], bag_ns, replace_header_stamp(raw, since_boot))
+    writer.close()
+    before = time.time_ns()
+    stats = BagPlayer(boot, rate=4.0, restamp=True).run()
+    after = time.time_ns()
+    stamps = [stamp for _topic, stamp, _wall in stats.published]
+    assert before <= stamps[0] <= after and len(stamps) == 20
+    originals = [header_stamp_ns(raw) for _t, _m, _b, raw, _msg in read_messages(path)]
+    assert all(abs((stamp - stamps[0]) - (original - originals[0]) / 4.0) < 2
+               for stamp, original in zip(stamps, originals))
 
 
 @pytest.mark.dds
@@ -308,6 +415,33 @@ def test_play_cli_loops_and_fails_clearly_without_subscribers(sample_bag, tmp_pa
         BagPlayer(tmp_path)
     with pytest.raises(ValueError, match='record-topics'):
         BagPlayer(path, record=tmp_path / 'r')
+
+
+@pytest.mark.dds
+@pytest.mark.parametrize('gap_s', [0.0, 0.005])
+def test_a_second_ctrl_c_does_not_cut_the_recording_short(sample_bag, tmp_path, gap_s):
+    """Two Ctrl-C (a terminal may send more than one): a traceback, a bag without metadata."""
+    path, _summary = sample_bag
+    listener = _start_listener(1000, VI)
+    record = tmp_path / 'record'
+    player = subprocess.Popen(
+        [sys.executable, '-m', 'tarfuse_ros.tools.play_bag', str(path), '--rate', '0.2',
+         '--loop', '--wait-for-subscribers', '1', '--topics', VI, '--record', str(record),
+         '--record-topics', VI], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert listener.stdout.readline().startswith('{')  # playing and recording
+        player.send_signal(signal.SIGINT)
+        time.sleep(gap_s)
+        player.send_signal(signal.SIGINT)
+        output, _ = player.communicate(timeout=30)
+    finally:
+        for process in (player, listener):
+            process.kill()
+            process.communicate()
+    assert player.returncode == 130 and 'Traceback' not in output, output
+    assert '(1 round(s), interrupted)' in output  # was '(0 round(s))'
+    assert f'recorded to {record}: {VI}: ' in output
+    assert [topic for topic, *_rest in read_messages(record)][:1] == [VI]
 
 
 @pytest.mark.dds
@@ -367,6 +501,45 @@ def test_make_bag_refuses_lossy_or_unplayable_choices_and_finds_any_suffix_case(
     assert cv2.imwrite(str(pairs / 'vi' / 'a.jpg'), np.full((32, 32, 3), 90, np.uint8))
     with pytest.raises(ValueError, match=r"pair 'a': several images .*a.PNG, a.jpg"):
         make_bag(pairs, tmp_path / 'dup', ir_encoding='mono16')
+
+
+def test_make_bag_pairs_files_by_their_whole_stem(tmp_path):
+    """'scene.png' and 'scene.night.png' are two pairs, never one stem with two images."""
+    pairs = tmp_path / 'pairs'
+    (pairs / 'ir').mkdir(parents=True)
+    (pairs / 'vi').mkdir()
+    ir = cv2.imread(str(SAMPLES / 'ir' / 'FLIR_00122.jpg'), cv2.IMREAD_GRAYSCALE)
+    vi = cv2.imread(str(SAMPLES / 'vi' / 'FLIR_00122.jpg'))
+    for stem, flip in (('scene', False), ('scene.night', True)):
+        assert cv2.imwrite(str(pairs / 'ir' / f'{stem}.png'), ir[:, ::-1] if flip else ir)
+        assert cv2.imwrite(str(pairs / 'vi' / f'{stem}.png'), vi[:, ::-1] if flip else vi)
+    summary = make_bag(pairs, tmp_path / 'both')
+    assert summary.stems == ['scene', 'scene.night']
+    for k, (_t, _b, _r, msg) in enumerate(_by_topic(tmp_path / 'both')[IR]):
+        np.testing.assert_array_equal(image_to_array(msg)[0], ir[:, ::-1] if k else ir)
+    # Its own IR missing, 'scene' was paired with the IR of 'scene.night' without a word.
+    (pairs / 'ir' / 'scene.png').unlink()
+    split = tmp_path / 'scene.txt'
+    split.write_text('scene\n')
+    with pytest.raises(ValueError, match=r"pair 'scene': no image named scene\.\* in .*ir"):
+        make_bag(pairs, tmp_path / 'one', split=str(split))
+    assert not (tmp_path / 'one').exists()
+
+
+def test_make_bag_names_an_image_on_either_side_only(tmp_path, capsys):
+    """An IR image without a visible one was left out without a word; the converse stopped."""
+    pairs = tmp_path / 'pairs'
+    for side in ('ir', 'vi'):
+        shutil.copytree(SAMPLES / side, pairs / side)
+    shutil.copy(SAMPLES / 'ir' / 'FLIR_00122.jpg', pairs / 'ir' / 'FLIR_99999.jpg')
+    assert make_bag_tool.main(['--pairs', str(pairs), '--out', str(tmp_path / 'ir_only')]) == 2
+    assert (f"error: pair 'FLIR_99999': no image named FLIR_99999.* in {pairs / 'vi'}"
+            in capsys.readouterr().err)
+    assert not (tmp_path / 'ir_only').exists()
+    (pairs / 'ir' / 'FLIR_99999.jpg').rename(pairs / 'vi' / 'FLIR_99999.jpg')
+    assert make_bag_tool.main(['--pairs', str(pairs), '--out', str(tmp_path / 'vi_only')]) == 2
+    assert (f"error: pair 'FLIR_99999': no image named FLIR_99999.* in {pairs / 'ir'}"
+            in capsys.readouterr().err)
 
 
 @pytest.mark.dds
