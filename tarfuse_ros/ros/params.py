@@ -529,13 +529,16 @@ def canonical_parameters(parameters):
     A string loses its surrounding whitespace, a string list its blank items, and an empty
     ``weights`` becomes the shipped weights' path: otherwise ``ros2 param set ... device ' cpu'``
     (or ``-p``) would leave ``' cpu'`` in the node's parameter store while the node runs on
-    ``'cpu'``. Other parameters, and values of another type (the set callback refuses those),
-    are passed on unchanged (the same objects). Usable as rclpy's pre-set parameters callback.
+    ``'cpu'``. Other parameters, values of another type and parameters without a value (the
+    set callback refuses those) are passed on unchanged (the same objects). Usable as rclpy's
+    pre-set parameters callback.
     """
     result = []
     for parameter in parameters:
         spec = _BY_NAME.get(parameter.name)
-        if spec is not None and spec.kind in ('str', 'str_array'):
+        # No value (ros2 param delete) passes as it is: the set callback refuses it.
+        if spec is not None and spec.kind in ('str', 'str_array') \
+                and parameter.type_ != Parameter.Type.NOT_SET:
             try:
                 value = _coerce(spec, parameter.value)
             except ValueError:

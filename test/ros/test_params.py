@@ -181,10 +181,12 @@ def test_canonical_parameters_keeps_other_parameters_and_wrong_types_as_they_are
     wrong_type = Parameter('device', value=3)
     unknown = Parameter('use_sim_time', value=True)
     already = Parameter('backend', value='torch')
-    given = [numbers, wrong_type, unknown, already, Parameter('backend', value=' onnxruntime')]
+    deleted = Parameter('classes', Parameter.Type.NOT_SET, None)  # ros2 param delete
+    given = [numbers, wrong_type, unknown, already, deleted,
+             Parameter('backend', value=' onnxruntime')]
     result = canonical_parameters(given)
-    assert result[:4] == given[:4] and all(a is b for a, b in zip(result[:4], given[:4]))
-    assert (result[4].type_, result[4].value) == (Parameter.Type.STRING, 'onnxruntime')
+    assert all(a is b for a, b in zip(result[:5], given[:5]))
+    assert (result[5].type_, result[5].value) == (Parameter.Type.STRING, 'onnxruntime')
 
 
 RCL_VALUES = ['abc', 'y', 'N', 'yes', 'Off', 'TRUE', 'true', '1', '-7', '0x1F', '010', '08',
