@@ -36,6 +36,10 @@ __all__ = ['build_parser', 'main', 'run_demo', 'summarize']
 
 RECORD_TOPICS = ('fused/image_raw', 'detections', 'registered/image_raw', '/diagnostics')
 VI_TOPIC, IR_TOPIC = '/visible/image_raw', '/infrared/image_raw'
+# Written into --out first: a folder holding it is one the demo wrote, whose outputs
+# (input_bag/, recorded_bag/, node.log, summary.json, summary.md, fused_*.png) a later run
+# replaces. A non-empty folder without it is refused: those files are someone else's.
+MARKER = '.tarfuse-demo'
 
 
 class DemoError(RuntimeError):
@@ -311,6 +315,10 @@ def run_demo(out='output/demo', weights=None, device='cpu', samples=None,
     problem = output_problem(out, folder=True)
     if problem:
         raise DemoError(f'--out {str(out)!r} cannot be used ({problem})')
+    if out.is_dir() and any(out.iterdir()) and not (out / MARKER).is_file():
+        raise DemoError(f'--out {str(out)!r} is not empty and no earlier demo wrote it (no '
+                        f'{MARKER} file in it): pass a new or empty folder, or the folder of an '
+                        'earlier demo run (whose outputs are replaced)')
     env = os.environ.copy()
     # A private domain, never the shell's ROS_DOMAIN_ID: a fusion node running there (a robot's,
     # a launch file's) would be fed the sample images too, and its outputs counted as the demo's.
@@ -318,8 +326,10 @@ def run_demo(out='output/demo', weights=None, device='cpu', samples=None,
         [d for d in range(1, 101) if str(d) != env.get('ROS_DOMAIN_ID', '').strip()])
     env['ROS_DOMAIN_ID'] = str(domain_id)
     out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text('tarfuse-demo wrote this folder; a later tarfuse-demo --out here '
+                              'replaces its outputs\n')
     input_bag, recorded_bag = out / 'input_bag', out / 'recorded_bag'
-    # Results of an earlier run in this folder are replaced (only the demo's own files).
+    # Results of an earlier run in this folder (new, empty or marked: the demo's) are replaced.
     for old in [input_bag, recorded_bag]:
         if old.is_dir():
             shutil.rmtree(old)
@@ -396,7 +406,9 @@ def build_parser():
         prog='tarfuse-demo', description=__doc__.split('\n\n')[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument('--out', type=Path, default=Path('output/demo'),
-                        help='output folder (summary.md, summary.json, PNGs, bags, node log)')
+                        help='output folder (summary.md, summary.json, PNGs, bags, node log): '
+                        f'new, empty, or one an earlier demo run wrote (it holds {MARKER}), '
+                        'whose outputs are replaced; a folder of other files is refused')
     parser.add_argument('--weights', type=Path, default=None,
                         help='checkpoint (.safetensors); default: the shipped model')
     parser.add_argument('--device', default='cpu', help='torch device: cpu, cuda or cuda:N')

@@ -162,6 +162,24 @@ def test_demo_refuses_an_unusable_out_before_any_work(tmp_path, capsys):
     assert 'is a file, not a folder' in capsys.readouterr().err
 
 
+def test_demo_refuses_a_folder_of_other_files_and_deletes_none(weights, tmp_path, capsys):
+    """--out . in one's own folder deleted its summary.md, fused_*.png, input_bag/ and more."""
+    mine = tmp_path / 'mine'
+    (mine / 'input_bag').mkdir(parents=True)
+    files = {'summary.md': 'my notes', 'summary.json': '{}', 'fused_holiday.png': 'a photo',
+             'input_bag/notes.txt': 'my bag', 'other.txt': 'other'}
+    for name, text in files.items():
+        (mine / name).write_text(text)
+    assert demo.main(['--out', str(mine), '--weights', str(weights), '--max-pairs', '1',
+                      '--loops', '1', '--size', '128x96', '--pngs', '0']) == 1
+    err = capsys.readouterr().err
+    assert f"--out '{mine}' is not empty and no earlier demo wrote it" in err
+    assert 'pass a new or empty folder' in err
+    assert {name: (mine / name).read_text() for name in files} == files
+    assert sorted(p.name for p in mine.iterdir()) == sorted(
+        ['input_bag', 'summary.md', 'summary.json', 'fused_holiday.png', 'other.txt'])
+
+
 @pytest.mark.dds
 def test_a_fusion_node_on_the_shell_s_domain_neither_gets_nor_adds_to_the_demo_s_pairs(
         weights, tmp_path, capsys):
@@ -242,6 +260,7 @@ def test_a_folder_of_your_own_pairs_is_refused_or_run_with_the_demo_s_own_option
     assert demo.main(command + ['--ir-encoding', 'mono16']) == 0, capsys.readouterr().err
     summary = json.loads((out / 'summary.json').read_text())
     assert summary['pairs_out'] == 1
+    assert (out / demo.MARKER).is_file()  # so the failed runs before could be replaced
     assert [m.encoding for topic, _t, _b, _r, m in read_messages(summary['input_bag'])
             if topic == '/infrared/image_raw'] == ['mono16']
 
