@@ -4,7 +4,8 @@
    deformed, i.e. unregistered, version) with ``tarfuse-make-bag``;
 2. starts the fusion node as its own process (``python -m tarfuse_ros.ros.fuse_node --ros-args
    --params-file config/tarfuse.yaml -p weights:=...``) on a private ROS domain (never the
-   shell's ``ROS_DOMAIN_ID``, where other nodes may run);
+   shell's ``ROS_DOMAIN_ID``, where other nodes may run), discovered on this machine only
+   (``ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST`` unless the environment sets a range);
 3. plays the bag into it over DDS with ``tarfuse-play``, recording ``fused/image_raw``,
    ``detections``, ``registered/image_raw`` and ``/diagnostics`` into another bag;
 4. stops the node cleanly (SIGINT) and writes ``summary.json``, ``summary.md`` and a few fused
@@ -319,6 +320,11 @@ def run_demo(out='output/demo', weights=None, device='cpu', samples=None,
         raise DemoError(f'--out {str(out)!r} is not empty and no earlier demo wrote it (no '
                         f'{MARKER} file in it): pass a new or empty folder, or the folder of an '
                         'earlier demo run (whose outputs are replaced)')
+    # Discovery on this machine only, unless the shell chose a range: the default one reaches
+    # the local network, where a robot's nodes may use the same domain. Set in this process's
+    # environment too, which the player and recorder read when they start.
+    if not os.environ.get('ROS_AUTOMATIC_DISCOVERY_RANGE', '').strip():
+        os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
     env = os.environ.copy()
     # A private domain, never the shell's ROS_DOMAIN_ID: a fusion node running there (a robot's,
     # a launch file's) would be fed the sample images too, and its outputs counted as the demo's.
@@ -351,8 +357,10 @@ def run_demo(out='output/demo', weights=None, device='cpu', samples=None,
     for item in node_params:
         command += ['-p', item]
     log_path = out / 'node.log'
-    log(f'tarfuse-demo: starting the node (on a private ROS_DOMAIN_ID={domain_id}; log '
-        f'{log_path})')
+    discovery = env['ROS_AUTOMATIC_DISCOVERY_RANGE']
+    where = 'this machine only' if discovery == 'LOCALHOST' else 'as set in the environment'
+    log(f'tarfuse-demo: starting the node (on a private ROS_DOMAIN_ID={domain_id}, '
+        f'ROS_AUTOMATIC_DISCOVERY_RANGE={discovery}: {where}; log {log_path})')
     started = time.monotonic()
     with open(log_path, 'w') as node_log:
         process = subprocess.Popen(command, stdout=node_log, stderr=subprocess.STDOUT, env=env)
@@ -389,6 +397,7 @@ def run_demo(out='output/demo', weights=None, device='cpu', samples=None,
                             'weights': str(weights), 'device': device, 'samples': str(samples),
                             'ir_dir': ir_dir, 'size': size, 'rate_hz': rate,
                             'bag_pairs': bag.pairs, 'ros_domain_id': domain_id,
+                            'ros_automatic_discovery_range': discovery,
                             'node_exit_code': code, 'node_clean_shutdown': clean,
                             'node_params': list(node_params),
                             'wall_time_s': round(wall_s, 1), 'input_bag': str(input_bag),

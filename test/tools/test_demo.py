@@ -7,6 +7,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import cv2
@@ -208,6 +209,45 @@ def test_a_fusion_node_on_the_shell_s_domain_neither_gets_nor_adds_to_the_demo_s
     assert summary['pairs_in'] == 2 and summary['pairs_out'] == int(
         summary['node_diagnostics']['pairs_processed']) <= 2
     assert 'WARN' not in _read(log) and 'skipped' not in _read(log)
+
+
+def _child_node_environment(found, done):
+    """Fill ``found`` with the environment of this process's fusion node child once it runs."""
+    parent = f'PPid:\t{os.getpid()}\n'
+    while not found and not done.is_set():
+        for status in Path('/proc').glob('[0-9]*/status'):
+            try:
+                if parent in status.read_text() and \
+                        b'tarfuse_ros.ros.fuse_node' in (status.parent / 'cmdline').read_bytes():
+                    items = (status.parent / 'environ').read_bytes().decode().split('\0')
+                    found.update(item.split('=', 1) for item in items if '=' in item)
+            except OSError:  # a process that ended meanwhile
+                continue
+        time.sleep(0.05)
+
+
+@pytest.mark.dds
+def test_the_demo_s_dds_discovery_stays_on_this_machine(weights, tmp_path, capsys, monkeypatch):
+    """Without ROS_AUTOMATIC_DISCOVERY_RANGE the private domain reached the local network."""
+    monkeypatch.delenv('ROS_AUTOMATIC_DISCOVERY_RANGE', raising=False)
+    node_env, done = {}, threading.Event()
+    watcher = threading.Thread(target=_child_node_environment, args=(node_env, done))
+    watcher.start()
+    try:
+        code = demo.main(['--out', str(tmp_path / 'demo'), '--weights', str(weights),
+                          '--max-pairs', '1', '--loops', '1', '--size', '128x96', '--pngs', '0',
+                          '--param', 'cpu_threads:=1'])
+    finally:
+        done.set()
+        watcher.join()
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert node_env.get('ROS_AUTOMATIC_DISCOVERY_RANGE') == 'LOCALHOST', node_env
+    assert node_env['ROS_DOMAIN_ID'] != os.environ.get('ROS_DOMAIN_ID')
+    # The player and recorder run in this process: its environment when they started.
+    assert os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] == 'LOCALHOST'
+    assert f"private ROS_DOMAIN_ID={node_env['ROS_DOMAIN_ID']}, " \
+        'ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST: this machine only' in captured.out
 
 
 @pytest.mark.dds
