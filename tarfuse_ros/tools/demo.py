@@ -17,6 +17,7 @@ import json
 import os
 from pathlib import Path
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -41,6 +42,7 @@ VI_TOPIC, IR_TOPIC = '/visible/image_raw', '/infrared/image_raw'
 # (input_bag/, recorded_bag/, node.log, summary.json, summary.md, fused_*.png) a later run
 # replaces. A non-empty folder without it is refused: those files are someone else's.
 MARKER = '.tarfuse-demo'
+NODE_NAME = '/tarfuse'  # the fusion node's default name, as the demo starts it
 
 
 class DemoError(RuntimeError):
@@ -53,6 +55,51 @@ def default_samples_dir():
         if (base / 'samples' / 'vi').is_dir():
             return base / 'samples'
     return paths.share_dir() / 'samples'
+
+
+def _names_the_node(key):
+    """Return whether a parameters file's node key (``/**``, ``/tarfuse``) names the node."""
+    pattern = re.escape('/' + key.strip('/')).replace(r'/\*\*', '(/[^/]+)*')
+    return re.fullmatch(pattern.replace(r'\*', '[^/]+'), NODE_NAME) is not None
+
+
+def _params_file_values(path):
+    """
+    Return ``{dotted name: value}``: the parameters a node parameters file gives the node.
+
+    Read as rcl reads the file for the demo's node: the ``ros__parameters`` of every entry whose
+    node name matches it (``/**``, ``/tarfuse``, ``/**/tarfuse``; a namespace may nest), later
+    ones winning; nested keys (``visible: {transport: ...}``) come back dotted. A file that
+    cannot be read gives {} (the node then says why).
+    """
+    import yaml
+
+    try:
+        document = yaml.safe_load(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return {}
+    values = {}
+
+    def flatten(tree, prefix):
+        for key, value in tree.items():
+            if isinstance(value, dict):
+                flatten(value, f'{prefix}{key}.')
+            else:
+                values[f'{prefix}{key}'] = value
+
+    def visit(tree, name):
+        for key, value in tree.items():
+            if not isinstance(value, dict):
+                continue
+            if key == 'ros__parameters':
+                if _names_the_node(name):
+                    flatten(value, '')
+            else:
+                visit(value, f'{name}/{str(key).strip("/")}')
+
+    if isinstance(document, dict):
+        visit(document, '')
+    return values
 
 
 def _percentile(values, q):
@@ -291,7 +338,8 @@ def run_demo(out='output/demo', weights=None, device='cpu', samples=None,
     Run the whole demo; return the summary dict (raises DemoError / ValueError).
 
     ``node_params`` are extra ``name:=value`` node parameters (after the params file; a
-    ``<camera>.transport`` there sets that camera's topic in the bag too);
+    ``<camera>.transport`` there or in the params file sets that camera's topic in the bag
+    too);
     ``ir_encoding`` is the IR camera's (``mono8``, or ``mono16`` for 16-bit IR images).
     ``interrupted``: None, or a callable that says whether a stop signal reached this process
     (then a node that exits is one stopped by the same Ctrl-C: ``KeyboardInterrupt``, not
@@ -343,12 +391,14 @@ def run_demo(out='output/demo', weights=None, device='cpu', samples=None,
         if old.is_file():
             old.unlink()
 
-    # Each camera on the transport the node reads (--param visible.transport:=compressed).
-    given = dict(item.split(':=', 1) for item in node_params)
+    # Each camera on the transport the node reads (visible.transport: compressed in the
+    # params file, or --param visible.transport:=compressed, which wins).
+    given = {**_params_file_values(params_file),
+             **dict(item.split(':=', 1) for item in node_params)}
     bag = make_bag(samples, input_bag, rate=rate, ir_encoding=ir_encoding, offset_ms=4.0,
                    jitter_ms=1.0, loops=loops, size=size, ir_dir=ir_dir, max_pairs=max_pairs,
-                   ir_transport=given.get('infrared.transport', 'raw').strip(),
-                   vi_transport=given.get('visible.transport', 'raw').strip())
+                   ir_transport=str(given.get('infrared.transport', 'raw')).strip(),
+                   vi_transport=str(given.get('visible.transport', 'raw')).strip())
     log(f'tarfuse-demo: built {input_bag} ({bag.pairs} pairs at {rate} Hz)')
 
     command = [sys.executable, '-m', 'tarfuse_ros.ros.fuse_node', '--ros-args',

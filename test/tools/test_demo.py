@@ -148,6 +148,28 @@ def test_a_compressed_transport_given_to_the_node_is_the_bag_s_too(weights, tmp_
     assert 'inputs /infrared/image_raw/compressed (compressed)' in (out / 'node.log').read_text()
 
 
+@pytest.mark.dds
+def test_a_compressed_transport_in_the_demo_s_params_file_is_the_bag_s_too(
+        weights, tmp_path, capsys):
+    """Only --param ones were: the bag stayed raw and the node waited for compressed images."""
+    shipped = (ROOT / 'config' / 'tarfuse.yaml').read_text()
+    assert shipped.count("      transport: 'raw'") == 2  # infrared, then visible
+    params = tmp_path / 'compressed.yaml'
+    # An entry for another node is not the fusion node's: its raw transport does not count.
+    params.write_text(shipped.replace("      transport: 'raw'", "      transport: 'compressed'")
+                      + '/camera:\n  ros__parameters:\n    visible:\n      transport: raw\n')
+    out = tmp_path / 'compressed'
+    assert demo.main(['--out', str(out), '--weights', str(weights), '--max-pairs', '1',
+                      '--loops', '1', '--rate', '1', '--size', '128x96', '--pngs', '0',
+                      '--startup-timeout', '60', '--params-file', str(params),
+                      '--param', 'cpu_threads:=1']) == 0, capsys.readouterr().err
+    summary = json.loads((out / 'summary.json').read_text())
+    assert {topic for topic, *_rest in read_messages(summary['input_bag'])} == {
+        '/visible/image_raw/compressed', '/infrared/image_raw/compressed'}
+    assert summary['pairs_in'] == 1 and summary['pairs_out'] == 1
+    assert 'inputs /infrared/image_raw/compressed (compressed)' in (out / 'node.log').read_text()
+
+
 def test_demo_says_what_to_do_without_weights(tmp_path, capsys):
     missing = tmp_path / 'none.safetensors'
     assert demo.main(['--out', str(tmp_path / 'o'), '--weights', str(missing)]) == 1
