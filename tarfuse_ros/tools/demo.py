@@ -291,7 +291,8 @@ def summary_markdown(summary):
         f"| pairs rejected by the node (bad input) | {_dash(summary['rejected_by_node'])} |",
         f"| latency median / p90 / max (ms, {lat['count']} outputs) | {_dash(lat['median'])} / "
         f"{_dash(lat['p90'])} / {_dash(lat['max'])} |",
-        '| node: inference / latency (now - stamp), median of 1 s windows (ms) | '
+        '| node: inference / latency (now - stamp), median of '
+        f"{summary.get('node_diagnostics_period_s', 1.0):g} s windows (ms) | "
         f"{_dash(summary['node_inference_ms_median'])} / "
         f"{_dash(summary['node_latency_ms_median'])} |",
         f"| clean node shutdown | {summary.get('node_clean_shutdown', '')} |",
@@ -442,6 +443,8 @@ def run_demo(out='output/demo', weights=None, device='cpu', samples=None,
     if stats.interrupted:  # Ctrl-C / SIGTERM: the player stopped early; no summary of a part
         raise KeyboardInterrupt
     wall_s = time.monotonic() - started
+    # The node's figures are per diagnostics window: one diagnostics.period each.
+    period = float(given.get('diagnostics.period', 1.0))
     summary = summarize(recorded_bag, stats, bag.stems, out, png_count=png_count,
                         samples=samples, extra={
                             'weights': str(weights), 'device': device, 'samples': str(samples),
@@ -450,6 +453,7 @@ def run_demo(out='output/demo', weights=None, device='cpu', samples=None,
                             'ros_automatic_discovery_range': discovery,
                             'node_exit_code': code, 'node_clean_shutdown': clean,
                             'node_params': list(node_params),
+                            'node_diagnostics_period_s': period,
                             'wall_time_s': round(wall_s, 1), 'input_bag': str(input_bag),
                             'recorded_bag': str(recorded_bag), 'node_log': str(log_path)})
     (out / 'summary.json').write_text(json.dumps(summary, indent=2) + '\n')

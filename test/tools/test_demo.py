@@ -156,7 +156,9 @@ def test_a_compressed_transport_in_the_demo_s_params_file_is_the_bag_s_too(
     assert shipped.count("      transport: 'raw'") == 2  # infrared, then visible
     params = tmp_path / 'compressed.yaml'
     # An entry for another node is not the fusion node's: its raw transport does not count.
+    assert shipped.count('      period: 1.0') == 1  # diagnostics.period
     params.write_text(shipped.replace("      transport: 'raw'", "      transport: 'compressed'")
+                      .replace('      period: 1.0', '      period: 0.5')
                       + '/camera:\n  ros__parameters:\n    visible:\n      transport: raw\n')
     out = tmp_path / 'compressed'
     assert demo.main(['--out', str(out), '--weights', str(weights), '--max-pairs', '1',
@@ -168,6 +170,9 @@ def test_a_compressed_transport_in_the_demo_s_params_file_is_the_bag_s_too(
         '/visible/image_raw/compressed', '/infrared/image_raw/compressed'}
     assert summary['pairs_in'] == 1 and summary['pairs_out'] == 1
     assert 'inputs /infrared/image_raw/compressed (compressed)' in (out / 'node.log').read_text()
+    # The node's figures are per diagnostics window, one diagnostics.period (said 1 s always).
+    assert 'median of 0.5 s windows (ms)' in (out / 'summary.md').read_text()
+    assert summary['node_diagnostics_period_s'] == 0.5
 
 
 def test_demo_says_what_to_do_without_weights(tmp_path, capsys):
