@@ -704,10 +704,10 @@ class TarFuseNode(Node):
         for index in (INFRARED, VISIBLE):
             other = 1 - index
             if fresh[other] and not fresh[index]:
-                since = ('ever' if self._last_arrival[index] is None
-                         else f'{now - self._last_arrival[index]:.1f} s')
+                since = ('since the node started' if self._last_arrival[index] is None
+                         else f'for {now - self._last_arrival[index]:.1f} s')
                 problems.append(
-                    f'no messages on {self._topics[index]} for {since} while '
+                    f'no messages on {self._topics[index]} {since} while '
                     f'{self._topics[other]} flows: check its topic name/remapping and QoS')
         last_pair = self._stats.last_pair_time
         # Pairs arrive, none was fused for a while and the newest outcome was a rejection.

@@ -4,7 +4,8 @@
    deformed, i.e. unregistered, version) with ``tarfuse-make-bag``;
 2. starts the fusion node as its own process (``python -m tarfuse_ros.ros.fuse_node --ros-args
    --params-file config/tarfuse.yaml -p weights:=...``) on a private ROS domain (never the
-   shell's ``ROS_DOMAIN_ID``, where other nodes may run);
+   shell's ``ROS_DOMAIN_ID``, where other nodes may run), discovered on this machine only
+   (``ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST`` unless the environment sets a range);
 3. plays the bag into it over DDS with ``tarfuse-play``, recording ``fused/image_raw``,
    ``detections``, ``registered/image_raw`` and ``/diagnostics`` into another bag;
 4. stops the node cleanly (SIGINT) and writes ``summary.json``, ``summary.md`` and a few fused
@@ -16,6 +17,7 @@ import json
 import os
 from pathlib import Path
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -36,6 +38,11 @@ __all__ = ['build_parser', 'main', 'run_demo', 'summarize']
 
 RECORD_TOPICS = ('fused/image_raw', 'detections', 'registered/image_raw', '/diagnostics')
 VI_TOPIC, IR_TOPIC = '/visible/image_raw', '/infrared/image_raw'
+# Written into --out first: a folder holding it is one the demo wrote, whose outputs
+# (input_bag/, recorded_bag/, node.log, summary.json, summary.md, fused_*.png) a later run
+# replaces. A non-empty folder without it is refused: those files are someone else's.
+MARKER = '.tarfuse-demo'
+NODE_NAME = '/tarfuse'  # the fusion node's default name, as the demo starts it
 
 
 class DemoError(RuntimeError):
@@ -48,6 +55,51 @@ def default_samples_dir():
         if (base / 'samples' / 'vi').is_dir():
             return base / 'samples'
     return paths.share_dir() / 'samples'
+
+
+def _names_the_node(key):
+    """Return whether a parameters file's node key (``/**``, ``/tarfuse``) names the node."""
+    pattern = re.escape('/' + key.strip('/')).replace(r'/\*\*', '(/[^/]+)*')
+    return re.fullmatch(pattern.replace(r'\*', '[^/]+'), NODE_NAME) is not None
+
+
+def _params_file_values(path):
+    """
+    Return ``{dotted name: value}``: the parameters a node parameters file gives the node.
+
+    Read as rcl reads the file for the demo's node: the ``ros__parameters`` of every entry whose
+    node name matches it (``/**``, ``/tarfuse``, ``/**/tarfuse``; a namespace may nest), later
+    ones winning; nested keys (``visible: {transport: ...}``) come back dotted. A file that
+    cannot be read gives {} (the node then says why).
+    """
+    import yaml
+
+    try:
+        document = yaml.safe_load(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return {}
+    values = {}
+
+    def flatten(tree, prefix):
+        for key, value in tree.items():
+            if isinstance(value, dict):
+                flatten(value, f'{prefix}{key}.')
+            else:
+                values[f'{prefix}{key}'] = value
+
+    def visit(tree, name):
+        for key, value in tree.items():
+            if not isinstance(value, dict):
+                continue
+            if key == 'ros__parameters':
+                if _names_the_node(name):
+                    flatten(value, '')
+            else:
+                visit(value, f'{name}/{str(key).strip("/")}')
+
+    if isinstance(document, dict):
+        visit(document, '')
+    return values
 
 
 def _percentile(values, q):
@@ -239,7 +291,8 @@ def summary_markdown(summary):
         f"| pairs rejected by the node (bad input) | {_dash(summary['rejected_by_node'])} |",
         f"| latency median / p90 / max (ms, {lat['count']} outputs) | {_dash(lat['median'])} / "
         f"{_dash(lat['p90'])} / {_dash(lat['max'])} |",
-        '| node: inference / latency (now - stamp), median of 1 s windows (ms) | '
+        '| node: inference / latency (now - stamp), median of '
+        f"{summary.get('node_diagnostics_period_s', 1.0):g} s windows (ms) | "
         f"{_dash(summary['node_inference_ms_median'])} / "
         f"{_dash(summary['node_latency_ms_median'])} |",
         f"| clean node shutdown | {summary.get('node_clean_shutdown', '')} |",
@@ -286,7 +339,8 @@ def run_demo(out='output/demo', weights=None, device='cpu', samples=None,
     Run the whole demo; return the summary dict (raises DemoError / ValueError).
 
     ``node_params`` are extra ``name:=value`` node parameters (after the params file; a
-    ``<camera>.transport`` there sets that camera's topic in the bag too);
+    ``<camera>.transport`` there or in the params file sets that camera's topic in the bag
+    too);
     ``ir_encoding`` is the IR camera's (``mono8``, or ``mono16`` for 16-bit IR images).
     ``interrupted``: None, or a callable that says whether a stop signal reached this process
     (then a node that exits is one stopped by the same Ctrl-C: ``KeyboardInterrupt``, not
@@ -311,6 +365,15 @@ def run_demo(out='output/demo', weights=None, device='cpu', samples=None,
     problem = output_problem(out, folder=True)
     if problem:
         raise DemoError(f'--out {str(out)!r} cannot be used ({problem})')
+    if out.is_dir() and any(out.iterdir()) and not (out / MARKER).is_file():
+        raise DemoError(f'--out {str(out)!r} is not empty and no earlier demo wrote it (no '
+                        f'{MARKER} file in it): pass a new or empty folder, or the folder of an '
+                        'earlier demo run (whose outputs are replaced)')
+    # Discovery on this machine only, unless the shell chose a range: the default one reaches
+    # the local network, where a robot's nodes may use the same domain. Set in this process's
+    # environment too, which the player and recorder read when they start.
+    if not os.environ.get('ROS_AUTOMATIC_DISCOVERY_RANGE', '').strip():
+        os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
     env = os.environ.copy()
     # A private domain, never the shell's ROS_DOMAIN_ID: a fusion node running there (a robot's,
     # a launch file's) would be fed the sample images too, and its outputs counted as the demo's.
@@ -318,8 +381,10 @@ def run_demo(out='output/demo', weights=None, device='cpu', samples=None,
         [d for d in range(1, 101) if str(d) != env.get('ROS_DOMAIN_ID', '').strip()])
     env['ROS_DOMAIN_ID'] = str(domain_id)
     out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text('tarfuse-demo wrote this folder; a later tarfuse-demo --out here '
+                              'replaces its outputs\n')
     input_bag, recorded_bag = out / 'input_bag', out / 'recorded_bag'
-    # Results of an earlier run in this folder are replaced (only the demo's own files).
+    # Results of an earlier run in this folder (new, empty or marked: the demo's) are replaced.
     for old in [input_bag, recorded_bag]:
         if old.is_dir():
             shutil.rmtree(old)
@@ -327,12 +392,14 @@ def run_demo(out='output/demo', weights=None, device='cpu', samples=None,
         if old.is_file():
             old.unlink()
 
-    # Each camera on the transport the node reads (--param visible.transport:=compressed).
-    given = dict(item.split(':=', 1) for item in node_params)
+    # Each camera on the transport the node reads (visible.transport: compressed in the
+    # params file, or --param visible.transport:=compressed, which wins).
+    given = {**_params_file_values(params_file),
+             **dict(item.split(':=', 1) for item in node_params)}
     bag = make_bag(samples, input_bag, rate=rate, ir_encoding=ir_encoding, offset_ms=4.0,
                    jitter_ms=1.0, loops=loops, size=size, ir_dir=ir_dir, max_pairs=max_pairs,
-                   ir_transport=given.get('infrared.transport', 'raw').strip(),
-                   vi_transport=given.get('visible.transport', 'raw').strip())
+                   ir_transport=str(given.get('infrared.transport', 'raw')).strip(),
+                   vi_transport=str(given.get('visible.transport', 'raw')).strip())
     log(f'tarfuse-demo: built {input_bag} ({bag.pairs} pairs at {rate} Hz)')
 
     command = [sys.executable, '-m', 'tarfuse_ros.ros.fuse_node', '--ros-args',
@@ -341,8 +408,10 @@ def run_demo(out='output/demo', weights=None, device='cpu', samples=None,
     for item in node_params:
         command += ['-p', item]
     log_path = out / 'node.log'
-    log(f'tarfuse-demo: starting the node (on a private ROS_DOMAIN_ID={domain_id}; log '
-        f'{log_path})')
+    discovery = env['ROS_AUTOMATIC_DISCOVERY_RANGE']
+    where = 'this machine only' if discovery == 'LOCALHOST' else 'as set in the environment'
+    log(f'tarfuse-demo: starting the node (on a private ROS_DOMAIN_ID={domain_id}, '
+        f'ROS_AUTOMATIC_DISCOVERY_RANGE={discovery}: {where}; log {log_path})')
     started = time.monotonic()
     with open(log_path, 'w') as node_log:
         process = subprocess.Popen(command, stdout=node_log, stderr=subprocess.STDOUT, env=env)
@@ -374,13 +443,17 @@ def run_demo(out='output/demo', weights=None, device='cpu', samples=None,
     if stats.interrupted:  # Ctrl-C / SIGTERM: the player stopped early; no summary of a part
         raise KeyboardInterrupt
     wall_s = time.monotonic() - started
+    # The node's figures are per diagnostics window: one diagnostics.period each.
+    period = float(given.get('diagnostics.period', 1.0))
     summary = summarize(recorded_bag, stats, bag.stems, out, png_count=png_count,
                         samples=samples, extra={
                             'weights': str(weights), 'device': device, 'samples': str(samples),
                             'ir_dir': ir_dir, 'size': size, 'rate_hz': rate,
                             'bag_pairs': bag.pairs, 'ros_domain_id': domain_id,
+                            'ros_automatic_discovery_range': discovery,
                             'node_exit_code': code, 'node_clean_shutdown': clean,
                             'node_params': list(node_params),
+                            'node_diagnostics_period_s': period,
                             'wall_time_s': round(wall_s, 1), 'input_bag': str(input_bag),
                             'recorded_bag': str(recorded_bag), 'node_log': str(log_path)})
     (out / 'summary.json').write_text(json.dumps(summary, indent=2) + '\n')
@@ -396,7 +469,9 @@ def build_parser():
         prog='tarfuse-demo', description=__doc__.split('\n\n')[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument('--out', type=Path, default=Path('output/demo'),
-                        help='output folder (summary.md, summary.json, PNGs, bags, node log)')
+                        help='output folder (summary.md, summary.json, PNGs, bags, node log): '
+                        f'new, empty, or one an earlier demo run wrote (it holds {MARKER}), '
+                        'whose outputs are replaced; a folder of other files is refused')
     parser.add_argument('--weights', type=Path, default=None,
                         help='checkpoint (.safetensors); default: the shipped model')
     parser.add_argument('--device', default='cpu', help='torch device: cpu, cuda or cuda:N')

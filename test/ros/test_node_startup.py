@@ -4,7 +4,8 @@ from pathlib import Path
 import signal
 import time
 
-from node_harness import make_checkpoint, NodeProcess, Probe, random_domain_id
+from node_harness import image_msg, make_checkpoint, NodeProcess, Probe, random_domain_id
+from node_harness import sample_pair, VISIBLE_FRAME
 import pytest
 from rclpy.qos import ReliabilityPolicy
 import torch
@@ -195,6 +196,30 @@ def test_a_qos_override_sets_that_output_publishers_qos(tmp_path):
             time.sleep(0.1)
         assert found == {'/fused/image_raw': ReliabilityPolicy.BEST_EFFORT,
                          '/registered/image_raw': ReliabilityPolicy.RELIABLE}, node.log()
+    finally:
+        probe.close()
+        node.close()
+
+
+def test_an_input_silent_since_start_up_is_named_so(tmp_path):
+    """The warning said 'no messages on /infrared/image_raw for ever while ...'."""
+    weights = tmp_path / 'random.safetensors'
+    make_checkpoint(weights)
+    domain = random_domain_id()
+    node = NodeProcess(domain, {'weights': str(weights), 'cpu_threads': 1,
+                                'diagnostics.period': 0.25, 'diagnostics.input_timeout': 1.0})
+    probe = Probe(domain)
+    visible = sample_pair()[1]
+
+    def visible_only():
+        probe.visible_pub.publish(image_msg(visible, 'bgr8', time.time_ns(), VISIBLE_FRAME))
+
+    try:
+        warning = 'no messages on /infrared/image_raw since the node started while ' \
+            '/visible/image_raw flows: check its topic name/remapping and QoS'
+        assert probe.wait_for_diagnostics(lambda level, message, values: warning in message,
+                                          timeout=90.0, tick=visible_only), node.log()
+        assert warning in node.log()  # logged when found, before /diagnostics says it
     finally:
         probe.close()
         node.close()

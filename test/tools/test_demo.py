@@ -7,6 +7,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import cv2
@@ -147,6 +148,33 @@ def test_a_compressed_transport_given_to_the_node_is_the_bag_s_too(weights, tmp_
     assert 'inputs /infrared/image_raw/compressed (compressed)' in (out / 'node.log').read_text()
 
 
+@pytest.mark.dds
+def test_a_compressed_transport_in_the_demo_s_params_file_is_the_bag_s_too(
+        weights, tmp_path, capsys):
+    """Only --param ones were: the bag stayed raw and the node waited for compressed images."""
+    shipped = (ROOT / 'config' / 'tarfuse.yaml').read_text()
+    assert shipped.count("      transport: 'raw'") == 2  # infrared, then visible
+    params = tmp_path / 'compressed.yaml'
+    # An entry for another node is not the fusion node's: its raw transport does not count.
+    assert shipped.count('      period: 1.0') == 1  # diagnostics.period
+    params.write_text(shipped.replace("      transport: 'raw'", "      transport: 'compressed'")
+                      .replace('      period: 1.0', '      period: 0.5')
+                      + '/camera:\n  ros__parameters:\n    visible:\n      transport: raw\n')
+    out = tmp_path / 'compressed'
+    assert demo.main(['--out', str(out), '--weights', str(weights), '--max-pairs', '1',
+                      '--loops', '1', '--rate', '1', '--size', '128x96', '--pngs', '0',
+                      '--startup-timeout', '60', '--params-file', str(params),
+                      '--param', 'cpu_threads:=1']) == 0, capsys.readouterr().err
+    summary = json.loads((out / 'summary.json').read_text())
+    assert {topic for topic, *_rest in read_messages(summary['input_bag'])} == {
+        '/visible/image_raw/compressed', '/infrared/image_raw/compressed'}
+    assert summary['pairs_in'] == 1 and summary['pairs_out'] == 1
+    assert 'inputs /infrared/image_raw/compressed (compressed)' in (out / 'node.log').read_text()
+    # The node's figures are per diagnostics window, one diagnostics.period (said 1 s always).
+    assert 'median of 0.5 s windows (ms)' in (out / 'summary.md').read_text()
+    assert summary['node_diagnostics_period_s'] == 0.5
+
+
 def test_demo_says_what_to_do_without_weights(tmp_path, capsys):
     missing = tmp_path / 'none.safetensors'
     assert demo.main(['--out', str(tmp_path / 'o'), '--weights', str(missing)]) == 1
@@ -160,6 +188,24 @@ def test_demo_refuses_an_unusable_out_before_any_work(tmp_path, capsys):
     a_file.write_text('x')
     assert demo.main(['--out', str(a_file)]) == 1
     assert 'is a file, not a folder' in capsys.readouterr().err
+
+
+def test_demo_refuses_a_folder_of_other_files_and_deletes_none(weights, tmp_path, capsys):
+    """--out . in one's own folder deleted its summary.md, fused_*.png, input_bag/ and more."""
+    mine = tmp_path / 'mine'
+    (mine / 'input_bag').mkdir(parents=True)
+    files = {'summary.md': 'my notes', 'summary.json': '{}', 'fused_holiday.png': 'a photo',
+             'input_bag/notes.txt': 'my bag', 'other.txt': 'other'}
+    for name, text in files.items():
+        (mine / name).write_text(text)
+    assert demo.main(['--out', str(mine), '--weights', str(weights), '--max-pairs', '1',
+                      '--loops', '1', '--size', '128x96', '--pngs', '0']) == 1
+    err = capsys.readouterr().err
+    assert f"--out '{mine}' is not empty and no earlier demo wrote it" in err
+    assert 'pass a new or empty folder' in err
+    assert {name: (mine / name).read_text() for name in files} == files
+    assert sorted(p.name for p in mine.iterdir()) == sorted(
+        ['input_bag', 'summary.md', 'summary.json', 'fused_holiday.png', 'other.txt'])
 
 
 @pytest.mark.dds
@@ -190,6 +236,45 @@ def test_a_fusion_node_on_the_shell_s_domain_neither_gets_nor_adds_to_the_demo_s
     assert summary['pairs_in'] == 2 and summary['pairs_out'] == int(
         summary['node_diagnostics']['pairs_processed']) <= 2
     assert 'WARN' not in _read(log) and 'skipped' not in _read(log)
+
+
+def _child_node_environment(found, done):
+    """Fill ``found`` with the environment of this process's fusion node child once it runs."""
+    parent = f'PPid:\t{os.getpid()}\n'
+    while not found and not done.is_set():
+        for status in Path('/proc').glob('[0-9]*/status'):
+            try:
+                if parent in status.read_text() and \
+                        b'tarfuse_ros.ros.fuse_node' in (status.parent / 'cmdline').read_bytes():
+                    items = (status.parent / 'environ').read_bytes().decode().split('\0')
+                    found.update(item.split('=', 1) for item in items if '=' in item)
+            except OSError:  # a process that ended meanwhile
+                continue
+        time.sleep(0.05)
+
+
+@pytest.mark.dds
+def test_the_demo_s_dds_discovery_stays_on_this_machine(weights, tmp_path, capsys, monkeypatch):
+    """Without ROS_AUTOMATIC_DISCOVERY_RANGE the private domain reached the local network."""
+    monkeypatch.delenv('ROS_AUTOMATIC_DISCOVERY_RANGE', raising=False)
+    node_env, done = {}, threading.Event()
+    watcher = threading.Thread(target=_child_node_environment, args=(node_env, done))
+    watcher.start()
+    try:
+        code = demo.main(['--out', str(tmp_path / 'demo'), '--weights', str(weights),
+                          '--max-pairs', '1', '--loops', '1', '--size', '128x96', '--pngs', '0',
+                          '--param', 'cpu_threads:=1'])
+    finally:
+        done.set()
+        watcher.join()
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert node_env.get('ROS_AUTOMATIC_DISCOVERY_RANGE') == 'LOCALHOST', node_env
+    assert node_env['ROS_DOMAIN_ID'] != os.environ.get('ROS_DOMAIN_ID')
+    # The player and recorder run in this process: its environment when they started.
+    assert os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] == 'LOCALHOST'
+    assert f"private ROS_DOMAIN_ID={node_env['ROS_DOMAIN_ID']}, " \
+        'ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST: this machine only' in captured.out
 
 
 @pytest.mark.dds
@@ -242,6 +327,7 @@ def test_a_folder_of_your_own_pairs_is_refused_or_run_with_the_demo_s_own_option
     assert demo.main(command + ['--ir-encoding', 'mono16']) == 0, capsys.readouterr().err
     summary = json.loads((out / 'summary.json').read_text())
     assert summary['pairs_out'] == 1
+    assert (out / demo.MARKER).is_file()  # so the failed runs before could be replaced
     assert [m.encoding for topic, _t, _b, _r, m in read_messages(summary['input_bag'])
             if topic == '/infrared/image_raw'] == ['mono16']
 
