@@ -323,6 +323,36 @@ def test_cli_skips_human_labelled_pairs_and_records_provenance(tmp_path):
 
 
 @needs_teachers
+def test_calibrate_reads_the_class_list_of_the_label_folder_it_is_given(tmp_path, capsys):
+    # --calibrate --labels DIR read the set's classes.txt, not DIR's own: a folder labelled
+    # with the classes in another order (car, bicycle, person) had its cars scored as
+    # persons, and the teachers' cars all counted as false boxes (F1 0.000).
+    import json
+    import shutil
+    roadscene = tmp_path / 'roadscene'
+    shutil.copytree(Path(__file__).resolve().parents[1] / 'data' / 'datasets' / 'roadscene',
+                    roadscene)
+    other = roadscene / 'labels_other'
+    other.mkdir()
+    (other / 'classes.txt').write_text('car\nbicycle\nperson\n')
+    for human in (roadscene / 'labels').glob('FLIR_*.txt'):
+        lines = [line.split() for line in human.read_text().splitlines()]
+        (other / human.name).write_text(''.join(f'{2 - int(w[0])} {" ".join(w[1:])}\n'
+                                                for w in lines))
+    results = []
+    for labels in ('labels', 'labels_other'):
+        argv = ['--calibrate', '--data', str(roadscene), '--split', 'test', '--labels', labels,
+                '--thresholds', '0.3', '--out', str(tmp_path / labels)]
+        assert pl.main(argv) == 0, labels
+        capsys.readouterr()
+        results.append(json.loads((tmp_path / labels / 'calibration.jsonl').read_text()))
+    human, other_order = results
+    assert human['gt_boxes']['car'] > 0 and human['thresholds'][0]['overall']['f1'] > 0.5
+    for key in ('pairs', 'gt_boxes', 'thresholds'):
+        assert other_order[key] == human[key], key
+
+
+@needs_teachers
 def test_ctrl_c_mid_run_says_what_is_left_without_a_traceback(tmp_path):
     # Ctrl-C printed a KeyboardInterrupt traceback from inside onnxruntime and left label
     # files without stems.txt or README.md, with no word on what to do next.
