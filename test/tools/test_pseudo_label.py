@@ -353,6 +353,25 @@ def test_calibrate_reads_the_class_list_of_the_label_folder_it_is_given(tmp_path
 
 
 @needs_teachers
+def test_a_stem_with_two_image_files_is_refused_with_one_line(tmp_path, capsys):
+    # vi/x.jpg beside vi/x.png: which is the pair's? Refused (data layer), nothing written.
+    import shutil
+    source = Path(__file__).resolve().parents[1] / 'data' / 'datasets' / 'roadscene'
+    roadscene = tmp_path / 'roadscene'
+    shutil.copytree(source, roadscene)
+    stem = data.read_split(source, 'test')[0]
+    visible = cv2.imread(data.pair_files(source, stem)[1])
+    cv2.imwrite(str(roadscene / 'vi' / f'{stem}.png'), visible)
+    for extra in (['--out', str(tmp_path / 'out')], ['--calibrate']):
+        for split in ('test', 'all'):
+            assert pl.main(['--data', str(roadscene), '--split', split, *extra]) == 2
+            assert capsys.readouterr().err == (
+                f"tarfuse-pseudo-label: error: 2 vi/ images of stem '{stem}' in "
+                f"'{roadscene}': {stem}.jpg, {stem}.png; keep the pair's one\n")
+    assert not (tmp_path / 'out').exists()
+
+
+@needs_teachers
 def test_ctrl_c_mid_run_says_what_is_left_without_a_traceback(tmp_path):
     # Ctrl-C printed a KeyboardInterrupt traceback from inside onnxruntime and left label
     # files without stems.txt or README.md, with no word on what to do next.
