@@ -754,6 +754,7 @@ def _load_engine(weights, device, threads, scale_search=True, global_every=1, gl
     from tarfuse_ros.core.backends import backend_for_weights
     from tarfuse_ros.core.checkpoint import CheckpointError
     from tarfuse_ros.core.engine import FusionEngine
+    from tarfuse_ros.core.runtime import DeviceUnavailableError
     import torch
     if threads is not None:  # a program sets the process-wide thread counts, not the engine
         torch.set_num_threads(threads)
@@ -769,6 +770,8 @@ def _load_engine(weights, device, threads, scale_search=True, global_every=1, gl
         raise UsageError(f'cannot load the weights: {exc}') from exc
     except ValueError as exc:
         raise UsageError(f'cannot start the model with these options: {exc}') from exc
+    except DeviceUnavailableError as exc:
+        raise UsageError(f'{exc}; use --device cpu') from exc
     except RuntimeError as exc:
         raise UsageError(f'cannot start the model on device {device!r}: {exc}') from exc
 

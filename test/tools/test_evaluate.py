@@ -242,6 +242,20 @@ def test_evaluate_rejects_bad_requests(random_checkpoint, tmp_path, capsys):
     assert not (tmp_path / 'never').exists()
 
 
+def test_evaluate_names_its_own_option_when_the_gpu_is_missing(random_checkpoint, tmp_path,
+                                                               capsys):
+    # --device cuda without a GPU ended "use device 'cpu' or allow the CPU fallback", an
+    # option tarfuse-eval does not have.
+    from tarfuse_ros.tools.evaluate import main
+    code = main(['--data', str(DATASETS / 'tno'), '--split', 'all', '--weights',
+                 str(random_checkpoint), '--out', str(tmp_path / 'never'), '--no-progress',
+                 '--device', 'cuda:99'])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("tarfuse-eval: error: device 'cuda:99' was requested")
+    assert err.endswith('; use --device cpu\n') and 'fallback' not in err, err
+    assert not (tmp_path / 'never').exists()
+
+
 def test_evaluate_refuses_a_missing_labels_folder(random_checkpoint, tmp_path, capsys):
     # It evaluated without detection metrics ("No labels in this split") and exited 0.
     from tarfuse_ros.tools.evaluate import main

@@ -85,6 +85,17 @@ def test_usage_errors_exit_2_and_say_why(tmp_path, capsys):
     assert not (tmp_path / 'out').exists()
 
 
+def test_a_missing_gpu_names_the_option_to_use_instead(tmp_path, capsys):
+    # --device cuda without a GPU ended "use device 'cpu' or allow the CPU fallback", an
+    # option tarfuse-fuse does not have.
+    ir, vi = (SAMPLES / folder / f'{STEMS[0]}.jpg' for folder in ('ir', 'vi'))
+    status, _, err = _run(capsys, '--ir', ir, '--visible', vi, '--out', tmp_path / 'out',
+                          '--device', 'cuda:99')
+    assert status == 2 and err.startswith("tarfuse-fuse: error: device 'cuda:99' was requested")
+    assert err.endswith('; use --device cpu\n') and 'fallback' not in err, err
+    assert not (tmp_path / 'out').exists()
+
+
 def test_detections_from_a_model_without_detection_head_are_refused(tmp_path, capsys):
     # Empty detection files from a head-less model would read as "nothing found".
     medical = share_dir() / 'models' / 'tarfuse_medical.safetensors'

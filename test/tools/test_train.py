@@ -219,6 +219,11 @@ def test_missing_resume_folder_and_unavailable_cuda(splits, tmp_path, capsys):
     if not torch.cuda.is_available():
         assert train_tool.main(_args(splits, tmp_path / 'cuda', '--device', 'cuda')) == 2
         assert 'CUDA is not available' in capsys.readouterr().err
+    # It ended "use device 'cpu' or allow the CPU fallback", which tarfuse-train has not.
+    assert train_tool.main(_args(splits, tmp_path / 'cuda', '--device', 'cuda:99')) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tarfuse-train: error: device 'cuda:99' was requested")
+    assert err.endswith('; use --device cpu\n') and 'fallback' not in err, err
 
 
 def test_optimizer_and_rng_state_round_trip():
