@@ -403,11 +403,16 @@ def test_cli_usage_errors_exit_2_before_the_teachers_load(tmp_path, capsys):
     for extra, words in ((['--max-pairs', '0'], '--max-pairs must be >= 1, got 0'),
                          (['--threads', '0'], '--threads must be >= 1'),
                          (['--out', str(tmp_path / 'file')], 'is a file, not a folder'),
-                         (['--data', 'no_such_set'], "data set 'no_such_set' not found")):
+                         (['--data', 'no_such_set'], "data set 'no_such_set' not found"),
+                         # A file said "not found ...; set data.root", a training setting.
+                         (['--data', str(tmp_path / 'file')],
+                          'is a file, not a data set folder: a data set folder holds ir/ and '
+                          'vi/')):
         argv = ['--data', str(tmp_path), '--out', str(tmp_path / 'out'), *extra]
         assert pl.main(argv) == 2, extra
         err = capsys.readouterr().err
         assert words in err and 'Traceback' not in err, err
+        assert 'data.root' not in err, err
     assert not (tmp_path / 'out').exists()  # --max-pairs 0 wrote an empty result (exit 0)
 
 
