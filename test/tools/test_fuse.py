@@ -501,6 +501,38 @@ def test_ctrl_c_while_starting_is_one_line_without_a_traceback(tmp_path):
     assert err == 'tarfuse-fuse: interrupted before the first pair: nothing was fused\n', err
 
 
+def test_ctrl_c_mid_run_accounts_for_the_pair_it_stopped(tmp_path):
+    # The summary read '4 pair(s) in, 3 fused out, 0 failed': the pair being fused when
+    # Ctrl-C came counted as neither. A real SIGINT once the first pairs are written.
+    import re
+    import signal
+    import sys
+    import time
+    for sub in ('ir', 'vi'):
+        (tmp_path / sub).mkdir()
+        for copy in range(4):  # 20 pairs: the run is still going when the signal comes
+            for stem in STEMS:
+                shutil.copy(SAMPLES / sub / f'{stem}.jpg', tmp_path / sub / f'{copy}_{stem}.jpg')
+    out = tmp_path / 'out'
+    process = subprocess.Popen(
+        [sys.executable, '-m', 'tarfuse_ros.tools.fuse', '--ir', str(tmp_path / 'ir'),
+         '--visible', str(tmp_path / 'vi'), '--out', str(out), '--threads', '1'],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while process.poll() is None and time.monotonic() < deadline and \
+            len(list(out.glob('fused/*.png'))) < 2:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    counts = re.search(r'(\d+) pair\(s\) in, (\d+) fused out, (\d+) failed, (\d+) '
+                       r'interrupted;', stdout)
+    assert counts, stdout
+    pairs_in, pairs_out, failed, interrupted = (int(n) for n in counts.groups())
+    assert pairs_in == pairs_out + failed + interrupted and failed == 0, stdout
+    assert interrupted <= 1 and pairs_out == len(list(out.glob('fused/*.png'))) < 20, stdout
+
+
 def test_pairing_rule_nearest_in_time_earlier_on_ties():
     visible = [(k, t, f'v{k}') for k, t in enumerate([0.0, 20.0, 50.0, 99.0, 160.0, 260.0])]
     infrared = [(j, t, f'i{j}') for j, t in enumerate([5.0, 40.0, 60.0, 80.0, 100.0, 140.0])]
