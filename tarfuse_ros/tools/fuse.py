@@ -59,9 +59,10 @@ the pair whose fusion it stopped (``1 interrupted``), frames/s over the processi
 model is loaded, mean engine time per pair). Exit status: 0 when every pair was fused and
 written; 1 when some input could not be read or fused or an output not written (each named on
 stderr and in the summary; the rest is still processed); 2 for usage errors (bad options,
-missing paths, inputs of different kinds, no pair to fuse (for videos: no visible frame with an
-IR frame near it), weights or device that cannot be loaded, an ``.onnx`` file, ``--detections``
-with a model without detection head or into label files not its own); 130 after Ctrl-C.
+missing paths, inputs of different kinds, a video that cannot be opened, no pair to fuse (for
+videos: no visible frame with an IR frame near it), weights or device that cannot be loaded, an
+``.onnx`` file, ``--detections`` with a model without detection head or into label files not
+its own); 130 after Ctrl-C.
 """
 
 import argparse
@@ -267,7 +268,7 @@ class _Plan:
     items: object  # iterable of _Item
     total: int = None
     failures: list = field(default_factory=list)  # (name, reason)
-    failed_pairs: int = 0  # pairs among ``failures`` (a video that cannot be opened is none)
+    failed_pairs: int = 0  # pairs among ``failures``
     notes: list = field(default_factory=list)  # lines for the summary
     videos: tuple = ()  # (visible, infrared) VideoFrames
     pair_word: str = 'pair'
@@ -306,8 +307,8 @@ def plan_inputs(ir_path, vi_path, ir_offset_ms=0.0):
     """Inspect both inputs and return the lazy list of pairs (nothing decoded yet).
 
     Raises:
-        UsageError: missing paths, one path given twice, inputs of different kinds, or no
-            pair to fuse.
+        UsageError: missing paths, one path given twice, inputs of different kinds, a video
+            that cannot be opened, or no pair to fuse.
 
     """
     ir_path, vi_path = Path(ir_path), Path(vi_path)
@@ -325,17 +326,16 @@ def plan_inputs(ir_path, vi_path, ir_offset_ms=0.0):
     if kind == 'folder':
         return _plan_folders(ir_path, vi_path)
     plan = _Plan(kind, iter(()), pair_word='frame')
+    # Before the model loads and the outputs are made: without both videos nothing is fused.
     try:
         vi_video = VideoFrames(vi_path)
     except OSError as exc:
-        plan.failures.append((vi_path.name, str(exc)))
-        return plan
+        raise UsageError(f'--visible {exc}: no frame can be fused') from exc
     try:
         ir_video = VideoFrames(ir_path)
     except OSError as exc:
         vi_video.release()
-        plan.failures.append((ir_path.name, str(exc)))
-        return plan
+        raise UsageError(f'--ir {exc}: no frame can be fused') from exc
     plan.videos = (vi_video, ir_video)
     plan.items = _video_items(vi_video, ir_video, float(ir_offset_ms))
     plan.total = vi_video.frame_count

@@ -315,15 +315,22 @@ def test_bad_files_are_reported_and_the_rest_is_fused(tmp_path, capsys):
     assert sorted(p.name for p in (out / 'fused').iterdir()) == [f'{s}.png' for s in STEMS[:2]]
 
 
-def test_corrupt_video_is_reported_with_exit_status_1(tmp_path, capsys):
-    (tmp_path / 'ir.mp4').write_bytes(b'\x00\x00\x00\x18ftypmp42' + bytes(500))
-    vi = tmp_path / 'vi.mp4'
-    _write_video(vi, 10.0, 3, (64, 48))
-    status, stdout, stderr = _run(capsys, '--ir', tmp_path / 'ir.mp4', '--visible', vi,
-                                  '--out', tmp_path / 'out')
-    assert status == 1
-    assert 'ir.mp4' in stderr and 'cannot open the video' in stderr
-    assert '0 fused out, 1 failed' in stdout
+def test_a_video_that_cannot_be_opened_exits_2_before_the_model_loads(tmp_path, capsys):
+    # It loaded the model, made an empty fused/ folder, listed it as an output and exited 1
+    # ("0 fused out, 1 failed"); without both videos no frame can be fused: a usage error
+    # such as a missing path, before any output.
+    corrupt = tmp_path / 'corrupt.mp4'
+    corrupt.write_bytes(b'\x00\x00\x00\x18ftypmp42' + bytes(500))
+    video = tmp_path / 'video.mp4'
+    _write_video(video, 10.0, 3, (64, 48))
+    for ir, vi, option in ((corrupt, video, '--ir'), (video, corrupt, '--visible')):
+        status, stdout, stderr = _run(capsys, '--ir', ir, '--visible', vi,
+                                      '--out', tmp_path / 'out', '--weights',
+                                      tmp_path / 'never_loaded.safetensors')
+        assert status == 2 and not stdout
+        assert stderr.endswith(f'tarfuse-fuse: error: {option} {corrupt}: cannot open the video '
+                               '(corrupt or unsupported): no frame can be fused\n'), stderr
+        assert not (tmp_path / 'out').exists()
 
 
 def test_16_bit_ir_equals_the_engine(tmp_path, capsys, engine):
