@@ -188,7 +188,7 @@ def _providers(device, allow_cpu_fallback):
     """Return ``(providers, device string)`` for ``'cpu'``, ``'cuda'`` or ``'cuda:N'``."""
     import onnxruntime as ort
 
-    from tarfuse_ros.core.runtime import parse_device
+    from tarfuse_ros.core.runtime import DeviceUnavailableError, parse_device
     kind, index = parse_device(device)
     if kind == 'cpu':
         return ['CPUExecutionProvider'], 'cpu'
@@ -201,7 +201,7 @@ def _providers(device, allow_cpu_fallback):
         _LOG.warning('%s; falling back to the CPU (allow_cpu_fallback is true; much slower)',
                      problem)
         return ['CPUExecutionProvider'], 'cpu'
-    raise RuntimeError(problem + "; use device='cpu' or allow the CPU fallback")
+    raise DeviceUnavailableError(problem)
 
 
 def nms_rows(det, conf, iou, max_det, classes=None):
@@ -275,7 +275,8 @@ class OnnxFusionEngine(PairEngine):
 
     Raises:
         OnnxModelError: missing, unloadable or foreign ONNX file.
-        RuntimeError: CUDA unavailable (without ``allow_cpu_fallback``).
+        tarfuse_ros.core.runtime.DeviceUnavailableError: (a ``RuntimeError``) CUDA
+            unavailable (without ``allow_cpu_fallback``).
         ValueError: bad settings.
 
     """

@@ -18,7 +18,12 @@ _LOG = logging.getLogger(__name__)
 
 
 class DeviceUnavailableError(RuntimeError):
-    """A valid device name whose device does not exist here (no CUDA, or no such GPU)."""
+    """A valid device name whose device does not exist here (no CUDA, or no such GPU).
+
+    The message says what is missing only: what a user can do about it depends on the program
+    (a tool's ``--device cpu``, the node's ``device`` and ``allow_cpu_fallback`` parameters),
+    so the program that catches it says so.
+    """
 
 
 def parse_device(device, local_rank=0):
@@ -71,7 +76,7 @@ def resolve_device(device, allow_cpu_fallback=False, local_rank=0):
         _LOG.warning('%s; falling back to the CPU (allow_cpu_fallback is true; much slower)',
                      problem)
         return torch.device('cpu')
-    raise DeviceUnavailableError(problem + "; use device 'cpu' or allow the CPU fallback")
+    raise DeviceUnavailableError(problem)
 
 
 @contextmanager

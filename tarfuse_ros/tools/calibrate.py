@@ -265,6 +265,7 @@ def build_parser():
 def _engine_factory(weights, device):
     """Return ``make_engine(prior)`` for :func:`~tarfuse_ros.core.calibration.calibrate`."""
     from tarfuse_ros.core.backends import backend_for_weights, create_engine, model_error
+    from tarfuse_ros.core.runtime import DeviceUnavailableError
     backend = backend_for_weights(weights)
     extra = {'cuda_graph': 'off'} if backend == 'torch' else {}
 
@@ -278,6 +279,8 @@ def _engine_factory(weights, device):
                                  registration_prior=prior, **extra)
         except model_error(backend) as exc:
             raise UsageError(f'cannot load the weights: {exc}') from exc
+        except DeviceUnavailableError as exc:
+            raise UsageError(f'{exc}; use --device cpu') from exc
         except (RuntimeError, ValueError) as exc:
             raise UsageError(f'cannot start the model on device {device!r}: {exc}') from exc
 

@@ -124,8 +124,11 @@ def main(argv=None):
             progress=not args.no_progress, stored_ir=args.stored_ir,
             teachers=tuple(args.teacher), prior=args.prior)
         result = evaluate(args.data, weights, args.out, options)
-    except (ValueError, DeviceUnavailableError) as exc:  # bad input: one line, no traceback
+    except ValueError as exc:  # bad input: one line, no traceback
         print(f'tarfuse-eval: error: {exc}', file=sys.stderr)
+        return 2
+    except DeviceUnavailableError as exc:
+        print(f'tarfuse-eval: error: {exc}; use --device cpu', file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # Ctrl-C: one line, no traceback
         print('tarfuse-eval: interrupted; the evaluation is incomplete: no metrics.json or '

@@ -54,13 +54,15 @@ Outputs in ``--out`` (created if needed); ``<name>`` is the stem for images and
   ``--out`` whose ``labels/`` holds label files tarfuse-fuse did not write (no
   ``detections/<name>.json`` beside them: e.g. a data set's human labels).
 
-A progress bar runs on a terminal; a summary follows (pairs in and out, failures, frames/s over
-the processing after the model is loaded, mean engine time per pair). Exit status: 0 when every
-pair was fused and written; 1 when some input could not be read or fused or an output not
-written (each named on stderr and in the summary; the rest is still processed); 2 for usage
-errors (bad options, missing paths, inputs of different kinds, no pair to fuse (for videos: no
-visible frame with an IR frame near it), weights or device that cannot be loaded, an ``.onnx``
-file, ``--detections`` with a model without detection head or into label files not its own).
+A progress bar runs on a terminal; a summary follows (pairs in and out, failures, after Ctrl-C
+the pair whose fusion it stopped (``1 interrupted``), frames/s over the processing after the
+model is loaded, mean engine time per pair). Exit status: 0 when every pair was fused and
+written; 1 when some input could not be read or fused or an output not written (each named on
+stderr and in the summary; the rest is still processed); 2 for usage errors (bad options,
+missing paths, inputs of different kinds, a video that cannot be opened, no pair to fuse (for
+videos: no visible frame with an IR frame near it), weights or device that cannot be loaded, an
+``.onnx`` file, ``--detections`` with a model without detection head or into label files not
+its own); 130 after Ctrl-C.
 """
 
 import argparse
@@ -266,7 +268,7 @@ class _Plan:
     items: object  # iterable of _Item
     total: int = None
     failures: list = field(default_factory=list)  # (name, reason)
-    failed_pairs: int = 0  # pairs among ``failures`` (a video that cannot be opened is none)
+    failed_pairs: int = 0  # pairs among ``failures``
     notes: list = field(default_factory=list)  # lines for the summary
     videos: tuple = ()  # (visible, infrared) VideoFrames
     pair_word: str = 'pair'
@@ -305,8 +307,8 @@ def plan_inputs(ir_path, vi_path, ir_offset_ms=0.0):
     """Inspect both inputs and return the lazy list of pairs (nothing decoded yet).
 
     Raises:
-        UsageError: missing paths, one path given twice, inputs of different kinds, or no
-            pair to fuse.
+        UsageError: missing paths, one path given twice, inputs of different kinds, a video
+            that cannot be opened, or no pair to fuse.
 
     """
     ir_path, vi_path = Path(ir_path), Path(vi_path)
@@ -324,17 +326,16 @@ def plan_inputs(ir_path, vi_path, ir_offset_ms=0.0):
     if kind == 'folder':
         return _plan_folders(ir_path, vi_path)
     plan = _Plan(kind, iter(()), pair_word='frame')
+    # Before the model loads and the outputs are made: without both videos nothing is fused.
     try:
         vi_video = VideoFrames(vi_path)
     except OSError as exc:
-        plan.failures.append((vi_path.name, str(exc)))
-        return plan
+        raise UsageError(f'--visible {exc}: no frame can be fused') from exc
     try:
         ir_video = VideoFrames(ir_path)
     except OSError as exc:
         vi_video.release()
-        plan.failures.append((ir_path.name, str(exc)))
-        return plan
+        raise UsageError(f'--ir {exc}: no frame can be fused') from exc
     plan.videos = (vi_video, ir_video)
     plan.items = _video_items(vi_video, ir_video, float(ir_offset_ms))
     plan.total = vi_video.frame_count
@@ -587,6 +588,7 @@ class Summary:
     elapsed_s: float = 0.0  # from the first read to the last write (model loading excluded)
     engine_ms: list = field(default_factory=list)  # FusionEngine total time per pair
     interrupted: bool = False
+    pairs_interrupted: int = 0  # pairs in whose fusion Ctrl-C stopped: neither out nor failed
 
     @property
     def frames_per_s(self):
@@ -606,6 +608,7 @@ def run(plan, engine, outputs, report, show_progress=None):
                disable=None if show_progress is None else not show_progress, dynamic_ncols=True)
     start = time.perf_counter()
     reader = _Prefetch(plan.items)
+    pending = 0  # the pair counted in and not yet failed or handed to the outputs
     try:
         for item in reader:
             bar.update(1)
@@ -613,8 +616,10 @@ def run(plan, engine, outputs, report, show_progress=None):
                 summary.unpaired += 1
                 continue
             summary.pairs_in += 1
+            pending = 1
             if item.error is not None:
                 summary.failures.append((item.name, item.error))
+                pending = 0
                 report(f'{PROG}: skipped {item.name}: {item.error}')
                 continue
             try:
@@ -622,12 +627,15 @@ def run(plan, engine, outputs, report, show_progress=None):
             except (ValueError, cv2.error) as exc:
                 reason = f'the engine rejected the pair: {exc}'
                 summary.failures.append((item.name, reason))
+                pending = 0
                 report(f'{PROG}: skipped {item.name}: {reason}')
                 continue
             summary.engine_ms.append(result.timings_ms['total'])
             outputs.submit(item.name, result, item.info)
+            pending = 0
     except KeyboardInterrupt:
         summary.interrupted = True
+        summary.pairs_interrupted = pending
     finally:
         reader.close()
         outputs.close()
@@ -652,9 +660,10 @@ def _summary_lines(plan, summary, outputs, engine, threads):
     lines += plan.notes
     word = plan.pair_word
     mean_ms = float(np.mean(summary.engine_ms)) if summary.engine_ms else float('nan')
+    interrupted = f', {summary.pairs_interrupted} interrupted' if summary.interrupted else ''
     lines.append(
         f'{summary.pairs_in} {word}(s) in, {summary.pairs_out} fused out, '
-        f'{len(summary.failures)} failed; {summary.frames_per_s:.2f} {word}s/s '
+        f'{len(summary.failures)} failed{interrupted}; {summary.frames_per_s:.2f} {word}s/s '
         f'({summary.elapsed_s:.1f} s); engine {mean_ms:.1f} ms/{word} mean '
         f'({engine.device}, torch threads {threads})')
     if summary.failures:
@@ -754,6 +763,7 @@ def _load_engine(weights, device, threads, scale_search=True, global_every=1, gl
     from tarfuse_ros.core.backends import backend_for_weights
     from tarfuse_ros.core.checkpoint import CheckpointError
     from tarfuse_ros.core.engine import FusionEngine
+    from tarfuse_ros.core.runtime import DeviceUnavailableError
     import torch
     if threads is not None:  # a program sets the process-wide thread counts, not the engine
         torch.set_num_threads(threads)
@@ -769,6 +779,8 @@ def _load_engine(weights, device, threads, scale_search=True, global_every=1, gl
         raise UsageError(f'cannot load the weights: {exc}') from exc
     except ValueError as exc:
         raise UsageError(f'cannot start the model with these options: {exc}') from exc
+    except DeviceUnavailableError as exc:
+        raise UsageError(f'{exc}; use --device cpu') from exc
     except RuntimeError as exc:
         raise UsageError(f'cannot start the model on device {device!r}: {exc}') from exc
 

@@ -457,9 +457,9 @@ def _split_stems(dataset_dir, splits):
     return stems
 
 
-def _gt_id_map(dataset_dir):
-    """Map the set's label ids to ours by class name (-1: not one of ours)."""
-    names = data.read_classes(dataset_dir)
+def _gt_id_map(dataset_dir, labels_dir='labels'):
+    """Map the label ids of ``labels_dir`` to ours by class name (-1: not one of ours)."""
+    names = data.read_classes(dataset_dir, labels_dir)
     if names is None:
         raise ValueError(f'{str(dataset_dir)!r} has no classes.txt: cannot compare classes')
     ours = {name: i for i, name in enumerate(CLASS_NAMES)}
@@ -476,7 +476,8 @@ def calibrate(teachers, dataset_dir, splits, labels_dir='labels',
         dataset_dir: data set folder with human labels (``labels_dir``) and ``classes.txt``.
         splits: split names (their stems are joined, duplicates once); only stems with a label
             file are used.
-        labels_dir: label sub-folder.
+        labels_dir: label sub-folder; its own ``classes.txt`` names its ids when it has one
+            (else the set's).
         thresholds: score thresholds to evaluate.
         iou: pooling NMS IoU; match_iou: IoU for a pseudo box to count as a true positive.
         max_pairs: only the first N labelled pairs.
@@ -495,10 +496,10 @@ def calibrate(teachers, dataset_dir, splits, labels_dir='labels',
     """
     thresholds = sorted(float(t) for t in thresholds)
     floor = min(MIN_CANDIDATE_SCORE, thresholds[0])
-    id_map = _gt_id_map(dataset_dir)
+    id_map = _gt_id_map(dataset_dir, labels_dir)
     stems = _split_stems(dataset_dir, splits)
     # Every label file is read (and checked against classes.txt) before the teachers run.
-    names = data.read_classes(dataset_dir)
+    names = data.read_classes(dataset_dir, labels_dir)
     stems = [s for s in stems
              if data.load_labels(dataset_dir, s, labels_dir, names) is not None]
     if max_pairs is not None:

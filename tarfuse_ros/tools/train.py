@@ -234,8 +234,11 @@ def main(argv=None):
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
             teardown_distributed(dist)
-    except (ValueError, DeviceUnavailableError) as exc:
+    except ValueError as exc:
         print(f'tarfuse-train: error: {exc}', file=sys.stderr)
+        return 2
+    except DeviceUnavailableError as exc:  # train.device of the config, or --device
+        print(f'tarfuse-train: error: {exc}; use --device cpu', file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # before training started (fit handles it afterwards)
         print('tarfuse-train: interrupted while starting; no training was done',

@@ -17,6 +17,9 @@ __all__ = ['build_dataset', 'check_class_map', 'count_labelled', 'parse_data_spe
            'resolve_dataset_dir', 'resolve_sources']
 
 DEFAULT_LABELS = 'labels'
+DATASET_LAYOUT = ('a data set folder holds ir/ and vi/ with the infrared and the visible image of '
+                  'each pair under one file stem (ir/a.png, vi/a.png), and optionally labels/ '
+                  'and list files of stems (test.txt)')
 
 
 def parse_data_spec(spec, default_split='train'):
@@ -32,7 +35,7 @@ def parse_data_spec(spec, default_split='train'):
     return DataSource(path, split or default_split)
 
 
-def resolve_dataset_dir(path, root=None):
+def resolve_dataset_dir(path, root=None, root_option=None):
     """Find a data set folder and return its absolute path.
 
     Args:
@@ -40,27 +43,35 @@ def resolve_dataset_dir(path, root=None):
             data sets (``$TARFUSE_SHARED/datasets`` or ``../shared/datasets``), tried in this
             order.
         root: optional base folder for relative paths.
+        root_option: the setting that gives ``root`` (``'data.root'`` of a training config),
+            named when a relative path is found nowhere; None where the user has none.
 
     Raises:
-        ValueError: the folder is found nowhere.
+        ValueError: the folder is found nowhere, or the path is a file.
 
     """
     candidate = Path(path).expanduser()
-    if candidate.is_absolute():
-        found = candidate
-    else:
+    bases = []
+    if not candidate.is_absolute():
         bases = [Path(root).expanduser()] if root else []
         bases.append(Path.cwd())
         shared = shared_datasets_dir()
         if shared is not None:
             bases.append(shared)
-        found = next((b / candidate for b in bases if (b / candidate).is_dir()), None)
-        if found is None:
-            raise ValueError(f'data set {str(path)!r} not found (looked in '
-                             f'{[str(b) for b in bases]}); set data.root or TARFUSE_SHARED')
-    if not found.is_dir():
-        raise ValueError(f'data set folder {str(found)!r} does not exist')
-    return found.resolve()
+    tried = [base / candidate for base in bases] or [candidate]
+    found = next((folder for folder in tried if folder.is_dir()), None)
+    if found is not None:
+        return found.resolve()
+    file = next((folder for folder in tried if folder.exists()), None)
+    if file is not None:
+        raise ValueError(f'data set {str(file)!r} is a file, not a data set folder: '
+                         f'{DATASET_LAYOUT}')
+    if not bases:
+        raise ValueError(f'data set folder {str(candidate)!r} does not exist')
+    setting = f', or set {root_option} to the folder that holds it' if root_option else ''
+    raise ValueError(f'data set {str(path)!r} not found (looked in {[str(b) for b in bases]}); '
+                     f'give the path of a data set folder (ir/ and vi/) or the name of a shared '
+                     f'data set (TARFUSE_SHARED){setting}')
 
 
 def resolve_sources(sources, root=None):
@@ -85,7 +96,7 @@ def resolve_sources(sources, root=None):
     for value in sources or ():
         source = parse_data_spec(value) if isinstance(value, str) else \
             DataSource.parse(value, default_split='train')
-        folder = resolve_dataset_dir(source.path, root)
+        folder = resolve_dataset_dir(source.path, root, root_option='data.root')
         split = source.split
         split_path = Path(split).expanduser()
         if not split_path.is_absolute():

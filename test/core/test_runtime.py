@@ -17,6 +17,10 @@ def test_device_names():
         with pytest.raises(DeviceUnavailableError, match='CUDA is not available'):
             resolve_device('cuda')
         assert resolve_device('cuda:1', allow_cpu_fallback=True) == torch.device('cpu')
+    # What to do instead is the program's to say (an option, a node parameter).
+    with pytest.raises(DeviceUnavailableError, match=r"^device 'cuda:99' was requested but "
+                                                     r'[^;]*$'):
+        resolve_device('cuda:99')
     assert issubclass(DeviceUnavailableError, RuntimeError)
 
 

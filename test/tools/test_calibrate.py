@@ -169,6 +169,17 @@ def test_folder_usage_errors_exit_2_before_the_model_runs(rig_folder, tmp_path, 
     assert not (tmp_path / 'p.yaml').exists()
 
 
+def test_a_missing_gpu_names_the_option_to_use_instead(rig_folder, tmp_path, capsys):
+    # It ended "use device 'cpu' or allow the CPU fallback", which tarfuse-calibrate has not.
+    code = calibrate.main(['--pairs', str(rig_folder), '--out', str(tmp_path / 'p.yaml'),
+                           '--pairs-count', '1', '--device', 'cuda:99'])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("tarfuse-calibrate: error: device 'cuda:99' was requested")
+    assert err.endswith('; use --device cpu\n') and 'fallback' not in err, err
+    assert not (tmp_path / 'p.yaml').exists()
+
+
 def test_an_out_that_cannot_be_written_exits_2_before_the_model_runs(tmp_path, capsys):
     # It ran the whole calibration, then died writing the file with a traceback.
     bag = tmp_path / 'small_bag'

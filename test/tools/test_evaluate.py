@@ -218,6 +218,15 @@ def test_evaluate_rejects_bad_requests(random_checkpoint, tmp_path, capsys):
                  '--out', str(tmp_path)])
     assert code == 2
     (tmp_path / 'file').write_text('not a folder')
+    # A file, or a name found nowhere, said "not found ...; set data.root or TARFUSE_SHARED"
+    # (data.root is a training setting; the file was there).
+    for data_arg, words in ((tmp_path / 'file', 'is a file, not a data set folder: a data set '
+                                                'folder holds ir/ and vi/'),
+                            ('no_such_set', "data set 'no_such_set' not found")):
+        code = main(['--data', str(data_arg), '--weights', str(random_checkpoint),
+                     '--out', str(tmp_path / 'never')])
+        err = capsys.readouterr().err
+        assert code == 2 and words in err and 'data.root' not in err, err
     for out in (tmp_path / 'file', tmp_path / 'file' / 'eval'):
         code = main(['--data', str(DATASETS / 'tno'), '--split', 'all', '--weights',
                      str(random_checkpoint), '--out', str(out), '--no-progress'])
@@ -239,6 +248,20 @@ def test_evaluate_rejects_bad_requests(random_checkpoint, tmp_path, capsys):
                  '--max-pairs', '1', '--threads', '1', '--prior', str(other_rig)])
     err = capsys.readouterr().err
     assert code == 2 and 'registration.prior was made for' in err, err
+    assert not (tmp_path / 'never').exists()
+
+
+def test_evaluate_names_its_own_option_when_the_gpu_is_missing(random_checkpoint, tmp_path,
+                                                               capsys):
+    # --device cuda without a GPU ended "use device 'cpu' or allow the CPU fallback", an
+    # option tarfuse-eval does not have.
+    from tarfuse_ros.tools.evaluate import main
+    code = main(['--data', str(DATASETS / 'tno'), '--split', 'all', '--weights',
+                 str(random_checkpoint), '--out', str(tmp_path / 'never'), '--no-progress',
+                 '--device', 'cuda:99'])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("tarfuse-eval: error: device 'cuda:99' was requested")
+    assert err.endswith('; use --device cpu\n') and 'fallback' not in err, err
     assert not (tmp_path / 'never').exists()
 
 

@@ -85,6 +85,17 @@ def test_usage_errors_exit_2_and_say_why(tmp_path, capsys):
     assert not (tmp_path / 'out').exists()
 
 
+def test_a_missing_gpu_names_the_option_to_use_instead(tmp_path, capsys):
+    # --device cuda without a GPU ended "use device 'cpu' or allow the CPU fallback", an
+    # option tarfuse-fuse does not have.
+    ir, vi = (SAMPLES / folder / f'{STEMS[0]}.jpg' for folder in ('ir', 'vi'))
+    status, _, err = _run(capsys, '--ir', ir, '--visible', vi, '--out', tmp_path / 'out',
+                          '--device', 'cuda:99')
+    assert status == 2 and err.startswith("tarfuse-fuse: error: device 'cuda:99' was requested")
+    assert err.endswith('; use --device cpu\n') and 'fallback' not in err, err
+    assert not (tmp_path / 'out').exists()
+
+
 def test_detections_from_a_model_without_detection_head_are_refused(tmp_path, capsys):
     # Empty detection files from a head-less model would read as "nothing found".
     medical = share_dir() / 'models' / 'tarfuse_medical.safetensors'
@@ -304,15 +315,22 @@ def test_bad_files_are_reported_and_the_rest_is_fused(tmp_path, capsys):
     assert sorted(p.name for p in (out / 'fused').iterdir()) == [f'{s}.png' for s in STEMS[:2]]
 
 
-def test_corrupt_video_is_reported_with_exit_status_1(tmp_path, capsys):
-    (tmp_path / 'ir.mp4').write_bytes(b'\x00\x00\x00\x18ftypmp42' + bytes(500))
-    vi = tmp_path / 'vi.mp4'
-    _write_video(vi, 10.0, 3, (64, 48))
-    status, stdout, stderr = _run(capsys, '--ir', tmp_path / 'ir.mp4', '--visible', vi,
-                                  '--out', tmp_path / 'out')
-    assert status == 1
-    assert 'ir.mp4' in stderr and 'cannot open the video' in stderr
-    assert '0 fused out, 1 failed' in stdout
+def test_a_video_that_cannot_be_opened_exits_2_before_the_model_loads(tmp_path, capsys):
+    # It loaded the model, made an empty fused/ folder, listed it as an output and exited 1
+    # ("0 fused out, 1 failed"); without both videos no frame can be fused: a usage error
+    # such as a missing path, before any output.
+    corrupt = tmp_path / 'corrupt.mp4'
+    corrupt.write_bytes(b'\x00\x00\x00\x18ftypmp42' + bytes(500))
+    video = tmp_path / 'video.mp4'
+    _write_video(video, 10.0, 3, (64, 48))
+    for ir, vi, option in ((corrupt, video, '--ir'), (video, corrupt, '--visible')):
+        status, stdout, stderr = _run(capsys, '--ir', ir, '--visible', vi,
+                                      '--out', tmp_path / 'out', '--weights',
+                                      tmp_path / 'never_loaded.safetensors')
+        assert status == 2 and not stdout
+        assert stderr.endswith(f'tarfuse-fuse: error: {option} {corrupt}: cannot open the video '
+                               '(corrupt or unsupported): no frame can be fused\n'), stderr
+        assert not (tmp_path / 'out').exists()
 
 
 def test_16_bit_ir_equals_the_engine(tmp_path, capsys, engine):
@@ -488,6 +506,38 @@ def test_ctrl_c_while_starting_is_one_line_without_a_traceback(tmp_path):
     os.close(writer)
     assert process.returncode == 130, err
     assert err == 'tarfuse-fuse: interrupted before the first pair: nothing was fused\n', err
+
+
+def test_ctrl_c_mid_run_accounts_for_the_pair_it_stopped(tmp_path):
+    # The summary read '4 pair(s) in, 3 fused out, 0 failed': the pair being fused when
+    # Ctrl-C came counted as neither. A real SIGINT once the first pairs are written.
+    import re
+    import signal
+    import sys
+    import time
+    for sub in ('ir', 'vi'):
+        (tmp_path / sub).mkdir()
+        for copy in range(4):  # 20 pairs: the run is still going when the signal comes
+            for stem in STEMS:
+                shutil.copy(SAMPLES / sub / f'{stem}.jpg', tmp_path / sub / f'{copy}_{stem}.jpg')
+    out = tmp_path / 'out'
+    process = subprocess.Popen(
+        [sys.executable, '-m', 'tarfuse_ros.tools.fuse', '--ir', str(tmp_path / 'ir'),
+         '--visible', str(tmp_path / 'vi'), '--out', str(out), '--threads', '1'],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while process.poll() is None and time.monotonic() < deadline and \
+            len(list(out.glob('fused/*.png'))) < 2:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    counts = re.search(r'(\d+) pair\(s\) in, (\d+) fused out, (\d+) failed, (\d+) '
+                       r'interrupted;', stdout)
+    assert counts, stdout
+    pairs_in, pairs_out, failed, interrupted = (int(n) for n in counts.groups())
+    assert pairs_in == pairs_out + failed + interrupted and failed == 0, stdout
+    assert interrupted <= 1 and pairs_out == len(list(out.glob('fused/*.png'))) < 20, stdout
 
 
 def test_pairing_rule_nearest_in_time_earlier_on_ties():

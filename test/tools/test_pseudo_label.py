@@ -323,6 +323,55 @@ def test_cli_skips_human_labelled_pairs_and_records_provenance(tmp_path):
 
 
 @needs_teachers
+def test_calibrate_reads_the_class_list_of_the_label_folder_it_is_given(tmp_path, capsys):
+    # --calibrate --labels DIR read the set's classes.txt, not DIR's own: a folder labelled
+    # with the classes in another order (car, bicycle, person) had its cars scored as
+    # persons, and the teachers' cars all counted as false boxes (F1 0.000).
+    import json
+    import shutil
+    roadscene = tmp_path / 'roadscene'
+    shutil.copytree(Path(__file__).resolve().parents[1] / 'data' / 'datasets' / 'roadscene',
+                    roadscene)
+    other = roadscene / 'labels_other'
+    other.mkdir()
+    (other / 'classes.txt').write_text('car\nbicycle\nperson\n')
+    for human in (roadscene / 'labels').glob('FLIR_*.txt'):
+        lines = [line.split() for line in human.read_text().splitlines()]
+        (other / human.name).write_text(''.join(f'{2 - int(w[0])} {" ".join(w[1:])}\n'
+                                                for w in lines))
+    results = []
+    for labels in ('labels', 'labels_other'):
+        argv = ['--calibrate', '--data', str(roadscene), '--split', 'test', '--labels', labels,
+                '--thresholds', '0.3', '--out', str(tmp_path / labels)]
+        assert pl.main(argv) == 0, labels
+        capsys.readouterr()
+        results.append(json.loads((tmp_path / labels / 'calibration.jsonl').read_text()))
+    human, other_order = results
+    assert human['gt_boxes']['car'] > 0 and human['thresholds'][0]['overall']['f1'] > 0.5
+    for key in ('pairs', 'gt_boxes', 'thresholds'):
+        assert other_order[key] == human[key], key
+
+
+@needs_teachers
+def test_a_stem_with_two_image_files_is_refused_with_one_line(tmp_path, capsys):
+    # vi/x.jpg beside vi/x.png: which is the pair's? Refused (data layer), nothing written.
+    import shutil
+    source = Path(__file__).resolve().parents[1] / 'data' / 'datasets' / 'roadscene'
+    roadscene = tmp_path / 'roadscene'
+    shutil.copytree(source, roadscene)
+    stem = data.read_split(source, 'test')[0]
+    visible = cv2.imread(data.pair_files(source, stem)[1])
+    cv2.imwrite(str(roadscene / 'vi' / f'{stem}.png'), visible)
+    for extra in (['--out', str(tmp_path / 'out')], ['--calibrate']):
+        for split in ('test', 'all'):
+            assert pl.main(['--data', str(roadscene), '--split', split, *extra]) == 2
+            assert capsys.readouterr().err == (
+                f"tarfuse-pseudo-label: error: 2 vi/ images of stem '{stem}' in "
+                f"'{roadscene}': {stem}.jpg, {stem}.png; keep the pair's one\n")
+    assert not (tmp_path / 'out').exists()
+
+
+@needs_teachers
 def test_ctrl_c_mid_run_says_what_is_left_without_a_traceback(tmp_path):
     # Ctrl-C printed a KeyboardInterrupt traceback from inside onnxruntime and left label
     # files without stems.txt or README.md, with no word on what to do next.
@@ -354,11 +403,16 @@ def test_cli_usage_errors_exit_2_before_the_teachers_load(tmp_path, capsys):
     for extra, words in ((['--max-pairs', '0'], '--max-pairs must be >= 1, got 0'),
                          (['--threads', '0'], '--threads must be >= 1'),
                          (['--out', str(tmp_path / 'file')], 'is a file, not a folder'),
-                         (['--data', 'no_such_set'], "data set 'no_such_set' not found")):
+                         (['--data', 'no_such_set'], "data set 'no_such_set' not found"),
+                         # A file said "not found ...; set data.root", a training setting.
+                         (['--data', str(tmp_path / 'file')],
+                          'is a file, not a data set folder: a data set folder holds ir/ and '
+                          'vi/')):
         argv = ['--data', str(tmp_path), '--out', str(tmp_path / 'out'), *extra]
         assert pl.main(argv) == 2, extra
         err = capsys.readouterr().err
         assert words in err and 'Traceback' not in err, err
+        assert 'data.root' not in err, err
     assert not (tmp_path / 'out').exists()  # --max-pairs 0 wrote an empty result (exit 0)
 
 

@@ -213,12 +213,31 @@ def test_bad_settings_fail_with_a_clear_message(splits, tmp_path, capsys, extra,
     assert message in capsys.readouterr().err
 
 
+def test_a_data_path_that_is_a_file_or_nowhere_says_so(splits, tmp_path, capsys):
+    # A file said "not found"; a name found nowhere says where to put it (data.root too).
+    (tmp_path / 'file').write_text('not a folder')
+    for data_arg, words in ((tmp_path / 'file', 'is a file, not a data set folder: a data set '
+                                                'folder holds ir/ and vi/'),
+                            ('no_such_set', 'or set data.root to the folder that holds it')):
+        argv = _args(splits, tmp_path / 'out', '--epochs', '1')
+        argv[argv.index('--data') + 1] = str(data_arg)
+        assert train_tool.main(argv) == 2
+        err = capsys.readouterr().err
+        assert words in err and 'Traceback' not in err, err
+    assert not (tmp_path / 'out').exists()
+
+
 def test_missing_resume_folder_and_unavailable_cuda(splits, tmp_path, capsys):
     assert train_tool.main(['--resume', str(tmp_path / 'nothing')]) == 2
     assert 'no training state found' in capsys.readouterr().err
     if not torch.cuda.is_available():
         assert train_tool.main(_args(splits, tmp_path / 'cuda', '--device', 'cuda')) == 2
         assert 'CUDA is not available' in capsys.readouterr().err
+    # It ended "use device 'cpu' or allow the CPU fallback", which tarfuse-train has not.
+    assert train_tool.main(_args(splits, tmp_path / 'cuda', '--device', 'cuda:99')) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tarfuse-train: error: device 'cuda:99' was requested")
+    assert err.endswith('; use --device cpu\n') and 'fallback' not in err, err
 
 
 def test_optimizer_and_rng_state_round_trip():

@@ -49,8 +49,15 @@ def test_resolver_finds_relative_folders_list_files_and_labels(tmp_path, monkeyp
     sources = resolve_sources([{'path': 'roadscene', 'labels': 'pseudo'}], root=DATASETS)
     assert sources[0].labels == str((tmp_path / 'pseudo').resolve())
     assert count_labelled(sources) == 1
-    with pytest.raises(ValueError, match='not found'):
+    with pytest.raises(ValueError, match='not found') as error:
         resolve_dataset_dir('no_such_set', root=DATASETS)
+    assert 'data.root' not in str(error.value)  # a training setting: resolve_sources names it
+    with pytest.raises(ValueError, match='or set data.root to the folder that holds it'):
+        resolve_sources(['no_such_set'], root=DATASETS)
+    for path in ('roadscene/test.txt', ROADSCENE / 'test.txt'):
+        with pytest.raises(ValueError, match=r"/roadscene/test\.txt' is a file, not a data set "
+                                             r'folder: a data set folder holds ir/ and vi/'):
+            resolve_dataset_dir(path, root=DATASETS)
     with pytest.raises(ValueError, match='no pairs left'):
         resolve_sources([{'path': 'roadscene', 'split': 'test', 'exclude': ['test']}],
                         root=DATASETS)
