@@ -1052,15 +1052,20 @@ class OrientationMatcher(nn.Module):
         of ``ir``.
         """
         views = _WarpedViews(self, ir) if views is None else views
-        cells_inside = views.cells_inside(theta, self.cell)
-        inside = (_box_sum(cells_inside, self.block) > self.block ** 2 - 0.5).to(ir.dtype)
-        radius = max(self.refine_radius, 1)
-        offset, confidence = peak_offsets(
-            block_cost_volume(reference, views.histograms(theta, self.cell), radius,
-                              self.block), radius)
-        inlier = ((torch.linalg.vector_norm(offset, dim=1, keepdim=True) < 0.75)
-                  & (confidence > 0)).to(ir.dtype)
-        return inlier, inside
+
+        def compute():
+            cells_inside = views.cells_inside(theta, self.cell)
+            inside = (_box_sum(cells_inside, self.block) > self.block ** 2 - 0.5).to(ir.dtype)
+            radius = max(self.refine_radius, 1)
+            offset, confidence = peak_offsets(
+                block_cost_volume(reference, views.histograms(theta, self.cell), radius,
+                                  self.block), radius)
+            inlier = ((torch.linalg.vector_norm(offset, dim=1, keepdim=True) < 0.75)
+                      & (confidence > 0)).to(ir.dtype)
+            return inlier, inside
+
+        # Kept with the views: the wide search scores again the map the scale search scored.
+        return views._get('inliers', theta, self.cell, compute)
 
     def _match(self, ir, vi, ir_hist=None, vi_hist=None):
         """Run the two-pass fit (halved first for large frames) on one pair of images.
@@ -1128,9 +1133,11 @@ class _WarpedViews:
     and its :func:`_cells_inside_support`. With ``memo`` they are kept by the map's values and
     the cell size and computed once: the scale search scores the winning map on the IR warped
     by it, and the first extra pass warps the IR by that same map again; the fine-pass check
-    warps it by the map the first fine pass started from. One instance serves one IR tensor for
-    one fit (the images a scale candidate zooms are other images, with views of their own);
-    never memoised in an ONNX trace, where a map's values are not known.
+    warps it by the map the first fine pass started from. It also keeps the inlier and inside
+    blocks of :meth:`OrientationMatcher._inlier_cells` (against the one visible image of the
+    fit): the wide search reads the score the scale search gave its winning map. One instance
+    serves one IR tensor for one fit (the images a scale candidate zooms are other images, with
+    views of their own); never memoised in an ONNX trace, where a map's values are not known.
     """
 
     def __init__(self, matcher, ir, memo=False):
