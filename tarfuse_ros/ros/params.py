@@ -438,9 +438,7 @@ def apply_updates(current, updates):
         if value is None:  # no value: ros2 param delete; rclpy would undeclare the parameter
             raise ValueError(f'{name} cannot be deleted while the node runs; set a value '
                              f'instead')
-        value = _coerce(spec, value)
-        if name == 'weights' and not value:
-            value = str(default_weights_path())
+        value = _value_in_use(spec, value)
         if value == getattr(current, spec.field):
             continue
         if not spec.runtime:
@@ -456,6 +454,14 @@ def apply_updates(current, updates):
         _check_value(spec, value)
         changes[spec.field] = value
     return validate_params(replace(current, **changes)) if changes else current
+
+
+def _value_in_use(spec, value):
+    """Return ``value`` as the node uses it: coerced, an empty ``weights`` the shipped file."""
+    value = _coerce(spec, value)
+    if spec.name == 'weights' and not value:
+        value = str(default_weights_path())
+    return value
 
 
 def _start_up_problem(current, spec, value):
@@ -540,11 +546,9 @@ def canonical_parameters(parameters):
         if spec is not None and spec.kind in ('str', 'str_array') \
                 and parameter.type_ != Parameter.Type.NOT_SET:
             try:
-                value = _coerce(spec, parameter.value)
+                value = _value_in_use(spec, parameter.value)
             except ValueError:
                 value = None
-            if spec.name == 'weights' and value == '':
-                value = str(default_weights_path())
             if spec.kind == 'str_array' and value is not None:
                 value = list(value)
             if value is not None and value != parameter.value:
