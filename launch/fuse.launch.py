@@ -17,7 +17,9 @@ override it only when they are not empty; ``prior_file`` (a parameters file writ
 ``tarfuse-calibrate``, ``registration.prior*``) is applied after ``params_file``.  Unless
 ``FASTRTPS_DEFAULT_PROFILES_FILE`` is already set, the shipped ``config/fastdds_profile.xml`` is
 used (shared memory with a large segment: large images over best-effort DDS otherwise get
-lost).
+lost).  The visible camera's camera_info is read beside ``visible_topic`` (its namespace +
+``camera_info``, as image_transport's CameraSubscriber does; also with the compressed transport),
+so only the two image topics are remapped.
 """
 
 import os
@@ -39,13 +41,6 @@ def _share_dir():
         return Path(get_package_share_directory(PACKAGE))
     except Exception:  # noqa: BLE001 - not installed: run from the source tree
         return Path(__file__).resolve().parents[1]
-
-
-def _camera_info_topic(image_topic):
-    """Return the ``camera_info`` sibling of an image topic (``a/b/image_raw`` -> ``a/b/...``)."""
-    head, slash, _ = image_topic.rpartition('/')
-    # '/image_raw' -> '/camera_info' (absolute stays absolute); 'image_raw' -> 'camera_info'.
-    return f'{head}/camera_info' if slash else 'camera_info'
 
 
 def _launch_setup(context):
@@ -90,10 +85,11 @@ def _launch_setup(context):
         output='screen',
         emulate_tty=True,
         parameters=[params_file] + ([prior_file] if prior_file else []) + [overrides],
+        # The node reads the camera_info beside the visible image topic (visible_topic
+        # /rgb/image_raw: /rgb/camera_info), as image_transport does: no rule needed for it.
         remappings=[
             ('infrared/image_raw', value['infrared_topic']),
             ('visible/image_raw', value['visible_topic']),
-            ('visible/camera_info', _camera_info_topic(value['visible_topic'])),
         ],
     ))
     actions.append(Node(
@@ -139,8 +135,10 @@ def generate_launch_description():
                         'for the compressed transport.'),
         DeclareLaunchArgument(
             'visible_topic', default_value='visible/image_raw',
-            description='Visible image topic (bgr8/rgb8/mono8/bayer_*/...); its camera_info '
-                        'sibling is republished as fused/camera_info.'),
+            description='Visible image topic (bgr8/rgb8/mono8/bayer_*/...), the base name '
+                        'for the compressed transport; the camera_info beside it '
+                        '(/rgb/image_raw: /rgb/camera_info) is republished as '
+                        'fused/camera_info.'),
         DeclareLaunchArgument(
             'infrared_transport', default_value='',
             description="'raw' or 'compressed' (<infrared_topic>/compressed, e.g. 16-bit PNG) "

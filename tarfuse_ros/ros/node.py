@@ -11,6 +11,10 @@ Data flow::
     fused/image_raw (+ /compressed), fused/camera_info, detections, registered/image_raw,
     debug/image_raw (each with the visible image's header), /diagnostics
 
+fused/camera_info republishes the visible camera's camera_info, read beside the visible image
+topic as remapped (``/cam/image_raw`` -> ``/cam/camera_info``, as image_transport's
+CameraSubscriber does) unless ``visible/camera_info`` is remapped itself.
+
 Run it with ``ros2 run tarfuse_ros fuse_node --ros-args --params-file config/tarfuse.yaml`` or
 ``python -m tarfuse_ros.ros.fuse_node --ros-args ...``.  Parameters: ``config/tarfuse.yaml``.
 """
@@ -45,6 +49,7 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from tarfuse_ros.core.drawing import draw_detections
 from tarfuse_ros.core.health import HealthSettings, RegistrationHealth
 from tarfuse_ros.core.images import check_frame_size
+from tarfuse_ros.core.topics import camera_info_topic
 from tarfuse_ros.ros.conversions import array_to_compressed_msg, array_to_image_msg
 from tarfuse_ros.ros.conversions import detections_to_msg, image_msg_to_array, load_bridge
 from tarfuse_ros.ros.diagnostics import build_status, NodeStats, process_rss_mib
@@ -57,17 +62,19 @@ from tarfuse_ros.ros.params import refinement_settings, registration_prior
 from tarfuse_ros.ros.params import unknown_parameters, unknown_qos_overrides
 from vision_msgs.msg import Detection2DArray
 
-__all__ = ['StartupError', 'TarFuseNode', 'main']
+__all__ = ['StartupError', 'TarFuseNode', 'main', 'visible_camera_info_topic']
 
 INFRARED, VISIBLE = 0, 1
 _INPUT_NAMES = ('infrared', 'visible')
 _INPUT_TOPICS = ('infrared/image_raw', 'visible/image_raw')
+# The visible camera's camera_info when remapped; else the visible image topic's sibling.
+_INFO_TOPIC = 'visible/camera_info'
 _FUSED_TOPIC = 'fused/image_raw'
 # Outputs that take REP-2003 QoS overrides (the fused image's compressed topic too).
 _OUTPUT_TOPICS = (_FUSED_TOPIC, 'fused/camera_info', 'detections', 'registered/image_raw',
                   'debug/image_raw')
 _RUNTIME_ENGINE_FIELDS = ('confidence_threshold', 'iou_threshold', 'max_detections', 'classes')
-# visible/camera_info messages kept to find the one stamped like a visible image (1 s at 30 Hz).
+# camera_info messages kept to find the one stamped like a visible image (1 s at 30 Hz).
 _CAMERA_INFO_BUFFER = 30
 _HEALTH_FIELDS = ('health_window', 'health_every_n', 'health_max_side', 'health_min_alignment',
                   'health_max_flow_px')
@@ -98,6 +105,28 @@ def _restart(timer, period):
     """Give an rclpy ``timer`` a new ``period`` (s); its next call one new period from now."""
     timer.timer_period_ns = round(period * 1e9)
     timer.reset()
+
+
+def visible_camera_info_topic(node):
+    """Return ``(topic, origin)``: the visible camera_info topic ``node`` reads, and why that one.
+
+    A remapping rule for visible/camera_info wins (``topic`` is then the name it remaps to);
+    otherwise the camera_info follows the visible image (image_transport's CameraSubscriber,
+    REP 104): the sibling of its base topic resolved with ``node``'s namespace and rules, so
+    remapping only the image moves it too. The base topic on the compressed transport as well,
+    never ``<base>/compressed``. ``origin`` says which, for the log. With an rclpy that cannot
+    tell a remapped name from an expanded one, ``visible/camera_info`` (rules still apply).
+    """
+    try:
+        expanded = node.resolve_topic_name(_INFO_TOPIC, only_expand=True)
+    except (AttributeError, TypeError):  # an rclpy without only_expand
+        return _INFO_TOPIC, f'{_INFO_TOPIC} as remapped'
+    remapped = node.resolve_topic_name(_INFO_TOPIC)
+    if remapped != expanded:
+        return remapped, f'{_INFO_TOPIC} remapped'
+    image = node.resolve_topic_name(_INPUT_TOPICS[VISIBLE])
+    return camera_info_topic(image), (f'beside the visible image topic {image}; remap '
+                                      f'{_INFO_TOPIC} to read another')
 
 
 def _class_ids(names, class_names):
@@ -167,7 +196,7 @@ class TarFuseNode(Node):
         self._last_msg = [None, None]  # newest valid message per input (re-fed after a reset)
         self._silence_flushed = [False, False]  # an input's stale queue dropped in its silence
         self._zero_stamped = [False, False]  # whether each input's newest message had stamp 0
-        # The newest visible/camera_info messages as (stamp ns, message, monotonic arrival s),
+        # The newest visible camera_info messages as (stamp ns, message, monotonic arrival s),
         # oldest first.
         self._camera_infos = collections.deque(maxlen=_CAMERA_INFO_BUFFER)
         self._camera_infos_lock = threading.Lock()
@@ -195,8 +224,10 @@ class TarFuseNode(Node):
         self._relays = None
         self._sync = None
         self._make_synchroniser()
-        self._info_sub = self.create_subscription(CameraInfo, 'visible/camera_info',
-                                                  self._on_camera_info, self._input_qos)
+        info_topic, origin = visible_camera_info_topic(self)
+        self._info_sub = self.create_subscription(CameraInfo, info_topic, self._on_camera_info,
+                                                  self._input_qos)
+        self.get_logger().info(f'camera_info from {self._info_sub.topic_name} ({origin})')
 
         self._pub_fused = self._output(Image, _FUSED_TOPIC)
         self._pub_fused_compressed = self._output(

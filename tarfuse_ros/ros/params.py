@@ -203,7 +203,9 @@ PARAMETER_SPECS = (
               'Also publish fused/image_raw/compressed (JPEG, sensor_msgs/CompressedImage).',
               runtime=True),
     ParamSpec('publish.camera_info', 'publish_camera_info', 'bool',
-              'Republish visible/camera_info as fused/camera_info.', runtime=True),
+              'Republish the visible camera_info (beside the visible image topic, or '
+              'visible/camera_info where remapped) as fused/camera_info.',
+              runtime=True),
     ParamSpec('publish.detections', 'publish_detections', 'bool', 'Publish detections.',
               runtime=True),
     ParamSpec('publish.registered', 'publish_registered', 'bool',

@@ -84,6 +84,15 @@ def image_msg(array, encoding, stamp_ns, frame_id):
     return msg
 
 
+def camera_info_msg(stamp_ns, focal):
+    """Return a 160x128 visible camera_info stamped ``stamp_ns`` with focal length ``focal``."""
+    info = CameraInfo(width=WIDTH, height=HEIGHT, distortion_model='plumb_bob')
+    info.header.frame_id = VISIBLE_FRAME
+    info.header.stamp.sec, info.header.stamp.nanosec = divmod(stamp_ns, 1_000_000_000)
+    info.k = [focal, 0.0, WIDTH / 2, 0.0, focal, HEIGHT / 2, 0.0, 0.0, 1.0]
+    return info
+
+
 def compressed_msg(array, fmt, stamp_ns, frame_id):
     """Build a ``sensor_msgs/CompressedImage`` as a camera driver would (OpenCV directly).
 
@@ -179,7 +188,8 @@ class Probe:
     """The test's ROS side: publishes camera images, collects every output of the node."""
 
     def __init__(self, domain_id, namespace='', reliability='best_effort', node_name='tarfuse',
-                 transports=('raw', 'raw')):
+                 transports=('raw', 'raw'), topics=None):
+        """Publish on ``topics`` (``{camera: base image topic}``; ``<camera>/image_raw`` else)."""
         self.context = rclpy.Context()
         rclpy.init(context=self.context, domain_id=domain_id,
                    signal_handler_options=SignalHandlerOptions.NO)
@@ -197,6 +207,8 @@ class Probe:
             DiagnosticArray, '/diagnostics', self._on_diagnostics, 50))
         self.ir_pub = self.visible_pub = None
         self.transports = dict(zip(('infrared', 'visible'), transports))
+        self.topics = {name: f'{name}/image_raw' for name in self.transports}
+        self.topics.update(topics or {})
         self.set_input_qos(reliability)
         self.info_pub = self.node.create_publisher(CameraInfo, 'visible/camera_info', 10)
         self.node_name = node_name
@@ -215,9 +227,9 @@ class Probe:
                 self.node.destroy_publisher(old)
             if self.transports[name] == 'compressed':
                 publisher = self.node.create_publisher(
-                    CompressedImage, f'{name}/image_raw/compressed', qos)
+                    CompressedImage, f'{self.topics[name]}/compressed', qos)
             else:
-                publisher = self.node.create_publisher(Image, f'{name}/image_raw', qos)
+                publisher = self.node.create_publisher(Image, self.topics[name], qos)
             setattr(self, attribute, publisher)
 
     def publish_pair(self, ir_msg, vi_msg):

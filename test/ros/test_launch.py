@@ -125,9 +125,16 @@ def test_launch_arguments_that_would_be_dropped_or_misread_stop_the_launch(
         module._launch_setup(dict(context, **change))
 
 
-def test_the_camera_info_sibling_keeps_an_absolute_topic_absolute(monkeypatch):
+def test_only_the_images_are_remapped_the_node_finds_their_camera_info(monkeypatch):
+    # The node reads the camera_info beside the visible image topic as remapped
+    # (tarfuse_ros.core.topics, test_node_camera_info.py): one rule, the node's; a rule of the
+    # launch file for visible/camera_info would override it.
     module = _load_with_stand_ins(monkeypatch)
-    assert module._camera_info_topic('/image_raw') == '/camera_info'
-    assert module._camera_info_topic('/rgb/image_raw') == '/rgb/camera_info'
-    assert module._camera_info_topic('visible/image_raw') == 'visible/camera_info'
-    assert module._camera_info_topic('image_raw') == 'camera_info'
+    context = {'namespace': 'front', 'params_file': '', 'weights': '', 'backend': '',
+               'device': '', 'infrared_topic': '/flir/image_raw',
+               'visible_topic': '/rgb/image_raw', 'infrared_transport': '',
+               'visible_transport': '', 'use_sim_time': 'false', 'prior_file': ''}
+    node = next(a for a in module._launch_setup(context)
+                if a.kwargs.get('executable') == 'fuse_node')
+    assert node.kwargs['remappings'] == [('infrared/image_raw', '/flir/image_raw'),
+                                         ('visible/image_raw', '/rgb/image_raw')]

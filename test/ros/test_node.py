@@ -8,8 +8,8 @@ import signal
 import time
 
 import cv2
-from node_harness import HEIGHT, make_checkpoint, NodeProcess, Probe, random_domain_id
-from node_harness import image_msg, sample_pair, VISIBLE_FRAME, WIDTH
+from node_harness import camera_info_msg, HEIGHT, make_checkpoint, NodeProcess, Probe
+from node_harness import image_msg, random_domain_id, sample_pair, VISIBLE_FRAME, WIDTH
 import numpy as np
 import pytest
 from rcl_interfaces.msg import ParameterType
@@ -179,23 +179,14 @@ def test_camera_info_of_another_image_size_is_not_republished_with_a_frame(setup
     assert probe.wait_for_outputs(binned, keys=('fused', 'camera_info'))
 
 
-def _camera_info(stamp_ns, focal):
-    """Return a 160x128 visible camera_info stamped ``stamp_ns`` with focal length ``focal``."""
-    info = CameraInfo(width=WIDTH, height=HEIGHT, distortion_model='plumb_bob')
-    info.header.frame_id = VISIBLE_FRAME
-    info.header.stamp.sec, info.header.stamp.nanosec = divmod(stamp_ns, 1_000_000_000)
-    info.k = [focal, 0.0, WIDTH / 2, 0.0, focal, HEIGHT / 2, 0.0, 0.0, 1.0]
-    return info
-
-
 def test_fused_camera_info_is_the_one_stamped_like_the_visible_image_else_the_newest(setup):
     # image_transport pairs an image with the camera_info of the same stamp; a camera whose
     # info changes (zoom, another calibration) must not give a frame the next frame's info.
     node, probe, _, _ = setup
     older = time.time_ns()
     newer = older + 50_000_000
-    probe.info_pub.publish(_camera_info(older, 100.0))
-    probe.info_pub.publish(_camera_info(newer, 200.0))
+    probe.info_pub.publish(camera_info_msg(older, 100.0))
+    probe.info_pub.publish(camera_info_msg(newer, 200.0))
     probe.spin_until(lambda: False, 0.5)  # both reach the node before the image
     for stamp, focal in ((older, 100.0), (newer, 200.0)):
         _send_and_wait(probe, stamp=stamp)
@@ -572,7 +563,7 @@ def test_after_the_visible_time_jumps_back_old_camera_info_is_not_republished(se
     # earlier bag's camera_info republished with every image (the "newest" fallback).
     node, probe, _, _ = setup
     stamp = time.time_ns()
-    probe.info_pub.publish(_camera_info(stamp, 300.0))
+    probe.info_pub.publish(camera_info_msg(stamp, 300.0))
     probe.spin_until(lambda: False, 0.5)
     _send_and_wait(probe, stamp=stamp)
     assert probe.spin_until(lambda: probe.outputs_for('camera_info', stamp), 10.0)
@@ -583,7 +574,7 @@ def test_after_the_visible_time_jumps_back_old_camera_info_is_not_republished(se
     assert not probe.outputs_for('camera_info', earlier), "an old bag's camera_info republished"
     # A loop that sends its camera_info just before its first image keeps it.
     loop = earlier - 60 * 1_000_000_000
-    probe.info_pub.publish(_camera_info(loop, 400.0))
+    probe.info_pub.publish(camera_info_msg(loop, 400.0))
     probe.spin_until(lambda: False, 0.5)
     _send_and_wait(probe, stamp=loop)
     assert probe.spin_until(lambda: probe.outputs_for('camera_info', loop), 10.0)
