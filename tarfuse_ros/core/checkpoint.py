@@ -45,7 +45,9 @@ def save_checkpoint(path, model, provenance=None, input_conventions=None):
 
     ``provenance``: JSON-serialisable dict (data sets, command, epochs, metrics...).
     ``input_conventions`` overrides :data:`INPUT_CONVENTIONS`. The file is written to a temporary
-    name first and renamed, so a crash never leaves a half-written checkpoint under ``path``.
+    name first and renamed, so a crash never leaves a half-written checkpoint under ``path``;
+    its mode is that of a file written by ``open()``
+    (:func:`~tarfuse_ros.core.files.atomic_output`).
     Returns the path.
     """
     config = getattr(model, 'config', None)

@@ -41,6 +41,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 from tarfuse_ros.core.images import prepare_pair
+# The layout's functions live in a module without PyTorch (tools that only list pairs use it).
+from tarfuse_ros.core.layout import (dataset_folder, find_image, IMAGE_EXTENSIONS,
+                                     list_split_names, MISALIGNED_DIR, misaligned_stems,
+                                     pair_files, read_split, unpaired_stems)
 from tarfuse_ros.core.sizes import enlarged_size
 import torch
 from torch.utils.data import Dataset
@@ -68,154 +72,6 @@ __all__ = [
     'yolo_to_xyxy',
 ]
 
-IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff')
-MISALIGNED_DIR = 'synthetic_misaligned'
-
-
-def _dir(dataset_dir):
-    path = Path(dataset_dir)
-    if not path.is_dir():
-        raise ValueError(f'data set folder {str(path)!r} does not exist')
-    if not (path / 'ir').is_dir() or not (path / 'vi').is_dir():
-        raise ValueError(
-            f'data set folder {str(path)!r} must contain ir/ and vi/ sub-folders '
-            f'(found: {sorted(p.name for p in path.iterdir())})')
-    return path
-
-
-_LISTINGS = {}  # folder -> {stem: path}; see _image_index
-
-
-def _image_index(folder, fresh=False):
-    """Map stem -> the paths of the images of that stem in ``folder`` (one, unless a mistake).
-
-    Listings are kept per folder (loading a pair looks its files up); ``fresh`` lists the folder
-    again. :func:`_find_image` lists again before reporting a stem missing and ``read_split``
-    lists ``'all'`` afresh, so a file added after a listing is always found.
-    """
-    index = None if fresh else _LISTINGS.get(folder)
-    if index is None:
-        index = {}
-        for entry in os.scandir(folder):
-            stem, ext = os.path.splitext(entry.name)
-            if ext.lower() in IMAGE_EXTENSIONS and entry.is_file():
-                index.setdefault(stem, []).append(entry.path)
-        _LISTINGS[folder] = index
-    return index
-
-
-def _find_image(folder, stem):
-    """Return the path of ``stem`` in ``folder``, or None (listing the folder again first).
-
-    Raises:
-        ValueError: two images of the stem (``x.png`` and ``x.jpg``): which is the pair's?
-
-    """
-    index = _image_index(folder)
-    if stem not in index:
-        index = _image_index(folder, fresh=True)
-    paths = sorted(index.get(stem, [None]))
-    if len(paths) > 1:
-        raise ValueError(
-            f'{len(paths)} {Path(folder).name}/ images of stem {stem!r} in '
-            f'{str(Path(folder).parent)!r}: {", ".join(Path(p).name for p in paths)}; keep the '
-            f"pair's one")
-    return paths[0]
-
-
-def _image_path(dataset_dir, modality, stem):
-    path = _find_image(str(Path(dataset_dir) / modality), stem)
-    if path is None:
-        raise ValueError(
-            f'no {modality}/ image for stem {stem!r} in {str(dataset_dir)!r} '
-            f'(extensions tried: {", ".join(IMAGE_EXTENSIONS)})')
-    return path
-
-
-def list_split_names(dataset_dir):
-    """Return the split names a data set offers (``<name>.txt`` list files), plus ``'all'``."""
-    path = _dir(dataset_dir)
-    names = sorted(p.stem for p in path.glob('*.txt') if p.name != 'classes.txt')
-    return names + ['all']
-
-
-def read_split(dataset_dir, split='all', unique=False):
-    """Return the stems of a split.
-
-    Args:
-        dataset_dir: data set folder (layout in the module docstring).
-        split: a list-file name without extension (``'train'``, ``'test'``, ``'det_labelled'``),
-            ``'misaligned'`` (the stems of ``synthetic_misaligned/list.txt`` or ``disp/``),
-            ``'all'`` (every stem that has both an IR and a visible image), or a path to a
-            list file (absolute, or relative to the data set folder).
-        unique: refuse a list file that names a stem twice (its pair would count twice).
-
-    Returns:
-        list of stems in file order (``'all'``: sorted). Blank lines and ``#`` comments are
-        skipped.
-
-    Raises:
-        ValueError: unknown split, a listed stem without its IR/visible image, a stem with two
-            image files in ``ir/`` or ``vi/`` (``x.png`` and ``x.jpg``), or (``unique``) a stem
-            listed twice, naming the file, the stem and both lines.
-
-    """
-    path = _dir(dataset_dir)
-    if split == 'all':
-        ir = _image_index(str(path / 'ir'), fresh=True)
-        vi = _image_index(str(path / 'vi'), fresh=True)
-        return _checked(path, sorted(set(ir) & set(vi)))
-    if split == 'misaligned':
-        return misaligned_stems(path)
-    split_str = str(split)
-    candidates = [Path(split_str)] if os.path.sep in split_str or split_str.endswith('.txt') \
-        else []
-    candidates += [path / split_str, path / f'{split_str}.txt']
-    list_file = next((c for c in candidates if c.is_file()), None)
-    if list_file is None:
-        raise ValueError(
-            f'split {split_str!r} not found in {str(path)!r}; available: '
-            f'{list_split_names(path)} or a path to a list file')
-    stems, first_line = [], {}
-    for number, line in enumerate(list_file.read_text().splitlines(), start=1):
-        line = line.split('#', 1)[0].strip()
-        if not line:
-            continue
-        stem = Path(line).stem if Path(line).suffix.lower() in IMAGE_EXTENSIONS else line
-        if unique and stem in first_line:
-            raise ValueError(f'split file {str(list_file)!r} lists {stem!r} twice (lines '
-                             f'{first_line[stem]} and {number}): its pair would count twice; '
-                             f'remove one of the lines')
-        first_line.setdefault(stem, number)
-        stems.append(stem)
-    return _checked(path, stems)
-
-
-def _checked(dataset_dir, stems):
-    """Return ``stems`` once each has one IR and one visible image (``ValueError`` if not)."""
-    for stem in stems:
-        _image_path(dataset_dir, 'ir', stem)
-        _image_path(dataset_dir, 'vi', stem)
-    return stems
-
-
-def unpaired_stems(dataset_dir):
-    """Return the stems that have an image in only one of ``ir/`` and ``vi/``.
-
-    They are what split ``'all'`` of :func:`read_split` leaves out.
-
-    Returns:
-        ``(ir_only, vi_only)``: two sorted lists of stems.
-
-    Raises:
-        ValueError: not a data set folder (no ``ir/`` or ``vi/``).
-
-    """
-    path = _dir(dataset_dir)
-    ir = set(_image_index(str(path / 'ir'), fresh=True))
-    vi = set(_image_index(str(path / 'vi'), fresh=True))
-    return sorted(ir - vi), sorted(vi - ir)
-
 
 def _read_image(file_path):
     img = cv2.imread(str(file_path), cv2.IMREAD_UNCHANGED)
@@ -233,12 +89,6 @@ def _read_image(file_path):
 def _is_grey(img):
     return img.ndim == 2 or (np.array_equal(img[:, :, 0], img[:, :, 1])
                              and np.array_equal(img[:, :, 1], img[:, :, 2]))
-
-
-def pair_files(dataset_dir, stem):
-    """Return the ``(ir, vi)`` image paths of one pair (``ValueError`` when one is missing)."""
-    path = _dir(dataset_dir)
-    return _image_path(path, 'ir', stem), _image_path(path, 'vi', stem)
 
 
 def load_pair(dataset_dir, stem):
@@ -359,17 +209,6 @@ def yolo_to_xyxy(labels, width, height):
     return out
 
 
-def misaligned_stems(dataset_dir):
-    """Return the stems that have a ground-truth deformation (``synthetic_misaligned/disp``)."""
-    base = Path(dataset_dir) / MISALIGNED_DIR
-    list_file = base / 'list.txt'
-    if list_file.is_file():
-        return [s.strip() for s in list_file.read_text().splitlines() if s.strip()]
-    if (base / 'disp').is_dir():
-        return sorted(p.stem for p in (base / 'disp').glob('*.npz'))
-    return []
-
-
 def load_disp(dataset_dir, stem):
     """Load the APPLIED deformation of a synthetic-misaligned pair.
 
@@ -404,7 +243,7 @@ def load_misaligned_ir(dataset_dir, stem):
     folder = Path(dataset_dir) / MISALIGNED_DIR / 'ir_warp'
     if not folder.is_dir():
         raise ValueError(f'{str(Path(dataset_dir))!r} has no {MISALIGNED_DIR}/ir_warp folder')
-    path = _find_image(str(folder), stem)
+    path = find_image(str(folder), stem)
     if path is None:
         raise ValueError(f'no deformed IR for stem {stem!r} in {str(folder)!r}')
     img = _read_image(path)
@@ -677,7 +516,7 @@ class PairedDataset(Dataset):
         self.min_long_side = min_long_side
         self.seed = int(seed)
         self.epoch = 0
-        dirs = [_dir(source.path) for source in parsed]
+        dirs = [dataset_folder(source.path) for source in parsed]
         self.class_map = _normalise_class_map(
             default_class_map(parsed) if class_map is None else class_map)
         self.class_names = class_names_from_map(self.class_map) if self.class_map else ()

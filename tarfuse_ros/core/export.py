@@ -31,12 +31,12 @@ import copy
 from dataclasses import dataclass, field
 import io
 import json
-import os
 from pathlib import Path
 import warnings
 
 import numpy as np
 from tarfuse_ros.core.checkpoint import load_checkpoint
+from tarfuse_ros.core.files import atomic_output
 from tarfuse_ros.core.model.yolo import anchors_every_call
 from tarfuse_ros.core.onnx_backend import CONFIG_KEY, FUSION_OUTPUTS, MIN_OPSET
 from tarfuse_ros.core.onnx_backend import ONNX_FORMAT_VERSION
@@ -164,7 +164,8 @@ def export_onnx(weights, output, half=False, opset=MIN_OPSET, verify=True, scale
 
     Args:
         weights: path of a TarFuse checkpoint (``save_checkpoint`` / ``tarfuse-train``).
-        output: path of the ``.onnx`` file to write (replaced atomically; folders created).
+        output: path of the ``.onnx`` file to write (replaced atomically, modes as
+            :func:`~tarfuse_ros.core.files.atomic_output` gives them; folders created).
         half: float16 computation inside, float32 inputs and outputs.
         opset: ONNX opset, ``>= 17`` (GridSample needs 16; TensorRT 8.6+ and 10 parse 17)
             and at most what ``torch.onnx.export`` writes (23 with torch 2.14).
@@ -266,11 +267,6 @@ def export_onnx(weights, output, half=False, opset=MIN_OPSET, verify=True, scale
         report.verify_shape = (check_shape[0], 1) + check_shape[1:]
         report.max_abs_diff = _verify(blob, graph, report.verify_shape, precision,
                                       torch.get_num_threads())
-    output.parent.mkdir(parents=True, exist_ok=True)
-    temporary = output.with_name(f'.{output.name}.{os.getpid()}.tmp')
-    try:
+    with atomic_output(output) as temporary:
         temporary.write_bytes(blob)
-        os.replace(temporary, output)
-    finally:
-        temporary.unlink(missing_ok=True)
     return report

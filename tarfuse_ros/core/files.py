@@ -7,7 +7,9 @@ from contextlib import contextmanager
 import hashlib
 import os
 from pathlib import Path
+import secrets
 import shutil
+import stat
 import tempfile
 
 __all__ = ['atomic_output', 'file_sha256', 'is_safetensors', 'is_torch_pickle',
@@ -99,6 +101,25 @@ def output_problem(path, folder=False):
     return None
 
 
+def _create_temporary(path, folder):
+    """Create an empty file (or folder) beside ``path`` under a new name; return it and its mode.
+
+    It is created as ``open()`` and ``mkdir`` create them, so its mode (returned) is 0o666 (a
+    folder: 0o777) less the umask: the umask is read without setting it (``os.umask`` would
+    change it for every thread meanwhile).
+    """
+    while True:
+        temporary = path.with_name(f'{path.name}.{secrets.token_hex(4)}.tmp')
+        try:
+            if folder:
+                temporary.mkdir(mode=0o777)
+            else:
+                os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:  # a name taken already: draw another
+            continue
+        return temporary, stat.S_IMODE(temporary.stat().st_mode)
+
+
 @contextmanager
 def atomic_output(path, folder=False):
     """Yield a temporary path beside ``path``; move it to ``path`` when the block succeeds.
@@ -108,25 +129,34 @@ def atomic_output(path, folder=False):
     is first moved to ``<name>.old``, then deleted). On an exception the temporary is removed and
     ``path`` is left as it was. The parent folder is created if needed.
 
+    Modes are those ``open()`` and ``mkdir`` give, whatever the writer did (safetensors'
+    ``save_file`` and ``tempfile`` make files only their owner can read): a new file gets 0o666
+    and a new folder 0o777, less the umask (0o644 and 0o755 under the usual umask 0o022), so
+    that other users (a ROS node run as a service or container user) can read the output. So do
+    the files and folders inside a folder output. An output that replaces a file (a folder)
+    keeps the mode of the one it replaces, as a file rewritten by ``open()`` does: a ``chmod``
+    given to it stays.
+
     Args:
         path: the final file or folder.
         folder: the output is a folder (e.g. a training state of several files).
 
     Yields:
-        :class:`pathlib.Path` of the temporary file (not yet existing) or of the empty folder.
+        :class:`pathlib.Path` of the temporary file (empty) or of the empty folder.
 
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if folder:
-        temporary = Path(tempfile.mkdtemp(prefix=path.name + '.', suffix='.tmp', dir=path.parent))
-        temporary.chmod(0o755)  # mkdtemp makes it private; a state folder is a normal folder
-    else:
-        handle, name = tempfile.mkstemp(prefix=path.name + '.', suffix='.tmp', dir=path.parent)
-        os.close(handle)
-        temporary = Path(name)
+    temporary, mode = _create_temporary(path, folder)
     try:
         yield temporary
+        if folder:
+            for inner in temporary.rglob('*'):
+                if not inner.is_symlink():
+                    inner.chmod(mode if inner.is_dir() else mode & 0o666)
+        if path.exists() and path.is_dir() == folder:
+            mode = stat.S_IMODE(path.stat().st_mode)
+        temporary.chmod(mode)
         if not folder:
             os.replace(temporary, path)
             return
@@ -146,9 +176,8 @@ def atomic_output(path, folder=False):
 def write_text_atomic(path, text):
     """Write ``text`` (UTF-8) to the file ``path`` whole or not at all (:func:`atomic_output`).
 
-    An interrupted or failed write leaves ``path`` as it was; the file is readable by all
-    (mode 0644), as an ordinary new file.
+    An interrupted or failed write leaves ``path`` as it was; the file's mode is that of
+    :func:`atomic_output` (0o644 under the usual umask 0o022).
     """
     with atomic_output(path) as temporary:
         temporary.write_text(text, encoding='utf-8')
-        temporary.chmod(0o644)

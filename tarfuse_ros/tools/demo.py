@@ -27,9 +27,9 @@ import time
 import cv2
 import numpy as np
 
+from tarfuse_ros.console import StopRequest
 from tarfuse_ros.core import paths
 from tarfuse_ros.core.files import output_problem
-from tarfuse_ros.ros.fuse_node import StopRequest
 from tarfuse_ros.tools.bagio import image_to_array, read_messages
 from tarfuse_ros.tools.make_bag import make_bag
 from tarfuse_ros.tools.play_bag import BagPlayer, PlayError

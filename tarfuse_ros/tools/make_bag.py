@@ -19,7 +19,6 @@ Example::
 
 import argparse
 from dataclasses import dataclass
-from glob import escape as glob_escape
 from pathlib import Path
 import shutil
 import sys
@@ -28,12 +27,12 @@ import cv2
 import numpy as np
 
 from tarfuse_ros.core.files import output_problem
+from tarfuse_ros.core.layout import image_path, read_split, unpaired_stems
 from tarfuse_ros.tools.bagio import check_topic_name, compressed_cdr, image_cdr, jazzy_typestore
 from tarfuse_ros.tools.bagio import offered_qos, open_writer
 
 __all__ = ['BagSummary', 'build_parser', 'ir_to_mono16', 'list_pairs', 'main', 'make_bag']
 
-IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff')
 DEFAULT_START_TIME_S = 1_700_000_000.0  # 2023-11-14T22:13:20Z, a fixed 'recorded' epoch
 # mono16 IR as a radiometric camera in TLinear mode gives it: centi-kelvin. 8-bit grey g maps to
 # 27315 + 16 g, i.e. 0 degC .. 40.8 degC, a plausible outdoor scene range in 14 of 16 bits.
@@ -64,52 +63,20 @@ def ir_to_mono16(ir8):
     return (MONO16_OFFSET + MONO16_GAIN * ir8.astype(np.uint32)).astype(np.uint16)
 
 
-def _find_image(folder, stem):
-    """Return the one image ``stem.<suffix>`` in ``folder`` (any case), or None.
-
-    Raises:
-        ValueError: several images share the stem (``a.png`` and ``a.jpg``).
-
-    """
-    # The stem must match exactly: 'scene.*' also finds 'scene.night.png', another pair.
-    found = sorted(p for p in folder.glob(f'{glob_escape(stem)}.*')
-                   if p.stem == stem and p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-    if len(found) > 1:
-        raise ValueError(f'pair {stem!r}: several images in {folder} '
-                         f'({", ".join(p.name for p in found)}); keep one')
-    return found[0] if found else None
-
-
 def list_pairs(pairs_dir, split=None, ir_dir='ir', vi_dir='vi'):
     """
     Return ``[(stem, ir_path, vi_path)]`` for a pair folder, in split-file or sorted order.
 
-    ``split`` is a list file path, or a name such as ``test`` for ``<pairs_dir>/test.txt``.
+    ``split`` is read as every tool reads it (:func:`tarfuse_ros.core.layout.read_split`): a
+    name such as ``test`` for ``<pairs_dir>/test.txt``, a list file's path, ``all`` (the stems
+    with both images) or ``misaligned``. Without one, every image is a pair's: one without its
+    partner on the other side is an error, not left out.
     """
-    pairs_dir = Path(pairs_dir)
-    ir_folder, vi_folder = pairs_dir / ir_dir, pairs_dir / vi_dir
-    for folder in (ir_folder, vi_folder):
-        if not folder.is_dir():
-            raise ValueError(f'{folder} is not a folder; --pairs needs {ir_dir}/ and {vi_dir}/ '
-                             'sub-folders with the same file stem per pair')
-    if split is not None:
-        split_path = Path(split)
-        if not split_path.is_file():
-            split_path = pairs_dir / f'{split}.txt'
-        if not split_path.is_file():
-            raise ValueError(f'split {split!r} is neither a file nor {pairs_dir}/{split}.txt')
-        stems = [s.strip() for s in split_path.read_text().splitlines() if s.strip()]
-    else:
-        # Both folders: an image on one side only is named below, whichever side it is on.
-        stems = sorted({p.stem for folder in (ir_folder, vi_folder) for p in folder.iterdir()
-                        if p.suffix.lower() in IMAGE_SUFFIXES})
-    pairs = []
-    for stem in stems:
-        ir_path, vi_path = _find_image(ir_folder, stem), _find_image(vi_folder, stem)
-        if ir_path is None or vi_path is None:
-            missing = ir_folder if ir_path is None else vi_folder
-            raise ValueError(f'pair {stem!r}: no image named {stem}.* in {missing}')
-        pairs.append((stem, ir_path, vi_path))
+    stems = read_split(pairs_dir, split or 'all', ir_dir=ir_dir, vi_dir=vi_dir)
+    if split is None:  # the images without a partner are named below
+        stems = sorted(set(stems).union(*unpaired_stems(pairs_dir, ir_dir, vi_dir)))
+    pairs = [(stem, *(Path(image_path(pairs_dir, folder, stem)) for folder in (ir_dir, vi_dir)))
+             for stem in stems]
     if not pairs:
         raise ValueError(f'no image pairs found in {pairs_dir}')
     return pairs
@@ -294,7 +261,9 @@ def build_parser():
     parser.add_argument('--pairs', required=True, type=Path,
                         help='folder with ir/ and vi/ sub-folders (same stem per pair)')
     parser.add_argument('--split', default=None,
-                        help='list file of stems (path, or a name like test for <pairs>/test.txt)')
+                        help='list file of stems, as the other tools take it: a name like test '
+                             'for <pairs>/test.txt, a path, all or misaligned (default: every '
+                             'image, each with its partner)')
     parser.add_argument('--out', required=True, type=Path, help='rosbag2 directory to create')
     parser.add_argument('--rate', type=float, default=10.0, help='frame rate of each camera (Hz)')
     parser.add_argument('--ir-encoding', choices=('mono8', 'mono16'), default='mono8')

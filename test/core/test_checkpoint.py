@@ -57,6 +57,17 @@ def test_round_trip_gives_bit_identical_outputs(tmp_path, trained_like_model):
         assert torch.equal(tensor, loaded.state_dict()[name]), name
 
 
+def test_a_checkpoint_is_readable_as_a_file_written_by_open(tmp_path, trained_like_model):
+    # It was 0o600 (written through tempfile.mkstemp): a node run as another user (a service,
+    # a container user) could not read the weights tarfuse-train saved.
+    previous = os.umask(0o022)
+    try:
+        path = save_checkpoint(tmp_path / 'model.safetensors', trained_like_model)
+    finally:
+        os.umask(previous)
+    assert path.stat().st_mode & 0o777 == 0o644
+
+
 def test_config_metadata_content(tmp_path, trained_like_model):
     path = save_checkpoint(tmp_path / 'm.safetensors', trained_like_model,
                            provenance={'command': 'tarfuse-train --epochs 3'})

@@ -1,10 +1,25 @@
-"""output_problem: the check tools run on --out before slow work."""
+"""output_problem: the check tools run on --out before slow work; the modes of atomic outputs."""
 
+import os
 from pathlib import Path
+import stat
 
 import pytest
 
-from tarfuse_ros.core.files import output_problem
+from tarfuse_ros.core.files import atomic_output, output_problem, write_text_atomic
+
+
+@pytest.fixture(params=[0o022, 0o027], ids=['umask022', 'umask027'])
+def umask(request):
+    """Set the process umask for one test (restored after it); return it."""
+    previous = os.umask(request.param)
+    yield request.param
+    os.umask(previous)
+
+
+def mode(path):
+    """Return the permission bits of ``path``."""
+    return stat.S_IMODE(path.stat().st_mode)
 
 
 def test_a_writable_place_is_no_problem_and_nothing_is_left_there(tmp_path):
@@ -27,3 +42,48 @@ def test_a_folder_nobody_can_write_is_refused_even_for_root():
     # os.access says True to root here; creating a file there fails for every user.
     problem = output_problem('/proc/tarfuse_model.onnx')
     assert problem is not None and problem.startswith('folder /proc is not writable')
+
+
+def test_atomic_outputs_get_the_modes_open_and_mkdir_give(tmp_path, umask):
+    # Files were made by tempfile.mkstemp, and safetensors' save_file writes a 0o600 file of its
+    # own: unreadable by a node run as another user. write_text_atomic's and folders' modes were
+    # 0o644 and 0o755 whatever the umask.
+    from safetensors.torch import save_file
+    import torch
+    plain_file, plain_folder = tmp_path / 'plain.txt', tmp_path / 'plain'
+    plain_file.write_text('open()')
+    plain_folder.mkdir()
+    with atomic_output(tmp_path / 'weights.safetensors') as temporary:
+        save_file({'w': torch.zeros(2)}, temporary)
+    write_text_atomic(tmp_path / 'report.md', 'report\n')
+    with atomic_output(tmp_path / 'state', folder=True) as folder:
+        save_file({'w': torch.zeros(2)}, folder / 'model.safetensors')
+        (folder / 'logs').mkdir()
+        (folder / 'logs' / 'state.json').write_text('{}')
+    assert mode(plain_file) == 0o666 & ~umask and mode(plain_folder) == 0o777 & ~umask
+    assert mode(tmp_path / 'weights.safetensors') == mode(plain_file)
+    assert mode(tmp_path / 'report.md') == mode(plain_file)
+    assert mode(tmp_path / 'state') == mode(tmp_path / 'state' / 'logs') == mode(plain_folder)
+    assert mode(tmp_path / 'state' / 'model.safetensors') == mode(plain_file)
+    assert mode(tmp_path / 'state' / 'logs' / 'state.json') == mode(plain_file)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        'plain', 'plain.txt', 'report.md', 'state', 'weights.safetensors']
+
+
+def test_a_replaced_output_keeps_its_mode(tmp_path, umask):
+    """As a file rewritten by open(): a chmod given to the old one stays."""
+    report = tmp_path / 'report.md'
+    write_text_atomic(report, 'one\n')
+    report.chmod(0o600)
+    write_text_atomic(report, 'two\n')
+    assert report.read_text() == 'two\n' and mode(report) == 0o600
+    report.chmod(0o664)
+    write_text_atomic(report, 'three\n')
+    assert mode(report) == 0o664
+    with atomic_output(tmp_path / 'state', folder=True):
+        pass
+    (tmp_path / 'state').chmod(0o700)
+    with atomic_output(tmp_path / 'state', folder=True) as folder:
+        (folder / 'new.json').write_text('{}')
+    assert mode(tmp_path / 'state') == 0o700
+    assert [p.name for p in (tmp_path / 'state').iterdir()] == ['new.json']

@@ -499,7 +499,7 @@ def test_make_bag_refuses_lossy_or_unplayable_choices_and_finds_any_suffix_case(
     with pytest.raises(ValueError, match="vi_topic 'bad topic' is not a valid ROS topic"):
         make_bag(pairs, tmp_path / 'topic', ir_encoding='mono16', vi_topic='bad topic')
     assert cv2.imwrite(str(pairs / 'vi' / 'a.jpg'), np.full((32, 32, 3), 90, np.uint8))
-    with pytest.raises(ValueError, match=r"pair 'a': several images .*a.PNG, a.jpg"):
+    with pytest.raises(ValueError, match=r"2 vi/ images of stem 'a' in .*: a.PNG, a.jpg"):
         make_bag(pairs, tmp_path / 'dup', ir_encoding='mono16')
 
 
@@ -521,7 +521,7 @@ def test_make_bag_pairs_files_by_their_whole_stem(tmp_path):
     (pairs / 'ir' / 'scene.png').unlink()
     split = tmp_path / 'scene.txt'
     split.write_text('scene\n')
-    with pytest.raises(ValueError, match=r"pair 'scene': no image named scene\.\* in .*ir"):
+    with pytest.raises(ValueError, match=r"no ir/ image for stem 'scene' in "):
         make_bag(pairs, tmp_path / 'one', split=str(split))
     assert not (tmp_path / 'one').exists()
 
@@ -533,13 +533,38 @@ def test_make_bag_names_an_image_on_either_side_only(tmp_path, capsys):
         shutil.copytree(SAMPLES / side, pairs / side)
     shutil.copy(SAMPLES / 'ir' / 'FLIR_00122.jpg', pairs / 'ir' / 'FLIR_99999.jpg')
     assert make_bag_tool.main(['--pairs', str(pairs), '--out', str(tmp_path / 'ir_only')]) == 2
-    assert (f"error: pair 'FLIR_99999': no image named FLIR_99999.* in {pairs / 'vi'}"
+    assert (f"error: no vi/ image for stem 'FLIR_99999' in '{pairs}'"
             in capsys.readouterr().err)
     assert not (tmp_path / 'ir_only').exists()
     (pairs / 'ir' / 'FLIR_99999.jpg').rename(pairs / 'vi' / 'FLIR_99999.jpg')
     assert make_bag_tool.main(['--pairs', str(pairs), '--out', str(tmp_path / 'vi_only')]) == 2
-    assert (f"error: pair 'FLIR_99999': no image named FLIR_99999.* in {pairs / 'ir'}"
+    assert (f"error: no ir/ image for stem 'FLIR_99999' in '{pairs}'"
             in capsys.readouterr().err)
+
+
+def test_make_bag_takes_a_split_as_the_other_tools_do(tmp_path, capsys):
+    """--split read list files its own way: no '#' comments, no 'all', other error messages."""
+    from tarfuse_ros.core import data  # how tarfuse-eval, -calibrate and -pseudo-label read it
+    listed = tmp_path / 'two.txt'
+    listed.write_text('# two of the samples\nFLIR_00993  # the second\n\nFLIR_00122.jpg\n')
+    summary = make_bag(SAMPLES, tmp_path / 'listed', split=str(listed), size=(64, 48))
+    assert summary.stems == data.read_split(SAMPLES, str(listed)) == ['FLIR_00993', 'FLIR_00122']
+    summary = make_bag(SAMPLES, tmp_path / 'all', split='all', size=(64, 48))
+    assert summary.stems == data.read_split(SAMPLES, 'all') and summary.pairs == 5
+    unknown = tmp_path / 'unknown.txt'
+    unknown.write_text('FLIR_00993\nFLIR_99999\n')
+    messages = []
+    for split in ('nosuch', str(tmp_path / 'absent.txt'), str(unknown)):
+        with pytest.raises(ValueError) as read:
+            data.read_split(SAMPLES, split)
+        messages.append(str(read.value))
+        out = tmp_path / 'refused'
+        assert make_bag_tool.main(['--pairs', str(SAMPLES), '--split', split, '--out',
+                                   str(out)]) == 2
+        assert capsys.readouterr().err == f'tarfuse-make-bag: error: {messages[-1]}\n'
+        assert not out.exists()
+    assert messages[0].startswith(f"split 'nosuch' not found in '{SAMPLES}'; available: ")
+    assert messages[2].startswith(f"no ir/ image for stem 'FLIR_99999' in '{SAMPLES}'")
 
 
 @pytest.mark.dds

@@ -5,6 +5,7 @@ sources in its README), so these tests run on a fresh clone.
 """
 
 import json
+import os
 from pathlib import Path
 import shutil
 import signal
@@ -89,6 +90,23 @@ def test_one_epoch_writes_log_curve_state_and_checkpoint(runs, splits):
     assert first['state']['epoch'] == 1 and first['state']['global_step'] == 2
     assert (runs['b'] / CURVE_NAME).stat().st_size > 1000
     assert (runs['b'] / 'splits' / 'train').is_dir()
+
+
+def test_what_a_run_writes_is_readable_as_files_written_by_open(splits, tmp_path):
+    # The checkpoint and the state's weights were 0o600 (tempfile.mkstemp, then safetensors'
+    # own private file): a node run as another user could not read them.
+    out = tmp_path / 'modes'
+    previous = os.umask(0o027)
+    try:
+        assert train_tool.main(_args(splits, out, '--epochs', '1', '--val-every', '0')) == 0
+    finally:
+        os.umask(previous)
+    files = [path for path in out.rglob('*') if path.is_file()]
+    assert out / FINAL_NAME in files and out / STATE_DIR / 'model.safetensors' in files
+    assert {path.name: oct(path.stat().st_mode & 0o777) for path in files} == {
+        path.name: '0o640' for path in files}
+    folders = [out] + [path for path in out.rglob('*') if path.is_dir()]
+    assert {oct(path.stat().st_mode & 0o777) for path in folders} == {'0o750'}
 
 
 def test_checkpoint_loads_with_provenance(runs):

@@ -1,0 +1,99 @@
+"""The console scripts: each imports its program, then runs its ``main``, quiet on Ctrl-C.
+
+Importing a tool loads PyTorch and OpenCV: seconds on a busy machine, before the tool's
+``main`` (which handles Ctrl-C from then on) runs. A console script that named ``tool:main``
+printed a Python traceback for a Ctrl-C in that time. The console scripts of ``setup.py`` name
+the functions here instead: a Ctrl-C while the tool imports ends it with one line,
+``<program>: interrupted while starting; nothing was done``, and exit status 130, as a Ctrl-C
+later on does. This module imports nothing heavy.
+"""
+
+import importlib
+import signal
+import sys
+
+__all__ = ['StopRequest', 'calibrate', 'demo', 'evaluate', 'export', 'fuse', 'import_or_stop',
+           'make_bag', 'play', 'pseudo_label', 'train']
+
+
+class StopRequest:
+    """Signal handler: remember the stop (``requested``), then raise ``KeyboardInterrupt``.
+
+    With ``once``, only the first signal raises; later ones are remembered only, so that they
+    cannot interrupt the stop the first one began.
+    """
+
+    def __init__(self, once=False):
+        self.requested = False
+        self.once = once
+
+    def __call__(self, signum, frame):
+        again = self.requested
+        self.requested = True
+        if not (again and self.once):
+            raise KeyboardInterrupt
+
+    def install(self, numbers):
+        """Handle the signals ``numbers``; return ``{number: previous handler}``.
+
+        SIGINT stays ignored where the process was started so (a background job of a shell).
+        """
+        return {number: signal.signal(number, self) for number in numbers
+                if number != signal.SIGINT or signal.getsignal(number) is not signal.SIG_IGN}
+
+
+def import_or_stop(module, signals=(signal.SIGINT,)):
+    """Import ``module`` and return it, or return None when one of ``signals`` came meanwhile.
+
+    A signal raises ``KeyboardInterrupt`` in the import. One that the import swallowed (a
+    library's bare ``except`` around an optional import) stops it all the same, once the import
+    is done. After a stop the signals stay ignored (the process is ending: a second Ctrl-C must
+    not raise in its exit handlers); else the handlers from before are back.
+    """
+    stop = StopRequest(once=True)
+    previous = stop.install(signals)
+    loaded = None
+    try:
+        loaded = importlib.import_module(module)
+    except KeyboardInterrupt:
+        stop.requested = True
+    except Exception:  # a library that turned the interrupt into an error of its own
+        if not stop.requested:
+            raise
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, signal.SIG_IGN if stop.requested else handler)
+    return None if stop.requested else loaded
+
+
+def _script(module, program):
+    """Return the console script of ``program``: :func:`import_or_stop`, then ``module.main()``.
+
+    Exit status 130 after a Ctrl-C while importing, with one line, and for one that ``main``
+    lets through (a tool's own handling says more).
+    """
+    def script():
+        tool = import_or_stop(module)
+        if tool is None:
+            print(f'{program}: interrupted while starting; nothing was done', file=sys.stderr)
+            return 130
+        try:
+            return tool.main()
+        except KeyboardInterrupt:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # the process ends: no second one
+            print(f'{program}: interrupted', file=sys.stderr)
+            return 130
+
+    script.__doc__ = f'Run ``{program}`` (``{module}.main``); return its exit status.'
+    return script
+
+
+train = _script('tarfuse_ros.tools.train', 'tarfuse-train')
+evaluate = _script('tarfuse_ros.tools.evaluate', 'tarfuse-eval')
+make_bag = _script('tarfuse_ros.tools.make_bag', 'tarfuse-make-bag')
+play = _script('tarfuse_ros.tools.play_bag', 'tarfuse-play')
+demo = _script('tarfuse_ros.tools.demo', 'tarfuse-demo')
+fuse = _script('tarfuse_ros.tools.fuse', 'tarfuse-fuse')
+export = _script('tarfuse_ros.tools.export', 'tarfuse-export')
+pseudo_label = _script('tarfuse_ros.tools.pseudo_label', 'tarfuse-pseudo-label')
+calibrate = _script('tarfuse_ros.tools.calibrate', 'tarfuse-calibrate')

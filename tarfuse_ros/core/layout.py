@@ -1,0 +1,188 @@
+"""The pairs of a data set folder: image files by stem and split lists, without PyTorch.
+
+The folder layout is described in :mod:`tarfuse_ros.core.data`, which gives these functions
+too; tools that only list pairs (``tarfuse-make-bag``) import them from here and so do not load
+PyTorch. ``ir_dir`` / ``vi_dir`` name other sub-folders than ``ir/`` and ``vi/`` (e.g.
+``synthetic_misaligned/ir_warp`` for the deformed IR).
+"""
+
+import os
+from pathlib import Path
+
+__all__ = ['IMAGE_EXTENSIONS', 'MISALIGNED_DIR', 'dataset_folder', 'find_image', 'image_path',
+           'list_split_names', 'misaligned_stems', 'pair_files', 'read_split', 'unpaired_stems']
+
+IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff')
+MISALIGNED_DIR = 'synthetic_misaligned'
+
+
+def dataset_folder(dataset_dir, ir_dir='ir', vi_dir='vi'):
+    """Return ``dataset_dir`` as a path; ``ValueError`` unless it holds both image folders."""
+    path = Path(dataset_dir)
+    if not path.is_dir():
+        raise ValueError(f'data set folder {str(path)!r} does not exist')
+    if not (path / ir_dir).is_dir() or not (path / vi_dir).is_dir():
+        raise ValueError(
+            f'data set folder {str(path)!r} must contain {ir_dir}/ and {vi_dir}/ sub-folders '
+            f'(found: {sorted(p.name for p in path.iterdir())})')
+    return path
+
+
+_LISTINGS = {}  # folder -> {stem: path}; see _image_index
+
+
+def _image_index(folder, fresh=False):
+    """Map stem -> the paths of the images of that stem in ``folder`` (one, unless a mistake).
+
+    Listings are kept per folder (loading a pair looks its files up); ``fresh`` lists the folder
+    again. :func:`find_image` lists again before reporting a stem missing and :func:`read_split`
+    lists both folders afresh, so a file added after a listing is always found.
+    """
+    index = None if fresh else _LISTINGS.get(folder)
+    if index is None:
+        index = {}
+        for entry in os.scandir(folder):
+            stem, ext = os.path.splitext(entry.name)
+            if ext.lower() in IMAGE_EXTENSIONS and entry.is_file():
+                index.setdefault(stem, []).append(entry.path)
+        _LISTINGS[folder] = index
+    return index
+
+
+def find_image(folder, stem):
+    """Return the path of ``stem`` in ``folder``, or None (listing the folder again first).
+
+    Raises:
+        ValueError: two images of the stem (``x.png`` and ``x.jpg``): which is the pair's?
+
+    """
+    index = _image_index(folder)
+    if stem not in index:
+        index = _image_index(folder, fresh=True)
+    paths = sorted(index.get(stem, [None]))
+    if len(paths) > 1:
+        raise ValueError(
+            f'{len(paths)} {Path(folder).name}/ images of stem {stem!r} in '
+            f'{str(Path(folder).parent)!r}: {", ".join(Path(p).name for p in paths)}; keep the '
+            f"pair's one")
+    return paths[0]
+
+
+def image_path(dataset_dir, modality, stem):
+    """Return the path of the image ``stem`` in the sub-folder ``modality`` (``'ir'``, ``'vi'``).
+
+    Raises:
+        ValueError: no image of the stem there, or two (:func:`find_image`).
+
+    """
+    path = find_image(str(Path(dataset_dir) / modality), stem)
+    if path is None:
+        raise ValueError(
+            f'no {modality}/ image for stem {stem!r} in {str(dataset_dir)!r} '
+            f'(extensions tried: {", ".join(IMAGE_EXTENSIONS)})')
+    return path
+
+
+def list_split_names(dataset_dir):
+    """Return the split names a data set offers (``<name>.txt`` list files), plus ``'all'``."""
+    path = Path(dataset_dir)
+    names = sorted(p.stem for p in path.glob('*.txt') if p.name != 'classes.txt')
+    return names + ['all']
+
+
+def read_split(dataset_dir, split='all', unique=False, ir_dir='ir', vi_dir='vi'):
+    """Return the stems of a split.
+
+    Args:
+        dataset_dir: data set folder (layout in :mod:`tarfuse_ros.core.data`).
+        split: a list-file name without extension (``'train'``, ``'test'``, ``'det_labelled'``),
+            ``'misaligned'`` (the stems of ``synthetic_misaligned/list.txt`` or ``disp/``),
+            ``'all'`` (every stem that has both an IR and a visible image), or a path to a
+            list file (absolute, or relative to the data set folder).
+        unique: refuse a list file that names a stem twice (its pair would count twice).
+        ir_dir: the IR sub-folder.
+        vi_dir: the visible sub-folder.
+
+    Returns:
+        list of stems in file order (``'all'``: sorted). Blank lines and ``#`` comments are
+        skipped.
+
+    Raises:
+        ValueError: unknown split, a listed stem without its IR/visible image, a stem with two
+            image files in ``ir/`` or ``vi/`` (``x.png`` and ``x.jpg``), or (``unique``) a stem
+            listed twice, naming the file, the stem and both lines.
+
+    """
+    path = dataset_folder(dataset_dir, ir_dir, vi_dir)
+    # Listed afresh: an image added or removed since an earlier listing counts.
+    ir = _image_index(str(path / ir_dir), fresh=True)
+    vi = _image_index(str(path / vi_dir), fresh=True)
+    if split == 'all':
+        return _checked(path, sorted(set(ir) & set(vi)), ir_dir, vi_dir)
+    if split == 'misaligned':
+        return misaligned_stems(path)
+    split_str = str(split)
+    candidates = [Path(split_str)] if os.path.sep in split_str or split_str.endswith('.txt') \
+        else []
+    candidates += [path / split_str, path / f'{split_str}.txt']
+    list_file = next((c for c in candidates if c.is_file()), None)
+    if list_file is None:
+        raise ValueError(
+            f'split {split_str!r} not found in {str(path)!r}; available: '
+            f'{list_split_names(path)} or a path to a list file')
+    stems, first_line = [], {}
+    for number, line in enumerate(list_file.read_text().splitlines(), start=1):
+        line = line.split('#', 1)[0].strip()
+        if not line:
+            continue
+        stem = Path(line).stem if Path(line).suffix.lower() in IMAGE_EXTENSIONS else line
+        if unique and stem in first_line:
+            raise ValueError(f'split file {str(list_file)!r} lists {stem!r} twice (lines '
+                             f'{first_line[stem]} and {number}): its pair would count twice; '
+                             f'remove one of the lines')
+        first_line.setdefault(stem, number)
+        stems.append(stem)
+    return _checked(path, stems, ir_dir, vi_dir)
+
+
+def _checked(dataset_dir, stems, ir_dir, vi_dir):
+    """Return ``stems`` once each has one IR and one visible image (``ValueError`` if not)."""
+    for stem in stems:
+        image_path(dataset_dir, ir_dir, stem)
+        image_path(dataset_dir, vi_dir, stem)
+    return stems
+
+
+def unpaired_stems(dataset_dir, ir_dir='ir', vi_dir='vi'):
+    """Return the stems that have an image in only one of the IR and visible folders.
+
+    They are what split ``'all'`` of :func:`read_split` leaves out.
+
+    Returns:
+        ``(ir_only, vi_only)``: two sorted lists of stems.
+
+    Raises:
+        ValueError: not a data set folder (no IR or visible folder).
+
+    """
+    path = dataset_folder(dataset_dir, ir_dir, vi_dir)
+    ir = set(_image_index(str(path / ir_dir), fresh=True))
+    vi = set(_image_index(str(path / vi_dir), fresh=True))
+    return sorted(ir - vi), sorted(vi - ir)
+
+
+def pair_files(dataset_dir, stem):
+    """Return the ``(ir, vi)`` image paths of one pair (``ValueError`` when one is missing)."""
+    path = dataset_folder(dataset_dir)
+    return image_path(path, 'ir', stem), image_path(path, 'vi', stem)
+
+
+def misaligned_stems(dataset_dir):
+    """Return the stems that have a ground-truth deformation (``synthetic_misaligned/disp``)."""
+    base = Path(dataset_dir) / MISALIGNED_DIR
+    list_file = base / 'list.txt'
+    if list_file.is_file():
+        return [s.strip() for s in list_file.read_text().splitlines() if s.strip()]
+    if (base / 'disp').is_dir():
+        return sorted(p.stem for p in (base / 'disp').glob('*.npz'))
+    return []
