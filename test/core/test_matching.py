@@ -391,6 +391,63 @@ def test_scale_search_reuses_histograms_without_changing_the_map(monkeypatch):
     torch.testing.assert_close(theta, matcher(ir, vi), atol=1e-4, rtol=0)
 
 
+def test_cell_histograms_equal_every_bin_evaluated_directly():
+    """Bins half a turn apart are the two lobes of one cosine: the same as all bins directly.
+
+    Reference: bin b of a cell is the mean over its pixels of max(0, cos(2 theta - phi_b))^3
+    |g|, contrast-normalised (:func:`orientation_descriptors`' docstring), bin by bin.
+    """
+    import math
+
+    import kornia
+    import torch.nn.functional as F
+    ir, vi = _real_pair((192, 256))
+    for image in (ir, vi, 1.0 - vi):
+        for cell, bins in ((8, 8), (4, 8), (8, 6)):
+            smooth = kornia.filters.gaussian_blur2d(image, (5, 5), (1.0, 1.0))
+            gradient = kornia.filters.spatial_gradient(smooth, mode='sobel', normalized=False)
+            gx, gy = gradient[:, :, 0], gradient[:, :, 1]
+            energy = gx * gx + gy * gy
+            magnitude = torch.sqrt(energy + 1e-12)
+            # (cos 2 theta, sin 2 theta), 0 where there is no gradient at all.
+            cos2, sin2 = (gx * gx - gy * gy) / (energy + 1e-12), 2 * gx * gy / (energy + 1e-12)
+            direct = []
+            for b in range(bins):
+                phi = b * 2.0 * math.pi / bins
+                lobe = torch.relu(cos2 * math.cos(phi) + sin2 * math.sin(phi))
+                direct.append(F.avg_pool2d(lobe ** 3 * magnitude, cell))
+            local = F.avg_pool2d(F.avg_pool2d(magnitude, cell), 5, stride=1, padding=2,
+                                 count_include_pad=False)
+            expected = torch.cat(direct, dim=1) / (local + 1e-3)
+            torch.testing.assert_close(cell_histograms(image, cell, bins), expected,
+                                       atol=2e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match='bins must be even'):
+        cell_histograms(ir, 8, 7)
+    from tarfuse_ros.core.model.matching import OrientationMatcher
+    for bad in (7, 0, 8.0, True):
+        with pytest.raises(ValueError, match='bins must be an even number'):
+            OrientationMatcher(bins=bad)
+
+
+def test_match_scales_fits_each_candidate_as_alone():
+    """The scale candidates fitted side by side in one batch: each map as fitted alone."""
+    from tarfuse_ros.core.model.matching import OrientationMatcher
+    ir, vi = _real_pair((192, 256))
+    narrow = torch.roll(ir, (5, -7), (2, 3))
+    matcher = OrientationMatcher(scale_candidates=(0.8, 1.0, 1.25), support_mask=True)
+    for scales in ((0.8, 1.25), (0.8, 1.0, 1.25), (0.64, 1.5625), (1.25,)):
+        for pair_ir, pair_vi in ((narrow, vi), (torch.cat([narrow, ir]), torch.cat([vi, vi]))):
+            cache = {}
+            together = matcher._match_scales(pair_ir, pair_vi, scales, cache)
+            assert len(together) == len(scales)
+            for scale, theta in zip(scales, together):
+                factors = torch.full((pair_ir.shape[0],), scale)
+                alone = matcher._match_zoomed(pair_ir, pair_vi, factors)
+                torch.testing.assert_close(theta, alone, atol=1e-4, rtol=0)
+            # Histograms of an image no candidate zooms are kept for later candidates.
+            assert ('ir' in cache) == any(scale >= 1.0 for scale in scales)
+
+
 def test_warped_views_reuse_earlier_passes_without_changing_the_map(monkeypatch):
     """The search's score of the winning map and the first extra pass warp the IR by one map.
 
@@ -519,14 +576,22 @@ def test_scale_accept_skips_the_search_only_where_the_unzoomed_map_explains_the_
         zoomed.append(round(float(factors[0]), 3))
         return match_zoomed(self, ir, vi, factors, cache)
 
+    match_scales = matching.OrientationMatcher._match_scales
+
+    def counted_batch(self, ir, vi, scales, cache):
+        zoomed.extend(round(scale, 3) for scale in scales if len(scales) > 1)
+        return match_scales(self, ir, vi, scales, cache)
+
     monkeypatch.setattr(matching.OrientationMatcher, '_match_zoomed', counted)
+    monkeypatch.setattr(matching.OrientationMatcher, '_match_scales', counted_batch)
     aligned = accept(ir, vi)
     assert zoomed == [1.0]  # accepted: no zoomed fit
     assert torch.equal(aligned, full(ir, vi))
     zoomed.clear()
     wider = accept(narrow, vi)
     assert sorted(zoomed) == [0.8, 1.0, 1.25]  # not accepted: the whole search
-    assert torch.equal(wider, full(narrow, vi))
+    # The two zoomed candidates are fitted in one batch: the same maps up to float rounding.
+    torch.testing.assert_close(wider, full(narrow, vi), atol=1e-4, rtol=0)
     assert float(wider[0, 0, 0]) > 1.15  # the 1.25 zoom
     both = accept(torch.cat([ir, narrow]), torch.cat([vi, vi]))
     torch.testing.assert_close(both, torch.cat([aligned, wider]), atol=1e-5, rtol=0)

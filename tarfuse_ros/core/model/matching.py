@@ -190,9 +190,13 @@ def cell_histograms(image, cell=8, bins=8):
     """Return the contrast-normalised orientation histograms of :func:`orientation_descriptors`.
 
     ``(B, 1, H, W)`` in ``[0, 1]`` -> ``(B, bins, H / cell, W / cell)`` (before blocks).
+    Raises ValueError for an image of another shape, or an odd ``bins`` (the bins are computed
+    in pairs half a turn apart).
     """
     if image.dim() != 4 or image.shape[1] != 1:
         raise ValueError(f'image must be (B, 1, H, W), got {tuple(image.shape)}')
+    if bins % 2:
+        raise ValueError(f'bins must be even (pairs half a turn apart), got {bins}')
     import kornia
     smooth = kornia.filters.gaussian_blur2d(image, (5, 5), (1.0, 1.0))
     gradient = kornia.filters.spatial_gradient(smooth, mode='sobel', normalized=False)
@@ -200,17 +204,23 @@ def cell_histograms(image, cell=8, bins=8):
     energy = gx * gx + gy * gy
     magnitude = torch.sqrt(energy + 1e-12)
     # Doubled angle: (cos 2t, sin 2t) = ((gx^2 - gy^2), 2 gx gy) / |g|^2.
-    cos2 = (gx * gx - gy * gy) / (energy + 1e-12)
-    sin2 = 2.0 * gx * gy / (energy + 1e-12)
-    phi = torch.arange(bins, device=image.device, dtype=image.dtype) * (2.0 * math.pi / bins)
-    # (B, bins, H, W): bin b receives max(0, cos(2 theta - phi_b))^3 of the magnitude.
-    weights = torch.relu(torch.addcmul(cos2 * torch.cos(phi).view(1, -1, 1, 1), sin2,
-                                       torch.sin(phi).view(1, -1, 1, 1)))
+    inverse = 1.0 / (energy + 1e-12)
+    cos2 = (gx * gx - gy * gy) * inverse
+    sin2 = 2.0 * gx * gy * inverse
+    # Bin b receives max(0, c_b)^3 |g| with c_b = cos(2 theta - phi_b). The bins come in pairs
+    # half a turn apart (c_{b + bins/2} = -c_b): with q_b = c_b^3 |g| (|g| >= 0), bin b is the
+    # cell mean of relu(q_b) and its partner that of relu(-q_b) = relu(q_b) - q_b. Half the
+    # full-resolution products of evaluating every bin.
+    phi = torch.arange(bins // 2, device=image.device, dtype=image.dtype) * (2.0 * math.pi / bins)
+    cosine = torch.addcmul(cos2 * torch.cos(phi).view(1, -1, 1, 1), sin2,
+                           torch.sin(phi).view(1, -1, 1, 1))
     if torch.is_grad_enabled() and image.requires_grad:
-        weighted = weights ** 3 * magnitude
+        cubed = cosine ** 3 * magnitude
     else:
-        weighted = weights.pow_(3).mul_(magnitude)  # in place: about 2x faster on a CPU
-    hist = F.avg_pool2d(weighted, cell)
+        cubed = cosine.pow_(3).mul_(magnitude)  # in place: faster on a CPU
+    positive = F.avg_pool2d(torch.relu(cubed), cell)
+    # Clamped: rounding must not leave the difference a hair below zero (a histogram).
+    hist = torch.cat((positive, (positive - F.avg_pool2d(cubed, cell)).clamp_min(0.0)), dim=1)
     local = F.avg_pool2d(F.avg_pool2d(magnitude, cell), 5, stride=1, padding=2,
                          count_include_pad=False)
     return hist / (local + 1e-3)
@@ -260,8 +270,16 @@ def _cells_inside_support(image, flow_px, cell):
     1 where every pixel of the ``cell x cell`` cell of ``warp(image, flow_px)`` samples inside
     the image (bilinear weight of the inside above 0.99), 0 where any pixel reaches outside.
     """
-    support = warp(torch.ones_like(image), flow_px)
-    return (-F.max_pool2d(-support, cell) > 0.99).to(image.dtype)
+    return _inside_cells(warp(torch.ones_like(image), flow_px), cell)
+
+
+def _inside_cells(support, cell):
+    """Return ``(B, 1, H / cell, W / cell)`` in {0, 1}: cells whose warped support exceeds 0.99.
+
+    ``support``: ``(B, 1, H, W)``, a plane of ones warped like the image (bilinear weight of the
+    inside at each pixel).
+    """
+    return (-F.max_pool2d(-support, cell) > 0.99).to(support.dtype)
 
 
 def block_cost_volume(reference_hist, moving_hist, radius, block=4):
@@ -443,7 +461,22 @@ def zoom(image, factor):
     zero = torch.zeros_like(factor)
     theta = torch.stack((torch.stack((factor, zero, zero), dim=1),
                          torch.stack((zero, factor, zero), dim=1)), dim=1)
-    return warp(image, affine_flow(theta, height, width))
+    if torch.jit.is_tracing():
+        return warp(image, affine_flow(theta, height, width))
+    return affine_warp(image, theta)
+
+
+def affine_warp(image, theta):
+    """Return ``warp(image, affine_flow(theta, H, W))``: bilinear, zeros outside, one grid.
+
+    ``image`` (B, C, H, W), ``theta`` (B, 2, 3) normalised maps (:func:`affine_flow`) ->
+    (B, C, H, W). The sampling grid comes from ``F.affine_grid`` (pixel centres at -1 and 1),
+    not from a flow in pixels converted back to the same coordinates: about half the time of
+    :func:`warp` at 640x480 on a CPU, with values equal up to float rounding (1e-4 of the
+    range). For the global stage's own views of the IR; the network warps by flows.
+    """
+    grid = F.affine_grid(theta.to(image.dtype), list(image.shape), align_corners=True)
+    return F.grid_sample(image, grid, mode='bilinear', padding_mode='zeros', align_corners=True)
 
 
 def crop_to_valid(image, valid_size):
@@ -727,6 +760,9 @@ class OrientationMatcher(nn.Module):
                              f'fine_block >= 1 and refine_radius >= 1, got {fine_cell}, '
                              f'{fine_block}, {refine_radius}')
         self.fine_cell, self.fine_block = int(fine_cell), int(fine_block)
+        if isinstance(bins, bool) or not isinstance(bins, int) or bins < 2 or bins % 2:
+            raise ValueError(f'bins must be an even number of orientation bins (pairs half a '
+                             f'turn apart, cell_histograms), got {bins!r}')
         self.cell, self.bins, self.block, self.radius = int(cell), int(bins), int(block), \
             int(radius)
         self.scales = tuple(float(s) * self.cell for s in scales)
@@ -869,7 +905,7 @@ class OrientationMatcher(nn.Module):
             keeps wholly inside the warped IR's support; 0 where no block is.
 
         """
-        views = _WarpedViews(self, ir) if views is None else views
+        views = self._views(ir, views)
         cell, block = self.fine_cell, self.fine_block
         cosines, common = [], torch.ones_like(reference[:, :1])
         for theta in thetas:
@@ -893,7 +929,7 @@ class OrientationMatcher(nn.Module):
         height, width = ir.shape[2:]
         if theta_px is None:
             theta_px = _normalised_affine_to_pixel(theta, height, width)
-        views = _WarpedViews(self, ir) if views is None else views
+        views = self._views(ir, views)
         moving = views.histograms(theta, cell)
         radius = self.refine_radius if radius is None else radius
         keep = None
@@ -907,6 +943,15 @@ class OrientationMatcher(nn.Module):
             enough = keep.flatten(1).mean(dim=1) >= 0.1
             keep = torch.where(enough.view(-1, 1, 1, 1), keep, torch.ones_like(keep))
         return self._fit(reference, moving, radius, points, scales, theta_px, cell, block, keep)
+
+    def _views(self, ir, views=None):
+        """Return ``views``, or (None) new :class:`_WarpedViews` of ``ir``, memoised unless traced.
+
+        A pass given no views still reads the histograms and the support of one warped IR
+        from one ``grid_sample`` (:meth:`_WarpedViews._both`).
+        """
+        return views if views is not None else _WarpedViews(self, ir,
+                                                            memo=not torch.jit.is_tracing())
 
     def _search_scales(self, ir, vi, reference, views=None):
         """Fit once per scale candidate and keep the best-agreeing map (class docstring).
@@ -942,6 +987,11 @@ class OrientationMatcher(nn.Module):
             accepted = (fraction >= self.scale_accept) & (coverage >= self.min_coverage)
             if not torch.jit.is_tracing() and bool(accepted.all()):
                 return theta, accepted
+        if cache is not None:
+            # The candidates left, fitted side by side in one batch (:meth:`_match_scales`).
+            remaining = [scale for scale in self.scale_candidates if scale not in fits]
+            for scale, theta in zip(remaining, self._match_scales(ir, vi, remaining, cache)):
+                fits[scale] = (theta,) + self._inlier_cells(ir, reference, theta, views)
         thetas, inliers, insides = zip(*(fit(scale) for scale in self.scale_candidates))
         usable = [(inside.flatten(1).mean(dim=1) >= self.min_coverage).to(ir.dtype)
                   for inside in insides]
@@ -992,10 +1042,13 @@ class OrientationMatcher(nn.Module):
         else:
             large = self.coarse_side > 0 and max(vi.shape[2:]) > self.coarse_side
             start = self._match_from_half(ir, vi, 4 if large else 2)
-        cache = None if torch.jit.is_tracing() else {'vi': reference}
-        candidates = [(start, True)] + [
-            (self._match_zoomed(ir, vi, ir.new_full((ir.shape[0],), scale), cache), scale == 1.0)
-            for scale in self.wide_scales]
+        if torch.jit.is_tracing():
+            wide = [self._match_zoomed(ir, vi, ir.new_full((ir.shape[0],), scale))
+                    for scale in self.wide_scales]
+        else:
+            wide = self._match_scales(ir, vi, self.wide_scales, {'vi': reference})
+        candidates = [(start, True)] + [(theta, scale == 1.0)
+                                        for theta, scale in zip(wide, self.wide_scales)]
         best = fraction * self.prefer_unit
         for candidate, candidate_unit in candidates:
             score, coverage = _inlier_fraction(*self._inlier_cells(ir, reference, candidate,
@@ -1025,10 +1078,39 @@ class OrientationMatcher(nn.Module):
                 cache[key] = cell_histograms(image, self.cell, self.bins)
             planes.append(image if unzoomed else zoom(image, factor))
             histograms.append(cache[key] if unzoomed else None)
-        found = self._match(*planes, *histograms)
-        ratio = (ir_factor / vi_factor).view(-1, 1, 1)
-        return torch.cat((found[:, :, :2] * ratio, found[:, :, 2:] * ir_factor.view(-1, 1, 1)),
-                         dim=2)
+        return _unzoom(self._match(*planes, *histograms), ir_factor, vi_factor)
+
+    def _match_scales(self, ir, vi, scales, cache):
+        """Return one ``(B, 2, 3)`` map per scale of ``scales``: :meth:`_match_zoomed` of each.
+
+        The candidates are fitted side by side, one batch of ``len(scales) * B`` pairs, so each
+        step of the fit runs once for all of them (the Python and dispatch overhead of the many
+        small tensor operations, most of the global stage's time on a CPU, is paid once). Each
+        candidate's images and histograms are made as :meth:`_match_zoomed` makes them (the
+        unzoomed ones from ``cache``, a dict as there); the maps equal its maps up to float
+        rounding (batched kernels). Not for an ONNX trace.
+        """
+        if len(scales) < 2:
+            return [self._match_zoomed(ir, vi, ir.new_full((ir.shape[0],), scale), cache)
+                    for scale in scales]
+        planes, histograms, factors = ([], []), ([], []), ([], [])
+        for scale in scales:
+            factor = ir.new_full((ir.shape[0],), scale)
+            pair = (('ir', ir, factor.clamp(max=1.0)), ('vi', vi, (1.0 / factor).clamp(max=1.0)))
+            for side, (key, image, zoom_by) in enumerate(pair):
+                if bool((zoom_by == 1.0).all()):
+                    if cache.get(key) is None:
+                        cache[key] = cell_histograms(image, self.cell, self.bins)
+                    plane, hist = image, cache[key]
+                else:
+                    plane = zoom(image, zoom_by)
+                    hist = cell_histograms(plane, self.cell, self.bins)
+                planes[side].append(plane)
+                histograms[side].append(hist)
+                factors[side].append(zoom_by)
+        found = self._match(*(torch.cat(group) for group in planes + histograms))
+        found = _unzoom(found, torch.cat(factors[0]), torch.cat(factors[1]))
+        return list(found.split(ir.shape[0]))
 
     def alignment_score(self, ir, vi, theta):
         """Return how well ``ir`` warped by ``theta`` agrees with ``vi``: ``(B,)`` in [0, 1].
@@ -1051,7 +1133,7 @@ class OrientationMatcher(nn.Module):
         wholly inside the warped IR's support. ``views``: None or the :class:`_WarpedViews`
         of ``ir``.
         """
-        views = _WarpedViews(self, ir) if views is None else views
+        views = self._views(ir, views)
 
         def compute():
             cells_inside = views.cells_inside(theta, self.cell)
@@ -1114,6 +1196,17 @@ class OrientationMatcher(nn.Module):
         return _pixel_affine_to_normalised(theta_px, height, width)
 
 
+def _unzoom(found, ir_factor, vi_factor):
+    """Return the maps of the original pairs from ``found``, fitted on zoomed ones.
+
+    ``found`` (B, 2, 3) normalised maps of the pairs zoomed by ``ir_factor`` / ``vi_factor``
+    (B,) (:meth:`OrientationMatcher._match_zoomed`): ``[a M / b, a t]``.
+    """
+    ratio = (ir_factor / vi_factor).view(-1, 1, 1)
+    return torch.cat((found[:, :, :2] * ratio, found[:, :, 2:] * ir_factor.view(-1, 1, 1)),
+                     dim=2)
+
+
 def _inlier_fraction(inlier, inside):
     """Return ``(fraction, coverage)``, each ``(B,)``, of ``OrientationMatcher._inlier_cells``.
 
@@ -1158,13 +1251,29 @@ class _WarpedViews:
 
     def histograms(self, theta, cell):
         """Return the ``(B, bins, H / cell, W / cell)`` histograms of the warped IR."""
-        return self._get('histograms', theta, cell, lambda: cell_histograms(
-            warp(self.ir, self.flow(theta)), cell, self.matcher.bins))
+        if self._memo is None:
+            return cell_histograms(warp(self.ir, self.flow(theta)), cell, self.matcher.bins)
+        return self._both(theta, cell)[0]
 
     def cells_inside(self, theta, cell):
         """Return ``(B, 1, H / cell, W / cell)`` in {0, 1}: :func:`_cells_inside_support`."""
-        return self._get('inside', theta, cell,
-                         lambda: _cells_inside_support(self.ir, self.flow(theta), cell))
+        if self._memo is None:
+            return _cells_inside_support(self.ir, self.flow(theta), cell)
+        return self._both(theta, cell)[1]
+
+    def _both(self, theta, cell):
+        """Return ``(histograms, cells_inside)`` of one map, the IR and its support warped once.
+
+        Every pass that reads one of them reads the other for the same map and cell (or a
+        memoised one), so both come from one ``grid_sample`` of the IR and a plane of ones
+        (channels are sampled independently: the same values as two calls).
+        """
+        def compute():
+            ir = self.ir
+            both = affine_warp(torch.cat((ir, torch.ones_like(ir)), dim=1), theta)
+            return (cell_histograms(both[:, :1], cell, self.matcher.bins),
+                    _inside_cells(both[:, 1:], cell))
+        return self._get('views', theta, cell, compute)
 
 
 def _groups(channels, wanted=8):
