@@ -106,7 +106,9 @@ def _create_temporary(path, folder):
 
     It is created as ``open()`` and ``mkdir`` create them, so its mode (returned) is 0o666 (a
     folder: 0o777) less the umask: the umask is read without setting it (``os.umask`` would
-    change it for every thread meanwhile).
+    change it for every thread meanwhile). Until the output is done its owner may write it
+    (and fill the folder), as through the file that ``open()`` returns, also under a umask
+    that takes that right away (0o222).
     """
     while True:
         temporary = path.with_name(f'{path.name}.{secrets.token_hex(4)}.tmp')
@@ -117,7 +119,11 @@ def _create_temporary(path, folder):
                 os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
         except FileExistsError:  # a name taken already: draw another
             continue
-        return temporary, stat.S_IMODE(temporary.stat().st_mode)
+        mode = stat.S_IMODE(temporary.stat().st_mode)
+        writable = mode | (stat.S_IRWXU if folder else stat.S_IRUSR | stat.S_IWUSR)
+        if writable != mode:
+            temporary.chmod(writable)
+        return temporary, mode
 
 
 @contextmanager
