@@ -98,7 +98,8 @@ def read_split(dataset_dir, split='all', unique=False, ir_dir='ir', vi_dir='vi')
         split: a list-file name without extension (``'train'``, ``'test'``, ``'det_labelled'``),
             ``'misaligned'`` (the stems of ``synthetic_misaligned/list.txt`` or ``disp/``),
             ``'all'`` (every stem that has both an IR and a visible image), or a path to a
-            list file (absolute, or relative to the data set folder).
+            list file (absolute, or relative to the working directory or to the data set
+            folder).
         unique: refuse a list file that names a stem twice (its pair would count twice).
         ir_dir: the IR sub-folder.
         vi_dir: the visible sub-folder.
@@ -124,7 +125,8 @@ def read_split(dataset_dir, split='all', unique=False, ir_dir='ir', vi_dir='vi')
     split_str = str(split)
     candidates = [Path(split_str)] if os.path.sep in split_str or split_str.endswith('.txt') \
         else []
-    candidates += [path / split_str, path / f'{split_str}.txt']
+    # Then a file of the working directory named without a folder or .txt (stems.lst).
+    candidates += [path / split_str, path / f'{split_str}.txt', Path(split_str)]
     list_file = next((c for c in candidates if c.is_file()), None)
     if list_file is None:
         raise ValueError(
