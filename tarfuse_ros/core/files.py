@@ -106,7 +106,9 @@ def _create_temporary(path, folder):
 
     It is created as ``open()`` and ``mkdir`` create them, so its mode (returned) is 0o666 (a
     folder: 0o777) less the umask: the umask is read without setting it (``os.umask`` would
-    change it for every thread meanwhile).
+    change it for every thread meanwhile). Until the output is done its owner may write it
+    (and fill the folder), as through the file that ``open()`` returns, also under a umask
+    that takes that right away (0o222).
     """
     while True:
         temporary = path.with_name(f'{path.name}.{secrets.token_hex(4)}.tmp')
@@ -117,7 +119,11 @@ def _create_temporary(path, folder):
                 os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
         except FileExistsError:  # a name taken already: draw another
             continue
-        return temporary, stat.S_IMODE(temporary.stat().st_mode)
+        mode = stat.S_IMODE(temporary.stat().st_mode)
+        writable = mode | (stat.S_IRWXU if folder else stat.S_IRUSR | stat.S_IWUSR)
+        if writable != mode:
+            temporary.chmod(writable)
+        return temporary, mode
 
 
 @contextmanager
@@ -126,8 +132,9 @@ def atomic_output(path, folder=False):
 
     Write the file (or, with ``folder=True``, fill the folder) at the yielded path. On success a
     file replaces ``path`` in one ``os.replace``; a folder replaces it by two renames (the old one
-    is first moved to ``<name>.old``, then deleted). On an exception the temporary is removed and
-    ``path`` is left as it was. The parent folder is created if needed.
+    is first moved to ``<name>.old``, then deleted). A link at ``path`` is replaced, not
+    followed: its target is left as it is. On an exception the temporary is removed and ``path``
+    is left as it was. The parent folder is created if needed.
 
     Modes are those ``open()`` and ``mkdir`` give, whatever the writer did (safetensors'
     ``save_file`` and ``tempfile`` make files only their owner can read): a new file gets 0o666
@@ -161,16 +168,39 @@ def atomic_output(path, folder=False):
             os.replace(temporary, path)
             return
         old = path.with_name(path.name + '.old')
-        shutil.rmtree(old, ignore_errors=True)
-        if path.exists():
+        _remove(old)
+        if os.path.lexists(path):  # a link too, even a dangling one: it is replaced
             path.rename(old)
         temporary.rename(path)
-        shutil.rmtree(old, ignore_errors=True)
+        _remove(old)
     finally:
-        if temporary.is_dir():
-            shutil.rmtree(temporary, ignore_errors=True)
-        elif temporary.exists():
-            temporary.unlink()
+        _remove(temporary)
+
+
+def _remove(path):
+    """Remove ``path`` if it is there: a file or a link (never its target), or a folder.
+
+    The folders of a folder get their owner's rights back first (a umask of 0o222, or a
+    ``chmod``, can leave them read-only), so that what they hold can be removed.
+    """
+    if not os.path.lexists(path):
+        return
+    if path.is_symlink() or not path.is_dir():
+        try:
+            path.unlink()
+        except OSError:  # not this user's to remove: left, as rmtree leaves such files
+            pass
+        return
+    folders = [path]
+    while folders:  # top down: a folder is writable before its own folders are listed
+        folder = folders.pop()
+        try:
+            folder.chmod(stat.S_IMODE(folder.stat().st_mode) | stat.S_IRWXU)
+            folders += [inner for inner in folder.iterdir()
+                        if inner.is_dir() and not inner.is_symlink()]
+        except OSError:  # not this user's: rmtree below removes what it can
+            pass
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def write_text_atomic(path, text):

@@ -98,7 +98,8 @@ def read_split(dataset_dir, split='all', unique=False, ir_dir='ir', vi_dir='vi')
         split: a list-file name without extension (``'train'``, ``'test'``, ``'det_labelled'``),
             ``'misaligned'`` (the stems of ``synthetic_misaligned/list.txt`` or ``disp/``),
             ``'all'`` (every stem that has both an IR and a visible image), or a path to a
-            list file (absolute, or relative to the data set folder).
+            list file (absolute, or relative to the working directory or to the data set
+            folder).
         unique: refuse a list file that names a stem twice (its pair would count twice).
         ir_dir: the IR sub-folder.
         vi_dir: the visible sub-folder.
@@ -124,18 +125,15 @@ def read_split(dataset_dir, split='all', unique=False, ir_dir='ir', vi_dir='vi')
     split_str = str(split)
     candidates = [Path(split_str)] if os.path.sep in split_str or split_str.endswith('.txt') \
         else []
-    candidates += [path / split_str, path / f'{split_str}.txt']
+    # Then a file of the working directory named without a folder or .txt (stems.lst).
+    candidates += [path / split_str, path / f'{split_str}.txt', Path(split_str)]
     list_file = next((c for c in candidates if c.is_file()), None)
     if list_file is None:
         raise ValueError(
             f'split {split_str!r} not found in {str(path)!r}; available: '
             f'{list_split_names(path)} or a path to a list file')
     stems, first_line = [], {}
-    for number, line in enumerate(list_file.read_text().splitlines(), start=1):
-        line = line.split('#', 1)[0].strip()
-        if not line:
-            continue
-        stem = Path(line).stem if Path(line).suffix.lower() in IMAGE_EXTENSIONS else line
+    for number, stem in _listed(list_file):
         if unique and stem in first_line:
             raise ValueError(f'split file {str(list_file)!r} lists {stem!r} twice (lines '
                              f'{first_line[stem]} and {number}): its pair would count twice; '
@@ -143,6 +141,20 @@ def read_split(dataset_dir, split='all', unique=False, ir_dir='ir', vi_dir='vi')
         first_line.setdefault(stem, number)
         stems.append(stem)
     return _checked(path, stems, ir_dir, vi_dir)
+
+
+def _listed(list_file):
+    """Return ``[(line number, stem)]`` of a list file.
+
+    Blank lines and ``#`` comments are skipped; an image name (``x.png``) stands for its stem.
+    """
+    listed = []
+    for number, line in enumerate(Path(list_file).read_text().splitlines(), start=1):
+        line = line.split('#', 1)[0].strip()
+        if line:
+            listed.append((number, Path(line).stem if Path(line).suffix.lower()
+                           in IMAGE_EXTENSIONS else line))
+    return listed
 
 
 def _checked(dataset_dir, stems, ir_dir, vi_dir):
@@ -178,11 +190,15 @@ def pair_files(dataset_dir, stem):
 
 
 def misaligned_stems(dataset_dir):
-    """Return the stems that have a ground-truth deformation (``synthetic_misaligned/disp``)."""
+    """Return the stems that have a ground-truth deformation (``synthetic_misaligned/disp``).
+
+    ``synthetic_misaligned/list.txt``, if there, lists them as a split's list file does (``#``
+    comments, image names).
+    """
     base = Path(dataset_dir) / MISALIGNED_DIR
     list_file = base / 'list.txt'
     if list_file.is_file():
-        return [s.strip() for s in list_file.read_text().splitlines() if s.strip()]
+        return [stem for _, stem in _listed(list_file)]
     if (base / 'disp').is_dir():
         return sorted(p.stem for p in (base / 'disp').glob('*.npz'))
     return []

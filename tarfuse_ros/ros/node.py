@@ -386,7 +386,8 @@ class TarFuseNode(Node):
         """Raise :class:`StartupError` when two inputs, or an input and an output, share a topic.
 
         Remapping can do it; each image would then be fused with itself, or the node would
-        read what it publishes.
+        read what it publishes. The visible camera_info counts as an input (it follows the
+        visible image: remapping the image alone can put it onto fused/camera_info).
         """
         transports = (self._params.infrared_transport, self._params.visible_transport)
         inputs = [self._resolve(self._transport_topic(base, transport)[1])
@@ -395,12 +396,19 @@ class TarFuseNode(Node):
             raise StartupError(f'the infrared and the visible input are both {inputs[0]!r}: '
                                f'remap infrared/image_raw and visible/image_raw to the '
                                f'topics of the two cameras')
+        info, origin = visible_camera_info_topic(self)
+        info = self._resolve(info)  # as the subscription will resolve it
         for base in _OUTPUT_TOPICS:
             output = self._resolve(base)
             if output in inputs:
                 raise StartupError(f'output {base} is remapped onto the input {output!r}: the '
                                    f'node would read what it publishes; remap it to another '
                                    f'topic')
+            if output == info:
+                raise StartupError(f'the visible camera_info is read from {info!r} ({origin}), '
+                                   f'where the node publishes {base}: it would read what it '
+                                   f'publishes; remap visible/camera_info to the camera_info '
+                                   f'topic of the visible camera, or {base} to another topic')
 
     def _remapped_outputs(self):
         """Return ``{output name before remapping: after}`` for the outputs a rule renamed."""

@@ -2,7 +2,10 @@
 
 import os
 from pathlib import Path
+import shutil
 import stat
+import subprocess
+import sys
 
 import pytest
 
@@ -87,3 +90,64 @@ def test_a_replaced_output_keeps_its_mode(tmp_path, umask):
         (folder / 'new.json').write_text('{}')
     assert mode(tmp_path / 'state') == 0o700
     assert [p.name for p in (tmp_path / 'state').iterdir()] == ['new.json']
+
+
+# Writes, under a umask that takes its owner's write right away, what open() and mkdir would
+# write there: open() gives a writable handle to the 0o444 file it creates.
+UNDER_UMASK_222 = """
+import os
+import sys
+from tarfuse_ros.core.files import atomic_output, write_text_atomic
+os.umask(0o222)
+with open('plain.txt', 'w') as handle:
+    handle.write('open()')
+try:
+    open('plain.txt', 'w')
+    sys.exit('this process may write read-only files: the test would prove nothing')
+except PermissionError:
+    pass
+write_text_atomic('report.md', 'report')
+for epoch in range(3):  # replaced twice: the old 0o555 folder must go each time
+    with atomic_output('state', folder=True) as folder:
+        (folder / 'state.json').write_text(str(epoch))
+"""
+
+
+@pytest.mark.skipif(not shutil.which('setpriv') and os.geteuid() == 0,
+                    reason='root writes read-only files; needs setpriv to drop that right')
+def test_outputs_are_written_under_a_umask_without_the_owner_write_right(tmp_path):
+    # The temporary was created 0o444 (0o555 for a folder) and the writer, opening it again by
+    # its name, got PermissionError; the old tempfile.mkstemp / mkdtemp made it 0o600 / 0o700.
+    command = [sys.executable, '-c', UNDER_UMASK_222]
+    if os.geteuid() == 0:  # root without the rights that let it write any file
+        command = ['setpriv', '--bounding-set=-dac_override,-dac_read_search,-fowner',
+                   *command]
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / 'report.md').read_text() == 'report'
+    assert (tmp_path / 'state' / 'state.json').read_text() == '2'
+    assert mode(tmp_path / 'report.md') == mode(tmp_path / 'plain.txt') == 0o444
+    assert mode(tmp_path / 'state') == 0o555 and mode(tmp_path / 'state' / 'state.json') == 0o444
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['plain.txt', 'report.md', 'state']
+    (tmp_path / 'state').chmod(0o755)  # for pytest's clean-up of tmp_path
+
+
+def test_a_link_or_a_file_where_a_folder_output_goes_is_replaced_every_time(tmp_path):
+    # The link (or file) was moved to <name>.old and left there (rmtree removes folders only):
+    # the next output then failed (NotADirectoryError: a folder cannot be renamed onto it), and
+    # a dangling link failed the first one.
+    elsewhere = tmp_path / 'big_disk' / 'state'
+    elsewhere.mkdir(parents=True)
+    (elsewhere / 'state.json').write_text('theirs')
+    (tmp_path / 'linked').symlink_to(elsewhere)
+    (tmp_path / 'dangling').symlink_to(tmp_path / 'nowhere')
+    (tmp_path / 'a_file').write_text('x')
+    for name in ('linked', 'dangling', 'a_file'):
+        for epoch in range(3):
+            with atomic_output(tmp_path / name, folder=True) as folder:
+                (folder / 'state.json').write_text(str(epoch))
+        assert not (tmp_path / name).is_symlink() and (tmp_path / name).is_dir(), name
+        assert (tmp_path / name / 'state.json').read_text() == '2', name
+    assert (elsewhere / 'state.json').read_text() == 'theirs'  # a link is never followed
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['a_file', 'big_disk', 'dangling',
+                                                          'linked']

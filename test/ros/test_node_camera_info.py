@@ -137,3 +137,41 @@ def test_fused_camera_info_comes_from_the_camera_info_of_the_remapped_visible_im
     assert focals == {expected}, (f'fused/camera_info from {[read.get(f) for f in focals]}, '
                                   f'not {read[expected]}; the log:\n{node.log()}')
     assert node.log().count(LOGS[case]) == 1, node.log()
+
+
+# rules that make the node read the camera_info it publishes: (namespace, -r rules, words of the
+# start-up error)
+ONTO_ITS_OUTPUT = {
+    'camera_info_remapped_onto_it': (
+        NAMESPACE, ['visible/camera_info:=fused/camera_info'],
+        ["the visible camera_info is read from '/rig/fused/camera_info' (visible/camera_info "
+         'remapped), where the node publishes fused/camera_info']),
+    # Remapping the image alone moves the camera_info beside it: here onto the output.
+    'image_remapped_beside_it': (
+        NAMESPACE, ['visible/image_raw:=fused/color'],
+        ["the visible camera_info is read from '/rig/fused/camera_info' (beside the visible "
+         'image topic /rig/fused/color;', 'where the node publishes fused/camera_info']),
+    'output_remapped_onto_it': (
+        '/', ['visible/image_raw:=/camera/color/image_raw',
+              'fused/camera_info:=/camera/color/camera_info'],
+        ["the visible camera_info is read from '/camera/color/camera_info'",
+         'where the node publishes fused/camera_info']),
+}
+
+
+def test_a_camera_info_topic_the_node_publishes_is_refused_at_start_up():
+    # The node started, subscribed its own fused/camera_info and never published one.
+    started = {name: NodeProcess(random_domain_id(), {'device': 'cpu', 'cpu_threads': 1},
+                                 namespace=namespace, remaps=rules)
+               for name, (namespace, rules, _) in ONTO_ITS_OUTPUT.items()}
+    try:
+        outcomes = {name: (node.wait(90.0), node.log()) for name, node in started.items()}
+    finally:
+        for node in started.values():
+            node.close()
+    for name, (_, _, words) in ONTO_ITS_OUTPUT.items():
+        code, log = outcomes[name]
+        assert code is not None and code != 0, f'{name}: the node kept running:\n{log}'
+        assert 'Traceback' not in log and 'FATAL' in log, log
+        for word in words:
+            assert word in log, f'{name}: {word!r} missing from:\n{log}'

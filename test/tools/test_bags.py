@@ -567,6 +567,39 @@ def test_make_bag_takes_a_split_as_the_other_tools_do(tmp_path, capsys):
     assert messages[2].startswith(f"no ir/ image for stem 'FLIR_99999' in '{SAMPLES}'")
 
 
+def test_make_bag_takes_a_list_file_of_the_working_directory_by_its_bare_name(
+        tmp_path, monkeypatch, capsys):
+    # 'split stems.lst not found in <pairs>; available: [...] or a path to a list file', for a
+    # path to a list file (no folder part, no .txt); tarfuse-make-bag took it before read_split.
+    from tarfuse_ros.core import data
+    monkeypatch.chdir(tmp_path)
+    Path('stems.lst').write_text('FLIR_04229\n# one pair\n')
+    assert data.read_split(SAMPLES, 'stems.lst') == ['FLIR_04229']
+    out = tmp_path / 'listed'
+    assert make_bag_tool.main(['--pairs', str(SAMPLES), '--split', 'stems.lst', '--out',
+                               str(out), '--size', '64x48']) == 0
+    assert capsys.readouterr().out.startswith(f'wrote {out}: 1 pairs')
+    # A list of the pair folder still comes first.
+    Path('list').write_text('FLIR_04229\n')
+    assert data.read_split(SAMPLES, 'list') == (SAMPLES / 'list.txt').read_text().split()
+
+
+def test_make_bag_split_misaligned_reads_its_list_as_a_list_file(tmp_path, capsys):
+    # synthetic_misaligned/list.txt was read line by line: '# deformed copies' became a stem
+    # ('no synthetic_misaligned/ir_warp/ image for stem '# deformed copies''), an image name too.
+    from tarfuse_ros.core import data
+    pairs = tmp_path / 'pairs'
+    shutil.copytree(SAMPLES, pairs)
+    (pairs / 'synthetic_misaligned' / 'list.txt').write_text(
+        '# deformed copies\nFLIR_00993  # first\n\nFLIR_00122.jpg\n')
+    assert data.read_split(pairs, 'misaligned') == ['FLIR_00993', 'FLIR_00122']
+    out = tmp_path / 'misaligned'
+    assert make_bag_tool.main(['--pairs', str(pairs), '--split', 'misaligned', '--ir-dir',
+                               'synthetic_misaligned/ir_warp', '--out', str(out),
+                               '--size', '64x48']) == 0
+    assert capsys.readouterr().out.startswith(f'wrote {out}: 2 pairs')
+
+
 @pytest.mark.dds
 def test_recording_stops_though_a_topic_repeats_an_answered_stamp(sample_bag, tmp_path):
     # Found by a break test: with --clock, a use_sim_time node stamps its /diagnostics with the
