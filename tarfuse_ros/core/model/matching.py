@@ -264,20 +264,12 @@ def _box_sum(maps, block):
     return _window_sum(_window_sum(padded, block, 2), block, 3)
 
 
-def _cells_inside_support(image, flow_px, cell):
-    """Return ``(B, 1, H / cell, W / cell)`` in {0, 1}: cells wholly inside ``warp``'s support.
-
-    1 where every pixel of the ``cell x cell`` cell of ``warp(image, flow_px)`` samples inside
-    the image (bilinear weight of the inside above 0.99), 0 where any pixel reaches outside.
-    """
-    return _inside_cells(warp(torch.ones_like(image), flow_px), cell)
-
-
 def _inside_cells(support, cell):
-    """Return ``(B, 1, H / cell, W / cell)`` in {0, 1}: cells whose warped support exceeds 0.99.
+    """Return ``(B, 1, H / cell, W / cell)`` in {0, 1}: cells wholly inside a warp's support.
 
-    ``support``: ``(B, 1, H, W)``, a plane of ones warped like the image (bilinear weight of the
-    inside at each pixel).
+    ``support``: ``(B, 1, H, W)``, a plane of ones warped like the image (the bilinear weight of
+    the inside at each pixel). 1 where every pixel of the ``cell x cell`` cell samples inside
+    the image (weight above 0.99), 0 where any pixel reaches outside.
     """
     return (-F.max_pool2d(-support, cell) > 0.99).to(support.dtype)
 
@@ -1223,7 +1215,7 @@ class _WarpedViews:
     """What the passes of one :class:`OrientationMatcher` fit read from the IR warped by a map.
 
     The :func:`cell_histograms` of ``warp(ir, affine_flow(theta))`` on ``cell``-pixel cells
-    and its :func:`_cells_inside_support`. With ``memo`` they are kept by the map's values and
+    and its :func:`_inside_cells`. With ``memo`` they are kept by the map's values and
     the cell size and computed once: the scale search scores the winning map on the IR warped
     by it, and the first extra pass warps the IR by that same map again; the fine-pass check
     warps it by the map the first fine pass started from. It also keeps the inlier and inside
@@ -1252,14 +1244,23 @@ class _WarpedViews:
     def histograms(self, theta, cell):
         """Return the ``(B, bins, H / cell, W / cell)`` histograms of the warped IR."""
         if self._memo is None:
-            return cell_histograms(warp(self.ir, self.flow(theta)), cell, self.matcher.bins)
+            return cell_histograms(self._warped(self.ir, theta), cell, self.matcher.bins)
         return self._both(theta, cell)[0]
 
     def cells_inside(self, theta, cell):
-        """Return ``(B, 1, H / cell, W / cell)`` in {0, 1}: :func:`_cells_inside_support`."""
+        """Return ``(B, 1, H / cell, W / cell)`` in {0, 1}: :func:`_inside_cells` of the IR."""
         if self._memo is None:
-            return _cells_inside_support(self.ir, self.flow(theta), cell)
+            return _inside_cells(self._warped(torch.ones_like(self.ir), theta), cell)
         return self._both(theta, cell)[1]
+
+    def _warped(self, image, theta):
+        """Return ``image`` warped by ``theta``: :func:`affine_warp`, in a trace by a flow.
+
+        An ONNX trace samples by the flow of :meth:`flow`, as the exported graph always did.
+        """
+        if torch.jit.is_tracing():
+            return warp(image, self.flow(theta))
+        return affine_warp(image, theta)
 
     def _both(self, theta, cell):
         """Return ``(histograms, cells_inside)`` of one map, the IR and its support warped once.
@@ -1270,7 +1271,7 @@ class _WarpedViews:
         """
         def compute():
             ir = self.ir
-            both = affine_warp(torch.cat((ir, torch.ones_like(ir)), dim=1), theta)
+            both = self._warped(torch.cat((ir, torch.ones_like(ir)), dim=1), theta)
             return (cell_histograms(both[:, :1], cell, self.matcher.bins),
                     _inside_cells(both[:, 1:], cell))
         return self._get('views', theta, cell, compute)
