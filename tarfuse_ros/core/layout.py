@@ -84,10 +84,16 @@ def image_path(dataset_dir, modality, stem):
 
 
 def list_split_names(dataset_dir):
-    """Return the split names a data set offers (``<name>.txt`` list files), plus ``'all'``."""
+    """Return the split names a data set offers: ``<name>.txt`` list files, then ``'all'``.
+
+    And ``'misaligned'`` where the set has ground-truth deformations (``synthetic_misaligned/``
+    with ``list.txt`` or ``disp/``).
+    """
     path = Path(dataset_dir)
     names = sorted(p.stem for p in path.glob('*.txt') if p.name != 'classes.txt')
-    return names + ['all']
+    base = path / MISALIGNED_DIR
+    misaligned = (base / 'list.txt').is_file() or (base / 'disp').is_dir()
+    return names + ['all'] + (['misaligned'] if misaligned else [])
 
 
 def read_split(dataset_dir, split='all', unique=False, ir_dir='ir', vi_dir='vi'):

@@ -254,10 +254,19 @@ def make_bag(pairs_dir, out, *, split=None, rate=10.0, ir_encoding='mono8', vi_e
                       end_ns=last_ns, ir_topic=ir_topic, vi_topic=vi_topic, stems=stems)
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Show defaults, but not ``(default: None)`` after options whose help says what None does."""
+
+    def _get_help_string(self, action):
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog='tarfuse-make-bag', description=__doc__.split('\n\n')[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=_HelpFormatter)
     parser.add_argument('--pairs', required=True, type=Path,
                         help='folder with ir/ and vi/ sub-folders (same stem per pair)')
     parser.add_argument('--split', default=None,

@@ -567,6 +567,30 @@ def test_make_bag_takes_a_split_as_the_other_tools_do(tmp_path, capsys):
     assert messages[2].startswith(f"no ir/ image for stem 'FLIR_99999' in '{SAMPLES}'")
 
 
+def test_split_names_offered_include_misaligned_and_help_shows_no_none(tmp_path, capsys):
+    """The unknown-split message lists 'misaligned' where the set has ground-truth fields.
+
+    And ``tarfuse-make-bag --help`` did not end the help of options without a value (--split,
+    --size, ...) with '(default: None)' after their own words on what no value does.
+    """
+    from tarfuse_ros.core import layout
+    for name in ('list.txt', 'disp'):
+        folder = tmp_path / name.split('.')[0]
+        (folder / 'synthetic_misaligned').mkdir(parents=True)
+        (folder / 'test.txt').write_text('a\n')
+        if name == 'disp':
+            (folder / 'synthetic_misaligned' / 'disp').mkdir()
+        else:
+            (folder / 'synthetic_misaligned' / name).write_text('a\n')
+        assert layout.list_split_names(folder) == ['test', 'all', 'misaligned']
+    assert layout.list_split_names(SAMPLES)[-1] == 'all'  # no ground-truth fields there
+    with pytest.raises(SystemExit):
+        make_bag_tool.build_parser().parse_args(['--help'])
+    shown = capsys.readouterr().out
+    assert '(default: None)' not in shown
+    assert '(default: 10.0)' in shown  # other defaults are still shown
+
+
 def test_make_bag_takes_a_list_file_of_the_working_directory_by_its_bare_name(
         tmp_path, monkeypatch, capsys):
     # 'split stems.lst not found in <pairs>; available: [...] or a path to a list file', for a
