@@ -1061,6 +1061,16 @@ class OrientationMatcher(nn.Module):
         (or receive) the :func:`cell_histograms` of the unzoomed images, used where no sample
         of the batch zooms that image (which is then not resampled either).
         """
+        planes, histograms, ir_factor, vi_factor = self._zoomed_pair(ir, vi, factors, cache)
+        return _unzoom(self._match(*planes, *histograms), ir_factor, vi_factor)
+
+    def _zoomed_pair(self, ir, vi, factors, cache=None):
+        """Return ``([ir2, vi2], [their histograms], a, b)``: the pair :meth:`_match_zoomed` fits.
+
+        ``a`` / ``b`` (B,): the factors the IR / visible image are zoomed by. An image no sample
+        zooms is passed as it is with its histograms from ``cache`` (computed into it on first
+        use); a zoomed one gets None for its histograms (computed by the fit, if it reads them).
+        """
         ir_factor = factors.clamp(max=1.0)
         vi_factor = (1.0 / factors).clamp(max=1.0)
         planes, histograms = [], []
@@ -1070,7 +1080,7 @@ class OrientationMatcher(nn.Module):
                 cache[key] = cell_histograms(image, self.cell, self.bins)
             planes.append(image if unzoomed else zoom(image, factor))
             histograms.append(cache[key] if unzoomed else None)
-        return _unzoom(self._match(*planes, *histograms), ir_factor, vi_factor)
+        return planes, histograms, ir_factor, vi_factor
 
     def _match_scales(self, ir, vi, scales, cache):
         """Return one ``(B, 2, 3)`` map per scale of ``scales``: :meth:`_match_zoomed` of each.
@@ -1087,19 +1097,14 @@ class OrientationMatcher(nn.Module):
                     for scale in scales]
         planes, histograms, factors = ([], []), ([], []), ([], [])
         for scale in scales:
-            factor = ir.new_full((ir.shape[0],), scale)
-            pair = (('ir', ir, factor.clamp(max=1.0)), ('vi', vi, (1.0 / factor).clamp(max=1.0)))
-            for side, (key, image, zoom_by) in enumerate(pair):
-                if bool((zoom_by == 1.0).all()):
-                    if cache.get(key) is None:
-                        cache[key] = cell_histograms(image, self.cell, self.bins)
-                    plane, hist = image, cache[key]
-                else:
-                    plane = zoom(image, zoom_by)
-                    hist = cell_histograms(plane, self.cell, self.bins)
+            pair = self._zoomed_pair(ir, vi, ir.new_full((ir.shape[0],), scale), cache)
+            for side in range(2):
+                plane, hist = pair[0][side], pair[1][side]
                 planes[side].append(plane)
-                histograms[side].append(hist)
-                factors[side].append(zoom_by)
+                # One batch needs every candidate's histograms: a zoomed image's made here.
+                histograms[side].append(cell_histograms(plane, self.cell, self.bins)
+                                        if hist is None else hist)
+                factors[side].append(pair[2 + side])
         found = self._match(*(torch.cat(group) for group in planes + histograms))
         found = _unzoom(found, torch.cat(factors[0]), torch.cat(factors[1]))
         return list(found.split(ir.shape[0]))
