@@ -13,7 +13,7 @@ import signal
 import sys
 
 __all__ = ['StopRequest', 'calibrate', 'demo', 'evaluate', 'export', 'fuse', 'import_or_stop',
-           'make_bag', 'play', 'pseudo_label', 'train']
+           'install_handler', 'make_bag', 'play', 'pseudo_label', 'train']
 
 
 class StopRequest:
@@ -36,10 +36,28 @@ class StopRequest:
     def install(self, numbers):
         """Handle the signals ``numbers``; return ``{number: previous handler}``.
 
-        SIGINT stays ignored where the process was started so (a background job of a shell).
+        SIGINT stays ignored where the process was started so (:func:`install_handler`).
         """
-        return {number: signal.signal(number, self) for number in numbers
-                if number != signal.SIGINT or signal.getsignal(number) is not signal.SIG_IGN}
+        return install_handler(self, numbers)
+
+    def restore(self, previous):
+        """Put back the handlers :meth:`install` returned; after a stop, ignore the signals.
+
+        The process is then ending: a second Ctrl-C (terminals and ``ros2 launch`` send more
+        than one) must not raise in the interpreter's exit handlers.
+        """
+        for number, handler in previous.items():
+            signal.signal(number, signal.SIG_IGN if self.requested else handler)
+
+
+def install_handler(handler, numbers):
+    """Make ``handler`` handle the signals ``numbers``; return ``{number: previous handler}``.
+
+    SIGINT stays ignored where the process was started so (a background job of a shell), and
+    is then left out of the returned dict.
+    """
+    return {number: signal.signal(number, handler) for number in numbers
+            if number != signal.SIGINT or signal.getsignal(number) is not signal.SIG_IGN}
 
 
 def import_or_stop(module, signals=(signal.SIGINT,)):
@@ -61,8 +79,7 @@ def import_or_stop(module, signals=(signal.SIGINT,)):
         if not stop.requested:
             raise
     finally:
-        for number, handler in previous.items():
-            signal.signal(number, signal.SIG_IGN if stop.requested else handler)
+        stop.restore(previous)
     return None if stop.requested else loaded
 
 

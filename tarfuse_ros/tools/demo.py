@@ -517,10 +517,7 @@ def main(argv=None):
               file=sys.stderr)
         return 130
     finally:
-        for number, handler in previous.items():
-            # Stopping: a second Ctrl-C (terminals and ros2 launch send more than one) must not
-            # raise in the interpreter's exit handlers; else the handler from before.
-            signal.signal(number, signal.SIG_IGN if stop.requested else handler)
+        stop.restore(previous)
     print((args.out / 'summary.md').read_text())
     print(f'tarfuse-demo: wrote {args.out}/summary.md, summary.json and the fused PNGs')
     return 0

@@ -26,6 +26,7 @@ import time
 
 from rosbags.rosbag2 import Reader
 
+from tarfuse_ros.console import install_handler
 from tarfuse_ros.core.files import output_problem
 from tarfuse_ros.tools.bagio import (
     check_topic_name, header_stamp_ns, jazzy_typestore, offered_qos, open_writer,
@@ -545,9 +546,7 @@ def _terminate(_signum, _frame):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     # SIGINT stays ignored where the process was started so (a background job of a shell).
-    previous = {number: signal.signal(number, _terminate)
-                for number in (signal.SIGINT, signal.SIGTERM)
-                if number != signal.SIGINT or signal.getsignal(number) is not signal.SIG_IGN}
+    previous = install_handler(_terminate, (signal.SIGINT, signal.SIGTERM))
     try:
         problem = None if args.stats is None else output_problem(args.stats)
         if problem:
