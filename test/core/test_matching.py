@@ -1065,3 +1065,29 @@ def test_skipped_learnt_levels_pass_the_flow_unchanged():
     model = build_model(TarFuseConfig(**SMALL, registration_skip_levels=[2]))
     assert model.registration.skip_levels == {2}
     assert TarFuseConfig().registration_skip_levels == ()
+
+
+def test_pyramid_runs_only_the_levels_an_estimator_reads():
+    """Skipped levels' features are not computed; their sizes carry the flow as before."""
+    from tarfuse_ros.core.model.matching import MatchingRegistration, PyramidEncoder
+    pyramid = PyramidEncoder(4, (8, 8, 8))
+    for size in ((33, 47), (64, 96), (17, 9)):
+        outputs = pyramid(torch.randn(1, 4, *size))
+        assert pyramid.sizes(size) == [tuple(out.shape[2:]) for out in outputs]
+        assert len(pyramid(torch.randn(1, 4, *size), 1)) == 2
+    ran = []
+    for skip, read in (((1, 2), 0), ((2,), 1), ((), 2)):
+        net = MatchingRegistration(4, 8, (8, 8, 8), (8, 8, 8), global_features='orientation',
+                                   skip_levels=skip).eval()
+        ran.clear()
+        for index, level in enumerate(net.pyramid.levels):
+            level.register_forward_hook(lambda module, args, out, index=index: ran.append(index))
+        ir, vi = _real_pair(size=(128, 160))
+        with torch.no_grad():
+            flow = net(torch.randn(1, 4, 128, 160), torch.randn(1, 4, 128, 160), ir=ir, vi=vi)
+        assert flow.shape == (1, 2, 128, 160)
+        # Level k of the estimators reads pyramid output k (0: the CSEB output itself), for
+        # the IR and the visible features: levels 1..k ran twice each, the deeper ones never.
+        assert sorted(ran) == sorted(list(range(read)) * 2), (skip, ran)
+    learnt = MatchingRegistration(4, 8, (8, 8, 8), (8, 8, 8), skip_levels=(0, 1, 2))
+    assert learnt._depth() == 3  # the learnt global stage reads the coarsest level

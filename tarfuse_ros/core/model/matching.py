@@ -1308,11 +1308,19 @@ class PyramidEncoder(nn.Module):
                                              _conv_gn(out, out, 1, slope)))
             width = out
 
-    def forward(self, features):
+    def forward(self, features, depth=None):
+        """Return the levels down to output ``depth`` (None: every level; 0: the input alone)."""
         outputs = [features]
-        for level in self.levels:
+        for level in self.levels[:depth]:
             outputs.append(level(outputs[-1]))
         return outputs
+
+    def sizes(self, size):
+        """Return the ``(h, w)`` of every output for an input of ``size`` (3x3, stride 2, pad 1)."""
+        sizes = [tuple(int(side) for side in size)]
+        for _ in self.levels:
+            sizes.append(tuple((side - 1) // 2 + 1 for side in sizes[-1]))
+        return sizes
 
 
 class FlowEstimator(nn.Module):
@@ -1465,15 +1473,28 @@ class MatchingRegistration(nn.Module):
         out = self.global_estimator(cost)
         return fit_affine(out[:, :2], torch.sigmoid(out[:, 2:3]))
 
+    def _depth(self):
+        """Return the deepest pyramid output :meth:`forward` reads (0: the CSEB output)."""
+        if self.global_estimator is not None:
+            return len(self.pyramid.levels)
+        used = set(range(len(self.estimators))) - self.skip_levels
+        return max(used, default=0)
+
     def forward(self, c_ir, c_vi, return_levels=False, ir=None, vi=None, valid_size=None,
                 theta=None):
         if theta is not None and self.global_matcher is None:
             raise ValueError('a given global map (theta) needs the orientation global stage '
                              "(global_features 'orientation'); this registration has none")
-        ir_levels = self.pyramid(self.cseb_ir(c_ir))
-        vi_levels = self.pyramid(self.cseb_vi(c_vi))
+        # Only the levels an estimator (or the learnt global stage) reads are computed: the
+        # others' sizes alone carry the flow down the pyramid (``registration_skip_levels``).
+        # An ONNX trace computes every level and reads the sizes from them (dynamic axes).
+        depth = None if torch.jit.is_tracing() else self._depth()
+        ir_levels = self.pyramid(self.cseb_ir(c_ir), depth)
+        vi_levels = self.pyramid(self.cseb_vi(c_vi), depth)
+        sizes = ([level.shape[2:] for level in vi_levels] if depth is None
+                 else self.pyramid.sizes(vi_levels[0].shape[2:]))
         size = c_ir.shape[2:]
-        coarsest = vi_levels[-1].shape[2:]
+        coarsest = sizes[-1]
         levels = []
         if theta is not None:
             if tuple(theta.shape) != (c_ir.shape[0], 2, 3):
@@ -1488,16 +1509,16 @@ class MatchingRegistration(nn.Module):
         elif self.global_estimator is not None:
             theta = self.global_affine(ir_levels[-1], vi_levels[-1])
         if theta is not None:
-            dtype = vi_levels[-1].dtype
+            dtype = vi_levels[0].dtype
             flow = affine_flow(theta, coarsest[0], coarsest[1]).to(dtype)
             if return_levels:
                 levels.append(affine_flow(theta, size[0], size[1]).to(dtype))
         else:
-            flow = vi_levels[-1].new_zeros(vi_levels[-1].shape[0], 2, *coarsest)
+            flow = vi_levels[0].new_zeros(vi_levels[0].shape[0], 2, *coarsest)
         for index in reversed(range(len(self.estimators))):
-            ir_feat, vi_feat = ir_levels[index], vi_levels[index]
-            flow = resize_flow(flow, vi_feat.shape[2:])
+            flow = resize_flow(flow, sizes[index])
             if index not in self.skip_levels:
+                ir_feat, vi_feat = ir_levels[index], vi_levels[index]
                 reference = F.normalize(vi_feat, dim=1, eps=1e-6)
                 moving = F.normalize(warp(ir_feat, flow), dim=1, eps=1e-6)
                 cost = local_correlation(reference, moving, self.radii[index])
