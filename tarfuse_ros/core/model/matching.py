@@ -1316,7 +1316,7 @@ class PyramidEncoder(nn.Module):
         return outputs
 
     def sizes(self, size):
-        """Return the ``(h, w)`` of every output for an input of ``size`` (3x3, stride 2, pad 1)."""
+        """Return every output's ``(h, w)`` for an input of ``size`` (3x3, stride 2, pad 1)."""
         sizes = [tuple(int(side) for side in size)]
         for _ in self.levels:
             sizes.append(tuple((side - 1) // 2 + 1 for side in sizes[-1]))
