@@ -391,6 +391,32 @@ def test_scale_search_reuses_histograms_without_changing_the_map(monkeypatch):
     torch.testing.assert_close(theta, matcher(ir, vi), atol=1e-4, rtol=0)
 
 
+def test_smoothed_sobel_opencv_equals_kornia():
+    """The CPU path (OpenCV) and the autograd / GPU / ONNX path (kornia) give one gradient."""
+    import kornia
+    from tarfuse_ros.core.model.matching import smoothed_sobel
+    ir, vi = _real_pair((192, 256))
+    # A batch, and a channel of a two-channel tensor (how the warped IR reaches it).
+    both = torch.cat((torch.cat((ir, vi)), torch.cat((vi, ir))), dim=1)
+    for image in (ir, torch.cat((ir, 1.0 - vi)), both[:, 1:]):
+        fast = smoothed_sobel(image)
+        assert not fast[0].requires_grad
+        with torch.enable_grad():
+            slow = smoothed_sobel(image.clone().requires_grad_(True))  # kornia: autograd
+        assert slow[0].requires_grad
+        smooth = kornia.filters.gaussian_blur2d(image, (5, 5), (1.0, 1.0))
+        gradient = kornia.filters.spatial_gradient(smooth, mode='sobel', normalized=False)
+        for got, ref, want in zip(fast, slow, (gradient[:, :, 0], gradient[:, :, 1])):
+            assert got.shape == want.shape == image.shape
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(ref.detach(), want, atol=1e-6, rtol=1e-6)
+    # A ramp of slope 0.01 per column: gx is 8 times the slope away from the border, gy 0.
+    ramp = (torch.arange(64, dtype=torch.float32) * 0.01).expand(1, 1, 48, 64).contiguous()
+    gx, gy = smoothed_sobel(ramp)
+    torch.testing.assert_close(gx[..., 4:-4], torch.full_like(gx[..., 4:-4], 0.08))
+    assert gy.abs().max() < 1e-6
+
+
 def test_cell_histograms_equal_every_bin_evaluated_directly():
     """Bins half a turn apart are the two lobes of one cosine: the same as all bins directly.
 
@@ -399,14 +425,12 @@ def test_cell_histograms_equal_every_bin_evaluated_directly():
     """
     import math
 
-    import kornia
     import torch.nn.functional as F
+    from tarfuse_ros.core.model.matching import smoothed_sobel
     ir, vi = _real_pair((192, 256))
     for image in (ir, vi, 1.0 - vi):
         for cell, bins in ((8, 8), (4, 8), (8, 6)):
-            smooth = kornia.filters.gaussian_blur2d(image, (5, 5), (1.0, 1.0))
-            gradient = kornia.filters.spatial_gradient(smooth, mode='sobel', normalized=False)
-            gx, gy = gradient[:, :, 0], gradient[:, :, 1]
+            gx, gy = smoothed_sobel(image)  # its own test: the same as kornia's filters
             energy = gx * gx + gy * gy
             magnitude = torch.sqrt(energy + 1e-12)
             # (cos 2 theta, sin 2 theta), 0 where there is no gradient at all.
