@@ -1,0 +1,133 @@
+#!/usr/bin/env python3
+"""Latency of FusionEngine when other processes want the same CPU cores.
+
+A robot runs the node beside other CPU work (a navigation stack, another network, a second
+tarfuse node for a second rig). PyTorch's CPU kernels run on OpenMP threads, and the GNU OpenMP
+runtime lets a thread that waits at the end of a parallel region spin on its core for a while
+before it sleeps (``OMP_WAIT_POLICY``, ``GOMP_SPINCOUNT``). With more runnable threads than
+cores, a spinning thread holds a core that the thread it waits for needs, and the global
+stage's thousands of small tensor operations each pay that.
+
+This script starts ``--processes`` copies of one engine run at once (each its own Python
+process: the OpenMP settings are read when the process starts) and prints each copy's median
+and p90 ``FusionEngine.infer`` latency (ms) on ``--pairs`` msrs_det test pairs resized to
+``--size``, for every combination of ``--threads`` and ``--wait-policy`` asked for
+(``default``: the environment as it is; ``passive``: ``OMP_WAIT_POLICY=PASSIVE``, waiting
+threads sleep at once; ``active``: they spin).
+
+Example (an otherwise idle machine; run ``source tools/ros_env/env.sh`` first)::
+
+    python benchmarks/bench_contention.py --processes 1 2 --threads 1 2 \\
+        --wait-policy default passive
+"""
+
+import argparse
+import itertools
+import json
+import os
+from pathlib import Path
+import subprocess
+import sys
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def get_args_parser():
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--processes', type=int, nargs='+', default=[1, 2],
+                        help='engine processes run at once (default: 1 2)')
+    parser.add_argument('--threads', type=int, nargs='+', default=[1, 2],
+                        help='torch threads per process (default: 1 2)')
+    parser.add_argument('--wait-policy', nargs='+', default=['default', 'passive'],
+                        choices=('default', 'passive', 'active'),
+                        help='OMP_WAIT_POLICY per process (default: default passive)')
+    parser.add_argument('--pairs', type=int, default=6, help='timed pairs (default 6)')
+    parser.add_argument('--size', default='640x512', help='WIDTHxHEIGHT (default 640x512)')
+    parser.add_argument('--weights', type=Path, default=None,
+                        help='checkpoint (default: the shipped model)')
+    parser.add_argument('--data', type=Path, default=None,
+                        help='msrs_det folder (default: $TARFUSE_SHARED/datasets/msrs_det)')
+    parser.add_argument('--json', type=Path, default=None, help='also write the rows here')
+    parser.add_argument('--worker', action='store_true', help=argparse.SUPPRESS)
+    return parser
+
+
+def data_folder(args):
+    if args.data is not None:
+        return args.data
+    shared = Path(os.environ.get('TARFUSE_SHARED', ROOT.parent / 'shared'))
+    return shared / 'datasets' / 'msrs_det'
+
+
+def worker(args):
+    """Time the engine in this process; print one JSON line ``{median_ms, p90_ms}``."""
+    import time
+
+    import cv2
+    import numpy as np
+    import torch
+    from tarfuse_ros.core import data
+    from tarfuse_ros.core.engine import FusionEngine
+
+    torch.set_num_threads(args.threads[0])
+    width, height = (int(side) for side in args.size.split('x'))
+    folder = data_folder(args)
+    pairs = []
+    for stem in data.read_split(folder, 'test')[:args.pairs + 1]:
+        ir, vi = data.load_pair(folder, stem)
+        pairs.append((cv2.resize(ir, (width, height)), cv2.resize(vi, (width, height))))
+    engine = FusionEngine(args.weights, device='cpu')
+    engine.infer(*pairs[0])  # warm-up
+    times = []
+    for ir, vi in pairs[1:]:
+        start = time.perf_counter()
+        engine.infer(ir, vi)
+        times.append(1000.0 * (time.perf_counter() - start))
+    print(json.dumps({'median_ms': float(np.median(times)),
+                      'p90_ms': float(np.percentile(times, 90))}), flush=True)
+
+
+def run_case(args, processes, threads, policy):
+    """Start ``processes`` workers at once; return their ``{median_ms, p90_ms}`` rows."""
+    env = dict(os.environ)
+    if policy != 'default':
+        env['OMP_WAIT_POLICY'] = policy.upper()
+    command = [sys.executable, __file__, '--worker', '--threads', str(threads),
+               '--pairs', str(args.pairs), '--size', args.size, '--data', str(data_folder(args))]
+    if args.weights is not None:
+        command += ['--weights', str(args.weights)]
+    workers = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True)
+               for _ in range(processes)]
+    rows = []
+    for process in workers:
+        out, _ = process.communicate()
+        if process.returncode != 0:
+            raise SystemExit(f'a worker failed (exit {process.returncode})')
+        rows.append(json.loads(out.strip().splitlines()[-1]))
+    return rows
+
+
+def main(argv=None):
+    args = get_args_parser().parse_args(argv)
+    if args.worker:
+        worker(args)
+        return 0
+    print(f'cores {os.cpu_count()}, {args.pairs} pairs at {args.size}, '
+          f'OMP_WAIT_POLICY in the environment: {os.environ.get("OMP_WAIT_POLICY", "unset")}')
+    results = []
+    for processes, threads, policy in itertools.product(args.processes, args.threads,
+                                                        args.wait_policy):
+        rows = run_case(args, processes, threads, policy)
+        medians = ', '.join(f'{row["median_ms"]:.0f}' for row in rows)
+        p90s = ', '.join(f'{row["p90_ms"]:.0f}' for row in rows)
+        print(f'processes {processes}  threads {threads}  wait policy {policy:8s}  '
+              f'median ms {medians}  p90 ms {p90s}', flush=True)
+        results.append({'processes': processes, 'threads': threads, 'wait_policy': policy,
+                        'workers': rows})
+    if args.json is not None:
+        args.json.write_text(json.dumps(results, indent=2) + '\n')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
