@@ -107,6 +107,13 @@ class OnnxModelError(ValueError):
     """An ONNX file is missing, unreadable, or not a TarFuse export of a known format."""
 
 
+def _missing_file_error(path):
+    """Return the error for an ONNX path that is not a file (missing, or a folder)."""
+    what = 'is a folder, not an ONNX file' if path.is_dir() else 'does not exist'
+    return OnnxModelError(f'ONNX file {str(path)!r} {what}; export one with tarfuse-export '
+                          f'WEIGHTS.safetensors --out MODEL.onnx')
+
+
 def _session_error(path, error):
     if is_torch_pickle(path):
         return OnnxModelError(
@@ -175,8 +182,7 @@ def read_onnx_metadata(path):
 
     path = Path(path)
     if not path.is_file():
-        raise OnnxModelError(f'ONNX file {str(path)!r} does not exist; export one with '
-                             f'tarfuse-export WEIGHTS.safetensors --out MODEL.onnx')
+        raise _missing_file_error(path)
     try:
         session = ort.InferenceSession(str(path), providers=['CPUExecutionProvider'])
     except Exception as error:  # noqa: BLE001 - onnxruntime raises its own error types
@@ -318,9 +324,7 @@ class OnnxFusionEngine(PairEngine):
                          "the ONNX file's (tarfuse-export --half)")
         self._weights = Path(weights)
         if not self._weights.is_file():
-            raise OnnxModelError(
-                f'ONNX file {str(self._weights)!r} does not exist; export one with '
-                f'tarfuse-export WEIGHTS.safetensors --out MODEL.onnx')
+            raise _missing_file_error(self._weights)
         providers, self._device = _providers(device, allow_cpu_fallback)
         options = ort.SessionOptions()
         if threads is not None:

@@ -432,6 +432,7 @@ def test_a_bad_onnx_file_is_refused_with_one_clear_error(tmp_path):
     torch.save({'weight': torch.zeros(2)}, pytorch)
     cases = {corrupt: 'is not a loadable ONNX model', foreign: 'not written by tarfuse-export',
              tmp_path / 'absent.onnx': 'does not exist',
+             tmp_path: 'is a folder, not an ONNX file',  # it said 'does not exist'
              pytorch: 'is a PyTorch pickle/zip checkpoint, not an ONNX model'}
     for path, words in cases.items():
         with pytest.raises(OnnxModelError) as raised:
