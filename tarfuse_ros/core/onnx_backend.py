@@ -107,6 +107,13 @@ class OnnxModelError(ValueError):
     """An ONNX file is missing, unreadable, or not a TarFuse export of a known format."""
 
 
+def _missing_file_error(path):
+    """Return the error for an ONNX path that is not a file (missing, or a folder)."""
+    what = 'is a folder, not an ONNX file' if path.is_dir() else 'does not exist'
+    return OnnxModelError(f'ONNX file {str(path)!r} {what}; export one with tarfuse-export '
+                          f'WEIGHTS.safetensors --out MODEL.onnx')
+
+
 def _session_error(path, error):
     if is_torch_pickle(path):
         return OnnxModelError(
@@ -175,8 +182,7 @@ def read_onnx_metadata(path):
 
     path = Path(path)
     if not path.is_file():
-        raise OnnxModelError(f'ONNX file {str(path)!r} does not exist; export one with '
-                             f'tarfuse-export WEIGHTS.safetensors --out MODEL.onnx')
+        raise _missing_file_error(path)
     try:
         session = ort.InferenceSession(str(path), providers=['CPUExecutionProvider'])
     except Exception as error:  # noqa: BLE001 - onnxruntime raises its own error types
@@ -318,9 +324,7 @@ class OnnxFusionEngine(PairEngine):
                          "the ONNX file's (tarfuse-export --half)")
         self._weights = Path(weights)
         if not self._weights.is_file():
-            raise OnnxModelError(
-                f'ONNX file {str(self._weights)!r} does not exist; export one with '
-                f'tarfuse-export WEIGHTS.safetensors --out MODEL.onnx')
+            raise _missing_file_error(self._weights)
         providers, self._device = _providers(device, allow_cpu_fallback)
         options = ort.SessionOptions()
         if threads is not None:
@@ -333,6 +337,10 @@ class OnnxFusionEngine(PairEngine):
             raise _session_error(self._weights, error) from None
         self._checkpoint_config, self._export = _metadata(self._weights, self._session)
         self._input_names = tuple(arg.name for arg in self._session.get_inputs())
+        # A tarfuse-export graph takes any batch and size; a file whose sizes were fixed later
+        # (e.g. for TensorRT) runs frames of those sizes only (checked per call).
+        self._input_shapes = {arg.name: tuple(arg.shape) for arg in self._session.get_inputs()
+                              if arg.name in ('ir', 'vi')}
         if self._device != 'cpu' and 'CUDAExecutionProvider' not in (
                 self._session.get_providers()):
             raise RuntimeError(f'onnxruntime could not start CUDA for device {device!r} '
@@ -407,12 +415,26 @@ class OnnxFusionEngine(PairEngine):
                  'vi': self._batch(enlarge_planes([item.vi_y for item in items], net_size)),
                  'valid_size': np.array(net_size, dtype=np.int64)}
         feeds = {name: feeds[name] for name in self._input_names}
+        self._check_fixed_size(feeds['ir'].shape, height, width)
         t1 = time.perf_counter()
         raw = dict(zip([o.name for o in self._session.get_outputs()],
                        self._session.run(None, feeds)))
         t2 = time.perf_counter()
         outputs = self._postprocess(raw, items, height, width, net_size)
         return outputs, (t1 - t0, t2 - t1, time.perf_counter() - t2)
+
+    def _check_fixed_size(self, shape, height, width):
+        """Raise ValueError when the graph's inputs have fixed sizes other than ``shape``."""
+        for name, fixed in self._input_shapes.items():
+            if all(not isinstance(want, int) or want == got for want, got in zip(fixed, shape)):
+                continue
+            wanted = 'x'.join(str(want) if isinstance(want, int) else '?' for want in fixed)
+            raise ValueError(
+                f'{self._weights} takes {name} inputs of the fixed shape {wanted} only, but this '
+                f'{width}x{height} frame needs {"x".join(str(v) for v in shape)} (a batch of '
+                f'{shape[0]}, padded to multiples of {self._multiple}): its sizes were fixed '
+                f'after tarfuse-export, whose graphs take any batch and size; export the '
+                f'checkpoint again with tarfuse-export WEIGHTS.safetensors --out MODEL.onnx')
 
     def _batch(self, planes):
         """Stack ``HxW`` planes into a padded ``(B, 1, H', W')`` float32 array in [0, 1]."""

@@ -233,6 +233,27 @@ def test_robust_affine_ignores_a_third_of_wrong_matches():
     torch.testing.assert_close(none[0], torch.eye(3, dtype=torch.float64)[:2])
 
 
+def test_robust_affine_over_every_cell_of_a_large_frame_is_finite_in_float16():
+    # tarfuse-export --half gave NaN flows (and no detections) on 960x704 frames: the normal
+    # equations summed the weights of 10,560 cells, and the 3x3 inverse's products of three
+    # such sums overflowed float16 (65504).
+    from tarfuse_ros.core.model.matching import robust_affine_px
+    ys, xs = torch.meshgrid(torch.arange(88.0) * 8 + 4, torch.arange(120.0) * 8 + 4,
+                            indexing='ij')
+    points = torch.stack((xs.flatten(), ys.flatten()), dim=1)
+    truth = torch.tensor([[1.02, -0.01, 3.0], [0.01, 0.99, -5.0]])
+    targets = (points @ truth[:, :2].t() + truth[:, 2])[None]
+    confidence = torch.rand(1, len(points), generator=torch.Generator().manual_seed(0)) * 2
+    fits = {dtype: robust_affine_px(points.to(dtype), targets.to(dtype), confidence.to(dtype),
+                                    scales=(16.0, 8.0, 4.0)).float()[0]
+            for dtype in (torch.float32, torch.float16)}
+    torch.testing.assert_close(fits[torch.float32], truth, atol=1e-3, rtol=0)
+    corners = torch.tensor([[0.0, 0.0, 1.0], [960.0, 0.0, 1.0], [0.0, 704.0, 1.0],
+                            [960.0, 704.0, 1.0]])
+    error = corners @ (fits[torch.float16] - truth).t()
+    assert float(torch.linalg.vector_norm(error, dim=1).max()) < 1.0
+
+
 def _seeded_affine(rotation_deg, scale, translation_px, seed):
     """Return ``(applied, inverse)`` flows of a seeded affine at 480x320 (``deform``)."""
     from tarfuse_ros.core.deform import DeformConfig, random_deformation

@@ -25,7 +25,7 @@ from tarfuse_ros.core.model import yolo
 from tarfuse_ros.core.model.tarfuse import build_model
 from tarfuse_ros.core.onnx_backend import CONFIG_KEY, nms_rows, ONNX_KEY, ONNX_OUTPUTS
 from tarfuse_ros.core.onnx_backend import OnnxFusionEngine, OnnxModelError, read_onnx_metadata
-from tarfuse_ros.core.paths import default_weights_path, share_dir
+from tarfuse_ros.core.paths import default_weights_path, share_dir, shared_datasets_dir
 from tarfuse_ros.tools import export as export_tool
 import torch
 
@@ -60,6 +60,17 @@ def _pairs():
         vi = cv2.imread(str(SAMPLES / 'vi' / f'{stem}.jpg'), cv2.IMREAD_COLOR)
         assert ir is not None and vi is not None, stem
         yield stem, ir, vi
+
+
+def _msrs_pair(stem):
+    """Return a real 640x480 msrs_det pair (IR uint8 HxW, visible BGR) from the shared sets."""
+    base = shared_datasets_dir()
+    folder = None if base is None else Path(base) / 'msrs_det'
+    if folder is None or not (folder / 'ir' / f'{stem}.png').is_file():
+        pytest.skip('the shared msrs_det set is absent (set TARFUSE_SHARED to the folder holding '
+                    'datasets/msrs_det)')
+    return (cv2.imread(str(folder / 'ir' / f'{stem}.png'), cv2.IMREAD_GRAYSCALE),
+            cv2.imread(str(folder / 'vi' / f'{stem}.png'), cv2.IMREAD_COLOR))
 
 
 def test_shipped_model_exports_with_dynamic_sizes_and_the_checkpoint_config(shipped_onnx):
@@ -432,6 +443,7 @@ def test_a_bad_onnx_file_is_refused_with_one_clear_error(tmp_path):
     torch.save({'weight': torch.zeros(2)}, pytorch)
     cases = {corrupt: 'is not a loadable ONNX model', foreign: 'not written by tarfuse-export',
              tmp_path / 'absent.onnx': 'does not exist',
+             tmp_path: 'is a folder, not an ONNX file',  # it said 'does not exist'
              pytorch: 'is a PyTorch pickle/zip checkpoint, not an ONNX model'}
     for path, words in cases.items():
         with pytest.raises(OnnxModelError) as raised:
@@ -515,6 +527,29 @@ def test_both_backends_bring_boxes_back_from_an_enlarged_frame(shipped_onnx):
         assert ours.class_id == theirs.class_id
         assert np.abs(_box(ours) - _box(theirs)).max() <= 1e-2
         assert 0 <= ours.x1 < ours.x2 <= width and 0 <= ours.y1 < ours.y2 <= height
+
+
+def test_a_graph_of_fixed_size_names_the_size_it_takes(shipped_onnx, tmp_path):
+    # The shipped export with its input sizes fixed at 512x640 afterwards (as for a TensorRT
+    # profile): a 480x640 pair failed inside onnxruntime with 'Got invalid dimensions for
+    # input: vi ... Please fix either the inputs/outputs or the model', naming no fix.
+    model = onnx.load(str(shipped_onnx))
+    for graph_input in model.graph.input[:2]:
+        dims = graph_input.type.tensor_type.shape.dim
+        dims[0].dim_value, dims[2].dim_value, dims[3].dim_value = 1, 512, 640
+    fixed = tmp_path / 'fixed.onnx'
+    onnx.save(model, str(fixed))
+    engine = OnnxFusionEngine(fixed, threads=1)
+    ir, vi = _msrs_pair('00004N')
+    assert vi.shape == (480, 640, 3)
+    with pytest.raises(ValueError) as raised:
+        engine.infer(ir, vi)
+    message = str(raised.value)
+    assert 'fixed shape 1x1x512x640' in message and 'needs 1x1x480x640' in message, message
+    assert 'tarfuse-export WEIGHTS.safetensors --out MODEL.onnx' in message, message
+    # Frames of the size it was fixed at still run.
+    result = engine.infer(cv2.resize(ir, (640, 512)), cv2.resize(vi, (640, 512)))
+    assert result.fused.shape == (512, 640, 3)
 
 
 def test_detect_min_long_side_exports_with_dynamic_sizes(tmp_path):

@@ -423,6 +423,14 @@ def _top_two(cost):
     return best, index, second
 
 
+def _power_of_two_scale(value):
+    """Return ``2^-ceil(log2(value))``, which scales ``value`` into (0.5, 1], within 2^+-14.
+
+    An exact scaling (a power of two); limited to float16's range (0 gives 2^14).
+    """
+    return torch.pow(2.0, -torch.ceil(torch.log2(value)).clamp(-14.0, 14.0))
+
+
 def robust_affine_px(points, targets, weights, scales):
     """Fit one affine map per sample by iteratively reweighted least squares (Cauchy weights).
 
@@ -452,6 +460,12 @@ def robust_affine_px(points, targets, weights, scales):
     basis = torch.cat((unit_points, torch.ones_like(unit_points[:, :1])), dim=1)  # (N, 3)
     eye = torch.eye(3, device=points.device, dtype=points.dtype).unsqueeze(0)
     prior = eye[:, :, :2]
+    # The fit does not depend on the weights' scale: scaled to at most 1, then to a sum of at
+    # most 32. The 3x3 inverse multiplies three normal-equation entries, each up to that sum,
+    # and the sum over every cell of a 960x704 frame (thousands) overflowed float16 (65504):
+    # NaN maps from tarfuse-export --half. Powers of two: float32 fits stay the same bit for bit.
+    weights = weights * _power_of_two_scale(weights.amax(dim=1, keepdim=True))
+    weights = weights * _power_of_two_scale(weights.sum(dim=1, keepdim=True) / 32.0)
     current = weights
     for scale in scales:
         weighted = basis.t().unsqueeze(0) * current.unsqueeze(1)            # (B, 3, N)
