@@ -438,6 +438,31 @@ def test_smoothed_sobel_opencv_equals_kornia():
     assert gy.abs().max() < 1e-6
 
 
+def test_global_stage_runs_in_float32_under_autocast():
+    """The engine's half=True runs the network under autocast: the global stage stays float32.
+
+    Under autocast its matrix products (and on CUDA its filters) ran in 16 bits: the map of a
+    real pair moved by 1 % of the frame with bfloat16. The histograms of a float16 image,
+    called directly, are finite (a flat pixel divided 0 by 0 there).
+    """
+    from tarfuse_ros.core.model.matching import OrientationMatcher
+    ir, vi = _real_pair((192, 256))
+    ir = torch.roll(ir, (4, -6), (2, 3))
+    matcher = OrientationMatcher(scale_candidates=(0.8, 1.0, 1.25))
+    expected = matcher(ir, vi)
+    for dtype in (torch.bfloat16, torch.float16):
+        with torch.autocast('cpu', dtype=dtype):
+            got = matcher(ir.to(dtype), vi.to(dtype))
+        assert got.dtype == torch.float32
+        assert torch.equal(got, matcher(ir.to(dtype).float(), vi.to(dtype).float())), dtype
+        with torch.autocast('cpu', dtype=dtype):
+            assert torch.equal(matcher(ir, vi), expected), dtype
+    half = cell_histograms(vi.half(), 8)
+    assert half.dtype == torch.float16 and bool(torch.isfinite(half).all())
+    flat = cell_histograms(torch.full((1, 1, 64, 64), 0.5, dtype=torch.float16), 8)
+    assert bool((flat == 0).all())
+
+
 def test_cell_histograms_equal_every_bin_evaluated_directly():
     """Bins half a turn apart are the two lobes of one cosine: the same as all bins directly.
 

@@ -231,8 +231,12 @@ def cell_histograms(image, cell=8, bins=8):
     gx, gy = smoothed_sobel(image)
     energy = gx * gx + gy * gy
     magnitude = torch.sqrt(energy + 1e-12)
-    # Doubled angle: (cos 2t, sin 2t) = ((gx^2 - gy^2), 2 gx gy) / |g|^2.
-    inverse = 1.0 / (energy + 1e-12)
+    # Doubled angle: (cos 2t, sin 2t) = ((gx^2 - gy^2), 2 gx gy) / |g|^2. 1e-12 is 0 in float16
+    # (a half ONNX export), where a flat pixel gave 0 * (1 / 0) = NaN: there the smallest
+    # normal number instead (the angle of no gradient is then 0, as in float32).
+    tiny = 1e-12 if image.dtype in (torch.float32, torch.float64) else torch.finfo(
+        image.dtype).tiny
+    inverse = 1.0 / (energy + tiny)
     cos2 = (gx * gx - gy * gy) * inverse
     sin2 = 2.0 * gx * gy * inverse
     # Bin b receives max(0, c_b)^3 |g| with c_b = cos(2 theta - phi_b). The bins come in pairs
@@ -833,8 +837,14 @@ class OrientationMatcher(nn.Module):
     def forward(self, ir, vi, valid_size=None):
         # No learnt parameter and images for inputs: nothing to differentiate (and no graph to
         # keep). In float32 whatever the network runs in (the map is returned in float32): the
-        # normal equations sum squared pixel coordinates over thousands of cells, beyond float16.
-        ir, vi = ir.float(), vi.float()
+        # normal equations sum squared pixel coordinates over thousands of cells, beyond float16,
+        # and 1 / |g|^2 of a flat pixel is 1 / 0 there. So autocast is off here as well (the
+        # engine's half=True on CUDA): it ran the convolutions and matrix products in float16.
+        with torch.autocast(ir.device.type, enabled=False):
+            return self._forward_float(ir.float(), vi.float(), valid_size)
+
+    def _forward_float(self, ir, vi, valid_size):
+        """Return :meth:`forward`'s maps for float32 images, autocast off."""
         if valid_size is None:
             return self._estimate(ir, vi)
         height, width = ir.shape[2:]
