@@ -17,8 +17,7 @@ threads sleep at once; ``active``: they spin).
 
 Example (an otherwise idle machine; run ``source tools/ros_env/env.sh`` first)::
 
-    python benchmarks/bench_contention.py --processes 1 2 --threads 1 2 \\
-        --wait-policy default passive
+    python benchmarks/bench_contention.py --processes 1 2 --threads 1 2
 """
 
 import argparse
