@@ -438,6 +438,27 @@ def test_smoothed_sobel_opencv_equals_kornia():
     assert gy.abs().max() < 1e-6
 
 
+def test_smoothed_sobel_filters_every_channel_and_refuses_other_ranks():
+    """Each plane of a (B, C, H, W) image is filtered, as by kornia; no 4-D image is refused.
+
+    The OpenCV path filtered channel 0 alone and returned uninitialised memory as the other
+    channels' gradients; a 3-D image was filtered row by row.
+    """
+    import kornia
+    from tarfuse_ros.core.model.matching import smoothed_sobel
+    ir, vi = _real_pair((96, 128))
+    image = torch.cat((torch.cat((ir, vi, 1.0 - ir), dim=1), torch.cat((vi, ir, vi), dim=1)))
+    gradient = kornia.filters.spatial_gradient(
+        kornia.filters.gaussian_blur2d(image, (5, 5), (1.0, 1.0)), mode='sobel',
+        normalized=False)
+    for got, want in zip(smoothed_sobel(image), (gradient[:, :, 0], gradient[:, :, 1])):
+        assert got.shape == (2, 3, 96, 128)
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    for bad in (ir[0], ir[None]):
+        with pytest.raises(ValueError, match='image must be'):
+            smoothed_sobel(bad)
+
+
 def test_global_stage_runs_in_float32_under_autocast():
     """The engine's half=True runs the network under autocast: the global stage stays float32.
 

@@ -189,26 +189,29 @@ def orientation_descriptors(image, cell=8, bins=8, block=4):
 
 
 def smoothed_sobel(image):
-    """Return ``(gx, gy)``, each ``(B, 1, H, W)``: the Sobel derivatives of the blurred image.
+    """Return ``(gx, gy)``, each ``(B, C, H, W)``: the Sobel derivatives of the blurred image.
 
-    ``image`` (B, 1, H, W) is blurred by a 5x5 Gaussian of sigma 1 px (borders reflected without
-    repeating the edge pixel), then differentiated by the unnormalised 3x3 Sobel kernels (borders
-    replicated; ``gx`` = right minus left, ``gy`` = below minus above, 8 times the slope of a
-    ramp). OpenCV (``GaussianBlur``, ``Sobel``) on a CPU float32 image that needs no gradient,
-    about a tenth of the time at 640x512; kornia's equivalent filters otherwise (a GPU, autograd,
-    an ONNX trace). The two agree up to float rounding (1e-6 of a unit ramp).
+    Each plane of ``image`` (B, C, H, W) is blurred by a 5x5 Gaussian of sigma 1 px (borders
+    reflected without repeating the edge pixel), then differentiated by the unnormalised 3x3
+    Sobel kernels (borders replicated; ``gx`` = right minus left, ``gy`` = below minus above, 8
+    times the slope of a ramp). OpenCV (``GaussianBlur``, ``Sobel``) on a CPU float32 image that
+    needs no gradient, about a tenth of the time at 640x512; kornia's equivalent filters
+    otherwise (a GPU, autograd, an ONNX trace). The two agree up to float rounding (1e-6 of a
+    unit ramp).
     """
+    if image.dim() != 4:
+        raise ValueError(f'image must be (B, C, H, W), got {tuple(image.shape)}')
     if (image.device.type == 'cpu' and image.dtype == torch.float32
             and not torch.jit.is_tracing()
             and not (torch.is_grad_enabled() and image.requires_grad)):
         planes = image.detach().numpy()
         gx, gy = (np.empty(planes.shape, np.float32) for _ in range(2))
-        for index in range(planes.shape[0]):
-            smooth = cv2.GaussianBlur(np.ascontiguousarray(planes[index, 0]), (5, 5), 1.0,
+        for index in np.ndindex(planes.shape[:2]):
+            smooth = cv2.GaussianBlur(np.ascontiguousarray(planes[index]), (5, 5), 1.0,
                                       borderType=cv2.BORDER_REFLECT_101)
-            cv2.Sobel(smooth, cv2.CV_32F, 1, 0, dst=gx[index, 0], ksize=3,
+            cv2.Sobel(smooth, cv2.CV_32F, 1, 0, dst=gx[index], ksize=3,
                       borderType=cv2.BORDER_REPLICATE)
-            cv2.Sobel(smooth, cv2.CV_32F, 0, 1, dst=gy[index, 0], ksize=3,
+            cv2.Sobel(smooth, cv2.CV_32F, 0, 1, dst=gy[index], ksize=3,
                       borderType=cv2.BORDER_REPLICATE)
         return torch.from_numpy(gx), torch.from_numpy(gy)
     import kornia
