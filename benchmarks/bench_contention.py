@@ -31,17 +31,38 @@ import sys
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def positive_int(text):
+    """Return ``text`` as an integer >= 1 (argparse type)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f'must be an integer >= 1, got {text!r}')
+    return value
+
+
+def frame_size(text):
+    """Return ``'WIDTHxHEIGHT'`` as it is when both sides are integers >= 1 (argparse type)."""
+    sides = text.split('x')
+    if len(sides) != 2 or not all(side.isdigit() and int(side) > 0 for side in sides):
+        raise argparse.ArgumentTypeError(f'must be WIDTHxHEIGHT in pixels (e.g. 640x512), got '
+                                         f'{text!r}')
+    return text
+
+
 def get_args_parser():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--processes', type=int, nargs='+', default=[1, 2],
+    parser.add_argument('--processes', type=positive_int, nargs='+', default=[1, 2],
                         help='engine processes run at once (default: 1 2)')
-    parser.add_argument('--threads', type=int, nargs='+', default=[1, 2],
+    parser.add_argument('--threads', type=positive_int, nargs='+', default=[1, 2],
                         help='torch threads per process (default: 1 2)')
     parser.add_argument('--wait-policy', nargs='+', default=['default', 'passive'],
                         choices=('default', 'passive', 'active'),
                         help='OMP_WAIT_POLICY per process (default: default passive)')
-    parser.add_argument('--pairs', type=int, default=6, help='timed pairs (default 6)')
-    parser.add_argument('--size', default='640x512', help='WIDTHxHEIGHT (default 640x512)')
+    parser.add_argument('--pairs', type=positive_int, default=6, help='timed pairs (default 6)')
+    parser.add_argument('--size', type=frame_size, default='640x512',
+                        help='WIDTHxHEIGHT (default 640x512)')
     parser.add_argument('--weights', type=Path, default=None,
                         help='checkpoint (default: the shipped model)')
     parser.add_argument('--data', type=Path, default=None,
@@ -97,20 +118,50 @@ def run_case(args, processes, threads, policy):
         command += ['--weights', str(args.weights)]
     workers = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True)
                for _ in range(processes)]
+    return collect(workers)
+
+
+def collect(workers):
+    """Return the JSON rows the ``workers`` print last; a failed one stops those still running.
+
+    Raises SystemExit naming the worker and its exit status (its error is on stderr above); the
+    other workers are killed and waited for, so that none outlives the benchmark.
+    """
     rows = []
-    for process in workers:
-        out, _ = process.communicate()
-        if process.returncode != 0:
-            raise SystemExit(f'a worker failed (exit {process.returncode})')
-        rows.append(json.loads(out.strip().splitlines()[-1]))
+    try:
+        for index, process in enumerate(workers, 1):
+            out, _ = process.communicate()
+            if process.returncode != 0:
+                status = (f'killed by signal {-process.returncode}' if process.returncode < 0
+                          else f'exit status {process.returncode}')
+                raise SystemExit(f'bench_contention: worker {index} of {len(workers)} failed '
+                                 f'({status}; its error, if any, is above); the others were '
+                                 f'stopped')
+            rows.append(json.loads(out.strip().splitlines()[-1]))
+    finally:
+        for process in workers:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
     return rows
 
 
 def main(argv=None):
-    args = get_args_parser().parse_args(argv)
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
     if args.worker:
         worker(args)
         return 0
+    # Checked here, before any worker loads torch (each would print the same traceback).
+    from tarfuse_ros.core.layout import read_split
+    try:
+        stems = read_split(data_folder(args), 'test')
+    except ValueError as error:
+        parser.error(f'{error} (--data: an msrs_det folder with a test split; default '
+                     f'$TARFUSE_SHARED/datasets/msrs_det)')
+    if len(stems) < args.pairs + 1:
+        parser.error(f'--pairs {args.pairs} needs {args.pairs + 1} test pairs (one warms up), '
+                     f'{str(data_folder(args))!r} has {len(stems)}')
     print(f'cores {os.cpu_count()}, {args.pairs} pairs at {args.size}, '
           f'OMP_WAIT_POLICY in the environment: {os.environ.get("OMP_WAIT_POLICY", "unset")}')
     results = []
