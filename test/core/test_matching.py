@@ -484,6 +484,16 @@ def test_global_stage_runs_in_float32_under_autocast():
     assert bool((flat == 0).all())
 
 
+def test_cell_histograms_of_a_uint8_image_equal_those_of_its_float_copy():
+    # The float16 guard chose its epsilon by the image's dtype: torch.finfo(torch.uint8) raised
+    # a TypeError, where kornia's filters had always turned the 8-bit image into float32.
+    ir, _ = _real_pair((96, 128))
+    image = (ir * 255.0).round().to(torch.uint8)
+    got = cell_histograms(image, 8)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, cell_histograms(image.float(), 8), atol=1e-6, rtol=1e-5)
+
+
 def test_cell_histograms_equal_every_bin_evaluated_directly():
     """Bins half a turn apart are the two lobes of one cosine: the same as all bins directly.
 
