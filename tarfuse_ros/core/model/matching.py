@@ -235,9 +235,10 @@ def cell_histograms(image, cell=8, bins=8):
     energy = gx * gx + gy * gy
     magnitude = torch.sqrt(energy + 1e-12)
     # Doubled angle: (cos 2t, sin 2t) = ((gx^2 - gy^2), 2 gx gy) / |g|^2. 1e-12 is 0 in float16
-    # (a half ONNX export), where a flat pixel gave 0 * (1 / 0) = NaN: there the smallest
-    # normal number instead (the angle of no gradient is then 0, as in float32). By the
-    # gradients' dtype: an 8-bit image gives float32 ones.
+    # (a float16 image given directly; the exported graph is traced in float32), where a flat
+    # pixel gave 0 * (1 / 0) = NaN: there the smallest normal number instead (the angle of no
+    # gradient is then 0, as in float32). By the gradients' dtype: an 8-bit image gives
+    # float32 ones.
     tiny = 1e-12 if gx.dtype in (torch.float32, torch.float64) else torch.finfo(gx.dtype).tiny
     inverse = 1.0 / (energy + tiny)
     cos2 = (gx * gx - gy * gy) * inverse
