@@ -232,7 +232,8 @@ def cell_histograms(image, cell=8, bins=8):
     if bins % 2:
         raise ValueError(f'bins must be even (pairs half a turn apart), got {bins}')
     gx, gy = smoothed_sobel(image)
-    energy = gx * gx + gy * gy
+    gx2, gy2 = gx * gx, gy * gy
+    energy = gx2 + gy2
     magnitude = torch.sqrt(energy + 1e-12)
     # Doubled angle: (cos 2t, sin 2t) = ((gx^2 - gy^2), 2 gx gy) / |g|^2. 1e-12 is 0 in float16
     # (a float16 image given directly; the exported graph is traced in float32), where a flat
@@ -241,7 +242,7 @@ def cell_histograms(image, cell=8, bins=8):
     # float32 ones.
     tiny = 1e-12 if gx.dtype in (torch.float32, torch.float64) else torch.finfo(gx.dtype).tiny
     inverse = 1.0 / (energy + tiny)
-    cos2 = (gx * gx - gy * gy) * inverse
+    cos2 = (gx2 - gy2) * inverse
     sin2 = 2.0 * gx * gy * inverse
     # Bin b receives max(0, c_b)^3 |g| with c_b = cos(2 theta - phi_b). The bins come in pairs
     # half a turn apart (c_{b + bins/2} = -c_b): with q_b = c_b^3 |g| (|g| >= 0), bin b is the
