@@ -166,6 +166,8 @@ class TarFuseNode(Node):
             raise StartupError(f'unknown parameter {", ".join(unknown)}: the node has no such '
                                f'parameter; correct or remove it in the params file or on the '
                                f'command line (see config/tarfuse.yaml)')
+        # (topic, why that one): read by the start-up check and the subscription.
+        self._info_topic = visible_camera_info_topic(self)
         self._check_topics_distinct()
         try:
             load_bridge()  # every image goes through cv_bridge: fail now, not on the first pair
@@ -224,7 +226,7 @@ class TarFuseNode(Node):
         self._relays = None
         self._sync = None
         self._make_synchroniser()
-        info_topic, origin = visible_camera_info_topic(self)
+        info_topic, origin = self._info_topic
         self._info_sub = self.create_subscription(CameraInfo, info_topic, self._on_camera_info,
                                                   self._input_qos)
         self.get_logger().info(f'camera_info from {self._info_sub.topic_name} ({origin})')
@@ -396,7 +398,7 @@ class TarFuseNode(Node):
             raise StartupError(f'the infrared and the visible input are both {inputs[0]!r}: '
                                f'remap infrared/image_raw and visible/image_raw to the '
                                f'topics of the two cameras')
-        info, origin = visible_camera_info_topic(self)
+        info, origin = self._info_topic
         info = self._resolve(info)  # as the subscription will resolve it
         for base in _OUTPUT_TOPICS:
             output = self._resolve(base)
