@@ -28,8 +28,6 @@ from pathlib import Path
 import subprocess
 import sys
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def positive_int(text):
     """Return ``text`` as an integer >= 1 (argparse type)."""
@@ -73,10 +71,15 @@ def get_args_parser():
 
 
 def data_folder(args):
+    """Return ``--data``, else msrs_det of the shared data sets (``ValueError``: none found)."""
     if args.data is not None:
         return args.data
-    shared = Path(os.environ.get('TARFUSE_SHARED', ROOT.parent / 'shared'))
-    return shared / 'datasets' / 'msrs_det'
+    from tarfuse_ros.core.paths import shared_datasets_dir
+    shared = shared_datasets_dir()
+    if shared is None:
+        raise ValueError('no shared data sets found ($TARFUSE_SHARED, or ../shared beside the '
+                         'checkout)')
+    return shared / 'msrs_det'
 
 
 def worker(args):
@@ -91,10 +94,9 @@ def worker(args):
 
     torch.set_num_threads(args.threads[0])
     width, height = (int(side) for side in args.size.split('x'))
-    folder = data_folder(args)
     pairs = []
-    for stem in data.read_split(folder, 'test')[:args.pairs + 1]:
-        ir, vi = data.load_pair(folder, stem)
+    for stem in data.read_split(args.data, 'test')[:args.pairs + 1]:
+        ir, vi = data.load_pair(args.data, stem)
         pairs.append((cv2.resize(ir, (width, height)), cv2.resize(vi, (width, height))))
     engine = FusionEngine(args.weights, device='cpu')
     engine.infer(*pairs[0])  # warm-up
@@ -113,7 +115,7 @@ def run_case(args, processes, threads, policy):
     if policy != 'default':
         env['OMP_WAIT_POLICY'] = policy.upper()
     command = [sys.executable, __file__, '--worker', '--threads', str(threads),
-               '--pairs', str(args.pairs), '--size', args.size, '--data', str(data_folder(args))]
+               '--pairs', str(args.pairs), '--size', args.size, '--data', str(args.data)]
     if args.weights is not None:
         command += ['--weights', str(args.weights)]
     workers = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True)
@@ -155,13 +157,14 @@ def main(argv=None):
     # Checked here, before any worker loads torch (each would print the same traceback).
     from tarfuse_ros.core.layout import read_split
     try:
-        stems = read_split(data_folder(args), 'test')
+        args.data = data_folder(args)  # the workers are given it
+        stems = read_split(args.data, 'test')
     except ValueError as error:
         parser.error(f'{error} (--data: an msrs_det folder with a test split; default '
                      f'$TARFUSE_SHARED/datasets/msrs_det)')
     if len(stems) < args.pairs + 1:
         parser.error(f'--pairs {args.pairs} needs {args.pairs + 1} test pairs (one warms up), '
-                     f'{str(data_folder(args))!r} has {len(stems)}')
+                     f'{str(args.data)!r} has {len(stems)}')
     print(f'cores {os.cpu_count()}, {args.pairs} pairs at {args.size}, '
           f'OMP_WAIT_POLICY in the environment: {os.environ.get("OMP_WAIT_POLICY", "unset")}')
     results = []
