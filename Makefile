@@ -31,7 +31,7 @@ clean:
 # The workspace is two levels up (<ws>/src/tarfuse_ros); the venv sees the distro's packages.
 ROS_WS ?= $(abspath $(ROOT)/../..)
 ROS_VENV ?= $(ROS_WS)/.venv
-ROS_PIP ?= 'numpy<2' torch torchvision ultralytics==8.4.190 kornia==0.9.0 safetensors rosbags
+ROS_PIP ?= 'numpy<2' torch torchvision ultralytics==8.4.190 kornia==0.9.0 safetensors rosbags joblib
 
 ros-install:
 	@test -n "$$ROS_DISTRO" || { echo 'source /opt/ros/<distro>/setup.bash first' >&2; exit 1; }

@@ -46,6 +46,7 @@ from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.qos_overriding_options import InvalidQosOverridesError, QoSOverridingOptions
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+from tarfuse_ros.core.cpus import default_cpu_threads
 from tarfuse_ros.core.drawing import draw_detections
 from tarfuse_ros.core.health import HealthSettings, RegistrationHealth
 from tarfuse_ros.core.images import check_frame_size
@@ -301,10 +302,13 @@ class TarFuseNode(Node):
         # Imported here so that configuration errors are reported before torch is loaded (and
         # the onnxruntime backend does not load the torch engine).
         from tarfuse_ros.core.backends import create_engine, model_error
+        # cpu_threads 0: the libraries' defaults, unless this process may use fewer CPUs than
+        # the machine has (a container's CPU limit, which they do not count).
+        threads = params.cpu_threads or default_cpu_threads()
         try:
             engine = create_engine(
                 params.backend, weights=params.weights, device=params.device, half=params.half,
-                threads=params.cpu_threads or None,
+                threads=threads,
                 conf_threshold=params.confidence_threshold, iou_threshold=params.iou_threshold,
                 max_detections=params.max_detections,
                 allow_cpu_fallback=params.allow_cpu_fallback,
@@ -324,6 +328,12 @@ class TarFuseNode(Node):
             raise StartupError(
                 f'cannot start the model on device {params.device!r}: {exc}. Use -p device:=cpu '
                 f'or -p allow_cpu_fallback:=true, or check the CUDA driver') from exc
+        if threads and not params.cpu_threads:
+            self.get_logger().info(
+                f'cpu_threads 0: {threads} CPU thread(s), the CPUs this process may use '
+                f'({os.cpu_count()} on the machine; a CPU affinity, a container CPU limit or '
+                f'LOKY_MAX_CPU_COUNT); set cpu_threads to choose')
+        self._cpu_threads = threads
         if engine.registration_prior is not None:
             prior = engine.registration_prior
             self.get_logger().info(
@@ -857,6 +867,13 @@ class TarFuseNode(Node):
                 problems[index] = problem
         return [problems[i] for i in sorted(problems)]
 
+    def _cpu_threads_used(self):
+        """Return the CPU threads the model runs with, for /diagnostics (int or a phrase)."""
+        if self._params.backend == 'torch':
+            import torch
+            return torch.get_num_threads()
+        return self._cpu_threads or 'onnxruntime default'
+
     def _publish_diagnostics(self):
         snapshot = self._stats.snapshot()
         extra = {
@@ -868,6 +885,7 @@ class TarFuseNode(Node):
             'transports': f'infrared {self._params.infrared_transport}, visible '
                           f'{self._params.visible_transport}',
             'rss_mib': round(process_rss_mib(), 1),
+            'cpu_threads': self._cpu_threads_used(),
         }
         if self._engine.device.startswith('cuda') and self._params.backend == 'torch':
             import torch

@@ -117,7 +117,9 @@ PARAMETER_SPECS = (
     ParamSpec('allow_cpu_fallback', 'allow_cpu_fallback', 'bool',
               'Fall back to the CPU when the CUDA device is unavailable (else fail at start-up).'),
     ParamSpec('cpu_threads', 'cpu_threads', 'int',
-              'Torch intra-op threads on the CPU; 0 = torch default. Restart to change.',
+              'Torch (or onnxruntime) intra-op threads on the CPU; 0 = the CPUs this process may '
+              'use (their own default unless a CPU affinity or a container CPU limit '
+              'allows fewer). Restart to change.',
               low=0, high=256),
     ParamSpec('confidence_threshold', 'confidence_threshold', 'float',
               'Minimum detection score kept (changeable at run time).', low=0.0, high=1.0,

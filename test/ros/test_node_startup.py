@@ -1,5 +1,6 @@
 """Start-up failures: a clear message saying what to do, a non-zero exit code, no traceback."""
 
+import os
 from pathlib import Path
 import signal
 import time
@@ -324,4 +325,26 @@ def test_the_cpu_fallback_is_logged_once():
         for word in ("device 'cuda:0'", 'CUDA is not available', 'allow_cpu_fallback'):
             assert word in warnings[0], log
     finally:
+        node.close()
+
+
+def test_cpu_threads_0_takes_the_cpus_the_process_may_use(tmp_path):
+    """A CPU limit that torch does not count (here LOKY_MAX_CPU_COUNT) sets the threads."""
+    weights = tmp_path / 'random.safetensors'
+    make_checkpoint(weights)
+    environment = {name: value for name, value in os.environ.items()
+                   if name not in ('OMP_NUM_THREADS', 'MKL_NUM_THREADS')}
+    environment['LOKY_MAX_CPU_COUNT'] = '1'
+    domain = random_domain_id()
+    node = NodeProcess(domain, {'weights': str(weights), 'cpu_threads': 0,
+                                'diagnostics.period': 0.25},
+                       env=environment)
+    probe = Probe(domain)
+    try:
+        assert probe.wait_for_diagnostics(
+            lambda level, message, values: values.get('cpu_threads') == '1',
+            timeout=90.0), node.log()
+        assert 'cpu_threads 0: 1 CPU thread(s), the CPUs this process may use' in node.log()
+    finally:
+        probe.close()
         node.close()

@@ -508,6 +508,22 @@ def test_ctrl_c_while_starting_is_one_line_without_a_traceback(tmp_path):
     assert err == 'tarfuse-fuse: interrupted before the first pair: nothing was fused\n', err
 
 
+def test_without_threads_it_takes_the_cpus_the_process_may_use(tmp_path):
+    """A CPU limit that torch does not count (here LOKY_MAX_CPU_COUNT) sets the threads."""
+    import os
+    import sys
+    environment = {name: value for name, value in os.environ.items()
+                   if name not in ('OMP_NUM_THREADS', 'MKL_NUM_THREADS')}
+    environment['LOKY_MAX_CPU_COUNT'] = '1'
+    ir, vi = SAMPLES / 'ir' / f'{STEMS[0]}.jpg', SAMPLES / 'vi' / f'{STEMS[0]}.jpg'
+    result = subprocess.run(
+        [sys.executable, '-m', 'tarfuse_ros.tools.fuse', '--ir', str(ir), '--visible', str(vi),
+         '--out', str(tmp_path / 'out')], env=environment, capture_output=True, text=True,
+        timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert 'torch threads 1)' in result.stdout, result.stdout
+
+
 def test_ctrl_c_mid_run_accounts_for_the_pair_it_stopped(tmp_path):
     # The summary read '4 pair(s) in, 3 fused out, 0 failed': the pair being fused when
     # Ctrl-C came counted as neither. A real SIGINT once the first pairs are written.

@@ -1,0 +1,35 @@
+"""How many CPUs this process may use, for the default CPU thread count of the engines.
+
+PyTorch's and onnxruntime's default thread counts follow the process's CPU affinity but not a
+cgroup CPU bandwidth limit (``docker run --cpus=2``, a Kubernetes CPU limit): on a 16-core host a
+container limited to 2 CPUs runs 16 busy threads, and PyTorch's OpenMP threads, which spin while
+they wait for each other, then wait for descheduled threads at each of the network's thousands of
+small operations (README, "CPU threads on a shared machine": two engines of 2 threads each on 2
+cores took 1.1-2.2 s per pair instead of 0.56 s). This module imports neither library.
+"""
+
+import os
+
+__all__ = ['default_cpu_threads', 'usable_cpus']
+
+
+def usable_cpus():
+    """Return the number of CPUs this process may use (an integer >= 1).
+
+    The least of the machine's logical CPUs, the process's CPU affinity (``taskset``, a cpuset),
+    its cgroup CPU bandwidth limit (quota / period, rounded up; cgroup v1 or v2) and the
+    ``LOKY_MAX_CPU_COUNT`` environment variable where set: joblib's ``loky`` ``cpu_count``.
+    """
+    from joblib.externals.loky import cpu_count
+    return max(1, int(cpu_count()))
+
+
+def default_cpu_threads():
+    """Return the CPU thread count for an engine given none, or None to keep the libraries'.
+
+    :func:`usable_cpus` where something limits the process below the machine's logical CPUs
+    (an affinity, a CPU bandwidth limit, ``LOKY_MAX_CPU_COUNT``); None where nothing does, so that
+    PyTorch and onnxruntime keep their own defaults there (which may count physical cores only).
+    """
+    usable = usable_cpus()
+    return usable if usable < (os.cpu_count() or 1) else None

@@ -1,0 +1,39 @@
+"""The CPUs a process may use: its affinity and LOKY_MAX_CPU_COUNT lower the default threads."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+from tarfuse_ros.core.cpus import default_cpu_threads, usable_cpus
+
+_REPORT = ('import os, sys; {pin}'
+           'from tarfuse_ros.core.cpus import default_cpu_threads, usable_cpus; '
+           'print(usable_cpus(), default_cpu_threads())')
+
+
+def _report(pin='', env=None):
+    """Return ``(usable_cpus(), default_cpu_threads())`` of a fresh interpreter."""
+    environment = dict(os.environ, **(env or {}))
+    out = subprocess.run([sys.executable, '-c', _REPORT.format(pin=pin)], env=environment,
+                         capture_output=True, text=True, timeout=120, check=True).stdout
+    usable, default = out.split()
+    return int(usable), None if default == 'None' else int(default)
+
+
+def test_usable_cpus_is_at_most_the_affinity():
+    usable = usable_cpus()
+    assert 1 <= usable <= len(os.sched_getaffinity(0)) <= os.cpu_count()
+    default = default_cpu_threads()
+    assert default is None or default == usable < os.cpu_count()
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason='needs a process with 2 CPUs')
+def test_a_process_pinned_to_one_cpu_defaults_to_one_thread():
+    one = min(os.sched_getaffinity(0))
+    assert _report(pin=f'os.sched_setaffinity(0, {{{one}}}); ') == (1, 1)
+
+
+@pytest.mark.skipif(os.cpu_count() < 2, reason='needs a machine with 2 CPUs')
+def test_loky_max_cpu_count_limits_the_default_threads():
+    assert _report(env={'LOKY_MAX_CPU_COUNT': '1'}) == (1, 1)
