@@ -5,8 +5,9 @@ import math
 import numpy as np
 import pytest
 from tarfuse_ros.core.model import build_model, TarFuseConfig
-from tarfuse_ros.core.model.matching import (affine_flow, cell_histograms, fit_affine,
-                                             local_correlation, MatchingRegistration)
+from tarfuse_ros.core.model.matching import (affine_flow, affine_warp, cell_histograms,
+                                             fit_affine, local_correlation,
+                                             MatchingRegistration)
 from tarfuse_ros.core.model.warp import warp
 import torch
 
@@ -1192,3 +1193,25 @@ def test_pyramid_runs_only_the_levels_an_estimator_reads():
         assert sorted(ran) == sorted(list(range(read)) * 2), (skip, ran)
     learnt = MatchingRegistration(4, 8, (8, 8, 8), (8, 8, 8), skip_levels=(0, 1, 2))
     assert learnt._depth() == 3  # the learnt global stage reads the coarsest level
+
+
+@pytest.mark.parametrize('size', [(1, 512, 640), (3, 7, 5), (2, 1, 9), (1, 4, 1)])
+def test_affine_warp_samples_the_grid_of_affine_grid(size):
+    """affine_warp builds F.affine_grid's grid (align_corners) by broadcasting: equal values."""
+    import torch.nn.functional as F
+    batch, height, width = size
+    generator = torch.Generator().manual_seed(height * width)
+    noise = torch.randn(batch, 2, 3, generator=generator)
+    theta = torch.eye(2, 3).expand(batch, 2, 3) + 0.1 * noise
+    image = torch.rand(batch, 2, height, width, generator=generator)
+    grid = F.affine_grid(theta, [batch, 2, height, width], align_corners=True)
+    expected = F.grid_sample(image, grid, mode='bilinear', padding_mode='zeros',
+                             align_corners=True)
+    got = affine_warp(image, theta)
+    assert got.shape == expected.shape
+    # Grids equal up to float rounding (about 5e-7 of the half-width: 2e-4 px at 640 px), times
+    # the image's steepest step (about 1 in noise).
+    assert torch.allclose(got, expected, atol=1e-3)
+    if height * width <= 64:  # differentiable in theta, as the affine_grid one
+        theta64 = theta.double().requires_grad_()
+        assert torch.autograd.gradcheck(lambda t: affine_warp(image.double(), t), (theta64,))
