@@ -720,10 +720,30 @@ def target_contrast_ratio(fused, ir, boxes_xyxy, ring_px=None):
 
 # --- detection metrics --------------------------------------------------------------------
 
+def _rows(values, columns, name):
+    """Return ``values`` as a float64 ``(N, columns)`` array (empty or one ``(columns,)`` row ok).
+
+    Raises ``ValueError`` naming ``name`` for another shape: reshaping would silently cut
+    wider rows into wrong boxes.
+    """
+    arr = np.asarray(values, np.float64)
+    if arr.size == 0:
+        return np.zeros((0, columns))
+    if arr.ndim == 1 and arr.shape[0] == columns:
+        return arr.reshape(1, columns)
+    if arr.ndim != 2 or arr.shape[1] != columns:
+        raise ValueError(f'{name} must have shape (N, {columns}), got {arr.shape}')
+    return arr
+
+
 def box_iou(boxes_a, boxes_b):
-    """Return the IoU matrix (N, M) of boxes ``[x1, y1, x2, y2]`` (N, 4) and (M, 4)."""
-    a = np.asarray(boxes_a, np.float64).reshape(-1, 4)
-    b = np.asarray(boxes_b, np.float64).reshape(-1, 4)
+    """Return the IoU matrix (N, M) of boxes ``[x1, y1, x2, y2]`` (N, 4) and (M, 4).
+
+    A single box may be given as a ``(4,)`` array. Raises ``ValueError`` for boxes with another
+    number of columns (e.g. detection rows with a score and a class: pass ``rows[:, :4]``).
+    """
+    a = _rows(boxes_a, 4, 'boxes_a')
+    b = _rows(boxes_b, 4, 'boxes_b')
     area_a = np.clip(a[:, 2] - a[:, 0], 0, None) * np.clip(a[:, 3] - a[:, 1], 0, None)
     area_b = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
     iw = np.clip(np.minimum(a[:, None, 2], b[None, :, 2])
@@ -742,8 +762,8 @@ def _check_detections(predictions, targets):
             f'{len(targets)}')
     preds, gts = [], []
     for i, (p, t) in enumerate(zip(predictions, targets)):
-        p = np.asarray(p, np.float64).reshape(-1, 6) if np.size(p) else np.zeros((0, 6))
-        t = np.asarray(t, np.float64).reshape(-1, 5) if np.size(t) else np.zeros((0, 5))
+        p = _rows(p, 6, f'image {i}: predictions ([x1, y1, x2, y2, score, class_id])')
+        t = _rows(t, 5, f'image {i}: targets ([x1, y1, x2, y2, class_id])')
         if not (np.isfinite(p).all() and np.isfinite(t).all()):
             raise ValueError(f'image {i}: detections or targets hold non-finite values')
         preds.append(p)
@@ -811,6 +831,10 @@ def average_precision(predictions, targets, class_id, iou_threshold=0.5, max_det
     Returns:
         AP in [0, 1] (101-point interpolated precision); NaN when the class has no
         ground-truth box in these images.
+
+    Raises:
+        ValueError: not one prediction array per target array, an array of another number of
+            columns, or non-finite values.
 
     """
     preds, gts = _check_detections(predictions, targets)

@@ -411,6 +411,29 @@ def test_detection_inputs_are_validated():
         metrics.detection_metrics([np.zeros((0, 6))], [])
 
 
+def test_boxes_with_other_columns_are_refused_not_reshaped():
+    """Rows of another width were reshaped into other boxes, silently (real RoadScene labels).
+
+    The six boxes of FLIR_00018 as detection rows (x1, y1, x2, y2, score, class) given to
+    ``box_iou`` became nine 4-column boxes; the same rows with a seventh column (a track id)
+    became seven 6-column detections with wrong classes and scores.
+    """
+    labels = data.load_labels(ROADSCENE, 'FLIR_00018')
+    targets = data.yolo_to_xyxy(labels, 478, 322)
+    assert targets.shape == (6, 5)
+    rows = np.column_stack((targets[:, :4], np.full(6, 0.9), targets[:, 4]))
+    assert metrics.box_iou(rows[:, :4], targets[:, :4]).shape == (6, 6)
+    assert metrics.box_iou(rows[0, :4], targets[:, :4]).shape == (1, 6)  # one (4,) box
+    with pytest.raises(ValueError, match=r'boxes_a must have shape \(N, 4\), got \(6, 6\)'):
+        metrics.box_iou(rows, targets[:, :4])
+    assert metrics.detection_metrics([rows], [targets])['map50'] == pytest.approx(1.0)
+    tracked = np.column_stack((rows, np.arange(6)))
+    with pytest.raises(ValueError, match=r'image 0: predictions .* \(N, 6\), got \(6, 7\)'):
+        metrics.detection_metrics([tracked], [targets])
+    with pytest.raises(ValueError, match=r'image 0: targets .* \(N, 5\), got \(6, 6\)'):
+        metrics.map_at([rows], [rows])
+
+
 def test_target_contrast_on_hand_made_images():
     image = np.full((40, 60), 50, np.uint8)
     image[10:20, 20:30] = 150  # a warm target
