@@ -236,6 +236,19 @@ def fit_prior(samples, ir_wh, visible_wh, threshold_px=DEFAULT_THRESHOLD_PX,
     return CalibrationResult(prior, tuple(residuals), float(inliers.mean()), len(ir_all))
 
 
+def _visible_grey(vi):
+    """Return a visible image the engine takes (``HxW``, ``HxWx1``, BGR or BGRA) as ``HxW``.
+
+    Colour goes through OpenCV's BT.601 grey, which takes uint8, uint16 and float32 only:
+    other float dtypes (float16, float64) are converted to float32 first.
+    """
+    if vi.ndim == 3 and vi.shape[2] == 1:
+        vi = vi[:, :, 0]
+    if vi.dtype not in (np.uint8, np.uint16):
+        vi = vi.astype(np.float32)
+    return vi if vi.ndim == 2 else cv2.cvtColor(vi, cv2.COLOR_BGR2GRAY)
+
+
 def calibrate(pairs, make_engine, iterations=2, threshold_px=DEFAULT_THRESHOLD_PX,
               stride_px=DEFAULT_STRIDE_PX, max_points=DEFAULT_MAX_POINTS, seed=0,
               initial_prior=None, progress=None):
@@ -278,7 +291,7 @@ def calibrate(pairs, make_engine, iterations=2, threshold_px=DEFAULT_THRESHOLD_P
             if progress is not None:
                 progress(iteration, index, name)
             out = engine.infer(ir, vi)
-            vi_y = vi if vi.ndim == 2 else cv2.cvtColor(vi, cv2.COLOR_BGR2GRAY)
+            vi_y = _visible_grey(vi)
             if vi_y.dtype != np.uint8:
                 vi_y = cv2.normalize(vi_y.astype(np.float32), None, 0.0, 1.0, cv2.NORM_MINMAX)
                 registered = out.registered_ir.astype(np.float32) / 255.0

@@ -11,7 +11,8 @@ import cv2
 import numpy as np
 import pytest
 from tarfuse_ros.core import data
-from tarfuse_ros.core.calibration import fit_prior, flow_correspondences, texture_weight
+from tarfuse_ros.core.calibration import (calibrate, fit_prior, flow_correspondences,
+                                          texture_weight)
 from tarfuse_ros.core.deform import compose_flows
 from tarfuse_ros.core.engine import FusionEngine
 from tarfuse_ros.core.model.warp import warp
@@ -248,6 +249,27 @@ def test_fit_ignores_a_parallax_region_that_disagrees():
     result = fit_prior([('parallax', flow, None)], SIZE, SIZE)
     assert corner_error_px(result.prior.homography, homography, SIZE) <= 1.0
     assert 0.8 < result.residuals[0].inlier_fraction < 0.95
+
+
+def test_calibrate_takes_every_visible_image_the_engine_takes(small_pair):
+    """An ``HxWx1`` grey or a float16 / float64 colour visible image raised a cv2.error.
+
+    The engine fuses them; the texture weight's grey conversion (``cv2.cvtColor``) refused a
+    one-channel image and the float dtypes OpenCV has no colour conversion for.
+    """
+    ir, vi, homography = small_pair
+    grey = cv2.cvtColor(vi, cv2.COLOR_BGR2GRAY)
+
+    def fitted(visible):
+        result = calibrate([('rig', ir, visible)], lambda prior: FusionEngine(
+            cuda_graph='off', registration_prior=prior), iterations=1)
+        return result.prior.homography
+
+    reference = fitted(grey)
+    assert np.array_equal(fitted(grey[:, :, None]), reference)
+    colour = fitted(vi)
+    for dtype in (np.float16, np.float64):
+        assert corner_error_px(fitted(vi.astype(dtype) / 255.0), colour, (256, 192)) < 1.0
 
 
 def test_fit_on_flat_images_says_they_are_flat():
