@@ -378,12 +378,21 @@ def ag(fused):
 def vifp(reference, distorted, sigma_nsq=2.0):
     """Pixel-domain visual information fidelity VIFp(reference -> distorted), 4 scales.
 
-    Scales whose image is too small for the window are skipped. Returns 1 for identical
-    images; 0.0 when the reference carries no information (flat).
+    Coarser scales whose image is too small for their window are skipped; the finest needs
+    17x17 pixels. Returns 1 for identical images; 0.0 when the reference carries no
+    information (flat).
+
+    Raises:
+        ValueError: images of another shape, or smaller than 17x17 (no scale would count:
+            the result would be 0 whatever the images).
+
     """
     ref = _gray255(reference, 'reference')
     dist = _gray255(distorted, 'distorted')
     _same_shape(('reference', ref), ('distorted', dist))
+    if min(ref.shape) < 17:
+        raise ValueError(f'VIF needs images of at least 17x17 (its finest window), got '
+                         f'{ref.shape}')
     num = 0.0
     den = 0.0
     eps = 1e-10

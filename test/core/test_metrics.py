@@ -158,6 +158,17 @@ def test_vif_identity_and_flat_fused():
     assert metrics.vif(np.full_like(a, 0.5), a, a) == pytest.approx(0.0, abs=1e-12)
 
 
+def test_vif_refuses_images_smaller_than_its_finest_window():
+    """A 16x16 crop of a real image had VIFp 0 with itself (every scale skipped), not 1."""
+    _, vi = data.load_pair(ROADSCENE, 'FLIR_00006')
+    grey = cv2.cvtColor(vi, cv2.COLOR_BGR2GRAY)[100:117, 200:217]
+    assert metrics.vifp(grey, grey) == pytest.approx(1.0, abs=1e-9)
+    with pytest.raises(ValueError, match=r'17x17.* got \(16, 16\)'):
+        metrics.vifp(grey[:16, :16], grey[:16, :16])
+    with pytest.raises(ValueError, match='17x17'):
+        metrics.fusion_metrics(grey[:16, :], grey[:16, :], grey[:16, :])
+
+
 def test_scd_of_a_sum():
     rng = np.random.default_rng(1)
     a = rng.random((8, 8)) * 0.5
