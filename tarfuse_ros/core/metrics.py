@@ -675,7 +675,8 @@ def target_contrast(image, boxes_xyxy, ring_px=None):
         the image or no ring pixel.
 
     Raises:
-        ValueError: for an image that is not 2-D grey or boxes that are not ``(N, 4)``.
+        ValueError: for an image that is not 2-D grey, or boxes that are not ``(N, 4)`` or
+            hold NaN or infinite coordinates.
 
     """
     img = _gray255(image)
@@ -684,6 +685,11 @@ def target_contrast(image, boxes_xyxy, ring_px=None):
         boxes = boxes.reshape(0, 4)
     if boxes.ndim != 2 or boxes.shape[1] != 4:
         raise ValueError(f'boxes_xyxy must be (N, 4), got shape {boxes.shape}')
+    finite = np.isfinite(boxes).all(axis=1)
+    if not finite.all():
+        index = int(np.flatnonzero(~finite)[0])
+        raise ValueError(f'boxes_xyxy holds non-finite coordinates: box {index} is '
+                         f'{boxes[index].tolist()}')
     height, width = img.shape
     out = np.full(len(boxes), np.nan)
     for index, (x1, y1, x2, y2) in enumerate(boxes):

@@ -462,6 +462,19 @@ def test_target_contrast_on_hand_made_images():
         metrics.target_contrast(image, [[1, 2, 3]])
 
 
+def test_target_contrast_names_a_non_finite_box():
+    """A NaN box raised 'cannot convert float NaN to integer' (real RoadScene IR and labels)."""
+    ir, _ = data.load_pair(ROADSCENE, 'FLIR_00006')
+    boxes = data.yolo_to_xyxy(data.load_labels(ROADSCENE, 'FLIR_00006'), ir.shape[1],
+                              ir.shape[0])[:, :4]
+    assert np.isfinite(metrics.target_contrast(ir, boxes)).all()
+    boxes[1, 2] = np.nan
+    with pytest.raises(ValueError, match=r'non-finite coordinates: box 1 is \[.*nan'):
+        metrics.target_contrast(ir, boxes)
+    with pytest.raises(ValueError, match='box 1'):
+        metrics.target_contrast_ratio(ir, ir, boxes)
+
+
 def test_target_contrast_ratio_counts_only_targets_that_stand_out_in_the_ir():
     ir = np.full((40, 60), 40, np.uint8)
     ir[10:20, 20:30] = 120                    # stands out by 80
