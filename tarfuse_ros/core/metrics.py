@@ -496,7 +496,7 @@ def epe(flow_px, flow_gt_px, channel_axis=-1, mask=None):
     gt = np.asarray(flow_gt_px, np.float64)
     if flow.shape != gt.shape:
         raise ValueError(f'flows must have the same shape, got {flow.shape} and {gt.shape}')
-    if flow.ndim < 1 or flow.shape[channel_axis] != 2:
+    if not -flow.ndim <= channel_axis < flow.ndim or flow.shape[channel_axis] != 2:
         raise ValueError(
             f'flow axis {channel_axis} must hold (dx, dy), got shape {flow.shape}')
     if not (np.isfinite(flow).all() and np.isfinite(gt).all()):

@@ -197,6 +197,14 @@ def test_fusion_inputs_are_validated():
 
 # --- registration -------------------------------------------------------------------------
 
+def test_epe_names_a_channel_axis_the_flows_do_not_have():
+    """channel_axis=3 on (H, W, 2) flows raised IndexError 'tuple index out of range'."""
+    disp = data.load_disp(ROADSCENE, 'FLIR_00122')
+    assert metrics.epe(disp, disp, channel_axis=2) == 0.0
+    with pytest.raises(ValueError, match=r'flow axis 3 must hold \(dx, dy\), got shape'):
+        metrics.epe(disp, disp, channel_axis=3)
+
+
 def test_mse_ncc_epe_by_hand():
     black = np.zeros((4, 4), np.uint8)
     white = np.full((4, 4), 255, np.uint8)
