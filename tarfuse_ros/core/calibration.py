@@ -50,13 +50,15 @@ def texture_weight(registered, reference, sigma_px=2.0):
         ``(H, W)`` float32 in [0, 1].
 
     Raises:
-        ValueError: shapes that are not the same 2-D shape.
+        ValueError: shapes that are not the same 2-D shape, or ``sigma_px`` not > 0.
 
     """
     a, b = np.asarray(registered), np.asarray(reference)
     if a.ndim != 2 or a.shape != b.shape:
         raise ValueError(f'registered and reference must be the same (H, W) shape, got '
                          f'{a.shape} and {b.shape}')
+    if not sigma_px > 0:  # cv2.GaussianBlur would fail on a kernel of size 0
+        raise ValueError(f'sigma_px must be > 0 (pixels), got {sigma_px!r}')
     magnitudes = []
     for img in (a, b):
         img = img.astype(np.float32) / (255.0 if img.dtype == np.uint8 else 1.0)
@@ -87,12 +89,15 @@ def flow_correspondences(flow_px, ir_wh, weight=None, stride_px=DEFAULT_STRIDE_P
         visible pixels, ``(N,)`` float64 weights (ones without ``weight``).
 
     Raises:
-        ValueError: a flow that is not ``(H, W, 2)`` or a weight of another size.
+        ValueError: a flow that is not ``(H, W, 2)``, a weight of another size, or
+            ``stride_px`` below 1.
 
     """
     flow = np.asarray(flow_px, np.float64)
     if flow.ndim != 3 or flow.shape[2] != 2:
         raise ValueError(f'flow_px must have shape (H, W, 2), got {flow.shape}')
+    if not stride_px >= 1:  # 0 divided by zero in np.mgrid, a negative step sampled nothing
+        raise ValueError(f'stride_px must be >= 1 (pixels), got {stride_px!r}')
     height, width = flow.shape[:2]
     if weight is not None and np.asarray(weight).shape != (height, width):
         raise ValueError(f'weight must have shape {(height, width)}, got '

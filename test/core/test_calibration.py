@@ -283,6 +283,22 @@ def test_fit_on_flat_images_says_they_are_flat():
         fit_prior([('flat', flow, weight)], SIZE, SIZE)
 
 
+def test_texture_weight_and_correspondences_name_a_bad_sigma_or_stride():
+    """sigma_px=0 raised a cv2.error (kernel size 0), stride_px=0 a ZeroDivisionError."""
+    _, ir, vi = real_pairs(1, (160, 128))[0]
+    grey = cv2.cvtColor(vi, cv2.COLOR_BGR2GRAY)
+    weight = texture_weight(ir, grey)
+    assert weight.shape == (128, 160) and weight.max() == pytest.approx(1.0)
+    for sigma in (0.0, -1.0, float('nan')):
+        with pytest.raises(ValueError, match='sigma_px must be > 0'):
+            texture_weight(ir, grey, sigma_px=sigma)
+    flow = np.zeros((128, 160, 2), np.float32)
+    assert len(flow_correspondences(flow, (160, 128), weight, stride_px=8)[0]) > 0
+    for stride in (0, -4, 0.5):
+        with pytest.raises(ValueError, match='stride_px must be >= 1'):
+            flow_correspondences(flow, (160, 128), weight, stride_px=stride)
+
+
 def test_correspondences_drop_points_outside_the_ir_image():
     flow = np.zeros((64, 80, 2), np.float32)
     flow[:, :40, 0] = -100.0  # left half looks outside the IR image
