@@ -50,13 +50,15 @@ def texture_weight(registered, reference, sigma_px=2.0):
         ``(H, W)`` float32 in [0, 1].
 
     Raises:
-        ValueError: shapes that are not the same 2-D shape.
+        ValueError: shapes that are not the same 2-D shape, or ``sigma_px`` not > 0.
 
     """
     a, b = np.asarray(registered), np.asarray(reference)
     if a.ndim != 2 or a.shape != b.shape:
         raise ValueError(f'registered and reference must be the same (H, W) shape, got '
                          f'{a.shape} and {b.shape}')
+    if not sigma_px > 0:  # cv2.GaussianBlur would fail on a kernel of size 0
+        raise ValueError(f'sigma_px must be > 0 (pixels), got {sigma_px!r}')
     magnitudes = []
     for img in (a, b):
         img = img.astype(np.float32) / (255.0 if img.dtype == np.uint8 else 1.0)
@@ -87,12 +89,15 @@ def flow_correspondences(flow_px, ir_wh, weight=None, stride_px=DEFAULT_STRIDE_P
         visible pixels, ``(N,)`` float64 weights (ones without ``weight``).
 
     Raises:
-        ValueError: a flow that is not ``(H, W, 2)`` or a weight of another size.
+        ValueError: a flow that is not ``(H, W, 2)``, a weight of another size, or
+            ``stride_px`` below 1.
 
     """
     flow = np.asarray(flow_px, np.float64)
     if flow.ndim != 3 or flow.shape[2] != 2:
         raise ValueError(f'flow_px must have shape (H, W, 2), got {flow.shape}')
+    if not stride_px >= 1:  # 0 divided by zero in np.mgrid, a negative step sampled nothing
+        raise ValueError(f'stride_px must be >= 1 (pixels), got {stride_px!r}')
     height, width = flow.shape[:2]
     if weight is not None and np.asarray(weight).shape != (height, width):
         raise ValueError(f'weight must have shape {(height, width)}, got '
@@ -236,6 +241,19 @@ def fit_prior(samples, ir_wh, visible_wh, threshold_px=DEFAULT_THRESHOLD_PX,
     return CalibrationResult(prior, tuple(residuals), float(inliers.mean()), len(ir_all))
 
 
+def _visible_grey(vi):
+    """Return a visible image the engine takes (``HxW``, ``HxWx1``, BGR or BGRA) as ``HxW``.
+
+    Colour goes through OpenCV's BT.601 grey, which takes uint8, uint16 and float32 only:
+    other float dtypes (float16, float64) are converted to float32 first.
+    """
+    if vi.ndim == 3 and vi.shape[2] == 1:
+        vi = vi[:, :, 0]
+    if vi.dtype not in (np.uint8, np.uint16):
+        vi = vi.astype(np.float32)
+    return vi if vi.ndim == 2 else cv2.cvtColor(vi, cv2.COLOR_BGR2GRAY)
+
+
 def calibrate(pairs, make_engine, iterations=2, threshold_px=DEFAULT_THRESHOLD_PX,
               stride_px=DEFAULT_STRIDE_PX, max_points=DEFAULT_MAX_POINTS, seed=0,
               initial_prior=None, progress=None):
@@ -278,7 +296,7 @@ def calibrate(pairs, make_engine, iterations=2, threshold_px=DEFAULT_THRESHOLD_P
             if progress is not None:
                 progress(iteration, index, name)
             out = engine.infer(ir, vi)
-            vi_y = vi if vi.ndim == 2 else cv2.cvtColor(vi, cv2.COLOR_BGR2GRAY)
+            vi_y = _visible_grey(vi)
             if vi_y.dtype != np.uint8:
                 vi_y = cv2.normalize(vi_y.astype(np.float32), None, 0.0, 1.0, cv2.NORM_MINMAX)
                 registered = out.registered_ir.astype(np.float32) / 255.0

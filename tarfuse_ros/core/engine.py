@@ -425,7 +425,8 @@ class FusionEngine(PairEngine):
 
         Args:
             ir, vi: ``(B, 1, H, W)`` float32 tensors in [0, 1] on :attr:`device`, H and W
-                multiples of 32.
+                multiples of 32 and at least the network's minimum size (64 px for the
+                default architecture; :meth:`infer` pads smaller frames to it).
             valid_size: ``(h, w)`` of the images before they were padded at the bottom/right
                 (:meth:`infer` passes it when it pads); None: nothing padded.
 
@@ -434,7 +435,23 @@ class FusionEngine(PairEngine):
             ``global_theta``), float32. With CUDA graphs these tensors are reused by the next
             call: copy what you keep. The global stage fits every call here (no stream).
 
+        Raises:
+            ValueError: tensors of another shape or dtype (float16 only with :attr:`half`),
+                or smaller than the minimum size.
+
         """
+        allowed = (torch.float32, torch.float16) if self._half else (torch.float32,)
+        for name, tensor in (('ir', ir), ('vi', vi)):
+            if not isinstance(tensor, torch.Tensor) or tensor.dim() != 4:
+                continue  # the model names what is wrong with them
+            if tensor.dtype not in allowed:
+                raise ValueError(f'{name} must be a float32 tensor in [0, 1], got '
+                                 f'{tensor.dtype} (shape {tuple(tensor.shape)})')
+            if min(tensor.shape[2:]) < self._min_side:
+                raise ValueError(f'{name} is {tuple(tensor.shape)}: H and W must be at least '
+                                 f'{self._min_side} for this network (pad at the bottom/right '
+                                 f'as infer does, images.pad_to_multiple(..., min_size='
+                                 f'{self._min_side}))')
         with self._infer_lock:
             return self._run_model(ir, vi, valid_size)
 

@@ -288,6 +288,11 @@ def _check_three_channels(img, name):
     if not isinstance(img, np.ndarray) or img.ndim != 3 or img.shape[2] != 3:
         shape = getattr(img, 'shape', None)
         raise ValueError(f'{name} must be an HxWx3 numpy array, got shape {shape}')
+    # OpenCV takes an 8-bit image as 0-255 and returns 0-255 (chroma centred on 128), which
+    # these float-[0, 1] conversions would hand back as if it were in [0, 1].
+    if not np.issubdtype(img.dtype, np.floating):
+        raise ValueError(f'{name} must be float in [0, 1], got dtype {img.dtype} (shape '
+                         f'{img.shape}); divide by 255 or use to_unit_visible')
 
 
 def bgr_to_ycrcb(bgr):
@@ -298,6 +303,9 @@ def bgr_to_ycrcb(bgr):
 
     Returns:
         float32 ``HxWx3``: Y, Cr, Cb, each in [0, 1].
+
+    Raises:
+        ValueError: not ``HxWx3``, or not a float dtype (a uint8 image is not in [0, 1]).
 
     """
     _check_three_channels(bgr, 'bgr')
@@ -312,6 +320,9 @@ def ycrcb_to_bgr(ycrcb):
 
     Returns:
         float32 ``HxWx3`` BGR in [0, 1].
+
+    Raises:
+        ValueError: as :func:`bgr_to_ycrcb`.
 
     """
     _check_three_channels(ycrcb, 'ycrcb')

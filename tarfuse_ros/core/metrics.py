@@ -378,12 +378,21 @@ def ag(fused):
 def vifp(reference, distorted, sigma_nsq=2.0):
     """Pixel-domain visual information fidelity VIFp(reference -> distorted), 4 scales.
 
-    Scales whose image is too small for the window are skipped. Returns 1 for identical
-    images; 0.0 when the reference carries no information (flat).
+    Coarser scales whose image is too small for their window are skipped; the finest needs
+    17x17 pixels. Returns 1 for identical images; 0.0 when the reference carries no
+    information (flat).
+
+    Raises:
+        ValueError: images of another shape, or smaller than 17x17 (no scale would count:
+            the result would be 0 whatever the images).
+
     """
     ref = _gray255(reference, 'reference')
     dist = _gray255(distorted, 'distorted')
     _same_shape(('reference', ref), ('distorted', dist))
+    if min(ref.shape) < 17:
+        raise ValueError(f'VIF needs images of at least 17x17 (its finest window), got '
+                         f'{ref.shape}')
     num = 0.0
     den = 0.0
     eps = 1e-10
@@ -487,7 +496,7 @@ def epe(flow_px, flow_gt_px, channel_axis=-1, mask=None):
     gt = np.asarray(flow_gt_px, np.float64)
     if flow.shape != gt.shape:
         raise ValueError(f'flows must have the same shape, got {flow.shape} and {gt.shape}')
-    if flow.ndim < 1 or flow.shape[channel_axis] != 2:
+    if not -flow.ndim <= channel_axis < flow.ndim or flow.shape[channel_axis] != 2:
         raise ValueError(
             f'flow axis {channel_axis} must hold (dx, dy), got shape {flow.shape}')
     if not (np.isfinite(flow).all() and np.isfinite(gt).all()):
@@ -666,7 +675,8 @@ def target_contrast(image, boxes_xyxy, ring_px=None):
         the image or no ring pixel.
 
     Raises:
-        ValueError: for an image that is not 2-D grey or boxes that are not ``(N, 4)``.
+        ValueError: for an image that is not 2-D grey, or boxes that are not ``(N, 4)`` or
+            hold NaN or infinite coordinates.
 
     """
     img = _gray255(image)
@@ -675,6 +685,11 @@ def target_contrast(image, boxes_xyxy, ring_px=None):
         boxes = boxes.reshape(0, 4)
     if boxes.ndim != 2 or boxes.shape[1] != 4:
         raise ValueError(f'boxes_xyxy must be (N, 4), got shape {boxes.shape}')
+    finite = np.isfinite(boxes).all(axis=1)
+    if not finite.all():
+        index = int(np.flatnonzero(~finite)[0])
+        raise ValueError(f'boxes_xyxy holds non-finite coordinates: box {index} is '
+                         f'{boxes[index].tolist()}')
     height, width = img.shape
     out = np.full(len(boxes), np.nan)
     for index, (x1, y1, x2, y2) in enumerate(boxes):

@@ -11,7 +11,8 @@ import cv2
 import numpy as np
 import pytest
 from tarfuse_ros.core import data
-from tarfuse_ros.core.calibration import fit_prior, flow_correspondences, texture_weight
+from tarfuse_ros.core.calibration import (calibrate, fit_prior, flow_correspondences,
+                                          texture_weight)
 from tarfuse_ros.core.deform import compose_flows
 from tarfuse_ros.core.engine import FusionEngine
 from tarfuse_ros.core.model.warp import warp
@@ -250,6 +251,27 @@ def test_fit_ignores_a_parallax_region_that_disagrees():
     assert 0.8 < result.residuals[0].inlier_fraction < 0.95
 
 
+def test_calibrate_takes_every_visible_image_the_engine_takes(small_pair):
+    """An ``HxWx1`` grey or a float16 / float64 colour visible image raised a cv2.error.
+
+    The engine fuses them; the texture weight's grey conversion (``cv2.cvtColor``) refused a
+    one-channel image and the float dtypes OpenCV has no colour conversion for.
+    """
+    ir, vi, homography = small_pair
+    grey = cv2.cvtColor(vi, cv2.COLOR_BGR2GRAY)
+
+    def fitted(visible):
+        result = calibrate([('rig', ir, visible)], lambda prior: FusionEngine(
+            cuda_graph='off', registration_prior=prior), iterations=1)
+        return result.prior.homography
+
+    reference = fitted(grey)
+    assert np.array_equal(fitted(grey[:, :, None]), reference)
+    colour = fitted(vi)
+    for dtype in (np.float16, np.float64):
+        assert corner_error_px(fitted(vi.astype(dtype) / 255.0), colour, (256, 192)) < 1.0
+
+
 def test_fit_on_flat_images_says_they_are_flat():
     # It said "need at least 4 corresponding points, got 0 and 0" (tarfuse-calibrate on pairs
     # of a flat grey image).
@@ -259,6 +281,22 @@ def test_fit_on_flat_images_says_they_are_flat():
     with pytest.raises(ValueError, match=r'^0 usable flow points in 1 pair\(s\) .* are the '
                                          r'images flat'):
         fit_prior([('flat', flow, weight)], SIZE, SIZE)
+
+
+def test_texture_weight_and_correspondences_name_a_bad_sigma_or_stride():
+    """sigma_px=0 raised a cv2.error (kernel size 0), stride_px=0 a ZeroDivisionError."""
+    _, ir, vi = real_pairs(1, (160, 128))[0]
+    grey = cv2.cvtColor(vi, cv2.COLOR_BGR2GRAY)
+    weight = texture_weight(ir, grey)
+    assert weight.shape == (128, 160) and weight.max() == pytest.approx(1.0)
+    for sigma in (0.0, -1.0, float('nan')):
+        with pytest.raises(ValueError, match='sigma_px must be > 0'):
+            texture_weight(ir, grey, sigma_px=sigma)
+    flow = np.zeros((128, 160, 2), np.float32)
+    assert len(flow_correspondences(flow, (160, 128), weight, stride_px=8)[0]) > 0
+    for stride in (0, -4, 0.5):
+        with pytest.raises(ValueError, match='stride_px must be >= 1'):
+            flow_correspondences(flow, (160, 128), weight, stride_px=stride)
 
 
 def test_correspondences_drop_points_outside_the_ir_image():

@@ -507,3 +507,22 @@ def test_outputs_come_back_to_the_frame_per_axis():
     np.testing.assert_allclose(out_rows, [[40.0, 30.0, 60.0, 45.0, 0.9, 1.0]])
     same = outputs_to_frame(fused, registered, flow, rows, 120, 200)  # no enlargement
     assert same[0] is fused and same[2] is flow and same[3] is rows
+
+
+def test_forward_tensors_names_a_too_small_or_float64_input(pair):
+    """forward_tensors names an input below the network's minimum size, or not float32.
+
+    A 32 px (multiple of 32) input said 'flow_px needs H >= 2', a float64 one 'Input type
+    (double) and bias type (float) should be the same' (the shipped model, a real pair).
+    """
+    engine = FusionEngine(cuda_graph='off')
+    ir_t, vi_t = engine.input_tensors(*_small(pair, 32, 64))
+    assert tuple(ir_t.shape) == (1, 1, 32, 64) and ir_t.dtype == torch.float32
+    with pytest.raises(ValueError, match=r'ir is \(1, 1, 32, 64\): H and W must be at least 64'):
+        engine.forward_tensors(ir_t, vi_t)
+    ir_p, _ = images.pad_to_multiple(ir_t, 32, min_size=64)
+    vi_p, _ = images.pad_to_multiple(vi_t, 32, min_size=64)
+    raw = engine.forward_tensors(ir_p, vi_p, valid_size=(32, 64))
+    assert tuple(raw['flow'].shape) == (1, 2, 64, 64)
+    with pytest.raises(ValueError, match='vi must be a float32 tensor in .* got torch.float64'):
+        engine.forward_tensors(ir_p, vi_p.double(), valid_size=(32, 64))

@@ -100,6 +100,17 @@ def test_colour_round_trip_on_real_image(roadscene_pair):
     assert np.abs(back.astype(int) - vi.astype(int)).max() <= 1
 
 
+def test_float_colour_conversions_refuse_an_8_bit_image(roadscene_pair):
+    """A uint8 BGR frame gave Y in 0-255 and chroma off any scale, returned as [0, 1] planes."""
+    _, vi = roadscene_pair
+    ycrcb = images.bgr_to_ycrcb(vi.astype(np.float32) / 255.0)
+    assert 0.0 <= ycrcb.min() and ycrcb.max() <= 1.0
+    with pytest.raises(ValueError, match='bgr must be float in .* got dtype uint8'):
+        images.bgr_to_ycrcb(vi)
+    with pytest.raises(ValueError, match='ycrcb must be float in .* got dtype uint8'):
+        images.ycrcb_to_bgr(cv2.cvtColor(vi, cv2.COLOR_BGR2YCrCb))
+
+
 def test_split_and_merge_uint8_fast_path():
     bgr = np.random.default_rng(3).integers(0, 256, size=(9, 11, 3)).astype(np.uint8)
     y, crcb = images.split_visible(bgr)

@@ -158,6 +158,17 @@ def test_vif_identity_and_flat_fused():
     assert metrics.vif(np.full_like(a, 0.5), a, a) == pytest.approx(0.0, abs=1e-12)
 
 
+def test_vif_refuses_images_smaller_than_its_finest_window():
+    """A 16x16 crop of a real image had VIFp 0 with itself (every scale skipped), not 1."""
+    _, vi = data.load_pair(ROADSCENE, 'FLIR_00006')
+    grey = cv2.cvtColor(vi, cv2.COLOR_BGR2GRAY)[100:117, 200:217]
+    assert metrics.vifp(grey, grey) == pytest.approx(1.0, abs=1e-9)
+    with pytest.raises(ValueError, match=r'17x17.* got \(16, 16\)'):
+        metrics.vifp(grey[:16, :16], grey[:16, :16])
+    with pytest.raises(ValueError, match='17x17'):
+        metrics.fusion_metrics(grey[:16, :], grey[:16, :], grey[:16, :])
+
+
 def test_scd_of_a_sum():
     rng = np.random.default_rng(1)
     a = rng.random((8, 8)) * 0.5
@@ -185,6 +196,14 @@ def test_fusion_inputs_are_validated():
 
 
 # --- registration -------------------------------------------------------------------------
+
+def test_epe_names_a_channel_axis_the_flows_do_not_have():
+    """channel_axis=3 on (H, W, 2) flows raised IndexError 'tuple index out of range'."""
+    disp = data.load_disp(ROADSCENE, 'FLIR_00122')
+    assert metrics.epe(disp, disp, channel_axis=2) == 0.0
+    with pytest.raises(ValueError, match=r'flow axis 3 must hold \(dx, dy\), got shape'):
+        metrics.epe(disp, disp, channel_axis=3)
+
 
 def test_mse_ncc_epe_by_hand():
     black = np.zeros((4, 4), np.uint8)
@@ -411,6 +430,29 @@ def test_detection_inputs_are_validated():
         metrics.detection_metrics([np.zeros((0, 6))], [])
 
 
+def test_boxes_with_other_columns_are_refused_not_reshaped():
+    """Rows of another width were reshaped into other boxes, silently (real RoadScene labels).
+
+    The six boxes of FLIR_00018 as detection rows (x1, y1, x2, y2, score, class) given to
+    ``box_iou`` became nine 4-column boxes; the same rows with a seventh column (a track id)
+    became seven 6-column detections with wrong classes and scores.
+    """
+    labels = data.load_labels(ROADSCENE, 'FLIR_00018')
+    targets = data.yolo_to_xyxy(labels, 478, 322)
+    assert targets.shape == (6, 5)
+    rows = np.column_stack((targets[:, :4], np.full(6, 0.9), targets[:, 4]))
+    assert metrics.box_iou(rows[:, :4], targets[:, :4]).shape == (6, 6)
+    assert metrics.box_iou(rows[0, :4], targets[:, :4]).shape == (1, 6)  # one (4,) box
+    with pytest.raises(ValueError, match=r'boxes_a must have shape \(N, 4\), got \(6, 6\)'):
+        metrics.box_iou(rows, targets[:, :4])
+    assert metrics.detection_metrics([rows], [targets])['map50'] == pytest.approx(1.0)
+    tracked = np.column_stack((rows, np.arange(6)))
+    with pytest.raises(ValueError, match=r'image 0: predictions .* \(N, 6\), got \(6, 7\)'):
+        metrics.detection_metrics([tracked], [targets])
+    with pytest.raises(ValueError, match=r'image 0: targets .* \(N, 5\), got \(6, 6\)'):
+        metrics.map_at([rows], [rows])
+
+
 def test_target_contrast_on_hand_made_images():
     image = np.full((40, 60), 50, np.uint8)
     image[10:20, 20:30] = 150  # a warm target
@@ -426,6 +468,19 @@ def test_target_contrast_on_hand_made_images():
     assert metrics.target_contrast(image / 255.0, [[20, 10, 30, 20]], 5)[0] == pytest.approx(100)
     with pytest.raises(ValueError, match='N, 4'):
         metrics.target_contrast(image, [[1, 2, 3]])
+
+
+def test_target_contrast_names_a_non_finite_box():
+    """A NaN box raised 'cannot convert float NaN to integer' (real RoadScene IR and labels)."""
+    ir, _ = data.load_pair(ROADSCENE, 'FLIR_00006')
+    boxes = data.yolo_to_xyxy(data.load_labels(ROADSCENE, 'FLIR_00006'), ir.shape[1],
+                              ir.shape[0])[:, :4]
+    assert np.isfinite(metrics.target_contrast(ir, boxes)).all()
+    boxes[1, 2] = np.nan
+    with pytest.raises(ValueError, match=r'non-finite coordinates: box 1 is \[.*nan'):
+        metrics.target_contrast(ir, boxes)
+    with pytest.raises(ValueError, match='box 1'):
+        metrics.target_contrast_ratio(ir, ir, boxes)
 
 
 def test_target_contrast_ratio_counts_only_targets_that_stand_out_in_the_ir():
