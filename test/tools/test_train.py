@@ -677,3 +677,22 @@ def test_a_stem_listed_twice_in_a_split_file_fails_before_training(
     assert f"split file '{split_file}' lists '{listed[1]}' twice (lines 2 and " \
            f'{len(listed) + 2})' in err
     assert 'Traceback' not in err and not (tmp_path / 'run').exists()
+
+
+def test_split_all_names_the_images_without_a_partner(splits, tmp_path, capsys):
+    # --data FOLDER:all trained on the stems with both images and left an IR image without its
+    # visible image (or the reverse) out without a word; tarfuse-eval and tarfuse-calibrate
+    # name them.
+    own = tmp_path / 'own'
+    for sub in ('ir', 'vi'):
+        (own / sub).mkdir(parents=True)
+        for stem in splits['stems'][:2]:
+            shutil.copy(ROADSCENE / sub / f'{stem}.jpg', own / sub)
+    shutil.copy(ROADSCENE / 'ir' / f'{splits["stems"][2]}.jpg', own / 'ir')
+    args = _args(splits, tmp_path / 'run', '--epochs', '1', '--max-steps', '1')
+    args[1] = f'{own}:all'
+    assert train_tool.main(args) == 0
+    out = capsys.readouterr().out
+    assert (f"[tarfuse-train] data source '{own}' split all: left out 1 IR image without a "
+            f'visible image of the same stem: {splits["stems"][2]}\n') in out, out
+    assert 'visible image without' not in out and '2 training pairs' in out
