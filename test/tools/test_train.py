@@ -696,3 +696,19 @@ def test_split_all_names_the_images_without_a_partner(splits, tmp_path, capsys):
     assert (f"[tarfuse-train] data source '{own}' split all: left out 1 IR image without a "
             f'visible image of the same stem: {splits["stems"][2]}\n') in out, out
     assert 'visible image without' not in out and '2 training pairs' in out
+
+
+def test_a_new_run_refuses_to_write_over_its_own_config_file(splits, tmp_path, capsys):
+    # --config runs/rig/config.yaml --out runs/rig: the run wrote its parsed config over the
+    # user's file (comments and all) without a word.
+    out = tmp_path / 'rig'
+    out.mkdir()
+    shipped = Path(__file__).resolve().parents[2] / 'config' / 'train.yaml'
+    mine = '# my rig: 640x512 thermal beside a 640x480 colour camera\n' + shipped.read_text()
+    (out / 'config.yaml').write_text(mine)
+    assert train_tool.main(_args(splits, out, '--config', str(out / 'config.yaml'),
+                                 '--epochs', '1', '--max-steps', '1')) == 2
+    assert capsys.readouterr().err == (
+        f"tarfuse-train: error: --config '{out / 'config.yaml'}' is the file the run writes "
+        f'its parsed config to in --out: keep your config outside the run folder\n')
+    assert (out / 'config.yaml').read_text() == mine and os.listdir(out) == ['config.yaml']
