@@ -66,7 +66,7 @@ from tarfuse_ros.evaluation.report import render_report
 from tarfuse_ros.evaluation.scoring import fusion_scores, luma, registration_scores
 from tarfuse_ros.training.datasets import resolve_dataset_dir
 
-__all__ = ['Case', 'evaluate', 'make_case']
+__all__ = ['Case', 'evaluate', 'make_case', 'prior_in_visible_frame']
 
 _LOG = logging.getLogger('tarfuse-eval')
 
@@ -100,9 +100,15 @@ class Case:
         return self.vi_y.shape[:2]
 
 
-def make_case(dataset_dir, stem, mode, options, aligned):
-    """Load, prepare and deform one pair (steps 1 and 2 of the protocol)."""
+def make_case(dataset_dir, stem, mode, options, aligned, prior=None):
+    """Load, prepare and deform one pair (steps 1 and 2 of the protocol).
+
+    ``prior``: the rig's calibration prior (``--prior``); a pair whose stored IR or visible
+    image has another aspect ratio than it was made for is refused (``ValueError``).
+    """
     ir_raw, vi_raw = data.load_pair(dataset_dir, stem)
+    if prior is not None:
+        prior.homography_for(ir_raw.shape[1::-1], vi_raw.shape[1::-1])
     pair = inputs.prepare(ir_raw, vi_raw, options.max_side, name=stem)
     deformed, flow_ref, content = inputs.deform_pair(dataset_dir, stem, pair.ir, mode,
                                                      options.seed, pair.scale)
@@ -212,12 +218,14 @@ def _evaluate(data_dir, weights, out_dir, options):
     with_disp = set(data.misaligned_stems(dataset_dir)) if aligned else set()
     stems, skipped = _select_stems(dataset_dir, options, deform, with_disp)
     nms = {'conf_threshold': options.conf, 'iou_threshold': options.iou, 'max_detections': 100}
+    prior = None
     if options.prior is not None:  # the rig's calibration prior (tarfuse-calibrate)
         from tarfuse_ros.core.prior import load_prior_yaml
         prior = load_prior_yaml(options.prior)
         if prior is None:
             raise ValueError(f'--prior {options.prior}: the file sets no registration.prior')
-        nms['registration_prior'] = prior
+        # The engine is given the IR resized to the visible frame (make_case).
+        nms['registration_prior'] = prior_in_visible_frame(prior)
     engine = FusionEngine(weights, device=options.device, **nms)
     # A second engine for the zero-flow ablation: CUDA graphs would replay without the hook.
     zero_engine = FusionEngine(weights, device=options.device, cuda_graph='off', **nms)
@@ -257,7 +265,7 @@ def _evaluate(data_dir, weights, out_dir, options):
         for index, stem in enumerate(iterator):
             mode = deform if deform != 'auto' else \
                 ('dataset' if stem in with_disp else 'synthetic')
-            case = make_case(dataset_dir, stem, mode, options, aligned)
+            case = make_case(dataset_dir, stem, mode, options, aligned, prior)
             _score_pair(case, engine, zero_engine, scores, index, options, dataset_dir, lookup,
                         out_dir / 'figures', teachers, illumination(stem, day_night))
     except BaseException:
@@ -277,6 +285,20 @@ def _evaluate(data_dir, weights, out_dir, options):
     write_text_atomic(out_dir / 'metrics.json', json.dumps(result, indent=2) + '\n')
     write_text_atomic(out_dir / 'report.md', report)
     return result
+
+
+def prior_in_visible_frame(prior):
+    """Return the prior for an IR image already resized to the visible frame.
+
+    The protocol resizes the stored IR to the visible frame before the engine sees it; the
+    engine would then check and scale the prior for an IR of the visible image's size, so a
+    prior made for an IR of another aspect ratio (a 640x512 thermal camera beside a 640x480
+    visible one) was refused. This prior maps the resized IR's pixels as the given one maps
+    the stored IR's (:func:`~tarfuse_ros.core.prior.resize_matrix`).
+    """
+    from tarfuse_ros.core.prior import make_prior, resize_matrix
+    matrix = prior.homography @ np.linalg.inv(resize_matrix(prior.ir_size, prior.visible_size))
+    return make_prior(matrix / matrix[2, 2], prior.visible_size, prior.visible_size)
 
 
 def _unknown_classes(labels, lookup, names):

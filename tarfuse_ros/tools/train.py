@@ -175,8 +175,9 @@ def _out_dir(args, resume):
     """Return the run's output folder, refusing one that would lose a run or cannot be made.
 
     Raises:
-        ValueError: ``--out`` cannot be written, or holds another run (a new run would
-            replace its log, state and checkpoint).
+        ValueError: ``--out`` cannot be written, holds another run (a new run would
+            replace its log, state and checkpoint), or holds the ``--config`` file of a new
+            run as its ``config.yaml`` (the run would write over it).
 
     """
     if args.out:
@@ -198,6 +199,11 @@ def _out_dir(args, resume):
             hint = ''
         raise ValueError(f'--out {str(out)!r} already holds a training run ({", ".join(held)}); '
                          f'{hint}choose another --out (or remove that folder)')
+    if resume is None and args.config and (out / 'config.yaml').is_file() \
+            and Path(args.config).resolve() == (out / 'config.yaml').resolve():
+        # The run writes its parsed config there (comments and all of the user's file lost).
+        raise ValueError(f'--config {args.config!r} is the file the run writes its parsed '
+                         f'config to in --out: keep your config outside the run folder')
     if resume is not None and out.resolve() != resume.parent:
         # Resuming into another folder (e.g. from a read-only copy): carry the history.
         old_log, new_log = resume.parent / LOG_NAME, out / LOG_NAME

@@ -10,11 +10,11 @@ The data set takes the sources as they are, ``exclude`` included: nothing is wri
 from pathlib import Path
 
 from tarfuse_ros.core.data import (DataSource, label_file, PairedDataset, read_classes,
-                                   read_split)
+                                   read_split, unpaired_stems)
 from tarfuse_ros.core.paths import share_dir, shared_datasets_dir
 
 __all__ = ['build_dataset', 'check_class_map', 'count_labelled', 'parse_data_spec',
-           'resolve_dataset_dir', 'resolve_sources']
+           'resolve_dataset_dir', 'resolve_sources', 'unpaired_lines']
 
 DEFAULT_LABELS = 'labels'
 DATASET_LAYOUT = ('a data set folder holds ir/ and vi/ with the infrared and the visible image of '
@@ -121,6 +121,27 @@ def resolve_sources(sources, root=None):
             raise ValueError(f'data source {value!r}: no pairs left in {str(folder)!r}')
         resolved.append(source)
     return resolved
+
+
+def unpaired_lines(sources, shown=5):
+    """Return one line per folder of a split-``all`` source with images that lack a partner.
+
+    Split ``all`` takes the stems that have both images; an IR image without its visible
+    image (or the reverse) is left out of the run, and these lines say which (the first
+    ``shown`` stems), as ``tarfuse-eval`` and ``tarfuse-calibrate`` do.
+    """
+    lines = []
+    for source in sources:
+        if source.split != 'all':
+            continue
+        for only, name, other in zip(unpaired_stems(source.path), ('IR', 'visible'),
+                                     ('a visible', 'an IR')):
+            if only:
+                more = f', ... ({len(only) - shown} more)' if len(only) > shown else ''
+                lines.append(f'data source {str(source.path)!r} split all: left out {len(only)} '
+                             f'{name} image{"s" if len(only) > 1 else ""} without {other} '
+                             f'image of the same stem: {", ".join(only[:shown])}{more}')
+    return lines
 
 
 def _repository_bases():

@@ -26,7 +26,7 @@ import time
 from tarfuse_ros.core.runtime import resolve_device
 from tarfuse_ros.training import logs, steps
 from tarfuse_ros.training.datasets import (build_dataset, check_class_map, count_labelled,
-                                           resolve_sources)
+                                           resolve_sources, unpaired_lines)
 from tarfuse_ros.training.distributed import barrier, broadcast_int, DistInfo
 from tarfuse_ros.training.ema import weight_average
 from tarfuse_ros.training.loaders import train_loader, val_loader
@@ -157,6 +157,9 @@ class Trainer:
         root = config.data.root
         self.train_sources = resolve_sources(config.data.train, root)
         self.val_sources = resolve_sources(config.data.val, root)
+        if self.dist.is_main:
+            for line in unpaired_lines(self.train_sources + self.val_sources):
+                _log(line)
         if config.model.detect:
             check_class_map(self.train_sources + self.val_sources, config.data.class_map)
         self._build_model(resume)

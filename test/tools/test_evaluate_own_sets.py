@@ -201,3 +201,50 @@ def test_the_speed_names_every_image_size(tmp_path):
     shown = ', '.join(f'{height}x{width}' for height, width in sorted(sizes))
     assert f'CPU threads, images of {shown} px (height x width)' in \
         (tmp_path / 'eval' / 'report.md').read_text()
+
+
+def test_a_prior_of_an_ir_camera_with_another_aspect_ratio_is_applied(tmp_path, capsys):
+    # A 640x512 thermal camera beside a 640x480 visible one, calibrated by tarfuse-calibrate:
+    # tarfuse-eval --prior refused the prior ("made for a 640x512 IR image but the IR image is
+    # 640x480"): it checked the IR after resizing it to the visible frame.
+    import cv2
+    import numpy as np
+    from tarfuse_ros.core.prior import make_prior, write_prior_yaml
+    msrs = ROADSCENE.parent / 'msrs_train'
+    data_dir = tmp_path / 'rig'
+    for sub in ('ir', 'vi'):
+        (data_dir / sub).mkdir(parents=True)
+    shutil.copy(msrs / 'vi' / '00854N.jpg', data_dir / 'vi')
+    angle = np.deg2rad(3.0)
+    homography = np.array([[1.1 * np.cos(angle), -1.1 * np.sin(angle), -20.0],
+                           [1.1 * np.sin(angle), 1.1 * np.cos(angle), -30.0], [0.0, 0.0, 1.0]])
+    aligned = cv2.imread(str(msrs / 'ir' / '00854N.png'), cv2.IMREAD_UNCHANGED)
+    # ir(q) = aligned(H q): the IR camera's image of the visible scene.
+    ir = cv2.warpPerspective(aligned, homography, (640, 512),
+                             flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
+    cv2.imwrite(str(data_dir / 'ir' / '00854N.png'), ir)
+    prior = make_prior(homography, (640, 512), (640, 480))
+    write_prior_yaml(tmp_path / 'rig_prior.yaml', prior)
+    scores = []
+    for extra in ((), ('--prior', str(tmp_path / 'rig_prior.yaml'))):
+        out = tmp_path / f'eval{len(extra)}'
+        code = main(['--data', str(data_dir), '--split', 'all', '--stored-ir', 'unregistered',
+                     '--out', str(out), '--max-side', '160', '--figures', '0', '--no-progress',
+                     '--threads', '1', *extra])
+        assert code == 0, capsys.readouterr().err
+        scores.append(json.loads((out / 'metrics.json').read_text())['registration'])
+    # The prior does the registration: its IR lines up with the visible image better.
+    assert scores[1]['edge_alignment'] > scores[1]['unregistered']['edge_alignment'] + 0.1
+    # The network sees the same pre-warp as the node's (raw IR in, resized by the engine).
+    from tarfuse_ros.evaluation.protocol import prior_in_visible_frame
+    for visible_wh in ((640, 480), (160, 120)):
+        np.testing.assert_allclose(
+            prior_in_visible_frame(prior).pre_warp_for(visible_wh, visible_wh),
+            prior.pre_warp_for((640, 512), visible_wh), atol=1e-9)
+    # An IR of another aspect ratio than the prior's is still refused.
+    cv2.imwrite(str(data_dir / 'ir' / '00854N.png'), cv2.resize(ir, (640, 640)))
+    code = main(['--data', str(data_dir), '--split', 'all', '--stored-ir', 'unregistered',
+                 '--out', str(tmp_path / 'never'), '--max-side', '160', '--no-progress',
+                 '--threads', '1', '--prior', str(tmp_path / 'rig_prior.yaml')])
+    assert code == 2
+    assert 'made for a 640x512 IR image but the IR image is 640x640' in capsys.readouterr().err

@@ -677,3 +677,38 @@ def test_a_stem_listed_twice_in_a_split_file_fails_before_training(
     assert f"split file '{split_file}' lists '{listed[1]}' twice (lines 2 and " \
            f'{len(listed) + 2})' in err
     assert 'Traceback' not in err and not (tmp_path / 'run').exists()
+
+
+def test_split_all_names_the_images_without_a_partner(splits, tmp_path, capsys):
+    # --data FOLDER:all trained on the stems with both images and left an IR image without its
+    # visible image (or the reverse) out without a word; tarfuse-eval and tarfuse-calibrate
+    # name them.
+    own = tmp_path / 'own'
+    for sub in ('ir', 'vi'):
+        (own / sub).mkdir(parents=True)
+        for stem in splits['stems'][:2]:
+            shutil.copy(ROADSCENE / sub / f'{stem}.jpg', own / sub)
+    shutil.copy(ROADSCENE / 'ir' / f'{splits["stems"][2]}.jpg', own / 'ir')
+    args = _args(splits, tmp_path / 'run', '--epochs', '1', '--max-steps', '1')
+    args[1] = f'{own}:all'
+    assert train_tool.main(args) == 0
+    out = capsys.readouterr().out
+    assert (f"[tarfuse-train] data source '{own}' split all: left out 1 IR image without a "
+            f'visible image of the same stem: {splits["stems"][2]}\n') in out, out
+    assert 'visible image without' not in out and '2 training pairs' in out
+
+
+def test_a_new_run_refuses_to_write_over_its_own_config_file(splits, tmp_path, capsys):
+    # --config runs/rig/config.yaml --out runs/rig: the run wrote its parsed config over the
+    # user's file (comments and all) without a word.
+    out = tmp_path / 'rig'
+    out.mkdir()
+    shipped = Path(__file__).resolve().parents[2] / 'config' / 'train.yaml'
+    mine = '# my rig: 640x512 thermal beside a 640x480 colour camera\n' + shipped.read_text()
+    (out / 'config.yaml').write_text(mine)
+    assert train_tool.main(_args(splits, out, '--config', str(out / 'config.yaml'),
+                                 '--epochs', '1', '--max-steps', '1')) == 2
+    assert capsys.readouterr().err == (
+        f"tarfuse-train: error: --config '{out / 'config.yaml'}' is the file the run writes "
+        f'its parsed config to in --out: keep your config outside the run folder\n')
+    assert (out / 'config.yaml').read_text() == mine and os.listdir(out) == ['config.yaml']
