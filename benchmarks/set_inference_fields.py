@@ -2,7 +2,8 @@
 
 Some model fields only say how a trained network is run: the orientation global stage's search
 (``global_scale_candidates``, ``global_fine_*``, ...), the small-frame rules
-(``input_min_long_side``, ``detect_min_long_side``) and ``flip_average``. Choosing them after
+(``input_min_long_side``, ``detect_min_long_side``), the large-frame one
+(``detect_max_long_side``) and ``flip_average``. Choosing them after
 training leaves every tensor as it was; this writes the checkpoint again with the new values
 and says so in its provenance (``after_training``, after what the base's own provenance said).
 
@@ -27,7 +28,8 @@ INFERENCE_FIELDS = (
     'global_scale_candidates', 'global_fine_cell', 'global_fine_block', 'global_fine_passes',
     'global_fine_radius', 'global_extra_passes', 'global_extra_radius', 'global_support_mask',
     'global_fine_check', 'global_coarse_side',
-    'global_min_side', 'input_min_long_side', 'detect_min_long_side', 'flip_average',
+    'global_min_side', 'input_min_long_side', 'detect_min_long_side', 'detect_max_long_side',
+    'flip_average',
     'registration_skip_levels', 'global_fine_tolerance', 'global_scale_accept',
     'global_wide_below', 'global_wide_scales')
 

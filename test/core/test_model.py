@@ -289,6 +289,43 @@ def test_detect_min_long_side_enlarges_the_features_of_small_frames_only():
             TarFuseConfig(detect_min_long_side=bad)
 
 
+def test_detect_max_long_side_shrinks_the_features_of_large_frames_only():
+    """The converse of detect_min_long_side: large frames' features shrunk before the neck."""
+    from dataclasses import replace
+    torch.manual_seed(0)
+    plain = build_model().eval()
+    generator = torch.Generator().manual_seed(7)
+    ir, vi = (torch.rand(1, 1, 128, 192, generator=generator) for _ in range(2))
+    shrinking = build_model(replace(plain.config, detect_max_long_side=96)).eval()
+    shrinking.load_state_dict(plain.state_dict())
+    raw, base = shrinking.predict_raw(ir, vi), plain.predict_raw(ir, vi)
+    assert raw['det'].shape == (1, 4 + 3, _anchors(64, 96))
+    for key in ('fused', 'flow', 'registered_ir'):  # the frame's own resolution
+        assert torch.equal(raw[key], base[key]), key
+    # The neck and head run by hand on the shrunk features, boxes doubled.
+    by_hand = _detect_on_enlarged_features(plain, ir, vi, (64, 96))
+    by_hand[:, :4] *= 2.0
+    torch.testing.assert_close(raw['det'], by_hand, rtol=1e-5, atol=1e-4)
+    # Frames within the setting, and training-mode forward, as before.
+    within = build_model(replace(plain.config, detect_max_long_side=192)).eval()
+    within.load_state_dict(plain.state_dict())
+    assert torch.equal(within.predict_raw(ir, vi)['det'], base['det'])
+    with torch.no_grad():
+        assert torch.equal(shrinking(ir, vi)['det'][0], plain(ir, vi)['det'][0])
+    # Both bounds: a small frame is enlarged, a large one shrunk, by the same model.
+    both = build_model(replace(plain.config, detect_min_long_side=96,
+                               detect_max_long_side=128)).eval()
+    both.load_state_dict(plain.state_dict())
+    assert both.predict_raw(ir, vi)['det'].shape[2] == _anchors(96, 128)  # 128x192 shrunk
+    small = [torch.rand(1, 1, 64, 64, generator=generator) for _ in range(2)]
+    assert both.predict_raw(*small)['det'].shape[2] == _anchors(96, 96)  # 64x64 enlarged
+    for bad in (-1, 100):
+        with pytest.raises(ValueError, match='detect_max_long_side'):
+            TarFuseConfig(detect_max_long_side=bad)
+    with pytest.raises(ValueError, match='at least detect_min_long_side'):
+        TarFuseConfig(detect_min_long_side=640, detect_max_long_side=320)
+
+
 @pytest.mark.parametrize('field, value', [
     ('detect_channels', 8), ('detect_channels', ['a', 80, 96]),
     ('detect_channels', [64.5, 80, 96]), ('neck_stem_channels', '16, 32'),

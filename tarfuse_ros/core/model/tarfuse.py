@@ -130,6 +130,13 @@ class TarFuseConfig:
     # checkpoints written before the field) or a multiple of 32. No learnt parameter depends
     # on it.
     detect_min_long_side: int = 0
+    # Inference only (predict_raw), the converse: when the padded frame's longer side is above
+    # this (px), the fused features are shrunk (bilinear) before the detection neck
+    # until it reaches it and the boxes are scaled back, so objects of large frames (a 1920x1080
+    # camera) reach the neck at about the scale it learnt. 0 (never, as in checkpoints written
+    # before the field) or a multiple of 32, not below detect_min_long_side. No learnt parameter
+    # depends on it.
+    detect_max_long_side: int = 0
     # 'match' registration only: learnt levels (0 = the finest, counted towards the coarsest)
     # whose residual flow is not added: the flow passes them unchanged and their cost volume
     # is not computed (() : every level, as in checkpoints written before the field). No learnt
@@ -211,6 +218,7 @@ class TarFuseConfig:
         for name, least in (('global_fine_cell', 0), ('global_fine_block', 0),
                             ('global_coarse_side', 0), ('global_min_side', 0),
                             ('input_min_long_side', 0), ('detect_min_long_side', 0),
+                            ('detect_max_long_side', 0),
                             ('global_fine_passes', 1),
                             ('global_fine_radius', 1), ('global_extra_passes', 0),
                             ('global_extra_radius', 1)):
@@ -234,9 +242,13 @@ class TarFuseConfig:
         if self.global_wide_scales and min(self.global_wide_scales) <= 0:
             raise ValueError('global_wide_scales must be positive scales, got '
                              f'{self.global_wide_scales!r}')
-        if self.detect_min_long_side % 32:
-            raise ValueError(f'detect_min_long_side must be 0 or a multiple of 32 (the padded '
-                             f'frames are), got {self.detect_min_long_side}')
+        for name in ('detect_min_long_side', 'detect_max_long_side'):
+            if getattr(self, name) % 32:
+                raise ValueError(f'{name} must be 0 or a multiple of 32 (the padded frames '
+                                 f'are), got {getattr(self, name)}')
+        if 0 < self.detect_max_long_side < self.detect_min_long_side:
+            raise ValueError(f'detect_max_long_side ({self.detect_max_long_side}) must be 0 or '
+                             f'at least detect_min_long_side ({self.detect_min_long_side})')
         if self.global_fine_cell > 0 and (self.global_fine_block < 1
                                           or 32 % self.global_fine_cell):
             raise ValueError('global_fine_cell must divide 32 (the padded frames are multiples '
@@ -425,30 +437,38 @@ class TarFuse(nn.Module):
             forget_anchors(self.detect)
         return result
 
-    def _detect_enlarged(self, fused_features):
-        """Run the neck and head on features enlarged to ``config.detect_min_long_side``.
+    def _detect_resized(self, fused_features):
+        """Run the neck and head on features resized to the detector's range of frame sizes.
 
-        Where the padded frame's longer side is below ``N = detect_min_long_side`` (a multiple
-        of 32), its sides become ``floor(side * N / longer / 32 + 1/2) * 32`` (the longer one
-        exactly ``N``); otherwise nothing changes. Computed with tensor operations so that an
-        ONNX export keeps them dynamic. Returns the eval-mode ``Detect`` output with the boxes
-        (``cx, cy, w, h``) in pixels of the frame given.
+        With ``lo = detect_min_long_side`` and ``hi = detect_max_long_side`` (0: no bound; both
+        multiples of 32): where the padded frame's longer side is below ``lo`` (above ``hi``),
+        its sides become ``floor(side * N / longer / 32 + 1/2) * 32`` with ``N = lo`` (``hi``):
+        the longer one exactly ``N`` (bilinear, both ways: an antialiased shrink scored no
+        better on validation, docs/METHOD.md); otherwise nothing changes. The sizes are
+        computed with tensor operations so that an ONNX export keeps them dynamic. Returns the
+        eval-mode ``Detect`` output with the boxes (``cx, cy, w, h``) in pixels of the frame
+        given.
         """
-        side = self.config.detect_min_long_side
+        low, high = self.config.detect_min_long_side, self.config.detect_max_long_side
         shape = torch._shape_as_tensor(fused_features)
         height, width = shape[2], shape[3]
         longer = torch.maximum(height, width)
-        small = longer < side
-        new_h = torch.where(small, torch.div(height * side + 16 * longer, 32 * longer,
-                                             rounding_mode='floor') * 32, height)
-        new_w = torch.where(small, torch.div(width * side + 16 * longer, 32 * longer,
-                                             rounding_mode='floor') * 32, width)
+        target = longer
+        if low > 0:
+            target = torch.where(longer < low, torch.full_like(longer, low), target)
+        if high > 0:
+            target = torch.where(longer > high, torch.full_like(longer, high), target)
+        change = target != longer
+        new_h = torch.where(change, torch.div(height * target + 16 * longer, 32 * longer,
+                                              rounding_mode='floor') * 32, height)
+        new_w = torch.where(change, torch.div(width * target + 16 * longer, 32 * longer,
+                                              rounding_mode='floor') * 32, width)
         if not torch.jit.is_tracing() and int(new_h) == fused_features.shape[2] \
                 and int(new_w) == fused_features.shape[3]:
-            return self.detect(self.neck(fused_features))  # large enough already
-        enlarged = F.interpolate(fused_features, size=(new_h, new_w), mode='bilinear',
-                                 align_corners=False)
-        out = self.detect(self.neck(enlarged))
+            return self.detect(self.neck(fused_features))  # within the range already
+        resized = F.interpolate(fused_features, size=(new_h, new_w), mode='bilinear',
+                                align_corners=False)
+        out = self.detect(self.neck(resized))
         y = out[0] if isinstance(out, (tuple, list)) else out
         sx = (width.to(y.dtype) / new_w.to(y.dtype))
         sy = (height.to(y.dtype) / new_h.to(y.dtype))
@@ -490,8 +510,9 @@ class TarFuse(nn.Module):
         fused = self.reconstruction(fused_features)
         if self.detect is None:
             det = None
-        elif detect_enlarge and not self.training and self.config.detect_min_long_side > 0:
-            det = self._detect_enlarged(fused_features)
+        elif detect_enlarge and not self.training and (self.config.detect_min_long_side > 0
+                                                       or self.config.detect_max_long_side > 0):
+            det = self._detect_resized(fused_features)
         elif detect_scale is not None and float(detect_scale) != 1.0:
             # Training's feature-scale augmentation (train.detect_scale_range): the neck sees
             # the features enlarged as detect_min_long_side enlarges small frames'.

@@ -1,0 +1,48 @@
+"""benchmarks/detect_large_frames.py: detection mAP of larger cameras per detect_max_long_side."""
+
+import json
+from pathlib import Path
+import sys
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'benchmarks'))
+import detect_large_frames  # noqa: E402, I100
+
+SOURCE = Path(__file__).resolve().parent / 'data' / 'datasets' / 'roadscene'
+
+
+@pytest.fixture(autouse=True)
+def restore_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_figures_per_size_and_setting(tmp_path, capsys):
+    out = tmp_path / 'figures.json'
+    assert detect_large_frames.main([
+        '--data', str(SOURCE), '--split', 'det_labelled', '--max-pairs', '2', '--threads', '1',
+        '--sizes', '640x480,1024x768', '--max-long-side', '0,800', '--out', str(out)]) == 0
+    rows = {(tuple(r['size']), r['detect_max_long_side']): r for r in json.loads(out.read_text())}
+    assert set(rows) == {((640, 480), 0), ((640, 480), 800), ((1024, 768), 0),
+                         ((1024, 768), 800)}
+    for row in rows.values():
+        assert row['num_images'] == 2 and row['num_gt'] > 0 and 0.0 <= row['map50'] <= 1.0
+    # At 640 px nothing is shrunk: the same detections either way.
+    small = [rows[((640, 480), value)] for value in (0, 800)]
+    assert small[0]['num_detections'] == small[1]['num_detections']
+    assert small[0]['map50'] == small[1]['map50']
+    # At 1024 px the neck runs on 800x608 features: other detections.
+    large = [rows[((1024, 768), value)] for value in (0, 800)]
+    assert large[0]['num_detections'] != large[1]['num_detections'] \
+        or large[0]['map50_95'] != large[1]['map50_95']
+    printed = capsys.readouterr().out
+    assert '1024x768 detect_max_long_side 800: mAP@0.5 ' in printed
+
+
+def test_a_refused_setting_stops_before_any_pair(capsys):
+    assert detect_large_frames.main(['--data', str(SOURCE), '--sizes', '640x480',
+                                     '--max-long-side', '100']) == 1
+    assert 'detect_max_long_side must be 0 or a multiple of 32' in capsys.readouterr().err
