@@ -19,8 +19,24 @@ def usable_cpus():
     The least of the machine's logical CPUs, the process's CPU affinity (``taskset``, a cpuset),
     its cgroup CPU bandwidth limit (quota / period, rounded up; cgroup v1 or v2) and the
     ``LOKY_MAX_CPU_COUNT`` environment variable where set: joblib's ``loky`` ``cpu_count``.
+
+    Raises:
+        ValueError: ``LOKY_MAX_CPU_COUNT`` set to something other than an integer.
+        ImportError: joblib is not installed (the message says how to install it).
+
     """
-    from joblib.externals.loky import cpu_count
+    text = os.environ.get('LOKY_MAX_CPU_COUNT')
+    if text is not None:
+        try:
+            int(text)
+        except ValueError:  # loky's int() would raise it from deep inside
+            raise ValueError(f'the environment variable LOKY_MAX_CPU_COUNT must be an integer '
+                             f'(the CPUs to use), got {text!r}') from None
+    try:
+        from joblib.externals.loky import cpu_count
+    except ImportError as exc:
+        raise ImportError(f'counting the CPUs this process may use needs joblib, which cannot '
+                          f'be imported ({exc}): pip install joblib') from exc
     return max(1, int(cpu_count()))
 
 
@@ -30,6 +46,7 @@ def default_cpu_threads():
     :func:`usable_cpus` where something limits the process below the machine's logical CPUs
     (an affinity, a CPU bandwidth limit, ``LOKY_MAX_CPU_COUNT``); None where nothing does, so that
     PyTorch and onnxruntime keep their own defaults there (which may count physical cores only).
+    Raises what :func:`usable_cpus` raises.
     """
     usable = usable_cpus()
     return usable if usable < (os.cpu_count() or 1) else None

@@ -304,7 +304,10 @@ class TarFuseNode(Node):
         from tarfuse_ros.core.backends import create_engine, model_error
         # cpu_threads 0: the libraries' defaults, unless this process may use fewer CPUs than
         # the machine has (a container's CPU limit, which they do not count).
-        threads = params.cpu_threads or default_cpu_threads()
+        try:
+            threads = params.cpu_threads or default_cpu_threads()
+        except (ValueError, ImportError) as exc:
+            raise StartupError(f'cpu_threads 0: {exc}; or set cpu_threads') from exc
         try:
             engine = create_engine(
                 params.backend, weights=params.weights, device=params.device, half=params.half,

@@ -37,3 +37,13 @@ def test_a_process_pinned_to_one_cpu_defaults_to_one_thread():
 @pytest.mark.skipif(os.cpu_count() < 2, reason='needs a machine with 2 CPUs')
 def test_loky_max_cpu_count_limits_the_default_threads():
     assert _report(env={'LOKY_MAX_CPU_COUNT': '1'}) == (1, 1)
+
+
+@pytest.mark.parametrize('value', ['abc', '1.5', ''])
+def test_a_loky_max_cpu_count_that_is_no_integer_is_named(monkeypatch, value):
+    # It raised joblib's "invalid literal for int() with base 10" from inside loky.
+    monkeypatch.setenv('LOKY_MAX_CPU_COUNT', value)
+    for function in (usable_cpus, default_cpu_threads):
+        with pytest.raises(ValueError, match=f"LOKY_MAX_CPU_COUNT must be an integer .*, got "
+                                             f"'{value}'"):
+            function()

@@ -348,3 +348,19 @@ def test_cpu_threads_0_takes_the_cpus_the_process_may_use(tmp_path):
     finally:
         probe.close()
         node.close()
+
+
+def test_an_unreadable_cpu_limit_stops_the_start_with_a_clear_message(tmp_path):
+    """cpu_threads 0 with LOKY_MAX_CPU_COUNT=abc: a FATAL line, not joblib's traceback."""
+    weights = tmp_path / 'random.safetensors'
+    make_checkpoint(weights)
+    environment = dict(os.environ, LOKY_MAX_CPU_COUNT='abc')
+    node = NodeProcess(random_domain_id(), {'weights': str(weights)}, env=environment)
+    try:
+        code, log = node.wait(90.0), node.log()
+        assert code is not None and code != 0, log
+        assert 'Traceback' not in log and 'FATAL' in log, log
+        assert "LOKY_MAX_CPU_COUNT must be an integer (the CPUs to use), got 'abc'; or set " \
+               "cpu_threads" in log, log
+    finally:
+        node.close()
