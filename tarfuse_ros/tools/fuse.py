@@ -702,7 +702,8 @@ def build_parser():
                              'models/tarfuse_default.safetensors)')
     parser.add_argument('--device', default='cpu', help='cpu | cuda | cuda:N (default cpu)')
     parser.add_argument('--threads', type=int, default=None,
-                        help='CPU threads for torch and OpenCV (default: their own defaults)')
+                        help='CPU threads for torch and OpenCV (default: the CPUs this process '
+                             'may use, a container CPU limit counted)')
     parser.add_argument('--registered', action='store_true',
                         help='also write the IR registered onto the visible frame (PNG)')
     parser.add_argument('--detections', action='store_true',
@@ -820,7 +821,8 @@ def main(argv=None):
                 check_frame_size(np.empty((height, width), np.uint8), str(each.path))
             except ValueError as exc:
                 raise UsageError(f'{exc}: no frame of it can be fused') from exc
-        engine = _load_engine(args.weights, args.device, args.threads, args.scale_search,
+        threads = args.threads if args.threads is not None else _default_threads()
+        engine = _load_engine(args.weights, args.device, threads, args.scale_search,
                               args.global_every, args.global_window, prior)
         if args.detections and not engine.detects:
             raise UsageError(f'--detections: the model {args.weights or "(shipped)"} has no '
@@ -861,6 +863,15 @@ def main(argv=None):
               f'(--ir-offset-ms); give two recordings that overlap in time', file=sys.stderr)
         return 2
     return 1 if summary.failures else 0
+
+
+def _default_threads():
+    """Return the threads without ``--threads``: None (the libraries') or the CPUs usable."""
+    from tarfuse_ros.core.cpus import default_cpu_threads
+    try:
+        return default_cpu_threads()
+    except (ValueError, ImportError) as exc:
+        raise UsageError(f'{exc}; or give --threads N') from exc
 
 
 def _torch_threads():

@@ -524,6 +524,16 @@ def test_without_threads_it_takes_the_cpus_the_process_may_use(tmp_path):
     assert 'torch threads 1)' in result.stdout, result.stdout
 
 
+def test_an_unreadable_cpu_limit_is_a_usage_error(tmp_path, capsys, monkeypatch):
+    """Without --threads, LOKY_MAX_CPU_COUNT=abc: one line, exit 2, no traceback from joblib."""
+    monkeypatch.setenv('LOKY_MAX_CPU_COUNT', 'abc')
+    ir, vi = SAMPLES / 'ir' / f'{STEMS[0]}.jpg', SAMPLES / 'vi' / f'{STEMS[0]}.jpg'
+    assert fuse.main(['--ir', str(ir), '--visible', str(vi), '--out', str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err == ("tarfuse-fuse: error: the environment variable LOKY_MAX_CPU_COUNT must be an "
+                   "integer (the CPUs to use), got 'abc'; or give --threads N\n"), err
+
+
 def test_ctrl_c_mid_run_accounts_for_the_pair_it_stopped(tmp_path):
     # The summary read '4 pair(s) in, 3 fused out, 0 failed': the pair being fused when
     # Ctrl-C came counted as neither. A real SIGINT once the first pairs are written.
