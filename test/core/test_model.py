@@ -326,6 +326,28 @@ def test_detect_max_long_side_shrinks_the_features_of_large_frames_only():
         TarFuseConfig(detect_min_long_side=640, detect_max_long_side=320)
 
 
+def test_a_small_detect_max_long_side_keeps_strips_at_least_32_px():
+    """detect_max_long_side 64 (accepted) shrank a 512x64 frame's features to 0x64: RuntimeError.
+
+    The shipped model on a real pair cut into strips of the narrowest shape the engine takes.
+    """
+    from dataclasses import replace
+
+    import cv2
+    from tarfuse_ros.core.checkpoint import load_checkpoint
+    from tarfuse_ros.core.paths import default_weights_path, share_dir
+    shipped = load_checkpoint(default_weights_path()).eval()
+    shipped.config = replace(shipped.config, detect_min_long_side=0, detect_max_long_side=64)
+    planes = [cv2.imread(str(share_dir() / 'samples' / kind / 'FLIR_00122.jpg'),
+                         cv2.IMREAD_GRAYSCALE) for kind in ('ir', 'vi')]
+    wide = [torch.from_numpy(cv2.resize(plane, (512, 64), interpolation=cv2.INTER_AREA))
+            .float().div(255)[None, None] for plane in planes]
+    for ir, vi in (wide, [plane.transpose(2, 3).contiguous() for plane in wide]):
+        det = shipped.predict_raw(ir, vi)['det']  # the neck on 32x64 (64x32) features
+        assert det.shape == (1, 4 + shipped.config.num_classes, _anchors(32, 64))
+        assert torch.isfinite(det).all()
+
+
 @pytest.mark.parametrize('field, value', [
     ('detect_channels', 8), ('detect_channels', ['a', 80, 96]),
     ('detect_channels', [64.5, 80, 96]), ('neck_stem_channels', '16, 32'),

@@ -442,9 +442,9 @@ class TarFuse(nn.Module):
 
         With ``lo = detect_min_long_side`` and ``hi = detect_max_long_side`` (0: no bound; both
         multiples of 32): where the padded frame's longer side is below ``lo`` (above ``hi``),
-        its sides become ``floor(side * N / longer / 32 + 1/2) * 32`` with ``N = lo`` (``hi``):
-        the longer one exactly ``N`` (bilinear, both ways: an antialiased shrink scored no
-        better on validation, docs/METHOD.md); otherwise nothing changes. The sizes are
+        its sides become ``floor(side * N / longer / 32 + 1/2) * 32`` with ``N = lo`` (``hi``),
+        at least 32: the longer one exactly ``N`` (bilinear, both ways: an antialiased shrink
+        scored no better on validation, docs/METHOD.md); otherwise nothing changes. The sizes are
         computed with tensor operations so that an ONNX export keeps them dynamic. Returns the
         eval-mode ``Detect`` output with the boxes (``cx, cy, w, h``) in pixels of the frame
         given.
@@ -459,10 +459,11 @@ class TarFuse(nn.Module):
         if high > 0:
             target = torch.where(longer > high, torch.full_like(longer, high), target)
         change = target != longer
+        # At least 32 px: a strip's shorter side would round to 0 under a small hi.
         new_h = torch.where(change, torch.div(height * target + 16 * longer, 32 * longer,
-                                              rounding_mode='floor') * 32, height)
+                                              rounding_mode='floor').clamp(min=1) * 32, height)
         new_w = torch.where(change, torch.div(width * target + 16 * longer, 32 * longer,
-                                              rounding_mode='floor') * 32, width)
+                                              rounding_mode='floor').clamp(min=1) * 32, width)
         if not torch.jit.is_tracing() and int(new_h) == fused_features.shape[2] \
                 and int(new_w) == fused_features.shape[3]:
             return self.detect(self.neck(fused_features))  # within the range already
