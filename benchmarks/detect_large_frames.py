@@ -99,11 +99,18 @@ def main(argv=None):
     parser.add_argument('--out', default=None, help='JSON file for the figures')
     args = parser.parse_args(argv)
     try:
+        for name, value in (('--threads', args.threads), ('--max-pairs', args.max_pairs)):
+            if value is not None and value < 1:  # set_num_threads raised; [:-1] dropped one
+                raise ValueError(f'{name} must be >= 1, got {value}')
         sizes = [parse_size(text) for text in args.sizes.split(',')]
-        max_sides = [int(text) for text in args.max_long_side.split(',')]
+        try:
+            max_sides = [int(text) for text in args.max_long_side.split(',')]
+        except ValueError:
+            raise ValueError(f'--max-long-side takes comma-separated integers, got '
+                             f'{args.max_long_side!r}') from None
         dataset_dir = resolve_dataset_dir(args.data)
         stems = data.read_split(dataset_dir, args.split)[:args.max_pairs]
-        if args.threads:
+        if args.threads is not None:
             torch.set_num_threads(args.threads)
         engine = FusionEngine(args.weights, device='cpu', conf_threshold=0.001,
                               iou_threshold=0.6, max_detections=100)

@@ -46,3 +46,15 @@ def test_a_refused_setting_stops_before_any_pair(capsys):
     assert detect_large_frames.main(['--data', str(SOURCE), '--sizes', '640x480',
                                      '--max-long-side', '100']) == 1
     assert 'detect_max_long_side must be 0 or a multiple of 32' in capsys.readouterr().err
+
+
+@pytest.mark.parametrize('option, value, message', [
+    ('--threads', '-1', '--threads must be >= 1, got -1'),  # a RuntimeError traceback
+    ('--max-pairs', '-1', '--max-pairs must be >= 1, got -1'),  # all pairs but the last
+    ('--max-pairs', '0', '--max-pairs must be >= 1, got 0'),  # no pair, mAP nan
+    ('--max-long-side', '0,1e3', "--max-long-side takes comma-separated integers, got '0,1e3'"),
+])
+def test_bad_options_are_one_line_errors(capsys, option, value, message):
+    assert detect_large_frames.main(['--data', str(SOURCE), '--split', 'det_labelled',
+                                     '--sizes', '640x480', option, value]) == 1
+    assert capsys.readouterr().err == f'detect_large_frames: {message}\n'
