@@ -44,6 +44,6 @@ def test_a_loky_max_cpu_count_that_is_no_integer_is_named(monkeypatch, value):
     # It raised joblib's "invalid literal for int() with base 10" from inside loky.
     monkeypatch.setenv('LOKY_MAX_CPU_COUNT', value)
     for function in (usable_cpus, default_cpu_threads):
-        with pytest.raises(ValueError, match=f"LOKY_MAX_CPU_COUNT must be an integer .*, got "
+        with pytest.raises(ValueError, match='LOKY_MAX_CPU_COUNT must be an integer .*, got '
                                              f"'{value}'"):
             function()

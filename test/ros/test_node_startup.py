@@ -361,6 +361,6 @@ def test_an_unreadable_cpu_limit_stops_the_start_with_a_clear_message(tmp_path):
         assert code is not None and code != 0, log
         assert 'Traceback' not in log and 'FATAL' in log, log
         assert "LOKY_MAX_CPU_COUNT must be an integer (the CPUs to use), got 'abc'; or set " \
-               "cpu_threads" in log, log
+               'cpu_threads' in log, log
     finally:
         node.close()

@@ -530,7 +530,7 @@ def test_an_unreadable_cpu_limit_is_a_usage_error(tmp_path, capsys, monkeypatch)
     ir, vi = SAMPLES / 'ir' / f'{STEMS[0]}.jpg', SAMPLES / 'vi' / f'{STEMS[0]}.jpg'
     assert fuse.main(['--ir', str(ir), '--visible', str(vi), '--out', str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert err == ("tarfuse-fuse: error: the environment variable LOKY_MAX_CPU_COUNT must be an "
+    assert err == ('tarfuse-fuse: error: the environment variable LOKY_MAX_CPU_COUNT must be an '
                    "integer (the CPUs to use), got 'abc'; or give --threads N\n"), err
 
 
