@@ -44,7 +44,7 @@ from tarfuse_ros.core.images import prepare_pair
 # The layout's functions live in a module without PyTorch (tools that only list pairs use it).
 from tarfuse_ros.core.layout import (dataset_folder, find_image, IMAGE_EXTENSIONS,
                                      list_split_names, MISALIGNED_DIR, misaligned_stems,
-                                     pair_files, read_split, unpaired_stems)
+                                     pair_files, read_split, unpaired_notes, unpaired_stems)
 from tarfuse_ros.core.sizes import enlarged_size
 import torch
 from torch.utils.data import Dataset
@@ -68,6 +68,7 @@ __all__ = [
     'pair_files',
     'read_classes',
     'read_split',
+    'unpaired_notes',
     'unpaired_stems',
     'yolo_to_xyxy',
 ]

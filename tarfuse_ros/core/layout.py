@@ -10,7 +10,8 @@ import os
 from pathlib import Path
 
 __all__ = ['IMAGE_EXTENSIONS', 'MISALIGNED_DIR', 'dataset_folder', 'find_image', 'image_path',
-           'list_split_names', 'misaligned_stems', 'pair_files', 'read_split', 'unpaired_stems']
+           'list_split_names', 'misaligned_stems', 'pair_files', 'read_split', 'unpaired_notes',
+           'unpaired_stems']
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff')
 MISALIGNED_DIR = 'synthetic_misaligned'
@@ -187,6 +188,23 @@ def unpaired_stems(dataset_dir, ir_dir='ir', vi_dir='vi'):
     ir = set(_image_index(str(path / ir_dir), fresh=True))
     vi = set(_image_index(str(path / vi_dir), fresh=True))
     return sorted(ir - vi), sorted(vi - ir)
+
+
+def unpaired_notes(dataset_dir, shown=5):
+    """Return one phrase per image folder of ``dataset_dir`` with :func:`unpaired_stems`.
+
+    ``'left out 2 IR images without a visible image of the same stem: a, b'`` (the first
+    ``shown`` stems, then how many more): what split ``'all'`` leaves out, for a warning.
+    """
+    notes = []
+    for only, name, other in zip(unpaired_stems(dataset_dir), ('IR', 'visible'),
+                                 ('a visible', 'an IR')):
+        if only:
+            more = f', ... ({len(only) - shown} more)' if len(only) > shown else ''
+            notes.append(f'left out {len(only)} {name} image{"s" if len(only) > 1 else ""} '
+                         f'without {other} image of the same stem: '
+                         f'{", ".join(only[:shown])}{more}')
+    return notes
 
 
 def pair_files(dataset_dir, stem):

@@ -153,13 +153,8 @@ def _select_stems(dataset_dir, options, deform, with_disp):
 
 def _warn_unpaired(dataset_dir, shown=5):
     """Warn of the images that split ``all`` leaves out: those without a partner image."""
-    for only, name, other in zip(data.unpaired_stems(dataset_dir), ('IR', 'visible'),
-                                 ('a visible', 'an IR')):
-        if only:
-            more = f', ... ({len(only) - shown} more)' if len(only) > shown else ''
-            _LOG.warning('--split all: left out %d %s image%s without %s image of the same '
-                         'stem: %s%s', len(only), name, 's' if len(only) > 1 else '', other,
-                         ', '.join(only[:shown]), more)
+    for note in data.unpaired_notes(dataset_dir, shown):
+        _LOG.warning('--split all: %s', note)
 
 
 # Shared sets of real, unregistered camera pairs without landmarks/ (their READMEs say so):

@@ -10,7 +10,7 @@ The data set takes the sources as they are, ``exclude`` included: nothing is wri
 from pathlib import Path
 
 from tarfuse_ros.core.data import (DataSource, label_file, PairedDataset, read_classes,
-                                   read_split, unpaired_stems)
+                                   read_split, unpaired_notes)
 from tarfuse_ros.core.paths import share_dir, shared_datasets_dir
 
 __all__ = ['build_dataset', 'check_class_map', 'count_labelled', 'parse_data_spec',
@@ -130,18 +130,8 @@ def unpaired_lines(sources, shown=5):
     image (or the reverse) is left out of the run, and these lines say which (the first
     ``shown`` stems), as ``tarfuse-eval`` and ``tarfuse-calibrate`` do.
     """
-    lines = []
-    for source in sources:
-        if source.split != 'all':
-            continue
-        for only, name, other in zip(unpaired_stems(source.path), ('IR', 'visible'),
-                                     ('a visible', 'an IR')):
-            if only:
-                more = f', ... ({len(only) - shown} more)' if len(only) > shown else ''
-                lines.append(f'data source {str(source.path)!r} split all: left out {len(only)} '
-                             f'{name} image{"s" if len(only) > 1 else ""} without {other} '
-                             f'image of the same stem: {", ".join(only[:shown])}{more}')
-    return lines
+    return [f'data source {str(source.path)!r} split all: {note}' for source in sources
+            if source.split == 'all' for note in unpaired_notes(source.path, shown)]
 
 
 def _repository_bases():
