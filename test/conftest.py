@@ -37,25 +37,77 @@ def roadscene_pair():
     return ir, vi
 
 
+class _BackgroundExport:
+    """``tarfuse-export --no-scale-search`` of the shipped weights, in a process of its own.
+
+    Started once the tests are collected, where one of them uses ``shipped_onnx_file``: the
+    export (a minute of tracing on one core, two in a long test session) runs beside the tests
+    instead of before the first that needs it.
+    """
+
+    def __init__(self):
+        import subprocess
+        import sys
+        import tempfile
+        from tarfuse_ros.core.paths import default_weights_path
+        self.folder = Path(tempfile.mkdtemp(prefix='tarfuse_test_onnx_'))
+        self.path = self.folder / 'tarfuse.onnx'
+        self.log = self.folder / 'export.log'
+        with open(self.log, 'w') as log:
+            self.process = subprocess.Popen(
+                [sys.executable, '-m', 'tarfuse_ros.tools.export', str(default_weights_path()),
+                 '--out', str(self.path), '--no-scale-search', '--no-verify', '--threads', '1'],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+    def result(self, timeout=900.0):
+        """Wait for the export; return the ONNX path (pytest.fail with its log if it failed)."""
+        import subprocess
+        try:
+            code = self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            pytest.fail(f'tarfuse-export took over {timeout:.0f} s: {self.log.read_text()}')
+        if code != 0 or not self.path.is_file():
+            pytest.fail(f'tarfuse-export exited {code}:\n{self.log.read_text()}')
+        return self.path
+
+    def close(self):
+        import shutil
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+_EXPORT = None
+
+
+def pytest_collection_finish(session):
+    global _EXPORT
+    if session.config.option.collectonly:
+        return
+    if _EXPORT is None and any('shipped_onnx_file' in getattr(item, 'fixturenames', ())
+                               for item in session.items):
+        _EXPORT = _BackgroundExport()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _EXPORT is not None:
+        _EXPORT.close()
+
+
 @pytest.fixture(scope='session')
-def shipped_onnx_file(tmp_path_factory):
+def shipped_onnx_file():
     """Return the shipped model exported to ONNX without the scale search, once per session.
 
-    ``tarfuse-export --no-scale-search``: the shipped weights and global stage with the 1.0
-    IR / visible scale only, so the torch side of each parity test is
+    ``tarfuse-export --no-scale-search --no-verify``: the shipped weights and global stage with
+    the 1.0 IR / visible scale only, so the torch side of each parity test is
     ``FusionEngine(scale_search=False)``. A third of the graph of the three-scale export (2-core
     VM: 85 s instead of 302 s, and 15 s instead of 49 s per onnxruntime session, of which the
     tests open several); the scale search's own export is checked in test_onnx.py on a model
-    of the same architecture. ``verify=False``: the export's own check runs in test_onnx.py.
+    of the same architecture. No check: the export's own check runs in test_onnx.py. Run in
+    the background from the start of the session (:class:`_BackgroundExport`).
     """
-    import torch
-    from tarfuse_ros.core.export import export_onnx
-    from tarfuse_ros.core.paths import default_weights_path
-    path = tmp_path_factory.mktemp('shipped_onnx') / 'tarfuse.onnx'
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as a test should; restored below
-    try:
-        export_onnx(default_weights_path(), path, verify=False, scale_search=False)
-    finally:
-        torch.set_num_threads(threads)
-    return path
+    if _EXPORT is None:  # pytest_collection_finish saw no test that uses it
+        pytest.fail('shipped_onnx_file was requested by a test pytest did not collect')
+    return _EXPORT.result()

@@ -51,10 +51,17 @@ class PlayError(RuntimeError):
 
 @dataclass
 class PlayStats:
-    """What was published and received: lists of ``(topic, stamp_ns or None, wall_ns)``."""
+    """
+    What was published and received: lists of ``(topic, stamp_ns or None, wall_ns)``.
+
+    ``started_ns`` is the wall time (ns) the playback schedule starts from: the first message is
+    due then and a message recorded ``t`` s after the bag's start is due ``t / rate`` s later (it
+    is never published earlier; late where the machine is busy). 0 until playback begins.
+    """
 
     published: list = field(default_factory=list)
     received: list = field(default_factory=list)
+    started_ns: int = 0
     record_path: str = ''
     loops: int = 0  # rounds over the bag begun
     interrupted: bool = False
@@ -82,7 +89,8 @@ class PlayStats:
 
     def to_dict(self):
         return {'published': self.published, 'received': self.received,
-                'record_path': self.record_path, 'loops': self.loops,
+                'started_ns': self.started_ns, 'record_path': self.record_path,
+                'loops': self.loops,
                 'interrupted': self.interrupted}
 
 
@@ -457,6 +465,8 @@ class BagPlayer:
         gap_ns = None
         while True:
             base_wall_ns = time.time_ns() + int((base_mono - time.monotonic()) * 1e9)
+            if not self.stats.started_ns:
+                self.stats.started_ns = base_wall_ns
             self.stats.loops += 1  # rounds begun: one cut short by Ctrl-C counts too
             _last, stopped = self._play_once(
                 reader, connections, publishers, base_mono, base_wall_ns, end_mono)

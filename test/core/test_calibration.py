@@ -320,30 +320,6 @@ def test_prior_yaml_round_trip_is_a_node_parameters_file(tmp_path):
     assert (loaded.ir_size, loaded.visible_size) == ((320, 256), SIZE)
 
 
-def test_onnxruntime_backend_applies_the_prior_like_the_torch_engine(
-        small_pair, shipped_onnx_file):
-    from tarfuse_ros.core.onnx_backend import OnnxFusionEngine
-
-    ir, vi, homography = small_pair
-    prior = make_prior(homography, (256, 192), (256, 192))
-    onnx_engine = OnnxFusionEngine(shipped_onnx_file, threads=1, registration_prior=prior)
-    assert onnx_engine.registration_prior is prior
-    got = onnx_engine.infer(ir, vi)
-    expected = FusionEngine(cuda_graph='off', registration_prior=prior,
-                            scale_search=False).infer(ir, vi)
-    assert np.abs(got.flow_px - expected.flow_px).max() <= 0.05
-    # The registered IR is resampled at the flow: within 0.05 px of each other, sharp edges
-    # still differ by a few grey levels.
-    assert np.abs(got.registered_ir.astype(int) - expected.registered_ir).max() <= 8
-    assert np.abs(got.fused.astype(int) - expected.fused).max() <= 1
-    without = OnnxFusionEngine(shipped_onnx_file, threads=1).infer(ir, vi)
-    # The prior acted: an ignored prior gives the same flow as no prior (the same backend:
-    # difference 0); the network alone registers most of this rig, so the flows differ by ~1
-    # px on average with the match_v5 default, ~0.47 px with reg_v5 and ~0.18 px with only
-    # its finest learnt level (session 28; the 0.1 px bound is twice the parity one).
-    assert np.abs(without.flow_px - got.flow_px).mean() > 0.1
-
-
 def test_registered_ir_follows_the_published_flow_where_the_pre_warp_lost_content():
     from tarfuse_ros.core.images import PreparedPair
     from tarfuse_ros.core.prior import apply_prior, registered_ir_for

@@ -312,6 +312,15 @@ class Probe:
         latest = self.latest_diagnostics()
         return int(latest[2][name]) if latest else 0
 
+    def wait_for_subscribers(self, timeout=90.0):
+        """Spin until both image publishers have a subscriber (the node's); return True if so.
+
+        A best-effort message published before discovery matched the node is lost for good.
+        """
+        return self.spin_until(
+            lambda: (self.ir_pub.get_subscription_count() > 0
+                     and self.visible_pub.get_subscription_count() > 0), timeout)
+
     def wait_until_ready(self, timeout=60.0):
         """Wait until the node answers a pair (retrying with new stamps); return the stamp."""
         stamps = []

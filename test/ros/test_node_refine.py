@@ -101,10 +101,29 @@ def _start(parameters, prior_file, namespace):
 
 
 def _send(probe, node, ir, vi, timeout=180.0):
-    """Publish one pair (again every 60 s if lost); return (stamp, registered IR, fused)."""
-    stamps = []
+    """Publish one pair; return (registered IR, fused).
+
+    Best effort: a pair can be lost (at start-up, even once the node subscribes). Sent again
+    where the node's ``/diagnostics`` counted neither image 2 s on, or no answer came in 60 s;
+    not sooner, since each pair the node answers is one more step of the refinement.
+    """
+    if not probe.wait_for_subscribers():
+        pytest.fail('the node never subscribed to the cameras; its log:\n' + node.log())
+    stamps, sent = [], []
+
+    def counts():
+        latest = probe.latest_diagnostics()
+        values = latest[2] if latest else {}
+        return int(values.get('infrared_msgs', 0)), int(values.get('visible_msgs', 0))
 
     def tick():
+        if sent:
+            (ir_before, vi_before), when = sent[-1]
+            ir_count, vi_count = counts()
+            if (ir_count > ir_before and vi_count > vi_before
+                    and time.monotonic() - when < 60.0):
+                return  # the node has both: its answer is coming
+        sent.append((counts(), time.monotonic()))
         stamps.append(time.time_ns())
         probe.publish_pair(image_msg(ir, 'mono8', stamps[-1], 'infrared_optical_frame'),
                            image_msg(vi, 'bgr8', stamps[-1], VISIBLE_FRAME))
@@ -112,7 +131,7 @@ def _send(probe, node, ir, vi, timeout=180.0):
     def answered():
         return any(probe.outputs_for('registered', s) and probe.outputs_for('fused', s)
                    for s in stamps)
-    if not probe.spin_until(answered, timeout, tick=tick, tick_period=60.0):
+    if not probe.spin_until(answered, timeout, tick=tick, tick_period=2.0):
         pytest.fail('the node did not answer a pair; its log:\n' + node.log())
     stamp = next(s for s in stamps if probe.outputs_for('registered', s))
     registered, = probe.outputs_for('registered', stamp)
