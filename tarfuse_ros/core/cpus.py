@@ -10,7 +10,7 @@ cores took 1.1-2.2 s per pair instead of 0.56 s). This module imports neither li
 
 import os
 
-__all__ = ['default_cpu_threads', 'usable_cpus']
+__all__ = ['default_cpu_threads', 'omp_num_threads', 'usable_cpus']
 
 
 def usable_cpus():
@@ -40,13 +40,29 @@ def usable_cpus():
     return max(1, int(cpu_count()))
 
 
+def omp_num_threads():
+    """Return the thread count ``OMP_NUM_THREADS`` asks for, or None where it asks for none.
+
+    Its first entry (OpenMP's nested form ``4,2`` asks for 4 at the outer level) where that is a
+    positive integer; None where the variable is unset or not such a value (the OpenMP runtime
+    warns about it and ignores it).
+    """
+    first = os.environ.get('OMP_NUM_THREADS', '').split(',')[0].strip()
+    return int(first) if first.isdigit() and int(first) > 0 else None
+
+
 def default_cpu_threads():
     """Return the CPU thread count for an engine given none, or None to keep the libraries'.
 
     :func:`usable_cpus` where something limits the process below the machine's logical CPUs
     (an affinity, a CPU bandwidth limit, ``LOKY_MAX_CPU_COUNT``); None where nothing does, so that
     PyTorch and onnxruntime keep their own defaults there (which may count physical cores only).
+    ``OMP_NUM_THREADS``, where set (:func:`omp_num_threads`), caps it: PyTorch follows that
+    variable but a count given to it would override it, and onnxruntime ignores it.
     Raises what :func:`usable_cpus` raises.
     """
     usable = usable_cpus()
+    requested = omp_num_threads()
+    if requested is not None:
+        return min(usable, requested)
     return usable if usable < (os.cpu_count() or 1) else None
