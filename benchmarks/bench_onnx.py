@@ -38,6 +38,12 @@ def get_args_parser():
                         help='WIDTHxHEIGHT sizes (default: %(default)s)')
     parser.add_argument('--warmup', type=int, default=3, help='warm-up calls of each (default 3)')
     parser.add_argument('--iters', type=int, default=20, help='timed calls of each (default 20)')
+    parser.add_argument('--no-scale-search', action='store_true',
+                        help='export without the scale search (tarfuse-export --no-scale-search) '
+                             'and run the torch engine with scale_search=False, as for a '
+                             'calibrated rig; default: both with the checkpoint\'s search (the '
+                             'graph fits every scale candidate, the torch engine skips the '
+                             'zoomed fits where the unzoomed one explains the pair)')
     return parser
 
 
@@ -89,12 +95,14 @@ def main(argv=None):
     weights = args.weights or default_weights_path()
     with tempfile.TemporaryDirectory() as tmp:
         onnx_path = Path(tmp) / 'model.onnx'
-        export_onnx(weights, onnx_path, verify=False)
-        engines = {'torch': FusionEngine(weights, device='cpu'),
+        search = not args.no_scale_search
+        export_onnx(weights, onnx_path, verify=False, scale_search=search)
+        engines = {'torch': FusionEngine(weights, device='cpu', scale_search=search),
                    'onnxruntime': OnnxFusionEngine(onnx_path, device='cpu',
                                                    threads=args.threads)}
         print(f'{weights.name}: torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, '
-              f'{args.threads} threads, {args.iters} interleaved calls each')
+              f'{args.threads} threads, {args.iters} interleaved calls each, scale search '
+              f'{"on" if search else "off"}')
         for text in args.resolutions:
             width, height = (int(v) for v in text.lower().split('x'))
             results = run(engines, _pair(width, height), args.warmup, args.iters)

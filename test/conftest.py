@@ -41,7 +41,7 @@ class _BackgroundExport:
     """``tarfuse-export --no-scale-search`` of the shipped weights, in a process of its own.
 
     Started once the tests are collected, where one of them uses ``shipped_onnx_file``: the
-    export (a minute of tracing on one core, two in a long test session) runs beside the tests
+    export (half a minute of tracing on one core, more in a long test session) runs beside the tests
     instead of before the first that needs it.
     """
 
@@ -102,9 +102,9 @@ def shipped_onnx_file():
 
     ``tarfuse-export --no-scale-search --no-verify``: the shipped weights and global stage with
     the 1.0 IR / visible scale only, so the torch side of each parity test is
-    ``FusionEngine(scale_search=False)``. A third of the graph of the three-scale export (2-core
-    VM: 85 s instead of 302 s, and 15 s instead of 49 s per onnxruntime session, of which the
-    tests open several); the scale search's own export is checked in test_onnx.py on a model
+    ``FusionEngine(scale_search=False)``. Less than half the graph of the three-scale export
+    (2-core VM: 27 s, and 2.8 s instead of 9.1 s per onnxruntime session, of which the tests
+    open several); the scale search's own export is checked in test_onnx.py on a model
     of the same architecture. No check: the export's own check runs in test_onnx.py. Run in
     the background from the start of the session (:class:`_BackgroundExport`).
     """

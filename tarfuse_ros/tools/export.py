@@ -39,7 +39,7 @@ def build_parser():
                         help='skip the onnxruntime-vs-PyTorch check at another input size')
     parser.add_argument('--no-scale-search', action='store_true',
                         help='the global stage fits the 1.0 IR / visible scale only (rigs with '
-                             'matching fields of view): a graph a third the size')
+                             'matching fields of view): a graph less than half the size')
     parser.add_argument('--threads', type=int, default=None,
                         help='CPU threads for tracing and the check (default: torch default)')
     return parser

@@ -72,12 +72,34 @@ def local_correlation(reference, moving, radius):
         raise ValueError(f'radius must be >= 0, got {radius}')
     height, width = reference.shape[2:]
     padded = F.pad(moving, (radius, radius, radius, radius))
+    if torch.jit.is_tracing():
+        shifted = _column_shifts(padded, radius)
+        return torch.cat([(reference.unsqueeze(2) * shifted[:, :, :, dy:dy + height]).sum(dim=1)
+                          for dy in range(2 * radius + 1)], dim=1)
     costs = []
     for dy in range(2 * radius + 1):
         rows = padded[:, :, dy:dy + height]
         for dx in range(2 * radius + 1):
             costs.append((reference * rows[:, :, :, dx:dx + width]).sum(dim=1))
     return torch.stack(costs, dim=1)
+
+
+def _column_shifts(padded, radius):
+    """Return ``(B, C, 2 radius + 1, H + 2 radius, W)``: the columns of ``padded`` at each shift.
+
+    ``padded`` is a ``(B, C, H + 2 radius, W + 2 radius)`` map; element ``[:, c, dx, y, x]`` is
+    ``padded[:, c, y, x + dx]``. One depthwise convolution with one-hot ``1 x (2 radius + 1)``
+    kernels (each output is one input times 1 plus zeros: exact). For ONNX traces, with a row
+    slice per ``dy`` after it: slicing every offset wrote two slices, a product and a sum per
+    offset (289 at radius 8, thousands of small nodes in a tarfuse-export graph and a third of
+    onnxruntime's time), and an index ``Gather`` of the columns was slower still in
+    onnxruntime. The sizes stay symbolic in a trace.
+    """
+    size = 2 * radius + 1
+    batch, channels = padded.shape[0], int(padded.shape[1])
+    kernel = torch.eye(size, dtype=padded.dtype, device=padded.device).view(size, 1, 1, size)
+    shifted = F.conv2d(padded, kernel.repeat(channels, 1, 1, 1), groups=channels)
+    return shifted.reshape(batch, channels, size, padded.shape[2], -1)
 
 
 def _normalised_grid(height, width, device, dtype):
@@ -353,14 +375,15 @@ def _shifted_copies(maps, radius):
 
     Channel ``k`` holds ``maps[:, 0, y + dy_k, x + dx_k]`` in :func:`local_correlation`'s
     offset order, with zeros outside the grid. One strided copy (``unfold``), or in an ONNX
-    trace one slice per offset (the exporter has no ``Unfold`` of a traced size).
+    trace one convolution and a row slice per offset row (:func:`_column_shifts`: the exporter
+    has no ``Unfold`` of a traced size).
     """
     height, width = maps.shape[2:]
     size = 2 * radius + 1
     padded = F.pad(maps, (radius, radius, radius, radius))
     if torch.jit.is_tracing():
-        return torch.cat([padded[:, :, dy:dy + height, dx:dx + width]
-                          for dy in range(size) for dx in range(size)], dim=1)
+        shifted = _column_shifts(padded, radius)[:, 0]
+        return torch.cat([shifted[:, :, dy:dy + height] for dy in range(size)], dim=1)
     windows = padded[:, 0].unfold(1, height, 1).unfold(2, width, 1)
     return windows.reshape(maps.shape[0], size * size, height, width)
 
