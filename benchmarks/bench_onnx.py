@@ -41,8 +41,8 @@ def get_args_parser():
     parser.add_argument('--no-scale-search', action='store_true',
                         help='export without the scale search (tarfuse-export --no-scale-search) '
                              'and run the torch engine with scale_search=False, as for a '
-                             'calibrated rig; default: both with the checkpoint\'s search (the '
-                             'graph fits every scale candidate, the torch engine skips the '
+                             'calibrated rig; default: both with the search of the checkpoint '
+                             '(the graph fits every scale candidate, the torch engine skips the '
                              'zoomed fits where the unzoomed one explains the pair)')
     return parser
 

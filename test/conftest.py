@@ -41,8 +41,8 @@ class _BackgroundExport:
     """``tarfuse-export --no-scale-search`` of the shipped weights, in a process of its own.
 
     Started once the tests are collected, where one of them uses ``shipped_onnx_file``: the
-    export (half a minute of tracing on one core, more in a long test session) runs beside the tests
-    instead of before the first that needs it.
+    export (half a minute of tracing on one core, more in a long test session) runs beside the
+    tests instead of before the first that needs it.
     """
 
     def __init__(self):
