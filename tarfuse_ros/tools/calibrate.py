@@ -65,21 +65,6 @@ def spread_indices(total, count):
     return sorted({int(round(i)) for i in np.linspace(0, total - 1, count)})
 
 
-def _unpaired_lines(pairs_dir):
-    """Return one line per folder of ``pairs_dir`` with images whose stem the other lacks."""
-    from tarfuse_ros.core import data
-    lines = []
-    for only, label, other in zip(data.unpaired_stems(pairs_dir), ('IR', 'visible'),
-                                  ('a visible', 'an IR')):
-        if only:
-            shown = ', '.join(only[:_SHOWN_STEMS])
-            more = f', ... ({len(only) - _SHOWN_STEMS} more)' if len(only) > _SHOWN_STEMS \
-                else ''
-            lines.append(f'{len(only)} {label} image(s) without {other} image of the same '
-                         f'stem: {shown}{more}')
-    return lines
-
-
 def folder_pairs(pairs_dir, count, split='all'):
     """Return ``[(stem, ir, vi)]``: ``count`` pairs spread over a data-set folder's split.
 
@@ -100,12 +85,12 @@ def folder_pairs(pairs_dir, count, split='all'):
         stems = data.read_split(pairs_dir, split)
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
-    unpaired = _unpaired_lines(pairs_dir) if split == 'all' else []
+    unpaired = data.unpaired_notes(pairs_dir, _SHOWN_STEMS) if split == 'all' else []
     if not stems:
         raise UsageError(f'no IR/visible pair in {str(pairs_dir)!r} (split {split!r})'
-                         + ''.join(f'; {line}' for line in unpaired))
-    for line in unpaired:
-        print(f'{PROG}: warning: {line}, left out', file=sys.stderr, flush=True)
+                         + ''.join(f'; {note}' for note in unpaired))
+    for note in unpaired:
+        print(f'{PROG}: warning: {note}', file=sys.stderr, flush=True)
     pairs = []
     for index in spread_indices(len(stems), count):
         try:

@@ -448,12 +448,8 @@ def _split_stems(dataset_dir, splits):
     stems = list(dict.fromkeys(
         stem for split in splits for stem in data.read_split(dataset_dir, split)))
     if 'all' in splits:
-        for only, label, other in zip(data.unpaired_stems(dataset_dir), ('IR', 'visible'),
-                                      ('a visible', 'an IR')):
-            if only:
-                more = f', ... ({len(only) - 10} more)' if len(only) > 10 else ''
-                _LOG.warning('%d %s image(s) without %s image of the same stem, left out: %s%s',
-                             len(only), label, other, ', '.join(only[:10]), more)
+        for note in data.unpaired_notes(dataset_dir, shown=10):
+            _LOG.warning('%s', note)
     return stems
 
 

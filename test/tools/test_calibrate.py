@@ -337,11 +337,11 @@ def test_stems_in_one_folder_only_are_named_in_a_warning_and_left_out(
                            '--max-side', '160', '--min-inliers', '0', '--threads', '1'])
     captured = capsys.readouterr()
     assert code == 0, captured.err
-    assert ('tarfuse-calibrate: warning: 7 IR image(s) without a visible image of the same '
-            'stem: ir_only_0, ir_only_1, ir_only_2, ir_only_3, ir_only_4, ... (2 more), left '
-            'out\n') in captured.err, captured.err
-    assert ('tarfuse-calibrate: warning: 1 visible image(s) without an IR image of the same '
-            'stem: vi_only_0, left out\n') in captured.err, captured.err
+    assert ('tarfuse-calibrate: warning: left out 7 IR images without a visible image of the '
+            'same stem: ir_only_0, ir_only_1, ir_only_2, ir_only_3, ir_only_4, ... (2 more)\n'
+            ) in captured.err, captured.err
+    assert ('tarfuse-calibrate: warning: left out 1 visible image without an IR image of the '
+            'same stem: vi_only_0\n') in captured.err, captured.err
     assert 'fitted on' in captured.out and 'ir_only' not in captured.out
     assert load_prior_yaml(out) is not None
     # No pair left: exit 2 naming both sides' stems.
@@ -353,8 +353,9 @@ def test_stems_in_one_folder_only_are_named_in_a_warning_and_left_out(
     err = capsys.readouterr().err
     assert code == 2, err
     assert err.startswith(f"tarfuse-calibrate: error: no IR/visible pair in '{folder}' (split "
-                          f"'all'); 9 IR image(s) without a visible image of the same stem: "), err
-    assert '1 visible image(s) without an IR image of the same stem: vi_only_0' in err, err
+                          f"'all'); left out 9 IR images without a visible image of the same "
+                          f'stem: '), err
+    assert 'left out 1 visible image without an IR image of the same stem: vi_only_0' in err, err
     assert not (tmp_path / 'q.yaml').exists()
 
 

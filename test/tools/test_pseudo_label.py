@@ -193,8 +193,8 @@ def test_split_all_names_the_images_it_leaves_out(tmp_path, caplog):
     with caplog.at_level('WARNING', logger='tarfuse-pseudo-label'):
         result = pl.pseudo_label([], own, ['all'], tmp_path / 'out', progress=False)
     assert lone not in result['stems']
-    assert caplog.messages == [f'1 IR image(s) without a visible image of the same stem, left '
-                               f'out: {lone}']
+    assert caplog.messages == [f'left out 1 IR image without a visible image of the same stem: '
+                               f'{lone}']
 
 
 def test_a_split_without_pairs_is_an_error_not_an_empty_result(tmp_path):
