@@ -42,6 +42,8 @@ def test_sets_the_fields_and_keeps_every_tensor(base, tmp_path, capsys):
     (['detect_min_long_side'], 'KEY=VALUE'),
     (['detect_min_long_side=big'], 'not JSON'),
     (['detect_min_long_side=-5'], 'detect_min_long_side must be an integer >= 0'),
+    (['detect_min_long_side=64000'], 'detect_min_long_side must be at most 16384'),
+    (['input_min_long_side=20000'], 'input_min_long_side must be at most 16384'),
     ([], 'nothing to set'),
 ])
 def test_refuses_what_it_cannot_set(base, tmp_path, items, message):

@@ -28,10 +28,12 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-__all__ = ['REGISTRATIONS', 'SIZE_MULTIPLE', 'TarFuse', 'TarFuseConfig', 'build_model',
-           'parameter_counts']
+__all__ = ['MAX_ENLARGED_LONG_SIDE', 'REGISTRATIONS', 'SIZE_MULTIPLE', 'TarFuse',
+           'TarFuseConfig', 'build_model', 'parameter_counts']
 
 SIZE_MULTIPLE = 32
+# The largest input_min_long_side / detect_min_long_side (pixels; also the engines' bound).
+MAX_ENLARGED_LONG_SIDE = 16384
 REGISTRATIONS = ('match', 'paper')
 
 
@@ -242,6 +244,12 @@ class TarFuseConfig:
         if self.global_wide_scales and min(self.global_wide_scales) <= 0:
             raise ValueError('global_wide_scales must be positive scales, got '
                              f'{self.global_wide_scales!r}')
+        for name in ('input_min_long_side', 'detect_min_long_side'):
+            # A typo such as 64000 enlarged every frame (or its features) to that size: gigabytes
+            # a frame, then the process killed for memory. The engines' own bound.
+            if getattr(self, name) > MAX_ENLARGED_LONG_SIDE:
+                raise ValueError(f'{name} must be at most {MAX_ENLARGED_LONG_SIDE} (pixels; 0: '
+                                 f'never enlarge), got {getattr(self, name)}')
         for name in ('detect_min_long_side', 'detect_max_long_side'):
             if getattr(self, name) % 32:
                 raise ValueError(f'{name} must be 0 or a multiple of 32 (the padded frames '
