@@ -44,11 +44,12 @@ def omp_num_threads():
     """Return the thread count ``OMP_NUM_THREADS`` asks for, or None where it asks for none.
 
     Its first entry (OpenMP's nested form ``4,2`` asks for 4 at the outer level) where that is a
-    positive integer; None where the variable is unset or not such a value (the OpenMP runtime
-    warns about it and ignores it).
+    positive integer in ASCII digits; None where the variable is unset or not such a value (the
+    OpenMP runtime warns about it and ignores it; ``str.isdigit`` alone also takes ``'²'``, which
+    ``int`` refuses, and other scripts' digits).
     """
     first = os.environ.get('OMP_NUM_THREADS', '').split(',')[0].strip()
-    return int(first) if first.isdigit() and int(first) > 0 else None
+    return int(first) if first.isascii() and first.isdigit() and int(first) > 0 else None
 
 
 def default_cpu_threads():

@@ -68,3 +68,16 @@ def test_omp_num_threads_caps_the_default_threads():
     plain = _report()
     for value in ('abc', '0', '-2', ''):
         assert _report(env={'OMP_NUM_THREADS': value}) == plain, value
+
+
+@pytest.mark.parametrize('value', ['\u00b2', '\u2074,2', '\u0663'])
+def test_omp_num_threads_of_digits_that_are_no_ascii_number_is_ignored(monkeypatch, value):
+    # str.isdigit() is true for '²' (int() then raised 'invalid literal', which stopped the
+    # node and tarfuse-fuse) and for '٣' (int() read 3); the OpenMP runtime ignores either.
+    monkeypatch.setenv('OMP_NUM_THREADS', value)
+    monkeypatch.delenv('LOKY_MAX_CPU_COUNT', raising=False)
+    assert omp_num_threads() is None
+    monkeypatch.delenv('OMP_NUM_THREADS')
+    expected = default_cpu_threads()
+    monkeypatch.setenv('OMP_NUM_THREADS', value)
+    assert default_cpu_threads() == expected
