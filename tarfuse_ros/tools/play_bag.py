@@ -173,9 +173,9 @@ class BagPlayer:
         for name, value in (('start_delay', start_delay), ('wait_timeout', wait_timeout),
                             ('settle', settle),
                             ('linger', linger), ('max_linger', max_linger)):
-            if value < 0:
+            if not value >= 0:  # NaN too: every comparison with it is false
                 raise ValueError(f'{name} must be >= 0, got {value}')
-        if duration is not None and duration <= 0:
+        if duration is not None and not duration > 0:  # NaN played the bag whole, or forever
             raise ValueError(f'duration must be > 0 s, got {duration}')
         if wait_for_subscribers < 0:
             raise ValueError(f'wait_for_subscribers must be >= 0, got {wait_for_subscribers}')

@@ -483,6 +483,24 @@ def test_play_refuses_what_it_would_silently_ignore(sample_bag, tmp_path):
         BagPlayer(broken)
 
 
+@pytest.mark.parametrize('option', ['duration', 'start_delay', 'wait_timeout', 'settle',
+                                    'linger', 'max_linger'])
+def test_play_refuses_a_time_that_is_not_a_number(sample_bag, tmp_path, option, capsys):
+    """``--duration nan`` played the whole bag (with --loop: forever): ``nan <= 0`` is false.
+
+    ``--start-delay nan`` failed in ``time.sleep`` with 'Invalid value NaN (not a number)',
+    naming no option.
+    """
+    path, _summary = sample_bag
+    with pytest.raises(ValueError, match=f'{option} must be .*, got nan'):
+        BagPlayer(path, **{option: float('nan')})
+    flag = '--' + option.replace('_', '-')
+    stats = tmp_path / 'stats.json'
+    assert play_bag_tool.main([str(path), flag, 'nan', '--stats', str(stats)]) == 2
+    assert f'{option} must be' in capsys.readouterr().err
+    assert not stats.exists()
+
+
 def test_make_bag_refuses_lossy_or_unplayable_choices_and_finds_any_suffix_case(tmp_path):
     pairs = tmp_path / 'pairs'
     (pairs / 'ir').mkdir(parents=True)
