@@ -103,10 +103,11 @@ def shipped_onnx_file():
     ``tarfuse-export --no-scale-search --no-verify``: the shipped weights and global stage with
     the 1.0 IR / visible scale only, so the torch side of each parity test is
     ``FusionEngine(scale_search=False)``. Less than half the graph of the three-scale export
-    (2-core VM: 27 s, and 2.8 s instead of 9.1 s per onnxruntime session, of which the tests
-    open several); the scale search's own export is checked in test_onnx.py on a model
-    of the same architecture. No check: the export's own check runs in test_onnx.py. Run in
-    the background from the start of the session (:class:`_BackgroundExport`).
+    (2-core VM: 27 s, and 6.3-6.5 s instead of 19.9 s per onnxruntime session with its default
+    graph rewrites, of which the tests open several); the scale search's own export is checked
+    in test_onnx.py on a model of the same architecture. No check: the export's own check runs
+    in test_onnx.py. Run in the background from the start of the session
+    (:class:`_BackgroundExport`).
     """
     if _EXPORT is None:  # pytest_collection_finish saw no test that uses it
         pytest.fail('shipped_onnx_file was requested by a test pytest did not collect')
