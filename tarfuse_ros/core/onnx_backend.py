@@ -34,7 +34,7 @@ import cv2
 import numpy as np
 from tarfuse_ros.core.files import is_safetensors, is_torch_pickle
 from tarfuse_ros.core.pair_engine import enlarge_planes, outputs_to_frame, PairEngine
-from tarfuse_ros.core.sizes import enlarged_size
+from tarfuse_ros.core.sizes import enlarged_size, MAX_ENLARGED_LONG_SIDE
 
 __all__ = ['CONFIG_KEY', 'FUSION_OUTPUTS', 'MIN_OPSET', 'ONNX_FORMAT_VERSION', 'ONNX_INPUTS',
            'ONNX_INPUT_MEANINGS', 'ONNX_KEY', 'ONNX_OUTPUTS', 'OnnxFusionEngine', 'OnnxModelError',
@@ -66,7 +66,6 @@ ONNX_OUTPUTS = {
 # The outputs of an export without detection head (``TarFuseConfig.detect`` false).
 FUSION_OUTPUTS = ('fused', 'flow', 'registered_ir')
 _PAD_MODES = {'replicate': 'edge', 'reflect': 'reflect', 'constant': 'constant'}
-_MAX_LONG_SIDE = 16384  # the engines' largest input_min_long_side
 
 
 def _small_frame_warning(frame_hw, global_min_side):
@@ -88,7 +87,7 @@ def _small_frame_warning(frame_hw, global_min_side):
     height, width = (int(v) for v in frame_hw)
     needed = max(height, width, int(global_min_side))
     while (min(enlarged_size(height, width, needed)) < global_min_side
-           and needed < _MAX_LONG_SIDE):
+           and needed < MAX_ENLARGED_LONG_SIDE):
         needed += 1
     text = (f"a {width}x{height} frame is below the global stage's min side "
             f'({global_min_side} px): the PyTorch engine enlarges such frames for the global '

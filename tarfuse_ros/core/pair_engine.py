@@ -31,7 +31,7 @@ import threading
 import time
 
 import numpy as np
-from tarfuse_ros.core.sizes import enlarged_size
+from tarfuse_ros.core.sizes import enlarged_size, MAX_ENLARGED_LONG_SIDE
 
 __all__ = ['Detection', 'FusionResult', 'PairEngine', 'enlarge_planes', 'outputs_to_frame',
            'validate_thresholds']
@@ -189,15 +189,16 @@ class PairEngine:
     def _set_input_min_long_side(self, value, checkpoint_value):
         """Resolve the engine's ``input_min_long_side`` argument (None: ``checkpoint_value``).
 
-        Raises ``ValueError`` for anything but None or an integer in [0, 16384].
+        Raises ``ValueError`` for anything but None or an integer in
+        ``[0, MAX_ENLARGED_LONG_SIDE]`` (16384).
         """
         if value is None:
             value = int(checkpoint_value or 0)
         elif (isinstance(value, bool) or not isinstance(value, numbers.Integral)
-              or not 0 <= value <= 16384):
+              or not 0 <= value <= MAX_ENLARGED_LONG_SIDE):
             raise ValueError(f'input_min_long_side must be None (the checkpoint value) or an '
-                             f'integer in [0, 16384] (pixels; 0: never enlarge), got '
-                             f'{value!r}')
+                             f'integer in [0, {MAX_ENLARGED_LONG_SIDE}] (pixels; 0: never '
+                             f'enlarge), got {value!r}')
         self._min_long_side = int(value)
 
     @property

@@ -1,6 +1,10 @@
 """Frame sizes shared by training and both inference engines (no torch import)."""
 
-__all__ = ['enlarged_size']
+__all__ = ['MAX_ENLARGED_LONG_SIDE', 'enlarged_size']
+
+# The largest long side a frame (or its features) may be enlarged to, pixels: the bound of
+# input_min_long_side / detect_min_long_side in the checkpoint and the engines' arguments.
+MAX_ENLARGED_LONG_SIDE = 16384
 
 
 def enlarged_size(height, width, min_long_side):

@@ -112,9 +112,7 @@ def _send(probe, node, ir, vi, timeout=180.0):
     stamps, sent = [], []
 
     def counts():
-        latest = probe.latest_diagnostics()
-        values = latest[2] if latest else {}
-        return int(values.get('infrared_msgs', 0)), int(values.get('visible_msgs', 0))
+        return probe.counter('infrared_msgs'), probe.counter('visible_msgs')
 
     def tick():
         if sent:

@@ -24,16 +24,15 @@ from tarfuse_ros.core.model.matching import MatchingRegistration
 from tarfuse_ros.core.model.registration import RegistrationNet
 from tarfuse_ros.core.model.warp import warp
 from tarfuse_ros.core.model.yolo import build_detect, forget_anchors
+from tarfuse_ros.core.sizes import MAX_ENLARGED_LONG_SIDE
 import torch
 from torch import nn
 import torch.nn.functional as F
 
-__all__ = ['MAX_ENLARGED_LONG_SIDE', 'REGISTRATIONS', 'SIZE_MULTIPLE', 'TarFuse',
-           'TarFuseConfig', 'build_model', 'parameter_counts']
+__all__ = ['REGISTRATIONS', 'SIZE_MULTIPLE', 'TarFuse', 'TarFuseConfig', 'build_model',
+           'parameter_counts']
 
 SIZE_MULTIPLE = 32
-# The largest input_min_long_side / detect_min_long_side (pixels; also the engines' bound).
-MAX_ENLARGED_LONG_SIDE = 16384
 REGISTRATIONS = ('match', 'paper')
 
 
@@ -246,7 +245,7 @@ class TarFuseConfig:
                              f'{self.global_wide_scales!r}')
         for name in ('input_min_long_side', 'detect_min_long_side'):
             # A typo such as 64000 enlarged every frame (or its features) to that size: gigabytes
-            # a frame, then the process killed for memory. The engines' own bound.
+            # a frame, then the process killed for memory.
             if getattr(self, name) > MAX_ENLARGED_LONG_SIDE:
                 raise ValueError(f'{name} must be at most {MAX_ENLARGED_LONG_SIDE} (pixels; 0: '
                                  f'never enlarge), got {getattr(self, name)}')
