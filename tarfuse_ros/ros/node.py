@@ -758,11 +758,16 @@ class TarFuseNode(Node):
         for index in (INFRARED, VISIBLE):
             other = 1 - index
             if fresh[other] and not fresh[index]:
-                since = ('since the node started' if self._last_arrival[index] is None
-                         else f'for {now - self._last_arrival[index]:.1f} s')
                 problems.append(
-                    f'no messages on {self._topics[index]} {since} while '
-                    f'{self._topics[other]} flows: check its topic name/remapping and QoS')
+                    f'no messages on {self._topics[index]} {self._silent_for(index, now)} '
+                    f'while {self._topics[other]} flows: check its topic name/remapping and QoS')
+        if not any(fresh) and any(t is not None for t in self._last_arrival):
+            # Both cameras stopped after images came: nothing is fused any more.
+            problems.append(
+                f'both inputs stopped, nothing is fused: no messages on '
+                f'{self._topics[INFRARED]} {self._silent_for(INFRARED, now)} nor on '
+                f'{self._topics[VISIBLE]} {self._silent_for(VISIBLE, now)} (camera drivers, '
+                f'cables, or the end of a bag?)')
         last_pair = self._stats.last_pair_time
         # Pairs arrive, none was fused for a while and the newest outcome was a rejection.
         stats = self._stats
@@ -801,6 +806,12 @@ class TarFuseNode(Node):
         self._problems = problems
         for problem in problems:
             self._warn('health:' + problem[:30], problem)
+
+    def _silent_for(self, index, now):
+        """Return how long input ``index`` has been silent at ``now``, for a warning."""
+        if self._last_arrival[index] is None:
+            return 'since the node started'
+        return f'for {now - self._last_arrival[index]:.1f} s'
 
     def _check_other_fused_publishers(self):
         """Return a problem when another node also publishes this node's fused image topic.

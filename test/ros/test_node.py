@@ -324,6 +324,21 @@ def test_a_silent_input_is_reported_by_name(setup):
     _send_and_wait(probe, stamp=time.time_ns() + 500_000_000)
 
 
+def test_both_inputs_stopping_after_images_came_is_reported_by_name(setup):
+    node, probe, _, _ = setup
+    _send_and_wait(probe)
+    # Both cameras stop (a hung driver, a shared trigger, a pulled cable): nothing is fused.
+    assert probe.wait_for_diagnostics(
+        lambda level, msg, values: level == b'\x01' and
+        f'no messages on {NAMESPACE}/infrared/image_raw for ' in msg and
+        f'nor on {NAMESPACE}/visible/image_raw for ' in msg and 'both inputs stopped' in msg,
+        timeout=15.0), probe.latest_diagnostics()
+    assert 'both inputs stopped' in node.log()
+    _send_and_wait(probe)
+    assert probe.wait_for_diagnostics(
+        lambda level, msg, values: 'both inputs stopped' not in msg and 'no messages' not in msg)
+
+
 def test_pairs_that_are_all_rejected_turn_the_diagnostics_to_warn(setup):
     node, probe, _, _ = setup
 
