@@ -184,6 +184,7 @@ class TarFuseNode(Node):
         self._steady = Clock(clock_type=ClockType.STEADY_TIME)
         self._health = RegistrationHealth(_health_settings(self._params))
         self._prior_flows = {}  # (IR w, h, visible w, h) -> (prior, the prior's own flow)
+        self._sizes_logged = set()  # (IR w, h, visible w, h) said to be resized, once each
         self._refiner = self._make_refiner(self._params)
 
         # Keep-newest slot between the synchroniser (executor thread) and the worker.
@@ -607,10 +608,13 @@ class TarFuseNode(Node):
         try:
             ir, _ = self._read_image(ir_msg, self._topics[INFRARED])
             vi, _ = self._read_image(vi_msg, self._topics[VISIBLE])
-            if ir.shape[:2] != vi.shape[:2]:
-                self._warn('size_mismatch',
-                           f'IR {ir.shape[1]}x{ir.shape[0]} and visible {vi.shape[1]}x'
-                           f'{vi.shape[0]} differ: the IR image is resized to the visible frame')
+            sizes = (ir.shape[1], ir.shape[0], vi.shape[1], vi.shape[0])
+            if ir.shape[:2] != vi.shape[:2] and sizes not in self._sizes_logged:
+                # Most rigs pair cameras of different sizes: normal, so said once per sizes.
+                self._sizes_logged.add(sizes)
+                self.get_logger().info(
+                    f'IR {sizes[0]}x{sizes[1]} and visible {sizes[2]}x{sizes[3]} differ: the '
+                    f'IR images are resized to the visible frame (said once for these sizes)')
             if self._refiner is not None and self._refiner.start_over_for(
                     (ir.shape[1], ir.shape[0]), (vi.shape[1], vi.shape[0])):
                 self._engine.set_registration_prior(None)

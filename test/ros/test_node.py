@@ -116,6 +116,20 @@ def test_mono16_ir_of_another_size_and_a_grey_visible_camera(setup):
         'mono8', WIDTH, HEIGHT)
 
 
+def test_ir_of_another_size_is_said_once_not_warned_every_few_seconds(setup):
+    node, probe, _, _ = setup
+    line = f'IR 200x168 and visible {WIDTH}x{HEIGHT} differ'
+    # Further apart than the warnings' throttle (5 s): a rig of two sizes is normal.
+    for _ in range(2):
+        _send_and_wait(probe, ir_size=(200, 168))
+        probe.spin_until(lambda: False, 5.5)
+    _send_and_wait(probe, ir_size=(96, 80))  # another size is said too
+    assert probe.spin_until(
+        lambda: f'IR 96x80 and visible {WIDTH}x{HEIGHT} differ' in node.log(), 5.0)
+    assert node.log().count(line) == 1, node.log()
+    assert 'WARN' not in next(x for x in node.log().splitlines() if line in x)
+
+
 def _rggb_mosaic(bgr):
     """Sample a BGR image through an RGGB colour filter, as a machine-vision camera does."""
     mosaic = np.empty(bgr.shape[:2], np.uint8)
