@@ -184,6 +184,7 @@ class TarFuseNode(Node):
         self._steady = Clock(clock_type=ClockType.STEADY_TIME)
         self._health = RegistrationHealth(_health_settings(self._params))
         self._prior_flows = {}  # (IR w, h, visible w, h) -> (prior, the prior's own flow)
+        self._sizes_logged = set()  # (IR w, h, visible w, h) said to be resized, once each
         self._refiner = self._make_refiner(self._params)
 
         # Keep-newest slot between the synchroniser (executor thread) and the worker.
@@ -607,10 +608,13 @@ class TarFuseNode(Node):
         try:
             ir, _ = self._read_image(ir_msg, self._topics[INFRARED])
             vi, _ = self._read_image(vi_msg, self._topics[VISIBLE])
-            if ir.shape[:2] != vi.shape[:2]:
-                self._warn('size_mismatch',
-                           f'IR {ir.shape[1]}x{ir.shape[0]} and visible {vi.shape[1]}x'
-                           f'{vi.shape[0]} differ: the IR image is resized to the visible frame')
+            sizes = (ir.shape[1], ir.shape[0], vi.shape[1], vi.shape[0])
+            if ir.shape[:2] != vi.shape[:2] and sizes not in self._sizes_logged:
+                # Most rigs pair cameras of different sizes: normal, so said once per sizes.
+                self._sizes_logged.add(sizes)
+                self.get_logger().info(
+                    f'IR {sizes[0]}x{sizes[1]} and visible {sizes[2]}x{sizes[3]} differ: the '
+                    f'IR images are resized to the visible frame (said once for these sizes)')
             if self._refiner is not None and self._refiner.start_over_for(
                     (ir.shape[1], ir.shape[0]), (vi.shape[1], vi.shape[0])):
                 self._engine.set_registration_prior(None)
@@ -758,11 +762,16 @@ class TarFuseNode(Node):
         for index in (INFRARED, VISIBLE):
             other = 1 - index
             if fresh[other] and not fresh[index]:
-                since = ('since the node started' if self._last_arrival[index] is None
-                         else f'for {now - self._last_arrival[index]:.1f} s')
                 problems.append(
-                    f'no messages on {self._topics[index]} {since} while '
-                    f'{self._topics[other]} flows: check its topic name/remapping and QoS')
+                    f'no messages on {self._topics[index]} {self._silent_for(index, now)} '
+                    f'while {self._topics[other]} flows: check its topic name/remapping and QoS')
+        if not any(fresh) and any(t is not None for t in self._last_arrival):
+            # Both cameras stopped after images came: nothing is fused any more.
+            problems.append(
+                f'both inputs stopped, nothing is fused: no messages on '
+                f'{self._topics[INFRARED]} {self._silent_for(INFRARED, now)} nor on '
+                f'{self._topics[VISIBLE]} {self._silent_for(VISIBLE, now)} (camera drivers, '
+                f'cables, or the end of a bag?)')
         last_pair = self._stats.last_pair_time
         # Pairs arrive, none was fused for a while and the newest outcome was a rejection.
         stats = self._stats
@@ -801,6 +810,12 @@ class TarFuseNode(Node):
         self._problems = problems
         for problem in problems:
             self._warn('health:' + problem[:30], problem)
+
+    def _silent_for(self, index, now):
+        """Return how long input ``index`` has been silent at ``now``, for a warning."""
+        if self._last_arrival[index] is None:
+            return 'since the node started'
+        return f'for {now - self._last_arrival[index]:.1f} s'
 
     def _check_other_fused_publishers(self):
         """Return a problem when another node also publishes this node's fused image topic.

@@ -116,6 +116,20 @@ def test_mono16_ir_of_another_size_and_a_grey_visible_camera(setup):
         'mono8', WIDTH, HEIGHT)
 
 
+def test_ir_of_another_size_is_said_once_not_warned_every_few_seconds(setup):
+    node, probe, _, _ = setup
+    line = f'IR 200x168 and visible {WIDTH}x{HEIGHT} differ'
+    # Further apart than the warnings' throttle (5 s): a rig of two sizes is normal.
+    for _ in range(2):
+        _send_and_wait(probe, ir_size=(200, 168))
+        probe.spin_until(lambda: False, 5.5)
+    _send_and_wait(probe, ir_size=(96, 80))  # another size is said too
+    assert probe.spin_until(
+        lambda: f'IR 96x80 and visible {WIDTH}x{HEIGHT} differ' in node.log(), 5.0)
+    assert node.log().count(line) == 1, node.log()
+    assert 'WARN' not in next(x for x in node.log().splitlines() if line in x)
+
+
 def _rggb_mosaic(bgr):
     """Sample a BGR image through an RGGB colour filter, as a machine-vision camera does."""
     mosaic = np.empty(bgr.shape[:2], np.uint8)
@@ -322,6 +336,21 @@ def test_a_silent_input_is_reported_by_name(setup):
     # Healthy again; 0.5 s (more than sync.slop) after the last visible image, which has no
     # partner and would take this pair's IR image.
     _send_and_wait(probe, stamp=time.time_ns() + 500_000_000)
+
+
+def test_both_inputs_stopping_after_images_came_is_reported_by_name(setup):
+    node, probe, _, _ = setup
+    _send_and_wait(probe)
+    # Both cameras stop (a hung driver, a shared trigger, a pulled cable): nothing is fused.
+    assert probe.wait_for_diagnostics(
+        lambda level, msg, values: level == b'\x01' and
+        f'no messages on {NAMESPACE}/infrared/image_raw for ' in msg and
+        f'nor on {NAMESPACE}/visible/image_raw for ' in msg and 'both inputs stopped' in msg,
+        timeout=15.0), probe.latest_diagnostics()
+    assert 'both inputs stopped' in node.log()
+    _send_and_wait(probe)
+    assert probe.wait_for_diagnostics(
+        lambda level, msg, values: 'both inputs stopped' not in msg and 'no messages' not in msg)
 
 
 def test_pairs_that_are_all_rejected_turn_the_diagnostics_to_warn(setup):
