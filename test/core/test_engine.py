@@ -232,6 +232,21 @@ def test_uint16_ir_percentile(engine, pair):
     assert result.registered_ir.std() > 5.0
 
 
+def test_16_bit_bgra_ir_drops_alpha_before_its_range(engine, pair):
+    # An opaque 16-bit alpha (65535, as cv2.IMREAD_UNCHANGED reads a 16-bit PNG with alpha)
+    # took part in the percentile range: the IR came out in [0, 0.22] instead of [0, 1].
+    ir, vi = _small(pair)
+    ir16 = ir.astype(np.uint16) * 40 + 20000
+    bgr = np.dstack([ir16] * 3)
+    bgra = np.dstack([bgr, np.full(ir.shape, 65535, np.uint16)])
+    plane = images.prepare_pair(bgra, vi).ir
+    assert plane.max() == 1.0
+    np.testing.assert_array_equal(plane, images.prepare_pair(bgr, vi).ir)
+    a, b = engine.infer(bgr, vi), engine.infer(bgra, vi)
+    np.testing.assert_array_equal(a.fused, b.fused)
+    np.testing.assert_array_equal(a.flow_px, b.flow_px)
+
+
 def test_colour_and_grey_visible(engine, pair):
     ir, vi = _small(pair)
     colour = engine.infer(ir, vi)
