@@ -316,6 +316,21 @@ def test_thresholds_validated_and_applied(firing_weights, pair):
         FusionEngine(firing_weights, conf_threshold=3.0)
 
 
+def test_thresholds_take_numpy_numbers(firing_weights, pair):
+    # np.float32(0.6) was refused as 'conf_threshold must be a number in [0, 1]' (np.float64
+    # and np.int64 max_detections were taken).
+    ir, vi = _small(pair)
+    plain = FusionEngine(firing_weights, conf_threshold=0.6, iou_threshold=0.3)
+    numpy = FusionEngine(firing_weights, conf_threshold=np.float32(0.6),
+                         iou_threshold=np.float32(0.3), max_detections=np.int64(100))
+    assert len(plain.infer(ir, vi).detections) == len(numpy.infer(ir, vi).detections) > 0
+    numpy.set_thresholds(conf_threshold=np.int64(1))
+    assert numpy.infer(ir, vi).detections == []
+    for bad in (np.bool_(True), np.float32('nan'), np.float32(1.5)):
+        with pytest.raises(ValueError, match='conf_threshold must be a number in'):
+            numpy.set_thresholds(conf_threshold=bad)
+
+
 def test_set_thresholds_from_another_thread(firing_engine, pair):
     ir, vi = _small(pair, 32, 32)
     stop = threading.Event()
