@@ -7,7 +7,8 @@ Metadata key ``tarfuse_config`` holds JSON::
      "input": {...},                            # conventions the weights expect
      "provenance": {...}}                       # how they were made (data, command, metrics)
 
-Loading is strict (every tensor present, nothing extra, same shapes) and never unpickles.
+Loading is strict (every tensor present, nothing extra, same shapes, integer and float tensors
+where the model has them, finite weights) and never unpickles.
 Every failure raises :class:`CheckpointError` (a ``ValueError``) saying what to do.
 """
 
@@ -132,6 +133,12 @@ def load_checkpoint(path, map_location='cpu'):
 
     The model is returned in eval mode on ``map_location`` (``'cpu'``, ``'cuda'``, ...); its
     stored config dict is available as ``model.checkpoint_config``.
+
+    Raises:
+        CheckpointError: the file is missing, not a TarFuse checkpoint, truncated, holds an
+            invalid config, tensors that do not match the config's architecture (names,
+            shapes, integer for float dtypes), or NaN or infinite weights.
+
     """
     config_dict = read_checkpoint_config(path)
     model_dict = dict(config_dict['model'])
@@ -154,13 +161,17 @@ def load_checkpoint(path, map_location='cpu'):
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
+    common = sorted(set(expected) & set(state))
     mismatched = [f'{name} {tuple(state[name].shape)} != {tuple(expected[name].shape)}'
-                  for name in sorted(set(expected) & set(state))
-                  if state[name].shape != expected[name].shape]
-    if missing or unexpected or mismatched:
+                  for name in common if state[name].shape != expected[name].shape]
+    # load_state_dict would cast an integer tensor into float weights (and back) silently.
+    kinds = [f'{name} {state[name].dtype} != {expected[name].dtype}' for name in common
+             if state[name].is_floating_point() != expected[name].is_floating_point()]
+    if missing or unexpected or mismatched or kinds:
         problems = []
         for label, items in (('missing', missing), ('unexpected', unexpected),
-                             ('shape mismatch (file != model)', mismatched)):
+                             ('shape mismatch (file != model)', mismatched),
+                             ('integer and float dtypes swapped (file != model)', kinds)):
             if items:
                 more = f' (+{len(items) - 5} more)' if len(items) > 5 else ''
                 shown = ', '.join(items[:5]) + more
@@ -169,6 +180,14 @@ def load_checkpoint(path, map_location='cpu'):
             f'{path}: tensors do not match the architecture in its config ('
             + '; '.join(problems) + '); the file was edited or written by other code, '
             're-export it with save_checkpoint')
+    not_finite = [name for name, tensor in state.items()
+                  if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
+    if not_finite:
+        more = f' (+{len(not_finite) - 5} more)' if len(not_finite) > 5 else ''
+        raise CheckpointError(
+            f'{path}: tensors hold NaN or infinite values ({", ".join(not_finite[:5])}{more}): '
+            f'the training run that wrote it diverged, or the file is corrupt; use another '
+            f'checkpoint (an earlier epoch, or retrain with a lower learning rate)')
     model.load_state_dict(state, strict=True)
     model.to(device)
     model.eval()

@@ -175,7 +175,8 @@ def to_unit_gray(img, ir_norm='percentile', low=0.5, high=99.5, name='image'):
 
     Args:
         img: ``HxW`` or ``HxWx1`` array, uint8, uint16 or float (see the module docstring for
-            the rules). ``HxWx3``/``HxWx4`` (BGR/BGRA) is accepted and reduced to its luma.
+            the rules). ``HxWx3``/``HxWx4`` (BGR/BGRA, alpha dropped first) is accepted and
+            reduced to its luma.
         ir_norm: ``'percentile'``, ``'minmax'`` or ``'fixed'``: how uint16 (and float frames
             above 255) are scaled.
         low, high: percentiles (0-100) mapped to 0 and 1 with ``'percentile'``.
@@ -191,9 +192,13 @@ def to_unit_gray(img, ir_norm='percentile', low=0.5, high=99.5, name='image'):
     _check_array(img, name)
     if img.ndim == 3 and img.shape[2] == 1:
         img = img[:, :, 0]
+    if img.ndim == 3:
+        # Alpha is dropped before the range is taken: an opaque 16-bit alpha (65535) would
+        # otherwise set the top of a uint16 frame's range and squash its contrast.
+        img = img[:, :, :3]
     unit = _to_unit(img, ir_norm, low, high, name)
     if unit.ndim == 3:
-        unit = bgr_to_ycrcb(unit[:, :, :3])[:, :, 0]
+        unit = bgr_to_ycrcb(unit)[:, :, 0]
     return np.ascontiguousarray(unit, dtype=np.float32)
 
 

@@ -149,6 +149,7 @@ def _metadata(path, session):
         raise OnnxModelError(
             f'{path} has ONNX format_version {export.get("format_version")!r} but this '
             f'tarfuse_ros reads version {ONNX_FORMAT_VERSION}; re-export it with this release')
+    _check_metadata_values(path, config['model'], export)
     inputs = tuple(arg.name for arg in session.get_inputs())
     outputs = tuple(arg.name for arg in session.get_outputs())
     if inputs not in (ONNX_INPUTS, ONNX_INPUTS[:2]) or set(outputs) not in (
@@ -159,6 +160,40 @@ def _metadata(path, session):
             f'stage) and outputs {tuple(ONNX_OUTPUTS)} (without det for a model without '
             f'detection head); re-export it with tarfuse-export')
     return config, export
+
+
+def _check_metadata_values(path, model, export):
+    """Raise :class:`OnnxModelError` when the metadata's values are not an export's.
+
+    Args:
+        path: the ONNX file (named in the message).
+        model: the checkpoint's model config from the metadata (a dict).
+        export: the export's description from the metadata (a dict).
+
+    Raises:
+        OnnxModelError: a model config that ``TarFuseConfig`` refuses (as a checkpoint's is
+            refused by :func:`~tarfuse_ros.core.checkpoint.load_checkpoint`: class names and
+            number of classes, ``input_min_long_side``, ...), or a ``size_multiple`` other
+            than 32 or a ``min_side`` that is not an integer >= 0 (pixels).
+
+    """
+    from tarfuse_ros.core.model.tarfuse import SIZE_MULTIPLE, TarFuseConfig
+
+    values = dict(model)
+    # As load_checkpoint: configs written before the matching registration hold the MSRB.
+    values.setdefault('registration', 'paper')
+    try:
+        TarFuseConfig.from_dict(values)
+    except (TypeError, ValueError) as error:
+        raise OnnxModelError(f'{path}: the checkpoint config in its metadata is invalid '
+                             f'({error}); re-export the checkpoint with tarfuse-export') from None
+    multiple, min_side = export.get('size_multiple'), export.get('min_side')
+    if type(multiple) is not int or multiple != SIZE_MULTIPLE or type(min_side) is not int \
+            or min_side < 0:
+        raise OnnxModelError(
+            f'{path}: its export metadata has size_multiple {multiple!r} and min_side '
+            f'{min_side!r}, not {SIZE_MULTIPLE} and an integer >= 0 (pixels) as tarfuse-export '
+            f'writes them; re-export the checkpoint with tarfuse-export')
 
 
 def read_onnx_metadata(path):
@@ -174,7 +209,8 @@ def read_onnx_metadata(path):
         ``outputs``, ``source``).
 
     Raises:
-        OnnxModelError: missing or unloadable file, or not a TarFuse export.
+        OnnxModelError: missing or unloadable file, not a TarFuse export, or metadata whose
+            values an export does not hold (a model config the checkpoint loader refuses).
 
     """
     import onnxruntime as ort
@@ -279,7 +315,9 @@ class OnnxFusionEngine(PairEngine):
             checkpoint's value in the export's metadata).
 
     Raises:
-        OnnxModelError: missing, unloadable or foreign ONNX file.
+        OnnxModelError: missing, unloadable or foreign ONNX file, or metadata whose values
+            an export does not hold (:func:`read_onnx_metadata`); from ``infer``, a ``det``
+            output whose number of classes is not the metadata's (edited metadata).
         tarfuse_ros.core.runtime.DeviceUnavailableError: (a ``RuntimeError``) CUDA
             unavailable (without ``allow_cpu_fallback``).
         ValueError: bad settings.
@@ -358,8 +396,8 @@ class OnnxFusionEngine(PairEngine):
         self._images = images
         self._ir_norm, self._ir_low, self._ir_high = ir_norm, float(ir_low), float(ir_high)
         self._pad_mode = pad_mode
-        self._multiple = int(self._export.get('size_multiple', 32))
-        self._min_side = int(self._export.get('min_side', 0))
+        self._multiple = self._export['size_multiple']
+        self._min_side = self._export['min_side']
         # PyTorch enlarges frames below the global stage's min side for its fit, the graph
         # cannot (README, ONNX): such frames get other maps here, said once per engine.
         self._global_min_side = int(model.get('global_min_side', 0) or 0) \
@@ -465,6 +503,12 @@ class OnnxFusionEngine(PairEngine):
         fused_y = to_uint8(raw['fused'][:, 0, :net_h, :net_w])
         registered = to_uint8(raw['registered_ir'][:, 0, :net_h, :net_w])
         flow = raw['flow'][:, :, :net_h, :net_w].astype(np.float32).transpose(0, 2, 3, 1)
+        if 'det' in raw and raw['det'].shape[1] != 4 + self._num_classes:
+            raise OnnxModelError(
+                f'{self._weights}: its det output holds {raw["det"].shape[1] - 4} classes but '
+                f'its metadata names {self._num_classes} (num_classes {self._num_classes}, '
+                f'class_names {self.class_names}): the metadata was edited; re-export the '
+                f'checkpoint with tarfuse-export')
         outputs = []
         for b, item in enumerate(items):
             rows = (nms_rows(raw['det'][b], conf, iou, max_det, classes) if 'det' in raw

@@ -120,9 +120,10 @@ def validate_thresholds(conf, iou, max_det, classes, num_classes):
     ``classes``: None or a sequence of class ids in ``[0, num_classes)``; an empty sequence means
     no filter (ROS parameters cannot express None). Raises ``ValueError`` naming the bad value.
     """
-    if isinstance(conf, bool) or not isinstance(conf, (int, float)) or not 0.0 <= conf <= 1.0:
+    # numbers.Real: NumPy scalars too (np.float32 was refused as 'not a number').
+    if isinstance(conf, bool) or not isinstance(conf, numbers.Real) or not 0.0 <= conf <= 1.0:
         raise ValueError(f'conf_threshold must be a number in [0, 1], got {conf!r}')
-    if isinstance(iou, bool) or not isinstance(iou, (int, float)) or not 0.0 <= iou <= 1.0:
+    if isinstance(iou, bool) or not isinstance(iou, numbers.Real) or not 0.0 <= iou <= 1.0:
         raise ValueError(f'iou_threshold must be a number in [0, 1], got {iou!r}')
     if isinstance(max_det, bool) or not isinstance(max_det, (int, np.integer)) or max_det < 1:
         raise ValueError(f'max_detections must be an integer >= 1, got {max_det!r}')

@@ -207,6 +207,34 @@ def test_mismatched_tensors(tmp_path, trained_like_model):
         load_checkpoint(path)
 
 
+def test_integer_or_non_finite_weights_are_refused_by_name(tmp_path):
+    # Both loaded: load_state_dict cast an int32 tensor into the float weights, and NaN
+    # weights (a diverged run) gave an engine with black fused images and no detections.
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+    from tarfuse_ros.core.paths import default_weights_path
+    shipped = str(default_weights_path())
+    with safe_open(shipped, framework='pt') as handle:
+        metadata = handle.metadata()
+    name = 'reconstruction.layers.2.weight'
+    cases = {'int32': ('integer and float dtypes swapped (file != model): '
+                       f'{name} torch.int32 != torch.float32'),
+             'nan': f'tensors hold NaN or infinite values ({name})',
+             'inf': f'tensors hold NaN or infinite values ({name})'}
+    for case, words in cases.items():
+        tensors = load_file(shipped)
+        assert name in tensors
+        if case == 'int32':
+            tensors[name] = (tensors[name] * 100).to(torch.int32)
+        else:
+            tensors[name][0] = float(case)
+        path = tmp_path / f'{case}.safetensors'
+        save_file(tensors, str(path), metadata=metadata)
+        with pytest.raises(CheckpointError) as raised:
+            FusionEngine(path)
+        assert words in str(raised.value), str(raised.value)
+
+
 def test_invalid_stored_config(tmp_path, trained_like_model):
     header = {'format_version': FORMAT_VERSION, 'model': {'no_such_field': 1}}
     path = tmp_path / 'badconfig.safetensors'

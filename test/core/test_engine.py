@@ -232,6 +232,21 @@ def test_uint16_ir_percentile(engine, pair):
     assert result.registered_ir.std() > 5.0
 
 
+def test_16_bit_bgra_ir_drops_alpha_before_its_range(engine, pair):
+    # An opaque 16-bit alpha (65535, as cv2.IMREAD_UNCHANGED reads a 16-bit PNG with alpha)
+    # took part in the percentile range: the IR came out in [0, 0.22] instead of [0, 1].
+    ir, vi = _small(pair)
+    ir16 = ir.astype(np.uint16) * 40 + 20000
+    bgr = np.dstack([ir16] * 3)
+    bgra = np.dstack([bgr, np.full(ir.shape, 65535, np.uint16)])
+    plane = images.prepare_pair(bgra, vi).ir
+    assert plane.max() == 1.0
+    np.testing.assert_array_equal(plane, images.prepare_pair(bgr, vi).ir)
+    a, b = engine.infer(bgr, vi), engine.infer(bgra, vi)
+    np.testing.assert_array_equal(a.fused, b.fused)
+    np.testing.assert_array_equal(a.flow_px, b.flow_px)
+
+
 def test_colour_and_grey_visible(engine, pair):
     ir, vi = _small(pair)
     colour = engine.infer(ir, vi)
@@ -299,6 +314,21 @@ def test_thresholds_validated_and_applied(firing_weights, pair):
     assert eng.thresholds == before
     with pytest.raises(ValueError, match='conf_threshold'):
         FusionEngine(firing_weights, conf_threshold=3.0)
+
+
+def test_thresholds_take_numpy_numbers(firing_weights, pair):
+    # np.float32(0.6) was refused as 'conf_threshold must be a number in [0, 1]' (np.float64
+    # and np.int64 max_detections were taken).
+    ir, vi = _small(pair)
+    plain = FusionEngine(firing_weights, conf_threshold=0.6, iou_threshold=0.3)
+    numpy = FusionEngine(firing_weights, conf_threshold=np.float32(0.6),
+                         iou_threshold=np.float32(0.3), max_detections=np.int64(100))
+    assert len(plain.infer(ir, vi).detections) == len(numpy.infer(ir, vi).detections) > 0
+    numpy.set_thresholds(conf_threshold=np.int64(1))
+    assert numpy.infer(ir, vi).detections == []
+    for bad in (np.bool_(True), np.float32('nan'), np.float32(1.5)):
+        with pytest.raises(ValueError, match='conf_threshold must be a number in'):
+            numpy.set_thresholds(conf_threshold=bad)
 
 
 def test_set_thresholds_from_another_thread(firing_engine, pair):

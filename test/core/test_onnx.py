@@ -476,6 +476,44 @@ def test_a_bad_onnx_file_is_refused_with_one_clear_error(tmp_path):
     assert 'tarfuse-export WEIGHTS --out MODEL.onnx --no-scale-search' in str(raised.value)
 
 
+def _with_metadata(source, path, model=None, export=None):
+    """Write ``source`` (an export) to ``path`` with its metadata's dicts updated."""
+    proto = onnx.load(str(source))
+    for entry in proto.metadata_props:
+        changes = {CONFIG_KEY: model, ONNX_KEY: export}.get(entry.key)
+        if changes:
+            value = json.loads(entry.value)
+            (value['model'] if entry.key == CONFIG_KEY else value).update(changes)
+            entry.value = json.dumps(value)
+    onnx.save(proto, str(path))
+    return path
+
+
+def test_edited_onnx_metadata_is_refused_by_name(shipped_onnx, tmp_path, roadscene_pair):
+    # The metadata's config was read unchecked: two class names for the graph's three gave
+    # detections named '2', size_multiple 0 a ZeroDivisionError, min_side 'x' "invalid
+    # literal for int()", and num_classes 1 an IndexError in the middle of infer.
+    cases = [({'class_names': ['a', 'b']}, None,
+              'num_classes (3) must be >= 1 and equal len(class_names) (2'),
+             ({'input_min_long_side': -4}, None, 'input_min_long_side must be an integer >= 0'),
+             (None, {'size_multiple': 0}, 'size_multiple 0 and min_side 64, not 32'),
+             (None, {'min_side': 'x'}, "min_side 'x', not 32 and an integer >= 0")]
+    for index, (model, export, words) in enumerate(cases):
+        path = _with_metadata(shipped_onnx, tmp_path / f'edited{index}.onnx', model, export)
+        with pytest.raises(OnnxModelError) as raised:
+            read_onnx_metadata(path)
+        message = str(raised.value)
+        assert words in message and 're-export the checkpoint with tarfuse-export' in message
+    # Consistent in itself, but not the graph's: refused when the det output shows it.
+    path = _with_metadata(shipped_onnx, tmp_path / 'one_class.onnx',
+                          {'class_names': ['person'], 'num_classes': 1})
+    engine = OnnxFusionEngine(path, threads=1)
+    ir, vi = (cv2.resize(image, (224, 160)) for image in roadscene_pair)
+    with pytest.raises(OnnxModelError, match='its det output holds 3 classes but its metadata '
+                                             'names 1 '):
+        engine.infer(ir, vi)
+
+
 @pytest.mark.parametrize('name', ['medical.onnx', 'medical'])
 def test_a_checkpoint_given_to_the_onnxruntime_backend_is_named_as_such(tmp_path, name):
     # It was reported as "not a loadable ONNX model (... Protobuf parsing failed)".
