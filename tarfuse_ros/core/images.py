@@ -11,10 +11,16 @@ Normalisation rules (:func:`to_unit_gray`, :func:`to_unit_visible`):
   0 and 1, values outside are clipped, so a few hot or dead pixels do not squash the contrast.
   ``norm='minmax'`` uses the frame's minimum and maximum, ``norm='fixed'`` divides by 65535.
   A flat frame (range 0) maps to zeros.
-- float (``float16``, ``float32``, ``float64``): if the maximum is at most 1 the image is taken
-  to be in [0, 1] already (negatives clipped to 0); else if it is at most 255 it is taken to be
-  on the 8-bit scale and divided by 255; else (e.g. ``32FC1`` temperatures) it is normalised per
-  frame as a ``uint16`` frame would be. NaN or infinite values raise ``ValueError``.
+- float (``float16``, ``float32``, ``float64``), visible image (:func:`to_unit_visible`): if
+  the maximum is at most 1 the image is taken to be in [0, 1] already (negatives clipped to 0);
+  else if it is at most 255 it is taken to be on the 8-bit scale and divided by 255; else it is
+  normalised per frame as a ``uint16`` frame would be.
+- float IR (:func:`to_unit_gray`, e.g. ``32FC1``): a frame within [0, 1] is taken as it is;
+  any other (temperatures in degrees Celsius or kelvin, counts, an 8-bit scale) is normalised
+  per frame as a ``uint16`` frame would be. Temperatures in Celsius lie within [0, 255] or
+  below 0 and are not 8-bit grey levels: read with the visible image's rule, a scene of 15-40
+  degrees would keep a tenth of the grey range, and one below freezing would be black.
+- NaN or infinite values raise ``ValueError``.
 - Other dtypes (signed integers, bool, ...) raise ``ValueError``.
 
 Colour: a visible ``HxWx3`` image is BGR (OpenCV order; ``HxWx4`` BGRA drops alpha). The network
@@ -144,8 +150,12 @@ def _robust_range(img, norm, low, high):
     return float(lo), float(hi)
 
 
-def _to_unit(img, norm, low, high, name):
-    """Return ``img`` (checked) as float32 in [0, 1], channels untouched."""
+def _to_unit(img, norm, low, high, name, float_scales=True):
+    """Return ``img`` (checked) as float32 in [0, 1], channels untouched.
+
+    ``float_scales``: the visible image's float rules (module docstring); False: the IR's (a
+    float frame outside [0, 1] is normalised per frame).
+    """
     if norm not in IR_NORMS:
         raise ValueError(f'norm must be one of {IR_NORMS}, got {norm!r}')
     _check_percentiles(low, high)
@@ -153,14 +163,15 @@ def _to_unit(img, norm, low, high, name):
         return img.astype(np.float32) * np.float32(1.0 / 255.0)
     if img.dtype in _FLOAT_DTYPES:
         peak = float(img.max())
-        if peak <= 1.0:
+        if peak <= 1.0 and (float_scales or float(img.min()) >= 0.0):
             return np.clip(img.astype(np.float32), 0.0, 1.0)
-        if peak <= 255.0:
+        if float_scales and peak <= 255.0:
             return np.clip(img.astype(np.float32) * np.float32(1.0 / 255.0), 0.0, 1.0)
         if norm == 'fixed':
+            beyond = 'above 255' if float_scales else 'outside [0, 1]'
             raise ValueError(
-                f'{name}: norm="fixed" is undefined for float images above 255 '
-                f'(max {peak:g}); use "percentile" or "minmax"')
+                f'{name}: norm="fixed" is undefined for float images {beyond} '
+                f'(min {float(img.min()):g}, max {peak:g}); use "percentile" or "minmax"')
     elif norm == 'fixed':  # uint16
         return img.astype(np.float32) * np.float32(1.0 / 65535.0)
     lo, hi = _robust_range(img, norm, low, high)
@@ -178,7 +189,7 @@ def to_unit_gray(img, ir_norm='percentile', low=0.5, high=99.5, name='image'):
             the rules). ``HxWx3``/``HxWx4`` (BGR/BGRA, alpha dropped first) is accepted and
             reduced to its luma.
         ir_norm: ``'percentile'``, ``'minmax'`` or ``'fixed'``: how uint16 (and float frames
-            above 255) are scaled.
+            outside [0, 1]: temperatures) are scaled.
         low, high: percentiles (0-100) mapped to 0 and 1 with ``'percentile'``.
         name: what to call the image in error messages.
 
@@ -196,7 +207,7 @@ def to_unit_gray(img, ir_norm='percentile', low=0.5, high=99.5, name='image'):
         # Alpha is dropped before the range is taken: an opaque 16-bit alpha (65535) would
         # otherwise set the top of a uint16 frame's range and squash its contrast.
         img = img[:, :, :3]
-    unit = _to_unit(img, ir_norm, low, high, name)
+    unit = _to_unit(img, ir_norm, low, high, name, float_scales=False)
     if unit.ndim == 3:
         unit = bgr_to_ycrcb(unit)[:, :, 0]
     return np.ascontiguousarray(unit, dtype=np.float32)
@@ -456,7 +467,7 @@ def prepare_pair(ir, vi, ir_norm='percentile', ir_low=0.5, ir_high=99.5, keep_ui
             to its luma).
         vi: visible image ``HxW`` grey or ``HxWx3`` BGR (``HxWx4``: alpha dropped), uint8,
             uint16 or float.
-        ir_norm, ir_low, ir_high: how 16-bit (and float above 255) IR frames are scaled
+        ir_norm, ir_low, ir_high: how 16-bit (and float outside [0, 1]) IR frames are scaled
             (:func:`to_unit_gray`); the visible image always uses the default rule.
         keep_uint8: keep 8-bit planes as uint8 (the engine uploads 8 bits and scales on the
             device); float32 in [0, 1] otherwise.

@@ -217,10 +217,31 @@ def test_uint16_and_float_ir_match_uint8(weights, pair):
     base = eng.infer(ir, vi)
     as16 = eng.infer(ir.astype(np.uint16) * 257, vi)
     as_float = eng.infer(ir.astype(np.float32) / 255.0, vi)
-    as_double = eng.infer(ir.astype(np.float64), vi)  # 0..255 float scale
+    as_double = eng.infer(ir.astype(np.float64) / 255.0, vi)
     for other in (as16, as_float, as_double):
         assert np.abs(other.fused.astype(int) - base.fused.astype(int)).max() <= 1
         np.testing.assert_allclose(other.flow_px, base.flow_px, atol=1e-3)
+
+
+def test_float_ir_temperatures_in_celsius_are_stretched_like_kelvin(engine, pair):
+    # A 32FC1 thermal frame in degrees Celsius was read as 8-bit grey levels (divided by 255:
+    # a 15-40 degree scene kept a tenth of the grey range) or, below freezing, clipped to a
+    # black frame; in kelvin (above 255) it was stretched per frame. All three are stretched.
+    ir, vi = _small(pair)
+    celsius = 15.0 + ir.astype(np.float32) * np.float32(25.0 / 255.0)
+    kelvin = engine.infer(celsius + np.float32(273.15), vi)
+    for frame in (celsius, celsius - np.float32(45.0)):  # 15-40 and -30 to -5 degrees
+        plane = images.prepare_pair(frame, vi).ir
+        assert plane.min() == 0.0 and plane.max() == 1.0
+        result = engine.infer(frame, vi)
+        assert np.abs(result.fused.astype(int) - kelvin.fused.astype(int)).max() <= 1
+        assert np.abs(result.registered_ir.astype(int)
+                      - kelvin.registered_ir.astype(int)).max() <= 1
+    with pytest.raises(ValueError, match=r'outside \[0, 1\]'):
+        images.prepare_pair(celsius, vi, ir_norm='fixed')
+    # The visible image keeps its 8-bit float scale.
+    y, _ = images.to_unit_visible(np.array([[0.0, 127.5, 255.0]], np.float32))
+    np.testing.assert_allclose(y, [[0.0, 0.5, 1.0]], atol=1e-6)
 
 
 def test_uint16_ir_percentile(engine, pair):

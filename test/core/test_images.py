@@ -52,11 +52,15 @@ def test_uint16_flat_frame_is_zero():
 def test_float_scales(dtype):
     unit = np.array([[0.0, 0.5, 1.0]], dtype)
     np.testing.assert_allclose(images.to_unit_gray(unit), unit, atol=1e-7)
-    eight_bit = np.array([[0.0, 127.5, 255.0]], dtype)
-    np.testing.assert_allclose(images.to_unit_gray(eight_bit), [[0.0, 0.5, 1.0]], atol=1e-6)
-    kelvin = np.array([[290.0, 300.0, 310.0]], dtype)
-    np.testing.assert_allclose(images.to_unit_gray(kelvin, ir_norm='minmax'),
-                               [[0.0, 0.5, 1.0]], atol=1e-6)
+    # Any other float IR frame is stretched per frame: kelvin, Celsius (within [0, 255] or
+    # below 0: not 8-bit grey levels), a [0, 1] frame with negatives.
+    for frame in ([290.0, 300.0, 310.0], [15.0, 27.5, 40.0], [-30.0, -17.5, -5.0],
+                  [-0.5, 0.25, 1.0]):
+        np.testing.assert_allclose(images.to_unit_gray(np.array([frame], dtype), 'minmax'),
+                                   [[0.0, 0.5, 1.0]], atol=1e-6)
+    # The visible image keeps the 8-bit scale of floats up to 255.
+    y, _ = images.to_unit_visible(np.array([[15.0, 127.5, 255.0]], dtype))
+    np.testing.assert_allclose(y, [[15.0 / 255.0, 0.5, 1.0]], atol=1e-6)
 
 
 @pytest.mark.parametrize('bad, match', [
