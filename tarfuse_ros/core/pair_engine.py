@@ -259,6 +259,9 @@ class PairEngine:
             list of :class:`FusionResult`, in input order.
 
         Raises:
+            TypeError: ``irs`` or ``vis`` is one image (an ``HxW`` or ``HxWxC`` array with C
+                1, 3 or 4) instead of a sequence of them (a stacked ``NxHxW`` or ``NxHxWxC``
+                array is a sequence).
             ValueError: different lengths, or an image that
                 :func:`~tarfuse_ros.core.images.prepare_pair` refuses (empty, wrong shape or
                 dtype).
@@ -266,6 +269,12 @@ class PairEngine:
         """
         from tarfuse_ros.core.chroma import ir_chroma_for, restore_ir_chroma
 
+        for label, given in (('irs', irs), ('vis', vis)):
+            if isinstance(given, np.ndarray) and (
+                    given.ndim <= 2 or (given.ndim == 3 and given.shape[2] in (1, 3, 4))):
+                # list() of one image would give its rows, refused later as 1-D images.
+                raise TypeError(f'infer_batch takes lists of images; {label} is one array of '
+                                f'shape {given.shape}: pass [image] (or call infer for one pair)')
         irs, vis = list(irs), list(vis)
         if len(irs) != len(vis):
             raise ValueError(f'got {len(irs)} IR images but {len(vis)} visible images')

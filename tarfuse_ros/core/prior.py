@@ -88,7 +88,8 @@ class RegistrationPrior:
     """A validated IR -> visible homography with the image sizes it was made for.
 
     Build it with :func:`make_prior` (which validates). ``homography``: ``(3, 3)`` float64 array
-    (IR pixels -> visible pixels); ``ir_size`` and ``visible_size``: ``(width, height)``.
+    (IR pixels -> visible pixels), read-only (make another prior to change it); ``ir_size`` and
+    ``visible_size``: ``(width, height)``.
     """
 
     homography: np.ndarray
@@ -211,7 +212,9 @@ def make_prior(homography, ir_size=(), visible_size=(), name='registration.prior
                          f'line at infinity (its last row changes sign over the image): not a '
                          f'camera-to-camera homography; check the row-major order')
     _check_overlap(matrix, ir_wh, visible_wh, name)
-    return RegistrationPrior(matrix / matrix[2, 2], ir_wh, visible_wh)
+    homography = matrix / matrix[2, 2]
+    homography.setflags(write=False)  # validated once: an edit in place would skip the checks
+    return RegistrationPrior(homography, ir_wh, visible_wh)
 
 
 def _frame_corners(wh):

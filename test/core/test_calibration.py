@@ -170,6 +170,8 @@ def test_prior_mapping_the_ir_frame_outside_the_visible_frame_is_refused_with_it
 def test_prior_overlapping_the_visible_frame_is_accepted(homography, ir_size, visible_size):
     prior = make_prior(homography, ir_size, visible_size)
     assert np.allclose(prior.homography, np.reshape(homography, (3, 3)))
+    with pytest.raises(ValueError, match='read-only'):  # validated once: no edit skips it
+        prior.homography[0, 2] = 1e6
 
 
 def test_empty_prior_means_none_and_the_engine_refuses_a_foreign_prior():

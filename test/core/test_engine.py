@@ -294,6 +294,13 @@ def test_infer_batch_matches_single(engine, pair):
         assert len(single.detections) == len(result.detections)
     with pytest.raises(ValueError, match='2 IR images but 1 visible'):
         engine.infer_batch([ir, ir], [vi])
+    # One pair given as arrays, not lists: said so (it failed on the image's rows as images).
+    with pytest.raises(TypeError, match=r'irs is one array of shape \(70, 100\): pass \[image\]'):
+        engine.infer_batch(ir, [vi])
+    with pytest.raises(TypeError, match=r'vis is one array of shape \(70, 100, 3\)'):
+        engine.infer_batch([ir], vi)
+    stacked = engine.infer_batch(np.stack([ir, ir]), np.stack([vi, vi]))  # N x H x W (x C)
+    assert len(stacked) == 2 and np.array_equal(stacked[0].fused, stacked[1].fused)
 
 
 @pytest.mark.parametrize('bad_ir, match', [
