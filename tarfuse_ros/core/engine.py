@@ -56,8 +56,8 @@ import numpy as np
 from tarfuse_ros.core import images
 from tarfuse_ros.core.checkpoint import load_checkpoint
 from tarfuse_ros.core.model.matching import _normalised_affine_to_pixel
-from tarfuse_ros.core.pair_engine import (Detection, enlarge_planes, FusionResult,
-                                          outputs_to_frame, PairEngine)
+from tarfuse_ros.core.pair_engine import (Detection, FusionResult, outputs_to_frame,
+                                          PairEngine, resize_planes)
 from tarfuse_ros.core.prior import apply_prior, check_prior, published_outputs
 from tarfuse_ros.core.runtime import cudnn_benchmark, resolve_device
 import torch
@@ -263,6 +263,12 @@ class FusionEngine(PairEngine):
             YOLO's ``imgsz`` enlarges small images; the detection head then sees objects at
             the scale it was trained at. None (default): the checkpoint's
             ``input_min_long_side`` (0 in checkpoints written before the field); 0: never.
+        input_max_long_side: a visible frame whose longer side is above this many pixels is
+            shrunk to it (aspect kept, area average) for the network, and the outputs are
+            brought back to the frame (bilinear): a 1920x1080 camera then costs what a
+            1024x576 one does (README, "Large cameras"), for a fused image resampled from
+            that size. 0 (default): never; else an integer in [256, 16384], not below
+            ``input_min_long_side``.
 
     Raises:
         CheckpointError: missing or invalid weights.
@@ -277,7 +283,7 @@ class FusionEngine(PairEngine):
                  allow_cpu_fallback=False, ir_norm='percentile', ir_low=0.5, ir_high=99.5,
                  pad_mode='replicate', cudnn_benchmark=True, fuse_bn=True, channels_last=True,
                  registration_prior=None, scale_search=True, global_every=1, global_window=1,
-                 input_min_long_side=None):
+                 input_min_long_side=None, input_max_long_side=0):
         if cuda_graph is True or cuda_graph is False:
             cuda_graph = 'on' if cuda_graph else 'off'
         if cuda_graph not in CUDA_GRAPH_MODES:
@@ -343,6 +349,7 @@ class FusionEngine(PairEngine):
                 f'global_features {config.global_features!r}): leave both at 1')
         self._global_every, self._global_window = int(global_every), int(global_window)
         self._set_input_min_long_side(input_min_long_side, model.config.input_min_long_side)
+        self._set_input_max_long_side(input_max_long_side)
         # The stream's state, behind its own lock (read by global_map_state without waiting
         # for a model run): the key its fits belong to (IR input shape, network input shape,
         # valid size, pre-warp), the fits, and the pairs since the last fit.
@@ -474,12 +481,13 @@ class FusionEngine(PairEngine):
             ``(ir, vi)``: ``(1, 1, H, W)`` float32 tensors in [0, 1] on :attr:`device`, the IR
             resized to the visible frame (and warped by the registration prior); ``H x W`` is
             the visible frame, enlarged where it is smaller than :attr:`input_min_long_side`
+            and shrunk where it is larger than :attr:`input_max_long_side`
             (:meth:`network_size`).
 
         """
         pair = self._prepare(ir, vi, 0)
         size = self.network_size(*pair.vi_y.shape[:2])
-        ir_plane, vi_plane = enlarge_planes([pair.ir, pair.vi_y], size)
+        ir_plane, vi_plane = resize_planes([pair.ir, pair.vi_y], size)
         return self._unit_tensor([ir_plane]), self._unit_tensor([vi_plane])
 
     def _unit_tensor(self, planes):
@@ -553,9 +561,9 @@ class FusionEngine(PairEngine):
         return _median_map(torch.cat(fits)).to(ir_t.device) if fits else fit
 
     def _to_tensors(self, items, net_size):
-        """Stack same-size prepared pairs, enlarged to ``net_size``, into padded tensors."""
-        vi_t = self._unit_tensor(enlarge_planes([item.vi_y for item in items], net_size))
-        ir_t = self._unit_tensor(enlarge_planes([item.ir for item in items], net_size))
+        """Stack same-size prepared pairs, resized to ``net_size``, into padded tensors."""
+        vi_t = self._unit_tensor(resize_planes([item.vi_y for item in items], net_size))
+        ir_t = self._unit_tensor(resize_planes([item.ir for item in items], net_size))
         vi_t, _ = images.pad_to_multiple(vi_t, 32, self._pad_mode, self._min_side)
         ir_t, _ = images.pad_to_multiple(ir_t, 32, self._pad_mode, self._min_side)
         return ir_t, vi_t

@@ -33,7 +33,7 @@ import time
 import cv2
 import numpy as np
 from tarfuse_ros.core.files import is_safetensors, is_torch_pickle
-from tarfuse_ros.core.pair_engine import enlarge_planes, outputs_to_frame, PairEngine
+from tarfuse_ros.core.pair_engine import outputs_to_frame, PairEngine, resize_planes
 from tarfuse_ros.core.sizes import enlarged_size, MAX_ENLARGED_LONG_SIDE
 
 __all__ = ['CONFIG_KEY', 'FUSION_OUTPUTS', 'MIN_OPSET', 'ONNX_FORMAT_VERSION', 'ONNX_INPUTS',
@@ -313,6 +313,7 @@ class OnnxFusionEngine(PairEngine):
             global stage on every pair (the stream setting is the torch engine's).
         input_min_long_side: as :class:`~tarfuse_ros.core.engine.FusionEngine`'s (None: the
             checkpoint's value in the export's metadata).
+        input_max_long_side: as :class:`~tarfuse_ros.core.engine.FusionEngine`'s.
 
     Raises:
         OnnxModelError: missing, unloadable or foreign ONNX file, or metadata whose values
@@ -330,7 +331,7 @@ class OnnxFusionEngine(PairEngine):
                  iou_threshold=0.45, max_detections=100, classes=None, allow_cpu_fallback=False,
                  ir_norm='percentile', ir_low=0.5, ir_high=99.5, pad_mode='replicate',
                  registration_prior=None, scale_search=True, global_every=1, global_window=1,
-                 input_min_long_side=None):
+                 input_min_long_side=None, input_max_long_side=0):
         import onnxruntime as ort
         from tarfuse_ros.core import images, prior
 
@@ -406,6 +407,7 @@ class OnnxFusionEngine(PairEngine):
         # Small frames are enlarged for the graph as the torch engine does (the checkpoint's
         # input_min_long_side, kept in the export's metadata, unless overridden).
         self._set_input_min_long_side(input_min_long_side, model.get('input_min_long_side'))
+        self._set_input_max_long_side(input_max_long_side)
 
     # -- properties -------------------------------------------------------------------------
     @property
@@ -453,9 +455,15 @@ class OnnxFusionEngine(PairEngine):
         net_size = self.network_size(height, width)
         if min(net_size) < self._global_min_side and not self._small_frame_warned:
             self._small_frame_warned = True
-            _LOG.warning(_small_frame_warning((height, width), self._global_min_side))
-        feeds = {'ir': self._batch(enlarge_planes([item.ir for item in items], net_size)),
-                 'vi': self._batch(enlarge_planes([item.vi_y for item in items], net_size)),
+            if min(height, width) >= self._global_min_side:  # input_max_long_side shrank it
+                _LOG.warning(f'input_max_long_side {self._max_long_side} shrinks a {width}x'
+                             f"{height} frame below the global stage's min side "
+                             f'({self._global_min_side} px), which the ONNX graph cannot '
+                             f'enlarge for its fit (said once): raise input_max_long_side')
+            else:
+                _LOG.warning(_small_frame_warning((height, width), self._global_min_side))
+        feeds = {'ir': self._batch(resize_planes([item.ir for item in items], net_size)),
+                 'vi': self._batch(resize_planes([item.vi_y for item in items], net_size)),
                  'valid_size': np.array(net_size, dtype=np.int64)}
         feeds = {name: feeds[name] for name in self._input_names}
         self._check_fixed_size(feeds['ir'].shape, height, width)

@@ -15,10 +15,11 @@ implements two steps:
   ``stream_key`` is the IR input's shape when the call held one pair (a stream's pair), else
   None.
 
-Small frames: a checkpoint's ``input_min_long_side`` (``TarFuseConfig``) has both backends
-enlarge the network's input planes (:func:`enlarge_planes`, bilinear) until the longer side
-reaches it, and bring the outputs back to the visible frame (:func:`outputs_to_frame`) before
-the prior and the chroma are applied, so results are in the visible frame either way.
+Frame sizes: a checkpoint's ``input_min_long_side`` (``TarFuseConfig``) has both backends
+enlarge the network's input planes (:func:`resize_planes`, bilinear) until the longer side
+reaches it, and the engines' ``input_max_long_side`` shrinks them (area average) until it is
+at most that; the outputs are brought back to the visible frame (:func:`outputs_to_frame`)
+before the prior and the chroma are applied, so results are in the visible frame either way.
 
 This module imports no torch at load time (the prior and chroma modules it uses are imported
 when first needed).
@@ -31,9 +32,10 @@ import threading
 import time
 
 import numpy as np
-from tarfuse_ros.core.sizes import enlarged_size, MAX_ENLARGED_LONG_SIDE
+from tarfuse_ros.core.sizes import (enlarged_size, MAX_ENLARGED_LONG_SIDE,
+                                    MIN_SHRUNK_LONG_SIDE, shrunk_size)
 
-__all__ = ['Detection', 'FusionResult', 'PairEngine', 'enlarge_planes', 'outputs_to_frame',
+__all__ = ['Detection', 'FusionResult', 'PairEngine', 'outputs_to_frame', 'resize_planes',
            'validate_thresholds']
 
 
@@ -69,20 +71,27 @@ class FusionResult:
     timings_ms: dict = field(default_factory=dict)
 
 
-def enlarge_planes(planes, size):
-    """Resize ``HxW`` planes to the network frame ``size`` = ``(height, width)`` (bilinear).
+def resize_planes(planes, size):
+    """Resize ``HxW`` planes to the network frame ``size`` = ``(height, width)``.
 
-    Planes already of that size are returned as they are. OpenCV ``INTER_LINEAR`` (half-pixel
-    centres, as ``torch.nn.functional.interpolate(mode='bilinear', align_corners=False)``).
+    Planes already of that size are returned as they are. Enlarged by OpenCV ``INTER_LINEAR``
+    (half-pixel centres, as ``torch.nn.functional.interpolate(mode='bilinear',
+    align_corners=False)``), shrunk by ``INTER_AREA`` (an area average: no aliasing).
     """
     import cv2
     height, width = size
-    return [p if p.shape[:2] == (height, width)
-            else cv2.resize(p, (width, height), interpolation=cv2.INTER_LINEAR) for p in planes]
+    out = []
+    for plane in planes:
+        if plane.shape[:2] != (height, width):
+            shrink = height * width < plane.shape[0] * plane.shape[1]
+            plane = cv2.resize(plane, (width, height),
+                               interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+        out.append(plane)
+    return out
 
 
 def outputs_to_frame(fused, registered, flow, rows, height, width):
-    """Bring one pair's outputs from an enlarged network frame back to ``height x width``.
+    """Bring one pair's outputs from the network frame back to ``height x width``.
 
     Args:
         fused, registered: ``H'xW'`` uint8 planes in the network frame.
@@ -92,11 +101,13 @@ def outputs_to_frame(fused, registered, flow, rows, height, width):
         height, width: the visible frame.
 
     Returns:
-        ``(fused, registered, flow, rows)`` in the visible frame: the field and the registered
-        IR averaged down (OpenCV ``INTER_AREA``), the field's vectors and the boxes scaled by
-        the frame's ratio per axis, the fused image resampled bilinearly (``INTER_LINEAR``:
-        an area average softens the edges the fusion keeps; RoadScene test Qabf 0.445 against
-        0.443). Inputs already of the frame's size are returned as they are.
+        ``(fused, registered, flow, rows)`` in the visible frame: from an enlarged network
+        frame the field and the registered IR averaged down (OpenCV ``INTER_AREA``), from a
+        shrunk one (``input_max_long_side``) resampled bilinearly (``INTER_LINEAR``; an area
+        resize repeats pixels when it enlarges); the field's vectors and the boxes scaled by
+        the frame's ratio per axis; the fused image resampled bilinearly either way (an area
+        average softens the edges the fusion keeps; RoadScene test Qabf 0.445 against 0.443).
+        Inputs already of the frame's size are returned as they are.
 
     """
     import cv2
@@ -105,10 +116,10 @@ def outputs_to_frame(fused, registered, flow, rows, height, width):
         return fused, registered, flow, rows
     sx, sy = width / net_w, height / net_h
     size = (width, height)
-    flow = (cv2.resize(flow, size, interpolation=cv2.INTER_AREA)
-            * np.float32([sx, sy])).astype(np.float32)
+    down = cv2.INTER_AREA if net_h * net_w > height * width else cv2.INTER_LINEAR
+    flow = (cv2.resize(flow, size, interpolation=down) * np.float32([sx, sy])).astype(np.float32)
     fused = cv2.resize(fused, size, interpolation=cv2.INTER_LINEAR)
-    registered = cv2.resize(registered, size, interpolation=cv2.INTER_AREA)
+    registered = cv2.resize(registered, size, interpolation=down)
     if rows is not None:
         rows = np.asarray(rows, np.float64) * np.array([sx, sy, sx, sy, 1.0, 1.0])
     return fused, registered, flow, rows
@@ -202,14 +213,36 @@ class PairEngine:
                              f'enlarge), got {value!r}')
         self._min_long_side = int(value)
 
+    def _set_input_max_long_side(self, value):
+        """Resolve the engine's ``input_max_long_side`` argument (0: never shrink).
+
+        Raises ``ValueError`` for anything but 0 or an integer in ``[MIN_SHRUNK_LONG_SIDE,
+        MAX_ENLARGED_LONG_SIDE]`` (256-16384) that is not below ``input_min_long_side``.
+        """
+        if (isinstance(value, bool) or not isinstance(value, numbers.Integral)
+                or not (value == 0 or MIN_SHRUNK_LONG_SIDE <= value <= MAX_ENLARGED_LONG_SIDE)):
+            raise ValueError(f'input_max_long_side must be 0 (never shrink) or an integer in '
+                             f'[{MIN_SHRUNK_LONG_SIDE}, {MAX_ENLARGED_LONG_SIDE}] (pixels), '
+                             f'got {value!r}')
+        if 0 < value < self._min_long_side:
+            raise ValueError(f'input_max_long_side ({value}) must be 0 or at least '
+                             f'input_min_long_side ({self._min_long_side})')
+        self._max_long_side = int(value)
+
     @property
     def input_min_long_side(self):
         """Frames with a shorter longer side are enlarged to it for the network (0: never)."""
         return self._min_long_side
 
+    @property
+    def input_max_long_side(self):
+        """Frames with a longer longer side are shrunk to it for the network (0: never)."""
+        return self._max_long_side
+
     def network_size(self, height, width):
         """Return the ``(height, width)`` the network runs a visible frame of this size at."""
-        return enlarged_size(height, width, self._min_long_side)
+        height, width = enlarged_size(height, width, self._min_long_side)
+        return shrunk_size(height, width, self._max_long_side)
 
     @property
     def thresholds(self):

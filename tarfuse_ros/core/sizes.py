@@ -1,10 +1,14 @@
 """Frame sizes shared by training and both inference engines (no torch import)."""
 
-__all__ = ['MAX_ENLARGED_LONG_SIDE', 'enlarged_size']
+__all__ = ['MAX_ENLARGED_LONG_SIDE', 'MIN_SHRUNK_LONG_SIDE', 'enlarged_size', 'shrunk_size']
 
 # The largest long side a frame (or its features) may be enlarged to, pixels: the bound of
 # input_min_long_side / detect_min_long_side in the checkpoint and the engines' arguments.
 MAX_ENLARGED_LONG_SIDE = 16384
+
+# The smallest input_max_long_side the engines take, pixels: below about 256 px per side the
+# global stage's 8 px cells give it too few matches (models/MODEL_CARD.md, Limits).
+MIN_SHRUNK_LONG_SIDE = 256
 
 
 def enlarged_size(height, width, min_long_side):
@@ -21,3 +25,19 @@ def enlarged_size(height, width, min_long_side):
     scale = min_long_side / longer
     return (max(1, int(round(height * scale))) if height != longer else int(min_long_side),
             max(1, int(round(width * scale))) if width != longer else int(min_long_side))
+
+
+def shrunk_size(height, width, max_long_side):
+    """Return ``(height, width)`` scaled down so the longer side is ``max_long_side`` (aspect kept).
+
+    The mirror of :func:`enlarged_size`: sides rounded to whole pixels (at least 1); a frame
+    whose longer side is at most ``max_long_side`` (or ``max_long_side`` 0) keeps its size.
+    Used by the engines' ``input_max_long_side`` (large cameras run the network on a smaller
+    frame).
+    """
+    longer = max(height, width)
+    if max_long_side <= 0 or longer <= max_long_side:
+        return int(height), int(width)
+    scale = max_long_side / longer
+    return (max(1, int(round(height * scale))) if height != longer else int(max_long_side),
+            max(1, int(round(width * scale))) if width != longer else int(max_long_side))

@@ -2,6 +2,8 @@
 
 from dataclasses import dataclass
 
+from tarfuse_ros.core.sizes import MAX_ENLARGED_LONG_SIDE, MIN_SHRUNK_LONG_SIDE
+
 __all__ = ['DEFORM_MODES', 'EvalOptions', 'STORED_IR_MODES']
 
 DEFORM_MODES = ('auto', 'none', 'synthetic', 'dataset')
@@ -34,6 +36,8 @@ class EvalOptions:
         prior: node parameters file holding a calibration prior (``registration.prior*``, as
             ``tarfuse-calibrate`` writes it) that the model (and its zero-flow ablation) runs
             with; None: no prior.
+        input_max_long_side: the engines' ``input_max_long_side`` (the network runs frames
+            shrunk to this longer side; metrics stay at the pairs' size); 0: never.
 
     Raises:
         ValueError: a value out of range, naming the command-line option.
@@ -55,6 +59,7 @@ class EvalOptions:
     stored_ir: str = 'auto'
     teachers: tuple = ()
     prior: str = None
+    input_max_long_side: int = 0
 
     def __post_init__(self):
         if self.deform not in DEFORM_MODES:
@@ -69,6 +74,11 @@ class EvalOptions:
         for name, value in (('--conf', self.conf), ('--iou', self.iou)):
             if not 0.0 <= float(value) <= 1.0:  # NaN too; checked before the model loads
                 raise ValueError(f'{name} must be a number in [0, 1], got {value}')
+        side = self.input_max_long_side
+        if isinstance(side, bool) or not isinstance(side, int) or not (
+                side == 0 or MIN_SHRUNK_LONG_SIDE <= side <= MAX_ENLARGED_LONG_SIDE):
+            raise ValueError(f'--input-max-long-side must be 0 or an integer in '
+                             f'[{MIN_SHRUNK_LONG_SIDE}, {MAX_ENLARGED_LONG_SIDE}], got {side!r}')
         if int(self.figures) < 0:
             raise ValueError(f'--figures must be >= 0, got {self.figures}')
         if self.threads is not None and int(self.threads) < 1:

@@ -221,6 +221,7 @@ def _evaluate(data_dir, weights, out_dir, options):
             raise ValueError(f'--prior {options.prior}: the file sets no registration.prior')
         # The engine is given the IR resized to the visible frame (make_case).
         nms['registration_prior'] = prior_in_visible_frame(prior)
+    nms['input_max_long_side'] = options.input_max_long_side
     engine = FusionEngine(weights, device=options.device, **nms)
     # A second engine for the zero-flow ablation: CUDA graphs would replay without the hook.
     zero_engine = FusionEngine(weights, device=options.device, cuda_graph='off', **nms)
@@ -275,6 +276,7 @@ def _evaluate(data_dir, weights, out_dir, options):
         deform=deform, stored_ir=stored_ir, seed=int(options.seed), max_side=options.max_side,
         pairs=stems, skipped=skipped, device=engine.device, conf=options.conf, iou=options.iou,
         labels_dir=options.labels_dir, dropped_classes=unknown, teachers=teachers)
+    result['input_max_long_side'] = options.input_max_long_side
     # Whole or not at all: an interrupted run leaves no half-written file under these names.
     report = render_report(result)
     write_text_atomic(out_dir / 'metrics.json', json.dumps(result, indent=2) + '\n')

@@ -36,7 +36,10 @@ def _header(result):
     speed = result['speed']
     lines = ['# TarFuse evaluation', '',
              f'- data: `{result["dataset"]}` split `{result["split"]}` '
-             f'({result["num_pairs"]} pairs, max side {result["max_side"] or "native"})',
+             f'({result["num_pairs"]} pairs, max side {result["max_side"] or "native"}'
+             + (f'; the network on frames shrunk to a longer side of '
+                f'{result["input_max_long_side"]} px' if result.get('input_max_long_side')
+                else '') + ')',
              f'- weights: `{result["weights"]}`',
              f'- deformation: `{result["deform"]}` (per pair: {result["deformation_sources"]}), '
              f'seed {result["seed"]}',

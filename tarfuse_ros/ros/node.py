@@ -319,7 +319,8 @@ class TarFuseNode(Node):
                 registration_prior=registration_prior(params),
                 scale_search=params.registration_scale_search,
                 global_every=params.registration_global_every,
-                global_window=params.registration_global_window)
+                global_window=params.registration_global_window,
+                input_max_long_side=params.input_max_long_side)
         except model_error(params.backend) as exc:
             kind = '.onnx file from tarfuse-export' if onnx else '.safetensors checkpoint'
             example = 'model.onnx' if onnx else 'model.safetensors'

@@ -18,6 +18,7 @@ from rclpy.parameter import Parameter
 
 from tarfuse_ros.core.backends import BACKENDS
 from tarfuse_ros.core.paths import default_weights_path
+from tarfuse_ros.core.sizes import MAX_ENLARGED_LONG_SIDE, MIN_SHRUNK_LONG_SIDE
 
 __all__ = [
     'NodeParams', 'ParamSpec', 'PARAMETER_SPECS', 'RELIABILITY_VALUES', 'TRANSPORT_VALUES',
@@ -59,6 +60,7 @@ class NodeParams:
     registration_prior_ir_size: tuple = ()
     registration_prior_visible_size: tuple = ()
     registration_scale_search: bool = True
+    input_max_long_side: int = 0
     registration_global_every: int = 1
     registration_global_window: int = 1
     refinement_enabled: bool = False
@@ -121,6 +123,13 @@ PARAMETER_SPECS = (
               'use (their own default unless a CPU affinity or a container CPU limit '
               'allows fewer). Restart to change.',
               low=0, high=256),
+    ParamSpec('input_max_long_side', 'input_max_long_side', 'int',
+              'Large cameras: the network runs on frames shrunk so their longer side is at '
+              'most this many pixels (area average), and the fused image, registered IR, flow '
+              'and boxes are brought back to the camera resolution; a 1920x1080 camera at 1024 '
+              'costs what a 1024x576 one does. 0 = never shrink; else 256-16384. '
+              'Restart to change.',
+              low=0, high=MAX_ENLARGED_LONG_SIDE),
     ParamSpec('confidence_threshold', 'confidence_threshold', 'float',
               'Minimum detection score kept (changeable at run time).', low=0.0, high=1.0,
               runtime=True),
@@ -380,6 +389,9 @@ def validate_params(params):
         raise ValueError('half=true needs a CUDA device; set half:=false for device cpu')
     if not params.weights:
         raise ValueError('weights is empty')
+    if 0 < params.input_max_long_side < MIN_SHRUNK_LONG_SIDE:
+        raise ValueError(f'input_max_long_side={params.input_max_long_side} is not valid: 0 '
+                         f'(never shrink) or {MIN_SHRUNK_LONG_SIDE}-{MAX_ENLARGED_LONG_SIDE} px')
     registration_prior(params)
     refinement_settings(params)
     if params.backend == 'onnxruntime' and not params.registration_scale_search:

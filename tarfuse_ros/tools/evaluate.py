@@ -2,7 +2,8 @@
 
 ``tarfuse-eval --data DIR [--split NAME|FILE] --weights FILE --out DIR [--deform auto|none|
 synthetic|dataset] [--stored-ir auto|aligned|unregistered] [--seed N] [--device D]
-[--max-pairs N] [--max-side PX] [--teacher yolov8n|yolox|FILE.onnx ...]`` writes
+[--max-pairs N] [--max-side PX] [--input-max-long-side PX] [--teacher yolov8n|yolox|FILE.onnx
+...]`` writes
 ``metrics.json``, ``report.md`` and PNG figures into ``--out``; the protocol is
 :mod:`tarfuse_ros.evaluation.protocol`'s. ``--teacher`` (repeatable) adds a COCO teacher's own
 detection accuracy on the same images as reference rows (needs onnxruntime). ``--labels DIR``
@@ -53,6 +54,10 @@ def build_parser():
     parser.add_argument('--max-pairs', type=int, default=None, help='only the first N pairs')
     parser.add_argument('--max-side', type=int, default=None,
                         help='downscale so the longer side is at most this many pixels')
+    parser.add_argument('--input-max-long-side', type=int, default=0,
+                        help='run the network on frames shrunk so their longer side is at most '
+                             "this many pixels, outputs brought back to the frame (the engines' "
+                             "input_max_long_side; metrics at the pairs' size); 0: never")
     parser.add_argument('--labels', default=None,
                         help='label sub-folder (e.g. labels_vi), which must exist; default '
                              'labels/ where the set has it (else no detection metrics)')
@@ -122,7 +127,8 @@ def main(argv=None):
             labels_dir='labels' if args.labels is None else args.labels,
             figures=args.figures, conf=args.conf, iou=args.iou, threads=args.threads,
             progress=not args.no_progress, stored_ir=args.stored_ir,
-            teachers=tuple(args.teacher), prior=args.prior)
+            teachers=tuple(args.teacher), prior=args.prior,
+            input_max_long_side=args.input_max_long_side)
         result = evaluate(args.data, weights, args.out, options)
     except ValueError as exc:  # bad input: one line, no traceback
         print(f'tarfuse-eval: error: {exc}', file=sys.stderr)

@@ -2,7 +2,7 @@
 
 ``tarfuse-fuse --ir PATH --visible PATH --out DIR [--weights W] [--device D] [--threads N]
 [--registered] [--detections] [--flow] [--ir-offset-ms MS] [--no-scale-search]
-[--global-every N] [--global-window W] [--prior PRIOR.yaml]``
+[--global-every N] [--global-window W] [--prior PRIOR.yaml] [--input-max-long-side PX]``
 
 Inputs (both PATHs of the same kind):
 
@@ -724,6 +724,10 @@ def build_parser():
                         help="the rig's calibration prior: the node parameters file that "
                              'tarfuse-calibrate writes (registration.prior; the launch file '
                              'takes it as prior_file:=)')
+    parser.add_argument('--input-max-long-side', type=int, default=0, metavar='PX',
+                        help='large cameras: run the network on frames shrunk so their longer '
+                             'side is at most PX (256-16384; outputs at the frame size; README, '
+                             '"Large cameras"; default 0: never shrink)')
     parser.add_argument('--ir-offset-ms', type=float, default=0.0,
                         help='videos: time of the first IR frame on the visible video clock '
                              '(default 0: both start together)')
@@ -759,7 +763,7 @@ def _load_prior(path):
 
 
 def _load_engine(weights, device, threads, scale_search=True, global_every=1, global_window=1,
-                 prior=None):
+                 prior=None, input_max_long_side=0):
     # Imported here so that usage errors are reported before torch is loaded.
     from tarfuse_ros.core.backends import backend_for_weights
     from tarfuse_ros.core.checkpoint import CheckpointError
@@ -775,7 +779,7 @@ def _load_engine(weights, device, threads, scale_search=True, global_every=1, gl
     try:
         return FusionEngine(weights, device=device, scale_search=scale_search,
                             global_every=global_every, global_window=global_window,
-                            registration_prior=prior)
+                            registration_prior=prior, input_max_long_side=input_max_long_side)
     except CheckpointError as exc:
         raise UsageError(f'cannot load the weights: {exc}') from exc
     except ValueError as exc:
@@ -823,7 +827,8 @@ def main(argv=None):
                 raise UsageError(f'{exc}: no frame of it can be fused') from exc
         threads = args.threads if args.threads is not None else _default_threads()
         engine = _load_engine(args.weights, args.device, threads, args.scale_search,
-                              args.global_every, args.global_window, prior)
+                              args.global_every, args.global_window, prior,
+                              args.input_max_long_side)
         if args.detections and not engine.detects:
             raise UsageError(f'--detections: the model {args.weights or "(shipped)"} has no '
                              f'detection head (model.detect: false), so it detects nothing; '

@@ -547,6 +547,44 @@ def test_small_frames_run_enlarged_and_come_back_to_the_frame(firing_weights, pa
             FusionEngine(firing_weights, input_min_long_side=bad)
 
 
+def test_large_frames_run_shrunk_and_come_back_to_the_frame(firing_weights, pair):
+    """input_max_long_side: a 256x320 frame runs at 128x160; outputs are in the 256x320 frame."""
+    ir, vi = _small(pair, 256, 320)
+    shrinking = FusionEngine(firing_weights, conf_threshold=0.5, max_detections=20,
+                             input_max_long_side=256)
+    plain = FusionEngine(firing_weights, conf_threshold=0.5, max_detections=20)
+    assert (shrinking.input_max_long_side, plain.input_max_long_side) == (256, 0)
+    assert shrinking.network_size(256, 320) == (205, 256)
+    assert shrinking.network_size(100, 200) == (100, 200)  # small frames are left alone
+    large = shrinking.infer(ir, vi)
+    _check_result(large, 256, 320, colour=True)
+    # The same network input by hand: the pair shrunk (area average), run, then enlarged back.
+    small_ir = cv2.resize(ir, (256, 205), interpolation=cv2.INTER_AREA)
+    small_vi = cv2.resize(vi, (256, 205), interpolation=cv2.INTER_AREA)
+    small = plain.infer(small_ir, small_vi)
+    sx, sy = 320 / 256, 256 / 205
+    grown_flow = cv2.resize(small.flow_px, (320, 256), interpolation=cv2.INTER_LINEAR)
+    grown_flow *= np.float32([sx, sy])
+    assert np.abs(small.flow_px).mean() > 0.2  # a real displacement
+    np.testing.assert_allclose(large.flow_px, grown_flow, atol=0.05)
+    # The fused luma comes back bilinearly and meets the frame's own chroma.
+    grown_y = cv2.resize(cv2.cvtColor(small.fused, cv2.COLOR_BGR2YCrCb)[..., 0], (320, 256),
+                         interpolation=cv2.INTER_LINEAR)
+    large_y = cv2.cvtColor(large.fused, cv2.COLOR_BGR2YCrCb)[..., 0]
+    assert np.abs(large_y.astype(int) - grown_y.astype(int)).mean() < 1.0
+    got = np.array([[d.x1, d.y1, d.x2, d.y2, d.score] for d in large.detections])
+    want = np.array([[d.x1 * sx, d.y1 * sy, d.x2 * sx, d.y2 * sy, d.score]
+                     for d in small.detections])
+    assert len(got) > 0 and len(got) == len(want)
+    np.testing.assert_allclose(got[:5], want[:5], atol=0.5)
+    for bad in (-1, 100, 1.5, True, '640', 10 ** 6):
+        with pytest.raises(ValueError, match='input_max_long_side'):
+            FusionEngine(firing_weights, input_max_long_side=bad)
+    with pytest.raises(ValueError, match=r'input_max_long_side \(256\) must be 0 or at least '
+                                         r'input_min_long_side \(320\)'):
+        FusionEngine(firing_weights, input_min_long_side=320, input_max_long_side=256)
+
+
 def test_outputs_come_back_to_the_frame_per_axis():
     """outputs_to_frame (both engines): x and y scaled by their own factors."""
     from tarfuse_ros.core.pair_engine import outputs_to_frame

@@ -96,6 +96,9 @@ def test_yaml_sets_every_parameter_except_the_optional_class_filter_and_comments
      'registration.global_window above 1 need backend torch'),
     ({'registration.global_every': 5, 'registration.online_refinement.enabled': True},
      'enable one of them'),
+    ({'input_max_long_side': 100}, 'input_max_long_side=100 is not valid: 0 .never shrink. '
+     'or 256-16384 px'),
+    ({'input_max_long_side': 20000}, 'input_max_long_side=20000 is outside [0, 16384]'),
 ])
 def test_invalid_start_up_values_raise_value_error_naming_them(values, message):
     with pytest.raises(ValueError, match=message.replace('[', r'\[').replace(']', r'\]')):
