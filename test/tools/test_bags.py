@@ -195,6 +195,33 @@ def test_make_bag_rejects_bad_input(tmp_path, capsys):
         ir_to_mono16(np.zeros((2, 2), np.uint16))
 
 
+def test_make_bag_refuses_rates_offsets_and_spans_its_stamps_cannot_hold(tmp_path, capsys):
+    """Rates, offsets and stamp spans a bag cannot hold are refused naming the option.
+
+    --rate 1e-300 raised OverflowError, --offset-ms nan 'cannot convert float NaN to integer'
+    naming no option, --jitter-ms nan was taken as 0, and stamps past 2**31 s wrapped to
+    negative seconds in the middle of the bag (only the first stamp was checked).
+    """
+    pairs = ['--pairs', str(SAMPLES), '--max-pairs', '2']
+    for flags, message in (
+            (['--rate', '1e-300'], 'the last stamp would be 1e+300 s (2 pairs x 1 loop(s)'),
+            (['--rate', '1e10'], 'rate must be > 0 and at most 1e+09 Hz, got 10000000000.0'),
+            (['--offset-ms', 'nan'], 'offset_ms (--offset-ms) must be a finite number, got nan'),
+            (['--jitter-ms', 'nan'], 'jitter_ms (--jitter-ms) must be a finite number, got nan'),
+            (['--start-time', '2147483647', '--loops', '10'],
+             'the last stamp would be 2.14748e+09 s (2 pairs x 10 loop(s) at 10 Hz')):
+        out = tmp_path / 'bag'
+        assert make_bag_tool.main([*pairs, '--out', str(out), *flags]) == 2, flags
+        err = capsys.readouterr().err
+        assert err.startswith('tarfuse-make-bag: error: ') and message in err, err
+        assert 'Traceback' not in err and not out.exists()
+    # The last stamp that fits: 2 pairs, 0.1 s apart, the second 0.1 s before 2**31.
+    summary = make_bag(SAMPLES, tmp_path / 'edge', max_pairs=2, start_time_s=2**31 - 0.2)
+    stamps = [header_stamp_ns(raw) for topic in (VI, IR)
+              for _type, _ns, raw, _msg in _by_topic(tmp_path / 'edge')[topic]]
+    assert summary.end_ns == max(stamps) and 0 < min(stamps) and max(stamps) < 2**31 * 10**9
+
+
 def _jpeg_turned_by_exif(image):
     """Return JPEG bytes of ``image`` with an EXIF orientation 6 (display turned 90 deg)."""
     ok, jpeg = cv2.imencode('.jpg', image)
