@@ -200,6 +200,8 @@ class BagPlayer:
                                  f'{", ".join(sorted(bag_topics))})')
         for topic in (remap or {}).values():
             check_topic_name(topic, '--remap target')
+        for item in record_topics:  # before rcl refuses it in run(), with a traceback
+            check_topic_name(item.partition(':')[0], '--record-topics')
         # A relative target is published from the player's node (root namespace): name it as
         # the graph will, so the wait, the errors and the statistics use the real topic.
         from rclpy.expand_topic_name import expand_topic_name

@@ -510,6 +510,35 @@ def test_play_refuses_what_it_would_silently_ignore(sample_bag, tmp_path):
         BagPlayer(broken)
 
 
+def test_topic_names_rcl_refuses_are_named_before_playing(sample_bag, tmp_path, capsys):
+    """Topic names that rcl refuses are named before anything starts.
+
+    --record-topics 'bad topic' and --remap targets such as 'a//b' (which rclpy's first check
+    takes) ended in an RCLError / InvalidTopicNameException traceback once playback started;
+    tarfuse-make-bag wrote a bag with the topic 'a//b'.
+    """
+    path, _summary = sample_bag
+    record = ['--record', str(tmp_path / 'rec')]
+    for flags, message in (
+            ([*record, '--record-topics', '/diagnostics', 'bad topic'],
+             "--record-topics 'bad topic' is not a valid ROS topic name (Invalid topic name: "
+             'topic name must not contain characters other than alphanumerics'),
+            ([*record, '--record-topics', 'fused/{nope}'],
+             "--record-topics 'fused/{nope}' is not a valid ROS topic name (topic name "
+             "'fused/{nope}' is invalid: unknown substitution: {nope})"),
+            (['--remap', f'{VI}:=cam//image_raw'],
+             "--remap target 'cam//image_raw' is not a valid ROS topic name (Invalid topic "
+             "name: topic name must not contain repeated '/')"),
+            (['--remap', f'{VI}:=cam/'], "--remap target 'cam/' is not a valid ROS topic name")):
+        assert play_bag_tool.main([str(path), *flags]) == 2, flags
+        err = capsys.readouterr().err
+        assert err.startswith('tarfuse-play: error: ') and message in err, err
+        assert not (tmp_path / 'rec').exists()
+    with pytest.raises(ValueError, match="ir_topic '/ir//image_raw' is not a valid ROS topic"):
+        make_bag(SAMPLES, tmp_path / 'bag', max_pairs=1, ir_topic='/ir//image_raw')
+    assert not (tmp_path / 'bag').exists()
+
+
 @pytest.mark.parametrize('option', ['duration', 'start_delay', 'wait_timeout', 'settle',
                                     'linger', 'max_linger'])
 def test_play_refuses_a_time_that_is_not_a_number(sample_bag, tmp_path, option, capsys):
