@@ -510,6 +510,28 @@ def test_play_refuses_what_it_would_silently_ignore(sample_bag, tmp_path):
         BagPlayer(broken)
 
 
+def test_stats_never_replace_a_file_of_the_bag_played_or_recorded(tmp_path, capsys):
+    """--stats BAG/metadata.yaml wrote the statistics over the played bag's metadata.
+
+    That bag could not be read again by any tool once the playback was over.
+    """
+    bag = tmp_path / 'bag'
+    make_bag(SAMPLES, bag, max_pairs=1, size=(64, 48))
+    before = {path.name: path.read_bytes() for path in bag.iterdir()}
+    record = tmp_path / 'rec'
+    for stats, message in (
+            (bag / 'metadata.yaml', f'it would replace metadata.yaml of the bag played ({bag})'),
+            (bag / 'bag.mcap', f'it would replace bag.mcap of the bag played ({bag})'),
+            (record / 'metadata.yaml',
+             f'it would replace metadata.yaml of the bag recorded ({record})')):
+        assert play_bag_tool.main([str(bag), '--record', str(record), '--record-topics',
+                                   '/diagnostics', '--stats', str(stats)]) == 2
+        assert capsys.readouterr().err == (f"tarfuse-play: error: --stats '{stats}': {message}; "
+                                           f'write it beside the bag\n')
+    assert {path.name: path.read_bytes() for path in bag.iterdir()} == before
+    assert not record.exists()
+
+
 def test_topic_names_rcl_refuses_are_named_before_playing(sample_bag, tmp_path, capsys):
     """Topic names that rcl refuses are named before anything starts.
 
