@@ -62,7 +62,7 @@ from tarfuse_ros.evaluation.baselines import score_baselines
 from tarfuse_ros.evaluation.contrast import illumination, read_illumination
 from tarfuse_ros.evaluation.figures import save_pair_figures
 from tarfuse_ros.evaluation.options import EvalOptions
-from tarfuse_ros.evaluation.report import render_report
+from tarfuse_ros.evaluation.report import render_report, REPORT_TITLE
 from tarfuse_ros.evaluation.scoring import fusion_scores, luma, registration_scores
 from tarfuse_ros.training.datasets import resolve_dataset_dir
 
@@ -210,6 +210,11 @@ def _evaluate(data_dir, weights, out_dir, options):
     aligned = stored_ir == 'aligned'
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f'--out {str(out_dir)!r} is a file: give a folder')
+    foreign = _foreign_results(out_dir)
+    if foreign:  # an evaluation replaces its own results only
+        raise ValueError(f'--out {str(out_dir)!r} holds {" and ".join(foreign)}, which no '
+                         f'evaluation wrote and this one would replace: give another --out '
+                         f'(or move them)')
     with_disp = set(data.misaligned_stems(dataset_dir)) if aligned else set()
     stems, skipped = _select_stems(dataset_dir, options, deform, with_disp)
     nms = {'conf_threshold': options.conf, 'iou_threshold': options.iou, 'max_detections': 100}
@@ -282,6 +287,34 @@ def _evaluate(data_dir, weights, out_dir, options):
     write_text_atomic(out_dir / 'metrics.json', json.dumps(result, indent=2) + '\n')
     write_text_atomic(out_dir / 'report.md', report)
     return result
+
+
+def _foreign_results(out_dir):
+    """Return the names of ``metrics.json`` / ``report.md`` in ``out_dir`` no evaluation wrote.
+
+    An earlier evaluation's are replaced; a user's own (``--out .`` in a folder holding a
+    ``report.md``) were deleted without a word, and a folder of that name raised
+    IsADirectoryError once the model had run.
+    """
+    foreign = []
+    metrics_path, report_path = out_dir / 'metrics.json', out_dir / 'report.md'
+    if metrics_path.exists() or metrics_path.is_symlink():
+        try:
+            metrics_json = json.loads(metrics_path.read_text(encoding='utf-8'))
+        except (OSError, UnicodeDecodeError, ValueError):
+            metrics_json = None
+        keys = metrics_json.keys() if isinstance(metrics_json, dict) else ()
+        if not {'num_pairs', 'registration'} <= set(keys):
+            foreign.append(metrics_path.name)
+    if report_path.exists() or report_path.is_symlink():
+        try:
+            with open(report_path, encoding='utf-8') as stream:
+                first = stream.readline().rstrip('\n')
+        except (OSError, UnicodeDecodeError):
+            first = None
+        if first != REPORT_TITLE:
+            foreign.append(report_path.name)
+    return foreign
 
 
 def prior_in_visible_frame(prior):

@@ -3,7 +3,9 @@
 from tarfuse_ros.core import metrics
 from tarfuse_ros.evaluation.aggregate import pixel_units
 
-__all__ = ['GOALS', 'render_report']
+__all__ = ['GOALS', 'REPORT_TITLE', 'render_report']
+
+REPORT_TITLE = '# TarFuse evaluation'  # the first line: tarfuse-eval knows its own report
 
 # Goals for the shipped model (RoadScene test for registration and fusion, MSRS for detection;
 # informative on other sets): the figures of the best published peer on RoadScene (IMF, in
@@ -34,7 +36,7 @@ def _sizes(speed, shown=4):
 
 def _header(result):
     speed = result['speed']
-    lines = ['# TarFuse evaluation', '',
+    lines = [REPORT_TITLE, '',
              f'- data: `{result["dataset"]}` split `{result["split"]}` '
              f'({result["num_pairs"]} pairs, max side {result["max_side"] or "native"}'
              + (f'; the network on frames shrunk to a longer side of '

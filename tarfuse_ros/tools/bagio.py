@@ -195,11 +195,20 @@ def read_messages(path, topics=None, typestore=None):
 
 
 def check_topic_name(name, what):
-    """Raise ValueError when ``name`` is not a valid ROS topic name (rclpy's rules)."""
+    """Raise ValueError when ``name`` is not a valid ROS topic name (rclpy's rules).
+
+    The name is also expanded as a node in the root namespace expands it (``~`` and
+    substitutions) and checked as a full name: rclpy's first check takes ``a//b``, ``a/`` and
+    unknown substitutions, which creating the publisher or subscription then refused with a
+    traceback.
+    """
     from rclpy.exceptions import InvalidTopicNameException
+    from rclpy.expand_topic_name import expand_topic_name
+    from rclpy.validate_full_topic_name import validate_full_topic_name
     from rclpy.validate_topic_name import validate_topic_name
     try:
         validate_topic_name(name)
-    except InvalidTopicNameException as exc:
-        raise ValueError(f'{what} {name!r} is not a valid ROS topic name '
-                         f'({str(exc).splitlines()[0].strip()})') from None
+        validate_full_topic_name(expand_topic_name(name, 'tarfuse', '/'))
+    except (InvalidTopicNameException, ValueError) as exc:  # ValueError: a substitution
+        reason = str(exc).splitlines()[0].split(', at ')[0].strip().rstrip(':')
+        raise ValueError(f'{what} {name!r} is not a valid ROS topic name ({reason})') from None

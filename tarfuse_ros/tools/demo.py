@@ -14,6 +14,7 @@
 
 import argparse
 import json
+import math
 import os
 from pathlib import Path
 import random
@@ -349,6 +350,13 @@ def run_demo(out='output/demo', weights=None, device='cpu', samples=None,
     for item in node_params:
         if ':=' not in item:
             raise ValueError(f'node parameter must look like name:=value, got {item!r}')
+    # Before the bag is built and the node started: the player named its own wait_timeout
+    # after that, and a negative count of PNGs wrote none without a word.
+    if not 0 < startup_timeout < math.inf:  # NaN too
+        raise ValueError(f'--startup-timeout must be a number of seconds > 0, got '
+                         f'{startup_timeout}')
+    if png_count < 0:
+        raise ValueError(f'--pngs must be >= 0, got {png_count}')
     weights = Path(weights) if weights else paths.default_weights_path()
     if not weights.is_file():
         raise DemoError(f'no weights at {weights}: pass --weights PATH.safetensors, or train '

@@ -37,7 +37,8 @@ def build_parser():
                         help='checkpoint (.safetensors; default: the shipped weights)')
     parser.add_argument('--out', required=True,
                         help='output folder (an earlier evaluation there is replaced: its '
-                             'metrics.json, report.md and figures)')
+                             'metrics.json, report.md and figures; a metrics.json or report.md '
+                             'that no evaluation wrote is refused)')
     parser.add_argument('--deform', default='auto', choices=DEFORM_MODES,
                         help="IR deformation: the data set's ground truth where present "
                              "('auto'), 'dataset' only, seeded 'synthetic', or 'none'")

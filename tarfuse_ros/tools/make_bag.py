@@ -19,6 +19,7 @@ Example::
 
 import argparse
 from dataclasses import dataclass
+import math
 from pathlib import Path
 import shutil
 import sys
@@ -39,6 +40,7 @@ DEFAULT_START_TIME_S = 1_700_000_000.0  # 2023-11-14T22:13:20Z, a fixed 'recorde
 MONO16_OFFSET = 27315
 MONO16_GAIN = 16
 TRANSPORTS = ('raw', 'compressed')
+MAX_RATE_HZ = 1e9  # one stamp a nanosecond
 
 
 @dataclass
@@ -153,8 +155,12 @@ def make_bag(pairs_dir, out, *, split=None, rate=10.0, ir_encoding='mono8', vi_e
     ``sensor_msgs/msg/CompressedImage`` on ``<topic>/compressed`` (IR as PNG, visible as
     ``vi_format``: ``'jpeg'`` or ``'png'``).
     """
-    if not rate > 0:
-        raise ValueError(f'rate must be > 0 Hz, got {rate}')
+    if not 0 < rate <= MAX_RATE_HZ:  # NaN too; above it the period rounds to 0 ns
+        raise ValueError(f'rate must be > 0 and at most {MAX_RATE_HZ:g} Hz, got {rate}')
+    for name, value in (('offset_ms (--offset-ms)', offset_ms),
+                        ('jitter_ms (--jitter-ms)', jitter_ms)):
+        if not math.isfinite(value):  # NaN failed in int() naming no option, or was taken as 0
+            raise ValueError(f'{name} must be a finite number, got {value}')
     if ir_encoding not in ('mono8', 'mono16'):
         raise ValueError(f'ir_encoding must be mono8 or mono16, got {ir_encoding!r}')
     if vi_encoding not in ('bgr8', 'rgb8', 'mono8'):
@@ -165,7 +171,7 @@ def make_bag(pairs_dir, out, *, split=None, rate=10.0, ir_encoding='mono8', vi_e
         raise ValueError(f'jitter_ms must be >= 0, got {jitter_ms}')
     if max_pairs is not None and max_pairs < 1:  # 0 wrote an empty bag, -1 left one pair out
         raise ValueError(f'max_pairs (--max-pairs) must be >= 1, got {max_pairs}')
-    period_ns = int(round(1e9 / rate))
+    period_ns = 1e9 / rate  # a float: 1e-300 Hz gives inf (int() raised OverflowError)
     if abs(offset_ms) * 1e6 + jitter_ms * 1e6 >= period_ns / 2:
         raise ValueError(f'|offset_ms| + jitter_ms = {abs(offset_ms) + jitter_ms} ms must stay '
                          f'below half the frame period ({period_ns / 2e6} ms) so pairs stay '
@@ -194,6 +200,16 @@ def make_bag(pairs_dir, out, *, split=None, rate=10.0, ir_encoding='mono8', vi_e
     pairs = list_pairs(pairs_dir, split, ir_dir=ir_dir, vi_dir=vi_dir)
     if max_pairs is not None:
         pairs = pairs[:max_pairs]
+    # The last stamp, not only the first, must fit the int32 seconds of a ROS stamp: past
+    # 2**31 s the header stamps wrapped to negative seconds (1901) in the middle of the bag.
+    frames = len(pairs) * loops
+    last_s = start_time_s + (frames - 1) / rate + (abs(offset_ms) + jitter_ms) / 1e3
+    if not last_s < 2**31:
+        raise ValueError(f'the last stamp would be {last_s:.6g} s ({len(pairs)} pairs x {loops} '
+                         f'loop(s) at {rate:g} Hz from {start_time_s:.6g} s), past the int32 '
+                         f'seconds of ROS stamps (2**31 s): give a higher --rate, fewer '
+                         f'--loops or --max-pairs, or an earlier --start-time')
+    period_ns = int(round(period_ns)) if frames > 1 else 0  # one frame: no period (maybe inf)
 
     typestore = jazzy_typestore()
     rng = np.random.default_rng(seed)

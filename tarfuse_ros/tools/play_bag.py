@@ -200,6 +200,8 @@ class BagPlayer:
                                  f'{", ".join(sorted(bag_topics))})')
         for topic in (remap or {}).values():
             check_topic_name(topic, '--remap target')
+        for item in record_topics:  # before rcl refuses it in run(), with a traceback
+            check_topic_name(item.partition(':')[0], '--record-topics')
         # A relative target is published from the player's node (root namespace): name it as
         # the graph will, so the wait, the errors and the statistics use the real topic.
         from rclpy.expand_topic_name import expand_topic_name
@@ -553,6 +555,21 @@ def _terminate(_signum, _frame):
     raise KeyboardInterrupt
 
 
+def _stats_problem(stats, bag, record):
+    """Return why ``--stats`` would replace a file of the bag played or recorded, or None.
+
+    ``--stats BAG/metadata.yaml`` replaced the played bag's metadata with the statistics,
+    leaving a bag that no tool can read.
+    """
+    target = stats.resolve()
+    if target.parent == bag.resolve() and target.exists():
+        return f'it would replace {target.name} of the bag played ({bag})'
+    if record is not None and target.parent == record.resolve() and (
+            target.name == 'metadata.yaml' or target.suffix in ('.mcap', '.db3')):
+        return f'it would replace {target.name} of the bag recorded ({record})'
+    return None
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     # SIGINT stays ignored where the process was started so (a background job of a shell).
@@ -561,6 +578,10 @@ def main(argv=None):
         problem = None if args.stats is None else output_problem(args.stats)
         if problem:
             raise ValueError(f'--stats {str(args.stats)!r} cannot be written ({problem})')
+        problem = None if args.stats is None else _stats_problem(args.stats, args.bag,
+                                                                 args.record)
+        if problem:
+            raise ValueError(f'--stats {str(args.stats)!r}: {problem}; write it beside the bag')
         player = BagPlayer(
             args.bag, rate=args.rate, loop=args.loop, start_delay=args.start_delay,
             duration=args.duration, wait_for_subscribers=args.wait_for_subscribers,

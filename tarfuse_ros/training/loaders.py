@@ -5,10 +5,39 @@ workers the workers' copies of the data set never see the main process's ``set_e
 epoch travels with every index (:class:`EpochSampler`, :class:`EpochIndexed`).
 """
 
+import os
+import signal
+
 from tarfuse_ros.training.seeds import batch_generator, seed_worker
 import torch
 
-__all__ = ['DeformingCollate', 'EpochIndexed', 'EpochSampler', 'train_loader', 'val_loader']
+__all__ = ['DeformingCollate', 'EpochIndexed', 'EpochSampler', 'quiet_sigterm_in_worker',
+           'train_loader', 'val_loader']
+
+
+def quiet_sigterm_in_worker(worker_id=None):
+    """Make a DataLoader worker end quietly on SIGTERM (a ``worker_init_fn``).
+
+    A SIGTERM sent to the whole process group (``systemctl stop``, ``timeout``, ``kill -TERM
+    -PGID``) killed the workers by the signal (PyTorch's own handler ends a worker quietly only
+    for its main process's SIGTERM), and PyTorch's SIGCHLD handler then raised 'DataLoader
+    worker ... is killed by signal: Terminated' in the main process while it saved the stopped
+    run: a traceback, and neither the checkpoint nor the summary written. A worker now exits
+    with status 0 on any SIGTERM, as PyTorch's handler does for its main process's, and the
+    main process stops as its own SIGTERM handler says. (Ignoring the signal instead hung the
+    main process at exit: multiprocessing ends its daemonic children by SIGTERM, then joins
+    them.)
+    """
+    signal.signal(signal.SIGTERM, _exit_quietly)
+
+
+def _exit_quietly(signum, frame):
+    os._exit(0)
+
+
+def _train_worker_init(worker_id):
+    quiet_sigterm_in_worker(worker_id)
+    seed_worker(worker_id)
 
 
 class EpochSampler(torch.utils.data.Sampler):
@@ -113,7 +142,8 @@ def train_loader(dataset, config, dist, device):
         collate_fn=DeformingCollate(config.deformation, seed, in_workers),
         drop_last=len(dataset) >= batch * dist.world_size,
         pin_memory=device.type == 'cuda', generator=generator,
-        worker_init_fn=seed_worker if workers > 0 else None, persistent_workers=workers > 0)
+        worker_init_fn=_train_worker_init if workers > 0 else None,
+        persistent_workers=workers > 0)
     return loader, sampler
 
 
@@ -123,4 +153,5 @@ def val_loader(dataset, config, device):
     batch = config.train.batch if dataset.crop_size is not None else 1  # frames of many sizes
     return torch.utils.data.DataLoader(
         dataset, batch_size=batch, shuffle=False, num_workers=min(config.data.workers, 2),
-        collate_fn=collate_pairs, pin_memory=device.type == 'cuda')
+        collate_fn=collate_pairs, pin_memory=device.type == 'cuda',
+        worker_init_fn=quiet_sigterm_in_worker)

@@ -195,6 +195,33 @@ def test_make_bag_rejects_bad_input(tmp_path, capsys):
         ir_to_mono16(np.zeros((2, 2), np.uint16))
 
 
+def test_make_bag_refuses_rates_offsets_and_spans_its_stamps_cannot_hold(tmp_path, capsys):
+    """Rates, offsets and stamp spans a bag cannot hold are refused naming the option.
+
+    --rate 1e-300 raised OverflowError, --offset-ms nan 'cannot convert float NaN to integer'
+    naming no option, --jitter-ms nan was taken as 0, and stamps past 2**31 s wrapped to
+    negative seconds in the middle of the bag (only the first stamp was checked).
+    """
+    pairs = ['--pairs', str(SAMPLES), '--max-pairs', '2']
+    for flags, message in (
+            (['--rate', '1e-300'], 'the last stamp would be 1e+300 s (2 pairs x 1 loop(s)'),
+            (['--rate', '1e10'], 'rate must be > 0 and at most 1e+09 Hz, got 10000000000.0'),
+            (['--offset-ms', 'nan'], 'offset_ms (--offset-ms) must be a finite number, got nan'),
+            (['--jitter-ms', 'nan'], 'jitter_ms (--jitter-ms) must be a finite number, got nan'),
+            (['--start-time', '2147483647', '--loops', '10'],
+             'the last stamp would be 2.14748e+09 s (2 pairs x 10 loop(s) at 10 Hz')):
+        out = tmp_path / 'bag'
+        assert make_bag_tool.main([*pairs, '--out', str(out), *flags]) == 2, flags
+        err = capsys.readouterr().err
+        assert err.startswith('tarfuse-make-bag: error: ') and message in err, err
+        assert 'Traceback' not in err and not out.exists()
+    # The last stamp that fits: 2 pairs, 0.1 s apart, the second 0.1 s before 2**31.
+    summary = make_bag(SAMPLES, tmp_path / 'edge', max_pairs=2, start_time_s=2**31 - 0.2)
+    stamps = [header_stamp_ns(raw) for topic in (VI, IR)
+              for _type, _ns, raw, _msg in _by_topic(tmp_path / 'edge')[topic]]
+    assert summary.end_ns == max(stamps) and 0 < min(stamps) and max(stamps) < 2**31 * 10**9
+
+
 def _jpeg_turned_by_exif(image):
     """Return JPEG bytes of ``image`` with an EXIF orientation 6 (display turned 90 deg)."""
     ok, jpeg = cv2.imencode('.jpg', image)
@@ -481,6 +508,57 @@ def test_play_refuses_what_it_would_silently_ignore(sample_bag, tmp_path):
     (broken / 'metadata.yaml').write_text('rosbag2_bagfile_information: {version: [')
     with pytest.raises(ValueError, match='cannot be read as a rosbag2'):
         BagPlayer(broken)
+
+
+def test_stats_never_replace_a_file_of_the_bag_played_or_recorded(tmp_path, capsys):
+    """--stats BAG/metadata.yaml wrote the statistics over the played bag's metadata.
+
+    That bag could not be read again by any tool once the playback was over.
+    """
+    bag = tmp_path / 'bag'
+    make_bag(SAMPLES, bag, max_pairs=1, size=(64, 48))
+    before = {path.name: path.read_bytes() for path in bag.iterdir()}
+    record = tmp_path / 'rec'
+    for stats, message in (
+            (bag / 'metadata.yaml', f'it would replace metadata.yaml of the bag played ({bag})'),
+            (bag / 'bag.mcap', f'it would replace bag.mcap of the bag played ({bag})'),
+            (record / 'metadata.yaml',
+             f'it would replace metadata.yaml of the bag recorded ({record})')):
+        assert play_bag_tool.main([str(bag), '--record', str(record), '--record-topics',
+                                   '/diagnostics', '--stats', str(stats)]) == 2
+        assert capsys.readouterr().err == (f"tarfuse-play: error: --stats '{stats}': {message}; "
+                                           f'write it beside the bag\n')
+    assert {path.name: path.read_bytes() for path in bag.iterdir()} == before
+    assert not record.exists()
+
+
+def test_topic_names_rcl_refuses_are_named_before_playing(sample_bag, tmp_path, capsys):
+    """Topic names that rcl refuses are named before anything starts.
+
+    --record-topics 'bad topic' and --remap targets such as 'a//b' (which rclpy's first check
+    takes) ended in an RCLError / InvalidTopicNameException traceback once playback started;
+    tarfuse-make-bag wrote a bag with the topic 'a//b'.
+    """
+    path, _summary = sample_bag
+    record = ['--record', str(tmp_path / 'rec')]
+    for flags, message in (
+            ([*record, '--record-topics', '/diagnostics', 'bad topic'],
+             "--record-topics 'bad topic' is not a valid ROS topic name (Invalid topic name: "
+             'topic name must not contain characters other than alphanumerics'),
+            ([*record, '--record-topics', 'fused/{nope}'],
+             "--record-topics 'fused/{nope}' is not a valid ROS topic name (topic name "
+             "'fused/{nope}' is invalid: unknown substitution: {nope})"),
+            (['--remap', f'{VI}:=cam//image_raw'],
+             "--remap target 'cam//image_raw' is not a valid ROS topic name (Invalid topic "
+             "name: topic name must not contain repeated '/')"),
+            (['--remap', f'{VI}:=cam/'], "--remap target 'cam/' is not a valid ROS topic name")):
+        assert play_bag_tool.main([str(path), *flags]) == 2, flags
+        err = capsys.readouterr().err
+        assert err.startswith('tarfuse-play: error: ') and message in err, err
+        assert not (tmp_path / 'rec').exists()
+    with pytest.raises(ValueError, match="ir_topic '/ir//image_raw' is not a valid ROS topic"):
+        make_bag(SAMPLES, tmp_path / 'bag', max_pairs=1, ir_topic='/ir//image_raw')
+    assert not (tmp_path / 'bag').exists()
 
 
 @pytest.mark.parametrize('option', ['duration', 'start_delay', 'wait_timeout', 'settle',

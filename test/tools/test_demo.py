@@ -190,6 +190,23 @@ def test_demo_refuses_an_unusable_out_before_any_work(tmp_path, capsys):
     assert 'is a file, not a folder' in capsys.readouterr().err
 
 
+@pytest.mark.parametrize('flags, message', [
+    (['--startup-timeout', 'nan'], '--startup-timeout must be a number of seconds > 0, got nan'),
+    (['--startup-timeout', '-1'], '--startup-timeout must be a number of seconds > 0, got -1.0'),
+    (['--pngs', '-1'], '--pngs must be >= 0, got -1')])
+def test_demo_refuses_bad_numbers_before_any_work(weights, tmp_path, capsys, flags, message):
+    """A bad --startup-timeout or --pngs is refused before the bag is built, naming it.
+
+    --startup-timeout nan built the bag and started the node, then said 'wait_timeout must be
+    >= 0, got nan' (the player's option, not the demo's); --pngs -1 wrote none silently.
+    """
+    out = tmp_path / 'o'
+    assert demo.main(['--out', str(out), '--weights', str(weights), *flags]) == 1
+    err = capsys.readouterr().err
+    assert err == f'tarfuse-demo: error: {message}\n'
+    assert not out.exists()
+
+
 def test_demo_refuses_a_folder_of_other_files_and_deletes_none(weights, tmp_path, capsys):
     """--out . in one's own folder deleted its summary.md, fused_*.png, input_bag/ and more."""
     mine = tmp_path / 'mine'

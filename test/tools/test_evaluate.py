@@ -207,6 +207,40 @@ def test_an_evaluation_into_an_earlier_ones_folder_replaces_its_figures(random_c
     assert json.loads((out / 'metrics.json').read_text())['pairs'] == result['pairs']
 
 
+def test_an_evaluation_never_replaces_a_report_or_metrics_it_did_not_write(
+        random_checkpoint, tmp_path, capsys):
+    """A report.md or metrics.json that no evaluation wrote is refused, not replaced.
+
+    --out in a folder holding the user's own report.md (or metrics.json) deleted it without a
+    word; a folder named report.md raised IsADirectoryError after the model had run.
+    """
+    from tarfuse_ros.tools.evaluate import main
+    args = ['--data', str(DATASETS / 'tno'), '--split', 'all', '--weights',
+            str(random_checkpoint), '--no-progress', '--max-pairs', '1', '--max-side', '96',
+            '--threads', '1', '--figures', '0']
+    mine = tmp_path / 'mine'
+    mine.mkdir()
+    (mine / 'report.md').write_text('# My notes\n')
+    (mine / 'metrics.json').write_text('{"accuracy": 0.9}\n')
+    assert main([*args, '--out', str(mine)]) == 2
+    err = capsys.readouterr().err
+    assert (f"tarfuse-eval: error: --out '{mine}' holds metrics.json and report.md, which no "
+            f'evaluation wrote and this one would replace') in err, err
+    assert (mine / 'report.md').read_text() == '# My notes\n'
+    assert (mine / 'metrics.json').read_text() == '{"accuracy": 0.9}\n'
+    assert sorted(path.name for path in mine.iterdir()) == ['metrics.json', 'report.md']
+    folder = tmp_path / 'folder'
+    (folder / 'report.md').mkdir(parents=True)
+    assert main([*args, '--out', str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert 'holds report.md, which no evaluation wrote' in err and 'Traceback' not in err, err
+    # An earlier evaluation's own files are replaced, as before.
+    ours = tmp_path / 'ours'
+    assert main([*args, '--out', str(ours)]) == 0
+    assert main([*args, '--out', str(ours)]) == 0
+    assert (ours / 'report.md').read_text().startswith('# TarFuse evaluation\n')
+
+
 def test_evaluate_rejects_bad_requests(random_checkpoint, tmp_path, capsys):
     from tarfuse_ros.tools.evaluate import main
     code = main(['--data', str(DATASETS / 'tno'), '--split', 'all', '--weights',

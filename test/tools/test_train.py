@@ -517,6 +517,38 @@ def test_sigterm_stops_the_run_like_ctrl_c(splits, tmp_path):
     assert json.loads((out / 'summary.json').read_text())['interrupted'] is True
 
 
+def test_sigterm_to_the_process_group_stops_a_run_with_loader_workers(splits, tmp_path):
+    """SIGTERM to the whole group (systemctl stop, timeout) killed the DataLoader workers too.
+
+    PyTorch's SIGCHLD handler then raised 'DataLoader worker ... is killed by signal:
+    Terminated' while the stopped run was being saved: a traceback, exit status 1, neither the
+    checkpoint nor summary.json written.
+    """
+    out = tmp_path / 'group'
+    command = [sys.executable, '-m', 'tarfuse_ros.tools.train',
+               *_args(splits, out, '--epochs', '500', '--val-every', '0', '--workers', '1')]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, cwd=Path(__file__).resolve().parents[2],
+                               start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / STATE_DIR / 'state.json').is_file() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert (out / STATE_DIR / 'state.json').is_file(), 'no epoch finished in 120 s'
+        os.killpg(process.pid, signal.SIGTERM)
+        output, _ = process.communicate(timeout=60)
+    finally:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    assert process.returncode == 130, output
+    assert 'Traceback' not in output and 'killed by signal' not in output, output
+    summary = json.loads((out / 'summary.json').read_text())
+    assert summary['interrupted'] is True and summary['checkpoint'] == str(out / FINAL_NAME)
+    assert (out / FINAL_NAME).is_file()
+
+
 def test_max_steps_inside_an_epoch_leaves_no_state_that_skips_its_rest(
         splits, tmp_path, capsys):
     """--max-steps 1 of 2 steps: the epoch is not done, so no state says it is."""
