@@ -28,12 +28,12 @@ def enlarged_size(height, width, min_long_side):
 
 
 def shrunk_size(height, width, max_long_side):
-    """Return ``(height, width)`` scaled down so the longer side is ``max_long_side`` (aspect kept).
+    """Return ``(height, width)`` shrunk so the longer side is ``max_long_side``.
 
-    The mirror of :func:`enlarged_size`: sides rounded to whole pixels (at least 1); a frame
-    whose longer side is at most ``max_long_side`` (or ``max_long_side`` 0) keeps its size.
-    Used by the engines' ``input_max_long_side`` (large cameras run the network on a smaller
-    frame).
+    The mirror of :func:`enlarged_size` (aspect kept): sides rounded to whole pixels (at least
+    1); a frame whose longer side is at most ``max_long_side`` (or ``max_long_side`` 0) keeps
+    its size. Used by the engines' ``input_max_long_side`` (large cameras run the network on a
+    smaller frame).
     """
     longer = max(height, width)
     if max_long_side <= 0 or longer <= max_long_side:
