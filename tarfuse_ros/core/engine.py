@@ -635,7 +635,7 @@ class FusionEngine(PairEngine):
         for b, (item, det) in enumerate(zip(items, dets)):
             rows = None if det is None else det[:, :6].detach().float().cpu().numpy()
             fused_b, registered_b, flow_b, rows = outputs_to_frame(
-                fused_y[b], registered[b], flow[b], rows, height, width)
+                fused_y[b], registered[b], flow[b], rows, height, width, item.ir, item.vi_y)
             crcb = item.crcb
             fused = fused_b if crcb is None else images.merge_luma_chroma(fused_b, crcb)
             flow_b, registered_b = published_outputs(item, flow_b, registered_b)

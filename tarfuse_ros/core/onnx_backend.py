@@ -522,7 +522,7 @@ class OnnxFusionEngine(PairEngine):
             rows = (nms_rows(raw['det'][b], conf, iou, max_det, classes) if 'det' in raw
                     else None)
             fused_b, registered_b, flow_b, rows = outputs_to_frame(
-                fused_y[b], registered[b], flow[b], rows, height, width)
+                fused_y[b], registered[b], flow[b], rows, height, width, item.ir, item.vi_y)
             crcb = item.crcb
             fused = (fused_b if crcb is None
                      else self._images.merge_luma_chroma(fused_b, crcb))

@@ -90,7 +90,7 @@ def resize_planes(planes, size):
     return out
 
 
-def outputs_to_frame(fused, registered, flow, rows, height, width):
+def outputs_to_frame(fused, registered, flow, rows, height, width, ir=None, vi_y=None):
     """Bring one pair's outputs from the network frame back to ``height x width``.
 
     Args:
@@ -99,15 +99,24 @@ def outputs_to_frame(fused, registered, flow, rows, height, width):
         rows: ``(N, 6)`` NMS rows ``x1, y1, x2, y2, score, class`` in network-frame pixels, or
             None.
         height, width: the visible frame.
+        ir, vi_y: the pair's IR and visible luma planes in the visible frame as the network
+            was given them before resizing (uint8, or float32 in [0, 1]), or None. Used when
+            the network frame is smaller (``input_max_long_side``): see below.
 
     Returns:
-        ``(fused, registered, flow, rows)`` in the visible frame: from an enlarged network
-        frame the field and the registered IR averaged down (OpenCV ``INTER_AREA``), from a
-        shrunk one (``input_max_long_side``) resampled bilinearly (``INTER_LINEAR``; an area
-        resize repeats pixels when it enlarges); the field's vectors and the boxes scaled by
-        the frame's ratio per axis; the fused image resampled bilinearly either way (an area
+        ``(fused, registered, flow, rows)`` in the visible frame. The field's vectors and the
+        boxes are scaled by the frame's ratio per axis. From an enlarged network frame
+        (``input_min_long_side``) the field and the registered IR are averaged down (OpenCV
+        ``INTER_AREA``) and the fused image resampled bilinearly (``INTER_LINEAR``: an area
         average softens the edges the fusion keeps; RoadScene test Qabf 0.445 against 0.443).
-        Inputs already of the frame's size are returned as they are.
+        From a shrunk one the field is resampled bilinearly; with ``ir`` and ``vi_y`` the
+        registered IR is the frame's IR warped by it (``cv2.remap``, bilinear, zeros outside)
+        and the fused image gets back the band of detail the shrink removed, fused by the
+        maximum-absolute rule of Laplacian-pyramid fusion (Burt and Kolczynski, ICCV 1993):
+        ``up(fused') + d`` where ``d`` is, per pixel, whichever of ``X - up(down(X))`` for the
+        visible luma and the registered IR is larger in magnitude (``down``: ``INTER_AREA`` to
+        the network frame, ``up``: ``INTER_LINEAR``); without them both are resampled
+        bilinearly. Inputs already of the frame's size are returned as they are.
 
     """
     import cv2
@@ -116,13 +125,34 @@ def outputs_to_frame(fused, registered, flow, rows, height, width):
         return fused, registered, flow, rows
     sx, sy = width / net_w, height / net_h
     size = (width, height)
-    down = cv2.INTER_AREA if net_h * net_w > height * width else cv2.INTER_LINEAR
+    shrunk = net_h * net_w < height * width
+    down = cv2.INTER_LINEAR if shrunk else cv2.INTER_AREA
     flow = (cv2.resize(flow, size, interpolation=down) * np.float32([sx, sy])).astype(np.float32)
     fused = cv2.resize(fused, size, interpolation=cv2.INTER_LINEAR)
-    registered = cv2.resize(registered, size, interpolation=down)
+    if shrunk and ir is not None and vi_y is not None:
+        grid_y, grid_x = np.mgrid[0:height, 0:width].astype(np.float32)
+        registered = cv2.remap(_grey_levels(ir), grid_x + flow[..., 0], grid_y + flow[..., 1],
+                               interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                               borderValue=0)
+        details = []
+        for plane in (_grey_levels(vi_y), registered):
+            small = cv2.resize(plane, (net_w, net_h), interpolation=cv2.INTER_AREA)
+            details.append(plane - cv2.resize(small, size, interpolation=cv2.INTER_LINEAR))
+        detail = np.where(np.abs(details[0]) >= np.abs(details[1]), details[0], details[1])
+        fused = np.clip(fused.astype(np.float32) + detail + 0.5, 0, 255).astype(np.uint8)
+        registered = np.clip(registered + 0.5, 0, 255).astype(np.uint8)
+    else:
+        registered = cv2.resize(registered, size, interpolation=down)
     if rows is not None:
         rows = np.asarray(rows, np.float64) * np.array([sx, sy, sx, sy, 1.0, 1.0])
     return fused, registered, flow, rows
+
+
+def _grey_levels(plane):
+    """Return an ``HxW`` uint8 or [0, 1] float plane as float32 grey levels (0-255)."""
+    if plane.dtype == np.uint8:
+        return plane.astype(np.float32)
+    return np.asarray(plane, np.float32) * np.float32(255.0)
 
 
 def validate_thresholds(conf, iou, max_det, classes, num_classes):

@@ -567,11 +567,24 @@ def test_large_frames_run_shrunk_and_come_back_to_the_frame(firing_weights, pair
     grown_flow *= np.float32([sx, sy])
     assert np.abs(small.flow_px).mean() > 0.2  # a real displacement
     np.testing.assert_allclose(large.flow_px, grown_flow, atol=0.05)
-    # The fused luma comes back bilinearly and meets the frame's own chroma.
-    grown_y = cv2.resize(cv2.cvtColor(small.fused, cv2.COLOR_BGR2YCrCb)[..., 0], (320, 256),
-                         interpolation=cv2.INTER_LINEAR)
+    # The registered IR is the frame's IR warped by the published flow (sharp, not enlarged).
+    grid_y, grid_x = np.mgrid[0:256, 0:320].astype(np.float32)
+    ir_grey = ir if ir.ndim == 2 else cv2.cvtColor(ir, cv2.COLOR_BGR2GRAY)
+    warped = cv2.remap(ir_grey, grid_x + large.flow_px[..., 0], grid_y + large.flow_px[..., 1],
+                       interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+    assert np.abs(large.registered_ir.astype(int) - warped.astype(int)).max() <= 1
+    # The fused luma: the network's, enlarged, plus the band of detail the shrink removed.
+    small_y = cv2.cvtColor(small.fused, cv2.COLOR_BGR2YCrCb)[..., 0]
     large_y = cv2.cvtColor(large.fused, cv2.COLOR_BGR2YCrCb)[..., 0]
-    assert np.abs(large_y.astype(int) - grown_y.astype(int)).mean() < 1.0
+    grown_y = cv2.resize(small_y, (320, 256), interpolation=cv2.INTER_LINEAR)
+    back = cv2.resize(large_y, (256, 205), interpolation=cv2.INTER_AREA)
+    assert np.abs(back.astype(int) - small_y.astype(int)).mean() < 1.5  # same low band
+    vi_y = cv2.cvtColor(vi, cv2.COLOR_BGR2YCrCb)[..., 0].astype(np.float32)
+    vi_detail = vi_y - cv2.resize(cv2.resize(vi_y, (256, 205), interpolation=cv2.INTER_AREA),
+                                  (320, 256), interpolation=cv2.INTER_LINEAR)
+    added = large_y.astype(np.float32) - grown_y
+    assert np.abs(added).mean() > 1.0  # detail came back ...
+    assert np.corrcoef(added.ravel(), vi_detail.ravel())[0, 1] > 0.5  # ... the frame's own
     got = np.array([[d.x1, d.y1, d.x2, d.y2, d.score] for d in large.detections])
     want = np.array([[d.x1 * sx, d.y1 * sy, d.x2 * sx, d.y2 * sy, d.score]
                      for d in small.detections])

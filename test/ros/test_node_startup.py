@@ -97,6 +97,9 @@ def _cases(tmp_path):
                                  ['output fused/image_raw is remapped onto the input '
                                   "'/visible/image_raw'"], None,
                                  ['fused/image_raw:=/visible/image_raw']),
+        'input_max_long_side_too_small': ({'weights': str(weights), 'input_max_long_side': 100},
+                                          ['input_max_long_side=100 is not valid',
+                                           '256-16384 px']),
         'mistyped_after_the_params_file': ({'weights': str(weights),
                                             'confidence_threshold': 'abc'},
                                            ['-p confidence_threshold:=abc',
@@ -136,7 +139,8 @@ def outcomes(tmp_path_factory):
                                   'qos_override_under_a_remap',
                                   'mistyped_use_sim_time', 'list_of_mixed_types',
                                   'missing_params_file', 'inputs_on_one_topic',
-                                  'output_onto_an_input', 'cuda_unavailable'])
+                                  'output_onto_an_input', 'input_max_long_side_too_small',
+                                  'cuda_unavailable'])
 def test_start_up_failure_exits_non_zero_with_a_clear_message(outcomes, case):
     if case not in outcomes:
         pytest.skip('CUDA is available here: the unavailable-device case cannot happen')
