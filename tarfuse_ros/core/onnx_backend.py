@@ -370,10 +370,10 @@ class OnnxFusionEngine(PairEngine):
         options.inter_op_num_threads = 1
         # onnxruntime's default graph rewrites (all levels), layout ones included. With the
         # basic ones only, the session opened in about half the time (2-core VM, 1 thread, the
-        # shipped model's export without the scale search: 3.3-3.5 s instead of 6.3 s), but the
-        # outputs drifted from PyTorch's where the matching is close to a tie: a CVC-14 pair
-        # at 641x481, flow 0.42 px off and 2.2 % of the fused pixels 2-18 grey levels off,
-        # instead of 0.06 px and 0.006 % (test_onnx.py).
+        # shipped model's export without the scale search: 3.3-3.5 s instead of 6.3 s); where
+        # the matching is close to a tie (a CVC-14 pair at 641x481) the outputs then drifted
+        # from PyTorch's by 0.42 px of flow instead of 0.06 on that VM, but by 0.21 instead of
+        # 0.28 on another CPU (AVX-512): the drift is the CPU's kernels' (test_onnx.py).
         try:
             self._session = ort.InferenceSession(str(self._weights), options,
                                                  providers=providers)

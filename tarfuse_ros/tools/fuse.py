@@ -147,7 +147,10 @@ def _images_by_stem(folder):
     """Map stem -> image files of ``folder`` (top level, by suffix); count the others."""
     found, ignored = {}, 0
     for path in sorted(Path(folder).iterdir()):
-        if path.name.startswith('.') or not path.is_file():
+        # A broken symbolic link is kept, so that its pair is named as unreadable (not
+        # reported as an image without a partner).
+        dangling = path.is_symlink() and not path.exists()
+        if path.name.startswith('.') or not (path.is_file() or dangling):
             continue
         if path.suffix.lower() not in IMAGE_SUFFIXES:
             ignored += 1

@@ -302,6 +302,8 @@ def test_bad_files_are_reported_and_the_rest_is_fused(tmp_path, capsys):
     shutil.copy(vi_dir / f'{STEMS[0]}.jpg', vi_dir / 'twice.png')
     shutil.copy(ir_dir / f'{STEMS[0]}.png', ir_dir / 'lonely.png')
     (vi_dir / 'notes.txt').write_text('not an image')
+    (ir_dir / 'gone.png').symlink_to(tmp_path / 'moved_away.png')  # a broken link: named
+    shutil.copy(vi_dir / f'{STEMS[0]}.jpg', vi_dir / 'gone.jpg')
     for sub in (ir_dir, vi_dir):  # a readable pair too small to be a frame
         cv2.imwrite(str(sub / 'dot.png'), np.zeros((1, 1), np.uint8))
     status, stdout, stderr = _run(capsys, '--ir', ir_dir, '--visible', vi_dir, '--out', out)
@@ -309,7 +311,8 @@ def test_bad_files_are_reported_and_the_rest_is_fused(tmp_path, capsys):
     assert 'corrupt' in stderr and str(vi_dir / 'corrupt.png') in stderr
     assert 'twice' in stderr and 'ambiguous' in stderr
     assert 'skipped dot' in stderr and 'at least 16 pixels' in stderr
-    assert '5 pair(s) in, 2 fused out, 3 failed' in stdout
+    assert f"No such file or directory: '{ir_dir / 'gone.png'}'" in stderr  # not 'unpaired'
+    assert '6 pair(s) in, 2 fused out, 4 failed' in stdout
     assert 'lonely' in stdout and 'without a visible image' in stdout
     assert 'ignored 1 file(s)' in stdout
     assert sorted(p.name for p in (out / 'fused').iterdir()) == [f'{s}.png' for s in STEMS[:2]]
