@@ -548,7 +548,7 @@ def test_small_frames_run_enlarged_and_come_back_to_the_frame(firing_weights, pa
 
 
 def test_large_frames_run_shrunk_and_come_back_to_the_frame(firing_weights, pair):
-    """input_max_long_side: a 256x320 frame runs at 128x160; outputs are in the 256x320 frame."""
+    """input_max_long_side: a 256x320 frame runs at 205x256; outputs are in the 256x320 frame."""
     ir, vi = _small(pair, 256, 320)
     shrinking = FusionEngine(firing_weights, conf_threshold=0.5, max_detections=20,
                              input_max_long_side=256)
