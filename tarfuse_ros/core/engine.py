@@ -265,9 +265,11 @@ class FusionEngine(PairEngine):
             ``input_min_long_side`` (0 in checkpoints written before the field); 0: never.
         input_max_long_side: a visible frame whose longer side is above this many pixels is
             shrunk to it (aspect kept, area average) for the network, and the outputs are
-            brought back to the frame (bilinear): a 1920x1080 camera then costs what a
-            1024x576 one does (README, "Large cameras"), for a fused image resampled from
-            that size. 0 (default): never; else an integer in [256, 16384], not below
+            brought back to the frame (:func:`~tarfuse_ros.core.pair_engine.outputs_to_frame`:
+            the flow and the boxes scaled, the registered IR resampled from the frame's IR at
+            that flow, the fused image enlarged with the detail band the shrink removed put
+            back): a 1920x1080 camera then costs about what a 1024x576 one does (README,
+            "Large cameras"). 0 (default): never; else an integer in [256, 16384], not below
             ``input_min_long_side``.
 
     Raises:
