@@ -265,9 +265,11 @@ class FusionEngine(PairEngine):
             ``input_min_long_side`` (0 in checkpoints written before the field); 0: never.
         input_max_long_side: a visible frame whose longer side is above this many pixels is
             shrunk to it (aspect kept, area average) for the network, and the outputs are
-            brought back to the frame (bilinear): a 1920x1080 camera then costs what a
-            1024x576 one does (README, "Large cameras"), for a fused image resampled from
-            that size. 0 (default): never; else an integer in [256, 16384], not below
+            brought back to the frame (:func:`~tarfuse_ros.core.pair_engine.outputs_to_frame`:
+            the flow and the boxes scaled, the registered IR resampled from the frame's IR at
+            that flow, the fused image enlarged with the detail band the shrink removed put
+            back): a 1920x1080 camera then costs about what a 1024x576 one does (README,
+            "Large cameras"). 0 (default): never; else an integer in [256, 16384], not below
             ``input_min_long_side``.
 
     Raises:
@@ -351,8 +353,9 @@ class FusionEngine(PairEngine):
         self._set_input_min_long_side(input_min_long_side, model.config.input_min_long_side)
         self._set_input_max_long_side(input_max_long_side)
         # The stream's state, behind its own lock (read by global_map_state without waiting
-        # for a model run): the key its fits belong to (IR input shape, network input shape,
-        # valid size, pre-warp), the fits, and the pairs since the last fit.
+        # for a model run): the key its fits belong to (IR input shape, visible frame size,
+        # network input shape, valid size, pre-warp), the fits, and the pairs since the last
+        # fit.
         self._global_lock = threading.Lock()
         self._global_key = None
         self._global_fits = collections.deque(maxlen=self._global_window)
@@ -394,16 +397,17 @@ class FusionEngine(PairEngine):
 
         ``fits``: how many are held; ``spread_px``: how far they lie from the map in use, the
         median over the fits of the mean distance (pixels of the network input frame: the
-        visible frame, enlarged where it is smaller than :attr:`input_min_long_side`, padded
-        to multiples of 32) between where a fit and the median map put
-        that frame's four corners; None with fewer than 2 fits. Does not wait for a model run.
+        visible frame, enlarged where it is smaller than :attr:`input_min_long_side` or shrunk
+        where it is larger than :attr:`input_max_long_side`, padded to multiples of 32) between
+        where a fit and the median map put that frame's four corners; None with fewer than 2
+        fits. Does not wait for a model run.
         """
         with self._global_lock:
             fits = tuple(self._global_fits)
             key = self._global_key
         if len(fits) < 2:
             return len(fits), None
-        height, width = key[1][2:]
+        height, width = key[2][2:]
         stacked = torch.cat(fits).double()
         gap = stacked - _median_map(stacked)
         corners = torch.tensor([[-1.0, 1.0, 1.0, -1.0], [-1.0, -1.0, 1.0, 1.0]],
@@ -511,7 +515,7 @@ class FusionEngine(PairEngine):
             valid_size = _padded_from(ir_t, *net_size)
             if self.streams_global_map and stream_key is not None:
                 theta = self._stream_theta(ir_t, vi_t, valid_size,
-                                           (stream_key, items[0].pre_warp))
+                                           (stream_key, (height, width), items[0].pre_warp))
                 raw = self._run_model(ir_t, vi_t, valid_size, theta)
             else:
                 raw = self._run_model(ir_t, vi_t, valid_size)
@@ -524,16 +528,18 @@ class FusionEngine(PairEngine):
     def _stream_theta(self, ir_t, vi_t, valid_size, source):
         """Return the ``(1, 2, 3)`` global map of a stream's pair (``global_every``).
 
-        ``source``: ``(IR input shape, pre-warp matrix or None)``. Fits the global stage on
-        every pair until ``global_window`` fits are held, then when ``global_every`` pairs have
-        passed since the last fit (another frame size, IR shape or pre-warp forgets the fits),
+        ``source``: ``(IR input shape, visible frame (height, width), pre-warp matrix or
+        None)``. Fits the global stage on every pair until ``global_window`` fits are held,
+        then when ``global_every`` pairs have passed since the last fit (another frame size, IR
+        shape or pre-warp forgets the fits, also where ``input_min_long_side`` or
+        ``input_max_long_side`` resize two frame sizes to one network input),
         keeps a fit when it is plausible (:func:`_plausible_map`) and neither image is
         constant (:func:`_featureless`), and returns the elementwise
         median of the held fits (the pair's own map when none is held).
         """
         valid = None if valid_size is None else tuple(int(v) for v in valid_size)
-        ir_shape, pre_warp = source
-        key = (ir_shape, tuple(ir_t.shape), valid,
+        ir_shape, frame_size, pre_warp = source
+        key = (ir_shape, frame_size, tuple(ir_t.shape), valid,
                None if pre_warp is None else pre_warp.tobytes())
         with self._global_lock:
             if key != self._global_key:

@@ -121,6 +121,21 @@ def test_a_new_frame_size_a_reset_or_a_batch_forgets_or_keeps_the_fits(pairs, si
     assert stream.global_map_state() == (1, None)
 
 
+def test_a_new_visible_size_forgets_the_fits_when_the_shrink_gives_the_same_input(pairs):
+    """input_max_long_side 256: a 256x192 and a 320x240 visible frame both run at 256x192.
+
+    With the same IR camera the two streams once shared their key, so the 320x240 frame
+    started from the 256x192 frame's fit (5.6 px off its own flow) instead of being fitted.
+    """
+    stream = FusionEngine(cuda_graph='off', global_every=10, input_max_long_side=256)
+    single = FusionEngine(cuda_graph='off', input_max_long_side=256)
+    stream.infer(*pairs[0])
+    ir, vi = pairs[1][0], cv2.resize(pairs[1][1], (320, 240), interpolation=cv2.INTER_CUBIC)
+    assert stream.network_size(240, 320) == stream.network_size(192, 256) == (192, 256)
+    np.testing.assert_array_equal(stream.infer(ir, vi).flow_px, single.infer(ir, vi).flow_px)
+    assert stream.global_map_state() == (1, None)
+
+
 def test_a_mixed_size_batch_an_ir_of_another_shape_and_a_new_prior_are_no_stream_pairs(
         pairs, single):
     stream = FusionEngine(cuda_graph='off', global_every=100)
