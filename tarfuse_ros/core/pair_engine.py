@@ -256,7 +256,8 @@ class PairEngine:
                              f'got {value!r}')
         if 0 < value < self._min_long_side:
             raise ValueError(f'input_max_long_side ({value}) must be 0 or at least '
-                             f'input_min_long_side ({self._min_long_side})')
+                             f"input_min_long_side ({self._min_long_side}: the checkpoint's "
+                             f'model field unless the engine is given another)')
         self._max_long_side = int(value)
 
     @property

@@ -594,7 +594,8 @@ def test_large_frames_run_shrunk_and_come_back_to_the_frame(firing_weights, pair
         with pytest.raises(ValueError, match='input_max_long_side'):
             FusionEngine(firing_weights, input_max_long_side=bad)
     with pytest.raises(ValueError, match=r'input_max_long_side \(256\) must be 0 or at least '
-                                         r'input_min_long_side \(320\)'):
+                                         r"input_min_long_side \(320: the checkpoint's model "
+                                         r'field unless the engine is given another\)'):
         FusionEngine(firing_weights, input_min_long_side=320, input_max_long_side=256)
 
 
