@@ -506,32 +506,45 @@ def test_scale_search_off_is_a_no_op_without_the_orientation_stage(tmp_path):
     assert engine.scale_candidates == ()
 
 
+def _resized_and_by_hand(weights, pair, frame, network, interpolation, **setting):
+    """Return an engine's result on a pair and a plain engine's on the pair resized by hand.
+
+    The engine has ``setting`` and runs ``pair`` at ``frame`` (h, w); the plain one runs the
+    pair resized to ``network`` (h, w) with ``interpolation``. Returns ``(result, by_hand)``
+    after checking the result's layout at the frame's size and that its boxes are the hand-run
+    ones scaled to the frame.
+    """
+    ir, vi = _small(pair, *frame)
+    engine = FusionEngine(weights, conf_threshold=0.5, max_detections=20, **setting)
+    plain = FusionEngine(weights, conf_threshold=0.5, max_detections=20, input_min_long_side=0)
+    assert engine.network_size(*frame) == network
+    result = engine.infer(ir, vi)
+    _check_result(result, *frame, colour=True)
+    size = (network[1], network[0])
+    by_hand = plain.infer(cv2.resize(ir, size, interpolation=interpolation),
+                          cv2.resize(vi, size, interpolation=interpolation))
+    assert np.abs(by_hand.flow_px).mean() > 0.2  # a real displacement
+    sx, sy = frame[1] / network[1], frame[0] / network[0]
+    got = np.array([[d.x1, d.y1, d.x2, d.y2, d.score] for d in result.detections])
+    want = np.array([[d.x1 * sx, d.y1 * sy, d.x2 * sx, d.y2 * sy, d.score]
+                     for d in by_hand.detections])
+    assert len(got) > 0 and len(got) == len(want)
+    np.testing.assert_allclose(got[:5], want[:5], atol=0.5)
+    return result, by_hand
+
+
 def test_small_frames_run_enlarged_and_come_back_to_the_frame(firing_weights, pair, tmp_path):
     """input_min_long_side: a 60x80 frame runs at 120x160; outputs are in the 60x80 frame."""
-    ir, vi = _small(pair, 60, 80)
-    enlarged = FusionEngine(firing_weights, conf_threshold=0.5, max_detections=20,
-                            input_min_long_side=160)
-    plain = FusionEngine(firing_weights, conf_threshold=0.5, max_detections=20,
-                         input_min_long_side=0)
-    assert (enlarged.input_min_long_side, plain.input_min_long_side) == (160, 0)
-    assert enlarged.network_size(60, 80) == (120, 160)
+    small, big = _resized_and_by_hand(firing_weights, pair, (60, 80), (120, 160),
+                                      cv2.INTER_LINEAR, input_min_long_side=160)
+    enlarged = FusionEngine(firing_weights, input_min_long_side=160)
+    assert enlarged.input_min_long_side == 160
     assert enlarged.network_size(480, 640) == (480, 640)  # large frames are left alone
-    small = enlarged.infer(ir, vi)
-    _check_result(small, 60, 80, colour=True)
-    # The same network input by hand: the pair enlarged, run as it is, then brought back.
-    big_ir = cv2.resize(ir, (160, 120), interpolation=cv2.INTER_LINEAR)
-    big_vi = cv2.resize(vi, (160, 120), interpolation=cv2.INTER_LINEAR)
-    big = plain.infer(big_ir, big_vi)
+    # The network's outputs brought back: the field and the fused image shrunk.
     shrunk_flow = cv2.resize(big.flow_px, (80, 60), interpolation=cv2.INTER_AREA) * 0.5
-    assert np.abs(big.flow_px).mean() > 0.2  # a real displacement
     np.testing.assert_allclose(small.flow_px, shrunk_flow, atol=0.05)
     shrunk_fused = cv2.resize(big.fused, (80, 60), interpolation=cv2.INTER_LINEAR)
     assert np.abs(small.fused.astype(int) - shrunk_fused.astype(int)).mean() < 1.0
-    got = np.array([[d.x1, d.y1, d.x2, d.y2, d.score] for d in small.detections])
-    want = np.array([[d.x1 / 2, d.y1 / 2, d.x2 / 2, d.y2 / 2, d.score]
-                     for d in big.detections])
-    assert len(got) > 0 and len(got) == len(want)
-    np.testing.assert_allclose(got[:5], want[:5], atol=0.5)
     # A checkpoint carries the setting; the argument overrides it.
     from dataclasses import replace
     from tarfuse_ros.core.checkpoint import load_checkpoint
@@ -549,23 +562,15 @@ def test_small_frames_run_enlarged_and_come_back_to_the_frame(firing_weights, pa
 
 def test_large_frames_run_shrunk_and_come_back_to_the_frame(firing_weights, pair):
     """input_max_long_side: a 256x320 frame runs at 205x256; outputs are in the 256x320 frame."""
-    ir, vi = _small(pair, 256, 320)
-    shrinking = FusionEngine(firing_weights, conf_threshold=0.5, max_detections=20,
-                             input_max_long_side=256)
-    plain = FusionEngine(firing_weights, conf_threshold=0.5, max_detections=20)
-    assert (shrinking.input_max_long_side, plain.input_max_long_side) == (256, 0)
-    assert shrinking.network_size(256, 320) == (205, 256)
+    large, small = _resized_and_by_hand(firing_weights, pair, (256, 320), (205, 256),
+                                        cv2.INTER_AREA, input_max_long_side=256)
+    shrinking = FusionEngine(firing_weights, input_max_long_side=256)
+    assert (shrinking.input_max_long_side, FusionEngine(firing_weights).input_max_long_side) \
+        == (256, 0)
     assert shrinking.network_size(100, 200) == (100, 200)  # small frames are left alone
-    large = shrinking.infer(ir, vi)
-    _check_result(large, 256, 320, colour=True)
-    # The same network input by hand: the pair shrunk (area average), run, then enlarged back.
-    small_ir = cv2.resize(ir, (256, 205), interpolation=cv2.INTER_AREA)
-    small_vi = cv2.resize(vi, (256, 205), interpolation=cv2.INTER_AREA)
-    small = plain.infer(small_ir, small_vi)
-    sx, sy = 320 / 256, 256 / 205
+    ir, vi = _small(pair, 256, 320)
     grown_flow = cv2.resize(small.flow_px, (320, 256), interpolation=cv2.INTER_LINEAR)
-    grown_flow *= np.float32([sx, sy])
-    assert np.abs(small.flow_px).mean() > 0.2  # a real displacement
+    grown_flow *= np.float32([320 / 256, 256 / 205])
     np.testing.assert_allclose(large.flow_px, grown_flow, atol=0.05)
     # The registered IR is the frame's IR warped by the published flow (sharp, not enlarged).
     grid_y, grid_x = np.mgrid[0:256, 0:320].astype(np.float32)
@@ -585,11 +590,6 @@ def test_large_frames_run_shrunk_and_come_back_to_the_frame(firing_weights, pair
     added = large_y.astype(np.float32) - grown_y
     assert np.abs(added).mean() > 1.0  # detail came back ...
     assert np.corrcoef(added.ravel(), vi_detail.ravel())[0, 1] > 0.5  # ... the frame's own
-    got = np.array([[d.x1, d.y1, d.x2, d.y2, d.score] for d in large.detections])
-    want = np.array([[d.x1 * sx, d.y1 * sy, d.x2 * sx, d.y2 * sy, d.score]
-                     for d in small.detections])
-    assert len(got) > 0 and len(got) == len(want)
-    np.testing.assert_allclose(got[:5], want[:5], atol=0.5)
     for bad in (-1, 100, 1.5, True, '640', 10 ** 6):
         with pytest.raises(ValueError, match='input_max_long_side'):
             FusionEngine(firing_weights, input_max_long_side=bad)
