@@ -29,6 +29,7 @@ import numpy as np
 
 from tarfuse_ros.core.files import output_problem
 from tarfuse_ros.core.layout import image_path, read_split, unpaired_stems
+from tarfuse_ros.core.sizes import MAX_ENLARGED_LONG_SIDE
 from tarfuse_ros.tools.bagio import check_topic_name, compressed_cdr, image_cdr, jazzy_typestore
 from tarfuse_ros.tools.bagio import offered_qos, open_writer
 
@@ -94,6 +95,9 @@ def _parse_size(text):
             f'size must look like WIDTHxHEIGHT (e.g. 640x512), got {text!r}') from None
     if width <= 0 or height <= 0:
         raise ValueError(f'size must be positive, got {width}x{height}')
+    if max(width, height) > MAX_ENLARGED_LONG_SIDE:  # 99999x99999 ran out of memory in OpenCV
+        raise ValueError(f'size must be at most {MAX_ENLARGED_LONG_SIDE} px per side, got '
+                         f'{width}x{height}')
     return width, height
 
 

@@ -179,6 +179,8 @@ def test_make_bag_rejects_bad_input(tmp_path, capsys):
         make_bag(SAMPLES, tmp_path / 'out', rate=0.0)
     with pytest.raises(ValueError, match='WIDTHxHEIGHT'):
         make_bag(SAMPLES, tmp_path / 'out', size='128by96')
+    with pytest.raises(ValueError, match='at most 16384 px per side, got 99999x99999'):
+        make_bag(SAMPLES, tmp_path / 'out', size='99999x99999')
     with pytest.raises(ValueError, match='nosuch'):
         make_bag(SAMPLES, tmp_path / 'out', split='nosuch')
     for bad in ('0', '-1'):  # an empty bag; all pairs but the last
