@@ -188,7 +188,8 @@ def export_onnx(weights, output, half=False, opset=MIN_OPSET, verify=True, scale
     Raises:
         CheckpointError: missing or invalid checkpoint.
         ExportError: tracing failed or the graph does not match PyTorch.
-        ValueError: ``opset`` below 17 or above what ``torch.onnx.export`` writes.
+        ValueError: ``opset`` below 17 or above what ``torch.onnx.export`` writes;
+            ``half``, ``verify`` or ``scale_search`` not a bool.
 
     """
     import onnx
@@ -204,6 +205,9 @@ def export_onnx(weights, output, half=False, opset=MIN_OPSET, verify=True, scale
             or (max_opset is not None and opset > max_opset)):
         raise ValueError(f'opset must be an integer >= {MIN_OPSET} and <= {max_opset} (the '
                          f'newest torch.onnx.export writes), got {opset!r}')
+    for name, value in (('half', half), ('verify', verify), ('scale_search', scale_search)):
+        if not isinstance(value, (bool, np.bool_)):  # 'no' would count as true
+            raise ValueError(f'{name} must be True or False, got {value!r}')
     weights, output = Path(weights), Path(output)
     model = load_checkpoint(weights, map_location='cpu').eval()
     config = copy.deepcopy(model.checkpoint_config)

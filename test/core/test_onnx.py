@@ -227,6 +227,11 @@ def test_export_tool_usage_errors(tmp_path, capsys):
     assert export_tool.main([weights, '--out', str(tmp_path / 'new') + '/']) == 2
     assert f"--out '{tmp_path / 'new'}' names a folder" in capsys.readouterr().err
     assert not (tmp_path / 'new').exists()
+    # The library's flags are bools: a string such as 'no' counted as true (a float16 graph).
+    for flag in ('half', 'verify', 'scale_search'):
+        with pytest.raises(ValueError, match=f"{flag} must be True or False, got 'no'"):
+            export_onnx(weights, tmp_path / 'c.onnx', **{flag: 'no'})
+    assert not list(tmp_path.glob('*.onnx'))
 
 
 def test_export_tool_refuses_an_out_it_cannot_write_before_exporting(tmp_path, capsys):
