@@ -32,8 +32,8 @@ import threading
 import time
 
 import numpy as np
-from tarfuse_ros.core.sizes import (enlarged_size, MAX_ENLARGED_LONG_SIDE,
-                                    MIN_SHRUNK_LONG_SIDE, shrunk_size)
+from tarfuse_ros.core.sizes import (check_input_max_long_side, enlarged_size,
+                                    MAX_ENLARGED_LONG_SIDE, shrunk_size)
 
 __all__ = ['Detection', 'FusionResult', 'PairEngine', 'outputs_to_frame', 'resize_planes',
            'validate_thresholds']
@@ -130,10 +130,8 @@ def outputs_to_frame(fused, registered, flow, rows, height, width, ir=None, vi_y
     flow = (cv2.resize(flow, size, interpolation=down) * np.float32([sx, sy])).astype(np.float32)
     fused = cv2.resize(fused, size, interpolation=cv2.INTER_LINEAR)
     if shrunk and ir is not None and vi_y is not None:
-        grid_y, grid_x = np.mgrid[0:height, 0:width].astype(np.float32)
-        registered = cv2.remap(_grey_levels(ir), grid_x + flow[..., 0], grid_y + flow[..., 1],
-                               interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
-                               borderValue=0)
+        from tarfuse_ros.core.prior import remap_by_flow
+        registered = remap_by_flow(_grey_levels(ir), flow)
         details = []
         for plane in (_grey_levels(vi_y), registered):
             small = cv2.resize(plane, (net_w, net_h), interpolation=cv2.INTER_AREA)
@@ -249,16 +247,12 @@ class PairEngine:
         Raises ``ValueError`` for anything but 0 or an integer in ``[MIN_SHRUNK_LONG_SIDE,
         MAX_ENLARGED_LONG_SIDE]`` (256-16384) that is not below ``input_min_long_side``.
         """
-        if (isinstance(value, bool) or not isinstance(value, numbers.Integral)
-                or not (value == 0 or MIN_SHRUNK_LONG_SIDE <= value <= MAX_ENLARGED_LONG_SIDE)):
-            raise ValueError(f'input_max_long_side must be 0 (never shrink) or an integer in '
-                             f'[{MIN_SHRUNK_LONG_SIDE}, {MAX_ENLARGED_LONG_SIDE}] (pixels), '
-                             f'got {value!r}')
+        value = check_input_max_long_side(value)
         if 0 < value < self._min_long_side:
             raise ValueError(f'input_max_long_side ({value}) must be 0 or at least '
                              f"input_min_long_side ({self._min_long_side}: the checkpoint's "
                              f'model field unless the engine is given another)')
-        self._max_long_side = int(value)
+        self._max_long_side = value
 
     @property
     def input_min_long_side(self):

@@ -42,8 +42,8 @@ from tarfuse_ros.core.images import to_uint8
 
 __all__ = ['ASPECT_TOLERANCE', 'MIN_OVERLAP', 'PARAMETER_NAMES', 'RegistrationPrior',
            'apply_prior', 'check_prior', 'compose_flow', 'corner_error_px', 'ir_corners',
-           'load_prior_yaml', 'make_prior', 'map_points', 'prior_flow', 'resize_matrix',
-           'write_prior_yaml']
+           'load_prior_yaml', 'make_prior', 'map_points', 'prior_flow', 'remap_by_flow',
+           'resize_matrix', 'write_prior_yaml']
 
 ASPECT_TOLERANCE = 0.02  # relative change of width/height ratio accepted by scaling
 PARAMETER_NAMES = ('registration.prior', 'registration.prior_ir_size',
@@ -351,11 +351,25 @@ def registered_ir_for(pair, flow_px, registered):
     if (pair.pre_warp is None or pair.ir_resized is None
             or np.array_equal(pair.pre_warp, np.eye(3))):
         return registered  # nothing was warped away
-    height, width = flow_px.shape[:2]
-    grid_y, grid_x = np.mgrid[0:height, 0:width].astype(np.float32)
     plane = pair.ir_resized
     if plane.dtype != np.uint8:
         plane = to_uint8(plane)
+    return remap_by_flow(plane, flow_px)
+
+
+def remap_by_flow(plane, flow_px):
+    """Return ``plane`` resampled by a flow: ``out(p) = plane(p + flow_px(p))``.
+
+    Args:
+        plane: ``HxW`` uint8 or float32 image.
+        flow_px: ``(H, W, 2)`` float32 field (dx, dy), pixels.
+
+    Returns:
+        ``HxW`` of ``plane``'s dtype (``cv2.remap``, bilinear, zeros outside the image).
+
+    """
+    height, width = flow_px.shape[:2]
+    grid_y, grid_x = np.mgrid[0:height, 0:width].astype(np.float32)
     return cv2.remap(plane, grid_x + flow_px[..., 0], grid_y + flow_px[..., 1],
                      interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
                      borderValue=0)

@@ -1,6 +1,9 @@
 """Frame sizes shared by training and both inference engines (no torch import)."""
 
-__all__ = ['MAX_ENLARGED_LONG_SIDE', 'MIN_SHRUNK_LONG_SIDE', 'enlarged_size', 'shrunk_size']
+import numbers
+
+__all__ = ['MAX_ENLARGED_LONG_SIDE', 'MIN_SHRUNK_LONG_SIDE', 'check_input_max_long_side',
+           'enlarged_size', 'shrunk_size']
 
 # The largest long side a frame (or its features) may be enlarged to, pixels: the bound of
 # input_min_long_side / detect_min_long_side in the checkpoint and the engines' arguments.
@@ -19,12 +22,9 @@ def enlarged_size(height, width, min_long_side):
     (:class:`~tarfuse_ros.core.data.PairedDataset`) and inference
     (``TarFuseConfig.input_min_long_side``).
     """
-    longer = max(height, width)
-    if min_long_side <= longer:
+    if min_long_side <= max(height, width):
         return int(height), int(width)
-    scale = min_long_side / longer
-    return (max(1, int(round(height * scale))) if height != longer else int(min_long_side),
-            max(1, int(round(width * scale))) if width != longer else int(min_long_side))
+    return _with_long_side(height, width, min_long_side)
 
 
 def shrunk_size(height, width, max_long_side):
@@ -35,9 +35,28 @@ def shrunk_size(height, width, max_long_side):
     its size. Used by the engines' ``input_max_long_side`` (large cameras run the network on a
     smaller frame).
     """
-    longer = max(height, width)
-    if max_long_side <= 0 or longer <= max_long_side:
+    if max_long_side <= 0 or max(height, width) <= max_long_side:
         return int(height), int(width)
-    scale = max_long_side / longer
-    return (max(1, int(round(height * scale))) if height != longer else int(max_long_side),
-            max(1, int(round(width * scale))) if width != longer else int(max_long_side))
+    return _with_long_side(height, width, max_long_side)
+
+
+def _with_long_side(height, width, long_side):
+    """Return ``(height, width)`` scaled so the longer side is ``long_side`` (aspect kept)."""
+    longer = max(height, width)
+    scale = long_side / longer
+    return (max(1, int(round(height * scale))) if height != longer else int(long_side),
+            max(1, int(round(width * scale))) if width != longer else int(long_side))
+
+
+def check_input_max_long_side(value, name='input_max_long_side'):
+    """Return ``input_max_long_side`` checked, as an int (pixels; 0: never shrink).
+
+    Raises ``ValueError`` naming ``name`` (the engines' argument, a tool's option) for anything
+    but 0 or an integer in ``[MIN_SHRUNK_LONG_SIDE, MAX_ENLARGED_LONG_SIDE]``.
+    """
+    if (isinstance(value, bool) or not isinstance(value, numbers.Integral)
+            or not (value == 0 or MIN_SHRUNK_LONG_SIDE <= value <= MAX_ENLARGED_LONG_SIDE)):
+        raise ValueError(f'{name} must be 0 (never shrink) or an integer in '
+                         f'[{MIN_SHRUNK_LONG_SIDE}, {MAX_ENLARGED_LONG_SIDE}] (pixels), '
+                         f'got {value!r}')
+    return int(value)

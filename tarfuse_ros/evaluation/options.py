@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass
 
-from tarfuse_ros.core.sizes import MAX_ENLARGED_LONG_SIDE, MIN_SHRUNK_LONG_SIDE
+from tarfuse_ros.core.sizes import check_input_max_long_side
 
 __all__ = ['DEFORM_MODES', 'EvalOptions', 'STORED_IR_MODES']
 
@@ -74,11 +74,7 @@ class EvalOptions:
         for name, value in (('--conf', self.conf), ('--iou', self.iou)):
             if not 0.0 <= float(value) <= 1.0:  # NaN too; checked before the model loads
                 raise ValueError(f'{name} must be a number in [0, 1], got {value}')
-        side = self.input_max_long_side
-        if isinstance(side, bool) or not isinstance(side, int) or not (
-                side == 0 or MIN_SHRUNK_LONG_SIDE <= side <= MAX_ENLARGED_LONG_SIDE):
-            raise ValueError(f'--input-max-long-side must be 0 or an integer in '
-                             f'[{MIN_SHRUNK_LONG_SIDE}, {MAX_ENLARGED_LONG_SIDE}], got {side!r}')
+        check_input_max_long_side(self.input_max_long_side, '--input-max-long-side')
         if int(self.figures) < 0:
             raise ValueError(f'--figures must be >= 0, got {self.figures}')
         if self.threads is not None and int(self.threads) < 1:
