@@ -32,8 +32,8 @@ import threading
 import time
 
 import numpy as np
-from tarfuse_ros.core.sizes import (check_input_max_long_side, enlarged_size,
-                                    MAX_ENLARGED_LONG_SIDE, shrunk_size)
+from tarfuse_ros.core.sizes import (check_input_max_long_side, check_network_size,
+                                    enlarged_size, MAX_ENLARGED_LONG_SIDE, shrunk_size)
 
 __all__ = ['Detection', 'FusionResult', 'PairEngine', 'outputs_to_frame', 'resize_planes',
            'validate_thresholds']
@@ -320,9 +320,11 @@ class PairEngine:
             TypeError: ``irs`` or ``vis`` is one image (an ``HxW`` or ``HxWxC`` array with C
                 1, 3 or 4) instead of a sequence of them (a stacked ``NxHxW`` or ``NxHxWxC``
                 array is a sequence).
-            ValueError: different lengths, or an image that
+            ValueError: different lengths, an image that
                 :func:`~tarfuse_ros.core.images.prepare_pair` refuses (empty, wrong shape or
-                dtype).
+                dtype), or a visible frame the network would run at more than
+                :data:`~tarfuse_ros.core.sizes.MAX_NETWORK_PIXELS` (3840x2160; then nothing
+                runs: set ``input_max_long_side``).
 
         """
         from tarfuse_ros.core.chroma import ir_chroma_for, restore_ir_chroma
@@ -345,6 +347,8 @@ class PairEngine:
         groups = {}
         for index, item in enumerate(prepared):
             groups.setdefault(item.vi_y.shape[:2], []).append(index)
+        for size in groups:  # every size before any runs: a refused batch runs nothing
+            check_network_size(size, self.network_size(*size))
         results = [None] * len(prepared)
         # One pair per call is a stream's pair (its IR's own size is part of the stream's key:
         # another IR camera geometry is another rig); a batch never touches the stream.

@@ -2,8 +2,8 @@
 
 import numbers
 
-__all__ = ['MAX_ENLARGED_LONG_SIDE', 'MIN_SHRUNK_LONG_SIDE', 'check_input_max_long_side',
-           'enlarged_size', 'shrunk_size']
+__all__ = ['MAX_ENLARGED_LONG_SIDE', 'MAX_NETWORK_PIXELS', 'MIN_SHRUNK_LONG_SIDE',
+           'check_input_max_long_side', 'check_network_size', 'enlarged_size', 'shrunk_size']
 
 # The largest long side a frame (or its features) may be enlarged to, pixels: the bound of
 # input_min_long_side / detect_min_long_side in the checkpoint and the engines' arguments.
@@ -12,6 +12,12 @@ MAX_ENLARGED_LONG_SIDE = 16384
 # The smallest input_max_long_side the engines take, pixels: below about 256 px per side the
 # global stage's 8 px cells give it too few matches (models/MODEL_CARD.md, Limits).
 MIN_SHRUNK_LONG_SIDE = 256
+
+# The most pixels the network runs one pair at: 3840x2160 (4K UHD, 8.3 MP). Measured there
+# (session 37, torch on a 2-core CPU): 54 s and 4.8 GB of memory a pair, growing with the
+# pixels; a 7680x4320 frame would take about four times that, enough for the kernel to kill
+# a robot's node. Larger frames run shrunk with input_max_long_side (README, "Large cameras").
+MAX_NETWORK_PIXELS = 3840 * 2160
 
 
 def enlarged_size(height, width, min_long_side):
@@ -60,3 +66,25 @@ def check_input_max_long_side(value, name='input_max_long_side'):
                          f'[{MIN_SHRUNK_LONG_SIDE}, {MAX_ENLARGED_LONG_SIDE}] (pixels), '
                          f'got {value!r}')
     return int(value)
+
+
+def check_network_size(frame_size, network_size):
+    """Raise ``ValueError`` when the network would run a frame at more than MAX_NETWORK_PIXELS.
+
+    Args:
+        frame_size: the visible frame's ``(height, width)``, pixels (named in the message).
+        network_size: the ``(height, width)`` the network would run it at (after the engines'
+            ``input_min_long_side`` / ``input_max_long_side``), pixels.
+
+    Raises:
+        ValueError: saying both sizes and how to run such frames (``input_max_long_side``).
+    """
+    height, width = (int(v) for v in network_size)
+    if height * width <= MAX_NETWORK_PIXELS:
+        return
+    frame = f'{int(frame_size[1])}x{int(frame_size[0])}'
+    at = '' if tuple(frame_size) == (height, width) else f' at {width}x{height}'
+    raise ValueError(f'the visible frame {frame} would run the network{at}: '
+                     f'{height * width:,} pixels, more than the {MAX_NETWORK_PIXELS:,} '
+                     f'(3840x2160) it runs at (about 4.8 GB of memory there); set '
+                     f'input_max_long_side (e.g. 1920) to run large frames shrunk')

@@ -127,7 +127,8 @@ PARAMETER_SPECS = (
               'Large cameras: the network runs on frames shrunk so their longer side is at '
               'most this many pixels (area average), and the fused image, registered IR, flow '
               'and boxes are brought back to the camera resolution; a 1920x1080 camera at 1024 '
-              'costs what a 1024x576 one does. 0 = never shrink; else 256-16384. '
+              'costs what a 1024x576 one does. 0 = never shrink; else 256-16384. Frames the '
+              'network would run at more than 3840x2160 pixels are skipped (pairs_rejected). '
               'Restart to change.',
               low=0, high=MAX_ENLARGED_LONG_SIDE),
     ParamSpec('confidence_threshold', 'confidence_threshold', 'float',

@@ -599,6 +599,33 @@ def test_large_frames_run_shrunk_and_come_back_to_the_frame(firing_weights, pair
         FusionEngine(firing_weights, input_min_long_side=320, input_max_long_side=256)
 
 
+def test_frames_the_network_would_run_above_4k_are_refused_before_anything_runs(
+        firing_weights, pair):
+    """More than MAX_NETWORK_PIXELS (3840x2160): a clear error, no batch member runs."""
+    from tarfuse_ros.core.sizes import check_network_size, MAX_NETWORK_PIXELS
+    engine = FusionEngine(firing_weights)
+    huge = np.zeros((2200, 4000), np.uint8)  # 8.8 MP
+    ir, vi = _small(pair, 64, 80)
+    with pytest.raises(ValueError, match=r'the visible frame 4000x2200 would run the network: '
+                                         r'8,800,000 pixels, more than the 8,294,400 '
+                                         r'\(3840x2160\) it runs at .*set input_max_long_side'):
+        engine.infer(huge, huge)
+    calls = []
+    engine._run_group = lambda *args, **kwargs: calls.append(args)  # what would run
+    with pytest.raises(ValueError, match='8,800,000 pixels'):
+        engine.infer_batch([ir, huge], [vi, huge])
+    assert calls == []  # the small pair of the refused batch did not run either
+    # Enlarged past it (input_min_long_side) is named with the size it would run at.
+    with pytest.raises(ValueError, match=r'the visible frame 80x64 would run the network at '
+                                         r'4000x3200: 12,800,000 pixels'):
+        FusionEngine(firing_weights, input_min_long_side=4000).infer(ir, vi)
+    # At the limit it runs; shrunk with input_max_long_side, the 8.8 MP frame runs.
+    check_network_size((2160, 3840), (2160, 3840))
+    assert MAX_NETWORK_PIXELS == 3840 * 2160
+    shrunk = FusionEngine(firing_weights, input_max_long_side=400).infer(huge, huge)
+    assert shrunk.fused.shape == huge.shape and shrunk.flow_px.shape == (2200, 4000, 2)
+
+
 def test_outputs_come_back_to_the_frame_per_axis():
     """outputs_to_frame (both engines): x and y scaled by their own factors."""
     from tarfuse_ros.core.pair_engine import outputs_to_frame

@@ -230,6 +230,10 @@ def _bad_pair(probe, case, stamp):
         ir = image_msg(values, '32FC1', stamp, 'infrared_optical_frame')
     elif case == 'one_pixel_ir':
         ir = image_msg(np.zeros((1, 1), np.uint8), 'mono8', stamp, 'infrared_optical_frame')
+    elif case == 'huge_visible':
+        # More pixels than the network runs at (3840x2160), in fewer bytes than the shipped
+        # Fast DDS profile's 8 MiB shared-memory segment (a larger best-effort sample is lost).
+        vi = image_msg(np.zeros((2160, 3848), np.uint8), 'mono8', stamp, vi.header.frame_id)
     elif case == 'zero_stamps':
         for msg in (ir, vi):
             msg.header.stamp.sec = msg.header.stamp.nanosec = 0
@@ -243,6 +247,8 @@ BAD_CASES = {  # case -> (counter that must grow, words of the reported cause)
     'nan_in_float_ir': ('pairs_rejected', 'NaN'),
     'one_pixel_ir': ('pairs_rejected', 'infrared/image_raw: the image is 1x1: both sides must '
                                        'be at least 16 pixels'),
+    'huge_visible': ('pairs_rejected', '3848x2160 would run the network: 8,311,680 pixels, '
+                                       'more than the 8,294,400 (3840x2160)'),
     'zero_stamps': ('messages_rejected', 'zero stamp'),
 }
 
