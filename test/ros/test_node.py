@@ -232,7 +232,7 @@ def _bad_pair(probe, case, stamp):
         ir = image_msg(np.zeros((1, 1), np.uint8), 'mono8', stamp, 'infrared_optical_frame')
     elif case == 'huge_visible':
         # More pixels than the network runs at (3840x2160), in fewer bytes than the shipped
-        # Fast DDS profile's 8 MiB shared-memory segment (a larger best-effort sample is lost).
+        # Fast DDS profile's 8 MiB shared-memory segment (larger ones may not get through).
         vi = image_msg(np.zeros((2160, 3848), np.uint8), 'mono8', stamp, vi.header.frame_id)
     elif case == 'zero_stamps':
         for msg in (ir, vi):
