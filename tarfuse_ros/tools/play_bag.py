@@ -207,6 +207,18 @@ class BagPlayer:
         from rclpy.expand_topic_name import expand_topic_name
         remap = {source: expand_topic_name(target, node_name, '/')
                  for source, target in (remap or {}).items()}
+        # Two played topics published on one (a remap onto a topic the bag also plays, or two
+        # remaps onto one target) would merge their messages into one stream: refused.
+        published = {}
+        for topic in sorted(bag_topics):
+            if topics is None or topic in topics:
+                published.setdefault(remap.get(topic, topic), []).append(topic)
+        merged = {target: sources for target, sources in published.items() if len(sources) > 1}
+        if merged:
+            target, sources = sorted(merged.items())[0]
+            raise ValueError(f'--remap: {" and ".join(sources)} would both be published on '
+                             f'{target}, one stream of both; remap them apart, or leave one '
+                             f'out with --topics')
         self.rate, self.loop, self.start_delay, self.duration = rate, loop, start_delay, duration
         self.wait_for_subscribers, self.wait_timeout = wait_for_subscribers, wait_timeout
         self.settle = settle
@@ -521,7 +533,7 @@ def build_parser():
                         help='seconds to wait after subscribers matched, before playing')
     parser.add_argument('--topics', nargs='+', default=None, help='bag topics to play')
     parser.add_argument('--remap', nargs='+', default=(), metavar='FROM:=TO',
-                        help='publish bag topic FROM as TO')
+                        help='publish bag topic FROM as TO (not onto a topic played too)')
     parser.add_argument('--restamp', action='store_true',
                         help='shift header stamps to the playback time (keeps offsets)')
     parser.add_argument('--qos-reliability', choices=('reliable', 'best_effort'),

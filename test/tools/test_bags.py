@@ -503,6 +503,14 @@ def test_play_refuses_what_it_would_silently_ignore(sample_bag, tmp_path):
         BagPlayer(path, remap={'/nope': '/cam/image_raw'})
     with pytest.raises(ValueError, match="--remap target 'bad name' is not a valid ROS topic"):
         BagPlayer(path, remap={VI: 'bad name'})
+    # Onto a topic the bag plays too, or two onto one: the two streams would merge.
+    merged = f'--remap: {IR} and {VI} would both be published on {VI}, one stream of both'
+    with pytest.raises(ValueError, match=merged):
+        BagPlayer(path, remap={IR: VI})
+    with pytest.raises(ValueError, match=r'would both be published on /cam/image_raw'):
+        BagPlayer(path, remap={IR: '/cam/image_raw', VI: 'cam/image_raw'})
+    assert BagPlayer(path, remap={IR: VI}, topics=[IR]).remap == {IR: VI}  # VI not played
+    assert BagPlayer(path, remap={IR: VI, VI: IR}).remap == {IR: VI, VI: IR}  # swapped
     with pytest.raises(ValueError, match='--record-topics needs --record'):
         BagPlayer(path, record_topics=['fused/image_raw'])
     broken = tmp_path / 'broken'
