@@ -307,6 +307,16 @@ class Probe:
                        for s in self.diagnostics[start:])
         return self.spin_until(check, timeout, tick=tick)
 
+    def settled_diagnostics(self):
+        """Return the node's diagnostics values from a status taken after all the probe has seen.
+
+        The first status to arrive may have been taken before the newest output; the second was
+        taken after it.
+        """
+        seen = len(self.diagnostics)
+        assert self.spin_until(lambda: len(self.diagnostics) >= seen + 2, 10.0)
+        return self.latest_diagnostics()[2]
+
     def counter(self, name):
         """Return a counter from the newest diagnostics (0 when none arrived yet)."""
         latest = self.latest_diagnostics()

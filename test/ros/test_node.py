@@ -276,21 +276,10 @@ def test_time_jumping_backwards_resets_the_synchroniser(setup):
     assert probe.wait_for_diagnostics(lambda lv, m, values: int(values['sync_resets']) > resets)
 
 
-def _counters(probe):
-    """Return the node's diagnostics values from a status taken after all the probe has seen.
-
-    The first status to arrive may have been taken before the newest output; the second was
-    taken after it.
-    """
-    seen = len(probe.diagnostics)
-    assert probe.spin_until(lambda: len(probe.diagnostics) >= seen + 2, 10.0)
-    return probe.latest_diagnostics()[2]
-
-
 def test_a_bag_loop_counts_one_sync_reset_though_both_cameras_jump_back(setup):
     node, probe, _, _ = setup
     _send_and_wait(probe)
-    before = int(_counters(probe)['sync_resets'])
+    before = int(probe.settled_diagnostics()['sync_resets'])
     start = time.time_ns() - 100 * 1_000_000_000  # the bag's first stamp
     for loop in (1, 2):
         # The bag of two pairs 0.5 s apart from its start (each loop's stamps a little apart,
@@ -298,7 +287,7 @@ def test_a_bag_loop_counts_one_sync_reset_though_both_cameras_jump_back(setup):
         offset = (loop - 1) * 10_000_000
         _send_and_wait(probe, stamp=start + offset)
         _send_and_wait(probe, stamp=start + offset + 500_000_000)
-        resets = int(_counters(probe)['sync_resets'])
+        resets = int(probe.settled_diagnostics()['sync_resets'])
         assert resets == before + loop, f'loop {loop}: {resets - before} resets counted'
 
 
