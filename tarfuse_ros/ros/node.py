@@ -3,13 +3,18 @@
 Data flow::
 
     infrared/image_raw --+  per-input checks     message_filters           keep-newest slot
-                         +-> (zero stamp, time --> approximate/exact  --> (overwritten pair =
-    visible/image_raw ---+   jump -> reset)        time synchroniser      dropped, counted)
+                         +-> (zero stamp, out  --> approximate/exact  --> (overwritten pair =
+    visible/image_raw ---+   of order; time        time synchroniser      dropped, counted)
+                             jump -> reset)
     (or .../compressed per                                                       |
      camera: <cam>.transport)              one worker thread: cv_bridge decode, FusionEngine.infer
                                                                                  |
     fused/image_raw (+ /compressed), fused/camera_info, detections, registered/image_raw,
     debug/image_raw (each with the visible image's header), /diagnostics
+
+A message stamped before its input's newest is either out of order (delivered late: a driver
+with several threads, a bridge) and ignored, counted in ``messages_rejected``, or a time jump (a
+bag loop, a clock reset) that resets the synchroniser: see :func:`is_time_jump`.
 
 fused/camera_info republishes the visible camera's camera_info, read beside the visible image
 topic as remapped (``/cam/image_raw`` -> ``/cam/camera_info``, as image_transport's
@@ -63,7 +68,8 @@ from tarfuse_ros.ros.params import refinement_settings, registration_prior
 from tarfuse_ros.ros.params import unknown_parameters, unknown_qos_overrides
 from vision_msgs.msg import Detection2DArray
 
-__all__ = ['StartupError', 'TarFuseNode', 'main', 'visible_camera_info_topic']
+__all__ = ['StartupError', 'TarFuseNode', 'is_time_jump', 'main',
+           'visible_camera_info_topic']
 
 INFRARED, VISIBLE = 0, 1
 _INPUT_NAMES = ('infrared', 'visible')
@@ -87,6 +93,24 @@ class StartupError(RuntimeError):
 
 def _stamp_ns(stamp):
     return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
+def is_time_jump(recent_ns, stamp_ns):
+    """Return whether ``stamp_ns``, behind the newest of ``recent_ns``, is a jump back in time.
+
+    ``recent_ns`` holds the stamps (ns, oldest first) of an input's last few accepted
+    messages; ``stamp_ns`` is earlier than the last of them. It is a time jump (a bag loop, a
+    clock reset) when it is earlier than every stamp held, or when it is one of them: a bag
+    replays its stamps verbatim, so a loop shorter than the window comes back to a stamp the
+    window still holds (and a loop that is not, to one before them all). Otherwise it falls
+    between stamps the input just delivered and is out of order: a message delivered late.
+
+    A clock stepped back by less than the window's span, onto no stamp held, is therefore
+    taken for late messages until its stamps pass the newest again: at most the window's span
+    is lost, whereas a jump found in a late message would reset the synchroniser and lose the
+    partners it holds.
+    """
+    return stamp_ns < recent_ns[0] or stamp_ns in recent_ns
 
 
 def _health_settings(params):
@@ -193,6 +217,11 @@ class TarFuseNode(Node):
         self._stopping = False
 
         self._last_stamp_ns = [None, None]
+        # Per input: the stamps of its last accepted messages (oldest first, since its last
+        # time jump), which tell a message delivered late from a jump (is_time_jump). As many
+        # as the synchroniser holds: a driver's threads reorder a few messages, not more.
+        self._recent_stamps = [collections.deque(maxlen=max(2, self._params.sync_queue_size))
+                               for _ in _INPUT_NAMES]
         # Per input: its newest stamp when the other input jumped back in time (a bag loop),
         # i.e. it has still to make that jump, which then resets nothing again; else None.
         self._jump_pending = [None, None]
@@ -504,7 +533,20 @@ class TarFuseNode(Node):
             self._warn(f'zero_stamp:{name}', f'message ignored: {cause}')
             return
         last = self._last_stamp_ns[index]
+        recent = self._recent_stamps[index]
+        if last is not None and stamp < last and not is_time_jump(recent, stamp):
+            # Delivered late, among stamps this input has just delivered: not a time jump, so
+            # no reset (which would lose the partners the synchroniser holds). Nor is it fed:
+            # its pair would come after newer ones, take the keep-newest slot from a newer
+            # pair and give the outputs a stamp going back. Duplicates of the newest stamp are
+            # not behind it; they go on to the synchroniser as before.
+            cause = (f'out of order on {topic}: stamped {(last - stamp) / 1e9:.3f} s before '
+                     f'the newest')
+            self._stats.reject(cause, pair=False)
+            self._warn(f'out_of_order:{name}', f'message ignored: {cause}')
+            return
         if last is not None and stamp < last:
+            recent.clear()  # the old timeline's stamps say nothing about the new one's order
             if index == VISIBLE:
                 # The camera_info that came before the visible camera's last image of its old
                 # timeline (a previous loop or bag) are never a new image's, by stamp or as the
@@ -539,6 +581,7 @@ class TarFuseNode(Node):
             # jump with it (one camera's clock reset), so a later step back is a jump of its own.
             self._jump_pending[other] = None
         self._last_stamp_ns[index] = stamp
+        recent.append(stamp)
         self._last_msg[index] = msg
         self._relays[index].signalMessage(msg)
 

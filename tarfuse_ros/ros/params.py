@@ -151,7 +151,9 @@ PARAMETER_SPECS = (
               'stamps use sync.approximate false. Restart to change.',
               low=0.001, high=10.0),
     ParamSpec('sync.queue_size', 'sync_queue_size', 'int',
-              'Messages per input kept by the synchroniser. Restart to change.', low=1, high=1000),
+              'Messages per input kept by the synchroniser; also how many of its newest stamps '
+              'tell a message out of order (ignored) from a time jump. Restart to change.',
+              low=1, high=1000),
     ParamSpec('qos.reliability', 'qos_reliability', 'str',
               'Reliability of the input subscriptions. Restart to change.',
               allowed=RELIABILITY_VALUES),

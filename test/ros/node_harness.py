@@ -307,6 +307,16 @@ class Probe:
                        for s in self.diagnostics[start:])
         return self.spin_until(check, timeout, tick=tick)
 
+    def settled_diagnostics(self):
+        """Return the node's diagnostics values from a status taken after all the probe has seen.
+
+        The first status to arrive may have been taken before the newest output; the second was
+        taken after it.
+        """
+        seen = len(self.diagnostics)
+        assert self.spin_until(lambda: len(self.diagnostics) >= seen + 2, 10.0)
+        return self.latest_diagnostics()[2]
+
     def counter(self, name):
         """Return a counter from the newest diagnostics (0 when none arrived yet)."""
         latest = self.latest_diagnostics()
@@ -320,6 +330,26 @@ class Probe:
         return self.spin_until(
             lambda: (self.ir_pub.get_subscription_count() > 0
                      and self.visible_pub.get_subscription_count() > 0), timeout)
+
+    def send_with_ir_out_of_order(self, start_ns, period_ns=100_000_000):
+        """Send four pairs ``period_ns`` apart, the IR camera's second and third swapped.
+
+        IR t0, t2, t1, t3 and visible t0, t1, t2, t3 (a driver with several threads, or a
+        bridge, delivers IR t1 late). Waits for the fused image and the detections of t0, t2
+        and t3, the pairs that can still pair (IR t1 is ignored, so visible t1 has no
+        partner); return the four stamps.
+        """
+        stamps = [start_ns + k * period_ns for k in range(4)]
+        pairs = [self.good_pair(stamp) for stamp in stamps]
+        self.publish_pair(*pairs[0])
+        assert self.wait_for_outputs(stamps[0]), 'no output for t0'
+        for publisher, msg in ((self.ir_pub, pairs[2][0]), (self.ir_pub, pairs[1][0]),
+                               (self.visible_pub, pairs[1][1]), (self.visible_pub, pairs[2][1])):
+            publisher.publish(msg)
+        assert self.wait_for_outputs(stamps[2]), 'no output for t2 after IR t1 came late'
+        self.publish_pair(*pairs[3])
+        assert self.wait_for_outputs(stamps[3]), 'no output for t3'
+        return stamps
 
     def wait_until_ready(self, timeout=60.0):
         """Wait until the node answers a pair (retrying with new stamps); return the stamp."""

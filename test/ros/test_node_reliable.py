@@ -1,8 +1,9 @@
 """The node with reliable inputs and exact-time sync, on Fast DDS's plain default transports.
 
 Covers the QoS-incompatibility warning (a best-effort publisher cannot feed a reliable
-subscription), exact pairing, and shutdown by SIGTERM.  The node process runs without the
-shipped Fast DDS profile: small images must still get through on the defaults.
+subscription), exact pairing (an image out of order included), and shutdown by SIGTERM.  The
+node process runs without the shipped Fast DDS profile: small images must still get through on
+the defaults.
 """
 
 import contextlib
@@ -105,6 +106,22 @@ def test_exact_sync_pairs_only_identical_stamps(setup):
     assert probe.wait_for_outputs(same)
     assert not probe.outputs_for('fused', apart)
     assert not probe.outputs_for('fused', apart + 1_000_000)
+
+
+def test_exact_sync_ignores_an_ir_image_out_of_order_without_a_reset(setup):
+    # IR t0, t2, t1, t3: t1 is ignored (it used to reset the synchroniser as a time jump);
+    # t0, t2 and t3 pair on their identical stamps.
+    node, probe = setup
+    before = probe.settled_diagnostics()
+    stamps = probe.send_with_ir_out_of_order(time.time_ns())
+    after = probe.settled_diagnostics()
+    assert int(after['sync_resets']) == int(before['sync_resets'])
+    assert int(after['messages_rejected']) == int(before['messages_rejected']) + 1
+    assert after['last_rejection'].startswith('out of order on /infrared/image_raw: ')
+    for stamp in (stamps[0], stamps[2], stamps[3]):
+        assert len(probe.outputs_for('fused', stamp)) == 1
+    assert not probe.outputs_for('fused', stamps[1])
+    assert node.alive()
 
 
 def test_sigterm_stops_the_node_cleanly(setup):

@@ -1,0 +1,29 @@
+"""Telling a message delivered out of order from a time jump (``is_time_jump``), without DDS.
+
+The node feeds it each input's last stamps; the end-to-end cases are in test_node.py and
+test_node_reliable.py.
+"""
+
+from tarfuse_ros.ros.node import is_time_jump
+
+MS = 1_000_000
+
+
+def test_a_stamp_among_those_just_delivered_is_out_of_order():
+    recent = [0, 66 * MS, 100 * MS]
+    assert not is_time_jump(recent, 33 * MS)
+    assert not is_time_jump(recent, 99 * MS)
+
+
+def test_a_stamp_before_every_one_held_is_a_time_jump():
+    assert is_time_jump([500 * MS, 533 * MS], 499 * MS)
+    assert is_time_jump([500 * MS, 533 * MS], 0)
+
+
+def test_a_stamp_replayed_is_a_time_jump_even_inside_the_window():
+    # A bag of three stamps looped, after an earlier bag: its first stamp comes back while the
+    # window still holds it, later than the earlier bag's stamps.
+    recent = [-1000 * MS, 0, 33 * MS, 66 * MS]
+    assert is_time_jump(recent, 0)
+    assert is_time_jump(recent, 33 * MS)
+    assert not is_time_jump(recent, 10 * MS)
