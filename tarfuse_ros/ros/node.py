@@ -99,18 +99,27 @@ def is_time_jump(recent_ns, stamp_ns):
     """Return whether ``stamp_ns``, behind the newest of ``recent_ns``, is a jump back in time.
 
     ``recent_ns`` holds the stamps (ns, oldest first) of an input's last few accepted
-    messages; ``stamp_ns`` is earlier than the last of them. It is a time jump (a bag loop, a
-    clock reset) when it is earlier than every stamp held, or when it is one of them: a bag
-    replays its stamps verbatim, so a loop shorter than the window comes back to a stamp the
-    window still holds (and a loop that is not, to one before them all). Otherwise it falls
-    between stamps the input just delivered and is out of order: a message delivered late.
+    messages; ``stamp_ns`` is earlier than the last of them. It is out of order (a message
+    delivered late: a driver with several threads, a bridge) when it falls among them: not
+    before the oldest, none of them, and behind the newest by at most as many of the input's
+    frame intervals (the median interval between the stamps held) as there are stamps held.
+    Anything else is a time jump (a bag loop, a clock reset): a stamp before them all; one of
+    them, as a bag replays its stamps verbatim, so a loop shorter than the window comes back
+    to a stamp it still holds; and a step back from a newest stamp that is far ahead of the
+    others (one stamp from a clock that glitched forward, which would otherwise have every
+    later message taken for a late one until the clock reaches it). With fewer than two
+    stamps held there is no interval to go by: a jump.
 
     A clock stepped back by less than the window's span, onto no stamp held, is therefore
     taken for late messages until its stamps pass the newest again: at most the window's span
     is lost, whereas a jump found in a late message would reset the synchroniser and lose the
     partners it holds.
     """
-    return stamp_ns < recent_ns[0] or stamp_ns in recent_ns
+    if len(recent_ns) < 2 or stamp_ns < recent_ns[0] or stamp_ns in recent_ns:
+        return True
+    intervals = sorted(later - earlier for earlier, later in zip(recent_ns, list(recent_ns)[1:]))
+    median = intervals[len(intervals) // 2]
+    return recent_ns[-1] - stamp_ns > len(recent_ns) * median
 
 
 def _health_settings(params):
@@ -534,8 +543,10 @@ class TarFuseNode(Node):
             return
         last = self._last_stamp_ns[index]
         recent = self._recent_stamps[index]
-        if last is not None and stamp < last and not is_time_jump(recent, stamp):
-            # Delivered late, among stamps this input has just delivered: not a time jump, so
+        if (last is not None and stamp < last and self._jump_pending[index] is None
+                and not is_time_jump(recent, stamp)):
+            # Delivered late, among stamps this input has just delivered: not a time jump (nor
+            # the jump the other input made first and this one has still to make), so
             # no reset (which would lose the partners the synchroniser holds). Nor is it fed:
             # its pair would come after newer ones, take the keep-newest slot from a newer
             # pair and give the outputs a stamp going back. Duplicates of the newest stamp are

@@ -27,3 +27,13 @@ def test_a_stamp_replayed_is_a_time_jump_even_inside_the_window():
     assert is_time_jump(recent, 0)
     assert is_time_jump(recent, 33 * MS)
     assert not is_time_jump(recent, 10 * MS)
+
+
+def test_a_step_back_from_a_stamp_far_ahead_of_the_others_is_a_time_jump():
+    # One stamp 5 s ahead (a clock that glitched forward) among frames 100 ms apart: the next
+    # frames, stamped on time, would all fall among the stamps held; they are a jump back.
+    recent = [0, 100 * MS, 200 * MS, 300 * MS, 5300 * MS]
+    assert is_time_jump(recent, 400 * MS)
+    assert is_time_jump([0, 100 * MS], 50 * MS) is False  # within 2 intervals of 100 ms
+    assert is_time_jump([0, 100 * MS, 200 * MS], 100 * MS - 1) is False  # 1 frame late
+    assert is_time_jump([100 * MS], 50 * MS)  # one stamp held: no interval to go by
