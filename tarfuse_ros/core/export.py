@@ -19,8 +19,9 @@ engine runs it), traced by ``torch.onnx.export``'s TorchScript exporter:
   version, min side, precision, opset, outputs, source) and ``class_names`` (a JSON list).
 
 ``half=True`` converts the traced graph to float16 with onnxruntime's converter, inputs and
-outputs kept float32, ``GridSample`` and ``Range`` kept float32. For TensorRT, prefer the float32
-file and ``trtexec --fp16`` (TensorRT chooses the precision per layer).
+outputs kept float32, ``GridSample`` and ``Range`` kept float32, and the orientation global
+stage kept float32 whole (as the torch engine runs it; :func:`_to_float16`). For TensorRT,
+prefer the float32 file and ``trtexec --fp16`` (TensorRT chooses the precision per layer).
 
 The file is checked before it is written: the exported graph runs in onnxruntime at another
 batch, height and width than the traced ones and must match PyTorch (a size frozen into the
@@ -52,7 +53,9 @@ __all__ = ['ExportError', 'ExportReport', 'VERIFY_TOLERANCES', 'export_onnx']
 # --half on the shipped models (default --no-scale-search / medical): fused 0.067 / 0.016, flow
 # 0.72 / 0.16 px, registered_ir 0.38 / 0.15 and det 11.8 px (2.2 px on anchors scoring above
 # 0.05): the largest at a few pixels near the borders, where a flow a fraction of a pixel off
-# samples across the frame's edge. A size frozen into the graph gives errors of the whole range.
+# samples across the frame's edge. With the global stage kept float32 (session 38) the default
+# model, scale search included, gives fused 0.07, flow 0.025 px, registered_ir 0.055 and det
+# 1.1 px. A size frozen into the graph gives errors of the whole range.
 VERIFY_TOLERANCES = {
     'float32': {'fused': 1e-3, 'registered_ir': 1e-3, 'flow': 1e-2, 'det': 5e-2},
     'float16': {'fused': 0.1, 'registered_ir': 0.5, 'flow': 1.5, 'det': 16.0},
@@ -103,16 +106,88 @@ def _sizes(min_side):
     return trace, check
 
 
-def _to_float16(proto):
-    from onnxruntime.transformers.float16 import convert_float_to_float16, DEFAULT_OP_BLOCK_LIST
+# Where the traced graph puts the orientation global stage's nodes (torch.onnx names them by
+# module scope): the float16 export keeps them float32.
+_GLOBAL_STAGE_SCOPES = ('/global_matcher/', '/registration/global_matcher/')
 
+
+def _to_float16(proto, global_stage):
+    """Return ``proto`` with float16 computation inside; inputs and outputs stay float32.
+
+    onnxruntime's converter converts the graph; ``GridSample`` and ``Range`` stay float32
+    (sampling coordinates: float16 has 0.5 px steps beyond 1024 px). With ``global_stage``
+    (the model has the orientation global stage), that stage and every node it reads stay
+    float32 as well, as the torch engine runs it whatever its precision
+    (``OrientationMatcher.forward``): its normal equations sum squared pixel coordinates over
+    thousands of cells. Converted with the rest, the maps drifted by 1.2-1.6 px of flow on
+    average on CVC-14 pairs (0.13-0.38 px on RoadScene and MSRS pairs) from the float32
+    graph's; kept float32, 0.01-0.07 px (shipped model, 2026-12-06). The converter's own
+    ``node_block_list`` takes hours on the stage's ~80,000 nodes (it scans every value for
+    each blocked node), so the graph is split: the float32 part (the stage and its inputs)
+    and the rest, converted alone with the tensors it reads from the float32 part as float32
+    inputs, then joined again.
+
+    Raises:
+        ExportError: ``global_stage`` but no node in :data:`_GLOBAL_STAGE_SCOPES` (the
+            exporter named its scopes otherwise: the stage would silently become float16).
+    """
+    import onnx
+    from onnx import helper
+    from onnxruntime.transformers.float16 import convert_float_to_float16, DEFAULT_OP_BLOCK_LIST
     from onnxruntime.transformers.onnx_model import OnnxModel
 
-    # Sampling coordinates stay float32 (float16 has 0.5 px steps beyond 1024 px).
-    converted = OnnxModel(convert_float_to_float16(
-        proto, keep_io_types=True, op_block_list=list(DEFAULT_OP_BLOCK_LIST) + ['GridSample']))
-    converted.topological_sort()  # the converter appends its input casts last
-    return converted.model
+    def convert(model):
+        converted = OnnxModel(convert_float_to_float16(
+            model, keep_io_types=True,
+            op_block_list=list(DEFAULT_OP_BLOCK_LIST) + ['GridSample']))
+        converted.topological_sort()  # the converter appends its input casts last
+        return converted.model
+
+    graph = proto.graph
+    stage = [node for node in graph.node if node.name.startswith(_GLOBAL_STAGE_SCOPES)]
+    if not global_stage:
+        return convert(proto)
+    if not stage:
+        raise ExportError(f'--half: no node of the global stage found (scopes '
+                          f'{_GLOBAL_STAGE_SCOPES}); it would run in float16')
+    # The float32 part: the stage's nodes and every node they read, transitively.
+    producer = {output: node for node in graph.node for output in node.output}
+    kept, pending = set(), [name for node in stage for name in node.output]
+    while pending:
+        node = producer.get(pending.pop())
+        if node is not None and id(node) not in kept:
+            kept.add(id(node))
+            pending.extend(node.input)
+    float32_nodes = [node for node in graph.node if id(node) in kept]
+    rest_nodes = [node for node in graph.node if id(node) not in kept]
+    made = {name for node in float32_nodes for name in node.output}
+    read = {name for node in rest_nodes for name in node.input}
+    read_by_float32 = {name for node in float32_nodes for name in node.input}
+    initializers = {tensor.name: tensor for tensor in graph.initializer}
+    if any(name in read_by_float32 for name in initializers if name in read):
+        raise ExportError('--half: an initializer is read by the global stage and the rest')
+    shapes = onnx.shape_inference.infer_shapes(proto).graph
+    known = {value.name: value for value in list(shapes.value_info) + list(shapes.input)}
+    rest_inputs = ([value for value in graph.input if value.name in read]
+                   + [known[name] for name in sorted(made & read)])
+    rest = helper.make_model(
+        helper.make_graph(rest_nodes, graph.name, rest_inputs, list(graph.output),
+                          initializer=[initializers[name] for name in initializers
+                                       if name in read]),
+        opset_imports=proto.opset_import)
+    rest.ir_version = proto.ir_version
+    rest = convert(rest)
+    joined = helper.make_model(
+        helper.make_graph(float32_nodes + list(rest.graph.node), graph.name, list(graph.input),
+                          list(graph.output),
+                          initializer=[initializers[name] for name in initializers
+                                       if name in read_by_float32]
+                          + list(rest.graph.initializer)),
+        opset_imports=proto.opset_import)
+    joined.ir_version = proto.ir_version
+    ordered = OnnxModel(joined)
+    ordered.topological_sort()
+    return ordered.model
 
 
 def _verify(blob, graph, shape, precision, threads):
@@ -246,7 +321,7 @@ def export_onnx(weights, output, half=False, opset=MIN_OPSET, verify=True, scale
     proto = onnx.load_from_string(buffer.getvalue())
     precision = 'float16' if half else 'float32'
     if half:
-        proto = _to_float16(proto)
+        proto = _to_float16(proto, matcher is not None)
     description = {
         'format_version': ONNX_FORMAT_VERSION,
         # A model without the orientation global stage does not read valid_size: the
