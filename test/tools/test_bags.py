@@ -520,6 +520,45 @@ def test_play_refuses_what_it_would_silently_ignore(sample_bag, tmp_path):
         BagPlayer(broken)
 
 
+def test_play_refuses_two_topics_on_one_as_the_graph_names_them(tmp_path, capsys):
+    """Topics are compared as published, relative bag topics and --clock's /clock included.
+
+    A bag may store a topic relative ('visible/image_raw', published as /visible/image_raw):
+    --remap IR:=/visible/image_raw merged both cameras into one stream unrefused. --clock
+    --remap IR:=/clock ended in an RCLError traceback (an Image publisher on /clock), and a
+    bag's own /clock played with --clock merged two clocks.
+    """
+    relative = tmp_path / 'relative'
+    make_bag(SAMPLES, relative, max_pairs=1, size=(64, 48), vi_topic='visible/image_raw')
+    with pytest.raises(ValueError, match=f'--remap: {IR} and visible/image_raw would both be '
+                                         f'published on {VI}, one stream of both'):
+        BagPlayer(relative, remap={IR: VI})
+    assert BagPlayer(relative, remap={IR: VI}, topics=[IR]).remap == {IR: VI}
+    assert BagPlayer(relative, remap={IR: '/thermal/image_raw'}).remap == {
+        IR: '/thermal/image_raw'}
+    path = tmp_path / 'plain'
+    make_bag(SAMPLES, path, max_pairs=1, size=(64, 48))
+    assert play_bag_tool.main([str(path), '--clock', '--remap', f'{IR}:=/clock']) == 2
+    assert capsys.readouterr().err == (
+        f'tarfuse-play: error: --remap: /clock (--clock) and {IR} would both be published on '
+        f'/clock, one stream of both; remap them apart, or leave one out with --topics, or '
+        f'play without --clock\n')
+    assert BagPlayer(path, remap={IR: '/clock'}).remap == {IR: '/clock'}  # no --clock
+    with_clock = tmp_path / 'with_clock'
+    typestore = jazzy_typestore()
+    writer = open_writer(with_clock)
+    clock = writer.add_connection('/clock', 'rosgraph_msgs/msg/Clock', typestore=typestore)
+    for _topic, _msgtype, bag_ns, _raw, msg in read_messages(path):
+        stamp = typestore.types['builtin_interfaces/msg/Time'](*divmod(bag_ns, 10**9))
+        writer.write(clock, bag_ns, typestore.serialize_cdr(
+            typestore.types['rosgraph_msgs/msg/Clock'](clock=stamp), 'rosgraph_msgs/msg/Clock'))
+    writer.close()
+    with pytest.raises(ValueError, match=r'^/clock \(--clock\) and /clock would both be published '
+                                         r'on /clock, .* or play without --clock$'):
+        BagPlayer(with_clock, clock=True)
+    assert BagPlayer(with_clock).remap == {}
+
+
 def test_stats_never_replace_a_file_of_the_bag_played_or_recorded(tmp_path, capsys):
     """--stats BAG/metadata.yaml wrote the statistics over the played bag's metadata.
 
