@@ -121,6 +121,9 @@ def _parse_remaps(remaps):
         if ':=' not in item:
             raise ValueError(f'remap must look like FROM:=TO, got {item!r}')
         source, target = item.split(':=', 1)
+        if result.get(source, target) != target:  # the first was silently dropped
+            raise ValueError(f'--remap: {source} given twice, as {result[source]} and '
+                             f'{target}; give one')
         result[source] = target
     return result
 

@@ -495,7 +495,7 @@ def test_play_clock_publishes_the_bag_time_of_each_message(sample_bag, tmp_path)
     assert set(times) <= set(bag_times) and times == sorted(times)
 
 
-def test_play_refuses_what_it_would_silently_ignore(sample_bag, tmp_path):
+def test_play_refuses_what_it_would_silently_ignore(sample_bag, tmp_path, capsys):
     path, _summary = sample_bag
     with pytest.raises(ValueError, match=r'--topics: /visible/imageraw not in the bag'):
         BagPlayer(path, topics=[IR, '/visible/imageraw'])
@@ -511,6 +511,10 @@ def test_play_refuses_what_it_would_silently_ignore(sample_bag, tmp_path):
         BagPlayer(path, remap={IR: '/cam/image_raw', VI: 'cam/image_raw'})
     assert BagPlayer(path, remap={IR: VI}, topics=[IR]).remap == {IR: VI}  # VI not played
     assert BagPlayer(path, remap={IR: VI, VI: IR}).remap == {IR: VI, VI: IR}  # swapped
+    # One source given twice: the first target was dropped without a word.
+    assert play_bag_tool.main([str(path), '--remap', f'{IR}:=/a', f'{IR}:=/b']) == 2
+    assert capsys.readouterr().err == (f'tarfuse-play: error: --remap: {IR} given twice, as /a '
+                                       f'and /b; give one\n')
     with pytest.raises(ValueError, match='--record-topics needs --record'):
         BagPlayer(path, record_topics=['fused/image_raw'])
     broken = tmp_path / 'broken'
