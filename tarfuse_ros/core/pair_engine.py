@@ -343,7 +343,7 @@ class PairEngine:
         # to refuse it (an empty image or one of another shape is left to _prepare's message).
         sizes = (np.shape(vi)[:2] for vi in vis if np.ndim(vi) in (2, 3))
         for size in dict.fromkeys(size for size in sizes if min(size) > 0):
-            check_network_size(size, self.network_size(*size))
+            check_network_size(size, self.network_size(*size), max_long_side=self._max_long_side)
         start = time.perf_counter()
         prepared = [self._prepare(ir, vi, i) for i, (ir, vi) in enumerate(zip(irs, vis))]
         # A grey visible image with a colour IR image: the fused image takes the IR chroma.

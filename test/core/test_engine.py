@@ -624,6 +624,10 @@ def test_frames_the_network_would_run_above_4k_are_refused_before_anything_runs(
     with pytest.raises(ValueError, match=r'the visible frame 80x64 would run the network at '
                                          r'4000x3200: 12,800,000 pixels'):
         FusionEngine(firing_weights, input_min_long_side=4000).infer(ir, vi)
+    # An input_max_long_side that leaves it above is to be lowered (it said 'set').
+    with pytest.raises(ValueError, match=r'8,800,000 pixels, .*; lower input_max_long_side '
+                                         r'\(now 4096; e.g. 1920\) to run large frames shrunk$'):
+        FusionEngine(firing_weights, input_max_long_side=4096).infer(huge, huge)
     # At the limit it runs; shrunk with input_max_long_side, the 8.8 MP frame runs.
     check_network_size((2160, 3840), (2160, 3840))
     assert MAX_NETWORK_PIXELS == 3840 * 2160
