@@ -338,6 +338,12 @@ class PairEngine:
         irs, vis = list(irs), list(vis)
         if len(irs) != len(vis):
             raise ValueError(f'got {len(irs)} IR images but {len(vis)} visible images')
+        # Every visible frame size before anything of the batch is prepared or runs: preparing
+        # a 7680x4320 frame first took about 1 s and two to five times its own memory, only
+        # to refuse it (an empty image or one of another shape is left to _prepare's message).
+        sizes = (np.shape(vi)[:2] for vi in vis if np.ndim(vi) in (2, 3))
+        for size in dict.fromkeys(size for size in sizes if min(size) > 0):
+            check_network_size(size, self.network_size(*size), max_long_side=self._max_long_side)
         start = time.perf_counter()
         prepared = [self._prepare(ir, vi, i) for i, (ir, vi) in enumerate(zip(irs, vis))]
         # A grey visible image with a colour IR image: the fused image takes the IR chroma.
@@ -347,8 +353,6 @@ class PairEngine:
         groups = {}
         for index, item in enumerate(prepared):
             groups.setdefault(item.vi_y.shape[:2], []).append(index)
-        for size in groups:  # every size before any runs: a refused batch runs nothing
-            check_network_size(size, self.network_size(*size))
         results = [None] * len(prepared)
         # One pair per call is a stream's pair (its IR's own size is part of the stream's key:
         # another IR camera geometry is another rig); a batch never touches the stream.

@@ -68,23 +68,28 @@ def check_input_max_long_side(value, name='input_max_long_side'):
     return int(value)
 
 
-def check_network_size(frame_size, network_size):
+def check_network_size(frame_size, network_size, name='input_max_long_side', max_long_side=0):
     """Raise ``ValueError`` when the network would run a frame at more than MAX_NETWORK_PIXELS.
 
     Args:
         frame_size: the visible frame's ``(height, width)``, pixels (named in the message).
         network_size: the ``(height, width)`` the network would run it at (after the engines'
             ``input_min_long_side`` / ``input_max_long_side``), pixels.
+        name: what to call ``input_max_long_side`` in the message (the node's parameter, a
+            tool's option such as ``--input-max-long-side``).
+        max_long_side: its value in use (0: never shrink): a value set already is to be lowered.
 
     Raises:
-        ValueError: saying both sizes and how to run such frames (``input_max_long_side``).
+        ValueError: saying both sizes and how to run such frames (``name``).
     """
     height, width = (int(v) for v in network_size)
     if height * width <= MAX_NETWORK_PIXELS:
         return
     frame = f'{int(frame_size[1])}x{int(frame_size[0])}'
     at = '' if tuple(frame_size) == (height, width) else f' at {width}x{height}'
+    advice = (f'lower {name} (now {max_long_side}; e.g. 1920)' if max_long_side
+              else f'set {name} (e.g. 1920)')
     raise ValueError(f'the visible frame {frame} would run the network{at}: '
                      f'{height * width:,} pixels, more than the {MAX_NETWORK_PIXELS:,} '
-                     f'(3840x2160) it runs at (about 4.8 GB of memory there); set '
-                     f'input_max_long_side (e.g. 1920) to run large frames shrunk')
+                     f'(3840x2160) it runs at (about 4.8 GB of memory there); {advice} '
+                     f'to run large frames shrunk')

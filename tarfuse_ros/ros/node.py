@@ -102,24 +102,28 @@ def is_time_jump(recent_ns, stamp_ns):
     messages; ``stamp_ns`` is earlier than the last of them. It is out of order (a message
     delivered late: a driver with several threads, a bridge) when it falls among them: not
     before the oldest, none of them, and behind the newest by at most as many of the input's
-    frame intervals (the median interval between the stamps held) as there are stamps held.
+    frame intervals (the median interval between the stamps held before the newest, as the
+    newest's own step is in question) as there are stamps held.
     Anything else is a time jump (a bag loop, a clock reset): a stamp before them all; one of
     them, as a bag replays its stamps verbatim, so a loop shorter than the window comes back
     to a stamp it still holds; and a step back from a newest stamp that is far ahead of the
     others (one stamp from a clock that glitched forward, which would otherwise have every
-    later message taken for a late one until the clock reaches it). With fewer than two
-    stamps held there is no interval to go by: a jump.
+    later message taken for a late one until the clock reaches it). With fewer than three
+    stamps held there is no interval before the newest to go by: a jump (a glitch as the
+    second stamp of a timeline, at start-up or after a jump, had every later message ignored
+    until the clock reached it; a jump there loses at most the one partner held).
 
     A clock stepped back by less than the window's span, onto no stamp held, is therefore
     taken for late messages until its stamps pass the newest again: at most the window's span
     is lost, whereas a jump found in a late message would reset the synchroniser and lose the
     partners it holds.
     """
-    if len(recent_ns) < 2 or stamp_ns < recent_ns[0] or stamp_ns in recent_ns:
+    if len(recent_ns) < 3 or stamp_ns < recent_ns[0] or stamp_ns in recent_ns:
         return True
-    intervals = sorted(later - earlier for earlier, later in zip(recent_ns, list(recent_ns)[1:]))
+    held = list(recent_ns)
+    intervals = sorted(later - earlier for earlier, later in zip(held[:-2], held[1:-1]))
     median = intervals[len(intervals) // 2]
-    return recent_ns[-1] - stamp_ns > len(recent_ns) * median
+    return held[-1] - stamp_ns > len(held) * median
 
 
 def _health_settings(params):
@@ -229,7 +233,7 @@ class TarFuseNode(Node):
         # Per input: the stamps of its last accepted messages (oldest first, since its last
         # time jump), which tell a message delivered late from a jump (is_time_jump). As many
         # as the synchroniser holds: a driver's threads reorder a few messages, not more.
-        self._recent_stamps = [collections.deque(maxlen=max(2, self._params.sync_queue_size))
+        self._recent_stamps = [collections.deque(maxlen=max(3, self._params.sync_queue_size))
                                for _ in _INPUT_NAMES]
         # Per input: its newest stamp when the other input jumped back in time (a bag loop),
         # i.e. it has still to make that jump, which then resets nothing again; else None.

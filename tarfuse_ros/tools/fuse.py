@@ -626,6 +626,7 @@ def run(plan, engine, outputs, report, show_progress=None):
                 report(f'{PROG}: skipped {item.name}: {item.error}')
                 continue
             try:
+                _check_network_size(engine, item.vi.shape[:2])
                 result = engine.infer(item.ir, item.vi)
             except (ValueError, cv2.error) as exc:
                 reason = f'the engine rejected the pair: {exc}'
@@ -832,6 +833,12 @@ def main(argv=None):
         engine = _load_engine(args.weights, args.device, threads, args.scale_search,
                               args.global_every, args.global_window, prior,
                               args.input_max_long_side)
+        for each in plan.videos[:1]:  # the visible video's frames run the network: all or none
+            width, height = each.size
+            try:
+                _check_network_size(engine, (height, width))
+            except ValueError as exc:
+                raise UsageError(f'{each.path}: {exc}: no frame of it can be fused') from exc
         if args.detections and not engine.detects:
             raise UsageError(f'--detections: the model {args.weights or "(shipped)"} has no '
                              f'detection head (model.detect: false), so it detects nothing; '
@@ -871,6 +878,16 @@ def main(argv=None):
               f'(--ir-offset-ms); give two recordings that overlap in time', file=sys.stderr)
         return 2
     return 1 if summary.failures else 0
+
+
+def _check_network_size(engine, frame_size):
+    """Refuse a visible frame the network would run above 3840x2160, naming this tool's option.
+
+    The engine refuses it too, naming its own argument (input_max_long_side).
+    """
+    from tarfuse_ros.core.sizes import check_network_size
+    check_network_size(frame_size, engine.network_size(*frame_size), '--input-max-long-side',
+                       engine.input_max_long_side)
 
 
 def _default_threads():

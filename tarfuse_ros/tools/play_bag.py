@@ -121,6 +121,9 @@ def _parse_remaps(remaps):
         if ':=' not in item:
             raise ValueError(f'remap must look like FROM:=TO, got {item!r}')
         source, target = item.split(':=', 1)
+        if result.get(source, target) != target:  # the first was silently dropped
+            raise ValueError(f'--remap: {source} given twice, as {result[source]} and '
+                             f'{target}; give one')
         result[source] = target
     return result
 
@@ -208,17 +211,23 @@ class BagPlayer:
         remap = {source: expand_topic_name(target, node_name, '/')
                  for source, target in (remap or {}).items()}
         # Two played topics published on one (a remap onto a topic the bag also plays, or two
-        # remaps onto one target) would merge their messages into one stream: refused.
-        published = {}
+        # remaps onto one target) would merge their messages into one stream: refused. Names
+        # as published: a bag may store a topic relative ('cam/image_raw' is /cam/image_raw),
+        # and --clock publishes /clock (a remap onto it: a type clash that rcl refused with
+        # a traceback; a bag's own /clock: two clocks in one stream).
+        published = {'/clock': ['/clock (--clock)']} if clock else {}
         for topic in sorted(bag_topics):
             if topics is None or topic in topics:
-                published.setdefault(remap.get(topic, topic), []).append(topic)
+                target = remap.get(topic, expand_topic_name(topic, node_name, '/'))
+                published.setdefault(target, []).append(topic)
         merged = {target: sources for target, sources in published.items() if len(sources) > 1}
         if merged:
             target, sources = sorted(merged.items())[0]
-            raise ValueError(f'--remap: {" and ".join(sources)} would both be published on '
+            option = '--remap: ' if any(source in remap for source in sources) else ''
+            clock_too = ', or play without --clock' if target == '/clock' and clock else ''
+            raise ValueError(f'{option}{" and ".join(sources)} would both be published on '
                              f'{target}, one stream of both; remap them apart, or leave one '
-                             f'out with --topics')
+                             f'out with --topics{clock_too}')
         self.rate, self.loop, self.start_delay, self.duration = rate, loop, start_delay, duration
         self.wait_for_subscribers, self.wait_timeout = wait_for_subscribers, wait_timeout
         self.settle = settle

@@ -610,15 +610,24 @@ def test_frames_the_network_would_run_above_4k_are_refused_before_anything_runs(
                                          r'8,800,000 pixels, more than the 8,294,400 '
                                          r'\(3840x2160\) it runs at .*set input_max_long_side'):
         engine.infer(huge, huge)
-    calls = []
+    calls, prepared = [], []
     engine._run_group = lambda *args, **kwargs: calls.append(args)  # what would run
+    original_prepare = engine._prepare
+    engine._prepare = lambda ir, vi, index: prepared.append(index) or original_prepare(
+        ir, vi, index)
     with pytest.raises(ValueError, match='8,800,000 pixels'):
         engine.infer_batch([ir, huge], [vi, huge])
     assert calls == []  # the small pair of the refused batch did not run either
+    # Nor was any pair prepared (a 7680x4320 frame took 1 s and 2-5 times its memory first).
+    assert prepared == []
     # Enlarged past it (input_min_long_side) is named with the size it would run at.
     with pytest.raises(ValueError, match=r'the visible frame 80x64 would run the network at '
                                          r'4000x3200: 12,800,000 pixels'):
         FusionEngine(firing_weights, input_min_long_side=4000).infer(ir, vi)
+    # An input_max_long_side that leaves it above is to be lowered (it said 'set').
+    with pytest.raises(ValueError, match=r'8,800,000 pixels, .*; lower input_max_long_side '
+                                         r'\(now 4096; e.g. 1920\) to run large frames shrunk$'):
+        FusionEngine(firing_weights, input_max_long_side=4096).infer(huge, huge)
     # At the limit it runs; shrunk with input_max_long_side, the 8.8 MP frame runs.
     check_network_size((2160, 3840), (2160, 3840))
     assert MAX_NETWORK_PIXELS == 3840 * 2160

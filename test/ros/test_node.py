@@ -340,6 +340,25 @@ def test_an_ir_image_out_of_order_is_ignored_not_taken_for_a_time_jump(setup):
     _send_and_wait(probe)
 
 
+def test_a_clock_glitch_among_the_first_stamps_of_a_timeline_is_a_time_jump(setup):
+    # One IR stamp 5 s ahead as the second of a timeline (here just after a jump back; at
+    # start-up alike): every later IR image, stamped on time, was ignored as out of order
+    # until the clock reached the glitch, and no pair was fused for 5 s.
+    node, probe, _, _ = setup
+    _send_and_wait(probe)
+    earlier = time.time_ns() - 200 * 1_000_000_000  # another bag: a jump back
+    _send_and_wait(probe, stamp=earlier)
+    before = probe.settled_diagnostics()
+    probe.ir_pub.publish(probe.good_pair(earlier + 5_000_000_000)[0])  # IR alone, 5 s ahead
+    for step in (1, 2, 3):
+        _send_and_wait(probe, stamp=earlier + step * 100_000_000)
+    after = probe.settled_diagnostics()
+    assert int(after['messages_rejected']) == int(before['messages_rejected'])
+    assert int(after['sync_resets']) == int(before['sync_resets']) + 1  # the step back
+    assert not probe.outputs_for('fused', earlier + 5_000_000_000)
+    assert node.alive()
+
+
 def test_a_silent_input_is_reported_by_name(setup):
     node, probe, _, _ = setup
 

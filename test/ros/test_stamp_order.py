@@ -34,6 +34,17 @@ def test_a_step_back_from_a_stamp_far_ahead_of_the_others_is_a_time_jump():
     # frames, stamped on time, would all fall among the stamps held; they are a jump back.
     recent = [0, 100 * MS, 200 * MS, 300 * MS, 5300 * MS]
     assert is_time_jump(recent, 400 * MS)
-    assert is_time_jump([0, 100 * MS], 50 * MS) is False  # within 2 intervals of 100 ms
     assert is_time_jump([0, 100 * MS, 200 * MS], 100 * MS - 1) is False  # 1 frame late
     assert is_time_jump([100 * MS], 50 * MS)  # one stamp held: no interval to go by
+
+
+def test_a_glitch_among_the_first_stamps_of_a_timeline_is_a_time_jump():
+    # The glitch as the second or third stamp since start-up or a jump: the median interval
+    # was the glitch's own step (or, of two, the longer), so every later message, stamped on
+    # time, was ignored as late until the clock reached the glitch (5 s here).
+    assert is_time_jump([0, 5000 * MS], 100 * MS)
+    assert is_time_jump([0, 100 * MS, 5100 * MS], 200 * MS)
+    # Two stamps held are no interval before the newest: a step back between them is a jump.
+    assert is_time_jump([0, 100 * MS], 50 * MS)
+    # From three on, a message late among them is told by the intervals before the newest.
+    assert is_time_jump([0, 66 * MS, 100 * MS], 33 * MS) is False

@@ -495,7 +495,7 @@ def test_play_clock_publishes_the_bag_time_of_each_message(sample_bag, tmp_path)
     assert set(times) <= set(bag_times) and times == sorted(times)
 
 
-def test_play_refuses_what_it_would_silently_ignore(sample_bag, tmp_path):
+def test_play_refuses_what_it_would_silently_ignore(sample_bag, tmp_path, capsys):
     path, _summary = sample_bag
     with pytest.raises(ValueError, match=r'--topics: /visible/imageraw not in the bag'):
         BagPlayer(path, topics=[IR, '/visible/imageraw'])
@@ -511,6 +511,10 @@ def test_play_refuses_what_it_would_silently_ignore(sample_bag, tmp_path):
         BagPlayer(path, remap={IR: '/cam/image_raw', VI: 'cam/image_raw'})
     assert BagPlayer(path, remap={IR: VI}, topics=[IR]).remap == {IR: VI}  # VI not played
     assert BagPlayer(path, remap={IR: VI, VI: IR}).remap == {IR: VI, VI: IR}  # swapped
+    # One source given twice: the first target was dropped without a word.
+    assert play_bag_tool.main([str(path), '--remap', f'{IR}:=/a', f'{IR}:=/b']) == 2
+    assert capsys.readouterr().err == (f'tarfuse-play: error: --remap: {IR} given twice, as /a '
+                                       f'and /b; give one\n')
     with pytest.raises(ValueError, match='--record-topics needs --record'):
         BagPlayer(path, record_topics=['fused/image_raw'])
     broken = tmp_path / 'broken'
@@ -518,6 +522,45 @@ def test_play_refuses_what_it_would_silently_ignore(sample_bag, tmp_path):
     (broken / 'metadata.yaml').write_text('rosbag2_bagfile_information: {version: [')
     with pytest.raises(ValueError, match='cannot be read as a rosbag2'):
         BagPlayer(broken)
+
+
+def test_play_refuses_two_topics_on_one_as_the_graph_names_them(tmp_path, capsys):
+    """Topics are compared as published, relative bag topics and --clock's /clock included.
+
+    A bag may store a topic relative ('visible/image_raw', published as /visible/image_raw):
+    --remap IR:=/visible/image_raw merged both cameras into one stream unrefused. --clock
+    --remap IR:=/clock ended in an RCLError traceback (an Image publisher on /clock), and a
+    bag's own /clock played with --clock merged two clocks.
+    """
+    relative = tmp_path / 'relative'
+    make_bag(SAMPLES, relative, max_pairs=1, size=(64, 48), vi_topic='visible/image_raw')
+    with pytest.raises(ValueError, match=f'--remap: {IR} and visible/image_raw would both be '
+                                         f'published on {VI}, one stream of both'):
+        BagPlayer(relative, remap={IR: VI})
+    assert BagPlayer(relative, remap={IR: VI}, topics=[IR]).remap == {IR: VI}
+    assert BagPlayer(relative, remap={IR: '/thermal/image_raw'}).remap == {
+        IR: '/thermal/image_raw'}
+    path = tmp_path / 'plain'
+    make_bag(SAMPLES, path, max_pairs=1, size=(64, 48))
+    assert play_bag_tool.main([str(path), '--clock', '--remap', f'{IR}:=/clock']) == 2
+    assert capsys.readouterr().err == (
+        f'tarfuse-play: error: --remap: /clock (--clock) and {IR} would both be published on '
+        f'/clock, one stream of both; remap them apart, or leave one out with --topics, or '
+        f'play without --clock\n')
+    assert BagPlayer(path, remap={IR: '/clock'}).remap == {IR: '/clock'}  # no --clock
+    with_clock = tmp_path / 'with_clock'
+    typestore = jazzy_typestore()
+    writer = open_writer(with_clock)
+    clock = writer.add_connection('/clock', 'rosgraph_msgs/msg/Clock', typestore=typestore)
+    for _topic, _msgtype, bag_ns, _raw, msg in read_messages(path):
+        stamp = typestore.types['builtin_interfaces/msg/Time'](*divmod(bag_ns, 10**9))
+        writer.write(clock, bag_ns, typestore.serialize_cdr(
+            typestore.types['rosgraph_msgs/msg/Clock'](clock=stamp), 'rosgraph_msgs/msg/Clock'))
+    writer.close()
+    with pytest.raises(ValueError, match=r'^/clock \(--clock\) and /clock would both be published '
+                                         r'on /clock, .* or play without --clock$'):
+        BagPlayer(with_clock, clock=True)
+    assert BagPlayer(with_clock).remap == {}
 
 
 def test_stats_never_replace_a_file_of_the_bag_played_or_recorded(tmp_path, capsys):

@@ -299,6 +299,28 @@ def test_evaluate_names_its_own_option_when_the_gpu_is_missing(random_checkpoint
     assert not (tmp_path / 'never').exists()
 
 
+def test_evaluate_names_its_own_option_for_frames_above_4k(random_checkpoint, tmp_path,
+                                                           capsys):
+    # A pair the network would run above 3840x2160 was refused naming input_max_long_side,
+    # the engine's argument, not tarfuse-eval's --input-max-long-side.
+    from tarfuse_ros.tools.evaluate import main
+    for name in ('ir', 'vi'):
+        (tmp_path / 'large' / name).mkdir(parents=True)
+        cv2.imwrite(str(tmp_path / 'large' / name / 'a.png'), np.full((2160, 3848), 90, np.uint8))
+    for flags, advice in (([], 'set --input-max-long-side (e.g. 1920)'),
+                          (['--input-max-long-side', '4096'],
+                           'lower --input-max-long-side (now 4096; e.g. 1920)')):
+        code = main(['--data', str(tmp_path / 'large'), '--split', 'all', '--weights',
+                     str(random_checkpoint), '--out', str(tmp_path / 'never'), '--no-progress',
+                     '--deform', 'none', '--threads', '1', *flags])
+        err = capsys.readouterr().err
+        assert code == 2 and err == (
+            f'tarfuse-eval: error: the visible frame 3848x2160 would run the network: 8,311,680 '
+            f'pixels, more than the 8,294,400 (3840x2160) it runs at (about 4.8 GB of memory '
+            f'there); {advice} to run large frames shrunk\n'), err
+        assert not (tmp_path / 'never').exists()
+
+
 def test_evaluate_refuses_a_missing_labels_folder(random_checkpoint, tmp_path, capsys):
     # It evaluated without detection metrics ("No labels in this split") and exited 0.
     from tarfuse_ros.tools.evaluate import main

@@ -450,6 +450,39 @@ def test_a_video_of_strips_is_refused_once_before_the_model_loads(tmp_path, caps
     assert 'no frame of it can be fused' in stderr and 'Traceback' not in stderr
 
 
+def test_frames_above_4k_are_refused_naming_this_tools_option(tmp_path, capsys):
+    """The message names --input-max-long-side (it said input_max_long_side, the engine's).
+
+    A video of such frames is refused once, before its first frame (every frame was decoded
+    and refused, the same reason repeated per frame).
+    """
+    _write_y4m(tmp_path / 'visible.y4m', 10, 2, (4096, 2304))
+    _write_y4m(tmp_path / 'thermal.y4m', 10, 2, (64, 48))
+    out = tmp_path / 'out'
+    status, stdout, stderr = _run(capsys, '--ir', tmp_path / 'thermal.y4m',
+                                  '--visible', tmp_path / 'visible.y4m', '--out', out)
+    assert status == 2 and stdout == ''
+    assert stderr == (f'tarfuse-fuse: error: {tmp_path / "visible.y4m"}: the visible frame '
+                      f'4096x2304 would run the network: 9,437,184 pixels, more than the '
+                      f'8,294,400 (3840x2160) it runs at (about 4.8 GB of memory there); set '
+                      f'--input-max-long-side (e.g. 1920) to run large frames shrunk: no frame '
+                      f'of it can be fused\n')
+    assert not out.exists()
+    for name in ('ir', 'vi'):
+        (tmp_path / name).mkdir()
+    cv2.imwrite(str(tmp_path / 'ir' / 'a.png'), np.full((48, 64), 90, np.uint8))
+    cv2.imwrite(str(tmp_path / 'vi' / 'a.png'), np.full((2160, 3848), 90, np.uint8))
+    for flags, advice in (((), 'set --input-max-long-side (e.g. 1920)'),
+                          (('--input-max-long-side', 4096),
+                           'lower --input-max-long-side (now 4096; e.g. 1920)')):
+        status, stdout, stderr = _run(capsys, '--ir', tmp_path / 'ir', '--visible',
+                                      tmp_path / 'vi', '--out', out, *flags)
+        assert status == 1
+        assert ('skipped a: the engine rejected the pair: the visible frame 3848x2160 would '
+                'run the network: 8,311,680 pixels') in stderr
+        assert f'; {advice} to run large frames shrunk' in stderr, stderr
+
+
 def test_videos_without_a_common_frame_exit_2_and_leave_no_video(tmp_path, capsys):
     _write_video(tmp_path / 'visible.mp4', 10.0, 3, (64, 48))
     _write_video(tmp_path / 'thermal.mp4', 10.0, 3, (64, 48))
