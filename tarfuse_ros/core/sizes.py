@@ -14,8 +14,8 @@ MAX_ENLARGED_LONG_SIDE = 16384
 MIN_SHRUNK_LONG_SIDE = 256
 
 # The most pixels the network runs one pair at: 3840x2160 (4K UHD, 8.3 MP). Measured there
-# (session 37, torch on a 2-core CPU): 54 s and 4.8 GB of memory a pair, growing with the
-# pixels; a 7680x4320 frame would take about four times that, enough for the kernel to kill
+# (torch on a 2-core CPU): 54 s and 4.8 GB of memory a pair in session 37, a 5.9 GB peak
+# resident size in session 38, growing with the pixels; a 7680x4320 frame would take about four times that, enough for the kernel to kill
 # a robot's node. Larger frames run shrunk with input_max_long_side (README, "Large cameras").
 MAX_NETWORK_PIXELS = 3840 * 2160
 
@@ -91,5 +91,5 @@ def check_network_size(frame_size, network_size, name='input_max_long_side', max
               else f'set {name} (e.g. 1920)')
     raise ValueError(f'the visible frame {frame} would run the network{at}: '
                      f'{height * width:,} pixels, more than the {MAX_NETWORK_PIXELS:,} '
-                     f'(3840x2160) it runs at (about 4.8 GB of memory there); {advice} '
+                     f'(3840x2160) it runs at (4.8-5.9 GB of memory there); {advice} '
                      f'to run large frames shrunk')

@@ -316,7 +316,7 @@ def test_evaluate_names_its_own_option_for_frames_above_4k(random_checkpoint, tm
         err = capsys.readouterr().err
         assert code == 2 and err == (
             f'tarfuse-eval: error: the visible frame 3848x2160 would run the network: 8,311,680 '
-            f'pixels, more than the 8,294,400 (3840x2160) it runs at (about 4.8 GB of memory '
+            f'pixels, more than the 8,294,400 (3840x2160) it runs at (4.8-5.9 GB of memory '
             f'there); {advice} to run large frames shrunk\n'), err
         assert not (tmp_path / 'never').exists()
 

@@ -464,7 +464,7 @@ def test_frames_above_4k_are_refused_naming_this_tools_option(tmp_path, capsys):
     assert status == 2 and stdout == ''
     assert stderr == (f'tarfuse-fuse: error: {tmp_path / "visible.y4m"}: the visible frame '
                       f'4096x2304 would run the network: 9,437,184 pixels, more than the '
-                      f'8,294,400 (3840x2160) it runs at (about 4.8 GB of memory there); set '
+                      f'8,294,400 (3840x2160) it runs at (4.8-5.9 GB of memory there); set '
                       f'--input-max-long-side (e.g. 1920) to run large frames shrunk: no frame '
                       f'of it can be fused\n')
     assert not out.exists()
