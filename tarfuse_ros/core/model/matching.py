@@ -469,7 +469,8 @@ def block_cost_volume(reference_hist, moving_hist, radius, block=4):
     """
     # A block's content at cell p is the cells p + b for b in [-before, after] (orientation_
     # descriptors); summing the cell products over the same window gives the block product.
-    if _plain_cpu(reference_hist, moving_hist):
+    plain = _plain_cpu(reference_hist, moving_hist)
+    if plain:
         # The cell products go straight into the zero-padded maps the window sums read.
         border = (block // 2, (block - 1) // 2)
         cells = _correlation_by_rows(reference_hist, moving_hist, radius, border)
@@ -487,6 +488,13 @@ def block_cost_volume(reference_hist, moving_hist, radius, block=4):
     height, width = norm_mov.shape[2:]
     # Reciprocal norms, the moving one per offset; zero for a moving block centred outside the
     # grid (all zeros in local_correlation), whose cells inside the grid would otherwise count.
+    if plain:
+        # In place, the moving norms read through a view at every offset (copying them was
+        # slower than the two products).
+        size = 2 * int(radius) + 1
+        cosine = numerator.reshape(numerator.shape[0], size, size, height, width)
+        cosine.mul_(_offset_windows(inv_mov, radius)).mul_(inv_ref.unsqueeze(1))
+        return cosine.flatten(1, 2)
     return numerator * _shifted_copies(inv_mov, radius) * inv_ref
 
 
@@ -500,12 +508,22 @@ def _shifted_copies(maps, radius):
     """
     height, width = maps.shape[2:]
     size = 2 * radius + 1
-    padded = F.pad(maps, (radius, radius, radius, radius))
     if torch.jit.is_tracing():
-        shifted = _column_shifts(padded, radius)[:, 0]
+        shifted = _column_shifts(F.pad(maps, (radius, radius, radius, radius)), radius)[:, 0]
         return torch.cat([shifted[:, :, dy:dy + height] for dy in range(size)], dim=1)
-    windows = padded[:, 0].unfold(1, height, 1).unfold(2, width, 1)
-    return windows.reshape(maps.shape[0], size * size, height, width)
+    return _offset_windows(maps, radius).reshape(maps.shape[0], size * size, height, width)
+
+
+def _offset_windows(maps, radius):
+    """Return ``(B, 2 radius + 1, 2 radius + 1, h, w)``: a view of ``maps`` at every offset.
+
+    ``maps`` (B, 1, h, w) zero-padded by ``radius``; element ``[:, dy, dx, y, x]`` is
+    ``maps[:, 0, y + dy - radius, x + dx - radius]`` (zero outside the grid), the channel
+    ``dy (2 radius + 1) + dx`` of :func:`_shifted_copies`.
+    """
+    height, width = maps.shape[2:]
+    padded = F.pad(maps, (radius, radius, radius, radius))
+    return padded[:, 0].unfold(1, height, 1).unfold(2, width, 1)
 
 
 def _reciprocal_norm(squared):
