@@ -439,6 +439,47 @@ def test_smoothed_sobel_opencv_equals_kornia():
     assert gy.abs().max() < 1e-6
 
 
+def test_global_stage_cpu_paths_equal_the_general_ones(monkeypatch):
+    """The global stage's CPU paths without a gradient give the general paths' values.
+
+    In place, on cell-major planes, cost volumes by offset rows: bit for bit, or up to float
+    rounding where ``sum`` adds a cost volume's channels in another order (some grid sizes).
+    """
+    from tarfuse_ros.core.model import matching
+    ir, vi = _real_pair((192, 256))
+    theta = torch.tensor([[[1.08, 0.03, 0.04], [-0.02, 1.1, 0.01]]])  # some pixels outside
+    support = matching.affine_warp(torch.ones_like(ir), theta)
+    gradients = {id(image): matching.smoothed_sobel(image) for image in (ir, vi)}
+
+    def results():
+        out = {}
+        for cell in (8, 4):
+            moving, reference = (cell_histograms(image, cell) for image in (ir, vi))
+            out['histograms', cell] = (moving, reference)
+            out['inside', cell] = matching._inside_cells(support, cell)
+            for radius, block in ((8, 4), (2, 4), (4, 8), (0, 8), (1, 3)):
+                out['cost', cell, radius, block] = matching.block_cost_volume(
+                    reference, moving, radius, block)
+        out['grid'] = matching._affine_grid(theta, 192, 256)
+        return out
+
+    fast = results()
+    # The general paths: the same gradients (OpenCV's), no in-place arithmetic, stacked grid.
+    monkeypatch.setattr(matching, '_plain_cpu', lambda *tensors: False)
+    monkeypatch.setattr(matching, 'smoothed_sobel', lambda image: gradients[id(image)])
+    general = results()
+    general['grid'] = matching._affine_grid(theta.clone().requires_grad_(True), 192, 256)
+    for key, value in general.items():
+        if key[0] == 'cost':
+            torch.testing.assert_close(fast[key], value, atol=1e-6, rtol=0.0)
+        else:
+            for got, expected in zip(*((fast[key], value) if key[0] == 'histograms'
+                                       else ((fast[key],), (value.detach(),)))):
+                assert torch.equal(got, expected), key
+    assert torch.equal(fast['cost', 4, 4, 8], general['cost', 4, 4, 8])  # 48x64 cells
+    assert float(general['inside', 8].mean()) not in (0.0, 1.0)  # cells both in and out
+
+
 def test_smoothed_sobel_filters_every_channel_and_refuses_other_ranks():
     """Each plane of a (B, C, H, W) image is filtered, as by kornia; no 4-D image is refused.
 
