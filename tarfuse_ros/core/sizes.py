@@ -15,8 +15,9 @@ MIN_SHRUNK_LONG_SIDE = 256
 
 # The most pixels the network runs one pair at: 3840x2160 (4K UHD, 8.3 MP). Measured there
 # (torch on a 2-core CPU): 54 s and 4.8 GB of memory a pair in session 37, a 5.9 GB peak
-# resident size in session 38, growing with the pixels; a 7680x4320 frame would take about four times that, enough for the kernel to kill
-# a robot's node. Larger frames run shrunk with input_max_long_side (README, "Large cameras").
+# resident size in session 38, growing with the pixels; a 7680x4320 frame would take about
+# four times that, enough for the kernel to kill a robot's node. Larger frames run shrunk
+# with input_max_long_side (README, "Large cameras").
 MAX_NETWORK_PIXELS = 3840 * 2160
 
 
