@@ -79,6 +79,8 @@ def check_network_size(frame_size, network_size, name='input_max_long_side', max
         name: what to call ``input_max_long_side`` in the message (the node's parameter, a
             tool's option such as ``--input-max-long-side``).
         max_long_side: its value in use (0: never shrink): a value set already is to be lowered.
+            A frame the network would run enlarged (``input_min_long_side``) is told to lower
+            that instead.
 
     Raises:
         ValueError: saying both sizes and how to run such frames (``name``).
@@ -88,9 +90,14 @@ def check_network_size(frame_size, network_size, name='input_max_long_side', max
         return
     frame = f'{int(frame_size[1])}x{int(frame_size[0])}'
     at = '' if tuple(frame_size) == (height, width) else f' at {width}x{height}'
-    advice = (f'lower {name} (now {max_long_side}; e.g. 1920)' if max_long_side
-              else f'set {name} (e.g. 1920)')
+    if height * width > int(frame_size[0]) * int(frame_size[1]):
+        # Enlarged: input_max_long_side cannot help (it may not be below input_min_long_side).
+        advice = ("lower input_min_long_side (the checkpoint's model field, or the engines' "
+                  'argument), which enlarges it')
+    elif max_long_side:
+        advice = f'lower {name} (now {max_long_side}; e.g. 1920) to run large frames shrunk'
+    else:
+        advice = f'set {name} (e.g. 1920) to run large frames shrunk'
     raise ValueError(f'the visible frame {frame} would run the network{at}: '
                      f'{height * width:,} pixels, more than the {MAX_NETWORK_PIXELS:,} '
-                     f'(3840x2160) it runs at (4.8-5.9 GB of memory there); {advice} '
-                     f'to run large frames shrunk')
+                     f'(3840x2160) it runs at (4.8-5.9 GB of memory there); {advice}')

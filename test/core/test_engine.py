@@ -622,7 +622,9 @@ def test_frames_the_network_would_run_above_4k_are_refused_before_anything_runs(
     assert prepared == []
     # Enlarged past it (input_min_long_side) is named with the size it would run at.
     with pytest.raises(ValueError, match=r'the visible frame 80x64 would run the network at '
-                                         r'4000x3200: 12,800,000 pixels'):
+                                         r'4000x3200: 12,800,000 pixels, .*; lower '
+                                         r"input_min_long_side \(the checkpoint's model field, "
+                                         r"or the engines' argument\), which enlarges it$"):
         FusionEngine(firing_weights, input_min_long_side=4000).infer(ir, vi)
     # An input_max_long_side that leaves it above is to be lowered (it said 'set').
     with pytest.raises(ValueError, match=r'8,800,000 pixels, .*; lower input_max_long_side '
