@@ -220,6 +220,12 @@ class BagPlayer:
             if topics is None or topic in topics:
                 target = remap.get(topic, expand_topic_name(topic, node_name, '/'))
                 published.setdefault(target, []).append(topic)
+        # The player's own node publishes its log and parameter events (rcl, every node): a
+        # remap onto them clashed with their types in an RCLError traceback.
+        for source, target in remap.items():
+            if target in ('/rosout', '/parameter_events') and source != target:
+                raise ValueError(f'--remap: {source} onto {target}, which the player node '
+                                 f'publishes itself (every ROS node does); choose another topic')
         merged = {target: sources for target, sources in published.items() if len(sources) > 1}
         if merged:
             target, sources = sorted(merged.items())[0]

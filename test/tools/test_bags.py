@@ -509,6 +509,10 @@ def test_play_refuses_what_it_would_silently_ignore(sample_bag, tmp_path, capsys
         BagPlayer(path, remap={IR: VI})
     with pytest.raises(ValueError, match=r'would both be published on /cam/image_raw'):
         BagPlayer(path, remap={IR: '/cam/image_raw', VI: 'cam/image_raw'})
+    for reserved in ('/rosout', 'parameter_events'):  # the player node's own topics
+        with pytest.raises(ValueError, match=f'--remap: {IR} onto /{reserved.lstrip("/")}, '
+                                             'which the player node publishes itself'):
+            BagPlayer(path, remap={IR: reserved})
     assert BagPlayer(path, remap={IR: VI}, topics=[IR]).remap == {IR: VI}  # VI not played
     assert BagPlayer(path, remap={IR: VI, VI: IR}).remap == {IR: VI, VI: IR}  # swapped
     # One source given twice: the first target was dropped without a word.
