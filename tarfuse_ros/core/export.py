@@ -143,10 +143,10 @@ def _to_float16(proto, global_stage):
         converted.topological_sort()  # the converter appends its input casts last
         return converted.model
 
-    graph = proto.graph
-    stage = [node for node in graph.node if node.name.startswith(_GLOBAL_STAGE_SCOPES)]
     if not global_stage:
         return convert(proto)
+    graph = proto.graph
+    stage = [node for node in graph.node if node.name.startswith(_GLOBAL_STAGE_SCOPES)]
     if not stage:
         raise ExportError(f'--half: no node of the global stage found (scopes '
                           f'{_GLOBAL_STAGE_SCOPES}); it would run in float16')
@@ -170,24 +170,21 @@ def _to_float16(proto, global_stage):
     known = {value.name: value for value in list(shapes.value_info) + list(shapes.input)}
     rest_inputs = ([value for value in graph.input if value.name in read]
                    + [known[name] for name in sorted(made & read)])
-    rest = helper.make_model(
-        helper.make_graph(rest_nodes, graph.name, rest_inputs, list(graph.output),
-                          initializer=[initializers[name] for name in initializers
-                                       if name in read]),
-        opset_imports=proto.opset_import)
-    rest.ir_version = proto.ir_version
-    rest = convert(rest)
-    joined = helper.make_model(
-        helper.make_graph(float32_nodes + list(rest.graph.node), graph.name, list(graph.input),
-                          list(graph.output),
-                          initializer=[initializers[name] for name in initializers
-                                       if name in read_by_float32]
-                          + list(rest.graph.initializer)),
-        opset_imports=proto.opset_import)
-    joined.ir_version = proto.ir_version
-    ordered = OnnxModel(joined)
-    ordered.topological_sort()
-    return ordered.model
+
+    def model(nodes, inputs, tensors):  # a graph of proto's name, outputs and opsets
+        result = helper.make_model(
+            helper.make_graph(nodes, graph.name, inputs, list(graph.output), initializer=tensors),
+            opset_imports=proto.opset_import)
+        result.ir_version = proto.ir_version
+        return result
+
+    rest = convert(model(rest_nodes, rest_inputs,
+                         [initializers[name] for name in initializers if name in read]))
+    joined = OnnxModel(model(float32_nodes + list(rest.graph.node), list(graph.input),
+                             [initializers[name] for name in initializers
+                              if name in read_by_float32] + list(rest.graph.initializer)))
+    joined.topological_sort()
+    return joined.model
 
 
 def _verify(blob, graph, shape, precision, threads):

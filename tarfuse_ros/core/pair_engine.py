@@ -269,6 +269,17 @@ class PairEngine:
         height, width = enlarged_size(height, width, self._min_long_side)
         return shrunk_size(height, width, self._max_long_side)
 
+    def check_network_size(self, frame_size, name='input_max_long_side'):
+        """Raise ``ValueError`` for a visible frame the network would run above 3840x2160.
+
+        ``frame_size``: the visible frame's ``(height, width)``, pixels; ``name``: what to call
+        ``input_max_long_side`` in the message (a tool's option, e.g.
+        ``--input-max-long-side``). :func:`~tarfuse_ros.core.sizes.check_network_size` at
+        :meth:`network_size`.
+        """
+        check_network_size(frame_size, self.network_size(*frame_size), name,
+                           self._max_long_side)
+
     @property
     def thresholds(self):
         """``(conf_threshold, iou_threshold, max_detections, classes)`` now in effect."""
@@ -343,7 +354,7 @@ class PairEngine:
         # to refuse it (an empty image or one of another shape is left to _prepare's message).
         sizes = (np.shape(vi)[:2] for vi in vis if np.ndim(vi) in (2, 3))
         for size in dict.fromkeys(size for size in sizes if min(size) > 0):
-            check_network_size(size, self.network_size(*size), max_long_side=self._max_long_side)
+            self.check_network_size(size)
         start = time.perf_counter()
         prepared = [self._prepare(ir, vi, i) for i, (ir, vi) in enumerate(zip(irs, vis))]
         # A grey visible image with a colour IR image: the fused image takes the IR chroma.

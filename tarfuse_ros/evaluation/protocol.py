@@ -56,7 +56,6 @@ from tarfuse_ros.core import data, metrics
 from tarfuse_ros.core.files import write_text_atomic
 from tarfuse_ros.core.images import unit_plane
 from tarfuse_ros.core.runtime import torch_settings
-from tarfuse_ros.core.sizes import check_network_size
 from tarfuse_ros.evaluation import inputs
 from tarfuse_ros.evaluation.aggregate import Scores
 from tarfuse_ros.evaluation.baselines import score_baselines
@@ -269,9 +268,7 @@ def _evaluate(data_dir, weights, out_dir, options):
                 ('dataset' if stem in with_disp else 'synthetic')
             case = make_case(dataset_dir, stem, mode, options, aligned, prior)
             # As the engine refuses it, but naming this tool's option (EvalOptions' too).
-            size = case.vi.shape[:2]
-            check_network_size(size, engine.network_size(*size), '--input-max-long-side',
-                               engine.input_max_long_side)
+            engine.check_network_size(case.vi.shape[:2], '--input-max-long-side')
             _score_pair(case, engine, zero_engine, scores, index, options, dataset_dir, lookup,
                         out_dir / 'figures', teachers, illumination(stem, day_night))
     except BaseException:

@@ -626,7 +626,7 @@ def run(plan, engine, outputs, report, show_progress=None):
                 report(f'{PROG}: skipped {item.name}: {item.error}')
                 continue
             try:
-                _check_network_size(engine, item.vi.shape[:2])
+                engine.check_network_size(item.vi.shape[:2], '--input-max-long-side')
                 result = engine.infer(item.ir, item.vi)
             except (ValueError, cv2.error) as exc:
                 reason = f'the engine rejected the pair: {exc}'
@@ -836,7 +836,7 @@ def main(argv=None):
         for each in plan.videos[:1]:  # the visible video's frames run the network: all or none
             width, height = each.size
             try:
-                _check_network_size(engine, (height, width))
+                engine.check_network_size((height, width), '--input-max-long-side')
             except ValueError as exc:
                 raise UsageError(f'{each.path}: {exc}: no frame of it can be fused') from exc
         if args.detections and not engine.detects:
@@ -878,16 +878,6 @@ def main(argv=None):
               f'(--ir-offset-ms); give two recordings that overlap in time', file=sys.stderr)
         return 2
     return 1 if summary.failures else 0
-
-
-def _check_network_size(engine, frame_size):
-    """Refuse a visible frame the network would run above 3840x2160, naming this tool's option.
-
-    The engine refuses it too, naming its own argument (input_max_long_side).
-    """
-    from tarfuse_ros.core.sizes import check_network_size
-    check_network_size(frame_size, engine.network_size(*frame_size), '--input-max-long-side',
-                       engine.input_max_long_side)
 
 
 def _default_threads():
