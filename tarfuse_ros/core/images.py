@@ -12,14 +12,20 @@ Normalisation rules (:func:`to_unit_gray`, :func:`to_unit_visible`):
   ``norm='minmax'`` uses the frame's minimum and maximum, ``norm='fixed'`` divides by 65535.
   A flat frame (range 0) maps to zeros.
 - float (``float16``, ``float32``, ``float64``), visible image (:func:`to_unit_visible`): if
-  the maximum is at most 1 the image is taken to be in [0, 1] already (negatives clipped to 0);
-  else if it is at most 255 it is taken to be on the 8-bit scale and divided by 255; else it is
-  normalised per frame as a ``uint16`` frame would be.
-- float IR (:func:`to_unit_gray`, e.g. ``32FC1``): a frame within [0, 1] is taken as it is;
-  any other (temperatures in degrees Celsius or kelvin, counts, an 8-bit scale) is normalised
-  per frame as a ``uint16`` frame would be. Temperatures in Celsius lie within [0, 255] or
-  below 0 and are not 8-bit grey levels: read with the visible image's rule, a scene of 15-40
-  degrees would keep a tenth of the grey range, and one below freezing would be black.
+  the maximum is at most ``1 +`` :data:`UNIT_OVERSHOOT` the image is taken to be in [0, 1]
+  already (clipped to it); else if it is at most 255 it is taken to be on the 8-bit scale and
+  divided by 255; else it is normalised per frame as a ``uint16`` frame would be.
+- float IR (:func:`to_unit_gray`, e.g. ``32FC1``): a frame within [0, 1], widened by
+  :data:`UNIT_OVERSHOOT` on both sides, is taken as it is (clipped to [0, 1]); any other
+  (temperatures in degrees Celsius or kelvin, counts, an 8-bit scale) is normalised per frame
+  as a ``uint16`` frame would be. Temperatures in Celsius lie within [0, 255] or below 0 and
+  are not 8-bit grey levels: read with the visible image's rule, a scene of 15-40 degrees
+  would keep a tenth of the grey range, and one below freezing would be black.
+- The margin: a [0, 1] frame that a driver resampled with a cubic or Lanczos kernel leaves
+  [0, 1] next to edges: by up to 12 % above 1 at a step and 17 % below 0 beside a one-pixel
+  line (OpenCV's ``INTER_CUBIC`` and ``INTER_LANCZOS4``, measured). Without it, frames of one stream would switch from frame to frame
+  between the unit reading and the per-frame stretch (or, for the visible image, the 8-bit
+  scale: a black frame), whichever side of 1 their brightest pixel fell on.
 - NaN or infinite values raise ``ValueError``.
 - Other dtypes (signed integers, bool, ...) raise ``ValueError``.
 
@@ -57,6 +63,7 @@ __all__ = [
     'MIN_SIDE',
     'PAD_MODES',
     'PreparedPair',
+    'UNIT_OVERSHOOT',
     'bgr_to_ycrcb',
     'check_frame_size',
     'gray_plane',
@@ -80,6 +87,9 @@ PAD_MODES = ('replicate', 'reflect', 'constant')
 # (32x24) pass; a strip or a single line is refused before the network enlarges it.
 MIN_SIDE = 16
 MAX_ASPECT = 8.0
+# How far a float frame may lie outside [0, 1] and still be read as a [0, 1] frame (clipped):
+# resampling overshoot (module docstring). A fraction of the unit range.
+UNIT_OVERSHOOT = 0.2
 
 _FLOAT_DTYPES = (np.float16, np.float32, np.float64)
 
@@ -163,7 +173,8 @@ def _to_unit(img, norm, low, high, name, float_scales=True):
         return img.astype(np.float32) * np.float32(1.0 / 255.0)
     if img.dtype in _FLOAT_DTYPES:
         peak = float(img.max())
-        if peak <= 1.0 and (float_scales or float(img.min()) >= 0.0):
+        if peak <= 1.0 + UNIT_OVERSHOOT and (float_scales
+                                             or float(img.min()) >= -UNIT_OVERSHOOT):
             return np.clip(img.astype(np.float32), 0.0, 1.0)
         if float_scales and peak <= 255.0:
             return np.clip(img.astype(np.float32) * np.float32(1.0 / 255.0), 0.0, 1.0)

@@ -63,6 +63,34 @@ def test_float_scales(dtype):
     np.testing.assert_allclose(y, [[15.0 / 255.0, 0.5, 1.0]], atol=1e-6)
 
 
+def test_resampled_unit_float_frames_keep_the_unit_reading(roadscene_pair):
+    """A [0, 1] stream resampled by a cubic / Lanczos kernel leaves [0, 1] near its edges.
+
+    Its frames must still read as [0, 1] frames (clipped), not switch to the per-frame stretch
+    (IR) or the 8-bit scale (visible: a black frame) by where their extreme pixels fall.
+    """
+    ir, vi = roadscene_pair
+    ir_unit = ir.astype(np.float32) / 255.0
+    vi_unit = vi.astype(np.float32) / 255.0
+    for interp in (cv2.INTER_CUBIC, cv2.INTER_LANCZOS4):
+        ir_big = cv2.resize(ir_unit, None, fx=1.7, fy=1.7, interpolation=interp)
+        vi_big = cv2.resize(vi_unit, None, fx=1.7, fy=1.7, interpolation=interp)
+        assert ir_big.max() > 1.0 or ir_big.min() < 0.0  # it does leave [0, 1] here
+        assert vi_big.max() > 1.0
+        np.testing.assert_allclose(images.to_unit_gray(ir_big), np.clip(ir_big, 0.0, 1.0),
+                                   atol=1e-7)
+        y, _ = images.to_unit_visible(vi_big)
+        expected, _ = images.to_unit_visible(np.clip(vi_big, 0.0, 1.0))
+        np.testing.assert_allclose(y, expected, atol=1e-6)
+    # Beyond the margin a frame is not a [0, 1] frame: stretched (IR), 8-bit scale (visible).
+    margin = images.UNIT_OVERSHOOT
+    frame = np.array([[0.0, 0.5, 1.0 + 2 * margin]], np.float32)
+    np.testing.assert_allclose(images.to_unit_gray(frame, 'minmax'),
+                               frame / frame.max(), atol=1e-6)
+    y, _ = images.to_unit_visible(frame)
+    np.testing.assert_allclose(y, frame / 255.0, atol=1e-6)
+
+
 @pytest.mark.parametrize('bad, match', [
     (np.zeros((0, 5), np.uint8), 'empty'),
     (np.zeros((2, 3, 4, 1), np.uint8), 'shape'),
