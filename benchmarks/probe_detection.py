@@ -13,7 +13,7 @@ inference settings) fuses it with the visible image, and its detections are scor
 the labels by the AP code of ``tarfuse-eval`` (:mod:`tarfuse_ros.evaluation.detection`,
 ultralytics' validation code). Sets (``--set``): ``rs_extra`` (RoadScene ``extra`` with
 labels: 24 pairs), ``rs_test`` (RoadScene ``test`` with labels: 10), ``msrs_val``
-(``msrs_train`` val: 30). Prints one line: pairs, boxes, mAP@0.5 and AP@0.5 per class.
+(``msrs_train`` val: 30), ``msrs_det`` (the MSRS detection test pairs: 35). Prints one line: pairs, boxes, mAP@0.5 and AP@0.5 per class.
 """
 
 import argparse
@@ -29,11 +29,16 @@ import torch
 
 SETS = {'rs_extra': ('roadscene', ('extra', 'det_labelled')),
         'rs_test': ('roadscene', ('test', 'det_labelled')),
-        'msrs_val': ('msrs_train', ('val',))}
+        'msrs_val': ('msrs_train', ('val',)),
+        'msrs_det': ('msrs_det', ('test',))}
 
 
-def probe(set_name, weights, conf=0.001, iou=0.6):
+def probe(set_name, weights, conf=0.001, iou=0.6, with_arrays=False):
     """Return ``(summary, detections)``: :func:`detection_summary` and the boxes per stem.
+
+    With ``with_arrays``, also the per-image prediction and target arrays that
+    :func:`detection_summary` scored and the model's class names: ``(summary, detections,
+    predictions, targets, class_names)``.
 
     Raises:
         KeyError: ``set_name`` is not one of :data:`SETS`.
@@ -62,7 +67,11 @@ def probe(set_name, weights, conf=0.001, iou=0.6):
         rows = [[d.x1, d.y1, d.x2, d.y2, d.score, d.class_id] for d in found]
         predictions.append(np.asarray(rows, np.float64).reshape(-1, 6))
         per_stem[stem] = rows
-    return detection_summary(predictions, truths, list(engine.class_names)), per_stem
+    names = list(engine.class_names)
+    summary = detection_summary(predictions, truths, names)
+    if with_arrays:
+        return summary, per_stem, predictions, truths, names
+    return summary, per_stem
 
 
 def main(argv=None):

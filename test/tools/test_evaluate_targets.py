@@ -14,7 +14,7 @@ import pytest
 from tarfuse_ros.core import data, metrics
 from tarfuse_ros.core.paths import shared_datasets_dir
 from tarfuse_ros.evaluation import contrast
-from tarfuse_ros.evaluation.detection import detection_summary
+from tarfuse_ros.evaluation.detection import detection_summary, operating_points
 from tarfuse_ros.evaluation.inputs import prepare
 
 SHARED = shared_datasets_dir()
@@ -124,6 +124,41 @@ def test_detection_ap_follows_ultralytics_on_hand_made_cases():
     assert math.isnan(detection_summary([np.zeros((0, 6))], [np.zeros((0, 5))])['map50'])
     with pytest.raises(ValueError, match='one prediction array per target'):
         detection_summary([np.zeros((0, 6))], [])
+
+
+def test_operating_points_count_precision_and_recall_at_each_threshold():
+    """Hand-made image: 2 people and 1 car labelled, five detections (one of a 3rd class)."""
+    truth = np.array([[10, 10, 50, 90, 0], [100, 10, 140, 90, 0], [200, 50, 300, 100, 2]],
+                     np.float64)
+    found = np.array([[11, 10, 50, 90, 0.9, 0],       # person 1
+                      [400, 10, 440, 90, 0.6, 0],     # nobody there
+                      [200, 52, 300, 100, 0.5, 2],    # the car
+                      [200, 10, 240, 90, 0.4, 1],     # a bicycle class without ground truth
+                      [100, 12, 140, 90, 0.3, 0]],    # person 2
+                     np.float64)
+    names = ['person', 'bicycle', 'car']
+    low, mid, high = operating_points([found], [truth], [0.25, 0.5, 0.95], names)
+    assert [p['conf'] for p in (low, mid, high)] == [0.25, 0.5, 0.95]
+    assert set(low['per_class']) == {'person', 'car'}  # classes with ground truth
+    person, car = low['per_class']['person'], low['per_class']['car']
+    assert (person['tp'], person['fp'], person['num_gt']) == (2, 1, 2)
+    assert person['precision'] == pytest.approx(2 / 3) and person['recall'] == 1.0
+    assert person['f1'] == pytest.approx(0.8)
+    assert (car['tp'], car['fp'], car['precision'], car['recall']) == (1, 0, 1.0, 1.0)
+    # Over all boxes the bicycle detection is a false positive too: 3 of 5 right.
+    assert low['precision'] == pytest.approx(3 / 5) and low['recall'] == 1.0
+    assert low['mean_f1'] == pytest.approx((0.8 + 1.0) / 2)
+    person = mid['per_class']['person']
+    assert (person['tp'], person['fp'], person['recall']) == (1, 1, 0.5)
+    assert mid['precision'] == pytest.approx(2 / 3) and mid['recall'] == pytest.approx(2 / 3)
+    # Nothing above 0.95: no precision to speak of, nothing found.
+    person = high['per_class']['person']
+    assert math.isnan(person['precision']) and person['recall'] == 0 and person['f1'] == 0
+    assert high['recall'] == 0 and high['f1'] == 0
+    with pytest.raises(ValueError, match='one prediction array per target'):
+        operating_points([found], [], [0.5])
+    with pytest.raises(ValueError, match=r'in \[0, 1\]'):
+        operating_points([found], [truth], [1.5])
 
 
 def test_detection_ap_agrees_with_the_coco_sampling_of_core_metrics():
