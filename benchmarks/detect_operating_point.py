@@ -44,8 +44,8 @@ def score_set(set_name, weights, thresholds, nms_iou):
     """Return ``operating_points`` of one probe set, detections as the node's NMS keeps them."""
     _, per_stem, predictions, truths, names = probe(set_name, weights, conf=0.001,
                                                     iou=nms_iou, with_arrays=True)
-    return {'pairs': len(per_stem), 'points': operating_points(predictions, truths, thresholds,
-                                                                names)}
+    points = operating_points(predictions, truths, thresholds, names)
+    return {'pairs': len(per_stem), 'points': points}
 
 
 def _fmt(value):
@@ -84,16 +84,16 @@ def main(argv=None):
     results = {name: score_set(name, args.weights, thresholds, nms_iou)
                for name in [args.select] + [n for n in args.report if n != args.select]}
     chosen = choose(results[args.select]['points'])['conf']
-    print(f'{args.weights}: NMS IoU {nms_iou} (the node\'s), P/R/F1 at IoU 0.5; the node\'s '
+    print(f"{args.weights}: NMS IoU {nms_iou} (the node's), P/R/F1 at IoU 0.5; the node's "
           f'confidence_threshold {node_conf}; best mean F1 on {args.select}: conf {chosen}')
     for name, result in results.items():
         role = 'chosen on' if name == args.select else 'test'
         print(f'{name} ({result["pairs"]} pairs, {role}):')
         for point in result['points']:
-            if point['conf'] in (node_conf, chosen):
-                mark = ' (node default)' if point['conf'] == node_conf else ' (best F1 on '
-                mark += '' if point['conf'] == node_conf else f'{args.select})'
-                print('  ' + describe(point) + mark)
+            marks = ([' (node default)'] if point['conf'] == node_conf else []) + (
+                [f' (best mean F1 on {args.select})'] if point['conf'] == chosen else [])
+            if marks:
+                print('  ' + describe(point) + ''.join(marks))
     if args.out:
         Path(args.out).write_text(json.dumps(
             {'weights': args.weights, 'nms_iou': nms_iou, 'node_confidence': node_conf,

@@ -13,7 +13,8 @@ inference settings) fuses it with the visible image, and its detections are scor
 the labels by the AP code of ``tarfuse-eval`` (:mod:`tarfuse_ros.evaluation.detection`,
 ultralytics' validation code). Sets (``--set``): ``rs_extra`` (RoadScene ``extra`` with
 labels: 24 pairs), ``rs_test`` (RoadScene ``test`` with labels: 10), ``msrs_val``
-(``msrs_train`` val: 30), ``msrs_det`` (the MSRS detection test pairs: 35). Prints one line: pairs, boxes, mAP@0.5 and AP@0.5 per class.
+(``msrs_train`` val: 30), ``msrs_det`` (the MSRS detection test pairs: 35). Prints one line:
+pairs, boxes, mAP@0.5 and AP@0.5 per class.
 """
 
 import argparse

@@ -23,9 +23,10 @@ Normalisation rules (:func:`to_unit_gray`, :func:`to_unit_visible`):
   would keep a tenth of the grey range, and one below freezing would be black.
 - The margin: a [0, 1] frame that a driver resampled with a cubic or Lanczos kernel leaves
   [0, 1] next to edges: by up to 12 % above 1 at a step and 17 % below 0 beside a one-pixel
-  line (OpenCV's ``INTER_CUBIC`` and ``INTER_LANCZOS4``, measured). Without it, frames of one stream would switch from frame to frame
-  between the unit reading and the per-frame stretch (or, for the visible image, the 8-bit
-  scale: a black frame), whichever side of 1 their brightest pixel fell on.
+  line (OpenCV's ``INTER_CUBIC`` and ``INTER_LANCZOS4``, measured). Without it, frames of one
+  stream would switch from frame to frame between the unit reading and the per-frame stretch
+  (or, for the visible image, the 8-bit scale: a black frame), whichever side of [0, 1] their
+  extreme pixels fell on.
 - NaN or infinite values raise ``ValueError``.
 - Other dtypes (signed integers, bool, ...) raise ``ValueError``.
 

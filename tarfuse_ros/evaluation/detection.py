@@ -162,8 +162,8 @@ def operating_points(predictions, targets, thresholds, class_names=None, iou=0.5
 
     out = []
     for threshold in thresholds:
-        tp = {c: 0 for c in gt_classes}
-        fp = {c: 0 for c in gt_classes}
+        tp = dict.fromkeys(gt_classes, 0)
+        fp = dict.fromkeys(gt_classes, 0)
         extra_fp = 0  # detections of classes without ground truth
         for pred, truth in images:
             kept = pred[pred[:, 4] >= threshold]
