@@ -1,8 +1,9 @@
-"""Frame sizes shared by training and both inference engines (no torch import)."""
+"""Frame sizes shared by training, both inference engines and the ROS decoding (no torch)."""
 
 import numbers
 
-__all__ = ['MAX_ENLARGED_LONG_SIDE', 'MAX_NETWORK_PIXELS', 'MIN_SHRUNK_LONG_SIDE',
+__all__ = ['MAX_DECODED_PIXELS', 'MAX_ENLARGED_LONG_SIDE', 'MAX_NETWORK_PIXELS',
+           'MIN_SHRUNK_LONG_SIDE',
            'check_input_max_long_side', 'check_network_size', 'enlarged_size', 'shrunk_size']
 
 # The largest long side a frame (or its features) may be enlarged to, pixels: the bound of
@@ -19,6 +20,15 @@ MIN_SHRUNK_LONG_SIDE = 256
 # four times that, enough for the kernel to kill a robot's node. Larger frames run shrunk
 # with input_max_long_side (README, "Large cameras").
 MAX_NETWORK_PIXELS = 3840 * 2160
+
+# The most pixels a compressed frame (JPEG, PNG, ...) may have for the package to decode it:
+# twice an 8K UHD frame, 2 x 7680x4320 = 66,355,200 (66.4 Mpx), read from the payload's header
+# before decoding. A real 8K camera (7680x4320, or DCI 8K 8192x4320, 35.4 Mpx) gets through and
+# runs shrunk with input_max_long_side; a frame at the cap takes 199 MB decoded as 8-bit BGR
+# (398 MB at 16 bits), and 8K took 0.24 s (JPEG) and 0.8 s (PNG) to decode on the 2-core VM.
+# A payload whose header says more (a decompression bomb: a 1.2 MB PNG of 20000x20000 took
+# 4-6 s and 2.4 GB to decode, 2-core VM) is refused without being decoded.
+MAX_DECODED_PIXELS = 2 * 7680 * 4320
 
 
 def enlarged_size(height, width, min_long_side):

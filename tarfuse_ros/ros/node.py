@@ -57,7 +57,8 @@ from tarfuse_ros.core.health import HealthSettings, RegistrationHealth
 from tarfuse_ros.core.images import check_frame_size
 from tarfuse_ros.core.topics import camera_info_topic
 from tarfuse_ros.ros.conversions import array_to_compressed_msg, array_to_image_msg
-from tarfuse_ros.ros.conversions import detections_to_msg, image_msg_to_array, load_bridge
+from tarfuse_ros.ros.conversions import compressed_size, detections_to_msg, image_msg_to_array
+from tarfuse_ros.ros.conversions import load_bridge
 from tarfuse_ros.ros.diagnostics import build_status, NodeStats, process_rss_mib
 from tarfuse_ros.ros.diagnostics import WarningThrottle
 from tarfuse_ros.ros.params import apply_updates, canonical_parameters
@@ -661,10 +662,38 @@ class TarFuseNode(Node):
             raise ValueError(f'{topic}: {exc}') from exc
         return array, encoding
 
+    def _check_compressed_visible(self, msg):
+        """
+        Refuse a compressed visible frame by the size its header states, before any decoding.
+
+        The size (:func:`~tarfuse_ros.ros.conversions.compressed_size`, which refuses more
+        than ``MAX_DECODED_PIXELS``, 66.4 Mpx) goes through the engine's network-size check
+        (3840x2160 after ``input_max_long_side``), which would refuse the frame once decoded:
+        a 7680x4320 JPEG is refused without spending 0.24 s and 100 MB on it. The IR is
+        resized to the visible frame, so only the decode cap applies to it. A raw frame, or a
+        format Pillow does not identify, is left to the checks after decoding.
+        Raises ``ValueError`` naming the topic, the size and that nothing was decoded.
+        """
+        if not isinstance(msg, CompressedImage):
+            return
+        topic = self._topics[VISIBLE]
+        try:
+            size = compressed_size(msg)
+        except ValueError as exc:
+            raise ValueError(f'{topic}: {exc}') from exc
+        if size is None:
+            return
+        try:
+            self._engine.check_network_size(size)
+        except ValueError as exc:
+            raise ValueError(f'{topic}: {exc} (size from the compressed header; not '
+                             f'decoded)') from exc
+
     def _process(self, ir_msg, vi_msg):
         params = self._params
         header = vi_msg.header
         try:
+            self._check_compressed_visible(vi_msg)
             ir, _ = self._read_image(ir_msg, self._topics[INFRARED])
             vi, _ = self._read_image(vi_msg, self._topics[VISIBLE])
             sizes = (ir.shape[1], ir.shape[0], vi.shape[1], vi.shape[0])

@@ -10,10 +10,12 @@ import os
 from pathlib import Path
 import random
 import signal
+import struct
 import subprocess
 import sys
 import tempfile
 import time
+import zlib
 
 import cv2
 from diagnostic_msgs.msg import DiagnosticArray
@@ -107,6 +109,23 @@ def compressed_msg(array, fmt, stamp_ns, frame_id):
     msg.header.frame_id = frame_id
     msg.data = encoded.tobytes()
     return msg
+
+
+def png_stating(width, height):
+    """Return a valid tiny PNG (16x16 grey pixels) whose header states ``width`` x ``height``.
+
+    A real 16x16 PNG from OpenCV with its IHDR chunk's size patched and the chunk's CRC
+    recomputed: readers of the header see the stated size, while decoding fails (the image
+    data holds 16x16 pixels), so a refusal naming the stated size proves it was not decoded.
+    A real 20000x20000 PNG would take 1 s and 400 MB to encode.
+    """
+    ok, encoded = cv2.imencode('.png', np.zeros((16, 16), np.uint8))
+    assert ok
+    data = bytearray(encoded.tobytes())
+    assert data[12:16] == b'IHDR'  # 8-byte signature, 4-byte length, chunk type, then the data
+    data[16:24] = struct.pack('>II', width, height)
+    data[29:33] = struct.pack('>I', zlib.crc32(bytes(data[12:29])))  # over type and data
+    return bytes(data)
 
 
 class NodeProcess:

@@ -9,6 +9,7 @@ import sys
 
 from builtin_interfaces.msg import Time
 import cv2
+from node_harness import png_stating
 import numpy as np
 import pytest
 from rclpy.serialization import deserialize_message, serialize_message
@@ -18,8 +19,8 @@ from std_msgs.msg import Header
 from tarfuse_ros.core.pair_engine import Detection
 from tarfuse_ros.ros import conversions
 from tarfuse_ros.ros.conversions import (
-    array_to_compressed_msg, array_to_image_msg, compressed_msg_to_array, detections_to_msg,
-    image_msg_to_array)
+    array_to_compressed_msg, array_to_image_msg, compressed_msg_to_array, compressed_size,
+    detections_to_msg, image_msg_to_array)
 
 RNG = np.random.default_rng(3)
 SAMPLES = Path(__file__).resolve().parents[2] / 'samples'
@@ -305,6 +306,62 @@ def test_bad_compressed_payloads_raise_value_error_naming_the_cause(case, messag
         msg.format = '16UC1; compressedDepth png'
     with pytest.raises(ValueError, match=message):
         compressed_msg_to_array(msg)
+
+
+def test_compressed_size_reads_png_and_jpeg_headers_without_decoding():
+    vi = cv2.imread(str(SAMPLES / 'vi' / 'FLIR_00993.jpg'), cv2.IMREAD_COLOR)[:100, :130]
+    ir16 = (20000 + vi[..., 0].astype(np.uint16) * 3).astype(np.uint16)
+    for array, fmt in ((vi, 'jpeg'), (vi, 'png'), (ir16, 'mono16; png compressed mono16')):
+        msg = compressed(array, fmt)
+        assert compressed_size(msg) == (100, 130)  # (height, width)
+        decoded, _ = compressed_msg_to_array(msg)
+        assert decoded.shape[:2] == (100, 130)
+    # A payload of exactly max_pixels decodes; one pixel fewer allowed refuses it by its header.
+    msg = compressed(vi, 'jpeg')
+    assert compressed_msg_to_array(msg, max_pixels=130 * 100)[0].shape == vi.shape
+    with pytest.raises(ValueError, match=r'^compressed payload is 130x100 by its header .*'
+                                         r'this package decodes; not decoded$'):
+        compressed_msg_to_array(msg, max_pixels=130 * 100 - 1)
+
+
+def test_an_8k_frame_is_within_the_decode_cap():
+    assert compressed_size(CompressedImage(format='png', data=png_stating(7680, 4320))) == (
+        4320, 7680)
+    assert conversions.MAX_DECODED_PIXELS >= 8192 * 4320  # DCI 8K too
+
+
+@pytest.mark.parametrize('width,height,message', [
+    # Above the cap, below Pillow's bomb limit (2 x 89.5 Mpx): Pillow gives the size.
+    (10000, 8000, 'compressed payload is 10000x8000 by its header (80.0 Mpx): more than the '
+                  '66.4 Mpx this package decodes; not decoded'),
+    # Above Pillow's bomb limit (its DecompressionBombError gives the pixel count only).
+    (20000, 20000, 'compressed payload is 400.0 Mpx by its header: more than the 66.4 Mpx '
+                   'this package decodes; not decoded'),
+])
+def test_a_payload_whose_header_states_more_than_the_cap_is_refused_undecoded(
+        width, height, message):
+    msg = CompressedImage(format='png', data=png_stating(width, height))
+    msg.header = header()
+    for read in (compressed_size, compressed_msg_to_array, image_msg_to_array):
+        with pytest.raises(ValueError) as raised:
+            read(msg)
+        assert str(raised.value) == message
+    # With a cap above its size, the same payload goes to OpenCV, which cannot decode it (it
+    # holds 16x16 pixels): the refusal above came from the header, before any decoding.
+    with pytest.raises(ValueError, match='cannot decode the compressed payload'):
+        compressed_msg_to_array(msg, max_pixels=10 ** 9)
+
+
+def test_a_format_pillow_does_not_identify_is_decoded_as_before():
+    # PAM: OpenCV reads and writes it, Pillow does not identify it.
+    bgr = RNG.integers(0, 255, (20, 30, 3), endpoint=True).astype(np.uint8)
+    ok, encoded = cv2.imencode('.pam', bgr)
+    assert ok
+    msg = CompressedImage(format='pam', data=encoded.tobytes())
+    assert compressed_size(msg) is None
+    array, kind = compressed_msg_to_array(msg, max_pixels=1)  # no header size: no cap check
+    assert kind == 'bgr8'
+    np.testing.assert_array_equal(array, bgr)
 
 
 def test_array_to_compressed_msg_formats_and_round_trips():

@@ -11,7 +11,8 @@ import time
 
 import cv2
 from node_harness import compressed_msg, HEIGHT, make_checkpoint, NodeProcess, Probe
-from node_harness import random_domain_id, sample_pair, SAMPLES, VISIBLE_FRAME, WIDTH
+from node_harness import png_stating, random_domain_id, sample_pair, SAMPLES, VISIBLE_FRAME
+from node_harness import WIDTH
 import numpy as np
 import pytest
 from tarfuse_ros.core.engine import FusionEngine
@@ -107,6 +108,45 @@ def test_a_corrupt_jpeg_is_rejected_by_name_and_the_node_answers_the_next_pair(s
     for key in ('fused', 'fused_compressed', 'detections', 'registered'):
         assert not probe.outputs_for(key, bad_stamp), f'{key} published for a corrupt pair'
     assert 'cannot decode the compressed payload' in node.log()
+
+
+OVERSIZED = {  # camera -> (size its PNG header states, the reported cause)
+    # Over the network's 3840x2160 (input_max_long_side 0), under the 66.4 Mpx decode cap.
+    'visible': ((7680, 4320), '/visible/image_raw/compressed: the visible frame 7680x4320 would '
+                              'run the network: 33,177,600 pixels, more than the 8,294,400 '
+                              '(3840x2160)'),
+    # The IR is resized to the visible frame: only the decode cap applies to it.
+    'infrared': ((20000, 20000), '/infrared/image_raw/compressed: compressed payload is 400.0 '
+                                 'Mpx by its header: more than the 66.4 Mpx this package '
+                                 'decodes; not decoded'),
+}
+
+
+@pytest.mark.parametrize('camera', list(OVERSIZED))
+def test_an_oversized_compressed_frame_is_refused_by_its_header_and_the_next_pair_runs(
+        setup, camera):
+    node, probe, _, _ = setup
+    (width, height), cause = OVERSIZED[camera]
+    assert probe.spin_until(lambda: probe.diagnostics, 10.0)
+    before = probe.counter('pairs_rejected')
+    bad_stamp = time.time_ns()
+    ir_msg, vi_msg = probe.good_pair(bad_stamp)
+    bad = vi_msg if camera == 'visible' else ir_msg
+    # A valid 16x16 PNG stating a larger size: decoding it would fail with 'cannot decode',
+    # so the size in the cause shows it was refused by its header, undecoded.
+    bad.format, bad.data = 'mono8; png compressed mono8', png_stating(width, height)
+    probe.publish_pair(ir_msg, vi_msg)
+    assert probe.wait_for_diagnostics(
+        lambda level, msg, values: int(values['pairs_rejected']) > before and
+        cause in values['last_rejection'] and 'not decoded' in values['last_rejection']), (
+        f'the oversized {camera} frame was not reported as refused by its header')
+    good_stamp = time.time_ns()
+    probe.publish_pair(*probe.good_pair(good_stamp))
+    assert probe.wait_for_outputs(good_stamp), 'no output for the good pair after the bad one'
+    assert node.alive()
+    for key in ('fused', 'fused_compressed', 'detections', 'registered'):
+        assert not probe.outputs_for(key, bad_stamp), f'{key} published for an oversized pair'
+    assert cause in node.log()
 
 
 def test_a_bag_of_compressed_topics_plays_through_the_node_with_tarfuse_play(
