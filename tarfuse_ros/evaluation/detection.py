@@ -17,8 +17,8 @@ Checked against ultralytics 8.4.190 (:data:`tarfuse_ros.core.model.yolo.ULTRALYT
 Operating points (:func:`operating_points`): what a user of the node gets at one confidence
 threshold, as precision, recall and F1 = 2PR / (P + R) per class and over all boxes, the
 detections above the threshold matched to the ground truth at IoU 0.5 by the same
-``match_predictions`` (matched again at each threshold, since its matching is not in score
-order).
+``match_predictions`` (run on those detections only: what the node publishes at that
+threshold is scored as it stands).
 """
 
 from types import SimpleNamespace
