@@ -44,7 +44,8 @@ from tarfuse_ros.core.images import prepare_pair
 # The layout's functions live in a module without PyTorch (tools that only list pairs use it).
 from tarfuse_ros.core.layout import (dataset_folder, find_image, IMAGE_EXTENSIONS,
                                      list_split_names, MISALIGNED_DIR, misaligned_stems,
-                                     pair_files, read_split, unpaired_notes, unpaired_stems)
+                                     pair_files, read_split, read_text_lines, unpaired_notes,
+                                     unpaired_stems)
 from tarfuse_ros.core.sizes import enlarged_size
 import torch
 from torch.utils.data import Dataset
@@ -125,7 +126,7 @@ def read_classes(dataset_dir, labels_dir='labels'):
     for candidate in (path / labels_dir / 'classes.txt', path / 'classes.txt',
                       path / 'labels' / 'classes.txt'):
         if candidate.is_file():
-            return [line.strip() for line in candidate.read_text().splitlines() if line.strip()]
+            return [line.strip() for line in read_text_lines(candidate) if line.strip()]
     return None
 
 
@@ -160,7 +161,7 @@ def load_labels(dataset_dir, stem, labels_dir='labels', classes=None):
     if not path.is_file():
         return None
     rows = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    for number, line in enumerate(read_text_lines(path), start=1):
         parts = line.split()
         if not parts:
             continue
