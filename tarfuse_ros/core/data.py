@@ -153,8 +153,8 @@ def load_labels(dataset_dir, stem, labels_dir='labels', classes=None):
 
     Raises:
         ValueError: malformed line (wrong column count, non-numeric, negative or non-integer
-            class id, an id beyond ``classes``, a centre or size outside [0, 1]), naming file
-            and line.
+            class id, an id beyond ``classes``, a centre or size outside [0, 1], a width or
+            height of 0), naming file and line.
 
     """
     path = label_file(dataset_dir, stem, labels_dir)
@@ -181,6 +181,11 @@ def load_labels(dataset_dir, stem, labels_dir='labels', classes=None):
                              f'{len(classes)} classes {list(classes)}')
         if any(v < -1e-3 or v > 1.0 + 1e-3 for v in values[1:]):
             raise ValueError(f'{where}: box values must be normalised to [0, 1]')
+        if values[3] <= 0 or values[4] <= 0:
+            # Training crops dropped such a box unseen; evaluation counted it as an object
+            # that no detection can ever match.
+            raise ValueError(f'{where}: box width and height must be > 0 (a box of no area '
+                             f'marks no object)')
         rows.append(values)
     if not rows:
         return np.zeros((0, 5), np.float32)
