@@ -528,9 +528,12 @@ class PairedDataset(Dataset):
             default_class_map(parsed) if class_map is None else class_map)
         self.class_names = class_names_from_map(self.class_map) if self.class_map else ()
         self.items = []
-        self._id_maps = []
+        self._id_maps, self._set_names = [], []
+        # {class name: boxes} that the class map leaves out, counted by check_labels.
+        self.dropped_classes = {}
         for source, folder in zip(parsed, dirs):
             set_names = read_classes(folder, source.labels)
+            self._set_names.append(set_names)
             self._id_maps.append(self._set_id_map(folder, set_names))
             for stem in source.stems():
                 self.items.append((len(self._id_maps) - 1, folder, stem, source.labels))
@@ -554,15 +557,19 @@ class PairedDataset(Dataset):
         """Read every pair's label file now; return how many pairs have one.
 
         A malformed file (or one with class ids its set's ``classes.txt`` does not list) then
-        fails at once, not when a loader reaches the pair.
+        fails at once, not when a loader reaches the pair. The boxes of classes the class map
+        leaves out are counted in :attr:`dropped_classes` (``{class name: boxes}``).
 
         Raises:
-            ValueError: as :func:`load_labels`, or a class id beyond ``classes.txt``.
+            ValueError: as :func:`load_labels`, a class id beyond ``classes.txt``, or label
+                files with boxes but no ``classes.txt`` to name their ids.
 
         """
-        return sum(self._labels(*item) is not None for item in self.items)
+        self.dropped_classes = {}
+        return sum(self._labels(*item, dropped=self.dropped_classes) is not None
+                   for item in self.items)
 
-    def _labels(self, set_index, folder, stem, labels_dir):
+    def _labels(self, set_index, folder, stem, labels_dir, dropped=None):
         labels = load_labels(folder, stem, labels_dir)
         if labels is None:
             return None
@@ -570,11 +577,21 @@ class PairedDataset(Dataset):
         if len(labels) == 0:
             return labels
         ids = labels[:, 0].astype(np.int64)
-        if id_map is None or ids.max() >= len(id_map):
+        path = label_file(folder, stem, labels_dir)
+        if id_map is None:
             raise ValueError(
-                f'{folder}/{labels_dir}/{stem}.txt uses class id {int(ids.max())} but the set '
-                f'lists {0 if id_map is None else len(id_map)} classes (classes.txt)')
+                f'{str(path)!r} has boxes but no classes.txt names their class ids: write the '
+                f'class names, one a line in id order, to {str(path.parent / "classes.txt")!r} '
+                f'or {str(folder / "classes.txt")!r}')
+        if ids.max() >= len(id_map):
+            raise ValueError(
+                f'{str(path)!r} uses class id {int(ids.max())} but its classes.txt lists '
+                f'{len(id_map)} classes {self._set_names[set_index]}')
         mapped = id_map[ids]
+        if dropped is not None:
+            for class_id in ids[mapped < 0]:
+                name = self._set_names[set_index][class_id]
+                dropped[name] = dropped.get(name, 0) + 1
         labels = labels[mapped >= 0].copy()
         labels[:, 0] = mapped[mapped >= 0]
         return labels

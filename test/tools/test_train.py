@@ -605,7 +605,7 @@ def test_the_same_command_runs_again_after_a_run_that_trained_nothing(splits, tm
     (lambda data, stem: (data / 'labels' / f'{stem}.txt').write_text('0 0.5 0.5 0.1\n'),
      'expected 5 columns'),
     (lambda data, stem: (data / 'labels' / 'classes.txt').unlink(),
-     'but the set lists 0 classes'),
+     'has boxes but no classes.txt names their class ids'),
 ], ids=['malformed line', 'no classes.txt'])
 def test_a_bad_label_file_fails_before_training(
         splits, tmp_path, capsys, break_labels, message):
@@ -619,6 +619,26 @@ def test_a_bad_label_file_fails_before_training(
     err = capsys.readouterr().err
     assert message in err and 'Traceback' not in err
     assert not (tmp_path / 'run').exists()
+
+
+def test_boxes_of_classes_outside_the_class_map_are_counted_at_start(splits, tmp_path, capsys):
+    """They were left out of training without a word (tarfuse-eval names them)."""
+    data = tmp_path / 'roadscene'
+    shutil.copytree(ROADSCENE, data)
+    with open(data / 'labels' / 'classes.txt', 'a') as handle:
+        handle.write('truck\ntraffic sign\n')
+    for stem, extra in zip(splits['stems'], ('3 0.5 0.5 0.2 0.2\n4 0.1 0.1 0.05 0.05\n',
+                                             '3 0.4 0.6 0.1 0.1\n')):
+        with open(data / 'labels' / f'{stem}.txt', 'a') as handle:
+            handle.write(extra)
+    args = _args(splits, tmp_path / 'run', '--epochs', '1', '--max-steps', '1')
+    args[1] = f'{data}:{splits["train"]}'
+    assert train_tool.main(args) == 0
+    out = capsys.readouterr().out
+    assert ('[tarfuse-train] data.class_map has no class truck (2 boxes), traffic sign (1 box): '
+            '3 training boxes left out (background for the detector; its classes: person, '
+            'bicycle, car)\n') in out
+    assert 'validation boxes' not in out  # the validation pairs come from the intact set
 
 
 @pytest.mark.parametrize('where, saved', [
