@@ -112,13 +112,18 @@ def resolve_sources(sources, root=None):
                            if (base / labels).is_dir()), labels)
         if source.labels != DEFAULT_LABELS and not (folder / labels).is_dir():
             # The default folder may be absent (an unlabelled set); a named one must exist.
-            raise ValueError(f'data source {value!r}: labels folder {source.labels!r} not found '
-                             f'in {str(folder)!r}, the working directory or the package')
+            raise ValueError(f'data source {str(folder)!r} split {source.split!r}: labels '
+                             f'folder {source.labels!r} not found in {str(folder)!r}, the '
+                             f'working directory or the package')
         source = DataSource(folder, split, source.exclude, str(labels))
         # A stem listed twice would be trained (or validated) twice per epoch, unnoticed.
-        read_split(folder, split, unique=True)
+        listed = read_split(folder, split, unique=True)
         if not source.stems():
-            raise ValueError(f'data source {value!r}: no pairs left in {str(folder)!r}')
+            why = (f'all {len(listed)} are in {", ".join(source.exclude)} (exclude)' if listed
+                   else 'the split lists none' if split != 'all'
+                   else 'no stem has an image in both ir/ and vi/')
+            raise ValueError(f'data source {str(folder)!r} split {source.split!r}: no pair to '
+                             f'use ({why})')
         resolved.append(source)
     return resolved
 

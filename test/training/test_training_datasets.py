@@ -58,7 +58,8 @@ def test_resolver_finds_relative_folders_list_files_and_labels(tmp_path, monkeyp
         with pytest.raises(ValueError, match=r"/roadscene/test\.txt' is a file, not a data set "
                                              r'folder: a data set folder holds ir/ and vi/'):
             resolve_dataset_dir(path, root=DATASETS)
-    with pytest.raises(ValueError, match='no pairs left'):
+    with pytest.raises(ValueError, match=r"roadscene' split 'test': no pair to use \(all 2 are in "
+                                         r'test \(exclude\)\)'):
         resolve_sources([{'path': 'roadscene', 'split': 'test', 'exclude': ['test']}],
                         root=DATASETS)
 
@@ -134,3 +135,17 @@ def test_text_files_saved_by_windows_notepad_read_as_utf8(tmp_path):
     with pytest.raises(ValueError, match=r"utf16/labels/a\.txt' is not UTF-8 text \(it is "):
         PairedDataset(resolve_sources([f'{folder}:train']),
                       class_map={'person': 0}).check_labels()
+
+
+def test_a_source_without_pairs_is_named_with_its_reason(tmp_path):
+    # The message was 'data source DataSource(path=..., split=..., exclude=(), labels=...):
+    # no pairs left in ...' for an empty list file and for ir/ and vi/ without pairs alike.
+    for sub in ('ir', 'vi'):
+        (tmp_path / sub).mkdir()
+    (tmp_path / 'train.txt').write_text('# to do\n')
+    with pytest.raises(ValueError, match=rf"^data source '{tmp_path}' split 'train': no pair "
+                                         r'to use \(the split lists none\)$'):
+        resolve_sources([f'{tmp_path}:train'])
+    with pytest.raises(ValueError, match=rf"^data source '{tmp_path}' split 'all': no pair to "
+                                         r'use \(no stem has an image in both ir/ and vi/\)$'):
+        resolve_sources([{'path': str(tmp_path), 'split': 'all'}])
