@@ -92,6 +92,24 @@ def test_one_epoch_writes_log_curve_state_and_checkpoint(runs, splits):
     assert (runs['b'] / 'splits' / 'train').is_dir()
 
 
+def test_the_weights_of_a_training_state_point_to_the_runs_checkpoint(runs, tmp_path, capsys):
+    # <run>/state/model.safetensors (no network config) was 'not a TarFuse checkpoint; write
+    # checkpoints with tarfuse_ros.core.checkpoint.save_checkpoint', an API hint to a user.
+    from tarfuse_ros.tools import evaluate
+    weights = runs['b'] / STATE_DIR / 'model.safetensors'
+    expected = (f'{weights} holds the weights of a resumable training state, without the '
+                f'network config: pass the checkpoint the run writes with it, '
+                f'{runs["b"] / FINAL_NAME} (or continue the run with tarfuse-train --resume '
+                f'{runs["b"]})\n')
+    assert evaluate.main(['--data', str(ROADSCENE), '--weights', str(weights), '--out',
+                          str(tmp_path / 'eval')]) == 2
+    assert capsys.readouterr().err == f'tarfuse-eval: error: {expected}'
+    assert train_tool.main(['--data', str(ROADSCENE), '--init', str(weights), '--out',
+                            str(tmp_path / 'run')]) == 2
+    assert capsys.readouterr().err == f'tarfuse-train: error: {expected}'
+    assert not (tmp_path / 'eval').exists() and not (tmp_path / 'run').exists()
+
+
 def test_what_a_run_writes_is_readable_as_files_written_by_open(splits, tmp_path):
     # The checkpoint and the state's weights were 0o600 (tempfile.mkstemp, then safetensors'
     # own private file): a node run as another user could not read them.
