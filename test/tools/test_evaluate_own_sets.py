@@ -96,6 +96,18 @@ def test_boxes_of_classes_the_model_does_not_know_are_named_once(tmp_path, caplo
         (out / 'report.md').read_text()
 
 
+def test_label_ids_without_a_classes_txt_are_said_to_be_read_as_the_models(tmp_path, caplog):
+    # They were scored as the model's classes without a word (training refuses such labels).
+    data_dir = own_set(tmp_path / 'own')
+    (data_dir / 'labels' / 'classes.txt').unlink()
+    assert evaluate(data_dir, tmp_path / 'eval', '--split', 'test') == 0
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == 'WARNING']
+    assert warnings == [
+        f'no classes.txt names the class ids of {data_dir / "labels"}: they are read as the ids '
+        f'of the model (0 person, 1 bicycle, 2 car); if they mean other classes, write their '
+        f'names, one a line in id order, to {data_dir / "classes.txt"}']
+
+
 def test_split_all_names_the_images_without_a_partner(tmp_path, caplog):
     # An IR image without its visible image (or the reverse) was left out without a word.
     data_dir = own_set(tmp_path / 'own')
