@@ -7,7 +7,8 @@ Layout of one data set folder (every shared set follows it; the user's own data 
                                       one image per stem and folder (``x.png`` beside ``x.jpg``
                                       is refused)
     <set>/labels/<stem>.txt           optional YOLO boxes ``class cx cy w h`` (normalised, visible
-                                      frame; boxes past an edge are clipped to the image); a
+                                      frame; boxes past an edge are clipped to the image,
+                                      a box of width or height 0 is refused); a
                                       missing file means "unlabelled", an empty file means
                                       "labelled, no objects"
     <set>/classes.txt                 class names, one a line, in label-id order (also accepted
