@@ -88,8 +88,10 @@ def find_image(folder, stem):
     return paths[0]
 
 
-def image_path(dataset_dir, modality, stem):
+def image_path(dataset_dir, modality, stem, listed=''):
     """Return the path of the image ``stem`` in the sub-folder ``modality`` (``'ir'``, ``'vi'``).
+
+    ``listed``: where the stem comes from, added to the message of a missing image.
 
     Raises:
         ValueError: no image of the stem there, or two (:func:`find_image`).
@@ -99,7 +101,7 @@ def image_path(dataset_dir, modality, stem):
     if path is None:
         raise ValueError(
             f'no {modality}/ image for stem {stem!r} in {str(dataset_dir)!r} '
-            f'(extensions tried: {", ".join(IMAGE_EXTENSIONS)})')
+            f'(extensions tried: {", ".join(IMAGE_EXTENSIONS)}){listed}')
     return path
 
 
@@ -164,9 +166,11 @@ def read_split(dataset_dir, split='all', unique=False, ir_dir='ir', vi_dir='vi')
             raise ValueError(f'split file {str(list_file)!r} lists {stem!r} twice (lines '
                              f'{first_line[stem]} and {number}): its pair would count twice; '
                              f'remove one of the lines')
+        for modality in (ir_dir, vi_dir):
+            image_path(path, modality, stem, f', listed in {str(list_file)!r} line {number}')
         first_line.setdefault(stem, number)
         stems.append(stem)
-    return _checked(path, stems, ir_dir, vi_dir)
+    return stems
 
 
 def _listed(list_file):

@@ -149,3 +149,12 @@ def test_a_source_without_pairs_is_named_with_its_reason(tmp_path):
     with pytest.raises(ValueError, match=rf"^data source '{tmp_path}' split 'all': no pair to "
                                          r'use \(no stem has an image in both ir/ and vi/\)$'):
         resolve_sources([{'path': str(tmp_path), 'split': 'all'}])
+
+
+def test_a_listed_stem_without_its_images_names_the_list_files_line(tmp_path):
+    # 'no ir/ image for stem ...' did not say which list file, nor where in it.
+    (tmp_path / 'mine.txt').write_text('FLIR_00006\n# comment\nFLIR_0018\n')
+    with pytest.raises(ValueError, match=rf"^no ir/ image for stem 'FLIR_0018' in "
+                                         rf"'{ROADSCENE}' \(extensions tried: .*\), listed in "
+                                         rf"'{tmp_path / 'mine.txt'}' line 3$"):
+        resolve_sources([f'{ROADSCENE}:{tmp_path / "mine.txt"}'])
