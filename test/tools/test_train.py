@@ -265,7 +265,16 @@ def test_a_data_path_that_is_a_file_or_nowhere_says_so(splits, tmp_path, capsys)
 
 def test_missing_resume_folder_and_unavailable_cuda(splits, tmp_path, capsys):
     assert train_tool.main(['--resume', str(tmp_path / 'nothing')]) == 2
-    assert 'no training state found' in capsys.readouterr().err
+    assert capsys.readouterr().err == (f"tarfuse-train: error: --resume '{tmp_path / 'nothing'}' "
+                                       'does not exist: give the --out folder of a run\n')
+    # A run stopped inside its first epoch saves no state: it was 'no training state found'.
+    stopped = tmp_path / 'stopped'
+    assert train_tool.main(_args(splits, stopped, '--epochs', '1', '--max-steps', '1')) == 0
+    assert train_tool.main(['--resume', str(stopped)]) == 2
+    assert capsys.readouterr().err.endswith(
+        'in it or in its state/ folder); the run there saved none: it stopped before the end of '
+        'its first epoch; start it again without --resume (another --out, or remove that '
+        'folder)\n')
     if not torch.cuda.is_available():
         assert train_tool.main(_args(splits, tmp_path / 'cuda', '--device', 'cuda')) == 2
         assert 'CUDA is not available' in capsys.readouterr().err
