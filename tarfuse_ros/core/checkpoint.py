@@ -107,6 +107,13 @@ def read_checkpoint_config(path):
         raise CheckpointError(
             f'{path} is not a readable safetensors file (truncated or corrupt: {error}); '
             'copy or re-export it again') from None
+    if METADATA_KEY not in metadata and (path.parent / 'state.json').is_file():
+        # The weights of tarfuse-train's resumable state (<run>/state/model.safetensors).
+        raise CheckpointError(
+            f'{path} holds the weights of a resumable training state, without the network '
+            f'config: pass the checkpoint the run writes with it, '
+            f'{path.parent.parent / "tarfuse.safetensors"} (or continue the run with '
+            f'tarfuse-train --resume {path.parent.parent})')
     if METADATA_KEY not in metadata:
         raise CheckpointError(
             f'{path} has no {METADATA_KEY!r} metadata, so it is not a TarFuse checkpoint; '

@@ -7,7 +7,8 @@ Layout of one data set folder (every shared set follows it; the user's own data 
                                       one image per stem and folder (``x.png`` beside ``x.jpg``
                                       is refused)
     <set>/labels/<stem>.txt           optional YOLO boxes ``class cx cy w h`` (normalised, visible
-                                      frame; boxes past an edge are clipped to the image); a
+                                      frame; boxes past an edge are clipped to the image,
+                                      a box of width or height 0 is refused); a
                                       missing file means "unlabelled", an empty file means
                                       "labelled, no objects"
     <set>/classes.txt                 class names, one a line, in label-id order (also accepted
@@ -44,7 +45,8 @@ from tarfuse_ros.core.images import prepare_pair
 # The layout's functions live in a module without PyTorch (tools that only list pairs use it).
 from tarfuse_ros.core.layout import (dataset_folder, find_image, IMAGE_EXTENSIONS,
                                      list_split_names, MISALIGNED_DIR, misaligned_stems,
-                                     pair_files, read_split, unpaired_notes, unpaired_stems)
+                                     pair_files, read_split, read_text_lines, unpaired_notes,
+                                     unpaired_stems)
 from tarfuse_ros.core.sizes import enlarged_size
 import torch
 from torch.utils.data import Dataset
@@ -125,7 +127,7 @@ def read_classes(dataset_dir, labels_dir='labels'):
     for candidate in (path / labels_dir / 'classes.txt', path / 'classes.txt',
                       path / 'labels' / 'classes.txt'):
         if candidate.is_file():
-            return [line.strip() for line in candidate.read_text().splitlines() if line.strip()]
+            return [line.strip() for line in read_text_lines(candidate) if line.strip()]
     return None
 
 
@@ -152,15 +154,15 @@ def load_labels(dataset_dir, stem, labels_dir='labels', classes=None):
 
     Raises:
         ValueError: malformed line (wrong column count, non-numeric, negative or non-integer
-            class id, an id beyond ``classes``, a centre or size outside [0, 1]), naming file
-            and line.
+            class id, an id beyond ``classes``, a centre or size outside [0, 1], a width or
+            height of 0), naming file and line.
 
     """
     path = label_file(dataset_dir, stem, labels_dir)
     if not path.is_file():
         return None
     rows = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    for number, line in enumerate(read_text_lines(path), start=1):
         parts = line.split()
         if not parts:
             continue
@@ -180,6 +182,11 @@ def load_labels(dataset_dir, stem, labels_dir='labels', classes=None):
                              f'{len(classes)} classes {list(classes)}')
         if any(v < -1e-3 or v > 1.0 + 1e-3 for v in values[1:]):
             raise ValueError(f'{where}: box values must be normalised to [0, 1]')
+        if values[3] <= 0 or values[4] <= 0:
+            # Training crops dropped such a box unseen; evaluation counted it as an object
+            # that no detection can ever match.
+            raise ValueError(f'{where}: box width and height must be > 0 (a box of no area '
+                             f'marks no object)')
         rows.append(values)
     if not rows:
         return np.zeros((0, 5), np.float32)
@@ -522,9 +529,12 @@ class PairedDataset(Dataset):
             default_class_map(parsed) if class_map is None else class_map)
         self.class_names = class_names_from_map(self.class_map) if self.class_map else ()
         self.items = []
-        self._id_maps = []
+        self._id_maps, self._set_names = [], []
+        # {class name: boxes} that the class map leaves out, counted by check_labels.
+        self.dropped_classes = {}
         for source, folder in zip(parsed, dirs):
             set_names = read_classes(folder, source.labels)
+            self._set_names.append(set_names)
             self._id_maps.append(self._set_id_map(folder, set_names))
             for stem in source.stems():
                 self.items.append((len(self._id_maps) - 1, folder, stem, source.labels))
@@ -548,15 +558,19 @@ class PairedDataset(Dataset):
         """Read every pair's label file now; return how many pairs have one.
 
         A malformed file (or one with class ids its set's ``classes.txt`` does not list) then
-        fails at once, not when a loader reaches the pair.
+        fails at once, not when a loader reaches the pair. The boxes of classes the class map
+        leaves out are counted in :attr:`dropped_classes` (``{class name: boxes}``).
 
         Raises:
-            ValueError: as :func:`load_labels`, or a class id beyond ``classes.txt``.
+            ValueError: as :func:`load_labels`, a class id beyond ``classes.txt``, or label
+                files with boxes but no ``classes.txt`` to name their ids.
 
         """
-        return sum(self._labels(*item) is not None for item in self.items)
+        self.dropped_classes = {}
+        return sum(self._labels(*item, dropped=self.dropped_classes) is not None
+                   for item in self.items)
 
-    def _labels(self, set_index, folder, stem, labels_dir):
+    def _labels(self, set_index, folder, stem, labels_dir, dropped=None):
         labels = load_labels(folder, stem, labels_dir)
         if labels is None:
             return None
@@ -564,11 +578,21 @@ class PairedDataset(Dataset):
         if len(labels) == 0:
             return labels
         ids = labels[:, 0].astype(np.int64)
-        if id_map is None or ids.max() >= len(id_map):
+        path = label_file(folder, stem, labels_dir)
+        if id_map is None:
             raise ValueError(
-                f'{folder}/{labels_dir}/{stem}.txt uses class id {int(ids.max())} but the set '
-                f'lists {0 if id_map is None else len(id_map)} classes (classes.txt)')
+                f'{str(path)!r} has boxes but no classes.txt names their class ids: write the '
+                f'class names, one a line in id order, to {str(path.parent / "classes.txt")!r} '
+                f'or {str(folder / "classes.txt")!r}')
+        if ids.max() >= len(id_map):
+            raise ValueError(
+                f'{str(path)!r} uses class id {int(ids.max())} but its classes.txt lists '
+                f'{len(id_map)} classes {self._set_names[set_index]}')
         mapped = id_map[ids]
+        if dropped is not None:
+            for class_id in ids[mapped < 0]:
+                name = self._set_names[set_index][class_id]
+                dropped[name] = dropped.get(name, 0) + 1
         labels = labels[mapped >= 0].copy()
         labels[:, 0] = mapped[mapped >= 0]
         return labels

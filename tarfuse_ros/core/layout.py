@@ -10,11 +10,30 @@ import os
 from pathlib import Path
 
 __all__ = ['IMAGE_EXTENSIONS', 'MISALIGNED_DIR', 'dataset_folder', 'find_image', 'image_path',
-           'list_split_names', 'misaligned_stems', 'pair_files', 'read_split', 'unpaired_notes',
-           'unpaired_stems']
+           'list_split_names', 'misaligned_stems', 'pair_files', 'read_split', 'read_text_lines',
+           'unpaired_notes', 'unpaired_stems']
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff')
 MISALIGNED_DIR = 'synthetic_misaligned'
+
+
+def read_text_lines(path):
+    """Return the lines of a data set's text file (a list file, ``classes.txt``, a label file).
+
+    The file is UTF-8; a byte-order mark (Windows Notepad's "UTF-8 with BOM") is dropped, so
+    that it does not become part of the first stem, class name or class id.
+
+    Raises:
+        ValueError: the file is not UTF-8 text (e.g. UTF-16, Notepad's "Unicode"), naming it.
+
+    """
+    raw = Path(path).read_bytes()
+    try:
+        return raw.decode('utf-8-sig').splitlines()
+    except UnicodeDecodeError as exc:
+        kind = ' (it is UTF-16)' if raw[:2] in (b'\xff\xfe', b'\xfe\xff') else ''
+        raise ValueError(f'{str(path)!r} is not UTF-8 text{kind}: byte {exc.start} is '
+                         f'{raw[exc.start:exc.start + 1]!r}; save it as UTF-8') from None
 
 
 def dataset_folder(dataset_dir, ir_dir='ir', vi_dir='vi'):
@@ -69,8 +88,10 @@ def find_image(folder, stem):
     return paths[0]
 
 
-def image_path(dataset_dir, modality, stem):
+def image_path(dataset_dir, modality, stem, listed=''):
     """Return the path of the image ``stem`` in the sub-folder ``modality`` (``'ir'``, ``'vi'``).
+
+    ``listed``: where the stem comes from, added to the message of a missing image.
 
     Raises:
         ValueError: no image of the stem there, or two (:func:`find_image`).
@@ -80,7 +101,7 @@ def image_path(dataset_dir, modality, stem):
     if path is None:
         raise ValueError(
             f'no {modality}/ image for stem {stem!r} in {str(dataset_dir)!r} '
-            f'(extensions tried: {", ".join(IMAGE_EXTENSIONS)})')
+            f'(extensions tried: {", ".join(IMAGE_EXTENSIONS)}){listed}')
     return path
 
 
@@ -145,9 +166,11 @@ def read_split(dataset_dir, split='all', unique=False, ir_dir='ir', vi_dir='vi')
             raise ValueError(f'split file {str(list_file)!r} lists {stem!r} twice (lines '
                              f'{first_line[stem]} and {number}): its pair would count twice; '
                              f'remove one of the lines')
+        for modality in (ir_dir, vi_dir):
+            image_path(path, modality, stem, f', listed in {str(list_file)!r} line {number}')
         first_line.setdefault(stem, number)
         stems.append(stem)
-    return _checked(path, stems, ir_dir, vi_dir)
+    return stems
 
 
 def _listed(list_file):
@@ -156,7 +179,7 @@ def _listed(list_file):
     Blank lines and ``#`` comments are skipped; an image name (``x.png``) stands for its stem.
     """
     listed = []
-    for number, line in enumerate(Path(list_file).read_text().splitlines(), start=1):
+    for number, line in enumerate(read_text_lines(list_file), start=1):
         line = line.split('#', 1)[0].strip()
         if line:
             listed.append((number, Path(line).stem if Path(line).suffix.lower()

@@ -235,9 +235,17 @@ def _evaluate(data_dir, weights, out_dir, options):
     # Label ids index the label folder's (else the set's) classes.txt; without one, the model's
     # classes. Every label file is checked now, so a bad line is refused before the first pair.
     label_classes = data.read_classes(dataset_dir, options.labels_dir)
-    label_classes = scores.class_names if label_classes is None else label_classes
+    named = label_classes is not None
+    label_classes = label_classes if named else scores.class_names
     labels = [data.load_labels(dataset_dir, stem, options.labels_dir, label_classes)
               for stem in stems]
+    if not named and any(boxes is not None and len(boxes) for boxes in labels):
+        # Labels of another class order would be scored as the wrong classes.
+        _LOG.warning('no classes.txt names the class ids of %s: they are read as the ids of '
+                     'the model (%s); if they mean other classes, write their names, one a line '
+                     'in id order, to %s', str(Path(dataset_dir) / options.labels_dir),
+                     ', '.join(f'{i} {name}' for i, name in enumerate(scores.class_names)),
+                     str(Path(dataset_dir) / 'classes.txt'))
     unknown = _unknown_classes(labels, lookup, label_classes)
     if unknown:
         _LOG.warning('the model does not know the label classes %s: those %d boxes are left out '

@@ -453,6 +453,8 @@ def _yolo_lines(detections, height, width):
     for det in detections:
         cx, cy = (det.x1 + det.x2) / 2.0 / width, (det.y1 + det.y2) / 2.0 / height
         bw, bh = (det.x2 - det.x1) / width, (det.y2 - det.y1) / height
+        if bw < 5e-7 or bh < 5e-7:
+            continue  # no area at 6 decimals: a label file's readers refuse it
         lines.append(f'{det.class_id} {cx:.6f} {cy:.6f} {bw:.6f} {bh:.6f}\n')
     return ''.join(lines)
 

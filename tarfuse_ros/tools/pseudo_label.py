@@ -753,6 +753,9 @@ def pseudo_label(teachers, dataset_dir, splits, out_dir, score=DEFAULT_SCORE, io
         pooled = pseudo_label_pair(teachers, ir, vi, iou, min(MIN_CANDIDATE_SCORE, score))
         pooled = pooled[pooled[:, 4] >= score]
         yolo = boxes_to_yolo(pooled, width, height)
+        # A box of no area at 6 decimals (clipped away at an edge) is refused by the readers.
+        kept = (yolo[:, 3] >= 5e-7) & (yolo[:, 4] >= 5e-7)
+        yolo, pooled = yolo[kept], pooled[kept]
         (labels_out / f'{stem}.txt').write_text(format_yolo_lines(yolo))
         boxes_per_class += np.bincount(yolo[:, 0].astype(np.int64), minlength=len(CLASS_NAMES))
         for row, box in zip(yolo, pooled):

@@ -351,6 +351,16 @@ class TrainingConfig:
         for name, values in section.items():
             if not isinstance(values, dict):
                 raise ValueError(f'config section {name!r} must be a mapping, got {values!r}')
+        # Every required key at once: a config written from scratch lacks several.
+        missing = [f'{name}.{f.name}' for name, kind in (('data', DataConfig),
+                                                         ('train', TrainConfig))
+                   for f in fields(kind) if f.default is MISSING and f.default_factory is
+                   MISSING and section[name].get(f.name) is None]
+        if missing:
+            raise ValueError(
+                f'{", ".join(missing)} must be set (a --config file replaces the shipped '
+                f'config/train.yaml as a whole: start from a copy of it, or keep it and change '
+                f'keys with --set)')
         data = _parse_fields(DataConfig, 'data', section['data'])
         train = _parse_fields(TrainConfig, 'train', section['train'])
         deformation = _numbers(DeformConfig, 'deformation', section['deformation'])

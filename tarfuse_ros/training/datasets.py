@@ -13,8 +13,8 @@ from tarfuse_ros.core.data import (DataSource, label_file, PairedDataset, read_c
                                    read_split, unpaired_notes)
 from tarfuse_ros.core.paths import share_dir, shared_datasets_dir
 
-__all__ = ['build_dataset', 'check_class_map', 'count_labelled', 'parse_data_spec',
-           'resolve_dataset_dir', 'resolve_sources', 'unpaired_lines']
+__all__ = ['build_dataset', 'check_class_map', 'count_labelled', 'dropped_class_lines',
+           'parse_data_spec', 'resolve_dataset_dir', 'resolve_sources', 'unpaired_lines']
 
 DEFAULT_LABELS = 'labels'
 DATASET_LAYOUT = ('a data set folder holds ir/ and vi/ with the infrared and the visible image of '
@@ -112,13 +112,18 @@ def resolve_sources(sources, root=None):
                            if (base / labels).is_dir()), labels)
         if source.labels != DEFAULT_LABELS and not (folder / labels).is_dir():
             # The default folder may be absent (an unlabelled set); a named one must exist.
-            raise ValueError(f'data source {value!r}: labels folder {source.labels!r} not found '
-                             f'in {str(folder)!r}, the working directory or the package')
+            raise ValueError(f'data source {str(folder)!r} split {source.split!r}: labels '
+                             f'folder {source.labels!r} not found in {str(folder)!r}, the '
+                             f'working directory or the package')
         source = DataSource(folder, split, source.exclude, str(labels))
         # A stem listed twice would be trained (or validated) twice per epoch, unnoticed.
-        read_split(folder, split, unique=True)
+        listed = read_split(folder, split, unique=True)
         if not source.stems():
-            raise ValueError(f'data source {value!r}: no pairs left in {str(folder)!r}')
+            why = (f'all {len(listed)} are in {", ".join(source.exclude)} (exclude)' if listed
+                   else 'the split lists none' if split != 'all'
+                   else 'no stem has an image in both ir/ and vi/')
+            raise ValueError(f'data source {str(folder)!r} split {source.split!r}: no pair to '
+                             f'use ({why})')
         resolved.append(source)
     return resolved
 
@@ -204,6 +209,28 @@ def build_dataset(sources, data_config, training, seed=0, min_long_side=0):
     # A bad label file stops the run before it starts, not in a loader worker mid-epoch.
     dataset.check_labels()
     return dataset
+
+
+def dropped_class_lines(train_set, val_set=None):
+    """Return one line per data set whose boxes of classes absent from the class map are left out.
+
+    Such boxes are not trained (their objects count as background); ``data.class_map`` is how
+    they would be kept. The counts are those of :meth:`PairedDataset.check_labels`.
+    """
+    lines = []
+    for name, dataset in (('training', train_set), ('validation', val_set)):
+        dropped = dataset.dropped_classes if dataset is not None else {}
+        if dropped:
+            counts = ', '.join(f'{label} ({_boxes(count)})' for label, count in dropped.items())
+            lines.append(f'data.class_map has no class {counts}: '
+                         f'{_boxes(sum(dropped.values()), name)} left out (background for the '
+                         f'detector; its classes: {", ".join(dataset.class_names)})')
+    return lines
+
+
+def _boxes(count, kind=''):
+    """Return ``'1 box'``, ``'3 boxes'`` (``kind`` before the noun: ``'3 training boxes'``)."""
+    return f'{count} {kind + " " if kind else ""}box{"es" if count != 1 else ""}'
 
 
 def count_labelled(sources):

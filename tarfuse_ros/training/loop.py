@@ -26,7 +26,8 @@ import time
 from tarfuse_ros.core.runtime import resolve_device
 from tarfuse_ros.training import logs, steps
 from tarfuse_ros.training.datasets import (build_dataset, check_class_map, count_labelled,
-                                           resolve_sources, unpaired_lines)
+                                           dropped_class_lines, resolve_sources,
+                                           unpaired_lines)
 from tarfuse_ros.training.distributed import barrier, broadcast_int, DistInfo
 from tarfuse_ros.training.ema import weight_average
 from tarfuse_ros.training.loaders import train_loader, val_loader
@@ -169,6 +170,9 @@ class Trainer:
                                        long_side)
         self.val_set = build_dataset(self.val_sources, config.data, False, self.seed,
                                      long_side) if self.val_sources else None
+        if self.dist.is_main:
+            for line in dropped_class_lines(self.train_set, self.val_set):
+                _log(line)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.net = self._wrap_distributed(self.model)
         self.train_loader, self.sampler = train_loader(self.train_set, config, self.dist,

@@ -165,8 +165,15 @@ def find_state_dir(path):
     for candidate in (path, path / STATE_DIR):
         if (candidate / 'state.json').is_file() and (candidate / 'model.safetensors').is_file():
             return candidate.resolve()
+    if not path.exists():
+        raise ValueError(f'--resume {str(path)!r} does not exist: give the --out folder of a run')
+    why = ''
+    if (path / 'summary.json').is_file() or (path / 'tarfuse.safetensors').is_file():
+        # A run that stopped inside its first epoch (or a --max-steps run) saved no state.
+        why = ('; the run there saved none: it stopped before the end of its first epoch; '
+               'start it again without --resume (another --out, or remove that folder)')
     raise ValueError(f'--resume {str(path)!r}: no training state found (expected state.json and '
-                     f'model.safetensors in it or in its {STATE_DIR}/ folder)')
+                     f'model.safetensors in it or in its {STATE_DIR}/ folder){why}')
 
 
 def read_state_meta(state_dir, required=()):

@@ -110,6 +110,9 @@ def test_malformed_labels_name_the_line(tmp_path):
     (folder / 'labels' / 'a.txt').write_text('0 0.5 0.5 0.2 0.2\n1 1.5 0.5 0.2 0.2\n')
     with pytest.raises(ValueError, match='line 2.*normalised'):
         data.load_labels(folder, 'a')
+    (folder / 'labels' / 'a.txt').write_text('0 0.5 0.5 0.2 0.2\n\n1 0.5 0.5 0 0.2\n')
+    with pytest.raises(ValueError, match=r'line 3 .*width and height must be > 0'):
+        data.load_labels(folder, 'a')
 
 
 def test_boxes_past_the_image_edge_are_clipped_for_eval_and_training_alike(tmp_path):

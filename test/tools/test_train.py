@@ -92,6 +92,24 @@ def test_one_epoch_writes_log_curve_state_and_checkpoint(runs, splits):
     assert (runs['b'] / 'splits' / 'train').is_dir()
 
 
+def test_the_weights_of_a_training_state_point_to_the_runs_checkpoint(runs, tmp_path, capsys):
+    # <run>/state/model.safetensors (no network config) was 'not a TarFuse checkpoint; write
+    # checkpoints with tarfuse_ros.core.checkpoint.save_checkpoint', an API hint to a user.
+    from tarfuse_ros.tools import evaluate
+    weights = runs['b'] / STATE_DIR / 'model.safetensors'
+    expected = (f'{weights} holds the weights of a resumable training state, without the '
+                f'network config: pass the checkpoint the run writes with it, '
+                f'{runs["b"] / FINAL_NAME} (or continue the run with tarfuse-train --resume '
+                f'{runs["b"]})\n')
+    assert evaluate.main(['--data', str(ROADSCENE), '--weights', str(weights), '--out',
+                          str(tmp_path / 'eval')]) == 2
+    assert capsys.readouterr().err == f'tarfuse-eval: error: {expected}'
+    assert train_tool.main(['--data', str(ROADSCENE), '--init', str(weights), '--out',
+                            str(tmp_path / 'run')]) == 2
+    assert capsys.readouterr().err == f'tarfuse-train: error: {expected}'
+    assert not (tmp_path / 'eval').exists() and not (tmp_path / 'run').exists()
+
+
 def test_what_a_run_writes_is_readable_as_files_written_by_open(splits, tmp_path):
     # The checkpoint and the state's weights were 0o600 (tempfile.mkstemp, then safetensors'
     # own private file): a node run as another user could not read them.
@@ -247,7 +265,16 @@ def test_a_data_path_that_is_a_file_or_nowhere_says_so(splits, tmp_path, capsys)
 
 def test_missing_resume_folder_and_unavailable_cuda(splits, tmp_path, capsys):
     assert train_tool.main(['--resume', str(tmp_path / 'nothing')]) == 2
-    assert 'no training state found' in capsys.readouterr().err
+    assert capsys.readouterr().err == (f"tarfuse-train: error: --resume '{tmp_path / 'nothing'}' "
+                                       'does not exist: give the --out folder of a run\n')
+    # A run stopped inside its first epoch saves no state: it was 'no training state found'.
+    stopped = tmp_path / 'stopped'
+    assert train_tool.main(_args(splits, stopped, '--epochs', '1', '--max-steps', '1')) == 0
+    assert train_tool.main(['--resume', str(stopped)]) == 2
+    assert capsys.readouterr().err.endswith(
+        'in it or in its state/ folder); the run there saved none: it stopped before the end of '
+        'its first epoch; start it again without --resume (another --out, or remove that '
+        'folder)\n')
     if not torch.cuda.is_available():
         assert train_tool.main(_args(splits, tmp_path / 'cuda', '--device', 'cuda')) == 2
         assert 'CUDA is not available' in capsys.readouterr().err
@@ -605,7 +632,7 @@ def test_the_same_command_runs_again_after_a_run_that_trained_nothing(splits, tm
     (lambda data, stem: (data / 'labels' / f'{stem}.txt').write_text('0 0.5 0.5 0.1\n'),
      'expected 5 columns'),
     (lambda data, stem: (data / 'labels' / 'classes.txt').unlink(),
-     'but the set lists 0 classes'),
+     'has boxes but no classes.txt names their class ids'),
 ], ids=['malformed line', 'no classes.txt'])
 def test_a_bad_label_file_fails_before_training(
         splits, tmp_path, capsys, break_labels, message):
@@ -619,6 +646,26 @@ def test_a_bad_label_file_fails_before_training(
     err = capsys.readouterr().err
     assert message in err and 'Traceback' not in err
     assert not (tmp_path / 'run').exists()
+
+
+def test_boxes_of_classes_outside_the_class_map_are_counted_at_start(splits, tmp_path, capsys):
+    """They were left out of training without a word (tarfuse-eval names them)."""
+    data = tmp_path / 'roadscene'
+    shutil.copytree(ROADSCENE, data)
+    with open(data / 'labels' / 'classes.txt', 'a') as handle:
+        handle.write('truck\ntraffic sign\n')
+    for stem, extra in zip(splits['stems'], ('3 0.5 0.5 0.2 0.2\n4 0.1 0.1 0.05 0.05\n',
+                                             '3 0.4 0.6 0.1 0.1\n')):
+        with open(data / 'labels' / f'{stem}.txt', 'a') as handle:
+            handle.write(extra)
+    args = _args(splits, tmp_path / 'run', '--epochs', '1', '--max-steps', '1')
+    args[1] = f'{data}:{splits["train"]}'
+    assert train_tool.main(args) == 0
+    out = capsys.readouterr().out
+    assert ('[tarfuse-train] data.class_map has no class truck (2 boxes), traffic sign (1 box): '
+            '3 training boxes left out (background for the detector; its classes: person, '
+            'bicycle, car)\n') in out
+    assert 'validation boxes' not in out  # the validation pairs come from the intact set
 
 
 @pytest.mark.parametrize('where, saved', [

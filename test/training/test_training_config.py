@@ -138,6 +138,21 @@ def test_init_model_names_fields_of_the_model(value, message):
     assert TrainingConfig.from_dict(config.to_dict()) == config
 
 
+def test_a_config_written_from_scratch_is_told_every_missing_key_at_once(tmp_path, capsys):
+    # A user's --config of a data section alone was told 'train.lr must be set', then, once
+    # that was added, the next key: one run per missing key, and no word of the shipped file.
+    from tarfuse_ros.tools import train as train_tool
+    config = tmp_path / 'mine.yaml'
+    config.write_text('data:\n  train: [{path: /my/set, split: train}]\n'
+                      'train:\n  lr: 0.0005\n')
+    assert train_tool.main(['--config', str(config), '--out', str(tmp_path / 'run')]) == 2
+    assert capsys.readouterr().err == (
+        'tarfuse-train: error: data.crop, train.epochs, train.batch must be set (a --config '
+        'file replaces the shipped config/train.yaml as a whole: start from a copy of it, or '
+        'keep it and change keys with --set)\n')
+    assert not (tmp_path / 'run').exists()
+
+
 def test_required_keys_and_overrides():
     raw = _minimal()
     del raw['train']['lr']

@@ -58,7 +58,8 @@ def test_resolver_finds_relative_folders_list_files_and_labels(tmp_path, monkeyp
         with pytest.raises(ValueError, match=r"/roadscene/test\.txt' is a file, not a data set "
                                              r'folder: a data set folder holds ir/ and vi/'):
             resolve_dataset_dir(path, root=DATASETS)
-    with pytest.raises(ValueError, match='no pairs left'):
+    with pytest.raises(ValueError, match=r"roadscene' split 'test': no pair to use \(all 2 are in "
+                                         r'test \(exclude\)\)'):
         resolve_sources([{'path': 'roadscene', 'split': 'test', 'exclude': ['test']}],
                         root=DATASETS)
 
@@ -94,3 +95,66 @@ def test_folder_listings_are_never_stale(tmp_path):
     assert DataSource(tmp_path).stems() == ['a', 'b']
     (tmp_path / 'two.txt').write_text('a\nb\n')
     assert PairedDataset([(tmp_path, 'two')], augment=False)[1]['stem'] == 'b'
+
+
+def _two_pair_set(folder, encode):
+    """Write a two-pair labelled set whose text files are written with ``encode(text)``."""
+    import cv2
+    import numpy as np
+    for sub in ('ir', 'vi', 'labels'):
+        (folder / sub).mkdir(parents=True)
+    for stem in ('a', 'b'):
+        for sub in ('ir', 'vi'):
+            cv2.imwrite(str(folder / sub / f'{stem}.png'), np.full((64, 64), 90, np.uint8))
+        (folder / 'labels' / f'{stem}.txt').write_bytes(encode('0 0.5 0.5 0.25 0.5\r\n'))
+    (folder / 'classes.txt').write_bytes(encode('person\r\ncar\r\n'))
+    (folder / 'train.txt').write_bytes(encode('a\r\nb\r\n'))
+    return folder
+
+
+def test_text_files_saved_by_windows_notepad_read_as_utf8(tmp_path):
+    # A byte-order mark (Notepad's "UTF-8 with BOM") stayed in the first line: training
+    # refused the stem '\ufeffa', and tarfuse-eval left every box of the first class out of
+    # its scores ("the model does not know the label classes \ufeffperson").
+    folder = _two_pair_set(tmp_path / 'bom', lambda text: b'\xef\xbb\xbf' + text.encode())
+    sources = resolve_sources([f'{folder}:train'])
+    assert sources[0].stems() == ['a', 'b']
+    dataset = PairedDataset(sources, class_map={'person': 0, 'car': 1}, augment=False)
+    assert dataset.check_labels() == 2
+    assert dataset[0]['boxes'].tolist() == [[0.0, 0.5, 0.5, 0.25, 0.5]]
+    # UTF-16 (Notepad's "Unicode") or another encoding: the file is named, no decoding error.
+    folder = _two_pair_set(tmp_path / 'utf16', lambda text: text.encode('utf-16'))
+    with pytest.raises(ValueError, match=r"utf16/train\.txt' is not UTF-8 text \(it is "
+                                         r'UTF-16\).*save it as UTF-8'):
+        resolve_sources([f'{folder}:train'])
+    (folder / 'train.txt').write_text('a\nb\n')
+    (folder / 'classes.txt').write_bytes('person\nFußgänger\n'.encode('latin-1'))
+    with pytest.raises(ValueError, match=r"utf16/classes\.txt' is not UTF-8 text: byte 9 "):
+        PairedDataset(resolve_sources([f'{folder}:train']), class_map={'person': 0})
+    (folder / 'classes.txt').write_text('person\ncar\n')
+    with pytest.raises(ValueError, match=r"utf16/labels/a\.txt' is not UTF-8 text \(it is "):
+        PairedDataset(resolve_sources([f'{folder}:train']),
+                      class_map={'person': 0}).check_labels()
+
+
+def test_a_source_without_pairs_is_named_with_its_reason(tmp_path):
+    # The message was 'data source DataSource(path=..., split=..., exclude=(), labels=...):
+    # no pairs left in ...' for an empty list file and for ir/ and vi/ without pairs alike.
+    for sub in ('ir', 'vi'):
+        (tmp_path / sub).mkdir()
+    (tmp_path / 'train.txt').write_text('# to do\n')
+    with pytest.raises(ValueError, match=rf"^data source '{tmp_path}' split 'train': no pair "
+                                         r'to use \(the split lists none\)$'):
+        resolve_sources([f'{tmp_path}:train'])
+    with pytest.raises(ValueError, match=rf"^data source '{tmp_path}' split 'all': no pair to "
+                                         r'use \(no stem has an image in both ir/ and vi/\)$'):
+        resolve_sources([{'path': str(tmp_path), 'split': 'all'}])
+
+
+def test_a_listed_stem_without_its_images_names_the_list_files_line(tmp_path):
+    # 'no ir/ image for stem ...' did not say which list file, nor where in it.
+    (tmp_path / 'mine.txt').write_text('FLIR_00006\n# comment\nFLIR_0018\n')
+    with pytest.raises(ValueError, match=rf"^no ir/ image for stem 'FLIR_0018' in "
+                                         rf"'{ROADSCENE}' \(extensions tried: .*\), listed in "
+                                         rf"'{tmp_path / 'mine.txt'}' line 3$"):
+        resolve_sources([f'{ROADSCENE}:{tmp_path / "mine.txt"}'])
