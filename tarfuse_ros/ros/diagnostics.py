@@ -17,7 +17,8 @@ import numpy as np
 __all__ = ['NodeStats', 'WarningThrottle', 'arrival_rate', 'build_status', 'process_rss_mib']
 
 _COUNTERS = ('infrared_msgs', 'visible_msgs', 'pairs_received', 'pairs_processed',
-             'pairs_dropped', 'pairs_rejected', 'messages_rejected', 'sync_resets')
+             'pairs_dropped', 'pairs_rejected', 'messages_rejected', 'sync_resets',
+             'pairs_not_nearest')
 
 
 class WarningThrottle:
@@ -70,7 +71,8 @@ class NodeStats:
     """Counters since start, plus rates and per-window latencies for ``/diagnostics``.
 
     Rates are :func:`arrival_rate` over the last ``rate_horizon_s`` seconds (at most
-    ``window`` events per counter); latencies are those of the pairs since the last snapshot.
+    ``window`` events per counter); latencies, and the synchronised pairs' stamp gaps, are
+    those of the pairs since the last snapshot.
     """
 
     def __init__(self, clock=time.monotonic, window=1000, rate_horizon_s=10.0):
@@ -81,6 +83,7 @@ class NodeStats:
         self._arrivals = {name: deque(maxlen=window) for name in _RATES}
         self._latencies_ms = deque(maxlen=window)
         self._inference_ms = deque(maxlen=window)
+        self._pair_gaps_ms = deque(maxlen=window)
         self.last_latency_ms = float('nan')
         self.last_rejection = ''
         self.last_rejection_time = None  # monotonic time of the last rejected pair
@@ -96,6 +99,11 @@ class NodeStats:
                 self._arrivals[name].extend([now] * n)
             if name == 'pairs_received':
                 self.last_pair_time = now
+
+    def record_pair_gap(self, gap_ms):
+        """Add the stamp difference of one synchronised pair, |IR - visible| (ms)."""
+        with self._lock:
+            self._pair_gaps_ms.append(float(gap_ms))
 
     def reject(self, cause, pair=True):
         """Count a rejected pair (or a single rejected message) and remember the cause."""
@@ -126,6 +134,7 @@ class NodeStats:
             now = self._clock()
             lat = np.asarray(self._latencies_ms, dtype=np.float64)
             inf = np.asarray(self._inference_ms, dtype=np.float64)
+            gaps = np.asarray(self._pair_gaps_ms, dtype=np.float64)
             snap = dict(self.totals)
             snap.update({rate: arrival_rate(self._arrivals[name], now, self.rate_horizon_s)
                          for name, rate in _RATES.items()})
@@ -135,11 +144,15 @@ class NodeStats:
                 'latency_ms_max': float(lat.max()) if lat.size else float('nan'),
                 'latency_ms_last': self.last_latency_ms,
                 'inference_ms_median': float(np.median(inf)) if inf.size else float('nan'),
+                'pair_stamp_gap_ms_median': (float(np.median(gaps)) if gaps.size
+                                             else float('nan')),
+                'pair_stamp_gap_ms_max': float(gaps.max()) if gaps.size else float('nan'),
                 'last_rejection': self.last_rejection,
             })
             if reset_window:
                 self._latencies_ms.clear()
                 self._inference_ms.clear()
+                self._pair_gaps_ms.clear()
             return snap
 
 

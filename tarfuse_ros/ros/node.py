@@ -28,6 +28,7 @@ import collections
 import copy
 import functools
 import logging
+import math
 import os
 from pathlib import Path
 import signal
@@ -55,6 +56,7 @@ from tarfuse_ros.core.cpus import default_cpu_threads
 from tarfuse_ros.core.drawing import draw_detections
 from tarfuse_ros.core.health import HealthSettings, RegistrationHealth
 from tarfuse_ros.core.images import check_frame_size
+from tarfuse_ros.core.pairing import NearestPairCheck
 from tarfuse_ros.core.topics import camera_info_topic
 from tarfuse_ros.ros.conversions import array_to_compressed_msg, array_to_image_msg
 from tarfuse_ros.ros.conversions import compressed_size, detections_to_msg, image_msg_to_array
@@ -125,6 +127,15 @@ def is_time_jump(recent_ns, stamp_ns):
     intervals = sorted(later - earlier for earlier, later in zip(held[:-2], held[1:-1]))
     median = intervals[len(intervals) // 2]
     return held[-1] - stamp_ns > len(held) * median
+
+
+def _median_interval_ns(stamps):
+    """Return the median interval (ns) between consecutive ``stamps``, None for fewer than 3."""
+    held = list(stamps)
+    if len(held) < 3:
+        return None
+    intervals = sorted(later - earlier for earlier, later in zip(held[:-1], held[1:]))
+    return intervals[len(intervals) // 2]
 
 
 def _health_settings(params):
@@ -270,6 +281,8 @@ class TarFuseNode(Node):
         self._topics = [self._resolved(sub, sub.getTopic()) for sub in self._inputs]
         self._relays = None
         self._sync = None
+        # Whether each pair was the nearest in time (judged by each input's next message).
+        self._nearest = NearestPairCheck()
         self._make_synchroniser()
         info_topic, origin = self._info_topic
         self._info_sub = self.create_subscription(CameraInfo, info_topic, self._on_camera_info,
@@ -513,6 +526,7 @@ class TarFuseNode(Node):
             sync = message_filters.TimeSynchronizer(relays, params.sync_queue_size)
         sync.registerCallback(self._on_pair)
         self._relays, self._sync = relays, sync
+        self._nearest.reset()  # the pair it held is no longer the synchroniser's
 
     # -- logging -------------------------------------------------------------------------------
     def _warn(self, key, message):
@@ -599,11 +613,20 @@ class TarFuseNode(Node):
         self._last_stamp_ns[index] = stamp
         recent.append(stamp)
         self._last_msg[index] = msg
+        # Before the synchroniser, which may pair it: was the last pair the nearest?
+        self._count_verdict(self._nearest.message(index, stamp))
         self._relays[index].signalMessage(msg)
+
+    def _count_verdict(self, verdict):
+        if verdict is not None and not verdict.nearest:
+            self._stats.count('pairs_not_nearest')
 
     def _on_pair(self, ir_msg, vi_msg):
         """Store the newest pair; a pair still waiting for the worker is dropped and counted."""
         self._stats.count('pairs_received')
+        stamps = (_stamp_ns(ir_msg.header.stamp), _stamp_ns(vi_msg.header.stamp))
+        self._stats.record_pair_gap(abs(stamps[INFRARED] - stamps[VISIBLE]) / 1e6)
+        self._count_verdict(self._nearest.paired(stamps))
         with self._slot_cond:
             if self._slot is not None:
                 self._stats.count('pairs_dropped')
@@ -880,6 +903,7 @@ class TarFuseNode(Node):
                     else 'exact sync needs identical stamps')
             problems.append(f'both inputs flow but no pair was synchronised for {timeout} s: '
                             f'latest stamps differ by {gap:.3f} s ({rule})')
+        problems.extend(self._check_pairing(params))
         type_problems = self._check_publisher_types()
         problems.extend(type_problems)
         counts = [self.count_publishers(t) for t in self._topics]
@@ -898,6 +922,30 @@ class TarFuseNode(Node):
         self._problems = problems
         for problem in problems:
             self._warn('health:' + problem[:30], problem)
+
+    def _check_pairing(self, params):
+        """Return a problem when a quarter or more of the last pairs were not the nearest.
+
+        The approximate synchroniser pairs an image with the first partner within sync.slop,
+        so a slop above half the faster camera's frame interval pairs images before the
+        nearest one came (:mod:`tarfuse_ros.core.pairing`).
+        """
+        not_nearest, judged = self._nearest.share_not_nearest()
+        if not params.sync_approximate or judged < 8 or 4 * not_nearest < judged:
+            return []
+        worst = max(self._nearest.verdicts, key=lambda verdict: verdict.nearer_ns)
+        problem = (f'{not_nearest} of the last {judged} pairs were not the nearest images in '
+                   f'time: a {_INPUT_NAMES[worst.index]} image up to '
+                   f'{worst.nearer_ns / 1e6:.1f} ms nearer came after the pair was made (the '
+                   f'synchroniser takes the first partner within sync.slop={params.sync_slop} s)')
+        intervals = [_median_interval_ns(stamps) for stamps in self._recent_stamps]
+        intervals = [interval for interval in intervals if interval]
+        if intervals:
+            slop = math.ceil(min(intervals) / 2e6) / 1e3  # above half the interval: no loss
+            if slop < params.sync_slop:
+                problem += (f'; set sync.slop to {slop:.3f} s, just over half the frame '
+                            f'interval of the faster camera ({min(intervals) / 1e6:.1f} ms)')
+        return [problem]
 
     def _silent_for(self, index, now):
         """Return how long input ``index`` has been silent at ``now``, for a warning."""

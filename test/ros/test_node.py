@@ -359,6 +359,45 @@ def test_a_clock_glitch_among_the_first_stamps_of_a_timeline_is_a_time_jump(setu
     assert node.alive()
 
 
+def test_pairs_made_before_the_nearest_image_came_are_counted_and_warned(setup):
+    # Found by a break test: a 9 Hz IR camera beside a 30 Hz visible one at the default
+    # sync.slop (0.05 s) pairs about half the IR images (all, when the visible images arrive
+    # 40 ms after the IR's) with the visible image before the nearest one, as message_filters
+    # takes the first partner within slop; /diagnostics said nothing of it.
+    node, probe, _, _ = setup
+    _send_and_wait(probe)
+    before = probe.settled_diagnostics()
+    seen = len(probe.diagnostics)
+    ms = 1_000_000
+    start = time.time_ns()
+    for k in range(8):
+        base = start + k * 200 * ms
+        ir, vi = probe.good_pair(base)
+        visible = int(probe.latest_diagnostics()[2]['visible_msgs'])
+        probe.visible_pub.publish(vi)  # the visible image at 0 ms is in first ...
+        assert probe.wait_for_diagnostics(
+            lambda lv, m, values, n=visible: int(values['visible_msgs']) > n)
+        ir.header.stamp.nanosec += 25 * ms  # ... the IR at 25 ms pairs with it (within slop)
+        probe.ir_pub.publish(ir)
+        assert probe.wait_for_outputs(base)
+        later = probe.good_pair(base + 33 * ms)[1]
+        probe.visible_pub.publish(later)  # ... then the visible image at 33 ms: 8 ms from it
+    probe.ir_pub.publish(probe.good_pair(start + 8 * 200 * ms)[0])  # settles the last pair
+    assert probe.wait_for_diagnostics(
+        lambda lv, m, values: int(values['pairs_not_nearest']) == int(
+            before['pairs_not_nearest']) + 8 and lv == b'\x01' and
+        'pairs were not the nearest images in time: a visible image up to 17.0 ms nearer '
+        'came after the pair was made' in m), probe.latest_diagnostics()
+    assert any(kv.key == 'pair_stamp_gap_ms_max' and kv.value == '25.000'
+               for status in probe.diagnostics[seen:] for kv in status.values)
+    assert 'were not the nearest images in time' in node.log()
+    # Pairs of identical stamps (each the nearest) fill the window: the warning clears.
+    probe.spin_until(lambda: time.time_ns() > start + 8 * 200 * ms, 5.0)
+    for _ in range(20):
+        _send_and_wait(probe)
+    assert probe.wait_for_diagnostics(lambda lv, m, values: 'not the nearest' not in m)
+
+
 def test_a_silent_input_is_reported_by_name(setup):
     node, probe, _, _ = setup
 
