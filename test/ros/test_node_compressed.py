@@ -101,13 +101,18 @@ def test_a_corrupt_jpeg_is_rejected_by_name_and_the_node_answers_the_next_pair(s
         lambda level, msg, values: int(values['pairs_rejected']) > before and
         '/visible/image_raw/compressed: cannot decode the compressed payload' in
         values['last_rejection']), 'the corrupt JPEG was not reported by name'
+    _next_pair_runs_and_nothing_came_of(node, probe, bad_stamp, 'a corrupt pair')
+    assert 'cannot decode the compressed payload' in node.log()
+
+
+def _next_pair_runs_and_nothing_came_of(node, probe, bad_stamp, what):
+    """Assert that a good pair after the refused one is answered and nothing of it came out."""
     good_stamp = time.time_ns()
     probe.publish_pair(*probe.good_pair(good_stamp))
     assert probe.wait_for_outputs(good_stamp), 'no output for the good pair after the bad one'
     assert node.alive()
     for key in ('fused', 'fused_compressed', 'detections', 'registered'):
-        assert not probe.outputs_for(key, bad_stamp), f'{key} published for a corrupt pair'
-    assert 'cannot decode the compressed payload' in node.log()
+        assert not probe.outputs_for(key, bad_stamp), f'{key} published for {what}'
 
 
 OVERSIZED = {  # camera -> (size its PNG header states, the reported cause)
@@ -140,12 +145,7 @@ def test_an_oversized_compressed_frame_is_refused_by_its_header_and_the_next_pai
         lambda level, msg, values: int(values['pairs_rejected']) > before and
         cause in values['last_rejection'] and 'not decoded' in values['last_rejection']), (
         f'the oversized {camera} frame was not reported as refused by its header')
-    good_stamp = time.time_ns()
-    probe.publish_pair(*probe.good_pair(good_stamp))
-    assert probe.wait_for_outputs(good_stamp), 'no output for the good pair after the bad one'
-    assert node.alive()
-    for key in ('fused', 'fused_compressed', 'detections', 'registered'):
-        assert not probe.outputs_for(key, bad_stamp), f'{key} published for an oversized pair'
+    _next_pair_runs_and_nothing_came_of(node, probe, bad_stamp, 'an oversized pair')
     assert cause in node.log()
 
 
