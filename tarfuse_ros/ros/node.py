@@ -258,6 +258,10 @@ class TarFuseNode(Node):
         # oldest first.
         self._camera_infos = collections.deque(maxlen=_CAMERA_INFO_BUFFER)
         self._camera_infos_lock = threading.Lock()
+        # camera_info messages received since start and the monotonic time of the newest, for
+        # /diagnostics: a camera_info topic that never speaks (a misnamed one) shows there.
+        self._camera_info_count = 0
+        self._camera_info_arrival = None
         self._qos_events = {}  # input index -> (monotonic time, problem) from QoS events
         self._problems = []
         self._publishers_since = None  # when both inputs got publishers (none received yet)
@@ -634,8 +638,26 @@ class TarFuseNode(Node):
             self._slot_cond.notify()
 
     def _on_camera_info(self, msg):
+        arrival = time.monotonic()
         with self._camera_infos_lock:
-            self._camera_infos.append((_stamp_ns(msg.header.stamp), msg, time.monotonic()))
+            self._camera_infos.append((_stamp_ns(msg.header.stamp), msg, arrival))
+            self._camera_info_count += 1
+            self._camera_info_arrival = arrival
+
+    def _camera_info_status(self):
+        """Return the diagnostics value of the visible camera_info input (README, Topics).
+
+        ``'off'`` without ``publish.camera_info``; else ``'<topic>: none received'`` or
+        ``'<topic>: N received, newest S s ago'``. Informational: camera_info is optional.
+        """
+        if not self._params.publish_camera_info:
+            return 'off'
+        with self._camera_infos_lock:
+            count, arrival = self._camera_info_count, self._camera_info_arrival
+        topic = self._info_sub.topic_name
+        if not count:
+            return f'{topic}: none received'
+        return f'{topic}: {count} received, newest {time.monotonic() - arrival:.1f} s ago'
 
     def _camera_info_for(self, stamp):
         """Return the camera_info stamped ``stamp`` (image_transport's pairing), else the newest.
@@ -1040,6 +1062,7 @@ class TarFuseNode(Node):
                           f'{self._params.visible_transport}',
             'rss_mib': round(process_rss_mib(), 1),
             'cpu_threads': self._cpu_threads_used(),
+            'camera_info': self._camera_info_status(),
         }
         if self._engine.device.startswith('cuda') and self._params.backend == 'torch':
             import torch

@@ -8,6 +8,7 @@ together, each with camera_info published on the topic it should read and on the
 should not, each with a focal length of its own.
 """
 
+import re
 import time
 
 from node_harness import camera_info_msg, make_checkpoint, NodeProcess, Probe
@@ -130,7 +131,16 @@ def test_fused_camera_info_comes_from_the_camera_info_of_the_remapped_visible_im
         publishers = [(probe.node.create_publisher(CameraInfo, topic, 10), focal)
                       for topic, focal in infos.items()]
         assert probe.wait_until_ready(180.0), 'no fused image; the log:\n' + node.log()
+        read_from = LOGS[case].split()[2]  # 'camera_info from <topic> (...)'
+        # Until a camera_info comes, /diagnostics says the topic it waits on heard nothing.
+        assert probe.wait_for_diagnostics(
+            lambda level, msg, values: values.get('camera_info') == f'{read_from}: none '
+            'received'), 'no "none received" camera_info status; the log:\n' + node.log()
         focals = _republished_focals(probe, publishers, 30.0)
+        assert probe.wait_for_diagnostics(
+            lambda level, msg, values: re.fullmatch(
+                rf'{re.escape(read_from)}: [1-9][0-9]* received, newest [0-9.]+ s ago',
+                values.get('camera_info', ''))), 'no camera_info counted in /diagnostics'
     finally:
         probe.close()
     read = {focal: topic for topic, focal in infos.items()}
