@@ -124,15 +124,13 @@ def is_time_jump(recent_ns, stamp_ns):
     if len(recent_ns) < 3 or stamp_ns < recent_ns[0] or stamp_ns in recent_ns:
         return True
     held = list(recent_ns)
-    intervals = sorted(later - earlier for earlier, later in zip(held[:-2], held[1:-1]))
-    median = intervals[len(intervals) // 2]
-    return held[-1] - stamp_ns > len(held) * median
+    return held[-1] - stamp_ns > len(held) * _median_interval_ns(held[:-1])
 
 
 def _median_interval_ns(stamps):
-    """Return the median interval (ns) between consecutive ``stamps``, None for fewer than 3."""
+    """Return the median interval (ns) between consecutive ``stamps``, None for fewer than 2."""
     held = list(stamps)
-    if len(held) < 3:
+    if len(held) < 2:
         return None
     intervals = sorted(later - earlier for earlier, later in zip(held[:-1], held[1:]))
     return intervals[len(intervals) // 2]
@@ -960,7 +958,8 @@ class TarFuseNode(Node):
                    f'time: a {_INPUT_NAMES[worst.index]} image up to '
                    f'{worst.nearer_ns / 1e6:.1f} ms nearer came after the pair was made (the '
                    f'synchroniser takes the first partner within sync.slop={params.sync_slop} s)')
-        intervals = [_median_interval_ns(stamps) for stamps in self._recent_stamps]
+        intervals = [_median_interval_ns(stamps) for stamps in self._recent_stamps
+                     if len(stamps) >= 3]
         intervals = [interval for interval in intervals if interval]
         if intervals:
             slop = math.ceil(min(intervals) / 2e6) / 1e3  # above half the interval: no loss
