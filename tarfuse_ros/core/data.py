@@ -53,6 +53,7 @@ from torch.utils.data import Dataset
 
 __all__ = [
     'IMAGE_EXTENSIONS',
+    'MIN_WRITTEN_BOX_SIDE',
     'DataSource',
     'PairedDataset',
     'collate_pairs',
@@ -114,6 +115,12 @@ def load_pair(dataset_dir, stem):
     if vi.ndim == 3 and _is_grey(vi):
         vi = vi[:, :, 0].copy()
     return ir, vi
+
+
+# Label writers (tarfuse-pseudo-label, tarfuse-fuse --detections) leave out a box whose normalised
+# width or height is below this: it prints as 0.000000 at the 6 decimals they write, and
+# load_labels refuses a box of no area.
+MIN_WRITTEN_BOX_SIDE = 5e-7
 
 
 def read_classes(dataset_dir, labels_dir='labels'):
@@ -578,16 +585,8 @@ class PairedDataset(Dataset):
         if len(labels) == 0:
             return labels
         ids = labels[:, 0].astype(np.int64)
-        path = label_file(folder, stem, labels_dir)
-        if id_map is None:
-            raise ValueError(
-                f'{str(path)!r} has boxes but no classes.txt names their class ids: write the '
-                f'class names, one a line in id order, to {str(path.parent / "classes.txt")!r} '
-                f'or {str(folder / "classes.txt")!r}')
-        if ids.max() >= len(id_map):
-            raise ValueError(
-                f'{str(path)!r} uses class id {int(ids.max())} but its classes.txt lists '
-                f'{len(id_map)} classes {self._set_names[set_index]}')
+        if id_map is None or ids.max() >= len(id_map):
+            self._refuse_ids(set_index, folder, stem, labels_dir, ids)
         mapped = id_map[ids]
         if dropped is not None:
             for class_id in ids[mapped < 0]:
@@ -596,6 +595,19 @@ class PairedDataset(Dataset):
         labels = labels[mapped >= 0].copy()
         labels[:, 0] = mapped[mapped >= 0]
         return labels
+
+    def _refuse_ids(self, set_index, folder, stem, labels_dir, ids):
+        """Raise ``ValueError``: label ids no ``classes.txt`` names, or beyond the one there."""
+        path = label_file(folder, stem, labels_dir)
+        id_map = self._id_maps[set_index]
+        if id_map is None:
+            raise ValueError(
+                f'{str(path)!r} has boxes but no classes.txt names their class ids: write the '
+                f'class names, one a line in id order, to {str(path.parent / "classes.txt")!r} '
+                f'or {str(folder / "classes.txt")!r}')
+        raise ValueError(
+            f'{str(path)!r} uses class id {int(ids.max())} but its classes.txt lists '
+            f'{len(id_map)} classes {self._set_names[set_index]}')
 
     def _window(self, height, width, rng, crop_h, crop_w):
         """Return (top, left) of a ``crop_h x crop_w`` window."""

@@ -449,11 +449,12 @@ def _imwrite(path, img):
 
 
 def _yolo_lines(detections, height, width):
+    from tarfuse_ros.core.data import MIN_WRITTEN_BOX_SIDE
     lines = []
     for det in detections:
         cx, cy = (det.x1 + det.x2) / 2.0 / width, (det.y1 + det.y2) / 2.0 / height
         bw, bh = (det.x2 - det.x1) / width, (det.y2 - det.y1) / height
-        if bw < 5e-7 or bh < 5e-7:
+        if bw < MIN_WRITTEN_BOX_SIDE or bh < MIN_WRITTEN_BOX_SIDE:
             continue  # no area at 6 decimals: a label file's readers refuse it
         lines.append(f'{det.class_id} {cx:.6f} {cy:.6f} {bw:.6f} {bh:.6f}\n')
     return ''.join(lines)

@@ -754,7 +754,8 @@ def pseudo_label(teachers, dataset_dir, splits, out_dir, score=DEFAULT_SCORE, io
         pooled = pooled[pooled[:, 4] >= score]
         yolo = boxes_to_yolo(pooled, width, height)
         # A box of no area at 6 decimals (clipped away at an edge) is refused by the readers.
-        kept = (yolo[:, 3] >= 5e-7) & (yolo[:, 4] >= 5e-7)
+        side = data.MIN_WRITTEN_BOX_SIDE
+        kept = (yolo[:, 3] >= side) & (yolo[:, 4] >= side)
         yolo, pooled = yolo[kept], pooled[kept]
         (labels_out / f'{stem}.txt').write_text(format_yolo_lines(yolo))
         boxes_per_class += np.bincount(yolo[:, 0].astype(np.int64), minlength=len(CLASS_NAMES))
