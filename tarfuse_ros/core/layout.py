@@ -166,11 +166,11 @@ def read_split(dataset_dir, split='all', unique=False, ir_dir='ir', vi_dir='vi')
             raise ValueError(f'split file {str(list_file)!r} lists {stem!r} twice (lines '
                              f'{first_line[stem]} and {number}): its pair would count twice; '
                              f'remove one of the lines')
-        for modality in (ir_dir, vi_dir):
-            image_path(path, modality, stem, f', listed in {str(list_file)!r} line {number}')
         first_line.setdefault(stem, number)
         stems.append(stem)
-    return stems
+    return _checked(path, stems, ir_dir, vi_dir, {
+        stem: f', listed in {str(list_file)!r} line {number}'
+        for stem, number in first_line.items()})
 
 
 def _listed(list_file):
@@ -187,11 +187,15 @@ def _listed(list_file):
     return listed
 
 
-def _checked(dataset_dir, stems, ir_dir, vi_dir):
-    """Return ``stems`` once each has one IR and one visible image (``ValueError`` if not)."""
+def _checked(dataset_dir, stems, ir_dir, vi_dir, listed=None):
+    """Return ``stems`` once each has one IR and one visible image (``ValueError`` if not).
+
+    ``listed``: optional ``{stem: where it is listed}``, added to the message of a missing image.
+    """
     for stem in stems:
-        image_path(dataset_dir, ir_dir, stem)
-        image_path(dataset_dir, vi_dir, stem)
+        where = (listed or {}).get(stem, '')
+        image_path(dataset_dir, ir_dir, stem, where)
+        image_path(dataset_dir, vi_dir, stem, where)
     return stems
 
 
