@@ -31,6 +31,7 @@ import numpy as np
 from tarfuse_ros.console import StopRequest
 from tarfuse_ros.core import paths
 from tarfuse_ros.core.files import output_problem
+from tarfuse_ros.core.layout import read_text_lines
 from tarfuse_ros.tools.bagio import image_to_array, read_messages
 from tarfuse_ros.tools.make_bag import make_bag
 from tarfuse_ros.tools.play_bag import BagPlayer, PlayError
@@ -148,16 +149,18 @@ def _stamp(msg):
 
 
 def _count_labels(samples, stems):
+    # Read as the other tools read a data set's text files: one class name a line (names
+    # may hold spaces), a byte-order mark dropped.
     names = []
     classes_file = Path(samples) / 'labels' / 'classes.txt'
     if classes_file.is_file():
-        names = classes_file.read_text().split()
+        names = [line.strip() for line in read_text_lines(classes_file) if line.strip()]
     counts = {}
     for stem in stems:
         label_file = Path(samples) / 'labels' / f'{stem}.txt'
         if not label_file.is_file():
             continue
-        for line in label_file.read_text().splitlines():
+        for line in read_text_lines(label_file):
             if line.strip():
                 index = int(line.split()[0])
                 name = names[index] if index < len(names) else str(index)

@@ -349,5 +349,29 @@ def test_a_folder_of_your_own_pairs_is_refused_or_run_with_the_demo_s_own_option
             if topic == '/infrared/image_raw'] == ['mono16']
 
 
+@pytest.mark.dds
+def test_label_files_of_your_own_pairs_are_read_as_the_other_tools_read_them(
+        weights, tmp_path, capsys):
+    """Saved by Windows Notepad (byte-order mark), classes.txt naming one class a line."""
+    pairs = tmp_path / 'pairs'
+    for side in ('ir', 'vi', 'labels'):
+        (pairs / side).mkdir(parents=True)
+    for side in ('ir', 'vi'):
+        shutil.copy(ROOT / 'samples' / side / 'FLIR_00122.jpg', pairs / side / 'a.jpg')
+    bom = b'\xef\xbb\xbf'
+    (pairs / 'labels' / 'classes.txt').write_bytes(bom + b'person\ntraffic light\ncar\n')
+    (pairs / 'labels' / 'a.txt').write_bytes(
+        bom + b'1 0.5 0.5 0.2 0.2\n2 0.3 0.3 0.1 0.1\n2 0.7 0.6 0.1 0.1\n')
+    out = tmp_path / 'demo'
+    # A threshold so low that the pair has detections: its ground truth is then counted.
+    code = demo.main(['--out', str(out), '--weights', str(weights), '--samples', str(pairs),
+                      '--ir-dir', 'ir', '--loops', '1', '--size', '128x96', '--pngs', '0',
+                      '--param', 'confidence_threshold:=0.0001', '--param', 'cpu_threads:=1'])
+    assert code == 0, capsys.readouterr().err
+    summary = json.loads((out / 'summary.json').read_text())
+    assert summary['pairs_out'] == 1
+    assert summary['ground_truth_boxes_per_class'] == {'traffic light': 1, 'car': 2}
+
+
 def _read(path):
     return path.read_text(errors='replace') if path.is_file() else ''
