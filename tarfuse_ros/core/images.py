@@ -20,7 +20,9 @@ Normalisation rules (:func:`to_unit_gray`, :func:`to_unit_visible`):
   (temperatures in degrees Celsius or kelvin, counts, an 8-bit scale) is normalised per frame
   as a ``uint16`` frame would be. Temperatures in Celsius lie within [0, 255] or below 0 and
   are not 8-bit grey levels: read with the visible image's rule, a scene of 15-40 degrees
-  would keep a tenth of the grey range, and one below freezing would be black.
+  would keep a tenth of the grey range, and one below freezing would be black. The one
+  ambiguous case: a Celsius frame whose whole scene lies within -0.2 to 1.2 degrees (iced water,
+  at most 1.4 degrees of contrast) reads as a [0, 1] frame; a kelvin stream never does.
 - The margin: a [0, 1] frame that a driver resampled with a cubic or Lanczos kernel leaves
   [0, 1] next to edges: by up to 12 % above 1 at a step and 17 % below 0 beside a one-pixel
   line (OpenCV's ``INTER_CUBIC`` and ``INTER_LANCZOS4``, measured). Without it, frames of one
