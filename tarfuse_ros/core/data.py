@@ -162,7 +162,7 @@ def load_labels(dataset_dir, stem, labels_dir='labels', classes=None):
     Raises:
         ValueError: malformed line (wrong column count, non-numeric, negative or non-integer
             class id, an id beyond ``classes``, a centre or size outside [0, 1], a width or
-            height of 0), naming file and line.
+            height of 0, a box wholly outside the image), naming file and line.
 
     """
     path = label_file(dataset_dir, stem, labels_dir)
@@ -194,6 +194,12 @@ def load_labels(dataset_dir, stem, labels_dir='labels', classes=None):
             # that no detection can ever match.
             raise ValueError(f'{where}: box width and height must be > 0 (a box of no area '
                              f'marks no object)')
+        if any(centre + side / 2 <= 0.0 or centre - side / 2 >= 1.0
+               for centre, side in ((values[1], values[3]), (values[2], values[4]))):
+            # Within the centre tolerance a small box can lie wholly past an edge: clipped to
+            # the image it would have no area.
+            raise ValueError(f'{where}: the box lies wholly outside the image (no area once '
+                             f'clipped to it)')
         rows.append(values)
     if not rows:
         return np.zeros((0, 5), np.float32)

@@ -113,6 +113,13 @@ def test_malformed_labels_name_the_line(tmp_path):
     (folder / 'labels' / 'a.txt').write_text('0 0.5 0.5 0.2 0.2\n\n1 0.5 0.5 0 0.2\n')
     with pytest.raises(ValueError, match=r'line 3 .*width and height must be > 0'):
         data.load_labels(folder, 'a')
+    # Centres may be up to 1e-3 past an edge: a box that small lies wholly outside the image.
+    for line in ('0 1.0009 0.5 0.0015 0.2', '0 0.5 -0.0009 0.2 0.0015'):
+        (folder / 'labels' / 'a.txt').write_text(f'0 0.5 0.5 0.2 0.2\n{line}\n')
+        with pytest.raises(ValueError, match=r'line 2 .*wholly outside the image'):
+            data.load_labels(folder, 'a')
+    (folder / 'labels' / 'a.txt').write_text('0 1.0009 0.5 0.002 0.2\n')  # 0.0001 inside
+    assert data.load_labels(folder, 'a')[0, 3] == pytest.approx(1e-4, abs=1e-6)
 
 
 def test_boxes_past_the_image_edge_are_clipped_for_eval_and_training_alike(tmp_path):
