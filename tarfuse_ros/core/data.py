@@ -5,7 +5,8 @@ Layout of one data set folder (every shared set follows it; the user's own data 
     <set>/ir/<stem>.<png|jpg|...>     infrared (8- or 16-bit grey; 3 equal channels allowed)
     <set>/vi/<stem>.<png|jpg|...>     visible (grey or BGR colour), same stem as the IR file;
                                       one image per stem and folder (``x.png`` beside ``x.jpg``
-                                      is refused)
+                                      is refused); the IR may be of another size but not of
+                                      another aspect ratio (:class:`PairedDataset`)
     <set>/labels/<stem>.txt           optional YOLO boxes ``class cx cy w h`` (normalised, visible
                                       frame; boxes past an edge are clipped to the image,
                                       a box of width or height 0 is refused); a
@@ -38,15 +39,18 @@ from dataclasses import dataclass
 import math
 import os
 from pathlib import Path
+import warnings
 
 import cv2
 import numpy as np
+import PIL.Image
 from tarfuse_ros.core.images import prepare_pair
 # The layout's functions live in a module without PyTorch (tools that only list pairs use it).
 from tarfuse_ros.core.layout import (dataset_folder, find_image, IMAGE_EXTENSIONS,
                                      list_split_names, MISALIGNED_DIR, misaligned_stems,
                                      pair_files, read_split, read_text_lines, unpaired_notes,
                                      unpaired_stems)
+from tarfuse_ros.core.prior import ASPECT_TOLERANCE
 from tarfuse_ros.core.sizes import enlarged_size
 import torch
 from torch.utils.data import Dataset
@@ -434,7 +438,10 @@ class PairedDataset(Dataset):
     Each sample is a dict:
 
     - ``ir``: float32 tensor (1, H, W) in [0, 1], the ALIGNED IR (resized to the visible size
-      when the stored sizes differ);
+      when the stored sizes differ; a pair whose IR has another aspect ratio, by more than a
+      registration prior's :data:`~tarfuse_ros.core.prior.ASPECT_TOLERANCE`, is not aligned as
+      stored, or not a pair, and is refused: stretched, it would teach a wrong alignment. See
+      :meth:`check_sizes`);
     - ``vi``: float32 tensor (1, H, W), the visible Y channel (BT.601; of an 8-bit colour image,
       8-bit like the engine's) or the grey image; ``ir`` and ``vi`` are prepared by
       :func:`tarfuse_ros.core.images.prepare_pair`, as the engine prepares its inputs;
@@ -577,6 +584,28 @@ class PairedDataset(Dataset):
         return sum(self._labels(*item, dropped=self.dropped_classes) is not None
                    for item in self.items)
 
+    def check_sizes(self, shown=5):
+        """Refuse now the pairs whose IR and visible image differ in aspect ratio.
+
+        Such a pair is refused when a loader reaches it (``ir`` above); this finds them all
+        before training starts, reading only the files' headers (Pillow: well under a second
+        for hundreds of pairs). A file Pillow does not read is left to the loader's check.
+
+        Raises:
+            ValueError: how many pairs, the first ``shown`` named with their sizes.
+
+        """
+        found = []
+        for _, folder, stem, _ in self.items:
+            ir_wh, vi_wh = (_stored_size(path) for path in pair_files(folder, stem))
+            if ir_wh is not None and vi_wh is not None and _other_aspect(ir_wh, vi_wh):
+                found.append(f'{folder.name}/{stem} ({_sizes_text(ir_wh, vi_wh)})')
+        if found:
+            more = f', and {len(found) - shown} more' if len(found) > shown else ''
+            raise ValueError(f'{len(found)} of the {len(self.items)} pairs have an IR image of '
+                             f'another aspect ratio than their visible image: '
+                             f'{", ".join(found[:shown])}{more}; {_NOT_ALIGNED}')
+
     def _labels(self, set_index, folder, stem, labels_dir, dropped=None):
         labels = load_labels(folder, stem, labels_dir)
         if labels is None:
@@ -641,6 +670,11 @@ class PairedDataset(Dataset):
         set_index, folder, stem, labels_dir = self.items[index]
         ir_raw, vi_raw = load_pair(folder, stem)
         height, width = vi_raw.shape[:2]
+        ir_wh = (ir_raw.shape[1], ir_raw.shape[0])
+        if _other_aspect(ir_wh, (width, height)):
+            raise ValueError(f'pair {folder.name}/{stem} of {str(folder)!r}: '
+                             f'{_sizes_text(ir_wh, (width, height))}, another aspect ratio; '
+                             f'{_NOT_ALIGNED}')
         pair = prepare_pair(ir_raw, vi_raw, names=(f'{folder.name}/ir/{stem}',
                                                    f'{folder.name}/vi/{stem}'))
         channels = [pair.ir, pair.vi_y]
@@ -786,6 +820,35 @@ class PairedDataset(Dataset):
             sample['ir_context'] = torch.from_numpy(
                 np.ascontiguousarray(context, np.float32))[None].clamp_(0.0, 1.0)
         return sample
+
+
+# Why a pair of IR and visible images of other aspect ratios is refused, and what to do.
+_NOT_ALIGNED = ('training pairs are aligned (the IR image is the visible frame, at any size), so '
+                'such a pair is not aligned as stored or not a pair, and stretched it would '
+                'teach a wrong alignment: align its IR image to the visible one, or leave it out '
+                "of the data (a split's list file without it, or a list file of it in the "
+                "source's exclude)")
+
+
+def _other_aspect(ir_wh, vi_wh):
+    """Return whether two ``(width, height)`` differ in aspect ratio (beyond the tolerance)."""
+    ratio = (ir_wh[0] / ir_wh[1]) / (vi_wh[0] / vi_wh[1])
+    return abs(ratio - 1.0) > ASPECT_TOLERANCE
+
+
+def _sizes_text(ir_wh, vi_wh):
+    return f'IR {ir_wh[0]}x{ir_wh[1]}, visible {vi_wh[0]}x{vi_wh[1]}'
+
+
+def _stored_size(path):
+    """Return an image file's ``(width, height)`` from its header, or None (Pillow cannot)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore', PIL.Image.DecompressionBombWarning)
+            with PIL.Image.open(path) as image:
+                return tuple(int(side) for side in image.size)
+    except Exception:  # noqa: BLE001 - unreadable by Pillow: the loader's decoding checks it
+        return None
 
 
 def _resize_planes(stack, width, height, interpolation):

@@ -830,3 +830,23 @@ def test_an_option_and_set_giving_one_key_the_same_value_agree(splits, tmp_path,
         "tarfuse-train: error: --epochs 1 and --set 'train.epochs=2' give train.epochs two "
         'different values: give it once\n')
     assert not out.exists()
+
+
+def test_a_pair_whose_ir_has_another_aspect_ratio_fails_before_training(
+        splits, tmp_path, capsys):
+    """It was stretched to the visible frame and trained on as an aligned pair."""
+    data = tmp_path / 'roadscene'
+    shutil.copytree(ROADSCENE, data)
+    stem = splits['stems'][1]
+    ir = cv2.imread(str(data / 'ir' / f'{stem}.jpg'), cv2.IMREAD_UNCHANGED)
+    cv2.imwrite(str(data / 'ir' / f'{stem}.jpg'), ir[:, :ir.shape[1] * 3 // 4])
+    height, width = cv2.imread(str(data / 'vi' / f'{stem}.jpg')).shape[:2]
+    args = _args(splits, tmp_path / 'run', '--epochs', '1', '--workers', '1')
+    args[1] = f'{data}:{splits["train"]}'
+    assert train_tool.main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(
+        f'tarfuse-train: error: 1 of the 4 pairs have an IR image of another aspect ratio than '
+        f'their visible image: roadscene/{stem} (IR {ir.shape[1] * 3 // 4}x{ir.shape[0]}, '
+        f'visible {width}x{height}); training pairs are aligned'), err
+    assert 'Traceback' not in err and not (tmp_path / 'run').exists()
