@@ -710,11 +710,12 @@ class TarFuseNode(Node):
         Refuse a compressed visible frame by the size its header states, before any decoding.
 
         The size (:func:`~tarfuse_ros.ros.conversions.compressed_size`, which refuses more
-        than ``MAX_DECODED_PIXELS``, 66.4 Mpx) goes through the engine's network-size check
-        (3840x2160 after ``input_max_long_side``), which would refuse the frame once decoded:
-        a 7680x4320 JPEG is refused without spending 0.24 s and 100 MB on it. The IR is
-        resized to the visible frame, so only the decode cap applies to it. A raw frame, or a
-        format Pillow does not identify, is left to the checks after decoding.
+        than ``MAX_DECODED_PIXELS``, 66.4 Mpx, and a payload whose size Pillow cannot read)
+        goes through the engine's network-size check (3840x2160 after
+        ``input_max_long_side``), which would refuse the frame once decoded: a 7680x4320 JPEG
+        is refused without spending 0.24 s and 100 MB on it. The IR is resized to the visible
+        frame, so only the decode cap applies to it. A raw frame is left to the checks after
+        decoding.
         Raises ``ValueError`` naming the topic, the size and that nothing was decoded.
         """
         if not isinstance(msg, CompressedImage):
