@@ -26,7 +26,8 @@ the project has one codec.
 
 Functions:
     image_msg_to_array(msg) -> (array, kind)   sensor_msgs/Image or CompressedImage -> ndarray
-    compressed_msg_to_array(msg, max_pixels=MAX_DECODED_PIXELS) -> (array, kind)
+    compressed_msg_to_array(msg, max_pixels=MAX_DECODED_PIXELS, size_checked=False)
+        -> (array, kind)
     compressed_size(msg, max_pixels=MAX_DECODED_PIXELS) -> (height, width) or None, undecoded
     array_to_image_msg(array, encoding, header) -> sensor_msgs/Image
     array_to_compressed_msg(array, header, fmt='jpeg') -> sensor_msgs/CompressedImage
@@ -267,7 +268,7 @@ def compressed_size(msg, max_pixels=MAX_DECODED_PIXELS):
     return height, width
 
 
-def compressed_msg_to_array(msg, max_pixels=MAX_DECODED_PIXELS):
+def compressed_msg_to_array(msg, max_pixels=MAX_DECODED_PIXELS, size_checked=False):
     """
     Decode a ``sensor_msgs/CompressedImage`` (JPEG, PNG, ...) into an array the engine takes.
 
@@ -280,11 +281,13 @@ def compressed_msg_to_array(msg, max_pixels=MAX_DECODED_PIXELS):
     than ``max_pixels`` pixels (default ``MAX_DECODED_PIXELS``, 2 x 7680x4320 = 66.4 Mpx, an
     8K camera with room to spare), or one whose size Pillow cannot read, is refused without
     being decoded, as a decompression bomb would stall the caller for seconds and take
-    gigabytes.
+    gigabytes. ``size_checked``: the caller has checked ``msg`` with :func:`compressed_size`
+    (with these ``max_pixels``) already, and its header is not read again.
     Raises ``ValueError`` naming the cause for an empty, corrupt, unsupported or too large
     payload.
     """
-    compressed_size(msg, max_pixels)
+    if not size_checked:
+        compressed_size(msg, max_pixels)
     fmt, size = str(msg.format), len(msg.data)
     bridge = load_bridge()
     try:

@@ -352,6 +352,22 @@ def test_a_payload_whose_header_states_more_than_the_cap_is_refused_undecoded(
         compressed_msg_to_array(msg, max_pixels=10 ** 9)
 
 
+def test_a_caller_that_checked_the_header_decodes_without_reading_it_again():
+    """The node checks a compressed visible frame's header, then decodes it: one header read."""
+    vi = cv2.imread(str(SAMPLES / 'vi' / 'FLIR_00993.jpg'), cv2.IMREAD_COLOR)
+    msg = compressed(vi, 'jpeg')
+    assert compressed_size(msg) == vi.shape[:2]
+    array, kind = compressed_msg_to_array(msg, size_checked=True)
+    assert kind == 'bgr8'
+    np.testing.assert_array_equal(array, compressed_msg_to_array(msg)[0])
+    # Not read again: a header stating 20000x20000 goes straight to OpenCV (16x16 pixels in it).
+    msg = CompressedImage(format='png', data=png_stating(20000, 20000))
+    with pytest.raises(ValueError, match='by its header'):
+        compressed_msg_to_array(msg)
+    with pytest.raises(ValueError, match='corrupt, truncated or not an image OpenCV reads$'):
+        compressed_msg_to_array(msg, size_checked=True)
+
+
 def _pam_stating(width, height):
     """Return a PAM (netpbm P7) header stating ``width x height`` RGB, and 64 bytes."""
     return (f'P7\nWIDTH {width}\nHEIGHT {height}\nDEPTH 3\nMAXVAL 255\nTUPLTYPE RGB\n'
