@@ -550,3 +550,22 @@ def test_a_pair_whose_ir_has_another_aspect_ratio_is_refused_naming_it(tmp_path)
     kept = data.PairedDataset({'path': folder, 'split': 'all', 'exclude': ['bad']})
     kept.check_sizes()
     assert len(kept) == 2
+
+
+def test_both_label_writers_write_one_format_and_leave_out_boxes_of_no_area():
+    """tarfuse-fuse --detections and tarfuse-pseudo-label each had a formatter of their own."""
+    from tarfuse_ros.core.pair_engine import Detection
+    from tarfuse_ros.tools import fuse, pseudo_label
+    width, height = 640, 480
+    boxes = [(10.0, 20.0, 110.5, 220.25, 0.9, 0), (600.0, 0.0, 640.0, 30.0, 0.5, 2),
+             (300.0, 100.0, 300.0001, 200.0, 0.4, 1)]  # 0.0001 px wide: 0.000000 written
+    expected = ('0 0.094141 0.250260 0.157031 0.417187\n'
+                '2 0.968750 0.031250 0.062500 0.062500\n')
+    detections = [Detection(x1, y1, x2, y2, score, cls, 'name')
+                  for x1, y1, x2, y2, score, cls in boxes]
+    assert fuse._yolo_lines(detections, height, width) == expected
+    rows = pseudo_label.boxes_to_yolo(np.array(boxes), width, height)
+    text, kept = data.yolo_label_text(rows)
+    assert text == expected and kept.tolist() == [True, True, False]
+    text, kept = data.yolo_label_text(np.zeros((0, 5)))
+    assert text == '' and kept.shape == (0,)
