@@ -5,7 +5,8 @@ Layout of one data set folder (every shared set follows it; the user's own data 
     <set>/ir/<stem>.<png|jpg|...>     infrared (8- or 16-bit grey; 3 equal channels allowed)
     <set>/vi/<stem>.<png|jpg|...>     visible (grey or BGR colour), same stem as the IR file;
                                       one image per stem and folder (``x.png`` beside ``x.jpg``
-                                      is refused)
+                                      is refused); the IR may be of another size but not of
+                                      another aspect ratio (:class:`PairedDataset`)
     <set>/labels/<stem>.txt           optional YOLO boxes ``class cx cy w h`` (normalised, visible
                                       frame; boxes past an edge are clipped to the image,
                                       a box of width or height 0 is refused); a
@@ -38,15 +39,18 @@ from dataclasses import dataclass
 import math
 import os
 from pathlib import Path
+import warnings
 
 import cv2
 import numpy as np
+import PIL.Image
 from tarfuse_ros.core.images import prepare_pair
 # The layout's functions live in a module without PyTorch (tools that only list pairs use it).
 from tarfuse_ros.core.layout import (dataset_folder, find_image, IMAGE_EXTENSIONS,
                                      list_split_names, MISALIGNED_DIR, misaligned_stems,
                                      pair_files, read_split, read_text_lines, unpaired_notes,
                                      unpaired_stems)
+from tarfuse_ros.core.prior import ASPECT_TOLERANCE
 from tarfuse_ros.core.sizes import enlarged_size
 import torch
 from torch.utils.data import Dataset
@@ -73,6 +77,7 @@ __all__ = [
     'read_split',
     'unpaired_notes',
     'unpaired_stems',
+    'yolo_label_text',
     'yolo_to_xyxy',
 ]
 
@@ -121,6 +126,28 @@ def load_pair(dataset_dir, stem):
 # width or height is below this: it prints as 0.000000 at the 6 decimals they write, and
 # load_labels refuses a box of no area.
 MIN_WRITTEN_BOX_SIDE = 5e-7
+
+
+def yolo_label_text(rows):
+    """Return ``(text, kept)``: the YOLO label file of ``rows``, as the label writers write it.
+
+    The one formatter of tarfuse-pseudo-label and tarfuse-fuse ``--detections``.
+
+    Args:
+        rows: (N, 5) ``[class, cx, cy, w, h]``, normalised to the visible frame.
+
+    Returns:
+        ``text``: one ``class cx cy w h`` line per kept row (the class an integer, the rest
+        with 6 decimals), ``''`` for none; ``kept``: bool (N,), False for a row whose width or
+        height is below :data:`MIN_WRITTEN_BOX_SIDE` (no area at 6 decimals:
+        :func:`load_labels` would refuse the file).
+
+    """
+    rows = np.asarray(rows, np.float64).reshape(-1, 5)
+    kept = (rows[:, 3] >= MIN_WRITTEN_BOX_SIDE) & (rows[:, 4] >= MIN_WRITTEN_BOX_SIDE)
+    text = ''.join(f'{int(round(r[0]))} {r[1]:.6f} {r[2]:.6f} {r[3]:.6f} {r[4]:.6f}\n'
+                   for r in rows[kept])
+    return text, kept
 
 
 def read_classes(dataset_dir, labels_dir='labels'):
@@ -440,7 +467,10 @@ class PairedDataset(Dataset):
     Each sample is a dict:
 
     - ``ir``: float32 tensor (1, H, W) in [0, 1], the ALIGNED IR (resized to the visible size
-      when the stored sizes differ);
+      when the stored sizes differ; a pair whose IR has another aspect ratio, by more than a
+      registration prior's :data:`~tarfuse_ros.core.prior.ASPECT_TOLERANCE`, is not aligned as
+      stored, or not a pair, and is refused: stretched, it would teach a wrong alignment. See
+      :meth:`check_sizes`);
     - ``vi``: float32 tensor (1, H, W), the visible Y channel (BT.601; of an 8-bit colour image,
       8-bit like the engine's) or the grey image; ``ir`` and ``vi`` are prepared by
       :func:`tarfuse_ros.core.images.prepare_pair`, as the engine prepares its inputs;
@@ -583,6 +613,28 @@ class PairedDataset(Dataset):
         return sum(self._labels(*item, dropped=self.dropped_classes) is not None
                    for item in self.items)
 
+    def check_sizes(self, shown=5):
+        """Refuse now the pairs whose IR and visible image differ in aspect ratio.
+
+        Such a pair is refused when a loader reaches it (``ir`` above); this finds them all
+        before training starts, reading only the files' headers (Pillow: well under a second
+        for hundreds of pairs). A file Pillow does not read is left to the loader's check.
+
+        Raises:
+            ValueError: how many pairs, the first ``shown`` named with their sizes.
+
+        """
+        found = []
+        for _, folder, stem, _ in self.items:
+            ir_wh, vi_wh = (_stored_size(path) for path in pair_files(folder, stem))
+            if ir_wh is not None and vi_wh is not None and _other_aspect(ir_wh, vi_wh):
+                found.append(f'{folder.name}/{stem} ({_sizes_text(ir_wh, vi_wh)})')
+        if found:
+            more = f', and {len(found) - shown} more' if len(found) > shown else ''
+            raise ValueError(f'{len(found)} of the {len(self.items)} pairs have an IR image of '
+                             f'another aspect ratio than their visible image: '
+                             f'{", ".join(found[:shown])}{more}; {_NOT_ALIGNED}')
+
     def _labels(self, set_index, folder, stem, labels_dir, dropped=None):
         labels = load_labels(folder, stem, labels_dir)
         if labels is None:
@@ -647,6 +699,11 @@ class PairedDataset(Dataset):
         set_index, folder, stem, labels_dir = self.items[index]
         ir_raw, vi_raw = load_pair(folder, stem)
         height, width = vi_raw.shape[:2]
+        ir_wh = (ir_raw.shape[1], ir_raw.shape[0])
+        if _other_aspect(ir_wh, (width, height)):
+            raise ValueError(f'pair {folder.name}/{stem} of {str(folder)!r}: '
+                             f'{_sizes_text(ir_wh, (width, height))}, another aspect ratio; '
+                             f'{_NOT_ALIGNED}')
         pair = prepare_pair(ir_raw, vi_raw, names=(f'{folder.name}/ir/{stem}',
                                                    f'{folder.name}/vi/{stem}'))
         channels = [pair.ir, pair.vi_y]
@@ -792,6 +849,35 @@ class PairedDataset(Dataset):
             sample['ir_context'] = torch.from_numpy(
                 np.ascontiguousarray(context, np.float32))[None].clamp_(0.0, 1.0)
         return sample
+
+
+# Why a pair of IR and visible images of other aspect ratios is refused, and what to do.
+_NOT_ALIGNED = ('training pairs are aligned (the IR image is the visible frame, at any size), so '
+                'such a pair is not aligned as stored or not a pair, and stretched it would '
+                'teach a wrong alignment: align its IR image to the visible one, or leave it out '
+                "of the data (a split's list file without it, or a list file of it in the "
+                "source's exclude)")
+
+
+def _other_aspect(ir_wh, vi_wh):
+    """Return whether two ``(width, height)`` differ in aspect ratio (beyond the tolerance)."""
+    ratio = (ir_wh[0] / ir_wh[1]) / (vi_wh[0] / vi_wh[1])
+    return abs(ratio - 1.0) > ASPECT_TOLERANCE
+
+
+def _sizes_text(ir_wh, vi_wh):
+    return f'IR {ir_wh[0]}x{ir_wh[1]}, visible {vi_wh[0]}x{vi_wh[1]}'
+
+
+def _stored_size(path):
+    """Return an image file's ``(width, height)`` from its header, or None (Pillow cannot)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore', PIL.Image.DecompressionBombWarning)
+            with PIL.Image.open(path) as image:
+                return tuple(int(side) for side in image.size)
+    except Exception:  # noqa: BLE001 - unreadable by Pillow: the loader's decoding checks it
+        return None
 
 
 def _resize_planes(stack, width, height, interpolation):

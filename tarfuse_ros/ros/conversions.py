@@ -14,7 +14,8 @@ around it, for what the bridge leaves to its callers or does differently:
   return None; every problem with an input message is a ``ValueError``;
 * a compressed payload's size is read from its header (Pillow) before it is decoded, and one of
   more than ``MAX_DECODED_PIXELS`` (twice 7680x4320) is refused undecoded: a PNG of 1.2 MB
-  stating 20000x20000 took 4-6 s and 2.4 GB to decode;
+  stating 20000x20000 took 4-6 s and 2.4 GB to decode; so is one whose size Pillow cannot read
+  (corrupt, or a format it does not identify: PAM, PFM, Radiance HDR);
 * rows padded by a number of bytes that is not a whole number of pixels (the real bridge reads
   ``step // (itemsize * channels)`` pixels per row) are repacked before decoding;
 * the decoded array owns its memory (the bridge may return a view of ``msg.data``);
@@ -25,7 +26,8 @@ the project has one codec.
 
 Functions:
     image_msg_to_array(msg) -> (array, kind)   sensor_msgs/Image or CompressedImage -> ndarray
-    compressed_msg_to_array(msg, max_pixels=MAX_DECODED_PIXELS) -> (array, kind)
+    compressed_msg_to_array(msg, max_pixels=MAX_DECODED_PIXELS, size_checked=False)
+        -> (array, kind)
     compressed_size(msg, max_pixels=MAX_DECODED_PIXELS) -> (height, width) or None, undecoded
     array_to_image_msg(array, encoding, header) -> sensor_msgs/Image
     array_to_compressed_msg(array, header, fmt='jpeg') -> sensor_msgs/CompressedImage
@@ -215,16 +217,28 @@ def compressed_size(msg, max_pixels=MAX_DECODED_PIXELS):
     Return the ``(height, width)`` a ``CompressedImage``'s header states, without decoding it.
 
     Pillow reads the header only (``PIL.Image.open``: 0.3 ms for that of a 1.2 MB PNG stating
-    20000x20000; the first call of a process loads Pillow's plugins, 15-30 ms). Returns None
-    when Pillow does not identify the payload (a format OpenCV reads but Pillow does not, such
-    as PAM, a corrupt or empty one, ``compressedDepth``): decoding it then says what it is,
-    under OpenCV's own cap of 2^30 pixels.
+    20000x20000; the first call of a process loads Pillow's plugins, 15-30 ms).
     Raises ``ValueError`` naming the size when the header states more than ``max_pixels``
     pixels (default ``MAX_DECODED_PIXELS``: 2 x 7680x4320, 66.4 Mpx), so that a decompression
     bomb (a PNG of 1.2 MB stating 20000x20000, 4-6 s and 2.4 GB to decode) is never decoded.
     Above Pillow's own bomb limit (2 x ``PIL.Image.MAX_IMAGE_PIXELS``, 179 Mpx by default; left
-    as it is) Pillow gives the pixel count only, and the message says that count.
+    as it is) Pillow gives the pixel count only, and the message says that count; a count
+    within ``max_pixels`` there returns None (the sides unknown, the count checked).
+    Raises ``ValueError`` too, naming the cause, for an empty payload, a ``compressedDepth``
+    one, and one whose size Pillow cannot read: corrupt, or a format Pillow does not identify.
+    Those formats (PAM, PFM, Radiance HDR) were decoded by OpenCV under its own cap of 2^30
+    pixels: a 4.3 MB run-length-coded HDR payload stating 8192x8192 took 1.4 s and 1.6 GB (and
+    PFM and HDR decode to floats, refused afterwards anyway). image_transport's compressed
+    transport writes JPEG, PNG or TIFF, which Pillow reads. (OpenCV's own cap,
+    ``OPENCV_IO_MAX_IMAGE_PIXELS``, is read once, when ``cv2`` is first imported: it cannot be
+    set for a process that imported it already.)
     """
+    fmt = str(msg.format)
+    if 'compresseddepth' in fmt.lower():
+        raise ValueError(f'compressed format {fmt!r} (compressedDepth) is not supported; '
+                         f"publish the thermal image as a 16-bit PNG ('png' transport format)")
+    if len(msg.data) == 0:
+        raise ValueError(f'empty compressed payload (format {fmt!r})')
     try:
         with warnings.catch_warnings():
             # Pillow warns above its MAX_IMAGE_PIXELS (89.5 Mpx by default): max_pixels decides.
@@ -242,8 +256,11 @@ def compressed_size(msg, max_pixels=MAX_DECODED_PIXELS):
                   else f'more than {limit / 1e6:.1f} Mpx')
         raise ValueError(f'compressed payload is {stated} by its header: more than the '
                          f'{max_pixels / 1e6:.1f} Mpx this package decodes; not decoded') from exc
-    except Exception:  # noqa: BLE001 - any Pillow error: not identified, left to OpenCV
-        return None
+    except Exception:  # noqa: BLE001 - any Pillow error: the size cannot be checked
+        raise ValueError(f'cannot decode the compressed payload ({len(msg.data)} B, format '
+                         f'{fmt!r}): its header states no size that Pillow reads (corrupt, '
+                         f'truncated, or a format such as PAM, PFM or Radiance HDR, which '
+                         f'image_transport does not write); not decoded') from None
     if width * height > max_pixels:
         raise ValueError(f'compressed payload is {width}x{height} by its header '
                          f'({width * height / 1e6:.1f} Mpx): more than the '
@@ -251,7 +268,7 @@ def compressed_size(msg, max_pixels=MAX_DECODED_PIXELS):
     return height, width
 
 
-def compressed_msg_to_array(msg, max_pixels=MAX_DECODED_PIXELS):
+def compressed_msg_to_array(msg, max_pixels=MAX_DECODED_PIXELS, size_checked=False):
     """
     Decode a ``sensor_msgs/CompressedImage`` (JPEG, PNG, ...) into an array the engine takes.
 
@@ -262,19 +279,16 @@ def compressed_msg_to_array(msg, max_pixels=MAX_DECODED_PIXELS):
     returns BGR) except that ``compressedDepth`` payloads are refused.
     The size its header states is checked first (:func:`compressed_size`): a payload of more
     than ``max_pixels`` pixels (default ``MAX_DECODED_PIXELS``, 2 x 7680x4320 = 66.4 Mpx, an
-    8K camera with room to spare) is refused without being decoded, as a decompression bomb
-    would stall the caller for seconds and take gigabytes.
+    8K camera with room to spare), or one whose size Pillow cannot read, is refused without
+    being decoded, as a decompression bomb would stall the caller for seconds and take
+    gigabytes. ``size_checked``: the caller has checked ``msg`` with :func:`compressed_size`
+    (with these ``max_pixels``) already, and its header is not read again.
     Raises ``ValueError`` naming the cause for an empty, corrupt, unsupported or too large
     payload.
     """
-    fmt = str(msg.format)
-    size = len(msg.data)
-    if 'compresseddepth' in fmt.lower():
-        raise ValueError(f'compressed format {fmt!r} (compressedDepth) is not supported; '
-                         f"publish the thermal image as a 16-bit PNG ('png' transport format)")
-    if size == 0:
-        raise ValueError(f'empty compressed payload (format {fmt!r})')
-    compressed_size(msg, max_pixels)
+    if not size_checked:
+        compressed_size(msg, max_pixels)
+    fmt, size = str(msg.format), len(msg.data)
     bridge = load_bridge()
     try:
         image = bridge.compressed_imgmsg_to_cv2(msg)

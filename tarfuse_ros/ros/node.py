@@ -59,7 +59,8 @@ from tarfuse_ros.core.images import check_frame_size
 from tarfuse_ros.core.pairing import NearestPairCheck
 from tarfuse_ros.core.topics import camera_info_topic
 from tarfuse_ros.ros.conversions import array_to_compressed_msg, array_to_image_msg
-from tarfuse_ros.ros.conversions import compressed_size, detections_to_msg, image_msg_to_array
+from tarfuse_ros.ros.conversions import compressed_msg_to_array, compressed_size
+from tarfuse_ros.ros.conversions import detections_to_msg, image_msg_to_array
 from tarfuse_ros.ros.conversions import load_bridge
 from tarfuse_ros.ros.diagnostics import build_status, NodeStats, process_rss_mib
 from tarfuse_ros.ros.diagnostics import WarningThrottle
@@ -696,10 +697,17 @@ class TarFuseNode(Node):
                 self._warn('processing', f'pair skipped, processing failed: {exc!r}')
 
     @staticmethod
-    def _read_image(msg, topic):
-        """Convert one message; raise ``ValueError`` naming the topic and the cause."""
+    def _read_image(msg, topic, size_checked=False):
+        """Convert one message; raise ``ValueError`` naming the topic and the cause.
+
+        ``size_checked``: ``msg`` is a ``CompressedImage`` whose header
+        :meth:`_check_compressed_visible` has checked (it is not read again).
+        """
         try:
-            array, encoding = image_msg_to_array(msg)
+            if size_checked:
+                array, encoding = compressed_msg_to_array(msg, size_checked=True)
+            else:
+                array, encoding = image_msg_to_array(msg)
             check_frame_size(array, 'the image')
         except ValueError as exc:
             raise ValueError(f'{topic}: {exc}') from exc
@@ -710,35 +718,39 @@ class TarFuseNode(Node):
         Refuse a compressed visible frame by the size its header states, before any decoding.
 
         The size (:func:`~tarfuse_ros.ros.conversions.compressed_size`, which refuses more
-        than ``MAX_DECODED_PIXELS``, 66.4 Mpx) goes through the engine's network-size check
-        (3840x2160 after ``input_max_long_side``), which would refuse the frame once decoded:
-        a 7680x4320 JPEG is refused without spending 0.24 s and 100 MB on it. The IR is
-        resized to the visible frame, so only the decode cap applies to it. A raw frame, or a
-        format Pillow does not identify, is left to the checks after decoding.
-        Raises ``ValueError`` naming the topic, the size and that nothing was decoded.
+        than ``MAX_DECODED_PIXELS``, 66.4 Mpx, and a payload whose size Pillow cannot read)
+        goes through the engine's network-size check (3840x2160 after
+        ``input_max_long_side``), which would refuse the frame once decoded: a 7680x4320 JPEG
+        is refused without spending 0.24 s and 100 MB on it. The IR is resized to the visible
+        frame, so only the decode cap applies to it. A raw frame is left to the checks after
+        decoding.
+        Returns whether the header was checked (a compressed frame), so that decoding does not
+        read it again. Raises ``ValueError`` naming the topic, the size and that nothing was
+        decoded.
         """
         if not isinstance(msg, CompressedImage):
-            return
+            return False
         topic = self._topics[VISIBLE]
         try:
             size = compressed_size(msg)
         except ValueError as exc:
             raise ValueError(f'{topic}: {exc}') from exc
         if size is None:
-            return
+            return True
         try:
             self._engine.check_network_size(size)
         except ValueError as exc:
             raise ValueError(f'{topic}: {exc} (size from the compressed header; not '
                              f'decoded)') from exc
+        return True
 
     def _process(self, ir_msg, vi_msg):
         params = self._params
         header = vi_msg.header
         try:
-            self._check_compressed_visible(vi_msg)
+            checked = self._check_compressed_visible(vi_msg)
             ir, _ = self._read_image(ir_msg, self._topics[INFRARED])
-            vi, _ = self._read_image(vi_msg, self._topics[VISIBLE])
+            vi, _ = self._read_image(vi_msg, self._topics[VISIBLE], size_checked=checked)
             sizes = (ir.shape[1], ir.shape[0], vi.shape[1], vi.shape[0])
             if ir.shape[:2] != vi.shape[:2] and sizes not in self._sizes_logged:
                 # Most rigs pair cameras of different sizes: normal, so said once per sizes.

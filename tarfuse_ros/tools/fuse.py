@@ -449,15 +449,11 @@ def _imwrite(path, img):
 
 
 def _yolo_lines(detections, height, width):
-    from tarfuse_ros.core.data import MIN_WRITTEN_BOX_SIDE
-    lines = []
-    for det in detections:
-        cx, cy = (det.x1 + det.x2) / 2.0 / width, (det.y1 + det.y2) / 2.0 / height
-        bw, bh = (det.x2 - det.x1) / width, (det.y2 - det.y1) / height
-        if bw < MIN_WRITTEN_BOX_SIDE or bh < MIN_WRITTEN_BOX_SIDE:
-            continue  # no area at 6 decimals: a label file's readers refuse it
-        lines.append(f'{det.class_id} {cx:.6f} {cy:.6f} {bw:.6f} {bh:.6f}\n')
-    return ''.join(lines)
+    """Return the YOLO label file of detections (boxes of no area at 6 decimals left out)."""
+    from tarfuse_ros.core.data import yolo_label_text
+    rows = [(det.class_id, (det.x1 + det.x2) / 2.0 / width, (det.y1 + det.y2) / 2.0 / height,
+             (det.x2 - det.x1) / width, (det.y2 - det.y1) / height) for det in detections]
+    return yolo_label_text(rows)[0]
 
 
 def _detections_record(name, result, info):

@@ -75,7 +75,6 @@ __all__ = [
     'calibrate',
     'default_teachers_dir',
     'file_sha256',
-    'format_yolo_lines',
     'load_teachers',
     'main',
     'map_coco_classes',
@@ -383,12 +382,6 @@ def boxes_to_yolo(boxes, width, height):
     x2 = np.clip(boxes[:, 2] / width, 0, 1)
     y2 = np.clip(boxes[:, 3] / height, 0, 1)
     return np.stack([boxes[:, 5], (x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1], axis=1)
-
-
-def format_yolo_lines(yolo):
-    """Return the text of a YOLO label file: one ``class cx cy w h`` line per row (6 decimals)."""
-    return ''.join(f'{int(round(r[0]))} {r[1]:.6f} {r[2]:.6f} {r[3]:.6f} {r[4]:.6f}\n'
-                   for r in np.asarray(yolo, np.float64).reshape(-1, 5))
 
 
 # --------------------------------------------------------------------------------------------
@@ -753,11 +746,11 @@ def pseudo_label(teachers, dataset_dir, splits, out_dir, score=DEFAULT_SCORE, io
         pooled = pseudo_label_pair(teachers, ir, vi, iou, min(MIN_CANDIDATE_SCORE, score))
         pooled = pooled[pooled[:, 4] >= score]
         yolo = boxes_to_yolo(pooled, width, height)
-        # A box of no area at 6 decimals (clipped away at an edge) is refused by the readers.
-        side = data.MIN_WRITTEN_BOX_SIDE
-        kept = (yolo[:, 3] >= side) & (yolo[:, 4] >= side)
+        # A box of no area at 6 decimals (clipped away at an edge) is refused by the readers:
+        # left out of the file, and of the counts and scores.
+        text, kept = data.yolo_label_text(yolo)
         yolo, pooled = yolo[kept], pooled[kept]
-        (labels_out / f'{stem}.txt').write_text(format_yolo_lines(yolo))
+        (labels_out / f'{stem}.txt').write_text(text)
         boxes_per_class += np.bincount(yolo[:, 0].astype(np.int64), minlength=len(CLASS_NAMES))
         for row, box in zip(yolo, pooled):
             score_rows.append(f'{stem}\t{int(row[0])}\t{row[1]:.6f}\t{row[2]:.6f}\t'

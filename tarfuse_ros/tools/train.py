@@ -1,10 +1,11 @@
 """``tarfuse-train``: train TarFuse on paired IR/visible data (the library: tarfuse_ros.training).
 
 The config is the shipped ``config/train.yaml`` (or ``--config``), changed by ``--set KEY=VALUE``
-and the options below; on ``--resume`` it is the saved run's (the time budget dropped: the
-resumed run finishes the saved horizon unless ``--epochs`` says otherwise). This program sets the
-process-wide torch settings the config asks for (``train.threads``, ``train.deterministic``,
-flushing denormal floats) for the run and restores them afterwards.
+and the options below (an option and a ``--set`` item that give one key two different values
+are refused: neither wins silently); on ``--resume`` it is the saved run's (the time budget
+dropped: the resumed run finishes the saved horizon unless ``--epochs`` says otherwise). This
+program sets the process-wide torch settings the config asks for (``train.threads``,
+``train.deterministic``, flushing denormal floats) for the run and restores them afterwards.
 
 Multi-GPU: ``torchrun --nproc_per_node N -m tarfuse_ros.tools.train --device cuda ...`` runs
 DistributedDataParallel (one process per GPU, ``train.batch`` samples per GPU, rank 0 logs/saves).
@@ -69,7 +70,8 @@ def build_parser():
                              'the epoch count (the learning-rate curve spans it), then stop '
                              'early if the epochs turn out slower')
     parser.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
-                        help='override any config key, e.g. --set loss.det=0 (YAML value)')
+                        help='override any config key, e.g. --set loss.det=0 (YAML value); '
+                             'an option above that sets the same key must give the same value')
     parser.add_argument('--ddp', action='store_true',
                         help='use DistributedDataParallel even with WORLD_SIZE=1 (testing)')
     return parser
@@ -94,19 +96,9 @@ def build_config(args, resume=None):
     for section in ('data', 'train'):
         if not isinstance(raw.get(section), dict):
             raw[section] = {}
-    if args.data:
-        raw['data']['train'] = list(args.data)
-    if args.val_data:
-        raw['data']['val'] = [spec for spec in args.val_data if spec.lower() != 'none']
-    options = {('train', 'epochs'): args.epochs, ('train', 'device'): args.device,
-               ('train', 'seed'): args.seed, ('data', 'crop'): args.crop,
-               ('train', 'batch'): args.batch, ('data', 'workers'): args.workers,
-               ('train', 'val_every'): args.val_every, ('train', 'amp'): args.amp,
-               ('train', 'time_budget_s'): args.time_budget,
-               ('train', 'init_weights'): args.init}
-    for (section, key), value in options.items():
-        if value is not None:
-            raw[section][key] = value
+    _refuse_conflicts(args)
+    for (section, key), (_, value) in _option_values(args).items():
+        raw[section][key] = value
     # A fixed validation crop follows --crop, unless --set gave it on the same command line.
     if args.crop is not None and raw['data'].get('val_crop') and \
             not _given_by_set(args.set, 'data', 'val_crop'):
@@ -115,6 +107,62 @@ def build_config(args, resume=None):
     if resume is not None:
         _check_resumable(config, TrainingConfig.from_dict(meta['config']), resume)
     return config
+
+
+# The options that set a config key: (section, key) -> the option's name (build_parser).
+_OPTION_KEYS = {('data', 'train'): '--data', ('data', 'val'): '--val-data',
+                ('train', 'epochs'): '--epochs', ('train', 'device'): '--device',
+                ('train', 'seed'): '--seed', ('data', 'crop'): '--crop',
+                ('train', 'batch'): '--batch', ('data', 'workers'): '--workers',
+                ('train', 'val_every'): '--val-every', ('train', 'amp'): '--amp',
+                ('train', 'time_budget_s'): '--time-budget', ('train', 'init_weights'): '--init'}
+
+
+def _option_values(args):
+    """Return ``{(section, key): (what the command line says, value)}`` of the options given."""
+    given = {}
+    for (section, key), flag in _OPTION_KEYS.items():
+        value = getattr(args, flag[2:].replace('-', '_'))
+        if value is None or value == []:
+            continue
+        if isinstance(value, list):  # --data / --val-data, repeated
+            said = ' '.join(f'{flag} {spec}' for spec in value)
+            if flag == '--val-data':
+                value = [spec for spec in value if spec.lower() != 'none']
+        elif isinstance(value, bool):
+            said = flag if value else f'--no-{flag[2:]}'
+        else:
+            said = f'{flag} {value}'
+        given[section, key] = (said, value)
+    return given
+
+
+def _refuse_conflicts(args):
+    """Refuse an option and a ``--set`` item that give one config key two different values.
+
+    Either alone sets the key; both with the same value are fine. With two values, one would
+    win without a word (the option did), whichever the user meant.
+
+    Raises:
+        ValueError: naming the option and the ``--set`` item.
+
+    """
+    by_set = apply_overrides({}, args.set)
+    for (section, key), (said, value) in _option_values(args).items():
+        given = by_set.get(section)
+        if not isinstance(given, dict) or key not in given or _same(given[key], value):
+            continue
+        # The item named is the last that gives the key (a section, or the key itself).
+        item = [item for item in args.set if _given_by_set([item], section, key)][-1]
+        raise ValueError(f'{said} and --set {item!r} give {section}.{key} two different '
+                         f'values: give it once')
+
+
+def _same(a, b):
+    """Return whether two config values are equal (``true`` is not ``1``, nor ``1.0``)."""
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b and isinstance(a, bool) == isinstance(b, bool)
 
 
 def _given_by_set(items, section, key):

@@ -194,7 +194,9 @@ def build_dataset(sources, data_config, training, seed=0, min_long_side=0):
             are enlarged to it first, as the engines do at inference (0: never).
 
     Raises:
-        ValueError: a malformed label file (:meth:`PairedDataset.check_labels`).
+        ValueError: a malformed label file (:meth:`PairedDataset.check_labels`), or pairs
+            whose IR and visible images differ in aspect ratio
+            (:meth:`PairedDataset.check_sizes`).
 
     """
     crop = data_config.crop if training else data_config.eval_crop
@@ -206,8 +208,10 @@ def build_dataset(sources, data_config, training, seed=0, min_long_side=0):
         min_long_side=min_long_side,
         photometric=data_config.photometric if training else 0.0,
         mosaic=data_config.mosaic if training else 0.0)
-    # A bad label file stops the run before it starts, not in a loader worker mid-epoch.
+    # A bad label file or a pair not aligned as stored stops the run before it starts, not in
+    # a loader worker mid-epoch.
     dataset.check_labels()
+    dataset.check_sizes()
     return dataset
 
 

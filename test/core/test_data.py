@@ -512,3 +512,67 @@ def test_colour_planes_resize_with_the_pair(tmp_path):
         blue, green, red = sample['vi_color']
         luma = 0.114 * blue + 0.587 * green + 0.299 * red
         assert float((luma - sample['vi'][0]).abs().mean()) < 0.02
+
+
+def test_a_pair_whose_ir_has_another_aspect_ratio_is_refused_naming_it(tmp_path):
+    """It was stretched to the visible frame without a word: not aligned as stored."""
+    folder = tmp_path / 'roadscene'
+    for sub in ('ir', 'vi'):
+        (folder / sub).mkdir(parents=True)
+    stems = data.read_split(DATASETS / 'roadscene', 'train')[:3]
+    for stem in stems:
+        for sub in ('ir', 'vi'):
+            (folder / sub / f'{stem}.jpg').write_bytes(
+                (DATASETS / 'roadscene' / sub / f'{stem}.jpg').read_bytes())
+    # The first IR image at half size (the same aspect ratio: scaled, as before); the second
+    # cropped to 4/5 of its height.
+    vi_sizes = [cv2.imread(str(folder / 'vi' / f'{stem}.jpg')).shape[:2] for stem in stems]
+    for stem, change in zip(stems, (lambda ir: cv2.resize(ir, (ir.shape[1] // 2,
+                                                               ir.shape[0] // 2)),
+                                    lambda ir: ir[:ir.shape[0] * 4 // 5])):
+        path = folder / 'ir' / f'{stem}.jpg'
+        cv2.imwrite(str(path), change(cv2.imread(str(path), cv2.IMREAD_UNCHANGED)))
+    cropped = cv2.imread(str(folder / 'ir' / f'{stems[1]}.jpg')).shape[:2]
+    sizes = (f'IR {cropped[1]}x{cropped[0]}, visible {vi_sizes[1][1]}x{vi_sizes[1][0]}')
+    dataset = data.PairedDataset(folder, augment=False)
+    assert [item[2] for item in dataset.items] == stems
+    why = ('training pairs are aligned (the IR image is the visible frame, at any size), so '
+           'such a pair is not aligned as stored or not a pair, and stretched it would teach a '
+           'wrong alignment: align its IR image to the visible one, or leave it out of the '
+           "data (a split's list file without it, or a list file of it in the source's "
+           'exclude)')
+    with pytest.raises(ValueError) as raised:
+        dataset.check_sizes()
+    assert str(raised.value) == (f'1 of the 3 pairs have an IR image of another aspect ratio '
+                                 f'than their visible image: roadscene/{stems[1]} ({sizes}); '
+                                 f'{why}')
+    # A loader reaching the pair refuses it too (a data set used without check_sizes).
+    with pytest.raises(ValueError) as raised:
+        dataset[1]
+    assert str(raised.value) == (f"pair roadscene/{stems[1]} of '{folder}': {sizes}, another "
+                                 f'aspect ratio; {why}')
+    assert dataset[0]['ir'].shape == dataset[0]['vi'].shape == (1, *vi_sizes[0])
+    # Left out, the others pass.
+    (folder / 'bad.txt').write_text(f'{stems[1]}\n')
+    kept = data.PairedDataset({'path': folder, 'split': 'all', 'exclude': ['bad']})
+    kept.check_sizes()
+    assert len(kept) == 2
+
+
+def test_both_label_writers_write_one_format_and_leave_out_boxes_of_no_area():
+    """tarfuse-fuse --detections and tarfuse-pseudo-label each had a formatter of their own."""
+    from tarfuse_ros.core.pair_engine import Detection
+    from tarfuse_ros.tools import fuse, pseudo_label
+    width, height = 640, 480
+    boxes = [(10.0, 20.0, 110.5, 220.25, 0.9, 0), (600.0, 0.0, 640.0, 30.0, 0.5, 2),
+             (300.0, 100.0, 300.0001, 200.0, 0.4, 1)]  # 0.0001 px wide: 0.000000 written
+    expected = ('0 0.094141 0.250260 0.157031 0.417187\n'
+                '2 0.968750 0.031250 0.062500 0.062500\n')
+    detections = [Detection(x1, y1, x2, y2, score, cls, 'name')
+                  for x1, y1, x2, y2, score, cls in boxes]
+    assert fuse._yolo_lines(detections, height, width) == expected
+    rows = pseudo_label.boxes_to_yolo(np.array(boxes), width, height)
+    text, kept = data.yolo_label_text(rows)
+    assert text == expected and kept.tolist() == [True, True, False]
+    text, kept = data.yolo_label_text(np.zeros((0, 5)))
+    assert text == '' and kept.shape == (0,)

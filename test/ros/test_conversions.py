@@ -352,16 +352,70 @@ def test_a_payload_whose_header_states_more_than_the_cap_is_refused_undecoded(
         compressed_msg_to_array(msg, max_pixels=10 ** 9)
 
 
-def test_a_format_pillow_does_not_identify_is_decoded_as_before():
-    # PAM: OpenCV reads and writes it, Pillow does not identify it.
-    bgr = RNG.integers(0, 255, (20, 30, 3), endpoint=True).astype(np.uint8)
+def test_a_caller_that_checked_the_header_decodes_without_reading_it_again():
+    """The node checks a compressed visible frame's header, then decodes it: one header read."""
+    vi = cv2.imread(str(SAMPLES / 'vi' / 'FLIR_00993.jpg'), cv2.IMREAD_COLOR)
+    msg = compressed(vi, 'jpeg')
+    assert compressed_size(msg) == vi.shape[:2]
+    array, kind = compressed_msg_to_array(msg, size_checked=True)
+    assert kind == 'bgr8'
+    np.testing.assert_array_equal(array, compressed_msg_to_array(msg)[0])
+    # Not read again: a header stating 20000x20000 goes straight to OpenCV (16x16 pixels in it).
+    msg = CompressedImage(format='png', data=png_stating(20000, 20000))
+    with pytest.raises(ValueError, match='by its header'):
+        compressed_msg_to_array(msg)
+    with pytest.raises(ValueError, match='corrupt, truncated or not an image OpenCV reads$'):
+        compressed_msg_to_array(msg, size_checked=True)
+
+
+def _pam_stating(width, height):
+    """Return a PAM (netpbm P7) header stating ``width x height`` RGB, and 64 bytes."""
+    return (f'P7\nWIDTH {width}\nHEIGHT {height}\nDEPTH 3\nMAXVAL 255\nTUPLTYPE RGB\n'
+            f'ENDHDR\n').encode() + bytes(64)
+
+
+def _hdr_stating(width, height):
+    """Return a whole Radiance HDR payload, run-length coded (about 64 times smaller)."""
+    line = bytes([2, 2, width >> 8, width & 255])
+    for _ in range(4):  # R, G, B, E: runs of up to 127 equal bytes, 2 bytes each
+        left = width
+        while left:
+            run = min(127, left)
+            line += bytes([128 + run, 100])
+            left -= run
+    return f'#?RADIANCE\nFORMAT=32-bit_rle_rgbe\n\n-Y {height} +X {width}\n'.encode() + \
+        line * height
+
+
+def _pam(bgr):
     ok, encoded = cv2.imencode('.pam', bgr)
     assert ok
-    msg = CompressedImage(format='pam', data=encoded.tobytes())
-    assert compressed_size(msg) is None
-    array, kind = compressed_msg_to_array(msg, max_pixels=1)  # no header size: no cap check
-    assert kind == 'bgr8'
-    np.testing.assert_array_equal(array, bgr)
+    return encoded.tobytes()
+
+
+@pytest.mark.parametrize('payload, decodes', [
+    # 32768 x 32768 = 2^30 pixels, OpenCV's own cap: it allocated the frame, then found the
+    # pixels missing.
+    (_pam_stating(32768, 32768), False),
+    # A whole, valid PAM (Pillow does not identify PAM).
+    (_pam(RNG.integers(0, 255, (20, 30, 3), endpoint=True).astype(np.uint8)), True),
+    # 70 kB stating 1024x1024, 12 MB of floats decoded (4.3 MB stating 8192x8192: 1.6 GB).
+    (_hdr_stating(1024, 1024), True),
+], ids=['PAM stating 2^30 pixels', 'small PAM', 'Radiance HDR'])
+def test_a_payload_whose_size_pillow_cannot_read_is_refused_undecoded(payload, decodes):
+    """Formats Pillow does not identify were decoded by OpenCV, under its cap of 2^30 pixels."""
+    decoded = cv2.imdecode(np.frombuffer(payload, np.uint8), cv2.IMREAD_UNCHANGED)
+    assert (decoded is not None) == decodes  # what OpenCV does with them
+    msg = CompressedImage(format='pam', data=payload)
+    msg.header = header()
+    message = (f"cannot decode the compressed payload ({len(payload)} B, format 'pam'): its "
+               f'header states no size that Pillow reads (corrupt, truncated, or a format such '
+               f'as PAM, PFM or Radiance HDR, which image_transport does not write); not '
+               f'decoded')
+    for read in (compressed_size, compressed_msg_to_array, image_msg_to_array):
+        with pytest.raises(ValueError) as raised:
+            read(msg)
+        assert str(raised.value) == message
 
 
 def test_array_to_compressed_msg_formats_and_round_trips():

@@ -47,7 +47,7 @@ def test_label_file_round_trips_through_the_dataset_loader(tmp_path):
                       [380, 10, 400, 30, 0.3, 1]], np.float64)
     yolo = pl.boxes_to_yolo(boxes, width, height)
     (tmp_path / 'labels').mkdir()
-    (tmp_path / 'labels' / 'a.txt').write_text(pl.format_yolo_lines(yolo))
+    (tmp_path / 'labels' / 'a.txt').write_text(data.yolo_label_text(yolo)[0])
     loaded = data.load_labels(tmp_path, 'a')
     assert loaded.shape == (3, 5)
     back = data.yolo_to_xyxy(loaded, width, height)
@@ -55,7 +55,7 @@ def test_label_file_round_trips_through_the_dataset_loader(tmp_path):
     assert back[:, 4].tolist() == [0, 2, 1]
     for line in (tmp_path / 'labels' / 'a.txt').read_text().splitlines():
         assert re.fullmatch(r'\d (\d\.\d{6} ){3}\d\.\d{6}', line), line
-    assert pl.format_yolo_lines(pl.boxes_to_yolo(np.zeros((0, 6)), width, height)) == ''
+    assert data.yolo_label_text(pl.boxes_to_yolo(np.zeros((0, 6)), width, height))[0] == ''
 
 
 def test_match_counts_by_hand():

@@ -791,3 +791,62 @@ def test_a_new_run_refuses_to_write_over_its_own_config_file(splits, tmp_path, c
         f"tarfuse-train: error: --config '{out / 'config.yaml'}' is the file the run writes "
         f'its parsed config to in --out: keep your config outside the run folder\n')
     assert (out / 'config.yaml').read_text() == mine and os.listdir(out) == ['config.yaml']
+
+
+@pytest.mark.parametrize('given, message', [
+    (['--epochs', '3', '--set', 'train.epochs=5'],
+     "--epochs 3 and --set 'train.epochs=5' give train.epochs two different values"),
+    (['--set', 'train={batch: 4, seed: 1}', '--batch', '2'],
+     "--batch 2 and --set 'train={batch: 4, seed: 1}' give train.batch two different values"),
+    (['--device', 'cpu', '--set', 'train.device=cuda'],
+     "--device cpu and --set 'train.device=cuda' give train.device two different values"),
+    (['--no-amp', '--set', 'train.amp=true'],
+     "--no-amp and --set 'train.amp=true' give train.amp two different values"),
+    (['--data', 'roadscene:train', '--set', 'data.train=[tno]'],
+     "--data roadscene:train and --set 'data.train=[tno]' give data.train two different "
+     'values'),
+    (['--crop', '64', '--set', 'data.crop=128'],
+     "--crop 64 and --set 'data.crop=128' give data.crop two different values"),
+], ids=['epochs', 'a section', 'device', 'amp', 'data', 'crop'])
+def test_an_option_and_set_giving_one_key_two_values_is_refused(given, message):
+    """--epochs 3 --set train.epochs=5 trained 3 epochs without a word (the option won)."""
+    args = train_tool.build_parser().parse_args(given)
+    with pytest.raises(ValueError) as raised:
+        train_tool.build_config(args)
+    assert str(raised.value) == f'{message}: give it once'
+
+
+def test_an_option_and_set_giving_one_key_the_same_value_agree(splits, tmp_path, capsys):
+    args = train_tool.build_parser().parse_args(
+        ['--epochs', '3', '--set', 'train.epochs=3', '--amp', '--set', 'train.amp=true',
+         '--time-budget', '60', '--set', 'train.time_budget_s=60', '--set', 'train.epochs=3'])
+    config = train_tool.build_config(args)
+    assert (config.train.epochs, config.train.amp, config.train.time_budget_s) == (3, True, 60)
+    # The command line says so before any work: exit status 2, nothing written.
+    out = tmp_path / 'run'
+    assert train_tool.main(_args(splits, out, '--epochs', '1', '--max-steps', '1',
+                                 '--set', 'train.epochs=2')) == 2
+    assert capsys.readouterr().err == (
+        "tarfuse-train: error: --epochs 1 and --set 'train.epochs=2' give train.epochs two "
+        'different values: give it once\n')
+    assert not out.exists()
+
+
+def test_a_pair_whose_ir_has_another_aspect_ratio_fails_before_training(
+        splits, tmp_path, capsys):
+    """It was stretched to the visible frame and trained on as an aligned pair."""
+    data = tmp_path / 'roadscene'
+    shutil.copytree(ROADSCENE, data)
+    stem = splits['stems'][1]
+    ir = cv2.imread(str(data / 'ir' / f'{stem}.jpg'), cv2.IMREAD_UNCHANGED)
+    cv2.imwrite(str(data / 'ir' / f'{stem}.jpg'), ir[:, :ir.shape[1] * 3 // 4])
+    height, width = cv2.imread(str(data / 'vi' / f'{stem}.jpg')).shape[:2]
+    args = _args(splits, tmp_path / 'run', '--epochs', '1', '--workers', '1')
+    args[1] = f'{data}:{splits["train"]}'
+    assert train_tool.main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(
+        f'tarfuse-train: error: 1 of the 4 pairs have an IR image of another aspect ratio than '
+        f'their visible image: roadscene/{stem} (IR {ir.shape[1] * 3 // 4}x{ir.shape[0]}, '
+        f'visible {width}x{height}); training pairs are aligned'), err
+    assert 'Traceback' not in err and not (tmp_path / 'run').exists()
