@@ -123,7 +123,7 @@ def load_pair(dataset_dir, stem):
 
 
 # Label writers (tarfuse-pseudo-label, tarfuse-fuse --detections) leave out a box whose normalised
-# width or height is below this: it prints as 0.000000 at the 6 decimals they write, and
+# width or height is at most this: it prints as 0.000000 at the 6 decimals they write, and
 # load_labels refuses a box of no area.
 MIN_WRITTEN_BOX_SIDE = 5e-7
 
@@ -139,12 +139,12 @@ def yolo_label_text(rows):
     Returns:
         ``text``: one ``class cx cy w h`` line per kept row (the class an integer, the rest
         with 6 decimals), ``''`` for none; ``kept``: bool (N,), False for a row whose width or
-        height is below :data:`MIN_WRITTEN_BOX_SIDE` (no area at 6 decimals:
+        height is at most :data:`MIN_WRITTEN_BOX_SIDE` (no area at 6 decimals:
         :func:`load_labels` would refuse the file).
 
     """
     rows = np.asarray(rows, np.float64).reshape(-1, 5)
-    kept = (rows[:, 3] >= MIN_WRITTEN_BOX_SIDE) & (rows[:, 4] >= MIN_WRITTEN_BOX_SIDE)
+    kept = (rows[:, 3] > MIN_WRITTEN_BOX_SIDE) & (rows[:, 4] > MIN_WRITTEN_BOX_SIDE)
     text = ''.join(f'{int(round(r[0]))} {r[1]:.6f} {r[2]:.6f} {r[3]:.6f} {r[4]:.6f}\n'
                    for r in rows[kept])
     return text, kept

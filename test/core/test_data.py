@@ -574,5 +574,11 @@ def test_both_label_writers_write_one_format_and_leave_out_boxes_of_no_area():
     rows = pseudo_label.boxes_to_yolo(np.array(boxes), width, height)
     text, kept = data.yolo_label_text(rows)
     assert text == expected and kept.tolist() == [True, True, False]
+    # The bound itself prints as 0.000000 (the double nearest 5e-7 lies just below it); the
+    # next double up prints 0.000001.
+    side = data.MIN_WRITTEN_BOX_SIDE
+    text, kept = data.yolo_label_text([[0, 0.5, 0.5, side, 0.2],
+                                       [0, 0.5, 0.5, np.nextafter(side, 1.0), 0.2]])
+    assert kept.tolist() == [False, True] and text == '0 0.500000 0.500000 0.000001 0.200000\n'
     text, kept = data.yolo_label_text(np.zeros((0, 5)))
     assert text == '' and kept.shape == (0,)
