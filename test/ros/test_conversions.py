@@ -4,13 +4,17 @@ These tests run against whichever ``cv_bridge`` is importable: the project's sta
 no-distro venv, the distro's on a ROS install.
 """
 
+import io
 from pathlib import Path
+import struct
 import sys
+import zlib
 
 from builtin_interfaces.msg import Time
 import cv2
 from node_harness import png_stating
 import numpy as np
+import PIL.Image
 import pytest
 from rclpy.serialization import deserialize_message, serialize_message
 from sensor_msgs.msg import CompressedImage, Image
@@ -416,6 +420,48 @@ def test_a_payload_whose_size_pillow_cannot_read_is_refused_undecoded(payload, d
         with pytest.raises(ValueError) as raised:
             read(msg)
         assert str(raised.value) == message
+
+
+def _pillow_cannot_open(payload):
+    """Return a PNG or JPEG ``payload`` with a flaw that Pillow refuses and the decoders skip.
+
+    PNG: a ``tEXt`` chunk with a wrong CRC after IHDR (libpng drops an ancillary chunk with a
+    bad CRC; Pillow raises 'broken PNG file'). JPEG: an APP14 marker too short to be Adobe's
+    after SOI (libjpeg skips it; Pillow does not identify the file).
+    """
+    if payload[:8] == b'\x89PNG\r\n\x1a\n':
+        text = b'tEXta\x00b'
+        chunk = struct.pack('>I', 3) + text + struct.pack('>I', zlib.crc32(text) ^ 1)
+        return payload[:33] + chunk + payload[33:]  # 8 of signature + 25 of IHDR
+    assert payload[:2] == b'\xff\xd8'
+    return payload[:2] + b'\xff\xee' + struct.pack('>H', 7) + b'Adobe' + payload[2:]
+
+
+def _jpeg_stating(width, height):
+    """Return a valid 32x32 JPEG whose frame header (SOF0) states ``width`` x ``height``."""
+    ok, encoded = cv2.imencode('.jpg', np.full((32, 32, 3), 90, np.uint8))
+    assert ok
+    data = bytearray(encoded.tobytes())
+    sof = data.index(b'\xff\xc0')  # marker, length (2), precision (1), height, width
+    data[sof + 5:sof + 9] = struct.pack('>HH', height, width)
+    return bytes(data)
+
+
+@pytest.mark.parametrize('fmt', ['png', 'jpeg'])
+def test_a_png_or_jpeg_that_pillow_cannot_open_is_refused_undecoded(fmt):
+    # Found by a break test: libpng / libjpeg decode these flawed payloads at the size their
+    # header states (a 140 kB PNG stating 12000x12000: 144 MB; a 700 B JPEG stating 9000x9000:
+    # 243 MB), so with no size from Pillow they were decoded past the cap.
+    stating = png_stating(12000, 9000) if fmt == 'png' else _jpeg_stating(12000, 9000)
+    payload = _pillow_cannot_open(stating)
+    with pytest.raises(Exception):  # noqa: B017 - Pillow's errors differ by format
+        with PIL.Image.open(io.BytesIO(payload)) as image:
+            image.load()
+    msg = CompressedImage(format=fmt, data=payload)
+    for read in (compressed_size, compressed_msg_to_array, image_msg_to_array):
+        with pytest.raises(ValueError, match=r'header states no size that Pillow reads .*'
+                                             r'not decoded'):
+            read(msg)
 
 
 def test_array_to_compressed_msg_formats_and_round_trips():
