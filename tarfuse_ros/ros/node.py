@@ -16,6 +16,10 @@ A message stamped before its input's newest is either out of order (delivered la
 with several threads, a bridge) and ignored, counted in ``messages_rejected``, or a time jump (a
 bag loop, a clock reset) that resets the synchroniser: see :func:`is_time_jump`.
 
+``sync.infrared_time_offset`` is added to every IR stamp (on a copy of the message) as it comes
+in, after the zero-stamp check: from there on, the order checks, the synchroniser and the
+pairing diagnostics see the corrected stamps; the outputs carry the visible header.
+
 fused/camera_info republishes the visible camera's camera_info, read beside the visible image
 topic as remapped (``/cam/image_raw`` -> ``/cam/camera_info``, as image_transport's
 CameraSubscriber does) unless ``visible/camera_info`` is remapped itself.
@@ -60,7 +64,7 @@ from tarfuse_ros.core.pairing import NearestPairCheck
 from tarfuse_ros.core.topics import camera_info_topic
 from tarfuse_ros.ros.conversions import array_to_compressed_msg, array_to_image_msg
 from tarfuse_ros.ros.conversions import compressed_size, detections_to_msg, image_msg_to_array
-from tarfuse_ros.ros.conversions import load_bridge
+from tarfuse_ros.ros.conversions import load_bridge, restamped
 from tarfuse_ros.ros.diagnostics import build_status, NodeStats, process_rss_mib
 from tarfuse_ros.ros.diagnostics import WarningThrottle
 from tarfuse_ros.ros.params import apply_updates, canonical_parameters
@@ -239,6 +243,9 @@ class TarFuseNode(Node):
         self._slot_cond = threading.Condition()
         self._stopping = False
 
+        # Added to every IR stamp before anything but the zero-stamp check reads it (fixed).
+        self._ir_offset_ns = round(self._params.sync_infrared_time_offset * 1e9)
+        # Per input: its newest accepted stamp (the IR's with the offset, as everywhere below).
         self._last_stamp_ns = [None, None]
         # Per input: the stamps of its last accepted messages (oldest first, since its last
         # time jump), which tell a message delivered late from a jump (is_time_jump). As many
@@ -330,6 +337,8 @@ class TarFuseNode(Node):
         self._worker.start()
         mode = (f'approximate (slop {params.sync_slop} s)' if params.sync_approximate
                 else 'exact')
+        if params.sync_infrared_time_offset:
+            mode += f' on IR stamps {params.sync_infrared_time_offset:+} s'
         self.get_logger().info(
             f'ready: model {params.weights} ({len(self._engine.class_names)} classes) on '
             f'{self._engine.device} ({params.backend}); inputs {self._topics[0]} '
@@ -557,11 +566,25 @@ class TarFuseNode(Node):
             self._silence_flushed[other] = True
         stamp = _stamp_ns(msg.header.stamp)
         self._zero_stamped[index] = stamp == 0
-        if stamp == 0:
+        if stamp == 0:  # the driver's own stamp, before any offset
             cause = f'zero stamp on {topic}: the driver does not stamp its images'
             self._stats.reject(cause, pair=False)
             self._warn(f'zero_stamp:{name}', f'message ignored: {cause}')
             return
+        if index == INFRARED and self._ir_offset_ns:
+            # From here on the IR stamp is the corrected one: the order checks of this input
+            # (a constant offset changes none of its steps), the cross-input comparisons at a
+            # time jump, the pairing check and the synchroniser all compare it with visible
+            # stamps, which is what the offset is for.
+            corrected = stamp + self._ir_offset_ns
+            if corrected < 0:  # no time before 0: rclpy's Time refuses it
+                cause = (f'{topic} stamped {stamp / 1e9:.3f} s, before time 0 with '
+                         f'sync.infrared_time_offset '
+                         f'{self._params.sync_infrared_time_offset} s')
+                self._stats.reject(cause, pair=False)
+                self._warn(f'negative_stamp:{name}', f'message ignored: {cause}')
+                return
+            stamp, msg = corrected, restamped(msg, corrected)
         last = self._last_stamp_ns[index]
         recent = self._recent_stamps[index]
         if (last is not None and stamp < last and self._jump_pending[index] is None
@@ -624,7 +647,10 @@ class TarFuseNode(Node):
             self._stats.count('pairs_not_nearest')
 
     def _on_pair(self, ir_msg, vi_msg):
-        """Store the newest pair; a pair still waiting for the worker is dropped and counted."""
+        """Store the newest pair; a pair still waiting for the worker is dropped and counted.
+
+        ``ir_msg`` carries the corrected IR stamp (``sync.infrared_time_offset``).
+        """
         self._stats.count('pairs_received')
         stamps = (_stamp_ns(ir_msg.header.stamp), _stamp_ns(vi_msg.header.stamp))
         self._stats.record_pair_gap(abs(stamps[INFRARED] - stamps[VISIBLE]) / 1e6)
@@ -921,6 +947,12 @@ class TarFuseNode(Node):
                 self._last_stamp_ns else float('nan')
             rule = (f'more than sync.slop={params.sync_slop} s' if params.sync_approximate
                     else 'exact sync needs identical stamps')
+            if params.sync_infrared_time_offset:
+                rule += (f'; the IR stamps with sync.infrared_time_offset='
+                         f'{params.sync_infrared_time_offset} s')
+            else:
+                rule += ('; an IR driver that stamps a constant time later or earlier is '
+                         'corrected by sync.infrared_time_offset')
             problems.append(f'both inputs flow but no pair was synchronised for {timeout} s: '
                             f'latest stamps differ by {gap:.3f} s ({rule})')
         problems.extend(self._check_pairing(params))
@@ -1057,6 +1089,7 @@ class TarFuseNode(Node):
             'model': self._params.weights,
             'half': self._engine.half,
             'sync': 'approximate' if self._params.sync_approximate else 'exact',
+            'sync_infrared_time_offset_s': self._params.sync_infrared_time_offset,
             'transports': f'infrared {self._params.infrared_transport}, visible '
                           f'{self._params.visible_transport}',
             'rss_mib': round(process_rss_mib(), 1),

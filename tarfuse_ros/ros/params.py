@@ -52,6 +52,7 @@ class NodeParams:
     sync_approximate: bool = True
     sync_slop: float = 0.05
     sync_queue_size: int = 10
+    sync_infrared_time_offset: float = 0.0
     qos_reliability: str = 'best_effort'
     qos_depth: int = 5
     infrared_transport: str = 'raw'
@@ -154,6 +155,12 @@ PARAMETER_SPECS = (
               'Messages per input kept by the synchroniser; also how many of its newest stamps '
               'tell a message out of order (ignored) from a time jump. Restart to change.',
               low=1, high=1000),
+    ParamSpec('sync.infrared_time_offset', 'sync_infrared_time_offset', 'float',
+              'Seconds added to the stamp of every infrared image before it is paired (on a '
+              'copy of its header; the outputs keep the visible header): the stamp the visible '
+              'driver gives an instant minus the stamp the infrared driver gives the same '
+              'instant, e.g. -0.06 when the infrared driver stamps its frames 60 ms later. '
+              'Restart to change.', low=-1.0, high=1.0),
     ParamSpec('qos.reliability', 'qos_reliability', 'str',
               'Reliability of the input subscriptions. Restart to change.',
               allowed=RELIABILITY_VALUES),
