@@ -18,7 +18,9 @@ bag loop, a clock reset) that resets the synchroniser: see :func:`is_time_jump`.
 
 ``sync.infrared_time_offset`` is added to every IR stamp (on a copy of the message) as it comes
 in, after the zero-stamp check: from there on, the order checks, the synchroniser and the
-pairing diagnostics see the corrected stamps; the outputs carry the visible header.
+pairing diagnostics see the corrected stamps; the outputs carry the visible header. With
+``max_rate``, pairs are let into the slot by their stamps (:class:`StampRateLimit`); the others
+are skipped, counted apart from the pairs dropped while the worker was busy.
 
 fused/camera_info republishes the visible camera's camera_info, read beside the visible image
 topic as remapped (``/cam/image_raw`` -> ``/cam/camera_info``, as image_transport's
@@ -61,6 +63,7 @@ from tarfuse_ros.core.drawing import draw_detections
 from tarfuse_ros.core.health import HealthSettings, RegistrationHealth
 from tarfuse_ros.core.images import check_frame_size
 from tarfuse_ros.core.pairing import NearestPairCheck
+from tarfuse_ros.core.rate import StampRateLimit
 from tarfuse_ros.core.topics import camera_info_topic
 from tarfuse_ros.ros.conversions import array_to_compressed_msg, array_to_image_msg
 from tarfuse_ros.ros.conversions import compressed_size, detections_to_msg, image_msg_to_array
@@ -240,6 +243,9 @@ class TarFuseNode(Node):
 
         # Keep-newest slot between the synchroniser (executor thread) and the worker.
         self._slot = None
+        # Which pairs may enter the slot under max_rate (executor thread; replaced, not
+        # changed, when max_rate changes at run time).
+        self._rate_limit = StampRateLimit.for_rate(self._params.max_rate)
         self._slot_cond = threading.Condition()
         self._stopping = False
 
@@ -339,12 +345,13 @@ class TarFuseNode(Node):
                 else 'exact')
         if params.sync_infrared_time_offset:
             mode += f' on IR stamps {params.sync_infrared_time_offset:+} s'
+        rate = f'; at most {params.max_rate} pairs/s (max_rate)' if params.max_rate else ''
         self.get_logger().info(
             f'ready: model {params.weights} ({len(self._engine.class_names)} classes) on '
             f'{self._engine.device} ({params.backend}); inputs {self._topics[0]} '
             f'({params.infrared_transport}) + {self._topics[1]} ({params.visible_transport}); '
             f'{params.qos_reliability}, depth '
-            f'{params.qos_depth}, {mode} sync, queue {params.sync_queue_size}')
+            f'{params.qos_depth}, {mode} sync, queue {params.sync_queue_size}{rate}')
         if not self._engine.detects:
             self.get_logger().info(
                 f'model {params.weights} has no detection head (model.detect: false): the '
@@ -649,12 +656,20 @@ class TarFuseNode(Node):
     def _on_pair(self, ir_msg, vi_msg):
         """Store the newest pair; a pair still waiting for the worker is dropped and counted.
 
-        ``ir_msg`` carries the corrected IR stamp (``sync.infrared_time_offset``).
+        Under ``max_rate``, a pair whose visible stamp is less than 1 / ``max_rate`` after the
+        last pair let in (:class:`StampRateLimit`) is skipped first, counted apart (asked for,
+        not an overload), so the worker starts pairs at most that often; ``ir_msg`` carries
+        the corrected IR stamp.
         """
         self._stats.count('pairs_received')
         stamps = (_stamp_ns(ir_msg.header.stamp), _stamp_ns(vi_msg.header.stamp))
         self._stats.record_pair_gap(abs(stamps[INFRARED] - stamps[VISIBLE]) / 1e6)
         self._count_verdict(self._nearest.paired(stamps))
+        # By the outputs' stamp, not a clock: the same pairs under use_sim_time and at any
+        # playback speed of a bag (tarfuse_ros.core.rate).
+        if not self._rate_limit.admit(stamps[VISIBLE]):
+            self._stats.count('pairs_skipped_max_rate')
+            return
         with self._slot_cond:
             if self._slot is not None:
                 self._stats.count('pairs_dropped')
@@ -906,6 +921,10 @@ class TarFuseNode(Node):
                 _restart(self._diag_timer, new.diagnostics_period)
             if new.input_timeout != old.input_timeout:
                 _restart(self._health_timer, _input_check_period(new))
+            if new.max_rate != old.max_rate:
+                # Starts over from the next pair (this callback and _on_pair both run on the
+                # executor thread).
+                self._rate_limit = StampRateLimit.for_rate(new.max_rate)
             self._params = new
         return SetParametersResult(successful=True)
 
@@ -1090,6 +1109,7 @@ class TarFuseNode(Node):
             'half': self._engine.half,
             'sync': 'approximate' if self._params.sync_approximate else 'exact',
             'sync_infrared_time_offset_s': self._params.sync_infrared_time_offset,
+            'max_rate_hz': self._params.max_rate or 'off',
             'transports': f'infrared {self._params.infrared_transport}, visible '
                           f'{self._params.visible_transport}',
             'rss_mib': round(process_rss_mib(), 1),

@@ -45,6 +45,7 @@ class NodeParams:
     half: bool = False
     allow_cpu_fallback: bool = False
     cpu_threads: int = 0
+    max_rate: float = 0.0
     confidence_threshold: float = 0.25
     iou_threshold: float = 0.45
     max_detections: int = 100
@@ -124,6 +125,11 @@ PARAMETER_SPECS = (
               'use (their own default unless a CPU affinity or a container CPU limit '
               'allows fewer). Restart to change.',
               low=0, high=256),
+    ParamSpec('max_rate', 'max_rate', 'float',
+              "Run the model on at most this many pairs per second (Hz) of the pairs' stamps, "
+              'to leave CPU to other processes; the pairs in between are skipped, counted in '
+              '/diagnostics as pairs_skipped_max_rate; 0 = every pair the model has time for '
+              '(changeable at run time).', low=0.0, high=1000.0, runtime=True),
     ParamSpec('input_max_long_side', 'input_max_long_side', 'int',
               'Large cameras: the network runs on frames shrunk so their longer side is at '
               'most this many pixels (area average), and the fused image, registered IR, flow '
