@@ -32,8 +32,10 @@ Functions:
     array_to_image_msg(array, encoding, header) -> sensor_msgs/Image
     array_to_compressed_msg(array, header, fmt='jpeg') -> sensor_msgs/CompressedImage
     detections_to_msg(detections, header, image_size=None) -> vision_msgs/Detection2DArray
+    restamped(msg, stamp_ns) -> a copy of msg with its header stamped stamp_ns
 """
 
+import copy
 from functools import lru_cache
 import io
 import math
@@ -49,7 +51,7 @@ from tarfuse_ros.core.sizes import MAX_DECODED_PIXELS
 
 __all__ = ['array_to_compressed_msg', 'array_to_image_msg', 'compressed_msg_to_array',
            'compressed_size', 'COMPRESSED_FORMATS', 'detections_to_msg', 'image_msg_to_array',
-           'load_bridge', 'MAX_DECODED_PIXELS', 'SUPPORTED_ENCODINGS']
+           'load_bridge', 'MAX_DECODED_PIXELS', 'restamped', 'SUPPORTED_ENCODINGS']
 
 _BAYER = tuple(f'bayer_{p}{bits}' for bits in (8, 16) for p in ('rggb', 'bggr', 'gbrg', 'grbg'))
 
@@ -129,6 +131,21 @@ def _bridge_errors():
 def _copy_header(header):
     stamp = Time(sec=int(header.stamp.sec), nanosec=int(header.stamp.nanosec))
     return Header(stamp=stamp, frame_id=str(header.frame_id))
+
+
+def restamped(msg, stamp_ns):
+    """Return a shallow copy of ``msg`` (any message with a header) stamped ``stamp_ns``.
+
+    The header is a new one (``frame_id`` kept); the payload is shared, not copied. ``msg``
+    itself is left as it is: other callbacks of its subscription may hold it. Raises
+    ``ValueError`` for a stamp before 0 (``builtin_interfaces/Time`` cannot hold it).
+    """
+    if stamp_ns < 0:
+        raise ValueError(f'stamp must be >= 0 ns, got {stamp_ns}')
+    sec, nanosec = divmod(int(stamp_ns), 1_000_000_000)
+    copied = copy.copy(msg)
+    copied.header = Header(stamp=Time(sec=sec, nanosec=nanosec), frame_id=msg.header.frame_id)
+    return copied
 
 
 def _owned(image):

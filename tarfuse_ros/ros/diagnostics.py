@@ -16,9 +16,11 @@ import numpy as np
 
 __all__ = ['NodeStats', 'WarningThrottle', 'arrival_rate', 'build_status', 'process_rss_mib']
 
+# pairs_dropped: overwritten in the keep-newest slot while the model was busy (an overload);
+# pairs_skipped_max_rate: left out by max_rate before the slot (asked for).
 _COUNTERS = ('infrared_msgs', 'visible_msgs', 'pairs_received', 'pairs_processed',
-             'pairs_dropped', 'pairs_rejected', 'messages_rejected', 'sync_resets',
-             'pairs_not_nearest')
+             'pairs_dropped', 'pairs_skipped_max_rate', 'pairs_rejected', 'messages_rejected',
+             'sync_resets', 'pairs_not_nearest')
 
 
 class WarningThrottle:

@@ -16,6 +16,12 @@ A message stamped before its input's newest is either out of order (delivered la
 with several threads, a bridge) and ignored, counted in ``messages_rejected``, or a time jump (a
 bag loop, a clock reset) that resets the synchroniser: see :func:`is_time_jump`.
 
+``sync.infrared_time_offset`` is added to every IR stamp (on a copy of the message) as it comes
+in, after the zero-stamp check: from there on, the order checks, the synchroniser and the
+pairing diagnostics see the corrected stamps; the outputs carry the visible header. With
+``max_rate``, pairs are let into the slot by their stamps (:class:`StampRateLimit`); the others
+are skipped, counted apart from the pairs dropped while the worker was busy.
+
 fused/camera_info republishes the visible camera's camera_info, read beside the visible image
 topic as remapped (``/cam/image_raw`` -> ``/cam/camera_info``, as image_transport's
 CameraSubscriber does) unless ``visible/camera_info`` is remapped itself.
@@ -57,11 +63,12 @@ from tarfuse_ros.core.drawing import draw_detections
 from tarfuse_ros.core.health import HealthSettings, RegistrationHealth
 from tarfuse_ros.core.images import check_frame_size
 from tarfuse_ros.core.pairing import NearestPairCheck
+from tarfuse_ros.core.rate import StampRateLimit
 from tarfuse_ros.core.topics import camera_info_topic
 from tarfuse_ros.ros.conversions import array_to_compressed_msg, array_to_image_msg
 from tarfuse_ros.ros.conversions import compressed_msg_to_array, compressed_size
 from tarfuse_ros.ros.conversions import detections_to_msg, image_msg_to_array
-from tarfuse_ros.ros.conversions import load_bridge
+from tarfuse_ros.ros.conversions import load_bridge, restamped
 from tarfuse_ros.ros.diagnostics import build_status, NodeStats, process_rss_mib
 from tarfuse_ros.ros.diagnostics import WarningThrottle
 from tarfuse_ros.ros.params import apply_updates, canonical_parameters
@@ -237,9 +244,15 @@ class TarFuseNode(Node):
 
         # Keep-newest slot between the synchroniser (executor thread) and the worker.
         self._slot = None
+        # Which pairs may enter the slot under max_rate (executor thread; replaced, not
+        # changed, when max_rate changes at run time).
+        self._rate_limit = StampRateLimit.for_rate(self._params.max_rate)
         self._slot_cond = threading.Condition()
         self._stopping = False
 
+        # Added to every IR stamp before anything but the zero-stamp check reads it (fixed).
+        self._ir_offset_ns = round(self._params.sync_infrared_time_offset * 1e9)
+        # Per input: its newest accepted stamp (the IR's with the offset, as everywhere below).
         self._last_stamp_ns = [None, None]
         # Per input: the stamps of its last accepted messages (oldest first, since its last
         # time jump), which tell a message delivered late from a jump (is_time_jump). As many
@@ -331,12 +344,15 @@ class TarFuseNode(Node):
         self._worker.start()
         mode = (f'approximate (slop {params.sync_slop} s)' if params.sync_approximate
                 else 'exact')
+        if params.sync_infrared_time_offset:
+            mode += f' on IR stamps {params.sync_infrared_time_offset:+} s'
+        rate = f'; at most {params.max_rate} pairs/s (max_rate)' if params.max_rate else ''
         self.get_logger().info(
             f'ready: model {params.weights} ({len(self._engine.class_names)} classes) on '
             f'{self._engine.device} ({params.backend}); inputs {self._topics[0]} '
             f'({params.infrared_transport}) + {self._topics[1]} ({params.visible_transport}); '
             f'{params.qos_reliability}, depth '
-            f'{params.qos_depth}, {mode} sync, queue {params.sync_queue_size}')
+            f'{params.qos_depth}, {mode} sync, queue {params.sync_queue_size}{rate}')
         if not self._engine.detects:
             self.get_logger().info(
                 f'model {params.weights} has no detection head (model.detect: false): the '
@@ -558,11 +574,25 @@ class TarFuseNode(Node):
             self._silence_flushed[other] = True
         stamp = _stamp_ns(msg.header.stamp)
         self._zero_stamped[index] = stamp == 0
-        if stamp == 0:
+        if stamp == 0:  # the driver's own stamp, before any offset
             cause = f'zero stamp on {topic}: the driver does not stamp its images'
             self._stats.reject(cause, pair=False)
             self._warn(f'zero_stamp:{name}', f'message ignored: {cause}')
             return
+        if index == INFRARED and self._ir_offset_ns:
+            # From here on the IR stamp is the corrected one: the order checks of this input
+            # (a constant offset changes none of its steps), the cross-input comparisons at a
+            # time jump, the pairing check and the synchroniser all compare it with visible
+            # stamps, which is what the offset is for.
+            corrected = stamp + self._ir_offset_ns
+            if corrected < 0:  # no time before 0: rclpy's Time refuses it
+                cause = (f'{topic} stamped {stamp / 1e9:.3f} s, before time 0 with '
+                         f'sync.infrared_time_offset '
+                         f'{self._params.sync_infrared_time_offset} s')
+                self._stats.reject(cause, pair=False)
+                self._warn(f'negative_stamp:{name}', f'message ignored: {cause}')
+                return
+            stamp, msg = corrected, restamped(msg, corrected)
         last = self._last_stamp_ns[index]
         recent = self._recent_stamps[index]
         if (last is not None and stamp < last and self._jump_pending[index] is None
@@ -625,11 +655,22 @@ class TarFuseNode(Node):
             self._stats.count('pairs_not_nearest')
 
     def _on_pair(self, ir_msg, vi_msg):
-        """Store the newest pair; a pair still waiting for the worker is dropped and counted."""
+        """Store the newest pair; a pair still waiting for the worker is dropped and counted.
+
+        Under ``max_rate``, a pair whose visible stamp is less than 1 / ``max_rate`` after the
+        last pair let in (:class:`StampRateLimit`) is skipped first, counted apart (asked for,
+        not an overload), so the worker starts pairs at most that often; ``ir_msg`` carries
+        the corrected IR stamp.
+        """
         self._stats.count('pairs_received')
         stamps = (_stamp_ns(ir_msg.header.stamp), _stamp_ns(vi_msg.header.stamp))
         self._stats.record_pair_gap(abs(stamps[INFRARED] - stamps[VISIBLE]) / 1e6)
         self._count_verdict(self._nearest.paired(stamps))
+        # By the outputs' stamp, not a clock: the same pairs under use_sim_time and at any
+        # playback speed of a bag (tarfuse_ros.core.rate).
+        if not self._rate_limit.admit(stamps[VISIBLE]):
+            self._stats.count('pairs_skipped_max_rate')
+            return
         with self._slot_cond:
             if self._slot is not None:
                 self._stats.count('pairs_dropped')
@@ -892,6 +933,10 @@ class TarFuseNode(Node):
                 _restart(self._diag_timer, new.diagnostics_period)
             if new.input_timeout != old.input_timeout:
                 _restart(self._health_timer, _input_check_period(new))
+            if new.max_rate != old.max_rate:
+                # Starts over from the next pair (this callback and _on_pair both run on the
+                # executor thread).
+                self._rate_limit = StampRateLimit.for_rate(new.max_rate)
             self._params = new
         return SetParametersResult(successful=True)
 
@@ -933,6 +978,12 @@ class TarFuseNode(Node):
                 self._last_stamp_ns else float('nan')
             rule = (f'more than sync.slop={params.sync_slop} s' if params.sync_approximate
                     else 'exact sync needs identical stamps')
+            if params.sync_infrared_time_offset:
+                rule += (f'; the IR stamps with sync.infrared_time_offset='
+                         f'{params.sync_infrared_time_offset} s')
+            else:
+                rule += ('; an IR driver that stamps a constant time later or earlier is '
+                         'corrected by sync.infrared_time_offset')
             problems.append(f'both inputs flow but no pair was synchronised for {timeout} s: '
                             f'latest stamps differ by {gap:.3f} s ({rule})')
         problems.extend(self._check_pairing(params))
@@ -1069,6 +1120,8 @@ class TarFuseNode(Node):
             'model': self._params.weights,
             'half': self._engine.half,
             'sync': 'approximate' if self._params.sync_approximate else 'exact',
+            'sync_infrared_time_offset_s': self._params.sync_infrared_time_offset,
+            'max_rate_hz': self._params.max_rate or 'off',
             'transports': f'infrared {self._params.infrared_transport}, visible '
                           f'{self._params.visible_transport}',
             'rss_mib': round(process_rss_mib(), 1),

@@ -45,6 +45,7 @@ class NodeParams:
     half: bool = False
     allow_cpu_fallback: bool = False
     cpu_threads: int = 0
+    max_rate: float = 0.0
     confidence_threshold: float = 0.25
     iou_threshold: float = 0.45
     max_detections: int = 100
@@ -52,6 +53,7 @@ class NodeParams:
     sync_approximate: bool = True
     sync_slop: float = 0.05
     sync_queue_size: int = 10
+    sync_infrared_time_offset: float = 0.0
     qos_reliability: str = 'best_effort'
     qos_depth: int = 5
     infrared_transport: str = 'raw'
@@ -123,6 +125,11 @@ PARAMETER_SPECS = (
               'use (their own default unless a CPU affinity or a container CPU limit '
               'allows fewer). Restart to change.',
               low=0, high=256),
+    ParamSpec('max_rate', 'max_rate', 'float',
+              "Run the model on at most this many pairs per second (Hz) of the pairs' stamps, "
+              'to leave CPU to other processes; the pairs in between are skipped, counted in '
+              '/diagnostics as pairs_skipped_max_rate; 0 = every pair the model has time for '
+              '(changeable at run time).', low=0.0, high=1000.0, runtime=True),
     ParamSpec('input_max_long_side', 'input_max_long_side', 'int',
               'Large cameras: the network runs on frames shrunk so their longer side is at '
               'most this many pixels (area average), and the fused image, registered IR, flow '
@@ -154,6 +161,12 @@ PARAMETER_SPECS = (
               'Messages per input kept by the synchroniser; also how many of its newest stamps '
               'tell a message out of order (ignored) from a time jump. Restart to change.',
               low=1, high=1000),
+    ParamSpec('sync.infrared_time_offset', 'sync_infrared_time_offset', 'float',
+              'Seconds added to the stamp of every infrared image before it is paired (on a '
+              'copy of its header; the outputs keep the visible header): the stamp the visible '
+              'driver gives an instant minus the stamp the infrared driver gives the same '
+              'instant, e.g. -0.06 when the infrared driver stamps its frames 60 ms later. '
+              'Restart to change.', low=-1.0, high=1.0),
     ParamSpec('qos.reliability', 'qos_reliability', 'str',
               'Reliability of the input subscriptions. Restart to change.',
               allowed=RELIABILITY_VALUES),

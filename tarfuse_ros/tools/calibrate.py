@@ -1,8 +1,8 @@
 """Fit a calibration prior for an IR/visible rig from a recording: ``tarfuse-calibrate``.
 
-``tarfuse-calibrate (--pairs DIR | --bag DIR [--infrared-topic T --visible-topic T]) --out
-PRIOR.yaml [--weights W] [--pairs-count N] [--iterations K] [--min-inliers F] [--max-side PX]
-[--device D] [--threads N]``
+``tarfuse-calibrate (--pairs DIR | --bag DIR [--infrared-topic T --visible-topic T] [--slop S]
+[--infrared-time-offset S]) --out PRIOR.yaml [--weights W] [--pairs-count N] [--iterations K]
+[--min-inliers F] [--max-side PX] [--device D] [--threads N]``
 
 1. Reads ``N`` pairs spread evenly over the recording: from a folder in the data-set layout
    (``ir/`` and ``vi/`` matched by stem, :mod:`tarfuse_ros.core.data`; stems found in one
@@ -11,7 +11,8 @@ PRIOR.yaml [--weights W] [--pairs-count N] [--iterations K] [--min-inliers F] [-
    from a rosbag2 directory (``sensor_msgs/Image`` or ``CompressedImage``; a topic missing
    from the bag is looked up as ``<topic>/compressed``). In a bag, each chosen visible
    image is paired with the IR image whose header stamp is nearest, at most ``--slop`` seconds
-   away.
+   away, the IR stamps first corrected by ``--infrared-time-offset`` (added to each, as the
+   node's ``sync.infrared_time_offset`` does: give the node's value to pair the same frames).
 2. Runs the model (:class:`~tarfuse_ros.core.engine.FusionEngine`, or the onnxruntime backend
    for an ``.onnx`` file) on them and fits ONE homography to the predicted flows
    (:func:`tarfuse_ros.core.calibration.calibrate`: texture-weighted points, MAGSAC++); with
@@ -114,13 +115,16 @@ def _topic_in_bag(topics, topic):
                      f'topics: {sorted(t for t in topics if "image" in topics[t].lower())}')
 
 
-def bag_pairs(bag_dir, count, ir_topic=DEFAULT_IR_TOPIC, vi_topic=DEFAULT_VI_TOPIC, slop_s=0.05):
+def bag_pairs(bag_dir, count, ir_topic=DEFAULT_IR_TOPIC, vi_topic=DEFAULT_VI_TOPIC,
+              slop_s=0.05, ir_offset_s=0.0):
     """Return ``[(name, ir, vi)]``: ``count`` pairs spread over a rosbag2 recording.
 
     Visible images are chosen evenly over the recording (by header stamp); each is paired with
-    the IR image of nearest header stamp, at most ``slop_s`` away (else it is left out, with a
-    warning on stderr giving how many and how far their nearest IR images are). ``name``
-    is the visible stamp as ``sec.nanosec``.
+    the IR image of nearest header stamp plus ``ir_offset_s`` (the node's
+    ``sync.infrared_time_offset``: the visible stamp of an instant minus the IR stamp of the
+    same instant), at most ``slop_s`` away (else it is left out, with a warning on stderr
+    giving how many and how far their nearest IR images are). ``name`` is the visible stamp
+    as ``sec.nanosec``.
 
     Raises:
         UsageError: unreadable bag, missing topics, or no pair within ``slop_s``.
@@ -145,24 +149,31 @@ def bag_pairs(bag_dir, count, ir_topic=DEFAULT_IR_TOPIC, vi_topic=DEFAULT_VI_TOP
     ir_stamps = np.array(sorted(set(stamps[ir_bag])), dtype=np.int64)
     if not vi_stamps or not len(ir_stamps):
         raise UsageError(f'the bag has no message on {vi_bag!r} or {ir_bag!r}')
+    offset_ns = round(ir_offset_s * 1e9)  # as the node rounds sync.infrared_time_offset
+    corrected = ir_stamps + offset_ns
     chosen, gaps = {}, []
     slop_ns = int(round(slop_s * 1e9))
     indices = spread_indices(len(vi_stamps), count)
     for index in indices:
         stamp = vi_stamps[index]
-        nearest = int(ir_stamps[np.argmin(np.abs(ir_stamps - stamp))])
-        if abs(nearest - stamp) <= slop_ns:
-            chosen[stamp] = nearest
+        nearest = int(np.argmin(np.abs(corrected - stamp)))
+        if abs(int(corrected[nearest]) - stamp) <= slop_ns:
+            chosen[stamp] = int(ir_stamps[nearest])  # the IR image's own stamp, to read it
         else:
-            gaps.append(abs(nearest - stamp) / 1e9)
+            gaps.append(abs(int(corrected[nearest]) - stamp) / 1e9)
+    corrected_by = (f', the IR stamps moved {ir_offset_s:+} s by --infrared-time-offset'
+                    if offset_ns else '')
+    hint = ('raise --slop if the cameras stamp that far apart, or give --infrared-time-offset '
+            '(the node parameter sync.infrared_time_offset) if the IR driver stamps a constant '
+            'time later or earlier')
     if not chosen:
         raise UsageError(f'no IR image within --slop {slop_s} s of the chosen visible images '
-                         f'(the nearest IR images are {min(gaps):.3f}-{max(gaps):.3f} s away); '
-                         f'raise --slop if the cameras stamp that far apart')
+                         f'(the nearest IR images are {min(gaps):.3f}-{max(gaps):.3f} s '
+                         f'away{corrected_by}); {hint}')
     if gaps:
         print(f'{PROG}: warning: {len(gaps)} of {len(indices)} chosen visible images have no '
               f'IR image within --slop {slop_s} s (nearest {min(gaps):.3f}-{max(gaps):.3f} s '
-              f'away), left out; raise --slop if the cameras stamp that far apart',
+              f'away{corrected_by}), left out; {hint}',
               file=sys.stderr, flush=True)
     ir_wanted = set(chosen.values())
     images = {}
@@ -218,6 +229,11 @@ def build_parser():
     parser.add_argument('--slop', type=float, default=0.05,
                         help='bag: largest IR/visible stamp difference of a pair in seconds '
                              '(default 0.05)')
+    parser.add_argument('--infrared-time-offset', type=float, default=0.0, metavar='SECONDS',
+                        help='bag: seconds added to every IR stamp before pairing, as the '
+                             "node's sync.infrared_time_offset (the visible stamp of an "
+                             'instant minus the IR stamp of the same instant: -0.06 for IR '
+                             'stamped 60 ms later; in [-1, 1]; default 0)')
     parser.add_argument('--split', default='all',
                         help='--pairs: split name or list file (default all)')
     parser.add_argument('--out', required=True, type=Path,
@@ -286,6 +302,9 @@ def _check_args(args):
         raise UsageError(f'--min-inliers must be in [0, 1], got {args.min_inliers}')
     if not args.slop > 0:
         raise UsageError(f'--slop must be > 0 s, got {args.slop}')
+    if not -1.0 <= args.infrared_time_offset <= 1.0:  # the node's range; NaN too
+        raise UsageError(f'--infrared-time-offset must be in [-1, 1] s (as the node parameter '
+                         f'sync.infrared_time_offset), got {args.infrared_time_offset}')
     if args.threads is not None and args.threads < 1:
         raise UsageError(f'--threads must be >= 1, got {args.threads}')
     if args.max_side is not None and args.max_side < 64:
@@ -381,7 +400,7 @@ def main(argv=None):
             source = f'--pairs {args.pairs} (split {args.split})'
         else:
             pairs = bag_pairs(args.bag, args.pairs_count, args.infrared_topic,
-                              args.visible_topic, args.slop)
+                              args.visible_topic, args.slop, args.infrared_time_offset)
             source = f'--bag {args.bag} ({args.infrared_topic}, {args.visible_topic})'
 
         def progress(iteration, index, name):

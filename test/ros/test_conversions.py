@@ -24,7 +24,7 @@ from tarfuse_ros.core.pair_engine import Detection
 from tarfuse_ros.ros import conversions
 from tarfuse_ros.ros.conversions import (
     array_to_compressed_msg, array_to_image_msg, compressed_msg_to_array, compressed_size,
-    detections_to_msg, image_msg_to_array)
+    detections_to_msg, image_msg_to_array, restamped)
 
 RNG = np.random.default_rng(3)
 SAMPLES = Path(__file__).resolve().parents[2] / 'samples'
@@ -547,3 +547,15 @@ def test_detections_to_msg_rejects_bad_boxes(box, message):
     pytest.importorskip('vision_msgs.msg')
     with pytest.raises(ValueError, match=message):
         detections_to_msg([box], header())
+
+
+@pytest.mark.parametrize('msg_type', [Image, CompressedImage])
+def test_restamped_copies_the_header_and_leaves_the_message_as_it_was(msg_type):
+    msg = msg_type(header=header(sec=17, nanosec=250, frame_id='infrared_optical_frame'))
+    msg.data = b'\x01\x02\x03'
+    copied = restamped(msg, 16_940_000_250)  # 60 ms earlier
+    assert (copied.header.stamp.sec, copied.header.stamp.nanosec) == (16, 940_000_250)
+    assert copied.header.frame_id == 'infrared_optical_frame' and copied.data == msg.data
+    assert (msg.header.stamp.sec, msg.header.stamp.nanosec) == (17, 250)  # untouched
+    with pytest.raises(ValueError, match='stamp must be >= 0 ns'):
+        restamped(msg, -1)

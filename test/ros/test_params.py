@@ -99,6 +99,9 @@ def test_yaml_sets_every_parameter_except_the_optional_class_filter_and_comments
     ({'input_max_long_side': 100}, 'input_max_long_side=100 is not valid: 0 .never shrink. '
      'or 256-16384 px'),
     ({'input_max_long_side': 20000}, 'input_max_long_side=20000 is outside [0, 16384]'),
+    ({'sync.infrared_time_offset': 1.5}, 'sync.infrared_time_offset=1.5 is outside [-1.0, 1.0]'),
+    ({'sync.infrared_time_offset': float('nan')}, 'sync.infrared_time_offset must be finite'),
+    ({'max_rate': -2.0}, 'max_rate=-2.0 is outside [0.0, 1000.0]'),
 ])
 def test_invalid_start_up_values_raise_value_error_naming_them(values, message):
     with pytest.raises(ValueError, match=message.replace('[', r'\[').replace(']', r'\]')):
@@ -114,6 +117,7 @@ def test_run_time_changes_are_applied_and_fixed_ones_refused_with_the_reason():
     assert params.confidence_threshold == 0.25  # the old snapshot is untouched (frozen)
     for name, value in [('weights', '/tmp/other.safetensors'), ('device', 'cuda:0'),
                         ('sync.slop', 0.2), ('sync.approximate', False),
+                        ('sync.infrared_time_offset', -0.06),
                         ('qos.reliability', 'reliable')]:
         with pytest.raises(ValueError, match=f'{name} cannot change while the node runs.*'
                                              f'restart'):
@@ -122,6 +126,14 @@ def test_run_time_changes_are_applied_and_fixed_ones_refused_with_the_reason():
     assert apply_updates(params, {'weights': params.weights, 'sync.slop': 0.05}) == params
     with pytest.raises(ValueError, match='iou_threshold'):
         apply_updates(params, {'iou_threshold': -0.1})
+
+
+def test_max_rate_changes_at_run_time_and_a_negative_one_is_refused():
+    params = _defaults()
+    assert params.max_rate == 0.0 and params.sync_infrared_time_offset == 0.0
+    assert apply_updates(params, {'max_rate': 2}).max_rate == 2.0
+    with pytest.raises(ValueError, match=r'max_rate=-1.0 is outside \[0.0, 1000.0\]'):
+        apply_updates(params, {'max_rate': -1.0})
 
 
 def test_declaring_on_a_real_node_takes_overrides_and_rejects_bad_ones():

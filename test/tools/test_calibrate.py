@@ -135,6 +135,9 @@ def test_calibrate_a_bag_with_compressed_topics(tmp_path, capsys):
     # inf made every point an inlier and OpenCV found nothing: "the flows disagree", exit 1.
     (['--threshold-px', 'inf'], ['--threshold-px must be a finite number > 0']),
     (['--min-inliers', '1.5'], ['--min-inliers must be in [0, 1]']),
+    (['--infrared-time-offset', '1.5'], ['--infrared-time-offset must be in [-1, 1] s',
+                                         'sync.infrared_time_offset']),
+    (['--infrared-time-offset', 'nan'], ['--infrared-time-offset must be in [-1, 1] s']),
 ])
 def test_usage_errors_exit_2_with_the_reason(argv, words, tmp_path, capsys):
     bag = tmp_path / 'small_bag'
@@ -426,3 +429,38 @@ def test_bag_images_without_an_ir_partner_within_slop_are_named_not_dropped_sile
     assert code == 2, printed
     assert 'no IR image within --slop 0.02 s' in printed and '0.030-0.030 s away' in printed
     assert not (tmp_path / 'p.yaml').exists()
+
+
+def test_the_infrared_time_offset_pairs_ir_stamped_late_with_the_visible_image_of_its_instant(
+        tmp_path, capsys):
+    """IR stamped 30 ms after its visible partner: -0.03 s pairs each with that partner.
+
+    The same correction as the node's sync.infrared_time_offset, so the calibration pairs the
+    frames the node pairs. The pairs of the bag are distinct scenes, so a wrong partner shows.
+    """
+    bag = tmp_path / 'late_bag'
+    make_bag(ROOT / 'samples', bag, rate=10.0, size=(160, 128), offset_ms=30.0, max_pairs=3)
+    from tarfuse_ros.tools.bagio import header_stamp_ns, image_to_array, read_messages
+    images = {(topic, header_stamp_ns(raw)): image_to_array(msg)[0]
+              for topic, _, _, raw, msg in read_messages(bag)}
+    vi_stamps = sorted(stamp for topic, stamp in images if topic == '/visible/image_raw')
+    with pytest.raises(calibrate.UsageError, match='--infrared-time-offset'):
+        calibrate.bag_pairs(bag, 3, slop_s=0.02)  # 30 ms apart: none within 20 ms
+    pairs = calibrate.bag_pairs(bag, 3, slop_s=0.02, ir_offset_s=-0.03)
+    assert [name for name, _, _ in pairs] == [
+        f'{stamp // 1_000_000_000}.{stamp % 1_000_000_000:09d}' for stamp in vi_stamps]
+    for (name, ir, vi), stamp in zip(pairs, vi_stamps):
+        assert np.array_equal(vi, images[('/visible/image_raw', stamp)])
+        assert np.array_equal(ir, images[('/infrared/image_raw', stamp + 30_000_000)]), name
+    # The wrong sign: 60 ms after their partners, 40 ms before the next visible images.
+    with pytest.raises(calibrate.UsageError, match=r'0\.040-0\.060 s away, the IR stamps '
+                                                   r'moved \+0\.03 s by --infrared-time-offset'):
+        calibrate.bag_pairs(bag, 3, slop_s=0.02, ir_offset_s=0.03)
+    # The command line takes it to the same pairing (one model run on two pairs).
+    out = tmp_path / 'p.yaml'
+    code = calibrate.main(['--bag', str(bag), '--out', str(out), '--slop', '0.02',
+                           '--infrared-time-offset', '-0.03', '--pairs-count', '2',
+                           '--iterations', '1', '--min-inliers', '0'])
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    assert load_prior_yaml(out) is not None

@@ -1,0 +1,111 @@
+"""max_rate over real DDS: the model runs on at most max_rate pairs per second of their stamps.
+
+The node runs the shipped model with max_rate 2; pairs come at 10 Hz. The pairs left out are
+counted in pairs_skipped_max_rate, apart from pairs_dropped (the model busy).
+"""
+
+import time
+
+from node_harness import assert_start_up_fails, NodeProcess, Probe, random_domain_id
+import pytest
+
+pytestmark = pytest.mark.dds
+MS = 1_000_000
+COUNTERS = ('pairs_received', 'pairs_processed', 'pairs_dropped', 'pairs_skipped_max_rate',
+            'pairs_rejected')
+
+
+@pytest.fixture(scope='module')
+def setup():
+    domain = random_domain_id()
+    node = NodeProcess(domain, {'device': 'cpu', 'cpu_threads': 1, 'diagnostics.period': 0.25,
+                                'max_rate': 2.0})
+    probe = Probe(domain)
+    try:
+        if not probe.wait_until_ready(180.0):
+            pytest.fail('the node never answered a pair; its log:\n' + node.log())
+        yield node, probe
+    finally:
+        probe.close()
+        node.close()
+
+
+def _stamp(msg):
+    return msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+
+
+def _counts(values):
+    return {name: int(values[name]) for name in COUNTERS}
+
+
+def _settled(probe, received):
+    """Return the counters once ``received`` pairs came and the worker finished each."""
+    def done(level, msg, values):
+        counts = _counts(values)
+        return counts['pairs_received'] >= received and counts['pairs_received'] == sum(
+            counts[name] for name in COUNTERS[1:])
+    assert probe.wait_for_diagnostics(done, timeout=30.0), probe.latest_diagnostics()
+    return _counts(probe.latest_diagnostics()[2])
+
+
+def _send_at_10_hz(probe, count):
+    """Publish ``count`` pairs 100 ms apart, by their stamps and in time; return the stamps."""
+    base = time.time_ns()
+    stamps = [base + k * 100 * MS for k in range(count)]
+    for stamp in stamps:
+        probe.publish_pair(*probe.good_pair(stamp))
+        probe.spin_until(lambda: time.time_ns() >= stamp + 100 * MS, 1.0)
+    return stamps
+
+
+def test_pairs_at_10_hz_are_fused_at_2_hz_and_the_others_counted_as_skipped(setup):
+    node, probe = setup
+    probe.spin_until(lambda: False, 0.5)  # statuses sent before this test
+    before = _counts(probe.settled_diagnostics())
+    _, _, values = probe.latest_diagnostics()
+    assert values['max_rate_hz'] == '2.000'
+    stamps = _send_at_10_hz(probe, 30)
+    after = _settled(probe, before['pairs_received'] + len(stamps))
+    delta = {name: after[name] - before[name] for name in COUNTERS}
+    assert delta['pairs_received'] == len(stamps), delta
+    answered = sorted(s for s in stamps if probe.outputs_for('fused', s))
+    # One pair in 5 let in: 6 (fewer answered only where the model was too busy for one).
+    assert 1 <= len(answered) < len(stamps) / 2, (answered, delta)
+    assert delta['pairs_processed'] == len(answered), delta
+    assert delta['pairs_skipped_max_rate'] == len(stamps) - len(answered) \
+        - delta['pairs_dropped'] - delta['pairs_rejected'], delta
+    assert delta['pairs_skipped_max_rate'] == 24, delta
+    # By their stamps: the fused pairs are at least 1 / max_rate apart.
+    assert all(later - earlier >= 500 * MS for earlier, later in zip(answered, answered[1:]))
+    for stamp in answered:
+        assert len(probe.outputs_for('detections', stamp)) == 1
+
+
+def test_max_rate_changes_at_run_time_and_a_negative_value_is_refused(setup):
+    node, probe = setup
+    result, = probe.set_parameters(max_rate=-1.0)
+    assert not result.successful and 'max_rate' in result.reason, result.reason
+    result, = probe.set_parameters(max_rate=0.0)
+    assert result.successful, result.reason
+    # As fast as the model runs: each pair of a 10 Hz stream answered (sent once the one
+    # before was, so none waits for a busy model); max_rate 2 would answer 1 or 2 of them.
+    probe.spin_until(lambda: False, 0.5)
+    before = _counts(probe.settled_diagnostics())
+    stamp = time.time_ns()
+    for k in range(5):
+        probe.publish_pair(*probe.good_pair(stamp + k * 100 * MS))
+        assert probe.wait_for_outputs(stamp + k * 100 * MS), node.log()
+    after = _settled(probe, before['pairs_received'] + 5)
+    assert after['pairs_skipped_max_rate'] == before['pairs_skipped_max_rate']
+    assert probe.latest_diagnostics()[2]['max_rate_hz'] == 'off'
+    # And back to a limit: 1 Hz, applied from the next pair.
+    result, = probe.set_parameters(max_rate=1.0)
+    assert result.successful, result.reason
+    stamps = _send_at_10_hz(probe, 15)
+    _settled(probe, after['pairs_received'] + 15)
+    answered = [s for s in stamps if probe.outputs_for('fused', s)]
+    assert 1 <= len(answered) <= 2, answered
+
+
+def test_a_negative_max_rate_stops_the_start_with_a_clear_message():
+    assert_start_up_fails({'max_rate': -1.0}, ['max_rate', 'out of range', '-1.0'])
