@@ -6,7 +6,9 @@ Layout of one data set folder (every shared set follows it; the user's own data 
     <set>/vi/<stem>.<png|jpg|...>     visible (grey or BGR colour), same stem as the IR file;
                                       one image per stem and folder (``x.png`` beside ``x.jpg``
                                       is refused); the IR may be of another size but not of
-                                      another aspect ratio (:class:`PairedDataset`)
+                                      another aspect ratio (:func:`check_aspect_ratios`;
+                                      unregistered cameras: ``tarfuse-eval --stored-ir
+                                      unregistered`` takes any sizes)
     <set>/labels/<stem>.txt           optional YOLO boxes ``class cx cy w h`` (normalised, visible
                                       frame; boxes past an edge are clipped to the image,
                                       a box of width or height 0 is refused); a
@@ -60,6 +62,7 @@ __all__ = [
     'MIN_WRITTEN_BOX_SIDE',
     'DataSource',
     'PairedDataset',
+    'check_aspect_ratios',
     'collate_pairs',
     'default_class_map',
     'enlarged_size',
@@ -618,22 +621,15 @@ class PairedDataset(Dataset):
 
         Such a pair is refused when a loader reaches it (``ir`` above); this finds them all
         before training starts, reading only the files' headers (Pillow: well under a second
-        for hundreds of pairs). A file Pillow does not read is left to the loader's check.
+        for hundreds of pairs: :func:`check_aspect_ratios`). A file Pillow does not read is
+        left to the loader's check.
 
         Raises:
             ValueError: how many pairs, the first ``shown`` named with their sizes.
 
         """
-        found = []
-        for _, folder, stem, _ in self.items:
-            ir_wh, vi_wh = (_stored_size(path) for path in pair_files(folder, stem))
-            if ir_wh is not None and vi_wh is not None and _other_aspect(ir_wh, vi_wh):
-                found.append(f'{folder.name}/{stem} ({_sizes_text(ir_wh, vi_wh)})')
-        if found:
-            more = f', and {len(found) - shown} more' if len(found) > shown else ''
-            raise ValueError(f'{len(found)} of the {len(self.items)} pairs have an IR image of '
-                             f'another aspect ratio than their visible image: '
-                             f'{", ".join(found[:shown])}{more}; {_NOT_ALIGNED}')
+        check_aspect_ratios([(folder, stem) for _, folder, stem, _ in self.items],
+                            _NOT_ALIGNED, shown)
 
     def _labels(self, set_index, folder, stem, labels_dir, dropped=None):
         labels = load_labels(folder, stem, labels_dir)
@@ -857,6 +853,39 @@ _NOT_ALIGNED = ('training pairs are aligned (the IR image is the visible frame, 
                 'teach a wrong alignment: align its IR image to the visible one, or leave it out '
                 "of the data (a split's list file without it, or a list file of it in the "
                 "source's exclude)")
+
+
+def check_aspect_ratios(pairs, why, shown=5):
+    """Refuse pairs whose IR and visible images differ in aspect ratio (they are not aligned).
+
+    The check of every tool that takes a pair as aligned, the IR image being the visible frame
+    at any size (training, ``tarfuse-eval`` of an aligned set, ``tarfuse-pseudo-label``): an
+    IR image of another aspect ratio, by more than a registration prior's
+    :data:`~tarfuse_ros.core.prior.ASPECT_TOLERANCE`, would be stretched to the visible frame.
+    Only the files' headers are read (Pillow: well under a second for hundreds of pairs); a
+    file Pillow does not read is not checked.
+
+    Args:
+        pairs: ``(data set folder, stem)`` of each pair, in order.
+        why: what the caller does with an aligned pair and what to do, ending the message.
+        shown: how many refused pairs are named.
+
+    Raises:
+        ValueError: how many of the pairs, the first ``shown`` named ``<set>/<stem>`` with
+            their sizes, then ``why``.
+
+    """
+    pairs = list(pairs)
+    found = []
+    for folder, stem in pairs:
+        ir_wh, vi_wh = (_stored_size(path) for path in pair_files(folder, stem))
+        if ir_wh is not None and vi_wh is not None and _other_aspect(ir_wh, vi_wh):
+            found.append(f'{Path(folder).name}/{stem} ({_sizes_text(ir_wh, vi_wh)})')
+    if found:
+        more = f', and {len(found) - shown} more' if len(found) > shown else ''
+        raise ValueError(f'{len(found)} of the {len(pairs)} pairs have an IR image of '
+                         f'another aspect ratio than their visible image: '
+                         f'{", ".join(found[:shown])}{more}; {why}')
 
 
 def _other_aspect(ir_wh, vi_wh):

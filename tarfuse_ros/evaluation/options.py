@@ -28,8 +28,9 @@ class EvalOptions:
         threads: torch CPU threads for the evaluation (None: unchanged); restored afterwards.
         progress: show a progress bar.
         stored_ir: one of :data:`STORED_IR_MODES`: ``'aligned'`` (the stored IR is registered to
-            the visible image: the ground truth), ``'unregistered'`` (it is not: no aligned-IR
-            metrics), ``'auto'`` (unregistered when the set has ``landmarks/`` or is the shared
+            the visible image: the ground truth; an IR of another aspect ratio is refused),
+            ``'unregistered'`` (it is not: no aligned-IR metrics; any sizes), ``'auto'``
+            (unregistered when the set has ``landmarks/`` or is the shared
             ``cvc14_misaligned``, else aligned).
         teachers: COCO teachers scored as reference rows on the labelled pairs: ``'yolov8n'``,
             ``'yolox'`` (from ``shared/teachers``) or ``.onnx`` paths (empty: none).

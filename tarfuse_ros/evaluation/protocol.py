@@ -4,6 +4,9 @@ Per pair (everything in the VISIBLE frame):
 
 1. The stored pair is the aligned IR and the visible image, prepared as the engine prepares its
    inputs (:mod:`~tarfuse_ros.evaluation.inputs`): the visible luma ``vi_y`` is the network's.
+   The aligned IR may be of another size than the visible image, not of another aspect ratio:
+   such pairs are refused before any work
+   (:func:`~tarfuse_ros.core.data.check_aspect_ratios`), not stretched.
 2. The IR is deformed: ``dataset`` uses ``synthetic_misaligned/ir_warp`` and its ground-truth
    field (``disp`` is the APPLIED field; the registration reference is its inverse,
    ``deform.invert_flow``); ``synthetic`` draws ``deform.random_deformation`` with the default
@@ -36,9 +39,10 @@ Per pair (everything in the VISIBLE frame):
 
 Sets WITHOUT an aligned IR (``stored_ir='unregistered'``; ``'auto'`` picks it for sets with
 ``landmarks/``): the stored IR IS the unregistered input (deformation ``none``; ``synthetic``
-and ``dataset`` are refused: there is no reference for them). Everything that needs the aligned
-IR is reported as n/a (None): EPE, MSE, NCC, EPE reduction, and the fusion metrics that compare
-the fused image with the IR (against a misaligned IR they would reward not registering). The
+and ``dataset`` are refused: there is no reference for them; the IR may be of any size and
+aspect ratio, as the engine takes it). Everything that needs the aligned IR is reported as n/a
+(None): EPE, MSE, NCC, EPE reduction, and the fusion metrics that compare the fused image with
+the IR (against a misaligned IR they would reward not registering). The
 reference-free fusion metrics (EN, SD, SF, AG), edge alignment and landmark errors are reported.
 
 Fusion and registration figures are means over pairs; detection is pooled over all labelled
@@ -180,6 +184,20 @@ def _stored_ir(dataset_dir, options):
     return stored_ir, deform
 
 
+def _check_aligned(dataset_dir, stems, options):
+    """Refuse the pairs of a set scored as aligned whose IR has another aspect ratio."""
+    chosen = ('--stored-ir aligned' if options.stored_ir == 'aligned' else
+              '--stored-ir auto, which takes a set without landmarks/ as aligned')
+    data.check_aspect_ratios(
+        [(dataset_dir, stem) for stem in stems],
+        f'the set is evaluated as aligned ({chosen}): its IR image is the visible frame, at '
+        f'any size, and the reference of the deformations and of the fusion, registration and '
+        f'detection scores, so such a pair is not aligned as stored or not a pair, and '
+        f'stretched it would be scored against a wrong reference: align its IR image to the '
+        f'visible one, leave it out of the split (a list file without it), or evaluate cameras '
+        f'not registered to each other with --stored-ir unregistered (no aligned-IR scores)')
+
+
 def evaluate(data_dir, weights, out_dir, options=None, **settings):
     """Run the evaluation protocol (module docstring) and write the outputs.
 
@@ -195,7 +213,8 @@ def evaluate(data_dir, weights, out_dir, options=None, **settings):
 
     Raises:
         ValueError: bad options, a data set not found, an output folder that cannot be made,
-            or nothing to evaluate.
+            nothing to evaluate, or pairs of a set evaluated as aligned whose IR and visible
+            images differ in aspect ratio (:func:`~tarfuse_ros.core.data.check_aspect_ratios`).
 
     """
     options = options if options is not None else EvalOptions(**settings)
@@ -217,6 +236,8 @@ def _evaluate(data_dir, weights, out_dir, options):
                          f'(or move them)')
     with_disp = set(data.misaligned_stems(dataset_dir)) if aligned else set()
     stems, skipped = _select_stems(dataset_dir, options, deform, with_disp)
+    if aligned:
+        _check_aligned(dataset_dir, stems, options)
     nms = {'conf_threshold': options.conf, 'iou_threshold': options.iou, 'max_detections': 100}
     prior = None
     if options.prior is not None:  # the rig's calibration prior (tarfuse-calibrate)

@@ -9,7 +9,10 @@ synthetic|dataset] [--stored-ir auto|aligned|unregistered] [--seed N] [--device 
 detection accuracy on the same images as reference rows (needs onnxruntime). ``--labels DIR``
 names the label sub-folder, which must exist (exit status 2 otherwise); without it ``labels/``
 is used where the set has one, and a set without labels gets no detection metrics. The label
-folder's own ``classes.txt`` names its class ids, else the set's ``classes.txt``.
+folder's own ``classes.txt`` names its class ids, else the set's ``classes.txt``. A set
+evaluated as aligned (``--stored-ir aligned``, or ``auto`` on a set without ``landmarks/``)
+whose pairs include an IR image of another aspect ratio than its visible image is refused
+before any work (exit status 2, naming them); ``--stored-ir unregistered`` takes any sizes.
 """
 
 import argparse
@@ -47,9 +50,10 @@ def build_parser():
                              'from tarfuse-calibrate) that the model runs with')
     parser.add_argument('--stored-ir', default='auto', choices=STORED_IR_MODES,
                         help='whether the stored IR is aligned with the visible image (the '
-                             "ground truth) or 'unregistered' (real unregistered cameras: no "
-                             'aligned-IR metrics, --deform none); auto: unregistered for sets '
-                             'with landmarks/ and for cvc14_misaligned, else aligned')
+                             'ground truth; a pair whose IR has another aspect ratio is '
+                             "refused) or 'unregistered' (real unregistered cameras, IR of any "
+                             'size: no aligned-IR metrics, --deform none); auto: unregistered '
+                             'for sets with landmarks/ and for cvc14_misaligned, else aligned')
     parser.add_argument('--seed', type=int, default=0, help='seed of synthetic deformations')
     parser.add_argument('--device', default='cpu', help='cpu | cuda | cuda:N')
     parser.add_argument('--max-pairs', type=int, default=None, help='only the first N pairs')

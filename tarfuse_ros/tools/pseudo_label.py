@@ -34,9 +34,12 @@ COCO classes (dogs, traffic lights, ...) are dropped and become background.
 
 Pooling: each teacher runs on the visible image AND on the IR image of the pair (grey replicated
 to three channels; an IR image of another size is first resized to the visible one, so all boxes
-are in visible pixels). The candidates of both images (and both teachers with ``both``) are
-pooled and reduced by class-wise NMS at IoU 0.5 (``torchvision.ops.batched_nms``): a person seen
-in both images keeps its best box, one seen only at night in the IR image is kept too. Boxes
+are in visible pixels; the pairs are aligned, so an IR image of another aspect ratio, whose boxes
+that resize would misplace, is refused before any pair is labelled, naming such pairs:
+:func:`tarfuse_ros.core.data.check_aspect_ratios`, in both modes). The candidates of both
+images (and both teachers with ``both``) are pooled and reduced by class-wise NMS at IoU 0.5
+(``torchvision.ops.batched_nms``): a person seen in both images keeps its best box, one seen
+only at night in the IR image is kept too. Boxes
 with a score below the threshold are dropped (applying the threshold after NMS keeps exactly the
 boxes that thresholding before it would, since a box is only suppressed by a higher-scoring one).
 
@@ -349,7 +352,8 @@ def pseudo_label_pair(teachers, ir, vi, iou=NMS_IOU, min_score=MIN_CANDIDATE_SCO
 
     Args:
         teachers: list of :class:`Teacher`.
-        ir: HxW uint8/uint16 IR image (resized to the visible size when it differs).
+        ir: HxW uint8/uint16 IR image aligned with ``vi`` (resized to the visible size when
+            it differs, so it must have the visible image's aspect ratio).
         vi: HxWx3 BGR or HxW grey visible image (uint8; uint16 is mapped to 8 bits by its
             robust per-frame range, as the engine does: ``images.normalise``).
         iou: NMS IoU of the pooling.
@@ -433,6 +437,15 @@ def _prf(tp, fp, fn):
     return precision, recall, f1
 
 
+# Why the pairs must be aligned (data.check_aspect_ratios ends its message with it).
+_NOT_ALIGNED = ('the teachers run on the IR and the visible image of each pair and their boxes '
+                'are pooled in the visible frame, so the pairs must be aligned (the IR image is '
+                'the visible frame, at any size): such a pair is not aligned as stored or not a '
+                'pair, and the boxes found in its IR image, stretched to the visible frame, '
+                'would land in the wrong place: align its IR image to the visible one, or leave '
+                'it out of the split (a list file without it)')
+
+
 def _split_stems(dataset_dir, splits):
     """Return the stems of ``splits`` joined in order, each once (also one listed twice).
 
@@ -479,8 +492,9 @@ def calibrate(teachers, dataset_dir, splits, labels_dir='labels',
         class.
 
     Raises:
-        ValueError: no labelled pair in the splits, no classes.txt, or a label file with a
-            bad line (a class id beyond classes.txt, ...).
+        ValueError: no labelled pair in the splits, no classes.txt, a label file with a
+            bad line (a class id beyond classes.txt, ...), or pairs whose IR and visible
+            images differ in aspect ratio.
 
     """
     thresholds = sorted(float(t) for t in thresholds)
@@ -495,6 +509,7 @@ def calibrate(teachers, dataset_dir, splits, labels_dir='labels',
         stems = stems[:max_pairs]
     if not stems:
         raise ValueError(f'no pair of {splits} has a label file in {labels_dir}/')
+    data.check_aspect_ratios([(dataset_dir, stem) for stem in stems], _NOT_ALIGNED)
     counts = np.zeros((len(thresholds), len(CLASS_NAMES), 3), np.int64)
     gt_boxes = np.zeros(len(CLASS_NAMES), np.int64)
     start = time.monotonic()
@@ -692,8 +707,8 @@ def pseudo_label(teachers, dataset_dir, splits, out_dir, score=DEFAULT_SCORE, io
         ``boxes`` (count per class name), ``stems``.
 
     Raises:
-        ValueError: bad threshold, unknown split, a split without pairs, or existing outputs
-            without ``overwrite``.
+        ValueError: bad threshold, unknown split, a split without pairs, pairs whose IR and
+            visible images differ in aspect ratio, or existing outputs without ``overwrite``.
 
     """
     if not 0.0 < float(score) <= 1.0:
@@ -731,6 +746,7 @@ def pseudo_label(teachers, dataset_dir, splits, out_dir, score=DEFAULT_SCORE, io
         stems = kept
     if max_pairs is not None:
         stems = stems[:max_pairs]
+    data.check_aspect_ratios([(dataset_dir, stem) for stem in stems], _NOT_ALIGNED)
     # The previous run's summary goes with its labels: a run stopped half-way (an unreadable
     # image, Ctrl-C) leaves label files but no stems.txt / scores.tsv / README.md claiming them.
     for path in existing + summaries:

@@ -274,3 +274,69 @@ def test_a_prior_of_an_ir_camera_with_another_aspect_ratio_is_applied(tmp_path, 
                  '--threads', '1', '--prior', str(tmp_path / 'rig_prior.yaml')])
     assert code == 2
     assert 'made for a 640x512 IR image but the IR image is 640x640' in capsys.readouterr().err
+
+
+def _crop_ir(data_dir, stem):
+    """Cut the IR image of ``stem`` to 3/4 of its width; return its sizes as messages give them."""
+    import cv2
+    path = next((data_dir / 'ir').glob(f'{stem}.*'))
+    ir = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    cv2.imwrite(str(path), ir[:, :ir.shape[1] * 3 // 4])
+    height, width = cv2.imread(str(next((data_dir / 'vi').glob(f'{stem}.*')))).shape[:2]
+    return f'IR {ir.shape[1] * 3 // 4}x{ir.shape[0]}, visible {width}x{height}'
+
+
+# What tarfuse-eval does with an aligned pair, and what to do with one that is not.
+NOT_ALIGNED = (
+    'its IR image is the visible frame, at any size, and the reference of the deformations and '
+    'of the fusion, registration and detection scores, so such a pair is not aligned as stored '
+    'or not a pair, and stretched it would be scored against a wrong reference: align its IR '
+    'image to the visible one, leave it out of the split (a list file without it), or evaluate '
+    'cameras not registered to each other with --stored-ir unregistered (no aligned-IR scores)')
+
+
+@pytest.mark.parametrize('deform', ['auto', 'synthetic', 'none'])
+def test_an_aligned_set_whose_ir_has_another_aspect_ratio_is_refused(tmp_path, capsys, deform):
+    # The IR was stretched to the visible frame, deformed from there, and the fusion,
+    # registration and detection scores measured against it as the aligned ground truth.
+    data_dir = own_set(tmp_path / 'own')
+    sizes = _crop_ir(data_dir, 'FLIR_00018')
+    assert evaluate(data_dir, tmp_path / 'eval', '--split', 'test', '--deform', deform) == 2
+    assert capsys.readouterr().err == (
+        f'tarfuse-eval: error: 1 of the 3 pairs have an IR image of another aspect ratio than '
+        f'their visible image: own/FLIR_00018 ({sizes}); the set is evaluated as aligned '
+        f'(--stored-ir auto, which takes a set without landmarks/ as aligned): {NOT_ALIGNED}\n')
+    assert not (tmp_path / 'eval').exists()
+    # Left out of the split, the others are evaluated.
+    (data_dir / 'kept.txt').write_text('FLIR_00006\nFLIR_00122\n')
+    assert evaluate(data_dir, tmp_path / 'eval', '--split', 'kept', '--deform', deform) == 0
+    assert json.loads((tmp_path / 'eval' / 'metrics.json').read_text())['num_pairs'] == 2
+
+
+def test_a_set_with_ground_truth_fields_whose_ir_has_another_aspect_ratio_is_refused(
+        tmp_path, capsys):
+    # --deform dataset: the stored field deforms the aligned IR's frame, and the scores
+    # measure against that IR; both were stretched to the visible frame.
+    data_dir = tmp_path / 'roadscene'
+    shutil.copytree(ROADSCENE, data_dir)
+    stems = sorted(path.stem for path in (data_dir / 'synthetic_misaligned' / 'disp').iterdir())
+    sizes = [_crop_ir(data_dir, stem) for stem in stems]
+    assert evaluate(data_dir, tmp_path / 'eval', '--split', 'test', '--deform', 'dataset',
+                    '--stored-ir', 'aligned') == 2
+    assert capsys.readouterr().err == (
+        f'tarfuse-eval: error: 2 of the 2 pairs have an IR image of another aspect ratio than '
+        f'their visible image: roadscene/{stems[0]} ({sizes[0]}), roadscene/{stems[1]} '
+        f'({sizes[1]}); the set is evaluated as aligned (--stored-ir aligned): {NOT_ALIGNED}\n')
+    assert not (tmp_path / 'eval').exists()
+
+
+def test_an_unregistered_set_whose_ir_has_another_aspect_ratio_is_evaluated(tmp_path, capsys):
+    # Real cameras not registered to each other (a 640x512 IR beside a 640x480 visible
+    # camera): the network registers the IR, nothing is scored against it as aligned.
+    data_dir = own_set(tmp_path / 'own')
+    _crop_ir(data_dir, 'FLIR_00018')
+    assert evaluate(data_dir, tmp_path / 'eval', '--split', 'test',
+                    '--stored-ir', 'unregistered') == 0, capsys.readouterr().err
+    result = json.loads((tmp_path / 'eval' / 'metrics.json').read_text())
+    assert result['stored_ir'] == 'unregistered' and result['num_pairs'] == 3
+    assert result['registration']['EPE'] is None

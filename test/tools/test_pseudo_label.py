@@ -484,3 +484,65 @@ def test_cli_refuses_an_out_it_cannot_write_before_any_work(tmp_path, capsys):
                                 f"({tmp_path / 'file'} is a file, not a folder); give a folder "
                                 'you can write to (created if needed)\n'), extra
         assert not captured.out
+
+
+# Why tarfuse-pseudo-label refuses an IR image of another aspect ratio, and what to do.
+NOT_ALIGNED = ('the teachers run on the IR and the visible image of each pair and their boxes '
+               'are pooled in the visible frame, so the pairs must be aligned (the IR image is '
+               'the visible frame, at any size): such a pair is not aligned as stored or not a '
+               'pair, and the boxes found in its IR image, stretched to the visible frame, would '
+               'land in the wrong place: align its IR image to the visible one, or leave it out '
+               'of the split (a list file without it)')
+
+
+def _with_a_cropped_ir(tmp_path):
+    """Copy RoadScene's test pairs; cut the second one's IR image to 3/4 of its height.
+
+    Returns the set, the cropped stem and its sizes as the refusal names them.
+    """
+    import shutil
+    roadscene = tmp_path / 'roadscene'
+    shutil.copytree(Path(__file__).resolve().parents[1] / 'data' / 'datasets' / 'roadscene',
+                    roadscene)
+    stem = data.read_split(roadscene, 'test')[1]
+    ir_path, vi_path = data.pair_files(roadscene, stem)
+    ir = cv2.imread(str(ir_path), cv2.IMREAD_UNCHANGED)
+    cv2.imwrite(str(ir_path), ir[:ir.shape[0] * 3 // 4])
+    height, width = cv2.imread(str(vi_path)).shape[:2]
+    return roadscene, stem, (f'IR {ir.shape[1]}x{ir.shape[0] * 3 // 4}, '
+                             f'visible {width}x{height}')
+
+
+def test_a_pair_whose_ir_has_another_aspect_ratio_is_refused_before_any_work(tmp_path):
+    # Its IR image was stretched to the visible frame, so the teachers' IR boxes were written
+    # (and scored, --calibrate) where the object is not.
+    roadscene, stem, sizes = _with_a_cropped_ir(tmp_path)
+    out = tmp_path / 'pseudo'
+    # An earlier run's labels in --out (of the pairs before the crop).
+    first = data.read_split(roadscene, 'test')[0]
+    (tmp_path / 'first.txt').write_text(f'{first}\n')
+    pl.pseudo_label([], roadscene, [str(tmp_path / 'first.txt')], out, progress=False)
+    before = sorted(path.relative_to(out) for path in out.rglob('*'))
+    refusal = (f'1 of the 2 pairs have an IR image of another aspect ratio than their visible '
+               f'image: roadscene/{stem} ({sizes}); {NOT_ALIGNED}')
+    with pytest.raises(ValueError) as raised:
+        pl.pseudo_label([], roadscene, ['test'], out, overwrite=True, progress=False)
+    assert str(raised.value) == refusal
+    assert sorted(path.relative_to(out) for path in out.rglob('*')) == before
+    with pytest.raises(ValueError) as raised:
+        pl.calibrate([], roadscene, ['test'], thresholds=(0.3,), progress=False)
+    assert str(raised.value) == refusal
+    # Left out of the split, the other pair is labelled.
+    assert pl.pseudo_label([], roadscene, [str(tmp_path / 'first.txt')], out, overwrite=True,
+                           progress=False)['pairs'] == 1
+
+
+@needs_teachers
+def test_cli_refuses_a_pair_whose_ir_has_another_aspect_ratio_in_both_modes(tmp_path, capsys):
+    roadscene, stem, sizes = _with_a_cropped_ir(tmp_path)
+    for mode in (['--out', str(tmp_path / 'pseudo')], ['--calibrate', '--thresholds', '0.3']):
+        assert pl.main(['--data', str(roadscene), '--split', 'test', *mode]) == 2
+        assert capsys.readouterr().err == (
+            f'tarfuse-pseudo-label: error: 1 of the 2 pairs have an IR image of another aspect '
+            f'ratio than their visible image: roadscene/{stem} ({sizes}); {NOT_ALIGNED}\n')
+    assert not (tmp_path / 'pseudo' / 'labels').exists()
