@@ -15,6 +15,7 @@ Example (play the sample bag into a running node and record what it publishes)::
 import argparse
 from dataclasses import dataclass, field
 import importlib
+import inspect
 import json
 import math
 from pathlib import Path
@@ -104,6 +105,29 @@ def message_class(msgtype):
     except (ImportError, AttributeError) as error:
         raise ValueError(f'message type {msgtype} is not importable here ({error}); source the '
                          'ROS environment that provides it (tools/ros_env/env.sh)') from None
+
+
+def event_callback_classes():
+    """Return ``(PublisherEventCallbacks, SubscriptionEventCallbacks, matched)`` of this rclpy.
+
+    Iron moved them from ``rclpy.qos_event`` to ``rclpy.event_handler`` and added the
+    ``matched`` events (rclpy 4.0.0, ros2/rclpy#1083); Humble's rclpy (3.3.x) has neither, so
+    there ``matched`` is False and the player waits on the graph's counts alone.
+    """
+    try:
+        from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks
+    except ImportError:  # Humble
+        from rclpy.qos_event import PublisherEventCallbacks, SubscriptionEventCallbacks
+    return (PublisherEventCallbacks, SubscriptionEventCallbacks,
+            takes_matched(PublisherEventCallbacks) and takes_matched(SubscriptionEventCallbacks))
+
+
+def takes_matched(callbacks_class):
+    """Return whether an rclpy ``*EventCallbacks`` class takes a ``matched`` callback."""
+    try:
+        return 'matched' in inspect.signature(callbacks_class).parameters
+    except (TypeError, ValueError):  # no signature to read: assume the older API
+        return False
 
 
 def _qos(reliability, depth):
@@ -262,6 +286,9 @@ class BagPlayer:
         self._writer = None
         self._record_conns = {}
         self._matched = {}
+        # Whether this rclpy reports matched events (Iron and newer; set by run()). Without
+        # them (Humble) the waits go by the graph's counts, and the settle time covers both.
+        self._matched_events = True
         self._clock_pub = None
 
     # -- set-up ---------------------------------------------------------------------------
@@ -314,6 +341,10 @@ class BagPlayer:
         with self._lock:
             return self._matched.get(topic, 0)
 
+    def _matched_at_least(self, topic, count):
+        """Return whether ``topic``'s endpoint matched ``count`` peers (True without events)."""
+        return not self._matched_events or self._matched_count(topic) >= count
+
     def _check_abort(self):
         if self._stop.is_set():
             return True
@@ -338,7 +369,7 @@ class BagPlayer:
             # Both the graph and the DDS writer must see the readers ('matched' event).
             missing = [topic for topic, pub in publishers.items()
                        if pub.get_subscription_count() < self.wait_for_subscribers
-                       or self._matched_count(topic) < self.wait_for_subscribers]
+                       or not self._matched_at_least(topic, self.wait_for_subscribers)]
             if not missing:
                 break
             if time.monotonic() > deadline:
@@ -358,7 +389,7 @@ class BagPlayer:
         # Outputs published before the recorder matched would be lost: wait for publishers too.
         while record_topics:
             record_topics = [t for t in record_topics
-                             if node.count_publishers(t) < 1 or self._matched_count(t) < 1]
+                             if node.count_publishers(t) < 1 or not self._matched_at_least(t, 1)]
             if not record_topics or time.monotonic() > deadline:
                 break
             if self._check_abort():
@@ -417,9 +448,9 @@ class BagPlayer:
     def run(self):
         """Play (and record) until done; return the :class:`PlayStats`."""
         import rclpy
-        from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks
         from rclpy.executors import SingleThreadedExecutor
         from rclpy.signals import SignalHandlerOptions
+        publisher_events, subscription_events, self._matched_events = event_callback_classes()
 
         context = rclpy.Context()
         # args=[]: the tool's own command line (--remap A:=B) is not for rcl.
@@ -443,20 +474,24 @@ class BagPlayer:
                 for connection in connections:
                     if connection.topic not in publishers:
                         topic = self.remap.get(connection.topic, connection.topic)
+                        events = publisher_events(
+                            matched=lambda status, t=topic: self._on_matched(t, status)
+                        ) if self._matched_events else None
                         publishers[connection.topic] = node.create_publisher(
                             message_class(connection.msgtype), topic, qos,
-                            event_callbacks=PublisherEventCallbacks(
-                                matched=lambda status, t=topic: self._on_matched(t, status)))
+                            event_callbacks=events)
                 specs = self._record_specs(node) if self.record is not None else []
                 if specs:
                     self._writer = open_writer(self.record)
                     record_qos = _qos(self.record_reliability, 100)
                     for topic, msgtype, cls in specs:
+                        events = subscription_events(
+                            matched=lambda status, t=topic: self._on_matched(t, status)
+                        ) if self._matched_events else None
                         node.create_subscription(
                             cls, topic,
                             lambda data, t=topic, m=msgtype: self._on_record(t, m, data),
-                            record_qos, raw=True, event_callbacks=SubscriptionEventCallbacks(
-                                matched=lambda status, t=topic: self._on_matched(t, status)))
+                            record_qos, raw=True, event_callbacks=events)
                 executor = SingleThreadedExecutor(context=context)
                 executor.add_node(node)
                 spinner = threading.Thread(target=executor.spin, name='tarfuse_play_spin',
