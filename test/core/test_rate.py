@@ -56,3 +56,9 @@ def test_a_rate_less_than_a_twentieth_under_a_frame_step_gives_that_step():
     stamps = [k * 33_333_333 for k in range(300)]
     assert _passed(StampRateLimit.for_rate(7.2), stamps) == stamps[::4]
     assert _passed(StampRateLimit.for_rate(29.0), stamps) == stamps
+
+
+def test_a_rate_too_small_for_a_period_in_ns_takes_the_longest_period():
+    limit = StampRateLimit.for_rate(1e-300)  # 1e9 / rate is inf
+    assert limit.period_ns == 2 ** 63
+    assert _passed(limit, [5, 10 ** 18, 8 * 10 ** 18]) == [5]  # 8e18 ns: 253 years

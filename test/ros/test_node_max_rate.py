@@ -135,3 +135,18 @@ def test_each_loop_of_a_recording_shorter_than_the_period_runs_its_first_pair(se
             (loop, delta)
         assert len(probe.outputs_for('fused', stamps[0])) == loop, loop
         assert not any(probe.outputs_for('fused', stamp) for stamp in stamps[1:])
+
+
+def test_a_rate_too_small_for_a_period_in_ns_is_taken_and_the_node_runs_on(setup):
+    """max_rate 1e-300 (in range): 1e9 / rate overflowed and the exception ended the node."""
+    node, probe = setup
+    result, = probe.set_parameters(max_rate=1e-300)
+    assert result.successful, result.reason
+    probe.spin_until(lambda: False, 0.5)
+    before = _counts(probe.settled_diagnostics())
+    stamps = _send_at_10_hz(probe, 5)
+    after = _settled(probe, before['pairs_received'] + len(stamps))
+    assert node.alive(), node.log()
+    # The first pair after the change, then none for ages.
+    assert after['pairs_processed'] - before['pairs_processed'] == 1, (before, after)
+    assert after['pairs_skipped_max_rate'] - before['pairs_skipped_max_rate'] == 4
