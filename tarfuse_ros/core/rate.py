@@ -9,6 +9,10 @@ spaced as asked, and a camera's stamps are its capture clock: the rate is what t
 
 __all__ = ['StampRateLimit']
 
+# The longest period (ns): no stamp (int64 ns) is further from another. 1e9 / a rate under
+# about 1e-299 Hz is no float at all (inf), which int() refuses.
+_MAX_PERIOD_NS = 2 ** 63
+
 # Share of the period by which two stamps let through may be closer: a camera's stamps jitter
 # by a few ms (and 3 frames of 33_333_333 ns fall 1 ns short of 100 ms), which would otherwise
 # make a 10 Hz camera at max_rate 2 pass a frame 0.6 s after the last whenever the fifth frame
@@ -36,10 +40,14 @@ class StampRateLimit:
 
     @classmethod
     def for_rate(cls, rate_hz):
-        """Return a limit of ``rate_hz`` stamps per second (0: no limit)."""
+        """Return a limit of ``rate_hz`` stamps per second (0: no limit).
+
+        A rate whose period exceeds ``2**63`` ns (under 1.1e-10 Hz) has that period: one
+        stamp, then none for centuries.
+        """
         if not rate_hz >= 0:
             raise ValueError(f'rate_hz must be >= 0, got {rate_hz}')
-        return cls(round(1e9 / rate_hz) if rate_hz else 0)
+        return cls(round(min(1e9 / rate_hz, _MAX_PERIOD_NS)) if rate_hz else 0)
 
     def admit(self, stamp_ns):
         """Return whether ``stamp_ns`` (ns) passes; one that passes is the new last."""

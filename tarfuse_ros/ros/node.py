@@ -245,7 +245,7 @@ class TarFuseNode(Node):
         # Keep-newest slot between the synchroniser (executor thread) and the worker.
         self._slot = None
         # Which pairs may enter the slot under max_rate (executor thread; replaced, not
-        # changed, when max_rate changes at run time).
+        # changed, when max_rate changes at run time and when the visible stamps jump back).
         self._rate_limit = StampRateLimit.for_rate(self._params.max_rate)
         self._slot_cond = threading.Condition()
         self._stopping = False
@@ -618,6 +618,10 @@ class TarFuseNode(Node):
                     kept = [info for info in self._camera_infos if info[2] > previous_arrival]
                     self._camera_infos.clear()
                     self._camera_infos.extend(kept)
+                # max_rate goes by the visible stamps: it starts over on the new timeline (a
+                # loop shorter than 1 / max_rate lies within the last pair's period and had
+                # none of its pairs let through).
+                self._rate_limit = StampRateLimit.for_rate(self._params.max_rate)
             if self._jump_pending[index] is not None:
                 # The other input made this jump first (a bag loop moves both cameras back):
                 # the synchroniser was reset then, and holds this input's partners now.

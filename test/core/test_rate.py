@@ -48,3 +48,17 @@ def test_rate_0_passes_every_stamp_and_a_negative_rate_is_refused():
     assert _passed(StampRateLimit.for_rate(0.0), [5, 5, 6, 1]) == [5, 5, 6, 1]
     with pytest.raises(ValueError, match='rate_hz must be >= 0'):
         StampRateLimit.for_rate(-1.0)
+
+
+def test_a_rate_less_than_a_twentieth_under_a_frame_step_gives_that_step():
+    # The README's numbers: the jitter allowance lets 4 frames (133.3 ms) pass at 7.2 Hz
+    # (138.9 ms less 6.9 ms), so 7.5 Hz; at 29 Hz every frame of a 30 Hz camera.
+    stamps = [k * 33_333_333 for k in range(300)]
+    assert _passed(StampRateLimit.for_rate(7.2), stamps) == stamps[::4]
+    assert _passed(StampRateLimit.for_rate(29.0), stamps) == stamps
+
+
+def test_a_rate_too_small_for_a_period_in_ns_takes_the_longest_period():
+    limit = StampRateLimit.for_rate(1e-300)  # 1e9 / rate is inf
+    assert limit.period_ns == 2 ** 63
+    assert _passed(limit, [5, 10 ** 18, 8 * 10 ** 18]) == [5]  # 8e18 ns: 253 years

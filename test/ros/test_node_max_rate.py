@@ -109,3 +109,44 @@ def test_max_rate_changes_at_run_time_and_a_negative_value_is_refused(setup):
 
 def test_a_negative_max_rate_stops_the_start_with_a_clear_message():
     assert_start_up_fails({'max_rate': -1.0}, ['max_rate', 'out of range', '-1.0'])
+
+
+def test_each_loop_of_a_recording_shorter_than_the_period_runs_its_first_pair(setup):
+    """A 1.5 s recording looped at max_rate 0.5 (2 s): its first pair at every loop.
+
+    The stamps of each loop lie within the period of the first loop's pair: without starting
+    over at the loop's time jump, no pair of a later loop was ever let through.
+    """
+    node, probe = setup
+    result, = probe.set_parameters(max_rate=0.5)
+    assert result.successful, result.reason
+    stamps = [1_700_000_000 * 1_000_000_000 + k * 100 * MS for k in range(15)]
+    for loop in (1, 2, 3):
+        probe.spin_until(lambda: False, 0.5)
+        before = _counts(probe.settled_diagnostics())
+        started = time.monotonic()
+        for k, stamp in enumerate(stamps):
+            probe.publish_pair(*probe.good_pair(stamp))
+            probe.spin_until(lambda: time.monotonic() >= started + (k + 1) * 0.1, 1.0)
+        after = _settled(probe, before['pairs_received'] + len(stamps))
+        delta = {name: after[name] - before[name] for name in COUNTERS}
+        assert delta['pairs_received'] == len(stamps), delta
+        assert delta['pairs_processed'] == 1 and delta['pairs_skipped_max_rate'] == 14, \
+            (loop, delta)
+        assert len(probe.outputs_for('fused', stamps[0])) == loop, loop
+        assert not any(probe.outputs_for('fused', stamp) for stamp in stamps[1:])
+
+
+def test_a_rate_too_small_for_a_period_in_ns_is_taken_and_the_node_runs_on(setup):
+    """max_rate 1e-300 (in range): 1e9 / rate overflowed and the exception ended the node."""
+    node, probe = setup
+    result, = probe.set_parameters(max_rate=1e-300)
+    assert result.successful, result.reason
+    probe.spin_until(lambda: False, 0.5)
+    before = _counts(probe.settled_diagnostics())
+    stamps = _send_at_10_hz(probe, 5)
+    after = _settled(probe, before['pairs_received'] + len(stamps))
+    assert node.alive(), node.log()
+    # The first pair after the change, then none for ages.
+    assert after['pairs_processed'] - before['pairs_processed'] == 1, (before, after)
+    assert after['pairs_skipped_max_rate'] - before['pairs_skipped_max_rate'] == 4
