@@ -307,6 +307,18 @@ def _check_args(args):
                          f'sync.infrared_time_offset), got {args.infrared_time_offset}')
     if args.threads is not None and args.threads < 1:
         raise UsageError(f'--threads must be >= 1, got {args.threads}')
+    # Options of the other source would be left unused without a word.
+    parser = build_parser()
+    unused = (('--infrared-topic', '--visible-topic', '--slop', '--infrared-time-offset')
+              if args.pairs is not None else ('--split',))
+    given = [option for option in unused
+             if getattr(args, option[2:].replace('-', '_')) !=
+             parser.get_default(option[2:].replace('-', '_'))]
+    if given:
+        uses = ('--bag only (a --pairs folder pairs its images by file name)'
+                if args.pairs is not None else '--pairs only')
+        raise UsageError(f'{", ".join(given)} appl{"ies" if len(given) == 1 else "y"} to '
+                         f'{uses}')
     if args.max_side is not None and args.max_side < 64:
         raise UsageError(f'--max-side must be >= 64 px, got {args.max_side}')
     source = args.pairs if args.pairs is not None else args.bag

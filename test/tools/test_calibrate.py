@@ -172,6 +172,26 @@ def test_folder_usage_errors_exit_2_before_the_model_runs(rig_folder, tmp_path, 
     assert not (tmp_path / 'p.yaml').exists()
 
 
+@pytest.mark.parametrize('source, argv, words', [
+    ('pairs', ['--infrared-time-offset', '-0.06'],
+     '--infrared-time-offset applies to --bag only (a --pairs folder pairs its images by file '
+     'name)'),
+    ('pairs', ['--slop', '0.02', '--visible-topic', '/cam/image_raw'],
+     '--visible-topic, --slop apply to --bag only'),
+    ('bag', ['--split', 'test'], '--split applies to --pairs only'),
+])
+def test_an_option_of_the_other_source_is_refused(source, argv, words, rig_folder, tmp_path,
+                                                  capsys):
+    # It was left unused without a word: a rig's offset given with --pairs changed nothing.
+    folder = rig_folder if source == 'pairs' else tmp_path / 'bag'
+    if source == 'bag':
+        make_bag(ROOT / 'samples', folder, rate=10.0, size=(64, 64), max_pairs=1)
+    code = calibrate.main([f'--{source}', str(folder), '--out', str(tmp_path / 'p.yaml')] + argv)
+    err = capsys.readouterr().err
+    assert code == 2 and words in err, err
+    assert not (tmp_path / 'p.yaml').exists()
+
+
 def test_a_missing_gpu_names_the_option_to_use_instead(rig_folder, tmp_path, capsys):
     # It ended "use device 'cpu' or allow the CPU fallback", which tarfuse-calibrate has not.
     code = calibrate.main(['--pairs', str(rig_folder), '--out', str(tmp_path / 'p.yaml'),
