@@ -1124,8 +1124,10 @@ class TarFuseNode(Node):
             'model': self._params.weights,
             'half': self._engine.half,
             'sync': 'approximate' if self._params.sync_approximate else 'exact',
-            'sync_infrared_time_offset_s': self._params.sync_infrared_time_offset,
-            'max_rate_hz': self._params.max_rate or 'off',
+            # As set ('g': the 3 decimals of other values showed -0.0625 as -0.062 and a
+            # max_rate of 0.0004 as 0.000).
+            'sync_infrared_time_offset_s': f'{self._params.sync_infrared_time_offset:g}',
+            'max_rate_hz': f'{self._params.max_rate:g}' if self._params.max_rate else 'off',
             'transports': f'infrared {self._params.infrared_transport}, visible '
                           f'{self._params.visible_transport}',
             'rss_mib': round(process_rss_mib(), 1),

@@ -63,7 +63,7 @@ def test_pairs_at_10_hz_are_fused_at_2_hz_and_the_others_counted_as_skipped(setu
     probe.spin_until(lambda: False, 0.5)  # statuses sent before this test
     before = _counts(probe.settled_diagnostics())
     _, _, values = probe.latest_diagnostics()
-    assert values['max_rate_hz'] == '2.000'
+    assert values['max_rate_hz'] == '2'
     stamps = _send_at_10_hz(probe, 30)
     after = _settled(probe, before['pairs_received'] + len(stamps))
     delta = {name: after[name] - before[name] for name in COUNTERS}
