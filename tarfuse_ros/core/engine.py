@@ -55,6 +55,7 @@ import warnings
 import numpy as np
 from tarfuse_ros.core import images
 from tarfuse_ros.core.checkpoint import load_checkpoint
+from tarfuse_ros.core.fine_passes import check_fine_passes
 from tarfuse_ros.core.model.matching import _normalised_affine_to_pixel
 from tarfuse_ros.core.pair_engine import (Detection, FusionResult, outputs_to_frame,
                                           PairEngine, resize_planes)
@@ -62,7 +63,8 @@ from tarfuse_ros.core.prior import apply_prior, check_prior, published_outputs
 from tarfuse_ros.core.runtime import cudnn_benchmark, resolve_device
 import torch
 
-__all__ = ['Detection', 'FusionEngine', 'FusionResult', 'fuse_conv_bn', 'scale_search_off']
+__all__ = ['Detection', 'FusionEngine', 'FusionResult', 'fine_passes_of', 'fuse_conv_bn',
+           'scale_search_off', 'set_fine_passes']
 
 _LOG = logging.getLogger(__name__)
 
@@ -84,6 +86,64 @@ def scale_search_off(model):
         return False
     model.set_global_scale_candidates((1.0,))
     return True
+
+
+def set_fine_passes(model, passes):
+    """Set how many fine passes a TarFuse model's orientation global stage runs (config too).
+
+    An inference setting, no retraining: the fine passes have no learnt parameter
+    (``OrientationMatcher``). ``FusionEngine(fine_passes=...)``, ``tarfuse-export
+    --fine-passes``. Everything that fits the global stage reads the matcher (the engine's
+    fits over a stream, :meth:`TarFuse.fit_global`, an ONNX trace), so all of it runs the
+    passes set here.
+
+    Args:
+        model: a ``TarFuse``.
+        passes: None: leave the checkpoint's own. 0: no fine pass at all, as a checkpoint
+            saved with ``global_fine_cell`` 0 and ``global_fine_check`` false (the fine stage
+            is skipped, and with it the check of its passes). N in [1, 8]: N passes, with the
+            checkpoint's fine cell, block, radius, check and tolerance.
+
+    Returns:
+        True if the model changed; False for None, the checkpoint's own count, or 0 on a
+        model with no fine stage.
+
+    Raises:
+        ValueError: ``passes`` not None or an integer in [0, 8]; N >= 1 for a model whose
+            global stage has no fine stage (no orientation global stage, or
+            ``global_fine_cell`` 0).
+
+    """
+    from dataclasses import replace
+    check_fine_passes(passes)
+    if passes is None:
+        return False
+    matcher = getattr(model.registration, 'global_matcher', None)
+    config = model.config
+    if matcher is None or matcher.fine_cell <= 0:
+        if passes == 0:
+            return False
+        stage = ('global_fine_cell 0' if matcher is not None else
+                 f'no orientation global stage: registration {config.registration!r}, '
+                 f'global_stage {config.global_stage}, global_features '
+                 f'{config.global_features!r}')
+        raise ValueError(f'{passes} fine passes asked for, but this checkpoint has no fine '
+                         f"stage ({stage}): only 0 or the checkpoint's own (unset) apply")
+    if passes == 0:
+        model.config = replace(config, global_fine_cell=0, global_fine_check=False)
+        matcher.fine_cell, matcher.fine_check = 0, False
+        return True
+    if passes == matcher.fine_passes:
+        return False
+    model.config = replace(config, global_fine_passes=int(passes))
+    matcher.fine_passes = int(passes)
+    return True
+
+
+def fine_passes_of(model):
+    """Return how many fine passes a TarFuse model's global stage runs (0: none, or no stage)."""
+    matcher = getattr(model.registration, 'global_matcher', None)
+    return 0 if matcher is None or matcher.fine_cell <= 0 else int(matcher.fine_passes)
 
 
 def fuse_conv_bn(model):
@@ -239,6 +299,12 @@ class FusionEngine(PairEngine):
             CPU time of the default three-scale search, for rigs with matching fields of view.
             No effect on a checkpoint with one candidate or without the orientation global
             stage.
+        fine_passes: how many fine passes the orientation global stage runs, overriding the
+            checkpoint's (:func:`set_fine_passes`; no retraining): a CPU speed knob (times in
+            the README's ``registration.fine_passes`` row, accuracy in the model card). None
+            (default): the checkpoint's own; 0: no fine pass (nor its check); 1-8: that many,
+            with the checkpoint's fine cells, radius, check and tolerance (``ValueError`` for a
+            checkpoint without a fine stage). A stream's fits (``global_every``) run them too.
         global_every, global_window: the orientation global stage over a stream of pairs from
             one rigid rig (:meth:`infer`, one pair per call): every pair starts the learnt
             levels from the elementwise median of the last ``global_window`` fits of its
@@ -285,7 +351,7 @@ class FusionEngine(PairEngine):
                  allow_cpu_fallback=False, ir_norm='percentile', ir_low=0.5, ir_high=99.5,
                  pad_mode='replicate', cudnn_benchmark=True, fuse_bn=True, channels_last=True,
                  registration_prior=None, scale_search=True, global_every=1, global_window=1,
-                 input_min_long_side=None, input_max_long_side=0):
+                 input_min_long_side=None, input_max_long_side=0, fine_passes=None):
         if cuda_graph is True or cuda_graph is False:
             cuda_graph = 'on' if cuda_graph else 'off'
         if cuda_graph not in CUDA_GRAPH_MODES:
@@ -297,6 +363,7 @@ class FusionEngine(PairEngine):
         if pad_mode not in images.PAD_MODES:
             raise ValueError(f'pad_mode must be one of {images.PAD_MODES}, got {pad_mode!r}')
         check_prior(registration_prior)  # fail before loading the weights
+        check_fine_passes(fine_passes)
         for name, value, high in (('global_every', global_every, 10000),
                                   ('global_window', global_window, 1000)):
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) \
@@ -325,6 +392,7 @@ class FusionEngine(PairEngine):
             raise ValueError(f'scale_search must be True or False, got {scale_search!r}')
         if not scale_search:
             scale_search_off(model)
+        set_fine_passes(model, fine_passes)
         self._fused_layers = fuse_conv_bn(model) if fuse_bn else 0
         self._channels_last = bool(channels_last)
         model = model.to(self._device)
@@ -429,6 +497,11 @@ class FusionEngine(PairEngine):
     def scale_candidates(self):
         """The IR / visible scales the orientation global stage tries; () without one."""
         return self._model.scale_candidates
+
+    @property
+    def fine_passes(self):
+        """How many fine passes the orientation global stage runs (0: none, or no such stage)."""
+        return fine_passes_of(self._model)
 
     # -- inference ---------------------------------------------------------------------------
     def forward_tensors(self, ir, vi, valid_size=None):

@@ -74,7 +74,8 @@ class ExportReport:
     ``(B, 1, H, W)`` input of the check and ``max_abs_diff`` the max abs differences
     onnxruntime vs PyTorch there, per output (both empty when not verified);
     ``scale_candidates`` the IR / visible scales the graph's global stage tries (``()``
-    without the orientation global stage).
+    without the orientation global stage); ``fine_passes`` how many fine passes it runs (0:
+    none, or no orientation global stage).
     """
 
     path: Path
@@ -83,6 +84,7 @@ class ExportReport:
     verify_shape: tuple = ()
     max_abs_diff: dict = field(default_factory=dict)
     scale_candidates: tuple = ()
+    fine_passes: int = 0
 
 
 class _ExportGraph(nn.Module):
@@ -231,7 +233,8 @@ def _verify(blob, graph, shape, precision, threads):
     return diffs
 
 
-def export_onnx(weights, output, half=False, opset=MIN_OPSET, verify=True, scale_search=True):
+def export_onnx(weights, output, half=False, opset=MIN_OPSET, verify=True, scale_search=True,
+                fine_passes=None):
     """Export a ``.safetensors`` checkpoint to an ONNX file (see the module docstring).
 
     Args:
@@ -253,6 +256,11 @@ def export_onnx(weights, output, half=False, opset=MIN_OPSET, verify=True, scale
             6.3-6.5 s instead of 19.9 s; 3.2-3.5 s instead of 9.6 s with the basic rewrites
             only). No effect on a checkpoint with one candidate or without the orientation
             global stage (``report.scale_candidates`` says what the graph runs).
+        fine_passes: how many fine passes the graph's orientation global stage runs, as
+            ``FusionEngine(fine_passes=...)`` (:func:`~tarfuse_ros.core.engine.set_fine_passes`):
+            None: the checkpoint's own; 0: none (the metadata's config then records
+            ``global_fine_cell`` 0 and ``global_fine_check`` false); 1-8: that many (it records
+            ``global_fine_passes``). ``report.fine_passes`` says what the graph runs.
 
     Returns:
         :class:`ExportReport`.
@@ -261,11 +269,14 @@ def export_onnx(weights, output, half=False, opset=MIN_OPSET, verify=True, scale
         CheckpointError: missing or invalid checkpoint.
         ExportError: tracing failed or the graph does not match PyTorch.
         ValueError: ``opset`` below 17 or above what ``torch.onnx.export`` writes;
-            ``half``, ``verify`` or ``scale_search`` not a bool.
+            ``half``, ``verify`` or ``scale_search`` not a bool; ``fine_passes`` not None or
+            0-8, or 1-8 for a checkpoint without a fine stage.
 
     """
     import onnx
-    from tarfuse_ros.core.engine import _min_input_side, fuse_conv_bn, scale_search_off
+    from tarfuse_ros.core.engine import _min_input_side, fine_passes_of, fuse_conv_bn
+    from tarfuse_ros.core.engine import scale_search_off, set_fine_passes
+    from tarfuse_ros.core.fine_passes import check_fine_passes
 
     # The newest opset torch.onnx.export writes: it refuses a newer one only after tracing
     # (minutes). A private constant: a torch without it leaves that check to the exporter.
@@ -280,11 +291,16 @@ def export_onnx(weights, output, half=False, opset=MIN_OPSET, verify=True, scale
     for name, value in (('half', half), ('verify', verify), ('scale_search', scale_search)):
         if not isinstance(value, (bool, np.bool_)):  # 'no' would count as true
             raise ValueError(f'{name} must be True or False, got {value!r}')
+    check_fine_passes(fine_passes)  # before loading the checkpoint
     weights, output = Path(weights), Path(output)
     model = load_checkpoint(weights, map_location='cpu').eval()
     config = copy.deepcopy(model.checkpoint_config)
     if not scale_search and scale_search_off(model):
         config['model']['global_scale_candidates'] = [1.0]
+    if set_fine_passes(model, fine_passes):
+        # The metadata says what the graph runs (the fields set_fine_passes changed).
+        for key in ('global_fine_cell', 'global_fine_check', 'global_fine_passes'):
+            config['model'][key] = getattr(model.config, key)
     fuse_conv_bn(model)
     if model.detect is not None:
         anchors_every_call(model.detect)
@@ -340,7 +356,8 @@ def export_onnx(weights, output, half=False, opset=MIN_OPSET, verify=True, scale
     onnx.checker.check_model(proto)
     blob = proto.SerializeToString()
     report = ExportReport(output, int(opset), precision,
-                          scale_candidates=tuple(model.scale_candidates))
+                          scale_candidates=tuple(model.scale_candidates),
+                          fine_passes=fine_passes_of(model))
     if verify:
         report.verify_shape = (check_shape[0], 1) + check_shape[1:]
         report.max_abs_diff = _verify(blob, graph, report.verify_shape, precision,

@@ -309,6 +309,9 @@ class OnnxFusionEngine(PairEngine):
         scale_search: True only: the graph runs the scales it was exported with
             (``ValueError`` for False: export with ``tarfuse-export WEIGHTS --out MODEL.onnx
             --no-scale-search``).
+        fine_passes: None only: the graph runs the global stage's fine passes it was exported
+            with (``ValueError`` otherwise: export with ``tarfuse-export WEIGHTS --out
+            MODEL.onnx --fine-passes N``).
         global_every, global_window: 1 only (``ValueError`` otherwise): the graph runs its
             global stage on every pair (the stream setting is the torch engine's).
         input_min_long_side: as :class:`~tarfuse_ros.core.engine.FusionEngine`'s (None: the
@@ -331,7 +334,7 @@ class OnnxFusionEngine(PairEngine):
                  iou_threshold=0.45, max_detections=100, classes=None, allow_cpu_fallback=False,
                  ir_norm='percentile', ir_low=0.5, ir_high=99.5, pad_mode='replicate',
                  registration_prior=None, scale_search=True, global_every=1, global_window=1,
-                 input_min_long_side=None, input_max_long_side=0):
+                 input_min_long_side=None, input_max_long_side=0, fine_passes=None):
         import onnxruntime as ort
         from tarfuse_ros.core import images, prior
 
@@ -343,6 +346,11 @@ class OnnxFusionEngine(PairEngine):
                              'scales it was exported with built in; export one without the '
                              'search instead (tarfuse-export WEIGHTS --out MODEL.onnx '
                              '--no-scale-search)')
+        if fine_passes is not None:
+            raise ValueError(f'fine_passes={fine_passes!r} needs the torch engine: an ONNX graph '
+                             f'has the fine passes it was exported with built in; export one '
+                             f'with that many instead (tarfuse-export WEIGHTS --out MODEL.onnx '
+                             f'--fine-passes N)')
         if (global_every, global_window) != (1, 1):
             raise ValueError('global_every / global_window other than 1 need the torch engine: '
                              'an ONNX graph runs its global stage on every pair')

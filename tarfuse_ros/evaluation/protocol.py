@@ -248,6 +248,7 @@ def _evaluate(data_dir, weights, out_dir, options):
         # The engine is given the IR resized to the visible frame (make_case).
         nms['registration_prior'] = prior_in_visible_frame(prior)
     nms['input_max_long_side'] = options.input_max_long_side
+    nms['fine_passes'] = options.fine_passes
     engine = FusionEngine(weights, device=options.device, **nms)
     # A second engine for the zero-flow ablation: CUDA graphs would replay without the hook.
     zero_engine = FusionEngine(weights, device=options.device, cuda_graph='off', **nms)
@@ -313,6 +314,9 @@ def _evaluate(data_dir, weights, out_dir, options):
         pairs=stems, skipped=skipped, device=engine.device, conf=options.conf, iou=options.iou,
         labels_dir=options.labels_dir, dropped_classes=unknown, teachers=teachers)
     result['input_max_long_side'] = options.input_max_long_side
+    # --fine-passes as given (None: the checkpoint's own) and the passes the global stage ran.
+    result['fine_passes'] = options.fine_passes
+    result['global_fine_passes'] = engine.fine_passes
     # Whole or not at all: an interrupted run leaves no half-written file under these names.
     report = render_report(result)
     write_text_atomic(out_dir / 'metrics.json', json.dumps(result, indent=2) + '\n')

@@ -42,7 +42,9 @@ def _header(result):
              + (f'; the network on frames shrunk to a longer side of '
                 f'{result["input_max_long_side"]} px' if result.get('input_max_long_side')
                 else '') + ')',
-             f'- weights: `{result["weights"]}`',
+             f'- weights: `{result["weights"]}`'
+             + (f' with {result["global_fine_passes"]} fine passes in the global stage '
+                f'(--fine-passes)' if result.get('fine_passes') is not None else ''),
              f'- deformation: `{result["deform"]}` (per pair: {result["deformation_sources"]}), '
              f'seed {result["seed"]}',
              f'- stored IR: {result.get("stored_ir", "aligned")}',

@@ -74,7 +74,7 @@ from tarfuse_ros.ros.diagnostics import WarningThrottle
 from tarfuse_ros.ros.params import apply_updates, canonical_parameters
 from tarfuse_ros.ros.params import command_line_type_errors
 from tarfuse_ros.ros.params import decimal_number_lists
-from tarfuse_ros.ros.params import declare_node_parameters, parameter_updates
+from tarfuse_ros.ros.params import declare_node_parameters, fine_passes, parameter_updates
 from tarfuse_ros.ros.params import refinement_settings, registration_prior
 from tarfuse_ros.ros.params import unknown_parameters, unknown_qos_overrides
 from vision_msgs.msg import Detection2DArray
@@ -393,6 +393,7 @@ class TarFuseNode(Node):
                 allow_cpu_fallback=params.allow_cpu_fallback,
                 registration_prior=registration_prior(params),
                 scale_search=params.registration_scale_search,
+                fine_passes=fine_passes(params),
                 global_every=params.registration_global_every,
                 global_window=params.registration_global_window,
                 input_max_long_side=params.input_max_long_side)
@@ -429,6 +430,10 @@ class TarFuseNode(Node):
         elif not params.registration_scale_search:
             self.get_logger().info('global stage scale search off '
                                    '(registration.scale_search false): scale 1.0 only')
+        if fine_passes(params) is not None:
+            self.get_logger().info(
+                f'global stage fine passes: {engine.fine_passes} (registration.fine_passes '
+                f"{params.registration_fine_passes}; -1 runs the model's own)")
         if engine.streams_global_map:
             self.get_logger().info(
                 f'global stage over the stream (one rigid rig): a fit on one pair in '

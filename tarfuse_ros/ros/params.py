@@ -17,13 +17,14 @@ from rcl_interfaces.msg import ParameterType
 from rclpy.parameter import Parameter
 
 from tarfuse_ros.core.backends import BACKENDS
+from tarfuse_ros.core.fine_passes import MAX_FINE_PASSES
 from tarfuse_ros.core.paths import default_weights_path
 from tarfuse_ros.core.sizes import MAX_ENLARGED_LONG_SIDE, MIN_SHRUNK_LONG_SIDE
 
 __all__ = [
     'NodeParams', 'ParamSpec', 'PARAMETER_SPECS', 'RELIABILITY_VALUES', 'TRANSPORT_VALUES',
     'apply_updates', 'canonical_parameters', 'decimal_number_lists', 'declare_node_parameters',
-    'descriptor_for',
+    'descriptor_for', 'fine_passes',
     'parameter_updates', 'params_from_values', 'refinement_settings', 'registration_prior',
     'validate_params',
 ]
@@ -62,6 +63,7 @@ class NodeParams:
     registration_prior_ir_size: tuple = ()
     registration_prior_visible_size: tuple = ()
     registration_scale_search: bool = True
+    registration_fine_passes: int = -1
     input_max_long_side: int = 0
     registration_global_every: int = 1
     registration_global_window: int = 1
@@ -196,6 +198,13 @@ PARAMETER_SPECS = (
               'false fits scale 1.0 only, about half the CPU time, for rigs whose fields of '
               'view match or that have a registration.prior. Backend torch only (an ONNX graph '
               'has its scales built in). Restart to change.'),
+    ParamSpec('registration.fine_passes', 'registration_fine_passes', 'int',
+              "How many fine passes (on 4 px cells) refine the global stage's map: a CPU speed "
+              "knob, no retraining; -1 = the model's own (the shipped one: 4), 0 = none, else "
+              '1-8. Fewer passes save CPU time and cost some accuracy (README, model card). '
+              'Backend torch only (an ONNX graph has its passes built in: tarfuse-export '
+              '--fine-passes). Restart to change.',
+              low=-1, high=MAX_FINE_PASSES),
     ParamSpec('registration.global_every', 'registration_global_every', 'int',
               'For one rigid rig: once it holds global_window fits, the global stage fits '
               'its map on one pair in this many and the others skip it (they take about 30 % '
@@ -357,6 +366,12 @@ def _coerce_numbers(spec, value):
     return tuple(float(v) for v in items)
 
 
+def fine_passes(params):
+    """Return the engines' ``fine_passes`` of ``params``: None for -1 (the model's own)."""
+    passes = params.registration_fine_passes
+    return None if passes == -1 else passes
+
+
 def registration_prior(params):
     """Return the :class:`~tarfuse_ros.core.prior.RegistrationPrior` of ``params``, or None.
 
@@ -416,6 +431,12 @@ def validate_params(params):
             'scales it was exported with built in; use backend torch, or export the graph '
             'without the search (tarfuse-export WEIGHTS --out MODEL.onnx --no-scale-search) '
             'and leave this parameter true')
+    if params.backend == 'onnxruntime' and params.registration_fine_passes != -1:
+        raise ValueError(
+            f'registration.fine_passes={params.registration_fine_passes} needs backend torch: '
+            f'an ONNX graph has the fine passes it was exported with built in; use backend '
+            f'torch, or export the graph with them (tarfuse-export WEIGHTS --out MODEL.onnx '
+            f'--fine-passes {params.registration_fine_passes}) and leave this parameter -1')
     stream = params.registration_global_every > 1 or params.registration_global_window > 1
     if params.backend == 'onnxruntime' and stream:
         raise ValueError(

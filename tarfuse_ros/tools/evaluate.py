@@ -2,8 +2,8 @@
 
 ``tarfuse-eval --data DIR [--split NAME|FILE] --weights FILE --out DIR [--deform auto|none|
 synthetic|dataset] [--stored-ir auto|aligned|unregistered] [--seed N] [--device D]
-[--max-pairs N] [--max-side PX] [--input-max-long-side PX] [--teacher yolov8n|yolox|FILE.onnx
-...]`` writes
+[--max-pairs N] [--max-side PX] [--input-max-long-side PX] [--fine-passes N]
+[--teacher yolov8n|yolox|FILE.onnx ...]`` writes
 ``metrics.json``, ``report.md`` and PNG figures into ``--out``; the protocol is
 :mod:`tarfuse_ros.evaluation.protocol`'s. ``--teacher`` (repeatable) adds a COCO teacher's own
 detection accuracy on the same images as reference rows (needs onnxruntime). ``--labels DIR``
@@ -63,6 +63,10 @@ def build_parser():
                         help='run the network on frames shrunk so their longer side is at most '
                              "this many pixels, outputs brought back to the frame (the engines' "
                              "input_max_long_side; metrics at the pairs' size); 0: never")
+    parser.add_argument('--fine-passes', type=int, default=None, metavar='N',
+                        help="fine passes of the model's global stage, 0-8 (the engines' "
+                             "fine_passes; default: the checkpoint's own; recorded in "
+                             'metrics.json and report.md), to measure what fewer passes cost')
     parser.add_argument('--labels', default=None,
                         help='label sub-folder (e.g. labels_vi), which must exist; default '
                              'labels/ where the set has it (else no detection metrics)')
@@ -133,7 +137,7 @@ def main(argv=None):
             figures=args.figures, conf=args.conf, iou=args.iou, threads=args.threads,
             progress=not args.no_progress, stored_ir=args.stored_ir,
             teachers=tuple(args.teacher), prior=args.prior,
-            input_max_long_side=args.input_max_long_side)
+            input_max_long_side=args.input_max_long_side, fine_passes=args.fine_passes)
         result = evaluate(args.data, weights, args.out, options)
     except ValueError as exc:  # bad input: one line, no traceback
         print(f'tarfuse-eval: error: {exc}', file=sys.stderr)

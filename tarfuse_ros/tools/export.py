@@ -17,6 +17,7 @@ from pathlib import Path
 import sys
 
 from tarfuse_ros.core.files import output_problem
+from tarfuse_ros.core.fine_passes import check_fine_passes
 
 PROG = 'tarfuse-export'
 
@@ -40,6 +41,10 @@ def build_parser():
     parser.add_argument('--no-scale-search', action='store_true',
                         help='the global stage fits the 1.0 IR / visible scale only (rigs with '
                              'matching fields of view): a graph less than half the size')
+    parser.add_argument('--fine-passes', type=int, default=None, metavar='N',
+                        help='fine passes of the global stage in the graph, 0-8 (0: none; '
+                             "default: the checkpoint's own), as the node's "
+                             'registration.fine_passes with backend torch')
     parser.add_argument('--threads', type=int, default=None,
                         help='CPU threads for tracing and the check (default: torch default)')
     return parser
@@ -50,6 +55,11 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     if args.threads is not None and args.threads < 1:
         print(f'{PROG}: error: --threads must be >= 1, got {args.threads}', file=sys.stderr)
+        return 2
+    try:
+        check_fine_passes(args.fine_passes, '--fine-passes')
+    except ValueError as exc:
+        print(f'{PROG}: error: {exc}', file=sys.stderr)
         return 2
     # A trailing separator names a folder (Path() would drop it and write a file there).
     folder_named = args.out.endswith(('/', os.sep))
@@ -83,7 +93,8 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     try:
         report = export_onnx(args.weights, args.out, half=args.half, opset=args.opset,
-                             verify=not args.no_verify, scale_search=not args.no_scale_search)
+                             verify=not args.no_verify, scale_search=not args.no_scale_search,
+                             fine_passes=args.fine_passes)
     except (CheckpointError, ValueError) as exc:
         print(f'{PROG}: error: {exc}', file=sys.stderr)
         return 2
@@ -103,6 +114,11 @@ def main(argv=None):
               + (' (the scale search; --no-scale-search leaves it out)' if searched else ''))
     if args.no_scale_search and not report.scale_candidates:
         print('--no-scale-search had no effect: this checkpoint has no orientation global stage')
+    if report.scale_candidates:
+        print(f'global stage fine passes: {report.fine_passes}'
+              + (' (--fine-passes)' if args.fine_passes is not None else ''))
+    elif args.fine_passes is not None:  # 0: refused for any other count without the stage
+        print('--fine-passes had no effect: this checkpoint has no orientation global stage')
     if report.max_abs_diff:
         diffs = ', '.join(f'{name} {value:.2g}' for name, value in report.max_abs_diff.items())
         print(f'checked against PyTorch at {report.verify_shape}: max abs difference {diffs}')

@@ -1,7 +1,7 @@
 """Fuse your own IR/visible images or videos offline: the ``tarfuse-fuse`` console script.
 
 ``tarfuse-fuse --ir PATH --visible PATH --out DIR [--weights W] [--device D] [--threads N]
-[--registered] [--detections] [--flow] [--ir-offset-ms MS] [--no-scale-search]
+[--registered] [--detections] [--flow] [--ir-offset-ms MS] [--no-scale-search] [--fine-passes N]
 [--global-every N] [--global-window W] [--prior PRIOR.yaml] [--input-max-long-side PX]``
 
 Inputs (both PATHs of the same kind):
@@ -78,6 +78,7 @@ import time
 
 import cv2
 import numpy as np
+from tarfuse_ros.core.fine_passes import check_fine_passes
 from tqdm import tqdm
 
 __all__ = ['IMAGE_SUFFIXES', 'Summary', 'UsageError', 'VIDEO_SUFFIXES', 'VideoFrames',
@@ -716,6 +717,10 @@ def build_parser():
     parser.add_argument('--no-scale-search', dest='scale_search', action='store_false',
                         help='fit the 1.0 IR / visible scale only in the global stage (about '
                              'half the CPU time; for cameras of the same field of view)')
+    parser.add_argument('--fine-passes', type=int, default=None, metavar='N',
+                        help="fine passes of the global stage, 0-8 (default: the model's own, "
+                             '4 in the shipped one; fewer are faster, README '
+                             '"registration.fine_passes"; 0: none)')
     parser.add_argument('--global-every', type=int, default=1, metavar='N',
                         help='one rigid rig: once --global-window fits are held, fit the global '
                              'stage on one pair in N (the others skip it; default 1: every pair)')
@@ -766,7 +771,7 @@ def _load_prior(path):
 
 
 def _load_engine(weights, device, threads, scale_search=True, global_every=1, global_window=1,
-                 prior=None, input_max_long_side=0):
+                 prior=None, input_max_long_side=0, fine_passes=None):
     # Imported here so that usage errors are reported before torch is loaded.
     from tarfuse_ros.core.backends import backend_for_weights
     from tarfuse_ros.core.checkpoint import CheckpointError
@@ -782,7 +787,8 @@ def _load_engine(weights, device, threads, scale_search=True, global_every=1, gl
     try:
         return FusionEngine(weights, device=device, scale_search=scale_search,
                             global_every=global_every, global_window=global_window,
-                            registration_prior=prior, input_max_long_side=input_max_long_side)
+                            registration_prior=prior, input_max_long_side=input_max_long_side,
+                            fine_passes=fine_passes)
     except CheckpointError as exc:
         raise UsageError(f'cannot load the weights: {exc}') from exc
     except ValueError as exc:
@@ -808,6 +814,10 @@ def main(argv=None):
                             ('--global-window', args.global_window)):
             if value < 1:
                 raise UsageError(f'{name} must be >= 1, got {value}')
+        try:
+            check_fine_passes(args.fine_passes, '--fine-passes')
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
         if not math.isfinite(args.ir_offset_ms):
             raise UsageError('--ir-offset-ms must be a finite number')
         if args.out.exists() and not args.out.is_dir():
@@ -831,7 +841,7 @@ def main(argv=None):
         threads = args.threads if args.threads is not None else _default_threads()
         engine = _load_engine(args.weights, args.device, threads, args.scale_search,
                               args.global_every, args.global_window, prior,
-                              args.input_max_long_side)
+                              args.input_max_long_side, args.fine_passes)
         for each in plan.videos[:1]:  # the visible video's frames run the network: all or none
             width, height = each.size
             try:

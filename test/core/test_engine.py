@@ -506,6 +506,99 @@ def test_scale_search_off_is_a_no_op_without_the_orientation_stage(tmp_path):
     assert engine.scale_candidates == ()
 
 
+def _misaligned_sample(stem='FLIR_00993'):
+    """Return a real sample pair whose IR is warped (samples/synthetic_misaligned): (ir, vi)."""
+    from pathlib import Path
+    samples = Path(__file__).resolve().parents[2] / 'samples'
+    ir = cv2.imread(str(samples / 'synthetic_misaligned' / 'ir_warp' / f'{stem}.png'),
+                    cv2.IMREAD_UNCHANGED)
+    vi = cv2.imread(str(samples / 'vi' / f'{stem}.jpg'), cv2.IMREAD_COLOR)
+    assert ir is not None and vi is not None, stem
+    return ir, vi
+
+
+def _shipped_saved_with(path, **fields):
+    """Save the shipped weights with ``fields`` of their config replaced (MODEL_CARD.md)."""
+    from dataclasses import replace
+    from tarfuse_ros.core.checkpoint import load_checkpoint, read_checkpoint_config
+    from tarfuse_ros.core.paths import default_weights_path
+    src = default_weights_path()
+    old = load_checkpoint(src)
+    model = build_model(replace(old.config, **fields))
+    model.load_state_dict(old.state_dict())
+    save_checkpoint(path, model.eval(), read_checkpoint_config(src)['provenance'])
+    return path
+
+
+def _assert_same_outputs(first, second):
+    for name in ('fused', 'registered_ir', 'flow_px'):
+        np.testing.assert_array_equal(getattr(first, name), getattr(second, name), name)
+    assert first.detections == second.detections
+
+
+def test_fine_passes_run_as_a_checkpoint_saved_with_them(tmp_path):
+    """fine_passes 0 / 1 equal, bit for bit, the shipped weights saved with no / one fine pass."""
+    pair = _misaligned_sample()
+    shipped = FusionEngine(cuda_graph='off')
+    assert (shipped.fine_passes, shipped.config.global_fine_passes) == (4, 4)
+    assert shipped.config.global_fine_check
+    default = shipped.infer(*pair)
+    _assert_same_outputs(FusionEngine(cuda_graph='off', fine_passes=None).infer(*pair), default)
+    _assert_same_outputs(FusionEngine(cuda_graph='off', fine_passes=4).infer(*pair), default)
+    # 0: no fine pass, and so no check of them.
+    none = FusionEngine(cuda_graph='off', fine_passes=0)
+    assert none.fine_passes == 0
+    assert (none.config.global_fine_cell, none.config.global_fine_check) == (0, False)
+    saved = FusionEngine(_shipped_saved_with(tmp_path / 'no_fine.safetensors',
+                                             global_fine_cell=0, global_fine_check=False),
+                         cuda_graph='off')
+    without = none.infer(*pair)
+    _assert_same_outputs(without, saved.infer(*pair))
+    # 1: one pass, with the shipped cells, radius, check and tolerance.
+    one = FusionEngine(cuda_graph='off', fine_passes=1)
+    matcher = one.model.registration.global_matcher
+    assert (one.fine_passes, matcher.fine_cell, matcher.fine_radius, matcher.fine_check,
+            matcher.fine_tolerance) == (1, 4, 4, True, 0.25)
+    once = one.infer(*pair)
+    _assert_same_outputs(once, FusionEngine(
+        _shipped_saved_with(tmp_path / 'one_fine.safetensors', global_fine_passes=1),
+        cuda_graph='off').infer(*pair))
+    # The passes act on this pair: each setting registers it elsewhere (measured 0.31 px and
+    # 0.14 px of mean flow from the shipped four passes).
+    assert np.abs(without.flow_px - default.flow_px).mean() > 0.05
+    assert np.abs(once.flow_px - default.flow_px).mean() > 0.02
+    # A stream's fits run the passes set (global_every: the first pair's fit is kept).
+    stream = FusionEngine(cuda_graph='off', fine_passes=0, global_every=1000)
+    saved_stream = FusionEngine(tmp_path / 'no_fine.safetensors', cuda_graph='off',
+                                global_every=1000)
+    other = _misaligned_sample('FLIR_04229')
+    for engine in (stream, saved_stream):
+        engine.infer(*pair)
+    _assert_same_outputs(stream.infer(*other), saved_stream.infer(*other))
+
+
+def test_fine_passes_are_refused_out_of_range_and_without_a_fine_stage(tmp_path):
+    for bad in (True, -1, 9, 1.0, '2'):
+        with pytest.raises(ValueError, match=r'fine_passes must be an integer in \[0, 8\]'):
+            FusionEngine(cuda_graph='off', fine_passes=bad)
+    from tarfuse_ros.core.model.tarfuse import TarFuseConfig
+    no_fine = tmp_path / 'orientation_no_fine.safetensors'
+    save_checkpoint(no_fine, build_model(TarFuseConfig(global_features='orientation')).eval())
+    learnt = tmp_path / 'learnt_global.safetensors'
+    save_checkpoint(learnt, build_model().eval())
+    for path, stage in ((no_fine, 'global_fine_cell 0'),
+                        (learnt, "no orientation global stage: registration 'match'")):
+        for passes in (1, 8):
+            with pytest.raises(ValueError) as raised:
+                FusionEngine(path, cuda_graph='off', fine_passes=passes)
+            assert (f'{passes} fine passes asked for, but this checkpoint has no fine stage '
+                    f'({stage}' in str(raised.value)), str(raised.value)
+            assert "only 0 or the checkpoint's own (unset) apply" in str(raised.value)
+        # None or 0: nothing to change, the model runs as saved.
+        for passes in (None, 0):
+            assert FusionEngine(path, cuda_graph='off', fine_passes=passes).fine_passes == 0
+
+
 def _resized_and_by_hand(weights, pair, frame, network, interpolation, **setting):
     """Return an engine's result on a pair and a plain engine's on the pair resized by hand.
 

@@ -178,6 +178,65 @@ def test_scale_search_exports_and_the_tool_can_leave_it_out(tmp_path, capsys):
     assert len(graphs['one.onnx'].graph.node) < 0.6 * len(graphs['scales.onnx'].graph.node)
 
 
+def test_fine_passes_export_and_are_recorded_in_the_metadata(match_checkpoint, tmp_path,
+                                                             capsys):
+    # The shipped model's fine stage (4 passes within 4 cells, checked, 0.25 px tolerance) on
+    # one start and one scale, to keep the graph small.
+    from dataclasses import replace
+    from tarfuse_ros.core.model.tarfuse import TarFuseConfig
+    torch.manual_seed(0)
+    path = tmp_path / 'fine.safetensors'
+    save_checkpoint(path, build_model(replace(
+        TarFuseConfig(), global_features='orientation', global_fine_cell=4,
+        global_fine_passes=4, global_fine_radius=4, global_fine_check=True,
+        global_fine_tolerance=0.25)).eval(), provenance={'note': 'random init, ONNX test'})
+    # One pass: the graph matches PyTorch run with one pass (export_onnx's own check).
+    report = export_onnx(path, tmp_path / 'one.onnx', fine_passes=1)
+    assert report.fine_passes == 1
+    for name, value in report.max_abs_diff.items():
+        assert value <= VERIFY_TOLERANCES['float32'][name], (name, value)
+    # tarfuse-export --fine-passes 0: no fine stage in the graph, nor in its metadata.
+    assert export_tool.main([str(path), '--out', str(tmp_path / 'none.onnx'), '--fine-passes',
+                             '0', '--no-verify', '--threads', '1']) == 0
+    assert 'global stage fine passes: 0 (--fine-passes)\n' in capsys.readouterr().out
+    graphs = {name: onnx.load(str(tmp_path / name)) for name in ('one.onnx', 'none.onnx')}
+    fields = ('global_fine_cell', 'global_fine_passes', 'global_fine_check')
+    recorded = {}
+    for name, graph in graphs.items():
+        model = json.loads({p.key: p.value for p in graph.metadata_props}[CONFIG_KEY])['model']
+        recorded[name] = tuple(model[field] for field in fields)
+    assert recorded == {'one.onnx': (4, 1, True), 'none.onnx': (0, 4, False)}
+    assert len(graphs['none.onnx'].graph.node) < len(graphs['one.onnx'].graph.node)
+    # Out of range, and passes for a checkpoint without a fine stage: usage errors.
+    assert export_tool.main([str(path), '--out', str(tmp_path / 'bad.onnx'), '--fine-passes',
+                             '9']) == 2
+    assert '--fine-passes must be an integer in [0, 8]' in capsys.readouterr().err
+    assert export_tool.main([str(match_checkpoint), '--out', str(tmp_path / 'bad.onnx'),
+                             '--fine-passes', '2', '--no-verify', '--threads', '1']) == 2
+    assert '2 fine passes asked for, but this checkpoint has no fine stage' in (
+        capsys.readouterr().err)
+    assert not (tmp_path / 'bad.onnx').exists()
+
+
+def test_the_onnx_engine_refuses_fine_passes_naming_the_export_option(tmp_path):
+    # The graph has its fine passes built in, as its scales.
+    identity = onnx.helper.make_model(onnx.helper.make_graph(
+        [onnx.helper.make_node('Identity', ['x'], ['y'])], 'other',
+        [onnx.helper.make_tensor_value_info('x', onnx.TensorProto.FLOAT, [1])],
+        [onnx.helper.make_tensor_value_info('y', onnx.TensorProto.FLOAT, [1])]),
+        opset_imports=[onnx.helper.make_opsetid('', 17)])
+    foreign = tmp_path / 'foreign.onnx'
+    onnx.save(identity, str(foreign))
+    for passes in (0, 2):
+        with pytest.raises(ValueError, match=f'fine_passes={passes} needs the torch engine'):
+            OnnxFusionEngine(foreign, fine_passes=passes)
+    with pytest.raises(ValueError) as raised:
+        OnnxFusionEngine(foreign, fine_passes=0)
+    assert 'tarfuse-export WEIGHTS --out MODEL.onnx --fine-passes N' in str(raised.value)
+    with pytest.raises(OnnxModelError):  # None: the graph's own; the file is then read
+        OnnxFusionEngine(foreign, fine_passes=None)
+
+
 def test_half_export_keeps_float32_inputs_and_outputs(match_checkpoint, tmp_path):
     report = export_onnx(match_checkpoint, tmp_path / 'half.onnx', half=True)
     assert report.precision == 'float16' and report.max_abs_diff

@@ -90,6 +90,13 @@ def test_yaml_sets_every_parameter_except_the_optional_class_filter_and_comments
     ({'registration.scale_search': 'no'}, 'registration.scale_search must be a bool'),
     ({'registration.scale_search': False, 'backend': 'onnxruntime', 'weights': 'm.onnx'},
      'registration.scale_search=false needs backend torch'),
+    ({'registration.fine_passes': 9}, 'registration.fine_passes=9 is outside [-1, 8]'),
+    ({'registration.fine_passes': -2}, 'registration.fine_passes=-2 is outside [-1, 8]'),
+    ({'registration.fine_passes': 1.5}, 'registration.fine_passes must be an integer'),
+    ({'registration.fine_passes': True}, 'registration.fine_passes must be a number'),
+    ({'registration.fine_passes': 0, 'backend': 'onnxruntime', 'weights': 'm.onnx'},
+     'registration.fine_passes=0 needs backend torch.*tarfuse-export WEIGHTS --out MODEL.onnx '
+     '--fine-passes 0'),
     ({'registration.global_every': 0}, 'registration.global_every=0 is outside [1, 10000]'),
     ({'registration.global_window': 1.5}, 'registration.global_window must be'),
     ({'registration.global_window': 9, 'backend': 'onnxruntime', 'weights': 'm.onnx'},
@@ -118,7 +125,7 @@ def test_run_time_changes_are_applied_and_fixed_ones_refused_with_the_reason():
     for name, value in [('weights', '/tmp/other.safetensors'), ('device', 'cuda:0'),
                         ('sync.slop', 0.2), ('sync.approximate', False),
                         ('sync.infrared_time_offset', -0.06),
-                        ('qos.reliability', 'reliable')]:
+                        ('qos.reliability', 'reliable'), ('registration.fine_passes', 2)]:
         with pytest.raises(ValueError, match=f'{name} cannot change while the node runs.*'
                                              f'restart'):
             apply_updates(params, {name: value})

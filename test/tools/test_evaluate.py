@@ -285,6 +285,37 @@ def test_evaluate_rejects_bad_requests(random_checkpoint, tmp_path, capsys):
     assert not (tmp_path / 'never').exists()
 
 
+def test_fine_passes_reach_the_engine_and_are_recorded(random_checkpoint, tmp_path, capsys):
+    """--fine-passes 0: the global stage runs none; metrics.json and the report say so."""
+    from tarfuse_ros.tools.evaluate import main
+    args = ['--data', str(DATASETS / 'tno'), '--split', 'all', '--no-progress', '--max-pairs',
+            '1', '--max-side', '96', '--threads', '1', '--figures', '0']
+    out = tmp_path / 'none'
+    assert main([*args, '--weights', str(_shipped_weights()), '--out', str(out),
+                 '--fine-passes', '0']) == 0, capsys.readouterr().err
+    metrics = json.loads((out / 'metrics.json').read_text())
+    assert (metrics['fine_passes'], metrics['global_fine_passes']) == (0, 0)
+    assert 'with 0 fine passes in the global stage (--fine-passes)' in (
+        out / 'report.md').read_text()
+    # Without the option: the checkpoint's own (4 in the shipped model), no word in the report.
+    shipped = tmp_path / 'shipped'
+    assert main([*args, '--weights', str(_shipped_weights()), '--out', str(shipped)]) == 0
+    metrics = json.loads((shipped / 'metrics.json').read_text())
+    assert (metrics['fine_passes'], metrics['global_fine_passes']) == (None, 4)
+    assert 'fine passes' not in (shipped / 'report.md').read_text()
+    capsys.readouterr()
+    # Out of range, or passes for a checkpoint without a fine stage: refused, nothing written.
+    for value, weights, words in (
+            ('9', _shipped_weights(), '--fine-passes must be an integer in [0, 8]'),
+            ('2', random_checkpoint, '2 fine passes asked for, but this checkpoint has no fine '
+                                     'stage')):
+        code = main([*args, '--weights', str(weights), '--out', str(tmp_path / 'never'),
+                     '--fine-passes', value])
+        err = capsys.readouterr().err
+        assert code == 2 and words in err, err
+        assert not (tmp_path / 'never').exists()
+
+
 def test_evaluate_names_its_own_option_when_the_gpu_is_missing(random_checkpoint, tmp_path,
                                                                capsys):
     # --device cuda without a GPU ended "use device 'cpu' or allow the CPU fallback", an
@@ -466,7 +497,10 @@ def test_options_are_checked_before_anything_runs():
                          ({'threads': 0}, '--threads'), ({'figures': -1}, '--figures'),
                          # named as options (the engine's error named its own arguments)
                          ({'conf': 2.0}, r'--conf must be a number in \[0, 1\], got 2.0'),
-                         ({'iou': float('nan')}, '--iou must be')):
+                         ({'iou': float('nan')}, '--iou must be'),
+                         ({'fine_passes': 9}, '--fine-passes must be'),
+                         ({'fine_passes': True}, '--fine-passes must be'),
+                         ({'fine_passes': -1}, '--fine-passes must be')):
         with pytest.raises(ValueError, match=message):
             EvalOptions(**bad)
 

@@ -176,6 +176,36 @@ def test_no_scale_search_runs_the_single_scale_engine(tmp_path, capsys):
                                atol=0.02)
 
 
+def test_fine_passes_reach_the_engine_and_out_of_range_is_a_usage_error(tmp_path, capsys):
+    ir_path = SAMPLES / 'synthetic_misaligned' / 'ir_warp' / f'{STEMS[1]}.png'
+    vi_path = SAMPLES / 'vi' / f'{STEMS[1]}.jpg'
+    out = tmp_path / 'out'
+    status, stdout, _ = _run(capsys, '--ir', ir_path, '--visible', vi_path, '--out', out,
+                             '--flow', '--fine-passes', '0')
+    assert status == 0, stdout
+    pair = _read(ir_path), _read(vi_path)
+    without = FusionEngine(WEIGHTS, device='cpu', fine_passes=0)
+    assert without.fine_passes == 0
+    flow = np.load(out / 'flow' / f'{STEMS[1]}.npy')
+    np.testing.assert_allclose(flow, without.infer(*pair).flow_px, atol=0.02)
+    shipped = FusionEngine(WEIGHTS, device='cpu').infer(*pair).flow_px
+    assert np.abs(flow - shipped).mean() > 0.05, np.abs(flow - shipped).mean()
+    for value in ('9', '-1'):
+        status, stdout, err = _run(capsys, '--ir', ir_path, '--visible', vi_path, '--out',
+                                   tmp_path / 'refused', '--fine-passes', value)
+        assert status == 2 and not stdout, err
+        assert ('--fine-passes must be an integer in [0, 8] (0: no fine pass; unset: the '
+                f"checkpoint's own), got {value}") in err, err
+    assert not (tmp_path / 'refused').exists()
+    # A model whose global stage has no fine stage (the medical one: no orientation stage).
+    status, _, err = _run(capsys, '--ir', ir_path, '--visible', vi_path, '--out',
+                          tmp_path / 'medical', '--fine-passes', '2', '--weights',
+                          share_dir() / 'models' / 'tarfuse_medical.safetensors')
+    assert status == 2, err
+    assert 'cannot start the model with these options: 2 fine passes asked for, but this ' \
+        'checkpoint has no fine stage' in err, err
+
+
 def test_global_every_keeps_the_first_fit_over_a_folder_of_one_rig(tmp_path, capsys):
     ir_dir, vi_dir, out = tmp_path / 'ir', tmp_path / 'vi', tmp_path / 'out'
     ir_dir.mkdir()
