@@ -518,7 +518,7 @@ def _misaligned_sample(stem='FLIR_00993'):
 
 
 def _shipped_saved_with(path, **fields):
-    """Save the shipped weights with ``fields`` of their config replaced (MODEL_CARD.md)."""
+    """Save the shipped weights with ``fields`` of their config replaced."""
     from dataclasses import replace
     from tarfuse_ros.core.checkpoint import load_checkpoint, read_checkpoint_config
     from tarfuse_ros.core.paths import default_weights_path
