@@ -62,6 +62,9 @@ def get_args_parser():
     parser.add_argument('--no-scale-search', dest='scale_search', action='store_false',
                         help="the global stage fits scale 1.0 only (the node's "
                              'registration.scale_search false)')
+    parser.add_argument('--fine-passes', type=int, default=None, metavar='N',
+                        help="the global stage's fine passes, 0-8 (default: the model's own; "
+                             "the node's registration.fine_passes)")
     parser.add_argument('--json', type=Path, default=None, help='also write results here')
     return parser
 
@@ -147,13 +150,14 @@ def _parameters(model):
     return info
 
 
-def _make_engine(weights, mode, scale_search=True):
+def _make_engine(weights, mode, scale_search=True, fine_passes=None):
     from tarfuse_ros.core.engine import FusionEngine
     if mode == 'cpu':  # the thread count is set by main()
-        return FusionEngine(weights, device='cpu', scale_search=scale_search)
+        return FusionEngine(weights, device='cpu', scale_search=scale_search,
+                            fine_passes=fine_passes)
     return FusionEngine(weights, device='cuda', half=mode != 'cuda-fp32',
                         cuda_graph='on' if mode == 'cuda-fp16-graph' else 'off',
-                        scale_search=scale_search)
+                        scale_search=scale_search, fine_passes=fine_passes)
 
 
 def run_case(engine, mode, width, height, pair, args):
@@ -212,7 +216,13 @@ def _format_row(row):
 
 
 def main(argv=None):
-    args = get_args_parser().parse_args(argv)
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
+    try:
+        from tarfuse_ros.core.fine_passes import check_fine_passes
+        check_fine_passes(args.fine_passes, '--fine-passes')
+    except ValueError as exc:
+        parser.error(str(exc))
     os.environ.setdefault('YOLO_OFFLINE', '1')
     sizes = [_parse_size(text) for text in args.resolutions]
     cuda = torch.cuda.is_available()
@@ -233,6 +243,7 @@ def main(argv=None):
         model = load_checkpoint(weights).eval()
         results['weights'] = described
         results['scale_search'] = args.scale_search
+        results['fine_passes'] = args.fine_passes
         results['parameters'] = _parameters(model)
         flops = count_flops(model, 640, 512)
         results['gflops_640x512'] = flops / 1e9
@@ -241,7 +252,8 @@ def main(argv=None):
         del model
         pair = _sample_pair()
         results['input'] = pair[2]
-        print(f'weights: {described}' + ('' if args.scale_search else ' (scale search off)'))
+        print(f'weights: {described}' + ('' if args.scale_search else ' (scale search off)')
+              + ('' if args.fine_passes is None else f' ({args.fine_passes} fine passes)'))
         print(f"torch {torch.__version__}, {args.threads} CPU threads, GPU: {results['gpu']}, "
               f'input: {pair[2]}')
         if not all(results['malloc_tunables'].values()):
@@ -260,7 +272,7 @@ def main(argv=None):
                           f"{'infer pre / model / post':>27}", 'target']))
         rows = []
         for mode in modes:
-            engine = _make_engine(weights, mode, args.scale_search)
+            engine = _make_engine(weights, mode, args.scale_search, args.fine_passes)
             for width, height in sizes:
                 row = run_case(engine, mode, width, height, pair, args)
                 rows.append(row)
