@@ -430,7 +430,11 @@ class TarFuseNode(Node):
         elif not params.registration_scale_search:
             self.get_logger().info('global stage scale search off '
                                    '(registration.scale_search false): scale 1.0 only')
-        if fine_passes(params) is not None:
+        if fine_passes(params) is not None and not scales:  # 0: 1-8 were refused above
+            self.get_logger().info(
+                f'registration.fine_passes {params.registration_fine_passes} has no effect: '
+                f'the model has no orientation global stage ({params.weights})')
+        elif fine_passes(params) is not None:
             self.get_logger().info(
                 f'global stage fine passes: {engine.fine_passes} (registration.fine_passes '
                 f"{params.registration_fine_passes}; -1 runs the model's own)")

@@ -21,6 +21,7 @@ import rclpy
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from tarfuse_ros.core.engine import FusionEngine
+from tarfuse_ros.core.paths import share_dir
 from tarfuse_ros.core.prior import load_prior_yaml, make_prior, write_prior_yaml
 from tarfuse_ros.ros.params import decimal_number_lists, declare_node_parameters
 from tarfuse_ros.ros.params import params_from_values, registration_prior
@@ -187,6 +188,19 @@ def test_node_with_no_fine_pass_publishes_the_registration_of_that_engine():
     # The setting really acted: the shipped four passes register the pair elsewhere (measured
     # 3.2 grey levels apart on average).
     assert np.abs(pixels.astype(int) - shipped.registered_ir).mean() > 1.0
+
+
+def test_node_says_fine_passes_have_no_effect_on_a_model_without_the_global_stage():
+    # The medical model has no orientation global stage: with registration.fine_passes 0 the
+    # node logged 'global stage fine passes: 0' as if it had one to run them in.
+    medical = share_dir() / 'models' / 'tarfuse_medical.safetensors'
+    pixels, log = _registered_by_node({'weights': str(medical), 'registration.fine_passes': '0'},
+                                      '/medical_fine')
+    assert ('registration.fine_passes 0 has no effect: the model has no orientation global '
+            'stage') in log, log
+    assert 'global stage fine passes' not in log, log
+    expected = FusionEngine(medical, cuda_graph='off').infer(*sample_pair())
+    assert np.abs(pixels.astype(int) - expected.registered_ir).max() <= 1
 
 
 @pytest.mark.parametrize('value', ['-2', '9'])
