@@ -60,6 +60,7 @@ from rclpy.qos_overriding_options import InvalidQosOverridesError, QoSOverriding
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from tarfuse_ros.core.cpus import default_cpu_threads
 from tarfuse_ros.core.drawing import draw_detections
+from tarfuse_ros.core.fine_passes import NoFineStageError
 from tarfuse_ros.core.health import HealthSettings, RegistrationHealth
 from tarfuse_ros.core.images import check_frame_size
 from tarfuse_ros.core.pairing import NearestPairCheck
@@ -403,6 +404,10 @@ class TarFuseNode(Node):
             raise StartupError(
                 f'cannot load the model: {exc}. Point the weights parameter at a valid {kind} '
                 f'(-p weights:=/path/{example})') from exc
+        except NoFineStageError as exc:  # the engine's words name its argument, not ours
+            raise StartupError(
+                f'registration.fine_passes {params.registration_fine_passes}: {exc}; set '
+                f"registration.fine_passes to 0 or -1 (the model's own)") from exc
         except ValueError as exc:
             raise StartupError(f'cannot start the model with these parameters: {exc}') from exc
         except (RuntimeError, OSError) as exc:

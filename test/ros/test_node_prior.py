@@ -203,6 +203,16 @@ def test_node_says_fine_passes_have_no_effect_on_a_model_without_the_global_stag
     assert np.abs(pixels.astype(int) - expected.registered_ir).max() <= 1
 
 
+def test_node_refuses_fine_passes_for_a_model_without_a_fine_stage_naming_the_parameter():
+    # The engine's words ('2 fine passes asked for ... only 0 or the checkpoint's own (unset)
+    # apply') named neither the parameter nor its -1, which the shipped params file sets.
+    assert_start_up_fails(
+        {'weights': str(share_dir() / 'models' / 'tarfuse_medical.safetensors'),
+         'registration.fine_passes': '2'},
+        ('registration.fine_passes 2', 'no orientation global stage',
+         'set registration.fine_passes to 0 or -1'))
+
+
 @pytest.mark.parametrize('value', ['-2', '9'])
 def test_node_refuses_fine_passes_out_of_range_at_start_up(value):
     assert_start_up_fails({'registration.fine_passes': value},
