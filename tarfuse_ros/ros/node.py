@@ -432,6 +432,9 @@ class TarFuseNode(Node):
                 f'global stage scale search: IR / visible scales {list(scales)} '
                 f'(-p registration.scale_search:=false for rigs with matching fields of view: '
                 f'about half the CPU time)')
+        elif not params.registration_scale_search and not scales:  # torch: onnx refused it
+            self.get_logger().info('registration.scale_search false has no effect: the model '
+                                   f'has no orientation global stage ({params.weights})')
         elif not params.registration_scale_search:
             self.get_logger().info('global stage scale search off '
                                    '(registration.scale_search false): scale 1.0 only')

@@ -203,6 +203,26 @@ def test_node_says_fine_passes_have_no_effect_on_a_model_without_the_global_stag
     assert np.abs(pixels.astype(int) - expected.registered_ir).max() <= 1
 
 
+def test_node_says_the_scale_search_switch_has_no_effect_without_the_global_stage():
+    # With registration.scale_search false the medical model (no orientation global stage)
+    # logged 'global stage scale search off ... scale 1.0 only', a stage it does not have.
+    medical = share_dir() / 'models' / 'tarfuse_medical.safetensors'
+    node = NodeProcess(random_domain_id(), {'device': 'cpu', 'cpu_threads': 1,
+                                            'weights': str(medical),
+                                            'registration.scale_search': 'false'})
+    try:
+        deadline = time.monotonic() + 120.0
+        while node.alive() and 'ready: model' not in node.log():
+            assert time.monotonic() < deadline, node.log()
+            time.sleep(0.2)
+        log = node.log()
+    finally:
+        node.close()
+    assert ('registration.scale_search false has no effect: the model has no orientation '
+            'global stage') in log, log
+    assert 'scale search off' not in log, log
+
+
 def test_node_refuses_fine_passes_for_a_model_without_a_fine_stage_naming_the_parameter():
     # The engine's words ('2 fine passes asked for ... only 0 or the checkpoint's own (unset)
     # apply') named neither the parameter nor its -1, which the shipped params file sets.
