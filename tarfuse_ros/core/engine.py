@@ -55,7 +55,7 @@ import warnings
 import numpy as np
 from tarfuse_ros.core import images
 from tarfuse_ros.core.checkpoint import load_checkpoint
-from tarfuse_ros.core.fine_passes import check_fine_passes
+from tarfuse_ros.core.fine_passes import check_fine_passes, NoFineStageError
 from tarfuse_ros.core.model.matching import _normalised_affine_to_pixel
 from tarfuse_ros.core.pair_engine import (Detection, FusionResult, outputs_to_frame,
                                           PairEngine, resize_planes)
@@ -111,7 +111,7 @@ def set_fine_passes(model, passes):
     Raises:
         ValueError: ``passes`` not None or an integer in [0, 8]; N >= 1 for a model whose
             global stage has no fine stage (no orientation global stage, or
-            ``global_fine_cell`` 0).
+            ``global_fine_cell`` 0): :class:`~tarfuse_ros.core.fine_passes.NoFineStageError`.
 
     """
     from dataclasses import replace
@@ -127,8 +127,9 @@ def set_fine_passes(model, passes):
                  f'no orientation global stage: registration {config.registration!r}, '
                  f'global_stage {config.global_stage}, global_features '
                  f'{config.global_features!r}')
-        raise ValueError(f'{passes} fine passes asked for, but this checkpoint has no fine '
-                         f"stage ({stage}): only 0 or the checkpoint's own (unset) apply")
+        raise NoFineStageError(f'{passes} fine passes asked for, but this checkpoint has no '
+                               f"fine stage ({stage}): only 0 or the checkpoint's own (unset) "
+                               f'apply')
     if passes == 0:
         model.config = replace(config, global_fine_cell=0, global_fine_check=False)
         matcher.fine_cell, matcher.fine_check = 0, False

@@ -296,7 +296,9 @@ def export_onnx(weights, output, half=False, opset=MIN_OPSET, verify=True, scale
     model = load_checkpoint(weights, map_location='cpu').eval()
     config = copy.deepcopy(model.checkpoint_config)
     if not scale_search and scale_search_off(model):
+        # The model leaves out the wide scales with the search (set_global_scale_candidates).
         config['model']['global_scale_candidates'] = [1.0]
+        config['model']['global_wide_scales'] = list(model.config.global_wide_scales)
     if set_fine_passes(model, fine_passes):
         # The metadata says what the graph runs (the fields set_fine_passes changed).
         for key in ('global_fine_cell', 'global_fine_check', 'global_fine_passes'):

@@ -7,11 +7,19 @@ and :func:`~tarfuse_ros.core.engine.set_fine_passes`.
 
 import numbers
 
-__all__ = ['MAX_FINE_PASSES', 'check_fine_passes']
+__all__ = ['MAX_FINE_PASSES', 'NoFineStageError', 'check_fine_passes']
 
 # The most fine passes an inference setting may ask for: the shipped model runs 4, and the
 # passes converge well before 8 (OrientationMatcher, fine_tolerance).
 MAX_FINE_PASSES = 8
+
+
+class NoFineStageError(ValueError):
+    """Fine passes (1-8) asked of a checkpoint whose global stage has no fine stage.
+
+    A ``ValueError`` of its own so that a program can name its own setting (the node:
+    ``registration.fine_passes``) beside the checkpoint's reason.
+    """
 
 
 def check_fine_passes(fine_passes, name='fine_passes'):

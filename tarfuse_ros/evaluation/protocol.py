@@ -317,6 +317,8 @@ def _evaluate(data_dir, weights, out_dir, options):
     # --fine-passes as given (None: the checkpoint's own) and the passes the global stage ran.
     result['fine_passes'] = options.fine_passes
     result['global_fine_passes'] = engine.fine_passes
+    # Without the stage (the medical model) --fine-passes 0 acts on nothing; the report says so.
+    result['orientation_global_stage'] = bool(engine.scale_candidates)
     # Whole or not at all: an interrupted run leaves no half-written file under these names.
     report = render_report(result)
     write_text_atomic(out_dir / 'metrics.json', json.dumps(result, indent=2) + '\n')

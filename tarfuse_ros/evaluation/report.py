@@ -34,6 +34,16 @@ def _sizes(speed, shown=4):
     return f', images of {", ".join(sizes[:shown])}{more} px (height x width)'
 
 
+def _fine_passes(result):
+    """Return the weights line's words on ``--fine-passes`` ('' when it was not given)."""
+    if result.get('fine_passes') is None:
+        return ''
+    if result.get('orientation_global_stage') is False:
+        return (f' (--fine-passes {result["fine_passes"]} had no effect: the model has no '
+                f'orientation global stage)')
+    return f' with {result["global_fine_passes"]} fine passes in the global stage (--fine-passes)'
+
+
 def _header(result):
     speed = result['speed']
     lines = [REPORT_TITLE, '',
@@ -42,9 +52,7 @@ def _header(result):
              + (f'; the network on frames shrunk to a longer side of '
                 f'{result["input_max_long_side"]} px' if result.get('input_max_long_side')
                 else '') + ')',
-             f'- weights: `{result["weights"]}`'
-             + (f' with {result["global_fine_passes"]} fine passes in the global stage '
-                f'(--fine-passes)' if result.get('fine_passes') is not None else ''),
+             f'- weights: `{result["weights"]}`' + _fine_passes(result),
              f'- deformation: `{result["deform"]}` (per pair: {result["deformation_sources"]}), '
              f'seed {result["seed"]}',
              f'- stored IR: {result.get("stored_ir", "aligned")}',

@@ -60,6 +60,7 @@ from rclpy.qos_overriding_options import InvalidQosOverridesError, QoSOverriding
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from tarfuse_ros.core.cpus import default_cpu_threads
 from tarfuse_ros.core.drawing import draw_detections
+from tarfuse_ros.core.fine_passes import NoFineStageError
 from tarfuse_ros.core.health import HealthSettings, RegistrationHealth
 from tarfuse_ros.core.images import check_frame_size
 from tarfuse_ros.core.pairing import NearestPairCheck
@@ -403,6 +404,10 @@ class TarFuseNode(Node):
             raise StartupError(
                 f'cannot load the model: {exc}. Point the weights parameter at a valid {kind} '
                 f'(-p weights:=/path/{example})') from exc
+        except NoFineStageError as exc:  # the engine's words name its argument, not ours
+            raise StartupError(
+                f'registration.fine_passes {params.registration_fine_passes}: {exc}; set '
+                f"registration.fine_passes to 0 or -1 (the model's own)") from exc
         except ValueError as exc:
             raise StartupError(f'cannot start the model with these parameters: {exc}') from exc
         except (RuntimeError, OSError) as exc:
@@ -427,10 +432,17 @@ class TarFuseNode(Node):
                 f'global stage scale search: IR / visible scales {list(scales)} '
                 f'(-p registration.scale_search:=false for rigs with matching fields of view: '
                 f'about half the CPU time)')
+        elif not params.registration_scale_search and not scales:  # torch: onnx refused it
+            self.get_logger().info('registration.scale_search false has no effect: the model '
+                                   f'has no orientation global stage ({params.weights})')
         elif not params.registration_scale_search:
             self.get_logger().info('global stage scale search off '
                                    '(registration.scale_search false): scale 1.0 only')
-        if fine_passes(params) is not None:
+        if fine_passes(params) is not None and not scales:  # 0: 1-8 were refused above
+            self.get_logger().info(
+                f'registration.fine_passes {params.registration_fine_passes} has no effect: '
+                f'the model has no orientation global stage ({params.weights})')
+        elif fine_passes(params) is not None:
             self.get_logger().info(
                 f'global stage fine passes: {engine.fine_passes} (registration.fine_passes '
                 f"{params.registration_fine_passes}; -1 runs the model's own)")

@@ -158,8 +158,11 @@ def test_scale_search_exports_and_the_tool_can_leave_it_out(tmp_path, capsys):
     from tarfuse_ros.core.model.tarfuse import TarFuseConfig
     torch.manual_seed(0)
     path = tmp_path / 'scales.safetensors'
+    # Wide scales as the shipped model's, without its wide search (global_wide_below 0): the
+    # metadata must say what --no-scale-search leaves of them (none) and the graph stays small.
     model = build_model(replace(TarFuseConfig(), global_features='orientation',
                                 global_scale_candidates=(0.8, 1.0, 1.25),
+                                global_wide_scales=(0.64, 1.5625),
                                 global_support_mask=True)).eval()
     save_checkpoint(path, model, provenance={'note': 'random init, ONNX test'})
     report = export_onnx(path, tmp_path / 'scales.onnx')
@@ -175,6 +178,11 @@ def test_scale_search_exports_and_the_tool_can_leave_it_out(tmp_path, capsys):
     scales = {name: json.loads({p.key: p.value for p in graph.metadata_props}[CONFIG_KEY])[
         'model']['global_scale_candidates'] for name, graph in graphs.items()}
     assert scales == {'scales.onnx': [0.8, 1.0, 1.25], 'one.onnx': [1.0]}
+    # The wide scales too: the model clears them with the search (set_global_scale_candidates),
+    # and the metadata kept the checkpoint's [0.64, 1.5625], which the graph does not run.
+    wide = {name: json.loads({p.key: p.value for p in graph.metadata_props}[CONFIG_KEY])[
+        'model']['global_wide_scales'] for name, graph in graphs.items()}
+    assert wide == {'scales.onnx': [0.64, 1.5625], 'one.onnx': []}
     assert len(graphs['one.onnx'].graph.node) < 0.6 * len(graphs['scales.onnx'].graph.node)
 
 

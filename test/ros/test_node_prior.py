@@ -21,6 +21,7 @@ import rclpy
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from tarfuse_ros.core.engine import FusionEngine
+from tarfuse_ros.core.paths import share_dir
 from tarfuse_ros.core.prior import load_prior_yaml, make_prior, write_prior_yaml
 from tarfuse_ros.ros.params import decimal_number_lists, declare_node_parameters
 from tarfuse_ros.ros.params import params_from_values, registration_prior
@@ -187,6 +188,49 @@ def test_node_with_no_fine_pass_publishes_the_registration_of_that_engine():
     # The setting really acted: the shipped four passes register the pair elsewhere (measured
     # 3.2 grey levels apart on average).
     assert np.abs(pixels.astype(int) - shipped.registered_ir).mean() > 1.0
+
+
+def test_node_says_fine_passes_have_no_effect_on_a_model_without_the_global_stage():
+    # The medical model has no orientation global stage: with registration.fine_passes 0 the
+    # node logged 'global stage fine passes: 0' as if it had one to run them in.
+    medical = share_dir() / 'models' / 'tarfuse_medical.safetensors'
+    pixels, log = _registered_by_node({'weights': str(medical), 'registration.fine_passes': '0'},
+                                      '/medical_fine')
+    assert ('registration.fine_passes 0 has no effect: the model has no orientation global '
+            'stage') in log, log
+    assert 'global stage fine passes' not in log, log
+    expected = FusionEngine(medical, cuda_graph='off').infer(*sample_pair())
+    assert np.abs(pixels.astype(int) - expected.registered_ir).max() <= 1
+
+
+def test_node_says_the_scale_search_switch_has_no_effect_without_the_global_stage():
+    # With registration.scale_search false the medical model (no orientation global stage)
+    # logged 'global stage scale search off ... scale 1.0 only', a stage it does not have.
+    medical = share_dir() / 'models' / 'tarfuse_medical.safetensors'
+    node = NodeProcess(random_domain_id(), {'device': 'cpu', 'cpu_threads': 1,
+                                            'weights': str(medical),
+                                            'registration.scale_search': 'false'})
+    try:
+        deadline = time.monotonic() + 120.0
+        while node.alive() and 'ready: model' not in node.log():
+            assert time.monotonic() < deadline, node.log()
+            time.sleep(0.2)
+        log = node.log()
+    finally:
+        node.close()
+    assert ('registration.scale_search false has no effect: the model has no orientation '
+            'global stage') in log, log
+    assert 'scale search off' not in log, log
+
+
+def test_node_refuses_fine_passes_for_a_model_without_a_fine_stage_naming_the_parameter():
+    # The engine's words ('2 fine passes asked for ... only 0 or the checkpoint's own (unset)
+    # apply') named neither the parameter nor its -1, which the shipped params file sets.
+    assert_start_up_fails(
+        {'weights': str(share_dir() / 'models' / 'tarfuse_medical.safetensors'),
+         'registration.fine_passes': '2'},
+        ('registration.fine_passes 2', 'no orientation global stage',
+         'set registration.fine_passes to 0 or -1'))
 
 
 @pytest.mark.parametrize('value', ['-2', '9'])

@@ -316,6 +316,25 @@ def test_fine_passes_reach_the_engine_and_are_recorded(random_checkpoint, tmp_pa
         assert not (tmp_path / 'never').exists()
 
 
+def test_fine_passes_without_a_global_stage_are_reported_as_without_effect(tmp_path, capsys):
+    # The medical model has no orientation global stage: with --fine-passes 0 the report read
+    # 'with 0 fine passes in the global stage', as if the option had acted.
+    from tarfuse_ros.core.paths import share_dir
+    from tarfuse_ros.tools.evaluate import main
+    out = tmp_path / 'medical'
+    assert main(['--data', str(DATASETS / 'tno'), '--split', 'all', '--no-progress',
+                 '--max-pairs', '1', '--max-side', '96', '--threads', '1', '--figures', '0',
+                 '--weights', str(share_dir() / 'models' / 'tarfuse_medical.safetensors'),
+                 '--out', str(out), '--fine-passes', '0']) == 0, capsys.readouterr().err
+    report = (out / 'report.md').read_text()
+    assert ' (--fine-passes 0 had no effect: the model has no orientation global stage)' in (
+        report), report
+    assert 'fine passes in the global stage' not in report, report
+    metrics = json.loads((out / 'metrics.json').read_text())
+    assert (metrics['fine_passes'], metrics['global_fine_passes']) == (0, 0)
+    assert metrics['orientation_global_stage'] is False
+
+
 def test_evaluate_names_its_own_option_when_the_gpu_is_missing(random_checkpoint, tmp_path,
                                                                capsys):
     # --device cuda without a GPU ended "use device 'cpu' or allow the CPU fallback", an
