@@ -87,6 +87,9 @@ def test_shipped_model_exports_with_dynamic_sizes_and_the_checkpoint_config(ship
     assert len(config['model']['global_scale_candidates']) == 3
     assert meta[CONFIG_KEY]['model'].pop('global_scale_candidates') == [1.0]
     config['model'].pop('global_scale_candidates')
+    # Nor the wide scales, which the search runs (the graph runs none).
+    assert len(config['model'].pop('global_wide_scales')) == 2
+    assert meta[CONFIG_KEY]['model'].pop('global_wide_scales') == []
     assert meta[CONFIG_KEY] == config
     assert meta['class_names'] == config['model']['class_names']
     assert meta[ONNX_KEY]['precision'] == 'float32' and meta[ONNX_KEY]['size_multiple'] == 32
