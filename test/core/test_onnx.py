@@ -229,8 +229,8 @@ def test_fine_passes_export_and_are_recorded_in_the_metadata(match_checkpoint, t
     assert not (tmp_path / 'bad.onnx').exists()
 
 
-def test_the_onnx_engine_refuses_fine_passes_naming_the_export_option(tmp_path):
-    # The graph has its fine passes built in, as its scales.
+def _foreign_onnx(tmp_path):
+    """Write a valid ONNX model that tarfuse-export did not write (one Identity node)."""
     identity = onnx.helper.make_model(onnx.helper.make_graph(
         [onnx.helper.make_node('Identity', ['x'], ['y'])], 'other',
         [onnx.helper.make_tensor_value_info('x', onnx.TensorProto.FLOAT, [1])],
@@ -238,6 +238,12 @@ def test_the_onnx_engine_refuses_fine_passes_naming_the_export_option(tmp_path):
         opset_imports=[onnx.helper.make_opsetid('', 17)])
     foreign = tmp_path / 'foreign.onnx'
     onnx.save(identity, str(foreign))
+    return foreign
+
+
+def test_the_onnx_engine_refuses_fine_passes_naming_the_export_option(tmp_path):
+    # The graph has its fine passes built in, as its scales.
+    foreign = _foreign_onnx(tmp_path)
     for passes in (0, 2):
         with pytest.raises(ValueError, match=f'fine_passes={passes} needs the torch engine'):
             OnnxFusionEngine(foreign, fine_passes=passes)
@@ -561,13 +567,7 @@ def test_opencv_nms_equals_ultralytics_nms(classes):
 def test_a_bad_onnx_file_is_refused_with_one_clear_error(tmp_path):
     corrupt = tmp_path / 'corrupt.onnx'
     corrupt.write_bytes(b'\x08\x07 not a protobuf at all' * 50)
-    identity = onnx.helper.make_model(onnx.helper.make_graph(
-        [onnx.helper.make_node('Identity', ['x'], ['y'])], 'other',
-        [onnx.helper.make_tensor_value_info('x', onnx.TensorProto.FLOAT, [1])],
-        [onnx.helper.make_tensor_value_info('y', onnx.TensorProto.FLOAT, [1])]),
-        opset_imports=[onnx.helper.make_opsetid('', 17)])
-    foreign = tmp_path / 'foreign.onnx'
-    onnx.save(identity, str(foreign))
+    foreign = _foreign_onnx(tmp_path)
     pytorch = tmp_path / 'model.pt'  # torch.save writes a zip; never loaded back
     torch.save({'weight': torch.zeros(2)}, pytorch)
     cases = {corrupt: 'is not a loadable ONNX model', foreign: 'not written by tarfuse-export',
