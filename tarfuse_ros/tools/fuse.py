@@ -842,6 +842,12 @@ def main(argv=None):
         engine = _load_engine(args.weights, args.device, threads, args.scale_search,
                               args.global_every, args.global_window, prior,
                               args.input_max_long_side, args.fine_passes)
+        unused = [option for option, given in (('--no-scale-search', not args.scale_search),
+                                               ('--fine-passes', args.fine_passes is not None))
+                  if given]
+        if unused and not engine.scale_candidates:  # as tarfuse-export and tarfuse-eval say
+            report(f'{PROG}: note: {" and ".join(unused)} had no effect: the model has no '
+                   f'orientation global stage')
         for each in plan.videos[:1]:  # the visible video's frames run the network: all or none
             width, height = each.size
             try:

@@ -204,6 +204,13 @@ def test_fine_passes_reach_the_engine_and_out_of_range_is_a_usage_error(tmp_path
     assert status == 2, err
     assert 'cannot start the model with these options: 2 fine passes asked for, but this ' \
         'checkpoint has no fine stage' in err, err
+    # 0 passes and no scale search run on it, and say they change nothing (they did not).
+    status, _, err = _run(capsys, '--ir', ir_path, '--visible', vi_path, '--out',
+                          tmp_path / 'medical0', '--fine-passes', '0', '--no-scale-search',
+                          '--weights', share_dir() / 'models' / 'tarfuse_medical.safetensors')
+    assert status == 0, err
+    assert ('tarfuse-fuse: note: --no-scale-search and --fine-passes had no effect: the model '
+            'has no orientation global stage') in err, err
 
 
 def test_global_every_keeps_the_first_fit_over_a_folder_of_one_rig(tmp_path, capsys):
