@@ -621,8 +621,8 @@ class PairedDataset(Dataset):
 
         Such a pair is refused when a loader reaches it (``ir`` above); this finds them all
         before training starts, reading only the files' headers (Pillow: well under a second
-        for hundreds of pairs: :func:`check_aspect_ratios`). A file Pillow does not read is
-        left to the loader's check.
+        for hundreds of pairs: :func:`check_aspect_ratios`; a file Pillow does not read is
+        decoded).
 
         Raises:
             ValueError: how many pairs, the first ``shown`` named with their sizes.
@@ -863,7 +863,8 @@ def check_aspect_ratios(pairs, why, shown=5):
     IR image of another aspect ratio, by more than a registration prior's
     :data:`~tarfuse_ros.core.prior.ASPECT_TOLERANCE`, would be stretched to the visible frame.
     Only the files' headers are read (Pillow: well under a second for hundreds of pairs); a
-    file Pillow does not read is not checked.
+    file Pillow does not read is decoded as the loader decodes it (OpenCV), one no reader
+    takes is left to the loader, which refuses it.
 
     Args:
         pairs: ``(data set folder, stem)`` of each pair, in order.
@@ -899,14 +900,20 @@ def _sizes_text(ir_wh, vi_wh):
 
 
 def _stored_size(path):
-    """Return an image file's ``(width, height)`` from its header, or None (Pillow cannot)."""
+    """Return an image file's ``(width, height)`` as the loader reads it, or None (unreadable).
+
+    From the header (Pillow); a file Pillow does not open (a PNG with a broken ancillary
+    chunk, which libpng skips) is decoded as the loader decodes it (OpenCV).
+    """
     try:
         with warnings.catch_warnings():
             warnings.simplefilter('ignore', PIL.Image.DecompressionBombWarning)
             with PIL.Image.open(path) as image:
                 return tuple(int(side) for side in image.size)
-    except Exception:  # noqa: BLE001 - unreadable by Pillow: the loader's decoding checks it
-        return None
+    except Exception:  # noqa: BLE001 - unreadable by Pillow: read it as the loader does
+        pass
+    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    return None if image is None else (int(image.shape[1]), int(image.shape[0]))
 
 
 def _resize_planes(stack, width, height, interpolation):

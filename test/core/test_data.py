@@ -582,3 +582,45 @@ def test_both_label_writers_write_one_format_and_leave_out_boxes_of_no_area():
     assert kept.tolist() == [False, True] and text == '0 0.500000 0.500000 0.000001 0.200000\n'
     text, kept = data.yolo_label_text(np.zeros((0, 5)))
     assert text == '' and kept.shape == (0,)
+
+
+def _png_with_bad_text_crc(image):
+    """Return PNG bytes of ``image`` with a tEXt chunk whose CRC is wrong.
+
+    libpng (OpenCV) drops such an ancillary chunk with a warning and decodes the image;
+    Pillow refuses the file when it opens it.
+    """
+    import struct
+    png = bytes(cv2.imencode('.png', image)[1])
+    chunk = b'tEXt' + b'Comment\x00x'
+    bad = struct.pack('>I', len(chunk) - 4) + chunk + b'\xde\xad\xbe\xef'
+    return png[:33] + bad + png[33:]  # after the signature and IHDR
+
+
+def test_an_ir_image_pillow_cannot_read_is_checked_at_the_size_opencv_loads(tmp_path):
+    """Its header was not read, the pair passed, and tarfuse-eval scored it stretched."""
+    import PIL.Image
+    folder = tmp_path / 'own'
+    for sub in ('ir', 'vi'):
+        (folder / sub).mkdir(parents=True)
+    stem = 'FLIR_00006'
+    ir = cv2.imread(str(DATASETS / 'roadscene' / 'ir' / f'{stem}.jpg'), cv2.IMREAD_GRAYSCALE)
+    vi = cv2.imread(str(DATASETS / 'roadscene' / 'vi' / f'{stem}.jpg'))
+    (folder / 'vi' / f'{stem}.jpg').write_bytes(
+        (DATASETS / 'roadscene' / 'vi' / f'{stem}.jpg').read_bytes())
+    ir_path = folder / 'ir' / f'{stem}.png'
+    ir_path.write_bytes(_png_with_bad_text_crc(ir[:, :ir.shape[1] * 3 // 4]))
+    # (ultralytics, once imported, turns Pillow's refusal into an ImportError of pi_heif.)
+    with pytest.raises((PIL.UnidentifiedImageError, ImportError)):
+        PIL.Image.open(ir_path)
+    loaded, _ = data.load_pair(folder, stem)
+    assert loaded.shape == (ir.shape[0], ir.shape[1] * 3 // 4)
+    with pytest.raises(ValueError) as raised:
+        data.check_aspect_ratios([(folder, stem)], 'why')
+    assert str(raised.value) == (
+        f'1 of the 1 pairs have an IR image of another aspect ratio than their visible image: '
+        f'own/{stem} (IR {ir.shape[1] * 3 // 4}x{ir.shape[0]}, visible {vi.shape[1]}x'
+        f'{vi.shape[0]}); why')
+    # At the visible image's aspect ratio it passes.
+    ir_path.write_bytes(_png_with_bad_text_crc(ir))
+    data.check_aspect_ratios([(folder, stem)], 'why')
