@@ -52,7 +52,7 @@ from tarfuse_ros.core.layout import (dataset_folder, find_image, IMAGE_EXTENSION
                                      list_split_names, MISALIGNED_DIR, misaligned_stems,
                                      pair_files, read_split, read_text_lines, unpaired_notes,
                                      unpaired_stems)
-from tarfuse_ros.core.prior import ASPECT_TOLERANCE
+from tarfuse_ros.core.prior import beyond_aspect_tolerance
 from tarfuse_ros.core.sizes import enlarged_size
 import torch
 from torch.utils.data import Dataset
@@ -891,8 +891,7 @@ def check_aspect_ratios(pairs, why, shown=5):
 
 def _other_aspect(ir_wh, vi_wh):
     """Return whether two ``(width, height)`` differ in aspect ratio (beyond the tolerance)."""
-    ratio = (ir_wh[0] / ir_wh[1]) / (vi_wh[0] / vi_wh[1])
-    return abs(ratio - 1.0) > ASPECT_TOLERANCE
+    return beyond_aspect_tolerance((ir_wh[0] / ir_wh[1]) / (vi_wh[0] / vi_wh[1]))
 
 
 def _sizes_text(ir_wh, vi_wh):

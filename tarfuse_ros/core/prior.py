@@ -41,9 +41,9 @@ import numpy as np
 from tarfuse_ros.core.images import to_uint8
 
 __all__ = ['ASPECT_TOLERANCE', 'MIN_OVERLAP', 'PARAMETER_NAMES', 'RegistrationPrior',
-           'apply_prior', 'check_prior', 'compose_flow', 'corner_error_px', 'ir_corners',
-           'load_prior_yaml', 'make_prior', 'map_points', 'prior_flow', 'remap_by_flow',
-           'resize_matrix', 'write_prior_yaml']
+           'apply_prior', 'beyond_aspect_tolerance', 'check_prior', 'compose_flow',
+           'corner_error_px', 'ir_corners', 'load_prior_yaml', 'make_prior', 'map_points',
+           'prior_flow', 'remap_by_flow', 'resize_matrix', 'write_prior_yaml']
 
 ASPECT_TOLERANCE = 0.02  # relative change of width/height ratio accepted by scaling
 PARAMETER_NAMES = ('registration.prior', 'registration.prior_ir_size',
@@ -52,6 +52,14 @@ PARAMETER_NAMES = ('registration.prior', 'registration.prior_ir_size',
 _MIN_RELATIVE_DET = 1e-9
 # Least overlap of the mapped IR frame and the visible frame, as a share of the smaller one.
 MIN_OVERLAP = 0.01
+
+
+def beyond_aspect_tolerance(ratio):
+    """Return whether an aspect ratio quotient differs from 1 by more than the tolerance.
+
+    Exactly :data:`ASPECT_TOLERANCE` off passes (1.02 - 1.0 is a rounding error above 0.02).
+    """
+    return abs(ratio - 1.0) > ASPECT_TOLERANCE + 1e-12
 
 
 def resize_matrix(src_wh, dst_wh):
@@ -119,7 +127,7 @@ class RegistrationPrior:
         checks = (('IR', self.ir_size, ir_wh), ('visible', self.visible_size, visible_wh))
         for label, made, got in checks:
             ratio = (got[0] / made[0]) / (got[1] / made[1])
-            if abs(ratio - 1.0) > ASPECT_TOLERANCE:
+            if beyond_aspect_tolerance(ratio):
                 raise ValueError(
                     f'registration.prior was made for a {made[0]}x{made[1]} {label} image but '
                     f'the {label} image is {got[0]}x{got[1]} (another aspect ratio: a crop or '

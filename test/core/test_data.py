@@ -624,3 +624,34 @@ def test_an_ir_image_pillow_cannot_read_is_checked_at_the_size_opencv_loads(tmp_
     # At the visible image's aspect ratio it passes.
     ir_path.write_bytes(_png_with_bad_text_crc(ir))
     data.check_aspect_ratios([(folder, stem)], 'why')
+
+
+@pytest.mark.parametrize('ir_size, refused', [((510, 500), False), ((490, 500), False),
+                                              ((500, 510), False), ((500, 490), True),
+                                              ((511, 500), True), ((489, 500), True)])
+def test_an_ir_image_exactly_at_the_aspect_tolerance_passes(tmp_path, ir_size, refused):
+    """2 % off the visible image's aspect ratio is within 'by more than 2 %'.
+
+    (1.02 - 1.0 is 0.020000000000000018 in floating point: 510x500 beside 500x500 was refused;
+    500x490 is 2.04 % off.) A registration prior takes such a size as well.
+    """
+    folder = tmp_path / 'own'
+    for sub in ('ir', 'vi'):
+        (folder / sub).mkdir(parents=True)
+    stem = 'FLIR_00006'
+    ir = cv2.imread(str(DATASETS / 'roadscene' / 'ir' / f'{stem}.jpg'), cv2.IMREAD_GRAYSCALE)
+    vi = cv2.imread(str(DATASETS / 'roadscene' / 'vi' / f'{stem}.jpg'))
+    cv2.imwrite(str(folder / 'ir' / f'{stem}.png'), cv2.resize(ir, ir_size))
+    cv2.imwrite(str(folder / 'vi' / f'{stem}.png'), cv2.resize(vi, (500, 500)))
+    if refused:
+        with pytest.raises(ValueError, match='another aspect ratio'):
+            data.check_aspect_ratios([(folder, stem)], 'why')
+    else:
+        data.check_aspect_ratios([(folder, stem)], 'why')
+    from tarfuse_ros.core.prior import make_prior
+    prior = make_prior(list(np.eye(3).ravel()), [500, 500], [640, 480])
+    if refused:
+        with pytest.raises(ValueError, match='another aspect ratio'):
+            prior.homography_for(ir_size, (640, 480))
+    else:
+        assert prior.homography_for(ir_size, (640, 480)).shape == (3, 3)
