@@ -21,9 +21,11 @@ import sys
 import threading
 import time
 
+from tarfuse_ros.core.data import DataSource
 from tarfuse_ros.core.files import output_problem
 from tarfuse_ros.core.runtime import DeviceUnavailableError, torch_settings
 from tarfuse_ros.training.config import apply_overrides, load_config, TrainingConfig
+from tarfuse_ros.training.datasets import parse_data_spec
 from tarfuse_ros.training.distributed import setup_distributed, teardown_distributed
 from tarfuse_ros.training.logs import LOG_NAME
 from tarfuse_ros.training.loop import FINAL_NAME, Trainer
@@ -152,6 +154,8 @@ def _refuse_conflicts(args):
         given = by_set.get(section)
         if not isinstance(given, dict) or key not in given or _same(given[key], value):
             continue
+        if section == 'data' and _same_sources(given[key], value):
+            continue
         # The item named is the last that gives the key (a section, or the key itself).
         item = [item for item in args.set if _given_by_set([item], section, key)][-1]
         raise ValueError(f'{said} and --set {item!r} give {section}.{key} two different '
@@ -163,6 +167,23 @@ def _same(a, b):
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
         return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
     return a == b and isinstance(a, bool) == isinstance(b, bool)
+
+
+def _same_sources(a, b):
+    """Return whether two ``data.train`` / ``data.val`` values name the same data sources.
+
+    As the config reads them: ``roadscene``, ``roadscene:train`` and ``{path: roadscene}`` are
+    one source (split ``train`` when left out).
+    """
+    def sources(value):
+        return tuple(parse_data_spec(entry) if isinstance(entry, str)
+                     else DataSource.parse(entry, default_split='train') for entry in value)
+    if not (isinstance(a, (list, tuple)) and isinstance(b, (list, tuple))):
+        return False
+    try:
+        return sources(a) == sources(b)
+    except (TypeError, ValueError):  # not sources: the config names what is wrong
+        return False
 
 
 def _given_by_set(items, section, key):

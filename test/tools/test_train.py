@@ -832,6 +832,22 @@ def test_an_option_and_set_giving_one_key_the_same_value_agree(splits, tmp_path,
     assert not out.exists()
 
 
+@pytest.mark.parametrize('given', [
+    ['--data', 'roadscene', '--set', 'data.train=[roadscene:train]'],
+    ['--data', 'roadscene:train', '--set', 'data.train=[roadscene]'],
+    ['--data', 'roadscene', '--set', 'data.train=[{path: roadscene, split: train}]'],
+    ['--data', 'roadscene', '--set', 'data={train: [roadscene:train]}', '--set',
+     'data.crop=64', '--set', 'data.class_map={person: 0}'],
+    ['--val-data', 'tno:test', '--data', 'roadscene', '--set', 'data.val=[{path: tno, '
+     'split: test}]'],
+], ids=['split given', 'split left out', 'mapping', 'a section', 'val'])
+def test_an_option_and_set_giving_one_data_source_in_two_spellings_agree(given):
+    """--data roadscene --set data.train=[roadscene:train] was refused as two values."""
+    config = train_tool.build_config(train_tool.build_parser().parse_args(given))
+    assert [(source.path, source.split) for source in config.data.train] == [
+        ('roadscene', 'train')]
+
+
 def test_a_pair_whose_ir_has_another_aspect_ratio_fails_before_training(
         splits, tmp_path, capsys):
     """It was stretched to the visible frame and trained on as an aligned pair."""
