@@ -359,8 +359,9 @@ class TrainingConfig:
         if missing:
             raise ValueError(
                 f'{", ".join(missing)} must be set (a --config file replaces the shipped '
-                f'config/train.yaml as a whole: start from a copy of it, or keep it and change '
-                f'keys with --set)')
+                f'config/train.yaml as a whole, and a --set SECTION={{...}} item a whole '
+                f'section of it: start from a copy of the file, or keep it and change single '
+                f'keys with --set SECTION.KEY=VALUE)')
         data = _parse_fields(DataConfig, 'data', section['data'])
         train = _parse_fields(TrainConfig, 'train', section['train'])
         deformation = _numbers(DeformConfig, 'deformation', section['deformation'])

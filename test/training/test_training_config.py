@@ -148,8 +148,23 @@ def test_a_config_written_from_scratch_is_told_every_missing_key_at_once(tmp_pat
     assert train_tool.main(['--config', str(config), '--out', str(tmp_path / 'run')]) == 2
     assert capsys.readouterr().err == (
         'tarfuse-train: error: data.crop, train.epochs, train.batch must be set (a --config '
-        'file replaces the shipped config/train.yaml as a whole: start from a copy of it, or '
-        'keep it and change keys with --set)\n')
+        'file replaces the shipped config/train.yaml as a whole, and a --set SECTION={...} '
+        'item a whole section of it: start from a copy of the file, or keep it and change '
+        'single keys with --set SECTION.KEY=VALUE)\n')
+    assert not (tmp_path / 'run').exists()
+
+
+def test_a_set_section_that_leaves_out_a_required_key_is_told_so(tmp_path, capsys):
+    # --set 'data={train: [roadscene]}' replaces the data section as a whole; the message
+    # blamed a --config file the command line did not give.
+    from tarfuse_ros.tools import train as train_tool
+    assert train_tool.main(['--data', 'roadscene', '--set', 'data={train: [roadscene]}',
+                            '--out', str(tmp_path / 'run')]) == 2
+    assert capsys.readouterr().err == (
+        'tarfuse-train: error: data.crop must be set (a --config file replaces the shipped '
+        'config/train.yaml as a whole, and a --set SECTION={...} item a whole section of it: '
+        'start from a copy of the file, or keep it and change single keys with --set '
+        'SECTION.KEY=VALUE)\n')
     assert not (tmp_path / 'run').exists()
 
 
