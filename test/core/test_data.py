@@ -597,15 +597,21 @@ def _png_with_bad_text_crc(image):
     return png[:33] + bad + png[33:]  # after the signature and IHDR
 
 
-def test_an_ir_image_pillow_cannot_read_is_checked_at_the_size_opencv_loads(tmp_path):
-    """Its header was not read, the pair passed, and tarfuse-eval scored it stretched."""
-    import PIL.Image
+def _own_set_of_one(tmp_path):
+    """Return ``(folder, stem, ir, vi)``: empty ``ir/`` and ``vi/``, a RoadScene pair's images."""
     folder = tmp_path / 'own'
     for sub in ('ir', 'vi'):
         (folder / sub).mkdir(parents=True)
     stem = 'FLIR_00006'
     ir = cv2.imread(str(DATASETS / 'roadscene' / 'ir' / f'{stem}.jpg'), cv2.IMREAD_GRAYSCALE)
     vi = cv2.imread(str(DATASETS / 'roadscene' / 'vi' / f'{stem}.jpg'))
+    return folder, stem, ir, vi
+
+
+def test_an_ir_image_pillow_cannot_read_is_checked_at_the_size_opencv_loads(tmp_path):
+    """Its header was not read, the pair passed, and tarfuse-eval scored it stretched."""
+    import PIL.Image
+    folder, stem, ir, vi = _own_set_of_one(tmp_path)
     (folder / 'vi' / f'{stem}.jpg').write_bytes(
         (DATASETS / 'roadscene' / 'vi' / f'{stem}.jpg').read_bytes())
     ir_path = folder / 'ir' / f'{stem}.png'
@@ -635,12 +641,7 @@ def test_an_ir_image_exactly_at_the_aspect_tolerance_passes(tmp_path, ir_size, r
     (1.02 - 1.0 is 0.020000000000000018 in floating point: 510x500 beside 500x500 was refused;
     500x490 is 2.04 % off.) A registration prior takes such a size as well.
     """
-    folder = tmp_path / 'own'
-    for sub in ('ir', 'vi'):
-        (folder / sub).mkdir(parents=True)
-    stem = 'FLIR_00006'
-    ir = cv2.imread(str(DATASETS / 'roadscene' / 'ir' / f'{stem}.jpg'), cv2.IMREAD_GRAYSCALE)
-    vi = cv2.imread(str(DATASETS / 'roadscene' / 'vi' / f'{stem}.jpg'))
+    folder, stem, ir, vi = _own_set_of_one(tmp_path)
     cv2.imwrite(str(folder / 'ir' / f'{stem}.png'), cv2.resize(ir, ir_size))
     cv2.imwrite(str(folder / 'vi' / f'{stem}.png'), cv2.resize(vi, (500, 500)))
     if refused:
