@@ -54,6 +54,7 @@ setup(
             'tarfuse-export = tarfuse_ros.console:export',
             'tarfuse-pseudo-label = tarfuse_ros.console:pseudo_label',
             'tarfuse-calibrate = tarfuse_ros.console:calibrate',
+            'tarfuse-time-offset = tarfuse_ros.console:time_offset',
         ],
     },
 )

@@ -10,11 +10,13 @@ Examples::
         infrared_transport:=compressed   # subscribes <topic>/compressed
     ros2 launch tarfuse_ros fuse.launch.py backend:=onnxruntime weights:=/path/tarfuse.onnx
     ros2 launch tarfuse_ros fuse.launch.py prior_file:=rig_prior.yaml   # from tarfuse-calibrate
+    ros2 launch tarfuse_ros fuse.launch.py infrared_time_offset:=-0.06  # tarfuse-time-offset
 
 Parameters come from ``params_file`` (default: the shipped ``config/tarfuse.yaml``); the
 ``weights``, ``backend``, ``device``, ``infrared_transport`` and ``visible_transport`` arguments
 override it only when they are not empty; ``prior_file`` (a parameters file written by
-``tarfuse-calibrate``, ``registration.prior*``) is applied after ``params_file``.  Unless
+``tarfuse-calibrate``, ``registration.prior*``) is applied after ``params_file``, and
+``infrared_time_offset`` (``sync.infrared_time_offset``) after both when it is not empty.  Unless
 ``FASTRTPS_DEFAULT_PROFILES_FILE`` is already set, the shipped ``config/fastdds_profile.xml`` is
 used (shared memory with a large segment: large images over best-effort DDS otherwise get
 lost).  The visible camera's camera_info is read beside ``visible_topic`` (its namespace +
@@ -48,7 +50,7 @@ def _launch_setup(context):
     value = {name: LaunchConfiguration(name).perform(context) for name in (
         'namespace', 'params_file', 'weights', 'backend', 'device', 'infrared_topic',
         'visible_topic', 'infrared_transport', 'visible_transport', 'use_sim_time',
-        'prior_file')}
+        'prior_file', 'infrared_time_offset')}
     actions = []
     profile = share / 'config' / 'fastdds_profile.xml'
     if not os.environ.get('FASTRTPS_DEFAULT_PROFILES_FILE') and profile.is_file():
@@ -63,6 +65,13 @@ def _launch_setup(context):
     for camera in ('infrared', 'visible'):
         if value[f'{camera}_transport'].strip():
             overrides[f'{camera}.transport'] = value[f'{camera}_transport'].strip()
+    offset = value['infrared_time_offset'].strip()
+    if offset:
+        try:
+            overrides['sync.infrared_time_offset'] = float(offset)
+        except ValueError:
+            raise ValueError(f'infrared_time_offset must be a number of seconds (e.g. -0.06, '
+                             f'from tarfuse-time-offset), got {offset!r}') from None
     params_file = value['params_file'].strip() or str(share / 'config' / 'tarfuse.yaml')
     # launch_ros drops a parameters file that is not a file with a mere warning, and the node
     # would then run on its built-in defaults.
@@ -118,6 +127,11 @@ def generate_launch_description():
             description='Parameters file with the registration prior (registration.prior, '
                         'prior_ir_size, prior_visible_size) written by tarfuse-calibrate, '
                         'applied after params_file; empty: none.'),
+        DeclareLaunchArgument(
+            'infrared_time_offset', default_value='',
+            description='Seconds added to every IR stamp before pairing (the node parameter '
+                        'sync.infrared_time_offset, e.g. from tarfuse-time-offset), '
+                        'overriding params_file and prior_file; empty: keep it.'),
         DeclareLaunchArgument(
             'weights', default_value='',
             description='Checkpoint (.safetensors; .onnx with backend onnxruntime) overriding '

@@ -13,7 +13,7 @@ import signal
 import sys
 
 __all__ = ['StopRequest', 'calibrate', 'demo', 'evaluate', 'export', 'fuse', 'import_or_stop',
-           'install_handler', 'make_bag', 'play', 'pseudo_label', 'train']
+           'install_handler', 'make_bag', 'play', 'pseudo_label', 'time_offset', 'train']
 
 
 class StopRequest:
@@ -114,3 +114,4 @@ fuse = _script('tarfuse_ros.tools.fuse', 'tarfuse-fuse')
 export = _script('tarfuse_ros.tools.export', 'tarfuse-export')
 pseudo_label = _script('tarfuse_ros.tools.pseudo_label', 'tarfuse-pseudo-label')
 calibrate = _script('tarfuse_ros.tools.calibrate', 'tarfuse-calibrate')
+time_offset = _script('tarfuse_ros.tools.time_offset', 'tarfuse-time-offset')

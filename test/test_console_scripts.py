@@ -54,7 +54,7 @@ def console_scripts():
 
 def test_every_console_script_is_listed():
     names = [name for name, _module, _function in console_scripts()]
-    assert len(names) == 10 and 'fuse_node' in names and 'tarfuse-train' in names
+    assert len(names) == 11 and 'fuse_node' in names and 'tarfuse-train' in names
 
 
 @pytest.mark.parametrize('name, module, function', console_scripts(),

@@ -9,7 +9,7 @@ import pytest
 LAUNCH_FILE = Path(__file__).resolve().parents[2] / 'launch' / 'fuse.launch.py'
 ARGUMENTS = ('namespace', 'params_file', 'weights', 'backend', 'device', 'infrared_topic',
              'visible_topic', 'infrared_transport', 'visible_transport', 'use_sim_time', 'rviz',
-             'prior_file')
+             'prior_file', 'infrared_time_offset')
 
 
 def _declared_arguments(tree):
@@ -110,6 +110,8 @@ def _load_with_stand_ins(monkeypatch):
     ({'prior_file': '/tmp'}, FileNotFoundError, "prior_file '/tmp' is not a file"),
     ({'use_sim_time': 'ture'}, ValueError, "use_sim_time must be 'true' or 'false'"),
     ({'infrared_topic': ''}, ValueError, 'infrared_topic is empty'),
+    ({'infrared_time_offset': '60ms'}, ValueError,
+     'infrared_time_offset must be a number of seconds'),
 ])
 def test_launch_arguments_that_would_be_dropped_or_misread_stop_the_launch(
         monkeypatch, change, error, words):
@@ -117,7 +119,7 @@ def test_launch_arguments_that_would_be_dropped_or_misread_stop_the_launch(
     context = {'namespace': '', 'params_file': '', 'weights': '', 'backend': '', 'device': '',
                'infrared_topic': 'infrared/image_raw', 'visible_topic': 'visible/image_raw',
                'infrared_transport': '', 'visible_transport': '', 'use_sim_time': 'false',
-               'prior_file': ''}
+               'prior_file': '', 'infrared_time_offset': ''}
     actions = module._launch_setup(context)  # the defaults launch
     node = next(a for a in actions if a.kwargs.get('executable') == 'fuse_node')
     assert node.kwargs['parameters'][0].endswith('tarfuse.yaml')
@@ -133,8 +135,28 @@ def test_only_the_images_are_remapped_the_node_finds_their_camera_info(monkeypat
     context = {'namespace': 'front', 'params_file': '', 'weights': '', 'backend': '',
                'device': '', 'infrared_topic': '/flir/image_raw',
                'visible_topic': '/rgb/image_raw', 'infrared_transport': '',
-               'visible_transport': '', 'use_sim_time': 'false', 'prior_file': ''}
+               'visible_transport': '', 'use_sim_time': 'false', 'prior_file': '',
+               'infrared_time_offset': ''}
     node = next(a for a in module._launch_setup(context)
                 if a.kwargs.get('executable') == 'fuse_node')
     assert node.kwargs['remappings'] == [('infrared/image_raw', '/flir/image_raw'),
                                          ('visible/image_raw', '/rgb/image_raw')]
+
+
+def test_the_infrared_time_offset_argument_is_applied_after_the_parameter_and_prior_files(
+        monkeypatch, tmp_path):
+    module = _load_with_stand_ins(monkeypatch)
+    prior = tmp_path / 'rig_prior.yaml'
+    prior.write_text('/**:\n  ros__parameters:\n    sync:\n      infrared_time_offset: 0.5\n')
+    context = {'namespace': '', 'params_file': '', 'weights': '', 'backend': '', 'device': '',
+               'infrared_topic': 'infrared/image_raw', 'visible_topic': 'visible/image_raw',
+               'infrared_transport': '', 'visible_transport': '', 'use_sim_time': 'false',
+               'prior_file': str(prior), 'infrared_time_offset': ' -0.061 '}
+    node = next(a for a in module._launch_setup(context)
+                if a.kwargs.get('executable') == 'fuse_node')
+    files, overrides = node.kwargs['parameters'][:-1], node.kwargs['parameters'][-1]
+    assert files[-1] == str(prior)  # the overrides come after it: the argument wins
+    assert overrides['sync.infrared_time_offset'] == -0.061
+    node = next(a for a in module._launch_setup(dict(context, infrared_time_offset=''))
+                if a.kwargs.get('executable') == 'fuse_node')
+    assert 'sync.infrared_time_offset' not in node.kwargs['parameters'][-1]  # the files' value

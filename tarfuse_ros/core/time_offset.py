@@ -1,0 +1,421 @@
+"""The IR camera's time offset, estimated from a recording of a moving scene (no ROS import).
+
+Two cameras on one rig see the same motion: when the rig turns or something crosses the view,
+both images change at the same instants. Each stream's *motion signal* is how much its frame
+changes per second between consecutive frames (:func:`motion_signal`); the IR's signal, moved
+in time by the right offset, lines up with the visible one. :func:`estimate_time_offset`
+returns the offset that maximises the Pearson correlation of the two signals (a cross-
+correlation over candidate offsets, refined by a parabola through the peak), the node's
+``sync.infrared_time_offset``: the visible driver's stamp of an instant minus the IR driver's
+stamp of the same instant (-0.06 for an IR camera stamped 60 ms late).
+
+The estimate is the classic time-delay estimate, the peak of the two signals'
+cross-correlation (Knapp and Carter, "The generalized correlation method for estimation of
+time delay", IEEE Trans. ASSP 24(4), 1976), on signals of frame-to-frame change. It needs
+motion that varies over the recording (a rig that turns, stops and turns again; people walking
+past): a constant pan or a still scene has no structure to line up, which the result's
+correlation and its per-window estimates show.
+
+Each frame is shrunk (long side ``max_side`` px, OpenCV area resampling) and standardised
+(zero mean, unit standard deviation), so a thermal camera's gain control, its 16-bit range or
+a colour image change nothing; a constant frame (a closed shutter during a thermal camera's
+flat-field correction) reads as zero. The change of a frame is the mean absolute difference of
+consecutive standardised frames divided by their stamps' interval (1/s), placed at the middle
+of the interval: a 9 Hz camera's signal is then a box average over 111 ms centred where a
+30 Hz camera's is, so different frame rates do not shift the peak. A frame that repeats the
+one before (a thermal core frozen for its flat-field correction, a driver sending a frame
+twice) is left out: it was not captured at its stamp, and the change to the next new image is
+spread over the whole interval since the last one.
+"""
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+__all__ = ['MotionSignal', 'TimeOffsetEstimate', 'correlation_at_offsets',
+           'estimate_problem', 'estimate_time_offset', 'estimate_warnings', 'frame_for_motion',
+           'motion_signal']
+
+MAX_SIDE = 160  # px: the motion signal's frame size (long side)
+STEP_S = 0.002  # s: the step of the candidate offsets before the parabola's refinement
+SHARPNESS_SPAN_S = 0.25  # s: how far either side of the peak its sharpness is measured
+_EPS = 1e-6
+# A frame whose standardised image differs from the one before by no more than this on
+# average is that image repeated (a thermal core frozen during its flat-field correction, a
+# driver sending a frame twice): bit-identical frames differ by 0, a camera's noise alone by
+# about 0.1 and more.
+_REPEATED = 1e-4
+# An interval between new images longer than this many times the median one is a gap (a
+# frozen image, frames lost): its change is left out, and the signal is not read across it.
+_GAP = 2.5
+
+
+def frame_for_motion(image, max_side=MAX_SIDE):
+    """Return ``image`` as the motion signal reads it: grey, shrunk, standardised.
+
+    Args:
+        image: (H, W) or (H, W, 3) array (uint8, uint16 or float; colour in any channel
+            order: the channels are averaged).
+        max_side: the long side (px) the frame is shrunk to (never enlarged).
+
+    Returns:
+        (h, w) float32 array of zero mean and unit standard deviation (all zeros for a
+        constant image).
+
+    Raises:
+        ValueError: an image that is not 2-D or 3-D with 1, 3 or 4 channels, or empty.
+
+    """
+    array = np.asarray(image)
+    if array.ndim == 3 and array.shape[2] in (1, 3, 4):
+        array = array[..., :3].astype(np.float32).mean(axis=2)
+    elif array.ndim != 2:
+        raise ValueError(f'an image must be (H, W) or (H, W, 3), got shape {array.shape}')
+    if array.size == 0:
+        raise ValueError(f'an empty image, shape {array.shape}')
+    array = np.nan_to_num(array.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    height, width = array.shape
+    scale = max_side / max(height, width)
+    if scale < 1.0:
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        array = cv2.resize(array, size, interpolation=cv2.INTER_AREA)
+    std = float(array.std())
+    if std < _EPS * max(1.0, float(np.abs(array).max())):
+        return np.zeros_like(array)
+    return (array - float(array.mean())) / std
+
+
+@dataclass(frozen=True)
+class MotionSignal:
+    """How much one camera's frames change per second (:func:`motion_signal`).
+
+    ``times_s`` (N,) are the middles of consecutive frames' stamps (s, increasing), ``values``
+    (N,) the mean absolute change of the standardised frame per second there (1/s);
+    ``max_gap_s`` the longest interval between two samples read as one stretch of signal.
+    """
+
+    times_s: np.ndarray
+    values: np.ndarray
+    max_gap_s: float = float('inf')
+
+    def changes(self):
+        """Return the signal's rate of change (1/s^2) as a signal: its starts and stops.
+
+        Placed at the middle of consecutive samples; none across a gap.
+        """
+        intervals = np.diff(self.times_s)
+        keep = intervals <= self.max_gap_s
+        middles = 0.5 * (self.times_s[1:] + self.times_s[:-1])
+        rates = np.diff(self.values) / np.maximum(intervals, _EPS)
+        return MotionSignal(middles[keep], rates[keep], self.max_gap_s)
+
+    def readable(self, times_s):
+        """Return a mask of the times (s) within the signal and not inside a gap."""
+        after = np.searchsorted(self.times_s, times_s, side='left')
+        inside = (after > 0) & (after < len(self.times_s))
+        exact = np.isin(times_s, self.times_s)
+        after = np.clip(after, 1, len(self.times_s) - 1)
+        gaps = self.times_s[after] - self.times_s[after - 1]
+        return exact | (inside & (gaps <= self.max_gap_s))
+
+
+def motion_signal(stamps_s, frames):
+    """Return the :class:`MotionSignal` of frames (see :func:`frame_for_motion`) and stamps.
+
+    Args:
+        stamps_s: (N,) the frames' stamps (s), in any order: frames are sorted by stamp, and
+            of frames with the same stamp the first is kept.
+        frames: N standardised frames of one size (:func:`frame_for_motion`).
+
+    Raises:
+        ValueError: lengths or frame sizes that differ, or fewer than 3 distinct stamps or
+            images (a frame equal to the one before is left out).
+
+    """
+    stamps = np.asarray(stamps_s, dtype=np.float64)
+    if stamps.ndim != 1 or len(stamps) != len(frames):
+        raise ValueError(f'{len(frames)} frames with stamps of shape {stamps.shape}')
+    order = np.argsort(stamps, kind='stable')
+    kept = [order[0]] if len(order) else []
+    for index in order[1:]:
+        if stamps[index] > stamps[kept[-1]]:
+            kept.append(index)
+    if len(kept) < 3:
+        raise ValueError(f'{len(kept)} frames of distinct stamps; the motion signal needs 3')
+    shapes = {np.shape(frames[index]) for index in kept}
+    if len(shapes) > 1:
+        raise ValueError(f'frames of several sizes: {sorted(shapes)}')
+    new = [kept[0]]  # the frames that are not the image before repeated
+    for index in kept[1:]:
+        if float(np.abs(frames[index] - frames[new[-1]]).mean()) > _REPEATED:
+            new.append(index)
+    limit = _GAP * float(np.median(np.diff(stamps[new]))) if len(new) > 1 else 0.0
+    times, values = [], []
+    for before, after in zip(new[:-1], new[1:]):
+        interval = stamps[after] - stamps[before]
+        if interval > limit:
+            continue  # a gap: its change is no measure of any one instant
+        times.append(0.5 * (stamps[after] + stamps[before]))
+        values.append(float(np.abs(frames[after] - frames[before]).mean()) / interval)
+    if len(times) < 2:
+        raise ValueError(f'{len(new)} distinct images among {len(kept)} frames, {len(times)} '
+                         f'intervals without a gap; the motion signal needs 2')
+    return MotionSignal(np.asarray(times), np.asarray(values), limit)
+
+
+def _grid(visible, infrared, offset_s, step_s):
+    """Return the times (s) where both signals are defined with the IR moved by ``offset_s``."""
+    start = max(visible.times_s[0], infrared.times_s[0] + offset_s)
+    stop = min(visible.times_s[-1], infrared.times_s[-1] + offset_s)
+    if stop - start < 10 * step_s:
+        return None
+    return np.arange(start, stop, step_s)
+
+
+def correlation_at_offsets(visible, infrared, offsets_s, step_s=STEP_S):
+    """Return the Pearson correlation of the two signals at each candidate IR offset.
+
+    The IR signal's times are moved by each offset (the IR stamps plus the offset, as the node
+    corrects them) and both signals are sampled every ``step_s`` seconds (linear
+    interpolation) where both are defined and not inside a gap; NaN where they share less
+    than half of the visible signal's length (and ten steps) or a signal is constant there.
+
+    Args:
+        visible, infrared: :class:`MotionSignal` of each camera.
+        offsets_s: (K,) candidate offsets (s).
+        step_s: the sampling step (s).
+
+    Returns:
+        (K,) float64 correlations in [-1, 1] or NaN.
+
+    """
+    out = np.full(len(offsets_s), np.nan)
+    # Compared over less than half the visible signal, a few samples can correlate by chance
+    # (a frozen IR image masks a stretch of one part of the recording).
+    own = np.arange(visible.times_s[0], visible.times_s[-1], step_s)
+    needed = max(10, 0.5 * int(visible.readable(own).sum()))
+    for index, offset in enumerate(offsets_s):
+        grid = _grid(visible, infrared, offset, step_s)
+        if grid is None:
+            continue
+        keep = visible.readable(grid) & infrared.readable(grid - offset)
+        if keep.sum() < needed:
+            continue
+        a = np.interp(grid[keep], visible.times_s, visible.values)
+        b = np.interp(grid[keep] - offset, infrared.times_s, infrared.values)
+        a, b = a - a.mean(), b - b.mean()
+        norm = float(np.sqrt((a * a).sum() * (b * b).sum()))
+        if norm > _EPS:
+            out[index] = float((a * b).sum() / norm)
+    return out
+
+
+def _peak(offsets, correlations):
+    """Return ``(offset, correlation)`` of the highest correlation, refined by a parabola."""
+    if not np.isfinite(correlations).any():
+        return None, float('nan')
+    best = int(np.nanargmax(correlations))
+    offset, value = float(offsets[best]), float(correlations[best])
+    if 0 < best < len(offsets) - 1 and np.isfinite(correlations[best - 1:best + 2]).all():
+        left, mid, right = correlations[best - 1:best + 2]
+        curvature = left - 2 * mid + right
+        if curvature < 0:
+            shift = 0.5 * (left - right) / curvature
+            offset += shift * float(offsets[best + 1] - offsets[best])
+            value = float(mid - 0.25 * (left - right) * shift)
+    return offset, value
+
+
+@dataclass(frozen=True)
+class TimeOffsetEstimate:
+    """The IR camera's time offset found by :func:`estimate_time_offset`.
+
+    Attributes:
+        offset_s: the node's ``sync.infrared_time_offset`` (s): the visible stamp of an
+            instant minus the IR stamp of the same instant. None when no offset could be
+            scored (recordings that do not overlap in time).
+        correlation: the motion signals' Pearson correlation at ``offset_s`` (1: identical).
+        runner_up: the highest other peak (local maximum) of the curve more than
+            ``separation_s`` from ``offset_s``, NaN if none (a second peak nearly as high: a
+            periodic motion, an ambiguous estimate).
+        window_offsets_s: the estimate in each of ``windows`` equal parts of the overlap
+            (None for a part with no peak): how much the estimate moves over the recording.
+        window_correlations: the peak correlation of each part (NaN for a part with none).
+        sharpness: how much the correlation changes within :data:`SHARPNESS_SPAN_S` of the
+            peak (its highest minus its lowest value there): near 0 for motion that varies too
+            slowly to place in time (a steady pan), whose curve is flat around the peak.
+        window_sharpness: the same for each part (NaN for a part with no peak).
+        offsets_s, correlations: the candidate offsets (s) and their correlations (the curve).
+        separation_s: the distance (s) from the peak beyond which ``runner_up`` is sought.
+
+    """
+
+    offset_s: float
+    correlation: float
+    runner_up: float
+    window_offsets_s: tuple
+    window_correlations: tuple
+    sharpness: float
+    window_sharpness: tuple
+    offsets_s: np.ndarray
+    correlations: np.ndarray
+    separation_s: float
+
+    def window_spread_s(self, min_correlation=0.0, min_sharpness=0.0):
+        """Return the range (s) of the estimates of the parts with a clear peak.
+
+        A part counts when its peak correlation reaches ``min_correlation`` and its sharpness
+        ``min_sharpness`` (a part without motion has no estimate to trust). NaN with fewer
+        than two such parts.
+        """
+        found = [offset for offset, value, sharp in zip(
+            self.window_offsets_s, self.window_correlations, self.window_sharpness)
+            if offset is not None and value >= min_correlation and sharp >= min_sharpness]
+        return max(found) - min(found) if len(found) > 1 else float('nan')
+
+
+def _sharpness(offsets, correlations, offset_s):
+    """Return the range of the correlations within :data:`SHARPNESS_SPAN_S` of ``offset_s``."""
+    near = (np.abs(offsets - offset_s) <= SHARPNESS_SPAN_S) & np.isfinite(correlations)
+    return float(np.ptp(correlations[near])) if near.any() else float('nan')
+
+
+def _median_interval(signal):
+    return float(np.median(np.diff(signal.times_s))) if len(signal.times_s) > 1 else 0.0
+
+
+def estimate_time_offset(visible, infrared, max_offset_s=0.5, windows=3, step_s=STEP_S):
+    """Estimate the IR time offset (s) that lines the two cameras' motion signals up.
+
+    Args:
+        visible, infrared: :class:`MotionSignal` of each camera (:func:`motion_signal`).
+        max_offset_s: the largest offset (s) tried, either way (the node takes up to 1 s).
+        windows: the number of equal parts of the overlap estimated on their own as well
+            (0: none).
+        step_s: the step (s) of the candidate offsets.
+
+    Returns:
+        :class:`TimeOffsetEstimate`.
+
+    Raises:
+        ValueError: ``max_offset_s`` not in (0, 1], ``step_s`` not positive or not below
+            ``max_offset_s``, or ``windows`` negative.
+
+    """
+    if not 0 < max_offset_s <= 1:
+        raise ValueError(f'max_offset_s must be in (0, 1] s, got {max_offset_s}')
+    if not 0 < step_s < max_offset_s:
+        raise ValueError(f'step_s must be in (0, max_offset_s), got {step_s}')
+    if windows < 0:
+        raise ValueError(f'windows must be >= 0, got {windows}')
+    count = int(round(max_offset_s / step_s))
+    offsets = np.arange(-count, count + 1) * step_s
+    correlations = correlation_at_offsets(visible, infrared, offsets, step_s)
+    offset, value = _peak(offsets, correlations)
+    # A second peak is sought beyond the slower camera's frame interval from the first.
+    separation = max(_median_interval(visible), _median_interval(infrared), 4 * step_s)
+    runner_up = float('nan')
+    if offset is not None:
+        runner_up = _second_peak(offsets, correlations, offset, separation)
+    found, found_values, found_sharpness = [], [], []
+    if windows and offset is not None:
+        start = max(visible.times_s[0], infrared.times_s[0] + offset)
+        stop = min(visible.times_s[-1], infrared.times_s[-1] + offset)
+        edges = np.linspace(start, stop, windows + 1)
+        for low, high in zip(edges[:-1], edges[1:]):
+            part = _window(visible, low, high)
+            curve = (None if part is None
+                     else correlation_at_offsets(part, infrared, offsets, step_s))
+            window_offset, window_value = (None, float('nan')) if curve is None else _peak(
+                offsets, curve)
+            found.append(window_offset)
+            found_values.append(window_value)
+            found_sharpness.append(float('nan') if window_offset is None
+                                   else _sharpness(offsets, curve, window_offset))
+    sharpness = float('nan') if offset is None else _sharpness(offsets, correlations, offset)
+    return TimeOffsetEstimate(offset, value, runner_up, tuple(found), tuple(found_values),
+                              sharpness, tuple(found_sharpness), offsets, correlations,
+                              separation)
+
+
+def _second_peak(offsets, correlations, offset_s, separation_s):
+    """Return the highest local maximum of the curve more than ``separation_s`` from the peak.
+
+    Only local maxima count (a point above both neighbours): the slopes of a broad peak are
+    not a second one. NaN when there is none.
+    """
+    values = np.where(np.isfinite(correlations), correlations, -np.inf)
+    inner = (values[1:-1] > values[:-2]) & (values[1:-1] >= values[2:])
+    maxima = np.flatnonzero(inner) + 1
+    maxima = maxima[np.abs(offsets[maxima] - offset_s) > separation_s]
+    return float(values[maxima].max()) if len(maxima) else float('nan')
+
+
+def _window(signal, start_s, stop_s):
+    """Return the part of ``signal`` between two times (None with fewer than 3 samples)."""
+    keep = (signal.times_s >= start_s) & (signal.times_s <= stop_s)
+    if keep.sum() < 3:
+        return None
+    return MotionSignal(signal.times_s[keep], signal.values[keep])
+
+
+MIN_CORRELATION = 0.5  # below: the signals share too little to trust the peak
+MIN_SHARPNESS = 0.05  # below: the curve is flat around its peak (motion too slow to place)
+PEAK_MARGIN = 0.1  # another peak within this of the highest: ambiguous
+
+
+def estimate_problem(estimate, max_offset_s, min_correlation=MIN_CORRELATION):
+    """Return why ``estimate`` cannot be trusted (a sentence), or None when it can.
+
+    Refused: no overlap; a peak at the edge of the offsets searched (the offset may lie
+    beyond); a peak correlation below ``min_correlation`` (too little shared motion); a
+    sharpness below :data:`MIN_SHARPNESS` (motion that varies too slowly to place in time);
+    another peak within :data:`PEAK_MARGIN` of the highest (a periodic motion).
+    """
+    if estimate.offset_s is None or not np.isfinite(estimate.correlation):
+        return 'the recordings of the two cameras do not overlap in time'
+    step = float(estimate.offsets_s[1] - estimate.offsets_s[0])
+    if abs(estimate.offset_s) >= max_offset_s - 1.5 * step:
+        return (f'the best offset lies at the edge of the offsets searched '
+                f'({estimate.offset_s:+.3f} s of +-{max_offset_s:g} s): the offset may be '
+                f'larger; raise --max-offset')
+    if estimate.correlation < min_correlation:
+        return (f'the motion signals correlate at most {estimate.correlation:.2f} (below '
+                f'{min_correlation:g}): the recording has too little motion seen by both '
+                f'cameras; record the rig turning and stopping, or something crossing both '
+                f'views')
+    if not estimate.sharpness >= MIN_SHARPNESS:
+        return (f'the correlation hardly changes with the offset ({estimate.sharpness:.3f} '
+                f'within {SHARPNESS_SPAN_S:g} s of the best, below {MIN_SHARPNESS:g}): the '
+                f'motion varies too slowly to place in time (a steady pan); record the rig '
+                f'starting and stopping')
+    if estimate.runner_up >= estimate.correlation - PEAK_MARGIN:
+        return (f'another offset fits nearly as well (correlation {estimate.runner_up:.2f} '
+                f'against {estimate.correlation:.2f}): a periodic motion; record motion that '
+                f'varies')
+    return None
+
+
+def estimate_warnings(estimate, min_correlation=MIN_CORRELATION):
+    """Return notes on an accepted ``estimate`` that its user should see (possibly none).
+
+    Parts of the recording whose own estimates (with a clear peak) spread over more than the
+    slower camera's frame interval: the offset drifts over the recording, or a part's motion
+    is weak; a part without a clear peak is named too.
+    """
+    notes = []
+    clear = [(value >= min_correlation and sharp >= MIN_SHARPNESS)
+             for value, sharp in zip(estimate.window_correlations, estimate.window_sharpness)]
+    spread = estimate.window_spread_s(min_correlation, MIN_SHARPNESS)
+    if spread > estimate.separation_s:
+        interval_ms = 1000 * estimate.separation_s
+        notes.append(f'the parts of the recording disagree by {1000 * spread:.0f} ms, more '
+                     f'than the frame interval of the slower camera ({interval_ms:.0f} ms): '
+                     f'the offset may drift (stamps from two clocks), or a part has little '
+                     f'motion; record again and compare')
+    unclear = len(clear) - sum(clear)
+    if unclear:
+        notes.append(f'{unclear} of {len(clear)} parts of the recording have no clear peak of '
+                     f'their own (too little motion there)')
+    return notes

@@ -1,0 +1,255 @@
+"""Estimate the IR camera's time offset from a recording: ``tarfuse-time-offset``.
+
+``tarfuse-time-offset --bag DIR [--infrared-topic T] [--visible-topic T] [--max-offset S]
+[--windows N] [--min-correlation R] [--out OFFSET.yaml] [--plot CURVE.png]``
+
+Reads every image of the two topics of a rosbag2 recording (``sensor_msgs/Image`` or
+``CompressedImage``; a topic missing from the bag is looked up as ``<topic>/compressed``) with
+its header stamp, and finds the offset that lines up how much each camera's view changes over
+time (:mod:`tarfuse_ros.core.time_offset`): the node's ``sync.infrared_time_offset``, the
+visible stamp of an instant minus the IR stamp of the same instant (-0.06 for an IR camera
+stamped 60 ms late). Record the rig moving in a way that varies: turning and stopping, or
+people and cars crossing both views; a still scene or a steady pan cannot be placed in time.
+
+Prints the estimate, the peak correlation of the two cameras' motion signals, the estimate of
+each of ``--windows`` parts of the recording on its own (how much it moves), and how to pass
+it to the node; with ``--out``, writes a node parameters file (``/**: ros__parameters: sync:
+infrared_time_offset``); with ``--plot``, the correlation curve as an image.
+
+Exit status: 0 with an estimate, 1 when the recording gives none to trust (too little shared
+motion, a curve flat around its peak, two peaks, a peak at the edge of ``--max-offset``: the
+reason is printed, no file written), 2 for usage errors (bad options, a missing bag or topic,
+too few frames).
+"""
+
+import argparse
+from datetime import datetime, timezone
+from pathlib import Path
+import sys
+
+from tarfuse_ros.core.files import output_problem
+
+__all__ = ['build_parser', 'main', 'read_motion_signals', 'write_offset_yaml']
+
+PROG = 'tarfuse-time-offset'
+DEFAULT_IR_TOPIC = '/infrared/image_raw'
+DEFAULT_VI_TOPIC = '/visible/image_raw'
+
+
+class UsageError(ValueError):
+    """The command cannot run at all (exit status 2); the message says why."""
+
+
+def _topic_in_bag(topics, topic):
+    """Return the bag topic holding ``topic``'s images (itself or ``<topic>/compressed``)."""
+    for candidate in (topic, topic.rstrip('/') + '/compressed'):
+        if candidate in topics:
+            return candidate
+    raise UsageError(f'topic {topic!r} (or {topic}/compressed) is not in the bag; its image '
+                     f'topics: {sorted(t for t in topics if "image" in topics[t].lower())}')
+
+
+def read_motion_signals(bag_dir, ir_topic=DEFAULT_IR_TOPIC, vi_topic=DEFAULT_VI_TOPIC,
+                        warn=None):
+    """Return ``{'ir': (MotionSignal, frames), 'vi': (...)}`` of a rosbag2 recording.
+
+    Every image of each topic is decoded as the node decodes it and shrunk for the motion
+    signal (:func:`~tarfuse_ros.core.time_offset.frame_for_motion`); ``frames`` is how many
+    were read. Images with a zero stamp (the node refuses them) or that cannot be decoded are
+    left out, and ``warn(text)`` is called once per topic naming how many and the first cause.
+
+    Raises:
+        UsageError: an unreadable bag, a missing topic, or a topic with too few usable images.
+
+    """
+    from rosbags.rosbag2 import Reader
+    from tarfuse_ros.core.time_offset import frame_for_motion, motion_signal
+    from tarfuse_ros.tools.bagio import header_stamp_ns, image_to_array, read_messages
+
+    try:
+        with Reader(Path(bag_dir)) as reader:
+            types = {c.topic: c.msgtype for c in reader.connections}
+    except Exception as exc:  # noqa: BLE001 - rosbags raises several error types
+        raise UsageError(f'cannot read the bag {str(bag_dir)!r}: {exc}') from exc
+    topics = {'ir': _topic_in_bag(types, ir_topic), 'vi': _topic_in_bag(types, vi_topic)}
+    if topics['ir'] == topics['vi']:
+        raise UsageError(f'the IR and visible topics are one topic ({topics["ir"]!r}); give '
+                         f'the topic of each camera')
+    camera_of = {topic: camera for camera, topic in topics.items()}
+    stamps = {'ir': [], 'vi': []}
+    frames = {'ir': [], 'vi': []}
+    skipped = {'ir': [], 'vi': []}
+    try:
+        for topic, _, _, raw, msg in read_messages(bag_dir, topics=list(camera_of)):
+            camera = camera_of[topic]
+            stamp = header_stamp_ns(raw)
+            if stamp == 0:
+                skipped[camera].append('a zero header stamp (the node refuses it)')
+                continue
+            try:
+                frame = frame_for_motion(image_to_array(msg)[0])
+            except ValueError as exc:
+                skipped[camera].append(str(exc))
+                continue
+            stamps[camera].append(stamp / 1e9)
+            frames[camera].append(frame)
+    except Exception as exc:  # noqa: BLE001 - rosbags raises several error types
+        raise UsageError(f'cannot read the bag {str(bag_dir)!r}: {exc}') from exc
+    out = {}
+    for camera, topic in topics.items():
+        if skipped[camera] and warn is not None:
+            warn(f'{topic}: {len(skipped[camera])} of {len(skipped[camera]) + len(frames[camera])}'
+                 f' images left out (first: {skipped[camera][0]})')
+        try:
+            out[camera] = (motion_signal(stamps[camera], frames[camera]), len(frames[camera]))
+        except ValueError as exc:
+            raise UsageError(f'{topic}: {exc}; record a few seconds of both cameras') from exc
+    return out
+
+
+def write_offset_yaml(path, offset_s, comments=()):
+    """Write a node parameters file setting ``sync.infrared_time_offset`` (s)."""
+    import yaml
+    text = yaml.safe_dump({'/**': {'ros__parameters': {
+        'sync': {'infrared_time_offset': float(offset_s)}}}}, sort_keys=False)
+    lines = [f'# {line}'.rstrip() for line in comments]
+    Path(path).write_text('\n'.join(lines + [text]))
+
+
+def _plot(path, estimate):
+    import matplotlib
+    matplotlib.use('Agg')
+    from matplotlib import pyplot
+    figure, axes = pyplot.subplots(figsize=(7, 3.2), dpi=100)
+    axes.plot(1000 * estimate.offsets_s, estimate.correlations, lw=1.2)
+    if estimate.offset_s is not None:
+        axes.axvline(1000 * estimate.offset_s, color='C3', lw=1,
+                     label=f'estimate {1000 * estimate.offset_s:+.0f} ms')
+        axes.legend(loc='lower right')
+    axes.set_xlabel('IR time offset (ms): sync.infrared_time_offset')
+    axes.set_ylabel('motion correlation')
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path)
+    pyplot.close(figure)
+
+
+def build_parser():
+    """Return the ``tarfuse-time-offset`` argument parser."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Estimate the IR camera's time offset (the node's "
+                    'sync.infrared_time_offset) from a recording of a moving scene: the '
+                    "offset that lines up when each camera's view changes.")
+    parser.add_argument('--bag', required=True, type=Path,
+                        help='rosbag2 directory (MCAP or sqlite3) with both cameras')
+    parser.add_argument('--infrared-topic', default=DEFAULT_IR_TOPIC,
+                        help=f'IR topic in the bag (default {DEFAULT_IR_TOPIC}; '
+                             '<topic>/compressed is used when only that is recorded)')
+    parser.add_argument('--visible-topic', default=DEFAULT_VI_TOPIC,
+                        help=f'visible topic in the bag (default {DEFAULT_VI_TOPIC})')
+    parser.add_argument('--max-offset', type=float, default=0.5, metavar='SECONDS',
+                        help='largest offset tried either way, in (0, 1] s (the node takes '
+                             'up to 1 s; default 0.5)')
+    parser.add_argument('--windows', type=int, default=3,
+                        help='parts of the recording also estimated on their own, to see how '
+                             'much the estimate moves (0: none; default 3)')
+    parser.add_argument('--min-correlation', type=float, default=None,
+                        help='least peak correlation of the motion signals to accept, in '
+                             '[0, 1] (default 0.5)')
+    parser.add_argument('--out', type=Path, default=None,
+                        help='write a node parameters file setting sync.infrared_time_offset')
+    parser.add_argument('--plot', type=Path, default=None,
+                        help='write the correlation curve as an image (.png)')
+    return parser
+
+
+def _check_args(args):
+    from tarfuse_ros.core.time_offset import MIN_CORRELATION
+    if not 0 < args.max_offset <= 1:  # NaN too
+        raise UsageError(f'--max-offset must be in (0, 1] s (the range of the node parameter '
+                         f'sync.infrared_time_offset), got {args.max_offset}')
+    if not 0 <= args.windows <= 20:
+        raise UsageError(f'--windows must be in [0, 20], got {args.windows}')
+    if args.min_correlation is None:
+        args.min_correlation = MIN_CORRELATION
+    if not 0 <= args.min_correlation <= 1:
+        raise UsageError(f'--min-correlation must be in [0, 1], got {args.min_correlation}')
+    if not args.bag.is_dir():
+        raise UsageError(f'--bag {str(args.bag)!r} is not a folder (a rosbag2 directory)')
+    for option, path in (('--out', args.out), ('--plot', args.plot)):
+        if path is None:
+            continue
+        if path.is_dir():
+            raise UsageError(f'{option} {str(path)!r} is a folder; give the file to write')
+        if not path.parent.is_dir():
+            raise UsageError(f'the folder of {option} {str(path)!r} does not exist')
+        problem = output_problem(path)
+        if problem:  # checked now, not after reading the whole recording
+            raise UsageError(f'{option} {str(path)!r} cannot be written ({problem})')
+    if args.plot is not None and args.plot.suffix.lower() not in ('.png', '.svg', '.pdf'):
+        raise UsageError(f'--plot {str(args.plot)!r}: give a .png, .svg or .pdf file')
+
+
+def _rate(signal, frames):
+    span = signal.times_s[-1] - signal.times_s[0]
+    return (frames - 1) / span if span > 0 else float('nan')
+
+
+def main(argv=None):
+    """Entry point of ``tarfuse-time-offset``; return the exit status (0, 1 none, 2 usage)."""
+    from tarfuse_ros.core.time_offset import estimate_problem, estimate_time_offset
+    from tarfuse_ros.core.time_offset import estimate_warnings
+    args = build_parser().parse_args(argv)
+
+    def warn(text):
+        print(f'{PROG}: warning: {text}', file=sys.stderr, flush=True)
+
+    try:
+        _check_args(args)
+        signals = read_motion_signals(args.bag, args.infrared_topic, args.visible_topic, warn)
+    except UsageError as exc:
+        print(f'{PROG}: error: {exc}', file=sys.stderr)
+        return 2
+    (ir, ir_frames), (vi, vi_frames) = signals['ir'], signals['vi']
+    print(f'IR: {ir_frames} images ({_rate(ir, ir_frames):.1f} Hz), visible: {vi_frames} '
+          f'images ({_rate(vi, vi_frames):.1f} Hz), '
+          f'{vi.times_s[-1] - vi.times_s[0]:.1f} s of visible stamps')
+    estimate = estimate_time_offset(vi, ir, max_offset_s=args.max_offset,
+                                    windows=args.windows)
+    if args.plot is not None:
+        _plot(args.plot, estimate)
+        print(f'wrote {args.plot}')
+    problem = estimate_problem(estimate, args.max_offset, args.min_correlation)
+    if estimate.offset_s is not None:
+        late = -1000 * estimate.offset_s
+        print(f'best offset {estimate.offset_s:+.3f} s (IR stamped {abs(late):.0f} ms '
+              f'{"later" if late >= 0 else "earlier"} than the visible camera), correlation '
+              f'{estimate.correlation:.2f}, sharpness {estimate.sharpness:.2f}')
+    if estimate.window_offsets_s:
+        parts = ', '.join('none' if offset is None else f'{offset:+.3f} s (r {value:.2f})'
+                          for offset, value in zip(estimate.window_offsets_s,
+                                                   estimate.window_correlations))
+        print(f'the {len(estimate.window_offsets_s)} parts of the recording alone: {parts}')
+    if problem is not None:
+        print(f'{PROG}: no offset to trust: {problem}', file=sys.stderr)
+        return 1
+    for note in estimate_warnings(estimate, args.min_correlation):
+        warn(note)
+    value = round(estimate.offset_s, 3)
+    print(f'set it: ros2 launch tarfuse_ros fuse.launch.py infrared_time_offset:={value:g}\n'
+          f'    or: the node parameter sync.infrared_time_offset: {value:g}')
+    if args.out is not None:
+        stamp = datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')
+        write_offset_yaml(args.out, value, [
+            f'IR time offset written by {PROG} on {stamp}',
+            f'from --bag {args.bag} ({args.infrared_topic}, {args.visible_topic}): '
+            f'correlation {estimate.correlation:.2f}.',
+            'Pass it with --ros-args --params-file THIS.yaml, or copy the value into the '
+            'node parameters file.', ''])
+        print(f'wrote {args.out}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,137 @@
+"""The IR time offset from two cameras' motion signals (tarfuse_ros.core.time_offset)."""
+
+import numpy as np
+import pytest
+from tarfuse_ros.core.time_offset import estimate_problem, estimate_time_offset
+from tarfuse_ros.core.time_offset import estimate_warnings, frame_for_motion, MotionSignal
+from tarfuse_ros.core.time_offset import motion_signal
+
+
+def stop_and_go(seed, duration=20.0):
+    """Return ``speed(t)``: a rig's speed (px/s) that starts and stops at random instants."""
+    rng = np.random.default_rng(seed)
+    edges = np.cumsum(rng.uniform(0.3, 1.5, int(duration) + 8)) - 2.0
+    speeds = np.where(rng.random(len(edges)) < 0.35, 0.0, rng.uniform(10.0, 100.0, len(edges)))
+
+    def speed(t):
+        return speeds[np.clip(np.searchsorted(edges, t), 0, len(speeds) - 1)]
+    return speed
+
+
+def sampled(speed, rate, start, duration=20.0, latency=0.0):
+    """Return the motion signal of a camera at ``rate`` Hz seeing ``speed``, stamped late.
+
+    The change between two frames is the mean speed over their interval (a fine integral).
+    """
+    captures = start + np.arange(0.0, duration, 1.0 / rate)
+    fine = np.linspace(captures[0], captures[-1], 200 * len(captures))
+    distance = np.concatenate([[0.0], np.cumsum(speed(fine[1:]) * np.diff(fine))])
+    moved = np.diff(np.interp(captures, fine, distance))
+    return MotionSignal(0.5 * (captures[1:] + captures[:-1]) + latency,
+                        moved / np.diff(captures), 2.5 / rate)
+
+
+def test_frame_for_motion_ignores_gain_and_level_and_reads_a_constant_image_as_zero():
+    rng = np.random.default_rng(0)
+    image = rng.uniform(0, 255, (120, 200)).astype(np.float32)
+    frame = frame_for_motion(image)
+    assert frame.shape == (96, 160)  # long side 160, area-shrunk
+    assert abs(float(frame.mean())) < 1e-5 and float(frame.std()) == pytest.approx(1, abs=1e-4)
+    counts = (image * 40 + 3000).astype(np.uint16)  # a 16-bit camera's gain and level
+    np.testing.assert_allclose(frame_for_motion(counts), frame, atol=2e-3)
+    colour = np.repeat(image[..., None], 3, axis=2)
+    np.testing.assert_allclose(frame_for_motion(colour), frame, atol=1e-4)
+    assert not frame_for_motion(np.full((50, 50), 7, np.uint8)).any()
+    with pytest.raises(ValueError, match=r'shape \(2, 3, 4, 5\)'):
+        frame_for_motion(np.zeros((2, 3, 4, 5)))
+
+
+def test_the_change_of_a_frame_is_placed_at_the_middle_of_its_interval_per_second():
+    frames = [np.zeros((4, 4), np.float32), np.ones((4, 4), np.float32),
+              np.full((4, 4), 3.0, np.float32)]
+    signal = motion_signal([10.0, 10.5, 10.7], frames)
+    np.testing.assert_allclose(signal.times_s, [10.25, 10.6])
+    np.testing.assert_allclose(signal.values, [1 / 0.5, 2 / 0.2])
+
+
+def test_a_repeated_frame_is_left_out_and_a_gap_is_not_read_across():
+    rng = np.random.default_rng(1)
+    frames = [rng.normal(size=(8, 8)).astype(np.float32) for _ in range(12)]
+    frames[4] = frames[3].copy()  # a frozen image (flat-field correction)
+    stamps = np.arange(12) * 0.1
+    signal = motion_signal(stamps, frames)
+    assert 0.35 not in np.round(signal.times_s, 3)  # 3 -> 4: the image repeated
+    assert 0.4 in np.round(signal.times_s, 3)  # 3 -> 5 is one interval of 0.2 s
+    stamps[8:] += 1.0  # a second without images: frames lost
+    signal = motion_signal(stamps, frames)
+    assert not np.any((signal.times_s > 0.75) & (signal.times_s < 1.75))
+    assert not signal.readable(np.array([1.2]))[0] and signal.readable(np.array([0.5]))[0]
+
+
+def test_an_ir_camera_stamped_late_gives_a_negative_offset_as_the_node_takes_it():
+    # sync.infrared_time_offset is added to the IR stamps: -0.06 for IR stamped 60 ms late.
+    speed = stop_and_go(seed=3)
+    visible = sampled(speed, 30.0, start=0.004)
+    for latency in (0.06, -0.025, 0.21):
+        infrared = sampled(speed, 9.0, start=0.031, latency=latency)
+        estimate = estimate_time_offset(visible, infrared)
+        assert estimate.offset_s == pytest.approx(-latency, abs=0.004), latency
+        assert estimate.correlation > 0.9
+        assert estimate_problem(estimate, 0.5) is None
+        assert len(estimate.window_offsets_s) == 3
+        assert estimate.window_spread_s() < 0.02
+        assert estimate_warnings(estimate) == []
+
+
+def test_the_estimate_does_not_depend_on_which_camera_is_faster():
+    speed = stop_and_go(seed=4)
+    for ir_rate, vi_rate in ((9.0, 30.0), (30.0, 9.0), (15.0, 15.0)):
+        estimate = estimate_time_offset(sampled(speed, vi_rate, start=0.01),
+                                        sampled(speed, ir_rate, start=0.05, latency=0.04))
+        assert estimate.offset_s == pytest.approx(-0.04, abs=0.004), (ir_rate, vi_rate)
+
+
+def test_motion_without_structure_is_refused_with_the_reason():
+    steady = sampled(lambda t: np.full_like(t, 50.0) + 0.5 * np.sin(0.3 * t), 30.0, 0.0)
+    estimate = estimate_time_offset(steady, sampled(lambda t: np.full_like(t, 50.0)
+                                                    + 0.5 * np.sin(0.3 * t), 9.0, 0.02))
+    assert 'hardly changes with the offset' in estimate_problem(estimate, 0.5)
+    rng = np.random.default_rng(5)
+    noise = MotionSignal(np.arange(600) / 30.0, rng.normal(size=600), 0.1)
+    other = MotionSignal(np.arange(180) / 9.0, rng.normal(size=180), 0.3)
+    assert 'too little motion' in estimate_problem(estimate_time_offset(noise, other), 0.5)
+
+
+def test_a_periodic_motion_is_refused_as_ambiguous():
+    def swaying(t):  # a rig swaying at 2.5 Hz: offsets 0.4 s apart fit alike
+        return 50.0 + 40.0 * np.sin(2 * np.pi * 2.5 * t)
+    estimate = estimate_time_offset(sampled(swaying, 30.0, 0.0),
+                                    sampled(swaying, 30.0, 0.01, latency=0.05))
+    assert 'another offset fits nearly as well' in estimate_problem(estimate, 0.5)
+
+
+def test_a_peak_at_the_edge_of_the_search_asks_for_a_larger_max_offset():
+    speed = stop_and_go(seed=6)
+    estimate = estimate_time_offset(sampled(speed, 30.0, 0.0),
+                                    sampled(speed, 9.0, 0.02, latency=0.4), max_offset_s=0.2)
+    assert 'raise --max-offset' in estimate_problem(estimate, 0.2)
+
+
+@pytest.mark.parametrize('kwargs, words', [
+    ({'max_offset_s': 0.0}, 'max_offset_s must be in'),
+    ({'max_offset_s': 1.5}, 'max_offset_s must be in'),
+    ({'max_offset_s': float('nan')}, 'max_offset_s must be in'),
+    ({'windows': -1}, 'windows must be >= 0'),
+    ({'step_s': 0.0}, 'step_s must be in'),
+])
+def test_bad_arguments_raise_naming_them(kwargs, words):
+    signal = sampled(stop_and_go(seed=7), 30.0, 0.0, duration=3.0)
+    with pytest.raises(ValueError, match=words):
+        estimate_time_offset(signal, signal, **kwargs)
+
+
+def test_too_few_frames_or_frames_of_several_sizes_are_refused():
+    with pytest.raises(ValueError, match='needs 3'):
+        motion_signal([0.0, 0.1, 0.1], [np.zeros((2, 2))] * 3)
+    with pytest.raises(ValueError, match='several sizes'):
+        motion_signal([0.0, 0.1, 0.2], [np.zeros((2, 2)), np.zeros((2, 3)), np.zeros((2, 2))])
