@@ -125,7 +125,8 @@ def generate_launch_description():
         DeclareLaunchArgument(
             'prior_file', default_value='',
             description='Parameters file with the registration prior (registration.prior, '
-                        'prior_ir_size, prior_visible_size) written by tarfuse-calibrate, '
+                        'prior_ir_size, prior_visible_size; and sync.infrared_time_offset '
+                        'with --infrared-time-offset auto) written by tarfuse-calibrate, '
                         'applied after params_file; empty: none.'),
         DeclareLaunchArgument(
             'infrared_time_offset', default_value='',

@@ -466,7 +466,7 @@ def _yaml_float(value):
     return mantissa + ('e' + exponent if exponent else '')
 
 
-def write_prior_yaml(path, prior, comments=()):
+def write_prior_yaml(path, prior, comments=(), infrared_time_offset_s=None):
     """Write a node parameters file holding the prior (``/**: ros__parameters: registration``).
 
     The file can be passed as it is to the node (``--params-file``) or the launch file
@@ -476,6 +476,7 @@ def write_prior_yaml(path, prior, comments=()):
         path: output file.
         prior: :class:`RegistrationPrior`.
         comments: lines written as ``#`` comments at the top (provenance, residuals).
+        infrared_time_offset_s: also set ``sync.infrared_time_offset`` (s) when not None.
 
     """
     rows = [', '.join(_yaml_float(v) for v in row) for row in prior.homography]
@@ -490,6 +491,10 @@ def write_prior_yaml(path, prior, comments=()):
         f'      prior_ir_size: [{prior.ir_size[0]}, {prior.ir_size[1]}]',
         f'      prior_visible_size: [{prior.visible_size[0]}, {prior.visible_size[1]}]',
     ]
+    if infrared_time_offset_s is not None:
+        lines += ['    sync:',
+                  '      # s added to every IR stamp before pairing (tarfuse-time-offset).',
+                  f'      infrared_time_offset: {_yaml_float(float(infrared_time_offset_s))}']
     Path(path).write_text('\n'.join(lines) + '\n')
 
 

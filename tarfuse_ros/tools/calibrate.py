@@ -1,7 +1,7 @@
 """Fit a calibration prior for an IR/visible rig from a recording: ``tarfuse-calibrate``.
 
 ``tarfuse-calibrate (--pairs DIR | --bag DIR [--infrared-topic T --visible-topic T] [--slop S]
-[--infrared-time-offset S]) --out PRIOR.yaml [--weights W] [--pairs-count N] [--iterations K]
+[--infrared-time-offset S|auto]) --out PRIOR.yaml [--weights W] [--pairs-count N] [--iterations K]
 [--min-inliers F] [--max-side PX] [--device D] [--threads N]``
 
 1. Reads ``N`` pairs spread evenly over the recording: from a folder in the data-set layout
@@ -12,7 +12,9 @@
    from the bag is looked up as ``<topic>/compressed``). In a bag, each chosen visible
    image is paired with the IR image whose header stamp is nearest, at most ``--slop`` seconds
    away, the IR stamps first corrected by ``--infrared-time-offset`` (added to each, as the
-   node's ``sync.infrared_time_offset`` does: give the node's value to pair the same frames).
+   node's ``sync.infrared_time_offset`` does: give the node's value to pair the same frames;
+   ``auto`` finds it from the recording's motion as ``tarfuse-time-offset`` does, exit 1 when
+   the recording gives none to trust, and writes it to ``PRIOR.yaml`` too).
 2. Runs the model (:class:`~tarfuse_ros.core.engine.FusionEngine`, or the onnxruntime backend
    for an ``.onnx`` file) on them and fits ONE homography to the predicted flows
    (:func:`tarfuse_ros.core.calibration.calibrate`: texture-weighted points, MAGSAC++); with
@@ -210,6 +212,48 @@ def downscale_pairs(pairs, max_side):
     return [(name, shrink(ir), shrink(vi)) for name, ir, vi in pairs]
 
 
+def _offset_or_auto(text):
+    """Parse ``--infrared-time-offset``: a number of seconds or ``auto``."""
+    if text.strip().lower() == 'auto':
+        return 'auto'
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f'give a number of seconds or auto, got {text!r}') from None
+
+
+def _found_time_offset(args):
+    """Return the IR time offset (s) of ``--bag`` found from its motion (``auto``).
+
+    Raises:
+        UsageError: the bag cannot be read (see ``tarfuse-time-offset``).
+        ValueError: the recording gives no offset to trust (the reason).
+
+    """
+    from tarfuse_ros.core.time_offset import estimate_problem, estimate_time_offset
+    from tarfuse_ros.tools import time_offset as tool
+
+    def warn(text):
+        print(f'{PROG}: warning: {text}', file=sys.stderr, flush=True)
+
+    try:
+        signals = tool.read_motion_signals(args.bag, args.infrared_topic, args.visible_topic,
+                                           warn)
+    except tool.UsageError as exc:
+        raise UsageError(str(exc)) from exc
+    estimate = estimate_time_offset(signals['vi'][0], signals['ir'][0], max_offset_s=1.0)
+    problem = estimate_problem(estimate, 1.0)
+    if problem is not None:
+        raise ValueError(f'--infrared-time-offset auto found no offset to trust: {problem}; '
+                         f'give the offset in seconds instead (0 if the cameras are stamped '
+                         f'alike)')
+    value = round(estimate.offset_s, 3)
+    print(f'IR time offset found from the recording: {value:+g} s (motion correlation '
+          f'{estimate.correlation:.2f}); pairing with it', flush=True)
+    return value
+
+
 def build_parser():
     """Return the ``tarfuse-calibrate`` argument parser."""
     parser = argparse.ArgumentParser(
@@ -229,11 +273,14 @@ def build_parser():
     parser.add_argument('--slop', type=float, default=0.05,
                         help='bag: largest IR/visible stamp difference of a pair in seconds '
                              '(default 0.05)')
-    parser.add_argument('--infrared-time-offset', type=float, default=0.0, metavar='SECONDS',
+    parser.add_argument('--infrared-time-offset', type=_offset_or_auto, default=0.0,
+                        metavar='SECONDS|auto',
                         help='bag: seconds added to every IR stamp before pairing, as the '
                              "node's sync.infrared_time_offset (the visible stamp of an "
                              'instant minus the IR stamp of the same instant: -0.06 for IR '
-                             'stamped 60 ms later; in [-1, 1]; default 0)')
+                             'stamped 60 ms later; in [-1, 1]; default 0); auto: found from '
+                             "the recording's motion as tarfuse-time-offset finds it, and "
+                             'written to --out as well')
     parser.add_argument('--split', default='all',
                         help='--pairs: split name or list file (default all)')
     parser.add_argument('--out', required=True, type=Path,
@@ -302,7 +349,7 @@ def _check_args(args):
         raise UsageError(f'--min-inliers must be in [0, 1], got {args.min_inliers}')
     if not args.slop > 0:
         raise UsageError(f'--slop must be > 0 s, got {args.slop}')
-    if not -1.0 <= args.infrared_time_offset <= 1.0:  # the node's range; NaN too
+    if args.infrared_time_offset != 'auto' and not -1.0 <= args.infrared_time_offset <= 1.0:
         raise UsageError(f'--infrared-time-offset must be in [-1, 1] s (as the node parameter '
                          f'sync.infrared_time_offset), got {args.infrared_time_offset}')
     if args.threads is not None and args.threads < 1:
@@ -407,12 +454,17 @@ def main(argv=None):
             torch.set_num_threads(args.threads)
             cv2.setNumThreads(args.threads)
         make_engine = _engine_factory(args.weights, args.device)
+        found_offset = None
         if args.pairs is not None:
             pairs = folder_pairs(args.pairs, args.pairs_count, args.split)
             source = f'--pairs {args.pairs} (split {args.split})'
         else:
+            found_offset = (_found_time_offset(args) if args.infrared_time_offset == 'auto'
+                            else None)
             pairs = bag_pairs(args.bag, args.pairs_count, args.infrared_topic,
-                              args.visible_topic, args.slop, args.infrared_time_offset)
+                              args.visible_topic, args.slop,
+                              args.infrared_time_offset if found_offset is None
+                              else found_offset)
             source = f'--bag {args.bag} ({args.infrared_topic}, {args.visible_topic})'
 
         def progress(iteration, index, name):
@@ -465,7 +517,10 @@ def main(argv=None):
                 f'from {source}, weights {args.weights or "(shipped model)"}.',
                 'Pass it as it is: ros2 launch tarfuse_ros fuse.launch.py prior_file:=THIS.yaml',
                 ''] + lines
-    write_prior_yaml(args.out, result.prior, comments)
+    if found_offset is not None:
+        comments += ['', f'sync.infrared_time_offset {found_offset:g} s: found from the '
+                         f'recording (--infrared-time-offset auto)']
+    write_prior_yaml(args.out, result.prior, comments, infrared_time_offset_s=found_offset)
     print(f'wrote {args.out}')
     return 0
 

@@ -127,3 +127,38 @@ def test_a_missing_topic_or_bag_exits_2_naming_it(tmp_path, capsys):
     assert main(['--bag', str(bag), '--infrared-topic', VI_TOPIC,
                  '--visible-topic', VI_TOPIC]) == 2
     assert 'are one topic' in capsys.readouterr().err
+
+
+def test_calibrate_finds_the_offset_pairs_with_it_and_writes_it_beside_the_prior(
+        tmp_path, capsys):
+    from tarfuse_ros.core.prior import load_prior_yaml
+    from tarfuse_ros.tools.calibrate import main as calibrate
+    case = simulation.Case('pan', duration=8.0)  # IR 9 Hz stamped 60 ms late
+    bag = write_bag(tmp_path / 'rig', case)
+    out = tmp_path / 'rig_prior.yaml'
+    code = calibrate(['--bag', str(bag), '--infrared-topic', IR_TOPIC, '--visible-topic',
+                      VI_TOPIC, '--infrared-time-offset', 'auto', '--slop', '0.06',
+                      '--pairs-count', '3', '--iterations', '1', '--min-inliers', '0',
+                      '--out', str(out)])
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    assert 'IR time offset found from the recording' in printed.out
+    params = yaml.safe_load(out.read_text())['/**']['ros__parameters']
+    assert params['sync']['infrared_time_offset'] == pytest.approx(-0.06, abs=0.015)
+    assert load_prior_yaml(out) is not None  # the prior is read as before
+    assert 'pairing with it' in printed.out
+
+
+def test_calibrate_auto_on_a_still_recording_exits_1_saying_what_to_give(tmp_path, capsys):
+    from tarfuse_ros.tools.calibrate import main as calibrate
+    bag = write_bag(tmp_path / 'still', simulation.Case('still', motion='still', duration=4.0))
+    out = tmp_path / 'rig_prior.yaml'
+    code = calibrate(['--bag', str(bag), '--infrared-topic', IR_TOPIC, '--visible-topic',
+                      VI_TOPIC, '--infrared-time-offset', 'auto', '--out', str(out)])
+    err = capsys.readouterr().err
+    assert code == 1 and not out.exists()
+    assert 'found no offset to trust' in err and 'give the offset in seconds instead' in err
+    with pytest.raises(SystemExit) as stop:
+        calibrate(['--bag', str(bag), '--infrared-time-offset', 'soon', '--out', str(out)])
+    assert stop.value.code == 2
+    assert "give a number of seconds or auto, got 'soon'" in capsys.readouterr().err
