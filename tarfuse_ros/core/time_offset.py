@@ -126,11 +126,13 @@ def motion_signal(stamps_s, frames):
     Args:
         stamps_s: (N,) the frames' stamps (s), in any order: frames are sorted by stamp, and
             of frames with the same stamp the first is kept.
-        frames: N standardised frames of one size (:func:`frame_for_motion`).
+        frames: N standardised frames (:func:`frame_for_motion`). Where the size changes (a
+            camera set to another resolution mid-recording) the change between the two sizes
+            is left out, as a lost frame's.
 
     Raises:
-        ValueError: lengths or frame sizes that differ, or fewer than 3 distinct stamps or
-            images (a frame equal to the one before is left out).
+        ValueError: lengths that differ, or fewer than 3 distinct stamps or images (a frame
+            equal to the one before is left out).
 
     """
     stamps = np.asarray(stamps_s, dtype=np.float64)
@@ -143,18 +145,16 @@ def motion_signal(stamps_s, frames):
             kept.append(index)
     if len(kept) < 3:
         raise ValueError(f'{len(kept)} frames of distinct stamps; the motion signal needs 3')
-    shapes = {np.shape(frames[index]) for index in kept}
-    if len(shapes) > 1:
-        raise ValueError(f'frames of several sizes: {sorted(shapes)}')
     new = [kept[0]]  # the frames that are not the image before repeated
     for index in kept[1:]:
-        if float(np.abs(frames[index] - frames[new[-1]]).mean()) > _REPEATED:
+        if (not _same_size(frames[index], frames[new[-1]])
+                or float(np.abs(frames[index] - frames[new[-1]]).mean()) > _REPEATED):
             new.append(index)
     limit = _GAP * float(np.median(np.diff(stamps[new]))) if len(new) > 1 else 0.0
     times, values = [], []
     for before, after in zip(new[:-1], new[1:]):
         interval = stamps[after] - stamps[before]
-        if interval > limit:
+        if interval > limit or not _same_size(frames[after], frames[before]):
             continue  # a gap: its change is no measure of any one instant
         times.append(0.5 * (stamps[after] + stamps[before]))
         values.append(float(np.abs(frames[after] - frames[before]).mean()) / interval)
@@ -162,6 +162,10 @@ def motion_signal(stamps_s, frames):
         raise ValueError(f'{len(new)} distinct images among {len(kept)} frames, {len(times)} '
                          f'intervals without a gap; the motion signal needs 2')
     return MotionSignal(np.asarray(times), np.asarray(values), limit)
+
+
+def _same_size(frame, other):
+    return np.shape(frame) == np.shape(other)
 
 
 def _grid(visible, infrared, offset_s, step_s):
@@ -353,16 +357,22 @@ def _second_peak(offsets, correlations, offset_s, separation_s):
 
 
 def _window(signal, start_s, stop_s):
-    """Return the part of ``signal`` between two times (None with fewer than 3 samples)."""
+    """Return the part of ``signal`` between two times (None with fewer than 3 samples).
+
+    Its gaps stay gaps: the part is not read across them.
+    """
     keep = (signal.times_s >= start_s) & (signal.times_s <= stop_s)
     if keep.sum() < 3:
         return None
-    return MotionSignal(signal.times_s[keep], signal.values[keep])
+    return MotionSignal(signal.times_s[keep], signal.values[keep], signal.max_gap_s)
 
 
 MIN_CORRELATION = 0.5  # below: the signals share too little to trust the peak
 MIN_SHARPNESS = 0.05  # below: the curve is flat around its peak (motion too slow to place)
 PEAK_MARGIN = 0.1  # another peak within this of the highest: ambiguous
+# Parts of the recording with clear peaks of their own that disagree by more than this many
+# frame intervals of the slower camera: no one offset fits (a chance peak, drifting stamps).
+MAX_SPREAD_INTERVALS = 3
 
 
 def estimate_problem(estimate, max_offset_s, min_correlation=MIN_CORRELATION):
@@ -371,10 +381,14 @@ def estimate_problem(estimate, max_offset_s, min_correlation=MIN_CORRELATION):
     Refused: no overlap; a peak at the edge of the offsets searched (the offset may lie
     beyond); a peak correlation below ``min_correlation`` (too little shared motion); a
     sharpness below :data:`MIN_SHARPNESS` (motion that varies too slowly to place in time);
-    another peak within :data:`PEAK_MARGIN` of the highest (a periodic motion).
+    another peak within :data:`PEAK_MARGIN` of the highest (a periodic motion); parts of the
+    recording whose own clear peaks lie more than :data:`MAX_SPREAD_INTERVALS` frame intervals
+    of the slower camera apart (no one offset fits).
     """
     if estimate.offset_s is None or not np.isfinite(estimate.correlation):
-        return 'the recordings of the two cameras do not overlap in time'
+        return ('the recordings of the two cameras do not overlap in time, or too little: at '
+                'no offset tried do they share half of the visible recording (or its motion '
+                'signal is constant); record both cameras at once, for a few seconds')
     step = float(estimate.offsets_s[1] - estimate.offsets_s[0])
     if abs(estimate.offset_s) >= max_offset_s - 1.5 * step:
         return (f'the best offset lies at the edge of the offsets searched '
@@ -394,6 +408,14 @@ def estimate_problem(estimate, max_offset_s, min_correlation=MIN_CORRELATION):
         return (f'another offset fits nearly as well (correlation {estimate.runner_up:.2f} '
                 f'against {estimate.correlation:.2f}): a periodic motion; record motion that '
                 f'varies')
+    spread = estimate.window_spread_s(min_correlation, MIN_SHARPNESS)
+    if spread > MAX_SPREAD_INTERVALS * estimate.separation_s:
+        return (f'the parts of the recording, each with a clear peak of its own, give offsets '
+                f'{1000 * spread:.0f} ms apart, more than {MAX_SPREAD_INTERVALS} frame '
+                f'intervals of the slower camera ({1000 * estimate.separation_s:.0f} ms): no '
+                f'one offset fits the whole recording (a peak by chance, where the cameras '
+                f'share little motion, or stamps that drift); record the rig turning and '
+                f'stopping for longer, and check the clocks of both cameras')
     return None
 
 

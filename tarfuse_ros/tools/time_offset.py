@@ -18,8 +18,8 @@ infrared_time_offset``); with ``--plot``, the correlation curve as an image.
 
 Exit status: 0 with an estimate, 1 when the recording gives none to trust (too little shared
 motion, a curve flat around its peak, two peaks, a peak at the edge of ``--max-offset``: the
-reason is printed, no file written), 2 for usage errors (bad options, a missing bag or topic,
-too few frames).
+reason is printed, no ``--out`` file written; the ``--plot`` curve is, to see why), 2 for
+usage errors (bad options, a missing bag or topic, too few usable frames), 130 on Ctrl-C.
 """
 
 import argparse
@@ -34,6 +34,9 @@ __all__ = ['build_parser', 'main', 'read_motion_signals', 'write_offset_yaml']
 PROG = 'tarfuse-time-offset'
 DEFAULT_IR_TOPIC = '/infrared/image_raw'
 DEFAULT_VI_TOPIC = '/visible/image_raw'
+# s: the least --max-offset; the offsets are tried 2 ms apart, and a peak within 1.5 steps of
+# the edge is refused, so a smaller search could find nothing
+MIN_MAX_OFFSET_S = 0.01
 
 
 class UsageError(ValueError):
@@ -51,12 +54,14 @@ def _topic_in_bag(topics, topic):
 
 def read_motion_signals(bag_dir, ir_topic=DEFAULT_IR_TOPIC, vi_topic=DEFAULT_VI_TOPIC,
                         warn=None):
-    """Return ``{'ir': (MotionSignal, frames), 'vi': (...)}`` of a rosbag2 recording.
+    """Return ``{'ir': (MotionSignal, frames, stamps), 'vi': (...)}`` of a rosbag2 recording.
 
     Every image of each topic is decoded as the node decodes it and shrunk for the motion
     signal (:func:`~tarfuse_ros.core.time_offset.frame_for_motion`); ``frames`` is how many
-    were read. Images with a zero stamp (the node refuses them) or that cannot be decoded are
-    left out, and ``warn(text)`` is called once per topic naming how many and the first cause.
+    were read, ``stamps`` how many distinct stamps they have (a driver that sends each frame
+    twice: half as many). Images with a zero stamp (the node refuses them) or that cannot be
+    decoded are left out, and ``warn(text)`` is called once per topic naming how many and the
+    first cause.
 
     Raises:
         UsageError: an unreadable bag, a missing topic, or a topic with too few usable images.
@@ -101,8 +106,14 @@ def read_motion_signals(bag_dir, ir_topic=DEFAULT_IR_TOPIC, vi_topic=DEFAULT_VI_
             warn(f'{topic}: {len(skipped[camera])} of {len(skipped[camera]) + len(frames[camera])}'
                  f' images left out (first: {skipped[camera][0]})')
         try:
-            out[camera] = (motion_signal(stamps[camera], frames[camera]), len(frames[camera]))
+            out[camera] = (motion_signal(stamps[camera], frames[camera]), len(frames[camera]),
+                           len(set(stamps[camera])))
         except ValueError as exc:
+            if skipped[camera]:  # recorded, but the images could not be used
+                total = len(skipped[camera]) + len(frames[camera])
+                raise UsageError(f'{topic}: {exc}: {len(skipped[camera])} of its {total} '
+                                 f'images were left out ({skipped[camera][0]}); record '
+                                 f'images the node takes') from exc
             raise UsageError(f'{topic}: {exc}; record a few seconds of both cameras') from exc
     return out
 
@@ -112,8 +123,10 @@ def write_offset_yaml(path, offset_s, comments=()):
     import yaml
     text = yaml.safe_dump({'/**': {'ros__parameters': {
         'sync': {'infrared_time_offset': float(offset_s)}}}}, sort_keys=False)
+    from tarfuse_ros.core.files import atomic_output
     lines = [f'# {line}'.rstrip() for line in comments]
-    Path(path).write_text('\n'.join(lines + [text]))
+    with atomic_output(Path(path)) as temporary:  # a Ctrl-C leaves no half-written file
+        Path(temporary).write_text('\n'.join(lines + [text]))
 
 
 def _plot(path, estimate):
@@ -149,8 +162,8 @@ def build_parser():
     parser.add_argument('--visible-topic', default=DEFAULT_VI_TOPIC,
                         help=f'visible topic in the bag (default {DEFAULT_VI_TOPIC})')
     parser.add_argument('--max-offset', type=float, default=0.5, metavar='SECONDS',
-                        help='largest offset tried either way, in (0, 1] s (the node takes '
-                             'up to 1 s; default 0.5)')
+                        help='largest offset tried either way, in [0.01, 1] s (the node '
+                             'takes up to 1 s; default 0.5)')
     parser.add_argument('--windows', type=int, default=3,
                         help='parts of the recording also estimated on their own, to see how '
                              'much the estimate moves (0: none; default 3)')
@@ -165,10 +178,11 @@ def build_parser():
 
 
 def _check_args(args):
-    from tarfuse_ros.core.time_offset import MIN_CORRELATION
-    if not 0 < args.max_offset <= 1:  # NaN too
-        raise UsageError(f'--max-offset must be in (0, 1] s (the range of the node parameter '
-                         f'sync.infrared_time_offset), got {args.max_offset}')
+    from tarfuse_ros.core.time_offset import MIN_CORRELATION, STEP_S
+    if not MIN_MAX_OFFSET_S <= args.max_offset <= 1:  # NaN too
+        raise UsageError(f'--max-offset must be in [{MIN_MAX_OFFSET_S:g}, 1] s (the node '
+                         f'parameter sync.infrared_time_offset takes up to 1 s; the offsets '
+                         f'are tried {1000 * STEP_S:g} ms apart), got {args.max_offset}')
     if not 0 <= args.windows <= 20:
         raise UsageError(f'--windows must be in [0, 20], got {args.windows}')
     if args.min_correlation is None:
@@ -187,20 +201,39 @@ def _check_args(args):
         problem = output_problem(path)
         if problem:  # checked now, not after reading the whole recording
             raise UsageError(f'{option} {str(path)!r} cannot be written ({problem})')
+    if (args.out is not None and args.plot is not None
+            and args.out.resolve() == args.plot.resolve()):
+        raise UsageError(f'--out and --plot name one file ({str(args.out)!r}); give each its '
+                         f'own')
     if args.plot is not None and args.plot.suffix.lower() not in ('.png', '.svg', '.pdf'):
         raise UsageError(f'--plot {str(args.plot)!r}: give a .png, .svg or .pdf file')
 
 
-def _rate(signal, frames):
+def _images(signal, frames, stamps):
+    """Return how many images a camera gave at what rate (Hz, of its distinct stamps)."""
     span = signal.times_s[-1] - signal.times_s[0]
-    return (frames - 1) / span if span > 0 else float('nan')
+    rate = f'{(stamps - 1) / span:.1f} Hz' if span > 0 else 'rate unknown'
+    repeated = '' if stamps == frames else f', {frames - stamps} with a stamp repeated'
+    return f'{frames} images ({rate}{repeated})'
 
 
 def main(argv=None):
-    """Entry point of ``tarfuse-time-offset``; return the exit status (0, 1 none, 2 usage)."""
+    """Entry point of ``tarfuse-time-offset``; return the exit status (0, 1 none, 2 usage).
+
+    Ctrl-C: one line, no traceback, nothing written, exit status 130.
+    """
+    args = build_parser().parse_args(argv)
+    try:
+        return _run(args)
+    except KeyboardInterrupt:
+        print(f'{PROG}: interrupted; no offset estimated'
+              f'{"" if args.out is None else f", {args.out} not written"}', file=sys.stderr)
+        return 130
+
+
+def _run(args):
     from tarfuse_ros.core.time_offset import estimate_problem, estimate_time_offset
     from tarfuse_ros.core.time_offset import estimate_warnings
-    args = build_parser().parse_args(argv)
 
     def warn(text):
         print(f'{PROG}: warning: {text}', file=sys.stderr, flush=True)
@@ -211,9 +244,8 @@ def main(argv=None):
     except UsageError as exc:
         print(f'{PROG}: error: {exc}', file=sys.stderr)
         return 2
-    (ir, ir_frames), (vi, vi_frames) = signals['ir'], signals['vi']
-    print(f'IR: {ir_frames} images ({_rate(ir, ir_frames):.1f} Hz), visible: {vi_frames} '
-          f'images ({_rate(vi, vi_frames):.1f} Hz), '
+    ir, vi = signals['ir'][0], signals['vi'][0]
+    print(f'IR: {_images(*signals["ir"])}, visible: {_images(*signals["vi"])}, '
           f'{vi.times_s[-1] - vi.times_s[0]:.1f} s of visible stamps')
     estimate = estimate_time_offset(vi, ir, max_offset_s=args.max_offset,
                                     windows=args.windows)

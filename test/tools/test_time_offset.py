@@ -102,9 +102,11 @@ def test_an_offset_beyond_the_search_is_refused_naming_max_offset(tmp_path, caps
 
 
 @pytest.mark.parametrize('argv, words', [
-    (['--max-offset', '0'], '--max-offset must be in (0, 1] s'),
-    (['--max-offset', 'nan'], '--max-offset must be in (0, 1] s'),
-    (['--max-offset', '1.5'], '--max-offset must be in (0, 1] s'),
+    (['--max-offset', '0'], '--max-offset must be in [0.01, 1] s'),
+    (['--max-offset', 'nan'], '--max-offset must be in [0.01, 1] s'),
+    (['--max-offset', '1.5'], '--max-offset must be in [0.01, 1] s'),
+    (['--max-offset', '1e-9'], '--max-offset must be in [0.01, 1] s'),  # was a traceback
+    (['--out', 'x.png', '--plot', './x.png'], '--out and --plot name one file'),
     (['--windows', '-1'], '--windows must be in [0, 20]'),
     (['--min-correlation', '2'], '--min-correlation must be in [0, 1]'),
     (['--plot', 'curve.jpg2'], 'give a .png, .svg or .pdf file'),
@@ -162,3 +164,94 @@ def test_calibrate_auto_on_a_still_recording_exits_1_saying_what_to_give(tmp_pat
         calibrate(['--bag', str(bag), '--infrared-time-offset', 'soon', '--out', str(out)])
     assert stop.value.code == 2
     assert "give a number of seconds or auto, got 'soon'" in capsys.readouterr().err
+
+
+def test_a_make_bag_recording_of_unrelated_scenes_is_refused_not_given_a_chance_peak(
+        tmp_path, capsys):
+    # Every frame another scene: the two cameras share too little change; the parts of the
+    # recording peaked 543 ms apart and the whole at -0.354 s (truth -0.04) was accepted.
+    from tarfuse_ros.tools.make_bag import main as make_bag
+    if not simulation.DATA.is_dir():
+        pytest.skip(f'{simulation.DATA} is absent (../shared not beside the checkout)')
+    bag = tmp_path / 'pairs'
+    assert make_bag(['--pairs', str(simulation.DATA), '--out', str(bag), '--rate', '10',
+                     '--offset-ms', '40', '--max-pairs', '35']) == 0
+    capsys.readouterr()
+    out = tmp_path / 'offset.yaml'
+    assert main(['--bag', str(bag), '--out', str(out)]) == 1
+    err = capsys.readouterr().err
+    assert 'no one offset fits the whole recording' in err
+    assert not out.exists()
+
+
+def write_raw_bag(path, case, ir_image, repeat=1):
+    """Write ``case`` with raw Image topics: IR ``ir_image(frame) -> (array, encoding)``."""
+    from tarfuse_ros.tools.bagio import image_cdr, jazzy_typestore, offered_qos, open_writer
+    if not simulation.DATA.is_dir():
+        pytest.skip(f'{simulation.DATA} is absent (../shared not beside the checkout)')
+    ir, vi = simulation.read_pair('00004N')
+    recording = simulation.simulate(case, ir, vi, 0, _uint8, view=VIEW)
+    typestore = jazzy_typestore()
+    writer = open_writer(path, typestore)
+    try:
+        messages = []
+        for camera, topic in (('ir', IR_TOPIC), ('vi', VI_TOPIC)):
+            connection = writer.add_connection(topic, 'sensor_msgs/msg/Image',
+                                               typestore=typestore,
+                                               offered_qos_profiles=offered_qos())
+            for stamp, frame in zip(*recording[camera]):
+                array, encoding = ir_image(frame) if camera == 'ir' else (frame, 'bgr8')
+                stamp_ns = int(round((1_700_000_000 + stamp) * 1e9))
+                data = image_cdr(array, encoding, camera, stamp_ns)
+                messages += [(stamp_ns, connection, data)] * (repeat if camera == 'ir' else 1)
+        for stamp_ns, connection, data in sorted(messages, key=lambda m: m[0]):
+            writer.write(connection, stamp_ns, data)
+    finally:
+        writer.close()
+    return path
+
+
+def test_images_the_node_refuses_are_named_as_the_cause_not_a_short_recording(
+        tmp_path, capsys):
+    # A thermal camera's 32FC1 with NaN pixels: every image left out, and the error said
+    # 'record a few seconds of both cameras'.
+    def with_nan(frame):
+        image = frame.astype(np.float32) + 273.0
+        image[:4, :4] = np.nan
+        return image, '32FC1'
+    bag = write_raw_bag(tmp_path / 'nan', simulation.Case('pan', duration=1.0), with_nan)
+    assert main(['--bag', str(bag), '--infrared-topic', IR_TOPIC,
+                 '--visible-topic', VI_TOPIC]) == 2
+    err = capsys.readouterr().err
+    assert 'images were left out (float image' in err and 'NaN' in err
+    assert 'record a few seconds' not in err
+
+
+def test_a_driver_sending_each_frame_twice_is_reported_at_its_own_rate(tmp_path, capsys):
+    # Each IR frame recorded twice: the IR was reported at 18.5 Hz for a 9 Hz camera.
+    bag = write_raw_bag(tmp_path / 'twice', simulation.Case('pan', duration=6.0),
+                        lambda frame: (frame, 'mono8'), repeat=2)
+    assert main(['--bag', str(bag), '--infrared-topic', IR_TOPIC,
+                 '--visible-topic', VI_TOPIC]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r'IR: 108 images \(9\.\d Hz, 54 with a stamp repeated\)', out), out
+
+
+def test_ctrl_c_prints_one_line_and_writes_nothing(tmp_path, capsys):
+    import os
+    import signal
+    import threading
+    bag = write_bag(tmp_path / 'rig', simulation.Case('pan', duration=10.0))
+    out = tmp_path / 'offset.yaml'
+    timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))  # a real Ctrl-C
+    timer.start()
+    try:
+        code = main(['--bag', str(bag), '--infrared-topic', IR_TOPIC,
+                     '--visible-topic', VI_TOPIC, '--out', str(out)])
+    except KeyboardInterrupt:
+        code = 'a traceback'
+    finally:
+        timer.cancel()
+    assert code == 130
+    assert 'interrupted; no offset estimated' in capsys.readouterr().err
+    assert not out.exists()
