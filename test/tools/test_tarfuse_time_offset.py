@@ -1,4 +1,4 @@
-"""tarfuse-time-offset on recorded bags of a real pair seen by a simulated moving rig."""
+"""tarfuse-time-offset and calibrate --infrared-time-offset auto on bags of a simulated rig."""
 
 from pathlib import Path
 import re
