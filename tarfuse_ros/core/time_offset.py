@@ -126,7 +126,8 @@ def motion_signal(stamps_s, frames):
     Args:
         stamps_s: (N,) the frames' stamps (s), in any order: frames are sorted by stamp, and
             of frames with the same stamp the first is kept.
-        frames: N standardised frames (:func:`frame_for_motion`). Where the size changes (a
+        frames: N standardised frames (:func:`frame_for_motion`; float16 copies save half
+            the memory and change no result that matters). Where the size changes (a
             camera set to another resolution mid-recording) the change between the two sizes
             is left out, as a lost frame's.
 
@@ -148,7 +149,7 @@ def motion_signal(stamps_s, frames):
     new = [kept[0]]  # the frames that are not the image before repeated
     for index in kept[1:]:
         if (not _same_size(frames[index], frames[new[-1]])
-                or float(np.abs(frames[index] - frames[new[-1]]).mean()) > _REPEATED):
+                or _change(frames[index], frames[new[-1]]) > _REPEATED):
             new.append(index)
     limit = _GAP * float(np.median(np.diff(stamps[new]))) if len(new) > 1 else 0.0
     times, values = [], []
@@ -157,11 +158,16 @@ def motion_signal(stamps_s, frames):
         if interval > limit or not _same_size(frames[after], frames[before]):
             continue  # a gap: its change is no measure of any one instant
         times.append(0.5 * (stamps[after] + stamps[before]))
-        values.append(float(np.abs(frames[after] - frames[before]).mean()) / interval)
+        values.append(_change(frames[after], frames[before]) / interval)
     if len(times) < 2:
         raise ValueError(f'{len(new)} distinct images among {len(kept)} frames, {len(times)} '
                          f'intervals without a gap; the motion signal needs 2')
     return MotionSignal(np.asarray(times), np.asarray(values), limit)
+
+
+def _change(frame, other):
+    """Return the mean absolute difference of two frames (float32 arithmetic)."""
+    return float(np.abs(np.asarray(frame, np.float32) - np.asarray(other, np.float32)).mean())
 
 
 def _same_size(frame, other):
