@@ -79,6 +79,14 @@ def _stop_and_go(duration, rng, step=0.001):
     return times, np.cumsum(velocity) * step
 
 
+def _fold(position, reach):
+    """Return ``position`` folded into [-reach, reach]: a motion that turns back at the ends.
+
+    (A clipped motion stood still at an end for long stretches: no motion to time.)
+    """
+    return reach - np.abs(np.mod(position + reach, 4 * reach) - 2 * reach)
+
+
 class Scene:
     """Renders one aligned pair as two cameras see it at any capture time."""
 
@@ -97,15 +105,13 @@ class Scene:
         else:
             self.times = np.arange(-1.0, duration + 1.0, 0.001)
             self.x = self.y = np.zeros_like(self.times)
-        if case.motion == 'pan':  # keep the window on the pair
-            self.x = np.clip(self.x, -70, 70)
-            self.y = np.clip(self.y, -50, 50)
+        if case.motion == 'pan':  # the view stays on the pair: it turns back at the ends
+            self.x, self.y = _fold(self.x, 70.0), _fold(self.y, 50.0)
         if case.motion == 'object':
             height, width = ir.shape[:2]
             self.disc_from = (width // 4, height // 2)
             self.radius = 40
-            self.x = np.clip(self.x * 2.0, -200, 200)
-            self.y = np.clip(self.y, -60, 60)
+            self.x, self.y = _fold(self.x * 2.0, 200.0), _fold(self.y, 60.0)
 
     def _position(self, t):
         return float(np.interp(t, self.times, self.x)), float(np.interp(t, self.times, self.y))

@@ -28,17 +28,20 @@ twice) is left out: it was not captured at its stamp, and the change to the next
 spread over the whole interval since the last one.
 """
 
+from collections import deque
 from dataclasses import dataclass
+import threading
 
 import cv2
 import numpy as np
 
-__all__ = ['MotionSignal', 'TimeOffsetEstimate', 'correlation_at_offsets',
+__all__ = ['MotionSignal', 'OffsetMonitor', 'TimeOffsetEstimate', 'correlation_at_offsets',
            'estimate_problem', 'estimate_time_offset', 'estimate_warnings', 'frame_for_motion',
            'motion_signal']
 
 MAX_SIDE = 160  # px: the motion signal's frame size (long side)
 STEP_S = 0.002  # s: the step of the candidate offsets before the parabola's refinement
+COARSE_STEP_S = 0.01  # s: the step of the first, coarse search (and of its sampling)
 SHARPNESS_SPAN_S = 0.25  # s: how far either side of the peak its sharpness is measured
 _EPS = 1e-6
 # A frame whose standardised image differs from the one before by no more than this on
@@ -68,18 +71,23 @@ def frame_for_motion(image, max_side=MAX_SIDE):
 
     """
     array = np.asarray(image)
-    if array.ndim == 3 and array.shape[2] in (1, 3, 4):
-        array = array[..., :3].astype(np.float32).mean(axis=2)
-    elif array.ndim != 2:
+    if not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (1, 3, 4))):
         raise ValueError(f'an image must be (H, W) or (H, W, 3), got shape {array.shape}')
     if array.size == 0:
         raise ValueError(f'an empty image, shape {array.shape}')
-    array = np.nan_to_num(array.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
-    height, width = array.shape
+    if array.ndim == 3:
+        array = array[..., :3]
+    if array.dtype not in (np.uint8, np.uint16, np.float32):  # what cv2.resize takes
+        array = array.astype(np.float32)
+    height, width = array.shape[:2]
     scale = max_side / max(height, width)
-    if scale < 1.0:
+    if scale < 1.0:  # shrunk first: a 1920x1080 colour frame costs 3 ms, not 46
         size = (max(1, round(width * scale)), max(1, round(height * scale)))
-        array = cv2.resize(array, size, interpolation=cv2.INTER_AREA)
+        array = cv2.resize(np.ascontiguousarray(array), size, interpolation=cv2.INTER_AREA)
+    array = array.astype(np.float32)
+    if array.ndim == 3:
+        array = array.mean(axis=2)
+    array = np.nan_to_num(array, nan=0.0, posinf=0.0, neginf=0.0)
     std = float(array.std())
     if std < _EPS * max(1.0, float(np.abs(array).max())):
         return np.zeros_like(array)
@@ -303,7 +311,8 @@ def estimate_time_offset(visible, infrared, max_offset_s=0.5, windows=3, step_s=
         max_offset_s: the largest offset (s) tried, either way (the node takes up to 1 s).
         windows: the number of equal parts of the overlap estimated on their own as well
             (0: none).
-        step_s: the step (s) of the candidate offsets.
+        step_s: the step (s) of the candidate offsets near the best (first searched every
+            :data:`COARSE_STEP_S`; the curve kept in the result is that coarse one).
 
     Returns:
         :class:`TimeOffsetEstimate`.
@@ -319,12 +328,16 @@ def estimate_time_offset(visible, infrared, max_offset_s=0.5, windows=3, step_s=
         raise ValueError(f'step_s must be in (0, max_offset_s), got {step_s}')
     if windows < 0:
         raise ValueError(f'windows must be >= 0, got {windows}')
-    count = int(round(max_offset_s / step_s))
-    offsets = np.arange(-count, count + 1) * step_s
-    correlations = correlation_at_offsets(visible, infrared, offsets, step_s)
-    offset, value = _peak(offsets, correlations)
+    # Coarse to fine: every offset COARSE_STEP_S apart on signals sampled as often, then
+    # every step_s within two coarse steps of the best (a 30 s window: 0.2 s, not 3 s).
+    coarse_step = max(step_s, COARSE_STEP_S)
+    count = int(round(max_offset_s / coarse_step))
+    offsets = np.arange(-count, count + 1) * coarse_step
+    correlations = correlation_at_offsets(visible, infrared, offsets, coarse_step)
+    offset, value = _fine_peak(visible, infrared, offsets, correlations, step_s, max_offset_s)
     # A second peak is sought beyond the slower camera's frame interval from the first.
-    separation = max(_median_interval(visible), _median_interval(infrared), 4 * step_s)
+    separation = max(_median_interval(visible), _median_interval(infrared),
+                     4 * coarse_step)
     runner_up = float('nan')
     if offset is not None:
         runner_up = _second_peak(offsets, correlations, offset, separation)
@@ -336,9 +349,9 @@ def estimate_time_offset(visible, infrared, max_offset_s=0.5, windows=3, step_s=
         for low, high in zip(edges[:-1], edges[1:]):
             part = _window(visible, low, high)
             curve = (None if part is None
-                     else correlation_at_offsets(part, infrared, offsets, step_s))
-            window_offset, window_value = (None, float('nan')) if curve is None else _peak(
-                offsets, curve)
+                     else correlation_at_offsets(part, infrared, offsets, coarse_step))
+            window_offset, window_value = (None, float('nan')) if curve is None else (
+                _fine_peak(part, infrared, offsets, curve, step_s, max_offset_s))
             found.append(window_offset)
             found_values.append(window_value)
             found_sharpness.append(float('nan') if window_offset is None
@@ -347,6 +360,21 @@ def estimate_time_offset(visible, infrared, max_offset_s=0.5, windows=3, step_s=
     return TimeOffsetEstimate(offset, value, runner_up, tuple(found), tuple(found_values),
                               sharpness, tuple(found_sharpness), offsets, correlations,
                               separation)
+
+
+def _fine_peak(visible, infrared, offsets, correlations, step_s, max_offset_s):
+    """Return ``(offset, correlation)``: the coarse curve's peak searched every ``step_s``.
+
+    Within two coarse steps of the coarse curve's highest point (and ``max_offset_s``), on
+    signals sampled every ``step_s``, refined by a parabola (:func:`_peak`).
+    """
+    if not np.isfinite(correlations).any():
+        return None, float('nan')
+    best = float(offsets[int(np.nanargmax(correlations))])
+    reach = 2 * float(offsets[1] - offsets[0])
+    fine = np.arange(max(best - reach, -max_offset_s), min(best + reach, max_offset_s)
+                     + step_s / 2, step_s)
+    return _peak(fine, correlation_at_offsets(visible, infrared, fine, step_s))
 
 
 def _second_peak(offsets, correlations, offset_s, separation_s):
@@ -447,3 +475,68 @@ def estimate_warnings(estimate, min_correlation=MIN_CORRELATION):
         notes.append(f'{unclear} of {len(clear)} parts of the recording have no clear peak of '
                      f'their own (too little motion there)')
     return notes
+
+
+class OffsetMonitor:
+    """The IR time offset of a live stream, from its last ``window_s`` seconds (thread-safe).
+
+    Images go in with :meth:`add` as they arrive (the IR with its driver's own stamp, before
+    any correction); :meth:`check` estimates the offset over the window as
+    :func:`estimate_time_offset` does and judges it with :func:`estimate_problem`. A stamp
+    more than a second behind its camera's newest (a bag loop, a clock reset) starts both
+    cameras over.
+    """
+
+    def __init__(self, window_s, max_offset_s=1.0):
+        if not window_s > 0:
+            raise ValueError(f'window_s must be > 0, got {window_s}')
+        self.window_s = float(window_s)
+        self.max_offset_s = float(max_offset_s)
+        self._frames = {'ir': deque(), 'vi': deque()}  # (stamp_s, float16 frame), by arrival
+        self._lock = threading.Lock()
+
+    def add(self, camera, stamp_s, image):
+        """Add one image (``camera`` ``'ir'`` or ``'vi'``; see :func:`frame_for_motion`)."""
+        frame = frame_for_motion(image).astype(np.float16)
+        with self._lock:
+            frames = self._frames[camera]
+            if frames and stamp_s < frames[-1][0] - 1.0:
+                for kept in self._frames.values():
+                    kept.clear()
+            frames.append((float(stamp_s), frame))
+            # Kept: the window and the search's reach beyond it.
+            oldest = stamp_s - self.window_s - self.max_offset_s
+            while frames and frames[0][0] < oldest:
+                frames.popleft()
+
+    def span_s(self):
+        """Return ``{camera: seconds of stamps held}``."""
+        with self._lock:
+            return {camera: (frames[-1][0] - frames[0][0]) if len(frames) > 1 else 0.0
+                    for camera, frames in self._frames.items()}
+
+    def check(self, windows=3):
+        """Return ``(estimate, problem)`` over the window, or None before it is full.
+
+        ``problem`` is :func:`estimate_problem`'s sentence, or None for an estimate to trust.
+        """
+        with self._lock:
+            held = {camera: list(frames) for camera, frames in self._frames.items()}
+        if any(len(frames) < 3 or frames[-1][0] - frames[0][0] < self.window_s
+               for frames in held.values()):
+            return None
+        newest = min(frames[-1][0] for frames in held.values())
+        signals = {}
+        for camera, frames in held.items():
+            recent = [(stamp, frame) for stamp, frame in frames
+                      if stamp >= newest - self.window_s - (camera == 'ir') * self.max_offset_s]
+            try:
+                signals[camera] = motion_signal([stamp for stamp, _ in recent],
+                                                [frame for _, frame in recent])
+            except ValueError as exc:  # a frozen or constant camera: no motion to place
+                return None, f'no motion signal from the {camera} camera ({exc})'
+        visible = _window(signals['vi'], newest - self.window_s, newest)
+        if visible is None:
+            return None, 'too few visible images in the window'
+        estimate = estimate_time_offset(visible, signals['ir'], self.max_offset_s, windows)
+        return estimate, estimate_problem(estimate, self.max_offset_s)

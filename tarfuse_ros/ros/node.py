@@ -37,6 +37,7 @@ import logging
 import math
 import os
 from pathlib import Path
+import queue
 import signal
 import sys
 import tempfile
@@ -65,6 +66,7 @@ from tarfuse_ros.core.health import HealthSettings, RegistrationHealth
 from tarfuse_ros.core.images import check_frame_size
 from tarfuse_ros.core.pairing import NearestPairCheck
 from tarfuse_ros.core.rate import StampRateLimit
+from tarfuse_ros.core.time_offset import OffsetMonitor
 from tarfuse_ros.core.topics import camera_info_topic
 from tarfuse_ros.ros.conversions import array_to_compressed_msg, array_to_image_msg
 from tarfuse_ros.ros.conversions import compressed_msg_to_array, compressed_size
@@ -97,6 +99,11 @@ _RUNTIME_ENGINE_FIELDS = ('confidence_threshold', 'iou_threshold', 'max_detectio
 _CAMERA_INFO_BUFFER = 30
 _HEALTH_FIELDS = ('health_window', 'health_every_n', 'health_max_side', 'health_min_alignment',
                   'health_max_flow_px')
+# Images waiting for the time-offset check's thread (2 s of two 30 Hz cameras).
+_OFFSET_QUEUE = 120
+# s: the least difference from sync.infrared_time_offset the time-offset check warns of (the
+# estimate's own error on simulated rigs reached 20 ms, benchmarks/time_offset.py).
+_OFFSET_TOLERANCE_S = 0.02
 
 
 class StartupError(RuntimeError):
@@ -250,6 +257,18 @@ class TarFuseNode(Node):
         self._rate_limit = StampRateLimit.for_rate(self._params.max_rate)
         self._slot_cond = threading.Condition()
         self._stopping = False
+        # diagnostics.time_offset_window: every image goes (by the executor thread) into a
+        # bounded queue that a thread of its own decodes into the monitor; full, an image is
+        # left out (the estimate reads gaps as gaps).
+        self._offset_monitor = None
+        self._offset_status = 'off'
+        self._offset_problem = None
+        self._offset_off = None  # the last check's offset (s) if it differed from the set one
+        if self._params.time_offset_window > 0:
+            self._offset_monitor = OffsetMonitor(self._params.time_offset_window)
+            self._offset_status = (f'collecting: 0 of {self._params.time_offset_window:g} s of '
+                                   f'both cameras')
+            self._offset_queue = queue.Queue(maxsize=_OFFSET_QUEUE)
 
         # Added to every IR stamp before anything but the zero-stamp check reads it (fixed).
         self._ir_offset_ns = round(self._params.sync_infrared_time_offset * 1e9)
@@ -343,6 +362,11 @@ class TarFuseNode(Node):
         self._worker = threading.Thread(target=self._worker_loop, name='tarfuse_worker',
                                         daemon=True)
         self._worker.start()
+        self._offset_thread = None
+        if self._offset_monitor is not None:
+            self._offset_thread = threading.Thread(target=self._offset_loop,
+                                                   name='tarfuse_time_offset', daemon=True)
+            self._offset_thread.start()
         mode = (f'approximate (slop {params.sync_slop} s)' if params.sync_approximate
                 else 'exact')
         if params.sync_infrared_time_offset:
@@ -596,6 +620,11 @@ class TarFuseNode(Node):
             self._stats.reject(cause, pair=False)
             self._warn(f'zero_stamp:{name}', f'message ignored: {cause}')
             return
+        if self._offset_monitor is not None:  # the driver's own stamp: the offset is sought
+            try:
+                self._offset_queue.put_nowait((index, stamp, msg))
+            except queue.Full:
+                pass
         if index == INFRARED and self._ir_offset_ns:
             # From here on the IR stamp is the corrected one: the order checks of this input
             # (a constant offset changes none of its steps), the cross-input comparisons at a
@@ -757,6 +786,70 @@ class TarFuseNode(Node):
                     return
                 self._stats.reject(f'processing failed: {exc!r}')
                 self._warn('processing', f'pair skipped, processing failed: {exc!r}')
+
+    def _offset_loop(self):
+        """Decode every image into the time-offset monitor; judge it every half window."""
+        window = self._params.time_offset_window
+        cameras = ('ir', 'vi')
+        next_check = None  # by the visible stamps (s), as bag playback at any speed gives
+        while not self._stopping:
+            try:
+                index, stamp_ns, msg = self._offset_queue.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            try:
+                array, _ = image_msg_to_array(msg)
+            except ValueError:
+                continue  # the pairing path refuses it and says why
+            stamp_s = stamp_ns / 1e9
+            self._offset_monitor.add(cameras[index], stamp_s, array)
+            if index != VISIBLE:
+                continue
+            if next_check is None or stamp_s < next_check - window:  # first, or a jump back
+                next_check = stamp_s
+            if stamp_s < next_check:
+                continue
+            next_check = stamp_s + window / 2
+            try:
+                self._judge_time_offset()
+            except Exception as exc:  # noqa: BLE001 - a check must not stop the node
+                self._offset_status = f'failed: {exc!r}'
+
+    def _judge_time_offset(self):
+        """Set the /diagnostics status of the time-offset check (and its warning)."""
+        window = self._params.time_offset_window
+        result = self._offset_monitor.check()
+        if result is None:
+            held = min(self._offset_monitor.span_s().values())
+            self._offset_status = f'collecting: {held:.0f} of {window:g} s of both cameras'
+            self._offset_problem = self._offset_off = None
+            return
+        estimate, problem = result
+        if problem is not None:
+            self._offset_status = f'no offset to trust over the last {window:g} s: {problem}'
+            self._offset_problem = self._offset_off = None
+            return
+        found = estimate.offset_s
+        configured = self._params.sync_infrared_time_offset
+        self._offset_status = (f'{found:+.3f} s over the last {window:g} s (motion '
+                               f'correlation {estimate.correlation:.2f}; set '
+                               f'{configured:g} s)')
+        difference = found - configured
+        # Half a frame interval of the slower camera: the stamps then pair other frames. One
+        # window with little motion can be off by a few tens of ms (benchmarks/time_offset.py),
+        # so the warning waits for two checks in a row that both find the offset off.
+        off = abs(difference) > max(0.5 * estimate.separation_s, _OFFSET_TOLERANCE_S)
+        if off and self._offset_off is not None:
+            self._offset_problem = (
+                f'the IR stamps look {1000 * abs(difference):.0f} ms '
+                f'{"late" if difference < 0 else "early"} against the visible ones over the '
+                f'last {window:g} s (motion correlation {estimate.correlation:.2f}; the check '
+                f'before found {self._offset_off:+.3f} s): set sync.infrared_time_offset to '
+                f'{found:.3f} (it is {configured:g})')
+            self._warn('time_offset', self._offset_problem)
+        else:
+            self._offset_problem = None
+        self._offset_off = found if off else None
 
     @staticmethod
     def _read_image(msg, topic, size_checked=False):
@@ -1150,11 +1243,14 @@ class TarFuseNode(Node):
             'rss_mib': round(process_rss_mib(), 1),
             'cpu_threads': self._cpu_threads_used(),
             'camera_info': self._camera_info_status(),
+            'sync_time_offset_check': self._offset_status,
         }
         if self._engine.device.startswith('cuda') and self._params.backend == 'torch':
             import torch
             extra['cuda_memory_mib'] = round(torch.cuda.memory_allocated() / 2**20, 1)
         problems = list(self._problems)
+        if self._offset_problem is not None:
+            problems.append(self._offset_problem)
         if self._params.health_enabled:
             health = self._health.summary()
             extra.update(health.as_dict())
@@ -1189,6 +1285,8 @@ class TarFuseNode(Node):
             self._stopping = True
             self._slot_cond.notify_all()
         self._worker.join(timeout)
+        if self._offset_thread is not None:
+            self._offset_thread.join(timeout)
         logging.getLogger('tarfuse_ros').removeHandler(self._log_handler)
         return not self._worker.is_alive()
 

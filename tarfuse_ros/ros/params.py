@@ -80,6 +80,7 @@ class NodeParams:
     publish_debug: bool = False
     diagnostics_period: float = 1.0
     input_timeout: float = 3.0
+    time_offset_window: float = 0.0
     health_enabled: bool = True
     health_window: int = 10
     health_every_n: int = 1
@@ -254,6 +255,11 @@ PARAMETER_SPECS = (
     ParamSpec('diagnostics.input_timeout', 'input_timeout', 'float',
               'Seconds without a pair (or one input) before warning (run time).',
               low=0.1, high=3600.0, runtime=True),
+    ParamSpec('diagnostics.time_offset_window', 'time_offset_window', 'float',
+              'Estimate the infrared time offset from the last this many seconds of both '
+              'cameras (every image decoded and shrunk: extra CPU) and report it in '
+              '/diagnostics (sync_time_offset_check), warning when it differs from '
+              'sync.infrared_time_offset; 0 = off. Restart to change.', low=0.0, high=600.0),
     ParamSpec('registration_health.enabled', 'health_enabled', 'bool',
               'Score the registration of every every_n-th pair (edge alignment of the '
               'registered IR and the visible image, residual flow) and report it in '

@@ -165,3 +165,42 @@ def test_cameras_that_overlap_briefly_are_not_said_not_to_overlap():
     infrared = sampled(speed, 9.0, start=5.0, duration=5.0, latency=0.06)  # 1 s together
     problem = estimate_problem(estimate_time_offset(visible, infrared), 0.5)
     assert 'or too little' in problem and 'record both cameras at once' in problem
+
+
+def _rig_images(seconds, ir_latency=0.06, seed=8):
+    """Return ``[(camera, stamp_s, image)]`` of a rig panning over a textured scene, in time.
+
+    A 9 Hz IR and a 30 Hz visible camera see one random texture through a window that moves
+    by stop-and-go steps; each image is stamped with its camera's latency.
+    """
+    import cv2
+    rng = np.random.default_rng(seed)
+    scene = cv2.GaussianBlur(rng.uniform(0, 255, (400, 600)).astype(np.float32), (0, 0), 3)
+    speed = stop_and_go(seed)
+    fine = np.arange(0.0, seconds, 0.001)
+    position = np.cumsum(speed(fine)) * 0.001 % 200.0
+    out = []
+    for camera, rate, latency, start in (('ir', 9.0, ir_latency, 0.03), ('vi', 30.0, 0.0, 0.01)):
+        for t in start + np.arange(0.0, seconds - start, 1.0 / rate):
+            x = float(np.interp(t, fine, position))
+            view = cv2.getRectSubPix(scene, (160, 120), (200.0 + x, 200.0))
+            out.append((camera, t + latency, view))
+    return sorted(out, key=lambda item: item[1])
+
+
+def test_the_monitor_finds_the_offset_of_a_live_stream_once_its_window_is_full():
+    from tarfuse_ros.core.time_offset import OffsetMonitor
+    monitor = OffsetMonitor(window_s=10.0)
+    images = _rig_images(16.0)
+    for camera, stamp, image in images[:len(images) // 2]:
+        monitor.add(camera, stamp, image)
+    assert monitor.check() is None  # 8 s of 10
+    for camera, stamp, image in images[len(images) // 2:]:
+        monitor.add(camera, stamp, image)
+    assert max(monitor.span_s().values()) < 12.0  # the window and the search's reach only
+    estimate, problem = monitor.check()
+    assert problem is None
+    assert estimate.offset_s == pytest.approx(-0.06, abs=0.01)
+    monitor.add('vi', 1.0, images[0][2])  # a bag loop: both cameras start over
+    assert monitor.span_s() == {'ir': 0.0, 'vi': 0.0}
+    assert monitor.check() is None

@@ -68,7 +68,9 @@ def test_an_ir_camera_stamped_60_ms_late_is_found_and_written_as_a_node_paramete
     assert code == 0, printed.err
     value = yaml.safe_load(out.read_text())['/**']['ros__parameters']['sync'][
         'infrared_time_offset']
-    assert value == pytest.approx(-0.06, abs=0.015), printed.out  # 9 Hz IR: 111 ms frames
+    # Within a quarter of the 9 Hz IR's 111 ms frames: 10 s of a simulated rig at 9 Hz gave
+    # errors up to about 20 ms (benchmarks/time_offset.py).
+    assert value == pytest.approx(-0.06, abs=0.025), printed.out
     assert 'IR stamped' in printed.out and 'later than the visible camera' in printed.out
     assert f'infrared_time_offset:={value:g}' in printed.out
     assert cv2.imread(str(plot)) is not None
@@ -87,7 +89,7 @@ def test_a_still_scene_gives_no_offset_and_writes_nothing(tmp_path, capsys):
 
 
 def test_an_offset_beyond_the_search_is_refused_naming_max_offset(tmp_path, capsys):
-    case = simulation.Case('pan', ir_latency=0.3, duration=8.0)
+    case = simulation.Case('pan', ir_latency=0.3, duration=10.0)
     bag = write_bag(tmp_path / 'late', case)
     code = main(['--bag', str(bag), '--infrared-topic', IR_TOPIC, '--visible-topic', VI_TOPIC,
                  '--max-offset', '0.2'])
@@ -98,7 +100,7 @@ def test_an_offset_beyond_the_search_is_refused_naming_max_offset(tmp_path, caps
     printed = capsys.readouterr()
     assert code == 0, printed.err
     found = float(re.search(r'best offset ([-+0-9.]+) s', printed.out).group(1))
-    assert found == pytest.approx(-0.3, abs=0.015)
+    assert found == pytest.approx(-0.3, abs=0.025)
 
 
 @pytest.mark.parametrize('argv, words', [
@@ -135,7 +137,7 @@ def test_calibrate_finds_the_offset_pairs_with_it_and_writes_it_beside_the_prior
         tmp_path, capsys):
     from tarfuse_ros.core.prior import load_prior_yaml
     from tarfuse_ros.tools.calibrate import main as calibrate
-    case = simulation.Case('pan', duration=8.0)  # IR 9 Hz stamped 60 ms late
+    case = simulation.Case('pan', duration=10.0)  # IR 9 Hz stamped 60 ms late
     bag = write_bag(tmp_path / 'rig', case)
     out = tmp_path / 'rig_prior.yaml'
     code = calibrate(['--bag', str(bag), '--infrared-topic', IR_TOPIC, '--visible-topic',
@@ -146,7 +148,7 @@ def test_calibrate_finds_the_offset_pairs_with_it_and_writes_it_beside_the_prior
     assert code == 0, printed.err
     assert 'IR time offset found from the recording' in printed.out
     params = yaml.safe_load(out.read_text())['/**']['ros__parameters']
-    assert params['sync']['infrared_time_offset'] == pytest.approx(-0.06, abs=0.015)
+    assert params['sync']['infrared_time_offset'] == pytest.approx(-0.06, abs=0.025)
     assert load_prior_yaml(out) is not None  # the prior is read as before
     assert 'pairing with it' in printed.out
 
