@@ -477,6 +477,15 @@ def estimate_warnings(estimate, min_correlation=MIN_CORRELATION):
     return notes
 
 
+# A monitor's window must hold this many frame intervals of the slower camera: over fewer
+# (a 0.5 s window of a 9 Hz camera holds 4), the noise of a still scene correlated above 0.5 at
+# some offset in one check of seven (benchmarks/time_offset.py's still scene).
+MIN_INTERVALS = 16
+# s: a camera whose newest stamp lags the other's by more than the largest offset searched and
+# this has stopped (the window would be read from the other camera's past).
+STOPPED_S = 0.5
+
+
 class OffsetMonitor:
     """The IR time offset of a live stream, from its last ``window_s`` seconds (thread-safe).
 
@@ -484,7 +493,9 @@ class OffsetMonitor:
     any correction); :meth:`check` estimates the offset over the window as
     :func:`estimate_time_offset` does and judges it with :func:`estimate_problem`. A stamp
     more than a second behind its camera's newest (a bag loop, a clock reset) starts both
-    cameras over.
+    cameras over. A window holding fewer than :data:`MIN_INTERVALS` frame intervals of the
+    slower camera, or a camera whose newest stamp lags the other's by more than ``max_offset_s``
+    and :data:`STOPPED_S` (it stopped), gives no estimate.
     """
 
     def __init__(self, window_s, max_offset_s=1.0):
@@ -525,7 +536,14 @@ class OffsetMonitor:
         if any(len(frames) < 3 or frames[-1][0] - frames[0][0] < self.window_s
                for frames in held.values()):
             return None
-        newest = min(frames[-1][0] for frames in held.values())
+        newest = {camera: frames[-1][0] for camera, frames in held.items()}
+        lag = max(newest.values()) - min(newest.values())
+        if lag > self.max_offset_s + STOPPED_S:  # more than any offset searched explains
+            silent = 'IR' if newest['ir'] < newest['vi'] else 'visible'
+            return None, (f'no {silent} images for the last {lag:.1f} s of the other '
+                          f"camera's stamps: the {silent} camera stopped, or its images are "
+                          f'left out')
+        newest = min(newest.values())
         signals = {}
         for camera, frames in held.items():
             recent = [(stamp, frame) for stamp, frame in frames
@@ -538,5 +556,13 @@ class OffsetMonitor:
         visible = _window(signals['vi'], newest - self.window_s, newest)
         if visible is None:
             return None, 'too few visible images in the window'
+        infrared = signals['ir'].times_s
+        intervals = min(len(visible.times_s), int(np.count_nonzero(
+            (infrared >= newest - self.window_s) & (infrared <= newest))))
+        if intervals < MIN_INTERVALS:
+            return None, (f'the last {self.window_s:g} s hold {intervals} frame intervals of '
+                          f'the slower camera, fewer than {MIN_INTERVALS}: too few to tell '
+                          f'motion from noise (a still scene correlates by chance); lengthen '
+                          f'the window')
         estimate = estimate_time_offset(visible, signals['ir'], self.max_offset_s, windows)
         return estimate, estimate_problem(estimate, self.max_offset_s)

@@ -204,3 +204,51 @@ def test_the_monitor_finds_the_offset_of_a_live_stream_once_its_window_is_full()
     monitor.add('vi', 1.0, images[0][2])  # a bag loop: both cameras start over
     assert monitor.span_s() == {'ir': 0.0, 'vi': 0.0}
     assert monitor.check() is None
+
+
+def test_the_monitor_gives_no_estimate_once_one_camera_has_stopped():
+    # The IR camera stopped at 12 s: the window was read back from its last stamp, so the
+    # visible stream's past was estimated again and again, and once the visible images of that
+    # past were dropped, over 3 s of them: -0.010 s trusted (the IR is 60 ms late).
+    from tarfuse_ros.core.time_offset import OffsetMonitor
+    monitor = OffsetMonitor(window_s=8.0)
+    checked = []
+    for camera, stamp, image in _rig_images(24.0):
+        if camera == 'ir' and stamp > 12.0:
+            continue
+        monitor.add(camera, stamp, image)
+        if camera == 'vi' and stamp > 13.6 and len(checked) < 10 * (stamp - 13.6):
+            checked.append(monitor.check())
+    assert len(checked) > 50
+    for estimate, problem in checked:
+        assert estimate is None
+        assert problem.startswith('no IR images for the last'), problem
+        assert 'the IR camera stopped' in problem
+
+
+def test_the_monitor_trusts_no_offset_of_a_still_scene_in_a_window_of_a_few_frames():
+    # A 0.5 s window of a 9 Hz IR camera holds 4 frame intervals: the noise of a still scene
+    # correlated above 0.5 at some offset in one check of seven (-0.19 s at 0.80), and two
+    # checks in a row warned.
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / 'benchmarks'))
+    import time_offset as simulation
+    from tarfuse_ros.core.time_offset import MIN_INTERVALS, OffsetMonitor
+    if not simulation.DATA.is_dir():
+        pytest.skip(f'{simulation.DATA} is absent (../shared not beside the checkout)')
+    ir, vi = simulation.read_pair('00004N')
+    case = simulation.Case('still', motion='still', duration=12.0)
+    recording = simulation.simulate(case, ir, vi, 1, lambda f: np.clip(f, 0, 255).astype(
+        np.uint8), view=(240, 180))
+    events = sorted((stamp, camera, frame) for camera in ('ir', 'vi')
+                    for stamp, frame in zip(*recording[camera]))
+    monitor = OffsetMonitor(window_s=0.5)
+    results = []
+    for stamp, camera, frame in events:
+        monitor.add(camera, stamp, frame)
+        if camera == 'vi' and stamp > 2.0:
+            results.append(monitor.check())
+    assert len(results) > 250
+    assert all(result[1] is not None for result in results)
+    assert f'fewer than {MIN_INTERVALS}: too few to tell motion from noise' in results[-1][1]
