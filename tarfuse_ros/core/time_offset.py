@@ -37,7 +37,7 @@ import numpy as np
 
 __all__ = ['MotionSignal', 'OffsetMonitor', 'TimeOffsetEstimate', 'correlation_at_offsets',
            'estimate_problem', 'estimate_time_offset', 'estimate_warnings', 'frame_for_motion',
-           'motion_signal']
+           'motion_signal', 'signal_from_changes']
 
 MAX_SIDE = 160  # px: the motion signal's frame size (long side)
 STEP_S = 0.002  # s: the step of the candidate offsets before the parabola's refinement
@@ -159,18 +159,36 @@ def motion_signal(stamps_s, frames):
         if (not _same_size(frames[index], frames[new[-1]])
                 or _change(frames[index], frames[new[-1]]) > _REPEATED):
             new.append(index)
-    limit = _GAP * float(np.median(np.diff(stamps[new]))) if len(new) > 1 else 0.0
-    times, values = [], []
-    for before, after in zip(new[:-1], new[1:]):
-        interval = stamps[after] - stamps[before]
-        if interval > limit or not _same_size(frames[after], frames[before]):
-            continue  # a gap: its change is no measure of any one instant
-        times.append(0.5 * (stamps[after] + stamps[before]))
-        values.append(_change(frames[after], frames[before]) / interval)
-    if len(times) < 2:
-        raise ValueError(f'{len(new)} distinct images among {len(kept)} frames, {len(times)} '
-                         f'intervals without a gap; the motion signal needs 2')
-    return MotionSignal(np.asarray(times), np.asarray(values), limit)
+    changes = [(stamps[before], stamps[after],
+                _change(frames[after], frames[before])
+                if _same_size(frames[after], frames[before]) else float('nan'))
+               for before, after in zip(new[:-1], new[1:])]
+    try:
+        return signal_from_changes(changes)
+    except ValueError as exc:
+        raise ValueError(f'{len(new)} distinct images among {len(kept)} frames: {exc}') from None
+
+
+def signal_from_changes(changes):
+    """Return the :class:`MotionSignal` of ``[(start_s, end_s, change)]`` of new images.
+
+    ``change`` is the mean absolute difference of the standardised images at the two stamps
+    (NaN: not comparable, a size change). An interval longer than :data:`_GAP` times the
+    median one is a gap (left out, and not read across), as is a NaN change.
+
+    Raises:
+        ValueError: fewer than 2 intervals without a gap.
+
+    """
+    table = np.asarray(changes, dtype=np.float64).reshape(-1, 3)
+    intervals = table[:, 1] - table[:, 0]
+    limit = _GAP * float(np.median(intervals)) if len(table) else 0.0
+    keep = (intervals <= limit) & np.isfinite(table[:, 2]) & (intervals > 0)
+    if keep.sum() < 2:
+        raise ValueError(f'{int(keep.sum())} intervals without a gap; the motion signal '
+                         f'needs 2')
+    return MotionSignal(0.5 * (table[keep, 0] + table[keep, 1]),
+                        table[keep, 2] / intervals[keep], limit)
 
 
 def _change(frame, other):
@@ -503,28 +521,56 @@ class OffsetMonitor:
             raise ValueError(f'window_s must be > 0, got {window_s}')
         self.window_s = float(window_s)
         self.max_offset_s = float(max_offset_s)
-        self._frames = {'ir': deque(), 'vi': deque()}  # (stamp_s, float16 frame), by arrival
+        # Per camera: its newest new image (stamp_s, frame), and the changes between
+        # consecutive new images, (start_s, end_s, change): a few numbers per image, so a long
+        # window costs no memory to speak of.
+        self._newest = {'ir': None, 'vi': None}
+        self._changes = {'ir': deque(), 'vi': deque()}
+        self._first = {'ir': None, 'vi': None}  # the first stamp since the start (over)
         self._lock = threading.Lock()
 
     def add(self, camera, stamp_s, image):
-        """Add one image (``camera`` ``'ir'`` or ``'vi'``; see :func:`frame_for_motion`)."""
-        frame = frame_for_motion(image).astype(np.float16)
+        """Add one image (``camera`` ``'ir'`` or ``'vi'``; see :func:`frame_for_motion`).
+
+        An image stamped at or before the camera's newest (delivered late, or its stamp
+        repeated) is left out, as is one that repeats the image before (:func:`motion_signal`).
+        """
+        frame = frame_for_motion(image)
+        stamp_s = float(stamp_s)
         with self._lock:
-            frames = self._frames[camera]
-            if frames and stamp_s < frames[-1][0] - 1.0:
-                for kept in self._frames.values():
-                    kept.clear()
-            frames.append((float(stamp_s), frame))
+            newest = self._newest[camera]
+            if newest is not None and stamp_s < newest[0] - 1.0:  # a time jump: start over
+                self._newest = {'ir': None, 'vi': None}
+                self._first = {'ir': None, 'vi': None}
+                for changes in self._changes.values():
+                    changes.clear()
+                newest = None
+            if newest is None:
+                self._newest[camera] = (stamp_s, frame)
+                self._first[camera] = stamp_s
+                return
+            if stamp_s <= newest[0]:
+                return
+            change = (_change(frame, newest[1]) if _same_size(frame, newest[1])
+                      else float('nan'))
+            if change <= _REPEATED:
+                return  # the same image again: the next change spans the whole interval
+            changes = self._changes[camera]
+            changes.append((newest[0], stamp_s, change))
+            self._newest[camera] = (stamp_s, frame)
             # Kept: the window and the search's reach beyond it.
             oldest = stamp_s - self.window_s - self.max_offset_s
-            while frames and frames[0][0] < oldest:
-                frames.popleft()
+            while changes and changes[0][1] < oldest:
+                changes.popleft()
 
     def span_s(self):
-        """Return ``{camera: seconds of stamps held}``."""
+        """Return ``{camera: seconds of stamps since its first image (since a start over)}``."""
         with self._lock:
-            return {camera: (frames[-1][0] - frames[0][0]) if len(frames) > 1 else 0.0
-                    for camera, frames in self._frames.items()}
+            return self._spans()
+
+    def _spans(self):
+        return {camera: 0.0 if newest is None else newest[0] - self._first[camera]
+                for camera, newest in self._newest.items()}
 
     def check(self, windows=3):
         """Return ``(estimate, problem)`` over the window, or None before it is full.
@@ -532,11 +578,12 @@ class OffsetMonitor:
         ``problem`` is :func:`estimate_problem`'s sentence, or None for an estimate to trust.
         """
         with self._lock:
-            held = {camera: list(frames) for camera, frames in self._frames.items()}
-        if any(len(frames) < 3 or frames[-1][0] - frames[0][0] < self.window_s
-               for frames in held.values()):
+            held = {camera: list(changes) for camera, changes in self._changes.items()}
+            spans = self._spans()
+        if any(len(changes) < 2 or spans[camera] < self.window_s
+               for camera, changes in held.items()):
             return None
-        newest = {camera: frames[-1][0] for camera, frames in held.items()}
+        newest = {camera: changes[-1][1] for camera, changes in held.items()}
         lag = max(newest.values()) - min(newest.values())
         if lag > self.max_offset_s + STOPPED_S:  # more than any offset searched explains
             silent = 'IR' if newest['ir'] < newest['vi'] else 'visible'
@@ -545,12 +592,9 @@ class OffsetMonitor:
                           f'left out')
         newest = min(newest.values())
         signals = {}
-        for camera, frames in held.items():
-            recent = [(stamp, frame) for stamp, frame in frames
-                      if stamp >= newest - self.window_s - (camera == 'ir') * self.max_offset_s]
+        for camera, changes in held.items():
             try:
-                signals[camera] = motion_signal([stamp for stamp, _ in recent],
-                                                [frame for _, frame in recent])
+                signals[camera] = signal_from_changes(changes)
             except ValueError as exc:  # a frozen or constant camera: no motion to place
                 return None, f'no motion signal from the {camera} camera ({exc})'
         visible = _window(signals['vi'], newest - self.window_s, newest)
