@@ -1245,12 +1245,21 @@ class TarFuseNode(Node):
             'camera_info': self._camera_info_status(),
             'sync_time_offset_check': self._offset_status,
         }
+        offset_problem = self._offset_problem
+        arrival = self._last_arrival[VISIBLE]
+        if self._offset_monitor is not None and arrival is not None:
+            silent = time.monotonic() - arrival
+            if silent > self._params.input_timeout:
+                # The check runs on the visible images: without them its last verdict is old.
+                extra['sync_time_offset_check'] = (f'paused: no visible image for '
+                                                   f'{silent:.0f} s')
+                offset_problem = None
         if self._engine.device.startswith('cuda') and self._params.backend == 'torch':
             import torch
             extra['cuda_memory_mib'] = round(torch.cuda.memory_allocated() / 2**20, 1)
         problems = list(self._problems)
-        if self._offset_problem is not None:
-            problems.append(self._offset_problem)
+        if offset_problem is not None:
+            problems.append(offset_problem)
         if self._params.health_enabled:
             health = self._health.summary()
             extra.update(health.as_dict())

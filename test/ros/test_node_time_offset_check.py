@@ -4,7 +4,8 @@ A simulated rig (benchmarks/time_offset.py: a real msrs_det pair seen through a 
 and stops) sends two 30 Hz cameras, the IR stamped 60 ms after its capture and the visible
 camera at capture, paced in real time, to the node running the shipped model with
 ``sync.infrared_time_offset`` left at 0. The check runs every 4 s of visible stamps over the
-last 8 s and warns after two checks in a row found the offset off.
+last 8 s and warns after two checks in a row found the offset off; once the cameras stop it
+pauses.
 """
 
 from pathlib import Path
@@ -39,6 +40,7 @@ def test_the_node_reports_the_offset_of_a_late_ir_camera_and_warns_naming_the_pa
                      for stamp, frame in zip(*recording[camera])], key=lambda e: e[0])
     domain = random_domain_id()
     node = NodeProcess(domain, {'device': 'cpu', 'cpu_threads': 1, 'diagnostics.period': 0.5,
+                                'diagnostics.input_timeout': 2.0,
                                 'diagnostics.time_offset_window': WINDOW_S})
     probe = Probe(domain)
     try:
@@ -77,6 +79,10 @@ def test_the_node_reports_the_offset_of_a_late_ir_camera_and_warns_naming_the_pa
         assert 'ms late against the visible ones' in status.message
         assert f'set sync.infrared_time_offset to {found:.3f} (it is 0)' in status.message
         assert 'the check before found -0.0' in status.message
+        # The cameras stopped: the check pauses, and its old verdict is no longer shown.
+        assert probe.spin_until(lambda: _values(probe.diagnostics[-1])[
+            'sync_time_offset_check'].startswith('paused: no visible image for'), 20.0)
+        assert 'sync.infrared_time_offset to' not in probe.diagnostics[-1].message
     finally:
         probe.close()
         node.close()
