@@ -194,6 +194,19 @@ def read_messages(path, topics=None, typestore=None):
             yield connection.topic, connection.msgtype, timestamp, bytes(data), msg
 
 
+def image_topic(topics, topic):
+    """Return the bag topic holding ``topic``'s images: itself or ``<topic>/compressed``.
+
+    ``topics`` maps the bag's topics to their message types. Raises ``ValueError`` naming the
+    bag's image topics when neither is there.
+    """
+    for candidate in (topic, topic.rstrip('/') + '/compressed'):
+        if candidate in topics:
+            return candidate
+    raise ValueError(f'topic {topic!r} (or {topic}/compressed) is not in the bag; its image '
+                     f'topics: {sorted(t for t in topics if "image" in topics[t].lower())}')
+
+
 def check_topic_name(name, what):
     """Raise ValueError when ``name`` is not a valid ROS topic name (rclpy's rules).
 

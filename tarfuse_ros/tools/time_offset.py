@@ -45,12 +45,12 @@ class UsageError(ValueError):
 
 
 def _topic_in_bag(topics, topic):
-    """Return the bag topic holding ``topic``'s images (itself or ``<topic>/compressed``)."""
-    for candidate in (topic, topic.rstrip('/') + '/compressed'):
-        if candidate in topics:
-            return candidate
-    raise UsageError(f'topic {topic!r} (or {topic}/compressed) is not in the bag; its image '
-                     f'topics: {sorted(t for t in topics if "image" in topics[t].lower())}')
+    """Return the bag topic of ``topic``'s images (:func:`.bagio.image_topic`), or UsageError."""
+    from tarfuse_ros.tools.bagio import image_topic
+    try:
+        return image_topic(topics, topic)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
 
 
 def read_motion_signals(bag_dir, ir_topic=DEFAULT_IR_TOPIC, vi_topic=DEFAULT_VI_TOPIC,

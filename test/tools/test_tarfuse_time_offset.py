@@ -23,14 +23,14 @@ def _uint8(frame):
     return np.clip(frame, 0, 255).astype(np.uint8)
 
 
-def write_bag(path, case, seed=0, stem='00004N'):
+def _write(path, case, encoders, seed=0, stem='00004N'):
     """Write a rosbag2 of ``case`` (benchmarks/time_offset.py) as a rig's drivers record it.
 
-    IR: 16-bit PNG on ``<topic>/compressed`` (a radiometric camera's counts), visible: JPEG
-    on ``<topic>/compressed``; each message stamped with its camera's latency.
+    ``encoders[camera]`` is ``(topic, message type, encode)``; ``encode(frame, stamp_ns,
+    camera)`` returns the CDR messages one frame is recorded as. Each message is stamped with
+    its camera's latency.
     """
-    from tarfuse_ros.tools.bagio import compressed_cdr, jazzy_typestore, offered_qos
-    from tarfuse_ros.tools.bagio import open_writer
+    from tarfuse_ros.tools.bagio import jazzy_typestore, offered_qos, open_writer
     if not simulation.DATA.is_dir():
         pytest.skip(f'{simulation.DATA} is absent (../shared not beside the checkout)')
     ir, vi = simulation.read_pair(stem)
@@ -39,22 +39,37 @@ def write_bag(path, case, seed=0, stem='00004N'):
     writer = open_writer(path, typestore)
     try:
         messages = []
-        for camera, topic, fmt in (('ir', IR_TOPIC, 'png'), ('vi', VI_TOPIC, 'jpeg')):
-            connection = writer.add_connection(f'{topic}/compressed',
-                                               'sensor_msgs/msg/CompressedImage',
-                                               typestore=typestore,
+        for camera, (topic, msgtype, encode) in encoders.items():
+            connection = writer.add_connection(topic, msgtype, typestore=typestore,
                                                offered_qos_profiles=offered_qos())
-            stamps, frames = recording[camera]
-            for stamp, frame in zip(stamps, frames):
-                image = (frame.astype(np.uint16) * 64 + 20000) if camera == 'ir' else frame
+            for stamp, frame in zip(*recording[camera]):
                 stamp_ns = int(round((1_700_000_000 + stamp) * 1e9))
-                messages.append((stamp_ns, connection, compressed_cdr(image, fmt, camera,
-                                                                      stamp_ns)))
+                messages += [(stamp_ns, connection, data)
+                             for data in encode(frame, stamp_ns, camera)]
         for stamp_ns, connection, data in sorted(messages, key=lambda m: m[0]):
             writer.write(connection, stamp_ns, data)
     finally:
         writer.close()
     return path
+
+
+def write_bag(path, case, seed=0, stem='00004N'):
+    """Write ``case`` compressed: IR 16-bit PNG (a radiometric camera's counts), visible JPEG.
+
+    On ``<topic>/compressed``, as image_transport records them.
+    """
+    from tarfuse_ros.tools.bagio import compressed_cdr
+
+    def encoder(fmt):
+        def encode(frame, stamp_ns, camera):
+            image = (frame.astype(np.uint16) * 64 + 20000) if camera == 'ir' else frame
+            return [compressed_cdr(image, fmt, camera, stamp_ns)]
+        return encode
+
+    kind = 'sensor_msgs/msg/CompressedImage'
+    return _write(path, case, {'ir': (f'{IR_TOPIC}/compressed', kind, encoder('png')),
+                               'vi': (f'{VI_TOPIC}/compressed', kind, encoder('jpeg'))},
+                  seed, stem)
 
 
 def test_an_ir_camera_stamped_60_ms_late_is_found_and_written_as_a_node_parameter(
@@ -187,30 +202,19 @@ def test_a_make_bag_recording_of_unrelated_scenes_is_refused_not_given_a_chance_
 
 
 def write_raw_bag(path, case, ir_image, repeat=1):
-    """Write ``case`` with raw Image topics: IR ``ir_image(frame) -> (array, encoding)``."""
-    from tarfuse_ros.tools.bagio import image_cdr, jazzy_typestore, offered_qos, open_writer
-    if not simulation.DATA.is_dir():
-        pytest.skip(f'{simulation.DATA} is absent (../shared not beside the checkout)')
-    ir, vi = simulation.read_pair('00004N')
-    recording = simulation.simulate(case, ir, vi, 0, _uint8, view=VIEW)
-    typestore = jazzy_typestore()
-    writer = open_writer(path, typestore)
-    try:
-        messages = []
-        for camera, topic in (('ir', IR_TOPIC), ('vi', VI_TOPIC)):
-            connection = writer.add_connection(topic, 'sensor_msgs/msg/Image',
-                                               typestore=typestore,
-                                               offered_qos_profiles=offered_qos())
-            for stamp, frame in zip(*recording[camera]):
-                array, encoding = ir_image(frame) if camera == 'ir' else (frame, 'bgr8')
-                stamp_ns = int(round((1_700_000_000 + stamp) * 1e9))
-                data = image_cdr(array, encoding, camera, stamp_ns)
-                messages += [(stamp_ns, connection, data)] * (repeat if camera == 'ir' else 1)
-        for stamp_ns, connection, data in sorted(messages, key=lambda m: m[0]):
-            writer.write(connection, stamp_ns, data)
-    finally:
-        writer.close()
-    return path
+    """Write ``case`` with raw Image topics: IR ``ir_image(frame) -> (array, encoding)``.
+
+    Each IR image is recorded ``repeat`` times (a driver sending a frame twice).
+    """
+    from tarfuse_ros.tools.bagio import image_cdr
+
+    def encode(frame, stamp_ns, camera):
+        if camera == 'ir':
+            return [image_cdr(*ir_image(frame), camera, stamp_ns)] * repeat
+        return [image_cdr(frame, 'bgr8', camera, stamp_ns)]
+
+    kind = 'sensor_msgs/msg/Image'
+    return _write(path, case, {'ir': (IR_TOPIC, kind, encode), 'vi': (VI_TOPIC, kind, encode)})
 
 
 def test_images_the_node_refuses_are_named_as_the_cause_not_a_short_recording(
