@@ -35,9 +35,9 @@ import threading
 import cv2
 import numpy as np
 
-__all__ = ['MotionSignal', 'OffsetMonitor', 'TimeOffsetEstimate', 'correlation_at_offsets',
-           'estimate_problem', 'estimate_time_offset', 'estimate_warnings', 'frame_for_motion',
-           'motion_signal', 'signal_from_changes']
+__all__ = ['ChangeLog', 'MotionSignal', 'OffsetMonitor', 'TimeOffsetEstimate',
+           'correlation_at_offsets', 'estimate_problem', 'estimate_time_offset',
+           'estimate_warnings', 'frame_for_motion', 'motion_signal', 'signal_from_changes']
 
 MAX_SIDE = 160  # px: the motion signal's frame size (long side)
 STEP_S = 0.002  # s: the step of the candidate offsets before the parabola's refinement
@@ -49,6 +49,8 @@ _EPS = 1e-6
 # driver sending a frame twice): bit-identical frames differ by 0, a camera's noise alone by
 # about 0.1 and more.
 _REPEATED = 1e-4
+# s: the least interval a change is measured over (a 100 Hz camera: every third frame).
+MIN_INTERVAL_S = 0.02
 # An interval between new images longer than this many times the median one is a gap (a
 # frozen image, frames lost): its change is left out, and the signal is not read across it.
 _GAP = 2.5
@@ -128,6 +130,49 @@ class MotionSignal:
         return exact | (inside & (gaps <= self.max_gap_s))
 
 
+class ChangeLog:
+    """One camera's changes between consecutive new images, as they come (not thread-safe).
+
+    :meth:`add` takes images in stamp order; it keeps the newest image and, per pair of
+    consecutive new images, ``(start_s, end_s, change)``: the mean absolute difference of the
+    standardised images (NaN across a size change). An image stamped at or before the newest
+    is left out (delivered late, or its stamp repeated), as is one that repeats the image
+    before (change <= 1e-4: a frozen thermal core) and one less than :data:`MIN_INTERVAL_S`
+    after the newest (a fast camera's change is measured over that much at least: between
+    frames 10 ms apart it is mostly noise). With ``keep_s``, changes ending more than that
+    before the newest stamp are dropped.
+    """
+
+    def __init__(self, keep_s=None):
+        self.keep_s = keep_s
+        self.newest = None  # (stamp_s, frame)
+        self.first_s = None
+        self.changes = deque()
+
+    def add(self, stamp_s, frame):
+        """Add one standardised frame (:func:`frame_for_motion`) stamped ``stamp_s``."""
+        stamp_s = float(stamp_s)
+        if self.newest is None:
+            self.newest, self.first_s = (stamp_s, frame), stamp_s
+            return
+        if stamp_s - self.newest[0] < MIN_INTERVAL_S:
+            return
+        change = (_change(frame, self.newest[1]) if _same_size(frame, self.newest[1])
+                  else float('nan'))
+        if change <= _REPEATED:
+            return  # the same image again: the next change spans the whole interval
+        self.changes.append((self.newest[0], stamp_s, change))
+        self.newest = (stamp_s, frame)
+        if self.keep_s is not None:
+            while self.changes and self.changes[0][1] < stamp_s - self.keep_s:
+                self.changes.popleft()
+
+    @property
+    def span_s(self):
+        """Return the seconds of stamps since the first image."""
+        return 0.0 if self.newest is None else self.newest[0] - self.first_s
+
+
 def motion_signal(stamps_s, frames):
     """Return the :class:`MotionSignal` of frames (see :func:`frame_for_motion`) and stamps.
 
@@ -154,19 +199,14 @@ def motion_signal(stamps_s, frames):
             kept.append(index)
     if len(kept) < 3:
         raise ValueError(f'{len(kept)} frames of distinct stamps; the motion signal needs 3')
-    new = [kept[0]]  # the frames that are not the image before repeated
-    for index in kept[1:]:
-        if (not _same_size(frames[index], frames[new[-1]])
-                or _change(frames[index], frames[new[-1]]) > _REPEATED):
-            new.append(index)
-    changes = [(stamps[before], stamps[after],
-                _change(frames[after], frames[before])
-                if _same_size(frames[after], frames[before]) else float('nan'))
-               for before, after in zip(new[:-1], new[1:])]
+    log = ChangeLog()
+    for index in kept:
+        log.add(stamps[index], frames[index])
     try:
-        return signal_from_changes(changes)
+        return signal_from_changes(log.changes)
     except ValueError as exc:
-        raise ValueError(f'{len(new)} distinct images among {len(kept)} frames: {exc}') from None
+        raise ValueError(f'{len(log.changes) + 1} distinct images among {len(kept)} frames: '
+                         f'{exc}') from None
 
 
 def signal_from_changes(changes):
@@ -521,56 +561,32 @@ class OffsetMonitor:
             raise ValueError(f'window_s must be > 0, got {window_s}')
         self.window_s = float(window_s)
         self.max_offset_s = float(max_offset_s)
-        # Per camera: its newest new image (stamp_s, frame), and the changes between
-        # consecutive new images, (start_s, end_s, change): a few numbers per image, so a long
-        # window costs no memory to speak of.
-        self._newest = {'ir': None, 'vi': None}
-        self._changes = {'ir': deque(), 'vi': deque()}
-        self._first = {'ir': None, 'vi': None}  # the first stamp since the start (over)
+        # Per camera: the changes between consecutive new images (a few numbers per image, so
+        # a long window costs no memory to speak of), those of the window and the search's
+        # reach beyond it.
+        self._logs = self._new_logs()
         self._lock = threading.Lock()
+
+    def _new_logs(self):
+        return {camera: ChangeLog(self.window_s + self.max_offset_s) for camera in ('ir', 'vi')}
 
     def add(self, camera, stamp_s, image):
         """Add one image (``camera`` ``'ir'`` or ``'vi'``; see :func:`frame_for_motion`).
 
-        An image stamped at or before the camera's newest (delivered late, or its stamp
-        repeated) is left out, as is one that repeats the image before (:func:`motion_signal`).
+        Images are left out as :class:`ChangeLog` leaves them out.
         """
         frame = frame_for_motion(image)
         stamp_s = float(stamp_s)
         with self._lock:
-            newest = self._newest[camera]
+            newest = self._logs[camera].newest
             if newest is not None and stamp_s < newest[0] - 1.0:  # a time jump: start over
-                self._newest = {'ir': None, 'vi': None}
-                self._first = {'ir': None, 'vi': None}
-                for changes in self._changes.values():
-                    changes.clear()
-                newest = None
-            if newest is None:
-                self._newest[camera] = (stamp_s, frame)
-                self._first[camera] = stamp_s
-                return
-            if stamp_s <= newest[0]:
-                return
-            change = (_change(frame, newest[1]) if _same_size(frame, newest[1])
-                      else float('nan'))
-            if change <= _REPEATED:
-                return  # the same image again: the next change spans the whole interval
-            changes = self._changes[camera]
-            changes.append((newest[0], stamp_s, change))
-            self._newest[camera] = (stamp_s, frame)
-            # Kept: the window and the search's reach beyond it.
-            oldest = stamp_s - self.window_s - self.max_offset_s
-            while changes and changes[0][1] < oldest:
-                changes.popleft()
+                self._logs = self._new_logs()
+            self._logs[camera].add(stamp_s, frame)
 
     def span_s(self):
         """Return ``{camera: seconds of stamps since its first image (since a start over)}``."""
         with self._lock:
-            return self._spans()
-
-    def _spans(self):
-        return {camera: 0.0 if newest is None else newest[0] - self._first[camera]
-                for camera, newest in self._newest.items()}
+            return {camera: log.span_s for camera, log in self._logs.items()}
 
     def check(self, windows=3):
         """Return ``(estimate, problem)`` over the window, or None before it is full.
@@ -578,8 +594,8 @@ class OffsetMonitor:
         ``problem`` is :func:`estimate_problem`'s sentence, or None for an estimate to trust.
         """
         with self._lock:
-            held = {camera: list(changes) for camera, changes in self._changes.items()}
-            spans = self._spans()
+            held = {camera: list(log.changes) for camera, log in self._logs.items()}
+            spans = {camera: log.span_s for camera, log in self._logs.items()}
         if any(len(changes) < 2 or spans[camera] < self.window_s
                for camera, changes in held.items()):
             return None

@@ -24,10 +24,10 @@ usage errors (bad options, a missing bag or topic, too few usable frames), 130 o
 
 import argparse
 from datetime import datetime, timezone
+import heapq
 from pathlib import Path
 import sys
 
-import numpy as np
 from tarfuse_ros.core.files import output_problem
 
 __all__ = ['build_parser', 'main', 'read_motion_signals', 'write_offset_yaml']
@@ -38,6 +38,7 @@ DEFAULT_VI_TOPIC = '/visible/image_raw'
 # s: the least --max-offset; the offsets are tried 2 ms apart, and a peak within 1.5 steps of
 # the edge is refused, so a smaller search could find nothing
 MIN_MAX_OFFSET_S = 0.01
+_REORDER = 32  # images per camera held to put messages recorded out of stamp order back
 
 
 class UsageError(ValueError):
@@ -60,16 +61,18 @@ def read_motion_signals(bag_dir, ir_topic=DEFAULT_IR_TOPIC, vi_topic=DEFAULT_VI_
     Every image of each topic is decoded as the node decodes it and shrunk for the motion
     signal (:func:`~tarfuse_ros.core.time_offset.frame_for_motion`); ``frames`` is how many
     were read, ``stamps`` how many distinct stamps they have (a driver that sends each frame
-    twice: half as many). Images with a zero stamp (the node refuses them) or that cannot be
-    decoded are left out, and ``warn(text)`` is called once per topic naming how many and the
-    first cause.
+    twice: half as many). Images with a zero stamp (the node refuses them), that cannot be
+    decoded, or recorded more than 32 images after their place in stamp order are left out,
+    and ``warn(text)`` is called once per topic naming how many and the first cause. The
+    changes between consecutive images are kept, not the images (and 32 images per camera in
+    flight): memory does not grow with the recording.
 
     Raises:
         UsageError: an unreadable bag, a missing topic, or a topic with too few usable images.
 
     """
     from rosbags.rosbag2 import Reader
-    from tarfuse_ros.core.time_offset import frame_for_motion, motion_signal
+    from tarfuse_ros.core.time_offset import ChangeLog, frame_for_motion, signal_from_changes
     from tarfuse_ros.tools.bagio import header_stamp_ns, image_to_array, read_messages
 
     try:
@@ -82,11 +85,31 @@ def read_motion_signals(bag_dir, ir_topic=DEFAULT_IR_TOPIC, vi_topic=DEFAULT_VI_
         raise UsageError(f'the IR and visible topics are one topic ({topics["ir"]!r}); give '
                          f'the topic of each camera')
     camera_of = {topic: camera for camera, topic in topics.items()}
-    stamps = {'ir': [], 'vi': []}
-    frames = {'ir': [], 'vi': []}
+    # Per camera: the changes between consecutive images (a few numbers per image, not the
+    # images), fed in stamp order through a small buffer that puts a driver's reordered
+    # messages back in order.
+    logs = {'ir': ChangeLog(), 'vi': ChangeLog()}
+    pending = {'ir': [], 'vi': []}  # heaps of (stamp_ns, arrival, frame)
+    stamps = {'ir': set(), 'vi': set()}
+    counts = {'ir': 0, 'vi': 0}
     skipped = {'ir': [], 'vi': []}
+
+    def feed(camera, keep):
+        while len(pending[camera]) > keep:
+            stamp_ns, _, frame = heapq.heappop(pending[camera])
+            newest = logs[camera].newest
+            if newest is not None and stamp_ns / 1e9 < newest[0]:
+                skipped[camera].append(f'stamped {newest[0] - stamp_ns / 1e9:.3f} s before an '
+                                       f'image recorded earlier (more than {_REORDER} images '
+                                       f'late)')
+                counts[camera] -= 1
+                stamps[camera].discard(stamp_ns)
+                continue
+            logs[camera].add(stamp_ns / 1e9, frame)
+
     try:
-        for topic, _, _, raw, msg in read_messages(bag_dir, topics=list(camera_of)):
+        for arrival, (topic, _, _, raw, msg) in enumerate(
+                read_messages(bag_dir, topics=list(camera_of))):
             camera = camera_of[topic]
             stamp = header_stamp_ns(raw)
             if stamp == 0:
@@ -97,25 +120,29 @@ def read_motion_signals(bag_dir, ir_topic=DEFAULT_IR_TOPIC, vi_topic=DEFAULT_VI_
             except ValueError as exc:
                 skipped[camera].append(str(exc))
                 continue
-            stamps[camera].append(stamp / 1e9)
-            frames[camera].append(frame.astype(np.float16))  # 38 kB per image
+            counts[camera] += 1
+            stamps[camera].add(stamp)
+            heapq.heappush(pending[camera], (stamp, arrival, frame))
+            feed(camera, _REORDER)
     except Exception as exc:  # noqa: BLE001 - rosbags raises several error types
         raise UsageError(f'cannot read the bag {str(bag_dir)!r}: {exc}') from exc
     out = {}
     for camera, topic in topics.items():
+        feed(camera, 0)
+        total = len(skipped[camera]) + counts[camera]
         if skipped[camera] and warn is not None:
-            warn(f'{topic}: {len(skipped[camera])} of {len(skipped[camera]) + len(frames[camera])}'
-                 f' images left out (first: {skipped[camera][0]})')
+            warn(f'{topic}: {len(skipped[camera])} of {total} images left out (first: '
+                 f'{skipped[camera][0]})')
         try:
-            out[camera] = (motion_signal(stamps[camera], frames[camera]), len(frames[camera]),
-                           len(set(stamps[camera])))
+            out[camera] = (signal_from_changes(logs[camera].changes), counts[camera],
+                           len(stamps[camera]))
         except ValueError as exc:
+            exc = f'{counts[camera]} usable images, {len(stamps[camera])} distinct stamps: {exc}'
             if skipped[camera]:  # recorded, but the images could not be used
-                total = len(skipped[camera]) + len(frames[camera])
                 raise UsageError(f'{topic}: {exc}: {len(skipped[camera])} of its {total} '
                                  f'images were left out ({skipped[camera][0]}); record '
-                                 f'images the node takes') from exc
-            raise UsageError(f'{topic}: {exc}; record a few seconds of both cameras') from exc
+                                 f'images the node takes') from None
+            raise UsageError(f'{topic}: {exc}; record a few seconds of both cameras') from None
     return out
 
 

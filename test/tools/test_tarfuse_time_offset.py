@@ -23,12 +23,12 @@ def _uint8(frame):
     return np.clip(frame, 0, 255).astype(np.uint8)
 
 
-def _write(path, case, encoders, seed=0, stem='00004N'):
+def _write(path, case, encoders, seed=0, stem='00004N', recorded=None):
     """Write a rosbag2 of ``case`` (benchmarks/time_offset.py) as a rig's drivers record it.
 
     ``encoders[camera]`` is ``(topic, message type, encode)``; ``encode(frame, stamp_ns,
     camera)`` returns the CDR messages one frame is recorded as. Each message is stamped with
-    its camera's latency.
+    its camera's latency, and recorded at ``recorded(stamp_ns, camera)`` (ns; its stamp).
     """
     from tarfuse_ros.tools.bagio import jazzy_typestore, offered_qos, open_writer
     if not simulation.DATA.is_dir():
@@ -44,8 +44,8 @@ def _write(path, case, encoders, seed=0, stem='00004N'):
                                                offered_qos_profiles=offered_qos())
             for stamp, frame in zip(*recording[camera]):
                 stamp_ns = int(round((1_700_000_000 + stamp) * 1e9))
-                messages += [(stamp_ns, connection, data)
-                             for data in encode(frame, stamp_ns, camera)]
+                at = stamp_ns if recorded is None else recorded(stamp_ns, camera)
+                messages += [(at, connection, data) for data in encode(frame, stamp_ns, camera)]
         for stamp_ns, connection, data in sorted(messages, key=lambda m: m[0]):
             writer.write(connection, stamp_ns, data)
     finally:
@@ -201,7 +201,7 @@ def test_a_make_bag_recording_of_unrelated_scenes_is_refused_not_given_a_chance_
     assert not out.exists()
 
 
-def write_raw_bag(path, case, ir_image, repeat=1):
+def write_raw_bag(path, case, ir_image, repeat=1, recorded=None):
     """Write ``case`` with raw Image topics: IR ``ir_image(frame) -> (array, encoding)``.
 
     Each IR image is recorded ``repeat`` times (a driver sending a frame twice).
@@ -214,7 +214,8 @@ def write_raw_bag(path, case, ir_image, repeat=1):
         return [image_cdr(frame, 'bgr8', camera, stamp_ns)]
 
     kind = 'sensor_msgs/msg/Image'
-    return _write(path, case, {'ir': (IR_TOPIC, kind, encode), 'vi': (VI_TOPIC, kind, encode)})
+    return _write(path, case, {'ir': (IR_TOPIC, kind, encode), 'vi': (VI_TOPIC, kind, encode)},
+                  recorded=recorded)
 
 
 def test_images_the_node_refuses_are_named_as_the_cause_not_a_short_recording(
@@ -261,3 +262,28 @@ def test_ctrl_c_prints_one_line_and_writes_nothing(tmp_path, capsys):
     assert code == 130
     assert 'interrupted; no offset estimated' in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_messages_recorded_out_of_stamp_order_are_put_back_and_a_stray_one_is_named(
+        tmp_path, capsys):
+    # The tool keeps the changes between images, not the images: a small buffer puts a
+    # driver's reordered messages back in stamp order; one recorded 5 s late is left out.
+    rng = np.random.default_rng(11)
+    late = []
+
+    def recorded(stamp_ns, camera):
+        if camera == 'vi' and not late and stamp_ns > 1_700_000_003_000_000_000:
+            late.append(stamp_ns)
+            return stamp_ns + 5_000_000_000
+        return stamp_ns + int(rng.uniform(0, 80e6))  # visible neighbours swap places
+
+    bag = write_raw_bag(tmp_path / 'reordered', simulation.Case('pan', duration=10.0),
+                        lambda frame: (frame, 'mono8'), recorded=recorded)
+    code = main(['--bag', str(bag), '--infrared-topic', IR_TOPIC, '--visible-topic', VI_TOPIC])
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    found = float(re.search(r'best offset ([-+0-9.]+) s', printed.out).group(1))
+    assert found == pytest.approx(-0.06, abs=0.025)
+    assert f'{VI_TOPIC}: 1 of 300 images left out' in printed.err
+    assert 'visible: 299 images' in printed.out
+    assert 'before an image recorded earlier (more than 32 images late)' in printed.err
