@@ -29,6 +29,11 @@ from pathlib import Path
 import sys
 
 from tarfuse_ros.core.files import output_problem
+# OpenCV and NumPy load here, as the other tools load their libraries before main runs (a
+# Ctrl-C meanwhile: tarfuse_ros.console).
+from tarfuse_ros.core.time_offset import ChangeLog, estimate_problem, estimate_time_offset
+from tarfuse_ros.core.time_offset import estimate_warnings, frame_for_motion, MIN_CORRELATION
+from tarfuse_ros.core.time_offset import signal_from_changes, STEP_S
 
 __all__ = ['build_parser', 'main', 'read_motion_signals', 'write_offset_yaml']
 
@@ -72,7 +77,6 @@ def read_motion_signals(bag_dir, ir_topic=DEFAULT_IR_TOPIC, vi_topic=DEFAULT_VI_
 
     """
     from rosbags.rosbag2 import Reader
-    from tarfuse_ros.core.time_offset import ChangeLog, frame_for_motion, signal_from_changes
     from tarfuse_ros.tools.bagio import header_stamp_ns, image_to_array, read_messages
 
     try:
@@ -206,7 +210,6 @@ def build_parser():
 
 
 def _check_args(args):
-    from tarfuse_ros.core.time_offset import MIN_CORRELATION, STEP_S
     if not MIN_MAX_OFFSET_S <= args.max_offset <= 1:  # NaN too
         raise UsageError(f'--max-offset must be in [{MIN_MAX_OFFSET_S:g}, 1] s (the node '
                          f'parameter sync.infrared_time_offset takes up to 1 s; the offsets '
@@ -260,8 +263,6 @@ def main(argv=None):
 
 
 def _run(args):
-    from tarfuse_ros.core.time_offset import estimate_problem, estimate_time_offset
-    from tarfuse_ros.core.time_offset import estimate_warnings
 
     def warn(text):
         print(f'{PROG}: warning: {text}', file=sys.stderr, flush=True)
