@@ -8,6 +8,7 @@ another process.
 import json
 import os
 from pathlib import Path
+import re
 import shutil
 import signal
 import subprocess
@@ -511,7 +512,10 @@ def test_a_second_ctrl_c_does_not_cut_the_recording_short(sample_bag, tmp_path, 
             process.kill()
             process.communicate()
     assert player.returncode == 130 and 'Traceback' not in output, output
-    assert '(1 round(s), interrupted)' in output  # was '(0 round(s))'
+    # Was '(0 round(s))'. One round as a rule; on a loaded machine the listener's first line
+    # can come after the 10 messages of the first round (seen once: 2 rounds).
+    rounds = re.search(r'\((\d+) round\(s\), interrupted\)', output)
+    assert rounds and int(rounds.group(1)) >= 1, output
     assert f'recorded to {record}: {VI}: ' in output
     assert [topic for topic, *_rest in read_messages(record)][:1] == [VI]
 
