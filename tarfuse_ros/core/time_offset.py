@@ -109,17 +109,6 @@ class MotionSignal:
     values: np.ndarray
     max_gap_s: float = float('inf')
 
-    def changes(self):
-        """Return the signal's rate of change (1/s^2) as a signal: its starts and stops.
-
-        Placed at the middle of consecutive samples; none across a gap.
-        """
-        intervals = np.diff(self.times_s)
-        keep = intervals <= self.max_gap_s
-        middles = 0.5 * (self.times_s[1:] + self.times_s[:-1])
-        rates = np.diff(self.values) / np.maximum(intervals, _EPS)
-        return MotionSignal(middles[keep], rates[keep], self.max_gap_s)
-
     def readable(self, times_s):
         """Return a mask of the times (s) within the signal and not inside a gap."""
         after = np.searchsorted(self.times_s, times_s, side='left')
@@ -573,15 +562,18 @@ class OffsetMonitor:
     def add(self, camera, stamp_s, image):
         """Add one image (``camera`` ``'ir'`` or ``'vi'``; see :func:`frame_for_motion`).
 
-        Images are left out as :class:`ChangeLog` leaves them out.
+        Images are left out as :class:`ChangeLog` leaves them out. Returns whether the image
+        started both cameras over (a time jump back).
         """
         frame = frame_for_motion(image)
         stamp_s = float(stamp_s)
         with self._lock:
             newest = self._logs[camera].newest
-            if newest is not None and stamp_s < newest[0] - 1.0:  # a time jump: start over
+            jumped = newest is not None and stamp_s < newest[0] - 1.0
+            if jumped:
                 self._logs = self._new_logs()
             self._logs[camera].add(stamp_s, frame)
+        return jumped
 
     def span_s(self):
         """Return ``{camera: seconds of stamps since its first image (since a start over)}``."""

@@ -802,10 +802,11 @@ class TarFuseNode(Node):
             except ValueError:
                 continue  # the pairing path refuses it and says why
             stamp_s = stamp_ns / 1e9
-            self._offset_monitor.add(cameras[index], stamp_s, array)
+            if self._offset_monitor.add(cameras[index], stamp_s, array):
+                next_check = None  # a time jump back: the monitor started over
             if index != VISIBLE:
                 continue
-            if next_check is None or stamp_s < next_check - window:  # first, or a jump back
+            if next_check is None:
                 next_check = stamp_s
             if stamp_s < next_check:
                 continue

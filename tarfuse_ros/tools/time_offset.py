@@ -199,9 +199,9 @@ def build_parser():
     parser.add_argument('--windows', type=int, default=3,
                         help='parts of the recording also estimated on their own, to see how '
                              'much the estimate moves (0: none; default 3)')
-    parser.add_argument('--min-correlation', type=float, default=None,
+    parser.add_argument('--min-correlation', type=float, default=MIN_CORRELATION,
                         help='least peak correlation of the motion signals to accept, in '
-                             '[0, 1] (default 0.5)')
+                             f'[0, 1] (default {MIN_CORRELATION:g})')
     parser.add_argument('--out', type=Path, default=None,
                         help='write a node parameters file setting sync.infrared_time_offset')
     parser.add_argument('--plot', type=Path, default=None,
@@ -216,8 +216,6 @@ def _check_args(args):
                          f'are tried {1000 * STEP_S:g} ms apart), got {args.max_offset}')
     if not 0 <= args.windows <= 20:
         raise UsageError(f'--windows must be in [0, 20], got {args.windows}')
-    if args.min_correlation is None:
-        args.min_correlation = MIN_CORRELATION
     if not 0 <= args.min_correlation <= 1:
         raise UsageError(f'--min-correlation must be in [0, 1], got {args.min_correlation}')
     if not args.bag.is_dir():

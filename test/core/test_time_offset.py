@@ -203,7 +203,7 @@ def test_the_monitor_finds_the_offset_of_a_live_stream_once_its_window_is_full()
     estimate, problem = monitor.check()
     assert problem is None
     assert estimate.offset_s == pytest.approx(-0.06, abs=0.01)
-    monitor.add('vi', 1.0, images[0][2])  # a bag loop: both cameras start over
+    assert monitor.add('vi', 1.0, images[0][2]) is True  # a bag loop: both start over
     assert monitor.span_s() == {'ir': 0.0, 'vi': 0.0}
     assert monitor.check() is None
 
