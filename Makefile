@@ -31,7 +31,10 @@ clean:
 # The workspace is two levels up (<ws>/src/tarfuse_ros); the venv sees the distro's packages.
 ROS_WS ?= $(abspath $(ROOT)/../..)
 ROS_VENV ?= $(ROS_WS)/.venv
-ROS_PIP ?= 'numpy<2' torch torchvision ultralytics==8.4.190 kornia==0.9.0 safetensors rosbags joblib
+# kornia 0.9 needs Python 3.11 or newer: Humble's Ubuntu 22.04 has 3.10, which gets 0.8.2.
+ROS_PIP ?= 'numpy<2' torch torchvision ultralytics==8.4.190 \
+	'kornia==0.9.0; python_version >= "3.11"' 'kornia==0.8.2; python_version < "3.11"' \
+	safetensors rosbags joblib
 
 ros-install:
 	@test -n "$$ROS_DISTRO" || { echo 'source /opt/ros/<distro>/setup.bash first' >&2; exit 1; }

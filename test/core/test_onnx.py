@@ -235,7 +235,8 @@ def _foreign_onnx(tmp_path):
         [onnx.helper.make_node('Identity', ['x'], ['y'])], 'other',
         [onnx.helper.make_tensor_value_info('x', onnx.TensorProto.FLOAT, [1])],
         [onnx.helper.make_tensor_value_info('y', onnx.TensorProto.FLOAT, [1])]),
-        opset_imports=[onnx.helper.make_opsetid('', 17)])
+        opset_imports=[onnx.helper.make_opsetid('', 17)],
+        ir_version=8)  # onnx's own default (14 in onnx 1.23) is newer than older runtimes load
     foreign = tmp_path / 'foreign.onnx'
     onnx.save(identity, str(foreign))
     return foreign
@@ -710,10 +711,12 @@ def test_both_backends_shrink_large_frames_alike(shipped_onnx):
     assert np.abs(got.flow_px - expected.flow_px).max() <= 0.05
     # The registered IR is the frame's IR resampled at the flow, so at its sharpest edges flows
     # 0.01 px apart differ by a few grey levels; the detail band takes the source with more
-    # detail per pixel, and where the two are about equal it can take the other one.
+    # detail per pixel, and where the two are about equal it can take the other one. Measured
+    # on this pair: at most 8 (fused) with the Sobel filters of kornia 0.9 in the graph, 10 with
+    # our fixed-weight ones (1e-6 apart); 4-26 on the other sample pairs; a few pixels in 1e5.
     for ours, theirs in ((got.fused, expected.fused), (got.registered_ir, expected.registered_ir)):
         diff = np.abs(ours.astype(int) - theirs.astype(int))
-        assert (diff > 1).mean() < 1e-3 and diff.max() <= 8, ((diff > 1).mean(), diff.max())
+        assert (diff > 1).mean() < 1e-3 and diff.max() <= 16, ((diff > 1).mean(), diff.max())
     assert len(got.detections) == len(expected.detections)
     for ours, theirs in zip(got.detections, expected.detections):
         assert ours.class_id == theirs.class_id

@@ -262,19 +262,29 @@ def orientation_descriptors(image, cell=8, bins=8, block=4):
     return F.normalize(torch.cat(blocks, dim=1), dim=1, eps=1e-6)
 
 
+# smoothed_sobel's kernels: the 5-tap Gaussian of sigma 1 px (normalised, as OpenCV's
+# getGaussianKernel) and the 3x3 Sobel kernel of the horizontal derivative (correlation).
+_GAUSSIAN_5 = cv2.getGaussianKernel(5, 1.0)[:, 0]
+_SOBEL_X = np.array([[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]], np.float64)
+
+
 def smoothed_sobel(image):
     """Return ``(gx, gy)``, each ``(B, C, H, W)``: the Sobel derivatives of the blurred image.
 
-    Each plane of ``image`` (B, C, H, W) is blurred by a 5x5 Gaussian of sigma 1 px (borders
+    Each plane of ``image`` (B, C, H, W; an integer image is taken as float32, values
+    unchanged) is blurred by a 5x5 Gaussian of sigma 1 px (borders
     reflected without repeating the edge pixel), then differentiated by the unnormalised 3x3
     Sobel kernels (borders replicated; ``gx`` = right minus left, ``gy`` = below minus above, 8
     times the slope of a ramp). OpenCV (``GaussianBlur``, ``Sobel``) on a CPU float32 image that
-    needs no gradient, about a tenth of the time at 640x512; kornia's equivalent filters
-    otherwise (a GPU, autograd, an ONNX trace). The two agree up to float rounding (1e-6 of a
-    unit ramp).
+    needs no gradient, about a tenth of the time at 640x512; the same separable kernels as
+    fixed-weight convolutions otherwise (a GPU, autograd, an ONNX trace: constant kernel shapes,
+    which kornia 0.8's filters did not trace to). The two agree up to float rounding (1e-6 of a
+    unit ramp). Raises ValueError for an image of another shape.
     """
     if image.dim() != 4:
         raise ValueError(f'image must be (B, C, H, W), got {tuple(image.shape)}')
+    if not image.is_floating_point():  # an 8-bit frame, say: filtered as float32
+        image = image.float()
     if image.dtype == torch.float32 and _plain_cpu(image):
         planes = image.detach().numpy()
         gx, gy = (np.empty(planes.shape, np.float32) for _ in range(2))
@@ -286,10 +296,16 @@ def smoothed_sobel(image):
             cv2.Sobel(smooth, cv2.CV_32F, 0, 1, dst=gy[index], ksize=3,
                       borderType=cv2.BORDER_REPLICATE)
         return torch.from_numpy(gx), torch.from_numpy(gy)
-    import kornia
-    smooth = kornia.filters.gaussian_blur2d(image, (5, 5), (1.0, 1.0))
-    gradient = kornia.filters.spatial_gradient(smooth, mode='sobel', normalized=False)
-    return gradient[:, :, 0], gradient[:, :, 1]
+    batch, channels, height, width = image.shape
+    planes = image.reshape(batch * channels, 1, height, width)
+    gauss = torch.as_tensor(_GAUSSIAN_5, dtype=image.dtype, device=image.device)
+    smooth = F.conv2d(F.pad(planes, (2, 2, 0, 0), mode='reflect'), gauss.view(1, 1, 1, 5))
+    smooth = F.conv2d(F.pad(smooth, (0, 0, 2, 2), mode='reflect'), gauss.view(1, 1, 5, 1))
+    sobel = torch.as_tensor(_SOBEL_X, dtype=image.dtype, device=image.device)
+    kernels = torch.stack([sobel, sobel.t()]).unsqueeze(1)  # (2, 1, 3, 3): gx, gy
+    gradient = F.conv2d(F.pad(smooth, (1, 1, 1, 1), mode='replicate'), kernels)
+    return (gradient[:, 0].reshape(batch, channels, height, width),
+            gradient[:, 1].reshape(batch, channels, height, width))
 
 
 def cell_histograms(image, cell=8, bins=8):
