@@ -66,11 +66,12 @@ from tarfuse_ros.core.health import HealthSettings, RegistrationHealth
 from tarfuse_ros.core.images import check_frame_size
 from tarfuse_ros.core.pairing import NearestPairCheck
 from tarfuse_ros.core.rate import StampRateLimit
-from tarfuse_ros.core.time_offset import OffsetMonitor
+from tarfuse_ros.core.time_offset import MAX_SIDE, OffsetMonitor
 from tarfuse_ros.core.topics import camera_info_topic
 from tarfuse_ros.ros.conversions import array_to_compressed_msg, array_to_image_msg
 from tarfuse_ros.ros.conversions import compressed_msg_to_array, compressed_size
 from tarfuse_ros.ros.conversions import detections_to_msg, image_msg_to_array
+from tarfuse_ros.ros.conversions import image_msg_to_motion_array
 from tarfuse_ros.ros.conversions import load_bridge, restamped
 from tarfuse_ros.ros.diagnostics import build_status, NodeStats, process_rss_mib
 from tarfuse_ros.ros.diagnostics import WarningThrottle
@@ -798,7 +799,7 @@ class TarFuseNode(Node):
             except queue.Empty:
                 continue
             try:
-                array, _ = image_msg_to_array(msg)
+                array = image_msg_to_motion_array(msg, MAX_SIDE)
             except ValueError:
                 continue  # the pairing path refuses it and says why
             stamp_s = stamp_ns / 1e9

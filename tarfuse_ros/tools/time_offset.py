@@ -32,7 +32,8 @@ from tarfuse_ros.core.files import output_problem
 # OpenCV and NumPy load here, as the other tools load their libraries before main runs (a
 # Ctrl-C meanwhile: tarfuse_ros.console).
 from tarfuse_ros.core.time_offset import ChangeLog, estimate_problem, estimate_time_offset
-from tarfuse_ros.core.time_offset import estimate_warnings, frame_for_motion, MIN_CORRELATION
+from tarfuse_ros.core.time_offset import estimate_warnings, frame_for_motion, MAX_SIDE
+from tarfuse_ros.core.time_offset import MIN_CORRELATION
 from tarfuse_ros.core.time_offset import signal_from_changes, STEP_S
 
 __all__ = ['build_parser', 'main', 'read_motion_signals', 'write_offset_yaml']
@@ -77,7 +78,8 @@ def read_motion_signals(bag_dir, ir_topic=DEFAULT_IR_TOPIC, vi_topic=DEFAULT_VI_
 
     """
     from rosbags.rosbag2 import Reader
-    from tarfuse_ros.tools.bagio import header_stamp_ns, image_to_array, read_messages
+    from tarfuse_ros.ros.conversions import image_msg_to_motion_array
+    from tarfuse_ros.tools.bagio import header_stamp_ns, read_messages
 
     try:
         with Reader(Path(bag_dir)) as reader:
@@ -120,7 +122,7 @@ def read_motion_signals(bag_dir, ir_topic=DEFAULT_IR_TOPIC, vi_topic=DEFAULT_VI_
                 skipped[camera].append('a zero header stamp (the node refuses it)')
                 continue
             try:
-                frame = frame_for_motion(image_to_array(msg)[0])
+                frame = frame_for_motion(image_msg_to_motion_array(msg, MAX_SIDE))
             except ValueError as exc:
                 skipped[camera].append(str(exc))
                 continue

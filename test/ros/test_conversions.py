@@ -21,10 +21,11 @@ from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
 from tarfuse_ros.core.pair_engine import Detection
+from tarfuse_ros.core.time_offset import frame_for_motion, MAX_SIDE
 from tarfuse_ros.ros import conversions
 from tarfuse_ros.ros.conversions import (
     array_to_compressed_msg, array_to_image_msg, compressed_msg_to_array, compressed_size,
-    detections_to_msg, image_msg_to_array, restamped)
+    detections_to_msg, image_msg_to_array, image_msg_to_motion_array, restamped)
 
 RNG = np.random.default_rng(3)
 SAMPLES = Path(__file__).resolve().parents[2] / 'samples'
@@ -289,6 +290,34 @@ def test_compressed_16_bit_png_thermal_stays_16_bit():
     array, kind = compressed_msg_to_array(compressed(bgra, 'png'))
     assert kind == 'bgr8'
     np.testing.assert_array_equal(array, bgra[..., :3])
+
+
+def test_the_time_offset_check_decodes_a_large_jpeg_shrunk_and_grey():
+    vi = cv2.imread(str(SAMPLES / 'vi' / 'FLIR_00993.jpg'), cv2.IMREAD_COLOR)  # 541x270
+    large = cv2.resize(vi, (1280, 640), interpolation=cv2.INTER_CUBIC)
+    msg = compressed(large, 'jpeg')
+    msg.format = 'bgr8; jpeg compressed bgr8'  # image_transport's
+    array = image_msg_to_motion_array(msg, MAX_SIDE)
+    assert array.dtype == np.uint8 and array.shape == (80, 160)  # 1/8: long side 160 px
+    full = image_msg_to_array(msg)[0]
+    assert array.shape == frame_for_motion(full).shape
+    # The same motion frame up to the grey weights and the shrink's filter.
+    correlation = np.corrcoef(frame_for_motion(array).ravel(),
+                              frame_for_motion(full).ravel())[0, 1]
+    assert correlation > 0.98, correlation
+    assert image_msg_to_motion_array(compressed(vi, 'jpeg'), MAX_SIDE).shape == (135, 271)  # 1/2
+    # Below twice MAX_SIDE, a 16-bit PNG or a raw image: decoded whole, as the pairing path does.
+    small = vi[:200, :300]
+    for other in (compressed(small, 'jpeg'), compressed(small[..., 0].astype(np.uint16) * 200,
+                                                        'png'),
+                  wire_message(small, 'bgr8')):
+        np.testing.assert_array_equal(image_msg_to_motion_array(other, MAX_SIDE),
+                                      image_msg_to_array(other)[0])
+    # Its header is read first: a payload that only starts like a JPEG is refused, named.
+    broken = compressed(large, 'jpeg')
+    broken.data = b'\xff\xd8\xff' + bytes(500)
+    with pytest.raises(ValueError, match='compressed payload'):
+        image_msg_to_motion_array(broken, MAX_SIDE)
 
 
 @pytest.mark.parametrize('case,message', [

@@ -56,13 +56,15 @@ def _write(path, case, encoders, seed=0, stem='00004N', recorded=None):
 def write_bag(path, case, seed=0, stem='00004N'):
     """Write ``case`` compressed: IR 16-bit PNG (a radiometric camera's counts), visible JPEG.
 
-    On ``<topic>/compressed``, as image_transport records them.
+    On ``<topic>/compressed``, as image_transport records them. The visible frames are enlarged
+    twice (480 px long): the tool decodes a JPEG that long at half its size, straight to grey.
     """
     from tarfuse_ros.tools.bagio import compressed_cdr
 
     def encoder(fmt):
         def encode(frame, stamp_ns, camera):
-            image = (frame.astype(np.uint16) * 64 + 20000) if camera == 'ir' else frame
+            image = (frame.astype(np.uint16) * 64 + 20000) if camera == 'ir' else (
+                cv2.resize(frame, None, fx=2, fy=2, interpolation=cv2.INTER_LINEAR))
             return [compressed_cdr(image, fmt, camera, stamp_ns)]
         return encode
 
