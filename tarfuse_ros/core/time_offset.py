@@ -56,6 +56,14 @@ MIN_INTERVAL_S = 0.02
 _GAP = 2.5
 
 
+def motion_size(height, width, max_side=MAX_SIDE):
+    """Return the ``(width, height)`` (px) :func:`frame_for_motion` shrinks a frame to."""
+    scale = max_side / max(height, width)
+    if scale >= 1.0:  # never enlarged
+        return width, height
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
 def frame_for_motion(image, max_side=MAX_SIDE):
     """Return ``image`` as the motion signal reads it: grey, shrunk, standardised.
 
@@ -81,10 +89,8 @@ def frame_for_motion(image, max_side=MAX_SIDE):
         array = array[..., :3]
     if array.dtype not in (np.uint8, np.uint16, np.float32):  # what cv2.resize takes
         array = array.astype(np.float32)
-    height, width = array.shape[:2]
-    scale = max_side / max(height, width)
-    if scale < 1.0:  # shrunk first: a 1920x1080 colour frame costs 3 ms, not 46
-        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    size = motion_size(*array.shape[:2], max_side)
+    if size != array.shape[1::-1]:  # shrunk first: a 1920x1080 colour frame costs 3 ms, not 46
         array = cv2.resize(np.ascontiguousarray(array), size, interpolation=cv2.INTER_AREA)
     array = array.astype(np.float32)
     if array.ndim == 3:

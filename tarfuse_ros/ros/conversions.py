@@ -300,8 +300,11 @@ def image_msg_to_motion_array(msg, max_side):
     the largest factor that leaves the long side at least ``max_side``): 0.5 ms instead of
     2.0 ms for a 640x512 frame, 2.3 instead of 12.5 ms for a 1920x1080 one (2-core VM, 1
     thread). Its header is checked first as :func:`compressed_msg_to_array` does. Returns an
-    (h, w) uint8 array then; anything else comes back as :func:`image_msg_to_array`'s array.
-    Every frame of one camera takes the same path, so its frames keep one size.
+    (h, w) uint8 array then, shrunk on to the size
+    :func:`~tarfuse_ros.core.time_offset.frame_for_motion` gives the whole frame (its EXIF
+    orientation ignored, as the whole frame's decoding does), so that a camera's frames keep
+    one size whichever path each takes; anything else comes back as
+    :func:`image_msg_to_array`'s array.
     Raises ``ValueError`` naming the cause, as :func:`image_msg_to_array` does.
     """
     if hasattr(msg, 'format') and not hasattr(msg, 'encoding') and (
@@ -311,11 +314,19 @@ def image_msg_to_motion_array(msg, max_side):
                    if size is not None and max(size) >= factor * max_side]
         if factors:
             import cv2
-            flag = getattr(cv2, _REDUCED_GREY_FLAGS[max(factors)])
+            from tarfuse_ros.core.time_offset import motion_size
+            # EXIF orientation ignored, as the whole frame's decoding (IMREAD_UNCHANGED) does.
+            flag = getattr(cv2, _REDUCED_GREY_FLAGS[max(factors)]) | cv2.IMREAD_IGNORE_ORIENTATION
             image = cv2.imdecode(np.frombuffer(msg.data, np.uint8), flag)
             if image is None:
                 raise ValueError(f'cannot decode the compressed payload ({len(msg.data)} B, '
                                  f'format {str(msg.format)!r}): corrupt or truncated JPEG')
+            # 1/N of a side is rounded up (321 px -> 161): shrunk on to the size the whole
+            # frame's motion frame has, so that a camera switching between JPEG and PNG (or
+            # raw) keeps one frame size.
+            target = motion_size(size[0], size[1], max_side)
+            if target != image.shape[1::-1]:
+                image = cv2.resize(image, target, interpolation=cv2.INTER_AREA)
             return image
     return image_msg_to_array(msg)[0]
 

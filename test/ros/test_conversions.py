@@ -305,7 +305,7 @@ def test_the_time_offset_check_decodes_a_large_jpeg_shrunk_and_grey():
     correlation = np.corrcoef(frame_for_motion(array).ravel(),
                               frame_for_motion(full).ravel())[0, 1]
     assert correlation > 0.98, correlation
-    assert image_msg_to_motion_array(compressed(vi, 'jpeg'), MAX_SIDE).shape == (135, 271)  # 1/2
+    assert image_msg_to_motion_array(compressed(vi, 'jpeg'), MAX_SIDE).shape == (80, 160)  # 1/2
     # Below twice MAX_SIDE, a 16-bit PNG or a raw image: decoded whole, as the pairing path does.
     small = vi[:200, :300]
     for other in (compressed(small, 'jpeg'), compressed(small[..., 0].astype(np.uint16) * 200,
@@ -318,6 +318,33 @@ def test_the_time_offset_check_decodes_a_large_jpeg_shrunk_and_grey():
     broken.data = b'\xff\xd8\xff' + bytes(500)
     with pytest.raises(ValueError, match='compressed payload'):
         image_msg_to_motion_array(broken, MAX_SIDE)
+
+
+@pytest.mark.parametrize('width,height,exif_orientation', [
+    (1280, 721, None), (321, 200, None), (333, 999, None), (323, 7, None), (1280, 720, 6)])
+def test_the_time_offset_checks_jpeg_frame_matches_the_whole_frames_size(
+        width, height, exif_orientation):
+    # A camera whose frames switch between JPEG and PNG (or raw), or carry an EXIF orientation:
+    # the shrunk JPEG frame was 1/N of the size rounded up (321 px -> 161 -> 160x99, not the
+    # whole frame's 160x100), and turned by its EXIF orientation (which the pairing path's
+    # decoding ignores), so that every change across the switch was NaN.
+    x = np.linspace(0, 255, width)[None, :] + np.linspace(0, 255, height)[:, None]
+    grey = cv2.GaussianBlur((x / 2 + RNG.integers(0, 60, x.shape)).astype(np.uint8), (0, 0), 3)
+    colour = np.dstack([grey, grey // 2 + 100, grey // 3])
+    buffer = io.BytesIO()
+    image = PIL.Image.fromarray(colour)
+    exif = image.getexif()
+    if exif_orientation is not None:
+        exif[0x0112] = exif_orientation
+    image.save(buffer, 'JPEG', exif=exif)
+    jpeg = CompressedImage(format='jpeg', data=buffer.getvalue())
+    whole = frame_for_motion(image_msg_to_array(jpeg)[0])
+    assert whole.shape == frame_for_motion(colour).shape
+    for msg in (jpeg, compressed(colour, 'png')):
+        motion = frame_for_motion(image_msg_to_motion_array(msg, MAX_SIDE))
+        assert motion.shape == whole.shape
+        correlation = np.corrcoef(motion.ravel(), whole.ravel())[0, 1]
+        assert correlation > 0.95, correlation
 
 
 @pytest.mark.parametrize('case,message', [
