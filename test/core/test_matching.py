@@ -501,6 +501,25 @@ def test_smoothed_sobel_filters_every_channel_and_refuses_other_ranks():
             smoothed_sobel(bad)
 
 
+@pytest.mark.parametrize('shape', [(1, 1, 2, 5), (2, 1, 5, 2), (1, 2, 1, 1), (1, 1, 3, 1),
+                                   (1, 1, 3, 3), (1, 1, 4, 5)])
+def test_smoothed_sobel_of_a_tiny_image_is_opencvs_on_every_path(shape):
+    """An image 1 or 2 px high or wide: the fixed-weight path (float64, autograd) as OpenCV.
+
+    F.pad's reflection needs a side longer than the 2 px pad: float64 or a gradient raised
+    RuntimeError where the OpenCV path (float32) filtered the image.
+    """
+    from tarfuse_ros.core.model.matching import smoothed_sobel
+    image = torch.rand(shape, generator=torch.Generator().manual_seed(5))
+    want = smoothed_sobel(image)  # OpenCV
+    with torch.enable_grad():
+        for other in (image.double(), image.clone().requires_grad_(True)):
+            for got, expected in zip(smoothed_sobel(other), want):
+                torch.testing.assert_close(got.detach().float(), expected, atol=1e-6, rtol=0)
+    double = image.double().requires_grad_(True)
+    assert torch.autograd.gradcheck(smoothed_sobel, (double,))
+
+
 def test_global_stage_runs_in_float32_under_autocast():
     """The engine's half=True runs the network under autocast: the global stage stays float32.
 

@@ -268,6 +268,23 @@ _GAUSSIAN_5 = cv2.getGaussianKernel(5, 1.0)[:, 0]
 _SOBEL_X = np.array([[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]], np.float64)
 
 
+def _reflect_101(planes, dim, pad=2):
+    """Pad dimension ``dim`` by ``pad`` on either side, reflected without repeating the edge.
+
+    As OpenCV's BORDER_REFLECT_101 for any side: F.pad's reflection needs a side longer than
+    ``pad`` (an image 1 or 2 px wide raised RuntimeError), so a side that short is gathered
+    by OpenCV's own border indices (constant in a trace, as that side is).
+    """
+    side = planes.shape[dim]
+    if side > pad:
+        widths = [0, 0, 0, 0]
+        widths[2 * (3 - dim):2 * (3 - dim) + 2] = [pad, pad]
+        return F.pad(planes, tuple(widths), mode='reflect')
+    index = [cv2.borderInterpolate(i, side, cv2.BORDER_REFLECT_101)
+             for i in range(-pad, side + pad)]
+    return planes.index_select(dim, torch.tensor(index, device=planes.device))
+
+
 def smoothed_sobel(image):
     """Return ``(gx, gy)``, each ``(B, C, H, W)``: the Sobel derivatives of the blurred image.
 
@@ -299,8 +316,8 @@ def smoothed_sobel(image):
     batch, channels, height, width = image.shape
     planes = image.reshape(batch * channels, 1, height, width)
     gauss = torch.as_tensor(_GAUSSIAN_5, dtype=image.dtype, device=image.device)
-    smooth = F.conv2d(F.pad(planes, (2, 2, 0, 0), mode='reflect'), gauss.view(1, 1, 1, 5))
-    smooth = F.conv2d(F.pad(smooth, (0, 0, 2, 2), mode='reflect'), gauss.view(1, 1, 5, 1))
+    smooth = F.conv2d(_reflect_101(planes, 3), gauss.view(1, 1, 1, 5))
+    smooth = F.conv2d(_reflect_101(smooth, 2), gauss.view(1, 1, 5, 1))
     sobel = torch.as_tensor(_SOBEL_X, dtype=image.dtype, device=image.device)
     kernels = torch.stack([sobel, sobel.t()]).unsqueeze(1)  # (2, 1, 3, 3): gx, gy
     gradient = F.conv2d(F.pad(smooth, (1, 1, 1, 1), mode='replicate'), kernels)
