@@ -285,9 +285,9 @@ def compressed_size(msg, max_pixels=MAX_DECODED_PIXELS):
     return height, width
 
 
-# OpenCV's JPEG decoding at a fraction of the size, grey: the codec's own DCT scaling.
-_REDUCED_GREY_FLAGS = {8: 'IMREAD_REDUCED_GRAYSCALE_8', 4: 'IMREAD_REDUCED_GRAYSCALE_4',
-                       2: 'IMREAD_REDUCED_GRAYSCALE_2'}
+# OpenCV's JPEG decoding at a fraction of the size: the codec's own DCT scaling.
+_REDUCED_FLAGS = {8: 'IMREAD_REDUCED_COLOR_8', 4: 'IMREAD_REDUCED_COLOR_4',
+                  2: 'IMREAD_REDUCED_COLOR_2'}
 _JPEG_MAGIC = b'\xff\xd8\xff'
 
 
@@ -296,11 +296,14 @@ def image_msg_to_motion_array(msg, max_side):
     Decode an image message for the time-offset check, which reads it shrunk to ``max_side``.
 
     A JPEG ``CompressedImage`` whose long side is at least twice ``max_side`` (px) is decoded
-    by OpenCV straight to grey at 1/2, 1/4 or 1/8 of its size (``cv2.IMREAD_REDUCED_GRAYSCALE_N``,
-    the largest factor that leaves the long side at least ``max_side``): 0.5 ms instead of
-    2.0 ms for a 640x512 frame, 2.3 instead of 12.5 ms for a 1920x1080 one (2-core VM, 1
-    thread). Its header is checked first as :func:`compressed_msg_to_array` does. Returns an
-    (h, w) uint8 array then, shrunk on to the size
+    by OpenCV at 1/2, 1/4 or 1/8 of its size (``cv2.IMREAD_REDUCED_COLOR_N``, the largest
+    factor that leaves the long side at least ``max_side``): 1.2 ms instead of 1.9 for a
+    640x512 frame, 3.9 instead of 8.2 for a 1920x1080 one (2-core VM, 1 thread). In colour,
+    as the whole frame's channels are averaged: decoded to grey (0.1-0.4 ms less), its luma
+    weights gave another image than a PNG or raw frame of that camera, and the offset of a
+    camera switching between them was lost (+2 ms instead of -42 on a simulated rig). Its
+    header is checked first as :func:`compressed_msg_to_array` does. Returns an (h, w, 3)
+    uint8 BGR array then, shrunk on to the size
     :func:`~tarfuse_ros.core.time_offset.frame_for_motion` gives the whole frame (its EXIF
     orientation ignored, as the whole frame's decoding does), so that a camera's frames keep
     one size whichever path each takes; anything else comes back as
@@ -310,20 +313,24 @@ def image_msg_to_motion_array(msg, max_side):
     if hasattr(msg, 'format') and not hasattr(msg, 'encoding') and (
             bytes(msg.data[:3]) == _JPEG_MAGIC):
         size = compressed_size(msg)
-        factors = [factor for factor in _REDUCED_GREY_FLAGS
+        factors = [factor for factor in _REDUCED_FLAGS
                    if size is not None and max(size) >= factor * max_side]
         if factors:
             import cv2
             from tarfuse_ros.core.time_offset import motion_size
             # EXIF orientation ignored, as the whole frame's decoding (IMREAD_UNCHANGED) does.
-            flag = getattr(cv2, _REDUCED_GREY_FLAGS[max(factors)]) | cv2.IMREAD_IGNORE_ORIENTATION
+            factor = max(factors)
+            flag = getattr(cv2, _REDUCED_FLAGS[factor]) | cv2.IMREAD_IGNORE_ORIENTATION
             image = cv2.imdecode(np.frombuffer(msg.data, np.uint8), flag)
             if image is None:
                 raise ValueError(f'cannot decode the compressed payload ({len(msg.data)} B, '
                                  f'format {str(msg.format)!r}): corrupt or truncated JPEG')
-            # 1/N of a side is rounded up (321 px -> 161): shrunk on to the size the whole
-            # frame's motion frame has, so that a camera switching between JPEG and PNG (or
-            # raw) keeps one frame size.
+            # 1/N of a side is rounded up (321 px -> 161), its last pixel a partial block: left
+            # out, and the rest shrunk on to the size the whole frame's motion frame has, so
+            # that a camera switching between JPEG and PNG (or raw) keeps one frame size (and
+            # nearly one image: stretching the partial block in shifted the far side by up to
+            # a pixel of the motion frame).
+            image = image[:max(1, size[0] // factor), :max(1, size[1] // factor)]
             target = motion_size(size[0], size[1], max_side)
             if target != image.shape[1::-1]:
                 image = cv2.resize(image, target, interpolation=cv2.INTER_AREA)

@@ -292,20 +292,20 @@ def test_compressed_16_bit_png_thermal_stays_16_bit():
     np.testing.assert_array_equal(array, bgra[..., :3])
 
 
-def test_the_time_offset_check_decodes_a_large_jpeg_shrunk_and_grey():
+def test_the_time_offset_check_decodes_a_large_jpeg_shrunk():
     vi = cv2.imread(str(SAMPLES / 'vi' / 'FLIR_00993.jpg'), cv2.IMREAD_COLOR)  # 541x270
     large = cv2.resize(vi, (1280, 640), interpolation=cv2.INTER_CUBIC)
     msg = compressed(large, 'jpeg')
     msg.format = 'bgr8; jpeg compressed bgr8'  # image_transport's
     array = image_msg_to_motion_array(msg, MAX_SIDE)
-    assert array.dtype == np.uint8 and array.shape == (80, 160)  # 1/8: long side 160 px
+    assert array.dtype == np.uint8 and array.shape == (80, 160, 3)  # 1/8: long side 160 px
     full = image_msg_to_array(msg)[0]
-    assert array.shape == frame_for_motion(full).shape
-    # The same motion frame up to the grey weights and the shrink's filter.
+    assert array.shape[:2] == frame_for_motion(full).shape
+    # The same motion frame up to the shrink's filter.
     correlation = np.corrcoef(frame_for_motion(array).ravel(),
                               frame_for_motion(full).ravel())[0, 1]
-    assert correlation > 0.98, correlation
-    assert image_msg_to_motion_array(compressed(vi, 'jpeg'), MAX_SIDE).shape == (80, 160)  # 1/2
+    assert correlation > 0.99, correlation
+    assert image_msg_to_motion_array(compressed(vi, 'jpeg'), MAX_SIDE).shape == (80, 160, 3)
     # Below twice MAX_SIDE, a 16-bit PNG or a raw image: decoded whole, as the pairing path does.
     small = vi[:200, :300]
     for other in (compressed(small, 'jpeg'), compressed(small[..., 0].astype(np.uint16) * 200,

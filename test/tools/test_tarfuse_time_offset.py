@@ -57,7 +57,7 @@ def write_bag(path, case, seed=0, stem='00004N'):
     """Write ``case`` compressed: IR 16-bit PNG (a radiometric camera's counts), visible JPEG.
 
     On ``<topic>/compressed``, as image_transport records them. The visible frames are enlarged
-    twice (480 px long): the tool decodes a JPEG that long at half its size, straight to grey.
+    twice (480 px long): the tool decodes a JPEG that long at half its size.
     """
     from tarfuse_ros.tools.bagio import compressed_cdr
 
@@ -91,6 +91,34 @@ def test_an_ir_camera_stamped_60_ms_late_is_found_and_written_as_a_node_paramete
     assert 'IR stamped' in printed.out and 'later than the visible camera' in printed.out
     assert f'infrared_time_offset:={value:g}' in printed.out
     assert cv2.imread(str(plot)) is not None
+
+
+def test_a_visible_camera_switching_between_jpeg_and_png_keeps_its_offset(tmp_path, capsys):
+    # Its JPEG frames (641x481: 1/4 is 160.25 px) are decoded shrunk, its PNG ones whole: the
+    # shrunk frames were 161x121 (every change across a switch NaN, no offset at all) or, once
+    # the size agreed, grey by luma weights (the PNG's channels averaged): +2 ms, not -42.
+    from tarfuse_ros.tools.bagio import compressed_cdr
+
+    def encode(frame, stamp_ns, camera):
+        if camera == 'ir':
+            return [compressed_cdr(frame.astype(np.uint16) * 64 + 20000, 'png', camera,
+                                   stamp_ns)]
+        fmt = 'png' if (stamp_ns // 33_000_000) % 2 else 'jpeg'
+        image = cv2.resize(frame, (641, 481), interpolation=cv2.INTER_LINEAR)
+        return [compressed_cdr(image, fmt, camera, stamp_ns)]
+
+    kind = 'sensor_msgs/msg/CompressedImage'
+    bag = _write(tmp_path / 'rig', simulation.Case('pan', duration=10.0),
+                 {'ir': (f'{IR_TOPIC}/compressed', kind, encode),
+                  'vi': (f'{VI_TOPIC}/compressed', kind, encode)})
+    out = tmp_path / 'offset.yaml'
+    code = main(['--bag', str(bag), '--infrared-topic', IR_TOPIC, '--visible-topic', VI_TOPIC,
+                 '--out', str(out)])
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    value = yaml.safe_load(out.read_text())['/**']['ros__parameters']['sync'][
+        'infrared_time_offset']
+    assert value == pytest.approx(-0.06, abs=0.025), printed.out
 
 
 def test_a_still_scene_gives_no_offset_and_writes_nothing(tmp_path, capsys):
