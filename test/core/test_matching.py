@@ -414,7 +414,8 @@ def test_scale_search_reuses_histograms_without_changing_the_map(monkeypatch):
 
 
 def test_smoothed_sobel_opencv_equals_kornia():
-    """The CPU path (OpenCV) and the autograd / GPU / ONNX path (kornia) give one gradient."""
+    """The CPU path (OpenCV) and the autograd / GPU / ONNX path (fixed-weight convolutions since
+    session 42) give kornia's gradient."""
     import kornia
     from tarfuse_ros.core.model.matching import smoothed_sobel
     ir, vi = _real_pair((192, 256))
@@ -424,7 +425,7 @@ def test_smoothed_sobel_opencv_equals_kornia():
         fast = smoothed_sobel(image)
         assert not fast[0].requires_grad
         with torch.enable_grad():
-            slow = smoothed_sobel(image.clone().requires_grad_(True))  # kornia: autograd
+            slow = smoothed_sobel(image.clone().requires_grad_(True))  # the autograd path
         assert slow[0].requires_grad
         smooth = kornia.filters.gaussian_blur2d(image, (5, 5), (1.0, 1.0))
         gradient = kornia.filters.spatial_gradient(smooth, mode='sobel', normalized=False)
