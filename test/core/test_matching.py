@@ -414,8 +414,7 @@ def test_scale_search_reuses_histograms_without_changing_the_map(monkeypatch):
 
 
 def test_smoothed_sobel_opencv_equals_kornia():
-    """The CPU path (OpenCV) and the autograd / GPU / ONNX path (fixed-weight convolutions since
-    session 42) give kornia's gradient."""
+    """The CPU path (OpenCV) and the autograd / GPU / ONNX path (convolutions) give kornia's."""
     import kornia
     from tarfuse_ros.core.model.matching import smoothed_sobel
     ir, vi = _real_pair((192, 256))
