@@ -313,8 +313,8 @@ def image_msg_to_motion_array(msg, max_side):
     if hasattr(msg, 'format') and not hasattr(msg, 'encoding') and (
             bytes(msg.data[:3]) == _JPEG_MAGIC):
         size = compressed_size(msg)
-        factors = [factor for factor in _REDUCED_FLAGS
-                   if size is not None and max(size) >= factor * max_side]
+        factors = [] if size is None else [
+            factor for factor in _REDUCED_FLAGS if max(size) >= factor * max_side]
         if factors:
             import cv2
             from tarfuse_ros.core.time_offset import motion_size
@@ -335,6 +335,7 @@ def image_msg_to_motion_array(msg, max_side):
             if target != image.shape[1::-1]:
                 image = cv2.resize(image, target, interpolation=cv2.INTER_AREA)
             return image
+        return compressed_msg_to_array(msg, size_checked=True)[0]  # its header read above
     return image_msg_to_array(msg)[0]
 
 
