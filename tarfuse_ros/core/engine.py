@@ -225,6 +225,10 @@ def _featureless(plane, valid):
     return bool(plane.float().std() < 1.0 / 255.0)
 
 
+# What global_track counts (FusionEngine.global_track_state).
+_TRACK_COUNTS = ('tracked', 'fitted', 'fit_kept', 'held')
+
+
 def _median_map(fits):
     """Return the elementwise median ``(1, 2, 3)`` of a stream's fits, stacked ``(N, 2, 3)``.
 
@@ -324,6 +328,21 @@ class FusionEngine(PairEngine):
             without CUDA graphs (eagerly). 1 and 1 (default): every pair is fitted alone, as
             without a stream. Integers, ``global_every`` <= 10000 and ``global_window`` <=
             1000; above 1 they need the orientation global stage (:attr:`streams_global_map`).
+        global_track: the orientation global stage tracks one rig's map over a stream of pairs
+            (:meth:`infer`, one pair per call): 0 (default) off; N (1-10000): the first pair
+            is fitted in full (scale search, 8 px passes, fine passes); each later pair runs the
+            fine passes alone, started from the previous pair's map (``TarFuse.track_global``:
+            a map that moves with the scene's depth, as a rig's parallax does, at about half
+            the global stage's CPU time), and every N-th pair is fitted in full as well and
+            keeps the full fit or the tracked map, whichever agrees better with the visible
+            image (a tracked map that went wrong is taken back by the next full fit). A pair
+            whose IR or visible image is constant keeps the previous map (and postpones a due
+            full fit); a map that is not plausible (as for ``global_every``) is replaced by a
+            full fit of the pair, and one that is still not plausible is not tracked from.
+            Forgotten as ``global_every``'s fits are (another frame size, IR input shape or
+            prior, :meth:`reset_global_maps`); :meth:`global_track_state` counts what it did.
+            Not with ``global_every`` or ``global_window`` above 1; needs the orientation
+            global stage with at least one fine pass (``ValueError``).
         input_min_long_side: a visible frame whose longer side is below this many pixels is
             enlarged to it (aspect kept, bilinear) for the network, and the outputs are brought
             back to the frame (:func:`~tarfuse_ros.core.pair_engine.outputs_to_frame`), as
@@ -352,7 +371,8 @@ class FusionEngine(PairEngine):
                  allow_cpu_fallback=False, ir_norm='percentile', ir_low=0.5, ir_high=99.5,
                  pad_mode='replicate', cudnn_benchmark=True, fuse_bn=True, channels_last=True,
                  registration_prior=None, scale_search=True, global_every=1, global_window=1,
-                 input_min_long_side=None, input_max_long_side=0, fine_passes=None):
+                 input_min_long_side=None, input_max_long_side=0, fine_passes=None,
+                 global_track=0):
         if cuda_graph is True or cuda_graph is False:
             cuda_graph = 'on' if cuda_graph else 'off'
         if cuda_graph not in CUDA_GRAPH_MODES:
@@ -370,6 +390,13 @@ class FusionEngine(PairEngine):
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) \
                     or not 1 <= value <= high:
                 raise ValueError(f'{name} must be an integer in [1, {high}], got {value!r}')
+        if isinstance(global_track, bool) or not isinstance(global_track, numbers.Integral) \
+                or not 0 <= global_track <= 10000:
+            raise ValueError(f'global_track must be an integer in [0, 10000] (0: off), got '
+                             f'{global_track!r}')
+        if global_track and (global_every > 1 or global_window > 1):
+            raise ValueError('global_track tracks the map pair by pair; global_every / '
+                             'global_window hold a median of fits: use one of the two')
         if threads is not None:
             if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
                 raise ValueError(f'threads must be None or an integer >= 1, got {threads!r}')
@@ -419,6 +446,18 @@ class FusionEngine(PairEngine):
                 f'{config.registration!r}, global_stage {config.global_stage}, '
                 f'global_features {config.global_features!r}): leave both at 1')
         self._global_every, self._global_window = int(global_every), int(global_window)
+        self._global_track = int(global_track)
+        if self._global_track:
+            matcher = getattr(model.registration, 'global_matcher', None)
+            if matcher is None or matcher.fine_cell <= 0 or matcher.fine_passes <= 0:
+                config = model.config
+                raise ValueError(
+                    f'global_track needs a checkpoint with the orientation global stage and '
+                    f'at least one fine pass; {str(self._weights)!r} has '
+                    + ('none' if matcher is None else
+                       f'fine_cell {matcher.fine_cell}, fine_passes {matcher.fine_passes}')
+                    + f' (registration {config.registration!r}): leave global_track at 0'
+                    + ('' if matcher is None else ' or run at least one fine pass'))
         self._set_input_min_long_side(input_min_long_side, model.config.input_min_long_side)
         self._set_input_max_long_side(input_max_long_side)
         # The stream's state, behind its own lock (read by global_map_state without waiting
@@ -429,6 +468,9 @@ class FusionEngine(PairEngine):
         self._global_key = None
         self._global_fits = collections.deque(maxlen=self._global_window)
         self._global_age = 0
+        # global_track: the map the next pair starts from, and what tracking did.
+        self._track_theta = None
+        self._track_counts = dict.fromkeys(_TRACK_COUNTS, 0)
 
     # -- properties -------------------------------------------------------------------------
     @property
@@ -458,8 +500,26 @@ class FusionEngine(PairEngine):
 
     @property
     def streams_global_map(self):
-        """True when the global map is kept over a stream (global_every or window above 1)."""
-        return self._global_every > 1 or self._global_window > 1
+        """True when the global map is kept over a stream (global_every or window above 1, or
+        global_track)."""
+        return self._global_every > 1 or self._global_window > 1 or self._global_track > 0
+
+    @property
+    def global_track(self):
+        """Pairs between full fits of the global stage when it tracks a stream (0: off)."""
+        return self._global_track
+
+    def global_track_state(self):
+        """Return what tracking did since the start or :meth:`reset_global_maps` (a dict).
+
+        ``tracked``: pairs whose map was refined from the previous pair's alone; ``fitted``:
+        pairs fitted in full (the first, every ``global_track``-th, and where a tracked map was
+        not plausible); ``fit_kept``: of the full fits made beside a tracked map, those that
+        replaced it (agreeing better, or the tracked map not plausible); ``held``: pairs that kept the previous map (a constant
+        IR or visible image). All 0 when tracking is off. Does not wait for a model run.
+        """
+        with self._global_lock:
+            return dict(self._track_counts)
 
     def global_map_state(self):
         """Return ``(fits, spread_px)`` of the stream's global fits (``global_window``).
@@ -493,6 +553,8 @@ class FusionEngine(PairEngine):
             self._global_key = None
             self._global_fits.clear()
             self._global_age = 0
+            self._track_theta = None
+            self._track_counts = dict.fromkeys(_TRACK_COUNTS, 0)
 
     @property
     def scale_candidates(self):
@@ -620,6 +682,12 @@ class FusionEngine(PairEngine):
                 self._global_key = key
                 self._global_fits.clear()
                 self._global_age = 0
+                self._track_theta = None
+            if self._global_track:
+                start, age = self._track_theta, self._global_age
+        if self._global_track:
+            return self._tracked_theta(ir_t, vi_t, valid, start, age)
+        with self._global_lock:
             due = (len(self._global_fits) < self._global_window
                    or self._global_age >= self._global_every)
         fit = plausible = None
@@ -639,6 +707,40 @@ class FusionEngine(PairEngine):
             self._global_age += 1
             fits = tuple(self._global_fits)
         return _median_map(torch.cat(fits)).to(ir_t.device) if fits else fit
+
+    def _tracked_theta(self, ir_t, vi_t, valid, start, age):
+        """Return a stream pair's ``(1, 2, 3)`` map with ``global_track`` (its docstring).
+
+        ``start``: the previous pair's map or None; ``age``: pairs since the last full fit.
+        """
+        featureless = _featureless(ir_t, valid) or _featureless(vi_t, valid)
+        if featureless and start is not None:
+            with self._global_lock:
+                self._track_counts['held'] += 1
+            return start.to(ir_t.device)
+        height, width = ir_t.shape[2:]
+        fit = None
+        with torch.inference_mode(), torch.autocast('cuda', dtype=torch.float16,
+                                                    enabled=self._half):
+            if start is None or age + 1 >= self._global_track:
+                fit = self._model.fit_global(ir_t, vi_t, valid).float()
+            if start is None:
+                theta, kept = fit, False
+            else:
+                theta, kept = self._model.track_global(ir_t, vi_t, start.to(ir_t.device), valid,
+                                                       fit)
+                theta, kept = theta.float(), bool(kept.all())
+                if fit is None and not _plausible_map(theta, height, width):
+                    fit = self._model.fit_global(ir_t, vi_t, valid).float()
+                    theta, kept = fit, True
+        plausible = _plausible_map(theta, height, width)
+        with self._global_lock:
+            counts = self._track_counts
+            counts['fitted' if fit is not None else 'tracked'] += 1
+            counts['fit_kept'] += int(start is not None and fit is not None and kept)
+            self._global_age = 0 if fit is not None else self._global_age + 1
+            self._track_theta = theta.cpu() if plausible and not featureless else None
+        return theta
 
     def _to_tensors(self, items, net_size):
         """Stack same-size prepared pairs, resized to ``net_size``, into padded tensors."""

@@ -1082,16 +1082,72 @@ class OrientationMatcher(nn.Module):
         theta_px = _normalised_affine_to_pixel(theta, ir.shape[2], ir.shape[3])
         return _pixel_affine_to_normalised(theta_px, height, width)
 
-    def _estimate(self, ir, vi):
-        """Return the maps of :meth:`forward` for unpadded float32 images."""
+    def track(self, ir, vi, start, valid_size=None, candidate=None):
+        """Refine the map of an earlier pair of the same rig on this pair: the fine passes alone.
+
+        For a stream of pairs from one rig (``FusionEngine(global_track=N)``): the fine passes
+        (with the fine check, :meth:`_fine`) start from ``start`` instead of from the scale
+        search and the 8 px passes, which are skipped. Where ``candidate`` is given (a full fit
+        of this pair, :meth:`forward`), the refined map and the candidate are scored by
+        :meth:`fine_agreement` over the blocks both keep inside the warped IR, and the
+        candidate is kept where it agrees better (a tracked map that drifted, or a rig that
+        moved beyond the passes' reach, is taken back by the next full fit).
+
+        Args:
+            ir, vi: ``(B, 1, H, W)`` float planes in [0, 1] (as :meth:`forward`).
+            start: ``(B, 2, 3)`` normalised maps (:func:`affine_flow`) of the ``H x W`` frame.
+            valid_size: ``(h, w)`` before padding at the bottom/right, or None.
+            candidate: None, or ``(B, 2, 3)`` normalised maps to compare with.
+
+        Returns:
+            ``(theta, from_candidate)``: ``(B, 2, 3)`` float32 normalised maps of the ``H x W``
+            frame and a ``(B,)`` bool tensor, True where the candidate was kept.
+
+        Raises:
+            ValueError: the matcher has no fine pass (``fine_cell`` 0 or ``fine_passes`` 0).
+        """
+        if self.fine_cell <= 0 or self.fine_passes <= 0:
+            raise ValueError('tracking needs the fine passes of the global stage; this one '
+                             f'has fine_cell {self.fine_cell} and fine_passes {self.fine_passes}')
+        with torch.no_grad(), torch.autocast(ir.device.type, enabled=False):
+            ir, vi = ir.float(), vi.float()
+            height, width = ir.shape[2:]
+            maps = [start.float()] + ([] if candidate is None else [candidate.float()])
+            if valid_size is not None:
+                ir, vi = crop_to_valid(ir, valid_size), crop_to_valid(vi, valid_size)
+                maps = [_pixel_affine_to_normalised(_normalised_affine_to_pixel(
+                    theta, height, width), *ir.shape[2:]) for theta in maps]
+            ir, vi = self._enlarged(ir, vi)
+            views = self._views(ir)
+            theta = self._fine(ir, vi, maps[0], views)
+            kept = torch.zeros(theta.shape[0], dtype=torch.bool, device=theta.device)
+            if candidate is not None:
+                reference = cell_histograms(vi, self.fine_cell, self.bins)
+                tracked, fitted = self.fine_agreement(ir, reference, (theta, maps[1]), views)
+                kept = fitted > tracked
+                theta = torch.where(kept.view(-1, 1, 1), maps[1], theta)
+            if valid_size is not None:
+                theta = _pixel_affine_to_normalised(_normalised_affine_to_pixel(
+                    theta, *ir.shape[2:]), height, width)
+            return theta, kept
+
+    def _enlarged(self, ir, vi):
+        """Return the pair enlarged where its shorter side is below ``min_side`` (class doc).
+
+        Normalised maps do not depend on the frame size (corners aligned): a fit on the
+        enlarged pair is the map of the pair.
+        """
         side = min(vi.shape[2:])
         if self.min_side > 0 and side < self.min_side and not torch.jit.is_tracing():
-            # Normalised maps do not depend on the frame size (corners aligned): fit on the
-            # enlarged pair, return the same map (``min_side`` in the class docstring).
             factor = math.ceil(self.min_side / max(int(side), 1))
             size = (int(vi.shape[2]) * factor, int(vi.shape[3]) * factor)
             ir, vi = (F.interpolate(image, size=size, mode='bilinear', align_corners=True)
                       for image in (ir, vi))
+        return ir, vi
+
+    def _estimate(self, ir, vi):
+        """Return the maps of :meth:`forward` for unpadded float32 images."""
+        ir, vi = self._enlarged(ir, vi)
         search = self.scale_candidates != (1.0,)
         # The warped IR's histograms and support cells by map and cell size, for passes that
         # warp ``ir`` by a map an earlier one already warped it by (:class:`_WarpedViews`).

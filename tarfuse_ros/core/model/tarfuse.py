@@ -584,6 +584,30 @@ class TarFuse(nn.Module):
         with torch.no_grad():
             return matcher(ir, vi, valid_size)
 
+    def track_global(self, ir, vi, start, valid_size=None, candidate=None):
+        """Refine a map of an earlier pair of the same rig on this pair (no gradient).
+
+        The orientation global stage's fine passes alone, started from ``start``
+        (``OrientationMatcher.track``; with ``candidate``, the better-agreeing of the two).
+
+        Args:
+            ir, vi: ``(B, 1, H, W)`` planes in [0, 1] (as :meth:`predict_raw`).
+            start: ``(B, 2, 3)`` normalised affine maps (``matching.affine_flow``).
+            valid_size: the images' ``(h, w)`` before padding at the bottom/right, or None.
+            candidate: None, or ``(B, 2, 3)`` maps (a full fit, :meth:`fit_global`).
+
+        Returns:
+            ``(theta, from_candidate)``: ``(B, 2, 3)`` float32 maps for :meth:`predict_raw`'s
+            ``global_theta`` and a ``(B,)`` bool tensor (True: the candidate agreed better).
+
+        Raises:
+            ValueError: the model has no orientation global stage, or it has no fine pass.
+        """
+        matcher = self._orientation_matcher('track_global')
+        _check_image('ir', ir)
+        _check_image('vi', vi)
+        return matcher.track(ir, vi, start, valid_size, candidate)
+
     def predict_raw(self, ir, vi, valid_size=None, global_theta=None):
         """Run in eval mode without gradients (the previous mode is restored).
 
