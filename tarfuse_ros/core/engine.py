@@ -500,8 +500,7 @@ class FusionEngine(PairEngine):
 
     @property
     def streams_global_map(self):
-        """True when the global map is kept over a stream (global_every or window above 1, or
-        global_track)."""
+        """True when the global map is kept over a stream (global_every, global_track)."""
         return self._global_every > 1 or self._global_window > 1 or self._global_track > 0
 
     @property
@@ -515,8 +514,9 @@ class FusionEngine(PairEngine):
         ``tracked``: pairs whose map was refined from the previous pair's alone; ``fitted``:
         pairs fitted in full (the first, every ``global_track``-th, and where a tracked map was
         not plausible); ``fit_kept``: of the full fits made beside a tracked map, those that
-        replaced it (agreeing better, or the tracked map not plausible); ``held``: pairs that kept the previous map (a constant
-        IR or visible image). All 0 when tracking is off. Does not wait for a model run.
+        replaced it (agreeing better, or the tracked map not plausible); ``held``: pairs that
+        kept the previous map (a constant IR or visible image). All 0 when tracking is off.
+        Does not wait for a model run.
         """
         with self._global_lock:
             return dict(self._track_counts)

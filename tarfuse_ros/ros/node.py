@@ -422,6 +422,8 @@ class TarFuseNode(Node):
                 fine_passes=fine_passes(params),
                 global_every=params.registration_global_every,
                 global_window=params.registration_global_window,
+                **({'global_track': params.registration_global_track}
+                   if params.registration_global_track else {}),
                 input_max_long_side=params.input_max_long_side)
         except model_error(params.backend) as exc:
             kind = '.onnx file from tarfuse-export' if onnx else '.safetensors checkpoint'
@@ -471,7 +473,12 @@ class TarFuseNode(Node):
             self.get_logger().info(
                 f'global stage fine passes: {engine.fine_passes} (registration.fine_passes '
                 f"{params.registration_fine_passes}; -1 runs the model's own)")
-        if engine.streams_global_map:
+        if params.registration_global_track:
+            self.get_logger().info(
+                f"global stage tracking the rig: fine passes from the previous pair's map, a "
+                f'full fit on one pair in {params.registration_global_track} '
+                f'(registration.global_track)')
+        elif engine.streams_global_map:
             self.get_logger().info(
                 f'global stage over the stream (one rigid rig): a fit on one pair in '
                 f'{params.registration_global_every}, each pair starts from the median of the '
@@ -1275,10 +1282,19 @@ class TarFuseNode(Node):
         else:
             extra['registration_refinement'] = 'off'
         streams = self._engine.streams_global_map
-        extra['registration_global_map'] = (
-            f'every {self._params.registration_global_every} pairs, median of '
-            f'{self._params.registration_global_window} fits' if streams else 'per pair')
-        if streams:
+        track = self._params.registration_global_track
+        if track:
+            extra['registration_global_map'] = f'tracked, a full fit every {track} pairs'
+            counts = self._engine.global_track_state()
+            extra.update({f'registration_global_{key}': value
+                          for key, value in counts.items()})
+        elif streams:
+            extra['registration_global_map'] = (
+                f'every {self._params.registration_global_every} pairs, median of '
+                f'{self._params.registration_global_window} fits')
+        else:
+            extra['registration_global_map'] = 'per pair'
+        if streams and not track:
             fits, spread = self._engine.global_map_state()
             extra['registration_global_fits'] = fits
             extra['registration_global_spread_px'] = 'n/a' if spread is None else round(

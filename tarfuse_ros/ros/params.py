@@ -67,6 +67,7 @@ class NodeParams:
     input_max_long_side: int = 0
     registration_global_every: int = 1
     registration_global_window: int = 1
+    registration_global_track: int = 0
     refinement_enabled: bool = False
     refinement_alpha: float = 0.1
     refinement_max_step_px: float = 20.0
@@ -218,6 +219,14 @@ PARAMETER_SPECS = (
               'failed fit is outvoted); 1 = the newest fit alone. Backend torch only. Restart '
               'to change.',
               low=1, high=1000),
+    ParamSpec('registration.global_track', 'registration_global_track', 'int',
+              'For one rig: the global stage refines the map of the previous pair with its '
+              'fine passes alone (a map that follows the depth of the scene, at about half '
+              'its CPU time) and fits a pair in full once in this many pairs, keeping the map '
+              'that agrees better with the visible image; 0 = off (every pair fitted alone). '
+              'Not with global_every / global_window above 1, nor with online_refinement. '
+              'Backend torch only. Restart to change.',
+              low=0, high=10000),
     ParamSpec('registration.online_refinement.enabled', 'refinement_enabled', 'bool',
               'Refine the registration prior online: fit a homography to the flow of every '
               'every_n-th pair, reject outliers, smooth the accepted fits (alpha) and use the '
@@ -449,6 +458,21 @@ def validate_params(params):
             'registration.global_every / registration.global_window above 1 need backend '
             'torch: an ONNX graph runs its global stage on every pair; use backend torch, or '
             'leave both at 1')
+    track = params.registration_global_track
+    if track and params.backend == 'onnxruntime':
+        raise ValueError(
+            f'registration.global_track={track} needs backend torch: an ONNX graph runs its '
+            f'whole global stage on every pair; use backend torch, or leave it 0')
+    if track and stream:
+        raise ValueError(
+            f'registration.global_track={track} refines the map pair by pair, '
+            f'registration.global_every / registration.global_window above 1 hold a median '
+            f'of fits: use one of them (global_track 0, or both at 1)')
+    if track and params.refinement_enabled:
+        raise ValueError(
+            f'registration.global_track={track} and registration.online_refinement.enabled '
+            f'both follow the rig over the stream, and each refined prior would make the '
+            f'tracking start over: enable one of them')
     if params.refinement_enabled and stream:
         raise ValueError(
             'registration.global_every / registration.global_window above 1 and '

@@ -2,7 +2,8 @@
 
 ``tarfuse-fuse --ir PATH --visible PATH --out DIR [--weights W] [--device D] [--threads N]
 [--registered] [--detections] [--flow] [--ir-offset-ms MS] [--no-scale-search] [--fine-passes N]
-[--global-every N] [--global-window W] [--prior PRIOR.yaml] [--input-max-long-side PX]``
+[--global-every N] [--global-window W] [--global-track N] [--prior PRIOR.yaml]
+[--input-max-long-side PX]``
 
 Inputs (both PATHs of the same kind):
 
@@ -27,7 +28,9 @@ the visible frame). Every pair goes through :class:`~tarfuse_ros.core.engine.Fus
 the node's default settings, so the outputs are the node's for the same pair. Pairs are fused in
 order (folders: sorted by stem; videos: by time), one at a time, so ``--global-every`` /
 ``--global-window`` (the node's ``registration.global_every`` / ``global_window``) keep the global
-stage's map over them as the node does over a stream: for frames of one rigid rig. ``--prior``
+stage's map over them as the node does over a stream: for frames of one rigid rig; so does
+``--global-track`` (the node's ``registration.global_track``: each frame's map refined from the
+previous one's, for a video or a folder of frames of one rig). ``--prior``
 takes the rig's calibration prior (the node parameters file ``tarfuse-calibrate`` writes, as the
 node's ``prior_file:=``): the IR is pre-warped by it and the flow is the composition, as in the
 node; a pair whose aspect ratio is not the prior's is reported and left out.
@@ -728,6 +731,11 @@ def build_parser():
                         help='one rigid rig: each pair starts from the median of the last W '
                              'global fits (default 1: its own fit; README, "One rig, many '
                              'frames")')
+    parser.add_argument('--global-track', type=int, default=0, metavar='N',
+                        help="one rig: each pair's global map is the previous pair's refined "
+                             'by the fine passes alone, with a full fit on one pair in N, the '
+                             'better-agreeing map kept (default 0: off; README, "One rig, many '
+                             'frames")')
     parser.add_argument('--prior', type=Path, default=None,
                         help="the rig's calibration prior: the node parameters file that "
                              'tarfuse-calibrate writes (registration.prior; the launch file '
@@ -771,7 +779,7 @@ def _load_prior(path):
 
 
 def _load_engine(weights, device, threads, scale_search=True, global_every=1, global_window=1,
-                 prior=None, input_max_long_side=0, fine_passes=None):
+                 prior=None, input_max_long_side=0, fine_passes=None, global_track=0):
     # Imported here so that usage errors are reported before torch is loaded.
     from tarfuse_ros.core.backends import backend_for_weights
     from tarfuse_ros.core.checkpoint import CheckpointError
@@ -788,7 +796,7 @@ def _load_engine(weights, device, threads, scale_search=True, global_every=1, gl
         return FusionEngine(weights, device=device, scale_search=scale_search,
                             global_every=global_every, global_window=global_window,
                             registration_prior=prior, input_max_long_side=input_max_long_side,
-                            fine_passes=fine_passes)
+                            fine_passes=fine_passes, global_track=global_track)
     except CheckpointError as exc:
         raise UsageError(f'cannot load the weights: {exc}') from exc
     except ValueError as exc:
@@ -814,6 +822,8 @@ def main(argv=None):
                             ('--global-window', args.global_window)):
             if value < 1:
                 raise UsageError(f'{name} must be >= 1, got {value}')
+        if args.global_track < 0:
+            raise UsageError(f'--global-track must be >= 0 (0: off), got {args.global_track}')
         try:
             check_fine_passes(args.fine_passes, '--fine-passes')
         except ValueError as exc:
@@ -841,7 +851,7 @@ def main(argv=None):
         threads = args.threads if args.threads is not None else _default_threads()
         engine = _load_engine(args.weights, args.device, threads, args.scale_search,
                               args.global_every, args.global_window, prior,
-                              args.input_max_long_side, args.fine_passes)
+                              args.input_max_long_side, args.fine_passes, args.global_track)
         unused = [option for option, given in (('--no-scale-search', not args.scale_search),
                                                ('--fine-passes', args.fine_passes is not None))
                   if given]
