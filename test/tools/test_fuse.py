@@ -244,6 +244,38 @@ def test_global_every_keeps_the_first_fit_over_a_folder_of_one_rig(tmp_path, cap
     assert 'global_stage False' in err and 'on device' not in err, err
 
 
+def test_global_track_refines_the_previous_map_over_a_folder_of_one_rig(tmp_path, capsys):
+    ir_dir, vi_dir, out = tmp_path / 'ir', tmp_path / 'vi', tmp_path / 'out'
+    ir_dir.mkdir()
+    vi_dir.mkdir()
+    pairs = []
+    for index, stem in enumerate(STEMS[:2]):  # one frame size: one rig's stream
+        ir = cv2.resize(_read(SAMPLES / 'ir' / f'{stem}.jpg'), (320, 256))
+        vi = cv2.resize(_read(SAMPLES / 'vi' / f'{stem}.jpg'), (320, 256))
+        cv2.imwrite(str(ir_dir / f'{index:04d}.png'), ir)
+        cv2.imwrite(str(vi_dir / f'{index:04d}.png'), vi)
+        pairs.append((_read(ir_dir / f'{index:04d}.png'), _read(vi_dir / f'{index:04d}.png')))
+    status, stdout, _ = _run(capsys, '--ir', ir_dir, '--visible', vi_dir, '--out', out,
+                             '--flow', '--global-track', '1000')
+    assert status == 0, stdout
+    stream = FusionEngine(WEIGHTS, device='cpu', global_track=1000)
+    expected = [stream.infer(*pair).flow_px for pair in pairs]
+    assert stream.global_track_state()['tracked'] == 1
+    second = np.load(out / 'flow' / '0001.npy')
+    np.testing.assert_allclose(second, expected[1], atol=0.02)
+    alone = FusionEngine(WEIGHTS, device='cpu').infer(*pairs[1]).flow_px
+    assert np.abs(second - alone).mean() > 0.05  # tracked from the first map, not its own fit
+    status, _, err = _run(capsys, '--ir', ir_dir, '--visible', vi_dir, '--out', out,
+                          '--global-track', '-1')
+    assert status == 2 and '--global-track must be >= 0 (0: off), got -1' in err, err
+    status, _, err = _run(capsys, '--ir', ir_dir, '--visible', vi_dir, '--out', out,
+                          '--global-track', '5', '--global-every', '5')
+    assert status == 2 and 'global_track tracks the map pair by pair' in err, err
+    status, _, err = _run(capsys, '--ir', ir_dir, '--visible', vi_dir, '--out', out,
+                          '--global-track', '5', '--fine-passes', '0')
+    assert status == 2 and 'at least one fine pass' in err, err
+
+
 def test_prior_from_tarfuse_calibrate_is_applied_as_the_node_does(tmp_path, capsys):
     # tarfuse-fuse had no way to take the rig's prior: its outputs were not the node's.
     from tarfuse_ros.core.prior import load_prior_yaml, make_prior, write_prior_yaml
