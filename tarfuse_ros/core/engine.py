@@ -730,8 +730,9 @@ class FusionEngine(PairEngine):
                 theta, kept = self._model.track_global(ir_t, vi_t, start.to(ir_t.device), valid,
                                                        fit)
                 theta, kept = theta.float(), bool(kept.all())
-                if fit is None and not _plausible_map(theta, height, width):
-                    fit = self._model.fit_global(ir_t, vi_t, valid).float()
+                if not kept and not _plausible_map(theta, height, width):
+                    if fit is None:
+                        fit = self._model.fit_global(ir_t, vi_t, valid).float()
                     theta, kept = fit, True
         plausible = _plausible_map(theta, height, width)
         with self._global_lock:

@@ -1117,6 +1117,7 @@ class OrientationMatcher(nn.Module):
                 ir, vi = crop_to_valid(ir, valid_size), crop_to_valid(vi, valid_size)
                 maps = [_pixel_affine_to_normalised(_normalised_affine_to_pixel(
                     theta, height, width), *ir.shape[2:]) for theta in maps]
+            valid = ir.shape[2:]  # the enlargement below keeps normalised maps as they are
             ir, vi = self._enlarged(ir, vi)
             views = self._views(ir)
             theta = self._fine(ir, vi, maps[0], views)
@@ -1128,7 +1129,7 @@ class OrientationMatcher(nn.Module):
                 theta = torch.where(kept.view(-1, 1, 1), maps[1], theta)
             if valid_size is not None:
                 theta = _pixel_affine_to_normalised(_normalised_affine_to_pixel(
-                    theta, *ir.shape[2:]), height, width)
+                    theta, *valid), height, width)
             return theta, kept
 
     def _enlarged(self, ir, vi):
