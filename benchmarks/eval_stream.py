@@ -5,7 +5,9 @@ A camera rig does not change its misalignment from frame to frame, but the globa
 it afresh on every pair, with an error that depends on the scene. ``FusionEngine``'s
 ``global_every`` / ``global_window`` (the node's ``registration.global_every`` /
 ``registration.global_window``) fit one pair in ``global_every`` and start every pair from the
-elementwise median of the last ``global_window`` fits. This script measures what that does to
+elementwise median of the last ``global_window`` fits; ``global_track`` (N) fits the first pair
+in full and refines the previous pair's map on each later one with the fine passes alone, with
+a full fit every N-th pair kept where it agrees better. This script measures what these do to
 the registration error and to the time per pair.
 
 The rig is emulated from aligned pairs: every pair of ``--data`` / ``--split`` (in list order)
@@ -17,8 +19,12 @@ against the field's inverse, over the pixels the deformed IR covers), the mean, 
 90th percentile of the engine's model time and total time per pair (ms), and the spread of the
 fits held at the end (``FusionEngine.global_map_state``, px; null with fewer than 2); then the
 mean over the rigs (of each rig's median and p90 for the times). Frames keep their size
-(``msrs_det``: 640x480). Settings are ``EVERYxWINDOW``: ``1x1`` is a fit on every pair alone
-(the default, as without a stream).
+(``msrs_det``: 640x480). Settings are ``EVERYxWINDOW`` (``global_every`` x
+``global_window``): ``1x1`` is a fit on every pair alone (the default, as without a stream); or
+``trackN`` (``global_track`` N, 1-10000, e.g. ``track10``), whose figures add the engine's
+``global_track_state`` counts at the end of each rig's stream (``tracked``, ``fitted``,
+``fit_kept``, ``held``; their mean over the rigs in the summary) instead of the spread of the
+fits (null).
 The aligned pairs' own offsets (``benchmarks/dataset_alignment.py``) are part of each pair's
 error either way.
 
@@ -29,7 +35,7 @@ with the visible luma over the pixels it covers, its mean, the unregistered inpu
 fraction of pairs on which the registered IR beats the unregistered one.
 
     python benchmarks/eval_stream.py --data msrs_det --split test --threads 2 \
-        --settings 1x1 5x1 5x9 --json /tmp/stream.json
+        --settings 1x1 5x1 5x9 track10 --json /tmp/stream.json
 """
 
 import argparse
@@ -51,15 +57,45 @@ import torch
 from dataset_alignment import save_figures  # noqa: I100
 
 
+SETTING_FORMS = 'a setting is EVERYxWINDOW (e.g. 5x9) or trackN (e.g. track10)'
+
+
 def parse_setting(text):
-    """Return ``(every, window)`` from ``'EVERYxWINDOW'`` (both integers >= 1)."""
+    """Return ``('every', every, window)`` or ``('track', n)`` from a setting's text.
+
+    ``'EVERYxWINDOW'`` (EVERY in [1, 10000], WINDOW in [1, 1000]) or ``'trackN'`` (N in
+    [1, 10000]); the module docstring says what they set.
+    """
+    lowered = text.lower()
+    if lowered.startswith('track'):
+        digits = lowered[len('track'):]
+        if not digits.isdigit():  # no sign, no space: 'track-1', 'track 5' are refused
+            raise ValueError(f'{SETTING_FORMS}, got {text!r}')
+        if not 1 <= int(digits) <= 10000:
+            raise ValueError(f'N of trackN must be in [1, 10000], got {text!r}')
+        return 'track', int(digits)
     try:
-        every, window = (int(v) for v in text.lower().split('x'))
+        every, window = (int(v) for v in lowered.split('x'))
     except ValueError:
-        raise ValueError(f'a setting is EVERYxWINDOW, e.g. 5x9, got {text!r}') from None
+        raise ValueError(f'{SETTING_FORMS}, got {text!r}') from None
     if not (1 <= every <= 10000 and 1 <= window <= 1000):
         raise ValueError(f'EVERY must be in [1, 10000] and WINDOW in [1, 1000], got {text!r}')
-    return every, window
+    return 'every', every, window
+
+
+def setting_name(setting):
+    """Return the printed name of a :func:`parse_setting` tuple: ``'5x9'`` or ``'track10'``."""
+    if setting[0] == 'track':
+        return f'track{setting[1]}'
+    return f'{setting[1]}x{setting[2]}'
+
+
+def make_engine(setting, weights):
+    """Return the CPU ``FusionEngine`` of a :func:`parse_setting` tuple."""
+    if setting[0] == 'track':
+        return FusionEngine(weights, device='cpu', global_track=setting[1])
+    return FusionEngine(weights, device='cpu', global_every=setting[1],
+                        global_window=setting[2])
 
 
 def rig_field(seed, height, width):
@@ -138,7 +174,8 @@ def main(argv=None):
     parser.add_argument('--split', default='test', help='split name or list file')
     parser.add_argument('--weights', default=None, help='checkpoint (default: shipped)')
     parser.add_argument('--settings', nargs='+', default=['1x1', '5x1', '5x9'],
-                        help='EVERYxWINDOW settings of the engine (module docstring)')
+                        help='EVERYxWINDOW or trackN settings of the engine (module '
+                             'docstring)')
     parser.add_argument('--seeds', type=int, nargs='+', default=None,
                         help='one emulated rig per seed (default 1 2 3; not with --real)')
     parser.add_argument('--threads', type=int, default=2, help='CPU threads')
@@ -172,8 +209,7 @@ def main(argv=None):
                      'frames of one size (pick a split whose frames share one)')
     aligned = [(cv2.cvtColor(ir, cv2.COLOR_BGR2GRAY) if ir.ndim == 3 else ir, vi)
                for ir, vi in loaded]
-    engines = {setting: FusionEngine(args.weights, device='cpu', global_every=setting[0],
-                                     global_window=setting[1]) for setting in settings}
+    engines = {setting: make_engine(setting, args.weights) for setting in settings}
     rows, figures = [], {}
     for seed in [None] if args.real else args.seeds:
         if seed is None:
@@ -190,10 +226,12 @@ def main(argv=None):
         for setting, engine in engines.items():
             engine.reset_global_maps()
             stream = run_stream(engine, pairs, score)
-            name = f'{setting[0]}x{setting[1]}'
+            name = setting_name(setting)
             summary = summarise(stream)
             # How far the fits held at the end lie from the map in use (global_map_state).
             summary['final_spread_px'] = engine.global_map_state()[1]
+            if setting[0] == 'track':  # what tracking did over this rig's stream
+                summary.update(engine.global_track_state())
             figures.setdefault(name, []).append(summary)
             rows.append({**rig, 'setting': name, **summary,
                          'pairs': [{'stem': stem, **row} for stem, row in zip(stems, stream)]})
@@ -201,12 +239,19 @@ def main(argv=None):
             quality = (f'edge alignment {summary["edge_alignment"]:.4f} (unregistered '
                        f'{summary["edge_alignment_unregistered"]:.4f})' if args.real
                        else f'EPE {summary["epe"]:.2f} px')
-            print(f'  every {setting[0]}, window {setting[1]}: {quality}, model mean '
+            if setting[0] == 'track':
+                label = f'  {name}'
+                tail = ('tracked {tracked}, fitted {fitted} (kept over the track '
+                        '{fit_kept}), held {held}').format(**summary)
+            else:
+                label = f'  every {setting[1]}, window {setting[2]}'
+                tail = ('spread of the fits '
+                        + ('n/a' if spread is None else f'{spread:.2f} px'))
+            print(f'{label}: {quality}, model mean '
                   f'{summary["model_ms_mean"]:.0f} ms, median '
                   f'{summary["model_ms_median"]:.0f} ms (p90 '
                   f'{summary["model_ms_p90"]:.0f}), total {summary["total_ms_median"]:.0f} ms '
-                  f'(p90 {summary["total_ms_p90"]:.0f}), spread of the fits '
-                  f'{"n/a" if spread is None else f"{spread:.2f} px"}', flush=True)
+                  f'(p90 {summary["total_ms_p90"]:.0f}), {tail}', flush=True)
     summary = {'data': args.data, 'split': args.split, 'pairs': len(stems),
                'frame': [size[1], size[0]], 'threads': args.threads,
                'weights': args.weights or 'shipped default',

@@ -1,0 +1,86 @@
+"""benchmarks/eval_stream.py: the settings it parses and a tiny emulated-rig run."""
+
+import json
+from pathlib import Path
+import sys
+
+import cv2
+import pytest
+from tarfuse_ros.core import data
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'benchmarks'))
+import eval_stream  # noqa: E402, I100
+
+ROADSCENE = Path(__file__).resolve().parent / 'data' / 'datasets' / 'roadscene'
+
+
+@pytest.mark.parametrize('text, setting, name', [
+    ('1x1', ('every', 1, 1), '1x1'),
+    ('5X9', ('every', 5, 9), '5x9'),
+    ('track10', ('track', 10), 'track10'),
+    ('Track1', ('track', 1), 'track1'),
+    ('track10000', ('track', 10000), 'track10000'),
+])
+def test_parses_every_window_and_track_settings(text, setting, name):
+    assert eval_stream.parse_setting(text) == setting
+    assert eval_stream.setting_name(setting) == name
+
+
+@pytest.mark.parametrize('text, message', [
+    ('5', r'EVERYxWINDOW \(e\.g\. 5x9\) or trackN \(e\.g\. track10\)'),
+    ('track', 'or trackN'),
+    ('track-1', 'or trackN'),
+    ('track 5', 'or trackN'),
+    ('track2.5', 'or trackN'),
+    ('track0', r'N of trackN must be in \[1, 10000\]'),
+    ('track10001', r'N of trackN must be in \[1, 10000\]'),
+    ('0x1', r'EVERY must be in \[1, 10000\] and WINDOW in \[1, 1000\]'),
+])
+def test_refuses_a_bad_setting(text, message):
+    with pytest.raises(ValueError, match=message):
+        eval_stream.parse_setting(text)
+
+
+def test_main_refuses_a_bad_or_repeated_setting(capsys):
+    with pytest.raises(SystemExit):
+        eval_stream.main(['--settings', 'track0'])
+    assert 'N of trackN must be in [1, 10000]' in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        eval_stream.main(['--settings', 'track3', 'TRACK3'])
+    assert 'lists a setting twice' in capsys.readouterr().err
+
+
+@pytest.fixture()
+def rig_pairs(tmp_path):
+    """Three RoadScene pairs at one size (256x192) in a data set folder of their own."""
+    for folder in ('ir', 'vi'):
+        (tmp_path / folder).mkdir()
+    for stem in ('FLIR_00006', 'FLIR_00018', 'FLIR_00060'):
+        ir, vi = data.load_pair(ROADSCENE, stem)
+        for folder, image in (('ir', ir), ('vi', vi)):
+            small = cv2.resize(image, (256, 192), interpolation=cv2.INTER_AREA)
+            cv2.imwrite(str(tmp_path / folder / f'{stem}.png'), small)
+    return tmp_path
+
+
+def test_a_tiny_run_names_the_track_setting_and_counts_what_it_did(
+        rig_pairs, tmp_path, capsys):
+    out = tmp_path / 'stream.json'
+    assert eval_stream.main(['--data', str(rig_pairs), '--split', 'all', '--seeds', '1',
+                             '--threads', '1', '--settings', '1x1', 'track2',
+                             '--json', str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert '  every 1, window 1: EPE ' in printed
+    assert '  track2: EPE ' in printed
+    # Three pairs with global_track 2: fitted (first), tracked, fitted (second after it).
+    assert 'tracked 1, fitted 2 (kept over the track ' in printed and 'held 0' in printed
+    written = json.loads(out.read_text())
+    settings = written['summary']['settings']
+    assert set(settings) == {'1x1', 'track2'}
+    track = settings['track2']
+    assert (track['tracked'], track['fitted'], track['held']) == (1.0, 2.0, 0.0)
+    assert 0.0 <= track['fit_kept'] <= 1.0 and track['final_spread_px'] is None
+    assert 'tracked' not in settings['1x1'] and track['epe'] > 0.0
+    rows = {row['setting']: row for row in written['pairs']}
+    assert set(rows) == {'1x1', 'track2'} and len(rows['track2']['pairs']) == 3
+    assert rows['track2']['fitted'] == 2 and rows['track2']['rig_seed'] == 1
