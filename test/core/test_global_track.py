@@ -268,9 +268,8 @@ def test_padded_frames_track_on_the_valid_region(single):
     # The orientation stage enlarges a frame whose shorter side is below its min_side (160
     # in the shipped model) before the passes: track() converted the map back to the padded
     # frame with the enlarged frame's size, doubling its shift (1.39 -> 2.82 px in x on
-    # FLIR_00006 at 150x110, 2026-12-07).
-    pytest.param((150, 110), marks=pytest.mark.xfail(
-        strict=True, reason='track() converts back with the enlarged size (min_side)')),
+    # FLIR_00006 at 150x110, 2026-12-07); fixed.
+    (150, 110),
 ])
 def test_a_padded_pair_tracked_from_its_own_fit_stays_by_it(single, size):
     matcher = single.model.registration.global_matcher
