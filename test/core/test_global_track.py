@@ -49,7 +49,7 @@ def single():
 
 @pytest.fixture(scope='module')
 def tensors(pairs, single):
-    """The network's inputs of each pair (nothing padded at SIZE)."""
+    """Return the network's inputs of each pair (nothing padded at SIZE)."""
     return [single.input_tensors(*pair) for pair in pairs]
 
 

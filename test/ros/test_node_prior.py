@@ -323,8 +323,8 @@ def test_node_tracks_the_global_map_over_the_stream_and_reports_it():
     # The node's readiness pairs (the sample pair, maybe several) tracked its map on: within
     # rounding of one such pair (measured: mean 0.05, max 2 grey levels).
     difference = np.abs(pixels - expected)
-    assert difference.mean() < 0.2 and difference.max() <= 4, (difference.mean(),
-                                                                 difference.max())
+    assert difference.mean() < 0.2 and difference.max() <= 4, (
+        difference.mean(), difference.max())
     # The tracked map really acted: the pair's own fit registers it elsewhere (mean 0.73).
     alone = FusionEngine(cuda_graph='off').infer(*other).registered_ir
     assert np.abs(pixels - alone).mean() > 0.4, np.abs(pixels - alone).mean()
