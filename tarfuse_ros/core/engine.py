@@ -397,6 +397,10 @@ class FusionEngine(PairEngine):
         if global_track and (global_every > 1 or global_window > 1):
             raise ValueError('global_track tracks the map pair by pair; global_every / '
                              'global_window hold a median of fits: use one of the two')
+        if global_track and fine_passes == 0:  # else the message blamed the checkpoint
+            raise ValueError(f'global_track={global_track} runs the fine passes alone on the '
+                             f'tracked pairs, and fine_passes=0 turns them off: leave '
+                             f"fine_passes unset (the model's own) or 1-8, or global_track 0")
         if threads is not None:
             if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
                 raise ValueError(f'threads must be None or an integer >= 1, got {threads!r}')

@@ -468,6 +468,11 @@ def validate_params(params):
             f'registration.global_track={track} refines the map pair by pair, '
             f'registration.global_every / registration.global_window above 1 hold a median '
             f'of fits: use one of them (global_track 0, or both at 1)')
+    if track and params.registration_fine_passes == 0:
+        raise ValueError(
+            f'registration.global_track={track} runs the fine passes alone on the tracked '
+            f'pairs, and registration.fine_passes=0 turns them off: set '
+            f"registration.fine_passes to -1 (the model's own) or 1-8, or global_track 0")
     if track and params.refinement_enabled:
         raise ValueError(
             f'registration.global_track={track} and registration.online_refinement.enabled '

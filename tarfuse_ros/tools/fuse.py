@@ -822,8 +822,13 @@ def main(argv=None):
                             ('--global-window', args.global_window)):
             if value < 1:
                 raise UsageError(f'{name} must be >= 1, got {value}')
-        if args.global_track < 0:
-            raise UsageError(f'--global-track must be >= 0 (0: off), got {args.global_track}')
+        if not 0 <= args.global_track <= 10000:
+            raise UsageError(f'--global-track must be in [0, 10000] (0: off), got '
+                             f'{args.global_track}')
+        if args.global_track and args.fine_passes == 0:
+            raise UsageError(f'--global-track {args.global_track} runs the fine passes alone '
+                             f'on the tracked frames, and --fine-passes 0 turns them off: '
+                             f'leave out --fine-passes or give 1-8, or leave out --global-track')
         try:
             check_fine_passes(args.fine_passes, '--fine-passes')
         except ValueError as exc:

@@ -287,7 +287,8 @@ def test_a_padded_pair_tracked_from_its_own_fit_stays_by_it(single, size):
     ({'global_track': 2.5}, 'global_track must be an integer'),
     ({'global_track': 3, 'global_every': 2}, 'use one of the two'),
     ({'global_track': 3, 'global_window': 3}, 'use one of the two'),
-    ({'global_track': 5, 'fine_passes': 0}, 'at least one fine pass'),
+    ({'global_track': 5, 'fine_passes': 0},
+     'global_track=5 runs the fine passes alone.*fine_passes=0 turns them off'),
 ])
 def test_bad_track_settings_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):

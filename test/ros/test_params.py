@@ -109,6 +109,8 @@ def test_yaml_sets_every_parameter_except_the_optional_class_filter_and_comments
      'registration.global_track=10 needs backend torch'),
     ({'registration.global_track': 10, 'registration.global_window': 9},
      'registration.global_track=10 refines the map pair by pair.*use one of them'),
+    ({'registration.global_track': 10, 'registration.fine_passes': 0},
+     'registration.global_track=10 runs the fine passes alone.*registration.fine_passes=0'),
     ({'registration.global_track': 10, 'registration.online_refinement.enabled': True},
      'registration.global_track=10 and registration.online_refinement.enabled.*enable one'),
     ({'input_max_long_side': 100}, 'input_max_long_side=100 is not valid: 0 .never shrink. '

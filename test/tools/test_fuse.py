@@ -267,13 +267,17 @@ def test_global_track_refines_the_previous_map_over_a_folder_of_one_rig(tmp_path
     assert np.abs(second - alone).mean() > 0.05  # tracked from the first map, not its own fit
     status, _, err = _run(capsys, '--ir', ir_dir, '--visible', vi_dir, '--out', out,
                           '--global-track', '-1')
-    assert status == 2 and '--global-track must be >= 0 (0: off), got -1' in err, err
+    assert status == 2 and '--global-track must be in [0, 10000] (0: off), got -1' in err, err
+    status, _, err = _run(capsys, '--ir', ir_dir, '--visible', vi_dir, '--out', out,
+                          '--global-track', '20000')  # refused before the model loads
+    assert status == 2 and '--global-track must be in [0, 10000] (0: off), got 20000' in err, err
     status, _, err = _run(capsys, '--ir', ir_dir, '--visible', vi_dir, '--out', out,
                           '--global-track', '5', '--global-every', '5')
     assert status == 2 and 'global_track tracks the map pair by pair' in err, err
     status, _, err = _run(capsys, '--ir', ir_dir, '--visible', vi_dir, '--out', out,
                           '--global-track', '5', '--fine-passes', '0')
-    assert status == 2 and 'at least one fine pass' in err, err
+    # Named as the options were given (it said the checkpoint had 'fine_cell 0').
+    assert status == 2 and '--fine-passes 0 turns them off' in err, err
 
 
 def test_prior_from_tarfuse_calibrate_is_applied_as_the_node_does(tmp_path, capsys):
