@@ -62,6 +62,7 @@ from tarfuse_ros.core.pair_engine import (Detection, FusionResult, outputs_to_fr
 from tarfuse_ros.core.prior import apply_prior, check_prior, published_outputs
 from tarfuse_ros.core.runtime import cudnn_benchmark, resolve_device
 import torch
+import torch.nn.functional as F
 
 __all__ = ['Detection', 'FusionEngine', 'FusionResult', 'fine_passes_of', 'fuse_conv_bn',
            'scale_search_off', 'set_fine_passes']
@@ -210,19 +211,25 @@ def _plausible_map(theta, height, width):
                 & (theta[0, :, 2].abs().max() <= 1.0))
 
 
-def _featureless(plane, valid):
+def _featureless(plane, valid, nonzero=False):
     """Return True when a ``(1, 1, H, W)`` plane in [0, 1] is (nearly) constant.
 
     Standard deviation below 1 / 255 (one grey level) over the ``valid`` ``(height, width)``
     top-left region (None: the whole plane): the global stage has nothing to fit there (its
     blocks do not vote and it returns the identity), so a stream must not keep that map as a
-    fit of the rig. Limitation: an IR pre-warped by a registration prior has zero borders, so a
-    constant IR behind a prior is not caught here (with three or more fits held, the median
-    outvotes one such fit).
+    fit of the rig. ``nonzero``: over the pixels at least 2 px inside the region above 0 only
+    (True where there are none): an IR pre-warped by a registration prior has zero borders,
+    around a constant IR as well, and a band of interpolated values along them.
     """
     if valid is not None:
         plane = plane[..., :valid[0], :valid[1]]
-    return bool(plane.float().std() < 1.0 / 255.0)
+    plane = plane.float()
+    if nonzero:
+        inside = -F.max_pool2d(-(plane > 0).float(), 5, stride=1, padding=2) > 0.5
+        plane = plane[inside]
+        if plane.numel() < 2:
+            return True
+    return bool(plane.std() < 1.0 / 255.0)
 
 
 # What global_track counts (FusionEngine.global_track_state).
@@ -690,7 +697,7 @@ class FusionEngine(PairEngine):
             if self._global_track:
                 start, age = self._track_theta, self._global_age
         if self._global_track:
-            return self._tracked_theta(ir_t, vi_t, valid, start, age)
+            return self._tracked_theta(ir_t, vi_t, valid, start, age, pre_warp is not None)
         with self._global_lock:
             due = (len(self._global_fits) < self._global_window
                    or self._global_age >= self._global_every)
@@ -702,7 +709,8 @@ class FusionEngine(PairEngine):
                                                         enabled=self._half):
                 fit = self._model.fit_global(ir_t, vi_t, valid).float()
             plausible = (_plausible_map(fit, ir_t.shape[2], ir_t.shape[3])
-                         and not _featureless(ir_t, valid) and not _featureless(vi_t, valid))
+                         and not _featureless(ir_t, valid, pre_warp is not None)
+                         and not _featureless(vi_t, valid))
         with self._global_lock:
             if due:
                 self._global_age = 0
@@ -712,12 +720,13 @@ class FusionEngine(PairEngine):
             fits = tuple(self._global_fits)
         return _median_map(torch.cat(fits)).to(ir_t.device) if fits else fit
 
-    def _tracked_theta(self, ir_t, vi_t, valid, start, age):
+    def _tracked_theta(self, ir_t, vi_t, valid, start, age, pre_warped=False):
         """Return a stream pair's ``(1, 2, 3)`` map with ``global_track`` (its docstring).
 
-        ``start``: the previous pair's map or None; ``age``: pairs since the last full fit.
+        ``start``: the previous pair's map or None; ``age``: pairs since the last full fit;
+        ``pre_warped``: the IR was warped by a registration prior (zero borders).
         """
-        featureless = _featureless(ir_t, valid) or _featureless(vi_t, valid)
+        featureless = _featureless(ir_t, valid, pre_warped) or _featureless(vi_t, valid)
         if featureless and start is not None:
             with self._global_lock:
                 self._track_counts['held'] += 1

@@ -202,6 +202,41 @@ def test_a_constant_image_holds_the_previous_map(pairs, single, tensors, fits):
     assert stream.global_track_state()['fitted'] == 2
 
 
+def test_a_constant_ir_behind_a_prior_is_held_too(pairs):
+    # The prior's warp leaves zero borders around a constant IR: it was tracked (the map moved
+    # 60 px on a cvc14 pair) and the next full fit kept a map 327 px off (break test).
+    from tarfuse_ros.core.prior import make_prior
+    prior = make_prior([1.0, 0.02, 12.0, -0.02, 1.0, -6.0, 0.0, 0.0, 1.0], SIZE, SIZE)
+    streams = [FusionEngine(cuda_graph='off', global_track=2, registration_prior=prior)
+               for _ in range(2)]
+    for stream in streams:
+        stream.infer(*pairs[0])
+        stream.infer(*pairs[0])
+    for count, value in enumerate((90, 0, 255), start=1):
+        streams[0].infer(np.full((SIZE[1], SIZE[0]), value, np.uint8), pairs[0][1])
+        assert streams[0].global_track_state() == _counts(tracked=1, fitted=1, held=count)
+    # Held, not tracked: the next pair starts where the stream without them does (the full
+    # fit the constant IRs postponed, compared with the map tracked from the same start).
+    last = [stream.infer(*pairs[1]).flow_px for stream in streams]
+    np.testing.assert_array_equal(last[0], last[1])
+    assert streams[0].global_track_state() == _counts(tracked=1, fitted=2, held=3,
+                                                      fit_kept=streams[1].global_track_state()[
+                                                          'fit_kept'])
+
+
+def test_featureless_behind_a_prior_looks_inside_the_warped_region():
+    from tarfuse_ros.core.engine import _featureless
+    rotation = cv2.getRotationMatrix2D((128.0, 96.0), 7.0, 0.9)
+    textured = np.random.default_rng(0).random((192, 256), np.float32) * 0.1 + 0.45
+    warped = [torch.from_numpy(cv2.warpAffine(plane, rotation, (256, 192)))[None, None]
+              for plane in (textured, np.full((192, 256), 0.4, np.float32))]
+    assert not _featureless(warped[0], None, nonzero=True)
+    assert _featureless(warped[1], None, nonzero=True)  # the interpolated rim does not count
+    assert not _featureless(warped[1], None)  # the zero border does without ``nonzero``
+    assert _featureless(torch.zeros(1, 1, 192, 256), None, nonzero=True)
+    assert not _featureless(warped[0], (100, 120), nonzero=True)
+
+
 def test_a_constant_first_pair_is_not_tracked_from(pairs, single):
     flat = (np.full((SIZE[1], SIZE[0]), 128, np.uint8),
             np.full((SIZE[1], SIZE[0], 3), 77, np.uint8))
