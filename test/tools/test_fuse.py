@@ -258,6 +258,8 @@ def test_global_track_refines_the_previous_map_over_a_folder_of_one_rig(tmp_path
     status, stdout, _ = _run(capsys, '--ir', ir_dir, '--visible', vi_dir, '--out', out,
                              '--flow', '--global-track', '1000')
     assert status == 0, stdout
+    assert ('global map tracked (--global-track 1000): 1 pair(s) tracked, 1 fitted in full (0 '
+            'of which replaced the tracked map), 0 held (a constant image)') in stdout, stdout
     stream = FusionEngine(WEIGHTS, device='cpu', global_track=1000)
     expected = [stream.infer(*pair).flow_px for pair in pairs]
     assert stream.global_track_state()['tracked'] == 1
