@@ -250,15 +250,19 @@ def test_node_refuses_a_torch_only_setting_with_onnxruntime_naming_it(tmp_path, 
                           ('invalid parameter', name, 'backend torch'))
 
 
-def test_node_keeps_the_global_map_over_the_stream_and_reports_it():
-    """global_every 1000: the first pair's fit registers a later, different pair."""
-    domain, namespace = random_domain_id(), '/stream'
-    node = NodeProcess(domain, {'device': 'cpu', 'cpu_threads': 1, 'qos.depth': 10,
-                                'registration.global_every': '1000'}, namespace=namespace)
+def _stream_run(namespace, setting, diagnosed):
+    """Start a node with a stream ``setting`` and answer the sample pair, then another one.
+
+    The readiness pairs (the sample pair) start the stream; returns the registered IR of the
+    other pair (FLIR_04229) as ints, the latest ``/diagnostics`` values once ``diagnosed(values)``
+    holds, the node's log and the other pair.
+    """
+    domain = random_domain_id()
+    node = NodeProcess(domain, {'device': 'cpu', 'cpu_threads': 1, 'qos.depth': 10, **setting},
+                       namespace=namespace)
     probe = Probe(domain, namespace=namespace)
     other = sample_pair(stem='FLIR_04229')
     try:
-        # The readiness pairs (the sample pair) give the stream its one fit.
         if not probe.wait_until_ready(120.0):
             pytest.fail('the node never answered a pair; its log:\n' + node.log())
         stamp = time.time_ns()
@@ -267,18 +271,26 @@ def test_node_keeps_the_global_map_over_the_stream_and_reports_it():
         assert probe.wait_for_outputs(stamp, keys=('registered',)), node.log()
         registered, = probe.outputs_for('registered', stamp)
         assert probe.wait_for_diagnostics(
-            lambda level, message, values: 'registration_global_map' in values), node.log()
+            lambda level, message, values: diagnosed(values)), node.log()
         values = probe.latest_diagnostics()[2]
-        reported = values['registration_global_map']
-        fits, spread = values['registration_global_fits'], values['registration_global_spread_px']
         log = node.log()
     finally:
         probe.close()
         node.close()
     pixels = np.frombuffer(registered.data, np.uint8).reshape(HEIGHT, WIDTH).astype(int)
+    return pixels, values, log, other
+
+
+def test_node_keeps_the_global_map_over_the_stream_and_reports_it():
+    """global_every 1000: the first pair's fit registers a later, different pair."""
+    pixels, values, log, other = _stream_run(
+        '/stream', {'registration.global_every': '1000'},
+        lambda values: 'registration_global_map' in values)
     assert 'global stage over the stream' in log, log
-    assert reported == 'every 1000 pairs, median of 1 fits'
-    assert (fits, spread) == ('1', 'n/a')  # one fit held: no spread yet
+    assert values['registration_global_map'] == 'every 1000 pairs, median of 1 fits'
+    # One fit held: no spread yet.
+    assert (values['registration_global_fits'], values['registration_global_spread_px']) == (
+        '1', 'n/a')
     stream = FusionEngine(cuda_graph='off', global_every=1000)
     stream.infer(*sample_pair())
     expected = stream.infer(*other).registered_ir
@@ -290,28 +302,9 @@ def test_node_keeps_the_global_map_over_the_stream_and_reports_it():
 
 def test_node_tracks_the_global_map_over_the_stream_and_reports_it():
     """global_track 1000: the first pair is fitted in full, the next tracked from its map."""
-    domain, namespace = random_domain_id(), '/track'
-    node = NodeProcess(domain, {'device': 'cpu', 'cpu_threads': 1, 'qos.depth': 10,
-                                'registration.global_track': '1000'}, namespace=namespace)
-    probe = Probe(domain, namespace=namespace)
-    other = sample_pair(stem='FLIR_04229')
-    try:
-        if not probe.wait_until_ready(120.0):
-            pytest.fail('the node never answered a pair; its log:\n' + node.log())
-        stamp = time.time_ns()
-        probe.publish_pair(image_msg(other[0], 'mono8', stamp, 'infrared_optical_frame'),
-                           image_msg(other[1], 'bgr8', stamp, VISIBLE_FRAME))
-        assert probe.wait_for_outputs(stamp, keys=('registered',)), node.log()
-        registered, = probe.outputs_for('registered', stamp)
-        assert probe.wait_for_diagnostics(
-            lambda level, message, values: int(values.get('registration_global_tracked', 0))
-            >= 1), node.log()
-        values = probe.latest_diagnostics()[2]
-        log = node.log()
-    finally:
-        probe.close()
-        node.close()
-    pixels = np.frombuffer(registered.data, np.uint8).reshape(HEIGHT, WIDTH).astype(int)
+    pixels, values, log, other = _stream_run(
+        '/track', {'registration.global_track': '1000'},
+        lambda values: int(values.get('registration_global_tracked', 0)) >= 1)
     assert 'global stage tracking the rig' in log, log
     assert values['registration_global_map'] == 'tracked, a full fit every 1000 pairs'
     assert values['registration_global_fitted'] == '1'  # the first pair only

@@ -213,17 +213,27 @@ def test_fine_passes_reach_the_engine_and_out_of_range_is_a_usage_error(tmp_path
             'has no orientation global stage') in err, err
 
 
-def test_global_every_keeps_the_first_fit_over_a_folder_of_one_rig(tmp_path, capsys):
+def _one_rig_folder(tmp_path):
+    """Write two sample pairs at one frame size (one rig's stream) as PNG folders.
+
+    Returns ``(ir_dir, vi_dir, out, pairs)``: the folders, an output folder not yet made, and
+    the pairs as read back (IR, visible).
+    """
     ir_dir, vi_dir, out = tmp_path / 'ir', tmp_path / 'vi', tmp_path / 'out'
     ir_dir.mkdir()
     vi_dir.mkdir()
     pairs = []
-    for index, stem in enumerate(STEMS[:2]):  # one frame size: one rig's stream
+    for index, stem in enumerate(STEMS[:2]):
         ir = cv2.resize(_read(SAMPLES / 'ir' / f'{stem}.jpg'), (320, 256))
         vi = cv2.resize(_read(SAMPLES / 'vi' / f'{stem}.jpg'), (320, 256))
         cv2.imwrite(str(ir_dir / f'{index:04d}.png'), ir)
         cv2.imwrite(str(vi_dir / f'{index:04d}.png'), vi)
         pairs.append((_read(ir_dir / f'{index:04d}.png'), _read(vi_dir / f'{index:04d}.png')))
+    return ir_dir, vi_dir, out, pairs
+
+
+def test_global_every_keeps_the_first_fit_over_a_folder_of_one_rig(tmp_path, capsys):
+    ir_dir, vi_dir, out, pairs = _one_rig_folder(tmp_path)
     status, stdout, _ = _run(capsys, '--ir', ir_dir, '--visible', vi_dir, '--out', out,
                              '--flow', '--global-every', '1000')
     assert status == 0, stdout
@@ -245,16 +255,7 @@ def test_global_every_keeps_the_first_fit_over_a_folder_of_one_rig(tmp_path, cap
 
 
 def test_global_track_refines_the_previous_map_over_a_folder_of_one_rig(tmp_path, capsys):
-    ir_dir, vi_dir, out = tmp_path / 'ir', tmp_path / 'vi', tmp_path / 'out'
-    ir_dir.mkdir()
-    vi_dir.mkdir()
-    pairs = []
-    for index, stem in enumerate(STEMS[:2]):  # one frame size: one rig's stream
-        ir = cv2.resize(_read(SAMPLES / 'ir' / f'{stem}.jpg'), (320, 256))
-        vi = cv2.resize(_read(SAMPLES / 'vi' / f'{stem}.jpg'), (320, 256))
-        cv2.imwrite(str(ir_dir / f'{index:04d}.png'), ir)
-        cv2.imwrite(str(vi_dir / f'{index:04d}.png'), vi)
-        pairs.append((_read(ir_dir / f'{index:04d}.png'), _read(vi_dir / f'{index:04d}.png')))
+    ir_dir, vi_dir, out, pairs = _one_rig_folder(tmp_path)
     status, stdout, _ = _run(capsys, '--ir', ir_dir, '--visible', vi_dir, '--out', out,
                              '--flow', '--global-track', '1000')
     assert status == 0, stdout
