@@ -24,7 +24,9 @@ mean over the rigs (of each rig's median and p90 for the times). Frames keep the
 ``trackN`` (``global_track`` N, 1-10000, e.g. ``track10``), whose figures add the engine's
 ``global_track_state`` counts at the end of each rig's stream (``tracked``, ``fitted``,
 ``fit_kept``, ``held``; their mean over the rigs in the summary) instead of the spread of the
-fits (null).
+fits (null). Either may end in ``:P`` (e.g. ``track10:1``, ``1x1:1``): the global stage runs P
+fine passes (0-8, ``FusionEngine(fine_passes=P)``, the node's ``registration.fine_passes``)
+instead of the model's own, for its full fits and its tracked pairs alike.
 The aligned pairs' own offsets (``benchmarks/dataset_alignment.py``) are part of each pair's
 error either way.
 
@@ -57,15 +59,22 @@ import torch
 from dataset_alignment import save_figures  # noqa: I100
 
 
-SETTING_FORMS = 'a setting is EVERYxWINDOW (e.g. 5x9) or trackN (e.g. track10)'
+SETTING_FORMS = ('a setting is EVERYxWINDOW (e.g. 5x9) or trackN (e.g. track10), either '
+                 'optionally ending in :P fine passes (e.g. track10:1)')
 
 
 def parse_setting(text):
     """Return ``('every', every, window)`` or ``('track', n)`` from a setting's text.
 
     ``'EVERYxWINDOW'`` (EVERY in [1, 10000], WINDOW in [1, 1000]) or ``'trackN'`` (N in
-    [1, 10000]); the module docstring says what they set.
+    [1, 10000]); the module docstring says what they set. With a ``':P'`` suffix (P fine
+    passes, 0-8) the tuple ends in P: ``('track', 10, 1)`` for ``'track10:1'``.
     """
+    if ':' in text:
+        base, passes = text.rsplit(':', 1)
+        if not (passes.isascii() and passes.isdigit() and int(passes) <= 8):
+            raise ValueError(f'P of a setting ending in :P is 0-8 fine passes, got {text!r}')
+        return parse_setting(base) + (int(passes),)
     lowered = text.lower()
     if lowered.startswith('track'):
         digits = lowered[len('track'):]
@@ -85,17 +94,19 @@ def parse_setting(text):
 
 def setting_name(setting):
     """Return the printed name of a :func:`parse_setting` tuple: ``'5x9'`` or ``'track10'``."""
-    if setting[0] == 'track':
-        return f'track{setting[1]}'
-    return f'{setting[1]}x{setting[2]}'
+    size = 2 if setting[0] == 'track' else 3
+    name = f'track{setting[1]}' if setting[0] == 'track' else f'{setting[1]}x{setting[2]}'
+    return name if len(setting) == size else f'{name}:{setting[size]}'
 
 
 def make_engine(setting, weights):
     """Return the CPU ``FusionEngine`` of a :func:`parse_setting` tuple."""
+    size = 2 if setting[0] == 'track' else 3
+    passes = setting[size] if len(setting) > size else None
     if setting[0] == 'track':
-        return FusionEngine(weights, device='cpu', global_track=setting[1])
+        return FusionEngine(weights, device='cpu', global_track=setting[1], fine_passes=passes)
     return FusionEngine(weights, device='cpu', global_every=setting[1],
-                        global_window=setting[2])
+                        global_window=setting[2], fine_passes=passes)
 
 
 def rig_field(seed, height, width):

@@ -20,6 +20,8 @@ ROADSCENE = Path(__file__).resolve().parent / 'data' / 'datasets' / 'roadscene'
     ('track10', ('track', 10), 'track10'),
     ('Track1', ('track', 1), 'track1'),
     ('track10000', ('track', 10000), 'track10000'),
+    ('track10:1', ('track', 10, 1), 'track10:1'),
+    ('5x9:0', ('every', 5, 9, 0), '5x9:0'),
 ])
 def test_parses_every_window_and_track_settings(text, setting, name):
     assert eval_stream.parse_setting(text) == setting
@@ -35,6 +37,10 @@ def test_parses_every_window_and_track_settings(text, setting, name):
     ('track0', r'N of trackN must be in \[1, 10000\]'),
     ('track10001', r'N of trackN must be in \[1, 10000\]'),
     ('0x1', r'EVERY must be in \[1, 10000\] and WINDOW in \[1, 1000\]'),
+    ('track10:9', 'P of a setting ending in :P is 0-8 fine passes'),
+    ('track10:', 'P of a setting ending in :P is 0-8 fine passes'),
+    ('track10:-1', 'P of a setting ending in :P is 0-8 fine passes'),
+    ('track0:1', r'N of trackN must be in \[1, 10000\]'),
 ])
 def test_refuses_a_bad_setting(text, message):
     with pytest.raises(ValueError, match=message):
@@ -84,3 +90,10 @@ def test_a_tiny_run_names_the_track_setting_and_counts_what_it_did(
     rows = {row['setting']: row for row in written['pairs']}
     assert set(rows) == {'1x1', 'track2'} and len(rows['track2']['pairs']) == 3
     assert rows['track2']['fitted'] == 2 and rows['track2']['rig_seed'] == 1
+
+
+def test_a_setting_with_fine_passes_runs_that_many():
+    engines = [eval_stream.make_engine(eval_stream.parse_setting(text), None)
+               for text in ('track2:1', '1x1:0', 'track2')]
+    assert [engine.fine_passes for engine in engines] == [1, 0, 4]
+    assert [engine.global_track for engine in engines] == [2, 0, 2]

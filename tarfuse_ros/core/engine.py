@@ -344,12 +344,14 @@ class FusionEngine(PairEngine):
             keeps the full fit or the tracked map, whichever agrees better with the visible
             image (a tracked map that went wrong is taken back by the next full fit). A pair
             whose IR or visible image is constant keeps the previous map (and postpones a due
-            full fit); a map that is not plausible (as for ``global_every``) is replaced by a
-            full fit of the pair, and one that is still not plausible is not tracked from.
+            full fit); a tracked map that is not plausible (as for ``global_every``) is
+            replaced by a full fit of the pair, or where that is not plausible either by the
+            previous map, and a full fit that is not plausible never replaces a tracked map.
             Forgotten as ``global_every``'s fits are (another frame size, IR input shape or
             prior, :meth:`reset_global_maps`); :meth:`global_track_state` counts what it did.
-            Not with ``global_every`` or ``global_window`` above 1; needs the orientation
-            global stage with at least one fine pass (``ValueError``).
+            With CUDA, a stream's pairs run without CUDA graphs (eagerly). Not with
+            ``global_every`` or ``global_window`` above 1; needs the orientation global stage
+            with at least one fine pass (``ValueError``).
         input_min_long_side: a visible frame whose longer side is below this many pixels is
             enlarged to it (aspect kept, bilinear) for the network, and the outputs are brought
             back to the frame (:func:`~tarfuse_ros.core.pair_engine.outputs_to_frame`), as
@@ -468,7 +470,8 @@ class FusionEngine(PairEngine):
                     + ('none' if matcher is None else
                        f'fine_cell {matcher.fine_cell}, fine_passes {matcher.fine_passes}')
                     + f' (registration {config.registration!r}): leave global_track at 0'
-                    + ('' if matcher is None else ' or run at least one fine pass'))
+                    + ('' if matcher is None or matcher.fine_cell <= 0
+                       else ' or run at least one fine pass'))
         self._set_input_min_long_side(input_min_long_side, model.config.input_min_long_side)
         self._set_input_max_long_side(input_max_long_side)
         # The stream's state, behind its own lock (read by global_map_state without waiting
@@ -523,9 +526,11 @@ class FusionEngine(PairEngine):
         """Return what tracking did since the start or :meth:`reset_global_maps` (a dict).
 
         ``tracked``: pairs whose map was refined from the previous pair's alone; ``fitted``:
-        pairs fitted in full (the first, every ``global_track``-th, and where a tracked map was
-        not plausible); ``fit_kept``: of the full fits made beside a tracked map, those that
-        replaced it (agreeing better, or the tracked map not plausible); ``held``: pairs that
+        pairs fitted in full (the first, the first after the map was forgotten or not kept,
+        every ``global_track``-th, and where a tracked map was not plausible); ``fit_kept``: of
+        the full fits made beside a tracked map, those that replaced it (agreeing better, or the
+        tracked map not plausible; an implausible full fit never does, and where neither is
+        plausible the pair keeps the previous map); ``held``: pairs that
         kept the previous map (a constant IR or visible image). All 0 when tracking is off.
         Does not wait for a model run.
         """
@@ -675,6 +680,8 @@ class FusionEngine(PairEngine):
     def _stream_theta(self, ir_t, vi_t, valid_size, source):
         """Return the ``(1, 2, 3)`` global map of a stream's pair (``global_every``).
 
+        With ``global_track``: :meth:`_tracked_theta` (the same key forgets the tracked map).
+
         ``source``: ``(IR input shape, visible frame (height, width), pre-warp matrix or
         None)``. Fits the global stage on every pair until ``global_window`` fits are held,
         then when ``global_every`` pairs have passed since the last fit (another frame size, IR
@@ -740,13 +747,18 @@ class FusionEngine(PairEngine):
             if start is None:
                 theta, kept = fit, False
             else:
+                # Only a plausible full fit may replace the tracked map.
+                candidate = fit if fit is not None and _plausible_map(fit, height, width) \
+                    else None
                 theta, kept = self._model.track_global(ir_t, vi_t, start.to(ir_t.device), valid,
-                                                       fit)
+                                                       candidate)
                 theta, kept = theta.float(), bool(kept.all())
                 if not kept and not _plausible_map(theta, height, width):
                     if fit is None:
                         fit = self._model.fit_global(ir_t, vi_t, valid).float()
-                    theta, kept = fit, True
+                    # Neither plausible: the previous map, which was.
+                    plausible_fit = _plausible_map(fit, height, width)
+                    theta, kept = (fit, True) if plausible_fit else (start.to(ir_t.device), False)
         plausible = _plausible_map(theta, height, width)
         with self._global_lock:
             counts = self._track_counts

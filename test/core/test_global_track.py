@@ -202,6 +202,30 @@ def test_a_constant_image_holds_the_previous_map(pairs, single, tensors, fits):
     assert stream.global_track_state()['fitted'] == 2
 
 
+def test_an_implausible_full_fit_never_replaces_the_tracked_map(pairs, single, tensors, fits):
+    # Faults put into the full fits (review): the first pair's map shifted by 0.3 (plausible:
+    # the stream tracks from it), the next one's scaled 2.2x (outside [0.5, 2]). On this pair
+    # the scaled map agrees better than the one tracked from the shifted start, and was kept.
+    stream = FusionEngine(cuda_graph='off', global_track=1)
+    fit_global = stream.model.fit_global
+    faults = [torch.tensor([[[0.0, 0.0, 0.3], [0.0, 0.0, -0.15]]]),
+              torch.tensor([[[2.2, 2.2, 1.0], [2.2, 2.2, 1.0]]])]
+    shifted = fits[0] + faults[0]
+    assert _track(single, tensors[0], shifted, fits[0] * faults[1])[1]  # the candidate wins
+
+    def faulty(*args, **kwargs):
+        theta = fit_global(*args, **kwargs)
+        return theta + faults.pop(0) if len(faults) == 2 else theta * faults.pop(0)
+
+    stream.model.fit_global = faulty
+    stream.infer(*pairs[0])
+    got = stream.infer(*pairs[0]).flow_px  # due: the faulty full fit beside the tracked map
+    assert not faults
+    tracked = _track(single, tensors[0], shifted)[0]
+    np.testing.assert_allclose(got, _flow_from(single, pairs[0], tracked), atol=1e-4)
+    assert stream.global_track_state() == _counts(fitted=2)
+
+
 def test_a_constant_ir_behind_a_prior_is_held_too(pairs):
     # The prior's warp leaves zero borders around a constant IR: it was tracked (the map moved
     # 60 px on a cvc14 pair) and the next full fit kept a map 327 px off (break test).

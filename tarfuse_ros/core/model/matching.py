@@ -1095,9 +1095,11 @@ class OrientationMatcher(nn.Module):
 
         Args:
             ir, vi: ``(B, 1, H, W)`` float planes in [0, 1] (as :meth:`forward`).
-            start: ``(B, 2, 3)`` normalised maps (:func:`affine_flow`) of the ``H x W`` frame.
+            start: ``(B, 2, 3)`` normalised maps (:func:`affine_flow`) of the padded ``H x W``
+                input, as :meth:`forward` returns them (the same ``B`` as the images).
             valid_size: ``(h, w)`` before padding at the bottom/right, or None.
-            candidate: None, or ``(B, 2, 3)`` normalised maps to compare with.
+            candidate: None, or ``(B, 2, 3)`` normalised maps of the same frame to compare
+                with.
 
         Returns:
             ``(theta, from_candidate)``: ``(B, 2, 3)`` float32 normalised maps of the ``H x W``

@@ -592,9 +592,11 @@ class TarFuse(nn.Module):
 
         Args:
             ir, vi: ``(B, 1, H, W)`` planes in [0, 1] (as :meth:`predict_raw`).
-            start: ``(B, 2, 3)`` normalised affine maps (``matching.affine_flow``).
+            start: ``(B, 2, 3)`` normalised affine maps (``matching.affine_flow``) of the padded
+                ``H x W`` input, as :meth:`fit_global` returns them.
             valid_size: the images' ``(h, w)`` before padding at the bottom/right, or None.
-            candidate: None, or ``(B, 2, 3)`` maps (a full fit, :meth:`fit_global`).
+            candidate: None, or ``(B, 2, 3)`` maps of the same frame (a full fit,
+                :meth:`fit_global`).
 
         Returns:
             ``(theta, from_candidate)``: ``(B, 2, 3)`` float32 maps for :meth:`predict_raw`'s
