@@ -224,7 +224,8 @@ PARAMETER_SPECS = (
               'fine passes alone (a map that follows the depth of the scene, at about half '
               'its CPU time) and fits a pair in full once in this many pairs, keeping the map '
               'that agrees better with the visible image; 0 = off (every pair fitted alone). '
-              'Not with global_every / global_window above 1, nor with online_refinement. '
+              'Not with global_every / global_window above 1, nor with '
+              'registration.online_refinement.enabled. '
               'Backend torch only. Restart to change.',
               low=0, high=10000),
     ParamSpec('registration.online_refinement.enabled', 'refinement_enabled', 'bool',

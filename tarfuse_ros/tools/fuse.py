@@ -740,8 +740,8 @@ def build_parser():
     parser.add_argument('--global-track', type=int, default=0, metavar='N',
                         help="one rig: each pair's global map is the previous pair's refined "
                              'by the fine passes alone, with a full fit on one pair in N, the '
-                             'better-agreeing map kept (default 0: off; README, "One rig, many '
-                             'frames")')
+                             'better-agreeing map kept (default 0: off; README, "Tracking '
+                             'the map")')
     parser.add_argument('--prior', type=Path, default=None,
                         help="the rig's calibration prior: the node parameters file that "
                              'tarfuse-calibrate writes (registration.prior; the launch file '
