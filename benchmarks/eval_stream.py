@@ -255,7 +255,8 @@ def main(argv=None):
                 tail = ('tracked {tracked}, fitted {fitted} (kept over the track '
                         '{fit_kept}), held {held}').format(**summary)
             else:
-                label = f'  every {setting[1]}, window {setting[2]}'
+                label = f'  every {setting[1]}, window {setting[2]}' + (
+                    f', {setting[3]} fine pass(es)' if len(setting) > 3 else '')
                 tail = ('spread of the fits '
                         + ('n/a' if spread is None else f'{spread:.2f} px'))
             print(f'{label}: {quality}, model mean '
