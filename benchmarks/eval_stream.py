@@ -185,8 +185,9 @@ def main(argv=None):
     parser.add_argument('--split', default='test', help='split name or list file')
     parser.add_argument('--weights', default=None, help='checkpoint (default: shipped)')
     parser.add_argument('--settings', nargs='+', default=['1x1', '5x1', '5x9'],
-                        help='EVERYxWINDOW or trackN settings of the engine (module '
-                             'docstring)')
+                        help='EVERYxWINDOW (e.g. 5x9) or trackN (e.g. track10) settings of '
+                             'the engine, either with an optional :P for P fine passes (e.g. '
+                             'track10:1; module docstring; default: %(default)s)')
     parser.add_argument('--seeds', type=int, nargs='+', default=None,
                         help='one emulated rig per seed (default 1 2 3; not with --real)')
     parser.add_argument('--threads', type=int, default=2, help='CPU threads')

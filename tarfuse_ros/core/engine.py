@@ -324,7 +324,7 @@ class FusionEngine(PairEngine):
             depends on the scene and averages out over scenes, and with 3 or more fits a
             failed one is outvoted); the stage fits every pair until it holds
             ``global_window`` fits, then one pair in ``global_every`` (a pair that skips it
-            takes about 30 % of the CPU time of a fitted one). A fit whose map is not
+            takes about half the CPU time of a fitted one). A fit whose map is not
             plausible (not finite, a scale outside [0.5, 2] or a shift of more than half the
             frame), or of a pair whose IR or visible image is constant (a flat scene, a
             covered lens: nothing to fit), is not kept; the pair then starts from the held

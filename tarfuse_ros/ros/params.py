@@ -209,7 +209,7 @@ PARAMETER_SPECS = (
               low=-1, high=MAX_FINE_PASSES),
     ParamSpec('registration.global_every', 'registration_global_every', 'int',
               'For one rigid rig: once it holds global_window fits, the global stage fits '
-              'its map on one pair in this many and the others skip it (they take about 30 % '
+              'its map on one pair in this many and the others skip it (they take about half '
               'of the time of a fitted pair); 1 = every pair. Backend torch only. '
               'Restart to change.',
               low=1, high=10000),

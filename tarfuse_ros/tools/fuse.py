@@ -739,9 +739,10 @@ def build_parser():
                              'frames")')
     parser.add_argument('--global-track', type=int, default=0, metavar='N',
                         help="one rig: each pair's global map is the previous pair's refined "
-                             'by the fine passes alone, with a full fit on one pair in N, the '
-                             'better-agreeing map kept (default 0: off; README, "Tracking '
-                             'the map")')
+                             'by the fine passes alone, with a full fit on one pair in N '
+                             '(1-10000), the better-agreeing map kept (default 0: off; not with '
+                             '--global-every/--global-window above 1 or --fine-passes 0; '
+                             'README, "Tracking the map")')
     parser.add_argument('--prior', type=Path, default=None,
                         help="the rig's calibration prior: the node parameters file that "
                              'tarfuse-calibrate writes (registration.prior; the launch file '
