@@ -30,6 +30,12 @@ instead of the model's own, for its full fits and its tracked pairs alike.
 The aligned pairs' own offsets (``benchmarks/dataset_alignment.py``) are part of each pair's
 error either way.
 
+With ``--pan N`` every pair becomes a scene of ``N`` frames, as a camera panning over it would
+record them (:func:`pan_frames`: a window of 80 % of the frame's width and height sliding 4 px a
+frame to the right and back, the IR and the visible image cut alike): frames of one scene follow
+each other as in a video, while the pairs in list order are separate recordings. ``--real``
+pans the stored pairs too.
+
 With ``--real`` the pairs are one real rig's unregistered pairs as stored (``cvc14_misaligned``:
 25 pairs of the CVC-14 car rig), not deformed, and scored without ground truth: the edge
 alignment (``metrics.edge_alignment``, as ``tarfuse-eval`` scores it) of the registered IR
@@ -107,6 +113,27 @@ def make_engine(setting, weights):
         return FusionEngine(weights, device='cpu', global_track=setting[1], fine_passes=passes)
     return FusionEngine(weights, device='cpu', global_every=setting[1],
                         global_window=setting[2], fine_passes=passes)
+
+
+def pan_frames(ir, vi, count, step=4):
+    """Return ``count`` ``(ir, vi)`` crops of one pair, as a camera panning over it records them.
+
+    Args:
+        ir, vi: the pair's images, one size ``(H, W)`` (the visible may have channels).
+        count: frames (>= 1).
+        step: pixels the window moves a frame (fewer where the frame leaves no room).
+
+    Returns:
+        list of ``(ir, vi)`` crops of ``(round(0.8 H), round(0.8 W))``, centred vertically; the
+        window's left edge moves right by ``step`` a frame for the first half and back.
+    """
+    height, width = ir.shape[:2]
+    rows, cols = round(0.8 * height), round(0.8 * width)
+    top, half = (height - rows) // 2, max(count // 2, 1)
+    step = min(step, (width - cols) // half)
+    lefts = [step * min(t, count - t) for t in range(count)]
+    return [(ir[top:top + rows, x:x + cols].copy(), vi[top:top + rows, x:x + cols].copy())
+            for x in lefts]
 
 
 def rig_field(seed, height, width):
@@ -195,6 +222,9 @@ def main(argv=None):
     parser.add_argument('--real', action='store_true',
                         help='the stored IR is the unregistered input of one real rig (e.g. '
                              'cvc14_misaligned): no field; scored by edge alignment')
+    parser.add_argument('--pan', type=int, default=0, metavar='N',
+                        help='every pair becomes a scene of N frames of a camera panning over '
+                             'it (module docstring; default 0: the pairs as they are)')
     parser.add_argument('--json', default=None, help='also write the figures here')
     args = parser.parse_args(argv)
     try:
@@ -206,8 +236,8 @@ def main(argv=None):
     if args.real and args.seeds is not None:
         parser.error('--real runs the stored pairs of one real rig: no --seeds')
     args.seeds = args.seeds or [1, 2, 3]
-    if args.threads < 1 or args.max_pairs < 0:
-        parser.error('need --threads >= 1 and --max-pairs >= 0')
+    if args.threads < 1 or args.max_pairs < 0 or not 0 <= args.pan <= 1000:
+        parser.error('need --threads >= 1, --max-pairs >= 0 and --pan in [0, 1000]')
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(args.threads)
     dataset_dir = resolve_dataset_dir(args.data)
@@ -221,6 +251,10 @@ def main(argv=None):
                      'frames of one size (pick a split whose frames share one)')
     aligned = [(cv2.cvtColor(ir, cv2.COLOR_BGR2GRAY) if ir.ndim == 3 else ir, vi)
                for ir, vi in loaded]
+    if args.pan:
+        aligned = [frame for ir, vi in aligned for frame in pan_frames(ir, vi, args.pan)]
+        stems = [f'{stem}@{index}' for stem in stems for index in range(args.pan)]
+        size = aligned[0][1].shape[:2]
     engines = {setting: make_engine(setting, args.weights) for setting in settings}
     rows, figures = [], {}
     for seed in [None] if args.real else args.seeds:
@@ -266,7 +300,7 @@ def main(argv=None):
                   f'{summary["model_ms_p90"]:.0f}), total {summary["total_ms_median"]:.0f} ms '
                   f'(p90 {summary["total_ms_p90"]:.0f}), {tail}', flush=True)
     summary = {'data': args.data, 'split': args.split, 'pairs': len(stems),
-               'frame': [size[1], size[0]], 'threads': args.threads,
+               'frame': [size[1], size[0]], 'threads': args.threads, 'pan_frames': args.pan,
                'weights': args.weights or 'shipped default',
                'settings': {name: {key: _mean([f[key] for f in values]) for key in values[0]}
                             for name, values in figures.items()}}

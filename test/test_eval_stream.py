@@ -5,6 +5,7 @@ from pathlib import Path
 import sys
 
 import cv2
+import numpy as np
 import pytest
 from tarfuse_ros.core import data
 
@@ -97,3 +98,34 @@ def test_a_setting_with_fine_passes_runs_that_many():
                for text in ('track2:1', '1x1:0', 'track2')]
     assert [engine.fine_passes for engine in engines] == [1, 0, 4]
     assert [engine.global_track for engine in engines] == [2, 0, 2]
+
+
+def test_pan_frames_slide_a_window_right_and_back():
+    ir = np.arange(100 * 200, dtype=np.uint16).reshape(100, 200)
+    vi = np.dstack([ir, ir, ir])
+    frames = eval_stream.pan_frames(ir, vi, 6)
+    assert len(frames) == 6 and all(a.shape == (80, 160) and b.shape == (80, 160, 3)
+                                    for a, b in frames)
+    lefts = [int(a[0, 0] % 200) for a, _ in frames]
+    assert lefts == [0, 4, 8, 12, 8, 4]  # 4 px a frame, right for half the frames, then back
+    assert [int(a[0, 0] // 200) for a, _ in frames] == [10] * 6  # centred vertically
+    assert all(np.array_equal(a, b[..., 0]) for a, b in frames)  # both cut alike
+    # A frame with little room: smaller steps, never outside it.
+    lefts = [int(a[0, 0] % 200) for a, _ in eval_stream.pan_frames(ir, vi, 30)]
+    assert max(lefts) <= 40 and lefts[1] == 2
+
+
+def test_a_panned_run_streams_every_pair_as_a_scene(rig_pairs, tmp_path, capsys):
+    out = tmp_path / 'pan.json'
+    assert eval_stream.main(['--data', str(rig_pairs), '--split', 'all', '--seeds', '1',
+                             '--threads', '1', '--settings', 'track4', '--pan', '2',
+                             '--max-pairs', '2', '--json', str(out)]) == 0
+    written = json.loads(out.read_text())
+    assert written['summary']['pairs'] == 4 and written['summary']['pan_frames'] == 2
+    assert written['summary']['frame'] == [205, 154]  # 80 % of 256x192
+    stems = [row['stem'] for row in written['pairs'][0]['pairs']]
+    assert stems == ['FLIR_00006@0', 'FLIR_00006@1', 'FLIR_00018@0', 'FLIR_00018@1']
+    assert written['pairs'][0]['tracked'] == 3
+    with pytest.raises(SystemExit):
+        eval_stream.main(['--data', str(rig_pairs), '--split', 'all', '--pan', '-1'])
+    assert '--pan in [0, 1000]' in capsys.readouterr().err
