@@ -84,7 +84,7 @@ def parse_setting(text):
     lowered = text.lower()
     if lowered.startswith('track'):
         digits = lowered[len('track'):]
-        if not digits.isdigit():  # no sign, no space: 'track-1', 'track 5' are refused
+        if not (digits.isascii() and digits.isdigit()):  # no sign, space or other digits
             raise ValueError(f'{SETTING_FORMS}, got {text!r}')
         if not 1 <= int(digits) <= 10000:
             raise ValueError(f'N of trackN must be in [1, 10000], got {text!r}')

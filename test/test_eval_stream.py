@@ -35,6 +35,7 @@ def test_parses_every_window_and_track_settings(text, setting, name):
     ('track-1', 'or trackN'),
     ('track 5', 'or trackN'),
     ('track2.5', 'or trackN'),
+    ('track\u0663', 'or trackN'),  # an Arabic-Indic 3: Python's int() would take it
     ('track0', r'N of trackN must be in \[1, 10000\]'),
     ('track10001', r'N of trackN must be in \[1, 10000\]'),
     ('0x1', r'EVERY must be in \[1, 10000\] and WINDOW in \[1, 1000\]'),
