@@ -701,13 +701,11 @@ class FusionEngine(PairEngine):
                 self._global_fits.clear()
                 self._global_age = 0
                 self._track_theta = None
-            if self._global_track:
-                start, age = self._track_theta, self._global_age
-        if self._global_track:
-            return self._tracked_theta(ir_t, vi_t, valid, start, age, pre_warp is not None)
-        with self._global_lock:
+            start, age = self._track_theta, self._global_age
             due = (len(self._global_fits) < self._global_window
                    or self._global_age >= self._global_every)
+        if self._global_track:
+            return self._tracked_theta(ir_t, vi_t, valid, start, age, pre_warp is not None)
         fit = plausible = None
         if due:
             # As a per-pair fit runs (under autocast with half); kept on the CPU, so that
@@ -744,22 +742,22 @@ class FusionEngine(PairEngine):
                                                     enabled=self._half):
             if start is None or age + 1 >= self._global_track:
                 fit = self._model.fit_global(ir_t, vi_t, valid).float()
+            fit_plausible = fit is not None and _plausible_map(fit, height, width)
             if start is None:
-                theta, kept = fit, False
+                theta, kept, plausible = fit, False, fit_plausible
             else:
                 # Only a plausible full fit may replace the tracked map.
-                candidate = fit if fit is not None and _plausible_map(fit, height, width) \
-                    else None
                 theta, kept = self._model.track_global(ir_t, vi_t, start.to(ir_t.device), valid,
-                                                       candidate)
+                                                       fit if fit_plausible else None)
                 theta, kept = theta.float(), bool(kept.all())
-                if not kept and not _plausible_map(theta, height, width):
+                plausible = kept or _plausible_map(theta, height, width)
+                if not plausible:
                     if fit is None:
                         fit = self._model.fit_global(ir_t, vi_t, valid).float()
-                    # Neither plausible: the previous map, which was.
-                    plausible_fit = _plausible_map(fit, height, width)
-                    theta, kept = (fit, True) if plausible_fit else (start.to(ir_t.device), False)
-        plausible = _plausible_map(theta, height, width)
+                        fit_plausible = _plausible_map(fit, height, width)
+                    # Neither plausible: the previous map, which was (only such are kept).
+                    theta, kept = (fit, True) if fit_plausible else (start.to(ir_t.device), False)
+                    plausible = True
         with self._global_lock:
             counts = self._track_counts
             counts['fitted' if fit is not None else 'tracked'] += 1

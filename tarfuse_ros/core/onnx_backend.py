@@ -312,8 +312,9 @@ class OnnxFusionEngine(PairEngine):
         fine_passes: None only: the graph runs the global stage's fine passes it was exported
             with (``ValueError`` otherwise: export with ``tarfuse-export WEIGHTS --out
             MODEL.onnx --fine-passes N``).
-        global_every, global_window: 1 only (``ValueError`` otherwise): the graph runs its
-            global stage on every pair (the stream setting is the torch engine's).
+        global_every, global_window: 1 only, global_track: 0 only (``ValueError`` otherwise):
+            the graph runs its global stage on every pair (the stream settings are the torch
+            engine's).
         input_min_long_side: as :class:`~tarfuse_ros.core.engine.FusionEngine`'s (None: the
             checkpoint's value in the export's metadata).
         input_max_long_side: as :class:`~tarfuse_ros.core.engine.FusionEngine`'s.
@@ -334,7 +335,8 @@ class OnnxFusionEngine(PairEngine):
                  iou_threshold=0.45, max_detections=100, classes=None, allow_cpu_fallback=False,
                  ir_norm='percentile', ir_low=0.5, ir_high=99.5, pad_mode='replicate',
                  registration_prior=None, scale_search=True, global_every=1, global_window=1,
-                 input_min_long_side=None, input_max_long_side=0, fine_passes=None):
+                 input_min_long_side=None, input_max_long_side=0, fine_passes=None,
+                 global_track=0):
         import onnxruntime as ort
         from tarfuse_ros.core import images, prior
 
@@ -351,9 +353,10 @@ class OnnxFusionEngine(PairEngine):
                              f'has the fine passes it was exported with built in; export one '
                              f'with that many instead (tarfuse-export WEIGHTS --out MODEL.onnx '
                              f'--fine-passes N)')
-        if (global_every, global_window) != (1, 1):
-            raise ValueError('global_every / global_window other than 1 need the torch engine: '
-                             'an ONNX graph runs its global stage on every pair')
+        if (global_every, global_window, global_track) != (1, 1, 0):
+            raise ValueError('global_every / global_window other than 1 and global_track other '
+                             'than 0 need the torch engine: an ONNX graph runs its global stage '
+                             'on every pair')
         if ir_norm not in images.IR_NORMS:
             raise ValueError(f'ir_norm must be one of {images.IR_NORMS}, got {ir_norm!r}')
         if not 0.0 <= ir_low < ir_high <= 100.0:

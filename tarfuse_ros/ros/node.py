@@ -422,8 +422,7 @@ class TarFuseNode(Node):
                 fine_passes=fine_passes(params),
                 global_every=params.registration_global_every,
                 global_window=params.registration_global_window,
-                **({'global_track': params.registration_global_track}
-                   if params.registration_global_track else {}),
+                global_track=params.registration_global_track,
                 input_max_long_side=params.input_max_long_side)
         except model_error(params.backend) as exc:
             kind = '.onnx file from tarfuse-export' if onnx else '.safetensors checkpoint'

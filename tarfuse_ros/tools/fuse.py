@@ -673,7 +673,7 @@ def _summary_lines(plan, summary, outputs, engine, threads):
         f'{len(summary.failures)} failed{interrupted}; {summary.frames_per_s:.2f} {word}s/s '
         f'({summary.elapsed_s:.1f} s); engine {mean_ms:.1f} ms/{word} mean '
         f'({engine.device}, torch threads {threads})')
-    if getattr(engine, 'global_track', 0):
+    if engine.global_track:
         counts = engine.global_track_state()
         lines.append(f'global map tracked (--global-track {engine.global_track}): '
                      f'{counts["tracked"]} {word}(s) tracked, {counts["fitted"]} fitted in full '

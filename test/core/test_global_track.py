@@ -354,10 +354,13 @@ def test_bad_track_settings_are_refused(kwargs, message):
         FusionEngine(cuda_graph='off', **kwargs)
 
 
-def test_numpy_integers_are_settings():
+def test_numpy_integers_are_settings_and_onnxruntime_refuses_tracking(tmp_path):
     engine = FusionEngine(cuda_graph='off', global_track=np.int64(7))
     assert engine.global_track == 7 and type(engine.global_track) is int
     assert engine.streams_global_map
+    from tarfuse_ros.core.onnx_backend import OnnxFusionEngine
+    with pytest.raises(ValueError, match='global_track other than 0 need the torch engine'):
+        OnnxFusionEngine(tmp_path / 'never_read.onnx', global_track=10)
 
 
 def test_a_model_without_the_orientation_stage_refuses_to_track(tmp_path):

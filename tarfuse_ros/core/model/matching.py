@@ -779,6 +779,16 @@ def _normalised_affine_to_pixel(theta, height, width):
     return torch.stack(rows, dim=1)
 
 
+def _reframed(theta, size, new_size):
+    """Return ``(B, 2, 3)`` normalised maps of a ``size`` frame as maps of ``new_size``.
+
+    The same pixel map (:func:`_normalised_affine_to_pixel`) in the normalised coordinates of
+    a frame of another ``(height, width)`` sharing its top-left corner: a crop to the valid
+    region, or back to the padded input.
+    """
+    return _pixel_affine_to_normalised(_normalised_affine_to_pixel(theta, *size), *new_size)
+
+
 def corner_shift_px(before, after, height, width):
     """Return how far a pixel affine map moves the frame's corners, at most, in pixels.
 
@@ -1076,11 +1086,9 @@ class OrientationMatcher(nn.Module):
         """Return :meth:`forward`'s maps for float32 images, autocast off."""
         if valid_size is None:
             return self._estimate(ir, vi)
-        height, width = ir.shape[2:]
+        size = ir.shape[2:]
         ir, vi = crop_to_valid(ir, valid_size), crop_to_valid(vi, valid_size)
-        theta = self._estimate(ir, vi)
-        theta_px = _normalised_affine_to_pixel(theta, ir.shape[2], ir.shape[3])
-        return _pixel_affine_to_normalised(theta_px, height, width)
+        return _reframed(self._estimate(ir, vi), ir.shape[2:], size)
 
     def track(self, ir, vi, start, valid_size=None, candidate=None):
         """Refine the map of an earlier pair of the same rig on this pair: the fine passes alone.
@@ -1117,8 +1125,7 @@ class OrientationMatcher(nn.Module):
             maps = [start.float()] + ([] if candidate is None else [candidate.float()])
             if valid_size is not None:
                 ir, vi = crop_to_valid(ir, valid_size), crop_to_valid(vi, valid_size)
-                maps = [_pixel_affine_to_normalised(_normalised_affine_to_pixel(
-                    theta, height, width), *ir.shape[2:]) for theta in maps]
+                maps = [_reframed(theta, (height, width), ir.shape[2:]) for theta in maps]
             valid = ir.shape[2:]  # the enlargement below keeps normalised maps as they are
             ir, vi = self._enlarged(ir, vi)
             views = self._views(ir)
@@ -1130,8 +1137,7 @@ class OrientationMatcher(nn.Module):
                 kept = fitted > tracked
                 theta = torch.where(kept.view(-1, 1, 1), maps[1], theta)
             if valid_size is not None:
-                theta = _pixel_affine_to_normalised(_normalised_affine_to_pixel(
-                    theta, *valid), height, width)
+                theta = _reframed(theta, valid, (height, width))
             return theta, kept
 
     def _enlarged(self, ir, vi):
