@@ -66,6 +66,7 @@ class PlayStats:
     record_path: str = ''
     loops: int = 0  # rounds over the bag begun
     interrupted: bool = False
+    unacknowledged: list = field(default_factory=list)  # topics not acked within ack_timeout
 
     def counts(self, which='published'):
         """Return ``{topic: message count}`` of the published or received messages."""
@@ -92,7 +93,7 @@ class PlayStats:
         return {'published': self.published, 'received': self.received,
                 'started_ns': self.started_ns, 'record_path': self.record_path,
                 'loops': self.loops,
-                'interrupted': self.interrupted}
+                'interrupted': self.interrupted, 'unacknowledged': self.unacknowledged}
 
 
 def message_class(msgtype):
@@ -186,7 +187,9 @@ class BagPlayer:
     reason string to stop early, e.g. a dead node), ``clock`` (publish ``/clock``, the bag time
     of each message as it is played, shifted to 'now' as the stamps with ``restamp``, for
     nodes with ``use_sim_time``; as ``ros2 bag play --clock``, which publishes it at a fixed
-    rate instead).
+    rate instead), ``ack_timeout`` (s: after the last message, wait until the reliable
+    subscribers acknowledged every message, at most this long, before the publishers are
+    destroyed; 0 = not at all; as ``ros2 bag play --wait-for-all-acked``).
     """
 
     def __init__(self, bag, *, rate=1.0, loop=False, start_delay=0.0, duration=None,
@@ -194,11 +197,11 @@ class BagPlayer:
                  restamp=False, qos_reliability='reliable', record=None, record_topics=(),
                  record_reliability='reliable', linger=2.0, max_linger=30.0,
                  settle=0.5, domain_id=None, node_name='tarfuse_player', should_abort=None,
-                 log=None, clock=False):
+                 log=None, clock=False, ack_timeout=5.0):
         if not (rate > 0 and math.isfinite(rate)):
             raise ValueError(f'rate must be a finite factor > 0, got {rate}')
         for name, value in (('start_delay', start_delay), ('wait_timeout', wait_timeout),
-                            ('settle', settle),
+                            ('settle', settle), ('ack_timeout', ack_timeout),
                             ('linger', linger), ('max_linger', max_linger)):
             if not value >= 0:  # NaN too: every comparison with it is false
                 raise ValueError(f'{name} must be >= 0, got {value}')
@@ -260,7 +263,7 @@ class BagPlayer:
                              f'out with --topics{clock_too}')
         self.rate, self.loop, self.start_delay, self.duration = rate, loop, start_delay, duration
         self.wait_for_subscribers, self.wait_timeout = wait_for_subscribers, wait_timeout
-        self.settle = settle
+        self.settle, self.ack_timeout = settle, ack_timeout
         self.topics = None if topics is None else set(topics)
         self.remap = dict(remap or {})
         self.restamp = restamp
@@ -439,6 +442,32 @@ class BagPlayer:
             last = timestamp
         return last, False
 
+    def _wait_for_acks(self, publishers):
+        """Wait until reliable subscribers acknowledged what was played (``ack_timeout`` s).
+
+        Destroying a reliable writer drops the messages its readers have not acknowledged yet:
+        the last message of a bag was lost to a subscriber in another process on a loaded
+        machine (a test's listener, once in a few runs). Best-effort readers do not acknowledge
+        and are not waited for. Topics still waiting at the timeout are logged and listed in
+        ``stats.unacknowledged``.
+        """
+        if self.qos_reliability != 'reliable' or not self.ack_timeout or self._stop.is_set():
+            return
+        from rclpy.duration import Duration
+        deadline = time.monotonic() + self.ack_timeout
+        step = Duration(nanoseconds=50_000_000)
+        waiting = {self.remap.get(topic, topic): pub for topic, pub in publishers.items()}
+        while waiting and not self._check_abort():
+            waiting = {topic: pub for topic, pub in waiting.items()
+                       if not pub.wait_for_all_acked(step)}
+            if time.monotonic() > deadline:
+                break
+        if waiting:
+            self.stats.unacknowledged = sorted(waiting)
+            self.log(f'tarfuse-play: not every message on {", ".join(sorted(waiting))} was '
+                     f'acknowledged by its subscribers within {self.ack_timeout:g} s '
+                     '(--ack-timeout)')
+
     def _publish_clock(self, time_ns):
         from rosgraph_msgs.msg import Clock
         message = Clock()
@@ -503,6 +532,7 @@ class BagPlayer:
                         [t for t, _m, _c in specs])
                 self._sleep_until(time.monotonic() + self.start_delay)
                 self._play(reader, connections, publishers)
+                self._wait_for_acks(publishers)
             self._linger()
         except KeyboardInterrupt:
             self.stats.interrupted = True
@@ -581,6 +611,9 @@ def build_parser():
                         help='give up waiting for subscribers after this many seconds')
     parser.add_argument('--settle', type=float, default=0.5,
                         help='seconds to wait after subscribers matched, before playing')
+    parser.add_argument('--ack-timeout', type=float, default=5.0,
+                        help='after the last message, wait at most this many seconds until '
+                             'reliable subscribers acknowledged every message (0: no wait)')
     parser.add_argument('--topics', nargs='+', default=None, help='bag topics to play')
     parser.add_argument('--remap', nargs='+', default=(), metavar='FROM:=TO',
                         help='publish bag topic FROM as TO (not onto a topic played too)')
@@ -647,7 +680,8 @@ def main(argv=None):
         player = BagPlayer(
             args.bag, rate=args.rate, loop=args.loop, start_delay=args.start_delay,
             duration=args.duration, wait_for_subscribers=args.wait_for_subscribers,
-            wait_timeout=args.wait_timeout, settle=args.settle, topics=args.topics,
+            wait_timeout=args.wait_timeout, settle=args.settle, ack_timeout=args.ack_timeout,
+            topics=args.topics,
             remap=_parse_remaps(args.remap),
             restamp=args.restamp, qos_reliability=args.qos_reliability, record=args.record,
             record_topics=args.record_topics, record_reliability=args.record_reliability,
