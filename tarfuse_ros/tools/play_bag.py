@@ -410,6 +410,7 @@ class BagPlayer:
         """Publish every message once; return (last bag time, True if stopped early)."""
         start_ns = reader.start_time
         last = start_ns
+        begun = False
 
         def restamped(time_ns, first_ns=start_ns):  # -> playback time (offsets scaled)
             return base_wall_ns + int((time_ns - first_ns) / self.rate)
@@ -420,6 +421,10 @@ class BagPlayer:
                 return last, True
             if not self._sleep_until(target):
                 return last, True
+            if not begun:  # rounds begun: one cut short by Ctrl-C counts too, one that
+                # --duration ends before its first message does not ('2 round(s)' for one)
+                self.stats.loops += 1
+                begun = True
             data = bytes(data)
             stamp = None
             if type_has_header(self.typestore, connection.msgtype):
@@ -561,7 +566,6 @@ class BagPlayer:
             base_wall_ns = time.time_ns() + int((base_mono - time.monotonic()) * 1e9)
             if not self.stats.started_ns:
                 self.stats.started_ns = base_wall_ns
-            self.stats.loops += 1  # rounds begun: one cut short by Ctrl-C counts too
             _last, stopped = self._play_once(
                 reader, connections, publishers, base_mono, base_wall_ns, end_mono)
             if stopped or not self.loop:

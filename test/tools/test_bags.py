@@ -922,3 +922,19 @@ def test_recording_stops_though_a_topic_repeats_an_answered_stamp(sample_bag, tm
     stamps = [stamp for topic, stamp, _wall in stats.received if topic == '/diagnostics']
     assert stamps.count(last) >= 2, 'the repeats were not recorded: the test proves nothing'
     assert elapsed < 15.0, f'recorded for {elapsed:.1f} s: the repeats kept it lingering'
+
+
+@pytest.mark.dds
+def test_loop_counts_no_round_that_duration_ends_before_its_first_message(sample_bag, tmp_path,
+                                                                          capsys):
+    # Found by a break test: a round was counted when begun, before its first message was due,
+    # so a --duration ending between two rounds reported '(2 round(s))' and 'loops': 2 for one
+    # round of messages. The schedule decides it (a message due after --duration is never
+    # published), not the machine's speed: the second round is due 0.5 s in, --duration 0.48.
+    path, _summary = sample_bag
+    stats_file = tmp_path / 'stats.json'
+    assert play_bag_tool.main([str(path), '--loop', '--duration', '0.48', '--topics', VI,
+                               '--stats', str(stats_file)]) == 0
+    assert f'published {VI}: 10 (1 round(s))' in capsys.readouterr().out
+    stats = json.loads(stats_file.read_text())
+    assert len(stats['published']) == 10 and stats['loops'] == 1
