@@ -185,11 +185,18 @@ def make_bag(pairs_dir, out, *, split=None, rate=10.0, ir_encoding='mono8', vi_e
                          f'synchronisers; ROS stamps hold int32 seconds), got {start_time_s}')
     for name, topic in (('ir_topic', ir_topic), ('vi_topic', vi_topic)):
         check_topic_name(topic, name)
-    if ir_topic == vi_topic:
-        raise ValueError(f'IR and visible topics must differ, both are {ir_topic!r}')
     for name, transport in (('ir_transport', ir_transport), ('vi_transport', vi_transport)):
         if transport not in TRANSPORTS:
             raise ValueError(f'{name} must be one of {TRANSPORTS}, got {transport!r}')
+    # Compared as stored (a compressed camera on <topic>/compressed) and as tarfuse-play names
+    # them (a relative name in '/'): '/v' compressed and '/v/compressed' put both cameras on
+    # one topic, an Image and a CompressedImage stream in one.
+    from rclpy.expand_topic_name import expand_topic_name
+    stored = {expand_topic_name(topic, 'tarfuse_player', '/')
+              + ('/compressed' if transport == 'compressed' else '')
+              for topic, transport in ((ir_topic, ir_transport), (vi_topic, vi_transport))}
+    if len(stored) == 1:
+        raise ValueError(f'IR and visible topics must differ, both are {stored.pop()!r}')
     if vi_format not in ('jpeg', 'png'):
         raise ValueError(f"vi_format must be 'jpeg' or 'png', got {vi_format!r}")
     if vi_transport == 'compressed' and vi_encoding == 'rgb8':

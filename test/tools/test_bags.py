@@ -938,3 +938,21 @@ def test_loop_counts_no_round_that_duration_ends_before_its_first_message(sample
     assert f'published {VI}: 10 (1 round(s))' in capsys.readouterr().out
     stats = json.loads(stats_file.read_text())
     assert len(stats['published']) == 10 and stats['loops'] == 1
+
+
+@pytest.mark.parametrize('vi_topic, ir_topic, vi_transport, topic', [
+    ('/v', '/v/compressed', 'compressed', '/v/compressed'),
+    ('visible/image_raw', '/visible/image_raw', 'raw', '/visible/image_raw'),
+])
+def test_make_bag_refuses_both_cameras_on_one_topic_as_stored_and_played(
+        tmp_path, capsys, vi_topic, ir_topic, vi_transport, topic):
+    # Found by a break test: the topics were compared as given, before '/compressed' was added
+    # and before a relative name was resolved (the player resolves it in '/'): the bag held
+    # both cameras on one topic, Image and CompressedImage (tarfuse-play published both as
+    # one type) or the two names tarfuse-play refuses as one stream.
+    out = tmp_path / 'one_topic'
+    assert make_bag_tool.main(['--pairs', str(SAMPLES), '--out', str(out), '--size', '64x48',
+                               '--vi-topic', vi_topic, '--ir-topic', ir_topic,
+                               '--vi-transport', vi_transport]) == 2
+    assert f"IR and visible topics must differ, both are '{topic}'" in capsys.readouterr().err
+    assert not out.exists()
