@@ -237,6 +237,15 @@ class BagPlayer:
         from rclpy.expand_topic_name import expand_topic_name
         remap = {source: expand_topic_name(target, node_name, '/')
                  for source, target in (remap or {}).items()}
+        # A topic given twice (also as 'detections' and '/detections') was subscribed twice:
+        # every message was recorded twice.
+        recorded = {}
+        for item in record_topics:
+            topic = expand_topic_name(item.partition(':')[0], node_name, '/')
+            if topic in recorded:
+                raise ValueError(f'--record-topics: {topic} given twice, as {recorded[topic]} '
+                                 f'and {item}; give it once')
+            recorded[topic] = item
         # Two played topics published on one (a remap onto a topic the bag also plays, or two
         # remaps onto one target) would merge their messages into one stream: refused. Names
         # as published: a bag may store a topic relative ('cam/image_raw' is /cam/image_raw),

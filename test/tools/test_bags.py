@@ -956,3 +956,20 @@ def test_make_bag_refuses_both_cameras_on_one_topic_as_stored_and_played(
                                '--vi-transport', vi_transport]) == 2
     assert f"IR and visible topics must differ, both are '{topic}'" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_play_refuses_a_record_topic_given_twice_as_the_graph_names_it(sample_bag, tmp_path,
+                                                                       capsys):
+    # Found by a break test: each name got its own subscription, so a topic given twice (as
+    # 'visible/image_raw' and '/visible/image_raw', both /visible/image_raw) wrote every
+    # message twice into the recorded bag: 'recorded ...: 10' for the 5 played.
+    path, _summary = sample_bag
+    record = tmp_path / 'record'
+    assert play_bag_tool.main([str(path), '--record', str(record), '--record-topics',
+                               'visible/image_raw', f'{VI}:sensor_msgs/msg/Image']) == 2
+    assert capsys.readouterr().err == (
+        f'tarfuse-play: error: --record-topics: {VI} given twice, as visible/image_raw and '
+        f'{VI}:sensor_msgs/msg/Image; give it once\n')
+    assert not record.exists()
+    with pytest.raises(ValueError, match='/detections given twice'):
+        BagPlayer(path, record=record, record_topics=['detections', 'detections'])
