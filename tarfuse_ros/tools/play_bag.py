@@ -672,6 +672,8 @@ def _stats_problem(stats, bag, record):
     target = stats.resolve()
     if target.parent == bag.resolve() and target.exists():
         return f'it would replace {target.name} of the bag played ({bag})'
+    if record is not None and target == record.resolve():  # a folder once recording starts
+        return f'it names the bag recorded ({record}), a folder'
     if record is not None and target.parent == record.resolve() and (
             target.name == 'metadata.yaml' or target.suffix in ('.mcap', '.db3')):
         return f'it would replace {target.name} of the bag recorded ({record})'

@@ -973,3 +973,18 @@ def test_play_refuses_a_record_topic_given_twice_as_the_graph_names_it(sample_ba
     assert not record.exists()
     with pytest.raises(ValueError, match='/detections given twice'):
         BagPlayer(path, record=record, record_topics=['detections', 'detections'])
+
+
+def test_stats_refused_where_the_recorded_bag_will_be(tmp_path, capsys):
+    # Found by a break test: --stats naming the --record folder passed the checks (nothing
+    # there yet); the recording then created that folder and writing the statistics ended
+    # the playback in an IsADirectoryError traceback, the statistics lost.
+    bag = tmp_path / 'bag'
+    make_bag(SAMPLES, bag, max_pairs=1, size=(64, 48))
+    record = tmp_path / 'rec'
+    assert play_bag_tool.main([str(bag), '--record', str(record), '--record-topics',
+                               '/diagnostics', '--linger', '0', '--stats', str(record)]) == 2
+    assert capsys.readouterr().err == (
+        f"tarfuse-play: error: --stats '{record}': it names the bag recorded ({record}), a "
+        'folder; write it beside the bag\n')
+    assert not record.exists()
