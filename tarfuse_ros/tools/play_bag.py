@@ -19,6 +19,7 @@ import inspect
 import json
 import math
 from pathlib import Path
+import shutil
 import signal
 import statistics
 import sys
@@ -500,6 +501,7 @@ class BagPlayer:
         rclpy.init(args=[], context=context, domain_id=self.domain_id,
                    signal_handler_options=SignalHandlerOptions.NO)
         node = executor = spinner = None
+        failed_start = False
         try:
             node = rclpy.create_node(self.node_name, context=context)
             if self.clock:
@@ -550,6 +552,11 @@ class BagPlayer:
             self._linger()
         except KeyboardInterrupt:
             self.stats.interrupted = True
+        except PlayError:
+            # Nothing played (no subscribers in time): the empty recording refused the rerun
+            # of the same command ('exists already').
+            failed_start = not self.stats.published
+            raise
         finally:
             self._stop.set()
             if executor is not None:
@@ -560,6 +567,8 @@ class BagPlayer:
                 if self._writer is not None:
                     self._writer.close()
                     self._writer = None
+                    if failed_start:
+                        shutil.rmtree(self.record, ignore_errors=True)
             if node is not None:
                 node.destroy_node()
             rclpy.shutdown(context=context)

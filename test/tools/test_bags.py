@@ -988,3 +988,20 @@ def test_stats_refused_where_the_recorded_bag_will_be(tmp_path, capsys):
         f"tarfuse-play: error: --stats '{record}': it names the bag recorded ({record}), a "
         'folder; write it beside the bag\n')
     assert not record.exists()
+
+
+@pytest.mark.dds
+def test_a_failed_start_leaves_no_recorded_bag_to_refuse_the_next_run(
+        sample_bag, tmp_path, capsys):
+    # Found by a break test: the README's command before the node was up failed after
+    # --wait-timeout, leaving an empty recorded bag; the same command then refused to run
+    # ('record bag ... exists already').
+    path, _summary = sample_bag
+    record = tmp_path / 'out_bag'
+    argv = [str(path), '--topics', VI, '--remap', f'{VI}:=/nobody/listens', '--wait-timeout',
+            '0.5', '--wait-for-subscribers', '1', '--record', str(record), '--record-topics',
+            '/diagnostics']
+    for _run in range(2):
+        assert play_bag_tool.main(argv) == 2
+        assert 'no 1 subscriber(s) on /nobody/listens' in capsys.readouterr().err
+        assert not record.exists()
