@@ -173,6 +173,8 @@ def make_bag(pairs_dir, out, *, split=None, rate=10.0, ir_encoding='mono8', vi_e
         raise ValueError(f'loops must be >= 1, got {loops}')
     if jitter_ms < 0:
         raise ValueError(f'jitter_ms must be >= 0, got {jitter_ms}')
+    if seed < 0:  # numpy's 'expected non-negative integer' named no option
+        raise ValueError(f'seed (--seed) must be >= 0, got {seed}')
     if max_pairs is not None and max_pairs < 1:  # 0 wrote an empty bag, -1 left one pair out
         raise ValueError(f'max_pairs (--max-pairs) must be >= 1, got {max_pairs}')
     period_ns = 1e9 / rate  # a float: 1e-300 Hz gives inf (int() raised OverflowError)

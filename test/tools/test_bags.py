@@ -1005,3 +1005,12 @@ def test_a_failed_start_leaves_no_recorded_bag_to_refuse_the_next_run(
         assert play_bag_tool.main(argv) == 2
         assert 'no 1 subscriber(s) on /nobody/listens' in capsys.readouterr().err
         assert not record.exists()
+
+
+def test_make_bag_names_the_option_of_a_negative_seed(tmp_path, capsys):
+    # Found by a break test: numpy's 'expected non-negative integer' was the whole message.
+    out = tmp_path / 'seeded'
+    assert make_bag_tool.main(['--pairs', str(SAMPLES), '--out', str(out), '--seed', '-1']) == 2
+    assert capsys.readouterr().err == (
+        'tarfuse-make-bag: error: seed (--seed) must be >= 0, got -1\n')
+    assert not out.exists()
