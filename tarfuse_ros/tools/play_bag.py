@@ -253,10 +253,12 @@ class BagPlayer:
         # and --clock publishes /clock (a remap onto it: a type clash that rcl refused with
         # a traceback; a bag's own /clock: two clocks in one stream).
         published = {'/clock': ['/clock (--clock)']} if clock else {}
+        names = {}  # {bag topic played: its name on the graph}, for the statistics and logs
         for topic in sorted(bag_topics):
             if topics is None or topic in topics:
                 target = remap.get(topic, expand_topic_name(topic, node_name, '/'))
                 published.setdefault(target, []).append(topic)
+                names[topic] = target
         # The player's own node publishes its log and parameter events (rcl, every node): a
         # remap onto them clashed with their types in an RCLError traceback.
         for source, target in remap.items():
@@ -276,6 +278,7 @@ class BagPlayer:
         self.settle, self.ack_timeout = settle, ack_timeout
         self.topics = None if topics is None else set(topics)
         self.remap = dict(remap or {})
+        self._names = names
         self.restamp = restamp
         self.clock = bool(clock)
         self.qos_reliability = qos_reliability
@@ -446,7 +449,7 @@ class BagPlayer:
                         self._first_stamp = stamp
                     stamp = restamped(stamp, self._first_stamp)
                     data = replace_header_stamp(data, stamp)
-            topic = self.remap.get(connection.topic, connection.topic)
+            topic = self._names[connection.topic]
             with self._lock:
                 if stamp is not None:
                     self._published_stamps.add(stamp)
@@ -471,7 +474,7 @@ class BagPlayer:
         from rclpy.duration import Duration
         deadline = time.monotonic() + self.ack_timeout
         step = Duration(nanoseconds=50_000_000)
-        waiting = {self.remap.get(topic, topic): pub for topic, pub in publishers.items()}
+        waiting = {self._names[topic]: pub for topic, pub in publishers.items()}
         while waiting and not self._check_abort():
             waiting = {topic: pub for topic, pub in waiting.items()
                        if not pub.wait_for_all_acked(step)}
@@ -518,7 +521,7 @@ class BagPlayer:
                 publishers = {}
                 for connection in connections:
                     if connection.topic not in publishers:
-                        topic = self.remap.get(connection.topic, connection.topic)
+                        topic = self._names[connection.topic]
                         events = publisher_events(
                             matched=lambda status, t=topic: self._on_matched(t, status)
                         ) if self._matched_events else None
@@ -544,7 +547,7 @@ class BagPlayer:
                 spinner.start()
                 if self.wait_for_subscribers:
                     self._wait_for_graph(
-                        node, {self.remap.get(t, t): p for t, p in publishers.items()},
+                        node, {self._names[t]: p for t, p in publishers.items()},
                         [t for t, _m, _c in specs])
                 self._sleep_until(time.monotonic() + self.start_delay)
                 self._play(reader, connections, publishers)

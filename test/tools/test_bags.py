@@ -1014,3 +1014,20 @@ def test_make_bag_names_the_option_of_a_negative_seed(tmp_path, capsys):
     assert capsys.readouterr().err == (
         'tarfuse-make-bag: error: seed (--seed) must be >= 0, got -1\n')
     assert not out.exists()
+
+
+@pytest.mark.dds
+def test_stats_name_a_relative_bag_topic_as_published(tmp_path, capsys):
+    # Found by a break test: a topic the bag stores relative ('visible/image_raw', published
+    # as /visible/image_raw) kept its relative name in the statistics and the summary, while
+    # the recording of the same topic named it /visible/image_raw: 'published
+    # visible/image_raw: 1' beside 'recorded to ...: /visible/image_raw: 1'.
+    relative = tmp_path / 'relative'
+    make_bag(SAMPLES, relative, max_pairs=1, size=(64, 48), vi_topic='visible/image_raw')
+    record, stats_file = tmp_path / 'record', tmp_path / 'stats.json'
+    assert play_bag_tool.main([str(relative), '--start-delay', '0.5', '--linger', '0.5',
+                               '--record', str(record), '--record-topics', VI,
+                               '--stats', str(stats_file)]) == 0
+    assert f'published {IR}: 1, {VI}: 1 (1 round(s))' in capsys.readouterr().out
+    stats = json.loads(stats_file.read_text())
+    assert sorted(topic for topic, _s, _w in stats['published']) == [IR, VI]
