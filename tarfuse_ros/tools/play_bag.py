@@ -358,7 +358,10 @@ class BagPlayer:
             return self._matched.get(topic, 0)
 
     def _matched_at_least(self, topic, count):
-        """Return whether ``topic``'s endpoint matched ``count`` peers (True without events)."""
+        """Return whether ``topic``'s endpoint matched ``count`` peers (True without events).
+
+        ``topic`` is a publisher's topic, or ``(topic, 'recorder')`` for a recording subscription.
+        """
         return not self._matched_events or self._matched_count(topic) >= count
 
     def _check_abort(self):
@@ -381,11 +384,14 @@ class BagPlayer:
 
     def _wait_for_graph(self, node, publishers, record_topics):
         deadline = time.monotonic() + self.wait_timeout
+        # A played topic recorded too has the recorder's subscription besides those waited for.
+        needed = {topic: self.wait_for_subscribers + (topic in record_topics)
+                  for topic in publishers}
         while True:
             # Both the graph and the DDS writer must see the readers ('matched' event).
             missing = [topic for topic, pub in publishers.items()
-                       if pub.get_subscription_count() < self.wait_for_subscribers
-                       or not self._matched_at_least(topic, self.wait_for_subscribers)]
+                       if pub.get_subscription_count() < needed[topic]
+                       or not self._matched_at_least(topic, needed[topic])]
             if not missing:
                 break
             if time.monotonic() > deadline:
@@ -405,7 +411,8 @@ class BagPlayer:
         # Outputs published before the recorder matched would be lost: wait for publishers too.
         while record_topics:
             record_topics = [t for t in record_topics
-                             if node.count_publishers(t) < 1 or not self._matched_at_least(t, 1)]
+                             if node.count_publishers(t) < 1
+                             or not self._matched_at_least((t, 'recorder'), 1)]
             if not record_topics or time.monotonic() > deadline:
                 break
             if self._check_abort():
@@ -533,8 +540,11 @@ class BagPlayer:
                     self._writer = open_writer(self.record)
                     record_qos = _qos(self.record_reliability, 100)
                     for topic, msgtype, cls in specs:
+                        # Keyed apart from a publisher of the topic (one played and recorded):
+                        # the one's count replaced the other's.
                         events = subscription_events(
-                            matched=lambda status, t=topic: self._on_matched(t, status)
+                            matched=lambda status, t=topic: self._on_matched((t, 'recorder'),
+                                                                             status)
                         ) if self._matched_events else None
                         node.create_subscription(
                             cls, topic,

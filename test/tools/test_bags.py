@@ -477,9 +477,15 @@ def test_record_round_trip_with_restamp_and_remap(sample_bag, tmp_path):
     path, _summary = sample_bag
     record = tmp_path / 'recorded'
     before = time.time_ns()
-    stats = BagPlayer(path, rate=4.0, restamp=True, remap={IR: '/ns/ir'}, record=record,
-                      record_topics=[VI[1:], '/ns/ir'], wait_for_subscribers=1,
-                      wait_timeout=30, linger=0.5).run()
+    # The subscriber waited for: the player's own recorder is not one (it matches as well).
+    listener = _start_listener(20, VI, '/ns/ir')
+    try:
+        stats = BagPlayer(path, rate=4.0, restamp=True, remap={IR: '/ns/ir'}, record=record,
+                          record_topics=[VI[1:], '/ns/ir'], wait_for_subscribers=1,
+                          wait_timeout=30, linger=0.5).run()
+    finally:
+        listener.kill()
+        listener.communicate()
     assert stats.counts('received') == {VI: 10, '/ns/ir': 10}
     recorded = _by_topic(record)
     original = _by_topic(path)
@@ -1031,3 +1037,17 @@ def test_stats_name_a_relative_bag_topic_as_published(tmp_path, capsys):
     assert f'published {IR}: 1, {VI}: 1 (1 round(s))' in capsys.readouterr().out
     stats = json.loads(stats_file.read_text())
     assert sorted(topic for topic, _s, _w in stats['published']) == [IR, VI]
+
+
+@pytest.mark.dds
+def test_waiting_for_subscribers_does_not_count_the_players_own_recorder(sample_bag, tmp_path):
+    # Found by a break test: recording a played topic too (inputs beside outputs in one bag),
+    # the player's own recording subscription was the subscriber --wait-for-subscribers 1
+    # waited for: it played at once to a node that was not running.
+    path, _summary = sample_bag
+    player = BagPlayer(path, topics=[VI], remap={VI: '/only/recorded'}, wait_for_subscribers=1,
+                       wait_timeout=0.5, record=tmp_path / 'record',
+                       record_topics=['/only/recorded:sensor_msgs/msg/Image'])
+    with pytest.raises(PlayError, match='no 1 subscriber.s. on /only/recorded after'):
+        player.run()
+    assert player.stats.published == []
