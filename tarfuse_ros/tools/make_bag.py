@@ -185,6 +185,10 @@ def make_bag(pairs_dir, out, *, split=None, rate=10.0, ir_encoding='mono8', vi_e
     if not 1 <= start_time_s < 2**31:
         raise ValueError(f'start_time_s must be seconds in [1, 2**31) (zero stamps upset '
                          f'synchronisers; ROS stamps hold int32 seconds), got {start_time_s}')
+    first_s = start_time_s + (min(offset_ms, 0.0) - jitter_ms) / 1e3  # IR may go first
+    if not first_s >= 1:  # was 'stamp must be >= 0 ns' (below 0), naming no option
+        raise ValueError(f'the first IR stamp could be {first_s:.6g} s (--start-time, '
+                         f'--offset-ms, --jitter-ms), below 1 s: give a later --start-time')
     for name, topic in (('ir_topic', ir_topic), ('vi_topic', vi_topic)):
         check_topic_name(topic, name)
     for name, transport in (('ir_transport', ir_transport), ('vi_transport', vi_transport)):

@@ -1051,3 +1051,19 @@ def test_waiting_for_subscribers_does_not_count_the_players_own_recorder(sample_
     with pytest.raises(PlayError, match='no 1 subscriber.s. on /only/recorded after'):
         player.run()
     assert player.stats.published == []
+
+
+def test_make_bag_refuses_an_ir_stamp_before_the_first_second_naming_the_options(
+        tmp_path, capsys):
+    # Found by a break test: only --start-time was checked; an IR partner stamped earlier
+    # (--offset-ms < 0, or --jitter-ms) went below 1 s and past 0 to 'stamp must be >= 0 ns,
+    # got -1000000000', naming no option.
+    for flags, first in ((['--offset-ms', '-2000', '--rate', '0.1'], '-1'),
+                         (['--jitter-ms', '5'], '0.995')):
+        out = tmp_path / 'early'
+        assert make_bag_tool.main(['--pairs', str(SAMPLES), '--out', str(out), '--max-pairs',
+                                   '1', '--start-time', '1', *flags]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f'tarfuse-make-bag: error: the first IR stamp could be {first} s '
+                              '(--start-time, --offset-ms, --jitter-ms)'), err
+        assert not out.exists()
