@@ -190,7 +190,7 @@ class BagPlayer:
     nodes with ``use_sim_time``; as ``ros2 bag play --clock``, which publishes it at a fixed
     rate instead), ``ack_timeout`` (s: after the last message, wait until the reliable
     subscribers acknowledged every message, at most this long, before the publishers are
-    destroyed; 0 = not at all; as ``ros2 bag play --wait-for-all-acked``).
+    destroyed; 0 = not at all; ``ros2 bag play --wait-for-all-acked`` is off by default).
     """
 
     def __init__(self, bag, *, rate=1.0, loop=False, start_delay=0.0, duration=None,
