@@ -40,6 +40,7 @@ from functools import lru_cache
 import io
 import math
 import re
+import sys
 import warnings
 
 from builtin_interfaces.msg import Time
@@ -229,6 +230,21 @@ def image_msg_to_array(msg):
     return image, kind
 
 
+def _pillow_open(fp):
+    """Return ``PIL.Image.open(fp)`` as Pillow has it, not as ultralytics replaces it.
+
+    ultralytics, imported with the model's detection head, replaces ``PIL.Image.open`` with a
+    wrapper that, for a payload Pillow cannot identify, checks for the pi-heif package and
+    pip-installs it where the machine is online (else it prints two lines): a corrupt
+    compressed image made the node install a package. The wrapper keeps Pillow's function as
+    ``_image_open`` in its module.
+    """
+    opener = PIL.Image.open
+    if opener.__module__ != PIL.Image.__name__:
+        opener = getattr(sys.modules.get(opener.__module__), '_image_open', opener)
+    return opener(fp)
+
+
 def compressed_size(msg, max_pixels=MAX_DECODED_PIXELS):
     """
     Return the ``(height, width)`` a ``CompressedImage``'s header states, without decoding it.
@@ -260,7 +276,7 @@ def compressed_size(msg, max_pixels=MAX_DECODED_PIXELS):
         with warnings.catch_warnings():
             # Pillow warns above its MAX_IMAGE_PIXELS (89.5 Mpx by default): max_pixels decides.
             warnings.simplefilter('ignore', PIL.Image.DecompressionBombWarning)
-            with PIL.Image.open(io.BytesIO(msg.data)) as image:
+            with _pillow_open(io.BytesIO(msg.data)) as image:
                 width, height = (int(side) for side in image.size)
     except PIL.Image.DecompressionBombError as exc:
         # Raised above 2 x MAX_IMAGE_PIXELS, the count in its message: 'Image size (N pixels)'.

@@ -38,6 +38,7 @@ import math
 import os
 from pathlib import Path
 import queue
+import re
 import signal
 import sys
 import tempfile
@@ -102,6 +103,8 @@ _HEALTH_FIELDS = ('health_window', 'health_every_n', 'health_max_side', 'health_
                   'health_max_flow_px')
 # Images waiting for the time-offset check's thread (2 s of two 30 Hz cameras).
 _OFFSET_QUEUE = 120
+# A number in a problem's text (not a digit of a name: /cam0): masked in its throttle key.
+_NUMBER = re.compile(r'(?<![\w/])\d+(\.\d+)?')
 # s: the least difference from sync.infrared_time_offset the time-offset check warns of (the
 # estimate's own error on simulated rigs reached 20 ms, benchmarks/time_offset.py).
 _OFFSET_TOLERANCE_S = 0.02
@@ -159,6 +162,16 @@ def _health_settings(params):
                           max_side_px=params.health_max_side,
                           min_alignment=params.health_min_alignment,
                           max_flow_px=params.health_max_flow_px)
+
+
+def _problem_key(problem):
+    """Return the throttle key of a problem: its text with the numbers in it masked.
+
+    A problem states figures that change from one check to the next (seconds of silence, pair
+    counts, a mean flow); a key holding them (the text's first 30 characters did, for a short
+    topic such as /ir) was new at every check, and the warning came every 0.5 s.
+    """
+    return _NUMBER.sub('#', problem)
 
 
 def _input_check_period(params):
@@ -1126,7 +1139,7 @@ class TarFuseNode(Node):
         problems.extend(self._check_other_fused_publishers())
         self._problems = problems
         for problem in problems:
-            self._warn('health:' + problem[:30], problem)
+            self._warn('health:' + _problem_key(problem), problem)
 
     def _check_pairing(self, params):
         """Return a problem when a quarter or more of the last pairs were not the nearest.
@@ -1273,7 +1286,7 @@ class TarFuseNode(Node):
             extra.update(health.as_dict())
             problems.extend(health.problems)
             for problem in health.problems:
-                self._warn('registration_health:' + problem[:30], problem)
+                self._warn('registration_health:' + _problem_key(problem), problem)
         else:
             extra['registration_health'] = 'off'
         if self._refiner is not None:

@@ -105,6 +105,24 @@ def test_a_corrupt_jpeg_is_rejected_by_name_and_the_node_answers_the_next_pair(s
     assert 'cannot decode the compressed payload' in node.log()
 
 
+def test_a_payload_pillow_cannot_identify_is_refused_without_any_package_install(setup):
+    """ultralytics' Image.open checked for pi-heif on such a payload (online: installed it)."""
+    node, probe, _, _ = setup
+    assert probe.spin_until(lambda: probe.diagnostics, 10.0)
+    before = probe.counter('pairs_rejected')
+    bad_stamp = time.time_ns()
+    ir_msg, vi_msg = probe.good_pair(bad_stamp)
+    vi_msg.data = b'no image, as a broken driver might send' * 4
+    probe.publish_pair(ir_msg, vi_msg)
+    assert probe.wait_for_diagnostics(
+        lambda level, msg, values: int(values['pairs_rejected']) > before and
+        'its header states no size that Pillow reads' in values['last_rejection']), (
+        'the payload was not reported by name')
+    _next_pair_runs_and_nothing_came_of(node, probe, bad_stamp, 'an unidentified payload')
+    log = node.log()
+    assert 'pi-heif' not in log and 'requirement' not in log, log
+
+
 def _next_pair_runs_and_nothing_came_of(node, probe, bad_stamp, what):
     """Assert that a good pair after the refused one is answered and nothing of it came out."""
     good_stamp = time.time_ns()
