@@ -5,6 +5,12 @@ test pins the version it was checked against and exercises each call, so an upgr
 what moved before anything else breaks.
 """
 
+import json
+import os
+import subprocess
+import sys
+
+import pytest
 from tarfuse_ros.core.model import yolo
 import torch
 import ultralytics
@@ -80,3 +86,35 @@ def test_nms_returns_corner_boxes_in_input_pixels():
     assert len(out) == 1 and out[0].shape == (1, 6)
     torch.testing.assert_close(out[0][0], torch.tensor([40.0, 35.0, 60.0, 45.0, 0.9, 2.0]))
     assert yolo.non_max_suppression(pred, 0.25, 0.45, classes=[0], num_classes=3)[0].numel() == 0
+
+
+_PROBE = """
+import json, os, socket
+hosts = []
+lookup = socket.getaddrinfo
+socket.getaddrinfo = lambda host, *args: hosts.append(host) or lookup(host, *args)
+from tarfuse_ros.core.model import yolo  # imports ultralytics
+import ultralytics.utils
+print(json.dumps({'env': os.environ.get('YOLO_OFFLINE'), 'hosts': hosts,
+                  'online': ultralytics.utils.ONLINE}))
+"""
+
+
+@pytest.mark.parametrize('given', [None, '0'])
+def test_importing_the_package_keeps_ultralytics_offline_unless_told(given):
+    """Nothing sets YOLO_OFFLINE on a ROS install: the package must keep ultralytics offline.
+
+    Without it ultralytics resolved two DNS names as the node started (seconds where no DNS
+    server answers) and could pip-install packages from inside the running node.
+    """
+    env = {key: value for key, value in os.environ.items() if key != 'YOLO_OFFLINE'}
+    if given is not None:
+        env['YOLO_OFFLINE'] = given
+    result = subprocess.run([sys.executable, '-c', _PROBE], env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    seen = json.loads(result.stdout.strip().splitlines()[-1])
+    if given is None:
+        assert seen == {'env': '1', 'hosts': [], 'online': False}
+    else:  # the user's choice stands: the probe sees ultralytics' own lookups then
+        assert seen['env'] == '0' and 'one.one.one.one' in seen['hosts'], seen
