@@ -1111,7 +1111,8 @@ class TarFuseNode(Node):
         elif all(fresh) and (last_pair is None or now - last_pair > timeout):
             gap = abs(self._last_stamp_ns[0] - self._last_stamp_ns[1]) / 1e9 if None not in \
                 self._last_stamp_ns else float('nan')
-            rule = (f'more than sync.slop={params.sync_slop} s' if params.sync_approximate
+            rule = (f'a pair needs less than sync.slop={params.sync_slop} s'
+                    if params.sync_approximate
                     else 'exact sync needs identical stamps')
             if params.sync_infrared_time_offset:
                 rule += (f'; the IR stamps with sync.infrared_time_offset='
