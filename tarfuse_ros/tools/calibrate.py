@@ -512,6 +512,15 @@ def main(argv=None):
               f'of several rigs?); check the pairs of low inlier share ({", ".join(low)}) and '
               f'calibrate without them', file=sys.stderr)
         return 1
+    # The share over all points hides a pair the prior does not explain: of two pairs that
+    # disagree, the one the fit follows gives 50 % alone.
+    low = [r.name for r in result.residuals if not r.inlier_fraction >= args.min_inliers]
+    if low:
+        print(f'{PROG}: warning: the prior explains less than --min-inliers '
+              f'{args.min_inliers:g} of the points of {len(low)} of {len(result.residuals)} '
+              f'pairs ({", ".join(low)}): they disagree with it (featureless or unrelated IR, '
+              f'another rig?); check them, and calibrate without them or on more pairs',
+              file=sys.stderr, flush=True)
     stamp = datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')
     comments = [f'Registration prior written by {PROG} on {stamp}',
                 f'from {source}, weights {args.weights or "(shipped model)"}.',

@@ -424,6 +424,26 @@ def test_a_featureless_ir_writes_no_prior_and_exits_1(tmp_path, capsys):
     assert load_prior_yaml(out) is not None
 
 
+def test_a_pair_the_prior_does_not_explain_is_named_in_a_warning(tmp_path, capsys):
+    # Two real CVC-14 pairs of one rig: the fit follows one (100 % inliers) and explains none
+    # of the other's points, 52 % over all, above --min-inliers: the prior was written, exit
+    # 0, with no word that half of the pairs disagree with it.
+    cvc14 = ROOT / 'test' / 'data' / 'datasets' / 'cvc14_misaligned'
+    out = tmp_path / 'p.yaml'
+    code = calibrate.main(['--pairs', str(cvc14), '--out', str(out), '--iterations', '1',
+                           '--threads', '1', '--max-side', '160'])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    low = [line.split()[0] for line in captured.out.splitlines()
+           if line.startswith('cvc14_') and float(line.split()[3].rstrip('%')) < 50]
+    assert low, captured.out  # the case this test is about
+    warning = [line for line in captured.err.splitlines()
+               if line.startswith('tarfuse-calibrate: warning: the prior explains less than')]
+    assert len(warning) == 1, captured.err
+    assert f'of {len(low)} of 2 pairs ({", ".join(low)})' in warning[0]
+    assert out.exists()
+
+
 def test_bag_images_without_an_ir_partner_within_slop_are_named_not_dropped_silently(
         tmp_path, capsys):
     """Visible images whose nearest IR image is beyond --slop are left out with a warning."""
