@@ -77,15 +77,16 @@ def folder_pairs(pairs_dir, count, split='all'):
     warning on stderr (how many per folder, the first few stems).
 
     Raises:
-        UsageError: not a data-set folder, unknown split, no pair (the unpaired stems are
-            named), or an unreadable image (or one the engine does not take).
+        UsageError: not a data-set folder, unknown split, a split file listing a stem twice,
+            no pair (the unpaired stems are named), or an unreadable image (or one the engine
+            does not take).
 
     """
     from tarfuse_ros.core import data
     from tarfuse_ros.core.images import prepare_pair
     from tarfuse_ros.tools.fuse import read_image
     try:
-        stems = data.read_split(pairs_dir, split)
+        stems = data.read_split(pairs_dir, split, unique=True)
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
     unpaired = data.unpaired_notes(pairs_dir, _SHOWN_STEMS) if split == 'all' else []

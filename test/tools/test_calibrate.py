@@ -172,6 +172,22 @@ def test_folder_usage_errors_exit_2_before_the_model_runs(rig_folder, tmp_path, 
     assert not (tmp_path / 'p.yaml').exists()
 
 
+def test_a_split_file_listing_a_pair_twice_is_refused_as_tarfuse_eval_refuses_it(
+        rig_folder, tmp_path, capsys):
+    # A stem listed three times was fitted as three pairs (its points and inlier share counted
+    # three times over the other pairs'), exit 0.
+    stems = data.read_split(rig_folder)
+    split = tmp_path / 'rig.txt'
+    split.write_text('\n'.join([stems[0], stems[1], stems[0]]) + '\n')
+    out = tmp_path / 'p.yaml'
+    code = calibrate.main(['--pairs', str(rig_folder), '--split', str(split), '--out',
+                           str(out), '--iterations', '1', '--threads', '1'])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert f"lists '{stems[0]}' twice (lines 1 and 3)" in err, err
+    assert 'iteration' not in err and not out.exists()
+
+
 @pytest.mark.parametrize('source, argv, words', [
     ('pairs', ['--infrared-time-offset', '-0.06'],
      '--infrared-time-offset applies to --bag only (a --pairs folder pairs its images by file '
