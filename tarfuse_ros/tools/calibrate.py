@@ -130,7 +130,8 @@ def bag_pairs(bag_dir, count, ir_topic=DEFAULT_IR_TOPIC, vi_topic=DEFAULT_VI_TOP
     as ``sec.nanosec``.
 
     Raises:
-        UsageError: unreadable bag, missing topics, or no pair within ``slop_s``.
+        UsageError: unreadable bag, missing topics, one topic given for both cameras, or no
+            pair within ``slop_s``.
 
     """
     from rosbags.rosbag2 import Reader
@@ -140,6 +141,9 @@ def bag_pairs(bag_dir, count, ir_topic=DEFAULT_IR_TOPIC, vi_topic=DEFAULT_VI_TOP
         with Reader(Path(bag_dir)) as reader:
             types = {c.topic: c.msgtype for c in reader.connections}
             ir_bag, vi_bag = _topic_in_bag(types, ir_topic), _topic_in_bag(types, vi_topic)
+            if ir_bag == vi_bag:  # each image would pair with itself: an identity prior
+                raise UsageError(f'the IR and visible topics are one topic ({ir_bag!r}); give '
+                                 f'the topic of each camera')
             stamps = {ir_bag: [], vi_bag: []}
             wanted = [c for c in reader.connections if c.topic in stamps]
             for connection, _, raw in reader.messages(connections=wanted):

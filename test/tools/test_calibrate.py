@@ -460,6 +460,24 @@ def test_a_pair_the_prior_does_not_explain_is_named_in_a_warning(tmp_path, capsy
     assert out.exists()
 
 
+def test_one_topic_given_for_both_cameras_is_refused_before_the_model_runs(tmp_path, capsys):
+    # --infrared-topic naming the visible topic paired each visible image with itself: an
+    # identity prior at 100 % inliers, written, exit 0 (tarfuse-time-offset refuses it).
+    bag = tmp_path / 'bag'
+    make_bag(ROOT / 'test' / 'data' / 'datasets' / 'cvc14_misaligned', bag, rate=10.0,
+             size=(160, 118))
+    out = tmp_path / 'p.yaml'
+    for argv in (['--infrared-topic', '/visible/image_raw'],
+                 ['--infrared-topic', '/visible/image_raw', '--visible-topic',
+                  '/visible/image_raw']):
+        code = calibrate.main(['--bag', str(bag), '--out', str(out), '--iterations', '1',
+                               '--threads', '1'] + argv)
+        err = capsys.readouterr().err
+        assert code == 2, err
+        assert "the IR and visible topics are one topic ('/visible/image_raw')" in err, err
+        assert 'iteration' not in err and not out.exists()
+
+
 def test_bag_images_without_an_ir_partner_within_slop_are_named_not_dropped_silently(
         tmp_path, capsys):
     """Visible images whose nearest IR image is beyond --slop are left out with a warning."""
