@@ -352,8 +352,8 @@ def _check_args(args):
         raise UsageError(f'--threshold-px must be a finite number > 0, got {args.threshold_px}')
     if not 0 <= args.min_inliers <= 1:
         raise UsageError(f'--min-inliers must be in [0, 1], got {args.min_inliers}')
-    if not args.slop > 0:
-        raise UsageError(f'--slop must be > 0 s, got {args.slop}')
+    if not 0 < args.slop < float('inf'):
+        raise UsageError(f'--slop must be a finite number > 0 s, got {args.slop}')
     if args.infrared_time_offset != 'auto' and not -1.0 <= args.infrared_time_offset <= 1.0:
         raise UsageError(f'--infrared-time-offset must be in [-1, 1] s (as the node parameter '
                          f'sync.infrared_time_offset), got {args.infrared_time_offset}')

@@ -138,6 +138,8 @@ def test_calibrate_a_bag_with_compressed_topics(tmp_path, capsys):
     (['--infrared-time-offset', '1.5'], ['--infrared-time-offset must be in [-1, 1] s',
                                          'sync.infrared_time_offset']),
     (['--infrared-time-offset', 'nan'], ['--infrared-time-offset must be in [-1, 1] s']),
+    # inf ("no limit") ended in a traceback: OverflowError converting it to nanoseconds.
+    (['--slop', 'inf'], ['--slop must be a finite number > 0 s']),
 ])
 def test_usage_errors_exit_2_with_the_reason(argv, words, tmp_path, capsys):
     bag = tmp_path / 'small_bag'
