@@ -77,15 +77,16 @@ def folder_pairs(pairs_dir, count, split='all'):
     warning on stderr (how many per folder, the first few stems).
 
     Raises:
-        UsageError: not a data-set folder, unknown split, no pair (the unpaired stems are
-            named), or an unreadable image (or one the engine does not take).
+        UsageError: not a data-set folder, unknown split, a split file listing a stem twice,
+            no pair (the unpaired stems are named), or an unreadable image (or one the engine
+            does not take).
 
     """
     from tarfuse_ros.core import data
     from tarfuse_ros.core.images import prepare_pair
     from tarfuse_ros.tools.fuse import read_image
     try:
-        stems = data.read_split(pairs_dir, split)
+        stems = data.read_split(pairs_dir, split, unique=True)
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
     unpaired = data.unpaired_notes(pairs_dir, _SHOWN_STEMS) if split == 'all' else []
@@ -129,7 +130,8 @@ def bag_pairs(bag_dir, count, ir_topic=DEFAULT_IR_TOPIC, vi_topic=DEFAULT_VI_TOP
     as ``sec.nanosec``.
 
     Raises:
-        UsageError: unreadable bag, missing topics, or no pair within ``slop_s``.
+        UsageError: unreadable bag, missing topics, one topic given for both cameras, or no
+            pair within ``slop_s``.
 
     """
     from rosbags.rosbag2 import Reader
@@ -139,6 +141,9 @@ def bag_pairs(bag_dir, count, ir_topic=DEFAULT_IR_TOPIC, vi_topic=DEFAULT_VI_TOP
         with Reader(Path(bag_dir)) as reader:
             types = {c.topic: c.msgtype for c in reader.connections}
             ir_bag, vi_bag = _topic_in_bag(types, ir_topic), _topic_in_bag(types, vi_topic)
+            if ir_bag == vi_bag:  # each image would pair with itself: an identity prior
+                raise UsageError(f'the IR and visible topics are one topic ({ir_bag!r}); give '
+                                 f'the topic of each camera')
             stamps = {ir_bag: [], vi_bag: []}
             wanted = [c for c in reader.connections if c.topic in stamps]
             for connection, _, raw in reader.messages(connections=wanted):
@@ -347,8 +352,8 @@ def _check_args(args):
         raise UsageError(f'--threshold-px must be a finite number > 0, got {args.threshold_px}')
     if not 0 <= args.min_inliers <= 1:
         raise UsageError(f'--min-inliers must be in [0, 1], got {args.min_inliers}')
-    if not args.slop > 0:
-        raise UsageError(f'--slop must be > 0 s, got {args.slop}')
+    if not 0 < args.slop < float('inf'):
+        raise UsageError(f'--slop must be a finite number > 0 s, got {args.slop}')
     if args.infrared_time_offset != 'auto' and not -1.0 <= args.infrared_time_offset <= 1.0:
         raise UsageError(f'--infrared-time-offset must be in [-1, 1] s (as the node parameter '
                          f'sync.infrared_time_offset), got {args.infrared_time_offset}')
@@ -512,6 +517,15 @@ def main(argv=None):
               f'of several rigs?); check the pairs of low inlier share ({", ".join(low)}) and '
               f'calibrate without them', file=sys.stderr)
         return 1
+    # The share over all points hides a pair the prior does not explain: of two pairs that
+    # disagree, the one the fit follows gives 50 % alone.
+    low = [r.name for r in result.residuals if not r.inlier_fraction >= args.min_inliers]
+    if low:
+        print(f'{PROG}: warning: the prior explains less than --min-inliers '
+              f'{args.min_inliers:g} of the points of {len(low)} of {len(result.residuals)} '
+              f'pairs ({", ".join(low)}): they disagree with it (featureless or unrelated IR, '
+              f'another rig?); check them, and calibrate without them or on more pairs',
+              file=sys.stderr, flush=True)
     stamp = datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')
     comments = [f'Registration prior written by {PROG} on {stamp}',
                 f'from {source}, weights {args.weights or "(shipped model)"}.',

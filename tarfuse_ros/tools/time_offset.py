@@ -33,7 +33,7 @@ from tarfuse_ros.core.files import output_problem
 # Ctrl-C meanwhile: tarfuse_ros.console).
 from tarfuse_ros.core.time_offset import ChangeLog, estimate_problem, estimate_time_offset
 from tarfuse_ros.core.time_offset import estimate_warnings, frame_for_motion, MAX_SIDE
-from tarfuse_ros.core.time_offset import MIN_CORRELATION
+from tarfuse_ros.core.time_offset import MIN_CORRELATION, MIN_INTERVALS
 from tarfuse_ros.core.time_offset import signal_from_changes, STEP_S
 
 __all__ = ['build_parser', 'main', 'read_motion_signals', 'write_offset_yaml']
@@ -74,7 +74,9 @@ def read_motion_signals(bag_dir, ir_topic=DEFAULT_IR_TOPIC, vi_topic=DEFAULT_VI_
     flight): memory does not grow with the recording.
 
     Raises:
-        UsageError: an unreadable bag, a missing topic, or a topic with too few usable images.
+        UsageError: an unreadable bag, a missing topic, or a topic with too few usable images
+            (fewer than :data:`~tarfuse_ros.core.time_offset.MIN_INTERVALS` frame intervals
+            of motion signal, as the node's check asks).
 
     """
     from rosbags.rosbag2 import Reader
@@ -149,6 +151,11 @@ def read_motion_signals(bag_dir, ir_topic=DEFAULT_IR_TOPIC, vi_topic=DEFAULT_VI_
                                  f'images were left out ({skipped[camera][0]}); record '
                                  f'images the node takes') from None
             raise UsageError(f'{topic}: {exc}; record a few seconds of both cameras') from None
+        intervals = len(out[camera][0].times_s)
+        if intervals < MIN_INTERVALS:  # as the node's check: a chance peak looks sure
+            raise UsageError(f'{topic}: {counts[camera]} usable images give {intervals} frame '
+                             f'intervals, fewer than {MIN_INTERVALS}: too few to tell motion '
+                             f'from noise; record 20 s or more of both cameras')
     return out
 
 

@@ -138,6 +138,8 @@ def test_calibrate_a_bag_with_compressed_topics(tmp_path, capsys):
     (['--infrared-time-offset', '1.5'], ['--infrared-time-offset must be in [-1, 1] s',
                                          'sync.infrared_time_offset']),
     (['--infrared-time-offset', 'nan'], ['--infrared-time-offset must be in [-1, 1] s']),
+    # inf ("no limit") ended in a traceback: OverflowError converting it to nanoseconds.
+    (['--slop', 'inf'], ['--slop must be a finite number > 0 s']),
 ])
 def test_usage_errors_exit_2_with_the_reason(argv, words, tmp_path, capsys):
     bag = tmp_path / 'small_bag'
@@ -170,6 +172,22 @@ def test_folder_usage_errors_exit_2_before_the_model_runs(rig_folder, tmp_path, 
     assert code == 2, err
     assert 'error:' in err and str(bad) in err and 'no prior fitted' not in err
     assert not (tmp_path / 'p.yaml').exists()
+
+
+def test_a_split_file_listing_a_pair_twice_is_refused_as_tarfuse_eval_refuses_it(
+        rig_folder, tmp_path, capsys):
+    # A stem listed three times was fitted as three pairs (its points and inlier share counted
+    # three times over the other pairs'), exit 0.
+    stems = data.read_split(rig_folder)
+    split = tmp_path / 'rig.txt'
+    split.write_text('\n'.join([stems[0], stems[1], stems[0]]) + '\n')
+    out = tmp_path / 'p.yaml'
+    code = calibrate.main(['--pairs', str(rig_folder), '--split', str(split), '--out',
+                           str(out), '--iterations', '1', '--threads', '1'])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert f"lists '{stems[0]}' twice (lines 1 and 3)" in err, err
+    assert 'iteration' not in err and not out.exists()
 
 
 @pytest.mark.parametrize('source, argv, words', [
@@ -422,6 +440,44 @@ def test_a_featureless_ir_writes_no_prior_and_exits_1(tmp_path, capsys):
     assert 'fitted on' in captured.out  # the per-pair report is still printed
     assert calibrate.main(argv + ['--min-inliers', '0']) == 0  # asked for: written
     assert load_prior_yaml(out) is not None
+
+
+def test_a_pair_the_prior_does_not_explain_is_named_in_a_warning(tmp_path, capsys):
+    # Two real CVC-14 pairs of one rig: the fit follows one (100 % inliers) and explains none
+    # of the other's points, 52 % over all, above --min-inliers: the prior was written, exit
+    # 0, with no word that half of the pairs disagree with it.
+    cvc14 = ROOT / 'test' / 'data' / 'datasets' / 'cvc14_misaligned'
+    out = tmp_path / 'p.yaml'
+    code = calibrate.main(['--pairs', str(cvc14), '--out', str(out), '--iterations', '1',
+                           '--threads', '1', '--max-side', '160'])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    low = [line.split()[0] for line in captured.out.splitlines()
+           if line.startswith('cvc14_') and float(line.split()[3].rstrip('%')) < 50]
+    assert low, captured.out  # the case this test is about
+    warning = [line for line in captured.err.splitlines()
+               if line.startswith('tarfuse-calibrate: warning: the prior explains less than')]
+    assert len(warning) == 1, captured.err
+    assert f'of {len(low)} of 2 pairs ({", ".join(low)})' in warning[0]
+    assert out.exists()
+
+
+def test_one_topic_given_for_both_cameras_is_refused_before_the_model_runs(tmp_path, capsys):
+    # --infrared-topic naming the visible topic paired each visible image with itself: an
+    # identity prior at 100 % inliers, written, exit 0 (tarfuse-time-offset refuses it).
+    bag = tmp_path / 'bag'
+    make_bag(ROOT / 'test' / 'data' / 'datasets' / 'cvc14_misaligned', bag, rate=10.0,
+             size=(160, 118))
+    out = tmp_path / 'p.yaml'
+    for argv in (['--infrared-topic', '/visible/image_raw'],
+                 ['--infrared-topic', '/visible/image_raw', '--visible-topic',
+                  '/visible/image_raw']):
+        code = calibrate.main(['--bag', str(bag), '--out', str(out), '--iterations', '1',
+                               '--threads', '1'] + argv)
+        err = capsys.readouterr().err
+        assert code == 2, err
+        assert "the IR and visible topics are one topic ('/visible/image_raw')" in err, err
+        assert 'iteration' not in err and not out.exists()
 
 
 def test_bag_images_without_an_ir_partner_within_slop_are_named_not_dropped_silently(

@@ -231,6 +231,28 @@ def test_a_make_bag_recording_of_unrelated_scenes_is_refused_not_given_a_chance_
     assert not out.exists()
 
 
+def test_a_recording_too_short_to_tell_motion_from_noise_is_refused(tmp_path, capsys):
+    # Six real RoadScene pairs at 10 Hz, IR stamped 30 ms late: 5 frame intervals per camera,
+    # and -0.138 s was accepted (correlation 0.97), exit 0; calibrate's auto paired with it.
+    from tarfuse_ros.tools.calibrate import main as calibrate
+    from tarfuse_ros.tools.make_bag import main as make_bag
+    bag = tmp_path / 'short'
+    assert make_bag(['--pairs', str(ROOT / 'test' / 'data' / 'datasets' / 'roadscene'),
+                     '--out', str(bag), '--rate', '10', '--offset-ms', '30',
+                     '--size', '160x128']) == 0
+    capsys.readouterr()
+    out = tmp_path / 'offset.yaml'
+    assert main(['--bag', str(bag), '--out', str(out)]) == 2
+    err = capsys.readouterr().err
+    assert 'fewer than 16: too few to tell motion from noise' in err, err
+    assert not out.exists()
+    prior = tmp_path / 'prior.yaml'
+    assert calibrate(['--bag', str(bag), '--infrared-time-offset', 'auto', '--out', str(prior),
+                      '--threads', '1']) == 2
+    assert 'too few to tell motion from noise' in capsys.readouterr().err
+    assert not prior.exists()
+
+
 def write_raw_bag(path, case, ir_image, repeat=1, recorded=None):
     """Write ``case`` with raw Image topics: IR ``ir_image(frame) -> (array, encoding)``.
 
