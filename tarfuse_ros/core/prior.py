@@ -38,6 +38,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from tarfuse_ros.core.files import atomic_output
 from tarfuse_ros.core.images import to_uint8
 
 __all__ = ['ASPECT_TOLERANCE', 'MIN_OVERLAP', 'PARAMETER_NAMES', 'RegistrationPrior',
@@ -473,7 +474,8 @@ def write_prior_yaml(path, prior, comments=(), infrared_time_offset_s=None):
     (``prior_file:=``), or pasted into ``config/tarfuse.yaml``.
 
     Args:
-        path: output file.
+        path: output file (written beside it and moved into place: an interrupted write
+            leaves the file that was there).
         prior: :class:`RegistrationPrior`.
         comments: lines written as ``#`` comments at the top (provenance, residuals).
         infrared_time_offset_s: also set ``sync.infrared_time_offset`` (s) when not None.
@@ -495,7 +497,8 @@ def write_prior_yaml(path, prior, comments=(), infrared_time_offset_s=None):
         lines += ['    sync:',
                   '      # s added to every IR stamp before pairing (tarfuse-time-offset).',
                   f'      infrared_time_offset: {_yaml_float(float(infrared_time_offset_s))}']
-    Path(path).write_text('\n'.join(lines) + '\n')
+    with atomic_output(Path(path)) as temporary:  # a Ctrl-C leaves no half-written file
+        Path(temporary).write_text('\n'.join(lines) + '\n')
 
 
 def load_prior_yaml(path):
