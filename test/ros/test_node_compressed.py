@@ -106,7 +106,7 @@ def test_a_corrupt_jpeg_is_rejected_by_name_and_the_node_answers_the_next_pair(s
 
 
 def test_a_payload_pillow_cannot_identify_is_refused_without_any_package_install(setup):
-    """ultralytics' Image.open checked for pi-heif on such a payload (online: installed it)."""
+    """The Image.open of ultralytics checked for pi-heif on such a payload (online: installed)."""
     node, probe, _, _ = setup
     assert probe.spin_until(lambda: probe.diagnostics, 10.0)
     before = probe.counter('pairs_rejected')
