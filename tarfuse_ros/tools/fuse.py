@@ -81,6 +81,7 @@ import time
 
 import cv2
 import numpy as np
+from tarfuse_ros.core.files import is_truncated_jpeg
 from tarfuse_ros.core.fine_passes import check_fine_passes
 from tqdm import tqdm
 
@@ -139,6 +140,8 @@ def read_image(path):
     try:
         if path.stat().st_size == 0:
             raise OSError(f'{path}: empty file')
+        if is_truncated_jpeg(path):
+            raise OSError(f'{path}: truncated JPEG (the file ends before the image does)')
         img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     except cv2.error as exc:
         raise OSError(f'{path}: cannot decode ({exc.err or exc})') from exc
