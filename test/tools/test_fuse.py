@@ -85,6 +85,16 @@ def test_usage_errors_exit_2_and_say_why(tmp_path, capsys):
     assert not (tmp_path / 'out').exists()
 
 
+def test_ir_offset_for_images_or_folders_is_a_usage_error(tmp_path, capsys):
+    """It pairs videos by time; images and folders, paired by name, ran without it, exit 0."""
+    ir, vi = SAMPLES / 'ir' / f'{STEMS[0]}.jpg', SAMPLES / 'vi' / f'{STEMS[0]}.jpg'
+    for inputs in ((ir, vi), (SAMPLES / 'ir', SAMPLES / 'vi')):
+        status, _, err = _run(capsys, '--ir', inputs[0], '--visible', inputs[1],
+                              '--out', tmp_path / 'out', '--ir-offset-ms', '250')
+        assert status == 2 and '--ir-offset-ms places the IR video' in err, err
+    assert not (tmp_path / 'out').exists()
+
+
 def test_a_missing_gpu_names_the_option_to_use_instead(tmp_path, capsys):
     # --device cuda without a GPU ended "use device 'cpu' or allow the CPU fallback", an
     # option tarfuse-fuse does not have.
