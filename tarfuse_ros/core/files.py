@@ -13,7 +13,7 @@ import stat
 import tempfile
 
 __all__ = ['atomic_output', 'file_sha256', 'is_safetensors', 'is_torch_pickle',
-           'looks_like_onnx', 'output_problem', 'write_text_atomic']
+           'is_truncated_jpeg', 'looks_like_onnx', 'output_problem', 'write_text_atomic']
 
 
 def file_sha256(path):
@@ -46,6 +46,21 @@ def is_safetensors(path):
         head = handle.read(9)
     return (len(head) == 9 and head[8:] == b'{'
             and int.from_bytes(head[:8], 'little') < os.path.getsize(path))
+
+
+def is_truncated_jpeg(path):
+    """Return whether ``path`` is a JPEG file cut short: no end marker after its last scan.
+
+    OpenCV decodes such a file (a copy or download that stopped) without an error, the missing
+    rows grey, and libjpeg only prints 'Premature end of JPEG file', naming no file. The end
+    marker (bytes FF D9) cannot occur inside a scan's data, and a thumbnail's comes before the
+    image's own scans. Files of other formats are not read past their first 3 bytes.
+    """
+    with open(path, 'rb') as handle:
+        if handle.read(3) != b'\xff\xd8\xff':
+            return False
+        data = handle.read()
+    return data.rfind(b'\xff\xd9') < data.rfind(b'\xff\xda')
 
 
 # The tags (field << 3 | wire type) of ModelProto's fields 2 to 8 and 14 (producer name and

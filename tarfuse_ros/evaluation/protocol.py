@@ -275,6 +275,12 @@ def _evaluate(data_dir, weights, out_dir, options):
                      ', '.join(f'{name} ({count} box{"es" if count > 1 else ""})'
                                for name, count in unknown.items()),
                      sum(unknown.values()), ', '.join(scores.class_names))
+    if options.teachers and all(boxes is None for boxes in labels):
+        # Its rows score detections against the labels: without any, none would be written.
+        raise ValueError(f'--teacher: none of the {len(stems)} pairs has a label file in '
+                         f'{str(Path(dataset_dir) / options.labels_dir)!r}, so no teacher '
+                         f'can be scored; leave out --teacher or evaluate labelled pairs '
+                         f'(--labels names another label folder)')
     teachers = _load_teachers(options, scores.class_names)
     day_night = read_illumination(dataset_dir)
     created = [folder for folder in (out_dir, out_dir / 'figures') if not folder.exists()]

@@ -6,7 +6,8 @@ synthetic|dataset] [--stored-ir auto|aligned|unregistered] [--seed N] [--device 
 [--teacher yolov8n|yolox|FILE.onnx ...]`` writes
 ``metrics.json``, ``report.md`` and PNG figures into ``--out``; the protocol is
 :mod:`tarfuse_ros.evaluation.protocol`'s. ``--teacher`` (repeatable) adds a COCO teacher's own
-detection accuracy on the same images as reference rows (needs onnxruntime). ``--labels DIR``
+detection accuracy on the same images as reference rows (needs onnxruntime and labelled pairs:
+refused, exit status 2, where no evaluated pair has a label file). ``--labels DIR``
 names the label sub-folder, which must exist (exit status 2 otherwise); without it ``labels/``
 is used where the set has one, and a set without labels gets no detection metrics. The label
 folder's own ``classes.txt`` names its class ids, else the set's ``classes.txt``. A set

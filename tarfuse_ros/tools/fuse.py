@@ -81,6 +81,7 @@ import time
 
 import cv2
 import numpy as np
+from tarfuse_ros.core.files import is_truncated_jpeg
 from tarfuse_ros.core.fine_passes import check_fine_passes
 from tqdm import tqdm
 
@@ -139,6 +140,8 @@ def read_image(path):
     try:
         if path.stat().st_size == 0:
             raise OSError(f'{path}: empty file')
+        if is_truncated_jpeg(path):
+            raise OSError(f'{path}: truncated JPEG (the file ends before the image does)')
         img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     except cv2.error as exc:
         raise OSError(f'{path}: cannot decode ({exc.err or exc})') from exc
@@ -314,8 +317,9 @@ def plan_inputs(ir_path, vi_path, ir_offset_ms=0.0):
     """Inspect both inputs and return the lazy list of pairs (nothing decoded yet).
 
     Raises:
-        UsageError: missing paths, one path given twice, inputs of different kinds, a video
-            that cannot be opened, or no pair to fuse.
+        UsageError: missing paths, one path given twice, inputs of different kinds, an
+            ``ir_offset_ms`` for inputs that are not videos, a video that cannot be opened, or
+            no pair to fuse.
 
     """
     ir_path, vi_path = Path(ir_path), Path(vi_path)
@@ -328,6 +332,11 @@ def plan_inputs(ir_path, vi_path, ir_offset_ms=0.0):
         raise UsageError(f'--ir is {named[kinds[0]]} but --visible is {named[kinds[1]]}: give '
                          f'two image files, two folders or two videos')
     kind = kinds[0]
+    if kind != 'video' and ir_offset_ms:  # else it would be left unused without a word
+        paired = 'two image files are one pair' if kind == 'image' else \
+            'folders are paired by file name'
+        raise UsageError(f'--ir-offset-ms places the IR video on the clock of the visible one, '
+                         f'but {paired}: leave it out or give two videos')
     if kind == 'image':
         return _Plan(kind, _image_items([(vi_path.stem, ir_path, vi_path)]), total=1)
     if kind == 'folder':

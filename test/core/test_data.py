@@ -608,6 +608,18 @@ def _own_set_of_one(tmp_path):
     return folder, stem, ir, vi
 
 
+def test_a_truncated_jpeg_is_refused_not_loaded_with_grey_rows(tmp_path):
+    """A JPEG cut short was decoded by OpenCV, its missing rows grey; tarfuse-eval scored it."""
+    folder, stem, ir, _ = _own_set_of_one(tmp_path)
+    cv2.imwrite(str(folder / 'ir' / f'{stem}.png'), ir)
+    whole = (DATASETS / 'roadscene' / 'vi' / f'{stem}.jpg').read_bytes()
+    (folder / 'vi' / f'{stem}.jpg').write_bytes(whole[:len(whole) * 6 // 10])
+    with pytest.raises(ValueError, match=f"vi/{stem}.jpg'.*truncated JPEG"):
+        data.load_pair(folder, stem)
+    (folder / 'vi' / f'{stem}.jpg').write_bytes(whole)  # the whole file loads
+    assert data.load_pair(folder, stem)[1].shape == ir.shape + (3,)
+
+
 def test_an_ir_image_pillow_cannot_read_is_checked_at_the_size_opencv_loads(tmp_path):
     """Its header was not read, the pair passed, and tarfuse-eval scored it stretched."""
     import PIL.Image

@@ -283,6 +283,22 @@ def test_evaluation_reports_target_contrast_and_teacher_rows_on_real_pairs(tmp_p
     assert '| teacher yolov8n (visible) |' in report and 'night target contrast ratio' in report
 
 
+@pytest.mark.skipif(SHARED is None or not (SHARED.parent / 'teachers').is_dir()
+                    or importlib.util.find_spec('onnxruntime') is None,
+                    reason='shared/teachers or onnxruntime not found (the teacher loads)')
+def test_a_teacher_on_pairs_without_labels_is_refused(tmp_path, capsys):
+    """Its rows need labels: the run ended with exit 0 and no teacher row, without a word."""
+    from pathlib import Path
+    from tarfuse_ros.tools.evaluate import main
+    tno = Path(__file__).resolve().parents[1] / 'data' / 'datasets' / 'tno'  # no labels/
+    out = tmp_path / 'eval'
+    code = main(['--data', str(tno), '--split', 'all', '--out', str(out), '--no-progress',
+                 '--figures', '0', '--threads', '1', '--teacher', 'yolov8n'])
+    err = capsys.readouterr().err
+    assert code == 2 and '--teacher: none of the 1 pairs has a label file in' in err, err
+    assert not out.exists()
+
+
 def test_a_teacher_is_a_known_name_or_an_onnx_file(tmp_path):
     from tarfuse_ros.evaluation.teachers import load_teacher
     with pytest.raises(ValueError, match='.onnx'):

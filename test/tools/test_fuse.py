@@ -85,6 +85,16 @@ def test_usage_errors_exit_2_and_say_why(tmp_path, capsys):
     assert not (tmp_path / 'out').exists()
 
 
+def test_ir_offset_for_images_or_folders_is_a_usage_error(tmp_path, capsys):
+    """It pairs videos by time; images and folders, paired by name, ran without it, exit 0."""
+    ir, vi = SAMPLES / 'ir' / f'{STEMS[0]}.jpg', SAMPLES / 'vi' / f'{STEMS[0]}.jpg'
+    for inputs in ((ir, vi), (SAMPLES / 'ir', SAMPLES / 'vi')):
+        status, _, err = _run(capsys, '--ir', inputs[0], '--visible', inputs[1],
+                              '--out', tmp_path / 'out', '--ir-offset-ms', '250')
+        assert status == 2 and '--ir-offset-ms places the IR video' in err, err
+    assert not (tmp_path / 'out').exists()
+
+
 def test_a_missing_gpu_names_the_option_to_use_instead(tmp_path, capsys):
     # --device cuda without a GPU ended "use device 'cpu' or allow the CPU fallback", an
     # option tarfuse-fuse does not have.
@@ -392,6 +402,30 @@ def test_bad_files_are_reported_and_the_rest_is_fused(tmp_path, capsys):
     assert 'lonely' in stdout and 'without a visible image' in stdout
     assert 'ignored 1 file(s)' in stdout
     assert sorted(p.name for p in (out / 'fused').iterdir()) == [f'{s}.png' for s in STEMS[:2]]
+
+
+def test_a_truncated_jpeg_is_named_and_skipped_not_fused_with_grey_rows(tmp_path, capsys):
+    """A JPEG cut short (a copy that stopped) is decoded by OpenCV with its missing rows grey.
+
+    It was fused, exit 0, libjpeg's 'Premature end of JPEG file' naming no file.
+    """
+    ir_dir, vi_dir, out = tmp_path / 'ir', tmp_path / 'vi', tmp_path / 'out'
+    ir_dir.mkdir()
+    vi_dir.mkdir()
+    for stem in STEMS[:2]:  # made small to keep the test fast
+        cv2.imwrite(str(ir_dir / f'{stem}.jpg'),
+                    cv2.resize(_read(SAMPLES / 'ir' / f'{stem}.jpg'), (160, 112)))
+        cv2.imwrite(str(vi_dir / f'{stem}.jpg'),
+                    cv2.resize(_read(SAMPLES / 'vi' / f'{stem}.jpg'), (160, 112)))
+    cut = vi_dir / f'{STEMS[1]}.jpg'
+    whole = cut.read_bytes()
+    cut.write_bytes(whole[:len(whole) * 6 // 10])
+    assert cv2.imread(str(cut)) is not None  # OpenCV alone takes it
+    status, stdout, stderr = _run(capsys, '--ir', ir_dir, '--visible', vi_dir, '--out', out)
+    assert status == 1
+    assert f'{cut}: truncated JPEG' in stderr
+    assert '2 pair(s) in, 1 fused out, 1 failed' in stdout
+    assert [p.name for p in (out / 'fused').iterdir()] == [f'{STEMS[0]}.png']
 
 
 def test_a_video_that_cannot_be_opened_exits_2_before_the_model_loads(tmp_path, capsys):
