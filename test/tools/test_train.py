@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from safetensors.torch import load_file
 from tarfuse_ros.core.checkpoint import load_checkpoint, read_checkpoint_config
+from tarfuse_ros.core.data import DataSource
 from tarfuse_ros.core.paths import share_dir
 from tarfuse_ros.tools import train as train_tool
 from tarfuse_ros.training import logs, schedule, state
@@ -866,3 +867,25 @@ def test_a_pair_whose_ir_has_another_aspect_ratio_fails_before_training(
         f'their visible image: roadscene/{stem} (IR {ir.shape[1] * 3 // 4}x{ir.shape[0]}, '
         f'visible {width}x{height}); training pairs are aligned'), err
     assert 'Traceback' not in err and not (tmp_path / 'run').exists()
+
+
+@pytest.mark.parametrize('split, exclude', [('test', ''), ('all', ''), ('det_labelled', ''),
+                                            ('all', 'exclude: [test]')])
+def test_a_training_source_that_holds_test_pairs_is_refused(
+        splits, tmp_path, capsys, split, exclude):
+    """--data roadscene:test (or :all) trained on the test pairs without a word."""
+    args = _args(splits, tmp_path / 'run', '--epochs', '1', '--max-steps', '1')
+    del args[args.index('--data'):args.index('--data') + 2]
+    args += ['--set', f'data.train=[{{path: {ROADSCENE}, split: {split}, {exclude}}}]']
+    test = (ROADSCENE / 'test.txt').read_text().split()
+    if exclude:
+        assert train_tool.main(args) == 0
+        return
+    assert train_tool.main(args) == 2
+    err = capsys.readouterr().err
+    held = [stem for stem in DataSource(ROADSCENE, split).stems() if stem in test]
+    assert err == (f"tarfuse-train: error: data source '{ROADSCENE}' split '{split}' holds "
+                   f"{len(held)} test pairs of '{ROADSCENE / 'test.txt'}' (e.g. {held[0]}): the "
+                   f'test sets are never trained on; add exclude: [test] to the source or '
+                   f'choose another split\n')
+    assert not (tmp_path / 'run').exists()
