@@ -511,8 +511,10 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     # A Ctrl-C reaches the node as well (one process group) and may stop it before this
     # process handles its own: remember the stop so a node that exits then is no error.
+    # SIGTERM (timeout, kill, a CI job cancelled) reaches this process only: it stops the demo
+    # as Ctrl-C does, node included (else the node was left running, orphaned).
     stop = StopRequest()
-    previous = stop.install((signal.SIGINT,))
+    previous = stop.install((signal.SIGINT, signal.SIGTERM))
     try:
         run_demo(out=args.out, weights=args.weights, device=args.device, samples=args.samples,
                  ir_dir=args.ir_dir, ir_encoding=args.ir_encoding, size=args.size,

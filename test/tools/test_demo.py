@@ -321,6 +321,38 @@ def test_ctrl_c_stops_the_demo_and_its_node_cleanly(weights, tmp_path):
 
 
 @pytest.mark.dds
+def test_sigterm_stops_the_demo_and_its_node(weights, tmp_path):
+    """SIGTERM (timeout, kill) ended the demo at once and left its node running, orphaned."""
+    out = tmp_path / 'terminated'
+    process = subprocess.Popen(
+        [sys.executable, '-m', 'tarfuse_ros.tools.demo', '--out', str(out), '--weights',
+         str(weights), '--loops', '50', '--rate', '4', '--size', '128x96'],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+        start_new_session=True)
+    nodes = []
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and 'ready' not in _read(out / 'node.log'):
+            time.sleep(0.2)
+        assert 'ready' in _read(out / 'node.log'), _read(out / 'node.log')
+        nodes = [int(pid) for pid in subprocess.run(
+            ['pgrep', '-P', str(process.pid)], capture_output=True, text=True).stdout.split()]
+        assert nodes
+        process.send_signal(signal.SIGTERM)  # to the demo only, not its process group
+        output, _ = process.communicate(timeout=60)
+        left = [pid for pid in nodes if Path(f'/proc/{pid}').exists()]
+    finally:
+        for pid in nodes:  # the node this test started through the demo, if left running
+            if Path(f'/proc/{pid}').exists():
+                os.kill(pid, signal.SIGKILL)
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 130, output
+    assert 'interrupted; the node was stopped' in output and 'Traceback' not in output
+    assert left == [] and not (out / 'summary.md').exists()
+
+
+@pytest.mark.dds
 def test_a_folder_of_your_own_pairs_is_refused_or_run_with_the_demo_s_own_options(
         weights, tmp_path, capsys):
     """Errors about --samples named tarfuse-make-bag's options (--pairs, --ir-encoding)."""
