@@ -48,9 +48,15 @@ def resolve_dataset_dir(path, root=None, root_option=None):
             named when a relative path is found nowhere; None where the user has none.
 
     Raises:
-        ValueError: the folder is found nowhere, or the path is a file.
+        ValueError: ``root`` is given but is no folder, the folder is found nowhere, or the
+            path is a file.
 
     """
+    if root and not Path(root).expanduser().is_dir():
+        # A typo'd root was passed over: the working directory's or the shared set of that
+        # name was trained on instead, without a word.
+        raise ValueError(f'{root_option or "root"} {str(root)!r} is not a folder: give the '
+                         f'folder that holds the data sets, or leave it out (null)')
     candidate = Path(path).expanduser()
     bases = []
     if not candidate.is_absolute():
