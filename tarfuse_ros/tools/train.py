@@ -273,13 +273,21 @@ def _out_dir(args, resume):
         # The run writes its parsed config there (comments and all of the user's file lost).
         raise ValueError(f'--config {args.config!r} is the file the run writes its parsed '
                          f'config to in --out: keep your config outside the run folder')
+    return out
+
+
+def _carry_log(out, resume):
+    """Resuming into another folder (e.g. from a read-only copy): carry the history there.
+
+    Called once the run has passed its checks: a resume refused (a finished run without
+    --epochs, bad data) left the copied log behind, and the corrected command was then refused
+    as one into a folder that holds another run.
+    """
     if resume is not None and out.resolve() != resume.parent:
-        # Resuming into another folder (e.g. from a read-only copy): carry the history.
         old_log, new_log = resume.parent / LOG_NAME, out / LOG_NAME
         if old_log.is_file() and not new_log.exists():
             out.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(old_log, new_log)
-    return out
 
 
 def main(argv=None):
@@ -304,6 +312,7 @@ def main(argv=None):
                                 flush_denormal=True):
                 trainer = Trainer(config, out, dist, argv, max_steps=args.max_steps,
                                   resume=resume, t0=t0)
+                _carry_log(out, resume)
                 summary = trainer.fit()
         finally:
             if previous is not None:

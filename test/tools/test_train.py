@@ -186,6 +186,21 @@ def test_resume_into_another_folder_keeps_the_history(runs, tmp_path):
     assert [r['epoch'] for r in _log(runs['b'])] == [1, 2]
 
 
+def test_a_refused_resume_into_another_folder_leaves_nothing_there(runs, tmp_path, capsys):
+    """The history was copied before the resume was refused; the fixed command was then refused.
+
+    '--resume RUN --out NEW' of a finished run says to give --epochs; with it, NEW held the
+    copied log.jsonl and the run was refused as one into a folder that holds another run.
+    """
+    out = tmp_path / 'moved'
+    assert train_tool.main(['--resume', str(runs['b']), '--out', str(out)]) == 2
+    assert 'the run has already trained 2 of 2 epochs' in capsys.readouterr().err
+    assert not out.exists()
+    assert train_tool.main(['--resume', str(runs['b']), '--out', str(out), '--epochs', '3',
+                            '--val-every', '0']) == 0
+    assert [r['epoch'] for r in _log(out)] == [1, 2, 3]
+
+
 def test_other_seed_gives_other_losses(splits, tmp_path):
     out = tmp_path / 'seed1'
     assert train_tool.main(_args(splits, out, '--epochs', '1', '--seed', '1',
