@@ -28,7 +28,7 @@ from tarfuse_ros.training.config import apply_overrides, load_config, TrainingCo
 from tarfuse_ros.training.datasets import parse_data_spec
 from tarfuse_ros.training.distributed import setup_distributed, teardown_distributed
 from tarfuse_ros.training.logs import LOG_NAME
-from tarfuse_ros.training.loop import FINAL_NAME, Trainer
+from tarfuse_ros.training.loop import CURVE_NAME, FINAL_NAME, Trainer
 from tarfuse_ros.training.state import find_state_dir, read_state_meta, RUN_META_KEYS, STATE_DIR
 
 __all__ = ['build_config', 'build_parser', 'main']
@@ -245,8 +245,9 @@ def _out_dir(args, resume):
 
     Raises:
         ValueError: ``--out`` cannot be written, holds another run (a new run would
-            replace its log, state and checkpoint), or holds the ``--config`` file of a new
-            run as its ``config.yaml`` (the run would write over it).
+            replace its log, state and checkpoint), holds the ``--config`` file of a new
+            run as its ``config.yaml`` (the run would write over it), or holds a
+            ``config.yaml``, ``summary.json`` or curve plot that no run wrote (no log).
 
     """
     if args.out:
@@ -273,6 +274,14 @@ def _out_dir(args, resume):
         # The run writes its parsed config there (comments and all of the user's file lost).
         raise ValueError(f'--config {args.config!r} is the file the run writes its parsed '
                          f'config to in --out: keep your config outside the run folder')
+    if (resume is None or out.resolve() != resume.parent) and not (out / LOG_NAME).exists():
+        # Files a run writes, there without a run's log: another's (a ROS config.yaml, notes).
+        theirs = [name for name in ('config.yaml', 'summary.json', CURVE_NAME)
+                  if (out / name).exists()]
+        if theirs:
+            raise ValueError(f'--out {str(out)!r} holds {", ".join(theirs)}, which no training '
+                             f'run wrote there (no {LOG_NAME}) and the run would write over: '
+                             f'choose another --out')
     return out
 
 

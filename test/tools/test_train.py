@@ -809,6 +809,21 @@ def test_a_new_run_refuses_to_write_over_its_own_config_file(splits, tmp_path, c
     assert (out / 'config.yaml').read_text() == mine and os.listdir(out) == ['config.yaml']
 
 
+def test_a_new_run_refuses_a_folder_whose_config_yaml_no_run_wrote(splits, tmp_path, capsys):
+    """--out ~/rig holding the rig's own config.yaml (not the --config): written over silently."""
+    out = tmp_path / 'rig'
+    out.mkdir()
+    (out / 'config.yaml').write_text('# the ROS parameters of my rig\n')
+    (out / 'summary.json').write_text('{"mine": 1}\n')
+    assert train_tool.main(_args(splits, out, '--epochs', '1', '--max-steps', '1')) == 2
+    assert capsys.readouterr().err == (
+        f"tarfuse-train: error: --out '{out}' holds config.yaml, summary.json, which no "
+        f'training run wrote there (no log.jsonl) and the run would write over: choose '
+        f'another --out\n')
+    assert (out / 'config.yaml').read_text() == '# the ROS parameters of my rig\n'
+    assert sorted(os.listdir(out)) == ['config.yaml', 'summary.json']
+
+
 @pytest.mark.parametrize('given, message', [
     (['--epochs', '3', '--set', 'train.epochs=5'],
      "--epochs 3 and --set 'train.epochs=5' give train.epochs two different values"),
