@@ -395,6 +395,21 @@ def run_demo(out='output/demo', weights=None, device='cpu', samples=None,
     (out / MARKER).write_text('tarfuse-demo wrote this folder; a later tarfuse-demo --out here '
                               'replaces its outputs\n')
     input_bag, recorded_bag = out / 'input_bag', out / 'recorded_bag'
+    # The bag is built aside first: make_bag checks the options (--rate, --size, ...) and reads
+    # every image, so a bad one leaves an earlier run's outputs as they were.
+    staging = out / '.tarfuse-demo-new'
+    if staging.is_dir():  # left by a run stopped while building its bag
+        shutil.rmtree(staging)
+
+    # Each camera on the transport the node reads (visible.transport: compressed in the
+    # params file, or --param visible.transport:=compressed, which wins).
+    given = {**_params_file_values(params_file),
+             **dict(item.split(':=', 1) for item in node_params)}
+    bag = make_bag(samples, staging / 'input_bag', rate=rate, ir_encoding=ir_encoding,
+                   offset_ms=4.0, jitter_ms=1.0, loops=loops, size=size, ir_dir=ir_dir,
+                   max_pairs=max_pairs,
+                   ir_transport=str(given.get('infrared.transport', 'raw')).strip(),
+                   vi_transport=str(given.get('visible.transport', 'raw')).strip())
     # Results of an earlier run in this folder (new, empty or marked: the demo's) are replaced.
     for old in [input_bag, recorded_bag]:
         if old.is_dir():
@@ -402,15 +417,8 @@ def run_demo(out='output/demo', weights=None, device='cpu', samples=None,
     for old in [*out.glob('fused_*.png'), out / 'summary.json', out / 'summary.md']:
         if old.is_file():
             old.unlink()
-
-    # Each camera on the transport the node reads (visible.transport: compressed in the
-    # params file, or --param visible.transport:=compressed, which wins).
-    given = {**_params_file_values(params_file),
-             **dict(item.split(':=', 1) for item in node_params)}
-    bag = make_bag(samples, input_bag, rate=rate, ir_encoding=ir_encoding, offset_ms=4.0,
-                   jitter_ms=1.0, loops=loops, size=size, ir_dir=ir_dir, max_pairs=max_pairs,
-                   ir_transport=str(given.get('infrared.transport', 'raw')).strip(),
-                   vi_transport=str(given.get('visible.transport', 'raw')).strip())
+    (staging / 'input_bag').rename(input_bag)
+    staging.rmdir()
     log(f'tarfuse-demo: built {input_bag} ({bag.pairs} pairs at {rate} Hz)')
 
     command = [sys.executable, '-m', 'tarfuse_ros.ros.fuse_node', '--ros-args',
@@ -511,8 +519,10 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     # A Ctrl-C reaches the node as well (one process group) and may stop it before this
     # process handles its own: remember the stop so a node that exits then is no error.
+    # SIGTERM (timeout, kill, a CI job cancelled) reaches this process only: it stops the demo
+    # as Ctrl-C does, node included (else the node was left running, orphaned).
     stop = StopRequest()
-    previous = stop.install((signal.SIGINT,))
+    previous = stop.install((signal.SIGINT, signal.SIGTERM))
     try:
         run_demo(out=args.out, weights=args.weights, device=args.device, samples=args.samples,
                  ir_dir=args.ir_dir, ir_encoding=args.ir_encoding, size=args.size,

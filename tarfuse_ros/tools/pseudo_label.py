@@ -716,10 +716,13 @@ def pseudo_label(teachers, dataset_dir, splits, out_dir, score=DEFAULT_SCORE, io
     dataset_dir = Path(dataset_dir)
     out_dir = Path(out_dir)
     labels_out = out_dir / 'labels'
-    if (out_dir.resolve() / 'labels') == (dataset_dir.resolve() / 'labels'):
-        raise ValueError(f'--out {str(out_dir)!r} is the data set folder, whose labels/ is '
-                         'for human labels (pseudo-labels there would pass for them, and never '
-                         'replace them); give another --out')
+    # Any data set's folder: --overwrite deleted the human labels of another set (a copy).
+    same = (out_dir.resolve() / 'labels') == (dataset_dir.resolve() / 'labels')
+    if same or ((out_dir / 'ir').is_dir() and (out_dir / 'vi').is_dir()):
+        which = 'the data set folder' if same else 'the folder of another data set (ir/, vi/)'
+        raise ValueError(f'--out {str(out_dir)!r} is {which}, whose labels/ is for human '
+                         'labels (pseudo-labels there would pass for them, and never replace '
+                         'them); give another --out')
     existing = sorted(p for p in labels_out.glob('*.txt') if p.name != 'classes.txt') \
         if labels_out.is_dir() else []
     summaries = [out_dir / name for name in ('stems.txt', 'scores.tsv', 'README.md')]

@@ -28,7 +28,7 @@ from tarfuse_ros.training.config import apply_overrides, load_config, TrainingCo
 from tarfuse_ros.training.datasets import parse_data_spec
 from tarfuse_ros.training.distributed import setup_distributed, teardown_distributed
 from tarfuse_ros.training.logs import LOG_NAME
-from tarfuse_ros.training.loop import FINAL_NAME, Trainer
+from tarfuse_ros.training.loop import CURVE_NAME, FINAL_NAME, Trainer
 from tarfuse_ros.training.state import find_state_dir, read_state_meta, RUN_META_KEYS, STATE_DIR
 
 __all__ = ['build_config', 'build_parser', 'main']
@@ -245,8 +245,9 @@ def _out_dir(args, resume):
 
     Raises:
         ValueError: ``--out`` cannot be written, holds another run (a new run would
-            replace its log, state and checkpoint), or holds the ``--config`` file of a new
-            run as its ``config.yaml`` (the run would write over it).
+            replace its log, state and checkpoint), holds the ``--config`` file of a new
+            run as its ``config.yaml`` (the run would write over it), or holds a
+            ``config.yaml``, ``summary.json`` or curve plot that no run wrote (no log).
 
     """
     if args.out:
@@ -273,13 +274,29 @@ def _out_dir(args, resume):
         # The run writes its parsed config there (comments and all of the user's file lost).
         raise ValueError(f'--config {args.config!r} is the file the run writes its parsed '
                          f'config to in --out: keep your config outside the run folder')
+    if (resume is None or out.resolve() != resume.parent) and not (out / LOG_NAME).exists():
+        # Files a run writes, there without a run's log: another's (a ROS config.yaml, notes).
+        theirs = [name for name in ('config.yaml', 'summary.json', CURVE_NAME)
+                  if (out / name).exists()]
+        if theirs:
+            raise ValueError(f'--out {str(out)!r} holds {", ".join(theirs)}, which no training '
+                             f'run wrote there (no {LOG_NAME}) and the run would write over: '
+                             f'choose another --out')
+    return out
+
+
+def _carry_log(out, resume):
+    """Resuming into another folder (e.g. from a read-only copy): carry the history there.
+
+    Called once the run has passed its checks: a resume refused (a finished run without
+    --epochs, bad data) left the copied log behind, and the corrected command was then refused
+    as one into a folder that holds another run.
+    """
     if resume is not None and out.resolve() != resume.parent:
-        # Resuming into another folder (e.g. from a read-only copy): carry the history.
         old_log, new_log = resume.parent / LOG_NAME, out / LOG_NAME
         if old_log.is_file() and not new_log.exists():
             out.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(old_log, new_log)
-    return out
 
 
 def main(argv=None):
@@ -304,6 +321,7 @@ def main(argv=None):
                                 flush_denormal=True):
                 trainer = Trainer(config, out, dist, argv, max_steps=args.max_steps,
                                   resume=resume, t0=t0)
+                _carry_log(out, resume)
                 summary = trainer.fit()
         finally:
             if previous is not None:

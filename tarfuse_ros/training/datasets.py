@@ -13,8 +13,9 @@ from tarfuse_ros.core.data import (DataSource, label_file, PairedDataset, read_c
                                    read_split, unpaired_notes)
 from tarfuse_ros.core.paths import share_dir, shared_datasets_dir
 
-__all__ = ['build_dataset', 'check_class_map', 'count_labelled', 'dropped_class_lines',
-           'parse_data_spec', 'resolve_dataset_dir', 'resolve_sources', 'unpaired_lines']
+__all__ = ['build_dataset', 'check_class_map', 'check_no_test_pairs', 'count_labelled',
+           'dropped_class_lines', 'parse_data_spec', 'resolve_dataset_dir', 'resolve_sources',
+           'unpaired_lines']
 
 DEFAULT_LABELS = 'labels'
 DATASET_LAYOUT = ('a data set folder holds ir/ and vi/ with the infrared and the visible image of '
@@ -47,9 +48,15 @@ def resolve_dataset_dir(path, root=None, root_option=None):
             named when a relative path is found nowhere; None where the user has none.
 
     Raises:
-        ValueError: the folder is found nowhere, or the path is a file.
+        ValueError: ``root`` is given but is no folder, the folder is found nowhere, or the
+            path is a file.
 
     """
+    if root and not Path(root).expanduser().is_dir():
+        # A typo'd root was passed over: the working directory's or the shared set of that
+        # name was trained on instead, without a word.
+        raise ValueError(f'{root_option or "root"} {str(root)!r} is not a folder: give the '
+                         f'folder that holds the data sets, or leave it out (null)')
     candidate = Path(path).expanduser()
     bases = []
     if not candidate.is_absolute():
@@ -126,6 +133,33 @@ def resolve_sources(sources, root=None):
                              f'use ({why})')
         resolved.append(source)
     return resolved
+
+
+def check_no_test_pairs(sources):
+    """Refuse training sources that hold pairs of a test split: the test sets are never trained on.
+
+    A test split is the ``test.txt`` of the data set folder, or the ``test.txt`` beside the list
+    file a source names as its split (``data/splits/harvard_mri_pet/``). ``exclude`` (e.g.
+    ``exclude: [test]``) keeps its pairs out.
+
+    Raises:
+        ValueError: naming the source, the test list, how many of its pairs the source holds
+            and the ``exclude`` that keeps them out.
+
+    """
+    for source in sources:
+        tests = [Path(source.path) / 'test.txt', Path(source.split).parent / 'test.txt']
+        if not Path(source.split).is_absolute():  # a list-file name of the folder, or 'all'
+            tests.pop()
+        for test in dict.fromkeys(test for test in tests if test.is_file()):
+            listed = set(read_split(source.path, str(test)))
+            held = [stem for stem in source.stems() if stem in listed]
+            if held:
+                name = 'test' if test == Path(source.path) / 'test.txt' else str(test)
+                raise ValueError(
+                    f'data source {source.path!r} split {source.split!r} holds {len(held)} '
+                    f'test pairs of {str(test)!r} (e.g. {held[0]}): the test sets are never '
+                    f'trained on; add exclude: [{name}] to the source or choose another split')
 
 
 def unpaired_lines(sources, shown=5):

@@ -25,7 +25,8 @@ import time
 
 from tarfuse_ros.core.runtime import resolve_device
 from tarfuse_ros.training import logs, steps
-from tarfuse_ros.training.datasets import (build_dataset, check_class_map, count_labelled,
+from tarfuse_ros.training.datasets import (build_dataset, check_class_map,
+                                           check_no_test_pairs, count_labelled,
                                            dropped_class_lines, resolve_sources,
                                            unpaired_lines)
 from tarfuse_ros.training.distributed import barrier, broadcast_int, DistInfo
@@ -157,6 +158,7 @@ class Trainer:
         seed_everything(epoch_seed(self.seed, 0, self.dist.rank))
         root = config.data.root
         self.train_sources = resolve_sources(config.data.train, root)
+        check_no_test_pairs(self.train_sources)
         self.val_sources = resolve_sources(config.data.val, root)
         if self.dist.is_main:
             for line in unpaired_lines(self.train_sources + self.val_sources):

@@ -207,6 +207,29 @@ def test_demo_refuses_bad_numbers_before_any_work(weights, tmp_path, capsys, fla
     assert not out.exists()
 
 
+@pytest.mark.parametrize('flags, message', [
+    (['--rate', '0'], 'rate must be > 0 and at most 1e+09 Hz, got 0.0'),
+    (['--size', '512'], "size must look like WIDTHxHEIGHT (e.g. 640x512), got '512'"),
+    (['--loops', '0'], 'loops must be >= 1, got 0'),
+    (['--param', 'visible.transport:=jpeg'],
+     "vi_transport must be one of ('raw', 'compressed'), got 'jpeg'")])
+def test_a_bad_bag_option_keeps_the_earlier_demo_s_outputs(
+        weights, tmp_path, capsys, flags, message):
+    """--out of an earlier demo with --rate 0 deleted its summary, PNGs and bags, then refused."""
+    out = tmp_path / 'earlier'
+    (out / 'input_bag').mkdir(parents=True)
+    (out / demo.MARKER).write_text('tarfuse-demo wrote this folder\n')
+    files = {'summary.md': 'the last run', 'summary.json': '{}', 'fused_000_a.png': 'png',
+             'input_bag/metadata.yaml': 'bag'}
+    for name, text in files.items():
+        (out / name).write_text(text)
+    assert demo.main(['--out', str(out), '--weights', str(weights), *flags]) == 1
+    assert capsys.readouterr().err == f'tarfuse-demo: error: {message}\n'
+    assert {name: (out / name).read_text() for name in files} == files
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [demo.MARKER, 'input_bag', 'summary.md', 'summary.json', 'fused_000_a.png'])
+
+
 def test_demo_refuses_a_folder_of_other_files_and_deletes_none(weights, tmp_path, capsys):
     """--out . in one's own folder deleted its summary.md, fused_*.png, input_bag/ and more."""
     mine = tmp_path / 'mine'
@@ -318,6 +341,38 @@ def test_ctrl_c_stops_the_demo_and_its_node_cleanly(weights, tmp_path):
     assert process.returncode == 130, output
     assert 'interrupted' in output and not (out / 'summary.md').exists()
     assert 'Traceback' not in output + node_log and 'terminate called' not in node_log
+
+
+@pytest.mark.dds
+def test_sigterm_stops_the_demo_and_its_node(weights, tmp_path):
+    """SIGTERM (timeout, kill) ended the demo at once and left its node running, orphaned."""
+    out = tmp_path / 'terminated'
+    process = subprocess.Popen(
+        [sys.executable, '-m', 'tarfuse_ros.tools.demo', '--out', str(out), '--weights',
+         str(weights), '--loops', '50', '--rate', '4', '--size', '128x96'],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+        start_new_session=True)
+    nodes = []
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and 'ready' not in _read(out / 'node.log'):
+            time.sleep(0.2)
+        assert 'ready' in _read(out / 'node.log'), _read(out / 'node.log')
+        nodes = [int(pid) for pid in subprocess.run(
+            ['pgrep', '-P', str(process.pid)], capture_output=True, text=True).stdout.split()]
+        assert nodes
+        process.send_signal(signal.SIGTERM)  # to the demo only, not its process group
+        output, _ = process.communicate(timeout=60)
+        left = [pid for pid in nodes if Path(f'/proc/{pid}').exists()]
+    finally:
+        for pid in nodes:  # the node this test started through the demo, if left running
+            if Path(f'/proc/{pid}').exists():
+                os.kill(pid, signal.SIGKILL)
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 130, output
+    assert 'interrupted; the node was stopped' in output and 'Traceback' not in output
+    assert left == [] and not (out / 'summary.md').exists()
 
 
 @pytest.mark.dds

@@ -103,6 +103,20 @@ def test_a_run_stopped_half_way_leaves_no_summary_of_the_previous_run(tmp_path):
     assert {p.name for p in (out / 'labels').iterdir()} == {'classes.txt', f'{first}.txt'}
 
 
+def test_out_in_another_data_set_folder_keeps_its_human_labels(tmp_path):
+    """--out COPY --overwrite (another copy of the set) deleted COPY's human labels."""
+    import shutil
+    source = Path(__file__).resolve().parents[1] / 'data' / 'datasets' / 'roadscene'
+    copy = tmp_path / 'roadscene_copy'
+    shutil.copytree(source, copy)
+    human = {p.name: p.read_text() for p in (copy / 'labels').iterdir()}
+    for overwrite in (False, True):
+        with pytest.raises(ValueError, match=r'is the folder of another data set \(ir/, vi/\), '
+                                             'whose labels/ is for human labels'):
+            pl.pseudo_label([], source, ['test'], copy, overwrite=overwrite, progress=False)
+    assert {p.name: p.read_text() for p in (copy / 'labels').iterdir()} == human
+
+
 def test_out_in_the_data_set_folder_is_refused_without_suggesting_overwrite(tmp_path):
     # --out DATASET said "'DATASET/labels' already holds 5 label files; pass --overwrite to
     # replace them", inviting the user to replace the human labels (which --overwrite then

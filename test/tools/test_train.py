@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from safetensors.torch import load_file
 from tarfuse_ros.core.checkpoint import load_checkpoint, read_checkpoint_config
+from tarfuse_ros.core.data import DataSource
 from tarfuse_ros.core.paths import share_dir
 from tarfuse_ros.tools import train as train_tool
 from tarfuse_ros.training import logs, schedule, state
@@ -183,6 +184,21 @@ def test_resume_into_another_folder_keeps_the_history(runs, tmp_path):
     assert [r['epoch'] for r in _log(out)] == [1, 2, 3]
     assert state.read_state_meta(out / STATE_DIR)['global_step'] == 6
     assert [r['epoch'] for r in _log(runs['b'])] == [1, 2]
+
+
+def test_a_refused_resume_into_another_folder_leaves_nothing_there(runs, tmp_path, capsys):
+    """The history was copied before the resume was refused; the fixed command was then refused.
+
+    '--resume RUN --out NEW' of a finished run says to give --epochs; with it, NEW held the
+    copied log.jsonl and the run was refused as one into a folder that holds another run.
+    """
+    out = tmp_path / 'moved'
+    assert train_tool.main(['--resume', str(runs['b']), '--out', str(out)]) == 2
+    assert 'the run has already trained 2 of 2 epochs' in capsys.readouterr().err
+    assert not out.exists()
+    assert train_tool.main(['--resume', str(runs['b']), '--out', str(out), '--epochs', '3',
+                            '--val-every', '0']) == 0
+    assert [r['epoch'] for r in _log(out)] == [1, 2, 3]
 
 
 def test_other_seed_gives_other_losses(splits, tmp_path):
@@ -793,6 +809,21 @@ def test_a_new_run_refuses_to_write_over_its_own_config_file(splits, tmp_path, c
     assert (out / 'config.yaml').read_text() == mine and os.listdir(out) == ['config.yaml']
 
 
+def test_a_new_run_refuses_a_folder_whose_config_yaml_no_run_wrote(splits, tmp_path, capsys):
+    """--out ~/rig holding the rig's own config.yaml (not the --config): written over silently."""
+    out = tmp_path / 'rig'
+    out.mkdir()
+    (out / 'config.yaml').write_text('# the ROS parameters of my rig\n')
+    (out / 'summary.json').write_text('{"mine": 1}\n')
+    assert train_tool.main(_args(splits, out, '--epochs', '1', '--max-steps', '1')) == 2
+    assert capsys.readouterr().err == (
+        f"tarfuse-train: error: --out '{out}' holds config.yaml, summary.json, which no "
+        f'training run wrote there (no log.jsonl) and the run would write over: choose '
+        f'another --out\n')
+    assert (out / 'config.yaml').read_text() == '# the ROS parameters of my rig\n'
+    assert sorted(os.listdir(out)) == ['config.yaml', 'summary.json']
+
+
 @pytest.mark.parametrize('given, message', [
     (['--epochs', '3', '--set', 'train.epochs=5'],
      "--epochs 3 and --set 'train.epochs=5' give train.epochs two different values"),
@@ -866,3 +897,25 @@ def test_a_pair_whose_ir_has_another_aspect_ratio_fails_before_training(
         f'their visible image: roadscene/{stem} (IR {ir.shape[1] * 3 // 4}x{ir.shape[0]}, '
         f'visible {width}x{height}); training pairs are aligned'), err
     assert 'Traceback' not in err and not (tmp_path / 'run').exists()
+
+
+@pytest.mark.parametrize('split, exclude', [('test', ''), ('all', ''), ('det_labelled', ''),
+                                            ('all', 'exclude: [test]')])
+def test_a_training_source_that_holds_test_pairs_is_refused(
+        splits, tmp_path, capsys, split, exclude):
+    """--data roadscene:test (or :all) trained on the test pairs without a word."""
+    args = _args(splits, tmp_path / 'run', '--epochs', '1', '--max-steps', '1')
+    del args[args.index('--data'):args.index('--data') + 2]
+    args += ['--set', f'data.train=[{{path: {ROADSCENE}, split: {split}, {exclude}}}]']
+    test = (ROADSCENE / 'test.txt').read_text().split()
+    if exclude:
+        assert train_tool.main(args) == 0
+        return
+    assert train_tool.main(args) == 2
+    err = capsys.readouterr().err
+    held = [stem for stem in DataSource(ROADSCENE, split).stems() if stem in test]
+    assert err == (f"tarfuse-train: error: data source '{ROADSCENE}' split '{split}' holds "
+                   f"{len(held)} test pairs of '{ROADSCENE / 'test.txt'}' (e.g. {held[0]}): the "
+                   f'test sets are never trained on; add exclude: [test] to the source or '
+                   f'choose another split\n')
+    assert not (tmp_path / 'run').exists()

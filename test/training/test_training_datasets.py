@@ -158,3 +158,13 @@ def test_a_listed_stem_without_its_images_names_the_list_files_line(tmp_path):
                                          rf"'{ROADSCENE}' \(extensions tried: .*\), listed in "
                                          rf"'{tmp_path / 'mine.txt'}' line 3$"):
         resolve_sources([f'{ROADSCENE}:{tmp_path / "mine.txt"}'])
+
+
+def test_a_data_root_that_is_no_folder_is_refused(tmp_path, monkeypatch):
+    """A typo'd data.root was passed over: the set of that name elsewhere was trained on."""
+    monkeypatch.chdir(DATASETS)  # roadscene is found in the working directory
+    missing = tmp_path / 'my_sets'
+    with pytest.raises(ValueError, match=rf"^data.root '{missing}' is not a folder: give the "
+                                         r'folder that holds the data sets, or leave it out'):
+        resolve_sources(['roadscene:train'], root=missing)
+    assert resolve_sources(['roadscene:train'], root=DATASETS)[0].path == str(ROADSCENE)
