@@ -6,6 +6,7 @@ output, the parameter service).  Waiting is always done by spinning until a cond
 never by fixed sleeps.
 """
 
+from contextlib import contextmanager
 import os
 from pathlib import Path
 import random
@@ -184,6 +185,32 @@ class NodeProcess:
             self.stop(signal.SIGINT, 10.0)
         self.log_file.close()
         Path(self.log_file.name).unlink(missing_ok=True)
+
+
+@contextmanager
+def running_node(parameters, weights=None, ready_timeout=90.0, probe_options=None,
+                 **node_options):
+    """Start a node and a probe on a new domain; yield ``(node, probe)``, close both after.
+
+    ``parameters`` override ``device: cpu`` and ``cpu_threads: 1``; ``weights`` (a path) is
+    passed as the ``weights`` parameter, None runs the shipped model. ``node_options`` go to
+    :class:`NodeProcess`, ``probe_options`` to :class:`Probe`. Fails the test with the node's
+    log where no pair is answered within ``ready_timeout`` s.
+    """
+    import pytest
+    domain = random_domain_id()
+    given = {'device': 'cpu', 'cpu_threads': 1, **parameters}
+    if weights is not None:
+        given['weights'] = str(weights)
+    node = NodeProcess(domain, given, **node_options)
+    probe = Probe(domain, **(probe_options or {}))
+    try:
+        if not probe.wait_until_ready(ready_timeout):
+            pytest.fail('the node never answered a pair; its log:\n' + node.log())
+        yield node, probe
+    finally:
+        probe.close()
+        node.close()
 
 
 def assert_start_up_fails(parameters, words, timeout=90.0):

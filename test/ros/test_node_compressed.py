@@ -89,36 +89,38 @@ def test_compressed_visible_and_16_bit_thermal_are_fused_like_the_raw_pair(setup
     assert np.abs(jpeg.astype(int) - fused_pixels).mean() < 2.0
 
 
-def test_a_corrupt_jpeg_is_rejected_by_name_and_the_node_answers_the_next_pair(setup):
-    node, probe, _, _ = setup
+def _refused_visible_payload(node, probe, payload, cause, what):
+    """Publish a pair whose compressed visible image is ``payload(data)``; check the refusal.
+
+    The rejection must name ``cause`` (diagnostics ``last_rejection``) and the next good pair
+    must be fused, with nothing published for the refused one.
+    """
     assert probe.spin_until(lambda: probe.diagnostics, 10.0)
     before = probe.counter('pairs_rejected')
     bad_stamp = time.time_ns()
     ir_msg, vi_msg = probe.good_pair(bad_stamp)
-    vi_msg.data = bytes(vi_msg.data)[:len(vi_msg.data) // 8]  # a truncated JPEG
+    vi_msg.data = payload(bytes(vi_msg.data))
     probe.publish_pair(ir_msg, vi_msg)
     assert probe.wait_for_diagnostics(
         lambda level, msg, values: int(values['pairs_rejected']) > before and
-        '/visible/image_raw/compressed: cannot decode the compressed payload' in
-        values['last_rejection']), 'the corrupt JPEG was not reported by name'
-    _next_pair_runs_and_nothing_came_of(node, probe, bad_stamp, 'a corrupt pair')
+        cause in values['last_rejection']), f'{what} was not reported by name'
+    _next_pair_runs_and_nothing_came_of(node, probe, bad_stamp, what)
+
+
+def test_a_corrupt_jpeg_is_rejected_by_name_and_the_node_answers_the_next_pair(setup):
+    node, probe, _, _ = setup
+    _refused_visible_payload(
+        node, probe, lambda data: data[:len(data) // 8],  # a truncated JPEG
+        '/visible/image_raw/compressed: cannot decode the compressed payload', 'a corrupt JPEG')
     assert 'cannot decode the compressed payload' in node.log()
 
 
 def test_a_payload_pillow_cannot_identify_is_refused_without_any_package_install(setup):
     """The Image.open of ultralytics checked for pi-heif on such a payload (online: installed)."""
     node, probe, _, _ = setup
-    assert probe.spin_until(lambda: probe.diagnostics, 10.0)
-    before = probe.counter('pairs_rejected')
-    bad_stamp = time.time_ns()
-    ir_msg, vi_msg = probe.good_pair(bad_stamp)
-    vi_msg.data = b'no image, as a broken driver might send' * 4
-    probe.publish_pair(ir_msg, vi_msg)
-    assert probe.wait_for_diagnostics(
-        lambda level, msg, values: int(values['pairs_rejected']) > before and
-        'its header states no size that Pillow reads' in values['last_rejection']), (
-        'the payload was not reported by name')
-    _next_pair_runs_and_nothing_came_of(node, probe, bad_stamp, 'an unidentified payload')
+    _refused_visible_payload(
+        node, probe, lambda data: b'no image, as a broken driver might send' * 4,
+        'its header states no size that Pillow reads', 'an unidentified payload')
     log = node.log()
     assert 'pi-heif' not in log and 'requirement' not in log, log
 

@@ -9,7 +9,7 @@ registered IR scores no better than an unrelated one, 0.24 against 0.25.)
 
 import time
 
-from node_harness import image_msg, NodeProcess, Probe, random_domain_id, sample_pair
+from node_harness import image_msg, running_node, sample_pair
 from node_harness import VISIBLE_FRAME
 import pytest
 from tarfuse_ros.core.engine import FusionEngine
@@ -48,19 +48,9 @@ def threshold(reference):
 
 @pytest.fixture(scope='module')
 def setup(threshold):
-    domain = random_domain_id()
-    node = NodeProcess(domain, {
-        'device': 'cpu', 'cpu_threads': 1, 'diagnostics.period': 0.25,
-        'registration_health.window': WINDOW, 'registration_health.min_alignment': threshold,
-    })
-    probe = Probe(domain)
-    try:
-        if not probe.wait_until_ready(90.0):
-            pytest.fail('the node never answered a pair; its log:\n' + node.log())
+    with running_node({'diagnostics.period': 0.25, 'registration_health.window': WINDOW,
+                       'registration_health.min_alignment': threshold}) as (node, probe):
         yield node, probe
-    finally:
-        probe.close()
-        node.close()
 
 
 def _publisher(probe, swapped):

@@ -6,7 +6,7 @@ counted in pairs_skipped_max_rate, apart from pairs_dropped (the model busy).
 
 import time
 
-from node_harness import assert_start_up_fails, NodeProcess, Probe, random_domain_id
+from node_harness import assert_start_up_fails, running_node
 import pytest
 
 pytestmark = pytest.mark.dds
@@ -17,17 +17,9 @@ COUNTERS = ('pairs_received', 'pairs_processed', 'pairs_dropped', 'pairs_skipped
 
 @pytest.fixture(scope='module')
 def setup():
-    domain = random_domain_id()
-    node = NodeProcess(domain, {'device': 'cpu', 'cpu_threads': 1, 'diagnostics.period': 0.25,
-                                'max_rate': 2.0})
-    probe = Probe(domain)
-    try:
-        if not probe.wait_until_ready(180.0):
-            pytest.fail('the node never answered a pair; its log:\n' + node.log())
+    with running_node({'diagnostics.period': 0.25, 'max_rate': 2.0},
+                      ready_timeout=180.0) as (node, probe):
         yield node, probe
-    finally:
-        probe.close()
-        node.close()
 
 
 def _stamp(msg):

@@ -7,7 +7,7 @@ onnxruntime engine gives in this process.
 
 import time
 
-from node_harness import assert_start_up_fails, HEIGHT, NodeProcess, Probe, random_domain_id
+from node_harness import assert_start_up_fails, HEIGHT, running_node
 from node_harness import sample_pair, WIDTH
 import numpy as np
 import onnx
@@ -25,19 +25,10 @@ def exported(shipped_onnx_file):
 
 @pytest.fixture(scope='module')
 def node_and_probe(exported):
-    domain = random_domain_id()
-    node = NodeProcess(domain, {
-        'weights': str(exported), 'backend': 'onnxruntime', 'device': 'cpu', 'cpu_threads': 1,
-        'diagnostics.period': 0.25, 'qos.depth': 10,
-    }, namespace='/onnx')
-    probe = Probe(domain, namespace='/onnx')
-    try:
-        if not probe.wait_until_ready(120.0):
-            pytest.fail('the node never answered a pair; its log:\n' + node.log())
+    with running_node({'backend': 'onnxruntime', 'diagnostics.period': 0.25, 'qos.depth': 10},
+                      exported, ready_timeout=120.0, probe_options={'namespace': '/onnx'},
+                      namespace='/onnx') as (node, probe):
         yield node, probe
-    finally:
-        probe.close()
-        node.close()
 
 
 def test_node_with_the_onnxruntime_backend_answers_a_pair_like_the_engine(

@@ -11,7 +11,7 @@ import os
 import signal
 import time
 
-from node_harness import make_checkpoint, NodeProcess, Probe, random_domain_id
+from node_harness import make_checkpoint, running_node
 import pytest
 import rclpy
 from rclpy.signals import SignalHandlerOptions
@@ -24,22 +24,13 @@ pytestmark = pytest.mark.dds
 def setup(tmp_path_factory):
     weights = tmp_path_factory.mktemp('node') / 'random.safetensors'
     make_checkpoint(weights, seed=1)
-    domain = random_domain_id()
     env = dict(os.environ)
     env.pop('FASTRTPS_DEFAULT_PROFILES_FILE', None)
-    node = NodeProcess(domain, {
-        'weights': str(weights), 'device': 'cpu', 'cpu_threads': 1,
-        'qos.reliability': 'reliable', 'sync.approximate': 'false',
-        'diagnostics.period': 0.25, 'diagnostics.input_timeout': 1.0,
-    }, env=env)
-    probe = Probe(domain, reliability='reliable')
-    try:
-        if not probe.wait_until_ready(90.0):
-            pytest.fail('the node never answered a pair; its log:\n' + node.log())
+    with running_node({'qos.reliability': 'reliable', 'sync.approximate': 'false',
+                       'diagnostics.period': 0.25, 'diagnostics.input_timeout': 1.0},
+                      weights, probe_options={'reliability': 'reliable'},
+                      env=env) as (node, probe):
         yield node, probe
-    finally:
-        probe.close()
-        node.close()
 
 
 def test_a_best_effort_publisher_is_reported_as_incompatible(setup):

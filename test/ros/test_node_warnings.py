@@ -6,7 +6,7 @@ a rig's launch file might remap it; the test stops that camera while the visible
 
 import time
 
-from node_harness import make_checkpoint, NodeProcess, Probe, random_domain_id
+from node_harness import make_checkpoint, running_node
 import pytest
 
 pytestmark = pytest.mark.dds
@@ -17,19 +17,10 @@ SILENT = 'no messages on /ir for '
 def setup(tmp_path_factory):
     weights = tmp_path_factory.mktemp('node') / 'random.safetensors'
     make_checkpoint(weights)
-    domain = random_domain_id()
-    node = NodeProcess(domain, {
-        'weights': str(weights), 'device': 'cpu', 'cpu_threads': 1,
-        'diagnostics.period': 0.25, 'diagnostics.input_timeout': 1.0,
-    }, remaps=['infrared/image_raw:=/ir'])
-    probe = Probe(domain, topics={'infrared': '/ir'})
-    try:
-        if not probe.wait_until_ready(90.0):
-            pytest.fail('the node never answered a pair; its log:\n' + node.log())
+    with running_node({'diagnostics.period': 0.25, 'diagnostics.input_timeout': 1.0}, weights,
+                      probe_options={'topics': {'infrared': '/ir'}},
+                      remaps=['infrared/image_raw:=/ir']) as (node, probe):
         yield node, probe
-    finally:
-        probe.close()
-        node.close()
 
 
 def test_a_silent_camera_is_warned_once_per_period_though_its_silence_grows(setup):

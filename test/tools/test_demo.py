@@ -317,20 +317,30 @@ def test_the_demo_s_dds_discovery_stays_on_this_machine(weights, tmp_path, capsy
         'ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST: this machine only' in captured.out
 
 
-@pytest.mark.dds
-def test_ctrl_c_stops_the_demo_and_its_node_cleanly(weights, tmp_path):
-    """A terminal Ctrl-C reaches the demo and its node (one process group): exit 130."""
-    out = tmp_path / 'interrupted'
-    process = subprocess.Popen(
+def _start_long_demo(weights, out):
+    """Start a demo of 50 loops in a process group of its own; return the process."""
+    return subprocess.Popen(
         [sys.executable, '-m', 'tarfuse_ros.tools.demo', '--out', str(out), '--weights',
          str(weights), '--loops', '50', '--rate', '4', '--size', '128x96'],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
         start_new_session=True)
+
+
+def _wait_for_the_node(out, timeout=120.0):
+    """Wait until the demo's node says it is ready in its log (fails the test after timeout)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and 'ready' not in _read(out / 'node.log'):
+        time.sleep(0.2)
+    assert 'ready' in _read(out / 'node.log'), _read(out / 'node.log')
+
+
+@pytest.mark.dds
+def test_ctrl_c_stops_the_demo_and_its_node_cleanly(weights, tmp_path):
+    """A terminal Ctrl-C reaches the demo and its node (one process group): exit 130."""
+    out = tmp_path / 'interrupted'
+    process = _start_long_demo(weights, out)
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and 'ready' not in _read(out / 'node.log'):
-            time.sleep(0.2)
-        assert 'ready' in _read(out / 'node.log'), _read(out / 'node.log')
+        _wait_for_the_node(out)
         time.sleep(2.0)  # pairs are flowing
         os.killpg(process.pid, signal.SIGINT)
         output, _ = process.communicate(timeout=60)
@@ -347,17 +357,10 @@ def test_ctrl_c_stops_the_demo_and_its_node_cleanly(weights, tmp_path):
 def test_sigterm_stops_the_demo_and_its_node(weights, tmp_path):
     """SIGTERM (timeout, kill) ended the demo at once and left its node running, orphaned."""
     out = tmp_path / 'terminated'
-    process = subprocess.Popen(
-        [sys.executable, '-m', 'tarfuse_ros.tools.demo', '--out', str(out), '--weights',
-         str(weights), '--loops', '50', '--rate', '4', '--size', '128x96'],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
-        start_new_session=True)
+    process = _start_long_demo(weights, out)
     nodes = []
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and 'ready' not in _read(out / 'node.log'):
-            time.sleep(0.2)
-        assert 'ready' in _read(out / 'node.log'), _read(out / 'node.log')
+        _wait_for_the_node(out)
         nodes = [int(pid) for pid in subprocess.run(
             ['pgrep', '-P', str(process.pid)], capture_output=True, text=True).stdout.split()]
         assert nodes
