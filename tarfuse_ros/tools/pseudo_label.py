@@ -746,6 +746,10 @@ def pseudo_label(teachers, dataset_dir, splits, out_dir, score=DEFAULT_SCORE, io
     if skip_labelled:
         kept = [s for s in stems if not (dataset_dir / 'labels' / f'{s}.txt').is_file()]
         skipped = len(stems) - len(kept)
+        if stems and not kept:  # exit 0 with an empty stems.txt, a split with no pair
+            raise ValueError(f'every one of the {len(stems)} pairs has a human label file in '
+                             f'{dataset_dir / "labels"} (--skip-labelled): nothing to '
+                             f'pseudo-label')
         stems = kept
     if max_pairs is not None:
         stems = stems[:max_pairs]
@@ -760,7 +764,13 @@ def pseudo_label(teachers, dataset_dir, splits, out_dir, score=DEFAULT_SCORE, io
     score_rows = ['stem\tclass\tcx\tcy\tw\th\tscore']
     start = time.monotonic()
     for number, stem in enumerate(stems, start=1):
-        ir, vi = data.load_pair(dataset_dir, stem)
+        try:
+            ir, vi = data.load_pair(dataset_dir, stem)
+        except ValueError as exc:  # the rerun was refused ('pass --overwrite'), unexplained
+            raise ValueError(
+                f'{exc}; {labels_out} holds the label files of the {number - 1} pair(s) before '
+                f'it, but no stems.txt, scores.tsv or README.md: mend or leave out that pair '
+                f'(a split file), then run again with --overwrite') from exc
         height, width = vi.shape[:2]
         pooled = pseudo_label_pair(teachers, ir, vi, iou, min(MIN_CANDIDATE_SCORE, score))
         pooled = pooled[pooled[:, 4] >= score]

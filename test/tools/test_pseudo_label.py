@@ -97,8 +97,12 @@ def test_a_run_stopped_half_way_leaves_no_summary_of_the_previous_run(tmp_path):
     assert pl.pseudo_label([], roadscene, ['test'], out, progress=False)['pairs'] >= 2
     assert (out / 'stems.txt').read_text().split()[:2] == [first, second]
     Path(data.pair_files(roadscene, second)[1]).write_bytes(b'not an image')
-    with pytest.raises(ValueError, match='cannot read image'):
+    with pytest.raises(ValueError, match='cannot read image') as refused:
         pl.pseudo_label([], roadscene, ['test'], out, overwrite=True, progress=False)
+    # What is left, and how to go on, is said (the plain rerun is refused: 'pass --overwrite').
+    assert (f'{out / "labels"} holds the label files of the 1 pair(s) before it, but no '
+            'stems.txt, scores.tsv or README.md: mend or leave out that pair (a split file), '
+            'then run again with --overwrite') in str(refused.value)
     assert sorted(p.name for p in out.iterdir()) == ['labels']
     assert {p.name for p in (out / 'labels').iterdir()} == {'classes.txt', f'{first}.txt'}
 
@@ -560,3 +564,22 @@ def test_cli_refuses_a_pair_whose_ir_has_another_aspect_ratio_in_both_modes(tmp_
             f'tarfuse-pseudo-label: error: 1 of the 2 pairs have an IR image of another aspect '
             f'ratio than their visible image: roadscene/{stem} ({sizes}); {NOT_ALIGNED}\n')
     assert not (tmp_path / 'pseudo' / 'labels').exists()
+
+
+def test_skip_labelled_with_every_pair_labelled_is_refused(tmp_path):
+    """It exited 0 with an empty stems.txt (a split list of no pair) and no label file."""
+    import shutil
+    roadscene = tmp_path / 'roadscene'
+    shutil.copytree(Path(__file__).resolve().parents[1] / 'data' / 'datasets' / 'roadscene',
+                    roadscene)
+    stems = data.read_split(roadscene, 'test')
+    for stem in stems:  # a human label file for each, some with no object
+        label = roadscene / 'labels' / f'{stem}.txt'
+        if not label.is_file():
+            label.write_text('')
+    out = tmp_path / 'pseudo'
+    with pytest.raises(ValueError, match=rf'every one of the {len(stems)} pairs has a human '
+                                         r'label file in .*labels \(--skip-labelled\): nothing '
+                                         'to pseudo-label'):
+        pl.pseudo_label([], roadscene, ['test'], out, skip_labelled=True, progress=False)
+    assert not (out / 'stems.txt').exists()
