@@ -174,6 +174,12 @@ def _problem_key(problem):
     return _NUMBER.sub('#', problem)
 
 
+def _portrait_beside_landscape(sizes):
+    """Return whether one of ``(ir_w, ir_h, vi_w, vi_h)`` is portrait and the other landscape."""
+    ir_w, ir_h, vi_w, vi_h = sizes
+    return (ir_w - ir_h) * (vi_w - vi_h) < 0
+
+
 def _input_check_period(params):
     """Return the input checks' period (s): half ``diagnostics.input_timeout``, 0.5 s at most."""
     return min(0.5, params.input_timeout / 2.0)
@@ -931,9 +937,15 @@ class TarFuseNode(Node):
             if ir.shape[:2] != vi.shape[:2] and sizes not in self._sizes_logged:
                 # Most rigs pair cameras of different sizes: normal, so said once per sizes.
                 self._sizes_logged.add(sizes)
-                self.get_logger().info(
-                    f'IR {sizes[0]}x{sizes[1]} and visible {sizes[2]}x{sizes[3]} differ: the '
-                    f'IR images are resized to the visible frame (said once for these sizes)')
+                said = (f'IR {sizes[0]}x{sizes[1]} and visible {sizes[2]}x{sizes[3]} differ: the '
+                        f'IR images are resized to the visible frame (said once for these sizes)')
+                if _portrait_beside_landscape(sizes):
+                    self.get_logger().warning(
+                        said + '; one is portrait, the other landscape: is a camera mounted on '
+                        'its side? The IR is stretched to the visible frame, not rotated: '
+                        'rotate it before the node (its driver, or an image_rotate node)')
+                else:
+                    self.get_logger().info(said)
             if self._refiner is not None and self._refiner.start_over_for(
                     (ir.shape[1], ir.shape[0]), (vi.shape[1], vi.shape[0])):
                 self._engine.set_registration_prior(None)

@@ -141,6 +141,18 @@ def test_ir_of_another_size_is_said_once_not_warned_every_few_seconds(setup):
     assert 'WARN' not in next(x for x in node.log().splitlines() if line in x)
 
 
+def test_a_portrait_ir_beside_a_landscape_visible_camera_is_warned_once(setup):
+    """A thermal camera mounted on its side was stretched to the visible frame without a word."""
+    node, probe, _, _ = setup
+    line = f'IR 96x160 and visible {WIDTH}x{HEIGHT} differ'
+    for _ in range(2):
+        _send_and_wait(probe, ir_size=(96, 160))
+    assert probe.spin_until(lambda: line in node.log(), 5.0), node.log()
+    said = [x for x in node.log().splitlines() if line in x]
+    assert len(said) == 1 and 'WARN' in said[0], said
+    assert 'one is portrait, the other landscape: is a camera mounted on its side?' in said[0]
+
+
 def _rggb_mosaic(bgr):
     """Sample a BGR image through an RGGB colour filter, as a machine-vision camera does."""
     mosaic = np.empty(bgr.shape[:2], np.uint8)
