@@ -38,7 +38,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from tarfuse_ros.core.files import atomic_output
+from tarfuse_ros.core.files import write_text_atomic
 from tarfuse_ros.core.images import to_uint8
 
 __all__ = ['ASPECT_TOLERANCE', 'MIN_OVERLAP', 'PARAMETER_NAMES', 'RegistrationPrior',
@@ -497,8 +497,7 @@ def write_prior_yaml(path, prior, comments=(), infrared_time_offset_s=None):
         lines += ['    sync:',
                   '      # s added to every IR stamp before pairing (tarfuse-time-offset).',
                   f'      infrared_time_offset: {_yaml_float(float(infrared_time_offset_s))}']
-    with atomic_output(Path(path)) as temporary:  # a Ctrl-C leaves no half-written file
-        Path(temporary).write_text('\n'.join(lines) + '\n')
+    write_text_atomic(Path(path), '\n'.join(lines) + '\n')  # a Ctrl-C leaves no half file
 
 
 def load_prior_yaml(path):

@@ -470,6 +470,8 @@ class BagPlayer:
     def _wait_for_acks(self, publishers):
         """Wait until reliable subscribers acknowledged what was played (``ack_timeout`` s).
 
+        ``publishers``: ``{topic as published: publisher}``.
+
         Destroying a reliable writer drops the messages its readers have not acknowledged yet:
         the last message of a bag was lost to a subscriber in another process on a loaded
         machine (a test's listener, once in a few runs). Best-effort readers do not acknowledge
@@ -481,7 +483,7 @@ class BagPlayer:
         from rclpy.duration import Duration
         deadline = time.monotonic() + self.ack_timeout
         step = Duration(nanoseconds=50_000_000)
-        waiting = {self._names[topic]: pub for topic, pub in publishers.items()}
+        waiting = dict(publishers)
         while waiting and not self._check_abort():
             waiting = {topic: pub for topic, pub in waiting.items()
                        if not pub.wait_for_all_acked(step)}
@@ -555,13 +557,12 @@ class BagPlayer:
                 spinner = threading.Thread(target=executor.spin, name='tarfuse_play_spin',
                                            daemon=True)
                 spinner.start()
+                named = {self._names[t]: p for t, p in publishers.items()}  # graph names
                 if self.wait_for_subscribers:
-                    self._wait_for_graph(
-                        node, {self._names[t]: p for t, p in publishers.items()},
-                        [t for t, _m, _c in specs])
+                    self._wait_for_graph(node, named, [t for t, _m, _c in specs])
                 self._sleep_until(time.monotonic() + self.start_delay)
                 self._play(reader, connections, publishers)
-                self._wait_for_acks(publishers)
+                self._wait_for_acks(named)
             self._linger()
         except KeyboardInterrupt:
             self.stats.interrupted = True

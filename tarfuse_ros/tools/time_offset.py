@@ -164,10 +164,9 @@ def write_offset_yaml(path, offset_s, comments=()):
     import yaml
     text = yaml.safe_dump({'/**': {'ros__parameters': {
         'sync': {'infrared_time_offset': float(offset_s)}}}}, sort_keys=False)
-    from tarfuse_ros.core.files import atomic_output
+    from tarfuse_ros.core.files import write_text_atomic
     lines = [f'# {line}'.rstrip() for line in comments]
-    with atomic_output(Path(path)) as temporary:  # a Ctrl-C leaves no half-written file
-        Path(temporary).write_text('\n'.join(lines + [text]))
+    write_text_atomic(Path(path), '\n'.join(lines + [text]))  # a Ctrl-C leaves no half file
 
 
 def _plot(path, estimate):

@@ -148,9 +148,9 @@ def check_no_test_pairs(sources):
 
     """
     for source in sources:
-        tests = [Path(source.path) / 'test.txt', Path(source.split).parent / 'test.txt']
-        if not Path(source.split).is_absolute():  # a list-file name of the folder, or 'all'
-            tests.pop()
+        tests = [Path(source.path) / 'test.txt']
+        if Path(source.split).is_absolute():  # a list file by path: the test.txt beside it too
+            tests.append(Path(source.split).parent / 'test.txt')
         for test in dict.fromkeys(test for test in tests if test.is_file()):
             listed = set(read_split(source.path, str(test)))
             held = [stem for stem in source.stems() if stem in listed]
