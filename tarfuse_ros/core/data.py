@@ -46,7 +46,7 @@ import warnings
 import cv2
 import numpy as np
 import PIL.Image
-from tarfuse_ros.core.files import is_truncated_jpeg
+from tarfuse_ros.core.files import is_truncated_jpeg_data
 from tarfuse_ros.core.images import prepare_pair
 # The layout's functions live in a module without PyTorch (tools that only list pairs use it).
 from tarfuse_ros.core.layout import (dataset_folder, find_image, IMAGE_EXTENSIONS,
@@ -87,12 +87,17 @@ __all__ = [
 
 
 def _read_image(file_path):
-    img = cv2.imread(str(file_path), cv2.IMREAD_UNCHANGED)
-    if img is None:
-        raise ValueError(f'cannot read image {str(file_path)!r}')
-    if is_truncated_jpeg(file_path):  # OpenCV decodes it, the missing rows grey
+    # One read of the file: the bytes are checked for a cut JPEG, then decoded.
+    try:
+        data = Path(file_path).read_bytes()
+    except OSError as exc:
+        raise ValueError(f'cannot read image {str(file_path)!r} ({exc.strerror or exc})') from exc
+    if is_truncated_jpeg_data(data):  # cv2.imread decodes it, the missing rows grey
         raise ValueError(f'cannot read image {str(file_path)!r}: truncated JPEG (the file ends '
                          f'before the image does)')
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) if data else None
+    if img is None:
+        raise ValueError(f'cannot read image {str(file_path)!r}')
     if img.ndim == 3 and img.shape[2] == 4:
         img = img[:, :, :3]
     if img.ndim == 3 and img.shape[2] == 1:

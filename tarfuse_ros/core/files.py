@@ -13,7 +13,8 @@ import stat
 import tempfile
 
 __all__ = ['atomic_output', 'file_sha256', 'is_safetensors', 'is_torch_pickle',
-           'is_truncated_jpeg', 'looks_like_onnx', 'output_problem', 'write_text_atomic']
+           'is_truncated_jpeg', 'is_truncated_jpeg_data',
+           'looks_like_onnx', 'output_problem', 'write_text_atomic']
 
 
 def file_sha256(path):
@@ -61,6 +62,17 @@ def is_truncated_jpeg(path):
             return False
         data = handle.read()
     return data.rfind(b'\xff\xd9') < data.rfind(b'\xff\xda')
+
+
+def is_truncated_jpeg_data(data):
+    """Return whether the bytes ``data`` of a file are a JPEG cut short (``is_truncated_jpeg``).
+
+    For a caller that reads the file once and decodes the bytes (``cv2.imdecode``); bytes of
+    other formats are never searched.
+    """
+    if data[:3] != b'\xff\xd8\xff':
+        return False
+    return data.rfind(b'\xff\xd9', 3) < data.rfind(b'\xff\xda', 3)
 
 
 # The tags (field << 3 | wire type) of ModelProto's fields 2 to 8 and 14 (producer name and

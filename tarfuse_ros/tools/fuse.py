@@ -81,7 +81,7 @@ import time
 
 import cv2
 import numpy as np
-from tarfuse_ros.core.files import is_truncated_jpeg
+from tarfuse_ros.core.files import is_truncated_jpeg_data
 from tarfuse_ros.core.fine_passes import check_fine_passes
 from tqdm import tqdm
 
@@ -137,12 +137,13 @@ def read_image(path):
 
     """
     path = Path(path)
+    data = path.read_bytes()  # once: checked for a cut JPEG, then decoded
+    if not data:
+        raise OSError(f'{path}: empty file')
+    if is_truncated_jpeg_data(data):
+        raise OSError(f'{path}: truncated JPEG (the file ends before the image does)')
     try:
-        if path.stat().st_size == 0:
-            raise OSError(f'{path}: empty file')
-        if is_truncated_jpeg(path):
-            raise OSError(f'{path}: truncated JPEG (the file ends before the image does)')
-        img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     except cv2.error as exc:
         raise OSError(f'{path}: cannot decode ({exc.err or exc})') from exc
     if img is None or img.size == 0:

@@ -9,7 +9,10 @@ import sys
 
 import pytest
 
-from tarfuse_ros.core.files import atomic_output, output_problem, write_text_atomic
+from tarfuse_ros.core.files import (atomic_output, is_truncated_jpeg, is_truncated_jpeg_data,
+                                    output_problem, write_text_atomic)
+
+SAMPLES = Path(__file__).resolve().parents[2] / 'samples'
 
 
 @pytest.fixture(params=[0o022, 0o027], ids=['umask022', 'umask027'])
@@ -151,3 +154,16 @@ def test_a_link_or_a_file_where_a_folder_output_goes_is_replaced_every_time(tmp_
     assert (elsewhere / 'state.json').read_text() == 'theirs'  # a link is never followed
     assert sorted(p.name for p in tmp_path.iterdir()) == ['a_file', 'big_disk', 'dangling',
                                                           'linked']
+
+
+def test_a_cut_jpeg_is_found_from_its_bytes_as_from_its_file(tmp_path):
+    """The readers that decode a file's bytes once judge a cut JPEG as the file check does."""
+    whole = next(SAMPLES.rglob('*.jpg')).read_bytes()
+    png = next(SAMPLES.rglob('*.png')).read_bytes()
+    cases = {'whole.jpg': (whole, False), 'cut.jpg': (whole[:len(whole) // 2], True),
+             'header_only.jpg': (whole[:3], False), 'image.png': (png, False),
+             'empty.jpg': (b'', False)}
+    for name, (data, truncated) in cases.items():
+        (tmp_path / name).write_bytes(data)
+        assert is_truncated_jpeg(tmp_path / name) is truncated, name
+        assert is_truncated_jpeg_data(data) is truncated, name
