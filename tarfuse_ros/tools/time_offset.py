@@ -62,14 +62,15 @@ def _topic_in_bag(topics, topic):
 
 def read_motion_signals(bag_dir, ir_topic=DEFAULT_IR_TOPIC, vi_topic=DEFAULT_VI_TOPIC,
                         warn=None):
-    """Return ``{'ir': (MotionSignal, frames, stamps), 'vi': (...)}`` of a rosbag2 recording.
+    """Return ``{'ir': (MotionSignal, frames, stamps, span_s), 'vi': (...)}`` of a rosbag2 bag.
 
     Every image of each topic is decoded as the node decodes it and shrunk for the motion
     signal (:func:`~tarfuse_ros.core.time_offset.frame_for_motion`); ``frames`` is how many
     were read, ``stamps`` how many distinct stamps they have (a driver that sends each frame
-    twice: half as many). Images with a zero stamp (the node refuses them), that cannot be
-    decoded, or recorded more than 32 images after their place in stamp order are left out,
-    and ``warn(text)`` is called once per topic naming how many and the first cause. The
+    twice: half as many), ``span_s`` the time from the first to the last of them (s). Images
+    with a zero stamp (the node refuses them), that cannot be decoded, or recorded more than
+    32 images after their place in stamp order are left out, and ``warn(text)`` is called once
+    per topic naming how many and the first cause. The
     changes between consecutive images are kept, not the images (and 32 images per camera in
     flight): memory does not grow with the recording.
 
@@ -143,7 +144,8 @@ def read_motion_signals(bag_dir, ir_topic=DEFAULT_IR_TOPIC, vi_topic=DEFAULT_VI_
                  f'{skipped[camera][0]})')
         try:
             out[camera] = (signal_from_changes(logs[camera].changes), counts[camera],
-                           len(stamps[camera]))
+                           len(stamps[camera]),
+                           (max(stamps[camera]) - min(stamps[camera])) / 1e9)
         except ValueError as exc:
             exc = f'{counts[camera]} usable images, {len(stamps[camera])} distinct stamps: {exc}'
             if skipped[camera]:  # recorded, but the images could not be used
@@ -246,10 +248,10 @@ def _check_args(args):
         raise UsageError(f'--plot {str(args.plot)!r}: give a .png, .svg or .pdf file')
 
 
-def _images(signal, frames, stamps):
+def _images(signal, frames, stamps, span_s):
     """Return how many images a camera gave at what rate (Hz, of its distinct stamps)."""
-    span = signal.times_s[-1] - signal.times_s[0]
-    rate = f'{(stamps - 1) / span:.1f} Hz' if span > 0 else 'rate unknown'
+    # Not from the signal's times: they are the intervals' midpoints, an interval short.
+    rate = f'{(stamps - 1) / span_s:.1f} Hz' if span_s > 0 else 'rate unknown'
     repeated = '' if stamps == frames else f', {frames - stamps} with a stamp repeated'
     return f'{frames} images ({rate}{repeated})'
 
@@ -281,7 +283,7 @@ def _run(args):
         return 2
     ir, vi = signals['ir'][0], signals['vi'][0]
     print(f'IR: {_images(*signals["ir"])}, visible: {_images(*signals["vi"])}, '
-          f'{vi.times_s[-1] - vi.times_s[0]:.1f} s of visible stamps')
+          f'{signals["vi"][3]:.1f} s of visible stamps')
     estimate = estimate_time_offset(vi, ir, max_offset_s=args.max_offset,
                                     windows=args.windows)
     if args.plot is not None:
