@@ -119,10 +119,15 @@ def _log_tail(path, lines=15):
         return ''
 
 
-def _diagnostic_values(msg):
-    """Return ``{key: value}`` of the fusion status in a rosbags DiagnosticArray (or {})."""
+def _diagnostic_values(msg, node_name=NODE_NAME):
+    """Return ``{key: value}`` of the fusion status in a rosbags DiagnosticArray (or {}).
+
+    Only the status of the node the demo started (``'<name>: fusion'``): another fusion node
+    that shares the domain publishes on ``/diagnostics`` too.
+    """
+    wanted = f'{node_name.rsplit("/", 1)[-1]}: fusion'
     for status in msg.status:
-        if status.name.endswith('fusion'):
+        if status.name == wanted:
             return {kv.key: kv.value for kv in status.values}
     return {}
 

@@ -433,3 +433,22 @@ def test_label_files_of_your_own_pairs_are_read_as_the_other_tools_read_them(
 
 def _read(path):
     return path.read_text(errors='replace') if path.is_file() else ''
+
+
+def test_the_summary_reads_the_diagnostics_of_its_own_node_only():
+    """Another fusion node in the demo's domain publishes on /diagnostics too: it was read."""
+    from tarfuse_ros.tools.bagio import jazzy_typestore
+    types = jazzy_typestore().types
+    status, pair = types['diagnostic_msgs/msg/DiagnosticStatus'], types[
+        'diagnostic_msgs/msg/KeyValue']
+    header = types['std_msgs/msg/Header'](
+        stamp=types['builtin_interfaces/msg/Time'](sec=1, nanosec=0), frame_id='')
+
+    def array(*names):
+        return types['diagnostic_msgs/msg/DiagnosticArray'](header=header, status=[
+            status(level=b'\x00', name=name, message='ok', hardware_id='cpu',
+                   values=[pair(key='node', value=name)]) for name in names])
+
+    ours = f'{demo.NODE_NAME.lstrip("/")}: fusion'
+    assert demo._diagnostic_values(array('front_tarfuse: fusion', ours)) == {'node': ours}
+    assert demo._diagnostic_values(array('front_tarfuse: fusion')) == {}
