@@ -18,6 +18,7 @@ from rosbags.typesys import get_types_from_msg, get_typestore, Stores
 __all__ = [
     'BAG_VERSION',
     'array_to_image',
+    'bag_folder_problem',
     'check_topic_name',
     'compressed_cdr',
     'header_stamp_ns',
@@ -48,6 +49,33 @@ def offered_qos(reliable=True, depth=10):
                 durability=QosDurability.VOLATILE, deadline=zero, lifespan=zero,
                 liveliness=QosLiveliness.AUTOMATIC, liveliness_lease_duration=zero,
                 avoid_ros_namespace_conventions=False)]
+
+
+def bag_folder_problem(path):
+    """Return why ``path`` is not a rosbag2 bag folder (a message saying what to give), or None.
+
+    A bag is a folder holding ``metadata.yaml`` and its storage files (``.mcap``, ``.db3``);
+    rosbags' own message for anything else names neither ('Expected metadata file ... does
+    not exist', the folder named as the file). Only whether the file exists is checked here:
+    one that cannot be parsed is reported by the reader.
+    """
+    path = Path(path)
+    if (path / 'metadata.yaml').is_file():
+        return None
+    if not path.exists():
+        return f'{path}: no such bag folder'
+    if path.is_file():
+        if (path.parent / 'metadata.yaml').is_file():
+            return f'{path} is a file of the bag {path.parent}: give the bag folder'
+        return f'{path} is a file; a bag is a folder holding metadata.yaml'
+    storage = sorted(p.name for p in path.iterdir() if p.suffix in ('.mcap', '.db3'))
+    if storage:
+        return (f'{path} holds {storage[0]} but no metadata.yaml (a recording that was not '
+                f'closed?); rebuild it with: ros2 bag reindex {path}')
+    bags = sorted(p.name for p in path.iterdir() if (p / 'metadata.yaml').is_file())
+    if bags:
+        return f'{path} is not a bag but holds {len(bags)}: give one of them ({bags[0]}, ...)'
+    return f'{path} is not a rosbag2 bag folder (no metadata.yaml in it)'
 
 
 def _vision_msgs_dirs():

@@ -135,8 +135,12 @@ def bag_pairs(bag_dir, count, ir_topic=DEFAULT_IR_TOPIC, vi_topic=DEFAULT_VI_TOP
 
     """
     from rosbags.rosbag2 import Reader
-    from tarfuse_ros.tools.bagio import header_stamp_ns, image_to_array, read_messages
+    from tarfuse_ros.tools.bagio import (bag_folder_problem, header_stamp_ns, image_to_array,
+                                         read_messages)
 
+    problem = bag_folder_problem(bag_dir)
+    if problem is not None:
+        raise UsageError(problem)
     try:
         with Reader(Path(bag_dir)) as reader:
             types = {c.topic: c.msgtype for c in reader.connections}
@@ -373,9 +377,11 @@ def _check_args(args):
                          f'{uses}')
     if args.max_side is not None and args.max_side < 64:
         raise UsageError(f'--max-side must be >= 64 px, got {args.max_side}')
-    source = args.pairs if args.pairs is not None else args.bag
-    if not source.is_dir():
-        raise UsageError(f'{str(source)!r} is not a folder')
+    if args.pairs is not None and not args.pairs.is_dir():
+        raise UsageError(f'--pairs {str(args.pairs)!r} is not a folder')
+    if args.pairs is None and not args.bag.is_dir():  # a folder: named when it is read
+        from tarfuse_ros.tools.bagio import bag_folder_problem
+        raise UsageError(f'--bag: {bag_folder_problem(args.bag)}')
     if not args.out.parent.is_dir():
         raise UsageError(f'the folder of --out {str(args.out)!r} does not exist')
     if args.out.is_dir():

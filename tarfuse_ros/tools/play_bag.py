@@ -31,8 +31,8 @@ from rosbags.rosbag2 import Reader
 from tarfuse_ros.console import install_handler
 from tarfuse_ros.core.files import output_problem
 from tarfuse_ros.tools.bagio import (
-    check_topic_name, header_stamp_ns, jazzy_typestore, offered_qos, open_writer,
-    replace_header_stamp, type_has_header)
+    bag_folder_problem, check_topic_name, header_stamp_ns, jazzy_typestore, offered_qos,
+    open_writer, replace_header_stamp, type_has_header)
 
 __all__ = ['BagPlayer', 'PlayError', 'PlayStats', 'build_parser', 'main', 'message_class']
 
@@ -211,8 +211,9 @@ class BagPlayer:
         if wait_for_subscribers < 0:
             raise ValueError(f'wait_for_subscribers must be >= 0, got {wait_for_subscribers}')
         self.bag = Path(bag)
-        if not (self.bag / 'metadata.yaml').is_file():
-            raise ValueError(f'{self.bag} is not a rosbag2 directory (no metadata.yaml)')
+        problem = bag_folder_problem(self.bag)
+        if problem is not None:
+            raise ValueError(problem)
         if record is not None and Path(record).exists():
             raise ValueError(f'record bag {record} exists already; remove it or choose another')
         problem = None if record is None else output_problem(record, folder=True)

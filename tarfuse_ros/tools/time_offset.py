@@ -82,8 +82,11 @@ def read_motion_signals(bag_dir, ir_topic=DEFAULT_IR_TOPIC, vi_topic=DEFAULT_VI_
     """
     from rosbags.rosbag2 import Reader
     from tarfuse_ros.ros.conversions import image_msg_to_motion_array
-    from tarfuse_ros.tools.bagio import header_stamp_ns, read_messages
+    from tarfuse_ros.tools.bagio import bag_folder_problem, header_stamp_ns, read_messages
 
+    problem = bag_folder_problem(bag_dir)
+    if problem is not None:
+        raise UsageError(problem)
     try:
         with Reader(Path(bag_dir)) as reader:
             types = {c.topic: c.msgtype for c in reader.connections}
@@ -228,8 +231,9 @@ def _check_args(args):
         raise UsageError(f'--windows must be in [0, 20], got {args.windows}')
     if not 0 <= args.min_correlation <= 1:
         raise UsageError(f'--min-correlation must be in [0, 1], got {args.min_correlation}')
-    if not args.bag.is_dir():
-        raise UsageError(f'--bag {str(args.bag)!r} is not a folder (a rosbag2 directory)')
+    if not args.bag.is_dir():  # a folder that holds no bag is named when it is read
+        from tarfuse_ros.tools.bagio import bag_folder_problem
+        raise UsageError(f'--bag: {bag_folder_problem(args.bag)}')
     for option, path in (('--out', args.out), ('--plot', args.plot)):
         if path is None:
             continue

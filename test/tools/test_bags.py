@@ -1067,3 +1067,29 @@ def test_make_bag_refuses_an_ir_stamp_before_the_first_second_naming_the_options
         assert err.startswith(f'tarfuse-make-bag: error: the first IR stamp could be {first} s '
                               '(--start-time, --offset-ms, --jitter-ms)'), err
         assert not out.exists()
+
+
+def test_what_is_not_a_bag_folder_is_named_by_every_bag_tool(sample_bag, tmp_path, capsys):
+    """Rosbags said 'Expected metadata file <the folder> does not exist' (tarfuse-calibrate,
+    tarfuse-time-offset) whatever was given: a bag's file, the folder of bags, a bag left
+    without its metadata.yaml by a recording that was not closed.
+    """
+    from tarfuse_ros.tools import calibrate, time_offset
+    path, _ = sample_bag
+    storage = next(path.glob('*.mcap'))
+    unclosed = tmp_path / 'unclosed'
+    unclosed.mkdir()
+    shutil.copy(storage, unclosed / storage.name)
+    cases = {storage: f'{storage} is a file of the bag {path}: give the bag folder',
+             path.parent: f'{path.parent} is not a bag but holds 1: give one of them '
+                          f'({path.name}, ...)',
+             unclosed: f'{unclosed} holds {storage.name} but no metadata.yaml (a recording '
+                       f'that was not closed?); rebuild it with: ros2 bag reindex {unclosed}',
+             tmp_path / 'nothing': f'{tmp_path / "nothing"}: no such bag folder'}
+    for given, message in cases.items():
+        with pytest.raises(ValueError, match=re.escape(message)):
+            BagPlayer(given)
+        for tool, extra in ((time_offset, []), (calibrate, ['--out', str(tmp_path / 'p.yaml')])):
+            assert tool.main(['--bag', str(given), *extra]) == 2
+            assert message in capsys.readouterr().err, (tool, given)
+    assert not (tmp_path / 'p.yaml').exists()

@@ -167,7 +167,7 @@ def test_bad_options_exit_2_naming_the_option(argv, words, tmp_path, capsys, mon
 
 def test_a_missing_topic_or_bag_exits_2_naming_it(tmp_path, capsys):
     assert main(['--bag', str(tmp_path / 'nothing')]) == 2
-    assert 'is not a folder' in capsys.readouterr().err
+    assert 'nothing: no such bag folder' in capsys.readouterr().err
     bag = write_bag(tmp_path / 'rig', simulation.Case('pan', duration=1.0))
     assert main(['--bag', str(bag), '--infrared-topic', '/thermal/image_raw',
                  '--visible-topic', VI_TOPIC]) == 2
