@@ -3,8 +3,9 @@
 import numbers
 
 __all__ = ['MAX_DECODED_PIXELS', 'MAX_ENLARGED_LONG_SIDE', 'MAX_NETWORK_PIXELS',
-           'MIN_SHRUNK_LONG_SIDE',
-           'check_input_max_long_side', 'check_network_size', 'enlarged_size', 'shrunk_size']
+           'MIN_SHRUNK_LONG_SIDE', 'PORTRAIT_ADVICE',
+           'check_input_max_long_side', 'check_network_size', 'enlarged_size',
+           'portrait_beside_landscape', 'shrunk_size']
 
 # The largest long side a frame (or its features) may be enlarged to, pixels: the bound of
 # input_min_long_side / detect_min_long_side in the checkpoint and the engines' arguments.
@@ -55,6 +56,22 @@ def shrunk_size(height, width, max_long_side):
     if max_long_side <= 0 or max(height, width) <= max_long_side:
         return int(height), int(width)
     return _with_long_side(height, width, max_long_side)
+
+
+def portrait_beside_landscape(ir_size, vi_size):
+    """Return whether one of two frames is portrait and the other landscape.
+
+    Args:
+        ir_size, vi_size: (width, height) in pixels. A square frame is neither.
+
+    The engines resize the IR to the visible frame whatever their shapes: a camera mounted on
+    its side is stretched there, not rotated, and no registration undoes that.
+    """
+    return (ir_size[0] - ir_size[1]) * (vi_size[0] - vi_size[1]) < 0
+
+
+PORTRAIT_ADVICE = ('is a camera mounted on its side? The IR is stretched to the visible frame, '
+                   'not rotated')
 
 
 def _with_long_side(height, width, long_side):

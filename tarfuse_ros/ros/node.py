@@ -67,6 +67,7 @@ from tarfuse_ros.core.health import HealthSettings, RegistrationHealth
 from tarfuse_ros.core.images import check_frame_size
 from tarfuse_ros.core.pairing import NearestPairCheck
 from tarfuse_ros.core.rate import StampRateLimit
+from tarfuse_ros.core.sizes import PORTRAIT_ADVICE, portrait_beside_landscape
 from tarfuse_ros.core.time_offset import MAX_SIDE, OffsetMonitor
 from tarfuse_ros.core.topics import camera_info_topic
 from tarfuse_ros.ros.conversions import array_to_compressed_msg, array_to_image_msg
@@ -172,12 +173,6 @@ def _problem_key(problem):
     topic such as /ir) was new at every check, and the warning came every 0.5 s.
     """
     return _NUMBER.sub('#', problem)
-
-
-def _portrait_beside_landscape(sizes):
-    """Return whether one of ``(ir_w, ir_h, vi_w, vi_h)`` is portrait and the other landscape."""
-    ir_w, ir_h, vi_w, vi_h = sizes
-    return (ir_w - ir_h) * (vi_w - vi_h) < 0
 
 
 def _input_check_period(params):
@@ -939,11 +934,10 @@ class TarFuseNode(Node):
                 self._sizes_logged.add(sizes)
                 said = (f'IR {sizes[0]}x{sizes[1]} and visible {sizes[2]}x{sizes[3]} differ: the '
                         f'IR images are resized to the visible frame (said once for these sizes)')
-                if _portrait_beside_landscape(sizes):
+                if portrait_beside_landscape(sizes[:2], sizes[2:]):
                     self.get_logger().warning(
-                        said + '; one is portrait, the other landscape: is a camera mounted on '
-                        'its side? The IR is stretched to the visible frame, not rotated: '
-                        'rotate it before the node (its driver, or an image_rotate node)')
+                        f'{said}; one is portrait, the other landscape: {PORTRAIT_ADVICE}: '
+                        f'rotate it before the node (its driver, or an image_rotate node)')
                 else:
                     self.get_logger().info(said)
             if self._refiner is not None and self._refiner.start_over_for(

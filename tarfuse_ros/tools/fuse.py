@@ -83,6 +83,7 @@ import cv2
 import numpy as np
 from tarfuse_ros.core.files import is_truncated_jpeg_data
 from tarfuse_ros.core.fine_passes import check_fine_passes
+from tarfuse_ros.core.sizes import PORTRAIT_ADVICE, portrait_beside_landscape
 from tqdm import tqdm
 
 __all__ = ['IMAGE_SUFFIXES', 'Summary', 'UsageError', 'VIDEO_SUFFIXES', 'VideoFrames',
@@ -625,6 +626,7 @@ def run(plan, engine, outputs, report, show_progress=None):
     start = time.perf_counter()
     reader = _Prefetch(plan.items)
     pending = 0  # the pair counted in and not yet failed or handed to the outputs
+    warned_shapes = set()
     try:
         for item in reader:
             bar.update(1)
@@ -638,6 +640,7 @@ def run(plan, engine, outputs, report, show_progress=None):
                 pending = 0
                 report(f'{PROG}: skipped {item.name}: {item.error}')
                 continue
+            _warn_portrait_beside_landscape(item, warned_shapes, report)
             try:
                 engine.check_network_size(item.vi.shape[:2], '--input-max-long-side')
                 result = engine.infer(item.ir, item.vi)
@@ -663,6 +666,18 @@ def run(plan, engine, outputs, report, show_progress=None):
     summary.pairs_out = outputs.written
     summary.failures += outputs.failures
     return summary
+
+
+def _warn_portrait_beside_landscape(item, warned, report):
+    """Warn once per pair of frame sizes where one image is portrait, the other landscape."""
+    sizes = ((item.ir.shape[1], item.ir.shape[0]), (item.vi.shape[1], item.vi.shape[0]))
+    if sizes in warned or not portrait_beside_landscape(*sizes):
+        return
+    warned.add(sizes)
+    (ir_w, ir_h), (vi_w, vi_h) = sizes
+    report(f'{PROG}: warning: {item.name}: IR {ir_w}x{ir_h} and visible {vi_w}x{vi_h}, one '
+           f'portrait, the other landscape: {PORTRAIT_ADVICE}; rotate those images first '
+           f'(said once for these sizes)')
 
 
 def _summary_lines(plan, summary, outputs, engine, threads):

@@ -733,3 +733,28 @@ def test_console_script_is_installed():
     result = subprocess.run([script, '--ir', 'x.png'], capture_output=True, text=True,
                             timeout=60)
     assert result.returncode == 2 and '--visible' in result.stderr
+
+
+def test_a_portrait_ir_beside_a_landscape_visible_image_is_warned_once(tmp_path, capsys):
+    """An IR image shot with the camera on its side was stretched to the visible frame, unsaid.
+
+    The node warned of it; tarfuse-fuse said nothing.
+    """
+    ir_dir, vi_dir, out = tmp_path / 'ir', tmp_path / 'vi', tmp_path / 'out'
+    ir_dir.mkdir()
+    vi_dir.mkdir()
+    for index, stem in enumerate(STEMS[:3]):
+        ir = cv2.resize(_read(SAMPLES / 'ir' / f'{stem}.jpg'), (160, 112))
+        if index < 2:  # the first two on their side (112x160), the third as shot
+            ir = cv2.rotate(ir, cv2.ROTATE_90_CLOCKWISE)
+        cv2.imwrite(str(ir_dir / f'{stem}.png'), ir)
+        cv2.imwrite(str(vi_dir / f'{stem}.png'),
+                    cv2.resize(_read(SAMPLES / 'vi' / f'{stem}.jpg'), (160, 112)))
+    status, stdout, stderr = _run(capsys, '--ir', ir_dir, '--visible', vi_dir, '--out', out)
+    assert status == 0, stderr
+    said = [line for line in stderr.splitlines() if 'portrait' in line]
+    assert said == [f'tarfuse-fuse: warning: {STEMS[0]}: IR 112x160 and visible 160x112, one '
+                    f'portrait, the other landscape: is a camera mounted on its side? The IR '
+                    f'is stretched to the visible frame, not rotated; rotate those images '
+                    f'first (said once for these sizes)'], stderr
+    assert '3 pair(s) in, 3 fused out' in stdout
