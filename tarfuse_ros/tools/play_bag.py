@@ -527,6 +527,7 @@ class BagPlayer:
                 if not connections:
                     raise PlayError(f'no topics to play in {self.bag} '
                                     f'(bag has {sorted(c.topic for c in reader.connections)})')
+                connections = self._one_type_per_topic(connections)
                 qos = _qos(self.qos_reliability, 10)
                 publishers = {}
                 for connection in connections:
@@ -588,6 +589,26 @@ class BagPlayer:
                 node.destroy_node()
             rclpy.shutdown(context=context)
         return self.stats
+
+    def _one_type_per_topic(self, connections):
+        """Return ``connections`` less those of a topic's other types, saying what is left out.
+
+        A topic recorded with two message types (a driver reconfigured mid-recording) has one
+        publisher of its first type here, as in ``ros2 bag play``: the other type's messages
+        would reach subscribers as bytes of the wrong type.
+        """
+        first, kept, left_out = {}, [], {}
+        for connection in connections:
+            msgtype = first.setdefault(connection.topic, connection.msgtype)
+            if connection.msgtype == msgtype:
+                kept.append(connection)
+            else:
+                key = (connection.topic, connection.msgtype)
+                left_out[key] = left_out.get(key, 0) + connection.msgcount
+        for (topic, msgtype), count in left_out.items():
+            self.log(f'tarfuse-play: {topic} has two message types in the bag: its {count} '
+                     f'{msgtype} message(s) are left out, the {first[topic]} ones played')
+        return kept
 
     def _play(self, reader, connections, publishers):
         first_mono = time.monotonic()

@@ -25,8 +25,8 @@ from ruamel.yaml import YAML
 from tarfuse_ros.tools import make_bag as make_bag_tool
 from tarfuse_ros.tools import play_bag as play_bag_tool
 from tarfuse_ros.tools.bagio import (
-    array_to_image, header_stamp_ns, image_to_array, jazzy_typestore, open_writer,
-    read_messages, replace_header_stamp)
+    array_to_image, compressed_cdr, header_stamp_ns, image_cdr, image_to_array, jazzy_typestore,
+    offered_qos, open_writer, read_messages, replace_header_stamp)
 from tarfuse_ros.tools.make_bag import ir_to_mono16, make_bag, MONO16_GAIN, MONO16_OFFSET
 from tarfuse_ros.tools.play_bag import BagPlayer, PlayError
 
@@ -1093,3 +1093,33 @@ def test_what_is_not_a_bag_folder_is_named_by_every_bag_tool(sample_bag, tmp_pat
             assert tool.main(['--bag', str(given), *extra]) == 2
             assert message in capsys.readouterr().err, (tool, given)
     assert not (tmp_path / 'p.yaml').exists()
+
+
+@pytest.mark.dds
+def test_a_topic_recorded_with_two_types_plays_its_first_type_only(tmp_path):
+    """The other type's bytes went out on the first type's publisher (wrong messages)."""
+    typestore = jazzy_typestore()
+    image = _read_sample_visible()
+    writer = open_writer(tmp_path / 'two_types')
+    raw = writer.add_connection(VI, 'sensor_msgs/msg/Image', typestore=typestore,
+                                offered_qos_profiles=offered_qos())
+    packed = writer.add_connection(VI, 'sensor_msgs/msg/CompressedImage', typestore=typestore,
+                                   offered_qos_profiles=offered_qos())
+    for k in range(8):  # 5 raw images, then 3 JPEG ones (a driver reconfigured)
+        stamp = (k + 1) * 50_000_000
+        if k < 5:
+            writer.write(raw, stamp, image_cdr(image, 'bgr8', 'camera', stamp))
+        else:
+            writer.write(packed, stamp, compressed_cdr(image, 'jpeg', 'camera', stamp))
+    writer.close()
+    said = []
+    stats = BagPlayer(tmp_path / 'two_types', rate=10.0, log=said.append).run()
+    assert stats.counts() == {VI: 5}
+    assert said == [f'tarfuse-play: {VI} has two message types in the bag: its 3 '
+                    f'sensor_msgs/msg/CompressedImage message(s) are left out, the '
+                    f'sensor_msgs/msg/Image ones played']
+
+
+def _read_sample_visible():
+    """Return the first sample visible image, 64x48 BGR."""
+    return cv2.resize(cv2.imread(str(next((SAMPLES / 'vi').glob('*.jpg')))), (64, 48))
