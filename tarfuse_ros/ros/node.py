@@ -1326,8 +1326,11 @@ class TarFuseNode(Node):
                 spread, 2)
         array = DiagnosticArray()
         array.header.stamp = self.get_clock().now().to_msg()
-        array.status = [build_status(f'{self.get_name()}: fusion', self._engine.device,
-                                     snapshot, problems, extra)]
+        # Named by the node's namespace and name ('front/tarfuse: fusion'; in / 'tarfuse:
+        # fusion'), as ROS 1's diagnostic_updater did: one node per rig, each its own namespace,
+        # and the rigs' statuses must not merge into one in rqt_robot_monitor or the aggregator.
+        name = f'{self.get_fully_qualified_name().lstrip("/")}: fusion'
+        array.status = [build_status(name, self._engine.device, snapshot, problems, extra)]
         self._pub_diag.publish(array)
 
     # -- shutdown ----------------------------------------------------------------------------

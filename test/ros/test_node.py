@@ -8,6 +8,7 @@ import signal
 import time
 
 import cv2
+from diagnostic_msgs.msg import DiagnosticArray
 from node_harness import camera_info_msg, HEIGHT, make_checkpoint, NodeProcess, Probe
 from node_harness import image_msg, random_domain_id, sample_pair, VISIBLE_FRAME, WIDTH
 import numpy as np
@@ -734,6 +735,25 @@ def test_deleting_a_parameter_at_run_time_is_refused_and_it_stays(setup):
         names = _call(probe, ListParameters, 'list_parameters',
                       ListParameters.Request()).result.names
         assert name in names, f'{name} was undeclared'
+
+
+def test_two_rigs_in_one_domain_publish_two_diagnostics_statuses(setup):
+    # One node per rig, each in its namespace (the launch file's namespace argument): both
+    # named their /diagnostics status 'tarfuse: fusion' (hardware_id 'cpu' both), so
+    # rqt_robot_monitor and the aggregator showed one status flipping between the two rigs.
+    node, probe, _, weights = setup
+    names = set()
+    probe.node.create_subscription(
+        DiagnosticArray, '/diagnostics',
+        lambda msg: names.update(status.name for status in msg.status), 50)
+    domain = probe.context.get_domain_id()
+    rear = NodeProcess(domain, {'weights': str(weights), 'device': 'cpu', 'cpu_threads': 1,
+                                'diagnostics.period': 0.25}, namespace='/rear')
+    try:
+        assert probe.spin_until(lambda: len(names) >= 2, 90.0), (names, rear.log())
+    finally:
+        rear.close()
+    assert names == {'rig/tarfuse: fusion', 'rear/tarfuse: fusion'}, names
 
 
 def test_sigint_stops_the_node_cleanly(setup):
