@@ -80,7 +80,7 @@ from tarfuse_ros.ros.params import apply_updates, canonical_parameters
 from tarfuse_ros.ros.params import command_line_type_errors
 from tarfuse_ros.ros.params import decimal_number_lists
 from tarfuse_ros.ros.params import declare_node_parameters, fine_passes, parameter_updates
-from tarfuse_ros.ros.params import refinement_settings, registration_prior
+from tarfuse_ros.ros.params import refinement_settings, registration_prior, reported_descriptor
 from tarfuse_ros.ros.params import unknown_parameters, unknown_qos_overrides
 from vision_msgs.msg import Detection2DArray
 
@@ -1049,6 +1049,15 @@ class TarFuseNode(Node):
         return cached[1]
 
     # -- parameters ------------------------------------------------------------------------
+    def describe_parameter(self, name):
+        """Return the descriptor of ``name``: read-only for the parameters fixed at start-up.
+
+        rclpy's parameter services (``ros2 param describe``, rqt_reconfigure) ask here; a set
+        is checked against the declared descriptor, so the on-set callback still refuses a
+        change with its reason (:func:`~tarfuse_ros.ros.params.reported_descriptor`).
+        """
+        return reported_descriptor(name, super().describe_parameter(name))
+
     def _on_set_parameters(self, parameters):
         with self._params_lock:
             old = self._params

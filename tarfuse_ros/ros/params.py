@@ -6,6 +6,7 @@ values).  The node reads them once into :class:`NodeParams`; run-time changes go
 with the reason (the node's on-set callback hands that reason back to the caller).
 """
 
+import copy
 from dataclasses import dataclass, fields, replace
 import difflib
 import math
@@ -26,7 +27,7 @@ __all__ = [
     'apply_updates', 'canonical_parameters', 'decimal_number_lists', 'declare_node_parameters',
     'descriptor_for', 'fine_passes',
     'parameter_updates', 'params_from_values', 'refinement_settings', 'registration_prior',
-    'validate_params',
+    'reported_descriptor', 'validate_params',
 ]
 
 RELIABILITY_VALUES = ('best_effort', 'reliable')
@@ -331,6 +332,23 @@ def descriptor_for(spec):
         descriptor.additional_constraints = ' '.join(
             filter(None, [descriptor.additional_constraints, '(fixed while the node runs)']))
     return descriptor
+
+
+def reported_descriptor(name, descriptor):
+    """Return the descriptor of parameter ``name`` as the node reports it: read-only if fixed.
+
+    A parameter fixed at start-up is declared without rclpy's read-only flag, whose check
+    refuses every set with 'Trying to set a read-only parameter' before the node's callback
+    can say why and which restart to make (and refuses the current value too: ``ros2 param
+    load`` of a dump). Reported read-only, ``ros2 param describe`` and ``describe_parameters``
+    say it cannot change while the node runs, and rqt_reconfigure does not offer to edit it.
+    """
+    spec = _BY_NAME.get(name)
+    if spec is None or spec.runtime or descriptor.read_only:
+        return descriptor
+    reported = copy.deepcopy(descriptor)
+    reported.read_only = True
+    return reported
 
 
 def _coerce(spec, value):

@@ -14,11 +14,12 @@ from node_harness import image_msg, random_domain_id, sample_pair, VISIBLE_FRAME
 import numpy as np
 import pytest
 from rcl_interfaces.msg import ParameterType
-from rcl_interfaces.srv import GetParameters, ListParameters, SetParameters
+from rcl_interfaces.srv import DescribeParameters, GetParameters, ListParameters
+from rcl_interfaces.srv import SetParameters
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import CameraInfo
 from tarfuse_ros.core.engine import FusionEngine
-from tarfuse_ros.ros.params import command_line_type_errors
+from tarfuse_ros.ros.params import command_line_type_errors, PARAMETER_SPECS
 
 pytestmark = pytest.mark.dds
 NAMESPACE = '/rig'
@@ -735,6 +736,23 @@ def test_deleting_a_parameter_at_run_time_is_refused_and_it_stays(setup):
         names = _call(probe, ListParameters, 'list_parameters',
                       ListParameters.Request()).result.names
         assert name in names, f'{name} was undeclared'
+
+
+def test_parameters_fixed_at_start_up_are_described_read_only(setup):
+    # describe_parameters (ros2 param describe, rqt_reconfigure) said read_only false for every
+    # parameter, so rqt_reconfigure offered to edit device or sync.slop, refused only on set.
+    node, probe, _, _ = setup
+    names = [spec.name for spec in PARAMETER_SPECS]
+    descriptors = _call(probe, DescribeParameters, 'describe_parameters',
+                        DescribeParameters.Request(names=names)).descriptors
+    read_only = {d.name: d.read_only for d in descriptors}
+    assert read_only == {spec.name: not spec.runtime for spec in PARAMETER_SPECS}
+    # A change is still answered by the node, with why and the restart to make; a fixed
+    # parameter set to its value (ros2 param load of a dump) is no change.
+    result, = probe.set_parameters(sync__slop=0.2)
+    assert not result.successful and '-p sync.slop:=0.2' in result.reason, result.reason
+    assert all(r.successful for r in probe.set_parameters(sync__slop=0.05,
+                                                          confidence_threshold=0.25))
 
 
 def test_two_rigs_in_one_domain_publish_two_diagnostics_statuses(setup):
