@@ -978,11 +978,16 @@ class TarFuseNode(Node):
                 array_to_compressed_msg(result.fused, header, fmt='jpeg'))
         if params.publish_detections and self._pub_detections is not None:
             self._pub_detections.publish(detections_to_msg(result.detections, header))
-        now_ns = self.get_clock().now().nanoseconds
+        clock = self.get_clock()
+        now_ns = clock.now().nanoseconds
         latency_ms = (now_ns - _stamp_ns(header.stamp)) / 1e6 if now_ns else float('nan')
         if not now_ns:
             self._warn('no_clock', 'latency not measured: use_sim_time is true but no /clock '
                                    'message has arrived (play the bag with its clock)')
+        elif latency_ms < 0 and clock.ros_time_is_active:
+            # /clock went back behind the pair while it was processed (a bag loop): the
+            # difference (minus the bag's length) is no latency.
+            latency_ms = float('nan')
         self._stats.record_output(latency_ms, result.timings_ms.get('total', float('nan')))
         score = None
         if params.health_enabled and self._health.due():

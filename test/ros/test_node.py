@@ -17,6 +17,7 @@ from rcl_interfaces.msg import ParameterType
 from rcl_interfaces.srv import DescribeParameters, GetParameters, ListParameters
 from rcl_interfaces.srv import SetParameters
 from rclpy.parameter import Parameter
+from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import CameraInfo
 from tarfuse_ros.core.engine import FusionEngine
 from tarfuse_ros.ros.params import command_line_type_errors, PARAMETER_SPECS
@@ -611,6 +612,39 @@ def test_with_sim_time_and_no_clock_the_latency_is_not_measured(setup):
     _send_and_wait(probe)
     assert probe.wait_for_diagnostics(
         lambda lv, m, values: 0.0 <= float(values['latency_ms_last']) < 30_000.0, timeout=10.0)
+
+
+def test_with_sim_time_a_clock_behind_the_pair_is_no_latency(setup):
+    # tarfuse-play --clock --loop: /clock steps back at each loop, and a pair of the round
+    # before, processed after the step, was reported with a latency of minus the bag's
+    # length (-750 ms for a 1 s bag), which dragged latency_ms_median below 0.
+    node, probe, _, _ = setup
+    clock = probe.node.create_publisher(Clock, '/clock', 10)
+
+    def tick(ns):
+        message = Clock()
+        message.clock.sec, message.clock.nanosec = divmod(ns, 1_000_000_000)
+        clock.publish(message)
+
+    def latency_once_processed(stamp, clock_ns):
+        processed = probe.counter('pairs_processed')
+        probe.publish_pair(*probe.good_pair(stamp))
+        assert probe.spin_until(lambda: probe.outputs_for('fused', stamp), 20.0,
+                                tick=lambda: tick(clock_ns))
+        assert probe.wait_for_diagnostics(
+            lambda lv, m, values: int(values['pairs_processed']) > processed, timeout=10.0)
+        return probe.latest_diagnostics()[2]['latency_ms_last']
+
+    stamp = time.time_ns()
+    assert probe.set_parameters(use_sim_time=True)[0].successful
+    try:
+        assert latency_once_processed(stamp, stamp - 1_000_000_000) == 'nan'
+        latency = float(latency_once_processed(stamp + 100_000_000, stamp + 600_000_000))
+        assert latency == pytest.approx(500.0), 'a clock ahead of the pair is measured'
+    finally:
+        assert probe.set_parameters(use_sim_time=False)[0].successful
+        probe.node.destroy_publisher(clock)
+    _send_and_wait(probe)  # the wall clock again
 
 
 def _call(probe, service_type, name, request):
