@@ -72,13 +72,15 @@ def _launch_setup(context):
         except ValueError:
             raise ValueError(f'infrared_time_offset must be a number of seconds (e.g. -0.06, '
                              f'from tarfuse-time-offset), got {offset!r}') from None
-    params_file = value['params_file'].strip() or str(share / 'config' / 'tarfuse.yaml')
+    # rcl does not expand '~' in a parameters file's path, nor the shell in params_file:=~/...
+    params_file = os.path.expanduser(value['params_file'].strip()) or str(
+        share / 'config' / 'tarfuse.yaml')
     # launch_ros drops a parameters file that is not a file with a mere warning, and the node
     # would then run on its built-in defaults.
     if not Path(params_file).is_file():
         raise FileNotFoundError(f'params_file {params_file!r} is not a file (give a YAML file '
                                 f'like config/tarfuse.yaml, or leave params_file out)')
-    prior_file = value['prior_file'].strip()
+    prior_file = os.path.expanduser(value['prior_file'].strip())
     if prior_file and not Path(prior_file).is_file():
         raise FileNotFoundError(f'prior_file {prior_file!r} is not a file (write one with '
                                 f'tarfuse-calibrate ... --out PRIOR.yaml)')

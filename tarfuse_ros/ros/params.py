@@ -10,6 +10,7 @@ import copy
 from dataclasses import dataclass, fields, replace
 import difflib
 import math
+import os
 from pathlib import Path
 import re
 
@@ -371,6 +372,9 @@ def _coerce(spec, value):
     if spec.kind == 'str':
         if not isinstance(value, str):
             raise ValueError(f'{spec.name} must be a string, got {value!r}')
+        if spec.name == 'weights':
+            # Neither the shell (in -p weights:=~/m.safetensors), YAML nor rcl expands '~'.
+            return os.path.expanduser(value.strip())
         return value.strip()
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f'{spec.name} must be a number, got {value!r}')

@@ -368,3 +368,17 @@ def test_an_unreadable_cpu_limit_stops_the_start_with_a_clear_message(tmp_path):
                'cpu_threads' in log, log
     finally:
         node.close()
+
+
+def test_weights_under_the_home_folder_are_found(tmp_path):
+    """-p weights:=~/m.safetensors: neither the shell (after ':='), YAML nor rcl expands '~'."""
+    make_checkpoint(tmp_path / 'random.safetensors')
+    node = NodeProcess(random_domain_id(), {'weights': '~/random.safetensors'},
+                       env=dict(os.environ, HOME=str(tmp_path)))
+    try:
+        deadline = time.monotonic() + 90.0
+        while node.alive() and 'ready:' not in node.log() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert f'ready: model {tmp_path / "random.safetensors"} ' in node.log(), node.log()
+    finally:
+        node.close()
