@@ -88,6 +88,10 @@ def _launch_setup(context):
         if not value[name].strip():
             raise ValueError(f'{name} is empty: give the camera image topic (e.g. '
                              f'/flir/image_raw)')
+    remappings = [
+        ('infrared/image_raw', value['infrared_topic']),
+        ('visible/image_raw', value['visible_topic']),
+    ]
     actions.append(Node(
         package=PACKAGE,
         executable='fuse_node',
@@ -98,10 +102,7 @@ def _launch_setup(context):
         parameters=[params_file] + ([prior_file] if prior_file else []) + [overrides],
         # The node reads the camera_info beside the visible image topic (visible_topic
         # /rgb/image_raw: /rgb/camera_info), as image_transport does: no rule needed for it.
-        remappings=[
-            ('infrared/image_raw', value['infrared_topic']),
-            ('visible/image_raw', value['visible_topic']),
-        ],
+        remappings=remappings,
     ))
     actions.append(Node(
         package='rviz2',
@@ -110,6 +111,8 @@ def _launch_setup(context):
         namespace=value['namespace'],
         arguments=['-d', str(share / 'rviz' / 'tarfuse.rviz')],
         parameters=[{'use_sim_time': overrides['use_sim_time']}],
+        # Its 'Visible input' display shows visible/image_raw: the camera the node reads.
+        remappings=remappings,
         condition=IfCondition(LaunchConfiguration('rviz')),
     ))
     return actions

@@ -141,6 +141,10 @@ def test_only_the_images_are_remapped_the_node_finds_their_camera_info(monkeypat
                 if a.kwargs.get('executable') == 'fuse_node')
     assert node.kwargs['remappings'] == [('infrared/image_raw', '/flir/image_raw'),
                                          ('visible/image_raw', '/rgb/image_raw')]
+    # RViz's 'Visible input' display (rviz/tarfuse.rviz: visible/image_raw, relative) showed
+    # <namespace>/visible/image_raw, not the camera the node reads.
+    rviz = next(a for a in module._launch_setup(context) if a.kwargs.get('executable') == 'rviz2')
+    assert ('visible/image_raw', '/rgb/image_raw') in rviz.kwargs['remappings']
 
 
 def test_the_infrared_time_offset_argument_is_applied_after_the_parameter_and_prior_files(
