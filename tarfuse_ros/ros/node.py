@@ -101,6 +101,8 @@ _RUNTIME_ENGINE_FIELDS = ('confidence_threshold', 'iou_threshold', 'max_detectio
 _CAMERA_INFO_BUFFER = 30
 _HEALTH_FIELDS = ('health_window', 'health_every_n', 'health_max_side', 'health_min_alignment',
                   'health_max_flow_px')
+# The engine's arguments that are parameters under registration.*, as its errors name them.
+_ENGINE_ARGUMENTS = re.compile(r'(?<![\w.])(global_every|global_window|global_track)\b')
 # Images waiting for the time-offset check's thread (2 s of two 30 Hz cameras).
 _OFFSET_QUEUE = 120
 # A number in a problem's text (not a digit of a name: /cam0): masked in its throttle key.
@@ -215,6 +217,10 @@ def visible_camera_info_topic(node):
 
 def _class_ids(names, class_names):
     """Map class names to ids; raise ``ValueError`` listing the known names for unknown ones."""
+    if names and not class_names:  # e.g. the medical model given to a camera rig
+        raise ValueError(f'{list(names)} given, but the model has no detection head '
+                         f'(model.detect: false) and no classes: leave classes unset or [], '
+                         f'or check the weights parameter')
     unknown = [n for n in names if n not in class_names]
     if unknown:
         raise ValueError(f'unknown class names {unknown}; the model knows {list(class_names)}')
@@ -453,8 +459,9 @@ class TarFuseNode(Node):
             raise StartupError(
                 f'registration.fine_passes {params.registration_fine_passes}: {exc}; set '
                 f"registration.fine_passes to 0 or -1 (the model's own)") from exc
-        except ValueError as exc:
-            raise StartupError(f'cannot start the model with these parameters: {exc}') from exc
+        except ValueError as exc:  # named as the engine's arguments: as our parameters
+            text = _ENGINE_ARGUMENTS.sub(r'registration.\1', str(exc))
+            raise StartupError(f'cannot start the model with these parameters: {text}') from exc
         except (RuntimeError, OSError) as exc:
             raise StartupError(
                 f'cannot start the model on device {params.device!r}: {exc}. Use -p device:=cpu '
