@@ -616,12 +616,12 @@ def declare_node_parameters(node):
     values, declared = {}, []
     for spec in PARAMETER_SPECS:
         descriptor = descriptor_for(spec)
-        if spec.kind == 'float_array':
-            parameter = node.declare_parameter(spec.name, None, descriptor)
-        elif spec.kind in _ARRAY_TYPES:
+        if spec.kind in _ARRAY_TYPES:
             # An empty list has no inferable type: declare the parameter, then give it the
             # empty list. Left without a value, rclpy's get_parameters service answers nothing
-            # for a request naming it (ros2 param dump, rqt_reconfigure ask for every name).
+            # for a request naming it (ros2 param dump, rqt_reconfigure ask for every name), or
+            # a value of no type, which ros2 param dump writes as null: rcl reads that back
+            # as the string 'null' (registration.prior), so the dump could not start a node.
             parameter = node.declare_parameter(
                 spec.name, None if descriptor.dynamic_typing else _ARRAY_TYPES[spec.kind],
                 descriptor)
