@@ -72,13 +72,15 @@ def _launch_setup(context):
         except ValueError:
             raise ValueError(f'infrared_time_offset must be a number of seconds (e.g. -0.06, '
                              f'from tarfuse-time-offset), got {offset!r}') from None
-    params_file = value['params_file'].strip() or str(share / 'config' / 'tarfuse.yaml')
+    # rcl does not expand '~' in a parameters file's path, nor the shell in params_file:=~/...
+    params_file = os.path.expanduser(value['params_file'].strip()) or str(
+        share / 'config' / 'tarfuse.yaml')
     # launch_ros drops a parameters file that is not a file with a mere warning, and the node
     # would then run on its built-in defaults.
     if not Path(params_file).is_file():
         raise FileNotFoundError(f'params_file {params_file!r} is not a file (give a YAML file '
                                 f'like config/tarfuse.yaml, or leave params_file out)')
-    prior_file = value['prior_file'].strip()
+    prior_file = os.path.expanduser(value['prior_file'].strip())
     if prior_file and not Path(prior_file).is_file():
         raise FileNotFoundError(f'prior_file {prior_file!r} is not a file (write one with '
                                 f'tarfuse-calibrate ... --out PRIOR.yaml)')
@@ -86,6 +88,10 @@ def _launch_setup(context):
         if not value[name].strip():
             raise ValueError(f'{name} is empty: give the camera image topic (e.g. '
                              f'/flir/image_raw)')
+    remappings = [
+        ('infrared/image_raw', value['infrared_topic']),
+        ('visible/image_raw', value['visible_topic']),
+    ]
     actions.append(Node(
         package=PACKAGE,
         executable='fuse_node',
@@ -96,10 +102,7 @@ def _launch_setup(context):
         parameters=[params_file] + ([prior_file] if prior_file else []) + [overrides],
         # The node reads the camera_info beside the visible image topic (visible_topic
         # /rgb/image_raw: /rgb/camera_info), as image_transport does: no rule needed for it.
-        remappings=[
-            ('infrared/image_raw', value['infrared_topic']),
-            ('visible/image_raw', value['visible_topic']),
-        ],
+        remappings=remappings,
     ))
     actions.append(Node(
         package='rviz2',
@@ -108,6 +111,8 @@ def _launch_setup(context):
         namespace=value['namespace'],
         arguments=['-d', str(share / 'rviz' / 'tarfuse.rviz')],
         parameters=[{'use_sim_time': overrides['use_sim_time']}],
+        # Its 'Visible input' display shows visible/image_raw: the camera the node reads.
+        remappings=remappings,
         condition=IfCondition(LaunchConfiguration('rviz')),
     ))
     return actions

@@ -361,7 +361,7 @@ class RegistrationHealth:
                 problems.append(
                     f'registration: residual flow {figures["flow_px_mean"]:.1f} px (mean '
                     f'|flow| of {last}, max {figures["flow_px_max"]:.1f} px) is above '
-                    f'registration_health.max_flow_px {settings.max_flow_px:.1f} px: the '
+                    f'registration_health.max_flow_px {settings.max_flow_px:g} px: the '
                     f'network corrects much more misalignment than the rig should have '
                     f'(camera moved or lens changed? recalibrate)')
             state = 'warn' if problems else 'ok'

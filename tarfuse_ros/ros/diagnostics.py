@@ -178,7 +178,7 @@ def build_status(name, hardware_id, snapshot, problems, extra=None):
     """Return a ``DiagnosticStatus``: WARN listing ``problems`` if any, else OK.
 
     Args:
-        name: status name, ``'<node>: fusion'``.
+        name: status name, ``'<namespace>/<node>: fusion'`` (``'<node>: fusion'`` in ``/``).
         hardware_id: the device the model runs on.
         snapshot: :meth:`NodeStats.snapshot` output.
         problems: list of human-readable problem strings (empty when healthy).

@@ -81,7 +81,7 @@ from tarfuse_ros.ros.params import apply_updates, canonical_parameters
 from tarfuse_ros.ros.params import command_line_type_errors
 from tarfuse_ros.ros.params import decimal_number_lists
 from tarfuse_ros.ros.params import declare_node_parameters, fine_passes, parameter_updates
-from tarfuse_ros.ros.params import refinement_settings, registration_prior
+from tarfuse_ros.ros.params import refinement_settings, registration_prior, reported_descriptor
 from tarfuse_ros.ros.params import unknown_parameters, unknown_qos_overrides
 from vision_msgs.msg import Detection2DArray
 
@@ -102,6 +102,8 @@ _RUNTIME_ENGINE_FIELDS = ('confidence_threshold', 'iou_threshold', 'max_detectio
 _CAMERA_INFO_BUFFER = 30
 _HEALTH_FIELDS = ('health_window', 'health_every_n', 'health_max_side', 'health_min_alignment',
                   'health_max_flow_px')
+# The engine's arguments that are parameters under registration.*, as its errors name them.
+_ENGINE_ARGUMENTS = re.compile(r'(?<![\w.])(global_every|global_window|global_track)\b')
 # Images waiting for the time-offset check's thread (2 s of two 30 Hz cameras).
 _OFFSET_QUEUE = 120
 # A number in a problem's text (not a digit of a name: /cam0): masked in its throttle key.
@@ -210,6 +212,10 @@ def visible_camera_info_topic(node):
 
 def _class_ids(names, class_names):
     """Map class names to ids; raise ``ValueError`` listing the known names for unknown ones."""
+    if names and not class_names:  # e.g. the medical model given to a camera rig
+        raise ValueError(f'{list(names)} given, but the model has no detection head '
+                         f'(model.detect: false) and no classes: leave classes unset or [], '
+                         f'or check the weights parameter')
     unknown = [n for n in names if n not in class_names]
     if unknown:
         raise ValueError(f'unknown class names {unknown}; the model knows {list(class_names)}')
@@ -448,8 +454,9 @@ class TarFuseNode(Node):
             raise StartupError(
                 f'registration.fine_passes {params.registration_fine_passes}: {exc}; set '
                 f"registration.fine_passes to 0 or -1 (the model's own)") from exc
-        except ValueError as exc:
-            raise StartupError(f'cannot start the model with these parameters: {exc}') from exc
+        except ValueError as exc:  # named as the engine's arguments: as our parameters
+            text = _ENGINE_ARGUMENTS.sub(r'registration.\1', str(exc))
+            raise StartupError(f'cannot start the model with these parameters: {text}') from exc
         except (RuntimeError, OSError) as exc:
             raise StartupError(
                 f'cannot start the model on device {params.device!r}: {exc}. Use -p device:=cpu '
@@ -972,11 +979,16 @@ class TarFuseNode(Node):
                 array_to_compressed_msg(result.fused, header, fmt='jpeg'))
         if params.publish_detections and self._pub_detections is not None:
             self._pub_detections.publish(detections_to_msg(result.detections, header))
-        now_ns = self.get_clock().now().nanoseconds
+        clock = self.get_clock()
+        now_ns = clock.now().nanoseconds
         latency_ms = (now_ns - _stamp_ns(header.stamp)) / 1e6 if now_ns else float('nan')
         if not now_ns:
             self._warn('no_clock', 'latency not measured: use_sim_time is true but no /clock '
                                    'message has arrived (play the bag with its clock)')
+        elif latency_ms < 0 and clock.ros_time_is_active:
+            # /clock went back behind the pair while it was processed (a bag loop): the
+            # difference (minus the bag's length) is no latency.
+            latency_ms = float('nan')
         self._stats.record_output(latency_ms, result.timings_ms.get('total', float('nan')))
         score = None
         if params.health_enabled and self._health.due():
@@ -1043,6 +1055,15 @@ class TarFuseNode(Node):
         return cached[1]
 
     # -- parameters ------------------------------------------------------------------------
+    def describe_parameter(self, name):
+        """Return the descriptor of ``name``: read-only for the parameters fixed at start-up.
+
+        rclpy's parameter services (``ros2 param describe``, rqt_reconfigure) ask here; a set
+        is checked against the declared descriptor, so the on-set callback still refuses a
+        change with its reason (:func:`~tarfuse_ros.ros.params.reported_descriptor`).
+        """
+        return reported_descriptor(name, super().describe_parameter(name))
+
     def _on_set_parameters(self, parameters):
         with self._params_lock:
             old = self._params
@@ -1320,8 +1341,11 @@ class TarFuseNode(Node):
                 spread, 2)
         array = DiagnosticArray()
         array.header.stamp = self.get_clock().now().to_msg()
-        array.status = [build_status(f'{self.get_name()}: fusion', self._engine.device,
-                                     snapshot, problems, extra)]
+        # Named by the node's namespace and name ('front/tarfuse: fusion'; in / 'tarfuse:
+        # fusion'), as ROS 1's diagnostic_updater did: one node per rig, each its own namespace,
+        # and the rigs' statuses must not merge into one in rqt_robot_monitor or the aggregator.
+        name = f'{self.get_fully_qualified_name().lstrip("/")}: fusion'
+        array.status = [build_status(name, self._engine.device, snapshot, problems, extra)]
         self._pub_diag.publish(array)
 
     # -- shutdown ----------------------------------------------------------------------------

@@ -6,9 +6,11 @@ values).  The node reads them once into :class:`NodeParams`; run-time changes go
 with the reason (the node's on-set callback hands that reason back to the caller).
 """
 
+import copy
 from dataclasses import dataclass, fields, replace
 import difflib
 import math
+import os
 from pathlib import Path
 import re
 
@@ -26,7 +28,7 @@ __all__ = [
     'apply_updates', 'canonical_parameters', 'decimal_number_lists', 'declare_node_parameters',
     'descriptor_for', 'fine_passes',
     'parameter_updates', 'params_from_values', 'refinement_settings', 'registration_prior',
-    'validate_params',
+    'reported_descriptor', 'validate_params',
 ]
 
 RELIABILITY_VALUES = ('best_effort', 'reliable')
@@ -333,6 +335,23 @@ def descriptor_for(spec):
     return descriptor
 
 
+def reported_descriptor(name, descriptor):
+    """Return the descriptor of parameter ``name`` as the node reports it: read-only if fixed.
+
+    A parameter fixed at start-up is declared without rclpy's read-only flag, whose check
+    refuses every set with 'Trying to set a read-only parameter' before the node's callback
+    can say why and which restart to make (and refuses the current value too: ``ros2 param
+    load`` of a dump). Reported read-only, ``ros2 param describe`` and ``describe_parameters``
+    say it cannot change while the node runs, and rqt_reconfigure does not offer to edit it.
+    """
+    spec = _BY_NAME.get(name)
+    if spec is None or spec.runtime or descriptor.read_only:
+        return descriptor
+    reported = copy.deepcopy(descriptor)
+    reported.read_only = True
+    return reported
+
+
 def _coerce(spec, value):
     """Return ``value`` as the Python type of ``spec`` or raise ``ValueError``."""
     if spec.kind == 'str_array':
@@ -353,6 +372,9 @@ def _coerce(spec, value):
     if spec.kind == 'str':
         if not isinstance(value, str):
             raise ValueError(f'{spec.name} must be a string, got {value!r}')
+        if spec.name == 'weights':
+            # Neither the shell (in -p weights:=~/m.safetensors), YAML nor rcl expands '~'.
+            return os.path.expanduser(value.strip())
         return value.strip()
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f'{spec.name} must be a number, got {value!r}')
@@ -594,12 +616,12 @@ def declare_node_parameters(node):
     values, declared = {}, []
     for spec in PARAMETER_SPECS:
         descriptor = descriptor_for(spec)
-        if spec.kind == 'float_array':
-            parameter = node.declare_parameter(spec.name, None, descriptor)
-        elif spec.kind in _ARRAY_TYPES:
+        if spec.kind in _ARRAY_TYPES:
             # An empty list has no inferable type: declare the parameter, then give it the
             # empty list. Left without a value, rclpy's get_parameters service answers nothing
-            # for a request naming it (ros2 param dump, rqt_reconfigure ask for every name).
+            # for a request naming it (ros2 param dump, rqt_reconfigure ask for every name), or
+            # a value of no type, which ros2 param dump writes as null: rcl reads that back
+            # as the string 'null' (registration.prior), so the dump could not start a node.
             parameter = node.declare_parameter(
                 spec.name, None if descriptor.dynamic_typing else _ARRAY_TYPES[spec.kind],
                 descriptor)

@@ -170,7 +170,12 @@ def test_a_growing_residual_flow_warns_only_when_a_limit_is_set():
     summary = health.summary()
     assert summary.state == 'warn'
     problem, = summary.problems
-    assert '40.0 px' in problem and 'registration_health.max_flow_px 10.0' in problem
+    assert '40.0 px' in problem and 'registration_health.max_flow_px 10 px' in problem
+    # The limit as set: 0.04 read '0.0 px' (0 turns the test off) beside a flow of 0.1 px.
+    small = RegistrationHealth(HealthSettings(window=1, min_alignment=0.0, max_flow_px=0.04))
+    small.add(_score(0.5, flow_px=0.1))
+    above, = small.summary().problems
+    assert 'is above registration_health.max_flow_px 0.04 px' in above, above
     health.add(_score(0.5, flow_px=2.0))
     health.add(_score(0.5, flow_px=2.0))
     assert health.summary().state == 'ok'

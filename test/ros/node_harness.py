@@ -258,6 +258,8 @@ class Probe:
         self.set_input_qos(reliability)
         self.info_pub = self.node.create_publisher(CameraInfo, 'visible/camera_info', 10)
         self.node_name = node_name
+        # The node's /diagnostics status: '<namespace>/<node>: fusion', '<node>: fusion' in /.
+        self.status_prefix = '/'.join(filter(None, [namespace.strip('/'), node_name])) + ':'
         self._param_client = None
 
     # -- publishing ------------------------------------------------------------------------
@@ -334,7 +336,7 @@ class Probe:
 
     def _on_diagnostics(self, msg):
         for status in msg.status:
-            if status.name.startswith(f'{self.node_name}:'):
+            if status.name.startswith(self.status_prefix):
                 self.diagnostics.append(status)
 
     def latest_diagnostics(self):

@@ -141,6 +141,10 @@ def test_only_the_images_are_remapped_the_node_finds_their_camera_info(monkeypat
                 if a.kwargs.get('executable') == 'fuse_node')
     assert node.kwargs['remappings'] == [('infrared/image_raw', '/flir/image_raw'),
                                          ('visible/image_raw', '/rgb/image_raw')]
+    # RViz's 'Visible input' display (rviz/tarfuse.rviz: visible/image_raw, relative) showed
+    # <namespace>/visible/image_raw, not the camera the node reads.
+    rviz = next(a for a in module._launch_setup(context) if a.kwargs.get('executable') == 'rviz2')
+    assert ('visible/image_raw', '/rgb/image_raw') in rviz.kwargs['remappings']
 
 
 def test_the_infrared_time_offset_argument_is_applied_after_the_parameter_and_prior_files(
@@ -160,3 +164,22 @@ def test_the_infrared_time_offset_argument_is_applied_after_the_parameter_and_pr
     node = next(a for a in module._launch_setup(dict(context, infrared_time_offset=''))
                 if a.kwargs.get('executable') == 'fuse_node')
     assert 'sync.infrared_time_offset' not in node.kwargs['parameters'][-1]  # the files' value
+
+
+def test_a_params_file_and_prior_file_under_the_home_folder_are_found(monkeypatch, tmp_path):
+    # params_file:=~/rig.yaml: the shell leaves '~' after ':=' as it is, and rcl does not
+    # expand it either; the launch stopped with "params_file '~/rig.yaml' is not a file".
+    module = _load_with_stand_ins(monkeypatch)
+    monkeypatch.setenv('HOME', str(tmp_path))
+    (tmp_path / 'rig.yaml').write_text('/**:\n  ros__parameters:\n    max_rate: 2.0\n')
+    (tmp_path / 'prior.yaml').write_text('/**:\n  ros__parameters:\n    sync:\n'
+                                         '      infrared_time_offset: 0.5\n')
+    context = {'namespace': '', 'params_file': '~/rig.yaml', 'weights': '', 'backend': '',
+               'device': '', 'infrared_topic': 'infrared/image_raw',
+               'visible_topic': 'visible/image_raw', 'infrared_transport': '',
+               'visible_transport': '', 'use_sim_time': 'false', 'prior_file': '~/prior.yaml',
+               'infrared_time_offset': ''}
+    node = next(a for a in module._launch_setup(context)
+                if a.kwargs.get('executable') == 'fuse_node')
+    assert node.kwargs['parameters'][:2] == [str(tmp_path / 'rig.yaml'),
+                                             str(tmp_path / 'prior.yaml')]

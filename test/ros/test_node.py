@@ -8,16 +8,20 @@ import signal
 import time
 
 import cv2
+from diagnostic_msgs.msg import DiagnosticArray
 from node_harness import camera_info_msg, HEIGHT, make_checkpoint, NodeProcess, Probe
 from node_harness import image_msg, random_domain_id, sample_pair, VISIBLE_FRAME, WIDTH
 import numpy as np
 import pytest
 from rcl_interfaces.msg import ParameterType
-from rcl_interfaces.srv import GetParameters, ListParameters, SetParameters
-from rclpy.parameter import Parameter
+from rcl_interfaces.srv import DescribeParameters, GetParameters, ListParameters
+from rcl_interfaces.srv import SetParameters
+from rclpy.parameter import Parameter, parameter_value_to_python
+from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import CameraInfo
 from tarfuse_ros.core.engine import FusionEngine
-from tarfuse_ros.ros.params import command_line_type_errors
+from tarfuse_ros.ros.params import command_line_type_errors, PARAMETER_SPECS
+import yaml
 
 pytestmark = pytest.mark.dds
 NAMESPACE = '/rig'
@@ -611,6 +615,39 @@ def test_with_sim_time_and_no_clock_the_latency_is_not_measured(setup):
         lambda lv, m, values: 0.0 <= float(values['latency_ms_last']) < 30_000.0, timeout=10.0)
 
 
+def test_with_sim_time_a_clock_behind_the_pair_is_no_latency(setup):
+    # tarfuse-play --clock --loop: /clock steps back at each loop, and a pair of the round
+    # before, processed after the step, was reported with a latency of minus the bag's
+    # length (-750 ms for a 1 s bag), which dragged latency_ms_median below 0.
+    node, probe, _, _ = setup
+    clock = probe.node.create_publisher(Clock, '/clock', 10)
+
+    def tick(ns):
+        message = Clock()
+        message.clock.sec, message.clock.nanosec = divmod(ns, 1_000_000_000)
+        clock.publish(message)
+
+    def latency_once_processed(stamp, clock_ns):
+        processed = probe.counter('pairs_processed')
+        probe.publish_pair(*probe.good_pair(stamp))
+        assert probe.spin_until(lambda: probe.outputs_for('fused', stamp), 20.0,
+                                tick=lambda: tick(clock_ns))
+        assert probe.wait_for_diagnostics(
+            lambda lv, m, values: int(values['pairs_processed']) > processed, timeout=10.0)
+        return probe.latest_diagnostics()[2]['latency_ms_last']
+
+    stamp = time.time_ns()
+    assert probe.set_parameters(use_sim_time=True)[0].successful
+    try:
+        assert latency_once_processed(stamp, stamp - 1_000_000_000) == 'nan'
+        latency = float(latency_once_processed(stamp + 100_000_000, stamp + 600_000_000))
+        assert latency == pytest.approx(500.0), 'a clock ahead of the pair is measured'
+    finally:
+        assert probe.set_parameters(use_sim_time=False)[0].successful
+        probe.node.destroy_publisher(clock)
+    _send_and_wait(probe)  # the wall clock again
+
+
 def _call(probe, service_type, name, request):
     """Call the node's service ``name`` (relative to the node) and return the response."""
     client = probe.node.create_client(service_type, f'{probe.node_name}/{name}')
@@ -634,6 +671,35 @@ def test_every_parameter_reads_back_through_the_parameter_services(setup):
     assert by_name['classes'].type == ParameterType.PARAMETER_STRING_ARRAY
     assert list(by_name['classes'].string_array_value) == []
     assert by_name['registration.prior_ir_size'].type == ParameterType.PARAMETER_INTEGER_ARRAY
+
+
+def test_a_dump_of_the_parameters_starts_the_node_again(setup, tmp_path):
+    # `ros2 param dump /rig/tarfuse > rig.yaml`, then params_file:=rig.yaml: the dump held
+    # registration.prior: null (a parameter declared without a value), which rcl reads as the
+    # string 'null', so the node refused its own dump at start-up.
+    node, probe, _, _ = setup
+    names = sorted(_call(probe, ListParameters, 'list_parameters',
+                         ListParameters.Request()).result.names)
+    values = _call(probe, GetParameters, 'get_parameters',
+                   GetParameters.Request(names=names)).values
+    tree = {}
+    for name, value in zip(names, values):  # as ros2 param dump nests and writes them
+        *groups, key = name.split('.')
+        branch = tree
+        for group in groups:
+            branch = branch.setdefault(group, {})
+        branch[key] = parameter_value_to_python(value)
+    dump = tmp_path / 'rig.yaml'
+    dump.write_text(yaml.dump({f'{NAMESPACE}/tarfuse': {'ros__parameters': tree}},
+                              default_flow_style=False))
+    copy = NodeProcess(random_domain_id(), {}, namespace=NAMESPACE, params_files=[dump])
+    try:
+        deadline = time.monotonic() + 90.0
+        while copy.alive() and 'ready:' not in copy.log() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert 'ready:' in copy.log(), f'{copy.log()}\n{dump.read_text()}'
+    finally:
+        copy.close()
 
 
 def test_an_empty_list_of_any_type_sets_classes_back_to_all(setup):
@@ -734,6 +800,42 @@ def test_deleting_a_parameter_at_run_time_is_refused_and_it_stays(setup):
         names = _call(probe, ListParameters, 'list_parameters',
                       ListParameters.Request()).result.names
         assert name in names, f'{name} was undeclared'
+
+
+def test_parameters_fixed_at_start_up_are_described_read_only(setup):
+    # describe_parameters (ros2 param describe, rqt_reconfigure) said read_only false for every
+    # parameter, so rqt_reconfigure offered to edit device or sync.slop, refused only on set.
+    node, probe, _, _ = setup
+    names = [spec.name for spec in PARAMETER_SPECS]
+    descriptors = _call(probe, DescribeParameters, 'describe_parameters',
+                        DescribeParameters.Request(names=names)).descriptors
+    read_only = {d.name: d.read_only for d in descriptors}
+    assert read_only == {spec.name: not spec.runtime for spec in PARAMETER_SPECS}
+    # A change is still answered by the node, with why and the restart to make; a fixed
+    # parameter set to its value (ros2 param load of a dump) is no change.
+    result, = probe.set_parameters(sync__slop=0.2)
+    assert not result.successful and '-p sync.slop:=0.2' in result.reason, result.reason
+    assert all(r.successful for r in probe.set_parameters(sync__slop=0.05,
+                                                          confidence_threshold=0.25))
+
+
+def test_two_rigs_in_one_domain_publish_two_diagnostics_statuses(setup):
+    # One node per rig, each in its namespace (the launch file's namespace argument): both
+    # named their /diagnostics status 'tarfuse: fusion' (hardware_id 'cpu' both), so
+    # rqt_robot_monitor and the aggregator showed one status flipping between the two rigs.
+    node, probe, _, weights = setup
+    names = set()
+    probe.node.create_subscription(
+        DiagnosticArray, '/diagnostics',
+        lambda msg: names.update(status.name for status in msg.status), 50)
+    domain = probe.context.get_domain_id()
+    rear = NodeProcess(domain, {'weights': str(weights), 'device': 'cpu', 'cpu_threads': 1,
+                                'diagnostics.period': 0.25}, namespace='/rear')
+    try:
+        assert probe.spin_until(lambda: len(names) >= 2, 90.0), (names, rear.log())
+    finally:
+        rear.close()
+    assert names == {'rig/tarfuse: fusion', 'rear/tarfuse: fusion'}, names
 
 
 def test_sigint_stops_the_node_cleanly(setup):

@@ -11,6 +11,8 @@ import pytest
 from rclpy.qos import ReliabilityPolicy
 import torch
 
+MEDICAL = Path(__file__).resolve().parents[2] / 'models' / 'tarfuse_medical.safetensors'
+
 
 def _qos_overrides_file(path, topic, entity, policy, value):
     """Write a params file with one REP-2003 QoS override for every node; return its path."""
@@ -34,6 +36,16 @@ def _cases(tmp_path):
                             ['qos.reliability', 'best_effort, reliable']),
         'unknown_class': ({'weights': str(weights), 'classes': '[no_such_class]'},
                           ['unknown class names', 'no_such_class']),
+        # The medical model given to a camera rig's node: 'the model knows []' before.
+        'classes_of_a_model_without_detection': (
+            {'weights': str(MEDICAL), 'classes': '[person]'},
+            ["invalid classes parameter: ['person'] given, but the model has no detection head",
+             'check the weights parameter']),
+        # The engine's words named its arguments (global_track), not the node's parameters.
+        'global_track_of_a_model_without_global_stage': (
+            {'weights': str(MEDICAL), 'registration.global_track': 10},
+            ['registration.global_track needs a checkpoint with the orientation global stage',
+             'leave registration.global_track at 0']),
     }
     typo_file = tmp_path / 'typo.yaml'
     typo_file.write_text('/**:\n  ros__parameters:\n    sync:\n      slopp: 0.05\n')
@@ -132,7 +144,9 @@ def outcomes(tmp_path_factory):
 
 @pytest.mark.parametrize('case', ['missing_weights', 'corrupt_weights', 'weights_a_directory',
                                   'bad_reliability',
-                                  'unknown_class', 'misspelt_parameter',
+                                  'unknown_class', 'classes_of_a_model_without_detection',
+                                  'global_track_of_a_model_without_global_stage',
+                                  'misspelt_parameter',
                                   'misspelt_in_a_params_file', 'mistyped_after_the_params_file',
                                   'misspelt_qos_override', 'qos_override_of_an_input',
                                   'bad_qos_override_value', 'qos_override_of_a_policy',
@@ -366,5 +380,19 @@ def test_an_unreadable_cpu_limit_stops_the_start_with_a_clear_message(tmp_path):
         assert 'Traceback' not in log and 'FATAL' in log, log
         assert "LOKY_MAX_CPU_COUNT must be an integer (the CPUs to use), got 'abc'; or set " \
                'cpu_threads' in log, log
+    finally:
+        node.close()
+
+
+def test_weights_under_the_home_folder_are_found(tmp_path):
+    """-p weights:=~/m.safetensors: neither the shell (after ':='), YAML nor rcl expands '~'."""
+    make_checkpoint(tmp_path / 'random.safetensors')
+    node = NodeProcess(random_domain_id(), {'weights': '~/random.safetensors'},
+                       env=dict(os.environ, HOME=str(tmp_path)))
+    try:
+        deadline = time.monotonic() + 90.0
+        while node.alive() and 'ready:' not in node.log() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert f'ready: model {tmp_path / "random.safetensors"} ' in node.log(), node.log()
     finally:
         node.close()
