@@ -305,6 +305,29 @@ def compressed_size(msg, max_pixels=MAX_DECODED_PIXELS):
 _REDUCED_FLAGS = {8: 'IMREAD_REDUCED_COLOR_8', 4: 'IMREAD_REDUCED_COLOR_4',
                   2: 'IMREAD_REDUCED_COLOR_2'}
 _JPEG_MAGIC = b'\xff\xd8\xff'
+_PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
+
+
+def _check_png(msg):
+    """Raise ``ValueError`` for a PNG payload that is truncated or whose chunks are corrupt.
+
+    Pillow's ``verify`` reads the chunks to the end marker and checks their CRCs, without
+    decompressing (0.2 ms for a 640x512 16-bit PNG, 0.7 ms for a 1920x1080 colour one;
+    decoding takes 8 and 70 ms): libpng, decoding such a payload, fails too, but prints
+    'libpng error: ...' to the process's stderr for every frame, beside the node's throttled
+    warning.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore', PIL.Image.DecompressionBombWarning)
+            with _pillow_open(io.BytesIO(msg.data)) as image:
+                image.verify()
+    except PIL.Image.DecompressionBombError:
+        return  # its size is the caller's to check (compressed_size), as it was
+    except Exception as exc:  # noqa: BLE001 - Pillow's errors differ by damage
+        raise ValueError(f'cannot decode the compressed payload ({len(msg.data)} B, format '
+                         f'{str(msg.format)!r}): corrupt or truncated PNG ({exc}); not '
+                         f'decoded') from None
 
 
 def image_msg_to_motion_array(msg, max_side):
@@ -370,11 +393,15 @@ def compressed_msg_to_array(msg, max_pixels=MAX_DECODED_PIXELS, size_checked=Fal
     being decoded, as a decompression bomb would stall the caller for seconds and take
     gigabytes. ``size_checked``: the caller has checked ``msg`` with :func:`compressed_size`
     (with these ``max_pixels``) already, and its header is not read again.
+    A PNG payload's chunks are checked first (Pillow's ``verify``: a truncated or corrupt PNG
+    is refused by name, without libpng printing to stderr).
     Raises ``ValueError`` naming the cause for an empty, corrupt, unsupported or too large
     payload.
     """
     if not size_checked:
         compressed_size(msg, max_pixels)
+    if bytes(msg.data[:8]) == _PNG_MAGIC:
+        _check_png(msg)
     fmt, size = str(msg.format), len(msg.data)
     bridge = load_bridge()
     try:

@@ -276,6 +276,9 @@ class TarFuseNode(Node):
         # Which pairs may enter the slot under max_rate (executor thread; replaced, not
         # changed, when max_rate changes at run time and when the visible stamps jump back).
         self._rate_limit = StampRateLimit.for_rate(self._params.max_rate)
+        # The visible stamp of the last pair the synchroniser gave (executor thread): a pair
+        # not after it is one of the same image again. None on a new visible timeline.
+        self._last_pair_visible_ns = None
         self._slot_cond = threading.Condition()
         self._stopping = False
         # diagnostics.time_offset_window: every image goes (by the executor thread) into a
@@ -630,6 +633,11 @@ class TarFuseNode(Node):
         now = time.monotonic()
         previous_arrival, self._last_arrival[index] = self._last_arrival[index], now
         self._silence_flushed[index] = False
+        if (index == VISIBLE and previous_arrival is not None
+                and now - previous_arrival > self._params.input_timeout):
+            # Silent for longer than diagnostics.input_timeout: a new play of a bag (whose
+            # stamps tarfuse-make-bag starts at one time) may repeat the last pair's stamp.
+            self._last_pair_visible_ns = None
         other = 1 - index
         other_arrival = self._last_arrival[other]
         if (other_arrival is not None and now - other_arrival > self._params.input_timeout
@@ -676,7 +684,8 @@ class TarFuseNode(Node):
             # no reset (which would lose the partners the synchroniser holds). Nor is it fed:
             # its pair would come after newer ones, take the keep-newest slot from a newer
             # pair and give the outputs a stamp going back. Duplicates of the newest stamp are
-            # not behind it; they go on to the synchroniser as before.
+            # not behind it; they go on to the synchroniser, and a pair of a visible image
+            # paired already is skipped there (_on_pair).
             cause = (f'out of order on {topic}: stamped {(last - stamp) / 1e9:.3f} s before '
                      f'the newest')
             self._stats.reject(cause, pair=False)
@@ -696,6 +705,7 @@ class TarFuseNode(Node):
                 # loop shorter than 1 / max_rate lies within the last pair's period and had
                 # none of its pairs let through).
                 self._rate_limit = StampRateLimit.for_rate(self._params.max_rate)
+                self._last_pair_visible_ns = None
             if self._jump_pending[index] is not None:
                 # The other input made this jump first (a bag loop moves both cameras back):
                 # the synchroniser was reset then, and holds this input's partners now.
@@ -742,6 +752,27 @@ class TarFuseNode(Node):
         """
         self._stats.count('pairs_received')
         stamps = (_stamp_ns(ir_msg.header.stamp), _stamp_ns(vi_msg.header.stamp))
+        last = self._last_pair_visible_ns
+        if last is not None and stamps[VISIBLE] <= last:
+            # The same visible image again (delivered twice by a bridge or a recorder, a
+            # driver repeating its last frame), paired with its IR copy or the IR camera's
+            # next image: its outputs went out already, and a second set with the same header
+            # is no new frame to a tracker downstream. Or an older visible image the
+            # synchroniser held and paired after a newer one: its outputs would go back.
+            topic = self._topics[VISIBLE]
+            stamp = f'{vi_msg.header.stamp.sec}.{vi_msg.header.stamp.nanosec:09d}'
+            if stamps[VISIBLE] == last:
+                cause = (f'{topic}: the image stamped {stamp} was paired already (delivered '
+                         f'twice: a driver or bridge repeating messages, or a bag of one pair '
+                         f'in a loop); each visible image is fused once')
+            else:
+                cause = (f'{topic}: the image stamped {stamp} was paired after a newer one, '
+                         f'stamped {(last - stamps[VISIBLE]) / 1e9:.3f} s later: the outputs '
+                         f'would go back in time')
+            self._stats.reject(cause)
+            self._warn('stale_pair', f'pair skipped: {cause}')
+            return
+        self._last_pair_visible_ns = stamps[VISIBLE]
         self._stats.record_pair_gap(abs(stamps[INFRARED] - stamps[VISIBLE]) / 1e6)
         self._count_verdict(self._nearest.paired(stamps))
         # By the outputs' stamp, not a clock: the same pairs under use_sim_time and at any

@@ -368,6 +368,27 @@ def test_bad_compressed_payloads_raise_value_error_naming_the_cause(case, messag
         compressed_msg_to_array(msg)
 
 
+@pytest.mark.parametrize('damage', ['truncated', 'no_end', 'corrupt'])
+def test_a_damaged_png_is_refused_by_name_without_a_libpng_line(damage, capfd):
+    # Found by use: a thermal camera's damaged 16-bit PNG was refused, but libpng printed
+    # 'libpng error: ...' to the node's stderr for every such frame, beside the throttled
+    # warning (and the refusal said no more than 'corrupt, truncated or not an image').
+    ir = cv2.imread(str(SAMPLES / 'ir' / 'FLIR_00993.jpg'), cv2.IMREAD_GRAYSCALE)
+    data = bytes(compressed(ir.astype(np.uint16) * 257, 'png').data)
+    if damage == 'truncated':
+        data = data[:len(data) // 2]
+    elif damage == 'no_end':
+        data = data[:-12]  # the IEND chunk
+    else:
+        data = data[:200] + bytes(100) + data[300:]  # inside the image data
+    msg = CompressedImage(format='mono16; png compressed mono16', data=data)
+    capfd.readouterr()
+    for read in (compressed_msg_to_array, image_msg_to_array):
+        with pytest.raises(ValueError, match=r'corrupt or truncated PNG .*; not decoded'):
+            read(msg)
+    assert capfd.readouterr().err == ''
+
+
 def test_compressed_size_reads_png_and_jpeg_headers_without_decoding():
     vi = cv2.imread(str(SAMPLES / 'vi' / 'FLIR_00993.jpg'), cv2.IMREAD_COLOR)[:100, :130]
     ir16 = (20000 + vi[..., 0].astype(np.uint16) * 3).astype(np.uint16)
@@ -420,7 +441,7 @@ def test_a_caller_that_checked_the_header_decodes_without_reading_it_again():
     array, kind = compressed_msg_to_array(msg, size_checked=True)
     assert kind == 'bgr8'
     np.testing.assert_array_equal(array, compressed_msg_to_array(msg)[0])
-    # Not read again: a header stating 20000x20000 goes straight to OpenCV (16x16 pixels in it).
+    # Not checked again: a header stating 20000x20000 goes on to OpenCV (16x16 pixels in it).
     msg = CompressedImage(format='png', data=png_stating(20000, 20000))
     with pytest.raises(ValueError, match='by its header'):
         compressed_msg_to_array(msg)

@@ -356,6 +356,69 @@ def test_an_ir_image_out_of_order_is_ignored_not_taken_for_a_time_jump(setup):
     _send_and_wait(probe)
 
 
+def test_a_pair_delivered_twice_is_fused_once(setup):
+    # A bridge or a recorder that delivers each message twice, a driver that repeats its last
+    # frame: the copies paired again (with each other, or the visible copy with the IR
+    # camera's next image) and the node published a second fused image and detection array
+    # with the same header, as if a new frame had come (a tracker takes it for one of dt 0).
+    node, probe, _, _ = setup
+    _send_and_wait(probe)
+    before = probe.settled_diagnostics()
+    stamp = time.time_ns()
+    ir, vi = probe.good_pair(stamp)
+    probe.publish_pair(ir, vi)
+    assert probe.wait_for_outputs(stamp, keys=('fused', 'detections', 'registered'))
+    probe.publish_pair(ir, vi)  # both delivered again
+    probe.visible_pub.publish(vi)  # the visible image a third time, and the next IR image
+    probe.ir_pub.publish(probe.good_pair(stamp + 30_000_000)[0])  # (within sync.slop of it)
+    assert probe.wait_for_diagnostics(
+        lambda level, msg, values: int(values['pairs_rejected']) == int(
+            before['pairs_rejected']) + 2 and 'delivered twice' in values['last_rejection'])
+    _send_and_wait(probe, stamp=stamp + 100_000_000)
+    for key in ('fused', 'detections', 'registered'):
+        assert len(probe.outputs_for(key, stamp)) == 1, key
+    assert probe.spin_until(lambda: 'delivered twice' in node.log(), 5.0)
+    assert node.alive()
+
+
+def test_a_bag_of_one_pair_played_again_after_a_pause_is_fused_again(setup):
+    # Not a copy: a second play of the bag (tarfuse-make-bag starts every bag at one time).
+    node, probe, _, _ = setup
+    _send_and_wait(probe)
+    stamp = time.time_ns()
+    pair = probe.good_pair(stamp)
+    probe.publish_pair(*pair)
+    assert probe.wait_for_outputs(stamp)
+    probe.spin_until(lambda: False, 1.6)  # silent for longer than input_timeout (1 s here)
+    probe.publish_pair(*pair)
+    assert probe.spin_until(lambda: len(probe.outputs_for('fused', stamp)) == 2, 20.0)
+
+
+def test_an_older_visible_image_paired_after_a_newer_one_gives_no_output(setup):
+    # The IR images come later than the visible ones (a slower link): visible t and t+33 ms
+    # wait, IR t+30 ms pairs with t+33 (the nearer), then IR t+40 ms with t, still held and
+    # within sync.slop (0.05 s): its outputs went out after those of t+33, stamped earlier
+    # (and its pair could take the keep-newest slot from the newer one).
+    node, probe, _, _ = setup
+    _send_and_wait(probe)
+    before = probe.settled_diagnostics()
+    ms = 1_000_000
+    start = time.time_ns()
+    probe.visible_pub.publish(probe.good_pair(start)[1])
+    probe.visible_pub.publish(probe.good_pair(start + 33 * ms)[1])
+    assert probe.wait_for_diagnostics(lambda lv, m, values: int(values['visible_msgs']) >= int(
+        before['visible_msgs']) + 2)
+    probe.ir_pub.publish(probe.good_pair(start + 30 * ms)[0])
+    assert probe.wait_for_outputs(start + 33 * ms)
+    probe.ir_pub.publish(probe.good_pair(start + 40 * ms)[0])
+    assert probe.wait_for_diagnostics(
+        lambda level, msg, values: int(values['pairs_rejected']) == int(
+            before['pairs_rejected']) + 1 and 'was paired after a newer one, stamped 0.033 s '
+        'later' in values['last_rejection'])
+    _send_and_wait(probe, stamp=start + 100 * ms)
+    assert not probe.outputs_for('fused', start) and not probe.outputs_for('detections', start)
+
+
 def test_a_clock_glitch_among_the_first_stamps_of_a_timeline_is_a_time_jump(setup):
     # One IR stamp 5 s ahead as the second of a timeline (here just after a jump back; at
     # start-up alike): every later IR image, stamped on time, was ignored as out of order
