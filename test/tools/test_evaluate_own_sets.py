@@ -242,6 +242,23 @@ def test_a_failed_rerun_keeps_the_earlier_evaluation(tmp_path, capsys):
     assert json.loads((out / 'metrics.json').read_text())['pairs'] == ['FLIR_00006']
 
 
+def test_labelled_pairs_without_a_box_give_a_well_formed_detection_table(tmp_path):
+    # Label files without a box (scenes without a person or car): the detection table's
+    # header had an empty fourth cell over a rule of three columns, and each row a fourth.
+    data_dir = own_set(tmp_path / 'own')
+    for stem in STEMS:
+        (data_dir / 'labels' / f'{stem}.txt').write_text('')
+    assert evaluate(data_dir, tmp_path / 'eval', '--max-pairs', '1') == 0
+    result = json.loads((tmp_path / 'eval' / 'metrics.json').read_text())
+    assert result['detection']['num_gt'] == 0 and result['detection']['map50'] is None
+    report = (tmp_path / 'eval' / 'report.md').read_text().splitlines()
+    start = report.index('| method | mAP@0.5 | mAP@0.5:0.95 |')
+    assert report[start + 1] == '|---|---|---|'
+    assert report[start + 2:start + 6] == [
+        f'| {name} | n/a | n/a |'
+        for name in ('TarFuse (fused)', 'model_zero_flow', 'visible_only', 'ir_only')]
+
+
 def test_results_are_written_whole_or_not_at_all(tmp_path):
     # metrics.json and report.md were written in place: a run stopped in the write (Ctrl-C, a
     # full disk) left half a file under the name.
