@@ -52,7 +52,10 @@ pairs (COCO). Speed: mean wall time of ``FusionEngine.infer`` per pair after one
 from dataclasses import dataclass
 import json
 import logging
+import os
 from pathlib import Path
+import shutil
+import tempfile
 import time
 
 import numpy as np
@@ -286,14 +289,12 @@ def _evaluate(data_dir, weights, out_dir, options):
     created = [folder for folder in (out_dir, out_dir / 'figures') if not folder.exists()]
     try:  # only now: a request refused above leaves no output folder behind
         (out_dir / 'figures').mkdir(parents=True, exist_ok=True)
+        # This run's figures wait here: an earlier evaluation's results stay whole until this
+        # one has its own (a failed or interrupted rerun deleted them at its start).
+        new_figures = Path(tempfile.mkdtemp(prefix='.figures.', suffix='.tmp', dir=out_dir))
     except OSError as exc:
         raise ValueError(f'--out {str(out_dir)!r} cannot be created ({exc.strerror}): give '
                          f'a folder') from None
-    # An earlier evaluation's results and figures there would sit beside this run's.
-    for old in (*(out_dir / 'figures').glob('*_grid.png'),
-                *(out_dir / 'figures').glob('*_checkerboard.png'),
-                out_dir / 'metrics.json', out_dir / 'report.md'):
-        old.unlink(missing_ok=True)
     iterator = stems
     if options.progress:
         from tqdm import tqdm
@@ -306,10 +307,12 @@ def _evaluate(data_dir, weights, out_dir, options):
             # As the engine refuses it, but naming this tool's option (EvalOptions' too).
             engine.check_network_size(case.vi.shape[:2], '--input-max-long-side')
             _score_pair(case, engine, zero_engine, scores, index, options, dataset_dir, lookup,
-                        out_dir / 'figures', teachers, illumination(stem, day_night))
+                        new_figures, teachers, illumination(stem, day_night))
     except BaseException:
-        # A pair refused (e.g. a --prior for another aspect ratio) or an interrupt: remove the
-        # folders this run created while they are still empty.
+        # A pair refused (e.g. a --prior for another aspect ratio) or an interrupt: drop this
+        # run's figures, keep an earlier evaluation's results, and remove the folders this run
+        # created while they are still empty.
+        shutil.rmtree(new_figures, ignore_errors=True)
         for folder in reversed(created):
             if folder.is_dir() and not any(folder.iterdir()):
                 folder.rmdir()
@@ -327,9 +330,23 @@ def _evaluate(data_dir, weights, out_dir, options):
     result['orientation_global_stage'] = bool(engine.scale_candidates)
     # Whole or not at all: an interrupted run leaves no half-written file under these names.
     report = render_report(result)
+    _replace_figures(out_dir / 'figures', new_figures)
     write_text_atomic(out_dir / 'metrics.json', json.dumps(result, indent=2) + '\n')
     write_text_atomic(out_dir / 'report.md', report)
     return result
+
+
+def _replace_figures(figures, new_figures):
+    """Replace an earlier evaluation's figures in ``figures`` by this run's (``new_figures``).
+
+    Only the evaluation's own PNGs are removed (the user's other files there stay); the
+    temporary folder ``new_figures`` is emptied into ``figures`` and removed.
+    """
+    for old in (*figures.glob('*_grid.png'), *figures.glob('*_checkerboard.png')):
+        old.unlink(missing_ok=True)
+    for path in sorted(new_figures.iterdir()):
+        os.replace(path, figures / path.name)
+    new_figures.rmdir()
 
 
 def _foreign_results(out_dir):

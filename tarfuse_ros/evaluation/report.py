@@ -182,17 +182,21 @@ def _detection_lines(result):
              f'{labels["labelled_pairs"]} labelled pairs, {det["num_gt"]} boxes; '
              f'{labels["dropped_boxes_unknown_class"]} boxes of classes unknown to the model '
              f'{_dropped_names(labels)}dropped.', '',
-             '| method | mAP@0.5 | mAP@0.5:0.95 | ' + ' | '.join(
-                 f'AP50 {n}' for n in names) + ' |',
+             _row(['method', 'mAP@0.5', 'mAP@0.5:0.95'] + [f'AP50 {n}' for n in names]),
              '|---|---|---|' + '---|' * len(names)]
     rows = [('TarFuse (fused)', det)] + [(name, result['baselines'][name]['detection'])
                                          for name in ('model_zero_flow', 'visible_only',
                                                       'ir_only')]
     rows += _teacher_rows(result)
     for name, d in rows:
-        lines.append(f'| {name} | {_fmt(d["map50"])} | {_fmt(d["map50_95"])} | ' + ' | '.join(
-            _fmt(d['per_class'].get(n, {}).get('ap50')) for n in names) + ' |')
+        lines.append(_row([name, _fmt(d['map50']), _fmt(d['map50_95'])]
+                          + [_fmt(d['per_class'].get(n, {}).get('ap50')) for n in names]))
     return lines + ['']
+
+
+def _row(cells):
+    """Return one Markdown table row of ``cells`` (as many cells as given, none empty)."""
+    return '| ' + ' | '.join(cells) + ' |'
 
 
 def _goal_lines(result):

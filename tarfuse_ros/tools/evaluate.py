@@ -41,8 +41,9 @@ def build_parser():
                         help='checkpoint (.safetensors; default: the shipped weights)')
     parser.add_argument('--out', required=True,
                         help='output folder (an earlier evaluation there is replaced: its '
-                             'metrics.json, report.md and figures; a metrics.json or report.md '
-                             'that no evaluation wrote is refused)')
+                             'metrics.json, report.md and figures, once this one is complete; '
+                             'a failed or interrupted run keeps them; a metrics.json or '
+                             'report.md that no evaluation wrote is refused)')
     parser.add_argument('--deform', default='auto', choices=DEFORM_MODES,
                         help="IR deformation: the data set's ground truth where present "
                              "('auto'), 'dataset' only, seeded 'synthetic', or 'none'")
@@ -148,7 +149,8 @@ def main(argv=None):
         return 2
     except KeyboardInterrupt:  # Ctrl-C: one line, no traceback
         print('tarfuse-eval: interrupted; the evaluation is incomplete: no metrics.json or '
-              'report.md written', file=sys.stderr)
+              "report.md written (an earlier evaluation's results in --out are kept)",
+              file=sys.stderr)
         return 130
     print(summary_line(result))
     print(f'wrote {Path(args.out) / "metrics.json"} and report.md')

@@ -178,10 +178,21 @@ def test_the_units_of_epe_are_stated_with_max_side(tmp_path, capsys):
         True, 0.001, 0.6)['registration']
 
 
+def _outputs(out):
+    """Return ``{relative path: bytes}`` of every file under ``out``."""
+    return {str(path.relative_to(out)): path.read_bytes()
+            for path in sorted(out.rglob('*')) if path.is_file()}
+
+
 def test_ctrl_c_stops_the_evaluation_with_one_line(tmp_path):
-    # It printed a Python traceback of wherever the model was.
+    # It printed a Python traceback of wherever the model was; and a rerun into an earlier
+    # evaluation's --out deleted its metrics.json, report.md and figures at the start, so the
+    # interrupted rerun left nothing.
     data_dir = own_set(tmp_path / 'own')
     out = tmp_path / 'eval'
+    assert evaluate(data_dir, out, '--max-pairs', '1', '--figures', '1') == 0
+    earlier = _outputs(out)
+    assert {'metrics.json', 'report.md', 'figures/FLIR_00006_grid.png'} <= set(earlier)
     process = subprocess.Popen(
         [sys.executable, '-m', 'tarfuse_ros.tools.evaluate', '--data', str(data_dir), '--split',
          'test', '--out', str(out), '--no-progress', '--threads', '1'],
@@ -189,18 +200,63 @@ def test_ctrl_c_stops_the_evaluation_with_one_line(tmp_path):
         cwd=Path(__file__).resolve().parents[2])
     try:
         deadline = time.monotonic() + 120
-        while not list(out.glob('figures/*.png')) and time.monotonic() < deadline:
+        while not list(out.glob('.figures.*.tmp/*.png')) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert list(out.glob('figures/*.png')), 'no pair done in 120 s'
+        assert list(out.glob('.figures.*.tmp/*.png')), 'no pair done in 120 s'
         process.send_signal(signal.SIGINT)  # the first of three native-size pairs is done
         stdout, stderr = process.communicate(timeout=60)
     finally:
         process.kill()
     assert process.returncode == 130, stderr
-    assert stderr.splitlines()[-1] == ('tarfuse-eval: interrupted; the evaluation is '
-                                       'incomplete: no metrics.json or report.md written')
+    assert stderr.splitlines()[-1] == (
+        'tarfuse-eval: interrupted; the evaluation is incomplete: no metrics.json or report.md '
+        "written (an earlier evaluation's results in --out are kept)")
     assert 'Traceback' not in stderr and 'pairs ' not in stdout
-    assert not (out / 'metrics.json').exists() and not (out / 'report.md').exists()
+    assert _outputs(out) == earlier
+    assert sorted(path.name for path in out.iterdir()) == ['figures', 'metrics.json',
+                                                           'report.md']
+
+
+def test_a_failed_rerun_keeps_the_earlier_evaluation(tmp_path, capsys):
+    # A rerun into an earlier evaluation's --out deleted its metrics.json, report.md and figures
+    # before the first pair: a pair refused half-way left none of the earlier results.
+    data_dir = own_set(tmp_path / 'own')
+    out = tmp_path / 'eval'
+    assert evaluate(data_dir, out, '--max-pairs', '2', '--figures', '2') == 0
+    earlier = _outputs(out)
+    assert len([name for name in earlier if name.startswith('figures/')]) == 4
+    broken = data_dir / 'vi' / f'{STEMS[2]}.jpg'
+    broken.write_bytes(broken.read_bytes()[:len(broken.read_bytes()) // 2])
+    capsys.readouterr()
+    assert evaluate(data_dir, out, '--figures', '3') == 2
+    assert capsys.readouterr().err == (
+        f"tarfuse-eval: error: cannot read image '{broken}': truncated JPEG (the file ends "
+        'before the image does)\n')
+    assert _outputs(out) == earlier
+    assert sorted(path.name for path in out.iterdir()) == ['figures', 'metrics.json',
+                                                           'report.md']
+    # Complete, the rerun replaces them: its own figures, none of the earlier ones left.
+    assert evaluate(data_dir, out, '--max-pairs', '1', '--figures', '1') == 0
+    assert sorted(_outputs(out)) == ['figures/FLIR_00006_checkerboard.png',
+                                     'figures/FLIR_00006_grid.png', 'metrics.json', 'report.md']
+    assert json.loads((out / 'metrics.json').read_text())['pairs'] == ['FLIR_00006']
+
+
+def test_labelled_pairs_without_a_box_give_a_well_formed_detection_table(tmp_path):
+    # Label files without a box (scenes without a person or car): the detection table's
+    # header had an empty fourth cell over a rule of three columns, and each row a fourth.
+    data_dir = own_set(tmp_path / 'own')
+    for stem in STEMS:
+        (data_dir / 'labels' / f'{stem}.txt').write_text('')
+    assert evaluate(data_dir, tmp_path / 'eval', '--max-pairs', '1') == 0
+    result = json.loads((tmp_path / 'eval' / 'metrics.json').read_text())
+    assert result['detection']['num_gt'] == 0 and result['detection']['map50'] is None
+    report = (tmp_path / 'eval' / 'report.md').read_text().splitlines()
+    start = report.index('| method | mAP@0.5 | mAP@0.5:0.95 |')
+    assert report[start + 1] == '|---|---|---|'
+    assert report[start + 2:start + 6] == [
+        f'| {name} | n/a | n/a |'
+        for name in ('TarFuse (fused)', 'model_zero_flow', 'visible_only', 'ir_only')]
 
 
 def test_results_are_written_whole_or_not_at_all(tmp_path):
