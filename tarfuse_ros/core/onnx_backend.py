@@ -322,7 +322,8 @@ class OnnxFusionEngine(PairEngine):
     Raises:
         OnnxModelError: missing, unloadable or foreign ONNX file, or metadata whose values
             an export does not hold (:func:`read_onnx_metadata`); from ``infer``, a ``det``
-            output whose number of classes is not the metadata's (edited metadata).
+            output whose number of classes is not the metadata's (edited metadata), or NaN or
+            infinite ``fused``, ``flow`` or ``registered_ir`` (damaged weights).
         tarfuse_ros.core.runtime.DeviceUnavailableError: (a ``RuntimeError``) CUDA
             unavailable (without ``allow_cpu_fallback``).
         ValueError: bad settings.
@@ -528,6 +529,15 @@ class OnnxFusionEngine(PairEngine):
                 f'its metadata names {self._num_classes} (num_classes {self._num_classes}, '
                 f'class_names {self.class_names}): the metadata was edited; re-export the '
                 f'checkpoint with tarfuse-export')
+        # The inputs are finite and in [0, 1]: NaN out means damaged weights (a file whose
+        # bytes changed still loads), which would be published as the flow.
+        broken = [name for name in ('fused', 'flow', 'registered_ir')
+                  if not np.isfinite(raw[name]).all()]
+        if broken:
+            raise OnnxModelError(
+                f'{self._weights}: the graph gave NaN or infinite {", ".join(broken)} for '
+                f'finite inputs: its weights are damaged (a corrupt copy?); copy it again or '
+                f're-export it with tarfuse-export WEIGHTS.safetensors --out MODEL.onnx')
         outputs = []
         for b, item in enumerate(items):
             rows = (nms_rows(raw['det'][b], conf, iou, max_det, classes) if 'det' in raw

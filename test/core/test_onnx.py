@@ -625,6 +625,28 @@ def test_edited_onnx_metadata_is_refused_by_name(shipped_onnx, tmp_path, roadsce
         engine.infer(ir, vi)
 
 
+def test_an_onnx_file_with_damaged_weights_is_refused_instead_of_giving_nan(
+        shipped_onnx, tmp_path, roadscene_pair):
+    # 1000 bytes of 0xff written into the middle of an export loaded, and every pair came out
+    # with an all-NaN flow (published as it was), without an error.
+    proto = onnx.load(str(shipped_onnx))
+    weight = next(tensor for tensor in proto.graph.initializer
+                  if tensor.data_type == onnx.TensorProto.FLOAT and 'registration' in tensor.name
+                  and np.prod(tensor.dims) >= 100)
+    values = onnx.numpy_helper.to_array(weight).copy()
+    values.flat[:50] = np.nan
+    weight.CopyFrom(onnx.numpy_helper.from_array(values, weight.name))
+    damaged = tmp_path / 'damaged.onnx'
+    onnx.save(proto, str(damaged))
+    engine = OnnxFusionEngine(damaged, threads=1)
+    ir, vi = (cv2.resize(image, (224, 160)) for image in roadscene_pair)
+    with pytest.raises(OnnxModelError) as raised:
+        engine.infer(ir, vi)
+    message = str(raised.value)
+    assert 'the graph gave NaN or infinite' in message and 'flow' in message, message
+    assert 'weights are damaged' in message and 'tarfuse-export' in message, message
+
+
 @pytest.mark.parametrize('name', ['medical.onnx', 'medical'])
 def test_a_checkpoint_given_to_the_onnxruntime_backend_is_named_as_such(tmp_path, name):
     # It was reported as "not a loadable ONNX model (... Protobuf parsing failed)".
