@@ -477,8 +477,9 @@ def prepare_pair(ir, vi, ir_norm='percentile', ir_low=0.5, ir_high=99.5, keep_ui
     network sees the same numbers in training, inference and evaluation.
 
     Args:
-        ir: IR image ``HxW`` or ``HxWx1`` (uint8, uint16 or float; any size; colour is reduced
-            to its luma).
+        ir: IR image ``HxW`` or ``HxWx1`` (uint8, uint16 or float; any size within the
+            frame-size limits below, resized to the visible frame; ``HxWx3`` / ``HxWx4`` colour
+            is reduced to its luma).
         vi: visible image ``HxW`` grey or ``HxWx3`` BGR (``HxWx4``: alpha dropped), uint8,
             uint16 or float.
         ir_norm, ir_low, ir_high: how 16-bit (and float outside [0, 1]) IR frames are scaled

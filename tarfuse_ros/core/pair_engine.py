@@ -56,7 +56,9 @@ class Detection:
 class FusionResult:
     """Everything an engine returns for one IR/visible pair (all in the visible frame).
 
-    ``fused``: uint8 ``HxW`` (grey visible) or ``HxWx3`` BGR (colour visible).
+    ``fused``: uint8 ``HxWx3`` BGR for a colour visible image (its chroma around the fused
+    luma) and for a grey visible image with a colour IR image (the IR's chroma, registered by the
+    flow: :mod:`~tarfuse_ros.core.chroma`); ``HxW`` when both are grey.
     ``registered_ir``: uint8 ``HxW``, the IR warped onto the visible frame.
     ``flow_px``: float32 ``HxWx2``, the predicted field (dx, dy) in pixels.
     ``detections``: list of :class:`Detection`.
@@ -306,11 +308,20 @@ class PairEngine:
         """Fuse one pair.
 
         Args:
-            ir: IR image ``HxW`` or ``HxWx1`` (uint8, uint16 or float; any size).
-            vi: visible image ``HxW`` grey or ``HxWx3`` BGR (uint8, uint16 or float).
+            ir: IR image ``HxW`` or ``HxWx1``, or ``HxWx3`` BGR / ``HxWx4`` BGRA (fused as its
+                luma); uint8, uint16, float16, float32 or float64 (how each is scaled to
+                [0, 1]: :mod:`~tarfuse_ros.core.images`); resized to the visible frame.
+            vi: visible image ``HxW`` or ``HxWx1`` grey, ``HxWx3`` BGR or ``HxWx4`` BGRA
+                (alpha dropped); the same dtypes. Each image's sides must be at least
+                :data:`~tarfuse_ros.core.images.MIN_SIDE` (16) pixels, the longer at most
+                :data:`~tarfuse_ros.core.images.MAX_ASPECT` (8) times the shorter.
 
         Returns:
             :class:`FusionResult` in the visible frame.
+
+        Raises:
+            ValueError: as :meth:`infer_batch` (not an array, empty, another shape or dtype
+                (signed integers, bool), NaN or infinite values, outside the size limits).
 
         """
         return self.infer_batch([ir], [vi])[0]
