@@ -174,6 +174,9 @@ def validate_thresholds(conf, iou, max_det, classes, num_classes):
         ids = tuple(classes)
     except TypeError:
         raise ValueError(f'classes must be None or a sequence of class ids, got {classes!r}')
+    if ids and num_classes == 0:  # it said 'integer ids in [0, 0)'
+        raise ValueError(f'classes {classes!r}: this model has no detection head, so there '
+                         f'are no classes to keep; leave classes None (or empty)')
     for cid in ids:
         if isinstance(cid, bool) or not isinstance(cid, (int, np.integer)) or not (
                 0 <= cid < num_classes):

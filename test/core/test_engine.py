@@ -11,9 +11,11 @@ from tarfuse_ros.core.checkpoint import CheckpointError, save_checkpoint
 from tarfuse_ros.core.engine import Detection, FusionEngine, FusionResult
 from tarfuse_ros.core.model.tarfuse import build_model
 from tarfuse_ros.core.model.warp import warp
+from tarfuse_ros.core.paths import share_dir
 import torch
 
 CUDA = torch.cuda.is_available()
+MEDICAL = share_dir() / 'models' / 'tarfuse_medical.safetensors'
 
 
 def _random_model(seed=0):
@@ -357,6 +359,20 @@ def test_thresholds_take_numpy_numbers(firing_weights, pair):
     for bad in (np.bool_(True), np.float32('nan'), np.float32(1.5)):
         with pytest.raises(ValueError, match='conf_threshold must be a number in'):
             numpy.set_thresholds(conf_threshold=bad)
+
+
+def test_classes_on_a_model_without_detection_head_name_the_missing_head():
+    # The shipped medical model: 'classes must hold integer ids in [0, 0), got [0]'.
+    engine = FusionEngine(MEDICAL)
+    assert not engine.detects
+    for call in (lambda: FusionEngine(MEDICAL, classes=[0]),
+                 lambda: engine.set_thresholds(classes=[0])):
+        with pytest.raises(ValueError, match=r'classes \[0\]: this model has no detection '
+                                             r'head, so there are no classes to keep; leave '
+                                             r'classes None \(or empty\)'):
+            call()
+    engine.set_thresholds(classes=[])
+    assert engine.thresholds[3] is None
 
 
 def test_set_thresholds_from_another_thread(firing_engine, pair):
