@@ -411,11 +411,12 @@ class FusionEngine(PairEngine):
                              f'tracked pairs, and fine_passes=0 turns them off: leave '
                              f"fine_passes unset (the model's own) or 1-8, or global_track 0")
         if threads is not None:
-            if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            if (isinstance(threads, bool) or not isinstance(threads, numbers.Integral)
+                    or threads < 1):
                 raise ValueError(f'threads must be None or an integer >= 1, got {threads!r}')
             warnings.warn('FusionEngine(threads=...) is deprecated: set the thread count in the '
                           'program (torch.set_num_threads)', DeprecationWarning, stacklevel=2)
-            torch.set_num_threads(threads)
+            torch.set_num_threads(int(threads))
         self._device = resolve_device(device, allow_cpu_fallback)
         cuda = self._device.type == 'cuda'
         if half and not cuda:

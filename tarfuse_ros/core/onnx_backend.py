@@ -27,6 +27,7 @@ them is refused with :class:`OnnxModelError`.
 
 import json
 import logging
+import numbers
 from pathlib import Path
 import time
 
@@ -366,8 +367,9 @@ class OnnxFusionEngine(PairEngine):
             raise ValueError(f'pad_mode must be one of {tuple(_PAD_MODES)}, got {pad_mode!r}')
         prior.check_prior(registration_prior)  # fail before loading the graph
         self._prior_module = prior
-        if threads is not None and (
-                isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        # numbers.Integral: NumPy integers too (np.int64(2) was 'not an integer').
+        if threads is not None and (isinstance(threads, bool)
+                                    or not isinstance(threads, numbers.Integral) or threads < 1):
             raise ValueError(f'threads must be None or an integer >= 1, got {threads!r}')
         if half:
             _LOG.warning('half=True is ignored by the onnxruntime backend: the precision is '
@@ -378,7 +380,7 @@ class OnnxFusionEngine(PairEngine):
         providers, self._device = _providers(device, allow_cpu_fallback)
         options = ort.SessionOptions()
         if threads is not None:
-            options.intra_op_num_threads = threads
+            options.intra_op_num_threads = int(threads)
         options.inter_op_num_threads = 1
         # onnxruntime's default graph rewrites (all levels), layout ones included. With the
         # basic ones only, the session opened in about half the time (2-core VM, 1 thread, the

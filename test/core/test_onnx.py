@@ -255,6 +255,17 @@ def test_the_onnx_engine_refuses_fine_passes_naming_the_export_option(tmp_path):
         OnnxFusionEngine(foreign, fine_passes=None)
 
 
+def test_the_onnx_engine_takes_numpy_integer_threads(tmp_path):
+    # np.int64(2) was refused: 'threads must be None or an integer >= 1, got np.int64(2)'.
+    foreign = _foreign_onnx(tmp_path)
+    for threads in (np.int64(2), np.int32(1)):
+        with pytest.raises(OnnxModelError, match='not written by tarfuse-export'):
+            OnnxFusionEngine(foreign, threads=threads)  # the file is read: threads taken
+    for bad in (0, 1.0, np.float32(2), True):
+        with pytest.raises(ValueError, match='threads must be None or an integer >= 1'):
+            OnnxFusionEngine(foreign, threads=bad)
+
+
 def test_half_export_keeps_float32_inputs_and_outputs(match_checkpoint, tmp_path):
     report = export_onnx(match_checkpoint, tmp_path / 'half.onnx', half=True)
     assert report.precision == 'float16' and report.max_abs_diff
