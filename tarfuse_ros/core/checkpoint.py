@@ -74,6 +74,10 @@ def save_checkpoint(path, model, provenance=None, input_conventions=None):
 
 
 def _check_file(path):
+    if isinstance(path, str) and not path.strip():  # Path('') is '.', 'a directory'
+        raise CheckpointError(
+            f'the checkpoint path is empty ({path!r}): pass the path of a .safetensors file '
+            '(FusionEngine: None for the shipped models/tarfuse_default.safetensors)')
     path = Path(path)
     if path.is_dir():
         raise CheckpointError(

@@ -428,8 +428,8 @@ class FusionEngine(PairEngine):
         if weights is None:
             from tarfuse_ros.core.paths import default_weights_path
             weights = default_weights_path()
+        model = load_checkpoint(weights, map_location='cpu').eval()  # '' is not Path('.')
         self._weights = Path(weights)
-        model = load_checkpoint(self._weights, map_location='cpu').eval()
         if not isinstance(scale_search, bool):
             raise ValueError(f'scale_search must be True or False, got {scale_search!r}')
         if not scale_search:

@@ -342,7 +342,7 @@ class OnnxFusionEngine(PairEngine):
         import onnxruntime as ort
         from tarfuse_ros.core import images, prior
 
-        if weights is None:
+        if weights is None or (isinstance(weights, str) and not weights.strip()):
             raise OnnxModelError('the onnxruntime backend needs an .onnx file: export one with '
                                  'tarfuse-export WEIGHTS.safetensors --out MODEL.onnx')
         if not scale_search:

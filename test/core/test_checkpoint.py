@@ -10,6 +10,7 @@ from tarfuse_ros.core.checkpoint import (CheckpointError, FORMAT_VERSION, load_c
                                          METADATA_KEY, read_checkpoint_config, save_checkpoint)
 from tarfuse_ros.core.engine import FusionEngine
 from tarfuse_ros.core.model import build_model, TarFuseConfig
+from tarfuse_ros.core.onnx_backend import OnnxFusionEngine, OnnxModelError
 import torch
 
 CONFIG = TarFuseConfig(registration='paper', msrb_channels=(8, 16, 16),
@@ -106,6 +107,20 @@ def test_corrupt_file(tmp_path):
     path.write_bytes(b'\x00\x01 this is not a checkpoint' * 10)
     with pytest.raises(CheckpointError, match='truncated or corrupt'):
         load_checkpoint(path)
+
+
+@pytest.mark.parametrize('empty', ['', ' '])
+def test_an_empty_path_is_named_as_such(empty):
+    # It said '. is a directory, not a weights file' (Path('') is the current folder).
+    for load in (load_checkpoint, FusionEngine):
+        with pytest.raises(CheckpointError) as raised:
+            load(empty)
+        message = str(raised.value)
+        assert message.startswith(f'the checkpoint path is empty ({empty!r}): pass the path of '
+                                  f'a .safetensors file'), message
+        assert 'None for the shipped' in message
+    with pytest.raises(OnnxModelError, match='the onnxruntime backend needs an .onnx file'):
+        OnnxFusionEngine(empty)
 
 
 def test_a_directory_is_named_as_such(tmp_path):
