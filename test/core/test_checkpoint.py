@@ -259,6 +259,26 @@ def test_invalid_stored_config(tmp_path, trained_like_model):
         load_checkpoint(path)
 
 
+@pytest.mark.parametrize('model, words', [
+    # A typo was named among the 44 known keys only.
+    ({'num_clases': 2}, "unknown TarFuseConfig keys ['num_clases'] (a typo? 'num_clases' -> "
+                        "'num_classes')"),
+    # A string loaded as one-letter class names ('pc': p and c) with num_classes 2.
+    ({'class_names': 'pc'}, "class_names must be a list of names, got 'pc' (one name: write "
+                            'it as a list, [name])'),
+    ({'class_names': 2}, 'class_names must be a list of names, got 2)')])
+def test_a_stored_config_key_of_a_wrong_name_or_type_is_named(tmp_path, trained_like_model,
+                                                              model, words):
+    header = {'format_version': FORMAT_VERSION, 'model': {**CONFIG.to_dict(), **model}}
+    header['model'].pop('num_classes' if 'num_clases' in model else 'no such key', None)
+    path = tmp_path / 'edited.safetensors'
+    save_file(_tensors(trained_like_model), str(path),
+              metadata={METADATA_KEY: json.dumps(header)})
+    with pytest.raises(CheckpointError) as raised:
+        load_checkpoint(path)
+    assert words in str(raised.value), str(raised.value)
+
+
 def test_checkpoint_error_is_value_error():
     assert issubclass(CheckpointError, ValueError)
 
