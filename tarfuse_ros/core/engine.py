@@ -57,8 +57,9 @@ from tarfuse_ros.core import images
 from tarfuse_ros.core.checkpoint import load_checkpoint
 from tarfuse_ros.core.fine_passes import check_fine_passes, NoFineStageError
 from tarfuse_ros.core.model.matching import _normalised_affine_to_pixel
-from tarfuse_ros.core.pair_engine import (Detection, FusionResult, outputs_to_frame,
-                                          PairEngine, resize_planes)
+from tarfuse_ros.core.pair_engine import (check_flags, check_ir_percentiles, Detection,
+                                          FusionResult, outputs_to_frame, PairEngine,
+                                          resize_planes)
 from tarfuse_ros.core.prior import apply_prior, check_prior, published_outputs
 from tarfuse_ros.core.runtime import cudnn_benchmark, resolve_device
 import torch
@@ -388,8 +389,10 @@ class FusionEngine(PairEngine):
             raise ValueError(f'cuda_graph must be one of {CUDA_GRAPH_MODES}, got {cuda_graph!r}')
         if ir_norm not in images.IR_NORMS:
             raise ValueError(f'ir_norm must be one of {images.IR_NORMS}, got {ir_norm!r}')
-        if not 0.0 <= ir_low < ir_high <= 100.0:
-            raise ValueError(f'need 0 <= ir_low < ir_high <= 100, got {ir_low}, {ir_high}')
+        check_ir_percentiles(ir_low, ir_high)
+        check_flags(half=half, allow_cpu_fallback=allow_cpu_fallback,
+                    cudnn_benchmark=cudnn_benchmark, fuse_bn=fuse_bn, channels_last=channels_last,
+                    scale_search=scale_search)
         if pad_mode not in images.PAD_MODES:
             raise ValueError(f'pad_mode must be one of {images.PAD_MODES}, got {pad_mode!r}')
         check_prior(registration_prior)  # fail before loading the weights
@@ -430,8 +433,6 @@ class FusionEngine(PairEngine):
             weights = default_weights_path()
         model = load_checkpoint(weights, map_location='cpu').eval()  # '' is not Path('.')
         self._weights = Path(weights)
-        if not isinstance(scale_search, bool):
-            raise ValueError(f'scale_search must be True or False, got {scale_search!r}')
         if not scale_search:
             scale_search_off(model)
         set_fine_passes(model, fine_passes)

@@ -34,7 +34,8 @@ import time
 import cv2
 import numpy as np
 from tarfuse_ros.core.files import is_safetensors, is_torch_pickle
-from tarfuse_ros.core.pair_engine import outputs_to_frame, PairEngine, resize_planes
+from tarfuse_ros.core.pair_engine import (check_flags, check_ir_percentiles, outputs_to_frame,
+                                          PairEngine, resize_planes)
 from tarfuse_ros.core.sizes import enlarged_size, MAX_ENLARGED_LONG_SIDE
 
 __all__ = ['CONFIG_KEY', 'FUSION_OUTPUTS', 'MIN_OPSET', 'ONNX_FORMAT_VERSION', 'ONNX_INPUTS',
@@ -345,6 +346,7 @@ class OnnxFusionEngine(PairEngine):
         if weights is None or (isinstance(weights, str) and not weights.strip()):
             raise OnnxModelError('the onnxruntime backend needs an .onnx file: export one with '
                                  'tarfuse-export WEIGHTS.safetensors --out MODEL.onnx')
+        check_flags(half=half, allow_cpu_fallback=allow_cpu_fallback, scale_search=scale_search)
         if not scale_search:
             raise ValueError('scale_search=False needs the torch engine: an ONNX graph has the '
                              'scales it was exported with built in; export one without the '
@@ -361,8 +363,7 @@ class OnnxFusionEngine(PairEngine):
                              'on every pair')
         if ir_norm not in images.IR_NORMS:
             raise ValueError(f'ir_norm must be one of {images.IR_NORMS}, got {ir_norm!r}')
-        if not 0.0 <= ir_low < ir_high <= 100.0:
-            raise ValueError(f'need 0 <= ir_low < ir_high <= 100, got {ir_low}, {ir_high}')
+        check_ir_percentiles(ir_low, ir_high)
         if pad_mode not in _PAD_MODES:
             raise ValueError(f'pad_mode must be one of {tuple(_PAD_MODES)}, got {pad_mode!r}')
         prior.check_prior(registration_prior)  # fail before loading the graph

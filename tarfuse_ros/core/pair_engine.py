@@ -35,8 +35,8 @@ import numpy as np
 from tarfuse_ros.core.sizes import (check_input_max_long_side, check_network_size,
                                     enlarged_size, MAX_ENLARGED_LONG_SIDE, shrunk_size)
 
-__all__ = ['Detection', 'FusionResult', 'PairEngine', 'outputs_to_frame', 'resize_planes',
-           'validate_thresholds']
+__all__ = ['Detection', 'FusionResult', 'PairEngine', 'check_flags', 'check_ir_percentiles',
+           'outputs_to_frame', 'resize_planes', 'validate_thresholds']
 
 
 @dataclass
@@ -153,6 +153,31 @@ def _grey_levels(plane):
     if plane.dtype == np.uint8:
         return plane.astype(np.float32)
     return np.asarray(plane, np.float32) * np.float32(255.0)
+
+
+def check_flags(**flags):
+    """Raise ``ValueError`` naming the first of ``flags`` (name=value) that is not a bool.
+
+    NumPy bools count as bools. A string such as ``'false'`` (read from a file or the
+    environment) is refused: ``bool('false')`` is true, so it switched the setting on.
+    """
+    for name, value in flags.items():
+        if not isinstance(value, (bool, np.bool_)):
+            raise ValueError(f'{name} must be True or False, got {value!r}')
+
+
+def check_ir_percentiles(ir_low, ir_high):
+    """Raise ``ValueError`` unless ``ir_low`` and ``ir_high`` are numbers, 0 <= low < high <= 100.
+
+    They are the percentiles of a 16-bit (or float) IR frame mapped to 0 and 1
+    (:func:`~tarfuse_ros.core.images.to_unit_gray`).
+    """
+    for value in (ir_low, ir_high):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):  # None, '1'
+            raise ValueError(f'ir_low and ir_high must be numbers (percentiles, 0-100), got '
+                             f'{ir_low!r}, {ir_high!r}')
+    if not 0.0 <= ir_low < ir_high <= 100.0:
+        raise ValueError(f'need 0 <= ir_low < ir_high <= 100, got {ir_low}, {ir_high}')
 
 
 def validate_thresholds(conf, iou, max_det, classes, num_classes):

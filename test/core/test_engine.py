@@ -441,6 +441,30 @@ def test_bad_settings(weights, caplog):
     assert not eng.half and 'ignored on the CPU' in caplog.text
 
 
+@pytest.mark.parametrize('kwargs, words', [
+    # Any value was taken by its truth: 'no' (a string from a file or the environment) asked
+    # for fp16, for the CPU fallback; ir_low None or '1' raised "TypeError: '<=' not
+    # supported between instances of 'float' and 'str'".
+    ({'half': 'no'}, "half must be True or False, got 'no'"),
+    ({'allow_cpu_fallback': 'false'}, "allow_cpu_fallback must be True or False, got 'false'"),
+    ({'fuse_bn': 0}, 'fuse_bn must be True or False, got 0'),
+    ({'channels_last': None}, 'channels_last must be True or False, got None'),
+    ({'cudnn_benchmark': 'yes'}, "cudnn_benchmark must be True or False, got 'yes'"),
+    ({'scale_search': 1}, 'scale_search must be True or False, got 1'),
+    ({'ir_low': None}, r'ir_low and ir_high must be numbers \(percentiles, 0-100\), got None'),
+    ({'ir_high': '99'}, r"ir_low and ir_high must be numbers .*, got 0.5, '99'")])
+def test_settings_of_another_type_are_refused_by_name(weights, kwargs, words):
+    with pytest.raises(ValueError, match=words):
+        FusionEngine(weights, **kwargs)
+
+
+def test_numpy_bools_and_numbers_are_taken_as_settings(weights):
+    engine = FusionEngine(weights, half=np.bool_(False), fuse_bn=np.bool_(True),
+                          scale_search=np.bool_(False), ir_low=np.float32(1.0),
+                          ir_high=np.int64(99))
+    assert not engine.half
+
+
 @pytest.mark.skipif(not CUDA, reason='needs a CUDA GPU')
 def test_cuda_fp16_and_graph_match_cpu(weights, pair):
     ir, vi = _small(pair)

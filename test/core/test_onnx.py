@@ -266,6 +266,17 @@ def test_the_onnx_engine_takes_numpy_integer_threads(tmp_path):
             OnnxFusionEngine(foreign, threads=bad)
 
 
+def test_the_onnx_engine_refuses_settings_of_another_type_by_name(tmp_path):
+    # half='no' and allow_cpu_fallback='no' were taken as true, ir_low None raised a TypeError.
+    foreign = _foreign_onnx(tmp_path)
+    for kwargs, words in (({'half': 'no'}, "half must be True or False, got 'no'"),
+                          ({'allow_cpu_fallback': 'no'}, 'allow_cpu_fallback must be True or'),
+                          ({'scale_search': 'yes'}, 'scale_search must be True or False'),
+                          ({'ir_low': None}, 'ir_low and ir_high must be numbers')):
+        with pytest.raises(ValueError, match=words):
+            OnnxFusionEngine(foreign, **kwargs)
+
+
 def test_half_export_keeps_float32_inputs_and_outputs(match_checkpoint, tmp_path):
     report = export_onnx(match_checkpoint, tmp_path / 'half.onnx', half=True)
     assert report.precision == 'float16' and report.max_abs_diff
