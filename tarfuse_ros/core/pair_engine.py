@@ -57,8 +57,8 @@ class FusionResult:
     """Everything an engine returns for one IR/visible pair (all in the visible frame).
 
     ``fused``: uint8 ``HxWx3`` BGR for a colour visible image (its chroma around the fused
-    luma) and for a grey visible image with a colour IR image (the IR's chroma, registered by the
-    flow: :mod:`~tarfuse_ros.core.chroma`); ``HxW`` when both are grey.
+    luma) and for a grey (or neutral-chroma) visible image with a colour uint8 IR image (the
+    IR's chroma, registered by the flow: :mod:`~tarfuse_ros.core.chroma`); else ``HxW``.
     ``registered_ir``: uint8 ``HxW``, the IR warped onto the visible frame.
     ``flow_px``: float32 ``HxWx2``, the predicted field (dx, dy) in pixels.
     ``detections``: list of :class:`Detection`.
