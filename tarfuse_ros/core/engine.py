@@ -47,6 +47,7 @@ import collections
 import functools
 import logging
 import numbers
+import operator
 from pathlib import Path
 import threading
 import time
@@ -602,7 +603,8 @@ class FusionEngine(PairEngine):
 
         Raises:
             ValueError: tensors of another shape or dtype (float16 only with :attr:`half`),
-                or smaller than the minimum size.
+                smaller than the minimum size, or with values outside [0, 1] (NaN too);
+                ``valid_size`` not two integers within the tensors' size.
 
         """
         allowed = (torch.float32, torch.float16) if self._half else (torch.float32,)
@@ -617,6 +619,21 @@ class FusionEngine(PairEngine):
                                  f'{self._min_side} for this network (pad at the bottom/right '
                                  f'as infer does, images.pad_to_multiple(..., min_size='
                                  f'{self._min_side}))')
+            # 0-255 or NaN inputs ran without a word and gave a meaningless flow.
+            low, high = (float(v) for v in torch.aminmax(tensor.detach()))
+            if not (low >= 0.0 and high <= 1.0):
+                raise ValueError(f'{name} must hold values in [0, 1], got min {low:g}, max '
+                                 f'{high:g}: divide 8-bit data by 255 and replace NaN (or make '
+                                 f'the inputs with input_tensors, as infer does)')
+        if valid_size is not None:
+            try:
+                sides = tuple(operator.index(v) for v in valid_size)  # 'ab' said int('a')
+            except TypeError:
+                sides = ()
+            if len(sides) != 2:
+                raise ValueError(f'valid_size must be None or (h, w), two integers, got '
+                                 f'{valid_size!r}')
+            valid_size = sides
         with self._infer_lock:
             return self._run_model(ir, vi, valid_size)
 

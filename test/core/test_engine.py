@@ -807,3 +807,23 @@ def test_forward_tensors_names_a_too_small_or_float64_input(pair):
     assert tuple(raw['flow'].shape) == (1, 2, 64, 64)
     with pytest.raises(ValueError, match='vi must be a float32 tensor in .* got torch.float64'):
         engine.forward_tensors(ir_p, vi_p.double(), valid_size=(32, 64))
+
+
+def test_forward_tensors_names_inputs_outside_0_1_and_a_valid_size_not_of_two_integers(pair):
+    # 0-255 and NaN tensors ran without a word (a meaningless flow); valid_size 'ab' said
+    # "invalid literal for int() with base 10: 'a'".
+    engine = FusionEngine(cuda_graph='off')
+    ir_t, vi_t = (images.pad_to_multiple(t, 32, min_size=64)[0]
+                  for t in engine.input_tensors(*_small(pair, 64, 96)))
+    for bad, words in ((ir_t * 255.0, r'ir must hold values in \[0, 1\], got min .*, max 2'),
+                       (ir_t.clone().fill_(float('nan')), 'ir must hold values in .*min nan')):
+        with pytest.raises(ValueError, match=words) as raised:
+            engine.forward_tensors(bad, vi_t)
+        assert 'divide 8-bit data by 255' in str(raised.value)
+    with pytest.raises(ValueError, match='vi must hold values in'):
+        engine.forward_tensors(ir_t, vi_t - 0.5)
+    for bad in ('ab', (64,), (64, 96, 1), 64, (64.0, 96.0)):
+        with pytest.raises(ValueError, match=r'valid_size must be None or \(h, w\), two '):
+            engine.forward_tensors(ir_t, vi_t, valid_size=bad)
+    raw = engine.forward_tensors(ir_t, vi_t, valid_size=(np.int64(64), torch.tensor(96)))
+    assert tuple(raw['flow'].shape) == (1, 2, 64, 96)
