@@ -845,6 +845,18 @@ class FusionEngine(PairEngine):
         from tarfuse_ros.core.model.yolo import non_max_suppression
         conf, iou, max_det, classes = self.thresholds
         net_h, net_w = net_size
+        # The inputs are finite and in [0, 1], the weights were checked finite when loaded:
+        # NaN here means weights so large that the network overflows (a diverged training run,
+        # or fp16), and an all-NaN flow was published as it was.
+        broken = [name for name in ('fused', 'flow', 'registered_ir')
+                  if not bool(torch.isfinite(raw[name]).all())]
+        if broken:
+            raise ValueError(
+                f'{self._weights}: the network gave NaN or infinite {", ".join(broken)} for '
+                f'finite inputs: its weights overflow'
+                + (' in float16 (try half=False)' if self._half else
+                   ' (a training run that diverged?)')
+                + '; use another checkpoint (an earlier epoch)')
         fused_y = images.to_uint8(images.unpad(raw['fused'], net_h, net_w)[:, 0])
         registered = images.to_uint8(images.unpad(raw['registered_ir'], net_h, net_w)[:, 0])
         flow = images.unpad(raw['flow'], net_h, net_w).permute(0, 2, 3, 1).float()

@@ -6,6 +6,8 @@ import threading
 import cv2
 import numpy as np
 import pytest
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from tarfuse_ros.core import images
 from tarfuse_ros.core.checkpoint import CheckpointError, save_checkpoint
 from tarfuse_ros.core.engine import Detection, FusionEngine, FusionResult
@@ -415,6 +417,26 @@ def test_missing_and_broken_weights(tmp_path):
     broken.write_bytes(b'not a safetensors file')
     with pytest.raises(CheckpointError):
         FusionEngine(broken)
+
+
+def test_weights_that_overflow_are_refused_instead_of_giving_a_nan_flow(tmp_path, pair):
+    # Finite weights pass the loader's check, but one registration convolution scaled by 1e30
+    # (as a diverged training run leaves them) gave an all-NaN flow, published as it was.
+    shipped = share_dir() / 'models' / 'tarfuse_default.safetensors'
+    with safe_open(str(shipped), framework='pt') as handle:
+        metadata = handle.metadata()
+    tensors = load_file(str(shipped))
+    name = 'registration.cseb_ir.channel.0.0.weight'
+    tensors[name] = tensors[name] * 1e30
+    assert bool(torch.isfinite(tensors[name]).all())
+    path = tmp_path / 'diverged.safetensors'
+    save_file(tensors, str(path), metadata=metadata)
+    engine = FusionEngine(path, scale_search=False)
+    with pytest.raises(ValueError) as raised:
+        engine.infer(*_small(pair, 64, 96))
+    message = str(raised.value)
+    assert 'the network gave NaN or infinite' in message and 'flow' in message, message
+    assert 'weights overflow' in message and 'use another checkpoint' in message, message
 
 
 @pytest.mark.skipif(CUDA, reason='CUDA is available here; the no-CUDA error cannot occur')
