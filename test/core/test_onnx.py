@@ -402,7 +402,7 @@ def test_export_tool_refuses_to_overwrite_its_checkpoint(tmp_path, capsys):
 
 def test_export_tool_names_the_outputs_it_wrote(tmp_path, capsys):
     # The medical model has no detection head: no det output, and the tool must not claim one.
-    out = tmp_path / 'medical.onnx'
+    out = tmp_path / 'my models' / 'medical.onnx'
     code = export_tool.main([str(share_dir() / 'models' / 'tarfuse_medical.safetensors'),
                              '--out', str(out), '--no-verify', '--threads', '1',
                              '--no-scale-search'])
@@ -413,6 +413,8 @@ def test_export_tool_names_the_outputs_it_wrote(tmp_path, capsys):
     assert [o.name for o in onnx.load(str(out)).graph.output] == [
         'fused', 'flow', 'registered_ir']
     assert 'outputs fused, flow, registered_ir)' in printed  # it printed '..., det)'
+    # A path with a space: the commands it prints are quoted for a shell (they were not).
+    assert f"-p 'weights:={out}';" in printed and f"trtexec '--onnx={out}' " in printed, printed
 
 
 @pytest.fixture(scope='module')
