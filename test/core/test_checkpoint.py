@@ -11,6 +11,7 @@ from tarfuse_ros.core.checkpoint import (CheckpointError, FORMAT_VERSION, load_c
 from tarfuse_ros.core.engine import FusionEngine
 from tarfuse_ros.core.model import build_model, TarFuseConfig
 from tarfuse_ros.core.onnx_backend import OnnxFusionEngine, OnnxModelError
+from tarfuse_ros.core.runtime import DeviceUnavailableError
 import torch
 
 CONFIG = TarFuseConfig(registration='paper', msrb_channels=(8, 16, 16),
@@ -277,6 +278,23 @@ def test_a_stored_config_key_of_a_wrong_name_or_type_is_named(tmp_path, trained_
     with pytest.raises(CheckpointError) as raised:
         load_checkpoint(path)
     assert words in str(raised.value), str(raised.value)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='CUDA is here: no error to name')
+def test_a_device_that_is_absent_or_unknown_is_named_not_the_file(tmp_path, trained_like_model):
+    # map_location 'cuda' without a GPU said the file was truncated or corrupt ('copy or
+    # re-export it again'), 'CPU' "Expected one of cpu, cuda, ... device type".
+    path = save_checkpoint(tmp_path / 'model.safetensors', trained_like_model)
+    for device in ('cuda', 'cuda:1'):
+        with pytest.raises(DeviceUnavailableError, match=f"device '{device}' was requested but "
+                                                         f'CUDA is not available') as raised:
+            load_checkpoint(path, map_location=device)
+        assert 'corrupt' not in str(raised.value)
+    with pytest.raises(ValueError, match="device must be cpu, cuda or cuda:N, got 'mps'"):
+        load_checkpoint(path, map_location='mps')
+    for device in ('CPU', torch.device('cpu')):
+        model = load_checkpoint(path, map_location=device)
+        assert next(model.parameters()).device.type == 'cpu'
 
 
 def test_checkpoint_error_is_value_error():
