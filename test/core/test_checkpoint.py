@@ -3,6 +3,7 @@
 import json
 import os
 import struct
+import zipfile
 
 import pytest
 from safetensors.torch import save_file
@@ -11,9 +12,11 @@ from tarfuse_ros.core.checkpoint import (CheckpointError, FORMAT_VERSION, load_c
 from tarfuse_ros.core.engine import FusionEngine
 from tarfuse_ros.core.model import build_model, TarFuseConfig
 from tarfuse_ros.core.onnx_backend import OnnxFusionEngine, OnnxModelError
+from tarfuse_ros.core.paths import default_weights_path
 from tarfuse_ros.core.runtime import DeviceUnavailableError
 import torch
 
+DEFAULT = default_weights_path()
 CONFIG = TarFuseConfig(registration='paper', msrb_channels=(8, 16, 16),
                        detect_channels=(16, 24, 32), reg_max=8, num_classes=2,
                        class_names=('person', 'car'))
@@ -122,6 +125,23 @@ def test_an_empty_path_is_named_as_such(empty):
         assert 'None for the shipped' in message
     with pytest.raises(OnnxModelError, match='the onnxruntime backend needs an .onnx file'):
         OnnxFusionEngine(empty)
+
+
+def test_a_zip_archive_of_weights_is_named_as_such_not_as_a_pytorch_checkpoint(tmp_path):
+    # Weights downloaded as a zip were called 'a PyTorch pickle/zip checkpoint' to convert,
+    # 'only if you trust its source: unpickling runs code'.
+    archive = tmp_path / 'tarfuse_default.zip'
+    with zipfile.ZipFile(archive, 'w') as handle:
+        handle.write(DEFAULT, 'tarfuse_default.safetensors')
+    with pytest.raises(CheckpointError) as raised:
+        FusionEngine(archive)
+    assert str(raised.value) == (
+        f'{archive} is a zip archive (holding tarfuse_default.safetensors), not a .safetensors '
+        f'checkpoint: extract the .safetensors file from it and pass that')
+    pytorch = tmp_path / 'model.pt'
+    torch.save({'weight': torch.zeros(2)}, pytorch)  # a zip too, with data.pkl: still named
+    with pytest.raises(CheckpointError, match='is a PyTorch pickle/zip checkpoint'):
+        FusionEngine(pytorch)
 
 
 def test_a_directory_is_named_as_such(tmp_path):

@@ -13,6 +13,7 @@ previous learnt global stage: fused 1, registered 1, flow 6.5e-5 px.)
 import json
 import logging
 from pathlib import Path
+import zipfile
 
 import cv2
 import numpy as np
@@ -595,6 +596,13 @@ def test_a_bad_onnx_file_is_refused_with_one_clear_error(tmp_path):
     foreign = _foreign_onnx(tmp_path)
     pytorch = tmp_path / 'model.pt'  # torch.save writes a zip; never loaded back
     torch.save({'weight': torch.zeros(2)}, pytorch)
+    archive = tmp_path / 'model.zip'  # it was called a PyTorch pickle/zip checkpoint
+    with zipfile.ZipFile(archive, 'w') as handle:
+        handle.write(foreign, 'model.onnx')
+    with pytest.raises(OnnxModelError) as raised:
+        OnnxFusionEngine(archive)
+    assert str(raised.value) == (f'{archive} is a zip archive (holding model.onnx), not an ONNX '
+                                 f'model: extract the .onnx file from it and pass that')
     cases = {corrupt: 'is not a loadable ONNX model', foreign: 'not written by tarfuse-export',
              tmp_path / 'absent.onnx': 'does not exist',
              tmp_path: 'is a folder, not an ONNX file',  # it said 'does not exist'
