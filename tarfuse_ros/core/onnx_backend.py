@@ -40,7 +40,7 @@ from tarfuse_ros.core.sizes import enlarged_size, MAX_ENLARGED_LONG_SIDE
 
 __all__ = ['CONFIG_KEY', 'FUSION_OUTPUTS', 'MIN_OPSET', 'ONNX_FORMAT_VERSION', 'ONNX_INPUTS',
            'ONNX_INPUT_MEANINGS', 'ONNX_KEY', 'ONNX_OUTPUTS', 'OnnxFusionEngine', 'OnnxModelError',
-           'nms_rows', 'read_onnx_metadata']
+           'import_onnxruntime', 'nms_rows', 'read_onnx_metadata']
 
 _LOG = logging.getLogger(__name__)
 
@@ -102,6 +102,21 @@ def _small_frame_warning(frame_hw, global_min_side):
             f'field input_min_long_side (not a node parameter) to {needed} or more, e.g. '
             f'python benchmarks/set_inference_fields.py CHECKPOINT OUT --set '
             f'input_min_long_side={needed}, and export OUT again with tarfuse-export')
+
+
+def import_onnxruntime():
+    """Return the ``onnxruntime`` module, or raise ``ValueError`` saying how to install it.
+
+    It was a ``ModuleNotFoundError`` traceback (the node stopped with one at start-up).
+    """
+    try:
+        import onnxruntime
+    except ImportError as error:
+        raise ValueError(f'the onnxruntime backend needs the onnxruntime package, which cannot '
+                         f'be imported ({error}): install it in this Python environment (pip '
+                         f'install onnxruntime; onnxruntime-gpu for CUDA), or run the '
+                         f'.safetensors checkpoint with the torch backend') from None
+    return onnxruntime
 
 
 class OnnxModelError(ValueError):
@@ -219,9 +234,10 @@ def read_onnx_metadata(path):
     Raises:
         OnnxModelError: missing or unloadable file, not a TarFuse export, or metadata whose
             values an export does not hold (a model config the checkpoint loader refuses).
+        ValueError: onnxruntime not installed (:func:`import_onnxruntime`).
 
     """
-    import onnxruntime as ort
+    ort = import_onnxruntime()
 
     path = Path(path)
     if not path.is_file():
@@ -235,7 +251,7 @@ def read_onnx_metadata(path):
 
 def _providers(device, allow_cpu_fallback):
     """Return ``(providers, device string)`` for ``'cpu'``, ``'cuda'`` or ``'cuda:N'``."""
-    import onnxruntime as ort
+    ort = import_onnxruntime()
 
     from tarfuse_ros.core.runtime import DeviceUnavailableError, parse_device
     kind, index = parse_device(device)
@@ -334,7 +350,7 @@ class OnnxFusionEngine(PairEngine):
             infinite ``fused``, ``flow`` or ``registered_ir`` (damaged weights).
         tarfuse_ros.core.runtime.DeviceUnavailableError: (a ``RuntimeError``) CUDA
             unavailable (without ``allow_cpu_fallback``).
-        ValueError: bad settings.
+        ValueError: bad settings; onnxruntime not installed (:func:`import_onnxruntime`).
 
     """
 
@@ -346,7 +362,7 @@ class OnnxFusionEngine(PairEngine):
                  registration_prior=None, scale_search=True, global_every=1, global_window=1,
                  input_min_long_side=None, input_max_long_side=0, fine_passes=None,
                  global_track=0):
-        import onnxruntime as ort
+        ort = import_onnxruntime()
         from tarfuse_ros.core import images, prior
 
         if weights is None or (isinstance(weights, str) and not weights.strip()):

@@ -13,6 +13,7 @@ previous learnt global stage: fused 1, registered 1, flow 6.5e-5 px.)
 import json
 import logging
 from pathlib import Path
+import sys
 import zipfile
 
 import cv2
@@ -265,6 +266,28 @@ def test_the_onnx_engine_takes_numpy_integer_threads(tmp_path):
     for bad in (0, 1.0, np.float32(2), True):
         with pytest.raises(ValueError, match='threads must be None or an integer >= 1'):
             OnnxFusionEngine(foreign, threads=bad)
+
+
+def test_a_missing_onnx_package_is_named_with_how_to_install_it(
+        tmp_path, capsys, monkeypatch):
+    # The engine, and tarfuse-export without onnx, stopped with a ModuleNotFoundError traceback
+    # (the export without onnxruntime after tracing); the packages are optional (README).
+    foreign = _foreign_onnx(tmp_path)
+    medical = str(share_dir() / 'models' / 'tarfuse_medical.safetensors')
+    monkeypatch.setitem(sys.modules, 'onnxruntime', None)  # as if it were not installed
+    for load in (OnnxFusionEngine, read_onnx_metadata):
+        with pytest.raises(ValueError, match='the onnxruntime backend needs the onnxruntime '
+                                             'package, which cannot be imported .*pip install '
+                                             'onnxruntime'):
+            load(foreign)
+    assert export_tool.main([medical, '--out', str(tmp_path / 'a.onnx'), '--threads', '1']) == 2
+    assert ('the check against PyTorch (--no-verify skips it) needs the onnxruntime package'
+            in capsys.readouterr().err)
+    monkeypatch.setitem(sys.modules, 'onnx', None)
+    assert export_tool.main([medical, '--out', str(tmp_path / 'b.onnx'), '--no-verify']) == 2
+    assert 'tarfuse-export needs the onnx package, which cannot be imported' in (
+        capsys.readouterr().err)
+    assert [path.name for path in tmp_path.glob('*.onnx*')] == ['foreign.onnx']
 
 
 def test_the_onnx_engine_refuses_settings_of_another_type_by_name(tmp_path):
