@@ -17,8 +17,10 @@ from pathlib import Path
 
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-from tarfuse_ros.core.files import atomic_output, is_torch_pickle, looks_like_onnx
+from tarfuse_ros.core.files import (atomic_output, is_torch_pickle, looks_like_onnx,
+                                    plain_zip_members)
 from tarfuse_ros.core.model.tarfuse import build_model, SIZE_MULTIPLE, TarFuseConfig
+from tarfuse_ros.core.runtime import resolve_device
 import torch
 
 __all__ = ['CheckpointError', 'FORMAT_VERSION', 'INPUT_CONVENTIONS', 'METADATA_KEY',
@@ -74,6 +76,10 @@ def save_checkpoint(path, model, provenance=None, input_conventions=None):
 
 
 def _check_file(path):
+    if isinstance(path, str) and not path.strip():  # Path('') is '.', 'a directory'
+        raise CheckpointError(
+            f'the checkpoint path is empty ({path!r}): pass the path of a .safetensors file '
+            '(FusionEngine: None for the shipped models/tarfuse_default.safetensors)')
     path = Path(path)
     if path.is_dir():
         raise CheckpointError(
@@ -86,6 +92,12 @@ def _check_file(path):
     return path
 
 
+def _listed(names, shown=3):
+    """Return up to ``shown`` of ``names`` joined, and how many more there are."""
+    more = f' and {len(names) - shown} more' if len(names) > shown else ''
+    return ('holding ' + ', '.join(names[:shown]) + more) if names else 'empty'
+
+
 def read_checkpoint_config(path):
     """Return the JSON config dict stored in a checkpoint (without loading the weights)."""
     path = _check_file(path)
@@ -93,6 +105,11 @@ def read_checkpoint_config(path):
         with safe_open(str(path), framework='pt') as handle:
             metadata = handle.metadata() or {}
     except Exception as error:  # noqa: BLE001 - safetensors raises its own error types
+        members = plain_zip_members(path)
+        if members is not None:  # it was called a PyTorch checkpoint, unpickling included
+            raise CheckpointError(
+                f'{path} is a zip archive ({_listed(members)}), not a .safetensors checkpoint: '
+                f'extract the .safetensors file from it and pass that') from None
         if is_torch_pickle(path):
             raise CheckpointError(
                 f'{path} is a PyTorch pickle/zip checkpoint, not safetensors: convert it '
@@ -138,15 +155,22 @@ def read_checkpoint_config(path):
 def load_checkpoint(path, map_location='cpu'):
     """Build the TarFuse described by the checkpoint, load its weights strictly, return it.
 
-    The model is returned in eval mode on ``map_location`` (``'cpu'``, ``'cuda'``, ...); its
-    stored config dict is available as ``model.checkpoint_config``.
+    The model is returned in eval mode on ``map_location`` (``'cpu'``, ``'cuda'`` or
+    ``'cuda:N'``, case ignored, or a ``torch.device`` of these); its stored config dict is
+    available as ``model.checkpoint_config``.
 
     Raises:
         CheckpointError: the file is missing, not a TarFuse checkpoint, truncated, holds an
             invalid config, tensors that do not match the config's architecture (names,
             shapes, integer for float dtypes), or NaN or infinite weights.
+        ValueError: ``map_location`` names no such device.
+        tarfuse_ros.core.runtime.DeviceUnavailableError: (a ``RuntimeError``) CUDA asked
+            for but absent.
 
     """
+    # Before the file is read: 'cuda' without a GPU was reported as a truncated or corrupt
+    # file ('copy or re-export it again'), 'CPU' as an unknown torch device type.
+    device = resolve_device(map_location)
     config_dict = read_checkpoint_config(path)
     model_dict = dict(config_dict['model'])
     # Checkpoints written before the matching registration existed name no registration:
@@ -157,7 +181,6 @@ def load_checkpoint(path, map_location='cpu'):
     except (TypeError, ValueError) as error:
         raise CheckpointError(f'{path}: the stored model config is invalid for this version '
                               f'of tarfuse_ros ({error}); re-export the checkpoint') from None
-    device = torch.device(map_location)
     try:
         state = load_file(str(path), device=str(device))
     except Exception as error:  # noqa: BLE001 - safetensors raises its own error types

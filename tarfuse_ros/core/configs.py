@@ -1,6 +1,7 @@
 """Small helpers shared by the configuration dataclasses."""
 
 from dataclasses import fields
+import difflib
 import math
 
 
@@ -13,7 +14,13 @@ def known_fields(cls, values):
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise ValueError(f'unknown {cls.__name__} keys {unknown}; known keys: {sorted(known)}')
+        # A typo is named with the key it was meant to be, not only among 40 known keys.
+        guesses = [f'{key!r} -> {close[0]!r}' for key in unknown
+                   for close in [difflib.get_close_matches(str(key), sorted(known), n=1)]
+                   if close]
+        hint = f' (a typo? {", ".join(guesses)})' if guesses else ''
+        raise ValueError(f'unknown {cls.__name__} keys {unknown}{hint}; known keys: '
+                         f'{sorted(known)}')
     return values
 
 

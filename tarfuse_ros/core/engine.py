@@ -47,6 +47,7 @@ import collections
 import functools
 import logging
 import numbers
+import operator
 from pathlib import Path
 import threading
 import time
@@ -57,8 +58,9 @@ from tarfuse_ros.core import images
 from tarfuse_ros.core.checkpoint import load_checkpoint
 from tarfuse_ros.core.fine_passes import check_fine_passes, NoFineStageError
 from tarfuse_ros.core.model.matching import _normalised_affine_to_pixel
-from tarfuse_ros.core.pair_engine import (Detection, FusionResult, outputs_to_frame,
-                                          PairEngine, resize_planes)
+from tarfuse_ros.core.pair_engine import (check_flags, check_ir_percentiles, Detection,
+                                          FusionResult, outputs_to_frame, PairEngine,
+                                          resize_planes)
 from tarfuse_ros.core.prior import apply_prior, check_prior, published_outputs
 from tarfuse_ros.core.runtime import cudnn_benchmark, resolve_device
 import torch
@@ -388,8 +390,10 @@ class FusionEngine(PairEngine):
             raise ValueError(f'cuda_graph must be one of {CUDA_GRAPH_MODES}, got {cuda_graph!r}')
         if ir_norm not in images.IR_NORMS:
             raise ValueError(f'ir_norm must be one of {images.IR_NORMS}, got {ir_norm!r}')
-        if not 0.0 <= ir_low < ir_high <= 100.0:
-            raise ValueError(f'need 0 <= ir_low < ir_high <= 100, got {ir_low}, {ir_high}')
+        check_ir_percentiles(ir_low, ir_high)
+        check_flags(half=half, allow_cpu_fallback=allow_cpu_fallback,
+                    cudnn_benchmark=cudnn_benchmark, fuse_bn=fuse_bn, channels_last=channels_last,
+                    scale_search=scale_search)
         if pad_mode not in images.PAD_MODES:
             raise ValueError(f'pad_mode must be one of {images.PAD_MODES}, got {pad_mode!r}')
         check_prior(registration_prior)  # fail before loading the weights
@@ -411,11 +415,12 @@ class FusionEngine(PairEngine):
                              f'tracked pairs, and fine_passes=0 turns them off: leave '
                              f"fine_passes unset (the model's own) or 1-8, or global_track 0")
         if threads is not None:
-            if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            if (isinstance(threads, bool) or not isinstance(threads, numbers.Integral)
+                    or threads < 1):
                 raise ValueError(f'threads must be None or an integer >= 1, got {threads!r}')
             warnings.warn('FusionEngine(threads=...) is deprecated: set the thread count in the '
                           'program (torch.set_num_threads)', DeprecationWarning, stacklevel=2)
-            torch.set_num_threads(threads)
+            torch.set_num_threads(int(threads))
         self._device = resolve_device(device, allow_cpu_fallback)
         cuda = self._device.type == 'cuda'
         if half and not cuda:
@@ -427,10 +432,8 @@ class FusionEngine(PairEngine):
         if weights is None:
             from tarfuse_ros.core.paths import default_weights_path
             weights = default_weights_path()
+        model = load_checkpoint(weights, map_location='cpu').eval()  # '' is not Path('.')
         self._weights = Path(weights)
-        model = load_checkpoint(self._weights, map_location='cpu').eval()
-        if not isinstance(scale_search, bool):
-            raise ValueError(f'scale_search must be True or False, got {scale_search!r}')
         if not scale_search:
             scale_search_off(model)
         set_fine_passes(model, fine_passes)
@@ -600,7 +603,8 @@ class FusionEngine(PairEngine):
 
         Raises:
             ValueError: tensors of another shape or dtype (float16 only with :attr:`half`),
-                or smaller than the minimum size.
+                smaller than the minimum size, or with values outside [0, 1] (NaN too);
+                ``valid_size`` not two integers within the tensors' size.
 
         """
         allowed = (torch.float32, torch.float16) if self._half else (torch.float32,)
@@ -615,6 +619,21 @@ class FusionEngine(PairEngine):
                                  f'{self._min_side} for this network (pad at the bottom/right '
                                  f'as infer does, images.pad_to_multiple(..., min_size='
                                  f'{self._min_side}))')
+            # 0-255 or NaN inputs ran without a word and gave a meaningless flow.
+            low, high = (float(v) for v in torch.aminmax(tensor.detach()))
+            if not (low >= 0.0 and high <= 1.0):
+                raise ValueError(f'{name} must hold values in [0, 1], got min {low:g}, max '
+                                 f'{high:g}: divide 8-bit data by 255 and replace NaN (or make '
+                                 f'the inputs with input_tensors, as infer does)')
+        if valid_size is not None:
+            try:
+                sides = tuple(operator.index(v) for v in valid_size)  # 'ab' said int('a')
+            except TypeError:
+                sides = ()
+            if len(sides) != 2:
+                raise ValueError(f'valid_size must be None or (h, w), two integers, got '
+                                 f'{valid_size!r}')
+            valid_size = sides
         with self._infer_lock:
             return self._run_model(ir, vi, valid_size)
 
@@ -826,6 +845,18 @@ class FusionEngine(PairEngine):
         from tarfuse_ros.core.model.yolo import non_max_suppression
         conf, iou, max_det, classes = self.thresholds
         net_h, net_w = net_size
+        # The inputs are finite and in [0, 1], the weights were checked finite when loaded:
+        # NaN here means weights so large that the network overflows (a diverged training run,
+        # or fp16), and an all-NaN flow was published as it was.
+        broken = [name for name in ('fused', 'flow', 'registered_ir')
+                  if not bool(torch.isfinite(raw[name]).all())]
+        if broken:
+            raise ValueError(
+                f'{self._weights}: the network gave NaN or infinite {", ".join(broken)} for '
+                f'finite inputs: its weights overflow'
+                + (' in float16 (try half=False)' if self._half else
+                   ' (a training run that diverged?)')
+                + '; use another checkpoint (an earlier epoch)')
         fused_y = images.to_uint8(images.unpad(raw['fused'], net_h, net_w)[:, 0])
         registered = images.to_uint8(images.unpad(raw['registered_ir'], net_h, net_w)[:, 0])
         flow = images.unpad(raw['flow'], net_h, net_w).permute(0, 2, 3, 1).float()

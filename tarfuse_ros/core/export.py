@@ -30,6 +30,7 @@ graph by the tracer fails here, not on the robot).
 
 import copy
 from dataclasses import dataclass, field
+import importlib
 import io
 import json
 from pathlib import Path
@@ -268,11 +269,25 @@ def export_onnx(weights, output, half=False, opset=MIN_OPSET, verify=True, scale
     Raises:
         CheckpointError: missing or invalid checkpoint.
         ExportError: tracing failed or the graph does not match PyTorch.
-        ValueError: ``opset`` below 17 or above what ``torch.onnx.export`` writes;
+        ValueError: onnx not installed (onnxruntime too, to verify or for ``half``);
+            ``opset`` below 17 or above what ``torch.onnx.export`` writes;
             ``half``, ``verify`` or ``scale_search`` not a bool; ``fine_passes`` not None or
             0-8, or 1-8 for a checkpoint without a fine stage.
 
     """
+    # Optional packages (README, Deployment): a missing one was a ModuleNotFoundError
+    # traceback, the onnxruntime one after minutes of tracing.
+    checked = 'the check against PyTorch (--no-verify skips it)'
+    for module, needed_for in (('onnx', 'tarfuse-export'),
+                               ('onnxruntime', checked if verify else '--half' if half else None)):
+        if needed_for is None:
+            continue
+        try:
+            importlib.import_module(module)
+        except ImportError as error:
+            raise ValueError(f'{needed_for} needs the {module} package, which cannot be '
+                             f'imported ({error}): pip install {module} in this Python '
+                             f'environment') from None
     import onnx
     from tarfuse_ros.core.engine import _min_input_side, fine_passes_of, fuse_conv_bn
     from tarfuse_ros.core.engine import scale_search_off, set_fine_passes

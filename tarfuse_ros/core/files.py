@@ -11,10 +11,11 @@ import secrets
 import shutil
 import stat
 import tempfile
+import zipfile
 
 __all__ = ['atomic_output', 'file_sha256', 'is_safetensors', 'is_torch_pickle',
-           'is_truncated_jpeg', 'is_truncated_jpeg_data',
-           'looks_like_onnx', 'output_problem', 'write_text_atomic']
+           'is_truncated_jpeg', 'is_truncated_jpeg_data', 'looks_like_onnx', 'output_problem',
+           'plain_zip_members', 'write_text_atomic']
 
 
 def file_sha256(path):
@@ -35,6 +36,22 @@ def is_torch_pickle(path):
     with open(path, 'rb') as handle:
         head = handle.read(4)
     return head == b'PK\x03\x04' or (len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5)
+
+
+def plain_zip_members(path):
+    """Return the member names of a zip archive that ``torch.save`` did not write, else None.
+
+    A ``torch.save`` zip holds a ``data.pkl``; any other zip (weights downloaded as an archive)
+    is a folder to extract, not a checkpoint. Reads the archive's directory only.
+    """
+    if not zipfile.is_zipfile(path):
+        return None
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (OSError, zipfile.BadZipFile):
+        return None
+    return None if any(name.endswith('data.pkl') for name in names) else names
 
 
 def is_safetensors(path):

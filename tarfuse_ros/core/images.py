@@ -12,9 +12,11 @@ Normalisation rules (:func:`to_unit_gray`, :func:`to_unit_visible`):
   ``norm='minmax'`` uses the frame's minimum and maximum, ``norm='fixed'`` divides by 65535.
   A flat frame (range 0) maps to zeros.
 - float (``float16``, ``float32``, ``float64``), visible image (:func:`to_unit_visible`): if
-  the maximum is at most ``1 +`` :data:`UNIT_OVERSHOOT` the image is taken to be in [0, 1]
-  already (clipped to it); else if it is at most 255 it is taken to be on the 8-bit scale and
-  divided by 255; else it is normalised per frame as a ``uint16`` frame would be.
+  it lies within [0, 1] widened by :data:`UNIT_OVERSHOOT` on both sides it is taken to be in
+  [0, 1] already (clipped to it); else if its maximum is above that and it lies within
+  [0, 255] widened alike (by 51) it is taken to be on the 8-bit scale and divided by 255
+  (clipped); else (above 255, or further below 0: a frame normalised to [-1, 1], a
+  zero-centred one) it is normalised per frame as a ``uint16`` frame would be.
 - float IR (:func:`to_unit_gray`, e.g. ``32FC1``): a frame within [0, 1], widened by
   :data:`UNIT_OVERSHOOT` on both sides, is taken as it is (clipped to [0, 1]); any other
   (temperatures in degrees Celsius or kelvin, counts, an 8-bit scale) is normalised per frame
@@ -175,11 +177,13 @@ def _to_unit(img, norm, low, high, name, float_scales=True):
     if img.dtype == np.uint8:
         return img.astype(np.float32) * np.float32(1.0 / 255.0)
     if img.dtype in _FLOAT_DTYPES:
-        peak = float(img.max())
-        if peak <= 1.0 + UNIT_OVERSHOOT and (float_scales
-                                             or float(img.min()) >= -UNIT_OVERSHOOT):
+        peak, floor = float(img.max()), float(img.min())
+        # A visible frame far below 0 (one normalised to [-1, 1], or zero-centred 8-bit) lost
+        # its negative half to the clip (black): it is stretched per frame as the IR is.
+        unit_peak = peak <= 1.0 + UNIT_OVERSHOOT
+        if unit_peak and floor >= -UNIT_OVERSHOOT:
             return np.clip(img.astype(np.float32), 0.0, 1.0)
-        if float_scales and peak <= 255.0:
+        if float_scales and not unit_peak and peak <= 255.0 and floor >= -255.0 * UNIT_OVERSHOOT:
             return np.clip(img.astype(np.float32) * np.float32(1.0 / 255.0), 0.0, 1.0)
         if norm == 'fixed':
             beyond = 'above 255' if float_scales else 'outside [0, 1]'
@@ -477,8 +481,9 @@ def prepare_pair(ir, vi, ir_norm='percentile', ir_low=0.5, ir_high=99.5, keep_ui
     network sees the same numbers in training, inference and evaluation.
 
     Args:
-        ir: IR image ``HxW`` or ``HxWx1`` (uint8, uint16 or float; any size; colour is reduced
-            to its luma).
+        ir: IR image ``HxW`` or ``HxWx1`` (uint8, uint16 or float; any size within the
+            frame-size limits below, resized to the visible frame; ``HxWx3`` / ``HxWx4`` colour
+            is reduced to its luma).
         vi: visible image ``HxW`` grey or ``HxWx3`` BGR (``HxWx4``: alpha dropped), uint8,
             uint16 or float.
         ir_norm, ir_low, ir_high: how 16-bit (and float outside [0, 1]) IR frames are scaled

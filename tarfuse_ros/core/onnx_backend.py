@@ -27,18 +27,20 @@ them is refused with :class:`OnnxModelError`.
 
 import json
 import logging
+import numbers
 from pathlib import Path
 import time
 
 import cv2
 import numpy as np
-from tarfuse_ros.core.files import is_safetensors, is_torch_pickle
-from tarfuse_ros.core.pair_engine import outputs_to_frame, PairEngine, resize_planes
+from tarfuse_ros.core.files import is_safetensors, is_torch_pickle, plain_zip_members
+from tarfuse_ros.core.pair_engine import (check_flags, check_ir_percentiles, outputs_to_frame,
+                                          PairEngine, resize_planes)
 from tarfuse_ros.core.sizes import enlarged_size, MAX_ENLARGED_LONG_SIDE
 
 __all__ = ['CONFIG_KEY', 'FUSION_OUTPUTS', 'MIN_OPSET', 'ONNX_FORMAT_VERSION', 'ONNX_INPUTS',
            'ONNX_INPUT_MEANINGS', 'ONNX_KEY', 'ONNX_OUTPUTS', 'OnnxFusionEngine', 'OnnxModelError',
-           'nms_rows', 'read_onnx_metadata']
+           'import_onnxruntime', 'nms_rows', 'read_onnx_metadata']
 
 _LOG = logging.getLogger(__name__)
 
@@ -102,6 +104,21 @@ def _small_frame_warning(frame_hw, global_min_side):
             f'input_min_long_side={needed}, and export OUT again with tarfuse-export')
 
 
+def import_onnxruntime():
+    """Return the ``onnxruntime`` module, or raise ``ValueError`` saying how to install it.
+
+    It was a ``ModuleNotFoundError`` traceback (the node stopped with one at start-up).
+    """
+    try:
+        import onnxruntime
+    except ImportError as error:
+        raise ValueError(f'the onnxruntime backend needs the onnxruntime package, which cannot '
+                         f'be imported ({error}): install it in this Python environment (pip '
+                         f'install onnxruntime; onnxruntime-gpu for CUDA), or run the '
+                         f'.safetensors checkpoint with the torch backend') from None
+    return onnxruntime
+
+
 class OnnxModelError(ValueError):
     """An ONNX file is missing, unreadable, or not a TarFuse export of a known format."""
 
@@ -114,6 +131,12 @@ def _missing_file_error(path):
 
 
 def _session_error(path, error):
+    members = plain_zip_members(path)
+    if members is not None:  # it was called a PyTorch checkpoint
+        shown = ', '.join(members[:3]) + (f' and {len(members) - 3} more' if len(members) > 3
+                                          else '')
+        return OnnxModelError(f'{path} is a zip archive (holding {shown or "nothing"}), not an '
+                              f'ONNX model: extract the .onnx file from it and pass that')
     if is_torch_pickle(path):
         return OnnxModelError(
             f'{path} is a PyTorch pickle/zip checkpoint, not an ONNX model: export a '
@@ -211,9 +234,10 @@ def read_onnx_metadata(path):
     Raises:
         OnnxModelError: missing or unloadable file, not a TarFuse export, or metadata whose
             values an export does not hold (a model config the checkpoint loader refuses).
+        ValueError: onnxruntime not installed (:func:`import_onnxruntime`).
 
     """
-    import onnxruntime as ort
+    ort = import_onnxruntime()
 
     path = Path(path)
     if not path.is_file():
@@ -227,7 +251,7 @@ def read_onnx_metadata(path):
 
 def _providers(device, allow_cpu_fallback):
     """Return ``(providers, device string)`` for ``'cpu'``, ``'cuda'`` or ``'cuda:N'``."""
-    import onnxruntime as ort
+    ort = import_onnxruntime()
 
     from tarfuse_ros.core.runtime import DeviceUnavailableError, parse_device
     kind, index = parse_device(device)
@@ -322,10 +346,11 @@ class OnnxFusionEngine(PairEngine):
     Raises:
         OnnxModelError: missing, unloadable or foreign ONNX file, or metadata whose values
             an export does not hold (:func:`read_onnx_metadata`); from ``infer``, a ``det``
-            output whose number of classes is not the metadata's (edited metadata).
+            output whose number of classes is not the metadata's (edited metadata), or NaN or
+            infinite ``fused``, ``flow`` or ``registered_ir`` (damaged weights).
         tarfuse_ros.core.runtime.DeviceUnavailableError: (a ``RuntimeError``) CUDA
             unavailable (without ``allow_cpu_fallback``).
-        ValueError: bad settings.
+        ValueError: bad settings; onnxruntime not installed (:func:`import_onnxruntime`).
 
     """
 
@@ -337,12 +362,13 @@ class OnnxFusionEngine(PairEngine):
                  registration_prior=None, scale_search=True, global_every=1, global_window=1,
                  input_min_long_side=None, input_max_long_side=0, fine_passes=None,
                  global_track=0):
-        import onnxruntime as ort
+        ort = import_onnxruntime()
         from tarfuse_ros.core import images, prior
 
-        if weights is None:
+        if weights is None or (isinstance(weights, str) and not weights.strip()):
             raise OnnxModelError('the onnxruntime backend needs an .onnx file: export one with '
                                  'tarfuse-export WEIGHTS.safetensors --out MODEL.onnx')
+        check_flags(half=half, allow_cpu_fallback=allow_cpu_fallback, scale_search=scale_search)
         if not scale_search:
             raise ValueError('scale_search=False needs the torch engine: an ONNX graph has the '
                              'scales it was exported with built in; export one without the '
@@ -359,14 +385,14 @@ class OnnxFusionEngine(PairEngine):
                              'on every pair')
         if ir_norm not in images.IR_NORMS:
             raise ValueError(f'ir_norm must be one of {images.IR_NORMS}, got {ir_norm!r}')
-        if not 0.0 <= ir_low < ir_high <= 100.0:
-            raise ValueError(f'need 0 <= ir_low < ir_high <= 100, got {ir_low}, {ir_high}')
+        check_ir_percentiles(ir_low, ir_high)
         if pad_mode not in _PAD_MODES:
             raise ValueError(f'pad_mode must be one of {tuple(_PAD_MODES)}, got {pad_mode!r}')
         prior.check_prior(registration_prior)  # fail before loading the graph
         self._prior_module = prior
-        if threads is not None and (
-                isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        # numbers.Integral: NumPy integers too (np.int64(2) was 'not an integer').
+        if threads is not None and (isinstance(threads, bool)
+                                    or not isinstance(threads, numbers.Integral) or threads < 1):
             raise ValueError(f'threads must be None or an integer >= 1, got {threads!r}')
         if half:
             _LOG.warning('half=True is ignored by the onnxruntime backend: the precision is '
@@ -377,7 +403,7 @@ class OnnxFusionEngine(PairEngine):
         providers, self._device = _providers(device, allow_cpu_fallback)
         options = ort.SessionOptions()
         if threads is not None:
-            options.intra_op_num_threads = threads
+            options.intra_op_num_threads = int(threads)
         options.inter_op_num_threads = 1
         # onnxruntime's default graph rewrites (all levels), layout ones included. With the
         # basic ones only, the session opened in about half the time (2-core VM, 1 thread, the
@@ -528,6 +554,15 @@ class OnnxFusionEngine(PairEngine):
                 f'its metadata names {self._num_classes} (num_classes {self._num_classes}, '
                 f'class_names {self.class_names}): the metadata was edited; re-export the '
                 f'checkpoint with tarfuse-export')
+        # The inputs are finite and in [0, 1]: NaN out means damaged weights (a file whose
+        # bytes changed still loads), which would be published as the flow.
+        broken = [name for name in ('fused', 'flow', 'registered_ir')
+                  if not np.isfinite(raw[name]).all()]
+        if broken:
+            raise OnnxModelError(
+                f'{self._weights}: the graph gave NaN or infinite {", ".join(broken)} for '
+                f'finite inputs: its weights are damaged (a corrupt copy?); copy it again or '
+                f're-export it with tarfuse-export WEIGHTS.safetensors --out MODEL.onnx')
         outputs = []
         for b, item in enumerate(items):
             rows = (nms_rows(raw['det'][b], conf, iou, max_det, classes) if 'det' in raw

@@ -35,8 +35,8 @@ import numpy as np
 from tarfuse_ros.core.sizes import (check_input_max_long_side, check_network_size,
                                     enlarged_size, MAX_ENLARGED_LONG_SIDE, shrunk_size)
 
-__all__ = ['Detection', 'FusionResult', 'PairEngine', 'outputs_to_frame', 'resize_planes',
-           'validate_thresholds']
+__all__ = ['Detection', 'FusionResult', 'PairEngine', 'check_flags', 'check_ir_percentiles',
+           'outputs_to_frame', 'resize_planes', 'validate_thresholds']
 
 
 @dataclass
@@ -56,7 +56,9 @@ class Detection:
 class FusionResult:
     """Everything an engine returns for one IR/visible pair (all in the visible frame).
 
-    ``fused``: uint8 ``HxW`` (grey visible) or ``HxWx3`` BGR (colour visible).
+    ``fused``: uint8 ``HxWx3`` BGR for a colour visible image (its chroma around the fused
+    luma) and for a grey (or neutral-chroma) visible image with a colour uint8 IR image (the
+    IR's chroma, registered by the flow: :mod:`~tarfuse_ros.core.chroma`); else ``HxW``.
     ``registered_ir``: uint8 ``HxW``, the IR warped onto the visible frame.
     ``flow_px``: float32 ``HxWx2``, the predicted field (dx, dy) in pixels.
     ``detections``: list of :class:`Detection`.
@@ -153,6 +155,31 @@ def _grey_levels(plane):
     return np.asarray(plane, np.float32) * np.float32(255.0)
 
 
+def check_flags(**flags):
+    """Raise ``ValueError`` naming the first of ``flags`` (name=value) that is not a bool.
+
+    NumPy bools count as bools. A string such as ``'false'`` (read from a file or the
+    environment) is refused: ``bool('false')`` is true, so it switched the setting on.
+    """
+    for name, value in flags.items():
+        if not isinstance(value, (bool, np.bool_)):
+            raise ValueError(f'{name} must be True or False, got {value!r}')
+
+
+def check_ir_percentiles(ir_low, ir_high):
+    """Raise ``ValueError`` unless ``ir_low`` and ``ir_high`` are numbers, 0 <= low < high <= 100.
+
+    They are the percentiles of a 16-bit (or float) IR frame mapped to 0 and 1
+    (:func:`~tarfuse_ros.core.images.to_unit_gray`).
+    """
+    for value in (ir_low, ir_high):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):  # None, '1'
+            raise ValueError(f'ir_low and ir_high must be numbers (percentiles, 0-100), got '
+                             f'{ir_low!r}, {ir_high!r}')
+    if not 0.0 <= ir_low < ir_high <= 100.0:
+        raise ValueError(f'need 0 <= ir_low < ir_high <= 100, got {ir_low}, {ir_high}')
+
+
 def validate_thresholds(conf, iou, max_det, classes, num_classes):
     """Check NMS settings; return them as ``(float, float, int, tuple of ids or None)``.
 
@@ -172,6 +199,9 @@ def validate_thresholds(conf, iou, max_det, classes, num_classes):
         ids = tuple(classes)
     except TypeError:
         raise ValueError(f'classes must be None or a sequence of class ids, got {classes!r}')
+    if ids and num_classes == 0:  # it said 'integer ids in [0, 0)'
+        raise ValueError(f'classes {classes!r}: this model has no detection head, so there '
+                         f'are no classes to keep; leave classes None (or empty)')
     for cid in ids:
         if isinstance(cid, bool) or not isinstance(cid, (int, np.integer)) or not (
                 0 <= cid < num_classes):
@@ -306,11 +336,20 @@ class PairEngine:
         """Fuse one pair.
 
         Args:
-            ir: IR image ``HxW`` or ``HxWx1`` (uint8, uint16 or float; any size).
-            vi: visible image ``HxW`` grey or ``HxWx3`` BGR (uint8, uint16 or float).
+            ir: IR image ``HxW`` or ``HxWx1``, or ``HxWx3`` BGR / ``HxWx4`` BGRA (fused as its
+                luma); uint8, uint16, float16, float32 or float64 (how each is scaled to
+                [0, 1]: :mod:`~tarfuse_ros.core.images`); resized to the visible frame.
+            vi: visible image ``HxW`` or ``HxWx1`` grey, ``HxWx3`` BGR or ``HxWx4`` BGRA
+                (alpha dropped); the same dtypes. Each image's sides must be at least
+                :data:`~tarfuse_ros.core.images.MIN_SIDE` (16) pixels, the longer at most
+                :data:`~tarfuse_ros.core.images.MAX_ASPECT` (8) times the shorter.
 
         Returns:
             :class:`FusionResult` in the visible frame.
+
+        Raises:
+            ValueError: as :meth:`infer_batch` (not an array, empty, another shape or dtype
+                (signed integers, bool), NaN or infinite values, outside the size limits).
 
         """
         return self.infer_batch([ir], [vi])[0]

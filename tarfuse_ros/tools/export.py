@@ -14,6 +14,7 @@ checkpoint itself or ends in ``.safetensors``: checked before the export).
 import argparse
 import os
 from pathlib import Path
+import shlex
 import sys
 
 from tarfuse_ros.core.files import output_problem
@@ -122,8 +123,10 @@ def main(argv=None):
     if report.max_abs_diff:
         diffs = ', '.join(f'{name} {value:.2g}' for name, value in report.max_abs_diff.items())
         print(f'checked against PyTorch at {report.verify_shape}: max abs difference {diffs}')
-    print(f'run it: fuse_node with -p backend:=onnxruntime -p weights:={report.path}; '
-          f'TensorRT: trtexec --onnx={report.path} --minShapes=ir:1x1x256x320,vi:1x1x256x320 '
+    # Quoted: a path with a space printed as it is split the command a user copies.
+    print(f'run it: fuse_node with -p backend:=onnxruntime -p '
+          f'{shlex.quote(f"weights:={report.path}")}; TensorRT: trtexec '
+          f'{shlex.quote(f"--onnx={report.path}")} --minShapes=ir:1x1x256x320,vi:1x1x256x320 '
           f'--optShapes=ir:1x1x512x640,vi:1x1x512x640 '
           f'--maxShapes=ir:1x1x1024x1280,vi:1x1x1024x1280 --fp16 --saveEngine=tarfuse.engine')
     return 0

@@ -3,6 +3,7 @@
 import json
 import os
 import struct
+import zipfile
 
 import pytest
 from safetensors.torch import save_file
@@ -10,8 +11,12 @@ from tarfuse_ros.core.checkpoint import (CheckpointError, FORMAT_VERSION, load_c
                                          METADATA_KEY, read_checkpoint_config, save_checkpoint)
 from tarfuse_ros.core.engine import FusionEngine
 from tarfuse_ros.core.model import build_model, TarFuseConfig
+from tarfuse_ros.core.onnx_backend import OnnxFusionEngine, OnnxModelError
+from tarfuse_ros.core.paths import default_weights_path
+from tarfuse_ros.core.runtime import DeviceUnavailableError
 import torch
 
+DEFAULT = default_weights_path()
 CONFIG = TarFuseConfig(registration='paper', msrb_channels=(8, 16, 16),
                        detect_channels=(16, 24, 32), reg_max=8, num_classes=2,
                        class_names=('person', 'car'))
@@ -106,6 +111,37 @@ def test_corrupt_file(tmp_path):
     path.write_bytes(b'\x00\x01 this is not a checkpoint' * 10)
     with pytest.raises(CheckpointError, match='truncated or corrupt'):
         load_checkpoint(path)
+
+
+@pytest.mark.parametrize('empty', ['', ' '])
+def test_an_empty_path_is_named_as_such(empty):
+    # It said '. is a directory, not a weights file' (Path('') is the current folder).
+    for load in (load_checkpoint, FusionEngine):
+        with pytest.raises(CheckpointError) as raised:
+            load(empty)
+        message = str(raised.value)
+        assert message.startswith(f'the checkpoint path is empty ({empty!r}): pass the path of '
+                                  f'a .safetensors file'), message
+        assert 'None for the shipped' in message
+    with pytest.raises(OnnxModelError, match='the onnxruntime backend needs an .onnx file'):
+        OnnxFusionEngine(empty)
+
+
+def test_a_zip_archive_of_weights_is_named_as_such_not_as_a_pytorch_checkpoint(tmp_path):
+    # Weights downloaded as a zip were called 'a PyTorch pickle/zip checkpoint' to convert,
+    # 'only if you trust its source: unpickling runs code'.
+    archive = tmp_path / 'tarfuse_default.zip'
+    with zipfile.ZipFile(archive, 'w') as handle:
+        handle.write(DEFAULT, 'tarfuse_default.safetensors')
+    with pytest.raises(CheckpointError) as raised:
+        FusionEngine(archive)
+    assert str(raised.value) == (
+        f'{archive} is a zip archive (holding tarfuse_default.safetensors), not a .safetensors '
+        f'checkpoint: extract the .safetensors file from it and pass that')
+    pytorch = tmp_path / 'model.pt'
+    torch.save({'weight': torch.zeros(2)}, pytorch)  # a zip too, with data.pkl: still named
+    with pytest.raises(CheckpointError, match='is a PyTorch pickle/zip checkpoint'):
+        FusionEngine(pytorch)
 
 
 def test_a_directory_is_named_as_such(tmp_path):
@@ -242,6 +278,43 @@ def test_invalid_stored_config(tmp_path, trained_like_model):
               metadata={METADATA_KEY: json.dumps(header)})
     with pytest.raises(CheckpointError, match='config is invalid'):
         load_checkpoint(path)
+
+
+@pytest.mark.parametrize('model, words', [
+    # A typo was named among the 44 known keys only.
+    ({'num_clases': 2}, "unknown TarFuseConfig keys ['num_clases'] (a typo? 'num_clases' -> "
+                        "'num_classes')"),
+    # A string loaded as one-letter class names ('pc': p and c) with num_classes 2.
+    ({'class_names': 'pc'}, "class_names must be a list of names, got 'pc' (one name: write "
+                            'it as a list, [name])'),
+    ({'class_names': 2}, 'class_names must be a list of names, got 2)')])
+def test_a_stored_config_key_of_a_wrong_name_or_type_is_named(tmp_path, trained_like_model,
+                                                              model, words):
+    header = {'format_version': FORMAT_VERSION, 'model': {**CONFIG.to_dict(), **model}}
+    header['model'].pop('num_classes' if 'num_clases' in model else 'no such key', None)
+    path = tmp_path / 'edited.safetensors'
+    save_file(_tensors(trained_like_model), str(path),
+              metadata={METADATA_KEY: json.dumps(header)})
+    with pytest.raises(CheckpointError) as raised:
+        load_checkpoint(path)
+    assert words in str(raised.value), str(raised.value)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='CUDA is here: no error to name')
+def test_a_device_that_is_absent_or_unknown_is_named_not_the_file(tmp_path, trained_like_model):
+    # map_location 'cuda' without a GPU said the file was truncated or corrupt ('copy or
+    # re-export it again'), 'CPU' "Expected one of cpu, cuda, ... device type".
+    path = save_checkpoint(tmp_path / 'model.safetensors', trained_like_model)
+    for device in ('cuda', 'cuda:1'):
+        with pytest.raises(DeviceUnavailableError, match=f"device '{device}' was requested but "
+                                                         f'CUDA is not available') as raised:
+            load_checkpoint(path, map_location=device)
+        assert 'corrupt' not in str(raised.value)
+    with pytest.raises(ValueError, match="device must be cpu, cuda or cuda:N, got 'mps'"):
+        load_checkpoint(path, map_location='mps')
+    for device in ('CPU', torch.device('cpu')):
+        model = load_checkpoint(path, map_location=device)
+        assert next(model.parameters()).device.type == 'cpu'
 
 
 def test_checkpoint_error_is_value_error():

@@ -6,14 +6,18 @@ import threading
 import cv2
 import numpy as np
 import pytest
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from tarfuse_ros.core import images
 from tarfuse_ros.core.checkpoint import CheckpointError, save_checkpoint
 from tarfuse_ros.core.engine import Detection, FusionEngine, FusionResult
 from tarfuse_ros.core.model.tarfuse import build_model
 from tarfuse_ros.core.model.warp import warp
+from tarfuse_ros.core.paths import share_dir
 import torch
 
 CUDA = torch.cuda.is_available()
+MEDICAL = share_dir() / 'models' / 'tarfuse_medical.safetensors'
 
 
 def _random_model(seed=0):
@@ -359,6 +363,20 @@ def test_thresholds_take_numpy_numbers(firing_weights, pair):
             numpy.set_thresholds(conf_threshold=bad)
 
 
+def test_classes_on_a_model_without_detection_head_name_the_missing_head():
+    # The shipped medical model: 'classes must hold integer ids in [0, 0), got [0]'.
+    engine = FusionEngine(MEDICAL)
+    assert not engine.detects
+    for call in (lambda: FusionEngine(MEDICAL, classes=[0]),
+                 lambda: engine.set_thresholds(classes=[0])):
+        with pytest.raises(ValueError, match=r'classes \[0\]: this model has no detection '
+                                             r'head, so there are no classes to keep; leave '
+                                             r'classes None \(or empty\)'):
+            call()
+    engine.set_thresholds(classes=[])
+    assert engine.thresholds[3] is None
+
+
 def test_set_thresholds_from_another_thread(firing_engine, pair):
     ir, vi = _small(pair, 32, 32)
     stop = threading.Event()
@@ -401,6 +419,26 @@ def test_missing_and_broken_weights(tmp_path):
         FusionEngine(broken)
 
 
+def test_weights_that_overflow_are_refused_instead_of_giving_a_nan_flow(tmp_path, pair):
+    # Finite weights pass the loader's check, but one registration convolution scaled by 1e30
+    # (as a diverged training run leaves them) gave an all-NaN flow, published as it was.
+    shipped = share_dir() / 'models' / 'tarfuse_default.safetensors'
+    with safe_open(str(shipped), framework='pt') as handle:
+        metadata = handle.metadata()
+    tensors = load_file(str(shipped))
+    name = 'registration.cseb_ir.channel.0.0.weight'
+    tensors[name] = tensors[name] * 1e30
+    assert bool(torch.isfinite(tensors[name]).all())
+    path = tmp_path / 'diverged.safetensors'
+    save_file(tensors, str(path), metadata=metadata)
+    engine = FusionEngine(path, scale_search=False)
+    with pytest.raises(ValueError) as raised:
+        engine.infer(*_small(pair, 64, 96))
+    message = str(raised.value)
+    assert 'the network gave NaN or infinite' in message and 'flow' in message, message
+    assert 'weights overflow' in message and 'use another checkpoint' in message, message
+
+
 @pytest.mark.skipif(CUDA, reason='CUDA is available here; the no-CUDA error cannot occur')
 def test_cuda_absent(weights, caplog):
     with pytest.raises(RuntimeError, match='CUDA is not available'):
@@ -423,6 +461,30 @@ def test_bad_settings(weights, caplog):
     with caplog.at_level(logging.WARNING, logger='tarfuse_ros.core.engine'):
         eng = FusionEngine(weights, half=True)
     assert not eng.half and 'ignored on the CPU' in caplog.text
+
+
+@pytest.mark.parametrize('kwargs, words', [
+    # Any value was taken by its truth: 'no' (a string from a file or the environment) asked
+    # for fp16, for the CPU fallback; ir_low None or '1' raised "TypeError: '<=' not
+    # supported between instances of 'float' and 'str'".
+    ({'half': 'no'}, "half must be True or False, got 'no'"),
+    ({'allow_cpu_fallback': 'false'}, "allow_cpu_fallback must be True or False, got 'false'"),
+    ({'fuse_bn': 0}, 'fuse_bn must be True or False, got 0'),
+    ({'channels_last': None}, 'channels_last must be True or False, got None'),
+    ({'cudnn_benchmark': 'yes'}, "cudnn_benchmark must be True or False, got 'yes'"),
+    ({'scale_search': 1}, 'scale_search must be True or False, got 1'),
+    ({'ir_low': None}, r'ir_low and ir_high must be numbers \(percentiles, 0-100\), got None'),
+    ({'ir_high': '99'}, r"ir_low and ir_high must be numbers .*, got 0.5, '99'")])
+def test_settings_of_another_type_are_refused_by_name(weights, kwargs, words):
+    with pytest.raises(ValueError, match=words):
+        FusionEngine(weights, **kwargs)
+
+
+def test_numpy_bools_and_numbers_are_taken_as_settings(weights):
+    engine = FusionEngine(weights, half=np.bool_(False), fuse_bn=np.bool_(True),
+                          scale_search=np.bool_(False), ir_low=np.float32(1.0),
+                          ir_high=np.int64(99))
+    assert not engine.half
 
 
 @pytest.mark.skipif(not CUDA, reason='needs a CUDA GPU')
@@ -767,3 +829,23 @@ def test_forward_tensors_names_a_too_small_or_float64_input(pair):
     assert tuple(raw['flow'].shape) == (1, 2, 64, 64)
     with pytest.raises(ValueError, match='vi must be a float32 tensor in .* got torch.float64'):
         engine.forward_tensors(ir_p, vi_p.double(), valid_size=(32, 64))
+
+
+def test_forward_tensors_names_inputs_outside_0_1_and_a_valid_size_not_of_two_integers(pair):
+    # 0-255 and NaN tensors ran without a word (a meaningless flow); valid_size 'ab' said
+    # "invalid literal for int() with base 10: 'a'".
+    engine = FusionEngine(cuda_graph='off')
+    ir_t, vi_t = (images.pad_to_multiple(t, 32, min_size=64)[0]
+                  for t in engine.input_tensors(*_small(pair, 64, 96)))
+    for bad, words in ((ir_t * 255.0, r'ir must hold values in \[0, 1\], got min .*, max 2'),
+                       (ir_t.clone().fill_(float('nan')), 'ir must hold values in .*min nan')):
+        with pytest.raises(ValueError, match=words) as raised:
+            engine.forward_tensors(bad, vi_t)
+        assert 'divide 8-bit data by 255' in str(raised.value)
+    with pytest.raises(ValueError, match='vi must hold values in'):
+        engine.forward_tensors(ir_t, vi_t - 0.5)
+    for bad in ('ab', (64,), (64, 96, 1), 64, (64.0, 96.0)):
+        with pytest.raises(ValueError, match=r'valid_size must be None or \(h, w\), two '):
+            engine.forward_tensors(ir_t, vi_t, valid_size=bad)
+    raw = engine.forward_tensors(ir_t, vi_t, valid_size=(np.int64(64), torch.tensor(96)))
+    assert tuple(raw['flow'].shape) == (1, 2, 64, 96)

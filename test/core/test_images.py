@@ -61,6 +61,13 @@ def test_float_scales(dtype):
     # The visible image keeps the 8-bit scale of floats up to 255.
     y, _ = images.to_unit_visible(np.array([[15.0, 127.5, 255.0]], dtype))
     np.testing.assert_allclose(y, [[15.0 / 255.0, 0.5, 1.0]], atol=1e-6)
+    # Far below 0 a visible frame is neither: stretched per frame too. A frame normalised to
+    # [-1, 1] was read as a [0, 1] frame and its negative half clipped to black, a zero-centred
+    # 8-bit one as an 8-bit frame (the same).
+    for frame in ([-1.0, 0.0, 1.0], [-128.0, -0.5, 127.0]):
+        y, _ = images.to_unit_visible(np.array([frame], dtype), 'minmax')
+        middle = (frame[1] - frame[0]) / (frame[2] - frame[0])
+        np.testing.assert_allclose(y, [[0.0, middle, 1.0]], atol=1e-6)
 
 
 def test_resampled_unit_float_frames_keep_the_unit_reading(roadscene_pair):

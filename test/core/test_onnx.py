@@ -13,6 +13,8 @@ previous learnt global stage: fused 1, registered 1, flow 6.5e-5 px.)
 import json
 import logging
 from pathlib import Path
+import sys
+import zipfile
 
 import cv2
 import numpy as np
@@ -255,6 +257,50 @@ def test_the_onnx_engine_refuses_fine_passes_naming_the_export_option(tmp_path):
         OnnxFusionEngine(foreign, fine_passes=None)
 
 
+def test_the_onnx_engine_takes_numpy_integer_threads(tmp_path):
+    # np.int64(2) was refused: 'threads must be None or an integer >= 1, got np.int64(2)'.
+    foreign = _foreign_onnx(tmp_path)
+    for threads in (np.int64(2), np.int32(1)):
+        with pytest.raises(OnnxModelError, match='not written by tarfuse-export'):
+            OnnxFusionEngine(foreign, threads=threads)  # the file is read: threads taken
+    for bad in (0, 1.0, np.float32(2), True):
+        with pytest.raises(ValueError, match='threads must be None or an integer >= 1'):
+            OnnxFusionEngine(foreign, threads=bad)
+
+
+def test_a_missing_onnx_package_is_named_with_how_to_install_it(
+        tmp_path, capsys, monkeypatch):
+    # The engine, and tarfuse-export without onnx, stopped with a ModuleNotFoundError traceback
+    # (the export without onnxruntime after tracing); the packages are optional (README).
+    foreign = _foreign_onnx(tmp_path)
+    medical = str(share_dir() / 'models' / 'tarfuse_medical.safetensors')
+    monkeypatch.setitem(sys.modules, 'onnxruntime', None)  # as if it were not installed
+    for load in (OnnxFusionEngine, read_onnx_metadata):
+        with pytest.raises(ValueError, match='the onnxruntime backend needs the onnxruntime '
+                                             'package, which cannot be imported .*pip install '
+                                             'onnxruntime'):
+            load(foreign)
+    assert export_tool.main([medical, '--out', str(tmp_path / 'a.onnx'), '--threads', '1']) == 2
+    assert ('the check against PyTorch (--no-verify skips it) needs the onnxruntime package'
+            in capsys.readouterr().err)
+    monkeypatch.setitem(sys.modules, 'onnx', None)
+    assert export_tool.main([medical, '--out', str(tmp_path / 'b.onnx'), '--no-verify']) == 2
+    assert 'tarfuse-export needs the onnx package, which cannot be imported' in (
+        capsys.readouterr().err)
+    assert [path.name for path in tmp_path.glob('*.onnx*')] == ['foreign.onnx']
+
+
+def test_the_onnx_engine_refuses_settings_of_another_type_by_name(tmp_path):
+    # half='no' and allow_cpu_fallback='no' were taken as true, ir_low None raised a TypeError.
+    foreign = _foreign_onnx(tmp_path)
+    for kwargs, words in (({'half': 'no'}, "half must be True or False, got 'no'"),
+                          ({'allow_cpu_fallback': 'no'}, 'allow_cpu_fallback must be True or'),
+                          ({'scale_search': 'yes'}, 'scale_search must be True or False'),
+                          ({'ir_low': None}, 'ir_low and ir_high must be numbers')):
+        with pytest.raises(ValueError, match=words):
+            OnnxFusionEngine(foreign, **kwargs)
+
+
 def test_half_export_keeps_float32_inputs_and_outputs(match_checkpoint, tmp_path):
     report = export_onnx(match_checkpoint, tmp_path / 'half.onnx', half=True)
     assert report.precision == 'float16' and report.max_abs_diff
@@ -380,7 +426,7 @@ def test_export_tool_refuses_to_overwrite_its_checkpoint(tmp_path, capsys):
 
 def test_export_tool_names_the_outputs_it_wrote(tmp_path, capsys):
     # The medical model has no detection head: no det output, and the tool must not claim one.
-    out = tmp_path / 'medical.onnx'
+    out = tmp_path / 'my models' / 'medical.onnx'
     code = export_tool.main([str(share_dir() / 'models' / 'tarfuse_medical.safetensors'),
                              '--out', str(out), '--no-verify', '--threads', '1',
                              '--no-scale-search'])
@@ -391,6 +437,8 @@ def test_export_tool_names_the_outputs_it_wrote(tmp_path, capsys):
     assert [o.name for o in onnx.load(str(out)).graph.output] == [
         'fused', 'flow', 'registered_ir']
     assert 'outputs fused, flow, registered_ir)' in printed  # it printed '..., det)'
+    # A path with a space: the commands it prints are quoted for a shell (they were not).
+    assert f"-p 'weights:={out}';" in printed and f"trtexec '--onnx={out}' " in printed, printed
 
 
 @pytest.fixture(scope='module')
@@ -571,6 +619,13 @@ def test_a_bad_onnx_file_is_refused_with_one_clear_error(tmp_path):
     foreign = _foreign_onnx(tmp_path)
     pytorch = tmp_path / 'model.pt'  # torch.save writes a zip; never loaded back
     torch.save({'weight': torch.zeros(2)}, pytorch)
+    archive = tmp_path / 'model.zip'  # it was called a PyTorch pickle/zip checkpoint
+    with zipfile.ZipFile(archive, 'w') as handle:
+        handle.write(foreign, 'model.onnx')
+    with pytest.raises(OnnxModelError) as raised:
+        OnnxFusionEngine(archive)
+    assert str(raised.value) == (f'{archive} is a zip archive (holding model.onnx), not an ONNX '
+                                 f'model: extract the .onnx file from it and pass that')
     cases = {corrupt: 'is not a loadable ONNX model', foreign: 'not written by tarfuse-export',
              tmp_path / 'absent.onnx': 'does not exist',
              tmp_path: 'is a folder, not an ONNX file',  # it said 'does not exist'
@@ -623,6 +678,28 @@ def test_edited_onnx_metadata_is_refused_by_name(shipped_onnx, tmp_path, roadsce
     with pytest.raises(OnnxModelError, match='its det output holds 3 classes but its metadata '
                                              'names 1 '):
         engine.infer(ir, vi)
+
+
+def test_an_onnx_file_with_damaged_weights_is_refused_instead_of_giving_nan(
+        shipped_onnx, tmp_path, roadscene_pair):
+    # 1000 bytes of 0xff written into the middle of an export loaded, and every pair came out
+    # with an all-NaN flow (published as it was), without an error.
+    proto = onnx.load(str(shipped_onnx))
+    weight = next(tensor for tensor in proto.graph.initializer
+                  if tensor.data_type == onnx.TensorProto.FLOAT and 'registration' in tensor.name
+                  and np.prod(tensor.dims) >= 100)
+    values = onnx.numpy_helper.to_array(weight).copy()
+    values.flat[:50] = np.nan
+    weight.CopyFrom(onnx.numpy_helper.from_array(values, weight.name))
+    damaged = tmp_path / 'damaged.onnx'
+    onnx.save(proto, str(damaged))
+    engine = OnnxFusionEngine(damaged, threads=1)
+    ir, vi = (cv2.resize(image, (224, 160)) for image in roadscene_pair)
+    with pytest.raises(OnnxModelError) as raised:
+        engine.infer(ir, vi)
+    message = str(raised.value)
+    assert 'the graph gave NaN or infinite' in message and 'flow' in message, message
+    assert 'weights are damaged' in message and 'tarfuse-export' in message, message
 
 
 @pytest.mark.parametrize('name', ['medical.onnx', 'medical'])

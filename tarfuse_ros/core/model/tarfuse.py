@@ -188,6 +188,11 @@ class TarFuseConfig:
                                          self.global_scale_candidates, float))
         object.__setattr__(self, 'global_wide_scales',
                            _number_tuple('global_wide_scales', self.global_wide_scales, float))
+        if not isinstance(self.class_names, (list, tuple)):
+            # A string was taken as a list of one-letter names ('person': p, e, r, s, o, n).
+            raise ValueError(f'class_names must be a list of names, got {self.class_names!r}'
+                             + (' (one name: write it as a list, [name])'
+                                if isinstance(self.class_names, str) else ''))
         object.__setattr__(self, 'class_names', tuple(str(v) for v in self.class_names))
         if self.detect and (self.num_classes < 1 or len(self.class_names) != self.num_classes):
             raise ValueError(f'num_classes ({self.num_classes}) must be >= 1 and equal '
@@ -286,7 +291,7 @@ class TarFuseConfig:
     def from_dict(cls, values):
         """Build from :meth:`to_dict` output; unknown keys raise ``ValueError``."""
         values = known_fields(cls, values)
-        if 'class_names' in values and 'num_classes' not in values:
+        if isinstance(values.get('class_names'), (list, tuple)) and 'num_classes' not in values:
             values['num_classes'] = len(values['class_names'])
         return cls(**values)
 
