@@ -270,7 +270,8 @@ def export_onnx(weights, output, half=False, opset=MIN_OPSET, verify=True, scale
         CheckpointError: missing or invalid checkpoint.
         ExportError: tracing failed or the graph does not match PyTorch.
         ValueError: onnx not installed (onnxruntime too, to verify or for ``half``);
-            ``output`` a folder or not writable (checked first);
+            ``output`` a folder, not writable, the checkpoint or a ``.safetensors`` path
+            (checked first);
             ``opset`` below 17 or above what ``torch.onnx.export`` writes;
             ``half``, ``verify`` or ``scale_search`` not a bool; ``fine_passes`` not None or
             0-8, or 1-8 for a checkpoint without a fine stage.
@@ -309,6 +310,12 @@ def export_onnx(weights, output, half=False, opset=MIN_OPSET, verify=True, scale
             raise ValueError(f'{name} must be True or False, got {value!r}')
     check_fine_passes(fine_passes)  # before loading the checkpoint
     weights, output = Path(weights), Path(output)
+    if output.suffix.lower() == '.safetensors' or (
+            output.exists() and weights.exists() and output.samefile(weights)):
+        # The checkpoint itself was replaced by the ONNX file (tarfuse-export refused it).
+        raise ValueError(f'output {str(output)!r} is the checkpoint or names a .safetensors '
+                         f'file, which the ONNX file would replace or pass for a checkpoint: '
+                         f'give a path ending in .onnx')
     problem = output_problem(output)
     if problem:  # it was an OSError when writing, after minutes of tracing
         raise ValueError(f'output {str(output)!r} cannot be written ({problem}); give the path '
