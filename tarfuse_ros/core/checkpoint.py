@@ -187,7 +187,11 @@ def load_checkpoint(path, map_location='cpu'):
         raise CheckpointError(
             f'{path}: cannot read the tensors (truncated or corrupt file: {error}); '
             'copy or re-export it again') from None
-    model = build_model(config)
+    try:
+        model = build_model(config)
+    except (TypeError, ValueError) as error:  # a plain ValueError did not name the file
+        raise CheckpointError(f'{path}: the stored model config is invalid for this version '
+                              f'of tarfuse_ros ({error}); re-export the checkpoint') from None
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))

@@ -4,7 +4,9 @@
 :class:`~tarfuse_ros.core.onnx_backend.OnnxFusionEngine`. It holds the class names, the NMS
 settings (changed atomically from any thread) and the registration prior, and runs
 :meth:`PairEngine.infer_batch`: prepare every pair, group the pairs by visible frame size, run
-each group as one batch, restore the IR chroma where the visible image is grey. A backend
+each group as one batch (cut into several where it would hold more network pixels than one
+frame may, :data:`~tarfuse_ros.core.sizes.MAX_NETWORK_PIXELS`: memory stays that of the largest
+frame), restore the IR chroma where the visible image is grey. A backend
 implements two steps:
 
 - ``_prepare(ir, vi, index)``: one pair -> a :class:`~tarfuse_ros.core.images.PreparedPair`
@@ -33,7 +35,8 @@ import time
 
 import numpy as np
 from tarfuse_ros.core.sizes import (check_input_max_long_side, check_network_size,
-                                    enlarged_size, MAX_ENLARGED_LONG_SIDE, shrunk_size)
+                                    enlarged_size, MAX_ENLARGED_LONG_SIDE, MAX_NETWORK_PIXELS,
+                                    shrunk_size)
 
 __all__ = ['Detection', 'FusionResult', 'PairEngine', 'check_flags', 'check_ir_percentiles',
            'outputs_to_frame', 'resize_planes', 'validate_thresholds']
@@ -359,6 +362,10 @@ class PairEngine:
     def infer_batch(self, irs, vis):
         """Fuse several pairs; pairs whose visible frames share a size run as one batch.
 
+        A batch holds at most :data:`~tarfuse_ros.core.sizes.MAX_NETWORK_PIXELS` network pixels
+        (3840x2160: 27 pairs at 640x480); more pairs of a size run as several, one after the
+        other, so that memory stays bounded as for one frame.
+
         Args:
             irs: sequence of IR images (as :meth:`infer`).
             vis: sequence of visible images, same length.
@@ -407,7 +414,15 @@ class PairEngine:
         # One pair per call is a stream's pair (its IR's own size is part of the stream's key:
         # another IR camera geometry is another rig); a batch never touches the stream.
         stream_key = tuple(np.shape(irs[0])) if len(prepared) == 1 else None
+        # A forward pass holds at most MAX_NETWORK_PIXELS (as one frame may): a batch of 50
+        # 640x512 pairs ran as one, about 15 GB of memory on a CPU (0.3 GB a pair).
+        runs = []
         for (height, width), indices in groups.items():
+            net_h, net_w = self.network_size(height, width)
+            per_run = max(1, MAX_NETWORK_PIXELS // (net_h * net_w))
+            runs.extend(((height, width), indices[start:start + per_run])
+                        for start in range(0, len(indices), per_run))
+        for (height, width), indices in runs:
             outputs, seconds = self._run_group([prepared[i] for i in indices], height, width,
                                                stream_key)
             n = len(indices)

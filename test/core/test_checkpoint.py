@@ -6,7 +6,8 @@ import struct
 import zipfile
 
 import pytest
-from safetensors.torch import save_file
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from tarfuse_ros.core.checkpoint import (CheckpointError, FORMAT_VERSION, load_checkpoint,
                                          METADATA_KEY, read_checkpoint_config, save_checkpoint)
 from tarfuse_ros.core.engine import FusionEngine
@@ -298,6 +299,23 @@ def test_a_stored_config_key_of_a_wrong_name_or_type_is_named(tmp_path, trained_
     with pytest.raises(CheckpointError) as raised:
         load_checkpoint(path)
     assert words in str(raised.value), str(raised.value)
+
+
+def test_a_stored_config_the_network_cannot_be_built_from_names_the_file(tmp_path):
+    # Valid field by field, refused when the network is built: a plain ValueError that named
+    # neither the file nor what to do (the node called it a bad parameter of its own).
+    tensors = load_file(str(DEFAULT))
+    with safe_open(str(DEFAULT), framework='pt') as handle:
+        header = json.loads(handle.metadata()[METADATA_KEY])
+    header['model']['registration_skip_levels'] = [7]
+    path = tmp_path / 'skip7.safetensors'
+    save_file(tensors, str(path), metadata={METADATA_KEY: json.dumps(header)})
+    with pytest.raises(CheckpointError) as raised:
+        FusionEngine(path)
+    assert str(raised.value).startswith(
+        f'{path}: the stored model config is invalid for this version of tarfuse_ros '
+        f'(registration_skip_levels [7] must name learnt levels 0..2'), str(raised.value)
+    assert str(raised.value).endswith('re-export the checkpoint')
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason='CUDA is here: no error to name')

@@ -403,6 +403,23 @@ def test_export_tool_refuses_an_out_it_cannot_write_before_exporting(tmp_path, c
     assert not captured.out and list(tmp_path.iterdir()) == [tmp_path / 'file']
 
 
+def test_export_onnx_refuses_an_output_it_cannot_write_before_tracing(tmp_path):
+    # The Python function traced the model and failed on writing ('IsADirectoryError') only.
+    medical = share_dir() / 'models' / 'tarfuse_medical.safetensors'
+    for output, words in ((tmp_path, 'is a folder, not a file'),
+                          ('/proc/tarfuse.onnx', 'is not writable')):
+        with pytest.raises(ValueError, match=words) as raised:
+            export_onnx(medical, output, verify=False)
+        assert 'give the path of an .onnx file in a folder you can write to' in str(raised.value)
+    # The checkpoint itself was replaced by the ONNX file (the tool refused it, not the function).
+    copy = tmp_path / 'medical.safetensors'
+    copy.write_bytes(medical.read_bytes())
+    for output in (copy, tmp_path / 'other.safetensors'):
+        with pytest.raises(ValueError, match='is the checkpoint or names a .safetensors file'):
+            export_onnx(copy, output, verify=False)
+    assert copy.read_bytes() == medical.read_bytes()
+
+
 def test_export_tool_refuses_to_overwrite_its_checkpoint(tmp_path, capsys):
     # --out the input itself replaced the checkpoint by the ONNX file (exit 0), and any
     # --out X.safetensors wrote an ONNX file that the node refuses as a checkpoint.
