@@ -80,6 +80,7 @@ from tarfuse_ros.ros.params import apply_updates, canonical_parameters
 from tarfuse_ros.ros.params import command_line_type_errors
 from tarfuse_ros.ros.params import decimal_number_lists
 from tarfuse_ros.ros.params import declare_node_parameters, fine_passes, parameter_updates
+from tarfuse_ros.ros.params import params_files_for_other_nodes
 from tarfuse_ros.ros.params import refinement_settings, registration_prior, reported_descriptor
 from tarfuse_ros.ros.params import unknown_parameters, unknown_qos_overrides
 from vision_msgs.msg import Detection2DArray
@@ -234,7 +235,12 @@ class TarFuseNode(Node):
     weights, or an unavailable CUDA device.
     """
 
-    def __init__(self, node_name='tarfuse', argv=(), **kwargs):
+    def __init__(self, node_name='tarfuse', argv=(), given_argv=None, **kwargs):
+        """Build the node; ``argv``: the arguments rcl read, ``given_argv``: as given.
+
+        ``given_argv`` names the parameters files as the user gave them (``argv`` may name
+        rewritten copies, gone once rcl read them: :func:`main`); None: ``argv``.
+        """
         try:
             super().__init__(node_name, **kwargs)
         except ParameterException as exc:  # rclpy's own parameters, e.g. use_sim_time:=1
@@ -246,6 +252,13 @@ class TarFuseNode(Node):
         if errors:
             raise StartupError(f'invalid parameter: {"; ".join(errors)}; fix it on the command '
                                f'line (see config/tarfuse.yaml)')
+        me = self.get_fully_qualified_name()
+        others = params_files_for_other_nodes(argv if given_argv is None else given_argv, me)
+        if others:
+            raise StartupError(f'parameters file {"; ".join(others)} sets nothing for this node '
+                               f'({me}): rcl applies a section only to the nodes it names, so '
+                               f'the node would run on its defaults; name the section {me!r} '
+                               f"or '/**' (every node)")
         try:
             self._params = declare_node_parameters(self)
         except (ValueError, ParameterException) as exc:
@@ -1403,7 +1416,7 @@ def _argument_hint(message):
 
 def main(args=None):
     """Run the node until Ctrl-C / SIGTERM; return the process exit code."""
-    argv = sys.argv if args is None else args
+    argv = given = sys.argv if args is None else args
     logger = rclpy.logging.get_logger('tarfuse')
     node = None
     code = 0
@@ -1418,7 +1431,7 @@ def main(args=None):
             except Exception as exc:  # noqa: BLE001 - rcl refuses the arguments (RCLError)
                 raise StartupError(f'the ROS arguments cannot be parsed: {exc}; '
                                    f'{_argument_hint(str(exc))}') from exc
-        node = TarFuseNode(argv=argv)
+        node = TarFuseNode(argv=argv, given_argv=given)
         rclpy.spin(node)
     except StartupError as exc:
         logger.fatal(str(exc))
