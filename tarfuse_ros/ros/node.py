@@ -77,7 +77,7 @@ from tarfuse_ros.ros.conversions import load_bridge, restamped
 from tarfuse_ros.ros.diagnostics import build_status, NodeStats, process_rss_mib
 from tarfuse_ros.ros.diagnostics import WarningThrottle
 from tarfuse_ros.ros.params import apply_updates, canonical_parameters
-from tarfuse_ros.ros.params import command_line_type_errors
+from tarfuse_ros.ros.params import command_line_type_errors, NodeParams
 from tarfuse_ros.ros.params import decimal_number_lists
 from tarfuse_ros.ros.params import declare_node_parameters, fine_passes, parameter_updates
 from tarfuse_ros.ros.params import params_files_for_other_nodes
@@ -406,6 +406,11 @@ class TarFuseNode(Node):
             self._offset_thread = threading.Thread(target=self._offset_loop,
                                                    name='tarfuse_time_offset', daemon=True)
             self._offset_thread.start()
+        if not params.sync_approximate and params.sync_slop != NodeParams.sync_slop:
+            self.get_logger().warning(
+                f'sync.slop {params.sync_slop} s has no effect: sync.approximate is false, so '
+                f'only images of identical stamps pair; set sync.approximate:=true to pair '
+                f'stamps that differ by less than the slop')
         mode = (f'approximate (slop {params.sync_slop} s)' if params.sync_approximate
                 else 'exact')
         if params.sync_infrared_time_offset:

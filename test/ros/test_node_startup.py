@@ -405,3 +405,18 @@ def test_weights_under_the_home_folder_are_found(tmp_path):
         assert f'ready: model {tmp_path / "random.safetensors"} ' in node.log(), node.log()
     finally:
         node.close()
+
+
+def test_a_slop_with_exact_sync_is_said_to_do_nothing(tmp_path):
+    """sync.slop given with sync.approximate false: ignored without a word before."""
+    make_checkpoint(tmp_path / 'random.safetensors')
+    node = NodeProcess(random_domain_id(), {'weights': str(tmp_path / 'random.safetensors'),
+                                            'sync.approximate': 'false', 'sync.slop': 0.02})
+    try:
+        deadline = time.monotonic() + 90.0
+        while node.alive() and 'ready:' not in node.log() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert 'exact sync' in node.log(), node.log()
+        assert 'sync.slop 0.02 s has no effect: sync.approximate is false' in node.log()
+    finally:
+        node.close()
