@@ -1225,20 +1225,29 @@ class TarFuseNode(Node):
         return f'for {now - self._last_arrival[index]:.1f} s'
 
     def _check_other_fused_publishers(self):
-        """Return a problem when another node also publishes this node's fused image topic.
+        """Return the problems when another node also publishes this node's fused image topic.
 
         Two fusion nodes in one namespace (a launch file started twice) both publish every
-        output, so subscribers get each frame twice.
+        output, so subscribers get each frame twice. One of this node's very name (the same
+        launch started twice) is told apart by its publisher, this node having one.
         """
         topic = self._resolve(_FUSED_TOPIC)
         me = (self.get_namespace().rstrip('/'), self.get_name())
-        others = sorted({f'{info.node_namespace.rstrip("/")}/{info.node_name}'
-                         for info in self.get_publishers_info_by_topic(topic)
-                         if (info.node_namespace.rstrip('/'), info.node_name) != me})
-        if not others:
-            return []
-        return [f'{", ".join(others)} also publish(es) {topic}: subscribers get images from '
-                f'both (two fusion nodes in one namespace?); give each its own namespace']
+        publishers = [(info.node_namespace.rstrip('/'), info.node_name)
+                      for info in self.get_publishers_info_by_topic(topic)]
+        others = sorted({f'{namespace}/{name}' for namespace, name in publishers
+                         if (namespace, name) != me})
+        problems = []
+        if publishers.count(me) > 1:  # this node has one: another node of its very name
+            problems.append(
+                f'another node named {self.get_fully_qualified_name()} also publishes {topic} '
+                f'(the node started twice?): subscribers get images from both, and parameter '
+                f'requests reach either; stop one, or give each its own namespace')
+        if others:
+            problems.append(
+                f'{", ".join(others)} also publish(es) {topic}: subscribers get images from '
+                f'both (two fusion nodes in one namespace?); give each its own namespace')
+        return problems
 
     def _check_publisher_types(self):
         """Return a problem per input topic whose publisher sends another message type.
