@@ -78,9 +78,10 @@ from tarfuse_ros.ros.conversions import load_bridge, restamped
 from tarfuse_ros.ros.diagnostics import build_status, NodeStats, process_rss_mib
 from tarfuse_ros.ros.diagnostics import WarningThrottle
 from tarfuse_ros.ros.params import apply_updates, canonical_parameters
-from tarfuse_ros.ros.params import command_line_type_errors
+from tarfuse_ros.ros.params import command_line_type_errors, NodeParams
 from tarfuse_ros.ros.params import decimal_number_lists
 from tarfuse_ros.ros.params import declare_node_parameters, fine_passes, parameter_updates
+from tarfuse_ros.ros.params import params_files_for_other_nodes
 from tarfuse_ros.ros.params import refinement_settings, registration_prior, reported_descriptor
 from tarfuse_ros.ros.params import unknown_parameters, unknown_qos_overrides
 from vision_msgs.msg import Detection2DArray
@@ -229,7 +230,12 @@ class TarFuseNode(Node):
     weights, or an unavailable CUDA device.
     """
 
-    def __init__(self, node_name='tarfuse', argv=(), **kwargs):
+    def __init__(self, node_name='tarfuse', argv=(), given_argv=None, **kwargs):
+        """Build the node; ``argv``: the arguments rcl read, ``given_argv``: as given.
+
+        ``given_argv`` names the parameters files as the user gave them (``argv`` may name
+        rewritten copies, gone once rcl read them: :func:`main`); None: ``argv``.
+        """
         try:
             super().__init__(node_name, **kwargs)
         except ParameterException as exc:  # rclpy's own parameters, e.g. use_sim_time:=1
@@ -241,6 +247,13 @@ class TarFuseNode(Node):
         if errors:
             raise StartupError(f'invalid parameter: {"; ".join(errors)}; fix it on the command '
                                f'line (see config/tarfuse.yaml)')
+        me = self.get_fully_qualified_name()
+        others = params_files_for_other_nodes(argv if given_argv is None else given_argv, me)
+        if others:
+            raise StartupError(f'parameters file {"; ".join(others)} sets nothing for this node '
+                               f'({me}): rcl applies a section only to the nodes it names, so '
+                               f'the node would run on its defaults; name the section {me!r} '
+                               f"or '/**' (every node)")
         try:
             self._params = declare_node_parameters(self)
         except (ValueError, ParameterException) as exc:
@@ -391,6 +404,11 @@ class TarFuseNode(Node):
             self._offset_thread = threading.Thread(target=self._offset_loop,
                                                    name='tarfuse_time_offset', daemon=True)
             self._offset_thread.start()
+        if not params.sync_approximate and params.sync_slop != NodeParams.sync_slop:
+            self.get_logger().warning(
+                f'sync.slop {params.sync_slop} s has no effect: sync.approximate is false, so '
+                f'only images of identical stamps pair; set sync.approximate:=true to pair '
+                f'stamps that differ by less than the slop')
         mode = (f'approximate (slop {params.sync_slop} s)' if params.sync_approximate
                 else 'exact')
         if params.sync_infrared_time_offset:
@@ -1232,20 +1250,29 @@ class TarFuseNode(Node):
         return f'for {now - self._last_arrival[index]:.1f} s'
 
     def _check_other_fused_publishers(self):
-        """Return a problem when another node also publishes this node's fused image topic.
+        """Return the problems when another node also publishes this node's fused image topic.
 
         Two fusion nodes in one namespace (a launch file started twice) both publish every
-        output, so subscribers get each frame twice.
+        output, so subscribers get each frame twice. One of this node's very name (the same
+        launch started twice) is told apart by its publisher, this node having one.
         """
         topic = self._resolve(_FUSED_TOPIC)
         me = (self.get_namespace().rstrip('/'), self.get_name())
-        others = sorted({f'{info.node_namespace.rstrip("/")}/{info.node_name}'
-                         for info in self.get_publishers_info_by_topic(topic)
-                         if (info.node_namespace.rstrip('/'), info.node_name) != me})
-        if not others:
-            return []
-        return [f'{", ".join(others)} also publish(es) {topic}: subscribers get images from '
-                f'both (two fusion nodes in one namespace?); give each its own namespace']
+        publishers = [(info.node_namespace.rstrip('/'), info.node_name)
+                      for info in self.get_publishers_info_by_topic(topic)]
+        others = sorted({f'{namespace}/{name}' for namespace, name in publishers
+                         if (namespace, name) != me})
+        problems = []
+        if publishers.count(me) > 1:  # this node has one: another node of its very name
+            problems.append(
+                f'another node named {self.get_fully_qualified_name()} also publishes {topic} '
+                f'(the node started twice?): subscribers get images from both, and parameter '
+                f'requests reach either; stop one, or give each its own namespace')
+        if others:
+            problems.append(
+                f'{", ".join(others)} also publish(es) {topic}: subscribers get images from '
+                f'both (two fusion nodes in one namespace?); give each its own namespace')
+        return problems
 
     def _check_publisher_types(self):
         """Return a problem per input topic whose publisher sends another message type.
@@ -1428,7 +1455,7 @@ def _argument_hint(message):
 
 def main(args=None):
     """Run the node until Ctrl-C / SIGTERM; return the process exit code."""
-    argv = sys.argv if args is None else args
+    argv = given = sys.argv if args is None else args
     logger = rclpy.logging.get_logger('tarfuse')
     node = None
     code = 0
@@ -1443,7 +1470,7 @@ def main(args=None):
             except Exception as exc:  # noqa: BLE001 - rcl refuses the arguments (RCLError)
                 raise StartupError(f'the ROS arguments cannot be parsed: {exc}; '
                                    f'{_argument_hint(str(exc))}') from exc
-        node = TarFuseNode(argv=argv)
+        node = TarFuseNode(argv=argv, given_argv=given)
         rclpy.spin(node)
     except StartupError as exc:
         logger.fatal(str(exc))

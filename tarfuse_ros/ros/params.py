@@ -27,8 +27,8 @@ __all__ = [
     'NodeParams', 'ParamSpec', 'PARAMETER_SPECS', 'RELIABILITY_VALUES', 'TRANSPORT_VALUES',
     'apply_updates', 'canonical_parameters', 'decimal_number_lists', 'declare_node_parameters',
     'descriptor_for', 'fine_passes',
-    'parameter_updates', 'params_from_values', 'refinement_settings', 'registration_prior',
-    'reported_descriptor', 'validate_params',
+    'parameter_updates', 'params_files_for_other_nodes', 'params_from_values',
+    'refinement_settings', 'registration_prior', 'reported_descriptor', 'validate_params',
 ]
 
 RELIABILITY_VALUES = ('best_effort', 'reliable')
@@ -910,6 +910,66 @@ def decimal_number_lists(argv, folder):
                 notes.append(f'-p {name}:={text}: mixes integers and decimals, which rcl refuses '
                              f'in one list; its integers were read as decimals')
     return argv, notes
+
+
+def _params_file_sections(path):
+    """Return the node names a parameters file has sections for, or None if it cannot be read.
+
+    Sections may be nested by namespace (``front: {tarfuse: {ros__parameters: ...}}`` is
+    ``/front/tarfuse``), as rcl reads them.
+    """
+    import yaml
+
+    try:
+        tree = yaml.safe_load(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None  # rcl reports it
+    names = []
+
+    def visit(node, keys):
+        if not isinstance(node, dict):
+            return
+        for key, value in node.items():
+            if key == 'ros__parameters':
+                names.append(re.sub('/+', '/', '/' + '/'.join(keys)))
+            else:
+                visit(value, keys + [str(key)])
+
+    visit(tree, [])
+    return names
+
+
+def _section_applies(section, node_name):
+    """Return whether rcl applies a parameters file's ``section`` to the node ``node_name``.
+
+    ``node_name`` is fully qualified (``/front/tarfuse``); in ``section`` ``*`` stands for one
+    name and ``**`` for any number of them (``/**`` every node, ``/**/tarfuse`` every node
+    named tarfuse).
+    """
+    pattern = ''.join('(/[^/]+)*' if token == '**' else '/[^/]+' if token == '*'
+                      else '/' + re.escape(token) for token in section.split('/') if token)
+    return re.fullmatch(pattern, node_name) is not None
+
+
+def params_files_for_other_nodes(argv, node_name):
+    """Return one line per ``--params-file`` in ``argv`` that has no section for ``node_name``.
+
+    rcl applies a file's section only to the nodes it names: a file keyed by another node
+    (the executable ``fuse_node``, a ``ros2 param dump`` of the node in another namespace)
+    sets nothing, silently, and the node would run on its defaults. ``node_name`` is the
+    fully qualified name (``/front/tarfuse``). Each line names the file and its sections.
+    """
+    lines, in_ros_args = [], False
+    for i, arg in enumerate(argv):
+        if arg == '--ros-args':
+            in_ros_args = True
+        elif arg == '--':
+            in_ros_args = False
+        elif in_ros_args and arg == '--params-file' and i + 1 < len(argv):
+            sections = _params_file_sections(argv[i + 1])
+            if sections and not any(_section_applies(s, node_name) for s in sections):
+                lines.append(f'{argv[i + 1]} (sections {", ".join(map(repr, sections))})')
+    return lines
 
 
 def command_line_type_errors(argv, node_name):

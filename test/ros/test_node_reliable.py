@@ -86,6 +86,17 @@ def test_another_publisher_of_the_fused_topic_is_reported(setup):
             probe.latest_diagnostics()
 
 
+def test_another_node_of_the_same_name_publishing_the_fused_topic_is_reported(setup):
+    """The launch file started twice: its twin, named /tarfuse too, was taken for itself."""
+    node, probe = setup
+    with _other_participant(probe, 'tarfuse') as other:
+        other.create_publisher(Image, '/fused/image_raw', 10)
+        assert probe.wait_for_diagnostics(
+            lambda level, msg, values: level == b'\x01' and
+            'another node named /tarfuse also publishes /fused/image_raw' in msg,
+            timeout=15.0), probe.latest_diagnostics()
+
+
 def test_exact_sync_pairs_only_identical_stamps(setup):
     node, probe = setup
     apart = time.time_ns()

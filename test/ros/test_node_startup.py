@@ -47,6 +47,10 @@ def _cases(tmp_path):
             ['registration.global_track needs a checkpoint with the orientation global stage',
              'leave registration.global_track at 0']),
     }
+    # Keyed by the executable's name, not the node's: rcl applied nothing, the node ran on
+    # its defaults without a word.
+    other_node_file = tmp_path / 'other_node.yaml'
+    other_node_file.write_text('fuse_node:\n  ros__parameters:\n    max_rate: 2.0\n')
     typo_file = tmp_path / 'typo.yaml'
     typo_file.write_text('/**:\n  ros__parameters:\n    sync:\n      slopp: 0.05\n')
     qos_typo_file = _qos_overrides_file(tmp_path / 'qos_typo.yaml', '/fused/image_raw',
@@ -63,6 +67,10 @@ def _cases(tmp_path):
         'misspelt_parameter': ({'weights': str(weights), 'confidance_threshold': 0.5},
                                ["unknown parameter 'confidance_threshold'",
                                 "did you mean 'confidence_threshold'?"]),
+        'params_file_for_another_node': (
+            {'weights': str(weights)},
+            [f"parameters file {other_node_file} (sections '/fuse_node') sets nothing for this "
+             f'node (/tarfuse)', "name the section '/tarfuse' or '/**'"], other_node_file),
         'misspelt_in_a_params_file': ({'weights': str(weights)},
                                       ["unknown parameter 'sync.slopp'",
                                        "did you mean 'sync.slop'?"], typo_file),
@@ -147,7 +155,8 @@ def outcomes(tmp_path_factory):
                                   'unknown_class', 'classes_of_a_model_without_detection',
                                   'global_track_of_a_model_without_global_stage',
                                   'misspelt_parameter',
-                                  'misspelt_in_a_params_file', 'mistyped_after_the_params_file',
+                                  'misspelt_in_a_params_file', 'params_file_for_another_node',
+                                  'mistyped_after_the_params_file',
                                   'misspelt_qos_override', 'qos_override_of_an_input',
                                   'bad_qos_override_value', 'qos_override_of_a_policy',
                                   'qos_override_under_a_remap',
@@ -394,5 +403,20 @@ def test_weights_under_the_home_folder_are_found(tmp_path):
         while node.alive() and 'ready:' not in node.log() and time.monotonic() < deadline:
             time.sleep(0.2)
         assert f'ready: model {tmp_path / "random.safetensors"} ' in node.log(), node.log()
+    finally:
+        node.close()
+
+
+def test_a_slop_with_exact_sync_is_said_to_do_nothing(tmp_path):
+    """sync.slop given with sync.approximate false: ignored without a word before."""
+    make_checkpoint(tmp_path / 'random.safetensors')
+    node = NodeProcess(random_domain_id(), {'weights': str(tmp_path / 'random.safetensors'),
+                                            'sync.approximate': 'false', 'sync.slop': 0.02})
+    try:
+        deadline = time.monotonic() + 90.0
+        while node.alive() and 'ready:' not in node.log() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert 'exact sync' in node.log(), node.log()
+        assert 'sync.slop 0.02 s has no effect: sync.approximate is false' in node.log()
     finally:
         node.close()

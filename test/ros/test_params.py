@@ -14,6 +14,7 @@ from tarfuse_ros.ros.params import _rcl_type, command_line_type_errors
 from tarfuse_ros.ros.params import apply_updates, canonical_parameters
 from tarfuse_ros.ros.params import declare_node_parameters, descriptor_for
 from tarfuse_ros.ros.params import NodeParams, PARAMETER_SPECS, params_from_values
+from tarfuse_ros.ros.params import params_files_for_other_nodes
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -256,3 +257,44 @@ def test_mistyped_command_line_values_are_named_and_fitting_ones_pass():
         '-p tarfuse:sync.slop:=[0.1]: a double list where a double is expected',
         '-p iou_threshold:=1: an integer where a double is expected',
     ]
+
+
+SECTIONS = ['/**', '**', '/tarfuse', 'tarfuse', '/front/tarfuse', 'front/tarfuse', '/*/tarfuse',
+            '/**/tarfuse', '/front/*', '/front/**', '*', 'fuse_node', '/rear/tarfuse',
+            '/front/**/tarfuse', '/front', 'front:\n  tarfuse', '/**:\n  tarfuse',
+            'rear:\n  tarfuse']
+
+
+@pytest.mark.parametrize('namespace', ['/', '/front', '/robot/front'])
+def test_a_params_file_for_other_nodes_is_told_as_rcl_reads_it(tmp_path, namespace):
+    # A file keyed by another node (the executable fuse_node, a ros2 param dump of the node in
+    # another namespace) set nothing, silently: the node ran on its defaults. The verdict
+    # must be rcl's own (here: what rcl gives a node of that namespace from each file).
+    for index, section in enumerate(SECTIONS):
+        path = tmp_path / f'{index}.yaml'
+        indent = '  ' * (section.count('\n') + 1)
+        path.write_text(f'{section}:\n{indent}ros__parameters:\n{indent}  max_rate: 2.0\n'
+                        if '\n' in section else
+                        f'"{section}":\n  ros__parameters:\n    max_rate: 2.0\n')
+        argv = ['fuse_node', '--ros-args', '--params-file', str(path)]
+        context = rclpy.Context()
+        rclpy.init(args=argv, context=context, signal_handler_options=SignalHandlerOptions.NO)
+        try:
+            node = rclpy.create_node('tarfuse', namespace=namespace, context=context)
+            applied = 'max_rate' in node._parameter_overrides
+            name = node.get_fully_qualified_name()
+            node.destroy_node()
+        finally:
+            rclpy.shutdown(context=context)
+        told = params_files_for_other_nodes(argv, name)
+        assert len(told) == (0 if applied else 1), (section, namespace, told)
+        assert all(line.startswith(f'{path} (sections ') for line in told), told
+
+
+def test_a_params_file_for_another_node_is_named_with_its_sections(tmp_path):
+    dump = tmp_path / 'rig.yaml'  # ros2 param dump /rear/tarfuse
+    dump.write_text('rear:\n  tarfuse:\n    ros__parameters:\n      max_rate: 2.0\n')
+    argv = ['fuse_node', '--ros-args', '--params-file', str(YAML_FILE),
+            '--params-file', str(dump), '-p', 'max_rate:=1.0']
+    assert params_files_for_other_nodes(argv, '/tarfuse') == [f"{dump} (sections '/rear/tarfuse')"]
+    assert params_files_for_other_nodes(argv, '/rear/tarfuse') == []
