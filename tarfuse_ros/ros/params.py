@@ -28,7 +28,8 @@ __all__ = [
     'apply_updates', 'canonical_parameters', 'decimal_number_lists', 'declare_node_parameters',
     'descriptor_for', 'fine_passes',
     'parameter_updates', 'params_files_for_other_nodes', 'params_from_values',
-    'refinement_settings', 'registration_prior', 'reported_descriptor', 'validate_params',
+    'refinement_settings', 'registration_prior', 'reported_descriptor', 'section_applies',
+    'validate_params',
 ]
 
 RELIABILITY_VALUES = ('best_effort', 'reliable')
@@ -939,7 +940,7 @@ def _params_file_sections(path):
     return names
 
 
-def _section_applies(section, node_name):
+def section_applies(section, node_name):
     """Return whether rcl applies a parameters file's ``section`` to the node ``node_name``.
 
     ``node_name`` is fully qualified (``/front/tarfuse``); in ``section`` ``*`` stands for one
@@ -967,7 +968,7 @@ def params_files_for_other_nodes(argv, node_name):
             in_ros_args = False
         elif in_ros_args and arg == '--params-file' and i + 1 < len(argv):
             sections = _params_file_sections(argv[i + 1])
-            if sections and not any(_section_applies(s, node_name) for s in sections):
+            if sections and not any(section_applies(s, node_name) for s in sections):
                 lines.append(f'{argv[i + 1]} (sections {", ".join(map(repr, sections))})')
     return lines
 

@@ -18,7 +18,6 @@ import math
 import os
 from pathlib import Path
 import random
-import re
 import shutil
 import signal
 import subprocess
@@ -59,12 +58,6 @@ def default_samples_dir():
     return paths.share_dir() / 'samples'
 
 
-def _names_the_node(key):
-    """Return whether a parameters file's node key (``/**``, ``/tarfuse``) names the node."""
-    pattern = re.escape('/' + key.strip('/')).replace(r'/\*\*', '(/[^/]+)*')
-    return re.fullmatch(pattern.replace(r'\*', '[^/]+'), NODE_NAME) is not None
-
-
 def _params_file_values(path):
     """
     Return ``{dotted name: value}``: the parameters a node parameters file gives the node.
@@ -75,6 +68,7 @@ def _params_file_values(path):
     cannot be read gives {} (the node then says why).
     """
     import yaml
+    from tarfuse_ros.ros.params import section_applies
 
     try:
         document = yaml.safe_load(Path(path).read_text())
@@ -94,7 +88,7 @@ def _params_file_values(path):
             if not isinstance(value, dict):
                 continue
             if key == 'ros__parameters':
-                if _names_the_node(name):
+                if section_applies(name, NODE_NAME):
                     flatten(value, '')
             else:
                 visit(value, f'{name}/{str(key).strip("/")}')
