@@ -60,7 +60,7 @@ from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.qos_overriding_options import InvalidQosOverridesError, QoSOverridingOptions
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
-from tarfuse_ros.core.cpus import default_cpu_threads
+from tarfuse_ros.core.cpus import default_cpu_threads, default_threads_reason
 from tarfuse_ros.core.drawing import draw_detections
 from tarfuse_ros.core.fine_passes import NoFineStageError
 from tarfuse_ros.core.health import HealthSettings, RegistrationHealth
@@ -461,9 +461,8 @@ class TarFuseNode(Node):
                 f'or -p allow_cpu_fallback:=true, or check the CUDA driver') from exc
         if threads and not params.cpu_threads:
             self.get_logger().info(
-                f'cpu_threads 0: {threads} CPU thread(s), the CPUs this process may use '
-                f'({os.cpu_count()} on the machine; a CPU affinity, a container CPU limit or '
-                f'LOKY_MAX_CPU_COUNT); set cpu_threads to choose')
+                f'cpu_threads 0: {threads} CPU thread(s), {default_threads_reason(threads)}; '
+                f'set cpu_threads to choose')
         self._cpu_threads = threads
         if engine.registration_prior is not None:
             prior = engine.registration_prior

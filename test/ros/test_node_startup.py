@@ -9,6 +9,7 @@ from node_harness import image_msg, make_checkpoint, NodeProcess, Probe, random_
 from node_harness import sample_pair, VISIBLE_FRAME
 import pytest
 from rclpy.qos import ReliabilityPolicy
+from tarfuse_ros.core.cpus import usable_cpus
 import torch
 
 
@@ -349,6 +350,34 @@ def test_cpu_threads_0_takes_the_cpus_the_process_may_use(tmp_path):
             lambda level, message, values: values.get('cpu_threads') == '1',
             timeout=90.0), node.log()
         assert 'cpu_threads 0: 1 CPU thread(s), the CPUs this process may use' in node.log()
+    finally:
+        probe.close()
+        node.close()
+
+
+@pytest.mark.skipif(usable_cpus() < 2, reason='needs a process that may use 2 CPUs')
+def test_cpu_threads_0_capped_by_omp_num_threads_says_so(tmp_path):
+    """OMP_NUM_THREADS=1 gives one thread, and the start-up line names that variable.
+
+    The line blamed a CPU affinity, a container CPU limit or LOKY_MAX_CPU_COUNT, none of which
+    was there.
+    """
+    weights = tmp_path / 'random.safetensors'
+    make_checkpoint(weights)
+    environment = {name: value for name, value in os.environ.items()
+                   if name != 'LOKY_MAX_CPU_COUNT'}
+    environment['OMP_NUM_THREADS'] = '1'
+    domain = random_domain_id()
+    node = NodeProcess(domain, {'weights': str(weights), 'cpu_threads': 0,
+                                'diagnostics.period': 0.25},
+                       env=environment)
+    probe = Probe(domain)
+    try:
+        assert probe.wait_for_diagnostics(
+            lambda level, message, values: values.get('cpu_threads') == '1',
+            timeout=90.0), node.log()
+        assert 'cpu_threads 0: 1 CPU thread(s), as OMP_NUM_THREADS=1 asks' in node.log()
+        assert 'LOKY_MAX_CPU_COUNT' not in node.log()
     finally:
         probe.close()
         node.close()
