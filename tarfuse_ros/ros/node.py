@@ -1107,11 +1107,13 @@ class TarFuseNode(Node):
                 f'{self._topics[VISIBLE]} {self._silent_for(VISIBLE, now)} (camera drivers, '
                 f'cables, or the end of a bag?)')
         last_pair = self._stats.last_pair_time
-        # Pairs arrive, none was fused for a while and the newest outcome was a rejection.
+        # Pairs arrive, none was fused for a while and the newest outcome was a rejection (none
+        # fused since start: pairs have come for that while, not only since the first one).
         stats = self._stats
         output, rejected = stats.last_output_time, stats.last_rejection_time
+        since = stats.first_pair_time if output is None else output
         if (last_pair is not None and now - last_pair < timeout and rejected is not None
-                and (output is None or (now - output > timeout and rejected > output))):
+                and now - since > timeout and (output is None or rejected > output)):
             problems.append(f'pairs arrive but none was fused for {timeout} s; the last was '
                             f'rejected: {stats.last_rejection}')
         zero = [self._topics[i] for i in (INFRARED, VISIBLE) if self._zero_stamped[i]]
