@@ -303,6 +303,7 @@ class TarFuseNode(Node):
         # i.e. it has still to make that jump, which then resets nothing again; else None.
         self._jump_pending = [None, None]
         self._last_arrival = [None, None]
+        self._first_arrival = [None, None]  # monotonic time of each input's first message
         self._last_msg = [None, None]  # newest valid message per input (re-fed after a reset)
         self._silence_flushed = [False, False]  # an input's stale queue dropped in its silence
         self._zero_stamped = [False, False]  # whether each input's newest message had stamp 0
@@ -625,6 +626,8 @@ class TarFuseNode(Node):
         name, topic = _INPUT_NAMES[index], self._topics[index]
         self._stats.count(f'{name}_msgs')
         now = time.monotonic()
+        if self._first_arrival[index] is None:
+            self._first_arrival[index] = now
         previous_arrival, self._last_arrival[index] = self._last_arrival[index], now
         self._silence_flushed[index] = False
         other = 1 - index
@@ -1117,11 +1120,14 @@ class TarFuseNode(Node):
             problems.append(f'pairs arrive but none was fused for {timeout} s; the last was '
                             f'rejected: {stats.last_rejection}')
         zero = [self._topics[i] for i in (INFRARED, VISIBLE) if self._zero_stamped[i]]
-        if all(fresh) and (last_pair is None or now - last_pair > timeout) and zero:
+        # No pair for that long: since the last pair, or since both inputs came (none yet).
+        unpaired = all(fresh) and now - (last_pair if last_pair is not None
+                                         else max(self._first_arrival)) > timeout
+        if unpaired and zero:
             problems.append(f'both inputs flow but no pair was synchronised for {timeout} s: '
                             f'the messages on {" and ".join(zero)} have zero stamps (the '
                             f'driver does not stamp its images)')
-        elif all(fresh) and (last_pair is None or now - last_pair > timeout):
+        elif unpaired:
             gap = abs(self._last_stamp_ns[0] - self._last_stamp_ns[1]) / 1e9 if None not in \
                 self._last_stamp_ns else float('nan')
             rule = (f'a pair needs less than sync.slop={params.sync_slop} s'

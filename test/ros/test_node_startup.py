@@ -416,6 +416,39 @@ def test_pairs_refused_from_the_first_warn_once_they_came_for_the_input_timeout(
         node.close()
 
 
+def test_inputs_that_never_pair_warn_once_both_came_for_the_input_timeout(tmp_path):
+    """'no pair was synchronised for 2.0 s' waits until both inputs came for 2 s.
+
+    IR stamps 0.5 s off the visible ones never pair; the warning came a fraction of a second
+    after the first images, saying 2 s.
+    """
+    weights = tmp_path / 'random.safetensors'
+    make_checkpoint(weights)
+    domain = random_domain_id()
+    node = NodeProcess(domain, {'weights': str(weights), 'diagnostics.period': 0.2,
+                                'diagnostics.input_timeout': 2.0})
+    probe = Probe(domain)
+    sent = []
+
+    def unpaired():
+        stamp = time.time_ns()
+        ir, _ = probe.good_pair(stamp - 500_000_000)
+        _, vi = probe.good_pair(stamp)
+        probe.publish_pair(ir, vi)
+        sent.append(time.monotonic())
+
+    try:
+        assert probe.wait_for_subscribers(90.0), node.log()
+        assert probe.wait_for_diagnostics(
+            lambda level, message, values: 'both inputs flow but no pair was synchronised for '
+            '2.0 s: latest stamps differ by 0.500 s' in message, timeout=30.0, tick=unpaired), \
+            node.log()
+        assert time.monotonic() - sent[0] >= 2.0, probe.latest_diagnostics()
+    finally:
+        probe.close()
+        node.close()
+
+
 def test_an_unreadable_cpu_limit_stops_the_start_with_a_clear_message(tmp_path):
     """cpu_threads 0 with LOKY_MAX_CPU_COUNT=abc: a FATAL line, not joblib's traceback."""
     weights = tmp_path / 'random.safetensors'
