@@ -151,8 +151,8 @@ def generate_launch_description():
             description="Torch device overriding params_file ('cpu', 'cuda:0'); empty: keep."),
         DeclareLaunchArgument(
             'infrared_topic', default_value='infrared/image_raw',
-            description='Infrared image topic (mono8/mono16/8UC1/16UC1/32FC1), the base name '
-                        'for the compressed transport.'),
+            description='Infrared image topic (mono8/mono16/8UC1/16UC1/32FC1; colour encodings '
+                        'are taken too), the base name for the compressed transport.'),
         DeclareLaunchArgument(
             'visible_topic', default_value='visible/image_raw',
             description='Visible image topic (bgr8/rgb8/mono8/bayer_*/...), the base name '
@@ -173,6 +173,7 @@ def generate_launch_description():
                         'ros2 bag play --clock or tarfuse-play --clock).'),
         DeclareLaunchArgument(
             'rviz', default_value='false',
-            description='Open RViz with rviz/tarfuse.rviz (fused, debug and registered images).'),
+            description='Open RViz with rviz/tarfuse.rviz (fused, debug and registered images; '
+                        'the debug image needs publish.debug: true in params_file).'),
     ]
     return LaunchDescription(arguments + [OpaqueFunction(function=_launch_setup)])

@@ -10,7 +10,8 @@ cores took 1.1-2.2 s per pair instead of 0.56 s). This module imports neither li
 
 import os
 
-__all__ = ['default_cpu_threads', 'omp_num_threads', 'usable_cpus']
+__all__ = ['default_cpu_threads', 'default_threads_reason', 'omp_num_threads',
+           'usable_cpus']
 
 
 def usable_cpus():
@@ -67,3 +68,19 @@ def default_cpu_threads():
     if requested is not None:
         return min(usable, requested)
     return usable if usable < (os.cpu_count() or 1) else None
+
+
+def default_threads_reason(threads):
+    """Return why :func:`default_cpu_threads` gave ``threads``, for a log line.
+
+    ``OMP_NUM_THREADS`` where it asked for fewer than the CPUs this process may use, else those
+    CPUs and what may lower them below the machine's. Raises what :func:`usable_cpus` raises.
+    """
+    machine = os.cpu_count() or 1
+    requested = omp_num_threads()
+    if requested is not None and threads == requested < usable_cpus():
+        return f'as OMP_NUM_THREADS={os.environ["OMP_NUM_THREADS"].strip()} asks'
+    if threads < machine:
+        return (f'the CPUs this process may use ({machine} on the machine; a CPU affinity, a '
+                f'container CPU limit or LOKY_MAX_CPU_COUNT)')
+    return f'one per CPU of the machine ({machine})'

@@ -124,7 +124,8 @@ def read_split(dataset_dir, split='all', unique=False, ir_dir='ir', vi_dir='vi')
     Args:
         dataset_dir: data set folder (layout in :mod:`tarfuse_ros.core.data`).
         split: a list-file name without extension (``'train'``, ``'test'``, ``'det_labelled'``),
-            ``'misaligned'`` (the stems of ``synthetic_misaligned/list.txt`` or ``disp/``),
+            ``'misaligned'`` (the stems of ``synthetic_misaligned/list.txt`` or ``disp/``;
+            refused where the set has neither),
             ``'all'`` (every stem that has both an IR and a visible image), or a path to a
             list file (absolute, or relative to the working directory or to the data set
             folder).
@@ -149,6 +150,11 @@ def read_split(dataset_dir, split='all', unique=False, ir_dir='ir', vi_dir='vi')
     if split == 'all':
         return _checked(path, sorted(set(ir) & set(vi)), ir_dir, vi_dir)
     if split == 'misaligned':
+        if 'misaligned' not in list_split_names(path):  # not an empty split: none to read
+            raise ValueError(
+                f"split 'misaligned' not found in {str(path)!r}: it needs {MISALIGNED_DIR}/"
+                f'list.txt or {MISALIGNED_DIR}/disp/; available: {list_split_names(path)} or '
+                f'a path to a list file')
         return misaligned_stems(path)
     split_str = str(split)
     candidates = [Path(split_str)] if os.path.sep in split_str or split_str.endswith('.txt') \

@@ -33,13 +33,24 @@ def config_path(name):
     return share_dir() / 'config' / name
 
 
+def _shared_candidates():
+    env = os.environ.get('TARFUSE_SHARED')
+    return ([Path(env)] if env else []) + [_SOURCE_ROOT.parent / 'shared']
+
+
 def shared_datasets_dir():
     """Return ``shared/datasets`` (``$TARFUSE_SHARED`` or ``../shared`` beside the checkout)."""
-    env = os.environ.get('TARFUSE_SHARED')
-    candidates = [Path(env)] if env else []
-    candidates.append(_SOURCE_ROOT.parent / 'shared')
-    for base in candidates:
+    for base in _shared_candidates():
         datasets = base / 'datasets' if (base / 'datasets').is_dir() else base
         if (datasets / 'README.md').is_file() and (datasets / 'roadscene').is_dir():
             return datasets
     return None
+
+
+def shared_datasets_missing():
+    """Return where the shared data sets were looked for, for a message where none was found."""
+    env = os.environ.get('TARFUSE_SHARED')
+    places = [f'TARFUSE_SHARED={env}' if env else 'TARFUSE_SHARED (not set)',
+              f'{_SOURCE_ROOT.parent / "shared"} (beside the checkout)']
+    return (f'no shared data sets in {" nor ".join(places)}: set TARFUSE_SHARED to the folder '
+            f'that holds datasets/ (with its README.md and roadscene/)')

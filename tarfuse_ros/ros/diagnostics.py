@@ -89,6 +89,7 @@ class NodeStats:
         self.last_latency_ms = float('nan')
         self.last_rejection = ''
         self.last_rejection_time = None  # monotonic time of the last rejected pair
+        self.first_pair_time = None  # monotonic time of the first synchronised pair
         self.last_pair_time = None  # monotonic time of the last synchronised pair
         self.last_output_time = None  # monotonic time of the last processed pair
 
@@ -100,6 +101,8 @@ class NodeStats:
             if name in self._arrivals:
                 self._arrivals[name].extend([now] * n)
             if name == 'pairs_received':
+                if self.first_pair_time is None:  # set first: the health check reads unlocked
+                    self.first_pair_time = now
                 self.last_pair_time = now
 
     def record_pair_gap(self, gap_ms):

@@ -60,7 +60,7 @@ from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.qos_overriding_options import InvalidQosOverridesError, QoSOverridingOptions
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
-from tarfuse_ros.core.cpus import default_cpu_threads
+from tarfuse_ros.core.cpus import default_cpu_threads, default_threads_reason
 from tarfuse_ros.core.drawing import draw_detections
 from tarfuse_ros.core.fine_passes import NoFineStageError
 from tarfuse_ros.core.health import HealthSettings, RegistrationHealth
@@ -320,6 +320,7 @@ class TarFuseNode(Node):
         # i.e. it has still to make that jump, which then resets nothing again; else None.
         self._jump_pending = [None, None]
         self._last_arrival = [None, None]
+        self._first_arrival = [None, None]  # monotonic time of each input's first message
         self._last_msg = [None, None]  # newest valid message per input (re-fed after a reset)
         self._silence_flushed = [False, False]  # an input's stale queue dropped in its silence
         self._zero_stamped = [False, False]  # whether each input's newest message had stamp 0
@@ -484,9 +485,8 @@ class TarFuseNode(Node):
                 f'or -p allow_cpu_fallback:=true, or check the CUDA driver') from exc
         if threads and not params.cpu_threads:
             self.get_logger().info(
-                f'cpu_threads 0: {threads} CPU thread(s), the CPUs this process may use '
-                f'({os.cpu_count()} on the machine; a CPU affinity, a container CPU limit or '
-                f'LOKY_MAX_CPU_COUNT); set cpu_threads to choose')
+                f'cpu_threads 0: {threads} CPU thread(s), {default_threads_reason(threads)}; '
+                f'set cpu_threads to choose')
         self._cpu_threads = threads
         if engine.registration_prior is not None:
             prior = engine.registration_prior
@@ -649,6 +649,8 @@ class TarFuseNode(Node):
         name, topic = _INPUT_NAMES[index], self._topics[index]
         self._stats.count(f'{name}_msgs')
         now = time.monotonic()
+        if self._first_arrival[index] is None:
+            self._first_arrival[index] = now
         previous_arrival, self._last_arrival[index] = self._last_arrival[index], now
         self._silence_flushed[index] = False
         if (index == VISIBLE and previous_arrival is not None
@@ -1172,19 +1174,24 @@ class TarFuseNode(Node):
                 f'{self._topics[VISIBLE]} {self._silent_for(VISIBLE, now)} (camera drivers, '
                 f'cables, or the end of a bag?)')
         last_pair = self._stats.last_pair_time
-        # Pairs arrive, none was fused for a while and the newest outcome was a rejection.
+        # Pairs arrive, none was fused for a while and the newest outcome was a rejection (none
+        # fused since start: pairs have come for that while, not only since the first one).
         stats = self._stats
         output, rejected = stats.last_output_time, stats.last_rejection_time
+        since = stats.first_pair_time if output is None else output
         if (last_pair is not None and now - last_pair < timeout and rejected is not None
-                and (output is None or (now - output > timeout and rejected > output))):
+                and now - since > timeout and (output is None or rejected > output)):
             problems.append(f'pairs arrive but none was fused for {timeout} s; the last was '
                             f'rejected: {stats.last_rejection}')
         zero = [self._topics[i] for i in (INFRARED, VISIBLE) if self._zero_stamped[i]]
-        if all(fresh) and (last_pair is None or now - last_pair > timeout) and zero:
+        # No pair for that long: since the last pair, or since both inputs came (none yet).
+        unpaired = all(fresh) and now - (last_pair if last_pair is not None
+                                         else max(self._first_arrival)) > timeout
+        if unpaired and zero:
             problems.append(f'both inputs flow but no pair was synchronised for {timeout} s: '
                             f'the messages on {" and ".join(zero)} have zero stamps (the '
                             f'driver does not stamp its images)')
-        elif all(fresh) and (last_pair is None or now - last_pair > timeout):
+        elif unpaired:
             gap = abs(self._last_stamp_ns[0] - self._last_stamp_ns[1]) / 1e9 if None not in \
                 self._last_stamp_ns else float('nan')
             rule = (f'a pair needs less than sync.slop={params.sync_slop} s'

@@ -4,7 +4,8 @@
    deformed, i.e. unregistered, version) with ``tarfuse-make-bag``;
 2. starts the fusion node as its own process (``python -m tarfuse_ros.ros.fuse_node --ros-args
    --params-file config/tarfuse.yaml -p weights:=...``) on a private ROS domain (never the
-   shell's ``ROS_DOMAIN_ID``, where other nodes may run), discovered on this machine only
+   shell's ``ROS_DOMAIN_ID``, nor one where DDS participants run on this machine: other nodes
+   there would be fed the sample images), discovered on this machine only
    (``ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST`` unless the environment sets a range);
 3. plays the bag into it over DDS with ``tarfuse-play``, recording ``fused/image_raw``,
    ``detections``, ``registered/image_raw`` and ``/diagnostics`` into another bag;
@@ -317,6 +318,47 @@ def _dash(value):
     return '-' if value is None else value
 
 
+def _domain_in_use(domain_id, participants=10):
+    """Return whether a DDS participant of ``domain_id`` runs on this machine.
+
+    Each participant binds its unicast discovery port, 7400 + 250 x domain + 10 + 2 x its
+    index on the machine (the RTPS port mapping, Fast DDS and Cyclone DDS alike); a port of the
+    first ``participants`` indices that cannot be bound is taken by one. Immediate, where
+    listening to the graph takes up to the others' announcement period (3 s) to see them.
+    """
+    import socket
+    base = 7400 + 250 * int(domain_id) + 10
+    for index in range(participants):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            try:
+                probe.bind(('', base + 2 * index))
+            except OSError:
+                return True
+    return False
+
+
+def _quiet_domain(exclude, candidates=None, tries=20):
+    """Return a ROS domain id (1-100, not ``exclude``) in which nothing runs on this machine.
+
+    The shell's domain is not the only one in use: a robot's nodes on this machine may run in
+    another, and a fusion node there would be fed the sample images. ``tries`` of 1-100 in
+    random order (or ``candidates``) are looked at with :func:`_domain_in_use`.
+
+    Raises:
+        DemoError: every candidate is in use.
+
+    """
+    if candidates is None:
+        pool = [d for d in range(1, 101) if str(d) != str(exclude).strip()]
+        candidates = random.SystemRandom().sample(pool, tries)
+    for domain_id in candidates:
+        if not _domain_in_use(domain_id):
+            return domain_id
+    raise DemoError(f'no quiet ROS domain found: DDS participants run on this machine in every '
+                    f'domain tried ({", ".join(map(str, candidates))}); stop them or run the '
+                    f'demo elsewhere')
+
+
 def _stop_node(process, timeout=20.0):
     """SIGINT the node (as Ctrl-C would); escalate to SIGTERM / SIGKILL; return (code, clean)."""
     if process.poll() is not None:
@@ -385,10 +427,10 @@ def run_demo(out='output/demo', weights=None, device='cpu', samples=None,
     if not os.environ.get('ROS_AUTOMATIC_DISCOVERY_RANGE', '').strip():
         os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
     env = os.environ.copy()
-    # A private domain, never the shell's ROS_DOMAIN_ID: a fusion node running there (a robot's,
-    # a launch file's) would be fed the sample images too, and its outputs counted as the demo's.
-    domain_id = random.SystemRandom().choice(
-        [d for d in range(1, 101) if str(d) != env.get('ROS_DOMAIN_ID', '').strip()])
+    # A private domain, never the shell's ROS_DOMAIN_ID nor one where other nodes run: a fusion
+    # node there (a robot's, a launch file's) would be fed the sample images too, and its
+    # outputs counted as the demo's.
+    domain_id = _quiet_domain(env.get('ROS_DOMAIN_ID', ''))
     env['ROS_DOMAIN_ID'] = str(domain_id)
     out.mkdir(parents=True, exist_ok=True)
     (out / MARKER).write_text('tarfuse-demo wrote this folder; a later tarfuse-demo --out here '

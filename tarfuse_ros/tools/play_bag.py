@@ -664,7 +664,8 @@ def build_parser():
     parser.add_argument('--duration', type=float, default=None,
                         help='stop after this many seconds of playback')
     parser.add_argument('--wait-for-subscribers', type=int, default=0, metavar='N',
-                        help='wait until every played topic has N subscribers')
+                        help='wait until every played topic has N subscribers besides '
+                        "this player's own --record subscription")
     parser.add_argument('--wait-timeout', type=float, default=60.0,
                         help='give up waiting for subscribers after this many seconds')
     parser.add_argument('--settle', type=float, default=0.5,

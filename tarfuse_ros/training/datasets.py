@@ -11,7 +11,7 @@ from pathlib import Path
 
 from tarfuse_ros.core.data import (DataSource, label_file, PairedDataset, read_classes,
                                    read_split, unpaired_notes)
-from tarfuse_ros.core.paths import share_dir, shared_datasets_dir
+from tarfuse_ros.core.paths import share_dir, shared_datasets_dir, shared_datasets_missing
 
 __all__ = ['build_dataset', 'check_class_map', 'check_no_test_pairs', 'count_labelled',
            'dropped_class_lines', 'parse_data_spec', 'resolve_dataset_dir', 'resolve_sources',
@@ -76,9 +76,11 @@ def resolve_dataset_dir(path, root=None, root_option=None):
     if not bases:
         raise ValueError(f'data set folder {str(candidate)!r} does not exist')
     setting = f', or set {root_option} to the folder that holds it' if root_option else ''
+    # Without shared data sets a set's name finds nothing: say where they were looked for.
+    missing = f'; {shared_datasets_missing()}' if shared is None else ''
     raise ValueError(f'data set {str(path)!r} not found (looked in {[str(b) for b in bases]}); '
                      f'give the path of a data set folder (ir/ and vi/) or the name of a shared '
-                     f'data set (TARFUSE_SHARED){setting}')
+                     f'data set (TARFUSE_SHARED){setting}{missing}')
 
 
 def resolve_sources(sources, root=None):

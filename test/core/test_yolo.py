@@ -88,6 +88,32 @@ def test_nms_returns_corner_boxes_in_input_pixels():
     assert yolo.non_max_suppression(pred, 0.25, 0.45, classes=[0], num_classes=3)[0].numel() == 0
 
 
+class _SlowClock:
+    """A wall clock that advances 3 s per reading: a process starved of CPU (a loaded robot)."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def time(self):
+        self.now += 3.0
+        return self.now
+
+
+def test_nms_keeps_every_image_of_a_batch_on_a_slow_machine(monkeypatch):
+    """Ultralytics' NMS stops after 2 s + 0.05 s an image, leaving later images without boxes.
+
+    On a machine busy enough (or at a first CUDA call) FusionEngine.infer_batch returned no
+    detections for every pair after the first, with only ultralytics' log line to say so.
+    """
+    import ultralytics.utils.nms as ultralytics_nms
+    monkeypatch.setattr(ultralytics_nms, 'time', _SlowClock())
+    pred = torch.zeros(3, 4 + 3, 2)
+    pred[:, :4, 0] = torch.tensor([50.0, 40.0, 20.0, 10.0])
+    pred[:, 4 + 1, 0] = 0.9
+    out = yolo.non_max_suppression(pred, conf=0.25, iou=0.45, num_classes=3)
+    assert [len(boxes) for boxes in out] == [1, 1, 1]
+
+
 _PROBE = """
 import json, os, socket
 hosts = []

@@ -7,8 +7,10 @@ import time
 
 from node_harness import image_msg, make_checkpoint, NodeProcess, Probe, random_domain_id
 from node_harness import sample_pair, VISIBLE_FRAME
+import numpy as np
 import pytest
 from rclpy.qos import ReliabilityPolicy
+from tarfuse_ros.core.cpus import usable_cpus
 import torch
 
 MEDICAL = Path(__file__).resolve().parents[2] / 'models' / 'tarfuse_medical.safetensors'
@@ -372,6 +374,99 @@ def test_cpu_threads_0_takes_the_cpus_the_process_may_use(tmp_path):
             lambda level, message, values: values.get('cpu_threads') == '1',
             timeout=90.0), node.log()
         assert 'cpu_threads 0: 1 CPU thread(s), the CPUs this process may use' in node.log()
+    finally:
+        probe.close()
+        node.close()
+
+
+@pytest.mark.skipif(usable_cpus() < 2, reason='needs a process that may use 2 CPUs')
+def test_cpu_threads_0_capped_by_omp_num_threads_says_so(tmp_path):
+    """OMP_NUM_THREADS=1 gives one thread, and the start-up line names that variable.
+
+    The line blamed a CPU affinity, a container CPU limit or LOKY_MAX_CPU_COUNT, none of which
+    was there.
+    """
+    weights = tmp_path / 'random.safetensors'
+    make_checkpoint(weights)
+    environment = {name: value for name, value in os.environ.items()
+                   if name != 'LOKY_MAX_CPU_COUNT'}
+    environment['OMP_NUM_THREADS'] = '1'
+    domain = random_domain_id()
+    node = NodeProcess(domain, {'weights': str(weights), 'cpu_threads': 0,
+                                'diagnostics.period': 0.25},
+                       env=environment)
+    probe = Probe(domain)
+    try:
+        assert probe.wait_for_diagnostics(
+            lambda level, message, values: values.get('cpu_threads') == '1',
+            timeout=90.0), node.log()
+        assert 'cpu_threads 0: 1 CPU thread(s), as OMP_NUM_THREADS=1 asks' in node.log()
+        assert 'LOKY_MAX_CPU_COUNT' not in node.log()
+    finally:
+        probe.close()
+        node.close()
+
+
+def test_pairs_refused_from_the_first_warn_once_they_came_for_the_input_timeout(tmp_path):
+    """'pairs arrive but none was fused for 2.0 s' waits until pairs came for 2 s.
+
+    With every pair refused from the start, it came with the first refused pair, a fraction of
+    a second after the first image, saying 2 s.
+    """
+    weights = tmp_path / 'random.safetensors'
+    make_checkpoint(weights)
+    domain = random_domain_id()
+    node = NodeProcess(domain, {'weights': str(weights), 'diagnostics.period': 0.2,
+                                'diagnostics.input_timeout': 2.0})
+    probe = Probe(domain)
+    sent = []
+
+    def dot_sized_ir():
+        stamp = time.time_ns()
+        _, vi = probe.good_pair(stamp)
+        ir = image_msg(np.zeros((1, 1), np.uint8), 'mono8', stamp, 'infrared_optical_frame')
+        probe.publish_pair(ir, vi)
+        sent.append(time.monotonic())
+
+    try:
+        assert probe.wait_for_subscribers(90.0), node.log()
+        assert probe.wait_for_diagnostics(
+            lambda level, message, values: 'pairs arrive but none was fused for 2.0 s' in message
+            and 'the image is 1x1' in message, timeout=30.0, tick=dot_sized_ir), node.log()
+        assert time.monotonic() - sent[0] >= 2.0, probe.latest_diagnostics()
+    finally:
+        probe.close()
+        node.close()
+
+
+def test_inputs_that_never_pair_warn_once_both_came_for_the_input_timeout(tmp_path):
+    """'no pair was synchronised for 2.0 s' waits until both inputs came for 2 s.
+
+    IR stamps 0.5 s off the visible ones never pair; the warning came a fraction of a second
+    after the first images, saying 2 s.
+    """
+    weights = tmp_path / 'random.safetensors'
+    make_checkpoint(weights)
+    domain = random_domain_id()
+    node = NodeProcess(domain, {'weights': str(weights), 'diagnostics.period': 0.2,
+                                'diagnostics.input_timeout': 2.0})
+    probe = Probe(domain)
+    sent = []
+
+    def unpaired():
+        stamp = time.time_ns()
+        ir, _ = probe.good_pair(stamp - 500_000_000)
+        _, vi = probe.good_pair(stamp)
+        probe.publish_pair(ir, vi)
+        sent.append(time.monotonic())
+
+    try:
+        assert probe.wait_for_subscribers(90.0), node.log()
+        assert probe.wait_for_diagnostics(
+            lambda level, message, values: 'both inputs flow but no pair was synchronised for '
+            '2.0 s: latest stamps differ by 0.500 s' in message, timeout=30.0, tick=unpaired), \
+            node.log()
+        assert time.monotonic() - sent[0] >= 2.0, probe.latest_diagnostics()
     finally:
         probe.close()
         node.close()

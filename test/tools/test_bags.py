@@ -890,6 +890,25 @@ def test_make_bag_split_misaligned_reads_its_list_as_a_list_file(tmp_path, capsy
     assert capsys.readouterr().out.startswith(f'wrote {out}: 2 pairs')
 
 
+def test_split_misaligned_of_a_set_without_ground_truth_fields_is_refused_by_name(
+        tmp_path, capsys):
+    """``--split misaligned`` where the set has no fields says so and offers the splits it has.
+
+    It read as an empty split: 'tarfuse-make-bag: error: no image pairs found in samples'.
+    """
+    from tarfuse_ros.core import data
+    with pytest.raises(ValueError, match=r"split 'misaligned' not found in '.*samples': it needs "
+                                         r'synthetic_misaligned/list.txt or '
+                                         r"synthetic_misaligned/disp/; available: \['list', "
+                                         r"'all'\] or a path to a list file"):
+        data.read_split(SAMPLES, 'misaligned')
+    out = tmp_path / 'bag'
+    assert make_bag_tool.main(['--pairs', str(SAMPLES), '--split', 'misaligned', '--out',
+                               str(out)]) == 2
+    assert "error: split 'misaligned' not found" in capsys.readouterr().err
+    assert not out.exists()
+
+
 @pytest.mark.dds
 def test_recording_stops_though_a_topic_repeats_an_answered_stamp(sample_bag, tmp_path):
     # Found by a break test: with --clock, a use_sim_time node stamps its /diagnostics with the

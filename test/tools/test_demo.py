@@ -3,6 +3,7 @@
 import json
 import os
 from pathlib import Path
+import random
 import shutil
 import signal
 import subprocess
@@ -276,6 +277,32 @@ def test_a_fusion_node_on_the_shell_s_domain_neither_gets_nor_adds_to_the_demo_s
     assert summary['pairs_in'] == 2 and summary['pairs_out'] == int(
         summary['node_diagnostics']['pairs_processed']) <= 2
     assert 'WARN' not in _read(log) and 'skipped' not in _read(log)
+
+
+@pytest.mark.dds
+def test_the_demo_s_domain_is_one_where_no_other_node_runs():
+    """A robot's node in a domain the shell does not name could be the demo's, fed its images.
+
+    The domain was drawn from 1-100 but the shell's; nothing looked whether nodes ran there.
+    """
+    import rclpy
+    from rclpy.context import Context
+    # Two of the tests' own domains (101-215) where nothing runs yet.
+    busy, quiet = [domain_id for domain_id in random.SystemRandom().sample(range(101, 216), 115)
+                   if not demo._domain_in_use(domain_id)][:2]
+    context = Context()
+    rclpy.init(context=context, domain_id=busy)
+    try:
+        robot = rclpy.create_node('robot_fusion', context=context)
+        assert demo._domain_in_use(busy)
+        assert demo._quiet_domain('', candidates=[busy, quiet]) == quiet
+        with pytest.raises(demo.DemoError, match=rf'no quiet ROS domain found: DDS participants '
+                                                 rf'run on this machine in every domain tried '
+                                                 rf'\({busy}\)'):
+            demo._quiet_domain('', candidates=[busy])
+        robot.destroy_node()
+    finally:
+        context.try_shutdown()
 
 
 def _child_node_environment(found, done):

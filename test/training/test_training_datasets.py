@@ -2,8 +2,12 @@
 
 import os
 from pathlib import Path
+import shutil
+import subprocess
+import sys
 
 import pytest
+import tarfuse_ros
 from tarfuse_ros.core.data import DataSource, PairedDataset
 from tarfuse_ros.training.config import TrainingConfig
 from tarfuse_ros.training.datasets import (build_dataset, count_labelled, parse_data_spec,
@@ -62,6 +66,32 @@ def test_resolver_finds_relative_folders_list_files_and_labels(tmp_path, monkeyp
                                          r'test \(exclude\)\)'):
         resolve_sources([{'path': 'roadscene', 'split': 'test', 'exclude': ['test']}],
                         root=DATASETS)
+
+
+def test_a_set_name_without_shared_data_sets_says_where_they_were_looked_for(tmp_path):
+    """A checkout without ../shared beside it, TARFUSE_SHARED unset: the message says so.
+
+    It named the working directory alone and TARFUSE_SHARED, without saying that no shared
+    data sets were found, nor where they are looked for.
+    """
+    checkout = tmp_path / 'checkout'
+    shutil.copytree(Path(tarfuse_ros.__file__).parent, checkout / 'tarfuse_ros',
+                    ignore=shutil.ignore_patterns('__pycache__'))
+    environment = {name: value for name, value in os.environ.items()
+                   if name != 'TARFUSE_SHARED'}
+    environment['PYTHONPATH'] = str(checkout)
+    code = ('from tarfuse_ros.training.datasets import resolve_dataset_dir\n'
+            'try:\n    resolve_dataset_dir("roadscene")\n'
+            'except ValueError as exc:\n    print(exc)\n')
+    for env in ({}, {'TARFUSE_SHARED': str(tmp_path / 'nothing')}):
+        out = subprocess.run([sys.executable, '-c', code], cwd=tmp_path, capture_output=True,
+                             text=True, timeout=120, env=dict(environment, **env))
+        assert out.returncode == 0, out.stderr
+        setting = f'TARFUSE_SHARED={tmp_path / "nothing"}' if env else 'TARFUSE_SHARED (not set)'
+        assert (f"data set 'roadscene' not found (looked in ['{tmp_path}'])" in out.stdout and
+                f'no shared data sets in {setting} nor {tmp_path / "shared"} (beside the '
+                f'checkout): set TARFUSE_SHARED to the folder that holds datasets/'
+                in out.stdout), out.stdout
 
 
 def test_build_dataset_crops_for_training_and_whole_frames_for_validation():

@@ -104,7 +104,10 @@ def non_max_suppression(pred, conf, iou, classes=None, max_det=100, num_classes=
     Returns:
         list of ``(n, 6)`` tensors per image: ``x1, y1, x2, y2, score, class`` in input pixels.
 
+    Ultralytics' time limit (2 s + 0.05 s an image) is lifted: past it, the images after the
+    current one would be returned without boxes, with a log line only (a busy CPU, a first CUDA
+    call), and detections missing look like nothing found.
     """
     from ultralytics.utils.nms import non_max_suppression as nms
     return nms(pred, conf_thres=conf, iou_thres=iou, classes=list(classes) if classes else None,
-               max_det=max_det, nc=num_classes)
+               max_det=max_det, nc=num_classes, max_time_img=float('inf'))
