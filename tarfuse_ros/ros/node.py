@@ -1147,24 +1147,14 @@ class TarFuseNode(Node):
             problems.append(f'pairs arrive but none was fused for {timeout} s; the last was '
                             f'rejected: {stats.last_rejection}')
         zero = [self._topics[i] for i in (INFRARED, VISIBLE) if self._zero_stamped[i]]
-        if all(fresh) and (last_pair is None or now - last_pair > timeout) and zero:
+        unpaired = all(fresh) and (last_pair is None or now - last_pair > timeout)
+        if unpaired and zero:
             problems.append(f'both inputs flow but no pair was synchronised for {timeout} s: '
                             f'the messages on {" and ".join(zero)} have zero stamps (the '
                             f'driver does not stamp its images)')
-        elif all(fresh) and (last_pair is None or now - last_pair > timeout):
-            gap = abs(self._last_stamp_ns[0] - self._last_stamp_ns[1]) / 1e9 if None not in \
-                self._last_stamp_ns else float('nan')
-            rule = (f'a pair needs less than sync.slop={params.sync_slop} s'
-                    if params.sync_approximate
-                    else 'exact sync needs identical stamps')
-            if params.sync_infrared_time_offset:
-                rule += (f'; the IR stamps with sync.infrared_time_offset='
-                         f'{params.sync_infrared_time_offset} s')
-            else:
-                rule += ('; an IR driver that stamps a constant time later or earlier is '
-                         'corrected by sync.infrared_time_offset')
+        elif unpaired:
             problems.append(f'both inputs flow but no pair was synchronised for {timeout} s: '
-                            f'latest stamps differ by {gap:.3f} s ({rule})')
+                            f'{self._stamps_apart(params)}')
         problems.extend(self._check_pairing(params))
         type_problems = self._check_publisher_types()
         problems.extend(type_problems)
@@ -1209,6 +1199,59 @@ class TarFuseNode(Node):
                 problem += (f'; set sync.slop to {slop:.3f} s, just over half the frame '
                             f'interval of the faster camera ({min(intervals) / 1e6:.1f} ms)')
         return [problem]
+
+    def _stamps_apart(self, params):
+        """Return why no pair forms while both cameras flow (a sentence for the warning)."""
+        gap = abs(self._last_stamp_ns[0] - self._last_stamp_ns[1]) / 1e9 if None not in \
+            self._last_stamp_ns else float('nan')
+        rule = (f'a pair needs less than sync.slop={params.sync_slop} s'
+                if params.sync_approximate
+                else 'exact sync needs identical stamps')
+        offset = (f'; the IR stamps with sync.infrared_time_offset='
+                  f'{params.sync_infrared_time_offset} s' if params.sync_infrared_time_offset
+                  else '')
+        late = self._partners_gone(params)
+        if late is not None:
+            return f'latest stamps differ by {gap:.3f} s ({rule}{offset}): {late}'
+        if not offset:
+            offset = ('; an IR driver that stamps a constant time later or earlier is '
+                      'corrected by sync.infrared_time_offset')
+        return f'latest stamps differ by {gap:.3f} s ({rule}{offset})'
+
+    def _partners_gone(self, params):
+        """Return why no pair forms when one camera's partners left the queue, else None.
+
+        The synchroniser keeps ``sync.queue_size`` images of each camera. When one camera's
+        newest stamp lies before every image the other's queue still holds, its partner was
+        pushed out before it came: its images arrive later than the queue holds (a slow link
+        or pipeline: a larger queue pairs them), or its driver stamps them that much earlier
+        (``sync.infrared_time_offset``). Stamps alone cannot tell the two apart, so both are
+        named, the queue only where up to 1000 images (the parameter's bound) would do.
+        """
+        if None in self._last_stamp_ns:
+            return None
+        behind = INFRARED if self._last_stamp_ns[INFRARED] < self._last_stamp_ns[VISIBLE] \
+            else VISIBLE
+        ahead = 1 - behind
+        held = list(self._recent_stamps[ahead])[-params.sync_queue_size:]
+        interval = _median_interval_ns(self._recent_stamps[ahead])
+        if len(held) < 2 or not interval or self._last_stamp_ns[behind] >= held[0]:
+            return None
+        gap_ns = self._last_stamp_ns[ahead] - self._last_stamp_ns[behind]
+        needed = -(-gap_ns // interval) + 2  # the partner and one image to spare
+        stamping = 'earlier' if behind == INFRARED else 'later'
+        said = (f'the newest {self._topics[behind]} image is stamped before every '
+                f'{self._topics[ahead]} image the synchroniser still holds (sync.queue_size='
+                f'{params.sync_queue_size} keeps {(held[-1] - held[0]) / 1e9:.3f} s of them); ')
+        if needed <= 1000:
+            said += (f'if the {_INPUT_NAMES[behind]} images arrive that late (a slow link or '
+                     f'pipeline), set sync.queue_size to {needed} or more, so that the '
+                     f'{_INPUT_NAMES[ahead]} images wait for them; if instead ')
+        else:
+            said += 'if '
+        return said + (f'the IR driver stamps its images that much {stamping} than the visible '
+                       f'driver stamps the same instant, correct it with '
+                       f'sync.infrared_time_offset (tarfuse-time-offset measures it)')
 
     def _silent_for(self, index, now):
         """Return how long input ``index`` has been silent at ``now``, for a warning."""

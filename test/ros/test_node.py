@@ -473,6 +473,43 @@ def test_pairs_made_before_the_nearest_image_came_are_counted_and_warned(setup):
     assert probe.wait_for_diagnostics(lambda lv, m, values: 'not the nearest' not in m)
 
 
+def test_ir_images_arriving_later_than_the_queue_holds_name_sync_queue_size(setup):
+    # Found by use: an IR camera stamped at capture whose images reach the node 0.6 s after
+    # the visible images of the same instant (a slow link or pipeline) beside a 30 Hz visible
+    # camera: sync.queue_size (10) keeps 0.3 s of visible images, so every partner was gone
+    # and nothing was fused, while the warning named sync.infrared_time_offset alone, which
+    # would pair images taken 0.6 s apart. A larger queue pairs them as they were taken.
+    node, probe, _, _ = setup
+    _send_and_wait(probe)
+    ms = 1_000_000
+    start = time.time_ns()
+    ir, vi = sample_pair()
+    sent = []
+
+    def tick():
+        k = len(sent)
+        sent.append(k)
+        probe.visible_pub.publish(image_msg(vi, 'bgr8', start + k * 33 * ms, VISIBLE_FRAME))
+        if k >= 18 and k % 3 == 0:  # the IR image of 18 visible frames (0.6 s) before
+            stamp = start + (k - 18) * 33 * ms
+            probe.ir_pub.publish(image_msg(ir, 'mono8', stamp, 'infrared_optical_frame'))
+
+    expected = (f'latest stamps differ by 0.594 s (a pair needs less than sync.slop=0.05 s): the '
+                f'newest {NAMESPACE}/infrared/image_raw image is stamped before every '
+                f'{NAMESPACE}/visible/image_raw image the synchroniser still holds '
+                f'(sync.queue_size=10 keeps 0.297 s of them); if the infrared images arrive '
+                f'that late (a slow link or pipeline), set sync.queue_size to 20 or more')
+    assert probe.wait_for_diagnostics(
+        lambda level, msg, values: level == b'\x01' and expected in msg and
+        'sync.infrared_time_offset' in msg, timeout=20.0, tick=tick), \
+        probe.latest_diagnostics()
+    assert probe.spin_until(  # logged too, by a status of any gap (0.594-0.660 s)
+        lambda: 'if the infrared images arrive that late (a slow link or pipeline), set '
+        'sync.queue_size to' in node.log(), 5.0)
+    probe.spin_until(lambda: time.time_ns() > start + len(sent) * 33 * ms, 5.0)
+    _send_and_wait(probe)
+
+
 def test_a_silent_input_is_reported_by_name(setup):
     node, probe, _, _ = setup
 
