@@ -80,6 +80,7 @@ from tarfuse_ros.ros.params import apply_updates, canonical_parameters
 from tarfuse_ros.ros.params import command_line_type_errors
 from tarfuse_ros.ros.params import decimal_number_lists
 from tarfuse_ros.ros.params import declare_node_parameters, fine_passes, parameter_updates
+from tarfuse_ros.ros.params import PARAMETER_SPECS
 from tarfuse_ros.ros.params import refinement_settings, registration_prior
 from tarfuse_ros.ros.params import unknown_parameters, unknown_qos_overrides
 from vision_msgs.msg import Detection2DArray
@@ -89,6 +90,9 @@ __all__ = ['StartupError', 'TarFuseNode', 'is_time_jump', 'main',
 
 INFRARED, VISIBLE = 0, 1
 _INPUT_NAMES = ('infrared', 'visible')
+# The largest sync.infrared_time_offset (s, either way): stamps further apart are clocks apart.
+_MAX_TIME_OFFSET_S = next(spec.high for spec in PARAMETER_SPECS
+                          if spec.name == 'sync.infrared_time_offset')
 _INPUT_TOPICS = ('infrared/image_raw', 'visible/image_raw')
 # The visible camera's camera_info when remapped; else the visible image topic's sibling.
 _INFO_TOPIC = 'visible/camera_info'
@@ -1207,16 +1211,22 @@ class TarFuseNode(Node):
         rule = (f'a pair needs less than sync.slop={params.sync_slop} s'
                 if params.sync_approximate
                 else 'exact sync needs identical stamps')
-        offset = (f'; the IR stamps with sync.infrared_time_offset='
-                  f'{params.sync_infrared_time_offset} s' if params.sync_infrared_time_offset
-                  else '')
+        if params.sync_infrared_time_offset:
+            rule += (f'; the IR stamps with sync.infrared_time_offset='
+                     f'{params.sync_infrared_time_offset} s')
+        said = f'latest stamps differ by {gap:.3f} s'
+        if gap > _MAX_TIME_OFFSET_S:
+            return (f"{said} ({rule}): the drivers' clocks are that far apart (two computers "
+                    f"whose clocks are not synchronised, a driver stamping with the camera's own "
+                    f'clock): synchronise them (chrony, PTP) or stamp with the system time; '
+                    f'sync.infrared_time_offset corrects at most {_MAX_TIME_OFFSET_S:g} s')
         late = self._partners_gone(params)
         if late is not None:
-            return f'latest stamps differ by {gap:.3f} s ({rule}{offset}): {late}'
-        if not offset:
-            offset = ('; an IR driver that stamps a constant time later or earlier is '
-                      'corrected by sync.infrared_time_offset')
-        return f'latest stamps differ by {gap:.3f} s ({rule}{offset})'
+            return f'{said} ({rule}): {late}'
+        if not params.sync_infrared_time_offset:
+            rule += ('; an IR driver that stamps a constant time later or earlier is '
+                     'corrected by sync.infrared_time_offset')
+        return f'{said} ({rule})'
 
     def _partners_gone(self, params):
         """Return why no pair forms when one camera's partners left the queue, else None.
@@ -1226,7 +1236,7 @@ class TarFuseNode(Node):
         pushed out before it came: its images arrive later than the queue holds (a slow link
         or pipeline: a larger queue pairs them), or its driver stamps them that much earlier
         (``sync.infrared_time_offset``). Stamps alone cannot tell the two apart, so both are
-        named, the queue only where up to 1000 images (the parameter's bound) would do.
+        named.
         """
         if None in self._last_stamp_ns:
             return None
@@ -1238,20 +1248,17 @@ class TarFuseNode(Node):
         if len(held) < 2 or not interval or self._last_stamp_ns[behind] >= held[0]:
             return None
         gap_ns = self._last_stamp_ns[ahead] - self._last_stamp_ns[behind]
-        needed = -(-gap_ns // interval) + 2  # the partner and one image to spare
+        needed = min(-(-gap_ns // interval) + 2, 1000)  # the partner and one image to spare
         stamping = 'earlier' if behind == INFRARED else 'later'
-        said = (f'the newest {self._topics[behind]} image is stamped before every '
+        return (f'the newest {self._topics[behind]} image is stamped before every '
                 f'{self._topics[ahead]} image the synchroniser still holds (sync.queue_size='
-                f'{params.sync_queue_size} keeps {(held[-1] - held[0]) / 1e9:.3f} s of them); ')
-        if needed <= 1000:
-            said += (f'if the {_INPUT_NAMES[behind]} images arrive that late (a slow link or '
-                     f'pipeline), set sync.queue_size to {needed} or more, so that the '
-                     f'{_INPUT_NAMES[ahead]} images wait for them; if instead ')
-        else:
-            said += 'if '
-        return said + (f'the IR driver stamps its images that much {stamping} than the visible '
-                       f'driver stamps the same instant, correct it with '
-                       f'sync.infrared_time_offset (tarfuse-time-offset measures it)')
+                f'{params.sync_queue_size} keeps {(held[-1] - held[0]) / 1e9:.3f} s of them); '
+                f'if the {_INPUT_NAMES[behind]} images arrive that late (a slow link or '
+                f'pipeline), set sync.queue_size to {needed} or more, so that the '
+                f'{_INPUT_NAMES[ahead]} images wait for them; if instead the IR driver stamps '
+                f'its images that much {stamping} than the visible driver stamps the same '
+                f'instant, correct it with sync.infrared_time_offset (tarfuse-time-offset '
+                f'measures it)')
 
     def _silent_for(self, index, now):
         """Return how long input ``index`` has been silent at ``now``, for a warning."""
