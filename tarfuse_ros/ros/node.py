@@ -679,6 +679,23 @@ class TarFuseNode(Node):
             stamp, msg = corrected, restamped(msg, corrected)
         last = self._last_stamp_ns[index]
         recent = self._recent_stamps[index]
+        if (last is not None and stamp <= last and stamp in recent
+                and self._jump_pending[index] is None
+                and now - previous_arrival <= self._params.input_timeout):
+            publishers = self.count_publishers(topic)
+            if publishers > 1:
+                # A copy of an image just delivered, from a second publisher (a relay or a
+                # bridge publishing the images again, a second driver): taken for a bag loop's
+                # replayed stamp, each copy reset the synchroniser (and max_rate) and was fused
+                # again with a stamp going back. A bag loop has one publisher.
+                ago = last - stamp
+                which = 'the newest' if not ago else f'one {ago / 1e9:.3f} s before the newest'
+                cause = (f'duplicate on {topic}: stamped like {which}, and the topic has '
+                         f'{publishers} publishers (a relay or bridge publishing its images '
+                         f'again, or a second driver)')
+                self._stats.reject(cause, pair=False)
+                self._warn(f'duplicate:{name}', f'message ignored: {cause}')
+                return
         if (last is not None and stamp < last and self._jump_pending[index] is None
                 and not is_time_jump(recent, stamp)):
             # Delivered late, among stamps this input has just delivered: not a time jump (nor

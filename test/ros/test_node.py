@@ -15,7 +15,8 @@ import pytest
 from rcl_interfaces.msg import ParameterType
 from rcl_interfaces.srv import GetParameters, ListParameters, SetParameters
 from rclpy.parameter import Parameter
-from sensor_msgs.msg import CameraInfo
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CameraInfo, Image
 from tarfuse_ros.core.engine import FusionEngine
 from tarfuse_ros.ros.params import command_line_type_errors
 
@@ -375,6 +376,44 @@ def test_a_pair_delivered_twice_is_fused_once(setup):
         assert len(probe.outputs_for(key, stamp)) == 1, key
     assert probe.spin_until(lambda: 'delivered twice' in node.log(), 5.0)
     assert node.alive()
+
+
+def test_copies_from_a_second_publisher_are_ignored_not_taken_for_bag_loops(setup):
+    # Found by use: a relay or bridge publishing each camera's images again (a second
+    # publisher, the copies a frame behind): every copy was taken for a bag loop's replayed
+    # stamp, reset the synchroniser (and max_rate) and was fused again, its outputs stamped
+    # back in time, under a warning of a bag loop or a clock reset.
+    node, probe, _, _ = setup
+    qos = QoSProfile(depth=50, reliability=ReliabilityPolicy.BEST_EFFORT)
+    relays = (probe.node.create_publisher(Image, 'infrared/image_raw', qos),
+              probe.node.create_publisher(Image, 'visible/image_raw', qos))
+    try:
+        assert probe.spin_until(lambda: all(r.get_subscription_count() for r in relays), 20.0)
+        _send_and_wait(probe)
+        before = probe.settled_diagnostics()
+        start = time.time_ns()
+        stamps = [start + k * 100_000_000 for k in range(5)]
+        pairs = [probe.good_pair(stamp) for stamp in stamps]
+        for k, pair in enumerate(pairs):
+            probe.publish_pair(*pair)
+            assert probe.wait_for_outputs(stamps[k]), k
+            if k:
+                for relay, copy in zip(relays, pairs[k - 1]):
+                    relay.publish(copy)  # the previous pair again, a frame behind
+        probe.spin_until(lambda: False, 0.5)
+        after = probe.settled_diagnostics()
+    finally:
+        for relay in relays:
+            probe.node.destroy_publisher(relay)
+    assert int(after['sync_resets']) == int(before['sync_resets'])
+    assert int(after['messages_rejected']) == int(before['messages_rejected']) + 8
+    assert after['last_rejection'].startswith(f'duplicate on {NAMESPACE}/')
+    assert 'stamped like one 0.100 s before the newest, and the topic has 2 publishers' in \
+        after['last_rejection']
+    for stamp in stamps:
+        assert len(probe.outputs_for('fused', stamp)) == 1
+        assert len(probe.outputs_for('detections', stamp)) == 1
+    _send_and_wait(probe)
 
 
 def test_a_bag_of_one_pair_played_again_after_a_pause_is_fused_again(setup):
