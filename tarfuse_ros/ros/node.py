@@ -72,7 +72,7 @@ from tarfuse_ros.core.topics import camera_info_topic
 from tarfuse_ros.ros.conversions import array_to_compressed_msg, array_to_image_msg
 from tarfuse_ros.ros.conversions import compressed_msg_to_array, compressed_size
 from tarfuse_ros.ros.conversions import detections_to_msg, image_msg_to_array
-from tarfuse_ros.ros.conversions import image_msg_to_motion_array
+from tarfuse_ros.ros.conversions import image_msg_to_motion_array, jpeg_of_16_bit_image
 from tarfuse_ros.ros.conversions import load_bridge, restamped
 from tarfuse_ros.ros.diagnostics import build_status, NodeStats, process_rss_mib
 from tarfuse_ros.ros.diagnostics import WarningThrottle
@@ -272,6 +272,7 @@ class TarFuseNode(Node):
         self._health = RegistrationHealth(_health_settings(self._params))
         self._prior_flows = {}  # (IR w, h, visible w, h) -> (prior, the prior's own flow)
         self._sizes_logged = set()  # (IR w, h, visible w, h) said to be resized, once each
+        self._jpeg_16_said = set()  # (input, format) of 16-bit images in 8-bit JPEG, said once
         self._refiner = self._make_refiner(self._params)
 
         # Keep-newest slot between the synchroniser (executor thread) and the worker.
@@ -981,6 +982,8 @@ class TarFuseNode(Node):
     def _process(self, ir_msg, vi_msg):
         params = self._params
         header = vi_msg.header
+        for index, msg in ((INFRARED, ir_msg), (VISIBLE, vi_msg)):
+            self._check_jpeg_of_16_bit(index, msg)
         try:
             checked = self._check_compressed_visible(vi_msg)
             ir, _ = self._read_image(ir_msg, self._topics[INFRARED])
@@ -1041,6 +1044,20 @@ class TarFuseNode(Node):
             score = self._score_registration(ir, vi, result)
         if self._refiner is not None and self._refiner.due():
             self._refine_prior(ir, vi, result, score)
+
+    def _check_jpeg_of_16_bit(self, index, msg):
+        """Warn, once per input and format, of 16-bit images that came as 8-bit JPEG."""
+        source = jpeg_of_16_bit_image(msg)
+        if source is None or (index, msg.format) in self._jpeg_16_said:
+            return
+        self._jpeg_16_said.add((index, msg.format))
+        self.get_logger().warning(
+            f'{self._topics[index]}: 16-bit images ({source}) compressed as 8-bit JPEG '
+            f"({msg.format!r}), their values scaled by 255/65535: a thermal camera's counts "
+            f'keep a few grey levels, and the {_INPUT_NAMES[index]} image is nearly flat. '
+            f"Set the camera's compressed format to png, which keeps 16 bits (its "
+            f'image_transport parameter <image topic>.compressed.format, e.g. '
+            f'image_raw.compressed.format: png); said once')
 
     def _publish_camera_info(self, info, header, shape):
         """Republish ``info`` with ``header`` when it describes a frame of ``shape``.
