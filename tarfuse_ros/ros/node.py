@@ -90,12 +90,12 @@ __all__ = ['StartupError', 'TarFuseNode', 'is_time_jump', 'main',
 
 INFRARED, VISIBLE = 0, 1
 _INPUT_NAMES = ('infrared', 'visible')
-# The largest sync.infrared_time_offset (s, either way): stamps further apart are clocks apart.
-_MAX_TIME_OFFSET_S = next(spec.high for spec in PARAMETER_SPECS
-                          if spec.name == 'sync.infrared_time_offset')
 _INPUT_TOPICS = ('infrared/image_raw', 'visible/image_raw')
 # The visible camera's camera_info when remapped; else the visible image topic's sibling.
 _INFO_TOPIC = 'visible/camera_info'
+# The largest sync.infrared_time_offset (s, either way): stamps further apart are clocks apart.
+_MAX_TIME_OFFSET_S = next(spec.high for spec in PARAMETER_SPECS
+                          if spec.name == 'sync.infrared_time_offset')
 _FUSED_TOPIC = 'fused/image_raw'
 # Outputs that take REP-2003 QoS overrides (the fused image's compressed topic too).
 _OUTPUT_TOPICS = (_FUSED_TOPIC, 'fused/camera_info', 'detections', 'registered/image_raw',
