@@ -389,7 +389,7 @@ def test_copies_from_a_second_publisher_are_ignored_not_taken_for_bag_loops(setu
               probe.node.create_publisher(Image, 'visible/image_raw', qos))
     try:
         assert probe.spin_until(lambda: all(r.get_subscription_count() for r in relays), 20.0)
-        _send_and_wait(probe)
+        _send_and_wait(probe)  # (and the node's graph has the relays by now, as they matched)
         before = probe.settled_diagnostics()
         start = time.time_ns()
         stamps = [start + k * 100_000_000 for k in range(5)]
