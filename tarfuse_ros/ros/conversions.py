@@ -29,6 +29,7 @@ Functions:
     compressed_msg_to_array(msg, max_pixels=MAX_DECODED_PIXELS, size_checked=False)
         -> (array, kind)
     compressed_size(msg, max_pixels=MAX_DECODED_PIXELS) -> (height, width) or None, undecoded
+    jpeg_of_16_bit_image(msg) -> the 16-bit encoding a CompressedImage holds as 8-bit JPEG, or None
     array_to_image_msg(array, encoding, header) -> sensor_msgs/Image
     array_to_compressed_msg(array, header, fmt='jpeg') -> sensor_msgs/CompressedImage
     detections_to_msg(detections, header, image_size=None) -> vision_msgs/Detection2DArray
@@ -52,7 +53,8 @@ from tarfuse_ros.core.sizes import MAX_DECODED_PIXELS
 
 __all__ = ['array_to_compressed_msg', 'array_to_image_msg', 'compressed_msg_to_array',
            'compressed_size', 'COMPRESSED_FORMATS', 'detections_to_msg', 'image_msg_to_array',
-           'load_bridge', 'MAX_DECODED_PIXELS', 'restamped', 'SUPPORTED_ENCODINGS']
+           'jpeg_of_16_bit_image', 'load_bridge', 'MAX_DECODED_PIXELS', 'restamped',
+           'SUPPORTED_ENCODINGS']
 
 _BAYER = tuple(f'bayer_{p}{bits}' for bits in (8, 16) for p in ('rggb', 'bggr', 'gbrg', 'grbg'))
 
@@ -228,6 +230,23 @@ def image_msg_to_array(msg):
             raise ValueError(f'float image ({encoding} {width}x{height}) holds {nan} NaN '
                              f'and {inf} inf values')
     return image, kind
+
+
+def jpeg_of_16_bit_image(msg):
+    """Return the encoding of a 16-bit image that ``msg`` carries as 8-bit JPEG, else None.
+
+    image_transport's compressed publisher names the source in ``format``
+    (``'<encoding>; jpeg compressed <target>'``). JPEG holds 8 bits, so it converts a 16-bit
+    image (``mono16``, ``16UC1``, ``bgr16``, a 16-bit Bayer mosaic, ...) to ``mono8`` or
+    ``bgr8`` first, which cv_bridge does by scaling the values by 255/65535: a thermal
+    camera's raw counts (a few thousand apart at most) keep a few grey levels. Anything else
+    (a ``Image``, PNG, an 8-bit source, a ``format`` naming no source) gives None.
+    """
+    source, _, compression = str(getattr(msg, 'format', '')).partition(';')
+    spec = _DECODE.get(source.strip().lower())
+    if spec is None or 'jpeg' not in compression.lower() or np.dtype(spec[3]).itemsize != 2:
+        return None
+    return source.strip()
 
 
 def _pillow_open(fp):

@@ -73,7 +73,7 @@ from tarfuse_ros.core.topics import camera_info_topic
 from tarfuse_ros.ros.conversions import array_to_compressed_msg, array_to_image_msg
 from tarfuse_ros.ros.conversions import compressed_msg_to_array, compressed_size
 from tarfuse_ros.ros.conversions import detections_to_msg, image_msg_to_array
-from tarfuse_ros.ros.conversions import image_msg_to_motion_array
+from tarfuse_ros.ros.conversions import image_msg_to_motion_array, jpeg_of_16_bit_image
 from tarfuse_ros.ros.conversions import load_bridge, restamped
 from tarfuse_ros.ros.diagnostics import build_status, NodeStats, process_rss_mib
 from tarfuse_ros.ros.diagnostics import WarningThrottle
@@ -81,7 +81,7 @@ from tarfuse_ros.ros.params import apply_updates, canonical_parameters
 from tarfuse_ros.ros.params import command_line_type_errors, NodeParams
 from tarfuse_ros.ros.params import decimal_number_lists
 from tarfuse_ros.ros.params import declare_node_parameters, fine_passes, parameter_updates
-from tarfuse_ros.ros.params import params_files_for_other_nodes
+from tarfuse_ros.ros.params import PARAMETER_SPECS, params_files_for_other_nodes
 from tarfuse_ros.ros.params import refinement_settings, registration_prior, reported_descriptor
 from tarfuse_ros.ros.params import unknown_parameters, unknown_qos_overrides
 from vision_msgs.msg import Detection2DArray
@@ -94,6 +94,9 @@ _INPUT_NAMES = ('infrared', 'visible')
 _INPUT_TOPICS = ('infrared/image_raw', 'visible/image_raw')
 # The visible camera's camera_info when remapped; else the visible image topic's sibling.
 _INFO_TOPIC = 'visible/camera_info'
+# The largest sync.infrared_time_offset (s, either way): stamps further apart are clocks apart.
+_MAX_TIME_OFFSET_S = next(spec.high for spec in PARAMETER_SPECS
+                          if spec.name == 'sync.infrared_time_offset')
 _FUSED_TOPIC = 'fused/image_raw'
 # Outputs that take REP-2003 QoS overrides (the fused image's compressed topic too).
 _OUTPUT_TOPICS = (_FUSED_TOPIC, 'fused/camera_info', 'detections', 'registered/image_raw',
@@ -282,6 +285,7 @@ class TarFuseNode(Node):
         self._health = RegistrationHealth(_health_settings(self._params))
         self._prior_flows = {}  # (IR w, h, visible w, h) -> (prior, the prior's own flow)
         self._sizes_logged = set()  # (IR w, h, visible w, h) said to be resized, once each
+        self._jpeg_16_said = set()  # (input, format) of 16-bit images in 8-bit JPEG, said once
         self._refiner = self._make_refiner(self._params)
 
         # Keep-newest slot between the synchroniser (executor thread) and the worker.
@@ -697,6 +701,23 @@ class TarFuseNode(Node):
             stamp, msg = corrected, restamped(msg, corrected)
         last = self._last_stamp_ns[index]
         recent = self._recent_stamps[index]
+        if (last is not None and stamp <= last and stamp in recent
+                and self._jump_pending[index] is None
+                and now - previous_arrival <= self._params.input_timeout):
+            publishers = self.count_publishers(topic)
+            if publishers > 1:
+                # A copy of an image just delivered, from a second publisher (a relay or a
+                # bridge publishing the images again, a second driver): taken for a bag loop's
+                # replayed stamp, each copy reset the synchroniser (and max_rate) and was fused
+                # again with a stamp going back. A bag loop has one publisher.
+                ago = last - stamp
+                which = 'the newest' if not ago else f'one {ago / 1e9:.3f} s before the newest'
+                cause = (f'duplicate on {topic}: stamped like {which}, and the topic has '
+                         f'{publishers} publishers (a relay or bridge publishing its images '
+                         f'again, or a second driver)')
+                self._stats.reject(cause, pair=False)
+                self._warn(f'duplicate:{name}', f'message ignored: {cause}')
+                return
         if (last is not None and stamp < last and self._jump_pending[index] is None
                 and not is_time_jump(recent, stamp)):
             # Delivered late, among stamps this input has just delivered: not a time jump (nor
@@ -982,6 +1003,8 @@ class TarFuseNode(Node):
     def _process(self, ir_msg, vi_msg):
         params = self._params
         header = vi_msg.header
+        for index, msg in ((INFRARED, ir_msg), (VISIBLE, vi_msg)):
+            self._check_jpeg_of_16_bit(index, msg)
         try:
             checked = self._check_compressed_visible(vi_msg)
             ir, _ = self._read_image(ir_msg, self._topics[INFRARED])
@@ -1046,6 +1069,20 @@ class TarFuseNode(Node):
             score = self._score_registration(ir, vi, result)
         if self._refiner is not None and self._refiner.due():
             self._refine_prior(ir, vi, result, score)
+
+    def _check_jpeg_of_16_bit(self, index, msg):
+        """Warn, once per input and format, of 16-bit images that came as 8-bit JPEG."""
+        source = jpeg_of_16_bit_image(msg)
+        if source is None or (index, msg.format) in self._jpeg_16_said:
+            return
+        self._jpeg_16_said.add((index, msg.format))
+        self.get_logger().warning(
+            f'{self._topics[index]}: 16-bit images ({source}) compressed as 8-bit JPEG '
+            f"({msg.format!r}), their values scaled by 255/65535: a thermal camera's counts "
+            f'keep a few grey levels, and the {_INPUT_NAMES[index]} image is nearly flat. '
+            f"Set the camera's compressed format to png, which keeps 16 bits (its "
+            f'image_transport parameter <image topic>.compressed.format, e.g. '
+            f'image_raw.compressed.format: png); said once')
 
     def _publish_camera_info(self, info, header, shape):
         """Republish ``info`` with ``header`` when it describes a frame of ``shape``.
@@ -1192,19 +1229,8 @@ class TarFuseNode(Node):
                             f'the messages on {" and ".join(zero)} have zero stamps (the '
                             f'driver does not stamp its images)')
         elif unpaired:
-            gap = abs(self._last_stamp_ns[0] - self._last_stamp_ns[1]) / 1e9 if None not in \
-                self._last_stamp_ns else float('nan')
-            rule = (f'a pair needs less than sync.slop={params.sync_slop} s'
-                    if params.sync_approximate
-                    else 'exact sync needs identical stamps')
-            if params.sync_infrared_time_offset:
-                rule += (f'; the IR stamps with sync.infrared_time_offset='
-                         f'{params.sync_infrared_time_offset} s')
-            else:
-                rule += ('; an IR driver that stamps a constant time later or earlier is '
-                         'corrected by sync.infrared_time_offset')
             problems.append(f'both inputs flow but no pair was synchronised for {timeout} s: '
-                            f'latest stamps differ by {gap:.3f} s ({rule})')
+                            f'{self._stamps_apart(params)}')
         problems.extend(self._check_pairing(params))
         type_problems = self._check_publisher_types()
         problems.extend(type_problems)
@@ -1249,6 +1275,62 @@ class TarFuseNode(Node):
                 problem += (f'; set sync.slop to {slop:.3f} s, just over half the frame '
                             f'interval of the faster camera ({min(intervals) / 1e6:.1f} ms)')
         return [problem]
+
+    def _stamps_apart(self, params):
+        """Return why no pair forms while both cameras flow (a sentence for the warning)."""
+        gap = abs(self._last_stamp_ns[0] - self._last_stamp_ns[1]) / 1e9 if None not in \
+            self._last_stamp_ns else float('nan')
+        rule = (f'a pair needs less than sync.slop={params.sync_slop} s'
+                if params.sync_approximate
+                else 'exact sync needs identical stamps')
+        if params.sync_infrared_time_offset:
+            rule += (f'; the IR stamps with sync.infrared_time_offset='
+                     f'{params.sync_infrared_time_offset} s')
+        said = f'latest stamps differ by {gap:.3f} s'
+        if gap > _MAX_TIME_OFFSET_S:
+            return (f"{said} ({rule}): the drivers' clocks are that far apart (two computers "
+                    f"whose clocks are not synchronised, a driver stamping with the camera's own "
+                    f'clock): synchronise them (chrony, PTP) or stamp with the system time; '
+                    f'sync.infrared_time_offset corrects at most {_MAX_TIME_OFFSET_S:g} s')
+        late = self._partners_gone(params)
+        if late is not None:
+            return f'{said} ({rule}): {late}'
+        if not params.sync_infrared_time_offset:
+            rule += ('; an IR driver that stamps a constant time later or earlier is '
+                     'corrected by sync.infrared_time_offset')
+        return f'{said} ({rule})'
+
+    def _partners_gone(self, params):
+        """Return why no pair forms when one camera's partners left the queue, else None.
+
+        The synchroniser keeps ``sync.queue_size`` images of each camera. When one camera's
+        newest stamp lies before every image the other's queue still holds, its partner was
+        pushed out before it came: its images arrive later than the queue holds (a slow link
+        or pipeline: a larger queue pairs them), or its driver stamps them that much earlier
+        (``sync.infrared_time_offset``). Stamps alone cannot tell the two apart, so both are
+        named.
+        """
+        if None in self._last_stamp_ns:
+            return None
+        behind = INFRARED if self._last_stamp_ns[INFRARED] < self._last_stamp_ns[VISIBLE] \
+            else VISIBLE
+        ahead = 1 - behind
+        held = list(self._recent_stamps[ahead])[-params.sync_queue_size:]
+        interval = _median_interval_ns(self._recent_stamps[ahead])
+        if len(held) < 2 or not interval or self._last_stamp_ns[behind] >= held[0]:
+            return None
+        gap_ns = self._last_stamp_ns[ahead] - self._last_stamp_ns[behind]
+        needed = min(-(-gap_ns // interval) + 2, 1000)  # the partner and one image to spare
+        stamping = 'earlier' if behind == INFRARED else 'later'
+        return (f'the newest {self._topics[behind]} image is stamped before every '
+                f'{self._topics[ahead]} image the synchroniser still holds (sync.queue_size='
+                f'{params.sync_queue_size} keeps {(held[-1] - held[0]) / 1e9:.3f} s of them); '
+                f'if the {_INPUT_NAMES[behind]} images arrive that late (a slow link or '
+                f'pipeline), set sync.queue_size to {needed} or more, so that the '
+                f'{_INPUT_NAMES[ahead]} images wait for them; if instead the IR driver stamps '
+                f'its images that much {stamping} than the visible driver stamps the same '
+                f'instant, correct it with sync.infrared_time_offset (tarfuse-time-offset '
+                f'measures it)')
 
     def _silent_for(self, index, now):
         """Return how long input ``index`` has been silent at ``now``, for a warning."""

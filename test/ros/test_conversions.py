@@ -25,7 +25,8 @@ from tarfuse_ros.core.time_offset import frame_for_motion, MAX_SIDE
 from tarfuse_ros.ros import conversions
 from tarfuse_ros.ros.conversions import (
     array_to_compressed_msg, array_to_image_msg, compressed_msg_to_array, compressed_size,
-    detections_to_msg, image_msg_to_array, image_msg_to_motion_array, restamped)
+    detections_to_msg, image_msg_to_array, image_msg_to_motion_array, jpeg_of_16_bit_image,
+    restamped)
 
 RNG = np.random.default_rng(3)
 SAMPLES = Path(__file__).resolve().parents[2] / 'samples'
@@ -387,6 +388,22 @@ def test_a_damaged_png_is_refused_by_name_without_a_libpng_line(damage, capfd):
         with pytest.raises(ValueError, match=r'corrupt or truncated PNG .*; not decoded'):
             read(msg)
     assert capfd.readouterr().err == ''
+
+
+@pytest.mark.parametrize('fmt,source', [
+    ('mono16; jpeg compressed mono8', 'mono16'),  # image_transport's, of a thermal camera
+    ('16UC1; jpeg compressed mono8', '16UC1'),
+    ('bgr16; jpeg compressed bgr8', 'bgr16'),
+    ('bayer_rggb16; jpeg compressed bgr8', 'bayer_rggb16'),
+    ('mono16; png compressed mono16', None),  # 16 bits kept
+    ('mono8; jpeg compressed mono8', None),
+    ('rgb8; jpeg compressed bgr8', None),
+    ('jpeg', None),  # cv_bridge's own: no source named
+    ('', None),
+])
+def test_a_16_bit_image_in_an_8_bit_jpeg_is_told_by_its_format(fmt, source):
+    assert jpeg_of_16_bit_image(CompressedImage(format=fmt)) == source
+    assert jpeg_of_16_bit_image(Image(encoding='mono16')) is None
 
 
 def test_compressed_size_reads_png_and_jpeg_headers_without_decoding():

@@ -17,8 +17,9 @@ from rcl_interfaces.msg import ParameterType
 from rcl_interfaces.srv import DescribeParameters, GetParameters, ListParameters
 from rcl_interfaces.srv import SetParameters
 from rclpy.parameter import Parameter, parameter_value_to_python
+from rclpy.qos import QoSProfile, ReliabilityPolicy
 from rosgraph_msgs.msg import Clock
-from sensor_msgs.msg import CameraInfo
+from sensor_msgs.msg import CameraInfo, Image
 from tarfuse_ros.core.engine import FusionEngine
 from tarfuse_ros.ros.params import command_line_type_errors, PARAMETER_SPECS
 import yaml
@@ -381,6 +382,44 @@ def test_a_pair_delivered_twice_is_fused_once(setup):
     assert node.alive()
 
 
+def test_copies_from_a_second_publisher_are_ignored_not_taken_for_bag_loops(setup):
+    # Found by use: a relay or bridge publishing each camera's images again (a second
+    # publisher, the copies a frame behind): every copy was taken for a bag loop's replayed
+    # stamp, reset the synchroniser (and max_rate) and was fused again, its outputs stamped
+    # back in time, under a warning of a bag loop or a clock reset.
+    node, probe, _, _ = setup
+    qos = QoSProfile(depth=50, reliability=ReliabilityPolicy.BEST_EFFORT)
+    relays = (probe.node.create_publisher(Image, 'infrared/image_raw', qos),
+              probe.node.create_publisher(Image, 'visible/image_raw', qos))
+    try:
+        assert probe.spin_until(lambda: all(r.get_subscription_count() for r in relays), 20.0)
+        _send_and_wait(probe)  # (and the node's graph has the relays by now, as they matched)
+        before = probe.settled_diagnostics()
+        start = time.time_ns()
+        stamps = [start + k * 100_000_000 for k in range(5)]
+        pairs = [probe.good_pair(stamp) for stamp in stamps]
+        for k, pair in enumerate(pairs):
+            probe.publish_pair(*pair)
+            assert probe.wait_for_outputs(stamps[k]), k
+            if k:
+                for relay, copy in zip(relays, pairs[k - 1]):
+                    relay.publish(copy)  # the previous pair again, a frame behind
+        probe.spin_until(lambda: False, 0.5)
+        after = probe.settled_diagnostics()
+    finally:
+        for relay in relays:
+            probe.node.destroy_publisher(relay)
+    assert int(after['sync_resets']) == int(before['sync_resets'])
+    assert int(after['messages_rejected']) == int(before['messages_rejected']) + 8
+    assert after['last_rejection'].startswith(f'duplicate on {NAMESPACE}/')
+    assert 'stamped like one 0.100 s before the newest, and the topic has 2 publishers' in \
+        after['last_rejection']
+    for stamp in stamps:
+        assert len(probe.outputs_for('fused', stamp)) == 1
+        assert len(probe.outputs_for('detections', stamp)) == 1
+    _send_and_wait(probe)
+
+
 def test_a_bag_of_one_pair_played_again_after_a_pause_is_fused_again(setup):
     # Not a copy: a second play of the bag (tarfuse-make-bag starts every bag at one time).
     node, probe, _, _ = setup
@@ -477,6 +516,43 @@ def test_pairs_made_before_the_nearest_image_came_are_counted_and_warned(setup):
     assert probe.wait_for_diagnostics(lambda lv, m, values: 'not the nearest' not in m)
 
 
+def test_ir_images_arriving_later_than_the_queue_holds_name_sync_queue_size(setup):
+    # Found by use: an IR camera stamped at capture whose images reach the node 0.6 s after
+    # the visible images of the same instant (a slow link or pipeline) beside a 30 Hz visible
+    # camera: sync.queue_size (10) keeps 0.3 s of visible images, so every partner was gone
+    # and nothing was fused, while the warning named sync.infrared_time_offset alone, which
+    # would pair images taken 0.6 s apart. A larger queue pairs them as they were taken.
+    node, probe, _, _ = setup
+    _send_and_wait(probe)
+    ms = 1_000_000
+    start = time.time_ns()
+    ir, vi = sample_pair()
+    sent = []
+
+    def tick():
+        k = len(sent)
+        sent.append(k)
+        probe.visible_pub.publish(image_msg(vi, 'bgr8', start + k * 33 * ms, VISIBLE_FRAME))
+        if k >= 18 and k % 3 == 0:  # the IR image of 18 visible frames (0.6 s) before
+            stamp = start + (k - 18) * 33 * ms
+            probe.ir_pub.publish(image_msg(ir, 'mono8', stamp, 'infrared_optical_frame'))
+
+    expected = (f'latest stamps differ by 0.594 s (a pair needs less than sync.slop=0.05 s): the '
+                f'newest {NAMESPACE}/infrared/image_raw image is stamped before every '
+                f'{NAMESPACE}/visible/image_raw image the synchroniser still holds '
+                f'(sync.queue_size=10 keeps 0.297 s of them); if the infrared images arrive '
+                f'that late (a slow link or pipeline), set sync.queue_size to 20 or more')
+    assert probe.wait_for_diagnostics(
+        lambda level, msg, values: level == b'\x01' and expected in msg and
+        'sync.infrared_time_offset' in msg, timeout=20.0, tick=tick), \
+        probe.latest_diagnostics()
+    assert probe.spin_until(  # logged too, by a status of any gap (0.594-0.660 s)
+        lambda: 'if the infrared images arrive that late (a slow link or pipeline), set '
+        'sync.queue_size to' in node.log(), 5.0)
+    probe.spin_until(lambda: time.time_ns() > start + len(sent) * 33 * ms, 5.0)
+    _send_and_wait(probe)
+
+
 def test_a_silent_input_is_reported_by_name(setup):
     node, probe, _, _ = setup
 
@@ -495,9 +571,13 @@ def test_a_silent_input_is_reported_by_name(setup):
         vi.header.stamp.sec += 5
         probe.publish_pair(ir, vi)
 
+    # Further apart than sync.infrared_time_offset reaches (1 s): clocks, not a latency (it
+    # was named as the fix, and sync.queue_size 52 would have been for a 5 s late camera).
     assert probe.wait_for_diagnostics(
         lambda level, msg, values: level == b'\x01' and 'no pair was synchronised' in msg and
-        'sync.slop' in msg, timeout=15.0, tick=stamps_apart)
+        'sync.slop' in msg and "the drivers' clocks are that far apart" in msg and
+        'sync.infrared_time_offset corrects at most 1 s' in msg and 'sync.queue_size' not in msg,
+        timeout=15.0, tick=stamps_apart), probe.latest_diagnostics()
 
     def zero_stamps():
         ir, vi = probe.good_pair(time.time_ns())

@@ -107,6 +107,27 @@ def _refused_visible_payload(node, probe, payload, cause, what):
     _next_pair_runs_and_nothing_came_of(node, probe, bad_stamp, what)
 
 
+def test_a_16_bit_thermal_image_compressed_as_jpeg_is_warned_of_naming_png(setup):
+    # Found by use: image_transport's default compressed format is JPEG, which holds 8 bits:
+    # it scales a thermal camera's 16-bit counts by 255/65535 ('mono16; jpeg compressed
+    # mono8'), so counts 20000-20400 keep 2 grey levels, and the node fused that flat IR
+    # without a word.
+    node, probe, _, _ = setup
+    ir8, vi = sample_pair()
+    ir16 = (20000 + ir8.astype(np.uint16) + ir8.astype(np.uint16) // 2).astype(np.uint16)
+    scaled = np.rint(ir16 * (255.0 / 65535.0)).astype(np.uint8)  # as cv_bridge converts it
+    stamp = time.time_ns()
+    ir_msg = compressed_msg(scaled, 'jpeg', stamp, 'infrared_optical_frame')
+    ir_msg.format = 'mono16; jpeg compressed mono8'
+    probe.publish_pair(ir_msg, compressed_msg(vi, 'jpeg', stamp, VISIBLE_FRAME))
+    assert probe.wait_for_outputs(stamp)  # fused all the same
+    said = ('/infrared/image_raw/compressed: 16-bit images (mono16) compressed as 8-bit JPEG '
+            "('mono16; jpeg compressed mono8'), their values scaled by 255/65535")
+    assert probe.spin_until(lambda: said in node.log(), 5.0), node.log()
+    assert "Set the camera's compressed format to png, which keeps 16 bits" in node.log()
+    assert node.alive()
+
+
 def test_a_corrupt_jpeg_is_rejected_by_name_and_the_node_answers_the_next_pair(setup):
     node, probe, _, _ = setup
     _refused_visible_payload(
