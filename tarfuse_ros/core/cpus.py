@@ -9,8 +9,9 @@ cores took 1.1-2.2 s per pair instead of 0.56 s). This module imports neither li
 """
 
 import os
+import platform
 
-__all__ = ['default_cpu_threads', 'omp_num_threads', 'usable_cpus']
+__all__ = ['cpu_model', 'default_cpu_threads', 'machine_facts', 'omp_num_threads', 'usable_cpus']
 
 
 def usable_cpus():
@@ -67,3 +68,27 @@ def default_cpu_threads():
     if requested is not None:
         return min(usable, requested)
     return usable if usable < (os.cpu_count() or 1) else None
+
+
+def cpu_model(cpuinfo='/proc/cpuinfo'):
+    """Return the processor's model name (e.g. ``'AMD EPYC 7763 64-Core Processor'``).
+
+    Read from ``cpuinfo`` (Linux: its first ``model name``, or ``Model`` / ``Hardware`` on ARM
+    boards); elsewhere, or without such a line, :func:`platform.processor` (often empty on
+    Linux) or the architecture (``x86_64``).
+    """
+    try:
+        with open(cpuinfo, encoding='utf-8', errors='replace') as handle:
+            for line in handle:
+                key, _, value = line.partition(':')
+                if key.strip() in ('model name', 'Model', 'Hardware') and value.strip():
+                    return ' '.join(value.split())
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or 'unknown processor'
+
+
+def machine_facts():
+    """Return the machine a timing ran on, in words: processor, usable and logical CPUs."""
+    return (f'{cpu_model()}, {usable_cpus()} usable of {os.cpu_count() or 1} logical CPUs '
+            f'({platform.system()} {platform.machine()})')
