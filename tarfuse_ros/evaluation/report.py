@@ -58,7 +58,11 @@ def _header(result):
              f'- stored IR: {result.get("stored_ir", "aligned")}',
              f'- speed: {_fmt(speed["ms_per_pair"], 1)} ms per pair '
              f'(model {_fmt(speed["model_ms_per_pair"], 1)} ms) on '
-             f'{speed["device"]}, {speed["threads"]} CPU threads{_sizes(speed)}', '']
+             f'{speed["device"]}, {speed["threads"]} CPU threads{_sizes(speed)}']
+    if speed.get('machine'):  # not in older results
+        lines.append(f'- machine: {speed["machine"]}'
+                     + (f'; GPU: {speed["gpu"]}' if speed.get('gpu') else ''))
+    lines.append('')
     if result['skipped_without_ground_truth']:
         lines += [f'- skipped (no ground-truth field): '
                   f'{len(result["skipped_without_ground_truth"])} pairs', '']

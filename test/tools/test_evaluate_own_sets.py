@@ -271,8 +271,9 @@ def test_results_are_written_whole_or_not_at_all(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ['report.md']
 
 
-def test_the_speed_names_every_image_size(tmp_path):
-    # speed.image_size gave the first pair's size only, though the pairs' sizes differ.
+def test_the_speed_names_every_image_size_and_the_machine(tmp_path):
+    # speed.image_size gave the first pair's size only, though the pairs' sizes differ; and
+    # neither metrics.json nor report.md named the processor the times were taken on.
     data_dir = own_set(tmp_path / 'own')
     assert evaluate(data_dir, tmp_path / 'eval', '--split', 'test') == 0
     result = json.loads((tmp_path / 'eval' / 'metrics.json').read_text())
@@ -281,8 +282,11 @@ def test_the_speed_names_every_image_size(tmp_path):
     assert result['speed']['image_sizes'] == sorted(sizes)
     assert 'image_size' not in result['speed']
     shown = ', '.join(f'{height}x{width}' for height, width in sorted(sizes))
-    assert f'CPU threads, images of {shown} px (height x width)' in \
-        (tmp_path / 'eval' / 'report.md').read_text()
+    report = (tmp_path / 'eval' / 'report.md').read_text()
+    assert f'CPU threads, images of {shown} px (height x width)' in report
+    from tarfuse_ros.core.cpus import machine_facts
+    assert result['speed']['machine'] == machine_facts() and result['speed']['gpu'] is None
+    assert f'\n- machine: {machine_facts()}\n' in report
 
 
 def test_a_prior_of_an_ir_camera_with_another_aspect_ratio_is_applied(tmp_path, capsys):
