@@ -165,6 +165,8 @@ def main(argv=None):
     if len(stems) < args.pairs + 1:
         parser.error(f'--pairs {args.pairs} needs {args.pairs + 1} test pairs (one warms up), '
                      f'{str(args.data)!r} has {len(stems)}')
+    from tarfuse_ros.core.cpus import machine_facts
+    print(f'machine: {machine_facts()}')
     print(f'cores {os.cpu_count()}, {args.pairs} pairs at {args.size}, '
           f'OMP_WAIT_POLICY in the environment: {os.environ.get("OMP_WAIT_POLICY", "unset")}')
     results = []

@@ -71,6 +71,12 @@ def test_bench_model_names_the_machine_in_its_figures(tmp_path):
     # The "swapped" IR of every pair was its own: the misses were measured on aligned pairs.
     ('bench_health', ['--pairs', str(ROADSCENE), '--limit', '3', '--swap-offset', '6'],
      '--swap-offset 6 with 3 pairs gives each pair its own IR as the unrelated one'),
+    # A bad --size raised a ValueError traceback; --rates 0 a ZeroDivisionError; a missing
+    # checkpoint was named by the node as its parameter after the bare engine had run.
+    ('bench_node', ['--size', '640'], 'argument --size: size must be WxH'),
+    ('bench_node', ['--rates', '30', '0'], "argument --rates: must be a number > 0, got '0'"),
+    ('bench_node', ['--weights', 'missing.safetensors'],
+     '--weights missing.safetensors: no such file'),
 ])
 def test_bad_arguments_are_refused_in_one_line(script, args, message):
     """A bad argument is named in one line, no traceback, before any slow work."""
@@ -88,3 +94,13 @@ def test_bench_health_says_which_windows_are_longer_than_the_stream():
     assert f'machine: {machine_facts()}' in done.stdout
     line = next(text for text in done.stdout.splitlines() if text.startswith('min_alignment'))
     assert line.endswith('window 5: n/a (longer than the 2 pairs)') and 'nan' not in line, line
+
+
+def test_bench_contention_names_the_machine():
+    """It said 'cores 2' only: not which processor its latencies were measured on."""
+    done = _run('bench_contention', '--processes', '1', '--threads', '1', '--wait-policy',
+                'default', '--pairs', '1', '--size', '160x128', '--data', str(ROADSCENE),
+                timeout=300)
+    assert done.returncode == 0, done.stderr
+    from tarfuse_ros.core.cpus import machine_facts
+    assert done.stdout.splitlines()[0] == f'machine: {machine_facts()}'
