@@ -53,6 +53,7 @@ import time
 import cv2
 import numpy as np
 from tarfuse_ros.core import data, metrics
+from tarfuse_ros.core.cpus import machine_facts
 from tarfuse_ros.core.deform import DeformConfig, random_deformation
 from tarfuse_ros.core.engine import FusionEngine
 from tarfuse_ros.core.images import to_uint8, unit_plane
@@ -300,7 +301,8 @@ def main(argv=None):
                   f'{summary["model_ms_p90"]:.0f}), total {summary["total_ms_median"]:.0f} ms '
                   f'(p90 {summary["total_ms_p90"]:.0f}), {tail}', flush=True)
     summary = {'data': args.data, 'split': args.split, 'pairs': len(stems),
-               'frame': [size[1], size[0]], 'threads': args.threads, 'pan_frames': args.pan,
+               'frame': [size[1], size[0]], 'threads': args.threads, 'machine': machine_facts(),
+               'pan_frames': args.pan,
                'weights': args.weights or 'shipped default',
                'settings': {name: {key: _mean([f[key] for f in values]) for key in values[0]}
                             for name, values in figures.items()}}
