@@ -274,10 +274,12 @@ def _evaluate(data_dir, weights, out_dir, options):
     unknown = _unknown_classes(labels, lookup, label_classes)
     if unknown:
         _LOG.warning('the model does not know the label classes %s: those %d boxes are left out '
-                     'of the detection scores (its classes: %s)',
+                     'of the detection scores (%s)',
                      ', '.join(f'{name} ({count} box{"es" if count > 1 else ""})'
                                for name, count in unknown.items()),
-                     sum(unknown.values()), ', '.join(scores.class_names))
+                     sum(unknown.values()),
+                     f'its classes: {", ".join(scores.class_names)}' if scores.class_names
+                     else 'it has no detection head: it detects no class')
     if options.teachers and all(boxes is None for boxes in labels):
         # Its rows score detections against the labels: without any, none would be written.
         raise ValueError(f'--teacher: none of the {len(stems)} pairs has a label file in '

@@ -96,6 +96,19 @@ def test_boxes_of_classes_the_model_does_not_know_are_named_once(tmp_path, caplo
         (out / 'report.md').read_text()
 
 
+def test_a_model_without_a_detection_head_is_said_to_detect_no_class(tmp_path, caplog):
+    # The medical model on a labelled set: '... left out of the detection scores (its
+    # classes: )', an empty list.
+    data_dir = own_set(tmp_path / 'own')
+    weights = Path(__file__).resolve().parents[2] / 'models' / 'tarfuse_medical.safetensors'
+    assert evaluate(data_dir, tmp_path / 'eval', '--max-pairs', '1', '--weights',
+                    str(weights)) == 0
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == 'WARNING']
+    assert len(warnings) == 1 and warnings[0].endswith(
+        'are left out of the detection scores (it has no detection head: it detects no '
+        'class)'), warnings
+
+
 def test_label_ids_without_a_classes_txt_are_said_to_be_read_as_the_models(tmp_path, caplog):
     # They were scored as the model's classes without a word (training refuses such labels).
     data_dir = own_set(tmp_path / 'own')
