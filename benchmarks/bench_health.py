@@ -27,8 +27,7 @@ from pathlib import Path
 import sys
 import time
 
-from bench_contention import positive_int
-from bench_model import non_negative_int
+from bench_args import non_negative_int, positive_int
 import cv2
 import numpy as np
 from resized_set import parse_size

@@ -32,7 +32,7 @@ import sys
 import tempfile
 import time
 
-from bench_contention import positive_int
+from bench_args import non_negative_int, positive_int
 import cv2
 import numpy as np
 from resized_set import parse_size
@@ -78,17 +78,6 @@ def get_args_parser():
 def _parse_size(text):
     """Return ``(width, height)`` of ``'WIDTHxHEIGHT'`` (argparse type; at least 16x16)."""
     return parse_size(text)
-
-
-def non_negative_int(text):
-    """Return ``text`` as an integer >= 0 (argparse type)."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f'must be an integer >= 0, got {text!r}')
-    return value
 
 
 def _sample_pair():

@@ -39,7 +39,7 @@ import tempfile
 import threading
 import time
 
-from bench_contention import positive_int
+from bench_args import check_outputs, positive_int
 import cv2
 import numpy as np
 from resized_set import parse_size
@@ -309,6 +309,7 @@ class NodeRun:
 def main(argv=None):
     parser = get_args_parser()
     args = parser.parse_args(argv)
+    check_outputs(parser, json=args.json)
     if args.weights is not None and not args.weights.is_file():
         parser.error(f'--weights {args.weights}: no such file (a .safetensors checkpoint)')
     width, height = parse_size(args.size)

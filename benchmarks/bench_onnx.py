@@ -22,8 +22,7 @@ import sys
 import tempfile
 import time
 
-from bench_contention import positive_int
-from bench_model import non_negative_int
+from bench_args import non_negative_int, positive_int
 import cv2
 import numpy as np
 from resized_set import parse_size

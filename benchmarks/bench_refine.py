@@ -27,7 +27,7 @@ from pathlib import Path
 import sys
 import tempfile
 
-from bench_contention import positive_int
+from bench_args import positive_int
 import cv2
 import numpy as np
 import torch

@@ -26,6 +26,7 @@ import json
 import math
 import sys
 
+from bench_args import check_outputs
 import cv2
 import numpy as np
 from tarfuse_ros.core import data
@@ -97,6 +98,7 @@ def main(argv=None):
     parser.add_argument('--max-pairs', type=int, default=0, help='0 = all')
     parser.add_argument('--json', default=None, help='also write the figures here')
     args = parser.parse_args(argv)
+    check_outputs(parser, json=args.json)
     try:
         width, height = (int(v) for v in args.size.lower().split('x'))
         grid = settings(_numbers(args.shifts), _numbers(args.angles), _numbers(args.scales))

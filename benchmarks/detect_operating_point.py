@@ -23,7 +23,7 @@ import json
 from pathlib import Path
 import sys
 
-from bench_contention import positive_int
+from bench_args import check_outputs, positive_int
 import numpy as np
 from probe_detection import probe, SETS
 from tarfuse_ros.core.paths import default_weights_path
@@ -80,6 +80,7 @@ def main(argv=None):
     parser.add_argument('--threads', type=positive_int, default=1, help='torch CPU threads')
     parser.add_argument('--out', default=None, help='JSON file for every figure')
     args = parser.parse_args(argv)
+    check_outputs(parser, out=args.out)
     if any(not 0.0 <= t <= 1.0 for t in args.thresholds):  # NaN too
         parser.error(f'--thresholds must be in [0, 1], got {args.thresholds}')
     torch.set_num_threads(args.threads)

@@ -21,6 +21,7 @@ import argparse
 import json
 import sys
 
+from bench_args import check_outputs
 import numpy as np
 from tarfuse_ros.core import data
 from tarfuse_ros.evaluation import inputs
@@ -86,6 +87,7 @@ def main(argv=None):
     parser.add_argument('--threads', type=int, default=1, help='torch CPU threads')
     parser.add_argument('--out', default=None, help='JSON file for the figures and boxes')
     args = parser.parse_args(argv)
+    check_outputs(parser, out=args.out)
     for name, value in (('--conf', args.conf), ('--iou', args.iou)):
         if not 0.0 <= value <= 1.0:  # NaN too
             parser.error(f'{name} must be a number in [0, 1], got {value}')

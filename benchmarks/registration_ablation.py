@@ -16,6 +16,7 @@ import argparse
 import json
 from pathlib import Path
 
+from bench_args import check_outputs
 import numpy as np
 from tarfuse_ros.core import data
 from tarfuse_ros.core.checkpoint import load_checkpoint
@@ -81,6 +82,7 @@ def main(argv=None):
     parser.add_argument('--threads', type=int, default=1, help='torch CPU threads (default 1)')
     parser.add_argument('--json', help='also write the figures here')
     args = parser.parse_args(argv)
+    check_outputs(parser, json=args.json)
     if not args.weights and not args.stages:  # it printed nothing and exited 0
         parser.error('give at least one --weights or --stages checkpoint')
     if args.threads < 1:

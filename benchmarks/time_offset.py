@@ -23,7 +23,7 @@ import platform
 import sys
 import time
 
-from bench_contention import positive_int
+from bench_args import check_outputs, positive_int
 import cv2
 import numpy as np
 
@@ -256,6 +256,7 @@ def main(argv=None):
     parser.add_argument('--seeds', type=positive_int, default=2, help='runs per case and pair')
     parser.add_argument('--out', type=Path, default=None, help='JSON report')
     args = parser.parse_args(argv)
+    check_outputs(parser, out=args.out)
     try:  # every pair read before the first case runs (one missing: one line)
         for stem in args.pairs:
             read_pair(stem)
