@@ -197,10 +197,12 @@ def _outputs(out):
             for path in sorted(out.rglob('*')) if path.is_file()}
 
 
-def test_ctrl_c_stops_the_evaluation_with_one_line(tmp_path):
+@pytest.mark.parametrize('signum', [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_stops_the_evaluation_with_one_line(tmp_path, signum):
     # It printed a Python traceback of wherever the model was; and a rerun into an earlier
     # evaluation's --out deleted its metrics.json, report.md and figures at the start, so the
-    # interrupted rerun left nothing.
+    # interrupted rerun left nothing. SIGTERM (timeout, kill) killed it, leaving this run's
+    # figures in a temporary folder.
     data_dir = own_set(tmp_path / 'own')
     out = tmp_path / 'eval'
     assert evaluate(data_dir, out, '--max-pairs', '1', '--figures', '1') == 0
@@ -216,7 +218,7 @@ def test_ctrl_c_stops_the_evaluation_with_one_line(tmp_path):
         while not list(out.glob('.figures.*.tmp/*.png')) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert list(out.glob('.figures.*.tmp/*.png')), 'no pair done in 120 s'
-        process.send_signal(signal.SIGINT)  # the first of three native-size pairs is done
+        process.send_signal(signum)  # the first of three native-size pairs is done
         stdout, stderr = process.communicate(timeout=60)
     finally:
         process.kill()
