@@ -119,8 +119,9 @@ def _registration_lines(result):
     better = reg.get('edge_alignment_better_than_unregistered_fraction')
     if reg.get('EPE') is not None:
         lines += ['', f'EPE in {pixel_units(result["max_side"])}.']
-    lines += ['', f'EPE reduction vs the unregistered input: '
-              f'{_fmt(None if reduction is None else 100 * reduction, 1)} %. '
+    # No EPE without an aligned IR (or with no deformation): 'n/a', not 'n/a %'.
+    cut = 'n/a' if reduction is None else f'{_fmt(100 * reduction, 1)} %'
+    lines += ['', f'EPE reduction vs the unregistered input: {cut}. '
               f'Edge alignment above the unregistered input on '
               f'{_fmt(None if better is None else 100 * better, 1)} % of the pairs. '
               f'ECC failures (identity kept): {result["ecc_failures"]}.']
@@ -232,7 +233,7 @@ def _goal_lines(result):
     bound = (result.get('fusion_bounds') or {}).get('CC')
     if bound is not None and bound < GOALS['CC']:
         lines += ['', f'No fused image can meet the CC goal on these pairs: their sources '
-                  f'allow at most {_fmt(bound)} (Fusion).']
+                  f'allow at most {_fmt(bound)} (see Fusion).']
     return lines + ['']
 
 
