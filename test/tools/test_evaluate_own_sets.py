@@ -348,7 +348,31 @@ def test_a_prior_of_an_ir_camera_with_another_aspect_ratio_is_applied(tmp_path, 
                  '--out', str(tmp_path / 'never'), '--max-side', '160', '--no-progress',
                  '--threads', '1', '--prior', str(tmp_path / 'rig_prior.yaml')])
     assert code == 2
-    assert 'made for a 640x512 IR image but the IR image is 640x640' in capsys.readouterr().err
+    assert ('was made for images of IR 640x512, visible 640x480, and 1 of the 1 pairs has '
+            'another aspect ratio: 00854N (IR 640x640, visible 640x480)') in \
+        capsys.readouterr().err
+
+
+def test_pairs_of_another_aspect_ratio_than_the_prior_are_refused_before_any_pair(
+        tmp_path, capsys):
+    # Each pair's sizes were checked against --prior as it came: a set of mixed sizes was
+    # evaluated up to its first pair of another aspect ratio, then the whole run was refused.
+    from tarfuse_ros.core.prior import make_prior, write_prior_yaml
+    import numpy as np
+    data_dir = own_set(tmp_path / 'own')  # 500x329, 478x322 and 507x346 pairs
+    write_prior_yaml(tmp_path / 'prior.yaml', make_prior(np.eye(3), (500, 329), (500, 329)))
+    out = tmp_path / 'eval'
+    assert evaluate(data_dir, out, '--prior', str(tmp_path / 'prior.yaml')) == 2
+    assert capsys.readouterr().err == (
+        f"tarfuse-eval: error: --prior {tmp_path / 'prior.yaml'} was made for images of IR "
+        '500x329, visible 500x329, and 2 of the 3 pairs have another aspect ratio: FLIR_00018 '
+        '(IR 478x322, visible 478x322), FLIR_00122 (IR 507x346, visible 507x346); a prior fits '
+        'one camera pair: evaluate only the pairs of that rig (a list file), or run '
+        'tarfuse-calibrate for them\n')
+    assert not out.exists()
+    (data_dir / 'rig.txt').write_text('FLIR_00006\n')
+    assert evaluate(data_dir, out, '--prior', str(tmp_path / 'prior.yaml'), '--split',
+                    'rig.txt') == 0
 
 
 def _crop_ir(data_dir, stem):
