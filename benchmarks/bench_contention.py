@@ -28,16 +28,7 @@ from pathlib import Path
 import subprocess
 import sys
 
-
-def positive_int(text):
-    """Return ``text`` as an integer >= 1 (argparse type)."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f'must be an integer >= 1, got {text!r}')
-    return value
+from bench_args import check_outputs, positive_int
 
 
 def frame_size(text):
@@ -151,6 +142,7 @@ def collect(workers):
 def main(argv=None):
     parser = get_args_parser()
     args = parser.parse_args(argv)
+    check_outputs(parser, json=args.json)
     if args.worker:
         worker(args)
         return 0
@@ -165,6 +157,8 @@ def main(argv=None):
     if len(stems) < args.pairs + 1:
         parser.error(f'--pairs {args.pairs} needs {args.pairs + 1} test pairs (one warms up), '
                      f'{str(args.data)!r} has {len(stems)}')
+    from tarfuse_ros.core.cpus import machine_facts
+    print(f'machine: {machine_facts()}')
     print(f'cores {os.cpu_count()}, {args.pairs} pairs at {args.size}, '
           f'OMP_WAIT_POLICY in the environment: {os.environ.get("OMP_WAIT_POLICY", "unset")}')
     results = []

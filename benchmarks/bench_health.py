@@ -27,8 +27,10 @@ from pathlib import Path
 import sys
 import time
 
+from bench_args import non_negative_int, positive_int
 import cv2
 import numpy as np
+from resized_set import parse_size
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,26 +41,40 @@ def get_args_parser():
     parser.add_argument('--pairs', type=Path, required=True, help='folder with ir/ and vi/')
     parser.add_argument('--weights', type=Path, default=None,
                         help='checkpoint (.safetensors); default: the shipped model')
-    parser.add_argument('--limit', type=int, default=20, help='pairs used (default 20)')
-    parser.add_argument('--size', default=None,
+    parser.add_argument('--limit', type=positive_int, default=20,
+                        help='pairs used (default 20; at least 2)')
+    parser.add_argument('--size', type=parse_size, default=None, metavar='WxH',
                         help='resize both images to WIDTHxHEIGHT first (default: as stored)')
-    parser.add_argument('--threads', type=int, default=1, help='torch CPU threads (default 1)')
-    parser.add_argument('--max-sides', type=int, nargs='+', default=[0, 320, 160, 96],
+    parser.add_argument('--threads', type=positive_int, default=1,
+                        help='torch CPU threads (default 1)')
+    parser.add_argument('--max-sides', type=non_negative_int, nargs='+', default=[0, 320, 160, 96],
                         help='scored plane sizes (longer side, px; 0 = full resolution)')
-    parser.add_argument('--iters', type=int, default=5, help='timed calls per pair and size')
-    parser.add_argument('--swap-offset', type=int, default=7,
+    parser.add_argument('--iters', type=positive_int, default=5,
+                        help='timed calls per pair and size')
+    parser.add_argument('--swap-offset', type=positive_int, default=7,
                         help='the unrelated IR is the one this many stems further (default 7)')
-    parser.add_argument('--thresholds', type=float, nargs='+', default=[0.1, 0.15, 0.2, 0.25])
-    parser.add_argument('--windows', type=int, nargs='+', default=[1, 5, 10])
+    parser.add_argument('--thresholds', type=float, nargs='+', default=[0.1, 0.15, 0.2, 0.25],
+                        help='min_alignment values of the window verdicts')
+    parser.add_argument('--windows', type=positive_int, nargs='+', default=[1, 5, 10],
+                        help='sliding-window lengths (pairs) of the window verdicts')
     return parser
 
 
-def _stems(folder, limit):
+def _stems(folder, limit, swap_offset):
+    missing = [sub for sub in ('ir', 'vi') if not (folder / sub).is_dir()]
+    if missing:
+        sys.exit(f'bench_health: error: --pairs {folder}: no {" and no ".join(missing)} folder '
+                 f'(give a data set folder with ir/ and vi/)')
     vi = {p.stem: p for p in (folder / 'vi').iterdir() if p.is_file()}
     ir = {p.stem: p for p in (folder / 'ir').iterdir() if p.is_file()}
     stems = sorted(set(vi) & set(ir))[:limit]
     if len(stems) < 2:
-        sys.exit(f'{folder}: need at least 2 pairs with ir/ and vi/, found {len(stems)}')
+        sys.exit(f'bench_health: error: {folder}: need at least 2 pairs with ir/ and vi/, found '
+                 f'{len(stems)}')
+    if swap_offset % len(stems) == 0:  # each pair would be "swapped" with its own IR
+        sys.exit(f'bench_health: error: --swap-offset {swap_offset} with {len(stems)} pairs '
+                 f'gives each pair its own IR as the unrelated one: pick an offset that is not '
+                 f'a multiple of {len(stems)}')
     return stems, ir, vi
 
 
@@ -82,10 +98,15 @@ def main(args):
     from tarfuse_ros.core.engine import FusionEngine
     from tarfuse_ros.core.health import score_frame
 
+    from tarfuse_ros.core.cpus import machine_facts
+
     torch.set_num_threads(args.threads)
-    size = tuple(int(v) for v in args.size.lower().split('x')) if args.size else None
-    engine = FusionEngine(args.weights, device='cpu')
-    stems, ir_paths, vi_paths = _stems(args.pairs, args.limit)
+    size = args.size
+    stems, ir_paths, vi_paths = _stems(args.pairs, args.limit, args.swap_offset)
+    try:
+        engine = FusionEngine(args.weights, device='cpu')
+    except ValueError as exc:  # a missing or foreign checkpoint
+        sys.exit(f'bench_health: error: --weights: {exc}')
     costs = {side: [] for side in args.max_sides}
     scores = {'aligned': {side: [] for side in args.max_sides},
               'swapped': {side: [] for side in args.max_sides}}
@@ -117,6 +138,7 @@ def main(args):
               f'(max side {args.max_sides[-1] or "full"})', flush=True)
     print(f'\n{len(stems)} pairs from {args.pairs}, {shape[1]}x{shape[0]}, torch threads '
           f'{args.threads}; engine median {np.median(engine_ms):.0f} ms per pair')
+    print(f'machine: {machine_facts()}')
     print('\nhealth score cost per frame (score_frame: resize, luma, edge alignment, flow fit)')
     print('max side px | wall median ms | wall min ms | CPU median ms (all threads)')
     for side in args.max_sides:
@@ -137,6 +159,9 @@ def main(args):
     for threshold in args.thresholds:
         cells = []
         for window in args.windows:
+            if window > len(stems):
+                cells.append(f'window {window}: n/a (longer than the {len(stems)} pairs)')
+                continue
             false_alarm = _window_rates(scores['aligned'][side], threshold, window)
             miss = 1.0 - _window_rates(scores['swapped'][side], threshold, window)
             cells.append(f'window {window}: {false_alarm:.2f} / {miss:.2f}')

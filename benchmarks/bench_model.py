@@ -32,8 +32,10 @@ import sys
 import tempfile
 import time
 
+from bench_args import non_negative_int, positive_int
 import cv2
 import numpy as np
+from resized_set import parse_size
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -49,13 +51,17 @@ def get_args_parser():
     parser.add_argument('--weights', type=Path, default=None,
                         help='checkpoint (.safetensors); default: the shipped model if present, '
                              'else a randomly initialised one (seed 0)')
-    parser.add_argument('--threads', type=int, default=2, help='CPU threads (default 2)')
-    parser.add_argument('--resolutions', nargs='+', default=list(RESOLUTIONS),
-                        help='WIDTHxHEIGHT sizes (default: %(default)s)')
+    parser.add_argument('--threads', type=positive_int, default=2,
+                        help='CPU threads (default 2)')
+    parser.add_argument('--resolutions', nargs='+', type=_parse_size,
+                        default=[_parse_size(text) for text in RESOLUTIONS], metavar='WxH',
+                        help=f'WIDTHxHEIGHT sizes (default: {" ".join(RESOLUTIONS)})')
     parser.add_argument('--modes', nargs='+', choices=MODES, default=None,
                         help='default: cpu, plus the CUDA modes when CUDA is available')
-    parser.add_argument('--warmup', type=int, default=3, help='warm-up iterations (default 3)')
-    parser.add_argument('--iters', type=int, default=20, help='timed iterations (default 20)')
+    parser.add_argument('--warmup', type=non_negative_int, default=3,
+                        help='warm-up iterations (default 3)')
+    parser.add_argument('--iters', type=positive_int, default=20,
+                        help='timed iterations (default 20)')
     parser.add_argument('--max-seconds', type=float, default=15.0,
                         help='stop timing one case after this long (at least 5 iterations)')
     parser.add_argument('--no-engine', action='store_true', help='time the bare network only')
@@ -70,11 +76,8 @@ def get_args_parser():
 
 
 def _parse_size(text):
-    try:
-        width, height = (int(v) for v in text.lower().split('x'))
-    except ValueError:
-        raise SystemExit(f'bad resolution {text!r}: use WIDTHxHEIGHT, e.g. 640x512')
-    return width, height
+    """Return ``(width, height)`` of ``'WIDTHxHEIGHT'`` (argparse type; at least 16x16)."""
+    return parse_size(text)
 
 
 def _sample_pair():
@@ -224,15 +227,16 @@ def main(argv=None):
     except ValueError as exc:
         parser.error(str(exc))
     os.environ.setdefault('YOLO_OFFLINE', '1')
-    sizes = [_parse_size(text) for text in args.resolutions]
+    sizes = args.resolutions
     cuda = torch.cuda.is_available()
     modes = args.modes or (list(MODES) if cuda else ['cpu'])
     if any(m.startswith('cuda') for m in modes) and not cuda:
-        raise SystemExit('CUDA modes asked for but CUDA is not available')
+        parser.error('CUDA modes asked for but CUDA is not available')
+    from tarfuse_ros.core.cpus import cpu_model, machine_facts
     torch.set_num_threads(args.threads)
     results = {
         'torch': torch.__version__, 'python': platform.python_version(),
-        'cpu': platform.processor() or platform.machine(), 'threads': args.threads,
+        'cpu': cpu_model(), 'machine': machine_facts(), 'threads': args.threads,
         'gpu': torch.cuda.get_device_name(0) if cuda else None,
         'malloc_tunables': {k: os.environ.get(k) for k in MALLOC_VARS},
         'warmup': args.warmup, 'iters': args.iters,
@@ -240,7 +244,10 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as tmpdir:
         weights, described = _resolve_weights(args.weights, tmpdir)
         from tarfuse_ros.core.checkpoint import load_checkpoint
-        model = load_checkpoint(weights).eval()
+        try:
+            model = load_checkpoint(weights).eval()
+        except ValueError as exc:  # missing, unreadable, another format: before any timing
+            parser.error(f'--weights: {exc}')
         results['weights'] = described
         results['scale_search'] = args.scale_search
         results['fine_passes'] = args.fine_passes
@@ -254,8 +261,8 @@ def main(argv=None):
         results['input'] = pair[2]
         print(f'weights: {described}' + ('' if args.scale_search else ' (scale search off)')
               + ('' if args.fine_passes is None else f' ({args.fine_passes} fine passes)'))
-        print(f"torch {torch.__version__}, {args.threads} CPU threads, GPU: {results['gpu']}, "
-              f'input: {pair[2]}')
+        print(f"machine: {results['machine']}; GPU: {results['gpu']}")
+        print(f'torch {torch.__version__}, {args.threads} CPU threads, input: {pair[2]}')
         if not all(results['malloc_tunables'].values()):
             print('note: glibc malloc tunables not set (source tools/ros_env/env.sh): CPU '
                   'figures will be slower')

@@ -39,8 +39,10 @@ import tempfile
 import threading
 import time
 
+from bench_args import check_outputs, positive_int
 import cv2
 import numpy as np
+from resized_set import parse_size
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,6 +52,23 @@ NS = 1_000_000_000
 _START_ENV = dict(os.environ)
 
 
+def _size(text):
+    """Return ``text`` when it is ``WIDTHxHEIGHT`` of at least 16x16 (argparse type)."""
+    parse_size(text)
+    return text
+
+
+def _positive_float(text):
+    """Return ``text`` as a finite number > 0 (argparse type)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0.0 < value < float('inf'):
+        raise argparse.ArgumentTypeError(f'must be a number > 0, got {text!r}')
+    return value
+
+
 def get_args_parser():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--weights', type=Path, default=None,
@@ -57,14 +76,15 @@ def get_args_parser():
                              'randomly initialised one (seed 0)')
     parser.add_argument('--devices', nargs='+', default=None,
                         help="default: cpu, plus cuda when available (e.g. 'cpu' 'cuda:0')")
-    parser.add_argument('--size', default='640x512', help='WIDTHxHEIGHT (default 640x512)')
-    parser.add_argument('--rates', nargs='+', type=float, default=[30.0, 100.0],
+    parser.add_argument('--size', default='640x512', type=_size,
+                        help='WIDTHxHEIGHT (default 640x512)')
+    parser.add_argument('--rates', nargs='+', type=_positive_float, default=[30.0, 100.0],
                         help='input rates in Hz (default 30 100)')
-    parser.add_argument('--duration', type=float, default=15.0,
+    parser.add_argument('--duration', type=_positive_float, default=15.0,
                         help='seconds of publishing per rate (default 15)')
     parser.add_argument('--no-unloaded', action='store_true',
                         help='skip the unloaded run (rate = half the engine throughput)')
-    parser.add_argument('--threads', type=int, default=2,
+    parser.add_argument('--threads', type=positive_int, default=2,
                         help='torch CPU threads of the bare engine and of the node (default 2)')
     parser.add_argument('--half', action='store_true', help='fp16 on CUDA')
     parser.add_argument('--json', type=Path, default=None, help='also write results here')
@@ -287,13 +307,17 @@ class NodeRun:
 
 
 def main(argv=None):
-    args = get_args_parser().parse_args(argv)
-    width, height = (int(v) for v in args.size.lower().split('x'))
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
+    check_outputs(parser, json=args.json)
+    if args.weights is not None and not args.weights.is_file():
+        parser.error(f'--weights {args.weights}: no such file (a .safetensors checkpoint)')
+    width, height = parse_size(args.size)
     devices = args.devices or (['cpu'] + (['cuda'] if torch.cuda.is_available() else []))
     ir, vi = _sample_pair(width, height)
-    machine = (f'{platform.node()}: {platform.processor() or platform.machine()}, '
-               f'{os.cpu_count()} CPUs' + (f', {torch.cuda.get_device_name(0)}'
-                                           if torch.cuda.is_available() else ''))
+    from tarfuse_ros.core.cpus import machine_facts
+    machine = (f'{platform.node()}: {machine_facts()}' + (f', {torch.cuda.get_device_name(0)}'
+                                                          if torch.cuda.is_available() else ''))
     results = {'machine': machine, 'size': args.size, 'devices': {}}
     print(f'# bench_node: {machine}; {args.size}; torch {torch.__version__}')
     with tempfile.TemporaryDirectory() as tmp:

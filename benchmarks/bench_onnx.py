@@ -22,8 +22,10 @@ import sys
 import tempfile
 import time
 
+from bench_args import non_negative_int, positive_int
 import cv2
 import numpy as np
+from resized_set import parse_size
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,11 +35,14 @@ def get_args_parser():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--weights', type=Path, default=None,
                         help='checkpoint (.safetensors); default: the shipped model')
-    parser.add_argument('--threads', type=int, default=2, help='CPU threads of both (default 2)')
-    parser.add_argument('--resolutions', nargs='+', default=['640x512'],
-                        help='WIDTHxHEIGHT sizes (default: %(default)s)')
-    parser.add_argument('--warmup', type=int, default=3, help='warm-up calls of each (default 3)')
-    parser.add_argument('--iters', type=int, default=20, help='timed calls of each (default 20)')
+    parser.add_argument('--threads', type=positive_int, default=2,
+                        help='CPU threads of both (default 2)')
+    parser.add_argument('--resolutions', nargs='+', type=_resolution, default=['640x512'],
+                        metavar='WxH', help='WIDTHxHEIGHT sizes (default: %(default)s)')
+    parser.add_argument('--warmup', type=non_negative_int, default=3,
+                        help='warm-up calls of each (default 3)')
+    parser.add_argument('--iters', type=positive_int, default=20,
+                        help='timed calls of each (default 20)')
     parser.add_argument('--no-scale-search', action='store_true',
                         help='export without the scale search (tarfuse-export --no-scale-search) '
                              'and run the torch engine with scale_search=False, as for a '
@@ -45,6 +50,12 @@ def get_args_parser():
                              '(the graph fits every scale candidate, the torch engine skips the '
                              'zoomed fits where the unzoomed one explains the pair)')
     return parser
+
+
+def _resolution(text):
+    """Return ``text`` when it is ``WIDTHxHEIGHT`` of at least 16x16 (argparse type)."""
+    parse_size(text)
+    return text
 
 
 def _pair(width, height):
@@ -83,9 +94,12 @@ def run(engines, pair, warmup, iters):
 
 
 def main(argv=None):
-    args = get_args_parser().parse_args(argv)
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(args.threads)
+    from tarfuse_ros.core.checkpoint import load_checkpoint
+    from tarfuse_ros.core.cpus import machine_facts
     from tarfuse_ros.core.engine import FusionEngine
     from tarfuse_ros.core.export import export_onnx
     from tarfuse_ros.core.onnx_backend import OnnxFusionEngine
@@ -93,6 +107,10 @@ def main(argv=None):
     import onnxruntime
 
     weights = args.weights or default_weights_path()
+    try:  # a missing or foreign file is refused now, not after minutes of export
+        load_checkpoint(weights)
+    except ValueError as exc:
+        parser.error(f'--weights: {exc}')
     with tempfile.TemporaryDirectory() as tmp:
         onnx_path = Path(tmp) / 'model.onnx'
         search = not args.no_scale_search
@@ -100,11 +118,12 @@ def main(argv=None):
         engines = {'torch': FusionEngine(weights, device='cpu', scale_search=search),
                    'onnxruntime': OnnxFusionEngine(onnx_path, device='cpu',
                                                    threads=args.threads)}
+        print(f'machine: {machine_facts()}')
         print(f'{weights.name}: torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, '
               f'{args.threads} threads, {args.iters} interleaved calls each, scale search '
               f'{"on" if search else "off"}')
         for text in args.resolutions:
-            width, height = (int(v) for v in text.lower().split('x'))
+            width, height = parse_size(text)
             results = run(engines, _pair(width, height), args.warmup, args.iters)
             medians, cpu_medians = {}, {}
             for name, (totals, cpu, stages) in results.items():

@@ -27,6 +27,7 @@ from pathlib import Path
 import sys
 import tempfile
 
+from bench_args import positive_int
 import cv2
 import numpy as np
 import torch
@@ -39,17 +40,21 @@ def get_args_parser():
     parser.add_argument('--pairs', type=Path,
                         default=ROOT / 'test' / 'data' / 'datasets' / 'roadscene',
                         help='folder with ir/ and vi/ (default: the RoadScene test excerpt)')
-    parser.add_argument('--limit', type=int, default=6, help='pairs used (default 6)')
+    parser.add_argument('--limit', type=positive_int, default=6, help='pairs used (default 6)')
     parser.add_argument('--parts', nargs='+', choices=('calibrate', 'refine'),
                         default=['calibrate', 'refine'])
-    parser.add_argument('--size', type=int, nargs=2, default=(320, 256),
+    parser.add_argument('--size', type=positive_int, nargs=2, default=(320, 256),
                         help='refine: image size (default 320 256)')
     parser.add_argument('--offset', type=float, nargs=2, default=(6.0, -4.0),
                         help='refine: shift (px) of the starting prior from the truth')
-    parser.add_argument('--alphas', type=float, nargs='+', default=(0.1, 0.3))
-    parser.add_argument('--cycles', type=int, default=3, help='refine: passes over the pairs')
-    parser.add_argument('--min-alignment', type=float, default=0.2)
-    parser.add_argument('--threads', type=int, default=1)
+    parser.add_argument('--alphas', type=float, nargs='+', default=(0.1, 0.3),
+                        help='refine: smoothing factors of the refiner (default 0.1 0.3)')
+    parser.add_argument('--cycles', type=positive_int, default=3,
+                        help='refine: passes over the pairs')
+    parser.add_argument('--min-alignment', type=float, default=0.2,
+                        help="refine: the refiner's min_alignment (default 0.2)")
+    parser.add_argument('--threads', type=positive_int, default=1,
+                        help='torch and OpenCV CPU threads (default 1)')
     return parser
 
 
@@ -150,10 +155,14 @@ def main(argv=None):
     sys.path.insert(0, str(ROOT))
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(args.threads)
-    if 'calibrate' in args.parts:
-        calibrate_figures(args)
-    if 'refine' in args.parts:
-        refine_figures(args)
+    try:
+        if 'calibrate' in args.parts:
+            calibrate_figures(args)
+        if 'refine' in args.parts:
+            refine_figures(args)
+    except ValueError as exc:  # a bad --pairs folder, refiner setting...: one line
+        print(f'bench_refine: error: {exc}', file=sys.stderr)
+        return 2
     return 0
 
 

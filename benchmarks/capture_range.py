@@ -26,6 +26,7 @@ import json
 import math
 import sys
 
+from bench_args import check_outputs
 import cv2
 import numpy as np
 from tarfuse_ros.core import data
@@ -97,6 +98,7 @@ def main(argv=None):
     parser.add_argument('--max-pairs', type=int, default=0, help='0 = all')
     parser.add_argument('--json', default=None, help='also write the figures here')
     args = parser.parse_args(argv)
+    check_outputs(parser, json=args.json)
     try:
         width, height = (int(v) for v in args.size.lower().split('x'))
         grid = settings(_numbers(args.shifts), _numbers(args.angles), _numbers(args.scales))
@@ -107,17 +109,22 @@ def main(argv=None):
         parser.error('need --size of at least 64x64, --threads >= 1 and --max-pairs >= 0')
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(args.threads)
-    engine = FusionEngine(args.weights, device='cpu')
-    dataset_dir = resolve_dataset_dir(args.data)
-    stems = list(data.read_split(dataset_dir, args.split))
-    if args.max_pairs:
-        stems = stems[:args.max_pairs]
-    pairs = []
-    for stem in stems:
-        ir, vi = data.load_pair(dataset_dir, stem)
-        ir = cv2.cvtColor(ir, cv2.COLOR_BGR2GRAY) if ir.ndim == 3 else ir
-        pairs.append((stem, cv2.resize(ir, (width, height), interpolation=cv2.INTER_AREA),
-                      cv2.resize(vi, (width, height), interpolation=cv2.INTER_AREA)))
+    try:  # a data set, split or checkpoint not found, an unreadable pair: one line
+        engine = FusionEngine(args.weights, device='cpu')
+        dataset_dir = resolve_dataset_dir(args.data)
+        stems = list(data.read_split(dataset_dir, args.split))
+        if args.max_pairs:
+            stems = stems[:args.max_pairs]
+        pairs = []
+        for stem in stems:
+            ir, vi = data.load_pair(dataset_dir, stem)
+            ir = cv2.cvtColor(ir, cv2.COLOR_BGR2GRAY) if ir.ndim == 3 else ir
+            pairs.append((stem, cv2.resize(ir, (width, height), interpolation=cv2.INTER_AREA),
+                          cv2.resize(vi, (width, height), interpolation=cv2.INTER_AREA)))
+    except ValueError as exc:
+        parser.error(str(exc))
+    print(f'{args.data} {args.split}: {len(pairs)} pairs at {width}x{height}; EPE in px of that '
+          f'size over the visible pixels the deformed IR still sees', flush=True)
     rows = []
     for family, value, kwargs in grid:
         matrix = affine_about_centre(width, height, **kwargs(width))

@@ -39,6 +39,7 @@ import argparse
 import json
 import sys
 
+from bench_args import check_outputs
 import cv2
 import numpy as np
 from tarfuse_ros.core import baselines, data
@@ -210,6 +211,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.threads < 1 or args.max_pairs < 0 or args.agree_px <= 0:
         parser.error('need --threads >= 1, --max-pairs >= 0 and --agree-px > 0')
+    check_outputs(parser, json=args.json)
     try:
         dataset_dir = resolve_dataset_dir(args.data)
         stems = list(data.read_split(dataset_dir, args.split))
@@ -229,7 +231,10 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(args.threads)
     weights = args.weights or str(default_weights_path())
-    model = load_checkpoint(weights).eval()
+    try:
+        model = load_checkpoint(weights).eval()
+    except ValueError as exc:  # not found, not a checkpoint: one line
+        parser.error(str(exc))
     matcher = getattr(model.registration, 'global_matcher', None)
     if matcher is None:
         parser.error(f'{weights} has no orientation global stage '

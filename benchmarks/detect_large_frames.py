@@ -23,6 +23,7 @@ from pathlib import Path
 import sys
 import time
 
+from bench_args import check_outputs
 import cv2
 import numpy as np
 from resized_set import parse_size, resize
@@ -98,6 +99,7 @@ def main(argv=None):
     parser.add_argument('--max-pairs', type=int, default=None, help='only the first N pairs')
     parser.add_argument('--out', default=None, help='JSON file for the figures')
     args = parser.parse_args(argv)
+    check_outputs(parser, out=args.out)
     try:
         for name, value in (('--threads', args.threads), ('--max-pairs', args.max_pairs)):
             if value is not None and value < 1:  # set_num_threads raised; [:-1] dropped one

@@ -23,8 +23,9 @@ import json
 from pathlib import Path
 import sys
 
+from bench_args import check_outputs, positive_int
 import numpy as np
-from probe_detection import probe
+from probe_detection import probe, SETS
 from tarfuse_ros.core.paths import default_weights_path
 from tarfuse_ros.evaluation.detection import operating_points
 import torch
@@ -70,19 +71,26 @@ def main(argv=None):
     """Print the figures (and write them with ``--out``); return 0."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--weights', default=str(default_weights_path()))
-    parser.add_argument('--select', default='msrs_val', help='probe set the threshold is '
-                        'chosen on (probe_detection.SETS)')
+    parser.add_argument('--select', default='msrs_val', choices=sorted(SETS),
+                        help='probe set the threshold is chosen on (probe_detection.SETS)')
     parser.add_argument('--report', nargs='*', default=['msrs_det', 'rs_test'],
-                        help='probe sets only scored')
-    parser.add_argument('--thresholds', type=float, nargs='+', default=list(THRESHOLDS))
-    parser.add_argument('--threads', type=int, default=1, help='torch CPU threads')
+                        choices=sorted(SETS), help='probe sets only scored')
+    parser.add_argument('--thresholds', type=float, nargs='+', default=list(THRESHOLDS),
+                        help='confidence thresholds to score (the node default is added)')
+    parser.add_argument('--threads', type=positive_int, default=1, help='torch CPU threads')
     parser.add_argument('--out', default=None, help='JSON file for every figure')
     args = parser.parse_args(argv)
+    check_outputs(parser, out=args.out)
+    if any(not 0.0 <= t <= 1.0 for t in args.thresholds):  # NaN too
+        parser.error(f'--thresholds must be in [0, 1], got {args.thresholds}')
     torch.set_num_threads(args.threads)
     node_conf, nms_iou = node_defaults()
     thresholds = sorted(set(args.thresholds) | {node_conf})
-    results = {name: score_set(name, args.weights, thresholds, nms_iou)
-               for name in [args.select] + [n for n in args.report if n != args.select]}
+    try:  # a checkpoint or shared data set not found: one line
+        results = {name: score_set(name, args.weights, thresholds, nms_iou)
+                   for name in [args.select] + [n for n in args.report if n != args.select]}
+    except ValueError as exc:
+        parser.error(str(exc))
     chosen = choose(results[args.select]['points'])['conf']
     print(f"{args.weights}: NMS IoU {nms_iou} (the node's), P/R/F1 at IoU 0.5; the node's "
           f'confidence_threshold {node_conf}; best mean F1 on {args.select}: conf {chosen}')

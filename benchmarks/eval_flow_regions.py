@@ -22,6 +22,7 @@ import argparse
 import json
 import sys
 
+from bench_args import check_outputs, positive_int
 import cv2
 import numpy as np
 from tarfuse_ros.core import data
@@ -60,20 +61,39 @@ def main(argv=None):
     parser.add_argument('--weights', default=None, help='checkpoint (default: shipped)')
     parser.add_argument('--threshold', type=float, default=10.0,
                         help='content: smoothed visible luma above this (grey levels)')
-    parser.add_argument('--threads', type=int, default=1, help='CPU threads')
+    parser.add_argument('--threads', type=positive_int, default=1, help='CPU threads')
     parser.add_argument('--json', default=None, help='also write the figures here')
     args = parser.parse_args(argv)
     if len(args.split) not in (1, len(args.data)):
         parser.error('give one --split, or one per --data')
+    check_outputs(parser, json=args.json)
     torch.set_num_threads(args.threads)
-    engine = FusionEngine(args.weights)
     splits = args.split * len(args.data) if len(args.split) == 1 else args.split
+    try:  # every set, split and the checkpoint found before the first pair runs
+        sets = [(name, split, resolve_dataset_dir(name)) for name, split in zip(args.data, splits)]
+        sets = [(name, split, folder, data.DataSource(folder, split).stems())
+                for name, split, folder in sets]
+        engine = FusionEngine(args.weights)
+    except ValueError as exc:
+        parser.error(str(exc))
+    try:  # a pair without a ground-truth field (--deform dataset), an unreadable image
+        report = _score(engine, sets, args)
+    except ValueError as exc:
+        parser.error(str(exc))
+    if args.json:
+        with open(args.json, 'w') as handle:
+            json.dump({'weights': args.weights, 'deform': args.deform, 'seed': args.seed,
+                       'threshold': args.threshold, 'sets': report}, handle, indent=2)
+    return 0
+
+
+def _score(engine, sets, args):
+    """Print and return the figures of each set (and pooled over several)."""
     report, pooled = {}, {'model': [], 'unregistered': [], 'content_fraction': []}
-    for name, split in zip(args.data, splits):
-        dataset_dir = resolve_dataset_dir(name)
+    for name, split, dataset_dir, stems in sets:
         options = EvalOptions(split=split, deform=args.deform, seed=args.seed)
         rows = {'model': [], 'unregistered': [], 'content_fraction': []}
-        for stem in data.DataSource(dataset_dir, split).stems():
+        for stem in stems:
             case = make_case(dataset_dir, stem, args.deform, options, True)
             mask = content_mask(case.vi_y, args.threshold)
             flow = engine.infer(case.deformed, case.vi).flow_px
@@ -88,11 +108,7 @@ def main(argv=None):
     if len(args.data) > 1:
         report['pooled'] = _summary(pooled)
         _print('pooled', report['pooled'])
-    if args.json:
-        with open(args.json, 'w') as handle:
-            json.dump({'weights': args.weights, 'deform': args.deform, 'seed': args.seed,
-                       'threshold': args.threshold, 'sets': report}, handle, indent=2)
-    return 0
+    return report
 
 
 def _summary(rows):

@@ -25,6 +25,7 @@ fails on most MSRS night pairs, ``benchmarks/dataset_alignment.py``), so an esti
 import argparse
 import sys
 
+from bench_args import check_outputs
 import cv2
 import numpy as np
 from tarfuse_ros.core import data, metrics
@@ -98,17 +99,21 @@ def main(argv=None):
         parser.error(f'--size must be WIDTHxHEIGHT, e.g. 640x512, got {args.size!r}')
     if min(width, height) < 64 or args.threads < 1 or args.max_pairs < 0:
         parser.error('need --size of at least 64x64, --threads >= 1 and --max-pairs >= 0')
+    check_outputs(parser, json=args.json)
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(args.threads)
-    engine = FusionEngine(args.weights, device='cpu')
-    matcher = None
-    if args.own_offset:
-        model = load_checkpoint(args.weights or str(default_weights_path())).eval()
-        matcher = getattr(model.registration, 'global_matcher', None)
-        if matcher is None:
-            parser.error('--own-offset needs a checkpoint with the orientation global stage')
-    dataset_dir = resolve_dataset_dir(args.data)
-    stems = list(data.read_split(dataset_dir, args.split))
+    try:  # a checkpoint, data set or split not found: one line
+        engine = FusionEngine(args.weights, device='cpu')
+        matcher = None
+        if args.own_offset:
+            model = load_checkpoint(args.weights or str(default_weights_path())).eval()
+            matcher = getattr(model.registration, 'global_matcher', None)
+            if matcher is None:
+                parser.error('--own-offset needs a checkpoint with the orientation global stage')
+        dataset_dir = resolve_dataset_dir(args.data)
+        stems = list(data.read_split(dataset_dir, args.split))
+    except ValueError as exc:
+        parser.error(str(exc))
     if args.max_pairs:
         stems = stems[:args.max_pairs]
     rows = []

@@ -50,13 +50,17 @@ import argparse
 import sys
 import time
 
+from bench_args import check_outputs
 import cv2
 import numpy as np
 from tarfuse_ros.core import data, metrics
+from tarfuse_ros.core.checkpoint import load_checkpoint
+from tarfuse_ros.core.cpus import machine_facts
 from tarfuse_ros.core.deform import DeformConfig, random_deformation
 from tarfuse_ros.core.engine import FusionEngine
 from tarfuse_ros.core.images import to_uint8, unit_plane
 from tarfuse_ros.core.model.warp import warp
+from tarfuse_ros.core.paths import default_weights_path
 from tarfuse_ros.evaluation.inputs import covered
 from tarfuse_ros.training.datasets import resolve_dataset_dir
 import torch
@@ -238,13 +242,18 @@ def main(argv=None):
     args.seeds = args.seeds or [1, 2, 3]
     if args.threads < 1 or args.max_pairs < 0 or not 0 <= args.pan <= 1000:
         parser.error('need --threads >= 1, --max-pairs >= 0 and --pan in [0, 1000]')
+    check_outputs(parser, json=args.json)
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(args.threads)
-    dataset_dir = resolve_dataset_dir(args.data)
-    stems = list(data.read_split(dataset_dir, args.split))[:args.max_pairs or None]
+    try:  # a data set, split or checkpoint not found, an unreadable image: one line
+        dataset_dir = resolve_dataset_dir(args.data)
+        stems = list(data.read_split(dataset_dir, args.split))[:args.max_pairs or None]
+        loaded = [data.load_pair(dataset_dir, stem) for stem in stems]
+        load_checkpoint(args.weights or default_weights_path())
+    except ValueError as exc:
+        parser.error(str(exc))
     if not stems:
         parser.error(f'{args.data} {args.split}: no pair to stream')
-    loaded = [data.load_pair(dataset_dir, stem) for stem in stems]
     size = loaded[0][1].shape[:2]
     if any(vi.shape[:2] != size or ir.shape[:2] != size for ir, vi in loaded):
         parser.error(f'{args.data} {args.split}: the pairs differ in size; a rig streams '
@@ -300,7 +309,8 @@ def main(argv=None):
                   f'{summary["model_ms_p90"]:.0f}), total {summary["total_ms_median"]:.0f} ms '
                   f'(p90 {summary["total_ms_p90"]:.0f}), {tail}', flush=True)
     summary = {'data': args.data, 'split': args.split, 'pairs': len(stems),
-               'frame': [size[1], size[0]], 'threads': args.threads, 'pan_frames': args.pan,
+               'frame': [size[1], size[0]], 'threads': args.threads, 'machine': machine_facts(),
+               'pan_frames': args.pan,
                'weights': args.weights or 'shipped default',
                'settings': {name: {key: _mean([f[key] for f in values]) for key in values[0]}
                             for name, values in figures.items()}}

@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 import sys
 
+from bench_args import check_outputs
 from tarfuse_ros.core import data
 from tarfuse_ros.evaluation import inputs
 from tarfuse_ros.evaluation.options import EvalOptions
@@ -49,7 +50,9 @@ def build_parser():
 
 def main(argv=None):
     """Print (and optionally write) the teachers' AP on a labelled split (2: bad request)."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_outputs(parser, out=args.out)
     try:
         return _run(args)
     except ValueError as exc:  # a bad request: one line, no traceback

@@ -21,6 +21,7 @@ import argparse
 import json
 import sys
 
+from bench_args import check_outputs
 import numpy as np
 from tarfuse_ros.core import data
 from tarfuse_ros.evaluation import inputs
@@ -78,15 +79,25 @@ def probe(set_name, weights, conf=0.001, iou=0.6, with_arrays=False):
 def main(argv=None):
     """Print (and optionally write) the probe's figures."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--set', required=True, choices=sorted(SETS))
-    parser.add_argument('--weights', required=True)
+    parser.add_argument('--set', required=True, choices=sorted(SETS),
+                        help='the labelled pairs scored (data set and splits: SETS)')
+    parser.add_argument('--weights', required=True, help='checkpoint (.safetensors)')
     parser.add_argument('--conf', type=float, default=0.001, help='NMS confidence threshold')
     parser.add_argument('--iou', type=float, default=0.6, help='NMS IoU threshold')
     parser.add_argument('--threads', type=int, default=1, help='torch CPU threads')
     parser.add_argument('--out', default=None, help='JSON file for the figures and boxes')
     args = parser.parse_args(argv)
+    check_outputs(parser, out=args.out)
+    for name, value in (('--conf', args.conf), ('--iou', args.iou)):
+        if not 0.0 <= value <= 1.0:  # NaN too
+            parser.error(f'{name} must be a number in [0, 1], got {value}')
+    if args.threads < 1:
+        parser.error(f'--threads must be >= 1, got {args.threads}')
     torch.set_num_threads(args.threads)
-    summary, boxes = probe(args.set, args.weights, args.conf, args.iou)
+    try:  # a checkpoint or shared data set not found: one line
+        summary, boxes = probe(args.set, args.weights, args.conf, args.iou)
+    except ValueError as exc:
+        parser.error(str(exc))
     per_class = ' '.join(f'{name} {values["ap50"]:.3f}'
                          for name, values in summary['per_class'].items())
     print(f'{args.set} {args.weights} (NMS IoU {args.iou}): {summary["num_images"]} pairs, '

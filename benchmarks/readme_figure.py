@@ -38,7 +38,7 @@ def _titled(image, title, height):
 
 def pair_row(engine, spec, height, seed):
     """Return the four-panel BGR row of one ``set:stem`` pair."""
-    name, _, stem = spec.partition(':')
+    name, _, stem = spec.rpartition(':')
     dataset_dir = resolve_dataset_dir(name)
     ir, vi = data.load_pair(dataset_dir, stem)
     if ir.ndim == 3:
@@ -53,22 +53,38 @@ def pair_row(engine, spec, height, seed):
     return np.hstack([_titled(p, t, height) for p, t in zip(panels, TITLES)])
 
 
+def _pair_spec(text):
+    """Return ``text`` when it is ``SET:STEM`` with both parts given (argparse type)."""
+    name, sep, stem = text.rpartition(':')
+    if not sep or not name or not stem:
+        raise argparse.ArgumentTypeError(f'give SET:STEM (e.g. roadscene:FLIR_00122), got '
+                                         f'{text!r}')
+    return text
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--out', required=True, help='PNG to write')
-    parser.add_argument('--pair', action='append', required=True,
+    parser.add_argument('--pair', action='append', required=True, type=_pair_spec,
                         help='SET:STEM (a data set folder or shared name, and a pair); repeat')
     parser.add_argument('--weights', default=None, help='checkpoint (default: shipped)')
     parser.add_argument('--height', type=int, default=240, help='panel height in pixels')
     parser.add_argument('--seed', type=int, default=0, help='seed of synthetic deformations')
     args = parser.parse_args(argv)
+    if args.height < 32:
+        parser.error(f'--height must be >= 32 pixels, got {args.height}')
+    if not cv2.haveImageWriter(args.out):
+        parser.error(f'--out {args.out}: OpenCV writes no image of that extension (give .png)')
     torch.set_num_threads(2)
-    engine = FusionEngine(args.weights, device='cpu')
-    rows = [pair_row(engine, spec, args.height, args.seed) for spec in args.pair]
+    try:  # a checkpoint, data set or pair not found: one line
+        engine = FusionEngine(args.weights, device='cpu')
+        rows = [pair_row(engine, spec, args.height, args.seed) for spec in args.pair]
+    except ValueError as exc:
+        parser.error(str(exc))
     width = max(r.shape[1] for r in rows)
     rows = [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0))) for r in rows]
     if not cv2.imwrite(args.out, np.vstack(rows)):
-        raise SystemExit(f'could not write {args.out}')
+        parser.error(f'could not write {args.out}')
     print(f'wrote {args.out}')
     return 0
 

@@ -16,6 +16,7 @@ import argparse
 import json
 from pathlib import Path
 
+from bench_args import check_outputs
 import numpy as np
 from tarfuse_ros.core import data
 from tarfuse_ros.core.checkpoint import load_checkpoint
@@ -28,8 +29,11 @@ import torch
 def load_cases(name):
     """Return the cases of a data set's test pairs that have a ground-truth field."""
     folder = resolve_dataset_dir(name)
-    with_field = {p.stem for p in (folder / 'synthetic_misaligned' / 'disp').iterdir()}
+    with_field = set(data.misaligned_stems(folder))
     stems = [s for s in data.DataSource(folder, 'test').stems() if s in with_field]
+    if not stems:
+        raise ValueError(f'{name}: no test pair has a ground-truth field '
+                         f'(synthetic_misaligned/disp): nothing to score')
     return [protocol.make_case(folder, s, 'dataset', EvalOptions(), True) for s in stems]
 
 
@@ -72,25 +76,41 @@ def main(argv=None):
     parser.add_argument('--weights', action='append', default=[], help='checkpoint, as it is')
     parser.add_argument('--stages', action='append', default=[],
                         help='checkpoint with a global stage: also global-only / levels-only')
-    parser.add_argument('--sets', default='roadscene,msrs_det')
-    parser.add_argument('--threads', type=int, default=1)
+    parser.add_argument('--sets', default='roadscene,msrs_det',
+                        help='comma-separated data sets with synthetic_misaligned/disp '
+                             '(default roadscene,msrs_det)')
+    parser.add_argument('--threads', type=int, default=1, help='torch CPU threads (default 1)')
     parser.add_argument('--json', help='also write the figures here')
     args = parser.parse_args(argv)
+    check_outputs(parser, json=args.json)
+    if not args.weights and not args.stages:  # it printed nothing and exited 0
+        parser.error('give at least one --weights or --stages checkpoint')
+    if args.threads < 1:
+        parser.error(f'--threads must be >= 1, got {args.threads}')
     torch.set_num_threads(args.threads)
-    cases = {name: load_cases(name) for name in args.sets.split(',')}
     variants = [(path, 'full') for path in args.weights]
     for path in args.stages:
         variants += [(path, 'global only'), (path, 'levels only'), (path, 'full')]
+    try:  # a data set without ground-truth fields, a checkpoint not found: one line
+        cases = {name: load_cases(name) for name in args.sets.split(',')}
+        models = {path: load_checkpoint(path) for path, _ in variants}
+    except (OSError, ValueError) as exc:
+        parser.error(str(exc))
+    print('EPE in px of the stored frames cut to multiples of 32, mean over the pairs with a '
+          'ground-truth field (' + ', '.join(f'{name} {len(items)}'
+                                             for name, items in cases.items()) + ' pairs)')
     rows = {}
     for path, mode in variants:
-        model = load_checkpoint(path)
+        model = models[path]
         label = f'{Path(path).name} ({mode})'
         rows[label] = {}
         for name, items in cases.items():
             epe, zero = score(model, items, mode)
             rows[label][name] = round(epe, 2)
             rows[label][f'{name}_zero'] = round(zero, 2)
-        print(label, rows[label], flush=True)
+        print(f'{label}: ' + ', '.join(
+            f'{name} EPE {rows[label][name]:.2f} px (zero flow {rows[label][f"{name}_zero"]:.2f}'
+            f' px)' for name in cases), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1) + '\n')
     return 0

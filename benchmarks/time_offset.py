@@ -23,6 +23,7 @@ import platform
 import sys
 import time
 
+from bench_args import check_outputs, positive_int
 import cv2
 import numpy as np
 
@@ -252,9 +253,15 @@ def summary(rows):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--pairs', nargs='+', default=list(PAIRS), help='msrs_det stems')
-    parser.add_argument('--seeds', type=int, default=2, help='runs per case and pair')
+    parser.add_argument('--seeds', type=positive_int, default=2, help='runs per case and pair')
     parser.add_argument('--out', type=Path, default=None, help='JSON report')
     args = parser.parse_args(argv)
+    check_outputs(parser, out=args.out)
+    try:  # every pair read before the first case runs (one missing: one line)
+        for stem in args.pairs:
+            read_pair(stem)
+    except FileNotFoundError as exc:
+        parser.error(str(exc))
     cv2.setNumThreads(1)
     started = time.time()
     rows = run(CASES, args.pairs, range(args.seeds))

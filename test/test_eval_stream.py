@@ -83,6 +83,9 @@ def test_a_tiny_run_names_the_track_setting_and_counts_what_it_did(
     # Three pairs with global_track 2: fitted (first), tracked, fitted (second after it).
     assert 'tracked 1, fitted 2 (kept over the track ' in printed and 'held 0' in printed
     written = json.loads(out.read_text())
+    # Its times (ms) did not say on which machine they were taken.
+    from tarfuse_ros.core.cpus import machine_facts
+    assert written['summary']['machine'] == machine_facts()
     settings = written['summary']['settings']
     assert set(settings) == {'1x1', 'track2'}
     track = settings['track2']

@@ -9,9 +9,10 @@ cores took 1.1-2.2 s per pair instead of 0.56 s). This module imports neither li
 """
 
 import os
+import platform
 
-__all__ = ['default_cpu_threads', 'default_threads_reason', 'omp_num_threads',
-           'usable_cpus']
+__all__ = ['cpu_model', 'default_cpu_threads', 'default_threads_reason', 'machine_facts',
+           'omp_num_threads', 'usable_cpus']
 
 
 def usable_cpus():
@@ -84,3 +85,27 @@ def default_threads_reason(threads):
         return (f'the CPUs this process may use ({machine} on the machine; a CPU affinity, a '
                 f'container CPU limit or LOKY_MAX_CPU_COUNT)')
     return f'one per CPU of the machine ({machine})'
+
+
+def cpu_model(cpuinfo='/proc/cpuinfo'):
+    """Return the processor's model name (e.g. ``'AMD EPYC 7763 64-Core Processor'``).
+
+    Read from ``cpuinfo`` (Linux: its first ``model name``, or ``Model`` / ``Hardware`` on ARM
+    boards); elsewhere, or without such a line, :func:`platform.processor` (often empty on
+    Linux) or the architecture (``x86_64``).
+    """
+    try:
+        with open(cpuinfo, encoding='utf-8', errors='replace') as handle:
+            for line in handle:
+                key, _, value = line.partition(':')
+                if key.strip() in ('model name', 'Model', 'Hardware') and value.strip():
+                    return ' '.join(value.split())
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or 'unknown processor'
+
+
+def machine_facts():
+    """Return the machine a timing ran on, in words: processor, usable and logical CPUs."""
+    return (f'{cpu_model()}, {usable_cpus()} usable of {os.cpu_count() or 1} logical CPUs '
+            f'({platform.system()} {platform.machine()})')

@@ -79,6 +79,7 @@ __all__ = [
     'pair_files',
     'read_classes',
     'read_split',
+    'stored_size',
     'unpaired_notes',
     'unpaired_stems',
     'yolo_label_text',
@@ -888,7 +889,7 @@ def check_aspect_ratios(pairs, why, shown=5):
     pairs = list(pairs)
     found = []
     for folder, stem in pairs:
-        ir_wh, vi_wh = (_stored_size(path) for path in pair_files(folder, stem))
+        ir_wh, vi_wh = (stored_size(path) for path in pair_files(folder, stem))
         if ir_wh is not None and vi_wh is not None and _other_aspect(ir_wh, vi_wh):
             found.append(f'{Path(folder).name}/{stem} ({_sizes_text(ir_wh, vi_wh)})')
     if found:
@@ -907,7 +908,7 @@ def _sizes_text(ir_wh, vi_wh):
     return f'IR {ir_wh[0]}x{ir_wh[1]}, visible {vi_wh[0]}x{vi_wh[1]}'
 
 
-def _stored_size(path):
+def stored_size(path):
     """Return an image file's ``(width, height)`` as the loader reads it, or None (unreadable).
 
     From the header (Pillow); a file Pillow does not open (a PNG with a broken ancillary

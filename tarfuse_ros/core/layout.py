@@ -115,7 +115,9 @@ def list_split_names(dataset_dir):
     names = sorted(p.stem for p in path.glob('*.txt') if p.name != 'classes.txt')
     base = path / MISALIGNED_DIR
     misaligned = (base / 'list.txt').is_file() or (base / 'disp').is_dir()
-    return names + ['all'] + (['misaligned'] if misaligned else [])
+    keywords = ['all'] + (['misaligned'] if misaligned else [])
+    # An all.txt is listed once: 'all' names every pair (msrs_train's 'all' appeared twice).
+    return [name for name in names if name not in keywords] + keywords
 
 
 def read_split(dataset_dir, split='all', unique=False, ir_dir='ir', vi_dir='vi'):

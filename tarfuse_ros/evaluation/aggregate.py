@@ -4,6 +4,7 @@ import math
 
 import numpy as np
 from tarfuse_ros.core import metrics
+from tarfuse_ros.core.cpus import machine_facts
 from tarfuse_ros.evaluation.baselines import BASELINES
 from tarfuse_ros.evaluation.contrast import CONTRAST_CLASSES, TargetContrast
 from tarfuse_ros.evaluation.detection import detection_summary
@@ -233,6 +234,10 @@ class Scores:
             'speed': {'ms_per_pair': float(np.mean(self.times_ms)),
                       'model_ms_per_pair': float(np.mean(self.model_ms)),
                       'device': device, 'threads': torch.get_num_threads(),
+                      # The machine the times were taken on, for comparing them with others.
+                      'machine': machine_facts(),
+                      'gpu': (torch.cuda.get_device_name(torch.device(device))
+                              if str(device).startswith('cuda') else None),
                       # Every distinct evaluated size (height, width): pairs may differ.
                       'image_sizes': sorted({tuple(e['size']) for e in self.per_pair})},
             'baselines': baselines, 'ecc_failures': self.ecc_failures,

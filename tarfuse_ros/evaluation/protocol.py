@@ -248,6 +248,7 @@ def _evaluate(data_dir, weights, out_dir, options):
         prior = load_prior_yaml(options.prior)
         if prior is None:
             raise ValueError(f'--prior {options.prior}: the file sets no registration.prior')
+        _check_prior_sizes(dataset_dir, stems, prior, options.prior)
         # The engine is given the IR resized to the visible frame (make_case).
         nms['registration_prior'] = prior_in_visible_frame(prior)
     nms['input_max_long_side'] = options.input_max_long_side
@@ -274,10 +275,12 @@ def _evaluate(data_dir, weights, out_dir, options):
     unknown = _unknown_classes(labels, lookup, label_classes)
     if unknown:
         _LOG.warning('the model does not know the label classes %s: those %d boxes are left out '
-                     'of the detection scores (its classes: %s)',
+                     'of the detection scores (%s)',
                      ', '.join(f'{name} ({count} box{"es" if count > 1 else ""})'
                                for name, count in unknown.items()),
-                     sum(unknown.values()), ', '.join(scores.class_names))
+                     sum(unknown.values()),
+                     f'its classes: {", ".join(scores.class_names)}' if scores.class_names
+                     else 'it has no detection head: it detects no class')
     if options.teachers and all(boxes is None for boxes in labels):
         # Its rows score detections against the labels: without any, none would be written.
         raise ValueError(f'--teacher: none of the {len(stems)} pairs has a label file in '
@@ -375,6 +378,33 @@ def _foreign_results(out_dir):
         if first != REPORT_TITLE:
             foreign.append(report_path.name)
     return foreign
+
+
+def _check_prior_sizes(dataset_dir, stems, prior, path, shown=5):
+    """Refuse, before the model runs, the pairs of another aspect ratio than ``prior``'s.
+
+    A rig's prior fits the image sizes it was made for (at any scale); each pair was checked
+    as it came (make_case), so a set of mixed sizes ran until its first such pair.
+    """
+    refused = []
+    for stem in stems:
+        ir_wh, vi_wh = (data.stored_size(file) for file in data.pair_files(dataset_dir, stem))
+        if ir_wh is None or vi_wh is None:
+            continue  # unreadable: the loader names it
+        try:
+            prior.homography_for(ir_wh, vi_wh)
+        except ValueError:
+            refused.append(f'{stem} (IR {ir_wh[0]}x{ir_wh[1]}, visible {vi_wh[0]}x{vi_wh[1]})')
+    if refused:
+        more = f', and {len(refused) - shown} more' if len(refused) > shown else ''
+        made = (f'IR {prior.ir_size[0]}x{prior.ir_size[1]}, visible '
+                f'{prior.visible_size[0]}x{prior.visible_size[1]}')
+        raise ValueError(
+            f'--prior {path} was made for images of {made}, and {len(refused)} of the '
+            f'{len(stems)} pairs {"has" if len(refused) == 1 else "have"} another aspect ratio: '
+            f'{", ".join(refused[:shown])}{more}; '
+            f'a prior fits one camera pair: evaluate only the pairs of that rig (a list file), or '
+            f'run tarfuse-calibrate for them')
 
 
 def prior_in_visible_frame(prior):

@@ -58,7 +58,11 @@ def _header(result):
              f'- stored IR: {result.get("stored_ir", "aligned")}',
              f'- speed: {_fmt(speed["ms_per_pair"], 1)} ms per pair '
              f'(model {_fmt(speed["model_ms_per_pair"], 1)} ms) on '
-             f'{speed["device"]}, {speed["threads"]} CPU threads{_sizes(speed)}', '']
+             f'{speed["device"]}, {speed["threads"]} CPU threads{_sizes(speed)}']
+    if speed.get('machine'):  # not in older results
+        lines.append(f'- machine: {speed["machine"]}'
+                     + (f'; GPU: {speed["gpu"]}' if speed.get('gpu') else ''))
+    lines.append('')
     if result['skipped_without_ground_truth']:
         lines += [f'- skipped (no ground-truth field): '
                   f'{len(result["skipped_without_ground_truth"])} pairs', '']
@@ -115,8 +119,9 @@ def _registration_lines(result):
     better = reg.get('edge_alignment_better_than_unregistered_fraction')
     if reg.get('EPE') is not None:
         lines += ['', f'EPE in {pixel_units(result["max_side"])}.']
-    lines += ['', f'EPE reduction vs the unregistered input: '
-              f'{_fmt(None if reduction is None else 100 * reduction, 1)} %. '
+    # No EPE without an aligned IR (or with no deformation): 'n/a', not 'n/a %'.
+    cut = 'n/a' if reduction is None else f'{_fmt(100 * reduction, 1)} %'
+    lines += ['', f'EPE reduction vs the unregistered input: {cut}. '
               f'Edge alignment above the unregistered input on '
               f'{_fmt(None if better is None else 100 * better, 1)} % of the pairs. '
               f'ECC failures (identity kept): {result["ecc_failures"]}.']
@@ -228,7 +233,7 @@ def _goal_lines(result):
     bound = (result.get('fusion_bounds') or {}).get('CC')
     if bound is not None and bound < GOALS['CC']:
         lines += ['', f'No fused image can meet the CC goal on these pairs: their sources '
-                  f'allow at most {_fmt(bound)} (Fusion).']
+                  f'allow at most {_fmt(bound)} (see Fusion).']
     return lines + ['']
 
 

@@ -668,3 +668,15 @@ def test_an_ir_image_exactly_at_the_aspect_tolerance_passes(tmp_path, ir_size, r
             prior.homography_for(ir_size, (640, 480))
     else:
         assert prior.homography_for(ir_size, (640, 480)).shape == (3, 3)
+
+
+def test_a_list_file_named_like_a_keyword_is_offered_once(tmp_path):
+    """An unknown split named the available ones with 'all' twice where the set has all.txt."""
+    for sub in ('ir', 'vi'):
+        (tmp_path / sub).mkdir()
+        cv2.imwrite(str(tmp_path / sub / 'a.png'), np.zeros((8, 8), np.uint8))
+    for name in ('all', 'test'):
+        (tmp_path / f'{name}.txt').write_text('a\n')
+    with pytest.raises(ValueError) as raised:
+        data.read_split(tmp_path, 'val')
+    assert "available: ['test', 'all'] or a path to a list file" in str(raised.value)

@@ -350,3 +350,48 @@ def test_constant_images_score_as_documented():
     c1 = (0.01 * 255) ** 2
     assert metrics.ssim_pair(flat, other) == pytest.approx(
         (2 * 128 * 64 + c1) / (128 ** 2 + 64 ** 2 + c1), abs=1e-9)
+
+
+def test_an_evaluations_figures_are_the_metrics_of_its_images(tmp_path):
+    """metrics.json's per-pair figures, recomputed from the model's own outputs.
+
+    tarfuse-eval with ``--deform none`` on a real pair: the IR given to the model is the
+    aligned IR, so CC, SSIM, EN (fused luma vs aligned IR and visible luma), MSE and NCC
+    (registered vs aligned IR, [0, 1]) and EPE (flow vs the zero reference, px) follow from
+    one run of the engine on the same prepared pair, computed here with numpy and kornia.
+    """
+    from tarfuse_ros.core import data
+    from tarfuse_ros.core.engine import FusionEngine
+    from tarfuse_ros.core.paths import default_weights_path
+    from tarfuse_ros.evaluation import inputs
+    from tarfuse_ros.evaluation.protocol import evaluate
+    tno = Path(__file__).resolve().parents[1] / 'data' / 'datasets' / 'tno'
+    weights = default_weights_path()
+    result = evaluate(tno, weights, tmp_path / 'eval', split='all', deform='none', max_pairs=1,
+                      max_side=128, figures=0, progress=False, threads=1)
+    entry = result['per_pair'][0]
+    pair = inputs.prepare(*data.load_pair(tno, entry['stem']), 128)
+    assert list(pair.vi_y.shape) == entry['size']
+    out = FusionEngine(weights, device='cpu').infer(pair.ir, pair.vi)
+    fused = out.fused if out.fused.ndim == 2 else cv2.cvtColor(out.fused, cv2.COLOR_BGR2GRAY)
+    ir, vi_y = pair.ir.astype(np.float64), pair.vi_y.astype(np.float64)
+
+    def ssim(x, y):
+        return float(kornia.metrics.ssim(_tensor(x), _tensor(y), 11, max_val=255.0, eps=0.0,
+                                         padding='valid').mean())
+
+    counts = np.bincount(fused.ravel(), minlength=256) / fused.size
+    registered = np.asarray(out.registered_ir, np.float64)
+    registered = registered / 255.0 if out.registered_ir.dtype == np.uint8 else registered
+    expected = {
+        ('fusion', 'CC'): (_pearson(fused, ir) + _pearson(fused, vi_y)) / 2,
+        ('fusion', 'SSIM'): (ssim(fused, ir) + ssim(fused, vi_y)) / 2,
+        ('fusion', 'EN'): float(-(counts[counts > 0] * np.log2(counts[counts > 0])).sum()),
+        ('registration', 'MSE'): float(np.mean((registered - ir / 255.0) ** 2)),
+        ('registration', 'NCC'): _pearson(registered, ir),
+        ('registration', 'EPE'): float(np.linalg.norm(out.flow_px, axis=-1).mean()),
+    }
+    for (part, name), value in expected.items():
+        assert entry[part][name] == pytest.approx(value, rel=1e-6, abs=1e-9), (part, name)
+    assert result['registration']['EPE'] == pytest.approx(entry['registration']['EPE'])
+    assert result['registration']['unregistered']['EPE'] == 0.0

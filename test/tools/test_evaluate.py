@@ -443,6 +443,8 @@ def test_evaluate_real_unregistered_pairs_skips_aligned_ir_metrics(tmp_path, cap
     assert {k for k, v in result['fusion'].items() if v is not None} == {'EN', 'SD', 'SF', 'AG'}
     assert 'NOT aligned' in report and '| TarFuse | n/a | n/a | n/a | ' in report
     assert 'targets' not in report
+    # It said 'EPE reduction vs the unregistered input: n/a %.'
+    assert '\nEPE reduction vs the unregistered input: n/a. Edge alignment above ' in report
 
     code = main(['--data', str(DATASETS / 'cvc14_misaligned'), '--split', 'all',
                  '--stored-ir', 'unregistered', '--deform', 'synthetic', '--out',

@@ -96,6 +96,19 @@ def test_boxes_of_classes_the_model_does_not_know_are_named_once(tmp_path, caplo
         (out / 'report.md').read_text()
 
 
+def test_a_model_without_a_detection_head_is_said_to_detect_no_class(tmp_path, caplog):
+    # The medical model on a labelled set: '... left out of the detection scores (its
+    # classes: )', an empty list.
+    data_dir = own_set(tmp_path / 'own')
+    weights = Path(__file__).resolve().parents[2] / 'models' / 'tarfuse_medical.safetensors'
+    assert evaluate(data_dir, tmp_path / 'eval', '--max-pairs', '1', '--weights',
+                    str(weights)) == 0
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == 'WARNING']
+    assert len(warnings) == 1 and warnings[0].endswith(
+        'are left out of the detection scores (it has no detection head: it detects no '
+        'class)'), warnings
+
+
 def test_label_ids_without_a_classes_txt_are_said_to_be_read_as_the_models(tmp_path, caplog):
     # They were scored as the model's classes without a word (training refuses such labels).
     data_dir = own_set(tmp_path / 'own')
@@ -184,10 +197,12 @@ def _outputs(out):
             for path in sorted(out.rglob('*')) if path.is_file()}
 
 
-def test_ctrl_c_stops_the_evaluation_with_one_line(tmp_path):
+@pytest.mark.parametrize('signum', [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_stops_the_evaluation_with_one_line(tmp_path, signum):
     # It printed a Python traceback of wherever the model was; and a rerun into an earlier
     # evaluation's --out deleted its metrics.json, report.md and figures at the start, so the
-    # interrupted rerun left nothing.
+    # interrupted rerun left nothing. SIGTERM (timeout, kill) killed it, leaving this run's
+    # figures in a temporary folder.
     data_dir = own_set(tmp_path / 'own')
     out = tmp_path / 'eval'
     assert evaluate(data_dir, out, '--max-pairs', '1', '--figures', '1') == 0
@@ -203,7 +218,7 @@ def test_ctrl_c_stops_the_evaluation_with_one_line(tmp_path):
         while not list(out.glob('.figures.*.tmp/*.png')) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert list(out.glob('.figures.*.tmp/*.png')), 'no pair done in 120 s'
-        process.send_signal(signal.SIGINT)  # the first of three native-size pairs is done
+        process.send_signal(signum)  # the first of three native-size pairs is done
         stdout, stderr = process.communicate(timeout=60)
     finally:
         process.kill()
@@ -271,8 +286,9 @@ def test_results_are_written_whole_or_not_at_all(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ['report.md']
 
 
-def test_the_speed_names_every_image_size(tmp_path):
-    # speed.image_size gave the first pair's size only, though the pairs' sizes differ.
+def test_the_speed_names_every_image_size_and_the_machine(tmp_path):
+    # speed.image_size gave the first pair's size only, though the pairs' sizes differ; and
+    # neither metrics.json nor report.md named the processor the times were taken on.
     data_dir = own_set(tmp_path / 'own')
     assert evaluate(data_dir, tmp_path / 'eval', '--split', 'test') == 0
     result = json.loads((tmp_path / 'eval' / 'metrics.json').read_text())
@@ -281,8 +297,11 @@ def test_the_speed_names_every_image_size(tmp_path):
     assert result['speed']['image_sizes'] == sorted(sizes)
     assert 'image_size' not in result['speed']
     shown = ', '.join(f'{height}x{width}' for height, width in sorted(sizes))
-    assert f'CPU threads, images of {shown} px (height x width)' in \
-        (tmp_path / 'eval' / 'report.md').read_text()
+    report = (tmp_path / 'eval' / 'report.md').read_text()
+    assert f'CPU threads, images of {shown} px (height x width)' in report
+    from tarfuse_ros.core.cpus import machine_facts
+    assert result['speed']['machine'] == machine_facts() and result['speed']['gpu'] is None
+    assert f'\n- machine: {machine_facts()}\n' in report
 
 
 def test_a_prior_of_an_ir_camera_with_another_aspect_ratio_is_applied(tmp_path, capsys):
@@ -329,7 +348,31 @@ def test_a_prior_of_an_ir_camera_with_another_aspect_ratio_is_applied(tmp_path, 
                  '--out', str(tmp_path / 'never'), '--max-side', '160', '--no-progress',
                  '--threads', '1', '--prior', str(tmp_path / 'rig_prior.yaml')])
     assert code == 2
-    assert 'made for a 640x512 IR image but the IR image is 640x640' in capsys.readouterr().err
+    assert ('was made for images of IR 640x512, visible 640x480, and 1 of the 1 pairs has '
+            'another aspect ratio: 00854N (IR 640x640, visible 640x480)') in \
+        capsys.readouterr().err
+
+
+def test_pairs_of_another_aspect_ratio_than_the_prior_are_refused_before_any_pair(
+        tmp_path, capsys):
+    # Each pair's sizes were checked against --prior as it came: a set of mixed sizes was
+    # evaluated up to its first pair of another aspect ratio, then the whole run was refused.
+    from tarfuse_ros.core.prior import make_prior, write_prior_yaml
+    import numpy as np
+    data_dir = own_set(tmp_path / 'own')  # 500x329, 478x322 and 507x346 pairs
+    write_prior_yaml(tmp_path / 'prior.yaml', make_prior(np.eye(3), (500, 329), (500, 329)))
+    out = tmp_path / 'eval'
+    assert evaluate(data_dir, out, '--prior', str(tmp_path / 'prior.yaml')) == 2
+    assert capsys.readouterr().err == (
+        f"tarfuse-eval: error: --prior {tmp_path / 'prior.yaml'} was made for images of IR "
+        '500x329, visible 500x329, and 2 of the 3 pairs have another aspect ratio: FLIR_00018 '
+        '(IR 478x322, visible 478x322), FLIR_00122 (IR 507x346, visible 507x346); a prior fits '
+        'one camera pair: evaluate only the pairs of that rig (a list file), or run '
+        'tarfuse-calibrate for them\n')
+    assert not out.exists()
+    (data_dir / 'rig.txt').write_text('FLIR_00006\n')
+    assert evaluate(data_dir, out, '--prior', str(tmp_path / 'prior.yaml'), '--split',
+                    'rig.txt') == 0
 
 
 def _crop_ir(data_dir, stem):

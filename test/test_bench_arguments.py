@@ -1,0 +1,96 @@
+"""Benchmarks given a bad argument fail with one line naming it, before any slow work.
+
+Each case raised a Python traceback (a ValueError, KeyError or FileNotFoundError from deep
+inside), or ran on: registration_ablation without a checkpoint printed nothing and exited 0,
+time_offset with --seeds 0 printed an empty table.
+"""
+
+import os
+from pathlib import Path
+import subprocess
+import sys
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ROADSCENE = ROOT / 'test' / 'data' / 'datasets' / 'roadscene'
+TNO = ROOT / 'test' / 'data' / 'datasets' / 'tno'
+WEIGHTS = ROOT / 'models' / 'tarfuse_default.safetensors'
+# Each script's output option, and what else it needs to get as far as checking it.
+OUTPUTS = [
+    ('bench_contention', '--json', []), ('bench_node', '--json', []),
+    ('capture_range', '--json', ['--data', str(ROADSCENE)]),
+    ('dataset_alignment', '--json', ['--data', str(ROADSCENE)]),
+    ('detect_large_frames', '--out', ['--data', str(ROADSCENE), '--sizes', '640x512']),
+    ('detect_operating_point', '--out', []), ('eval_flow_regions', '--json', ['--data', 'x']),
+    ('eval_fov', '--json', ['--data', str(TNO)]), ('eval_stream', '--json', ['--data', 'x']),
+    ('eval_teachers', '--out', ['--data', str(ROADSCENE)]),
+    ('probe_detection', '--out', ['--set', 'rs_test', '--weights', str(WEIGHTS)]),
+    ('registration_ablation', '--json', ['--weights', str(WEIGHTS)]), ('time_offset', '--out', []),
+]
+
+
+@pytest.mark.parametrize('script, args, message', [
+    ('bench_refine', ['--pairs', 'missing', '--parts', 'refine'],
+     "bench_refine: error: data set folder 'missing' does not exist"),
+    ('bench_refine', ['--pairs', str(ROADSCENE), '--parts', 'refine', '--alphas', '5'],
+     'bench_refine: error: alpha must be in (0, 1], got 5.0'),
+    ('capture_range', ['--data', 'missing'], "error: data set 'missing' not found"),
+    ('capture_range', ['--data', str(ROADSCENE), '--split', 'nosuch'],
+     "error: split 'nosuch' not found in"),
+    ('detect_operating_point', ['--select', 'nosuch'],
+     "argument --select: invalid choice: 'nosuch'"),
+    ('detect_operating_point', ['--weights', 'missing.safetensors', '--report'],
+     'error: checkpoint missing.safetensors does not exist'),
+    ('probe_detection', ['--set', 'rs_test', '--weights', 'missing.safetensors'],
+     'error: checkpoint missing.safetensors does not exist'),
+    ('probe_detection', ['--set', 'rs_test', '--weights', str(WEIGHTS), '--conf', '2'],
+     'error: --conf must be a number in [0, 1], got 2.0'),
+    ('readme_figure', ['--out', 'fig.png', '--pair', 'roadscene'],
+     "argument --pair: give SET:STEM (e.g. roadscene:FLIR_00122), got 'roadscene'"),
+    ('readme_figure', ['--out', 'fig.png', '--pair', f'{ROADSCENE}:NOSUCH'],
+     "error: no ir/ image for stem 'NOSUCH'"),
+    ('registration_ablation', [], 'error: give at least one --weights or --stages checkpoint'),
+    ('registration_ablation', ['--weights', str(WEIGHTS), '--sets', 'missing'],
+     "error: data set 'missing' not found"),
+    ('time_offset', ['--pairs', 'NOSUCH'], 'error: pair NOSUCH not found in'),
+    ('time_offset', ['--seeds', '0'], "argument --seeds: must be an integer >= 1, got '0'"),
+    ('eval_flow_regions', ['--data', 'missing'], "error: data set 'missing' not found"),
+    ('eval_flow_regions', ['--data', str(TNO), '--split', 'all', '--weights',
+                           'missing.safetensors'],
+     'error: checkpoint missing.safetensors does not exist'),
+    ('eval_flow_regions', ['--data', str(TNO), '--split', 'all', '--threads', '0'],
+     "argument --threads: must be an integer >= 1, got '0'"),
+    ('eval_flow_regions', ['--data', str(TNO), '--split', 'all', '--deform', 'dataset'],
+     'error: no ground-truth displacement'),
+    ('eval_fov', ['--data', 'missing'], "error: data set 'missing' not found"),
+    ('eval_fov', ['--data', str(TNO), '--split', 'all', '--weights', 'missing.safetensors'],
+     'error: checkpoint missing.safetensors does not exist'),
+    ('eval_stream', ['--data', 'missing'], "error: data set 'missing' not found"),
+    ('eval_stream', ['--data', str(TNO), '--split', 'all', '--weights', 'missing.safetensors'],
+     'error: checkpoint missing.safetensors does not exist'),
+    ('dataset_alignment', ['--data', str(ROADSCENE), '--weights', 'missing.safetensors'],
+     'error: checkpoint missing.safetensors does not exist'),
+])
+def test_a_bad_argument_is_named_in_one_line(script, args, message, tmp_path):
+    """The script exits non-zero with the message on stderr, no traceback, nothing written."""
+    _refused(script, args, message, tmp_path)
+
+
+@pytest.mark.parametrize('script, option, args', OUTPUTS)
+def test_an_output_in_a_missing_folder_is_refused_first(script, option, args, tmp_path):
+    """The figures were lost: open() raised FileNotFoundError once the run was done."""
+    target = tmp_path / 'missing' / 'figures.json'
+    _refused(script, [*args, option, str(target)],
+             f'error: {option} {target}: folder {target.parent} does not exist', tmp_path)
+
+
+def _refused(script, args, message, folder):
+    """Run a benchmark in ``folder`` (empty, and it must stay so); check it refuses ``args``."""
+    path = os.pathsep.join([str(ROOT), os.environ.get('PYTHONPATH', '')])
+    env = dict(os.environ, PYTHONPATH=path)  # this checkout's package
+    done = subprocess.run([sys.executable, str(ROOT / 'benchmarks' / f'{script}.py'), *args],
+                          capture_output=True, text=True, timeout=120, cwd=folder, env=env)
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert message in done.stderr and 'Traceback' not in done.stderr, done.stderr
+    assert list(folder.iterdir()) == []
