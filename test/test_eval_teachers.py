@@ -2,14 +2,15 @@
 
 import importlib.util
 from pathlib import Path
-import shutil
 import sys
 
 import pytest
 from tarfuse_ros.tools import pseudo_label as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'benchmarks'))
+sys.path.insert(0, str(Path(__file__).resolve().parent / 'tools'))
 import eval_teachers  # noqa: E402, I100
+from test_evaluate_own_sets import own_set  # noqa: E402, I100
 
 DATASETS = Path(__file__).resolve().parent / 'data' / 'datasets'
 ROADSCENE = DATASETS / 'roadscene'
@@ -17,17 +18,9 @@ STEMS = ('FLIR_00006', 'FLIR_00018')
 TEACHERS = pl.default_teachers_dir()
 
 
-def _own_set(folder, stems=STEMS):
-    """Lay out labelled RoadScene pairs in ``folder`` (list file ``test.txt``)."""
-    for sub in ('ir', 'vi', 'labels'):
-        (folder / sub).mkdir(parents=True)
-    for stem in stems:
-        for sub in ('ir', 'vi'):
-            shutil.copy(ROADSCENE / sub / f'{stem}.jpg', folder / sub)
-        shutil.copy(ROADSCENE / 'labels' / f'{stem}.txt', folder / 'labels')
-    shutil.copy(ROADSCENE / 'labels' / 'classes.txt', folder / 'labels')
-    (folder / 'test.txt').write_text('\n'.join(stems) + '\n')
-    return folder
+def _own_set(folder):
+    """Lay out the labelled RoadScene pairs of STEMS in ``folder`` (list file ``test.txt``)."""
+    return own_set(folder, STEMS)
 
 
 def _teacher_args():

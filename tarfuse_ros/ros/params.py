@@ -861,6 +861,22 @@ def _decimal_params_file(path):
     return text, names
 
 
+def _ros_arguments(argv):
+    """Yield ``(option, i)`` for the parameter options of ``argv``'s ``--ros-args`` sections.
+
+    ``option`` is ``'--params-file'`` or ``'-p'`` (also for ``--param``), ``i`` the index of its
+    value in ``argv``. A section runs from ``--ros-args`` to ``--`` or the end, as rcl reads.
+    """
+    in_ros_args = False
+    for i, arg in enumerate(argv):
+        if arg == '--ros-args':
+            in_ros_args = True
+        elif arg == '--':
+            in_ros_args = False
+        elif in_ros_args and arg in ('--params-file', '-p', '--param') and i + 1 < len(argv):
+            yield ('--params-file' if arg == '--params-file' else '-p'), i + 1
+
+
 def decimal_number_lists(argv, folder):
     """Return ``(argv, notes)`` with number lists that mix integers and doubles made doubles.
 
@@ -881,24 +897,20 @@ def decimal_number_lists(argv, folder):
         list (``"--params-file F: registration.prior ..."``) to log.
 
     """
-    argv, notes, in_ros_args = list(argv), [], False
-    for i, arg in enumerate(argv):
-        if arg == '--ros-args':
-            in_ros_args = True
-        elif arg == '--':
-            in_ros_args = False
-        elif in_ros_args and arg == '--params-file' and i + 1 < len(argv):
-            text, names = _decimal_params_file(argv[i + 1])
+    argv, notes = list(argv), []
+    for option, i in _ros_arguments(argv):
+        if option == '--params-file':
+            text, names = _decimal_params_file(argv[i])
             if names:
-                rewritten = Path(folder) / f'{i + 1}_{Path(argv[i + 1]).name}'
+                rewritten = Path(folder) / f'{i}_{Path(argv[i]).name}'
                 rewritten.write_text(text)
-                notes += [f'--params-file {argv[i + 1]}: {name} mixes integers and decimals, '
+                notes += [f'--params-file {argv[i]}: {name} mixes integers and decimals, '
                           f'which rcl refuses in one list; its integers were read as decimals '
                           f'(write 1.0 for 1 to keep the file valid for other ROS tools)'
                           for name in names]
-                argv[i + 1] = str(rewritten)
-        elif in_ros_args and arg in ('-p', '--param') and i + 1 < len(argv):
-            name, sep, text = argv[i + 1].partition(':=')
+                argv[i] = str(rewritten)
+        else:
+            name, sep, text = argv[i].partition(':=')
             value = text.strip()
             if not (sep and value.startswith('[') and value.endswith(']')):
                 continue
@@ -907,7 +919,7 @@ def decimal_number_lists(argv, folder):
             if _mixed_number_list(types):
                 items = [_float_text(item) if kind == Parameter.Type.INTEGER else item.strip()
                          for item, kind in zip(items, types)]
-                argv[i + 1] = f'{name}:=[{", ".join(items)}]'
+                argv[i] = f'{name}:=[{", ".join(items)}]'
                 notes.append(f'-p {name}:={text}: mixes integers and decimals, which rcl refuses '
                              f'in one list; its integers were read as decimals')
     return argv, notes
@@ -960,16 +972,12 @@ def params_files_for_other_nodes(argv, node_name):
     sets nothing, silently, and the node would run on its defaults. ``node_name`` is the
     fully qualified name (``/front/tarfuse``). Each line names the file and its sections.
     """
-    lines, in_ros_args = [], False
-    for i, arg in enumerate(argv):
-        if arg == '--ros-args':
-            in_ros_args = True
-        elif arg == '--':
-            in_ros_args = False
-        elif in_ros_args and arg == '--params-file' and i + 1 < len(argv):
-            sections = _params_file_sections(argv[i + 1])
+    lines = []
+    for option, i in _ros_arguments(argv):
+        if option == '--params-file':
+            sections = _params_file_sections(argv[i])
             if sections and not any(section_applies(s, node_name) for s in sections):
-                lines.append(f'{argv[i + 1]} (sections {", ".join(map(repr, sections))})')
+                lines.append(f'{argv[i]} (sections {", ".join(map(repr, sections))})')
     return lines
 
 
@@ -993,14 +1001,10 @@ def command_line_type_errors(argv, node_name):
         empty when every value fits.
 
     """
-    lines, in_ros_args, argv = [], False, list(argv)
-    for i, arg in enumerate(argv):
-        if arg == '--ros-args':
-            in_ros_args = True
-        elif arg == '--':
-            in_ros_args = False
-        elif in_ros_args and arg in ('-p', '--param') and i + 1 < len(argv):
-            name, sep, text = argv[i + 1].partition(':=')
+    lines, argv = [], list(argv)
+    for option, i in _ros_arguments(argv):
+        if option == '-p':
+            name, sep, text = argv[i].partition(':=')
             if not sep:
                 continue
             node, _, name = name.rpartition(':')
@@ -1017,7 +1021,7 @@ def command_line_type_errors(argv, node_name):
                 fits = given is not None and given.value == _TYPES[spec.kind]
             if not fits:
                 given_name = 'a list of mixed types' if given is None else _TYPE_WORDS[given]
-                lines.append(f'-p {argv[i + 1]}: {given_name} where '
+                lines.append(f'-p {argv[i]}: {given_name} where '
                              f'{_TYPE_WORDS[Parameter.Type(_TYPES[spec.kind])]} is expected')
     return lines
 

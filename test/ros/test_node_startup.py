@@ -357,13 +357,23 @@ def test_the_cpu_fallback_is_logged_once():
         node.close()
 
 
-def test_cpu_threads_0_takes_the_cpus_the_process_may_use(tmp_path):
-    """A CPU limit that torch does not count (here LOKY_MAX_CPU_COUNT) sets the threads."""
+@pytest.mark.parametrize('limit, said, unsaid', [
+    pytest.param({'LOKY_MAX_CPU_COUNT': '1'}, 'the CPUs this process may use', None,
+                 id='loky_max_cpu_count'),
+    # The line blamed a CPU affinity, a container CPU limit or LOKY_MAX_CPU_COUNT, none of
+    # which was there.
+    pytest.param({'OMP_NUM_THREADS': '1'}, 'as OMP_NUM_THREADS=1 asks', 'LOKY_MAX_CPU_COUNT',
+                 id='omp_num_threads',
+                 marks=pytest.mark.skipif(usable_cpus() < 2,
+                                          reason='needs a process that may use 2 CPUs')),
+])
+def test_cpu_threads_0_follows_a_cpu_limit_and_names_it(tmp_path, limit, said, unsaid):
+    """A CPU limit torch does not count, or OMP_NUM_THREADS, sets the threads: the line says so."""
     weights = tmp_path / 'random.safetensors'
     make_checkpoint(weights)
     environment = {name: value for name, value in os.environ.items()
-                   if name not in ('OMP_NUM_THREADS', 'MKL_NUM_THREADS')}
-    environment['LOKY_MAX_CPU_COUNT'] = '1'
+                   if name not in ('OMP_NUM_THREADS', 'MKL_NUM_THREADS', 'LOKY_MAX_CPU_COUNT')}
+    environment.update(limit)
     domain = random_domain_id()
     node = NodeProcess(domain, {'weights': str(weights), 'cpu_threads': 0,
                                 'diagnostics.period': 0.25},
@@ -373,35 +383,8 @@ def test_cpu_threads_0_takes_the_cpus_the_process_may_use(tmp_path):
         assert probe.wait_for_diagnostics(
             lambda level, message, values: values.get('cpu_threads') == '1',
             timeout=90.0), node.log()
-        assert 'cpu_threads 0: 1 CPU thread(s), the CPUs this process may use' in node.log()
-    finally:
-        probe.close()
-        node.close()
-
-
-@pytest.mark.skipif(usable_cpus() < 2, reason='needs a process that may use 2 CPUs')
-def test_cpu_threads_0_capped_by_omp_num_threads_says_so(tmp_path):
-    """OMP_NUM_THREADS=1 gives one thread, and the start-up line names that variable.
-
-    The line blamed a CPU affinity, a container CPU limit or LOKY_MAX_CPU_COUNT, none of which
-    was there.
-    """
-    weights = tmp_path / 'random.safetensors'
-    make_checkpoint(weights)
-    environment = {name: value for name, value in os.environ.items()
-                   if name != 'LOKY_MAX_CPU_COUNT'}
-    environment['OMP_NUM_THREADS'] = '1'
-    domain = random_domain_id()
-    node = NodeProcess(domain, {'weights': str(weights), 'cpu_threads': 0,
-                                'diagnostics.period': 0.25},
-                       env=environment)
-    probe = Probe(domain)
-    try:
-        assert probe.wait_for_diagnostics(
-            lambda level, message, values: values.get('cpu_threads') == '1',
-            timeout=90.0), node.log()
-        assert 'cpu_threads 0: 1 CPU thread(s), as OMP_NUM_THREADS=1 asks' in node.log()
-        assert 'LOKY_MAX_CPU_COUNT' not in node.log()
+        assert f'cpu_threads 0: 1 CPU thread(s), {said}' in node.log()
+        assert unsaid is None or unsaid not in node.log()
     finally:
         probe.close()
         node.close()
