@@ -272,8 +272,8 @@ def test_evaluate_rejects_bad_requests(random_checkpoint, tmp_path, capsys):
         code = main(['--data', str(DATASETS / 'tno'), '--weights', str(random_checkpoint),
                      '--out', str(tmp_path / 'never'), '--no-progress', *extra])
         assert code == 2 and not (tmp_path / 'never').exists(), extra
-    # Nor does one refused at the first pair: a prior for another aspect ratio (it left an
-    # empty figures/ folder).
+    # Nor does a prior for another aspect ratio (refused at the first pair, it left an empty
+    # figures/ folder; now refused before the model loads).
     from tarfuse_ros.core.prior import make_prior, write_prior_yaml
     other_rig = tmp_path / 'other_rig.yaml'
     write_prior_yaml(other_rig, make_prior(np.eye(3), (320, 320), (320, 320)))
@@ -281,7 +281,8 @@ def test_evaluate_rejects_bad_requests(random_checkpoint, tmp_path, capsys):
                  str(random_checkpoint), '--out', str(tmp_path / 'never'), '--no-progress',
                  '--max-pairs', '1', '--threads', '1', '--prior', str(other_rig)])
     err = capsys.readouterr().err
-    assert code == 2 and 'registration.prior was made for' in err, err
+    assert code == 2 and (f'--prior {other_rig} was made for images of IR 320x320, visible '
+                          '320x320, and 1 of the 1 pairs has another aspect ratio') in err, err
     assert not (tmp_path / 'never').exists()
 
 
