@@ -1089,9 +1089,10 @@ def test_make_bag_refuses_an_ir_stamp_before_the_first_second_naming_the_options
 
 
 def test_what_is_not_a_bag_folder_is_named_by_every_bag_tool(sample_bag, tmp_path, capsys):
-    """Rosbags said 'Expected metadata file <the folder> does not exist' (tarfuse-calibrate,
-    tarfuse-time-offset) whatever was given: a bag's file, the folder of bags, a bag left
-    without its metadata.yaml by a recording that was not closed.
+    """A bag's file, a folder of bags, a bag without its metadata.yaml are named as such.
+
+    Rosbags said 'Expected metadata file <the folder> does not exist' (tarfuse-calibrate,
+    tarfuse-time-offset) whatever was given, the last a recording that was not closed.
     """
     from tarfuse_ros.tools import calibrate, time_offset
     path, _ = sample_bag
