@@ -401,6 +401,11 @@ def run_demo(out='output/demo', weights=None, device='cpu', samples=None,
                          f'{startup_timeout}')
     if png_count < 0:
         raise ValueError(f'--pngs must be >= 0, got {png_count}')
+    if size is not None:  # the node refuses such frames: refused before any output changes
+        from tarfuse_ros.core.images import check_frame_size
+        from tarfuse_ros.tools.make_bag import parse_size
+        width, height = parse_size(size) if isinstance(size, str) else size
+        check_frame_size(np.empty((height, width), np.uint8), '--size')
     weights = Path(weights) if weights else paths.default_weights_path()
     if not weights.is_file():
         raise DemoError(f'no weights at {weights}: pass --weights PATH.safetensors, or train '

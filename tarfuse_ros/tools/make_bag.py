@@ -33,7 +33,8 @@ from tarfuse_ros.core.sizes import MAX_ENLARGED_LONG_SIDE
 from tarfuse_ros.tools.bagio import check_topic_name, compressed_cdr, image_cdr, jazzy_typestore
 from tarfuse_ros.tools.bagio import offered_qos, open_writer
 
-__all__ = ['BagSummary', 'build_parser', 'ir_to_mono16', 'list_pairs', 'main', 'make_bag']
+__all__ = ['BagSummary', 'build_parser', 'ir_to_mono16', 'list_pairs', 'main', 'make_bag',
+           'parse_size']
 
 DEFAULT_START_TIME_S = 1_700_000_000.0  # 2023-11-14T22:13:20Z, a fixed 'recorded' epoch
 # mono16 IR as a radiometric camera in TLinear mode gives it: centi-kelvin. 8-bit grey g maps to
@@ -85,7 +86,8 @@ def list_pairs(pairs_dir, split=None, ir_dir='ir', vi_dir='vi'):
     return pairs
 
 
-def _parse_size(text):
+def parse_size(text):
+    """Return ``(width, height)`` of ``'WIDTHxHEIGHT'`` (None for None); ValueError if bad."""
     if text is None:
         return None
     try:
@@ -211,8 +213,8 @@ def make_bag(pairs_dir, out, *, split=None, rate=10.0, ir_encoding='mono8', vi_e
     problem = output_problem(out, folder=True)
     if problem:  # before reading every image
         raise ValueError(f'--out {str(out)!r} cannot be written ({problem})')
-    size = _parse_size(size) if isinstance(size, str) else size
-    ir_size = _parse_size(ir_size) if isinstance(ir_size, str) else ir_size
+    size = parse_size(size) if isinstance(size, str) else size
+    ir_size = parse_size(ir_size) if isinstance(ir_size, str) else ir_size
     ir_size = ir_size or size
     pairs = list_pairs(pairs_dir, split, ir_dir=ir_dir, vi_dir=vi_dir)
     if max_pairs is not None:

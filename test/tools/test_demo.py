@@ -212,6 +212,10 @@ def test_demo_refuses_bad_numbers_before_any_work(weights, tmp_path, capsys, fla
     (['--rate', '0'], 'rate must be > 0 and at most 1e+09 Hz, got 0.0'),
     (['--size', '512'], "size must look like WIDTHxHEIGHT (e.g. 640x512), got '512'"),
     (['--loops', '0'], 'loops must be >= 1, got 0'),
+    # Accepted, the earlier outputs replaced, then refused by the node.
+    (['--size', '12x12'], '--size is 12x12: both sides must be at least 16 pixels'),
+    (['--size', '900x100'], '--size is 900x100: its longer side is 9.0 times the '
+                            'shorter, more than 8 (a strip, not a frame)'),
     (['--param', 'visible.transport:=jpeg'],
      "vi_transport must be one of ('raw', 'compressed'), got 'jpeg'")])
 def test_a_bad_bag_option_keeps_the_earlier_demo_s_outputs(
