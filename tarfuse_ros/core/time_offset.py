@@ -220,7 +220,10 @@ def signal_from_changes(changes):
     limit = _GAP * float(np.median(intervals)) if len(table) else 0.0
     keep = (intervals <= limit) & np.isfinite(table[:, 2]) & (intervals > 0)
     if keep.sum() < 2:
-        raise ValueError(f'{int(keep.sum())} intervals without a gap; the motion signal '
+        resized = int(np.isnan(table[:, 2]).sum())
+        why = (f' ({resized} of the {len(table)} join images of different sizes: a camera '
+               f'changing its resolution)' if resized else '')
+        raise ValueError(f'{int(keep.sum())} intervals without a gap{why}; the motion signal '
                          f'needs 2')
     return MotionSignal(0.5 * (table[keep, 0] + table[keep, 1]),
                         table[keep, 2] / intervals[keep], limit)

@@ -342,3 +342,23 @@ def test_messages_recorded_out_of_stamp_order_are_put_back_and_a_stray_one_is_na
     assert f'{VI_TOPIC}: 1 of 300 images left out' in printed.err
     assert 'visible: 299 images' in printed.out
     assert 'before an image recorded earlier (more than 32 images late)' in printed.err
+
+
+def test_a_camera_changing_its_resolution_every_frame_is_named_as_the_cause(tmp_path, capsys):
+    """Every change of an IR switching between two frame sizes is NaN (not comparable).
+
+    The error said '0 intervals without a gap ... record a few seconds of both cameras'.
+    """
+    calls = []
+
+    def switching(frame):
+        calls.append(1)
+        grey = frame if frame.ndim == 2 else cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
+        if len(calls) % 2:
+            grey = cv2.resize(grey, (grey.shape[1], grey.shape[0] * 3 // 4))
+        return grey, 'mono8'
+    bag = write_raw_bag(tmp_path / 'switching', simulation.Case('pan', duration=2.0), switching)
+    assert main(['--bag', str(bag), '--infrared-topic', IR_TOPIC,
+                 '--visible-topic', VI_TOPIC]) == 2
+    err = capsys.readouterr().err
+    assert 'join images of different sizes: a camera changing its resolution' in err, err
