@@ -869,6 +869,10 @@ def test_fine_check_keeps_the_map_that_the_fine_passes_drifted_away_from():
         TarFuseConfig(global_features='orientation', global_fine_check=True)
     with pytest.raises(ValueError, match='global_fine_check'):
         TarFuseConfig(global_fine_check='yes')
+    # A stored pass count the engines' fine_passes setting refuses (at most 8) was taken.
+    with pytest.raises(ValueError, match='global_fine_passes must be at most 8, got 100'):
+        TarFuseConfig(global_fine_passes=100)
+    assert TarFuseConfig(global_fine_passes=8).global_fine_passes == 8
     # The config reaches the matcher; checkpoints without the field keep the passes' map.
     model = build_model(TarFuseConfig(**SMALL, global_features='orientation', global_fine_cell=4,
                                       global_fine_check=True))

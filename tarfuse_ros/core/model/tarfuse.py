@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 import math
 
 from tarfuse_ros.core.configs import check_field_types, known_fields
+from tarfuse_ros.core.fine_passes import MAX_FINE_PASSES
 from tarfuse_ros.core.model.encoders import FeatureExtractor
 from tarfuse_ros.core.model.heads import DetectionNeck, ReconstructionHead
 from tarfuse_ros.core.model.matching import MatchingRegistration
@@ -231,6 +232,9 @@ class TarFuseConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
                 raise ValueError(f'{name} must be an integer >= {least}, got {value!r}')
+        if self.global_fine_passes > MAX_FINE_PASSES:  # as the engines' fine_passes setting
+            raise ValueError(f'global_fine_passes must be at most {MAX_FINE_PASSES}, got '
+                             f'{self.global_fine_passes}')
         tolerance = self.global_fine_tolerance
         if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) \
                 or not 0.0 <= tolerance < math.inf:
