@@ -909,6 +909,24 @@ def test_split_misaligned_of_a_set_without_ground_truth_fields_is_refused_by_nam
     assert not out.exists()
 
 
+def test_a_list_file_named_misaligned_is_read_where_the_set_has_no_fields(tmp_path):
+    """A set's own misaligned.txt is its split 'misaligned' where it has no fields.
+
+    It was offered among the splits, then read as an empty one (the refusal of a set without
+    fields was passed by the list file's name).
+    """
+    from tarfuse_ros.core import data, layout
+    folder = tmp_path / 'own'
+    for sub in ('ir', 'vi', layout.MISALIGNED_DIR):
+        shutil.copytree(SAMPLES / sub, folder / sub)
+    (folder / 'misaligned.txt').write_text('FLIR_00993\nFLIR_00122\n')
+    assert layout.list_split_names(folder) == ['misaligned', 'all']
+    assert data.read_split(folder, 'misaligned') == ['FLIR_00993', 'FLIR_00122']
+    (folder / layout.MISALIGNED_DIR / 'list.txt').write_text('FLIR_04229\n')  # the fields win
+    assert layout.list_split_names(folder) == ['all', 'misaligned']
+    assert data.read_split(folder, 'misaligned') == ['FLIR_04229']
+
+
 @pytest.mark.dds
 def test_recording_stops_though_a_topic_repeats_an_answered_stamp(sample_bag, tmp_path):
     # Found by a break test: with --clock, a use_sim_time node stamps its /diagnostics with the
