@@ -1158,6 +1158,29 @@ def test_a_topic_recorded_with_two_types_plays_its_first_type_only(tmp_path):
                     f'sensor_msgs/msg/Image ones played']
 
 
+@pytest.mark.dds
+def test_a_type_recorded_without_messages_is_not_the_one_played(tmp_path):
+    """A topic's first type had no message (reconfigured before it published): none played.
+
+    The first type of a topic was played, so its messages of the other type were all left out.
+    """
+    typestore = jazzy_typestore()
+    image = _read_sample_visible()
+    writer = open_writer(tmp_path / 'reconfigured')
+    writer.add_connection(VI, 'sensor_msgs/msg/Image', typestore=typestore,
+                          offered_qos_profiles=offered_qos())
+    packed = writer.add_connection(VI, 'sensor_msgs/msg/CompressedImage', typestore=typestore,
+                                   offered_qos_profiles=offered_qos())
+    for k in range(3):
+        stamp = (k + 1) * 50_000_000
+        writer.write(packed, stamp, compressed_cdr(image, 'jpeg', 'camera', stamp))
+    writer.close()
+    said = []
+    stats = BagPlayer(tmp_path / 'reconfigured', rate=10.0, log=said.append).run()
+    assert stats.counts() == {VI: 3}
+    assert said == []  # nothing left out
+
+
 def _read_sample_visible():
     """Return the first sample visible image, 64x48 BGR."""
     return cv2.resize(cv2.imread(str(next((SAMPLES / 'vi').glob('*.jpg')))), (64, 48))
