@@ -594,10 +594,9 @@ class BagPlayer:
         """Return ``connections`` less those of a topic's other types, saying what is left out.
 
         A topic recorded with two message types (a driver reconfigured mid-recording) has one
-        publisher here, of the type with the most messages (the first of equals), as in
-        ``ros2 bag play`` one type: the other type's messages would reach subscribers as bytes
-        of the wrong type. A type without messages (a topic discovered, then reconfigured
-        before it published) is never chosen over one with messages.
+        publisher here, of its first type that has messages: the other type's messages would
+        reach subscribers as bytes of the wrong type. A type without messages (a topic
+        discovered, then reconfigured before it published) was chosen, so nothing played.
         """
         counts = {}  # (topic, type) -> messages, in the order the bag lists them
         for connection in connections:
@@ -605,7 +604,7 @@ class BagPlayer:
             counts[key] = counts.get(key, 0) + connection.msgcount
         chosen = {}
         for (topic, msgtype), count in counts.items():
-            if topic not in chosen or count > counts[(topic, chosen[topic])]:
+            if topic not in chosen or (count and not counts[(topic, chosen[topic])]):
                 chosen[topic] = msgtype
         for (topic, msgtype), count in counts.items():
             if msgtype != chosen[topic] and count:
