@@ -5,6 +5,7 @@ not exist, one it may not write to) lost its figures; :func:`check_outputs` says
 """
 
 import argparse
+import os
 from pathlib import Path
 
 from tarfuse_ros.core.files import output_problem
@@ -43,9 +44,15 @@ def check_outputs(parser, **paths):
     for name, path in paths.items():
         if path is None:
             continue
-        parent = Path(path).parent
-        # The scripts write with open(), which creates no folder.
-        problem = (f'folder {parent} does not exist' if not parent.is_dir()
-                   else output_problem(path))
+        path, parent = Path(path), Path(path).parent
+        # The scripts write with open(), which creates no folder. A file that exists (one to
+        # replace, /dev/stdout, /dev/fd/1) is opened as it is: its folder need not be
+        # writable (a probe file there refused --json /dev/fd/1).
+        if path.exists() and not path.is_dir():
+            problem = None if os.access(path, os.W_OK) else f'{path} is not writable'
+        elif not parent.is_dir():
+            problem = f'folder {parent} does not exist'
+        else:
+            problem = output_problem(path)
         if problem is not None:
             parser.error(f'--{name.replace("_", "-")} {path}: {problem}')

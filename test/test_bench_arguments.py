@@ -5,6 +5,7 @@ inside), or ran on: registration_ablation without a checkpoint printed nothing a
 time_offset with --seeds 0 printed an empty table.
 """
 
+import argparse
 import os
 from pathlib import Path
 import subprocess
@@ -94,3 +95,24 @@ def _refused(script, args, message, folder):
     assert done.returncode == 2, (done.stdout, done.stderr)
     assert message in done.stderr and 'Traceback' not in done.stderr, done.stderr
     assert list(folder.iterdir()) == []
+
+
+def test_an_output_that_exists_in_a_folder_one_cannot_write_to_is_taken(tmp_path):
+    """``--json /dev/fd/1`` (or /dev/stdout without root) was refused: its folder not writable.
+
+    The scripts open the file as it is; only a new file needs a folder to create it in.
+    """
+    sys.path.insert(0, str(ROOT / 'benchmarks'))
+    try:
+        from bench_args import check_outputs
+    finally:
+        sys.path.remove(str(ROOT / 'benchmarks'))
+    parser = argparse.ArgumentParser()
+    with open(tmp_path / 'figures.json', 'w') as handle:
+        given = f'/proc/self/fd/{handle.fileno()}'  # /proc/self/fd: no file can be made there
+        check_outputs(parser, json=given)
+        with open(given, 'w') as again:  # as the scripts write it
+            again.write('{}\n')
+    assert (tmp_path / 'figures.json').read_text() == '{}\n'
+    with pytest.raises(SystemExit):  # a new file where none can be made: refused
+        check_outputs(parser, json='/proc/self/fd/figures.json')

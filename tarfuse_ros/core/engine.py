@@ -384,7 +384,7 @@ class FusionEngine(PairEngine):
                  registration_prior=None, scale_search=True, global_every=1, global_window=1,
                  input_min_long_side=None, input_max_long_side=0, fine_passes=None,
                  global_track=0):
-        if cuda_graph is True or cuda_graph is False:
+        if isinstance(cuda_graph, (bool, np.bool_)):  # a NumPy bool too, as the other flags
             cuda_graph = 'on' if cuda_graph else 'off'
         if cuda_graph not in CUDA_GRAPH_MODES:
             raise ValueError(f'cuda_graph must be one of {CUDA_GRAPH_MODES}, got {cuda_graph!r}')

@@ -113,11 +113,15 @@ def list_split_names(dataset_dir):
     """
     path = Path(dataset_dir)
     names = sorted(p.stem for p in path.glob('*.txt') if p.name != 'classes.txt')
-    base = path / MISALIGNED_DIR
-    misaligned = (base / 'list.txt').is_file() or (base / 'disp').is_dir()
-    keywords = ['all'] + (['misaligned'] if misaligned else [])
+    keywords = ['all'] + (['misaligned'] if _has_misaligned(path) else [])
     # An all.txt is listed once: 'all' names every pair (msrs_train's 'all' appeared twice).
     return [name for name in names if name not in keywords] + keywords
+
+
+def _has_misaligned(path):
+    """Return whether the set has ground-truth deformations (the split ``'misaligned'``)."""
+    base = Path(path) / MISALIGNED_DIR
+    return (base / 'list.txt').is_file() or (base / 'disp').is_dir()
 
 
 def read_split(dataset_dir, split='all', unique=False, ir_dir='ir', vi_dir='vi'):
@@ -127,7 +131,7 @@ def read_split(dataset_dir, split='all', unique=False, ir_dir='ir', vi_dir='vi')
         dataset_dir: data set folder (layout in :mod:`tarfuse_ros.core.data`).
         split: a list-file name without extension (``'train'``, ``'test'``, ``'det_labelled'``),
             ``'misaligned'`` (the stems of ``synthetic_misaligned/list.txt`` or ``disp/``;
-            refused where the set has neither),
+            where the set has neither, its list file ``misaligned.txt``, else refused),
             ``'all'`` (every stem that has both an IR and a visible image), or a path to a
             list file (absolute, or relative to the working directory or to the data set
             folder).
@@ -151,12 +155,7 @@ def read_split(dataset_dir, split='all', unique=False, ir_dir='ir', vi_dir='vi')
     vi = _image_index(str(path / vi_dir), fresh=True)
     if split == 'all':
         return _checked(path, sorted(set(ir) & set(vi)), ir_dir, vi_dir)
-    if split == 'misaligned':
-        if 'misaligned' not in list_split_names(path):  # not an empty split: none to read
-            raise ValueError(
-                f"split 'misaligned' not found in {str(path)!r}: it needs {MISALIGNED_DIR}/"
-                f'list.txt or {MISALIGNED_DIR}/disp/; available: {list_split_names(path)} or '
-                f'a path to a list file')
+    if split == 'misaligned' and _has_misaligned(path):
         return misaligned_stems(path)
     split_str = str(split)
     candidates = [Path(split_str)] if os.path.sep in split_str or split_str.endswith('.txt') \
@@ -164,6 +163,11 @@ def read_split(dataset_dir, split='all', unique=False, ir_dir='ir', vi_dir='vi')
     # Then a file of the working directory named without a folder or .txt (stems.lst).
     candidates += [path / split_str, path / f'{split_str}.txt', Path(split_str)]
     list_file = next((c for c in candidates if c.is_file()), None)
+    if list_file is None and split == 'misaligned':  # not an empty split: none to read
+        raise ValueError(
+            f"split 'misaligned' not found in {str(path)!r}: it needs {MISALIGNED_DIR}/"
+            f'list.txt or {MISALIGNED_DIR}/disp/; available: {list_split_names(path)} or '
+            f'a path to a list file')
     if list_file is None:
         raise ValueError(
             f'split {split_str!r} not found in {str(path)!r}; available: '

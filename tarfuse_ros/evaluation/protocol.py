@@ -52,7 +52,6 @@ pairs (COCO). Speed: mean wall time of ``FusionEngine.infer`` per pair after one
 from dataclasses import dataclass
 import json
 import logging
-import os
 from pathlib import Path
 import shutil
 import tempfile
@@ -311,8 +310,24 @@ def _evaluate(data_dir, weights, out_dir, options):
             engine.check_network_size(case.vi.shape[:2], '--input-max-long-side')
             _score_pair(case, engine, zero_engine, scores, index, options, dataset_dir, lookup,
                         new_figures, teachers, illumination(stem, day_night))
+        result = scores.result(
+            dataset=str(dataset_dir), split=str(options.split), weights=str(weights),
+            deform=deform, stored_ir=stored_ir, seed=int(options.seed),
+            max_side=options.max_side, pairs=stems, skipped=skipped, device=engine.device,
+            conf=options.conf, iou=options.iou, labels_dir=options.labels_dir,
+            dropped_classes=unknown, teachers=teachers)
+        result['input_max_long_side'] = options.input_max_long_side
+        # --fine-passes as given (None: the checkpoint's own), the passes the global stage ran.
+        result['fine_passes'] = options.fine_passes
+        result['global_fine_passes'] = engine.fine_passes
+        # Without the stage (the medical model) --fine-passes 0 acts on nothing (as reported).
+        result['orientation_global_stage'] = bool(engine.scale_candidates)
+        # Whole or not at all: an interrupted run leaves no half-written file under these names.
+        report = render_report(result)
+        _replace_figures(out_dir / 'figures', new_figures)
     except BaseException:
-        # A pair refused (e.g. a --prior for another aspect ratio) or an interrupt: drop this
+        # A pair refused (e.g. a --prior for another aspect ratio), an interrupt (also while
+        # the results are gathered), figures that cannot be moved into figures/: drop this
         # run's figures, keep an earlier evaluation's results, and remove the folders this run
         # created while they are still empty.
         shutil.rmtree(new_figures, ignore_errors=True)
@@ -320,20 +335,6 @@ def _evaluate(data_dir, weights, out_dir, options):
             if folder.is_dir() and not any(folder.iterdir()):
                 folder.rmdir()
         raise
-    result = scores.result(
-        dataset=str(dataset_dir), split=str(options.split), weights=str(weights),
-        deform=deform, stored_ir=stored_ir, seed=int(options.seed), max_side=options.max_side,
-        pairs=stems, skipped=skipped, device=engine.device, conf=options.conf, iou=options.iou,
-        labels_dir=options.labels_dir, dropped_classes=unknown, teachers=teachers)
-    result['input_max_long_side'] = options.input_max_long_side
-    # --fine-passes as given (None: the checkpoint's own) and the passes the global stage ran.
-    result['fine_passes'] = options.fine_passes
-    result['global_fine_passes'] = engine.fine_passes
-    # Without the stage (the medical model) --fine-passes 0 acts on nothing; the report says so.
-    result['orientation_global_stage'] = bool(engine.scale_candidates)
-    # Whole or not at all: an interrupted run leaves no half-written file under these names.
-    report = render_report(result)
-    _replace_figures(out_dir / 'figures', new_figures)
     write_text_atomic(out_dir / 'metrics.json', json.dumps(result, indent=2) + '\n')
     write_text_atomic(out_dir / 'report.md', report)
     return result
@@ -348,7 +349,9 @@ def _replace_figures(figures, new_figures):
     for old in (*figures.glob('*_grid.png'), *figures.glob('*_checkerboard.png')):
         old.unlink(missing_ok=True)
     for path in sorted(new_figures.iterdir()):
-        os.replace(path, figures / path.name)
+        # figures/ may be a link to another file system (os.replace: 'Invalid cross-device
+        # link' after the whole run, no metrics.json written); shutil.move copies there.
+        shutil.move(path, figures / path.name)
     new_figures.rmdir()
 
 

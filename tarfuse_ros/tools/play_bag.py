@@ -594,21 +594,23 @@ class BagPlayer:
         """Return ``connections`` less those of a topic's other types, saying what is left out.
 
         A topic recorded with two message types (a driver reconfigured mid-recording) has one
-        publisher of its first type here, as in ``ros2 bag play``: the other type's messages
-        would reach subscribers as bytes of the wrong type.
+        publisher here, of its first type that has messages: the other type's messages would
+        reach subscribers as bytes of the wrong type. A type without messages (a topic
+        discovered, then reconfigured before it published) was chosen, so nothing played.
         """
-        first, kept, left_out = {}, [], {}
+        counts = {}  # (topic, type) -> messages, in the order the bag lists them
         for connection in connections:
-            msgtype = first.setdefault(connection.topic, connection.msgtype)
-            if connection.msgtype == msgtype:
-                kept.append(connection)
-            else:
-                key = (connection.topic, connection.msgtype)
-                left_out[key] = left_out.get(key, 0) + connection.msgcount
-        for (topic, msgtype), count in left_out.items():
-            self.log(f'tarfuse-play: {topic} has two message types in the bag: its {count} '
-                     f'{msgtype} message(s) are left out, the {first[topic]} ones played')
-        return kept
+            key = (connection.topic, connection.msgtype)
+            counts[key] = counts.get(key, 0) + connection.msgcount
+        chosen = {}
+        for (topic, msgtype), count in counts.items():
+            if topic not in chosen or (count and not counts[(topic, chosen[topic])]):
+                chosen[topic] = msgtype
+        for (topic, msgtype), count in counts.items():
+            if msgtype != chosen[topic] and count:
+                self.log(f'tarfuse-play: {topic} has two message types in the bag: its {count} '
+                         f'{msgtype} message(s) are left out, the {chosen[topic]} ones played')
+        return [c for c in connections if c.msgtype == chosen[c.topic]]
 
     def _play(self, reader, connections, publishers):
         first_mono = time.monotonic()

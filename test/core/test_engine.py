@@ -507,9 +507,11 @@ def test_settings_of_another_type_are_refused_by_name(weights, kwargs, words):
 
 
 def test_numpy_bools_and_numbers_are_taken_as_settings(weights):
+    # cuda_graph, which takes True or False too, said "must be one of ('auto', 'on', 'off')"
+    # to a NumPy bool.
     engine = FusionEngine(weights, half=np.bool_(False), fuse_bn=np.bool_(True),
                           scale_search=np.bool_(False), ir_low=np.float32(1.0),
-                          ir_high=np.int64(99))
+                          ir_high=np.int64(99), cuda_graph=np.bool_(False))
     assert not engine.half
 
 

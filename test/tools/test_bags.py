@@ -909,6 +909,24 @@ def test_split_misaligned_of_a_set_without_ground_truth_fields_is_refused_by_nam
     assert not out.exists()
 
 
+def test_a_list_file_named_misaligned_is_read_where_the_set_has_no_fields(tmp_path):
+    """A set's own misaligned.txt is its split 'misaligned' where it has no fields.
+
+    It was offered among the splits, then read as an empty one (the refusal of a set without
+    fields was passed by the list file's name).
+    """
+    from tarfuse_ros.core import data, layout
+    folder = tmp_path / 'own'
+    for sub in ('ir', 'vi', layout.MISALIGNED_DIR):
+        shutil.copytree(SAMPLES / sub, folder / sub)
+    (folder / 'misaligned.txt').write_text('FLIR_00993\nFLIR_00122\n')
+    assert layout.list_split_names(folder) == ['misaligned', 'all']
+    assert data.read_split(folder, 'misaligned') == ['FLIR_00993', 'FLIR_00122']
+    (folder / layout.MISALIGNED_DIR / 'list.txt').write_text('FLIR_04229\n')  # the fields win
+    assert layout.list_split_names(folder) == ['all', 'misaligned']
+    assert data.read_split(folder, 'misaligned') == ['FLIR_04229']
+
+
 @pytest.mark.dds
 def test_recording_stops_though_a_topic_repeats_an_answered_stamp(sample_bag, tmp_path):
     # Found by a break test: with --clock, a use_sim_time node stamps its /diagnostics with the
@@ -1138,6 +1156,29 @@ def test_a_topic_recorded_with_two_types_plays_its_first_type_only(tmp_path):
     assert said == [f'tarfuse-play: {VI} has two message types in the bag: its 3 '
                     f'sensor_msgs/msg/CompressedImage message(s) are left out, the '
                     f'sensor_msgs/msg/Image ones played']
+
+
+@pytest.mark.dds
+def test_a_type_recorded_without_messages_is_not_the_one_played(tmp_path):
+    """A topic's first type had no message (reconfigured before it published): none played.
+
+    The first type of a topic was played, so its messages of the other type were all left out.
+    """
+    typestore = jazzy_typestore()
+    image = _read_sample_visible()
+    writer = open_writer(tmp_path / 'reconfigured')
+    writer.add_connection(VI, 'sensor_msgs/msg/Image', typestore=typestore,
+                          offered_qos_profiles=offered_qos())
+    packed = writer.add_connection(VI, 'sensor_msgs/msg/CompressedImage', typestore=typestore,
+                                   offered_qos_profiles=offered_qos())
+    for k in range(3):
+        stamp = (k + 1) * 50_000_000
+        writer.write(packed, stamp, compressed_cdr(image, 'jpeg', 'camera', stamp))
+    writer.close()
+    said = []
+    stats = BagPlayer(tmp_path / 'reconfigured', rate=10.0, log=said.append).run()
+    assert stats.counts() == {VI: 3}
+    assert said == []  # nothing left out
 
 
 def _read_sample_visible():

@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -255,6 +256,28 @@ def test_a_failed_rerun_keeps_the_earlier_evaluation(tmp_path, capsys):
     assert sorted(_outputs(out)) == ['figures/FLIR_00006_checkerboard.png',
                                      'figures/FLIR_00006_grid.png', 'metrics.json', 'report.md']
     assert json.loads((out / 'metrics.json').read_text())['pairs'] == ['FLIR_00006']
+
+
+def test_figures_on_another_file_system_are_written(tmp_path):
+    # figures/ as a link to another disk: this run's figures, made beside it in --out, were
+    # moved there by os.replace, which raised 'Invalid cross-device link' after the whole run
+    # (a traceback, no metrics.json, the temporary folder left in --out).
+    shm = Path('/dev/shm')
+    if not shm.is_dir() or shm.stat().st_dev == tmp_path.stat().st_dev:
+        pytest.skip('needs /dev/shm on a file system of its own')
+    other = Path(tempfile.mkdtemp(prefix='tarfuse_test_figures_', dir=shm))
+    try:
+        data_dir = own_set(tmp_path / 'own')
+        out = tmp_path / 'eval'
+        out.mkdir()
+        (out / 'figures').symlink_to(other)
+        assert evaluate(data_dir, out, '--max-pairs', '1', '--figures', '1') == 0
+        assert sorted(path.name for path in out.iterdir()) == ['figures', 'metrics.json',
+                                                               'report.md']
+        assert sorted(path.name for path in other.iterdir()) == [
+            'FLIR_00006_checkerboard.png', 'FLIR_00006_grid.png']
+    finally:
+        shutil.rmtree(other)
 
 
 def test_labelled_pairs_without_a_box_give_a_well_formed_detection_table(tmp_path):
