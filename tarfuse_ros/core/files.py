@@ -67,29 +67,50 @@ def is_safetensors(path):
 
 
 def is_truncated_jpeg(path):
-    """Return whether ``path`` is a JPEG file cut short: no end marker after its last scan.
+    """Return whether ``path`` is a JPEG file cut short: no end marker after its image's scan.
 
     OpenCV decodes such a file (a copy or download that stopped) without an error, the missing
-    rows grey, and libjpeg only prints 'Premature end of JPEG file', naming no file. The end
-    marker (bytes FF D9) cannot occur inside a scan's data, and a thumbnail's comes before the
-    image's own scans. Files of other formats are not read past their first 3 bytes.
+    rows grey, and libjpeg only prints 'Premature end of JPEG file', naming no file. Files of
+    other formats are not read past their first 3 bytes. See :func:`is_truncated_jpeg_data`.
     """
     with open(path, 'rb') as handle:
-        if handle.read(3) != b'\xff\xd8\xff':
+        head = handle.read(3)
+        if head != _JPEG_START:
             return False
-        data = handle.read()
-    return data.rfind(b'\xff\xd9') < data.rfind(b'\xff\xda')
+        return is_truncated_jpeg_data(head + handle.read())
+
+
+_JPEG_START = b'\xff\xd8\xff'
+# Markers without a length field: TEM, RST0-RST7, SOI (JPEG, ITU-T T.81, table B.1).
+_STANDALONE_MARKERS = {0x01, *range(0xd0, 0xd8), 0xd8}
 
 
 def is_truncated_jpeg_data(data):
-    """Return whether the bytes ``data`` of a file are a JPEG cut short (``is_truncated_jpeg``).
+    """Return whether the bytes ``data`` of a file are a JPEG cut short.
 
-    For a caller that reads the file once and decodes the bytes (``cv2.imdecode``); bytes of
-    other formats are never searched.
+    The marker segments are walked from the start (each gives its length; ITU-T T.81, B.1) to
+    the image's first start of scan (SOS, FF DA), past the header segments an EXIF thumbnail,
+    itself a small JPEG, sits in. The file is cut short when no end-of-image marker (FF D9)
+    follows: it cannot occur inside scan data (an FF byte there is stuffed or a restart
+    marker), and bytes after it (a Motion Photo's video) are not the image's. Bytes of other
+    formats, and a JPEG cut before its first scan (which no decoder takes), give False.
     """
-    if data[:3] != b'\xff\xd8\xff':
+    if data[:3] != _JPEG_START:
         return False
-    return data.rfind(b'\xff\xd9', 3) < data.rfind(b'\xff\xda', 3)
+    position = 2
+    while position + 4 <= len(data):
+        if data[position] != 0xff:
+            return False  # not a marker where one must be: the decoder says what is wrong
+        marker = data[position + 1]
+        if marker == 0xff:  # fill byte before a marker
+            position += 1
+        elif marker in _STANDALONE_MARKERS:
+            position += 2
+        elif marker == 0xda:
+            return data.find(b'\xff\xd9', position) < 0
+        else:
+            position += 2 + int.from_bytes(data[position + 2:position + 4], 'big')
+    return False
 
 
 # The tags (field << 3 | wire type) of ModelProto's fields 2 to 8 and 14 (producer name and

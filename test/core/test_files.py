@@ -167,3 +167,21 @@ def test_a_cut_jpeg_is_found_from_its_bytes_as_from_its_file(tmp_path):
         (tmp_path / name).write_bytes(data)
         assert is_truncated_jpeg(tmp_path / name) is truncated, name
         assert is_truncated_jpeg_data(data) is truncated, name
+
+
+def test_a_jpeg_with_a_thumbnail_or_appended_video_is_judged_by_its_own_image():
+    """A Motion Photo (a video after the JPEG's end) was refused as cut short.
+
+    Its appended bytes held a start-of-scan marker after the image's last end marker. A
+    thumbnail, a whole small JPEG inside the EXIF header segment, must not count as the image.
+    """
+    whole = next(SAMPLES.rglob('*.jpg')).read_bytes()
+    video = b'\x00\x00\x00\x18ftypmp42' + b'\xff\xda' + bytes(range(256)) * 4
+    assert not is_truncated_jpeg_data(whole + video)
+    assert is_truncated_jpeg_data(whole[:len(whole) // 2])
+    thumbnail = whole  # any whole JPEG: its own scan and end marker sit in the APP1 segment
+    payload = b'Exif\x00\x00' + thumbnail
+    app1 = b'\xff\xe1' + (len(payload) + 2).to_bytes(2, 'big') + payload
+    with_thumbnail = whole[:2] + app1 + whole[2:]
+    assert not is_truncated_jpeg_data(with_thumbnail)
+    assert is_truncated_jpeg_data(with_thumbnail[:len(app1) + len(whole) // 2])
