@@ -52,9 +52,10 @@ def offered_qos(reliable=True, depth=10):
 
 
 def bag_folder_problem(path):
-    """Return why ``path`` is not a rosbag2 bag folder (a message saying what to give), or None.
+    """Return why ``path`` is not a rosbag2 bag (a message saying what to give), or None.
 
-    A bag is a folder holding ``metadata.yaml`` and its storage files (``.mcap``, ``.db3``);
+    A bag is a folder holding ``metadata.yaml`` and its storage files (``.mcap``, ``.db3``), or
+    a lone storage file without a folder around it (``ros2 bag play`` and rosbags read one);
     rosbags' own message for anything else names neither ('Expected metadata file ... does
     not exist', the folder named as the file). Only whether the file exists is checked here:
     one that cannot be parsed is reported by the reader.
@@ -65,9 +66,11 @@ def bag_folder_problem(path):
     if not path.exists():
         return f'{path}: no such bag folder'
     if path.is_file():
-        if (path.parent / 'metadata.yaml').is_file():
+        if (path.parent / 'metadata.yaml').is_file():  # one file of a bag maybe split in several
             return f'{path} is a file of the bag {path.parent}: give the bag folder'
-        return f'{path} is a file; a bag is a folder holding metadata.yaml'
+        if path.suffix in ('.mcap', '.db3'):  # a lone storage file: rosbags reads it as a bag
+            return None
+        return f'{path} is a file; a bag is a folder holding metadata.yaml (or a lone .mcap file)'
     storage = sorted(p.name for p in path.iterdir() if p.suffix in ('.mcap', '.db3'))
     if storage:
         return (f'{path} holds {storage[0]} but no metadata.yaml (a recording that was not '

@@ -379,9 +379,9 @@ def _check_args(args):
         raise UsageError(f'--max-side must be >= 64 px, got {args.max_side}')
     if args.pairs is not None and not args.pairs.is_dir():
         raise UsageError(f'--pairs {str(args.pairs)!r} is not a folder')
-    if args.pairs is None and not args.bag.is_dir():  # a folder: named when it is read
-        from tarfuse_ros.tools.bagio import bag_folder_problem
-        raise UsageError(f'--bag: {bag_folder_problem(args.bag)}')
+    from tarfuse_ros.tools.bagio import bag_folder_problem
+    if args.pairs is None and not args.bag.is_dir() and bag_folder_problem(args.bag):
+        raise UsageError(f'--bag: {bag_folder_problem(args.bag)}')  # a folder: named when read
     if not args.out.parent.is_dir():
         raise UsageError(f'the folder of --out {str(args.out)!r} does not exist')
     if args.out.is_dir():

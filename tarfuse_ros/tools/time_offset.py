@@ -231,8 +231,8 @@ def _check_args(args):
         raise UsageError(f'--windows must be in [0, 20], got {args.windows}')
     if not 0 <= args.min_correlation <= 1:
         raise UsageError(f'--min-correlation must be in [0, 1], got {args.min_correlation}')
-    if not args.bag.is_dir():  # a folder that holds no bag is named when it is read
-        from tarfuse_ros.tools.bagio import bag_folder_problem
+    from tarfuse_ros.tools.bagio import bag_folder_problem
+    if not args.bag.is_dir() and bag_folder_problem(args.bag):  # a folder: named when read
         raise UsageError(f'--bag: {bag_folder_problem(args.bag)}')
     for option, path in (('--out', args.out), ('--plot', args.plot)):
         if path is None:

@@ -1184,3 +1184,12 @@ def test_a_type_recorded_without_messages_is_not_the_one_played(tmp_path):
 def _read_sample_visible():
     """Return the first sample visible image, 64x48 BGR."""
     return cv2.resize(cv2.imread(str(next((SAMPLES / 'vi').glob('*.jpg')))), (64, 48))
+
+
+@pytest.mark.dds
+def test_a_lone_mcap_file_plays_as_its_bag(sample_bag, tmp_path):
+    """A bag's storage file copied out of its folder is a bag to ros2 bag play and rosbags."""
+    path, _summary = sample_bag
+    lone = tmp_path / 'lone.mcap'
+    shutil.copy(next(path.glob('*.mcap')), lone)
+    assert BagPlayer(lone, rate=20.0).run().counts() == {VI: 10, IR: 10}

@@ -2,6 +2,7 @@
 
 from pathlib import Path
 import re
+import shutil
 import sys
 
 import cv2
@@ -362,3 +363,18 @@ def test_a_camera_changing_its_resolution_every_frame_is_named_as_the_cause(tmp_
                  '--visible-topic', VI_TOPIC]) == 2
     err = capsys.readouterr().err
     assert 'join images of different sizes: a camera changing its resolution' in err, err
+
+
+def test_a_lone_mcap_file_is_read_as_a_bag(tmp_path, capsys):
+    """A bag's storage file copied out of its folder (ros2 bag play reads one) was refused."""
+    bag = write_bag(tmp_path / 'rig', simulation.Case('pan', duration=4.0))
+    lone = tmp_path / 'lone.mcap'
+    shutil.copy(next(bag.glob('*.mcap')), lone)
+    assert main(['--bag', str(lone), '--infrared-topic', IR_TOPIC,
+                 '--visible-topic', VI_TOPIC]) == 0, capsys.readouterr().err
+    assert 'best offset' in capsys.readouterr().out
+    text = tmp_path / 'notes.txt'
+    text.write_text('not a bag')
+    assert main(['--bag', str(text)]) == 2
+    assert (f'{text} is a file; a bag is a folder holding metadata.yaml (or a lone .mcap '
+            f'file)') in capsys.readouterr().err
