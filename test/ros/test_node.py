@@ -420,6 +420,45 @@ def test_copies_from_a_second_publisher_are_ignored_not_taken_for_bag_loops(setu
     _send_and_wait(probe)
 
 
+def test_a_bag_loop_beside_a_second_idle_publisher_is_fused_every_round(setup):
+    # Found by use: a camera driver waiting for its camera (a second publisher on both topics
+    # that sends nothing) beside a short bag played in a loop: every loop came back to a stamp
+    # still held and was ignored as copies from a second publisher, and nothing was fused
+    # after the first round.
+    node, probe, _, _ = setup
+    qos = QoSProfile(depth=50, reliability=ReliabilityPolicy.BEST_EFFORT)
+    idle = (probe.node.create_publisher(Image, 'infrared/image_raw', qos),
+            probe.node.create_publisher(Image, 'visible/image_raw', qos))
+    try:
+        assert probe.spin_until(lambda: all(p.get_subscription_count() for p in idle), 20.0)
+        _send_and_wait(probe)
+        before = probe.settled_diagnostics()
+        earlier = time.time_ns() - 50 * 1_000_000_000  # the bag: a jump back from now
+        bag = [earlier + k * 100_000_000 for k in range(4)]
+        for play in (1, 2):
+            for stamp in bag:
+                probe.publish_pair(*probe.good_pair(stamp))
+                assert probe.spin_until(
+                    lambda s=stamp: len(probe.outputs_for('fused', s)) == play, 20.0), \
+                    f'play {play}: no output for {stamp}'
+        # A third play whose first pair is lost (a best-effort link): its next pair is taken
+        # for copies, the one after it for the replay it is.
+        probe.publish_pair(*probe.good_pair(bag[1]))
+        for stamp in bag[2:]:
+            probe.publish_pair(*probe.good_pair(stamp))
+            assert probe.spin_until(
+                lambda s=stamp: len(probe.outputs_for('fused', s)) == 3, 20.0), \
+                f'play 3: no output for {stamp}'
+        after = probe.settled_diagnostics()
+    finally:
+        for publisher in idle:
+            probe.node.destroy_publisher(publisher)
+    assert [len(probe.outputs_for('fused', stamp)) for stamp in bag] == [2, 2, 3, 3]
+    assert int(after['messages_rejected']) == int(before['messages_rejected']) + 2
+    assert int(after['sync_resets']) == int(before['sync_resets']) + 3
+    _send_and_wait(probe)
+
+
 def test_a_bag_of_one_pair_played_again_after_a_pause_is_fused_again(setup):
     # Not a copy: a second play of the bag (tarfuse-make-bag starts every bag at one time).
     node, probe, _, _ = setup
