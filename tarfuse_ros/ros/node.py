@@ -325,6 +325,9 @@ class TarFuseNode(Node):
         # ignored as a copy (a copy comes between a publisher's own images, a replay does not).
         self._timeline_first = [None, None]
         self._copy_ignored = [False, False]
+        # Per input: the stamps its timeline held before its last time jump (a copy of one,
+        # behind the newest, is no second jump: each such copy had reset the synchroniser).
+        self._before_jump = [frozenset(), frozenset()]
         # Per input: its newest stamp when the other input jumped back in time (a bag loop),
         # i.e. it has still to make that jump, which then resets nothing again; else None.
         self._jump_pending = [None, None]
@@ -706,16 +709,23 @@ class TarFuseNode(Node):
             stamp, msg = corrected, restamped(msg, corrected)
         last = self._last_stamp_ns[index]
         recent = self._recent_stamps[index]
-        if (last is not None and stamp <= last and stamp in recent
+        # Stamped like one just delivered: on this timeline, or behind its newest and on the
+        # one before its last jump (a copy that came after the jump).
+        delivered = stamp in recent or (last is not None and stamp < last
+                                        and stamp in self._before_jump[index])
+        if (last is not None and stamp <= last and delivered
                 and self._jump_pending[index] is None
                 and now - previous_arrival <= self._params.input_timeout):
             publishers = self.count_publishers(topic)
-            # A replay, not a copy: back to the timeline's first stamp (a bag's loop or second
-            # play), or a second image in a row stamped among those delivered (the replay goes
-            # on; a relay's copies come between the images of the publisher it copies). A
-            # second publisher on the topic (a driver waiting for its camera, a bridge) had
-            # every loop of a short bag ignored as copies, and nothing fused after its first.
-            replay = stamp == self._timeline_first[index] or self._copy_ignored[index]
+            # A replay, not a copy: back to the timeline's first stamp once it holds more than
+            # two (a bag's loop or second play; a relay's copy of the first image comes a
+            # frame or two behind), or a second image in a row stamped among those delivered
+            # (the replay goes on; a relay's copies come between the images of the publisher
+            # it copies). A second publisher on the topic (a driver waiting for its camera, a
+            # bridge) had every loop of a short bag ignored as copies, nothing fused after the
+            # first.
+            replay = ((stamp == self._timeline_first[index] and len(recent) > 2)
+                      or self._copy_ignored[index]) and stamp in recent
             if publishers > 1 and not replay:
                 # A copy of an image just delivered, from a second publisher (a relay or a
                 # bridge publishing the images again, a second driver): taken for a bag loop's
@@ -745,6 +755,7 @@ class TarFuseNode(Node):
             self._warn(f'out_of_order:{name}', f'message ignored: {cause}')
             return
         if last is not None and stamp < last:
+            self._before_jump[index] = frozenset(recent)
             recent.clear()  # the old timeline's stamps say nothing about the new one's order
             if index == VISIBLE:
                 # The camera_info that came before the visible camera's last image of its old
