@@ -320,6 +320,14 @@ class TarFuseNode(Node):
         # as the synchroniser holds: a driver's threads reorder a few messages, not more.
         self._recent_stamps = [collections.deque(maxlen=max(3, self._params.sync_queue_size))
                                for _ in _INPUT_NAMES]
+        # Per input: the first stamp of its timeline (since start-up or its last time jump),
+        # where a bag's loop or second play starts again; and whether its last message was
+        # ignored as a copy (a copy comes between a publisher's own images, a replay does not).
+        self._timeline_first = [None, None]
+        self._copy_ignored = [False, False]
+        # Per input: the stamps its timeline held before its last time jump (a copy of one,
+        # behind the newest, is no second jump: each such copy had reset the synchroniser).
+        self._before_jump = [frozenset(), frozenset()]
         # Per input: its newest stamp when the other input jumped back in time (a bag loop),
         # i.e. it has still to make that jump, which then resets nothing again; else None.
         self._jump_pending = [None, None]
@@ -701,15 +709,28 @@ class TarFuseNode(Node):
             stamp, msg = corrected, restamped(msg, corrected)
         last = self._last_stamp_ns[index]
         recent = self._recent_stamps[index]
-        if (last is not None and stamp <= last and stamp in recent
+        # Stamped like one just delivered: on this timeline, or behind its newest and on the
+        # one before its last jump (a copy that came after the jump).
+        delivered = stamp in recent or (last is not None and stamp < last
+                                        and stamp in self._before_jump[index])
+        if (last is not None and stamp <= last and delivered
                 and self._jump_pending[index] is None
                 and now - previous_arrival <= self._params.input_timeout):
             publishers = self.count_publishers(topic)
-            if publishers > 1:
+            # A replay, not a copy: back to the timeline's first stamp once it holds more than
+            # two (a bag's loop or second play; a relay's copy of the first image comes a
+            # frame or two behind), or a second image in a row stamped among those delivered
+            # (the replay goes on; a relay's copies come between the images of the publisher
+            # it copies). A second publisher on the topic (a driver waiting for its camera, a
+            # bridge) had every loop of a short bag ignored as copies, nothing fused after the
+            # first.
+            replay = ((stamp == self._timeline_first[index] and len(recent) > 2)
+                      or self._copy_ignored[index]) and stamp in recent
+            if publishers > 1 and not replay:
                 # A copy of an image just delivered, from a second publisher (a relay or a
                 # bridge publishing the images again, a second driver): taken for a bag loop's
                 # replayed stamp, each copy reset the synchroniser (and max_rate) and was fused
-                # again with a stamp going back. A bag loop has one publisher.
+                # again with a stamp going back.
                 ago = last - stamp
                 which = 'the newest' if not ago else f'one {ago / 1e9:.3f} s before the newest'
                 cause = (f'duplicate on {topic}: stamped like {which}, and the topic has '
@@ -717,6 +738,7 @@ class TarFuseNode(Node):
                          f'again, or a second driver)')
                 self._stats.reject(cause, pair=False)
                 self._warn(f'duplicate:{name}', f'message ignored: {cause}')
+                self._copy_ignored[index] = True
                 return
         if (last is not None and stamp < last and self._jump_pending[index] is None
                 and not is_time_jump(recent, stamp)):
@@ -733,6 +755,7 @@ class TarFuseNode(Node):
             self._warn(f'out_of_order:{name}', f'message ignored: {cause}')
             return
         if last is not None and stamp < last:
+            self._before_jump[index] = frozenset(recent)
             recent.clear()  # the old timeline's stamps say nothing about the new one's order
             if index == VISIBLE:
                 # The camera_info that came before the visible camera's last image of its old
@@ -773,6 +796,9 @@ class TarFuseNode(Node):
             # jump with it (one camera's clock reset), so a later step back is a jump of its own.
             self._jump_pending[other] = None
         self._last_stamp_ns[index] = stamp
+        self._copy_ignored[index] = False
+        if not recent:
+            self._timeline_first[index] = stamp
         recent.append(stamp)
         self._last_msg[index] = msg
         # Before the synchroniser, which may pair it: was the last pair the nearest?

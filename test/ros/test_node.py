@@ -420,6 +420,81 @@ def test_copies_from_a_second_publisher_are_ignored_not_taken_for_bag_loops(setu
     _send_and_wait(probe)
 
 
+def test_copies_from_a_second_publisher_after_a_time_jump_are_ignored(setup):
+    # A relay copying each image a frame behind, from the first image of a bag's play on
+    # (a jump back): its copy of that first image is no replay of the bag, nor is any later
+    # copy a time jump (each copy had reset the synchroniser and been fused again).
+    node, probe, _, _ = setup
+    qos = QoSProfile(depth=50, reliability=ReliabilityPolicy.BEST_EFFORT)
+    relays = (probe.node.create_publisher(Image, 'infrared/image_raw', qos),
+              probe.node.create_publisher(Image, 'visible/image_raw', qos))
+    assert probe.set_parameters(diagnostics__input_timeout=10.0)[0].successful
+    try:
+        assert probe.spin_until(lambda: all(r.get_subscription_count() for r in relays), 20.0)
+        _send_and_wait(probe)
+        before = probe.settled_diagnostics()
+        earlier = time.time_ns() - 60 * 1_000_000_000
+        stamps = [earlier + k * 100_000_000 for k in range(5)]
+        pairs = [probe.good_pair(stamp) for stamp in stamps]
+        for k, pair in enumerate(pairs):
+            probe.publish_pair(*pair)
+            assert probe.wait_for_outputs(stamps[k]), k
+            if k:
+                for relay, copy in zip(relays, pairs[k - 1]):
+                    relay.publish(copy)
+        probe.spin_until(lambda: False, 0.5)
+        after = probe.settled_diagnostics()
+    finally:
+        for relay in relays:
+            probe.node.destroy_publisher(relay)
+        assert probe.set_parameters(diagnostics__input_timeout=1.0)[0].successful
+    assert int(after['sync_resets']) == int(before['sync_resets']) + 1  # the jump back
+    assert int(after['messages_rejected']) == int(before['messages_rejected']) + 8
+    assert [len(probe.outputs_for('fused', stamp)) for stamp in stamps] == [1] * 5
+    _send_and_wait(probe)
+
+
+def test_a_bag_loop_beside_a_second_idle_publisher_is_fused_every_round(setup):
+    # Found by use: a camera driver waiting for its camera (a second publisher on both topics
+    # that sends nothing) beside a short bag played in a loop: every loop came back to a stamp
+    # still held and was ignored as copies from a second publisher, and nothing was fused
+    # after the first round.
+    node, probe, _, _ = setup
+    qos = QoSProfile(depth=50, reliability=ReliabilityPolicy.BEST_EFFORT)
+    idle = (probe.node.create_publisher(Image, 'infrared/image_raw', qos),
+            probe.node.create_publisher(Image, 'visible/image_raw', qos))
+    # Plays in a row, not after a pause (a slow output on a busy machine would be one).
+    assert probe.set_parameters(diagnostics__input_timeout=10.0)[0].successful
+    try:
+        assert probe.spin_until(lambda: all(p.get_subscription_count() for p in idle), 20.0)
+        _send_and_wait(probe)
+        before = probe.settled_diagnostics()
+        earlier = time.time_ns() - 50 * 1_000_000_000  # the bag: a jump back from now
+        bag = [earlier + k * 100_000_000 for k in range(4)]
+        for play in (1, 2):
+            for stamp in bag:
+                probe.publish_pair(*probe.good_pair(stamp))
+                assert probe.spin_until(
+                    lambda s=stamp: len(probe.outputs_for('fused', s)) == play, 20.0), \
+                    f'play {play}: no output for {stamp}'
+        # A third play whose first pair is lost (a best-effort link): its next pair is taken
+        # for copies, the one after it for the replay it is.
+        probe.publish_pair(*probe.good_pair(bag[1]))
+        for stamp in bag[2:]:
+            probe.publish_pair(*probe.good_pair(stamp))
+            assert probe.spin_until(
+                lambda s=stamp: len(probe.outputs_for('fused', s)) == 3, 20.0), \
+                f'play 3: no output for {stamp}'
+        after = probe.settled_diagnostics()
+    finally:
+        for publisher in idle:
+            probe.node.destroy_publisher(publisher)
+        assert probe.set_parameters(diagnostics__input_timeout=1.0)[0].successful
+    assert [len(probe.outputs_for('fused', stamp)) for stamp in bag] == [2, 2, 3, 3]
+    assert int(after['sync_resets']) == int(before['sync_resets']) + 3  # one per play
+    _send_and_wait(probe)
+
+
 def test_a_bag_of_one_pair_played_again_after_a_pause_is_fused_again(setup):
     # Not a copy: a second play of the bag (tarfuse-make-bag starts every bag at one time).
     node, probe, _, _ = setup
