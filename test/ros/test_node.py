@@ -4,6 +4,7 @@ One node process serves the whole module (approximate sync, best-effort inputs, 
 ``/rig``); the test process publishes real sample pairs at 160x128 and checks every output.
 """
 
+from contextlib import contextmanager
 import signal
 import time
 
@@ -382,33 +383,54 @@ def test_a_pair_delivered_twice_is_fused_once(setup):
     assert node.alive()
 
 
+@contextmanager
+def _second_publishers(probe, input_timeout=None):
+    """Yield publishers on both cameras' topics beside the probe's (a relay, an idle driver).
+
+    They are matched to the node when yielded and destroyed after; ``input_timeout`` (s), if
+    given, is the node's ``diagnostics.input_timeout`` meanwhile (1 s after).
+    """
+    qos = QoSProfile(depth=50, reliability=ReliabilityPolicy.BEST_EFFORT)
+    publishers = (probe.node.create_publisher(Image, 'infrared/image_raw', qos),
+                  probe.node.create_publisher(Image, 'visible/image_raw', qos))
+    if input_timeout is not None:
+        assert probe.set_parameters(diagnostics__input_timeout=input_timeout)[0].successful
+    try:
+        assert probe.spin_until(lambda: all(p.get_subscription_count() for p in publishers),
+                                20.0)
+        yield publishers
+    finally:
+        for publisher in publishers:
+            probe.node.destroy_publisher(publisher)
+        if input_timeout is not None:
+            assert probe.set_parameters(diagnostics__input_timeout=1.0)[0].successful
+
+
+def _play_with_copies(probe, relays, stamps):
+    """Publish a pair per stamp, each followed by the relays' copy of the one before."""
+    pairs = [probe.good_pair(stamp) for stamp in stamps]
+    for k, pair in enumerate(pairs):
+        probe.publish_pair(*pair)
+        assert probe.wait_for_outputs(stamps[k]), k
+        if k:
+            for relay, copy in zip(relays, pairs[k - 1]):
+                relay.publish(copy)  # the previous pair again, a frame behind
+    probe.spin_until(lambda: False, 0.5)
+
+
 def test_copies_from_a_second_publisher_are_ignored_not_taken_for_bag_loops(setup):
     # Found by use: a relay or bridge publishing each camera's images again (a second
     # publisher, the copies a frame behind): every copy was taken for a bag loop's replayed
     # stamp, reset the synchroniser (and max_rate) and was fused again, its outputs stamped
     # back in time, under a warning of a bag loop or a clock reset.
     node, probe, _, _ = setup
-    qos = QoSProfile(depth=50, reliability=ReliabilityPolicy.BEST_EFFORT)
-    relays = (probe.node.create_publisher(Image, 'infrared/image_raw', qos),
-              probe.node.create_publisher(Image, 'visible/image_raw', qos))
-    try:
-        assert probe.spin_until(lambda: all(r.get_subscription_count() for r in relays), 20.0)
+    with _second_publishers(probe) as relays:
         _send_and_wait(probe)  # (and the node's graph has the relays by now, as they matched)
         before = probe.settled_diagnostics()
         start = time.time_ns()
         stamps = [start + k * 100_000_000 for k in range(5)]
-        pairs = [probe.good_pair(stamp) for stamp in stamps]
-        for k, pair in enumerate(pairs):
-            probe.publish_pair(*pair)
-            assert probe.wait_for_outputs(stamps[k]), k
-            if k:
-                for relay, copy in zip(relays, pairs[k - 1]):
-                    relay.publish(copy)  # the previous pair again, a frame behind
-        probe.spin_until(lambda: False, 0.5)
+        _play_with_copies(probe, relays, stamps)
         after = probe.settled_diagnostics()
-    finally:
-        for relay in relays:
-            probe.node.destroy_publisher(relay)
     assert int(after['sync_resets']) == int(before['sync_resets'])
     assert int(after['messages_rejected']) == int(before['messages_rejected']) + 8
     assert after['last_rejection'].startswith(f'duplicate on {NAMESPACE}/')
@@ -425,29 +447,13 @@ def test_copies_from_a_second_publisher_after_a_time_jump_are_ignored(setup):
     # (a jump back): its copy of that first image is no replay of the bag, nor is any later
     # copy a time jump (each copy had reset the synchroniser and been fused again).
     node, probe, _, _ = setup
-    qos = QoSProfile(depth=50, reliability=ReliabilityPolicy.BEST_EFFORT)
-    relays = (probe.node.create_publisher(Image, 'infrared/image_raw', qos),
-              probe.node.create_publisher(Image, 'visible/image_raw', qos))
-    assert probe.set_parameters(diagnostics__input_timeout=10.0)[0].successful
-    try:
-        assert probe.spin_until(lambda: all(r.get_subscription_count() for r in relays), 20.0)
+    with _second_publishers(probe, input_timeout=10.0) as relays:
         _send_and_wait(probe)
         before = probe.settled_diagnostics()
         earlier = time.time_ns() - 60 * 1_000_000_000
         stamps = [earlier + k * 100_000_000 for k in range(5)]
-        pairs = [probe.good_pair(stamp) for stamp in stamps]
-        for k, pair in enumerate(pairs):
-            probe.publish_pair(*pair)
-            assert probe.wait_for_outputs(stamps[k]), k
-            if k:
-                for relay, copy in zip(relays, pairs[k - 1]):
-                    relay.publish(copy)
-        probe.spin_until(lambda: False, 0.5)
+        _play_with_copies(probe, relays, stamps)
         after = probe.settled_diagnostics()
-    finally:
-        for relay in relays:
-            probe.node.destroy_publisher(relay)
-        assert probe.set_parameters(diagnostics__input_timeout=1.0)[0].successful
     assert int(after['sync_resets']) == int(before['sync_resets']) + 1  # the jump back
     assert int(after['messages_rejected']) == int(before['messages_rejected']) + 8
     assert [len(probe.outputs_for('fused', stamp)) for stamp in stamps] == [1] * 5
@@ -460,13 +466,8 @@ def test_a_bag_loop_beside_a_second_idle_publisher_is_fused_every_round(setup):
     # still held and was ignored as copies from a second publisher, and nothing was fused
     # after the first round.
     node, probe, _, _ = setup
-    qos = QoSProfile(depth=50, reliability=ReliabilityPolicy.BEST_EFFORT)
-    idle = (probe.node.create_publisher(Image, 'infrared/image_raw', qos),
-            probe.node.create_publisher(Image, 'visible/image_raw', qos))
     # Plays in a row, not after a pause (a slow output on a busy machine would be one).
-    assert probe.set_parameters(diagnostics__input_timeout=10.0)[0].successful
-    try:
-        assert probe.spin_until(lambda: all(p.get_subscription_count() for p in idle), 20.0)
+    with _second_publishers(probe, input_timeout=10.0):
         _send_and_wait(probe)
         before = probe.settled_diagnostics()
         earlier = time.time_ns() - 50 * 1_000_000_000  # the bag: a jump back from now
@@ -486,10 +487,6 @@ def test_a_bag_loop_beside_a_second_idle_publisher_is_fused_every_round(setup):
                 lambda s=stamp: len(probe.outputs_for('fused', s)) == 3, 20.0), \
                 f'play 3: no output for {stamp}'
         after = probe.settled_diagnostics()
-    finally:
-        for publisher in idle:
-            probe.node.destroy_publisher(publisher)
-        assert probe.set_parameters(diagnostics__input_timeout=1.0)[0].successful
     assert [len(probe.outputs_for('fused', stamp)) for stamp in bag] == [2, 2, 3, 3]
     assert int(after['sync_resets']) == int(before['sync_resets']) + 3  # one per play
     _send_and_wait(probe)
