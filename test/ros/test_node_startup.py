@@ -430,7 +430,7 @@ def test_pairs_refused_or_unpaired_warn_once_the_inputs_came_for_the_input_timeo
         assert probe.wait_for_subscribers(90.0), node.log()
         assert probe.wait_for_diagnostics(
             lambda level, message, values: all(word in message for word in words),
-            timeout=30.0, tick=publish), node.log()
+            timeout=30.0, tick=publish), (node.log(), probe.latest_diagnostics())
         assert time.monotonic() - sent[0] >= 2.0, probe.latest_diagnostics()
     finally:
         probe.close()
