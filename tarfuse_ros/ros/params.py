@@ -27,7 +27,8 @@ __all__ = [
     'NodeParams', 'ParamSpec', 'PARAMETER_SPECS', 'RELIABILITY_VALUES', 'TRANSPORT_VALUES',
     'apply_updates', 'canonical_parameters', 'decimal_number_lists', 'declare_node_parameters',
     'descriptor_for', 'fine_passes',
-    'parameter_updates', 'params_files_for_other_nodes', 'params_from_values',
+    'parameter_updates', 'params_file_sections', 'params_files_for_other_nodes',
+    'params_from_values',
     'refinement_settings', 'registration_prior', 'reported_descriptor', 'section_applies',
     'validate_params',
 ]
@@ -925,11 +926,13 @@ def decimal_number_lists(argv, folder):
     return argv, notes
 
 
-def _params_file_sections(path):
-    """Return the node names a parameters file has sections for, or None if it cannot be read.
+def params_file_sections(path):
+    """Return ``[(section, ros__parameters)]`` of a parameters file, or None if unreadable.
 
-    Sections may be nested by namespace (``front: {tarfuse: {ros__parameters: ...}}`` is
-    ``/front/tarfuse``), as rcl reads them.
+    In file order; ``section`` is the node name a section is keyed by, with its namespaces
+    nested as rcl reads them (``front: {tarfuse: {ros__parameters: ...}}`` is
+    ``/front/tarfuse``), and ``ros__parameters`` its value as parsed (a dict, unless the file
+    is malformed). Whether a section applies to a node: :func:`section_applies`.
     """
     import yaml
 
@@ -937,19 +940,19 @@ def _params_file_sections(path):
         tree = yaml.safe_load(Path(path).read_text())
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
         return None  # rcl reports it
-    names = []
+    sections = []
 
     def visit(node, keys):
         if not isinstance(node, dict):
             return
         for key, value in node.items():
             if key == 'ros__parameters':
-                names.append(re.sub('/+', '/', '/' + '/'.join(keys)))
+                sections.append((re.sub('/+', '/', '/' + '/'.join(keys)), value))
             else:
                 visit(value, keys + [str(key)])
 
     visit(tree, [])
-    return names
+    return sections
 
 
 def section_applies(section, node_name):
@@ -975,9 +978,9 @@ def params_files_for_other_nodes(argv, node_name):
     lines = []
     for option, i in _ros_arguments(argv):
         if option == '--params-file':
-            sections = _params_file_sections(argv[i])
-            if sections and not any(section_applies(s, node_name) for s in sections):
-                lines.append(f'{argv[i]} (sections {", ".join(map(repr, sections))})')
+            names = [name for name, _ in params_file_sections(argv[i]) or ()]
+            if names and not any(section_applies(name, node_name) for name in names):
+                lines.append(f'{argv[i]} (sections {", ".join(map(repr, names))})')
     return lines
 
 

@@ -68,13 +68,8 @@ def _params_file_values(path):
     ones winning; nested keys (``visible: {transport: ...}``) come back dotted. A file that
     cannot be read gives {} (the node then says why).
     """
-    import yaml
-    from tarfuse_ros.ros.params import section_applies
+    from tarfuse_ros.ros.params import params_file_sections, section_applies
 
-    try:
-        document = yaml.safe_load(Path(path).read_text())
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        return {}
     values = {}
 
     def flatten(tree, prefix):
@@ -84,18 +79,9 @@ def _params_file_values(path):
             else:
                 values[f'{prefix}{key}'] = value
 
-    def visit(tree, name):
-        for key, value in tree.items():
-            if not isinstance(value, dict):
-                continue
-            if key == 'ros__parameters':
-                if section_applies(name, NODE_NAME):
-                    flatten(value, '')
-            else:
-                visit(value, f'{name}/{str(key).strip("/")}')
-
-    if isinstance(document, dict):
-        visit(document, '')
+    for section, parameters in params_file_sections(path) or ():
+        if isinstance(parameters, dict) and section_applies(section, NODE_NAME):
+            flatten(parameters, '')
     return values
 
 
