@@ -18,7 +18,7 @@ from pathlib import Path
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from tarfuse_ros.core.files import (atomic_output, is_torch_pickle, looks_like_onnx,
-                                    plain_zip_members)
+                                    plain_zip_problem)
 from tarfuse_ros.core.model.tarfuse import build_model, SIZE_MULTIPLE, TarFuseConfig
 from tarfuse_ros.core.runtime import resolve_device
 import torch
@@ -92,12 +92,6 @@ def _check_file(path):
     return path
 
 
-def _listed(names, shown=3):
-    """Return up to ``shown`` of ``names`` joined, and how many more there are."""
-    more = f' and {len(names) - shown} more' if len(names) > shown else ''
-    return ('holding ' + ', '.join(names[:shown]) + more) if names else 'empty'
-
-
 def read_checkpoint_config(path):
     """Return the JSON config dict stored in a checkpoint (without loading the weights)."""
     path = _check_file(path)
@@ -105,11 +99,9 @@ def read_checkpoint_config(path):
         with safe_open(str(path), framework='pt') as handle:
             metadata = handle.metadata() or {}
     except Exception as error:  # noqa: BLE001 - safetensors raises its own error types
-        members = plain_zip_members(path)
-        if members is not None:  # it was called a PyTorch checkpoint, unpickling included
-            raise CheckpointError(
-                f'{path} is a zip archive ({_listed(members)}), not a .safetensors checkpoint: '
-                f'extract the .safetensors file from it and pass that') from None
+        zipped = plain_zip_problem(path, 'a .safetensors checkpoint', '.safetensors')
+        if zipped is not None:  # it was called a PyTorch checkpoint, unpickling included
+            raise CheckpointError(zipped) from None
         if is_torch_pickle(path):
             raise CheckpointError(
                 f'{path} is a PyTorch pickle/zip checkpoint, not safetensors: convert it '

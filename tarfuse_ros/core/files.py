@@ -15,7 +15,7 @@ import zipfile
 
 __all__ = ['atomic_output', 'file_sha256', 'is_safetensors', 'is_torch_pickle',
            'is_truncated_jpeg', 'is_truncated_jpeg_data', 'looks_like_onnx', 'output_problem',
-           'plain_zip_members', 'write_text_atomic']
+           'plain_zip_members', 'plain_zip_problem', 'write_text_atomic']
 
 
 def file_sha256(path):
@@ -52,6 +52,22 @@ def plain_zip_members(path):
     except (OSError, zipfile.BadZipFile):
         return None
     return None if any(name.endswith('data.pkl') for name in names) else names
+
+
+def plain_zip_problem(path, expected, suffix, shown=3):
+    """Return why ``path`` is a zip archive to extract, not ``expected``; None if it is none.
+
+    ``'<path> is a zip archive (holding a.onnx, b and 2 more), not an ONNX model: extract the
+    .onnx file from it and pass that'`` for ``expected='an ONNX model'``, ``suffix='.onnx'``
+    (:func:`plain_zip_members`: a ``torch.save`` zip is no such archive).
+    """
+    names = plain_zip_members(path)
+    if names is None:
+        return None
+    more = f' and {len(names) - shown} more' if len(names) > shown else ''
+    listing = ('holding ' + ', '.join(names[:shown]) + more) if names else 'empty'
+    return (f'{path} is a zip archive ({listing}), not {expected}: extract the {suffix} file '
+            f'from it and pass that')
 
 
 def is_safetensors(path):

@@ -33,7 +33,7 @@ import time
 
 import cv2
 import numpy as np
-from tarfuse_ros.core.files import is_safetensors, is_torch_pickle, plain_zip_members
+from tarfuse_ros.core.files import is_safetensors, is_torch_pickle, plain_zip_problem
 from tarfuse_ros.core.pair_engine import (check_flags, check_ir_percentiles, outputs_to_frame,
                                           PairEngine, resize_planes)
 from tarfuse_ros.core.sizes import enlarged_size, MAX_ENLARGED_LONG_SIDE
@@ -131,12 +131,9 @@ def _missing_file_error(path):
 
 
 def _session_error(path, error):
-    members = plain_zip_members(path)
-    if members is not None:  # it was called a PyTorch checkpoint
-        shown = ', '.join(members[:3]) + (f' and {len(members) - 3} more' if len(members) > 3
-                                          else '')
-        return OnnxModelError(f'{path} is a zip archive (holding {shown or "nothing"}), not an '
-                              f'ONNX model: extract the .onnx file from it and pass that')
+    zipped = plain_zip_problem(path, 'an ONNX model', '.onnx')
+    if zipped is not None:  # it was called a PyTorch checkpoint
+        return OnnxModelError(zipped)
     if is_torch_pickle(path):
         return OnnxModelError(
             f'{path} is a PyTorch pickle/zip checkpoint, not an ONNX model: export a '
