@@ -380,8 +380,11 @@ def _check_args(args):
     if args.pairs is not None and not args.pairs.is_dir():
         raise UsageError(f'--pairs {str(args.pairs)!r} is not a folder')
     from tarfuse_ros.tools.bagio import bag_folder_problem
-    if args.pairs is None and not args.bag.is_dir() and bag_folder_problem(args.bag):
-        raise UsageError(f'--bag: {bag_folder_problem(args.bag)}')  # a folder: named when read
+    # A folder's bag is named when it is read, after the outputs are checked.
+    problem = None if args.pairs is not None or args.bag.is_dir() else \
+        bag_folder_problem(args.bag)
+    if problem is not None:
+        raise UsageError(f'--bag: {problem}')
     if not args.out.parent.is_dir():
         raise UsageError(f'the folder of --out {str(args.out)!r} does not exist')
     if args.out.is_dir():

@@ -232,8 +232,9 @@ def _check_args(args):
     if not 0 <= args.min_correlation <= 1:
         raise UsageError(f'--min-correlation must be in [0, 1], got {args.min_correlation}')
     from tarfuse_ros.tools.bagio import bag_folder_problem
-    if not args.bag.is_dir() and bag_folder_problem(args.bag):  # a folder: named when read
-        raise UsageError(f'--bag: {bag_folder_problem(args.bag)}')
+    problem = None if args.bag.is_dir() else bag_folder_problem(args.bag)  # a folder: when read
+    if problem is not None:
+        raise UsageError(f'--bag: {problem}')
     for option, path in (('--out', args.out), ('--plot', args.plot)):
         if path is None:
             continue
