@@ -51,6 +51,10 @@ def offered_qos(reliable=True, depth=10):
                 avoid_ros_namespace_conventions=False)]
 
 
+# rosbag2's storage files: MCAP (Jazzy's default) and SQLite 3 (Humble's).
+_STORAGE_SUFFIXES = ('.mcap', '.db3')
+
+
 def bag_folder_problem(path):
     """Return why ``path`` is not a rosbag2 bag (a message saying what to give), or None.
 
@@ -68,10 +72,10 @@ def bag_folder_problem(path):
     if path.is_file():
         if (path.parent / 'metadata.yaml').is_file():  # one file of a bag maybe split in several
             return f'{path} is a file of the bag {path.parent}: give the bag folder'
-        if path.suffix in ('.mcap', '.db3'):  # a lone storage file: rosbags reads it as a bag
+        if path.suffix in _STORAGE_SUFFIXES:  # a lone storage file: rosbags reads it as a bag
             return None
         return f'{path} is a file; a bag is a folder holding metadata.yaml (or a lone .mcap file)'
-    storage = sorted(p.name for p in path.iterdir() if p.suffix in ('.mcap', '.db3'))
+    storage = sorted(p.name for p in path.iterdir() if p.suffix in _STORAGE_SUFFIXES)
     if storage:
         return (f'{path} holds {storage[0]} but no metadata.yaml (a recording that was not '
                 f'closed?); rebuild it with: ros2 bag reindex {path}')
