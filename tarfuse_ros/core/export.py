@@ -38,11 +38,12 @@ import warnings
 
 import numpy as np
 from tarfuse_ros.core.checkpoint import load_checkpoint
-from tarfuse_ros.core.files import atomic_output, output_problem
+from tarfuse_ros.core.files import atomic_output
 from tarfuse_ros.core.model.yolo import anchors_every_call
 from tarfuse_ros.core.onnx_backend import CONFIG_KEY, FUSION_OUTPUTS, MIN_OPSET
 from tarfuse_ros.core.onnx_backend import ONNX_FORMAT_VERSION
 from tarfuse_ros.core.onnx_backend import ONNX_INPUT_MEANINGS, ONNX_INPUTS, ONNX_KEY, ONNX_OUTPUTS
+from tarfuse_ros.core.onnx_output import check_onnx_output
 import torch
 from torch import nn
 import torch.nn.functional as F
@@ -271,7 +272,8 @@ def export_onnx(weights, output, half=False, opset=MIN_OPSET, verify=True, scale
         ExportError: tracing failed or the graph does not match PyTorch.
         ValueError: onnx not installed (onnxruntime too, to verify or for ``half``);
             ``output`` a folder, not writable, the checkpoint or a ``.safetensors`` path
-            (checked first);
+            (:func:`~tarfuse_ros.core.onnx_output.check_onnx_output`, before the checkpoint
+            loads);
             ``opset`` below 17 or above what ``torch.onnx.export`` writes;
             ``half``, ``verify`` or ``scale_search`` not a bool; ``fine_passes`` not None or
             0-8, or 1-8 for a checkpoint without a fine stage.
@@ -309,17 +311,8 @@ def export_onnx(weights, output, half=False, opset=MIN_OPSET, verify=True, scale
         if not isinstance(value, (bool, np.bool_)):  # 'no' would count as true
             raise ValueError(f'{name} must be True or False, got {value!r}')
     check_fine_passes(fine_passes)  # before loading the checkpoint
+    check_onnx_output(output, weights)  # an OSError when writing, after minutes of tracing
     weights, output = Path(weights), Path(output)
-    if output.suffix.lower() == '.safetensors' or (
-            output.exists() and weights.exists() and output.samefile(weights)):
-        # The checkpoint itself was replaced by the ONNX file (tarfuse-export refused it).
-        raise ValueError(f'output {str(output)!r} is the checkpoint or names a .safetensors '
-                         f'file, which the ONNX file would replace or pass for a checkpoint: '
-                         f'give a path ending in .onnx')
-    problem = output_problem(output)
-    if problem:  # it was an OSError when writing, after minutes of tracing
-        raise ValueError(f'output {str(output)!r} cannot be written ({problem}); give the path '
-                         f'of an .onnx file in a folder you can write to')
     model = load_checkpoint(weights, map_location='cpu').eval()
     config = copy.deepcopy(model.checkpoint_config)
     if not scale_search and scale_search_off(model):

@@ -12,13 +12,12 @@ checkpoint itself or ends in ``.safetensors``: checked before the export).
 """
 
 import argparse
-import os
 from pathlib import Path
 import shlex
 import sys
 
-from tarfuse_ros.core.files import output_problem
 from tarfuse_ros.core.fine_passes import check_fine_passes
+from tarfuse_ros.core.onnx_output import check_onnx_output
 
 PROG = 'tarfuse-export'
 
@@ -57,35 +56,13 @@ def main(argv=None):
     if args.threads is not None and args.threads < 1:
         print(f'{PROG}: error: --threads must be >= 1, got {args.threads}', file=sys.stderr)
         return 2
-    try:
+    try:  # checked now, before torch: the export takes minutes
         check_fine_passes(args.fine_passes, '--fine-passes')
+        check_onnx_output(args.out, args.weights, '--out')
     except ValueError as exc:
         print(f'{PROG}: error: {exc}', file=sys.stderr)
         return 2
-    # A trailing separator names a folder (Path() would drop it and write a file there).
-    folder_named = args.out.endswith(('/', os.sep))
     args.out = Path(args.out)
-    if folder_named or args.out.is_dir():
-        what = 'is a folder' if args.out.is_dir() else 'names a folder (trailing /)'
-        print(f'{PROG}: error: --out {str(args.out)!r} {what}; give the ONNX file to '
-              f'write (e.g. {str(args.out / "tarfuse.onnx")!r})', file=sys.stderr)
-        return 2
-    onnx_name = str(args.out.with_suffix('.onnx'))
-    if args.out.exists() and args.weights.exists() and args.out.samefile(args.weights):
-        print(f'{PROG}: error: --out {str(args.out)!r} is the checkpoint being exported; the '
-              f'ONNX file would replace it: give another path (e.g. {onnx_name!r})',
-              file=sys.stderr)
-        return 2
-    if args.out.suffix.lower() == '.safetensors':
-        print(f'{PROG}: error: --out {str(args.out)!r} names a .safetensors file, but an ONNX '
-              f'file is written there (the node and tools would take it for a checkpoint): '
-              f'give a path ending in .onnx (e.g. {onnx_name!r})', file=sys.stderr)
-        return 2
-    problem = output_problem(args.out)
-    if problem:  # checked now: the export takes minutes and would fail only when writing
-        print(f'{PROG}: error: --out {str(args.out)!r} cannot be written ({problem}); give a '
-              f'path in a folder you can write to', file=sys.stderr)
-        return 2
     # Imported here so that usage errors are reported before torch is loaded.
     from tarfuse_ros.core.checkpoint import CheckpointError
     from tarfuse_ros.core.export import export_onnx, ExportError

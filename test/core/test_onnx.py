@@ -406,18 +406,46 @@ def test_export_tool_refuses_an_out_it_cannot_write_before_exporting(tmp_path, c
 def test_export_onnx_refuses_an_output_it_cannot_write_before_tracing(tmp_path):
     # The Python function traced the model and failed on writing ('IsADirectoryError') only.
     medical = share_dir() / 'models' / 'tarfuse_medical.safetensors'
-    for output, words in ((tmp_path, 'is a folder, not a file'),
-                          ('/proc/tarfuse.onnx', 'is not writable')):
-        with pytest.raises(ValueError, match=words) as raised:
-            export_onnx(medical, output, verify=False)
-        assert 'give the path of an .onnx file in a folder you can write to' in str(raised.value)
-    # The checkpoint itself was replaced by the ONNX file (the tool refused it, not the function).
     copy = tmp_path / 'medical.safetensors'
     copy.write_bytes(medical.read_bytes())
-    for output in (copy, tmp_path / 'other.safetensors'):
-        with pytest.raises(ValueError, match='is the checkpoint or names a .safetensors file'):
+    for output, words in (
+            (tmp_path, f"output '{tmp_path}' is a folder; give the ONNX file to write (e.g. "
+                       f"'{tmp_path / 'tarfuse.onnx'}')"),
+            # A folder to be, named as such: a file was written under its name.
+            (f'{tmp_path}/new/', f"output '{tmp_path / 'new'}' names a folder (trailing /)"),
+            ('/proc/tarfuse.onnx', "output '/proc/tarfuse.onnx' cannot be written (folder "
+                                   '/proc is not writable); give a path in a folder you can '
+                                   'write to'),
+            # The checkpoint itself was replaced by the ONNX file.
+            (copy, f"output '{copy}' is the checkpoint being exported; the ONNX file would "
+                   f"replace it: give another path (e.g. '{tmp_path / 'medical.onnx'}')"),
+            (tmp_path / 'other.safetensors', f"output '{tmp_path / 'other.safetensors'}' names "
+                                             f'a .safetensors file, but an ONNX file is '
+                                             f'written there')):
+        with pytest.raises(ValueError) as raised:
             export_onnx(copy, output, verify=False)
+        assert str(raised.value).startswith(words), raised.value
     assert copy.read_bytes() == medical.read_bytes()
+    assert sorted(tmp_path.iterdir()) == [copy]
+
+
+def test_export_tool_and_function_say_the_same_of_an_output(tmp_path, capsys):
+    # Each checked --out with its own wording ('is a folder, not a file; give the path of an
+    # .onnx file ...' from the function, 'is a folder; give the ONNX file to write ...' from
+    # the tool), and only the tool refused a path ending in '/'.
+    weights = tmp_path / 'medical.safetensors'
+    weights.write_bytes((share_dir() / 'models' / 'tarfuse_medical.safetensors').read_bytes())
+    (tmp_path / 'file').write_text('not a folder')
+    for out in (str(tmp_path), f'{tmp_path}/new/', str(weights),
+                str(tmp_path / 'a.safetensors'), str(tmp_path / 'file' / 'a.onnx')):
+        assert export_tool.main([str(weights), '--out', out, '--no-verify']) == 2
+        printed = capsys.readouterr().err
+        with pytest.raises(ValueError) as raised:
+            export_onnx(weights, out, verify=False)
+        said = str(raised.value)
+        assert said.startswith('output ') and printed == (
+            f'tarfuse-export: error: --out {said[len("output "):]}\n'), (printed, said)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['file', 'medical.safetensors']
 
 
 def test_export_tool_refuses_to_overwrite_its_checkpoint(tmp_path, capsys):
