@@ -58,9 +58,9 @@ from tarfuse_ros.core import images
 from tarfuse_ros.core.checkpoint import load_checkpoint
 from tarfuse_ros.core.fine_passes import check_fine_passes, NoFineStageError
 from tarfuse_ros.core.model.matching import _normalised_affine_to_pixel
-from tarfuse_ros.core.pair_engine import (check_flags, check_ir_percentiles, Detection,
-                                          FusionResult, outputs_to_frame, PairEngine,
-                                          resize_planes)
+from tarfuse_ros.core.pair_engine import (check_finite_outputs, check_flags,
+                                          check_ir_percentiles, Detection, FusionResult,
+                                          outputs_to_frame, PairEngine, resize_planes)
 from tarfuse_ros.core.prior import apply_prior, check_prior, published_outputs
 from tarfuse_ros.core.runtime import cudnn_benchmark, resolve_device
 import torch
@@ -848,15 +848,11 @@ class FusionEngine(PairEngine):
         # The inputs are finite and in [0, 1], the weights were checked finite when loaded:
         # NaN here means weights so large that the network overflows (a diverged training run,
         # or fp16), and an all-NaN flow was published as it was.
-        broken = [name for name in ('fused', 'flow', 'registered_ir')
-                  if not bool(torch.isfinite(raw[name]).all())]
-        if broken:
-            raise ValueError(
-                f'{self._weights}: the network gave NaN or infinite {", ".join(broken)} for '
-                f'finite inputs: its weights overflow'
-                + (' in float16 (try half=False)' if self._half else
-                   ' (a training run that diverged?)')
-                + '; use another checkpoint (an earlier epoch)')
+        check_finite_outputs(
+            raw, self._weights, 'its weights overflow'
+            + (' in float16 (try half=False)' if self._half else
+               ' (a training run that diverged?)')
+            + '; use another checkpoint (an earlier epoch)')
         fused_y = images.to_uint8(images.unpad(raw['fused'], net_h, net_w)[:, 0])
         registered = images.to_uint8(images.unpad(raw['registered_ir'], net_h, net_w)[:, 0])
         flow = images.unpad(raw['flow'], net_h, net_w).permute(0, 2, 3, 1).float()

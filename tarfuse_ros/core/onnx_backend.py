@@ -34,8 +34,9 @@ import time
 import cv2
 import numpy as np
 from tarfuse_ros.core.files import is_safetensors, is_torch_pickle, plain_zip_problem
-from tarfuse_ros.core.pair_engine import (check_flags, check_ir_percentiles, outputs_to_frame,
-                                          PairEngine, resize_planes)
+from tarfuse_ros.core.pair_engine import (check_finite_outputs, check_flags,
+                                          check_ir_percentiles, outputs_to_frame, PairEngine,
+                                          resize_planes)
 from tarfuse_ros.core.sizes import enlarged_size, MAX_ENLARGED_LONG_SIDE
 
 __all__ = ['CONFIG_KEY', 'FUSION_OUTPUTS', 'MIN_OPSET', 'ONNX_FORMAT_VERSION', 'ONNX_INPUTS',
@@ -553,13 +554,10 @@ class OnnxFusionEngine(PairEngine):
                 f'checkpoint with tarfuse-export')
         # The inputs are finite and in [0, 1]: NaN out means damaged weights (a file whose
         # bytes changed still loads), which would be published as the flow.
-        broken = [name for name in ('fused', 'flow', 'registered_ir')
-                  if not np.isfinite(raw[name]).all()]
-        if broken:
-            raise OnnxModelError(
-                f'{self._weights}: the graph gave NaN or infinite {", ".join(broken)} for '
-                f'finite inputs: its weights are damaged (a corrupt copy?); copy it again or '
-                f're-export it with tarfuse-export WEIGHTS.safetensors --out MODEL.onnx')
+        check_finite_outputs(
+            raw, self._weights, 'its weights are damaged (a corrupt copy?); copy it again or '
+            're-export it with tarfuse-export WEIGHTS.safetensors --out MODEL.onnx',
+            OnnxModelError)
         outputs = []
         for b, item in enumerate(items):
             rows = (nms_rows(raw['det'][b], conf, iou, max_det, classes) if 'det' in raw

@@ -38,8 +38,8 @@ from tarfuse_ros.core.sizes import (check_input_max_long_side, check_network_siz
                                     enlarged_size, MAX_ENLARGED_LONG_SIDE, MAX_NETWORK_PIXELS,
                                     shrunk_size)
 
-__all__ = ['Detection', 'FusionResult', 'PairEngine', 'check_flags', 'check_ir_percentiles',
-           'outputs_to_frame', 'resize_planes', 'validate_thresholds']
+__all__ = ['Detection', 'FusionResult', 'PairEngine', 'check_finite_outputs', 'check_flags',
+           'check_ir_percentiles', 'outputs_to_frame', 'resize_planes', 'validate_thresholds']
 
 
 @dataclass
@@ -156,6 +156,33 @@ def _grey_levels(plane):
     if plane.dtype == np.uint8:
         return plane.astype(np.float32)
     return np.asarray(plane, np.float32) * np.float32(255.0)
+
+
+def check_finite_outputs(raw, weights, cause, error=ValueError):
+    """Raise ``error`` naming the image outputs in ``raw`` that hold NaN or infinite values.
+
+    Both engines check the network's ``fused``, ``flow`` and ``registered_ir`` before anything
+    is published: their inputs are finite and in [0, 1], so NaN there comes from the weights.
+
+    Args:
+        raw: the network's outputs by name, NumPy arrays or torch tensors (any device).
+        weights: the model file, named first in the message.
+        cause: what that means for this model file and what to do, ending the message.
+        error: the exception class raised.
+
+    """
+    broken = [name for name in ('fused', 'flow', 'registered_ir')
+              if not _all_finite(raw[name])]
+    if broken:
+        raise error(f'{weights}: the network gave NaN or infinite {", ".join(broken)} for '
+                    f'finite inputs: {cause}')
+
+
+def _all_finite(values):
+    """Return whether a NumPy array or a torch tensor holds finite values only."""
+    if isinstance(values, np.ndarray):
+        return bool(np.isfinite(values).all())
+    return bool(values.isfinite().all())  # a torch tensor, on its device
 
 
 def check_flags(**flags):

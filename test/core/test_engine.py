@@ -13,6 +13,7 @@ from tarfuse_ros.core.checkpoint import CheckpointError, save_checkpoint
 from tarfuse_ros.core.engine import Detection, FusionEngine, FusionResult
 from tarfuse_ros.core.model.tarfuse import build_model
 from tarfuse_ros.core.model.warp import warp
+from tarfuse_ros.core.onnx_backend import OnnxModelError
 from tarfuse_ros.core.paths import share_dir
 import torch
 
@@ -463,6 +464,36 @@ def test_weights_that_overflow_are_refused_instead_of_giving_a_nan_flow(tmp_path
     message = str(raised.value)
     assert 'the network gave NaN or infinite' in message and 'flow' in message, message
     assert 'weights overflow' in message and 'use another checkpoint' in message, message
+
+
+def test_both_engines_check_their_outputs_finite_with_one_check():
+    """Arrays (onnxruntime) and torch tensors (torch engine) give the same message.
+
+    Each engine had its own copy of the check, with its own wording ('the graph gave' from the
+    onnxruntime backend).
+    """
+    flow = np.zeros((1, 2, 64, 96), np.float32)
+    flow[0, 1, 5, 7] = np.nan
+    image = np.full((1, 1, 64, 96), 0.5, np.float32)
+    infinite = image.copy()
+    infinite[0, 0, 0, 0] = np.inf
+    finite_flow = np.zeros_like(flow)
+    cases = (({'fused': image, 'flow': flow, 'registered_ir': image}, 'flow'),
+             ({'fused': infinite, 'flow': finite_flow, 'registered_ir': infinite},
+              'fused, registered_ir'))
+    for raw, names in cases:
+        said = []
+        for outputs in (raw, {name: torch.from_numpy(value) for name, value in raw.items()}):
+            with pytest.raises(OnnxModelError) as raised:
+                pair_engine.check_finite_outputs(outputs, 'm.onnx', 'the cause',
+                                                 OnnxModelError)
+            said.append(str(raised.value))
+        assert said == [f'm.onnx: the network gave NaN or infinite {names} for finite inputs: '
+                        f'the cause'] * 2
+    finite = {'fused': image, 'flow': finite_flow, 'registered_ir': image, 'det': flow}
+    pair_engine.check_finite_outputs(finite, 'm.onnx', 'the cause')  # det is not checked here
+    tensors = {name: torch.from_numpy(value) for name, value in finite.items()}
+    pair_engine.check_finite_outputs(tensors, 'm.safetensors', 'the cause')
 
 
 @pytest.mark.skipif(CUDA, reason='CUDA is available here; the no-CUDA error cannot occur')
