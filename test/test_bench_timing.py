@@ -3,12 +3,16 @@
 Each is run as a user runs it (``python benchmarks/NAME.py ...``) on real pairs.
 """
 
+import argparse
 import json
 from pathlib import Path
 import subprocess
 import sys
 
+import cv2
 import pytest
+import torch
+from torch.overrides import TorchFunctionMode
 
 ROOT = Path(__file__).resolve().parents[1]
 ROADSCENE = ROOT / 'test' / 'data' / 'datasets' / 'roadscene'
@@ -104,3 +108,54 @@ def test_bench_contention_names_the_machine():
     assert done.returncode == 0, done.stderr
     from tarfuse_ros.core.cpus import machine_facts
     assert done.stdout.splitlines()[0] == f'machine: {machine_facts()}'
+
+
+def test_bench_model_times_the_network_without_its_input_checks(pair_for_bench):
+    """The 'net' figures time the network, not forward_tensors' reading of its inputs' range.
+
+    Each timed call read both inputs' range (torch.aminmax, a device sync per input) before the
+    network: now they are checked once, before the timing, and the output says what is timed.
+    """
+    sys.path.insert(0, str(ROOT / 'benchmarks'))
+    try:
+        import bench_model
+    finally:
+        sys.path.remove(str(ROOT / 'benchmarks'))
+    from tarfuse_ros.core.engine import FusionEngine
+    from tarfuse_ros.core.paths import default_weights_path
+    engine = FusionEngine(default_weights_path(), device='cpu', scale_search=False)
+    args = argparse.Namespace(warmup=1, iters=3, max_seconds=60.0, no_engine=True)
+    with _Calls(torch.aminmax) as calls:
+        row = bench_model.run_case(engine, 'cpu', 96, 64, pair_for_bench, args)
+    assert row['model']['n'] == 3
+    assert len(calls) == 2, f'{len(calls)} range reads for 1 warm-up and 3 timed runs'
+    done = _run('bench_model', '--resolutions', '64x64', '--iters', '1', '--warmup', '0',
+                '--modes', 'cpu', '--threads', '1', '--no-engine', timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert f'net: {bench_model.NET_TIMING}' in done.stdout, done.stdout
+
+
+class _Calls(TorchFunctionMode):
+    """Record the calls of one torch function made inside the ``with`` block."""
+
+    def __init__(self, function):
+        super().__init__()
+        self._function, self._calls = function, []
+
+    def __enter__(self):
+        super().__enter__()
+        return self._calls
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is self._function:
+            self._calls.append(args)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.fixture
+def pair_for_bench():
+    """Return a real RoadScene pair as bench_model reads it: ``(ir, vi, name)``."""
+    stem = (ROADSCENE / 'test.txt').read_text().split()[0]
+    ir = cv2.imread(str(ROADSCENE / 'ir' / f'{stem}.jpg'), cv2.IMREAD_GRAYSCALE)
+    vi = cv2.imread(str(ROADSCENE / 'vi' / f'{stem}.jpg'), cv2.IMREAD_COLOR)
+    return ir, vi, f'roadscene/{stem}'
