@@ -13,6 +13,7 @@ previous learnt global stage: fused 1, registered 1, flow 6.5e-5 px.)
 import json
 import logging
 from pathlib import Path
+import subprocess
 import sys
 import zipfile
 
@@ -446,6 +447,18 @@ def test_export_tool_and_function_say_the_same_of_an_output(tmp_path, capsys):
         assert said.startswith('output ') and printed == (
             f'tarfuse-export: error: --out {said[len("output "):]}\n'), (printed, said)
     assert sorted(p.name for p in tmp_path.iterdir()) == ['file', 'medical.safetensors']
+
+
+def test_export_tool_refuses_an_out_before_loading_torch(tmp_path):
+    # The --out checks run before torch loads (seconds), in the tool's own process.
+    code = ('import sys; from tarfuse_ros.console import export; status = export(); '
+            "print('torch loaded' if 'torch' in sys.modules else 'no torch'); sys.exit(status)")
+    weights = str(share_dir() / 'models' / 'tarfuse_medical.safetensors')
+    for out in (str(tmp_path), str(tmp_path / 'a.safetensors'), '/proc/a.onnx'):
+        done = subprocess.run([sys.executable, '-c', code, weights, '--out', out],
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2 and done.stdout == 'no torch\n', (done.stdout, done.stderr)
+        assert done.stderr.startswith(f"tarfuse-export: error: --out '{out}' "), done.stderr
 
 
 def test_export_tool_refuses_to_overwrite_its_checkpoint(tmp_path, capsys):
