@@ -17,6 +17,13 @@ A stamp after the newest is the timeline's next. One not after it is:
 
 A stamp equal to the newest is no copy on a topic of one publisher: it is the timeline's next
 (the synchroniser pairs it, and the node skips a pair of a visible image paired already).
+
+Limits (stamps alone cannot tell these apart): on a topic of one publisher, an image delivered
+again late (stamped like one held, behind the newest) is taken for a replay, a time jump; beside
+a second publisher, a bag of two images in a loop comes back to its first stamp as a relay's
+copy of it would (a frame behind): that image is ignored as a copy, and its second image, equal
+to the newest, is taken for the next (its pair skipped as paired already), so every other loop
+is fused.
 """
 
 import collections
