@@ -7,6 +7,13 @@ A stamp after the newest is the timeline's next. One not after it is:
 - a copy (:data:`COPY`, ignored): stamped like an image the input has just delivered, on a
   topic with more than one publisher (a relay or bridge publishing the images again, a second
   driver), unless it is a replay;
+- on a topic of one publisher, stamped like one of the images just delivered (not the newest,
+  nor the timeline's first), either that image delivered again late (a driver or bridge
+  repeating its messages) or a loop shorter than the window (a bag replays its stamps): held
+  (:data:`HOLD`) until the next image tells which. The other input's image stamped like it
+  (within ``slop``; a bag loop moves both cameras back) or this input's next one stamped among
+  those delivered (the replay goes on) makes it a replay (:meth:`InputTimeline.replay_held`);
+  this input's next image stamped after the newest makes it a copy (:meth:`~InputTimeline.settle`);
 - a replay, which is a time jump (a bag's loop or second play): back to the timeline's first
   stamp once it holds more than two, or a second image in a row stamped among those delivered
   (the replay goes on; a relay's copies come between the images of the publisher it copies);
@@ -19,19 +26,20 @@ A stamp equal to the newest is no copy on a topic of one publisher: it is the ti
 (the synchroniser pairs it, and the node skips a pair of a visible image paired already).
 
 Limits (stamps alone cannot tell these apart): on a topic of one publisher, an image delivered
-again late (stamped like one held, behind the newest) is taken for a replay, a time jump; beside
-a second publisher, a bag of two images in a loop comes back to its first stamp as a relay's
-copy of it would (a frame behind): that image is ignored as a copy, and its second image, equal
-to the newest, is taken for the next (its pair skipped as paired already), so every other loop
-is fused.
+again late stamped like the timeline's first is taken for a replay, a time jump; beside a second
+publisher, a bag of two images in a loop comes back to its first stamp as a relay's copy of it
+would (a frame behind): that image is ignored as a copy, and its second image, equal to the
+newest, is taken for the next (its pair skipped as paired already), so every other loop is
+fused. An image held stays held (not counted as a copy) until its input's next image.
 """
 
 import collections
 
-__all__ = ['COPY', 'InputTimeline', 'is_time_jump', 'JUMP', 'JUMP_FOLLOWED', 'LATE',
+__all__ = ['COPY', 'HOLD', 'InputTimeline', 'is_time_jump', 'JUMP', 'JUMP_FOLLOWED', 'LATE',
            'median_interval_ns', 'NEXT']
 
 NEXT, COPY, LATE, JUMP, JUMP_FOLLOWED = 'next', 'copy', 'late', 'jump', 'jump followed'
+HOLD = 'hold'
 
 
 def is_time_jump(recent_ns, stamp_ns):
@@ -95,42 +103,85 @@ class InputTimeline:
         # The newest stamp when the other input jumped back in time (a bag loop): this input
         # has still to make that jump, which then resets nothing again; else None.
         self._jump_pending = None
+        # (stamp, item) of an image held until the next one tells a copy from a replay.
+        self._held = None
 
     @property
     def stamps(self):
         """Return the stamps held, oldest first (a tuple)."""
         return tuple(self._recent)
 
-    def receive(self, stamp, publishers, after_silence=False):
-        """Judge ``stamp`` and record it; return NEXT, COPY, LATE, JUMP or JUMP_FOLLOWED.
+    @property
+    def held(self):
+        """Return the stamp of the image kept back (:data:`HOLD`), None when there is none."""
+        return None if self._held is None else self._held[0]
+
+    def receive(self, stamp, publishers, after_silence=False, item=None):
+        """Judge ``stamp`` and record it; return NEXT, COPY, LATE, HOLD, JUMP or JUMP_FOLLOWED.
 
         ``publishers`` is a callable returning how many publishers the input's topic has,
         called only for a stamp that may be a copy. ``after_silence``: the input was silent
         for longer than ``diagnostics.input_timeout`` before this message (a bag played
         again), so it is no copy. A copy and a late stamp leave the timeline as it was (but
-        that a copy was the last message); a jump starts a new timeline at ``stamp``.
+        that a copy was the last message); a jump starts a new timeline at ``stamp``. HOLD
+        keeps ``stamp`` and ``item`` (the caller's image) for :meth:`settle` or
+        :meth:`replay_held`; an image held already is to be settled first.
         """
         last = self.newest
         if last is not None and stamp <= last and self._jump_pending is None \
-                and not after_silence and self._delivered(stamp) \
-                and not self._replay(stamp) and publishers() > 1:
-            self._copy_ignored = True
-            return COPY
+                and not after_silence and self._delivered(stamp) and not self._replay(stamp):
+            if publishers() > 1:
+                self._copy_ignored = True
+                return COPY
+            if stamp < last and stamp in self._recent and stamp != self._first:
+                self._held = (stamp, item)
+                return HOLD
         if last is not None and stamp < last:
             if self._jump_pending is None and not is_time_jump(self._recent, stamp):
                 return LATE
-            verdict = JUMP if self._jump_pending is None else JUMP_FOLLOWED
-            self._jump_pending = None
-            self._before_jump = frozenset(self._recent)
-            self._recent.clear()  # the old timeline's stamps say nothing about the new one's
-        else:
-            verdict = NEXT
+            return self._jump(stamp)
+        self._take(stamp)
+        return NEXT
+
+    def settle(self, stamp):
+        """Tell the image held by the input's next stamp; return ``(verdict, stamp, item)``.
+
+        ``stamp`` stamped among those delivered, not after the newest: the held image began a
+        replay, JUMP (or JUMP_FOLLOWED), recorded as the new timeline's first (``stamp`` is
+        then to be received after it). Else it was a copy, COPY. None when no image is held.
+        """
+        if self._held is None:
+            return None
+        if stamp <= self.newest and self._delivered(stamp):
+            return self.replay_held()
+        held, self._held = self._held, None
+        return (COPY, *held)
+
+    def replay_held(self):
+        """Take the image held for a replay's first; return ``(verdict, stamp, item)``.
+
+        For the other input's image stamped like it (a bag loop moves both cameras back):
+        JUMP, or JUMP_FOLLOWED when the other input made the jump first.
+        """
+        (stamp, item), self._held = self._held, None
+        return self._jump(stamp), stamp, item
+
+    def _jump(self, stamp):
+        """Start a new timeline at ``stamp``; return JUMP, or JUMP_FOLLOWED if one was due."""
+        verdict = JUMP if self._jump_pending is None else JUMP_FOLLOWED
+        self._jump_pending = None
+        self._before_jump = frozenset(self._recent)
+        self._recent.clear()  # the old timeline's stamps say nothing about the new one's
+        self._take(stamp)
+        return verdict
+
+    def _take(self, stamp):
+        """Record ``stamp`` as the newest."""
         self.newest = stamp
         self._copy_ignored = False
         if not self._recent:
             self._first = stamp
         self._recent.append(stamp)
-        return verdict
 
     def _delivered(self, stamp):
         """Return whether ``stamp`` is one just delivered (here, or before the last jump)."""

@@ -14,8 +14,10 @@ Data flow::
 
 A message stamped before its input's newest is either out of order (delivered late: a driver
 with several threads, a bridge) and ignored, counted in ``messages_rejected``, a copy from a
-second publisher (ignored alike), or a time jump (a bag loop, a clock reset) that resets the
-synchroniser: one :class:`~tarfuse_ros.core.timeline.InputTimeline` per input judges them.
+second publisher or delivered again late (ignored alike; on a topic of one publisher such an
+image waits for the next to tell it from a short bag's loop), or a time jump (a bag loop, a
+clock reset) that resets the synchroniser: one :class:`~tarfuse_ros.core.timeline.InputTimeline`
+per input judges them.
 
 ``sync.infrared_time_offset`` is added to every IR stamp (on a copy of the message) as it comes
 in, after the zero-stamp check: from there on, the order checks, the synchroniser and the
@@ -70,7 +72,8 @@ from tarfuse_ros.core.pairing import NearestPairCheck
 from tarfuse_ros.core.rate import StampRateLimit
 from tarfuse_ros.core.sizes import PORTRAIT_ADVICE, portrait_beside_landscape
 from tarfuse_ros.core.time_offset import MAX_SIDE, OffsetMonitor
-from tarfuse_ros.core.timeline import COPY, InputTimeline, is_time_jump, JUMP, LATE
+from tarfuse_ros.core.timeline import COPY, HOLD, InputTimeline, is_time_jump, JUMP
+from tarfuse_ros.core.timeline import JUMP_FOLLOWED, LATE
 from tarfuse_ros.core.timeline import median_interval_ns
 from tarfuse_ros.core.topics import camera_info_topic
 from tarfuse_ros.ros.conversions import array_to_compressed_msg, array_to_image_msg
@@ -661,22 +664,21 @@ class TarFuseNode(Node):
             stamp, msg = corrected, restamped(msg, corrected)
         timeline = self._timelines[index]
         last = timeline.newest
+        settled = timeline.settle(stamp)  # the image held for this one to tell (HOLD, below)
+        if settled is not None:
+            self._take_held(index, *settled, last=last)
+            last = timeline.newest
         verdict = timeline.receive(
             stamp, functools.partial(self.count_publishers, topic),
             after_silence=previous_arrival is not None
-            and now - previous_arrival > self._params.input_timeout)
+            and now - previous_arrival > self._params.input_timeout,
+            item=(msg, previous_arrival))
         if verdict == COPY:
             # A copy of an image just delivered, from a second publisher (a relay or a bridge
             # publishing the images again, a second driver): taken for a bag loop's replayed
             # stamp, each copy reset the synchroniser (and max_rate) and was fused again with
             # a stamp going back.
-            ago = last - stamp
-            which = 'the newest' if not ago else f'one {ago / 1e9:.3f} s before the newest'
-            cause = (f'duplicate on {topic}: stamped like {which}, and the topic has '
-                     f'{self.count_publishers(topic)} publishers (a relay or bridge publishing '
-                     f'its images again, or a second driver)')
-            self._stats.reject(cause, pair=False)
-            self._warn(f'duplicate:{name}', f'message ignored: {cause}')
+            self._reject_copy(index, last - stamp)
             return
         if verdict == LATE:
             # Delivered late, among stamps this input has just delivered: not a time jump (nor
@@ -691,7 +693,56 @@ class TarFuseNode(Node):
             self._stats.reject(cause, pair=False)
             self._warn(f'out_of_order:{name}', f'message ignored: {cause}')
             return
-        if last is not None and stamp < last:  # a time jump: this input's or the other's
+        if verdict == HOLD:
+            # Stamped like an image just delivered, on a topic of one publisher: that image
+            # again, late (a driver or bridge repeating its messages: it reset the
+            # synchroniser and was fused again, its outputs going back in time), or a bag's
+            # loop shorter than the window. Held: the other input's image stamped like it (a
+            # loop moves both cameras back) or this input's next one tells.
+            held = self._timelines[other].held
+            params = self._params
+            slop_ns = round(params.sync_slop * 1e9) if params.sync_approximate else 0
+            if held is not None and abs(held - stamp) <= slop_ns:
+                other_last = self._timelines[other].newest
+                self._take_held(other, *self._timelines[other].replay_held(), last=other_last)
+                self._take_held(index, *timeline.replay_held(), last=last)
+            return
+        self._take(index, msg, stamp, verdict, last, previous_arrival)
+
+    def _take_held(self, index, verdict, stamp, item, last):
+        """Feed an input's image held (HOLD) as a replay's first, or ignore it as a copy.
+
+        ``last`` is the input's newest stamp before it was told (the jump's start).
+        """
+        msg, previous_arrival = item
+        if verdict == COPY:
+            self._reject_copy(index, last - stamp)
+        else:
+            self._take(index, msg, stamp, verdict, last, previous_arrival)
+
+    def _reject_copy(self, index, ago):
+        """Count and warn of an image ignored as a copy, ``ago`` ns before its input's newest."""
+        name, topic = _INPUT_NAMES[index], self._topics[index]
+        which = 'the newest' if not ago else f'one {ago / 1e9:.3f} s before the newest'
+        publishers = self.count_publishers(topic)
+        if publishers > 1:
+            cause = (f'duplicate on {topic}: stamped like {which}, and the topic has '
+                     f'{publishers} publishers (a relay or bridge publishing its images '
+                     f'again, or a second driver)')
+        else:
+            cause = (f'duplicate on {topic}: stamped like {which}, delivered again (a driver '
+                     f'or bridge repeating its messages)')
+        self._stats.reject(cause, pair=False)
+        self._warn(f'duplicate:{name}', f'message ignored: {cause}')
+
+    def _take(self, index, msg, stamp, verdict, last, previous_arrival):
+        """Feed an input's accepted image to the synchroniser, after a jump's resets if one.
+
+        ``verdict`` is its timeline's (NEXT, JUMP or JUMP_FOLLOWED); ``last`` the input's
+        newest stamp before it, ``previous_arrival`` the monotonic arrival of its image before.
+        """
+        topic, other = self._topics[index], 1 - index
+        if verdict in (JUMP, JUMP_FOLLOWED):  # a time jump: this input's or the other's
             if index == VISIBLE:
                 # The camera_info that came before the visible camera's last image of its old
                 # timeline (a previous loop or bag) are never a new image's, by stamp or as the

@@ -4,8 +4,8 @@ The node keeps one timeline per input; the end-to-end cases are in test/ros/test
 test/ros/test_node_reliable.py.
 """
 
-from tarfuse_ros.core.timeline import COPY, InputTimeline, is_time_jump, JUMP, JUMP_FOLLOWED
-from tarfuse_ros.core.timeline import LATE, NEXT
+from tarfuse_ros.core.timeline import COPY, HOLD, InputTimeline, is_time_jump, JUMP
+from tarfuse_ros.core.timeline import JUMP_FOLLOWED, LATE, NEXT
 
 MS = 1_000_000
 
@@ -144,3 +144,41 @@ def test_the_jump_the_other_input_made_first_is_followed_and_resets_nothing():
     timeline.expect_jump()
     timeline.other_passed(1200 * MS + 1)
     assert timeline.receive(1150 * MS, _one) == LATE
+
+
+def test_a_stamp_held_on_a_topic_of_one_publisher_is_told_by_the_next_stamp():
+    # Stamped like an image just delivered (not the newest, nor the first): that image again,
+    # late (a driver or bridge repeating messages), or a loop shorter than the window. It was
+    # taken for a jump at once: the synchroniser reset and the image fused again.
+    timeline = _timeline([0, 100, 200, 300])
+    assert timeline.receive(200 * MS, _one, item='copy') == HOLD
+    assert (timeline.held, timeline.newest) == (200 * MS, 300 * MS)
+    assert timeline.settle(400 * MS) == (COPY, 200 * MS, 'copy')  # new: it was a copy
+    assert timeline.held is None and timeline.stamps == (0, 100 * MS, 200 * MS, 300 * MS)
+    assert timeline.receive(400 * MS, _never) == NEXT
+    # The next stamp among those delivered: the held one began a replay, a jump there.
+    timeline = _timeline([0, 100, 200, 300])
+    assert timeline.receive(100 * MS, _one, item='loop') == HOLD
+    assert timeline.settle(200 * MS) == (JUMP, 100 * MS, 'loop')
+    assert timeline.stamps == (100 * MS,)
+    assert timeline.receive(200 * MS, _never) == NEXT
+    assert timeline.settle(300 * MS) is None  # nothing held
+
+
+def test_a_stamp_held_is_a_replay_for_the_other_input_stamped_like_it():
+    # A bag loop moves both cameras back: the node takes both held images for its first.
+    ir, visible = _timeline([0, 100, 200]), _timeline([0, 100, 200])
+    assert ir.receive(100 * MS, _one, item='ir') == HOLD
+    assert visible.receive(100 * MS, _one, item='visible') == HOLD
+    assert ir.replay_held() == (JUMP, 100 * MS, 'ir')
+    visible.expect_jump()  # (the node: the other input's newest is of the old timeline)
+    assert visible.replay_held() == (JUMP_FOLLOWED, 100 * MS, 'visible')
+    assert ir.stamps == visible.stamps == (100 * MS,)
+
+
+def test_the_first_stamp_the_newest_or_one_behind_the_window_is_not_held():
+    assert _timeline([0, 100]).receive(0, _one) == JUMP  # a bag of two in a loop
+    assert _timeline([0, 100, 200]).receive(200 * MS, _one) == NEXT  # paired already, later
+    assert _timeline([0, 100, 200, 300], window=3).receive(0, _one) == JUMP
+    assert _timeline([0, 100, 200]).receive(150 * MS, _one) == LATE
+    assert _timeline([0, 100, 200]).receive(100 * MS, _two) == COPY  # a second publisher
