@@ -108,7 +108,7 @@ class InputTimeline:
 
     @property
     def stamps(self):
-        """Return the stamps held, oldest first (a tuple)."""
+        """Return the window's stamps, oldest first (a tuple)."""
         return tuple(self._recent)
 
     @property
