@@ -13,8 +13,11 @@ Data flow::
     debug/image_raw (each with the visible image's header), /diagnostics
 
 A message stamped before its input's newest is either out of order (delivered late: a driver
-with several threads, a bridge) and ignored, counted in ``messages_rejected``, or a time jump (a
-bag loop, a clock reset) that resets the synchroniser: see :func:`is_time_jump`.
+with several threads, a bridge) and ignored, counted in ``messages_rejected``, a copy from a
+second publisher or delivered again late (ignored alike; on a topic of one publisher such an
+image waits for the next to tell it from a short bag's loop), or a time jump (a bag loop, a
+clock reset) that resets the synchroniser: one :class:`~tarfuse_ros.core.timeline.InputTimeline`
+per input judges them.
 
 ``sync.infrared_time_offset`` is added to every IR stamp (on a copy of the message) as it comes
 in, after the zero-stamp check: from there on, the order checks, the synchroniser and the
@@ -69,6 +72,9 @@ from tarfuse_ros.core.pairing import NearestPairCheck
 from tarfuse_ros.core.rate import StampRateLimit
 from tarfuse_ros.core.sizes import PORTRAIT_ADVICE, portrait_beside_landscape
 from tarfuse_ros.core.time_offset import MAX_SIDE, OffsetMonitor
+from tarfuse_ros.core.timeline import COPY, HOLD, InputTimeline, is_time_jump, JUMP
+from tarfuse_ros.core.timeline import JUMP_FOLLOWED, LATE
+from tarfuse_ros.core.timeline import median_interval_ns
 from tarfuse_ros.core.topics import camera_info_topic
 from tarfuse_ros.ros.conversions import array_to_compressed_msg, array_to_image_msg
 from tarfuse_ros.ros.conversions import compressed_msg_to_array, compressed_size
@@ -123,44 +129,6 @@ class StartupError(RuntimeError):
 
 def _stamp_ns(stamp):
     return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
-
-
-def is_time_jump(recent_ns, stamp_ns):
-    """Return whether ``stamp_ns``, behind the newest of ``recent_ns``, is a jump back in time.
-
-    ``recent_ns`` holds the stamps (ns, oldest first) of an input's last few accepted
-    messages; ``stamp_ns`` is earlier than the last of them. It is out of order (a message
-    delivered late: a driver with several threads, a bridge) when it falls among them: not
-    before the oldest, none of them, and behind the newest by at most as many of the input's
-    frame intervals (the median interval between the stamps held before the newest, as the
-    newest's own step is in question) as there are stamps held.
-    Anything else is a time jump (a bag loop, a clock reset): a stamp before them all; one of
-    them, as a bag replays its stamps verbatim, so a loop shorter than the window comes back
-    to a stamp it still holds; and a step back from a newest stamp that is far ahead of the
-    others (one stamp from a clock that glitched forward, which would otherwise have every
-    later message taken for a late one until the clock reaches it). With fewer than three
-    stamps held there is no interval before the newest to go by: a jump (a glitch as the
-    second stamp of a timeline, at start-up or after a jump, had every later message ignored
-    until the clock reached it; a jump there loses at most the one partner held).
-
-    A clock stepped back by less than the window's span, onto no stamp held, is therefore
-    taken for late messages until its stamps pass the newest again: at most the window's span
-    is lost, whereas a jump found in a late message would reset the synchroniser and lose the
-    partners it holds.
-    """
-    if len(recent_ns) < 3 or stamp_ns < recent_ns[0] or stamp_ns in recent_ns:
-        return True
-    held = list(recent_ns)
-    return held[-1] - stamp_ns > len(held) * _median_interval_ns(held[:-1])
-
-
-def _median_interval_ns(stamps):
-    """Return the median interval (ns) between consecutive ``stamps``, None for fewer than 2."""
-    held = list(stamps)
-    if len(held) < 2:
-        return None
-    intervals = sorted(later - earlier for earlier, later in zip(held[:-1], held[1:]))
-    return intervals[len(intervals) // 2]
 
 
 def _health_settings(params):
@@ -313,24 +281,11 @@ class TarFuseNode(Node):
 
         # Added to every IR stamp before anything but the zero-stamp check reads it (fixed).
         self._ir_offset_ns = round(self._params.sync_infrared_time_offset * 1e9)
-        # Per input: its newest accepted stamp (the IR's with the offset, as everywhere below).
-        self._last_stamp_ns = [None, None]
-        # Per input: the stamps of its last accepted messages (oldest first, since its last
-        # time jump), which tell a message delivered late from a jump (is_time_jump). As many
-        # as the synchroniser holds: a driver's threads reorder a few messages, not more.
-        self._recent_stamps = [collections.deque(maxlen=max(3, self._params.sync_queue_size))
-                               for _ in _INPUT_NAMES]
-        # Per input: the first stamp of its timeline (since start-up or its last time jump),
-        # where a bag's loop or second play starts again; and whether its last message was
-        # ignored as a copy (a copy comes between a publisher's own images, a replay does not).
-        self._timeline_first = [None, None]
-        self._copy_ignored = [False, False]
-        # Per input: the stamps its timeline held before its last time jump (a copy of one,
-        # behind the newest, is no second jump: each such copy had reset the synchroniser).
-        self._before_jump = [frozenset(), frozenset()]
-        # Per input: its newest stamp when the other input jumped back in time (a bag loop),
-        # i.e. it has still to make that jump, which then resets nothing again; else None.
-        self._jump_pending = [None, None]
+        # Per input: its timeline (the stamps it delivered since its last time jump, the IR's
+        # with the offset, as everywhere below), which judges each new stamp: next, a copy,
+        # out of order or a time jump. As many stamps as the synchroniser holds: a driver's
+        # threads reorder a few messages, not more.
+        self._timelines = [InputTimeline(self._params.sync_queue_size) for _ in _INPUT_NAMES]
         self._last_arrival = [None, None]
         self._first_arrival = [None, None]  # monotonic time of each input's first message
         self._last_msg = [None, None]  # newest valid message per input (re-fed after a reset)
@@ -707,41 +662,25 @@ class TarFuseNode(Node):
                 self._warn(f'negative_stamp:{name}', f'message ignored: {cause}')
                 return
             stamp, msg = corrected, restamped(msg, corrected)
-        last = self._last_stamp_ns[index]
-        recent = self._recent_stamps[index]
-        # Stamped like one just delivered: on this timeline, or behind its newest and on the
-        # one before its last jump (a copy that came after the jump).
-        delivered = stamp in recent or (last is not None and stamp < last
-                                        and stamp in self._before_jump[index])
-        if (last is not None and stamp <= last and delivered
-                and self._jump_pending[index] is None
-                and now - previous_arrival <= self._params.input_timeout):
-            publishers = self.count_publishers(topic)
-            # A replay, not a copy: back to the timeline's first stamp once it holds more than
-            # two (a bag's loop or second play; a relay's copy of the first image comes a
-            # frame or two behind), or a second image in a row stamped among those delivered
-            # (the replay goes on; a relay's copies come between the images of the publisher
-            # it copies). A second publisher on the topic (a driver waiting for its camera, a
-            # bridge) had every loop of a short bag ignored as copies, nothing fused after the
-            # first.
-            replay = ((stamp == self._timeline_first[index] and len(recent) > 2)
-                      or self._copy_ignored[index]) and stamp in recent
-            if publishers > 1 and not replay:
-                # A copy of an image just delivered, from a second publisher (a relay or a
-                # bridge publishing the images again, a second driver): taken for a bag loop's
-                # replayed stamp, each copy reset the synchroniser (and max_rate) and was fused
-                # again with a stamp going back.
-                ago = last - stamp
-                which = 'the newest' if not ago else f'one {ago / 1e9:.3f} s before the newest'
-                cause = (f'duplicate on {topic}: stamped like {which}, and the topic has '
-                         f'{publishers} publishers (a relay or bridge publishing its images '
-                         f'again, or a second driver)')
-                self._stats.reject(cause, pair=False)
-                self._warn(f'duplicate:{name}', f'message ignored: {cause}')
-                self._copy_ignored[index] = True
-                return
-        if (last is not None and stamp < last and self._jump_pending[index] is None
-                and not is_time_jump(recent, stamp)):
+        timeline = self._timelines[index]
+        last = timeline.newest
+        settled = timeline.settle(stamp)  # the image held for this one to tell (HOLD, below)
+        if settled is not None:
+            self._take_held(index, *settled, last=last)
+            last = timeline.newest
+        verdict = timeline.receive(
+            stamp, functools.partial(self.count_publishers, topic),
+            after_silence=previous_arrival is not None
+            and now - previous_arrival > self._params.input_timeout,
+            item=(msg, previous_arrival))
+        if verdict == COPY:
+            # A copy of an image just delivered, from a second publisher (a relay or a bridge
+            # publishing the images again, a second driver): taken for a bag loop's replayed
+            # stamp, each copy reset the synchroniser (and max_rate) and was fused again with
+            # a stamp going back.
+            self._reject_copy(index, last - stamp)
+            return
+        if verdict == LATE:
             # Delivered late, among stamps this input has just delivered: not a time jump (nor
             # the jump the other input made first and this one has still to make), so
             # no reset (which would lose the partners the synchroniser holds). Nor is it fed:
@@ -754,9 +693,56 @@ class TarFuseNode(Node):
             self._stats.reject(cause, pair=False)
             self._warn(f'out_of_order:{name}', f'message ignored: {cause}')
             return
-        if last is not None and stamp < last:
-            self._before_jump[index] = frozenset(recent)
-            recent.clear()  # the old timeline's stamps say nothing about the new one's order
+        if verdict == HOLD:
+            # Stamped like an image just delivered, on a topic of one publisher: that image
+            # again, late (a driver or bridge repeating its messages: it reset the
+            # synchroniser and was fused again, its outputs going back in time), or a bag's
+            # loop shorter than the window. Held: the other input's image stamped like it (a
+            # loop moves both cameras back) or this input's next one tells.
+            held = self._timelines[other].held
+            params = self._params
+            slop_ns = round(params.sync_slop * 1e9) if params.sync_approximate else 0
+            if held is not None and abs(held - stamp) <= slop_ns:
+                other_last = self._timelines[other].newest
+                self._take_held(other, *self._timelines[other].replay_held(), last=other_last)
+                self._take_held(index, *timeline.replay_held(), last=last)
+            return
+        self._take(index, msg, stamp, verdict, last, previous_arrival)
+
+    def _take_held(self, index, verdict, stamp, item, last):
+        """Feed an input's image held (HOLD) as a replay's first, or ignore it as a copy.
+
+        ``last`` is the input's newest stamp before it was told (the jump's start).
+        """
+        msg, previous_arrival = item
+        if verdict == COPY:
+            self._reject_copy(index, last - stamp)
+        else:
+            self._take(index, msg, stamp, verdict, last, previous_arrival)
+
+    def _reject_copy(self, index, ago):
+        """Count and warn of an image ignored as a copy, ``ago`` ns before its input's newest."""
+        name, topic = _INPUT_NAMES[index], self._topics[index]
+        which = 'the newest' if not ago else f'one {ago / 1e9:.3f} s before the newest'
+        publishers = self.count_publishers(topic)
+        if publishers > 1:
+            cause = (f'duplicate on {topic}: stamped like {which}, and the topic has '
+                     f'{publishers} publishers (a relay or bridge publishing its images '
+                     f'again, or a second driver)')
+        else:
+            cause = (f'duplicate on {topic}: stamped like {which}, delivered again (a driver '
+                     f'or bridge repeating its messages)')
+        self._stats.reject(cause, pair=False)
+        self._warn(f'duplicate:{name}', f'message ignored: {cause}')
+
+    def _take(self, index, msg, stamp, verdict, last, previous_arrival):
+        """Feed an input's accepted image to the synchroniser, after a jump's resets if one.
+
+        ``verdict`` is its timeline's (NEXT, JUMP or JUMP_FOLLOWED); ``last`` the input's
+        newest stamp before it, ``previous_arrival`` the monotonic arrival of its image before.
+        """
+        topic, other = self._topics[index], 1 - index
+        if verdict in (JUMP, JUMP_FOLLOWED):  # a time jump: this input's or the other's
             if index == VISIBLE:
                 # The camera_info that came before the visible camera's last image of its old
                 # timeline (a previous loop or bag) are never a new image's, by stamp or as the
@@ -770,36 +756,25 @@ class TarFuseNode(Node):
                 # none of its pairs let through).
                 self._rate_limit = StampRateLimit.for_rate(self._params.max_rate)
                 self._last_pair_visible_ns = None
-            if self._jump_pending[index] is not None:
-                # The other input made this jump first (a bag loop moves both cameras back):
-                # the synchroniser was reset then, and holds this input's partners now.
-                self._jump_pending[index] = None
-            else:
+            # JUMP_FOLLOWED: the other input made this jump first (a bag loop moves both
+            # cameras back): the synchroniser was reset then, and holds this input's partners.
+            if verdict == JUMP:
                 self._stats.count('sync_resets')
                 self._warn('time_jump',
                            f'time jumped backwards by {(last - stamp) / 1e9:.3f} s on '
                            f'{topic} (bag loop or clock reset): synchroniser reset')
                 self._make_synchroniser()
-                other_last = self._last_stamp_ns[other]
+                other_last = self._timelines[other].newest
                 params = self._params
                 slop_ns = round(params.sync_slop * 1e9) if params.sync_approximate else 0
                 if other_last is not None and other_last > stamp + slop_ns:
                     # The other input's newest stamp is of the old timeline (no partner of
                     # this one): its step back from it is this jump, not one to reset again.
-                    self._jump_pending[other] = other_last
+                    self._timelines[other].expect_jump()
                 elif self._last_msg[other] is not None:
                     # The other input's newest message may be this one's partner: keep it.
                     self._relays[other].signalMessage(self._last_msg[other])
-        pending = self._jump_pending[other]
-        if pending is not None and stamp > pending:
-            # This input's new timeline has passed the other's old stamps: the other did not
-            # jump with it (one camera's clock reset), so a later step back is a jump of its own.
-            self._jump_pending[other] = None
-        self._last_stamp_ns[index] = stamp
-        self._copy_ignored[index] = False
-        if not recent:
-            self._timeline_first[index] = stamp
-        recent.append(stamp)
+        self._timelines[other].other_passed(stamp)
         self._last_msg[index] = msg
         # Before the synchroniser, which may pair it: was the last pair the nearest?
         self._count_verdict(self._nearest.message(index, stamp))
@@ -1292,8 +1267,8 @@ class TarFuseNode(Node):
                    f'time: a {_INPUT_NAMES[worst.index]} image up to '
                    f'{worst.nearer_ns / 1e6:.1f} ms nearer came after the pair was made (the '
                    f'synchroniser takes the first partner within sync.slop={params.sync_slop} s)')
-        intervals = [_median_interval_ns(stamps) for stamps in self._recent_stamps
-                     if len(stamps) >= 3]
+        intervals = [median_interval_ns(timeline.stamps) for timeline in self._timelines
+                     if len(timeline.stamps) >= 3]
         intervals = [interval for interval in intervals if interval]
         if intervals:
             slop = math.ceil(min(intervals) / 2e6) / 1e3  # above half the interval: no loss
@@ -1304,8 +1279,8 @@ class TarFuseNode(Node):
 
     def _stamps_apart(self, params):
         """Return why no pair forms while both cameras flow (a sentence for the warning)."""
-        gap = abs(self._last_stamp_ns[0] - self._last_stamp_ns[1]) / 1e9 if None not in \
-            self._last_stamp_ns else float('nan')
+        newest = [timeline.newest for timeline in self._timelines]
+        gap = abs(newest[0] - newest[1]) / 1e9 if None not in newest else float('nan')
         rule = (f'a pair needs less than sync.slop={params.sync_slop} s'
                 if params.sync_approximate
                 else 'exact sync needs identical stamps')
@@ -1336,16 +1311,17 @@ class TarFuseNode(Node):
         (``sync.infrared_time_offset``). Stamps alone cannot tell the two apart, so both are
         named.
         """
-        if None in self._last_stamp_ns:
+        newest = [timeline.newest for timeline in self._timelines]
+        if None in newest:
             return None
-        behind = INFRARED if self._last_stamp_ns[INFRARED] < self._last_stamp_ns[VISIBLE] \
-            else VISIBLE
+        behind = INFRARED if newest[INFRARED] < newest[VISIBLE] else VISIBLE
         ahead = 1 - behind
-        held = list(self._recent_stamps[ahead])[-params.sync_queue_size:]
-        interval = _median_interval_ns(self._recent_stamps[ahead])
-        if len(held) < 2 or not interval or self._last_stamp_ns[behind] >= held[0]:
+        stamps = self._timelines[ahead].stamps
+        held = stamps[-params.sync_queue_size:]
+        interval = median_interval_ns(stamps)
+        if len(held) < 2 or not interval or newest[behind] >= held[0]:
             return None
-        gap_ns = self._last_stamp_ns[ahead] - self._last_stamp_ns[behind]
+        gap_ns = newest[ahead] - newest[behind]
         needed = min(-(-gap_ns // interval) + 2, 1000)  # the partner and one image to spare
         stamping = 'earlier' if behind == INFRARED else 'later'
         return (f'the newest {self._topics[behind]} image is stamped before every '

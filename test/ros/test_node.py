@@ -383,6 +383,33 @@ def test_a_pair_delivered_twice_is_fused_once(setup):
     assert node.alive()
 
 
+def test_an_image_delivered_again_late_on_a_topic_of_one_publisher_is_ignored(setup):
+    # Found by use: a driver or bridge delivering a visible image again after the next one (a
+    # topic of one publisher): taken for a bag loop's replayed stamp, it reset the
+    # synchroniser and was fused again, paired with the newest IR image (within sync.slop of
+    # it), its outputs stamped back in time. The input's next image tells it from a replay.
+    node, probe, _, _ = setup
+    _send_and_wait(probe)
+    before = probe.settled_diagnostics()
+    start = time.time_ns()
+    stamps = [start + k * 30_000_000 for k in range(5)]
+    pairs = [probe.good_pair(stamp) for stamp in stamps]
+    for k, pair in enumerate(pairs[:4]):
+        probe.publish_pair(*pair)
+        assert probe.wait_for_outputs(stamps[k])
+    probe.visible_pub.publish(pairs[2][1])  # the visible image t2 again, after t3
+    probe.publish_pair(*pairs[4])
+    assert probe.wait_for_outputs(stamps[4])
+    after = probe.settled_diagnostics()
+    assert int(after['sync_resets']) == int(before['sync_resets'])
+    assert int(after['messages_rejected']) == int(before['messages_rejected']) + 1
+    assert after['last_rejection'] == (
+        f'duplicate on {NAMESPACE}/visible/image_raw: stamped like one 0.030 s before the '
+        f'newest, delivered again (a driver or bridge repeating its messages)')
+    assert [len(probe.outputs_for('fused', stamp)) for stamp in stamps] == [1] * 5
+    assert node.alive()
+
+
 @contextmanager
 def _second_publishers(probe, input_timeout=None):
     """Yield publishers on both cameras' topics beside the probe's (a relay, an idle driver).
