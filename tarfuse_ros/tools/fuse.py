@@ -850,13 +850,16 @@ def main(argv=None):
     try:
         if args.threads is not None and args.threads < 1:
             raise UsageError(f'--threads must be >= 1, got {args.threads}')
-        for name, value in (('--global-every', args.global_every),
-                            ('--global-window', args.global_window)):
-            if value < 1:
-                raise UsageError(f'{name} must be >= 1, got {value}')
+        for name, value, high in (('--global-every', args.global_every, 10000),
+                                  ('--global-window', args.global_window, 1000)):
+            if not 1 <= value <= high:  # the engine's bounds, said with the option's name
+                raise UsageError(f'{name} must be in [1, {high}], got {value}')
         if not 0 <= args.global_track <= 10000:
             raise UsageError(f'--global-track must be in [0, 10000] (0: off), got '
                              f'{args.global_track}')
+        if args.global_track and (args.global_every > 1 or args.global_window > 1):
+            raise UsageError('--global-track tracks the map pair by pair; --global-every / '
+                             '--global-window hold a median of fits: give one of the two')
         if args.global_track and args.fine_passes == 0:
             raise UsageError(f'--global-track {args.global_track} runs the fine passes alone '
                              f'on the tracked frames, and --fine-passes 0 turns them off: '

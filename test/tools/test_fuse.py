@@ -255,7 +255,10 @@ def test_global_every_keeps_the_first_fit_over_a_folder_of_one_rig(tmp_path, cap
     assert np.abs(second - alone).mean() > 0.1  # the first pair's fit, not its own
     status, _, err = _run(capsys, '--ir', ir_dir, '--visible', vi_dir, '--out', out,
                           '--global-window', '0')
-    assert status == 2 and '--global-window must be >= 1' in err
+    assert status == 2 and '--global-window must be in [1, 1000], got 0' in err, err
+    status, _, err = _run(capsys, '--ir', ir_dir, '--visible', vi_dir, '--out', out,
+                          '--global-every', '20000')  # said the engine's 'global_every'
+    assert status == 2 and '--global-every must be in [1, 10000], got 20000' in err, err
     # A model without the orientation global stage (the medical one) says why it refuses.
     medical = WEIGHTS.parent / 'tarfuse_medical.safetensors'
     status, _, err = _run(capsys, '--ir', ir_dir, '--visible', vi_dir, '--out', out,
@@ -286,7 +289,8 @@ def test_global_track_refines_the_previous_map_over_a_folder_of_one_rig(tmp_path
     assert status == 2 and '--global-track must be in [0, 10000] (0: off), got 20000' in err, err
     status, _, err = _run(capsys, '--ir', ir_dir, '--visible', vi_dir, '--out', out,
                           '--global-track', '5', '--global-every', '5')
-    assert status == 2 and 'global_track tracks the map pair by pair' in err, err
+    assert status == 2 and ('--global-track tracks the map pair by pair; --global-every / '
+                            '--global-window hold a median of fits') in err, err
     status, _, err = _run(capsys, '--ir', ir_dir, '--visible', vi_dir, '--out', out,
                           '--global-track', '5', '--fine-passes', '0')
     # Named as the options were given (it said the checkpoint had 'fine_cell 0').
