@@ -5,6 +5,7 @@ no-distro venv, the distro's on a ROS install.
 """
 
 import io
+import os
 from pathlib import Path
 import struct
 import sys
@@ -384,10 +385,68 @@ def test_a_damaged_png_is_refused_by_name_without_a_libpng_line(damage, capfd):
         data = data[:200] + bytes(100) + data[300:]  # inside the image data
     msg = CompressedImage(format='mono16; png compressed mono16', data=data)
     capfd.readouterr()
-    for read in (compressed_msg_to_array, image_msg_to_array):
+    # compressed_size too: it checks the chunks in the one reading of the header (the node
+    # checks a compressed visible frame's header first; the PNG was opened a second time to
+    # check its chunks).
+    for read in (compressed_size, compressed_msg_to_array, image_msg_to_array):
         with pytest.raises(ValueError, match=r'corrupt or truncated PNG .*; not decoded'):
             read(msg)
     assert capfd.readouterr().err == ''
+
+
+def test_a_colour_payload_is_read_in_the_channel_order_its_format_names():
+    # Found by use: image_transport reads 'rgb8; png compressed rgb8' as RGB channels (a
+    # driver that compresses its RGB array with OpenCV, saying so), but the node read every
+    # payload as BGR: red and blue swapped in the fused image.
+    vi = cv2.imread(str(SAMPLES / 'vi' / 'FLIR_00993.jpg'), cv2.IMREAD_COLOR)
+    rgb = np.ascontiguousarray(vi[..., ::-1])
+    rgba = cv2.cvtColor(vi, cv2.COLOR_BGR2RGBA)
+    cases = [(rgb, 'rgb8; png compressed rgb8'), (rgb, 'bgr8; png compressed rgb8'),
+             (rgba, 'rgba8; png compressed rgba8'),
+             (vi, 'rgb8; png compressed bgr8'), (vi, 'bgr8; png compressed bgr8'),
+             (vi, 'png'), (vi, 'mono8; png compressed ')]
+    for array, fmt in cases:
+        msg = compressed(array, 'png')
+        msg.format = fmt
+        decoded, kind = compressed_msg_to_array(msg)
+        assert kind == 'bgr8'
+        np.testing.assert_array_equal(decoded, vi, err_msg=fmt)
+    ir16 = (vi.astype(np.uint16) * 257)[..., ::-1]
+    decoded, kind = compressed_msg_to_array(compressed(ir16, 'rgb16; png compressed rgb16'))
+    assert kind == 'bgr16'
+    np.testing.assert_array_equal(decoded, vi.astype(np.uint16) * 257)
+
+
+def _damaged_jpeg(array):
+    """Return a JPEG of ``array`` with 50 bytes of its image data zeroed, as a lossy link does."""
+    data = bytearray(cv2.imencode('.jpg', array)[1].tobytes())
+    middle = (data.find(b'\xff\xda') + len(data)) // 2
+    data[middle:middle + 50] = bytes(50)
+    return bytes(data)
+
+
+def test_a_damaged_jpeg_s_libjpeg_warning_goes_to_the_caller_not_stderr(capfd):
+    # Found by use: libjpeg printed 'Corrupt JPEG data: 38 extraneous bytes before marker
+    # 0xd9' to the node's stderr for every damaged frame, outside its throttled log.
+    vi = cv2.imread(str(SAMPLES / 'vi' / 'FLIR_00993.jpg'), cv2.IMREAD_COLOR)
+    msg = CompressedImage(format='bgr8; jpeg compressed bgr8', data=_damaged_jpeg(vi))
+    capfd.readouterr()
+    found = []
+    array, kind = compressed_msg_to_array(msg, jpeg_warnings=found)
+    assert kind == 'bgr8' and array.shape == vi.shape  # libjpeg decodes it all the same
+    assert len(found) == 1 and found[0].startswith('Corrupt JPEG data: '), found
+    shrunk = image_msg_to_motion_array(msg, 100, jpeg_warnings=found)
+    assert found[1:] == found[:1] and shrunk.ndim == 3
+    assert capfd.readouterr().err == ''
+    # Written to stderr by anyone else meanwhile (a log line of another thread): kept.
+    _, found = conversions._decode_taking_libjpeg_warnings(
+        lambda: (os.write(2, b'another line\n'),
+                 cv2.imdecode(np.frombuffer(msg.data, np.uint8), cv2.IMREAD_UNCHANGED)))
+    assert len(found) == 1 and found[0].startswith('Corrupt JPEG data: '), found
+    assert capfd.readouterr().err == 'another line\n'
+    # Without a list, libjpeg prints as it did.
+    compressed_msg_to_array(msg)
+    assert 'Corrupt JPEG data' in capfd.readouterr().err
 
 
 @pytest.mark.parametrize('fmt,source', [

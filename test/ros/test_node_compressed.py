@@ -89,6 +89,50 @@ def test_compressed_visible_and_16_bit_thermal_are_fused_like_the_raw_pair(setup
     assert np.abs(jpeg.astype(int) - fused_pixels).mean() < 2.0
 
 
+def test_a_driver_s_rgb_ordered_png_is_fused_in_its_own_colours(setup):
+    # Found by use: image_transport reads 'rgb8; png compressed rgb8' as a PNG of RGB-ordered
+    # channels (a driver that compressed its RGB array with OpenCV, saying so); the node read
+    # it as BGR and fused the visible image with red and blue swapped.
+    _, probe, weights, _ = setup
+    ir, vi = sample_pair()
+    stamp = time.time_ns()
+    vi_msg = compressed_msg(np.ascontiguousarray(vi[..., ::-1]), 'png', stamp, VISIBLE_FRAME)
+    vi_msg.format = 'rgb8; png compressed rgb8'
+    probe.publish_pair(compressed_msg(ir, 'png', stamp, 'infrared_optical_frame'), vi_msg)
+    assert probe.wait_for_outputs(stamp)
+    fused = _pixels(probe.outputs_for('fused', stamp)[0])
+    engine = FusionEngine(weights, device='cpu')
+    assert np.abs(fused - engine.infer(ir, vi).fused).max() <= 1
+    swapped = engine.infer(ir, np.ascontiguousarray(vi[..., ::-1])).fused
+    assert np.abs(fused - swapped).max() > 20  # the test tells the two orders apart
+
+
+def test_a_damaged_jpeg_is_fused_and_said_once_in_the_node_s_log_not_by_libjpeg(setup):
+    # Found by use: for a JPEG damaged on a lossy link, which libjpeg decodes all the same,
+    # libjpeg printed 'Corrupt JPEG data: N extraneous bytes before marker 0xd9' to the
+    # node's stderr for every frame, and the node itself said nothing.
+    node, probe, _, _ = setup
+    said = '/visible/image_raw/compressed: damaged JPEG ('
+    assert said not in node.log()
+    stamps = []
+    for _ in range(3):
+        stamp = time.time_ns()
+        ir_msg, vi_msg = probe.good_pair(stamp)
+        data = bytearray(vi_msg.data)
+        middle = (data.find(b'\xff\xda') + len(data)) // 2
+        data[middle:middle + 50] = bytes(50)  # inside the image data
+        vi_msg.data = bytes(data)
+        probe.publish_pair(ir_msg, vi_msg)
+        assert probe.wait_for_outputs(stamp), 'a damaged JPEG that libjpeg decodes was not fused'
+        stamps.append(stamp)
+    assert probe.spin_until(lambda: said in node.log(), 5.0), node.log()
+    log = node.log()
+    assert log.count(said) == 1, log  # throttled: once for the three
+    assert 'decoded all the same and fused (libjpeg: Corrupt JPEG data: ' in log
+    assert not [line for line in log.splitlines() if line.startswith('Corrupt JPEG')], log
+    assert node.alive()
+
+
 def _refused_visible_payload(node, probe, payload, cause, what):
     """Publish a pair whose compressed visible image is ``payload(data)``; check the refusal.
 
