@@ -436,9 +436,10 @@ def image_msg_to_motion_array(msg, max_side, jpeg_warnings=None):
 
 # The first words of libjpeg's warnings (jerror.h, JWRN_*): a damaged JPEG it decodes all the
 # same, and says so on stderr.
-_LIBJPEG_WARNINGS = ('Corrupt JPEG data', 'Premature end of JPEG file', 'Invalid SOS parameters',
-                     'Inconsistent progression sequence', 'Unknown Adobe color transform',
-                     'Warning: unknown JFIF revision', 'Application transferred too many')
+_LIBJPEG_WARNINGS = (b'Corrupt JPEG data', b'Premature end of JPEG file',
+                     b'Invalid SOS parameters', b'Inconsistent progression sequence',
+                     b'Unknown Adobe color transform', b'Warning: unknown JFIF revision',
+                     b'Application transferred too many')
 _STDERR_LOCK = threading.Lock()
 
 
@@ -451,31 +452,34 @@ def _decode_taking_libjpeg_warnings(decode):
     caller nothing. cv2 has no setting for it (``cv2.setLogLevel`` covers OpenCV's own log;
     opencv/opencv#9477, opencv-python#610). So the call runs with file descriptor 2 on a
     temporary file, one such call at a time; what else was written there meanwhile (another
-    thread's log line) goes back to stderr afterwards. Where there is no stderr to take over,
-    the call runs as it is.
+    thread's log line) goes back to stderr afterwards, whatever the call raised. Where there
+    is no stderr to take over (or no temporary file), the call runs as it is.
     """
+    found = []
     with _STDERR_LOCK:
         try:
             if sys.stderr is not None:
                 sys.stderr.flush()
-            saved = os.dup(2)
+            capture = tempfile.TemporaryFile()
         except (OSError, ValueError):
-            return decode(), []
-        try:
-            with tempfile.TemporaryFile() as capture:
-                os.dup2(capture.fileno(), 2)
-                try:
-                    result = decode()
-                finally:
-                    os.dup2(saved, 2)
+            return decode(), found
+        with capture:
+            try:
+                saved = os.dup(2)
+            except OSError:
+                return decode(), found
+            os.dup2(capture.fileno(), 2)
+            try:
+                result = decode()
+            finally:
+                os.dup2(saved, 2)
+                os.close(saved)
                 capture.seek(0)
-                lines = capture.read().decode(errors='replace').splitlines(keepends=True)
-        finally:
-            os.close(saved)
-    found = [line.strip() for line in lines if line.startswith(_LIBJPEG_WARNINGS)]
-    others = ''.join(line for line in lines if not line.startswith(_LIBJPEG_WARNINGS))
-    if others:
-        os.write(2, others.encode())
+                for line in capture.read().splitlines(keepends=True):
+                    if line.startswith(_LIBJPEG_WARNINGS):
+                        found.append(line.decode(errors='replace').strip())
+                    else:
+                        os.write(2, line)
     return result, found
 
 

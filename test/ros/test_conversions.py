@@ -444,6 +444,15 @@ def test_a_damaged_jpeg_s_libjpeg_warning_goes_to_the_caller_not_stderr(capfd):
                  cv2.imdecode(np.frombuffer(msg.data, np.uint8), cv2.IMREAD_UNCHANGED)))
     assert len(found) == 1 and found[0].startswith('Corrupt JPEG data: '), found
     assert capfd.readouterr().err == 'another line\n'
+
+    def failing():
+        os.write(2, b'written before a failure\n')
+        raise ValueError('decoding failed')
+    with pytest.raises(ValueError, match='decoding failed'):
+        conversions._decode_taking_libjpeg_warnings(failing)
+    assert capfd.readouterr().err == 'written before a failure\n'  # and stderr is back
+    os.write(2, b'after\n')
+    assert capfd.readouterr().err == 'after\n'
     # Without a list, libjpeg prints as it did.
     compressed_msg_to_array(msg)
     assert 'Corrupt JPEG data' in capfd.readouterr().err
