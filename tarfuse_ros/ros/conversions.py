@@ -249,11 +249,13 @@ def jpeg_of_16_bit_image(msg):
     image (``mono16``, ``16UC1``, ``bgr16``, a 16-bit Bayer mosaic, ...) to ``mono8`` or
     ``bgr8`` first, which cv_bridge does by scaling the values by 255/65535: a thermal
     camera's raw counts (a few thousand apart at most) keep a few grey levels. Anything else
-    (a ``Image``, PNG, an 8-bit source, a ``format`` naming no source) gives None.
+    (a ``Image``, an 8-bit source, a ``format`` naming no source, a payload that is no JPEG
+    whatever ``format`` says: a 16-bit PNG keeps its 16 bits) gives None.
     """
     source, _, compression = str(getattr(msg, 'format', '')).partition(';')
     spec = _DECODE.get(source.strip().lower())
-    if spec is None or 'jpeg' not in compression.lower() or np.dtype(spec[3]).itemsize != 2:
+    if spec is None or 'jpeg' not in compression.lower() or np.dtype(spec[3]).itemsize != 2 or (
+            bytes(msg.data[:3]) != _JPEG_MAGIC):
         return None
     return source.strip()
 

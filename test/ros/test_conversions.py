@@ -470,8 +470,16 @@ def test_a_damaged_jpeg_s_libjpeg_warning_goes_to_the_caller_not_stderr(capfd):
     ('', None),
 ])
 def test_a_16_bit_image_in_an_8_bit_jpeg_is_told_by_its_format(fmt, source):
-    assert jpeg_of_16_bit_image(CompressedImage(format=fmt)) == source
+    ir = cv2.imread(str(SAMPLES / 'ir' / 'FLIR_00993.jpg'), cv2.IMREAD_GRAYSCALE)
+    jpeg = compressed(ir, 'jpeg')
+    jpeg.format = fmt
+    assert jpeg_of_16_bit_image(jpeg) == source
     assert jpeg_of_16_bit_image(Image(encoding='mono16')) is None
+    # Found by a break test: a format that says JPEG over a 16-bit PNG (a driver's copied
+    # format string) was warned of as 16 bits scaled to 8, which the PNG was not.
+    png = compressed(ir.astype(np.uint16) * 257, 'png')
+    png.format = fmt
+    assert jpeg_of_16_bit_image(png) is None
 
 
 def test_compressed_size_reads_png_and_jpeg_headers_without_decoding():

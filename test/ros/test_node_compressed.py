@@ -172,6 +172,28 @@ def test_a_16_bit_thermal_image_compressed_as_jpeg_is_warned_of_naming_png(setup
     assert node.alive()
 
 
+def test_a_16_bit_png_whose_format_says_jpeg_is_fused_at_16_bits_without_the_jpeg_warning(
+        setup):
+    # Found by a break test: a driver's format string copied from its JPEG stream
+    # ('16UC1; jpeg compressed mono8') over a 16-bit PNG made the node warn that the 16-bit
+    # images were scaled to 8-bit JPEG; the PNG keeps 16 bits, and was decoded so.
+    node, probe, weights, _ = setup
+    ir8, vi = sample_pair()
+    ir16 = (20000 + ir8.astype(np.uint16) * 4).astype(np.uint16)
+    stamp = time.time_ns()
+    ir_msg = compressed_msg(ir16, 'png', stamp, 'infrared_optical_frame')
+    ir_msg.format = '16UC1; jpeg compressed mono8'
+    vi_msg = compressed_msg(vi, 'jpeg', stamp, VISIBLE_FRAME)
+    probe.publish_pair(ir_msg, vi_msg)
+    assert probe.wait_for_outputs(stamp, keys=('fused', 'registered'))
+    registered = _pixels(probe.outputs_for('registered', stamp)[0], 1)
+    decoded_vi = cv2.imdecode(np.frombuffer(bytes(vi_msg.data), np.uint8), cv2.IMREAD_COLOR)
+    expected = FusionEngine(weights, device='cpu').infer(ir16, decoded_vi).registered_ir
+    assert np.abs(registered - expected).max() <= 1
+    time.sleep(0.5)  # the warning comes before the pair's outputs, if at all
+    assert '(16UC1) compressed as 8-bit JPEG' not in node.log(), node.log()
+
+
 def test_a_corrupt_jpeg_is_rejected_by_name_and_the_node_answers_the_next_pair(setup):
     node, probe, _, _ = setup
     _refused_visible_payload(
