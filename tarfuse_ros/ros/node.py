@@ -999,6 +999,7 @@ class TarFuseNode(Node):
         except ValueError as exc:
             raise ValueError(f'{topic}: {exc}') from exc
         if damage:
+            self._stats.count('damaged_jpegs')
             self._warn(f'damaged_jpeg:{index}',
                        f'{topic}: damaged JPEG ({len(msg.data)} B), decoded all the same and '
                        f'fused (libjpeg: {damage[0]}): parts of the frame may be grey or '

@@ -114,6 +114,8 @@ def test_a_damaged_jpeg_is_fused_and_said_once_in_the_node_s_log_not_by_libjpeg(
     node, probe, _, _ = setup
     said = '/visible/image_raw/compressed: damaged JPEG ('
     assert said not in node.log()
+    assert probe.spin_until(lambda: probe.diagnostics, 10.0)
+    before = probe.counter('damaged_jpegs')
     stamps = []
     for _ in range(3):
         stamp = time.time_ns()
@@ -130,6 +132,9 @@ def test_a_damaged_jpeg_is_fused_and_said_once_in_the_node_s_log_not_by_libjpeg(
     assert log.count(said) == 1, log  # throttled: once for the three
     assert 'decoded all the same and fused (libjpeg: Corrupt JPEG data: ' in log
     assert not [line for line in log.splitlines() if line.startswith('Corrupt JPEG')], log
+    # Counted in /diagnostics, for a monitor that reads no log.
+    assert probe.wait_for_diagnostics(
+        lambda level, msg, values: int(values['damaged_jpegs']) == before + 3)
     assert node.alive()
 
 
