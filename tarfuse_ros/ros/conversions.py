@@ -14,8 +14,8 @@ around it, for what the bridge leaves to its callers or does differently:
   return None; every problem with an input message is a ``ValueError``;
 * a compressed colour payload's channel order as image_transport reads its ``format``
   (``'rgb8; png compressed rgb8'`` holds RGB; the bridge ignores ``format``);
-* libjpeg's warnings of a damaged JPEG it decodes all the same, taken off stderr for the
-  caller to report (OpenCV lets libjpeg print them and tells its caller nothing);
+* libjpeg's and libpng's warnings of a payload they decode all the same (a damaged JPEG),
+  taken off stderr for the caller to report (OpenCV lets them print and tells nothing);
 * a compressed payload's size is read from its header (Pillow) before it is decoded, and one of
   more than ``MAX_DECODED_PIXELS`` (twice 7680x4320) is refused undecoded: a PNG of 1.2 MB
   stating 20000x20000 took 4-6 s and 2.4 GB to decode; so is one whose size Pillow cannot read
@@ -31,8 +31,8 @@ the project has one codec.
 Functions:
     image_msg_to_array(msg) -> (array, kind)   sensor_msgs/Image or CompressedImage -> ndarray
     compressed_msg_to_array(msg, max_pixels=MAX_DECODED_PIXELS, size_checked=False,
-                            jpeg_warnings=None) -> (array, kind)
-    image_msg_to_motion_array(msg, max_side, jpeg_warnings=None) -> array, shrunk
+                            codec_warnings=None) -> (array, kind)
+    image_msg_to_motion_array(msg, max_side, codec_warnings=None) -> array, shrunk
     compressed_size(msg, max_pixels=MAX_DECODED_PIXELS) -> (height, width) or None, undecoded
     jpeg_of_16_bit_image(msg) -> the 16-bit encoding a CompressedImage holds as 8-bit JPEG, or None
     array_to_image_msg(array, encoding, header) -> sensor_msgs/Image
@@ -381,7 +381,7 @@ def _check_png(msg):
         raise ValueError(_corrupt_png(msg, damage))
 
 
-def image_msg_to_motion_array(msg, max_side, jpeg_warnings=None):
+def image_msg_to_motion_array(msg, max_side, codec_warnings=None):
     """
     Decode an image message for the time-offset check, which reads it shrunk to ``max_side``.
 
@@ -398,7 +398,7 @@ def image_msg_to_motion_array(msg, max_side, jpeg_warnings=None):
     orientation ignored, as the whole frame's decoding does), so that a camera's frames keep
     one size whichever path each takes; anything else comes back as
     :func:`image_msg_to_array`'s array.
-    ``jpeg_warnings``: as :func:`compressed_msg_to_array` takes it.
+    ``codec_warnings``: as :func:`compressed_msg_to_array` takes it.
     Raises ``ValueError`` naming the cause, as :func:`image_msg_to_array` does.
     """
     if hasattr(msg, 'format') and not hasattr(msg, 'encoding') and (
@@ -413,11 +413,11 @@ def image_msg_to_motion_array(msg, max_side, jpeg_warnings=None):
             factor = max(factors)
             flag = getattr(cv2, _REDUCED_FLAGS[factor]) | cv2.IMREAD_IGNORE_ORIENTATION
             buffer = np.frombuffer(msg.data, np.uint8)
-            if jpeg_warnings is None:
+            if codec_warnings is None:
                 image = cv2.imdecode(buffer, flag)
             else:
-                image, found = _decode_taking_libjpeg_warnings(lambda: cv2.imdecode(buffer, flag))
-                jpeg_warnings.extend(found)
+                image, found = _decode_taking_codec_warnings(lambda: cv2.imdecode(buffer, flag))
+                codec_warnings.extend(found)
             if image is None:
                 raise ValueError(f'cannot decode the compressed payload ({len(msg.data)} B, '
                                  f'format {str(msg.format)!r}): corrupt or truncated JPEG')
@@ -432,27 +432,29 @@ def image_msg_to_motion_array(msg, max_side, jpeg_warnings=None):
                 image = cv2.resize(image, target, interpolation=cv2.INTER_AREA)
             return image
         return compressed_msg_to_array(msg, size_checked=True,  # its header read above
-                                       jpeg_warnings=jpeg_warnings)[0]
+                                       codec_warnings=codec_warnings)[0]
     return image_msg_to_array(msg)[0]
 
 
-# The first words of libjpeg's warnings (jerror.h, JWRN_*): a damaged JPEG it decodes all the
-# same, and says so on stderr.
-_LIBJPEG_WARNINGS = (b'Corrupt JPEG data', b'Premature end of JPEG file',
-                     b'Invalid SOS parameters', b'Inconsistent progression sequence',
-                     b'Unknown Adobe color transform', b'Warning: unknown JFIF revision',
-                     b'Application transferred too many')
+# The first words of libjpeg's warnings (jerror.h, JWRN_*: a damaged JPEG it decodes all the
+# same) and of libpng's (a PNG with a flawed ancillary chunk, 'libpng warning: sRGB: invalid'),
+# which they print on stderr.
+_CODEC_WARNINGS = (b'Corrupt JPEG data', b'Premature end of JPEG file',
+                   b'Invalid SOS parameters', b'Inconsistent progression sequence',
+                   b'Unknown Adobe color transform', b'Warning: unknown JFIF revision',
+                   b'Application transferred too many', b'libpng warning: ')
 _STDERR_LOCK = threading.Lock()
 
 
-def _decode_taking_libjpeg_warnings(decode):
-    """Return ``(decode(), warnings)``: libjpeg's warnings of the call, taken off stderr.
+def _decode_taking_codec_warnings(decode):
+    """Return ``(decode(), warnings)``: libjpeg's and libpng's warnings of the call, off stderr.
 
     OpenCV replaces only libjpeg's ``error_exit`` (grfmt_jpeg.cpp): libjpeg's default message
     handler prints the first warning of a damaged JPEG that it decodes all the same ('Corrupt
     JPEG data: 2 extraneous bytes before marker 0xdb') to the process's stderr and tells the
-    caller nothing. cv2 has no setting for it (``cv2.setLogLevel`` covers OpenCV's own log;
-    opencv/opencv#9477, opencv-python#610). So the call runs with file descriptor 2 on a
+    caller nothing; libpng's warnings go there too. cv2 has no setting for them
+    (``cv2.setLogLevel`` covers OpenCV's own log; opencv/opencv#9477, opencv-python#610).
+    So the call runs with file descriptor 2 on a
     temporary file, one such call at a time; what else was written there meanwhile (another
     thread's log line) goes back to stderr afterwards, whatever the call raised. Where there
     is no stderr to take over (or no temporary file), the call runs as it is.
@@ -478,7 +480,7 @@ def _decode_taking_libjpeg_warnings(decode):
                 os.close(saved)
                 capture.seek(0)
                 for line in capture.read().splitlines(keepends=True):
-                    if line.startswith(_LIBJPEG_WARNINGS):
+                    if line.startswith(_CODEC_WARNINGS):
                         found.append(line.decode(errors='replace').strip())
                     else:
                         os.write(2, line)
@@ -503,7 +505,7 @@ def _compressed_in_rgb_order(fmt):
 
 
 def compressed_msg_to_array(msg, max_pixels=MAX_DECODED_PIXELS, size_checked=False,
-                            jpeg_warnings=None):
+                            codec_warnings=None):
     """
     Decode a ``sensor_msgs/CompressedImage`` (JPEG, PNG, ...) into an array the engine takes.
 
@@ -521,9 +523,10 @@ def compressed_msg_to_array(msg, max_pixels=MAX_DECODED_PIXELS, size_checked=Fal
     libpng printing to stderr). ``size_checked``: the caller has checked ``msg`` with
     :func:`compressed_size` (with these ``max_pixels``) already, and its header is not read
     again.
-    ``jpeg_warnings``: a list, to which libjpeg's warnings of a damaged JPEG that it decodes
-    all the same ('Corrupt JPEG data: 38 extraneous bytes before marker 0xd9') are appended,
-    kept off stderr; None leaves them to libjpeg, which prints them there.
+    ``codec_warnings``: a list, to which the codec's warnings of a payload it decodes all the
+    same are appended, kept off stderr: libjpeg's of a damaged JPEG ('Corrupt JPEG data: 38
+    extraneous bytes before marker 0xd9'), libpng's of a flawed ancillary chunk ('libpng
+    warning: sRGB: invalid'); None leaves them to the codec, which prints them there.
     Raises ``ValueError`` naming the cause for an empty, corrupt, unsupported or too large
     payload.
     """
@@ -533,10 +536,11 @@ def compressed_msg_to_array(msg, max_pixels=MAX_DECODED_PIXELS, size_checked=Fal
     fmt, size = str(msg.format), len(msg.data)
     bridge = load_bridge()
     try:
-        if jpeg_warnings is not None and bytes(msg.data[:3]) == _JPEG_MAGIC:
-            image, found = _decode_taking_libjpeg_warnings(
+        if codec_warnings is not None and (bytes(msg.data[:3]) == _JPEG_MAGIC
+                                           or bytes(msg.data[:8]) == _PNG_MAGIC):
+            image, found = _decode_taking_codec_warnings(
                 lambda: bridge.compressed_imgmsg_to_cv2(msg))
-            jpeg_warnings.extend(found)
+            codec_warnings.extend(found)
         else:
             image = bridge.compressed_imgmsg_to_cv2(msg)
     except _bridge_errors():

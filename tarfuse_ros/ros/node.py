@@ -924,8 +924,8 @@ class TarFuseNode(Node):
             except queue.Empty:
                 continue
             try:
-                # A damaged JPEG's libjpeg warning: said by the pairing path.
-                array = image_msg_to_motion_array(msg, MAX_SIDE, jpeg_warnings=[])
+                # A damaged payload's codec warning: said by the pairing path.
+                array = image_msg_to_motion_array(msg, MAX_SIDE, codec_warnings=[])
             except ValueError:
                 continue  # the pairing path refuses it and says why
             stamp_s = stamp_ns / 1e9
@@ -984,26 +984,30 @@ class TarFuseNode(Node):
 
         ``size_checked``: ``msg`` is a ``CompressedImage`` whose header
         :meth:`_check_compressed_visible` has checked (it is not read again). A damaged JPEG
-        that libjpeg decodes all the same is used, and said in a throttled warning (libjpeg's
-        own line kept off stderr).
+        (or a PNG with a flawed ancillary chunk) that the codec decodes all the same is used,
+        counted and said in a throttled warning (the codec's own line kept off stderr).
         """
         topic = self._topics[index]
         damage = []
         try:
             if isinstance(msg, CompressedImage):
                 array, encoding = compressed_msg_to_array(msg, size_checked=size_checked,
-                                                          jpeg_warnings=damage)
+                                                          codec_warnings=damage)
             else:
                 array, encoding = image_msg_to_array(msg)
             check_frame_size(array, 'the image')
         except ValueError as exc:
             raise ValueError(f'{topic}: {exc}') from exc
         if damage:
-            self._stats.count('damaged_jpegs')
-            self._warn(f'damaged_jpeg:{index}',
-                       f'{topic}: damaged JPEG ({len(msg.data)} B), decoded all the same and '
-                       f'fused (libjpeg: {damage[0]}): parts of the frame may be grey or '
-                       f'garbled; check the camera and its link')
+            self._stats.count('codec_warnings')
+            if damage[0].startswith('libpng'):
+                said = (f'PNG ({len(msg.data)} B) decoded with a warning and fused '
+                        f'({damage[0]}): check what writes it')
+            else:
+                said = (f'damaged JPEG ({len(msg.data)} B), decoded all the same and fused '
+                        f'(libjpeg: {damage[0]}): parts of the frame may be grey or garbled; '
+                        f'check the camera and its link')
+            self._warn(f'damaged_compressed:{index}', f'{topic}: {said}')
         return array, encoding
 
     def _check_compressed_visible(self, msg):

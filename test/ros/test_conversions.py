@@ -432,14 +432,14 @@ def test_a_damaged_jpeg_s_libjpeg_warning_goes_to_the_caller_not_stderr(capfd):
     msg = CompressedImage(format='bgr8; jpeg compressed bgr8', data=_damaged_jpeg(vi))
     capfd.readouterr()
     found = []
-    array, kind = compressed_msg_to_array(msg, jpeg_warnings=found)
+    array, kind = compressed_msg_to_array(msg, codec_warnings=found)
     assert kind == 'bgr8' and array.shape == vi.shape  # libjpeg decodes it all the same
     assert len(found) == 1 and found[0].startswith('Corrupt JPEG data: '), found
-    shrunk = image_msg_to_motion_array(msg, 100, jpeg_warnings=found)
+    shrunk = image_msg_to_motion_array(msg, 100, codec_warnings=found)
     assert found[1:] == found[:1] and shrunk.ndim == 3
     assert capfd.readouterr().err == ''
     # Written to stderr by anyone else meanwhile (a log line of another thread): kept.
-    _, found = conversions._decode_taking_libjpeg_warnings(
+    _, found = conversions._decode_taking_codec_warnings(
         lambda: (os.write(2, b'another line\n'),
                  cv2.imdecode(np.frombuffer(msg.data, np.uint8), cv2.IMREAD_UNCHANGED)))
     assert len(found) == 1 and found[0].startswith('Corrupt JPEG data: '), found
@@ -449,13 +449,35 @@ def test_a_damaged_jpeg_s_libjpeg_warning_goes_to_the_caller_not_stderr(capfd):
         os.write(2, b'written before a failure\n')
         raise ValueError('decoding failed')
     with pytest.raises(ValueError, match='decoding failed'):
-        conversions._decode_taking_libjpeg_warnings(failing)
+        conversions._decode_taking_codec_warnings(failing)
     assert capfd.readouterr().err == 'written before a failure\n'  # and stderr is back
     os.write(2, b'after\n')
     assert capfd.readouterr().err == 'after\n'
     # Without a list, libjpeg prints as it did.
     compressed_msg_to_array(msg)
     assert 'Corrupt JPEG data' in capfd.readouterr().err
+
+
+def _png_with_chunk(array, chunk_type, chunk_data):
+    """Return a PNG of ``array`` with one more chunk (valid CRC) after its header chunk."""
+    data = cv2.imencode('.png', array)[1].tobytes()
+    body = chunk_type + chunk_data
+    chunk = struct.pack('>I', len(chunk_data)) + body + struct.pack('>I', zlib.crc32(body))
+    return data[:33] + chunk + data[33:]  # 8-byte signature, 25-byte IHDR chunk
+
+
+def test_a_png_libpng_warns_of_goes_to_the_caller_not_stderr(capfd):
+    # Found by a break test: an sRGB chunk with an invalid value (CRC right, so Pillow's check
+    # passes) made libpng print 'libpng warning: sRGB: invalid' on stderr for every frame.
+    vi = cv2.imread(str(SAMPLES / 'vi' / 'FLIR_00993.jpg'), cv2.IMREAD_COLOR)
+    msg = CompressedImage(format='bgr8; png compressed bgr8',
+                          data=_png_with_chunk(vi, b'sRGB', b'\x09'))
+    capfd.readouterr()
+    found = []
+    array, kind = compressed_msg_to_array(msg, codec_warnings=found)
+    np.testing.assert_array_equal(array, vi)  # its pixels are whole
+    assert found == ['libpng warning: sRGB: invalid']
+    assert capfd.readouterr().err == ''
 
 
 @pytest.mark.parametrize('fmt,source', [

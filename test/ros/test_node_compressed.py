@@ -7,7 +7,9 @@ publishes with the engine's result on the raw pair.
 """
 
 import json
+import struct
 import time
+import zlib
 
 import cv2
 from node_harness import compressed_msg, HEIGHT, make_checkpoint, NodeProcess, Probe
@@ -115,7 +117,7 @@ def test_a_damaged_jpeg_is_fused_and_said_once_in_the_node_s_log_not_by_libjpeg(
     said = '/visible/image_raw/compressed: damaged JPEG ('
     assert said not in node.log()
     assert probe.spin_until(lambda: probe.diagnostics, 10.0)
-    before = probe.counter('damaged_jpegs')
+    before = probe.counter('codec_warnings')
     stamps = []
     for _ in range(3):
         stamp = time.time_ns()
@@ -134,7 +136,27 @@ def test_a_damaged_jpeg_is_fused_and_said_once_in_the_node_s_log_not_by_libjpeg(
     assert not [line for line in log.splitlines() if line.startswith('Corrupt JPEG')], log
     # Counted in /diagnostics, for a monitor that reads no log.
     assert probe.wait_for_diagnostics(
-        lambda level, msg, values: int(values['damaged_jpegs']) == before + 3)
+        lambda level, msg, values: int(values['codec_warnings']) == before + 3)
+    assert node.alive()
+
+
+def test_a_png_libpng_warns_of_is_fused_and_said_in_the_node_s_log_not_by_libpng(setup):
+    # Found by a break test: libpng printed 'libpng warning: sRGB: invalid' (a flawed
+    # ancillary chunk, its CRC right) to the node's stderr for every such thermal frame.
+    node, probe, _, _ = setup
+    ir, _ = sample_pair()
+    data = cv2.imencode('.png', ir)[1].tobytes()
+    chunk = struct.pack('>I', 1) + b'sRGB\x09' + struct.pack('>I', zlib.crc32(b'sRGB\x09'))
+    stamp = time.time_ns()
+    ir_msg, vi_msg = probe.good_pair(stamp)
+    ir_msg.data = data[:33] + chunk + data[33:]
+    probe.publish_pair(ir_msg, vi_msg)
+    assert probe.wait_for_outputs(stamp)
+    said = '/infrared/image_raw/compressed: PNG ('
+    assert probe.spin_until(lambda: said in node.log(), 5.0), node.log()
+    log = node.log()
+    assert 'decoded with a warning and fused (libpng warning: sRGB: invalid)' in log
+    assert not [line for line in log.splitlines() if line.startswith('libpng')], log
     assert node.alive()
 
 
