@@ -559,8 +559,27 @@ def compressed_msg_to_array(msg, max_pixels=MAX_DECODED_PIXELS, size_checked=Fal
         image = image[..., 2::-1] if _compressed_in_rgb_order(fmt) else image[..., :3]
         kind = 'bgr8' if image.dtype == np.uint8 else 'bgr16'
     else:
+        pattern = _bayer_pattern(fmt)
+        if pattern is not None:  # the camera's mosaic: demosaiced as a raw frame of it is
+            bits = 8 * image.dtype.itemsize
+            return image_msg_to_array(Image(
+                height=image.shape[0], width=image.shape[1], encoding=f'bayer_{pattern}{bits}',
+                step=image.shape[1] * image.dtype.itemsize,
+                data=np.ascontiguousarray(image).tobytes()))
         kind = 'gray8' if image.dtype == np.uint8 else 'gray16'
     return _owned(image), kind
+
+
+def _bayer_pattern(fmt):
+    """Return the Bayer pattern (``'rggb'``, ...) of a ``format`` naming a Bayer source, else None.
+
+    image_transport's compressed publisher converts only colour sources (``enc::isColor``) to
+    BGR: a Bayer camera's mosaic is compressed as it is, one channel, its ``format``
+    ``'bayer_rggb8; png compressed '``, for the subscriber to demosaic.
+    """
+    source, separator, _ = fmt.partition(';')
+    source = source.strip().lower()
+    return source[6:10] if separator and source in _BAYER else None  # 'bayer_' + pattern
 
 
 def _checked_array(array, encoding):

@@ -417,6 +417,28 @@ def test_a_colour_payload_is_read_in_the_channel_order_its_format_names():
     np.testing.assert_array_equal(decoded, vi.astype(np.uint16) * 257)
 
 
+@pytest.mark.parametrize('bits', [8, 16])
+def test_a_bayer_camera_s_compressed_mosaic_is_demosaiced_like_its_raw_frame(bits):
+    # Found by a break test: image_transport compresses a Bayer camera's mosaic as it is (one
+    # channel, 'bayer_rggb8; png compressed '), and the node took it for a grey image: a
+    # checkerboard of the mosaic, no colour, fused as the visible image.
+    vi = cv2.imread(str(SAMPLES / 'vi' / 'FLIR_00993.jpg'), cv2.IMREAD_COLOR)[:200, :300]
+    mosaic = np.empty(vi.shape[:2], np.uint8)  # RGGB
+    mosaic[0::2, 0::2], mosaic[0::2, 1::2] = vi[0::2, 0::2, 2], vi[0::2, 1::2, 1]
+    mosaic[1::2, 0::2], mosaic[1::2, 1::2] = vi[1::2, 0::2, 1], vi[1::2, 1::2, 0]
+    if bits == 16:
+        mosaic = mosaic.astype(np.uint16) * 257
+    encoding = f'bayer_rggb{bits}'
+    msg = compressed(mosaic, 'png')
+    msg.format = f'{encoding}; png compressed '  # image_transport's, of a Bayer camera
+    array, kind = compressed_msg_to_array(msg)
+    expected, raw_kind = image_msg_to_array(wire_message(mosaic, encoding))
+    assert kind == raw_kind == f'bgr{bits}'
+    np.testing.assert_array_equal(array, expected)
+    grey, kind = compressed_msg_to_array(compressed(mosaic, 'png'))  # no Bayer source named
+    assert kind == f'gray{bits}' and grey.ndim == 2
+
+
 def _damaged_jpeg(array):
     """Return a JPEG of ``array`` with 50 bytes of its image data zeroed, as a lossy link does."""
     data = bytearray(cv2.imencode('.jpg', array)[1].tobytes())

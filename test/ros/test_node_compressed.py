@@ -109,6 +109,27 @@ def test_a_driver_s_rgb_ordered_png_is_fused_in_its_own_colours(setup):
     assert np.abs(fused - swapped).max() > 20  # the test tells the two orders apart
 
 
+def test_a_bayer_camera_on_the_compressed_transport_is_fused_in_colour(setup):
+    # Found by a break test: image_transport compresses a Bayer camera's mosaic as it is
+    # ('bayer_rggb8; png compressed ', one channel); the node fused that mosaic as a grey
+    # visible image (a checkerboard, no colour) where the raw topic is demosaiced.
+    _, probe, weights, _ = setup
+    ir, vi = sample_pair()
+    mosaic = np.empty(vi.shape[:2], np.uint8)  # RGGB
+    mosaic[0::2, 0::2], mosaic[0::2, 1::2] = vi[0::2, 0::2, 2], vi[0::2, 1::2, 1]
+    mosaic[1::2, 0::2], mosaic[1::2, 1::2] = vi[1::2, 0::2, 1], vi[1::2, 1::2, 0]
+    stamp = time.time_ns()
+    vi_msg = compressed_msg(mosaic, 'png', stamp, VISIBLE_FRAME)
+    vi_msg.format = 'bayer_rggb8; png compressed '
+    probe.publish_pair(compressed_msg(ir, 'png', stamp, 'infrared_optical_frame'), vi_msg)
+    assert probe.wait_for_outputs(stamp)
+    fused, = probe.outputs_for('fused', stamp)
+    assert fused.encoding == 'bgr8'
+    demosaiced = cv2.cvtColor(mosaic, cv2.COLOR_BayerBG2BGR)  # RGGB, as cv_bridge converts it
+    expected = FusionEngine(weights, device='cpu').infer(ir, demosaiced).fused
+    assert np.abs(_pixels(fused) - expected).max() <= 1
+
+
 def test_a_damaged_jpeg_is_fused_and_said_once_in_the_node_s_log_not_by_libjpeg(setup):
     # Found by use: for a JPEG damaged on a lossy link, which libjpeg decodes all the same,
     # libjpeg printed 'Corrupt JPEG data: N extraneous bytes before marker 0xd9' to the
