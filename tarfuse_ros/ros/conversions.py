@@ -454,10 +454,10 @@ def _decode_taking_codec_warnings(decode):
     JPEG data: 2 extraneous bytes before marker 0xdb') to the process's stderr and tells the
     caller nothing; libpng's warnings go there too. cv2 has no setting for them
     (``cv2.setLogLevel`` covers OpenCV's own log; opencv/opencv#9477, opencv-python#610).
-    So the call runs with file descriptor 2 on a
-    temporary file, one such call at a time; what else was written there meanwhile (another
-    thread's log line) goes back to stderr afterwards, whatever the call raised. Where there
-    is no stderr to take over (or no temporary file), the call runs as it is.
+    So the call runs with file descriptor 2 on a temporary file, one such call at a time; what
+    else was written there meanwhile (another thread's log line) goes back to stderr
+    afterwards, whatever the call raised. Where there is no stderr to take over (or no
+    temporary file), the call runs as it is.
     """
     found = []
     with _STDERR_LOCK:
