@@ -12,6 +12,10 @@ around it, for what the bridge leaves to its callers or does differently:
 * checks with messages naming the cause (unknown encoding, zero size, short rows or data, NaN,
   an undecodable compressed payload) where the bridge would raise a bare ``TypeError`` or
   return None; every problem with an input message is a ``ValueError``;
+* a compressed colour payload's channel order as image_transport reads its ``format``
+  (``'rgb8; png compressed rgb8'`` holds RGB; the bridge ignores ``format``);
+* libjpeg's and libpng's warnings of a payload they decode all the same (a damaged JPEG),
+  taken off stderr for the caller to report (OpenCV lets them print and tells nothing);
 * a compressed payload's size is read from its header (Pillow) before it is decoded, and one of
   more than ``MAX_DECODED_PIXELS`` (twice 7680x4320) is refused undecoded: a PNG of 1.2 MB
   stating 20000x20000 took 4-6 s and 2.4 GB to decode; so is one whose size Pillow cannot read
@@ -26,8 +30,9 @@ the project has one codec.
 
 Functions:
     image_msg_to_array(msg) -> (array, kind)   sensor_msgs/Image or CompressedImage -> ndarray
-    compressed_msg_to_array(msg, max_pixels=MAX_DECODED_PIXELS, size_checked=False)
-        -> (array, kind)
+    compressed_msg_to_array(msg, max_pixels=MAX_DECODED_PIXELS, size_checked=False,
+                            codec_warnings=None) -> (array, kind)
+    image_msg_to_motion_array(msg, max_side, codec_warnings=None) -> array, shrunk
     compressed_size(msg, max_pixels=MAX_DECODED_PIXELS) -> (height, width) or None, undecoded
     jpeg_of_16_bit_image(msg) -> the 16-bit encoding a CompressedImage holds as 8-bit JPEG, or None
     array_to_image_msg(array, encoding, header) -> sensor_msgs/Image
@@ -40,13 +45,17 @@ import copy
 from functools import lru_cache
 import io
 import math
+import os
 import re
 import sys
+import tempfile
+import threading
 import warnings
 
 from builtin_interfaces.msg import Time
 import numpy as np
 import PIL.Image
+import PIL.PngImagePlugin
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 from tarfuse_ros.core.sizes import MAX_DECODED_PIXELS
@@ -240,11 +249,13 @@ def jpeg_of_16_bit_image(msg):
     image (``mono16``, ``16UC1``, ``bgr16``, a 16-bit Bayer mosaic, ...) to ``mono8`` or
     ``bgr8`` first, which cv_bridge does by scaling the values by 255/65535: a thermal
     camera's raw counts (a few thousand apart at most) keep a few grey levels. Anything else
-    (a ``Image``, PNG, an 8-bit source, a ``format`` naming no source) gives None.
+    (a ``Image``, an 8-bit source, a ``format`` naming no source, a payload that is no JPEG
+    whatever ``format`` says: a 16-bit PNG keeps its 16 bits) gives None.
     """
     source, _, compression = str(getattr(msg, 'format', '')).partition(';')
     spec = _DECODE.get(source.strip().lower())
-    if spec is None or 'jpeg' not in compression.lower() or np.dtype(spec[3]).itemsize != 2:
+    if spec is None or 'jpeg' not in compression.lower() or np.dtype(spec[3]).itemsize != 2 or (
+            bytes(msg.data[:3]) != _JPEG_MAGIC):
         return None
     return source.strip()
 
@@ -276,6 +287,8 @@ def compressed_size(msg, max_pixels=MAX_DECODED_PIXELS):
     Above Pillow's own bomb limit (2 x ``PIL.Image.MAX_IMAGE_PIXELS``, 179 Mpx by default; left
     as it is) Pillow gives the pixel count only, and the message says that count; a count
     within ``max_pixels`` there returns None (the sides unknown, the count checked).
+    A PNG's chunks are checked in the same reading (:func:`_png_damage`): a truncated or corrupt
+    one raises ``ValueError`` naming that.
     Raises ``ValueError`` too, naming the cause, for an empty payload, a ``compressedDepth``
     one, and one whose size Pillow cannot read: corrupt, or a format Pillow does not identify.
     Those formats (PAM, PFM, Radiance HDR) were decoded by OpenCV under its own cap of 2^30
@@ -297,6 +310,7 @@ def compressed_size(msg, max_pixels=MAX_DECODED_PIXELS):
             warnings.simplefilter('ignore', PIL.Image.DecompressionBombWarning)
             with _pillow_open(io.BytesIO(msg.data)) as image:
                 width, height = (int(side) for side in image.size)
+                damage = _png_damage(image) if image.format == 'PNG' else None
     except PIL.Image.DecompressionBombError as exc:
         # Raised above 2 x MAX_IMAGE_PIXELS, the count in its message: 'Image size (N pixels)'.
         found = re.search(r'\((\d+) pixels\)', str(exc))
@@ -317,6 +331,8 @@ def compressed_size(msg, max_pixels=MAX_DECODED_PIXELS):
         raise ValueError(f'compressed payload is {width}x{height} by its header '
                          f'({width * height / 1e6:.1f} Mpx): more than the '
                          f'{max_pixels / 1e6:.1f} Mpx this package decodes; not decoded')
+    if damage is not None:
+        raise ValueError(_corrupt_png(msg, damage))
     return height, width
 
 
@@ -327,8 +343,8 @@ _JPEG_MAGIC = b'\xff\xd8\xff'
 _PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
 
 
-def _check_png(msg):
-    """Raise ``ValueError`` for a PNG payload that is truncated or whose chunks are corrupt.
+def _png_damage(image):
+    """Return why the PNG Pillow has just opened as ``image`` is corrupt or truncated, or None.
 
     Pillow's ``verify`` reads the chunks to the end marker and checks their CRCs, without
     decompressing (0.2 ms for a 640x512 16-bit PNG, 0.7 ms for a 1920x1080 colour one;
@@ -337,19 +353,35 @@ def _check_png(msg):
     warning.
     """
     try:
+        image.verify()
+    except Exception as exc:  # noqa: BLE001 - Pillow's errors differ by damage
+        return str(exc)
+    return None
+
+
+def _corrupt_png(msg, damage):
+    return (f'cannot decode the compressed payload ({len(msg.data)} B, format '
+            f'{str(msg.format)!r}): corrupt or truncated PNG ({damage}); not decoded')
+
+
+def _check_png(msg):
+    """Raise ``ValueError`` for a PNG payload whose chunks :func:`_png_damage` finds damaged.
+
+    For a PNG whose size :func:`compressed_size` could not give (above Pillow's bomb limit,
+    under a larger ``max_pixels``): opened here with Pillow's limit out of the way.
+    """
+    try:
         with warnings.catch_warnings():
             warnings.simplefilter('ignore', PIL.Image.DecompressionBombWarning)
-            with _pillow_open(io.BytesIO(msg.data)) as image:
-                image.verify()
-    except PIL.Image.DecompressionBombError:
-        return  # its size is the caller's to check (compressed_size), as it was
+            with PIL.PngImagePlugin.PngImageFile(io.BytesIO(msg.data)) as image:
+                damage = _png_damage(image)
     except Exception as exc:  # noqa: BLE001 - Pillow's errors differ by damage
-        raise ValueError(f'cannot decode the compressed payload ({len(msg.data)} B, format '
-                         f'{str(msg.format)!r}): corrupt or truncated PNG ({exc}); not '
-                         f'decoded') from None
+        damage = str(exc)
+    if damage is not None:
+        raise ValueError(_corrupt_png(msg, damage))
 
 
-def image_msg_to_motion_array(msg, max_side):
+def image_msg_to_motion_array(msg, max_side, codec_warnings=None):
     """
     Decode an image message for the time-offset check, which reads it shrunk to ``max_side``.
 
@@ -366,6 +398,7 @@ def image_msg_to_motion_array(msg, max_side):
     orientation ignored, as the whole frame's decoding does), so that a camera's frames keep
     one size whichever path each takes; anything else comes back as
     :func:`image_msg_to_array`'s array.
+    ``codec_warnings``: as :func:`compressed_msg_to_array` takes it.
     Raises ``ValueError`` naming the cause, as :func:`image_msg_to_array` does.
     """
     if hasattr(msg, 'format') and not hasattr(msg, 'encoding') and (
@@ -379,7 +412,12 @@ def image_msg_to_motion_array(msg, max_side):
             # EXIF orientation ignored, as the whole frame's decoding (IMREAD_UNCHANGED) does.
             factor = max(factors)
             flag = getattr(cv2, _REDUCED_FLAGS[factor]) | cv2.IMREAD_IGNORE_ORIENTATION
-            image = cv2.imdecode(np.frombuffer(msg.data, np.uint8), flag)
+            buffer = np.frombuffer(msg.data, np.uint8)
+            if codec_warnings is None:
+                image = cv2.imdecode(buffer, flag)
+            else:
+                image, found = _decode_taking_codec_warnings(lambda: cv2.imdecode(buffer, flag))
+                codec_warnings.extend(found)
             if image is None:
                 raise ValueError(f'cannot decode the compressed payload ({len(msg.data)} B, '
                                  f'format {str(msg.format)!r}): corrupt or truncated JPEG')
@@ -393,38 +431,118 @@ def image_msg_to_motion_array(msg, max_side):
             if target != image.shape[1::-1]:
                 image = cv2.resize(image, target, interpolation=cv2.INTER_AREA)
             return image
-        return compressed_msg_to_array(msg, size_checked=True)[0]  # its header read above
+        return compressed_msg_to_array(msg, size_checked=True,  # its header read above
+                                       codec_warnings=codec_warnings)[0]
     return image_msg_to_array(msg)[0]
 
 
-def compressed_msg_to_array(msg, max_pixels=MAX_DECODED_PIXELS, size_checked=False):
+# The first words of libjpeg's warnings (jerror.h, JWRN_*: a damaged JPEG it decodes all the
+# same) and of libpng's (a PNG with a flawed ancillary chunk, 'libpng warning: sRGB: invalid'),
+# which they print on stderr.
+_CODEC_WARNINGS = (b'Corrupt JPEG data', b'Premature end of JPEG file',
+                   b'Invalid SOS parameters', b'Inconsistent progression sequence',
+                   b'Unknown Adobe color transform', b'Warning: unknown JFIF revision',
+                   b'Application transferred too many', b'libpng warning: ')
+_STDERR_LOCK = threading.Lock()
+
+
+def _decode_taking_codec_warnings(decode):
+    """Return ``(decode(), warnings)``: libjpeg's and libpng's warnings of the call, off stderr.
+
+    OpenCV replaces only libjpeg's ``error_exit`` (grfmt_jpeg.cpp): libjpeg's default message
+    handler prints the first warning of a damaged JPEG that it decodes all the same ('Corrupt
+    JPEG data: 2 extraneous bytes before marker 0xdb') to the process's stderr and tells the
+    caller nothing; libpng's warnings go there too. cv2 has no setting for them
+    (``cv2.setLogLevel`` covers OpenCV's own log; opencv/opencv#9477, opencv-python#610).
+    So the call runs with file descriptor 2 on a temporary file, one such call at a time; what
+    else was written there meanwhile (another thread's log line) goes back to stderr
+    afterwards, whatever the call raised. Where there is no stderr to take over (or no
+    temporary file), the call runs as it is.
+    """
+    found = []
+    with _STDERR_LOCK:
+        try:
+            if sys.stderr is not None:
+                sys.stderr.flush()
+            capture = tempfile.TemporaryFile()
+        except (OSError, ValueError):
+            return decode(), found
+        with capture:
+            try:
+                saved = os.dup(2)
+            except OSError:
+                return decode(), found
+            os.dup2(capture.fileno(), 2)
+            try:
+                result = decode()
+            finally:
+                os.dup2(saved, 2)
+                os.close(saved)
+                capture.seek(0)
+                for line in capture.read().splitlines(keepends=True):
+                    if line.startswith(_CODEC_WARNINGS):
+                        found.append(line.decode(errors='replace').strip())
+                    else:
+                        os.write(2, line)
+    return result, found
+
+
+# Source encodings image_transport takes as colour (sensor_msgs::image_encodings::isColor).
+_COLOUR_SOURCES = ('rgb8', 'bgr8', 'rgba8', 'bgra8', 'rgb16', 'bgr16', 'rgba16', 'bgra16')
+
+
+def _compressed_in_rgb_order(fmt):
+    """Return whether a ``CompressedImage`` of ``format`` ``fmt`` holds its channels as RGB.
+
+    image_transport's rule (compressed_subscriber.cpp): a colour source whose ``format`` does
+    not say ``'compressed bgr...'`` (``'rgb8; png compressed rgb8'``) was compressed from an
+    RGB-ordered array, which OpenCV decodes with red and blue swapped. Its own publisher writes
+    ``'compressed bgr8'``; cv_bridge's ``'jpg'`` / ``'png'`` names no source (BGR).
+    """
+    source, separator, compression = fmt.partition(';')
+    return bool(separator) and source.strip() in _COLOUR_SOURCES and (
+        'compressed bgr' not in compression)
+
+
+def compressed_msg_to_array(msg, max_pixels=MAX_DECODED_PIXELS, size_checked=False,
+                            codec_warnings=None):
     """
     Decode a ``sensor_msgs/CompressedImage`` (JPEG, PNG, ...) into an array the engine takes.
 
     Returns ``(array, kind)``: a grey payload -> (H, W) uint8 ``'gray8'`` or, for a 16-bit PNG,
     (H, W) uint16 ``'gray16'``; a colour one -> (H, W, 3) BGR, ``'bgr8'`` (``'bgr16'`` for
-    16-bit), alpha dropped. ``format`` is not needed to decode (image_transport's
-    ``'rgb8; jpeg compressed bgr8'`` and cv_bridge's ``'jpg'`` decode alike: OpenCV always
-    returns BGR) except that ``compressedDepth`` payloads are refused.
+    16-bit), alpha dropped. The payload is decoded by its bytes, whatever ``format`` says,
+    except that ``compressedDepth`` payloads are refused and that ``format`` tells the channel
+    order as image_transport reads it: BGR for its own ``'rgb8; jpeg compressed bgr8'`` and
+    for cv_bridge's ``'jpg'``, RGB for ``'rgb8; png compressed rgb8'`` (brought to BGR).
     The size its header states is checked first (:func:`compressed_size`): a payload of more
     than ``max_pixels`` pixels (default ``MAX_DECODED_PIXELS``, 2 x 7680x4320 = 66.4 Mpx, an
     8K camera with room to spare), or one whose size Pillow cannot read, is refused without
     being decoded, as a decompression bomb would stall the caller for seconds and take
-    gigabytes. ``size_checked``: the caller has checked ``msg`` with :func:`compressed_size`
-    (with these ``max_pixels``) already, and its header is not read again.
-    A PNG payload's chunks are checked first (Pillow's ``verify``: a truncated or corrupt PNG
-    is refused by name, without libpng printing to stderr).
+    gigabytes; so is a truncated or corrupt PNG (its chunks checked with its header, without
+    libpng printing to stderr). ``size_checked``: the caller has checked ``msg`` with
+    :func:`compressed_size` (with these ``max_pixels``) already, and its header is not read
+    again.
+    ``codec_warnings``: a list, to which the codec's warnings of a payload it decodes all the
+    same are appended, kept off stderr: libjpeg's of a damaged JPEG ('Corrupt JPEG data: 38
+    extraneous bytes before marker 0xd9'), libpng's of a flawed ancillary chunk ('libpng
+    warning: sRGB: invalid'); None leaves them to the codec, which prints them there.
     Raises ``ValueError`` naming the cause for an empty, corrupt, unsupported or too large
     payload.
     """
-    if not size_checked:
-        compressed_size(msg, max_pixels)
-    if bytes(msg.data[:8]) == _PNG_MAGIC:
-        _check_png(msg)
+    if not size_checked and compressed_size(msg, max_pixels) is None and (
+            bytes(msg.data[:8]) == _PNG_MAGIC):
+        _check_png(msg)  # its chunks are checked with its size where Pillow gives that
     fmt, size = str(msg.format), len(msg.data)
     bridge = load_bridge()
     try:
-        image = bridge.compressed_imgmsg_to_cv2(msg)
+        if codec_warnings is not None and (bytes(msg.data[:3]) == _JPEG_MAGIC
+                                           or bytes(msg.data[:8]) == _PNG_MAGIC):
+            image, found = _decode_taking_codec_warnings(
+                lambda: bridge.compressed_imgmsg_to_cv2(msg))
+            codec_warnings.extend(found)
+        else:
+            image = bridge.compressed_imgmsg_to_cv2(msg)
     except _bridge_errors():
         image = None
     if image is None:
@@ -438,11 +556,30 @@ def compressed_msg_to_array(msg, max_pixels=MAX_DECODED_PIXELS, size_checked=Fal
         raise ValueError(f'compressed payload (format {fmt!r}) decodes to an unsupported image '
                          f'of shape {image.shape} and dtype {image.dtype}')
     if image.ndim == 3:
-        image = image[..., :3]
+        image = image[..., 2::-1] if _compressed_in_rgb_order(fmt) else image[..., :3]
         kind = 'bgr8' if image.dtype == np.uint8 else 'bgr16'
     else:
+        pattern = _bayer_pattern(fmt)
+        if pattern is not None:  # the camera's mosaic: demosaiced as a raw frame of it is
+            bits = 8 * image.dtype.itemsize
+            return image_msg_to_array(Image(
+                height=image.shape[0], width=image.shape[1], encoding=f'bayer_{pattern}{bits}',
+                step=image.shape[1] * image.dtype.itemsize,
+                data=np.ascontiguousarray(image).tobytes()))
         kind = 'gray8' if image.dtype == np.uint8 else 'gray16'
     return _owned(image), kind
+
+
+def _bayer_pattern(fmt):
+    """Return the Bayer pattern (``'rggb'``, ...) of a ``format`` naming a Bayer source, else None.
+
+    image_transport's compressed publisher converts only colour sources (``enc::isColor``) to
+    BGR: a Bayer camera's mosaic is compressed as it is, one channel, its ``format``
+    ``'bayer_rggb8; png compressed '``, for the subscriber to demosaic.
+    """
+    source, separator, _ = fmt.partition(';')
+    source = source.strip().lower()
+    return source[6:10] if separator and source in _BAYER else None  # 'bayer_' + pattern
 
 
 def _checked_array(array, encoding):

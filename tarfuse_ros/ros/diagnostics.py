@@ -20,7 +20,7 @@ __all__ = ['NodeStats', 'WarningThrottle', 'arrival_rate', 'build_status', 'proc
 # pairs_skipped_max_rate: left out by max_rate before the slot (asked for).
 _COUNTERS = ('infrared_msgs', 'visible_msgs', 'pairs_received', 'pairs_processed',
              'pairs_dropped', 'pairs_skipped_max_rate', 'pairs_rejected', 'messages_rejected',
-             'sync_resets', 'pairs_not_nearest')
+             'sync_resets', 'pairs_not_nearest', 'codec_warnings')
 
 
 class WarningThrottle:

@@ -899,7 +899,8 @@ class TarFuseNode(Node):
             except queue.Empty:
                 continue
             try:
-                array = image_msg_to_motion_array(msg, MAX_SIDE)
+                # A damaged payload's codec warning: said by the pairing path.
+                array = image_msg_to_motion_array(msg, MAX_SIDE, codec_warnings=[])
             except ValueError:
                 continue  # the pairing path refuses it and says why
             stamp_s = stamp_ns / 1e9
@@ -953,21 +954,35 @@ class TarFuseNode(Node):
             self._offset_problem = None
         self._offset_off = found if off else None
 
-    @staticmethod
-    def _read_image(msg, topic, size_checked=False):
-        """Convert one message; raise ``ValueError`` naming the topic and the cause.
+    def _read_image(self, index, msg, size_checked=False):
+        """Convert one message of input ``index``; raise ``ValueError`` naming the topic and cause.
 
         ``size_checked``: ``msg`` is a ``CompressedImage`` whose header
-        :meth:`_check_compressed_visible` has checked (it is not read again).
+        :meth:`_check_compressed_visible` has checked (it is not read again). A damaged JPEG
+        (or a PNG with a flawed ancillary chunk) that the codec decodes all the same is used,
+        counted and said in a throttled warning (the codec's own line kept off stderr).
         """
+        topic = self._topics[index]
+        damage = []
         try:
-            if size_checked:
-                array, encoding = compressed_msg_to_array(msg, size_checked=True)
+            if isinstance(msg, CompressedImage):
+                array, encoding = compressed_msg_to_array(msg, size_checked=size_checked,
+                                                          codec_warnings=damage)
             else:
                 array, encoding = image_msg_to_array(msg)
             check_frame_size(array, 'the image')
         except ValueError as exc:
             raise ValueError(f'{topic}: {exc}') from exc
+        if damage:
+            self._stats.count('codec_warnings')
+            if damage[0].startswith('libpng'):
+                said = (f'PNG ({len(msg.data)} B) decoded with a warning and fused '
+                        f'({damage[0]}): check what writes it')
+            else:
+                said = (f'damaged JPEG ({len(msg.data)} B), decoded all the same and fused '
+                        f'(libjpeg: {damage[0]}): parts of the frame may be grey or garbled; '
+                        f'check the camera and its link')
+            self._warn(f'damaged_compressed:{index}', f'{topic}: {said}')
         return array, encoding
 
     def _check_compressed_visible(self, msg):
@@ -1008,8 +1023,8 @@ class TarFuseNode(Node):
             self._check_jpeg_of_16_bit(index, msg)
         try:
             checked = self._check_compressed_visible(vi_msg)
-            ir, _ = self._read_image(ir_msg, self._topics[INFRARED])
-            vi, _ = self._read_image(vi_msg, self._topics[VISIBLE], size_checked=checked)
+            ir, _ = self._read_image(INFRARED, ir_msg)
+            vi, _ = self._read_image(VISIBLE, vi_msg, size_checked=checked)
             sizes = (ir.shape[1], ir.shape[0], vi.shape[1], vi.shape[0])
             if ir.shape[:2] != vi.shape[:2] and sizes not in self._sizes_logged:
                 # Most rigs pair cameras of different sizes: normal, so said once per sizes.

@@ -5,6 +5,7 @@ no-distro venv, the distro's on a ROS install.
 """
 
 import io
+import os
 from pathlib import Path
 import struct
 import sys
@@ -384,9 +385,120 @@ def test_a_damaged_png_is_refused_by_name_without_a_libpng_line(damage, capfd):
         data = data[:200] + bytes(100) + data[300:]  # inside the image data
     msg = CompressedImage(format='mono16; png compressed mono16', data=data)
     capfd.readouterr()
-    for read in (compressed_msg_to_array, image_msg_to_array):
+    # compressed_size too: it checks the chunks in the one reading of the header (the node
+    # checks a compressed visible frame's header first; the PNG was opened a second time to
+    # check its chunks).
+    for read in (compressed_size, compressed_msg_to_array, image_msg_to_array):
         with pytest.raises(ValueError, match=r'corrupt or truncated PNG .*; not decoded'):
             read(msg)
+    assert capfd.readouterr().err == ''
+
+
+def test_a_colour_payload_is_read_in_the_channel_order_its_format_names():
+    # Found by use: image_transport reads 'rgb8; png compressed rgb8' as RGB channels (a
+    # driver that compresses its RGB array with OpenCV, saying so), but the node read every
+    # payload as BGR: red and blue swapped in the fused image.
+    vi = cv2.imread(str(SAMPLES / 'vi' / 'FLIR_00993.jpg'), cv2.IMREAD_COLOR)
+    rgb = np.ascontiguousarray(vi[..., ::-1])
+    rgba = cv2.cvtColor(vi, cv2.COLOR_BGR2RGBA)
+    cases = [(rgb, 'rgb8; png compressed rgb8'), (rgb, 'bgr8; png compressed rgb8'),
+             (rgba, 'rgba8; png compressed rgba8'),
+             (vi, 'rgb8; png compressed bgr8'), (vi, 'bgr8; png compressed bgr8'),
+             (vi, 'png'), (vi, 'mono8; png compressed ')]
+    for array, fmt in cases:
+        msg = compressed(array, 'png')
+        msg.format = fmt
+        decoded, kind = compressed_msg_to_array(msg)
+        assert kind == 'bgr8'
+        np.testing.assert_array_equal(decoded, vi, err_msg=fmt)
+    ir16 = (vi.astype(np.uint16) * 257)[..., ::-1]
+    decoded, kind = compressed_msg_to_array(compressed(ir16, 'rgb16; png compressed rgb16'))
+    assert kind == 'bgr16'
+    np.testing.assert_array_equal(decoded, vi.astype(np.uint16) * 257)
+
+
+@pytest.mark.parametrize('bits', [8, 16])
+def test_a_bayer_camera_s_compressed_mosaic_is_demosaiced_like_its_raw_frame(bits):
+    # Found by a break test: image_transport compresses a Bayer camera's mosaic as it is (one
+    # channel, 'bayer_rggb8; png compressed '), and the node took it for a grey image: a
+    # checkerboard of the mosaic, no colour, fused as the visible image.
+    vi = cv2.imread(str(SAMPLES / 'vi' / 'FLIR_00993.jpg'), cv2.IMREAD_COLOR)[:200, :300]
+    mosaic = np.empty(vi.shape[:2], np.uint8)  # RGGB
+    mosaic[0::2, 0::2], mosaic[0::2, 1::2] = vi[0::2, 0::2, 2], vi[0::2, 1::2, 1]
+    mosaic[1::2, 0::2], mosaic[1::2, 1::2] = vi[1::2, 0::2, 1], vi[1::2, 1::2, 0]
+    if bits == 16:
+        mosaic = mosaic.astype(np.uint16) * 257
+    encoding = f'bayer_rggb{bits}'
+    msg = compressed(mosaic, 'png')
+    msg.format = f'{encoding}; png compressed '  # image_transport's, of a Bayer camera
+    array, kind = compressed_msg_to_array(msg)
+    expected, raw_kind = image_msg_to_array(wire_message(mosaic, encoding))
+    assert kind == raw_kind == f'bgr{bits}'
+    np.testing.assert_array_equal(array, expected)
+    grey, kind = compressed_msg_to_array(compressed(mosaic, 'png'))  # no Bayer source named
+    assert kind == f'gray{bits}' and grey.ndim == 2
+
+
+def _damaged_jpeg(array):
+    """Return a JPEG of ``array`` with 50 bytes of its image data zeroed, as a lossy link does."""
+    data = bytearray(cv2.imencode('.jpg', array)[1].tobytes())
+    middle = (data.find(b'\xff\xda') + len(data)) // 2
+    data[middle:middle + 50] = bytes(50)
+    return bytes(data)
+
+
+def test_a_damaged_jpeg_s_libjpeg_warning_goes_to_the_caller_not_stderr(capfd):
+    # Found by use: libjpeg printed 'Corrupt JPEG data: 38 extraneous bytes before marker
+    # 0xd9' to the node's stderr for every damaged frame, outside its throttled log.
+    vi = cv2.imread(str(SAMPLES / 'vi' / 'FLIR_00993.jpg'), cv2.IMREAD_COLOR)
+    msg = CompressedImage(format='bgr8; jpeg compressed bgr8', data=_damaged_jpeg(vi))
+    capfd.readouterr()
+    found = []
+    array, kind = compressed_msg_to_array(msg, codec_warnings=found)
+    assert kind == 'bgr8' and array.shape == vi.shape  # libjpeg decodes it all the same
+    assert len(found) == 1 and found[0].startswith('Corrupt JPEG data: '), found
+    shrunk = image_msg_to_motion_array(msg, 100, codec_warnings=found)
+    assert found[1:] == found[:1] and shrunk.ndim == 3
+    assert capfd.readouterr().err == ''
+    # Written to stderr by anyone else meanwhile (a log line of another thread): kept.
+    _, found = conversions._decode_taking_codec_warnings(
+        lambda: (os.write(2, b'another line\n'),
+                 cv2.imdecode(np.frombuffer(msg.data, np.uint8), cv2.IMREAD_UNCHANGED)))
+    assert len(found) == 1 and found[0].startswith('Corrupt JPEG data: '), found
+    assert capfd.readouterr().err == 'another line\n'
+
+    def failing():
+        os.write(2, b'written before a failure\n')
+        raise ValueError('decoding failed')
+    with pytest.raises(ValueError, match='decoding failed'):
+        conversions._decode_taking_codec_warnings(failing)
+    assert capfd.readouterr().err == 'written before a failure\n'  # and stderr is back
+    os.write(2, b'after\n')
+    assert capfd.readouterr().err == 'after\n'
+    # Without a list, libjpeg prints as it did.
+    compressed_msg_to_array(msg)
+    assert 'Corrupt JPEG data' in capfd.readouterr().err
+
+
+def _png_with_chunk(array, chunk_type, chunk_data):
+    """Return a PNG of ``array`` with one more chunk (valid CRC) after its header chunk."""
+    data = cv2.imencode('.png', array)[1].tobytes()
+    body = chunk_type + chunk_data
+    chunk = struct.pack('>I', len(chunk_data)) + body + struct.pack('>I', zlib.crc32(body))
+    return data[:33] + chunk + data[33:]  # 8-byte signature, 25-byte IHDR chunk
+
+
+def test_a_png_libpng_warns_of_goes_to_the_caller_not_stderr(capfd):
+    # Found by a break test: an sRGB chunk with an invalid value (CRC right, so Pillow's check
+    # passes) made libpng print 'libpng warning: sRGB: invalid' on stderr for every frame.
+    vi = cv2.imread(str(SAMPLES / 'vi' / 'FLIR_00993.jpg'), cv2.IMREAD_COLOR)
+    msg = CompressedImage(format='bgr8; png compressed bgr8',
+                          data=_png_with_chunk(vi, b'sRGB', b'\x09'))
+    capfd.readouterr()
+    found = []
+    array, kind = compressed_msg_to_array(msg, codec_warnings=found)
+    np.testing.assert_array_equal(array, vi)  # its pixels are whole
+    assert found == ['libpng warning: sRGB: invalid']
     assert capfd.readouterr().err == ''
 
 
@@ -402,8 +514,16 @@ def test_a_damaged_png_is_refused_by_name_without_a_libpng_line(damage, capfd):
     ('', None),
 ])
 def test_a_16_bit_image_in_an_8_bit_jpeg_is_told_by_its_format(fmt, source):
-    assert jpeg_of_16_bit_image(CompressedImage(format=fmt)) == source
+    ir = cv2.imread(str(SAMPLES / 'ir' / 'FLIR_00993.jpg'), cv2.IMREAD_GRAYSCALE)
+    jpeg = compressed(ir, 'jpeg')
+    jpeg.format = fmt
+    assert jpeg_of_16_bit_image(jpeg) == source
     assert jpeg_of_16_bit_image(Image(encoding='mono16')) is None
+    # Found by a break test: a format that says JPEG over a 16-bit PNG (a driver's copied
+    # format string) was warned of as 16 bits scaled to 8, which the PNG was not.
+    png = compressed(ir.astype(np.uint16) * 257, 'png')
+    png.format = fmt
+    assert jpeg_of_16_bit_image(png) is None
 
 
 def test_compressed_size_reads_png_and_jpeg_headers_without_decoding():

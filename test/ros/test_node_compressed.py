@@ -7,7 +7,9 @@ publishes with the engine's result on the raw pair.
 """
 
 import json
+import struct
 import time
+import zlib
 
 import cv2
 from node_harness import compressed_msg, HEIGHT, make_checkpoint, NodeProcess, Probe
@@ -89,6 +91,96 @@ def test_compressed_visible_and_16_bit_thermal_are_fused_like_the_raw_pair(setup
     assert np.abs(jpeg.astype(int) - fused_pixels).mean() < 2.0
 
 
+def test_a_driver_s_rgb_ordered_png_is_fused_in_its_own_colours(setup):
+    # Found by use: image_transport reads 'rgb8; png compressed rgb8' as a PNG of RGB-ordered
+    # channels (a driver that compressed its RGB array with OpenCV, saying so); the node read
+    # it as BGR and fused the visible image with red and blue swapped.
+    _, probe, weights, _ = setup
+    ir, vi = sample_pair()
+    stamp = time.time_ns()
+    vi_msg = compressed_msg(np.ascontiguousarray(vi[..., ::-1]), 'png', stamp, VISIBLE_FRAME)
+    vi_msg.format = 'rgb8; png compressed rgb8'
+    probe.publish_pair(compressed_msg(ir, 'png', stamp, 'infrared_optical_frame'), vi_msg)
+    assert probe.wait_for_outputs(stamp)
+    fused = _pixels(probe.outputs_for('fused', stamp)[0])
+    engine = FusionEngine(weights, device='cpu')
+    assert np.abs(fused - engine.infer(ir, vi).fused).max() <= 1
+    swapped = engine.infer(ir, np.ascontiguousarray(vi[..., ::-1])).fused
+    assert np.abs(fused - swapped).max() > 20  # the test tells the two orders apart
+
+
+def test_a_bayer_camera_on_the_compressed_transport_is_fused_in_colour(setup):
+    # Found by a break test: image_transport compresses a Bayer camera's mosaic as it is
+    # ('bayer_rggb8; png compressed ', one channel); the node fused that mosaic as a grey
+    # visible image (a checkerboard, no colour) where the raw topic is demosaiced.
+    _, probe, weights, _ = setup
+    ir, vi = sample_pair()
+    mosaic = np.empty(vi.shape[:2], np.uint8)  # RGGB
+    mosaic[0::2, 0::2], mosaic[0::2, 1::2] = vi[0::2, 0::2, 2], vi[0::2, 1::2, 1]
+    mosaic[1::2, 0::2], mosaic[1::2, 1::2] = vi[1::2, 0::2, 1], vi[1::2, 1::2, 0]
+    stamp = time.time_ns()
+    vi_msg = compressed_msg(mosaic, 'png', stamp, VISIBLE_FRAME)
+    vi_msg.format = 'bayer_rggb8; png compressed '
+    probe.publish_pair(compressed_msg(ir, 'png', stamp, 'infrared_optical_frame'), vi_msg)
+    assert probe.wait_for_outputs(stamp)
+    fused, = probe.outputs_for('fused', stamp)
+    assert fused.encoding == 'bgr8'
+    demosaiced = cv2.cvtColor(mosaic, cv2.COLOR_BayerBG2BGR)  # RGGB, as cv_bridge converts it
+    expected = FusionEngine(weights, device='cpu').infer(ir, demosaiced).fused
+    assert np.abs(_pixels(fused) - expected).max() <= 1
+
+
+def test_a_damaged_jpeg_is_fused_and_said_once_in_the_node_s_log_not_by_libjpeg(setup):
+    # Found by use: for a JPEG damaged on a lossy link, which libjpeg decodes all the same,
+    # libjpeg printed 'Corrupt JPEG data: N extraneous bytes before marker 0xd9' to the
+    # node's stderr for every frame, and the node itself said nothing.
+    node, probe, _, _ = setup
+    said = '/visible/image_raw/compressed: damaged JPEG ('
+    assert said not in node.log()
+    assert probe.spin_until(lambda: probe.diagnostics, 10.0)
+    before = probe.counter('codec_warnings')
+    stamps = []
+    for _ in range(3):
+        stamp = time.time_ns()
+        ir_msg, vi_msg = probe.good_pair(stamp)
+        data = bytearray(vi_msg.data)
+        middle = (data.find(b'\xff\xda') + len(data)) // 2
+        data[middle:middle + 50] = bytes(50)  # inside the image data
+        vi_msg.data = bytes(data)
+        probe.publish_pair(ir_msg, vi_msg)
+        assert probe.wait_for_outputs(stamp), 'a damaged JPEG that libjpeg decodes was not fused'
+        stamps.append(stamp)
+    assert probe.spin_until(lambda: said in node.log(), 5.0), node.log()
+    log = node.log()
+    assert log.count(said) == 1, log  # throttled: once for the three
+    assert 'decoded all the same and fused (libjpeg: Corrupt JPEG data: ' in log
+    assert not [line for line in log.splitlines() if line.startswith('Corrupt JPEG')], log
+    # Counted in /diagnostics, for a monitor that reads no log.
+    assert probe.wait_for_diagnostics(
+        lambda level, msg, values: int(values['codec_warnings']) == before + 3)
+    assert node.alive()
+
+
+def test_a_png_libpng_warns_of_is_fused_and_said_in_the_node_s_log_not_by_libpng(setup):
+    # Found by a break test: libpng printed 'libpng warning: sRGB: invalid' (a flawed
+    # ancillary chunk, its CRC right) to the node's stderr for every such thermal frame.
+    node, probe, _, _ = setup
+    ir, _ = sample_pair()
+    data = cv2.imencode('.png', ir)[1].tobytes()
+    chunk = struct.pack('>I', 1) + b'sRGB\x09' + struct.pack('>I', zlib.crc32(b'sRGB\x09'))
+    stamp = time.time_ns()
+    ir_msg, vi_msg = probe.good_pair(stamp)
+    ir_msg.data = data[:33] + chunk + data[33:]
+    probe.publish_pair(ir_msg, vi_msg)
+    assert probe.wait_for_outputs(stamp)
+    said = '/infrared/image_raw/compressed: PNG ('
+    assert probe.spin_until(lambda: said in node.log(), 5.0), node.log()
+    log = node.log()
+    assert 'decoded with a warning and fused (libpng warning: sRGB: invalid)' in log
+    assert not [line for line in log.splitlines() if line.startswith('libpng')], log
+    assert node.alive()
+
+
 def _refused_visible_payload(node, probe, payload, cause, what):
     """Publish a pair whose compressed visible image is ``payload(data)``; check the refusal.
 
@@ -126,6 +218,28 @@ def test_a_16_bit_thermal_image_compressed_as_jpeg_is_warned_of_naming_png(setup
     assert probe.spin_until(lambda: said in node.log(), 5.0), node.log()
     assert "Set the camera's compressed format to png, which keeps 16 bits" in node.log()
     assert node.alive()
+
+
+def test_a_16_bit_png_whose_format_says_jpeg_is_fused_at_16_bits_without_the_jpeg_warning(
+        setup):
+    # Found by a break test: a driver's format string copied from its JPEG stream
+    # ('16UC1; jpeg compressed mono8') over a 16-bit PNG made the node warn that the 16-bit
+    # images were scaled to 8-bit JPEG; the PNG keeps 16 bits, and was decoded so.
+    node, probe, weights, _ = setup
+    ir8, vi = sample_pair()
+    ir16 = (20000 + ir8.astype(np.uint16) * 4).astype(np.uint16)
+    stamp = time.time_ns()
+    ir_msg = compressed_msg(ir16, 'png', stamp, 'infrared_optical_frame')
+    ir_msg.format = '16UC1; jpeg compressed mono8'
+    vi_msg = compressed_msg(vi, 'jpeg', stamp, VISIBLE_FRAME)
+    probe.publish_pair(ir_msg, vi_msg)
+    assert probe.wait_for_outputs(stamp, keys=('fused', 'registered'))
+    registered = _pixels(probe.outputs_for('registered', stamp)[0], 1)
+    decoded_vi = cv2.imdecode(np.frombuffer(bytes(vi_msg.data), np.uint8), cv2.IMREAD_COLOR)
+    expected = FusionEngine(weights, device='cpu').infer(ir16, decoded_vi).registered_ir
+    assert np.abs(registered - expected).max() <= 1
+    time.sleep(0.5)  # the warning comes before the pair's outputs, if at all
+    assert '(16UC1) compressed as 8-bit JPEG' not in node.log(), node.log()
 
 
 def test_a_corrupt_jpeg_is_rejected_by_name_and_the_node_answers_the_next_pair(setup):
