@@ -47,6 +47,10 @@ KNOWN_TYPES = {
 }
 
 
+# /clock rate of --clock without a value (Hz), as ros2 bag play --clock.
+DEFAULT_CLOCK_HZ = 40.0
+
+
 class PlayError(RuntimeError):
     """Playback could not start or finish (no subscribers, missing message type, ...)."""
 
@@ -185,12 +189,14 @@ class BagPlayer:
     ``record_topics`` (names, ``name:pkg/msg/Type`` to give a type), ``linger`` (s to keep
     recording after the last answer to a published input arrived), ``max_linger`` (cap),
     ``domain_id`` (ROS domain, None = $ROS_DOMAIN_ID), ``should_abort`` (callable returning a
-    reason string to stop early, e.g. a dead node), ``clock`` (publish ``/clock``, the bag time
-    of each message as it is played, shifted to 'now' as the stamps with ``restamp``, for
-    nodes with ``use_sim_time``; as ``ros2 bag play --clock``, which publishes it at a fixed
-    rate instead), ``ack_timeout`` (s: after the last message, wait until the reliable
-    subscribers acknowledged every message, at most this long, before the publishers are
-    destroyed; 0 = not at all; ``ros2 bag play --wait-for-all-acked`` is off by default).
+    reason string to stop early, e.g. a dead node), ``clock`` (publish ``/clock`` for nodes
+    with ``use_sim_time``, at this rate in Hz, True for 40 as ``ros2 bag play --clock``: the
+    playback's bag time, running at ``rate`` from the first message of each round, and each
+    message's bag time just before it is published, shifted to 'now' as the stamps with
+    ``restamp``; False or None: no /clock), ``ack_timeout`` (s: after the last message, wait
+    until the reliable subscribers acknowledged every message, at most this long, before the
+    publishers are destroyed; 0 = not at all; ``ros2 bag play --wait-for-all-acked`` is off by
+    default).
     """
 
     def __init__(self, bag, *, rate=1.0, loop=False, start_delay=0.0, duration=None,
@@ -208,6 +214,11 @@ class BagPlayer:
                 raise ValueError(f'{name} must be >= 0, got {value}')
         if duration is not None and not duration > 0:  # NaN played the bag whole, or forever
             raise ValueError(f'duration must be > 0 s, got {duration}')
+        if clock is True:
+            clock = DEFAULT_CLOCK_HZ
+        if clock is not None and clock is not False and not (
+                clock > 0 and math.isfinite(clock)):
+            raise ValueError(f'--clock: the /clock rate must be a number > 0 Hz, got {clock:g}')
         if wait_for_subscribers < 0:
             raise ValueError(f'wait_for_subscribers must be >= 0, got {wait_for_subscribers}')
         self.bag = Path(bag)
@@ -281,7 +292,8 @@ class BagPlayer:
         self.remap = dict(remap or {})
         self._names = names
         self.restamp = restamp
-        self.clock = bool(clock)
+        self.clock_hz = float(clock) if clock else None
+        self.clock = self.clock_hz is not None
         self.qos_reliability = qos_reliability
         _qos(qos_reliability, 1)
         _qos(record_reliability, 1)
@@ -307,6 +319,10 @@ class BagPlayer:
         # them (Humble) the waits go by the graph's counts, and the settle time covers both.
         self._matched_events = True
         self._clock_pub = None
+        self._clock_lock = threading.Lock()
+        self._clock_round = None  # (base_mono, bag time then, bag ns per s) of the round played
+        self._clock_last = None  # the last /clock time published in this round
+        self._clock_stop = threading.Event()
 
     # -- set-up ---------------------------------------------------------------------------
     def _record_specs(self, node):
@@ -446,6 +462,12 @@ class BagPlayer:
                 # --duration ends before its first message does not ('2 round(s)' for one)
                 self.stats.loops += 1
                 begun = True
+                if self._clock_pub is not None:  # /clock starts over from the round's start
+                    origin = base_wall_ns if self.restamp else start_ns
+                    with self._clock_lock:
+                        self._clock_round = (base_mono, origin,
+                                             1e9 if self.restamp else 1e9 * self.rate)
+                        self._clock_last = None
             data = bytes(data)
             stamp = None
             if type_has_header(self.typestore, connection.msgtype):
@@ -496,11 +518,34 @@ class BagPlayer:
                      f'acknowledged by its subscribers within {self.ack_timeout:g} s '
                      '(--ack-timeout)')
 
-    def _publish_clock(self, time_ns):
+    def _publish_clock(self, time_ns=None):
+        """Publish ``time_ns`` on /clock, or the playback's bag time now where None.
+
+        Never a time before the last one of the round: a message published late comes after
+        the ticks of its time.
+        """
         from rosgraph_msgs.msg import Clock
-        message = Clock()
-        message.clock.sec, message.clock.nanosec = divmod(int(time_ns), 1_000_000_000)
-        self._clock_pub.publish(message)
+        with self._clock_lock:
+            if self._clock_round is None:
+                return
+            if time_ns is None:
+                base_mono, origin_ns, ns_per_s = self._clock_round
+                time_ns = origin_ns + int((time.monotonic() - base_mono) * ns_per_s)
+            if self._clock_last is not None:
+                time_ns = max(time_ns, self._clock_last)
+            self._clock_last = time_ns
+            message = Clock()
+            message.clock.sec, message.clock.nanosec = divmod(int(time_ns), 1_000_000_000)
+            self._clock_pub.publish(message)
+
+    def _tick_clock(self):
+        """Publish /clock every 1 / ``clock_hz`` s until stopped (between messages too)."""
+        period = 1.0 / self.clock_hz
+        due = time.monotonic()
+        while not self._clock_stop.wait(max(0.0, due - time.monotonic())):
+            self._publish_clock()
+            # After a stall (a loaded machine) the next tick is one period on, not a burst.
+            due = max(due + period, time.monotonic())
 
     def run(self):
         """Play (and record) until done; return the :class:`PlayStats`."""
@@ -513,7 +558,7 @@ class BagPlayer:
         # args=[]: the tool's own command line (--remap A:=B) is not for rcl.
         rclpy.init(args=[], context=context, domain_id=self.domain_id,
                    signal_handler_options=SignalHandlerOptions.NO)
-        node = executor = spinner = None
+        node = executor = spinner = ticker = None
         failed_start = False
         try:
             node = rclpy.create_node(self.node_name, context=context)
@@ -563,7 +608,12 @@ class BagPlayer:
                 if self.wait_for_subscribers:
                     self._wait_for_graph(node, named, [t for t, _m, _c in specs])
                 self._sleep_until(time.monotonic() + self.start_delay)
+                if self._clock_pub is not None:
+                    ticker = threading.Thread(target=self._tick_clock, name='tarfuse_play_clock',
+                                              daemon=True)
+                    ticker.start()
                 self._play(reader, connections, publishers)
+                self._clock_stop.set()  # the time stands at the end of the playback
                 self._wait_for_acks(named)
             self._linger()
         except KeyboardInterrupt:
@@ -575,6 +625,9 @@ class BagPlayer:
             raise
         finally:
             self._stop.set()
+            self._clock_stop.set()
+            if ticker is not None:
+                ticker.join(timeout=5.0)
             if executor is not None:
                 executor.shutdown(timeout_sec=2.0)
             if spinner is not None:
@@ -691,12 +744,23 @@ def build_parser():
                         help='keep recording until no answer to an input came for this long')
     parser.add_argument('--max-linger', type=float, default=30.0,
                         help='stop recording at most this many seconds after playback')
-    parser.add_argument('--clock', action='store_true',
-                        help='publish /clock with the bag time of each message (for nodes '
-                             'with use_sim_time true)')
+    parser.add_argument('--clock', type=_clock_rate, nargs='?', const=DEFAULT_CLOCK_HZ,
+                        default=None, metavar='HZ',
+                        help='publish /clock with the bag time, HZ times a second and before '
+                             'each message (for nodes with use_sim_time true)')
     parser.add_argument('--stats', type=Path, default=None,
                         help='write published/received stamps and times to this JSON file')
     return parser
+
+
+def _clock_rate(text):
+    """Return ``--clock``'s rate (Hz); its range is checked by :class:`BagPlayer`."""
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f'{text!r} is not a rate in Hz (give the bag before --clock, or a rate: '
+            f'--clock {DEFAULT_CLOCK_HZ:g})') from None
 
 
 def _terminate(_signum, _frame):

@@ -588,7 +588,11 @@ def test_a_second_ctrl_c_does_not_cut_the_recording_short(sample_bag, tmp_path, 
 
 @pytest.mark.dds
 def test_play_clock_publishes_the_bag_time_of_each_message(sample_bag, tmp_path):
-    """--clock: /clock carries each played message's bag time (for use_sim_time nodes)."""
+    """--clock: /clock carries each played message's bag time (for use_sim_time nodes).
+
+    Between the messages it runs on at 40 Hz (the next test); here, each message's time is
+    published before the message, unless a tick went past it already (a message late).
+    """
     path, _summary = sample_bag
     record = tmp_path / 'clock'
     stats = BagPlayer(path, rate=4.0, clock=True, record=record, start_delay=0.5,
@@ -602,7 +606,10 @@ def test_play_clock_publishes_the_bag_time_of_each_message(sample_bag, tmp_path)
     with Reader(path) as reader:
         bag_times = sorted(timestamp for _c, timestamp, _d in reader.messages())
     assert len(times) >= 15  # the first may go before the recorder matched
-    assert set(times) <= set(bag_times) and times == sorted(times)
+    assert times == sorted(times) and bag_times[0] <= times[0]
+    assert len(set(bag_times) & set(times)) >= 14, (bag_times, times)
+    # The time stops with the playback: at most a tick (25 ms, 0.1 s of bag time) later.
+    assert times[-1] - bag_times[-1] <= 150_000_000
 
 
 def test_play_refuses_what_it_would_silently_ignore(sample_bag, tmp_path, capsys):
@@ -1193,3 +1200,77 @@ def test_a_lone_mcap_file_plays_as_its_bag(sample_bag, tmp_path):
     lone = tmp_path / 'lone.mcap'
     shutil.copy(next(path.glob('*.mcap')), lone)
     assert BagPlayer(lone, rate=20.0).run().counts() == {VI: 10, IR: 10}
+
+
+@pytest.mark.dds
+def test_play_clock_advances_between_messages_for_a_sim_time_node(tmp_path):
+    """--clock: a node with use_sim_time sees its time advance between messages.
+
+    /clock was published with each message only: under a bag of 1 Hz frames the node's time
+    stood still for a second, then jumped. ``ros2 bag play --clock`` publishes it at 40 Hz.
+    """
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.parameter import Parameter
+    from rclpy.qos import QoSProfile
+    from sensor_msgs.msg import Image
+
+    bag = tmp_path / 'one_hz'
+    make_bag(SAMPLES, bag, rate=1.0, max_pairs=4, size=(64, 48), offset_ms=5.0)
+    first_ns = int(make_bag_tool.DEFAULT_START_TIME_S) * 10**9
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    node = rclpy.create_node('tarfuse_sim_time_probe', context=context,
+                             parameter_overrides=[Parameter('use_sim_time', value=True)])
+    received = []
+    node.create_subscription(Image, VI, lambda _msg: received.append(time.monotonic()),
+                             QoSProfile(depth=10))
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(node)
+    spinner = threading.Thread(target=executor.spin, daemon=True)
+    spinner.start()
+    player = subprocess.Popen(
+        [sys.executable, '-m', 'tarfuse_ros.tools.play_bag', str(bag), '--rate', '2',
+         '--wait-for-subscribers', '1', '--topics', VI, '--clock'],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    samples = []  # the node's time, every 10 ms
+    try:
+        while player.poll() is None:
+            samples.append(node.get_clock().now().nanoseconds)
+            time.sleep(0.01)
+        output, _ = player.communicate(timeout=30)
+    finally:
+        if player.poll() is None:
+            player.kill()
+            player.communicate()
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.shutdown(context=context)
+    assert player.returncode == 0, output
+    assert len(received) == 4, output
+    seen = [ns for ns in samples if ns >= first_ns]
+    assert seen == sorted(seen), 'the time never goes back in one round'
+    distinct = sorted(set(seen))
+    # 1.5 s of playback (3 s of bag time at rate 2): about 60 ticks at 40 Hz; with /clock at
+    # each message only, 4 times 1 s apart.
+    assert len(distinct) >= 20, distinct
+    steps = [(b - a) / 1e9 for a, b in zip(distinct, distinct[1:])]
+    assert max(steps) < 0.5, steps
+    assert distinct[0] - first_ns < 300_000_000 and distinct[-1] - first_ns >= 3 * 10**9 - 1
+
+
+def test_play_clock_rate_is_checked(sample_bag, capsys):
+    """--clock [HZ]: a rate that is not a positive number is refused, naming the option."""
+    path, _summary = sample_bag
+    for bad in (0.0, -40.0, float('nan'), float('inf')):
+        with pytest.raises(ValueError, match=r'--clock: the /clock rate must be a number > 0 Hz'):
+            BagPlayer(path, clock=bad)
+    assert BagPlayer(path, clock=True).clock_hz == 40.0  # as ros2 bag play --clock
+    assert BagPlayer(path, clock=100).clock_hz == 100.0
+    assert BagPlayer(path).clock_hz is None
+    with pytest.raises(SystemExit):
+        play_bag_tool.main(['--clock', str(path)])
+    err = capsys.readouterr().err
+    assert f'--clock: {str(path)!r} is not a rate in Hz' in err and 'before --clock' in err
+    assert play_bag_tool.main([str(path), '--clock', '0']) == 2
+    assert 'the /clock rate must be a number > 0 Hz, got 0' in capsys.readouterr().err
