@@ -241,6 +241,10 @@ class BagPlayer:
             if unknown:
                 raise ValueError(f'{name}: {", ".join(unknown)} not in the bag (it has '
                                  f'{", ".join(sorted(bag_topics))})')
+        left_out = [topic for topic in (remap or {}) if topics is not None and topic not in topics]
+        if left_out:  # its remap did nothing
+            raise ValueError(f'--remap: {", ".join(left_out)} is not played (--topics leaves it '
+                             'out); add it to --topics or drop its remap')
         for topic in (remap or {}).values():
             check_topic_name(topic, '--remap target')
         for item in record_topics:  # before rcl refuses it in run(), with a traceback

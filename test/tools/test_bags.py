@@ -631,6 +631,10 @@ def test_play_refuses_what_it_would_silently_ignore(sample_bag, tmp_path, capsys
                                              'which the player node publishes itself'):
             BagPlayer(path, remap={IR: reserved})
     assert BagPlayer(path, remap={IR: VI}, topics=[IR]).remap == {IR: VI}  # VI not played
+    # A remap of a topic --topics leaves out did nothing, without a word.
+    with pytest.raises(ValueError, match=rf'--remap: {IR} is not played \(--topics leaves it '
+                                         rf'out\); add it to --topics or drop its remap'):
+        BagPlayer(path, topics=[VI], remap={IR: '/thermal/image_raw'})
     assert BagPlayer(path, remap={IR: VI, VI: IR}).remap == {IR: VI, VI: IR}  # swapped
     # One source given twice: the first target was dropped without a word.
     assert play_bag_tool.main([str(path), '--remap', f'{IR}:=/a', f'{IR}:=/b']) == 2
