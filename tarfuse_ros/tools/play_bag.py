@@ -32,7 +32,7 @@ from tarfuse_ros.console import install_handler
 from tarfuse_ros.core.files import output_problem
 from tarfuse_ros.tools.bagio import (
     bag_folder_problem, check_topic_name, header_stamp_ns, jazzy_typestore, offered_qos,
-    open_writer, replace_header_stamp, type_has_header)
+    open_writer, replace_header_stamp, type_has_header, unfinished_mcap_problem)
 
 __all__ = ['BagPlayer', 'PlayError', 'PlayStats', 'build_parser', 'main', 'message_class']
 
@@ -166,6 +166,9 @@ def _bag_topics(bag):
         with Reader(bag) as reader:
             return {connection.topic for connection in reader.connections}
     except (ReaderError, yaml.YAMLError, OSError, KeyError, ValueError) as exc:
+        unfinished = unfinished_mcap_problem(bag)
+        if unfinished:
+            raise ValueError(unfinished) from None
         problem = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ValueError(f'{bag} cannot be read as a rosbag2 ({problem})') from None
 

@@ -1206,6 +1206,28 @@ def test_a_lone_mcap_file_plays_as_its_bag(sample_bag, tmp_path):
     assert BagPlayer(lone, rate=20.0).run().counts() == {VI: 10, IR: 10}
 
 
+def test_an_mcap_file_still_being_recorded_is_named_so(sample_bag, tmp_path, capsys):
+    """An MCAP file without its footer (being recorded, or cut short) is said to be one.
+
+    rosbags says only 'File end magic is invalid.' (or 'seems to be empty' for a file just
+    created), which names neither the cause nor what to do.
+    """
+    path, _summary = sample_bag
+    data = next(path.glob('*.mcap')).read_bytes()
+    (tmp_path / 'folder').mkdir()
+    for name, size in (('recording.mcap', len(data) // 2), ('just_begun.mcap', 0)):
+        (tmp_path / name).write_bytes(data[:size])
+        with pytest.raises(ValueError, match=rf'{name} is not a finished MCAP file \(still '
+                                             r'being recorded, or cut short\)'):
+            BagPlayer(tmp_path / name)
+    # A bag folder whose metadata names a file being written (as after a split).
+    shutil.copy(path / 'metadata.yaml', tmp_path / 'folder')
+    (tmp_path / 'folder' / next(path.glob('*.mcap')).name).write_bytes(data[:len(data) // 2])
+    assert play_bag_tool.main([str(tmp_path / 'folder')]) == 2
+    err = capsys.readouterr().err
+    assert 'is not a finished MCAP file' in err and 'mcap recover' in err, err
+
+
 @pytest.mark.dds
 def test_play_clock_advances_between_messages_for_a_sim_time_node(tmp_path):
     """--clock: a node with use_sim_time sees its time advance between messages.
