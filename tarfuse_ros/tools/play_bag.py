@@ -327,7 +327,7 @@ class BagPlayer:
         self._matched_events = True
         self._clock_pub = None
         self._clock_lock = threading.Lock()
-        self._clock_round = None  # (base_mono, bag time then, bag ns per s) of the round played
+        self._clock_round = None  # (base_mono, its time, ns per s, ns to the end) of the round
         self._clock_last = None  # the last /clock time published in this round
         self._clock_stop = threading.Event()
 
@@ -470,11 +470,8 @@ class BagPlayer:
                 self.stats.loops += 1
                 begun = True
                 if self._clock_pub is not None:  # /clock starts over from the round's start
-                    origin = base_wall_ns if self.restamp else start_ns
-                    with self._clock_lock:
-                        self._clock_round = (base_mono, origin,
-                                             1e9 if self.restamp else 1e9 * self.rate)
-                        self._clock_last = None
+                    self._start_clock_round(base_mono, restamped(start_ns) if self.restamp
+                                            else start_ns, reader.end_time - 1 - start_ns)
             data = bytes(data)
             stamp = None
             if type_has_header(self.typestore, connection.msgtype):
@@ -525,19 +522,32 @@ class BagPlayer:
                      f'acknowledged by its subscribers within {self.ack_timeout:g} s '
                      '(--ack-timeout)')
 
+    def _start_clock_round(self, base_mono, origin_ns, span_ns):
+        """Run /clock from ``origin_ns`` at ``base_mono`` for ``span_ns`` of bag time."""
+        with self._clock_lock:
+            # As the stamps: the bag's time, or with restamp the wall's, from origin_ns.
+            per_s, span = (1e9, span_ns / self.rate) if self.restamp else (1e9 * self.rate,
+                                                                           span_ns)
+            self._clock_round = (base_mono, origin_ns, per_s, max(0, int(span)))
+            self._clock_last = None
+
     def _publish_clock(self, time_ns=None):
         """Publish ``time_ns`` on /clock, or the playback's bag time now where None.
 
         Never a time before the last one of the round: a message published late comes after
-        the ticks of its time.
+        the ticks of its time. The playback's time is the round's bag time now, at most its
+        last message's.
         """
         from rosgraph_msgs.msg import Clock
         with self._clock_lock:
             if self._clock_round is None:
                 return
             if time_ns is None:
-                base_mono, origin_ns, ns_per_s = self._clock_round
-                time_ns = origin_ns + int((time.monotonic() - base_mono) * ns_per_s)
+                # Not past the round's last message (the time stands there until the next
+                # round): at a huge rate the time would run to the end of int32 seconds.
+                base_mono, origin_ns, per_s, span_ns = self._clock_round
+                elapsed_s = max(0.0, time.monotonic() - base_mono)
+                time_ns = origin_ns + int(min(elapsed_s * per_s, span_ns))
             if self._clock_last is not None:
                 time_ns = max(time_ns, self._clock_last)
             self._clock_last = time_ns
@@ -685,6 +695,10 @@ class BagPlayer:
             _last, stopped = self._play_once(
                 reader, connections, publishers, base_mono, base_wall_ns, end_mono)
             if stopped or not self.loop:
+                return
+            if end_mono is not None and time.monotonic() >= end_mono:
+                # At a huge rate the rounds are due one after the other, as good as no time
+                # apart, and none after end_mono: --duration is also the wall time played.
                 return
             if gap_ns is None:
                 gap_ns = self._frame_gap_ns(reader, connections)
