@@ -173,6 +173,9 @@ def replace_header_stamp(data, stamp_ns):
     """Return a copy of raw CDR ``data`` (first field a Header) with the stamp ``stamp_ns``."""
     if stamp_ns < 0:
         raise ValueError(f'stamp must be >= 0 ns, got {stamp_ns}')
+    if stamp_ns >= 2**31 * 1_000_000_000:  # struct.error, a traceback
+        raise ValueError(f'a stamp holds at most 2^31 - 1 s (2038-01-19), got '
+                         f'{stamp_ns // 1_000_000_000} s')
     out = bytearray(data)
     struct.pack_into(_endian(data) + 'iI', out, 4, *divmod(int(stamp_ns), 1_000_000_000))
     return bytes(out)

@@ -474,16 +474,19 @@ class BagPlayer:
                                             else start_ns, reader.end_time - 1 - start_ns)
             data = bytes(data)
             stamp = None
+            topic = self._names[connection.topic]
             if type_has_header(self.typestore, connection.msgtype):
                 stamp = header_stamp_ns(data)
-                if self.restamp:
+                # A zero stamp is none (a camera not synchronised yet): it stays one, for the
+                # node to refuse, and is no first stamp (the next were shifted past 2038).
+                if self.restamp and stamp:
                     # From the first stamp played, not the bag's start: a camera may stamp by
                     # its own clock (since boot: decades before the bag's times).
                     if self._first_stamp is None:
                         self._first_stamp = stamp
-                    stamp = restamped(stamp, self._first_stamp)
-                    data = replace_header_stamp(data, stamp)
-            topic = self._names[connection.topic]
+                    shifted = restamped(stamp, self._first_stamp)
+                    data = self._restamp(data, topic, stamp, shifted)
+                    stamp = shifted
             with self._lock:
                 if stamp is not None:
                     self._published_stamps.add(stamp)
@@ -493,6 +496,17 @@ class BagPlayer:
                 self.stats.published.append((topic, stamp, time.time_ns()))
             last = timestamp
         return last, False
+
+    def _restamp(self, data, topic, stamp, shifted):
+        """Return ``data`` stamped ``shifted``; PlayError where no stamp can hold it."""
+        try:
+            return replace_header_stamp(data, shifted)
+        except ValueError as error:  # a clock jump in the bag (decades), at a low --rate
+            raise PlayError(
+                f'--restamp: the {topic} message stamped {stamp // 10**9}.{stamp % 10**9:09d} s '
+                f'({(stamp - self._first_stamp) / 1e9:+.1f} s from the first stamp played) '
+                f'cannot be shifted to now at --rate {self.rate:g} ({error}); play it without '
+                '--restamp') from None
 
     def _wait_for_acks(self, publishers):
         """Wait until reliable subscribers acknowledged what was played (``ack_timeout`` s).

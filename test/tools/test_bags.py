@@ -528,6 +528,48 @@ def test_restamp_starts_at_now_though_the_camera_stamps_by_its_own_clock(sample_
                for stamp, original in zip(stamps, originals))
 
 
+def _restamped_bag(path, out, stamp_of):
+    """Write ``out``: the bag ``path`` with each header stamp ``stamp_of(index, stamp)``."""
+    typestore = jazzy_typestore()
+    writer = open_writer(out)
+    connections = {}
+    for index, (topic, msgtype, bag_ns, raw, _msg) in enumerate(read_messages(path)):
+        if topic not in connections:
+            connections[topic] = writer.add_connection(topic, msgtype, typestore=typestore)
+        writer.write(connections[topic], bag_ns,
+                     replace_header_stamp(raw, stamp_of(index, header_stamp_ns(raw))))
+    writer.close()
+
+
+@pytest.mark.dds
+def test_restamp_keeps_a_zero_stamp_and_names_a_stamp_it_cannot_shift(
+        sample_bag, tmp_path, capsys):
+    """--restamp with a camera's first frame unstamped (0), or a stamp jumping by decades.
+
+    The zero stamp was taken as the first stamp: the next ones, 1.7e9 s later, were shifted
+    past what a stamp holds (int32 seconds), a struct.error traceback.
+    """
+    path, _summary = sample_bag
+    _restamped_bag(path, tmp_path / 'zero', lambda index, stamp: 0 if index == 0 else stamp)
+    before = time.time_ns()
+    stats = BagPlayer(tmp_path / 'zero', rate=4.0, restamp=True).run()
+    stamps = [stamp for _topic, stamp, _wall in stats.published]
+    assert len(stamps) == 20 and stamps[0] == 0  # no stamp stays no stamp (the node refuses it)
+    originals = [header_stamp_ns(raw) for _t, _m, _b, raw, _msg in read_messages(path)]
+    assert before <= stamps[1] <= time.time_ns()
+    assert all(abs((stamp - stamps[1]) - (original - originals[1]) / 4.0) < 2
+               for stamp, original in zip(stamps[1:], originals[1:]))
+    # A stamp of 2038 (a clock jump): shifted to now at rate 0.2, it is past what stamps hold.
+    _restamped_bag(path, tmp_path / 'jump',
+                   lambda index, stamp: (2**31 - 1) * 10**9 if index == 1 else stamp)
+    code = play_bag_tool.main([str(tmp_path / 'jump'), '--rate', '0.2', '--restamp'])
+    err = capsys.readouterr().err
+    assert code == 2 and re.search(
+        rf'--restamp: the {IR} message stamped 2147483647.000000000 s \(\+447483647.0 s from '
+        r'the first stamp played\) cannot be shifted to now at --rate 0.2 \(.*\); play it '
+        r'without --restamp', err), err
+
+
 @pytest.mark.dds
 def test_play_cli_loops_and_fails_clearly_without_subscribers(sample_bag, tmp_path, capsys):
     path, _summary = sample_bag
