@@ -159,12 +159,15 @@ def _parse_remaps(remaps):
 
 
 def _bag_topics(bag):
-    """Return the topic names of a rosbag2 folder; ValueError naming why it cannot be read."""
+    """Return ``{topic: message count}`` of a rosbag2; ValueError naming why it is unreadable."""
     import yaml
     from rosbags.rosbag2 import ReaderError
     try:
         with Reader(bag) as reader:
-            return {connection.topic for connection in reader.connections}
+            counts = {}
+            for connection in reader.connections:
+                counts[connection.topic] = counts.get(connection.topic, 0) + connection.msgcount
+            return counts
     except (ReaderError, yaml.YAMLError, OSError, KeyError, ValueError) as exc:
         unfinished = unfinished_mcap_problem(bag)
         if unfinished:
@@ -244,6 +247,10 @@ class BagPlayer:
             if unknown:
                 raise ValueError(f'{name}: {", ".join(unknown)} not in the bag (it has '
                                  f'{", ".join(sorted(bag_topics))})')
+        played = [topic for topic in sorted(bag_topics) if topics is None or topic in topics]
+        if played and not any(bag_topics[topic] for topic in played):
+            # It published nothing and exited 0; with --loop it spun a core for ever.
+            raise ValueError(f'{bag} holds no message to play (on {", ".join(played)})')
         left_out = [topic for topic in (remap or {}) if topics is not None and topic not in topics]
         if left_out:  # its remap did nothing
             raise ValueError(f'--remap: {", ".join(left_out)} is not played (--topics leaves it '
@@ -706,9 +713,10 @@ class BagPlayer:
             base_wall_ns = time.time_ns() + int((base_mono - time.monotonic()) * 1e9)
             if not self.stats.started_ns:
                 self.stats.started_ns = base_wall_ns
+            rounds = self.stats.loops
             _last, stopped = self._play_once(
                 reader, connections, publishers, base_mono, base_wall_ns, end_mono)
-            if stopped or not self.loop:
+            if stopped or not self.loop or self.stats.loops == rounds:  # or nothing was played
                 return
             if end_mono is not None and time.monotonic() >= end_mono:
                 # At a huge rate the rounds are due one after the other, as good as no time

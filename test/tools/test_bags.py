@@ -1256,6 +1256,32 @@ def test_a_type_recorded_without_messages_is_not_the_one_played(tmp_path):
     assert said == []  # nothing left out
 
 
+@pytest.mark.parametrize('loop', [False, True])
+def test_a_bag_without_messages_to_play_is_refused(tmp_path, capsys, loop):
+    """A bag, or the topics chosen, without messages: said so, not 'published nothing'.
+
+    It exited 0 having published nothing; with --loop it spun a core at 100 % for ever.
+    """
+    typestore = jazzy_typestore()
+    writer = open_writer(tmp_path / 'one_camera')
+    writer.add_connection(IR, 'sensor_msgs/msg/Image', typestore=typestore,
+                          offered_qos_profiles=offered_qos())
+    camera = writer.add_connection(VI, 'sensor_msgs/msg/Image', typestore=typestore,
+                                   offered_qos_profiles=offered_qos())
+    writer.write(camera, 10**18, image_cdr(_read_sample_visible(), 'bgr8', 'camera', 10**18))
+    writer.close()
+    writer = open_writer(tmp_path / 'empty')
+    writer.add_connection(VI, 'sensor_msgs/msg/Image', typestore=typestore,
+                          offered_qos_profiles=offered_qos())
+    writer.close()
+    loop = ['--loop'] * loop
+    assert play_bag_tool.main([str(tmp_path / 'empty'), *loop]) == 2
+    assert capsys.readouterr().err == (f'tarfuse-play: error: {tmp_path / "empty"} holds no '
+                                       f'message to play (on {VI})\n')
+    assert play_bag_tool.main([str(tmp_path / 'one_camera'), '--topics', IR, *loop]) == 2
+    assert f'holds no message to play (on {IR})' in capsys.readouterr().err
+
+
 def _read_sample_visible():
     """Return the first sample visible image, 64x48 BGR."""
     return cv2.resize(cv2.imread(str(next((SAMPLES / 'vi').glob('*.jpg')))), (64, 48))
