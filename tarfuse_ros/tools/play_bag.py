@@ -611,6 +611,8 @@ class BagPlayer:
                     raise PlayError(f'no topics to play in {self.bag} '
                                     f'(bag has {sorted(c.topic for c in reader.connections)})')
                 connections = self._one_type_per_topic(connections)
+                classes = self._message_classes(connections)
+                connections = [c for c in connections if c.topic in classes]
                 qos = _qos(self.qos_reliability, 10)
                 publishers = {}
                 for connection in connections:
@@ -620,8 +622,7 @@ class BagPlayer:
                             matched=lambda status, t=topic: self._on_matched(t, status)
                         ) if self._matched_events else None
                         publishers[connection.topic] = node.create_publisher(
-                            message_class(connection.msgtype), topic, qos,
-                            event_callbacks=events)
+                            classes[connection.topic], topic, qos, event_callbacks=events)
                 specs = self._record_specs(node) if self.record is not None else []
                 if specs:
                     self._writer = open_writer(self.record)
@@ -702,6 +703,27 @@ class BagPlayer:
                 self.log(f'tarfuse-play: {topic} has two message types in the bag: its {count} '
                          f'{msgtype} message(s) are left out, the {chosen[topic]} ones played')
         return [c for c in connections if c.msgtype == chosen[c.topic]]
+
+    def _message_classes(self, connections):
+        """Return ``{bag topic: rclpy message class}`` of the topics whose type is installed.
+
+        A topic of a type not installed here (a robot's own messages) is left out, saying so,
+        as ``ros2 bag play`` does: it stopped the whole playback. One named in --topics, or
+        every topic, is a PlayError.
+        """
+        classes, missing = {}, {}
+        for connection in connections:
+            try:
+                classes[connection.topic] = message_class(connection.msgtype)
+            except ValueError as error:
+                missing[connection.topic] = str(error)
+        named = [topic for topic in missing if self.topics is not None]
+        if named or not classes:
+            topic = (named or sorted(missing))[0]
+            raise PlayError(f'{"--topics: " if named else ""}{topic}: {missing[topic]}')
+        for topic, problem in sorted(missing.items()):
+            self.log(f'tarfuse-play: {topic} left out: {problem}')
+        return classes
 
     def _play(self, reader, connections, publishers):
         first_mono = time.monotonic()

@@ -1282,6 +1282,38 @@ def test_a_bag_without_messages_to_play_is_refused(tmp_path, capsys, loop):
     assert f'holds no message to play (on {IR})' in capsys.readouterr().err
 
 
+@pytest.mark.dds
+def test_a_topic_of_a_type_not_installed_is_left_out_saying_so(tmp_path):
+    """A robot's bag holds topics of its own message types: the others play, as ros2 bag play.
+
+    The whole playback stopped on the first of them ('not importable here'), so every other
+    topic had to be listed in --topics.
+    """
+    from rosbags.typesys import get_types_from_msg
+    typestore = jazzy_typestore()
+    typestore.register(get_types_from_msg('int32 speed', 'tarfuse_robot_msgs/msg/Wheel'))
+    writer = open_writer(tmp_path / 'robot')
+    wheel = writer.add_connection('/wheel', 'tarfuse_robot_msgs/msg/Wheel', typestore=typestore,
+                                  offered_qos_profiles=offered_qos())
+    camera = writer.add_connection(VI, 'sensor_msgs/msg/Image', typestore=typestore,
+                                   offered_qos_profiles=offered_qos())
+    speed = typestore.types['tarfuse_robot_msgs/msg/Wheel'](speed=3)
+    for k in range(3):
+        stamp = 10**18 + k * 50_000_000
+        writer.write(wheel, stamp, typestore.serialize_cdr(speed, 'tarfuse_robot_msgs/msg/Wheel'))
+        writer.write(camera, stamp, image_cdr(_read_sample_visible(), 'bgr8', 'camera', stamp))
+    writer.close()
+    said = []
+    stats = BagPlayer(tmp_path / 'robot', rate=10.0, log=said.append).run()
+    assert stats.counts() == {VI: 3}
+    assert len(said) == 1 and said[0].startswith(
+        'tarfuse-play: /wheel left out: message type tarfuse_robot_msgs/msg/Wheel is not '
+        'importable here'), said
+    with pytest.raises(PlayError, match=r'--topics: /wheel: message type '
+                                        r'tarfuse_robot_msgs/msg/Wheel is not importable here'):
+        BagPlayer(tmp_path / 'robot', topics=['/wheel', VI]).run()
+
+
 def _read_sample_visible():
     """Return the first sample visible image, 64x48 BGR."""
     return cv2.resize(cv2.imread(str(next((SAMPLES / 'vi').glob('*.jpg')))), (64, 48))
