@@ -657,6 +657,8 @@ class BagPlayer:
             self._linger()
         except KeyboardInterrupt:
             self.stats.interrupted = True
+            # Before anything was played or recorded (waiting for the node): as a failed start.
+            failed_start = not self.stats.published and not self.stats.received
         except PlayError:
             # Nothing played (no subscribers in time): the empty recording refused the rerun
             # of the same command ('exists already').
@@ -894,7 +896,9 @@ def main(argv=None):
     published = ', '.join(f'{t}: {n}' for t, n in sorted(stats.counts('published').items()))
     interrupted = ', interrupted' if stats.interrupted else ''
     print(f'published {published or "nothing"} ({stats.loops} round(s){interrupted})')
-    if args.record is not None:
+    if args.record is not None and not args.record.exists():
+        print(f'nothing recorded ({args.record} not written)')
+    elif args.record is not None:
         received = ', '.join(f'{t}: {n}' for t, n in sorted(stats.counts('received').items()))
         print(f'recorded to {args.record}: {received or "nothing"}')
     return 130 if stats.interrupted else 0

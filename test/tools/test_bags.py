@@ -1125,6 +1125,32 @@ def test_a_failed_start_leaves_no_recorded_bag_to_refuse_the_next_run(
         assert not record.exists()
 
 
+@pytest.mark.dds
+def test_ctrl_c_before_anything_played_leaves_no_recorded_bag(sample_bag, tmp_path):
+    """Ctrl-C while waiting for the node: as a failed start, no empty bag refuses the rerun."""
+    path, _summary = sample_bag
+    record = tmp_path / 'out_bag'
+    player = subprocess.Popen(
+        [sys.executable, '-m', 'tarfuse_ros.tools.play_bag', str(path), '--topics', VI,
+         '--remap', f'{VI}:=/nobody/listens', '--wait-for-subscribers', '1', '--record',
+         str(record), '--record-topics', '/diagnostics'],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not record.exists() and time.monotonic() < deadline:  # recording, waiting
+            time.sleep(0.05)
+        time.sleep(0.5)
+        player.send_signal(signal.SIGINT)
+        output, _ = player.communicate(timeout=30)
+    finally:
+        player.kill()
+        player.communicate()
+    assert player.returncode == 130 and 'Traceback' not in output, output
+    assert 'published nothing (0 round(s), interrupted)' in output
+    assert f'nothing recorded ({record} not written)' in output
+    assert not record.exists(), output
+
+
 def test_make_bag_names_the_option_of_a_negative_seed(tmp_path, capsys):
     # Found by a break test: numpy's 'expected non-negative integer' was the whole message.
     out = tmp_path / 'seeded'
