@@ -756,7 +756,9 @@ class BagPlayer:
         stamps = {}
         for connection, timestamp, _data in reader.messages(connections=connections):
             stamps.setdefault(connection.topic, []).append(timestamp)
-        gaps = [b - a for times in stamps.values() for a, b in zip(times, times[1:])]
+        # Gaps of 0 (messages of one time) are none: rounds 0 s apart went as fast as the
+        # machine could, for ever.
+        gaps = [b - a for times in stamps.values() for a, b in zip(times, times[1:]) if b > a]
         return int(statistics.median(gaps)) if gaps else 100_000_000
 
     def _linger(self):

@@ -1037,6 +1037,25 @@ def test_loop_counts_no_round_that_duration_ends_before_its_first_message(sample
 
 
 @pytest.mark.dds
+def test_a_loop_of_messages_all_at_one_time_goes_at_the_default_period(tmp_path):
+    """A bag whose messages share one time (a pair, twice): one round every 0.1 s.
+
+    The period between rounds was the median gap between a topic's messages: 0 here, so the
+    rounds followed one another as fast as the machine went (26096 in 1 s).
+    """
+    typestore = jazzy_typestore()
+    writer = open_writer(tmp_path / 'one_time')
+    camera = writer.add_connection(VI, 'sensor_msgs/msg/Image', typestore=typestore,
+                                   offered_qos_profiles=offered_qos())
+    for _copy in range(2):
+        writer.write(camera, 10**18, image_cdr(_read_sample_visible(), 'bgr8', 'camera', 10**18))
+    writer.close()
+    stats = BagPlayer(tmp_path / 'one_time', loop=True, duration=0.95).run()
+    # 10 rounds (at 0, 0.1, ... 0.9 s); 9 where the machine stalled past 0.95 s in the 9th.
+    assert stats.loops in (9, 10) and stats.counts() == {VI: 2 * stats.loops}
+
+
+@pytest.mark.dds
 @pytest.mark.parametrize('clock', [[], ['--clock']])
 def test_a_huge_rate_in_a_loop_stops_at_duration(sample_bag, clock):
     """--loop --duration at a huge --rate: it stops after --duration s of the wall clock.
