@@ -159,7 +159,10 @@ def _parse_remaps(remaps):
 
 
 def _bag_topics(bag):
-    """Return ``{topic: message count}`` of a rosbag2; ValueError naming why it is unreadable."""
+    """Return ``({topic: message count}, bag length in ns)`` of a rosbag2.
+
+    Raises ValueError naming why the bag cannot be read.
+    """
     import yaml
     from rosbags.rosbag2 import ReaderError
     try:
@@ -167,7 +170,7 @@ def _bag_topics(bag):
             counts = {}
             for connection in reader.connections:
                 counts[connection.topic] = counts.get(connection.topic, 0) + connection.msgcount
-            return counts
+            return counts, max(0, reader.end_time - 1 - reader.start_time)
     except (ReaderError, yaml.YAMLError, OSError, KeyError, ValueError) as exc:
         unfinished = unfinished_mcap_problem(bag)
         if unfinished:
@@ -185,6 +188,8 @@ class BagPlayer:
 
     Parameters: ``rate`` (time factor, 2 = twice as fast), ``loop`` (repeat until
     ``duration`` or Ctrl-C), ``start_delay`` (s, after waiting for subscribers),
+    ``start_offset`` (s of bag time to leave out at the start of each round, as
+    ``ros2 bag play --start-offset``),
     ``duration`` (s of playback, None = the whole bag), ``wait_for_subscribers`` (wait until
     every played topic has that many matched subscribers, at most ``wait_timeout`` s, then
     ``settle`` s more so the subscribers' side has matched too), ``topics``
@@ -205,7 +210,8 @@ class BagPlayer:
     default).
     """
 
-    def __init__(self, bag, *, rate=1.0, loop=False, start_delay=0.0, duration=None,
+    def __init__(self, bag, *, rate=1.0, loop=False, start_delay=0.0, start_offset=0.0,
+                 duration=None,
                  wait_for_subscribers=0, wait_timeout=60.0, topics=None, remap=None,
                  restamp=False, qos_reliability='reliable', record=None, record_topics=(),
                  record_reliability='reliable', linger=2.0, max_linger=30.0,
@@ -213,7 +219,8 @@ class BagPlayer:
                  log=None, clock=False, ack_timeout=5.0):
         if not (rate > 0 and math.isfinite(rate)):
             raise ValueError(f'rate must be a finite factor > 0, got {rate}')
-        for name, value in (('start_delay', start_delay), ('wait_timeout', wait_timeout),
+        for name, value in (('start_delay', start_delay), ('start_offset', start_offset),
+                            ('wait_timeout', wait_timeout),
                             ('settle', settle), ('ack_timeout', ack_timeout),
                             ('linger', linger), ('max_linger', max_linger)):
             if not value >= 0:  # NaN too: every comparison with it is false
@@ -240,7 +247,10 @@ class BagPlayer:
             raise ValueError('--record needs --record-topics')
         if record is None and record_topics:
             raise ValueError('--record-topics needs --record (the bag to record them to)')
-        bag_topics = _bag_topics(self.bag)
+        bag_topics, length_ns = _bag_topics(self.bag)
+        if start_offset * 1e9 > length_ns:
+            raise ValueError(f'--start-offset {start_offset:g} s is past the end of the bag '
+                             f'(its last message is {length_ns / 1e9:.3f} s after its first)')
         for name, given in (('--topics', list(topics or ())),
                             ('--remap', list((remap or {}).keys()))):
             unknown = [topic for topic in given if topic not in bag_topics]
@@ -300,6 +310,7 @@ class BagPlayer:
                              f'{target}, one stream of both; remap them apart, or leave one '
                              f'out with --topics{clock_too}')
         self.rate, self.loop, self.start_delay, self.duration = rate, loop, start_delay, duration
+        self.start_offset = start_offset
         self.wait_for_subscribers, self.wait_timeout = wait_for_subscribers, wait_timeout
         self.settle, self.ack_timeout = settle, ack_timeout
         self.topics = None if topics is None else set(topics)
@@ -459,14 +470,15 @@ class BagPlayer:
     # -- playback ---------------------------------------------------------------------------
     def _play_once(self, reader, connections, publishers, base_mono, base_wall_ns, end_mono):
         """Publish every message once; return (last bag time, True if stopped early)."""
-        start_ns = reader.start_time
+        start_ns = self._start_ns(reader)
         last = start_ns
         begun = False
 
         def restamped(time_ns, first_ns=start_ns):  # -> playback time (offsets scaled)
             return base_wall_ns + int((time_ns - first_ns) / self.rate)
 
-        for connection, timestamp, data in reader.messages(connections=connections):
+        for connection, timestamp, data in reader.messages(connections=connections,
+                                                           start=start_ns):
             target = base_mono + (timestamp - start_ns) / 1e9 / self.rate
             if end_mono is not None and target > end_mono:
                 return last, True
@@ -613,6 +625,11 @@ class BagPlayer:
                 connections = self._one_type_per_topic(connections)
                 classes = self._message_classes(connections)
                 connections = [c for c in connections if c.topic in classes]
+                if self.start_offset and next(reader.messages(
+                        connections=connections, start=self._start_ns(reader)), None) is None:
+                    raise PlayError(f'no message of {", ".join(sorted(classes))} comes '
+                                    f'--start-offset {self.start_offset:g} s or later into '
+                                    f'the bag')
                 qos = _qos(self.qos_reliability, 10)
                 publishers = {}
                 for connection in connections:
@@ -727,11 +744,15 @@ class BagPlayer:
             self.log(f'tarfuse-play: {topic} left out: {problem}')
         return classes
 
+    def _start_ns(self, reader):
+        """Return the bag time each round starts at (``start_offset`` after the bag's start)."""
+        return reader.start_time + int(self.start_offset * 1e9)
+
     def _play(self, reader, connections, publishers):
         first_mono = time.monotonic()
         end_mono = None if self.duration is None else first_mono + self.duration
         base_mono = first_mono
-        span_ns = reader.end_time - reader.start_time if reader.message_count > 1 else 0
+        span_ns = reader.end_time - self._start_ns(reader) if reader.message_count > 1 else 0
         gap_ns = None
         while True:
             base_wall_ns = time.time_ns() + int((base_mono - time.monotonic()) * 1e9)
@@ -785,6 +806,8 @@ def build_parser():
     parser.add_argument('--loop', action='store_true', help='repeat until --duration or Ctrl-C')
     parser.add_argument('--start-delay', type=float, default=0.0,
                         help='seconds to wait before the first message')
+    parser.add_argument('--start-offset', type=float, default=0.0, metavar='SECONDS',
+                        help='start this many seconds (of bag time) into the bag, each round')
     parser.add_argument('--duration', type=float, default=None,
                         help='stop after this many seconds of playback')
     parser.add_argument('--wait-for-subscribers', type=int, default=0, metavar='N',
@@ -875,6 +898,7 @@ def main(argv=None):
             raise ValueError(f'--stats {str(args.stats)!r}: {problem}; write it beside the bag')
         player = BagPlayer(
             args.bag, rate=args.rate, loop=args.loop, start_delay=args.start_delay,
+            start_offset=args.start_offset,
             duration=args.duration, wait_for_subscribers=args.wait_for_subscribers,
             wait_timeout=args.wait_timeout, settle=args.settle, ack_timeout=args.ack_timeout,
             topics=args.topics,

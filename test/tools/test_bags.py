@@ -1037,6 +1037,31 @@ def test_loop_counts_no_round_that_duration_ends_before_its_first_message(sample
 
 
 @pytest.mark.dds
+def test_start_offset_leaves_out_the_bags_start_each_round(sample_bag, capsys):
+    """--start-offset S: as ros2 bag play's, from S s into the bag; past its end: refused."""
+    path, _summary = sample_bag
+    first = int(make_bag_tool.DEFAULT_START_TIME_S) * 10**9
+    stats = BagPlayer(path, start_offset=0.2, loop=True, duration=0.58).run()
+    # Each round: the pairs from 0.2 s on (6 of 10), the first due at once; the second round
+    # at 0.305 s (the 0.255 s left of the bag and a frame), its last at 0.56 s.
+    assert stats.loops == 2 and stats.counts() == {VI: 12, IR: 12}
+    stamps = [stamp for _topic, stamp, _wall in stats.published]
+    assert stamps[0] == first + 200_000_000 and stamps[12] == stamps[0]
+    assert (stats.published[0][2] - stats.started_ns) / 1e9 < 0.05
+    code = play_bag_tool.main([str(path), '--start-offset', '0.5'])
+    assert code == 2 and capsys.readouterr().err == (
+        'tarfuse-play: error: --start-offset 0.5 s is past the end of the bag (its last '
+        'message is 0.454 s after its first)\n')
+    for bad in ('-1', 'nan'):
+        assert play_bag_tool.main([str(path), '--start-offset', bad]) == 2
+        assert 'start_offset must be >= 0' in capsys.readouterr().err
+    # Past the last message of the topics played, though not of the bag.
+    with pytest.raises(PlayError, match=rf'no message of {VI} comes --start-offset 0.452 s or '
+                                        'later into the bag'):
+        BagPlayer(path, topics=[VI], start_offset=0.452).run()
+
+
+@pytest.mark.dds
 def test_a_loop_of_messages_all_at_one_time_goes_at_the_default_period(tmp_path):
     """A bag whose messages share one time (a pair, twice): one round every 0.1 s.
 
