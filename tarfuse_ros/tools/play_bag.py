@@ -136,13 +136,30 @@ def takes_matched(callbacks_class):
         return False
 
 
-def _qos(reliability, depth):
-    from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+def _qos(reliability, depth, transient_local=False):
+    from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
     if reliability not in ('reliable', 'best_effort'):
         raise ValueError(f'QoS reliability must be reliable or best_effort, got {reliability!r}')
     policy = ReliabilityPolicy.RELIABLE if reliability == 'reliable' \
         else ReliabilityPolicy.BEST_EFFORT
-    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth, reliability=policy)
+    durability = DurabilityPolicy.TRANSIENT_LOCAL if transient_local \
+        else DurabilityPolicy.VOLATILE
+    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth, reliability=policy,
+                      durability=durability)
+
+
+def _recorded_transient_local(connections, topic):
+    """Return whether every publisher recorded on ``topic`` offered transient local.
+
+    As ``ros2 bag play`` adapts to the recorded offers: a latched topic (/tf_static) played
+    volatile matched no subscriber asking for transient local (tf2's). Offers mixed, or not
+    recorded, are volatile.
+    """
+    from rosbags.interfaces import QosDurability
+    offers = [offer for c in connections if c.topic == topic
+              for offer in (getattr(c.ext, 'offered_qos_profiles', None) or [])]
+    return bool(offers) and all(getattr(offer, 'durability', None)
+                                == QosDurability.TRANSIENT_LOCAL for offer in offers)
 
 
 def _parse_remaps(remaps):
@@ -630,7 +647,6 @@ class BagPlayer:
                     raise PlayError(f'no message of {", ".join(sorted(classes))} comes '
                                     f'--start-offset {self.start_offset:g} s or later into '
                                     f'the bag')
-                qos = _qos(self.qos_reliability, 10)
                 publishers = {}
                 for connection in connections:
                     if connection.topic not in publishers:
@@ -638,6 +654,8 @@ class BagPlayer:
                         events = publisher_events(
                             matched=lambda status, t=topic: self._on_matched(t, status)
                         ) if self._matched_events else None
+                        qos = _qos(self.qos_reliability, 10, _recorded_transient_local(
+                            connections, connection.topic))
                         publishers[connection.topic] = node.create_publisher(
                             classes[connection.topic], topic, qos, event_callbacks=events)
                 specs = self._record_specs(node) if self.record is not None else []

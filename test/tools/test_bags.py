@@ -1384,6 +1384,50 @@ def test_a_topic_of_a_type_not_installed_is_left_out_saying_so(tmp_path):
         BagPlayer(tmp_path / 'robot', topics=['/wheel', VI]).run()
 
 
+@pytest.mark.dds
+def test_a_topic_recorded_transient_local_is_played_so(tmp_path):
+    """A latched topic (/tf_static, a camera_info) is offered transient local, as recorded.
+
+    The player offered every topic volatile: a subscriber asking for transient local (tf2's
+    on /tf_static) was incompatible and never got a message. ros2 bag play offers what the
+    recording's publishers offered.
+    """
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+    from rosbags.interfaces import QosDurability
+    from sensor_msgs.msg import Image
+
+    typestore = jazzy_typestore()
+    latched = [offered_qos()[0]._replace(durability=QosDurability.TRANSIENT_LOCAL)]
+    writer = open_writer(tmp_path / 'latched')
+    camera = writer.add_connection(VI, 'sensor_msgs/msg/Image', typestore=typestore,
+                                   offered_qos_profiles=latched)
+    writer.write(camera, 10**18, image_cdr(_read_sample_visible(), 'bgr8', 'camera', 10**18))
+    writer.close()
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    node = rclpy.create_node('tarfuse_latched_listener', context=context)
+    received = []
+    node.create_subscription(Image, VI, received.append, QoSProfile(
+        depth=1, reliability=ReliabilityPolicy.RELIABLE,
+        durability=DurabilityPolicy.TRANSIENT_LOCAL))
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(node)
+    spinner = threading.Thread(target=executor.spin, daemon=True)
+    spinner.start()
+    try:
+        stats = BagPlayer(tmp_path / 'latched', wait_for_subscribers=1, wait_timeout=5.0).run()
+        deadline = time.monotonic() + 10
+        while not received and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.shutdown(context=context)
+    assert stats.counts() == {VI: 1} and len(received) == 1
+
+
 def _read_sample_visible():
     """Return the first sample visible image, 64x48 BGR."""
     return cv2.resize(cv2.imread(str(next((SAMPLES / 'vi').glob('*.jpg')))), (64, 48))
