@@ -228,8 +228,7 @@ class BagPlayer:
     """
 
     def __init__(self, bag, *, rate=1.0, loop=False, start_delay=0.0, start_offset=0.0,
-                 duration=None,
-                 wait_for_subscribers=0, wait_timeout=60.0, topics=None, remap=None,
+                 duration=None, wait_for_subscribers=0, wait_timeout=60.0, topics=None, remap=None,
                  restamp=False, qos_reliability='reliable', record=None, record_topics=(),
                  record_reliability='reliable', linger=2.0, max_linger=30.0,
                  settle=0.5, domain_id=None, node_name='tarfuse_player', should_abort=None,
@@ -237,9 +236,9 @@ class BagPlayer:
         if not (rate > 0 and math.isfinite(rate)):
             raise ValueError(f'rate must be a finite factor > 0, got {rate}')
         for name, value in (('start_delay', start_delay), ('start_offset', start_offset),
-                            ('wait_timeout', wait_timeout),
-                            ('settle', settle), ('ack_timeout', ack_timeout),
-                            ('linger', linger), ('max_linger', max_linger)):
+                            ('wait_timeout', wait_timeout), ('settle', settle),
+                            ('ack_timeout', ack_timeout), ('linger', linger),
+                            ('max_linger', max_linger)):
             if not value >= 0:  # NaN too: every comparison with it is false
                 raise ValueError(f'{name} must be >= 0, got {value}')
         if duration is not None and not duration > 0:  # NaN played the bag whole, or forever
