@@ -1514,10 +1514,10 @@ def test_play_clock_advances_between_messages_for_a_sim_time_node(tmp_path):
     assert seen == sorted(seen), 'the time never goes back in one round'
     distinct = sorted(set(seen))
     # 1.5 s of playback (3 s of bag time at rate 2): about 60 ticks at 40 Hz; with /clock at
-    # each message only, 4 times 1 s apart.
-    assert len(distinct) >= 20, distinct
+    # each message only, 4 times 1 s apart. (Margins for a loaded machine's stalls.)
+    assert len(distinct) >= 12, distinct
     steps = [(b - a) / 1e9 for a, b in zip(distinct, distinct[1:])]
-    assert max(steps) < 0.5, steps
+    assert max(steps) < 0.75, steps
     assert distinct[0] - first_ns < 300_000_000 and distinct[-1] - first_ns >= 3 * 10**9 - 1
 
 
