@@ -1047,7 +1047,7 @@ def test_start_offset_leaves_out_the_bags_start_each_round(sample_bag, capsys):
     assert stats.loops == 2 and stats.counts() == {VI: 12, IR: 12}
     stamps = [stamp for _topic, stamp, _wall in stats.published]
     assert stamps[0] == first + 200_000_000 and stamps[12] == stamps[0]
-    assert (stats.published[0][2] - stats.started_ns) / 1e9 < 0.05
+    assert (stats.published[0][2] - stats.started_ns) / 1e9 < 0.15  # not 0.2 s in
     code = play_bag_tool.main([str(path), '--start-offset', '0.5'])
     assert code == 2 and capsys.readouterr().err == (
         'tarfuse-play: error: --start-offset 0.5 s is past the end of the bag (its last '
