@@ -855,8 +855,9 @@ def build_parser():
                         help='stop recording at most this many seconds after playback')
     parser.add_argument('--clock', type=_clock_rate, nargs='?', const=DEFAULT_CLOCK_HZ,
                         default=None, metavar='HZ',
-                        help='publish /clock with the bag time, HZ times a second and before '
-                             'each message (for nodes with use_sim_time true)')
+                        help='publish /clock with the bag time, HZ times a second (40 where '
+                             'no HZ is given, as ros2 bag play --clock) and before each message, '
+                             'for nodes with use_sim_time true')
     parser.add_argument('--stats', type=Path, default=None,
                         help='write published/received stamps and times to this JSON file')
     return parser
