@@ -30,6 +30,7 @@ __all__ = [
     'read_messages',
     'replace_header_stamp',
     'type_has_header',
+    'unfinished_mcap_problem',
 ]
 
 # rosbag2 metadata version 8 (QoS profiles as a YAML string) is read by Humble and Jazzy alike.
@@ -83,6 +84,35 @@ def bag_folder_problem(path):
     if bags:
         return f'{path} is not a bag but holds {len(bags)}: give one of them ({bags[0]}, ...)'
     return f'{path} is not a rosbag2 bag folder (no metadata.yaml in it)'
+
+
+# The magic bytes an MCAP file starts and ends with (the end ones come with its footer).
+_MCAP_MAGIC = b'\x89MCAP0\r\n'
+
+
+def unfinished_mcap_problem(path):
+    """Return why the bag ``path`` cannot be read if an MCAP file of it is unfinished, or None.
+
+    A recorder writes an MCAP file's footer when it closes it: a file still being recorded, or
+    cut short (a recorder killed, a full disk), has none, and rosbags said only 'File end magic
+    is invalid.' (or 'seems to be empty' for one just created).
+    """
+    path = Path(path)
+    files = sorted(path.glob('*.mcap')) if path.is_dir() else [path]
+    for file in (file for file in files if file.suffix == '.mcap'):
+        try:
+            with open(file, 'rb') as stream:
+                size = stream.seek(0, 2)
+                stream.seek(max(0, size - len(_MCAP_MAGIC)))
+                finished = stream.read() == _MCAP_MAGIC
+        except OSError:
+            continue
+        if not finished:
+            name = file if file == path else f'{path}: its file {file.name}'
+            return (f'{name} is not a finished MCAP file (still being recorded, or cut '
+                    'short): play it once the recording has ended; `mcap recover` rebuilds the '
+                    'messages of one cut short')
+    return None
 
 
 def _vision_msgs_dirs():
@@ -143,6 +173,9 @@ def replace_header_stamp(data, stamp_ns):
     """Return a copy of raw CDR ``data`` (first field a Header) with the stamp ``stamp_ns``."""
     if stamp_ns < 0:
         raise ValueError(f'stamp must be >= 0 ns, got {stamp_ns}')
+    if stamp_ns >= 2**31 * 1_000_000_000:  # struct.error, a traceback
+        raise ValueError(f'a stamp holds at most 2^31 - 1 s (2038-01-19), got '
+                         f'{stamp_ns // 1_000_000_000} s')
     out = bytearray(data)
     struct.pack_into(_endian(data) + 'iI', out, 4, *divmod(int(stamp_ns), 1_000_000_000))
     return bytes(out)

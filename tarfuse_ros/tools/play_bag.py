@@ -32,7 +32,7 @@ from tarfuse_ros.console import install_handler
 from tarfuse_ros.core.files import output_problem
 from tarfuse_ros.tools.bagio import (
     bag_folder_problem, check_topic_name, header_stamp_ns, jazzy_typestore, offered_qos,
-    open_writer, replace_header_stamp, type_has_header)
+    open_writer, replace_header_stamp, type_has_header, unfinished_mcap_problem)
 
 __all__ = ['BagPlayer', 'PlayError', 'PlayStats', 'build_parser', 'main', 'message_class']
 
@@ -45,6 +45,10 @@ KNOWN_TYPES = {
     'label_info': 'vision_msgs/msg/LabelInfo',
     'diagnostics': 'diagnostic_msgs/msg/DiagnosticArray',
 }
+
+
+# /clock rate of --clock without a value (Hz), as ros2 bag play --clock.
+DEFAULT_CLOCK_HZ = 40.0
 
 
 class PlayError(RuntimeError):
@@ -132,13 +136,30 @@ def takes_matched(callbacks_class):
         return False
 
 
-def _qos(reliability, depth):
-    from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+def _qos(reliability, depth, transient_local=False):
+    from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
     if reliability not in ('reliable', 'best_effort'):
         raise ValueError(f'QoS reliability must be reliable or best_effort, got {reliability!r}')
     policy = ReliabilityPolicy.RELIABLE if reliability == 'reliable' \
         else ReliabilityPolicy.BEST_EFFORT
-    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth, reliability=policy)
+    durability = DurabilityPolicy.TRANSIENT_LOCAL if transient_local \
+        else DurabilityPolicy.VOLATILE
+    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth, reliability=policy,
+                      durability=durability)
+
+
+def _recorded_transient_local(connections, topic):
+    """Return whether every publisher recorded on ``topic`` offered transient local.
+
+    As ``ros2 bag play`` adapts to the recorded offers: a latched topic (/tf_static) played
+    volatile matched no subscriber asking for transient local (tf2's). Offers mixed, or not
+    recorded, are volatile.
+    """
+    from rosbags.interfaces import QosDurability
+    offers = [offer for c in connections if c.topic == topic
+              for offer in (getattr(c.ext, 'offered_qos_profiles', None) or [])]
+    return bool(offers) and all(getattr(offer, 'durability', None)
+                                == QosDurability.TRANSIENT_LOCAL for offer in offers)
 
 
 def _parse_remaps(remaps):
@@ -155,13 +176,22 @@ def _parse_remaps(remaps):
 
 
 def _bag_topics(bag):
-    """Return the topic names of a rosbag2 folder; ValueError naming why it cannot be read."""
+    """Return ``({topic: message count}, bag length in ns)`` of a rosbag2.
+
+    Raises ValueError naming why the bag cannot be read.
+    """
     import yaml
     from rosbags.rosbag2 import ReaderError
     try:
         with Reader(bag) as reader:
-            return {connection.topic for connection in reader.connections}
+            counts = {}
+            for connection in reader.connections:
+                counts[connection.topic] = counts.get(connection.topic, 0) + connection.msgcount
+            return counts, max(0, reader.end_time - 1 - reader.start_time)
     except (ReaderError, yaml.YAMLError, OSError, KeyError, ValueError) as exc:
+        unfinished = unfinished_mcap_problem(bag)
+        if unfinished:
+            raise ValueError(unfinished) from None
         problem = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ValueError(f'{bag} cannot be read as a rosbag2 ({problem})') from None
 
@@ -175,6 +205,8 @@ class BagPlayer:
 
     Parameters: ``rate`` (time factor, 2 = twice as fast), ``loop`` (repeat until
     ``duration`` or Ctrl-C), ``start_delay`` (s, after waiting for subscribers),
+    ``start_offset`` (s of bag time to leave out at the start of each round, as
+    ``ros2 bag play --start-offset``),
     ``duration`` (s of playback, None = the whole bag), ``wait_for_subscribers`` (wait until
     every played topic has that many matched subscribers, at most ``wait_timeout`` s, then
     ``settle`` s more so the subscribers' side has matched too), ``topics``
@@ -185,29 +217,37 @@ class BagPlayer:
     ``record_topics`` (names, ``name:pkg/msg/Type`` to give a type), ``linger`` (s to keep
     recording after the last answer to a published input arrived), ``max_linger`` (cap),
     ``domain_id`` (ROS domain, None = $ROS_DOMAIN_ID), ``should_abort`` (callable returning a
-    reason string to stop early, e.g. a dead node), ``clock`` (publish ``/clock``, the bag time
-    of each message as it is played, shifted to 'now' as the stamps with ``restamp``, for
-    nodes with ``use_sim_time``; as ``ros2 bag play --clock``, which publishes it at a fixed
-    rate instead), ``ack_timeout`` (s: after the last message, wait until the reliable
-    subscribers acknowledged every message, at most this long, before the publishers are
-    destroyed; 0 = not at all; ``ros2 bag play --wait-for-all-acked`` is off by default).
+    reason string to stop early, e.g. a dead node), ``clock`` (publish ``/clock`` for nodes
+    with ``use_sim_time``, at this rate in Hz, True for 40 as ``ros2 bag play --clock``: the
+    playback's bag time, running at ``rate`` from the first message of each round, and each
+    message's bag time just before it is published, shifted to 'now' as the stamps with
+    ``restamp``; False or None: no /clock), ``ack_timeout`` (s: after the last message, wait
+    until the reliable subscribers acknowledged every message, at most this long, before the
+    publishers are destroyed; 0 = not at all; ``ros2 bag play --wait-for-all-acked`` is off by
+    default).
     """
 
-    def __init__(self, bag, *, rate=1.0, loop=False, start_delay=0.0, duration=None,
-                 wait_for_subscribers=0, wait_timeout=60.0, topics=None, remap=None,
+    def __init__(self, bag, *, rate=1.0, loop=False, start_delay=0.0, start_offset=0.0,
+                 duration=None, wait_for_subscribers=0, wait_timeout=60.0, topics=None, remap=None,
                  restamp=False, qos_reliability='reliable', record=None, record_topics=(),
                  record_reliability='reliable', linger=2.0, max_linger=30.0,
                  settle=0.5, domain_id=None, node_name='tarfuse_player', should_abort=None,
                  log=None, clock=False, ack_timeout=5.0):
         if not (rate > 0 and math.isfinite(rate)):
             raise ValueError(f'rate must be a finite factor > 0, got {rate}')
-        for name, value in (('start_delay', start_delay), ('wait_timeout', wait_timeout),
-                            ('settle', settle), ('ack_timeout', ack_timeout),
-                            ('linger', linger), ('max_linger', max_linger)):
+        for name, value in (('start_delay', start_delay), ('start_offset', start_offset),
+                            ('wait_timeout', wait_timeout), ('settle', settle),
+                            ('ack_timeout', ack_timeout), ('linger', linger),
+                            ('max_linger', max_linger)):
             if not value >= 0:  # NaN too: every comparison with it is false
                 raise ValueError(f'{name} must be >= 0, got {value}')
         if duration is not None and not duration > 0:  # NaN played the bag whole, or forever
             raise ValueError(f'duration must be > 0 s, got {duration}')
+        if clock is True:
+            clock = DEFAULT_CLOCK_HZ
+        if clock is not None and clock is not False and not (
+                clock > 0 and math.isfinite(clock)):
+            raise ValueError(f'--clock: the /clock rate must be a number > 0 Hz, got {clock:g}')
         if wait_for_subscribers < 0:
             raise ValueError(f'wait_for_subscribers must be >= 0, got {wait_for_subscribers}')
         self.bag = Path(bag)
@@ -223,13 +263,24 @@ class BagPlayer:
             raise ValueError('--record needs --record-topics')
         if record is None and record_topics:
             raise ValueError('--record-topics needs --record (the bag to record them to)')
-        bag_topics = _bag_topics(self.bag)
+        bag_topics, length_ns = _bag_topics(self.bag)
+        if start_offset * 1e9 > length_ns:
+            raise ValueError(f'--start-offset {start_offset:g} s is past the end of the bag '
+                             f'(its last message is {length_ns / 1e9:.3f} s after its first)')
         for name, given in (('--topics', list(topics or ())),
                             ('--remap', list((remap or {}).keys()))):
             unknown = [topic for topic in given if topic not in bag_topics]
             if unknown:
                 raise ValueError(f'{name}: {", ".join(unknown)} not in the bag (it has '
                                  f'{", ".join(sorted(bag_topics))})')
+        played = [topic for topic in sorted(bag_topics) if topics is None or topic in topics]
+        if played and not any(bag_topics[topic] for topic in played):
+            # It published nothing and exited 0; with --loop it spun a core for ever.
+            raise ValueError(f'{bag} holds no message to play (on {", ".join(played)})')
+        left_out = [topic for topic in (remap or {}) if topics is not None and topic not in topics]
+        if left_out:  # its remap did nothing
+            raise ValueError(f'--remap: {", ".join(left_out)} is not played (--topics leaves it '
+                             'out); add it to --topics or drop its remap')
         for topic in (remap or {}).values():
             check_topic_name(topic, '--remap target')
         for item in record_topics:  # before rcl refuses it in run(), with a traceback
@@ -275,13 +326,15 @@ class BagPlayer:
                              f'{target}, one stream of both; remap them apart, or leave one '
                              f'out with --topics{clock_too}')
         self.rate, self.loop, self.start_delay, self.duration = rate, loop, start_delay, duration
+        self.start_offset = start_offset
         self.wait_for_subscribers, self.wait_timeout = wait_for_subscribers, wait_timeout
         self.settle, self.ack_timeout = settle, ack_timeout
         self.topics = None if topics is None else set(topics)
         self.remap = dict(remap or {})
         self._names = names
         self.restamp = restamp
-        self.clock = bool(clock)
+        self.clock_hz = float(clock) if clock else None
+        self.clock = self.clock_hz is not None
         self.qos_reliability = qos_reliability
         _qos(qos_reliability, 1)
         _qos(record_reliability, 1)
@@ -307,6 +360,10 @@ class BagPlayer:
         # them (Humble) the waits go by the graph's counts, and the settle time covers both.
         self._matched_events = True
         self._clock_pub = None
+        self._clock_lock = threading.Lock()
+        self._clock_round = None  # (base_mono, its time, ns per s, ns to the end) of the round
+        self._clock_last = None  # the last /clock time published in this round
+        self._clock_stop = threading.Event()
 
     # -- set-up ---------------------------------------------------------------------------
     def _record_specs(self, node):
@@ -429,14 +486,15 @@ class BagPlayer:
     # -- playback ---------------------------------------------------------------------------
     def _play_once(self, reader, connections, publishers, base_mono, base_wall_ns, end_mono):
         """Publish every message once; return (last bag time, True if stopped early)."""
-        start_ns = reader.start_time
+        start_ns = self._start_ns(reader)
         last = start_ns
         begun = False
 
         def restamped(time_ns, first_ns=start_ns):  # -> playback time (offsets scaled)
             return base_wall_ns + int((time_ns - first_ns) / self.rate)
 
-        for connection, timestamp, data in reader.messages(connections=connections):
+        for connection, timestamp, data in reader.messages(connections=connections,
+                                                           start=start_ns):
             target = base_mono + (timestamp - start_ns) / 1e9 / self.rate
             if end_mono is not None and target > end_mono:
                 return last, True
@@ -446,18 +504,24 @@ class BagPlayer:
                 # --duration ends before its first message does not ('2 round(s)' for one)
                 self.stats.loops += 1
                 begun = True
+                if self._clock_pub is not None:  # /clock starts over from the round's start
+                    self._start_clock_round(base_mono, restamped(start_ns) if self.restamp
+                                            else start_ns, reader.end_time - 1 - start_ns)
             data = bytes(data)
             stamp = None
+            topic = self._names[connection.topic]
             if type_has_header(self.typestore, connection.msgtype):
                 stamp = header_stamp_ns(data)
-                if self.restamp:
+                # A zero stamp is none (a camera not synchronised yet): it stays one, for the
+                # node to refuse, and is no first stamp (the next were shifted past 2038).
+                if self.restamp and stamp:
                     # From the first stamp played, not the bag's start: a camera may stamp by
                     # its own clock (since boot: decades before the bag's times).
                     if self._first_stamp is None:
                         self._first_stamp = stamp
-                    stamp = restamped(stamp, self._first_stamp)
-                    data = replace_header_stamp(data, stamp)
-            topic = self._names[connection.topic]
+                    shifted = restamped(stamp, self._first_stamp)
+                    data = self._restamp(data, topic, stamp, shifted)
+                    stamp = shifted
             with self._lock:
                 if stamp is not None:
                     self._published_stamps.add(stamp)
@@ -467,6 +531,17 @@ class BagPlayer:
                 self.stats.published.append((topic, stamp, time.time_ns()))
             last = timestamp
         return last, False
+
+    def _restamp(self, data, topic, stamp, shifted):
+        """Return ``data`` stamped ``shifted``; PlayError where no stamp can hold it."""
+        try:
+            return replace_header_stamp(data, shifted)
+        except ValueError as error:  # a clock jump in the bag (decades), at a low --rate
+            raise PlayError(
+                f'--restamp: the {topic} message stamped {stamp // 10**9}.{stamp % 10**9:09d} s '
+                f'({(stamp - self._first_stamp) / 1e9:+.1f} s from the first stamp played) '
+                f'cannot be shifted to now at --rate {self.rate:g} ({error}); play it without '
+                '--restamp') from None
 
     def _wait_for_acks(self, publishers):
         """Wait until reliable subscribers acknowledged what was played (``ack_timeout`` s).
@@ -496,11 +571,47 @@ class BagPlayer:
                      f'acknowledged by its subscribers within {self.ack_timeout:g} s '
                      '(--ack-timeout)')
 
-    def _publish_clock(self, time_ns):
+    def _start_clock_round(self, base_mono, origin_ns, span_ns):
+        """Run /clock from ``origin_ns`` at ``base_mono`` for ``span_ns`` of bag time."""
+        with self._clock_lock:
+            # As the stamps: the bag's time, or with restamp the wall's, from origin_ns.
+            per_s, span = (1e9, span_ns / self.rate) if self.restamp else (1e9 * self.rate,
+                                                                           span_ns)
+            self._clock_round = (base_mono, origin_ns, per_s, max(0, int(span)))
+            self._clock_last = None
+
+    def _publish_clock(self, time_ns=None):
+        """Publish ``time_ns`` on /clock, or the playback's bag time now where None.
+
+        Never a time before the last one of the round: a message published late comes after
+        the ticks of its time. The playback's time is the round's bag time now, at most its
+        last message's.
+        """
         from rosgraph_msgs.msg import Clock
-        message = Clock()
-        message.clock.sec, message.clock.nanosec = divmod(int(time_ns), 1_000_000_000)
-        self._clock_pub.publish(message)
+        with self._clock_lock:
+            if self._clock_round is None:
+                return
+            if time_ns is None:
+                # Not past the round's last message (the time stands there until the next
+                # round): at a huge rate the time would run to the end of int32 seconds.
+                base_mono, origin_ns, per_s, span_ns = self._clock_round
+                elapsed_s = max(0.0, time.monotonic() - base_mono)
+                time_ns = origin_ns + int(min(elapsed_s * per_s, span_ns))
+            if self._clock_last is not None:
+                time_ns = max(time_ns, self._clock_last)
+            self._clock_last = time_ns
+            message = Clock()
+            message.clock.sec, message.clock.nanosec = divmod(int(time_ns), 1_000_000_000)
+            self._clock_pub.publish(message)
+
+    def _tick_clock(self):
+        """Publish /clock every 1 / ``clock_hz`` s until stopped (between messages too)."""
+        period = 1.0 / self.clock_hz
+        due = time.monotonic()
+        while not self._clock_stop.wait(max(0.0, due - time.monotonic())):
+            self._publish_clock()
+            # After a stall (a loaded machine) the next tick is one period on, not a burst.
+            due = max(due + period, time.monotonic())
 
     def run(self):
         """Play (and record) until done; return the :class:`PlayStats`."""
@@ -513,7 +624,7 @@ class BagPlayer:
         # args=[]: the tool's own command line (--remap A:=B) is not for rcl.
         rclpy.init(args=[], context=context, domain_id=self.domain_id,
                    signal_handler_options=SignalHandlerOptions.NO)
-        node = executor = spinner = None
+        node = executor = spinner = ticker = None
         failed_start = False
         try:
             node = rclpy.create_node(self.node_name, context=context)
@@ -528,7 +639,13 @@ class BagPlayer:
                     raise PlayError(f'no topics to play in {self.bag} '
                                     f'(bag has {sorted(c.topic for c in reader.connections)})')
                 connections = self._one_type_per_topic(connections)
-                qos = _qos(self.qos_reliability, 10)
+                classes = self._message_classes(connections)
+                connections = [c for c in connections if c.topic in classes]
+                if self.start_offset and next(reader.messages(
+                        connections=connections, start=self._start_ns(reader)), None) is None:
+                    raise PlayError(f'no message of {", ".join(sorted(classes))} comes '
+                                    f'--start-offset {self.start_offset:g} s or later into '
+                                    f'the bag')
                 publishers = {}
                 for connection in connections:
                     if connection.topic not in publishers:
@@ -536,9 +653,10 @@ class BagPlayer:
                         events = publisher_events(
                             matched=lambda status, t=topic: self._on_matched(t, status)
                         ) if self._matched_events else None
+                        qos = _qos(self.qos_reliability, 10, _recorded_transient_local(
+                            connections, connection.topic))
                         publishers[connection.topic] = node.create_publisher(
-                            message_class(connection.msgtype), topic, qos,
-                            event_callbacks=events)
+                            classes[connection.topic], topic, qos, event_callbacks=events)
                 specs = self._record_specs(node) if self.record is not None else []
                 if specs:
                     self._writer = open_writer(self.record)
@@ -563,11 +681,18 @@ class BagPlayer:
                 if self.wait_for_subscribers:
                     self._wait_for_graph(node, named, [t for t, _m, _c in specs])
                 self._sleep_until(time.monotonic() + self.start_delay)
+                if self._clock_pub is not None:
+                    ticker = threading.Thread(target=self._tick_clock, name='tarfuse_play_clock',
+                                              daemon=True)
+                    ticker.start()
                 self._play(reader, connections, publishers)
+                self._clock_stop.set()  # the time stands at the end of the playback
                 self._wait_for_acks(named)
             self._linger()
         except KeyboardInterrupt:
             self.stats.interrupted = True
+            # Before anything was played or recorded (waiting for the node): as a failed start.
+            failed_start = not self.stats.published and not self.stats.received
         except PlayError:
             # Nothing played (no subscribers in time): the empty recording refused the rerun
             # of the same command ('exists already').
@@ -575,6 +700,9 @@ class BagPlayer:
             raise
         finally:
             self._stop.set()
+            self._clock_stop.set()
+            if ticker is not None:
+                ticker.join(timeout=5.0)
             if executor is not None:
                 executor.shutdown(timeout_sec=2.0)
             if spinner is not None:
@@ -612,19 +740,49 @@ class BagPlayer:
                          f'{msgtype} message(s) are left out, the {chosen[topic]} ones played')
         return [c for c in connections if c.msgtype == chosen[c.topic]]
 
+    def _message_classes(self, connections):
+        """Return ``{bag topic: rclpy message class}`` of the topics whose type is installed.
+
+        A topic of a type not installed here (a robot's own messages) is left out, saying so,
+        as ``ros2 bag play`` does: it stopped the whole playback. One named in --topics, or
+        every topic, is a PlayError.
+        """
+        classes, missing = {}, {}
+        for connection in connections:
+            try:
+                classes[connection.topic] = message_class(connection.msgtype)
+            except ValueError as error:
+                missing[connection.topic] = str(error)
+        named = [topic for topic in missing if self.topics is not None]
+        if named or not classes:
+            topic = (named or sorted(missing))[0]
+            raise PlayError(f'{"--topics: " if named else ""}{topic}: {missing[topic]}')
+        for topic, problem in sorted(missing.items()):
+            self.log(f'tarfuse-play: {topic} left out: {problem}')
+        return classes
+
+    def _start_ns(self, reader):
+        """Return the bag time each round starts at (``start_offset`` after the bag's start)."""
+        return reader.start_time + int(self.start_offset * 1e9)
+
     def _play(self, reader, connections, publishers):
         first_mono = time.monotonic()
         end_mono = None if self.duration is None else first_mono + self.duration
         base_mono = first_mono
-        span_ns = reader.end_time - reader.start_time if reader.message_count > 1 else 0
+        span_ns = reader.end_time - self._start_ns(reader) if reader.message_count > 1 else 0
         gap_ns = None
         while True:
             base_wall_ns = time.time_ns() + int((base_mono - time.monotonic()) * 1e9)
             if not self.stats.started_ns:
                 self.stats.started_ns = base_wall_ns
+            rounds = self.stats.loops
             _last, stopped = self._play_once(
                 reader, connections, publishers, base_mono, base_wall_ns, end_mono)
-            if stopped or not self.loop:
+            if stopped or not self.loop or self.stats.loops == rounds:  # or nothing was played
+                return
+            if end_mono is not None and time.monotonic() >= end_mono:
+                # At a huge rate the rounds are due one after the other, as good as no time
+                # apart, and none after end_mono: --duration is also the wall time played.
                 return
             if gap_ns is None:
                 gap_ns = self._frame_gap_ns(reader, connections)
@@ -636,7 +794,9 @@ class BagPlayer:
         stamps = {}
         for connection, timestamp, _data in reader.messages(connections=connections):
             stamps.setdefault(connection.topic, []).append(timestamp)
-        gaps = [b - a for times in stamps.values() for a, b in zip(times, times[1:])]
+        # Gaps of 0 (messages of one time) are none: rounds 0 s apart went as fast as the
+        # machine could, for ever.
+        gaps = [b - a for times in stamps.values() for a, b in zip(times, times[1:]) if b > a]
         return int(statistics.median(gaps)) if gaps else 100_000_000
 
     def _linger(self):
@@ -663,6 +823,8 @@ def build_parser():
     parser.add_argument('--loop', action='store_true', help='repeat until --duration or Ctrl-C')
     parser.add_argument('--start-delay', type=float, default=0.0,
                         help='seconds to wait before the first message')
+    parser.add_argument('--start-offset', type=float, default=0.0, metavar='SECONDS',
+                        help='start this many seconds (of bag time) into the bag, each round')
     parser.add_argument('--duration', type=float, default=None,
                         help='stop after this many seconds of playback')
     parser.add_argument('--wait-for-subscribers', type=int, default=0, metavar='N',
@@ -691,12 +853,24 @@ def build_parser():
                         help='keep recording until no answer to an input came for this long')
     parser.add_argument('--max-linger', type=float, default=30.0,
                         help='stop recording at most this many seconds after playback')
-    parser.add_argument('--clock', action='store_true',
-                        help='publish /clock with the bag time of each message (for nodes '
-                             'with use_sim_time true)')
+    parser.add_argument('--clock', type=_clock_rate, nargs='?', const=DEFAULT_CLOCK_HZ,
+                        default=None, metavar='HZ',
+                        help='publish /clock with the bag time, HZ times a second (40 where '
+                             'no HZ is given, as ros2 bag play --clock) and before each message, '
+                             'for nodes with use_sim_time true')
     parser.add_argument('--stats', type=Path, default=None,
                         help='write published/received stamps and times to this JSON file')
     return parser
+
+
+def _clock_rate(text):
+    """Return ``--clock``'s rate (Hz); its range is checked by :class:`BagPlayer`."""
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f'{text!r} is not a rate in Hz (give the bag before --clock, or a rate: '
+            f'--clock {DEFAULT_CLOCK_HZ:g})') from None
 
 
 def _terminate(_signum, _frame):
@@ -742,6 +916,7 @@ def main(argv=None):
             raise ValueError(f'--stats {str(args.stats)!r}: {problem}; write it beside the bag')
         player = BagPlayer(
             args.bag, rate=args.rate, loop=args.loop, start_delay=args.start_delay,
+            start_offset=args.start_offset,
             duration=args.duration, wait_for_subscribers=args.wait_for_subscribers,
             wait_timeout=args.wait_timeout, settle=args.settle, ack_timeout=args.ack_timeout,
             topics=args.topics,
@@ -765,7 +940,9 @@ def main(argv=None):
     published = ', '.join(f'{t}: {n}' for t, n in sorted(stats.counts('published').items()))
     interrupted = ', interrupted' if stats.interrupted else ''
     print(f'published {published or "nothing"} ({stats.loops} round(s){interrupted})')
-    if args.record is not None:
+    if args.record is not None and not args.record.exists():
+        print(f'nothing recorded ({args.record} not written)')
+    elif args.record is not None:
         received = ', '.join(f'{t}: {n}' for t, n in sorted(stats.counts('received').items()))
         print(f'recorded to {args.record}: {received or "nothing"}')
     return 130 if stats.interrupted else 0

@@ -528,6 +528,48 @@ def test_restamp_starts_at_now_though_the_camera_stamps_by_its_own_clock(sample_
                for stamp, original in zip(stamps, originals))
 
 
+def _restamped_bag(path, out, stamp_of):
+    """Write ``out``: the bag ``path`` with each header stamp ``stamp_of(index, stamp)``."""
+    typestore = jazzy_typestore()
+    writer = open_writer(out)
+    connections = {}
+    for index, (topic, msgtype, bag_ns, raw, _msg) in enumerate(read_messages(path)):
+        if topic not in connections:
+            connections[topic] = writer.add_connection(topic, msgtype, typestore=typestore)
+        writer.write(connections[topic], bag_ns,
+                     replace_header_stamp(raw, stamp_of(index, header_stamp_ns(raw))))
+    writer.close()
+
+
+@pytest.mark.dds
+def test_restamp_keeps_a_zero_stamp_and_names_a_stamp_it_cannot_shift(
+        sample_bag, tmp_path, capsys):
+    """--restamp with a camera's first frame unstamped (0), or a stamp jumping by decades.
+
+    The zero stamp was taken as the first stamp: the next ones, 1.7e9 s later, were shifted
+    past what a stamp holds (int32 seconds), a struct.error traceback.
+    """
+    path, _summary = sample_bag
+    _restamped_bag(path, tmp_path / 'zero', lambda index, stamp: 0 if index == 0 else stamp)
+    before = time.time_ns()
+    stats = BagPlayer(tmp_path / 'zero', rate=4.0, restamp=True).run()
+    stamps = [stamp for _topic, stamp, _wall in stats.published]
+    assert len(stamps) == 20 and stamps[0] == 0  # no stamp stays no stamp (the node refuses it)
+    originals = [header_stamp_ns(raw) for _t, _m, _b, raw, _msg in read_messages(path)]
+    assert before <= stamps[1] <= time.time_ns()
+    assert all(abs((stamp - stamps[1]) - (original - originals[1]) / 4.0) < 2
+               for stamp, original in zip(stamps[1:], originals[1:]))
+    # A stamp of 2038 (a clock jump): shifted to now at rate 0.2, it is past what stamps hold.
+    _restamped_bag(path, tmp_path / 'jump',
+                   lambda index, stamp: (2**31 - 1) * 10**9 if index == 1 else stamp)
+    code = play_bag_tool.main([str(tmp_path / 'jump'), '--rate', '0.2', '--restamp'])
+    err = capsys.readouterr().err
+    assert code == 2 and re.search(
+        rf'--restamp: the {IR} message stamped 2147483647.000000000 s \(\+447483647.0 s from '
+        r'the first stamp played\) cannot be shifted to now at --rate 0.2 \(.*\); play it '
+        r'without --restamp', err), err
+
+
 @pytest.mark.dds
 def test_play_cli_loops_and_fails_clearly_without_subscribers(sample_bag, tmp_path, capsys):
     path, _summary = sample_bag
@@ -588,7 +630,11 @@ def test_a_second_ctrl_c_does_not_cut_the_recording_short(sample_bag, tmp_path, 
 
 @pytest.mark.dds
 def test_play_clock_publishes_the_bag_time_of_each_message(sample_bag, tmp_path):
-    """--clock: /clock carries each played message's bag time (for use_sim_time nodes)."""
+    """--clock: /clock carries each played message's bag time (for use_sim_time nodes).
+
+    Between the messages it runs on at 40 Hz (the next test); here, each message's time is
+    published before the message, unless a tick went past it already (a message late).
+    """
     path, _summary = sample_bag
     record = tmp_path / 'clock'
     stats = BagPlayer(path, rate=4.0, clock=True, record=record, start_delay=0.5,
@@ -602,7 +648,10 @@ def test_play_clock_publishes_the_bag_time_of_each_message(sample_bag, tmp_path)
     with Reader(path) as reader:
         bag_times = sorted(timestamp for _c, timestamp, _d in reader.messages())
     assert len(times) >= 15  # the first may go before the recorder matched
-    assert set(times) <= set(bag_times) and times == sorted(times)
+    assert times == sorted(times) and bag_times[0] <= times[0]
+    assert len(set(bag_times) & set(times)) >= 14, (bag_times, times)
+    # The time runs no further than the bag's last message.
+    assert times[-1] == bag_times[-1]
 
 
 def test_play_refuses_what_it_would_silently_ignore(sample_bag, tmp_path, capsys):
@@ -624,6 +673,10 @@ def test_play_refuses_what_it_would_silently_ignore(sample_bag, tmp_path, capsys
                                              'which the player node publishes itself'):
             BagPlayer(path, remap={IR: reserved})
     assert BagPlayer(path, remap={IR: VI}, topics=[IR]).remap == {IR: VI}  # VI not played
+    # A remap of a topic --topics leaves out did nothing, without a word.
+    with pytest.raises(ValueError, match=rf'--remap: {IR} is not played \(--topics leaves it '
+                                         rf'out\); add it to --topics or drop its remap'):
+        BagPlayer(path, topics=[VI], remap={IR: '/thermal/image_raw'})
     assert BagPlayer(path, remap={IR: VI, VI: IR}).remap == {IR: VI, VI: IR}  # swapped
     # One source given twice: the first target was dropped without a word.
     assert play_bag_tool.main([str(path), '--remap', f'{IR}:=/a', f'{IR}:=/b']) == 2
@@ -983,6 +1036,72 @@ def test_loop_counts_no_round_that_duration_ends_before_its_first_message(sample
     assert len(stats['published']) == 10 and stats['loops'] == 1
 
 
+@pytest.mark.dds
+def test_start_offset_leaves_out_the_bags_start_each_round(sample_bag, capsys):
+    """--start-offset S: as ros2 bag play's, from S s into the bag; past its end: refused."""
+    path, _summary = sample_bag
+    first = int(make_bag_tool.DEFAULT_START_TIME_S) * 10**9
+    stats = BagPlayer(path, start_offset=0.2, loop=True, duration=0.58).run()
+    # Each round: the pairs from 0.2 s on (6 of 10), the first due at once; the second round
+    # at 0.305 s (the 0.255 s left of the bag and a frame), its last at 0.56 s.
+    assert stats.loops == 2 and stats.counts() == {VI: 12, IR: 12}
+    stamps = [stamp for _topic, stamp, _wall in stats.published]
+    assert stamps[0] == first + 200_000_000 and stamps[12] == stamps[0]
+    assert (stats.published[0][2] - stats.started_ns) / 1e9 < 0.15  # not 0.2 s in
+    code = play_bag_tool.main([str(path), '--start-offset', '0.5'])
+    assert code == 2 and capsys.readouterr().err == (
+        'tarfuse-play: error: --start-offset 0.5 s is past the end of the bag (its last '
+        'message is 0.454 s after its first)\n')
+    for bad in ('-1', 'nan'):
+        assert play_bag_tool.main([str(path), '--start-offset', bad]) == 2
+        assert 'start_offset must be >= 0' in capsys.readouterr().err
+    # Past the last message of the topics played, though not of the bag.
+    with pytest.raises(PlayError, match=rf'no message of {VI} comes --start-offset 0.452 s or '
+                                        'later into the bag'):
+        BagPlayer(path, topics=[VI], start_offset=0.452).run()
+
+
+@pytest.mark.dds
+def test_a_loop_of_messages_all_at_one_time_goes_at_the_default_period(tmp_path):
+    """A bag whose messages share one time (a pair, twice): one round every 0.1 s.
+
+    The period between rounds was the median gap between a topic's messages: 0 here, so the
+    rounds followed one another as fast as the machine went (26096 in 1 s).
+    """
+    typestore = jazzy_typestore()
+    writer = open_writer(tmp_path / 'one_time')
+    camera = writer.add_connection(VI, 'sensor_msgs/msg/Image', typestore=typestore,
+                                   offered_qos_profiles=offered_qos())
+    for _copy in range(2):
+        writer.write(camera, 10**18, image_cdr(_read_sample_visible(), 'bgr8', 'camera', 10**18))
+    writer.close()
+    stats = BagPlayer(tmp_path / 'one_time', loop=True, duration=0.95).run()
+    # 10 rounds (at 0, 0.1, ... 0.9 s); 9 where the machine stalled past 0.95 s in the 9th.
+    assert stats.loops in (9, 10) and stats.counts() == {VI: 2 * stats.loops}
+
+
+@pytest.mark.dds
+@pytest.mark.parametrize('clock', [[], ['--clock']])
+def test_a_huge_rate_in_a_loop_stops_at_duration(sample_bag, clock):
+    """--loop --duration at a huge --rate: it stops after --duration s of the wall clock.
+
+    Each round was scheduled (bag length / rate) after the one before, as good as no time: no
+    round was ever due after --duration, so the playback never stopped. With --clock the
+    ticks overflowed (bag time running at 1e300 times the wall's), a traceback.
+    """
+    path, _summary = sample_bag
+    try:
+        done = subprocess.run(
+            [sys.executable, '-m', 'tarfuse_ros.tools.play_bag', str(path), '--rate', '1e300',
+             '--loop', '--duration', '1', '--topics', VI, *clock],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=30)
+    except subprocess.TimeoutExpired:
+        pytest.fail('--duration 1 did not stop the playback within 30 s')
+    assert done.returncode == 0 and 'Traceback' not in done.stdout, done.stdout
+    rounds = re.search(r'\((\d+) round\(s\)\)', done.stdout)
+    assert rounds and int(rounds.group(1)) > 1, done.stdout
+
+
 @pytest.mark.parametrize('vi_topic, ir_topic, vi_transport, topic', [
     ('/v', '/v/compressed', 'compressed', '/v/compressed'),
     ('visible/image_raw', '/visible/image_raw', 'raw', '/visible/image_raw'),
@@ -1048,6 +1167,32 @@ def test_a_failed_start_leaves_no_recorded_bag_to_refuse_the_next_run(
         assert play_bag_tool.main(argv) == 2
         assert 'no 1 subscriber(s) on /nobody/listens' in capsys.readouterr().err
         assert not record.exists()
+
+
+@pytest.mark.dds
+def test_ctrl_c_before_anything_played_leaves_no_recorded_bag(sample_bag, tmp_path):
+    """Ctrl-C while waiting for the node: as a failed start, no empty bag refuses the rerun."""
+    path, _summary = sample_bag
+    record = tmp_path / 'out_bag'
+    player = subprocess.Popen(
+        [sys.executable, '-m', 'tarfuse_ros.tools.play_bag', str(path), '--topics', VI,
+         '--remap', f'{VI}:=/nobody/listens', '--wait-for-subscribers', '1', '--record',
+         str(record), '--record-topics', '/diagnostics'],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not record.exists() and time.monotonic() < deadline:  # recording, waiting
+            time.sleep(0.05)
+        time.sleep(0.5)
+        player.send_signal(signal.SIGINT)
+        output, _ = player.communicate(timeout=30)
+    finally:
+        player.kill()
+        player.communicate()
+    assert player.returncode == 130 and 'Traceback' not in output, output
+    assert 'published nothing (0 round(s), interrupted)' in output
+    assert f'nothing recorded ({record} not written)' in output
+    assert not record.exists(), output
 
 
 def test_make_bag_names_the_option_of_a_negative_seed(tmp_path, capsys):
@@ -1181,6 +1326,108 @@ def test_a_type_recorded_without_messages_is_not_the_one_played(tmp_path):
     assert said == []  # nothing left out
 
 
+@pytest.mark.parametrize('loop', [False, True])
+def test_a_bag_without_messages_to_play_is_refused(tmp_path, capsys, loop):
+    """A bag, or the topics chosen, without messages: said so, not 'published nothing'.
+
+    It exited 0 having published nothing; with --loop it spun a core at 100 % for ever.
+    """
+    typestore = jazzy_typestore()
+    writer = open_writer(tmp_path / 'one_camera')
+    writer.add_connection(IR, 'sensor_msgs/msg/Image', typestore=typestore,
+                          offered_qos_profiles=offered_qos())
+    camera = writer.add_connection(VI, 'sensor_msgs/msg/Image', typestore=typestore,
+                                   offered_qos_profiles=offered_qos())
+    writer.write(camera, 10**18, image_cdr(_read_sample_visible(), 'bgr8', 'camera', 10**18))
+    writer.close()
+    writer = open_writer(tmp_path / 'empty')
+    writer.add_connection(VI, 'sensor_msgs/msg/Image', typestore=typestore,
+                          offered_qos_profiles=offered_qos())
+    writer.close()
+    loop = ['--loop'] * loop
+    assert play_bag_tool.main([str(tmp_path / 'empty'), *loop]) == 2
+    assert capsys.readouterr().err == (f'tarfuse-play: error: {tmp_path / "empty"} holds no '
+                                       f'message to play (on {VI})\n')
+    assert play_bag_tool.main([str(tmp_path / 'one_camera'), '--topics', IR, *loop]) == 2
+    assert f'holds no message to play (on {IR})' in capsys.readouterr().err
+
+
+@pytest.mark.dds
+def test_a_topic_of_a_type_not_installed_is_left_out_saying_so(tmp_path):
+    """A robot's bag holds topics of its own message types: the others play, as ros2 bag play.
+
+    The whole playback stopped on the first of them ('not importable here'), so every other
+    topic had to be listed in --topics.
+    """
+    from rosbags.typesys import get_types_from_msg
+    typestore = jazzy_typestore()
+    typestore.register(get_types_from_msg('int32 speed', 'tarfuse_robot_msgs/msg/Wheel'))
+    writer = open_writer(tmp_path / 'robot')
+    wheel = writer.add_connection('/wheel', 'tarfuse_robot_msgs/msg/Wheel', typestore=typestore,
+                                  offered_qos_profiles=offered_qos())
+    camera = writer.add_connection(VI, 'sensor_msgs/msg/Image', typestore=typestore,
+                                   offered_qos_profiles=offered_qos())
+    speed = typestore.types['tarfuse_robot_msgs/msg/Wheel'](speed=3)
+    for k in range(3):
+        stamp = 10**18 + k * 50_000_000
+        writer.write(wheel, stamp, typestore.serialize_cdr(speed, 'tarfuse_robot_msgs/msg/Wheel'))
+        writer.write(camera, stamp, image_cdr(_read_sample_visible(), 'bgr8', 'camera', stamp))
+    writer.close()
+    said = []
+    stats = BagPlayer(tmp_path / 'robot', rate=10.0, log=said.append).run()
+    assert stats.counts() == {VI: 3}
+    assert len(said) == 1 and said[0].startswith(
+        'tarfuse-play: /wheel left out: message type tarfuse_robot_msgs/msg/Wheel is not '
+        'importable here'), said
+    with pytest.raises(PlayError, match=r'--topics: /wheel: message type '
+                                        r'tarfuse_robot_msgs/msg/Wheel is not importable here'):
+        BagPlayer(tmp_path / 'robot', topics=['/wheel', VI]).run()
+
+
+@pytest.mark.dds
+def test_a_topic_recorded_transient_local_is_played_so(tmp_path):
+    """A latched topic (/tf_static, a camera_info) is offered transient local, as recorded.
+
+    The player offered every topic volatile: a subscriber asking for transient local (tf2's
+    on /tf_static) was incompatible and never got a message. ros2 bag play offers what the
+    recording's publishers offered.
+    """
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+    from rosbags.interfaces import QosDurability
+    from sensor_msgs.msg import Image
+
+    typestore = jazzy_typestore()
+    latched = [offered_qos()[0]._replace(durability=QosDurability.TRANSIENT_LOCAL)]
+    writer = open_writer(tmp_path / 'latched')
+    camera = writer.add_connection(VI, 'sensor_msgs/msg/Image', typestore=typestore,
+                                   offered_qos_profiles=latched)
+    writer.write(camera, 10**18, image_cdr(_read_sample_visible(), 'bgr8', 'camera', 10**18))
+    writer.close()
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    node = rclpy.create_node('tarfuse_latched_listener', context=context)
+    received = []
+    node.create_subscription(Image, VI, received.append, QoSProfile(
+        depth=1, reliability=ReliabilityPolicy.RELIABLE,
+        durability=DurabilityPolicy.TRANSIENT_LOCAL))
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(node)
+    spinner = threading.Thread(target=executor.spin, daemon=True)
+    spinner.start()
+    try:
+        stats = BagPlayer(tmp_path / 'latched', wait_for_subscribers=1, wait_timeout=5.0).run()
+        deadline = time.monotonic() + 10
+        while not received and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.shutdown(context=context)
+    assert stats.counts() == {VI: 1} and len(received) == 1
+
+
 def _read_sample_visible():
     """Return the first sample visible image, 64x48 BGR."""
     return cv2.resize(cv2.imread(str(next((SAMPLES / 'vi').glob('*.jpg')))), (64, 48))
@@ -1193,3 +1440,99 @@ def test_a_lone_mcap_file_plays_as_its_bag(sample_bag, tmp_path):
     lone = tmp_path / 'lone.mcap'
     shutil.copy(next(path.glob('*.mcap')), lone)
     assert BagPlayer(lone, rate=20.0).run().counts() == {VI: 10, IR: 10}
+
+
+def test_an_mcap_file_still_being_recorded_is_named_so(sample_bag, tmp_path, capsys):
+    """An MCAP file without its footer (being recorded, or cut short) is said to be one.
+
+    rosbags says only 'File end magic is invalid.' (or 'seems to be empty' for a file just
+    created), which names neither the cause nor what to do.
+    """
+    path, _summary = sample_bag
+    data = next(path.glob('*.mcap')).read_bytes()
+    (tmp_path / 'folder').mkdir()
+    for name, size in (('recording.mcap', len(data) // 2), ('just_begun.mcap', 0)):
+        (tmp_path / name).write_bytes(data[:size])
+        with pytest.raises(ValueError, match=rf'{name} is not a finished MCAP file \(still '
+                                             r'being recorded, or cut short\)'):
+            BagPlayer(tmp_path / name)
+    # A bag folder whose metadata names a file being written (as after a split).
+    shutil.copy(path / 'metadata.yaml', tmp_path / 'folder')
+    (tmp_path / 'folder' / next(path.glob('*.mcap')).name).write_bytes(data[:len(data) // 2])
+    assert play_bag_tool.main([str(tmp_path / 'folder')]) == 2
+    err = capsys.readouterr().err
+    assert 'is not a finished MCAP file' in err and 'mcap recover' in err, err
+
+
+@pytest.mark.dds
+def test_play_clock_advances_between_messages_for_a_sim_time_node(tmp_path):
+    """--clock: a node with use_sim_time sees its time advance between messages.
+
+    /clock was published with each message only: under a bag of 1 Hz frames the node's time
+    stood still for a second, then jumped. ``ros2 bag play --clock`` publishes it at 40 Hz.
+    """
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.parameter import Parameter
+    from rclpy.qos import QoSProfile
+    from sensor_msgs.msg import Image
+
+    bag = tmp_path / 'one_hz'
+    make_bag(SAMPLES, bag, rate=1.0, max_pairs=4, size=(64, 48), offset_ms=5.0)
+    first_ns = int(make_bag_tool.DEFAULT_START_TIME_S) * 10**9
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    node = rclpy.create_node('tarfuse_sim_time_probe', context=context,
+                             parameter_overrides=[Parameter('use_sim_time', value=True)])
+    received = []
+    node.create_subscription(Image, VI, lambda _msg: received.append(time.monotonic()),
+                             QoSProfile(depth=10))
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(node)
+    spinner = threading.Thread(target=executor.spin, daemon=True)
+    spinner.start()
+    player = subprocess.Popen(
+        [sys.executable, '-m', 'tarfuse_ros.tools.play_bag', str(bag), '--rate', '2',
+         '--wait-for-subscribers', '1', '--topics', VI, '--clock'],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    samples = []  # the node's time, every 10 ms
+    try:
+        while player.poll() is None:
+            samples.append(node.get_clock().now().nanoseconds)
+            time.sleep(0.01)
+        output, _ = player.communicate(timeout=30)
+    finally:
+        if player.poll() is None:
+            player.kill()
+            player.communicate()
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.shutdown(context=context)
+    assert player.returncode == 0, output
+    assert len(received) == 4, output
+    seen = [ns for ns in samples if ns >= first_ns]
+    assert seen == sorted(seen), 'the time never goes back in one round'
+    distinct = sorted(set(seen))
+    # 1.5 s of playback (3 s of bag time at rate 2): about 60 ticks at 40 Hz; with /clock at
+    # each message only, 4 times 1 s apart. (Margins for a loaded machine's stalls.)
+    assert len(distinct) >= 12, distinct
+    steps = [(b - a) / 1e9 for a, b in zip(distinct, distinct[1:])]
+    assert max(steps) < 0.75, steps
+    assert distinct[0] - first_ns < 300_000_000 and distinct[-1] - first_ns >= 3 * 10**9 - 1
+
+
+def test_play_clock_rate_is_checked(sample_bag, capsys):
+    """--clock [HZ]: a rate that is not a positive number is refused, naming the option."""
+    path, _summary = sample_bag
+    for bad in (0.0, -40.0, float('nan'), float('inf')):
+        with pytest.raises(ValueError, match=r'--clock: the /clock rate must be a number > 0 Hz'):
+            BagPlayer(path, clock=bad)
+    assert BagPlayer(path, clock=True).clock_hz == 40.0  # as ros2 bag play --clock
+    assert BagPlayer(path, clock=100).clock_hz == 100.0
+    assert BagPlayer(path).clock_hz is None
+    with pytest.raises(SystemExit):
+        play_bag_tool.main(['--clock', str(path)])
+    err = capsys.readouterr().err
+    assert f'--clock: {str(path)!r} is not a rate in Hz' in err and 'before --clock' in err
+    assert play_bag_tool.main([str(path), '--clock', '0']) == 2
+    assert 'the /clock rate must be a number > 0 Hz, got 0' in capsys.readouterr().err
