@@ -19,6 +19,7 @@ __all__ = [
     'BAG_VERSION',
     'array_to_image',
     'bag_folder_problem',
+    'bag_read_problem',
     'check_topic_name',
     'compressed_cdr',
     'header_stamp_ns',
@@ -110,9 +111,18 @@ def unfinished_mcap_problem(path):
         if not finished:
             name = file if file == path else f'{path}: its file {file.name}'
             return (f'{name} is not a finished MCAP file (still being recorded, or cut '
-                    'short): play it once the recording has ended; `mcap recover` rebuilds the '
+                    'short): use it once the recording has ended; `mcap recover` rebuilds the '
                     'messages of one cut short')
     return None
+
+
+def bag_read_problem(path, exc):
+    """Return the message for the bag ``path`` that rosbags could not read, raising ``exc``.
+
+    An unfinished MCAP file is named as such (:func:`unfinished_mcap_problem`); else rosbags'
+    own words follow the path.
+    """
+    return unfinished_mcap_problem(path) or f'cannot read the bag {str(path)!r}: {exc}'
 
 
 def _vision_msgs_dirs():

@@ -135,8 +135,8 @@ def bag_pairs(bag_dir, count, ir_topic=DEFAULT_IR_TOPIC, vi_topic=DEFAULT_VI_TOP
 
     """
     from rosbags.rosbag2 import Reader
-    from tarfuse_ros.tools.bagio import (bag_folder_problem, header_stamp_ns, image_to_array,
-                                         read_messages)
+    from tarfuse_ros.tools.bagio import (bag_folder_problem, bag_read_problem, header_stamp_ns,
+                                         image_to_array, read_messages)
 
     problem = bag_folder_problem(bag_dir)
     if problem is not None:
@@ -155,7 +155,7 @@ def bag_pairs(bag_dir, count, ir_topic=DEFAULT_IR_TOPIC, vi_topic=DEFAULT_VI_TOP
     except UsageError:
         raise
     except Exception as exc:  # noqa: BLE001 - rosbags raises several error types
-        raise UsageError(f'cannot read the bag {str(bag_dir)!r}: {exc}') from exc
+        raise UsageError(bag_read_problem(bag_dir, exc)) from exc
     vi_stamps = sorted(set(stamps[vi_bag]))
     ir_stamps = np.array(sorted(set(stamps[ir_bag])), dtype=np.int64)
     if not vi_stamps or not len(ir_stamps):

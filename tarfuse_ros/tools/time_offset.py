@@ -82,7 +82,8 @@ def read_motion_signals(bag_dir, ir_topic=DEFAULT_IR_TOPIC, vi_topic=DEFAULT_VI_
     """
     from rosbags.rosbag2 import Reader
     from tarfuse_ros.ros.conversions import image_msg_to_motion_array
-    from tarfuse_ros.tools.bagio import bag_folder_problem, header_stamp_ns, read_messages
+    from tarfuse_ros.tools.bagio import (bag_folder_problem, bag_read_problem, header_stamp_ns,
+                                         read_messages)
 
     problem = bag_folder_problem(bag_dir)
     if problem is not None:
@@ -91,7 +92,7 @@ def read_motion_signals(bag_dir, ir_topic=DEFAULT_IR_TOPIC, vi_topic=DEFAULT_VI_
         with Reader(Path(bag_dir)) as reader:
             types = {c.topic: c.msgtype for c in reader.connections}
     except Exception as exc:  # noqa: BLE001 - rosbags raises several error types
-        raise UsageError(f'cannot read the bag {str(bag_dir)!r}: {exc}') from exc
+        raise UsageError(bag_read_problem(bag_dir, exc)) from exc
     topics = {'ir': _topic_in_bag(types, ir_topic), 'vi': _topic_in_bag(types, vi_topic)}
     if topics['ir'] == topics['vi']:
         raise UsageError(f'the IR and visible topics are one topic ({topics["ir"]!r}); give '
@@ -137,7 +138,7 @@ def read_motion_signals(bag_dir, ir_topic=DEFAULT_IR_TOPIC, vi_topic=DEFAULT_VI_
             heapq.heappush(pending[camera], (stamp, arrival, frame))
             feed(camera, _REORDER)
     except Exception as exc:  # noqa: BLE001 - rosbags raises several error types
-        raise UsageError(f'cannot read the bag {str(bag_dir)!r}: {exc}') from exc
+        raise UsageError(bag_read_problem(bag_dir, exc)) from exc
     out = {}
     for camera, topic in topics.items():
         feed(camera, 0)

@@ -1462,6 +1462,15 @@ def test_an_mcap_file_still_being_recorded_is_named_so(sample_bag, tmp_path, cap
     assert play_bag_tool.main([str(tmp_path / 'folder')]) == 2
     err = capsys.readouterr().err
     assert 'is not a finished MCAP file' in err and 'mcap recover' in err, err
+    # tarfuse-time-offset and tarfuse-calibrate --bag said 'cannot read the bag ...: File end
+    # magic is invalid.'
+    from tarfuse_ros.tools import calibrate, time_offset
+    for tool, extra in ((time_offset, []), (calibrate, ['--out', str(tmp_path / 'p.yaml')])):
+        assert tool.main(['--bag', str(tmp_path / 'folder'), *extra]) == 2
+        err = capsys.readouterr().err
+        assert 'is not a finished MCAP file (still being recorded, or cut short): use it once ' \
+            'the recording has ended' in err, (tool, err)
+    assert not (tmp_path / 'p.yaml').exists()
 
 
 @pytest.mark.dds
