@@ -63,7 +63,8 @@ def build_parser():
                              '(data.val_crop > 0) takes it too, unless --set data.val_crop=N '
                              'gives one (the explicit key wins)')
     parser.add_argument('--batch', type=int, default=None, help='batch size per process')
-    parser.add_argument('--workers', type=int, default=None, help='DataLoader workers')
+    parser.add_argument('--workers', type=_workers, default=None,
+                        help="DataLoader workers: a number, or 'auto' (4, at most one a CPU)")
     parser.add_argument('--val-every', type=int, default=None, help='validate every N epochs')
     parser.add_argument('--amp', action=argparse.BooleanOptionalAction, default=None,
                         help='bfloat16 autocast on CUDA')
@@ -77,6 +78,16 @@ def build_parser():
     parser.add_argument('--ddp', action='store_true',
                         help='use DistributedDataParallel even with WORLD_SIZE=1 (testing)')
     return parser
+
+
+def _workers(text):
+    """Return ``--workers`` as an int, or ``'auto'``."""
+    if text == 'auto':
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a number or 'auto', got {text!r}") from None
 
 
 def build_config(args, resume=None):
