@@ -31,8 +31,8 @@ from tarfuse_ros.core.paths import config_path
 from tarfuse_ros.training.datasets import parse_data_spec
 import yaml
 
-__all__ = ['AUTO_WORKERS', 'DataConfig', 'SECTIONS', 'TrainConfig', 'TrainingConfig', 'apply_overrides',
-           'load_config', 'set_by_path']
+__all__ = ['AUTO_WORKERS', 'DataConfig', 'SECTIONS', 'TrainConfig', 'TrainingConfig',
+           'apply_overrides', 'load_config', 'set_by_path']
 
 SECTIONS = ('data', 'deformation', 'model', 'loss', 'train')
 SCHEDULES = ('constant', 'cosine')
