@@ -207,6 +207,51 @@ def test_an_evaluation_into_an_earlier_ones_folder_replaces_its_figures(random_c
     assert json.loads((out / 'metrics.json').read_text())['pairs'] == result['pairs']
 
 
+def test_a_killed_evaluations_figures_folder_goes_with_the_next_run(random_checkpoint, tmp_path):
+    """A SIGKILLed run left its '.figures.*.tmp' folder in --out, and every rerun kept it.
+
+    The next run into that --out removes the folders of runs that are gone, and only those:
+    one a running evaluation holds, and the user's own files, stay.
+    """
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from tarfuse_ros.evaluation import protocol
+    out = tmp_path / 'eval'
+    args = ['--data', str(DATASETS / 'roadscene'), '--split', 'all', '--weights',
+            str(random_checkpoint), '--out', str(out), '--max-side', '96', '--no-progress',
+            '--figures', '5', '--threads', '1']
+    process = subprocess.Popen([sys.executable, '-m', 'tarfuse_ros.tools.evaluate', *args],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(out.glob('.figures.*.tmp/*.png')) and time.monotonic() < deadline:
+            if process.poll() is not None:
+                break
+            time.sleep(0.01)
+        process.send_signal(signal.SIGSTOP)  # no further pair meanwhile
+        assert list(out.glob('.figures.*.tmp/*.png')), 'no figure written in 120 s'
+    finally:
+        process.kill()
+        process.wait()
+    [left] = out.glob('.figures.*.tmp')
+    (out / '.figures.mine').mkdir()  # the user's: not of the pattern
+    running, claim = protocol._new_figures_folder(out)  # another evaluation, still running
+    try:
+        from tarfuse_ros.tools.evaluate import main
+        assert main(args) == 0
+        assert not left.exists() and running.is_dir() and (out / '.figures.mine').is_dir()
+        assert len(list((out / 'figures').glob('*.png'))) == 10
+    finally:
+        os.close(claim)
+    # Once its process is gone, the next run removes that one too.
+    assert main([*args[:-4], '--figures', '0', '--threads', '1']) == 0
+    assert sorted(path.name for path in out.iterdir()) == [
+        '.figures.mine', 'figures', 'metrics.json', 'report.md']
+
+
 def test_an_evaluation_never_replaces_a_report_or_metrics_it_did_not_write(
         random_checkpoint, tmp_path, capsys):
     """A report.md or metrics.json that no evaluation wrote is refused, not replaced.
