@@ -501,6 +501,40 @@ def test_resume_from_a_broken_state_is_one_clear_error(runs, tmp_path, capsys):
     assert 'cannot be read' in capsys.readouterr().err
 
 
+def _edit_state_json(folder, change):
+    path = folder / STATE_DIR / 'state.json'
+    meta = json.loads(path.read_text())
+    change(meta)
+    path.write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize('damage, message', [
+    # Each was a Python traceback (KeyError, RuntimeError with hundreds of lines, ...).
+    (lambda folder: (folder / STATE_DIR / 'ema.safetensors').write_bytes(b'\x00' * 64),
+     'cannot be read (ema.safetensors: '),
+    (lambda folder: _edit_state_json(folder, lambda meta: meta.pop('optimizer')),
+     "state.json' is damaged (no 'optimizer')"),
+    (lambda folder: _edit_state_json(folder, lambda meta: meta.update(epoch='two')),
+     "state.json' is damaged (epoch 'two' is not a count)"),
+    (lambda folder: _edit_state_json(folder, lambda meta: meta.update(rng={'numpy': [1]})),
+     "state.json' is damaged (random generator states: "),
+    (lambda folder: shutil.copy(share_dir() / 'models' / 'tarfuse_default.safetensors',
+                                folder / STATE_DIR / 'model.safetensors'),
+     "model.safetensors' does not hold the saved network of this run ("),
+])
+def test_resume_from_a_damaged_state_names_the_file(runs, tmp_path, capsys, damage, message):
+    broken = tmp_path / 'broken'
+    shutil.copytree(runs['b'], broken)
+    damage(broken)
+    before = (broken / logs.LOG_NAME).read_bytes()
+    # With train.ema the state's weight average is read too.
+    assert train_tool.main(['--resume', str(broken), '--epochs', '3',
+                            '--set', 'train.ema=0.9']) == 2
+    err = capsys.readouterr().err
+    assert message in err and 'Traceback' not in err and len(err.splitlines()) == 1, err
+    assert (broken / logs.LOG_NAME).read_bytes() == before
+
+
 def test_init_refuses_reordered_classes_and_model_fields_it_would_not_use(
         runs, splits, tmp_path, capsys):
     source = str(runs['a'] / FINAL_NAME)
