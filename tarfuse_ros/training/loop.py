@@ -47,6 +47,11 @@ _PROBE_WARMUP_STEPS = 3
 _PROBE_STEPS = 20
 
 
+# The optimizer settings of a parameter group that train.* gives (the learning rate is set
+# before every step).
+_CONFIG_GROUP_KEYS = ('lr_mult', 'weight_decay', 'betas')
+
+
 def parameter_groups(model, lr_mult, freeze, lr):
     """Return Adam parameter groups of ``model``: one per top-level part with its ``lr_mult``.
 
@@ -250,7 +255,14 @@ class Trainer:
         self.train_seconds, self.skipped_steps = 0.0, 0
         self.started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')
         if resume:
+            # The state's optimizer comes back with the settings it was saved with; the ones
+            # this run's config gives win (a resume that changed train.lr_mult, weight_decay or
+            # betas had them recorded in its config and not used).
+            given = [{key: group[key] for key in _CONFIG_GROUP_KEYS}
+                     for group in self.optimizer.param_groups]
             meta = load_state(resume, self.model, self.optimizer, self.ema)
+            for group, settings in zip(self.optimizer.param_groups, given):
+                group.update(settings)
             if self.ema is not None and 'ema_updates' not in meta:
                 _log('resume: the state holds no weight average; it starts at the first step '
                      'after the resume')

@@ -535,6 +535,29 @@ def test_resume_from_a_damaged_state_names_the_file(runs, tmp_path, capsys, dama
     assert (broken / logs.LOG_NAME).read_bytes() == before
 
 
+def test_resume_takes_the_optimizer_settings_it_is_given(runs, tmp_path):
+    """A resume that changed train.lr_mult, weight_decay or betas recorded them, unused.
+
+    The optimizer's groups came back from the state with the old settings: the detection head
+    trained at the old learning rate while config.yaml said twice that.
+    """
+    out = tmp_path / 'changed'
+    shutil.copytree(runs['b'], out)
+    assert train_tool.main(['--resume', str(out), '--epochs', '3',
+                            '--set', 'train.lr_mult={detect: 2}',
+                            '--set', 'train.weight_decay=0.01',
+                            '--set', 'train.betas=[0.8, 0.99]']) == 0
+    meta = state.read_state_meta(out / STATE_DIR)
+    assert meta['config']['train']['lr_mult'] == {'detect': 2.0}
+    groups = {group['part']: group for group in meta['optimizer']['param_groups']}
+    assert groups['detect']['lr_mult'] == 2.0 and groups['neck']['lr_mult'] == 1.0
+    assert groups['detect']['lr'] == pytest.approx(2 * groups['neck']['lr'])
+    for group in groups.values():
+        assert group['weight_decay'] == 0.01 and group['betas'] == [0.8, 0.99]
+    # The weights of the state before go on from it: the step counts carry over.
+    assert meta['global_step'] == 3 * runs['b_after_one']['state']['global_step']
+
+
 def test_init_refuses_reordered_classes_and_model_fields_it_would_not_use(
         runs, splits, tmp_path, capsys):
     source = str(runs['a'] / FINAL_NAME)
