@@ -138,8 +138,12 @@ def _select_stems(dataset_dir, options, deform, with_disp):
     """
     stems = data.read_split(dataset_dir, options.split, unique=True)
     if not stems:
-        raise ValueError(f'split {str(options.split)!r} of {str(dataset_dir)!r} lists no pair: '
-                         f'nothing to evaluate')
+        # Images there, none paired: say which (IR and visible images are paired by name).
+        notes = data.unpaired_notes(dataset_dir) if options.split == 'all' else []
+        unpaired = (f' ({"; ".join(notes)}; an IR and a visible image pair up by their '
+                    f'file name without the extension)') if notes else ''
+        raise ValueError(f'split {str(options.split)!r} of {str(dataset_dir)!r} lists no pair'
+                         f'{unpaired}: nothing to evaluate')
     if options.split == 'all':
         _warn_unpaired(dataset_dir)
     skipped = []
