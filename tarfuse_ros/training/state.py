@@ -162,7 +162,9 @@ def find_state_dir(path):
 
     """
     path = Path(path).expanduser()
-    for candidate in (path, path / STATE_DIR):
+    # A run killed while it saved, between moving its state aside and the new one into place
+    # (:func:`~tarfuse_ros.core.files.atomic_output`), left the state as ``state.old`` only.
+    for candidate in (path, path / STATE_DIR, path / f'{STATE_DIR}.old'):
         if (candidate / 'state.json').is_file() and (candidate / 'model.safetensors').is_file():
             return candidate.resolve()
     if not path.exists():

@@ -535,6 +535,21 @@ def test_resume_from_a_damaged_state_names_the_file(runs, tmp_path, capsys, dama
     assert (broken / logs.LOG_NAME).read_bytes() == before
 
 
+def test_resume_finds_the_state_a_run_killed_while_saving_left_aside(runs, tmp_path):
+    """Killed between moving its state to state.old and the new one into place: no state/.
+
+    --resume said 'no training state found' and told the user to start again.
+    """
+    out = tmp_path / 'killed'
+    shutil.copytree(runs['b'], out)
+    (out / STATE_DIR).rename(out / f'{STATE_DIR}.old')
+    assert state.find_state_dir(out) == (out / f'{STATE_DIR}.old').resolve()
+    assert train_tool.main(['--resume', str(out), '--epochs', '3']) == 0
+    assert state.read_state_meta(out / STATE_DIR)['epoch'] == 3
+    assert not (out / f'{STATE_DIR}.old').exists()
+    assert [r['epoch'] for r in _log(out)] == [1, 2, 3]
+
+
 def test_resume_takes_the_optimizer_settings_it_is_given(runs, tmp_path):
     """A resume that changed train.lr_mult, weight_decay or betas recorded them, unused.
 
