@@ -295,7 +295,11 @@ class Trainer:
     # -- one step, one epoch, one validation ---------------------------------------------------
     def _set_lr(self):
         train = self.config.train
-        factor = lr_factor(self.global_step, self.epochs * self.steps_per_epoch,
+        # Where the run is on the curve, counted in this run's steps per epoch: a resume with
+        # another batch size or training set has other steps per epoch than the saved run
+        # (the saved step count put it elsewhere on the curve, even past its end).
+        step = self.start_epoch * self.steps_per_epoch + self.global_step - self.run_start_step
+        factor = lr_factor(step, self.epochs * self.steps_per_epoch,
                            int(train.warmup_epochs * self.steps_per_epoch), train.schedule,
                            train.min_lr_ratio)
         lr = train.lr * factor

@@ -550,6 +550,25 @@ def test_resume_finds_the_state_a_run_killed_while_saving_left_aside(runs, tmp_p
     assert [r['epoch'] for r in _log(out)] == [1, 2, 3]
 
 
+def test_resume_with_another_batch_size_stays_on_the_learning_rate_curve(runs, tmp_path):
+    """2 steps per epoch saved, 1 after the resume: the curve went by the saved step count.
+
+    Epochs 3 and 4 of 4 then trained at the rate of the curve's end (5 % of the rate), as the
+    saved 4 steps were past the 4 steps the curve then spanned.
+    """
+    out = tmp_path / 'batch4'
+    shutil.copytree(runs['b'], out)
+    assert train_tool.main(['--resume', str(out), '--epochs', '4', '--batch', '4']) == 0
+    train = state.read_state_meta(out / STATE_DIR)['config']['train']
+    records = _log(out)
+    assert [r['step'] for r in records] == [2, 4, 5, 6]
+    for record, step in zip(records[2:], (2, 3)):  # one step per epoch after the resume
+        factor = schedule.lr_factor(step, 4, int(train['warmup_epochs']), train['schedule'],
+                                    train['min_lr_ratio'])
+        assert record['lr'] == pytest.approx(train['lr'] * factor)
+    assert records[2]['lr'] > 2 * records[3]['lr']  # the middle of the curve, then its end
+
+
 def test_resume_takes_the_optimizer_settings_it_is_given(runs, tmp_path):
     """A resume that changed train.lr_mult, weight_decay or betas recorded them, unused.
 
