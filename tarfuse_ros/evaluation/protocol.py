@@ -61,7 +61,7 @@ import time
 
 import numpy as np
 from tarfuse_ros.core import data, metrics
-from tarfuse_ros.core.files import write_text_atomic
+from tarfuse_ros.core.files import output_problem, write_text_atomic
 from tarfuse_ros.core.images import unit_plane
 from tarfuse_ros.core.runtime import torch_settings
 from tarfuse_ros.evaluation import inputs
@@ -237,6 +237,14 @@ def _evaluate(data_dir, weights, out_dir, options):
     aligned = stored_ir == 'aligned'
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f'--out {str(out_dir)!r} is a file: give a folder')
+    problem = output_problem(out_dir, folder=True)  # before the slow work
+    if problem:
+        raise ValueError(f'--out {str(out_dir)!r} cannot be used ({problem}): give a folder')
+    figures = out_dir / 'figures'
+    if os.path.lexists(figures) and not figures.is_dir():  # a link to a folder is one
+        kind = 'a link to nothing' if figures.is_symlink() else 'a file'
+        raise ValueError(f'--out {str(out_dir)!r} holds {kind} named figures, where the '
+                         f'evaluation writes its figures folder: move it, or give another --out')
     foreign = _foreign_results(out_dir)
     if foreign:  # an evaluation replaces its own results only
         raise ValueError(f'--out {str(out_dir)!r} holds {" and ".join(foreign)}, which no '
@@ -302,8 +310,9 @@ def _evaluate(data_dir, weights, out_dir, options):
         # one has its own (a failed or interrupted rerun deleted them at its start).
         new_figures, claim = _new_figures_folder(out_dir)
     except OSError as exc:
-        raise ValueError(f'--out {str(out_dir)!r} cannot be created ({exc.strerror}): give '
-                         f'a folder') from None
+        where = f'{exc.filename}: ' if exc.filename and Path(exc.filename) != out_dir else ''
+        raise ValueError(f'--out {str(out_dir)!r} cannot be created ({where}{exc.strerror}): '
+                         f'give a folder') from None
     iterator = stems
     if options.progress:
         from tqdm import tqdm

@@ -331,6 +331,31 @@ def test_evaluate_rejects_bad_requests(random_checkpoint, tmp_path, capsys):
     assert not (tmp_path / 'never').exists()
 
 
+def test_an_out_folder_holding_figures_that_is_not_a_folder_is_named(random_checkpoint,
+                                                                      tmp_path, capsys):
+    """A file or a dangling link named figures in --out is named before the model loads.
+
+    It was '--out X cannot be created (File exists)', though --out was there.
+    """
+    from tarfuse_ros.tools.evaluate import main
+    args = ['--data', str(DATASETS / 'tno'), '--split', 'all', '--weights',
+            str(random_checkpoint), '--no-progress', '--max-side', '96', '--figures', '0']
+    (tmp_path / 'file_there').mkdir()
+    (tmp_path / 'file_there' / 'figures').write_text('my figures are elsewhere')
+    (tmp_path / 'link_there').mkdir()
+    (tmp_path / 'link_there' / 'figures').symlink_to(tmp_path / 'unmounted')
+    for name, kind in (('file_there', 'a file'), ('link_there', 'a link to nothing')):
+        out = tmp_path / name
+        assert main([*args, '--out', str(out)]) == 2
+        assert capsys.readouterr().err == (
+            f"tarfuse-eval: error: --out '{out}' holds {kind} named figures, where the "
+            'evaluation writes its figures folder: move it, or give another --out\n')
+        assert sorted(path.name for path in out.iterdir()) == ['figures']
+    # A link to a folder is one (figures on another disk).
+    (tmp_path / 'unmounted').mkdir()
+    assert main([*args, '--out', str(tmp_path / 'link_there')]) == 0
+
+
 def test_fine_passes_reach_the_engine_and_are_recorded(random_checkpoint, tmp_path, capsys):
     """--fine-passes 0: the global stage runs none; metrics.json and the report say so."""
     from tarfuse_ros.tools.evaluate import main
