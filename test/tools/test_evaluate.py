@@ -331,8 +331,7 @@ def test_evaluate_rejects_bad_requests(random_checkpoint, tmp_path, capsys):
     assert not (tmp_path / 'never').exists()
 
 
-def test_an_out_folder_holding_figures_that_is_not_a_folder_is_named(random_checkpoint,
-                                                                      tmp_path, capsys):
+def test_a_figures_file_in_the_out_folder_is_named(random_checkpoint, tmp_path, capsys):
     """A file or a dangling link named figures in --out is named before the model loads.
 
     It was '--out X cannot be created (File exists)', though --out was there.
