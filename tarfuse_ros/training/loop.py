@@ -27,8 +27,8 @@ from tarfuse_ros.core.runtime import resolve_device
 from tarfuse_ros.training import logs, steps
 from tarfuse_ros.training.datasets import (build_dataset, check_class_map,
                                            check_no_test_pairs, count_labelled,
-                                           dropped_class_lines, resolve_sources,
-                                           unpaired_lines)
+                                           dropped_class_lines, pinned_sources,
+                                           resolve_sources, unpaired_lines)
 from tarfuse_ros.training.distributed import barrier, broadcast_int, DistInfo
 from tarfuse_ros.training.ema import weight_average
 from tarfuse_ros.training.loaders import train_loader, val_loader
@@ -165,6 +165,11 @@ class Trainer:
         self.train_sources = resolve_sources(config.data.train, root)
         check_no_test_pairs(self.train_sources)
         self.val_sources = resolve_sources(config.data.val, root)
+        # The config the run saves (config.yaml, the state a resume reads) names the folders
+        # and list files found in the working directory by their absolute paths.
+        self.config = config = dataclasses.replace(config, data=dataclasses.replace(
+            config.data, train=pinned_sources(config.data.train, self.train_sources, root),
+            val=pinned_sources(config.data.val, self.val_sources, root)))
         if self.dist.is_main:
             for line in unpaired_lines(self.train_sources + self.val_sources):
                 _log(line)

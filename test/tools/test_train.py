@@ -23,7 +23,7 @@ from tarfuse_ros.core.data import DataSource
 from tarfuse_ros.core.paths import share_dir
 from tarfuse_ros.tools import train as train_tool
 from tarfuse_ros.training import logs, schedule, state
-from tarfuse_ros.training.datasets import resolve_sources
+from tarfuse_ros.training.datasets import pinned_sources, resolve_sources
 from tarfuse_ros.training.loop import CURVE_NAME, FINAL_NAME
 from tarfuse_ros.training.state import STATE_DIR
 import torch
@@ -628,6 +628,39 @@ def test_relative_list_files_and_label_folders_are_found_from_any_directory(
                                 'labels': 'data/pseudo_labels/roadscene/labels'}])
     assert source.labels == str(share_dir() / 'data' / 'pseudo_labels' / 'roadscene' / 'labels')
     assert source.split == str(listed)
+
+
+def test_a_run_on_relative_paths_resumes_from_another_directory(splits, tmp_path, monkeypatch):
+    """The saved config kept --data my_set:two.txt as given, relative to the working directory.
+
+    A resume from another directory then found no such set (or a shared set of that name:
+    other data, without a word).
+    """
+    own = tmp_path / 'work' / 'my_set'
+    stems = splits['stems'][:2]
+    for sub in ('ir', 'vi', 'labels'):
+        (own / sub).mkdir(parents=True)
+        for stem in stems:
+            for found in (ROADSCENE / sub).glob(f'{stem}.*'):
+                shutil.copy(found, own / sub)
+    shutil.copy(ROADSCENE / 'labels' / 'classes.txt', own / 'labels')
+    (tmp_path / 'work' / 'two.txt').write_text('\n'.join(stems) + '\n')
+    monkeypatch.chdir(tmp_path / 'work')
+    args = _args(splits, tmp_path / 'run', '--epochs', '1', '--val-data', 'none')
+    args[args.index('--data') + 1] = 'my_set:two.txt'
+    del args[args.index('--val-data'):args.index('--val-data') + 2]  # the first one
+    assert train_tool.main(args) == 0
+    monkeypatch.chdir(tmp_path)
+    assert train_tool.main(['--resume', str(tmp_path / 'run'), '--epochs', '2']) == 0
+    source, = state.read_state_meta(tmp_path / 'run' / STATE_DIR)['config']['data']['train']
+    assert (source['path'], source['split']) == (str(own), str(tmp_path / 'work' / 'two.txt'))
+    assert [r['epoch'] for r in _log(tmp_path / 'run')] == [1, 2]
+    # What the shipped config names by name (a shared set, the package's data/...) stays so.
+    given = [{'path': str(ROADSCENE), 'split': 'train',
+              'labels': 'data/pseudo_labels/roadscene/labels'}]
+    resolved = resolve_sources(given)
+    pinned, = pinned_sources(given, resolved)
+    assert (pinned.split, pinned.labels) == ('train', 'data/pseudo_labels/roadscene/labels')
 
 
 def test_sigterm_stops_the_run_like_ctrl_c(splits, tmp_path):
