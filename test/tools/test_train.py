@@ -550,6 +550,34 @@ def test_resume_finds_the_state_a_run_killed_while_saving_left_aside(runs, tmp_p
     assert [r['epoch'] for r in _log(out)] == [1, 2, 3]
 
 
+def test_a_state_half_written_by_a_killed_run_goes_with_the_next_run(runs, tmp_path):
+    """Killed while it saved its state: the half-written folder stayed beside it for good.
+
+    The next run into that folder removes it; one a live process still writes, and the user's
+    own folders, stay.
+    """
+    from tarfuse_ros.core.files import atomic_output
+    out = tmp_path / 'killed'
+    shutil.copytree(runs['b'], out)
+    killed = subprocess.run(
+        [sys.executable, '-c',
+         'import os, sys; from tarfuse_ros.core.files import atomic_output\n'
+         'with atomic_output(sys.argv[1], folder=True) as folder:\n'
+         '    (folder / "model.safetensors").write_bytes(bytes(1000))\n'
+         '    os.kill(os.getpid(), 9)\n', str(out / STATE_DIR)])
+    assert killed.returncode == -signal.SIGKILL
+    [left] = out.glob(f'{STATE_DIR}.*.tmp')
+    (out / f'{STATE_DIR}.mine.tmp').mkdir()  # not of the pattern: the user's
+    with pytest.raises(RuntimeError, match='abandoned'):
+        with atomic_output(out / STATE_DIR, folder=True) as live:  # a save under way
+            assert train_tool.main(['--resume', str(out), '--epochs', '3']) == 0
+            assert not left.exists() and live.is_dir()
+            raise RuntimeError('abandoned')  # so that it does not replace the state
+    assert sorted(path.name for path in out.iterdir() if STATE_DIR in path.name) == [
+        STATE_DIR, f'{STATE_DIR}.mine.tmp']
+    assert state.read_state_meta(out / STATE_DIR)['epoch'] == 3
+
+
 def test_resume_with_another_batch_size_stays_on_the_learning_rate_curve(runs, tmp_path):
     """2 steps per epoch saved, 1 after the resume: the curve went by the saved step count.
 
