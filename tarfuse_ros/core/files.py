@@ -15,9 +15,9 @@ import stat
 import tempfile
 import zipfile
 
-__all__ = ['atomic_output', 'file_sha256', 'is_safetensors', 'is_torch_pickle',
+__all__ = ['atomic_output', 'claim_folder', 'file_sha256', 'is_safetensors', 'is_torch_pickle',
            'is_truncated_jpeg', 'is_truncated_jpeg_data', 'looks_like_onnx', 'output_problem',
-           'plain_zip_members', 'plain_zip_problem', 'remove_stale_outputs',
+           'plain_zip_members', 'plain_zip_problem', 'remove_stale_outputs', 'remove_unclaimed',
            'write_text_atomic']
 
 
@@ -241,7 +241,7 @@ def atomic_output(path, folder=False):
     temporary, mode = _create_temporary(path, folder)
     # A folder is claimed while it is filled: one no process claims was left by a writer that
     # was killed (remove_stale_outputs).
-    claim = _claim(temporary) if folder else None
+    claim = claim_folder(temporary) if folder else None
     try:
         yield temporary
         if folder:
@@ -266,10 +266,25 @@ def atomic_output(path, folder=False):
             os.close(claim)
 
 
-def _claim(folder):
+def remove_stale_outputs(path):
+    """Remove the temporary folders of ``atomic_output(path, folder=True)`` killed writers left.
+
+    A writer killed while it filled its folder (SIGKILL, the machine off) leaves it beside
+    ``path`` as ``<name>.<8 hex digits>.tmp``; a writer that is still running claims its own
+    (:func:`atomic_output`), which stays, and so does anything of another name.
+    """
+    path = Path(path)
+    pattern = re.compile(re.escape(path.name) + r'\.[0-9a-f]{8}\.tmp')
+    if path.parent.is_dir():
+        remove_unclaimed(folder for folder in path.parent.iterdir()
+                         if pattern.fullmatch(folder.name))
+
+
+def claim_folder(folder):
     """Return a descriptor of ``folder`` holding an exclusive ``flock`` on it, or None.
 
-    None where the lock is held already (by a live process) or the folder cannot be opened.
+    Close it when the folder is done. None where another descriptor holds the lock (a live
+    process's claim) or the folder cannot be opened.
     """
     try:
         claim = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
@@ -283,25 +298,16 @@ def _claim(folder):
     return claim
 
 
-def remove_stale_outputs(path):
-    """Remove the temporary folders of ``atomic_output(path, folder=True)`` killed writers left.
-
-    A writer killed while it filled its folder (SIGKILL, the machine off) leaves it beside
-    ``path`` as ``<name>.<8 hex digits>.tmp``; a writer that is still running claims its own
-    (:func:`atomic_output`), which stays, and so does anything of another name.
-    """
-    path = Path(path)
-    pattern = re.compile(re.escape(path.name) + r'\.[0-9a-f]{8}\.tmp')
-    if not path.parent.is_dir():
-        return
-    for temporary in path.parent.iterdir():
-        if not pattern.fullmatch(temporary.name) or temporary.is_symlink() \
-                or not temporary.is_dir():
+def remove_unclaimed(folders):
+    """Remove those of ``folders`` (temporary ones) that no live process claims (not links)."""
+    for folder in folders:
+        folder = Path(folder)
+        if folder.is_symlink() or not folder.is_dir():
             continue
-        claim = _claim(temporary)
+        claim = claim_folder(folder)
         if claim is not None:
             try:
-                _remove(temporary)
+                _remove(folder)
             finally:
                 os.close(claim)
 

@@ -50,7 +50,6 @@ pairs (COCO). Speed: mean wall time of ``FusionEngine.infer`` per pair after one
 """
 
 from dataclasses import dataclass
-import fcntl
 import json
 import logging
 import os
@@ -61,7 +60,8 @@ import time
 
 import numpy as np
 from tarfuse_ros.core import data, metrics
-from tarfuse_ros.core.files import output_problem, write_text_atomic
+from tarfuse_ros.core.files import (claim_folder, output_problem, remove_unclaimed,
+                                    write_text_atomic)
 from tarfuse_ros.core.images import unit_plane
 from tarfuse_ros.core.runtime import torch_settings
 from tarfuse_ros.evaluation import inputs
@@ -305,7 +305,7 @@ def _evaluate(data_dir, weights, out_dir, options):
     created = [folder for folder in (out_dir, out_dir / 'figures') if not folder.exists()]
     try:  # only now: a request refused above leaves no output folder behind
         (out_dir / 'figures').mkdir(parents=True, exist_ok=True)
-        _remove_stale_figures(out_dir)
+        remove_unclaimed(out_dir.glob(_NEW_FIGURES))  # left by killed runs
         # This run's figures wait here: an earlier evaluation's results stay whole until this
         # one has its own (a failed or interrupted rerun deleted them at its start).
         new_figures, claim = _new_figures_folder(out_dir)
@@ -359,56 +359,30 @@ def _evaluate(data_dir, weights, out_dir, options):
 
 
 # This run's figures folder until they are done, in --out: a run killed (SIGKILL, the machine
-# off) leaves it behind, and the next run into that --out removes it (_remove_stale_figures).
+# off) leaves it behind, and the next run into that --out removes it.
 _NEW_FIGURES = '.figures.*.tmp'
 
 
 def _new_figures_folder(out_dir):
     """Create this run's temporary figures folder in ``out_dir``; return it and its claim.
 
-    The claim is a descriptor of the folder holding an exclusive ``flock`` on it, for as long
-    as the process lives (close it when done): a folder of :data:`_NEW_FIGURES` whose lock is
-    free is one a run left behind. The folder gets its final name once locked, so that another
-    run never finds it unclaimed.
+    The claim (:func:`~tarfuse_ros.core.files.claim_folder`) lasts until it is closed, or the
+    process ends: a folder of :data:`_NEW_FIGURES` that no one claims was left by a killed run.
+    The folder gets its name once claimed, so that another run never finds it unclaimed.
     """
     unclaimed = Path(tempfile.mkdtemp(prefix='.figures.', suffix='.new', dir=out_dir))
+    claim = claim_folder(unclaimed)
     try:
-        claim = os.open(unclaimed, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        unclaimed.rmdir()
-        raise
-    try:
-        fcntl.flock(claim, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if claim is None:
+            raise OSError(f'cannot lock {unclaimed}')
         folder = unclaimed.with_suffix('.tmp')
         unclaimed.rename(folder)
     except OSError:
-        os.close(claim)
+        if claim is not None:
+            os.close(claim)
         unclaimed.rmdir()
         raise
     return folder, claim
-
-
-def _remove_stale_figures(out_dir):
-    """Remove the temporary figures folders that killed runs left in ``out_dir``.
-
-    Only folders of :data:`_NEW_FIGURES` that no running evaluation holds
-    (:func:`_new_figures_folder`); a folder of another name, or one a run still writes, stays.
-    """
-    for folder in out_dir.glob(_NEW_FIGURES):
-        if folder.is_symlink() or not folder.is_dir():
-            continue
-        try:
-            claim = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-        except OSError:
-            continue
-        try:
-            fcntl.flock(claim, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:  # a running evaluation's
-            continue
-        else:
-            shutil.rmtree(folder, ignore_errors=True)
-        finally:
-            os.close(claim)
 
 
 def _replace_figures(figures, new_figures):
