@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 
+from tarfuse_ros.console import StopRequest
 from tarfuse_ros.core.data import DataSource
 from tarfuse_ros.core.files import output_problem
 from tarfuse_ros.core.runtime import DeviceUnavailableError, torch_settings
@@ -324,8 +325,10 @@ def main(argv=None):
         # The command line counts its budget from the interpreter's start (imports included).
         t0 = _T0 if argv_given is None else None
         dist = setup_distributed(force=args.ddp)
-        # SIGTERM (a job scheduler, docker stop) stops the run as Ctrl-C does.
-        previous = _terminate_as_interrupt()
+        # SIGTERM (a job scheduler, docker stop) stops the run as Ctrl-C does; only the first
+        # of them does: a second one (terminals and ros2 launch send several) interrupted the
+        # stop's save of the weights and summary, and was reported as a stop while starting.
+        previous = _stop_once()
         try:
             with torch_settings(threads=config.train.threads,
                                 deterministic=True if config.train.deterministic else None,
@@ -335,8 +338,8 @@ def main(argv=None):
                 _carry_log(out, resume)
                 summary = trainer.fit()
         finally:
-            if previous is not None:
-                signal.signal(signal.SIGTERM, previous)
+            for number, handler in previous.items():
+                signal.signal(number, handler)
             teardown_distributed(dist)
     except ValueError as exc:
         print(f'tarfuse-train: error: {exc}', file=sys.stderr)
@@ -351,18 +354,15 @@ def main(argv=None):
     return 130 if summary and summary.get('interrupted') else 0
 
 
-def _terminate_as_interrupt():
-    """Make SIGTERM raise KeyboardInterrupt (the run then stops cleanly); return the old handler.
+def _stop_once():
+    """Make the first SIGINT or SIGTERM raise KeyboardInterrupt, later ones nothing.
 
-    Returns None (nothing changed) outside the main thread, where signals cannot be handled.
+    Returns ``{signal: previous handler}`` to put back; empty outside the main thread, where
+    signals cannot be handled (SIGINT ignored by the shell that started it stays ignored).
     """
     if threading.current_thread() is not threading.main_thread():
-        return None
-
-    def handler(signum, frame):
-        raise KeyboardInterrupt
-
-    return signal.signal(signal.SIGTERM, handler)
+        return {}
+    return StopRequest(once=True).install((signal.SIGINT, signal.SIGTERM))
 
 
 if __name__ == '__main__':

@@ -712,6 +712,40 @@ def test_sigterm_stops_the_run_like_ctrl_c(splits, tmp_path):
     assert json.loads((out / 'summary.json').read_text())['interrupted'] is True
 
 
+def test_a_second_ctrl_c_does_not_cut_the_stop_short(splits, tmp_path):
+    """A second SIGINT (terminals and ros2 launch send several) while the stop saved its work.
+
+    It interrupted the save: no summary.json and 'interrupted while starting; no training was
+    done' after epochs of training.
+    """
+    out = tmp_path / 'twice'
+    command = [sys.executable, '-u', '-m', 'tarfuse_ros.tools.train',
+               *_args(splits, out, '--epochs', '500', '--val-every', '0')]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, cwd=Path(__file__).resolve().parents[2])
+    lines = []
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / STATE_DIR / 'state.json').is_file() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert (out / STATE_DIR / 'state.json').is_file(), 'no epoch finished in 120 s'
+        process.send_signal(signal.SIGINT)
+        for line in process.stdout:  # the stop is saving the weights now
+            lines.append(line)
+            if 'interrupted in epoch' in line:
+                process.send_signal(signal.SIGINT)
+                break
+        output, _ = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    output = ''.join(lines) + output
+    assert process.returncode == 130, output
+    assert 'no training was done' not in output and 'Traceback' not in output, output
+    summary = json.loads((out / 'summary.json').read_text())
+    assert summary['interrupted'] is True and summary['epochs'] >= 1
+    assert summary['epochs'] == state.read_state_meta(out / STATE_DIR)['epoch']
+
+
 def test_sigterm_to_the_process_group_stops_a_run_with_loader_workers(splits, tmp_path):
     """SIGTERM to the whole group (systemctl stop, timeout) killed the DataLoader workers too.
 
