@@ -578,6 +578,28 @@ def test_a_state_half_written_by_a_killed_run_goes_with_the_next_run(runs, tmp_p
     assert state.read_state_meta(out / STATE_DIR)['epoch'] == 3
 
 
+def test_resume_after_a_kill_in_the_log_write(runs, tmp_path, capsys):
+    """A run killed while it appended its epoch record left half a line in log.jsonl.
+
+    --resume then failed with 'Unterminated string starting at: line 1 column 28', and so did
+    every later try.
+    """
+    out = tmp_path / 'killed'
+    shutil.copytree(runs['b'], out)
+    with open(out / logs.LOG_NAME, 'a', encoding='utf-8') as stream:
+        stream.write('{"epoch": 3, "epochs": 3, "ste')
+    assert train_tool.main(['--resume', str(out), '--epochs', '3']) == 0
+    assert [r['epoch'] for r in _log(out)] == [1, 2, 3]
+    # A broken line within the log is named, not skipped (it is no cut-short write).
+    lines = (out / logs.LOG_NAME).read_text().splitlines(keepends=True)
+    (out / logs.LOG_NAME).write_text(lines[0] + 'garbage\n' + ''.join(lines[2:]))
+    capsys.readouterr()
+    assert train_tool.main(['--resume', str(out), '--epochs', '4']) == 2
+    assert capsys.readouterr().err == (
+        f"tarfuse-train: error: training log '{out / logs.LOG_NAME}' line 2 is not a JSON "
+        "record ('garbage'): repair or remove that line\n")
+
+
 def test_resume_with_another_batch_size_stays_on_the_learning_rate_curve(runs, tmp_path):
     """2 steps per epoch saved, 1 after the resume: the curve went by the saved step count.
 
