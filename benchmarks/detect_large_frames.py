@@ -7,7 +7,8 @@ cubic when enlarging, area when shrinking), run through :class:`FusionEngine` on
 (no deformation: detection only), and scored against its YOLO labels for every
 ``--max-long-side`` value (0: features never shrunk). The registration and fusion trunk runs
 once per pair and size; only the detection neck and head run again per value, so the values
-are compared on the same fused features. Confidence 0.001 and NMS IoU 0.6, as ``tarfuse-eval``.
+are compared on the same fused features. Confidence 0.001 and NMS IoU 0.6, and the AP of
+``tarfuse-eval`` (ultralytics' validation code: ``AP_METHOD``), as ``tarfuse-eval``.
 
     python benchmarks/detect_large_frames.py --data msrs_train --split val --threads 2
         --sizes 1280x960,1920x1440 --max-long-side 0,640,800,960,1024,1280 --out val.json
@@ -27,8 +28,9 @@ from bench_args import check_outputs
 import cv2
 import numpy as np
 from resized_set import parse_size, resize
-from tarfuse_ros.core import data, metrics
+from tarfuse_ros.core import data
 from tarfuse_ros.core.engine import FusionEngine
+from tarfuse_ros.evaluation.detection import AP_METHOD, detection_summary
 from tarfuse_ros.training.datasets import resolve_dataset_dir
 import torch
 
@@ -51,7 +53,18 @@ class _TrunkOnce:
 
 
 def score(dataset_dir, stems, engine, sizes, max_sides, classes):
-    """Return ``{(size, value): detection_metrics(...)}`` (see the module docstring)."""
+    """Return ``{(size, value): detection_summary(...)}`` (see the module docstring).
+
+    The AP of ``tarfuse-eval`` (:func:`~tarfuse_ros.evaluation.detection.detection_summary`,
+    ultralytics' validation code), so that the figures compare with its reports.
+    """
+    return {key: detection_summary(predictions, targets, classes)
+            for key, (predictions, targets) in
+            detections(dataset_dir, stems, engine, sizes, max_sides, classes).items()}
+
+
+def detections(dataset_dir, stems, engine, sizes, max_sides, classes):
+    """Return ``{(size, value): (predictions, targets)}``: what :func:`score` scores."""
     model = engine.model
     base = model.config
     trunk = _TrunkOnce(model)
@@ -77,8 +90,7 @@ def score(dataset_dir, stems, engine, sizes, max_sides, classes):
                         [[d.x1, d.y1, d.x2, d.y2, d.score, d.class_id] for d in found],
                         np.float64).reshape(-1, 6))
             for value in max_sides:
-                results[(size, value)] = metrics.detection_metrics(predictions[value], targets,
-                                                                   classes)
+                results[(size, value)] = (predictions[value], targets)
     finally:
         model.config = base
         del model.forward  # back to the class's method
@@ -132,8 +144,8 @@ def main(argv=None):
         per_class = ' '.join(f'{name} {c["ap50"]:.3f}' for name, c in m['per_class'].items())
         print(f'{args.data}:{args.split} {size[0]}x{size[1]} detect_max_long_side {value}: '
               f'mAP@0.5 {m["map50"]:.3f} mAP@0.5:0.95 {m["map50_95"]:.3f} ({per_class})')
-        rows.append({'size': list(size), 'detect_max_long_side': value, **m})
-    print(f'{len(stems)} pairs, {time.monotonic() - start:.0f} s')
+        rows.append({'size': list(size), 'detect_max_long_side': value, 'ap': AP_METHOD, **m})
+    print(f'{len(stems)} pairs, {time.monotonic() - start:.0f} s; AP: {AP_METHOD}')
     if args.out:
         Path(args.out).write_text(json.dumps(rows, indent=1) + '\n')
     return 0

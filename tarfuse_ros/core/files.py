@@ -4,18 +4,21 @@
 """
 
 from contextlib import contextmanager
+import fcntl
 import hashlib
 import os
 from pathlib import Path
+import re
 import secrets
 import shutil
 import stat
 import tempfile
 import zipfile
 
-__all__ = ['atomic_output', 'file_sha256', 'is_safetensors', 'is_torch_pickle',
+__all__ = ['atomic_output', 'claim_folder', 'file_sha256', 'is_safetensors', 'is_torch_pickle',
            'is_truncated_jpeg', 'is_truncated_jpeg_data', 'looks_like_onnx', 'output_problem',
-           'plain_zip_members', 'plain_zip_problem', 'write_text_atomic']
+           'plain_zip_members', 'plain_zip_problem', 'remove_stale_outputs', 'remove_unclaimed',
+           'write_text_atomic']
 
 
 def file_sha256(path):
@@ -236,6 +239,9 @@ def atomic_output(path, folder=False):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary, mode = _create_temporary(path, folder)
+    # A folder is claimed while it is filled: one no process claims was left by a writer that
+    # was killed (remove_stale_outputs).
+    claim = claim_folder(temporary) if folder else None
     try:
         yield temporary
         if folder:
@@ -256,6 +262,54 @@ def atomic_output(path, folder=False):
         _remove(old)
     finally:
         _remove(temporary)
+        if claim is not None:
+            os.close(claim)
+
+
+def remove_stale_outputs(path):
+    """Remove the temporary folders of ``atomic_output(path, folder=True)`` killed writers left.
+
+    A writer killed while it filled its folder (SIGKILL, the machine off) leaves it beside
+    ``path`` as ``<name>.<8 hex digits>.tmp``; a writer that is still running claims its own
+    (:func:`atomic_output`), which stays, and so does anything of another name.
+    """
+    path = Path(path)
+    pattern = re.compile(re.escape(path.name) + r'\.[0-9a-f]{8}\.tmp')
+    if path.parent.is_dir():
+        remove_unclaimed(folder for folder in path.parent.iterdir()
+                         if pattern.fullmatch(folder.name))
+
+
+def claim_folder(folder):
+    """Return a descriptor of ``folder`` holding an exclusive ``flock`` on it, or None.
+
+    Close it when the folder is done. None where another descriptor holds the lock (a live
+    process's claim) or the folder cannot be opened.
+    """
+    try:
+        claim = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(claim, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(claim)
+        return None
+    return claim
+
+
+def remove_unclaimed(folders):
+    """Remove those of ``folders`` (temporary ones) that no live process claims (not links)."""
+    for folder in folders:
+        folder = Path(folder)
+        if folder.is_symlink() or not folder.is_dir():
+            continue
+        claim = claim_folder(folder)
+        if claim is not None:
+            try:
+                _remove(folder)
+            finally:
+                os.close(claim)
 
 
 def _remove(path):

@@ -35,7 +35,10 @@ Registration metrics take images in [0, 1] (uint8 is divided by 255) and flows i
 ``landmark_error`` takes point lists in pixels.
 Detection metrics are COCO-style: greedy matching by score, 101-point interpolated precision,
 AP at IoU 0.5 and averaged over IoU 0.50:0.05:0.95, per class and averaged over the classes that
-have ground truth.
+have ground truth. They are the COCO reference the tests check; ``tarfuse-eval`` and the
+benchmarks report ultralytics' AP instead
+(:func:`tarfuse_ros.evaluation.detection.detection_summary`, ``yolo val``'s figures: 0.995, not
+1, for a perfect detector), so compare figures of one of the two only.
 """
 
 import math

@@ -7,7 +7,7 @@ from tarfuse_ros.core import metrics
 from tarfuse_ros.core.cpus import machine_facts
 from tarfuse_ros.evaluation.baselines import BASELINES
 from tarfuse_ros.evaluation.contrast import CONTRAST_CLASSES, TargetContrast
-from tarfuse_ros.evaluation.detection import detection_summary
+from tarfuse_ros.evaluation.detection import AP_METHOD, detection_summary
 
 __all__ = ['CONTRAST_METHODS', 'DETECTORS', 'Scores', 'conventions', 'mean_dicts', 'pixel_units']
 
@@ -86,9 +86,7 @@ def conventions(aligned, conf, iou, max_side=None):
             'mean |v + flow(v) - r| over landmark pairs (v visible, r IR mapped to the '
             'visible frame as the IR is resized), px of the evaluated visible image; '
             'unregistered: zero flow'),
-        'detection': 'AP by ultralytics (ap_per_class, match_predictions: 101-point '
-                     'interpolated AP, IoU 0.5 and 0.5:0.95), max 100 detections/image, '
-                     f'NMS conf {conf}, IoU {iou}',
+        'detection': f'{AP_METHOD}, NMS conf {conf}, IoU {iou}',
         'target_contrast': (
             f'per labelled {"/".join(CONTRAST_CLASSES)} box: mean inside minus mean of a ring '
             'around it (half the shorter side, >= 4 px), grey levels 0-255, in the aligned IR, '

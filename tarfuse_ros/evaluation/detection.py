@@ -26,7 +26,11 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-__all__ = ['COCO_IOU_THRESHOLDS', 'detection_summary', 'operating_points']
+__all__ = ['AP_METHOD', 'COCO_IOU_THRESHOLDS', 'detection_summary', 'operating_points']
+
+# How :func:`detection_summary` computes AP, in one line (metrics.json, benchmark outputs).
+AP_METHOD = ('AP by ultralytics (ap_per_class, match_predictions: 101-point interpolated AP, '
+             'IoU 0.5 and 0.5:0.95), max 100 detections/image')
 
 COCO_IOU_THRESHOLDS = tuple(float(t) for t in np.linspace(0.5, 0.95, 10))
 

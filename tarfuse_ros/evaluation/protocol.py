@@ -52,6 +52,7 @@ pairs (COCO). Speed: mean wall time of ``FusionEngine.infer`` per pair after one
 from dataclasses import dataclass
 import json
 import logging
+import os
 from pathlib import Path
 import shutil
 import tempfile
@@ -59,7 +60,8 @@ import time
 
 import numpy as np
 from tarfuse_ros.core import data, metrics
-from tarfuse_ros.core.files import write_text_atomic
+from tarfuse_ros.core.files import (claim_folder, output_problem, remove_unclaimed,
+                                    write_text_atomic)
 from tarfuse_ros.core.images import unit_plane
 from tarfuse_ros.core.runtime import torch_settings
 from tarfuse_ros.evaluation import inputs
@@ -136,8 +138,12 @@ def _select_stems(dataset_dir, options, deform, with_disp):
     """
     stems = data.read_split(dataset_dir, options.split, unique=True)
     if not stems:
-        raise ValueError(f'split {str(options.split)!r} of {str(dataset_dir)!r} lists no pair: '
-                         f'nothing to evaluate')
+        # Images there, none paired: say which (IR and visible images are paired by name).
+        notes = data.unpaired_notes(dataset_dir) if options.split == 'all' else []
+        unpaired = (f' ({"; ".join(notes)}; an IR and a visible image pair up by their '
+                    f'file name without the extension)') if notes else ''
+        raise ValueError(f'split {str(options.split)!r} of {str(dataset_dir)!r} lists no pair'
+                         f'{unpaired}: nothing to evaluate')
     if options.split == 'all':
         _warn_unpaired(dataset_dir)
     skipped = []
@@ -231,6 +237,14 @@ def _evaluate(data_dir, weights, out_dir, options):
     aligned = stored_ir == 'aligned'
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f'--out {str(out_dir)!r} is a file: give a folder')
+    problem = output_problem(out_dir, folder=True)  # before the slow work
+    if problem:
+        raise ValueError(f'--out {str(out_dir)!r} cannot be used ({problem}): give a folder')
+    figures = out_dir / 'figures'
+    if os.path.lexists(figures) and not figures.is_dir():  # a link to a folder is one
+        kind = 'a link to nothing' if figures.is_symlink() else 'a file'
+        raise ValueError(f'--out {str(out_dir)!r} holds {kind} named figures, where the '
+                         f'evaluation writes its figures folder: move it, or give another --out')
     foreign = _foreign_results(out_dir)
     if foreign:  # an evaluation replaces its own results only
         raise ValueError(f'--out {str(out_dir)!r} holds {" and ".join(foreign)}, which no '
@@ -291,12 +305,14 @@ def _evaluate(data_dir, weights, out_dir, options):
     created = [folder for folder in (out_dir, out_dir / 'figures') if not folder.exists()]
     try:  # only now: a request refused above leaves no output folder behind
         (out_dir / 'figures').mkdir(parents=True, exist_ok=True)
+        remove_unclaimed(out_dir.glob(_NEW_FIGURES))  # left by killed runs
         # This run's figures wait here: an earlier evaluation's results stay whole until this
         # one has its own (a failed or interrupted rerun deleted them at its start).
-        new_figures = Path(tempfile.mkdtemp(prefix='.figures.', suffix='.tmp', dir=out_dir))
+        new_figures, claim = _new_figures_folder(out_dir)
     except OSError as exc:
-        raise ValueError(f'--out {str(out_dir)!r} cannot be created ({exc.strerror}): give '
-                         f'a folder') from None
+        where = f'{exc.filename}: ' if exc.filename and Path(exc.filename) != out_dir else ''
+        raise ValueError(f'--out {str(out_dir)!r} cannot be created ({where}{exc.strerror}): '
+                         f'give a folder') from None
     iterator = stems
     if options.progress:
         from tqdm import tqdm
@@ -335,9 +351,38 @@ def _evaluate(data_dir, weights, out_dir, options):
             if folder.is_dir() and not any(folder.iterdir()):
                 folder.rmdir()
         raise
+    finally:
+        os.close(claim)
     write_text_atomic(out_dir / 'metrics.json', json.dumps(result, indent=2) + '\n')
     write_text_atomic(out_dir / 'report.md', report)
     return result
+
+
+# This run's figures folder until they are done, in --out: a run killed (SIGKILL, the machine
+# off) leaves it behind, and the next run into that --out removes it.
+_NEW_FIGURES = '.figures.*.tmp'
+
+
+def _new_figures_folder(out_dir):
+    """Create this run's temporary figures folder in ``out_dir``; return it and its claim.
+
+    The claim (:func:`~tarfuse_ros.core.files.claim_folder`) lasts until it is closed, or the
+    process ends: a folder of :data:`_NEW_FIGURES` that no one claims was left by a killed run.
+    The folder gets its name once claimed, so that another run never finds it unclaimed.
+    """
+    unclaimed = Path(tempfile.mkdtemp(prefix='.figures.', suffix='.new', dir=out_dir))
+    claim = claim_folder(unclaimed)
+    try:
+        if claim is None:
+            raise OSError(f'cannot lock {unclaimed}')
+        folder = unclaimed.with_suffix('.tmp')
+        unclaimed.rename(folder)
+    except OSError:
+        if claim is not None:
+            os.close(claim)
+        unclaimed.rmdir()
+        raise
+    return folder, claim
 
 
 def _replace_figures(figures, new_figures):

@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 
+from tarfuse_ros.console import StopRequest
 from tarfuse_ros.core.data import DataSource
 from tarfuse_ros.core.files import output_problem
 from tarfuse_ros.core.runtime import DeviceUnavailableError, torch_settings
@@ -63,7 +64,8 @@ def build_parser():
                              '(data.val_crop > 0) takes it too, unless --set data.val_crop=N '
                              'gives one (the explicit key wins)')
     parser.add_argument('--batch', type=int, default=None, help='batch size per process')
-    parser.add_argument('--workers', type=int, default=None, help='DataLoader workers')
+    parser.add_argument('--workers', type=_workers, default=None,
+                        help="DataLoader workers: a number, or 'auto' (4, at most one a CPU)")
     parser.add_argument('--val-every', type=int, default=None, help='validate every N epochs')
     parser.add_argument('--amp', action=argparse.BooleanOptionalAction, default=None,
                         help='bfloat16 autocast on CUDA')
@@ -77,6 +79,16 @@ def build_parser():
     parser.add_argument('--ddp', action='store_true',
                         help='use DistributedDataParallel even with WORLD_SIZE=1 (testing)')
     return parser
+
+
+def _workers(text):
+    """Return ``--workers`` as an int, or ``'auto'``."""
+    if text == 'auto':
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a number or 'auto', got {text!r}") from None
 
 
 def build_config(args, resume=None):
@@ -313,8 +325,10 @@ def main(argv=None):
         # The command line counts its budget from the interpreter's start (imports included).
         t0 = _T0 if argv_given is None else None
         dist = setup_distributed(force=args.ddp)
-        # SIGTERM (a job scheduler, docker stop) stops the run as Ctrl-C does.
-        previous = _terminate_as_interrupt()
+        # SIGTERM (a job scheduler, docker stop) stops the run as Ctrl-C does; only the first
+        # of them does: a second one (terminals and ros2 launch send several) interrupted the
+        # stop's save of the weights and summary, and was reported as a stop while starting.
+        previous = _stop_once()
         try:
             with torch_settings(threads=config.train.threads,
                                 deterministic=True if config.train.deterministic else None,
@@ -324,8 +338,8 @@ def main(argv=None):
                 _carry_log(out, resume)
                 summary = trainer.fit()
         finally:
-            if previous is not None:
-                signal.signal(signal.SIGTERM, previous)
+            for number, handler in previous.items():
+                signal.signal(number, handler)
             teardown_distributed(dist)
     except ValueError as exc:
         print(f'tarfuse-train: error: {exc}', file=sys.stderr)
@@ -340,18 +354,15 @@ def main(argv=None):
     return 130 if summary and summary.get('interrupted') else 0
 
 
-def _terminate_as_interrupt():
-    """Make SIGTERM raise KeyboardInterrupt (the run then stops cleanly); return the old handler.
+def _stop_once():
+    """Make the first SIGINT or SIGTERM raise KeyboardInterrupt, later ones nothing.
 
-    Returns None (nothing changed) outside the main thread, where signals cannot be handled.
+    Returns ``{signal: previous handler}`` to put back; empty outside the main thread, where
+    signals cannot be handled (SIGINT ignored by the shell that started it stays ignored).
     """
     if threading.current_thread() is not threading.main_thread():
-        return None
-
-    def handler(signum, frame):
-        raise KeyboardInterrupt
-
-    return signal.signal(signal.SIGTERM, handler)
+        return {}
+    return StopRequest(once=True).install((signal.SIGINT, signal.SIGTERM))
 
 
 if __name__ == '__main__':

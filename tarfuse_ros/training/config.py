@@ -31,11 +31,13 @@ from tarfuse_ros.core.paths import config_path
 from tarfuse_ros.training.datasets import parse_data_spec
 import yaml
 
-__all__ = ['DataConfig', 'SECTIONS', 'TrainConfig', 'TrainingConfig', 'apply_overrides',
-           'load_config', 'set_by_path']
+__all__ = ['AUTO_WORKERS', 'DataConfig', 'SECTIONS', 'TrainConfig', 'TrainingConfig',
+           'apply_overrides', 'load_config', 'set_by_path']
 
 SECTIONS = ('data', 'deformation', 'model', 'loss', 'train')
 SCHEDULES = ('constant', 'cosine')
+# data.workers 'auto': this many DataLoader workers, fewer where fewer CPUs are usable.
+AUTO_WORKERS = 4
 # Model fields the data section decides.
 _FROM_DATA = ('class_names', 'num_classes')
 
@@ -118,7 +120,9 @@ class DataConfig:
     entry is a mapping ``{path, split, exclude, labels}`` or ``'PATH[:SPLIT]'``, split
     ``train`` when left out). ``crop`` / ``val_crop``: square crop sides in pixels (multiples of
     32); ``val_crop`` ``None`` is the training crop, 0 whole frames. ``hflip`` / ``vflip``: flip
-    probabilities. ``workers``: DataLoader worker processes. ``root``: base folder of relative
+    probabilities. ``workers``: DataLoader worker processes, or ``'auto'``
+    (:attr:`loader_workers`: at most :data:`AUTO_WORKERS`, no more than the CPUs this process
+    may use, so that PyTorch does not warn of too many workers). ``root``: base folder of relative
     data set paths (``None``: the working directory, then the shared data sets). ``context``:
     pixels of aligned IR kept around each training crop and deformed with it (the deformed crop
     then has scene content at its borders, as a real misaligned frame has; 0: deform the crop
@@ -139,7 +143,7 @@ class DataConfig:
     hflip: float = 0.5
     vflip: float = 0.0
     val_crop: int = None
-    workers: int = 0
+    workers: object = 0
     context: int = 0
     scale_range: tuple = None
     photometric: float = 0.0
@@ -175,12 +179,25 @@ class DataConfig:
             _check(isinstance(value, (int, float)) and not isinstance(value, bool)
                    and 0.0 <= value <= 1.0,
                    f'data.{name} must be in [0, 1], got {getattr(self, name)!r}')
-        _check(self.workers >= 0, f'data.workers must be >= 0, got {self.workers!r}')
+        if self.workers != 'auto':
+            workers = _number('data.workers', self.workers, int) \
+                if not isinstance(self.workers, str) or self.workers.strip() else None
+            _check(workers is not None and workers >= 0,
+                   f"data.workers must be an integer >= 0 or 'auto', got {self.workers!r}")
+            object.__setattr__(self, 'workers', workers)
         if self.scale_range is not None:
             try:
                 object.__setattr__(self, 'scale_range', parse_scale_range(self.scale_range))
             except ValueError as exc:
                 raise ValueError(f'data.{exc}') from None
+
+    @property
+    def loader_workers(self):
+        """Return the DataLoader workers (``'auto'``: at most :data:`AUTO_WORKERS`, one a CPU)."""
+        if self.workers != 'auto':
+            return self.workers
+        from tarfuse_ros.core.cpus import usable_cpus
+        return min(AUTO_WORKERS, usable_cpus())
 
     @property
     def eval_crop(self):

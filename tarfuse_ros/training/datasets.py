@@ -14,8 +14,8 @@ from tarfuse_ros.core.data import (DataSource, label_file, PairedDataset, read_c
 from tarfuse_ros.core.paths import share_dir, shared_datasets_dir, shared_datasets_missing
 
 __all__ = ['build_dataset', 'check_class_map', 'check_no_test_pairs', 'count_labelled',
-           'dropped_class_lines', 'parse_data_spec', 'resolve_dataset_dir', 'resolve_sources',
-           'unpaired_lines']
+           'dropped_class_lines', 'parse_data_spec', 'pinned_sources', 'resolve_dataset_dir',
+           'resolve_sources', 'unpaired_lines']
 
 DEFAULT_LABELS = 'labels'
 DATASET_LAYOUT = ('a data set folder holds ir/ and vi/ with the infrared and the visible image of '
@@ -135,6 +135,36 @@ def resolve_sources(sources, root=None):
                              f'use ({why})')
         resolved.append(source)
     return resolved
+
+
+def pinned_sources(given, resolved, root=None):
+    """Return a config's sources ``given`` with what the working directory held made absolute.
+
+    The absolute folders and list files are those of ``resolved`` (:func:`resolve_sources`).
+    A run's saved config is read again on a resume, perhaps from another directory: a relative
+    data set folder, list file or label folder found in this one was not found there (or
+    another was: a shared set of that name). Names found under ``root``, among the shared
+    data sets or in the package (``config/train.yaml``'s ``data/...`` files) stay as given.
+    """
+    cwd, share = Path.cwd(), share_dir()
+    pinned = []
+    for value, source in zip(given, resolved):
+        value = parse_data_spec(value) if isinstance(value, str) else \
+            DataSource.parse(value, default_split='train')
+        path, split, labels = value.path, value.split, value.labels
+        relative = not Path(path).expanduser().is_absolute()
+        under_root = root and (Path(root).expanduser() / path).is_dir()
+        if relative and not under_root and (cwd / path).is_dir():
+            path = str(source.path)
+        if not Path(split).expanduser().is_absolute() and (cwd / split).is_file() \
+                and not (share / split).is_file():
+            split = source.split
+        if not Path(labels).expanduser().is_absolute() \
+                and not (Path(source.path) / labels).is_dir() \
+                and (cwd / labels).is_dir() and not (share / labels).is_dir():
+            labels = source.labels
+        pinned.append(DataSource(path, split, value.exclude, labels))
+    return tuple(pinned)
 
 
 def check_no_test_pairs(sources):

@@ -118,7 +118,7 @@ def train_loader(dataset, config, dist, device):
 
     """
     batch, seed = config.train.batch, config.train.seed
-    workers = config.data.workers
+    workers = config.data.loader_workers
     generator = torch.Generator()
     generator.manual_seed(seed)
     if dist.enabled:
@@ -152,6 +152,6 @@ def val_loader(dataset, config, device):
     from tarfuse_ros.core.data import collate_pairs
     batch = config.train.batch if dataset.crop_size is not None else 1  # frames of many sizes
     return torch.utils.data.DataLoader(
-        dataset, batch_size=batch, shuffle=False, num_workers=min(config.data.workers, 2),
+        dataset, batch_size=batch, shuffle=False, num_workers=min(config.data.loader_workers, 2),
         collate_fn=collate_pairs, pin_memory=device.type == 'cuda',
         worker_init_fn=quiet_sigterm_in_worker)

@@ -19,20 +19,45 @@ LOG_NAME = 'log.jsonl'
 
 
 def read_log(path):
-    """Return the list of epoch records of a ``log.jsonl`` (empty when there is none)."""
+    """Return the list of epoch records of a ``log.jsonl`` (empty when there is none).
+
+    A last line cut short (no line end: a run killed while it appended its record, whose
+    epoch no state holds) is left out.
+
+    Raises:
+        ValueError: another line that is not a JSON object, naming the file and line.
+
+    """
     path = Path(path)
     if not path.is_file():
         return []
-    with open(path, encoding='utf-8') as stream:
-        return [json.loads(line) for line in stream if line.strip()]
+    with open(path, encoding='utf-8', errors='replace') as stream:
+        lines = stream.readlines()
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            record = None
+        if not isinstance(record, dict):
+            if number == len(lines) and not line.endswith('\n'):
+                break  # the record a killed run was writing
+            raise ValueError(f'training log {str(path)!r} line {number} is not a JSON record '
+                             f'({line.strip()[:40]!r}): repair or remove that line')
+        records.append(record)
+    return records
 
 
 def truncate_log(path, last_epoch):
-    """Drop records after ``last_epoch`` (a resumed run writes them again)."""
+    """Drop records after ``last_epoch`` (a resumed run writes them again), whole or not at all.
+
+    Rewritten in place, a stop in the write (Ctrl-C while a run started) lost the history.
+    """
+    from tarfuse_ros.core.files import write_text_atomic
     records = [r for r in read_log(path) if r.get('epoch', 0) <= last_epoch]
-    with open(path, 'w', encoding='utf-8') as stream:
-        for record in records:
-            stream.write(json.dumps(record) + '\n')
+    write_text_atomic(path, ''.join(json.dumps(record) + '\n' for record in records))
 
 
 def append_record(path, record):

@@ -27,8 +27,8 @@ from tarfuse_ros.core.runtime import resolve_device
 from tarfuse_ros.training import logs, steps
 from tarfuse_ros.training.datasets import (build_dataset, check_class_map,
                                            check_no_test_pairs, count_labelled,
-                                           dropped_class_lines, resolve_sources,
-                                           unpaired_lines)
+                                           dropped_class_lines, pinned_sources,
+                                           resolve_sources, unpaired_lines)
 from tarfuse_ros.training.distributed import barrier, broadcast_int, DistInfo
 from tarfuse_ros.training.ema import weight_average
 from tarfuse_ros.training.loaders import train_loader, val_loader
@@ -45,6 +45,11 @@ CURVE_NAME = 'loss_curves.png'
 # The time budget times steps 4..23 of a run (the first ones carry start-up costs).
 _PROBE_WARMUP_STEPS = 3
 _PROBE_STEPS = 20
+
+
+# The optimizer settings of a parameter group that train.* gives (the learning rate is set
+# before every step).
+_CONFIG_GROUP_KEYS = ('lr_mult', 'weight_decay', 'betas')
 
 
 def parameter_groups(model, lr_mult, freeze, lr):
@@ -160,6 +165,11 @@ class Trainer:
         self.train_sources = resolve_sources(config.data.train, root)
         check_no_test_pairs(self.train_sources)
         self.val_sources = resolve_sources(config.data.val, root)
+        # The config the run saves (config.yaml, the state a resume reads) names the folders
+        # and list files found in the working directory by their absolute paths.
+        self.config = config = dataclasses.replace(config, data=dataclasses.replace(
+            config.data, train=pinned_sources(config.data.train, self.train_sources, root),
+            val=pinned_sources(config.data.val, self.val_sources, root)))
         if self.dist.is_main:
             for line in unpaired_lines(self.train_sources + self.val_sources):
                 _log(line)
@@ -250,7 +260,14 @@ class Trainer:
         self.train_seconds, self.skipped_steps = 0.0, 0
         self.started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')
         if resume:
+            # The state's optimizer comes back with the settings it was saved with; the ones
+            # this run's config gives win (a resume that changed train.lr_mult, weight_decay or
+            # betas had them recorded in its config and not used).
+            given = [{key: group[key] for key in _CONFIG_GROUP_KEYS}
+                     for group in self.optimizer.param_groups]
             meta = load_state(resume, self.model, self.optimizer, self.ema)
+            for group, settings in zip(self.optimizer.param_groups, given):
+                group.update(settings)
             if self.ema is not None and 'ema_updates' not in meta:
                 _log('resume: the state holds no weight average; it starts at the first step '
                      'after the resume')
@@ -283,7 +300,11 @@ class Trainer:
     # -- one step, one epoch, one validation ---------------------------------------------------
     def _set_lr(self):
         train = self.config.train
-        factor = lr_factor(self.global_step, self.epochs * self.steps_per_epoch,
+        # Where the run is on the curve, counted in this run's steps per epoch: a resume with
+        # another batch size or training set has other steps per epoch than the saved run
+        # (the saved step count put it elsewhere on the curve, even past its end).
+        step = self.start_epoch * self.steps_per_epoch + self.global_step - self.run_start_step
+        factor = lr_factor(step, self.epochs * self.steps_per_epoch,
                            int(train.warmup_epochs * self.steps_per_epoch), train.schedule,
                            train.min_lr_ratio)
         lr = train.lr * factor
@@ -443,7 +464,10 @@ class Trainer:
         return summary
 
     def _start_outputs(self):
+        from tarfuse_ros.core.files import remove_stale_outputs
         self.out.mkdir(parents=True, exist_ok=True)
+        # A run killed while it saved its state left the new one half-written beside it.
+        remove_stale_outputs(self.out / STATE_DIR)
         logs.truncate_log(self.log_path, self.start_epoch)
         with open(self.out / 'config.yaml', 'w', encoding='utf-8') as stream:
             yaml.safe_dump(self.config.to_dict(), stream, sort_keys=False)

@@ -162,7 +162,9 @@ def find_state_dir(path):
 
     """
     path = Path(path).expanduser()
-    for candidate in (path, path / STATE_DIR):
+    # A run killed while it saved, between moving its state aside and the new one into place
+    # (:func:`~tarfuse_ros.core.files.atomic_output`), left the state as ``state.old`` only.
+    for candidate in (path, path / STATE_DIR, path / f'{STATE_DIR}.old'):
         if (candidate / 'state.json').is_file() and (candidate / 'model.safetensors').is_file():
             return candidate.resolve()
     if not path.exists():
@@ -210,20 +212,66 @@ def load_state(state_dir, model, optimizer, ema=None):
 
     ``ema``: a :func:`~tarfuse_ros.training.ema.weight_average` that takes the saved average;
     left as it is when the state holds none (a run that had ``train.ema`` off).
+
+    Raises:
+        ValueError: a file of the state missing, unreadable or damaged, tensors that are not
+            those of ``model``, or a ``state.json`` without what a run writes; one line naming
+            the file.
+
     """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
     state_dir = Path(state_dir)
     meta = read_state_meta(state_dir)
-    try:
-        weights = load_file(str(state_dir / 'model.safetensors'))
-        tensors = load_file(str(state_dir / 'state.safetensors'))
-    except (OSError, SafetensorError) as exc:
-        raise ValueError(f'training state {str(state_dir)!r} cannot be read ({exc}); resume '
-                         f'from an intact state or start again') from None
-    model.load_state_dict(weights, strict=True)
-    optimizer_from_flat(optimizer, tensors, meta['optimizer'])
-    rng_from_flat(tensors, meta.get('rng', {}))
+    names = ['model.safetensors', 'state.safetensors']
     if ema is not None and (state_dir / EMA_FILE).is_file():
-        ema.load_state_dict(load_file(str(state_dir / EMA_FILE)), strict=True)
+        names.append(EMA_FILE)
+    loaded = {}
+    for name in names:
+        try:
+            loaded[name] = load_file(str(state_dir / name))
+        except (OSError, SafetensorError) as exc:
+            raise ValueError(f'training state {str(state_dir)!r} cannot be read ({name}: '
+                             f'{exc}); resume from an intact state or start again') from None
+    _load_tensors(model, loaded['model.safetensors'], state_dir / 'model.safetensors')
+    if EMA_FILE in loaded:
+        _load_tensors(ema, loaded[EMA_FILE], state_dir / EMA_FILE)
+    tensors = loaded['state.safetensors']
+    if 'optimizer' not in meta:
+        raise _damaged(state_dir / 'state.json', "no 'optimizer'")
+    for key in ('epoch', 'global_step'):
+        value = meta.get(key, 0)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise _damaged(state_dir / 'state.json', f'{key} {value!r} is not a count')
+    try:
+        optimizer_from_flat(optimizer, tensors, meta['optimizer'])
+    except (KeyError, TypeError, IndexError, AttributeError, RuntimeError) as exc:
+        raise _damaged(state_dir / 'state.safetensors', f'optimizer state: {exc!r}') from None
+    try:
+        rng_from_flat(tensors, meta.get('rng', {}))
+    except (KeyError, TypeError, IndexError, AttributeError, RuntimeError, ValueError) as exc:
+        raise _damaged(state_dir / 'state.json', f'random generator states: {exc!r}') from None
     return meta
+
+
+def _damaged(path, why):
+    """Return the ``ValueError`` of a damaged file ``path`` of a training state."""
+    return ValueError(f'training state file {str(path)!r} is damaged ({why}); resume from an '
+                      f'intact state or start again')
+
+
+def _load_tensors(module, tensors, path):
+    """Load ``tensors`` into ``module`` (strict), or raise ValueError naming what differs."""
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    extra = sorted(set(tensors) - set(expected))
+    shaped = sorted(key for key in set(expected) & set(tensors)
+                    if tuple(expected[key].shape) != tuple(tensors[key].shape))
+    if missing or extra or shaped:
+        parts = [f'{len(keys)} {what} (e.g. {keys[0]!r})' for keys, what in (
+            (missing, 'tensors missing'), (extra, 'unknown tensors'),
+            (shaped, 'tensors of another shape')) if keys]
+        raise ValueError(f'training state file {str(path)!r} does not hold the saved network '
+                         f'of this run ({", ".join(parts)}): resume from the state this run '
+                         f'wrote, or start a new run (--init takes weights of another network)')
+    module.load_state_dict(tensors, strict=True)

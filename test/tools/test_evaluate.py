@@ -207,6 +207,51 @@ def test_an_evaluation_into_an_earlier_ones_folder_replaces_its_figures(random_c
     assert json.loads((out / 'metrics.json').read_text())['pairs'] == result['pairs']
 
 
+def test_a_killed_evaluations_figures_folder_goes_with_the_next_run(random_checkpoint, tmp_path):
+    """A SIGKILLed run left its '.figures.*.tmp' folder in --out, and every rerun kept it.
+
+    The next run into that --out removes the folders of runs that are gone, and only those:
+    one a running evaluation holds, and the user's own files, stay.
+    """
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from tarfuse_ros.evaluation import protocol
+    out = tmp_path / 'eval'
+    args = ['--data', str(DATASETS / 'roadscene'), '--split', 'all', '--weights',
+            str(random_checkpoint), '--out', str(out), '--max-side', '96', '--no-progress',
+            '--figures', '5', '--threads', '1']
+    process = subprocess.Popen([sys.executable, '-m', 'tarfuse_ros.tools.evaluate', *args],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(out.glob('.figures.*.tmp/*.png')) and time.monotonic() < deadline:
+            if process.poll() is not None:
+                break
+            time.sleep(0.01)
+        process.send_signal(signal.SIGSTOP)  # no further pair meanwhile
+        assert list(out.glob('.figures.*.tmp/*.png')), 'no figure written in 120 s'
+    finally:
+        process.kill()
+        process.wait()
+    [left] = out.glob('.figures.*.tmp')
+    (out / '.figures.mine').mkdir()  # the user's: not of the pattern
+    running, claim = protocol._new_figures_folder(out)  # another evaluation, still running
+    try:
+        from tarfuse_ros.tools.evaluate import main
+        assert main(args) == 0
+        assert not left.exists() and running.is_dir() and (out / '.figures.mine').is_dir()
+        assert len(list((out / 'figures').glob('*.png'))) == 10
+    finally:
+        os.close(claim)
+    # Once its process is gone, the next run removes that one too.
+    assert main([*args[:-4], '--figures', '0', '--threads', '1']) == 0
+    assert sorted(path.name for path in out.iterdir()) == [
+        '.figures.mine', 'figures', 'metrics.json', 'report.md']
+
+
 def test_an_evaluation_never_replaces_a_report_or_metrics_it_did_not_write(
         random_checkpoint, tmp_path, capsys):
     """A report.md or metrics.json that no evaluation wrote is refused, not replaced.
@@ -284,6 +329,30 @@ def test_evaluate_rejects_bad_requests(random_checkpoint, tmp_path, capsys):
     assert code == 2 and (f'--prior {other_rig} was made for images of IR 320x320, visible '
                           '320x320, and 1 of the 1 pairs has another aspect ratio') in err, err
     assert not (tmp_path / 'never').exists()
+
+
+def test_a_figures_file_in_the_out_folder_is_named(random_checkpoint, tmp_path, capsys):
+    """A file or a dangling link named figures in --out is named before the model loads.
+
+    It was '--out X cannot be created (File exists)', though --out was there.
+    """
+    from tarfuse_ros.tools.evaluate import main
+    args = ['--data', str(DATASETS / 'tno'), '--split', 'all', '--weights',
+            str(random_checkpoint), '--no-progress', '--max-side', '96', '--figures', '0']
+    (tmp_path / 'file_there').mkdir()
+    (tmp_path / 'file_there' / 'figures').write_text('my figures are elsewhere')
+    (tmp_path / 'link_there').mkdir()
+    (tmp_path / 'link_there' / 'figures').symlink_to(tmp_path / 'unmounted')
+    for name, kind in (('file_there', 'a file'), ('link_there', 'a link to nothing')):
+        out = tmp_path / name
+        assert main([*args, '--out', str(out)]) == 2
+        assert capsys.readouterr().err == (
+            f"tarfuse-eval: error: --out '{out}' holds {kind} named figures, where the "
+            'evaluation writes its figures folder: move it, or give another --out\n')
+        assert sorted(path.name for path in out.iterdir()) == ['figures']
+    # A link to a folder is one (figures on another disk).
+    (tmp_path / 'unmounted').mkdir()
+    assert main([*args, '--out', str(tmp_path / 'link_there')]) == 0
 
 
 def test_fine_passes_reach_the_engine_and_are_recorded(random_checkpoint, tmp_path, capsys):

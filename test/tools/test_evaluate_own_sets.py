@@ -148,6 +148,28 @@ def test_a_stem_with_two_image_files_is_refused(tmp_path, capsys):
         assert not (tmp_path / 'eval').exists()
 
 
+def test_a_set_whose_image_names_pair_nothing_names_them(tmp_path, capsys, caplog):
+    """IR and visible images of other names: 'lists no pair', without saying why."""
+    data_dir = own_set(tmp_path / 'own', stems=STEMS[:2])
+    (data_dir / 'vi' / 'FLIR_00006.jpg').rename(data_dir / 'vi' / 'VIS_00006.jpg')
+    (data_dir / 'vi' / 'FLIR_00018.jpg').rename(data_dir / 'vi' / 'VIS_00018.jpg')
+    assert evaluate(data_dir, tmp_path / 'eval', '--split', 'all') == 2
+    assert capsys.readouterr().err == (
+        f"tarfuse-eval: error: split 'all' of '{data_dir}' lists no pair (left out 2 IR "
+        'images without a visible image of the same stem: FLIR_00006, FLIR_00018; left out 2 '
+        'visible images without an IR image of the same stem: VIS_00006, VIS_00018; an IR and '
+        'a visible image pair up by their file name without the extension): nothing to '
+        'evaluate\n')
+    assert not (tmp_path / 'eval').exists()
+    # One pair of the same name: it alone is evaluated, the others named.
+    (data_dir / 'vi' / 'VIS_00006.jpg').rename(data_dir / 'vi' / 'FLIR_00006.jpg')
+    assert evaluate(data_dir, tmp_path / 'eval', '--split', 'all') == 0
+    assert json.loads((tmp_path / 'eval' / 'metrics.json').read_text())['pairs'] == [
+        'FLIR_00006']
+    assert 'left out 1 visible image without an IR image of the same stem: VIS_00018' in \
+        caplog.text
+
+
 def test_an_empty_split_is_refused(tmp_path, capsys):
     # A list file without stems crashed in the report (a traceback, exit status 1) after
     # writing a metrics.json of no pairs.

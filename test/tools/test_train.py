@@ -23,7 +23,7 @@ from tarfuse_ros.core.data import DataSource
 from tarfuse_ros.core.paths import share_dir
 from tarfuse_ros.tools import train as train_tool
 from tarfuse_ros.training import logs, schedule, state
-from tarfuse_ros.training.datasets import resolve_sources
+from tarfuse_ros.training.datasets import pinned_sources, resolve_sources
 from tarfuse_ros.training.loop import CURVE_NAME, FINAL_NAME
 from tarfuse_ros.training.state import STATE_DIR
 import torch
@@ -501,6 +501,147 @@ def test_resume_from_a_broken_state_is_one_clear_error(runs, tmp_path, capsys):
     assert 'cannot be read' in capsys.readouterr().err
 
 
+def _edit_state_json(folder, change):
+    path = folder / STATE_DIR / 'state.json'
+    meta = json.loads(path.read_text())
+    change(meta)
+    path.write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize('damage, message', [
+    # Each was a Python traceback (KeyError, RuntimeError with hundreds of lines, ...).
+    (lambda folder: (folder / STATE_DIR / 'ema.safetensors').write_bytes(b'\x00' * 64),
+     'cannot be read (ema.safetensors: '),
+    (lambda folder: _edit_state_json(folder, lambda meta: meta.pop('optimizer')),
+     "state.json' is damaged (no 'optimizer')"),
+    (lambda folder: _edit_state_json(folder, lambda meta: meta.update(epoch='two')),
+     "state.json' is damaged (epoch 'two' is not a count)"),
+    (lambda folder: _edit_state_json(folder, lambda meta: meta.update(rng={'numpy': [1]})),
+     "state.json' is damaged (random generator states: "),
+    (lambda folder: shutil.copy(share_dir() / 'models' / 'tarfuse_default.safetensors',
+                                folder / STATE_DIR / 'model.safetensors'),
+     "model.safetensors' does not hold the saved network of this run ("),
+])
+def test_resume_from_a_damaged_state_names_the_file(runs, tmp_path, capsys, damage, message):
+    broken = tmp_path / 'broken'
+    shutil.copytree(runs['b'], broken)
+    damage(broken)
+    before = (broken / logs.LOG_NAME).read_bytes()
+    # With train.ema the state's weight average is read too.
+    assert train_tool.main(['--resume', str(broken), '--epochs', '3',
+                            '--set', 'train.ema=0.9']) == 2
+    err = capsys.readouterr().err
+    assert message in err and 'Traceback' not in err and len(err.splitlines()) == 1, err
+    assert (broken / logs.LOG_NAME).read_bytes() == before
+
+
+def test_resume_finds_the_state_a_run_killed_while_saving_left_aside(runs, tmp_path):
+    """Killed between moving its state to state.old and the new one into place: no state/.
+
+    --resume said 'no training state found' and told the user to start again.
+    """
+    out = tmp_path / 'killed'
+    shutil.copytree(runs['b'], out)
+    (out / STATE_DIR).rename(out / f'{STATE_DIR}.old')
+    assert state.find_state_dir(out) == (out / f'{STATE_DIR}.old').resolve()
+    assert train_tool.main(['--resume', str(out), '--epochs', '3']) == 0
+    assert state.read_state_meta(out / STATE_DIR)['epoch'] == 3
+    assert not (out / f'{STATE_DIR}.old').exists()
+    assert [r['epoch'] for r in _log(out)] == [1, 2, 3]
+
+
+def test_a_state_half_written_by_a_killed_run_goes_with_the_next_run(runs, tmp_path):
+    """Killed while it saved its state: the half-written folder stayed beside it for good.
+
+    The next run into that folder removes it; one a live process still writes, and the user's
+    own folders, stay.
+    """
+    from tarfuse_ros.core.files import atomic_output
+    out = tmp_path / 'killed'
+    shutil.copytree(runs['b'], out)
+    killed = subprocess.run(
+        [sys.executable, '-c',
+         'import os, sys; from tarfuse_ros.core.files import atomic_output\n'
+         'with atomic_output(sys.argv[1], folder=True) as folder:\n'
+         '    (folder / "model.safetensors").write_bytes(bytes(1000))\n'
+         '    os.kill(os.getpid(), 9)\n', str(out / STATE_DIR)])
+    assert killed.returncode == -signal.SIGKILL
+    [left] = out.glob(f'{STATE_DIR}.*.tmp')
+    (out / f'{STATE_DIR}.mine.tmp').mkdir()  # not of the pattern: the user's
+    with pytest.raises(RuntimeError, match='abandoned'):
+        with atomic_output(out / STATE_DIR, folder=True) as live:  # a save under way
+            assert train_tool.main(['--resume', str(out), '--epochs', '3']) == 0
+            assert not left.exists() and live.is_dir()
+            raise RuntimeError('abandoned')  # so that it does not replace the state
+    assert sorted(path.name for path in out.iterdir() if STATE_DIR in path.name) == [
+        STATE_DIR, f'{STATE_DIR}.mine.tmp']
+    assert state.read_state_meta(out / STATE_DIR)['epoch'] == 3
+
+
+def test_resume_after_a_kill_in_the_log_write(runs, tmp_path, capsys):
+    """A run killed while it appended its epoch record left half a line in log.jsonl.
+
+    --resume then failed with 'Unterminated string starting at: line 1 column 28', and so did
+    every later try.
+    """
+    out = tmp_path / 'killed'
+    shutil.copytree(runs['b'], out)
+    with open(out / logs.LOG_NAME, 'a', encoding='utf-8') as stream:
+        stream.write('{"epoch": 3, "epochs": 3, "ste')
+    assert train_tool.main(['--resume', str(out), '--epochs', '3']) == 0
+    assert [r['epoch'] for r in _log(out)] == [1, 2, 3]
+    # A broken line within the log is named, not skipped (it is no cut-short write).
+    lines = (out / logs.LOG_NAME).read_text().splitlines(keepends=True)
+    (out / logs.LOG_NAME).write_text(lines[0] + 'garbage\n' + ''.join(lines[2:]))
+    capsys.readouterr()
+    assert train_tool.main(['--resume', str(out), '--epochs', '4']) == 2
+    assert capsys.readouterr().err == (
+        f"tarfuse-train: error: training log '{out / logs.LOG_NAME}' line 2 is not a JSON "
+        "record ('garbage'): repair or remove that line\n")
+
+
+def test_resume_with_another_batch_size_stays_on_the_learning_rate_curve(runs, tmp_path):
+    """2 steps per epoch saved, 1 after the resume: the curve went by the saved step count.
+
+    Epochs 3 and 4 of 4 then trained at the rate of the curve's end (5 % of the rate), as the
+    saved 4 steps were past the 4 steps the curve then spanned.
+    """
+    out = tmp_path / 'batch4'
+    shutil.copytree(runs['b'], out)
+    assert train_tool.main(['--resume', str(out), '--epochs', '4', '--batch', '4']) == 0
+    train = state.read_state_meta(out / STATE_DIR)['config']['train']
+    records = _log(out)
+    assert [r['step'] for r in records] == [2, 4, 5, 6]
+    for record, step in zip(records[2:], (2, 3)):  # one step per epoch after the resume
+        factor = schedule.lr_factor(step, 4, int(train['warmup_epochs']), train['schedule'],
+                                    train['min_lr_ratio'])
+        assert record['lr'] == pytest.approx(train['lr'] * factor)
+    assert records[2]['lr'] > 2 * records[3]['lr']  # the middle of the curve, then its end
+
+
+def test_resume_takes_the_optimizer_settings_it_is_given(runs, tmp_path):
+    """A resume that changed train.lr_mult, weight_decay or betas recorded them, unused.
+
+    The optimizer's groups came back from the state with the old settings: the detection head
+    trained at the old learning rate while config.yaml said twice that.
+    """
+    out = tmp_path / 'changed'
+    shutil.copytree(runs['b'], out)
+    assert train_tool.main(['--resume', str(out), '--epochs', '3',
+                            '--set', 'train.lr_mult={detect: 2}',
+                            '--set', 'train.weight_decay=0.01',
+                            '--set', 'train.betas=[0.8, 0.99]']) == 0
+    meta = state.read_state_meta(out / STATE_DIR)
+    assert meta['config']['train']['lr_mult'] == {'detect': 2.0}
+    groups = {group['part']: group for group in meta['optimizer']['param_groups']}
+    assert groups['detect']['lr_mult'] == 2.0 and groups['neck']['lr_mult'] == 1.0
+    assert groups['detect']['lr'] == pytest.approx(2 * groups['neck']['lr'])
+    for group in groups.values():
+        assert group['weight_decay'] == 0.01 and group['betas'] == [0.8, 0.99]
+    # The weights of the state before go on from it: the step counts carry over.
+    assert meta['global_step'] == 3 * runs['b_after_one']['state']['global_step']
+
+
 def test_init_refuses_reordered_classes_and_model_fields_it_would_not_use(
         runs, splits, tmp_path, capsys):
     source = str(runs['a'] / FINAL_NAME)
@@ -539,6 +680,39 @@ def test_relative_list_files_and_label_folders_are_found_from_any_directory(
     assert source.split == str(listed)
 
 
+def test_a_run_on_relative_paths_resumes_from_another_directory(splits, tmp_path, monkeypatch):
+    """The saved config kept --data my_set:two.txt as given, relative to the working directory.
+
+    A resume from another directory then found no such set (or a shared set of that name:
+    other data, without a word).
+    """
+    own = tmp_path / 'work' / 'my_set'
+    stems = splits['stems'][:2]
+    for sub in ('ir', 'vi', 'labels'):
+        (own / sub).mkdir(parents=True)
+        for stem in stems:
+            for found in (ROADSCENE / sub).glob(f'{stem}.*'):
+                shutil.copy(found, own / sub)
+    shutil.copy(ROADSCENE / 'labels' / 'classes.txt', own / 'labels')
+    (tmp_path / 'work' / 'two.txt').write_text('\n'.join(stems) + '\n')
+    monkeypatch.chdir(tmp_path / 'work')
+    args = _args(splits, tmp_path / 'run', '--epochs', '1', '--val-data', 'none')
+    args[args.index('--data') + 1] = 'my_set:two.txt'
+    del args[args.index('--val-data'):args.index('--val-data') + 2]  # the first one
+    assert train_tool.main(args) == 0
+    monkeypatch.chdir(tmp_path)
+    assert train_tool.main(['--resume', str(tmp_path / 'run'), '--epochs', '2']) == 0
+    source, = state.read_state_meta(tmp_path / 'run' / STATE_DIR)['config']['data']['train']
+    assert (source['path'], source['split']) == (str(own), str(tmp_path / 'work' / 'two.txt'))
+    assert [r['epoch'] for r in _log(tmp_path / 'run')] == [1, 2]
+    # What the shipped config names by name (a shared set, the package's data/...) stays so.
+    given = [{'path': str(ROADSCENE), 'split': 'train',
+              'labels': 'data/pseudo_labels/roadscene/labels'}]
+    resolved = resolve_sources(given)
+    pinned, = pinned_sources(given, resolved)
+    assert (pinned.split, pinned.labels) == ('train', 'data/pseudo_labels/roadscene/labels')
+
+
 def test_sigterm_stops_the_run_like_ctrl_c(splits, tmp_path):
     out = tmp_path / 'term'
     command = [sys.executable, '-m', 'tarfuse_ros.tools.train',
@@ -558,6 +732,40 @@ def test_sigterm_stops_the_run_like_ctrl_c(splits, tmp_path):
     assert 'interrupted in epoch' in output and 'the last resumable state is from epoch' in output
     assert 'Traceback' not in output
     assert json.loads((out / 'summary.json').read_text())['interrupted'] is True
+
+
+def test_a_second_ctrl_c_does_not_cut_the_stop_short(splits, tmp_path):
+    """A second SIGINT (terminals and ros2 launch send several) while the stop saved its work.
+
+    It interrupted the save: no summary.json and 'interrupted while starting; no training was
+    done' after epochs of training.
+    """
+    out = tmp_path / 'twice'
+    command = [sys.executable, '-u', '-m', 'tarfuse_ros.tools.train',
+               *_args(splits, out, '--epochs', '500', '--val-every', '0')]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, cwd=Path(__file__).resolve().parents[2])
+    lines = []
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / STATE_DIR / 'state.json').is_file() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert (out / STATE_DIR / 'state.json').is_file(), 'no epoch finished in 120 s'
+        process.send_signal(signal.SIGINT)
+        for line in process.stdout:  # the stop is saving the weights now
+            lines.append(line)
+            if 'interrupted in epoch' in line:
+                process.send_signal(signal.SIGINT)
+                break
+        output, _ = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    output = ''.join(lines) + output
+    assert process.returncode == 130, output
+    assert 'no training was done' not in output and 'Traceback' not in output, output
+    summary = json.loads((out / 'summary.json').read_text())
+    assert summary['interrupted'] is True and summary['epochs'] >= 1
+    assert summary['epochs'] == state.read_state_meta(out / STATE_DIR)['epoch']
 
 
 def test_sigterm_to_the_process_group_stops_a_run_with_loader_workers(splits, tmp_path):

@@ -300,3 +300,32 @@ def test_every_config_in_the_repository_parses():
         assert TrainingConfig.from_dict(config.to_dict()) == config, path
         parsed += 1
     assert parsed >= 2  # config/train.yaml and config/train_medical.yaml at least
+
+
+def test_the_shipped_loader_workers_fit_the_cpus_without_a_warning():
+    """``workers: 4`` made PyTorch warn of too many workers on every 2-CPU machine."""
+    import warnings
+
+    import torch
+    from tarfuse_ros.core.cpus import usable_cpus
+    from tarfuse_ros.training.distributed import DistInfo
+    from tarfuse_ros.training.loaders import train_loader
+    config = TrainingConfig.from_dict(load_config())
+    assert config.data.workers == 'auto'
+    assert config.data.loader_workers == min(4, usable_cpus())
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')  # PyTorch's is a UserWarning
+        loader, _ = train_loader(list(range(8)), config, DistInfo(), torch.device('cpu'))
+    assert loader.num_workers == config.data.loader_workers
+    for value, workers in (('auto', min(4, usable_cpus())), (3, 3), ('2', 2), (0, 0)):
+        raw = _minimal()
+        raw['data']['workers'] = value
+        assert TrainingConfig.from_dict(raw).data.loader_workers == workers
+
+
+@pytest.mark.parametrize('value', [-1, 'many', '', True, 1.5])
+def test_bad_loader_workers_are_refused(value):
+    raw = _minimal()
+    raw['data']['workers'] = value
+    with pytest.raises(ValueError, match='data.workers must be'):
+        TrainingConfig.from_dict(raw)
