@@ -216,14 +216,16 @@ PARAMETER_SPECS = (
     ParamSpec('registration.global_every', 'registration_global_every', 'int',
               'For one rigid rig: once it holds global_window fits, the global stage fits '
               'its map on one pair in this many and the others skip it (they take about half '
-              'of the time of a fitted pair); 1 = every pair. Backend torch only. '
-              'Restart to change.',
+              'of the time of a fitted pair); 1 = every pair. Above 1: not with '
+              'registration.global_track, nor with registration.online_refinement.enabled. '
+              'Backend torch only. Restart to change.',
               low=1, high=MAX_GLOBAL_EVERY),
     ParamSpec('registration.global_window', 'registration_global_window', 'int',
               'For one rigid rig: every pair starts from the elementwise median of the last '
               'this many global fits (scene-dependent fit errors average out; with 3 or more a '
-              'failed fit is outvoted); 1 = the newest fit alone. Backend torch only. Restart '
-              'to change.',
+              'failed fit is outvoted); 1 = the newest fit alone. Above 1: not with '
+              'registration.global_track, nor with registration.online_refinement.enabled. '
+              'Backend torch only. Restart to change.',
               low=1, high=MAX_GLOBAL_WINDOW),
     ParamSpec('registration.global_track', 'registration_global_track', 'int',
               'For one rig: the global stage refines the map of the previous pair with its '
@@ -231,7 +233,8 @@ PARAMETER_SPECS = (
               'its CPU time) and fits a pair in full once in this many pairs, keeping the map '
               'that agrees better with the visible image; 0 = off (every pair fitted alone). '
               'Not with global_every / global_window above 1, nor with '
-              'registration.online_refinement.enabled. '
+              'registration.online_refinement.enabled, nor with registration.fine_passes 0 '
+              '(nothing to track with). '
               'Backend torch only. Restart to change.',
               low=0, high=MAX_GLOBAL_TRACK),
     ParamSpec('registration.online_refinement.enabled', 'refinement_enabled', 'bool',

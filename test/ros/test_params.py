@@ -81,6 +81,33 @@ def test_yaml_sets_every_parameter_except_the_optional_class_filter_and_comments
             assert lines[index - 1].strip().startswith('#'), f'key without comment: {line}'
 
 
+# A stream setting of the global stage, and the values of others it is refused with.
+PARTNERS = {'registration.global_every': 2, 'registration.global_window': 2,
+            'registration.global_track': 5, 'registration.fine_passes': 0,
+            'registration.online_refinement.enabled': True, 'backend': 'onnxruntime'}
+
+
+@pytest.mark.parametrize('name, value', [('registration.global_every', 5),
+                                         ('registration.global_window', 9),
+                                         ('registration.global_track', 10)])
+def test_a_stream_setting_describes_every_parameter_it_is_refused_with(name, value):
+    """What ros2 param describe said left out fine_passes 0, global_track, online refinement."""
+    spec = next(spec for spec in PARAMETER_SPECS if spec.name == name)
+    description = descriptor_for(spec).description
+    refused = []
+    for partner, partner_value in PARTNERS.items():
+        values = {name: value, partner: partner_value}
+        if partner == 'backend':
+            values['weights'] = 'm.onnx'
+        try:
+            params_from_values(values)
+        except ValueError:
+            refused.append(partner)
+    assert 'registration.fine_passes' in refused or name != 'registration.global_track'
+    assert [partner for partner in refused
+            if partner.replace('registration.', '').lower() not in description.lower()] == []
+
+
 @pytest.mark.parametrize('values, message', [
     ({'qos.reliability': 'sometimes'}, 'best_effort, reliable'),
     ({'device': 'gpu0'}, 'cuda:N'),
