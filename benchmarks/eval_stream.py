@@ -26,7 +26,8 @@ mean over the rigs (of each rig's median and p90 for the times). Frames keep the
 ``fit_kept``, ``held``; their mean over the rigs in the summary) instead of the spread of the
 fits (null). Either may end in ``:P`` (e.g. ``track10:1``, ``1x1:1``): the global stage runs P
 fine passes (0-8, ``FusionEngine(fine_passes=P)``, the node's ``registration.fine_passes``)
-instead of the model's own, for its full fits and its tracked pairs alike.
+instead of the model's own, for its full fits and its tracked pairs alike (``trackN:0`` is
+refused: tracking runs the fine passes alone).
 The aligned pairs' own offsets (``benchmarks/dataset_alignment.py``) are part of each pair's
 error either way.
 
