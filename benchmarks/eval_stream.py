@@ -26,7 +26,8 @@ mean over the rigs (of each rig's median and p90 for the times). Frames keep the
 ``fit_kept``, ``held``; their mean over the rigs in the summary) instead of the spread of the
 fits (null). Either may end in ``:P`` (e.g. ``track10:1``, ``1x1:1``): the global stage runs P
 fine passes (0-8, ``FusionEngine(fine_passes=P)``, the node's ``registration.fine_passes``)
-instead of the model's own, for its full fits and its tracked pairs alike.
+instead of the model's own, for its full fits and its tracked pairs alike (``trackN:0`` is
+refused: tracking runs the fine passes alone).
 The aligned pairs' own offsets (``benchmarks/dataset_alignment.py``) are part of each pair's
 error either way.
 
@@ -58,6 +59,7 @@ from tarfuse_ros.core.checkpoint import load_checkpoint
 from tarfuse_ros.core.cpus import machine_facts
 from tarfuse_ros.core.deform import DeformConfig, random_deformation
 from tarfuse_ros.core.engine import FusionEngine
+from tarfuse_ros.core.global_stream import check_stream_settings
 from tarfuse_ros.core.images import to_uint8, unit_plane
 from tarfuse_ros.core.model.warp import warp
 from tarfuse_ros.core.paths import default_weights_path
@@ -84,7 +86,13 @@ def parse_setting(text):
         base, passes = text.rsplit(':', 1)
         if not (passes.isascii() and passes.isdigit() and int(passes) <= 8):
             raise ValueError(f'P of a setting ending in :P is 0-8 fine passes, got {text!r}')
-        return parse_setting(base) + (int(passes),)
+        setting = parse_setting(base) + (int(passes),)
+        track = setting[1] if setting[0] == 'track' else 0
+        try:  # trackN:0 (it raised in the engine once the pairs were loaded)
+            check_stream_settings(1, 1, track, int(passes))
+        except ValueError as exc:
+            raise ValueError(f'{text!r}: {exc}') from None
+        return setting
     lowered = text.lower()
     if lowered.startswith('track'):
         digits = lowered[len('track'):]

@@ -68,6 +68,10 @@ OUTPUTS = [
     ('eval_fov', ['--data', str(TNO), '--split', 'all', '--weights', 'missing.safetensors'],
      'error: checkpoint missing.safetensors does not exist'),
     ('eval_stream', ['--data', 'missing'], "error: data set 'missing' not found"),
+    # A traceback from the engine once the pairs were loaded.
+    ('eval_stream', ['--settings', 'track10:0'],
+     "error: 'track10:0': global_track=10 runs the fine passes alone on the tracked pairs, and "
+     'fine_passes=0 turns them off'),
     ('eval_stream', ['--data', str(TNO), '--split', 'all', '--weights', 'missing.safetensors'],
      'error: checkpoint missing.safetensors does not exist'),
     ('dataset_alignment', ['--data', str(ROADSCENE), '--weights', 'missing.safetensors'],

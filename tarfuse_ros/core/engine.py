@@ -57,6 +57,7 @@ import numpy as np
 from tarfuse_ros.core import images
 from tarfuse_ros.core.checkpoint import load_checkpoint
 from tarfuse_ros.core.fine_passes import check_fine_passes, NoFineStageError
+from tarfuse_ros.core.global_stream import check_stream_checkpoint, check_stream_settings
 from tarfuse_ros.core.model.matching import _normalised_affine_to_pixel
 from tarfuse_ros.core.pair_engine import (check_finite_outputs, check_flags,
                                           check_ir_percentiles, Detection, FusionResult,
@@ -398,22 +399,7 @@ class FusionEngine(PairEngine):
             raise ValueError(f'pad_mode must be one of {images.PAD_MODES}, got {pad_mode!r}')
         check_prior(registration_prior)  # fail before loading the weights
         check_fine_passes(fine_passes)
-        for name, value, high in (('global_every', global_every, 10000),
-                                  ('global_window', global_window, 1000)):
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral) \
-                    or not 1 <= value <= high:
-                raise ValueError(f'{name} must be an integer in [1, {high}], got {value!r}')
-        if isinstance(global_track, bool) or not isinstance(global_track, numbers.Integral) \
-                or not 0 <= global_track <= 10000:
-            raise ValueError(f'global_track must be an integer in [0, 10000] (0: off), got '
-                             f'{global_track!r}')
-        if global_track and (global_every > 1 or global_window > 1):
-            raise ValueError('global_track tracks the map pair by pair; global_every / '
-                             'global_window hold a median of fits: use one of the two')
-        if global_track and fine_passes == 0:  # else the message blamed the checkpoint
-            raise ValueError(f'global_track={global_track} runs the fine passes alone on the '
-                             f'tracked pairs, and fine_passes=0 turns them off: leave '
-                             f"fine_passes unset (the model's own) or 1-8, or global_track 0")
+        check_stream_settings(global_every, global_window, global_track, fine_passes)
         if threads is not None:
             if (isinstance(threads, bool) or not isinstance(threads, numbers.Integral)
                     or threads < 1):
@@ -453,28 +439,16 @@ class FusionEngine(PairEngine):
         self._graphs = {}
         self._seen_shapes = set()
         self._graph_failed = set()
-        streams = global_every > 1 or global_window > 1
-        if streams and getattr(model.registration, 'global_matcher', None) is None:
-            config = model.config
-            raise ValueError(
-                f'global_every / global_window above 1 need a checkpoint with the orientation '
-                f'global stage; {str(self._weights)!r} has none (registration '
-                f'{config.registration!r}, global_stage {config.global_stage}, '
-                f'global_features {config.global_features!r}): leave both at 1')
+        config, matcher = model.config, getattr(model.registration, 'global_matcher', None)
+        check_stream_checkpoint(
+            global_every, global_window, global_track,
+            f'{str(self._weights)!r} (registration {config.registration!r}, global_stage '
+            f'{config.global_stage}, global_features {config.global_features!r})',
+            global_stage=matcher is not None,
+            fine_cell=0 if matcher is None else matcher.fine_cell,
+            fine_passes=0 if matcher is None else matcher.fine_passes)
         self._global_every, self._global_window = int(global_every), int(global_window)
         self._global_track = int(global_track)
-        if self._global_track:
-            matcher = getattr(model.registration, 'global_matcher', None)
-            if matcher is None or matcher.fine_cell <= 0 or matcher.fine_passes <= 0:
-                config = model.config
-                raise ValueError(
-                    f'global_track needs a checkpoint with the orientation global stage and '
-                    f'at least one fine pass; {str(self._weights)!r} has '
-                    + ('none' if matcher is None else
-                       f'fine_cell {matcher.fine_cell}, fine_passes {matcher.fine_passes}')
-                    + f' (registration {config.registration!r}): leave global_track at 0'
-                    + ('' if matcher is None or matcher.fine_cell <= 0
-                       else ' or run at least one fine pass'))
         self._set_input_min_long_side(input_min_long_side, model.config.input_min_long_side)
         self._set_input_max_long_side(input_max_long_side)
         # The stream's state, behind its own lock (read by global_map_state without waiting

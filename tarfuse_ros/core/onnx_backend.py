@@ -34,6 +34,7 @@ import time
 import cv2
 import numpy as np
 from tarfuse_ros.core.files import is_safetensors, is_torch_pickle, plain_zip_problem
+from tarfuse_ros.core.global_stream import check_stream_settings
 from tarfuse_ros.core.pair_engine import (check_finite_outputs, check_flags,
                                           check_ir_percentiles, outputs_to_frame, PairEngine,
                                           resize_planes)
@@ -377,6 +378,7 @@ class OnnxFusionEngine(PairEngine):
                              f'has the fine passes it was exported with built in; export one '
                              f'with that many instead (tarfuse-export WEIGHTS --out MODEL.onnx '
                              f'--fine-passes N)')
+        check_stream_settings(global_every, global_window, global_track, None)
         if (global_every, global_window, global_track) != (1, 1, 0):
             raise ValueError('global_every / global_window other than 1 and global_track other '
                              'than 0 need the torch engine: an ONNX graph runs its global stage '

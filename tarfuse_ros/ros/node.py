@@ -66,6 +66,7 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from tarfuse_ros.core.cpus import default_cpu_threads, default_threads_reason
 from tarfuse_ros.core.drawing import draw_detections
 from tarfuse_ros.core.fine_passes import NoFineStageError
+from tarfuse_ros.core.global_stream import PARAMETERS, StreamSettingError
 from tarfuse_ros.core.health import HealthSettings, RegistrationHealth
 from tarfuse_ros.core.images import check_frame_size
 from tarfuse_ros.core.pairing import NearestPairCheck
@@ -112,8 +113,6 @@ _RUNTIME_ENGINE_FIELDS = ('confidence_threshold', 'iou_threshold', 'max_detectio
 _CAMERA_INFO_BUFFER = 30
 _HEALTH_FIELDS = ('health_window', 'health_every_n', 'health_max_side', 'health_min_alignment',
                   'health_max_flow_px')
-# The engine's arguments that are parameters under registration.*, as its errors name them.
-_ENGINE_ARGUMENTS = re.compile(r'(?<![\w.])(global_every|global_window|global_track)\b')
 # Images waiting for the time-offset check's thread (2 s of two 30 Hz cameras).
 _OFFSET_QUEUE = 120
 # A number in a problem's text (not a digit of a name: /cam0): masked in its throttle key.
@@ -443,9 +442,11 @@ class TarFuseNode(Node):
             raise StartupError(
                 f'registration.fine_passes {params.registration_fine_passes}: {exc}; set '
                 f"registration.fine_passes to 0 or -1 (the model's own)") from exc
-        except ValueError as exc:  # named as the engine's arguments: as our parameters
-            text = _ENGINE_ARGUMENTS.sub(r'registration.\1', str(exc))
-            raise StartupError(f'cannot start the model with these parameters: {text}') from exc
+        except StreamSettingError as exc:  # it named the engine's keywords: ours instead
+            raise StartupError(f'cannot start the model with these parameters: '
+                               f'{exc.named(PARAMETERS)}') from exc
+        except ValueError as exc:
+            raise StartupError(f'cannot start the model with these parameters: {exc}') from exc
         except (RuntimeError, OSError) as exc:
             raise StartupError(
                 f'cannot start the model on device {params.device!r}: {exc}. Use -p device:=cpu '

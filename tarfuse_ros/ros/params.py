@@ -20,6 +20,8 @@ from rclpy.parameter import Parameter
 
 from tarfuse_ros.core.backends import BACKENDS
 from tarfuse_ros.core.fine_passes import MAX_FINE_PASSES
+from tarfuse_ros.core.global_stream import check_stream_settings, MAX_GLOBAL_EVERY
+from tarfuse_ros.core.global_stream import MAX_GLOBAL_TRACK, MAX_GLOBAL_WINDOW, PARAMETERS
 from tarfuse_ros.core.paths import default_weights_path
 from tarfuse_ros.core.sizes import MAX_ENLARGED_LONG_SIDE, MIN_SHRUNK_LONG_SIDE
 
@@ -214,24 +216,27 @@ PARAMETER_SPECS = (
     ParamSpec('registration.global_every', 'registration_global_every', 'int',
               'For one rigid rig: once it holds global_window fits, the global stage fits '
               'its map on one pair in this many and the others skip it (they take about half '
-              'of the time of a fitted pair); 1 = every pair. Backend torch only. '
-              'Restart to change.',
-              low=1, high=10000),
+              'of the time of a fitted pair); 1 = every pair. Above 1: not with '
+              'registration.global_track, nor with registration.online_refinement.enabled. '
+              'Backend torch only. Restart to change.',
+              low=1, high=MAX_GLOBAL_EVERY),
     ParamSpec('registration.global_window', 'registration_global_window', 'int',
               'For one rigid rig: every pair starts from the elementwise median of the last '
               'this many global fits (scene-dependent fit errors average out; with 3 or more a '
-              'failed fit is outvoted); 1 = the newest fit alone. Backend torch only. Restart '
-              'to change.',
-              low=1, high=1000),
+              'failed fit is outvoted); 1 = the newest fit alone. Above 1: not with '
+              'registration.global_track, nor with registration.online_refinement.enabled. '
+              'Backend torch only. Restart to change.',
+              low=1, high=MAX_GLOBAL_WINDOW),
     ParamSpec('registration.global_track', 'registration_global_track', 'int',
               'For one rig: the global stage refines the map of the previous pair with its '
               'fine passes alone (a map that follows the depth of the scene, at about half '
               'its CPU time) and fits a pair in full once in this many pairs, keeping the map '
               'that agrees better with the visible image; 0 = off (every pair fitted alone). '
               'Not with global_every / global_window above 1, nor with '
-              'registration.online_refinement.enabled. '
+              'registration.online_refinement.enabled, nor with registration.fine_passes 0 '
+              '(nothing to track with). '
               'Backend torch only. Restart to change.',
-              low=0, high=10000),
+              low=0, high=MAX_GLOBAL_TRACK),
     ParamSpec('registration.online_refinement.enabled', 'refinement_enabled', 'bool',
               'Refine the registration prior online: fit a homography to the flow of every '
               'every_n-th pair, reject outliers, smooth the accepted fits (alpha) and use the '
@@ -452,6 +457,11 @@ def _check_value(spec, value):
 
 def validate_params(params):
     """Check every field of a :class:`NodeParams`; raise ``ValueError`` naming the bad one."""
+    # Said as FusionEngine and tarfuse-fuse say them, with the parameters' names (their ranges
+    # too: they are the engine's).
+    check_stream_settings(params.registration_global_every, params.registration_global_window,
+                          params.registration_global_track, params.registration_fine_passes,
+                          PARAMETERS)
     for spec in PARAMETER_SPECS:
         _check_value(spec, getattr(params, spec.field))
     if not _DEVICE_PATTERN.match(params.device):
@@ -488,16 +498,6 @@ def validate_params(params):
         raise ValueError(
             f'registration.global_track={track} needs backend torch: an ONNX graph runs its '
             f'whole global stage on every pair; use backend torch, or leave it 0')
-    if track and stream:
-        raise ValueError(
-            f'registration.global_track={track} refines the map pair by pair, '
-            f'registration.global_every / registration.global_window above 1 hold a median '
-            f'of fits: use one of them (global_track 0, or both at 1)')
-    if track and params.registration_fine_passes == 0:
-        raise ValueError(
-            f'registration.global_track={track} runs the fine passes alone on the tracked '
-            f'pairs, and registration.fine_passes=0 turns them off: set '
-            f"registration.fine_passes to -1 (the model's own) or 1-8, or global_track 0")
     if track and params.refinement_enabled:
         raise ValueError(
             f'registration.global_track={track} and registration.online_refinement.enabled '

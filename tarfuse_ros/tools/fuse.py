@@ -83,6 +83,7 @@ import cv2
 import numpy as np
 from tarfuse_ros.core.files import is_truncated_jpeg_data
 from tarfuse_ros.core.fine_passes import check_fine_passes
+from tarfuse_ros.core.global_stream import check_stream_settings, OPTIONS, StreamSettingError
 from tarfuse_ros.core.sizes import PORTRAIT_ADVICE, portrait_beside_landscape
 from tqdm import tqdm
 
@@ -831,6 +832,9 @@ def _load_engine(weights, device, threads, scale_search=True, global_every=1, gl
                             fine_passes=fine_passes, global_track=global_track)
     except CheckpointError as exc:
         raise UsageError(f'cannot load the weights: {exc}') from exc
+    except StreamSettingError as exc:  # it named the engine's keywords (leave global_track...)
+        raise UsageError(f'cannot start the model with these options: '
+                         f'{exc.named(OPTIONS)}') from exc
     except ValueError as exc:
         raise UsageError(f'cannot start the model with these options: {exc}') from exc
     except DeviceUnavailableError as exc:
@@ -850,20 +854,11 @@ def main(argv=None):
     try:
         if args.threads is not None and args.threads < 1:
             raise UsageError(f'--threads must be >= 1, got {args.threads}')
-        for name, value, high in (('--global-every', args.global_every, 10000),
-                                  ('--global-window', args.global_window, 1000)):
-            if not 1 <= value <= high:  # the engine's bounds, said with the option's name
-                raise UsageError(f'{name} must be in [1, {high}], got {value}')
-        if not 0 <= args.global_track <= 10000:
-            raise UsageError(f'--global-track must be in [0, 10000] (0: off), got '
-                             f'{args.global_track}')
-        if args.global_track and (args.global_every > 1 or args.global_window > 1):
-            raise UsageError('--global-track tracks the map pair by pair; --global-every / '
-                             '--global-window hold a median of fits: give one of the two')
-        if args.global_track and args.fine_passes == 0:
-            raise UsageError(f'--global-track {args.global_track} runs the fine passes alone '
-                             f'on the tracked frames, and --fine-passes 0 turns them off: '
-                             f'leave out --fine-passes or give 1-8, or leave out --global-track')
+        try:  # said with the options' names (the engine's would name its keywords)
+            check_stream_settings(args.global_every, args.global_window, args.global_track,
+                                  args.fine_passes, OPTIONS)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
         try:
             check_fine_passes(args.fine_passes, '--fine-passes')
         except ValueError as exc:

@@ -228,6 +228,13 @@ def test_numpy_integers_are_settings_and_onnxruntime_refuses_a_stream(tmp_path):
     from tarfuse_ros.core.onnx_backend import OnnxFusionEngine
     with pytest.raises(ValueError, match='need the torch engine'):
         OnnxFusionEngine(tmp_path / 'never_read.onnx', global_every=5)
+    # Its own words for a value no engine takes ('other than 1 need the torch engine'), and
+    # global_every=True taken as 1.
+    for kwargs, message in (({'global_every': 0}, r'global_every must be an integer in \[1, '),
+                            ({'global_every': True}, 'global_every must be an integer'),
+                            ({'global_track': -1}, 'global_track must be an integer')):
+        with pytest.raises(ValueError, match=message):
+            OnnxFusionEngine(tmp_path / 'never_read.onnx', **kwargs)
 
 
 def test_a_model_without_the_orientation_stage_refuses_a_stream_and_a_given_map(tmp_path):

@@ -47,7 +47,7 @@ def _cases(tmp_path):
         'global_track_of_a_model_without_global_stage': (
             {'weights': str(MEDICAL), 'registration.global_track': 10},
             ['registration.global_track needs a checkpoint with the orientation global stage',
-             'leave registration.global_track at 0']),
+             'has none: set registration.global_track to 0']),
     }
     # Keyed by the executable's name, not the node's: rcl applied nothing, the node ran on
     # its defaults without a word.

@@ -3,6 +3,7 @@
 from dataclasses import fields
 from pathlib import Path
 import random
+import re
 
 import pytest
 from rcl_interfaces.msg import ParameterType, SetParametersResult
@@ -80,6 +81,33 @@ def test_yaml_sets_every_parameter_except_the_optional_class_filter_and_comments
             assert lines[index - 1].strip().startswith('#'), f'key without comment: {line}'
 
 
+# A stream setting of the global stage, and the values of others it is refused with.
+PARTNERS = {'registration.global_every': 2, 'registration.global_window': 2,
+            'registration.global_track': 5, 'registration.fine_passes': 0,
+            'registration.online_refinement.enabled': True, 'backend': 'onnxruntime'}
+
+
+@pytest.mark.parametrize('name, value', [('registration.global_every', 5),
+                                         ('registration.global_window', 9),
+                                         ('registration.global_track', 10)])
+def test_a_stream_setting_describes_every_parameter_it_is_refused_with(name, value):
+    """What ros2 param describe said left out fine_passes 0, global_track, online refinement."""
+    spec = next(spec for spec in PARAMETER_SPECS if spec.name == name)
+    description = descriptor_for(spec).description
+    refused = []
+    for partner, partner_value in PARTNERS.items():
+        values = {name: value, partner: partner_value}
+        if partner == 'backend':
+            values['weights'] = 'm.onnx'
+        try:
+            params_from_values(values)
+        except ValueError:
+            refused.append(partner)
+    assert 'registration.fine_passes' in refused or name != 'registration.global_track'
+    assert [partner for partner in refused
+            if partner.replace('registration.', '').lower() not in description.lower()] == []
+
+
 @pytest.mark.parametrize('values, message', [
     ({'qos.reliability': 'sometimes'}, 'best_effort, reliable'),
     ({'device': 'gpu0'}, 'cuda:N'),
@@ -98,18 +126,20 @@ def test_yaml_sets_every_parameter_except_the_optional_class_filter_and_comments
     ({'registration.fine_passes': 0, 'backend': 'onnxruntime', 'weights': 'm.onnx'},
      'registration.fine_passes=0 needs backend torch.*tarfuse-export WEIGHTS --out MODEL.onnx '
      '--fine-passes 0'),
-    ({'registration.global_every': 0}, 'registration.global_every=0 is outside [1, 10000]'),
+    ({'registration.global_every': 0},
+     'registration.global_every must be an integer in [1, 10000], got 0'),
     ({'registration.global_window': 1.5}, 'registration.global_window must be'),
     ({'registration.global_window': 9, 'backend': 'onnxruntime', 'weights': 'm.onnx'},
      'registration.global_window above 1 need backend torch'),
     ({'registration.global_every': 5, 'registration.online_refinement.enabled': True},
      'enable one of them'),
-    ({'registration.global_track': -1}, 'registration.global_track=-1 is outside [0, 10000]'),
+    ({'registration.global_track': -1},
+     'registration.global_track must be an integer in [0, 10000]'),
     ({'registration.global_track': 2.5}, 'registration.global_track must be an integer'),
     ({'registration.global_track': 10, 'backend': 'onnxruntime', 'weights': 'm.onnx'},
      'registration.global_track=10 needs backend torch'),
     ({'registration.global_track': 10, 'registration.global_window': 9},
-     'registration.global_track=10 refines the map pair by pair.*use one of them'),
+     'registration.global_track=10 tracks the map pair by pair.*use one of the two'),
     ({'registration.global_track': 10, 'registration.fine_passes': 0},
      'registration.global_track=10 runs the fine passes alone.*registration.fine_passes=0'),
     ({'registration.global_track': 10, 'registration.online_refinement.enabled': True},
@@ -298,3 +328,53 @@ def test_a_params_file_for_another_node_is_named_with_its_sections(tmp_path):
             '--params-file', str(dump), '-p', 'max_rate:=1.0']
     assert params_files_for_other_nodes(argv, '/tarfuse') == [f"{dump} (sections '/rear/tarfuse')"]
     assert params_files_for_other_nodes(argv, '/rear/tarfuse') == []
+
+
+# Each problem of the global stage's stream settings, given as FusionEngine's keywords; the
+# same values go to tarfuse-fuse as options and to the node as parameters.
+STREAM_PROBLEMS = [
+    {'global_every': 0},
+    {'global_window': 1001},
+    {'global_track': 10001},
+    {'global_every': 0, 'global_track': -1},  # two problems, both said
+    {'global_track': 5, 'global_every': 2},
+    {'global_track': 5, 'global_window': 3},
+    {'global_track': 5, 'fine_passes': 0},
+    {'global_track': 5, 'global_every': 2, 'fine_passes': 0},
+]
+
+
+@pytest.mark.parametrize('settings', STREAM_PROBLEMS, ids=lambda settings: '-'.join(
+    f'{name}{value}' for name, value in settings.items()))
+def test_the_engine_the_fuse_tool_and_the_node_say_a_stream_problem_alike(
+        settings, tmp_path, capsys):
+    from tarfuse_ros.core.engine import FusionEngine
+    from tarfuse_ros.core.global_stream import KEYWORDS, OPTIONS, PARAMETERS
+    from tarfuse_ros.core.global_stream import stream_setting_problems
+    from tarfuse_ros.core.paths import share_dir
+    from tarfuse_ros.tools import fuse
+    values = {'global_every': 1, 'global_window': 1, 'global_track': 0, 'fine_passes': None}
+    values.update(settings)
+
+    def said(names):
+        return '; '.join(stream_setting_problems(*values.values(), names))
+
+    with pytest.raises(ValueError) as engine:
+        FusionEngine(cuda_graph='off', **settings)
+    assert str(engine.value) == said(KEYWORDS)
+    samples = share_dir() / 'samples'
+    options = [word for name, value in settings.items()
+               for word in (f'--{name.replace("_", "-")}', str(value))]
+    status = fuse.main(['--ir', str(samples / 'ir'), '--visible', str(samples / 'vi'),
+                        '--out', str(tmp_path), *options])
+    assert (status, capsys.readouterr().err) == (2, f'tarfuse-fuse: error: {said(OPTIONS)}\n')
+    with pytest.raises(ValueError) as node:
+        params_from_values({f'registration.{name}': value for name, value in settings.items()})
+    assert str(node.value) == said(PARAMETERS)
+    # The same sentences, each naming what its user typed.
+    for names, text in ((KEYWORDS, said(KEYWORDS)), (OPTIONS, said(OPTIONS)),
+                        (PARAMETERS, said(PARAMETERS))):
+        others = {getattr(other, name) for other in (KEYWORDS, OPTIONS, PARAMETERS)
+                  for name in values} - {getattr(names, name) for name in values}
+        assert not [other for other in others
+                    if re.search(rf'(?<![\w.-]){re.escape(other)}(?![\w-])', text)], text

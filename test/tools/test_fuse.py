@@ -255,16 +255,25 @@ def test_global_every_keeps_the_first_fit_over_a_folder_of_one_rig(tmp_path, cap
     assert np.abs(second - alone).mean() > 0.1  # the first pair's fit, not its own
     status, _, err = _run(capsys, '--ir', ir_dir, '--visible', vi_dir, '--out', out,
                           '--global-window', '0')
-    assert status == 2 and '--global-window must be in [1, 1000], got 0' in err, err
+    assert status == 2 and '--global-window must be an integer in [1, 1000], got 0' in err, err
     status, _, err = _run(capsys, '--ir', ir_dir, '--visible', vi_dir, '--out', out,
                           '--global-every', '20000')  # said the engine's 'global_every'
-    assert status == 2 and '--global-every must be in [1, 10000], got 20000' in err, err
+    assert status == 2 and '--global-every must be an integer in [1, 10000], got 20000' in err, err
     # A model without the orientation global stage (the medical one) says why it refuses.
     medical = WEIGHTS.parent / 'tarfuse_medical.safetensors'
     status, _, err = _run(capsys, '--ir', ir_dir, '--visible', vi_dir, '--out', out,
                           '--weights', medical, '--global-every', '5')
     assert status == 2 and 'cannot start the model with these options' in err, err
     assert 'global_stage False' in err and 'on device' not in err, err
+    # Named as the options were given (it said 'global_every / global_window above 1 ...: leave
+    # both at 1', and for --global-track 'leave global_track at 0').
+    assert ('--global-every / --global-window above 1 need a checkpoint with the orientation '
+            'global stage') in err and 'leave out --global-every and --global-window' in err, err
+    status, _, err = _run(capsys, '--ir', ir_dir, '--visible', vi_dir, '--out', out,
+                          '--weights', medical, '--global-track', '5')
+    assert status == 2 and ('--global-track needs a checkpoint with the orientation global '
+                            'stage') in err and 'leave out --global-track' in err, err
+    assert 'global_track' not in err, err
 
 
 def test_global_track_refines_the_previous_map_over_a_folder_of_one_rig(tmp_path, capsys):
@@ -283,14 +292,16 @@ def test_global_track_refines_the_previous_map_over_a_folder_of_one_rig(tmp_path
     assert np.abs(second - alone).mean() > 0.05  # tracked from the first map, not its own fit
     status, _, err = _run(capsys, '--ir', ir_dir, '--visible', vi_dir, '--out', out,
                           '--global-track', '-1')
-    assert status == 2 and '--global-track must be in [0, 10000] (0: off), got -1' in err, err
+    assert status == 2 and ('--global-track must be an integer in [0, 10000] (0: off), '
+                            'got -1') in err, err
     status, _, err = _run(capsys, '--ir', ir_dir, '--visible', vi_dir, '--out', out,
                           '--global-track', '20000')  # refused before the model loads
-    assert status == 2 and '--global-track must be in [0, 10000] (0: off), got 20000' in err, err
+    assert status == 2 and ('--global-track must be an integer in [0, 10000] (0: off), '
+                            'got 20000') in err, err
     status, _, err = _run(capsys, '--ir', ir_dir, '--visible', vi_dir, '--out', out,
                           '--global-track', '5', '--global-every', '5')
-    assert status == 2 and ('--global-track tracks the map pair by pair; --global-every / '
-                            '--global-window hold a median of fits') in err, err
+    assert status == 2 and ('--global-track 5 tracks the map pair by pair, and --global-every / '
+                            '--global-window above 1 hold a median of fits') in err, err
     status, _, err = _run(capsys, '--ir', ir_dir, '--visible', vi_dir, '--out', out,
                           '--global-track', '5', '--fine-passes', '0')
     # Named as the options were given (it said the checkpoint had 'fine_cell 0').
