@@ -5,6 +5,7 @@ One node process serves the whole module (approximate sync, best-effort inputs, 
 """
 
 from contextlib import contextmanager
+import re
 import signal
 import time
 
@@ -27,6 +28,7 @@ import yaml
 
 pytestmark = pytest.mark.dds
 NAMESPACE = '/rig'
+GRID_NS = 200_000_000  # stamps of pairs that must never pair lie on a grid of this step
 
 
 @pytest.fixture(scope='module')
@@ -69,6 +71,25 @@ def _send_and_wait(probe, stamp=None, **kwargs):
     probe.publish_pair(*probe.good_pair(stamp, **kwargs))
     assert probe.wait_for_outputs(stamp), f'no output for the pair stamped {stamp}'
     return stamp
+
+
+def _camera_infos_counted(values):
+    """Return how many camera_info messages the node counted (its /diagnostics value)."""
+    counted = re.search(r': ([0-9]+) received', values.get('camera_info', ''))
+    return int(counted.group(1)) if counted else 0
+
+
+def _publish_camera_info(probe, info):
+    """Publish ``info`` and return once the node has it (its /diagnostics count grew).
+
+    The images sent next must find it there: a fixed pause (0.3-0.5 s) let a loaded machine
+    deliver the image first, paired with the camera_info before.
+    """
+    counted = _camera_infos_counted(probe.settled_diagnostics())
+    probe.info_pub.publish(info)
+    assert probe.wait_for_diagnostics(
+        lambda level, msg, values: _camera_infos_counted(values) > counted), \
+        probe.latest_diagnostics()
 
 
 def _send_ahead(probe, ahead_ns):
@@ -199,7 +220,7 @@ def test_camera_info_of_another_image_size_is_not_republished_with_a_frame(setup
     node, probe, _, _ = setup
     info = CameraInfo(width=WIDTH, height=HEIGHT, distortion_model='plumb_bob')
     info.header.frame_id = VISIBLE_FRAME
-    probe.info_pub.publish(info)
+    _publish_camera_info(probe, info)
     stamp = _send_and_wait(probe)
     assert probe.spin_until(lambda: probe.outputs_for('camera_info', stamp), 10.0)
     ir, vi = sample_pair(128, 96)
@@ -213,8 +234,7 @@ def test_camera_info_of_another_image_size_is_not_republished_with_a_frame(setup
     assert '160x128' in node.log() and '128x96' in node.log()
     # Binned 2x2, the same camera_info describes a 80x64 image (REP 104).
     info.binning_x = info.binning_y = 2
-    probe.info_pub.publish(info)
-    probe.spin_until(lambda: False, 0.3)
+    _publish_camera_info(probe, info)
     ir, vi = sample_pair(WIDTH // 2, HEIGHT // 2)
     binned = time.time_ns()
     probe.publish_pair(image_msg(ir, 'mono8', binned, 'infrared_optical_frame'),
@@ -228,9 +248,8 @@ def test_fused_camera_info_is_the_one_stamped_like_the_visible_image_else_the_ne
     node, probe, _, _ = setup
     older = time.time_ns()
     newer = older + 50_000_000
-    probe.info_pub.publish(camera_info_msg(older, 100.0))
-    probe.info_pub.publish(camera_info_msg(newer, 200.0))
-    probe.spin_until(lambda: False, 0.5)  # both reach the node before the image
+    for stamp, focal in ((older, 100.0), (newer, 200.0)):  # both reach the node first
+        _publish_camera_info(probe, camera_info_msg(stamp, focal))
     for stamp, focal in ((older, 100.0), (newer, 200.0)):
         _send_and_wait(probe, stamp=stamp)
         assert probe.spin_until(lambda s=stamp: probe.outputs_for('camera_info', s), 10.0)
@@ -433,8 +452,13 @@ def _second_publishers(probe, input_timeout=None):
             assert probe.set_parameters(diagnostics__input_timeout=1.0)[0].successful
 
 
-def _play_with_copies(probe, relays, stamps):
-    """Publish a pair per stamp, each followed by the relays' copy of the one before."""
+def _play_with_copies(probe, relays, stamps, before):
+    """Publish a pair per stamp, each followed by the relays' copy of the one before.
+
+    Return the node's diagnostics values once it counted every copy among the messages
+    rejected since ``before`` (values of a status taken after those). The last copies come
+    after the last output: a fixed pause could end before a loaded node took them.
+    """
     pairs = [probe.good_pair(stamp) for stamp in stamps]
     for k, pair in enumerate(pairs):
         probe.publish_pair(*pair)
@@ -442,7 +466,11 @@ def _play_with_copies(probe, relays, stamps):
         if k:
             for relay, copy in zip(relays, pairs[k - 1]):
                 relay.publish(copy)  # the previous pair again, a frame behind
-    probe.spin_until(lambda: False, 0.5)
+    copies = 2 * (len(stamps) - 1)
+    assert probe.wait_for_diagnostics(
+        lambda level, msg, values: int(values['messages_rejected']) >= int(
+            before['messages_rejected']) + copies), probe.latest_diagnostics()
+    return probe.settled_diagnostics()
 
 
 def test_copies_from_a_second_publisher_are_ignored_not_taken_for_bag_loops(setup):
@@ -456,8 +484,7 @@ def test_copies_from_a_second_publisher_are_ignored_not_taken_for_bag_loops(setu
         before = probe.settled_diagnostics()
         start = time.time_ns()
         stamps = [start + k * 100_000_000 for k in range(5)]
-        _play_with_copies(probe, relays, stamps)
-        after = probe.settled_diagnostics()
+        after = _play_with_copies(probe, relays, stamps, before)
     assert int(after['sync_resets']) == int(before['sync_resets'])
     assert int(after['messages_rejected']) == int(before['messages_rejected']) + 8
     assert after['last_rejection'].startswith(f'duplicate on {NAMESPACE}/')
@@ -479,8 +506,7 @@ def test_copies_from_a_second_publisher_after_a_time_jump_are_ignored(setup):
         before = probe.settled_diagnostics()
         earlier = time.time_ns() - 60 * 1_000_000_000
         stamps = [earlier + k * 100_000_000 for k in range(5)]
-        _play_with_copies(probe, relays, stamps)
-        after = probe.settled_diagnostics()
+        after = _play_with_copies(probe, relays, stamps, before)
     assert int(after['sync_resets']) == int(before['sync_resets']) + 1  # the jump back
     assert int(after['messages_rejected']) == int(before['messages_rejected']) + 8
     assert [len(probe.outputs_for('fused', stamp)) for stamp in stamps] == [1] * 5
@@ -663,12 +689,18 @@ def test_a_silent_input_is_reported_by_name(setup):
         f'no messages on {NAMESPACE}/infrared/image_raw' in msg, timeout=15.0,
         tick=visible_only), 'no warning naming the silent infrared topic'
 
+    apart = []
+
     def stamps_apart():
-        ir, vi = probe.good_pair(time.time_ns())
-        # 5 s apart: far more than sync.slop, and than the 1 s of history the queues hold
-        # (queue_size 10 at 10 Hz), so no IR image ever meets a visible one of its time.
-        vi.header.stamp.sec += 5
-        probe.publish_pair(ir, vi)
+        # The visible stamps 5.1 s after the IR ones, both on a 0.2 s grid: each IR stamp is
+        # 0.1 s (twice sync.slop) from every visible stamp, so none pairs however far apart the
+        # ticks come. (5 s apart, stamped at ticks of about 0.1 s, an IR image could pair with
+        # a visible image sent 5 s before, still held where a loaded machine's ticks are slow.)
+        stamp = time.time_ns() // GRID_NS * GRID_NS
+        if apart and stamp <= apart[-1]:
+            return  # one pair per grid step
+        apart.append(stamp)
+        probe.publish_pair(probe.good_pair(stamp)[0], probe.good_pair(stamp + 5_100_000_000)[1])
 
     # Further apart than sync.infrared_time_offset reaches (1 s): clocks, not a latency (it
     # was named as the fix, and sync.queue_size 52 would have been for a 5 s late camera).
@@ -800,6 +832,7 @@ def test_parameters_change_at_run_time_and_fixed_ones_are_refused(setup):
 
     # diagnostics.period (0.25 s here) changes at run time: at 3 s, 2 s bring at most one.
     assert probe.set_parameters(diagnostics__period=3.0)[0].successful
+    probe.drain()  # statuses sent at 0.25 s before the change, waiting in a starved probe
     seen = len(probe.diagnostics)
     start = time.monotonic()
     probe.spin_until(lambda: time.monotonic() - start > 2.0, 5.0)
@@ -869,8 +902,16 @@ def test_with_sim_time_a_clock_behind_the_pair_is_no_latency(setup):
         message.clock.sec, message.clock.nanosec = divmod(ns, 1_000_000_000)
         clock.publish(message)
 
+    node_times = []  # the node's time in each /diagnostics (with sim time: the last /clock)
+    watch = probe.node.create_subscription(DiagnosticArray, '/diagnostics',
+                                           lambda msg: node_times.append(_stamp(msg)), 50)
+
     def latency_once_processed(stamp, clock_ns):
-        processed = probe.counter('pairs_processed')
+        # The node's clock reads clock_ns before the pair is sent: sent first, the pair could
+        # be measured by the clock before where a loaded machine delivered /clock later.
+        assert probe.spin_until(lambda: clock_ns in node_times, 20.0,
+                                tick=lambda: tick(clock_ns)), node_times[-3:]
+        processed = int(probe.settled_diagnostics()['pairs_processed'])
         probe.publish_pair(*probe.good_pair(stamp))
         assert probe.spin_until(lambda: probe.outputs_for('fused', stamp), 20.0,
                                 tick=lambda: tick(clock_ns))
@@ -887,6 +928,7 @@ def test_with_sim_time_a_clock_behind_the_pair_is_no_latency(setup):
     finally:
         assert probe.set_parameters(use_sim_time=False)[0].successful
         probe.node.destroy_publisher(clock)
+        probe.node.destroy_subscription(watch)
     _send_and_wait(probe)  # the wall clock again
 
 
@@ -991,10 +1033,15 @@ def test_images_left_by_a_camera_silent_for_the_input_timeout_never_pair(setup):
     # bag's visible images were fused with the first bag's IR images, left in the synchroniser.
     node, probe, _, _ = setup
     _send_and_wait(probe)
+    counted = int(probe.settled_diagnostics()['infrared_msgs'])
     start = time.time_ns()
     stamps = [start + k * 100_000_000 for k in range(3)]
     for stamp in stamps:
         probe.ir_pub.publish(probe.good_pair(stamp)[0])
+    # The silence is timed from when the node took the IR images (its count says so): on a
+    # loaded machine they could reach it late, leaving a silence shorter than input_timeout.
+    assert probe.wait_for_diagnostics(
+        lambda level, msg, values: int(values['infrared_msgs']) >= counted + 3)
     probe.spin_until(lambda: False, 1.6)  # silent for longer than input_timeout (1 s here)
     for stamp in stamps:
         probe.visible_pub.publish(probe.good_pair(stamp)[1])
@@ -1008,8 +1055,7 @@ def test_after_the_visible_time_jumps_back_old_camera_info_is_not_republished(se
     # earlier bag's camera_info republished with every image (the "newest" fallback).
     node, probe, _, _ = setup
     stamp = time.time_ns()
-    probe.info_pub.publish(camera_info_msg(stamp, 300.0))
-    probe.spin_until(lambda: False, 0.5)
+    _publish_camera_info(probe, camera_info_msg(stamp, 300.0))
     _send_and_wait(probe, stamp=stamp)
     assert probe.spin_until(lambda: probe.outputs_for('camera_info', stamp), 10.0)
     # Another bag, its stamps a minute earlier, without camera_info.
@@ -1019,8 +1065,7 @@ def test_after_the_visible_time_jumps_back_old_camera_info_is_not_republished(se
     assert not probe.outputs_for('camera_info', earlier), "an old bag's camera_info republished"
     # A loop that sends its camera_info just before its first image keeps it.
     loop = earlier - 60 * 1_000_000_000
-    probe.info_pub.publish(camera_info_msg(loop, 400.0))
-    probe.spin_until(lambda: False, 0.5)
+    _publish_camera_info(probe, camera_info_msg(loop, 400.0))
     _send_and_wait(probe, stamp=loop)
     assert probe.spin_until(lambda: probe.outputs_for('camera_info', loop), 10.0)
     assert probe.outputs_for('camera_info', loop)[0].k[0] == 400.0
