@@ -353,6 +353,10 @@ class BagPlayer:
         self._answered = set()  # (topic, stamp) of the recorded answers to published inputs
         self._published_stamps = set()
         self._first_stamp = None  # header stamp of the first message played (restamp)
+        # restamp: the stamp that is shifted to a round's start, the first stamp less the bag
+        # time between that start and its message (a --start-offset into a gap, or a first
+        # message without header such as /tf): the first is then stamped when it is played.
+        self._stamp_origin = None
         self._writer = None
         self._record_conns = {}
         self._matched = {}
@@ -519,7 +523,8 @@ class BagPlayer:
                     # its own clock (since boot: decades before the bag's times).
                     if self._first_stamp is None:
                         self._first_stamp = stamp
-                    shifted = restamped(stamp, self._first_stamp)
+                        self._stamp_origin = stamp - (timestamp - start_ns)
+                    shifted = restamped(stamp, self._stamp_origin)
                     data = self._restamp(data, topic, stamp, shifted)
                     stamp = shifted
             with self._lock:
