@@ -655,6 +655,34 @@ def test_play_clock_publishes_the_bag_time_of_each_message(sample_bag, tmp_path)
 
 
 @pytest.mark.dds
+def test_play_clock_runs_on_to_the_next_round_of_a_loop(tmp_path):
+    """--clock --loop: /clock runs on between a round's last message and the next round.
+
+    It stood at the round's last message for the gap (a frame period) before stepping back:
+    a sim-time node processing the round's last pair measured its latency as 0 ms, and its
+    ROS timers stood still. ``ros2 bag play``'s clock runs on until it steps back.
+    """
+    bag = tmp_path / 'two_hz'
+    make_bag(SAMPLES, bag, rate=2.0, max_pairs=2, size=(64, 48))
+    last_ns = int(make_bag_tool.DEFAULT_START_TIME_S) * 10**9 + 500_000_000
+    record = tmp_path / 'clock'
+    stats = BagPlayer(bag, topics=[VI], clock=True, loop=True, duration=1.8, start_delay=0.5,
+                      record=record, record_topics=['/clock:rosgraph_msgs/msg/Clock'],
+                      linger=0.5).run()
+    assert stats.loops == 2 and stats.counts() == {VI: 4}
+    typestore = jazzy_typestore()
+    with Reader(record) as reader:
+        clocks = [typestore.deserialize_cdr(data, connection.msgtype).clock
+                  for connection, _t, data in reader.messages()]
+    times = [clock.sec * 10**9 + clock.nanosec for clock in clocks]
+    back = [k for k in range(1, len(times)) if times[k] < times[k - 1]]
+    assert len(back) == 1, times
+    # The round's gap is 0.5 s of bag time: the clock ran through most of it (40 Hz ticks).
+    assert times[back[0] - 1] - last_ns >= 300_000_000, (times[back[0] - 1] - last_ns) / 1e9
+    assert times[back[0] - 1] - last_ns <= 500_000_000
+
+
+@pytest.mark.dds
 def test_restamp_stamps_each_message_at_its_own_clock_time_after_a_start_offset(tmp_path):
     """--restamp --clock --start-offset: each image is stamped with the /clock time it is played.
 
