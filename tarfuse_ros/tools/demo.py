@@ -479,7 +479,7 @@ def run_demo(out='output/demo', weights=None, device='cpu', samples=None,
     # A node on simulated time (use_sim_time true, by --param or in the params file) takes its
     # time from /clock: the bag is played with it, as ros2 bag play --clock (the node's time
     # stood at 0, so its latency was never measured and it said to play the bag with its clock).
-    sim_time = str(given.get('use_sim_time', False)).strip().lower() == 'true'
+    sim_time = str(given.get('use_sim_time', False)).strip().lower() in ('true', 'yes', 'y', 'on')
     code, clean = None, False
     try:
         player = BagPlayer(input_bag, rate=1.0, wait_for_subscribers=1,
