@@ -14,7 +14,8 @@ import time
 from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
 import numpy as np
 
-__all__ = ['NodeStats', 'WarningThrottle', 'arrival_rate', 'build_status', 'process_rss_mib']
+__all__ = ['InputClock', 'NodeStats', 'WarningThrottle', 'arrival_rate', 'build_status',
+           'process_rss_mib']
 
 # pairs_dropped: overwritten in the keep-newest slot while the model was busy (an overload);
 # pairs_skipped_max_rate: left out by max_rate before the slot (asked for).
@@ -46,6 +47,51 @@ class WarningThrottle:
                 return None
             self._last[key] = now
             return self._held.pop(key, 0)
+
+
+class InputClock:
+    """Seconds that never go back, for the inputs' silences and rates: the node's own time.
+
+    Wall (monotonic) time, or under ``use_sim_time`` the ROS time while ``/clock`` runs: a
+    bag played at ``--rate 0.5`` delivers its images twice as far apart in wall time, and at
+    ``diagnostics.input_timeout`` below that spacing both inputs were said to have stopped
+    while every pair was fused. ``ros_now_ns()`` returns the simulated ROS time (ns), or None
+    where there is none (``use_sim_time`` false, no ``/clock`` yet). Its steps forward advance
+    this clock; a step back (a bag's loop) advances it by the wall time passed, as does a ROS
+    time standing still for ``stall_s`` or more (a bag ended or paused: nothing comes, and its
+    stand is counted from its start).
+    """
+
+    def __init__(self, ros_now_ns, stall_s=1.0, monotonic=time.monotonic):
+        self._ros_now_ns = ros_now_ns
+        self.stall_s = float(stall_s)
+        self._monotonic = monotonic
+        self._lock = threading.Lock()
+        self._wall = monotonic()
+        self._value = self._wall
+        self._ros = None
+        self._ros_changed = None  # wall time of the ROS time's last change
+
+    def _stand(self, wall):
+        """Return the wall time (s) a ROS time standing since it changed counts at ``wall``."""
+        standing = wall - self._ros_changed
+        return standing if standing >= self.stall_s else 0.0
+
+    def __call__(self):
+        """Return the clock's time (s)."""
+        with self._lock:
+            wall, ros = self._monotonic(), self._ros_now_ns()
+            step = wall - self._wall  # no ROS time to follow, or it stepped back
+            if ros is not None and self._ros is not None:
+                if ros > self._ros:
+                    step = (ros - self._ros) / 1e9
+                elif ros == self._ros:
+                    step = self._stand(wall) - self._stand(self._wall)
+            if ros is not None and ros != self._ros:
+                self._ros_changed = wall
+            self._wall, self._ros = wall, ros
+            self._value += max(step, 0.0)
+            return self._value
 
 
 # Counters whose rates /diagnostics reports, and the names of those rates.

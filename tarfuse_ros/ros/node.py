@@ -82,7 +82,8 @@ from tarfuse_ros.ros.conversions import compressed_msg_to_array, compressed_size
 from tarfuse_ros.ros.conversions import detections_to_msg, image_msg_to_array
 from tarfuse_ros.ros.conversions import image_msg_to_motion_array, jpeg_of_16_bit_image
 from tarfuse_ros.ros.conversions import load_bridge, restamped
-from tarfuse_ros.ros.diagnostics import build_status, NodeStats, process_rss_mib
+from tarfuse_ros.ros.diagnostics import build_status, InputClock, NodeStats
+from tarfuse_ros.ros.diagnostics import process_rss_mib
 from tarfuse_ros.ros.diagnostics import WarningThrottle
 from tarfuse_ros.ros.params import apply_updates, canonical_parameters
 from tarfuse_ros.ros.params import command_line_type_errors, NodeParams
@@ -246,7 +247,10 @@ class TarFuseNode(Node):
         logging.getLogger('tarfuse_ros').addHandler(self._log_handler)
         self._engine = self._load_engine(self._params)
         self._params_lock = threading.Lock()
-        self._stats = NodeStats()
+        # The time the inputs' silences (diagnostics.input_timeout) and rates are read in:
+        # under use_sim_time the ROS time while /clock runs (a bag at any --rate).
+        self._input_time = InputClock(self._sim_time_ns)
+        self._stats = NodeStats(clock=self._input_time)
         self._throttle = WarningThrottle(5.0)
         self._steady = Clock(clock_type=ClockType.STEADY_TIME)
         self._health = RegistrationHealth(_health_settings(self._params))
@@ -285,8 +289,11 @@ class TarFuseNode(Node):
         # out of order or a time jump. As many stamps as the synchroniser holds: a driver's
         # threads reorder a few messages, not more.
         self._timelines = [InputTimeline(self._params.sync_queue_size) for _ in _INPUT_NAMES]
+        # Each input's newest and first message, in self._input_time.
         self._last_arrival = [None, None]
-        self._first_arrival = [None, None]  # monotonic time of each input's first message
+        self._first_arrival = [None, None]
+        # The monotonic time of each input's newest message (camera_info kept at a jump).
+        self._last_wall = [None, None]
         self._last_msg = [None, None]  # newest valid message per input (re-fed after a reset)
         self._silence_flushed = [False, False]  # an input's stale queue dropped in its silence
         self._zero_stamped = [False, False]  # whether each input's newest message had stamp 0
@@ -616,10 +623,11 @@ class TarFuseNode(Node):
     def _on_input(self, msg, index):
         name, topic = _INPUT_NAMES[index], self._topics[index]
         self._stats.count(f'{name}_msgs')
-        now = time.monotonic()
+        now = self._input_time()
         if self._first_arrival[index] is None:
             self._first_arrival[index] = now
         previous_arrival, self._last_arrival[index] = self._last_arrival[index], now
+        previous_wall, self._last_wall[index] = self._last_wall[index], time.monotonic()
         self._silence_flushed[index] = False
         if (index == VISIBLE and previous_arrival is not None
                 and now - previous_arrival > self._params.input_timeout):
@@ -673,7 +681,7 @@ class TarFuseNode(Node):
             stamp, functools.partial(self.count_publishers, topic),
             after_silence=previous_arrival is not None
             and now - previous_arrival > self._params.input_timeout,
-            item=(msg, previous_arrival))
+            item=(msg, previous_wall))
         if verdict == COPY:
             # A copy of an image just delivered, from a second publisher (a relay or a bridge
             # publishing the images again, a second driver): taken for a bag loop's replayed
@@ -708,18 +716,18 @@ class TarFuseNode(Node):
                 self._take_held(other, *self._timelines[other].replay_held(), last=other_last)
                 self._take_held(index, *timeline.replay_held(), last=last)
             return
-        self._take(index, msg, stamp, verdict, last, previous_arrival)
+        self._take(index, msg, stamp, verdict, last, previous_wall)
 
     def _take_held(self, index, verdict, stamp, item, last):
         """Feed an input's image held (HOLD) as a replay's first, or ignore it as a copy.
 
         ``last`` is the input's newest stamp before it was told (the jump's start).
         """
-        msg, previous_arrival = item
+        msg, previous_wall = item
         if verdict == COPY:
             self._reject_copy(index, last - stamp)
         else:
-            self._take(index, msg, stamp, verdict, last, previous_arrival)
+            self._take(index, msg, stamp, verdict, last, previous_wall)
 
     def _reject_copy(self, index, ago):
         """Count and warn of an image ignored as a copy, ``ago`` ns before its input's newest."""
@@ -736,11 +744,11 @@ class TarFuseNode(Node):
         self._stats.reject(cause, pair=False)
         self._warn(f'duplicate:{name}', f'message ignored: {cause}')
 
-    def _take(self, index, msg, stamp, verdict, last, previous_arrival):
+    def _take(self, index, msg, stamp, verdict, last, previous_wall):
         """Feed an input's accepted image to the synchroniser, after a jump's resets if one.
 
         ``verdict`` is its timeline's (NEXT, JUMP or JUMP_FOLLOWED); ``last`` the input's
-        newest stamp before it, ``previous_arrival`` the monotonic arrival of its image before.
+        newest stamp before it, ``previous_wall`` the monotonic arrival of its image before.
         """
         topic, other = self._topics[index], 1 - index
         if verdict in (JUMP, JUMP_FOLLOWED):  # a time jump: this input's or the other's
@@ -749,7 +757,7 @@ class TarFuseNode(Node):
                 # timeline (a previous loop or bag) are never a new image's, by stamp or as the
                 # newest; those since (this loop's, sent just before its first image) stay.
                 with self._camera_infos_lock:
-                    kept = [info for info in self._camera_infos if info[2] > previous_arrival]
+                    kept = [info for info in self._camera_infos if info[2] > previous_wall]
                     self._camera_infos.clear()
                     self._camera_infos.extend(kept)
                 # max_rate goes by the visible stamps: it starts over on the new timeline (a
@@ -1210,7 +1218,7 @@ class TarFuseNode(Node):
     # -- health and diagnostics ------------------------------------------------------------
     def _check_health(self):
         params = self._params
-        now = time.monotonic()
+        now = self._input_time()
         timeout = params.input_timeout
         problems = []
         fresh = [t is not None and now - t < timeout for t in self._last_arrival]
@@ -1350,6 +1358,13 @@ class TarFuseNode(Node):
                 f'instant, correct it with sync.infrared_time_offset (tarfuse-time-offset '
                 f'measures it)')
 
+    def _sim_time_ns(self):
+        """Return the ROS time (ns) where /clock sets it (use_sim_time), else None."""
+        clock = self.get_clock()
+        if not clock.ros_time_is_active:
+            return None
+        return clock.now().nanoseconds or None  # 0: no /clock message yet
+
     def _silent_for(self, index, now):
         """Return how long input ``index`` has been silent at ``now``, for a warning."""
         if self._last_arrival[index] is None:
@@ -1462,7 +1477,7 @@ class TarFuseNode(Node):
         offset_problem = self._offset_problem
         arrival = self._last_arrival[VISIBLE]
         if self._offset_monitor is not None and arrival is not None:
-            silent = time.monotonic() - arrival
+            silent = self._input_time() - arrival
             if silent > self._params.input_timeout:
                 # The check runs on the visible images: without them its last verdict is old.
                 extra['sync_time_offset_check'] = (f'paused: no visible image for '

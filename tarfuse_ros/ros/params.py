@@ -272,7 +272,8 @@ PARAMETER_SPECS = (
               'Seconds between /diagnostics messages (run time).', low=0.05, high=60.0,
               runtime=True),
     ParamSpec('diagnostics.input_timeout', 'input_timeout', 'float',
-              'Seconds without a pair (or one input) before warning (run time).',
+              'Seconds without a pair (or one input) before warning (run time); with '
+              'use_sim_time, of the ROS time while /clock runs.',
               low=0.1, high=3600.0, runtime=True),
     ParamSpec('diagnostics.time_offset_window', 'time_offset_window', 'float',
               'Estimate the infrared time offset from the last this many seconds of both '

@@ -476,13 +476,17 @@ def run_demo(out='output/demo', weights=None, device='cpu', samples=None,
                     f'its log ({log_path}) ends with:\n{_log_tail(log_path)}')
         return None
 
+    # A node on simulated time (use_sim_time true, by --param or in the params file) takes its
+    # time from /clock: the bag is played with it, as ros2 bag play --clock (the node's time
+    # stood at 0, so its latency was never measured and it said to play the bag with its clock).
+    sim_time = str(given.get('use_sim_time', False)).strip().lower() in ('true', 'yes', 'y', 'on')
     code, clean = None, False
     try:
         player = BagPlayer(input_bag, rate=1.0, wait_for_subscribers=1,
                            wait_timeout=startup_timeout, restamp=True, record=recorded_bag,
                            record_topics=RECORD_TOPICS, linger=linger, max_linger=60.0,
                            domain_id=domain_id, node_name='tarfuse_demo_player',
-                           should_abort=node_died, log=log)
+                           should_abort=node_died, log=log, clock=sim_time)
         stats = player.run()
     except PlayError as error:
         if interrupted is not None and interrupted():

@@ -353,6 +353,10 @@ class BagPlayer:
         self._answered = set()  # (topic, stamp) of the recorded answers to published inputs
         self._published_stamps = set()
         self._first_stamp = None  # header stamp of the first message played (restamp)
+        # restamp: the stamp that is shifted to a round's start, the first stamp less the bag
+        # time between that start and its message (a --start-offset into a gap, or a first
+        # message without header such as /tf): the first is then stamped when it is played.
+        self._stamp_origin = None
         self._writer = None
         self._record_conns = {}
         self._matched = {}
@@ -364,6 +368,8 @@ class BagPlayer:
         self._clock_round = None  # (base_mono, its time, ns per s, ns to the end) of the round
         self._clock_last = None  # the last /clock time published in this round
         self._clock_stop = threading.Event()
+        # Bag time /clock runs on past a round's last message: a --loop's gap to the next round.
+        self._clock_run_on_ns = 0
 
     # -- set-up ---------------------------------------------------------------------------
     def _record_specs(self, node):
@@ -505,8 +511,9 @@ class BagPlayer:
                 self.stats.loops += 1
                 begun = True
                 if self._clock_pub is not None:  # /clock starts over from the round's start
-                    self._start_clock_round(base_mono, restamped(start_ns) if self.restamp
-                                            else start_ns, reader.end_time - 1 - start_ns)
+                    self._start_clock_round(
+                        base_mono, restamped(start_ns) if self.restamp else start_ns,
+                        reader.end_time - 1 - start_ns + self._clock_run_on_ns)
             data = bytes(data)
             stamp = None
             topic = self._names[connection.topic]
@@ -519,7 +526,8 @@ class BagPlayer:
                     # its own clock (since boot: decades before the bag's times).
                     if self._first_stamp is None:
                         self._first_stamp = stamp
-                    shifted = restamped(stamp, self._first_stamp)
+                        self._stamp_origin = stamp - (timestamp - start_ns)
+                    shifted = restamped(stamp, self._stamp_origin)
                     data = self._restamp(data, topic, stamp, shifted)
                     stamp = shifted
             with self._lock:
@@ -580,20 +588,28 @@ class BagPlayer:
             self._clock_round = (base_mono, origin_ns, per_s, max(0, int(span)))
             self._clock_last = None
 
+    def _run_clock_on(self, extra_ns):
+        """Let this round's /clock run ``extra_ns`` of bag time further."""
+        with self._clock_lock:
+            if self._clock_round is not None:
+                base_mono, origin_ns, per_s, span_ns = self._clock_round
+                extra = extra_ns / self.rate if self.restamp else extra_ns
+                self._clock_round = (base_mono, origin_ns, per_s, span_ns + int(extra))
+
     def _publish_clock(self, time_ns=None):
         """Publish ``time_ns`` on /clock, or the playback's bag time now where None.
 
         Never a time before the last one of the round: a message published late comes after
         the ticks of its time. The playback's time is the round's bag time now, at most its
-        last message's.
+        last message's, or in a --loop the next round's start.
         """
         from rosgraph_msgs.msg import Clock
         with self._clock_lock:
             if self._clock_round is None:
                 return
             if time_ns is None:
-                # Not past the round's last message (the time stands there until the next
-                # round): at a huge rate the time would run to the end of int32 seconds.
+                # Not past the round's last message (a loop's: the next round's start; the time
+                # stands there): at a huge rate it would run to the end of int32 seconds.
                 base_mono, origin_ns, per_s, span_ns = self._clock_round
                 elapsed_s = max(0.0, time.monotonic() - base_mono)
                 time_ns = origin_ns + int(min(elapsed_s * per_s, span_ns))
@@ -786,6 +802,11 @@ class BagPlayer:
                 return
             if gap_ns is None:
                 gap_ns = self._frame_gap_ns(reader, connections)
+                # /clock runs on to the next round, as ros2 bag play's: it stood at the last
+                # message for the gap, so the node measured no latency for the round's last
+                # pair (0 ms) and its ROS timers stood still.
+                self._clock_run_on_ns = gap_ns
+                self._run_clock_on(gap_ns)
             # The next round starts one frame period after this round's last message.
             base_mono += (span_ns + gap_ns) / 1e9 / self.rate
 

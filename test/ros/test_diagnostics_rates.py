@@ -1,7 +1,7 @@
 """Input and output rates of the node's /diagnostics (tarfuse_ros.ros.diagnostics)."""
 
 import pytest
-from tarfuse_ros.ros.diagnostics import arrival_rate, NodeStats
+from tarfuse_ros.ros.diagnostics import arrival_rate, InputClock, NodeStats
 
 
 class FakeClock:
@@ -61,3 +61,31 @@ def test_arrival_rate_edge_cases():
     assert arrival_rate([0.0, 0.5, 20.0, 21.0], 21.0, 10.0) == pytest.approx(1.0)
     # Several messages in one instant (a burst) stay finite.
     assert arrival_rate([3.0, 3.0], 3.0, 10.0) > 1e6
+
+
+def test_the_input_clock_follows_a_running_sim_time_and_the_wall_otherwise():
+    """Under use_sim_time the inputs' silences are read in ROS time while /clock runs.
+
+    A bag played at --rate 0.25 was said to have stopped between its pairs (wall time). A
+    ROS time that steps back (a loop) or stands still (the bag ended) counts the wall time.
+    """
+    wall, ros = FakeClock(), [None]
+    clock = InputClock(lambda: ros[0], stall_s=1.0, monotonic=wall)
+
+    def at(wall_s, ros_s):
+        wall.now, ros[0] = wall_s, None if ros_s is None else round(ros_s * 1e9)
+        return clock()
+
+    assert at(101.0, None) == pytest.approx(101.0)  # no sim time: the wall
+    start = at(102.0, 5.0)
+    # --rate 0.25: 2 s of wall, 0.5 s of ROS time, /clock ticking between.
+    for k in range(1, 9):
+        assert at(102.0 + 0.25 * k, 5.0 + 0.0625 * k) == pytest.approx(start + 0.0625 * k)
+    assert at(104.5, 5.5) == pytest.approx(start + 0.5)  # between two ticks: no step
+    assert at(104.9, 5.5) == pytest.approx(start + 0.5)
+    # Standing for 1 s or more: the whole stand counts, then the wall.
+    assert at(105.0, 5.5) == pytest.approx(start + 1.5)
+    assert at(106.5, 5.5) == pytest.approx(start + 3.0)
+    # A loop: the ROS time steps back; the wall time between counts, never a step back.
+    assert at(107.0, 5.0) == pytest.approx(start + 3.5)
+    assert at(107.25, 5.0625) == pytest.approx(start + 3.5625)

@@ -656,6 +656,62 @@ def test_play_clock_publishes_the_bag_time_of_each_message(sample_bag, tmp_path)
     assert times[-1] == bag_times[-1]
 
 
+@pytest.mark.dds
+def test_play_clock_runs_on_to_the_next_round_of_a_loop(tmp_path):
+    """--clock --loop: /clock runs on between a round's last message and the next round.
+
+    It stood at the round's last message for the gap (a frame period) before stepping back:
+    a sim-time node processing the round's last pair measured its latency as 0 ms, and its
+    ROS timers stood still. ``ros2 bag play``'s clock runs on until it steps back.
+    """
+    bag = tmp_path / 'two_hz'
+    make_bag(SAMPLES, bag, rate=2.0, max_pairs=2, size=(64, 48))
+    last_ns = int(make_bag_tool.DEFAULT_START_TIME_S) * 10**9 + 500_000_000
+    record = tmp_path / 'clock'
+    stats = BagPlayer(bag, topics=[VI], clock=True, loop=True, duration=1.8, start_delay=0.5,
+                      record=record, record_topics=['/clock:rosgraph_msgs/msg/Clock'],
+                      linger=0.5).run()
+    assert stats.loops == 2 and stats.counts() == {VI: 4}
+    typestore = jazzy_typestore()
+    with Reader(record) as reader:
+        clocks = [typestore.deserialize_cdr(data, connection.msgtype).clock
+                  for connection, _t, data in reader.messages()]
+    times = [clock.sec * 10**9 + clock.nanosec for clock in clocks]
+    back = [k for k in range(1, len(times)) if times[k] < times[k - 1]]
+    assert len(back) == 1, times
+    # The round's gap is 0.5 s of bag time: the clock ran through most of it (40 Hz ticks).
+    assert times[back[0] - 1] - last_ns >= 300_000_000, (times[back[0] - 1] - last_ns) / 1e9
+    assert times[back[0] - 1] - last_ns <= 500_000_000
+
+
+@pytest.mark.dds
+def test_restamp_stamps_each_message_at_its_own_clock_time_after_a_start_offset(tmp_path):
+    """--restamp --clock --start-offset: each image is stamped with the /clock time it is played.
+
+    The stamps were shifted from the round's start, the clock and the schedule from the bag
+    time there: started 0.1 s into a 1 Hz bag, every image was stamped 0.9 s before it was
+    played and before the /clock time published with it (a sim-time node's latency 0.9 s
+    too high, RViz showing it 0.9 s late), in every round.
+    """
+    bag = tmp_path / 'one_hz'
+    make_bag(SAMPLES, bag, rate=1.0, max_pairs=2, size=(64, 48))
+    record = tmp_path / 'clock'
+    stats = BagPlayer(bag, topics=[VI], restamp=True, clock=True, start_offset=0.1,
+                      loop=True, duration=3.0, start_delay=0.5, record=record,
+                      record_topics=['/clock:rosgraph_msgs/msg/Clock'], linger=0.5).run()
+    typestore = jazzy_typestore()
+    with Reader(record) as reader:
+        clocks = [typestore.deserialize_cdr(data, connection.msgtype).clock
+                  for connection, _t, data in reader.messages()]
+    times = [clock.sec * 10**9 + clock.nanosec for clock in clocks]
+    played = [(stamp, wall) for _topic, stamp, wall in stats.published]
+    assert stats.loops == 2 and len(played) == 2, stats.published  # each round: the 1 s image
+    for stamp, wall in played:
+        # The clock published with it (later where a 40 Hz tick went past: a message late).
+        assert any(0 <= time - stamp < 100_000_000 for time in times), (stamp, sorted(times))
+        assert 0 <= (wall - stamp) / 1e9 < 0.25, (wall - stamp) / 1e9
+
+
 def test_play_refuses_what_it_would_silently_ignore(sample_bag, tmp_path, capsys):
     path, _summary = sample_bag
     with pytest.raises(ValueError, match=r'--topics: /visible/imageraw not in the bag'):

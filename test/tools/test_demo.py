@@ -176,6 +176,25 @@ def test_a_compressed_transport_in_the_demo_s_params_file_is_the_bag_s_too(
     assert summary['node_diagnostics_period_s'] == 0.5
 
 
+@pytest.mark.dds
+def test_a_node_on_simulated_time_gets_the_bag_s_clock(weights, tmp_path, capsys):
+    """use_sim_time:=true: the bag was played without /clock, so the node's time stood at 0.
+
+    Its latency was never measured ('-' in the summary) and it said to play the bag with its
+    clock, which the demo plays. Now the demo plays it with /clock, as tarfuse-play --clock.
+    """
+    out = tmp_path / 'sim_time'
+    assert demo.main(['--out', str(out), '--weights', str(weights), '--max-pairs', '2',
+                      '--loops', '1', '--rate', '2', '--size', '128x96', '--pngs', '0',
+                      '--startup-timeout', '60', '--param', 'cpu_threads:=1',
+                      '--param', 'use_sim_time:=true']) == 0, capsys.readouterr().err
+    summary = json.loads((out / 'summary.json').read_text())
+    log = (out / 'node.log').read_text()
+    assert summary['pairs_out'] >= 1 and 'no /clock' not in log, log
+    latency = summary['node_latency_ms_median']
+    assert latency is not None and 0 <= latency < 30_000, summary['node_diagnostics']
+
+
 def test_demo_says_what_to_do_without_weights(tmp_path, capsys):
     missing = tmp_path / 'none.safetensors'
     assert demo.main(['--out', str(tmp_path / 'o'), '--weights', str(missing)]) == 1

@@ -1,0 +1,112 @@
+"""The node under simulated time over real DDS: a bag played by tarfuse-play --clock.
+
+The node runs the shipped model with ``use_sim_time`` true; tarfuse-play plays a bag of the
+sample pairs made by tarfuse-make-bag into it, publishing ``/clock`` as ``ros2 bag play
+--clock`` does.
+"""
+
+from pathlib import Path
+import threading
+
+from node_harness import running_node, SAMPLES
+import pytest
+from tarfuse_ros.tools.make_bag import make_bag
+from tarfuse_ros.tools.play_bag import BagPlayer
+
+pytestmark = pytest.mark.dds
+STOPPED = ('both inputs stopped', 'no messages on')
+
+
+@pytest.fixture(scope='module')
+def setup():
+    """Start the node with use_sim_time, an input timeout of 1 s and diagnostics at 4 Hz."""
+    with running_node({'use_sim_time': True, 'diagnostics.period': 0.25,
+                       'diagnostics.input_timeout': 1.0},
+                      ready_timeout=180.0) as (node, probe):
+        yield node, probe
+
+
+@pytest.fixture(scope='module')
+def two_hz_bag(tmp_path_factory):
+    """Four sample pairs at 2 Hz, 160x128 (the deformed IR)."""
+    bag = tmp_path_factory.mktemp('sim_time') / 'two_hz'
+    make_bag(SAMPLES, bag, rate=2.0, max_pairs=4, size=(160, 128),
+             ir_dir='synthetic_misaligned/ir_warp')
+    return bag
+
+
+def _play(probe, bag, **options):
+    """Play ``bag`` into the node (in a thread) while the probe spins; return the statistics.
+
+    Also returns the node's diagnostics statuses that came while the bag played: from its
+    first fused image to the player's last message.
+    """
+    player = BagPlayer(bag, clock=True, wait_for_subscribers=1, wait_timeout=60.0,
+                       domain_id=probe.context.get_domain_id(), **options)
+    result = {}
+    thread = threading.Thread(target=lambda: result.update(stats=player.run()), daemon=True)
+    fused = len(probe.received['fused'])
+    thread.start()
+    assert probe.spin_until(lambda: len(probe.received['fused']) > fused or not thread.is_alive(),
+                            60.0)
+    first = len(probe.diagnostics)
+    assert probe.spin_until(lambda: not thread.is_alive(), 60.0)
+    thread.join()
+    return result['stats'], probe.diagnostics[first:]
+
+
+def test_a_bag_played_slower_than_the_input_timeout_is_not_said_to_have_stopped(
+        setup, two_hz_bag):
+    """--rate 0.25: the pairs come 2 s apart in wall time, 0.5 s apart in the node's time.
+
+    The input timeout was read in wall time: with diagnostics.input_timeout 1.0 both inputs
+    were said to have stopped ('the end of a bag?') between every two pairs, while each was
+    fused. Under use_sim_time it is read in the ROS time /clock sets; once the bag ends (its
+    clock stands still) it is said again.
+    """
+    node, probe = setup
+    stats, during = _play(probe, Path(two_hz_bag), rate=0.25)
+    assert stats.counts() == {'/visible/image_raw': 4, '/infrared/image_raw': 4}
+    assert len(during) >= 8, 'diagnostics every 0.25 s over 6 s of playback'
+    said = [status.message for status in during
+            if any(word in status.message for word in STOPPED)]
+    assert not said, said
+    stamps = {stamp for _topic, stamp, _wall in stats.published}
+    assert probe.spin_until(lambda: stamps <= {
+        m.header.stamp.sec * 10**9 + m.header.stamp.nanosec for m in probe.received['fused']},
+        20.0), 'every pair fused'
+    assert probe.wait_for_diagnostics(
+        lambda level, message, values: 'both inputs stopped' in message, timeout=10.0), (
+        probe.latest_diagnostics())
+    assert node.alive()
+
+
+def test_a_looped_bag_is_fused_round_after_round_with_latencies_measured(setup, two_hz_bag):
+    """--clock --loop: every round fused, its stamps forward, diagnostics on, latencies sane.
+
+    /clock stood at each round's last message until the next round: the node's time stood
+    still while it processed the round's last pair, whose latency it gave as 0 ms.
+    """
+    node, probe = setup
+    fused = len(probe.received['fused'])
+    before = probe.counter('pairs_processed')
+    stats, during = _play(probe, Path(two_hz_bag), loop=True, duration=5.6)
+    assert stats.loops == 3 and stats.counts() == {'/visible/image_raw': 12,
+                                                   '/infrared/image_raw': 12}
+    settled = probe.wait_for_diagnostics(
+        lambda level, message, values: int(values['pairs_processed'])
+        + int(values['pairs_dropped']) >= int(values['pairs_received']), timeout=20.0)
+    assert settled, probe.latest_diagnostics()
+    stamps = [m.header.stamp.sec * 10**9 + m.header.stamp.nanosec
+              for m in probe.received['fused'][fused:]]
+    rounds = 1 + sum(b < a for a, b in zip(stamps, stamps[1:]))  # forward within each round
+    assert rounds == 3 and len(stamps) + probe.counter('pairs_dropped') >= 12, stamps
+    assert len(during) >= 15, 'diagnostics every 0.25 s through the loops'
+    values = [{kv.key: kv.value for kv in status.values} for status in during]
+    # The latency of this play's pairs (the one before, the last of the bag before, came
+    # while the time stood at its end): measured, or nan for a pair processed after the step
+    # back of a loop; the last pair of a round measured too, never 0.
+    latencies = [v['latency_ms_last'] for v in values if int(v['pairs_processed']) > before]
+    assert len(latencies) >= 10 and '0.000' not in latencies, latencies
+    assert all(not float(latency) < 0 for latency in latencies), latencies
+    assert node.alive()
