@@ -30,7 +30,9 @@ again late stamped like the timeline's first is taken for a replay, a time jump;
 publisher, a bag of two images in a loop comes back to its first stamp as a relay's copy of it
 would (a frame behind): that image is ignored as a copy, and its second image, equal to the
 newest, is taken for the next (its pair skipped as paired already), so every other loop is
-fused. An image held stays held (not counted as a copy) until its input's next image.
+fused. An image held stays held until its input's next image, or until the node gives it up
+(:meth:`InputTimeline.drop_held`) when that input has been silent for
+``diagnostics.input_timeout`` (no image came to tell: not fused, counted as a rejection).
 """
 
 import collections
@@ -165,6 +167,15 @@ class InputTimeline:
         """
         (stamp, item), self._held = self._held, None
         return self._jump(stamp), stamp, item
+
+    def drop_held(self):
+        """Give up the image held (its input went silent); return ``(stamp, item)``, or None.
+
+        No image came to tell a copy from a replay's first: it is not fused; the timeline is
+        left as it was, so the input's next image is judged as if it had not come.
+        """
+        held, self._held = self._held, None
+        return held
 
     def _jump(self, stamp):
         """Start a new timeline at ``stamp``; return JUMP, or JUMP_FOLLOWED if one was due."""

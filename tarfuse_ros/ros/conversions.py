@@ -455,9 +455,12 @@ def _decode_taking_codec_warnings(decode):
     caller nothing; libpng's warnings go there too. cv2 has no setting for them
     (``cv2.setLogLevel`` covers OpenCV's own log; opencv/opencv#9477, opencv-python#610).
     So the call runs with file descriptor 2 on a temporary file, one such call at a time; what
-    else was written there meanwhile (another thread's log line) goes back to stderr
-    afterwards, whatever the call raised. Where there is no stderr to take over (or no
-    temporary file), the call runs as it is.
+    else was written there meanwhile (another thread's log line) goes on to stderr, whatever
+    the call raised: before stderr is given back, so that a thread's lines written after
+    that come after its earlier ones, and what came in between after it. A stderr that
+    cannot take it (a full disk, a closed pipe) loses it, as it would have lost it anyway;
+    the decoding goes on. Where there is no stderr to take over (or no temporary file), the
+    call runs as it is.
     """
     found = []
     with _STDERR_LOCK:
@@ -476,15 +479,35 @@ def _decode_taking_codec_warnings(decode):
             try:
                 result = decode()
             finally:
-                os.dup2(saved, 2)
-                os.close(saved)
-                capture.seek(0)
-                for line in capture.read().splitlines(keepends=True):
-                    if line.startswith(_CODEC_WARNINGS):
-                        found.append(line.decode(errors='replace').strip())
-                    else:
-                        os.write(2, line)
+                try:
+                    done = _pass_on(capture, 0, saved, found)
+                finally:
+                    os.dup2(saved, 2)
+                    os.close(saved)
+                _pass_on(capture, done, 2, found)
     return result, found
+
+
+def _pass_on(capture, start, fd, found):
+    """Write what ``capture`` holds from byte ``start`` on to ``fd``, but the codec's warnings.
+
+    Those are appended to ``found``; returns the byte where the next call starts. Read at its
+    position (``os.pread``): the file's offset is shared with the writers still writing to it.
+    """
+    data = os.pread(capture.fileno(), os.fstat(capture.fileno()).st_size - start, start)
+    other = []
+    for line in data.splitlines(keepends=True):
+        if line.startswith(_CODEC_WARNINGS):
+            found.append(line.decode(errors='replace').strip())
+        else:
+            other.append(line)
+    rest = b''.join(other)
+    try:
+        while rest:
+            rest = rest[os.write(fd, rest):]
+    except OSError:
+        pass  # a full disk, a closed pipe: lost there, as any other line written to it
+    return start + len(data)
 
 
 # Source encodings image_transport takes as colour (sensor_msgs::image_encodings::isColor).

@@ -729,6 +729,20 @@ class TarFuseNode(Node):
         else:
             self._take(index, msg, stamp, verdict, last, previous_wall)
 
+    def _drop_held(self, index, timeout):
+        """Count and warn of an input's image held (HOLD) that no next image came to tell."""
+        held = self._timelines[index].drop_held()
+        if held is None:
+            return
+        name, topic = _INPUT_NAMES[index], self._topics[index]
+        ago = (self._timelines[index].newest - held[0]) / 1e9
+        cause = (f'held image on {topic}: stamped like one {ago:.3f} s before the newest '
+                 f'(delivered again, or the start of a bag loop), it waited for the next image '
+                 f'of its camera, and none came for {timeout:g} s (diagnostics.input_timeout): '
+                 f'not fused')
+        self._stats.reject(cause, pair=False)
+        self._warn(f'held:{name}', f'message ignored: {cause}')
+
     def _reject_copy(self, index, ago):
         """Count and warn of an image ignored as a copy, ``ago`` ns before its input's newest."""
         name, topic = _INPUT_NAMES[index], self._topics[index]
@@ -1224,6 +1238,8 @@ class TarFuseNode(Node):
         fresh = [t is not None and now - t < timeout for t in self._last_arrival]
         for index in (INFRARED, VISIBLE):
             other = 1 - index
+            if not fresh[index]:
+                self._drop_held(index, timeout)
             if fresh[other] and not fresh[index]:
                 problems.append(
                     f'no messages on {self._topics[index]} {self._silent_for(index, now)} '

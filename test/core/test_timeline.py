@@ -165,6 +165,18 @@ def test_a_stamp_held_on_a_topic_of_one_publisher_is_told_by_the_next_stamp():
     assert timeline.settle(300 * MS) is None  # nothing held
 
 
+def test_a_stamp_held_is_given_up_as_it_was_when_its_input_goes_silent():
+    # Found by a break test: a camera that stopped right after an image held kept it for
+    # ever, counted nowhere (its messages counted, neither fused nor rejected).
+    timeline = _timeline([0, 100, 200, 300])
+    assert timeline.receive(200 * MS, _one, item='copy') == HOLD
+    assert timeline.drop_held() == (200 * MS, 'copy')
+    assert timeline.held is None and timeline.drop_held() is None
+    assert timeline.stamps == (0, 100 * MS, 200 * MS, 300 * MS)
+    assert timeline.settle(400 * MS) is None  # nothing left to tell (or to count again)
+    assert timeline.receive(400 * MS, _never) == NEXT
+
+
 def test_a_stamp_held_is_a_replay_for_the_other_input_stamped_like_it():
     # A bag loop moves both cameras back: the node takes both held images for its first.
     ir, visible = _timeline([0, 100, 200]), _timeline([0, 100, 200])

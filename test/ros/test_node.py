@@ -429,6 +429,42 @@ def test_an_image_delivered_again_late_on_a_topic_of_one_publisher_is_ignored(se
     assert node.alive()
 
 
+def test_an_image_held_when_its_camera_stops_is_counted_once_not_kept_for_ever(setup):
+    # Found by a break test: the visible image delivered again late (held for the next image
+    # to tell a copy from a bag loop's start), then the visible camera stopped while the IR
+    # went on: the image was kept, counted nowhere (visible_msgs one more than fused and
+    # rejected), until the camera came back, which then counted it.
+    node, probe, _, _ = setup
+    _send_and_wait(probe)
+    before = probe.settled_diagnostics()
+    start = time.time_ns()
+    stamps = [start + k * 30_000_000 for k in range(8)]
+    pairs = [probe.good_pair(stamp) for stamp in stamps]
+    for k, pair in enumerate(pairs[:4]):
+        probe.publish_pair(*pair)
+        assert probe.wait_for_outputs(stamps[k])
+    probe.visible_pub.publish(pairs[2][1])  # the visible image t2 again, after t3
+    for pair in pairs[4:6]:  # the visible camera stops, the IR camera goes on
+        probe.ir_pub.publish(pair[0])
+    cause = (f'held image on {NAMESPACE}/visible/image_raw: stamped like one 0.030 s before the '
+             f'newest (delivered again, or the start of a bag loop), it waited for the next '
+             f'image of its camera, and none came for 1 s (diagnostics.input_timeout): not '
+             f'fused')
+    assert probe.wait_for_diagnostics(
+        lambda level, msg, values: int(values['messages_rejected']) == int(
+            before['messages_rejected']) + 1 and values['last_rejection'] == cause)
+    for k in (6, 7):  # the camera back: nothing held is counted again
+        probe.publish_pair(*pairs[k])
+        assert probe.wait_for_outputs(stamps[k])
+    after = probe.settled_diagnostics()
+    assert int(after['messages_rejected']) == int(before['messages_rejected']) + 1
+    assert int(after['sync_resets']) == int(before['sync_resets'])
+    fused = [len(probe.outputs_for('fused', stamp)) for stamp in stamps]
+    assert fused == [1, 1, 1, 1, 0, 0, 1, 1]
+    assert probe.spin_until(lambda: f'message ignored: {cause}' in node.log(), 5.0)
+    assert node.alive()
+
+
 @contextmanager
 def _second_publishers(probe, input_timeout=None):
     """Yield publishers on both cameras' topics beside the probe's (a relay, an idle driver).
