@@ -402,21 +402,30 @@ def test_a_pair_delivered_twice_is_fused_once(setup):
     assert node.alive()
 
 
+def _visible_t2_again_after_t3(probe, count):
+    """Fuse pairs t0-t3 (30 ms apart), then publish the visible image t2 again.
+
+    Returns the diagnostics before, the ``count`` stamps and their pairs (t4 on unsent).
+    """
+    _send_and_wait(probe)
+    before = probe.settled_diagnostics()
+    start = time.time_ns()
+    stamps = [start + k * 30_000_000 for k in range(count)]
+    pairs = [probe.good_pair(stamp) for stamp in stamps]
+    for k, pair in enumerate(pairs[:4]):
+        probe.publish_pair(*pair)
+        assert probe.wait_for_outputs(stamps[k])
+    probe.visible_pub.publish(pairs[2][1])  # the visible image t2 again, after t3
+    return before, stamps, pairs
+
+
 def test_an_image_delivered_again_late_on_a_topic_of_one_publisher_is_ignored(setup):
     # Found by use: a driver or bridge delivering a visible image again after the next one (a
     # topic of one publisher): taken for a bag loop's replayed stamp, it reset the
     # synchroniser and was fused again, paired with the newest IR image (within sync.slop of
     # it), its outputs stamped back in time. The input's next image tells it from a replay.
     node, probe, _, _ = setup
-    _send_and_wait(probe)
-    before = probe.settled_diagnostics()
-    start = time.time_ns()
-    stamps = [start + k * 30_000_000 for k in range(5)]
-    pairs = [probe.good_pair(stamp) for stamp in stamps]
-    for k, pair in enumerate(pairs[:4]):
-        probe.publish_pair(*pair)
-        assert probe.wait_for_outputs(stamps[k])
-    probe.visible_pub.publish(pairs[2][1])  # the visible image t2 again, after t3
+    before, stamps, pairs = _visible_t2_again_after_t3(probe, 5)
     probe.publish_pair(*pairs[4])
     assert probe.wait_for_outputs(stamps[4])
     after = probe.settled_diagnostics()
@@ -435,15 +444,7 @@ def test_an_image_held_when_its_camera_stops_is_counted_once_not_kept_for_ever(s
     # went on: the image was kept, counted nowhere (visible_msgs one more than fused and
     # rejected), until the camera came back, which then counted it.
     node, probe, _, _ = setup
-    _send_and_wait(probe)
-    before = probe.settled_diagnostics()
-    start = time.time_ns()
-    stamps = [start + k * 30_000_000 for k in range(8)]
-    pairs = [probe.good_pair(stamp) for stamp in stamps]
-    for k, pair in enumerate(pairs[:4]):
-        probe.publish_pair(*pair)
-        assert probe.wait_for_outputs(stamps[k])
-    probe.visible_pub.publish(pairs[2][1])  # the visible image t2 again, after t3
+    before, stamps, pairs = _visible_t2_again_after_t3(probe, 8)
     for pair in pairs[4:6]:  # the visible camera stops, the IR camera goes on
         probe.ir_pub.publish(pair[0])
     cause = (f'held image on {NAMESPACE}/visible/image_raw: stamped like one 0.030 s before the '
