@@ -707,8 +707,10 @@ class BagPlayer:
             self._linger()
         except KeyboardInterrupt:
             self.stats.interrupted = True
-            # Before anything was played or recorded (waiting for the node): as a failed start.
-            failed_start = not self.stats.published and not self.stats.received
+            # Before anything was played (waiting for the node): as a failed start, whatever
+            # was recorded meanwhile (a node's /diagnostics under other topic names), as when
+            # no subscriber came within wait_timeout: the same command can be run again.
+            failed_start = not self.stats.published
         except PlayError:
             # Nothing played (no subscribers in time): the empty recording refused the rerun
             # of the same command ('exists already').
