@@ -211,8 +211,8 @@ class BagPlayer:
     every played topic has that many matched subscribers, at most ``wait_timeout`` s, then
     ``settle`` s more so the subscribers' side has matched too), ``topics``
     (bag topics to play, None = all), ``remap`` ({bag topic: published topic}), ``restamp``
-    (shift header stamps so the first message is stamped 'now', keeping relative offsets; also
-    stamps of another clock than the bag's, e.g. a camera's since boot),
+    (shift header stamps so each message is stamped when it is played, 'now': offsets scaled by
+    1 / ``rate``; also stamps of another clock than the bag's, e.g. a camera's since boot),
     ``qos_reliability`` of the publishers, ``record`` (bag directory to create),
     ``record_topics`` (names, ``name:pkg/msg/Type`` to give a type), ``linger`` (s to keep
     recording after the last answer to a published input arrived), ``max_linger`` (cap),
@@ -707,8 +707,10 @@ class BagPlayer:
             self._linger()
         except KeyboardInterrupt:
             self.stats.interrupted = True
-            # Before anything was played or recorded (waiting for the node): as a failed start.
-            failed_start = not self.stats.published and not self.stats.received
+            # Before anything was played (waiting for the node): as a failed start, whatever
+            # was recorded meanwhile (a node's /diagnostics under other topic names), as when
+            # no subscriber came within wait_timeout: the same command can be run again.
+            failed_start = not self.stats.published
         except PlayError:
             # Nothing played (no subscribers in time): the empty recording refused the rerun
             # of the same command ('exists already').
@@ -862,7 +864,8 @@ def build_parser():
     parser.add_argument('--remap', nargs='+', default=(), metavar='FROM:=TO',
                         help='publish bag topic FROM as TO (not onto a topic played too)')
     parser.add_argument('--restamp', action='store_true',
-                        help='shift header stamps to the playback time (keeps offsets)')
+                        help='shift header stamps to the time each message is played '
+                        '(offsets scaled by 1 / --rate)')
     parser.add_argument('--qos-reliability', choices=('reliable', 'best_effort'),
                         default='reliable', help='reliability of the publishers')
     parser.add_argument('--record', type=Path, default=None, help='bag directory to record to')

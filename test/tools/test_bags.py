@@ -1228,10 +1228,33 @@ def test_a_failed_start_leaves_no_recorded_bag_to_refuse_the_next_run(
 
 
 @pytest.mark.dds
-def test_ctrl_c_before_anything_played_leaves_no_recorded_bag(sample_bag, tmp_path):
-    """Ctrl-C while waiting for the node: as a failed start, no empty bag refuses the rerun."""
+@pytest.mark.parametrize('node_running', [False, True])
+def test_ctrl_c_before_anything_played_leaves_no_recorded_bag(sample_bag, tmp_path,
+                                                              node_running):
+    """Ctrl-C while waiting for the node: as a failed start, no bag refuses the rerun.
+
+    Found by checking the README: with a node running under other topic names (its
+    /diagnostics recorded while the player waited), the bag of those was left behind and the
+    same command was refused ('record bag ... exists already'), unlike after --wait-timeout.
+    """
+    import rclpy
+    from diagnostic_msgs.msg import DiagnosticArray
+
     path, _summary = sample_bag
     record = tmp_path / 'out_bag'
+    context = rclpy.Context()
+    rclpy.init(args=[], context=context)
+    node = rclpy.create_node('misnamed_node', context=context)
+    publisher = node.create_publisher(DiagnosticArray, '/diagnostics', 10)
+    stop = threading.Event()
+
+    def diagnose():
+        while node_running and not stop.is_set():
+            publisher.publish(DiagnosticArray())
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=diagnose, daemon=True)
+    thread.start()
     player = subprocess.Popen(
         [sys.executable, '-m', 'tarfuse_ros.tools.play_bag', str(path), '--topics', VI,
          '--remap', f'{VI}:=/nobody/listens', '--wait-for-subscribers', '1', '--record',
@@ -1241,12 +1264,16 @@ def test_ctrl_c_before_anything_played_leaves_no_recorded_bag(sample_bag, tmp_pa
         deadline = time.monotonic() + 30
         while not record.exists() and time.monotonic() < deadline:  # recording, waiting
             time.sleep(0.05)
-        time.sleep(0.5)
+        time.sleep(1.5 if node_running else 0.5)  # its /diagnostics recorded meanwhile
         player.send_signal(signal.SIGINT)
         output, _ = player.communicate(timeout=30)
     finally:
         player.kill()
         player.communicate()
+        stop.set()
+        thread.join()
+        node.destroy_node()
+        rclpy.try_shutdown(context=context)
     assert player.returncode == 130 and 'Traceback' not in output, output
     assert 'published nothing (0 round(s), interrupted)' in output
     assert f'nothing recorded ({record} not written)' in output
