@@ -10,7 +10,7 @@ import signal
 import time
 
 import cv2
-from diagnostic_msgs.msg import DiagnosticArray
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from node_harness import camera_info_msg, HEIGHT, make_checkpoint, NodeProcess, Probe
 from node_harness import image_msg, random_domain_id, sample_pair, VISIBLE_FRAME, WIDTH
 import numpy as np
@@ -966,6 +966,45 @@ def test_with_sim_time_a_clock_behind_the_pair_is_no_latency(setup):
         probe.node.destroy_publisher(clock)
         probe.node.destroy_subscription(watch)
     _send_and_wait(probe)  # the wall clock again
+
+
+TWO_YEARS_NS = 2 * 365 * 86400 * 1_000_000_000
+FAR_FROM_CLOCK = "images stamped far from this computer's clock"
+
+
+def test_images_stamped_years_behind_the_clock_are_said_with_the_remedies(setup):
+    """A bag played without its clock into a node on the wall clock (no --restamp).
+
+    The latency read two years (6.3e10 ms) in /diagnostics and nothing said why. The latency
+    stays as measured; the status and a throttled warning name the cause and the remedies.
+    """
+    node, probe, _, _ = setup
+    stamps = [time.time_ns() - TWO_YEARS_NS]
+
+    def older():  # the bag's pairs, 0.2 s apart, stamped two years ago
+        stamps.append(stamps[-1] + 200_000_000)
+        probe.publish_pair(*probe.good_pair(stamps[-1]))
+
+    older()
+    assert probe.wait_for_diagnostics(
+        lambda level, message, values: FAR_FROM_CLOCK in message, timeout=20.0,
+        tick=older), probe.latest_diagnostics()
+    level, message, values = probe.latest_diagnostics()
+    assert level == DiagnosticStatus.WARN
+    assert '/rig/visible/image_raw 2.0 years behind it' in message, message
+    assert '/rig/infrared/image_raw 2.0 years behind it' in message, message
+    for remedy in ('tarfuse-play --clock', 'ros2 bag play --clock', 'use_sim_time:=true',
+                   'tarfuse-play --restamp', 'chrony'):
+        assert remedy in message, message
+    assert float(values['latency_ms_last']) == pytest.approx(TWO_YEARS_NS / 1e6, rel=0.01)
+    assert probe.spin_until(lambda: FAR_FROM_CLOCK in node.log(), 10.0), node.log()
+    # Stamped now again: no longer said.
+    _send_and_wait(probe)
+    assert probe.wait_for_diagnostics(
+        lambda level, message, values: FAR_FROM_CLOCK not in message
+        and 0.0 <= float(values['latency_ms_last']) < 30_000.0, timeout=20.0,
+        tick=lambda: probe.publish_pair(*probe.good_pair(time.time_ns()))), (
+        probe.latest_diagnostics())
 
 
 def _call(probe, service_type, name, request):
