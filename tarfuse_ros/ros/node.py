@@ -262,6 +262,7 @@ class TarFuseNode(Node):
         self._params_lock = threading.Lock()
         # The time the inputs' silences (diagnostics.input_timeout) and rates are read in:
         # under use_sim_time the ROS time while /clock runs (a bag at any --rate).
+        self._clock_publishers = 0  # on /clock under use_sim_time (the input checks count)
         self._input_time = InputClock(self._sim_time_ns)
         self._stats = NodeStats(clock=self._input_time)
         self._throttle = WarningThrottle(5.0)
@@ -1250,9 +1251,9 @@ class TarFuseNode(Node):
     # -- health and diagnostics ------------------------------------------------------------
     def _check_health(self):
         params = self._params
+        problems = self._check_clock_publishers()
         now = self._input_time()
         timeout = params.input_timeout
-        problems = []
         fresh = [t is not None and now - t < timeout for t in self._last_arrival]
         for index in (INFRARED, VISIBLE):
             other = 1 - index
@@ -1432,10 +1433,31 @@ class TarFuseNode(Node):
                 f'with tarfuse-play --restamp), or a camera driver whose clock is off '
                 f'(synchronise it: chrony, PTP)']
 
+    def _check_clock_publishers(self):
+        """Count the publishers on /clock under use_sim_time; return a problem for two or more.
+
+        The ROS time takes every /clock message: with two publishers (two bags played with
+        --clock) it goes back and forth between their times, and each step forward to the
+        later one was a jump of the inputs' clock, all inputs said to have stopped at each
+        check. Their silences and rates are read in wall time while it lasts.
+        """
+        count = self.count_publishers('/clock') if self.get_clock().ros_time_is_active else 0
+        self._clock_publishers = count
+        if count < 2:
+            return []
+        return [f'{count} publishers on /clock (two bags played with --clock, a bag beside a '
+                f'simulator?): the ROS time (use_sim_time) goes back and forth between their '
+                f'times, so the latencies are wrong, and diagnostics.input_timeout and the rates '
+                f'are read in wall time until one is left; play one with its clock (the others '
+                f'without --clock)']
+
     def _sim_time_ns(self):
-        """Return the ROS time (ns) where /clock sets it (use_sim_time), else None."""
+        """Return the ROS time (ns) where /clock sets it (use_sim_time), else None.
+
+        None too while /clock has several publishers (:meth:`_check_clock_publishers`).
+        """
         clock = self.get_clock()
-        if not clock.ros_time_is_active:
+        if not clock.ros_time_is_active or self._clock_publishers > 1:
             return None
         return clock.now().nanoseconds or None  # 0: no /clock message yet
 
