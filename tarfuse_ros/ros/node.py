@@ -1408,10 +1408,19 @@ class TarFuseNode(Node):
     def _check_clock_apart(self, fresh):
         """Return a problem when the flowing inputs' stamps lie far from the node's clock.
 
+        Or when there is no clock: use_sim_time and no /clock message yet.
+
         A bag played into a node not on sim time without ``--restamp``, or a driver whose
         clock is off, gives latencies of years; the latency stays as measured, and this says
         why and what to do.
         """
+        clock = self.get_clock()
+        if any(fresh) and clock.ros_time_is_active and not clock.now().nanoseconds:
+            # Said in the log as each pair came; a monitor reading /diagnostics saw 'fusing'.
+            return ['use_sim_time is true but no /clock message has arrived: the latency is '
+                    'not measured (nan), diagnostics.input_timeout and the rates are read in '
+                    'wall time; play the bag with its clock (tarfuse-play --clock, ros2 bag '
+                    'play --clock), or set use_sim_time:=false']
         apart = [index for index in (INFRARED, VISIBLE)
                  if fresh[index] and self._clock_apart[index] >= _CLOCK_APART_MESSAGES]
         if not apart:
@@ -1420,7 +1429,7 @@ class TarFuseNode(Node):
         said = ', '.join(
             f'{self._topics[index]} {_span(abs(gap))} {"behind" if gap > 0 else "ahead of"} it'
             for index, gap in zip(apart, gaps))
-        if self.get_clock().ros_time_is_active:
+        if clock.ros_time_is_active:
             return [f'images stamped far from the ROS time /clock gives (use_sim_time; {said}), '
                     f'so the latency reads that much: they are not stamped in the time of '
                     f"/clock's publisher (a live camera beside a bag's clock, a bag played with "

@@ -920,6 +920,12 @@ def test_with_sim_time_and_no_clock_the_latency_is_not_measured(setup):
             lambda lv, m, values: values['latency_ms_last'] == 'nan' and
             values['latency_ms_median'] == 'nan', timeout=10.0), probe.latest_diagnostics()
         assert probe.spin_until(lambda: 'use_sim_time is true' in node.log(), 10.0), node.log()
+        # Said in /diagnostics too (it read OK, 'fusing'), while pairs come.
+        assert probe.wait_for_diagnostics(
+            lambda lv, message, values: lv == DiagnosticStatus.WARN
+            and 'no /clock message has arrived' in message, timeout=10.0,
+            tick=lambda: probe.publish_pair(*probe.good_pair(time.time_ns()))), (
+            probe.latest_diagnostics())
     finally:
         assert probe.set_parameters(use_sim_time=False)[0].successful
     _send_and_wait(probe)
