@@ -1291,7 +1291,7 @@ class TarFuseNode(Node):
         elif unpaired:
             problems.append(f'both inputs flow but no pair was synchronised for {timeout} s: '
                             f'{self._stamps_apart(params)}')
-        problems.extend(self._check_clock_apart(fresh))
+        problems.extend(self._check_clock_apart(fresh, now, timeout))
         problems.extend(self._check_pairing(params))
         type_problems = self._check_publisher_types()
         problems.extend(type_problems)
@@ -1405,17 +1405,20 @@ class TarFuseNode(Node):
         apart = abs(gap) > _CLOCK_APART_S * 1e9
         self._clock_apart[index] = self._clock_apart[index] + 1 if apart else 0
 
-    def _check_clock_apart(self, fresh):
+    def _check_clock_apart(self, fresh, now, timeout):
         """Return a problem when the flowing inputs' stamps lie far from the node's clock.
 
-        Or when there is no clock: use_sim_time and no /clock message yet.
+        Or when there is no clock: use_sim_time and no /clock message while images came for
+        ``timeout`` s (``now`` in the inputs' clock; the first may come before the first /clock).
 
         A bag played into a node not on sim time without ``--restamp``, or a driver whose
         clock is off, gives latencies of years; the latency stays as measured, and this says
         why and what to do.
         """
         clock = self.get_clock()
-        if any(fresh) and clock.ros_time_is_active and not clock.now().nanoseconds:
+        first = [t for t in self._first_arrival if t is not None]
+        if (any(fresh) and first and now - min(first) > timeout and clock.ros_time_is_active
+                and not clock.now().nanoseconds):
             # Said in the log as each pair came; a monitor reading /diagnostics saw 'fusing'.
             return ['use_sim_time is true but no /clock message has arrived: the latency is '
                     'not measured (nan), diagnostics.input_timeout and the rates are read in '
