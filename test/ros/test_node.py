@@ -1014,6 +1014,32 @@ def test_images_stamped_years_behind_the_clock_are_said_with_the_remedies(setup)
         probe.latest_diagnostics())
 
 
+def test_images_stamped_years_ahead_of_the_sim_clock_are_said(setup):
+    """use_sim_time with a bag's /clock two years back, the images from a live camera (now)."""
+    node, probe, _, _ = setup
+    clock = probe.node.create_publisher(Clock, '/clock', 10)
+
+    def tick():
+        message = Clock()
+        message.clock.sec, message.clock.nanosec = divmod(time.time_ns() - TWO_YEARS_NS,
+                                                          1_000_000_000)
+        clock.publish(message)
+        probe.publish_pair(*probe.good_pair(time.time_ns()))
+
+    assert probe.set_parameters(use_sim_time=True)[0].successful
+    try:
+        assert probe.wait_for_diagnostics(
+            lambda level, message, values: 'images stamped far from the ROS time /clock gives'
+            in message, timeout=20.0, tick=tick), probe.latest_diagnostics()
+        message = probe.latest_diagnostics()[1]
+        assert '/rig/visible/image_raw 2.0 years ahead of it' in message, message
+        assert 'use_sim_time:=false' in message and 'tarfuse-play --restamp' in message, message
+    finally:
+        assert probe.set_parameters(use_sim_time=False)[0].successful
+        probe.node.destroy_publisher(clock)
+    _send_and_wait(probe)  # the wall clock again
+
+
 def _call(probe, service_type, name, request):
     """Call the node's service ``name`` (relative to the node) and return the response."""
     client = probe.node.create_client(service_type, f'{probe.node_name}/{name}')
