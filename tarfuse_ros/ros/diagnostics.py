@@ -59,7 +59,8 @@ class InputClock:
     where there is none (``use_sim_time`` false, no ``/clock`` yet). Its steps forward advance
     this clock; a step back (a bag's loop) advances it by the wall time passed, as does a ROS
     time standing still for ``stall_s`` or more (a bag ended or paused: nothing comes, and its
-    stand is counted from its start).
+    stand is counted from its start). The step forward that ends a stand counted so adds only
+    what it exceeds the stand by.
     """
 
     def __init__(self, ros_now_ns, stall_s=1.0, monotonic=time.monotonic):
@@ -84,7 +85,10 @@ class InputClock:
             step = wall - self._wall  # no ROS time to follow, or it stepped back
             if ros is not None and self._ros is not None:
                 if ros > self._ros:
-                    step = (ros - self._ros) / 1e9
+                    # Less the stand counted before it (the wall time that stood in for the
+                    # ROS time this step covers): a /clock of 1 Hz, its ticks a little over
+                    # 1 s apart, had both counted, and this clock ran up to twice as fast.
+                    step = (ros - self._ros) / 1e9 - self._stand(self._wall)
                 elif ros == self._ros:
                     step = self._stand(wall) - self._stand(self._wall)
             if ros is not None and ros != self._ros:

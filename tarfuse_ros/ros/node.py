@@ -121,6 +121,11 @@ _NUMBER = re.compile(r'(?<![\w/])\d+(\.\d+)?')
 # s: the least difference from sync.infrared_time_offset the time-offset check warns of (the
 # estimate's own error on simulated rigs reached 20 ms, benchmarks/time_offset.py).
 _OFFSET_TOLERANCE_S = 0.02
+# s: input stamps further than this from the node's clock are stamped by another clock (a bag
+# played without its clock, a driver's clock years off), said after this many in a row (one
+# image caught by a bag loop's step of /clock is no clock apart).
+_CLOCK_APART_S = 10.0
+_CLOCK_APART_MESSAGES = 3
 
 
 class StartupError(RuntimeError):
@@ -129,6 +134,14 @@ class StartupError(RuntimeError):
 
 def _stamp_ns(stamp):
     return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
+def _span(seconds):
+    """Return a duration (s, >= 0) for a person: '42.0 s', '1.5 min', '5.1 h', '1.0 years'."""
+    for unit, size in (('years', 365.25 * 86400), ('days', 86400), ('h', 3600), ('min', 60)):
+        if seconds >= size:
+            return f'{seconds / size:.1f} {unit}'
+    return f'{seconds:.1f} s'
 
 
 def _health_settings(params):
@@ -249,6 +262,7 @@ class TarFuseNode(Node):
         self._params_lock = threading.Lock()
         # The time the inputs' silences (diagnostics.input_timeout) and rates are read in:
         # under use_sim_time the ROS time while /clock runs (a bag at any --rate).
+        self._clock_publishers = 0  # on /clock under use_sim_time (the input checks count)
         self._input_time = InputClock(self._sim_time_ns)
         self._stats = NodeStats(clock=self._input_time)
         self._throttle = WarningThrottle(5.0)
@@ -297,6 +311,10 @@ class TarFuseNode(Node):
         self._last_msg = [None, None]  # newest valid message per input (re-fed after a reset)
         self._silence_flushed = [False, False]  # an input's stale queue dropped in its silence
         self._zero_stamped = [False, False]  # whether each input's newest message had stamp 0
+        # Per input: the newest stamp's distance from the node's clock (ns, + behind) and how
+        # many messages in a row were further than _CLOCK_APART_S from it.
+        self._clock_gap_ns = [None, None]
+        self._clock_apart = [0, 0]
         # The newest visible camera_info messages as (stamp ns, message, monotonic arrival s),
         # oldest first.
         self._camera_infos = collections.deque(maxlen=_CAMERA_INFO_BUFFER)
@@ -652,6 +670,7 @@ class TarFuseNode(Node):
             self._stats.reject(cause, pair=False)
             self._warn(f'zero_stamp:{name}', f'message ignored: {cause}')
             return
+        self._note_clock_gap(index, stamp)
         if self._offset_monitor is not None:  # the driver's own stamp: the offset is sought
             try:
                 self._offset_queue.put_nowait((index, stamp, msg))
@@ -1232,9 +1251,9 @@ class TarFuseNode(Node):
     # -- health and diagnostics ------------------------------------------------------------
     def _check_health(self):
         params = self._params
+        problems = self._check_clock_publishers()
         now = self._input_time()
         timeout = params.input_timeout
-        problems = []
         fresh = [t is not None and now - t < timeout for t in self._last_arrival]
         for index in (INFRARED, VISIBLE):
             other = 1 - index
@@ -1272,6 +1291,7 @@ class TarFuseNode(Node):
         elif unpaired:
             problems.append(f'both inputs flow but no pair was synchronised for {timeout} s: '
                             f'{self._stamps_apart(params)}')
+        problems.extend(self._check_clock_apart(fresh, now, timeout))
         problems.extend(self._check_pairing(params))
         type_problems = self._check_publisher_types()
         problems.extend(type_problems)
@@ -1374,10 +1394,82 @@ class TarFuseNode(Node):
                 f'instant, correct it with sync.infrared_time_offset (tarfuse-time-offset '
                 f'measures it)')
 
-    def _sim_time_ns(self):
-        """Return the ROS time (ns) where /clock sets it (use_sim_time), else None."""
+    def _note_clock_gap(self, index, stamp):
+        """Note how far input ``index``'s stamp (ns) lies from the node's clock now."""
+        now_ns = self.get_clock().now().nanoseconds
+        if not now_ns:  # use_sim_time before the first /clock: no time to compare with
+            self._clock_apart[index] = 0
+            return
+        gap = now_ns - stamp
+        self._clock_gap_ns[index] = gap
+        apart = abs(gap) > _CLOCK_APART_S * 1e9
+        self._clock_apart[index] = self._clock_apart[index] + 1 if apart else 0
+
+    def _check_clock_apart(self, fresh, now, timeout):
+        """Return a problem when the flowing inputs' stamps lie far from the node's clock.
+
+        Or when there is no clock: use_sim_time and no /clock message while images came for
+        ``timeout`` s (``now`` in the inputs' clock; the first may come before the first /clock).
+
+        A bag played into a node not on sim time without ``--restamp``, or a driver whose
+        clock is off, gives latencies of years; the latency stays as measured, and this says
+        why and what to do.
+        """
         clock = self.get_clock()
-        if not clock.ros_time_is_active:
+        first = [t for t in self._first_arrival if t is not None]
+        if (any(fresh) and first and now - min(first) > timeout and clock.ros_time_is_active
+                and not clock.now().nanoseconds):
+            # Said in the log as each pair came; a monitor reading /diagnostics saw 'fusing'.
+            return ['use_sim_time is true but no /clock message has arrived: the latency is '
+                    'not measured (nan), diagnostics.input_timeout and the rates are read in '
+                    'wall time; play the bag with its clock (tarfuse-play --clock, ros2 bag '
+                    'play --clock), or set use_sim_time:=false']
+        apart = [index for index in (INFRARED, VISIBLE)
+                 if fresh[index] and self._clock_apart[index] >= _CLOCK_APART_MESSAGES]
+        if not apart:
+            return []
+        gaps = [self._clock_gap_ns[index] / 1e9 for index in apart]
+        said = ', '.join(
+            f'{self._topics[index]} {_span(abs(gap))} {"behind" if gap > 0 else "ahead of"} it'
+            for index, gap in zip(apart, gaps))
+        if clock.ros_time_is_active:
+            return [f'images stamped far from the ROS time /clock gives (use_sim_time; {said}), '
+                    f'so the latency reads that much: they are not stamped in the time of '
+                    f"/clock's publisher (a live camera beside a bag's clock, a bag played with "
+                    f'--clock whose images carry other stamps); play the bag they come from '
+                    f'with its clock, or set use_sim_time:=false and play it with tarfuse-play '
+                    f"--restamp; a driver's clock: synchronise it (chrony, PTP)"]
+        return [f"images stamped far from this computer's clock ({said}), so the latency "
+                f'reads that much: a bag played without its clock (play it with tarfuse-play '
+                f'--clock or ros2 bag play --clock and set use_sim_time:=true, or restamp it '
+                f'with tarfuse-play --restamp), or a camera driver whose clock is off '
+                f'(synchronise it: chrony, PTP)']
+
+    def _check_clock_publishers(self):
+        """Count the publishers on /clock under use_sim_time; return a problem for two or more.
+
+        The ROS time takes every /clock message: with two publishers (two bags played with
+        --clock) it goes back and forth between their times, and each step forward to the
+        later one was a jump of the inputs' clock, all inputs said to have stopped at each
+        check. Their silences and rates are read in wall time while it lasts.
+        """
+        count = self.count_publishers('/clock') if self.get_clock().ros_time_is_active else 0
+        self._clock_publishers = count
+        if count < 2:
+            return []
+        return [f'{count} publishers on /clock (two bags played with --clock, a bag beside a '
+                f'simulator?): the ROS time (use_sim_time) goes back and forth between their '
+                f'times, so the latencies are wrong, and diagnostics.input_timeout and the rates '
+                f'are read in wall time until one is left; play one with its clock (the others '
+                f'without --clock)']
+
+    def _sim_time_ns(self):
+        """Return the ROS time (ns) where /clock sets it (use_sim_time), else None.
+
+        None too while /clock has several publishers (:meth:`_check_clock_publishers`).
+        """
+        clock = self.get_clock()
+        if not clock.ros_time_is_active or self._clock_publishers > 1:
             return None
         return clock.now().nanoseconds or None  # 0: no /clock message yet
 

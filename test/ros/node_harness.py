@@ -213,6 +213,22 @@ def running_node(parameters, weights=None, ready_timeout=90.0, probe_options=Non
         node.close()
 
 
+def assert_stops_cleanly(node, probe, sig, timeout=120.0):
+    """Send ``sig`` just after a pair (the worker likely inside the model); assert a clean exit.
+
+    Clean: exit code 0, no traceback. No tight bound on the time, which a loaded machine
+    stretches: only a hang fails (killed after ``timeout`` s, with the log). A worker still
+    inside the model after the node's 10 s wait is said in the log ('the worker was still
+    inside the model'), the exit clean all the same. Return ``(seconds, whether said)``.
+    """
+    probe.publish_pair(*probe.good_pair(time.time_ns()))
+    code, seconds = node.stop(sig, timeout=timeout)
+    log = node.log()
+    assert code == 0, f'exit code {code} after {seconds:.1f} s:\n{log}'
+    assert 'Traceback' not in log, log
+    return seconds, 'the worker was still inside the model' in log
+
+
 def assert_start_up_fails(parameters, words, timeout=90.0):
     """Start the node with ``parameters``; assert it exits non-zero with one clear message.
 

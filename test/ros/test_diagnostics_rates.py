@@ -89,3 +89,26 @@ def test_the_input_clock_follows_a_running_sim_time_and_the_wall_otherwise():
     # A loop: the ROS time steps back; the wall time between counts, never a step back.
     assert at(107.0, 5.0) == pytest.approx(start + 3.5)
     assert at(107.25, 5.0625) == pytest.approx(start + 3.5625)
+
+
+@pytest.mark.parametrize('tick_s, follows', [(1.02, 'ros'), (1.5, 'wall')])
+def test_a_clock_of_one_hertz_is_followed_not_counted_twice(tick_s, follows):
+    """/clock at 1 Hz (``ros2 bag play --clock 1``), its ticks ``tick_s`` s of wall apart.
+
+    Between two ticks the ROS time stands for more than 1 s: that stand was counted as wall
+    time, and the tick's step of 1 s on top of it, so with a message every 20 ms the inputs'
+    clock ran up to twice as fast as either (rates read two thirds of the truth at 1.02 s).
+    Now each stretch counts once: the ROS time where ticks come about 1 s apart, the wall
+    time where the ROS time stands half a second more each time.
+    """
+    wall, ros = FakeClock(), [5_000_000_000]
+    clock = InputClock(lambda: ros[0], stall_s=1.0, monotonic=wall)
+    start = clock()
+    ticks = 0
+    for k in range(1, 3001):  # 60 s of wall time, a call every 20 ms
+        wall.now = 100.0 + 0.02 * k
+        ticks = int(0.02 * k / tick_s + 1e-9)
+        ros[0] = 5_000_000_000 + ticks * 1_000_000_000
+        clock()
+    expected = ticks if follows == 'ros' else 60.0
+    assert clock() - start == pytest.approx(expected, abs=1.0)

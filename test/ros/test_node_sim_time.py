@@ -7,14 +7,18 @@ sample pairs made by tarfuse-make-bag into it, publishing ``/clock`` as ``ros2 b
 
 from pathlib import Path
 import threading
+import time
 
 from node_harness import running_node, SAMPLES
 import pytest
+from rosgraph_msgs.msg import Clock
 from tarfuse_ros.tools.make_bag import make_bag
 from tarfuse_ros.tools.play_bag import BagPlayer
 
 pytestmark = pytest.mark.dds
 STOPPED = ('both inputs stopped', 'no messages on')
+TWO_CLOCKS = '2 publishers on /clock'
+DAY_NS = 86400 * 1_000_000_000
 
 
 @pytest.fixture(scope='module')
@@ -109,4 +113,46 @@ def test_a_looped_bag_is_fused_round_after_round_with_latencies_measured(setup, 
     latencies = [v['latency_ms_last'] for v in values if int(v['pairs_processed']) > before]
     assert len(latencies) >= 10 and '0.000' not in latencies, latencies
     assert all(not float(latency) < 0 for latency in latencies), latencies
+    assert node.alive()
+
+
+def test_two_clock_publishers_are_said_and_the_inputs_not_taken_for_stopped(setup):
+    """Two bags played with --clock: /clock goes back and forth between their times (a day).
+
+    Each step forward to the later clock advanced the inputs' clock by a day: both inputs
+    were said to have stopped at every check while pairs flowed. Now the node names the two
+    publishers, and reads the inputs' silences in wall time until one is left.
+    """
+    node, probe = setup
+    clocks = [probe.node.create_publisher(Clock, '/clock', 10) for _ in range(2)]
+    ticks = []
+
+    def tick():  # each clock at 10 Hz in turn, a day apart; a pair in the first one's time
+        now = time.time_ns()
+        which = len(ticks) % 2
+        message = Clock()
+        message.clock.sec, message.clock.nanosec = divmod(now + which * DAY_NS, 1_000_000_000)
+        clocks[which].publish(message)
+        ticks.append(now)
+        if not which:
+            probe.publish_pair(*probe.good_pair(now))
+
+    def said_alone():  # the clocks named; the check before may have seen a day's jump
+        message = probe.diagnostics[-1].message if probe.diagnostics else ''
+        return TWO_CLOCKS in message and not any(word in message for word in STOPPED)
+
+    try:
+        assert probe.spin_until(said_alone, 20.0, tick=tick, tick_period=0.05), (
+            probe.latest_diagnostics())
+        first = len(probe.diagnostics)
+        probe.spin_until(lambda: len(probe.diagnostics) >= first + 12, 20.0, tick=tick,
+                         tick_period=0.05)
+        during = [status.message for status in probe.diagnostics[first:]]
+        assert len(during) >= 12 and all(TWO_CLOCKS in message for message in during), during
+        said = [message for message in during if any(word in message for word in STOPPED)]
+        assert not said, said
+        assert 'publishers on /clock' in node.log()
+    finally:
+        for clock in clocks:
+            probe.node.destroy_publisher(clock)
     assert node.alive()
