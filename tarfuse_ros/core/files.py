@@ -186,28 +186,45 @@ def output_problem(path, folder=False):
 
 
 def _create_temporary(path, folder):
-    """Create an empty file (or folder) beside ``path`` under a new name; return it and its mode.
+    """Create an empty file (or folder) beside ``path`` under a new name.
 
     It is created as ``open()`` and ``mkdir`` create them, so its mode (returned) is 0o666 (a
     folder: 0o777) less the umask: the umask is read without setting it (``os.umask`` would
     change it for every thread meanwhile). Until the output is done its owner may write it
     (and fill the folder), as through the file that ``open()`` returns, also under a umask
     that takes that right away (0o222).
+
+    A folder is made as ``<name>.<hex>.new``, claimed (:func:`claim_folder`), and only then
+    given its ``.tmp`` name: made under that name, a run's :func:`remove_stale_outputs` could
+    find it unclaimed between the ``mkdir`` and the lock, and remove the folder being filled.
+
+    Returns:
+        ``(temporary, mode, claim)``: ``claim`` the folder's descriptor to close when done
+        (None for a file, or where the file system has no ``flock``).
+
     """
     while True:
         temporary = path.with_name(f'{path.name}.{secrets.token_hex(4)}.tmp')
+        made = temporary.with_suffix('.new') if folder else temporary
         try:
             if folder:
-                temporary.mkdir(mode=0o777)
+                made.mkdir(mode=0o777)
             else:
-                os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+                os.close(os.open(made, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
         except FileExistsError:  # a name taken already: draw another
             continue
-        mode = stat.S_IMODE(temporary.stat().st_mode)
+        if folder and os.path.lexists(temporary):  # the name taken already
+            made.rmdir()
+            continue
+        mode = stat.S_IMODE(made.stat().st_mode)
         writable = mode | (stat.S_IRWXU if folder else stat.S_IRUSR | stat.S_IWUSR)
         if writable != mode:
-            temporary.chmod(writable)
-        return temporary, mode
+            made.chmod(writable)
+        claim = None
+        if folder:
+            claim = claim_folder(made)
+            made.rename(temporary)
+        return temporary, mode, claim
 
 
 @contextmanager
@@ -238,10 +255,9 @@ def atomic_output(path, folder=False):
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary, mode = _create_temporary(path, folder)
     # A folder is claimed while it is filled: one no process claims was left by a writer that
     # was killed (remove_stale_outputs).
-    claim = claim_folder(temporary) if folder else None
+    temporary, mode, claim = _create_temporary(path, folder)
     try:
         yield temporary
         if folder:
