@@ -713,6 +713,31 @@ def test_a_run_on_relative_paths_resumes_from_another_directory(splits, tmp_path
     assert (pinned.split, pinned.labels) == ('train', 'data/pseudo_labels/roadscene/labels')
 
 
+def test_two_runs_started_at_once_into_one_folder_are_not_both_trained(splits, tmp_path):
+    """Both passed the check of --out (nothing there yet) and trained into one folder.
+
+    log.jsonl then held every epoch twice, and the state and checkpoint were whichever run
+    saved last.
+    """
+    out = tmp_path / 'shared_out'
+    command = [sys.executable, '-m', 'tarfuse_ros.tools.train',
+               *_args(splits, out, '--epochs', '2')]
+    processes = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  text=True, cwd=Path(__file__).resolve().parents[2])
+                 for _ in range(2)]
+    try:
+        outputs = [process.communicate(timeout=170)[0] for process in processes]
+    finally:
+        for process in processes:
+            process.kill()
+    codes = [process.returncode for process in processes]
+    assert sorted(codes) == [0, 2], outputs
+    refused = outputs[codes.index(2)]
+    assert 'tarfuse-train: error: --out' in refused and 'Traceback' not in refused, refused
+    assert [r['epoch'] for r in _log(out)] == [1, 2]
+    assert state.read_state_meta(out / STATE_DIR)['epoch'] == 2
+
+
 def test_sigterm_stops_the_run_like_ctrl_c(splits, tmp_path):
     out = tmp_path / 'term'
     command = [sys.executable, '-m', 'tarfuse_ros.tools.train',
