@@ -713,6 +713,37 @@ def test_a_run_on_relative_paths_resumes_from_another_directory(splits, tmp_path
     assert (pinned.split, pinned.labels) == ('train', 'data/pseudo_labels/roadscene/labels')
 
 
+def test_a_run_on_a_shared_set_resumed_beside_a_folder_of_its_name_trains_on_the_same_set(
+        splits, tmp_path, monkeypatch):
+    """--data roadscene (a shared set) was saved as given, looked up in the working folder first.
+
+    A resume from a directory holding a folder named roadscene (the user's copy, unlabelled
+    here) trained on that one without a word.
+    """
+    shared = tmp_path / 'shared' / 'datasets'
+    shared.mkdir(parents=True)
+    (shared / 'README.md').write_text('shared data sets\n')
+    (shared / 'roadscene').symlink_to(ROADSCENE)
+    monkeypatch.setenv('TARFUSE_SHARED', str(tmp_path / 'shared'))
+    copy = tmp_path / 'elsewhere' / 'roadscene'
+    for sub in ('ir', 'vi'):
+        (copy / sub).mkdir(parents=True)
+        for stem in splits['stems']:
+            for found in (ROADSCENE / sub).glob(f'{stem}.*'):
+                shutil.copy(found, copy / sub)
+    (tmp_path / 'here').mkdir()
+    monkeypatch.chdir(tmp_path / 'here')
+    args = _args(splits, tmp_path / 'run', '--epochs', '1', '--val-data', 'none')
+    args[args.index('--data') + 1] = f'roadscene:{splits["train"]}'
+    del args[args.index('--val-data'):args.index('--val-data') + 2]  # the first one
+    assert train_tool.main(args) == 0
+    monkeypatch.chdir(tmp_path / 'elsewhere')
+    assert train_tool.main(['--resume', str(tmp_path / 'run'), '--epochs', '2']) == 0
+    provenance = read_checkpoint_config(tmp_path / 'run' / FINAL_NAME)['provenance']
+    assert provenance['data'][0]['path'] == str(ROADSCENE.resolve())
+    assert provenance['labelled_pairs'] == 3
+
+
 def test_two_runs_started_at_once_into_one_folder_are_not_both_trained(splits, tmp_path):
     """Both passed the check of --out (nothing there yet) and trained into one folder.
 
