@@ -271,9 +271,11 @@ def atomic_output(path, folder=False):
             os.replace(temporary, path)
             return
         old = path.with_name(path.name + '.old')
-        _remove(old)
         if os.path.lexists(path):  # a link too, even a dangling one: it is replaced
+            _remove(old)
             path.rename(old)
+        # Without ``path``, an ``old`` (a writer killed between the renames) is all there is
+        # until the new one is in place (a training state is resumed from it).
         temporary.rename(path)
         _remove(old)
     finally:
