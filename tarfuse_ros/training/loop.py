@@ -466,8 +466,10 @@ class Trainer:
     def _start_outputs(self):
         from tarfuse_ros.core.files import remove_stale_outputs
         self.out.mkdir(parents=True, exist_ok=True)
-        # A run killed while it saved its state left the new one half-written beside it.
-        remove_stale_outputs(self.out / STATE_DIR)
+        # A run killed while it saved its state (checkpoint, log) left the new one half-written
+        # beside it.
+        for name in (STATE_DIR, FINAL_NAME, logs.LOG_NAME):
+            remove_stale_outputs(self.out / name)
         logs.truncate_log(self.log_path, self.start_epoch)
         with open(self.out / 'config.yaml', 'w', encoding='utf-8') as stream:
             yaml.safe_dump(self.config.to_dict(), stream, sort_keys=False)

@@ -578,6 +578,34 @@ def test_a_state_half_written_by_a_killed_run_goes_with_the_next_run(runs, tmp_p
     assert state.read_state_meta(out / STATE_DIR)['epoch'] == 3
 
 
+def test_a_checkpoint_half_written_by_a_killed_run_goes_with_the_next_run(runs, tmp_path):
+    """Killed while it wrote its checkpoint (every epoch) or rewrote its log: a .tmp file.
+
+    tarfuse.safetensors.<hex>.tmp (the size of a checkpoint) stayed in --out for good, one
+    more for every such kill; only the state's folders were removed.
+    """
+    from tarfuse_ros.core.files import atomic_output
+    out = tmp_path / 'killed'
+    shutil.copytree(runs['b'], out)
+    for name in (FINAL_NAME, logs.LOG_NAME):
+        killed = subprocess.run(
+            [sys.executable, '-c',
+             'import os, sys; from tarfuse_ros.core.files import atomic_output\n'
+             'with atomic_output(sys.argv[1]) as temporary:\n'
+             '    temporary.write_bytes(bytes(1000))\n'
+             '    os.kill(os.getpid(), 9)\n', str(out / name)])
+        assert killed.returncode == -signal.SIGKILL
+    left = sorted(out.glob('*.tmp'))
+    assert [path.name.split('.')[0] for path in left] == ['log', 'tarfuse']
+    with pytest.raises(RuntimeError, match='abandoned'):
+        with atomic_output(out / FINAL_NAME) as live:  # a write under way
+            assert train_tool.main(['--resume', str(out), '--epochs', '3']) == 0
+            assert not any(path.exists() for path in left) and live.is_file()
+            raise RuntimeError('abandoned')
+    assert not list(out.glob('*.tmp')) and not list(out.glob('*.new'))
+    assert [r['epoch'] for r in _log(out)] == [1, 2, 3]
+
+
 def test_resume_after_a_kill_in_the_log_write(runs, tmp_path, capsys):
     """A run killed while it appended its epoch record left half a line in log.jsonl.
 
