@@ -348,8 +348,7 @@ def main(argv=None):
             for number, handler in previous.items():
                 signal.signal(number, handler)
             teardown_distributed(dist)
-            if claim is not None:
-                os.close(claim)
+            _release_out(claim)
             for folder in reversed(created):  # made for a run refused before its first file
                 try:
                     folder.rmdir()
@@ -391,8 +390,31 @@ def _claim_out(out):
                          f'running: wait for it to end, or choose another --out') from None
     except OSError:  # no flock on this file system
         os.close(claim)
-        claim = None
+        return None, created
+    _OUT_CLAIMS.append(claim)
     return claim, created
+
+
+def _release_out(claim):
+    """Close the descriptor :func:`_claim_out` returned (None: nothing)."""
+    if claim is not None:
+        _OUT_CLAIMS.remove(claim)
+        os.close(claim)
+
+
+# The descriptors holding a run's --out lock. A forked child (a DataLoader worker) closes its
+# copies: a worker outlives a run killed outright by up to seconds, and held the lock meanwhile
+# (the run's restart was refused as one into a folder in use).
+_OUT_CLAIMS = []
+
+
+def _close_inherited_claims():
+    for claim in _OUT_CLAIMS:
+        os.close(claim)
+    _OUT_CLAIMS.clear()
+
+
+os.register_at_fork(after_in_child=_close_inherited_claims)
 
 
 def _stop_once():

@@ -797,6 +797,31 @@ def test_two_runs_started_at_once_into_one_folder_are_not_both_trained(splits, t
     assert state.read_state_meta(out / STATE_DIR)['epoch'] == 2
 
 
+def test_a_run_killed_outright_resumes_at_once_although_its_loader_workers_linger(
+        splits, tmp_path):
+    """A DataLoader worker outlives a SIGKILLed run by seconds; it held the run's --out lock.
+
+    The resume right after the kill was refused: '--out ... is in use by another tarfuse-train
+    run, still running'.
+    """
+    out = tmp_path / 'killed'
+    command = [sys.executable, '-m', 'tarfuse_ros.tools.train',
+               *_args(splits, out, '--epochs', '500', '--val-every', '0', '--workers', '1')]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               cwd=Path(__file__).resolve().parents[2])
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / STATE_DIR / 'state.json').is_file() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert (out / STATE_DIR / 'state.json').is_file(), 'no epoch finished in 120 s'
+    finally:
+        process.kill()
+        process.wait()
+    epoch = state.read_state_meta(out / STATE_DIR)['epoch']
+    assert train_tool.main(['--resume', str(out), '--epochs', str(epoch + 1)]) == 0
+    assert state.read_state_meta(out / STATE_DIR)['epoch'] == epoch + 1
+
+
 def test_sigterm_stops_the_run_like_ctrl_c(splits, tmp_path):
     out = tmp_path / 'term'
     command = [sys.executable, '-m', 'tarfuse_ros.tools.train',
