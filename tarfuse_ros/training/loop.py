@@ -525,7 +525,16 @@ class Trainer:
                 'model_config': self.model.config.to_dict(),
                 'rng_note': 'every epoch reseeds Python/NumPy/torch/loader/deformations from '
                             '(seed, epoch, rank); the saved RNG states are restored as well'}
-        save_state(self.out / STATE_DIR, self.model, self.optimizer, meta, self.ema)
+        try:
+            save_state(self.out / STATE_DIR, self.model, self.optimizer, meta, self.ema)
+        except KeyboardInterrupt:
+            # Stopped once the new state was in place (removing the one before it): saved.
+            try:
+                if read_state_meta(self.out / STATE_DIR)['epoch'] == epoch:
+                    self._state_epoch = epoch, self.out
+            except ValueError:  # no state there
+                pass
+            raise
         # Only now: a write cut short (Ctrl-C) leaves the previous state in place.
         self._state_epoch = epoch, self.out
 

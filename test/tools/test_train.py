@@ -822,6 +822,34 @@ def test_a_run_killed_outright_resumes_at_once_although_its_loader_workers_linge
     assert state.read_state_meta(out / STATE_DIR)['epoch'] == epoch + 1
 
 
+def test_a_stop_once_the_new_state_is_in_place_counts_its_epoch(splits, tmp_path):
+    """Ctrl-C while the save removed the state before (state.old), the new one in place.
+
+    The run said 'the last resumable state is from epoch 1' and its summary counted 1 epoch,
+    while state/ held epoch 2 (which --resume then continued from).
+    """
+    out = tmp_path / 'stopped'
+    script = (
+        'import os, signal, sys\nfrom pathlib import Path\n'
+        'from tarfuse_ros.core import files\nfrom tarfuse_ros.tools import train\n'
+        'removed = []\n'
+        'def stop_in_the_third_removal_of_an_old_state(frame, event, arg):\n'
+        '    if event == "return" and frame.f_code is files._remove.__code__ and \\\n'
+        '            Path(frame.f_locals["path"]).name == "state.old":\n'
+        '        removed.append(1)\n'
+        '        if len(removed) == 3:  # epoch 2: the one before it, then its own\n'
+        '            os.kill(os.getpid(), signal.SIGINT)\n'
+        'sys.setprofile(stop_in_the_third_removal_of_an_old_state)\n'
+        'sys.exit(train.main(sys.argv[1:]))\n')
+    stopped = subprocess.run(
+        [sys.executable, '-c', script, *_args(splits, out, '--epochs', '3', '--val-every', '0')],
+        capture_output=True, text=True, timeout=170)
+    assert stopped.returncode == 130, stopped.stdout + stopped.stderr
+    assert state.read_state_meta(out / STATE_DIR)['epoch'] == 2
+    assert 'the last resumable state is from epoch 2' in stopped.stdout, stopped.stdout
+    assert json.loads((out / 'summary.json').read_text())['epochs'] == 2
+
+
 def test_sigterm_stops_the_run_like_ctrl_c(splits, tmp_path):
     out = tmp_path / 'term'
     command = [sys.executable, '-m', 'tarfuse_ros.tools.train',
