@@ -166,10 +166,12 @@ class Trainer:
         check_no_test_pairs(self.train_sources)
         self.val_sources = resolve_sources(config.data.val, root)
         # The config the run saves (config.yaml, the state a resume reads) names the folders
-        # and list files found in the working directory by their absolute paths.
+        # and list files found in the working directory by their absolute paths, and so its
+        # data.root (a relative one found other sets, or none, from another directory).
         self.config = config = dataclasses.replace(config, data=dataclasses.replace(
             config.data, train=pinned_sources(config.data.train, self.train_sources, root),
-            val=pinned_sources(config.data.val, self.val_sources, root)))
+            val=pinned_sources(config.data.val, self.val_sources, root),
+            root=str(Path(root).expanduser().resolve()) if root else root))
         if self.dist.is_main:
             for line in unpaired_lines(self.train_sources + self.val_sources):
                 _log(line)

@@ -772,6 +772,33 @@ def test_a_run_on_a_shared_set_resumed_beside_a_folder_of_its_name_trains_on_the
     assert provenance['labelled_pairs'] == 3
 
 
+def test_a_run_with_a_relative_data_root_resumed_elsewhere_trains_on_the_same_set(
+        splits, tmp_path, monkeypatch):
+    """data.root=sets was saved as given: a resume from another directory with a sets/ folder.
+
+    It trained on that directory's sets/roadscene (the user's unlabelled copy) without a word.
+    """
+    (tmp_path / 'here' / 'sets').mkdir(parents=True)
+    (tmp_path / 'here' / 'sets' / 'roadscene').symlink_to(ROADSCENE)
+    copy = tmp_path / 'elsewhere' / 'sets' / 'roadscene'
+    for sub in ('ir', 'vi'):
+        (copy / sub).mkdir(parents=True)
+        for stem in splits['stems']:
+            for found in (ROADSCENE / sub).glob(f'{stem}.*'):
+                shutil.copy(found, copy / sub)
+    monkeypatch.chdir(tmp_path / 'here')
+    args = _args(splits, tmp_path / 'run', '--epochs', '1', '--val-data', 'none',
+                 '--set', 'data.root=sets')
+    args[args.index('--data') + 1] = f'roadscene:{splits["train"]}'
+    del args[args.index('--val-data'):args.index('--val-data') + 2]  # the first one
+    assert train_tool.main(args) == 0
+    monkeypatch.chdir(tmp_path / 'elsewhere')
+    assert train_tool.main(['--resume', str(tmp_path / 'run'), '--epochs', '2']) == 0
+    provenance = read_checkpoint_config(tmp_path / 'run' / FINAL_NAME)['provenance']
+    assert provenance['data'][0]['path'] == str(ROADSCENE.resolve())
+    assert provenance['labelled_pairs'] == 3
+
+
 def test_two_runs_started_at_once_into_one_folder_are_not_both_trained(splits, tmp_path):
     """Both passed the check of --out (nothing there yet) and trained into one folder.
 
