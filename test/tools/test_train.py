@@ -932,6 +932,35 @@ def test_a_second_ctrl_c_does_not_cut_the_stop_short(splits, tmp_path):
     assert summary['epochs'] == state.read_state_meta(out / STATE_DIR)['epoch']
 
 
+def test_a_second_signal_while_a_stopped_run_ends_does_not_kill_it(splits, tmp_path):
+    """Stopped by SIGINT and saved, the console script ends; ros2 launch's SIGTERM comes then.
+
+    The handlers were back to the defaults once the run had returned: the process was killed
+    by that SIGTERM (status -15, not 130) as it ended.
+    """
+    out = tmp_path / 'ending'
+    script = (
+        'import os, signal, sys, threading, time\n'
+        'from tarfuse_ros.console import train\n'
+        'saved = sys.argv.pop(1)\n'
+        'def stop_once_saved():\n'
+        '    while not os.path.isfile(saved):\n'
+        '        time.sleep(0.05)\n'
+        '    os.kill(os.getpid(), signal.SIGINT)\n'
+        'threading.Thread(target=stop_once_saved, daemon=True).start()\n'
+        'status = train()\n'
+        'os.kill(os.getpid(), signal.SIGTERM)  # as the process ends\n'
+        'time.sleep(0.5)\n'
+        'sys.exit(status)\n')
+    ended = subprocess.run(
+        [sys.executable, '-c', script, str(out / STATE_DIR / 'state.json'),
+         *_args(splits, out, '--epochs', '500', '--val-every', '0')],
+        capture_output=True, text=True, timeout=170)
+    assert ended.returncode == 130, ended.stdout + ended.stderr
+    assert 'Traceback' not in ended.stderr, ended.stderr
+    assert json.loads((out / 'summary.json').read_text())['interrupted'] is True
+
+
 def test_sigterm_to_the_process_group_stops_a_run_with_loader_workers(splits, tmp_path):
     """SIGTERM to the whole group (systemctl stop, timeout) killed the DataLoader workers too.
 
