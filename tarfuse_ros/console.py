@@ -95,11 +95,19 @@ def _script(module, program):
             print(f'{program}: interrupted while starting; nothing was done', file=sys.stderr)
             return 130
         try:
-            return tool.main()
+            status = tool.main()
         except KeyboardInterrupt:
             signal.signal(signal.SIGINT, signal.SIG_IGN)  # the process ends: no second one
             print(f'{program}: interrupted', file=sys.stderr)
             return 130
+        if status == 130:
+            # Stopped by a signal, its work saved: the process ends. A second signal (the
+            # SIGTERM ros2 launch sends after SIGINT, a second Ctrl-C) killed it meanwhile
+            # (status -15) or raised in its exit handlers.
+            for number in (signal.SIGINT, signal.SIGTERM):
+                if signal.getsignal(number) is not signal.SIG_IGN:
+                    signal.signal(number, signal.SIG_IGN)
+        return status
 
     script.__doc__ = f'Run ``{program}`` (``{module}.main``); return its exit status.'
     return script

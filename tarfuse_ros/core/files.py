@@ -186,28 +186,48 @@ def output_problem(path, folder=False):
 
 
 def _create_temporary(path, folder):
-    """Create an empty file (or folder) beside ``path`` under a new name; return it and its mode.
+    """Create an empty file (or folder) beside ``path`` under a new name.
 
     It is created as ``open()`` and ``mkdir`` create them, so its mode (returned) is 0o666 (a
     folder: 0o777) less the umask: the umask is read without setting it (``os.umask`` would
     change it for every thread meanwhile). Until the output is done its owner may write it
     (and fill the folder), as through the file that ``open()`` returns, also under a umask
     that takes that right away (0o222).
+
+    It is made as ``<name>.<hex>.new``, claimed (an exclusive ``flock``), and only then given
+    its ``.tmp`` name: made under that name, a run's :func:`remove_stale_outputs` could find it
+    unclaimed between its creation and the lock, and remove the output being written.
+
+    Returns:
+        ``(temporary, mode, claim)``: ``claim`` the descriptor holding the lock, to close when
+        done (None where the file system has no ``flock``).
+
     """
     while True:
         temporary = path.with_name(f'{path.name}.{secrets.token_hex(4)}.tmp')
+        made = temporary.with_suffix('.new')
         try:
             if folder:
-                temporary.mkdir(mode=0o777)
+                made.mkdir(mode=0o777)
+                claim = claim_folder(made)
             else:
-                os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+                claim = _lock(os.open(made, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
         except FileExistsError:  # a name taken already: draw another
             continue
-        mode = stat.S_IMODE(temporary.stat().st_mode)
+        if os.path.lexists(temporary):  # the name taken already
+            if claim is not None:
+                os.close(claim)
+            if folder:
+                made.rmdir()
+            else:
+                made.unlink()
+            continue
+        mode = stat.S_IMODE(made.stat().st_mode)
         writable = mode | (stat.S_IRWXU if folder else stat.S_IRUSR | stat.S_IWUSR)
         if writable != mode:
-            temporary.chmod(writable)
-        return temporary, mode
+            made.chmod(writable)
+        made.rename(temporary)
+        return temporary, mode, claim
 
 
 @contextmanager
@@ -238,10 +258,9 @@ def atomic_output(path, folder=False):
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary, mode = _create_temporary(path, folder)
-    # A folder is claimed while it is filled: one no process claims was left by a writer that
-    # was killed (remove_stale_outputs).
-    claim = claim_folder(temporary) if folder else None
+    # The temporary is claimed while it is written: one no process claims was left by a writer
+    # that was killed (remove_stale_outputs).
+    temporary, mode, claim = _create_temporary(path, folder)
     try:
         yield temporary
         if folder:
@@ -255,9 +274,11 @@ def atomic_output(path, folder=False):
             os.replace(temporary, path)
             return
         old = path.with_name(path.name + '.old')
-        _remove(old)
         if os.path.lexists(path):  # a link too, even a dangling one: it is replaced
+            _remove(old)
             path.rename(old)
+        # Without ``path``, an ``old`` (a writer killed between the renames) is all there is
+        # until the new one is in place (a training state is resumed from it).
         temporary.rename(path)
         _remove(old)
     finally:
@@ -267,17 +288,17 @@ def atomic_output(path, folder=False):
 
 
 def remove_stale_outputs(path):
-    """Remove the temporary folders of ``atomic_output(path, folder=True)`` killed writers left.
+    """Remove the temporary files (folders) of ``atomic_output(path)`` killed writers left.
 
-    A writer killed while it filled its folder (SIGKILL, the machine off) leaves it beside
-    ``path`` as ``<name>.<8 hex digits>.tmp``; a writer that is still running claims its own
-    (:func:`atomic_output`), which stays, and so does anything of another name.
+    A writer killed while it wrote its file or filled its folder (SIGKILL, the machine off)
+    leaves it beside ``path`` as ``<name>.<8 hex digits>.tmp``; a writer that is still running
+    claims its own (:func:`atomic_output`), which stays, and so does anything of another name.
     """
     path = Path(path)
     pattern = re.compile(re.escape(path.name) + r'\.[0-9a-f]{8}\.tmp')
     if path.parent.is_dir():
-        remove_unclaimed(folder for folder in path.parent.iterdir()
-                         if pattern.fullmatch(folder.name))
+        remove_unclaimed(found for found in path.parent.iterdir()
+                         if pattern.fullmatch(found.name))
 
 
 def claim_folder(folder):
@@ -287,27 +308,37 @@ def claim_folder(folder):
     process's claim) or the folder cannot be opened.
     """
     try:
-        claim = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        return _lock(os.open(folder, os.O_RDONLY | os.O_DIRECTORY))
     except OSError:
         return None
+
+
+def _lock(descriptor):
+    """Return ``descriptor`` once it holds an exclusive ``flock``; else close it, return None."""
     try:
-        fcntl.flock(claim, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
-        os.close(claim)
+        os.close(descriptor)
         return None
-    return claim
+    return descriptor
 
 
-def remove_unclaimed(folders):
-    """Remove those of ``folders`` (temporary ones) that no live process claims (not links)."""
-    for folder in folders:
-        folder = Path(folder)
-        if folder.is_symlink() or not folder.is_dir():
+def remove_unclaimed(paths):
+    """Remove those of ``paths`` (temporary files or folders) that no live process claims.
+
+    Links are left as they are.
+    """
+    for path in paths:
+        path = Path(path)
+        if path.is_symlink() or not (path.is_dir() or path.is_file()):
             continue
-        claim = claim_folder(folder)
+        try:
+            claim = _lock(os.open(path, os.O_RDONLY))
+        except OSError:
+            continue
         if claim is not None:
             try:
-                _remove(folder)
+                _remove(path)
             finally:
                 os.close(claim)
 

@@ -60,8 +60,8 @@ import time
 
 import numpy as np
 from tarfuse_ros.core import data, metrics
-from tarfuse_ros.core.files import (claim_folder, output_problem, remove_unclaimed,
-                                    write_text_atomic)
+from tarfuse_ros.core.files import (claim_folder, output_problem, remove_stale_outputs,
+                                    remove_unclaimed, write_text_atomic)
 from tarfuse_ros.core.images import unit_plane
 from tarfuse_ros.core.runtime import torch_settings
 from tarfuse_ros.evaluation import inputs
@@ -306,6 +306,8 @@ def _evaluate(data_dir, weights, out_dir, options):
     try:  # only now: a request refused above leaves no output folder behind
         (out_dir / 'figures').mkdir(parents=True, exist_ok=True)
         remove_unclaimed(out_dir.glob(_NEW_FIGURES))  # left by killed runs
+        for name in ('metrics.json', 'report.md'):  # so are those of their writes
+            remove_stale_outputs(out_dir / name)
         # This run's figures wait here: an earlier evaluation's results stay whole until this
         # one has its own (a failed or interrupted rerun deleted them at its start).
         new_figures, claim = _new_figures_folder(out_dir)

@@ -14,6 +14,8 @@ DistributedDataParallel (one process per GPU, ``train.batch`` samples per GPU, r
 import argparse
 import copy
 import datetime
+import fcntl
+import os
 from pathlib import Path
 import shutil
 import signal
@@ -329,7 +331,12 @@ def main(argv=None):
         # of them does: a second one (terminals and ros2 launch send several) interrupted the
         # stop's save of the weights and summary, and was reported as a stop while starting.
         previous = _stop_once()
+        claim, created = None, []
         try:
+            if dist.is_main:
+                claim, created = _claim_out(out)
+                # Checked again under the lock: a run that ended meanwhile left its files.
+                _out_dir(args, resume)
             with torch_settings(threads=config.train.threads,
                                 deterministic=True if config.train.deterministic else None,
                                 flush_denormal=True):
@@ -341,6 +348,12 @@ def main(argv=None):
             for number, handler in previous.items():
                 signal.signal(number, handler)
             teardown_distributed(dist)
+            _release_out(claim)
+            for folder in reversed(created):  # made for a run refused before its first file
+                try:
+                    folder.rmdir()
+                except OSError:  # not empty: the run's
+                    break
     except ValueError as exc:
         print(f'tarfuse-train: error: {exc}', file=sys.stderr)
         return 2
@@ -352,6 +365,56 @@ def main(argv=None):
               file=sys.stderr)
         return 130
     return 130 if summary and summary.get('interrupted') else 0
+
+
+def _claim_out(out):
+    """Lock ``out`` (created if needed) for this run; return ``(descriptor, folders created)``.
+
+    Two runs started at once into one ``--out`` both passed its checks (nothing there yet),
+    then wrote one log (each epoch twice) and replaced each other's state and checkpoint. The
+    lock (``flock``) goes with the process, however it ends. On a file system without
+    ``flock`` the run goes on unlocked (descriptor None).
+
+    Raises:
+        ValueError: another running process holds ``out``.
+
+    """
+    created = [folder for folder in (out, *out.parents) if not folder.exists()][::-1]
+    out.mkdir(parents=True, exist_ok=True)
+    claim = os.open(out, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(claim, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(claim)
+        raise ValueError(f'--out {str(out)!r} is in use by another tarfuse-train run, still '
+                         f'running: wait for it to end, or choose another --out') from None
+    except OSError:  # no flock on this file system
+        os.close(claim)
+        return None, created
+    _OUT_CLAIMS.append(claim)
+    return claim, created
+
+
+def _release_out(claim):
+    """Close the descriptor :func:`_claim_out` returned (None: nothing)."""
+    if claim is not None:
+        _OUT_CLAIMS.remove(claim)
+        os.close(claim)
+
+
+# The descriptors holding a run's --out lock. A forked child (a DataLoader worker) closes its
+# copies: a worker outlives a run killed outright by up to seconds, and held the lock meanwhile
+# (the run's restart was refused as one into a folder in use).
+_OUT_CLAIMS = []
+
+
+def _close_inherited_claims():
+    for claim in _OUT_CLAIMS:
+        os.close(claim)
+    _OUT_CLAIMS.clear()
+
+
+os.register_at_fork(after_in_child=_close_inherited_claims)
 
 
 def _stop_once():

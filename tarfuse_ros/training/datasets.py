@@ -138,13 +138,15 @@ def resolve_sources(sources, root=None):
 
 
 def pinned_sources(given, resolved, root=None):
-    """Return a config's sources ``given`` with what the working directory held made absolute.
+    """Return a config's sources ``given`` with their data set folders made absolute.
 
     The absolute folders and list files are those of ``resolved`` (:func:`resolve_sources`).
     A run's saved config is read again on a resume, perhaps from another directory: a relative
     data set folder, list file or label folder found in this one was not found there (or
-    another was: a shared set of that name). Names found under ``root``, among the shared
-    data sets or in the package (``config/train.yaml``'s ``data/...`` files) stay as given.
+    another was: a shared set of that name). A shared data set's name is pinned too: looked up
+    in the working directory first, it found a folder of that name there (other data, trained
+    on without a word). Folders named under ``root``, and list files and label folders of the
+    package (``config/train.yaml``'s ``data/...`` files) stay as given.
     """
     cwd, share = Path.cwd(), share_dir()
     pinned = []
@@ -154,7 +156,7 @@ def pinned_sources(given, resolved, root=None):
         path, split, labels = value.path, value.split, value.labels
         relative = not Path(path).expanduser().is_absolute()
         under_root = root and (Path(root).expanduser() / path).is_dir()
-        if relative and not under_root and (cwd / path).is_dir():
+        if relative and not under_root:
             path = str(source.path)
         if not Path(split).expanduser().is_absolute() and (cwd / split).is_file() \
                 and not (share / split).is_file():

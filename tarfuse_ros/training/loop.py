@@ -166,10 +166,12 @@ class Trainer:
         check_no_test_pairs(self.train_sources)
         self.val_sources = resolve_sources(config.data.val, root)
         # The config the run saves (config.yaml, the state a resume reads) names the folders
-        # and list files found in the working directory by their absolute paths.
+        # and list files found in the working directory by their absolute paths, and so its
+        # data.root (a relative one found other sets, or none, from another directory).
         self.config = config = dataclasses.replace(config, data=dataclasses.replace(
             config.data, train=pinned_sources(config.data.train, self.train_sources, root),
-            val=pinned_sources(config.data.val, self.val_sources, root)))
+            val=pinned_sources(config.data.val, self.val_sources, root),
+            root=str(Path(root).expanduser().resolve()) if root else root))
         if self.dist.is_main:
             for line in unpaired_lines(self.train_sources + self.val_sources):
                 _log(line)
@@ -466,8 +468,10 @@ class Trainer:
     def _start_outputs(self):
         from tarfuse_ros.core.files import remove_stale_outputs
         self.out.mkdir(parents=True, exist_ok=True)
-        # A run killed while it saved its state left the new one half-written beside it.
-        remove_stale_outputs(self.out / STATE_DIR)
+        # A run killed while it saved its state (checkpoint, log) left the new one half-written
+        # beside it.
+        for name in (STATE_DIR, FINAL_NAME, logs.LOG_NAME):
+            remove_stale_outputs(self.out / name)
         logs.truncate_log(self.log_path, self.start_epoch)
         with open(self.out / 'config.yaml', 'w', encoding='utf-8') as stream:
             yaml.safe_dump(self.config.to_dict(), stream, sort_keys=False)
@@ -523,7 +527,16 @@ class Trainer:
                 'model_config': self.model.config.to_dict(),
                 'rng_note': 'every epoch reseeds Python/NumPy/torch/loader/deformations from '
                             '(seed, epoch, rank); the saved RNG states are restored as well'}
-        save_state(self.out / STATE_DIR, self.model, self.optimizer, meta, self.ema)
+        try:
+            save_state(self.out / STATE_DIR, self.model, self.optimizer, meta, self.ema)
+        except KeyboardInterrupt:
+            # Stopped once the new state was in place (removing the one before it): saved.
+            try:
+                if read_state_meta(self.out / STATE_DIR)['epoch'] == epoch:
+                    self._state_epoch = epoch, self.out
+            except ValueError:  # no state there
+                pass
+            raise
         # Only now: a write cut short (Ctrl-C) leaves the previous state in place.
         self._state_epoch = epoch, self.out
 

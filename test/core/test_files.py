@@ -156,6 +156,50 @@ def test_a_link_or_a_file_where_a_folder_output_goes_is_replaced_every_time(tmp_
                                                           'linked']
 
 
+def test_a_folder_being_filled_is_never_removed_as_a_killed_writers(tmp_path):
+    """Another run removing stale state folders meanwhile (remove_stale_outputs, in a loop).
+
+    The folder was made under its .tmp name and claimed after: in between, the other run found
+    it unclaimed and removed it, and the save failed (FileNotFoundError; 12 of 2,000 here).
+    """
+    remover = subprocess.Popen([
+        sys.executable, '-c',
+        'import sys\nfrom tarfuse_ros.core.files import remove_stale_outputs\n'
+        'while True:\n    remove_stale_outputs(sys.argv[1])\n', str(tmp_path / 'state')])
+    try:
+        for epoch in range(2000):
+            with atomic_output(tmp_path / 'state', folder=True) as folder:
+                (folder / 'state.json').write_text(str(epoch))
+            assert remover.poll() is None
+    finally:
+        remover.kill()
+        remover.wait()
+    assert (tmp_path / 'state' / 'state.json').read_text() == '1999'
+    assert sorted(path.name for path in tmp_path.iterdir()) == ['state']
+
+
+def test_a_folder_left_as_old_stays_until_the_new_one_is_in_place(tmp_path):
+    """Killed between moving a state to state.old and the new one into place: state.old only.
+
+    The next save (a run resumed from state.old) removed state.old first, then moved its new
+    folder into place: killed in between, no state was left at all (and the new one, a
+    .tmp folder no one claimed, went with the next run).
+    """
+    (tmp_path / 'state.old').mkdir()
+    (tmp_path / 'state.old' / 'state.json').write_text('old')
+    killed = subprocess.run([sys.executable, '-c', (
+        'import os, sys\nfrom pathlib import Path\nfrom tarfuse_ros.core import files\n'
+        'def kill_after_removing_old(frame, event, arg):\n'
+        '    if event == "return" and frame.f_code is files._remove.__code__ and \\\n'
+        '            Path(frame.f_locals["path"]).name == "state.old":\n'
+        '        os.kill(os.getpid(), 9)\n'
+        'sys.setprofile(kill_after_removing_old)\n'
+        'with files.atomic_output(Path(sys.argv[1]) / "state", folder=True) as folder:\n'
+        '    (folder / "state.json").write_text("new")\n'), str(tmp_path)])
+    assert killed.returncode == -9
+    assert (tmp_path / 'state' / 'state.json').read_text() == 'new'
+
+
 def test_a_cut_jpeg_is_found_from_its_bytes_as_from_its_file(tmp_path):
     """The readers that decode a file's bytes once judge a cut JPEG as the file check does."""
     whole = next(SAMPLES.rglob('*.jpg')).read_bytes()

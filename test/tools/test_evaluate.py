@@ -210,6 +210,8 @@ def test_an_evaluation_into_an_earlier_ones_folder_replaces_its_figures(random_c
 def test_a_killed_evaluations_figures_folder_goes_with_the_next_run(random_checkpoint, tmp_path):
     """A SIGKILLed run left its '.figures.*.tmp' folder in --out, and every rerun kept it.
 
+    A run killed while it wrote metrics.json left its temporary file, kept by every rerun.
+
     The next run into that --out removes the folders of runs that are gone, and only those:
     one a running evaluation holds, and the user's own files, stay.
     """
@@ -237,6 +239,14 @@ def test_a_killed_evaluations_figures_folder_goes_with_the_next_run(random_check
         process.kill()
         process.wait()
     [left] = out.glob('.figures.*.tmp')
+    # Killed while it wrote metrics.json: its metrics.json.<hex>.tmp stayed for good.
+    killed = subprocess.run(
+        [sys.executable, '-c',
+         'import os, sys; from tarfuse_ros.core.files import atomic_output\n'
+         'with atomic_output(sys.argv[1]) as temporary:\n'
+         '    temporary.write_text("{")\n'
+         '    os.kill(os.getpid(), 9)\n', str(out / 'metrics.json')])
+    assert killed.returncode == -signal.SIGKILL and list(out.glob('metrics.json.*.tmp'))
     (out / '.figures.mine').mkdir()  # the user's: not of the pattern
     running, claim = protocol._new_figures_folder(out)  # another evaluation, still running
     try:

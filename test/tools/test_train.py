@@ -578,6 +578,34 @@ def test_a_state_half_written_by_a_killed_run_goes_with_the_next_run(runs, tmp_p
     assert state.read_state_meta(out / STATE_DIR)['epoch'] == 3
 
 
+def test_a_checkpoint_half_written_by_a_killed_run_goes_with_the_next_run(runs, tmp_path):
+    """Killed while it wrote its checkpoint (every epoch) or rewrote its log: a .tmp file.
+
+    tarfuse.safetensors.<hex>.tmp (the size of a checkpoint) stayed in --out for good, one
+    more for every such kill; only the state's folders were removed.
+    """
+    from tarfuse_ros.core.files import atomic_output
+    out = tmp_path / 'killed'
+    shutil.copytree(runs['b'], out)
+    for name in (FINAL_NAME, logs.LOG_NAME):
+        killed = subprocess.run(
+            [sys.executable, '-c',
+             'import os, sys; from tarfuse_ros.core.files import atomic_output\n'
+             'with atomic_output(sys.argv[1]) as temporary:\n'
+             '    temporary.write_bytes(bytes(1000))\n'
+             '    os.kill(os.getpid(), 9)\n', str(out / name)])
+        assert killed.returncode == -signal.SIGKILL
+    left = sorted(out.glob('*.tmp'))
+    assert [path.name.split('.')[0] for path in left] == ['log', 'tarfuse']
+    with pytest.raises(RuntimeError, match='abandoned'):
+        with atomic_output(out / FINAL_NAME) as live:  # a write under way
+            assert train_tool.main(['--resume', str(out), '--epochs', '3']) == 0
+            assert not any(path.exists() for path in left) and live.is_file()
+            raise RuntimeError('abandoned')
+    assert not list(out.glob('*.tmp')) and not list(out.glob('*.new'))
+    assert [r['epoch'] for r in _log(out)] == [1, 2, 3]
+
+
 def test_resume_after_a_kill_in_the_log_write(runs, tmp_path, capsys):
     """A run killed while it appended its epoch record left half a line in log.jsonl.
 
@@ -713,6 +741,142 @@ def test_a_run_on_relative_paths_resumes_from_another_directory(splits, tmp_path
     assert (pinned.split, pinned.labels) == ('train', 'data/pseudo_labels/roadscene/labels')
 
 
+def test_a_run_on_a_shared_set_resumed_beside_a_folder_of_its_name_trains_on_the_same_set(
+        splits, tmp_path, monkeypatch):
+    """--data roadscene (a shared set) was saved as given, looked up in the working folder first.
+
+    A resume from a directory holding a folder named roadscene (the user's copy, unlabelled
+    here) trained on that one without a word.
+    """
+    shared = tmp_path / 'shared' / 'datasets'
+    shared.mkdir(parents=True)
+    (shared / 'README.md').write_text('shared data sets\n')
+    (shared / 'roadscene').symlink_to(ROADSCENE)
+    monkeypatch.setenv('TARFUSE_SHARED', str(tmp_path / 'shared'))
+    copy = tmp_path / 'elsewhere' / 'roadscene'
+    for sub in ('ir', 'vi'):
+        (copy / sub).mkdir(parents=True)
+        for stem in splits['stems']:
+            for found in (ROADSCENE / sub).glob(f'{stem}.*'):
+                shutil.copy(found, copy / sub)
+    (tmp_path / 'here').mkdir()
+    monkeypatch.chdir(tmp_path / 'here')
+    args = _args(splits, tmp_path / 'run', '--epochs', '1', '--val-data', 'none')
+    args[args.index('--data') + 1] = f'roadscene:{splits["train"]}'
+    del args[args.index('--val-data'):args.index('--val-data') + 2]  # the first one
+    assert train_tool.main(args) == 0
+    monkeypatch.chdir(tmp_path / 'elsewhere')
+    assert train_tool.main(['--resume', str(tmp_path / 'run'), '--epochs', '2']) == 0
+    provenance = read_checkpoint_config(tmp_path / 'run' / FINAL_NAME)['provenance']
+    assert provenance['data'][0]['path'] == str(ROADSCENE.resolve())
+    assert provenance['labelled_pairs'] == 3
+
+
+def test_a_run_with_a_relative_data_root_resumed_elsewhere_trains_on_the_same_set(
+        splits, tmp_path, monkeypatch):
+    """data.root=sets was saved as given: a resume from another directory with a sets/ folder.
+
+    It trained on that directory's sets/roadscene (the user's unlabelled copy) without a word.
+    """
+    (tmp_path / 'here' / 'sets').mkdir(parents=True)
+    (tmp_path / 'here' / 'sets' / 'roadscene').symlink_to(ROADSCENE)
+    copy = tmp_path / 'elsewhere' / 'sets' / 'roadscene'
+    for sub in ('ir', 'vi'):
+        (copy / sub).mkdir(parents=True)
+        for stem in splits['stems']:
+            for found in (ROADSCENE / sub).glob(f'{stem}.*'):
+                shutil.copy(found, copy / sub)
+    monkeypatch.chdir(tmp_path / 'here')
+    args = _args(splits, tmp_path / 'run', '--epochs', '1', '--val-data', 'none',
+                 '--set', 'data.root=sets')
+    args[args.index('--data') + 1] = f'roadscene:{splits["train"]}'
+    del args[args.index('--val-data'):args.index('--val-data') + 2]  # the first one
+    assert train_tool.main(args) == 0
+    monkeypatch.chdir(tmp_path / 'elsewhere')
+    assert train_tool.main(['--resume', str(tmp_path / 'run'), '--epochs', '2']) == 0
+    provenance = read_checkpoint_config(tmp_path / 'run' / FINAL_NAME)['provenance']
+    assert provenance['data'][0]['path'] == str(ROADSCENE.resolve())
+    assert provenance['labelled_pairs'] == 3
+
+
+def test_two_runs_started_at_once_into_one_folder_are_not_both_trained(splits, tmp_path):
+    """Both passed the check of --out (nothing there yet) and trained into one folder.
+
+    log.jsonl then held every epoch twice, and the state and checkpoint were whichever run
+    saved last.
+    """
+    out = tmp_path / 'shared_out'
+    command = [sys.executable, '-m', 'tarfuse_ros.tools.train',
+               *_args(splits, out, '--epochs', '2')]
+    processes = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  text=True, cwd=Path(__file__).resolve().parents[2])
+                 for _ in range(2)]
+    try:
+        outputs = [process.communicate(timeout=170)[0] for process in processes]
+    finally:
+        for process in processes:
+            process.kill()
+    codes = [process.returncode for process in processes]
+    assert sorted(codes) == [0, 2], outputs
+    refused = outputs[codes.index(2)]
+    assert 'tarfuse-train: error: --out' in refused and 'Traceback' not in refused, refused
+    assert [r['epoch'] for r in _log(out)] == [1, 2]
+    assert state.read_state_meta(out / STATE_DIR)['epoch'] == 2
+
+
+def test_a_run_killed_outright_resumes_at_once_although_its_loader_workers_linger(
+        splits, tmp_path):
+    """A DataLoader worker outlives a SIGKILLed run by seconds; it held the run's --out lock.
+
+    The resume right after the kill was refused: '--out ... is in use by another tarfuse-train
+    run, still running'.
+    """
+    out = tmp_path / 'killed'
+    command = [sys.executable, '-m', 'tarfuse_ros.tools.train',
+               *_args(splits, out, '--epochs', '500', '--val-every', '0', '--workers', '1')]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               cwd=Path(__file__).resolve().parents[2])
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / STATE_DIR / 'state.json').is_file() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert (out / STATE_DIR / 'state.json').is_file(), 'no epoch finished in 120 s'
+    finally:
+        process.kill()
+        process.wait()
+    epoch = state.read_state_meta(out / STATE_DIR)['epoch']
+    assert train_tool.main(['--resume', str(out), '--epochs', str(epoch + 1)]) == 0
+    assert state.read_state_meta(out / STATE_DIR)['epoch'] == epoch + 1
+
+
+def test_a_stop_once_the_new_state_is_in_place_counts_its_epoch(splits, tmp_path):
+    """Ctrl-C while the save removed the state before (state.old), the new one in place.
+
+    The run said 'the last resumable state is from epoch 1' and its summary counted 1 epoch,
+    while state/ held epoch 2 (which --resume then continued from).
+    """
+    out = tmp_path / 'stopped'
+    script = (
+        'import os, signal, sys\nfrom pathlib import Path\n'
+        'from tarfuse_ros.core import files\nfrom tarfuse_ros.tools import train\n'
+        'removed = []\n'
+        'def stop_in_the_third_removal_of_an_old_state(frame, event, arg):\n'
+        '    if event == "return" and frame.f_code is files._remove.__code__ and \\\n'
+        '            Path(frame.f_locals["path"]).name == "state.old":\n'
+        '        removed.append(1)\n'
+        '        if len(removed) == 3:  # epoch 2: the one before it, then its own\n'
+        '            os.kill(os.getpid(), signal.SIGINT)\n'
+        'sys.setprofile(stop_in_the_third_removal_of_an_old_state)\n'
+        'sys.exit(train.main(sys.argv[1:]))\n')
+    stopped = subprocess.run(
+        [sys.executable, '-c', script, *_args(splits, out, '--epochs', '3', '--val-every', '0')],
+        capture_output=True, text=True, timeout=170)
+    assert stopped.returncode == 130, stopped.stdout + stopped.stderr
+    assert state.read_state_meta(out / STATE_DIR)['epoch'] == 2
+    assert 'the last resumable state is from epoch 2' in stopped.stdout, stopped.stdout
+    assert json.loads((out / 'summary.json').read_text())['epochs'] == 2
+
+
 def test_sigterm_stops_the_run_like_ctrl_c(splits, tmp_path):
     out = tmp_path / 'term'
     command = [sys.executable, '-m', 'tarfuse_ros.tools.train',
@@ -766,6 +930,35 @@ def test_a_second_ctrl_c_does_not_cut_the_stop_short(splits, tmp_path):
     summary = json.loads((out / 'summary.json').read_text())
     assert summary['interrupted'] is True and summary['epochs'] >= 1
     assert summary['epochs'] == state.read_state_meta(out / STATE_DIR)['epoch']
+
+
+def test_a_second_signal_while_a_stopped_run_ends_does_not_kill_it(splits, tmp_path):
+    """Stopped by SIGINT and saved, the console script ends; ros2 launch's SIGTERM comes then.
+
+    The handlers were back to the defaults once the run had returned: the process was killed
+    by that SIGTERM (status -15, not 130) as it ended.
+    """
+    out = tmp_path / 'ending'
+    script = (
+        'import os, signal, sys, threading, time\n'
+        'from tarfuse_ros.console import train\n'
+        'saved = sys.argv.pop(1)\n'
+        'def stop_once_saved():\n'
+        '    while not os.path.isfile(saved):\n'
+        '        time.sleep(0.05)\n'
+        '    os.kill(os.getpid(), signal.SIGINT)\n'
+        'threading.Thread(target=stop_once_saved, daemon=True).start()\n'
+        'status = train()\n'
+        'os.kill(os.getpid(), signal.SIGTERM)  # as the process ends\n'
+        'time.sleep(0.5)\n'
+        'sys.exit(status)\n')
+    ended = subprocess.run(
+        [sys.executable, '-c', script, str(out / STATE_DIR / 'state.json'),
+         *_args(splits, out, '--epochs', '500', '--val-every', '0')],
+        capture_output=True, text=True, timeout=170)
+    assert ended.returncode == 130, ended.stdout + ended.stderr
+    assert 'Traceback' not in ended.stderr, ended.stderr
+    assert json.loads((out / 'summary.json').read_text())['interrupted'] is True
 
 
 def test_sigterm_to_the_process_group_stops_a_run_with_loader_workers(splits, tmp_path):
