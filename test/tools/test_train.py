@@ -741,6 +741,27 @@ def test_a_run_on_relative_paths_resumes_from_another_directory(splits, tmp_path
     assert (pinned.split, pinned.labels) == ('train', 'data/pseudo_labels/roadscene/labels')
 
 
+def _unlabelled_copy(splits, copy):
+    """Copy the split's RoadScene images, without labels, to ``copy`` (ir/, vi/)."""
+    for sub in ('ir', 'vi'):
+        (copy / sub).mkdir(parents=True)
+        for stem in splits['stems']:
+            for found in (ROADSCENE / sub).glob(f'{stem}.*'):
+                shutil.copy(found, copy / sub)
+
+
+def _train_here_resume_elsewhere(splits, args, tmp_path, monkeypatch):
+    """Train ``args`` on roadscene by name, resume from tmp_path/elsewhere: same set used."""
+    args[args.index('--data') + 1] = f'roadscene:{splits["train"]}'
+    del args[args.index('--val-data'):args.index('--val-data') + 2]  # the first one
+    assert train_tool.main(args) == 0
+    monkeypatch.chdir(tmp_path / 'elsewhere')
+    assert train_tool.main(['--resume', str(tmp_path / 'run'), '--epochs', '2']) == 0
+    provenance = read_checkpoint_config(tmp_path / 'run' / FINAL_NAME)['provenance']
+    assert provenance['data'][0]['path'] == str(ROADSCENE.resolve())
+    assert provenance['labelled_pairs'] == 3
+
+
 def test_a_run_on_a_shared_set_resumed_beside_a_folder_of_its_name_trains_on_the_same_set(
         splits, tmp_path, monkeypatch):
     """--data roadscene (a shared set) was saved as given, looked up in the working folder first.
@@ -754,22 +775,11 @@ def test_a_run_on_a_shared_set_resumed_beside_a_folder_of_its_name_trains_on_the
     (shared / 'roadscene').symlink_to(ROADSCENE)
     monkeypatch.setenv('TARFUSE_SHARED', str(tmp_path / 'shared'))
     copy = tmp_path / 'elsewhere' / 'roadscene'
-    for sub in ('ir', 'vi'):
-        (copy / sub).mkdir(parents=True)
-        for stem in splits['stems']:
-            for found in (ROADSCENE / sub).glob(f'{stem}.*'):
-                shutil.copy(found, copy / sub)
+    _unlabelled_copy(splits, copy)
     (tmp_path / 'here').mkdir()
     monkeypatch.chdir(tmp_path / 'here')
     args = _args(splits, tmp_path / 'run', '--epochs', '1', '--val-data', 'none')
-    args[args.index('--data') + 1] = f'roadscene:{splits["train"]}'
-    del args[args.index('--val-data'):args.index('--val-data') + 2]  # the first one
-    assert train_tool.main(args) == 0
-    monkeypatch.chdir(tmp_path / 'elsewhere')
-    assert train_tool.main(['--resume', str(tmp_path / 'run'), '--epochs', '2']) == 0
-    provenance = read_checkpoint_config(tmp_path / 'run' / FINAL_NAME)['provenance']
-    assert provenance['data'][0]['path'] == str(ROADSCENE.resolve())
-    assert provenance['labelled_pairs'] == 3
+    _train_here_resume_elsewhere(splits, args, tmp_path, monkeypatch)
 
 
 def test_a_run_with_a_relative_data_root_resumed_elsewhere_trains_on_the_same_set(
@@ -781,22 +791,11 @@ def test_a_run_with_a_relative_data_root_resumed_elsewhere_trains_on_the_same_se
     (tmp_path / 'here' / 'sets').mkdir(parents=True)
     (tmp_path / 'here' / 'sets' / 'roadscene').symlink_to(ROADSCENE)
     copy = tmp_path / 'elsewhere' / 'sets' / 'roadscene'
-    for sub in ('ir', 'vi'):
-        (copy / sub).mkdir(parents=True)
-        for stem in splits['stems']:
-            for found in (ROADSCENE / sub).glob(f'{stem}.*'):
-                shutil.copy(found, copy / sub)
+    _unlabelled_copy(splits, copy)
     monkeypatch.chdir(tmp_path / 'here')
     args = _args(splits, tmp_path / 'run', '--epochs', '1', '--val-data', 'none',
                  '--set', 'data.root=sets')
-    args[args.index('--data') + 1] = f'roadscene:{splits["train"]}'
-    del args[args.index('--val-data'):args.index('--val-data') + 2]  # the first one
-    assert train_tool.main(args) == 0
-    monkeypatch.chdir(tmp_path / 'elsewhere')
-    assert train_tool.main(['--resume', str(tmp_path / 'run'), '--epochs', '2']) == 0
-    provenance = read_checkpoint_config(tmp_path / 'run' / FINAL_NAME)['provenance']
-    assert provenance['data'][0]['path'] == str(ROADSCENE.resolve())
-    assert provenance['labelled_pairs'] == 3
+    _train_here_resume_elsewhere(splits, args, tmp_path, monkeypatch)
 
 
 def test_two_runs_started_at_once_into_one_folder_are_not_both_trained(splits, tmp_path):
