@@ -5,6 +5,7 @@ The images are the real RoadScene pairs shipped in ``samples/``; bags are read b
 another process.
 """
 
+from contextlib import contextmanager
 import json
 import os
 from pathlib import Path
@@ -1038,41 +1039,53 @@ def test_a_list_file_named_misaligned_is_read_where_the_set_has_no_fields(tmp_pa
     assert data.read_split(folder, 'misaligned') == ['FLIR_04229']
 
 
-@pytest.mark.dds
-def test_recording_stops_though_a_topic_repeats_an_answered_stamp(sample_bag, tmp_path):
-    # Found by a break test: with --clock, a use_sim_time node stamps its /diagnostics with the
-    # bag's last time again and again once the clock stops; each repeat counted as a new answer,
-    # so the recording went on for the whole --max-linger.
+@contextmanager
+def _publishing_diagnostics(name, message):
+    """Run an rclpy node ``name`` publishing ``message`` on /diagnostics every 0.05 s.
+
+    ``message`` None: the node runs and publishes nothing. It stops when the block ends.
+    """
     import rclpy
     from diagnostic_msgs.msg import DiagnosticArray
 
-    path, _summary = sample_bag
-    last = max(header_stamp_ns(raw) for _t, _b, raw, _m in _by_topic(path)[VI])
     context = rclpy.Context()
     rclpy.init(args=[], context=context)
-    node = rclpy.create_node('repeater', context=context)
+    node = rclpy.create_node(name, context=context)
     publisher = node.create_publisher(DiagnosticArray, '/diagnostics', 10)
     stop = threading.Event()
 
-    def repeat():
-        message = DiagnosticArray()
-        message.header.stamp.sec, message.header.stamp.nanosec = divmod(last, 10**9)
-        while not stop.is_set():
+    def publish():
+        while message is not None and not stop.is_set():
             publisher.publish(message)
             time.sleep(0.05)
 
-    thread = threading.Thread(target=repeat, daemon=True)
+    thread = threading.Thread(target=publish, daemon=True)
     thread.start()
     try:
-        start = time.monotonic()
-        stats = BagPlayer(path, rate=4.0, record=tmp_path / 'rec', start_delay=0.5,
-                          record_topics=['/diagnostics'], linger=0.5, max_linger=30.0).run()
-        elapsed = time.monotonic() - start
+        yield
     finally:
         stop.set()
         thread.join()
         node.destroy_node()
         rclpy.try_shutdown(context=context)
+
+
+@pytest.mark.dds
+def test_recording_stops_though_a_topic_repeats_an_answered_stamp(sample_bag, tmp_path):
+    # Found by a break test: with --clock, a use_sim_time node stamps its /diagnostics with the
+    # bag's last time again and again once the clock stops; each repeat counted as a new answer,
+    # so the recording went on for the whole --max-linger.
+    from diagnostic_msgs.msg import DiagnosticArray
+
+    path, _summary = sample_bag
+    last = max(header_stamp_ns(raw) for _t, _b, raw, _m in _by_topic(path)[VI])
+    message = DiagnosticArray()
+    message.header.stamp.sec, message.header.stamp.nanosec = divmod(last, 10**9)
+    with _publishing_diagnostics('repeater', message):
+        start = time.monotonic()
+        stats = BagPlayer(path, rate=4.0, record=tmp_path / 'rec', start_delay=0.5,
+                          record_topics=['/diagnostics'], linger=0.5, max_linger=30.0).run()
+        elapsed = time.monotonic() - start
     stamps = [stamp for topic, stamp, _wall in stats.received if topic == '/diagnostics']
     assert stamps.count(last) >= 2, 'the repeats were not recorded: the test proves nothing'
     assert elapsed < 15.0, f'recorded for {elapsed:.1f} s: the repeats kept it lingering'
@@ -1237,43 +1250,26 @@ def test_ctrl_c_before_anything_played_leaves_no_recorded_bag(sample_bag, tmp_pa
     /diagnostics recorded while the player waited), the bag of those was left behind and the
     same command was refused ('record bag ... exists already'), unlike after --wait-timeout.
     """
-    import rclpy
     from diagnostic_msgs.msg import DiagnosticArray
 
     path, _summary = sample_bag
     record = tmp_path / 'out_bag'
-    context = rclpy.Context()
-    rclpy.init(args=[], context=context)
-    node = rclpy.create_node('misnamed_node', context=context)
-    publisher = node.create_publisher(DiagnosticArray, '/diagnostics', 10)
-    stop = threading.Event()
-
-    def diagnose():
-        while node_running and not stop.is_set():
-            publisher.publish(DiagnosticArray())
-            time.sleep(0.05)
-
-    thread = threading.Thread(target=diagnose, daemon=True)
-    thread.start()
-    player = subprocess.Popen(
-        [sys.executable, '-m', 'tarfuse_ros.tools.play_bag', str(path), '--topics', VI,
-         '--remap', f'{VI}:=/nobody/listens', '--wait-for-subscribers', '1', '--record',
-         str(record), '--record-topics', '/diagnostics'],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.monotonic() + 30
-        while not record.exists() and time.monotonic() < deadline:  # recording, waiting
-            time.sleep(0.05)
-        time.sleep(1.5 if node_running else 0.5)  # its /diagnostics recorded meanwhile
-        player.send_signal(signal.SIGINT)
-        output, _ = player.communicate(timeout=30)
-    finally:
-        player.kill()
-        player.communicate()
-        stop.set()
-        thread.join()
-        node.destroy_node()
-        rclpy.try_shutdown(context=context)
+    with _publishing_diagnostics('misnamed_node', DiagnosticArray() if node_running else None):
+        player = subprocess.Popen(
+            [sys.executable, '-m', 'tarfuse_ros.tools.play_bag', str(path), '--topics', VI,
+             '--remap', f'{VI}:=/nobody/listens', '--wait-for-subscribers', '1', '--record',
+             str(record), '--record-topics', '/diagnostics'],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            deadline = time.monotonic() + 30
+            while not record.exists() and time.monotonic() < deadline:  # recording, waiting
+                time.sleep(0.05)
+            time.sleep(1.5 if node_running else 0.5)  # its /diagnostics recorded meanwhile
+            player.send_signal(signal.SIGINT)
+            output, _ = player.communicate(timeout=30)
+        finally:
+            player.kill()
+            player.communicate()
     assert player.returncode == 130 and 'Traceback' not in output, output
     assert 'published nothing (0 round(s), interrupted)' in output
     assert f'nothing recorded ({record} not written)' in output
