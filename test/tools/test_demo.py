@@ -110,15 +110,20 @@ def test_demo_runs_the_node_on_sample_pairs_and_summarises(weights, tmp_path, ca
 @pytest.mark.dds
 def test_the_ground_truth_beside_the_detections_is_that_of_the_pairs_with_detections(
         weights, tmp_path, capsys):
-    """Cameras faster than the model: the dropped pairs' boxes are not counted as missed."""
+    """Pairs the node does not fuse: their boxes are not counted as missed.
+
+    Cameras at 50 Hz under ``max_rate`` 1 Hz: the node runs the model on the first pair and
+    skips the other two by their stamps, on any machine (an overload of a 50 Hz stream, as
+    this test had before, dropped none on a machine that fuses 128x96 pairs in 20 ms).
+    """
     out = tmp_path / 'fast'
-    # 50 Hz: the second and third pairs arrive while the model is on the first; one is dropped.
     assert demo.main(['--out', str(out), '--weights', str(weights), '--max-pairs', '3',
                       '--loops', '1', '--rate', '50', '--size', '128x96', '--pngs', '3',
-                      '--param', 'cpu_threads:=1']) == 0, capsys.readouterr().err
+                      '--param', 'cpu_threads:=1', '--param', 'max_rate:=1.0']) == 0, \
+        capsys.readouterr().err
     summary = json.loads((out / 'summary.json').read_text())
-    assert summary['pairs_in'] == 3 and summary['dropped_by_node'] >= 1
-    assert 1 <= summary['detection_arrays'] == summary['pairs_out'] < 3
+    assert summary['pairs_in'] == 3 and summary['pairs_synchronised_by_node'] == 3
+    assert summary['detection_arrays'] == summary['pairs_out'] == 1
     # Each fused pair's PNG is named after its stem; their labels are the ground truth.
     fused = [name.split('_', 2)[2][:-len('.png')] for name in summary['fused_pngs']
              if not name.endswith('_detections.png')]
