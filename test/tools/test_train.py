@@ -27,6 +27,7 @@ from tarfuse_ros.training.datasets import pinned_sources, resolve_sources
 from tarfuse_ros.training.loop import CURVE_NAME, FINAL_NAME
 from tarfuse_ros.training.state import STATE_DIR
 import torch
+import yaml
 
 ROADSCENE = Path(__file__).resolve().parents[1] / 'data' / 'datasets' / 'roadscene'
 
@@ -626,6 +627,33 @@ def test_resume_after_a_kill_in_the_log_write(runs, tmp_path, capsys):
     assert capsys.readouterr().err == (
         f"tarfuse-train: error: training log '{out / logs.LOG_NAME}' line 2 is not a JSON "
         "record ('garbage'): repair or remove that line\n")
+
+
+def test_the_files_a_run_writes_are_replaced_whole_never_rewritten_in_place(
+        runs, splits, tmp_path):
+    """config.yaml, summary.json, the curves and the split lists were rewritten in place.
+
+    A run killed in such a write left the file truncated under its name (a config.yaml that
+    the user's next --config, or a summary.json that a script, then choked on). Each is now
+    written beside it and moved over it whole: the file is a new one (another inode), and a
+    killed writer's half-written temporary goes with the next run.
+    """
+    out = tmp_path / 'resumed'
+    shutil.copytree(runs['b'], out)
+    split_list, = (out / 'splits' / 'train').iterdir()
+    written = [out / 'config.yaml', out / 'summary.json', out / CURVE_NAME, split_list]
+    before = {path: path.stat().st_ino for path in written}
+    stale = [path.with_name(path.name + '.0123abcd.tmp') for path in written]
+    for path in stale:
+        path.write_text('half')
+    assert train_tool.main(['--resume', str(out), '--epochs', '3']) == 0
+    assert {path: path.stat().st_ino for path in written if path.stat().st_ino == before[path]
+            } == {}
+    assert [path for path in stale if path.exists()] == []
+    assert yaml.safe_load((out / 'config.yaml').read_text())['train']['epochs'] == 3
+    assert json.loads((out / 'summary.json').read_text())['epochs'] == 3
+    assert cv2.imread(str(out / CURVE_NAME)) is not None
+    assert split_list.read_text().split() == splits['stems']
 
 
 def test_resume_with_another_batch_size_stays_on_the_learning_rate_curve(runs, tmp_path):
