@@ -50,6 +50,7 @@ pairs (COCO). Speed: mean wall time of ``FusionEngine.infer`` per pair after one
 """
 
 from dataclasses import dataclass
+import fcntl
 import json
 import logging
 import os
@@ -60,8 +61,8 @@ import time
 
 import numpy as np
 from tarfuse_ros.core import data, metrics
-from tarfuse_ros.core.files import (claim_folder, output_problem, remove_stale_outputs,
-                                    remove_unclaimed, write_text_atomic)
+from tarfuse_ros.core.files import (output_problem, remove_stale_outputs, remove_unclaimed,
+                                    write_text_atomic)
 from tarfuse_ros.core.images import unit_plane
 from tarfuse_ros.core.runtime import torch_settings
 from tarfuse_ros.evaluation import inputs
@@ -354,7 +355,8 @@ def _evaluate(data_dir, weights, out_dir, options):
                 folder.rmdir()
         raise
     finally:
-        os.close(claim)
+        if claim is not None:
+            os.close(claim)
     write_text_atomic(out_dir / 'metrics.json', json.dumps(result, indent=2) + '\n')
     write_text_atomic(out_dir / 'report.md', report)
     return result
@@ -368,15 +370,15 @@ _NEW_FIGURES = '.figures.*.tmp'
 def _new_figures_folder(out_dir):
     """Create this run's temporary figures folder in ``out_dir``; return it and its claim.
 
-    The claim (:func:`~tarfuse_ros.core.files.claim_folder`) lasts until it is closed, or the
-    process ends: a folder of :data:`_NEW_FIGURES` that no one claims was left by a killed run.
-    The folder gets its name once claimed, so that another run never finds it unclaimed.
+    The claim (:func:`_claim_figures`) lasts until it is closed, or the process ends: a folder
+    of :data:`_NEW_FIGURES` that no one claims was left by a killed run. The folder gets its
+    name once claimed, so that another run never finds it unclaimed. The claim is None on a
+    file system without ``flock``.
     """
     unclaimed = Path(tempfile.mkdtemp(prefix='.figures.', suffix='.new', dir=out_dir))
-    claim = claim_folder(unclaimed)
+    claim = None
     try:
-        if claim is None:
-            raise OSError(f'cannot lock {unclaimed}')
+        claim = _claim_figures(unclaimed, os.open(unclaimed, os.O_RDONLY | os.O_DIRECTORY))
         folder = unclaimed.with_suffix('.tmp')
         unclaimed.rename(folder)
     except OSError:
@@ -385,6 +387,33 @@ def _new_figures_folder(out_dir):
         unclaimed.rmdir()
         raise
     return folder, claim
+
+
+def _claim_figures(folder, descriptor):
+    """Return ``descriptor`` (of ``folder``) once it holds an exclusive ``flock``, else None.
+
+    On a file system without ``flock`` (some network and overlay mounts) the descriptor is
+    closed and the run goes on unclaimed, with a warning: there no run can tell a killed run's
+    leftover folder from a running one's, so none is removed (:func:`remove_unclaimed` needs
+    the lock too) and the user removes them.
+
+    Raises:
+        OSError: another process holds the lock (the folder is another run's).
+
+    """
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(descriptor)
+        raise
+    except OSError as exc:
+        os.close(descriptor)
+        _LOG.warning('--out %s: its file system cannot lock files (flock: %s); the evaluation '
+                     'goes on without the lock, but folders %s that killed runs leave there '
+                     'are not removed: delete them when no evaluation runs into this --out',
+                     str(folder.parent), exc.strerror or exc, _NEW_FIGURES)
+        return None
+    return descriptor
 
 
 def _replace_figures(figures, new_figures):

@@ -5,7 +5,9 @@ its README), so these tests run on a fresh clone.
 """
 
 import json
+import logging
 import math
+import os
 from pathlib import Path
 
 import cv2
@@ -260,6 +262,31 @@ def test_a_killed_evaluations_figures_folder_goes_with_the_next_run(random_check
     assert main([*args[:-4], '--figures', '0', '--threads', '1']) == 0
     assert sorted(path.name for path in out.iterdir()) == [
         '.figures.mine', 'figures', 'metrics.json', 'report.md']
+
+
+def test_a_file_system_without_flock_is_evaluated_on_with_a_warning(tmp_path, caplog):
+    """Where flock fails (some network and overlay mounts), --out was refused.
+
+    The run's figures folder could not be claimed: 'error: --out ... cannot be created (None):
+    give a folder', a folder that was there and writable. It now goes on unclaimed and says
+    what that costs. A descriptor opened with O_PATH is one that flock refuses (EBADF), as
+    such a file system does; one that another evaluation holds stays refused.
+    """
+    from tarfuse_ros.evaluation import protocol
+    folder = tmp_path / '.figures.0123abcd.tmp'
+    folder.mkdir()
+    with caplog.at_level(logging.WARNING, logger='tarfuse-eval'):
+        assert protocol._claim_figures(folder, os.open(folder, os.O_PATH)) is None
+    assert (f'--out {tmp_path}: its file system cannot lock files (flock: Bad file descriptor); '
+            f'the evaluation goes on without the lock, but folders .figures.*.tmp that killed '
+            f'runs leave there are not removed: delete them when no evaluation runs into this '
+            f'--out') in caplog.text, caplog.text
+    claim = protocol._claim_figures(folder, os.open(folder, os.O_RDONLY | os.O_DIRECTORY))
+    try:
+        with pytest.raises(BlockingIOError):
+            protocol._claim_figures(folder, os.open(folder, os.O_RDONLY | os.O_DIRECTORY))
+    finally:
+        os.close(claim)
 
 
 def test_an_evaluation_never_replaces_a_report_or_metrics_it_did_not_write(
