@@ -49,6 +49,7 @@ Fusion and registration figures are means over pairs; detection is pooled over a
 pairs (COCO). Speed: mean wall time of ``FusionEngine.infer`` per pair after one warm-up call.
 """
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 import fcntl
 import json
@@ -56,10 +57,13 @@ import logging
 import os
 from pathlib import Path
 import shutil
+import signal
 import tempfile
+import threading
 import time
 
 import numpy as np
+from tarfuse_ros.console import install_handler
 from tarfuse_ros.core import data, metrics
 from tarfuse_ros.core.files import (output_problem, remove_stale_outputs, remove_unclaimed,
                                     write_text_atomic)
@@ -75,7 +79,7 @@ from tarfuse_ros.evaluation.report import render_report, REPORT_TITLE
 from tarfuse_ros.evaluation.scoring import fusion_scores, luma, registration_scores
 from tarfuse_ros.training.datasets import resolve_dataset_dir
 
-__all__ = ['Case', 'evaluate', 'make_case', 'prior_in_visible_frame']
+__all__ = ['Case', 'evaluate', 'InterruptedWhenComplete', 'make_case', 'prior_in_visible_frame']
 
 _LOG = logging.getLogger('tarfuse-eval')
 
@@ -316,7 +320,7 @@ def _evaluate(data_dir, weights, out_dir, options):
         where = f'{exc.filename}: ' if exc.filename and Path(exc.filename) != out_dir else ''
         raise ValueError(f'--out {str(out_dir)!r} cannot be created ({where}{exc.strerror}): '
                          f'give a folder') from None
-    iterator = stems
+    iterator, stops = stems, []
     if options.progress:
         from tqdm import tqdm
         iterator = tqdm(stems, desc='tarfuse-eval', unit='pair')
@@ -341,9 +345,15 @@ def _evaluate(data_dir, weights, out_dir, options):
         result['global_fine_passes'] = engine.fine_passes
         # Without the stage (the medical model) --fine-passes 0 acts on nothing (as reported).
         result['orientation_global_stage'] = bool(engine.scale_candidates)
-        # Whole or not at all: an interrupted run leaves no half-written file under these names.
         report = render_report(result)
-        _replace_figures(out_dir / 'figures', new_figures)
+        # All of this run's results or none of them: an interrupt while its figures were moved
+        # in left some of the earlier evaluation's figures, some of this one's, and the earlier
+        # metrics.json. It now waits until they are all in place (as does one while the files
+        # are written, each whole or not at all).
+        with _interrupts_held(stops):
+            _replace_figures(out_dir / 'figures', new_figures)
+            write_text_atomic(out_dir / 'metrics.json', json.dumps(result, indent=2) + '\n')
+            write_text_atomic(out_dir / 'report.md', report)
     except BaseException:
         # A pair refused (e.g. a --prior for another aspect ratio), an interrupt (also while
         # the results are gathered), figures that cannot be moved into figures/: drop this
@@ -357,9 +367,42 @@ def _evaluate(data_dir, weights, out_dir, options):
     finally:
         if claim is not None:
             os.close(claim)
-    write_text_atomic(out_dir / 'metrics.json', json.dumps(result, indent=2) + '\n')
-    write_text_atomic(out_dir / 'report.md', report)
+    if stops:
+        raise InterruptedWhenComplete(result)
     return result
+
+
+class InterruptedWhenComplete(KeyboardInterrupt):
+    """An interrupt (SIGINT, SIGTERM) that came while the complete results were put in place.
+
+    They were all put in place first: ``result`` is the metrics dict written.
+    """
+
+    def __init__(self, result):
+        super().__init__('interrupted once the results were complete')
+        self.result = result
+
+
+@contextmanager
+def _interrupts_held(stops):
+    """Hold SIGINT and SIGTERM back while the block runs; append those that came to ``stops``.
+
+    Only on the main thread (the only one that handles signals); a SIGINT that the process
+    ignores (a shell's background job) stays ignored.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def hold(signum, frame):
+        stops.append(signum)
+
+    previous = install_handler(hold, (signal.SIGINT, signal.SIGTERM))
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 # This run's figures folder until they are done, in --out: a run killed (SIGKILL, the machine

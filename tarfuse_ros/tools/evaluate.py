@@ -172,7 +172,14 @@ def _evaluate(args, weights):
     except DeviceUnavailableError as exc:
         print(f'tarfuse-eval: error: {exc}; use --device cpu', file=sys.stderr)
         return 2
-    except KeyboardInterrupt:  # Ctrl-C: one line, no traceback
+    except KeyboardInterrupt as stop:  # Ctrl-C: one line, no traceback
+        done = getattr(stop, 'result', None)  # protocol.InterruptedWhenComplete
+        if done is not None:  # while its results were put in place: they all were
+            print(summary_line(done))
+            print(f'tarfuse-eval: interrupted once the evaluation was complete: wrote '
+                  f'{Path(args.out) / "metrics.json"}, report.md and the figures',
+                  file=sys.stderr)
+            return 130
         print('tarfuse-eval: interrupted; the evaluation is incomplete: no metrics.json or '
               "report.md written (an earlier evaluation's results in --out are kept)",
               file=sys.stderr)

@@ -264,6 +264,51 @@ def test_a_killed_evaluations_figures_folder_goes_with_the_next_run(random_check
         '.figures.mine', 'figures', 'metrics.json', 'report.md']
 
 
+def test_an_interrupt_while_the_figures_move_in_leaves_all_of_one_evaluation(
+        random_checkpoint, tmp_path, capsys):
+    """SIGTERM while the new figures replaced the earlier ones left a mix of the two.
+
+    Some earlier figures were deleted, some new ones moved in, the rest dropped, beside the
+    earlier metrics.json. A real SIGTERM is sent as the second figure moves in: the results
+    are now all of the new evaluation (exit status 130, saying so).
+    """
+    import shutil
+    import signal
+    import sys
+    from tarfuse_ros.tools.evaluate import main
+    out = tmp_path / 'out'
+    args = ['--data', str(DATASETS / 'roadscene'), '--weights', str(random_checkpoint),
+            '--no-progress', '--max-pairs', '2', '--max-side', '96', '--threads', '1',
+            '--figures', '2', '--deform', 'synthetic', '--out', str(out)]
+    assert main([*args, '--seed', '1']) == 0
+    earlier = {path.name: path.read_bytes() for path in (out / 'figures').iterdir()}
+    assert len(earlier) == 4
+    moves = []
+
+    def stop_at_the_second_move(frame, event, arg):
+        if event == 'call' and frame.f_code is shutil.move.__code__:
+            moves.append(frame)
+            if len(moves) == 2:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    capsys.readouterr()
+    sys.setprofile(stop_at_the_second_move)
+    try:
+        status = main([*args, '--seed', '2'])
+    finally:
+        sys.setprofile(None)
+    err = capsys.readouterr().err
+    assert len(moves) == 4 and status == 130, err
+    assert ('tarfuse-eval: interrupted once the evaluation was complete: wrote '
+            f"{out / 'metrics.json'}, report.md and the figures") in err, err
+    after = {path.name: path.read_bytes() for path in (out / 'figures').iterdir()}
+    assert sorted(after) == sorted(earlier)
+    assert [name for name in after if after[name] == earlier[name]] == []
+    assert json.loads((out / 'metrics.json').read_text())['seed'] == 2
+    assert sorted(path.name for path in out.iterdir()) == ['figures', 'metrics.json',
+                                                           'report.md']
+
+
 def test_a_file_system_without_flock_is_evaluated_on_with_a_warning(tmp_path, caplog):
     """Where flock fails (some network and overlay mounts), --out was refused.
 
