@@ -23,6 +23,7 @@ import signal
 import sys
 import threading
 
+from tarfuse_ros.core.fine_passes import fine_passes_option
 from tarfuse_ros.core.runtime import DeviceUnavailableError
 from tarfuse_ros.evaluation.options import DEFORM_MODES, EvalOptions, STORED_IR_MODES
 
@@ -67,10 +68,11 @@ def build_parser():
                         help='run the network on frames shrunk so their longer side is at most '
                              "this many pixels, outputs brought back to the frame (the engines' "
                              "input_max_long_side; metrics at the pairs' size); 0: never")
-    parser.add_argument('--fine-passes', type=int, default=None, metavar='N',
+    parser.add_argument('--fine-passes', type=fine_passes_option, default=None, metavar='N',
                         help="fine passes of the model's global stage, 0-8 (the engines' "
-                             "fine_passes; default: the checkpoint's own; recorded in "
-                             'metrics.json and report.md), to measure what fewer passes cost')
+                             "fine_passes; -1 or left out: the checkpoint's own count; "
+                             'recorded in metrics.json and report.md), to measure what fewer '
+                             'passes cost')
     parser.add_argument('--labels', default=None,
                         help='label sub-folder (e.g. labels_vi), which must exist; default '
                              'labels/ where the set has it (else no detection metrics)')

@@ -673,9 +673,42 @@ def test_options_are_checked_before_anything_runs():
                          ({'iou': float('nan')}, '--iou must be'),
                          ({'fine_passes': 9}, '--fine-passes must be'),
                          ({'fine_passes': True}, '--fine-passes must be'),
-                         ({'fine_passes': -1}, '--fine-passes must be')):
+                         ({'fine_passes': -2}, '--fine-passes must be')):
         with pytest.raises(ValueError, match=message):
             EvalOptions(**bad)
+
+
+def test_fine_passes_minus_one_or_left_out_is_the_models_own_on_every_tool(tmp_path, capsys):
+    """--fine-passes 9 was refused with '(0: no fine pass; unset: the checkpoint's own)'.
+
+    'unset' where the user had typed a value, on tarfuse-fuse, tarfuse-eval and
+    tarfuse-export; -1, the node's registration.fine_passes for the model's own count, was
+    refused with the same words. -1 now asks for the model's own count, as no option does.
+    """
+    from tarfuse_ros.evaluation.options import EvalOptions
+    from tarfuse_ros.tools import evaluate, export, fuse
+    ir, vi = sorted((DATASETS / 'roadscene' / 'ir').iterdir())[0], \
+        sorted((DATASETS / 'roadscene' / 'vi').iterdir())[0]
+    tools = ((evaluate, ['--data', str(DATASETS / 'roadscene'), '--out', str(tmp_path / 'e')]),
+             (export, [str(_shipped_weights()), '--out', str(tmp_path / 'x.onnx')]),
+             (fuse, ['--ir', str(ir), '--visible', str(vi), '--out', str(tmp_path / 'f')]))
+    for tool, required in tools:
+        parser = tool.build_parser()
+        assert parser.parse_args(required).fine_passes is None
+        assert parser.parse_args([*required, '--fine-passes', '-1']).fine_passes is None
+        assert parser.parse_args([*required, '--fine-passes', '2']).fine_passes == 2
+        helped = ' '.join(parser.format_help().split())
+        assert '-1 or left out: the' in helped and 'unset' not in helped, helped
+        assert tool.main([*required, '--fine-passes', '9']) == 2
+        err = capsys.readouterr().err
+        assert ('--fine-passes must be an integer in [0, 8] (0: no fine pass; -1, as leaving '
+                "the option out: the model's own count), got 9") in err, err
+        with pytest.raises(SystemExit):
+            parser.parse_args([*required, '--fine-passes', 'all'])
+        assert ('argument --fine-passes: an integer in [0, 8] (0: no fine pass; -1, as leaving '
+                "the option out: the model's own count), got 'all'") in capsys.readouterr().err
+    assert EvalOptions(fine_passes=-1).fine_passes is None
+    assert not any(tmp_path.iterdir())
 
 
 @pytest.mark.parametrize('size, max_side, expected', [
