@@ -569,6 +569,35 @@ def test_evaluate_refuses_a_label_class_id_beyond_the_classes_before_any_pair(
         assert not out.exists()
 
 
+def test_evaluate_refuses_a_folder_where_a_label_file_or_class_list_would_be(
+        random_checkpoint, tmp_path, capsys):
+    """A folder named like a pair's label file (or classes.txt) was taken for no file.
+
+    The pair was scored as unlabelled, its boxes left out of mAP without a word (and a
+    classes.txt folder in the label folder: the ids read by the set's other list).
+    """
+    import shutil
+    from tarfuse_ros.tools.evaluate import main
+    roadscene = tmp_path / 'roadscene'
+    shutil.copytree(DATASETS / 'roadscene', roadscene)
+    stem = data.read_split(roadscene, 'test')[0]
+    labels = roadscene / 'labels'
+    args = ['--data', str(roadscene), '--weights', str(random_checkpoint), '--max-side', '96',
+            '--figures', '0', '--no-progress', '--threads', '1', '--out']
+    for path, what in ((labels / f'{stem}.txt', f"label file of pair '{stem}'"),
+                       (labels / 'classes.txt', 'class list (classes.txt)')):
+        path.unlink()
+        path.mkdir()
+        assert main([*args, str(tmp_path / 'never')]) == 2
+        assert capsys.readouterr().err == (
+            f"tarfuse-eval: error: '{path}' is a folder, where the {what} would be: make it "
+            f"that file, or move it out of '{labels}'\n")
+        path.rmdir()
+        assert not (tmp_path / 'never').exists()
+    (roadscene / 'classes.txt').write_text('person\nbicycle\ncar\n')
+    assert main([*args, str(tmp_path / 'out')]) == 0  # stem unlabelled: no label file at all
+
+
 # --- sets without an aligned IR (shipped weights) -----------------------------------------
 
 def test_evaluate_real_unregistered_pairs_skips_aligned_ir_metrics(tmp_path, capsys):

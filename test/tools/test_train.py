@@ -1077,7 +1077,12 @@ def test_the_same_command_runs_again_after_a_run_that_trained_nothing(splits, tm
      'expected 5 columns'),
     (lambda data, stem: (data / 'labels' / 'classes.txt').unlink(),
      'has boxes but no classes.txt names their class ids'),
-], ids=['malformed line', 'no classes.txt'])
+    # A folder named like the pair's label file: the pair was trained as unlabelled.
+    (lambda data, stem: ((data / 'labels' / f'{stem}.txt').unlink(),
+                         (data / 'labels' / f'{stem}.txt').mkdir()),
+     "'{data}/labels/{stem}.txt' is a folder, where the label file of pair '{stem}' would "
+     "be: make it that file, or move it out of '{data}/labels'"),
+], ids=['malformed line', 'no classes.txt', 'a folder as a label file'])
 def test_a_bad_label_file_fails_before_training(
         splits, tmp_path, capsys, break_labels, message):
     """Not when a loader worker reaches the pair in the first epoch, after the outputs began."""
@@ -1088,7 +1093,7 @@ def test_a_bad_label_file_fails_before_training(
     args[1] = f'{data}:{splits["train"]}'
     assert train_tool.main(args) == 2
     err = capsys.readouterr().err
-    assert message in err and 'Traceback' not in err
+    assert message.format(data=data, stem=splits['stems'][-2]) in err and 'Traceback' not in err
     assert not (tmp_path / 'run').exists()
 
 
