@@ -761,12 +761,41 @@ def test_a_run_on_relative_paths_resumes_from_another_directory(splits, tmp_path
     source, = state.read_state_meta(tmp_path / 'run' / STATE_DIR)['config']['data']['train']
     assert (source['path'], source['split']) == (str(own), str(tmp_path / 'work' / 'two.txt'))
     assert [r['epoch'] for r in _log(tmp_path / 'run')] == [1, 2]
-    # What the shipped config names by name (a shared set, the package's data/...) stays so.
+    # A split of the set stays as named; the package's data/... is pinned (the next test).
     given = [{'path': str(ROADSCENE), 'split': 'train',
               'labels': 'data/pseudo_labels/roadscene/labels'}]
     resolved = resolve_sources(given)
     pinned, = pinned_sources(given, resolved)
-    assert (pinned.split, pinned.labels) == ('train', 'data/pseudo_labels/roadscene/labels')
+    assert (pinned.split, pinned.labels) == (
+        'train', str(share_dir() / 'data' / 'pseudo_labels' / 'roadscene' / 'labels'))
+
+
+def test_a_run_on_the_packages_labels_resumed_beside_a_data_folder_keeps_its_labels(
+        splits, tmp_path, monkeypatch):
+    """The package's data/pseudo_labels/... (config/train.yaml's) was saved as given, relative.
+
+    A resume from a directory holding a data/pseudo_labels/... of its own (another checkout,
+    its labels empty here) trained on those labels, without a word: its pair unlabelled.
+    """
+    package_labels = 'data/pseudo_labels/roadscene/labels'
+    (tmp_path / 'here').mkdir()
+    (tmp_path / 'elsewhere' / package_labels).mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / 'here')
+    args = _args(splits, tmp_path / 'run', '--epochs', '1', '--val-data', 'none',
+                 '--set', f'data.train=[{{path: {ROADSCENE}, split: {splits["train"]}, '
+                          f'labels: {package_labels}}}]')
+    del args[args.index('--data'):args.index('--data') + 2]  # --data would replace data.train
+    del args[args.index('--val-data'):args.index('--val-data') + 2]  # the first one
+    assert train_tool.main(args) == 0
+    monkeypatch.chdir(tmp_path / 'elsewhere')
+    assert train_tool.main(['--resume', str(tmp_path / 'run'), '--epochs', '2']) == 0
+    provenance = read_checkpoint_config(tmp_path / 'run' / FINAL_NAME)['provenance']
+    # One of the four pairs has a pseudo-label (the other three, human labels elsewhere).
+    assert provenance['labelled_pairs'] == 1
+    used = str(share_dir() / package_labels)
+    assert provenance['data'][0]['labels_dir'] == used
+    saved, = yaml.safe_load((tmp_path / 'run' / 'config.yaml').read_text())['data']['train']
+    assert saved['labels'] == used
 
 
 def _unlabelled_copy(splits, copy):
