@@ -228,6 +228,10 @@ def evaluate(data_dir, weights, out_dir, options=None, **settings):
         ValueError: bad options, a data set not found, an output folder that cannot be made,
             nothing to evaluate, or pairs of a set evaluated as aligned whose IR and visible
             images differ in aspect ratio (:func:`~tarfuse_ros.core.data.check_aspect_ratios`).
+        InterruptedWhenComplete: a ``KeyboardInterrupt`` (SIGINT, SIGTERM on the main thread)
+            that came while the complete results were put in place: they all were first
+            (its ``result``). One that comes earlier leaves an earlier evaluation's as they
+            were.
 
     """
     options = options if options is not None else EvalOptions(**settings)
