@@ -598,6 +598,24 @@ def test_evaluate_refuses_a_folder_where_a_label_file_or_class_list_would_be(
     assert main([*args, str(tmp_path / 'out')]) == 0  # stem unlabelled: no label file at all
 
 
+def test_a_folder_given_as_the_split_is_named_as_a_folder(tmp_path, capsys):
+    """--split DIR (or a split name that is a folder of the set) said 'not found'.
+
+    The folder was there: the message now says it is a folder where a list file is expected.
+    """
+    from tarfuse_ros.tools.evaluate import main
+    roadscene = DATASETS / 'roadscene'
+    for split, folder in ((str(roadscene / 'labels'), roadscene / 'labels'),
+                          ('ir', roadscene / 'ir')):
+        assert main(['--data', str(roadscene), '--split', split, '--out',
+                     str(tmp_path / 'never')]) == 2
+        assert capsys.readouterr().err == (
+            f"tarfuse-eval: error: split '{split}': '{folder}' is a folder, not a list file: "
+            f"give a list file (one stem a line) or a split of '{roadscene}': det_labelled, "
+            'test, train, all, misaligned\n')
+    assert not (tmp_path / 'never').exists()
+
+
 # --- sets without an aligned IR (shipped weights) -----------------------------------------
 
 def test_evaluate_real_unregistered_pairs_skips_aligned_ir_metrics(tmp_path, capsys):
