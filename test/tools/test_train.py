@@ -880,6 +880,29 @@ def test_two_runs_started_at_once_into_one_folder_are_not_both_trained(splits, t
     assert state.read_state_meta(out / STATE_DIR)['epoch'] == 2
 
 
+def test_an_out_folder_that_cannot_be_locked_is_trained_into_with_a_warning(tmp_path, capsys):
+    """On a file system without flock the run went on unlocked without a word.
+
+    Nothing then kept a second run out of the folder (its log written twice, the state and
+    checkpoint the last run's), and the user was not told. A descriptor opened with O_PATH is
+    one that flock refuses (EBADF), as such a file system does; one another run holds stays
+    refused.
+    """
+    out = tmp_path / 'out'
+    out.mkdir()
+    assert train_tool._lock_out(out, os.open(out, os.O_PATH)) is None
+    assert capsys.readouterr().err == (
+        f"tarfuse-train: warning: --out '{out}': its file system cannot lock files (flock: Bad "
+        'file descriptor); the run goes on, but nothing keeps a second run out of this folder '
+        'meanwhile: start no other run into it\n')
+    claim = train_tool._lock_out(out, os.open(out, os.O_RDONLY | os.O_DIRECTORY))
+    try:
+        with pytest.raises(ValueError, match='is in use by another tarfuse-train run'):
+            train_tool._lock_out(out, os.open(out, os.O_RDONLY | os.O_DIRECTORY))
+    finally:
+        os.close(claim)
+
+
 def test_a_run_killed_outright_resumes_at_once_although_its_loader_workers_linger(
         splits, tmp_path):
     """A DataLoader worker outlives a SIGKILLed run by seconds; it held the run's --out lock.
