@@ -8,8 +8,10 @@ synthetic|dataset] [--stored-ir auto|aligned|unregistered] [--seed N] [--device 
 :mod:`tarfuse_ros.evaluation.protocol`'s. ``--teacher`` (repeatable) adds a COCO teacher's own
 detection accuracy on the same images as reference rows (needs onnxruntime and labelled pairs:
 refused, exit status 2, where no evaluated pair has a label file). ``--labels DIR``
-names the label sub-folder, which must exist (exit status 2 otherwise); without it ``labels/``
-is used where the set has one, and a set without labels gets no detection metrics. The label
+names the label sub-folder, which must exist and hold label files (exit status 2 otherwise:
+an image folder named by mistake gave no detection metrics, without a word); without it
+``labels/`` is used where the set has one, and a set without labels gets no detection metrics.
+The label
 folder's own ``classes.txt`` names its class ids, else the set's ``classes.txt``. A set
 evaluated as aligned (``--stored-ir aligned``, or ``auto`` on a set without ``landmarks/``)
 whose pairs include an IR image of another aspect ratio than its visible image is refused
@@ -74,8 +76,9 @@ def build_parser():
                              'recorded in metrics.json and report.md), to measure what fewer '
                              'passes cost')
     parser.add_argument('--labels', default=None,
-                        help='label sub-folder (e.g. labels_vi), which must exist; default '
-                             'labels/ where the set has it (else no detection metrics)')
+                        help='label sub-folder (e.g. labels_vi), which must exist and hold '
+                             'label files; default labels/ where the set has it (else no '
+                             'detection metrics)')
     parser.add_argument('--figures', type=int, default=8, help='pairs that get figures')
     parser.add_argument('--conf', type=float, default=0.001, help='NMS confidence threshold')
     parser.add_argument('--iou', type=float, default=0.6, help='NMS IoU threshold')
@@ -115,13 +118,22 @@ def summary_line(result):
 
 
 def _check_labels(data_arg, labels):
-    """Raise ``ValueError`` when the label folder that ``--labels`` names is not a folder."""
+    """Raise ``ValueError`` unless ``--labels`` names a folder that holds label files."""
     from tarfuse_ros.training.datasets import resolve_dataset_dir
     folder = resolve_dataset_dir(data_arg) / labels
     if not folder.is_dir():
         state = 'is not a folder' if folder.exists() else 'does not exist'
         raise ValueError(f'--labels {labels!r}: {str(folder)!r} {state}; name a label folder of '
                          f'the data set (e.g. labels_vi) or leave --labels out')
+    # A folder without a label file (the set's ir/, say) gave no detection metrics, exit 0.
+    entries = [path for path in folder.iterdir() if path.name != 'classes.txt']
+    if not any(path.suffix == '.txt' for path in entries):
+        from tarfuse_ros.core.layout import IMAGE_EXTENSIONS
+        images = sum(path.suffix.lower() in IMAGE_EXTENSIONS for path in entries)
+        held = f'{images} images and no' if images else 'no'
+        raise ValueError(f'--labels {labels!r}: {str(folder)!r} holds {held} label file '
+                         f'(<stem>.txt); name a label folder of the data set (e.g. labels_vi) '
+                         f'or leave --labels out')
 
 
 def main(argv=None):

@@ -541,6 +541,33 @@ def test_evaluate_refuses_a_missing_labels_folder(random_checkpoint, tmp_path, c
         assert not out.exists()
 
 
+def test_evaluate_refuses_a_labels_folder_without_label_files(
+        random_checkpoint, tmp_path, capsys):
+    """--labels ir (an image folder of the set) or an empty folder: no detection metrics, exit 0.
+
+    The evaluation ran and said nothing of the labels it had been asked to score against.
+    """
+    import shutil
+    from tarfuse_ros.tools.evaluate import main
+    roadscene = tmp_path / 'roadscene'
+    shutil.copytree(DATASETS / 'roadscene', roadscene)
+    (roadscene / 'labels_empty').mkdir()
+    (roadscene / 'labels_empty' / 'classes.txt').write_text('person\n')
+    out = tmp_path / 'eval'
+    for labels, held in (('ir', f"{len(list((roadscene / 'ir').iterdir()))} images and no"),
+                         ('labels_empty', 'no')):
+        code = main(['--data', str(roadscene), '--labels', labels, '--weights',
+                     str(random_checkpoint), '--out', str(out), '--max-pairs', '1',
+                     '--max-side', '96', '--figures', '0', '--no-progress', '--threads', '1'])
+        captured = capsys.readouterr()
+        assert code == 2, captured.err
+        assert captured.err == (
+            f"tarfuse-eval: error: --labels '{labels}': '{roadscene / labels}' holds {held} label "
+            'file (<stem>.txt); name a label folder of the data set (e.g. labels_vi) or leave '
+            '--labels out\n')
+        assert not out.exists()
+
+
 def test_evaluate_refuses_a_label_class_id_beyond_the_classes_before_any_pair(
         random_checkpoint, tmp_path, capsys):
     # A class id that classes.txt (without one: the model) does not name was an IndexError
