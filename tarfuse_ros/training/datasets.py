@@ -124,6 +124,14 @@ def resolve_sources(sources, root=None):
             raise ValueError(f'data source {str(folder)!r} split {source.split!r}: labels '
                              f'folder {source.labels!r} not found in {str(folder)!r}, the '
                              f'working directory or the package')
+        if source.labels != DEFAULT_LABELS and not any(
+                path.suffix == '.txt' and path.name != 'classes.txt'
+                for path in (folder / labels).iterdir()):
+            # A folder named by mistake (the set's ir/): every pair trained as unlabelled.
+            raise ValueError(f'data source {str(folder)!r} split {source.split!r}: labels '
+                             f'folder {source.labels!r} ({str(folder / labels)!r}) holds no '
+                             f'label file (<stem>.txt): name the folder of its label files, or '
+                             f'leave labels out')
         source = DataSource(folder, split, source.exclude, str(labels))
         # A stem listed twice would be trained (or validated) twice per epoch, unnoticed.
         listed = read_split(folder, split, unique=True)

@@ -722,6 +722,15 @@ def test_class_names_and_label_folders_that_match_nothing_are_refused(splits, tm
     del args[args.index('--data'):args.index('--data') + 2]  # --data would replace data.train
     assert train_tool.main(args) == 2
     assert "labels folder 'label' not found" in capsys.readouterr().err
+    # A folder without label files (the set's images, named by mistake): every pair was
+    # trained as unlabelled, without a word.
+    args[args.index(folder[1])] = folder[1].replace('labels: label}', 'labels: ir}')
+    assert train_tool.main(args) == 2
+    assert capsys.readouterr().err == (
+        f"tarfuse-train: error: data source '{ROADSCENE}' split '{splits['train']}': labels "
+        f"folder 'ir' ('{ROADSCENE / 'ir'}') holds no label file (<stem>.txt): name the folder "
+        'of its label files, or leave labels out\n')
+    assert not (tmp_path / 'c2').exists()
 
 
 def test_relative_list_files_and_label_folders_are_found_from_any_directory(
