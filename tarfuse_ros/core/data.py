@@ -173,9 +173,25 @@ def read_classes(dataset_dir, labels_dir='labels'):
     path = Path(dataset_dir)
     for candidate in (path / labels_dir / 'classes.txt', path / 'classes.txt',
                       path / 'labels' / 'classes.txt'):
+        _refuse_non_file(candidate, 'class list (classes.txt)')
         if candidate.is_file():
             return [line.strip() for line in read_text_lines(candidate) if line.strip()]
     return None
+
+
+def _refuse_non_file(path, what):
+    """Raise ``ValueError`` naming ``path`` where it is there but is no file (a folder).
+
+    Such a path where a data set's ``what`` (a label file, ``classes.txt``) would be was taken
+    for none, without a word: its pair counted as unlabelled (its boxes lost), or the class
+    ids read by another list.
+    """
+    if path.is_file() or not os.path.lexists(path):
+        return
+    kind = ('a link to nothing' if not path.exists() else 'a folder' if path.is_dir()
+            else 'no regular file')
+    raise ValueError(f'{str(path)!r} is {kind}, where the {what} would be: make it that '
+                     f'file, or move it out of {str(path.parent)!r}')
 
 
 def label_file(dataset_dir, stem, labels_dir='labels'):
@@ -206,6 +222,7 @@ def load_labels(dataset_dir, stem, labels_dir='labels', classes=None):
 
     """
     path = label_file(dataset_dir, stem, labels_dir)
+    _refuse_non_file(path, f'label file of pair {stem!r}')
     if not path.is_file():
         return None
     rows = []

@@ -132,7 +132,7 @@ def set_fine_passes(model, passes):
                  f'global_stage {config.global_stage}, global_features '
                  f'{config.global_features!r}')
         raise NoFineStageError(f'{passes} fine passes asked for, but this checkpoint has no '
-                               f"fine stage ({stage}): only 0 or the checkpoint's own (unset) "
+                               f"fine stage ({stage}): only 0 or the checkpoint's own count "
                                f'apply')
     if passes == 0:
         model.config = replace(config, global_fine_cell=0, global_fine_check=False)

@@ -163,6 +163,13 @@ def read_split(dataset_dir, split='all', unique=False, ir_dir='ir', vi_dir='vi')
     # Then a file of the working directory named without a folder or .txt (stems.lst).
     candidates += [path / split_str, path / f'{split_str}.txt', Path(split_str)]
     list_file = next((c for c in candidates if c.is_file()), None)
+    # A path, or a folder of the set (a bare name in the working directory is no split's:
+    # run from this repository, --split test would name its test/ folder).
+    folder = next((c for c in candidates[:-1] if c.is_dir()), None)
+    if list_file is None and folder is not None:  # said to be 'not found'
+        raise ValueError(f'split {split_str!r}: {str(folder)!r} is a folder, not a list file: '
+                         f'give a list file (one stem a line) or a split of '
+                         f'{str(path)!r}: {", ".join(list_split_names(path))}')
     if list_file is None and split == 'misaligned':  # not an empty split: none to read
         raise ValueError(
             f"split 'misaligned' not found in {str(path)!r}: it needs {MISALIGNED_DIR}/"

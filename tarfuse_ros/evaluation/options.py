@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass
 
-from tarfuse_ros.core.fine_passes import check_fine_passes
+from tarfuse_ros.core.fine_passes import check_fine_passes, OPTION_OWN
 from tarfuse_ros.core.sizes import check_input_max_long_side
 
 __all__ = ['DEFORM_MODES', 'EvalOptions', 'STORED_IR_MODES']
@@ -41,7 +41,7 @@ class EvalOptions:
         input_max_long_side: the engines' ``input_max_long_side`` (the network runs frames
             shrunk to this longer side; metrics stay at the pairs' size); 0: never.
         fine_passes: the engines' ``fine_passes``: how many fine passes the global stage runs
-            (0: none; None: the checkpoint's own), to measure what fewer passes cost.
+            (0: none; None or -1: the checkpoint's own), to measure what fewer passes cost.
 
     Raises:
         ValueError: a value out of range, naming the command-line option.
@@ -80,7 +80,9 @@ class EvalOptions:
             if not 0.0 <= float(value) <= 1.0:  # NaN too; checked before the model loads
                 raise ValueError(f'{name} must be a number in [0, 1], got {value}')
         check_input_max_long_side(self.input_max_long_side, '--input-max-long-side')
-        check_fine_passes(self.fine_passes, '--fine-passes')
+        if self.fine_passes == -1 and not isinstance(self.fine_passes, bool):
+            object.__setattr__(self, 'fine_passes', None)  # as the tool's -1: the model's own
+        check_fine_passes(self.fine_passes, '--fine-passes', OPTION_OWN)
         if int(self.figures) < 0:
             raise ValueError(f'--figures must be >= 0, got {self.figures}')
         if self.threads is not None and int(self.threads) < 1:

@@ -49,19 +49,24 @@ Fusion and registration figures are means over pairs; detection is pooled over a
 pairs (COCO). Speed: mean wall time of ``FusionEngine.infer`` per pair after one warm-up call.
 """
 
+from contextlib import contextmanager
 from dataclasses import dataclass
+import fcntl
 import json
 import logging
 import os
 from pathlib import Path
 import shutil
+import signal
 import tempfile
+import threading
 import time
 
 import numpy as np
+from tarfuse_ros.console import install_handler
 from tarfuse_ros.core import data, metrics
-from tarfuse_ros.core.files import (claim_folder, output_problem, remove_stale_outputs,
-                                    remove_unclaimed, write_text_atomic)
+from tarfuse_ros.core.files import (output_problem, remove_stale_outputs, remove_unclaimed,
+                                    write_text_atomic)
 from tarfuse_ros.core.images import unit_plane
 from tarfuse_ros.core.runtime import torch_settings
 from tarfuse_ros.evaluation import inputs
@@ -74,7 +79,7 @@ from tarfuse_ros.evaluation.report import render_report, REPORT_TITLE
 from tarfuse_ros.evaluation.scoring import fusion_scores, luma, registration_scores
 from tarfuse_ros.training.datasets import resolve_dataset_dir
 
-__all__ = ['Case', 'evaluate', 'make_case', 'prior_in_visible_frame']
+__all__ = ['Case', 'evaluate', 'InterruptedWhenComplete', 'make_case', 'prior_in_visible_frame']
 
 _LOG = logging.getLogger('tarfuse-eval')
 
@@ -223,6 +228,10 @@ def evaluate(data_dir, weights, out_dir, options=None, **settings):
         ValueError: bad options, a data set not found, an output folder that cannot be made,
             nothing to evaluate, or pairs of a set evaluated as aligned whose IR and visible
             images differ in aspect ratio (:func:`~tarfuse_ros.core.data.check_aspect_ratios`).
+        InterruptedWhenComplete: a ``KeyboardInterrupt`` (SIGINT, SIGTERM on the main thread)
+            that came while the complete results were put in place: they all were first
+            (its ``result``). One that comes earlier leaves an earlier evaluation's as they
+            were.
 
     """
     options = options if options is not None else EvalOptions(**settings)
@@ -315,7 +324,7 @@ def _evaluate(data_dir, weights, out_dir, options):
         where = f'{exc.filename}: ' if exc.filename and Path(exc.filename) != out_dir else ''
         raise ValueError(f'--out {str(out_dir)!r} cannot be created ({where}{exc.strerror}): '
                          f'give a folder') from None
-    iterator = stems
+    iterator, stops = stems, []
     if options.progress:
         from tqdm import tqdm
         iterator = tqdm(stems, desc='tarfuse-eval', unit='pair')
@@ -340,9 +349,15 @@ def _evaluate(data_dir, weights, out_dir, options):
         result['global_fine_passes'] = engine.fine_passes
         # Without the stage (the medical model) --fine-passes 0 acts on nothing (as reported).
         result['orientation_global_stage'] = bool(engine.scale_candidates)
-        # Whole or not at all: an interrupted run leaves no half-written file under these names.
         report = render_report(result)
-        _replace_figures(out_dir / 'figures', new_figures)
+        # All of this run's results or none of them: an interrupt while its figures were moved
+        # in left some of the earlier evaluation's figures, some of this one's, and the earlier
+        # metrics.json. It now waits until they are all in place (as does one while the files
+        # are written, each whole or not at all).
+        with _interrupts_held(stops):
+            _replace_figures(out_dir / 'figures', new_figures)
+            write_text_atomic(out_dir / 'metrics.json', json.dumps(result, indent=2) + '\n')
+            write_text_atomic(out_dir / 'report.md', report)
     except BaseException:
         # A pair refused (e.g. a --prior for another aspect ratio), an interrupt (also while
         # the results are gathered), figures that cannot be moved into figures/: drop this
@@ -354,10 +369,44 @@ def _evaluate(data_dir, weights, out_dir, options):
                 folder.rmdir()
         raise
     finally:
-        os.close(claim)
-    write_text_atomic(out_dir / 'metrics.json', json.dumps(result, indent=2) + '\n')
-    write_text_atomic(out_dir / 'report.md', report)
+        if claim is not None:
+            os.close(claim)
+    if stops:
+        raise InterruptedWhenComplete(result)
     return result
+
+
+class InterruptedWhenComplete(KeyboardInterrupt):
+    """An interrupt (SIGINT, SIGTERM) that came while the complete results were put in place.
+
+    They were all put in place first: ``result`` is the metrics dict written.
+    """
+
+    def __init__(self, result):
+        super().__init__('interrupted once the results were complete')
+        self.result = result
+
+
+@contextmanager
+def _interrupts_held(stops):
+    """Hold SIGINT and SIGTERM back while the block runs; append those that came to ``stops``.
+
+    Only on the main thread (the only one that handles signals); a SIGINT that the process
+    ignores (a shell's background job) stays ignored.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def hold(signum, frame):
+        stops.append(signum)
+
+    previous = install_handler(hold, (signal.SIGINT, signal.SIGTERM))
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 # This run's figures folder until they are done, in --out: a run killed (SIGKILL, the machine
@@ -368,15 +417,15 @@ _NEW_FIGURES = '.figures.*.tmp'
 def _new_figures_folder(out_dir):
     """Create this run's temporary figures folder in ``out_dir``; return it and its claim.
 
-    The claim (:func:`~tarfuse_ros.core.files.claim_folder`) lasts until it is closed, or the
-    process ends: a folder of :data:`_NEW_FIGURES` that no one claims was left by a killed run.
-    The folder gets its name once claimed, so that another run never finds it unclaimed.
+    The claim (:func:`_claim_figures`) lasts until it is closed, or the process ends: a folder
+    of :data:`_NEW_FIGURES` that no one claims was left by a killed run. The folder gets its
+    name once claimed, so that another run never finds it unclaimed. The claim is None on a
+    file system without ``flock``.
     """
     unclaimed = Path(tempfile.mkdtemp(prefix='.figures.', suffix='.new', dir=out_dir))
-    claim = claim_folder(unclaimed)
+    claim = None
     try:
-        if claim is None:
-            raise OSError(f'cannot lock {unclaimed}')
+        claim = _claim_figures(unclaimed, os.open(unclaimed, os.O_RDONLY | os.O_DIRECTORY))
         folder = unclaimed.with_suffix('.tmp')
         unclaimed.rename(folder)
     except OSError:
@@ -385,6 +434,33 @@ def _new_figures_folder(out_dir):
         unclaimed.rmdir()
         raise
     return folder, claim
+
+
+def _claim_figures(folder, descriptor):
+    """Return ``descriptor`` (of ``folder``) once it holds an exclusive ``flock``, else None.
+
+    On a file system without ``flock`` (some network and overlay mounts) the descriptor is
+    closed and the run goes on unclaimed, with a warning: there no run can tell a killed run's
+    leftover folder from a running one's, so none is removed (:func:`remove_unclaimed` needs
+    the lock too) and the user removes them.
+
+    Raises:
+        OSError: another process holds the lock (the folder is another run's).
+
+    """
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(descriptor)
+        raise
+    except OSError as exc:
+        os.close(descriptor)
+        _LOG.warning('--out %s: its file system cannot lock files (flock: %s); the evaluation '
+                     'goes on without the lock, but folders %s that killed runs leave there '
+                     'are not removed: delete them when no evaluation runs into this --out',
+                     str(folder.parent), exc.strerror or exc, _NEW_FIGURES)
+        return None
+    return descriptor
 
 
 def _replace_figures(figures, new_figures):

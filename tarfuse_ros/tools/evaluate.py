@@ -8,8 +8,10 @@ synthetic|dataset] [--stored-ir auto|aligned|unregistered] [--seed N] [--device 
 :mod:`tarfuse_ros.evaluation.protocol`'s. ``--teacher`` (repeatable) adds a COCO teacher's own
 detection accuracy on the same images as reference rows (needs onnxruntime and labelled pairs:
 refused, exit status 2, where no evaluated pair has a label file). ``--labels DIR``
-names the label sub-folder, which must exist (exit status 2 otherwise); without it ``labels/``
-is used where the set has one, and a set without labels gets no detection metrics. The label
+names the label sub-folder, which must exist and hold label files (exit status 2 otherwise:
+an image folder named by mistake gave no detection metrics, without a word); without it
+``labels/`` is used where the set has one, and a set without labels gets no detection metrics.
+The label
 folder's own ``classes.txt`` names its class ids, else the set's ``classes.txt``. A set
 evaluated as aligned (``--stored-ir aligned``, or ``auto`` on a set without ``landmarks/``)
 whose pairs include an IR image of another aspect ratio than its visible image is refused
@@ -23,6 +25,7 @@ import signal
 import sys
 import threading
 
+from tarfuse_ros.core.fine_passes import fine_passes_option
 from tarfuse_ros.core.runtime import DeviceUnavailableError
 from tarfuse_ros.evaluation.options import DEFORM_MODES, EvalOptions, STORED_IR_MODES
 
@@ -67,13 +70,15 @@ def build_parser():
                         help='run the network on frames shrunk so their longer side is at most '
                              "this many pixels, outputs brought back to the frame (the engines' "
                              "input_max_long_side; metrics at the pairs' size); 0: never")
-    parser.add_argument('--fine-passes', type=int, default=None, metavar='N',
+    parser.add_argument('--fine-passes', type=fine_passes_option, default=None, metavar='N',
                         help="fine passes of the model's global stage, 0-8 (the engines' "
-                             "fine_passes; default: the checkpoint's own; recorded in "
-                             'metrics.json and report.md), to measure what fewer passes cost')
+                             "fine_passes; -1 or left out: the checkpoint's own count; "
+                             'recorded in metrics.json and report.md), to measure what fewer '
+                             'passes cost')
     parser.add_argument('--labels', default=None,
-                        help='label sub-folder (e.g. labels_vi), which must exist; default '
-                             'labels/ where the set has it (else no detection metrics)')
+                        help='label sub-folder (e.g. labels_vi), which must exist and hold '
+                             'label files; default labels/ where the set has it (else no '
+                             'detection metrics)')
     parser.add_argument('--figures', type=int, default=8, help='pairs that get figures')
     parser.add_argument('--conf', type=float, default=0.001, help='NMS confidence threshold')
     parser.add_argument('--iou', type=float, default=0.6, help='NMS IoU threshold')
@@ -113,13 +118,22 @@ def summary_line(result):
 
 
 def _check_labels(data_arg, labels):
-    """Raise ``ValueError`` when the label folder that ``--labels`` names is not a folder."""
+    """Raise ``ValueError`` unless ``--labels`` names a folder that holds label files."""
     from tarfuse_ros.training.datasets import resolve_dataset_dir
     folder = resolve_dataset_dir(data_arg) / labels
     if not folder.is_dir():
         state = 'is not a folder' if folder.exists() else 'does not exist'
         raise ValueError(f'--labels {labels!r}: {str(folder)!r} {state}; name a label folder of '
                          f'the data set (e.g. labels_vi) or leave --labels out')
+    # A folder without a label file (the set's ir/, say) gave no detection metrics, exit 0.
+    entries = [path for path in folder.iterdir() if path.name != 'classes.txt']
+    if not any(path.suffix == '.txt' for path in entries):
+        from tarfuse_ros.core.layout import IMAGE_EXTENSIONS
+        images = sum(path.suffix.lower() in IMAGE_EXTENSIONS for path in entries)
+        held = f'{images} images and no' if images else 'no'
+        raise ValueError(f'--labels {labels!r}: {str(folder)!r} holds {held} label file '
+                         f'(<stem>.txt); name a label folder of the data set (e.g. labels_vi) '
+                         f'or leave --labels out')
 
 
 def main(argv=None):
@@ -172,7 +186,14 @@ def _evaluate(args, weights):
     except DeviceUnavailableError as exc:
         print(f'tarfuse-eval: error: {exc}; use --device cpu', file=sys.stderr)
         return 2
-    except KeyboardInterrupt:  # Ctrl-C: one line, no traceback
+    except KeyboardInterrupt as stop:  # Ctrl-C: one line, no traceback
+        done = getattr(stop, 'result', None)  # protocol.InterruptedWhenComplete
+        if done is not None:  # while its results were put in place: they all were
+            print(summary_line(done))
+            print(f'tarfuse-eval: interrupted once the evaluation was complete: wrote '
+                  f'{Path(args.out) / "metrics.json"}, report.md and the figures',
+                  file=sys.stderr)
+            return 130
         print('tarfuse-eval: interrupted; the evaluation is incomplete: no metrics.json or '
               "report.md written (an earlier evaluation's results in --out are kept)",
               file=sys.stderr)

@@ -16,7 +16,7 @@ from pathlib import Path
 import shlex
 import sys
 
-from tarfuse_ros.core.fine_passes import check_fine_passes
+from tarfuse_ros.core.fine_passes import check_fine_passes, fine_passes_option, OPTION_OWN
 from tarfuse_ros.core.onnx_output import check_onnx_output
 
 PROG = 'tarfuse-export'
@@ -41,9 +41,9 @@ def build_parser():
     parser.add_argument('--no-scale-search', action='store_true',
                         help='the global stage fits the 1.0 IR / visible scale only (rigs with '
                              'matching fields of view): a graph less than half the size')
-    parser.add_argument('--fine-passes', type=int, default=None, metavar='N',
-                        help='fine passes of the global stage in the graph, 0-8 (0: none; '
-                             "default: the checkpoint's own), as the node's "
+    parser.add_argument('--fine-passes', type=fine_passes_option, default=None, metavar='N',
+                        help='fine passes of the global stage in the graph, 0-8 (0: none; -1 '
+                             "or left out: the checkpoint's own count), as the node's "
                              'registration.fine_passes with backend torch')
     parser.add_argument('--threads', type=int, default=None,
                         help='CPU threads for tracing and the check (default: torch default)')
@@ -57,7 +57,7 @@ def main(argv=None):
         print(f'{PROG}: error: --threads must be >= 1, got {args.threads}', file=sys.stderr)
         return 2
     try:  # checked now, before torch: the export takes minutes
-        check_fine_passes(args.fine_passes, '--fine-passes')
+        check_fine_passes(args.fine_passes, '--fine-passes', OPTION_OWN)
         check_onnx_output(args.out, args.weights, '--out')
     except ValueError as exc:
         print(f'{PROG}: error: {exc}', file=sys.stderr)

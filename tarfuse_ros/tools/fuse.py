@@ -82,7 +82,7 @@ import time
 import cv2
 import numpy as np
 from tarfuse_ros.core.files import is_truncated_jpeg_data
-from tarfuse_ros.core.fine_passes import check_fine_passes
+from tarfuse_ros.core.fine_passes import check_fine_passes, fine_passes_option, OPTION_OWN
 from tarfuse_ros.core.global_stream import check_stream_settings, OPTIONS, StreamSettingError
 from tarfuse_ros.core.sizes import PORTRAIT_ADVICE, portrait_beside_landscape
 from tqdm import tqdm
@@ -752,9 +752,9 @@ def build_parser():
     parser.add_argument('--no-scale-search', dest='scale_search', action='store_false',
                         help='fit the 1.0 IR / visible scale only in the global stage (about '
                              'half the CPU time; for cameras of the same field of view)')
-    parser.add_argument('--fine-passes', type=int, default=None, metavar='N',
-                        help="fine passes of the global stage, 0-8 (default: the model's own, "
-                             '4 in the shipped one; fewer are faster, README '
+    parser.add_argument('--fine-passes', type=fine_passes_option, default=None, metavar='N',
+                        help="fine passes of the global stage, 0-8 (-1 or left out: the model's "
+                             'own count, 4 in the shipped one; fewer are faster, README '
                              '"registration.fine_passes"; 0: none)')
     parser.add_argument('--global-every', type=int, default=1, metavar='N',
                         help='one rigid rig: once --global-window fits are held, fit the global '
@@ -860,7 +860,7 @@ def main(argv=None):
         except ValueError as exc:
             raise UsageError(str(exc)) from None
         try:
-            check_fine_passes(args.fine_passes, '--fine-passes')
+            check_fine_passes(args.fine_passes, '--fine-passes', OPTION_OWN)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
         if not math.isfinite(args.ir_offset_ms):

@@ -373,7 +373,7 @@ def _claim_out(out):
     Two runs started at once into one ``--out`` both passed its checks (nothing there yet),
     then wrote one log (each epoch twice) and replaced each other's state and checkpoint. The
     lock (``flock``) goes with the process, however it ends. On a file system without
-    ``flock`` the run goes on unlocked (descriptor None).
+    ``flock`` the run goes on unlocked (descriptor None), with a warning (:func:`_lock_out`).
 
     Raises:
         ValueError: another running process holds ``out``.
@@ -381,18 +381,35 @@ def _claim_out(out):
     """
     created = [folder for folder in (out, *out.parents) if not folder.exists()][::-1]
     out.mkdir(parents=True, exist_ok=True)
-    claim = os.open(out, os.O_RDONLY | os.O_DIRECTORY)
+    claim = _lock_out(out, os.open(out, os.O_RDONLY | os.O_DIRECTORY))
+    if claim is not None:
+        _OUT_CLAIMS.append(claim)
+    return claim, created
+
+
+def _lock_out(out, claim):
+    """Return ``claim`` (a descriptor of ``out``) once it holds an exclusive ``flock``.
+
+    None (``claim`` closed) where the file system has no ``flock`` (some network and overlay
+    mounts): the run goes on, saying that a second run into ``out`` is not kept out.
+
+    Raises:
+        ValueError: another running process holds ``out``.
+
+    """
     try:
         fcntl.flock(claim, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(claim)
         raise ValueError(f'--out {str(out)!r} is in use by another tarfuse-train run, still '
                          f'running: wait for it to end, or choose another --out') from None
-    except OSError:  # no flock on this file system
+    except OSError as exc:  # no flock on this file system
         os.close(claim)
-        return None, created
-    _OUT_CLAIMS.append(claim)
-    return claim, created
+        print(f'tarfuse-train: warning: --out {str(out)!r}: its file system cannot lock files '
+              f'(flock: {exc.strerror or exc}); the run goes on, but nothing keeps a second '
+              f'run out of this folder meanwhile: start no other run into it', file=sys.stderr)
+        return None
+    return claim
 
 
 def _release_out(claim):

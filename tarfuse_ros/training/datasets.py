@@ -124,6 +124,14 @@ def resolve_sources(sources, root=None):
             raise ValueError(f'data source {str(folder)!r} split {source.split!r}: labels '
                              f'folder {source.labels!r} not found in {str(folder)!r}, the '
                              f'working directory or the package')
+        if source.labels != DEFAULT_LABELS and not any(
+                path.suffix == '.txt' and path.name != 'classes.txt'
+                for path in (folder / labels).iterdir()):
+            # A folder named by mistake (the set's ir/): every pair trained as unlabelled.
+            raise ValueError(f'data source {str(folder)!r} split {source.split!r}: labels '
+                             f'folder {source.labels!r} ({str(folder / labels)!r}) holds no '
+                             f'label file (<stem>.txt): name the folder of its label files, or '
+                             f'leave labels out')
         source = DataSource(folder, split, source.exclude, str(labels))
         # A stem listed twice would be trained (or validated) twice per epoch, unnoticed.
         listed = read_split(folder, split, unique=True)
@@ -145,10 +153,12 @@ def pinned_sources(given, resolved, root=None):
     data set folder, list file or label folder found in this one was not found there (or
     another was: a shared set of that name). A shared data set's name is pinned too: looked up
     in the working directory first, it found a folder of that name there (other data, trained
-    on without a word). Folders named under ``root``, and list files and label folders of the
-    package (``config/train.yaml``'s ``data/...`` files) stay as given.
+    on without a word). So are list files and label folders found outside the data set, the
+    package's too (``config/train.yaml``'s ``data/...`` files): looked up in the working
+    directory first, a resume from one holding a ``data/...`` of that name read that one.
+    Folders named under ``root``, and list files and label folders of the data set, stay as
+    given.
     """
-    cwd, share = Path.cwd(), share_dir()
     pinned = []
     for value, source in zip(given, resolved):
         value = parse_data_spec(value) if isinstance(value, str) else \
@@ -158,12 +168,12 @@ def pinned_sources(given, resolved, root=None):
         under_root = root and (Path(root).expanduser() / path).is_dir()
         if relative and not under_root:
             path = str(source.path)
-        if not Path(split).expanduser().is_absolute() and (cwd / split).is_file() \
-                and not (share / split).is_file():
+        # A list file or label folder found outside the data set (the working directory's, or
+        # the package's data/...): the one used. Kept as given, a resume from a directory
+        # holding a data/... of that name (another checkout) read that one, without a word.
+        if not Path(split).expanduser().is_absolute() and Path(source.split).is_absolute():
             split = source.split
-        if not Path(labels).expanduser().is_absolute() \
-                and not (Path(source.path) / labels).is_dir() \
-                and (cwd / labels).is_dir() and not (share / labels).is_dir():
+        if not Path(labels).expanduser().is_absolute() and Path(source.labels).is_absolute():
             labels = source.labels
         pinned.append(DataSource(path, split, value.exclude, labels))
     return tuple(pinned)

@@ -69,14 +69,17 @@ def append_record(path, record):
 def write_stem_lists(sources, folder):
     """Write each source's stems (after ``exclude``) to ``folder/NN_<set>_<split>.txt``.
 
-    A record of the exact pairs a run used; nothing reads these files back.
+    A record of the exact pairs a run used (for the user: no run reads them back), each
+    written whole or not at all.
     """
+    from tarfuse_ros.core.files import remove_stale_outputs, write_text_atomic
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for index, source in enumerate(sources):
         path = folder / f'{index:02d}_{Path(source.path).name}_{Path(source.split).stem}.txt'
-        path.write_text('\n'.join(source.stems()) + '\n')
+        remove_stale_outputs(path)  # a killed run's half-written one
+        write_text_atomic(path, '\n'.join(source.stems()) + '\n')
         paths.append(path)
     return paths
 
@@ -147,8 +150,12 @@ def plot_curves(log_path, png_path):
     for ax in list(axes.flat)[len(keys) + has_epe:]:
         ax.axis('off')
     fig.tight_layout()
-    fig.savefig(str(png_path), dpi=80)
-    plt.close(fig)
+    from tarfuse_ros.core.files import atomic_output
+    try:
+        with atomic_output(png_path) as temporary:  # whole or not at all
+            fig.savefig(str(temporary), dpi=80, format='png')
+    finally:
+        plt.close(fig)
     return Path(png_path)
 
 
@@ -174,5 +181,7 @@ def plot_curves_cv2(records, keys, png_path):
         cv2.polylines(canvas, [np.array(pts, np.int32)], False, colour, 2)
         cv2.putText(canvas, f'{key} ({lo:.3g}..{hi:.3g})', (pad, 15 + 14 * i),
                     cv2.FONT_HERSHEY_SIMPLEX, 0.4, colour, 1)
-    cv2.imwrite(str(png_path), canvas)
+    from tarfuse_ros.core.files import atomic_output
+    with atomic_output(png_path) as temporary:  # whole or not at all
+        temporary.write_bytes(cv2.imencode('.png', canvas)[1].tobytes())
     return Path(png_path)

@@ -38,10 +38,12 @@ from tarfuse_ros.training.state import load_state, read_state_meta, save_state, 
 import torch
 import yaml
 
-__all__ = ['CURVE_NAME', 'FINAL_NAME', 'Trainer']
+__all__ = ['CONFIG_NAME', 'CURVE_NAME', 'FINAL_NAME', 'SUMMARY_NAME', 'Trainer']
 
 FINAL_NAME = 'tarfuse.safetensors'
 CURVE_NAME = 'loss_curves.png'
+CONFIG_NAME = 'config.yaml'
+SUMMARY_NAME = 'summary.json'
 # The time budget times steps 4..23 of a run (the first ones carry start-up costs).
 _PROBE_WARMUP_STEPS = 3
 _PROBE_STEPS = 20
@@ -466,15 +468,18 @@ class Trainer:
         return summary
 
     def _start_outputs(self):
-        from tarfuse_ros.core.files import remove_stale_outputs
+        from tarfuse_ros.core.files import remove_stale_outputs, write_text_atomic
         self.out.mkdir(parents=True, exist_ok=True)
         # A run killed while it saved its state (checkpoint, log) left the new one half-written
         # beside it.
-        for name in (STATE_DIR, FINAL_NAME, logs.LOG_NAME):
+        for name in (STATE_DIR, FINAL_NAME, logs.LOG_NAME, CONFIG_NAME, SUMMARY_NAME,
+                     CURVE_NAME):
             remove_stale_outputs(self.out / name)
         logs.truncate_log(self.log_path, self.start_epoch)
-        with open(self.out / 'config.yaml', 'w', encoding='utf-8') as stream:
-            yaml.safe_dump(self.config.to_dict(), stream, sort_keys=False)
+        # Whole or not at all (as every file of the run): written in place, a run killed in
+        # the write left a truncated config.yaml for the user's next --config.
+        write_text_atomic(self.out / CONFIG_NAME,
+                          yaml.safe_dump(self.config.to_dict(), sort_keys=False))
         logs.write_stem_lists(self.train_sources, self.out / 'splits' / 'train')
         logs.write_stem_lists(self.val_sources, self.out / 'splits' / 'val')
         val_pairs = len(self.val_set) if self.val_set is not None else 0
@@ -569,6 +574,7 @@ class Trainer:
     def _finish(self, epoch, interrupted):
         """Write the final checkpoint, the curves and ``summary.json``; return the summary."""
         from tarfuse_ros.core.checkpoint import save_checkpoint
+        from tarfuse_ros.core.files import write_text_atomic
         provenance = self.provenance(epoch, epoch >= self.epochs and not interrupted)
         provenance['interrupted'] = interrupted
         if self.budget.enabled:
@@ -589,7 +595,6 @@ class Trainer:
                    'checkpoint': str(self.out / FINAL_NAME) if (self.out / FINAL_NAME).is_file()
                    else None,
                    'time_budget': self.budget.info(), 'device': provenance['device']}
-        with open(self.out / 'summary.json', 'w', encoding='utf-8') as stream:
-            json.dump(summary, stream, indent=1)
+        write_text_atomic(self.out / SUMMARY_NAME, json.dumps(summary, indent=1))
         _log('summary ' + json.dumps(summary))
         return summary

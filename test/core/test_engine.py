@@ -714,7 +714,7 @@ def test_fine_passes_are_refused_out_of_range_and_without_a_fine_stage(tmp_path)
                 FusionEngine(path, cuda_graph='off', fine_passes=passes)
             assert (f'{passes} fine passes asked for, but this checkpoint has no fine stage '
                     f'({stage}' in str(raised.value)), str(raised.value)
-            assert "only 0 or the checkpoint's own (unset) apply" in str(raised.value)
+            assert "only 0 or the checkpoint's own count apply" in str(raised.value)
         # None or 0: nothing to change, the model runs as saved.
         for passes in (None, 0):
             assert FusionEngine(path, cuda_graph='off', fine_passes=passes).fine_passes == 0

@@ -5,7 +5,9 @@ its README), so these tests run on a fresh clone.
 """
 
 import json
+import logging
 import math
+import os
 from pathlib import Path
 
 import cv2
@@ -262,6 +264,76 @@ def test_a_killed_evaluations_figures_folder_goes_with_the_next_run(random_check
         '.figures.mine', 'figures', 'metrics.json', 'report.md']
 
 
+def test_an_interrupt_while_the_figures_move_in_leaves_all_of_one_evaluation(
+        random_checkpoint, tmp_path, capsys):
+    """SIGTERM while the new figures replaced the earlier ones left a mix of the two.
+
+    Some earlier figures were deleted, some new ones moved in, the rest dropped, beside the
+    earlier metrics.json. A real SIGTERM is sent as the second figure moves in: the results
+    are now all of the new evaluation (exit status 130, saying so).
+    """
+    import shutil
+    import signal
+    import sys
+    from tarfuse_ros.tools.evaluate import main
+    out = tmp_path / 'out'
+    args = ['--data', str(DATASETS / 'roadscene'), '--weights', str(random_checkpoint),
+            '--no-progress', '--max-pairs', '2', '--max-side', '96', '--threads', '1',
+            '--figures', '2', '--deform', 'synthetic', '--out', str(out)]
+    assert main([*args, '--seed', '1']) == 0
+    earlier = {path.name: path.read_bytes() for path in (out / 'figures').iterdir()}
+    assert len(earlier) == 4
+    moves = []
+
+    def stop_at_the_second_move(frame, event, arg):
+        if event == 'call' and frame.f_code is shutil.move.__code__:
+            moves.append(frame)
+            if len(moves) == 2:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    capsys.readouterr()
+    sys.setprofile(stop_at_the_second_move)
+    try:
+        status = main([*args, '--seed', '2'])
+    finally:
+        sys.setprofile(None)
+    err = capsys.readouterr().err
+    assert len(moves) == 4 and status == 130, err
+    assert ('tarfuse-eval: interrupted once the evaluation was complete: wrote '
+            f"{out / 'metrics.json'}, report.md and the figures") in err, err
+    after = {path.name: path.read_bytes() for path in (out / 'figures').iterdir()}
+    assert sorted(after) == sorted(earlier)
+    assert [name for name in after if after[name] == earlier[name]] == []
+    assert json.loads((out / 'metrics.json').read_text())['seed'] == 2
+    assert sorted(path.name for path in out.iterdir()) == ['figures', 'metrics.json',
+                                                           'report.md']
+
+
+def test_a_file_system_without_flock_is_evaluated_on_with_a_warning(tmp_path, caplog):
+    """Where flock fails (some network and overlay mounts), --out was refused.
+
+    The run's figures folder could not be claimed: 'error: --out ... cannot be created (None):
+    give a folder', a folder that was there and writable. It now goes on unclaimed and says
+    what that costs. A descriptor opened with O_PATH is one that flock refuses (EBADF), as
+    such a file system does; one that another evaluation holds stays refused.
+    """
+    from tarfuse_ros.evaluation import protocol
+    folder = tmp_path / '.figures.0123abcd.tmp'
+    folder.mkdir()
+    with caplog.at_level(logging.WARNING, logger='tarfuse-eval'):
+        assert protocol._claim_figures(folder, os.open(folder, os.O_PATH)) is None
+    assert (f'--out {tmp_path}: its file system cannot lock files (flock: Bad file descriptor); '
+            f'the evaluation goes on without the lock, but folders .figures.*.tmp that killed '
+            f'runs leave there are not removed: delete them when no evaluation runs into this '
+            f'--out') in caplog.text, caplog.text
+    claim = protocol._claim_figures(folder, os.open(folder, os.O_RDONLY | os.O_DIRECTORY))
+    try:
+        with pytest.raises(BlockingIOError):
+            protocol._claim_figures(folder, os.open(folder, os.O_RDONLY | os.O_DIRECTORY))
+    finally:
+        os.close(claim)
+
+
 def test_an_evaluation_never_replaces_a_report_or_metrics_it_did_not_write(
         random_checkpoint, tmp_path, capsys):
     """A report.md or metrics.json that no evaluation wrote is refused, not replaced.
@@ -469,6 +541,33 @@ def test_evaluate_refuses_a_missing_labels_folder(random_checkpoint, tmp_path, c
         assert not out.exists()
 
 
+def test_evaluate_refuses_a_labels_folder_without_label_files(
+        random_checkpoint, tmp_path, capsys):
+    """--labels ir (an image folder of the set) or an empty folder: no detection metrics, exit 0.
+
+    The evaluation ran and said nothing of the labels it had been asked to score against.
+    """
+    import shutil
+    from tarfuse_ros.tools.evaluate import main
+    roadscene = tmp_path / 'roadscene'
+    shutil.copytree(DATASETS / 'roadscene', roadscene)
+    (roadscene / 'labels_empty').mkdir()
+    (roadscene / 'labels_empty' / 'classes.txt').write_text('person\n')
+    out = tmp_path / 'eval'
+    for labels, held in (('ir', f"{len(list((roadscene / 'ir').iterdir()))} images and no"),
+                         ('labels_empty', 'no')):
+        code = main(['--data', str(roadscene), '--labels', labels, '--weights',
+                     str(random_checkpoint), '--out', str(out), '--max-pairs', '1',
+                     '--max-side', '96', '--figures', '0', '--no-progress', '--threads', '1'])
+        captured = capsys.readouterr()
+        assert code == 2, captured.err
+        assert captured.err == (
+            f"tarfuse-eval: error: --labels '{labels}': '{roadscene / labels}' holds {held} label "
+            'file (<stem>.txt); name a label folder of the data set (e.g. labels_vi) or leave '
+            '--labels out\n')
+        assert not out.exists()
+
+
 def test_evaluate_refuses_a_label_class_id_beyond_the_classes_before_any_pair(
         random_checkpoint, tmp_path, capsys):
     # A class id that classes.txt (without one: the model) does not name was an IndexError
@@ -495,6 +594,53 @@ def test_evaluate_refuses_a_label_class_id_beyond_the_classes_before_any_pair(
             "('7 0.5 0.5 0.1 0.1'): class id 7 is none of the 3 classes "
             "['person', 'bicycle', 'car']\n")
         assert not out.exists()
+
+
+def test_evaluate_refuses_a_folder_where_a_label_file_or_class_list_would_be(
+        random_checkpoint, tmp_path, capsys):
+    """A folder named like a pair's label file (or classes.txt) was taken for no file.
+
+    The pair was scored as unlabelled, its boxes left out of mAP without a word (and a
+    classes.txt folder in the label folder: the ids read by the set's other list).
+    """
+    import shutil
+    from tarfuse_ros.tools.evaluate import main
+    roadscene = tmp_path / 'roadscene'
+    shutil.copytree(DATASETS / 'roadscene', roadscene)
+    stem = data.read_split(roadscene, 'test')[0]
+    labels = roadscene / 'labels'
+    args = ['--data', str(roadscene), '--weights', str(random_checkpoint), '--max-side', '96',
+            '--figures', '0', '--no-progress', '--threads', '1', '--out']
+    for path, what in ((labels / f'{stem}.txt', f"label file of pair '{stem}'"),
+                       (labels / 'classes.txt', 'class list (classes.txt)')):
+        path.unlink()
+        path.mkdir()
+        assert main([*args, str(tmp_path / 'never')]) == 2
+        assert capsys.readouterr().err == (
+            f"tarfuse-eval: error: '{path}' is a folder, where the {what} would be: make it "
+            f"that file, or move it out of '{labels}'\n")
+        path.rmdir()
+        assert not (tmp_path / 'never').exists()
+    (roadscene / 'classes.txt').write_text('person\nbicycle\ncar\n')
+    assert main([*args, str(tmp_path / 'out')]) == 0  # stem unlabelled: no label file at all
+
+
+def test_a_folder_given_as_the_split_is_named_as_a_folder(tmp_path, capsys):
+    """--split DIR (or a split name that is a folder of the set) said 'not found'.
+
+    The folder was there: the message now says it is a folder where a list file is expected.
+    """
+    from tarfuse_ros.tools.evaluate import main
+    roadscene = DATASETS / 'roadscene'
+    for split, folder in ((str(roadscene / 'labels'), roadscene / 'labels'),
+                          ('ir', roadscene / 'ir')):
+        assert main(['--data', str(roadscene), '--split', split, '--out',
+                     str(tmp_path / 'never')]) == 2
+        assert capsys.readouterr().err == (
+            f"tarfuse-eval: error: split '{split}': '{folder}' is a folder, not a list file: "
+            f"give a list file (one stem a line) or a split of '{roadscene}': det_labelled, "
+            'test, train, all, misaligned\n')
+    assert not (tmp_path / 'never').exists()
 
 
 # --- sets without an aligned IR (shipped weights) -----------------------------------------
@@ -601,9 +747,42 @@ def test_options_are_checked_before_anything_runs():
                          ({'iou': float('nan')}, '--iou must be'),
                          ({'fine_passes': 9}, '--fine-passes must be'),
                          ({'fine_passes': True}, '--fine-passes must be'),
-                         ({'fine_passes': -1}, '--fine-passes must be')):
+                         ({'fine_passes': -2}, '--fine-passes must be')):
         with pytest.raises(ValueError, match=message):
             EvalOptions(**bad)
+
+
+def test_fine_passes_minus_one_or_left_out_is_the_models_own_on_every_tool(tmp_path, capsys):
+    """--fine-passes 9 was refused with '(0: no fine pass; unset: the checkpoint's own)'.
+
+    'unset' where the user had typed a value, on tarfuse-fuse, tarfuse-eval and
+    tarfuse-export; -1, the node's registration.fine_passes for the model's own count, was
+    refused with the same words. -1 now asks for the model's own count, as no option does.
+    """
+    from tarfuse_ros.evaluation.options import EvalOptions
+    from tarfuse_ros.tools import evaluate, export, fuse
+    ir, vi = sorted((DATASETS / 'roadscene' / 'ir').iterdir())[0], \
+        sorted((DATASETS / 'roadscene' / 'vi').iterdir())[0]
+    tools = ((evaluate, ['--data', str(DATASETS / 'roadscene'), '--out', str(tmp_path / 'e')]),
+             (export, [str(_shipped_weights()), '--out', str(tmp_path / 'x.onnx')]),
+             (fuse, ['--ir', str(ir), '--visible', str(vi), '--out', str(tmp_path / 'f')]))
+    for tool, required in tools:
+        parser = tool.build_parser()
+        assert parser.parse_args(required).fine_passes is None
+        assert parser.parse_args([*required, '--fine-passes', '-1']).fine_passes is None
+        assert parser.parse_args([*required, '--fine-passes', '2']).fine_passes == 2
+        helped = ' '.join(parser.format_help().split())
+        assert '-1 or left out: the' in helped and 'unset' not in helped, helped
+        assert tool.main([*required, '--fine-passes', '9']) == 2
+        err = capsys.readouterr().err
+        assert ('--fine-passes must be an integer in [0, 8] (0: no fine pass; -1, as leaving '
+                "the option out: the model's own count), got 9") in err, err
+        with pytest.raises(SystemExit):
+            parser.parse_args([*required, '--fine-passes', 'all'])
+        assert ('argument --fine-passes: an integer in [0, 8] (0: no fine pass; -1, as leaving '
+                "the option out: the model's own count), got 'all'") in capsys.readouterr().err
+    assert EvalOptions(fine_passes=-1).fine_passes is None
+    assert not any(tmp_path.iterdir())
 
 
 @pytest.mark.parametrize('size, max_side, expected', [

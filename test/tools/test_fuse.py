@@ -200,12 +200,12 @@ def test_fine_passes_reach_the_engine_and_out_of_range_is_a_usage_error(tmp_path
     np.testing.assert_allclose(flow, without.infer(*pair).flow_px, atol=0.02)
     shipped = FusionEngine(WEIGHTS, device='cpu').infer(*pair).flow_px
     assert np.abs(flow - shipped).mean() > 0.05, np.abs(flow - shipped).mean()
-    for value in ('9', '-1'):
+    for value in ('9', '-2'):
         status, stdout, err = _run(capsys, '--ir', ir_path, '--visible', vi_path, '--out',
                                    tmp_path / 'refused', '--fine-passes', value)
         assert status == 2 and not stdout, err
-        assert ('--fine-passes must be an integer in [0, 8] (0: no fine pass; unset: the '
-                f"checkpoint's own), got {value}") in err, err
+        assert ('--fine-passes must be an integer in [0, 8] (0: no fine pass; -1, as leaving '
+                f"the option out: the model's own count), got {value}") in err, err
     assert not (tmp_path / 'refused').exists()
     # A model whose global stage has no fine stage (the medical one: no orientation stage).
     status, _, err = _run(capsys, '--ir', ir_path, '--visible', vi_path, '--out',

@@ -27,6 +27,7 @@ from tarfuse_ros.training.datasets import pinned_sources, resolve_sources
 from tarfuse_ros.training.loop import CURVE_NAME, FINAL_NAME
 from tarfuse_ros.training.state import STATE_DIR
 import torch
+import yaml
 
 ROADSCENE = Path(__file__).resolve().parents[1] / 'data' / 'datasets' / 'roadscene'
 
@@ -628,6 +629,33 @@ def test_resume_after_a_kill_in_the_log_write(runs, tmp_path, capsys):
         "record ('garbage'): repair or remove that line\n")
 
 
+def test_the_files_a_run_writes_are_replaced_whole_never_rewritten_in_place(
+        runs, splits, tmp_path):
+    """config.yaml, summary.json, the curves and the split lists were rewritten in place.
+
+    A run killed in such a write left the file truncated under its name (a config.yaml that
+    the user's next --config, or a summary.json that a script, then choked on). Each is now
+    written beside it and moved over it whole: the file is a new one (another inode), and a
+    killed writer's half-written temporary goes with the next run.
+    """
+    out = tmp_path / 'resumed'
+    shutil.copytree(runs['b'], out)
+    split_list, = (out / 'splits' / 'train').iterdir()
+    written = [out / 'config.yaml', out / 'summary.json', out / CURVE_NAME, split_list]
+    before = {path: path.stat().st_ino for path in written}
+    stale = [path.with_name(path.name + '.0123abcd.tmp') for path in written]
+    for path in stale:
+        path.write_text('half')
+    assert train_tool.main(['--resume', str(out), '--epochs', '3']) == 0
+    assert {path: path.stat().st_ino for path in written if path.stat().st_ino == before[path]
+            } == {}
+    assert [path for path in stale if path.exists()] == []
+    assert yaml.safe_load((out / 'config.yaml').read_text())['train']['epochs'] == 3
+    assert json.loads((out / 'summary.json').read_text())['epochs'] == 3
+    assert cv2.imread(str(out / CURVE_NAME)) is not None
+    assert split_list.read_text().split() == splits['stems']
+
+
 def test_resume_with_another_batch_size_stays_on_the_learning_rate_curve(runs, tmp_path):
     """2 steps per epoch saved, 1 after the resume: the curve went by the saved step count.
 
@@ -694,6 +722,15 @@ def test_class_names_and_label_folders_that_match_nothing_are_refused(splits, tm
     del args[args.index('--data'):args.index('--data') + 2]  # --data would replace data.train
     assert train_tool.main(args) == 2
     assert "labels folder 'label' not found" in capsys.readouterr().err
+    # A folder without label files (the set's images, named by mistake): every pair was
+    # trained as unlabelled, without a word.
+    args[args.index(folder[1])] = folder[1].replace('labels: label}', 'labels: ir}')
+    assert train_tool.main(args) == 2
+    assert capsys.readouterr().err == (
+        f"tarfuse-train: error: data source '{ROADSCENE}' split '{splits['train']}': labels "
+        f"folder 'ir' ('{ROADSCENE / 'ir'}') holds no label file (<stem>.txt): name the folder "
+        'of its label files, or leave labels out\n')
+    assert not (tmp_path / 'c2').exists()
 
 
 def test_relative_list_files_and_label_folders_are_found_from_any_directory(
@@ -733,12 +770,41 @@ def test_a_run_on_relative_paths_resumes_from_another_directory(splits, tmp_path
     source, = state.read_state_meta(tmp_path / 'run' / STATE_DIR)['config']['data']['train']
     assert (source['path'], source['split']) == (str(own), str(tmp_path / 'work' / 'two.txt'))
     assert [r['epoch'] for r in _log(tmp_path / 'run')] == [1, 2]
-    # What the shipped config names by name (a shared set, the package's data/...) stays so.
+    # A split of the set stays as named; the package's data/... is pinned (the next test).
     given = [{'path': str(ROADSCENE), 'split': 'train',
               'labels': 'data/pseudo_labels/roadscene/labels'}]
     resolved = resolve_sources(given)
     pinned, = pinned_sources(given, resolved)
-    assert (pinned.split, pinned.labels) == ('train', 'data/pseudo_labels/roadscene/labels')
+    assert (pinned.split, pinned.labels) == (
+        'train', str(share_dir() / 'data' / 'pseudo_labels' / 'roadscene' / 'labels'))
+
+
+def test_a_run_on_the_packages_labels_resumed_beside_a_data_folder_keeps_its_labels(
+        splits, tmp_path, monkeypatch):
+    """The package's data/pseudo_labels/... (config/train.yaml's) was saved as given, relative.
+
+    A resume from a directory holding a data/pseudo_labels/... of its own (another checkout,
+    its labels empty here) trained on those labels, without a word: its pair unlabelled.
+    """
+    package_labels = 'data/pseudo_labels/roadscene/labels'
+    (tmp_path / 'here').mkdir()
+    (tmp_path / 'elsewhere' / package_labels).mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / 'here')
+    args = _args(splits, tmp_path / 'run', '--epochs', '1', '--val-data', 'none',
+                 '--set', f'data.train=[{{path: {ROADSCENE}, split: {splits["train"]}, '
+                          f'labels: {package_labels}}}]')
+    del args[args.index('--data'):args.index('--data') + 2]  # --data would replace data.train
+    del args[args.index('--val-data'):args.index('--val-data') + 2]  # the first one
+    assert train_tool.main(args) == 0
+    monkeypatch.chdir(tmp_path / 'elsewhere')
+    assert train_tool.main(['--resume', str(tmp_path / 'run'), '--epochs', '2']) == 0
+    provenance = read_checkpoint_config(tmp_path / 'run' / FINAL_NAME)['provenance']
+    # One of the four pairs has a pseudo-label (the other three, human labels elsewhere).
+    assert provenance['labelled_pairs'] == 1
+    used = str(share_dir() / package_labels)
+    assert provenance['data'][0]['labels_dir'] == used
+    saved, = yaml.safe_load((tmp_path / 'run' / 'config.yaml').read_text())['data']['train']
+    assert saved['labels'] == used
 
 
 def _unlabelled_copy(splits, copy):
@@ -821,6 +887,29 @@ def test_two_runs_started_at_once_into_one_folder_are_not_both_trained(splits, t
     assert 'tarfuse-train: error: --out' in refused and 'Traceback' not in refused, refused
     assert [r['epoch'] for r in _log(out)] == [1, 2]
     assert state.read_state_meta(out / STATE_DIR)['epoch'] == 2
+
+
+def test_an_out_folder_that_cannot_be_locked_is_trained_into_with_a_warning(tmp_path, capsys):
+    """On a file system without flock the run went on unlocked without a word.
+
+    Nothing then kept a second run out of the folder (its log written twice, the state and
+    checkpoint the last run's), and the user was not told. A descriptor opened with O_PATH is
+    one that flock refuses (EBADF), as such a file system does; one another run holds stays
+    refused.
+    """
+    out = tmp_path / 'out'
+    out.mkdir()
+    assert train_tool._lock_out(out, os.open(out, os.O_PATH)) is None
+    assert capsys.readouterr().err == (
+        f"tarfuse-train: warning: --out '{out}': its file system cannot lock files (flock: Bad "
+        'file descriptor); the run goes on, but nothing keeps a second run out of this folder '
+        'meanwhile: start no other run into it\n')
+    claim = train_tool._lock_out(out, os.open(out, os.O_RDONLY | os.O_DIRECTORY))
+    try:
+        with pytest.raises(ValueError, match='is in use by another tarfuse-train run'):
+            train_tool._lock_out(out, os.open(out, os.O_RDONLY | os.O_DIRECTORY))
+    finally:
+        os.close(claim)
 
 
 def test_a_run_killed_outright_resumes_at_once_although_its_loader_workers_linger(
@@ -1049,7 +1138,12 @@ def test_the_same_command_runs_again_after_a_run_that_trained_nothing(splits, tm
      'expected 5 columns'),
     (lambda data, stem: (data / 'labels' / 'classes.txt').unlink(),
      'has boxes but no classes.txt names their class ids'),
-], ids=['malformed line', 'no classes.txt'])
+    # A folder named like the pair's label file: the pair was trained as unlabelled.
+    (lambda data, stem: ((data / 'labels' / f'{stem}.txt').unlink(),
+                         (data / 'labels' / f'{stem}.txt').mkdir()),
+     "'{data}/labels/{stem}.txt' is a folder, where the label file of pair '{stem}' would "
+     "be: make it that file, or move it out of '{data}/labels'"),
+], ids=['malformed line', 'no classes.txt', 'a folder as a label file'])
 def test_a_bad_label_file_fails_before_training(
         splits, tmp_path, capsys, break_labels, message):
     """Not when a loader worker reaches the pair in the first epoch, after the outputs began."""
@@ -1060,7 +1154,7 @@ def test_a_bad_label_file_fails_before_training(
     args[1] = f'{data}:{splits["train"]}'
     assert train_tool.main(args) == 2
     err = capsys.readouterr().err
-    assert message in err and 'Traceback' not in err
+    assert message.format(data=data, stem=splits['stems'][-2]) in err and 'Traceback' not in err
     assert not (tmp_path / 'run').exists()
 
 
