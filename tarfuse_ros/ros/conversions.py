@@ -15,7 +15,8 @@ around it, for what the bridge leaves to its callers or does differently:
 * a compressed colour payload's channel order as image_transport reads its ``format``
   (``'rgb8; png compressed rgb8'`` holds RGB; the bridge ignores ``format``);
 * libjpeg's and libpng's warnings of a payload they decode all the same (a damaged JPEG),
-  taken off stderr for the caller to report (OpenCV lets them print and tells nothing);
+  taken off stderr for the caller to report (OpenCV lets them print and tells nothing): the
+  process's stderr passes through a pipe from the first such decoding on;
 * a compressed payload's size is read from its header (Pillow) before it is decoded, and one of
   more than ``MAX_DECODED_PIXELS`` (twice 7680x4320) is refused undecoded: a PNG of 1.2 MB
   stating 20000x20000 took 4-6 s and 2.4 GB to decode; so is one whose size Pillow cannot read
@@ -39,8 +40,10 @@ Functions:
     array_to_compressed_msg(array, header, fmt='jpeg') -> sensor_msgs/CompressedImage
     detections_to_msg(detections, header, image_size=None) -> vision_msgs/Detection2DArray
     restamped(msg, stamp_ns) -> a copy of msg with its header stamped stamp_ns
+    settle_stderr(timeout=5.0) -> returns once what was written to stderr is through that pipe
 """
 
+import atexit
 import copy
 from functools import lru_cache
 import io
@@ -48,7 +51,6 @@ import math
 import os
 import re
 import sys
-import tempfile
 import threading
 import warnings
 
@@ -443,7 +445,206 @@ _CODEC_WARNINGS = (b'Corrupt JPEG data', b'Premature end of JPEG file',
                    b'Invalid SOS parameters', b'Inconsistent progression sequence',
                    b'Unknown Adobe color transform', b'Warning: unknown JFIF revision',
                    b'Application transferred too many', b'libpng warning: ')
-_STDERR_LOCK = threading.Lock()
+# Written to the capture pipe around a decoding ('[' and ']') and by settle_stderr ('='), each
+# with its number, in one write (atomic on a pipe); no log line holds NUL bytes.
+_MARK = re.compile(rb'\x00tarfuse stderr ([\[\]=]) (\d+)\x00')
+_MARK_START = b'\x00tarfuse stderr '
+_STDERR_LOCK = threading.Lock()  # one decoding (or settling) at a time
+_capture = None  # the _StderrCapture on fd 2, once a decoding has taken its warnings
+_exiting = False
+
+
+class _StderrCapture:
+    """File descriptor 2 on a pipe, and a thread passing what comes to the stderr it replaced.
+
+    All that the process writes to stderr goes through the pipe in the order it was written,
+    and on to that stderr in that order, a moment later; but the codec's warnings written
+    between the marks of a decoding, which are handed to it instead. As fd 2 stays on the pipe
+    once taken (a decoding a frame), no line is lost or reordered as stderr changes hands.
+    """
+
+    def __init__(self):
+        self.real = os.dup(2)
+        self.read, self.write = os.pipe()
+        try:
+            os.dup2(self.write, 2)
+            self.pipe = _identity(2)
+            self.marked = self.seen = 0
+            self.found = {}
+            self.ended = self.released = False
+            self.changed = threading.Condition()
+            self.thread = threading.Thread(target=self._pass_on,
+                                           name='tarfuse-stderr', daemon=True)
+            self.thread.start()
+        except BaseException:
+            if _identity(2) == _identity(self.write):
+                os.dup2(self.real, 2)
+            for fd in (self.read, self.write, self.real):
+                os.close(fd)
+            raise
+
+    def on_fd_2(self):
+        return self.thread.is_alive() and _identity(2) == self.pipe
+
+    def mark(self, kind):
+        """Write mark ``kind`` to the pipe; return its number (caller holds _STDERR_LOCK)."""
+        self.marked += 1
+        os.write(self.write, _MARK_START + kind + b' %d\x00' % self.marked)
+        return self.marked
+
+    def wait(self, number, timeout=5.0):
+        """Wait until the thread has passed mark ``number``; return the warnings it took."""
+        with self.changed:
+            self.changed.wait_for(lambda: self.seen >= number or not self.thread.is_alive(),
+                                  timeout)
+            return self.found.pop(number, [])
+
+    def release(self, timeout=2.0):
+        """Give fd 2 back to the stderr it replaced and pass on what the pipe still holds."""
+        if _identity(2) == self.pipe:
+            os.dup2(self.real, 2)
+        os.close(self.write)  # the pipe ends once the writes under way are in it
+        self.thread.join(timeout)
+        with self.changed:
+            self.released = True
+            if self.ended:  # else the thread closes it when the pipe ends
+                os.close(self.real)
+
+    def _pass_on(self):
+        try:
+            self._pass_on_to_the_end()
+        finally:
+            os.close(self.read)
+            with self.changed:
+                self.ended = True
+                self.changed.notify_all()
+                if self.released:
+                    os.close(self.real)
+
+    def _pass_on_to_the_end(self):
+        pending, window, found = b'', None, []
+        while True:
+            try:
+                data = os.read(self.read, 65536)
+            except OSError:
+                data = b''
+            if not data:
+                break
+            pending += data
+            while True:
+                match = _MARK.search(pending)
+                if match is None:
+                    break
+                window = self._take(window, pending[:match.start()], found, True)
+                pending = pending[match.end():]
+                kind, number = match.group(1), int(match.group(2))
+                if kind == b'[':
+                    window, found = b'', []
+                with self.changed:
+                    if kind == b']':
+                        window = None
+                        self.found[number] = found
+                        for stale in [old for old in self.found if old < number - 16]:
+                            del self.found[stale]  # of a caller that gave up waiting
+                    self.seen = number
+                    self.changed.notify_all()
+            # The end of what came may be the start of a mark: held for the next read.
+            held = pending.rfind(b'\x00', max(0, len(pending) - len(_MARK_START) - 24))
+            if held < 0 or not (_MARK_START.startswith(pending[held:])
+                                or pending[held:].startswith(_MARK_START)):
+                held = len(pending)
+            window = self._take(window, pending[:held], found, False)
+            pending = pending[held:]
+        self._take(window, pending, found, True)
+
+    def _take(self, window, data, found, ends):
+        """Pass ``data`` on; in a decoding's ``window``, its codec's warnings go to ``found``.
+
+        Returns the window's part line still to be judged (None outside a window); ``ends``:
+        the window ends after ``data``.
+        """
+        if window is None:
+            self._write(data)
+            return None
+        lines = (window + data).splitlines(keepends=True)
+        rest = b'' if ends or not lines or lines[-1].endswith(b'\n') else lines.pop()
+        other = []
+        for line in lines:
+            if line.startswith(_CODEC_WARNINGS):
+                found.append(line.decode(errors='replace').strip())
+            else:
+                other.append(line)
+        self._write(b''.join(other))
+        return rest
+
+    def _write(self, data):
+        try:
+            while data:
+                data = data[os.write(self.real, data):]
+        except OSError:
+            pass  # a full disk, a closed pipe: lost there, as any other line written to it
+
+
+def _identity(fd):
+    try:
+        status = os.fstat(fd)
+    except OSError:
+        return None
+    return status.st_dev, status.st_ino
+
+
+def _stderr_capture():
+    """Return the capture on fd 2 (taken now if need be), or None where there is none to take."""
+    global _capture
+    if _capture is not None and not _capture.on_fd_2():
+        _capture.release(0.0)  # fd 2 taken over since (pytest's capture, a test's dup2)
+        _capture = None
+    if _capture is None and not _exiting and _identity(2) is not None:
+        try:
+            _capture = _StderrCapture()
+        except (OSError, RuntimeError):  # no descriptor left, no thread at shutdown
+            return None
+    return _capture
+
+
+def settle_stderr(timeout=5.0):
+    """Return once what this process wrote to stderr so far is on its stderr (within timeout s).
+
+    Lines pass through :func:`_decode_taking_codec_warnings`'s pipe a moment late: for a reader
+    of that stderr in this process (a test) or before ``os._exit``.
+    """
+    with _STDERR_LOCK:
+        if _capture is not None and _capture.on_fd_2():
+            try:
+                _capture.wait(_capture.mark(b'='), timeout)
+            except OSError:
+                pass
+
+
+@atexit.register
+def _release_stderr():
+    """Give fd 2 back at exit, with every line the pipe holds passed on."""
+    global _capture, _exiting
+    with _STDERR_LOCK:
+        _exiting = True
+        if _capture is not None:
+            _capture.release()
+            _capture = None
+
+
+def _forget_stderr_capture_in_child():
+    """In a forked child, which has no thread to read the pipe: its stderr is the real one."""
+    global _capture, _STDERR_LOCK
+    _STDERR_LOCK = threading.Lock()
+    if _capture is not None:
+        if _identity(2) == _capture.pipe:
+            os.dup2(_capture.real, 2)
+        for fd in (_capture.read, _capture.write, _capture.real):
+            os.close(fd)
+        _capture = None
+
+
+os.register_at_fork(after_in_child=_forget_stderr_capture_in_child)
 
 
 def _decode_taking_codec_warnings(decode):
@@ -453,61 +654,35 @@ def _decode_taking_codec_warnings(decode):
     handler prints the first warning of a damaged JPEG that it decodes all the same ('Corrupt
     JPEG data: 2 extraneous bytes before marker 0xdb') to the process's stderr and tells the
     caller nothing; libpng's warnings go there too. cv2 has no setting for them
-    (``cv2.setLogLevel`` covers OpenCV's own log; opencv/opencv#9477, opencv-python#610).
-    So the call runs with file descriptor 2 on a temporary file, one such call at a time; what
-    else was written there meanwhile (another thread's log line) goes on to stderr, whatever
-    the call raised: before stderr is given back, so that a thread's lines written after
-    that come after its earlier ones, and what came in between after it. A stderr that
-    cannot take it (a full disk, a closed pipe) loses it, as it would have lost it anyway;
-    the decoding goes on. Where there is no stderr to take over (or no temporary file), the
-    call runs as it is.
+    (``cv2.utils.logging.setLogLevel`` covers OpenCV's own log, ``cv2.redirectError`` its
+    errors; opencv/opencv#9477, opencv-python#610). So the first such call points file
+    descriptor 2 at a pipe for good (:class:`_StderrCapture`), whose thread passes all that
+    comes on to the stderr it replaced, in order, a moment later (the process's own log lines
+    with it: none is lost or reordered, as some were when stderr changed hands around each
+    call), and hands the call the codec's lines written between its marks, one call at a time
+    (whatever the call raised). At exit, or where fd 2 was taken over since, the pipe is
+    emptied and fd 2 given back. A stderr that cannot take a line (a full disk, a closed pipe)
+    loses it, as it would have lost it anyway; the decoding goes on. Where there is no stderr
+    (fd 2 closed), the call runs as it is.
     """
-    found = []
     with _STDERR_LOCK:
         try:
             if sys.stderr is not None:
                 sys.stderr.flush()
-            capture = tempfile.TemporaryFile()
         except (OSError, ValueError):
-            return decode(), found
-        with capture:
-            try:
-                saved = os.dup(2)
-            except OSError:
-                return decode(), found
-            os.dup2(capture.fileno(), 2)
-            try:
-                result = decode()
-            finally:
-                try:
-                    done = _pass_on(capture, 0, saved, found)
-                finally:
-                    os.dup2(saved, 2)
-                    os.close(saved)
-                _pass_on(capture, done, 2, found)
+            pass
+        capture = _stderr_capture()
+        try:
+            number = None if capture is None else capture.mark(b'[')
+        except OSError:
+            number = None
+        if number is None:
+            return decode(), []
+        try:
+            result = decode()
+        finally:
+            found = capture.wait(capture.mark(b']'))
     return result, found
-
-
-def _pass_on(capture, start, fd, found):
-    """Write what ``capture`` holds from byte ``start`` on to ``fd``, but the codec's warnings.
-
-    Those are appended to ``found``; returns the byte where the next call starts. Read at its
-    position (``os.pread``): the file's offset is shared with the writers still writing to it.
-    """
-    data = os.pread(capture.fileno(), os.fstat(capture.fileno()).st_size - start, start)
-    other = []
-    for line in data.splitlines(keepends=True):
-        if line.startswith(_CODEC_WARNINGS):
-            found.append(line.decode(errors='replace').strip())
-        else:
-            other.append(line)
-    rest = b''.join(other)
-    try:
-        while rest:
-            rest = rest[os.write(fd, rest):]
-    except OSError:
-        pass  # a full disk, a closed pipe: lost there, as any other line written to it
-    return start + len(data)
 
 
 # Source encodings image_transport takes as colour (sensor_msgs::image_encodings::isColor).
