@@ -465,7 +465,11 @@ class _StderrCapture:
 
     def __init__(self):
         self.real = os.dup(2)
-        self.read, self.write = os.pipe()
+        try:
+            self.read, self.write = os.pipe()
+        except OSError:
+            os.close(self.real)
+            raise
         try:
             os.dup2(self.write, 2)
             self.pipe = _identity(2)
@@ -495,8 +499,7 @@ class _StderrCapture:
     def wait(self, number, timeout=5.0):
         """Wait until the thread has passed mark ``number``; return the warnings it took."""
         with self.changed:
-            self.changed.wait_for(lambda: self.seen >= number or not self.thread.is_alive(),
-                                  timeout)
+            self.changed.wait_for(lambda: self.seen >= number or self.ended, timeout)
             return self.found.pop(number, [])
 
     def release(self, timeout=2.0):
