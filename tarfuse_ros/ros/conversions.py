@@ -684,7 +684,10 @@ def _decode_taking_codec_warnings(decode):
         try:
             result = decode()
         finally:
-            found = capture.wait(capture.mark(b']'))
+            try:
+                found = capture.wait(capture.mark(b']'))
+            except OSError:  # not to hide what decode() raised
+                found = []
     return result, found
 
 
