@@ -445,6 +445,10 @@ _CODEC_WARNINGS = (b'Corrupt JPEG data', b'Premature end of JPEG file',
                    b'Invalid SOS parameters', b'Inconsistent progression sequence',
                    b'Unknown Adobe color transform', b'Warning: unknown JFIF revision',
                    b'Application transferred too many', b'libpng warning: ')
+# libjpeg's warning at the end of a line that another thread had begun (a progress print):
+# written in one piece ('%s\n'), it holds no ')', which the node's own line quoting it does.
+_GLUED_JPEG_WARNING = re.compile(
+    b'(?:' + b'|'.join(re.escape(start) for start in _CODEC_WARNINGS[:-1]) + rb')[^\n)]*\n\Z')
 # Written to the capture pipe around a decoding ('[' and ']') and by settle_stderr ('='), each
 # with its number, in one write (atomic on a pipe); no log line holds NUL bytes.
 _MARK = re.compile(rb'\x00tarfuse stderr ([\[\]=]) (\d+)\x00')
@@ -573,6 +577,10 @@ class _StderrCapture:
         rest = b'' if ends or not lines or lines[-1].endswith(b'\n') else lines.pop()
         other = []
         for line in lines:
+            glued = None if line.startswith(_CODEC_WARNINGS) else _GLUED_JPEG_WARNING.search(line)
+            if glued is not None:
+                other.append(line[:glued.start()])  # its line goes on in the next write
+                line = line[glued.start():]
             if line.startswith(_CODEC_WARNINGS):
                 found.append(line.decode(errors='replace').strip())
             else:

@@ -485,6 +485,29 @@ def test_a_damaged_jpeg_s_libjpeg_warning_goes_to_the_caller_not_stderr(capfd):
     assert 'Corrupt JPEG data' in capfd.readouterr().err
 
 
+def test_libjpeg_s_warning_after_part_of_a_line_goes_to_the_caller_and_the_line_goes_on(capfd):
+    # Found by a break test: a line another thread had begun on stderr (a progress print,
+    # '50% ' then 'done') held libjpeg's warning written meanwhile: 'Corrupt JPEG data' was
+    # not at a line's start, so it went to stderr, glued to the line, and was not counted.
+    vi = cv2.imread(str(SAMPLES / 'vi' / 'FLIR_00993.jpg'), cv2.IMREAD_COLOR)
+    data = np.frombuffer(_damaged_jpeg(vi), np.uint8)
+    capfd.readouterr()
+    for begun in (b'50% ', b'\r[=====     ] '):
+        _, found = conversions._decode_taking_codec_warnings(
+            lambda: (os.write(2, begun), cv2.imdecode(data, cv2.IMREAD_UNCHANGED)))
+        os.write(2, b'done\n')
+        conversions.settle_stderr()
+        assert len(found) == 1 and found[0].startswith('Corrupt JPEG data: '), found
+        assert capfd.readouterr().err == begun.decode() + 'done\n'
+    # The node's own line quoting the warning, written during a decoding, is kept whole.
+    quoting = (b'[WARN] [tarfuse]: damaged JPEG (6841 B), decoded all the same and fused '
+               b'(libjpeg: Corrupt JPEG data: 32 extraneous bytes before marker 0xd9): parts '
+               b'of the frame may be grey or garbled\n')
+    _, found = conversions._decode_taking_codec_warnings(lambda: os.write(2, quoting))
+    conversions.settle_stderr()
+    assert found == [] and capfd.readouterr().err == quoting.decode()
+
+
 def _decode_writing_to_stderr(data, line):
     """Return a decoding of JPEG ``data`` that writes ``line`` to stderr meanwhile."""
     def decode():
