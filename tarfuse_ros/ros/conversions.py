@@ -441,14 +441,15 @@ def image_msg_to_motion_array(msg, max_side, codec_warnings=None):
 # The first words of libjpeg's warnings (jerror.h, JWRN_*: a damaged JPEG it decodes all the
 # same) and of libpng's (a PNG with a flawed ancillary chunk, 'libpng warning: sRGB: invalid'),
 # which they print on stderr.
-_CODEC_WARNINGS = (b'Corrupt JPEG data', b'Premature end of JPEG file',
-                   b'Invalid SOS parameters', b'Inconsistent progression sequence',
-                   b'Unknown Adobe color transform', b'Warning: unknown JFIF revision',
-                   b'Application transferred too many', b'libpng warning: ')
+_JPEG_WARNINGS = (b'Corrupt JPEG data', b'Premature end of JPEG file',
+                  b'Invalid SOS parameters', b'Inconsistent progression sequence',
+                  b'Unknown Adobe color transform', b'Warning: unknown JFIF revision',
+                  b'Application transferred too many')
+_CODEC_WARNINGS = _JPEG_WARNINGS + (b'libpng warning: ',)
 # libjpeg's warning at the end of a line that another thread had begun (a progress print):
 # written in one piece ('%s\n'), it holds no ')', which the node's own line quoting it does.
 _GLUED_JPEG_WARNING = re.compile(
-    b'(?:' + b'|'.join(re.escape(start) for start in _CODEC_WARNINGS[:-1]) + rb')[^\n)]*\n\Z')
+    b'(?:' + b'|'.join(re.escape(start) for start in _JPEG_WARNINGS) + rb')[^\n)]*\n\Z')
 # Written to the capture pipe around a decoding ('[' and ']') and by settle_stderr ('='), each
 # with its number, in one write (atomic on a pipe); no log line holds NUL bytes.
 _MARK = re.compile(rb'\x00tarfuse stderr ([\[\]=]) (\d+)\x00')
