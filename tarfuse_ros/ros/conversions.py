@@ -16,7 +16,7 @@ around it, for what the bridge leaves to its callers or does differently:
   (``'rgb8; png compressed rgb8'`` holds RGB; the bridge ignores ``format``);
 * libjpeg's and libpng's warnings of a payload they decode all the same (a damaged JPEG),
   taken off stderr for the caller to report (OpenCV lets them print and tells nothing): the
-  process's stderr passes through a pipe from the first such decoding on;
+  process's stderr passes through a pipe and a relay process from the first such decoding on;
 * a compressed payload's size is read from its header (Pillow) before it is decoded, and one of
   more than ``MAX_DECODED_PIXELS`` (twice 7680x4320) is refused undecoded: a PNG of 1.2 MB
   stating 20000x20000 took 4-6 s and 2.4 GB to decode; so is one whose size Pillow cannot read
@@ -50,8 +50,11 @@ import io
 import math
 import os
 import re
+import select
+import subprocess
 import sys
 import threading
+import time
 import warnings
 
 from builtin_interfaces.msg import Time
@@ -61,11 +64,12 @@ import PIL.PngImagePlugin
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 from tarfuse_ros.core.sizes import MAX_DECODED_PIXELS
+from tarfuse_ros.ros import stderr_relay
 
 __all__ = ['array_to_compressed_msg', 'array_to_image_msg', 'compressed_msg_to_array',
            'compressed_size', 'COMPRESSED_FORMATS', 'detections_to_msg', 'image_msg_to_array',
            'jpeg_of_16_bit_image', 'load_bridge', 'MAX_DECODED_PIXELS', 'restamped',
-           'SUPPORTED_ENCODINGS']
+           'settle_stderr', 'SUPPORTED_ENCODINGS']
 
 _BAYER = tuple(f'bayer_{p}{bits}' for bits in (8, 16) for p in ('rggb', 'bggr', 'gbrg', 'grbg'))
 
@@ -438,163 +442,82 @@ def image_msg_to_motion_array(msg, max_side, codec_warnings=None):
     return image_msg_to_array(msg)[0]
 
 
-# The first words of libjpeg's warnings (jerror.h, JWRN_*: a damaged JPEG it decodes all the
-# same) and of libpng's (a PNG with a flawed ancillary chunk, 'libpng warning: sRGB: invalid'),
-# which they print on stderr.
-_JPEG_WARNINGS = (b'Corrupt JPEG data', b'Premature end of JPEG file',
-                  b'Invalid SOS parameters', b'Inconsistent progression sequence',
-                  b'Unknown Adobe color transform', b'Warning: unknown JFIF revision',
-                  b'Application transferred too many')
-_CODEC_WARNINGS = _JPEG_WARNINGS + (b'libpng warning: ',)
-# libjpeg's warning at the end of a line that another thread had begun (a progress print):
-# written in one piece ('%s\n'), it holds no ')', which the node's own line quoting it does.
-_GLUED_JPEG_WARNING = re.compile(
-    b'(?:' + b'|'.join(re.escape(start) for start in _JPEG_WARNINGS) + rb')[^\n)]*\n\Z')
-# Written to the capture pipe around a decoding ('[' and ']') and by settle_stderr ('='), each
-# with its number, in one write (atomic on a pipe); no log line holds NUL bytes.
-_MARK = re.compile(rb'\x00tarfuse stderr ([\[\]=]) (\d+)\x00')
-_MARK_START = b'\x00tarfuse stderr '
 _STDERR_LOCK = threading.Lock()  # one decoding (or settling) at a time
 _capture = None  # the _StderrCapture on fd 2, once a decoding has taken its warnings
 _exiting = False
 
 
 class _StderrCapture:
-    """File descriptor 2 on a pipe, and a thread passing what comes to the stderr it replaced.
+    """File descriptor 2 on a pipe, read by :mod:`~tarfuse_ros.ros.stderr_relay`'s process.
 
-    All that the process writes to stderr goes through the pipe in the order it was written,
-    and on to that stderr in that order, a moment later; but the codec's warnings written
-    between the marks of a decoding, which are handed to it instead. As fd 2 stays on the pipe
-    once taken (a decoding a frame), no line is lost or reordered as stderr changes hands.
+    It passes all that the process writes to stderr on to the stderr it replaced, in order, a
+    moment later, but the codec's warnings written between the marks of a decoding, which it
+    sends back. As fd 2 stays on the pipe once taken, no line is lost or reordered as stderr
+    changes hands, and as the relay is a process, none where this one dies at once.
     """
 
     def __init__(self):
         self.real = os.dup(2)
+        fds = [self.real]
         try:
-            self.read, self.write = os.pipe()
-        except OSError:
-            os.close(self.real)
-            raise
-        try:
+            read, self.write = os.pipe()
+            fds += [read, self.write]
+            self.results, results = os.pipe()
+            fds += [self.results, results]
+            # A session of its own: Ctrl-C (to the terminal's process group) does not reach it.
+            self.relay = subprocess.Popen(
+                [sys.executable, '-I', '-S', stderr_relay.__file__, str(read), str(self.real),
+                 str(results)], pass_fds=(read, self.real, results), stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL, stderr=self.real, start_new_session=True)
+            fds.remove(read)
+            fds.remove(results)
+            os.close(read)
+            os.close(results)
             os.dup2(self.write, 2)
-            self.pipe = _identity(2)
-            self.marked = self.seen = 0
-            self.found = {}
-            self.ended = self.released = False
-            self.changed = threading.Condition()
-            self.thread = threading.Thread(target=self._pass_on,
-                                           name='tarfuse-stderr', daemon=True)
-            self.thread.start()
         except BaseException:
-            if _identity(2) == _identity(self.write):
-                os.dup2(self.real, 2)
-            for fd in (self.read, self.write, self.real):
+            for fd in fds:
                 os.close(fd)
             raise
+        self.pipe = _identity(2)
+        self.marked = 0
+        self.received = b''
 
     def on_fd_2(self):
-        return self.thread.is_alive() and _identity(2) == self.pipe
+        return self.relay.poll() is None and _identity(2) == self.pipe
 
     def mark(self, kind):
         """Write mark ``kind`` to the pipe; return its number (caller holds _STDERR_LOCK)."""
         self.marked += 1
-        os.write(self.write, _MARK_START + kind + b' %d\x00' % self.marked)
+        os.write(self.write, stderr_relay.mark(kind, self.marked))
         return self.marked
 
     def wait(self, number, timeout=5.0):
-        """Wait until the thread has passed mark ``number``; return the warnings it took."""
-        with self.changed:
-            self.changed.wait_for(lambda: self.seen >= number or self.ended, timeout)
-            return self.found.pop(number, [])
+        """Wait until the relay has passed mark ``number``; return the warnings it took."""
+        deadline = time.monotonic() + timeout
+        while True:
+            while b'\n' in self.received:
+                record, self.received = self.received.split(b'\n', 1)
+                passed, *found = record.split(b'\t')
+                if int(passed) == number:
+                    return [line.decode(errors='replace') for line in found]
+            left = deadline - time.monotonic()  # older marks: of a call that gave up waiting
+            if left <= 0 or not select.select([self.results], [], [], left)[0]:
+                return []
+            data = os.read(self.results, 65536)
+            if not data:
+                return []  # the relay has ended
+            self.received += data
 
     def release(self, timeout=2.0):
-        """Give fd 2 back to the stderr it replaced and pass on what the pipe still holds."""
+        """Give fd 2 back to the stderr it replaced; wait for the relay to pass on the rest."""
         if _identity(2) == self.pipe:
             os.dup2(self.real, 2)
-        os.close(self.write)  # the pipe ends once the writes under way are in it
-        self.thread.join(timeout)
-        with self.changed:
-            self.released = True
-            if self.ended:  # else the thread closes it when the pipe ends
-                os.close(self.real)
-
-    def _pass_on(self):
+        for fd in (self.write, self.results, self.real):
+            os.close(fd)  # the pipe ends once the writes under way are in it
         try:
-            self._pass_on_to_the_end()
-        finally:
-            os.close(self.read)
-            with self.changed:
-                self.ended = True
-                self.changed.notify_all()
-                if self.released:
-                    os.close(self.real)
-
-    def _pass_on_to_the_end(self):
-        pending, window, found = b'', None, []
-        while True:
-            try:
-                data = os.read(self.read, 65536)
-            except OSError:
-                data = b''
-            if not data:
-                break
-            pending += data
-            while True:
-                match = _MARK.search(pending)
-                if match is None:
-                    break
-                window = self._take(window, pending[:match.start()], found, True)
-                pending = pending[match.end():]
-                kind, number = match.group(1), int(match.group(2))
-                if kind == b'[':
-                    window, found = b'', []
-                with self.changed:
-                    if kind == b']':
-                        window = None
-                        self.found[number] = found
-                        for stale in [old for old in self.found if old < number - 16]:
-                            del self.found[stale]  # of a caller that gave up waiting
-                    self.seen = number
-                    self.changed.notify_all()
-            # The end of what came may be the start of a mark: held for the next read.
-            held = pending.rfind(b'\x00', max(0, len(pending) - len(_MARK_START) - 24))
-            if held < 0 or not (_MARK_START.startswith(pending[held:])
-                                or pending[held:].startswith(_MARK_START)):
-                held = len(pending)
-            window = self._take(window, pending[:held], found, False)
-            pending = pending[held:]
-        self._take(window, pending, found, True)
-
-    def _take(self, window, data, found, ends):
-        """Pass ``data`` on; in a decoding's ``window``, its codec's warnings go to ``found``.
-
-        Returns the window's part line still to be judged (None outside a window); ``ends``:
-        the window ends after ``data``.
-        """
-        if window is None:
-            self._write(data)
-            return None
-        lines = (window + data).splitlines(keepends=True)
-        rest = b'' if ends or not lines or lines[-1].endswith(b'\n') else lines.pop()
-        other = []
-        for line in lines:
-            glued = None if line.startswith(_CODEC_WARNINGS) else _GLUED_JPEG_WARNING.search(line)
-            if glued is not None:
-                other.append(line[:glued.start()])  # its line goes on in the next write
-                line = line[glued.start():]
-            if line.startswith(_CODEC_WARNINGS):
-                found.append(line.decode(errors='replace').strip())
-            else:
-                other.append(line)
-        self._write(b''.join(other))
-        return rest
-
-    def _write(self, data):
-        try:
-            while data:
-                data = data[os.write(self.real, data):]
-        except OSError:
-            pass  # a full disk, a closed pipe: lost there, as any other line written to it
+            self.relay.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pass  # another process still holds the pipe (a child given this stderr)
 
 
 def _identity(fd):
@@ -614,7 +537,7 @@ def _stderr_capture():
     if _capture is None and not _exiting and _identity(2) is not None:
         try:
             _capture = _StderrCapture()
-        except (OSError, RuntimeError):  # no descriptor left, no thread at shutdown
+        except (OSError, subprocess.SubprocessError):  # no descriptor or process left
             return None
     return _capture
 
@@ -635,7 +558,7 @@ def settle_stderr(timeout=5.0):
 
 @atexit.register
 def _release_stderr():
-    """Give fd 2 back at exit, with every line the pipe holds passed on."""
+    """Give fd 2 back at exit, once the relay has passed on every line the pipe holds."""
     global _capture, _exiting
     with _STDERR_LOCK:
         _exiting = True
@@ -645,13 +568,13 @@ def _release_stderr():
 
 
 def _forget_stderr_capture_in_child():
-    """In a forked child, which has no thread to read the pipe: its stderr is the real one."""
+    """In a forked child: its stderr is the one the pipe replaced; the relay is the parent's."""
     global _capture, _STDERR_LOCK
     _STDERR_LOCK = threading.Lock()
     if _capture is not None:
         if _identity(2) == _capture.pipe:
             os.dup2(_capture.real, 2)
-        for fd in (_capture.read, _capture.write, _capture.real):
+        for fd in (_capture.write, _capture.results, _capture.real):
             os.close(fd)
         _capture = None
 
@@ -668,14 +591,15 @@ def _decode_taking_codec_warnings(decode):
     caller nothing; libpng's warnings go there too. cv2 has no setting for them
     (``cv2.utils.logging.setLogLevel`` covers OpenCV's own log, ``cv2.redirectError`` its
     errors; opencv/opencv#9477, opencv-python#610). So the first such call points file
-    descriptor 2 at a pipe for good (:class:`_StderrCapture`), whose thread passes all that
-    comes on to the stderr it replaced, in order, a moment later (the process's own log lines
-    with it: none is lost or reordered, as some were when stderr changed hands around each
-    call), and hands the call the codec's lines written between its marks, one call at a time
-    (whatever the call raised). At exit, or where fd 2 was taken over since, the pipe is
-    emptied and fd 2 given back. A stderr that cannot take a line (a full disk, a closed pipe)
-    loses it, as it would have lost it anyway; the decoding goes on. Where there is no stderr
-    (fd 2 closed), the call runs as it is.
+    descriptor 2 at a pipe for good (:class:`_StderrCapture`), whose reader, a process of its
+    own (:mod:`~tarfuse_ros.ros.stderr_relay`), passes all that comes on to the stderr it
+    replaced, in order, a moment later (the process's own log lines with it: none is lost or
+    reordered, as some were when stderr changed hands around each call, nor where the
+    process dies at once), and hands the call the codec's lines written between its marks,
+    one call at a time (whatever the call raised). At exit, or where fd 2 was taken over
+    since, fd 2 is given back and the rest passed on. A stderr that cannot take a line (a
+    full disk, a closed pipe) loses it, as it would have lost it anyway; the decoding goes
+    on. Where there is no stderr (fd 2 closed) or no process to start, the call runs as it is.
     """
     with _STDERR_LOCK:
         try:

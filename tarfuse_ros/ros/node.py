@@ -1728,7 +1728,7 @@ def main(args=None):
             # Tearing the interpreter down under a thread inside PyTorch aborts the process.
             sys.stdout.flush()
             sys.stderr.flush()
-            settle_stderr()  # the lines still in the codec capture's pipe (the warning above)
+            settle_stderr()  # the codec capture's relay has passed the warning above on
             os._exit(code)
         for number, handler in previous.items():
             signal.signal(number, handler)

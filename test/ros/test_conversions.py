@@ -7,6 +7,7 @@ no-distro venv, the distro's on a ROS install.
 import io
 import os
 from pathlib import Path
+import signal
 import struct
 import subprocess
 import sys
@@ -545,23 +546,24 @@ def test_threads_lines_on_stderr_are_all_kept_in_their_order_beside_decodings(ca
     # written back after stderr was given back, after the lines that thread wrote next (about
     # 30 of 2000 out of order). Then passed on before stderr was given back, a line written
     # just as it was given back still came late or was lost (stderr was a temporary file around
-    # each decoding): in 4 of 4 runs of these 3 x 6000 beside two busy loops, 2 lost or 3 late.
-    # Now stderr is a pipe for good, whose lines are passed on in order.
+    # each decoding): in 6 of 6 runs of these 3 x 3000 beside two busy loops, 1 to 6 lost.
+    # Now stderr is a pipe for good, whose lines the relay process passes on in order.
     vi = cv2.imread(str(SAMPLES / 'vi' / 'FLIR_00993.jpg'), cv2.IMREAD_COLOR)
     small = cv2.resize(vi, (160, 128), interpolation=cv2.INTER_AREA)  # many handovers
     msg = CompressedImage(format='bgr8; jpeg compressed bgr8', data=_damaged_jpeg(small))
-    lines = 6000
+    lines = 3000
 
     def write(writer):
         for number in range(lines):
             os.write(2, f'line {writer} {number}\n'.encode())
-            if number % 8 == 0:
-                time.sleep(0.00005)  # busy loggers: a line or more in every decoding
+            if number % 2 == 0:
+                time.sleep(0.0001)  # busy loggers: a line or more in every decoding
+    found = []
+    compressed_msg_to_array(msg, codec_warnings=found)  # stderr taken over (the relay started)
     capfd.readouterr()
     writers = [threading.Thread(target=write, args=(writer,)) for writer in range(3)]
     for writer in writers:
         writer.start()
-    found = []
     while any(writer.is_alive() for writer in writers):
         compressed_msg_to_array(msg, codec_warnings=found)
     for writer in writers:
@@ -571,7 +573,7 @@ def test_threads_lines_on_stderr_are_all_kept_in_their_order_beside_decodings(ca
     for line in capfd.readouterr().err.splitlines():
         _, writer, number = line.split()
         written.setdefault(int(writer), []).append(int(number))
-    assert len(found) > 100 and set(found) == {found[0]}  # each decoding's own, off stderr
+    assert len(found) >= 2 and set(found) == {found[0]}  # each decoding's own, off stderr
     for writer in range(3):
         assert written[writer] == list(range(lines)), (
             writer, sorted(set(range(lines)) - set(written[writer])),
@@ -608,7 +610,7 @@ def test_decodings_in_two_threads_at_once_each_take_their_own_codec_warnings(cap
 # Decodes a damaged JPEG three times taking its warnings, writing a line to stderr after each,
 # then ends as argv[2] says; prints how many warnings it took.
 _ENDING = """
-import os, sys
+import ctypes, os, sys
 from sensor_msgs.msg import CompressedImage
 from tarfuse_ros.ros import conversions
 msg = CompressedImage(format='jpeg', data=open(sys.argv[1], 'rb').read())
@@ -621,31 +623,37 @@ for number in range(3):
     if ending != 'with stderr closed':
         os.write(2, f'line {number}\\n'.encode())
 print(len(found), flush=True)
+libc = ctypes.PyDLL(None)  # its calls keep the GIL, as C code dying in the process does
+if ending == 'by os._exit':
+    libc.write(2, b'last line\\n', 10), os._exit(0)
+if ending == 'by abort()':
+    libc.write(2, b'last line\\n', 10), libc.abort()
 if ending != 'with stderr closed':
     sys.stderr.write('last line\\n')
-if ending == 'by os._exit':
-    conversions.settle_stderr()
-    os._exit(0)
 """
 
 
-@pytest.mark.parametrize('ending', ['at exit', 'by os._exit', 'with stderr a file',
-                                    'with stderr closed'])
+@pytest.mark.parametrize('ending', ['at exit', 'by os._exit', 'by abort()',
+                                    'with stderr a file', 'with stderr closed'])
 def test_a_process_taking_codec_warnings_ends_with_all_its_stderr_lines(ending, tmp_path):
-    # Its stderr goes through a pipe that a thread reads: what the pipe holds at the end is
-    # passed on (at exit; before os._exit by settle_stderr), none of the codec's lines.
+    # Its stderr goes through a pipe, which the relay process passes on to the end, whatever
+    # the end: read by a thread of the process, a line written just before an abort or
+    # os._exit was lost.
     vi = cv2.imread(str(SAMPLES / 'vi' / 'FLIR_00993.jpg'), cv2.IMREAD_COLOR)
     jpeg = tmp_path / 'damaged.jpg'
     jpeg.write_bytes(_damaged_jpeg(vi))
     stderr = tmp_path / 'stderr.txt'
-    with open(stderr, 'wb') as file:
-        done = subprocess.run([sys.executable, '-c', _ENDING, str(jpeg), ending],
-                              stdout=subprocess.PIPE, stderr=file, timeout=60)
+    with open(stderr, 'wb') as file:  # a pipe, read to its end (the relay's too), but for one
+        done = subprocess.run(
+            [sys.executable, '-c', _ENDING, str(jpeg), ending], stdout=subprocess.PIPE,
+            stderr=file if ending == 'with stderr a file' else subprocess.PIPE, timeout=60)
+    err = stderr.read_bytes() if ending == 'with stderr a file' else done.stderr
     if ending == 'with stderr closed':  # nothing to take over: decoded as it is
         assert (done.returncode, done.stdout) == (0, b'0\n')
         return
-    assert (done.returncode, done.stdout) == (0, b'3\n'), stderr.read_text()
-    assert stderr.read_text() == 'line 0\nline 1\nline 2\nlast line\n'
+    code = -signal.SIGABRT if ending == 'by abort()' else 0
+    assert (done.returncode, done.stdout) == (code, b'3\n'), err
+    assert err == b'line 0\nline 1\nline 2\nlast line\n'
 
 
 def _png_with_chunk(array, chunk_type, chunk_data):

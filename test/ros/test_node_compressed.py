@@ -345,8 +345,8 @@ def test_a_bag_of_compressed_topics_plays_through_the_node_with_tarfuse_play(
 
 def test_a_node_whose_stderr_the_codec_capture_took_stops_cleanly_with_its_lines(tmp_path):
     # From its first compressed frame on, the node's stderr goes through the codec capture's
-    # pipe, read by a thread: at the stop, the lines the pipe holds are passed on and the
-    # exit is clean.
+    # pipe and relay process: at the stop, the lines the pipe holds are passed on and the exit
+    # is clean.
     weights = tmp_path / 'random.safetensors'
     make_checkpoint(weights)
     with running_node({'infrared.transport': 'compressed', 'visible.transport': 'compressed'},
