@@ -445,6 +445,7 @@ def image_msg_to_motion_array(msg, max_side, codec_warnings=None):
 _STDERR_LOCK = threading.Lock()  # one decoding (or settling) at a time
 _capture = None  # the _StderrCapture on fd 2, once a decoding has taken its warnings
 _exiting = False
+_relays_lost = 0  # relays that ended on their own (killed, an interpreter that cannot run one)
 
 
 class _StderrCapture:
@@ -530,16 +531,30 @@ def _identity(fd):
 
 def _stderr_capture():
     """Return the capture on fd 2 (taken now if need be), or None where there is none to take."""
-    global _capture
+    global _capture, _relays_lost
     if _capture is not None and not _capture.on_fd_2():
-        _capture.release(0.0)  # fd 2 taken over since (pytest's capture, a test's dup2)
+        ended = _capture.relay.poll()
+        _capture.release(0.0)  # or fd 2 taken over since (pytest's capture, a test's dup2)
+        if ended is not None:
+            _relays_lost += 1
+            then = ('started again' if _relays_lost < 3 else
+                    "the codec's warnings go to stderr as they come from now on")
+            _say(f'tarfuse: the stderr relay (pid {_capture.relay.pid}) ended with code '
+                 f'{ended} ({_relays_lost} of 3): {then}\n')
         _capture = None
-    if _capture is None and not _exiting and _identity(2) is not None:
+    if _capture is None and not _exiting and _relays_lost < 3 and _identity(2) is not None:
         try:
             _capture = _StderrCapture()
         except (OSError, subprocess.SubprocessError):  # no descriptor or process left
             return None
     return _capture
+
+
+def _say(line):
+    try:
+        os.write(2, line.encode())
+    except OSError:
+        pass
 
 
 def settle_stderr(timeout=5.0):

@@ -509,6 +509,42 @@ def test_libjpeg_s_warning_after_part_of_a_line_goes_to_the_caller_and_the_line_
     assert found == [] and capfd.readouterr().err == quoting.decode()
 
 
+def test_a_relay_that_ends_is_started_again_and_after_three_stderr_is_left_as_it_is(
+        capfd, monkeypatch):
+    # Found by a break test: a relay process that ended (killed; an interpreter that cannot run
+    # it) was started again at each decoding, to end again: a process per frame.
+    vi = cv2.imread(str(SAMPLES / 'vi' / 'FLIR_00993.jpg'), cv2.IMREAD_COLOR)
+    msg = CompressedImage(format='jpeg', data=_damaged_jpeg(vi))
+    monkeypatch.setattr(conversions, '_relays_lost', 0)
+    compressed_msg_to_array(msg, codec_warnings=[])
+    relay = conversions._capture.relay
+    os.kill(relay.pid, signal.SIGKILL)  # killed: started again, the warnings taken as before
+    relay.wait(10)
+    capfd.readouterr()
+    found = []
+    compressed_msg_to_array(msg, codec_warnings=found)
+    assert len(found) == 1 and conversions._capture.relay.poll() is None
+    conversions.settle_stderr()
+    err = capfd.readouterr().err
+    assert err == (f'tarfuse: the stderr relay (pid {relay.pid}) ended with code -9 (1 of 3): '
+                   f'started again\n')
+    # One that cannot run: two more ends, then stderr is left as it is.
+    monkeypatch.setattr(conversions.stderr_relay, '__file__', '/nonexistent/stderr_relay.py')
+    os.kill(conversions._capture.relay.pid, signal.SIGKILL)
+    for _ in range(8):
+        found = []
+        array, _ = compressed_msg_to_array(msg, codec_warnings=found)
+        assert array.shape == vi.shape and found == []
+        time.sleep(0.2)  # for the relay to end
+    assert conversions._capture is None and conversions._relays_lost == 3
+    err = capfd.readouterr().err
+    assert err.count('tarfuse: the stderr relay (pid ') == 2, err
+    assert "(3 of 3): the codec's warnings go to stderr as they come from now on\n" in err, err
+    assert err.splitlines()[-1].startswith('Corrupt JPEG data: '), err  # libjpeg's own
+    os.write(2, b'after\n')
+    assert capfd.readouterr().err == 'after\n'
+
+
 def _decode_writing_to_stderr(data, line):
     """Return a decoding of JPEG ``data`` that writes ``line`` to stderr meanwhile."""
     def decode():
