@@ -482,6 +482,8 @@ class _StderrCapture:
         self.pipe = _identity(2)
         self.marked = 0
         self.received = b''
+        self.poller = select.poll()  # not select.select: no limit on the descriptor's number
+        self.poller.register(self.results, select.POLLIN)
 
     def on_fd_2(self):
         return self.relay.poll() is None and _identity(2) == self.pipe
@@ -502,7 +504,7 @@ class _StderrCapture:
                 if int(passed) == number:
                     return [line.decode(errors='replace') for line in found]
             left = deadline - time.monotonic()  # older marks: of a call that gave up waiting
-            if left <= 0 or not select.select([self.results], [], [], left)[0]:
+            if left <= 0 or not self.poller.poll(left * 1000):
                 return []
             data = os.read(self.results, 65536)
             if not data:
@@ -560,8 +562,9 @@ def _say(line):
 def settle_stderr(timeout=5.0):
     """Return once what this process wrote to stderr so far is on its stderr (within timeout s).
 
-    Lines pass through :func:`_decode_taking_codec_warnings`'s pipe a moment late: for a reader
-    of that stderr in this process (a test) or before ``os._exit``.
+    Lines pass through :func:`_decode_taking_codec_warnings`'s pipe and relay a moment late:
+    for a reader of that stderr in this process (a test), or before ``os._exit`` (the relay
+    passes them on all the same, but maybe after the process's end is seen).
     """
     with _STDERR_LOCK:
         if _capture is not None and _capture.on_fd_2():
