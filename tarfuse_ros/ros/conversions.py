@@ -547,7 +547,10 @@ def _stderr_capture():
     if _capture is None and not _exiting and _relays_lost < 3 and _identity(2) is not None:
         try:
             _capture = _StderrCapture()
-        except (OSError, subprocess.SubprocessError):  # no descriptor or process left
+        except (OSError, subprocess.SubprocessError) as exc:  # no descriptor, no interpreter
+            _relays_lost = 3  # not tried again at each frame
+            _say(f"tarfuse: no stderr relay could be started ({exc}): the codec's warnings go "
+                 f'to stderr as they come\n')
             return None
     return _capture
 

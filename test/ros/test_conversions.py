@@ -545,6 +545,23 @@ def test_a_relay_that_ends_is_started_again_and_after_three_stderr_is_left_as_it
     assert capfd.readouterr().err == 'after\n'
 
 
+def test_a_relay_that_cannot_start_is_said_once_and_not_tried_at_each_frame(capfd, monkeypatch):
+    vi = cv2.imread(str(SAMPLES / 'vi' / 'FLIR_00993.jpg'), cv2.IMREAD_COLOR)
+    msg = CompressedImage(format='jpeg', data=_damaged_jpeg(vi))
+    monkeypatch.setattr(conversions, '_relays_lost', 0)
+    compressed_msg_to_array(msg, codec_warnings=[])
+    os.dup2(conversions._capture.real, 2)  # given back: a new relay needed, which cannot start
+    monkeypatch.setattr(sys, 'executable', '/nonexistent/python')
+    capfd.readouterr()
+    for _ in range(3):
+        found = []
+        array, _ = compressed_msg_to_array(msg, codec_warnings=found)
+        assert array.shape == vi.shape and found == [] and conversions._capture is None
+    err = capfd.readouterr().err.splitlines()
+    assert len(err) == 4 and err[0].startswith('tarfuse: no stderr relay could be started ('), err
+    assert all(line.startswith('Corrupt JPEG data: ') for line in err[1:]), err
+
+
 def _decode_writing_to_stderr(data, line):
     """Return a decoding of JPEG ``data`` that writes ``line`` to stderr meanwhile."""
     def decode():
