@@ -15,7 +15,8 @@ around it, for what the bridge leaves to its callers or does differently:
 * a compressed colour payload's channel order as image_transport reads its ``format``
   (``'rgb8; png compressed rgb8'`` holds RGB; the bridge ignores ``format``);
 * libjpeg's and libpng's warnings of a payload they decode all the same (a damaged JPEG),
-  taken off stderr for the caller to report (OpenCV lets them print and tells nothing);
+  taken off stderr for the caller to report (OpenCV lets them print and tells nothing): the
+  process's stderr passes through a pipe and a relay process from the first such decoding on;
 * a compressed payload's size is read from its header (Pillow) before it is decoded, and one of
   more than ``MAX_DECODED_PIXELS`` (twice 7680x4320) is refused undecoded: a PNG of 1.2 MB
   stating 20000x20000 took 4-6 s and 2.4 GB to decode; so is one whose size Pillow cannot read
@@ -39,17 +40,21 @@ Functions:
     array_to_compressed_msg(array, header, fmt='jpeg') -> sensor_msgs/CompressedImage
     detections_to_msg(detections, header, image_size=None) -> vision_msgs/Detection2DArray
     restamped(msg, stamp_ns) -> a copy of msg with its header stamped stamp_ns
+    settle_stderr(timeout=5.0) -> returns once what was written to stderr is through that pipe
 """
 
+import atexit
 import copy
 from functools import lru_cache
 import io
 import math
 import os
 import re
+import select
+import subprocess
 import sys
-import tempfile
 import threading
+import time
 import warnings
 
 from builtin_interfaces.msg import Time
@@ -59,11 +64,12 @@ import PIL.PngImagePlugin
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 from tarfuse_ros.core.sizes import MAX_DECODED_PIXELS
+from tarfuse_ros.ros import stderr_relay
 
 __all__ = ['array_to_compressed_msg', 'array_to_image_msg', 'compressed_msg_to_array',
            'compressed_size', 'COMPRESSED_FORMATS', 'detections_to_msg', 'image_msg_to_array',
            'jpeg_of_16_bit_image', 'load_bridge', 'MAX_DECODED_PIXELS', 'restamped',
-           'SUPPORTED_ENCODINGS']
+           'settle_stderr', 'SUPPORTED_ENCODINGS']
 
 _BAYER = tuple(f'bayer_{p}{bits}' for bits in (8, 16) for p in ('rggb', 'bggr', 'gbrg', 'grbg'))
 
@@ -436,14 +442,165 @@ def image_msg_to_motion_array(msg, max_side, codec_warnings=None):
     return image_msg_to_array(msg)[0]
 
 
-# The first words of libjpeg's warnings (jerror.h, JWRN_*: a damaged JPEG it decodes all the
-# same) and of libpng's (a PNG with a flawed ancillary chunk, 'libpng warning: sRGB: invalid'),
-# which they print on stderr.
-_CODEC_WARNINGS = (b'Corrupt JPEG data', b'Premature end of JPEG file',
-                   b'Invalid SOS parameters', b'Inconsistent progression sequence',
-                   b'Unknown Adobe color transform', b'Warning: unknown JFIF revision',
-                   b'Application transferred too many', b'libpng warning: ')
-_STDERR_LOCK = threading.Lock()
+_STDERR_LOCK = threading.Lock()  # one decoding (or settling) at a time
+_capture = None  # the _StderrCapture on fd 2, once a decoding has taken its warnings
+_exiting = False
+_relays_lost = 0  # relays that ended on their own (killed, an interpreter that cannot run one)
+
+
+class _StderrCapture:
+    """File descriptor 2 on a pipe, read by :mod:`~tarfuse_ros.ros.stderr_relay`'s process.
+
+    It passes all that the process writes to stderr on to the stderr it replaced, in order, a
+    moment later, but the codec's warnings written between the marks of a decoding, which it
+    sends back. As fd 2 stays on the pipe once taken, no line is lost or reordered as stderr
+    changes hands, and as the relay is a process, none where this one dies at once.
+    """
+
+    def __init__(self):
+        self.real = os.dup(2)
+        fds = [self.real]
+        try:
+            read, self.write = os.pipe()
+            fds += [read, self.write]
+            self.results, results = os.pipe()
+            fds += [self.results, results]
+            # A session of its own: Ctrl-C (to the terminal's process group) does not reach it.
+            self.relay = subprocess.Popen(
+                [sys.executable, '-I', '-S', stderr_relay.__file__, str(read), str(self.real),
+                 str(results)], pass_fds=(read, self.real, results), stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL, stderr=self.real, start_new_session=True)
+            fds.remove(read)
+            fds.remove(results)
+            os.close(read)
+            os.close(results)
+            os.dup2(self.write, 2)
+        except BaseException:
+            for fd in fds:
+                os.close(fd)
+            raise
+        self.pipe = _identity(2)
+        self.marked = 0
+        self.received = b''
+        self.poller = select.poll()  # not select.select: no limit on the descriptor's number
+        self.poller.register(self.results, select.POLLIN)
+
+    def on_fd_2(self):
+        return self.relay.poll() is None and _identity(2) == self.pipe
+
+    def mark(self, kind):
+        """Write mark ``kind`` to the pipe; return its number (caller holds _STDERR_LOCK)."""
+        self.marked += 1
+        os.write(self.write, stderr_relay.mark(kind, self.marked))
+        return self.marked
+
+    def wait(self, number, timeout=5.0):
+        """Wait until the relay has passed mark ``number``; return the warnings it took."""
+        deadline = time.monotonic() + timeout
+        while True:
+            while b'\n' in self.received:
+                record, self.received = self.received.split(b'\n', 1)
+                passed, *found = record.split(b'\t')
+                if int(passed) == number:
+                    return [line.decode(errors='replace') for line in found]
+            left = deadline - time.monotonic()  # older marks: of a call that gave up waiting
+            if left <= 0 or not self.poller.poll(left * 1000):
+                return []
+            data = os.read(self.results, 65536)
+            if not data:
+                return []  # the relay has ended
+            self.received += data
+
+    def release(self, timeout=2.0):
+        """Give fd 2 back to the stderr it replaced; wait for the relay to pass on the rest."""
+        if _identity(2) == self.pipe:
+            os.dup2(self.real, 2)
+        for fd in (self.write, self.results, self.real):
+            os.close(fd)  # the pipe ends once the writes under way are in it
+        try:
+            self.relay.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pass  # another process still holds the pipe (a child given this stderr)
+
+
+def _identity(fd):
+    try:
+        status = os.fstat(fd)
+    except OSError:
+        return None
+    return status.st_dev, status.st_ino
+
+
+def _stderr_capture():
+    """Return the capture on fd 2 (taken now if need be), or None where there is none to take."""
+    global _capture, _relays_lost
+    if _capture is not None and not _capture.on_fd_2():
+        ended = _capture.relay.poll()
+        _capture.release(0.0)  # or fd 2 taken over since (pytest's capture, a test's dup2)
+        if ended is not None:
+            _relays_lost += 1
+            then = ('started again' if _relays_lost < 3 else
+                    "the codec's warnings go to stderr as they come from now on")
+            _say(f'tarfuse: the stderr relay (pid {_capture.relay.pid}) ended with code '
+                 f'{ended} ({_relays_lost} of 3): {then}\n')
+        _capture = None
+    if _capture is None and not _exiting and _relays_lost < 3 and _identity(2) is not None:
+        try:
+            _capture = _StderrCapture()
+        except (OSError, subprocess.SubprocessError) as exc:  # no descriptor, no interpreter
+            _relays_lost = 3  # not tried again at each frame
+            _say(f"tarfuse: no stderr relay could be started ({exc}): the codec's warnings go "
+                 f'to stderr as they come\n')
+            return None
+    return _capture
+
+
+def _say(line):
+    try:
+        os.write(2, line.encode())
+    except OSError:
+        pass
+
+
+def settle_stderr(timeout=5.0):
+    """Return once what this process wrote to stderr so far is on its stderr (within timeout s).
+
+    Lines pass through :func:`_decode_taking_codec_warnings`'s pipe and relay a moment late:
+    for a reader of that stderr in this process (a test), or before ``os._exit`` (the relay
+    passes them on all the same, but maybe after the process's end is seen).
+    """
+    with _STDERR_LOCK:
+        if _capture is not None and _capture.on_fd_2():
+            try:
+                _capture.wait(_capture.mark(b'='), timeout)
+            except OSError:
+                pass
+
+
+@atexit.register
+def _release_stderr():
+    """Give fd 2 back at exit, once the relay has passed on every line the pipe holds."""
+    global _capture, _exiting
+    with _STDERR_LOCK:
+        _exiting = True
+        if _capture is not None:
+            _capture.release()
+            _capture = None
+
+
+def _forget_stderr_capture_in_child():
+    """In a forked child: its stderr is the one the pipe replaced; the relay is the parent's."""
+    global _capture, _STDERR_LOCK
+    _STDERR_LOCK = threading.Lock()
+    if _capture is not None:
+        if _identity(2) == _capture.pipe:
+            os.dup2(_capture.real, 2)
+        for fd in (_capture.write, _capture.results, _capture.real):
+            os.close(fd)
+        _capture = None
+
+
+os.register_at_fork(after_in_child=_forget_stderr_capture_in_child)
 
 
 def _decode_taking_codec_warnings(decode):
@@ -453,61 +610,39 @@ def _decode_taking_codec_warnings(decode):
     handler prints the first warning of a damaged JPEG that it decodes all the same ('Corrupt
     JPEG data: 2 extraneous bytes before marker 0xdb') to the process's stderr and tells the
     caller nothing; libpng's warnings go there too. cv2 has no setting for them
-    (``cv2.setLogLevel`` covers OpenCV's own log; opencv/opencv#9477, opencv-python#610).
-    So the call runs with file descriptor 2 on a temporary file, one such call at a time; what
-    else was written there meanwhile (another thread's log line) goes on to stderr, whatever
-    the call raised: before stderr is given back, so that a thread's lines written after
-    that come after its earlier ones, and what came in between after it. A stderr that
-    cannot take it (a full disk, a closed pipe) loses it, as it would have lost it anyway;
-    the decoding goes on. Where there is no stderr to take over (or no temporary file), the
-    call runs as it is.
+    (``cv2.utils.logging.setLogLevel`` covers OpenCV's own log, ``cv2.redirectError`` its
+    errors; opencv/opencv#9477, opencv-python#610). So the first such call points file
+    descriptor 2 at a pipe for good (:class:`_StderrCapture`), whose reader, a process of its
+    own (:mod:`~tarfuse_ros.ros.stderr_relay`), passes all that comes on to the stderr it
+    replaced, in order, a moment later (the process's own log lines with it: none is lost or
+    reordered, as some were when stderr changed hands around each call, nor where the
+    process dies at once), and hands the call the codec's lines written between its marks,
+    one call at a time (whatever the call raised). At exit, or where fd 2 was taken over
+    since, fd 2 is given back and the rest passed on. A stderr that cannot take a line (a
+    full disk, a closed pipe) loses it, as it would have lost it anyway; the decoding goes
+    on. Where there is no stderr (fd 2 closed) or no process to start, the call runs as it is.
     """
-    found = []
     with _STDERR_LOCK:
         try:
             if sys.stderr is not None:
                 sys.stderr.flush()
-            capture = tempfile.TemporaryFile()
         except (OSError, ValueError):
-            return decode(), found
-        with capture:
+            pass
+        capture = _stderr_capture()
+        try:
+            number = None if capture is None else capture.mark(b'[')
+        except OSError:
+            number = None
+        if number is None:
+            return decode(), []
+        try:
+            result = decode()
+        finally:
             try:
-                saved = os.dup(2)
-            except OSError:
-                return decode(), found
-            os.dup2(capture.fileno(), 2)
-            try:
-                result = decode()
-            finally:
-                try:
-                    done = _pass_on(capture, 0, saved, found)
-                finally:
-                    os.dup2(saved, 2)
-                    os.close(saved)
-                _pass_on(capture, done, 2, found)
+                found = capture.wait(capture.mark(b']'))
+            except OSError:  # not to hide what decode() raised
+                found = []
     return result, found
-
-
-def _pass_on(capture, start, fd, found):
-    """Write what ``capture`` holds from byte ``start`` on to ``fd``, but the codec's warnings.
-
-    Those are appended to ``found``; returns the byte where the next call starts. Read at its
-    position (``os.pread``): the file's offset is shared with the writers still writing to it.
-    """
-    data = os.pread(capture.fileno(), os.fstat(capture.fileno()).st_size - start, start)
-    other = []
-    for line in data.splitlines(keepends=True):
-        if line.startswith(_CODEC_WARNINGS):
-            found.append(line.decode(errors='replace').strip())
-        else:
-            other.append(line)
-    rest = b''.join(other)
-    try:
-        while rest:
-            rest = rest[os.write(fd, rest):]
-    except OSError:
-        pass  # a full disk, a closed pipe: lost there, as any other line written to it
-    return start + len(data)
 
 
 # Source encodings image_transport takes as colour (sensor_msgs::image_encodings::isColor).

@@ -81,7 +81,7 @@ from tarfuse_ros.ros.conversions import array_to_compressed_msg, array_to_image_
 from tarfuse_ros.ros.conversions import compressed_msg_to_array, compressed_size
 from tarfuse_ros.ros.conversions import detections_to_msg, image_msg_to_array
 from tarfuse_ros.ros.conversions import image_msg_to_motion_array, jpeg_of_16_bit_image
-from tarfuse_ros.ros.conversions import load_bridge, restamped
+from tarfuse_ros.ros.conversions import load_bridge, restamped, settle_stderr
 from tarfuse_ros.ros.diagnostics import build_status, InputClock, NodeStats
 from tarfuse_ros.ros.diagnostics import process_rss_mib
 from tarfuse_ros.ros.diagnostics import WarningThrottle
@@ -1728,6 +1728,7 @@ def main(args=None):
             # Tearing the interpreter down under a thread inside PyTorch aborts the process.
             sys.stdout.flush()
             sys.stderr.flush()
+            settle_stderr()  # the codec capture's relay has passed the warning above on
             os._exit(code)
         for number, handler in previous.items():
             signal.signal(number, handler)

@@ -7,14 +7,15 @@ publishes with the engine's result on the raw pair.
 """
 
 import json
+import signal
 import struct
 import time
 import zlib
 
 import cv2
-from node_harness import compressed_msg, HEIGHT, make_checkpoint, NodeProcess, Probe
-from node_harness import png_stating, random_domain_id, sample_pair, SAMPLES, VISIBLE_FRAME
-from node_harness import WIDTH
+from node_harness import assert_stops_cleanly, compressed_msg, HEIGHT, make_checkpoint
+from node_harness import NodeProcess, png_stating, Probe, random_domain_id, running_node
+from node_harness import sample_pair, SAMPLES, VISIBLE_FRAME, WIDTH
 import numpy as np
 import pytest
 from tarfuse_ros.core.engine import FusionEngine
@@ -130,6 +131,14 @@ def test_a_bayer_camera_on_the_compressed_transport_is_fused_in_colour(setup):
     assert np.abs(_pixels(fused) - expected).max() <= 1
 
 
+def _damaged_jpeg(data):
+    """Return JPEG ``data`` with 50 bytes of its image data zeroed, as a lossy link does."""
+    data = bytearray(data)
+    middle = (data.find(b'\xff\xda') + len(data)) // 2
+    data[middle:middle + 50] = bytes(50)
+    return bytes(data)
+
+
 def test_a_damaged_jpeg_is_fused_and_said_once_in_the_node_s_log_not_by_libjpeg(setup):
     # Found by use: for a JPEG damaged on a lossy link, which libjpeg decodes all the same,
     # libjpeg printed 'Corrupt JPEG data: N extraneous bytes before marker 0xd9' to the
@@ -143,10 +152,7 @@ def test_a_damaged_jpeg_is_fused_and_said_once_in_the_node_s_log_not_by_libjpeg(
     for _ in range(3):
         stamp = time.time_ns()
         ir_msg, vi_msg = probe.good_pair(stamp)
-        data = bytearray(vi_msg.data)
-        middle = (data.find(b'\xff\xda') + len(data)) // 2
-        data[middle:middle + 50] = bytes(50)  # inside the image data
-        vi_msg.data = bytes(data)
+        vi_msg.data = _damaged_jpeg(vi_msg.data)
         probe.publish_pair(ir_msg, vi_msg)
         assert probe.wait_for_outputs(stamp), 'a damaged JPEG that libjpeg decodes was not fused'
         stamps.append(stamp)
@@ -335,3 +341,24 @@ def test_a_bag_of_compressed_topics_plays_through_the_node_with_tarfuse_play(
     image, kind = image_to_array(fused[-1])
     assert kind == 'bgr8' and image.shape == (HEIGHT, WIDTH, 3)
     assert node.alive()
+
+
+def test_a_node_whose_stderr_the_codec_capture_took_stops_cleanly_with_its_lines(tmp_path):
+    # From its first compressed frame on, the node's stderr goes through the codec capture's
+    # pipe and relay process: at the stop, the lines the pipe holds are passed on and the exit
+    # is clean.
+    weights = tmp_path / 'random.safetensors'
+    make_checkpoint(weights)
+    with running_node({'infrared.transport': 'compressed', 'visible.transport': 'compressed'},
+                      weights=weights, probe_options={'transports': TRANSPORTS}) as (node, probe):
+        stamp = time.time_ns()
+        ir_msg, vi_msg = probe.good_pair(stamp)
+        vi_msg.data = _damaged_jpeg(vi_msg.data)
+        probe.publish_pair(ir_msg, vi_msg)
+        assert probe.wait_for_outputs(stamp)
+        said = 'damaged JPEG ('
+        assert probe.spin_until(lambda: said in node.log(), 5.0), node.log()
+        assert_stops_cleanly(node, probe, signal.SIGINT)  # exit code 0, no traceback
+        log = node.log()
+        assert log.count(said) == 1 and 'Corrupt JPEG data' not in log.replace(
+            '(libjpeg: Corrupt JPEG data', ''), log
