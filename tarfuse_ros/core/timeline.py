@@ -1,38 +1,8 @@
 """What a new stamp is to the stamps one input has delivered (no ROS import).
 
 The node keeps one :class:`InputTimeline` per camera and asks it about each image's stamp
-(the IR's with ``sync.infrared_time_offset`` added) before the synchroniser sees the image.
-A stamp after the newest is the timeline's next. One not after it is:
-
-- a copy (:data:`COPY`, ignored): stamped like an image the input has just delivered, on a
-  topic with more than one publisher (a relay or bridge publishing the images again, a second
-  driver), unless it is a replay;
-- on a topic of one publisher, stamped like one of the images just delivered (not the newest,
-  nor the timeline's first), either that image delivered again late (a driver or bridge
-  repeating its messages) or a loop shorter than the window (a bag replays its stamps): held
-  (:data:`HOLD`) until the next image tells which. The other input's image stamped like it
-  (within ``slop``; a bag loop moves both cameras back) or this input's next one stamped among
-  those delivered (the replay goes on) makes it a replay (:meth:`InputTimeline.replay_held`);
-  this input's next image stamped after the newest makes it a copy (:meth:`~InputTimeline.settle`);
-- a replay, which is a time jump (a bag's loop or second play): back to the timeline's first
-  stamp once it holds more than two, or a second image in a row stamped among those delivered
-  (the replay goes on; a relay's copies come between the images of the publisher it copies);
-- out of order (:data:`LATE`, ignored): delivered late among the stamps just delivered, by
-  :func:`is_time_jump`;
-- else a time jump (:data:`JUMP`: the synchroniser is reset), or the jump the other input made
-  first (:data:`JUMP_FOLLOWED`: a bag loop moves both cameras back, which is one jump).
-
-A stamp equal to the newest is no copy on a topic of one publisher: it is the timeline's next
-(the synchroniser pairs it, and the node skips a pair of a visible image paired already).
-
-Limits (stamps alone cannot tell these apart): on a topic of one publisher, an image delivered
-again late stamped like the timeline's first is taken for a replay, a time jump; beside a second
-publisher, a bag of two images in a loop comes back to its first stamp as a relay's copy of it
-would (a frame behind): that image is ignored as a copy, and its second image, equal to the
-newest, is taken for the next (its pair skipped as paired already), so every other loop is
-fused. An image held stays held until its input's next image, or until the node gives it up
-(:meth:`InputTimeline.drop_held`) when that input has been silent for
-``diagnostics.input_timeout`` (no image came to tell: not fused, counted as a rejection).
+(the IR's with ``sync.infrared_time_offset`` added) before the synchroniser sees the image;
+the class states the rule.
 """
 
 import collections
@@ -85,9 +55,51 @@ def median_interval_ns(stamps):
 class InputTimeline:
     """One input's stamps since start-up or its last time jump; :meth:`receive` judges a new one.
 
-    ``window`` stamps are kept (at least 3; the node keeps ``sync.queue_size``, as many as the
-    synchroniser holds: a driver's threads reorder a few messages, not more). Stamps are ints
-    (ns). The module docstring states the rule.
+    ``window`` stamps are kept (at least 3; the node keeps ``sync.queue_size``, 10 by default,
+    as many as the synchroniser holds: 0.33 s of a 30 Hz camera; a driver's threads reorder a
+    few messages, not more). Stamps are ints (ns). The rule, for a stamp of this input:
+
+    - After the newest: the next (:data:`NEXT`). Equal to the newest: the next as well (the
+      synchroniser pairs it, and the node skips a pair of a visible image paired already), but
+      beside a second publisher, where it is a copy.
+    - After a silence longer than ``diagnostics.input_timeout`` (3 s by default; a bag played
+      again): the next, or a time jump if behind the newest; never a copy nor held.
+    - Behind the newest, onto a stamp the window holds (stamped like an image just delivered):
+      a replay, which is a time jump (:data:`JUMP`; a bag's loop, its stamps verbatim), when
+
+      * the run of such images (those held or ignored as copies, and the newest again after
+        them, in a row) went back: this stamp is not after the last of them (a loop shorter
+        than the window came round to its start again; copies delivered late go forward);
+      * it is the start of the last replay and the newest is its end again (the loop comes
+        round once more: jumped at once, round after round, until the stamps pass its end);
+      * beside a second publisher: the timeline's first stamp once the window holds more than
+        two (a relay's copy of the first image comes a frame behind), or the second image in
+        a row stamped among those delivered (a relay's copies come between the images of the
+        publisher it copies);
+      * on a topic of one publisher: the other input's image stamped like it within
+        ``sync.slop`` (0.05 s by default, 0 with exact sync) comes while it is held (a bag
+        loop moves both cameras back; the node's check, :meth:`replay_held`), or the other
+        input jumped back first (:meth:`expect_jump`; :meth:`settle`).
+
+      Else it is a copy: beside a second publisher ignored at once (:data:`COPY`); on a topic
+      of one publisher held (:data:`HOLD`, the timeline's first stamp too) until this input's
+      next image, which makes it a copy (:meth:`settle`) whether it is new or stamped among
+      those delivered as well (late copies in a row, each held in turn).
+    - Behind the newest onto no stamp held: out of order (:data:`LATE`, ignored) when among the
+      window's stamps, by :func:`is_time_jump` (at most as many frame intervals behind the
+      newest as the window holds stamps); else a time jump (:data:`JUMP`), or the jump the
+      other input made first (:data:`JUMP_FOLLOWED`: a bag loop moves both cameras back,
+      which is one jump and one reset).
+
+    Limits (stamps alone cannot tell these apart): a loop of one camera alone (the other
+    camera's bag of another length), shorter than the window, is a jump from its second round
+    on: its first round comes back as copies delivered late would (and ignored as copies);
+    the same for a loop of both cameras whose images of one stamp come more than an image
+    apart (the other camera's image is no longer held). Beside a second publisher, the first
+    round of a loop of two images is ignored as a relay's copies would be (from the second on,
+    every round is fused). An image held stays held until its input's next image, or until the
+    node gives it up (:meth:`drop_held`) when that input has been silent for
+    ``diagnostics.input_timeout`` (not fused, counted as a rejection).
     """
 
     def __init__(self, window):
@@ -107,6 +119,12 @@ class InputTimeline:
         self._jump_pending = None
         # (stamp, item) of an image held until the next one tells a copy from a replay.
         self._held = None
+        # The last of a run of images stamped among those delivered (held, copies, the newest
+        # again after them): one going back to it or before is a loop. None when no run.
+        self._repeat = None
+        # (start, end) of the last replay: the timeline jumped from ``end`` back to ``start``.
+        # Back at ``start`` with ``end`` the newest again, the loop comes round: a replay.
+        self._loop = None
 
     @property
     def stamps(self):
@@ -133,13 +151,17 @@ class InputTimeline:
         if last is not None and stamp <= last and self._jump_pending is None \
                 and not after_silence and self._delivered(stamp) and not self._replay(stamp):
             if publishers() > 1:
-                self._copy_ignored = True
-                return COPY
-            if stamp < last and stamp in self._recent and stamp != self._first:
+                if not self._relay_replay(stamp):
+                    self._copy_ignored = True
+                    self._repeat = stamp
+                    return COPY
+            elif stamp < last and stamp in self._recent:
                 self._held = (stamp, item)
+                self._repeat = stamp
                 return HOLD
         if last is not None and stamp < last:
-            if self._jump_pending is None and not is_time_jump(self._recent, stamp):
+            if self._jump_pending is None and not self._replay(stamp) \
+                    and not is_time_jump(self._recent, stamp):
                 return LATE
             return self._jump(stamp)
         self._take(stamp)
@@ -148,13 +170,16 @@ class InputTimeline:
     def settle(self, stamp):
         """Tell the image held by the input's next stamp; return ``(verdict, stamp, item)``.
 
-        ``stamp`` stamped among those delivered, not after the newest: the held image began a
-        replay, JUMP (or JUMP_FOLLOWED), recorded as the new timeline's first (``stamp`` is
-        then to be received after it). Else it was a copy, COPY. None when no image is held.
+        The other input jumped back meanwhile (:meth:`expect_jump`) and ``stamp`` is not
+        after the newest: the held image began this input's part of that jump, JUMP_FOLLOWED,
+        recorded as the new timeline's first (``stamp`` is then to be received after it). Else
+        it was a copy, COPY: ``stamp`` is after the newest, or stamped among those delivered
+        as well (copies in a row; :meth:`receive` takes ``stamp`` for a replay if the run of
+        them went back). None when no image is held.
         """
         if self._held is None:
             return None
-        if stamp <= self.newest and self._delivered(stamp):
+        if self._jump_pending is not None and stamp <= self.newest:
             return self.replay_held()
         held, self._held = self._held, None
         return (COPY, *held)
@@ -175,12 +200,16 @@ class InputTimeline:
         left as it was, so the input's next image is judged as if it had not come.
         """
         held, self._held = self._held, None
+        self._repeat = None
         return held
 
     def _jump(self, stamp):
         """Start a new timeline at ``stamp``; return JUMP, or JUMP_FOLLOWED if one was due."""
         verdict = JUMP if self._jump_pending is None else JUMP_FOLLOWED
         self._jump_pending = None
+        # Back onto a stamp still held, a replay: a loop from the newest back to it.
+        self._loop = (stamp, self.newest) if stamp in self._recent else None
+        self._repeat = None
         self._before_jump = frozenset(self._recent)
         self._recent.clear()  # the old timeline's stamps say nothing about the new one's
         self._take(stamp)
@@ -188,6 +217,12 @@ class InputTimeline:
 
     def _take(self, stamp):
         """Record ``stamp`` as the newest."""
+        if self.newest is None or stamp > self.newest:
+            self._repeat = None  # a new image ends a run of copies
+            if self._loop is not None and stamp > self._loop[1]:
+                self._loop = None  # past the loop's end: it does not come round again
+        elif self._repeat is not None:
+            self._repeat = stamp  # the newest again, in a run of copies: the run goes on
         self.newest = stamp
         self._copy_ignored = False
         if not self._recent:
@@ -199,12 +234,26 @@ class InputTimeline:
         return stamp in self._recent or (stamp < self.newest and stamp in self._before_jump)
 
     def _replay(self, stamp):
-        """Return whether ``stamp``, one just delivered, is a replay rather than a copy.
+        """Return whether ``stamp``, behind the newest or the newest, is a replay (any topic).
+
+        A stamp the window holds, and the loop's start as the timeline reached the loop's end
+        again (the loop comes round), or not after the last of a run of copies (the run went
+        back: a loop). The newest again is no replay (it is the next; its pair is skipped).
+        """
+        if stamp not in self._recent or stamp == self.newest:
+            return False
+        if self._loop == (stamp, self.newest):
+            return True
+        return self._repeat is not None and stamp <= self._repeat
+
+    def _relay_replay(self, stamp):
+        """Return whether ``stamp``, one just delivered, is a replay on a topic of publishers.
 
         Back to the timeline's first stamp once it holds more than two (a bag's loop or second
         play; a relay's copy of the first image comes a frame behind), or a second image in a
-        row stamped among those delivered. A second publisher on the topic (a driver waiting
-        for its camera, a bridge) had every loop of a short bag ignored as copies.
+        row stamped among those delivered (a relay's copies come between the images of the
+        publisher it copies). A second publisher on the topic (a driver waiting for its
+        camera, a bridge) had every loop of a short bag ignored as copies.
         """
         return ((stamp == self._first and len(self._recent) > 2) or self._copy_ignored) \
             and stamp in self._recent
