@@ -439,6 +439,33 @@ def test_an_image_delivered_again_late_on_a_topic_of_one_publisher_is_ignored(se
     assert node.alive()
 
 
+def test_late_copies_in_a_row_and_of_the_first_image_are_ignored_not_taken_for_a_loop(setup):
+    # Found by use: a bridge delivering its last visible images again after a reconnection (a
+    # topic of one publisher), from the first image since a jump back (a bag's play) on: the
+    # copy of that first image, and the second copy in a row, were taken for a bag loop: the
+    # synchroniser reset, and the copies fused again, their outputs stamped back in time.
+    node, probe, _, _ = setup
+    _send_and_wait(probe)
+    earlier = time.time_ns() - 70 * 1_000_000_000  # a jump back: the timeline's first
+    stamps = [earlier + k * 30_000_000 for k in range(5)]
+    pairs = [probe.good_pair(stamp) for stamp in stamps]
+    for k, pair in enumerate(pairs[:4]):
+        probe.publish_pair(*pair)
+        assert probe.wait_for_outputs(stamps[k])
+    before = probe.settled_diagnostics()
+    for pair in pairs[:3]:
+        probe.visible_pub.publish(pair[1])  # t0, t1 and t2 again, after t3
+    probe.publish_pair(*pairs[4])
+    assert probe.wait_for_outputs(stamps[4])
+    after = probe.settled_diagnostics()  # (the copies came before t4 and its outputs)
+    assert int(after['sync_resets']) == int(before['sync_resets'])
+    assert int(after['messages_rejected']) == int(before['messages_rejected']) + 3
+    assert 'delivered again (a driver or bridge repeating its messages)' in \
+        after['last_rejection']
+    assert [len(probe.outputs_for('fused', stamp)) for stamp in stamps] == [1] * 5
+    assert node.alive()
+
+
 def test_an_image_held_when_its_camera_stops_is_counted_once_not_kept_for_ever(setup):
     # Found by a break test: the visible image delivered again late (held for the next image
     # to tell a copy from a bag loop's start), then the visible camera stopped while the IR
