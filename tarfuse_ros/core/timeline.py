@@ -27,19 +27,24 @@ def is_time_jump(recent_ns, stamp_ns):
     them, as a bag replays its stamps verbatim, so a loop shorter than the window comes back
     to a stamp it still holds; and a step back from a newest stamp that is far ahead of the
     others (one stamp from a clock that glitched forward, which would otherwise have every
-    later message taken for a late one until the clock reaches it). With fewer than three
-    stamps held there is no interval before the newest to go by: a jump (a glitch as the
-    second stamp of a timeline, at start-up or after a jump, had every later message ignored
-    until the clock reached it; a jump there loses at most the one partner held).
+    later message taken for a late one until the clock reaches it). With two stamps held
+    (at start-up, or after a jump: after each loop of a bag) there is no interval before the
+    newest to go by, only the newest's own step: a step back of less than half of it is out
+    of order (driver jitter, stamps a few ms back; it had reset the synchroniser, and its
+    pair was fused after the newer one), one of half of it or more a jump (a glitch as the
+    second stamp: the first message after it steps back by most of the glitch's step; one
+    taken for late messages loses less than two frames). With one stamp held: a jump.
 
     A clock stepped back by less than the window's span, onto no stamp held, is therefore
     taken for late messages until its stamps pass the newest again: at most the window's span
     is lost, whereas a jump found in a late message would reset the synchroniser and lose the
     partners it holds.
     """
-    if len(recent_ns) < 3 or stamp_ns < recent_ns[0] or stamp_ns in recent_ns:
+    if len(recent_ns) < 2 or stamp_ns < recent_ns[0] or stamp_ns in recent_ns:
         return True
     held = list(recent_ns)
+    if len(held) == 2:
+        return 2 * (held[1] - stamp_ns) >= held[1] - held[0]
     return held[-1] - stamp_ns > len(held) * median_interval_ns(held[:-1])
 
 
