@@ -76,15 +76,17 @@ class InputTimeline:
         them, in a row) went back: this stamp is not after the last of them (a loop shorter
         than the window came round to its start again; copies delivered late go forward);
       * it is the start of the last replay and the newest is its end again (the loop comes
-        round once more: jumped at once, round after round, until the stamps pass its end);
+        round once more: jumped at once, round after round, until the stamps pass its end; a
+        replay taken at an image held starts at the first of the run held before it);
       * beside a second publisher: the timeline's first stamp once the window holds more than
         two (a relay's copy of the first image comes a frame behind), or the second image in
         a row stamped among those delivered (a relay's copies come between the images of the
         publisher it copies);
-      * on a topic of one publisher: the other input's image stamped like it within
-        ``sync.slop`` (0.05 s by default, 0 with exact sync) comes while it is held (a bag
-        loop moves both cameras back; the node's check, :meth:`replay_held`), or the other
-        input jumped back first (:meth:`expect_jump`; :meth:`settle`).
+      * on a topic of one publisher: it is held and the other input's run holds a stamp
+        within ``sync.slop`` of it (0.05 s by default, 0 with exact sync): a bag loop moves
+        both cameras back, whichever image of a stamp comes first, even an image or more
+        ahead (the node's check, :attr:`run`, :meth:`replay_held`, the other input's image
+        held too); or the other input jumped back first (:meth:`expect_jump`; :meth:`settle`).
 
       Else it is a copy: beside a second publisher ignored at once (:data:`COPY`); on a topic
       of one publisher held (:data:`HOLD`, the timeline's first stamp too) until this input's
@@ -92,18 +94,21 @@ class InputTimeline:
       those delivered as well (late copies in a row, each held in turn).
     - Behind the newest onto no stamp held: out of order (:data:`LATE`, ignored) when among the
       window's stamps, by :func:`is_time_jump` (at most as many frame intervals behind the
-      newest as the window holds stamps); else a time jump (:data:`JUMP`), or the jump the
+      newest as the window holds stamps; with two held, less than half the newest's own
+      step: 0.05 s at 10 Hz); else a time jump (:data:`JUMP`), or the jump the
       other input made first (:data:`JUMP_FOLLOWED`: a bag loop moves both cameras back,
       which is one jump and one reset).
 
     Limits (stamps alone cannot tell these apart): a loop of one camera alone (the other
     camera's bag of another length), shorter than the window, is a jump from its second round
-    on: its first round comes back as copies delivered late would (and ignored as copies);
-    the same for a loop of both cameras whose images of one stamp come more than an image
-    apart (the other camera's image is no longer held). Beside a second publisher, the first
-    round of a loop of two images is ignored as a relay's copies would be (from the second on,
-    every round is fused). An image held stays held until its input's next image, or until the
-    node gives it up (:meth:`drop_held`) when that input has been silent for
+    on: its first round comes back as copies delivered late would (ignored as copies). In a
+    loop of both cameras whose images of one stamp come an image or more apart, the camera
+    ahead has its images ignored as copies until the other's first comes back (the first
+    loop's first pair, or more, is lost; from then on every round is whole). Late copies on
+    both cameras at once, stamped alike, are taken for a loop. Beside a second publisher, the
+    first round of a loop of two images is ignored as a relay's copies would be (from the
+    second on, every round is fused). An image held stays held until its input's next image,
+    or until the node gives it up (:meth:`drop_held`) when that input has been silent for
     ``diagnostics.input_timeout`` (not fused, counted as a rejection).
     """
 
@@ -124,9 +129,9 @@ class InputTimeline:
         self._jump_pending = None
         # (stamp, item) of an image held until the next one tells a copy from a replay.
         self._held = None
-        # The last of a run of images stamped among those delivered (held, copies, the newest
-        # again after them): one going back to it or before is a loop. None when no run.
-        self._repeat = None
+        # The stamps of the run of images stamped among those delivered (held, copies, the
+        # newest again after them), in order: one going back to the last is a loop.
+        self._run = collections.deque(maxlen=self._recent.maxlen)
         # (start, end) of the last replay: the timeline jumped from ``end`` back to ``start``.
         # Back at ``start`` with ``end`` the newest again, the loop comes round: a replay.
         self._loop = None
@@ -135,6 +140,15 @@ class InputTimeline:
     def stamps(self):
         """Return the window's stamps, oldest first (a tuple)."""
         return tuple(self._recent)
+
+    @property
+    def run(self):
+        """Return the stamps of the run of images stamped among those delivered, oldest first.
+
+        Those held or ignored as copies in a row, and the newest again after them: empty once
+        a new image came (or a jump). The node looks there for the other input's stamp.
+        """
+        return tuple(self._run)
 
     @property
     def held(self):
@@ -158,11 +172,11 @@ class InputTimeline:
             if publishers() > 1:
                 if not self._relay_replay(stamp):
                     self._copy_ignored = True
-                    self._repeat = stamp
+                    self._run.append(stamp)
                     return COPY
             elif stamp < last and stamp in self._recent:
                 self._held = (stamp, item)
-                self._repeat = stamp
+                self._run.append(stamp)
                 return HOLD
         if last is not None and stamp < last:
             if self._jump_pending is None and not self._replay(stamp) \
@@ -196,7 +210,7 @@ class InputTimeline:
         JUMP, or JUMP_FOLLOWED when the other input made the jump first.
         """
         (stamp, item), self._held = self._held, None
-        return self._jump(stamp), stamp, item
+        return self._jump(stamp, held=True), stamp, item
 
     def drop_held(self):
         """Give up the image held (its input went silent); return ``(stamp, item)``, or None.
@@ -205,16 +219,25 @@ class InputTimeline:
         left as it was, so the input's next image is judged as if it had not come.
         """
         held, self._held = self._held, None
-        self._repeat = None
+        self._run.clear()
         return held
 
-    def _jump(self, stamp):
-        """Start a new timeline at ``stamp``; return JUMP, or JUMP_FOLLOWED if one was due."""
+    def _jump(self, stamp, held=False):
+        """Start a new timeline at ``stamp``; return JUMP, or JUMP_FOLLOWED if one was due.
+
+        ``held``: ``stamp`` is the image held, taken for a replay.
+        """
         verdict = JUMP if self._jump_pending is None else JUMP_FOLLOWED
         self._jump_pending = None
-        # Back onto a stamp still held, a replay: a loop from the newest back to it.
-        self._loop = (stamp, self.newest) if stamp in self._recent else None
-        self._repeat = None
+        # Back onto a stamp still held, a replay: a loop from the newest back to its start;
+        # for an image held, the first of the run of images held before it (their loop's).
+        # The loop coming round again keeps it (its start is no longer held when the last
+        # jump was to a later stamp, the start ignored as a copy).
+        start = min(stamp, self._run[0]) if self._run and held else stamp
+        if self._loop != (stamp, self.newest):
+            self._loop = (start, self.newest) if stamp in self._recent \
+                and start in self._recent else None
+        self._run.clear()
         self._before_jump = frozenset(self._recent)
         self._recent.clear()  # the old timeline's stamps say nothing about the new one's
         self._take(stamp)
@@ -223,11 +246,11 @@ class InputTimeline:
     def _take(self, stamp):
         """Record ``stamp`` as the newest."""
         if self.newest is None or stamp > self.newest:
-            self._repeat = None  # a new image ends a run of copies
+            self._run.clear()  # a new image ends a run of copies
             if self._loop is not None and stamp > self._loop[1]:
                 self._loop = None  # past the loop's end: it does not come round again
-        elif self._repeat is not None:
-            self._repeat = stamp  # the newest again, in a run of copies: the run goes on
+        elif self._run:
+            self._run.append(stamp)  # the newest again, in a run of copies: the run goes on
         self.newest = stamp
         self._copy_ignored = False
         if not self._recent:
@@ -245,11 +268,11 @@ class InputTimeline:
         again (the loop comes round), or not after the last of a run of copies (the run went
         back: a loop). The newest again is no replay (it is the next; its pair is skipped).
         """
-        if stamp not in self._recent or stamp == self.newest:
-            return False
         if self._loop == (stamp, self.newest):
             return True
-        return self._repeat is not None and stamp <= self._repeat
+        if stamp not in self._recent or stamp == self.newest:
+            return False
+        return bool(self._run) and stamp <= self._run[-1]
 
     def _relay_replay(self, stamp):
         """Return whether ``stamp``, one just delivered, is a replay on a topic of publishers.

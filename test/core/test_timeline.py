@@ -297,3 +297,29 @@ def test_a_bag_of_two_in_a_loop_beside_a_second_publisher_is_a_jump_every_round(
     for _ in range(4):
         assert timeline.receive(0, _two) == JUMP
         assert timeline.receive(100 * MS, _never) == NEXT
+
+
+def test_a_loop_taken_at_an_image_held_after_copies_comes_round_from_the_first_of_them():
+    # Found by use: a bag loop whose IR images come more than an image after the visible ones.
+    # The visible image of the loop's start is ignored as a copy before the IR image stamped
+    # like it comes; the node finds that stamp in the visible run and takes the visible image
+    # held (the next) for the replay. Its loop began with the copy: the next round, back to
+    # that start, is a jump at once (it was held again, one round in two losing its first).
+    visible = _timeline([0, 100, 200])
+    assert visible.receive(0, _one) == HOLD
+    assert visible.settle(100 * MS)[0] == COPY
+    assert visible.receive(100 * MS, _one) == HOLD
+    assert visible.run == (0, 100 * MS)  # the node looks for the IR's 0 there
+    visible.expect_jump()  # (the IR jumped first)
+    assert visible.replay_held()[0] == JUMP_FOLLOWED
+    assert visible.run == ()
+    assert visible.receive(200 * MS, _never) == NEXT
+    for _ in range(3):
+        assert visible.receive(0, _one) == JUMP
+        assert [visible.receive(stamp * MS, _one) for stamp in (100, 200)] == [NEXT, NEXT]
+    # A new image ends a run.
+    timeline = _timeline([0, 100, 200])
+    assert timeline.receive(100 * MS, _one) == HOLD
+    assert timeline.settle(300 * MS)[0] == COPY
+    assert timeline.receive(300 * MS, _never) == NEXT
+    assert timeline.run == ()
