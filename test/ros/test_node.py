@@ -30,7 +30,6 @@ import yaml
 pytestmark = pytest.mark.dds
 NAMESPACE = '/rig'
 GRID_NS = 200_000_000  # stamps of pairs that must never pair lie on a grid of this step
-IR, VISIBLE = 0, 1  # (the order of good_pair's messages)
 
 
 @pytest.fixture(scope='module')
@@ -355,6 +354,22 @@ def test_a_bag_loop_counts_one_sync_reset_though_both_cameras_jump_back(setup):
         assert len(probe.outputs_for('fused', stamp)) == 3  # one per play, none lost
 
 
+def _publish_in_order(probe, settled, messages):
+    """Publish ``messages`` (IR or visible), each once the node took the one before.
+
+    ``settled`` holds the node's counters before (from ``settled_diagnostics``): the two
+    topics are two subscriptions, whose messages a busy node takes in its own order.
+    """
+    counts = {key: int(settled[key]) for key in ('infrared_msgs', 'visible_msgs')}
+    for msg in messages:
+        visible = msg.header.frame_id == VISIBLE_FRAME
+        key = 'visible_msgs' if visible else 'infrared_msgs'
+        counts[key] += 1
+        (probe.visible_pub if visible else probe.ir_pub).publish(msg)
+        assert probe.wait_for_diagnostics(
+            lambda level, text, values, c=counts[key], key=key: int(values[key]) >= c)
+
+
 def test_a_bag_loop_with_the_ir_images_an_image_and_a_half_behind_is_fused_every_round(setup):
     # Found by use: a looped bag of three pairs whose IR images come 0.15 s after the visible
     # ones (two players, a slower link): the visible image of a loop's start was ignored as a
@@ -365,7 +380,7 @@ def test_a_bag_loop_with_the_ir_images_an_image_and_a_half_behind_is_fused_every
     earlier = time.time_ns() - 80 * 1_000_000_000  # the bag: a jump back from now
     bag = [earlier + k * 100_000_000 for k in range(3)]
     pairs = [probe.good_pair(stamp) for stamp in bag]
-    order = [(VISIBLE, 0), (VISIBLE, 1), (IR, 0), (VISIBLE, 2), (IR, 1), (IR, 2)]
+    order = [(1, 0), (1, 1), (0, 0), (1, 2), (0, 1), (0, 2)]  # (camera: 0 IR, 1 visible; k)
     expected = {1: [1, 1, 1], 2: [1, 2, 2], 3: [2, 3, 3], 4: [3, 4, 4]}
     # Each message is taken before the next is sent (their order is the case), which is
     # slower than the bag: no input is to be taken for silent meanwhile.
@@ -375,14 +390,7 @@ def test_a_bag_loop_with_the_ir_images_an_image_and_a_half_behind_is_fused_every
             settled = probe.settled_diagnostics()
             if play == 2:
                 before = settled
-            counts = {key: int(settled[key]) for key in ('infrared_msgs', 'visible_msgs')}
-            for camera, k in order:
-                key = 'visible_msgs' if camera == VISIBLE else 'infrared_msgs'
-                counts[key] += 1
-                (probe.visible_pub if camera == VISIBLE else probe.ir_pub).publish(
-                    pairs[k][camera])
-                assert probe.wait_for_diagnostics(
-                    lambda level, msg, values, c=counts[key], key=key: int(values[key]) >= c)
+            _publish_in_order(probe, settled, [pairs[k][camera] for camera, k in order])
             assert probe.spin_until(lambda p=play: [len(probe.outputs_for('fused', stamp))
                                                     for stamp in bag] == expected[p], 20.0), \
                 (play, [len(probe.outputs_for('fused', stamp)) for stamp in bag])
@@ -648,6 +656,30 @@ def test_a_bag_loop_beside_a_second_idle_publisher_is_fused_every_round(setup):
         after = probe.settled_diagnostics()
     assert [len(probe.outputs_for('fused', stamp)) for stamp in bag] == [2, 2, 3, 3]
     assert int(after['sync_resets']) == int(before['sync_resets']) + 3  # one per play
+    _send_and_wait(probe)
+
+
+def test_a_bag_of_two_pairs_looped_beside_a_second_idle_publisher_is_fused_every_round(setup):
+    # Found by use: tarfuse-play --loop of a bag of two pairs beside a driver waiting for its
+    # camera: its first loop came back as a relay's copies would (lost), then one round in two
+    # was fused (each jump left two stamps, whose first again looked like a relay's copy).
+    node, probe, _, _ = setup
+    with _second_publishers(probe, input_timeout=10.0):
+        _send_and_wait(probe)
+        earlier = time.time_ns() - 90 * 1_000_000_000  # the bag: a jump back from now
+        bag = [earlier, earlier + 100_000_000]
+        pairs = [probe.good_pair(stamp) for stamp in bag]
+        for play in (1, 2, 3, 4, 5):
+            settled = probe.settled_diagnostics()
+            if play == 2:
+                before = settled
+            _publish_in_order(probe, settled, [msg for pair in pairs for msg in pair])
+            fused = max(1, play - 1)  # the first loop (play 2) lost, then every round
+            assert probe.spin_until(lambda f=fused: [len(probe.outputs_for('fused', stamp))
+                                                     for stamp in bag] == [f, f], 20.0), \
+                (play, [len(probe.outputs_for('fused', stamp)) for stamp in bag])
+        after = probe.settled_diagnostics()
+    assert int(after['sync_resets']) == int(before['sync_resets']) + 3  # plays 3 to 5
     _send_and_wait(probe)
 
 
