@@ -264,9 +264,10 @@ class InputTimeline:
     def _replay(self, stamp):
         """Return whether ``stamp``, behind the newest or the newest, is a replay (any topic).
 
-        A stamp the window holds, and the loop's start as the timeline reached the loop's end
-        again (the loop comes round), or not after the last of a run of copies (the run went
-        back: a loop). The newest again is no replay (it is the next; its pair is skipped).
+        The last replay's start as the timeline reached that loop's end again (the loop comes
+        round; the start may be held no longer), or a stamp the window holds not after the
+        last of a run of copies (the run went back: a loop). The newest again is no replay (it
+        is the next; its pair is skipped).
         """
         if self._loop == (stamp, self.newest):
             return True
@@ -275,7 +276,7 @@ class InputTimeline:
         return bool(self._run) and stamp <= self._run[-1]
 
     def _relay_replay(self, stamp):
-        """Return whether ``stamp``, one just delivered, is a replay on a topic of publishers.
+        """Return whether ``stamp``, one just delivered, is a replay beside a second publisher.
 
         Back to the timeline's first stamp once it holds more than two (a bag's loop or second
         play; a relay's copy of the first image comes a frame behind), or a second image in a
