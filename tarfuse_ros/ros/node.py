@@ -726,14 +726,22 @@ class TarFuseNode(Node):
             # again, late (a driver or bridge repeating its messages: it reset the
             # synchroniser and was fused again, its outputs going back in time), or a bag's
             # loop shorter than the window. Held: the other input's image stamped like it (a
-            # loop moves both cameras back) or this input's next one tells.
-            held = self._timelines[other].held
+            # loop moves both cameras back), held or already ignored as a copy (its images a
+            # frame or more ahead of this one's: the whole round was lost), or this input's
+            # next one tells.
+            other_timeline = self._timelines[other]
             params = self._params
             slop_ns = round(params.sync_slop * 1e9) if params.sync_approximate else 0
-            if held is not None and abs(held - stamp) <= slop_ns:
-                other_last = self._timelines[other].newest
-                self._take_held(other, *self._timelines[other].replay_held(), last=other_last)
-                self._take_held(index, *timeline.replay_held(), last=last)
+            if any(abs(earlier - stamp) <= slop_ns for earlier in other_timeline.run):
+                held = other_timeline.held
+                order = [index, other]
+                if held is not None and abs(held - stamp) <= slop_ns:
+                    order.reverse()  # the other input's image came first: its jump first
+                for which in order:
+                    which_last = self._timelines[which].newest  # (before the jump)
+                    if self._timelines[which].held is not None:
+                        self._take_held(which, *self._timelines[which].replay_held(),
+                                        last=which_last)
             return
         self._take(index, msg, stamp, verdict, last, previous_wall)
 

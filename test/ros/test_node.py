@@ -354,6 +354,55 @@ def test_a_bag_loop_counts_one_sync_reset_though_both_cameras_jump_back(setup):
         assert len(probe.outputs_for('fused', stamp)) == 3  # one per play, none lost
 
 
+def _publish_in_order(probe, settled, messages):
+    """Publish ``messages`` (IR or visible), each once the node took the one before.
+
+    ``settled`` holds the node's counters before (from ``settled_diagnostics``): the two
+    topics are two subscriptions, whose messages a busy node takes in its own order.
+    """
+    counts = {key: int(settled[key]) for key in ('infrared_msgs', 'visible_msgs')}
+    for msg in messages:
+        visible = msg.header.frame_id == VISIBLE_FRAME
+        key = 'visible_msgs' if visible else 'infrared_msgs'
+        counts[key] += 1
+        (probe.visible_pub if visible else probe.ir_pub).publish(msg)
+        assert probe.wait_for_diagnostics(
+            lambda level, text, values, c=counts[key], key=key: int(values[key]) >= c)
+
+
+def test_a_bag_loop_with_the_ir_images_an_image_and_a_half_behind_is_fused_every_round(setup):
+    # Found by use: a looped bag of three pairs whose IR images come 0.15 s after the visible
+    # ones (two players, a slower link): the visible image of a loop's start was ignored as a
+    # copy delivered late before the IR image stamped like it came, and the whole round was
+    # lost; then one round in two lost its first pair. Now the second round loses its first.
+    node, probe, _, _ = setup
+    _send_and_wait(probe)
+    earlier = time.time_ns() - 80 * 1_000_000_000  # the bag: a jump back from now
+    bag = [earlier + k * 100_000_000 for k in range(3)]
+    pairs = [probe.good_pair(stamp) for stamp in bag]
+    order = [(1, 0), (1, 1), (0, 0), (1, 2), (0, 1), (0, 2)]  # (camera: 0 IR, 1 visible; k)
+    expected = {1: [1, 1, 1], 2: [1, 2, 2], 3: [2, 3, 3], 4: [3, 4, 4]}
+    # Each message is taken before the next is sent (their order is the case), which is
+    # slower than the bag: no input is to be taken for silent meanwhile.
+    assert probe.set_parameters(diagnostics__input_timeout=10.0)[0].successful
+    try:
+        for play in (1, 2, 3, 4):
+            settled = probe.settled_diagnostics()
+            if play == 2:
+                before = settled
+            _publish_in_order(probe, settled, [pairs[k][camera] for camera, k in order])
+            assert probe.spin_until(lambda p=play: [len(probe.outputs_for('fused', stamp))
+                                                    for stamp in bag] == expected[p], 20.0), \
+                (play, [len(probe.outputs_for('fused', stamp)) for stamp in bag])
+        after = probe.settled_diagnostics()
+    finally:
+        assert probe.set_parameters(diagnostics__input_timeout=1.0)[0].successful
+    assert int(after['sync_resets']) == int(before['sync_resets']) + 3  # one per loop
+    assert int(after['messages_rejected']) == int(before['messages_rejected']) + 1
+    assert node.alive()
+    _send_and_wait(probe)
+
+
 def test_an_ir_image_out_of_order_is_ignored_not_taken_for_a_time_jump(setup):
     # IR t0, t2, t1, t3 (a driver with several threads, a bridge): t1 used to reset the
     # synchroniser as a time jump, losing the partners it held, with no counter saying why.
@@ -435,6 +484,33 @@ def test_an_image_delivered_again_late_on_a_topic_of_one_publisher_is_ignored(se
     assert after['last_rejection'] == (
         f'duplicate on {NAMESPACE}/visible/image_raw: stamped like one 0.030 s before the '
         f'newest, delivered again (a driver or bridge repeating its messages)')
+    assert [len(probe.outputs_for('fused', stamp)) for stamp in stamps] == [1] * 5
+    assert node.alive()
+
+
+def test_late_copies_in_a_row_and_of_the_first_image_are_ignored_not_taken_for_a_loop(setup):
+    # Found by use: a bridge delivering its last visible images again after a reconnection (a
+    # topic of one publisher), from the first image since a jump back (a bag's play) on: the
+    # copy of that first image, and the second copy in a row, were taken for a bag loop: the
+    # synchroniser reset, and the copies fused again, their outputs stamped back in time.
+    node, probe, _, _ = setup
+    _send_and_wait(probe)
+    earlier = time.time_ns() - 70 * 1_000_000_000  # a jump back: the timeline's first
+    stamps = [earlier + k * 30_000_000 for k in range(5)]
+    pairs = [probe.good_pair(stamp) for stamp in stamps]
+    for k, pair in enumerate(pairs[:4]):
+        probe.publish_pair(*pair)
+        assert probe.wait_for_outputs(stamps[k])
+    before = probe.settled_diagnostics()
+    for pair in pairs[:3]:
+        probe.visible_pub.publish(pair[1])  # t0, t1 and t2 again, after t3
+    probe.publish_pair(*pairs[4])
+    assert probe.wait_for_outputs(stamps[4])
+    after = probe.settled_diagnostics()  # (the copies came before t4 and its outputs)
+    assert int(after['sync_resets']) == int(before['sync_resets'])
+    assert int(after['messages_rejected']) == int(before['messages_rejected']) + 3
+    assert 'delivered again (a driver or bridge repeating its messages)' in \
+        after['last_rejection']
     assert [len(probe.outputs_for('fused', stamp)) for stamp in stamps] == [1] * 5
     assert node.alive()
 
@@ -580,6 +656,30 @@ def test_a_bag_loop_beside_a_second_idle_publisher_is_fused_every_round(setup):
         after = probe.settled_diagnostics()
     assert [len(probe.outputs_for('fused', stamp)) for stamp in bag] == [2, 2, 3, 3]
     assert int(after['sync_resets']) == int(before['sync_resets']) + 3  # one per play
+    _send_and_wait(probe)
+
+
+def test_a_bag_of_two_pairs_looped_beside_a_second_idle_publisher_is_fused_every_round(setup):
+    # Found by use: tarfuse-play --loop of a bag of two pairs beside a driver waiting for its
+    # camera: its first loop came back as a relay's copies would (lost), then one round in two
+    # was fused (each jump left two stamps, whose first again looked like a relay's copy).
+    node, probe, _, _ = setup
+    with _second_publishers(probe, input_timeout=10.0):
+        _send_and_wait(probe)
+        earlier = time.time_ns() - 90 * 1_000_000_000  # the bag: a jump back from now
+        bag = [earlier, earlier + 100_000_000]
+        pairs = [probe.good_pair(stamp) for stamp in bag]
+        for play in (1, 2, 3, 4, 5):
+            settled = probe.settled_diagnostics()
+            if play == 2:
+                before = settled
+            _publish_in_order(probe, settled, [msg for pair in pairs for msg in pair])
+            fused = max(1, play - 1)  # the first loop (play 2) lost, then every round
+            assert probe.spin_until(lambda f=fused: [len(probe.outputs_for('fused', stamp))
+                                                     for stamp in bag] == [f, f], 20.0), \
+                (play, [len(probe.outputs_for('fused', stamp)) for stamp in bag])
+        after = probe.settled_diagnostics()
+    assert int(after['sync_resets']) == int(before['sync_resets']) + 3  # plays 3 to 5
     _send_and_wait(probe)
 
 
