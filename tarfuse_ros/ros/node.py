@@ -325,6 +325,12 @@ class TarFuseNode(Node):
         self._camera_info_arrival = None
         self._qos_events = {}  # input index -> (monotonic time, problem) from QoS events
         self._problems = []
+        # The input checks run on a timer: messages per input since start, and as the last
+        # check saw them, with the inputs each of its problems says are silent (a status
+        # published after an input spoke again leaves those problems out).
+        self._received = [0, 0]
+        self._received_checked = [0, 0]
+        self._silence_said = {}
         self._publishers_since = None  # when both inputs got publishers (none received yet)
 
         params = self._params
@@ -641,6 +647,7 @@ class TarFuseNode(Node):
     def _on_input(self, msg, index):
         name, topic = _INPUT_NAMES[index], self._topics[index]
         self._stats.count(f'{name}_msgs')
+        self._received[index] += 1
         now = self._input_time()
         if self._first_arrival[index] is None:
             self._first_arrival[index] = now
@@ -1252,6 +1259,7 @@ class TarFuseNode(Node):
     def _check_health(self):
         params = self._params
         problems = self._check_clock_publishers()
+        silence_said = {}  # problem -> the inputs it says are silent
         now = self._input_time()
         timeout = params.input_timeout
         fresh = [t is not None and now - t < timeout for t in self._last_arrival]
@@ -1260,16 +1268,20 @@ class TarFuseNode(Node):
             if not fresh[index]:
                 self._drop_held(index, timeout)
             if fresh[other] and not fresh[index]:
-                problems.append(
+                problem = (
                     f'no messages on {self._topics[index]} {self._silent_for(index, now)} '
                     f'while {self._topics[other]} flows: check its topic name/remapping and QoS')
+                problems.append(problem)
+                silence_said[problem] = {index}
         if not any(fresh) and any(t is not None for t in self._last_arrival):
             # Both cameras stopped after images came: nothing is fused any more.
-            problems.append(
+            problem = (
                 f'both inputs stopped, nothing is fused: no messages on '
                 f'{self._topics[INFRARED]} {self._silent_for(INFRARED, now)} nor on '
                 f'{self._topics[VISIBLE]} {self._silent_for(VISIBLE, now)} (camera drivers, '
                 f'cables, or the end of a bag?)')
+            problems.append(problem)
+            silence_said[problem] = {INFRARED, VISIBLE}
         last_pair = self._stats.last_pair_time
         # Pairs arrive, none was fused for a while and the newest outcome was a rejection (none
         # fused since start: pairs have come for that while, not only since the first one).
@@ -1301,14 +1313,18 @@ class TarFuseNode(Node):
         elif self._publishers_since is None:
             self._publishers_since = now
         elif now - self._publishers_since > timeout:
-            problems.append(
+            problem = (
                 f'{counts[0]} + {counts[1]} publishers on {self._topics[0]} + '
                 f'{self._topics[1]} but no image received for {timeout} s: check their QoS '
                 f'and the DDS transport (large images over best-effort DDS need the shipped '
                 f'Fast DDS profile, see the README)')
+            problems.append(problem)
+            silence_said[problem] = {INFRARED, VISIBLE}
         problems.extend(self._check_publisher_qos())
         problems.extend(self._check_other_fused_publishers())
         self._problems = problems
+        self._silence_said = silence_said
+        self._received_checked = list(self._received)
         for problem in problems:
             self._warn('health:' + _problem_key(problem), problem)
 
@@ -1594,7 +1610,13 @@ class TarFuseNode(Node):
         if self._engine.device.startswith('cuda') and self._params.backend == 'torch':
             import torch
             extra['cuda_memory_mib'] = round(torch.cuda.memory_allocated() / 2**20, 1)
-        problems = list(self._problems)
+        # The input checks' problems, less those saying that an input which spoke since the
+        # check is silent: the cameras resumed, a status said 'both inputs stopped' until the
+        # next check (up to 0.5 s, several statuses at a short diagnostics.period).
+        spoke = {index for index in (INFRARED, VISIBLE)
+                 if self._received[index] != self._received_checked[index]}
+        problems = [problem for problem in self._problems
+                    if not self._silence_said.get(problem, set()) & spoke]
         if offset_problem is not None:
             problems.append(offset_problem)
         if self._params.health_enabled:

@@ -777,6 +777,39 @@ def test_both_inputs_stopping_after_images_came_is_reported_by_name(setup):
         lambda level, msg, values: 'both inputs stopped' not in msg and 'no messages' not in msg)
 
 
+def test_a_status_after_the_cameras_resume_never_says_they_are_silent(setup):
+    """The input checks run every 0.5 s, and each status carried the last check's problems.
+
+    Published after the cameras resumed, a status still said 'both inputs stopped' until the
+    next check (10 statuses at a diagnostics.period of 0.05 s): a supervisor reading it would
+    think them still down. A status counts the messages it has seen of each input; none that
+    counts a new one may call that input silent.
+    """
+    node, probe, _, _ = setup
+    silent = {'infrared_msgs': f'no messages on {NAMESPACE}/infrared/image_raw',
+              'visible_msgs': f'no messages on {NAMESPACE}/visible/image_raw'}
+    result, = probe.set_parameters(diagnostics__period=0.05)
+    assert result.successful, result.reason
+    try:
+        for _ in range(3):
+            _send_and_wait(probe)
+            assert probe.wait_for_diagnostics(
+                lambda level, msg, values: 'both inputs stopped' in msg, timeout=15.0), \
+                probe.latest_diagnostics()
+            before = {key: int(probe.latest_diagnostics()[2][key]) for key in silent}
+            start = len(probe.diagnostics)
+            _send_and_wait(probe)
+            probe.spin_until(lambda: False, 0.6)  # the statuses until the next check and after
+            for status in probe.diagnostics[start:]:
+                values = {kv.key: kv.value for kv in status.values}
+                for key, said in silent.items():
+                    assert int(values[key]) <= before[key] or said not in status.message, \
+                        f'{key} {values[key]} (was {before[key]}): {status.message}'
+    finally:
+        result, = probe.set_parameters(diagnostics__period=0.25)
+        assert result.successful, result.reason
+
+
 def test_pairs_that_are_all_rejected_turn_the_diagnostics_to_warn(setup):
     node, probe, _, _ = setup
 
