@@ -89,6 +89,7 @@ from tarfuse_ros.ros.params import apply_updates, canonical_parameters
 from tarfuse_ros.ros.params import command_line_type_errors, NodeParams
 from tarfuse_ros.ros.params import decimal_number_lists
 from tarfuse_ros.ros.params import declare_node_parameters, fine_passes, parameter_updates
+from tarfuse_ros.ros.params import parameter_source, ParameterValueError
 from tarfuse_ros.ros.params import PARAMETER_SPECS, params_files_for_other_nodes
 from tarfuse_ros.ros.params import refinement_settings, registration_prior, reported_descriptor
 from tarfuse_ros.ros.params import unknown_parameters, unknown_qos_overrides
@@ -241,8 +242,13 @@ class TarFuseNode(Node):
         try:
             self._params = declare_node_parameters(self)
         except (ValueError, ParameterException) as exc:
-            raise StartupError(f'invalid parameter: {exc}; fix it in the params file or on '
-                               f'the command line (see config/tarfuse.yaml)') from exc
+            where = None
+            if isinstance(exc, ParameterValueError):  # out of its range: say where it was given
+                where = parameter_source(argv if given_argv is None else given_argv, me,
+                                         exc.name)
+            where = where or 'in the params file or on the command line'
+            raise StartupError(f'invalid parameter: {exc}; fix it {where} (see '
+                               f'config/tarfuse.yaml)') from exc
         unknown = unknown_parameters(self)
         if unknown:
             raise StartupError(f'unknown parameter {", ".join(unknown)}: the node has no such '

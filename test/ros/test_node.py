@@ -1248,6 +1248,40 @@ def test_parameters_fixed_at_start_up_are_described_read_only(setup):
                                                           confidence_threshold=0.25))
 
 
+def test_a_value_outside_its_range_is_refused_in_the_nodes_words_and_the_range_described(setup):
+    """An out-of-range set was refused by rclpy before the node's callback, in rclpy's words.
+
+    'Parameter confidence_threshold out of range Min: 0.0, Max: 1.0, value: 2.0', and for a
+    fixed parameter no word of the restart it needs. The node says which value lies outside
+    which range; ``ros2 param describe`` still shows the range, and the value stays.
+    """
+    node, probe, _, _ = setup
+    descriptors = _call(probe, DescribeParameters, 'describe_parameters',
+                        DescribeParameters.Request(names=['confidence_threshold',
+                                                          'max_detections'])).descriptors
+    conf, detections = descriptors
+    assert (conf.floating_point_range[0].from_value, conf.floating_point_range[0].to_value) \
+        == (0.0, 1.0)
+    assert (detections.integer_range[0].from_value, detections.integer_range[0].to_value) \
+        == (1, 1000)
+    refused = {
+        'confidence_threshold': (2.0, 'confidence_threshold=2.0 is outside [0.0, 1.0]'),
+        'max_detections': (0, 'max_detections=0 is outside [1, 1000]'),
+        'diagnostics__input_timeout': (-1.0,
+                                       'diagnostics.input_timeout=-1.0 is outside [0.1, 3600.0]'),
+        'sync__slop': (20.0, 'sync.slop cannot change while the node runs, and 20.0 would be '
+                             'refused at start-up too'),
+    }
+    for name, (value, reason) in refused.items():
+        result, = probe.set_parameters(**{name: value})
+        assert not result.successful and reason in result.reason, (name, result.reason)
+        assert 'out of range' not in result.reason, result.reason
+    values = _call(probe, GetParameters, 'get_parameters', GetParameters.Request(
+        names=['confidence_threshold', 'diagnostics.input_timeout'])).values
+    assert [v.double_value for v in values] == [0.25, 1.0]
+    _send_and_wait(probe)
+
+
 def test_two_rigs_in_one_domain_publish_two_diagnostics_statuses(setup):
     # One node per rig, each in its namespace (the launch file's namespace argument): both
     # named their /diagnostics status 'tarfuse: fusion' (hardware_id 'cpu' both), so

@@ -63,6 +63,9 @@ def _cases(tmp_path):
                                          'publisher', 'reliability', 'bogus')
     qos_remap_file = _qos_overrides_file(tmp_path / 'qos_remap.yaml', '/fused/image_raw',
                                          'publisher', 'depth', 3)
+    negative_timeout_file = tmp_path / 'negative_timeout.yaml'
+    negative_timeout_file.write_text('/**:\n  ros__parameters:\n    diagnostics:\n'
+                                     '      input_timeout: -1.0\n')
     qos_policy_file = _qos_overrides_file(tmp_path / 'qos_policy.yaml', '/fused/image_raw',
                                           'publisher', 'durability', 'transient_local')
     cases.update({
@@ -122,6 +125,20 @@ def _cases(tmp_path):
         'input_max_long_side_too_small': ({'weights': str(weights), 'input_max_long_side': 100},
                                           ['input_max_long_side=100 is not valid',
                                            '256-16384 px']),
+        # rclpy's words: 'Invalid parameter value (99) for parameter. Reason: Parameter
+        # registration.fine_passes out of range. Min: -1, Max: 8, value: 99: ...'.
+        'fine_passes_out_of_range': ({'weights': str(weights), 'registration.fine_passes': 99},
+                                     ['registration.fine_passes=99 is outside [-1, 8]',
+                                      'fix it on the command line '
+                                      '(-p registration.fine_passes:=99)']),
+        'confidence_threshold_out_of_range': (
+            {'weights': str(weights), 'confidence_threshold': 2.0},
+            ['confidence_threshold=2.0 is outside [0.0, 1.0]',
+             'fix it on the command line (-p confidence_threshold:=2.0)']),
+        'input_timeout_out_of_range_in_a_params_file': (
+            {'weights': str(weights)},
+            ['diagnostics.input_timeout=-1.0 is outside [0.1, 3600.0]',
+             f'fix it in the parameters file {negative_timeout_file}'], negative_timeout_file),
         'mistyped_after_the_params_file': ({'weights': str(weights),
                                             'confidence_threshold': 'abc'},
                                            ['-p confidence_threshold:=abc',
@@ -169,6 +186,8 @@ def outcomes(tmp_path_factory):
                                   'mistyped_use_sim_time', 'list_of_mixed_types',
                                   'missing_params_file', 'inputs_on_one_topic',
                                   'output_onto_an_input', 'input_max_long_side_too_small',
+                                  'fine_passes_out_of_range', 'confidence_threshold_out_of_range',
+                                  'input_timeout_out_of_range_in_a_params_file',
                                   'cuda_unavailable'])
 def test_start_up_failure_exits_non_zero_with_a_clear_message(outcomes, case):
     if case not in outcomes:
@@ -180,6 +199,7 @@ def test_start_up_failure_exits_non_zero_with_a_clear_message(outcomes, case):
     assert 'FATAL' in log, log
     for word in words:
         assert word in log, f'{word!r} missing from:\n{log}'
+    assert 'out of range' not in log, log  # rclpy's words, not the node's
 
 
 def _reached(node, moment):

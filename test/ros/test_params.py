@@ -15,7 +15,7 @@ from tarfuse_ros.ros.params import _rcl_type, command_line_type_errors
 from tarfuse_ros.ros.params import apply_updates, canonical_parameters
 from tarfuse_ros.ros.params import declare_node_parameters, descriptor_for
 from tarfuse_ros.ros.params import NodeParams, PARAMETER_SPECS, params_from_values
-from tarfuse_ros.ros.params import params_files_for_other_nodes
+from tarfuse_ros.ros.params import params_files_for_other_nodes, reported_descriptor
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -195,10 +195,13 @@ def test_declaring_on_a_real_node_takes_overrides_and_rejects_bad_ones():
                 Parameter('publish.debug', value=True)])
         params = declare_node_parameters(node)
         assert params.classes == ('person',) and params.sync_slop == 0.1 and params.publish_debug
-        descriptor = node.describe_parameter('iou_threshold')
-        assert descriptor.floating_point_range[0].to_value == 1.0
-        result = node.set_parameters([Parameter('confidence_threshold', value=2.0)])[0]
-        assert not result.successful  # outside the descriptor's range
+        # Declared without its range, which rclpy would check in its own words before the
+        # node's callback could (TarFuseNode refuses it); reported with it.
+        declared = node.describe_parameter('iou_threshold')
+        assert not declared.floating_point_range
+        reported = reported_descriptor('iou_threshold', declared)
+        assert reported.floating_point_range[0].to_value == 1.0 and not reported.read_only
+        assert reported_descriptor('sync.slop', node.describe_parameter('sync.slop')).read_only
         node.destroy_node()
 
         bad = rclpy.create_node('params_probe_bad', context=context, parameter_overrides=[
