@@ -1274,9 +1274,9 @@ class TarFuseNode(Node):
             if not fresh[index]:
                 self._drop_held(index, timeout)
             if fresh[other] and not fresh[index]:
-                problem = (
-                    f'no messages on {self._topics[index]} {self._silent_for(index, now)} '
-                    f'while {self._topics[other]} flows: check its topic name/remapping and QoS')
+                problem = (f'no messages on {self._topics[index]} '
+                           f'{self._silent_for(index, now)} while {self._topics[other]} flows: '
+                           f'{self._why_silent(index)}')
                 problems.append(problem)
                 silence_said[problem] = {index}
         if not any(fresh) and any(t is not None for t in self._last_arrival):
@@ -1494,6 +1494,21 @@ class TarFuseNode(Node):
         if not clock.ros_time_is_active or self._clock_publishers > 1:
             return None
         return clock.now().nanoseconds or None  # 0: no /clock message yet
+
+    def _why_silent(self, index):
+        """Return what to check for input ``index``, silent while the other flows.
+
+        Its topic name and QoS where nothing ever came; where images came, whether its
+        publisher left (the driver stopped or crashed) or is there and sends nothing (it had
+        said to check the topic name, which was right all along).
+        """
+        if self._last_arrival[index] is None:
+            return 'check its topic name/remapping and QoS'
+        publishers = self.count_publishers(self._topics[index])
+        if not publishers:
+            return 'its publisher is gone (the camera driver stopped or crashed?)'
+        return (f'its {publishers} publisher(s) still there send nothing (a hung driver, an '
+                f'unplugged camera, a stopped trigger?)')
 
     def _silent_for(self, index, now):
         """Return how long input ``index`` has been silent at ``now``, for a warning."""

@@ -762,6 +762,39 @@ def test_a_silent_input_is_reported_by_name(setup):
     _send_ahead(probe, 500_000_000)
 
 
+def test_a_camera_that_stopped_is_told_apart_from_one_whose_publisher_left(setup):
+    """A camera that had sent images and stopped was said to need its topic name checked.
+
+    'no messages on /rig/infrared/image_raw for 1.2 s while /rig/visible/image_raw flows:
+    check its topic name/remapping and QoS', a name that was right all along: the status now
+    says whether its publisher left (the driver stopped or crashed) or is there and sends
+    nothing (a hung driver).
+    """
+    node, probe, _, _ = setup
+    topic = f'{NAMESPACE}/infrared/image_raw'
+
+    def visible_only():
+        probe.visible_pub.publish(probe.good_pair(time.time_ns())[1])
+
+    try:
+        _send_and_wait(probe)
+        assert probe.wait_for_diagnostics(
+            lambda level, msg, values: f'no messages on {topic} for' in msg and
+            'its 1 publisher(s) still there send nothing (a hung driver' in msg, timeout=15.0,
+            tick=visible_only), probe.latest_diagnostics()
+        probe.node.destroy_publisher(probe.ir_pub)
+        assert probe.wait_for_diagnostics(
+            lambda level, msg, values: f'no messages on {topic} for' in msg and
+            'its publisher is gone (the camera driver stopped or crashed?)' in msg,
+            timeout=15.0, tick=visible_only), probe.latest_diagnostics()
+        assert 'check its topic name' not in probe.latest_diagnostics()[1]
+    finally:
+        probe.ir_pub = None
+        probe.set_input_qos('best_effort', which=('infrared',))
+    assert probe.wait_for_subscribers()
+    _send_ahead(probe, 500_000_000)  # after the unpaired visible images
+
+
 def test_both_inputs_stopping_after_images_came_is_reported_by_name(setup):
     node, probe, _, _ = setup
     _send_and_wait(probe)
