@@ -1281,11 +1281,15 @@ class TarFuseNode(Node):
                 silence_said[problem] = {index}
         if not any(fresh) and any(t is not None for t in self._last_arrival):
             # Both cameras stopped after images came: nothing is fused any more.
+            publishers = sum(self.count_publishers(topic) for topic in self._topics)
+            why = (f'{publishers} publisher(s) still there send nothing: hung camera drivers, '
+                   f'unplugged cameras, a paused bag?' if publishers else
+                   'their publishers are gone: the camera drivers stopped or crashed, or a '
+                   'bag ended')
             problem = (
                 f'both inputs stopped, nothing is fused: no messages on '
                 f'{self._topics[INFRARED]} {self._silent_for(INFRARED, now)} nor on '
-                f'{self._topics[VISIBLE]} {self._silent_for(VISIBLE, now)} (camera drivers, '
-                f'cables, or the end of a bag?)')
+                f'{self._topics[VISIBLE]} {self._silent_for(VISIBLE, now)} ({why})')
             problems.append(problem)
             silence_said[problem] = {INFRARED, VISIBLE}
         last_pair = self._stats.last_pair_time

@@ -788,9 +788,15 @@ def test_a_camera_that_stopped_is_told_apart_from_one_whose_publisher_left(setup
             'its publisher is gone (the camera driver stopped or crashed?)' in msg,
             timeout=15.0, tick=visible_only), probe.latest_diagnostics()
         assert 'check its topic name' not in probe.latest_diagnostics()[1]
+        # Both gone (the drivers stopped, a bag ended) is not said to be cables or a hang.
+        probe.node.destroy_publisher(probe.visible_pub)
+        assert probe.wait_for_diagnostics(
+            lambda level, msg, values: 'both inputs stopped' in msg and
+            'their publishers are gone: the camera drivers stopped or crashed, or a bag ended'
+            in msg, timeout=15.0), probe.latest_diagnostics()
     finally:
-        probe.ir_pub = None
-        probe.set_input_qos('best_effort', which=('infrared',))
+        probe.ir_pub = probe.visible_pub = None
+        probe.set_input_qos('best_effort')
     assert probe.wait_for_subscribers()
     _send_ahead(probe, 500_000_000)  # after the unpaired visible images
 
@@ -802,7 +808,8 @@ def test_both_inputs_stopping_after_images_came_is_reported_by_name(setup):
     assert probe.wait_for_diagnostics(
         lambda level, msg, values: level == b'\x01' and
         f'no messages on {NAMESPACE}/infrared/image_raw for ' in msg and
-        f'nor on {NAMESPACE}/visible/image_raw for ' in msg and 'both inputs stopped' in msg,
+        f'nor on {NAMESPACE}/visible/image_raw for ' in msg and 'both inputs stopped' in msg
+        and '2 publisher(s) still there send nothing: hung camera drivers' in msg,
         timeout=15.0), probe.latest_diagnostics()
     assert 'both inputs stopped' in node.log()
     _send_and_wait(probe)
