@@ -683,13 +683,18 @@ def canonical_parameters(parameters):
     A string loses its surrounding whitespace, a string list its blank items, and an empty
     ``weights`` becomes the shipped weights' path: otherwise ``ros2 param set ... device ' cpu'``
     (or ``-p``) would leave ``' cpu'`` in the node's parameter store while the node runs on
-    ``'cpu'``. Other parameters, values of another type and parameters without a value (the
-    set callback refuses those) are passed on unchanged (the same objects). Usable as rclpy's
-    pre-set parameters callback.
+    ``'cpu'``. An integer given to a decimal parameter becomes that decimal: ``ros2 param set
+    /tarfuse max_rate 2`` sends an integer, which rclpy refused in words naming no parameter
+    ("Wrong parameter type, expected 'Type.DOUBLE' got 'Type.INTEGER'"). Other parameters,
+    values of another type and parameters without a value (the set callback refuses those) are
+    passed on unchanged (the same objects). Usable as rclpy's pre-set parameters callback.
     """
     result = []
     for parameter in parameters:
         spec = _BY_NAME.get(parameter.name)
+        if spec is not None and spec.kind == 'float' \
+                and parameter.type_ == Parameter.Type.INTEGER:
+            parameter = Parameter(parameter.name, Parameter.Type.DOUBLE, float(parameter.value))
         # No value (ros2 param delete) passes as it is: the set callback refuses it.
         if spec is not None and spec.kind in ('str', 'str_array') \
                 and parameter.type_ != Parameter.Type.NOT_SET:

@@ -1319,6 +1319,17 @@ def test_a_value_outside_its_range_is_refused_in_the_nodes_words_and_the_range_d
     values = _call(probe, GetParameters, 'get_parameters', GetParameters.Request(
         names=['confidence_threshold', 'diagnostics.input_timeout'])).values
     assert [v.double_value for v in values] == [0.25, 1.0]
+    # `ros2 param set /tarfuse diagnostics.period 1` sends an integer: rclpy refused it with
+    # "Wrong parameter type, expected 'Type.DOUBLE' got 'Type.INTEGER'", naming nothing.
+    try:
+        result, = probe.set_typed_parameters(
+            Parameter('diagnostics.period', Parameter.Type.INTEGER, 1))
+        assert result.successful, result.reason
+        value, = _call(probe, GetParameters, 'get_parameters',
+                       GetParameters.Request(names=['diagnostics.period'])).values
+        assert (value.type, value.double_value) == (ParameterType.PARAMETER_DOUBLE, 1.0)
+    finally:
+        assert probe.set_parameters(diagnostics__period=0.25)[0].successful
     _send_and_wait(probe)
 
 

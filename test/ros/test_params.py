@@ -255,6 +255,15 @@ def test_canonical_parameters_keeps_other_parameters_and_wrong_types_as_they_are
     assert (result[5].type_, result[5].value) == (Parameter.Type.STRING, 'onnxruntime')
 
 
+def test_an_integer_for_a_decimal_parameter_becomes_that_decimal_an_integer_one_stays():
+    # `ros2 param set /tarfuse max_rate 2` sends an integer: refused by rclpy, naming nothing.
+    given = [Parameter('max_rate', value=2), Parameter('max_detections', value=5),
+             Parameter('max_rate', value=2.5)]
+    result = canonical_parameters(given)
+    assert (result[0].type_, result[0].value) == (Parameter.Type.DOUBLE, 2.0)
+    assert result[1] is given[1] and result[2] is given[2]
+
+
 RCL_VALUES = ['abc', 'y', 'N', 'yes', 'Off', 'TRUE', 'true', '1', '-7', '0x1F', '010', '08',
               '1_000', '0b11', '12:30', '1e-1', '-2.5', '.5', '5.', '.inf', '-.Inf', '.nan',
               'nan', 'inf', '9223372036854775808', '"1.0"', "'true'", '[]', '[a, b]',
