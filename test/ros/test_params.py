@@ -14,8 +14,9 @@ from tarfuse_ros.core.paths import default_weights_path
 from tarfuse_ros.ros.params import _rcl_type, command_line_type_errors
 from tarfuse_ros.ros.params import apply_updates, canonical_parameters
 from tarfuse_ros.ros.params import declare_node_parameters, descriptor_for
-from tarfuse_ros.ros.params import NodeParams, PARAMETER_SPECS, params_from_values
-from tarfuse_ros.ros.params import params_files_for_other_nodes, reported_descriptor
+from tarfuse_ros.ros.params import NodeParams, parameter_source, PARAMETER_SPECS
+from tarfuse_ros.ros.params import params_files_for_other_nodes, params_from_values
+from tarfuse_ros.ros.params import reported_descriptor
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -340,6 +341,27 @@ def test_a_params_file_for_another_node_is_named_with_its_sections(tmp_path):
             '--params-file', str(dump), '-p', 'max_rate:=1.0']
     assert params_files_for_other_nodes(argv, '/tarfuse') == [f"{dump} (sections '/rear/tarfuse')"]
     assert params_files_for_other_nodes(argv, '/rear/tarfuse') == []
+
+
+def test_the_source_of_a_parameter_is_the_last_that_sets_it_for_this_node(tmp_path):
+    """Where an out-of-range value was given, for the start-up message: -p or which file."""
+    rig = tmp_path / 'rig.yaml'
+    rig.write_text('/**/tarfuse:\n  ros__parameters:\n    registration:\n'
+                   '      fine_passes: 99\n')
+    other = tmp_path / 'other.yaml'
+    other.write_text('rear:\n  tarfuse:\n    ros__parameters:\n      max_rate: -1.0\n')
+    argv = ['fuse_node', '--ros-args', '--params-file', str(YAML_FILE), '--params-file',
+            str(rig), '--params-file', str(other), '-p', 'other_node:max_rate:=-2.0']
+    assert parameter_source(argv, '/front/tarfuse', 'registration.fine_passes') == \
+        f'in the parameters file {rig}'
+    # The shipped file's 0.0: the rear section and the other node's -p are not this node's.
+    assert parameter_source(argv, '/front/tarfuse', 'max_rate') == \
+        f'in the parameters file {YAML_FILE}'
+    assert parameter_source(argv, '/rear/tarfuse', 'max_rate') == f'in the parameters file {other}'
+    argv += ['-p', 'tarfuse:registration.fine_passes:=9']
+    assert parameter_source(argv, '/front/tarfuse', 'registration.fine_passes') == \
+        'on the command line (-p tarfuse:registration.fine_passes:=9)'
+    assert parameter_source(argv, '/front/tarfuse', 'no.such') is None
 
 
 # Each problem of the global stage's stream settings, given as FusionEngine's keywords; the
