@@ -1502,13 +1502,18 @@ class TarFuseNode(Node):
     def _why_silent(self, index):
         """Return what to check for input ``index``, silent while the other flows.
 
-        Its topic name and QoS where nothing ever came; where images came, whether its
-        publisher left (the driver stopped or crashed) or is there and sends nothing (it had
-        said to check the topic name, which was right all along).
+        It had said to check the topic name/remapping and QoS whatever the case. Where nothing
+        ever came: the topic name where it has no publisher, else what keeps the publishers'
+        images from arriving. Where images came (the name was right): whether its publisher
+        left (the driver stopped or crashed) or is there and sends nothing.
         """
-        if self._last_arrival[index] is None:
-            return 'check its topic name/remapping and QoS'
         publishers = self.count_publishers(self._topics[index])
+        if self._last_arrival[index] is None:
+            if not publishers:
+                return 'no publisher on it: check its topic name/remapping'
+            return (f'its {publishers} publisher(s) sent nothing that arrived: check their '
+                    f'QoS and the DDS transport (large images over best-effort DDS need the '
+                    f'shipped Fast DDS profile, see the README), and that the camera streams')
         if not publishers:
             return 'its publisher is gone (the camera driver stopped or crashed?)'
         return (f'its {publishers} publisher(s) still there send nothing (a hung driver, an '

@@ -256,7 +256,10 @@ def test_a_qos_override_sets_that_output_publishers_qos(tmp_path):
 
 
 def test_an_input_silent_since_start_up_is_named_so(tmp_path):
-    """The warning said 'no messages on /infrared/image_raw for ever while ...'."""
+    """The warning said 'no messages on /infrared/image_raw for ever while ...'.
+
+    And to check the topic name whether it had a publisher or not.
+    """
     weights = tmp_path / 'random.safetensors'
     make_checkpoint(weights)
     domain = random_domain_id()
@@ -269,11 +272,21 @@ def test_an_input_silent_since_start_up_is_named_so(tmp_path):
         probe.visible_pub.publish(image_msg(visible, 'bgr8', time.time_ns(), VISIBLE_FRAME))
 
     try:
+        # The topic has a publisher (the probe's): its name is right, what keeps its images
+        # from coming is said; it was 'check its topic name/remapping and QoS' either way.
         warning = 'no messages on /infrared/image_raw since the node started while ' \
-            '/visible/image_raw flows: check its topic name/remapping and QoS'
+            '/visible/image_raw flows: its 1 publisher(s) sent nothing that arrived: check ' \
+            'their QoS and the DDS transport'
         assert probe.wait_for_diagnostics(lambda level, message, values: warning in message,
                                           timeout=90.0, tick=visible_only), node.log()
         assert warning in node.log()  # logged when found, before /diagnostics says it
+        probe.node.destroy_publisher(probe.ir_pub)
+        probe.ir_pub = None
+        warning = 'no messages on /infrared/image_raw since the node started while ' \
+            '/visible/image_raw flows: no publisher on it: check its topic name/remapping'
+        assert probe.wait_for_diagnostics(lambda level, message, values: warning in message,
+                                          timeout=30.0, tick=visible_only), \
+            probe.latest_diagnostics()
     finally:
         probe.close()
         node.close()
