@@ -52,7 +52,8 @@ from diagnostic_msgs.msg import DiagnosticArray
 import message_filters
 from rcl_interfaces.msg import SetParametersResult
 import rclpy
-from rclpy.clock import Clock, ClockType
+from rclpy.clock import Clock, ClockType, JumpThreshold
+from rclpy.duration import Duration
 try:
     from rclpy.event_handler import SubscriptionEventCallbacks
 except ImportError:  # Humble
@@ -270,6 +271,8 @@ class TarFuseNode(Node):
         # under use_sim_time the ROS time while /clock runs (a bag at any --rate).
         self._clock_publishers = 0  # on /clock under use_sim_time (the input checks count)
         self._input_time = InputClock(self._sim_time_ns)
+        self._jump_handle = None
+        self._watch_time_jumps(self._params.input_timeout)
         self._stats = NodeStats(clock=self._input_time)
         self._throttle = WarningThrottle(5.0)
         self._steady = Clock(clock_type=ClockType.STEADY_TIME)
@@ -1254,6 +1257,7 @@ class TarFuseNode(Node):
                 _restart(self._diag_timer, new.diagnostics_period)
             if new.input_timeout != old.input_timeout:
                 _restart(self._health_timer, _input_check_period(new))
+                self._watch_time_jumps(new.input_timeout)
             if new.max_rate != old.max_rate:
                 # Starts over from the next pair (this callback and _on_pair both run on the
                 # executor thread).
@@ -1488,6 +1492,21 @@ class TarFuseNode(Node):
                 f'times, so the latencies are wrong, and diagnostics.input_timeout and the rates '
                 f'are read in wall time until one is left; play one with its clock (the others '
                 f'without --clock)']
+
+    def _watch_time_jumps(self, timeout):
+        """Tell the inputs' clock of each jump forward of the ROS time beyond ``timeout`` s.
+
+        Under use_sim_time a player seeking ahead moves /clock forward at once; read as time
+        passed, every input was silent that long (:class:`InputClock`). A step of /clock above
+        the input timeout from a bag played very fast is taken for one too: its silences are
+        read in wall time meanwhile, where its images come faster still.
+        """
+        if self._jump_handle is not None:
+            self._jump_handle.unregister()
+        self._jump_handle = self.get_clock().create_jump_callback(
+            JumpThreshold(min_forward=Duration(nanoseconds=round(timeout * 1e9)),
+                          min_backward=None, on_clock_change=False),
+            post_callback=lambda jump: self._input_time.jumped())
 
     def _sim_time_ns(self):
         """Return the ROS time (ns) where /clock sets it (use_sim_time), else None.
