@@ -16,6 +16,7 @@ import re
 
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 from rcl_interfaces.msg import ParameterType
+from rclpy.exceptions import InvalidParameterTypeException
 from rclpy.parameter import Parameter
 
 from tarfuse_ros.core.backends import BACKENDS
@@ -666,7 +667,10 @@ def declare_node_parameters(node):
                 parameter = Parameter(spec.name, _ARRAY_TYPES[spec.kind], [])
                 node.set_parameters([parameter])
         else:
-            parameter = node.declare_parameter(spec.name, defaults[spec.field], descriptor)
+            try:
+                parameter = node.declare_parameter(spec.name, defaults[spec.field], descriptor)
+            except InvalidParameterTypeException:
+                raise _type_error(node, spec) from None
         values[spec.name] = parameter.value
         declared.append(parameter)
     params = params_from_values(values)
@@ -675,6 +679,24 @@ def declare_node_parameters(node):
     if changed:
         node.set_parameters(changed)
     return params
+
+
+def _type_error(node, spec):
+    """Return the :class:`ParameterValueError` of a value of another type given to ``spec``.
+
+    rclpy's words named no fix: "Trying to set parameter 'max_rate' to '2' of type 'INTEGER',
+    expecting type 'DOUBLE'" (an integer in a parameters file for a decimal parameter).
+    """
+    # rclpy keeps the overrides (params files and -p, for this node) in this attribute.
+    given = (getattr(node, '_parameter_overrides', None) or {}).get(spec.name)
+    expected = _TYPE_WORDS[Parameter.Type(_TYPES[spec.kind])]
+    if given is None:
+        return ParameterValueError(spec.name, f'{spec.name} must be {expected}')
+    said = f'{spec.name}={given.value!r} is {_TYPE_WORDS[given.type_]} where {expected} is ' \
+        f'expected'
+    if spec.kind == 'float' and given.type_ == Parameter.Type.INTEGER:
+        said += f': write {float(given.value)!r}'
+    return ParameterValueError(spec.name, said)
 
 
 def canonical_parameters(parameters):

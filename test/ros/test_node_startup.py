@@ -66,6 +66,8 @@ def _cases(tmp_path):
     negative_timeout_file = tmp_path / 'negative_timeout.yaml'
     negative_timeout_file.write_text('/**:\n  ros__parameters:\n    diagnostics:\n'
                                      '      input_timeout: -1.0\n')
+    integer_rate_file = tmp_path / 'integer_rate.yaml'
+    integer_rate_file.write_text('/**:\n  ros__parameters:\n    max_rate: 2\n')
     qos_policy_file = _qos_overrides_file(tmp_path / 'qos_policy.yaml', '/fused/image_raw',
                                           'publisher', 'durability', 'transient_local')
     cases.update({
@@ -139,6 +141,12 @@ def _cases(tmp_path):
             {'weights': str(weights)},
             ['diagnostics.input_timeout=-1.0 is outside [0.1, 3600.0]',
              f'fix it in the parameters file {negative_timeout_file}'], negative_timeout_file),
+        # rclpy's words: "Trying to set parameter 'max_rate' to '2' of type 'INTEGER',
+        # expecting type 'DOUBLE': max_rate".
+        'integer_for_a_decimal_in_a_params_file': (
+            {'weights': str(weights)},
+            ['max_rate=2 is an integer where a double is expected: write 2.0',
+             f'fix it in the parameters file {integer_rate_file}'], integer_rate_file),
         'mistyped_after_the_params_file': ({'weights': str(weights),
                                             'confidence_threshold': 'abc'},
                                            ['-p confidence_threshold:=abc',
@@ -188,6 +196,7 @@ def outcomes(tmp_path_factory):
                                   'output_onto_an_input', 'input_max_long_side_too_small',
                                   'fine_passes_out_of_range', 'confidence_threshold_out_of_range',
                                   'input_timeout_out_of_range_in_a_params_file',
+                                  'integer_for_a_decimal_in_a_params_file',
                                   'cuda_unavailable'])
 def test_start_up_failure_exits_non_zero_with_a_clear_message(outcomes, case):
     if case not in outcomes:
