@@ -244,7 +244,7 @@ class TarFuseNode(Node):
             self._params = declare_node_parameters(self)
         except (ValueError, ParameterException) as exc:
             where = None
-            if isinstance(exc, ParameterValueError):  # out of its range: say where it was given
+            if isinstance(exc, ParameterValueError):  # range, type: say where it was given
                 where = parameter_source(argv if given_argv is None else given_argv, me,
                                          exc.name)
             where = where or 'in the params file or on the command line'

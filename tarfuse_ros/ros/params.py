@@ -472,7 +472,7 @@ def refinement_settings(params):
 
 
 class ParameterValueError(ValueError):
-    """A value outside a parameter's range or allowed values; ``name`` is the parameter's."""
+    """A value outside a parameter's range or values, or of another type; ``name``: the parameter."""
 
     def __init__(self, name, message):
         """Say ``message`` about the parameter ``name``."""
