@@ -472,7 +472,7 @@ def refinement_settings(params):
 
 
 class ParameterValueError(ValueError):
-    """A value outside a parameter's range or values, or of another type; ``name``: the parameter."""
+    """A value outside a parameter's range or values, or of another type (``name``: its name)."""
 
     def __init__(self, name, message):
         """Say ``message`` about the parameter ``name``."""
