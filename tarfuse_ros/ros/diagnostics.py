@@ -60,7 +60,10 @@ class InputClock:
     this clock; a step back (a bag's loop) advances it by the wall time passed, as does a ROS
     time standing still for ``stall_s`` or more (a bag ended or paused: nothing comes, and its
     stand is counted from its start). The step forward that ends a stand counted so adds only
-    what it exceeds the stand by.
+    what it exceeds the stand by. A jump forward (a player seeking ahead), said by
+    :meth:`jumped`, advances it by the wall time passed too: counted, it was a silence of every
+    input as long as the jump, 'both inputs stopped ... for 600.0 s' at the next input check
+    while the images of the new time were on their way.
     """
 
     def __init__(self, ros_now_ns, stall_s=1.0, monotonic=time.monotonic):
@@ -72,18 +75,25 @@ class InputClock:
         self._value = self._wall
         self._ros = None
         self._ros_changed = None  # wall time of the ROS time's last change
+        self._jumped = False  # a jump forward since the last reading
 
     def _stand(self, wall):
         """Return the wall time (s) a ROS time standing since it changed counts at ``wall``."""
         standing = wall - self._ros_changed
         return standing if standing >= self.stall_s else 0.0
 
+    def jumped(self):
+        """Note that the ROS time jumped forward: the reading after counts the wall time."""
+        with self._lock:
+            self._jumped = True
+
     def __call__(self):
         """Return the clock's time (s)."""
         with self._lock:
             wall, ros = self._monotonic(), self._ros_now_ns()
-            step = wall - self._wall  # no ROS time to follow, or it stepped back
-            if ros is not None and self._ros is not None:
+            step = wall - self._wall  # no ROS time to follow, it stepped back or jumped
+            jumped, self._jumped = self._jumped, False
+            if ros is not None and self._ros is not None and not jumped:
                 if ros > self._ros:
                     # Less the stand counted before it (the wall time that stood in for the
                     # ROS time this step covers): a /clock of 1 Hz, its ticks a little over

@@ -52,7 +52,8 @@ from diagnostic_msgs.msg import DiagnosticArray
 import message_filters
 from rcl_interfaces.msg import SetParametersResult
 import rclpy
-from rclpy.clock import Clock, ClockType
+from rclpy.clock import Clock, ClockType, JumpThreshold
+from rclpy.duration import Duration
 try:
     from rclpy.event_handler import SubscriptionEventCallbacks
 except ImportError:  # Humble
@@ -89,6 +90,7 @@ from tarfuse_ros.ros.params import apply_updates, canonical_parameters
 from tarfuse_ros.ros.params import command_line_type_errors, NodeParams
 from tarfuse_ros.ros.params import decimal_number_lists
 from tarfuse_ros.ros.params import declare_node_parameters, fine_passes, parameter_updates
+from tarfuse_ros.ros.params import parameter_source, ParameterValueError
 from tarfuse_ros.ros.params import PARAMETER_SPECS, params_files_for_other_nodes
 from tarfuse_ros.ros.params import refinement_settings, registration_prior, reported_descriptor
 from tarfuse_ros.ros.params import unknown_parameters, unknown_qos_overrides
@@ -241,8 +243,13 @@ class TarFuseNode(Node):
         try:
             self._params = declare_node_parameters(self)
         except (ValueError, ParameterException) as exc:
-            raise StartupError(f'invalid parameter: {exc}; fix it in the params file or on '
-                               f'the command line (see config/tarfuse.yaml)') from exc
+            where = None
+            if isinstance(exc, ParameterValueError):  # range, type: say where it was given
+                where = parameter_source(argv if given_argv is None else given_argv, me,
+                                         exc.name)
+            where = where or 'in the params file or on the command line'
+            raise StartupError(f'invalid parameter: {exc}; fix it {where} (see '
+                               f'config/tarfuse.yaml)') from exc
         unknown = unknown_parameters(self)
         if unknown:
             raise StartupError(f'unknown parameter {", ".join(unknown)}: the node has no such '
@@ -264,6 +271,8 @@ class TarFuseNode(Node):
         # under use_sim_time the ROS time while /clock runs (a bag at any --rate).
         self._clock_publishers = 0  # on /clock under use_sim_time (the input checks count)
         self._input_time = InputClock(self._sim_time_ns)
+        self._jump_handle = None
+        self._watch_time_jumps(self._params.input_timeout)
         self._stats = NodeStats(clock=self._input_time)
         self._throttle = WarningThrottle(5.0)
         self._steady = Clock(clock_type=ClockType.STEADY_TIME)
@@ -325,6 +334,12 @@ class TarFuseNode(Node):
         self._camera_info_arrival = None
         self._qos_events = {}  # input index -> (monotonic time, problem) from QoS events
         self._problems = []
+        # The input checks run on a timer: messages per input since start, and as the last
+        # check saw them, with the inputs each of its problems says are silent (a status
+        # published after an input spoke again leaves those problems out).
+        self._received = [0, 0]
+        self._received_checked = [0, 0]
+        self._silence_said = {}
         self._publishers_since = None  # when both inputs got publishers (none received yet)
 
         params = self._params
@@ -641,6 +656,7 @@ class TarFuseNode(Node):
     def _on_input(self, msg, index):
         name, topic = _INPUT_NAMES[index], self._topics[index]
         self._stats.count(f'{name}_msgs')
+        self._received[index] += 1
         now = self._input_time()
         if self._first_arrival[index] is None:
             self._first_arrival[index] = now
@@ -1249,6 +1265,7 @@ class TarFuseNode(Node):
                 _restart(self._diag_timer, new.diagnostics_period)
             if new.input_timeout != old.input_timeout:
                 _restart(self._health_timer, _input_check_period(new))
+                self._watch_time_jumps(new.input_timeout)
             if new.max_rate != old.max_rate:
                 # Starts over from the next pair (this callback and _on_pair both run on the
                 # executor thread).
@@ -1260,6 +1277,7 @@ class TarFuseNode(Node):
     def _check_health(self):
         params = self._params
         problems = self._check_clock_publishers()
+        silence_said = {}  # problem -> the inputs it says are silent
         now = self._input_time()
         timeout = params.input_timeout
         fresh = [t is not None and now - t < timeout for t in self._last_arrival]
@@ -1268,16 +1286,24 @@ class TarFuseNode(Node):
             if not fresh[index]:
                 self._drop_held(index, timeout)
             if fresh[other] and not fresh[index]:
-                problems.append(
-                    f'no messages on {self._topics[index]} {self._silent_for(index, now)} '
-                    f'while {self._topics[other]} flows: check its topic name/remapping and QoS')
+                problem = (f'no messages on {self._topics[index]} '
+                           f'{self._silent_for(index, now)} while {self._topics[other]} flows: '
+                           f'{self._why_silent(index)}')
+                problems.append(problem)
+                silence_said[problem] = {index}
         if not any(fresh) and any(t is not None for t in self._last_arrival):
             # Both cameras stopped after images came: nothing is fused any more.
-            problems.append(
+            publishers = sum(self.count_publishers(topic) for topic in self._topics)
+            why = (f'{publishers} publisher(s) still there send nothing: hung camera drivers, '
+                   f'unplugged cameras, a paused bag?' if publishers else
+                   'their publishers are gone: the camera drivers stopped or crashed, or a '
+                   'bag ended')
+            problem = (
                 f'both inputs stopped, nothing is fused: no messages on '
                 f'{self._topics[INFRARED]} {self._silent_for(INFRARED, now)} nor on '
-                f'{self._topics[VISIBLE]} {self._silent_for(VISIBLE, now)} (camera drivers, '
-                f'cables, or the end of a bag?)')
+                f'{self._topics[VISIBLE]} {self._silent_for(VISIBLE, now)} ({why})')
+            problems.append(problem)
+            silence_said[problem] = {INFRARED, VISIBLE}
         last_pair = self._stats.last_pair_time
         # Pairs arrive, none was fused for a while and the newest outcome was a rejection (none
         # fused since start: pairs have come for that while, not only since the first one).
@@ -1309,14 +1335,18 @@ class TarFuseNode(Node):
         elif self._publishers_since is None:
             self._publishers_since = now
         elif now - self._publishers_since > timeout:
-            problems.append(
+            problem = (
                 f'{counts[0]} + {counts[1]} publishers on {self._topics[0]} + '
                 f'{self._topics[1]} but no image received for {timeout} s: check their QoS '
                 f'and the DDS transport (large images over best-effort DDS need the shipped '
                 f'Fast DDS profile, see the README)')
+            problems.append(problem)
+            silence_said[problem] = {INFRARED, VISIBLE}
         problems.extend(self._check_publisher_qos())
         problems.extend(self._check_other_fused_publishers())
         self._problems = problems
+        self._silence_said = silence_said
+        self._received_checked = list(self._received)
         for problem in problems:
             self._warn('health:' + _problem_key(problem), problem)
 
@@ -1471,6 +1501,21 @@ class TarFuseNode(Node):
                 f'are read in wall time until one is left; play one with its clock (the others '
                 f'without --clock)']
 
+    def _watch_time_jumps(self, timeout):
+        """Tell the inputs' clock of each jump forward of the ROS time beyond ``timeout`` s.
+
+        Under use_sim_time a player seeking ahead moves /clock forward at once; read as time
+        passed, every input was silent that long (:class:`InputClock`). A step of /clock above
+        the input timeout from a bag played very fast is taken for one too: its silences are
+        read in wall time meanwhile, where its images come faster still.
+        """
+        if self._jump_handle is not None:
+            self._jump_handle.unregister()
+        self._jump_handle = self.get_clock().create_jump_callback(
+            JumpThreshold(min_forward=Duration(nanoseconds=round(timeout * 1e9)),
+                          min_backward=None, on_clock_change=False),
+            post_callback=lambda jump: self._input_time.jumped())
+
     def _sim_time_ns(self):
         """Return the ROS time (ns) where /clock sets it (use_sim_time), else None.
 
@@ -1480,6 +1525,26 @@ class TarFuseNode(Node):
         if not clock.ros_time_is_active or self._clock_publishers > 1:
             return None
         return clock.now().nanoseconds or None  # 0: no /clock message yet
+
+    def _why_silent(self, index):
+        """Return what to check for input ``index``, silent while the other flows.
+
+        It had said to check the topic name/remapping and QoS whatever the case. Where nothing
+        ever came: the topic name where it has no publisher, else what keeps the publishers'
+        images from arriving. Where images came (the name was right): whether its publisher
+        left (the driver stopped or crashed) or is there and sends nothing.
+        """
+        publishers = self.count_publishers(self._topics[index])
+        if self._last_arrival[index] is None:
+            if not publishers:
+                return 'no publisher on it: check its topic name/remapping'
+            return (f'its {publishers} publisher(s) sent nothing that arrived: check their '
+                    f'QoS and the DDS transport (large images over best-effort DDS need the '
+                    f'shipped Fast DDS profile, see the README), and that the camera streams')
+        if not publishers:
+            return 'its publisher is gone (the camera driver stopped or crashed?)'
+        return (f'its {publishers} publisher(s) still there send nothing (a hung driver, an '
+                f'unplugged camera, a stopped trigger?)')
 
     def _silent_for(self, index, now):
         """Return how long input ``index`` has been silent at ``now``, for a warning."""
@@ -1602,7 +1667,13 @@ class TarFuseNode(Node):
         if self._engine.device.startswith('cuda') and self._params.backend == 'torch':
             import torch
             extra['cuda_memory_mib'] = round(torch.cuda.memory_allocated() / 2**20, 1)
-        problems = list(self._problems)
+        # The input checks' problems, less those saying that an input which spoke since the
+        # check is silent: the cameras resumed, a status said 'both inputs stopped' until the
+        # next check (up to 0.5 s, several statuses at a short diagnostics.period).
+        spoke = {index for index in (INFRARED, VISIBLE)
+                 if self._received[index] != self._received_checked[index]}
+        problems = [problem for problem in self._problems
+                    if not self._silence_said.get(problem, set()) & spoke]
         if offset_problem is not None:
             problems.append(offset_problem)
         if self._params.health_enabled:

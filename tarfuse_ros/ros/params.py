@@ -16,6 +16,7 @@ import re
 
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 from rcl_interfaces.msg import ParameterType
+from rclpy.exceptions import InvalidParameterTypeException
 from rclpy.parameter import Parameter
 
 from tarfuse_ros.core.backends import BACKENDS
@@ -26,9 +27,10 @@ from tarfuse_ros.core.paths import default_weights_path
 from tarfuse_ros.core.sizes import MAX_ENLARGED_LONG_SIDE, MIN_SHRUNK_LONG_SIDE
 
 __all__ = [
-    'NodeParams', 'ParamSpec', 'PARAMETER_SPECS', 'RELIABILITY_VALUES', 'TRANSPORT_VALUES',
+    'NodeParams', 'ParameterValueError', 'ParamSpec', 'PARAMETER_SPECS', 'RELIABILITY_VALUES',
+    'TRANSPORT_VALUES',
     'apply_updates', 'canonical_parameters', 'decimal_number_lists', 'declare_node_parameters',
-    'descriptor_for', 'fine_passes',
+    'declared_descriptor', 'descriptor_for', 'fine_passes', 'parameter_source',
     'parameter_updates', 'params_file_sections', 'params_files_for_other_nodes',
     'params_from_values',
     'refinement_settings', 'registration_prior', 'reported_descriptor', 'section_applies',
@@ -343,20 +345,42 @@ def descriptor_for(spec):
     return descriptor
 
 
-def reported_descriptor(name, descriptor):
-    """Return the descriptor of parameter ``name`` as the node reports it: read-only if fixed.
+def declared_descriptor(spec):
+    """Return the descriptor a spec's parameter is declared with: :func:`descriptor_for`, no range.
 
-    A parameter fixed at start-up is declared without rclpy's read-only flag, whose check
-    refuses every set with 'Trying to set a read-only parameter' before the node's callback
-    can say why and which restart to make (and refuses the current value too: ``ros2 param
-    load`` of a dump). Reported read-only, ``ros2 param describe`` and ``describe_parameters``
-    say it cannot change while the node runs, and rqt_reconfigure does not offer to edit it.
+    rclpy checks a declared range before the node sees the value, and refuses with its own
+    words: at start-up an ``InvalidParameterValueException`` ('Invalid parameter value (99)
+    for parameter. Reason: Parameter registration.fine_passes out of range. Min: -1, Max: 8,
+    value: 99: registration.fine_passes'), at run time a reason the node's callback never
+    gave. Declared without it, the node checks the range (:func:`validate_params`,
+    :func:`apply_updates`) and says which value is outside which range, and where to fix it;
+    the range is still reported (:func:`reported_descriptor`).
+    """
+    descriptor = descriptor_for(spec)
+    descriptor.floating_point_range = []
+    descriptor.integer_range = []
+    return descriptor
+
+
+def reported_descriptor(name, descriptor):
+    """Return the descriptor of parameter ``name`` as the node reports it: range, read-only.
+
+    The range of :func:`descriptor_for`, which the parameter is declared without
+    (:func:`declared_descriptor`). A parameter fixed at start-up is declared without rclpy's
+    read-only flag, whose check refuses every set with 'Trying to set a read-only parameter'
+    before the node's callback can say why and which restart to make (and refuses the current
+    value too: ``ros2 param load`` of a dump). Reported read-only, ``ros2 param describe`` and
+    ``describe_parameters`` say it cannot change while the node runs, and rqt_reconfigure does
+    not offer to edit it.
     """
     spec = _BY_NAME.get(name)
-    if spec is None or spec.runtime or descriptor.read_only:
+    if spec is None:
         return descriptor
     reported = copy.deepcopy(descriptor)
-    reported.read_only = True
+    full = descriptor_for(spec)
+    reported.floating_point_range = full.floating_point_range
+    reported.integer_range = full.integer_range
+    reported.read_only = descriptor.read_only or not spec.runtime
     return reported
 
 
@@ -447,12 +471,23 @@ def refinement_settings(params):
         raise ValueError(f'registration.online_refinement.{exc}') from None
 
 
+class ParameterValueError(ValueError):
+    """A value outside a parameter's range or values, or of another type (``name``: its name)."""
+
+    def __init__(self, name, message):
+        """Say ``message`` about the parameter ``name``."""
+        super().__init__(message)
+        self.name = name
+
+
 def _check_value(spec, value):
-    """Raise ``ValueError`` when ``value`` is outside the range or allowed values of ``spec``."""
+    """Raise :class:`ParameterValueError` for a ``value`` outside the range or values of a spec."""
     if spec.low is not None and not spec.low <= value <= spec.high:
-        raise ValueError(f'{spec.name}={value!r} is outside [{spec.low}, {spec.high}]')
+        raise ParameterValueError(
+            spec.name, f'{spec.name}={value!r} is outside [{spec.low}, {spec.high}]')
     if spec.allowed and value not in spec.allowed:
-        raise ValueError(
+        raise ParameterValueError(
+            spec.name,
             f'{spec.name}={value!r} is not allowed; use one of: {", ".join(spec.allowed)}')
 
 
@@ -618,7 +653,7 @@ def declare_node_parameters(node):
     defaults['weights'] = str(default_weights_path())
     values, declared = {}, []
     for spec in PARAMETER_SPECS:
-        descriptor = descriptor_for(spec)
+        descriptor = declared_descriptor(spec)
         if spec.kind in _ARRAY_TYPES:
             # An empty list has no inferable type: declare the parameter, then give it the
             # empty list. Left without a value, rclpy's get_parameters service answers nothing
@@ -632,7 +667,10 @@ def declare_node_parameters(node):
                 parameter = Parameter(spec.name, _ARRAY_TYPES[spec.kind], [])
                 node.set_parameters([parameter])
         else:
-            parameter = node.declare_parameter(spec.name, defaults[spec.field], descriptor)
+            try:
+                parameter = node.declare_parameter(spec.name, defaults[spec.field], descriptor)
+            except InvalidParameterTypeException:
+                raise _type_error(node, spec) from None
         values[spec.name] = parameter.value
         declared.append(parameter)
     params = params_from_values(values)
@@ -643,19 +681,42 @@ def declare_node_parameters(node):
     return params
 
 
+def _type_error(node, spec):
+    """Return the :class:`ParameterValueError` of a value of another type given to ``spec``.
+
+    rclpy's words named no fix: "Trying to set parameter 'max_rate' to '2' of type 'INTEGER',
+    expecting type 'DOUBLE'" (an integer in a parameters file for a decimal parameter).
+    """
+    # rclpy keeps the overrides (params files and -p, for this node) in this attribute.
+    given = (getattr(node, '_parameter_overrides', None) or {}).get(spec.name)
+    expected = _TYPE_WORDS[Parameter.Type(_TYPES[spec.kind])]
+    if given is None:
+        return ParameterValueError(spec.name, f'{spec.name} must be {expected}')
+    said = f'{spec.name}={given.value!r} is {_TYPE_WORDS[given.type_]} where {expected} is ' \
+        f'expected'
+    if spec.kind == 'float' and given.type_ == Parameter.Type.INTEGER:
+        said += f': write {float(given.value)!r}'
+    return ParameterValueError(spec.name, said)
+
+
 def canonical_parameters(parameters):
     """Return rclpy ``parameters`` with our string values written as the node uses them.
 
     A string loses its surrounding whitespace, a string list its blank items, and an empty
     ``weights`` becomes the shipped weights' path: otherwise ``ros2 param set ... device ' cpu'``
     (or ``-p``) would leave ``' cpu'`` in the node's parameter store while the node runs on
-    ``'cpu'``. Other parameters, values of another type and parameters without a value (the
-    set callback refuses those) are passed on unchanged (the same objects). Usable as rclpy's
-    pre-set parameters callback.
+    ``'cpu'``. An integer given to a decimal parameter becomes that decimal: ``ros2 param set
+    /tarfuse max_rate 2`` sends an integer, which rclpy refused in words naming no parameter
+    ("Wrong parameter type, expected 'Type.DOUBLE' got 'Type.INTEGER'"). Other parameters,
+    values of another type and parameters without a value (the set callback refuses those) are
+    passed on unchanged (the same objects). Usable as rclpy's pre-set parameters callback.
     """
     result = []
     for parameter in parameters:
         spec = _BY_NAME.get(parameter.name)
+        if spec is not None and spec.kind == 'float' \
+                and parameter.type_ == Parameter.Type.INTEGER:
+            parameter = Parameter(parameter.name, Parameter.Type.DOUBLE, float(parameter.value))
         # No value (ros2 param delete) passes as it is: the set callback refuses it.
         if spec is not None and spec.kind in ('str', 'str_array') \
                 and parameter.type_ != Parameter.Type.NOT_SET:
@@ -983,6 +1044,38 @@ def params_files_for_other_nodes(argv, node_name):
             if names and not any(section_applies(name, node_name) for name in names):
                 lines.append(f'{argv[i]} (sections {", ".join(map(repr, names))})')
     return lines
+
+
+def _dotted_names(tree, prefix=''):
+    """Return the dotted parameter names of a ``ros__parameters`` mapping (nested keys)."""
+    if not isinstance(tree, dict):
+        return {prefix[:-1]} if prefix else set()
+    names = set()
+    for key, value in tree.items():
+        names |= _dotted_names(value, f'{prefix}{key}.')
+    return names
+
+
+def parameter_source(argv, node_name, name):
+    """Return where ``argv`` gives parameter ``name`` to the node ``node_name``, or None.
+
+    The last ``-p`` value or parameters file that sets it (rcl applies them in order, a later
+    one winning), said for a message: ``"on the command line (-p max_rate:=-1.0)"`` or ``"in
+    the parameters file PATH"``. ``node_name`` is fully qualified (``/front/tarfuse``).
+    """
+    where = None
+    short = node_name.rpartition('/')[2]
+    for option, i in _ros_arguments(argv):
+        if option == '-p':
+            given, sep, _ = argv[i].partition(':=')
+            node, _, given = given.rpartition(':')
+            if sep and given == name and node in ('', short):
+                where = f'on the command line (-p {argv[i]})'
+            continue
+        for section, values in params_file_sections(argv[i]) or ():
+            if section_applies(section, node_name) and name in _dotted_names(values):
+                where = f'in the parameters file {argv[i]}'
+    return where
 
 
 def command_line_type_errors(argv, node_name):

@@ -91,6 +91,23 @@ def test_the_input_clock_follows_a_running_sim_time_and_the_wall_otherwise():
     assert at(107.25, 5.0625) == pytest.approx(start + 3.5625)
 
 
+def test_a_jump_forward_of_the_ros_time_counts_the_wall_time_it_took():
+    """A player seeking 600 s ahead: the inputs were said silent for 600 s at the next check."""
+    wall, ros = FakeClock(), [None]
+    clock = InputClock(lambda: ros[0], stall_s=1.0, monotonic=wall)
+
+    def at(wall_s, ros_s):
+        wall.now, ros[0] = wall_s, round(ros_s * 1e9)
+        return clock()
+
+    start = at(101.0, 5.0)
+    assert at(101.5, 5.5) == pytest.approx(start + 0.5)
+    clock.jumped()  # the node's clock jump callback, once the ROS time moved
+    assert at(102.0, 605.5) == pytest.approx(start + 1.0)  # the wall's 0.5 s, not 600 s
+    assert at(102.5, 606.0) == pytest.approx(start + 1.5)  # then the ROS time again
+    assert at(103.0, 1206.0) == pytest.approx(start + 601.5)  # a step not said to be a jump
+
+
 @pytest.mark.parametrize('tick_s, follows', [(1.02, 'ros'), (1.5, 'wall')])
 def test_a_clock_of_one_hertz_is_followed_not_counted_twice(tick_s, follows):
     """/clock at 1 Hz (``ros2 bag play --clock 1``), its ticks ``tick_s`` s of wall apart.

@@ -862,6 +862,45 @@ def test_a_silent_input_is_reported_by_name(setup):
     _send_ahead(probe, 500_000_000)
 
 
+def test_a_camera_that_stopped_is_told_apart_from_one_whose_publisher_left(setup):
+    """A camera that had sent images and stopped was said to need its topic name checked.
+
+    'no messages on /rig/infrared/image_raw for 1.2 s while /rig/visible/image_raw flows:
+    check its topic name/remapping and QoS', a name that was right all along: the status now
+    says whether its publisher left (the driver stopped or crashed) or is there and sends
+    nothing (a hung driver).
+    """
+    node, probe, _, _ = setup
+    topic = f'{NAMESPACE}/infrared/image_raw'
+
+    def visible_only():
+        probe.visible_pub.publish(probe.good_pair(time.time_ns())[1])
+
+    try:
+        _send_and_wait(probe)
+        assert probe.wait_for_diagnostics(
+            lambda level, msg, values: f'no messages on {topic} for' in msg and
+            'its 1 publisher(s) still there send nothing (a hung driver' in msg, timeout=15.0,
+            tick=visible_only), probe.latest_diagnostics()
+        probe.node.destroy_publisher(probe.ir_pub)
+        assert probe.wait_for_diagnostics(
+            lambda level, msg, values: f'no messages on {topic} for' in msg and
+            'its publisher is gone (the camera driver stopped or crashed?)' in msg,
+            timeout=15.0, tick=visible_only), probe.latest_diagnostics()
+        assert 'check its topic name' not in probe.latest_diagnostics()[1]
+        # Both gone (the drivers stopped, a bag ended) is not said to be cables or a hang.
+        probe.node.destroy_publisher(probe.visible_pub)
+        assert probe.wait_for_diagnostics(
+            lambda level, msg, values: 'both inputs stopped' in msg and
+            'their publishers are gone: the camera drivers stopped or crashed, or a bag ended'
+            in msg, timeout=15.0), probe.latest_diagnostics()
+    finally:
+        probe.ir_pub = probe.visible_pub = None
+        probe.set_input_qos('best_effort')
+    assert probe.wait_for_subscribers()
+    _send_ahead(probe, 500_000_000)  # after the unpaired visible images
+
+
 def test_both_inputs_stopping_after_images_came_is_reported_by_name(setup):
     node, probe, _, _ = setup
     _send_and_wait(probe)
@@ -869,12 +908,46 @@ def test_both_inputs_stopping_after_images_came_is_reported_by_name(setup):
     assert probe.wait_for_diagnostics(
         lambda level, msg, values: level == b'\x01' and
         f'no messages on {NAMESPACE}/infrared/image_raw for ' in msg and
-        f'nor on {NAMESPACE}/visible/image_raw for ' in msg and 'both inputs stopped' in msg,
+        f'nor on {NAMESPACE}/visible/image_raw for ' in msg and 'both inputs stopped' in msg
+        and '2 publisher(s) still there send nothing: hung camera drivers' in msg,
         timeout=15.0), probe.latest_diagnostics()
     assert 'both inputs stopped' in node.log()
     _send_and_wait(probe)
     assert probe.wait_for_diagnostics(
         lambda level, msg, values: 'both inputs stopped' not in msg and 'no messages' not in msg)
+
+
+def test_a_status_after_the_cameras_resume_never_says_they_are_silent(setup):
+    """The input checks run every 0.5 s, and each status carried the last check's problems.
+
+    Published after the cameras resumed, a status still said 'both inputs stopped' until the
+    next check (10 statuses at a diagnostics.period of 0.05 s): a supervisor reading it would
+    think them still down. A status counts the messages it has seen of each input; none that
+    counts a new one may call that input silent.
+    """
+    node, probe, _, _ = setup
+    silent = {'infrared_msgs': f'no messages on {NAMESPACE}/infrared/image_raw',
+              'visible_msgs': f'no messages on {NAMESPACE}/visible/image_raw'}
+    result, = probe.set_parameters(diagnostics__period=0.05)
+    assert result.successful, result.reason
+    try:
+        for _ in range(3):
+            _send_and_wait(probe)
+            assert probe.wait_for_diagnostics(
+                lambda level, msg, values: 'both inputs stopped' in msg, timeout=15.0), \
+                probe.latest_diagnostics()
+            before = {key: int(probe.latest_diagnostics()[2][key]) for key in silent}
+            start = len(probe.diagnostics)
+            _send_and_wait(probe)
+            probe.spin_until(lambda: False, 0.6)  # the statuses until the next check and after
+            for status in probe.diagnostics[start:]:
+                values = {kv.key: kv.value for kv in status.values}
+                for key, said in silent.items():
+                    assert int(values[key]) <= before[key] or said not in status.message, \
+                        f'{key} {values[key]} (was {before[key]}): {status.message}'
+    finally:
+        result, = probe.set_parameters(diagnostics__period=0.25)
+        assert result.successful, result.reason
 
 
 def test_pairs_that_are_all_rejected_turn_the_diagnostics_to_warn(setup):
@@ -1313,6 +1386,51 @@ def test_parameters_fixed_at_start_up_are_described_read_only(setup):
     assert not result.successful and '-p sync.slop:=0.2' in result.reason, result.reason
     assert all(r.successful for r in probe.set_parameters(sync__slop=0.05,
                                                           confidence_threshold=0.25))
+
+
+def test_a_value_outside_its_range_is_refused_in_the_nodes_words_and_the_range_described(setup):
+    """An out-of-range set was refused by rclpy before the node's callback, in rclpy's words.
+
+    'Parameter confidence_threshold out of range Min: 0.0, Max: 1.0, value: 2.0', and for a
+    fixed parameter no word of the restart it needs. The node says which value lies outside
+    which range; ``ros2 param describe`` still shows the range, and the value stays.
+    """
+    node, probe, _, _ = setup
+    descriptors = _call(probe, DescribeParameters, 'describe_parameters',
+                        DescribeParameters.Request(names=['confidence_threshold',
+                                                          'max_detections'])).descriptors
+    conf, detections = descriptors
+    assert (conf.floating_point_range[0].from_value, conf.floating_point_range[0].to_value) \
+        == (0.0, 1.0)
+    assert (detections.integer_range[0].from_value, detections.integer_range[0].to_value) \
+        == (1, 1000)
+    refused = {
+        'confidence_threshold': (2.0, 'confidence_threshold=2.0 is outside [0.0, 1.0]'),
+        'max_detections': (0, 'max_detections=0 is outside [1, 1000]'),
+        'diagnostics__input_timeout': (-1.0,
+                                       'diagnostics.input_timeout=-1.0 is outside [0.1, 3600.0]'),
+        'sync__slop': (20.0, 'sync.slop cannot change while the node runs, and 20.0 would be '
+                             'refused at start-up too'),
+    }
+    for name, (value, reason) in refused.items():
+        result, = probe.set_parameters(**{name: value})
+        assert not result.successful and reason in result.reason, (name, result.reason)
+        assert 'out of range' not in result.reason, result.reason
+    values = _call(probe, GetParameters, 'get_parameters', GetParameters.Request(
+        names=['confidence_threshold', 'diagnostics.input_timeout'])).values
+    assert [v.double_value for v in values] == [0.25, 1.0]
+    # `ros2 param set /tarfuse diagnostics.period 1` sends an integer: rclpy refused it with
+    # "Wrong parameter type, expected 'Type.DOUBLE' got 'Type.INTEGER'", naming nothing.
+    try:
+        result, = probe.set_typed_parameters(
+            Parameter('diagnostics.period', Parameter.Type.INTEGER, 1))
+        assert result.successful, result.reason
+        value, = _call(probe, GetParameters, 'get_parameters',
+                       GetParameters.Request(names=['diagnostics.period'])).values
+        assert (value.type, value.double_value) == (ParameterType.PARAMETER_DOUBLE, 1.0)
+    finally:
+        assert probe.set_parameters(diagnostics__period=0.25)[0].successful
+    _send_and_wait(probe)
 
 
 def test_two_rigs_in_one_domain_publish_two_diagnostics_statuses(setup):

@@ -127,7 +127,9 @@ def test_max_rate_changes_at_run_time_and_a_negative_value_is_refused(setup):
 
 
 def test_a_negative_max_rate_stops_the_start_with_a_clear_message():
-    assert_start_up_fails({'max_rate': -1.0}, ['max_rate', 'out of range', '-1.0'])
+    assert_start_up_fails({'max_rate': -1.0},
+                          ['max_rate=-1.0 is outside [0.0, 1000.0]',
+                           'fix it on the command line (-p max_rate:=-1.0)'])
 
 
 def test_each_loop_of_a_recording_shorter_than_the_period_runs_its_first_pair(setup):

@@ -179,3 +179,45 @@ def test_two_clock_publishers_are_said_and_the_inputs_not_taken_for_stopped(setu
         for clock in clocks:
             probe.node.destroy_publisher(clock)
     assert node.alive()
+
+
+def test_a_clock_seeking_ahead_is_no_silence_of_the_inputs(setup):
+    """A player seeking ahead moves /clock forward at once, here by 600 s.
+
+    The inputs' clock took the jump for time passed: with the images of the new time 1.5 s
+    on their way, each input check said 'both inputs stopped ... for 601.5 s'. The jump now
+    counts the wall time it took.
+    """
+    node, probe = setup
+    clock = probe.node.create_publisher(Clock, '/clock', 10)
+    offset = [-DAY_NS]
+    sending = [True]
+
+    def tick():  # /clock following the wall a day back, and a pair of its time while sending
+        stamp = time.time_ns() + offset[0]
+        message = Clock()
+        message.clock.sec, message.clock.nanosec = divmod(stamp, 1_000_000_000)
+        clock.publish(message)
+        if sending[0]:
+            probe.publish_pair(*probe.good_pair(stamp))
+
+    # An input timeout of 3 s: a loaded machine's late images are no silence of 1 s here.
+    assert probe.set_parameters(diagnostics__input_timeout=3.0)[0].successful
+    try:
+        assert probe.wait_for_diagnostics(
+            lambda level, message, values: message == 'fusing', timeout=30.0, tick=tick), (
+            probe.latest_diagnostics())
+        first = len(probe.diagnostics)
+        offset[0] += 600 * 1_000_000_000
+        sending[0] = False
+        probe.spin_until(lambda: False, 1.5, tick=tick, tick_period=0.05)
+        sending[0] = True
+        probe.spin_until(lambda: False, 1.0, tick=tick, tick_period=0.05)
+        during = [status.message for status in probe.diagnostics[first:]]
+        assert len(during) >= 6, during
+        said = [message for message in during if any(word in message for word in STOPPED)]
+        assert not said, said
+    finally:
+        assert probe.set_parameters(diagnostics__input_timeout=1.0)[0].successful
+        probe.node.destroy_publisher(clock)
+    assert node.alive()

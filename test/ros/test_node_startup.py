@@ -63,6 +63,11 @@ def _cases(tmp_path):
                                          'publisher', 'reliability', 'bogus')
     qos_remap_file = _qos_overrides_file(tmp_path / 'qos_remap.yaml', '/fused/image_raw',
                                          'publisher', 'depth', 3)
+    negative_timeout_file = tmp_path / 'negative_timeout.yaml'
+    negative_timeout_file.write_text('/**:\n  ros__parameters:\n    diagnostics:\n'
+                                     '      input_timeout: -1.0\n')
+    integer_rate_file = tmp_path / 'integer_rate.yaml'
+    integer_rate_file.write_text('/**:\n  ros__parameters:\n    max_rate: 2\n')
     qos_policy_file = _qos_overrides_file(tmp_path / 'qos_policy.yaml', '/fused/image_raw',
                                           'publisher', 'durability', 'transient_local')
     cases.update({
@@ -122,6 +127,26 @@ def _cases(tmp_path):
         'input_max_long_side_too_small': ({'weights': str(weights), 'input_max_long_side': 100},
                                           ['input_max_long_side=100 is not valid',
                                            '256-16384 px']),
+        # rclpy's words: 'Invalid parameter value (99) for parameter. Reason: Parameter
+        # registration.fine_passes out of range. Min: -1, Max: 8, value: 99: ...'.
+        'fine_passes_out_of_range': ({'weights': str(weights), 'registration.fine_passes': 99},
+                                     ['registration.fine_passes=99 is outside [-1, 8]',
+                                      'fix it on the command line '
+                                      '(-p registration.fine_passes:=99)']),
+        'confidence_threshold_out_of_range': (
+            {'weights': str(weights), 'confidence_threshold': 2.0},
+            ['confidence_threshold=2.0 is outside [0.0, 1.0]',
+             'fix it on the command line (-p confidence_threshold:=2.0)']),
+        'input_timeout_out_of_range_in_a_params_file': (
+            {'weights': str(weights)},
+            ['diagnostics.input_timeout=-1.0 is outside [0.1, 3600.0]',
+             f'fix it in the parameters file {negative_timeout_file}'], negative_timeout_file),
+        # rclpy's words: "Trying to set parameter 'max_rate' to '2' of type 'INTEGER',
+        # expecting type 'DOUBLE': max_rate".
+        'integer_for_a_decimal_in_a_params_file': (
+            {'weights': str(weights)},
+            ['max_rate=2 is an integer where a double is expected: write 2.0',
+             f'fix it in the parameters file {integer_rate_file}'], integer_rate_file),
         'mistyped_after_the_params_file': ({'weights': str(weights),
                                             'confidence_threshold': 'abc'},
                                            ['-p confidence_threshold:=abc',
@@ -169,6 +194,9 @@ def outcomes(tmp_path_factory):
                                   'mistyped_use_sim_time', 'list_of_mixed_types',
                                   'missing_params_file', 'inputs_on_one_topic',
                                   'output_onto_an_input', 'input_max_long_side_too_small',
+                                  'fine_passes_out_of_range', 'confidence_threshold_out_of_range',
+                                  'input_timeout_out_of_range_in_a_params_file',
+                                  'integer_for_a_decimal_in_a_params_file',
                                   'cuda_unavailable'])
 def test_start_up_failure_exits_non_zero_with_a_clear_message(outcomes, case):
     if case not in outcomes:
@@ -180,6 +208,7 @@ def test_start_up_failure_exits_non_zero_with_a_clear_message(outcomes, case):
     assert 'FATAL' in log, log
     for word in words:
         assert word in log, f'{word!r} missing from:\n{log}'
+    assert 'out of range' not in log, log  # rclpy's words, not the node's
 
 
 def _reached(node, moment):
@@ -236,7 +265,10 @@ def test_a_qos_override_sets_that_output_publishers_qos(tmp_path):
 
 
 def test_an_input_silent_since_start_up_is_named_so(tmp_path):
-    """The warning said 'no messages on /infrared/image_raw for ever while ...'."""
+    """The warning said 'no messages on /infrared/image_raw for ever while ...'.
+
+    And to check the topic name whether it had a publisher or not.
+    """
     weights = tmp_path / 'random.safetensors'
     make_checkpoint(weights)
     domain = random_domain_id()
@@ -249,11 +281,21 @@ def test_an_input_silent_since_start_up_is_named_so(tmp_path):
         probe.visible_pub.publish(image_msg(visible, 'bgr8', time.time_ns(), VISIBLE_FRAME))
 
     try:
+        # The topic has a publisher (the probe's): its name is right, what keeps its images
+        # from coming is said; it was 'check its topic name/remapping and QoS' either way.
         warning = 'no messages on /infrared/image_raw since the node started while ' \
-            '/visible/image_raw flows: check its topic name/remapping and QoS'
+            '/visible/image_raw flows: its 1 publisher(s) sent nothing that arrived: check ' \
+            'their QoS and the DDS transport'
         assert probe.wait_for_diagnostics(lambda level, message, values: warning in message,
                                           timeout=90.0, tick=visible_only), node.log()
         assert warning in node.log()  # logged when found, before /diagnostics says it
+        probe.node.destroy_publisher(probe.ir_pub)
+        probe.ir_pub = None
+        warning = 'no messages on /infrared/image_raw since the node started while ' \
+            '/visible/image_raw flows: no publisher on it: check its topic name/remapping'
+        assert probe.wait_for_diagnostics(lambda level, message, values: warning in message,
+                                          timeout=30.0, tick=visible_only), \
+            probe.latest_diagnostics()
     finally:
         probe.close()
         node.close()

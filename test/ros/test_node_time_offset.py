@@ -192,4 +192,4 @@ def test_approximate_sync_pairs_a_late_stamped_ir_with_the_visible_image_of_its_
 
 def test_an_offset_outside_one_second_stops_the_start_with_a_clear_message():
     assert_start_up_fails({'sync.infrared_time_offset': 1.5},
-                          ['sync.infrared_time_offset', 'out of range', '1.5'])
+                          ['sync.infrared_time_offset=1.5 is outside [-1.0, 1.0]'])

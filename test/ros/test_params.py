@@ -14,8 +14,9 @@ from tarfuse_ros.core.paths import default_weights_path
 from tarfuse_ros.ros.params import _rcl_type, command_line_type_errors
 from tarfuse_ros.ros.params import apply_updates, canonical_parameters
 from tarfuse_ros.ros.params import declare_node_parameters, descriptor_for
-from tarfuse_ros.ros.params import NodeParams, PARAMETER_SPECS, params_from_values
-from tarfuse_ros.ros.params import params_files_for_other_nodes
+from tarfuse_ros.ros.params import NodeParams, parameter_source, PARAMETER_SPECS
+from tarfuse_ros.ros.params import params_files_for_other_nodes, params_from_values
+from tarfuse_ros.ros.params import reported_descriptor
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -195,10 +196,13 @@ def test_declaring_on_a_real_node_takes_overrides_and_rejects_bad_ones():
                 Parameter('publish.debug', value=True)])
         params = declare_node_parameters(node)
         assert params.classes == ('person',) and params.sync_slop == 0.1 and params.publish_debug
-        descriptor = node.describe_parameter('iou_threshold')
-        assert descriptor.floating_point_range[0].to_value == 1.0
-        result = node.set_parameters([Parameter('confidence_threshold', value=2.0)])[0]
-        assert not result.successful  # outside the descriptor's range
+        # Declared without its range, which rclpy would check in its own words before the
+        # node's callback could (TarFuseNode refuses it); reported with it.
+        declared = node.describe_parameter('iou_threshold')
+        assert not declared.floating_point_range
+        reported = reported_descriptor('iou_threshold', declared)
+        assert reported.floating_point_range[0].to_value == 1.0 and not reported.read_only
+        assert reported_descriptor('sync.slop', node.describe_parameter('sync.slop')).read_only
         node.destroy_node()
 
         bad = rclpy.create_node('params_probe_bad', context=context, parameter_overrides=[
@@ -250,6 +254,15 @@ def test_canonical_parameters_keeps_other_parameters_and_wrong_types_as_they_are
     result = canonical_parameters(given)
     assert all(a is b for a, b in zip(result[:5], given[:5]))
     assert (result[5].type_, result[5].value) == (Parameter.Type.STRING, 'onnxruntime')
+
+
+def test_an_integer_for_a_decimal_parameter_becomes_that_decimal_an_integer_one_stays():
+    # `ros2 param set /tarfuse max_rate 2` sends an integer: refused by rclpy, naming nothing.
+    given = [Parameter('max_rate', value=2), Parameter('max_detections', value=5),
+             Parameter('max_rate', value=2.5)]
+    result = canonical_parameters(given)
+    assert (result[0].type_, result[0].value) == (Parameter.Type.DOUBLE, 2.0)
+    assert result[1] is given[1] and result[2] is given[2]
 
 
 RCL_VALUES = ['abc', 'y', 'N', 'yes', 'Off', 'TRUE', 'true', '1', '-7', '0x1F', '010', '08',
@@ -328,6 +341,27 @@ def test_a_params_file_for_another_node_is_named_with_its_sections(tmp_path):
             '--params-file', str(dump), '-p', 'max_rate:=1.0']
     assert params_files_for_other_nodes(argv, '/tarfuse') == [f"{dump} (sections '/rear/tarfuse')"]
     assert params_files_for_other_nodes(argv, '/rear/tarfuse') == []
+
+
+def test_the_source_of_a_parameter_is_the_last_that_sets_it_for_this_node(tmp_path):
+    """Where an out-of-range value was given, for the start-up message: -p or which file."""
+    rig = tmp_path / 'rig.yaml'
+    rig.write_text('/**/tarfuse:\n  ros__parameters:\n    registration:\n'
+                   '      fine_passes: 99\n')
+    other = tmp_path / 'other.yaml'
+    other.write_text('rear:\n  tarfuse:\n    ros__parameters:\n      max_rate: -1.0\n')
+    argv = ['fuse_node', '--ros-args', '--params-file', str(YAML_FILE), '--params-file',
+            str(rig), '--params-file', str(other), '-p', 'other_node:max_rate:=-2.0']
+    assert parameter_source(argv, '/front/tarfuse', 'registration.fine_passes') == \
+        f'in the parameters file {rig}'
+    # The shipped file's 0.0: the rear section and the other node's -p are not this node's.
+    assert parameter_source(argv, '/front/tarfuse', 'max_rate') == \
+        f'in the parameters file {YAML_FILE}'
+    assert parameter_source(argv, '/rear/tarfuse', 'max_rate') == f'in the parameters file {other}'
+    argv += ['-p', 'tarfuse:registration.fine_passes:=9']
+    assert parameter_source(argv, '/front/tarfuse', 'registration.fine_passes') == \
+        'on the command line (-p tarfuse:registration.fine_passes:=9)'
+    assert parameter_source(argv, '/front/tarfuse', 'no.such') is None
 
 
 # Each problem of the global stage's stream settings, given as FusionEngine's keywords; the
