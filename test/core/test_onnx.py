@@ -587,8 +587,17 @@ def test_onnxruntime_backend_batches_mixed_sizes_and_applies_thresholds(engines)
         engine.set_thresholds(conf_threshold=0.25)
 
 
-def test_onnxruntime_backend_warns_once_on_frames_below_the_global_min_side(engines, caplog):
-    # The two backends' maps differ there by tens of pixels (README); nothing said so.
+def test_onnxruntime_backend_warns_once_on_frames_below_the_global_min_side(
+        engines, shipped_onnx, caplog):
+    """Said once per engine, naming settings that exist and a value that works.
+
+    The two backends' maps differ there by tens of pixels (README); nothing said so. Then it
+    said 'use backend torch, or input_min_long_side to enlarge them', and a node user found no
+    input_min_long_side parameter: it is a model field of the checkpoint. (One test: the
+    module's engine says it once, and a fresh engine's onnxruntime session costs 6 s.)
+    """
+    from tarfuse_ros.core.model.tarfuse import TarFuseConfig
+    from tarfuse_ros.core.sizes import enlarged_size
     _, onnx_engine = engines
     _, ir, vi = next(_pairs())
     small = [cv2.resize(image, (100, 74), interpolation=cv2.INTER_AREA) for image in (ir, vi)]
@@ -598,31 +607,14 @@ def test_onnxruntime_backend_warns_once_on_frames_below_the_global_min_side(engi
         onnx_engine.infer(*small)
         onnx_engine.infer(*small)
     assert len(caplog.records) == 1
-    assert "100x74 frame is below the global stage's min side (160 px)" in caplog.text
-
-
-def test_the_small_frame_warning_names_settings_that_exist_and_a_value_that_works(
-        shipped_onnx, caplog):
-    # It said 'use backend torch, or input_min_long_side to enlarge them', and a node user
-    # found no input_min_long_side parameter: it is a model field of the checkpoint.
-    from tarfuse_ros.core.model.tarfuse import TarFuseConfig
-    from tarfuse_ros.core.sizes import enlarged_size
-    params = pytest.importorskip('tarfuse_ros.ros.params')
-    _, ir, vi = next(_pairs())
-    small = [cv2.resize(image, (100, 74), interpolation=cv2.INTER_AREA) for image in (ir, vi)]
-    fresh = OnnxFusionEngine(shipped_onnx, device='cpu', threads=1)
-    with caplog.at_level(logging.WARNING, logger='tarfuse_ros.core.onnx_backend'):
-        fresh.infer(*small)
     message = caplog.records[0].getMessage()
+    assert "100x74 frame is below the global stage's min side (160 px)" in message, message
     assert ('use backend torch (node parameters backend:=torch and '
             'weights:=CHECKPOINT.safetensors; in the tools, the .safetensors checkpoint), '
             "or have such frames enlarged for the graph: set the checkpoint's model field "
             'input_min_long_side (not a node parameter) to 216 or more, e.g. python '
             'benchmarks/set_inference_fields.py CHECKPOINT OUT --set input_min_long_side=216, '
             'and export OUT again with tarfuse-export') in message, message
-    node_parameters = {spec.name for spec in params.PARAMETER_SPECS}
-    assert {'backend', 'weights'} <= node_parameters
-    assert 'input_min_long_side' not in node_parameters
     assert 'input_min_long_side' in TarFuseConfig.__dataclass_fields__
     set_fields = (Path(__file__).resolve().parents[2] / 'benchmarks'
                   / 'set_inference_fields.py').read_text()
@@ -634,6 +626,11 @@ def test_the_small_frame_warning_names_settings_that_exist_and_a_value_that_work
     with caplog.at_level(logging.WARNING, logger='tarfuse_ros.core.onnx_backend'):
         enlarged.infer(*small)
     assert not caplog.records, caplog.text
+    # Last: the node's parameters (skipped where ROS is absent).
+    params = pytest.importorskip('tarfuse_ros.ros.params')
+    node_parameters = {spec.name for spec in params.PARAMETER_SPECS}
+    assert {'backend', 'weights'} <= node_parameters
+    assert 'input_min_long_side' not in node_parameters
 
 
 def test_onnxruntime_backend_runs_no_torch_operation(engines, roadscene_pair):
@@ -701,8 +698,9 @@ def test_a_bad_onnx_file_is_refused_with_one_clear_error(tmp_path):
 
 
 def _with_metadata(source, path, model=None, export=None):
-    """Write ``source`` (an export) to ``path`` with its metadata's dicts updated."""
-    proto = onnx.load(str(source))
+    """Write ``source`` (an export's ModelProto, left as it is) to ``path``, metadata updated."""
+    proto = onnx.ModelProto()
+    proto.CopyFrom(source)
     for entry in proto.metadata_props:
         changes = {CONFIG_KEY: model, ONNX_KEY: export}.get(entry.key)
         if changes:
@@ -722,14 +720,15 @@ def test_edited_onnx_metadata_is_refused_by_name(shipped_onnx, tmp_path, roadsce
              ({'input_min_long_side': -4}, None, 'input_min_long_side must be an integer >= 0'),
              (None, {'size_multiple': 0}, 'size_multiple 0 and min_side 64, not 32'),
              (None, {'min_side': 'x'}, "min_side 'x', not 32 and an integer >= 0")]
+    source = onnx.load(str(shipped_onnx))
     for index, (model, export, words) in enumerate(cases):
-        path = _with_metadata(shipped_onnx, tmp_path / f'edited{index}.onnx', model, export)
+        path = _with_metadata(source, tmp_path / f'edited{index}.onnx', model, export)
         with pytest.raises(OnnxModelError) as raised:
             read_onnx_metadata(path)
         message = str(raised.value)
         assert words in message and 're-export the checkpoint with tarfuse-export' in message
     # Consistent in itself, but not the graph's: refused when the det output shows it.
-    path = _with_metadata(shipped_onnx, tmp_path / 'one_class.onnx',
+    path = _with_metadata(source, tmp_path / 'one_class.onnx',
                           {'class_names': ['person'], 'num_classes': 1})
     engine = OnnxFusionEngine(path, threads=1)
     ir, vi = (cv2.resize(image, (224, 160)) for image in roadscene_pair)
@@ -908,13 +907,17 @@ def test_detect_min_long_side_exports_with_dynamic_sizes(tmp_path):
         np.testing.assert_allclose(got['det'], want['det'].numpy(), atol=2e-3, rtol=1e-3)
 
 
-def test_onnxruntime_backend_applies_the_prior_like_the_torch_engine(shipped_onnx_file):
+def test_onnxruntime_backend_applies_the_prior_like_the_torch_engine(shipped_onnx_file,
+                                                                     engines):
     # The rig of test_calibration.py's small pair (a real pair at 256x192, the IR seen through
     # it); here, not there, so that the shipped export (tarfuse-export in the background from
-    # the start of the session) is ready when the first test needs it.
+    # the start of the session) is ready when the first test needs it. The reference and the
+    # run without the prior on the module's engines (the torch one given the prior for this
+    # test): a fresh onnxruntime session of the shipped export costs 6 s.
     from tarfuse_ros.core.prior import make_prior
     from test_calibration import camera_ir, real_pairs, rig_homography
 
+    torch_engine, plain = engines
     _, aligned_ir, vi = real_pairs(1, (256, 192))[0]
     homography = rig_homography(shift_px=(7.0, -4.0), perspective=(4e-5, -2e-5))
     ir = camera_ir(aligned_ir, homography, (256, 192))
@@ -922,14 +925,19 @@ def test_onnxruntime_backend_applies_the_prior_like_the_torch_engine(shipped_onn
     onnx_engine = OnnxFusionEngine(shipped_onnx_file, threads=1, registration_prior=prior)
     assert onnx_engine.registration_prior is prior
     got = onnx_engine.infer(ir, vi)
-    expected = FusionEngine(cuda_graph='off', registration_prior=prior,
-                            scale_search=False).infer(ir, vi)
+    assert torch_engine.registration_prior is None
+    torch_engine.set_registration_prior(prior)
+    try:
+        expected = torch_engine.infer(ir, vi)
+    finally:
+        torch_engine.set_registration_prior(None)
     assert np.abs(got.flow_px - expected.flow_px).max() <= 0.05
     # The registered IR is resampled at the flow: within 0.05 px of each other, sharp edges
     # still differ by a few grey levels.
     assert np.abs(got.registered_ir.astype(int) - expected.registered_ir).max() <= 8
     assert np.abs(got.fused.astype(int) - expected.fused).max() <= 1
-    without = OnnxFusionEngine(shipped_onnx_file, threads=1).infer(ir, vi)
+    assert plain.registration_prior is None
+    without = plain.infer(ir, vi)
     # The prior acted: an ignored prior gives the same flow as no prior (the same backend:
     # difference 0); the network alone registers most of this rig, so the flows differ by ~1
     # px on average with the match_v5 default, ~0.47 px with reg_v5 and ~0.18 px with only
