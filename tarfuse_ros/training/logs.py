@@ -149,7 +149,11 @@ def plot_curves(log_path, png_path):
         _plot_epe(axes.flat[len(keys)], records)
     for ax in list(axes.flat)[len(keys) + has_epe:]:
         ax.axis('off')
-    fig.tight_layout()
+    # Fixed margins (in inches, so any number of rows looks alike): tight_layout measured every
+    # tick label and took half of the drawing's time, paid by every finished run.
+    height = 3 * rows
+    fig.subplots_adjust(left=0.05, right=0.98, bottom=0.55 / height, top=1 - 0.35 / height,
+                        wspace=0.25, hspace=0.9 / 3)
     from tarfuse_ros.core.files import atomic_output
     try:
         with atomic_output(png_path) as temporary:  # whole or not at all
