@@ -995,14 +995,12 @@ def _run(args, argv):
                      f'NMS IoU {args.iou:g}, match IoU {MATCH_IOU:g}')
             text = calibration_markdown(result, title)
             print(text)
-            if args.out:
-                out = Path(args.out)
-                out.mkdir(parents=True, exist_ok=True)
-                with open(out / 'calibration.md', 'a') as handle:
-                    handle.write(f'Command: `{command}`\n\n{text}\n')
-                with open(out / 'calibration.jsonl', 'a') as handle:
-                    handle.write(json.dumps({'command': command, 'teacher': args.teacher,
-                                             **result}) + '\n')
+            if args.out:  # both records or neither: a stop waits for them
+                record = json.dumps({'command': command, 'teacher': args.teacher, **result})
+                with _interrupts_held([]):
+                    _append_whole(Path(args.out) / 'calibration.md',
+                                  f'Command: `{command}`\n\n{text}\n')
+                    _append_whole(Path(args.out) / 'calibration.jsonl', record + '\n')
             return 0
         if not args.out:
             raise ValueError('--out is required (or pass --calibrate)')
@@ -1030,6 +1028,20 @@ def _run(args, argv):
         return 130
     print(_written(args.out, result))
     return 0
+
+
+def _append_whole(path, text):
+    """Append ``text`` to the file ``path`` by replacing the file whole (``open('a')`` did not).
+
+    A write killed half-way cut its record short, and the next one went on the same line (a
+    JSON line that no reader takes, the two records lost); now the file is the old one or the
+    new one. A cut last line an earlier version left is ended, so the new record is a line of
+    its own.
+    """
+    old = path.read_text(encoding='utf-8') if path.is_file() else ''
+    if old and not old.endswith('\n'):
+        old += '\n'
+    write_text_atomic(path, old + text)
 
 
 def _written(out, result):

@@ -385,6 +385,17 @@ def test_calibrate_reads_the_class_list_of_the_label_folder_it_is_given(tmp_path
     assert human['gt_boxes']['car'] > 0 and human['thresholds'][0]['overall']['f1'] > 0.5
     for key in ('pairs', 'gt_boxes', 'thresholds'):
         assert other_order[key] == human[key], key
+    # A record cut short (a run killed while it appended) went on one line with the next
+    # run's, so that neither was read; the file is now replaced whole (a new inode), and the
+    # new record starts a line of its own.
+    jsonl = tmp_path / labels / 'calibration.jsonl'  # the last run's --out
+    jsonl.write_text(jsonl.read_text() + '{"command": "tarfuse-pseudo-label --cal')
+    before = jsonl.stat().st_ino
+    assert pl.main(argv) == 0
+    lines = jsonl.read_text().splitlines()
+    assert len(lines) == 3 and json.loads(lines[-1])['pairs'] == human['pairs']
+    assert jsonl.stat().st_ino != before
+    assert (tmp_path / labels / 'calibration.md').read_text().count('Command: ') == 2
 
 
 @needs_teachers
