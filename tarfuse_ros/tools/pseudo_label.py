@@ -54,8 +54,10 @@ EMPTY label file: the teachers' claim "no objects" (see ``data.load_labels``).
 import argparse
 from contextlib import contextmanager
 import datetime
+import fcntl
 import json
 import logging
+import os
 from pathlib import Path
 import shlex
 import signal
@@ -809,7 +811,7 @@ def pseudo_label(teachers, dataset_dir, splits, out_dir, score=DEFAULT_SCORE, io
               'boxes': {n: int(v) for n, v in zip(CLASS_NAMES, boxes_per_class)}}
     result = {**counts, 'skipped': skipped, 'stems': stems}
     stops = []
-    with _interrupts_held(stops):
+    with _interrupts_held(stops), _out_claimed(out_dir):
         _put_in_place(out_dir, label_texts, '\n'.join(score_rows) + '\n')
         write_provenance(out_dir, teachers=teachers, dataset_dir=dataset_dir, splits=splits,
                          score=score, iou=iou, command=command, counts=counts,
@@ -838,6 +840,27 @@ def _put_in_place(out_dir, label_texts, scores_text):
         for name, text in label_texts.items():
             (folder / name).write_text(text)
     write_text_atomic(out_dir / 'scores.tsv', scores_text)
+
+
+@contextmanager
+def _out_claimed(out_dir):
+    """Create ``out_dir`` and hold an exclusive ``flock`` on it while the block runs.
+
+    A second run into the same folder waits here until the first has put all of its outputs in
+    place: their steps interleaved could leave one run's ``stems.txt`` beside the other's
+    labels. Where the file system has no ``flock`` the block runs without one.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(out_dir, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
+        except OSError as exc:  # no flock there (some network mounts): go on without
+            _LOG.warning('no lock on %s (%s): a second run into it at the same moment could '
+                         'mix its outputs with this one', out_dir, exc.strerror or exc)
+        yield
+    finally:
+        os.close(descriptor)
 
 
 class InterruptedWhenComplete(KeyboardInterrupt):

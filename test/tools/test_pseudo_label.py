@@ -1,6 +1,7 @@
 """tarfuse-pseudo-label: class map, pooling, label files, calibration counts, real teachers."""
 
 import importlib.util
+import os
 from pathlib import Path
 import re
 
@@ -506,6 +507,37 @@ def test_a_rerun_stopped_mid_run_leaves_the_earlier_labelling_whole(tmp_path, st
     assert sorted(p.name for p in (out / 'labels').iterdir()) == sorted(
         ['classes.txt', f'{labelled}.txt', f'{unlabelled}.txt'])
     assert 'yolox_nano_coco.onnx' in (out / 'README.md').read_text()
+
+
+@needs_teachers
+def test_a_run_waits_while_another_puts_its_outputs_in_the_same_folder(tmp_path):
+    """Two runs into one --out could interleave their deletes and writes (one's stems.txt beside
+    the other's labels); each now puts its outputs in place under a lock on the folder."""
+    import subprocess
+    import sys
+    import time
+    from tarfuse_ros.core.files import claim_folder
+    roadscene = DATASETS / 'roadscene'
+    split, labelled, unlabelled = _two_pair_split(tmp_path, roadscene)
+    out = tmp_path / 'pseudo'
+    out.mkdir()
+    claim = claim_folder(out)  # as a run putting its outputs in place holds it
+    assert claim is not None
+    try:
+        process = subprocess.Popen(
+            [sys.executable, '-m', 'tarfuse_ros.tools.pseudo_label', '--data', str(roadscene),
+             '--split', str(split), '--out', str(out)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        lines = []
+        while not lines or 'pseudo-labelled 2/2 pairs' not in lines[-1]:
+            lines.append(process.stderr.readline())
+            assert lines[-1], ''.join(lines)
+        time.sleep(3)
+        assert process.poll() is None and list(out.iterdir()) == []
+    finally:
+        os.close(claim)
+    assert process.wait(timeout=60) == 0, process.stderr.read()
+    assert (out / 'stems.txt').read_text().split() == [labelled, unlabelled]
 
 
 def test_cli_usage_errors_exit_2_before_the_teachers_load(tmp_path, capsys):
