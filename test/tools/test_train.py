@@ -665,9 +665,9 @@ def test_summary_names_the_checkpoint_by_an_absolute_path(splits, tmp_path, monk
     started = tmp_path / 'started_here'
     started.mkdir()
     monkeypatch.chdir(started)
-    assert train_tool.main(_args(splits, Path('runs') / 'rel', '--epochs', '1',
+    assert train_tool.main(_args(splits, Path('..') / 'runs' / 'rel', '--epochs', '1',
                                  '--max-steps', '1', '--val-every', '0')) == 0
-    out = started / 'runs' / 'rel'
+    out = tmp_path / 'runs' / 'rel'
     checkpoint = json.loads((out / 'summary.json').read_text())['checkpoint']
     assert checkpoint == str(out / FINAL_NAME)
     monkeypatch.chdir(out)
