@@ -739,6 +739,13 @@ def pseudo_label(teachers, dataset_dir, splits, out_dir, score=DEFAULT_SCORE, io
         raise ValueError(f'--out {str(out_dir)!r} is {which}, whose labels/ is for human '
                          'labels (pseudo-labels there would pass for them, and never replace '
                          'them); give another --out')
+    # So is a labels/ that is a link to such a folder (--overwrite deleted through it).
+    target = labels_out.resolve()
+    if labels_out.is_symlink() and (target == (dataset_dir / 'labels').resolve() or (
+            (target.parent / 'ir').is_dir() and (target.parent / 'vi').is_dir())):
+        raise ValueError(f'--out {str(out_dir)!r}: its labels/ is a link to {str(target)!r}, '
+                         'the human labels of a data set (pseudo-labels there would pass for '
+                         'them, and never replace them); give another --out')
     existing = sorted(p for p in labels_out.glob('*.txt') if p.name != 'classes.txt') \
         if labels_out.is_dir() else []
     summaries = [out_dir / name for name in ('stems.txt', 'scores.tsv', 'README.md')]

@@ -123,6 +123,26 @@ def test_out_in_another_data_set_folder_keeps_its_human_labels(tmp_path):
     assert {p.name: p.read_text() for p in (copy / 'labels').iterdir()} == human
 
 
+def test_a_labels_link_to_human_labels_is_refused(tmp_path):
+    # --out OUT --overwrite, OUT/labels a link to the data set's labels/: the human label
+    # files were deleted through the link and pseudo-labels written in their place.
+    import shutil
+    roadscene = tmp_path / 'roadscene'
+    shutil.copytree(Path(__file__).resolve().parents[1] / 'data' / 'datasets' / 'roadscene',
+                    roadscene)
+    human = {p.name: p.read_text() for p in (roadscene / 'labels').iterdir()}
+    for source in (roadscene, Path(__file__).resolve().parents[1] / 'data' / 'datasets' /
+                   'roadscene'):  # the labels of the set labelled, or of another copy
+        out = tmp_path / f'out_{len(list(tmp_path.iterdir()))}'
+        out.mkdir()
+        (out / 'labels').symlink_to(roadscene / 'labels')
+        for overwrite in (False, True):
+            with pytest.raises(ValueError, match=f"its labels/ is a link to '{roadscene}/labels', "
+                                                 'the human labels of a data set'):
+                pl.pseudo_label([], source, ['test'], out, overwrite=overwrite, progress=False)
+    assert {p.name: p.read_text() for p in (roadscene / 'labels').iterdir()} == human
+
+
 def test_out_in_the_data_set_folder_is_refused_without_suggesting_overwrite(tmp_path):
     # --out DATASET said "'DATASET/labels' already holds 5 label files; pass --overwrite to
     # replace them", inviting the user to replace the human labels (which --overwrite then
