@@ -531,8 +531,11 @@ def test_a_rerun_stopped_mid_run_leaves_the_earlier_labelling_whole(tmp_path, st
 
 @needs_teachers
 def test_a_run_waits_while_another_puts_its_outputs_in_the_same_folder(tmp_path):
-    """Two runs into one --out could interleave their deletes and writes (one's stems.txt beside
-    the other's labels); each now puts its outputs in place under a lock on the folder."""
+    """Two runs into one --out could interleave their deletes and writes.
+
+    That could leave one run's stems.txt beside the other's labels; each now puts its outputs
+    in place under a lock on the folder.
+    """
     import subprocess
     import sys
     import time
