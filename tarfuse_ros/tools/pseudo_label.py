@@ -5,7 +5,10 @@ yolox|both] [--score S] [--skip-labelled] [--overwrite]`` writes ``DIR/labels/<s
 ``class cx cy w h``, normalised to the visible image), ``DIR/labels/classes.txt``
 (``person``, ``bicycle``, ``car``), ``DIR/scores.tsv`` (the same boxes with their teacher
 scores), ``DIR/stems.txt`` (the pseudo-labelled stems, usable as a split list file) and a
-provenance ``DIR/README.md``.
+provenance ``DIR/README.md``. Nothing is written until every pair is labelled; then
+``labels/`` is replaced as a whole folder and each other file whole, ``stems.txt`` last, so
+a run that fails, is stopped (Ctrl-C, SIGTERM: exit 130) or killed leaves no mix of an
+earlier run's label files and its own (``--overwrite`` replaces an earlier run's outputs).
 
 ``tarfuse-pseudo-label --calibrate --data DIR --split NAME [--out DIR]`` runs the same
 pseudo-labelling on a split WITH human labels and reports precision / recall / F1 of the
@@ -49,18 +52,25 @@ EMPTY label file: the teachers' claim "no objects" (see ``data.load_labels``).
 """
 
 import argparse
+from contextlib import contextmanager
 import datetime
+import fcntl
 import json
 import logging
+import os
 from pathlib import Path
 import shlex
+import signal
 import sys
+import threading
 import time
 
 import cv2
 import numpy as np
+from tarfuse_ros.console import install_handler
 from tarfuse_ros.core import data
-from tarfuse_ros.core.files import file_sha256, output_problem
+from tarfuse_ros.core.files import (atomic_output, file_sha256, output_problem,
+                                    remove_stale_outputs, write_text_atomic)
 from tarfuse_ros.core.images import normalise, to_uint8, to_unit_gray
 from tarfuse_ros.core.paths import shared_datasets_dir
 import torch
@@ -70,6 +80,7 @@ __all__ = [
     'CLASS_NAMES',
     'COCO_NAMES',
     'COCO_TO_OURS',
+    'InterruptedWhenComplete',
     'NMS_IOU',
     'TEACHER_FILES',
     'Teacher',
@@ -677,7 +688,7 @@ def write_provenance(out_dir, *, teachers, dataset_dir, splits, score, iou, comm
     if note:
         lines += [note.strip(), '']
     path = out_dir / 'README.md'
-    path.write_text('\n'.join(lines))
+    write_text_atomic(path, '\n'.join(lines))  # whole or not at all
     return path
 
 
@@ -694,9 +705,11 @@ def pseudo_label(teachers, dataset_dir, splits, out_dir, score=DEFAULT_SCORE, io
         score: keep boxes with score >= this (in (0, 1]).
         iou: pooling NMS IoU.
         skip_labelled: leave out stems with a human label file in ``dataset_dir/labels/``.
-        overwrite: delete existing ``out_dir/labels/*.txt``, ``stems.txt``, ``scores.tsv``
-            and ``README.md`` first (else refuse if one is present, e.g. a project's own
-            README.md); the last three are written when every pair is labelled.
+        overwrite: replace an earlier run's ``out_dir/labels/``, ``stems.txt``,
+            ``scores.tsv`` and ``README.md`` (else refuse if one is present, e.g. a project's
+            own README.md). Nothing is written until every pair is labelled: the new labels
+            are then put in place as a whole (:func:`_put_in_place`), so a run that fails or
+            is stopped before leaves the earlier ones as they were.
         command: command line recorded in the README.
         max_pairs: only the first N pairs (tests).
         progress: log progress every 25 pairs.
@@ -708,7 +721,10 @@ def pseudo_label(teachers, dataset_dir, splits, out_dir, score=DEFAULT_SCORE, io
 
     Raises:
         ValueError: bad threshold, unknown split, a split without pairs, pairs whose IR and
-            visible images differ in aspect ratio, or existing outputs without ``overwrite``.
+            visible images differ in aspect ratio, existing outputs without ``overwrite``, or
+            a ``labels/`` holding anything but label files.
+        InterruptedWhenComplete: a SIGINT or SIGTERM came while the outputs were put in
+            place; they all were (its ``result`` is the dict returned otherwise).
 
     """
     if not 0.0 < float(score) <= 1.0:
@@ -723,6 +739,13 @@ def pseudo_label(teachers, dataset_dir, splits, out_dir, score=DEFAULT_SCORE, io
         raise ValueError(f'--out {str(out_dir)!r} is {which}, whose labels/ is for human '
                          'labels (pseudo-labels there would pass for them, and never replace '
                          'them); give another --out')
+    # So is a labels/ that is a link to such a folder (--overwrite deleted through it).
+    target = labels_out.resolve()
+    if labels_out.is_symlink() and (target == (dataset_dir / 'labels').resolve() or (
+            (target.parent / 'ir').is_dir() and (target.parent / 'vi').is_dir())):
+        raise ValueError(f'--out {str(out_dir)!r}: its labels/ is a link to {str(target)!r}, '
+                         'the human labels of a data set (pseudo-labels there would pass for '
+                         'them, and never replace them); give another --out')
     existing = sorted(p for p in labels_out.glob('*.txt') if p.name != 'classes.txt') \
         if labels_out.is_dir() else []
     summaries = [out_dir / name for name in ('stems.txt', 'scores.tsv', 'README.md')]
@@ -731,6 +754,14 @@ def pseudo_label(teachers, dataset_dir, splits, out_dir, score=DEFAULT_SCORE, io
     if taken and not overwrite:
         raise ValueError(f'{str(out_dir)!r} already holds {", ".join(taken)}; pass '
                          '--overwrite to replace them, or give another --out')
+    # labels/ is replaced as a whole: what else it holds would go with it.
+    others = sorted(p.name for p in labels_out.iterdir() if p.suffix != '.txt' or not
+                    p.is_file()) if labels_out.is_dir() and not labels_out.is_symlink() else []
+    if others:
+        more = f' and {len(others) - 5} more' if len(others) > 5 else ''
+        raise ValueError(f'{str(labels_out)!r} holds {", ".join(others[:5])}{more}, which are no '
+                         'label files: the run replaces that folder as a whole; move them '
+                         'elsewhere, or give another --out')
     stems = _split_stems(dataset_dir, splits)
     if not stems:
         raise ValueError(f'no pair to label: {", ".join(splits)} of {str(dataset_dir)!r} holds '
@@ -754,23 +785,19 @@ def pseudo_label(teachers, dataset_dir, splits, out_dir, score=DEFAULT_SCORE, io
     if max_pairs is not None:
         stems = stems[:max_pairs]
     data.check_aspect_ratios([(dataset_dir, stem) for stem in stems], _NOT_ALIGNED)
-    # The previous run's summary goes with its labels: a run stopped half-way (an unreadable
-    # image, Ctrl-C) leaves label files but no stems.txt / scores.tsv / README.md claiming them.
-    for path in existing + summaries:
-        path.unlink(missing_ok=True)
-    labels_out.mkdir(parents=True, exist_ok=True)
-    (labels_out / 'classes.txt').write_text(''.join(f'{n}\n' for n in CLASS_NAMES))
+    # The label files are kept here until every pair is labelled: a run stopped half-way (an
+    # unreadable image, Ctrl-C, SIGKILL) leaves an earlier run's outputs as they were.
+    label_texts = {'classes.txt': ''.join(f'{n}\n' for n in CLASS_NAMES)}
     boxes_per_class = np.zeros(len(CLASS_NAMES), np.int64)
     score_rows = ['stem\tclass\tcx\tcy\tw\th\tscore']
     start = time.monotonic()
     for number, stem in enumerate(stems, start=1):
         try:
             ir, vi = data.load_pair(dataset_dir, stem)
-        except ValueError as exc:  # the rerun was refused ('pass --overwrite'), unexplained
+        except ValueError as exc:
             raise ValueError(
-                f'{exc}; {labels_out} holds the label files of the {number - 1} pair(s) before '
-                f'it, but no stems.txt, scores.tsv or README.md: mend or leave out that pair '
-                f'(a split file), then run again with --overwrite') from exc
+                f"{exc}; nothing was written to {out_dir} (an earlier run's outputs there are "
+                f'kept): mend or leave out that pair (a split file), then run again') from exc
         height, width = vi.shape[:2]
         pooled = pseudo_label_pair(teachers, ir, vi, iou, min(MIN_CANDIDATE_SCORE, score))
         pooled = pooled[pooled[:, 4] >= score]
@@ -779,7 +806,7 @@ def pseudo_label(teachers, dataset_dir, splits, out_dir, score=DEFAULT_SCORE, io
         # left out of the file, and of the counts and scores.
         text, kept = data.yolo_label_text(yolo)
         yolo, pooled = yolo[kept], pooled[kept]
-        (labels_out / f'{stem}.txt').write_text(text)
+        label_texts[f'{stem}.txt'] = text
         boxes_per_class += np.bincount(yolo[:, 0].astype(np.int64), minlength=len(CLASS_NAMES))
         for row, box in zip(yolo, pooled):
             score_rows.append(f'{stem}\t{int(row[0])}\t{row[1]:.6f}\t{row[2]:.6f}\t'
@@ -787,14 +814,90 @@ def pseudo_label(teachers, dataset_dir, splits, out_dir, score=DEFAULT_SCORE, io
         if progress and (number % 25 == 0 or number == len(stems)):
             _LOG.info('pseudo-labelled %d/%d pairs (%.0f s)', number, len(stems),
                       time.monotonic() - start)
-    (out_dir / 'scores.tsv').write_text('\n'.join(score_rows) + '\n')
-    (out_dir / 'stems.txt').write_text(''.join(f'{s}\n' for s in stems))
     counts = {'pairs': len(stems),
               'boxes': {n: int(v) for n, v in zip(CLASS_NAMES, boxes_per_class)}}
-    write_provenance(out_dir, teachers=teachers, dataset_dir=dataset_dir, splits=splits,
-                     score=score, iou=iou, command=command, counts=counts,
-                     skipped=skipped if skip_labelled else None, note=note)
-    return {**counts, 'skipped': skipped, 'stems': stems}
+    result = {**counts, 'skipped': skipped, 'stems': stems}
+    stops = []
+    with _interrupts_held(stops), _out_claimed(out_dir):
+        _put_in_place(out_dir, label_texts, '\n'.join(score_rows) + '\n')
+        write_provenance(out_dir, teachers=teachers, dataset_dir=dataset_dir, splits=splits,
+                         score=score, iou=iou, command=command, counts=counts,
+                         skipped=skipped if skip_labelled else None, note=note)
+        # Last: a stems.txt (the list training reads) is there only beside its own labels.
+        write_text_atomic(out_dir / 'stems.txt', ''.join(f'{s}\n' for s in stems))
+    if stops:
+        raise InterruptedWhenComplete(result)
+    return result
+
+
+def _put_in_place(out_dir, label_texts, scores_text):
+    """Replace ``out_dir``'s ``labels/`` and ``scores.tsv`` by these, each whole.
+
+    The earlier run's ``stems.txt``, ``scores.tsv`` and ``README.md`` go first (``stems.txt``,
+    the list training reads, before the others): whatever stops the process on the way, no
+    summary is left beside labels it does not describe. The temporaries a writer killed while
+    it wrote them left (``labels.<hex>.tmp``, ``stems.txt.<hex>.tmp``, ...) go too.
+    """
+    for name in ('stems.txt', 'scores.tsv', 'README.md'):
+        (out_dir / name).unlink(missing_ok=True)
+    labels_out = out_dir / 'labels'
+    for name in ('labels', 'stems.txt', 'scores.tsv', 'README.md'):
+        remove_stale_outputs(out_dir / name)
+    with atomic_output(labels_out, folder=True) as folder:
+        for name, text in label_texts.items():
+            (folder / name).write_text(text)
+    write_text_atomic(out_dir / 'scores.tsv', scores_text)
+
+
+@contextmanager
+def _out_claimed(out_dir):
+    """Create ``out_dir`` and hold an exclusive ``flock`` on it while the block runs.
+
+    A second run into the same folder waits here until the first has put all of its outputs in
+    place: their steps interleaved could leave one run's ``stems.txt`` beside the other's
+    labels. Where the file system has no ``flock`` the block runs without one.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(out_dir, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
+        except OSError as exc:  # no flock there (some network mounts): go on without
+            _LOG.warning('no lock on %s (%s): a second run into it at the same moment could '
+                         'mix its outputs with this one', out_dir, exc.strerror or exc)
+        yield
+    finally:
+        os.close(descriptor)
+
+
+class InterruptedWhenComplete(KeyboardInterrupt):
+    """A SIGINT or SIGTERM that came while the complete outputs were put in place.
+
+    They were all put in place first: ``result`` is what :func:`pseudo_label` returns.
+    """
+
+    def __init__(self, result):
+        super().__init__('interrupted once the labelling was complete')
+        self.result = result
+
+
+@contextmanager
+def _interrupts_held(stops):
+    """Hold SIGINT and SIGTERM back while the block runs; append those that came to ``stops``.
+
+    Only on the main thread (the only one that handles signals); a SIGINT that the process
+    ignores (a shell's background job) stays ignored.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = install_handler(lambda signum, frame: stops.append(signum),
+                               (signal.SIGINT, signal.SIGTERM))
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 # --------------------------------------------------------------------------------------------
@@ -825,8 +928,8 @@ def build_parser():
     parser.add_argument('--skip-labelled', action='store_true',
                         help="leave out stems with a human label file in the set's labels/")
     parser.add_argument('--overwrite', action='store_true',
-                        help="replace an earlier run's outputs in --out (labels/*.txt, "
-                             'stems.txt, scores.tsv, README.md)')
+                        help="replace an earlier run's outputs in --out (labels/, stems.txt, "
+                             'scores.tsv, README.md) once every pair is labelled')
     parser.add_argument('--calibrate', action='store_true',
                         help='score pseudo-labels against human labels at several thresholds')
     parser.add_argument('--labels', default='labels',
@@ -864,9 +967,32 @@ def _parse_thresholds(text):
 
 
 def main(argv=None):
-    """Entry point of ``tarfuse-pseudo-label``; returns the exit status."""
+    """Entry point of ``tarfuse-pseudo-label``; returns the exit status (130: stopped)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(name)s: %(message)s')
+    # SIGTERM (timeout, kill, a job scheduler) stops it as Ctrl-C does, saying what is left (it
+    # ended the process without a word).
+    previous = _terminate_as_interrupt()
+    try:
+        return _run(args, argv)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _terminate_as_interrupt():
+    """Make SIGTERM raise KeyboardInterrupt; return the old handler (None off the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, handler)
+
+
+def _run(args, argv):
+    """Do what the parsed ``args`` ask; return the exit status."""
     # A program may set process-wide thread counts; keep them small on a shared machine.
     cv2.setNumThreads(1)
     torch.set_num_threads(1)
@@ -899,14 +1025,12 @@ def main(argv=None):
                      f'NMS IoU {args.iou:g}, match IoU {MATCH_IOU:g}')
             text = calibration_markdown(result, title)
             print(text)
-            if args.out:
-                out = Path(args.out)
-                out.mkdir(parents=True, exist_ok=True)
-                with open(out / 'calibration.md', 'a') as handle:
-                    handle.write(f'Command: `{command}`\n\n{text}\n')
-                with open(out / 'calibration.jsonl', 'a') as handle:
-                    handle.write(json.dumps({'command': command, 'teacher': args.teacher,
-                                             **result}) + '\n')
+            if args.out:  # both records or neither: a stop waits for them
+                record = json.dumps({'command': command, 'teacher': args.teacher, **result})
+                with _interrupts_held([]):
+                    _append_whole(Path(args.out) / 'calibration.md',
+                                  f'Command: `{command}`\n\n{text}\n')
+                    _append_whole(Path(args.out) / 'calibration.jsonl', record + '\n')
             return 0
         if not args.out:
             raise ValueError('--out is required (or pass --calibrate)')
@@ -920,16 +1044,41 @@ def main(argv=None):
         where = f'{exc.filename}: ' if exc.filename else ''
         print(f'tarfuse-pseudo-label: error: {where}{exc.strerror or exc}', file=sys.stderr)
         return 1
-    except KeyboardInterrupt:  # Ctrl-C: say what is left, no traceback
+    except InterruptedWhenComplete as stop:  # all outputs were put in place first
+        print(_written(args.out, stop.result))
+        print('tarfuse-pseudo-label: interrupted once the labelling was complete: wrote '
+              f'{Path(args.out) / "labels"}, stems.txt, scores.tsv and README.md',
+              file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: say what is left, no traceback
         left = ('nothing was written' if args.calibrate else
-                f'{Path(args.out) / "labels"} holds the label files written so far, but no '
-                'stems.txt, scores.tsv or README.md; run again with --overwrite')
+                f'the labelling is incomplete: nothing written to {args.out} (an earlier '
+                "run's labels/, stems.txt, scores.tsv and README.md are kept)")
         print(f'tarfuse-pseudo-label: interrupted: {left}', file=sys.stderr)
         return 130
-    print(f'wrote {result["pairs"]} label files to {Path(args.out) / "labels"} '
-          f'(skipped {result["skipped"]} human-labelled); boxes: '
-          + ', '.join(f'{n} {v}' for n, v in result['boxes'].items()))
+    print(_written(args.out, result))
     return 0
+
+
+def _append_whole(path, text):
+    """Append ``text`` to the file ``path`` by replacing the file whole (``open('a')`` did not).
+
+    A write killed half-way cut its record short, and the next one went on the same line (a
+    JSON line that no reader takes, the two records lost); now the file is the old one or the
+    new one. A cut last line an earlier version left is ended, so the new record is a line of
+    its own.
+    """
+    old = path.read_text(encoding='utf-8') if path.is_file() else ''
+    if old and not old.endswith('\n'):
+        old += '\n'
+    write_text_atomic(path, old + text)
+
+
+def _written(out, result):
+    """Return the line that says what a run wrote to ``out``."""
+    return (f'wrote {result["pairs"]} label files to {Path(out) / "labels"} '
+            f'(skipped {result["skipped"]} human-labelled); boxes: '
+            + ', '.join(f'{n} {v}' for n, v in result['boxes'].items()))
 
 
 if __name__ == '__main__':

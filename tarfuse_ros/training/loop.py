@@ -18,6 +18,7 @@ import dataclasses
 import datetime
 import json
 import math
+import os
 from pathlib import Path
 import shlex
 import sys
@@ -592,8 +593,9 @@ class Trainer:
                    'skipped_steps': self.skipped_steps, 'interrupted': interrupted,
                    'final_train': self.records[-1]['train'] if self.records else None,
                    'last_val': self.last_val,
-                   'checkpoint': str(self.out / FINAL_NAME) if (self.out / FINAL_NAME).is_file()
-                   else None,
+                   # Absolute: a reader in another directory finds it (a relative --out).
+                   'checkpoint': os.path.abspath(self.out / FINAL_NAME)
+                   if (self.out / FINAL_NAME).is_file() else None,
                    'time_budget': self.budget.info(), 'device': provenance['device']}
         write_text_atomic(self.out / SUMMARY_NAME, json.dumps(summary, indent=1))
         _log('summary ' + json.dumps(summary))

@@ -1,6 +1,7 @@
 """tarfuse-pseudo-label: class map, pooling, label files, calibration counts, real teachers."""
 
 import importlib.util
+import os
 from pathlib import Path
 import re
 
@@ -84,10 +85,11 @@ def test_calibration_refuses_a_label_class_id_beyond_classes_txt(tmp_path):
         pl.calibrate([], roadscene, ['test'], max_pairs=1, progress=False)
 
 
-def test_a_run_stopped_half_way_leaves_no_summary_of_the_previous_run(tmp_path):
+def test_a_run_stopped_half_way_leaves_the_previous_run_whole(tmp_path):
     # --overwrite deleted the old labels but kept the old stems.txt, scores.tsv and README.md,
     # so after a run that stopped at an unreadable image they listed pairs and counts of label
-    # files that were no longer there.
+    # files that were no longer there. Then it deleted them too, and the earlier labelling was
+    # lost; now nothing is written until every pair is labelled.
     import shutil
     roadscene = tmp_path / 'roadscene'
     shutil.copytree(Path(__file__).resolve().parents[1] / 'data' / 'datasets' / 'roadscene',
@@ -96,15 +98,15 @@ def test_a_run_stopped_half_way_leaves_no_summary_of_the_previous_run(tmp_path):
     first, second = data.read_split(roadscene, 'test')[:2]
     assert pl.pseudo_label([], roadscene, ['test'], out, progress=False)['pairs'] >= 2
     assert (out / 'stems.txt').read_text().split()[:2] == [first, second]
+    earlier = {p.relative_to(out): p.read_bytes() for p in out.rglob('*') if p.is_file()}
     Path(data.pair_files(roadscene, second)[1]).write_bytes(b'not an image')
     with pytest.raises(ValueError, match='cannot read image') as refused:
         pl.pseudo_label([], roadscene, ['test'], out, overwrite=True, progress=False)
-    # What is left, and how to go on, is said (the plain rerun is refused: 'pass --overwrite').
-    assert (f'{out / "labels"} holds the label files of the 1 pair(s) before it, but no '
-            'stems.txt, scores.tsv or README.md: mend or leave out that pair (a split file), '
-            'then run again with --overwrite') in str(refused.value)
-    assert sorted(p.name for p in out.iterdir()) == ['labels']
-    assert {p.name for p in (out / 'labels').iterdir()} == {'classes.txt', f'{first}.txt'}
+    # What is left, and how to go on, is said.
+    assert (f"nothing was written to {out} (an earlier run's outputs there are kept): mend or "
+            'leave out that pair (a split file), then run again') in str(refused.value)
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob('*') if p.is_file()} == \
+        earlier
 
 
 def test_out_in_another_data_set_folder_keeps_its_human_labels(tmp_path):
@@ -119,6 +121,26 @@ def test_out_in_another_data_set_folder_keeps_its_human_labels(tmp_path):
                                              'whose labels/ is for human labels'):
             pl.pseudo_label([], source, ['test'], copy, overwrite=overwrite, progress=False)
     assert {p.name: p.read_text() for p in (copy / 'labels').iterdir()} == human
+
+
+def test_a_labels_link_to_human_labels_is_refused(tmp_path):
+    # --out OUT --overwrite, OUT/labels a link to the data set's labels/: the human label
+    # files were deleted through the link and pseudo-labels written in their place.
+    import shutil
+    roadscene = tmp_path / 'roadscene'
+    shutil.copytree(Path(__file__).resolve().parents[1] / 'data' / 'datasets' / 'roadscene',
+                    roadscene)
+    human = {p.name: p.read_text() for p in (roadscene / 'labels').iterdir()}
+    for source in (roadscene, Path(__file__).resolve().parents[1] / 'data' / 'datasets' /
+                   'roadscene'):  # the labels of the set labelled, or of another copy
+        out = tmp_path / f'out_{len(list(tmp_path.iterdir()))}'
+        out.mkdir()
+        (out / 'labels').symlink_to(roadscene / 'labels')
+        for overwrite in (False, True):
+            with pytest.raises(ValueError, match=f"its labels/ is a link to '{roadscene}/labels', "
+                                                 'the human labels of a data set'):
+                pl.pseudo_label([], source, ['test'], out, overwrite=overwrite, progress=False)
+    assert {p.name: p.read_text() for p in (roadscene / 'labels').iterdir()} == human
 
 
 def test_out_in_the_data_set_folder_is_refused_without_suggesting_overwrite(tmp_path):
@@ -155,6 +177,22 @@ def test_an_out_folder_with_its_own_readme_is_not_overwritten(tmp_path):
     assert (project / 'stems.txt').read_text() == 'mine\n'
     pl.pseudo_label([], roadscene, ['test'], project, overwrite=True, progress=False)
     assert (project / 'README.md').read_text().startswith('# Pseudo-labels for roadscene')
+
+
+def test_a_labels_folder_holding_other_files_is_not_replaced(tmp_path):
+    # --overwrite deleted labels/*.txt only; now that labels/ is replaced as a whole, what
+    # else is there (notes, a sub-folder) is named and the run refused before any work.
+    roadscene = Path(__file__).resolve().parents[1] / 'data' / 'datasets' / 'roadscene'
+    out = tmp_path / 'pseudo'
+    pl.pseudo_label([], roadscene, ['test'], out, progress=False)
+    (out / 'labels' / 'notes.md').write_text('checked by hand\n')
+    (out / 'labels' / 'night').mkdir()
+    before = sorted(p.name for p in (out / 'labels').iterdir())
+    with pytest.raises(ValueError, match=f"'{out / 'labels'}' holds night, notes.md, which are "
+                                         'no label files: the run replaces that folder as a '
+                                         'whole; move them elsewhere'):
+        pl.pseudo_label([], roadscene, ['test'], out, overwrite=True, progress=False)
+    assert sorted(p.name for p in (out / 'labels').iterdir()) == before
 
 
 def test_a_stem_listed_twice_is_labelled_and_counted_once(tmp_path):
@@ -368,6 +406,17 @@ def test_calibrate_reads_the_class_list_of_the_label_folder_it_is_given(tmp_path
     assert human['gt_boxes']['car'] > 0 and human['thresholds'][0]['overall']['f1'] > 0.5
     for key in ('pairs', 'gt_boxes', 'thresholds'):
         assert other_order[key] == human[key], key
+    # A record cut short (a run killed while it appended) went on one line with the next
+    # run's, so that neither was read; the file is now replaced whole (a new inode), and the
+    # new record starts a line of its own.
+    jsonl = tmp_path / labels / 'calibration.jsonl'  # the last run's --out
+    jsonl.write_text(jsonl.read_text() + '{"command": "tarfuse-pseudo-label --cal')
+    before = jsonl.stat().st_ino
+    assert pl.main(argv) == 0
+    lines = jsonl.read_text().splitlines()
+    assert len(lines) == 3 and json.loads(lines[-1])['pairs'] == human['pairs']
+    assert jsonl.stat().st_ino != before
+    assert (tmp_path / labels / 'calibration.md').read_text().count('Command: ') == 2
 
 
 @needs_teachers
@@ -392,28 +441,126 @@ def test_a_stem_with_two_image_files_is_refused_with_one_line(tmp_path, capsys):
 @needs_teachers
 def test_ctrl_c_mid_run_says_what_is_left_without_a_traceback(tmp_path):
     # Ctrl-C printed a KeyboardInterrupt traceback from inside onnxruntime and left label
-    # files without stems.txt or README.md, with no word on what to do next.
+    # files without stems.txt or README.md, with no word on what to do next. Now it leaves
+    # nothing (no partial labelling), and says so.
     import signal
     import subprocess
     import sys
-    import time
     out = tmp_path / 'pseudo'
     process = subprocess.Popen(
         [sys.executable, '-m', 'tarfuse_ros.tools.pseudo_label', '--data',
-         str(DATASETS / 'msrs_train'), '--split', 'train', '--out', str(out)],
+         str(DATASETS / 'msrs_train'), '--split', 'train', '--out', str(out),
+         '--max-pairs', '50'],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while process.poll() is None and time.monotonic() < deadline and \
-            len(list(out.glob('labels/*.txt'))) < 3:  # classes.txt and two pairs
-        time.sleep(0.05)
+    lines = []
+    while not lines or 'pseudo-labelled 25/50 pairs' not in lines[-1]:  # half-way
+        lines.append(process.stderr.readline())
+        assert lines[-1], ''.join(lines)
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=60)
     assert process.returncode == 130, err
     assert 'Traceback' not in err, err
-    assert err.splitlines()[-1] == (f'tarfuse-pseudo-label: interrupted: {out / "labels"} holds '
-                                    'the label files written so far, but no stems.txt, '
-                                    'scores.tsv or README.md; run again with --overwrite')
-    assert sorted(p.name for p in out.iterdir()) == ['labels']
+    assert err.splitlines()[-1] == (
+        'tarfuse-pseudo-label: interrupted: the labelling is incomplete: nothing written to '
+        f"{out} (an earlier run's labels/, stems.txt, scores.tsv and README.md are kept)")
+    assert not out.exists()
+
+
+def _files(folder):
+    """Return ``{relative path: bytes}`` of the files under ``folder``."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob('*') if p.is_file()}
+
+
+@needs_teachers
+@pytest.mark.parametrize('stop', ['SIGKILL', 'SIGTERM'])
+def test_a_rerun_stopped_mid_run_leaves_the_earlier_labelling_whole(tmp_path, stop):
+    """A rerun with --overwrite deleted the earlier labels first, then wrote in place.
+
+    Killed (SIGKILL) or stopped (SIGTERM, which killed it without a word) half-way, it left
+    some of the new label files (one perhaps cut short, read as fewer boxes) and the earlier
+    labelling lost. The new labels are now put in place whole once every pair is labelled:
+    the earlier ones stay as they were, and the next run removes a folder of new labels that a
+    run killed while it put them in place left.
+    """
+    import signal
+    import subprocess
+    import sys
+    roadscene = DATASETS / 'roadscene'
+    split, labelled, unlabelled = _two_pair_split(tmp_path, roadscene)
+    out = tmp_path / 'pseudo'
+    argv = ['--data', str(roadscene), '--split', str(split), '--out', str(out)]
+    assert pl.main(argv) == 0
+    earlier = _files(out)
+    assert {'stems.txt', 'scores.tsv', 'README.md', 'labels/classes.txt',
+            f'labels/{labelled}.txt', f'labels/{unlabelled}.txt'} == set(earlier)
+    process = subprocess.Popen(
+        [sys.executable, '-m', 'tarfuse_ros.tools.pseudo_label', '--data',
+         str(DATASETS / 'msrs_train'), '--split', 'train', '--out', str(out), '--overwrite',
+         '--max-pairs', '50'],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = []
+    while not lines or 'pseudo-labelled 25/50 pairs' not in lines[-1]:  # half-way
+        lines.append(process.stderr.readline())
+        assert lines[-1], ''.join(lines)
+    process.send_signal(getattr(signal, stop))
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == (-signal.SIGKILL if stop == 'SIGKILL' else 130), err
+    if stop == 'SIGTERM':
+        assert 'Traceback' not in err, err
+        assert err.splitlines()[-1] == (
+            'tarfuse-pseudo-label: interrupted: the labelling is incomplete: nothing written to '
+            f"{out} (an earlier run's labels/, stems.txt, scores.tsv and README.md are kept)")
+    assert _files(out) == earlier
+    # The earlier labelling is there whole, so a plain rerun is refused; --overwrite replaces
+    # it and removes what a run killed while it put its labels in place left.
+    assert pl.main(argv) == 2
+    stale = out / 'labels.0123abcd.tmp'
+    stale.mkdir()
+    (stale / f'{labelled}.txt').write_text('0 0.5 0.5 0.1')
+    (out / 'stems.txt.4567cdef.tmp').write_text(labelled)
+    before = {name: (out / name).stat().st_ino for name in ('labels', 'stems.txt')}
+    assert pl.main(argv + ['--overwrite', '--teacher', 'yolox']) == 0
+    # Put in place, not rewritten: new inodes (a reader holding the old ones reads them whole).
+    assert [name for name, inode in before.items() if (out / name).stat().st_ino == inode] == []
+    assert sorted(p.name for p in out.iterdir()) == ['README.md', 'labels', 'scores.tsv',
+                                                     'stems.txt']
+    assert sorted(p.name for p in (out / 'labels').iterdir()) == sorted(
+        ['classes.txt', f'{labelled}.txt', f'{unlabelled}.txt'])
+    assert 'yolox_nano_coco.onnx' in (out / 'README.md').read_text()
+
+
+@needs_teachers
+def test_a_run_waits_while_another_puts_its_outputs_in_the_same_folder(tmp_path):
+    """Two runs into one --out could interleave their deletes and writes.
+
+    That could leave one run's stems.txt beside the other's labels; each now puts its outputs
+    in place under a lock on the folder.
+    """
+    import subprocess
+    import sys
+    import time
+    from tarfuse_ros.core.files import claim_folder
+    roadscene = DATASETS / 'roadscene'
+    split, labelled, unlabelled = _two_pair_split(tmp_path, roadscene)
+    out = tmp_path / 'pseudo'
+    out.mkdir()
+    claim = claim_folder(out)  # as a run putting its outputs in place holds it
+    assert claim is not None
+    try:
+        process = subprocess.Popen(
+            [sys.executable, '-m', 'tarfuse_ros.tools.pseudo_label', '--data', str(roadscene),
+             '--split', str(split), '--out', str(out)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        lines = []
+        while not lines or 'pseudo-labelled 2/2 pairs' not in lines[-1]:
+            lines.append(process.stderr.readline())
+            assert lines[-1], ''.join(lines)
+        time.sleep(3)
+        assert process.poll() is None and list(out.iterdir()) == []
+    finally:
+        os.close(claim)
+    assert process.wait(timeout=60) == 0, process.stderr.read()
+    assert (out / 'stems.txt').read_text().split() == [labelled, unlabelled]
 
 
 def test_cli_usage_errors_exit_2_before_the_teachers_load(tmp_path, capsys):

@@ -656,6 +656,24 @@ def test_the_files_a_run_writes_are_replaced_whole_never_rewritten_in_place(
     assert split_list.read_text().split() == splits['stems']
 
 
+def test_summary_names_the_checkpoint_by_an_absolute_path(splits, tmp_path, monkeypatch):
+    """With a relative --out, summary.json's checkpoint was relative to where the run started.
+
+    A script reading the summary from another directory (or the run folder itself) could not
+    find the checkpoint; the path is now absolute.
+    """
+    started = tmp_path / 'started_here'
+    started.mkdir()
+    monkeypatch.chdir(started)
+    assert train_tool.main(_args(splits, Path('..') / 'runs' / 'rel', '--epochs', '1',
+                                 '--max-steps', '1', '--val-every', '0')) == 0
+    out = tmp_path / 'runs' / 'rel'
+    checkpoint = json.loads((out / 'summary.json').read_text())['checkpoint']
+    assert checkpoint == str(out / FINAL_NAME)
+    monkeypatch.chdir(out)
+    assert Path(checkpoint).is_file()
+
+
 def test_resume_with_another_batch_size_stays_on_the_learning_rate_curve(runs, tmp_path):
     """2 steps per epoch saved, 1 after the resume: the curve went by the saved step count.
 
