@@ -94,6 +94,7 @@ from tarfuse_ros.ros.params import parameter_source, ParameterValueError
 from tarfuse_ros.ros.params import PARAMETER_SPECS, params_files_for_other_nodes
 from tarfuse_ros.ros.params import refinement_settings, registration_prior, reported_descriptor
 from tarfuse_ros.ros.params import unknown_parameters, unknown_qos_overrides
+from tarfuse_ros.ros.params import wrong_type_reason
 from vision_msgs.msg import Detection2DArray
 
 __all__ = ['StartupError', 'TarFuseNode', 'is_time_jump', 'main',
@@ -1233,6 +1234,18 @@ class TarFuseNode(Node):
         change with its reason (:func:`~tarfuse_ros.ros.params.reported_descriptor`).
         """
         return reported_descriptor(name, super().describe_parameter(name))
+
+    def set_parameters_atomically(self, parameter_list):
+        """Set ``parameter_list``, refusing a value of another type in the node's words.
+
+        rclpy's parameter services (``ros2 param set``, ``load``, rqt_reconfigure) set through
+        here; rclpy's own type check names no parameter
+        (:func:`~tarfuse_ros.ros.params.wrong_type_reason`).
+        """
+        reason = wrong_type_reason(canonical_parameters(parameter_list))
+        if reason:
+            return SetParametersResult(successful=False, reason=reason)
+        return super().set_parameters_atomically(parameter_list)
 
     def _on_set_parameters(self, parameters):
         with self._params_lock:

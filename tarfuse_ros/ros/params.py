@@ -34,7 +34,7 @@ __all__ = [
     'parameter_updates', 'params_file_sections', 'params_files_for_other_nodes',
     'params_from_values',
     'refinement_settings', 'registration_prior', 'reported_descriptor', 'section_applies',
-    'validate_params',
+    'validate_params', 'wrong_type_reason',
 ]
 
 RELIABILITY_VALUES = ('best_effort', 'reliable')
@@ -689,14 +689,47 @@ def _type_error(node, spec):
     """
     # rclpy keeps the overrides (params files and -p, for this node) in this attribute.
     given = (getattr(node, '_parameter_overrides', None) or {}).get(spec.name)
-    expected = _TYPE_WORDS[Parameter.Type(_TYPES[spec.kind])]
     if given is None:
+        expected = _TYPE_WORDS[Parameter.Type(_TYPES[spec.kind])]
         return ParameterValueError(spec.name, f'{spec.name} must be {expected}')
-    said = f'{spec.name}={given.value!r} is {_TYPE_WORDS[given.type_]} where {expected} is ' \
-        f'expected'
+    return ParameterValueError(spec.name, _type_words(spec, given))
+
+
+def _type_words(spec, given):
+    """Return that rclpy's ``given`` has a type ``spec`` refuses, with the fix where plain."""
+    expected = _TYPE_WORDS[Parameter.Type(_TYPES[spec.kind])]
+    value = given.value
+    if given.type_.name.endswith('_ARRAY'):
+        value = list(value)  # the service gives array('d', [...])
+    said = f'{spec.name}={value!r} is {_TYPE_WORDS[given.type_]} where {expected} is expected'
     if spec.kind == 'float' and given.type_ == Parameter.Type.INTEGER:
         said += f': write {float(given.value)!r}'
-    return ParameterValueError(spec.name, said)
+    elif spec.kind == 'int' and given.type_ == Parameter.Type.DOUBLE \
+            and math.isfinite(given.value) and int(given.value) == given.value:
+        said += f': write {int(given.value)}'
+    return said
+
+
+def wrong_type_reason(parameters):
+    """Return why one of rclpy ``parameters`` is refused for its type, in the node's words.
+
+    rclpy checks a value's type against the declared one before the node's on-set callback
+    sees it, and refused in words naming no parameter: `ros2 param set /tarfuse max_detections
+    2.0` got "Wrong parameter type, expected 'Type.INTEGER' got 'Type.DOUBLE'"; a parameter
+    without a value (``ros2 param delete``) "Static parameter cannot be undeclared". Give the
+    parameters as the pre-set callback makes them (:func:`canonical_parameters`: an integer for
+    a decimal is that decimal). None when every type fits (the dynamically typed lists are
+    checked by :func:`apply_updates`); other nodes' parameters are left to rclpy.
+    """
+    for parameter in parameters:
+        spec = _BY_NAME.get(parameter.name)
+        if spec is None or descriptor_for(spec).dynamic_typing:
+            continue
+        if parameter.type_ == Parameter.Type.NOT_SET:
+            return f'{spec.name} cannot be deleted while the node runs; set a value instead'
+        if parameter.type_.value != _TYPES[spec.kind]:
+            return _type_words(spec, parameter)
+    return None
 
 
 def canonical_parameters(parameters):

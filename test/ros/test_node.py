@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from rcl_interfaces.msg import ParameterType
 from rcl_interfaces.srv import DescribeParameters, GetParameters, ListParameters
-from rcl_interfaces.srv import SetParameters
+from rcl_interfaces.srv import SetParameters, SetParametersAtomically
 from rclpy.parameter import Parameter, parameter_value_to_python
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from rosgraph_msgs.msg import Clock
@@ -1369,6 +1369,38 @@ def test_deleting_a_parameter_at_run_time_is_refused_and_it_stays(setup):
         names = _call(probe, ListParameters, 'list_parameters',
                       ListParameters.Request()).result.names
         assert name in names, f'{name} was undeclared'
+
+
+def test_a_value_of_another_type_is_refused_in_the_nodes_words_by_both_set_services(setup):
+    # `ros2 param set /rig/tarfuse max_detections 2.0` was refused by rclpy with "Wrong
+    # parameter type, expected 'Type.INTEGER' got 'Type.DOUBLE'", naming no parameter nor the
+    # fix; `ros2 param delete /rig/tarfuse max_rate` with "Static parameter cannot be
+    # undeclared" (found by a break test).
+    node, probe, _, _ = setup
+    cases = (
+        (Parameter('max_detections', value=2.0),
+         'max_detections=2.0 is a double where an integer is expected: write 2'),
+        (Parameter('max_rate', value='2'), "max_rate='2' is a string where a double is expected"),
+        (Parameter('publish.debug', value=1),
+         'publish.debug=1 is an integer where a bool is expected'),
+        (Parameter('registration.prior_ir_size', value=[640.0, 512.0]),
+         'registration.prior_ir_size=[640.0, 512.0] is a double list where an integer list'),
+        (Parameter('max_rate', Parameter.Type.NOT_SET, None),
+         'max_rate cannot be deleted while the node runs'),
+    )
+    for parameter, words in cases:
+        request = SetParameters.Request(parameters=[parameter.to_parameter_msg()])
+        result, = _call(probe, SetParameters, 'set_parameters', request).results
+        assert not result.successful and words in result.reason, result.reason
+        request = SetParametersAtomically.Request(
+            parameters=[Parameter('confidence_threshold', value=0.3).to_parameter_msg(),
+                        parameter.to_parameter_msg()])
+        result = _call(probe, SetParametersAtomically, 'set_parameters_atomically',
+                       request).result
+        assert not result.successful and words in result.reason, result.reason
+    values = _call(probe, GetParameters, 'get_parameters', GetParameters.Request(
+        names=['confidence_threshold', 'max_detections'])).values
+    assert [parameter_value_to_python(v) for v in values] == [0.25, 100]
 
 
 def test_parameters_fixed_at_start_up_are_described_read_only(setup):
