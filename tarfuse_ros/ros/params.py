@@ -390,33 +390,35 @@ def _coerce(spec, value):
         if value is None:
             return ()
         if isinstance(value, (str, bytes)) or not hasattr(value, '__iter__'):
-            raise ValueError(f'{spec.name} must be a list of strings, got {value!r}')
+            raise ParameterValueError(
+                spec.name, f'{spec.name} must be a list of strings, got {value!r}')
         items = list(value)  # an empty list of any element type is the empty list
         if not all(isinstance(v, str) for v in items):
-            raise ValueError(f'{spec.name} must be a list of strings, got {items!r}')
+            raise ParameterValueError(
+                spec.name, f'{spec.name} must be a list of strings, got {items!r}')
         return tuple(v.strip() for v in items if v.strip())
     if spec.kind in ('float_array', 'int_array'):
         return _coerce_numbers(spec, value)
     if spec.kind == 'bool':
         if not isinstance(value, bool):
-            raise ValueError(f'{spec.name} must be a bool, got {value!r}')
+            raise ParameterValueError(spec.name, f'{spec.name} must be a bool, got {value!r}')
         return value
     if spec.kind == 'str':
         if not isinstance(value, str):
-            raise ValueError(f'{spec.name} must be a string, got {value!r}')
+            raise ParameterValueError(spec.name, f'{spec.name} must be a string, got {value!r}')
         if spec.name == 'weights':
             # Neither the shell (in -p weights:=~/m.safetensors), YAML nor rcl expands '~'.
             return os.path.expanduser(value.strip())
         return value.strip()
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f'{spec.name} must be a number, got {value!r}')
+        raise ParameterValueError(spec.name, f'{spec.name} must be a number, got {value!r}')
     if spec.kind == 'int':
         if int(value) != value:
-            raise ValueError(f'{spec.name} must be an integer, got {value!r}')
+            raise ParameterValueError(spec.name, f'{spec.name} must be an integer, got {value!r}')
         return int(value)
     value = float(value)
     if not math.isfinite(value):
-        raise ValueError(f'{spec.name} must be finite, got {value!r}')
+        raise ParameterValueError(spec.name, f'{spec.name} must be finite, got {value!r}')
     return value
 
 
@@ -425,13 +427,16 @@ def _coerce_numbers(spec, value):
     if value is None:
         return ()
     if isinstance(value, (str, bytes)) or not hasattr(value, '__iter__'):
-        raise ValueError(f'{spec.name} must be a list of numbers, got {value!r}')
+        raise ParameterValueError(
+            spec.name, f'{spec.name} must be a list of numbers, got {value!r}')
     items = list(value)
     if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in items):
-        raise ValueError(f'{spec.name} must be a list of numbers, got {items!r}')
+        raise ParameterValueError(
+            spec.name, f'{spec.name} must be a list of numbers, got {items!r}')
     if spec.kind == 'int_array':
         if any(int(v) != v for v in items):
-            raise ValueError(f'{spec.name} must be a list of integers, got {items!r}')
+            raise ParameterValueError(
+                spec.name, f'{spec.name} must be a list of integers, got {items!r}')
         return tuple(int(v) for v in items)
     return tuple(float(v) for v in items)
 

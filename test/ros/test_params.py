@@ -15,6 +15,7 @@ from tarfuse_ros.ros.params import _rcl_type, command_line_type_errors
 from tarfuse_ros.ros.params import apply_updates, canonical_parameters
 from tarfuse_ros.ros.params import declare_node_parameters, descriptor_for
 from tarfuse_ros.ros.params import NodeParams, parameter_source, PARAMETER_SPECS
+from tarfuse_ros.ros.params import ParameterValueError
 from tarfuse_ros.ros.params import params_files_for_other_nodes, params_from_values
 from tarfuse_ros.ros.params import reported_descriptor, wrong_type_reason
 import yaml
@@ -283,6 +284,18 @@ def test_a_value_of_another_type_is_said_with_its_parameter_and_the_fix():
         said = wrong_type_reason([Parameter('max_rate', value=1.0), parameter])
         assert said is not None and said.startswith(words), said
     assert 'write' not in wrong_type_reason([Parameter('max_detections', value=2.5)])
+
+
+@pytest.mark.parametrize('name, value', [('max_rate', float('nan')), ('sync.slop', float('inf')),
+                                         ('half', 1), ('device', 0), ('max_detections', 2.5),
+                                         ('classes', [1]), ('registration.prior', ['a'])])
+def test_a_value_the_node_cannot_use_names_its_parameter(name, value):
+    # The start-up message names where a parameter was given (parameter_source) only for a
+    # ParameterValueError: `-p max_rate:=.nan` was told 'fix it in the params file or on the
+    # command line'.
+    with pytest.raises(ParameterValueError) as info:
+        params_from_values({name: value})
+    assert info.value.name == name and str(info.value).startswith(name)
 
 
 RCL_VALUES = ['abc', 'y', 'N', 'yes', 'Off', 'TRUE', 'true', '1', '-7', '0x1F', '010', '08',
