@@ -381,6 +381,10 @@ def reported_descriptor(name, descriptor):
     reported.floating_point_range = full.floating_point_range
     reported.integer_range = full.integer_range
     reported.read_only = descriptor.read_only or not spec.runtime
+    # rclpy writes the type of every value tried into a dynamically typed parameter's
+    # descriptor, a refused one too: `classes` was described as an integer list after a
+    # refused [1]. Its type is the one the node reads it as.
+    reported.type = _TYPES[spec.kind]
     return reported
 
 
@@ -745,7 +749,9 @@ def canonical_parameters(parameters):
     (or ``-p``) would leave ``' cpu'`` in the node's parameter store while the node runs on
     ``'cpu'``. An integer given to a decimal parameter becomes that decimal: ``ros2 param set
     /tarfuse max_rate 2`` sends an integer, which rclpy refused in words naming no parameter
-    ("Wrong parameter type, expected 'Type.DOUBLE' got 'Type.INTEGER'"). Other parameters,
+    ("Wrong parameter type, expected 'Type.DOUBLE' got 'Type.INTEGER'"); an integer list or an
+    empty list of any type given to a decimal or name list becomes one of its type (the empty
+    ``[]`` of `ros2 param set` is a bool list). Other parameters,
     values of another type and parameters without a value (the set callback refuses those) are
     passed on unchanged (the same objects). Usable as rclpy's pre-set parameters callback.
     """
@@ -755,6 +761,11 @@ def canonical_parameters(parameters):
         if spec is not None and spec.kind == 'float' \
                 and parameter.type_ == Parameter.Type.INTEGER:
             parameter = Parameter(parameter.name, Parameter.Type.DOUBLE, float(parameter.value))
+        if spec is not None and spec.kind == 'float_array' and (
+                parameter.type_ == Parameter.Type.INTEGER_ARRAY
+                or parameter.type_.name.endswith('_ARRAY') and not len(parameter.value)):
+            parameter = Parameter(parameter.name, Parameter.Type.DOUBLE_ARRAY,
+                                  [float(v) for v in parameter.value])
         # No value (ros2 param delete) passes as it is: the set callback refuses it.
         if spec is not None and spec.kind in ('str', 'str_array') \
                 and parameter.type_ != Parameter.Type.NOT_SET:
@@ -764,9 +775,10 @@ def canonical_parameters(parameters):
                 value = None
             if spec.kind == 'str_array' and value is not None:
                 value = list(value)
-            if value is not None and value != parameter.value:
-                kind = (Parameter.Type.STRING if spec.kind == 'str'
-                        else Parameter.Type.STRING_ARRAY)
+            kind = Parameter.Type.STRING if spec.kind == 'str' else Parameter.Type.STRING_ARRAY
+            # An empty list of another type (`ros2 param set ... classes "[]"` sends a bool
+            # list) is stored as the empty name list it is.
+            if value is not None and (value != parameter.value or parameter.type_ != kind):
                 parameter = Parameter(parameter.name, kind, value)
         result.append(parameter)
     return result

@@ -17,7 +17,8 @@ from node_harness import VISIBLE_FRAME, WIDTH
 import numpy as np
 import pytest
 from rcl_interfaces.msg import ParameterType
-from rcl_interfaces.srv import DescribeParameters, GetParameters, ListParameters
+from rcl_interfaces.srv import DescribeParameters, GetParameters, GetParameterTypes
+from rcl_interfaces.srv import ListParameters
 from rcl_interfaces.srv import SetParameters, SetParametersAtomically
 from rclpy.parameter import Parameter, parameter_value_to_python
 from rclpy.qos import QoSProfile, ReliabilityPolicy
@@ -1291,6 +1292,17 @@ def test_an_empty_list_of_any_type_sets_classes_back_to_all(setup):
     assert not result.successful and 'list of strings' in result.reason, result.reason
     result, = probe.set_typed_parameters(Parameter('classes', Parameter.Type.STRING, 'car'))
     assert not result.successful and 'list of strings' in result.reason, result.reason
+    # Stored and described as the name list the node reads (they said a bool list, and after
+    # the refusals an integer list: ros2 param describe / get_parameter_types).
+    assert probe.set_typed_parameters(Parameter('classes', Parameter.Type.BOOL_ARRAY, []))[
+        0].successful
+    result, = probe.set_typed_parameters(Parameter('classes', Parameter.Type.INTEGER_ARRAY, [1]))
+    assert not result.successful
+    described, = _call(probe, DescribeParameters, 'describe_parameters',
+                       DescribeParameters.Request(names=['classes'])).descriptors
+    stored, = _call(probe, GetParameterTypes, 'get_parameter_types',
+                    GetParameterTypes.Request(names=['classes'])).types
+    assert described.type == stored == ParameterType.PARAMETER_STRING_ARRAY, (described, stored)
     assert probe.set_parameters(confidence_threshold=0.25)[0].successful
 
 

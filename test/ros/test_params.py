@@ -13,7 +13,8 @@ from rclpy.signals import SignalHandlerOptions
 from tarfuse_ros.core.paths import default_weights_path
 from tarfuse_ros.ros.params import _rcl_type, command_line_type_errors
 from tarfuse_ros.ros.params import apply_updates, canonical_parameters
-from tarfuse_ros.ros.params import declare_node_parameters, descriptor_for
+from tarfuse_ros.ros.params import declare_node_parameters, declared_descriptor
+from tarfuse_ros.ros.params import descriptor_for
 from tarfuse_ros.ros.params import NodeParams, parameter_source, PARAMETER_SPECS
 from tarfuse_ros.ros.params import ParameterValueError
 from tarfuse_ros.ros.params import params_files_for_other_nodes, params_from_values
@@ -296,6 +297,28 @@ def test_a_value_the_node_cannot_use_names_its_parameter(name, value):
     with pytest.raises(ParameterValueError) as info:
         params_from_values({name: value})
     assert info.value.name == name and str(info.value).startswith(name)
+
+
+def test_lists_of_another_element_type_are_stored_and_described_as_the_node_reads_them():
+    # `ros2 param set /tarfuse classes "[]"` sends a bool list: stored as one, and described as
+    # one (rclpy writes a dynamically typed parameter's descriptor type at every set, a refused
+    # one too), though the node reads a name list; a prior of integers stayed integers.
+    T = Parameter.Type
+    given = [Parameter('classes', T.BOOL_ARRAY, []),
+             Parameter('registration.prior', value=[1, 0, 0, 0, 1, 0, 0, 0, 1]),
+             Parameter('registration.prior', T.BOOL_ARRAY, []), Parameter('classes', value=[1])]
+    result = canonical_parameters(given)
+    assert (result[0].type_, list(result[0].value)) == (T.STRING_ARRAY, [])
+    assert (result[1].type_, list(result[1].value)) == (T.DOUBLE_ARRAY, [1.0, 0.0, 0.0, 0.0,
+                                                                         1.0, 0.0, 0.0, 0.0, 1.0])
+    assert (result[2].type_, list(result[2].value)) == (T.DOUBLE_ARRAY, [])
+    assert result[3] is given[3]  # refused by the set callback
+    for name, kind in (('classes', ParameterType.PARAMETER_STRING_ARRAY),
+                       ('registration.prior', ParameterType.PARAMETER_DOUBLE_ARRAY)):
+        spec, = [spec for spec in PARAMETER_SPECS if spec.name == name]
+        declared = declared_descriptor(spec)
+        declared.type = ParameterType.PARAMETER_INTEGER_ARRAY  # as rclpy left it
+        assert reported_descriptor(name, declared).type == kind
 
 
 RCL_VALUES = ['abc', 'y', 'N', 'yes', 'Off', 'TRUE', 'true', '1', '-7', '0x1F', '010', '08',
