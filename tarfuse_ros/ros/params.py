@@ -749,9 +749,10 @@ def canonical_parameters(parameters):
     (or ``-p``) would leave ``' cpu'`` in the node's parameter store while the node runs on
     ``'cpu'``. An integer given to a decimal parameter becomes that decimal: ``ros2 param set
     /tarfuse max_rate 2`` sends an integer, which rclpy refused in words naming no parameter
-    ("Wrong parameter type, expected 'Type.DOUBLE' got 'Type.INTEGER'"); an integer list or an
-    empty list of any type given to a decimal or name list becomes one of its type (the empty
-    ``[]`` of `ros2 param set` is a bool list). Other parameters,
+    ("Wrong parameter type, expected 'Type.DOUBLE' got 'Type.INTEGER'"). An empty list of any
+    type becomes the list parameter's own (``ros2 param set`` and ``ros2 param load`` send
+    ``[]`` as a bool list, which ``registration.prior_ir_size`` refused: a dump could not be
+    loaded back), an integer list a decimal one. Other parameters,
     values of another type and parameters without a value (the set callback refuses those) are
     passed on unchanged (the same objects). Usable as rclpy's pre-set parameters callback.
     """
@@ -761,9 +762,12 @@ def canonical_parameters(parameters):
         if spec is not None and spec.kind == 'float' \
                 and parameter.type_ == Parameter.Type.INTEGER:
             parameter = Parameter(parameter.name, Parameter.Type.DOUBLE, float(parameter.value))
-        if spec is not None and spec.kind == 'float_array' and (
-                parameter.type_ == Parameter.Type.INTEGER_ARRAY
-                or parameter.type_.name.endswith('_ARRAY') and not len(parameter.value)):
+        if spec is not None and spec.kind in _ARRAY_TYPES \
+                and parameter.type_.name.endswith('_ARRAY') and not len(parameter.value):
+            # `ros2 param set` / `ros2 param load` send [] as a bool list.
+            parameter = Parameter(parameter.name, _ARRAY_TYPES[spec.kind], [])
+        elif spec is not None and spec.kind == 'float_array' \
+                and parameter.type_ == Parameter.Type.INTEGER_ARRAY:
             parameter = Parameter(parameter.name, Parameter.Type.DOUBLE_ARRAY,
                                   [float(v) for v in parameter.value])
         # No value (ros2 param delete) passes as it is: the set callback refuses it.

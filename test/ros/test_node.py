@@ -1269,6 +1269,31 @@ def test_a_dump_of_the_parameters_starts_the_node_again(setup, tmp_path):
         copy.close()
 
 
+def test_a_dump_loaded_back_at_run_time_is_taken_for_every_parameter(setup):
+    # `ros2 param load /rig/tarfuse rig.yaml` (a dump of the node) sets each parameter with the
+    # type its YAML value suggests, [] a bool list: registration.prior_ir_size and
+    # prior_visible_size were refused ("Wrong parameter type, expected 'Type.INTEGER_ARRAY'
+    # got 'Type.BOOL_ARRAY'"), found by a break test.
+    node, probe, _, _ = setup
+    names = [spec.name for spec in PARAMETER_SPECS]
+    values = _call(probe, GetParameters, 'get_parameters',
+                   GetParameters.Request(names=names)).values
+    parameters = []
+    for name, value in zip(names, values):
+        value = parameter_value_to_python(value)
+        if not isinstance(value, (str, bool, int, float)):
+            value = list(value)
+        parameters.append(Parameter(name, Parameter.Type.BOOL_ARRAY, []) if value == []
+                          else Parameter(name, value=value))
+    results = probe.set_typed_parameters(*parameters)
+    refused = {name: r.reason for name, r in zip(names, results) if not r.successful}
+    assert not refused
+    types = _call(probe, GetParameterTypes, 'get_parameter_types',
+                  GetParameterTypes.Request(names=names)).types
+    assert dict(zip(names, types))['registration.prior_ir_size'] \
+        == ParameterType.PARAMETER_INTEGER_ARRAY
+
+
 def test_an_empty_list_of_any_type_sets_classes_back_to_all(setup):
     # `ros2 param set /rig/tarfuse classes "[]"` sends an empty bool list: the node refused
     # every empty list but a string one, so "empty = all classes" was out of reach from the

@@ -306,8 +306,10 @@ def test_lists_of_another_element_type_are_stored_and_described_as_the_node_read
     T = Parameter.Type
     given = [Parameter('classes', T.BOOL_ARRAY, []),
              Parameter('registration.prior', value=[1, 0, 0, 0, 1, 0, 0, 0, 1]),
-             Parameter('registration.prior', T.BOOL_ARRAY, []), Parameter('classes', value=[1])]
+             Parameter('registration.prior', T.BOOL_ARRAY, []), Parameter('classes', value=[1]),
+             Parameter('registration.prior_ir_size', T.BOOL_ARRAY, [])]
     result = canonical_parameters(given)
+    assert (result[4].type_, list(result[4].value)) == (T.INTEGER_ARRAY, [])
     assert (result[0].type_, list(result[0].value)) == (T.STRING_ARRAY, [])
     assert (result[1].type_, list(result[1].value)) == (T.DOUBLE_ARRAY, [1.0, 0.0, 0.0, 0.0,
                                                                          1.0, 0.0, 0.0, 0.0, 1.0])
