@@ -1306,11 +1306,19 @@ class TarFuseNode(Node):
                 silence_said[problem] = {index}
         if not any(fresh) and any(t is not None for t in self._last_arrival):
             # Both cameras stopped after images came: nothing is fused any more.
-            publishers = sum(self.count_publishers(topic) for topic in self._topics)
-            why = (f'{publishers} publisher(s) still there send nothing: hung camera drivers, '
-                   f'unplugged cameras, a paused bag?' if publishers else
-                   'their publishers are gone: the camera drivers stopped or crashed, or a '
-                   'bag ended')
+            counts = [self.count_publishers(topic) for topic in self._topics]
+            if all(counts):
+                why = (f'{sum(counts)} publisher(s) still there send nothing: hung camera '
+                       f'drivers, unplugged cameras, a paused bag?')
+            elif any(counts):  # one driver crashed, the other hangs: each said for its own
+                gone = counts.index(0)
+                why = (f'the publisher of {self._topics[gone]} is gone (its camera driver '
+                       f'stopped or crashed?), the {counts[1 - gone]} of '
+                       f'{self._topics[1 - gone]} still there send nothing (a hung driver, an '
+                       f'unplugged camera?)')
+            else:
+                why = ('their publishers are gone: the camera drivers stopped or crashed, or a '
+                       'bag ended')
             problem = (
                 f'both inputs stopped, nothing is fused: no messages on '
                 f'{self._topics[INFRARED]} {self._silent_for(INFRARED, now)} nor on '

@@ -889,6 +889,14 @@ def test_a_camera_that_stopped_is_told_apart_from_one_whose_publisher_left(setup
             'its publisher is gone (the camera driver stopped or crashed?)' in msg,
             timeout=15.0, tick=visible_only), probe.latest_diagnostics()
         assert 'check its topic name' not in probe.latest_diagnostics()[1]
+        # The visible camera hangs too: it was '1 publisher(s) still there send nothing: hung
+        # camera drivers', as if both hung, the IR driver's crash unsaid (found by a break
+        # test).
+        assert probe.wait_for_diagnostics(
+            lambda level, msg, values: 'both inputs stopped' in msg and
+            f'the publisher of {topic} is gone (its camera driver stopped or crashed?), the 1 '
+            f'of {NAMESPACE}/visible/image_raw still there send nothing (a hung driver' in msg,
+            timeout=15.0), probe.latest_diagnostics()
         # Both gone (the drivers stopped, a bag ended) is not said to be cables or a hang.
         probe.node.destroy_publisher(probe.visible_pub)
         assert probe.wait_for_diagnostics(
