@@ -94,6 +94,7 @@ from tarfuse_ros.ros.params import parameter_source, ParameterValueError
 from tarfuse_ros.ros.params import PARAMETER_SPECS, params_files_for_other_nodes
 from tarfuse_ros.ros.params import refinement_settings, registration_prior, reported_descriptor
 from tarfuse_ros.ros.params import unknown_parameters, unknown_qos_overrides
+from tarfuse_ros.ros.params import wrong_type_reason
 from vision_msgs.msg import Detection2DArray
 
 __all__ = ['StartupError', 'TarFuseNode', 'is_time_jump', 'main',
@@ -1234,6 +1235,18 @@ class TarFuseNode(Node):
         """
         return reported_descriptor(name, super().describe_parameter(name))
 
+    def set_parameters_atomically(self, parameter_list):
+        """Set ``parameter_list``, refusing a value of another type in the node's words.
+
+        rclpy's parameter services (``ros2 param set``, ``load``, rqt_reconfigure) set through
+        here; rclpy's own type check names no parameter
+        (:func:`~tarfuse_ros.ros.params.wrong_type_reason`).
+        """
+        reason = wrong_type_reason(canonical_parameters(parameter_list))
+        if reason:
+            return SetParametersResult(successful=False, reason=reason)
+        return super().set_parameters_atomically(parameter_list)
+
     def _on_set_parameters(self, parameters):
         with self._params_lock:
             old = self._params
@@ -1293,11 +1306,19 @@ class TarFuseNode(Node):
                 silence_said[problem] = {index}
         if not any(fresh) and any(t is not None for t in self._last_arrival):
             # Both cameras stopped after images came: nothing is fused any more.
-            publishers = sum(self.count_publishers(topic) for topic in self._topics)
-            why = (f'{publishers} publisher(s) still there send nothing: hung camera drivers, '
-                   f'unplugged cameras, a paused bag?' if publishers else
-                   'their publishers are gone: the camera drivers stopped or crashed, or a '
-                   'bag ended')
+            counts = [self.count_publishers(topic) for topic in self._topics]
+            if all(counts):
+                why = (f'{sum(counts)} publisher(s) still there send nothing: hung camera '
+                       f'drivers, unplugged cameras, a paused bag?')
+            elif any(counts):  # one driver crashed, the other hangs: each said for its own
+                gone = counts.index(0)
+                why = (f'the publisher of {self._topics[gone]} is gone (its camera driver '
+                       f'stopped or crashed?), the {counts[1 - gone]} of '
+                       f'{self._topics[1 - gone]} still there send nothing (a hung driver, an '
+                       f'unplugged camera?)')
+            else:
+                why = ('their publishers are gone: the camera drivers stopped or crashed, or a '
+                       'bag ended')
             problem = (
                 f'both inputs stopped, nothing is fused: no messages on '
                 f'{self._topics[INFRARED]} {self._silent_for(INFRARED, now)} nor on '

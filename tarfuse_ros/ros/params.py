@@ -34,7 +34,7 @@ __all__ = [
     'parameter_updates', 'params_file_sections', 'params_files_for_other_nodes',
     'params_from_values',
     'refinement_settings', 'registration_prior', 'reported_descriptor', 'section_applies',
-    'validate_params',
+    'validate_params', 'wrong_type_reason',
 ]
 
 RELIABILITY_VALUES = ('best_effort', 'reliable')
@@ -381,6 +381,10 @@ def reported_descriptor(name, descriptor):
     reported.floating_point_range = full.floating_point_range
     reported.integer_range = full.integer_range
     reported.read_only = descriptor.read_only or not spec.runtime
+    # rclpy writes the type of every value tried into a dynamically typed parameter's
+    # descriptor, a refused one too: `classes` was described as an integer list after a
+    # refused [1]. Its type is the one the node reads it as.
+    reported.type = _TYPES[spec.kind]
     return reported
 
 
@@ -390,33 +394,35 @@ def _coerce(spec, value):
         if value is None:
             return ()
         if isinstance(value, (str, bytes)) or not hasattr(value, '__iter__'):
-            raise ValueError(f'{spec.name} must be a list of strings, got {value!r}')
+            raise ParameterValueError(
+                spec.name, f'{spec.name} must be a list of strings, got {value!r}')
         items = list(value)  # an empty list of any element type is the empty list
         if not all(isinstance(v, str) for v in items):
-            raise ValueError(f'{spec.name} must be a list of strings, got {items!r}')
+            raise ParameterValueError(
+                spec.name, f'{spec.name} must be a list of strings, got {items!r}')
         return tuple(v.strip() for v in items if v.strip())
     if spec.kind in ('float_array', 'int_array'):
         return _coerce_numbers(spec, value)
     if spec.kind == 'bool':
         if not isinstance(value, bool):
-            raise ValueError(f'{spec.name} must be a bool, got {value!r}')
+            raise ParameterValueError(spec.name, f'{spec.name} must be a bool, got {value!r}')
         return value
     if spec.kind == 'str':
         if not isinstance(value, str):
-            raise ValueError(f'{spec.name} must be a string, got {value!r}')
+            raise ParameterValueError(spec.name, f'{spec.name} must be a string, got {value!r}')
         if spec.name == 'weights':
             # Neither the shell (in -p weights:=~/m.safetensors), YAML nor rcl expands '~'.
             return os.path.expanduser(value.strip())
         return value.strip()
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f'{spec.name} must be a number, got {value!r}')
+        raise ParameterValueError(spec.name, f'{spec.name} must be a number, got {value!r}')
     if spec.kind == 'int':
         if int(value) != value:
-            raise ValueError(f'{spec.name} must be an integer, got {value!r}')
+            raise ParameterValueError(spec.name, f'{spec.name} must be an integer, got {value!r}')
         return int(value)
     value = float(value)
     if not math.isfinite(value):
-        raise ValueError(f'{spec.name} must be finite, got {value!r}')
+        raise ParameterValueError(spec.name, f'{spec.name} must be finite, got {value!r}')
     return value
 
 
@@ -425,13 +431,16 @@ def _coerce_numbers(spec, value):
     if value is None:
         return ()
     if isinstance(value, (str, bytes)) or not hasattr(value, '__iter__'):
-        raise ValueError(f'{spec.name} must be a list of numbers, got {value!r}')
+        raise ParameterValueError(
+            spec.name, f'{spec.name} must be a list of numbers, got {value!r}')
     items = list(value)
     if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in items):
-        raise ValueError(f'{spec.name} must be a list of numbers, got {items!r}')
+        raise ParameterValueError(
+            spec.name, f'{spec.name} must be a list of numbers, got {items!r}')
     if spec.kind == 'int_array':
         if any(int(v) != v for v in items):
-            raise ValueError(f'{spec.name} must be a list of integers, got {items!r}')
+            raise ParameterValueError(
+                spec.name, f'{spec.name} must be a list of integers, got {items!r}')
         return tuple(int(v) for v in items)
     return tuple(float(v) for v in items)
 
@@ -689,14 +698,47 @@ def _type_error(node, spec):
     """
     # rclpy keeps the overrides (params files and -p, for this node) in this attribute.
     given = (getattr(node, '_parameter_overrides', None) or {}).get(spec.name)
-    expected = _TYPE_WORDS[Parameter.Type(_TYPES[spec.kind])]
     if given is None:
+        expected = _TYPE_WORDS[Parameter.Type(_TYPES[spec.kind])]
         return ParameterValueError(spec.name, f'{spec.name} must be {expected}')
-    said = f'{spec.name}={given.value!r} is {_TYPE_WORDS[given.type_]} where {expected} is ' \
-        f'expected'
+    return ParameterValueError(spec.name, _type_words(spec, given))
+
+
+def _type_words(spec, given):
+    """Return that rclpy's ``given`` has a type ``spec`` refuses, with the fix where plain."""
+    expected = _TYPE_WORDS[Parameter.Type(_TYPES[spec.kind])]
+    value = given.value
+    if given.type_.name.endswith('_ARRAY'):
+        value = list(value)  # the service gives array('d', [...])
+    said = f'{spec.name}={value!r} is {_TYPE_WORDS[given.type_]} where {expected} is expected'
     if spec.kind == 'float' and given.type_ == Parameter.Type.INTEGER:
         said += f': write {float(given.value)!r}'
-    return ParameterValueError(spec.name, said)
+    elif spec.kind == 'int' and given.type_ == Parameter.Type.DOUBLE \
+            and math.isfinite(given.value) and int(given.value) == given.value:
+        said += f': write {int(given.value)}'
+    return said
+
+
+def wrong_type_reason(parameters):
+    """Return why one of rclpy ``parameters`` is refused for its type, in the node's words.
+
+    rclpy checks a value's type against the declared one before the node's on-set callback
+    sees it, and refused in words naming no parameter: `ros2 param set /tarfuse max_detections
+    2.0` got "Wrong parameter type, expected 'Type.INTEGER' got 'Type.DOUBLE'"; a parameter
+    without a value (``ros2 param delete``) "Static parameter cannot be undeclared". Give the
+    parameters as the pre-set callback makes them (:func:`canonical_parameters`: an integer for
+    a decimal is that decimal). None when every type fits (the dynamically typed lists are
+    checked by :func:`apply_updates`); other nodes' parameters are left to rclpy.
+    """
+    for parameter in parameters:
+        spec = _BY_NAME.get(parameter.name)
+        if spec is None or descriptor_for(spec).dynamic_typing:
+            continue
+        if parameter.type_ == Parameter.Type.NOT_SET:
+            return f'{spec.name} cannot be deleted while the node runs; set a value instead'
+        if parameter.type_.value != _TYPES[spec.kind]:
+            return _type_words(spec, parameter)
+    return None
 
 
 def canonical_parameters(parameters):
@@ -707,7 +749,10 @@ def canonical_parameters(parameters):
     (or ``-p``) would leave ``' cpu'`` in the node's parameter store while the node runs on
     ``'cpu'``. An integer given to a decimal parameter becomes that decimal: ``ros2 param set
     /tarfuse max_rate 2`` sends an integer, which rclpy refused in words naming no parameter
-    ("Wrong parameter type, expected 'Type.DOUBLE' got 'Type.INTEGER'"). Other parameters,
+    ("Wrong parameter type, expected 'Type.DOUBLE' got 'Type.INTEGER'"). An empty list of any
+    type becomes the list parameter's own (``ros2 param set`` and ``ros2 param load`` send
+    ``[]`` as a bool list, which ``registration.prior_ir_size`` refused: a dump could not be
+    loaded back), an integer list a decimal one. Other parameters,
     values of another type and parameters without a value (the set callback refuses those) are
     passed on unchanged (the same objects). Usable as rclpy's pre-set parameters callback.
     """
@@ -717,6 +762,14 @@ def canonical_parameters(parameters):
         if spec is not None and spec.kind == 'float' \
                 and parameter.type_ == Parameter.Type.INTEGER:
             parameter = Parameter(parameter.name, Parameter.Type.DOUBLE, float(parameter.value))
+        if spec is not None and spec.kind in _ARRAY_TYPES \
+                and parameter.type_.name.endswith('_ARRAY') and not len(parameter.value):
+            # `ros2 param set` / `ros2 param load` send [] as a bool list.
+            parameter = Parameter(parameter.name, _ARRAY_TYPES[spec.kind], [])
+        elif spec is not None and spec.kind == 'float_array' \
+                and parameter.type_ == Parameter.Type.INTEGER_ARRAY:
+            parameter = Parameter(parameter.name, Parameter.Type.DOUBLE_ARRAY,
+                                  [float(v) for v in parameter.value])
         # No value (ros2 param delete) passes as it is: the set callback refuses it.
         if spec is not None and spec.kind in ('str', 'str_array') \
                 and parameter.type_ != Parameter.Type.NOT_SET:
@@ -726,9 +779,10 @@ def canonical_parameters(parameters):
                 value = None
             if spec.kind == 'str_array' and value is not None:
                 value = list(value)
-            if value is not None and value != parameter.value:
-                kind = (Parameter.Type.STRING if spec.kind == 'str'
-                        else Parameter.Type.STRING_ARRAY)
+            kind = Parameter.Type.STRING if spec.kind == 'str' else Parameter.Type.STRING_ARRAY
+            # An empty list of another type (`ros2 param set ... classes "[]"` sends a bool
+            # list) is stored as the empty name list it is.
+            if value is not None and (value != parameter.value or parameter.type_ != kind):
                 parameter = Parameter(parameter.name, kind, value)
         result.append(parameter)
     return result

@@ -17,8 +17,9 @@ from node_harness import VISIBLE_FRAME, WIDTH
 import numpy as np
 import pytest
 from rcl_interfaces.msg import ParameterType
-from rcl_interfaces.srv import DescribeParameters, GetParameters, ListParameters
-from rcl_interfaces.srv import SetParameters
+from rcl_interfaces.srv import DescribeParameters, GetParameters, GetParameterTypes
+from rcl_interfaces.srv import ListParameters
+from rcl_interfaces.srv import SetParameters, SetParametersAtomically
 from rclpy.parameter import Parameter, parameter_value_to_python
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from rosgraph_msgs.msg import Clock
@@ -888,6 +889,14 @@ def test_a_camera_that_stopped_is_told_apart_from_one_whose_publisher_left(setup
             'its publisher is gone (the camera driver stopped or crashed?)' in msg,
             timeout=15.0, tick=visible_only), probe.latest_diagnostics()
         assert 'check its topic name' not in probe.latest_diagnostics()[1]
+        # The visible camera hangs too: it was '1 publisher(s) still there send nothing: hung
+        # camera drivers', as if both hung, the IR driver's crash unsaid (found by a break
+        # test).
+        assert probe.wait_for_diagnostics(
+            lambda level, msg, values: 'both inputs stopped' in msg and
+            f'the publisher of {topic} is gone (its camera driver stopped or crashed?), the 1 '
+            f'of {NAMESPACE}/visible/image_raw still there send nothing (a hung driver' in msg,
+            timeout=15.0), probe.latest_diagnostics()
         # Both gone (the drivers stopped, a bag ended) is not said to be cables or a hang.
         probe.node.destroy_publisher(probe.visible_pub)
         assert probe.wait_for_diagnostics(
@@ -1268,6 +1277,31 @@ def test_a_dump_of_the_parameters_starts_the_node_again(setup, tmp_path):
         copy.close()
 
 
+def test_a_dump_loaded_back_at_run_time_is_taken_for_every_parameter(setup):
+    # `ros2 param load /rig/tarfuse rig.yaml` (a dump of the node) sets each parameter with the
+    # type its YAML value suggests, [] a bool list: registration.prior_ir_size and
+    # prior_visible_size were refused ("Wrong parameter type, expected 'Type.INTEGER_ARRAY'
+    # got 'Type.BOOL_ARRAY'"), found by a break test.
+    node, probe, _, _ = setup
+    names = [spec.name for spec in PARAMETER_SPECS]
+    values = _call(probe, GetParameters, 'get_parameters',
+                   GetParameters.Request(names=names)).values
+    parameters = []
+    for name, value in zip(names, values):
+        value = parameter_value_to_python(value)
+        if not isinstance(value, (str, bool, int, float)):
+            value = list(value)
+        parameters.append(Parameter(name, Parameter.Type.BOOL_ARRAY, []) if value == []
+                          else Parameter(name, value=value))
+    results = probe.set_typed_parameters(*parameters)
+    refused = {name: r.reason for name, r in zip(names, results) if not r.successful}
+    assert not refused
+    types = _call(probe, GetParameterTypes, 'get_parameter_types',
+                  GetParameterTypes.Request(names=names)).types
+    assert dict(zip(names, types))['registration.prior_ir_size'] \
+        == ParameterType.PARAMETER_INTEGER_ARRAY
+
+
 def test_an_empty_list_of_any_type_sets_classes_back_to_all(setup):
     # `ros2 param set /rig/tarfuse classes "[]"` sends an empty bool list: the node refused
     # every empty list but a string one, so "empty = all classes" was out of reach from the
@@ -1291,6 +1325,17 @@ def test_an_empty_list_of_any_type_sets_classes_back_to_all(setup):
     assert not result.successful and 'list of strings' in result.reason, result.reason
     result, = probe.set_typed_parameters(Parameter('classes', Parameter.Type.STRING, 'car'))
     assert not result.successful and 'list of strings' in result.reason, result.reason
+    # Stored and described as the name list the node reads (they said a bool list, and after
+    # the refusals an integer list: ros2 param describe / get_parameter_types).
+    assert probe.set_typed_parameters(Parameter('classes', Parameter.Type.BOOL_ARRAY, []))[
+        0].successful
+    result, = probe.set_typed_parameters(Parameter('classes', Parameter.Type.INTEGER_ARRAY, [1]))
+    assert not result.successful
+    described, = _call(probe, DescribeParameters, 'describe_parameters',
+                       DescribeParameters.Request(names=['classes'])).descriptors
+    stored, = _call(probe, GetParameterTypes, 'get_parameter_types',
+                    GetParameterTypes.Request(names=['classes'])).types
+    assert described.type == stored == ParameterType.PARAMETER_STRING_ARRAY, (described, stored)
     assert probe.set_parameters(confidence_threshold=0.25)[0].successful
 
 
@@ -1369,6 +1414,38 @@ def test_deleting_a_parameter_at_run_time_is_refused_and_it_stays(setup):
         names = _call(probe, ListParameters, 'list_parameters',
                       ListParameters.Request()).result.names
         assert name in names, f'{name} was undeclared'
+
+
+def test_a_value_of_another_type_is_refused_in_the_nodes_words_by_both_set_services(setup):
+    # `ros2 param set /rig/tarfuse max_detections 2.0` was refused by rclpy with "Wrong
+    # parameter type, expected 'Type.INTEGER' got 'Type.DOUBLE'", naming no parameter nor the
+    # fix; `ros2 param delete /rig/tarfuse max_rate` with "Static parameter cannot be
+    # undeclared" (found by a break test).
+    node, probe, _, _ = setup
+    cases = (
+        (Parameter('max_detections', value=2.0),
+         'max_detections=2.0 is a double where an integer is expected: write 2'),
+        (Parameter('max_rate', value='2'), "max_rate='2' is a string where a double is expected"),
+        (Parameter('publish.debug', value=1),
+         'publish.debug=1 is an integer where a bool is expected'),
+        (Parameter('registration.prior_ir_size', value=[640.0, 512.0]),
+         'registration.prior_ir_size=[640.0, 512.0] is a double list where an integer list'),
+        (Parameter('max_rate', Parameter.Type.NOT_SET, None),
+         'max_rate cannot be deleted while the node runs'),
+    )
+    for parameter, words in cases:
+        request = SetParameters.Request(parameters=[parameter.to_parameter_msg()])
+        result, = _call(probe, SetParameters, 'set_parameters', request).results
+        assert not result.successful and words in result.reason, result.reason
+        request = SetParametersAtomically.Request(
+            parameters=[Parameter('confidence_threshold', value=0.3).to_parameter_msg(),
+                        parameter.to_parameter_msg()])
+        result = _call(probe, SetParametersAtomically, 'set_parameters_atomically',
+                       request).result
+        assert not result.successful and words in result.reason, result.reason
+    values = _call(probe, GetParameters, 'get_parameters', GetParameters.Request(
+        names=['confidence_threshold', 'max_detections'])).values
+    assert [parameter_value_to_python(v) for v in values] == [0.25, 100]
 
 
 def test_parameters_fixed_at_start_up_are_described_read_only(setup):

@@ -147,6 +147,10 @@ def _cases(tmp_path):
             {'weights': str(weights)},
             ['max_rate=2 is an integer where a double is expected: write 2.0',
              f'fix it in the parameters file {integer_rate_file}'], integer_rate_file),
+        # Said 'fix it in the params file or on the command line', naming neither.
+        'nan_on_the_command_line': ({'weights': str(weights), 'max_rate': '.nan'},
+                                    ['max_rate must be finite, got nan',
+                                     'fix it on the command line (-p max_rate:=.nan)']),
         'mistyped_after_the_params_file': ({'weights': str(weights),
                                             'confidence_threshold': 'abc'},
                                            ['-p confidence_threshold:=abc',
@@ -197,6 +201,7 @@ def outcomes(tmp_path_factory):
                                   'fine_passes_out_of_range', 'confidence_threshold_out_of_range',
                                   'input_timeout_out_of_range_in_a_params_file',
                                   'integer_for_a_decimal_in_a_params_file',
+                                  'nan_on_the_command_line',
                                   'cuda_unavailable'])
 def test_start_up_failure_exits_non_zero_with_a_clear_message(outcomes, case):
     if case not in outcomes:

@@ -13,10 +13,12 @@ from rclpy.signals import SignalHandlerOptions
 from tarfuse_ros.core.paths import default_weights_path
 from tarfuse_ros.ros.params import _rcl_type, command_line_type_errors
 from tarfuse_ros.ros.params import apply_updates, canonical_parameters
-from tarfuse_ros.ros.params import declare_node_parameters, descriptor_for
+from tarfuse_ros.ros.params import declare_node_parameters, declared_descriptor
+from tarfuse_ros.ros.params import descriptor_for
 from tarfuse_ros.ros.params import NodeParams, parameter_source, PARAMETER_SPECS
+from tarfuse_ros.ros.params import ParameterValueError
 from tarfuse_ros.ros.params import params_files_for_other_nodes, params_from_values
-from tarfuse_ros.ros.params import reported_descriptor
+from tarfuse_ros.ros.params import reported_descriptor, wrong_type_reason
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -263,6 +265,62 @@ def test_an_integer_for_a_decimal_parameter_becomes_that_decimal_an_integer_one_
     result = canonical_parameters(given)
     assert (result[0].type_, result[0].value) == (Parameter.Type.DOUBLE, 2.0)
     assert result[1] is given[1] and result[2] is given[2]
+
+
+def test_a_value_of_another_type_is_said_with_its_parameter_and_the_fix():
+    # rclpy's own refusal named neither: "Wrong parameter type, expected 'Type.INTEGER' got
+    # 'Type.DOUBLE'" for `ros2 param set /tarfuse max_detections 2.0`.
+    said = wrong_type_reason(canonical_parameters([
+        Parameter('max_rate', value=2), Parameter('use_sim_time', value=1),
+        Parameter('registration.prior', value=[1, 0, 0, 0, 1, 0, 0, 0, 1]),
+        Parameter('classes', value=[True])]))
+    assert said is None  # rclpy's own, and the dynamically typed lists, are left as they are
+    for parameter, words in (
+            (Parameter('max_detections', value=2.0),
+             'max_detections=2.0 is a double where an integer is expected: write 2'),
+            (Parameter('max_detections', value=2.5),
+             'max_detections=2.5 is a double where an integer is expected'),
+            (Parameter('device', value=0), 'device=0 is an integer where a string is expected'),
+            (Parameter('half', Parameter.Type.NOT_SET, None), 'half cannot be deleted')):
+        said = wrong_type_reason([Parameter('max_rate', value=1.0), parameter])
+        assert said is not None and said.startswith(words), said
+    assert 'write' not in wrong_type_reason([Parameter('max_detections', value=2.5)])
+
+
+@pytest.mark.parametrize('name, value', [('max_rate', float('nan')), ('sync.slop', float('inf')),
+                                         ('half', 1), ('device', 0), ('max_detections', 2.5),
+                                         ('classes', [1]), ('registration.prior', ['a'])])
+def test_a_value_the_node_cannot_use_names_its_parameter(name, value):
+    # The start-up message names where a parameter was given (parameter_source) only for a
+    # ParameterValueError: `-p max_rate:=.nan` was told 'fix it in the params file or on the
+    # command line'.
+    with pytest.raises(ParameterValueError) as info:
+        params_from_values({name: value})
+    assert info.value.name == name and str(info.value).startswith(name)
+
+
+def test_lists_of_another_element_type_are_stored_and_described_as_the_node_reads_them():
+    # `ros2 param set /tarfuse classes "[]"` sends a bool list: stored as one, and described as
+    # one (rclpy writes a dynamically typed parameter's descriptor type at every set, a refused
+    # one too), though the node reads a name list; a prior of integers stayed integers.
+    T = Parameter.Type
+    given = [Parameter('classes', T.BOOL_ARRAY, []),
+             Parameter('registration.prior', value=[1, 0, 0, 0, 1, 0, 0, 0, 1]),
+             Parameter('registration.prior', T.BOOL_ARRAY, []), Parameter('classes', value=[1]),
+             Parameter('registration.prior_ir_size', T.BOOL_ARRAY, [])]
+    result = canonical_parameters(given)
+    assert (result[4].type_, list(result[4].value)) == (T.INTEGER_ARRAY, [])
+    assert (result[0].type_, list(result[0].value)) == (T.STRING_ARRAY, [])
+    assert (result[1].type_, list(result[1].value)) == (T.DOUBLE_ARRAY, [1.0, 0.0, 0.0, 0.0,
+                                                                         1.0, 0.0, 0.0, 0.0, 1.0])
+    assert (result[2].type_, list(result[2].value)) == (T.DOUBLE_ARRAY, [])
+    assert result[3] is given[3]  # refused by the set callback
+    for name, kind in (('classes', ParameterType.PARAMETER_STRING_ARRAY),
+                       ('registration.prior', ParameterType.PARAMETER_DOUBLE_ARRAY)):
+        spec, = [spec for spec in PARAMETER_SPECS if spec.name == name]
+        declared = declared_descriptor(spec)
+        declared.type = ParameterType.PARAMETER_INTEGER_ARRAY  # as rclpy left it
+        assert reported_descriptor(name, declared).type == kind
 
 
 RCL_VALUES = ['abc', 'y', 'N', 'yes', 'Off', 'TRUE', 'true', '1', '-7', '0x1F', '010', '08',
