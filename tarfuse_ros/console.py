@@ -8,12 +8,15 @@ the functions here instead: a Ctrl-C while the tool imports ends it with one lin
 later on does. This module imports nothing heavy.
 """
 
+from contextlib import contextmanager
 import importlib
 import signal
 import sys
+import threading
 
-__all__ = ['StopRequest', 'calibrate', 'demo', 'evaluate', 'export', 'fuse', 'import_or_stop',
-           'install_handler', 'make_bag', 'play', 'pseudo_label', 'time_offset', 'train']
+__all__ = ['InterruptedWhenComplete', 'StopRequest', 'calibrate', 'demo', 'evaluate', 'export',
+           'fuse', 'import_or_stop', 'install_handler', 'interrupts_held', 'make_bag', 'play',
+           'pseudo_label', 'terminate_as_interrupt', 'time_offset', 'train']
 
 
 class StopRequest:
@@ -58,6 +61,52 @@ def install_handler(handler, numbers):
     """
     return {number: signal.signal(number, handler) for number in numbers
             if number != signal.SIGINT or signal.getsignal(number) is not signal.SIG_IGN}
+
+
+class InterruptedWhenComplete(KeyboardInterrupt):
+    """A SIGINT or SIGTERM that came while a tool's complete outputs were put in place.
+
+    They were all put in place first (:func:`interrupts_held`): ``result`` is what the tool's
+    function returns; ``message`` says what was complete.
+    """
+
+    def __init__(self, result, message):
+        super().__init__(message)
+        self.result = result
+
+
+@contextmanager
+def interrupts_held(stops):
+    """Hold SIGINT and SIGTERM back while the block runs; append those that came to ``stops``.
+
+    Only on the main thread (the only one that handles signals); a SIGINT that the process
+    ignores (a shell's background job) stays ignored.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = install_handler(lambda signum, frame: stops.append(signum),
+                               (signal.SIGINT, signal.SIGTERM))
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+def terminate_as_interrupt():
+    """Make SIGTERM raise KeyboardInterrupt; return the old handler (None off the main thread).
+
+    For tools that stop on SIGTERM (a timeout, kill, a job scheduler) as on Ctrl-C, saying
+    what is left.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, handler)
 
 
 def import_or_stop(module, signals=(signal.SIGINT,)):

@@ -49,7 +49,6 @@ Fusion and registration figures are means over pairs; detection is pooled over a
 pairs (COCO). Speed: mean wall time of ``FusionEngine.infer`` per pair after one warm-up call.
 """
 
-from contextlib import contextmanager
 from dataclasses import dataclass
 import fcntl
 import json
@@ -57,13 +56,11 @@ import logging
 import os
 from pathlib import Path
 import shutil
-import signal
 import tempfile
-import threading
 import time
 
 import numpy as np
-from tarfuse_ros.console import install_handler
+from tarfuse_ros.console import InterruptedWhenComplete, interrupts_held
 from tarfuse_ros.core import data, metrics
 from tarfuse_ros.core.files import (output_problem, remove_stale_outputs, remove_unclaimed,
                                     write_text_atomic)
@@ -354,7 +351,7 @@ def _evaluate(data_dir, weights, out_dir, options):
         # in left some of the earlier evaluation's figures, some of this one's, and the earlier
         # metrics.json. It now waits until they are all in place (as does one while the files
         # are written, each whole or not at all).
-        with _interrupts_held(stops):
+        with interrupts_held(stops):
             _replace_figures(out_dir / 'figures', new_figures)
             write_text_atomic(out_dir / 'metrics.json', json.dumps(result, indent=2) + '\n')
             write_text_atomic(out_dir / 'report.md', report)
@@ -372,41 +369,8 @@ def _evaluate(data_dir, weights, out_dir, options):
         if claim is not None:
             os.close(claim)
     if stops:
-        raise InterruptedWhenComplete(result)
+        raise InterruptedWhenComplete(result, 'interrupted once the results were complete')
     return result
-
-
-class InterruptedWhenComplete(KeyboardInterrupt):
-    """An interrupt (SIGINT, SIGTERM) that came while the complete results were put in place.
-
-    They were all put in place first: ``result`` is the metrics dict written.
-    """
-
-    def __init__(self, result):
-        super().__init__('interrupted once the results were complete')
-        self.result = result
-
-
-@contextmanager
-def _interrupts_held(stops):
-    """Hold SIGINT and SIGTERM back while the block runs; append those that came to ``stops``.
-
-    Only on the main thread (the only one that handles signals); a SIGINT that the process
-    ignores (a shell's background job) stays ignored.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def hold(signum, frame):
-        stops.append(signum)
-
-    previous = install_handler(hold, (signal.SIGINT, signal.SIGTERM))
-    try:
-        yield
-    finally:
-        for number, handler in previous.items():
-            signal.signal(number, handler)
 
 
 # This run's figures folder until they are done, in --out: a run killed (SIGKILL, the machine

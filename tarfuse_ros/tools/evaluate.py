@@ -23,8 +23,8 @@ import logging
 from pathlib import Path
 import signal
 import sys
-import threading
 
+from tarfuse_ros.console import terminate_as_interrupt
 from tarfuse_ros.core.fine_passes import fine_passes_option
 from tarfuse_ros.core.runtime import DeviceUnavailableError
 from tarfuse_ros.evaluation.options import DEFORM_MODES, EvalOptions, STORED_IR_MODES
@@ -146,23 +146,12 @@ def main(argv=None):
         weights = default_weights_path()
     # SIGTERM (timeout, kill, a job scheduler) stops it as Ctrl-C does: this run's figures are
     # removed and an earlier evaluation's results in --out are kept (it killed the process).
-    previous = _terminate_as_interrupt()
+    previous = terminate_as_interrupt()
     try:
         return _evaluate(args, weights)
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
-
-
-def _terminate_as_interrupt():
-    """Make SIGTERM raise KeyboardInterrupt; return the old handler (None off the main thread)."""
-    if threading.current_thread() is not threading.main_thread():
-        return None
-
-    def handler(signum, frame):
-        raise KeyboardInterrupt
-
-    return signal.signal(signal.SIGTERM, handler)
 
 
 def _evaluate(args, weights):

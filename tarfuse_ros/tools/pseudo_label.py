@@ -62,12 +62,11 @@ from pathlib import Path
 import shlex
 import signal
 import sys
-import threading
 import time
 
 import cv2
 import numpy as np
-from tarfuse_ros.console import install_handler
+from tarfuse_ros.console import InterruptedWhenComplete, interrupts_held, terminate_as_interrupt
 from tarfuse_ros.core import data
 from tarfuse_ros.core.files import (atomic_output, file_sha256, output_problem,
                                     remove_stale_outputs, write_text_atomic)
@@ -818,7 +817,7 @@ def pseudo_label(teachers, dataset_dir, splits, out_dir, score=DEFAULT_SCORE, io
               'boxes': {n: int(v) for n, v in zip(CLASS_NAMES, boxes_per_class)}}
     result = {**counts, 'skipped': skipped, 'stems': stems}
     stops = []
-    with _interrupts_held(stops), _out_claimed(out_dir):
+    with interrupts_held(stops), _out_claimed(out_dir):
         _put_in_place(out_dir, label_texts, '\n'.join(score_rows) + '\n')
         write_provenance(out_dir, teachers=teachers, dataset_dir=dataset_dir, splits=splits,
                          score=score, iou=iou, command=command, counts=counts,
@@ -826,7 +825,7 @@ def pseudo_label(teachers, dataset_dir, splits, out_dir, score=DEFAULT_SCORE, io
         # Last: a stems.txt (the list training reads) is there only beside its own labels.
         write_text_atomic(out_dir / 'stems.txt', ''.join(f'{s}\n' for s in stems))
     if stops:
-        raise InterruptedWhenComplete(result)
+        raise InterruptedWhenComplete(result, 'interrupted once the labelling was complete')
     return result
 
 
@@ -868,36 +867,6 @@ def _out_claimed(out_dir):
         yield
     finally:
         os.close(descriptor)
-
-
-class InterruptedWhenComplete(KeyboardInterrupt):
-    """A SIGINT or SIGTERM that came while the complete outputs were put in place.
-
-    They were all put in place first: ``result`` is what :func:`pseudo_label` returns.
-    """
-
-    def __init__(self, result):
-        super().__init__('interrupted once the labelling was complete')
-        self.result = result
-
-
-@contextmanager
-def _interrupts_held(stops):
-    """Hold SIGINT and SIGTERM back while the block runs; append those that came to ``stops``.
-
-    Only on the main thread (the only one that handles signals); a SIGINT that the process
-    ignores (a shell's background job) stays ignored.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = install_handler(lambda signum, frame: stops.append(signum),
-                               (signal.SIGINT, signal.SIGTERM))
-    try:
-        yield
-    finally:
-        for number, handler in previous.items():
-            signal.signal(number, handler)
 
 
 # --------------------------------------------------------------------------------------------
@@ -972,23 +941,12 @@ def main(argv=None):
     logging.basicConfig(level=logging.INFO, format='%(name)s: %(message)s')
     # SIGTERM (timeout, kill, a job scheduler) stops it as Ctrl-C does, saying what is left (it
     # ended the process without a word).
-    previous = _terminate_as_interrupt()
+    previous = terminate_as_interrupt()
     try:
         return _run(args, argv)
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
-
-
-def _terminate_as_interrupt():
-    """Make SIGTERM raise KeyboardInterrupt; return the old handler (None off the main thread)."""
-    if threading.current_thread() is not threading.main_thread():
-        return None
-
-    def handler(signum, frame):
-        raise KeyboardInterrupt
-
-    return signal.signal(signal.SIGTERM, handler)
 
 
 def _run(args, argv):
@@ -1027,7 +985,7 @@ def _run(args, argv):
             print(text)
             if args.out:  # both records or neither: a stop waits for them
                 record = json.dumps({'command': command, 'teacher': args.teacher, **result})
-                with _interrupts_held([]):
+                with interrupts_held([]):
                     _append_whole(Path(args.out) / 'calibration.md',
                                   f'Command: `{command}`\n\n{text}\n')
                     _append_whole(Path(args.out) / 'calibration.jsonl', record + '\n')

@@ -444,26 +444,36 @@ def test_ctrl_c_mid_run_says_what_is_left_without_a_traceback(tmp_path):
     # files without stems.txt or README.md, with no word on what to do next. Now it leaves
     # nothing (no partial labelling), and says so.
     import signal
+    out = tmp_path / 'pseudo'
+    returncode, err = _stopped_half_way(out, signal.SIGINT)
+    assert returncode == 130, err
+    assert 'Traceback' not in err, err
+    assert err.splitlines()[-1] == (
+        'tarfuse-pseudo-label: interrupted: the labelling is incomplete: nothing written to '
+        f"{out} (an earlier run's labels/, stems.txt, scores.tsv and README.md are kept)")
+    assert not out.exists()
+
+
+def _stopped_half_way(out, number, *options):
+    """Label 50 msrs_train pairs into ``out`` in a child process; send it signal ``number``.
+
+    The signal comes once the child said it labelled 25 of them. Returns ``(its exit status,
+    its stderr)``.
+    """
     import subprocess
     import sys
-    out = tmp_path / 'pseudo'
     process = subprocess.Popen(
         [sys.executable, '-m', 'tarfuse_ros.tools.pseudo_label', '--data',
-         str(DATASETS / 'msrs_train'), '--split', 'train', '--out', str(out),
+         str(DATASETS / 'msrs_train'), '--split', 'train', '--out', str(out), *options,
          '--max-pairs', '50'],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lines = []
     while not lines or 'pseudo-labelled 25/50 pairs' not in lines[-1]:  # half-way
         lines.append(process.stderr.readline())
         assert lines[-1], ''.join(lines)
-    process.send_signal(signal.SIGINT)
+    process.send_signal(number)
     _, err = process.communicate(timeout=60)
-    assert process.returncode == 130, err
-    assert 'Traceback' not in err, err
-    assert err.splitlines()[-1] == (
-        'tarfuse-pseudo-label: interrupted: the labelling is incomplete: nothing written to '
-        f"{out} (an earlier run's labels/, stems.txt, scores.tsv and README.md are kept)")
-    assert not out.exists()
+    return process.returncode, err
 
 
 def _files(folder):
@@ -483,8 +493,6 @@ def test_a_rerun_stopped_mid_run_leaves_the_earlier_labelling_whole(tmp_path, st
     run killed while it put them in place left.
     """
     import signal
-    import subprocess
-    import sys
     roadscene = DATASETS / 'roadscene'
     split, labelled, unlabelled = _two_pair_split(tmp_path, roadscene)
     out = tmp_path / 'pseudo'
@@ -493,18 +501,8 @@ def test_a_rerun_stopped_mid_run_leaves_the_earlier_labelling_whole(tmp_path, st
     earlier = _files(out)
     assert {'stems.txt', 'scores.tsv', 'README.md', 'labels/classes.txt',
             f'labels/{labelled}.txt', f'labels/{unlabelled}.txt'} == set(earlier)
-    process = subprocess.Popen(
-        [sys.executable, '-m', 'tarfuse_ros.tools.pseudo_label', '--data',
-         str(DATASETS / 'msrs_train'), '--split', 'train', '--out', str(out), '--overwrite',
-         '--max-pairs', '50'],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    lines = []
-    while not lines or 'pseudo-labelled 25/50 pairs' not in lines[-1]:  # half-way
-        lines.append(process.stderr.readline())
-        assert lines[-1], ''.join(lines)
-    process.send_signal(getattr(signal, stop))
-    _, err = process.communicate(timeout=60)
-    assert process.returncode == (-signal.SIGKILL if stop == 'SIGKILL' else 130), err
+    returncode, err = _stopped_half_way(out, getattr(signal, stop), '--overwrite')
+    assert returncode == (-signal.SIGKILL if stop == 'SIGKILL' else 130), err
     if stop == 'SIGTERM':
         assert 'Traceback' not in err, err
         assert err.splitlines()[-1] == (
