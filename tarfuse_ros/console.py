@@ -94,19 +94,26 @@ def interrupts_held(stops):
             signal.signal(number, handler)
 
 
+@contextmanager
 def terminate_as_interrupt():
-    """Make SIGTERM raise KeyboardInterrupt; return the old handler (None off the main thread).
+    """While the block runs, SIGTERM raises KeyboardInterrupt (on the main thread only).
 
     For tools that stop on SIGTERM (a timeout, kill, a job scheduler) as on Ctrl-C, saying
-    what is left.
+    what is left; the handler from before is put back after the block.
     """
     if threading.current_thread() is not threading.main_thread():
-        return None
+        yield
+        return
 
     def handler(signum, frame):
         raise KeyboardInterrupt
 
-    return signal.signal(signal.SIGTERM, handler)
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        if previous is not None:  # None: a handler not set from Python, which stays
+            signal.signal(signal.SIGTERM, previous)
 
 
 def import_or_stop(module, signals=(signal.SIGINT,)):

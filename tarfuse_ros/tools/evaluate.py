@@ -21,7 +21,6 @@ before any work (exit status 2, naming them); ``--stored-ir unregistered`` takes
 import argparse
 import logging
 from pathlib import Path
-import signal
 import sys
 
 from tarfuse_ros.console import terminate_as_interrupt
@@ -146,12 +145,8 @@ def main(argv=None):
         weights = default_weights_path()
     # SIGTERM (timeout, kill, a job scheduler) stops it as Ctrl-C does: this run's figures are
     # removed and an earlier evaluation's results in --out are kept (it killed the process).
-    previous = terminate_as_interrupt()
-    try:
+    with terminate_as_interrupt():
         return _evaluate(args, weights)
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
 
 
 def _evaluate(args, weights):

@@ -60,7 +60,6 @@ import logging
 import os
 from pathlib import Path
 import shlex
-import signal
 import sys
 import time
 
@@ -941,12 +940,8 @@ def main(argv=None):
     logging.basicConfig(level=logging.INFO, format='%(name)s: %(message)s')
     # SIGTERM (timeout, kill, a job scheduler) stops it as Ctrl-C does, saying what is left (it
     # ended the process without a word).
-    previous = terminate_as_interrupt()
-    try:
+    with terminate_as_interrupt():
         return _run(args, argv)
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
 
 
 def _run(args, argv):
