@@ -335,10 +335,9 @@ class TarFuseNode(Node):
         self._camera_info_arrival = None
         self._qos_events = {}  # input index -> (monotonic time, problem) from QoS events
         self._problems = []
-        # The input checks run on a timer: messages per input since start, and as the last
-        # check saw them, with the inputs each of its problems says are silent (a status
+        # The input checks run on a timer: the messages per input as the last check saw them
+        # (_received), with the inputs each of its problems says are silent (a status
         # published after an input spoke again leaves those problems out).
-        self._received = [0, 0]
         self._received_checked = [0, 0]
         self._silence_said = {}
         self._publishers_since = None  # when both inputs got publishers (none received yet)
@@ -657,7 +656,6 @@ class TarFuseNode(Node):
     def _on_input(self, msg, index):
         name, topic = _INPUT_NAMES[index], self._topics[index]
         self._stats.count(f'{name}_msgs')
-        self._received[index] += 1
         now = self._input_time()
         if self._first_arrival[index] is None:
             self._first_arrival[index] = now
@@ -1294,6 +1292,7 @@ class TarFuseNode(Node):
         now = self._input_time()
         timeout = params.input_timeout
         fresh = [t is not None and now - t < timeout for t in self._last_arrival]
+        counts = [self.count_publishers(topic) for topic in self._topics]
         for index in (INFRARED, VISIBLE):
             other = 1 - index
             if not fresh[index]:
@@ -1301,12 +1300,11 @@ class TarFuseNode(Node):
             if fresh[other] and not fresh[index]:
                 problem = (f'no messages on {self._topics[index]} '
                            f'{self._silent_for(index, now)} while {self._topics[other]} flows: '
-                           f'{self._why_silent(index)}')
+                           f'{self._why_silent(index, counts[index])}')
                 problems.append(problem)
                 silence_said[problem] = {index}
         if not any(fresh) and any(t is not None for t in self._last_arrival):
             # Both cameras stopped after images came: nothing is fused any more.
-            counts = [self.count_publishers(topic) for topic in self._topics]
             if all(counts):
                 why = (f'{sum(counts)} publisher(s) still there send nothing: hung camera '
                        f'drivers, unplugged cameras, a paused bag?')
@@ -1350,7 +1348,6 @@ class TarFuseNode(Node):
         problems.extend(self._check_pairing(params))
         type_problems = self._check_publisher_types()
         problems.extend(type_problems)
-        counts = [self.count_publishers(t) for t in self._topics]
         if type_problems or not all(counts) or any(t is not None for t in self._last_arrival):
             self._publishers_since = None
         elif self._publishers_since is None:
@@ -1367,7 +1364,7 @@ class TarFuseNode(Node):
         problems.extend(self._check_other_fused_publishers())
         self._problems = problems
         self._silence_said = silence_said
-        self._received_checked = list(self._received)
+        self._received_checked = self._received()
         for problem in problems:
             self._warn('health:' + _problem_key(problem), problem)
 
@@ -1547,15 +1544,20 @@ class TarFuseNode(Node):
             return None
         return clock.now().nanoseconds or None  # 0: no /clock message yet
 
-    def _why_silent(self, index):
+    def _received(self):
+        """Return the messages received per input since start (IR, visible)."""
+        return [self._stats.totals[f'{name}_msgs'] for name in _INPUT_NAMES]
+
+    def _why_silent(self, index, publishers):
         """Return what to check for input ``index``, silent while the other flows.
+
+        ``publishers``: how many publishers its topic has now.
 
         It had said to check the topic name/remapping and QoS whatever the case. Where nothing
         ever came: the topic name where it has no publisher, else what keeps the publishers'
         images from arriving. Where images came (the name was right): whether its publisher
         left (the driver stopped or crashed) or is there and sends nothing.
         """
-        publishers = self.count_publishers(self._topics[index])
         if self._last_arrival[index] is None:
             if not publishers:
                 return 'no publisher on it: check its topic name/remapping'
@@ -1691,8 +1693,9 @@ class TarFuseNode(Node):
         # The input checks' problems, less those saying that an input which spoke since the
         # check is silent: the cameras resumed, a status said 'both inputs stopped' until the
         # next check (up to 0.5 s, several statuses at a short diagnostics.period).
+        received = self._received()
         spoke = {index for index in (INFRARED, VISIBLE)
-                 if self._received[index] != self._received_checked[index]}
+                 if received[index] != self._received_checked[index]}
         problems = [problem for problem in self._problems
                     if not self._silence_said.get(problem, set()) & spoke]
         if offset_problem is not None:
