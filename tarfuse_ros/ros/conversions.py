@@ -511,12 +511,16 @@ class _StderrCapture:
                 return []  # the relay has ended
             self.received += data
 
-    def release(self, timeout=2.0):
-        """Give fd 2 back to the stderr it replaced; wait for the relay to pass on the rest."""
+    def give_back(self):
+        """Give fd 2 back to the stderr it replaced and close this end of the pipes."""
         if _identity(2) == self.pipe:
             os.dup2(self.real, 2)
         for fd in (self.write, self.results, self.real):
             os.close(fd)  # the pipe ends once the writes under way are in it
+
+    def release(self, timeout=2.0):
+        """Give fd 2 back (:meth:`give_back`); wait for the relay to pass on the rest."""
+        self.give_back()
         try:
             self.relay.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -556,10 +560,7 @@ def _stderr_capture():
 
 
 def _say(line):
-    try:
-        os.write(2, line.encode())
-    except OSError:
-        pass
+    stderr_relay.write_all(2, line.encode())
 
 
 def settle_stderr(timeout=5.0):
@@ -593,10 +594,7 @@ def _forget_stderr_capture_in_child():
     global _capture, _STDERR_LOCK
     _STDERR_LOCK = threading.Lock()
     if _capture is not None:
-        if _identity(2) == _capture.pipe:
-            os.dup2(_capture.real, 2)
-        for fd in (_capture.write, _capture.results, _capture.real):
-            os.close(fd)
+        _capture.give_back()
         _capture = None
 
 

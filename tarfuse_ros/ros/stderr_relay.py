@@ -65,7 +65,7 @@ def relay(read, stderr, results):
             if kind == b'[':
                 window, found = b'', []
                 continue
-            _write(results, number + b''.join(b'\t' + line for line in found) + b'\n')
+            write_all(results, number + b''.join(b'\t' + line for line in found) + b'\n')
             window, found = None, []
         # The end of what came may be the start of a mark: held for the next read.
         held = pending.rfind(b'\x00', max(0, len(pending) - len(MARK_START) - 24))
@@ -84,7 +84,7 @@ def _take(window, data, found, stderr, ends):
     window ends after ``data``.
     """
     if window is None:
-        _write(stderr, data)
+        write_all(stderr, data)
         return None
     lines = (window + data).splitlines(keepends=True)
     rest = b'' if ends or not lines or lines[-1].endswith(b'\n') else lines.pop()
@@ -98,11 +98,12 @@ def _take(window, data, found, stderr, ends):
             found.append(line.strip().replace(b'\t', b' '))
         else:
             other.append(line)
-    _write(stderr, b''.join(other))
+    write_all(stderr, b''.join(other))
     return rest
 
 
-def _write(fd, data):
+def write_all(fd, data):
+    """Write all of ``data`` to ``fd``; a full disk or a closed pipe loses it, silently."""
     try:
         while data:
             data = data[os.write(fd, data):]
