@@ -16,9 +16,9 @@ import tempfile
 import zipfile
 
 __all__ = ['atomic_output', 'claim_folder', 'file_sha256', 'is_safetensors', 'is_torch_pickle',
-           'is_truncated_jpeg', 'is_truncated_jpeg_data', 'looks_like_onnx', 'output_problem',
-           'plain_zip_members', 'plain_zip_problem', 'remove_stale_outputs', 'remove_unclaimed',
-           'write_text_atomic']
+           'is_truncated_jpeg', 'is_truncated_jpeg_data', 'lock_exclusive', 'looks_like_onnx',
+           'output_problem', 'plain_zip_members', 'plain_zip_problem', 'remove_stale_outputs',
+           'remove_unclaimed', 'write_text_atomic']
 
 
 def file_sha256(path):
@@ -211,7 +211,7 @@ def _create_temporary(path, folder):
                 made.mkdir(mode=0o777)
                 claim = claim_folder(made)
             else:
-                claim = _lock(os.open(made, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+                claim = lock_exclusive(os.open(made, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
         except FileExistsError:  # a name taken already: draw another
             continue
         if os.path.lexists(temporary):  # the name taken already
@@ -305,21 +305,46 @@ def claim_folder(folder):
     """Return a descriptor of ``folder`` holding an exclusive ``flock`` on it, or None.
 
     Close it when the folder is done. None where another descriptor holds the lock (a live
-    process's claim) or the folder cannot be opened.
+    process's claim), the folder cannot be opened or its file system has no ``flock``.
     """
     try:
-        return _lock(os.open(folder, os.O_RDONLY | os.O_DIRECTORY))
+        return lock_exclusive(os.open(folder, os.O_RDONLY | os.O_DIRECTORY))
     except OSError:
         return None
 
 
-def _lock(descriptor):
-    """Return ``descriptor`` once it holds an exclusive ``flock``; else close it, return None."""
+def lock_exclusive(descriptor, wait=False, no_flock=None):
+    """Return ``descriptor`` once it holds an exclusive ``flock``; None where there is no flock.
+
+    The lock lasts until the descriptor is closed (by the caller) or the process ends, however
+    it ends. On a file system that cannot lock files (``flock`` fails with another error than
+    "held", e.g. ENOLCK or EBADF on some network and overlay mounts) the descriptor is closed
+    and None returned: the caller goes on without the lock, and ``no_flock`` (if given) is
+    called with the reason (the error's text) to say what that costs.
+
+    Args:
+        descriptor: an open descriptor of the file or folder to lock; closed where this
+            returns None or raises.
+        wait: wait while another process holds the lock, instead of raising.
+        no_flock: called with the reason where the file system cannot lock files.
+
+    Raises:
+        BlockingIOError: another open file (of this or another process) holds the lock, and
+            ``wait`` is False.
+
+    """
     try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+    except OSError as exc:
         os.close(descriptor)
+        if isinstance(exc, BlockingIOError):  # held
+            raise
+        if no_flock is not None:
+            no_flock(exc.strerror or str(exc))
         return None
+    except BaseException:  # an interrupt while it waits
+        os.close(descriptor)
+        raise
     return descriptor
 
 
@@ -333,8 +358,8 @@ def remove_unclaimed(paths):
         if path.is_symlink() or not (path.is_dir() or path.is_file()):
             continue
         try:
-            claim = _lock(os.open(path, os.O_RDONLY))
-        except OSError:
+            claim = lock_exclusive(os.open(path, os.O_RDONLY))
+        except OSError:  # held by a live process, or not to be opened
             continue
         if claim is not None:
             try:

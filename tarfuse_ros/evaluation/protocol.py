@@ -50,7 +50,6 @@ pairs (COCO). Speed: mean wall time of ``FusionEngine.infer`` per pair after one
 """
 
 from dataclasses import dataclass
-import fcntl
 import json
 import logging
 import os
@@ -62,8 +61,8 @@ import time
 import numpy as np
 from tarfuse_ros.console import InterruptedWhenComplete, interrupts_held
 from tarfuse_ros.core import data, metrics
-from tarfuse_ros.core.files import (output_problem, remove_stale_outputs, remove_unclaimed,
-                                    write_text_atomic)
+from tarfuse_ros.core.files import (lock_exclusive, output_problem, remove_stale_outputs,
+                                    remove_unclaimed, write_text_atomic)
 from tarfuse_ros.core.images import unit_plane
 from tarfuse_ros.core.runtime import torch_settings
 from tarfuse_ros.evaluation import inputs
@@ -412,19 +411,13 @@ def _claim_figures(folder, descriptor):
         OSError: another process holds the lock (the folder is another run's).
 
     """
-    try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(descriptor)
-        raise
-    except OSError as exc:
-        os.close(descriptor)
+    def no_flock(reason):
         _LOG.warning('--out %s: its file system cannot lock files (flock: %s); the evaluation '
                      'goes on without the lock, but folders %s that killed runs leave there '
                      'are not removed: delete them when no evaluation runs into this --out',
-                     str(folder.parent), exc.strerror or exc, _NEW_FIGURES)
-        return None
-    return descriptor
+                     str(folder.parent), reason, _NEW_FIGURES)
+
+    return lock_exclusive(descriptor, no_flock=no_flock)
 
 
 def _replace_figures(figures, new_figures):

@@ -54,7 +54,6 @@ EMPTY label file: the teachers' claim "no objects" (see ``data.load_labels``).
 import argparse
 from contextlib import contextmanager
 import datetime
-import fcntl
 import json
 import logging
 import os
@@ -67,7 +66,7 @@ import cv2
 import numpy as np
 from tarfuse_ros.console import InterruptedWhenComplete, interrupts_held, terminate_as_interrupt
 from tarfuse_ros.core import data
-from tarfuse_ros.core.files import (atomic_output, file_sha256, output_problem,
+from tarfuse_ros.core.files import (atomic_output, file_sha256, lock_exclusive, output_problem,
                                     remove_stale_outputs, write_text_atomic)
 from tarfuse_ros.core.images import normalise, to_uint8, to_unit_gray
 from tarfuse_ros.core.paths import shared_datasets_dir
@@ -855,17 +854,18 @@ def _out_claimed(out_dir):
     place: their steps interleaved could leave one run's ``stems.txt`` beside the other's
     labels. Where the file system has no ``flock`` the block runs without one.
     """
+    def no_flock(reason):
+        _LOG.warning('no lock on %s (%s): a second run into it at the same moment could mix its '
+                     'outputs with this one', out_dir, reason)
+
     out_dir.mkdir(parents=True, exist_ok=True)
-    descriptor = os.open(out_dir, os.O_RDONLY | os.O_DIRECTORY)
+    claim = lock_exclusive(os.open(out_dir, os.O_RDONLY | os.O_DIRECTORY), wait=True,
+                           no_flock=no_flock)
     try:
-        try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX)
-        except OSError as exc:  # no flock there (some network mounts): go on without
-            _LOG.warning('no lock on %s (%s): a second run into it at the same moment could '
-                         'mix its outputs with this one', out_dir, exc.strerror or exc)
         yield
     finally:
-        os.close(descriptor)
+        if claim is not None:
+            os.close(claim)
 
 
 # --------------------------------------------------------------------------------------------

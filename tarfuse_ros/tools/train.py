@@ -14,7 +14,6 @@ DistributedDataParallel (one process per GPU, ``train.batch`` samples per GPU, r
 import argparse
 import copy
 import datetime
-import fcntl
 import os
 from pathlib import Path
 import shutil
@@ -25,7 +24,7 @@ import time
 
 from tarfuse_ros.console import StopRequest
 from tarfuse_ros.core.data import DataSource
-from tarfuse_ros.core.files import output_problem
+from tarfuse_ros.core.files import lock_exclusive, output_problem
 from tarfuse_ros.core.runtime import DeviceUnavailableError, torch_settings
 from tarfuse_ros.training.config import apply_overrides, load_config, TrainingConfig
 from tarfuse_ros.training.datasets import parse_data_spec
@@ -397,19 +396,16 @@ def _lock_out(out, claim):
         ValueError: another running process holds ``out``.
 
     """
+    def no_flock(reason):
+        print(f'tarfuse-train: warning: --out {str(out)!r}: its file system cannot lock files '
+              f'(flock: {reason}); the run goes on, but nothing keeps a second run out of this '
+              f'folder meanwhile: start no other run into it', file=sys.stderr)
+
     try:
-        fcntl.flock(claim, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return lock_exclusive(claim, no_flock=no_flock)
     except BlockingIOError:
-        os.close(claim)
         raise ValueError(f'--out {str(out)!r} is in use by another tarfuse-train run, still '
                          f'running: wait for it to end, or choose another --out') from None
-    except OSError as exc:  # no flock on this file system
-        os.close(claim)
-        print(f'tarfuse-train: warning: --out {str(out)!r}: its file system cannot lock files '
-              f'(flock: {exc.strerror or exc}); the run goes on, but nothing keeps a second '
-              f'run out of this folder meanwhile: start no other run into it', file=sys.stderr)
-        return None
-    return claim
 
 
 def _release_out(claim):

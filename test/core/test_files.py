@@ -1,16 +1,19 @@
 """output_problem: the check tools run on --out before slow work; the modes of atomic outputs."""
 
+import errno
 import os
 from pathlib import Path
 import shutil
+import signal
 import stat
 import subprocess
 import sys
+import threading
 
 import pytest
 
 from tarfuse_ros.core.files import (atomic_output, is_truncated_jpeg, is_truncated_jpeg_data,
-                                    output_problem, write_text_atomic)
+                                    lock_exclusive, output_problem, write_text_atomic)
 
 SAMPLES = Path(__file__).resolve().parents[2] / 'samples'
 
@@ -176,6 +179,67 @@ def test_a_folder_being_filled_is_never_removed_as_a_killed_writers(tmp_path):
         remover.wait()
     assert (tmp_path / 'state' / 'state.json').read_text() == '1999'
     assert sorted(path.name for path in tmp_path.iterdir()) == ['state']
+
+
+def _closed(descriptor):
+    """Return whether ``descriptor`` is closed."""
+    try:
+        os.fstat(descriptor)
+    except OSError as exc:
+        return exc.errno == errno.EBADF
+    return False
+
+
+def test_a_lock_is_refused_while_held_awaited_with_wait_and_done_without_where_no_flock(
+        tmp_path):
+    """The one exclusive flock of tarfuse-train, tarfuse-eval, tarfuse-pseudo-label, outputs.
+
+    A descriptor opened with O_PATH is one that flock refuses (EBADF), as a file system without
+    flock does. Each descriptor that does not come back is closed.
+    """
+    def descriptor():
+        return os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+
+    held = lock_exclusive(descriptor())
+    assert held is not None
+    refused = descriptor()
+    with pytest.raises(BlockingIOError):
+        lock_exclusive(refused, no_flock=pytest.fail)
+    assert _closed(refused)
+    release = threading.Timer(0.5, os.close, (held,))
+    release.start()
+    waited = lock_exclusive(descriptor(), wait=True)
+    release.join()
+    assert _closed(held) and not _closed(waited)
+    reasons = []
+    unlockable = os.open(tmp_path, os.O_PATH)
+    assert lock_exclusive(unlockable, no_flock=reasons.append) is None
+    assert reasons == ['Bad file descriptor'] and _closed(unlockable)
+    assert lock_exclusive(os.open(tmp_path, os.O_PATH)) is None
+    os.close(waited)
+
+
+def test_an_interrupt_while_a_lock_is_awaited_closes_its_descriptor(tmp_path):
+    """Ctrl-C while a tool waits for another run's lock: the descriptor is not left open."""
+    class Interrupted(Exception):
+        pass
+
+    def interrupt(signum, frame):
+        raise Interrupted
+
+    held = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    assert lock_exclusive(held) == held
+    waiting = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.3)
+        with pytest.raises(Interrupted):
+            lock_exclusive(waiting, wait=True)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        os.close(held)
+    assert _closed(waiting)
 
 
 def test_a_folder_left_as_old_stays_until_the_new_one_is_in_place(tmp_path):
