@@ -20,11 +20,13 @@ __all__ = [
     'array_to_image',
     'bag_folder_problem',
     'bag_read_problem',
+    'camera_topics',
     'check_topic_name',
     'compressed_cdr',
     'header_stamp_ns',
     'image_cdr',
     'image_to_array',
+    'image_topic',
     'jazzy_typestore',
     'offered_qos',
     'open_writer',
@@ -283,6 +285,30 @@ def image_topic(topics, topic):
             return candidate
     raise ValueError(f'topic {topic!r} (or {topic}/compressed) is not in the bag; its image '
                      f'topics: {sorted(t for t in topics if "image" in topics[t].lower())}')
+
+
+def camera_topics(path, ir_topic, vi_topic):
+    """Return the bag topics ``(ir, vi)`` holding the two cameras' images (:func:`image_topic`).
+
+    Raises:
+        ValueError: ``path`` is no readable rosbag2 bag (:func:`bag_folder_problem`,
+            :func:`bag_read_problem`), a topic is not in it, or both name one topic (each
+            image would pair with itself); the message says which.
+
+    """
+    problem = bag_folder_problem(path)
+    if problem is not None:
+        raise ValueError(problem)
+    try:
+        with Reader(Path(path)) as reader:
+            types = {c.topic: c.msgtype for c in reader.connections}
+    except Exception as exc:  # noqa: BLE001 - rosbags raises several error types
+        raise ValueError(bag_read_problem(path, exc)) from exc
+    ir_bag, vi_bag = image_topic(types, ir_topic), image_topic(types, vi_topic)
+    if ir_bag == vi_bag:
+        raise ValueError(f'the IR and visible topics are one topic ({ir_bag!r}); give the '
+                         f'topic of each camera')
+    return ir_bag, vi_bag
 
 
 def check_topic_name(name, what):

@@ -109,15 +109,6 @@ def folder_pairs(pairs_dir, count, split='all'):
     return pairs
 
 
-def _topic_in_bag(topics, topic):
-    """Return the bag topic of ``topic``'s images (:func:`.bagio.image_topic`), or UsageError."""
-    from tarfuse_ros.tools.bagio import image_topic
-    try:
-        return image_topic(topics, topic)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from exc
-
-
 def bag_pairs(bag_dir, count, ir_topic=DEFAULT_IR_TOPIC, vi_topic=DEFAULT_VI_TOPIC,
               slop_s=0.05, ir_offset_s=0.0):
     """Return ``[(name, ir, vi)]``: ``count`` pairs spread over a rosbag2 recording.
@@ -135,25 +126,19 @@ def bag_pairs(bag_dir, count, ir_topic=DEFAULT_IR_TOPIC, vi_topic=DEFAULT_VI_TOP
 
     """
     from rosbags.rosbag2 import Reader
-    from tarfuse_ros.tools.bagio import (bag_folder_problem, bag_read_problem, header_stamp_ns,
+    from tarfuse_ros.tools.bagio import (bag_read_problem, camera_topics, header_stamp_ns,
                                          image_to_array, read_messages)
 
-    problem = bag_folder_problem(bag_dir)
-    if problem is not None:
-        raise UsageError(problem)
+    try:
+        ir_bag, vi_bag = camera_topics(bag_dir, ir_topic, vi_topic)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
     try:
         with Reader(Path(bag_dir)) as reader:
-            types = {c.topic: c.msgtype for c in reader.connections}
-            ir_bag, vi_bag = _topic_in_bag(types, ir_topic), _topic_in_bag(types, vi_topic)
-            if ir_bag == vi_bag:  # each image would pair with itself: an identity prior
-                raise UsageError(f'the IR and visible topics are one topic ({ir_bag!r}); give '
-                                 f'the topic of each camera')
             stamps = {ir_bag: [], vi_bag: []}
             wanted = [c for c in reader.connections if c.topic in stamps]
             for connection, _, raw in reader.messages(connections=wanted):
                 stamps[connection.topic].append(header_stamp_ns(raw))
-    except UsageError:
-        raise
     except Exception as exc:  # noqa: BLE001 - rosbags raises several error types
         raise UsageError(bag_read_problem(bag_dir, exc)) from exc
     vi_stamps = sorted(set(stamps[vi_bag]))

@@ -51,15 +51,6 @@ class UsageError(ValueError):
     """The command cannot run at all (exit status 2); the message says why."""
 
 
-def _topic_in_bag(topics, topic):
-    """Return the bag topic of ``topic``'s images (:func:`.bagio.image_topic`), or UsageError."""
-    from tarfuse_ros.tools.bagio import image_topic
-    try:
-        return image_topic(topics, topic)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from exc
-
-
 def read_motion_signals(bag_dir, ir_topic=DEFAULT_IR_TOPIC, vi_topic=DEFAULT_VI_TOPIC,
                         warn=None):
     """Return ``{'ir': (MotionSignal, frames, stamps, span_s), 'vi': (...)}`` of a rosbag2 bag.
@@ -80,23 +71,15 @@ def read_motion_signals(bag_dir, ir_topic=DEFAULT_IR_TOPIC, vi_topic=DEFAULT_VI_
             of motion signal, as the node's check asks).
 
     """
-    from rosbags.rosbag2 import Reader
     from tarfuse_ros.ros.conversions import image_msg_to_motion_array
-    from tarfuse_ros.tools.bagio import (bag_folder_problem, bag_read_problem, header_stamp_ns,
+    from tarfuse_ros.tools.bagio import (bag_read_problem, camera_topics, header_stamp_ns,
                                          read_messages)
 
-    problem = bag_folder_problem(bag_dir)
-    if problem is not None:
-        raise UsageError(problem)
     try:
-        with Reader(Path(bag_dir)) as reader:
-            types = {c.topic: c.msgtype for c in reader.connections}
-    except Exception as exc:  # noqa: BLE001 - rosbags raises several error types
-        raise UsageError(bag_read_problem(bag_dir, exc)) from exc
-    topics = {'ir': _topic_in_bag(types, ir_topic), 'vi': _topic_in_bag(types, vi_topic)}
-    if topics['ir'] == topics['vi']:
-        raise UsageError(f'the IR and visible topics are one topic ({topics["ir"]!r}); give '
-                         f'the topic of each camera')
+        ir_bag, vi_bag = camera_topics(bag_dir, ir_topic, vi_topic)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    topics = {'ir': ir_bag, 'vi': vi_bag}
     camera_of = {topic: camera for camera, topic in topics.items()}
     # Per camera: the changes between consecutive images (a few numbers per image, not the
     # images), fed in stamp order through a small buffer that puts a driver's reordered
