@@ -87,6 +87,12 @@ def _two():
     return 2
 
 
+def _taken_as_copy(timeline, stamp, settled_by):
+    """Deliver ``stamp`` (ms) again, one publisher: held, then a copy once ``settled_by`` comes."""
+    assert timeline.receive(stamp * MS, _one) == HOLD
+    assert timeline.settle(settled_by * MS)[0] == COPY
+
+
 def test_stamps_going_forward_are_each_the_next_and_held_in_the_window():
     timeline = _timeline([0, 100, 200, 300], window=3)
     assert timeline.newest == 300 * MS
@@ -177,8 +183,7 @@ def test_a_stamp_held_on_a_topic_of_one_publisher_is_told_by_the_next_stamp():
     timeline = _timeline([0, 100, 200, 300])
     assert timeline.receive(100 * MS, _one, item='loop') == HOLD
     assert timeline.settle(200 * MS) == (COPY, 100 * MS, 'loop')
-    assert timeline.receive(200 * MS, _one) == HOLD
-    assert timeline.settle(100 * MS)[0] == COPY
+    _taken_as_copy(timeline, 200, 100)
     assert timeline.receive(100 * MS, _one) == JUMP
     assert timeline.stamps == (100 * MS,)
     assert timeline.receive(200 * MS, _never) == NEXT
@@ -252,8 +257,7 @@ def test_late_copies_in_a_row_are_copies_not_a_loop():
     # Late copies up to the newest (itself again: next, its pair skipped as paired already),
     # then the camera's next image: no jump either.
     timeline = _timeline([0, 100, 200])
-    assert timeline.receive(100 * MS, _one) == HOLD
-    assert timeline.settle(200 * MS)[0] == COPY
+    _taken_as_copy(timeline, 100, 200)
     assert timeline.receive(200 * MS, _one) == NEXT
     assert timeline.receive(300 * MS, _never) == NEXT
 
@@ -264,10 +268,8 @@ def test_a_loop_of_one_camera_is_a_jump_once_its_stamps_go_back_again():
     # camera in a loop, the other's bag longer). From then on the loop's start is a jump at
     # once, round after round.
     timeline = _timeline([0, 100, 200])
-    assert timeline.receive(0, _one) == HOLD
-    assert timeline.settle(100 * MS)[0] == COPY
-    assert timeline.receive(100 * MS, _one) == HOLD
-    assert timeline.settle(200 * MS)[0] == COPY
+    _taken_as_copy(timeline, 0, 100)
+    _taken_as_copy(timeline, 100, 200)
     assert timeline.receive(200 * MS, _one) == NEXT
     assert timeline.receive(0, _one) == JUMP
     for _ in range(3):
@@ -275,8 +277,7 @@ def test_a_loop_of_one_camera_is_a_jump_once_its_stamps_go_back_again():
         assert timeline.receive(0, _one) == JUMP
     # A bag of two stamps alike.
     timeline = _timeline([0, 100])
-    assert timeline.receive(0, _one) == HOLD
-    assert timeline.settle(100 * MS)[0] == COPY
+    _taken_as_copy(timeline, 0, 100)
     assert timeline.receive(100 * MS, _one) == NEXT
     for _ in range(3):
         assert timeline.receive(0, _one) == JUMP
@@ -306,8 +307,7 @@ def test_a_loop_taken_at_an_image_held_after_copies_comes_round_from_the_first_o
     # held (the next) for the replay. Its loop began with the copy: the next round, back to
     # that start, is a jump at once (it was held again, one round in two losing its first).
     visible = _timeline([0, 100, 200])
-    assert visible.receive(0, _one) == HOLD
-    assert visible.settle(100 * MS)[0] == COPY
+    _taken_as_copy(visible, 0, 100)
     assert visible.receive(100 * MS, _one) == HOLD
     assert visible.run == (0, 100 * MS)  # the node looks for the IR's 0 there
     visible.expect_jump()  # (the IR jumped first)
@@ -319,7 +319,6 @@ def test_a_loop_taken_at_an_image_held_after_copies_comes_round_from_the_first_o
         assert [visible.receive(stamp * MS, _one) for stamp in (100, 200)] == [NEXT, NEXT]
     # A new image ends a run.
     timeline = _timeline([0, 100, 200])
-    assert timeline.receive(100 * MS, _one) == HOLD
-    assert timeline.settle(300 * MS)[0] == COPY
+    _taken_as_copy(timeline, 100, 300)
     assert timeline.receive(300 * MS, _never) == NEXT
     assert timeline.run == ()
