@@ -850,17 +850,23 @@ def _put_in_place(out_dir, label_texts, scores_text):
 def _out_claimed(out_dir):
     """Create ``out_dir`` and hold an exclusive ``flock`` on it while the block runs.
 
-    A second run into the same folder waits here until the first has put all of its outputs in
-    place: their steps interleaved could leave one run's ``stems.txt`` beside the other's
-    labels. Where the file system has no ``flock`` the block runs without one.
+    A second run into the same folder waits here, saying so, until the first has put all of its
+    outputs in place: their steps interleaved could leave one run's ``stems.txt`` beside the
+    other's labels. Where the file system has no ``flock`` the block runs without one.
     """
     def no_flock(reason):
         _LOG.warning('no lock on %s (%s): a second run into it at the same moment could mix its '
                      'outputs with this one', out_dir, reason)
 
+    def descriptor():
+        return os.open(out_dir, os.O_RDONLY | os.O_DIRECTORY)
+
     out_dir.mkdir(parents=True, exist_ok=True)
-    claim = lock_exclusive(os.open(out_dir, os.O_RDONLY | os.O_DIRECTORY), wait=True,
-                           no_flock=no_flock)
+    try:
+        claim = lock_exclusive(descriptor(), no_flock=no_flock)
+    except BlockingIOError:  # silent before: the run seemed to hang once labelling was done
+        _LOG.info('waiting for another run into %s to put its outputs in place', out_dir)
+        claim = lock_exclusive(descriptor(), wait=True, no_flock=no_flock)
     try:
         yield
     finally:

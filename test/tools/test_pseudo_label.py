@@ -532,7 +532,8 @@ def test_a_run_waits_while_another_puts_its_outputs_in_the_same_folder(tmp_path)
     """Two runs into one --out could interleave their deletes and writes.
 
     That could leave one run's stems.txt beside the other's labels; each now puts its outputs
-    in place under a lock on the folder.
+    in place under a lock on the folder. The run waiting for it said nothing: it seemed to hang
+    once all its pairs were labelled.
     """
     import subprocess
     import sys
@@ -558,6 +559,8 @@ def test_a_run_waits_while_another_puts_its_outputs_in_the_same_folder(tmp_path)
     finally:
         os.close(claim)
     assert process.wait(timeout=60) == 0, process.stderr.read()
+    assert process.stderr.readline() == (f'tarfuse-pseudo-label: waiting for another run into '
+                                         f'{out} to put its outputs in place\n')
     assert (out / 'stems.txt').read_text().split() == [labelled, unlabelled]
 
 
