@@ -815,7 +815,8 @@ def pseudo_label(teachers, dataset_dir, splits, out_dir, score=DEFAULT_SCORE, io
               'boxes': {n: int(v) for n, v in zip(CLASS_NAMES, boxes_per_class)}}
     result = {**counts, 'skipped': skipped, 'stems': stems}
     stops = []
-    with interrupts_held(stops), _out_claimed(out_dir):
+    # Claimed first: a Ctrl-C while it waits for another run's claim stops it (nothing written).
+    with _out_claimed(out_dir), interrupts_held(stops):
         _put_in_place(out_dir, label_texts, '\n'.join(score_rows) + '\n')
         write_provenance(out_dir, teachers=teachers, dataset_dir=dataset_dir, splits=splits,
                          score=score, iou=iou, command=command, counts=counts,

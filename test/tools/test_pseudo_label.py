@@ -1,9 +1,15 @@
 """tarfuse-pseudo-label: class map, pooling, label files, calibration counts, real teachers."""
 
+from contextlib import contextmanager
 import importlib.util
 import os
 from pathlib import Path
 import re
+import signal
+import subprocess
+import sys
+import threading
+import time
 
 import cv2
 import numpy as np
@@ -443,7 +449,6 @@ def test_ctrl_c_mid_run_says_what_is_left_without_a_traceback(tmp_path):
     # Ctrl-C printed a KeyboardInterrupt traceback from inside onnxruntime and left label
     # files without stems.txt or README.md, with no word on what to do next. Now it leaves
     # nothing (no partial labelling), and says so.
-    import signal
     out = tmp_path / 'pseudo'
     returncode, err = _stopped_half_way(out, signal.SIGINT)
     assert returncode == 130, err
@@ -460,8 +465,6 @@ def _stopped_half_way(out, number, *options):
     The signal comes once the child said it labelled 25 of them. Returns ``(its exit status,
     its stderr)``.
     """
-    import subprocess
-    import sys
     process = subprocess.Popen(
         [sys.executable, '-m', 'tarfuse_ros.tools.pseudo_label', '--data',
          str(DATASETS / 'msrs_train'), '--split', 'train', '--out', str(out), *options,
@@ -492,7 +495,6 @@ def test_a_rerun_stopped_mid_run_leaves_the_earlier_labelling_whole(tmp_path, st
     the earlier ones stay as they were, and the next run removes a folder of new labels that a
     run killed while it put them in place left.
     """
-    import signal
     roadscene = DATASETS / 'roadscene'
     split, labelled, unlabelled = _two_pair_split(tmp_path, roadscene)
     out = tmp_path / 'pseudo'
@@ -527,6 +529,40 @@ def test_a_rerun_stopped_mid_run_leaves_the_earlier_labelling_whole(tmp_path, st
     assert 'yolox_nano_coco.onnx' in (out / 'README.md').read_text()
 
 
+@contextmanager
+def _a_run_into_a_held_folder(tmp_path):
+    """Yield ``(process, out, stems)``: a run into a --out held by another, once it waits.
+
+    The folder is held as a run putting its outputs in place holds it, until the block ends.
+    The run is killed after 120 s: one that never says that it waits fails the test, not hangs.
+    """
+    from tarfuse_ros.core.files import claim_folder
+    roadscene = DATASETS / 'roadscene'
+    split, labelled, unlabelled = _two_pair_split(tmp_path, roadscene)
+    out = tmp_path / 'pseudo'
+    out.mkdir()
+    claim = claim_folder(out)
+    assert claim is not None
+    process = subprocess.Popen(
+        [sys.executable, '-m', 'tarfuse_ros.tools.pseudo_label', '--data', str(roadscene),
+         '--split', str(split), '--out', str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    watchdog = threading.Timer(120, process.kill)
+    watchdog.start()
+    try:
+        lines = []
+        while not lines or 'waiting for another run' not in lines[-1]:
+            lines.append(process.stderr.readline())
+            assert lines[-1], ''.join(lines)
+        assert 'pseudo-labelled 2/2 pairs' in lines[-2], ''.join(lines)
+        assert lines[-1] == (f'tarfuse-pseudo-label: waiting for another run into {out} to put '
+                             f'its outputs in place\n')
+        yield process, out, [labelled, unlabelled]
+    finally:
+        os.close(claim)
+        watchdog.cancel()
+
+
 @needs_teachers
 def test_a_run_waits_while_another_puts_its_outputs_in_the_same_folder(tmp_path):
     """Two runs into one --out could interleave their deletes and writes.
@@ -535,33 +571,31 @@ def test_a_run_waits_while_another_puts_its_outputs_in_the_same_folder(tmp_path)
     in place under a lock on the folder. The run waiting for it said nothing: it seemed to hang
     once all its pairs were labelled.
     """
-    import subprocess
-    import sys
-    import time
-    from tarfuse_ros.core.files import claim_folder
-    roadscene = DATASETS / 'roadscene'
-    split, labelled, unlabelled = _two_pair_split(tmp_path, roadscene)
-    out = tmp_path / 'pseudo'
-    out.mkdir()
-    claim = claim_folder(out)  # as a run putting its outputs in place holds it
-    assert claim is not None
-    try:
-        process = subprocess.Popen(
-            [sys.executable, '-m', 'tarfuse_ros.tools.pseudo_label', '--data', str(roadscene),
-             '--split', str(split), '--out', str(out)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        lines = []
-        while not lines or 'pseudo-labelled 2/2 pairs' not in lines[-1]:
-            lines.append(process.stderr.readline())
-            assert lines[-1], ''.join(lines)
+    with _a_run_into_a_held_folder(tmp_path) as (process, out, stems):
         time.sleep(3)
         assert process.poll() is None and list(out.iterdir()) == []
-    finally:
-        os.close(claim)
     assert process.wait(timeout=60) == 0, process.stderr.read()
-    assert process.stderr.readline() == (f'tarfuse-pseudo-label: waiting for another run into '
-                                         f'{out} to put its outputs in place\n')
-    assert (out / 'stems.txt').read_text().split() == [labelled, unlabelled]
+    assert (out / 'stems.txt').read_text().split() == stems
+
+
+@needs_teachers
+def test_a_run_waiting_for_another_stops_at_ctrl_c(tmp_path):
+    """Ctrl-C and SIGTERM were held back while a run waited for the lock on --out.
+
+    Only SIGKILL stopped it until the other run let go. Nothing is written yet then: the run
+    stops as one interrupted while labelling.
+    """
+    with _a_run_into_a_held_folder(tmp_path) as (process, out, _):
+        process.send_signal(signal.SIGINT)
+        try:
+            code = process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            code = None
+        assert code == 130
+        assert list(out.iterdir()) == []
+    assert process.stderr.read() == (
+        f'tarfuse-pseudo-label: interrupted: the labelling is incomplete: nothing written to '
+        f"{out} (an earlier run's labels/, stems.txt, scores.tsv and README.md are kept)\n")
 
 
 def test_cli_usage_errors_exit_2_before_the_teachers_load(tmp_path, capsys):
