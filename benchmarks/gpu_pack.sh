@@ -10,24 +10,52 @@
 #           roadscene/{ir,vi,labels,splits}
 # (session 26: with all three wheels in .gpu_a it came to 66.8 of 67.1 MB with the tree
 # grown to 31.5 MB; the two pure-Python wheels, 3.4 MB, moved to the half with room.)
-# Files are copied as they are (no re-encoding). The working tree's two largest tracked files
-# that the job does not need (the medical model and the shipped run's resumable state, 9 MB)
-# are removed for the calls by `--slim`; restore them afterwards with
-# `git checkout -- models/tarfuse_medical.safetensors training/fuse_v4c/state` (name the paths:
-# a bare `git checkout -- training` would also drop uncommitted edits there).
+# Files are copied as they are (no re-encoding).
 #
-# Usage (repository root): bash benchmarks/gpu_pack.sh [--slim]
+# --slim deletes, for the calls, the tracked files the job does not read (SLIM below: the tests,
+# docs, the medical model and the training runs' logs, curves and states, about 24 MB; session
+# 48: without it the tree was 26.1 MB and .gpu_a came to 65.8 of the 67.1 MB). Files with
+# uncommitted edits are kept. Restore them afterwards with `bash benchmarks/gpu_pack.sh
+# --restore` (git checkout of the tracked files missing from the tree; edits elsewhere stay).
+# A part must leave HEADROOM (1.5 MB) under the limit: the tree grows between packing and the
+# lease, and a call refused for size costs device time.
+#
+# Usage (repository root of the checkout the device tool sends; a clean clone of main does):
+#   bash benchmarks/gpu_pack.sh [--slim]   pack (and slim); exit 1 if a part does not fit
+#   bash benchmarks/gpu_pack.sh --list-slim   the files --slim deletes, one a line
+#   bash benchmarks/gpu_pack.sh --restore   put back what --slim deleted
 # Then, as training/README.md ("A GPU lease") says, two device runs:
 #   1. carry [.gpu_a]: bash benchmarks/gpu_joint.sh install
-#   2. carry [.gpu_b], within 30 s: OUT=$OUT bash benchmarks/gpu_joint.sh run BUDGET_S
+#   2. carry [.gpu_b], within 30 s: bash benchmarks/gpu_joint.sh run BUDGET_S
 set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "${REPO}"
 SHARED=${TARFUSE_SHARED:-${REPO}/../shared}/datasets
-EXCLUDE=$(git rev-parse --git-path info/exclude)
-mkdir -p "$(dirname "${EXCLUDE}")"
-for path in /.gpu_a/ /.gpu_b/; do
-  grep -qxF "${path}" "${EXCLUDE}" 2>/dev/null || echo "${path}" >> "${EXCLUDE}"
+LIMIT=67108864
+HEADROOM=1572864
+# What the job (training/joint_v1.yaml, gpu_joint.sh) does not read; joint_v1.yaml and the
+# held-out list stay (test/test_gpu_pack.py checks the job's inputs are not in it).
+SLIM=(test docs models/tarfuse_medical.safetensors training ':!training/joint_v1.yaml'
+  ':!training/fuse_v1/roadscene_holdout.txt')
+slim_files() {  # tracked files under SLIM without uncommitted edits, NUL-separated
+  local -A edited=()
+  local path
+  while IFS= read -r -d '' path; do edited[${path}]=1; done \
+    < <(git ls-files -z -m -- "${SLIM[@]}")
+  while IFS= read -r -d '' path; do
+    [ -n "${edited[${path}]:-}" ] || printf '%s\0' "${path}"
+  done < <(git ls-files -z -- "${SLIM[@]}")
+}
+case "${1:-}" in
+  --list-slim) slim_files | tr '\0' '\n'; exit 0 ;;
+  --restore) git ls-files -z -d | xargs -0 -r git checkout --; exit 0 ;;
+  ''|--slim) ;;
+  *) echo "unknown option ${1}: --slim | --list-slim | --restore" >&2; exit 2 ;;
+esac
+# .gitignore ignores both parts (so a device call carries them and does not send them twice
+# with the tree); nothing is written to .git/info/exclude, which worktrees share.
+for part in .gpu_a .gpu_b; do
+  git check-ignore -q "${part}/" || { echo "${part} is not ignored (.gitignore)" >&2; exit 1; }
 done
 rm -rf .gpu_a .gpu_b
 mkdir -p .gpu_a/whl .gpu_b/whl .gpu_a/datasets/msrs_train .gpu_b/datasets/msrs_train \
@@ -45,18 +73,25 @@ cp -r "${SHARED}/msrs_train/"{vi,labels,train.txt,val.txt,all.txt,classes.txt,RE
 cp -r "${SHARED}/roadscene/"{ir,vi,labels,train.txt,test.txt,extra.txt,det_labelled.txt} \
   .gpu_b/datasets/roadscene/
 cp "${SHARED}/roadscene/README.md" .gpu_b/datasets/roadscene/
+# The commit packed (the device machine gets no .git): gpu_joint.sh writes it into summary.txt.
+echo "$(git rev-parse HEAD) $(git status --porcelain --untracked-files=no | wc -l) edited" \
+  > .gpu_b/commit.txt
 if [ "${1:-}" = "--slim" ]; then
-  rm -f models/tarfuse_medical.safetensors training/fuse_v4c/state/*
+  slim_files | xargs -0 -r rm -f
 fi
-# du skips (and fails on) the tracked files --slim removed: count what is there.
-tree_bytes=$( (git ls-files -z | xargs -0 du -cb 2>/dev/null || true) | tail -n 1 | cut -f1)
+# What travels: tracked files that are there and untracked ones not ignored (du skips, and
+# fails on, the tracked files --slim deleted).
+tree_bytes=$( (git ls-files -z -c -o --exclude-standard | xargs -0 du -cb 2>/dev/null || true) \
+  | awk '$2 == "total" {sum += $1} END {print sum + 0}')
 status=0
 for part in .gpu_a .gpu_b; do
   part_bytes=$(du -sb "${part}" | cut -f1)
-  echo "${part}: ${part_bytes} bytes + working tree ${tree_bytes} = $(( part_bytes + tree_bytes ))" \
-    "of 67108864"
-  if (( part_bytes + tree_bytes > 67108864 )); then
-    echo "${part} does not fit one device call: move files between the parts" >&2
+  total=$(( part_bytes + tree_bytes ))
+  echo "${part}: ${part_bytes} bytes + working tree ${tree_bytes} = ${total} of ${LIMIT}" \
+    "($(( LIMIT - total )) left)"
+  if (( total > LIMIT - HEADROOM )); then
+    echo "${part} does not fit one device call with ${HEADROOM} bytes to spare: use --slim," \
+      "or move files between the parts" >&2
     status=1
   fi
 done
