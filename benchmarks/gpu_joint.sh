@@ -88,6 +88,15 @@ run() {
   install_wheels .gpu_b || return 1
   export PYTHONPATH="${SITE}:${REPO}" TARFUSE_SHARED="${work}/shared" YOLO_OFFLINE=1 \
     YOLO_CONFIG_DIR="${work}/yolo" MPLCONFIGDIR="${work}/mpl" PYTHONUNBUFFERED=1
+  # The tools must read the packed data, not a shared/ beside the checkout (a rehearsal here
+  # found /work/shared and hid that the packed tree was not taken: it lacked datasets/README.md).
+  if ! python3 -c 'import sys; from tarfuse_ros.core.paths import shared_datasets_dir as d
+sys.exit(str(d()) != sys.argv[1])' "${shared}"; then
+    echo "the tools do not take the packed data in ${shared} as the shared data sets" \
+      "(tarfuse_ros/core/paths.py): pack again with benchmarks/gpu_pack.sh" \
+      | tee "${OUT}/summary.txt" >&2
+    return 3
+  fi
   mkdir -p "${YOLO_CONFIG_DIR}" "${MPLCONFIGDIR}"
   # The device machine gets no .git: the commit gpu_pack.sh packed.
   echo "== $(date -u +%FT%TZ) commit $(git rev-parse HEAD 2>/dev/null \

@@ -73,6 +73,8 @@ cp -r "${SHARED}/msrs_train/"{vi,labels,train.txt,val.txt,all.txt,classes.txt,RE
 cp -r "${SHARED}/roadscene/"{ir,vi,labels,train.txt,test.txt,extra.txt,det_labelled.txt} \
   .gpu_b/datasets/roadscene/
 cp "${SHARED}/roadscene/README.md" .gpu_b/datasets/roadscene/
+# tarfuse_ros.core.paths takes a folder for the shared data sets only with this README.md.
+cp "${SHARED}/README.md" .gpu_b/datasets/
 # The commit packed (the device machine gets no .git): gpu_joint.sh writes it into summary.txt.
 echo "$(git rev-parse HEAD) $(git status --porcelain --untracked-files=no | wc -l) edited" \
   > .gpu_b/commit.txt
