@@ -3,8 +3,9 @@
 # (training/joint_v1.yaml), then the held-out selection evaluations; results in $OUT.
 #
 # Modes (benchmarks/gpu_pack.sh builds .gpu_a and .gpu_b; training/README.md, "A GPU lease"):
-#   install          device call 1 (carry .gpu_a): install the wheels into SITE and keep
-#                    .gpu_a's data in STAGE (the machine keeps both while warm)
+#   install          device call 1 (carry .gpu_a): install the wheels into SITE, keep .gpu_a's
+#                    data in STAGE (the machine keeps both while warm), check that the
+#                    package imports and sees the GPU (exit 1: do not start call 2)
 #   run BUDGET_S [STOP_S]
 #                    device call 2 (carry .gpu_b), within 30 s of call 1: train for BUDGET_S
 #                    seconds, put every learnt part into the shipped model's config
@@ -51,6 +52,19 @@ install() {
   fi
   nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || true
   echo "installed: $(ls "${SITE}" 2>/dev/null | tr '\n' ' ')"
+  echo "cpus $(nproc), /dev/shm $(df -h --output=avail /dev/shm 2>/dev/null | tail -n 1)," \
+    "/tmp $(df -h --output=avail /tmp | tail -n 1)"
+  # What call 2 imports, now (seconds), rather than in call 2 after its start.
+  PYTHONPATH="${SITE}:${REPO}" YOLO_OFFLINE=1 YOLO_CONFIG_DIR=$(mktemp -d) python3 -c '
+import sys
+import kornia, torch, ultralytics
+import tarfuse_ros.tools.evaluate, tarfuse_ros.tools.train
+cuda = torch.cuda.is_available()
+print(f"python {sys.version.split()[0]} torch {torch.__version__} kornia {kornia.__version__} "
+      f"ultralytics {ultralytics.__version__} cuda {cuda}"
+      + (f" ({torch.cuda.get_device_name(0)})" if cuda else ""))
+sys.exit(sys.argv[1].startswith("cuda") and not cuda)' "${DEVICE}" \
+    || { echo 'import check failed: do not start call 2' >&2; return 1; }
 }
 
 stoppable() {  # run "$@" in the background; a TERM or INT stops it as Ctrl-C does

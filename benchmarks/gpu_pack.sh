@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # Pack what a GPU lease needs into two ignored folders, each small enough for one device call.
 #
-# The device tool sends the working tree (about 28 MB) plus the folders a call carries, 64 MiB
-# (67,108,864 bytes) at most per call. The training data do not fit in one call (msrs_train
-# 63 MB, RoadScene 10 MB, the wheels 9 MB), so they travel in two calls back to back (the
-# machine stays warm for 30 s after a call and keeps ignored folders between calls):
-#   .gpu_a  the kornia-rs wheel (Python 3.12) + msrs_train/ir
-#   .gpu_b  the ultralytics and kornia wheels + msrs_train/{vi,labels,splits} +
-#           roadscene/{ir,vi,labels,splits}
-# (session 26: with all three wheels in .gpu_a it came to 66.8 of 67.1 MB with the tree
-# grown to 31.5 MB; the two pure-Python wheels, 3.4 MB, moved to the half with room.)
+# The device tool sends the working tree (26 MB, 10 MB slimmed) plus the folders a call
+# carries, 64 MiB (67,108,864 bytes) at most per call. The training data do not fit in one call
+# (msrs_train 63 MB, RoadScene 10 MB, the wheels 9 MB), so they travel in two calls back to
+# back (the machine stays warm for 30 s after a call and keeps ignored folders between calls):
+#   .gpu_a  the three wheels the device machine lacks (Python 3.12: kornia-rs, kornia,
+#           ultralytics; call 1 installs them and checks the package imports) + msrs_train/ir
+#   .gpu_b  msrs_train/{vi,labels,splits} + roadscene/{ir,vi,labels,splits} + the README
+#           that makes the tree a shared data folder + commit.txt
+# (session 26 moved the two pure-Python wheels to .gpu_b when .gpu_a came to 66.8 of 67.1 MB;
+# session 48's wider --slim made room for them in call 1 again.)
 # Files are copied as they are (no re-encoding).
 #
 # --slim deletes, for the calls, the tracked files the job does not read (SLIM below: the tests,
@@ -58,15 +59,14 @@ for part in .gpu_a .gpu_b; do
   git check-ignore -q "${part}/" || { echo "${part} is not ignored (.gitignore)" >&2; exit 1; }
 done
 rm -rf .gpu_a .gpu_b
-mkdir -p .gpu_a/whl .gpu_b/whl .gpu_a/datasets/msrs_train .gpu_b/datasets/msrs_train \
+mkdir -p .gpu_a/whl .gpu_a/datasets/msrs_train .gpu_b/datasets/msrs_train \
   .gpu_b/datasets/roadscene
 download() {
   python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
     --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
     --platform manylinux2014_x86_64 -d "$@"
 }
-download .gpu_a/whl kornia-rs==0.2.0
-download .gpu_b/whl ultralytics==8.4.190 kornia==0.9.0
+download .gpu_a/whl kornia-rs==0.2.0 ultralytics==8.4.190 kornia==0.9.0
 cp -r "${SHARED}/msrs_train/ir" .gpu_a/datasets/msrs_train/
 cp -r "${SHARED}/msrs_train/"{vi,labels,train.txt,val.txt,all.txt,classes.txt,README.md} \
   .gpu_b/datasets/msrs_train/
@@ -76,7 +76,7 @@ cp "${SHARED}/roadscene/README.md" .gpu_b/datasets/roadscene/
 # tarfuse_ros.core.paths takes a folder for the shared data sets only with this README.md.
 cp "${SHARED}/README.md" .gpu_b/datasets/
 # The commit packed (the device machine gets no .git): gpu_joint.sh writes it into summary.txt.
-echo "$(git rev-parse HEAD) $(git status --porcelain --untracked-files=no | wc -l) edited" \
+echo "$(git rev-parse HEAD), $(git diff --name-only --diff-filter=d HEAD | wc -l) files edited" \
   > .gpu_b/commit.txt
 if [ "${1:-}" = "--slim" ]; then
   slim_files | xargs -0 -r rm -f
