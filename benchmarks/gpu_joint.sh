@@ -52,7 +52,8 @@ install() {
   fi
   nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || true
   echo "installed: $(ls "${SITE}" 2>/dev/null | tr '\n' ' ')"
-  echo "cpus $(nproc), /dev/shm $(df -h --output=avail /dev/shm 2>/dev/null | tail -n 1)," \
+  echo "cpus $(env -u OMP_NUM_THREADS nproc)," \
+    "/dev/shm $(df -h --output=avail /dev/shm 2>/dev/null | tail -n 1)," \
     "/tmp $(df -h --output=avail /tmp | tail -n 1)"
   # What call 2 imports, now (seconds), rather than in call 2 after its start.
   PYTHONPATH="${SITE}:${REPO}" YOLO_OFFLINE=1 YOLO_CONFIG_DIR=$(mktemp -d) python3 -c '
