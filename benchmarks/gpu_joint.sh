@@ -24,7 +24,7 @@
 #   log, curves, config, evaluation metrics and reports), train.log, eval.log, summary.txt.
 set -uo pipefail
 MODE=${1:?usage: gpu_joint.sh install | run BUDGET_S [STOP_S] | all BUDGET_S [STOP_S]}
-BUDGET=${2:-420}
+BUDGET=${2:-360}
 STOP_AT=${3:-}
 OUT=${OUT:-./gpu_out}
 DEVICE=${DEVICE:-cuda}

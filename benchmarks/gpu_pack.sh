@@ -26,8 +26,9 @@
 #   bash benchmarks/gpu_pack.sh --list-slim   the files --slim deletes, one a line
 #   bash benchmarks/gpu_pack.sh --restore   put back what --slim deleted
 # Then, as training/README.md ("A GPU lease") says, two device runs:
-#   1. carry [.gpu_a]: bash benchmarks/gpu_joint.sh install
-#   2. carry [.gpu_b], within 30 s: bash benchmarks/gpu_joint.sh run BUDGET_S
+#   1. carry [.gpu_a], timeout_s 90: bash benchmarks/gpu_joint.sh install
+#   2. at once (the machine goes back 30 s after a call), carry [.gpu_b], timeout_s 540:
+#      bash benchmarks/gpu_joint.sh run 360 510
 set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "${REPO}"
