@@ -4,6 +4,7 @@ import os
 from pathlib import Path
 import random
 import signal
+import tempfile
 
 import cv2
 import pytest
@@ -13,7 +14,20 @@ os.environ.setdefault('YOLO_OFFLINE', '1')
 # DDS traffic stays on this machine, on a domain of this test run's own, so that test runs
 # started at the same time (several developers, CI) never see each other's topics.
 os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
-if 'ROS_DOMAIN_ID' not in os.environ:
+# `make test` runs the tests in two pytest-xdist workers: each is a test run of its own on DDS.
+# The controller draws the run's base once (workers inherit its environment); each worker takes
+# the domain base + its index among 216-232 (the demo's private domains are 1-100, the node
+# tests' 101-215, Fast DDS fails above 232) and its own share of the node tests' domains
+# (TARFUSE_TEST_DOMAINS, read by node_harness.random_domain_id).
+_WORKER = os.environ.get('PYTEST_XDIST_WORKER', '')
+os.environ.setdefault('TARFUSE_TEST_DOMAIN_BASE', str(random.SystemRandom().randint(0, 16)))
+if _WORKER.startswith('gw'):
+    _INDEX, _COUNT = int(_WORKER[2:]), int(os.environ['PYTEST_XDIST_WORKER_COUNT'])
+    os.environ['ROS_DOMAIN_ID'] = str(
+        216 + (int(os.environ['TARFUSE_TEST_DOMAIN_BASE']) + _INDEX) % 17)
+    _SHARE = 115 // _COUNT
+    os.environ['TARFUSE_TEST_DOMAINS'] = f'{101 + _INDEX * _SHARE}-{100 + (_INDEX + 1) * _SHARE}'
+elif 'ROS_DOMAIN_ID' not in os.environ:
     os.environ['ROS_DOMAIN_ID'] = str(random.SystemRandom().randint(1, 100))
 # A test run started in the background (`make test &`, nohup) has SIGINT ignored, and every
 # process it starts inherits that: the tests that Ctrl-C a node or the demo, as a terminal or
@@ -37,63 +51,87 @@ def roadscene_pair():
     return ir, vi
 
 
+# One folder for this test run, made by the process that runs the session (pytest-xdist's
+# controller, or pytest alone) and shared by its workers; removed when the session ends.
+if not _WORKER:
+    os.environ['TARFUSE_TEST_RUN_DIR'] = tempfile.mkdtemp(prefix='tarfuse_test_run_')
+RUN_DIR = Path(os.environ['TARFUSE_TEST_RUN_DIR'])
+
+
 class _BackgroundExport:
     """``tarfuse-export --no-scale-search`` of the shipped weights, in a process of its own.
 
     Started once the tests are collected, where one of them uses ``shipped_onnx_file``: the
     export (half a minute of tracing on one core, more in a long test session) runs beside the
-    tests instead of before the first that needs it.
+    tests instead of before the first that needs it. pytest-xdist's workers share one export:
+    the first to claim ``RUN_DIR/onnx`` starts it, in a session of its own that outlives that
+    worker (another may need it later), and every worker waits for its exit status file; the
+    session's end (:func:`pytest_sessionfinish` of the controller) stops it if it still runs.
     """
 
-    def __init__(self):
+    folder = RUN_DIR / 'onnx'
+    path = folder / 'tarfuse.onnx'
+    log = folder / 'export.log'
+    status = folder / 'export.status'
+    pid = folder / 'export.pid'
+    process = None  # the claiming process's handle (kept: no 'still running' warning)
+
+    @classmethod
+    def start(cls):
+        """Start the export unless another worker of this run has claimed it."""
+        import shlex
         import subprocess
         import sys
-        import tempfile
         from tarfuse_ros.core.paths import default_weights_path
-        self.folder = Path(tempfile.mkdtemp(prefix='tarfuse_test_onnx_'))
-        self.path = self.folder / 'tarfuse.onnx'
-        self.log = self.folder / 'export.log'
-        with open(self.log, 'w') as log:
-            self.process = subprocess.Popen(
-                [sys.executable, '-m', 'tarfuse_ros.tools.export', str(default_weights_path()),
-                 '--out', str(self.path), '--no-scale-search', '--no-verify', '--threads', '1'],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-
-    def result(self, timeout=900.0):
-        """Wait for the export; return the ONNX path (pytest.fail with its log if it failed)."""
-        import subprocess
         try:
-            code = self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            pytest.fail(f'tarfuse-export took over {timeout:.0f} s: {self.log.read_text()}')
-        if code != 0 or not self.path.is_file():
-            pytest.fail(f'tarfuse-export exited {code}:\n{self.log.read_text()}')
-        return self.path
+            cls.folder.mkdir()
+        except FileExistsError:
+            return
+        export = shlex.join([
+            sys.executable, '-m', 'tarfuse_ros.tools.export', str(default_weights_path()),
+            '--out', str(cls.path), '--no-scale-search', '--no-verify', '--threads', '1'])
+        status = shlex.quote(str(cls.status))
+        cls.process = subprocess.Popen(
+            ['/bin/sh', '-c', f'{export} >{shlex.quote(str(cls.log))} 2>&1 </dev/null; '
+                              f'echo $? >{status}.part && mv {status}.part {status}'],
+            start_new_session=True)
+        cls.pid.write_text(str(cls.process.pid))
 
-    def close(self):
-        import shutil
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-        shutil.rmtree(self.folder, ignore_errors=True)
+    @classmethod
+    def result(cls, timeout=900.0):
+        """Wait for the export; return the ONNX path (pytest.fail with its log if it failed)."""
+        import time
+        deadline = time.monotonic() + timeout
+        while not cls.status.is_file():
+            if time.monotonic() > deadline:
+                pytest.fail(f'tarfuse-export took over {timeout:.0f} s: {cls.log.read_text()}')
+            time.sleep(0.2)
+        code = cls.status.read_text().strip()
+        if code != '0' or not cls.path.is_file():
+            pytest.fail(f'tarfuse-export exited {code}:\n{cls.log.read_text()}')
+        return cls.path
 
-
-_EXPORT = None
+    @classmethod
+    def stop(cls):
+        """Stop the export if it still runs (its whole process group)."""
+        try:
+            os.killpg(int(cls.pid.read_text()), signal.SIGKILL)
+        except (FileNotFoundError, ValueError, ProcessLookupError):
+            pass
 
 
 def pytest_collection_finish(session):
-    global _EXPORT
     if session.config.option.collectonly:
         return
-    if _EXPORT is None and any('shipped_onnx_file' in getattr(item, 'fixturenames', ())
-                               for item in session.items):
-        _EXPORT = _BackgroundExport()
+    if any('shipped_onnx_file' in getattr(item, 'fixturenames', ()) for item in session.items):
+        _BackgroundExport.start()
 
 
 def pytest_sessionfinish(session, exitstatus):
-    if _EXPORT is not None:
-        _EXPORT.close()
+    if not _WORKER:
+        import shutil
+        _BackgroundExport.stop()
+        shutil.rmtree(RUN_DIR, ignore_errors=True)
 
 
 @pytest.fixture(scope='session')
@@ -109,6 +147,17 @@ def shipped_onnx_file():
     in test_onnx.py. Run in the background from the start of the session
     (:class:`_BackgroundExport`).
     """
-    if _EXPORT is None:  # pytest_collection_finish saw no test that uses it
+    if not _BackgroundExport.folder.is_dir():  # pytest_collection_finish saw no test using it
         pytest.fail('shipped_onnx_file was requested by a test pytest did not collect')
-    return _EXPORT.result()
+    return _BackgroundExport.result()
+
+
+@pytest.fixture
+def domain_ids():
+    """Return the DDS domain ids this test process may use for a test of its own (a list).
+
+    101-215, or this pytest-xdist worker's share of it (``TARFUSE_TEST_DOMAINS`` above); the
+    same ids as ``node_harness.random_domain_id`` draws from.
+    """
+    low, high = os.environ.get('TARFUSE_TEST_DOMAINS', '101-215').split('-')
+    return list(range(int(low), int(high) + 1))

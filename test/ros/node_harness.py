@@ -45,9 +45,19 @@ OUTPUTS = {
 }
 
 
+def domain_range():
+    """Return (low, high): the DDS domain ids this test process draws from, both included.
+
+    101-215, or this pytest-xdist worker's share of it (``TARFUSE_TEST_DOMAINS``, conftest.py),
+    so that two workers' node tests never meet on one domain.
+    """
+    low, high = os.environ.get('TARFUSE_TEST_DOMAINS', '101-215').split('-')
+    return int(low), int(high)
+
+
 def random_domain_id():
     """Return a DDS domain id unlikely to be used by another test run at the same time."""
-    return random.SystemRandom().randint(101, 215)
+    return random.SystemRandom().randint(*domain_range())
 
 
 def make_checkpoint(path, seed=0):

@@ -2,9 +2,9 @@
 
 from dataclasses import fields
 from pathlib import Path
-import random
 import re
 
+from node_harness import random_domain_id
 import pytest
 from rcl_interfaces.msg import ParameterType, SetParametersResult
 import rclpy
@@ -189,7 +189,7 @@ def test_max_rate_changes_at_run_time_and_a_negative_one_is_refused():
 
 def test_declaring_on_a_real_node_takes_overrides_and_rejects_bad_ones():
     context = rclpy.Context()
-    rclpy.init(context=context, domain_id=random.SystemRandom().randint(101, 215),
+    rclpy.init(context=context, domain_id=random_domain_id(),
                signal_handler_options=SignalHandlerOptions.NO)
     try:
         node = rclpy.create_node(
@@ -221,7 +221,7 @@ def test_the_parameter_store_holds_the_values_the_node_uses():
     # `ros2 param get` showed ' cpu' (a fixed parameter's whitespace variant, accepted as no
     # change, was stored verbatim), and an empty weights showed '' instead of the file in use.
     context = rclpy.Context()
-    rclpy.init(context=context, domain_id=random.SystemRandom().randint(101, 215),
+    rclpy.init(context=context, domain_id=random_domain_id(),
                signal_handler_options=SignalHandlerOptions.NO)
     try:
         node = rclpy.create_node('params_store', context=context, parameter_overrides=[

@@ -369,13 +369,13 @@ PUBLISHER = textwrap.dedent("""
 
 
 @pytest.mark.dds
-def test_subscriber_and_approximate_sync_over_dds():
+def test_subscriber_and_approximate_sync_over_dds(domain_ids):
     import rclpy
     from rclpy.context import Context
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.qos import qos_profile_sensor_data
 
-    domain_id = random.SystemRandom().randint(101, 230)
+    domain_id = random.SystemRandom().choice(domain_ids)
     env = dict(os.environ, ROS_DOMAIN_ID=str(domain_id))
     context = Context()
     rclpy.init(context=context, domain_id=domain_id)

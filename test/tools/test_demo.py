@@ -308,16 +308,16 @@ def test_a_fusion_node_on_the_shell_s_domain_neither_gets_nor_adds_to_the_demo_s
 
 
 @pytest.mark.dds
-def test_the_demo_s_domain_is_one_where_no_other_node_runs():
+def test_the_demo_s_domain_is_one_where_no_other_node_runs(domain_ids):
     """A robot's node in a domain the shell does not name could be the demo's, fed its images.
 
     The domain was drawn from 1-100 but the shell's; nothing looked whether nodes ran there.
     """
     import rclpy
     from rclpy.context import Context
-    # Two of the tests' own domains (101-215) where nothing runs yet.
-    busy, quiet = [domain_id for domain_id in random.SystemRandom().sample(range(101, 216), 115)
-                   if not demo._domain_in_use(domain_id)][:2]
+    # Two of this test process's own domains (conftest) where nothing runs yet.
+    shuffled = random.SystemRandom().sample(domain_ids, len(domain_ids))
+    busy, quiet = [domain_id for domain_id in shuffled if not demo._domain_in_use(domain_id)][:2]
     context = Context()
     rclpy.init(context=context, domain_id=busy)
     try:
