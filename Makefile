@@ -9,7 +9,8 @@ ROOT := $(patsubst %/,%,$(dir $(abspath $(lastword $(MAKEFILE_LIST)))))
 ENV := cd $(ROOT) && source tools/ros_env/env.sh &&
 OUT ?= $(ROOT)/output/demo
 PYTEST_ARGS ?=
-# Test processes (pytest-xdist; each a test run of its own on DDS); 0 runs them in make's own.
+# Test processes (pytest-xdist, a test file each at a time; each process a test run of its own
+# on DDS); 0 runs them in make's own.
 PYTEST_WORKERS ?= 2
 
 .PHONY: setup demo test bench clean ros-install
@@ -21,7 +22,7 @@ demo: setup
 	$(ENV) tarfuse-demo --out $(abspath $(OUT))
 
 test: setup
-	$(ENV) python -m pytest -ra -p no:cacheprovider -n $(PYTEST_WORKERS) $(PYTEST_ARGS) test
+	$(ENV) python -m pytest -ra -p no:cacheprovider -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS) test
 
 bench: setup
 	$(ENV) python benchmarks/bench_model.py --threads 2
