@@ -627,6 +627,25 @@ def test_play_cli_loops_and_fails_clearly_without_subscribers(sample_bag, tmp_pa
 
 
 @pytest.mark.dds
+def test_a_recording_that_caught_nothing_says_what_to_try(sample_bag, tmp_path, capsys):
+    """'recorded to X: nothing' alone: a node slower than --linger per pair records nothing.
+
+    A node answering 4 s after its first pair (a large camera on a CPU) came after the 2 s
+    the recording waits by default, and the line did not say so.
+    """
+    path, _summary = sample_bag
+    record = tmp_path / 'record'
+    code = play_bag_tool.main([str(path), '--rate', '4', '--record', str(record),
+                               '--record-topics', 'fused/image_raw', '--linger', '0.5'])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert f'recorded to {record}: nothing (no message on fused/image_raw during the ' \
+           'playback and the --linger 0.5 s after it: a node slower than that per pair ' \
+           'answers later (raise --linger), else check the topic names and ROS_DOMAIN_ID)' \
+           in out, out
+
+
+@pytest.mark.dds
 @pytest.mark.parametrize('gap_s', [0.0, 0.005])
 def test_a_second_ctrl_c_does_not_cut_the_recording_short(sample_bag, tmp_path, gap_s):
     """Two Ctrl-C (a terminal may send more than one): a traceback, a bag without metadata."""
