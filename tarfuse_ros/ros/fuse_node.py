@@ -13,6 +13,7 @@ bare ``name:=value`` for a topic remapping, and the node would run on its defaul
 ``--help`` prints how to give them.
 """
 
+import shlex
 import signal
 import sys
 
@@ -33,9 +34,9 @@ fuse.launch.py. The parameters are commented in config/tarfuse.yaml and listed i
 README's "Parameters"; ros2 param describe /tarfuse NAME describes one while the node runs.
 """
 
-# rcl's flags that belong after --ros-args: a sign that they were meant as ROS arguments.
+# rcl's flags that take a value, after --ros-args.
 ROS_FLAGS = ('-p', '--param', '-r', '--remap', '--params-file', '-e', '--enclave',
-             '--log-level', '--disable-rosout-logs', '--disable-stdout-logs')
+             '--log-level')
 
 
 def own_arguments(argv):
@@ -51,13 +52,18 @@ def own_arguments(argv):
     return own
 
 
+def are_ros_arguments(arguments):
+    """Return whether ``arguments`` are flags of rcl, each with its value (``-p a:=1``)."""
+    flags, values = arguments[::2], arguments[1::2]
+    return len(flags) == len(values) and all(flag in ROS_FLAGS for flag in flags)
+
+
 def refusal(own):
     """Return the line that refuses the node's own arguments ``own``."""
-    given = ' '.join(own)
-    meant = [a for a in own if a in ROS_FLAGS or ':=' in a]
-    hint = f'; did you mean: fuse_node --ros-args {given}' if meant else ''
-    return (f"fuse_node: error: unknown arguments '{given}': the node has no options of its "
-            f'own; parameters, parameters files and remappings go after --ros-args '
+    given = shlex.join(own)  # a command to copy: a path with a space stays one argument
+    hint = f'; did you mean: fuse_node --ros-args {given}' if are_ros_arguments(own) else ''
+    return (f'fuse_node: error: arguments outside --ros-args: {given}; the node has no options '
+            f'of its own: parameters, parameters files and remappings go after --ros-args '
             f'(fuse_node --ros-args -p NAME:=VALUE -r FROM:=TO){hint}; fuse_node --help says '
             f'more')
 

@@ -570,12 +570,16 @@ def _fuse_node(arguments, timeout=60.0):
 @pytest.mark.parametrize('arguments, words', [
     # Without --ros-args rcl takes 'device:=cuda' for a (deprecated) topic remapping and drops
     # '-p': the node ran on the CPU, on its defaults, without a word.
-    (['-p', 'device:=cuda'], ["fuse_node: error: unknown arguments '-p device:=cuda'",
+    (['-p', 'device:=cuda'], ['fuse_node: error: arguments outside --ros-args: -p device:=cuda;',
                               'did you mean: fuse_node --ros-args -p device:=cuda']),
-    (['--device', 'cuda'], ["unknown arguments '--device cuda'",
+    (['--device', 'cuda'], ['arguments outside --ros-args: --device cuda;',
                             'parameters, parameters files and remappings go after --ros-args',
                             'fuse_node --help']),
-    (['--ros-args', '-p', 'max_rate:=2.0', '--', 'extra'], ["unknown arguments 'extra'"]),
+    (['--ros-args', '-p', 'max_rate:=2.0', '--', 'extra'],
+     ['arguments outside --ros-args: extra;']),
+    # rcl's own deprecated form of a remapping (a parameter was probably meant): no guess.
+    (['device:=cuda'], ['arguments outside --ros-args: device:=cuda;',
+                        '(fuse_node --ros-args -p NAME:=VALUE -r FROM:=TO); fuse_node --help']),
 ])
 def test_arguments_outside_ros_args_are_refused_before_the_node_starts(arguments, words):
     """The node has no options of its own: it ignored them and started on its defaults."""
