@@ -101,8 +101,10 @@ def main(argv=None):
         diffs = ', '.join(f'{name} {value:.2g}' for name, value in report.max_abs_diff.items())
         print(f'checked against PyTorch at {report.verify_shape}: max abs difference {diffs}')
     # Quoted: a path with a space printed as it is split the command a user copies.
-    print(f'run it: fuse_node with -p backend:=onnxruntime -p '
-          f'{shlex.quote(f"weights:={report.path}")}; TensorRT: trtexec '
+    # A command to copy: 'fuse_node with -p ...' ran the torch backend, -p without --ros-args.
+    print(f'run it: fuse_node --ros-args -p backend:=onnxruntime -p '
+          f'{shlex.quote(f"weights:={report.path}")} (ros2 launch tarfuse_ros fuse.launch.py '
+          f'backend:=onnxruntime {shlex.quote(f"weights:={report.path}")}); TensorRT: trtexec '
           f'{shlex.quote(f"--onnx={report.path}")} --minShapes=ir:1x1x256x320,vi:1x1x256x320 '
           f'--optShapes=ir:1x1x512x640,vi:1x1x512x640 '
           f'--maxShapes=ir:1x1x1024x1280,vi:1x1x1024x1280 --fp16 --saveEngine=tarfuse.engine')

@@ -3,8 +3,9 @@ r"""tarfuse-make-bag: turn an IR/visible image-pair folder into a rosbag2 direct
 The folder has the shared layout: ``ir/`` and ``vi/`` with the same file stem per pair
 (optionally list files such as ``test.txt``). Each pair becomes one IR and one visible
 ``sensor_msgs/msg/Image`` with realistic stamps (a fixed start time, ``1/rate`` apart),
-encodings (IR ``mono8`` or ``mono16``, visible ``bgr8``), frame ids, and optional small offsets
-and jitter between the two cameras, as two free-running cameras would give. With
+encodings (IR ``mono8``, ``mono16`` or ``32FC1`` for float images, visible ``bgr8``), frame
+ids, and optional small offsets and jitter between the two cameras, as two free-running cameras
+would give. With
 ``--ir-transport compressed`` / ``--vi-transport compressed`` a camera is written as
 ``sensor_msgs/msg/CompressedImage`` on ``<topic>/compressed`` instead, as image_transport
 records it (IR: PNG, 16-bit for mono16; visible: JPEG or PNG). Images are encoded by
@@ -36,6 +37,7 @@ from tarfuse_ros.tools.bagio import offered_qos, open_writer
 __all__ = ['BagSummary', 'build_parser', 'ir_to_mono16', 'list_pairs', 'main', 'make_bag',
            'parse_size']
 
+IR_ENCODINGS = ('mono8', 'mono16', '32FC1')
 DEFAULT_START_TIME_S = 1_700_000_000.0  # 2023-11-14T22:13:20Z, a fixed 'recorded' epoch
 # mono16 IR as a radiometric camera in TLinear mode gives it: centi-kelvin. 8-bit grey g maps to
 # 27315 + 16 g, i.e. 0 degC .. 40.8 degC, a plausible outdoor scene range in 14 of 16 bits.
@@ -122,8 +124,14 @@ def _load_ir(path, size, encoding):
                              f'{int(ir.max())}: mono8 would keep only its top byte ({levels} '
                              f'grey levels); use --ir-encoding mono16')
         ir = (ir >> 8).astype(np.uint8)
-    elif ir.dtype != np.uint8 and ir.dtype != np.uint16:
-        raise ValueError(f'IR image {path} has unsupported dtype {ir.dtype}')
+    elif ir.dtype.kind == 'f' and encoding != '32FC1':
+        raise ValueError(f'IR image {path} is {ir.dtype} (temperatures?): {encoding} holds '
+                         f'integers; use --ir-encoding 32FC1')
+    elif ir.dtype not in (np.uint8, np.uint16) and ir.dtype.kind != 'f':
+        raise ValueError(f'IR image {path} has unsupported dtype {ir.dtype}: give 8- or 16-bit '
+                         f'images (--ir-encoding mono8 or mono16) or float ones (32FC1)')
+    if encoding == '32FC1':  # as stored: temperatures, or counts as their values
+        ir = ir.astype(np.float32)
     if size is not None:
         ir = cv2.resize(ir, size, interpolation=cv2.INTER_AREA)
     if encoding == 'mono16' and ir.dtype == np.uint8:
@@ -167,8 +175,8 @@ def make_bag(pairs_dir, out, *, split=None, rate=10.0, ir_encoding='mono8', vi_e
                         ('jitter_ms (--jitter-ms)', jitter_ms)):
         if not math.isfinite(value):  # NaN failed in int() naming no option, or was taken as 0
             raise ValueError(f'{name} must be a finite number, got {value}')
-    if ir_encoding not in ('mono8', 'mono16'):
-        raise ValueError(f'ir_encoding must be mono8 or mono16, got {ir_encoding!r}')
+    if ir_encoding not in IR_ENCODINGS:
+        raise ValueError(f'ir_encoding must be mono8, mono16 or 32FC1, got {ir_encoding!r}')
     if vi_encoding not in ('bgr8', 'rgb8', 'mono8'):
         raise ValueError(f'vi_encoding must be bgr8, rgb8 or mono8, got {vi_encoding!r}')
     if loops < 1:
@@ -207,6 +215,9 @@ def make_bag(pairs_dir, out, *, split=None, rate=10.0, ir_encoding='mono8', vi_e
         raise ValueError(f'IR and visible topics must differ, both are {stored.pop()!r}')
     if vi_format not in ('jpeg', 'png'):
         raise ValueError(f"vi_format must be 'jpeg' or 'png', got {vi_format!r}")
+    if ir_transport == 'compressed' and ir_encoding == '32FC1':
+        raise ValueError('a 32FC1 IR has no compressed transport (PNG holds 8 or 16 bits): use '
+                         'ir_transport raw (--ir-transport raw)')
     if vi_transport == 'compressed' and vi_encoding == 'rgb8':
         raise ValueError('compressed visible images are stored as BGR or grey (image_transport '
                          'converts rgb8 before compressing): use vi_encoding bgr8 or mono8')
@@ -310,7 +321,8 @@ def build_parser():
                              'image, each with its partner)')
     parser.add_argument('--out', required=True, type=Path, help='rosbag2 directory to create')
     parser.add_argument('--rate', type=float, default=10.0, help='frame rate of each camera (Hz)')
-    parser.add_argument('--ir-encoding', choices=('mono8', 'mono16'), default='mono8')
+    parser.add_argument('--ir-encoding', choices=IR_ENCODINGS, default='mono8',
+                        help='mono16 for 16-bit counts, 32FC1 for float images (temperatures)')
     parser.add_argument('--vi-encoding', choices=('bgr8', 'rgb8', 'mono8'), default='bgr8')
     parser.add_argument('--ir-transport', choices=TRANSPORTS, default='raw',
                         help='compressed: CompressedImage (PNG) on <ir-topic>/compressed')

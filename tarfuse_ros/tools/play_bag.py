@@ -968,6 +968,12 @@ def main(argv=None):
         print(f'nothing recorded ({args.record} not written)')
     elif args.record is not None:
         received = ', '.join(f'{t}: {n}' for t, n in sorted(stats.counts('received').items()))
+        if not received and stats.published and not stats.interrupted:
+            # A node slower than --linger per pair (a large camera on a CPU) answers after it.
+            received = (f'nothing (no message on {" ".join(args.record_topics)} during the '
+                        f'playback and the --linger {args.linger:g} s after it: a node slower '
+                        f'than that per pair answers later (raise --linger), else check the '
+                        f'topic names and ROS_DOMAIN_ID)')
         print(f'recorded to {args.record}: {received or "nothing"}')
     return 130 if stats.interrupted else 0
 

@@ -496,7 +496,11 @@ def test_export_tool_names_the_outputs_it_wrote(tmp_path, capsys):
         'fused', 'flow', 'registered_ir']
     assert 'outputs fused, flow, registered_ir)' in printed  # it printed '..., det)'
     # A path with a space: the commands it prints are quoted for a shell (they were not).
-    assert f"-p 'weights:={out}';" in printed and f"trtexec '--onnx={out}' " in printed, printed
+    assert f"trtexec '--onnx={out}' " in printed, printed
+    # A command a user copies: 'fuse_node with -p ...' (no --ros-args) started the torch backend.
+    assert (f"run it: fuse_node --ros-args -p backend:=onnxruntime -p 'weights:={out}' "
+            f"(ros2 launch tarfuse_ros fuse.launch.py backend:=onnxruntime 'weights:={out}');"
+            in printed), printed
 
 
 @pytest.fixture(scope='module')

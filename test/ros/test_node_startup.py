@@ -3,10 +3,12 @@
 import os
 from pathlib import Path
 import signal
+import subprocess
+import sys
 import time
 
 from node_harness import image_msg, make_checkpoint, NodeProcess, Probe, random_domain_id
-from node_harness import sample_pair, VISIBLE_FRAME
+from node_harness import ROOT, sample_pair, VISIBLE_FRAME
 import numpy as np
 import pytest
 from rclpy.qos import ReliabilityPolicy
@@ -554,3 +556,47 @@ def test_a_slop_with_exact_sync_is_said_to_do_nothing(tmp_path):
         assert 'sync.slop 0.02 s has no effect: sync.approximate is false' in node.log()
     finally:
         node.close()
+
+
+def _fuse_node(arguments, timeout=60.0):
+    """Run ``fuse_node ARGUMENTS`` (as its console script does) on a domain of its own."""
+    environment = dict(os.environ, ROS_DOMAIN_ID=str(random_domain_id()),
+                       RCUTILS_COLORIZED_OUTPUT='0')
+    script = 'import sys; from tarfuse_ros.ros.fuse_node import main; sys.exit(main())'
+    return subprocess.run([sys.executable, '-c', script, *arguments], capture_output=True,
+                          text=True, timeout=timeout, env=environment, cwd=ROOT)
+
+
+@pytest.mark.parametrize('arguments, words', [
+    # Without --ros-args rcl takes 'device:=cuda' for a (deprecated) topic remapping and drops
+    # '-p': the node ran on the CPU, on its defaults, without a word.
+    (['-p', 'device:=cuda'], ['fuse_node: error: arguments outside --ros-args: -p device:=cuda;',
+                              'did you mean: fuse_node --ros-args -p device:=cuda']),
+    (['--device', 'cuda'], ['arguments outside --ros-args: --device cuda;',
+                            'parameters, parameters files and remappings go after --ros-args',
+                            'fuse_node --help']),
+    (['--ros-args', '-p', 'max_rate:=2.0', '--', 'extra'],
+     ['arguments outside --ros-args: extra;']),
+    # rcl's own deprecated form of a remapping (a parameter was probably meant): no guess.
+    (['device:=cuda'], ['arguments outside --ros-args: device:=cuda;',
+                        '(fuse_node --ros-args -p NAME:=VALUE -r FROM:=TO); fuse_node --help']),
+])
+def test_arguments_outside_ros_args_are_refused_before_the_node_starts(arguments, words):
+    """The node has no options of its own: it ignored them and started on its defaults."""
+    result = _fuse_node(arguments)
+    assert result.returncode == 2, result.stderr
+    for word in words:
+        assert word in result.stderr, result.stderr
+    assert 'ready:' not in result.stderr + result.stdout
+    assert 'Traceback' not in result.stderr
+
+
+@pytest.mark.parametrize('flag', ['--help', '-h'])
+def test_help_says_how_to_give_parameters_instead_of_starting_the_node(flag):
+    """`fuse_node --help` started the node (on the shipped model, on the CPU)."""
+    result = _fuse_node([flag])
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith('usage: fuse_node [--ros-args '), result.stdout
+    assert '-r infrared/image_raw:=/thermal/image_raw' in result.stdout
+    assert 'config/tarfuse.yaml' in result.stdout
+    assert result.stderr == ''

@@ -172,6 +172,31 @@ def test_make_bag_writes_compressed_topics_as_image_transport_records_them(tmp_p
         make_bag(SAMPLES, tmp_path / 'bad', ir_transport='theora')
 
 
+def test_make_bag_writes_a_float_ir_of_temperatures_as_32fc1(tmp_path, capsys):
+    """A 32-bit TIFF of temperatures, which tarfuse-fuse and the node (32FC1) take, goes in.
+
+    It was refused as 'unsupported dtype float32', saying nothing of what to do.
+    """
+    pairs, stem = tmp_path / 'pairs', 'FLIR_00122'
+    (pairs / 'ir').mkdir(parents=True)
+    (pairs / 'vi').mkdir()
+    ir8 = cv2.imread(str(SAMPLES / 'ir' / f'{stem}.jpg'), cv2.IMREAD_GRAYSCALE)
+    celsius = ir8.astype(np.float32) / 255 * 30 - 10  # -10 to 20 degrees Celsius
+    assert cv2.imwrite(str(pairs / 'ir' / f'{stem}.tiff'), celsius)
+    shutil.copy(SAMPLES / 'vi' / f'{stem}.jpg', pairs / 'vi')
+    code = make_bag_tool.main(['--pairs', str(pairs), '--out', str(tmp_path / 'mono8')])
+    err = capsys.readouterr().err
+    assert code == 2 and 'is float32' in err and 'use --ir-encoding 32FC1' in err, err
+    code = make_bag_tool.main(['--pairs', str(pairs), '--out', str(tmp_path / 'bag'),
+                               '--ir-encoding', '32FC1'])
+    assert code == 0, capsys.readouterr().err
+    msg = _by_topic(tmp_path / 'bag')[IR][0][3]
+    assert msg.encoding == '32FC1'
+    np.testing.assert_array_equal(image_to_array(msg)[0].reshape(celsius.shape), celsius)
+    with pytest.raises(ValueError, match='32FC1 IR has no compressed transport'):
+        make_bag(pairs, tmp_path / 'compressed', ir_encoding='32FC1', ir_transport='compressed')
+
+
 def test_make_bag_rejects_bad_input(tmp_path, capsys):
     with pytest.raises(ValueError, match='ir/'):
         make_bag(tmp_path, tmp_path / 'out')
@@ -599,6 +624,25 @@ def test_play_cli_loops_and_fails_clearly_without_subscribers(sample_bag, tmp_pa
         BagPlayer(tmp_path)
     with pytest.raises(ValueError, match='record-topics'):
         BagPlayer(path, record=tmp_path / 'r')
+
+
+@pytest.mark.dds
+def test_a_recording_that_caught_nothing_says_what_to_try(sample_bag, tmp_path, capsys):
+    """'recorded to X: nothing' alone: a node slower than --linger per pair records nothing.
+
+    A node answering 4 s after its first pair (a large camera on a CPU) came after the 2 s
+    the recording waits by default, and the line did not say so.
+    """
+    path, _summary = sample_bag
+    record = tmp_path / 'record'
+    code = play_bag_tool.main([str(path), '--rate', '4', '--record', str(record),
+                               '--record-topics', 'fused/image_raw', '--linger', '0.5'])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert f'recorded to {record}: nothing (no message on fused/image_raw during the ' \
+           'playback and the --linger 0.5 s after it: a node slower than that per pair ' \
+           'answers later (raise --linger), else check the topic names and ROS_DOMAIN_ID)' \
+           in out, out
 
 
 @pytest.mark.dds
