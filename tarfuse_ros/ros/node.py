@@ -34,6 +34,7 @@ Run it with ``ros2 run tarfuse_ros fuse_node --ros-args --params-file config/tar
 """
 
 import collections
+import contextvars
 import copy
 import functools
 import logging
@@ -263,10 +264,15 @@ class TarFuseNode(Node):
             load_bridge()  # every image goes through cv_bridge: fail now, not on the first pair
         except RuntimeError as exc:
             raise StartupError(str(exc)) from exc
-        # The core (engines, prior, refiner) warns through Python logging: to the ROS log.
-        self._log_handler = _RosLogHandler(self.get_logger())
-        logging.getLogger('tarfuse_ros').addHandler(self._log_handler)
-        self._engine = self._load_engine(self._params)
+        # The core (engines, prior, refiner) warns through Python logging: to this node's ROS
+        # log while this node's code calls it (here, and in the node's own threads).
+        _CORE_LOG.attach()
+        self._core_log_detached = False
+        token = _CORE_LOG_TARGET.set(self.get_logger())
+        try:
+            self._engine = self._load_engine(self._params)
+        finally:
+            _CORE_LOG_TARGET.reset(token)
         self._params_lock = threading.Lock()
         # The time the inputs' silences (diagnostics.input_timeout) and rates are read in:
         # under use_sim_time the ROS time while /clock runs (a bag at any --rate).
@@ -938,6 +944,7 @@ class TarFuseNode(Node):
 
     # -- worker thread ---------------------------------------------------------------------
     def _worker_loop(self):
+        _CORE_LOG_TARGET.set(self.get_logger())  # the core's records from this thread: ours
         while True:
             with self._slot_cond:
                 while self._slot is None and not self._stopping:
@@ -958,6 +965,7 @@ class TarFuseNode(Node):
         window = self._params.time_offset_window
         cameras = ('ir', 'vi')
         next_check = None  # by the visible stamps (s), as bag playback at any speed gives
+        _CORE_LOG_TARGET.set(self.get_logger())
         while not self._stopping:
             try:
                 index, stamp_ns, msg = self._offset_queue.get(timeout=0.2)
@@ -1748,28 +1756,58 @@ class TarFuseNode(Node):
         self._worker.join(timeout)
         if self._offset_thread is not None:
             self._offset_thread.join(timeout)
-        logging.getLogger('tarfuse_ros').removeHandler(self._log_handler)
+        if not self._core_log_detached:
+            self._core_log_detached = True
+            _CORE_LOG.detach()
         return not self._worker.is_alive()
 
 
-class _RosLogHandler(logging.Handler):
-    """Forward Python log records (the core's ``tarfuse_ros.*`` loggers) to a ROS logger."""
+class _CoreLogRouter(logging.Handler):
+    """Forward the core's Python log records (``tarfuse_ros.*`` loggers) to the ROS log.
 
-    def __init__(self, ros_logger):
+    A record goes to the ROS logger in :data:`_CORE_LOG_TARGET`, that of the node whose code
+    made the call (its start-up, its worker and time-offset threads), once. One handler for
+    the process: with a handler per node, each forwarding every record, one node's warning was
+    logged under the names of all the nodes in the process. A record made outside a node's
+    call goes to the ROS logger named after its Python logger (``tarfuse_ros.core.engine``).
+    On the ``tarfuse_ros`` logger while a node runs (:meth:`attach`, :meth:`detach`: counted).
+    """
+
+    def __init__(self):
         super().__init__()
-        self._ros_logger = ros_logger
+        self._lock = threading.Lock()
+        self._nodes = 0
+
+    def attach(self):
+        with self._lock:
+            self._nodes += 1
+            if self._nodes == 1:
+                logging.getLogger('tarfuse_ros').addHandler(self)
+
+    def detach(self):
+        with self._lock:
+            self._nodes -= 1
+            if self._nodes == 0:
+                logging.getLogger('tarfuse_ros').removeHandler(self)
 
     def emit(self, record):
         try:
             message = self.format(record)
+            ros_logger = _CORE_LOG_TARGET.get() or rclpy.logging.get_logger(record.name)
             if record.levelno >= logging.ERROR:
-                self._ros_logger.error(message)
+                ros_logger.error(message)
             elif record.levelno >= logging.WARNING:
-                self._ros_logger.warning(message)
+                ros_logger.warning(message)
             else:
-                self._ros_logger.info(message)
+                ros_logger.info(message)
         except Exception:  # noqa: BLE001 - logging must never break the caller
             self.handleError(record)
+
+
+# The ROS logger of the node whose code runs in this thread (None: no node's): where the
+# core's Python log records go (_CoreLogRouter). Set by each node in its own threads.
+_CORE_LOG_TARGET = contextvars.ContextVar('tarfuse_core_log_target', default=None)
+_CORE_LOG = _CoreLogRouter()
 
 
 def _type_name(msg_class):
