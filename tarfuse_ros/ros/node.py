@@ -1370,11 +1370,33 @@ class TarFuseNode(Node):
             silence_said[problem] = {INFRARED, VISIBLE}
         problems.extend(self._check_publisher_qos())
         problems.extend(self._check_other_fused_publishers())
+        silent_before = set().union(*self._silence_said.values())
         self._problems = problems
         self._silence_said = silence_said
         self._received_checked = self._received()
         for problem in problems:
             self._warn('health:' + _problem_key(problem), problem)
+        if set().union(*silence_said.values()) - silent_before:
+            # An input newly silent: said now, not at the next status (diagnostics.period
+            # later), as diagnostic_updater's force_update.
+            self._publish_diagnostics()
+        self._schedule_input_check(now, fresh)
+
+    def _schedule_input_check(self, now, fresh):
+        """Run the next input check when a flowing input would pass the input timeout.
+
+        Checked every min(0.5 s, input_timeout/2) alone, a stop was said up to that long after
+        the timeout; the next check now runs 1 ms after the first flowing input's timeout
+        would end, if that comes sooner (20 ms at least). Timed by the steady clock: under
+        use_sim_time a bag played slower than the wall is checked again until its time has
+        come, one played faster is said up to a period late.
+        """
+        period = _input_check_period(self._params)
+        waits = [arrival + self._params.input_timeout - now + 0.001
+                 for arrival, flows in zip(self._last_arrival, fresh) if flows]
+        wait = max(min([period, *waits]), 0.02)
+        if abs(wait * 1e9 - self._health_timer.timer_period_ns) >= 1e6:
+            _restart(self._health_timer, wait)
 
     def _check_pairing(self, params):
         """Return a problem when a quarter or more of the last pairs were not the nearest.
