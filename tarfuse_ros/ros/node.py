@@ -464,6 +464,8 @@ class TarFuseNode(Node):
             threads = params.cpu_threads or default_cpu_threads()
         except (ValueError, ImportError) as exc:
             raise StartupError(f'cpu_threads 0: {exc}; or set cpu_threads') from exc
+        if not onnx:
+            self._claim_torch_threads(threads)
         try:
             engine = create_engine(
                 params.backend, weights=params.weights, device=params.device, half=params.half,
@@ -545,6 +547,24 @@ class TarFuseNode(Node):
             except ValueError as exc:
                 raise StartupError(f'invalid classes parameter: {exc}') from exc
         return engine
+
+    def _claim_torch_threads(self, threads):
+        """Note this node's PyTorch CPU threads; refuse a count other than a running node's.
+
+        PyTorch has one thread count per process (``torch.set_num_threads``): a second node
+        of the process (a program serving two camera rigs) set its own for both, and the
+        first ran with it while asking for another.
+        """
+        with _TORCH_THREADS_LOCK:
+            for name, count in _TORCH_THREADS.values():
+                if count != threads:
+                    raise StartupError(
+                        f'cpu_threads {self._params.cpu_threads}: {threads} PyTorch CPU '
+                        f'thread(s), but {name} in this process runs PyTorch with {count}, and '
+                        f'PyTorch has one thread count per process: give the nodes of one '
+                        f'process the same cpu_threads, or start them in processes of their '
+                        f'own (ros2 launch does)')
+            _TORCH_THREADS[id(self)] = (self.get_fully_qualified_name(), threads)
 
     def _make_refiner(self, params):
         """Return the online refiner of the prior (None unless enabled); log its settings."""
@@ -1781,6 +1801,8 @@ class TarFuseNode(Node):
         if not self._core_log_detached:
             self._core_log_detached = True
             _CORE_LOG.detach()
+        with _TORCH_THREADS_LOCK:
+            _TORCH_THREADS.pop(id(self), None)
         return not self._worker.is_alive()
 
 
@@ -1826,6 +1848,9 @@ class _CoreLogRouter(logging.Handler):
             self.handleError(record)
 
 
+# The nodes of this process on the torch backend: id -> (name, PyTorch CPU threads).
+_TORCH_THREADS = {}
+_TORCH_THREADS_LOCK = threading.Lock()
 # The ROS logger of the node whose code runs in this thread (None: no node's): where the
 # core's Python log records go (_CoreLogRouter). Set by each node in its own threads.
 _CORE_LOG_TARGET = contextvars.ContextVar('tarfuse_core_log_target', default=None)

@@ -2,14 +2,15 @@
 
 Usage: python two_nodes.py --ros-args --params-file FILE ... (sections per node, or ``/**``).
 The nodes are ``/rig_a/tarfuse`` and ``/rig_b/tarfuse``, spun by one multi-threaded executor
-until Ctrl-C or SIGTERM, then stopped as :func:`tarfuse_ros.ros.node.main` stops its node.
+until Ctrl-C or SIGTERM, then stopped as :func:`tarfuse_ros.ros.node.main` stops its node; a
+node that cannot start is said as main says it (FATAL, exit status 1).
 """
 
 import sys
 
 import rclpy
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
-from tarfuse_ros.ros.node import TarFuseNode
+from tarfuse_ros.ros.node import StartupError, TarFuseNode
 
 NAMESPACES = ('/rig_a', '/rig_b')
 
@@ -18,6 +19,7 @@ def main():
     """Run both nodes until stopped; return the exit code."""
     rclpy.init(args=sys.argv)
     nodes = []
+    code = 0
     try:
         for namespace in NAMESPACES:
             nodes.append(TarFuseNode(argv=sys.argv, namespace=namespace))
@@ -25,6 +27,9 @@ def main():
         for node in nodes:
             executor.add_node(node)
         executor.spin()
+    except StartupError as exc:
+        rclpy.logging.get_logger('two_nodes').fatal(str(exc))
+        code = 1
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
@@ -32,7 +37,7 @@ def main():
             node.stop()
             node.destroy_node()
         rclpy.try_shutdown()
-    return 0
+    return code
 
 
 if __name__ == '__main__':
