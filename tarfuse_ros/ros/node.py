@@ -465,7 +465,7 @@ class TarFuseNode(Node):
         except (ValueError, ImportError) as exc:
             raise StartupError(f'cpu_threads 0: {exc}; or set cpu_threads') from exc
         if not onnx:
-            self._claim_torch_threads(threads)
+            self._check_torch_threads(threads)
         try:
             engine = create_engine(
                 params.backend, weights=params.weights, device=params.device, half=params.half,
@@ -499,6 +499,9 @@ class TarFuseNode(Node):
             raise StartupError(
                 f'cannot start the model on device {params.device!r}: {exc}. Use -p device:=cpu '
                 f'or -p allow_cpu_fallback:=true, or check the CUDA driver') from exc
+        if not onnx:  # running with them: a later node of this process must ask as many
+            with _TORCH_THREADS_LOCK:
+                _TORCH_THREADS[id(self)] = (self.get_fully_qualified_name(), threads)
         if threads and not params.cpu_threads:
             self.get_logger().info(
                 f'cpu_threads 0: {threads} CPU thread(s), {default_threads_reason(threads)}; '
@@ -548,8 +551,8 @@ class TarFuseNode(Node):
                 raise StartupError(f'invalid classes parameter: {exc}') from exc
         return engine
 
-    def _claim_torch_threads(self, threads):
-        """Note this node's PyTorch CPU threads; refuse a count other than a running node's.
+    def _check_torch_threads(self, threads):
+        """Raise :class:`StartupError` where a running node of the process has other threads.
 
         PyTorch has one thread count per process (``torch.set_num_threads``): a second node
         of the process (a program serving two camera rigs) set its own for both, and the
@@ -564,7 +567,6 @@ class TarFuseNode(Node):
                         f'PyTorch has one thread count per process: give the nodes of one '
                         f'process the same cpu_threads, or start them in processes of their '
                         f'own (ros2 launch does)')
-            _TORCH_THREADS[id(self)] = (self.get_fully_qualified_name(), threads)
 
     def _make_refiner(self, params):
         """Return the online refiner of the prior (None unless enabled); log its settings."""
