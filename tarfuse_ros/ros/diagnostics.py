@@ -63,7 +63,12 @@ class InputClock:
     what it exceeds the stand by. A jump forward (a player seeking ahead), said by
     :meth:`jumped`, advances it by the wall time passed too: counted, it was a silence of every
     input as long as the jump, 'both inputs stopped ... for 600.0 s' at the next input check
-    while the images of the new time were on their way.
+    while the images of the new time were on their way. So does a step forward beyond the ROS
+    time's pace over the last 2 s of readings (ROS s per wall s, known after 1 s) by more
+    than 1 s and twice the largest step of those readings: a seek shorter than the jumps
+    :meth:`jumped` is told of (the node's input timeout, which a fast bag's ticks may reach),
+    counted, made a silence of a jump just under the timeout and a short pause of the images,
+    and read the rates low for 10 s. A fast bag's ticks keep its pace.
     """
 
     def __init__(self, ros_now_ns, stall_s=1.0, monotonic=time.monotonic):
@@ -76,6 +81,9 @@ class InputClock:
         self._ros = None
         self._ros_changed = None  # wall time of the ROS time's last change
         self._jumped = False  # a jump forward since the last reading
+        # (wall s, ROS ns, ROS step s) of the readings of the last 2 s since the ROS time
+        # last stepped back or jumped: its pace.
+        self._recent = deque()
 
     def _stand(self, wall):
         """Return the wall time (s) a ROS time standing since it changed counts at ``wall``."""
@@ -87,12 +95,35 @@ class InputClock:
         with self._lock:
             self._jumped = True
 
+    def _beyond_pace(self, wall, ros_step):
+        """Return whether a step forward of ``ros_step`` s at ``wall`` is a jump."""
+        recent = self._recent
+        if len(recent) < 2 or self._wall - recent[0][0] < 1.0:
+            return False  # no pace known yet
+        pace = (self._ros - recent[0][1]) / 1e9 / (self._wall - recent[0][0])
+        largest = max(step for _, _, step in recent)
+        return ros_step > pace * (wall - self._wall) + max(1.0, 2.0 * largest)
+
+    def _note_pace(self, wall, ros, jumped):
+        """Add a reading to the pace's; start over where the ROS time stepped back or jumped."""
+        recent = self._recent
+        if ros is None or self._ros is None or jumped or ros < self._ros:
+            recent.clear()
+        if ros is not None:
+            recent.append((wall, ros, (ros - self._ros) / 1e9 if recent else 0.0))
+            while len(recent) > 2 and wall - recent[1][0] >= 2.0:
+                recent.popleft()
+
     def __call__(self):
         """Return the clock's time (s)."""
         with self._lock:
             wall, ros = self._monotonic(), self._ros_now_ns()
             step = wall - self._wall  # no ROS time to follow, it stepped back or jumped
             jumped, self._jumped = self._jumped, False
+            if (not jumped and ros is not None and self._ros is not None and ros > self._ros
+                    and self._beyond_pace(wall, (ros - self._ros) / 1e9)):
+                jumped = True
+            self._note_pace(wall, ros, jumped)
             if ros is not None and self._ros is not None and not jumped:
                 if ros > self._ros:
                     # Less the stand counted before it (the wall time that stood in for the

@@ -34,6 +34,7 @@ Run it with ``ros2 run tarfuse_ros fuse_node --ros-args --params-file config/tar
 """
 
 import collections
+import contextvars
 import copy
 import functools
 import logging
@@ -263,10 +264,15 @@ class TarFuseNode(Node):
             load_bridge()  # every image goes through cv_bridge: fail now, not on the first pair
         except RuntimeError as exc:
             raise StartupError(str(exc)) from exc
-        # The core (engines, prior, refiner) warns through Python logging: to the ROS log.
-        self._log_handler = _RosLogHandler(self.get_logger())
-        logging.getLogger('tarfuse_ros').addHandler(self._log_handler)
-        self._engine = self._load_engine(self._params)
+        # The core (engines, prior, refiner) warns through Python logging: to this node's ROS
+        # log while this node's code calls it (here, and in the node's own threads).
+        _CORE_LOG.attach()
+        self._core_log_detached = False
+        token = _CORE_LOG_TARGET.set(self.get_logger())
+        try:
+            self._engine = self._load_engine(self._params)
+        finally:
+            _CORE_LOG_TARGET.reset(token)
         self._params_lock = threading.Lock()
         # The time the inputs' silences (diagnostics.input_timeout) and rates are read in:
         # under use_sim_time the ROS time while /clock runs (a bag at any --rate).
@@ -458,6 +464,8 @@ class TarFuseNode(Node):
             threads = params.cpu_threads or default_cpu_threads()
         except (ValueError, ImportError) as exc:
             raise StartupError(f'cpu_threads 0: {exc}; or set cpu_threads') from exc
+        if not onnx:
+            self._check_torch_threads(threads)
         try:
             engine = create_engine(
                 params.backend, weights=params.weights, device=params.device, half=params.half,
@@ -491,6 +499,9 @@ class TarFuseNode(Node):
             raise StartupError(
                 f'cannot start the model on device {params.device!r}: {exc}. Use -p device:=cpu '
                 f'or -p allow_cpu_fallback:=true, or check the CUDA driver') from exc
+        if not onnx:  # running with them: a later node of this process must ask as many
+            with _TORCH_THREADS_LOCK:
+                _TORCH_THREADS[id(self)] = (self.get_fully_qualified_name(), threads)
         if threads and not params.cpu_threads:
             self.get_logger().info(
                 f'cpu_threads 0: {threads} CPU thread(s), {default_threads_reason(threads)}; '
@@ -539,6 +550,23 @@ class TarFuseNode(Node):
             except ValueError as exc:
                 raise StartupError(f'invalid classes parameter: {exc}') from exc
         return engine
+
+    def _check_torch_threads(self, threads):
+        """Raise :class:`StartupError` where a running node of the process has other threads.
+
+        PyTorch has one thread count per process (``torch.set_num_threads``): a second node
+        of the process (a program serving two camera rigs) set its own for both, and the
+        first ran with it while asking for another.
+        """
+        with _TORCH_THREADS_LOCK:
+            for name, count in _TORCH_THREADS.values():
+                if count != threads:
+                    raise StartupError(
+                        f'cpu_threads {self._params.cpu_threads}: {threads} PyTorch CPU '
+                        f'thread(s), but {name} in this process runs PyTorch with {count}, and '
+                        f'PyTorch has one thread count per process: give the nodes of one '
+                        f'process the same cpu_threads, or start them in processes of their '
+                        f'own (ros2 launch does)')
 
     def _make_refiner(self, params):
         """Return the online refiner of the prior (None unless enabled); log its settings."""
@@ -938,6 +966,7 @@ class TarFuseNode(Node):
 
     # -- worker thread ---------------------------------------------------------------------
     def _worker_loop(self):
+        _CORE_LOG_TARGET.set(self.get_logger())  # the core's records from this thread: ours
         while True:
             with self._slot_cond:
                 while self._slot is None and not self._stopping:
@@ -958,6 +987,7 @@ class TarFuseNode(Node):
         window = self._params.time_offset_window
         cameras = ('ir', 'vi')
         next_check = None  # by the visible stamps (s), as bag playback at any speed gives
+        _CORE_LOG_TARGET.set(self.get_logger())
         while not self._stopping:
             try:
                 index, stamp_ns, msg = self._offset_queue.get(timeout=0.2)
@@ -1362,11 +1392,33 @@ class TarFuseNode(Node):
             silence_said[problem] = {INFRARED, VISIBLE}
         problems.extend(self._check_publisher_qos())
         problems.extend(self._check_other_fused_publishers())
+        silent_before = set().union(*self._silence_said.values())
         self._problems = problems
         self._silence_said = silence_said
         self._received_checked = self._received()
         for problem in problems:
             self._warn('health:' + _problem_key(problem), problem)
+        if set().union(*silence_said.values()) - silent_before:
+            # An input newly silent: said now, not at the next status (diagnostics.period
+            # later), as diagnostic_updater's force_update.
+            self._publish_diagnostics()
+        self._schedule_input_check(now, fresh)
+
+    def _schedule_input_check(self, now, fresh):
+        """Run the next input check when a flowing input would pass the input timeout.
+
+        Checked every min(0.5 s, input_timeout/2) alone, a stop was said up to that long after
+        the timeout; the next check now runs 1 ms after the first flowing input's timeout
+        would end, if that comes sooner (20 ms at least). Timed by the steady clock: under
+        use_sim_time a bag played slower than the wall is checked again until its time has
+        come, one played faster is said up to a period late.
+        """
+        period = _input_check_period(self._params)
+        waits = [arrival + self._params.input_timeout - now + 0.001
+                 for arrival, flows in zip(self._last_arrival, fresh) if flows]
+        wait = max(min([period, *waits]), 0.02)
+        if abs(wait * 1e9 - self._health_timer.timer_period_ns) >= 1e6:
+            _restart(self._health_timer, wait)
 
     def _check_pairing(self, params):
         """Return a problem when a quarter or more of the last pairs were not the nearest.
@@ -1748,28 +1800,63 @@ class TarFuseNode(Node):
         self._worker.join(timeout)
         if self._offset_thread is not None:
             self._offset_thread.join(timeout)
-        logging.getLogger('tarfuse_ros').removeHandler(self._log_handler)
+        if not self._core_log_detached:
+            self._core_log_detached = True
+            _CORE_LOG.detach()
+        with _TORCH_THREADS_LOCK:
+            _TORCH_THREADS.pop(id(self), None)
         return not self._worker.is_alive()
 
 
-class _RosLogHandler(logging.Handler):
-    """Forward Python log records (the core's ``tarfuse_ros.*`` loggers) to a ROS logger."""
+class _CoreLogRouter(logging.Handler):
+    """Forward the core's Python log records (``tarfuse_ros.*`` loggers) to the ROS log.
 
-    def __init__(self, ros_logger):
+    A record goes to the ROS logger in :data:`_CORE_LOG_TARGET`, that of the node whose code
+    made the call (its start-up, its worker and time-offset threads), once. One handler for
+    the process: with a handler per node, each forwarding every record, one node's warning was
+    logged under the names of all the nodes in the process. A record made outside a node's
+    call goes to the ROS logger named after its Python logger (``tarfuse_ros.core.engine``).
+    On the ``tarfuse_ros`` logger while a node runs (:meth:`attach`, :meth:`detach`: counted).
+    """
+
+    def __init__(self):
         super().__init__()
-        self._ros_logger = ros_logger
+        self._lock = threading.Lock()
+        self._nodes = 0
+
+    def attach(self):
+        with self._lock:
+            self._nodes += 1
+            if self._nodes == 1:
+                logging.getLogger('tarfuse_ros').addHandler(self)
+
+    def detach(self):
+        with self._lock:
+            self._nodes -= 1
+            if self._nodes == 0:
+                logging.getLogger('tarfuse_ros').removeHandler(self)
 
     def emit(self, record):
         try:
             message = self.format(record)
+            ros_logger = _CORE_LOG_TARGET.get() or rclpy.logging.get_logger(record.name)
             if record.levelno >= logging.ERROR:
-                self._ros_logger.error(message)
+                ros_logger.error(message)
             elif record.levelno >= logging.WARNING:
-                self._ros_logger.warning(message)
+                ros_logger.warning(message)
             else:
-                self._ros_logger.info(message)
+                ros_logger.info(message)
         except Exception:  # noqa: BLE001 - logging must never break the caller
             self.handleError(record)
+
+
+# The nodes of this process on the torch backend: id -> (name, PyTorch CPU threads).
+_TORCH_THREADS = {}
+_TORCH_THREADS_LOCK = threading.Lock()
+# The ROS logger of the node whose code runs in this thread (None: no node's): where the
+# core's Python log records go (_CoreLogRouter). Set by each node in its own threads.
+_CORE_LOG_TARGET = contextvars.ContextVar('tarfuse_core_log_target', default=None)
+_CORE_LOG = _CoreLogRouter()
 
 
 def _type_name(msg_class):

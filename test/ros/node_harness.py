@@ -143,7 +143,8 @@ class NodeProcess:
     """The fusion node running in a child process on ``domain_id``."""
 
     def __init__(self, domain_id, parameters, namespace='/', env=None, params_files=(),
-                 remaps=()):
+                 remaps=(), program=None):
+        """Start the node (or ``program``: a script of nodes; ``namespace`` None: theirs)."""
         self.log_file = tempfile.NamedTemporaryFile(
             prefix='tarfuse_node_', suffix='.log', delete=False)
         environment = dict(os.environ if env is None else env)
@@ -153,8 +154,11 @@ class NodeProcess:
         pythonpath = environment.get('PYTHONPATH', '')
         if str(ROOT) not in pythonpath.split(os.pathsep):
             environment['PYTHONPATH'] = os.pathsep.join(filter(None, [str(ROOT), pythonpath]))
-        command = [sys.executable, '-m', 'tarfuse_ros.ros.fuse_node', '--ros-args',
-                   '--params-file', str(PARAMS_FILE), '-r', f'__ns:={namespace}']
+        command = [sys.executable, *([str(program)] if program else
+                                     ['-m', 'tarfuse_ros.ros.fuse_node']),
+                   '--ros-args', '--params-file', str(PARAMS_FILE)]
+        if namespace is not None:
+            command += ['-r', f'__ns:={namespace}']
         for path in params_files:  # applied after the shipped file, as the launch file does
             command += ['--params-file', str(path)]
         for name, value in parameters.items():

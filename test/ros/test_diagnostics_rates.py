@@ -129,3 +129,44 @@ def test_a_clock_of_one_hertz_is_followed_not_counted_twice(tick_s, follows):
         clock()
     expected = ticks if follows == 'ros' else 60.0
     assert clock() - start == pytest.approx(expected, abs=1.0)
+
+
+def _follow(clock, wall, ros, seconds, pace, tick_hz=40.0, every_s=0.02):
+    """Run ``seconds`` of wall time: /clock ticking at ``tick_hz`` at ``pace`` x, read often."""
+    start_wall, start_ros = wall.now, ros[0]
+    for k in range(1, round(seconds / every_s) + 1):
+        wall.now = start_wall + every_s * k
+        ticks = int(every_s * k * tick_hz + 1e-9)
+        ros[0] = start_ros + round(ticks / tick_hz * pace * 1e9)
+        clock()
+
+
+def test_a_seek_shorter_than_the_input_timeout_counts_the_wall_time_it_took():
+    """A player seeking 2.5 s ahead, under the node's jump callback (the input timeout, 3 s).
+
+    Counted as time passed, it left 0.5 s before the inputs were said to have stopped (a
+    pause of the images of the new time longer than that was said: 'both inputs stopped ...
+    for 3.0 s'), and the rates read a third of the truth after it.
+    """
+    wall, ros = FakeClock(), [5_000_000_000]
+    clock = InputClock(lambda: ros[0], stall_s=1.0, monotonic=wall)
+    start = clock()
+    _follow(clock, wall, ros, 3.0, pace=1.0)
+    before = clock()
+    assert before - start == pytest.approx(3.0, abs=0.05)
+    wall.now += 0.02
+    ros[0] += 2_500_000_000  # the seek, between two ticks
+    assert clock() == pytest.approx(before + 0.02)  # the wall's 20 ms, not 2.5 s
+    _follow(clock, wall, ros, 3.0, pace=1.0)
+    assert clock() - before == pytest.approx(3.02, abs=0.05)  # then the ROS time again
+
+
+@pytest.mark.parametrize('pace, tick_hz, every_s', [(20.0, 40.0, 0.03), (20.0, 40.0, 0.5),
+                                                    (100.0, 40.0, 0.03), (2.0, 1.0, 0.02)])
+def test_a_bag_played_fast_is_followed_not_taken_for_seeks(pace, tick_hz, every_s):
+    """A fast bag's /clock steps (a tick of 2.5 s at 100 x) are its time, not seeks ahead."""
+    wall, ros = FakeClock(), [5_000_000_000]
+    clock = InputClock(lambda: ros[0], stall_s=1.0, monotonic=wall)
+    start = clock()
+    _follow(clock, wall, ros, 10.0, pace, tick_hz, every_s)
+    assert clock() - start == pytest.approx((ros[0] - 5_000_000_000) / 1e9, abs=0.01 * pace)

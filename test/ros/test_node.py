@@ -863,6 +863,43 @@ def test_a_silent_input_is_reported_by_name(setup):
     _send_ahead(probe, 500_000_000)
 
 
+def test_a_camera_that_stops_is_said_when_the_input_timeout_ends(setup):
+    """A stop was found by the input checks (every 0.5 s) and said by the next status.
+
+    So up to half a second after diagnostics.input_timeout (1 s here), then up to
+    diagnostics.period (10 s here) later: 'for 1.4 s'. Now the check after the last image
+    runs when the timeout ends, and a status goes out at once with the news.
+    """
+    node, probe, _, _ = setup
+    topic = f'{NAMESPACE}/infrared/image_raw'
+    result, = probe.set_parameters(diagnostics__period=10.0)
+    assert result.successful, result.reason
+    try:
+        _send_and_wait(probe)
+        probe.spin_until(lambda: False, 1.0)  # the pair's statuses drained
+        start = len(probe.diagnostics)
+        ir, vi = probe.good_pair(time.time_ns())
+        probe.publish_pair(ir, vi)
+        stopped = time.monotonic()  # the IR camera's last image
+
+        def visible_only():
+            probe.visible_pub.publish(probe.good_pair(time.time_ns())[1])
+
+        assert probe.spin_until(
+            lambda: any(f'no messages on {topic}' in s.message
+                        for s in probe.diagnostics[start:]), 6.0, tick=visible_only), (
+            probe.latest_diagnostics())
+        said = time.monotonic() - stopped
+        message = next(s.message for s in probe.diagnostics[start:]
+                       if f'no messages on {topic}' in s.message)
+        silence = float(re.search(rf'no messages on {topic} for ([0-9.]+) s', message)[1])
+        assert said < 1.8 and silence <= 1.1, (said, message)
+    finally:
+        result, = probe.set_parameters(diagnostics__period=0.25)
+        assert result.successful, result.reason
+    _send_ahead(probe, 500_000_000)  # after the unpaired visible images
+
+
 def test_a_camera_that_stopped_is_told_apart_from_one_whose_publisher_left(setup):
     """A camera that had sent images and stopped was said to need its topic name checked.
 

@@ -221,3 +221,48 @@ def test_a_clock_seeking_ahead_is_no_silence_of_the_inputs(setup):
         assert probe.set_parameters(diagnostics__input_timeout=1.0)[0].successful
         probe.node.destroy_publisher(clock)
     assert node.alive()
+
+
+def test_a_short_seek_ahead_is_no_silence_of_the_inputs(setup):
+    """A seek of 2.5 s: shorter than the jumps the node is told of (the input timeout, 3 s).
+
+    Taken for time passed, it left the images of the new time 0.5 s: on their way for 1 s,
+    they were said to have stopped ('both inputs stopped ... for 3.0 s', WARN, logged), and
+    the rates read 0.3 Hz. The step now counts the wall time it took.
+    """
+    node, probe = setup
+    clock = probe.node.create_publisher(Clock, '/clock', 10)
+    offset = [-DAY_NS]
+    sending = [True]
+
+    def tick():  # /clock following the wall a day back, and a pair of its time while sending
+        stamp = time.time_ns() + offset[0]
+        message = Clock()
+        message.clock.sec, message.clock.nanosec = divmod(stamp, 1_000_000_000)
+        clock.publish(message)
+        if sending[0]:
+            probe.publish_pair(*probe.good_pair(stamp))
+
+    assert probe.set_parameters(diagnostics__input_timeout=3.0)[0].successful
+    try:
+        assert probe.wait_for_diagnostics(
+            lambda level, message, values: message == 'fusing', timeout=30.0, tick=tick), (
+            probe.latest_diagnostics())
+        probe.spin_until(lambda: False, 3.0, tick=tick, tick_period=0.05)  # the pace known
+        first = len(probe.diagnostics)
+        offset[0] += 2_500_000_000
+        sending[0] = False
+        probe.spin_until(lambda: False, 1.0, tick=tick, tick_period=0.05)
+        sending[0] = True
+        probe.spin_until(lambda: False, 1.5, tick=tick, tick_period=0.05)
+        during = [(status.message, {kv.key: kv.value for kv in status.values})
+                  for status in probe.diagnostics[first:]]
+        assert len(during) >= 8, during
+        said = [message for message, _ in during if any(word in message for word in STOPPED)]
+        assert not said, said
+        rates = [float(values['visible_rate_hz']) for _, values in during]
+        assert min(rates) > 0.5, rates
+    finally:
+        assert probe.set_parameters(diagnostics__input_timeout=1.0)[0].successful
+        probe.node.destroy_publisher(clock)
+    assert node.alive()
