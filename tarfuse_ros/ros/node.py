@@ -64,6 +64,7 @@ from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.qos_overriding_options import InvalidQosOverridesError, QoSOverridingOptions
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+from tarfuse_ros.core.checkpoint_header import CheckpointError, read_checkpoint_config
 from tarfuse_ros.core.cpus import default_cpu_threads, default_threads_reason
 from tarfuse_ros.core.drawing import draw_detections
 from tarfuse_ros.core.fine_passes import NoFineStageError
@@ -207,7 +208,24 @@ def _class_ids(names, class_names):
     unknown = [n for n in names if n not in class_names]
     if unknown:
         raise ValueError(f'unknown class names {unknown}; the model knows {list(class_names)}')
-    return [class_names.index(n) for n in names]
+    return [list(class_names).index(n) for n in names]
+
+
+def _checked_class_ids(names, class_names):
+    """Return :func:`_class_ids`; raise :class:`StartupError` for an unknown class."""
+    try:
+        return _class_ids(names, class_names)
+    except ValueError as exc:
+        raise StartupError(f'invalid classes parameter: {exc}') from exc
+
+
+def _model_file_error(exc, params):
+    """Return the :class:`StartupError` of an unusable weights file (``exc`` says why)."""
+    onnx = params.backend == 'onnxruntime'
+    kind = '.onnx file from tarfuse-export' if onnx else '.safetensors checkpoint'
+    example = 'model.onnx' if onnx else 'model.safetensors'
+    return StartupError(f'cannot load the model: {exc}. Point the weights parameter at a '
+                        f'valid {kind} (-p weights:=/path/{example})')
 
 
 class TarFuseNode(Node):
@@ -259,6 +277,9 @@ class TarFuseNode(Node):
         # (topic, why that one): read by the start-up check and the subscription.
         self._info_topic = visible_camera_info_topic(self)
         self._check_topics_distinct()
+        # Every check that needs no model runs before torch loads (about 2 s of CPU time): the
+        # weights file, the classes, the outputs' QoS overrides.
+        detects = self._check_weights(self._params)
         try:
             load_bridge()  # every image goes through cv_bridge: fail now, not on the first pair
         except RuntimeError as exc:
@@ -266,7 +287,12 @@ class TarFuseNode(Node):
         # The core (engines, prior, refiner) warns through Python logging: to the ROS log.
         self._log_handler = _RosLogHandler(self.get_logger())
         logging.getLogger('tarfuse_ros').addHandler(self._log_handler)
-        self._engine = self._load_engine(self._params)
+        if detects is None:  # an ONNX file says whether it detects once loaded (no torch)
+            self._engine = self._load_engine(self._params)
+            self._make_outputs(self._engine.detects)
+        else:
+            self._make_outputs(detects)
+            self._engine = self._load_engine(self._params)
         self._params_lock = threading.Lock()
         # The time the inputs' silences (diagnostics.input_timeout) and rates are read in:
         # under use_sim_time the ROS time while /clock runs (a bag at any --rate).
@@ -368,31 +394,7 @@ class TarFuseNode(Node):
         self._info_sub = self.create_subscription(CameraInfo, info_topic, self._on_camera_info,
                                                   self._input_qos)
         self.get_logger().info(f'camera_info from {self._info_sub.topic_name} ({origin})')
-
-        self._pub_fused = self._output(Image, _FUSED_TOPIC)
-        self._pub_fused_compressed = self._output(
-            CompressedImage, self._transport_topic(_FUSED_TOPIC, 'compressed')[1])
-        self._pub_info = self._output(CameraInfo, 'fused/camera_info')
-        # A model without detection head: no detections publisher, so the topic is absent
-        # (not advertised with an always-empty array); said once in the log below.
-        self._pub_detections = None
-        if self._engine.detects:
-            self._pub_detections = self._output(Detection2DArray, 'detections')
-        self._pub_registered = self._output(Image, 'registered/image_raw')
-        self._pub_debug = self._output(Image, 'debug/image_raw')
         self._pub_diag = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
-        inputs = [*self._topics, self._info_sub.topic_name,
-                  *(self._resolve(base) for base in _INPUT_TOPICS)]
-        absent = [] if self._engine.detects else [self._resolve('detections')]
-        unknown, ignored = unknown_qos_overrides(self, inputs, absent, self._remapped_outputs())
-        if unknown:
-            raise StartupError(f'unknown QoS override {", ".join(unknown)}: no output of this '
-                               f'node takes it (outputs take history, depth and reliability); '
-                               f'correct or remove it in the params file or on the command line')
-        if ignored:
-            self.get_logger().warning(
-                f'QoS override {", ".join(repr(name) for name in ignored)} ignored: this '
-                f'model does not detect, so the detections topic is not advertised')
 
         if hasattr(self, 'add_pre_set_parameters_callback'):  # rclpy of Iron and newer
             # Stored as used: a set ' cpu' reads back as 'cpu' (on Humble, verbatim).
@@ -433,7 +435,13 @@ class TarFuseNode(Node):
                 f'detections topic is not advertised and publish.detections has no effect')
 
     # -- start-up ------------------------------------------------------------------------------
-    def _load_engine(self, params):
+    def _check_weights(self, params):
+        """Check the weights file without loading a model; return whether the model detects.
+
+        A checkpoint's header (its JSON config) is read without torch: the file is a TarFuse
+        checkpoint and the classes parameter names classes it has. None for an ONNX file,
+        which onnxruntime reads as it loads it.
+        """
         onnx = params.backend == 'onnxruntime'
         if Path(params.weights).is_dir():
             kind = 'an .onnx file' if onnx else 'a .safetensors checkpoint'
@@ -449,8 +457,51 @@ class TarFuseNode(Node):
                 f'weights file {params.weights!r} does not exist: pass a .safetensors checkpoint '
                 f'with -p weights:=/path/model.safetensors (train one with tarfuse-train), or '
                 f'leave weights empty for the shipped model')
-        # Imported here so that configuration errors are reported before torch is loaded (and
-        # the onnxruntime backend does not load the torch engine).
+        if onnx:
+            return None
+        try:
+            model = read_checkpoint_config(params.weights)['model']
+        except CheckpointError as exc:
+            raise _model_file_error(exc, params) from exc
+        detects = model.get('detect', True)  # TarFuseConfig's defaults
+        if params.classes and 'class_names' in model:
+            _checked_class_ids(params.classes, model['class_names'] if detects else ())
+        return detects
+
+    def _make_outputs(self, detects):
+        """Create the output publishers (detections if ``detects``), checking the QoS overrides.
+
+        Raises :class:`StartupError` for an override of a value, a topic or a policy that no
+        output takes.
+        """
+        self._pub_fused = self._output(Image, _FUSED_TOPIC)
+        self._pub_fused_compressed = self._output(
+            CompressedImage, self._transport_topic(_FUSED_TOPIC, 'compressed')[1])
+        self._pub_info = self._output(CameraInfo, 'fused/camera_info')
+        # A model without detection head: no detections publisher, so the topic is absent
+        # (not advertised with an always-empty array); said once in the log when ready.
+        self._pub_detections = None
+        if detects:
+            self._pub_detections = self._output(Detection2DArray, 'detections')
+        self._pub_registered = self._output(Image, 'registered/image_raw')
+        self._pub_debug = self._output(Image, 'debug/image_raw')
+        inputs = [*self._input_topics(), self._resolve(self._info_topic[0]),
+                  *(self._resolve(base) for base in _INPUT_TOPICS)]
+        absent = [] if detects else [self._resolve('detections')]
+        unknown, ignored = unknown_qos_overrides(self, inputs, absent, self._remapped_outputs())
+        if unknown:
+            raise StartupError(f'unknown QoS override {", ".join(unknown)}: no output of this '
+                               f'node takes it (outputs take history, depth and reliability); '
+                               f'correct or remove it in the params file or on the command line')
+        if ignored:
+            self.get_logger().warning(
+                f'QoS override {", ".join(repr(name) for name in ignored)} ignored: this '
+                f'model does not detect, so the detections topic is not advertised')
+
+    def _load_engine(self, params):
+        onnx = params.backend == 'onnxruntime'
+        # Imported here: the configuration is checked before torch loads (and the onnxruntime
+        # backend does not load the torch engine).
         from tarfuse_ros.core.backends import create_engine, model_error
         # cpu_threads 0: the libraries' defaults, unless this process may use fewer CPUs than
         # the machine has (a container's CPU limit, which they do not count).
@@ -473,11 +524,7 @@ class TarFuseNode(Node):
                 global_track=params.registration_global_track,
                 input_max_long_side=params.input_max_long_side)
         except model_error(params.backend) as exc:
-            kind = '.onnx file from tarfuse-export' if onnx else '.safetensors checkpoint'
-            example = 'model.onnx' if onnx else 'model.safetensors'
-            raise StartupError(
-                f'cannot load the model: {exc}. Point the weights parameter at a valid {kind} '
-                f'(-p weights:=/path/{example})') from exc
+            raise _model_file_error(exc, params) from exc
         except NoFineStageError as exc:  # the engine's words name its argument, not ours
             raise StartupError(
                 f'registration.fine_passes {params.registration_fine_passes}: {exc}; set '
@@ -534,10 +581,7 @@ class TarFuseNode(Node):
                 f'last {params.registration_global_window} fits')
         # A CPU fallback is logged by the core (forwarded above), once, with its cause.
         if params.classes:
-            try:
-                engine.set_thresholds(classes=_class_ids(params.classes, engine.class_names))
-            except ValueError as exc:
-                raise StartupError(f'invalid classes parameter: {exc}') from exc
+            engine.set_thresholds(classes=_checked_class_ids(params.classes, engine.class_names))
         return engine
 
     def _make_refiner(self, params):
@@ -579,9 +623,7 @@ class TarFuseNode(Node):
         read what it publishes. The visible camera_info counts as an input (it follows the
         visible image: remapping the image alone can put it onto fused/camera_info).
         """
-        transports = (self._params.infrared_transport, self._params.visible_transport)
-        inputs = [self._resolve(self._transport_topic(base, transport)[1])
-                  for base, transport in zip(_INPUT_TOPICS, transports)]
+        inputs = self._input_topics()
         if inputs[0] == inputs[1]:
             raise StartupError(f'the infrared and the visible input are both {inputs[0]!r}: '
                                f'remap infrared/image_raw and visible/image_raw to the '
@@ -599,6 +641,12 @@ class TarFuseNode(Node):
                                    f'where the node publishes {base}: it would read what it '
                                    f'publishes; remap visible/camera_info to the camera_info '
                                    f'topic of the visible camera, or {base} to another topic')
+
+    def _input_topics(self):
+        """Return the topics the image inputs subscribe to (resolved, transport included)."""
+        transports = (self._params.infrared_transport, self._params.visible_transport)
+        return [self._resolve(self._transport_topic(base, transport)[1])
+                for base, transport in zip(_INPUT_TOPICS, transports)]
 
     def _remapped_outputs(self):
         """Return ``{output name before remapping: after}`` for the outputs a rule renamed."""
