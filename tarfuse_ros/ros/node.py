@@ -443,20 +443,34 @@ class TarFuseNode(Node):
         which onnxruntime reads as it loads it.
         """
         onnx = params.backend == 'onnxruntime'
-        if Path(params.weights).is_dir():
-            kind = 'an .onnx file' if onnx else 'a .safetensors checkpoint'
-            raise StartupError(f'weights {params.weights!r} is a directory, not a weights file: '
-                               f'pass {kind} with -p weights:=/path/to/file')
-        if not Path(params.weights).is_file():
-            if onnx:
+        path = Path(params.weights)
+        kind = 'an .onnx file' if onnx else 'a .safetensors checkpoint'
+        try:
+            if path.is_dir():
+                raise StartupError(f'weights {params.weights!r} is a directory, not a weights '
+                                   f'file: pass {kind} with -p weights:=/path/to/file')
+            if path.is_symlink() and not path.exists():  # said 'does not exist'
                 raise StartupError(
-                    f'weights file {params.weights!r} does not exist: with backend onnxruntime '
-                    f'pass an .onnx file with -p weights:=/path/model.onnx (export one with '
-                    f'tarfuse-export WEIGHTS.safetensors --out model.onnx)')
+                    f'weights {params.weights!r} is a symbolic link that leads to no file (to '
+                    f'{os.readlink(path)!r}: missing, or links in a loop): point it at {kind}, '
+                    f'or pass the file itself with -p weights:=/path/to/file')
+            if not path.is_file():
+                if onnx:
+                    raise StartupError(
+                        f'weights file {params.weights!r} does not exist: with backend '
+                        f'onnxruntime pass an .onnx file with -p weights:=/path/model.onnx '
+                        f'(export one with tarfuse-export WEIGHTS.safetensors --out model.onnx)')
+                raise StartupError(
+                    f'weights file {params.weights!r} does not exist: pass a .safetensors '
+                    f'checkpoint with -p weights:=/path/model.safetensors (train one with '
+                    f'tarfuse-train), or leave weights empty for the shipped model')
+            with open(path, 'rb'):  # a file this user may not read
+                pass
+        except OSError as exc:  # a traceback, or 'cannot start the model on device' before
             raise StartupError(
-                f'weights file {params.weights!r} does not exist: pass a .safetensors checkpoint '
-                f'with -p weights:=/path/model.safetensors (train one with tarfuse-train), or '
-                f'leave weights empty for the shipped model')
+                f'weights file {params.weights!r} cannot be read ({exc.strerror}): give the '
+                f"node's user read access to it and its folders, or pass a copy it can read"
+            ) from exc
         if onnx:
             return None
         try:

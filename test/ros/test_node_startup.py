@@ -28,12 +28,24 @@ def _cases(tmp_path):
     make_checkpoint(weights)
     corrupt = tmp_path / 'corrupt.safetensors'
     corrupt.write_bytes(b'\x00\x01 this is not a safetensors file' * 20)
+    (tmp_path / 'loop_a').symlink_to(tmp_path / 'loop_b')
+    (tmp_path / 'loop_b').symlink_to(tmp_path / 'loop_a')
+    too_long = tmp_path / ('m' * 300 + '.safetensors')  # a name over the 255 bytes allowed
     cases = {
         'missing_weights': ({'weights': str(tmp_path / 'absent.safetensors')},
                             ['absent.safetensors', 'weights']),
         'corrupt_weights': ({'weights': str(corrupt)}, ['cannot load the model', 'weights']),
         'weights_a_directory': ({'weights': str(tmp_path)}, ['is a directory, not a weights '
                                                              'file']),
+        # Said 'does not exist'.
+        'weights_a_symlink_loop': ({'weights': str(tmp_path / 'loop_a')},
+                                   ['is a symbolic link that leads to no file',
+                                    'links in a loop']),
+        # A traceback (pathlib raises for such a name); an unreadable file (chmod 000) took
+        # the same way to 'cannot start the model on device 'cpu' ... check the CUDA driver'.
+        'weights_name_too_long': ({'weights': str(too_long)},
+                                  ['cannot be read (File name too long)',
+                                   'or pass a copy it can read']),
         'bad_reliability': ({'weights': str(weights), 'qos.reliability': 'sometimes'},
                             ['qos.reliability', 'best_effort, reliable']),
         'unknown_class': ({'weights': str(weights), 'classes': '[no_such_class]'},
@@ -209,6 +221,7 @@ def outcomes(tmp_path_factory):
 
 
 @pytest.mark.parametrize('case', ['missing_weights', 'corrupt_weights', 'weights_a_directory',
+                                  'weights_a_symlink_loop', 'weights_name_too_long',
                                   'bad_reliability',
                                   'unknown_class', 'classes_of_a_model_without_detection',
                                   'global_track_of_a_model_without_global_stage',
