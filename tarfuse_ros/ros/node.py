@@ -89,7 +89,7 @@ from tarfuse_ros.ros.diagnostics import process_rss_mib
 from tarfuse_ros.ros.diagnostics import WarningThrottle
 from tarfuse_ros.ros.params import apply_updates, canonical_parameters
 from tarfuse_ros.ros.params import command_line_type_errors, NodeParams
-from tarfuse_ros.ros.params import decimal_number_lists
+from tarfuse_ros.ros.params import decimal_numbers
 from tarfuse_ros.ros.params import declare_node_parameters, fine_passes, parameter_updates
 from tarfuse_ros.ros.params import parameter_source, ParameterValueError
 from tarfuse_ros.ros.params import PARAMETER_SPECS, params_files_for_other_nodes
@@ -1856,8 +1856,9 @@ def main(args=None):
     code = 0
     try:
         with tempfile.TemporaryDirectory(prefix='tarfuse_params_') as folder:
-            # A hand-edited number list ([1, 0.02, ...]) would stop rcl itself: made doubles.
-            argv, notes = decimal_number_lists(argv, folder)
+            # A hand-edited number list ([1, 0.02, ...]) would stop rcl itself, an integer for a
+            # decimal (max_rate: 2) the declaration: made doubles.
+            argv, notes = decimal_numbers(argv, folder)
             for note in notes:
                 logger.warning(note)
             try:

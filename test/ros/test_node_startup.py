@@ -78,8 +78,8 @@ def _cases(tmp_path):
     negative_timeout_file = tmp_path / 'negative_timeout.yaml'
     negative_timeout_file.write_text('/**:\n  ros__parameters:\n    diagnostics:\n'
                                      '      input_timeout: -1.0\n')
-    integer_rate_file = tmp_path / 'integer_rate.yaml'
-    integer_rate_file.write_text('/**:\n  ros__parameters:\n    max_rate: 2\n')
+    bool_rate_file = tmp_path / 'bool_rate.yaml'
+    bool_rate_file.write_text('/**:\n  ros__parameters:\n    max_rate: true\n')
     qos_policy_file = _qos_overrides_file(tmp_path / 'qos_policy.yaml', '/fused/image_raw',
                                           'publisher', 'durability', 'transient_local')
     cases.update({
@@ -153,12 +153,12 @@ def _cases(tmp_path):
             {'weights': str(weights)},
             ['diagnostics.input_timeout=-1.0 is outside [0.1, 3600.0]',
              f'fix it in the parameters file {negative_timeout_file}'], negative_timeout_file),
-        # rclpy's words: "Trying to set parameter 'max_rate' to '2' of type 'INTEGER',
-        # expecting type 'DOUBLE': max_rate".
-        'integer_for_a_decimal_in_a_params_file': (
+        # rclpy's words: "Trying to set parameter 'max_rate' to 'True' of type 'BOOL',
+        # expecting type 'DOUBLE': max_rate". (An integer is taken: max_rate: 2 is 2.0.)
+        'bool_for_a_decimal_in_a_params_file': (
             {'weights': str(weights)},
-            ['max_rate=2 is an integer where a double is expected: write 2.0',
-             f'fix it in the parameters file {integer_rate_file}'], integer_rate_file),
+            ['max_rate=True is a bool where a double is expected',
+             f'fix it in the parameters file {bool_rate_file}'], bool_rate_file),
         # Said 'fix it in the params file or on the command line', naming neither.
         'nan_on_the_command_line': ({'weights': str(weights), 'max_rate': '.nan'},
                                     ['max_rate must be finite, got nan',
@@ -236,7 +236,7 @@ def outcomes(tmp_path_factory):
                                   'output_onto_an_input', 'input_max_long_side_too_small',
                                   'fine_passes_out_of_range', 'confidence_threshold_out_of_range',
                                   'input_timeout_out_of_range_in_a_params_file',
-                                  'integer_for_a_decimal_in_a_params_file',
+                                  'bool_for_a_decimal_in_a_params_file',
                                   'nan_on_the_command_line',
                                   'cuda_unavailable'])
 def test_start_up_failure_exits_non_zero_with_a_clear_message(outcomes, case):
