@@ -1848,6 +1848,18 @@ def _argument_hint(message):
             '[1.0, 0.0], not [1.0, a])')
 
 
+def _as_given(message, argv, given):
+    """Return rcl's ``message`` about ``argv`` naming the arguments as ``given`` instead.
+
+    ``argv`` names the rewritten copies of parameters files (:func:`decimal_numbers`), gone
+    once the node stops: a message naming one pointed at no file.
+    """
+    for used, original in zip(argv, given):
+        if used != original:
+            message = message.replace(used, original)
+    return message
+
+
 def main(args=None):
     """Run the node until Ctrl-C / SIGTERM; return the process exit code."""
     argv = given = sys.argv if args is None else args
@@ -1864,8 +1876,9 @@ def main(args=None):
             try:
                 rclpy.init(args=argv)  # reads the parameters files now
             except Exception as exc:  # noqa: BLE001 - rcl refuses the arguments (RCLError)
-                raise StartupError(f'the ROS arguments cannot be parsed: {exc}; '
-                                   f'{_argument_hint(str(exc))}') from exc
+                said = _as_given(str(exc), argv, given)
+                raise StartupError(f'the ROS arguments cannot be parsed: {said}; '
+                                   f'{_argument_hint(said)}') from exc
         node = TarFuseNode(argv=argv, given_argv=given)
         rclpy.spin(node)
     except StartupError as exc:

@@ -78,6 +78,11 @@ def _cases(tmp_path):
     negative_timeout_file = tmp_path / 'negative_timeout.yaml'
     negative_timeout_file.write_text('/**:\n  ros__parameters:\n    diagnostics:\n'
                                      '      input_timeout: -1.0\n')
+    # rcl refuses the list; the node had given rcl a copy with 2.0 for 2, which the message
+    # named: a file gone once the node stopped.
+    rewritten_file = tmp_path / 'rewritten.yaml'
+    rewritten_file.write_text('/**:\n  ros__parameters:\n    max_rate: 2\n'
+                              '    classes: [person, 1]\n')
     bool_rate_file = tmp_path / 'bool_rate.yaml'
     bool_rate_file.write_text('/**:\n  ros__parameters:\n    max_rate: true\n')
     qos_policy_file = _qos_overrides_file(tmp_path / 'qos_policy.yaml', '/fused/image_raw',
@@ -120,6 +125,10 @@ def _cases(tmp_path):
         # rcl drops this value silently: the shipped params file gave the parameter a double.
         'mistyped_use_sim_time': ({'weights': str(weights), 'use_sim_time': 1},
                                   ['invalid parameter', 'use_sim_time']),
+        'unparsable_rewritten_params_file': (
+            {'weights': str(weights)},
+            [f"Couldn't parse params file: '--params-file {rewritten_file}'",
+             'Sequence should be of same type'], rewritten_file),
         'missing_params_file': ({'weights': str(weights)},
                                 ["Couldn't parse params file", 'absent.yaml',
                                  'names a readable YAML file'], tmp_path / 'absent.yaml'),
@@ -232,7 +241,8 @@ def outcomes(tmp_path_factory):
                                   'bad_qos_override_value', 'qos_override_of_a_policy',
                                   'qos_override_under_a_remap',
                                   'mistyped_use_sim_time', 'list_of_mixed_types',
-                                  'missing_params_file', 'inputs_on_one_topic',
+                                  'missing_params_file', 'unparsable_rewritten_params_file',
+                                  'inputs_on_one_topic',
                                   'output_onto_an_input', 'input_max_long_side_too_small',
                                   'fine_passes_out_of_range', 'confidence_threshold_out_of_range',
                                   'input_timeout_out_of_range_in_a_params_file',
