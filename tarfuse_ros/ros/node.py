@@ -454,6 +454,10 @@ class TarFuseNode(Node):
                     f'weights {params.weights!r} is a symbolic link that leads to no file (to '
                     f'{os.readlink(path)!r}: missing, or links in a loop): point it at {kind}, '
                     f'or pass the file itself with -p weights:=/path/to/file')
+            if path.exists() and not path.is_file():  # said 'does not exist'
+                raise StartupError(f'weights {params.weights!r} is not a regular file (a device, '
+                                   f'a pipe or a socket): pass {kind} with '
+                                   f'-p weights:=/path/to/file')
             if not path.is_file():
                 if onnx:
                     raise StartupError(

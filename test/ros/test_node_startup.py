@@ -37,10 +37,11 @@ def _cases(tmp_path):
         'corrupt_weights': ({'weights': str(corrupt)}, ['cannot load the model', 'weights']),
         'weights_a_directory': ({'weights': str(tmp_path)}, ['is a directory, not a weights '
                                                              'file']),
-        # Said 'does not exist'.
+        # Both said 'does not exist'.
         'weights_a_symlink_loop': ({'weights': str(tmp_path / 'loop_a')},
                                    ['is a symbolic link that leads to no file',
                                     'links in a loop']),
+        'weights_a_device': ({'weights': os.devnull}, ["'/dev/null' is not a regular file"]),
         # A traceback (pathlib raises for such a name); an unreadable file (chmod 000) took
         # the same way to 'cannot start the model on device 'cpu' ... check the CUDA driver'.
         'weights_name_too_long': ({'weights': str(too_long)},
@@ -230,7 +231,8 @@ def outcomes(tmp_path_factory):
 
 
 @pytest.mark.parametrize('case', ['missing_weights', 'corrupt_weights', 'weights_a_directory',
-                                  'weights_a_symlink_loop', 'weights_name_too_long',
+                                  'weights_a_symlink_loop', 'weights_a_device',
+                                  'weights_name_too_long',
                                   'bad_reliability',
                                   'unknown_class', 'classes_of_a_model_without_detection',
                                   'global_track_of_a_model_without_global_stage',
