@@ -56,11 +56,10 @@ than the image), ``'constant'`` fills zeros. :func:`unpad` crops back.
 """
 
 from dataclasses import dataclass
+import sys
 
 import cv2
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 __all__ = [
     'IR_NORMS',
@@ -366,7 +365,8 @@ def ycrcb_to_bgr(ycrcb):
 
 def to_uint8(unit):
     """Map a float image (numpy or tensor) in [0, 1] to uint8 (rounded, clipped), same type."""
-    if isinstance(unit, torch.Tensor):
+    torch = sys.modules.get('torch')  # loaded if unit is a tensor (this module never loads it)
+    if torch is not None and isinstance(unit, torch.Tensor):
         return (unit * 255.0).round_().clamp_(0, 255).to(torch.uint8)
     out = np.clip(np.rint(np.asarray(unit, dtype=np.float32) * 255.0), 0, 255)
     return out.astype(np.uint8)
@@ -406,6 +406,9 @@ def pad_to_multiple(t, multiple=32, mode='replicate', min_size=0):
             smaller than the image.
 
     """
+    import torch  # here: the node imports this module before its checks, torch after them
+    import torch.nn.functional as F
+
     if not isinstance(t, torch.Tensor) or t.ndim != 4:
         raise ValueError(f'expected a (B, C, H, W) tensor, got shape {getattr(t, "shape", None)}')
     if mode not in PAD_MODES:

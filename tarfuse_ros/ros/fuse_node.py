@@ -1,8 +1,9 @@
 """The ``fuse_node`` executable: :func:`tarfuse_ros.ros.node.main` behind a quiet stop.
 
-Importing the node loads PyTorch and OpenCV (about a second); a Ctrl-C, or the SIGTERM of
-``ros2 launch`` shutting down, in that second ends the process with status 0 and no traceback
-(rclpy handles both signals once it is initialised). The stop is remembered as well as raised
+Importing the node loads rclpy and OpenCV (about half a second; PyTorch loads later, with the
+model, once the configuration is checked); a Ctrl-C, or the SIGTERM of ``ros2 launch`` shutting
+down, in that time ends the process with status 0 and no traceback (rclpy handles both signals
+once it is initialised). The stop is remembered as well as raised
 (:func:`tarfuse_ros.console.import_or_stop`): a library that swallows the ``KeyboardInterrupt``
 in its import-time code (a bare ``except`` around an optional import) would otherwise let the
 node start and run on after the stop.

@@ -65,6 +65,7 @@ from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.qos_overriding_options import InvalidQosOverridesError, QoSOverridingOptions
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+from tarfuse_ros.core.checkpoint_header import CheckpointError, read_checkpoint_config
 from tarfuse_ros.core.cpus import default_cpu_threads, default_threads_reason
 from tarfuse_ros.core.drawing import draw_detections
 from tarfuse_ros.core.fine_passes import NoFineStageError
@@ -89,7 +90,7 @@ from tarfuse_ros.ros.diagnostics import process_rss_mib
 from tarfuse_ros.ros.diagnostics import WarningThrottle
 from tarfuse_ros.ros.params import apply_updates, canonical_parameters
 from tarfuse_ros.ros.params import command_line_type_errors, NodeParams
-from tarfuse_ros.ros.params import decimal_number_lists
+from tarfuse_ros.ros.params import decimal_numbers
 from tarfuse_ros.ros.params import declare_node_parameters, fine_passes, parameter_updates
 from tarfuse_ros.ros.params import parameter_source, ParameterValueError
 from tarfuse_ros.ros.params import PARAMETER_SPECS, params_files_for_other_nodes
@@ -208,7 +209,24 @@ def _class_ids(names, class_names):
     unknown = [n for n in names if n not in class_names]
     if unknown:
         raise ValueError(f'unknown class names {unknown}; the model knows {list(class_names)}')
-    return [class_names.index(n) for n in names]
+    return [list(class_names).index(n) for n in names]
+
+
+def _checked_class_ids(names, class_names):
+    """Return :func:`_class_ids`; raise :class:`StartupError` for an unknown class."""
+    try:
+        return _class_ids(names, class_names)
+    except ValueError as exc:
+        raise StartupError(f'invalid classes parameter: {exc}') from exc
+
+
+def _model_file_error(exc, params):
+    """Return the :class:`StartupError` of an unusable weights file (``exc`` says why)."""
+    onnx = params.backend == 'onnxruntime'
+    kind = '.onnx file from tarfuse-export' if onnx else '.safetensors checkpoint'
+    example = 'model.onnx' if onnx else 'model.safetensors'
+    return StartupError(f'cannot load the model: {exc}. Point the weights parameter at a '
+                        f'valid {kind} (-p weights:=/path/{example})')
 
 
 class TarFuseNode(Node):
@@ -260,6 +278,9 @@ class TarFuseNode(Node):
         # (topic, why that one): read by the start-up check and the subscription.
         self._info_topic = visible_camera_info_topic(self)
         self._check_topics_distinct()
+        # Every check that needs no model runs before torch loads (about 2 s of CPU time): the
+        # weights file, the classes, the outputs' QoS overrides.
+        detects = self._check_weights(self._params)
         try:
             load_bridge()  # every image goes through cv_bridge: fail now, not on the first pair
         except RuntimeError as exc:
@@ -270,7 +291,12 @@ class TarFuseNode(Node):
         self._core_log_detached = False
         token = _CORE_LOG_TARGET.set(self.get_logger())
         try:
-            self._engine = self._load_engine(self._params)
+            if detects is None:  # an ONNX file says whether it detects once loaded (no torch)
+                self._engine = self._load_engine(self._params)
+                self._make_outputs(self._engine.detects)
+            else:
+                self._make_outputs(detects)
+                self._engine = self._load_engine(self._params)
         finally:
             _CORE_LOG_TARGET.reset(token)
         self._params_lock = threading.Lock()
@@ -374,31 +400,7 @@ class TarFuseNode(Node):
         self._info_sub = self.create_subscription(CameraInfo, info_topic, self._on_camera_info,
                                                   self._input_qos)
         self.get_logger().info(f'camera_info from {self._info_sub.topic_name} ({origin})')
-
-        self._pub_fused = self._output(Image, _FUSED_TOPIC)
-        self._pub_fused_compressed = self._output(
-            CompressedImage, self._transport_topic(_FUSED_TOPIC, 'compressed')[1])
-        self._pub_info = self._output(CameraInfo, 'fused/camera_info')
-        # A model without detection head: no detections publisher, so the topic is absent
-        # (not advertised with an always-empty array); said once in the log below.
-        self._pub_detections = None
-        if self._engine.detects:
-            self._pub_detections = self._output(Detection2DArray, 'detections')
-        self._pub_registered = self._output(Image, 'registered/image_raw')
-        self._pub_debug = self._output(Image, 'debug/image_raw')
         self._pub_diag = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
-        inputs = [*self._topics, self._info_sub.topic_name,
-                  *(self._resolve(base) for base in _INPUT_TOPICS)]
-        absent = [] if self._engine.detects else [self._resolve('detections')]
-        unknown, ignored = unknown_qos_overrides(self, inputs, absent, self._remapped_outputs())
-        if unknown:
-            raise StartupError(f'unknown QoS override {", ".join(unknown)}: no output of this '
-                               f'node takes it (outputs take history, depth and reliability); '
-                               f'correct or remove it in the params file or on the command line')
-        if ignored:
-            self.get_logger().warning(
-                f'QoS override {", ".join(repr(name) for name in ignored)} ignored: this '
-                f'model does not detect, so the detections topic is not advertised')
 
         if hasattr(self, 'add_pre_set_parameters_callback'):  # rclpy of Iron and newer
             # Stored as used: a set ' cpu' reads back as 'cpu' (on Humble, verbatim).
@@ -439,24 +441,91 @@ class TarFuseNode(Node):
                 f'detections topic is not advertised and publish.detections has no effect')
 
     # -- start-up ------------------------------------------------------------------------------
+    def _check_weights(self, params):
+        """Check the weights file without loading a model; return whether the model detects.
+
+        A checkpoint's header (its JSON config) is read without torch: the file is a TarFuse
+        checkpoint and the classes parameter names classes it has. None for an ONNX file,
+        which onnxruntime reads as it loads it.
+        """
+        onnx = params.backend == 'onnxruntime'
+        path = Path(params.weights)
+        kind = 'an .onnx file' if onnx else 'a .safetensors checkpoint'
+        try:
+            if path.is_dir():
+                raise StartupError(f'weights {params.weights!r} is a directory, not a weights '
+                                   f'file: pass {kind} with -p weights:=/path/to/file')
+            if path.is_symlink() and not path.exists():  # said 'does not exist'
+                raise StartupError(
+                    f'weights {params.weights!r} is a symbolic link that leads to no file (to '
+                    f'{os.readlink(path)!r}: missing, or links in a loop): point it at {kind}, '
+                    f'or pass the file itself with -p weights:=/path/to/file')
+            if path.exists() and not path.is_file():  # said 'does not exist'
+                raise StartupError(f'weights {params.weights!r} is not a regular file (a device, '
+                                   f'a pipe or a socket): pass {kind} with '
+                                   f'-p weights:=/path/to/file')
+            if not path.is_file():
+                if onnx:
+                    raise StartupError(
+                        f'weights file {params.weights!r} does not exist: with backend '
+                        f'onnxruntime pass an .onnx file with -p weights:=/path/model.onnx '
+                        f'(export one with tarfuse-export WEIGHTS.safetensors --out model.onnx)')
+                raise StartupError(
+                    f'weights file {params.weights!r} does not exist: pass a .safetensors '
+                    f'checkpoint with -p weights:=/path/model.safetensors (train one with '
+                    f'tarfuse-train), or leave weights empty for the shipped model')
+            with open(path, 'rb'):  # a file this user may not read
+                pass
+        except OSError as exc:  # a traceback, or 'cannot start the model on device' before
+            raise StartupError(
+                f'weights file {params.weights!r} cannot be read ({exc.strerror}): give the '
+                f"node's user read access to it and its folders, or pass a copy it can read"
+            ) from exc
+        if onnx:
+            return None
+        try:
+            model = read_checkpoint_config(params.weights)['model']
+        except CheckpointError as exc:
+            raise _model_file_error(exc, params) from exc
+        detects = model.get('detect', True)  # TarFuseConfig's defaults
+        if params.classes and 'class_names' in model:
+            _checked_class_ids(params.classes, model['class_names'] if detects else ())
+        return detects
+
+    def _make_outputs(self, detects):
+        """Create the output publishers (detections if ``detects``), checking the QoS overrides.
+
+        Raises :class:`StartupError` for an override of a value, a topic or a policy that no
+        output takes.
+        """
+        self._pub_fused = self._output(Image, _FUSED_TOPIC)
+        self._pub_fused_compressed = self._output(
+            CompressedImage, self._transport_topic(_FUSED_TOPIC, 'compressed')[1])
+        self._pub_info = self._output(CameraInfo, 'fused/camera_info')
+        # A model without detection head: no detections publisher, so the topic is absent
+        # (not advertised with an always-empty array); said once in the log when ready.
+        self._pub_detections = None
+        if detects:
+            self._pub_detections = self._output(Detection2DArray, 'detections')
+        self._pub_registered = self._output(Image, 'registered/image_raw')
+        self._pub_debug = self._output(Image, 'debug/image_raw')
+        inputs = [*self._input_topics(), self._resolve(self._info_topic[0]),
+                  *(self._resolve(base) for base in _INPUT_TOPICS)]
+        absent = [] if detects else [self._resolve('detections')]
+        unknown, ignored = unknown_qos_overrides(self, inputs, absent, self._remapped_outputs())
+        if unknown:
+            raise StartupError(f'unknown QoS override {", ".join(unknown)}: no output of this '
+                               f'node takes it (outputs take history, depth and reliability); '
+                               f'correct or remove it in the params file or on the command line')
+        if ignored:
+            self.get_logger().warning(
+                f'QoS override {", ".join(repr(name) for name in ignored)} ignored: this '
+                f'model does not detect, so the detections topic is not advertised')
+
     def _load_engine(self, params):
         onnx = params.backend == 'onnxruntime'
-        if Path(params.weights).is_dir():
-            kind = 'an .onnx file' if onnx else 'a .safetensors checkpoint'
-            raise StartupError(f'weights {params.weights!r} is a directory, not a weights file: '
-                               f'pass {kind} with -p weights:=/path/to/file')
-        if not Path(params.weights).is_file():
-            if onnx:
-                raise StartupError(
-                    f'weights file {params.weights!r} does not exist: with backend onnxruntime '
-                    f'pass an .onnx file with -p weights:=/path/model.onnx (export one with '
-                    f'tarfuse-export WEIGHTS.safetensors --out model.onnx)')
-            raise StartupError(
-                f'weights file {params.weights!r} does not exist: pass a .safetensors checkpoint '
-                f'with -p weights:=/path/model.safetensors (train one with tarfuse-train), or '
-                f'leave weights empty for the shipped model')
-        # Imported here so that configuration errors are reported before torch is loaded (and
-        # the onnxruntime backend does not load the torch engine).
+        # Imported here: the configuration is checked before torch loads (and the onnxruntime
+        # backend does not load the torch engine).
         from tarfuse_ros.core.backends import create_engine, model_error
         # cpu_threads 0: the libraries' defaults, unless this process may use fewer CPUs than
         # the machine has (a container's CPU limit, which they do not count).
@@ -481,11 +550,7 @@ class TarFuseNode(Node):
                 global_track=params.registration_global_track,
                 input_max_long_side=params.input_max_long_side)
         except model_error(params.backend) as exc:
-            kind = '.onnx file from tarfuse-export' if onnx else '.safetensors checkpoint'
-            example = 'model.onnx' if onnx else 'model.safetensors'
-            raise StartupError(
-                f'cannot load the model: {exc}. Point the weights parameter at a valid {kind} '
-                f'(-p weights:=/path/{example})') from exc
+            raise _model_file_error(exc, params) from exc
         except NoFineStageError as exc:  # the engine's words name its argument, not ours
             raise StartupError(
                 f'registration.fine_passes {params.registration_fine_passes}: {exc}; set '
@@ -545,10 +610,7 @@ class TarFuseNode(Node):
                 f'last {params.registration_global_window} fits')
         # A CPU fallback is logged by the core (forwarded above), once, with its cause.
         if params.classes:
-            try:
-                engine.set_thresholds(classes=_class_ids(params.classes, engine.class_names))
-            except ValueError as exc:
-                raise StartupError(f'invalid classes parameter: {exc}') from exc
+            engine.set_thresholds(classes=_checked_class_ids(params.classes, engine.class_names))
         return engine
 
     def _check_torch_threads(self, threads):
@@ -607,9 +669,7 @@ class TarFuseNode(Node):
         read what it publishes. The visible camera_info counts as an input (it follows the
         visible image: remapping the image alone can put it onto fused/camera_info).
         """
-        transports = (self._params.infrared_transport, self._params.visible_transport)
-        inputs = [self._resolve(self._transport_topic(base, transport)[1])
-                  for base, transport in zip(_INPUT_TOPICS, transports)]
+        inputs = self._input_topics()
         if inputs[0] == inputs[1]:
             raise StartupError(f'the infrared and the visible input are both {inputs[0]!r}: '
                                f'remap infrared/image_raw and visible/image_raw to the '
@@ -627,6 +687,12 @@ class TarFuseNode(Node):
                                    f'where the node publishes {base}: it would read what it '
                                    f'publishes; remap visible/camera_info to the camera_info '
                                    f'topic of the visible camera, or {base} to another topic')
+
+    def _input_topics(self):
+        """Return the topics the image inputs subscribe to (resolved, transport included)."""
+        transports = (self._params.infrared_transport, self._params.visible_transport)
+        return [self._resolve(self._transport_topic(base, transport)[1])
+                for base, transport in zip(_INPUT_TOPICS, transports)]
 
     def _remapped_outputs(self):
         """Return ``{output name before remapping: after}`` for the outputs a rule renamed."""
@@ -1873,6 +1939,18 @@ def _argument_hint(message):
             '[1.0, 0.0], not [1.0, a])')
 
 
+def _as_given(message, argv, given):
+    """Return rcl's ``message`` about ``argv`` naming the arguments as ``given`` instead.
+
+    ``argv`` names the rewritten copies of parameters files (:func:`decimal_numbers`), gone
+    once the node stops: a message naming one pointed at no file.
+    """
+    for used, original in zip(argv, given):
+        if used != original:
+            message = message.replace(used, original)
+    return message
+
+
 def main(args=None):
     """Run the node until Ctrl-C / SIGTERM; return the process exit code."""
     argv = given = sys.argv if args is None else args
@@ -1881,15 +1959,17 @@ def main(args=None):
     code = 0
     try:
         with tempfile.TemporaryDirectory(prefix='tarfuse_params_') as folder:
-            # A hand-edited number list ([1, 0.02, ...]) would stop rcl itself: made doubles.
-            argv, notes = decimal_number_lists(argv, folder)
+            # A hand-edited number list ([1, 0.02, ...]) would stop rcl itself, an integer for a
+            # decimal (max_rate: 2) the declaration: made doubles.
+            argv, notes = decimal_numbers(argv, folder)
             for note in notes:
                 logger.warning(note)
             try:
                 rclpy.init(args=argv)  # reads the parameters files now
             except Exception as exc:  # noqa: BLE001 - rcl refuses the arguments (RCLError)
-                raise StartupError(f'the ROS arguments cannot be parsed: {exc}; '
-                                   f'{_argument_hint(str(exc))}') from exc
+                said = _as_given(str(exc), argv, given)
+                raise StartupError(f'the ROS arguments cannot be parsed: {said}; '
+                                   f'{_argument_hint(said)}') from exc
         node = TarFuseNode(argv=argv, given_argv=given)
         rclpy.spin(node)
     except StartupError as exc:

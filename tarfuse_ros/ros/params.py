@@ -29,7 +29,7 @@ from tarfuse_ros.core.sizes import MAX_ENLARGED_LONG_SIDE, MIN_SHRUNK_LONG_SIDE
 __all__ = [
     'NodeParams', 'ParameterValueError', 'ParamSpec', 'PARAMETER_SPECS', 'RELIABILITY_VALUES',
     'TRANSPORT_VALUES',
-    'apply_updates', 'canonical_parameters', 'decimal_number_lists', 'declare_node_parameters',
+    'apply_updates', 'canonical_parameters', 'decimal_numbers', 'declare_node_parameters',
     'declared_descriptor', 'descriptor_for', 'fine_passes', 'parameter_source',
     'parameter_updates', 'params_file_sections', 'params_files_for_other_nodes',
     'params_from_values',
@@ -928,12 +928,13 @@ def _mixed_number_list(types):
 
 
 def _decimal_params_file(path):
-    """Return ``(text, names)``: a parameters file with its integer/double lists as doubles.
+    """Return ``(text, names)``: a parameters file with its integers for decimals as doubles.
 
     The file is composed (``yaml.compose``: node positions, no value conversion) and only the
-    integer items of lists that mix integers and doubles are rewritten in place, so every other
-    byte, and rcl's reading of it, stays as it was. ``names``: those lists' parameter names
-    (the keys below ``ros__parameters``, dotted); empty when nothing was rewritten (also for a
+    integer items of lists that mix integers and doubles, and the integer values of the node's
+    decimal parameters (``max_rate: 2``), are rewritten in place, so every other byte, and
+    rcl's reading of it, stays as it was. ``names``: those lists' parameter names (the keys
+    below ``ros__parameters``, dotted). ``text`` is None when nothing was rewritten (also for a
     file that cannot be read or parsed: rcl then reports it).
     """
     import yaml
@@ -941,11 +942,11 @@ def _decimal_params_file(path):
     try:
         text = Path(path).read_text()
     except (OSError, UnicodeDecodeError):
-        return '', []
+        return None, []
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError:
-        return text, []
+        return None, []
     edits, names = [], []
 
     def scalar_type(node):
@@ -954,7 +955,14 @@ def _decimal_params_file(path):
         return Parameter.Type.STRING if node.style else _rcl_scalar_type(node.value)
 
     def visit(node, keys):
-        if isinstance(node, yaml.MappingNode):
+        inside = keys[keys.index('ros__parameters') + 1:] if 'ros__parameters' in keys else keys
+        if isinstance(node, yaml.ScalarNode):
+            spec = _BY_NAME.get('.'.join(inside))
+            if spec is not None and spec.kind == 'float' \
+                    and scalar_type(node) == Parameter.Type.INTEGER:
+                edits.append((node.start_mark.index, node.end_mark.index,
+                              _float_text(node.value)))
+        elif isinstance(node, yaml.MappingNode):
             for key, value in node.value:
                 visit(value, keys + [key.value if isinstance(key, yaml.ScalarNode) else '?'])
         elif isinstance(node, yaml.SequenceNode):
@@ -964,8 +972,6 @@ def _decimal_params_file(path):
                     if kind == Parameter.Type.INTEGER:
                         edits.append((item.start_mark.index, item.end_mark.index,
                                       _float_text(item.value)))
-                inside = keys[keys.index('ros__parameters') + 1:] \
-                    if 'ros__parameters' in keys else keys
                 names.append('.'.join(inside))
             else:
                 for item in node.value:
@@ -975,7 +981,7 @@ def _decimal_params_file(path):
         visit(root, [])
     for start, end, value in sorted(edits, reverse=True):
         text = text[:start] + value + text[end:]
-    return text, names
+    return (text if edits else None), names
 
 
 def _ros_arguments(argv):
@@ -994,15 +1000,20 @@ def _ros_arguments(argv):
             yield ('--params-file' if arg == '--params-file' else '-p'), i + 1
 
 
-def decimal_number_lists(argv, folder):
-    """Return ``(argv, notes)`` with number lists that mix integers and doubles made doubles.
+def decimal_numbers(argv, folder):
+    """Return ``(argv, notes)`` with the integers given for decimals made doubles.
 
-    rcl refuses such a list (``[1, 0.02, 5.0, ...]``, a hand-edited ``registration.prior``) in
-    a parameters file or a ``-p`` value at start-up ("Sequence should be of same type"), so
-    the node cannot even read it. For every ``--params-file`` holding one, a copy with those
-    lists' integers written as doubles is put in ``folder`` and named instead; a ``-p name:=[...]``
-    value is rewritten in place. Nothing else changes; argv without such a list comes back
-    equal.
+    rcl refuses a number list that mixes integers and doubles (``[1, 0.02, 5.0, ...]``, a
+    hand-edited ``registration.prior``) in a parameters file or a ``-p`` value at start-up
+    ("Sequence should be of same type"), so the node cannot even read it; and an integer for
+    a decimal parameter (``max_rate: 2``, ``-p max_rate:=2``) has another type than its
+    declaration, where ``ros2 param set /tarfuse max_rate 2`` is taken as 2.0
+    (:func:`canonical_parameters`). Written as a double it is also what rcl merges with the
+    other sources: after an integer, rcl drops a later double silently (``max_rate: 2`` in a
+    file, then ``-p max_rate:=3.5``, kept 2). For every ``--params-file`` holding either, a
+    copy with those integers written as doubles is put in ``folder`` and named instead; a
+    ``-p`` value is rewritten in place. Nothing else changes; argv without such a value comes
+    back equal.
 
     Args:
         argv: the process arguments (``sys.argv``).
@@ -1011,14 +1022,15 @@ def decimal_number_lists(argv, folder):
 
     Returns:
         ``(argv, notes)``: the arguments to give ``rclpy.init``, and one line per rewritten
-        list (``"--params-file F: registration.prior ..."``) to log.
+        list (``"--params-file F: registration.prior ..."``) to log (an integer for a decimal
+        parameter is taken without a word, as at run time).
 
     """
     argv, notes = list(argv), []
     for option, i in _ros_arguments(argv):
         if option == '--params-file':
             text, names = _decimal_params_file(argv[i])
-            if names:
+            if text is not None:
                 rewritten = Path(folder) / f'{i}_{Path(argv[i]).name}'
                 rewritten.write_text(text)
                 notes += [f'--params-file {argv[i]}: {name} mixes integers and decimals, '
@@ -1029,6 +1041,11 @@ def decimal_number_lists(argv, folder):
         else:
             name, sep, text = argv[i].partition(':=')
             value = text.strip()
+            spec = _BY_NAME.get(name.rpartition(':')[2])
+            if sep and spec is not None and spec.kind == 'float' \
+                    and _rcl_scalar_type(value) == Parameter.Type.INTEGER:
+                argv[i] = f'{name}:={_float_text(value)}'
+                continue
             if not (sep and value.startswith('[') and value.endswith(']')):
                 continue
             items = value[1:-1].split(',')

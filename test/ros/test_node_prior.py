@@ -23,7 +23,7 @@ from rclpy.parameter import Parameter
 from tarfuse_ros.core.engine import FusionEngine
 from tarfuse_ros.core.paths import share_dir
 from tarfuse_ros.core.prior import load_prior_yaml, make_prior, write_prior_yaml
-from tarfuse_ros.ros.params import decimal_number_lists, declare_node_parameters
+from tarfuse_ros.ros.params import decimal_numbers, declare_node_parameters
 from tarfuse_ros.ros.params import params_from_values, registration_prior
 
 pytestmark = pytest.mark.dds
@@ -102,7 +102,7 @@ def test_number_lists_mixing_integers_and_decimals_are_given_to_rcl_as_doubles(
     given = ['fuse_node', '--ros-args', '--params-file', str(edited), '-p',
              'registration.prior:=[1, 0, 0x10, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]', '-p',
              'registration.prior_ir_size:=[160, 128]', '--', '-p', 'x:=[1, 0.5]']
-    argv, notes = decimal_number_lists(given, tmp_path)
+    argv, notes = decimal_numbers(given, tmp_path)
     assert argv[3] != str(edited) and Path(argv[3]).parent == tmp_path
     assert Path(argv[3]).read_text() == prior_file.read_text()  # only the integers changed
     assert argv[5] == 'registration.prior:=[1.0, 0.0, 16.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]'
@@ -119,7 +119,7 @@ def test_number_lists_mixing_integers_and_decimals_are_given_to_rcl_as_doubles(
         node.destroy_node()
     finally:
         rclpy.shutdown(context=context)
-    assert decimal_number_lists(given[:3] + [str(prior_file)], tmp_path) == (
+    assert decimal_numbers(given[:3] + [str(prior_file)], tmp_path) == (
         given[:3] + [str(prior_file)], [])  # a valid file is given as it is
 
 

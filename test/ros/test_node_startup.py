@@ -30,12 +30,25 @@ def _cases(tmp_path):
     make_checkpoint(weights)
     corrupt = tmp_path / 'corrupt.safetensors'
     corrupt.write_bytes(b'\x00\x01 this is not a safetensors file' * 20)
+    (tmp_path / 'loop_a').symlink_to(tmp_path / 'loop_b')
+    (tmp_path / 'loop_b').symlink_to(tmp_path / 'loop_a')
+    too_long = tmp_path / ('m' * 300 + '.safetensors')  # a name over the 255 bytes allowed
     cases = {
         'missing_weights': ({'weights': str(tmp_path / 'absent.safetensors')},
                             ['absent.safetensors', 'weights']),
         'corrupt_weights': ({'weights': str(corrupt)}, ['cannot load the model', 'weights']),
         'weights_a_directory': ({'weights': str(tmp_path)}, ['is a directory, not a weights '
                                                              'file']),
+        # Both said 'does not exist'.
+        'weights_a_symlink_loop': ({'weights': str(tmp_path / 'loop_a')},
+                                   ['is a symbolic link that leads to no file',
+                                    'links in a loop']),
+        'weights_a_device': ({'weights': os.devnull}, ["'/dev/null' is not a regular file"]),
+        # A traceback (pathlib raises for such a name); an unreadable file (chmod 000) took
+        # the same way to 'cannot start the model on device 'cpu' ... check the CUDA driver'.
+        'weights_name_too_long': ({'weights': str(too_long)},
+                                  ['cannot be read (File name too long)',
+                                   'or pass a copy it can read']),
         'bad_reliability': ({'weights': str(weights), 'qos.reliability': 'sometimes'},
                             ['qos.reliability', 'best_effort, reliable']),
         'unknown_class': ({'weights': str(weights), 'classes': '[no_such_class]'},
@@ -68,8 +81,13 @@ def _cases(tmp_path):
     negative_timeout_file = tmp_path / 'negative_timeout.yaml'
     negative_timeout_file.write_text('/**:\n  ros__parameters:\n    diagnostics:\n'
                                      '      input_timeout: -1.0\n')
-    integer_rate_file = tmp_path / 'integer_rate.yaml'
-    integer_rate_file.write_text('/**:\n  ros__parameters:\n    max_rate: 2\n')
+    # rcl refuses the list; the node had given rcl a copy with 2.0 for 2, which the message
+    # named: a file gone once the node stopped.
+    rewritten_file = tmp_path / 'rewritten.yaml'
+    rewritten_file.write_text('/**:\n  ros__parameters:\n    max_rate: 2\n'
+                              '    classes: [person, 1]\n')
+    bool_rate_file = tmp_path / 'bool_rate.yaml'
+    bool_rate_file.write_text('/**:\n  ros__parameters:\n    max_rate: true\n')
     qos_policy_file = _qos_overrides_file(tmp_path / 'qos_policy.yaml', '/fused/image_raw',
                                           'publisher', 'durability', 'transient_local')
     cases.update({
@@ -110,6 +128,10 @@ def _cases(tmp_path):
         # rcl drops this value silently: the shipped params file gave the parameter a double.
         'mistyped_use_sim_time': ({'weights': str(weights), 'use_sim_time': 1},
                                   ['invalid parameter', 'use_sim_time']),
+        'unparsable_rewritten_params_file': (
+            {'weights': str(weights)},
+            [f"Couldn't parse params file: '--params-file {rewritten_file}'",
+             'Sequence should be of same type'], rewritten_file),
         'missing_params_file': ({'weights': str(weights)},
                                 ["Couldn't parse params file", 'absent.yaml',
                                  'names a readable YAML file'], tmp_path / 'absent.yaml'),
@@ -143,12 +165,12 @@ def _cases(tmp_path):
             {'weights': str(weights)},
             ['diagnostics.input_timeout=-1.0 is outside [0.1, 3600.0]',
              f'fix it in the parameters file {negative_timeout_file}'], negative_timeout_file),
-        # rclpy's words: "Trying to set parameter 'max_rate' to '2' of type 'INTEGER',
-        # expecting type 'DOUBLE': max_rate".
-        'integer_for_a_decimal_in_a_params_file': (
+        # rclpy's words: "Trying to set parameter 'max_rate' to 'True' of type 'BOOL',
+        # expecting type 'DOUBLE': max_rate". (An integer is taken: max_rate: 2 is 2.0.)
+        'bool_for_a_decimal_in_a_params_file': (
             {'weights': str(weights)},
-            ['max_rate=2 is an integer where a double is expected: write 2.0',
-             f'fix it in the parameters file {integer_rate_file}'], integer_rate_file),
+            ['max_rate=True is a bool where a double is expected',
+             f'fix it in the parameters file {bool_rate_file}'], bool_rate_file),
         # Said 'fix it in the params file or on the command line', naming neither.
         'nan_on_the_command_line': ({'weights': str(weights), 'max_rate': '.nan'},
                                     ['max_rate must be finite, got nan',
@@ -164,20 +186,43 @@ def _cases(tmp_path):
     return cases
 
 
+# The cases whose error only the model can find: the others fail before torch loads.
+_MODEL_CASES = ('global_track_of_a_model_without_global_stage', 'cuda_unavailable')
+
+
+def _without_torch(folder):
+    """Return an environment whose ``import torch`` fails, saying so, for a node's process.
+
+    A stand-in ``torch`` package first on the path: a node that fails on its configuration
+    reports it before it loads torch (about 2 s of CPU time), or its log shows this traceback.
+    """
+    package = folder / 'torch'
+    package.mkdir(parents=True)
+    (package / '__init__.py').write_text(
+        "raise ImportError('torch imported before the configuration was checked')\n")
+    path = os.pathsep.join(filter(None, [str(folder), str(Path(__file__).resolve().parents[2]),
+                                         os.environ.get('PYTHONPATH')]))
+    return dict(os.environ, PYTHONPATH=path)
+
+
 @pytest.fixture(scope='module')
 def outcomes(tmp_path_factory):
     """Start every failing configuration at once (they fail in parallel) and collect them."""
-    cases = _cases(tmp_path_factory.mktemp('startup'))
+    folder = tmp_path_factory.mktemp('startup')
+    cases = _cases(folder)
+    without_torch = _without_torch(folder / 'without_torch')
     domain = random_domain_id()
     processes = {}
     for name, (params, words, *more) in cases.items():
         params_files = [path for path in more[:1] if path]  # optional, then remapping rules
         remaps = more[1] if len(more) > 1 else ()
+        env = None if name in _MODEL_CASES else without_torch
         processes[name] = (NodeProcess(domain, params, params_files=params_files,
-                                       remaps=remaps), words)
+                                       remaps=remaps, env=env), words)
     # One deadline for them all, on their exits: 23 nodes starting at once on a loaded 2-core
     # machine took longer than 90 s (the first one waited for had logged its FATAL line and
-    # was still exiting); a node that keeps running still fails its case, after the deadline.
+    # was still exiting, when each loaded torch); a node that keeps running still fails its
+    # case, after the deadline.
     deadline = time.monotonic() + 300.0
     try:
         yield {name: (proc.wait(max(0.0, deadline - time.monotonic())), proc.log(), words)
@@ -188,6 +233,8 @@ def outcomes(tmp_path_factory):
 
 
 @pytest.mark.parametrize('case', ['missing_weights', 'corrupt_weights', 'weights_a_directory',
+                                  'weights_a_symlink_loop', 'weights_a_device',
+                                  'weights_name_too_long',
                                   'bad_reliability',
                                   'unknown_class', 'classes_of_a_model_without_detection',
                                   'global_track_of_a_model_without_global_stage',
@@ -198,11 +245,12 @@ def outcomes(tmp_path_factory):
                                   'bad_qos_override_value', 'qos_override_of_a_policy',
                                   'qos_override_under_a_remap',
                                   'mistyped_use_sim_time', 'list_of_mixed_types',
-                                  'missing_params_file', 'inputs_on_one_topic',
+                                  'missing_params_file', 'unparsable_rewritten_params_file',
+                                  'inputs_on_one_topic',
                                   'output_onto_an_input', 'input_max_long_side_too_small',
                                   'fine_passes_out_of_range', 'confidence_threshold_out_of_range',
                                   'input_timeout_out_of_range_in_a_params_file',
-                                  'integer_for_a_decimal_in_a_params_file',
+                                  'bool_for_a_decimal_in_a_params_file',
                                   'nan_on_the_command_line',
                                   'cuda_unavailable'])
 def test_start_up_failure_exits_non_zero_with_a_clear_message(outcomes, case):

@@ -3,6 +3,7 @@
 from dataclasses import fields
 from pathlib import Path
 import re
+import textwrap
 
 from node_harness import random_domain_id
 import pytest
@@ -12,7 +13,7 @@ from rclpy.parameter import Parameter
 from rclpy.signals import SignalHandlerOptions
 from tarfuse_ros.core.paths import default_weights_path
 from tarfuse_ros.ros.params import _rcl_type, command_line_type_errors
-from tarfuse_ros.ros.params import apply_updates, canonical_parameters
+from tarfuse_ros.ros.params import apply_updates, canonical_parameters, decimal_numbers
 from tarfuse_ros.ros.params import declare_node_parameters, declared_descriptor
 from tarfuse_ros.ros.params import descriptor_for
 from tarfuse_ros.ros.params import NodeParams, parameter_source, PARAMETER_SPECS
@@ -265,6 +266,67 @@ def test_an_integer_for_a_decimal_parameter_becomes_that_decimal_an_integer_one_
     result = canonical_parameters(given)
     assert (result[0].type_, result[0].value) == (Parameter.Type.DOUBLE, 2.0)
     assert result[1] is given[1] and result[2] is given[2]
+
+
+def _declared_by_rcl(argv):
+    """Return ``{name: (type, value)}`` of max_rate and sync.slop, declared from ``argv``."""
+    context = rclpy.Context()
+    rclpy.init(args=argv, context=context, domain_id=random.SystemRandom().randint(101, 215),
+               signal_handler_options=SignalHandlerOptions.NO)
+    try:
+        node = rclpy.create_node('tarfuse', context=context)
+        declare_node_parameters(node)
+        declared = {name: (node.get_parameter(name).type_, node.get_parameter(name).value)
+                    for name in ('max_rate', 'sync.slop', 'max_detections')}
+        node.destroy_node()
+    finally:
+        rclpy.shutdown(context=context)
+    return declared
+
+
+@pytest.mark.parametrize('sources, expected', [
+    # 'max_rate=2 is an integer where a double is expected: write 2.0' at start-up, where
+    # `ros2 param set /tarfuse max_rate 2` was taken.
+    ([('file', 'max_rate: 2\nsync:\n  slop: 1\nmax_detections: 7')], (2.0, 1.0, 7)),
+    ([('p', 'max_rate:=2'), ('p', 'tarfuse:sync.slop:=0x1')], (2.0, 1.0, 100)),
+    # After an integer rcl dropped a later double: max_rate: 2, then -p max_rate:=3.5 ran at 2
+    # (once the integer was taken).
+    ([('file', 'max_rate: 2'), ('p', 'max_rate:=3.5')], (3.5, 0.05, 100)),
+    ([('p', 'max_rate:=3'), ('file', 'max_rate: 1.5')], (1.5, 0.05, 100))],
+    ids=['params_file', 'command_line', 'a_double_after_an_integer', 'a_file_after_a_p'])
+def test_an_integer_for_a_decimal_parameter_is_taken_at_start_up(tmp_path, sources, expected):
+    """An integer for a decimal is declared as that decimal, a double in the store.
+
+    As the node's main gives rclpy.init its arguments (:func:`decimal_numbers`).
+    """
+    given = ['fuse_node', '--ros-args']
+    for index, (kind, text) in enumerate(sources):
+        if kind == 'file':
+            path = tmp_path / f'{index}.yaml'
+            path.write_text(f'/**:\n  ros__parameters:\n{textwrap.indent(text, "    ")}\n')
+            given += ['--params-file', str(path)]
+        else:
+            given += ['-p', text]
+    argv, notes = decimal_numbers(given, tmp_path)
+    assert notes == []  # taken without a word, as at run time
+    declared = _declared_by_rcl(argv)
+    assert declared == {
+        'max_rate': (Parameter.Type.DOUBLE, expected[0]),
+        'sync.slop': (Parameter.Type.DOUBLE, expected[1]),
+        'max_detections': (Parameter.Type.INTEGER, expected[2])}, declared
+    assert command_line_type_errors(argv, 'tarfuse') == []
+
+
+def test_a_string_or_a_bool_for_a_decimal_parameter_is_still_refused(tmp_path):
+    path = tmp_path / 'bool.yaml'
+    path.write_text('/**:\n  ros__parameters:\n    max_rate: true\n')
+    argv, _ = decimal_numbers(['fuse_node', '--ros-args', '--params-file', str(path)], tmp_path)
+    assert argv[3] == str(path)  # given as it is
+    with pytest.raises(ValueError, match='max_rate=True is a bool where a double is expected'):
+        _declared_by_rcl(argv)
+    argv, _ = decimal_numbers(['fuse_node', '--ros-args', '-p', 'max_rate:=abc'], tmp_path)
+    assert command_line_type_errors(argv, 'tarfuse') == [
+        '-p max_rate:=abc: a string where a double is expected']
 
 
 def test_a_value_of_another_type_is_said_with_its_parameter_and_the_fix():
