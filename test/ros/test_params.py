@@ -271,7 +271,7 @@ def test_an_integer_for_a_decimal_parameter_becomes_that_decimal_an_integer_one_
 def _declared_by_rcl(argv):
     """Return ``{name: (type, value)}`` of max_rate and sync.slop, declared from ``argv``."""
     context = rclpy.Context()
-    rclpy.init(args=argv, context=context, domain_id=random.SystemRandom().randint(101, 215),
+    rclpy.init(args=argv, context=context, domain_id=random_domain_id(),
                signal_handler_options=SignalHandlerOptions.NO)
     try:
         node = rclpy.create_node('tarfuse', context=context)
