@@ -9,8 +9,10 @@
    (``ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST`` unless the environment sets a range);
 3. plays the bag into it over DDS with ``tarfuse-play``, recording ``fused/image_raw``,
    ``detections``, ``registered/image_raw`` and ``/diagnostics`` into another bag;
-4. stops the node cleanly (SIGINT) and writes ``summary.json``, ``summary.md`` and a few fused
-   PNGs (decoded from the recorded bag) under the output folder, and prints the summary.
+4. stops the node cleanly (SIGINT, before its ``diagnostics.input_timeout`` runs out after the
+   bag's end: no warning of stopped cameras) and writes ``summary.json``, ``summary.md`` and a
+   few fused PNGs (decoded from the recorded bag) under the output folder, and prints the
+   summary.
 """
 
 import argparse
@@ -480,11 +482,23 @@ def run_demo(out='output/demo', weights=None, device='cpu', samples=None,
     # time from /clock: the bag is played with it, as ros2 bag play --clock (the node's time
     # stood at 0, so its latency was never measured and it said to play the bag with its clock).
     sim_time = str(given.get('use_sim_time', False)).strip().lower() in ('true', 'yes', 'y', 'on')
+    # The node warns diagnostics.input_timeout after its inputs stop, as it should for cameras
+    # that do: the recording, and so the node, stops a second before that after the bag's last
+    # message (at half a shorter timeout), else every demo's node.log ended with a warning of
+    # hung cameras for the bag's end. The node's last answers and diagnostics come before.
+    from tarfuse_ros.ros.params import NodeParams
+    try:
+        input_timeout = float(given.get('diagnostics.input_timeout', NodeParams.input_timeout))
+    except ValueError:
+        input_timeout = math.nan
+    if not 0 < input_timeout < math.inf:  # the node refuses it, saying why
+        input_timeout = NodeParams.input_timeout
+    max_linger = max(input_timeout - 1.0, input_timeout / 2)
     code, clean = None, False
     try:
         player = BagPlayer(input_bag, rate=1.0, wait_for_subscribers=1,
                            wait_timeout=startup_timeout, restamp=True, record=recorded_bag,
-                           record_topics=RECORD_TOPICS, linger=linger, max_linger=60.0,
+                           record_topics=RECORD_TOPICS, linger=linger, max_linger=max_linger,
                            domain_id=domain_id, node_name='tarfuse_demo_player',
                            should_abort=node_died, log=log, clock=sim_time)
         stats = player.run()
