@@ -474,8 +474,14 @@ def run_demo(out='output/demo', weights=None, device='cpu', samples=None,
             if interrupted is not None and interrupted():
                 # The terminal's Ctrl-C reached the node too and it stopped first.
                 raise KeyboardInterrupt
+            tail = _log_tail(log_path)
+            # The node names its own command line ('Use -p device:=cpu'), which tarfuse-demo
+            # refuses: its options are --param, --device and --weights.
+            hint = ("\n(the node's -p NAME:=VALUE is tarfuse-demo's --param NAME:=VALUE; "
+                    '-p device:=... and -p weights:=... are its --device and --weights)'
+                    if '-p ' in tail else '')
             return (f'the node exited with code {process.returncode} during the demo; '
-                    f'its log ({log_path}) ends with:\n{_log_tail(log_path)}')
+                    f'its log ({log_path}) ends with:\n{tail}{hint}')
         return None
 
     # A node on simulated time (use_sim_time true, by --param or in the params file) takes its

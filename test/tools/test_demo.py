@@ -439,6 +439,22 @@ def test_sigterm_stops_the_demo_and_its_node(weights, tmp_path):
 
 
 @pytest.mark.dds
+def test_a_node_that_refuses_its_start_is_answered_in_the_demo_s_options(tmp_path, capsys):
+    """The node's fix, 'Point the weights parameter at ... (-p weights:=...)', is told as ours.
+
+    tarfuse-demo refuses -p; the node's error was repeated as it stood.
+    """
+    broken = tmp_path / 'broken.safetensors'
+    broken.write_bytes(b'not a checkpoint')
+    assert demo.main(['--out', str(tmp_path / 'demo'), '--weights', str(broken),
+                      '--max-pairs', '1', '--loops', '1', '--size', '128x96']) == 1
+    err = capsys.readouterr().err
+    assert 'the node exited with code 1' in err and '-p weights:=' in err, err
+    assert ("(the node's -p NAME:=VALUE is tarfuse-demo's --param NAME:=VALUE; -p device:=... "
+            'and -p weights:=... are its --device and --weights)') in err, err
+
+
+@pytest.mark.dds
 def test_a_folder_of_your_own_pairs_is_refused_or_run_with_the_demo_s_own_options(
         weights, tmp_path, capsys):
     """Errors about --samples named tarfuse-make-bag's options (--pairs, --ir-encoding)."""
