@@ -46,8 +46,10 @@ def test_demo_runs_the_node_on_sample_pairs_and_summarises(weights, tmp_path, ca
                       # A threshold low enough that even an untrained model reports boxes,
                       # so detections are recorded, counted per class and drawn.
                       '--param', 'confidence_threshold:=0.0001', '--param', 'max_detections:=5',
-                      # Shorter than the 3 s the recording lingered after the last answer.
-                      '--param', 'diagnostics.input_timeout:=2.5'])
+                      # Shorter than the 3 s the recording lingered after the last answer;
+                      # the last diagnostics (the node's counts) come well before its end.
+                      '--param', 'diagnostics.input_timeout:=2.5',
+                      '--param', 'diagnostics.period:=0.5'])
     captured = capsys.readouterr()
     log = (out / 'node.log').read_text() if (out / 'node.log').exists() else ''
     assert code == 0, captured.err + '\nnode log:\n' + log
