@@ -30,7 +30,7 @@ import time
 import cv2
 import numpy as np
 
-from tarfuse_ros.console import StopRequest
+from tarfuse_ros.console import HelpFormatter, StopRequest
 from tarfuse_ros.core import paths
 from tarfuse_ros.core.files import output_problem
 from tarfuse_ros.core.layout import read_text_lines
@@ -542,7 +542,7 @@ def run_demo(out='output/demo', weights=None, device='cpu', samples=None,
 def build_parser():
     parser = argparse.ArgumentParser(
         prog='tarfuse-demo', description=__doc__.split('\n\n')[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     parser.add_argument('--out', type=Path, default=Path('output/demo'),
                         help='output folder (summary.md, summary.json, PNGs, bags, node log): '
                         f'new, empty, or one an earlier demo run wrote (it holds {MARKER}), '
@@ -560,7 +560,8 @@ def build_parser():
                         help='camera resolution WIDTHxHEIGHT the pairs are resized to')
     parser.add_argument('--rate', type=float, default=2.0, help='camera frame rate (Hz)')
     parser.add_argument('--loops', type=int, default=2, help='rounds over the sample pairs')
-    parser.add_argument('--max-pairs', type=int, default=None, help='use the first N pairs')
+    parser.add_argument('--max-pairs', type=int, default=None,
+                        help='use the first N pairs (default: all)')
     parser.add_argument('--params-file', type=Path, default=None,
                         help='node parameters; default: config/tarfuse.yaml')
     parser.add_argument('--startup-timeout', type=float, default=180.0,

@@ -440,6 +440,17 @@ def test_sigterm_stops_the_demo_and_its_node(weights, tmp_path):
     assert left == [] and not (out / 'summary.md').exists()
 
 
+def test_help_says_what_leaving_an_option_out_does(capsys):
+    """``--help`` read 'default: the shipped model (default: None)' after --weights."""
+    with pytest.raises(SystemExit):
+        demo.build_parser().parse_args(['--help'])
+    shown = ' '.join(capsys.readouterr().out.split())
+    assert '(default: None)' not in shown and '(default: [])' not in shown, shown
+    assert 'checkpoint (.safetensors); default: the shipped model --device' in shown
+    assert 'use the first N pairs (default: all)' in shown
+    assert '(default: 512x288)' in shown  # other defaults are still shown
+
+
 @pytest.mark.dds
 def test_a_node_that_refuses_its_start_is_answered_in_the_demo_s_options(tmp_path, capsys):
     """The node's fix, 'Point the weights parameter at ... (-p weights:=...)', is told as ours.
