@@ -491,11 +491,12 @@ def run_demo(out='output/demo', weights=None, device='cpu', samples=None,
     # The node warns diagnostics.input_timeout after its inputs stop, as it should for cameras
     # that do: the recording, and so the node, stops a second before that after the bag's last
     # message (at half a shorter timeout), else every demo's node.log ended with a warning of
-    # hung cameras for the bag's end. The node's last answers and diagnostics come before.
+    # hung cameras for the bag's end. The node's last answers and diagnostics come before (a
+    # node slower than that per pair: raise diagnostics.input_timeout).
     from tarfuse_ros.ros.params import NodeParams
     try:
         input_timeout = float(given.get('diagnostics.input_timeout', NodeParams.input_timeout))
-    except ValueError:
+    except (TypeError, ValueError):
         input_timeout = math.nan
     if not 0 < input_timeout < math.inf:  # the node refuses it, saying why
         input_timeout = NodeParams.input_timeout
