@@ -265,12 +265,14 @@ def summary_markdown(summary):
     lat = summary['latency_ms']
     classes = summary['detections_per_class']
     truth = summary.get('ground_truth_boxes_per_class') or {}
+    played = _pairs_played(summary.get('bag_pairs', summary['pairs_in']), summary.get('loops', 1),
+                           ' (', ')')
     lines = [
         '# tarfuse_ros demo',
         '',
         f"- weights: `{summary.get('weights', '')}` on `{summary.get('device', '')}`",
-        f"- input: {summary.get('bag_pairs', summary['pairs_in'])} pairs from "
-        f"`{summary.get('samples', '')}` at {summary.get('rate_hz', '')} Hz, "
+        f"- input: {played} from `{summary.get('samples', '')}` at "
+        f"{summary.get('rate_hz', '')} Hz, "
         f"size {summary.get('size', 'as stored')}, IR `{summary.get('ir_dir', '')}`",
         '',
         '| figure | value |',
@@ -300,6 +302,16 @@ def summary_markdown(summary):
               'Fused images: ' + (', '.join(f'`{p}`' for p in summary['fused_pngs']) or 'none'),
               '']
     return '\n'.join(lines)
+
+
+def _pairs_played(pairs, loops, lead, end=''):
+    """Return ``'10 pairs'``, or over loops ``'10 pairs<lead>the 5 sample pairs 2 times<end>'``.
+
+    '6 pairs' for --max-pairs 3 said nothing of the (default) two loops.
+    """
+    if loops <= 1:
+        return f'{pairs} pairs'
+    return f'{pairs} pairs{lead}the {pairs // loops} sample pairs {loops} times{end}'
 
 
 def _dash(value):
@@ -453,7 +465,8 @@ def run_demo(out='output/demo', weights=None, device='cpu', samples=None,
             old.unlink()
     (staging / 'input_bag').rename(input_bag)
     staging.rmdir()
-    log(f'tarfuse-demo: built {input_bag} ({bag.pairs} pairs at {rate} Hz)')
+    log(f'tarfuse-demo: built {input_bag} ({_pairs_played(bag.pairs, loops, ": ")}, at '
+        f'{rate} Hz)')
 
     command = [sys.executable, '-m', 'tarfuse_ros.ros.fuse_node', '--ros-args',
                '--params-file', str(params_file), '-p', f'weights:={weights}',
@@ -525,7 +538,8 @@ def run_demo(out='output/demo', weights=None, device='cpu', samples=None,
                         samples=samples, extra={
                             'weights': str(weights), 'device': device, 'samples': str(samples),
                             'ir_dir': ir_dir, 'size': size, 'rate_hz': rate,
-                            'bag_pairs': bag.pairs, 'ros_domain_id': domain_id,
+                            'bag_pairs': bag.pairs, 'loops': loops,
+                            'ros_domain_id': domain_id,
                             'ros_automatic_discovery_range': discovery,
                             'node_exit_code': code, 'node_clean_shutdown': clean,
                             'node_params': list(node_params),

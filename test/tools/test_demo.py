@@ -112,6 +112,7 @@ def test_demo_runs_the_node_on_sample_pairs_and_summarises(weights, tmp_path, ca
         assert image is not None and image.shape == (96, 128, 3)
         assert any(stem in name for stem in ('FLIR_00122', 'FLIR_00993', 'FLIR_04229'))
     assert (out / 'summary.md').read_text().startswith('# tarfuse_ros demo')
+    assert '- input: 3 pairs from ' in (out / 'summary.md').read_text()  # one loop
 
 
 @pytest.mark.dds
@@ -413,6 +414,8 @@ def test_ctrl_c_stops_the_demo_and_its_node_cleanly(weights, tmp_path):
     assert process.returncode == 130, output
     assert 'interrupted' in output and not (out / 'summary.md').exists()
     assert 'Traceback' not in output + node_log and 'terminate called' not in node_log
+    # '250 pairs' said nothing of the 5 pairs played 50 times.
+    assert '/input_bag (250 pairs: the 5 sample pairs 50 times, at 4.0 Hz)' in output, output
 
 
 @pytest.mark.dds
