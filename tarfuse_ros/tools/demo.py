@@ -488,11 +488,13 @@ def run_demo(out='output/demo', weights=None, device='cpu', samples=None,
                 # The terminal's Ctrl-C reached the node too and it stopped first.
                 raise KeyboardInterrupt
             tail = _log_tail(log_path)
-            # The node names its own command line ('Use -p device:=cpu'), which tarfuse-demo
-            # refuses: its options are --param, --device and --weights.
+            # The node's error names its own command line ('Use -p device:=cpu'), which
+            # tarfuse-demo refuses: its options are --param, --device and --weights.
+            fixes = [line for line in tail.splitlines()
+                     if ('[FATAL]' in line or '[ERROR]' in line) and '-p ' in line]
             hint = ("\n(the node's -p NAME:=VALUE is tarfuse-demo's --param NAME:=VALUE; "
                     '-p device:=... and -p weights:=... are its --device and --weights)'
-                    if '-p ' in tail else '')
+                    if fixes else '')
             return (f'the node exited with code {process.returncode} during the demo; '
                     f'its log ({log_path}) ends with:\n{tail}{hint}')
         return None
