@@ -8,15 +8,29 @@ the functions here instead: a Ctrl-C while the tool imports ends it with one lin
 later on does. This module imports nothing heavy.
 """
 
+import argparse
 from contextlib import contextmanager
 import importlib
 import signal
 import sys
 import threading
 
-__all__ = ['InterruptedWhenComplete', 'StopRequest', 'calibrate', 'demo', 'evaluate', 'export',
-           'fuse', 'import_or_stop', 'install_handler', 'interrupts_held', 'make_bag', 'play',
-           'pseudo_label', 'terminate_as_interrupt', 'time_offset', 'train']
+__all__ = ['HelpFormatter', 'InterruptedWhenComplete', 'StopRequest', 'calibrate', 'demo',
+           'evaluate', 'export', 'fuse', 'import_or_stop', 'install_handler', 'interrupts_held',
+           'make_bag', 'play', 'pseudo_label', 'terminate_as_interrupt', 'time_offset', 'train']
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Show defaults, but no ``(default: None)`` / ``(default: [])`` after an option.
+
+    Such an option's help says what leaving it out does ('default: the shipped model' read
+    '(default: None)' after it).
+    """
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default in ((), []):
+            return action.help
+        return super()._get_help_string(action)
 
 
 class StopRequest:

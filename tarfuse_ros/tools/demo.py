@@ -9,8 +9,10 @@
    (``ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST`` unless the environment sets a range);
 3. plays the bag into it over DDS with ``tarfuse-play``, recording ``fused/image_raw``,
    ``detections``, ``registered/image_raw`` and ``/diagnostics`` into another bag;
-4. stops the node cleanly (SIGINT) and writes ``summary.json``, ``summary.md`` and a few fused
-   PNGs (decoded from the recorded bag) under the output folder, and prints the summary.
+4. stops the node cleanly (SIGINT, before its ``diagnostics.input_timeout`` runs out after the
+   bag's end: no warning of stopped cameras) and writes ``summary.json``, ``summary.md`` and a
+   few fused PNGs (decoded from the recorded bag) under the output folder, and prints the
+   summary.
 """
 
 import argparse
@@ -28,7 +30,7 @@ import time
 import cv2
 import numpy as np
 
-from tarfuse_ros.console import StopRequest
+from tarfuse_ros.console import HelpFormatter, StopRequest
 from tarfuse_ros.core import paths
 from tarfuse_ros.core.files import output_problem
 from tarfuse_ros.core.layout import read_text_lines
@@ -263,12 +265,14 @@ def summary_markdown(summary):
     lat = summary['latency_ms']
     classes = summary['detections_per_class']
     truth = summary.get('ground_truth_boxes_per_class') or {}
+    played = _pairs_played(summary.get('bag_pairs', summary['pairs_in']), summary.get('loops', 1),
+                           ' (', ')')
     lines = [
         '# tarfuse_ros demo',
         '',
         f"- weights: `{summary.get('weights', '')}` on `{summary.get('device', '')}`",
-        f"- input: {summary.get('bag_pairs', summary['pairs_in'])} pairs from "
-        f"`{summary.get('samples', '')}` at {summary.get('rate_hz', '')} Hz, "
+        f"- input: {played} from `{summary.get('samples', '')}` at "
+        f"{summary.get('rate_hz', '')} Hz, "
         f"size {summary.get('size', 'as stored')}, IR `{summary.get('ir_dir', '')}`",
         '',
         '| figure | value |',
@@ -298,6 +302,16 @@ def summary_markdown(summary):
               'Fused images: ' + (', '.join(f'`{p}`' for p in summary['fused_pngs']) or 'none'),
               '']
     return '\n'.join(lines)
+
+
+def _pairs_played(pairs, loops, lead, end=''):
+    """Return ``'10 pairs'``, or over loops ``'10 pairs<lead>the 5 sample pairs 2 times<end>'``.
+
+    '6 pairs' for --max-pairs 3 said nothing of the (default) two loops.
+    """
+    if loops <= 1:
+        return f'{pairs} pairs'
+    return f'{pairs} pairs{lead}the {pairs // loops} sample pairs {loops} times{end}'
 
 
 def _dash(value):
@@ -451,7 +465,8 @@ def run_demo(out='output/demo', weights=None, device='cpu', samples=None,
             old.unlink()
     (staging / 'input_bag').rename(input_bag)
     staging.rmdir()
-    log(f'tarfuse-demo: built {input_bag} ({bag.pairs} pairs at {rate} Hz)')
+    log(f'tarfuse-demo: built {input_bag} ({_pairs_played(bag.pairs, loops, ": ")}, at '
+        f'{rate} Hz)')
 
     command = [sys.executable, '-m', 'tarfuse_ros.ros.fuse_node', '--ros-args',
                '--params-file', str(params_file), '-p', f'weights:={weights}',
@@ -472,19 +487,40 @@ def run_demo(out='output/demo', weights=None, device='cpu', samples=None,
             if interrupted is not None and interrupted():
                 # The terminal's Ctrl-C reached the node too and it stopped first.
                 raise KeyboardInterrupt
+            tail = _log_tail(log_path)
+            # The node's error names its own command line ('Use -p device:=cpu'), which
+            # tarfuse-demo refuses: its options are --param, --device and --weights.
+            fixes = [line for line in tail.splitlines()
+                     if ('[FATAL]' in line or '[ERROR]' in line) and '-p ' in line]
+            hint = ("\n(the node's -p NAME:=VALUE is tarfuse-demo's --param NAME:=VALUE; "
+                    '-p device:=... and -p weights:=... are its --device and --weights)'
+                    if fixes else '')
             return (f'the node exited with code {process.returncode} during the demo; '
-                    f'its log ({log_path}) ends with:\n{_log_tail(log_path)}')
+                    f'its log ({log_path}) ends with:\n{tail}{hint}')
         return None
 
     # A node on simulated time (use_sim_time true, by --param or in the params file) takes its
     # time from /clock: the bag is played with it, as ros2 bag play --clock (the node's time
     # stood at 0, so its latency was never measured and it said to play the bag with its clock).
     sim_time = str(given.get('use_sim_time', False)).strip().lower() in ('true', 'yes', 'y', 'on')
+    # The node warns diagnostics.input_timeout after its inputs stop, as it should for cameras
+    # that do: the recording, and so the node, stops a second before that after the bag's last
+    # message (at half a shorter timeout), else every demo's node.log ended with a warning of
+    # hung cameras for the bag's end. The node's last answers and diagnostics come before (a
+    # node slower than that per pair: raise diagnostics.input_timeout).
+    from tarfuse_ros.ros.params import NodeParams
+    try:
+        input_timeout = float(given.get('diagnostics.input_timeout', NodeParams.input_timeout))
+    except (TypeError, ValueError):
+        input_timeout = math.nan
+    if not 0 < input_timeout < math.inf:  # the node refuses it, saying why
+        input_timeout = NodeParams.input_timeout
+    max_linger = max(input_timeout - 1.0, input_timeout / 2)
     code, clean = None, False
     try:
         player = BagPlayer(input_bag, rate=1.0, wait_for_subscribers=1,
                            wait_timeout=startup_timeout, restamp=True, record=recorded_bag,
-                           record_topics=RECORD_TOPICS, linger=linger, max_linger=60.0,
+                           record_topics=RECORD_TOPICS, linger=linger, max_linger=max_linger,
                            domain_id=domain_id, node_name='tarfuse_demo_player',
                            should_abort=node_died, log=log, clock=sim_time)
         stats = player.run()
@@ -504,7 +540,8 @@ def run_demo(out='output/demo', weights=None, device='cpu', samples=None,
                         samples=samples, extra={
                             'weights': str(weights), 'device': device, 'samples': str(samples),
                             'ir_dir': ir_dir, 'size': size, 'rate_hz': rate,
-                            'bag_pairs': bag.pairs, 'ros_domain_id': domain_id,
+                            'bag_pairs': bag.pairs, 'loops': loops,
+                            'ros_domain_id': domain_id,
                             'ros_automatic_discovery_range': discovery,
                             'node_exit_code': code, 'node_clean_shutdown': clean,
                             'node_params': list(node_params),
@@ -522,7 +559,7 @@ def run_demo(out='output/demo', weights=None, device='cpu', samples=None,
 def build_parser():
     parser = argparse.ArgumentParser(
         prog='tarfuse-demo', description=__doc__.split('\n\n')[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     parser.add_argument('--out', type=Path, default=Path('output/demo'),
                         help='output folder (summary.md, summary.json, PNGs, bags, node log): '
                         f'new, empty, or one an earlier demo run wrote (it holds {MARKER}), '
@@ -540,7 +577,8 @@ def build_parser():
                         help='camera resolution WIDTHxHEIGHT the pairs are resized to')
     parser.add_argument('--rate', type=float, default=2.0, help='camera frame rate (Hz)')
     parser.add_argument('--loops', type=int, default=2, help='rounds over the sample pairs')
-    parser.add_argument('--max-pairs', type=int, default=None, help='use the first N pairs')
+    parser.add_argument('--max-pairs', type=int, default=None,
+                        help='use the first N pairs (default: all)')
     parser.add_argument('--params-file', type=Path, default=None,
                         help='node parameters; default: config/tarfuse.yaml')
     parser.add_argument('--startup-timeout', type=float, default=180.0,

@@ -28,6 +28,7 @@ import sys
 import cv2
 import numpy as np
 
+from tarfuse_ros.console import HelpFormatter
 from tarfuse_ros.core.files import output_problem
 from tarfuse_ros.core.layout import image_path, read_split, unpaired_stems
 from tarfuse_ros.core.sizes import MAX_ENLARGED_LONG_SIDE
@@ -300,19 +301,10 @@ def make_bag(pairs_dir, out, *, split=None, rate=10.0, ir_encoding='mono8', vi_e
                       end_ns=last_ns, ir_topic=ir_topic, vi_topic=vi_topic, stems=stems)
 
 
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Show defaults, but not ``(default: None)`` after options whose help says what None does."""
-
-    def _get_help_string(self, action):
-        if action.default is None:
-            return action.help
-        return super()._get_help_string(action)
-
-
 def build_parser():
     parser = argparse.ArgumentParser(
         prog='tarfuse-make-bag', description=__doc__.split('\n\n')[0],
-        formatter_class=_HelpFormatter)
+        formatter_class=HelpFormatter)
     parser.add_argument('--pairs', required=True, type=Path,
                         help='folder with ir/ and vi/ sub-folders (same stem per pair)')
     parser.add_argument('--split', default=None,

@@ -28,7 +28,7 @@ import time
 
 from rosbags.rosbag2 import Reader
 
-from tarfuse_ros.console import install_handler
+from tarfuse_ros.console import HelpFormatter, install_handler
 from tarfuse_ros.core.files import output_problem
 from tarfuse_ros.tools.bagio import (
     bag_folder_problem, check_topic_name, header_stamp_ns, jazzy_typestore, offered_qos,
@@ -840,7 +840,7 @@ class BagPlayer:
 def build_parser():
     parser = argparse.ArgumentParser(
         prog='tarfuse-play', description=__doc__.split('\n\n')[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     parser.add_argument('bag', type=Path, help='rosbag2 directory (MCAP or SQLite 3)')
     parser.add_argument('--rate', type=float, default=1.0, help='time factor (2 = twice as fast)')
     parser.add_argument('--loop', action='store_true', help='repeat until --duration or Ctrl-C')
@@ -849,7 +849,7 @@ def build_parser():
     parser.add_argument('--start-offset', type=float, default=0.0, metavar='SECONDS',
                         help='start this many seconds (of bag time) into the bag, each round')
     parser.add_argument('--duration', type=float, default=None,
-                        help='stop after this many seconds of playback')
+                        help='stop after this many seconds of playback (default: the whole bag)')
     parser.add_argument('--wait-for-subscribers', type=int, default=0, metavar='N',
                         help='wait until every played topic has N subscribers besides '
                         "this player's own --record subscription")
@@ -860,7 +860,8 @@ def build_parser():
     parser.add_argument('--ack-timeout', type=float, default=5.0,
                         help='after the last message, wait at most this many seconds until '
                              'reliable subscribers acknowledged every message (0: no wait)')
-    parser.add_argument('--topics', nargs='+', default=None, help='bag topics to play')
+    parser.add_argument('--topics', nargs='+', default=None,
+                        help='bag topics to play (default: all)')
     parser.add_argument('--remap', nargs='+', default=(), metavar='FROM:=TO',
                         help='publish bag topic FROM as TO (not onto a topic played too)')
     parser.add_argument('--restamp', action='store_true',

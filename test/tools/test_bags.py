@@ -1013,6 +1013,20 @@ def test_split_names_offered_include_misaligned_and_help_shows_no_none(tmp_path,
     assert '(default: 10.0)' in shown  # other defaults are still shown
 
 
+def test_play_help_says_what_leaving_an_option_out_does(capsys):
+    """``tarfuse-play --help`` read 'bag topics to play (default: None)', as if none were played.
+
+    And '(default: ())' after --remap and --record-topics.
+    """
+    with pytest.raises(SystemExit):
+        play_bag_tool.build_parser().parse_args(['--help'])
+    shown = ' '.join(capsys.readouterr().out.split())
+    assert '(default: None)' not in shown and '(default: ())' not in shown, shown
+    assert 'bag topics to play (default: all)' in shown
+    assert 'stop after this many seconds of playback (default: the whole bag)' in shown
+    assert '(default: 2.0)' in shown  # other defaults are still shown
+
+
 def test_make_bag_takes_a_list_file_of_the_working_directory_by_its_bare_name(
         tmp_path, monkeypatch, capsys):
     # 'split stems.lst not found in <pairs>; available: [...] or a path to a list file', for a

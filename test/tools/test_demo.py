@@ -45,10 +45,17 @@ def test_demo_runs_the_node_on_sample_pairs_and_summarises(weights, tmp_path, ca
                       '--loops', '1', '--rate', '2', '--size', '128x96', '--pngs', '2',
                       # A threshold low enough that even an untrained model reports boxes,
                       # so detections are recorded, counted per class and drawn.
-                      '--param', 'confidence_threshold:=0.0001', '--param', 'max_detections:=5'])
+                      '--param', 'confidence_threshold:=0.0001', '--param', 'max_detections:=5',
+                      # Shorter than the 3 s the recording lingered after the last answer;
+                      # the last diagnostics (the node's counts) come well before its end.
+                      '--param', 'diagnostics.input_timeout:=2.5',
+                      '--param', 'diagnostics.period:=0.5'])
     captured = capsys.readouterr()
     log = (out / 'node.log').read_text() if (out / 'node.log').exists() else ''
     assert code == 0, captured.err + '\nnode log:\n' + log
+    # The bag's end is no camera that stopped: the node is stopped before its input timeout
+    # (every node.log ended with 'both inputs stopped ... hung camera drivers ...').
+    assert '[WARN]' not in log and '[ERROR]' not in log, log
     summary = json.loads((out / 'summary.json').read_text())
     assert '# tarfuse_ros demo' in captured.out and 'pairs in' in captured.out
 
@@ -105,6 +112,7 @@ def test_demo_runs_the_node_on_sample_pairs_and_summarises(weights, tmp_path, ca
         assert image is not None and image.shape == (96, 128, 3)
         assert any(stem in name for stem in ('FLIR_00122', 'FLIR_00993', 'FLIR_04229'))
     assert (out / 'summary.md').read_text().startswith('# tarfuse_ros demo')
+    assert '- input: 3 pairs from ' in (out / 'summary.md').read_text()  # one loop
 
 
 @pytest.mark.dds
@@ -406,6 +414,8 @@ def test_ctrl_c_stops_the_demo_and_its_node_cleanly(weights, tmp_path):
     assert process.returncode == 130, output
     assert 'interrupted' in output and not (out / 'summary.md').exists()
     assert 'Traceback' not in output + node_log and 'terminate called' not in node_log
+    # '250 pairs' said nothing of the 5 pairs played 50 times.
+    assert '/input_bag (250 pairs: the 5 sample pairs 50 times, at 4.0 Hz)' in output, output
 
 
 @pytest.mark.dds
@@ -431,6 +441,33 @@ def test_sigterm_stops_the_demo_and_its_node(weights, tmp_path):
     assert process.returncode == 130, output
     assert 'interrupted; the node was stopped' in output and 'Traceback' not in output
     assert left == [] and not (out / 'summary.md').exists()
+
+
+def test_help_says_what_leaving_an_option_out_does(capsys):
+    """``--help`` read 'default: the shipped model (default: None)' after --weights."""
+    with pytest.raises(SystemExit):
+        demo.build_parser().parse_args(['--help'])
+    shown = ' '.join(capsys.readouterr().out.split())
+    assert '(default: None)' not in shown and '(default: [])' not in shown, shown
+    assert 'checkpoint (.safetensors); default: the shipped model --device' in shown
+    assert 'use the first N pairs (default: all)' in shown
+    assert '(default: 512x288)' in shown  # other defaults are still shown
+
+
+@pytest.mark.dds
+def test_a_node_that_refuses_its_start_is_answered_in_the_demo_s_options(tmp_path, capsys):
+    """The node's fix, 'Point the weights parameter at ... (-p weights:=...)', is told as ours.
+
+    tarfuse-demo refuses -p; the node's error was repeated as it stood.
+    """
+    broken = tmp_path / 'broken.safetensors'
+    broken.write_bytes(b'not a checkpoint')
+    assert demo.main(['--out', str(tmp_path / 'demo'), '--weights', str(broken),
+                      '--max-pairs', '1', '--loops', '1', '--size', '128x96']) == 1
+    err = capsys.readouterr().err
+    assert 'the node exited with code 1' in err and '-p weights:=' in err, err
+    assert ("(the node's -p NAME:=VALUE is tarfuse-demo's --param NAME:=VALUE; -p device:=... "
+            'and -p weights:=... are its --device and --weights)') in err, err
 
 
 @pytest.mark.dds

@@ -670,12 +670,17 @@ def test_ctrl_c_while_starting_is_one_line_without_a_traceback(tmp_path):
 
 
 def test_without_threads_it_takes_the_cpus_the_process_may_use(tmp_path):
-    """A CPU limit that torch does not count (here LOKY_MAX_CPU_COUNT) sets the threads."""
+    """A CPU limit that torch does not count (here LOKY_MAX_CPU_COUNT) sets the threads.
+
+    The run is a first one with a new ultralytics settings folder (YOLO_CONFIG_DIR): the
+    tool's stdout printed ultralytics' three lines 'Creating new Ultralytics Settings ...'.
+    """
     import os
     import sys
     environment = {name: value for name, value in os.environ.items()
-                   if name not in ('OMP_NUM_THREADS', 'MKL_NUM_THREADS')}
+                   if name not in ('OMP_NUM_THREADS', 'MKL_NUM_THREADS', 'YOLO_VERBOSE')}
     environment['LOKY_MAX_CPU_COUNT'] = '1'
+    environment['YOLO_CONFIG_DIR'] = str(tmp_path / 'ultralytics')
     ir, vi = SAMPLES / 'ir' / f'{STEMS[0]}.jpg', SAMPLES / 'vi' / f'{STEMS[0]}.jpg'
     result = subprocess.run(
         [sys.executable, '-m', 'tarfuse_ros.tools.fuse', '--ir', str(ir), '--visible', str(vi),
@@ -683,6 +688,10 @@ def test_without_threads_it_takes_the_cpus_the_process_may_use(tmp_path):
         timeout=300)
     assert result.returncode == 0, result.stderr
     assert 'torch threads 1)' in result.stdout, result.stdout
+    assert result.stdout.startswith('tarfuse-fuse: ') and 'Ultralytics' not in result.stdout, \
+        result.stdout
+    # The settings folder the user chose is the one used.
+    assert (tmp_path / 'ultralytics' / 'Ultralytics' / 'settings.json').is_file()
 
 
 def test_an_unreadable_cpu_limit_is_a_usage_error(tmp_path, capsys, monkeypatch):
