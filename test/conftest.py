@@ -127,6 +127,34 @@ def pytest_collection_finish(session):
         _BackgroundExport.start()
 
 
+# With -x (or --maxfail) pytest-xdist stops handing out test files at the failure, but the other
+# worker ran on through the rest of its file (--dist loadfile sends a whole file at once):
+# minutes, for the node tests. The controller marks the run's folder; a worker stops after its
+# current test once the mark is there (its fixtures torn down as at its own failure).
+_STOP = RUN_DIR / 'stop'
+_SESSION = []  # the controller's session
+
+
+def pytest_sessionstart(session):
+    """Keep the session (of the controller: the one that counts every worker's failures)."""
+    _SESSION.append(session)
+
+
+@pytest.hookimpl(trylast=True)  # after the session's own, which counts the failures
+def pytest_runtest_logreport(report):
+    """Mark the run's folder once the controller stops at a failure (-x, --maxfail)."""
+    if _WORKER or not _SESSION or not _SESSION[0].config.pluginmanager.hasplugin('dsession'):
+        return
+    if _SESSION[0].shouldfail or _SESSION[0].shouldstop:
+        _STOP.touch()
+
+
+def pytest_runtest_teardown(item):
+    """Stop this worker after its current test where the controller has stopped."""
+    if _WORKER and _STOP.exists():
+        item.session.shouldstop = 'another test process stopped at a failure (-x, --maxfail)'
+
+
 def pytest_sessionfinish(session, exitstatus):
     if not _WORKER:
         import shutil

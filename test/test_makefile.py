@@ -4,6 +4,7 @@ import os
 from pathlib import Path
 import shutil
 import subprocess
+import sys
 
 import pytest
 
@@ -36,3 +37,57 @@ def test_make_targets_run_in_the_repository_from_any_directory(tmp_path):
                              cwd=tmp_path, capture_output=True, text=True, timeout=60,
                              check=True, env=ENV).stdout
     assert f'--out {REPO}/output/demo' in default
+
+
+FAILING = """
+import time
+from pathlib import Path
+
+
+def test_fails_once_the_other_file_runs():
+    started = Path(__file__).parent / 'slow_0'
+    deadline = time.monotonic() + 120
+    while not started.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert False, 'the failure that -x stops at'
+"""
+SLOW = """
+import time
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope='module')
+def started_node():
+    yield
+    (Path(__file__).parent / 'torn_down').touch()
+
+
+@pytest.mark.parametrize('index', range(5))
+def test_slow(started_node, index):
+    (Path(__file__).parent / f'slow_{index}').touch()
+    time.sleep(3)
+"""
+
+
+def test_x_stops_the_other_worker_after_its_current_test(tmp_path):
+    """`make test PYTEST_ARGS=-x`: both workers stop, not only the one whose test failed.
+
+    pytest-xdist gives each worker a whole test file (--dist loadfile); at the first failure
+    the other worker ran the rest of its file (here 5 x 3 s; for the node tests, minutes).
+    Run on two files of their own beside a copy of test/conftest.py, in a pytest of its own.
+    """
+    shutil.copy(REPO / 'test' / 'conftest.py', tmp_path / 'conftest.py')
+    (tmp_path / 'test_failing.py').write_text(FAILING)
+    (tmp_path / 'test_slow.py').write_text(SLOW)
+    env = {k: v for k, v in os.environ.items() if not k.startswith('PYTEST_')}
+    result = subprocess.run(
+        [sys.executable, '-m', 'pytest', '-p', 'no:cacheprovider', '-n', '2', '--dist',
+         'loadfile', '-x', '-q', 'test_failing.py', 'test_slow.py'],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    output = result.stdout + result.stderr
+    assert result.returncode == 2 and 'stopping after 1 failures' in output, output
+    ran = sorted(path.name for path in tmp_path.glob('slow_*'))
+    assert ran[-1] < 'slow_4', (ran, output)
+    assert (tmp_path / 'torn_down').exists(), output
