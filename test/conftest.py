@@ -16,13 +16,38 @@ os.environ.setdefault('YOLO_OFFLINE', '1')
 os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
 # `make test` runs the tests in two pytest-xdist workers: each is a test run of its own on DDS.
 # The controller draws the run's base once (workers inherit its environment); each worker takes
-# the domain base + its index among 216-232 (the demo's private domains are 1-100, the node
-# tests' 101-215, Fast DDS fails above 232) and its own share of the node tests' domains
-# (TARFUSE_TEST_DOMAINS, read by node_harness.random_domain_id).
+# the domain base + its index (_worker_index) among 216-232 (the demo's private domains are
+# 1-100, the node tests' 101-215, Fast DDS fails above 232) and its own share of the node
+# tests' domains (TARFUSE_TEST_DOMAINS, read by node_harness.random_domain_id).
 _WORKER = os.environ.get('PYTEST_XDIST_WORKER', '')
+_INDEX_LOCKS = []  # this worker's, held until it ends
+
+
+def _worker_index(count):
+    """Return this worker's index among ``count``: the lowest no live worker of the run holds.
+
+    Not the number in its name: pytest-xdist replaces a worker that crashed with one named on
+    (gw2 for gw0 or gw1), which took the domains 215-271 (Fast DDS fails above 232, and
+    216-232 are the workers' own). Each index is a lock in the run's folder, freed by the
+    kernel with the process that held it.
+    """
+    import fcntl
+    for index in range(count):
+        handle = open(Path(os.environ['TARFUSE_TEST_RUN_DIR']) / f'worker_{index}.lock', 'w')
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            continue
+        _INDEX_LOCKS.append(handle)
+        return index
+    raise RuntimeError(f'pytest-xdist worker {_WORKER}: {count} workers of this run still run')
+
+
 os.environ.setdefault('TARFUSE_TEST_DOMAIN_BASE', str(random.SystemRandom().randint(0, 16)))
 if _WORKER.startswith('gw'):
-    _INDEX, _COUNT = int(_WORKER[2:]), int(os.environ['PYTEST_XDIST_WORKER_COUNT'])
+    _COUNT = int(os.environ['PYTEST_XDIST_WORKER_COUNT'])
+    _INDEX = _worker_index(_COUNT)
     os.environ['ROS_DOMAIN_ID'] = str(
         216 + (int(os.environ['TARFUSE_TEST_DOMAIN_BASE']) + _INDEX) % 17)
     _SHARE = 115 // _COUNT

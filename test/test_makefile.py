@@ -1,5 +1,6 @@
 """The README's two commands (`make demo`, `make test`) from another directory (`make -f`)."""
 
+import json
 import os
 from pathlib import Path
 import shutil
@@ -91,3 +92,66 @@ def test_x_stops_the_other_worker_after_its_current_test(tmp_path):
     ran = sorted(path.name for path in tmp_path.glob('slow_*'))
     assert ran[-1] < 'slow_4', (ran, output)
     assert (tmp_path / 'torn_down').exists(), output
+
+
+RECORD = """
+def record(name):
+    import json
+    import os
+    from pathlib import Path
+    keys = ('PYTEST_XDIST_WORKER', 'ROS_DOMAIN_ID', 'TARFUSE_TEST_DOMAINS')
+    (Path(__file__).parent / name).write_text(json.dumps([os.environ[key] for key in keys]))
+"""
+CRASHING = RECORD + """
+
+def test_crashes_the_worker_once():
+    import os
+    from pathlib import Path
+    import signal
+    mark = Path(__file__).parent / 'crashed'
+    if not mark.exists():
+        mark.touch()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_on_the_worker_in_its_place():
+    record('replacement.json')
+"""
+WAITING = RECORD + """
+
+def test_beside():
+    import time
+    from pathlib import Path
+    record('other.json')
+    deadline = time.monotonic() + 120
+    while not (Path(__file__).parent / 'replacement.json').exists() and \\
+            time.monotonic() < deadline:
+        time.sleep(0.1)
+"""
+
+
+def test_a_worker_in_place_of_a_crashed_one_takes_its_dds_domains(tmp_path):
+    """A crashed test process (pytest-xdist worker) is replaced; the new one takes its domains.
+
+    The domains were given by the number in the worker's name: the replacement, gw2, drew the
+    node tests' domains from 215-271 (Fast DDS fails above 232; 216-232 are the workers' own).
+    """
+    shutil.copy(REPO / 'test' / 'conftest.py', tmp_path / 'conftest.py')
+    (tmp_path / 'test_crashing.py').write_text(CRASHING)
+    (tmp_path / 'test_waiting.py').write_text(WAITING)
+    env = {k: v for k, v in os.environ.items() if not k.startswith('PYTEST_')}
+    result = subprocess.run(
+        [sys.executable, '-m', 'pytest', '-p', 'no:cacheprovider', '-n', '2', '--dist',
+         'loadfile', '-q', 'test_crashing.py', 'test_waiting.py'],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    output = result.stdout + result.stderr
+    assert result.returncode == 1 and "' crashed while running 'test_crashing.py" in output, \
+        output
+    new, other = (json.loads((tmp_path / name).read_text())
+                  for name in ('replacement.json', 'other.json'))
+    assert new[0] not in ('gw0', 'gw1') and other[0] in ('gw0', 'gw1'), (new, other)
+    assert new[1] != other[1] and 216 <= int(new[1]) <= 232, (new, other)
+    ranges = [range(int(low), int(high) + 1)
+              for low, high in (new[2].split('-'), other[2].split('-'))]
+    assert 101 <= ranges[0][0] and ranges[0][-1] <= 215, new
+    assert not set(ranges[0]) & set(ranges[1]), (new, other)
