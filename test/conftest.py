@@ -180,10 +180,54 @@ def pytest_runtest_teardown(item):
         item.session.shouldstop = 'another test process stopped at a failure (-x, --maxfail)'
 
 
+def _left_running():
+    """Return the ids of the processes of this test run but this one.
+
+    Found by this run's folder in their environment, which every process started under the
+    session inherits (the workers, the nodes and tools the tests start) and no other has.
+    """
+    tag = f'TARFUSE_TEST_RUN_DIR={RUN_DIR}'.encode()
+    found = []
+    for environ in Path('/proc').glob('[0-9]*/environ'):
+        try:
+            if tag in environ.read_bytes().split(b'\0'):
+                found.append(int(environ.parent.name))
+        except (OSError, ValueError):  # ended meanwhile, or another user's
+            continue
+    return [pid for pid in found if pid != os.getpid()]
+
+
+def _stop_left_running(timeout=10.0):
+    """Stop what the tests left running: SIGINT, as Ctrl-C would, then SIGKILL after timeout.
+
+    A worker that crashed (or was killed) left its children running for ever: the fusion
+    nodes of the node tests wait for a signal. Their domains are the next worker's.
+    """
+    import sys
+    import time
+    left = _left_running()
+    if not left:
+        return
+    print(f'\nconftest: stopping {len(left)} processes the tests left running: {left}',
+          file=sys.stderr)
+    for sig in (signal.SIGINT, signal.SIGKILL):
+        for pid in left:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + timeout
+        while left and time.monotonic() < deadline:
+            time.sleep(0.2)
+            left = _left_running()
+
+
+@pytest.hookimpl(trylast=True)  # after pytest-xdist has stopped its workers
 def pytest_sessionfinish(session, exitstatus):
     if not _WORKER:
         import shutil
         _BackgroundExport.stop()
+        _stop_left_running()
         shutil.rmtree(RUN_DIR, ignore_errors=True)
 
 

@@ -4,6 +4,7 @@ import json
 import os
 from pathlib import Path
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -109,8 +110,12 @@ def test_crashes_the_worker_once():
     from pathlib import Path
     import signal
     mark = Path(__file__).parent / 'crashed'
+    import subprocess
+    import sys
     if not mark.exists():
         mark.touch()
+        child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)'])
+        (Path(__file__).parent / 'child.pid').write_text(str(child.pid))
         os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -135,6 +140,7 @@ def test_a_worker_in_place_of_a_crashed_one_takes_its_dds_domains(tmp_path):
 
     The domains were given by the number in the worker's name: the replacement, gw2, drew the
     node tests' domains from 215-271 (Fast DDS fails above 232; 216-232 are the workers' own).
+    The crashed worker's children (the nodes of the node tests) ran on after the session.
     """
     shutil.copy(REPO / 'test' / 'conftest.py', tmp_path / 'conftest.py')
     (tmp_path / 'test_crashing.py').write_text(CRASHING)
@@ -155,3 +161,11 @@ def test_a_worker_in_place_of_a_crashed_one_takes_its_dds_domains(tmp_path):
               for low, high in (new[2].split('-'), other[2].split('-'))]
     assert 101 <= ranges[0][0] and ranges[0][-1] <= 215, new
     assert not set(ranges[0]) & set(ranges[1]), (new, other)
+    # What it left running, as a node of a node test, is stopped at the end of the session.
+    child = int((tmp_path / 'child.pid').read_text())
+    try:
+        stat = Path(f'/proc/{child}/stat')
+        assert not stat.exists() or stat.read_text().split(')')[1].split()[0] == 'Z', output
+    finally:
+        if Path(f'/proc/{child}').exists():
+            os.kill(child, signal.SIGKILL)
