@@ -16,13 +16,38 @@ os.environ.setdefault('YOLO_OFFLINE', '1')
 os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
 # `make test` runs the tests in two pytest-xdist workers: each is a test run of its own on DDS.
 # The controller draws the run's base once (workers inherit its environment); each worker takes
-# the domain base + its index among 216-232 (the demo's private domains are 1-100, the node
-# tests' 101-215, Fast DDS fails above 232) and its own share of the node tests' domains
-# (TARFUSE_TEST_DOMAINS, read by node_harness.random_domain_id).
+# the domain base + its index (_worker_index) among 216-232 (the demo's private domains are
+# 1-100, the node tests' 101-215, Fast DDS fails above 232) and its own share of the node
+# tests' domains (TARFUSE_TEST_DOMAINS, read by node_harness.random_domain_id).
 _WORKER = os.environ.get('PYTEST_XDIST_WORKER', '')
+_INDEX_LOCKS = []  # this worker's, held until it ends
+
+
+def _worker_index(count):
+    """Return this worker's index among ``count``: the lowest no live worker of the run holds.
+
+    Not the number in its name: pytest-xdist replaces a worker that crashed with one named on
+    (gw2 for gw0 or gw1), which took the domains 215-271 (Fast DDS fails above 232, and
+    216-232 are the workers' own). Each index is a lock in the run's folder, freed by the
+    kernel with the process that held it.
+    """
+    import fcntl
+    for index in range(count):
+        handle = open(Path(os.environ['TARFUSE_TEST_RUN_DIR']) / f'worker_{index}.lock', 'w')
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            continue
+        _INDEX_LOCKS.append(handle)
+        return index
+    raise RuntimeError(f'pytest-xdist worker {_WORKER}: {count} workers of this run still run')
+
+
 os.environ.setdefault('TARFUSE_TEST_DOMAIN_BASE', str(random.SystemRandom().randint(0, 16)))
 if _WORKER.startswith('gw'):
-    _INDEX, _COUNT = int(_WORKER[2:]), int(os.environ['PYTEST_XDIST_WORKER_COUNT'])
+    _COUNT = int(os.environ['PYTEST_XDIST_WORKER_COUNT'])
+    _INDEX = _worker_index(_COUNT)
     os.environ['ROS_DOMAIN_ID'] = str(
         216 + (int(os.environ['TARFUSE_TEST_DOMAIN_BASE']) + _INDEX) % 17)
     _SHARE = 115 // _COUNT
@@ -127,10 +152,82 @@ def pytest_collection_finish(session):
         _BackgroundExport.start()
 
 
+# With -x (or --maxfail) pytest-xdist stops handing out test files at the failure, but the other
+# worker ran on through the rest of its file (--dist loadfile sends a whole file at once):
+# minutes, for the node tests. The controller marks the run's folder; a worker stops after its
+# current test once the mark is there (its fixtures torn down as at its own failure).
+_STOP = RUN_DIR / 'stop'
+_SESSION = []  # the controller's session
+
+
+def pytest_sessionstart(session):
+    """Keep the session (of the controller: the one that counts every worker's failures)."""
+    _SESSION.append(session)
+
+
+@pytest.hookimpl(trylast=True)  # after the session's own, which counts the failures
+def pytest_runtest_logreport(report):
+    """Mark the run's folder once the controller stops at a failure (-x, --maxfail)."""
+    if _WORKER or not _SESSION or not _SESSION[0].config.pluginmanager.hasplugin('dsession'):
+        return
+    if _SESSION[0].shouldfail or _SESSION[0].shouldstop:
+        _STOP.touch()
+
+
+def pytest_runtest_teardown(item):
+    """Stop this worker after its current test where the controller has stopped."""
+    if _WORKER and _STOP.exists():
+        item.session.shouldstop = 'another test process stopped at a failure (-x, --maxfail)'
+
+
+def _left_running():
+    """Return the ids of the processes of this test run but this one.
+
+    Found by this run's folder in their environment, which every process started under the
+    session inherits (the workers, the nodes and tools the tests start) and no other has.
+    """
+    tag = f'TARFUSE_TEST_RUN_DIR={RUN_DIR}'.encode()
+    found = []
+    for environ in Path('/proc').glob('[0-9]*/environ'):
+        try:
+            if tag in environ.read_bytes().split(b'\0'):
+                found.append(int(environ.parent.name))
+        except (OSError, ValueError):  # ended meanwhile, or another user's
+            continue
+    return [pid for pid in found if pid != os.getpid()]
+
+
+def _stop_left_running(timeout=10.0):
+    """Stop what the tests left running: SIGINT, as Ctrl-C would, then SIGKILL after timeout.
+
+    A worker that crashed (or was killed) left its children running for ever: the fusion
+    nodes of the node tests wait for a signal. Their domains are the next worker's.
+    """
+    import sys
+    import time
+    left = _left_running()
+    if not left:
+        return
+    print(f'\nconftest: stopping {len(left)} processes the tests left running: {left}',
+          file=sys.stderr)
+    for sig in (signal.SIGINT, signal.SIGKILL):
+        for pid in left:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + timeout
+        while left and time.monotonic() < deadline:
+            time.sleep(0.2)
+            left = _left_running()
+
+
+@pytest.hookimpl(trylast=True)  # after pytest-xdist has stopped its workers
 def pytest_sessionfinish(session, exitstatus):
     if not _WORKER:
         import shutil
         _BackgroundExport.stop()
+        _stop_left_running()
         shutil.rmtree(RUN_DIR, ignore_errors=True)
 
 
