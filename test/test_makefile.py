@@ -73,6 +73,22 @@ def test_slow(started_node, index):
 """
 
 
+def _two_workers(folder, files, *options):
+    """Run pytest -n 2 --dist loadfile on ``files`` ({name: text}) in ``folder``; return it.
+
+    Beside a copy of test/conftest.py, in a pytest of its own (this run's PYTEST_* variables
+    left out): ``subprocess.CompletedProcess`` with text stdout and stderr.
+    """
+    shutil.copy(REPO / 'test' / 'conftest.py', folder / 'conftest.py')
+    for name, text in files.items():
+        (folder / name).write_text(text)
+    env = {k: v for k, v in os.environ.items() if not k.startswith('PYTEST_')}
+    return subprocess.run(
+        [sys.executable, '-m', 'pytest', '-p', 'no:cacheprovider', '-n', '2', '--dist',
+         'loadfile', *options, '-q', *files], cwd=folder, capture_output=True, text=True,
+        timeout=300, env=env)
+
+
 def test_x_stops_the_other_worker_after_its_current_test(tmp_path):
     """`make test PYTEST_ARGS=-x`: both workers stop, not only the one whose test failed.
 
@@ -80,14 +96,7 @@ def test_x_stops_the_other_worker_after_its_current_test(tmp_path):
     the other worker ran the rest of its file (here 5 x 3 s; for the node tests, minutes).
     Run on two files of their own beside a copy of test/conftest.py, in a pytest of its own.
     """
-    shutil.copy(REPO / 'test' / 'conftest.py', tmp_path / 'conftest.py')
-    (tmp_path / 'test_failing.py').write_text(FAILING)
-    (tmp_path / 'test_slow.py').write_text(SLOW)
-    env = {k: v for k, v in os.environ.items() if not k.startswith('PYTEST_')}
-    result = subprocess.run(
-        [sys.executable, '-m', 'pytest', '-p', 'no:cacheprovider', '-n', '2', '--dist',
-         'loadfile', '-x', '-q', 'test_failing.py', 'test_slow.py'],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    result = _two_workers(tmp_path, {'test_failing.py': FAILING, 'test_slow.py': SLOW}, '-x')
     output = result.stdout + result.stderr
     assert result.returncode == 2 and 'stopping after 1 failures' in output, output
     ran = sorted(path.name for path in tmp_path.glob('slow_*'))
@@ -142,14 +151,7 @@ def test_a_worker_in_place_of_a_crashed_one_takes_its_dds_domains(tmp_path):
     node tests' domains from 215-271 (Fast DDS fails above 232; 216-232 are the workers' own).
     The crashed worker's children (the nodes of the node tests) ran on after the session.
     """
-    shutil.copy(REPO / 'test' / 'conftest.py', tmp_path / 'conftest.py')
-    (tmp_path / 'test_crashing.py').write_text(CRASHING)
-    (tmp_path / 'test_waiting.py').write_text(WAITING)
-    env = {k: v for k, v in os.environ.items() if not k.startswith('PYTEST_')}
-    result = subprocess.run(
-        [sys.executable, '-m', 'pytest', '-p', 'no:cacheprovider', '-n', '2', '--dist',
-         'loadfile', '-q', 'test_crashing.py', 'test_waiting.py'],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    result = _two_workers(tmp_path, {'test_crashing.py': CRASHING, 'test_waiting.py': WAITING})
     output = result.stdout + result.stderr
     assert result.returncode == 1 and "' crashed while running 'test_crashing.py" in output, \
         output

@@ -181,6 +181,47 @@ def test_two_clock_publishers_are_said_and_the_inputs_not_taken_for_stopped(setu
     assert node.alive()
 
 
+def _statuses_around_a_seek(probe, seek_ns, silent_s, after_s, settle_s=0.0):
+    """Seek /clock ahead by ``seek_ns`` as a player does; return the node's statuses meanwhile.
+
+    /clock follows the wall a day back, with a pair of its time at each tick, until the node
+    says 'fusing' (then ``settle_s`` more, for the pace of the ROS time); then it jumps ahead,
+    the pairs stop for ``silent_s`` (the images of the new time on their way) and come again
+    for ``after_s``. The input timeout is 3 s meanwhile (a loaded machine's late images are no
+    silence of 1 s here). Returns ``[(message, {key: value})]`` from the seek on.
+    """
+    clock = probe.node.create_publisher(Clock, '/clock', 10)
+    offset = [-DAY_NS]
+    sending = [True]
+
+    def tick():
+        stamp = time.time_ns() + offset[0]
+        message = Clock()
+        message.clock.sec, message.clock.nanosec = divmod(stamp, 1_000_000_000)
+        clock.publish(message)
+        if sending[0]:
+            probe.publish_pair(*probe.good_pair(stamp))
+
+    assert probe.set_parameters(diagnostics__input_timeout=3.0)[0].successful
+    try:
+        assert probe.wait_for_diagnostics(
+            lambda level, message, values: message == 'fusing', timeout=30.0, tick=tick), (
+            probe.latest_diagnostics())
+        if settle_s:
+            probe.spin_until(lambda: False, settle_s, tick=tick, tick_period=0.05)
+        first = len(probe.diagnostics)
+        offset[0] += seek_ns
+        sending[0] = False
+        probe.spin_until(lambda: False, silent_s, tick=tick, tick_period=0.05)
+        sending[0] = True
+        probe.spin_until(lambda: False, after_s, tick=tick, tick_period=0.05)
+        return [(status.message, {kv.key: kv.value for kv in status.values})
+                for status in probe.diagnostics[first:]]
+    finally:
+        assert probe.set_parameters(diagnostics__input_timeout=1.0)[0].successful
+        probe.node.destroy_publisher(clock)
+
+
 def test_a_clock_seeking_ahead_is_no_silence_of_the_inputs(setup):
     """A player seeking ahead moves /clock forward at once, here by 600 s.
 
@@ -189,37 +230,10 @@ def test_a_clock_seeking_ahead_is_no_silence_of_the_inputs(setup):
     counts the wall time it took.
     """
     node, probe = setup
-    clock = probe.node.create_publisher(Clock, '/clock', 10)
-    offset = [-DAY_NS]
-    sending = [True]
-
-    def tick():  # /clock following the wall a day back, and a pair of its time while sending
-        stamp = time.time_ns() + offset[0]
-        message = Clock()
-        message.clock.sec, message.clock.nanosec = divmod(stamp, 1_000_000_000)
-        clock.publish(message)
-        if sending[0]:
-            probe.publish_pair(*probe.good_pair(stamp))
-
-    # An input timeout of 3 s: a loaded machine's late images are no silence of 1 s here.
-    assert probe.set_parameters(diagnostics__input_timeout=3.0)[0].successful
-    try:
-        assert probe.wait_for_diagnostics(
-            lambda level, message, values: message == 'fusing', timeout=30.0, tick=tick), (
-            probe.latest_diagnostics())
-        first = len(probe.diagnostics)
-        offset[0] += 600 * 1_000_000_000
-        sending[0] = False
-        probe.spin_until(lambda: False, 1.5, tick=tick, tick_period=0.05)
-        sending[0] = True
-        probe.spin_until(lambda: False, 1.0, tick=tick, tick_period=0.05)
-        during = [status.message for status in probe.diagnostics[first:]]
-        assert len(during) >= 6, during
-        said = [message for message in during if any(word in message for word in STOPPED)]
-        assert not said, said
-    finally:
-        assert probe.set_parameters(diagnostics__input_timeout=1.0)[0].successful
-        probe.node.destroy_publisher(clock)
+    during = _statuses_around_a_seek(probe, 600 * 1_000_000_000, silent_s=1.5, after_s=1.0)
+    assert len(during) >= 6, during
+    said = [message for message, _ in during if any(word in message for word in STOPPED)]
+    assert not said, said
     assert node.alive()
 
 
@@ -231,38 +245,11 @@ def test_a_short_seek_ahead_is_no_silence_of_the_inputs(setup):
     the rates read 0.3 Hz. The step now counts the wall time it took.
     """
     node, probe = setup
-    clock = probe.node.create_publisher(Clock, '/clock', 10)
-    offset = [-DAY_NS]
-    sending = [True]
-
-    def tick():  # /clock following the wall a day back, and a pair of its time while sending
-        stamp = time.time_ns() + offset[0]
-        message = Clock()
-        message.clock.sec, message.clock.nanosec = divmod(stamp, 1_000_000_000)
-        clock.publish(message)
-        if sending[0]:
-            probe.publish_pair(*probe.good_pair(stamp))
-
-    assert probe.set_parameters(diagnostics__input_timeout=3.0)[0].successful
-    try:
-        assert probe.wait_for_diagnostics(
-            lambda level, message, values: message == 'fusing', timeout=30.0, tick=tick), (
-            probe.latest_diagnostics())
-        probe.spin_until(lambda: False, 3.0, tick=tick, tick_period=0.05)  # the pace known
-        first = len(probe.diagnostics)
-        offset[0] += 2_500_000_000
-        sending[0] = False
-        probe.spin_until(lambda: False, 1.0, tick=tick, tick_period=0.05)
-        sending[0] = True
-        probe.spin_until(lambda: False, 1.5, tick=tick, tick_period=0.05)
-        during = [(status.message, {kv.key: kv.value for kv in status.values})
-                  for status in probe.diagnostics[first:]]
-        assert len(during) >= 8, during
-        said = [message for message, _ in during if any(word in message for word in STOPPED)]
-        assert not said, said
-        rates = [float(values['visible_rate_hz']) for _, values in during]
-        assert min(rates) > 0.5, rates
-    finally:
-        assert probe.set_parameters(diagnostics__input_timeout=1.0)[0].successful
-        probe.node.destroy_publisher(clock)
+    during = _statuses_around_a_seek(probe, 2_500_000_000, silent_s=1.0, after_s=1.5,
+                                     settle_s=3.0)
+    assert len(during) >= 8, during
+    said = [message for message, _ in during if any(word in message for word in STOPPED)]
+    assert not said, said
+    rates = [float(values['visible_rate_hz']) for _, values in during]
+    assert min(rates) > 0.5, rates
     assert node.alive()
