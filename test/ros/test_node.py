@@ -703,25 +703,31 @@ def test_an_older_visible_image_paired_after_a_newer_one_gives_no_output(setup):
     # within sync.slop (0.05 s): its outputs went out after those of t+33, stamped earlier
     # (and its pair could take the keep-newest slot from the newer one).
     node, probe, _, _ = setup
-    _send_and_wait(probe)
-    before = probe.settled_diagnostics()
-    ms = 1_000_000
-    start = time.time_ns()
-    probe.visible_pub.publish(probe.good_pair(start)[1])
-    probe.visible_pub.publish(probe.good_pair(start + 33 * ms)[1])
-    assert probe.wait_for_diagnostics(lambda lv, m, values: int(values['visible_msgs']) >= int(
-        before['visible_msgs']) + 2)
-    probe.ir_pub.publish(probe.good_pair(start + 30 * ms)[0])
-    assert probe.wait_for_outputs(start + 33 * ms)
-    probe.ir_pub.publish(probe.good_pair(start + 40 * ms)[0])
-    # At least one more rejection, ours the last (failed once in a full run with '== + 1'; the
-    # newest status is in the message to tell what came instead).
-    assert probe.wait_for_diagnostics(
-        lambda level, msg, values: int(values['pairs_rejected']) > int(
-            before['pairs_rejected']) and 'was paired after a newer one, stamped 0.033 s '
-        'later' in values['last_rejection']), (before, probe.latest_diagnostics())
-    _send_and_wait(probe, stamp=start + 100 * ms)
-    assert not probe.outputs_for('fused', start) and not probe.outputs_for('detections', start)
+    # The visible input is silent while the t+33 pair is fused; beyond input_timeout (1 s
+    # here, as a loaded machine took: failed 2 of 3 full runs in two test processes) the node
+    # drops what it held of it, t with it, and IR t+40 had nothing to pair with.
+    assert probe.set_parameters(diagnostics__input_timeout=10.0)[0].successful
+    try:
+        _send_and_wait(probe)
+        before = probe.settled_diagnostics()
+        ms = 1_000_000
+        start = time.time_ns()
+        probe.visible_pub.publish(probe.good_pair(start)[1])
+        probe.visible_pub.publish(probe.good_pair(start + 33 * ms)[1])
+        assert probe.wait_for_diagnostics(lambda lv, m, values: int(
+            values['visible_msgs']) >= int(before['visible_msgs']) + 2)
+        probe.ir_pub.publish(probe.good_pair(start + 30 * ms)[0])
+        assert probe.wait_for_outputs(start + 33 * ms)
+        probe.ir_pub.publish(probe.good_pair(start + 40 * ms)[0])
+        assert probe.wait_for_diagnostics(
+            lambda level, msg, values: int(values['pairs_rejected']) == int(
+                before['pairs_rejected']) + 1 and 'was paired after a newer one, stamped '
+            '0.033 s later' in values['last_rejection']), (before, probe.latest_diagnostics())
+        _send_and_wait(probe, stamp=start + 100 * ms)
+        assert not probe.outputs_for('fused', start)
+        assert not probe.outputs_for('detections', start)
+    finally:
+        assert probe.set_parameters(diagnostics__input_timeout=1.0)[0].successful
 
 
 def test_a_clock_glitch_among_the_first_stamps_of_a_timeline_is_a_time_jump(setup):
