@@ -15,9 +15,9 @@
    ``score > conf``, suppression when ``IoU > iou``, at most ``max_detections`` by score), boxes
    clipped to the image.
 
-No torch operation runs in any of these steps. (The modules this one shares code with,
-:mod:`~tarfuse_ros.core.images` and :mod:`~tarfuse_ros.core.engine`, still import torch at
-module level, so torch must be installed for now.)
+No torch operation runs in any of these steps, and torch is not imported: the export's model
+config is checked with :mod:`~tarfuse_ros.core.model_config` and the device parsed with
+:mod:`~tarfuse_ros.core.devices`, both torch-free.
 
 The exported file carries the checkpoint's JSON config in its ``metadata_props``
 (:data:`CONFIG_KEY`: the safetensors header, class names included) and the export's own
@@ -199,7 +199,7 @@ def _check_metadata_values(path, model, export):
             than 32 or a ``min_side`` that is not an integer >= 0 (pixels).
 
     """
-    from tarfuse_ros.core.model.tarfuse import SIZE_MULTIPLE, TarFuseConfig
+    from tarfuse_ros.core.model_config import SIZE_MULTIPLE, TarFuseConfig
 
     values = dict(model)
     # As load_checkpoint: configs written before the matching registration hold the MSRB.
@@ -257,7 +257,7 @@ def _providers(device, allow_cpu_fallback):
     """Return ``(providers, device string)`` for ``'cpu'``, ``'cuda'`` or ``'cuda:N'``."""
     ort = import_onnxruntime()
 
-    from tarfuse_ros.core.runtime import DeviceUnavailableError, parse_device
+    from tarfuse_ros.core.devices import DeviceUnavailableError, parse_device
     kind, index = parse_device(device)
     if kind == 'cpu':
         return ['CPUExecutionProvider'], 'cpu'

@@ -9,41 +9,14 @@ thread of the process: ``torch.set_num_threads``, ``torch.use_deterministic_algo
 from contextlib import contextmanager
 import logging
 
+# Re-exported: they live in a torch-free module (the onnxruntime backend uses them).
+from tarfuse_ros.core.devices import DeviceUnavailableError, parse_device
 import torch
 
 __all__ = ['DeviceUnavailableError', 'cudnn_benchmark', 'parse_device', 'resolve_device',
            'torch_settings']
 
 _LOG = logging.getLogger(__name__)
-
-
-class DeviceUnavailableError(RuntimeError):
-    """A valid device name whose device does not exist here (no CUDA, or no such GPU).
-
-    The message says what is missing only: what a user can do about it depends on the program
-    (a tool's ``--device cpu``, the node's ``device`` and ``allow_cpu_fallback`` parameters),
-    so the program that catches it says so.
-    """
-
-
-def parse_device(device, local_rank=0):
-    """Parse a device name into ``('cpu', None)`` or ``('cuda', index)`` (syntax only).
-
-    Args:
-        device: ``'cpu'``, ``'cuda'`` or ``'cuda:N'`` (case and surrounding blanks ignored).
-        local_rank: the index plain ``'cuda'`` means.
-
-    Raises:
-        ValueError: any other name.
-
-    """
-    text = str(device).strip().lower()
-    valid = text in ('cpu', 'cuda') or (text.startswith('cuda:') and text[5:].isdigit())
-    if not valid:
-        raise ValueError(f'device must be cpu, cuda or cuda:N, got {device!r}')
-    if text == 'cpu':
-        return 'cpu', None
-    return 'cuda', int(text[5:]) if ':' in text else int(local_rank)
 
 
 def resolve_device(device, allow_cpu_fallback=False, local_rank=0):

@@ -654,6 +654,22 @@ def test_onnxruntime_backend_runs_no_torch_operation(engines, roadscene_pair):
     assert calls == []
 
 
+def test_onnxruntime_backend_does_not_import_torch(shipped_onnx):
+    # It checked the export's model config with TarFuseConfig and parsed its device with
+    # core.runtime, both in torch modules: the node with backend onnxruntime loaded torch
+    # (about 650 MB RSS, over a second of CPU at start) for no torch operation.
+    code = ('import sys; import cv2; from tarfuse_ros.core.onnx_backend import OnnxFusionEngine; '
+            "engine = OnnxFusionEngine(sys.argv[1], device='cpu', threads=1); "
+            'result = engine.infer(cv2.imread(sys.argv[2], cv2.IMREAD_GRAYSCALE), '
+            'cv2.imread(sys.argv[3], cv2.IMREAD_COLOR)); '
+            "print(result.fused.shape, 'torch loaded' if 'torch' in sys.modules else 'no torch')")
+    pair = [str(SAMPLES / kind / 'FLIR_00122.jpg') for kind in ('ir', 'vi')]
+    done = subprocess.run([sys.executable, '-c', code, str(shipped_onnx), *pair],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split('\n')[-2].endswith(' no torch'), (done.stdout, done.stderr)
+
+
 @pytest.mark.parametrize('classes', [None, (2,), (0, 1)])
 def test_opencv_nms_equals_ultralytics_nms(classes):
     rng = np.random.default_rng(3)
