@@ -31,6 +31,11 @@ import yaml
 pytestmark = pytest.mark.dds
 NAMESPACE = '/rig'
 GRID_NS = 200_000_000  # stamps of pairs that must never pair lie on a grid of this step
+# The module node's diagnostics.input_timeout (s): the node's default. At 1 s a loaded machine
+# (two test processes on two cores) outran it between the images of one pair, and the node took
+# a camera for stopped; the tests of silences set SHORT_TIMEOUT meanwhile (short_input_timeout).
+INPUT_TIMEOUT = 3.0
+SHORT_TIMEOUT = 1.0
 
 
 @pytest.fixture(scope='module')
@@ -40,7 +45,7 @@ def setup(tmp_path_factory):
     domain = random_domain_id()
     node = NodeProcess(domain, {
         'weights': str(weights), 'device': 'cpu', 'cpu_threads': 1,
-        'diagnostics.period': 0.25, 'diagnostics.input_timeout': 1.0, 'qos.depth': 10,
+        'diagnostics.period': 0.25, 'diagnostics.input_timeout': INPUT_TIMEOUT, 'qos.depth': 10,
     }, namespace=NAMESPACE)
     probe = Probe(domain, namespace=NAMESPACE)
     try:
@@ -50,6 +55,15 @@ def setup(tmp_path_factory):
     finally:
         probe.close()
         node.close()
+
+
+@pytest.fixture
+def short_input_timeout(setup):
+    """Set the node's ``diagnostics.input_timeout`` to ``SHORT_TIMEOUT`` for one test."""
+    probe = setup[1]
+    assert probe.set_parameters(diagnostics__input_timeout=SHORT_TIMEOUT)[0].successful
+    yield SHORT_TIMEOUT
+    assert probe.set_parameters(diagnostics__input_timeout=INPUT_TIMEOUT)[0].successful
 
 
 @pytest.fixture(scope='module')
@@ -397,7 +411,7 @@ def test_a_bag_loop_with_the_ir_images_an_image_and_a_half_behind_is_fused_every
                 (play, [len(probe.outputs_for('fused', stamp)) for stamp in bag])
         after = probe.settled_diagnostics()
     finally:
-        assert probe.set_parameters(diagnostics__input_timeout=1.0)[0].successful
+        assert probe.set_parameters(diagnostics__input_timeout=INPUT_TIMEOUT)[0].successful
     assert int(after['sync_resets']) == int(before['sync_resets']) + 3  # one per loop
     assert int(after['messages_rejected']) == int(before['messages_rejected']) + 1
     assert node.alive()
@@ -516,7 +530,8 @@ def test_late_copies_in_a_row_and_of_the_first_image_are_ignored_not_taken_for_a
     assert node.alive()
 
 
-def test_an_image_held_when_its_camera_stops_is_counted_once_not_kept_for_ever(setup):
+def test_an_image_held_when_its_camera_stops_is_counted_once_not_kept_for_ever(
+        setup, short_input_timeout):
     # Found by a break test: the visible image delivered again late (held for the next image
     # to tell a copy from a bag loop's start), then the visible camera stopped while the IR
     # went on: the image was kept, counted nowhere (visible_msgs one more than fused and
@@ -549,7 +564,7 @@ def _second_publishers(probe, input_timeout=None):
     """Yield publishers on both cameras' topics beside the probe's (a relay, an idle driver).
 
     They are matched to the node when yielded and destroyed after; ``input_timeout`` (s), if
-    given, is the node's ``diagnostics.input_timeout`` meanwhile (1 s after).
+    given, is the node's ``diagnostics.input_timeout`` meanwhile (INPUT_TIMEOUT after).
     """
     qos = QoSProfile(depth=50, reliability=ReliabilityPolicy.BEST_EFFORT)
     publishers = (probe.node.create_publisher(Image, 'infrared/image_raw', qos),
@@ -564,7 +579,7 @@ def _second_publishers(probe, input_timeout=None):
         for publisher in publishers:
             probe.node.destroy_publisher(publisher)
         if input_timeout is not None:
-            assert probe.set_parameters(diagnostics__input_timeout=1.0)[0].successful
+            assert probe.set_parameters(diagnostics__input_timeout=INPUT_TIMEOUT)[0].successful
 
 
 def _play_with_copies(probe, relays, stamps, before):
@@ -684,7 +699,7 @@ def test_a_bag_of_two_pairs_looped_beside_a_second_idle_publisher_is_fused_every
     _send_and_wait(probe)
 
 
-def test_a_bag_of_one_pair_played_again_after_a_pause_is_fused_again(setup):
+def test_a_bag_of_one_pair_played_again_after_a_pause_is_fused_again(setup, short_input_timeout):
     # Not a copy: a second play of the bag (tarfuse-make-bag starts every bag at one time).
     node, probe, _, _ = setup
     _send_and_wait(probe)
@@ -727,7 +742,7 @@ def test_an_older_visible_image_paired_after_a_newer_one_gives_no_output(setup):
         assert not probe.outputs_for('fused', start)
         assert not probe.outputs_for('detections', start)
     finally:
-        assert probe.set_parameters(diagnostics__input_timeout=1.0)[0].successful
+        assert probe.set_parameters(diagnostics__input_timeout=INPUT_TIMEOUT)[0].successful
 
 
 def test_a_clock_glitch_among_the_first_stamps_of_a_timeline_is_a_time_jump(setup):
@@ -825,7 +840,7 @@ def test_ir_images_arriving_later_than_the_queue_holds_name_sync_queue_size(setu
     _send_and_wait(probe)
 
 
-def test_a_silent_input_is_reported_by_name(setup):
+def test_a_silent_input_is_reported_by_name(setup, short_input_timeout):
     node, probe, _, _ = setup
 
     def visible_only():
@@ -871,7 +886,7 @@ def test_a_silent_input_is_reported_by_name(setup):
     _send_ahead(probe, 500_000_000)
 
 
-def test_a_camera_that_stops_is_said_when_the_input_timeout_ends(setup):
+def test_a_camera_that_stops_is_said_when_the_input_timeout_ends(setup, short_input_timeout):
     """A stop was found by the input checks (every 0.5 s) and said by the next status.
 
     So up to half a second after diagnostics.input_timeout (1 s here), then up to
@@ -908,7 +923,8 @@ def test_a_camera_that_stops_is_said_when_the_input_timeout_ends(setup):
     _send_ahead(probe, 500_000_000)  # after the unpaired visible images
 
 
-def test_a_camera_that_stopped_is_told_apart_from_one_whose_publisher_left(setup):
+def test_a_camera_that_stopped_is_told_apart_from_one_whose_publisher_left(
+        setup, short_input_timeout):
     """A camera that had sent images and stopped was said to need its topic name checked.
 
     'no messages on /rig/infrared/image_raw for 1.2 s while /rig/visible/image_raw flows:
@@ -955,7 +971,7 @@ def test_a_camera_that_stopped_is_told_apart_from_one_whose_publisher_left(setup
     _send_ahead(probe, 500_000_000)  # after the unpaired visible images
 
 
-def test_both_inputs_stopping_after_images_came_is_reported_by_name(setup):
+def test_both_inputs_stopping_after_images_came_is_reported_by_name(setup, short_input_timeout):
     node, probe, _, _ = setup
     _send_and_wait(probe)
     # Both cameras stop (a hung driver, a shared trigger, a pulled cable): nothing is fused.
@@ -975,7 +991,7 @@ def test_both_inputs_stopping_after_images_came_is_reported_by_name(setup):
         tick=lambda: probe.publish_pair(*probe.good_pair(time.time_ns())))
 
 
-def test_a_status_after_the_cameras_resume_never_says_they_are_silent(setup):
+def test_a_status_after_the_cameras_resume_never_says_they_are_silent(setup, short_input_timeout):
     """The input checks run every 0.5 s, and each status carried the last check's problems.
 
     Published after the cameras resumed, a status still said 'both inputs stopped' until the
@@ -1008,7 +1024,7 @@ def test_a_status_after_the_cameras_resume_never_says_they_are_silent(setup):
         assert result.successful, result.reason
 
 
-def test_pairs_that_are_all_rejected_turn_the_diagnostics_to_warn(setup):
+def test_pairs_that_are_all_rejected_turn_the_diagnostics_to_warn(setup, short_input_timeout):
     node, probe, _, _ = setup
 
     def dot_sized_ir():
@@ -1404,7 +1420,8 @@ def test_a_fixed_parameter_set_to_an_invalid_value_is_refused_with_why_not_how_t
         assert why in result.reason and ' -p ' not in result.reason, result.reason
 
 
-def test_images_left_by_a_camera_silent_for_the_input_timeout_never_pair(setup):
+def test_images_left_by_a_camera_silent_for_the_input_timeout_never_pair(
+        setup, short_input_timeout):
     # Found by a break test: a bag with the IR camera only, then one with the visible camera
     # only and the same stamps (tarfuse-make-bag starts every bag at one time): the second
     # bag's visible images were fused with the first bag's IR images, left in the synchroniser.
@@ -1545,7 +1562,7 @@ def test_a_value_outside_its_range_is_refused_in_the_nodes_words_and_the_range_d
         assert 'out of range' not in result.reason, result.reason
     values = _call(probe, GetParameters, 'get_parameters', GetParameters.Request(
         names=['confidence_threshold', 'diagnostics.input_timeout'])).values
-    assert [v.double_value for v in values] == [0.25, 1.0]
+    assert [v.double_value for v in values] == [0.25, INPUT_TIMEOUT]
     # `ros2 param set /tarfuse diagnostics.period 1` sends an integer: rclpy refused it with
     # "Wrong parameter type, expected 'Type.DOUBLE' got 'Type.INTEGER'", naming nothing.
     try:

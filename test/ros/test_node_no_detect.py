@@ -36,7 +36,7 @@ def setup(tmp_path_factory):
     domain = random_domain_id()
     node = NodeProcess(domain, {
         'weights': str(weights), 'device': 'cpu', 'cpu_threads': 1,
-        'diagnostics.period': 0.25, 'diagnostics.input_timeout': 1.0, 'qos.depth': 10,
+        'diagnostics.period': 0.25, 'diagnostics.input_timeout': 3.0, 'qos.depth': 10,
         'publish.detections': True, 'publish.debug': True,
     }, namespace=NAMESPACE, params_files=[shared])
     probe = Probe(domain, namespace=NAMESPACE)

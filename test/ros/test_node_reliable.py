@@ -27,7 +27,7 @@ def setup(tmp_path_factory):
     env = dict(os.environ)
     env.pop('FASTRTPS_DEFAULT_PROFILES_FILE', None)
     with running_node({'qos.reliability': 'reliable', 'sync.approximate': 'false',
-                       'diagnostics.period': 0.25, 'diagnostics.input_timeout': 1.0},
+                       'diagnostics.period': 0.25, 'diagnostics.input_timeout': 3.0},
                       weights, probe_options={'reliability': 'reliable'},
                       env=env) as (node, probe):
         yield node, probe

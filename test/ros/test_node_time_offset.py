@@ -51,7 +51,7 @@ def nodes():
         for (name, config), domain in zip(CONFIGS.items(), sorted(domains)):
             node = NodeProcess(domain, {
                 'device': 'cpu', 'cpu_threads': 1, 'diagnostics.period': 0.25,
-                'diagnostics.input_timeout': 1.0, **config})
+                'diagnostics.input_timeout': 3.0, **config})
             started[name] = (node, Probe(domain))
         for name, (node, probe) in started.items():
             # Without the offset only pairs of identical stamps pair.
