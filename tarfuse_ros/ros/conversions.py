@@ -471,9 +471,8 @@ def compressed_depth_size(msg, max_pixels=MAX_DECODED_PIXELS):
         raise ValueError(f'empty compressedDepth payload (format {fmt!r})')
     encoding, codec = compressed_depth_format(fmt)
     if size <= COMPRESSED_DEPTH_HEADER_BYTES:
-        raise ValueError(f'compressedDepth payload of {size} B (format {fmt!r}): shorter than '
-                         f'its {COMPRESSED_DEPTH_HEADER_BYTES}-byte header and an image; '
-                         f'not decoded')
+        raise ValueError(f'short compressedDepth payload ({size} B, format {fmt!r}): no image '
+                         f'after its {COMPRESSED_DEPTH_HEADER_BYTES}-byte header; not decoded')
     if codec == 'rvl':
         raise ValueError(f'rvl compressedDepth is not supported; use png (format {fmt!r}: '
                          f"set the compressedDepth publisher's format to png)")
