@@ -23,6 +23,7 @@ __all__ = [
     'camera_topics',
     'check_topic_name',
     'compressed_cdr',
+    'compressed_depth_cdr',
     'header_stamp_ns',
     'image_cdr',
     'image_to_array',
@@ -227,6 +228,23 @@ def compressed_cdr(array, fmt, frame_id, stamp_ns):
     if stamp_ns < 0:
         raise ValueError(f'stamp must be >= 0 ns, got {stamp_ns}')
     return serialize_message(array_to_compressed_msg(array, _header(frame_id, stamp_ns), fmt))
+
+
+def compressed_depth_cdr(array, encoding, frame_id, stamp_ns):
+    """
+    Return the raw CDR of a ``CompressedImage`` of image_transport's compressedDepth transport.
+
+    ``array``: (H, W) uint16 (``encoding`` ``'mono16'`` or ``'16UC1'``), written as
+    :func:`tarfuse_ros.ros.conversions.array_to_compressed_depth_msg` does (12-byte header, then
+    a 16-bit PNG; ``format`` ``'mono16; compressedDepth png'``). Raises ``ValueError`` for
+    anything else.
+    """
+    from rclpy.serialization import serialize_message
+    from tarfuse_ros.ros.conversions import array_to_compressed_depth_msg
+    if stamp_ns < 0:
+        raise ValueError(f'stamp must be >= 0 ns, got {stamp_ns}')
+    return serialize_message(array_to_compressed_depth_msg(
+        array, _header(frame_id, stamp_ns), encoding=encoding))
 
 
 def array_to_image(typestore, array, encoding, frame_id, stamp_ns):

@@ -9,12 +9,17 @@ what the node publishes with the engine's result on the same IR sent raw.
 
 import time
 
-from node_harness import compressed_depth_msg, HEIGHT, image_msg, make_checkpoint, NodeProcess
-from node_harness import png_stating, Probe, random_domain_id, sample_pair, VISIBLE_FRAME, WIDTH
+from node_harness import assert_start_up_fails, compressed_depth_msg, HEIGHT, image_msg
+from node_harness import make_checkpoint, NodeProcess
+from node_harness import png_stating, Probe, random_domain_id, sample_pair, SAMPLES
+from node_harness import VISIBLE_FRAME, WIDTH
 import numpy as np
 import pytest
 from tarfuse_ros.core.engine import FusionEngine
 from tarfuse_ros.ros.conversions import compressed_depth_msg_to_array, image_msg_to_array
+from tarfuse_ros.tools import play_bag
+from tarfuse_ros.tools.bagio import read_messages
+from tarfuse_ros.tools.make_bag import make_bag
 
 pytestmark = pytest.mark.dds
 TRANSPORTS = ('compressedDepth', 'raw')
@@ -36,7 +41,7 @@ def setup(tmp_path_factory):
     try:
         if not probe.wait_until_ready(90.0):
             pytest.fail('the node never answered a compressedDepth pair; its log:\n' + node.log())
-        yield node, probe, FusionEngine(weights, device='cpu')
+        yield node, probe, FusionEngine(weights, device='cpu'), domain
     finally:
         probe.close()
         node.close()
@@ -60,7 +65,7 @@ def _fused_and_registered(probe, ir_msg, vi):
 
 
 def test_a_16uc1_thermal_image_on_compressed_depth_is_fused_as_the_same_image_sent_raw(setup):
-    node, probe, engine = setup
+    node, probe, engine, _ = setup
     ir8, vi = sample_pair()
     # Counts in the low byte too: a decoder that dropped to 8 bits would flatten the IR.
     counts = (20000 + ir8.astype(np.uint16) * 4).astype(np.uint16)
@@ -78,7 +83,7 @@ def test_a_16uc1_thermal_image_on_compressed_depth_is_fused_as_the_same_image_se
 
 
 def test_a_32fc1_temperature_image_on_compressed_depth_is_fused_as_the_codec_decodes_it(setup):
-    node, probe, engine = setup
+    node, probe, engine, _ = setup
     ir8, vi = sample_pair()
     kelvin = (280.0 + ir8.astype(np.float32) * np.float32(0.2)).astype(np.float32)
     msg = compressed_depth_msg(kelvin, 0, IR_FRAME, depth_max=400.0, depth_quantization=6000.0)
@@ -127,7 +132,7 @@ BAD = {  # name -> (damage, what the rejection says)
 
 @pytest.mark.parametrize('case', list(BAD))
 def test_a_bad_compressed_depth_payload_is_rejected_by_name_and_the_next_pair_runs(setup, case):
-    node, probe, _ = setup
+    node, probe, _, _ = setup
     damage, cause = BAD[case]
     assert probe.spin_until(lambda: probe.diagnostics, 10.0)
     before = probe.counter('pairs_rejected')
@@ -149,4 +154,36 @@ def test_a_bad_compressed_depth_payload_is_rejected_by_name_and_the_next_pair_ru
         assert not [s for s in bad_stamps if probe.outputs_for(key, s)], key
     assert probe.spin_until(lambda: cause in node.log(), 5.0), node.log()
     assert node.log().count(cause) == 1, node.log()
+    assert node.alive()
+
+
+def test_the_visible_input_on_compressed_depth_is_refused_at_start_up():
+    # A visible camera's image is no depth-like one: said at start-up, not per frame.
+    assert_start_up_fails({'visible.transport': 'compressedDepth'}, [
+        "invalid parameter: visible.transport='compressedDepth' is not allowed",
+        "use 'raw' or 'compressed'", '-p visible.transport:=compressedDepth'])
+
+
+def test_a_bag_made_with_ir_transport_compressed_depth_plays_through_the_node(
+        setup, tmp_path, capsys, monkeypatch):
+    node, _, _, domain = setup
+    bag = tmp_path / 'depth_bag'
+    summary = make_bag(SAMPLES, bag, rate=5.0, ir_encoding='mono16', size=(WIDTH, HEIGHT),
+                       max_pairs=3, ir_transport='compressedDepth')
+    messages = list(read_messages(bag))
+    assert {(topic, msgtype) for topic, msgtype, _t, _raw, _msg in messages} == {
+        ('/infrared/image_raw/compressedDepth', 'sensor_msgs/msg/CompressedImage'),
+        ('/visible/image_raw', 'sensor_msgs/msg/Image')}
+    ir = [msg for topic, _m, _t, _raw, msg in messages if topic.endswith('compressedDepth')]
+    assert {msg.format for msg in ir} == {'mono16; compressedDepth png'}
+    record = tmp_path / 'outputs'
+    monkeypatch.setenv('ROS_DOMAIN_ID', str(domain))  # tarfuse-play joins the node's domain
+    code = play_bag.main([str(bag), '--wait-for-subscribers', '1', '--wait-timeout', '60',
+                          '--record', str(record), '--record-topics', '/fused/image_raw',
+                          '--linger', '3', '--max-linger', '90'])
+    assert code == 0, capsys.readouterr().err
+    answered = {m.header.stamp.sec * 1_000_000_000 + m.header.stamp.nanosec
+                for topic, _m, _t, _raw, m in read_messages(record) if topic == '/fused/image_raw'}
+    vi_stamps = [summary.start_ns + k * 200_000_000 for k in range(3)]
+    assert answered <= set(vi_stamps) and vi_stamps[-1] in answered, (answered, vi_stamps)
     assert node.alive()
