@@ -168,7 +168,7 @@ def generate_launch_description():
         DeclareLaunchArgument(
             'visible_transport', default_value='',
             description="'raw' or 'compressed' (<visible_topic>/compressed, JPEG/PNG; "
-                        "not 'compressedDepth') overriding params_file; empty: keep it.'),
+                        "not 'compressedDepth') overriding params_file; empty: keep it."),
         DeclareLaunchArgument(
             'use_sim_time', default_value='false',
             description='true or false: use /clock (true when replaying a bag with '
