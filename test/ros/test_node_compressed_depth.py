@@ -10,11 +10,14 @@ what the node publishes with the engine's result on the same IR sent raw.
 import time
 
 from node_harness import assert_start_up_fails, compressed_depth_msg, HEIGHT, image_msg
-from node_harness import make_checkpoint, NodeProcess
+from node_harness import make_checkpoint, NodeProcess, running_node
 from node_harness import png_stating, Probe, random_domain_id, sample_pair, SAMPLES
 from node_harness import VISIBLE_FRAME, WIDTH
 import numpy as np
 import pytest
+import rclpy
+from rclpy.signals import SignalHandlerOptions
+from sensor_msgs.msg import CompressedImage
 from tarfuse_ros.core.engine import FusionEngine
 from tarfuse_ros.ros.conversions import compressed_depth_msg_to_array, image_msg_to_array
 from tarfuse_ros.tools import play_bag
@@ -187,3 +190,30 @@ def test_a_bag_made_with_ir_transport_compressed_depth_plays_through_the_node(
     vi_stamps = [summary.start_ns + k * 200_000_000 for k in range(3)]
     assert answered <= set(vi_stamps) and vi_stamps[-1] in answered, (answered, vi_stamps)
     assert node.alive()
+
+
+def test_a_compressed_depth_publisher_on_the_raw_ir_topic_is_named_with_the_transport_fix(
+        tmp_path):
+    # The IR topic given as the camera's .../compressedDepth with the raw transport: DDS
+    # matches no publisher of another type. The hint said 'set infrared.transport:=compressed
+    # (without /compressed)', which would subscribe a topic nothing publishes.
+    weights = tmp_path / 'random.safetensors'
+    make_checkpoint(weights)
+    topic = '/flir/image_raw/compressedDepth'
+    with running_node({'diagnostics.period': 0.25}, weights=weights,
+                      remaps=[f'infrared/image_raw:={topic}'],
+                      probe_options={'topics': {'infrared': topic}}) as (node, probe):
+        context = rclpy.Context()
+        rclpy.init(context=context, domain_id=probe.context.get_domain_id(),
+                   signal_handler_options=SignalHandlerOptions.NO)
+        try:  # another participant: DDS refuses two types on one topic within one
+            camera = rclpy.create_node('depth_camera', context=context)
+            camera.create_publisher(CompressedImage, topic, 10)
+            assert probe.wait_for_diagnostics(
+                lambda level, msg, values: level == b'\x01' and
+                'sends sensor_msgs/msg/CompressedImage but the node subscribes '
+                'sensor_msgs/msg/Image' in msg and 'set infrared.transport:=compressedDepth and '
+                'give the base topic (without /compressedDepth)' in msg,
+                timeout=15.0), probe.latest_diagnostics()
+        finally:
+            rclpy.shutdown(context=context)
