@@ -1142,6 +1142,8 @@ class TarFuseNode(Node):
             check_frame_size(array, 'the image')
         except ValueError as exc:
             raise ValueError(f'{topic}: {exc}') from exc
+        if self._depth_transport(index) and encoding == 'gray16':
+            self._check_depth_zeros(topic, array)
         if damage:
             self._stats.count('codec_warnings')
             if damage[0].startswith('libpng'):
@@ -1153,6 +1155,25 @@ class TarFuseNode(Node):
                         f'check the camera and its link')
             self._warn(f'damaged_compressed:{index}', f'{topic}: {said}')
         return array, encoding
+
+    def _check_depth_zeros(self, topic, counts):
+        """Warn (throttled) of a compressedDepth 16-bit IR frame with many zero counts.
+
+        image_transport's compressedDepth publisher sends every count above its ``depth_max``
+        x 1000 as 0, and ``depth_max`` defaults to 10.0: a radiometric camera's centi-kelvin
+        (29315 at 20 degC), or 14-bit counts above 10000, arrive as 0 and the IR is flat. The
+        frame is fused as received.
+        """
+        zeros = int((counts == 0).sum())
+        if zeros * 100 < counts.size:  # under 1 %: a dead pixel or two, not the publisher's cap
+            return
+        self._warn('depth_zeros', (
+            f'{topic}: {100.0 * zeros / counts.size:.0f} % of the 16-bit IR pixels are 0 '
+            f"(fused as received): image_transport's compressedDepth publisher sends every "
+            f'count above its depth_max x 1000 as 0, and depth_max defaults to 10.0 (10000 '
+            f"counts; a radiometric camera's centi-kelvin are all above it): raise the "
+            f"publisher's <image topic>.compressedDepth.depth_max, e.g. "
+            f'image_raw.compressedDepth.depth_max: 65.5'))
 
     def _depth_transport(self, index):
         """Return whether input ``index`` is on image_transport's compressedDepth transport."""

@@ -103,6 +103,23 @@ def test_a_32fc1_temperature_image_on_compressed_depth_is_fused_as_the_codec_dec
     assert node.alive()
 
 
+def test_16_bit_counts_the_publisher_sent_as_0_are_fused_and_said_with_its_fix(setup):
+    # image_transport's compressedDepth publisher sends counts above depth_max x 1000 (10000
+    # at its default) as 0: a radiometric camera's centi-kelvin arrive flat, without a word.
+    node, probe, _, _ = setup
+    said = f'{TOPIC}: 30 % of the 16-bit IR pixels are 0 (fused as received)'
+    assert 'of the 16-bit IR pixels are 0' not in node.log()  # not said of the frames before
+    ir8, vi = sample_pair()
+    counts = (20000 + ir8.astype(np.uint16) * 4).astype(np.uint16)
+    counts[:int(0.3 * counts.shape[0])] = 0  # as the publisher zeroes what is over its cap
+    stamp = time.time_ns()
+    probe.publish_pair(compressed_depth_msg(counts, stamp, IR_FRAME),
+                       image_msg(vi, 'bgr8', stamp, VISIBLE_FRAME))
+    assert probe.wait_for_outputs(stamp)
+    assert probe.spin_until(lambda: said in node.log(), 5.0), node.log()
+    assert "raise the publisher's <image topic>.compressedDepth.depth_max" in node.log()
+
+
 def _short(msg):
     msg.data = bytes(msg.data)[:8]
 
