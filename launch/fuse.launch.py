@@ -8,6 +8,7 @@ Examples::
         visible_topic:=/rgb/image_raw
     ros2 launch tarfuse_ros fuse.launch.py visible_transport:=compressed \
         infrared_transport:=compressed   # subscribes <topic>/compressed
+    ros2 launch tarfuse_ros fuse.launch.py infrared_transport:=compressedDepth  # 16UC1 / 32FC1
     ros2 launch tarfuse_ros fuse.launch.py backend:=onnxruntime weights:=/path/tarfuse.onnx
     ros2 launch tarfuse_ros fuse.launch.py prior_file:=rig_prior.yaml   # from tarfuse-calibrate
     ros2 launch tarfuse_ros fuse.launch.py infrared_time_offset:=-0.06  # tarfuse-time-offset
@@ -161,12 +162,13 @@ def generate_launch_description():
                         'fused/camera_info.'),
         DeclareLaunchArgument(
             'infrared_transport', default_value='',
-            description="'raw' or 'compressed' (<infrared_topic>/compressed, e.g. 16-bit PNG) "
-                        'overriding params_file; empty: keep it.'),
+            description="'raw', 'compressed' (<infrared_topic>/compressed, e.g. 16-bit PNG) "
+                        "or 'compressedDepth' (<infrared_topic>/compressedDepth, a 16UC1 or "
+                        '32FC1 image, PNG) overriding params_file; empty: keep it.'),
         DeclareLaunchArgument(
             'visible_transport', default_value='',
-            description="'raw' or 'compressed' (<visible_topic>/compressed, JPEG/PNG) "
-                        'overriding params_file; empty: keep it.'),
+            description="'raw' or 'compressed' (<visible_topic>/compressed, JPEG/PNG; "
+                        "not 'compressedDepth') overriding params_file; empty: keep it."),
         DeclareLaunchArgument(
             'use_sim_time', default_value='false',
             description='true or false: use /clock (true when replaying a bag with '

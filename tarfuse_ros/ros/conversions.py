@@ -24,7 +24,10 @@ around it, for what the bridge leaves to its callers or does differently:
 * rows padded by a number of bytes that is not a whole number of pixels (the real bridge reads
   ``step // (itemsize * channels)`` pixels per row) are repacked before decoding;
 * the decoded array owns its memory (the bridge may return a view of ``msg.data``);
-* compressed output carries image_transport's ``format`` (``'bgr8; jpeg compressed bgr8'``).
+* compressed output carries image_transport's ``format`` (``'bgr8; jpeg compressed bgr8'``);
+* image_transport's ``compressedDepth`` transport (a 16UC1 / 32FC1 thermal image): its 12-byte
+  header, then a 16-bit PNG, decoded as compressed_depth_image_transport does (the 32FC1
+  inverse quantisation); on the plain compressed transport such a payload is refused by name.
 
 The bag tools (``tarfuse_ros.tools.bagio``) decode and encode through the same functions, so
 the project has one codec.
@@ -35,6 +38,11 @@ Functions:
                             codec_warnings=None) -> (array, kind)
     image_msg_to_motion_array(msg, max_side, codec_warnings=None) -> array, shrunk
     compressed_size(msg, max_pixels=MAX_DECODED_PIXELS) -> (height, width) or None, undecoded
+    compressed_depth_msg_to_array(msg, max_pixels=MAX_DECODED_PIXELS, codec_warnings=None)
+        -> (array, kind)                         a compressedDepth CompressedImage -> ndarray
+    compressed_depth_size(msg, max_pixels=MAX_DECODED_PIXELS) -> (height, width) or None
+    compressed_depth_format(fmt) -> (encoding, codec)
+    array_to_compressed_depth_msg(array, header=None, encoding=None, ...) -> CompressedImage
     jpeg_of_16_bit_image(msg) -> the 16-bit encoding a CompressedImage holds as 8-bit JPEG, or None
     array_to_image_msg(array, encoding, header) -> sensor_msgs/Image
     array_to_compressed_msg(array, header, fmt='jpeg') -> sensor_msgs/CompressedImage
@@ -51,6 +59,7 @@ import math
 import os
 import re
 import select
+import struct
 import subprocess
 import sys
 import threading
@@ -66,8 +75,10 @@ from std_msgs.msg import Header
 from tarfuse_ros.core.sizes import MAX_DECODED_PIXELS
 from tarfuse_ros.ros import stderr_relay
 
-__all__ = ['array_to_compressed_msg', 'array_to_image_msg', 'compressed_msg_to_array',
-           'compressed_size', 'COMPRESSED_FORMATS', 'detections_to_msg', 'image_msg_to_array',
+__all__ = ['array_to_compressed_depth_msg', 'array_to_compressed_msg', 'array_to_image_msg',
+           'compressed_depth_format', 'compressed_depth_msg_to_array', 'compressed_depth_size',
+           'compressed_msg_to_array', 'compressed_size', 'COMPRESSED_DEPTH_HEADER_BYTES',
+           'COMPRESSED_FORMATS', 'detections_to_msg', 'image_msg_to_array',
            'jpeg_of_16_bit_image', 'load_bridge', 'MAX_DECODED_PIXELS', 'restamped',
            'settle_stderr', 'SUPPORTED_ENCODINGS']
 
@@ -306,15 +317,25 @@ def compressed_size(msg, max_pixels=MAX_DECODED_PIXELS):
     """
     fmt = str(msg.format)
     if 'compresseddepth' in fmt.lower():
-        raise ValueError(f'compressed format {fmt!r} (compressedDepth) is not supported; '
-                         f"publish the thermal image as a 16-bit PNG ('png' transport format)")
+        raise ValueError(
+            f'compressed format {fmt!r} is a compressedDepth payload (a 12-byte header before '
+            f'the image), which the compressed transport does not decode: subscribe '
+            f'<base>/compressedDepth instead (the node: infrared.transport: compressedDepth)')
     if len(msg.data) == 0:
         raise ValueError(f'empty compressed payload (format {fmt!r})')
+    return _stated_size(msg.data, fmt, max_pixels)
+
+
+def _stated_size(data, fmt, max_pixels, what='compressed payload'):
+    """Return ``(height, width)`` (or None) that image bytes ``data`` state; see compressed_size.
+
+    ``fmt`` and ``what`` name the payload in the messages.
+    """
     try:
         with warnings.catch_warnings():
             # Pillow warns above its MAX_IMAGE_PIXELS (89.5 Mpx by default): max_pixels decides.
             warnings.simplefilter('ignore', PIL.Image.DecompressionBombWarning)
-            with _pillow_open(io.BytesIO(msg.data)) as image:
+            with _pillow_open(io.BytesIO(data)) as image:
                 width, height = (int(side) for side in image.size)
                 damage = _png_damage(image) if image.format == 'PNG' else None
     except PIL.Image.DecompressionBombError as exc:
@@ -326,19 +347,19 @@ def compressed_size(msg, max_pixels=MAX_DECODED_PIXELS):
             return None  # a cap above Pillow's: left to decoding
         stated = (f'{pixels / 1e6:.1f} Mpx' if pixels is not None
                   else f'more than {limit / 1e6:.1f} Mpx')
-        raise ValueError(f'compressed payload is {stated} by its header: more than the '
+        raise ValueError(f'{what} is {stated} by its header: more than the '
                          f'{max_pixels / 1e6:.1f} Mpx this package decodes; not decoded') from exc
     except Exception:  # noqa: BLE001 - any Pillow error: the size cannot be checked
-        raise ValueError(f'cannot decode the compressed payload ({len(msg.data)} B, format '
+        raise ValueError(f'cannot decode the {what} ({len(data)} B, format '
                          f'{fmt!r}): its header states no size that Pillow reads (corrupt, '
                          f'truncated, or a format such as PAM, PFM or Radiance HDR, which '
                          f'image_transport does not write); not decoded') from None
     if width * height > max_pixels:
-        raise ValueError(f'compressed payload is {width}x{height} by its header '
+        raise ValueError(f'{what} is {width}x{height} by its header '
                          f'({width * height / 1e6:.1f} Mpx): more than the '
                          f'{max_pixels / 1e6:.1f} Mpx this package decodes; not decoded')
     if damage is not None:
-        raise ValueError(_corrupt_png(msg, damage))
+        raise ValueError(_corrupt_png(data, fmt, damage, what))
     return height, width
 
 
@@ -365,13 +386,13 @@ def _png_damage(image):
     return None
 
 
-def _corrupt_png(msg, damage):
-    return (f'cannot decode the compressed payload ({len(msg.data)} B, format '
-            f'{str(msg.format)!r}): corrupt or truncated PNG ({damage}); not decoded')
+def _corrupt_png(data, fmt, damage, what='compressed payload'):
+    return (f'cannot decode the {what} ({len(data)} B, format {fmt!r}): corrupt or '
+            f'truncated PNG ({damage}); not decoded')
 
 
-def _check_png(msg):
-    """Raise ``ValueError`` for a PNG payload whose chunks :func:`_png_damage` finds damaged.
+def _check_png(data, fmt, what='compressed payload'):
+    """Raise ``ValueError`` for PNG bytes ``data`` whose chunks :func:`_png_damage` finds damaged.
 
     For a PNG whose size :func:`compressed_size` could not give (above Pillow's bomb limit,
     under a larger ``max_pixels``): opened here with Pillow's limit out of the way.
@@ -379,12 +400,209 @@ def _check_png(msg):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter('ignore', PIL.Image.DecompressionBombWarning)
-            with PIL.PngImagePlugin.PngImageFile(io.BytesIO(msg.data)) as image:
+            with PIL.PngImagePlugin.PngImageFile(io.BytesIO(data)) as image:
                 damage = _png_damage(image)
     except Exception as exc:  # noqa: BLE001 - Pillow's errors differ by damage
         damage = str(exc)
     if damage is not None:
-        raise ValueError(_corrupt_png(msg, damage))
+        raise ValueError(_corrupt_png(data, fmt, damage, what))
+
+
+# -- image_transport's compressedDepth transport --------------------------------------------
+# compressed_depth_image_transport (ros-perception/image_transport_plugins: codec.cpp,
+# compression_common.h(pp)) puts a 12-byte ConfigHeader before the PNG (or RVL) bytes: an int32
+# (the compression format, INV_DEPTH = 0) and two float32, depthQuantA and depthQuantB, in the
+# publisher's byte order (little-endian on every ROS platform). Only 32FC1 images use them.
+COMPRESSED_DEPTH_HEADER_BYTES = 12
+_DEPTH_HEADER = struct.Struct('<iff')
+# Encodings the codec takes (one channel of 16 or 32 bits) -> the kind we return.
+_DEPTH_KINDS = {'16uc1': 'gray16', 'mono16': 'gray16', '32fc1': 'float32'}
+# The codec's publisher defaults (compressed_depth_publisher.cpp): depth_max 10.0 (m; a 16-bit
+# value above depth_max * 1000 is sent as 0), depth_quantization 100.0, png_level 9.
+DEPTH_MAX_DEFAULT = 10.0
+DEPTH_QUANTIZATION_DEFAULT = 100.0
+
+
+def compressed_depth_format(fmt):
+    """Return ``(encoding, codec)`` of a compressedDepth ``format``; raise ``ValueError``.
+
+    As compressed_depth_image_transport reads it: the encoding is the text before the first
+    ``;``; the codec is ``'png'`` for no ``;`` (its older publishers), ``'... compressedDepth
+    png'`` or a bare ``'... compressedDepth'``, ``'rvl'`` for ``'... compressedDepth rvl'``.
+    Raises ``ValueError`` for any other ``format`` (a plain compressed payload's, e.g.
+    ``'mono16; png compressed mono16'``) and for an encoding the codec does not write (it
+    takes one channel of 16 or 32 bits: ``16UC1`` / ``mono16``, ``32FC1``).
+    """
+    encoding, separator, rest = str(fmt).partition(';')
+    encoding = encoding.strip()
+    if not separator or 'compressedDepth png' in rest:
+        codec = 'png'
+    elif 'compressedDepth rvl' in rest:
+        codec = 'rvl'
+    elif 'compressedDepth' in rest and 'compressedDepth ' not in rest:
+        codec = 'png'
+    else:
+        raise ValueError(f'format {fmt!r} is no compressedDepth format (expected e.g. '
+                         f"'16UC1; compressedDepth png'); a plain compressed image belongs on "
+                         f'<base>/compressed (infrared.transport: compressed)')
+    if encoding.lower() not in _DEPTH_KINDS:
+        raise ValueError(f'compressedDepth encoding {encoding!r} (format {fmt!r}) is not '
+                         f'supported; the codec writes one channel of 16 or 32 bits: 16UC1, '
+                         f'mono16 or 32FC1')
+    return encoding, codec
+
+
+def compressed_depth_size(msg, max_pixels=MAX_DECODED_PIXELS):
+    """
+    Return the ``(height, width)`` a compressedDepth ``CompressedImage`` states, undecoded.
+
+    The PNG header after the 12-byte ConfigHeader is read as :func:`compressed_size` reads a
+    compressed payload's (Pillow; chunks checked), with the same cap: more than ``max_pixels``
+    (default ``MAX_DECODED_PIXELS``, 66.4 Mpx) is refused undecoded, a decompression bomb.
+    None where the sides are unknown but the count fits (above Pillow's own bomb limit).
+    Raises ``ValueError`` naming the cause for an empty payload, one of 12 bytes or fewer (the
+    codec decodes nothing then either), a ``format`` that is no compressedDepth one
+    (:func:`compressed_depth_format`), an RVL payload (not supported: no well-kept Python
+    decoder), bytes after the header that are no PNG, a corrupt or truncated PNG, too large
+    a size.
+    """
+    fmt, size = str(msg.format), len(msg.data)
+    if size == 0:
+        raise ValueError(f'empty compressedDepth payload (format {fmt!r})')
+    encoding, codec = compressed_depth_format(fmt)
+    if size <= COMPRESSED_DEPTH_HEADER_BYTES:
+        raise ValueError(f'short compressedDepth payload ({size} B, format {fmt!r}): no image '
+                         f'after its {COMPRESSED_DEPTH_HEADER_BYTES}-byte header; not decoded')
+    if codec == 'rvl':
+        raise ValueError(f'rvl compressedDepth is not supported; use png (format {fmt!r}: '
+                         f"set the compressedDepth publisher's format to png)")
+    data = bytes(msg.data[COMPRESSED_DEPTH_HEADER_BYTES:])
+    if data[:8] != _PNG_MAGIC:
+        raise ValueError(f'cannot decode the compressedDepth payload ({size} B, format '
+                         f'{fmt!r}): no PNG after its {COMPRESSED_DEPTH_HEADER_BYTES}-byte '
+                         f'header; not decoded')
+    return _stated_size(data, fmt, max_pixels, what='compressedDepth payload')
+
+
+def compressed_depth_msg_to_array(msg, max_pixels=MAX_DECODED_PIXELS, codec_warnings=None):
+    """
+    Decode a ``CompressedImage`` of image_transport's ``compressedDepth`` transport.
+
+    The layout is that of compressed_depth_image_transport (ros-perception/
+    image_transport_plugins, ``codec.cpp`` and ``compression_common.h``): a 12-byte header
+    (int32 format, float32 depthQuantA, float32 depthQuantB) before a 16-bit grey PNG.
+    ``format`` is ``'<encoding>; compressedDepth png'`` (:func:`compressed_depth_format`).
+
+    Returns ``(array, kind)`` as :func:`image_msg_to_array` gives the raw image:
+
+    * ``16UC1`` / ``mono16`` -> (H, W) uint16, ``'gray16'``: the PNG's values as they are
+      (the codec's publisher sends values above its ``depth_max`` x 1000 as 0);
+    * ``32FC1`` -> (H, W) float32, ``'float32'``: the PNG holds quantised inverse values
+      ``v``, decoded as the codec does, ``depthQuantA / (v - depthQuantB)`` in float32; ``v``
+      0 (what the publisher sent for a value at or above its ``depth_max``, or NaN) is NaN
+      there, and, as a raw 32FC1 image with NaN, refused here (``ValueError`` saying how many).
+
+    The header's size is checked before decoding (:func:`compressed_depth_size`: the
+    decompression-bomb cap ``max_pixels``, a truncated or corrupt PNG, a header shorter than
+    12 bytes, an empty payload, RVL). ``codec_warnings``: as :func:`compressed_msg_to_array`.
+    Raises ``ValueError`` naming the cause for any payload it cannot decode.
+    """
+    import cv2
+    fmt, size = str(msg.format), len(msg.data)
+    encoding, _ = compressed_depth_format(fmt)
+    if compressed_depth_size(msg, max_pixels) is None:
+        _check_png(bytes(msg.data[COMPRESSED_DEPTH_HEADER_BYTES:]), fmt,
+                   what='compressedDepth payload')
+    buffer = np.frombuffer(bytes(msg.data), np.uint8)[COMPRESSED_DEPTH_HEADER_BYTES:]
+    try:
+        if codec_warnings is None:
+            image = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)
+        else:
+            image, found = _decode_taking_codec_warnings(
+                lambda: cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED))
+            codec_warnings.extend(found)
+    except cv2.error:
+        image = None
+    if image is None:
+        raise ValueError(f'cannot decode the compressedDepth payload ({size} B, format '
+                         f'{fmt!r}): corrupt or truncated PNG')
+    if image.dtype != np.uint16 or image.ndim != 2 or image.size == 0:
+        raise ValueError(f'compressedDepth payload (format {fmt!r}) decodes to shape '
+                         f'{image.shape} and dtype {image.dtype}, where the codec writes a '
+                         f'16-bit one-channel PNG')
+    if _DEPTH_KINDS[encoding.lower()] == 'gray16':
+        return _owned(image), 'gray16'
+    _, quant_a, quant_b = _DEPTH_HEADER.unpack(bytes(msg.data[:_DEPTH_HEADER.size]))
+    if not (math.isfinite(quant_a) and math.isfinite(quant_b)):
+        raise ValueError(f'compressedDepth 32FC1 payload (format {fmt!r}) states quantisation '
+                         f'parameters {quant_a}, {quant_b} in its header: not finite')
+    coded = image != 0
+    values = np.full(image.shape, np.nan, np.float32)
+    with np.errstate(divide='ignore', invalid='ignore', over='ignore'):
+        values[coded] = np.float32(quant_a) / (image[coded].astype(np.float32)
+                                               - np.float32(quant_b))
+    finite = np.isfinite(values)
+    if not finite.all():
+        height, width = image.shape
+        zero = int(image.size - coded.sum())
+        other = int(image.size - finite.sum()) - zero
+        raise ValueError(
+            f'float image ({encoding} {width}x{height}, compressedDepth) holds {zero} NaN '
+            f"values (pixels coded 0: at or above the publisher's depth_max, or NaN)"
+            + (f' and {other} inf values' if other else '')
+            + '; raise its compressedDepth.depth_max above the largest value it sends')
+    return values, 'float32'
+
+
+def array_to_compressed_depth_msg(array, header=None, encoding=None,
+                                  depth_max=DEPTH_MAX_DEFAULT,
+                                  depth_quantization=DEPTH_QUANTIZATION_DEFAULT, png_level=9):
+    """
+    Encode an image as image_transport's compressedDepth transport does (PNG codec).
+
+    Our own encoder, written from compressed_depth_image_transport's description (see
+    :func:`compressed_depth_msg_to_array`), for tests and bags. ``array``: (H, W) uint16
+    (``encoding`` ``'16UC1'``, the default, or ``'mono16'``; values kept as they are, where
+    the codec's publisher zeroes those above ``depth_max`` x 1000) or (H, W) float32
+    (``'32FC1'``): quantised as the codec does, with ``A = q (q + 1)`` and
+    ``B = 1 - A / depth_max`` (``q`` = ``depth_quantization``) to the 16-bit
+    ``A / value + B`` (truncated), 0 for a value at or above ``depth_max`` or NaN; A and B go
+    into the header. ``format`` is ``'<encoding>; compressedDepth png'``; ``header`` is copied.
+    Raises ``ValueError`` for another dtype or shape, an encoding that does not fit it, or a
+    float image with values of 0 or less (the inverse is undefined there).
+    """
+    import cv2
+    if not isinstance(array, np.ndarray) or array.ndim != 2 or 0 in array.shape or (
+            array.dtype not in (np.uint16, np.float32)):
+        raise ValueError(f'compressedDepth takes (H, W) uint16 or float32 images, got '
+                         f'{getattr(array, "shape", None)} {getattr(array, "dtype", None)}')
+    floating = array.dtype == np.float32
+    encoding = encoding or ('32FC1' if floating else '16UC1')
+    if _DEPTH_KINDS.get(encoding.lower()) != ('float32' if floating else 'gray16'):
+        raise ValueError(f'encoding {encoding!r} does not fit a {array.dtype} image '
+                         f'(16UC1 or mono16 for uint16, 32FC1 for float32)')
+    quant_a = quant_b = np.float32(0.0)
+    coded = array
+    if floating:
+        if (array[np.isfinite(array)] <= 0).any():
+            raise ValueError('compressedDepth codes a float image by its inverse: values must '
+                             'be > 0')
+        quant_a = np.float32(depth_quantization) * (np.float32(depth_quantization)
+                                                    + np.float32(1.0))
+        quant_b = np.float32(1.0) - quant_a / np.float32(depth_max)
+        with np.errstate(divide='ignore', invalid='ignore', over='ignore'):
+            inverse = quant_a / array + quant_b
+        inverse = np.where(array < np.float32(depth_max), inverse, 0.0)
+        coded = np.clip(np.nan_to_num(inverse, nan=0.0), 0, 65535).astype(np.uint16)
+    ok, png = cv2.imencode('.png', np.ascontiguousarray(coded),
+                           [cv2.IMWRITE_PNG_COMPRESSION, int(png_level)])
+    if not ok:
+        raise ValueError(f'OpenCV cannot encode a {coded.shape} uint16 PNG')
+    msg = CompressedImage()
+    msg.header = _copy_header(header) if header is not None else Header()
+    msg.format = f'{encoding}; compressedDepth png'
+    msg.data = _DEPTH_HEADER.pack(0, float(quant_a), float(quant_b)) + png.tobytes()
+    return msg
 
 
 def image_msg_to_motion_array(msg, max_side, codec_warnings=None):
@@ -688,7 +906,7 @@ def compressed_msg_to_array(msg, max_pixels=MAX_DECODED_PIXELS, size_checked=Fal
     """
     if not size_checked and compressed_size(msg, max_pixels) is None and (
             bytes(msg.data[:8]) == _PNG_MAGIC):
-        _check_png(msg)  # its chunks are checked with its size where Pillow gives that
+        _check_png(msg.data, str(msg.format))  # checked with its size where Pillow gives it
     fmt, size = str(msg.format), len(msg.data)
     bridge = load_bridge()
     try:

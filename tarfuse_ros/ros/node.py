@@ -7,7 +7,8 @@ Data flow::
     visible/image_raw ---+   of order; time        time synchroniser      dropped, counted)
                              jump -> reset)
     (or .../compressed per                                                       |
-     camera: <cam>.transport)              one worker thread: cv_bridge decode, FusionEngine.infer
+     camera: <cam>.transport;              one worker thread: cv_bridge decode, FusionEngine.infer
+     IR: .../compressedDepth too)
                                                                                  |
     fused/image_raw (+ /compressed), fused/camera_info, detections, registered/image_raw,
     debug/image_raw (each with the visible image's header), /diagnostics
@@ -81,6 +82,7 @@ from tarfuse_ros.core.timeline import JUMP_FOLLOWED, LATE
 from tarfuse_ros.core.timeline import median_interval_ns
 from tarfuse_ros.core.topics import camera_info_topic
 from tarfuse_ros.ros.conversions import array_to_compressed_msg, array_to_image_msg
+from tarfuse_ros.ros.conversions import compressed_depth_msg_to_array
 from tarfuse_ros.ros.conversions import compressed_msg_to_array, compressed_size
 from tarfuse_ros.ros.conversions import detections_to_msg, image_msg_to_array
 from tarfuse_ros.ros.conversions import image_msg_to_motion_array, jpeg_of_16_bit_image
@@ -713,11 +715,12 @@ class TarFuseNode(Node):
         """Return ``(message type, topic)`` of ``base`` for an image_transport name.
 
         Like image_transport, the base name is resolved first (namespace and remapping rules
-        apply to ``<camera>/image_raw``), then ``/compressed`` is appended.
+        apply to ``<camera>/image_raw``), then ``/compressed`` (or ``/compressedDepth``) is
+        appended.
         """
         if transport == 'raw':
             return Image, base
-        return CompressedImage, f'{self._resolve(base)}/compressed'
+        return CompressedImage, f'{self._resolve(base)}/{transport}'
 
     @staticmethod
     def _resolved(sub, topic):
@@ -1061,7 +1064,10 @@ class TarFuseNode(Node):
                 continue
             try:
                 # A damaged payload's codec warning: said by the pairing path.
-                array = image_msg_to_motion_array(msg, MAX_SIDE, codec_warnings=[])
+                if self._depth_transport(index):
+                    array = compressed_depth_msg_to_array(msg, codec_warnings=[])[0]
+                else:
+                    array = image_msg_to_motion_array(msg, MAX_SIDE, codec_warnings=[])
             except ValueError:
                 continue  # the pairing path refuses it and says why
             stamp_s = stamp_ns / 1e9
@@ -1126,7 +1132,9 @@ class TarFuseNode(Node):
         topic = self._topics[index]
         damage = []
         try:
-            if isinstance(msg, CompressedImage):
+            if self._depth_transport(index):
+                array, encoding = compressed_depth_msg_to_array(msg, codec_warnings=damage)
+            elif isinstance(msg, CompressedImage):
                 array, encoding = compressed_msg_to_array(msg, size_checked=size_checked,
                                                           codec_warnings=damage)
             else:
@@ -1134,6 +1142,8 @@ class TarFuseNode(Node):
             check_frame_size(array, 'the image')
         except ValueError as exc:
             raise ValueError(f'{topic}: {exc}') from exc
+        if self._depth_transport(index) and encoding == 'gray16':
+            self._check_depth_zeros(topic, array)
         if damage:
             self._stats.count('codec_warnings')
             if damage[0].startswith('libpng'):
@@ -1145,6 +1155,29 @@ class TarFuseNode(Node):
                         f'check the camera and its link')
             self._warn(f'damaged_compressed:{index}', f'{topic}: {said}')
         return array, encoding
+
+    def _check_depth_zeros(self, topic, counts):
+        """Warn (throttled) of a compressedDepth 16-bit IR frame with many zero counts.
+
+        image_transport's compressedDepth publisher sends every count above its ``depth_max``
+        x 1000 as 0, and ``depth_max`` defaults to 10.0: a radiometric camera's centi-kelvin
+        (29315 at 20 degC), or 14-bit counts above 10000, arrive as 0 and the IR is flat. The
+        frame is fused as received.
+        """
+        zeros = int((counts == 0).sum())
+        if zeros * 100 < counts.size:  # under 1 %: a dead pixel or two, not the publisher's cap
+            return
+        self._warn('depth_zeros', (
+            f'{topic}: {100.0 * zeros / counts.size:.0f} % of the 16-bit IR pixels are 0 '
+            f"(fused as received): image_transport's compressedDepth publisher sends every "
+            f'count above its depth_max x 1000 as 0, and depth_max defaults to 10.0 (10000 '
+            f"counts; a radiometric camera's centi-kelvin are all above it): raise the "
+            f"publisher's <image topic>.compressedDepth.depth_max, e.g. "
+            f'image_raw.compressedDepth.depth_max: 65.5'))
+
+    def _depth_transport(self, index):
+        """Return whether input ``index`` is on image_transport's compressedDepth transport."""
+        return index == INFRARED and self._params.infrared_transport == 'compressedDepth'
 
     def _check_compressed_visible(self, msg):
         """
@@ -1731,7 +1764,11 @@ class TarFuseNode(Node):
                 if info.topic_type == wanted:
                     continue
                 camera = ('infrared', 'visible')[index]
-                if info.topic_type == 'sensor_msgs/msg/CompressedImage':
+                if info.topic_type == 'sensor_msgs/msg/CompressedImage' and (
+                        index == INFRARED and topic.endswith('/compressedDepth')):
+                    hint = (f'set {camera}.transport:=compressedDepth and give the base topic '
+                            f'(without /compressedDepth)')
+                elif info.topic_type == 'sensor_msgs/msg/CompressedImage':
                     hint = (f'set {camera}.transport:=compressed and give the base topic '
                             f'(without /compressed)')
                 elif info.topic_type == 'sensor_msgs/msg/Image':

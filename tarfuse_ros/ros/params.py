@@ -27,8 +27,8 @@ from tarfuse_ros.core.paths import default_weights_path
 from tarfuse_ros.core.sizes import MAX_ENLARGED_LONG_SIDE, MIN_SHRUNK_LONG_SIDE
 
 __all__ = [
-    'NodeParams', 'ParameterValueError', 'ParamSpec', 'PARAMETER_SPECS', 'RELIABILITY_VALUES',
-    'TRANSPORT_VALUES',
+    'INFRARED_TRANSPORT_VALUES', 'NodeParams', 'ParameterValueError', 'ParamSpec',
+    'PARAMETER_SPECS', 'RELIABILITY_VALUES', 'TRANSPORT_VALUES',
     'apply_updates', 'canonical_parameters', 'decimal_numbers', 'declare_node_parameters',
     'declared_descriptor', 'descriptor_for', 'fine_passes', 'parameter_source',
     'parameter_updates', 'params_file_sections', 'params_files_for_other_nodes',
@@ -39,8 +39,10 @@ __all__ = [
 
 RELIABILITY_VALUES = ('best_effort', 'reliable')
 # image_transport's names: 'raw' subscribes sensor_msgs/Image on <base>, 'compressed'
-# sensor_msgs/CompressedImage on <base>/compressed.
+# sensor_msgs/CompressedImage on <base>/compressed, 'compressedDepth' (infrared only: a 16UC1 /
+# 32FC1 image, as a thermal camera's) sensor_msgs/CompressedImage on <base>/compressedDepth.
 TRANSPORT_VALUES = ('raw', 'compressed')
+INFRARED_TRANSPORT_VALUES = TRANSPORT_VALUES + ('compressedDepth',)
 _DEVICE_PATTERN = re.compile(r'^(cpu|cuda|cuda:\d+)$')
 
 
@@ -186,12 +188,16 @@ PARAMETER_SPECS = (
               'History depth (keep last) of the input subscriptions. Restart to change.',
               low=1, high=100),
     ParamSpec('infrared.transport', 'infrared_transport', 'str',
-              "Infrared input: 'raw' (sensor_msgs/Image on infrared/image_raw) or 'compressed' "
+              "Infrared input: 'raw' (sensor_msgs/Image on infrared/image_raw), 'compressed' "
               '(sensor_msgs/CompressedImage on infrared/image_raw/compressed, e.g. 16-bit '
-              'PNG). Restart to change.', allowed=TRANSPORT_VALUES),
+              "PNG) or 'compressedDepth' (sensor_msgs/CompressedImage on "
+              "infrared/image_raw/compressedDepth: image_transport's compressedDepth of a "
+              '16UC1 / mono16 or 32FC1 image, PNG; RVL is refused). Restart to change.',
+              allowed=INFRARED_TRANSPORT_VALUES),
     ParamSpec('visible.transport', 'visible_transport', 'str',
               "Visible input: 'raw' (sensor_msgs/Image on visible/image_raw) or 'compressed' "
-              '(sensor_msgs/CompressedImage on visible/image_raw/compressed, JPEG or PNG). '
+              '(sensor_msgs/CompressedImage on visible/image_raw/compressed, JPEG or PNG; '
+              'compressedDepth is for depth-like images, the infrared input only). '
               'Restart to change.', allowed=TRANSPORT_VALUES),
     ParamSpec('registration.prior', 'registration_prior', 'float_array',
               'Calibration prior: 9 numbers, a row-major 3x3 homography from IR pixels to '
@@ -494,6 +500,13 @@ def _check_value(spec, value):
     if spec.low is not None and not spec.low <= value <= spec.high:
         raise ParameterValueError(
             spec.name, f'{spec.name}={value!r} is outside [{spec.low}, {spec.high}]')
+    if spec.name == 'visible.transport' and value == 'compressedDepth':
+        raise ParameterValueError(
+            spec.name,
+            "visible.transport='compressedDepth' is not allowed: compressedDepth carries "
+            'one-channel 16-bit or float depth-like images (16UC1 / 32FC1; a thermal camera '
+            "may send them: infrared.transport: compressedDepth), and a visible camera's "
+            "image is no such image; use 'raw' or 'compressed'")
     if spec.allowed and value not in spec.allowed:
         raise ParameterValueError(
             spec.name,

@@ -23,10 +23,12 @@ __all__ = [
     'camera_topics',
     'check_topic_name',
     'compressed_cdr',
+    'compressed_depth_cdr',
     'header_stamp_ns',
     'image_cdr',
     'image_to_array',
     'image_topic',
+    'is_compressed_depth_topic',
     'jazzy_typestore',
     'offered_qos',
     'open_writer',
@@ -229,22 +231,45 @@ def compressed_cdr(array, fmt, frame_id, stamp_ns):
     return serialize_message(array_to_compressed_msg(array, _header(frame_id, stamp_ns), fmt))
 
 
+def compressed_depth_cdr(array, encoding, frame_id, stamp_ns):
+    """
+    Return the raw CDR of a ``CompressedImage`` of image_transport's compressedDepth transport.
+
+    ``array``: (H, W) uint16 (``encoding`` ``'mono16'`` or ``'16UC1'``), written as
+    :func:`tarfuse_ros.ros.conversions.array_to_compressed_depth_msg` does (12-byte header, then
+    a 16-bit PNG; ``format`` ``'mono16; compressedDepth png'``). Raises ``ValueError`` for
+    anything else.
+    """
+    from rclpy.serialization import serialize_message
+    from tarfuse_ros.ros.conversions import array_to_compressed_depth_msg
+    if stamp_ns < 0:
+        raise ValueError(f'stamp must be >= 0 ns, got {stamp_ns}')
+    return serialize_message(array_to_compressed_depth_msg(
+        array, _header(frame_id, stamp_ns), encoding=encoding))
+
+
 def array_to_image(typestore, array, encoding, frame_id, stamp_ns):
     """Build a rosbags ``sensor_msgs/msg/Image`` from an array (see :func:`image_cdr`)."""
     return typestore.deserialize_cdr(image_cdr(array, encoding, frame_id, stamp_ns),
                                      'sensor_msgs/msg/Image')
 
 
-def image_to_array(msg):
+def image_to_array(msg, topic=None):
     """
     Decode an Image or CompressedImage message (rosbags or rclpy) as the node does.
+
+    ``topic``: the bag topic it came from; on ``<base>/compressedDepth`` it is decoded as the
+    node's ``compressedDepth`` transport does
+    (:func:`tarfuse_ros.ros.conversions.compressed_depth_msg_to_array`).
 
     Returns ``(array, kind)`` from :func:`tarfuse_ros.ros.conversions.image_msg_to_array`:
     grey images (H, W) (``'gray8'``, ``'gray16'``, ``'float32'``), colour ones (H, W, 3) in BGR
     order (``'bgr8'``, ``'bgr16'``); ``step`` and ``is_bigendian`` are honoured. Raises
     ``ValueError`` naming the cause for a message that cannot be decoded.
     """
-    from tarfuse_ros.ros.conversions import image_msg_to_array
+    from tarfuse_ros.ros.conversions import compressed_depth_msg_to_array, image_msg_to_array
+    if topic is not None and is_compressed_depth_topic(topic):
+        return compressed_depth_msg_to_array(msg)
     return image_msg_to_array(msg)
 
 
@@ -275,16 +300,24 @@ def read_messages(path, topics=None, typestore=None):
 
 
 def image_topic(topics, topic):
-    """Return the bag topic holding ``topic``'s images: itself or ``<topic>/compressed``.
+    """Return the bag topic holding ``topic``'s images (itself or a compressed transport's).
 
-    ``topics`` maps the bag's topics to their message types. Raises ``ValueError`` naming the
-    bag's image topics when neither is there.
+    Itself, ``<topic>/compressed`` or ``<topic>/compressedDepth``, in that order. ``topics``
+    maps the bag's topics to their message types. Raises ``ValueError`` naming the bag's image
+    topics when none is there.
     """
-    for candidate in (topic, topic.rstrip('/') + '/compressed'):
+    for candidate in (topic, topic.rstrip('/') + '/compressed',
+                      topic.rstrip('/') + '/compressedDepth'):
         if candidate in topics:
             return candidate
-    raise ValueError(f'topic {topic!r} (or {topic}/compressed) is not in the bag; its image '
-                     f'topics: {sorted(t for t in topics if "image" in topics[t].lower())}')
+    raise ValueError(f'topic {topic!r} (or {topic}/compressed, {topic}/compressedDepth) is not '
+                     f'in the bag; its image topics: '
+                     f'{sorted(t for t in topics if "image" in topics[t].lower())}')
+
+
+def is_compressed_depth_topic(topic):
+    """Return whether a bag ``topic`` is of image_transport's compressedDepth transport."""
+    return str(topic).endswith('/compressedDepth')
 
 
 def camera_topics(path, ir_topic, vi_topic):

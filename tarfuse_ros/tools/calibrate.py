@@ -180,7 +180,7 @@ def bag_pairs(bag_dir, count, ir_topic=DEFAULT_IR_TOPIC, vi_topic=DEFAULT_VI_TOP
                                  or (topic == ir_bag and stamp in ir_wanted)):
             continue
         try:
-            images[key] = image_to_array(msg)[0]
+            images[key] = image_to_array(msg, topic)[0]
         except ValueError as exc:
             raise UsageError(f'{topic} at {stamp} ns: {exc}') from exc
     pairs = []

@@ -8,7 +8,9 @@ ids, and optional small offsets and jitter between the two cameras, as two free-
 would give. With
 ``--ir-transport compressed`` / ``--vi-transport compressed`` a camera is written as
 ``sensor_msgs/msg/CompressedImage`` on ``<topic>/compressed`` instead, as image_transport
-records it (IR: PNG, 16-bit for mono16; visible: JPEG or PNG). Images are encoded by
+records it (IR: PNG, 16-bit for mono16; visible: JPEG or PNG); ``--ir-transport
+compressedDepth`` writes a mono16 IR on ``<topic>/compressedDepth`` as image_transport's
+compressedDepth plugin does (12-byte header, 16-bit PNG). Images are encoded by
 cv_bridge, as the node decodes them. The bag plays with ``tarfuse-play`` or, on a ROS install,
 ``ros2 bag play``.
 
@@ -32,8 +34,8 @@ from tarfuse_ros.console import HelpFormatter
 from tarfuse_ros.core.files import output_problem
 from tarfuse_ros.core.layout import image_path, read_split, unpaired_stems
 from tarfuse_ros.core.sizes import MAX_ENLARGED_LONG_SIDE
-from tarfuse_ros.tools.bagio import check_topic_name, compressed_cdr, image_cdr, jazzy_typestore
-from tarfuse_ros.tools.bagio import offered_qos, open_writer
+from tarfuse_ros.tools.bagio import check_topic_name, compressed_cdr, compressed_depth_cdr
+from tarfuse_ros.tools.bagio import image_cdr, jazzy_typestore, offered_qos, open_writer
 
 __all__ = ['BagSummary', 'build_parser', 'ir_to_mono16', 'list_pairs', 'main', 'make_bag',
            'parse_size']
@@ -45,6 +47,7 @@ DEFAULT_START_TIME_S = 1_700_000_000.0  # 2023-11-14T22:13:20Z, a fixed 'recorde
 MONO16_OFFSET = 27315
 MONO16_GAIN = 16
 TRANSPORTS = ('raw', 'compressed')
+IR_TRANSPORTS = TRANSPORTS + ('compressedDepth',)
 MAX_RATE_HZ = 1e9  # one stamp a nanosecond
 
 
@@ -168,7 +171,9 @@ def make_bag(pairs_dir, out, *, split=None, rate=10.0, ir_encoding='mono8', vi_e
     the visible size when only ``size`` is given). ``ir_transport`` / ``vi_transport``
     (``'raw'`` or ``'compressed'``) choose ``sensor_msgs/msg/Image`` on the topic or
     ``sensor_msgs/msg/CompressedImage`` on ``<topic>/compressed`` (IR as PNG, visible as
-    ``vi_format``: ``'jpeg'`` or ``'png'``).
+    ``vi_format``: ``'jpeg'`` or ``'png'``); ``ir_transport`` ``'compressedDepth'`` (with
+    ``ir_encoding`` mono16) writes the IR on ``<topic>/compressedDepth`` as image_transport's
+    compressedDepth plugin does.
     """
     if not 0 < rate <= MAX_RATE_HZ:  # NaN too; above it the period rounds to 0 ns
         raise ValueError(f'rate must be > 0 and at most {MAX_RATE_HZ:g} Hz, got {rate}')
@@ -202,15 +207,21 @@ def make_bag(pairs_dir, out, *, split=None, rate=10.0, ir_encoding='mono8', vi_e
                          f'--offset-ms, --jitter-ms), below 1 s: give a later --start-time')
     for name, topic in (('ir_topic', ir_topic), ('vi_topic', vi_topic)):
         check_topic_name(topic, name)
-    for name, transport in (('ir_transport', ir_transport), ('vi_transport', vi_transport)):
-        if transport not in TRANSPORTS:
-            raise ValueError(f'{name} must be one of {TRANSPORTS}, got {transport!r}')
+    for name, transport, allowed in (('ir_transport', ir_transport, IR_TRANSPORTS),
+                                     ('vi_transport', vi_transport, TRANSPORTS)):
+        if transport not in allowed:
+            raise ValueError(f'{name} must be one of {allowed}, got {transport!r}')
+    if ir_transport == 'compressedDepth' and ir_encoding != 'mono16':
+        raise ValueError(f'compressedDepth carries 16-bit counts (or floats the codec codes by '
+                         f'their inverse, which a {ir_encoding} IR from images with 0 in them '
+                         f'has none for): use --ir-encoding mono16 with --ir-transport '
+                         f'compressedDepth')
     # Compared as stored (a compressed camera on <topic>/compressed) and as tarfuse-play names
     # them (a relative name in '/'): '/v' compressed and '/v/compressed' put both cameras on
     # one topic, an Image and a CompressedImage stream in one.
     from rclpy.expand_topic_name import expand_topic_name
     stored = {expand_topic_name(topic, 'tarfuse_player', '/')
-              + ('/compressed' if transport == 'compressed' else '')
+              + ('' if transport == 'raw' else f'/{transport}')
               for topic, transport in ((ir_topic, ir_transport), (vi_topic, vi_transport))}
     if len(stored) == 1:
         raise ValueError(f'IR and visible topics must differ, both are {stored.pop()!r}')
@@ -260,8 +271,8 @@ def make_bag(pairs_dir, out, *, split=None, rate=10.0, ir_encoding='mono8', vi_e
         for key, topic, transport, encoding, fmt in (
                 ('vi', vi_topic, vi_transport, vi_encoding, vi_format),
                 ('ir', ir_topic, ir_transport, ir_encoding, 'png')):
-            if transport == 'compressed':
-                topic, msgtype = f'{topic}/compressed', 'sensor_msgs/msg/CompressedImage'
+            if transport != 'raw':
+                topic, msgtype = f'{topic}/{transport}', 'sensor_msgs/msg/CompressedImage'
             else:
                 msgtype = 'sensor_msgs/msg/Image'
             conn = writer.add_connection(topic, msgtype, typestore=typestore,
@@ -280,6 +291,8 @@ def make_bag(pairs_dir, out, *, split=None, rate=10.0, ir_encoding='mono8', vi_e
                     conn, transport, encoding, fmt = camera
                     if transport == 'compressed':
                         data = compressed_cdr(array, fmt, frame, stamp_ns)
+                    elif transport == 'compressedDepth':
+                        data = compressed_depth_cdr(array, encoding, frame, stamp_ns)
                     else:
                         data = image_cdr(array, encoding, frame, stamp_ns)
                     writer.write(conn, stamp_ns, data)
@@ -316,8 +329,10 @@ def build_parser():
     parser.add_argument('--ir-encoding', choices=IR_ENCODINGS, default='mono8',
                         help='mono16 for 16-bit counts, 32FC1 for float images (temperatures)')
     parser.add_argument('--vi-encoding', choices=('bgr8', 'rgb8', 'mono8'), default='bgr8')
-    parser.add_argument('--ir-transport', choices=TRANSPORTS, default='raw',
-                        help='compressed: CompressedImage (PNG) on <ir-topic>/compressed')
+    parser.add_argument('--ir-transport', choices=IR_TRANSPORTS, default='raw',
+                        help='compressed: CompressedImage (PNG) on <ir-topic>/compressed; '
+                             "compressedDepth (with --ir-encoding mono16): image_transport's "
+                             'compressedDepth on <ir-topic>/compressedDepth')
     parser.add_argument('--vi-transport', choices=TRANSPORTS, default='raw',
                         help='compressed: CompressedImage (JPEG/PNG) on <vi-topic>/compressed')
     parser.add_argument('--vi-format', choices=('jpeg', 'png'), default='jpeg',

@@ -40,6 +40,7 @@ __all__ = ['BagPlayer', 'PlayError', 'PlayStats', 'build_parser', 'main', 'messa
 KNOWN_TYPES = {
     'image_raw': 'sensor_msgs/msg/Image',
     'compressed': 'sensor_msgs/msg/CompressedImage',
+    'compressedDepth': 'sensor_msgs/msg/CompressedImage',
     'camera_info': 'sensor_msgs/msg/CameraInfo',
     'detections': 'vision_msgs/msg/Detection2DArray',
     'label_info': 'vision_msgs/msg/LabelInfo',

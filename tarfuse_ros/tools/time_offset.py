@@ -71,7 +71,9 @@ def read_motion_signals(bag_dir, ir_topic=DEFAULT_IR_TOPIC, vi_topic=DEFAULT_VI_
             of motion signal, as the node's check asks).
 
     """
+    from tarfuse_ros.ros.conversions import compressed_depth_msg_to_array
     from tarfuse_ros.ros.conversions import image_msg_to_motion_array
+    from tarfuse_ros.tools.bagio import is_compressed_depth_topic
     from tarfuse_ros.tools.bagio import (bag_read_problem, camera_topics, header_stamp_ns,
                                          read_messages)
 
@@ -112,7 +114,10 @@ def read_motion_signals(bag_dir, ir_topic=DEFAULT_IR_TOPIC, vi_topic=DEFAULT_VI_
                 skipped[camera].append('a zero header stamp (the node refuses it)')
                 continue
             try:
-                frame = frame_for_motion(image_msg_to_motion_array(msg, MAX_SIDE))
+                if is_compressed_depth_topic(topic):
+                    frame = frame_for_motion(compressed_depth_msg_to_array(msg)[0])
+                else:
+                    frame = frame_for_motion(image_msg_to_motion_array(msg, MAX_SIDE))
             except ValueError as exc:
                 skipped[camera].append(str(exc))
                 continue

@@ -122,6 +122,20 @@ def compressed_msg(array, fmt, stamp_ns, frame_id):
     return msg
 
 
+def compressed_depth_msg(array, stamp_ns, frame_id, **options):
+    """Build a ``CompressedImage`` of image_transport's compressedDepth transport (PNG).
+
+    ``array``: (H, W) uint16 (``'16UC1; compressedDepth png'``) or float32 (``'32FC1; ...'``);
+    ``options`` go to :func:`~tarfuse_ros.ros.conversions.array_to_compressed_depth_msg` (our
+    encoder, written from the codec's description).
+    """
+    from tarfuse_ros.ros.conversions import array_to_compressed_depth_msg
+    msg = array_to_compressed_depth_msg(array, **options)
+    msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(int(stamp_ns), 1_000_000_000)
+    msg.header.frame_id = frame_id
+    return msg
+
+
 def png_stating(width, height):
     """Return a valid tiny PNG (16x16 grey pixels) whose header states ``width`` x ``height``.
 
@@ -304,9 +318,10 @@ class Probe:
             old = getattr(self, attribute)
             if old is not None:
                 self.node.destroy_publisher(old)
-            if self.transports[name] == 'compressed':
+            transport = self.transports[name]
+            if transport in ('compressed', 'compressedDepth'):
                 publisher = self.node.create_publisher(
-                    CompressedImage, f'{self.topics[name]}/compressed', qos)
+                    CompressedImage, f'{self.topics[name]}/{transport}', qos)
             else:
                 publisher = self.node.create_publisher(Image, self.topics[name], qos)
             setattr(self, attribute, publisher)
@@ -319,18 +334,20 @@ class Probe:
         """Build a valid (IR, visible) message pair from the real sample images.
 
         A camera on the compressed transport sends IR as PNG (16-bit for ``mono16``) and the
-        visible image as JPEG.
+        visible image as JPEG; on compressedDepth, the IR as 16UC1 (``mono16``'s values).
         """
         ir, vi = sample_pair()
         if ir_size is not None:
             ir = cv2.resize(ir, ir_size, interpolation=cv2.INTER_LINEAR)
-        if ir_encoding == 'mono16':
+        if ir_encoding == 'mono16' or self.transports['infrared'] == 'compressedDepth':
             ir = ir.astype(np.uint16) * 257 + 300
         vi_encoding = 'bgr8'
         if not visible_colour:
             vi, vi_encoding = cv2.cvtColor(vi, cv2.COLOR_BGR2GRAY), 'mono8'
         if self.transports['infrared'] == 'compressed':
             ir_msg = compressed_msg(ir, 'png', stamp_ns, 'infrared_optical_frame')
+        elif self.transports['infrared'] == 'compressedDepth':
+            ir_msg = compressed_depth_msg(ir, stamp_ns, 'infrared_optical_frame')
         else:
             ir_msg = image_msg(ir, ir_encoding, stamp_ns, 'infrared_optical_frame')
         if self.transports['visible'] == 'compressed':

@@ -29,9 +29,10 @@ from tarfuse_ros.core.pair_engine import Detection
 from tarfuse_ros.core.time_offset import frame_for_motion, MAX_SIDE
 from tarfuse_ros.ros import conversions
 from tarfuse_ros.ros.conversions import (
-    array_to_compressed_msg, array_to_image_msg, compressed_msg_to_array, compressed_size,
-    detections_to_msg, image_msg_to_array, image_msg_to_motion_array, jpeg_of_16_bit_image,
-    restamped)
+    array_to_compressed_depth_msg, array_to_compressed_msg, array_to_image_msg,
+    compressed_depth_msg_to_array, compressed_depth_size, compressed_msg_to_array,
+    compressed_size, detections_to_msg, image_msg_to_array, image_msg_to_motion_array,
+    jpeg_of_16_bit_image, restamped)
 
 RNG = np.random.default_rng(3)
 SAMPLES = Path(__file__).resolve().parents[2] / 'samples'
@@ -357,7 +358,7 @@ def test_the_time_offset_checks_jpeg_frame_matches_the_whole_frames_size(
     ('truncated', 'cannot decode the compressed payload'),
     ('garbage', 'cannot decode the compressed payload'),
     ('empty', 'empty compressed payload'),
-    ('depth', 'compressedDepth'),
+    ('depth', 'a compressedDepth payload .* infrared.transport: compressedDepth'),
 ])
 def test_bad_compressed_payloads_raise_value_error_naming_the_cause(case, message):
     vi = cv2.imread(str(SAMPLES / 'vi' / 'FLIR_00993.jpg'), cv2.IMREAD_COLOR)
@@ -1002,3 +1003,118 @@ def test_restamped_copies_the_header_and_leaves_the_message_as_it_was(msg_type):
     assert (msg.header.stamp.sec, msg.header.stamp.nanosec) == (17, 250)  # untouched
     with pytest.raises(ValueError, match='stamp must be >= 0 ns'):
         restamped(msg, -1)
+
+
+# -- image_transport's compressedDepth transport ---------------------------------------------
+def depth_payload(coded, quant_a=0.0, quant_b=0.0, fmt='16UC1; compressedDepth png'):
+    """Build a compressedDepth message by hand, as compressed_depth_image_transport lays it out.
+
+    ``ConfigHeader`` (int32 format INV_DEPTH = 0, float32 depthQuantA, depthQuantB; 12 bytes,
+    little-endian) and then the 16-bit PNG that ``cv::imencode`` writes.
+    """
+    ok, png = cv2.imencode('.png', coded)
+    assert ok
+    return CompressedImage(header=header(), format=fmt,
+                           data=struct.pack('<iff', 0, quant_a, quant_b) + png.tobytes())
+
+
+def thermal_counts():
+    ir = cv2.imread(str(SAMPLES / 'ir' / 'FLIR_00993.jpg'), cv2.IMREAD_GRAYSCALE)
+    return (20000 + ir.astype(np.uint16) * 37).astype(np.uint16)  # the low byte used too
+
+
+@pytest.mark.parametrize('fmt', ['16UC1; compressedDepth png', 'mono16; compressedDepth png',
+                                 '16UC1; compressedDepth', '16UC1'])
+def test_a_16_bit_compressed_depth_payload_decodes_to_its_counts(fmt):
+    # The codec reads a format without ';' (its older publishers) or with a bare
+    # 'compressedDepth' as PNG.
+    counts = thermal_counts()
+    msg = depth_payload(counts, fmt=fmt)
+    assert compressed_depth_size(msg) == counts.shape
+    decoded, kind = compressed_depth_msg_to_array(msg)
+    assert kind == 'gray16' and decoded.dtype == np.uint16 and decoded.flags.owndata
+    np.testing.assert_array_equal(decoded, counts)
+    # Our encoder writes that layout: a round trip keeps every count.
+    ours = array_to_compressed_depth_msg(counts, header())
+    assert ours.format == '16UC1; compressedDepth png'
+    assert bytes(ours.data[:12]) == struct.pack('<iff', 0, 0.0, 0.0)
+    assert bytes(ours.data[12:20]) == b'\x89PNG\r\n\x1a\n'
+    np.testing.assert_array_equal(compressed_depth_msg_to_array(ours)[0], counts)
+
+
+def test_a_32fc1_compressed_depth_payload_decodes_by_the_codec_s_inverse_quantisation():
+    # Values chosen by hand: A / (v - B) for v != 0, and v == 0 is NaN in the codec.
+    quant_a, quant_b = 10100.0, -24.25  # depth_quantization 100, depth_max 400
+    coded = np.array([[1, 2, 100], [1000, 65535, 7]], np.uint16)
+    decoded, kind = compressed_depth_msg_to_array(
+        depth_payload(coded, quant_a, quant_b, '32FC1; compressedDepth png'))
+    expected = np.float32(quant_a) / (coded.astype(np.float32) - np.float32(quant_b))
+    assert kind == 'float32' and decoded.dtype == np.float32
+    np.testing.assert_array_equal(decoded, expected)
+    # A round trip through our encoder (the codec's quantisation) keeps a temperature image
+    # in kelvin within its step: A / T^2 levels per kelvin, 0.07 at 300 K for q = 6000.
+    kelvin = (250.0 + thermal_counts().astype(np.float32) / 500.0).astype(np.float32)
+    msg = array_to_compressed_depth_msg(kelvin, header(), depth_max=400.0,
+                                        depth_quantization=6000.0)
+    assert msg.format == '32FC1; compressedDepth png'
+    quant = struct.unpack('<iff', bytes(msg.data[:12]))
+    assert quant[0] == 0 and quant[1] == pytest.approx(6000.0 * 6001.0)
+    assert quant[2] == pytest.approx(1.0 - 6000.0 * 6001.0 / 400.0)
+    decoded, _ = compressed_depth_msg_to_array(msg)
+    assert np.abs(decoded - kelvin).max() < 0.01
+
+
+def test_a_32fc1_compressed_depth_payload_with_values_the_codec_coded_0_is_refused_by_count():
+    # The codec sends a value at or above its depth_max (default 10) as 0, decoded as NaN; a
+    # raw 32FC1 image with NaN is refused, and so is this one, saying what to change.
+    kelvin = np.full((4, 5), 300.0, np.float32)
+    kelvin[0, :3] = 12.0  # under depth_max 400 ...
+    msg = array_to_compressed_depth_msg(kelvin, header())  # ... but the default depth_max is 10
+    with pytest.raises(ValueError, match=r'holds 20 NaN values .*raise its '
+                                         r'compressedDepth.depth_max'):
+        compressed_depth_msg_to_array(msg)
+
+
+@pytest.mark.parametrize('case,message', [
+    ('empty', 'empty compressedDepth payload'),
+    ('header_only', r'short compressedDepth payload \(12 B'),
+    ('short', r'short compressedDepth payload \(5 B'),
+    ('truncated', r'corrupt or truncated PNG .*; not decoded'),
+    ('corrupt', r'corrupt or truncated PNG .*; not decoded'),
+    ('not_png', 'no PNG after its 12-byte header'),
+    ('bomb', r'compressedDepth payload is 400.0 Mpx by its header: more than the 66.4 Mpx '
+             r'this package decodes; not decoded'),
+    ('rvl', r'rvl compressedDepth is not supported; use png'),
+    ('plain', r"format 'mono16; png compressed mono16' is no compressedDepth format"),
+    ('eight_bit', r"compressedDepth encoding 'mono8' .* is not supported"),
+    ('eight_bit_png', r'decodes to shape .* uint8, where the codec writes a 16-bit'),
+])
+def test_bad_compressed_depth_payloads_raise_value_error_naming_the_cause(case, message, capfd):
+    msg = depth_payload(thermal_counts())
+    data = bytes(msg.data)
+    if case == 'empty':
+        msg.data = b''
+    elif case == 'header_only':
+        msg.data = data[:12]
+    elif case == 'short':
+        msg.data = data[:5]
+    elif case == 'truncated':
+        msg.data = data[:len(data) // 2]
+    elif case == 'corrupt':
+        msg.data = data[:300] + bytes(100) + data[400:]  # inside the image data
+    elif case == 'not_png':
+        msg.data = data[:12] + bytes(range(256)) * 4
+    elif case == 'bomb':  # a valid tiny PNG stating 20000x20000: refused by its header
+        msg.data = data[:12] + png_stating(20000, 20000)
+    elif case == 'rvl':
+        msg.format = '16UC1; compressedDepth rvl'
+    elif case == 'plain':
+        msg.format = 'mono16; png compressed mono16'
+    elif case == 'eight_bit':
+        msg.format = 'mono8; compressedDepth png'
+    else:
+        msg = depth_payload(np.zeros((8, 8), np.uint8))
+    capfd.readouterr()
+    with pytest.raises(ValueError, match=message):
+        compressed_depth_msg_to_array(msg)
+    assert capfd.readouterr().err == ''  # no libpng line beside the refusal

@@ -154,6 +154,13 @@ def test_a_stream_setting_describes_every_parameter_it_is_refused_with(name, val
     ({'sync.infrared_time_offset': 1.5}, 'sync.infrared_time_offset=1.5 is outside [-1.0, 1.0]'),
     ({'sync.infrared_time_offset': float('nan')}, 'sync.infrared_time_offset must be finite'),
     ({'max_rate': -2.0}, 'max_rate=-2.0 is outside [0.0, 1000.0]'),
+    ({'visible.transport': 'compressedDepth'},
+     "visible.transport='compressedDepth' is not allowed: compressedDepth carries one-channel "
+     "16-bit or float depth-like images .*a visible camera's image is no such image; use "
+     "'raw' or 'compressed'"),
+    ({'infrared.transport': 'compresseddepth'},
+     "infrared.transport='compresseddepth' is not allowed; use one of: raw, compressed, "
+     'compressedDepth'),
 ])
 def test_invalid_start_up_values_raise_value_error_naming_them(values, message):
     with pytest.raises(ValueError, match=message.replace('[', r'\[').replace(']', r'\]')):
@@ -532,3 +539,15 @@ def test_the_engine_the_fuse_tool_and_the_node_say_a_stream_problem_alike(
                   for name in values} - {getattr(names, name) for name in values}
         assert not [other for other in others
                     if re.search(rf'(?<![\w.-]){re.escape(other)}(?![\w-])', text)], text
+
+
+def test_the_infrared_input_takes_compressed_depth_and_the_descriptors_say_so():
+    params = params_from_values({'infrared.transport': 'compressedDepth'})
+    assert (params.infrared_transport, params.visible_transport) == ('compressedDepth', 'raw')
+    specs = {spec.name: spec for spec in PARAMETER_SPECS}
+    infrared = descriptor_for(specs['infrared.transport'])
+    assert infrared.additional_constraints.startswith(
+        'one of: raw, compressed, compressedDepth')
+    assert 'infrared/image_raw/compressedDepth' in infrared.description
+    visible = descriptor_for(specs['visible.transport'])
+    assert visible.additional_constraints.startswith('one of: raw, compressed ')

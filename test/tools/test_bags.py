@@ -172,6 +172,33 @@ def test_make_bag_writes_compressed_topics_as_image_transport_records_them(tmp_p
         make_bag(SAMPLES, tmp_path / 'bad', ir_transport='theora')
 
 
+def test_make_bag_writes_a_mono16_ir_as_image_transport_s_compressed_depth(tmp_path, capsys):
+    from tarfuse_ros.ros.conversions import compressed_depth_msg_to_array
+    out = tmp_path / 'depth'
+    code = make_bag_tool.main(['--pairs', str(SAMPLES), '--out', str(out), '--max-pairs', '1',
+                               '--size', '128x96', '--ir-encoding', 'mono16',
+                               '--ir-transport', 'compressedDepth'])
+    assert code == 0, capsys.readouterr().err
+    topics = _by_topic(out)
+    assert sorted(topics) == [IR + '/compressedDepth', VI]
+    ir_type, _bag_ns, _raw, ir_msg = topics[IR + '/compressedDepth'][0]
+    assert ir_type == 'sensor_msgs/msg/CompressedImage'
+    assert ir_msg.format == 'mono16; compressedDepth png'
+    stem = sorted(p.stem for p in (SAMPLES / 'vi').glob('*.jpg'))[0]
+    ir8 = cv2.resize(cv2.imread(str(SAMPLES / 'ir' / f'{stem}.jpg'), cv2.IMREAD_GRAYSCALE),
+                     (128, 96), interpolation=cv2.INTER_AREA)
+    counts, kind = compressed_depth_msg_to_array(ir_msg)
+    assert kind == 'gray16'
+    np.testing.assert_array_equal(counts, ir_to_mono16(ir8))
+    for encoding in ('mono8', '32FC1'):  # the codec carries 16-bit counts or positive floats
+        with pytest.raises(ValueError, match='use --ir-encoding mono16 with --ir-transport '
+                                             'compressedDepth'):
+            make_bag(SAMPLES, tmp_path / encoding, ir_encoding=encoding,
+                     ir_transport='compressedDepth')
+    with pytest.raises(ValueError, match='vi_transport must be one of'):
+        make_bag(SAMPLES, tmp_path / 'vi', vi_transport='compressedDepth')
+
+
 def test_make_bag_writes_a_float_ir_of_temperatures_as_32fc1(tmp_path, capsys):
     """A 32-bit TIFF of temperatures, which tarfuse-fuse and the node (32FC1) take, goes in.
 

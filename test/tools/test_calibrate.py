@@ -113,10 +113,12 @@ def calibrate_truth_at_640():
     return make_prior(rig_homography(), SIZE, SIZE).homography_for((640, 512), (640, 512))
 
 
-def test_calibrate_a_bag_with_compressed_topics(tmp_path, capsys):
+@pytest.mark.parametrize('ir_transport, ir_encoding', [('compressed', 'mono8'),
+                                                       ('compressedDepth', 'mono16')])
+def test_calibrate_a_bag_with_compressed_topics(tmp_path, capsys, ir_transport, ir_encoding):
     bag = tmp_path / 'rig_bag'
-    make_bag(ROOT / 'samples', bag, rate=10.0, size=(160, 128), ir_transport='compressed',
-             vi_transport='compressed', max_pairs=3)
+    make_bag(ROOT / 'samples', bag, rate=10.0, size=(160, 128), ir_transport=ir_transport,
+             ir_encoding=ir_encoding, vi_transport='compressed', max_pairs=3)
     out = tmp_path / 'bag_prior.yaml'
     code = calibrate.main(['--bag', str(bag), '--out', str(out), '--pairs-count', '2',
                            '--iterations', '1', '--threads', '2'])

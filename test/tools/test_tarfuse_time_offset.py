@@ -54,31 +54,35 @@ def _write(path, case, encoders, seed=0, stem='00004N', recorded=None):
     return path
 
 
-def write_bag(path, case, seed=0, stem='00004N'):
+def write_bag(path, case, seed=0, stem='00004N', ir_transport='compressed'):
     """Write ``case`` compressed: IR 16-bit PNG (a radiometric camera's counts), visible JPEG.
 
-    On ``<topic>/compressed``, as image_transport records them. The visible frames are enlarged
-    twice (480 px long): the tool decodes a JPEG that long at half its size.
+    On ``<topic>/compressed``, as image_transport records them (the IR on
+    ``<topic>/compressedDepth`` for ``ir_transport`` ``'compressedDepth'``). The visible frames
+    are enlarged twice (480 px long): the tool decodes a JPEG that long at half its size.
     """
-    from tarfuse_ros.tools.bagio import compressed_cdr
+    from tarfuse_ros.tools.bagio import compressed_cdr, compressed_depth_cdr
 
     def encoder(fmt):
         def encode(frame, stamp_ns, camera):
             image = (frame.astype(np.uint16) * 64 + 20000) if camera == 'ir' else (
                 cv2.resize(frame, None, fx=2, fy=2, interpolation=cv2.INTER_LINEAR))
+            if camera == 'ir' and ir_transport == 'compressedDepth':
+                return [compressed_depth_cdr(image, '16UC1', camera, stamp_ns)]
             return [compressed_cdr(image, fmt, camera, stamp_ns)]
         return encode
 
     kind = 'sensor_msgs/msg/CompressedImage'
-    return _write(path, case, {'ir': (f'{IR_TOPIC}/compressed', kind, encoder('png')),
+    return _write(path, case, {'ir': (f'{IR_TOPIC}/{ir_transport}', kind, encoder('png')),
                                'vi': (f'{VI_TOPIC}/compressed', kind, encoder('jpeg'))},
                   seed, stem)
 
 
+@pytest.mark.parametrize('ir_transport', ['compressed', 'compressedDepth'])
 def test_an_ir_camera_stamped_60_ms_late_is_found_and_written_as_a_node_parameter(
-        tmp_path, capsys):
+        tmp_path, capsys, ir_transport):
     case = simulation.Case('pan', duration=10.0)  # IR 9 Hz, visible 30 Hz, IR 60 ms late
-    bag = write_bag(tmp_path / 'rig', case)
+    bag = write_bag(tmp_path / 'rig', case, ir_transport=ir_transport)
     out, plot = tmp_path / 'offset.yaml', tmp_path / 'curve.png'
     code = main(['--bag', str(bag), '--infrared-topic', IR_TOPIC, '--visible-topic', VI_TOPIC,
                  '--out', str(out), '--plot', str(plot)])
