@@ -126,8 +126,8 @@ def bag_pairs(bag_dir, count, ir_topic=DEFAULT_IR_TOPIC, vi_topic=DEFAULT_VI_TOP
 
     """
     from rosbags.rosbag2 import Reader
-    from tarfuse_ros.tools.bagio import (bag_read_problem, camera_topics, header_stamp_ns,
-                                         image_to_array, read_messages)
+    from tarfuse_ros.tools.bagio import (bag_read_problem, camera_topics, clocks_apart_problem,
+                                         header_stamp_ns, image_to_array, read_messages)
 
     try:
         ir_bag, vi_bag = camera_topics(bag_dir, ir_topic, vi_topic)
@@ -136,15 +136,20 @@ def bag_pairs(bag_dir, count, ir_topic=DEFAULT_IR_TOPIC, vi_topic=DEFAULT_VI_TOP
     try:
         with Reader(Path(bag_dir)) as reader:
             stamps = {ir_bag: [], vi_bag: []}
+            lags = {ir_bag: [], vi_bag: []}  # header stamp - time recorded (ns)
             wanted = [c for c in reader.connections if c.topic in stamps]
-            for connection, _, raw in reader.messages(connections=wanted):
+            for connection, recorded, raw in reader.messages(connections=wanted):
                 stamps[connection.topic].append(header_stamp_ns(raw))
+                lags[connection.topic].append(stamps[connection.topic][-1] - recorded)
     except Exception as exc:  # noqa: BLE001 - rosbags raises several error types
         raise UsageError(bag_read_problem(bag_dir, exc)) from exc
     vi_stamps = sorted(set(stamps[vi_bag]))
     ir_stamps = np.array(sorted(set(stamps[ir_bag])), dtype=np.int64)
     if not vi_stamps or not len(ir_stamps):
         raise UsageError(f'the bag has no message on {vi_bag!r} or {ir_bag!r}')
+    problem = clocks_apart_problem(lags, ir_bag, vi_bag)
+    if problem is not None:  # the nearest stamps would be images of other instants
+        raise UsageError(problem)
     offset_ns = round(ir_offset_s * 1e9)  # as the node rounds sync.infrared_time_offset
     corrected = ir_stamps + offset_ns
     chosen, gaps = {}, []

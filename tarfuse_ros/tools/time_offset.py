@@ -72,8 +72,8 @@ def read_motion_signals(bag_dir, ir_topic=DEFAULT_IR_TOPIC, vi_topic=DEFAULT_VI_
 
     """
     from tarfuse_ros.ros.conversions import image_msg_to_motion_array
-    from tarfuse_ros.tools.bagio import (bag_read_problem, camera_topics, header_stamp_ns,
-                                         read_messages)
+    from tarfuse_ros.tools.bagio import (bag_read_problem, camera_topics, clocks_apart_problem,
+                                         header_stamp_ns, read_messages)
 
     try:
         ir_bag, vi_bag = camera_topics(bag_dir, ir_topic, vi_topic)
@@ -87,6 +87,7 @@ def read_motion_signals(bag_dir, ir_topic=DEFAULT_IR_TOPIC, vi_topic=DEFAULT_VI_
     logs = {'ir': ChangeLog(), 'vi': ChangeLog()}
     pending = {'ir': [], 'vi': []}  # heaps of (stamp_ns, arrival, frame)
     stamps = {'ir': set(), 'vi': set()}
+    lags = {ir_bag: [], vi_bag: []}  # header stamp - time recorded (ns): clocks apart?
     counts = {'ir': 0, 'vi': 0}
     skipped = {'ir': [], 'vi': []}
 
@@ -104,13 +105,14 @@ def read_motion_signals(bag_dir, ir_topic=DEFAULT_IR_TOPIC, vi_topic=DEFAULT_VI_
             logs[camera].add(stamp_ns / 1e9, frame)
 
     try:
-        for arrival, (topic, _, _, raw, msg) in enumerate(
+        for arrival, (topic, _, recorded, raw, msg) in enumerate(
                 read_messages(bag_dir, topics=list(camera_of))):
             camera = camera_of[topic]
             stamp = header_stamp_ns(raw)
             if stamp == 0:
                 skipped[camera].append('a zero header stamp (the node refuses it)')
                 continue
+            lags[topic].append(stamp - recorded)
             try:
                 frame = frame_for_motion(image_msg_to_motion_array(msg, MAX_SIDE))
             except ValueError as exc:
@@ -122,6 +124,9 @@ def read_motion_signals(bag_dir, ir_topic=DEFAULT_IR_TOPIC, vi_topic=DEFAULT_VI_
             feed(camera, _REORDER)
     except Exception as exc:  # noqa: BLE001 - rosbags raises several error types
         raise UsageError(bag_read_problem(bag_dir, exc)) from exc
+    problem = clocks_apart_problem(lags, ir_bag, vi_bag) if all(lags.values()) else None
+    if problem is not None:  # else a peak by chance, or "too little motion"
+        raise UsageError(problem)
     out = {}
     for camera, topic in topics.items():
         feed(camera, 0)

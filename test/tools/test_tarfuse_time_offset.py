@@ -300,6 +300,35 @@ def test_a_driver_sending_each_frame_twice_is_reported_at_its_own_rate(tmp_path,
     assert 'visible: 180 images (30.0 Hz), 6.0 s of visible stamps' in out, out
 
 
+def test_stamps_seconds_apart_are_named_as_clocks_apart_by_both_tools(tmp_path, capsys):
+    # The IR driver's clock 3 s ahead (recorded when taken, stamped 3 s later): the offset
+    # tool said "too little motion" (correlation -0.01), and tarfuse-calibrate paired each
+    # visible image with an IR image taken 3 s before it, without a word.
+    from tarfuse_ros.tools.bagio import image_cdr
+    from tarfuse_ros.tools.calibrate import main as calibrate
+
+    def encode(frame, stamp_ns, camera):
+        if camera == 'ir':
+            return [image_cdr(frame, 'mono8', camera, stamp_ns + 3_000_000_000)]
+        return [image_cdr(frame, 'bgr8', camera, stamp_ns)]
+
+    kind = 'sensor_msgs/msg/Image'
+    bag = _write(tmp_path / 'apart', simulation.Case('pan', duration=4.0),
+                 {'ir': (IR_TOPIC, kind, encode), 'vi': (VI_TOPIC, kind, encode)})
+    out = tmp_path / 'offset.yaml'
+    assert main(['--bag', str(bag), '--infrared-topic', IR_TOPIC, '--visible-topic', VI_TOPIC,
+                 '--out', str(out)]) == 2
+    err = capsys.readouterr().err
+    said = f'the {IR_TOPIC} stamps are 3.000 s later than the {VI_TOPIC} stamps'
+    assert said in err and 'clocks are that far apart' in err, err
+    assert not out.exists()
+    prior = tmp_path / 'prior.yaml'
+    assert calibrate(['--bag', str(bag), '--infrared-topic', IR_TOPIC, '--visible-topic',
+                      VI_TOPIC, '--out', str(prior), '--threads', '1']) == 2
+    assert said in capsys.readouterr().err
+    assert not prior.exists()
+
+
 def test_ctrl_c_prints_one_line_and_writes_nothing(tmp_path, capsys):
     import os
     import signal
