@@ -22,17 +22,22 @@
    runs it on downscaled pairs (the network was trained on small deformations: a large offset
    is smaller in pixels of a smaller image) and scales the prior back to the recorded sizes.
 3. Prints the residual of the fit per pair (median and 90th percentile in visible pixels, inlier
-   share) and, when the fit explains at least ``--min-inliers`` of the points (0.5: as the
-   node's online refinement asks of one pair), writes ``PRIOR.yaml``, a node parameters file
+   share) and the edge alignment of the IR warped by the prior with the visible images, beside
+   its chance level (:func:`tarfuse_ros.core.calibration.prior_alignment`: the prior shifted by
+   an eighth of the frame), and, when the fit explains at least ``--min-inliers`` of the points
+   (0.5: as the node's online refinement asks of one pair) and the alignment beats its chance
+   level by ``--min-alignment-gain`` (0.05), writes ``PRIOR.yaml``, a node parameters file
    (``/**: ros__parameters: registration: prior, prior_ir_size, prior_visible_size``) to pass
    as it is to the launch file (``prior_file:=PRIOR.yaml``) or the node (``--params-file``),
    or to paste into the node's parameters file.
 
-Exit status: 0 on success, 1 when no homography could be fitted or it explains less than
+Exit status: 0 on success, 1 when no homography could be fitted, it explains less than
 ``--min-inliers`` of the points (pairs that disagree: a featureless or unrelated IR, pairs from
-several rigs), 2 for usage errors (bad options, missing paths or topics, fewer than 1 pair, an
-unreadable image, a constant image (a lens cap: nothing to register), pairs of several image
-sizes, an ``--out`` that is a folder or cannot be written, weights or device that cannot be
+several rigs) or it lines the pairs up hardly better than by chance (cameras that do not see
+one scene: any smooth flow is fitted well), 2 for usage errors (bad options, missing paths or
+topics, fewer than 1 pair, an unreadable image, a constant image (a lens cap: nothing to
+register), pairs of several image sizes, cameras whose stamps are more than 1 s apart (clocks
+apart), an ``--out`` that is a folder or cannot be written, weights or device that cannot be
 loaded).
 """
 
@@ -44,6 +49,7 @@ import sys
 
 import cv2
 import numpy as np
+from tarfuse_ros.core.calibration import MIN_ALIGNMENT_GAIN
 from tarfuse_ros.core.files import output_problem
 
 __all__ = ['bag_pairs', 'build_parser', 'downscale_pairs', 'folder_pairs', 'main',
@@ -297,6 +303,12 @@ def build_parser():
     parser.add_argument('--min-inliers', type=float, default=0.5,
                         help='write the prior only if it explains at least this share of the '
                              'points within --threshold-px, in [0, 1] (default 0.5)')
+    parser.add_argument('--min-alignment-gain', type=float, default=MIN_ALIGNMENT_GAIN,
+                        help='write the prior only if the IR warped by it lines up with the '
+                             'visible images (edge alignment, mean over the pairs) by at least '
+                             'this much better than shifted by an eighth of the frame; about 0 '
+                             'for cameras that do not see one scene; in [-2, 1] (default '
+                             f'{MIN_ALIGNMENT_GAIN:g}; -2: off)')
     parser.add_argument('--max-side', type=int, default=None,
                         help="run the model on pairs downscaled so that each image's longer "
                              'side is at most this (px); the prior is scaled back to the '
@@ -346,6 +358,9 @@ def _check_args(args):
         raise UsageError(f'--threshold-px must be a finite number > 0, got {args.threshold_px}')
     if not 0 <= args.min_inliers <= 1:
         raise UsageError(f'--min-inliers must be in [0, 1], got {args.min_inliers}')
+    if not -2 <= args.min_alignment_gain <= 1:
+        raise UsageError(f'--min-alignment-gain must be in [-2, 1], got '
+                         f'{args.min_alignment_gain}')
     if not 0 < args.slop < float('inf'):
         raise UsageError(f'--slop must be a finite number > 0 s, got {args.slop}')
     if args.infrared_time_offset != 'auto' and not -1.0 <= args.infrared_time_offset <= 1.0:
@@ -440,7 +455,7 @@ def _report_lines(result, iterations, run_wh=None):
 def main(argv=None):
     """Entry point of ``tarfuse-calibrate``; return the exit status (0, 1 no fit, 2 usage)."""
     args = build_parser().parse_args(argv)
-    from tarfuse_ros.core.calibration import calibrate
+    from tarfuse_ros.core.calibration import calibrate, prior_alignment
     from tarfuse_ros.core.prior import load_prior_yaml, make_prior, write_prior_yaml
     try:
         _check_args(args)
@@ -495,6 +510,9 @@ def main(argv=None):
         result = calibrate(pairs, make_engine, iterations=args.iterations,
                            threshold_px=args.threshold_px, initial_prior=initial,
                            progress=progress)
+        # At the sizes the model ran at, as the prior is before it is scaled back.
+        alignment = np.mean([prior_alignment(ir, vi, result.prior.homography)
+                             for _, ir, vi in pairs], axis=0)
         if args.max_side is not None:  # the prior at the recorded sizes
             result = replace(result, prior=make_prior(
                 result.prior.homography_for(ir_wh, vi_wh), ir_wh, vi_wh))
@@ -506,6 +524,9 @@ def main(argv=None):
         return 1
     lines = _report_lines(result, args.iterations,
                           run_wh if args.max_side is not None else None)
+    lines.append(f'edge alignment of the IR warped by the prior with the visible images '
+                 f'{alignment[0]:.3f}, shifted by an eighth of the frame {alignment[1]:.3f} '
+                 f'(mean over the pairs)')
     for line in lines:
         print(line)
     if result.inlier_fraction < args.min_inliers:
@@ -515,6 +536,17 @@ def main(argv=None):
               f'{args.min_inliers:g}): the pairs disagree (featureless or unrelated IR, pairs '
               f'of several rigs?); check the pairs of low inlier share ({", ".join(low)}) and '
               f'calibrate without them', file=sys.stderr)
+        return 1
+    gain = alignment[0] - alignment[1]
+    if gain < args.min_alignment_gain:
+        # Any smooth flow fits a homography: the flows of unrelated scenes pass the inliers.
+        print(f'{PROG}: no prior written: the IR warped by the fitted prior lines up with the '
+              f'visible images hardly better than shifted by an eighth of the frame (edge '
+              f'alignment {alignment[0]:.3f} against {alignment[1]:.3f}, a gain of {gain:.3f} '
+              f'< --min-alignment-gain {args.min_alignment_gain:g}): the two cameras do not '
+              f'seem to see one scene (the topic of another camera, a covered lens, pairs of '
+              f'another time?); check the pairs, and calibrate on a scene with structure that '
+              f'both cameras see', file=sys.stderr)
         return 1
     # The share over all points hides a pair the prior does not explain: of two pairs that
     # disagree, the one the fit follows gives 50 % alone.

@@ -135,6 +135,7 @@ def test_calibrate_a_bag_with_compressed_topics(tmp_path, capsys):
     # inf made every point an inlier and OpenCV found nothing: "the flows disagree", exit 1.
     (['--threshold-px', 'inf'], ['--threshold-px must be a finite number > 0']),
     (['--min-inliers', '1.5'], ['--min-inliers must be in [0, 1]']),
+    (['--min-alignment-gain', 'nan'], ['--min-alignment-gain must be in [-2, 1]']),
     (['--infrared-time-offset', '1.5'], ['--infrared-time-offset must be in [-1, 1] s',
                                          'sync.infrared_time_offset']),
     (['--infrared-time-offset', 'nan'], ['--infrared-time-offset must be in [-1, 1] s']),
@@ -438,8 +439,34 @@ def test_a_featureless_ir_writes_no_prior_and_exits_1(tmp_path, capsys):
     assert 'no prior written: the fit explains' in captured.err, captured.err
     assert '< --min-inliers 0.5' in captured.err and not out.exists()
     assert 'fitted on' in captured.out  # the per-pair report is still printed
-    assert calibrate.main(argv + ['--min-inliers', '0']) == 0  # asked for: written
+    # Asked for: written (the noise shares no scene with the visible image either).
+    assert calibrate.main(argv + ['--min-inliers', '0', '--min-alignment-gain', '-2']) == 0
     assert load_prior_yaml(out) is not None
+
+
+def test_pairs_whose_cameras_see_no_common_scene_write_no_prior(tmp_path, capsys):
+    # Each IR of another RoadScene scene than its visible image: the network's flow is smooth,
+    # and a homography fitted to it explained 100 % of it (median 0.1 px): a prior of 1.38
+    # x scale and 0.26 shear was written, exit 0.
+    stems = data.read_split(ROADSCENE)[:2]
+    unrelated = tmp_path / 'unrelated'
+    for sub in ('ir', 'vi'):
+        (unrelated / sub).mkdir(parents=True)
+    for stem, other in zip(stems, stems[::-1]):
+        ir, _ = data.load_pair(ROADSCENE, stem)
+        _, vi = data.load_pair(ROADSCENE, other)
+        cv2.imwrite(str(unrelated / 'ir' / f'{stem}.png'), cv2.resize(ir, SIZE))
+        cv2.imwrite(str(unrelated / 'vi' / f'{stem}.png'), cv2.resize(vi, SIZE))
+    out = tmp_path / 'p.yaml'
+    argv = ['--pairs', str(unrelated), '--out', str(out), '--iterations', '1', '--threads',
+            '1', '--max-side', '160']
+    for count in ('1', '2'):
+        code = calibrate.main(argv + ['--pairs-count', count])
+        captured = capsys.readouterr()
+        assert code == 1, captured.out
+        assert 'the two cameras do not seem to see one scene' in captured.err, captured.err
+        assert not out.exists()
+        assert 'edge alignment of the IR warped by the prior' in captured.out
 
 
 def test_a_pair_the_prior_does_not_explain_is_named_in_a_warning(tmp_path, capsys):
