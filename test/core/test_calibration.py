@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from tarfuse_ros.core import data
 from tarfuse_ros.core.calibration import (calibrate, fit_prior, flow_correspondences,
-                                          texture_weight)
+                                          MIN_ALIGNMENT_GAIN, prior_alignment, texture_weight)
 from tarfuse_ros.core.deform import compose_flows
 from tarfuse_ros.core.engine import FusionEngine
 from tarfuse_ros.core.model.warp import warp
@@ -340,3 +340,20 @@ def test_registered_ir_follows_the_published_flow_where_the_pre_warp_lost_conten
     # registered(p) = ir(p + flow(p)) = ir(p - 50 px): real content wherever x >= 50.
     np.testing.assert_array_equal(registered[:, 60:], ir[:, 60 - 50:160 - 50])
     assert registered_ir_for(pair, flow, ir) is ir  # no prior: the network's own
+
+
+def test_the_rig_homography_lines_up_a_real_pair_well_above_chance_and_another_scene_does_not():
+    stems = data.read_split(ROADSCENE)[:2]
+    ir, vi = data.load_pair(ROADSCENE, stems[0])
+    ir, vi = cv2.resize(ir, SIZE), cv2.resize(vi, SIZE)
+    truth = rig_homography()
+    recorded = camera_ir(ir, truth, SIZE)
+    score, chance = prior_alignment(recorded, vi, truth)
+    assert score - chance > 0.15 and score > prior_alignment(recorded, vi, np.eye(3))[0]
+    # 16-bit counts and a BGRA visible image are scored as the engine reads them.
+    counts = recorded.astype(np.uint16) * 50 + 20000
+    bgra = cv2.cvtColor(vi, cv2.COLOR_BGR2BGRA)
+    assert prior_alignment(counts, bgra, truth) == pytest.approx((score, chance), abs=0.02)
+    other_ir = cv2.resize(data.load_pair(ROADSCENE, stems[1])[0], SIZE)
+    score, chance = prior_alignment(camera_ir(other_ir, truth, SIZE), vi, truth)
+    assert score - chance < MIN_ALIGNMENT_GAIN
