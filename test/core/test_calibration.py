@@ -322,6 +322,21 @@ def test_prior_yaml_round_trip_is_a_node_parameters_file(tmp_path):
     assert (loaded.ir_size, loaded.visible_size) == ((320, 256), SIZE)
 
 
+def test_a_hand_edited_prior_with_exponents_without_a_dot_is_read_as_the_node_reads_it(
+        tmp_path):
+    # rcl reads 3e-5 as a double; PyYAML (YAML 1.1) read the string '3e-5', and tarfuse-fuse
+    # --prior, tarfuse-eval --prior and --initial-prior refused the file: "must hold 9 numbers".
+    path = tmp_path / 'edited.yaml'
+    path.write_text('/**:\n  ros__parameters:\n    registration:\n'
+                    '      prior: [1.04, 0.02, 5, -0.015, 1.03, -3.0, 3e-5, -1E-5, 1]\n'
+                    '      prior_ir_size: [160, 128]\n      prior_visible_size: [160, 128]\n')
+    loaded = load_prior_yaml(path)
+    assert loaded.homography[2, :2].tolist() == [3e-5, -1e-5]
+    path.write_text(path.read_text().replace('3e-5', "'3e-5'"))  # a string stays refused
+    with pytest.raises(ValueError, match='must hold 9 numbers'):
+        load_prior_yaml(path)
+
+
 def test_registered_ir_follows_the_published_flow_where_the_pre_warp_lost_content():
     from tarfuse_ros.core.images import PreparedPair
     from tarfuse_ros.core.prior import apply_prior, registered_ir_for

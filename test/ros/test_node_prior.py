@@ -100,7 +100,7 @@ def test_a_prior_file_written_as_rows_reaches_the_node_as_the_tools_read_it(tmp_
     # node stopped with rcl's "Couldn't parse params file ... Sequences cannot be key".
     rows = tmp_path / 'rows_prior.yaml'
     rows.write_text('/**:\n  ros__parameters:\n    registration:\n'
-                    '      prior: [[1.04, 0.02, 5], [-0.015, 1.03, -3.0], [3.0e-5, -1.0e-5, 1]]\n'
+                    '      prior: [[1.04, 0.02, 5], [-0.015, 1.03, -3.0], [3e-5, -1e-5, 1]]\n'
                     f'      prior_ir_size: [{WIDTH}, {HEIGHT}]\n'
                     f'      prior_visible_size: [{WIDTH}, {HEIGHT}]\n')
     expected = make_prior(HOMOGRAPHY, (WIDTH, HEIGHT), (WIDTH, HEIGHT))
