@@ -145,15 +145,17 @@ def bag_pairs(bag_dir, count, ir_topic=DEFAULT_IR_TOPIC, vi_topic=DEFAULT_VI_TOP
             lags = {ir_bag: [], vi_bag: []}  # header stamp - time recorded (ns)
             wanted = [c for c in reader.connections if c.topic in stamps]
             for connection, recorded, raw in reader.messages(connections=wanted):
-                stamps[connection.topic].append(header_stamp_ns(raw))
-                lags[connection.topic].append(stamps[connection.topic][-1] - recorded)
+                stamp = header_stamp_ns(raw)
+                stamps[connection.topic].append(stamp)
+                if stamp:  # a zero stamp (the node refuses it) says nothing of the clock
+                    lags[connection.topic].append(stamp - recorded)
     except Exception as exc:  # noqa: BLE001 - rosbags raises several error types
         raise UsageError(bag_read_problem(bag_dir, exc)) from exc
     vi_stamps = sorted(set(stamps[vi_bag]))
     ir_stamps = np.array(sorted(set(stamps[ir_bag])), dtype=np.int64)
     if not vi_stamps or not len(ir_stamps):
         raise UsageError(f'the bag has no message on {vi_bag!r} or {ir_bag!r}')
-    problem = clocks_apart_problem(lags, ir_bag, vi_bag)
+    problem = clocks_apart_problem(lags, ir_bag, vi_bag) if all(lags.values()) else None
     if problem is not None:  # the nearest stamps would be images of other instants
         raise UsageError(problem)
     offset_ns = round(ir_offset_s * 1e9)  # as the node rounds sync.infrared_time_offset
