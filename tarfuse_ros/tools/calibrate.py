@@ -459,6 +459,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     from tarfuse_ros.core.calibration import calibrate, prior_alignment
     from tarfuse_ros.core.prior import load_prior_yaml, make_prior, write_prior_yaml
+    from tarfuse_ros.core.sizes import PORTRAIT_ADVICE, portrait_beside_landscape
     try:
         _check_args(args)
         initial = None
@@ -493,6 +494,14 @@ def main(argv=None):
                   f'{len(pairs)} ({name})', file=sys.stderr, flush=True)
 
         ir_wh, vi_wh = _rig_sizes(pairs)
+        if initial is None and portrait_beside_landscape(ir_wh, vi_wh):
+            # The network finds small misalignments: a quarter turn is beyond any flow it
+            # predicts, and the pairs' fits only disagreed (exit 1, "featureless IR?").
+            raise UsageError(f'the IR images are {ir_wh[0]}x{ir_wh[1]} and the visible '
+                             f'{vi_wh[0]}x{vi_wh[1]}, one portrait, the other landscape: '
+                             f'{PORTRAIT_ADVICE}, and no flow of the model turns it; rotate '
+                             f'the images of that camera first (its driver, an image_rotate '
+                             f'node), or give an --initial-prior that turns it')
         _constant_images(pairs)
         if initial is not None:  # the recording's fault, found before the model runs
             try:

@@ -417,6 +417,22 @@ def test_a_constant_ir_exits_2_naming_the_pairs_before_the_model_runs(rig_folder
     assert 'iteration' not in err and not out.exists()
 
 
+def test_a_camera_mounted_on_its_side_exits_2_before_the_model_runs(rig_folder, tmp_path,
+                                                                    capsys):
+    # A portrait IR beside a landscape visible camera (stretched to it, not turned): the model
+    # ran and a prior was written, one pair named as disagreeing with it (exit 0).
+    turned = _rig_copy(rig_folder, tmp_path / 'turned',
+                       lambda ir: cv2.rotate(ir, cv2.ROTATE_90_CLOCKWISE))
+    out = tmp_path / 'p.yaml'
+    code = calibrate.main(['--pairs', str(turned), '--out', str(out), '--iterations', '1',
+                           '--threads', '1'])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert (f'the IR images are {SIZE[1]}x{SIZE[0]} and the visible {SIZE[0]}x{SIZE[1]}, one '
+            f'portrait, the other landscape: is a camera mounted on its side?') in err, err
+    assert 'iteration' not in err and not out.exists()
+
+
 def test_a_featureless_ir_writes_no_prior_and_exits_1(tmp_path, capsys):
     # A lens cap with sensor noise over the six pairs: each pair's flow is smooth but they
     # disagree, and it wrote their fit (on CVC-14 pairs a 1.6 y scale and a 90 px offset) with
