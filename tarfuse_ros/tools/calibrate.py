@@ -153,8 +153,10 @@ def bag_pairs(bag_dir, count, ir_topic=DEFAULT_IR_TOPIC, vi_topic=DEFAULT_VI_TOP
         raise UsageError(bag_read_problem(bag_dir, exc)) from exc
     vi_stamps = sorted(set(stamps[vi_bag]))
     ir_stamps = np.array(sorted(set(stamps[ir_bag])), dtype=np.int64)
-    if not vi_stamps or not len(ir_stamps):
-        raise UsageError(f'the bag has no message on {vi_bag!r} or {ir_bag!r}')
+    empty = [topic for topic in (ir_bag, vi_bag) if not stamps[topic]]
+    if empty:  # named: a camera that never sent, a topic recorded under another name
+        raise UsageError(f'the bag has no message on {" nor on ".join(map(repr, empty))} (its '
+                         f'topic is recorded, but empty); record both cameras')
     problem = clocks_apart_problem(lags, ir_bag, vi_bag) if all(lags.values()) else None
     if problem is not None:  # the nearest stamps would be images of other instants
         raise UsageError(problem)

@@ -523,6 +523,26 @@ def test_one_topic_given_for_both_cameras_is_refused_before_the_model_runs(tmp_p
         assert 'iteration' not in err and not out.exists()
 
 
+def test_a_bag_whose_ir_topic_is_empty_names_that_topic(tmp_path, capsys):
+    # It said "no message on '/visible/image_raw' or '/infrared/image_raw'": which?
+    from tarfuse_ros.tools.bagio import image_cdr, jazzy_typestore, offered_qos, open_writer
+    typestore = jazzy_typestore()
+    writer = open_writer(tmp_path / 'bag', typestore)
+    for topic in ('/infrared/image_raw', '/visible/image_raw'):
+        connection = writer.add_connection(topic, 'sensor_msgs/msg/Image', typestore=typestore,
+                                           offered_qos_profiles=offered_qos())
+    _, vi = data.load_pair(ROADSCENE, data.read_split(ROADSCENE)[0])
+    writer.write(connection, 1_700_000_000_000_000_000,
+                 image_cdr(vi, 'bgr8', 'visible', 1_700_000_000_000_000_000))
+    writer.close()
+    out = tmp_path / 'p.yaml'
+    assert calibrate.main(['--bag', str(tmp_path / 'bag'), '--out', str(out), '--threads',
+                           '1']) == 2
+    err = capsys.readouterr().err
+    assert "the bag has no message on '/infrared/image_raw' (its topic is recorded" in err, err
+    assert not out.exists()
+
+
 def test_bag_images_without_an_ir_partner_within_slop_are_named_not_dropped_silently(
         tmp_path, capsys):
     """Visible images whose nearest IR image is beyond --slop are left out with a warning."""
