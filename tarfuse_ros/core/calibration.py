@@ -37,6 +37,7 @@ DEFAULT_MAX_POINTS = 4000  # per pair, drawn by texture weight
 # Least mean gain of the edge alignment at the prior over its chance level (the prior shifted
 # by an eighth of the frame): real pairs gain 0.1-0.5, pairs of unrelated scenes about 0.
 MIN_ALIGNMENT_GAIN = 0.05
+_ALIGNMENT_MAX_SIDE = 640  # px: the alignment is scored on frames shrunk to this
 
 
 def texture_weight(registered, reference, sigma_px=2.0):
@@ -326,7 +327,8 @@ def prior_alignment(ir, vi, homography):
     the chance level is the median of the same score with the warp shifted by an eighth of the
     frame in the 8 directions. A prior fitted to the network's flows on pairs that share no
     scene (another camera's topic, the IR of another place) scores about its chance level: any
-    smooth flow is fitted well by a homography, so the fit's residual cannot tell.
+    smooth flow is fitted well by a homography, so the fit's residual cannot tell. Frames longer
+    than 640 px are shrunk (area average) for it, the homography scaled with them.
 
     Args:
         ir, vi: images as the engine takes them (``HxW``, ``HxWx1``, BGR or BGRA; 8-bit,
@@ -339,6 +341,17 @@ def prior_alignment(ir, vi, homography):
     """
     from tarfuse_ros.core.metrics import edge_alignment
     ir, vi = _unit_grey(ir), _unit_grey(vi)
+    homography = np.asarray(homography, np.float64)
+    # Scored on frames at most _ALIGNMENT_MAX_SIDE long (1920x1080: 3.1 s a pair at full size).
+    sizes = []
+    for image in (ir, vi):
+        scale = min(1.0, _ALIGNMENT_MAX_SIDE / max(image.shape))
+        sizes.append((max(1, round(image.shape[1] * scale)),
+                      max(1, round(image.shape[0] * scale))))
+    homography = (resize_matrix(vi.shape[::-1], sizes[1]) @ homography
+                  @ np.linalg.inv(resize_matrix(ir.shape[::-1], sizes[0])))
+    ir, vi = (cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+              for image, size in zip((ir, vi), sizes))
     height, width = vi.shape
     extent = np.ones(ir.shape, np.float32)
 
@@ -348,7 +361,6 @@ def prior_alignment(ir, vi, homography):
                                     flags=cv2.INTER_NEAREST) > 0.5
         return edge_alignment(warped, vi, valid)
 
-    homography = np.asarray(homography, np.float64)
     step_x, step_y = width / 8.0, height / 8.0
     shifted = [score(np.array([[1.0, 0.0, dx * step_x], [0.0, 1.0, dy * step_y],
                                [0.0, 0.0, 1.0]]) @ homography)
