@@ -240,7 +240,8 @@ def _found_time_offset(args):
         ValueError: the recording gives no offset to trust (the reason).
 
     """
-    from tarfuse_ros.core.time_offset import estimate_problem, estimate_time_offset
+    from tarfuse_ros.core.time_offset import (estimate_problem, estimate_time_offset,
+                                              estimate_warnings)
     from tarfuse_ros.tools import time_offset as tool
 
     def warn(text):
@@ -257,6 +258,8 @@ def _found_time_offset(args):
         raise ValueError(f'--infrared-time-offset auto found no offset to trust: {problem}; '
                          f'give the offset in seconds instead (0 if the cameras are stamped '
                          f'alike)')
+    for note in estimate_warnings(estimate):  # as tarfuse-time-offset warns (drifting stamps)
+        warn(note)
     value = round(estimate.offset_s, 3)
     print(f'IR time offset found from the recording: {value:+g} s (motion correlation '
           f'{estimate.correlation:.2f}); pairing with it', flush=True)

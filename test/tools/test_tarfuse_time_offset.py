@@ -329,6 +329,33 @@ def test_stamps_seconds_apart_are_named_as_clocks_apart_by_both_tools(tmp_path, 
     assert not prior.exists()
 
 
+def test_calibrate_auto_warns_of_drifting_stamps_as_tarfuse_time_offset_does(tmp_path, capsys):
+    # IR stamps drifting 30 ms a second: tarfuse-time-offset warns that the parts of the
+    # recording disagree; calibrate --infrared-time-offset auto paired with the same estimate
+    # without a word.
+    from tarfuse_ros.tools.bagio import image_cdr
+    from tarfuse_ros.tools.calibrate import main as calibrate
+    start_ns = int(1_700_000_000 * 1e9)
+
+    def encode(frame, stamp_ns, camera):
+        if camera == 'ir':
+            return [image_cdr(frame, 'mono8', camera,
+                              stamp_ns + round(0.03 * (stamp_ns - start_ns)))]
+        return [image_cdr(frame, 'bgr8', camera, stamp_ns)]
+
+    kind = 'sensor_msgs/msg/Image'
+    bag = _write(tmp_path / 'drift', simulation.Case('pan', duration=12.0),
+                 {'ir': (IR_TOPIC, kind, encode), 'vi': (VI_TOPIC, kind, encode)})
+    topics = ['--bag', str(bag), '--infrared-topic', IR_TOPIC, '--visible-topic', VI_TOPIC]
+    assert main(topics) == 0
+    said = 'warning: the parts of the recording disagree by'
+    assert said in capsys.readouterr().err
+    calibrate(topics + ['--infrared-time-offset', 'auto', '--pairs-count', '1',
+                        '--iterations', '1', '--max-side', '64', '--threads', '1', '--out',
+                        str(tmp_path / 'prior.yaml')])
+    assert f'tarfuse-calibrate: {said}' in capsys.readouterr().err
+
+
 def test_ctrl_c_prints_one_line_and_writes_nothing(tmp_path, capsys):
     import os
     import signal
