@@ -197,9 +197,10 @@ def fit_prior(samples, ir_wh, visible_wh, threshold_px=DEFAULT_THRESHOLD_PX,
     """Fit one prior to the flows of several pairs of one rig.
 
     Args:
-        samples: sequence of ``(name, flow_px, weight)``: ``flow_px`` ``(H, W, 2)`` as the
+        samples: iterable of ``(name, flow_px, weight)``: ``flow_px`` ``(H, W, 2)`` as the
             engine returns it (visible frame of ``visible_wh``), ``weight`` ``(H, W)``
-            confidence or None (uniform).
+            confidence or None (uniform). Only the points drawn from each are kept: a
+            generator can yield the flows one at a time.
         ir_wh, visible_wh: ``(width, height)`` of the rig's IR and visible images.
         threshold_px: inlier threshold, visible pixels.
         stride_px: grid step of the sampled points.
@@ -214,8 +215,6 @@ def fit_prior(samples, ir_wh, visible_wh, threshold_px=DEFAULT_THRESHOLD_PX,
             points (flat images), or no fit.
 
     """
-    if not samples:
-        raise ValueError('no pair to calibrate from')
     rng = np.random.default_rng(seed)
     per_pair = []
     for name, flow, weight in samples:
@@ -225,10 +224,12 @@ def fit_prior(samples, ir_wh, visible_wh, threshold_px=DEFAULT_THRESHOLD_PX,
         ir_pts, vi_pts, weights = flow_correspondences(flow, ir_wh, weight, stride_px)
         chosen = _draw(max_points, weights, rng) if len(weights) else np.arange(0)
         per_pair.append((name, ir_pts[chosen], vi_pts[chosen]))
+    if not per_pair:
+        raise ValueError('no pair to calibrate from')
     ir_all = np.concatenate([p[1] for p in per_pair])
     vi_all = np.concatenate([p[2] for p in per_pair])
     if len(ir_all) < 4:  # fit_homography's "need 4 points" would not say why
-        raise ValueError(f'{len(ir_all)} usable flow points in {len(samples)} pair(s) (a point '
+        raise ValueError(f'{len(ir_all)} usable flow points in {len(per_pair)} pair(s) (a point '
                          f'needs edges in both images and a flow into the IR image): are the '
                          f'images flat (a lens cap, fog, a blank wall)? calibrate on pairs of a '
                          f'scene with structure')
@@ -257,6 +258,21 @@ def _visible_grey(vi):
     if vi.dtype not in (np.uint8, np.uint16):
         vi = vi.astype(np.float32)
     return vi if vi.ndim == 2 else cv2.cvtColor(vi, cv2.COLOR_BGR2GRAY)
+
+
+def _flow_samples(engine, pairs, iteration, progress):
+    """Yield ``(name, flow_px, texture weight)`` of each pair as :func:`fit_prior` takes it."""
+    for index, (name, ir, vi) in enumerate(pairs):
+        if progress is not None:
+            progress(iteration, index, name)
+        out = engine.infer(ir, vi)
+        vi_y = _visible_grey(vi)
+        if vi_y.dtype != np.uint8:
+            vi_y = cv2.normalize(vi_y.astype(np.float32), None, 0.0, 1.0, cv2.NORM_MINMAX)
+            registered = out.registered_ir.astype(np.float32) / 255.0
+        else:
+            registered = out.registered_ir
+        yield name, out.flow_px, texture_weight(registered, vi_y)
 
 
 def calibrate(pairs, make_engine, iterations=2, threshold_px=DEFAULT_THRESHOLD_PX,
@@ -295,19 +311,9 @@ def calibrate(pairs, make_engine, iterations=2, threshold_px=DEFAULT_THRESHOLD_P
     ir_wh, vi_wh = ir_sizes.pop(), vi_sizes.pop()
     prior, result = initial_prior, None
     for iteration in range(int(iterations)):
-        engine = make_engine(prior)
-        samples = []
-        for index, (name, ir, vi) in enumerate(pairs):
-            if progress is not None:
-                progress(iteration, index, name)
-            out = engine.infer(ir, vi)
-            vi_y = _visible_grey(vi)
-            if vi_y.dtype != np.uint8:
-                vi_y = cv2.normalize(vi_y.astype(np.float32), None, 0.0, 1.0, cv2.NORM_MINMAX)
-                registered = out.registered_ir.astype(np.float32) / 255.0
-            else:
-                registered = out.registered_ir
-            samples.append((name, out.flow_px, texture_weight(registered, vi_y)))
+        # One pair's flow at a time: the fit keeps the points drawn from it (1000 pairs of
+        # 1920x1080 held 25 GB of flows and weights).
+        samples = _flow_samples(make_engine(prior), pairs, iteration, progress)
         result = fit_prior(samples, ir_wh, vi_wh, threshold_px, stride_px, max_points, seed)
         prior = result.prior
     return result

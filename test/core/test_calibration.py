@@ -274,6 +274,33 @@ def test_calibrate_takes_every_visible_image_the_engine_takes(small_pair):
         assert corner_error_px(fitted(vi.astype(dtype) / 255.0), colour, (256, 192)) < 1.0
 
 
+def test_calibrate_holds_one_flow_at_a_time_not_the_flows_of_every_pair(small_pair):
+    # Every pair's flow and texture weight (12 bytes a visible pixel) were held until the fit:
+    # 1000 pairs of 1920x1080 asked 25 GB.
+    import gc
+    import weakref
+    ir, vi, _ = small_pair
+    flows, most_alive = [], []
+
+    class Recording:
+        """The real engine; each flow it returns is watched (is it still held?)."""
+
+        def __init__(self, prior):
+            self.engine = FusionEngine(cuda_graph='off', registration_prior=prior)
+
+        def infer(self, *images):
+            gc.collect()
+            most_alive.append(sum(flow() is not None for flow in flows))
+            out = self.engine.infer(*images)
+            flows.append(weakref.ref(out.flow_px))
+            return out
+
+    pairs = [(f'pair{index}', ir, vi) for index in range(4)]
+    result = calibrate(pairs, Recording, iterations=1)
+    assert len(result.residuals) == 4 and len(most_alive) == 4
+    assert max(most_alive) <= 1, most_alive
+
+
 def test_fit_on_flat_images_says_they_are_flat():
     # It said "need at least 4 corresponding points, got 0 and 0" (tarfuse-calibrate on pairs
     # of a flat grey image).
