@@ -37,8 +37,8 @@ several rigs) or it lines the pairs up hardly better than by chance (cameras tha
 one scene: any smooth flow is fitted well), 2 for usage errors (bad options, missing paths or
 topics, fewer than 1 pair, an unreadable image, a constant image (a lens cap: nothing to
 register), pairs of several image sizes, cameras whose stamps are more than 1 s apart (clocks
-apart), an ``--out`` that is a folder or cannot be written, weights or device that cannot be
-loaded).
+apart), an ``--out`` that is a folder, cannot be written or holds other node parameters (a full
+parameters file: they would be lost), weights or device that cannot be loaded).
 """
 
 import argparse
@@ -50,7 +50,8 @@ import sys
 import cv2
 import numpy as np
 from tarfuse_ros.core.calibration import MIN_ALIGNMENT_GAIN
-from tarfuse_ros.core.files import output_problem
+from tarfuse_ros.core.files import other_node_parameters, output_problem
+from tarfuse_ros.core.prior import PARAMETER_NAMES
 
 __all__ = ['bag_pairs', 'build_parser', 'downscale_pairs', 'folder_pairs', 'main',
            'spread_indices']
@@ -406,6 +407,18 @@ def _check_args(args):
     if problem:  # checked now: it would fail only when writing, after the whole calibration
         raise UsageError(f'--out {str(args.out)!r} cannot be written ({problem}); give a path '
                          f'in a folder you can write to')
+    others = other_node_parameters(args.out, PARAMETER_NAMES + ('sync.infrared_time_offset',))
+    if others:  # config/tarfuse.yaml given as --out: its other parameters would be lost
+        raise UsageError(f'--out {str(args.out)!r} holds other node parameters '
+                         f'({_listed(others)}) that writing the prior would replace; give '
+                         f'another file and pass both to the node (params_file:= and '
+                         f'prior_file:=), or paste the prior into it')
+
+
+def _listed(names, shown=4):
+    """Return up to ``shown`` names joined, and how many more."""
+    more = f' and {len(names) - shown} more' if len(names) > shown else ''
+    return ', '.join(names[:shown]) + more
 
 
 def _rig_sizes(pairs):

@@ -19,7 +19,9 @@ infrared_time_offset``); with ``--plot``, the correlation curve as an image.
 Exit status: 0 with an estimate, 1 when the recording gives none to trust (too little shared
 motion, a curve flat around its peak, two peaks, a peak at the edge of ``--max-offset``: the
 reason is printed, no ``--out`` file written; the ``--plot`` curve is, to see why), 2 for
-usage errors (bad options, a missing bag or topic, too few usable frames), 130 on Ctrl-C.
+usage errors (bad options, a missing bag or topic, too few usable frames, cameras whose stamps
+are more than 1 s apart: clocks apart, an ``--out`` file holding other node parameters, such as
+``tarfuse-calibrate``'s prior, that it would replace), 130 on Ctrl-C.
 """
 
 import argparse
@@ -28,7 +30,7 @@ import heapq
 from pathlib import Path
 import sys
 
-from tarfuse_ros.core.files import output_problem
+from tarfuse_ros.core.files import other_node_parameters, output_problem
 # OpenCV and NumPy load here, as the other tools load their libraries before main runs (a
 # Ctrl-C meanwhile: tarfuse_ros.console).
 from tarfuse_ros.core.time_offset import ChangeLog, estimate_problem, estimate_time_offset
@@ -234,6 +236,14 @@ def _check_args(args):
         problem = output_problem(path)
         if problem:  # checked now, not after reading the whole recording
             raise UsageError(f'{option} {str(path)!r} cannot be written ({problem})')
+    others = [] if args.out is None else other_node_parameters(args.out,
+                                                               ['sync.infrared_time_offset'])
+    if others:  # the prior file of tarfuse-calibrate, to add the offset to: lost
+        shown = ', '.join(others[:4]) + (f' and {len(others) - 4} more' if len(others) > 4
+                                         else '')
+        raise UsageError(f'--out {str(args.out)!r} holds other node parameters ({shown}) that '
+                         f'writing the offset would replace; give another file, and pass the '
+                         f'offset with infrared_time_offset:= (or paste it into that file)')
     if (args.out is not None and args.plot is not None
             and args.out.resolve() == args.plot.resolve()):
         raise UsageError(f'--out and --plot name one file ({str(args.out)!r}); give each its '

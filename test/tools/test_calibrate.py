@@ -234,6 +234,25 @@ def test_an_out_that_cannot_be_written_exits_2_before_the_model_runs(tmp_path, c
                    '(folder /proc is not writable); give a path in a folder you can write to\n')
 
 
+def test_an_out_holding_other_node_parameters_is_not_replaced(rig_folder, tmp_path, capsys):
+    # --out config/tarfuse.yaml (to "add the prior to the parameters"): the 43 parameters of
+    # the node were replaced by the prior alone, after the whole calibration.
+    params = tmp_path / 'tarfuse.yaml'
+    params.write_text((ROOT / 'config' / 'tarfuse.yaml').read_text())
+    before = params.read_text()
+    code = calibrate.main(['--pairs', str(rig_folder), '--out', str(params), '--iterations',
+                           '1', '--threads', '1'])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert f"--out '{params}' holds other node parameters (allow_cpu_fallback," in err, err
+    assert 'iteration' not in err and params.read_text() == before
+    # A prior file of its own (with an offset) is written over, as before.
+    prior = tmp_path / 'prior.yaml'
+    write_prior_yaml(prior, make_prior(rig_homography(), SIZE, SIZE), [], 0.01)
+    assert calibrate.main(['--pairs', str(rig_folder), '--out', str(prior), '--pairs-count',
+                           '1', '--iterations', '1', '--threads', '1', '--max-side', '160']) == 0
+
+
 def test_an_initial_prior_file_without_a_prior_is_refused(tmp_path, capsys):
     # It was silently ignored: the calibration started from no prior.
     bag = tmp_path / 'small_bag'

@@ -166,6 +166,20 @@ def test_bad_options_exit_2_naming_the_option(argv, words, tmp_path, capsys, mon
     assert words in capsys.readouterr().err
 
 
+def test_an_out_holding_the_prior_is_not_replaced_by_the_offset(tmp_path, capsys):
+    # --out rig_prior.yaml (to add the offset to the prior file, as calibrate's auto does):
+    # the registration prior in it was replaced by the offset alone.
+    from tarfuse_ros.core.prior import make_prior, write_prior_yaml
+    prior = tmp_path / 'rig_prior.yaml'
+    write_prior_yaml(prior, make_prior(np.eye(3), (160, 128), (160, 128)))
+    before = prior.read_text()
+    assert main(['--bag', str(tmp_path), '--out', str(prior)]) == 2
+    err = capsys.readouterr().err
+    assert (f"--out '{prior}' holds other node parameters (registration.prior, "
+            f'registration.prior_ir_size, registration.prior_visible_size)') in err, err
+    assert prior.read_text() == before
+
+
 def test_a_missing_topic_or_bag_exits_2_naming_it(tmp_path, capsys):
     assert main(['--bag', str(tmp_path / 'nothing')]) == 2
     assert 'nothing: no such bag folder' in capsys.readouterr().err
