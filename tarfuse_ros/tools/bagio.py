@@ -344,7 +344,9 @@ def clocks_apart_problem(lags_ns, ir_topic, vi_topic, limit_s=MAX_IR_TIME_OFFSET
             f'stamp minus receive time: IR {ir_lag:+.3f} s, visible {vi_lag:+.3f} s): the '
             f"drivers' clocks are that far apart (two computers whose clocks are not "
             f"synchronised, a driver stamping with the camera's own clock), and images "
-            f'stamped alike were taken seconds apart; synchronise the clocks (chrony, PTP) or '
+            f"stamped alike were taken seconds apart (or one camera's images reached the "
+            f"recorder seconds late: the node's sync.queue_size would not hold the other "
+            f"camera's images that long either); synchronise the clocks (chrony, PTP) or "
             f'stamp with the system time, and record again (sync.infrared_time_offset '
             f'corrects at most {limit_s:g} s)')
 
