@@ -27,12 +27,17 @@ import cv2
 import numpy as np
 from tarfuse_ros.core.prior import make_prior, resize_matrix
 
-__all__ = ['CalibrationResult', 'PairResidual', 'calibrate', 'fit_homography', 'fit_prior',
-           'flow_correspondences', 'texture_weight']
+__all__ = ['CalibrationResult', 'MIN_ALIGNMENT_GAIN', 'PairResidual', 'calibrate',
+           'fit_homography', 'fit_prior', 'flow_correspondences', 'prior_alignment',
+           'texture_weight']
 
 DEFAULT_STRIDE_PX = 4
 DEFAULT_THRESHOLD_PX = 3.0
 DEFAULT_MAX_POINTS = 4000  # per pair, drawn by texture weight
+# Least mean gain of the edge alignment at the prior over its chance level (the prior shifted
+# by an eighth of the frame): real pairs gain 0.1-0.5, pairs of unrelated scenes about 0.
+MIN_ALIGNMENT_GAIN = 0.05
+_ALIGNMENT_MAX_SIDE = 640  # px: the alignment is scored on frames shrunk to this
 
 
 def texture_weight(registered, reference, sigma_px=2.0):
@@ -192,9 +197,10 @@ def fit_prior(samples, ir_wh, visible_wh, threshold_px=DEFAULT_THRESHOLD_PX,
     """Fit one prior to the flows of several pairs of one rig.
 
     Args:
-        samples: sequence of ``(name, flow_px, weight)``: ``flow_px`` ``(H, W, 2)`` as the
+        samples: iterable of ``(name, flow_px, weight)``: ``flow_px`` ``(H, W, 2)`` as the
             engine returns it (visible frame of ``visible_wh``), ``weight`` ``(H, W)``
-            confidence or None (uniform).
+            confidence or None (uniform). Only the points drawn from each are kept: a
+            generator can yield the flows one at a time.
         ir_wh, visible_wh: ``(width, height)`` of the rig's IR and visible images.
         threshold_px: inlier threshold, visible pixels.
         stride_px: grid step of the sampled points.
@@ -209,8 +215,6 @@ def fit_prior(samples, ir_wh, visible_wh, threshold_px=DEFAULT_THRESHOLD_PX,
             points (flat images), or no fit.
 
     """
-    if not samples:
-        raise ValueError('no pair to calibrate from')
     rng = np.random.default_rng(seed)
     per_pair = []
     for name, flow, weight in samples:
@@ -220,10 +224,12 @@ def fit_prior(samples, ir_wh, visible_wh, threshold_px=DEFAULT_THRESHOLD_PX,
         ir_pts, vi_pts, weights = flow_correspondences(flow, ir_wh, weight, stride_px)
         chosen = _draw(max_points, weights, rng) if len(weights) else np.arange(0)
         per_pair.append((name, ir_pts[chosen], vi_pts[chosen]))
+    if not per_pair:
+        raise ValueError('no pair to calibrate from')
     ir_all = np.concatenate([p[1] for p in per_pair])
     vi_all = np.concatenate([p[2] for p in per_pair])
     if len(ir_all) < 4:  # fit_homography's "need 4 points" would not say why
-        raise ValueError(f'{len(ir_all)} usable flow points in {len(samples)} pair(s) (a point '
+        raise ValueError(f'{len(ir_all)} usable flow points in {len(per_pair)} pair(s) (a point '
                          f'needs edges in both images and a flow into the IR image): are the '
                          f'images flat (a lens cap, fog, a blank wall)? calibrate on pairs of a '
                          f'scene with structure')
@@ -252,6 +258,21 @@ def _visible_grey(vi):
     if vi.dtype not in (np.uint8, np.uint16):
         vi = vi.astype(np.float32)
     return vi if vi.ndim == 2 else cv2.cvtColor(vi, cv2.COLOR_BGR2GRAY)
+
+
+def _flow_samples(engine, pairs, iteration, progress):
+    """Yield ``(name, flow_px, texture weight)`` of each pair as :func:`fit_prior` takes it."""
+    for index, (name, ir, vi) in enumerate(pairs):
+        if progress is not None:
+            progress(iteration, index, name)
+        out = engine.infer(ir, vi)
+        vi_y = _visible_grey(vi)
+        if vi_y.dtype != np.uint8:
+            vi_y = cv2.normalize(vi_y.astype(np.float32), None, 0.0, 1.0, cv2.NORM_MINMAX)
+            registered = out.registered_ir.astype(np.float32) / 255.0
+        else:
+            registered = out.registered_ir
+        yield name, out.flow_px, texture_weight(registered, vi_y)
 
 
 def calibrate(pairs, make_engine, iterations=2, threshold_px=DEFAULT_THRESHOLD_PX,
@@ -290,19 +311,64 @@ def calibrate(pairs, make_engine, iterations=2, threshold_px=DEFAULT_THRESHOLD_P
     ir_wh, vi_wh = ir_sizes.pop(), vi_sizes.pop()
     prior, result = initial_prior, None
     for iteration in range(int(iterations)):
-        engine = make_engine(prior)
-        samples = []
-        for index, (name, ir, vi) in enumerate(pairs):
-            if progress is not None:
-                progress(iteration, index, name)
-            out = engine.infer(ir, vi)
-            vi_y = _visible_grey(vi)
-            if vi_y.dtype != np.uint8:
-                vi_y = cv2.normalize(vi_y.astype(np.float32), None, 0.0, 1.0, cv2.NORM_MINMAX)
-                registered = out.registered_ir.astype(np.float32) / 255.0
-            else:
-                registered = out.registered_ir
-            samples.append((name, out.flow_px, texture_weight(registered, vi_y)))
+        # One pair's flow at a time: the fit keeps the points drawn from it (1000 pairs of
+        # 1920x1080 held 25 GB of flows and weights).
+        samples = _flow_samples(make_engine(prior), pairs, iteration, progress)
         result = fit_prior(samples, ir_wh, vi_wh, threshold_px, stride_px, max_points, seed)
         prior = result.prior
     return result
+
+
+def _unit_grey(image):
+    """Return an image the engine takes as ``HxW`` float32 in [0, 1] (min-max scaled)."""
+    grey = _visible_grey(np.asarray(image)).astype(np.float32)
+    return cv2.normalize(grey, None, 0.0, 1.0, cv2.NORM_MINMAX)
+
+
+def prior_alignment(ir, vi, homography):
+    """Return how well a homography lines a pair up, and how well it would by chance.
+
+    The IR warped by ``homography`` onto the visible frame is scored against the visible
+    image by :func:`~tarfuse_ros.core.metrics.edge_alignment` (over the warped IR's extent);
+    the chance level is the median of the same score with the warp shifted by an eighth of the
+    frame in the 8 directions. A prior fitted to the network's flows on pairs that share no
+    scene (another camera's topic, the IR of another place) scores about its chance level: any
+    smooth flow is fitted well by a homography, so the fit's residual cannot tell. Frames longer
+    than 640 px are shrunk (area average) for it, the homography scaled with them.
+
+    Args:
+        ir, vi: images as the engine takes them (``HxW``, ``HxWx1``, BGR or BGRA; 8-bit,
+            16-bit or float).
+        homography: ``(3, 3)`` IR pixels -> visible pixels at these images' sizes.
+
+    Returns:
+        ``(score, chance)``: floats in [-1, 1].
+
+    """
+    from tarfuse_ros.core.metrics import edge_alignment
+    ir, vi = _unit_grey(ir), _unit_grey(vi)
+    homography = np.asarray(homography, np.float64)
+    # Scored on frames at most _ALIGNMENT_MAX_SIDE long (1920x1080: 3.1 s a pair at full size).
+    sizes = []
+    for image in (ir, vi):
+        scale = min(1.0, _ALIGNMENT_MAX_SIDE / max(image.shape))
+        sizes.append((max(1, round(image.shape[1] * scale)),
+                      max(1, round(image.shape[0] * scale))))
+    homography = (resize_matrix(vi.shape[::-1], sizes[1]) @ homography
+                  @ np.linalg.inv(resize_matrix(ir.shape[::-1], sizes[0])))
+    ir, vi = (cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+              for image, size in zip((ir, vi), sizes))
+    height, width = vi.shape
+    extent = np.ones(ir.shape, np.float32)
+
+    def score(matrix):
+        warped = cv2.warpPerspective(ir, matrix, (width, height), flags=cv2.INTER_LINEAR)
+        valid = cv2.warpPerspective(extent, matrix, (width, height),
+                                    flags=cv2.INTER_NEAREST) > 0.5
+        return edge_alignment(warped, vi, valid)
+
+    step_x, step_y = width / 8.0, height / 8.0
+    shifted = [score(np.array([[1.0, 0.0, dx * step_x], [0.0, 1.0, dy * step_y],
+                               [0.0, 0.0, 1.0]]) @ homography)
+               for dx in (-1, 0, 1) for dy in (-1, 0, 1) if dx or dy]
+    return score(homography), float(np.median(shifted))

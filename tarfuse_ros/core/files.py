@@ -17,8 +17,8 @@ import zipfile
 
 __all__ = ['atomic_output', 'claim_folder', 'file_sha256', 'is_safetensors', 'is_torch_pickle',
            'is_truncated_jpeg', 'is_truncated_jpeg_data', 'lock_exclusive', 'looks_like_onnx',
-           'output_problem', 'plain_zip_members', 'plain_zip_problem', 'remove_stale_outputs',
-           'remove_unclaimed', 'write_text_atomic']
+           'other_node_parameters', 'output_problem', 'plain_zip_members', 'plain_zip_problem',
+           'remove_stale_outputs', 'remove_unclaimed', 'write_text_atomic']
 
 
 def file_sha256(path):
@@ -402,3 +402,51 @@ def write_text_atomic(path, text):
     """
     with atomic_output(path) as temporary:
         temporary.write_text(text, encoding='utf-8')
+
+
+def other_node_parameters(path, own):
+    """Return the node parameters an existing parameters file sets beyond ``own`` (dotted).
+
+    A tool that writes a small parameters file (``tarfuse-calibrate``'s prior,
+    ``tarfuse-time-offset``'s offset) replaces the whole file: given a full parameters file
+    (``config/tarfuse.yaml``, or the prior file to add an offset to), every other parameter in
+    it would be lost. Read with PyYAML's safe loader; the parameters of every
+    ``ros__parameters`` section, nested keys joined by dots.
+
+    Args:
+        path: the output file about to be written.
+        own: the dotted parameter names the tool writes.
+
+    Returns:
+        sorted list of the other names; empty when ``path`` does not exist, cannot be read or
+        parsed, or is no parameters file (nothing of the node's to lose).
+
+    """
+    import yaml
+
+    try:
+        document = yaml.safe_load(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return []
+    names = set()
+
+    def parameters(node, prefix):
+        for key, value in node.items():
+            name = f'{prefix}{key}'
+            if isinstance(value, dict):
+                parameters(value, name + '.')
+            else:
+                names.add(name)
+
+    def sections(node):
+        if not isinstance(node, dict):
+            return
+        for key, value in node.items():
+            if key == 'ros__parameters':
+                if isinstance(value, dict):
+                    parameters(value, '')
+            else:
+                sections(value)
+
+    sections(document)
+    return sorted(names - set(own))

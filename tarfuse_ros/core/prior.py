@@ -35,6 +35,7 @@ a ``ValueError`` that says to calibrate again for that size: scaling cannot expr
 from dataclasses import dataclass, replace
 import math
 from pathlib import Path
+import re
 
 import cv2
 import numpy as np
@@ -505,7 +506,7 @@ def load_prior_yaml(path):
 
     Accepts ``registration: {prior: ...}`` nested or ``registration.prior`` dotted keys under
     any node's ``ros__parameters``; integers in the homography (a hand-edited ``1`` for
-    ``1.0``) are read as floats, as the node reads them.
+    ``1.0``) and exponents without a dot (``3e-5``) are read as floats, as the node reads them.
 
     Returns:
         :class:`RegistrationPrior`, or None when the file sets no (or an empty) prior.
@@ -516,8 +517,15 @@ def load_prior_yaml(path):
     """
     import yaml
 
+    class Loader(yaml.SafeLoader):
+        """PyYAML's safe loader reading ``3e-5`` as a float, as rcl reads the file."""
+
+    # YAML 1.1 (PyYAML) wants a dot in a float's mantissa: 3e-5 was the string '3e-5', and a
+    # prior the node takes was refused here.
+    Loader.add_implicit_resolver('tag:yaml.org,2002:float', re.compile(
+        r'^[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+$'), list('-+0123456789.'))
     try:
-        document = yaml.safe_load(Path(path).read_text())
+        document = yaml.load(Path(path).read_text(), Loader=Loader)  # noqa: S506 - safe
     except (OSError, yaml.YAMLError) as error:
         raise ValueError(f'cannot read the prior file {str(path)!r}: {error}') from None
     if not isinstance(document, dict):

@@ -945,10 +945,11 @@ def _decimal_params_file(path):
 
     The file is composed (``yaml.compose``: node positions, no value conversion) and only the
     integer items of lists that mix integers and doubles, and the integer values of the node's
-    decimal parameters (``max_rate: 2``), are rewritten in place, so every other byte, and
-    rcl's reading of it, stays as it was. ``names``: those lists' parameter names (the keys
-    below ``ros__parameters``, dotted). ``text`` is None when nothing was rewritten (also for a
-    file that cannot be read or parsed: rcl then reports it).
+    decimal parameters (``max_rate: 2``), are rewritten in place, so every other byte, and rcl's
+    reading of it, stays as it was; a ``registration.prior`` written as a list of rows (``[[1, 0,
+    5], ...]``) is written as one flat list of doubles. ``names``: ``(name, what was done)`` of
+    those lists (names: the keys below ``ros__parameters``, dotted). ``text`` is None when nothing
+    was rewritten (also for a file that cannot be read or parsed: rcl then reports it).
     """
     import yaml
 
@@ -979,13 +980,29 @@ def _decimal_params_file(path):
             for key, value in node.value:
                 visit(value, keys + [key.value if isinstance(key, yaml.ScalarNode) else '?'])
         elif isinstance(node, yaml.SequenceNode):
+            rows = [row.value for row in node.value if isinstance(row, yaml.SequenceNode)]
+            if '.'.join(inside) == 'registration.prior' and rows and len(rows) == len(node.value) \
+                    and all(isinstance(item, yaml.ScalarNode) for row in rows for item in row):
+                # A 3x3 homography written as rows (numpy's tolist()): rcl takes flat lists only
+                # ("Sequences cannot be key"), the tools read rows too. Joined, as doubles.
+                items = [item for row in rows for item in row]
+                edits.append((node.start_mark.index, node.end_mark.index, '[' + ', '.join(
+                    _float_text(item.value) if scalar_type(item) == Parameter.Type.INTEGER
+                    else text[item.start_mark.index:item.end_mark.index] for item in items)
+                    + ']'))
+                names.append(('.'.join(inside), 'is a list of rows, which rcl refuses (it takes '
+                                                'flat lists only); its rows were joined into '
+                                                'one list'))
+                return
             types = [scalar_type(item) for item in node.value]
             if _mixed_number_list(types):
                 for item, kind in zip(node.value, types):
                     if kind == Parameter.Type.INTEGER:
                         edits.append((item.start_mark.index, item.end_mark.index,
                                       _float_text(item.value)))
-                names.append('.'.join(inside))
+                names.append(('.'.join(inside), 'mixes integers and decimals, which rcl '
+                                                'refuses in one list; its integers were read '
+                                                'as decimals'))
             else:
                 for item in node.value:
                     visit(item, keys)
@@ -1046,10 +1063,9 @@ def decimal_numbers(argv, folder):
             if text is not None:
                 rewritten = Path(folder) / f'{i}_{Path(argv[i]).name}'
                 rewritten.write_text(text)
-                notes += [f'--params-file {argv[i]}: {name} mixes integers and decimals, '
-                          f'which rcl refuses in one list; its integers were read as decimals '
-                          f'(write 1.0 for 1 to keep the file valid for other ROS tools)'
-                          for name in names]
+                notes += [f'--params-file {argv[i]}: {name} {reason} (write a flat list of '
+                          f'decimals, 1.0 for 1, to keep the file valid for other ROS tools)'
+                          for name, reason in names]
                 argv[i] = str(rewritten)
         else:
             name, sep, text = argv[i].partition(':=')

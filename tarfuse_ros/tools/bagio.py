@@ -8,6 +8,7 @@ node and the bag tools.
 """
 
 from pathlib import Path
+import statistics
 import struct
 
 from rosbags.interfaces import (
@@ -22,6 +23,7 @@ __all__ = [
     'bag_read_problem',
     'camera_topics',
     'check_topic_name',
+    'clocks_apart_problem',
     'compressed_cdr',
     'compressed_depth_cdr',
     'header_stamp_ns',
@@ -40,6 +42,8 @@ __all__ = [
 
 # rosbag2 metadata version 8 (QoS profiles as a YAML string) is read by Humble and Jazzy alike.
 BAG_VERSION = 8
+# s: the most the node's sync.infrared_time_offset corrects, either way
+MAX_IR_TIME_OFFSET_S = 1.0
 
 
 def offered_qos(reliable=True, depth=10):
@@ -342,6 +346,42 @@ def camera_topics(path, ir_topic, vi_topic):
         raise ValueError(f'the IR and visible topics are one topic ({ir_bag!r}); give the '
                          f'topic of each camera')
     return ir_bag, vi_bag
+
+
+def clocks_apart_problem(lags_ns, ir_topic, vi_topic, limit_s=MAX_IR_TIME_OFFSET_S):
+    """Return why two cameras' stamps of a bag cannot be paired (clocks apart), or None.
+
+    Each camera's lag is the median of its messages' header stamp minus the time the recorder
+    logged them; the lags of two cameras differ by the offset of their drivers' clocks (less
+    the difference of their transport latencies, a fraction of a second). Beyond ``limit_s``
+    (the node's ``sync.infrared_time_offset`` corrects at most 1 s) the stamps of one instant
+    are seconds apart: pairing by stamp would pair images of other instants, and a stamp
+    offset of a whole number of frame intervals hides it.
+
+    Args:
+        lags_ns: ``{topic: [header stamp - log time (ns), ...]}`` of ``ir_topic`` and
+            ``vi_topic``, each non-empty.
+        ir_topic, vi_topic: the bag topics of the two cameras.
+        limit_s: the largest difference of the two lags accepted (s).
+
+    Returns:
+        None, or the reason as a sentence naming both topics and the difference.
+
+    """
+    ir_lag, vi_lag = (statistics.median(lags_ns[topic]) / 1e9 for topic in (ir_topic, vi_topic))
+    apart = ir_lag - vi_lag
+    if abs(apart) <= limit_s:
+        return None
+    return (f'the {ir_topic} stamps are {abs(apart):.3f} s {"later" if apart > 0 else "earlier"} '
+            f'than the {vi_topic} stamps, against the times the recorder received them (median '
+            f'stamp minus receive time: IR {ir_lag:+.3f} s, visible {vi_lag:+.3f} s): the '
+            f"drivers' clocks are that far apart (two computers whose clocks are not "
+            f"synchronised, a driver stamping with the camera's own clock), and images "
+            f"stamped alike were taken seconds apart (or one camera's images reached the "
+            f"recorder seconds late: the node's sync.queue_size would not hold the other "
+            f"camera's images that long either); synchronise the clocks (chrony, PTP) or "
+            f'stamp with the system time, and record again (sync.infrared_time_offset '
+            f'corrects at most {limit_s:g} s)')
 
 
 def check_topic_name(name, what):

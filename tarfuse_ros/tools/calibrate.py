@@ -22,18 +22,23 @@
    runs it on downscaled pairs (the network was trained on small deformations: a large offset
    is smaller in pixels of a smaller image) and scales the prior back to the recorded sizes.
 3. Prints the residual of the fit per pair (median and 90th percentile in visible pixels, inlier
-   share) and, when the fit explains at least ``--min-inliers`` of the points (0.5: as the
-   node's online refinement asks of one pair), writes ``PRIOR.yaml``, a node parameters file
+   share) and the edge alignment of the IR warped by the prior with the visible images, beside
+   its chance level (:func:`tarfuse_ros.core.calibration.prior_alignment`: the prior shifted by
+   an eighth of the frame), and, when the fit explains at least ``--min-inliers`` of the points
+   (0.5: as the node's online refinement asks of one pair) and the alignment beats its chance
+   level by ``--min-alignment-gain`` (0.05), writes ``PRIOR.yaml``, a node parameters file
    (``/**: ros__parameters: registration: prior, prior_ir_size, prior_visible_size``) to pass
    as it is to the launch file (``prior_file:=PRIOR.yaml``) or the node (``--params-file``),
    or to paste into the node's parameters file.
 
-Exit status: 0 on success, 1 when no homography could be fitted or it explains less than
+Exit status: 0 on success, 1 when no homography could be fitted, it explains less than
 ``--min-inliers`` of the points (pairs that disagree: a featureless or unrelated IR, pairs from
-several rigs), 2 for usage errors (bad options, missing paths or topics, fewer than 1 pair, an
-unreadable image, a constant image (a lens cap: nothing to register), pairs of several image
-sizes, an ``--out`` that is a folder or cannot be written, weights or device that cannot be
-loaded).
+several rigs) or it lines the pairs up hardly better than by chance (cameras that do not see
+one scene: any smooth flow is fitted well), 2 for usage errors (bad options, missing paths or
+topics, fewer than 1 pair, an unreadable image, a constant image (a lens cap: nothing to
+register), pairs of several image sizes, cameras whose stamps are more than 1 s apart (clocks
+apart), an ``--out`` that is a folder, cannot be written or holds other node parameters (a full
+parameters file: they would be lost), weights or device that cannot be loaded).
 """
 
 import argparse
@@ -44,7 +49,9 @@ import sys
 
 import cv2
 import numpy as np
-from tarfuse_ros.core.files import output_problem
+from tarfuse_ros.core.calibration import MIN_ALIGNMENT_GAIN
+from tarfuse_ros.core.files import other_node_parameters, output_problem
+from tarfuse_ros.core.prior import PARAMETER_NAMES
 
 __all__ = ['bag_pairs', 'build_parser', 'downscale_pairs', 'folder_pairs', 'main',
            'spread_indices']
@@ -126,8 +133,8 @@ def bag_pairs(bag_dir, count, ir_topic=DEFAULT_IR_TOPIC, vi_topic=DEFAULT_VI_TOP
 
     """
     from rosbags.rosbag2 import Reader
-    from tarfuse_ros.tools.bagio import (bag_read_problem, camera_topics, header_stamp_ns,
-                                         image_to_array, read_messages)
+    from tarfuse_ros.tools.bagio import (bag_read_problem, camera_topics, clocks_apart_problem,
+                                         header_stamp_ns, image_to_array, read_messages)
 
     try:
         ir_bag, vi_bag = camera_topics(bag_dir, ir_topic, vi_topic)
@@ -136,15 +143,24 @@ def bag_pairs(bag_dir, count, ir_topic=DEFAULT_IR_TOPIC, vi_topic=DEFAULT_VI_TOP
     try:
         with Reader(Path(bag_dir)) as reader:
             stamps = {ir_bag: [], vi_bag: []}
+            lags = {ir_bag: [], vi_bag: []}  # header stamp - time recorded (ns)
             wanted = [c for c in reader.connections if c.topic in stamps]
-            for connection, _, raw in reader.messages(connections=wanted):
-                stamps[connection.topic].append(header_stamp_ns(raw))
+            for connection, recorded, raw in reader.messages(connections=wanted):
+                stamp = header_stamp_ns(raw)
+                stamps[connection.topic].append(stamp)
+                if stamp:  # a zero stamp (the node refuses it) says nothing of the clock
+                    lags[connection.topic].append(stamp - recorded)
     except Exception as exc:  # noqa: BLE001 - rosbags raises several error types
         raise UsageError(bag_read_problem(bag_dir, exc)) from exc
     vi_stamps = sorted(set(stamps[vi_bag]))
     ir_stamps = np.array(sorted(set(stamps[ir_bag])), dtype=np.int64)
-    if not vi_stamps or not len(ir_stamps):
-        raise UsageError(f'the bag has no message on {vi_bag!r} or {ir_bag!r}')
+    empty = [topic for topic in (ir_bag, vi_bag) if not stamps[topic]]
+    if empty:  # named: a camera that never sent, a topic recorded under another name
+        raise UsageError(f'the bag has no message on {" nor on ".join(map(repr, empty))} (its '
+                         f'topic is recorded, but empty); record both cameras')
+    problem = clocks_apart_problem(lags, ir_bag, vi_bag) if all(lags.values()) else None
+    if problem is not None:  # the nearest stamps would be images of other instants
+        raise UsageError(problem)
     offset_ns = round(ir_offset_s * 1e9)  # as the node rounds sync.infrared_time_offset
     corrected = ir_stamps + offset_ns
     chosen, gaps = {}, []
@@ -225,7 +241,8 @@ def _found_time_offset(args):
         ValueError: the recording gives no offset to trust (the reason).
 
     """
-    from tarfuse_ros.core.time_offset import estimate_problem, estimate_time_offset
+    from tarfuse_ros.core.time_offset import (estimate_problem, estimate_time_offset,
+                                              estimate_warnings)
     from tarfuse_ros.tools import time_offset as tool
 
     def warn(text):
@@ -242,6 +259,8 @@ def _found_time_offset(args):
         raise ValueError(f'--infrared-time-offset auto found no offset to trust: {problem}; '
                          f'give the offset in seconds instead (0 if the cameras are stamped '
                          f'alike)')
+    for note in estimate_warnings(estimate):  # as tarfuse-time-offset warns (drifting stamps)
+        warn(note)
     value = round(estimate.offset_s, 3)
     print(f'IR time offset found from the recording: {value:+g} s (motion correlation '
           f'{estimate.correlation:.2f}); pairing with it', flush=True)
@@ -292,6 +311,12 @@ def build_parser():
     parser.add_argument('--min-inliers', type=float, default=0.5,
                         help='write the prior only if it explains at least this share of the '
                              'points within --threshold-px, in [0, 1] (default 0.5)')
+    parser.add_argument('--min-alignment-gain', type=float, default=MIN_ALIGNMENT_GAIN,
+                        help='write the prior only if the IR warped by it lines up with the '
+                             'visible images (edge alignment, mean over the pairs) by at least '
+                             'this much better than shifted by an eighth of the frame; about 0 '
+                             'for cameras that do not see one scene; in [-2, 1] (default '
+                             f'{MIN_ALIGNMENT_GAIN:g}; -2: off)')
     parser.add_argument('--max-side', type=int, default=None,
                         help="run the model on pairs downscaled so that each image's longer "
                              'side is at most this (px); the prior is scaled back to the '
@@ -341,6 +366,9 @@ def _check_args(args):
         raise UsageError(f'--threshold-px must be a finite number > 0, got {args.threshold_px}')
     if not 0 <= args.min_inliers <= 1:
         raise UsageError(f'--min-inliers must be in [0, 1], got {args.min_inliers}')
+    if not -2 <= args.min_alignment_gain <= 1:
+        raise UsageError(f'--min-alignment-gain must be in [-2, 1], got '
+                         f'{args.min_alignment_gain}')
     if not 0 < args.slop < float('inf'):
         raise UsageError(f'--slop must be a finite number > 0 s, got {args.slop}')
     if args.infrared_time_offset != 'auto' and not -1.0 <= args.infrared_time_offset <= 1.0:
@@ -379,6 +407,18 @@ def _check_args(args):
     if problem:  # checked now: it would fail only when writing, after the whole calibration
         raise UsageError(f'--out {str(args.out)!r} cannot be written ({problem}); give a path '
                          f'in a folder you can write to')
+    others = other_node_parameters(args.out, PARAMETER_NAMES + ('sync.infrared_time_offset',))
+    if others:  # config/tarfuse.yaml given as --out: its other parameters would be lost
+        raise UsageError(f'--out {str(args.out)!r} holds other node parameters '
+                         f'({_listed(others)}) that writing the prior would replace; give '
+                         f'another file and pass both to the node (params_file:= and '
+                         f'prior_file:=), or paste the prior into it')
+
+
+def _listed(names, shown=4):
+    """Return up to ``shown`` names joined, and how many more."""
+    more = f' and {len(names) - shown} more' if len(names) > shown else ''
+    return ', '.join(names[:shown]) + more
 
 
 def _rig_sizes(pairs):
@@ -435,8 +475,9 @@ def _report_lines(result, iterations, run_wh=None):
 def main(argv=None):
     """Entry point of ``tarfuse-calibrate``; return the exit status (0, 1 no fit, 2 usage)."""
     args = build_parser().parse_args(argv)
-    from tarfuse_ros.core.calibration import calibrate
+    from tarfuse_ros.core.calibration import calibrate, prior_alignment
     from tarfuse_ros.core.prior import load_prior_yaml, make_prior, write_prior_yaml
+    from tarfuse_ros.core.sizes import PORTRAIT_ADVICE, portrait_beside_landscape
     try:
         _check_args(args)
         initial = None
@@ -471,6 +512,14 @@ def main(argv=None):
                   f'{len(pairs)} ({name})', file=sys.stderr, flush=True)
 
         ir_wh, vi_wh = _rig_sizes(pairs)
+        if initial is None and portrait_beside_landscape(ir_wh, vi_wh):
+            # The network finds small misalignments: a quarter turn is beyond any flow it
+            # predicts, and the pairs' fits only disagreed (exit 1, "featureless IR?").
+            raise UsageError(f'the IR images are {ir_wh[0]}x{ir_wh[1]} and the visible '
+                             f'{vi_wh[0]}x{vi_wh[1]}, one portrait, the other landscape: '
+                             f'{PORTRAIT_ADVICE}, and no flow of the model turns it; rotate '
+                             f'the images of that camera first (its driver, an image_rotate '
+                             f'node), or give an --initial-prior that turns it')
         _constant_images(pairs)
         if initial is not None:  # the recording's fault, found before the model runs
             try:
@@ -490,6 +539,9 @@ def main(argv=None):
         result = calibrate(pairs, make_engine, iterations=args.iterations,
                            threshold_px=args.threshold_px, initial_prior=initial,
                            progress=progress)
+        # At the sizes the model ran at, as the prior is before it is scaled back.
+        alignment = np.mean([prior_alignment(ir, vi, result.prior.homography)
+                             for _, ir, vi in pairs], axis=0)
         if args.max_side is not None:  # the prior at the recorded sizes
             result = replace(result, prior=make_prior(
                 result.prior.homography_for(ir_wh, vi_wh), ir_wh, vi_wh))
@@ -501,6 +553,9 @@ def main(argv=None):
         return 1
     lines = _report_lines(result, args.iterations,
                           run_wh if args.max_side is not None else None)
+    lines.append(f'edge alignment of the IR warped by the prior with the visible images '
+                 f'{alignment[0]:.3f}, shifted by an eighth of the frame {alignment[1]:.3f} '
+                 f'(mean over the pairs)')
     for line in lines:
         print(line)
     if result.inlier_fraction < args.min_inliers:
@@ -510,6 +565,17 @@ def main(argv=None):
               f'{args.min_inliers:g}): the pairs disagree (featureless or unrelated IR, pairs '
               f'of several rigs?); check the pairs of low inlier share ({", ".join(low)}) and '
               f'calibrate without them', file=sys.stderr)
+        return 1
+    gain = alignment[0] - alignment[1]
+    if gain < args.min_alignment_gain:
+        # Any smooth flow fits a homography: the flows of unrelated scenes pass the inliers.
+        print(f'{PROG}: no prior written: the IR warped by the fitted prior lines up with the '
+              f'visible images hardly better than shifted by an eighth of the frame (edge '
+              f'alignment {alignment[0]:.3f} against {alignment[1]:.3f}, a gain of {gain:.3f} '
+              f'< --min-alignment-gain {args.min_alignment_gain:g}): the two cameras do not '
+              f'seem to see one scene (the topic of another camera, a covered lens, pairs of '
+              f'another time?); check the pairs, and calibrate on a scene with structure that '
+              f'both cameras see', file=sys.stderr)
         return 1
     # The share over all points hides a pair the prior does not explain: of two pairs that
     # disagree, the one the fit follows gives 50 % alone.

@@ -19,7 +19,9 @@ infrared_time_offset``); with ``--plot``, the correlation curve as an image.
 Exit status: 0 with an estimate, 1 when the recording gives none to trust (too little shared
 motion, a curve flat around its peak, two peaks, a peak at the edge of ``--max-offset``: the
 reason is printed, no ``--out`` file written; the ``--plot`` curve is, to see why), 2 for
-usage errors (bad options, a missing bag or topic, too few usable frames), 130 on Ctrl-C.
+usage errors (bad options, a missing bag or topic, too few usable frames, cameras whose stamps
+are more than 1 s apart: clocks apart, an ``--out`` file holding other node parameters, such as
+``tarfuse-calibrate``'s prior, that it would replace), 130 on Ctrl-C.
 """
 
 import argparse
@@ -28,7 +30,7 @@ import heapq
 from pathlib import Path
 import sys
 
-from tarfuse_ros.core.files import output_problem
+from tarfuse_ros.core.files import other_node_parameters, output_problem
 # OpenCV and NumPy load here, as the other tools load their libraries before main runs (a
 # Ctrl-C meanwhile: tarfuse_ros.console).
 from tarfuse_ros.core.time_offset import ChangeLog, estimate_problem, estimate_time_offset
@@ -74,8 +76,8 @@ def read_motion_signals(bag_dir, ir_topic=DEFAULT_IR_TOPIC, vi_topic=DEFAULT_VI_
     from tarfuse_ros.ros.conversions import compressed_depth_msg_to_array
     from tarfuse_ros.ros.conversions import image_msg_to_motion_array
     from tarfuse_ros.tools.bagio import is_compressed_depth_topic
-    from tarfuse_ros.tools.bagio import (bag_read_problem, camera_topics, header_stamp_ns,
-                                         read_messages)
+    from tarfuse_ros.tools.bagio import (bag_read_problem, camera_topics, clocks_apart_problem,
+                                         header_stamp_ns, read_messages)
 
     try:
         ir_bag, vi_bag = camera_topics(bag_dir, ir_topic, vi_topic)
@@ -89,6 +91,7 @@ def read_motion_signals(bag_dir, ir_topic=DEFAULT_IR_TOPIC, vi_topic=DEFAULT_VI_
     logs = {'ir': ChangeLog(), 'vi': ChangeLog()}
     pending = {'ir': [], 'vi': []}  # heaps of (stamp_ns, arrival, frame)
     stamps = {'ir': set(), 'vi': set()}
+    lags = {ir_bag: [], vi_bag: []}  # header stamp - time recorded (ns): clocks apart?
     counts = {'ir': 0, 'vi': 0}
     skipped = {'ir': [], 'vi': []}
 
@@ -106,13 +109,14 @@ def read_motion_signals(bag_dir, ir_topic=DEFAULT_IR_TOPIC, vi_topic=DEFAULT_VI_
             logs[camera].add(stamp_ns / 1e9, frame)
 
     try:
-        for arrival, (topic, _, _, raw, msg) in enumerate(
+        for arrival, (topic, _, recorded, raw, msg) in enumerate(
                 read_messages(bag_dir, topics=list(camera_of))):
             camera = camera_of[topic]
             stamp = header_stamp_ns(raw)
             if stamp == 0:
                 skipped[camera].append('a zero header stamp (the node refuses it)')
                 continue
+            lags[topic].append(stamp - recorded)
             try:
                 if is_compressed_depth_topic(topic):
                     frame = frame_for_motion(compressed_depth_msg_to_array(msg)[0])
@@ -127,6 +131,9 @@ def read_motion_signals(bag_dir, ir_topic=DEFAULT_IR_TOPIC, vi_topic=DEFAULT_VI_
             feed(camera, _REORDER)
     except Exception as exc:  # noqa: BLE001 - rosbags raises several error types
         raise UsageError(bag_read_problem(bag_dir, exc)) from exc
+    problem = clocks_apart_problem(lags, ir_bag, vi_bag) if all(lags.values()) else None
+    if problem is not None:  # else a peak by chance, or "too little motion"
+        raise UsageError(problem)
     out = {}
     for camera, topic in topics.items():
         feed(camera, 0)
@@ -234,6 +241,14 @@ def _check_args(args):
         problem = output_problem(path)
         if problem:  # checked now, not after reading the whole recording
             raise UsageError(f'{option} {str(path)!r} cannot be written ({problem})')
+    others = [] if args.out is None else other_node_parameters(args.out,
+                                                               ['sync.infrared_time_offset'])
+    if others:  # the prior file of tarfuse-calibrate, to add the offset to: lost
+        shown = ', '.join(others[:4]) + (f' and {len(others) - 4} more' if len(others) > 4
+                                         else '')
+        raise UsageError(f'--out {str(args.out)!r} holds other node parameters ({shown}) that '
+                         f'writing the offset would replace; give another file, and pass the '
+                         f'offset with infrared_time_offset:= (or paste it into that file)')
     if (args.out is not None and args.plot is not None
             and args.out.resolve() == args.plot.resolve()):
         raise UsageError(f'--out and --plot name one file ({str(args.out)!r}); give each its '

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from tarfuse_ros.core import data
 from tarfuse_ros.core.calibration import (calibrate, fit_prior, flow_correspondences,
-                                          texture_weight)
+                                          MIN_ALIGNMENT_GAIN, prior_alignment, texture_weight)
 from tarfuse_ros.core.deform import compose_flows
 from tarfuse_ros.core.engine import FusionEngine
 from tarfuse_ros.core.model.warp import warp
@@ -274,6 +274,33 @@ def test_calibrate_takes_every_visible_image_the_engine_takes(small_pair):
         assert corner_error_px(fitted(vi.astype(dtype) / 255.0), colour, (256, 192)) < 1.0
 
 
+def test_calibrate_holds_one_flow_at_a_time_not_the_flows_of_every_pair(small_pair):
+    # Every pair's flow and texture weight (12 bytes a visible pixel) were held until the fit:
+    # 1000 pairs of 1920x1080 asked 25 GB.
+    import gc
+    import weakref
+    ir, vi, _ = small_pair
+    flows, most_alive = [], []
+
+    class Recording:
+        """The real engine; each flow it returns is watched (is it still held?)."""
+
+        def __init__(self, prior):
+            self.engine = FusionEngine(cuda_graph='off', registration_prior=prior)
+
+        def infer(self, *images):
+            gc.collect()
+            most_alive.append(sum(flow() is not None for flow in flows))
+            out = self.engine.infer(*images)
+            flows.append(weakref.ref(out.flow_px))
+            return out
+
+    pairs = [(f'pair{index}', ir, vi) for index in range(4)]
+    result = calibrate(pairs, Recording, iterations=1)
+    assert len(result.residuals) == 4 and len(most_alive) == 4
+    assert max(most_alive) <= 1, most_alive
+
+
 def test_fit_on_flat_images_says_they_are_flat():
     # It said "need at least 4 corresponding points, got 0 and 0" (tarfuse-calibrate on pairs
     # of a flat grey image).
@@ -322,6 +349,21 @@ def test_prior_yaml_round_trip_is_a_node_parameters_file(tmp_path):
     assert (loaded.ir_size, loaded.visible_size) == ((320, 256), SIZE)
 
 
+def test_a_hand_edited_prior_with_exponents_without_a_dot_is_read_as_the_node_reads_it(
+        tmp_path):
+    # rcl reads 3e-5 as a double; PyYAML (YAML 1.1) read the string '3e-5', and tarfuse-fuse
+    # --prior, tarfuse-eval --prior and --initial-prior refused the file: "must hold 9 numbers".
+    path = tmp_path / 'edited.yaml'
+    path.write_text('/**:\n  ros__parameters:\n    registration:\n'
+                    '      prior: [1.04, 0.02, 5, -0.015, 1.03, -3.0, 3e-5, -1E-5, 1]\n'
+                    '      prior_ir_size: [160, 128]\n      prior_visible_size: [160, 128]\n')
+    loaded = load_prior_yaml(path)
+    assert loaded.homography[2, :2].tolist() == [3e-5, -1e-5]
+    path.write_text(path.read_text().replace('3e-5', "'3e-5'"))  # a string stays refused
+    with pytest.raises(ValueError, match='must hold 9 numbers'):
+        load_prior_yaml(path)
+
+
 def test_registered_ir_follows_the_published_flow_where_the_pre_warp_lost_content():
     from tarfuse_ros.core.images import PreparedPair
     from tarfuse_ros.core.prior import apply_prior, registered_ir_for
@@ -340,3 +382,20 @@ def test_registered_ir_follows_the_published_flow_where_the_pre_warp_lost_conten
     # registered(p) = ir(p + flow(p)) = ir(p - 50 px): real content wherever x >= 50.
     np.testing.assert_array_equal(registered[:, 60:], ir[:, 60 - 50:160 - 50])
     assert registered_ir_for(pair, flow, ir) is ir  # no prior: the network's own
+
+
+def test_the_rig_homography_lines_up_a_real_pair_well_above_chance_and_another_scene_does_not():
+    stems = data.read_split(ROADSCENE)[:2]
+    ir, vi = data.load_pair(ROADSCENE, stems[0])
+    ir, vi = cv2.resize(ir, SIZE), cv2.resize(vi, SIZE)
+    truth = rig_homography()
+    recorded = camera_ir(ir, truth, SIZE)
+    score, chance = prior_alignment(recorded, vi, truth)
+    assert score - chance > 0.15 and score > prior_alignment(recorded, vi, np.eye(3))[0]
+    # 16-bit counts and a BGRA visible image are scored as the engine reads them.
+    counts = recorded.astype(np.uint16) * 50 + 20000
+    bgra = cv2.cvtColor(vi, cv2.COLOR_BGR2BGRA)
+    assert prior_alignment(counts, bgra, truth) == pytest.approx((score, chance), abs=0.02)
+    other_ir = cv2.resize(data.load_pair(ROADSCENE, stems[1])[0], SIZE)
+    score, chance = prior_alignment(camera_ir(other_ir, truth, SIZE), vi, truth)
+    assert score - chance < MIN_ALIGNMENT_GAIN

@@ -95,6 +95,32 @@ def test_a_hand_edited_prior_file_with_integers_reaches_the_node(prior_file, tmp
             f'rcl refuses in one list; its integers were read as decimals') in log, log
 
 
+def test_a_prior_file_written_as_rows_reaches_the_node_as_the_tools_read_it(tmp_path):
+    # numpy's tolist() pasted in: tarfuse-fuse --prior and --initial-prior read it, and the
+    # node stopped with rcl's "Couldn't parse params file ... Sequences cannot be key".
+    rows = tmp_path / 'rows_prior.yaml'
+    rows.write_text('/**:\n  ros__parameters:\n    registration:\n'
+                    '      prior: [[1.04, 0.02, 5], [-0.015, 1.03, -3.0], [3e-5, -1e-5, 1]]\n'
+                    f'      prior_ir_size: [{WIDTH}, {HEIGHT}]\n'
+                    f'      prior_visible_size: [{WIDTH}, {HEIGHT}]\n')
+    expected = make_prior(HOMOGRAPHY, (WIDTH, HEIGHT), (WIDTH, HEIGHT))
+    assert np.array_equal(load_prior_yaml(rows).homography, expected.homography)
+    node = NodeProcess(random_domain_id(), {'device': 'cpu', 'cpu_threads': 1},
+                       namespace='/rows', params_files=[rows])
+    try:
+        deadline = time.monotonic() + 120.0
+        while node.alive() and 'registration prior (IR' not in node.log():
+            assert time.monotonic() < deadline, node.log()
+            time.sleep(0.2)
+        log = node.log()
+    finally:
+        node.close()
+    assert f'registration prior (IR {WIDTH}x{HEIGHT} -> visible {WIDTH}x{HEIGHT}): ' \
+        f'{expected.homography.ravel().round(6).tolist()}' in log, log
+    assert (f'--params-file {rows}: registration.prior is a list of rows, which rcl refuses (it '
+            f'takes flat lists only); its rows were joined into one list') in log, log
+
+
 def test_number_lists_mixing_integers_and_decimals_are_given_to_rcl_as_doubles(
         prior_file, tmp_path):
     """What the node's main gives rclpy.init: in a params file and in a -p value."""

@@ -137,6 +137,7 @@ def test_calibrate_a_bag_with_compressed_topics(tmp_path, capsys, ir_transport, 
     # inf made every point an inlier and OpenCV found nothing: "the flows disagree", exit 1.
     (['--threshold-px', 'inf'], ['--threshold-px must be a finite number > 0']),
     (['--min-inliers', '1.5'], ['--min-inliers must be in [0, 1]']),
+    (['--min-alignment-gain', 'nan'], ['--min-alignment-gain must be in [-2, 1]']),
     (['--infrared-time-offset', '1.5'], ['--infrared-time-offset must be in [-1, 1] s',
                                          'sync.infrared_time_offset']),
     (['--infrared-time-offset', 'nan'], ['--infrared-time-offset must be in [-1, 1] s']),
@@ -233,6 +234,25 @@ def test_an_out_that_cannot_be_written_exits_2_before_the_model_runs(tmp_path, c
     assert code == 2, err
     assert err == ("tarfuse-calibrate: error: --out '/proc/rig_prior.yaml' cannot be written "
                    '(folder /proc is not writable); give a path in a folder you can write to\n')
+
+
+def test_an_out_holding_other_node_parameters_is_not_replaced(rig_folder, tmp_path, capsys):
+    # --out config/tarfuse.yaml (to "add the prior to the parameters"): the 43 parameters of
+    # the node were replaced by the prior alone, after the whole calibration.
+    params = tmp_path / 'tarfuse.yaml'
+    params.write_text((ROOT / 'config' / 'tarfuse.yaml').read_text())
+    before = params.read_text()
+    code = calibrate.main(['--pairs', str(rig_folder), '--out', str(params), '--iterations',
+                           '1', '--threads', '1'])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert f"--out '{params}' holds other node parameters (allow_cpu_fallback," in err, err
+    assert 'iteration' not in err and params.read_text() == before
+    # A prior file of its own (with an offset) is written over, as before.
+    prior = tmp_path / 'prior.yaml'
+    write_prior_yaml(prior, make_prior(rig_homography(), SIZE, SIZE), [], 0.01)
+    assert calibrate.main(['--pairs', str(rig_folder), '--out', str(prior), '--pairs-count',
+                           '1', '--iterations', '1', '--threads', '1', '--max-side', '160']) == 0
 
 
 def test_an_initial_prior_file_without_a_prior_is_refused(tmp_path, capsys):
@@ -418,6 +438,22 @@ def test_a_constant_ir_exits_2_naming_the_pairs_before_the_model_runs(rig_folder
     assert 'iteration' not in err and not out.exists()
 
 
+def test_a_camera_mounted_on_its_side_exits_2_before_the_model_runs(rig_folder, tmp_path,
+                                                                    capsys):
+    # A portrait IR beside a landscape visible camera (stretched to it, not turned): the model
+    # ran and a prior was written, one pair named as disagreeing with it (exit 0).
+    turned = _rig_copy(rig_folder, tmp_path / 'turned',
+                       lambda ir: cv2.rotate(ir, cv2.ROTATE_90_CLOCKWISE))
+    out = tmp_path / 'p.yaml'
+    code = calibrate.main(['--pairs', str(turned), '--out', str(out), '--iterations', '1',
+                           '--threads', '1'])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert (f'the IR images are {SIZE[1]}x{SIZE[0]} and the visible {SIZE[0]}x{SIZE[1]}, one '
+            f'portrait, the other landscape: is a camera mounted on its side?') in err, err
+    assert 'iteration' not in err and not out.exists()
+
+
 def test_a_featureless_ir_writes_no_prior_and_exits_1(tmp_path, capsys):
     # A lens cap with sensor noise over the six pairs: each pair's flow is smooth but they
     # disagree, and it wrote their fit (on CVC-14 pairs a 1.6 y scale and a 90 px offset) with
@@ -440,8 +476,34 @@ def test_a_featureless_ir_writes_no_prior_and_exits_1(tmp_path, capsys):
     assert 'no prior written: the fit explains' in captured.err, captured.err
     assert '< --min-inliers 0.5' in captured.err and not out.exists()
     assert 'fitted on' in captured.out  # the per-pair report is still printed
-    assert calibrate.main(argv + ['--min-inliers', '0']) == 0  # asked for: written
+    # Asked for: written (the noise shares no scene with the visible image either).
+    assert calibrate.main(argv + ['--min-inliers', '0', '--min-alignment-gain', '-2']) == 0
     assert load_prior_yaml(out) is not None
+
+
+def test_pairs_whose_cameras_see_no_common_scene_write_no_prior(tmp_path, capsys):
+    # Each IR of another RoadScene scene than its visible image: the network's flow is smooth,
+    # and a homography fitted to it explained 100 % of it (median 0.1 px): a prior of 1.38
+    # x scale and 0.26 shear was written, exit 0.
+    stems = data.read_split(ROADSCENE)[:2]
+    unrelated = tmp_path / 'unrelated'
+    for sub in ('ir', 'vi'):
+        (unrelated / sub).mkdir(parents=True)
+    for stem, other in zip(stems, stems[::-1]):
+        ir, _ = data.load_pair(ROADSCENE, stem)
+        _, vi = data.load_pair(ROADSCENE, other)
+        cv2.imwrite(str(unrelated / 'ir' / f'{stem}.png'), cv2.resize(ir, SIZE))
+        cv2.imwrite(str(unrelated / 'vi' / f'{stem}.png'), cv2.resize(vi, SIZE))
+    out = tmp_path / 'p.yaml'
+    argv = ['--pairs', str(unrelated), '--out', str(out), '--iterations', '1', '--threads',
+            '1', '--max-side', '160']
+    for count in ('1', '2'):
+        code = calibrate.main(argv + ['--pairs-count', count])
+        captured = capsys.readouterr()
+        assert code == 1, captured.out
+        assert 'the two cameras do not seem to see one scene' in captured.err, captured.err
+        assert not out.exists()
+        assert 'edge alignment of the IR warped by the prior' in captured.out
 
 
 def test_a_pair_the_prior_does_not_explain_is_named_in_a_warning(tmp_path, capsys):
@@ -480,6 +542,26 @@ def test_one_topic_given_for_both_cameras_is_refused_before_the_model_runs(tmp_p
         assert code == 2, err
         assert "the IR and visible topics are one topic ('/visible/image_raw')" in err, err
         assert 'iteration' not in err and not out.exists()
+
+
+def test_a_bag_whose_ir_topic_is_empty_names_that_topic(tmp_path, capsys):
+    # It said "no message on '/visible/image_raw' or '/infrared/image_raw'": which?
+    from tarfuse_ros.tools.bagio import image_cdr, jazzy_typestore, offered_qos, open_writer
+    typestore = jazzy_typestore()
+    writer = open_writer(tmp_path / 'bag', typestore)
+    for topic in ('/infrared/image_raw', '/visible/image_raw'):
+        connection = writer.add_connection(topic, 'sensor_msgs/msg/Image', typestore=typestore,
+                                           offered_qos_profiles=offered_qos())
+    _, vi = data.load_pair(ROADSCENE, data.read_split(ROADSCENE)[0])
+    writer.write(connection, 1_700_000_000_000_000_000,
+                 image_cdr(vi, 'bgr8', 'visible', 1_700_000_000_000_000_000))
+    writer.close()
+    out = tmp_path / 'p.yaml'
+    assert calibrate.main(['--bag', str(tmp_path / 'bag'), '--out', str(out), '--threads',
+                           '1']) == 2
+    err = capsys.readouterr().err
+    assert "the bag has no message on '/infrared/image_raw' (its topic is recorded" in err, err
+    assert not out.exists()
 
 
 def test_bag_images_without_an_ir_partner_within_slop_are_named_not_dropped_silently(

@@ -170,6 +170,20 @@ def test_bad_options_exit_2_naming_the_option(argv, words, tmp_path, capsys, mon
     assert words in capsys.readouterr().err
 
 
+def test_an_out_holding_the_prior_is_not_replaced_by_the_offset(tmp_path, capsys):
+    # --out rig_prior.yaml (to add the offset to the prior file, as calibrate's auto does):
+    # the registration prior in it was replaced by the offset alone.
+    from tarfuse_ros.core.prior import make_prior, write_prior_yaml
+    prior = tmp_path / 'rig_prior.yaml'
+    write_prior_yaml(prior, make_prior(np.eye(3), (160, 128), (160, 128)))
+    before = prior.read_text()
+    assert main(['--bag', str(tmp_path), '--out', str(prior)]) == 2
+    err = capsys.readouterr().err
+    assert (f"--out '{prior}' holds other node parameters (registration.prior, "
+            f'registration.prior_ir_size, registration.prior_visible_size)') in err, err
+    assert prior.read_text() == before
+
+
 def test_a_missing_topic_or_bag_exits_2_naming_it(tmp_path, capsys):
     assert main(['--bag', str(tmp_path / 'nothing')]) == 2
     assert 'nothing: no such bag folder' in capsys.readouterr().err
@@ -302,6 +316,62 @@ def test_a_driver_sending_each_frame_twice_is_reported_at_its_own_rate(tmp_path,
     # midpoints (an interval short) the IR read 9.2 Hz and the visible 30.2 Hz.
     assert 'IR: 108 images (9.0 Hz, 54 with a stamp repeated)' in out, out
     assert 'visible: 180 images (30.0 Hz), 6.0 s of visible stamps' in out, out
+
+
+def test_stamps_seconds_apart_are_named_as_clocks_apart_by_both_tools(tmp_path, capsys):
+    # The IR driver's clock 3 s ahead (recorded when taken, stamped 3 s later): the offset
+    # tool said "too little motion" (correlation -0.01), and tarfuse-calibrate paired each
+    # visible image with an IR image taken 3 s before it, without a word.
+    from tarfuse_ros.tools.bagio import image_cdr
+    from tarfuse_ros.tools.calibrate import main as calibrate
+
+    def encode(frame, stamp_ns, camera):
+        if camera == 'ir':
+            return [image_cdr(frame, 'mono8', camera, stamp_ns + 3_000_000_000)]
+        return [image_cdr(frame, 'bgr8', camera, stamp_ns)]
+
+    kind = 'sensor_msgs/msg/Image'
+    bag = _write(tmp_path / 'apart', simulation.Case('pan', duration=4.0),
+                 {'ir': (IR_TOPIC, kind, encode), 'vi': (VI_TOPIC, kind, encode)})
+    out = tmp_path / 'offset.yaml'
+    assert main(['--bag', str(bag), '--infrared-topic', IR_TOPIC, '--visible-topic', VI_TOPIC,
+                 '--out', str(out)]) == 2
+    err = capsys.readouterr().err
+    said = f'the {IR_TOPIC} stamps are 3.000 s later than the {VI_TOPIC} stamps'
+    assert said in err and 'clocks are that far apart' in err, err
+    assert not out.exists()
+    prior = tmp_path / 'prior.yaml'
+    assert calibrate(['--bag', str(bag), '--infrared-topic', IR_TOPIC, '--visible-topic',
+                      VI_TOPIC, '--out', str(prior), '--threads', '1']) == 2
+    assert said in capsys.readouterr().err
+    assert not prior.exists()
+
+
+def test_calibrate_auto_warns_of_drifting_stamps_as_tarfuse_time_offset_does(tmp_path, capsys):
+    # IR stamps drifting 30 ms a second: tarfuse-time-offset warns that the parts of the
+    # recording disagree; calibrate --infrared-time-offset auto paired with the same estimate
+    # without a word.
+    from tarfuse_ros.tools.bagio import image_cdr
+    from tarfuse_ros.tools.calibrate import main as calibrate
+    start_ns = int(1_700_000_000 * 1e9)
+
+    def encode(frame, stamp_ns, camera):
+        if camera == 'ir':
+            return [image_cdr(frame, 'mono8', camera,
+                              stamp_ns + round(0.03 * (stamp_ns - start_ns)))]
+        return [image_cdr(frame, 'bgr8', camera, stamp_ns)]
+
+    kind = 'sensor_msgs/msg/Image'
+    bag = _write(tmp_path / 'drift', simulation.Case('pan', duration=12.0),
+                 {'ir': (IR_TOPIC, kind, encode), 'vi': (VI_TOPIC, kind, encode)})
+    topics = ['--bag', str(bag), '--infrared-topic', IR_TOPIC, '--visible-topic', VI_TOPIC]
+    assert main(topics) == 0
+    said = 'warning: the parts of the recording disagree by'
+    assert said in capsys.readouterr().err
+    calibrate(topics + ['--infrared-time-offset', 'auto', '--pairs-count', '1',
+                        '--iterations', '1', '--max-side', '64', '--threads', '1', '--out',
+                        str(tmp_path / 'prior.yaml')])
+    assert f'tarfuse-calibrate: {said}' in capsys.readouterr().err
 
 
 def test_ctrl_c_prints_one_line_and_writes_nothing(tmp_path, capsys):
