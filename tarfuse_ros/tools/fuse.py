@@ -65,22 +65,29 @@ stderr and in the summary; the rest is still processed); 2 for usage errors (bad
 missing paths, inputs of different kinds, a video that cannot be opened, no pair to fuse (for
 videos: no visible frame with an IR frame near it), weights or device that cannot be loaded, an
 ``.onnx`` file, ``--detections`` with a model without detection head or into label files not
-its own); 130 after Ctrl-C.
+its own); 130 after Ctrl-C or SIGTERM (the pairs fused by then are written first).
+
+Each output file is written under a hidden temporary name beside it and renamed once whole: a
+run killed outright (SIGKILL) leaves no file cut short under an output's name, and of two runs
+into one folder at once each file is one run's whole.
 """
 
 import argparse
 from dataclasses import dataclass, field
+import io
 import json
 import math
 import os
 from pathlib import Path
 import queue
+import signal
 import sys
 import threading
 import time
 
 import cv2
 import numpy as np
+from tarfuse_ros.console import StopRequest
 from tarfuse_ros.core.files import is_truncated_jpeg_data
 from tarfuse_ros.core.fine_passes import check_fine_passes, fine_passes_option, OPTION_OWN
 from tarfuse_ros.core.global_stream import check_stream_settings, OPTIONS, StreamSettingError
@@ -100,6 +107,9 @@ VIDEO_SUFFIXES = frozenset({
     '.m2ts', '.3gp', '.ogv', '.mjpeg', '.mjpg', '.y4m'})
 _PREFETCH = 4  # pairs decoded ahead of the engine
 _WRITE_QUEUE = 8  # results waiting to be encoded
+# Output folder -> the suffixes of the files written there for each pair.
+_OUTPUT_SUFFIXES = {'fused': ('.png',), 'registered': ('.png',), 'flow': ('.npy', '.png'),
+                    'detections': ('.json',), 'labels': ('.txt',)}
 
 
 class UsageError(ValueError):
@@ -459,9 +469,28 @@ def flow_to_colour(flow_px):
     return cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR)
 
 
+def _write_whole(path, data):
+    """Write ``data`` (bytes) to ``path`` through a hidden temporary file beside it, renamed.
+
+    A run stopped meanwhile (SIGKILL, a power cut) leaves no cut file under the output's name,
+    and of two runs writing into one folder at once each file is one run's whole (written in
+    place, a PNG was cut short or held the end of the other run's).
+    """
+    path = Path(path)
+    temporary = path.with_name(f'.{path.name}.{os.getpid()}.partial')
+    try:
+        temporary.write_bytes(data)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
 def _imwrite(path, img):
-    if not cv2.imwrite(str(path), img):
-        raise OSError(f'{path}: OpenCV could not write the image')
+    ok, data = cv2.imencode(Path(path).suffix, img)
+    if not ok:
+        raise OSError(f'{path}: OpenCV could not encode the image')
+    _write_whole(path, data.tobytes())
 
 
 def _yolo_lines(detections, height, width):
@@ -583,13 +612,16 @@ class _Outputs:
         if self.registered:
             _imwrite(self.out / 'registered' / f'{name}.png', result.registered_ir)
         if self.flow:
-            np.save(self.out / 'flow' / f'{name}.npy', result.flow_px.astype(np.float32))
+            flow = io.BytesIO()
+            np.save(flow, result.flow_px.astype(np.float32))
+            _write_whole(self.out / 'flow' / f'{name}.npy', flow.getvalue())
             _imwrite(self.out / 'flow' / f'{name}.png', flow_to_colour(result.flow_px))
         if self.detections:
             record = _detections_record(name, result, info)
-            (self.out / 'detections' / f'{name}.json').write_text(json.dumps(record, indent=2))
-            (self.out / 'labels' / f'{name}.txt').write_text(
-                _yolo_lines(result.detections, record['height'], record['width']))
+            _write_whole(self.out / 'detections' / f'{name}.json',
+                         json.dumps(record, indent=2).encode())
+            _write_whole(self.out / 'labels' / f'{name}.txt', _yolo_lines(
+                result.detections, record['height'], record['width']).encode())
 
 
 # --------------------------------------------------------------------------------------------
@@ -783,6 +815,35 @@ def build_parser():
     return parser
 
 
+def _inputs_among_outputs(args, kind):
+    """Return why ``args.out`` would write over the inputs, or None.
+
+    A folder of inputs that is one of the output folders (``--ir out/registered`` with
+    ``--registered``) had its images replaced as they were fused, or, of other suffixes, a PNG
+    of the same stem added beside each, which made the next run of the command fail on every
+    pair ('ambiguous, several images of this stem'); an input image that is an output file
+    was replaced by it.
+    """
+    written = [name for wanted, name in (
+        (kind != 'video', 'fused'), (args.registered, 'registered'), (args.flow, 'flow'),
+        (args.detections, 'detections'), (args.detections, 'labels')) if wanted]
+    for option, given in (('--ir', args.ir), ('--visible', args.visible)):
+        if kind == 'folder':
+            for name in written:
+                if (args.out / name).resolve() == given.resolve():
+                    return (f'{option} {str(given)!r} is the folder tarfuse-fuse writes its '
+                            f'{name} outputs into (--out {str(args.out)!r}): they would be '
+                            f'written among the inputs')
+        elif kind == 'image':
+            stem = args.visible.stem  # a pair of images is named after the visible one
+            for name in written:
+                for suffix in _OUTPUT_SUFFIXES[name]:
+                    if (args.out / name / f'{stem}{suffix}').resolve() == given.resolve():
+                        return (f'{option} {str(given)!r} is an output file of tarfuse-fuse '
+                                f'(--out {str(args.out)!r}): it would be replaced')
+    return None
+
+
 def _foreign_labels(out):
     """Return the label files in ``out/labels`` that tarfuse-fuse did not write.
 
@@ -844,8 +905,26 @@ def _load_engine(weights, device, threads, scale_search=True, global_every=1, gl
 
 
 def main(argv=None):
-    """Entry point of ``tarfuse-fuse``; returns the exit status (0, 1 some failed, 2 usage)."""
+    """Entry point of ``tarfuse-fuse``; returns the exit status (0, 1 some failed, 2 usage).
+
+    SIGTERM (``timeout``, kill, a job scheduler) stops it as Ctrl-C does, and only the first
+    of these signals stops it: the pairs fused by then are still written, and the summary
+    printed, before it exits with status 130 (SIGTERM killed it with the PNG being written
+    cut short and the pairs waiting to be written lost).
+    """
     args = build_parser().parse_args(argv)
+    previous = {}
+    stop = StopRequest(once=True)
+    if threading.current_thread() is threading.main_thread():  # else signals are not ours
+        previous = stop.install((signal.SIGINT, signal.SIGTERM))
+    try:
+        return _main(args)
+    finally:
+        stop.restore(previous)
+
+
+def _main(args):
+    """Run ``tarfuse-fuse`` with the parsed ``args``; return the exit status."""
 
     def report(line):
         tqdm.write(line, file=sys.stderr)
@@ -876,6 +955,9 @@ def main(argv=None):
                              f'another --out')
         prior = _load_prior(args.prior)
         plan = plan_inputs(args.ir, args.visible, args.ir_offset_ms)
+        overwritten = _inputs_among_outputs(args, plan.kind)
+        if overwritten:
+            raise UsageError(f'{overwritten}; give another --out')
         from tarfuse_ros.core.images import check_frame_size
         for each in plan.videos:  # every frame would be refused: say it once, before the model
             width, height = each.size

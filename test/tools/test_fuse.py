@@ -736,6 +736,132 @@ def test_ctrl_c_mid_run_accounts_for_the_pair_it_stopped(tmp_path):
     assert interrupted <= 1 and pairs_out == len(list(out.glob('fused/*.png'))) < 20, stdout
 
 
+def _copies_of_the_samples(folder, copies, size=None):
+    """Write ``copies`` x the sample pairs into ``folder/ir`` and ``folder/vi`` as PNG."""
+    for sub in ('ir', 'vi'):
+        (folder / sub).mkdir()
+        for copy in range(copies):
+            for stem in STEMS:
+                img = _read(SAMPLES / sub / f'{stem}.jpg')
+                if size is not None:
+                    img = cv2.resize(img, size, interpolation=cv2.INTER_LINEAR)
+                cv2.imwrite(str(folder / sub / f'{copy}_{stem}.png'), img)
+
+
+def _outputs(out):
+    """Return the output files in ``out`` (not a killed run's hidden temporaries)."""
+    return [path for path in out.rglob('*') if path.is_file() and not path.name.startswith('.')]
+
+
+def _every_output_whole(out):
+    """Assert that each output file decodes (PNG) or loads (.npy); return how many."""
+    files = _outputs(out)
+    for path in files:
+        if path.suffix == '.png':
+            assert cv2.imread(str(path), cv2.IMREAD_UNCHANGED) is not None, path
+        elif path.suffix == '.npy':
+            np.load(path)
+    return len(files)
+
+
+def test_sigterm_mid_run_stops_as_ctrl_c_does_with_every_pair_written_whole(tmp_path):
+    # SIGTERM (timeout, a job scheduler) killed the run: exit status -15, no summary, the
+    # fused PNG being written cut short ('libpng error: Read Error') and the pair's other
+    # outputs, and those waiting to be written, lost.
+    import re
+    import signal
+    import sys
+    import time
+    _copies_of_the_samples(tmp_path, 4)  # 20 pairs: the run is still going at the signal
+    out = tmp_path / 'out'
+    process = subprocess.Popen(
+        [sys.executable, '-m', 'tarfuse_ros.tools.fuse', '--ir', str(tmp_path / 'ir'),
+         '--visible', str(tmp_path / 'vi'), '--out', str(out), '--threads', '1',
+         '--registered', '--flow'],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while process.poll() is None and time.monotonic() < deadline and \
+            len(list(out.glob('fused/*.png'))) < 2:
+        time.sleep(0.002)
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    counts = re.search(r'(\d+) pair\(s\) in, (\d+) fused out, 0 failed, (\d+) '
+                       r'interrupted;', stdout)
+    assert counts, stdout
+    pairs_in, pairs_out, interrupted = (int(n) for n in counts.groups())
+    assert pairs_in == pairs_out + interrupted and 2 <= pairs_out < 20, stdout
+    for folder, suffixes in (('fused', ('.png',)), ('registered', ('.png',)),
+                             ('flow', ('.npy', '.png'))):
+        names = sorted(path.name for path in (out / folder).iterdir())
+        assert len(names) == pairs_out * len(suffixes), (folder, names, stdout)
+    _every_output_whole(out)
+
+
+def test_a_killed_run_leaves_no_output_file_cut_short(tmp_path):
+    # Files were written in place: SIGKILL (out of memory, kill -9) while a large PNG was
+    # encoded left it cut short under its name, as one of two runs writing into one folder
+    # saw the other's file half written. They are now renamed into place once whole.
+    import signal
+    import sys
+    import time
+    _copies_of_the_samples(tmp_path, 1, size=(2560, 1600))
+    out = tmp_path / 'out'
+    process = subprocess.Popen(
+        [sys.executable, '-m', 'tarfuse_ros.tools.fuse', '--ir', str(tmp_path / 'ir'),
+         '--visible', str(tmp_path / 'vi'), '--out', str(out), '--threads', '1', '--flow',
+         '--input-max-long-side', '640'],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while process.poll() is None and time.monotonic() < deadline and \
+            not (out.is_dir() and _outputs(out)):
+        time.sleep(0.001)
+    process.send_signal(signal.SIGKILL)
+    process.communicate(timeout=60)
+    assert process.returncode == -signal.SIGKILL
+    assert _every_output_whole(out) >= 1
+
+
+def test_outputs_are_never_written_over_the_inputs(tmp_path, capsys):
+    # --ir out/registered with --registered: each IR image was replaced by its registered
+    # copy as the folder was fused (or, a JPEG, got a PNG of its stem beside it, and the same
+    # command run again failed on every pair: 'ambiguous, several images of this stem').
+    import hashlib
+    out = tmp_path / 'out'
+    (out / 'registered').mkdir(parents=True)
+    for stem in STEMS[:2]:
+        shutil.copy(SAMPLES / 'synthetic_misaligned' / 'ir_warp' / f'{stem}.png',
+                    out / 'registered' / f'{stem}.png')
+
+    def digests():
+        return {path: hashlib.sha256(path.read_bytes()).hexdigest()
+                for path in out.rglob('*') if path.is_file()}
+
+    before = digests()
+    status, stdout, err = _run(capsys, '--ir', out / 'registered', '--visible', SAMPLES / 'vi',
+                               '--out', out, '--registered')
+    assert status == 2 and stdout == '', stdout
+    registered = str(out / 'registered')
+    assert err == (f'tarfuse-fuse: error: --ir {registered!r} is the folder tarfuse-fuse '
+                   f'writes its registered outputs into (--out {str(out)!r}): they would be '
+                   f'written among the inputs; give another --out\n'), err
+    assert digests() == before
+    # One image: the output of the pair (named after the visible image) is the IR image.
+    ir = out / 'fused' / f'{STEMS[0]}.png'
+    ir.parent.mkdir()
+    shutil.copy(SAMPLES / 'ir' / f'{STEMS[0]}.jpg', ir)
+    before = digests()
+    status, stdout, err = _run(capsys, '--ir', ir, '--visible',
+                               SAMPLES / 'vi' / f'{STEMS[0]}.jpg', '--out', out)
+    assert status == 2 and 'is an output file of tarfuse-fuse' in err, err
+    assert digests() == before
+    # Other folders are fine: the visible images' folder as --out writes into its subfolders.
+    status, stdout, err = _run(capsys, '--ir', out / 'registered', '--visible', SAMPLES / 'vi',
+                               '--out', out / 'registered', '--registered')
+    assert status == 0, err
+    assert digests().items() >= before.items()
+
+
 def test_pairing_rule_nearest_in_time_earlier_on_ties():
     visible = [(k, t, f'v{k}') for k, t in enumerate([0.0, 20.0, 50.0, 99.0, 160.0, 260.0])]
     infrared = [(j, t, f'i{j}') for j, t in enumerate([5.0, 40.0, 60.0, 80.0, 100.0, 140.0])]
