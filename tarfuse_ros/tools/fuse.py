@@ -552,9 +552,11 @@ class _Outputs:
             choices = [('.avi', 'MJPG', cv2.CAP_OPENCV_MJPEG)]
         for suffix, fourcc, api in choices:
             # Written under a temporary name (same suffix: it picks the container) that
-            # replaces the video of an earlier run only once a frame is in it.
+            # replaces the video of an earlier run only once a frame is in it. The process id
+            # keeps two runs into one folder apart (both wrote into one file, and the second
+            # to finish stopped with a traceback: its temporary was gone).
             path = self.out / f'{Path(visible_path).stem}_fused{suffix}'
-            partial = path.with_name(f'{path.stem}.partial{suffix}')
+            partial = path.with_name(f'.{path.stem}.{os.getpid()}.partial{suffix}')
             writer = cv2.VideoWriter(str(partial), api, cv2.VideoWriter_fourcc(*fourcc), fps,
                                      size)
             if writer.isOpened():

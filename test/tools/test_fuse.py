@@ -565,6 +565,26 @@ def test_odd_sized_video_keeps_the_visible_size(tmp_path, capsys):
     assert len(frames) == 3 and all(frame.shape == (29, 37, 3) for frame in frames)
 
 
+def test_two_runs_at_once_into_one_folder_each_write_a_whole_video(tmp_path):
+    # Both wrote into one temporary video: the second to finish stopped with a
+    # FileNotFoundError traceback (the first had renamed the file), the video a mix of both.
+    import sys
+    _write_y4m(tmp_path / 'visible.y4m', 10, 30, (224, 160))
+    _write_y4m(tmp_path / 'thermal.y4m', 10, 30, (224, 160))
+    out = tmp_path / 'out'
+    command = [sys.executable, '-m', 'tarfuse_ros.tools.fuse', '--ir',
+               str(tmp_path / 'thermal.y4m'), '--visible', str(tmp_path / 'visible.y4m'),
+               '--out', str(out), '--threads', '1', '--no-scale-search']
+    runs = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for _ in range(2)]
+    for run in runs:
+        stdout, stderr = run.communicate(timeout=300)
+        assert run.returncode == 0, stderr
+        assert '30 frame(s) in, 30 fused out, 0 failed' in stdout, stdout
+    assert sorted(path.name for path in out.iterdir()) == ['visible_fused.mp4']
+    assert len(_frames(out / 'visible_fused.mp4')) == 30
+
+
 def test_a_video_of_strips_is_refused_once_before_the_model_loads(tmp_path, capsys):
     _write_y4m(tmp_path / 'visible.y4m', 10, 3, (200, 16))
     _write_y4m(tmp_path / 'thermal.y4m', 10, 3, (64, 48))
