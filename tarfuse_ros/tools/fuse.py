@@ -22,18 +22,20 @@ are at most one IR frame period apart; visible frames outside the IR recording b
 are reported as unpaired and left out of the fused video. A slower IR camera thus serves one IR
 frame to several visible frames, a faster one has frames skipped.
 
-Images are read as stored (``cv2.IMREAD_UNCHANGED``, EXIF orientation not applied): 8- or 16-bit
-IR (colour IR is reduced to grey), grey, colour or BGRA visible, any sizes (the IR is resized to
-the visible frame). Every pair goes through :class:`~tarfuse_ros.core.engine.FusionEngine` with
-the node's default settings, so the outputs are the node's for the same pair. Pairs are fused in
-order (folders: sorted by stem; videos: by time), one at a time, so ``--global-every`` /
-``--global-window`` (the node's ``registration.global_every`` / ``global_window``) keep the global
-stage's map over them as the node does over a stream: for frames of one rigid rig; so does
-``--global-track`` (the node's ``registration.global_track``: each frame's map refined from the
-previous one's, for a video or a folder of frames of one rig). ``--prior``
-takes the rig's calibration prior (the node parameters file ``tarfuse-calibrate`` writes, as the
-node's ``prior_file:=``): the IR is pre-warped by it and the flow is the composition, as in the
-node; a pair whose aspect ratio is not the prior's is reported and left out.
+Images are read as stored (``cv2.IMREAD_UNCHANGED``, EXIF orientation not applied): 8- or 16-bit IR
+(colour IR is reduced to grey), grey, colour or BGRA visible, any sizes (the IR is resized to the
+visible frame); a pair whose two files carry different EXIF orientation tags is warned of once per
+pair of tags (a viewer shows them turned against each other). Every pair goes through
+:class:`~tarfuse_ros.core.engine.FusionEngine` with the node's default settings, so the outputs are
+the node's for the same pair. Pairs are fused in order (folders: sorted by stem; videos: by time),
+one at a time, so ``--global-every`` / ``--global-window`` (the node's
+``registration.global_every`` / ``global_window``) keep the global stage's map over them as the
+node does over a stream: for frames of one rigid rig; so does ``--global-track`` (the node's
+``registration.global_track``: each frame's map refined from the previous one's, for a video or a
+folder of frames of one rig). ``--prior`` takes the rig's calibration prior (the node parameters
+file ``tarfuse-calibrate`` writes, as the node's ``prior_file:=``): the IR is pre-warped by it and
+the flow is the composition, as in the node; a pair whose aspect ratio is not the prior's is
+reported and left out.
 
 Outputs in ``--out`` (created if needed); ``<name>`` is the stem for images and
 ``<visible stem>_<visible frame index, 6 digits>`` for video frames:
@@ -87,6 +89,7 @@ import time
 
 import cv2
 import numpy as np
+import PIL.Image
 from tarfuse_ros.console import StopRequest
 from tarfuse_ros.core.files import is_truncated_jpeg_data
 from tarfuse_ros.core.fine_passes import check_fine_passes, fine_passes_option, OPTION_OWN
@@ -94,9 +97,9 @@ from tarfuse_ros.core.global_stream import check_stream_settings, OPTIONS, Strea
 from tarfuse_ros.core.sizes import PORTRAIT_ADVICE, portrait_beside_landscape
 from tqdm import tqdm
 
-__all__ = ['IMAGE_SUFFIXES', 'Summary', 'UsageError', 'VIDEO_SUFFIXES', 'VideoFrames',
-           'build_parser', 'flow_to_colour', 'input_kind', 'main', 'match_stems',
-           'pair_by_time', 'plan_inputs', 'read_image', 'run']
+__all__ = ['EXIF_TURNS', 'IMAGE_SUFFIXES', 'Summary', 'UsageError', 'VIDEO_SUFFIXES',
+           'VideoFrames', 'build_parser', 'exif_orientation', 'flow_to_colour', 'input_kind',
+           'main', 'match_stems', 'pair_by_time', 'plan_inputs', 'read_image', 'run']
 
 PROG = 'tarfuse-fuse'
 IMAGE_SUFFIXES = frozenset({
@@ -107,6 +110,14 @@ VIDEO_SUFFIXES = frozenset({
     '.m2ts', '.3gp', '.ogv', '.mjpeg', '.mjpg', '.y4m'})
 _PREFETCH = 4  # pairs decoded ahead of the engine
 _WRITE_QUEUE = 8  # results waiting to be encoded
+_EXIF_ORIENTATION = 0x0112
+# EXIF orientation tag -> what viewers do to the stored image to show it.
+EXIF_TURNS = {1: 'shown as stored', 2: 'shown mirrored left-right',
+              3: 'shown turned 180 degrees', 4: 'shown mirrored top-bottom',
+              5: 'shown mirrored across the main diagonal',
+              6: 'shown turned 90 degrees clockwise',
+              7: 'shown mirrored across the other diagonal',
+              8: 'shown turned 90 degrees counter-clockwise'}
 # Output folder -> the suffixes of the files written there for each pair.
 _OUTPUT_SUFFIXES = {'fused': ('.png',), 'registered': ('.png',), 'flow': ('.npy', '.png'),
                     'detections': ('.json',), 'labels': ('.txt',)}
@@ -281,6 +292,7 @@ class _Item:
     error: str = None  # the pair could not be read: a failure
     unpaired: bool = False  # a visible video frame without an IR frame near it: left out
     info: dict = field(default_factory=dict)  # sources, recorded in the detections JSON
+    orientations: tuple = (1, 1)  # EXIF orientation tags of the IR and visible files
 
 
 @dataclass
@@ -297,6 +309,20 @@ class _Plan:
     pair_word: str = 'pair'
 
 
+def exif_orientation(path):
+    """Return the EXIF orientation tag of an image file: 1-8 (1: as stored, also untagged).
+
+    Images are fused as stored; viewers show a tagged one turned or mirrored
+    (:data:`EXIF_TURNS`). A tag that cannot be read counts as none.
+    """
+    try:
+        with PIL.Image.open(path) as image:
+            tag = image.getexif().get(_EXIF_ORIENTATION, 1)
+    except Exception:  # noqa: BLE001 - Pillow raises many error types; no tag read
+        return 1
+    return tag if tag in EXIF_TURNS else 1
+
+
 def _image_items(pairs):
     for name, ir_path, vi_path in pairs:
         info = {'ir': str(ir_path), 'visible': str(vi_path)}
@@ -305,7 +331,8 @@ def _image_items(pairs):
         except OSError as exc:
             yield _Item(name, error=str(exc), info=info)
             continue
-        yield _Item(name, ir, vi, info=info)
+        yield _Item(name, ir, vi, info=info,
+                    orientations=(exif_orientation(ir_path), exif_orientation(vi_path)))
 
 
 def _video_items(vi_video, ir_video, ir_offset_ms):
@@ -661,7 +688,7 @@ def run(plan, engine, outputs, report, show_progress=None):
     start = time.perf_counter()
     reader = _Prefetch(plan.items)
     pending = 0  # the pair counted in and not yet failed or handed to the outputs
-    warned_shapes = set()
+    warned_shapes, warned_orientations = set(), set()
     try:
         for item in reader:
             bar.update(1)
@@ -676,6 +703,7 @@ def run(plan, engine, outputs, report, show_progress=None):
                 report(f'{PROG}: skipped {item.name}: {item.error}')
                 continue
             _warn_portrait_beside_landscape(item, warned_shapes, report)
+            _warn_exif_orientations(item, warned_orientations, report)
             try:
                 engine.check_network_size(item.vi.shape[:2], '--input-max-long-side')
                 result = engine.infer(item.ir, item.vi)
@@ -713,6 +741,24 @@ def _warn_portrait_beside_landscape(item, warned, report):
     report(f'{PROG}: warning: {item.name}: IR {ir_w}x{ir_h} and visible {vi_w}x{vi_h}, one '
            f'portrait, the other landscape: {PORTRAIT_ADVICE}; rotate those images first '
            f'(said once for these sizes)')
+
+
+def _warn_exif_orientations(item, warned, report):
+    """Warn once per pair of EXIF orientation tags where the IR's and the visible's differ.
+
+    Both images are fused as stored (as the node receives them); a viewer shows the tagged one
+    turned, so a pair that looks right there was fused turned against each other, without a
+    word where both frames are landscape (a JPEG tagged 'turned 180 degrees').
+    """
+    ir_tag, vi_tag = item.orientations
+    if ir_tag == vi_tag or item.orientations in warned:
+        return
+    warned.add(item.orientations)
+    report(f'{PROG}: warning: {item.name}: EXIF orientation {ir_tag} in the IR file '
+           f'({EXIF_TURNS[ir_tag]}), {vi_tag} in the visible file ({EXIF_TURNS[vi_tag]}): '
+           f'images are fused as stored, not as viewers show them: if the two look aligned '
+           f'in a viewer, they are fused turned against each other; write the tagged image '
+           f'turned first (e.g. exiftran -ai FILE) (said once for these tags)')
 
 
 def _summary_lines(plan, summary, outputs, engine, threads):

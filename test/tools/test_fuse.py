@@ -882,6 +882,36 @@ def test_outputs_are_never_written_over_the_inputs(tmp_path, capsys):
     assert digests().items() >= before.items()
 
 
+def test_ir_and_visible_files_of_other_exif_orientations_are_warned_of_once(tmp_path, capsys):
+    # Images are fused as stored: a visible JPEG tagged 'turned 180 degrees' (a phone held
+    # upside down) beside an untagged IR image looks aligned in a viewer but was fused turned
+    # against it, without a word (both frames landscape: no portrait warning either).
+    from PIL import Image
+    for sub in ('ir', 'vi'):
+        (tmp_path / sub).mkdir()
+    for stem, ir_tag, vi_tag in (('a', None, 3), ('b', None, 3), ('c', 6, 6)):
+        for sub, tag in (('ir', ir_tag), ('vi', vi_tag)):
+            image = Image.open(SAMPLES / sub / f'{STEMS[0]}.jpg')
+            exif = Image.Exif()
+            if tag is not None:
+                exif[0x0112] = tag
+            image.save(tmp_path / sub / f'{stem}.jpg', exif=exif.tobytes(), quality=95)
+    assert [fuse.exif_orientation(tmp_path / 'vi' / f'{stem}.jpg') for stem in 'abc'] == [3, 3, 6]
+    status, stdout, err = _run(capsys, '--ir', tmp_path / 'ir', '--visible', tmp_path / 'vi',
+                               '--out', tmp_path / 'out')
+    assert status == 0 and '3 pair(s) in, 3 fused out' in stdout, err
+    warnings = [line for line in err.splitlines() if 'EXIF orientation' in line]
+    assert warnings == [
+        'tarfuse-fuse: warning: a: EXIF orientation 1 in the IR file (shown as stored), 3 in the '
+        'visible file (shown turned 180 degrees): images are fused as stored, not as viewers '
+        'show them: if the two look aligned in a viewer, they are fused turned against each '
+        'other; write the tagged image turned first (e.g. exiftran -ai FILE) (said once for '
+        'these tags)'], err  # once for a and b; none for c, both tagged alike (a phone rig)
+    # Still fused as stored: the tag does not change the output.
+    assert _read(tmp_path / 'out' / 'fused' / 'a.png').shape == _read(
+        SAMPLES / 'vi' / f'{STEMS[0]}.jpg').shape
+
+
 def test_pairing_rule_nearest_in_time_earlier_on_ties():
     visible = [(k, t, f'v{k}') for k, t in enumerate([0.0, 20.0, 50.0, 99.0, 160.0, 260.0])]
     infrared = [(j, t, f'i{j}') for j, t in enumerate([5.0, 40.0, 60.0, 80.0, 100.0, 140.0])]
