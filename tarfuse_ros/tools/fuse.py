@@ -86,6 +86,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 
 import cv2
 import numpy as np
@@ -316,8 +317,11 @@ def exif_orientation(path):
     (:data:`EXIF_TURNS`). A tag that cannot be read counts as none.
     """
     try:
-        with PIL.Image.open(path) as image:
-            tag = image.getexif().get(_EXIF_ORIENTATION, 1)
+        with warnings.catch_warnings():
+            # Of a large frame's file (above 89 Mpx): read its tags, print no warning.
+            warnings.simplefilter('ignore', PIL.Image.DecompressionBombWarning)
+            with PIL.Image.open(path) as image:
+                tag = image.getexif().get(_EXIF_ORIENTATION, 1)
     except Exception:  # noqa: BLE001 - Pillow raises many error types; no tag read
         return 1
     return tag if tag in EXIF_TURNS else 1

@@ -910,6 +910,13 @@ def test_ir_and_visible_files_of_other_exif_orientations_are_warned_of_once(tmp_
     # Still fused as stored: the tag does not change the output.
     assert _read(tmp_path / 'out' / 'fused' / 'a.png').shape == _read(
         SAMPLES / 'vi' / f'{STEMS[0]}.jpg').shape
+    # The tags of a large frame's file are read without Pillow's 'decompression bomb' warning.
+    import warnings
+    cv2.imwrite(str(tmp_path / 'large.png'), np.zeros((9500, 9500), np.uint8))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        assert fuse.exif_orientation(tmp_path / 'large.png') == 1
+    assert not caught, [str(warning.message) for warning in caught]
 
 
 def test_pairing_rule_nearest_in_time_earlier_on_ties():
