@@ -40,12 +40,12 @@ reported and left out.
 Outputs in ``--out`` (created if needed); ``<name>`` is the stem for images and
 ``<visible stem>_<visible frame index, 6 digits>`` for video frames:
 
-- ``fused/<name>.png``: the fused image, visible image size (BGR for a colour visible image,
-  grey for a grey one); for videos instead ``<visible stem>_fused.mp4`` (MPEG-4 Part 2), or
-  ``.avi`` (Motion JPEG) for an ``.avi`` input or a visible video of odd width or height
-  (FFmpeg's encoders would crop it to even sizes), at the visible video's frame rate and size;
-  written under a temporary name until the end, so a run that fuses no frame leaves no video
-  file and an earlier run's video as it was;
+- ``fused/<name>.png``: the fused image, visible image size (BGR for a colour visible image, and
+  for a grey one beside a colour IR image, whose colour it keeps; else grey); for videos instead
+  ``<visible stem>_fused.mp4`` (MPEG-4 Part 2), or ``.avi`` (Motion JPEG) for an ``.avi`` input or
+  a visible video of odd width or height (FFmpeg's encoders would crop it to even sizes), at the
+  visible video's frame rate and size; written under a temporary name until the end, so a run that
+  fuses no frame leaves no video file and an earlier run's video as it was;
 - ``registered/<name>.png`` (``--registered``): the IR warped onto the visible frame, 8-bit;
 - ``flow/<name>.npy`` (``--flow``): float32 ``HxWx2``, (dx, dy) in visible pixels,
   ``registered_ir(p) = ir(p + flow(p))``; ``flow/<name>.png``: the same colour-coded with
