@@ -18,7 +18,8 @@ def check_onnx_output(output, weights, name='output'):
     Refused: a folder, or a path ending in a separator (a folder to be: the file would be
     written under its name); the checkpoint ``weights`` itself (the ONNX file would replace
     it); a ``.safetensors`` path (the node and tools would take the ONNX file for a
-    checkpoint); a path this process cannot write (:func:`~tarfuse_ros.core.files.output_problem`).
+    checkpoint); an existing file not named ``.onnx`` (a TensorRT engine, an image: it would be
+    replaced); a path this process cannot write (:func:`~tarfuse_ros.core.files.output_problem`).
 
     Args:
         output: the ONNX file to write, as given (a ``str`` keeps its trailing separator).
@@ -42,6 +43,12 @@ def check_onnx_output(output, weights, name='output'):
         raise ValueError(f'{shown} names a .safetensors file, but an ONNX file is written '
                          f'there (the node and tools would take it for a checkpoint): give a '
                          f'path ending in .onnx (e.g. {onnx_name!r})')
+    if path.is_file() and path.suffix.lower() != '.onnx':
+        # tarfuse-export replaced it whatever it held: a TensorRT engine built from an earlier
+        # export (--out tarfuse.engine), a PyTorch file, an image.
+        raise ValueError(f'{shown} is a file that is not named .onnx; tarfuse-export would '
+                         f'replace it with an ONNX model: give a path ending in .onnx (e.g. '
+                         f'{onnx_name!r}), or remove the file first')
     problem = output_problem(path)
     if problem:
         raise ValueError(f'{shown} cannot be written ({problem}); give a path in a folder you '

@@ -8,7 +8,8 @@ Example::
 The graph, its inputs, outputs and metadata: :mod:`tarfuse_ros.core.export`. Exit status 0 on
 success, 1 when the export or its check against PyTorch fails, 2 for usage errors (a missing or
 invalid checkpoint, a bad option, an ``--out`` that is a folder, cannot be written, is the
-checkpoint itself or ends in ``.safetensors``: checked before the export).
+checkpoint itself, ends in ``.safetensors`` or is an existing file not named ``.onnx``, such as a
+TensorRT engine: checked before the export).
 """
 
 import argparse

@@ -22,28 +22,30 @@ are at most one IR frame period apart; visible frames outside the IR recording b
 are reported as unpaired and left out of the fused video. A slower IR camera thus serves one IR
 frame to several visible frames, a faster one has frames skipped.
 
-Images are read as stored (``cv2.IMREAD_UNCHANGED``, EXIF orientation not applied): 8- or 16-bit
-IR (colour IR is reduced to grey), grey, colour or BGRA visible, any sizes (the IR is resized to
-the visible frame). Every pair goes through :class:`~tarfuse_ros.core.engine.FusionEngine` with
-the node's default settings, so the outputs are the node's for the same pair. Pairs are fused in
-order (folders: sorted by stem; videos: by time), one at a time, so ``--global-every`` /
-``--global-window`` (the node's ``registration.global_every`` / ``global_window``) keep the global
-stage's map over them as the node does over a stream: for frames of one rigid rig; so does
-``--global-track`` (the node's ``registration.global_track``: each frame's map refined from the
-previous one's, for a video or a folder of frames of one rig). ``--prior``
-takes the rig's calibration prior (the node parameters file ``tarfuse-calibrate`` writes, as the
-node's ``prior_file:=``): the IR is pre-warped by it and the flow is the composition, as in the
-node; a pair whose aspect ratio is not the prior's is reported and left out.
+Images are read as stored (``cv2.IMREAD_UNCHANGED``, EXIF orientation not applied): 8- or 16-bit IR
+(colour IR is reduced to grey), grey, colour or BGRA visible, any sizes (the IR is resized to the
+visible frame); a pair whose two files carry different EXIF orientation tags is warned of once per
+pair of tags (a viewer shows them turned against each other). Every pair goes through
+:class:`~tarfuse_ros.core.engine.FusionEngine` with the node's default settings, so the outputs are
+the node's for the same pair. Pairs are fused in order (folders: sorted by stem; videos: by time),
+one at a time, so ``--global-every`` / ``--global-window`` (the node's
+``registration.global_every`` / ``global_window``) keep the global stage's map over them as the
+node does over a stream: for frames of one rigid rig; so does ``--global-track`` (the node's
+``registration.global_track``: each frame's map refined from the previous one's, for a video or a
+folder of frames of one rig). ``--prior`` takes the rig's calibration prior (the node parameters
+file ``tarfuse-calibrate`` writes, as the node's ``prior_file:=``): the IR is pre-warped by it and
+the flow is the composition, as in the node; a pair whose aspect ratio is not the prior's is
+reported and left out.
 
 Outputs in ``--out`` (created if needed); ``<name>`` is the stem for images and
 ``<visible stem>_<visible frame index, 6 digits>`` for video frames:
 
-- ``fused/<name>.png``: the fused image, visible image size (BGR for a colour visible image,
-  grey for a grey one); for videos instead ``<visible stem>_fused.mp4`` (MPEG-4 Part 2), or
-  ``.avi`` (Motion JPEG) for an ``.avi`` input or a visible video of odd width or height
-  (FFmpeg's encoders would crop it to even sizes), at the visible video's frame rate and size;
-  written under a temporary name until the end, so a run that fuses no frame leaves no video
-  file and an earlier run's video as it was;
+- ``fused/<name>.png``: the fused image, visible image size (BGR for a colour visible image, and
+  for a grey one beside a colour IR image, whose colour it keeps; else grey); for videos instead
+  ``<visible stem>_fused.mp4`` (MPEG-4 Part 2), or ``.avi`` (Motion JPEG) for an ``.avi`` input or
+  a visible video of odd width or height (FFmpeg's encoders would crop it to even sizes), at the
+  visible video's frame rate and size; written under a temporary name until the end, so a run that
+  fuses no frame leaves no video file and an earlier run's video as it was;
 - ``registered/<name>.png`` (``--registered``): the IR warped onto the visible frame, 8-bit;
 - ``flow/<name>.npy`` (``--flow``): float32 ``HxWx2``, (dx, dy) in visible pixels,
   ``registered_ir(p) = ir(p + flow(p))``; ``flow/<name>.png``: the same colour-coded with
@@ -65,31 +67,40 @@ stderr and in the summary; the rest is still processed); 2 for usage errors (bad
 missing paths, inputs of different kinds, a video that cannot be opened, no pair to fuse (for
 videos: no visible frame with an IR frame near it), weights or device that cannot be loaded, an
 ``.onnx`` file, ``--detections`` with a model without detection head or into label files not
-its own); 130 after Ctrl-C.
+its own); 130 after Ctrl-C or SIGTERM (the pairs fused by then are written first).
+
+Each output file is written under a hidden temporary name beside it and renamed once whole: a
+run killed outright (SIGKILL) leaves no file cut short under an output's name, and of two runs
+into one folder at once each file is one run's whole.
 """
 
 import argparse
 from dataclasses import dataclass, field
+import io
 import json
 import math
 import os
 from pathlib import Path
 import queue
+import signal
 import sys
 import threading
 import time
+import warnings
 
 import cv2
 import numpy as np
+import PIL.Image
+from tarfuse_ros.console import StopRequest
 from tarfuse_ros.core.files import is_truncated_jpeg_data
 from tarfuse_ros.core.fine_passes import check_fine_passes, fine_passes_option, OPTION_OWN
 from tarfuse_ros.core.global_stream import check_stream_settings, OPTIONS, StreamSettingError
 from tarfuse_ros.core.sizes import PORTRAIT_ADVICE, portrait_beside_landscape
 from tqdm import tqdm
 
-__all__ = ['IMAGE_SUFFIXES', 'Summary', 'UsageError', 'VIDEO_SUFFIXES', 'VideoFrames',
-           'build_parser', 'flow_to_colour', 'input_kind', 'main', 'match_stems',
-           'pair_by_time', 'plan_inputs', 'read_image', 'run']
+__all__ = ['EXIF_TURNS', 'IMAGE_SUFFIXES', 'Summary', 'UsageError', 'VIDEO_SUFFIXES',
+           'VideoFrames', 'build_parser', 'exif_orientation', 'flow_to_colour', 'input_kind',
+           'main', 'match_stems', 'pair_by_time', 'plan_inputs', 'read_image', 'run']
 
 PROG = 'tarfuse-fuse'
 IMAGE_SUFFIXES = frozenset({
@@ -100,6 +111,17 @@ VIDEO_SUFFIXES = frozenset({
     '.m2ts', '.3gp', '.ogv', '.mjpeg', '.mjpg', '.y4m'})
 _PREFETCH = 4  # pairs decoded ahead of the engine
 _WRITE_QUEUE = 8  # results waiting to be encoded
+_EXIF_ORIENTATION = 0x0112
+# EXIF orientation tag -> what viewers do to the stored image to show it.
+EXIF_TURNS = {1: 'shown as stored', 2: 'shown mirrored left-right',
+              3: 'shown turned 180 degrees', 4: 'shown mirrored top-bottom',
+              5: 'shown mirrored across the main diagonal',
+              6: 'shown turned 90 degrees clockwise',
+              7: 'shown mirrored across the other diagonal',
+              8: 'shown turned 90 degrees counter-clockwise'}
+# Output folder -> the suffixes of the files written there for each pair.
+_OUTPUT_SUFFIXES = {'fused': ('.png',), 'registered': ('.png',), 'flow': ('.npy', '.png'),
+                    'detections': ('.json',), 'labels': ('.txt',)}
 
 
 class UsageError(ValueError):
@@ -271,6 +293,7 @@ class _Item:
     error: str = None  # the pair could not be read: a failure
     unpaired: bool = False  # a visible video frame without an IR frame near it: left out
     info: dict = field(default_factory=dict)  # sources, recorded in the detections JSON
+    orientations: tuple = (1, 1)  # EXIF orientation tags of the IR and visible files
 
 
 @dataclass
@@ -287,6 +310,23 @@ class _Plan:
     pair_word: str = 'pair'
 
 
+def exif_orientation(path):
+    """Return the EXIF orientation tag of an image file: 1-8 (1: as stored, also untagged).
+
+    Images are fused as stored; viewers show a tagged one turned or mirrored
+    (:data:`EXIF_TURNS`). A tag that cannot be read counts as none.
+    """
+    try:
+        with warnings.catch_warnings():
+            # Of a large frame's file (above 89 Mpx): read its tags, print no warning.
+            warnings.simplefilter('ignore', PIL.Image.DecompressionBombWarning)
+            with PIL.Image.open(path) as image:
+                tag = image.getexif().get(_EXIF_ORIENTATION, 1)
+    except Exception:  # noqa: BLE001 - Pillow raises many error types; no tag read
+        return 1
+    return tag if tag in EXIF_TURNS else 1
+
+
 def _image_items(pairs):
     for name, ir_path, vi_path in pairs:
         info = {'ir': str(ir_path), 'visible': str(vi_path)}
@@ -295,7 +335,8 @@ def _image_items(pairs):
         except OSError as exc:
             yield _Item(name, error=str(exc), info=info)
             continue
-        yield _Item(name, ir, vi, info=info)
+        yield _Item(name, ir, vi, info=info,
+                    orientations=(exif_orientation(ir_path), exif_orientation(vi_path)))
 
 
 def _video_items(vi_video, ir_video, ir_offset_ms):
@@ -459,9 +500,28 @@ def flow_to_colour(flow_px):
     return cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR)
 
 
+def _write_whole(path, data):
+    """Write ``data`` (bytes) to ``path`` through a hidden temporary file beside it, renamed.
+
+    A run stopped meanwhile (SIGKILL, a power cut) leaves no cut file under the output's name,
+    and of two runs writing into one folder at once each file is one run's whole (written in
+    place, a PNG was cut short or held the end of the other run's).
+    """
+    path = Path(path)
+    temporary = path.with_name(f'.{path.name}.{os.getpid()}.partial')
+    try:
+        temporary.write_bytes(data)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
 def _imwrite(path, img):
-    if not cv2.imwrite(str(path), img):
-        raise OSError(f'{path}: OpenCV could not write the image')
+    ok, data = cv2.imencode(Path(path).suffix, img)
+    if not ok:
+        raise OSError(f'{path}: OpenCV could not encode the image')
+    _write_whole(path, data.tobytes())
 
 
 def _yolo_lines(detections, height, width):
@@ -523,9 +583,11 @@ class _Outputs:
             choices = [('.avi', 'MJPG', cv2.CAP_OPENCV_MJPEG)]
         for suffix, fourcc, api in choices:
             # Written under a temporary name (same suffix: it picks the container) that
-            # replaces the video of an earlier run only once a frame is in it.
+            # replaces the video of an earlier run only once a frame is in it. The process id
+            # keeps two runs into one folder apart (both wrote into one file, and the second
+            # to finish stopped with a traceback: its temporary was gone).
             path = self.out / f'{Path(visible_path).stem}_fused{suffix}'
-            partial = path.with_name(f'{path.stem}.partial{suffix}')
+            partial = path.with_name(f'.{path.stem}.{os.getpid()}.partial{suffix}')
             writer = cv2.VideoWriter(str(partial), api, cv2.VideoWriter_fourcc(*fourcc), fps,
                                      size)
             if writer.isOpened():
@@ -583,13 +645,16 @@ class _Outputs:
         if self.registered:
             _imwrite(self.out / 'registered' / f'{name}.png', result.registered_ir)
         if self.flow:
-            np.save(self.out / 'flow' / f'{name}.npy', result.flow_px.astype(np.float32))
+            flow = io.BytesIO()
+            np.save(flow, result.flow_px.astype(np.float32))
+            _write_whole(self.out / 'flow' / f'{name}.npy', flow.getvalue())
             _imwrite(self.out / 'flow' / f'{name}.png', flow_to_colour(result.flow_px))
         if self.detections:
             record = _detections_record(name, result, info)
-            (self.out / 'detections' / f'{name}.json').write_text(json.dumps(record, indent=2))
-            (self.out / 'labels' / f'{name}.txt').write_text(
-                _yolo_lines(result.detections, record['height'], record['width']))
+            _write_whole(self.out / 'detections' / f'{name}.json',
+                         json.dumps(record, indent=2).encode())
+            _write_whole(self.out / 'labels' / f'{name}.txt', _yolo_lines(
+                result.detections, record['height'], record['width']).encode())
 
 
 # --------------------------------------------------------------------------------------------
@@ -627,7 +692,7 @@ def run(plan, engine, outputs, report, show_progress=None):
     start = time.perf_counter()
     reader = _Prefetch(plan.items)
     pending = 0  # the pair counted in and not yet failed or handed to the outputs
-    warned_shapes = set()
+    warned_shapes, warned_orientations = set(), set()
     try:
         for item in reader:
             bar.update(1)
@@ -642,6 +707,7 @@ def run(plan, engine, outputs, report, show_progress=None):
                 report(f'{PROG}: skipped {item.name}: {item.error}')
                 continue
             _warn_portrait_beside_landscape(item, warned_shapes, report)
+            _warn_exif_orientations(item, warned_orientations, report)
             try:
                 engine.check_network_size(item.vi.shape[:2], '--input-max-long-side')
                 result = engine.infer(item.ir, item.vi)
@@ -679,6 +745,24 @@ def _warn_portrait_beside_landscape(item, warned, report):
     report(f'{PROG}: warning: {item.name}: IR {ir_w}x{ir_h} and visible {vi_w}x{vi_h}, one '
            f'portrait, the other landscape: {PORTRAIT_ADVICE}; rotate those images first '
            f'(said once for these sizes)')
+
+
+def _warn_exif_orientations(item, warned, report):
+    """Warn once per pair of EXIF orientation tags where the IR's and the visible's differ.
+
+    Both images are fused as stored (as the node receives them); a viewer shows the tagged one
+    turned, so a pair that looks right there was fused turned against each other, without a
+    word where both frames are landscape (a JPEG tagged 'turned 180 degrees').
+    """
+    ir_tag, vi_tag = item.orientations
+    if ir_tag == vi_tag or item.orientations in warned:
+        return
+    warned.add(item.orientations)
+    report(f'{PROG}: warning: {item.name}: EXIF orientation {ir_tag} in the IR file '
+           f'({EXIF_TURNS[ir_tag]}), {vi_tag} in the visible file ({EXIF_TURNS[vi_tag]}): '
+           f'images are fused as stored, not as viewers show them: if the two look aligned '
+           f'in a viewer, they are fused turned against each other; write the tagged image '
+           f'turned first (e.g. exiftran -ai FILE) (said once for these tags)')
 
 
 def _summary_lines(plan, summary, outputs, engine, threads):
@@ -783,6 +867,35 @@ def build_parser():
     return parser
 
 
+def _inputs_among_outputs(args, kind):
+    """Return why ``args.out`` would write over the inputs, or None.
+
+    A folder of inputs that is one of the output folders (``--ir out/registered`` with
+    ``--registered``) had its images replaced as they were fused, or, of other suffixes, a PNG
+    of the same stem added beside each, which made the next run of the command fail on every
+    pair ('ambiguous, several images of this stem'); an input image that is an output file
+    was replaced by it.
+    """
+    written = [name for wanted, name in (
+        (kind != 'video', 'fused'), (args.registered, 'registered'), (args.flow, 'flow'),
+        (args.detections, 'detections'), (args.detections, 'labels')) if wanted]
+    for option, given in (('--ir', args.ir), ('--visible', args.visible)):
+        if kind == 'folder':
+            for name in written:
+                if (args.out / name).resolve() == given.resolve():
+                    return (f'{option} {str(given)!r} is the folder tarfuse-fuse writes its '
+                            f'{name} outputs into (--out {str(args.out)!r}): they would be '
+                            f'written among the inputs')
+        elif kind == 'image':
+            stem = args.visible.stem  # a pair of images is named after the visible one
+            for name in written:
+                for suffix in _OUTPUT_SUFFIXES[name]:
+                    if (args.out / name / f'{stem}{suffix}').resolve() == given.resolve():
+                        return (f'{option} {str(given)!r} is an output file of tarfuse-fuse '
+                                f'(--out {str(args.out)!r}): it would be replaced')
+    return None
+
+
 def _foreign_labels(out):
     """Return the label files in ``out/labels`` that tarfuse-fuse did not write.
 
@@ -844,8 +957,26 @@ def _load_engine(weights, device, threads, scale_search=True, global_every=1, gl
 
 
 def main(argv=None):
-    """Entry point of ``tarfuse-fuse``; returns the exit status (0, 1 some failed, 2 usage)."""
+    """Entry point of ``tarfuse-fuse``; returns the exit status (0, 1 some failed, 2 usage).
+
+    SIGTERM (``timeout``, kill, a job scheduler) stops it as Ctrl-C does, and only the first
+    of these signals stops it: the pairs fused by then are still written, and the summary
+    printed, before it exits with status 130 (SIGTERM killed it with the PNG being written
+    cut short and the pairs waiting to be written lost).
+    """
     args = build_parser().parse_args(argv)
+    previous = {}
+    stop = StopRequest(once=True)
+    if threading.current_thread() is threading.main_thread():  # else signals are not ours
+        previous = stop.install((signal.SIGINT, signal.SIGTERM))
+    try:
+        return _main(args)
+    finally:
+        stop.restore(previous)
+
+
+def _main(args):
+    """Run ``tarfuse-fuse`` with the parsed ``args``; return the exit status."""
 
     def report(line):
         tqdm.write(line, file=sys.stderr)
@@ -876,6 +1007,9 @@ def main(argv=None):
                              f'another --out')
         prior = _load_prior(args.prior)
         plan = plan_inputs(args.ir, args.visible, args.ir_offset_ms)
+        overwritten = _inputs_among_outputs(args, plan.kind)
+        if overwritten:
+            raise UsageError(f'{overwritten}; give another --out')
         from tarfuse_ros.core.images import check_frame_size
         for each in plan.videos:  # every frame would be refused: say it once, before the model
             width, height = each.size

@@ -28,6 +28,7 @@ from tarfuse_ros.core.model import yolo
 from tarfuse_ros.core.model.tarfuse import build_model
 from tarfuse_ros.core.onnx_backend import CONFIG_KEY, nms_rows, ONNX_KEY, ONNX_OUTPUTS
 from tarfuse_ros.core.onnx_backend import OnnxFusionEngine, OnnxModelError, read_onnx_metadata
+from tarfuse_ros.core.onnx_output import check_onnx_output
 from tarfuse_ros.core.paths import default_weights_path, share_dir, shared_datasets_dir
 from tarfuse_ros.tools import export as export_tool
 import torch
@@ -402,6 +403,27 @@ def test_export_tool_refuses_an_out_it_cannot_write_before_exporting(tmp_path, c
                             f"({tmp_path / 'file'} is a file, not a folder); give a path in a "
                             f'folder you can write to\n')
     assert not captured.out and list(tmp_path.iterdir()) == [tmp_path / 'file']
+
+
+def test_export_tool_never_replaces_a_file_that_is_not_named_onnx(tmp_path, capsys):
+    # --out tarfuse.engine (the TensorRT engine built from an earlier export, minutes of
+    # trtexec on a Jetson) was replaced by the ONNX file without a word.
+    engine = tmp_path / 'tarfuse.engine'
+    engine.write_bytes(b'a TensorRT engine')
+    weights = str(default_weights_path())
+    assert export_tool.main([weights, '--out', str(engine)]) == 2
+    captured = capsys.readouterr()
+    assert captured.err == (f"tarfuse-export: error: --out '{engine}' is a file that is not "
+                            f'named .onnx; tarfuse-export would replace it with an ONNX model: '
+                            f"give a path ending in .onnx (e.g. '{tmp_path / 'tarfuse.onnx'}'), "
+                            f'or remove the file first\n')
+    assert engine.read_bytes() == b'a TensorRT engine'
+    with pytest.raises(ValueError, match='is a file that is not named .onnx'):
+        export_onnx(weights, engine)
+    # A new file of any name, and an earlier export (.onnx, any case), may be written.
+    check_onnx_output(tmp_path / 'model', weights)
+    (tmp_path / 'old.ONNX').write_bytes(b'an earlier export')
+    check_onnx_output(tmp_path / 'old.ONNX', weights)
 
 
 def test_export_onnx_refuses_an_output_it_cannot_write_before_tracing(tmp_path):

@@ -7,6 +7,7 @@ onnxruntime engine gives in this process.
 
 import time
 
+import cv2
 from node_harness import assert_start_up_fails, HEIGHT, running_node
 from node_harness import sample_pair, WIDTH
 import numpy as np
@@ -58,6 +59,49 @@ def test_the_engines_warnings_reach_the_ros_log(node_and_probe):
              if "frame is below the global stage's min side" in line]
     assert len(lines) == 1, node.log()
     assert lines[0].startswith('[WARN] ') and '[onnx.tarfuse]: a 160x128 frame' in lines[0]
+
+
+def test_node_with_the_onnxruntime_backend_answers_like_the_pytorch_engine(node_and_probe):
+    # The node's answer was compared with the onnxruntime engine's only, on frames below the
+    # global stage's min side where the two backends differ by design. Here: a 16-bit IR
+    # and a grey visible image of a real pair, 320x256, against FusionEngine (PyTorch; the
+    # export has no scale search), within the tolerances of test/core/test_onnx.py: 2 grey
+    # levels (fused), 4 (registered), the same detections with boxes within 0.05 px.
+    from node_harness import image_msg, VISIBLE_FRAME
+    import torch
+    from tarfuse_ros.core.engine import FusionEngine
+    node, probe = node_and_probe
+    ir, vi = sample_pair(320, 256, stem='FLIR_04229')
+    ir16 = ir.astype(np.uint16) * 180 + 7000  # counts of a 14-bit thermal camera
+    vi_grey = cv2.cvtColor(vi, cv2.COLOR_BGR2GRAY)
+    stamp = time.time_ns()
+    probe.publish_pair(image_msg(ir16, 'mono16', stamp, 'infrared_optical_frame'),
+                       image_msg(vi_grey, 'mono8', stamp, VISIBLE_FRAME))
+    assert probe.wait_for_outputs(stamp, keys=('fused', 'detections', 'registered'),
+                                  timeout=60.0), node.log()
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        expected = FusionEngine(default_weights_path(), scale_search=False).infer(ir16, vi_grey)
+    finally:
+        torch.set_num_threads(threads)
+    fused, = probe.outputs_for('fused', stamp)
+    registered, = probe.outputs_for('registered', stamp)
+    detections, = probe.outputs_for('detections', stamp)
+    assert (fused.encoding, fused.width, fused.height) == ('mono8', 320, 256)
+    for msg, pixels, tolerance in ((fused, expected.fused, 2),
+                                   (registered, expected.registered_ir, 4)):
+        got = np.frombuffer(msg.data, np.uint8).reshape(256, 320)
+        assert np.abs(got.astype(int) - pixels).max() <= tolerance
+    assert expected.detections, 'the pair should hold detections to compare'
+    assert len(detections.detections) == len(expected.detections)
+    for got, want in zip(detections.detections, expected.detections):
+        assert got.results[0].hypothesis.class_id == want.class_name
+        centre = (got.bbox.center.position.x, got.bbox.center.position.y)
+        assert np.allclose(centre, ((want.x1 + want.x2) / 2, (want.y1 + want.y2) / 2),
+                           atol=0.05)
+        assert np.allclose((got.bbox.size_x, got.bbox.size_y),
+                           (want.x2 - want.x1, want.y2 - want.y1), atol=0.05)
 
 
 @pytest.mark.parametrize('case', ['corrupt_onnx', 'checkpoint_given', 'onnx_given_to_torch'])

@@ -565,6 +565,26 @@ def test_odd_sized_video_keeps_the_visible_size(tmp_path, capsys):
     assert len(frames) == 3 and all(frame.shape == (29, 37, 3) for frame in frames)
 
 
+def test_two_runs_at_once_into_one_folder_each_write_a_whole_video(tmp_path):
+    # Both wrote into one temporary video: the second to finish stopped with a
+    # FileNotFoundError traceback (the first had renamed the file), the video a mix of both.
+    import sys
+    _write_y4m(tmp_path / 'visible.y4m', 10, 30, (224, 160))
+    _write_y4m(tmp_path / 'thermal.y4m', 10, 30, (224, 160))
+    out = tmp_path / 'out'
+    command = [sys.executable, '-m', 'tarfuse_ros.tools.fuse', '--ir',
+               str(tmp_path / 'thermal.y4m'), '--visible', str(tmp_path / 'visible.y4m'),
+               '--out', str(out), '--threads', '1', '--no-scale-search']
+    runs = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for _ in range(2)]
+    for run in runs:
+        stdout, stderr = run.communicate(timeout=300)
+        assert run.returncode == 0, stderr
+        assert '30 frame(s) in, 30 fused out, 0 failed' in stdout, stdout
+    assert sorted(path.name for path in out.iterdir()) == ['visible_fused.mp4']
+    assert len(_frames(out / 'visible_fused.mp4')) == 30
+
+
 def test_a_video_of_strips_is_refused_once_before_the_model_loads(tmp_path, capsys):
     _write_y4m(tmp_path / 'visible.y4m', 10, 3, (200, 16))
     _write_y4m(tmp_path / 'thermal.y4m', 10, 3, (64, 48))
@@ -734,6 +754,169 @@ def test_ctrl_c_mid_run_accounts_for_the_pair_it_stopped(tmp_path):
     pairs_in, pairs_out, failed, interrupted = (int(n) for n in counts.groups())
     assert pairs_in == pairs_out + failed + interrupted and failed == 0, stdout
     assert interrupted <= 1 and pairs_out == len(list(out.glob('fused/*.png'))) < 20, stdout
+
+
+def _copies_of_the_samples(folder, copies, size=None):
+    """Write ``copies`` x the sample pairs into ``folder/ir`` and ``folder/vi`` as PNG."""
+    for sub in ('ir', 'vi'):
+        (folder / sub).mkdir()
+        for copy in range(copies):
+            for stem in STEMS:
+                img = _read(SAMPLES / sub / f'{stem}.jpg')
+                if size is not None:
+                    img = cv2.resize(img, size, interpolation=cv2.INTER_LINEAR)
+                cv2.imwrite(str(folder / sub / f'{copy}_{stem}.png'), img)
+
+
+def _outputs(out):
+    """Return the output files in ``out`` (not a killed run's hidden temporaries)."""
+    return [path for path in out.rglob('*') if path.is_file() and not path.name.startswith('.')]
+
+
+def _every_output_whole(out):
+    """Assert that each output file decodes (PNG) or loads (.npy); return how many."""
+    files = _outputs(out)
+    for path in files:
+        if path.suffix == '.png':
+            assert cv2.imread(str(path), cv2.IMREAD_UNCHANGED) is not None, path
+        elif path.suffix == '.npy':
+            np.load(path)
+    return len(files)
+
+
+def test_sigterm_mid_run_stops_as_ctrl_c_does_with_every_pair_written_whole(tmp_path):
+    # SIGTERM (timeout, a job scheduler) killed the run: exit status -15, no summary, the
+    # fused PNG being written cut short ('libpng error: Read Error') and the pair's other
+    # outputs, and those waiting to be written, lost.
+    import re
+    import signal
+    import sys
+    import time
+    _copies_of_the_samples(tmp_path, 4)  # 20 pairs: the run is still going at the signal
+    out = tmp_path / 'out'
+    process = subprocess.Popen(
+        [sys.executable, '-m', 'tarfuse_ros.tools.fuse', '--ir', str(tmp_path / 'ir'),
+         '--visible', str(tmp_path / 'vi'), '--out', str(out), '--threads', '1',
+         '--registered', '--flow'],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while process.poll() is None and time.monotonic() < deadline and \
+            len(list(out.glob('fused/*.png'))) < 2:
+        time.sleep(0.002)
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    counts = re.search(r'(\d+) pair\(s\) in, (\d+) fused out, 0 failed, (\d+) '
+                       r'interrupted;', stdout)
+    assert counts, stdout
+    pairs_in, pairs_out, interrupted = (int(n) for n in counts.groups())
+    assert pairs_in == pairs_out + interrupted and 2 <= pairs_out < 20, stdout
+    for folder, suffixes in (('fused', ('.png',)), ('registered', ('.png',)),
+                             ('flow', ('.npy', '.png'))):
+        names = sorted(path.name for path in (out / folder).iterdir())
+        assert len(names) == pairs_out * len(suffixes), (folder, names, stdout)
+    _every_output_whole(out)
+
+
+def test_a_killed_run_leaves_no_output_file_cut_short(tmp_path):
+    # Files were written in place: SIGKILL (out of memory, kill -9) while a large PNG was
+    # encoded left it cut short under its name, as one of two runs writing into one folder
+    # saw the other's file half written. They are now renamed into place once whole.
+    import signal
+    import sys
+    import time
+    _copies_of_the_samples(tmp_path, 1, size=(2560, 1600))
+    out = tmp_path / 'out'
+    process = subprocess.Popen(
+        [sys.executable, '-m', 'tarfuse_ros.tools.fuse', '--ir', str(tmp_path / 'ir'),
+         '--visible', str(tmp_path / 'vi'), '--out', str(out), '--threads', '1', '--flow',
+         '--input-max-long-side', '640'],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while process.poll() is None and time.monotonic() < deadline and \
+            not (out.is_dir() and _outputs(out)):
+        time.sleep(0.001)
+    process.send_signal(signal.SIGKILL)
+    process.communicate(timeout=60)
+    assert process.returncode == -signal.SIGKILL
+    assert _every_output_whole(out) >= 1
+
+
+def test_outputs_are_never_written_over_the_inputs(tmp_path, capsys):
+    # --ir out/registered with --registered: each IR image was replaced by its registered
+    # copy as the folder was fused (or, a JPEG, got a PNG of its stem beside it, and the same
+    # command run again failed on every pair: 'ambiguous, several images of this stem').
+    import hashlib
+    out = tmp_path / 'out'
+    (out / 'registered').mkdir(parents=True)
+    for stem in STEMS[:2]:
+        shutil.copy(SAMPLES / 'synthetic_misaligned' / 'ir_warp' / f'{stem}.png',
+                    out / 'registered' / f'{stem}.png')
+
+    def digests():
+        return {path: hashlib.sha256(path.read_bytes()).hexdigest()
+                for path in out.rglob('*') if path.is_file()}
+
+    before = digests()
+    status, stdout, err = _run(capsys, '--ir', out / 'registered', '--visible', SAMPLES / 'vi',
+                               '--out', out, '--registered')
+    assert status == 2 and stdout == '', stdout
+    registered = str(out / 'registered')
+    assert err == (f'tarfuse-fuse: error: --ir {registered!r} is the folder tarfuse-fuse '
+                   f'writes its registered outputs into (--out {str(out)!r}): they would be '
+                   f'written among the inputs; give another --out\n'), err
+    assert digests() == before
+    # One image: the output of the pair (named after the visible image) is the IR image.
+    ir = out / 'fused' / f'{STEMS[0]}.png'
+    ir.parent.mkdir()
+    shutil.copy(SAMPLES / 'ir' / f'{STEMS[0]}.jpg', ir)
+    before = digests()
+    status, stdout, err = _run(capsys, '--ir', ir, '--visible',
+                               SAMPLES / 'vi' / f'{STEMS[0]}.jpg', '--out', out)
+    assert status == 2 and 'is an output file of tarfuse-fuse' in err, err
+    assert digests() == before
+    # Other folders are fine: the visible images' folder as --out writes into its subfolders.
+    status, stdout, err = _run(capsys, '--ir', out / 'registered', '--visible', SAMPLES / 'vi',
+                               '--out', out / 'registered', '--registered')
+    assert status == 0, err
+    assert digests().items() >= before.items()
+
+
+def test_ir_and_visible_files_of_other_exif_orientations_are_warned_of_once(tmp_path, capsys):
+    # Images are fused as stored: a visible JPEG tagged 'turned 180 degrees' (a phone held
+    # upside down) beside an untagged IR image looks aligned in a viewer but was fused turned
+    # against it, without a word (both frames landscape: no portrait warning either).
+    from PIL import Image
+    for sub in ('ir', 'vi'):
+        (tmp_path / sub).mkdir()
+    for stem, ir_tag, vi_tag in (('a', None, 3), ('b', None, 3), ('c', 6, 6)):
+        for sub, tag in (('ir', ir_tag), ('vi', vi_tag)):
+            image = Image.open(SAMPLES / sub / f'{STEMS[0]}.jpg')
+            exif = Image.Exif()
+            if tag is not None:
+                exif[0x0112] = tag
+            image.save(tmp_path / sub / f'{stem}.jpg', exif=exif.tobytes(), quality=95)
+    assert [fuse.exif_orientation(tmp_path / 'vi' / f'{stem}.jpg') for stem in 'abc'] == [3, 3, 6]
+    status, stdout, err = _run(capsys, '--ir', tmp_path / 'ir', '--visible', tmp_path / 'vi',
+                               '--out', tmp_path / 'out')
+    assert status == 0 and '3 pair(s) in, 3 fused out' in stdout, err
+    warnings = [line for line in err.splitlines() if 'EXIF orientation' in line]
+    assert warnings == [
+        'tarfuse-fuse: warning: a: EXIF orientation 1 in the IR file (shown as stored), 3 in the '
+        'visible file (shown turned 180 degrees): images are fused as stored, not as viewers '
+        'show them: if the two look aligned in a viewer, they are fused turned against each '
+        'other; write the tagged image turned first (e.g. exiftran -ai FILE) (said once for '
+        'these tags)'], err  # once for a and b; none for c, both tagged alike (a phone rig)
+    # Still fused as stored: the tag does not change the output.
+    assert _read(tmp_path / 'out' / 'fused' / 'a.png').shape == _read(
+        SAMPLES / 'vi' / f'{STEMS[0]}.jpg').shape
+    # The tags of a large frame's file are read without Pillow's 'decompression bomb' warning.
+    import warnings
+    cv2.imwrite(str(tmp_path / 'large.png'), np.zeros((9500, 9500), np.uint8))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        assert fuse.exif_orientation(tmp_path / 'large.png') == 1
+    assert not caught, [str(warning.message) for warning in caught]
 
 
 def test_pairing_rule_nearest_in_time_earlier_on_ties():
