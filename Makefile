@@ -10,9 +10,9 @@ ENV := cd $(ROOT) && source tools/ros_env/env.sh &&
 OUT ?= $(ROOT)/output/demo
 PYTEST_ARGS ?=
 # Test processes (pytest-xdist, a test file each at a time; each process a test run of its own
-# on DDS): 0 (the default) runs them in make's own. Two finish in about two thirds of the time
-# on two cores, but some node tests' 1 s input timeouts are outrun under that load (README).
-PYTEST_WORKERS ?= 0
+# on DDS): two where the machine has two cores or more (about three quarters of one process's
+# time on two), else 0, which runs them in make's own.
+PYTEST_WORKERS ?= $(shell [ "$$(nproc)" -ge 2 ] && echo 2 || echo 0)
 
 .PHONY: setup demo test bench clean ros-install
 
