@@ -37,7 +37,7 @@ def setup(tmp_path_factory):
     domain = random_domain_id()
     node = NodeProcess(domain, {
         'weights': str(weights), 'device': 'cpu', 'cpu_threads': 1,
-        'diagnostics.period': 0.25, 'diagnostics.input_timeout': 1.0, 'qos.depth': 10,
+        'diagnostics.period': 0.25, 'diagnostics.input_timeout': 3.0, 'qos.depth': 10,
         'infrared.transport': 'compressedDepth',
     })
     probe = Probe(domain, transports=TRANSPORTS)

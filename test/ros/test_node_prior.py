@@ -72,15 +72,10 @@ def _hand_edited(prior_file, out):
     return out
 
 
-def test_a_hand_edited_prior_file_with_integers_reaches_the_node(prior_file, tmp_path):
-    # rcl refused the file before the node could read it ("Sequence should be of same type.
-    # Value type 'integer' do not belong"), while load_prior_yaml and the tools took it.
-    edited = _hand_edited(prior_file, tmp_path / 'edited_prior.yaml')
-    expected = make_prior(HOMOGRAPHY, (WIDTH, HEIGHT), (WIDTH, HEIGHT))
-    loaded = load_prior_yaml(edited)
-    assert np.array_equal(loaded.homography, expected.homography)
+def _log_of_a_node_reading_the_prior(params_file, namespace, expected):
+    """Start a node on ``params_file``; return its log once it said its prior (``expected``)."""
     node = NodeProcess(random_domain_id(), {'device': 'cpu', 'cpu_threads': 1},
-                       namespace='/edited', params_files=[edited])
+                       namespace=namespace, params_files=[params_file])
     try:
         deadline = time.monotonic() + 120.0
         while node.alive() and 'registration prior (IR' not in node.log():
@@ -91,6 +86,17 @@ def test_a_hand_edited_prior_file_with_integers_reaches_the_node(prior_file, tmp
         node.close()
     assert f'registration prior (IR {WIDTH}x{HEIGHT} -> visible {WIDTH}x{HEIGHT}): ' \
         f'{expected.homography.ravel().round(6).tolist()}' in log, log
+    return log
+
+
+def test_a_hand_edited_prior_file_with_integers_reaches_the_node(prior_file, tmp_path):
+    # rcl refused the file before the node could read it ("Sequence should be of same type.
+    # Value type 'integer' do not belong"), while load_prior_yaml and the tools took it.
+    edited = _hand_edited(prior_file, tmp_path / 'edited_prior.yaml')
+    expected = make_prior(HOMOGRAPHY, (WIDTH, HEIGHT), (WIDTH, HEIGHT))
+    loaded = load_prior_yaml(edited)
+    assert np.array_equal(loaded.homography, expected.homography)
+    log = _log_of_a_node_reading_the_prior(edited, '/edited', expected)
     assert (f'--params-file {edited}: registration.prior mixes integers and decimals, which '
             f'rcl refuses in one list; its integers were read as decimals') in log, log
 
@@ -105,18 +111,7 @@ def test_a_prior_file_written_as_rows_reaches_the_node_as_the_tools_read_it(tmp_
                     f'      prior_visible_size: [{WIDTH}, {HEIGHT}]\n')
     expected = make_prior(HOMOGRAPHY, (WIDTH, HEIGHT), (WIDTH, HEIGHT))
     assert np.array_equal(load_prior_yaml(rows).homography, expected.homography)
-    node = NodeProcess(random_domain_id(), {'device': 'cpu', 'cpu_threads': 1},
-                       namespace='/rows', params_files=[rows])
-    try:
-        deadline = time.monotonic() + 120.0
-        while node.alive() and 'registration prior (IR' not in node.log():
-            assert time.monotonic() < deadline, node.log()
-            time.sleep(0.2)
-        log = node.log()
-    finally:
-        node.close()
-    assert f'registration prior (IR {WIDTH}x{HEIGHT} -> visible {WIDTH}x{HEIGHT}): ' \
-        f'{expected.homography.ravel().round(6).tolist()}' in log, log
+    log = _log_of_a_node_reading_the_prior(rows, '/rows', expected)
     assert (f'--params-file {rows}: registration.prior is a list of rows, which rcl refuses (it '
             f'takes flat lists only); its rows were joined into one list') in log, log
 
