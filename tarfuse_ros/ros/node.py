@@ -22,7 +22,12 @@ per input judges them.
 
 ``sync.infrared_time_offset`` is added to every IR stamp (on a copy of the message) as it comes
 in, after the zero-stamp check: from there on, the order checks, the synchroniser and the
-pairing diagnostics see the corrected stamps; the outputs carry the visible header. With
+pairing diagnostics see the corrected stamps; the outputs carry the visible header. Each
+accepted image's lag (the monotonic time the node took it minus its stamp, the IR's corrected)
+is compared with the other camera's at the same time (:class:`LagCheck` of
+:mod:`tarfuse_ros.core.input_lags`): lags more than 1 s apart (clocks apart, a camera stamping
+since boot, a slow link) are warned of and turn /diagnostics WARN, even while the synchroniser
+still pairs images of stamps a whole number of frame intervals apart. With
 ``max_rate``, pairs are let into the slot by their stamps (:class:`StampRateLimit`); the others
 are skipped, counted apart from the pairs dropped while the worker was busy.
 
