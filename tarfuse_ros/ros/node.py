@@ -1493,7 +1493,8 @@ class TarFuseNode(Node):
             problems.append(f'both inputs flow but no pair was synchronised for {timeout} s: '
                             f'{self._stamps_apart(params)}')
         problems.extend(self._check_clock_apart(fresh, now, timeout))
-        problems.extend(self._check_lags(fresh))
+        if not unpaired:  # else the stamps' distance is said above, with its causes
+            problems.extend(self._check_lags(fresh))
         problems.extend(self._check_pairing(params))
         type_problems = self._check_publisher_types()
         problems.extend(type_problems)
