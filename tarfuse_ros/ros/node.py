@@ -22,7 +22,12 @@ per input judges them.
 
 ``sync.infrared_time_offset`` is added to every IR stamp (on a copy of the message) as it comes
 in, after the zero-stamp check: from there on, the order checks, the synchroniser and the
-pairing diagnostics see the corrected stamps; the outputs carry the visible header. With
+pairing diagnostics see the corrected stamps; the outputs carry the visible header. Each
+accepted image's lag (the monotonic time the node took it minus its stamp, the IR's corrected)
+is compared with the other camera's at the same time (:class:`LagCheck` of
+:mod:`tarfuse_ros.core.input_lags`): lags more than 1 s apart (clocks apart, a camera stamping
+since boot, a slow link) are warned of and turn /diagnostics WARN, even while the synchroniser
+still pairs images of stamps a whole number of frame intervals apart. With
 ``max_rate``, pairs are let into the slot by their stamps (:class:`StampRateLimit`); the others
 are skipped, counted apart from the pairs dropped while the worker was busy.
 
@@ -73,6 +78,7 @@ from tarfuse_ros.core.fine_passes import NoFineStageError
 from tarfuse_ros.core.global_stream import PARAMETERS, StreamSettingError
 from tarfuse_ros.core.health import HealthSettings, RegistrationHealth
 from tarfuse_ros.core.images import check_frame_size
+from tarfuse_ros.core.input_lags import LagCheck
 from tarfuse_ros.core.pairing import NearestPairCheck
 from tarfuse_ros.core.rate import StampRateLimit
 from tarfuse_ros.core.sizes import PORTRAIT_ADVICE, portrait_beside_landscape
@@ -133,6 +139,10 @@ _OFFSET_TOLERANCE_S = 0.02
 # image caught by a bag loop's step of /clock is no clock apart).
 _CLOCK_APART_S = 10.0
 _CLOCK_APART_MESSAGES = 3
+# The IR and visible lags (arrival minus stamp) compared over this many images (about 0.4 s
+# of a 30 Hz and a 9 Hz camera, 1.5 s of two 5 Hz ones); differing by more than
+# _MAX_TIME_OFFSET_S (what sync.infrared_time_offset cannot correct), the clocks are apart.
+_LAG_WINDOW = 15
 
 
 class StartupError(RuntimeError):
@@ -397,6 +407,9 @@ class TarFuseNode(Node):
         self._sync = None
         # Whether each pair was the nearest in time (judged by each input's next message).
         self._nearest = NearestPairCheck()
+        # The IR and visible lags (monotonic arrival minus stamp) compared: clocks apart by
+        # seconds while pairs still form (started over with the synchroniser).
+        self._lags = LagCheck(_LAG_WINDOW)
         self._make_synchroniser()
         info_topic, origin = self._info_topic
         self._info_sub = self.create_subscription(CameraInfo, info_topic, self._on_camera_info,
@@ -741,6 +754,7 @@ class TarFuseNode(Node):
         sync.registerCallback(self._on_pair)
         self._relays, self._sync = relays, sync
         self._nearest.reset()  # the pair it held is no longer the synchroniser's
+        self._lags.reset()  # a time jump or a silence: the lags across it mix two timelines
 
     # -- logging -------------------------------------------------------------------------------
     def _warn(self, key, message):
@@ -936,6 +950,11 @@ class TarFuseNode(Node):
                 elif self._last_msg[other] is not None:
                     # The other input's newest message may be this one's partner: keep it.
                     self._relays[other].signalMessage(self._last_msg[other])
+            else:
+                # The other input jumped first and reset the check: this input's images
+                # since (of the old timeline) are left out with its own.
+                self._lags.reset()
+        self._lags.add(index, time.monotonic_ns(), stamp)
         self._timelines[other].other_passed(stamp)
         self._last_msg[index] = msg
         # Before the synchroniser, which may pair it: was the last pair the nearest?
@@ -1474,6 +1493,8 @@ class TarFuseNode(Node):
             problems.append(f'both inputs flow but no pair was synchronised for {timeout} s: '
                             f'{self._stamps_apart(params)}')
         problems.extend(self._check_clock_apart(fresh, now, timeout))
+        if not unpaired:  # else the stamps' distance is said above, with its causes
+            problems.extend(self._check_lags(fresh))
         problems.extend(self._check_pairing(params))
         type_problems = self._check_publisher_types()
         problems.extend(type_problems)
@@ -1651,6 +1672,40 @@ class TarFuseNode(Node):
                 f'--clock or ros2 bag play --clock and set use_sim_time:=true, or restamp it '
                 f'with tarfuse-play --restamp), or a camera driver whose clock is off '
                 f'(synchronise it: chrony, PTP)']
+
+    def _check_lags(self, fresh):
+        """Return a problem when the IR and visible stamps run seconds apart, pairs or none.
+
+        Compared by their lags (:mod:`tarfuse_ros.core.input_lags`): the time the node took
+        each image minus its stamp (the IR's with sync.infrared_time_offset). The synchroniser
+        still pairs images stamped a whole number of frame intervals apart, of other instants.
+        Said only while both inputs flow (``fresh``), beyond what the offset can correct.
+        """
+        difference = self._lags.difference_s()
+        if not all(fresh) or difference is None or abs(difference) <= _MAX_TIME_OFFSET_S:
+            return []
+        ir, visible = self._topics
+        ahead, behind = (ir, visible) if difference < 0 else (visible, ir)
+        offset = self._params.sync_infrared_time_offset
+        with_offset = f' (with sync.infrared_time_offset={offset:g} s)' if offset else ''
+        return [f'the {ir} stamps{with_offset} run {abs(difference):.3f} s '
+                f'{"ahead of" if difference < 0 else "behind"} the {visible} stamps against the '
+                f'times this node receives them (IR lag minus visible lag {difference:+.3f} s, '
+                f'median of the last {self._lags.window} images; lag = receive time - stamp): '
+                f'images paired by stamp were taken seconds apart, though pairs form. Likely '
+                f"the drivers' clocks are that far apart (two computers whose clocks are not "
+                f'synchronised, a camera stamping with its time since boot), or the {behind} '
+                f'images reach this node seconds later than the {ahead} ones (a slow link); '
+                f'synchronise the clocks (chrony, PTP) or stamp with the system time '
+                f'(sync.infrared_time_offset corrects a constant offset of at most '
+                f'{_MAX_TIME_OFFSET_S:g} s)']
+
+    def _lag_difference_status(self):
+        """Return the lags' difference for /diagnostics ('+0.012'), or how many are held."""
+        difference = self._lags.difference_s()
+        if difference is None:
+            return f'collecting: {self._lags.count} of {self._lags.window} images'
+        return f'{difference:+.3f}'
 
     def _check_clock_publishers(self):
         """Count the publishers on /clock under use_sim_time; return a problem for two or more.
@@ -1832,6 +1887,8 @@ class TarFuseNode(Node):
             'cpu_threads': self._cpu_threads_used(),
             'camera_info': self._camera_info_status(),
             'sync_time_offset_check': self._offset_status,
+            # IR lag minus visible lag (s; lag = receive time - stamp), the clocks-apart check.
+            'input_lag_difference_s': self._lag_difference_status(),
         }
         offset_problem = self._offset_problem
         arrival = self._last_arrival[VISIBLE]
