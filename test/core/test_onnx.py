@@ -10,6 +10,7 @@ detections (count and classes) with boxes within 4.3e-3 px, scores within 1.8e-4
 previous learnt global stage: fused 1, registered 1, flow 6.5e-5 px.)
 """
 
+import contextlib
 import json
 import logging
 from pathlib import Path
@@ -523,6 +524,63 @@ def test_export_tool_names_the_outputs_it_wrote(tmp_path, capsys):
     assert (f"run it: fuse_node --ros-args -p backend:=onnxruntime -p 'weights:={out}' "
             f"(ros2 launch tarfuse_ros fuse.launch.py backend:=onnxruntime 'weights:={out}');"
             in printed), printed
+
+
+def test_sigterm_mid_export_stops_as_ctrl_c_does_and_writes_nothing(tmp_path):
+    # SIGTERM (timeout, a job scheduler) killed the export at once (exit status -15), where
+    # every other tool stops as on Ctrl-C: exit 130 and one line saying what was left undone.
+    import signal
+    import time
+    out = tmp_path / 'medical.onnx'
+    out.write_bytes(b'an earlier export')  # left as it was
+    process = subprocess.Popen(
+        [sys.executable, '-m', 'tarfuse_ros.tools.export',
+         str(share_dir() / 'models' / 'tarfuse_medical.safetensors'), '--out', str(out),
+         '--threads', '1', '--no-scale-search'],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    maps = Path(f'/proc/{process.pid}/maps')
+    deadline = time.monotonic() + 120
+    # export_onnx imports onnxruntime first (for its check), then loads, traces and checks.
+    while process.poll() is None and time.monotonic() < deadline and \
+            'onnxruntime' not in maps.read_text():
+        time.sleep(0.002)
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert not stdout and stderr == (
+        f'tarfuse-export: interrupted: the export was not finished and no ONNX file was '
+        f'written ({out} is as it was)\n')
+    assert out.read_bytes() == b'an earlier export'
+    assert sorted(tmp_path.iterdir()) == [out]  # no temporary left beside it
+
+
+def test_a_stop_while_the_onnx_file_is_put_in_place_waits_for_it(
+        tmp_path, capsys, monkeypatch):
+    # A SIGTERM in the last instant (the file replaced, the summary not yet printed) said 'no
+    # ONNX file was written' of a file that was: the write is whole, and the tool says so.
+    import os
+    import signal
+    from tarfuse_ros.core import export as export_module
+    real_output = export_module.atomic_output
+
+    @contextlib.contextmanager
+    def signalled_output(path):
+        with real_output(path) as temporary:
+            yield temporary
+            os.kill(os.getpid(), signal.SIGTERM)  # a real signal, as the file goes in place
+
+    monkeypatch.setattr(export_module, 'atomic_output', signalled_output)
+    out = tmp_path / 'medical.onnx'
+    code = export_tool.main([str(share_dir() / 'models' / 'tarfuse_medical.safetensors'),
+                             '--out', str(out), '--no-verify', '--threads', '1',
+                             '--no-scale-search'])
+    captured = capsys.readouterr()
+    assert code == 130 and not captured.out, captured
+    assert captured.err == (f'tarfuse-export: interrupted once {out} was written whole; the '
+                            f'summary was not printed\n')
+    assert [o.name for o in onnx.load(str(out)).graph.output] == [
+        'fused', 'flow', 'registered_ir']
+    assert sorted(tmp_path.iterdir()) == [out]
 
 
 @pytest.fixture(scope='module')
