@@ -70,6 +70,7 @@ ONNX_OUTPUTS = {
 # The outputs of an export without detection head (``TarFuseConfig.detect`` false).
 FUSION_OUTPUTS = ('fused', 'flow', 'registered_ir')
 _PAD_MODES = {'replicate': 'edge', 'reflect': 'reflect', 'constant': 'constant'}
+_PRECISIONS = ('float32', 'float16')
 
 
 def _small_frame_warning(frame_hw, global_min_side):
@@ -151,7 +152,11 @@ def _session_error(path, error):
 
 
 def _metadata(path, session):
-    """Return ``(checkpoint config dict, export dict)`` from a session, checked."""
+    """Return ``(checkpoint config dict, export dict, TarFuseConfig)`` from a session, checked.
+
+    The ``TarFuseConfig`` is the model config parsed as the checkpoint loader parses a
+    checkpoint's (fields absent from the metadata at their defaults).
+    """
     props = session.get_modelmeta().custom_metadata_map or {}
     if CONFIG_KEY not in props or ONNX_KEY not in props:
         raise OnnxModelError(
@@ -171,7 +176,7 @@ def _metadata(path, session):
         raise OnnxModelError(
             f'{path} has ONNX format_version {export.get("format_version")!r} but this '
             f'tarfuse_ros reads version {ONNX_FORMAT_VERSION}; re-export it with this release')
-    _check_metadata_values(path, config['model'], export)
+    model_config = _check_metadata_values(path, config['model'], export)
     inputs = tuple(arg.name for arg in session.get_inputs())
     outputs = tuple(arg.name for arg in session.get_outputs())
     if inputs not in (ONNX_INPUTS, ONNX_INPUTS[:2]) or set(outputs) not in (
@@ -181,16 +186,24 @@ def _metadata(path, session):
             f'{ONNX_INPUTS} (without valid_size for a model without the orientation global '
             f'stage) and outputs {tuple(ONNX_OUTPUTS)} (without det for a model without '
             f'detection head); re-export it with tarfuse-export')
-    return config, export
+    return config, export, model_config
 
 
 def _check_metadata_values(path, model, export):
-    """Raise :class:`OnnxModelError` when the metadata's values are not an export's.
+    """Parse the metadata's model config; raise :class:`OnnxModelError` where it is no export's.
 
     Args:
         path: the ONNX file (named in the message).
         model: the checkpoint's model config from the metadata (a dict).
         export: the export's description from the metadata (a dict).
+
+    Returns:
+        :class:`~tarfuse_ros.core.model_config.TarFuseConfig`: ``model`` parsed as
+        :func:`~tarfuse_ros.core.checkpoint.load_checkpoint` parses a checkpoint's (absent
+        fields at their defaults, a missing ``registration`` the paper's MSRB). The engine
+        reads it, never ``model`` raw: a config without ``class_names`` named no class and
+        failed every frame as 'edited metadata', one without ``global_stage`` ran without the
+        small-frame warning, where the checkpoint loader gives both their defaults.
 
     Raises:
         OnnxModelError: a model config that ``TarFuseConfig`` refuses (as a checkpoint's is
@@ -205,7 +218,7 @@ def _check_metadata_values(path, model, export):
     # As load_checkpoint: configs written before the matching registration hold the MSRB.
     values.setdefault('registration', 'paper')
     try:
-        TarFuseConfig.from_dict(values)
+        parsed = TarFuseConfig.from_dict(values)
     except (TypeError, ValueError) as error:
         raise OnnxModelError(f'{path}: the checkpoint config in its metadata is invalid '
                              f'({error}); re-export the checkpoint with tarfuse-export') from None
@@ -216,6 +229,12 @@ def _check_metadata_values(path, model, export):
             f'{path}: its export metadata has size_multiple {multiple!r} and min_side '
             f'{min_side!r}, not {SIZE_MULTIPLE} and an integer >= 0 (pixels) as tarfuse-export '
             f'writes them; re-export the checkpoint with tarfuse-export')
+    if export.get('precision') not in _PRECISIONS:
+        raise OnnxModelError(
+            f'{path}: its export metadata has precision {export.get("precision")!r}, not one '
+            f'of {_PRECISIONS} as tarfuse-export writes it; re-export the checkpoint with '
+            f'tarfuse-export')
+    return parsed
 
 
 def read_onnx_metadata(path):
@@ -250,7 +269,7 @@ def read_onnx_metadata(path):
         session = ort.InferenceSession(str(path), options, providers=['CPUExecutionProvider'])
     except Exception as error:  # noqa: BLE001 - onnxruntime raises its own error types
         raise _session_error(path, error) from None
-    return _metadata(path, session)
+    return _metadata(path, session)[:2]
 
 
 def _providers(device, allow_cpu_fallback):
@@ -421,7 +440,8 @@ class OnnxFusionEngine(PairEngine):
                                                  providers=providers)
         except Exception as error:  # noqa: BLE001 - onnxruntime raises its own error types
             raise _session_error(self._weights, error) from None
-        self._checkpoint_config, self._export = _metadata(self._weights, self._session)
+        self._checkpoint_config, self._export, self._model_config = _metadata(
+            self._weights, self._session)
         self._input_names = tuple(arg.name for arg in self._session.get_inputs())
         # A tarfuse-export graph takes any batch and size; a file whose sizes were fixed later
         # (e.g. for TensorRT) runs frames of those sizes only (checked per call).
@@ -431,10 +451,9 @@ class OnnxFusionEngine(PairEngine):
                 self._session.get_providers()):
             raise RuntimeError(f'onnxruntime could not start CUDA for device {device!r} '
                                f'(providers in use: {self._session.get_providers()})')
-        model = self._checkpoint_config['model']
+        model = self._model_config  # parsed: absent fields at the checkpoint loader's defaults
         self._detects = 'det' in [arg.name for arg in self._session.get_outputs()]
-        names = model.get('class_names', ())
-        super().__init__(names, model.get('num_classes', len(names)), registration_prior,
+        super().__init__(model.class_names, model.num_classes, registration_prior,
                          conf_threshold, iou_threshold, max_detections, classes)
         self._images = images
         self._ir_norm, self._ir_low, self._ir_high = ir_norm, float(ir_low), float(ir_high)
@@ -443,12 +462,14 @@ class OnnxFusionEngine(PairEngine):
         self._min_side = self._export['min_side']
         # PyTorch enlarges frames below the global stage's min side for its fit, the graph
         # cannot (README, ONNX): such frames get other maps here, said once per engine.
-        self._global_min_side = int(model.get('global_min_side', 0) or 0) \
-            if model.get('global_stage') else 0
+        # (The torch model has that stage, and enlarges, only with these three fields.)
+        orientation = (model.registration == 'match' and model.global_stage
+                       and model.global_features == 'orientation')
+        self._global_min_side = model.global_min_side if orientation else 0
         self._small_frame_warned = False
         # Small frames are enlarged for the graph as the torch engine does (the checkpoint's
         # input_min_long_side, kept in the export's metadata, unless overridden).
-        self._set_input_min_long_side(input_min_long_side, model.get('input_min_long_side'))
+        self._set_input_min_long_side(input_min_long_side, model.input_min_long_side)
         self._set_input_max_long_side(input_max_long_side)
 
     # -- properties -------------------------------------------------------------------------
@@ -469,8 +490,12 @@ class OnnxFusionEngine(PairEngine):
 
     @property
     def config(self):
-        """Return the model section of the checkpoint's JSON header: a dict, not a dataclass."""
-        return dict(self._checkpoint_config['model'])
+        """Return the model config, parsed, as a dict (``TarFuseConfig.to_dict``).
+
+        Every field, those absent from the metadata at the defaults the checkpoint loader
+        gives them (the metadata as written: :attr:`checkpoint_config`).
+        """
+        return self._model_config.to_dict()
 
     @property
     def checkpoint_config(self):

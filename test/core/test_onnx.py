@@ -819,7 +819,10 @@ def test_edited_onnx_metadata_is_refused_by_name(shipped_onnx, tmp_path, roadsce
               'num_classes (3) must be >= 1 and equal len(class_names) (2'),
              ({'input_min_long_side': -4}, None, 'input_min_long_side must be an integer >= 0'),
              (None, {'size_multiple': 0}, 'size_multiple 0 and min_side 64, not 32'),
-             (None, {'min_side': 'x'}, "min_side 'x', not 32 and an integer >= 0")]
+             (None, {'min_side': 'x'}, "min_side 'x', not 32 and an integer >= 0"),
+             # It was read raw: any other value ran the file as float32 (engine.half false).
+             (None, {'precision': 'fp16'}, "precision 'fp16', not one of ('float32', "
+                                           "'float16')")]
     source = onnx.load(str(shipped_onnx))
     for index, (model, export, words) in enumerate(cases):
         path = _with_metadata(source, tmp_path / f'edited{index}.onnx', model, export)
@@ -835,6 +838,36 @@ def test_edited_onnx_metadata_is_refused_by_name(shipped_onnx, tmp_path, roadsce
     with pytest.raises(OnnxModelError, match='its det output holds 3 classes but its metadata '
                                              'names 1 '):
         engine.infer(ir, vi)
+
+
+def test_absent_metadata_fields_take_the_checkpoint_loaders_defaults(
+        shipped_onnx, tmp_path, roadscene_pair, caplog):
+    # The engine read class names, global_stage, global_min_side and input_min_long_side raw
+    # from the metadata: without class_names and num_classes (the checkpoint loader's
+    # defaults: person, bicycle, car) every frame failed as 'the metadata was edited', and
+    # without global_stage (default true) frames below global_min_side ran unwarned.
+    from tarfuse_ros.core.model_config import TarFuseConfig
+    proto = onnx.load(str(shipped_onnx))
+    entry = next(entry for entry in proto.metadata_props if entry.key == CONFIG_KEY)
+    header = json.loads(entry.value)
+    for key in ('class_names', 'num_classes', 'global_stage'):
+        del header['model'][key]
+    entry.value = json.dumps(header)
+    path = tmp_path / 'absent_fields.onnx'
+    onnx.save(proto, str(path))
+    engine = OnnxFusionEngine(path, threads=1)
+    assert engine.class_names == ('person', 'bicycle', 'car')
+    assert engine.config == TarFuseConfig.from_dict(header['model']).to_dict()
+    assert engine.config['global_min_side'] == 160 and engine.config['global_stage'] is True
+    assert engine.checkpoint_config == header  # the metadata as written
+    ir, vi = roadscene_pair
+    result = engine.infer(ir, vi)
+    assert result.detections and {d.class_name for d in result.detections} <= {
+        'person', 'bicycle', 'car'}
+    small = [cv2.resize(image, (100, 74), interpolation=cv2.INTER_AREA) for image in (ir, vi)]
+    with caplog.at_level(logging.WARNING, logger='tarfuse_ros.core.onnx_backend'):
+        engine.infer(*small)
+    assert "100x74 frame is below the global stage's min side (160 px)" in caplog.text
 
 
 def test_an_onnx_file_with_damaged_weights_is_refused_instead_of_giving_nan(
