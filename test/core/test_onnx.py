@@ -304,7 +304,7 @@ def test_the_onnx_engine_refuses_settings_of_another_type_by_name(tmp_path):
             OnnxFusionEngine(foreign, **kwargs)
 
 
-def test_half_export_keeps_float32_inputs_and_outputs(match_checkpoint, tmp_path):
+def test_half_export_keeps_float32_inputs_and_outputs(match_checkpoint, tmp_path, caplog):
     report = export_onnx(match_checkpoint, tmp_path / 'half.onnx', half=True)
     assert report.precision == 'float16' and report.max_abs_diff
     model = onnx.load(str(tmp_path / 'half.onnx'))
@@ -312,7 +312,13 @@ def test_half_export_keeps_float32_inputs_and_outputs(match_checkpoint, tmp_path
     assert all(v.type.tensor_type.elem_type == float32
                for v in list(model.graph.input) + list(model.graph.output))
     assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer)
-    assert OnnxFusionEngine(tmp_path / 'half.onnx', threads=1).half is True
+    with caplog.at_level(logging.WARNING, logger='tarfuse_ros.core.onnx_backend'):
+        assert OnnxFusionEngine(tmp_path / 'half.onnx', threads=1).half is True
+    # On the CPU it is no faster than float32, and less exact: it was run without a word.
+    assert [record.getMessage() for record in caplog.records] == [
+        f"{tmp_path / 'half.onnx'} is a float16 export (tarfuse-export --half) run on the CPU, "
+        f'where onnxruntime runs it no faster than a float32 export and less exactly; for '
+        f'the CPU, export without --half']
 
 
 def test_half_export_keeps_the_orientation_global_stage_float32(tmp_path):
@@ -822,7 +828,10 @@ def test_edited_onnx_metadata_is_refused_by_name(shipped_onnx, tmp_path, roadsce
              (None, {'min_side': 'x'}, "min_side 'x', not 32 and an integer >= 0"),
              # It was read raw: any other value ran the file as float32 (engine.half false).
              (None, {'precision': 'fp16'}, "precision 'fp16', not one of ('float32', "
-                                           "'float16')")]
+                                           "'float16')"),
+             # Every frame failed ('its det output holds 3 classes but its metadata names 0').
+             ({'detect': False}, None, 'its metadata says detect false but its graph has a '
+                                       'det output')]
     source = onnx.load(str(shipped_onnx))
     for index, (model, export, words) in enumerate(cases):
         path = _with_metadata(source, tmp_path / f'edited{index}.onnx', model, export)
