@@ -29,6 +29,7 @@ import json
 import logging
 import numbers
 from pathlib import Path
+import re
 import time
 
 import cv2
@@ -146,8 +147,23 @@ def _session_error(path, error):
             f'{path} is a .safetensors checkpoint, not an ONNX model: run it with the torch '
             f'backend, or export it with tarfuse-export {path} --out MODEL.onnx')
     first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    # onnxruntime's words follow the C++ source line and signature it failed in (over 300
+    # characters, which cut the reason off): 'failed:/onnxruntime_src/...model.cc:256
+    # onnxruntime::Model::Model(...&) Unsupported model IR version: 11, ...'.
+    reason = re.sub(r'^\[ONNXRuntimeError\] : \d+ : \w+ : Load model from .*? failed:', '',
+                    first)
+    reason = re.sub(r'^\S+\.(?:cc|cpp|h):\d+ .*?\) (?=[A-Z])', '', reason)
+    if re.search(r'IR version|opset', reason, re.IGNORECASE):
+        # An export of a newer opset (--opset 23) than the robot's onnxruntime loads: a file
+        # of tarfuse-export all the same, which 'export one with tarfuse-export' did not fix.
+        version = getattr(import_onnxruntime(), '__version__', '?')
+        return OnnxModelError(
+            f'{path} was written for a newer onnxruntime than this one ({version}): '
+            f'{reason[:600]}; export it again with an opset this onnxruntime loads '
+            f'(tarfuse-export WEIGHTS.safetensors --out MODEL.onnx, opset {MIN_OPSET} by '
+            f'default), or install a newer onnxruntime')
     return OnnxModelError(
-        f'{path} is not a loadable ONNX model ({first[:300]}); export one with '
+        f'{path} is not a loadable ONNX model ({reason[:300]}); export one with '
         f'tarfuse-export WEIGHTS.safetensors --out MODEL.onnx')
 
 

@@ -803,6 +803,33 @@ def test_a_bad_onnx_file_is_refused_with_one_clear_error(tmp_path):
     assert 'tarfuse-export WEIGHTS --out MODEL.onnx --no-scale-search' in str(raised.value)
 
 
+@pytest.mark.parametrize('stamp', ['ir_version', 'opset'])
+def test_an_onnx_file_too_new_for_this_onnxruntime_says_so_and_what_to_do(tmp_path, stamp):
+    # An export of --opset 23 on a workstation, run on a robot's older onnxruntime: the
+    # reason, after the C++ signature onnxruntime names, was cut off at 300 characters
+    # ('... model.cc:256 onnxruntime::Model::Model(onnx::ModelProto&&, const ...'), and the
+    # advice was to export a file, which it was.
+    import onnxruntime
+    proto = onnx.load(str(_foreign_onnx(tmp_path)))
+    if stamp == 'ir_version':
+        proto.ir_version, words = 99, 'Unsupported model IR version: 99'
+    else:
+        proto.opset_import[0].version, words = 99, 'ONNX Runtime only *guarantees* support'
+    path = tmp_path / 'newer.onnx'
+    onnx.save(proto, str(path))
+    for load in (OnnxFusionEngine, read_onnx_metadata):
+        with pytest.raises(OnnxModelError) as raised:
+            load(path)
+        message = str(raised.value)
+        assert message.startswith(f'{path} was written for a newer onnxruntime than this one '
+                                  f'({onnxruntime.__version__}): {words}'), message
+        assert message.endswith('; export it again with an opset this onnxruntime loads '
+                                '(tarfuse-export WEIGHTS.safetensors --out MODEL.onnx, opset '
+                                '17 by default), or install a newer onnxruntime'), message
+        assert 'onnxruntime_src' not in message and '\n' not in message
+        assert '99' in message and 'is not a loadable' not in message, message
+
+
 def _with_metadata(source, path, model=None, export=None):
     """Write ``source`` (an export's ModelProto, left as it is) to ``path``, metadata updated."""
     proto = onnx.ModelProto()
