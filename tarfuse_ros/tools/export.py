@@ -70,9 +70,9 @@ def main(argv=None):
         previous = stop.install((signal.SIGINT, signal.SIGTERM))
     try:
         return _main(args)
-    except InterruptedWhenComplete as done:
-        print(f'{PROG}: interrupted once {done.result.path} was written whole; the summary was '
-              f'not printed', file=sys.stderr)
+    except InterruptedWhenComplete:
+        print(f'{PROG}: interrupted once {args.out} was written whole; the summary was not '
+              f'printed', file=sys.stderr)
         return 130
     except KeyboardInterrupt:
         print(f'{PROG}: interrupted: the export was not finished and no ONNX file was written '
