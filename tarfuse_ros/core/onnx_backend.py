@@ -16,8 +16,11 @@
    clipped to the image.
 
 No torch operation runs in any of these steps, and torch is not imported: the export's model
-config is checked with :mod:`~tarfuse_ros.core.model_config` and the device parsed with
-:mod:`~tarfuse_ros.core.devices`, both torch-free.
+config is parsed with :mod:`~tarfuse_ros.core.model_config` as the checkpoint loader parses a
+checkpoint's (fields absent from the metadata at their defaults; an invalid value refused at
+start-up, naming the field) and the device parsed with :mod:`~tarfuse_ros.core.devices`, both
+torch-free. A float16 export (``tarfuse-export --half``) run on the CPU is said once at
+start-up: onnxruntime runs it there no faster than the float32 file, and less exactly.
 
 The exported file carries the checkpoint's JSON config in its ``metadata_props``
 (:data:`CONFIG_KEY`: the safetensors header, class names included) and the export's own
