@@ -69,7 +69,7 @@ def main(argv=None):
     if threading.current_thread() is threading.main_thread():  # else signals are not ours
         previous = stop.install((signal.SIGINT, signal.SIGTERM))
     try:
-        return _main(args)
+        return _main(args, stop)
     except InterruptedWhenComplete:
         print(f'{PROG}: interrupted once {args.out} was written whole; the summary was not '
               f'printed', file=sys.stderr)
@@ -82,8 +82,11 @@ def main(argv=None):
         stop.restore(previous)
 
 
-def _main(args):
-    """Run ``tarfuse-export`` with the parsed ``args``; return the exit status."""
+def _main(args, stop):
+    """Run ``tarfuse-export`` with the parsed ``args``; return the exit status.
+
+    ``stop``: the :class:`~tarfuse_ros.console.StopRequest` of :func:`main`.
+    """
     if args.threads is not None and args.threads < 1:
         print(f'{PROG}: error: --threads must be >= 1, got {args.threads}', file=sys.stderr)
         return 2
@@ -104,12 +107,14 @@ def _main(args):
         report = export_onnx(args.weights, args.out, half=args.half, opset=args.opset,
                              verify=not args.no_verify, scale_search=not args.no_scale_search,
                              fine_passes=args.fine_passes)
-    except (CheckpointError, ValueError) as exc:
+    except (CheckpointError, ValueError, ExportError, OSError) as exc:
+        if stop.requested:
+            # A library turned the stop into an error of its own: a SIGTERM while onnxruntime
+            # was imported was reported as 'needs the onnxruntime package ... (initialization
+            # failed)', exit 2.
+            raise KeyboardInterrupt from None
         print(f'{PROG}: error: {exc}', file=sys.stderr)
-        return 2
-    except (ExportError, OSError) as exc:
-        print(f'{PROG}: error: {exc}', file=sys.stderr)
-        return 1
+        return 1 if isinstance(exc, (ExportError, OSError)) else 2
     size_mib = report.path.stat().st_size / 2**20
     inputs, outputs = _graph_names(report.path)
     print(f'wrote {report.path} ({size_mib:.1f} MiB, opset {report.opset}, {report.precision}; '
