@@ -37,6 +37,7 @@ from pathlib import Path
 import warnings
 
 import numpy as np
+from tarfuse_ros.console import InterruptedWhenComplete, interrupts_held
 from tarfuse_ros.core.checkpoint import load_checkpoint
 from tarfuse_ros.core.files import atomic_output
 from tarfuse_ros.core.model.yolo import anchors_every_call
@@ -270,6 +271,11 @@ def export_onnx(weights, output, half=False, opset=MIN_OPSET, verify=True, scale
     Raises:
         CheckpointError: missing or invalid checkpoint.
         ExportError: tracing failed or the graph does not match PyTorch.
+        KeyboardInterrupt: Ctrl-C (or a SIGTERM a program turned into one) before the file
+            was put in place: ``output`` is as it was.
+        InterruptedWhenComplete: (a ``KeyboardInterrupt``) SIGINT or SIGTERM on the main
+            thread while the file was put in place: it was written whole first; ``result``
+            is the :class:`ExportReport`.
         ValueError: onnx not installed (onnxruntime too, to verify or for ``half``);
             ``output`` a folder, not writable, the checkpoint or a ``.safetensors`` path
             (:func:`~tarfuse_ros.core.onnx_output.check_onnx_output`, before the checkpoint
@@ -384,6 +390,12 @@ def export_onnx(weights, output, half=False, opset=MIN_OPSET, verify=True, scale
         report.verify_shape = (check_shape[0], 1) + check_shape[1:]
         report.max_abs_diff = _verify(blob, graph, report.verify_shape, precision,
                                       torch.get_num_threads())
-    with atomic_output(output) as temporary:
-        temporary.write_bytes(blob)
+    stops = []
+    # A stop while the file is put in place waits for it: the file is then whole, and the
+    # caller is told so (it could not tell a stop just after os.replace from one before).
+    with interrupts_held(stops):
+        with atomic_output(output) as temporary:
+            temporary.write_bytes(blob)
+    if stops:
+        raise InterruptedWhenComplete(report, f'interrupted once {output} was written')
     return report

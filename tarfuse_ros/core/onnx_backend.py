@@ -16,8 +16,11 @@
    clipped to the image.
 
 No torch operation runs in any of these steps, and torch is not imported: the export's model
-config is checked with :mod:`~tarfuse_ros.core.model_config` and the device parsed with
-:mod:`~tarfuse_ros.core.devices`, both torch-free.
+config is parsed with :mod:`~tarfuse_ros.core.model_config` as the checkpoint loader parses a
+checkpoint's (fields absent from the metadata at their defaults; an invalid value refused at
+start-up, naming the field) and the device parsed with :mod:`~tarfuse_ros.core.devices`, both
+torch-free. A float16 export (``tarfuse-export --half``) run on the CPU is said once at
+start-up: onnxruntime runs it there no faster than the float32 file, and less exactly.
 
 The exported file carries the checkpoint's JSON config in its ``metadata_props``
 (:data:`CONFIG_KEY`: the safetensors header, class names included) and the export's own
@@ -29,6 +32,7 @@ import json
 import logging
 import numbers
 from pathlib import Path
+import re
 import time
 
 import cv2
@@ -70,6 +74,7 @@ ONNX_OUTPUTS = {
 # The outputs of an export without detection head (``TarFuseConfig.detect`` false).
 FUSION_OUTPUTS = ('fused', 'flow', 'registered_ir')
 _PAD_MODES = {'replicate': 'edge', 'reflect': 'reflect', 'constant': 'constant'}
+_PRECISIONS = ('float32', 'float16')
 
 
 def _small_frame_warning(frame_hw, global_min_side):
@@ -145,13 +150,32 @@ def _session_error(path, error):
             f'{path} is a .safetensors checkpoint, not an ONNX model: run it with the torch '
             f'backend, or export it with tarfuse-export {path} --out MODEL.onnx')
     first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    # onnxruntime's words follow the C++ source line and signature it failed in (over 300
+    # characters, which cut the reason off): 'failed:/onnxruntime_src/...model.cc:256
+    # onnxruntime::Model::Model(...&) Unsupported model IR version: 11, ...'.
+    reason = re.sub(r'^\[ONNXRuntimeError\] : \d+ : \w+ : Load model from .*? failed:', '',
+                    first)
+    reason = re.sub(r'^\S+\.(?:cc|cpp|h):\d+ .*?\) (?=[A-Z])', '', reason)
+    if re.search(r'IR version|opset', reason, re.IGNORECASE):
+        # An export of a newer opset (--opset 23) than the robot's onnxruntime loads: a file
+        # of tarfuse-export all the same, which 'export one with tarfuse-export' did not fix.
+        version = getattr(import_onnxruntime(), '__version__', '?')
+        return OnnxModelError(
+            f'{path} was written for a newer onnxruntime than this one ({version}): '
+            f'{reason[:600]}; export it again with an opset this onnxruntime loads '
+            f'(tarfuse-export WEIGHTS.safetensors --out MODEL.onnx, opset {MIN_OPSET} by '
+            f'default), or install a newer onnxruntime')
     return OnnxModelError(
-        f'{path} is not a loadable ONNX model ({first[:300]}); export one with '
+        f'{path} is not a loadable ONNX model ({reason[:300]}); export one with '
         f'tarfuse-export WEIGHTS.safetensors --out MODEL.onnx')
 
 
 def _metadata(path, session):
-    """Return ``(checkpoint config dict, export dict)`` from a session, checked."""
+    """Return ``(checkpoint config dict, export dict, TarFuseConfig)`` from a session, checked.
+
+    The ``TarFuseConfig`` is the model config parsed as the checkpoint loader parses a
+    checkpoint's (fields absent from the metadata at their defaults).
+    """
     props = session.get_modelmeta().custom_metadata_map or {}
     if CONFIG_KEY not in props or ONNX_KEY not in props:
         raise OnnxModelError(
@@ -171,7 +195,7 @@ def _metadata(path, session):
         raise OnnxModelError(
             f'{path} has ONNX format_version {export.get("format_version")!r} but this '
             f'tarfuse_ros reads version {ONNX_FORMAT_VERSION}; re-export it with this release')
-    _check_metadata_values(path, config['model'], export)
+    model_config = _check_metadata_values(path, config['model'], export)
     inputs = tuple(arg.name for arg in session.get_inputs())
     outputs = tuple(arg.name for arg in session.get_outputs())
     if inputs not in (ONNX_INPUTS, ONNX_INPUTS[:2]) or set(outputs) not in (
@@ -181,16 +205,29 @@ def _metadata(path, session):
             f'{ONNX_INPUTS} (without valid_size for a model without the orientation global '
             f'stage) and outputs {tuple(ONNX_OUTPUTS)} (without det for a model without '
             f'detection head); re-export it with tarfuse-export')
-    return config, export
+    if model_config.detect != ('det' in outputs):  # each frame failed, or detected nothing
+        raise OnnxModelError(
+            f'{path}: its metadata says detect {str(model_config.detect).lower()} but its graph '
+            f'has {"a" if "det" in outputs else "no"} det output: the metadata was edited; '
+            f're-export the checkpoint with tarfuse-export')
+    return config, export, model_config
 
 
 def _check_metadata_values(path, model, export):
-    """Raise :class:`OnnxModelError` when the metadata's values are not an export's.
+    """Parse the metadata's model config; raise :class:`OnnxModelError` where it is no export's.
 
     Args:
         path: the ONNX file (named in the message).
         model: the checkpoint's model config from the metadata (a dict).
         export: the export's description from the metadata (a dict).
+
+    Returns:
+        :class:`~tarfuse_ros.core.model_config.TarFuseConfig`: ``model`` parsed as
+        :func:`~tarfuse_ros.core.checkpoint.load_checkpoint` parses a checkpoint's (absent
+        fields at their defaults, a missing ``registration`` the paper's MSRB). The engine
+        reads it, never ``model`` raw: a config without ``class_names`` named no class and
+        failed every frame as 'edited metadata', one without ``global_stage`` ran without the
+        small-frame warning, where the checkpoint loader gives both their defaults.
 
     Raises:
         OnnxModelError: a model config that ``TarFuseConfig`` refuses (as a checkpoint's is
@@ -205,7 +242,7 @@ def _check_metadata_values(path, model, export):
     # As load_checkpoint: configs written before the matching registration hold the MSRB.
     values.setdefault('registration', 'paper')
     try:
-        TarFuseConfig.from_dict(values)
+        parsed = TarFuseConfig.from_dict(values)
     except (TypeError, ValueError) as error:
         raise OnnxModelError(f'{path}: the checkpoint config in its metadata is invalid '
                              f'({error}); re-export the checkpoint with tarfuse-export') from None
@@ -216,6 +253,12 @@ def _check_metadata_values(path, model, export):
             f'{path}: its export metadata has size_multiple {multiple!r} and min_side '
             f'{min_side!r}, not {SIZE_MULTIPLE} and an integer >= 0 (pixels) as tarfuse-export '
             f'writes them; re-export the checkpoint with tarfuse-export')
+    if export.get('precision') not in _PRECISIONS:
+        raise OnnxModelError(
+            f'{path}: its export metadata has precision {export.get("precision")!r}, not one '
+            f'of {_PRECISIONS} as tarfuse-export writes it; re-export the checkpoint with '
+            f'tarfuse-export')
+    return parsed
 
 
 def read_onnx_metadata(path):
@@ -250,7 +293,7 @@ def read_onnx_metadata(path):
         session = ort.InferenceSession(str(path), options, providers=['CPUExecutionProvider'])
     except Exception as error:  # noqa: BLE001 - onnxruntime raises its own error types
         raise _session_error(path, error) from None
-    return _metadata(path, session)
+    return _metadata(path, session)[:2]
 
 
 def _providers(device, allow_cpu_fallback):
@@ -421,7 +464,8 @@ class OnnxFusionEngine(PairEngine):
                                                  providers=providers)
         except Exception as error:  # noqa: BLE001 - onnxruntime raises its own error types
             raise _session_error(self._weights, error) from None
-        self._checkpoint_config, self._export = _metadata(self._weights, self._session)
+        self._checkpoint_config, self._export, self._model_config = _metadata(
+            self._weights, self._session)
         self._input_names = tuple(arg.name for arg in self._session.get_inputs())
         # A tarfuse-export graph takes any batch and size; a file whose sizes were fixed later
         # (e.g. for TensorRT) runs frames of those sizes only (checked per call).
@@ -431,10 +475,16 @@ class OnnxFusionEngine(PairEngine):
                 self._session.get_providers()):
             raise RuntimeError(f'onnxruntime could not start CUDA for device {device!r} '
                                f'(providers in use: {self._session.get_providers()})')
-        model = self._checkpoint_config['model']
+        if self._device == 'cpu' and self._export['precision'] == 'float16':
+            # Measured (2-core VM, 1 thread, the shipped model, a 507x346 pair): 0.93 s a pair
+            # instead of 0.86 s, the session opened in 9.8 s instead of 6.2 s, the fused image
+            # up to 8 grey levels off; nothing said so.
+            _LOG.warning('%s is a float16 export (tarfuse-export --half) run on the CPU, where '
+                         'onnxruntime runs it no faster than a float32 export and less exactly; '
+                         'for the CPU, export without --half', self._weights)
+        model = self._model_config  # parsed: absent fields at the checkpoint loader's defaults
         self._detects = 'det' in [arg.name for arg in self._session.get_outputs()]
-        names = model.get('class_names', ())
-        super().__init__(names, model.get('num_classes', len(names)), registration_prior,
+        super().__init__(model.class_names, model.num_classes, registration_prior,
                          conf_threshold, iou_threshold, max_detections, classes)
         self._images = images
         self._ir_norm, self._ir_low, self._ir_high = ir_norm, float(ir_low), float(ir_high)
@@ -443,12 +493,14 @@ class OnnxFusionEngine(PairEngine):
         self._min_side = self._export['min_side']
         # PyTorch enlarges frames below the global stage's min side for its fit, the graph
         # cannot (README, ONNX): such frames get other maps here, said once per engine.
-        self._global_min_side = int(model.get('global_min_side', 0) or 0) \
-            if model.get('global_stage') else 0
+        # (The torch model has that stage, and enlarges, only with these three fields.)
+        orientation = (model.registration == 'match' and model.global_stage
+                       and model.global_features == 'orientation')
+        self._global_min_side = model.global_min_side if orientation else 0
         self._small_frame_warned = False
         # Small frames are enlarged for the graph as the torch engine does (the checkpoint's
         # input_min_long_side, kept in the export's metadata, unless overridden).
-        self._set_input_min_long_side(input_min_long_side, model.get('input_min_long_side'))
+        self._set_input_min_long_side(input_min_long_side, model.input_min_long_side)
         self._set_input_max_long_side(input_max_long_side)
 
     # -- properties -------------------------------------------------------------------------
@@ -469,8 +521,12 @@ class OnnxFusionEngine(PairEngine):
 
     @property
     def config(self):
-        """Return the model section of the checkpoint's JSON header: a dict, not a dataclass."""
-        return dict(self._checkpoint_config['model'])
+        """Return the model config, parsed, as a dict (``TarFuseConfig.to_dict``).
+
+        Every field, those absent from the metadata at the defaults the checkpoint loader
+        gives them (the metadata as written: :attr:`checkpoint_config`).
+        """
+        return self._model_config.to_dict()
 
     @property
     def checkpoint_config(self):

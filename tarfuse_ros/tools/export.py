@@ -9,14 +9,19 @@ The graph, its inputs, outputs and metadata: :mod:`tarfuse_ros.core.export`. Exi
 success, 1 when the export or its check against PyTorch fails, 2 for usage errors (a missing or
 invalid checkpoint, a bad option, an ``--out`` that is a folder, cannot be written, is the
 checkpoint itself, ends in ``.safetensors`` or is an existing file not named ``.onnx``, such as a
-TensorRT engine: checked before the export).
+TensorRT engine: checked before the export), 130 after Ctrl-C or SIGTERM (a ``timeout``, kill,
+a job scheduler), with one line saying that no ONNX file was written: ``--out`` is left as it
+was (the file is written whole at the end, or not at all).
 """
 
 import argparse
 from pathlib import Path
 import shlex
+import signal
 import sys
+import threading
 
+from tarfuse_ros.console import InterruptedWhenComplete, StopRequest
 from tarfuse_ros.core.fine_passes import check_fine_passes, fine_passes_option, OPTION_OWN
 from tarfuse_ros.core.onnx_output import check_onnx_output
 
@@ -52,8 +57,36 @@ def build_parser():
 
 
 def main(argv=None):
-    """Entry point of ``tarfuse-export``; returns the exit status (0, 1 failed, 2 usage)."""
+    """Entry point of ``tarfuse-export``; returns the exit status (0, 1, 2 usage, 130 stopped).
+
+    SIGTERM stops it as Ctrl-C does (it killed the export, exit status -15), and only the
+    first of these signals stops it: one line says so, with exit status 130, and ``--out`` is
+    as before (:func:`~tarfuse_ros.core.export.export_onnx` puts the file in place whole).
+    """
     args = build_parser().parse_args(argv)
+    previous = {}
+    stop = StopRequest(once=True)
+    if threading.current_thread() is threading.main_thread():  # else signals are not ours
+        previous = stop.install((signal.SIGINT, signal.SIGTERM))
+    try:
+        return _main(args, stop)
+    except InterruptedWhenComplete:
+        print(f'{PROG}: interrupted once {args.out} was written whole; the summary was not '
+              f'printed', file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print(f'{PROG}: interrupted: the export was not finished and no ONNX file was written '
+              f'({args.out} is as it was)', file=sys.stderr)
+        return 130
+    finally:
+        stop.restore(previous)
+
+
+def _main(args, stop):
+    """Run ``tarfuse-export`` with the parsed ``args``; return the exit status.
+
+    ``stop``: the :class:`~tarfuse_ros.console.StopRequest` of :func:`main`.
+    """
     if args.threads is not None and args.threads < 1:
         print(f'{PROG}: error: --threads must be >= 1, got {args.threads}', file=sys.stderr)
         return 2
@@ -74,12 +107,14 @@ def main(argv=None):
         report = export_onnx(args.weights, args.out, half=args.half, opset=args.opset,
                              verify=not args.no_verify, scale_search=not args.no_scale_search,
                              fine_passes=args.fine_passes)
-    except (CheckpointError, ValueError) as exc:
+    except (CheckpointError, ValueError, ExportError, OSError) as exc:
+        if stop.requested:
+            # A library turned the stop into an error of its own: a SIGTERM while onnxruntime
+            # was imported was reported as 'needs the onnxruntime package ... (initialization
+            # failed)', exit 2.
+            raise KeyboardInterrupt from None
         print(f'{PROG}: error: {exc}', file=sys.stderr)
-        return 2
-    except (ExportError, OSError) as exc:
-        print(f'{PROG}: error: {exc}', file=sys.stderr)
-        return 1
+        return 1 if isinstance(exc, (ExportError, OSError)) else 2
     size_mib = report.path.stat().st_size / 2**20
     inputs, outputs = _graph_names(report.path)
     print(f'wrote {report.path} ({size_mib:.1f} MiB, opset {report.opset}, {report.precision}; '

@@ -10,6 +10,7 @@ detections (count and classes) with boxes within 4.3e-3 px, scores within 1.8e-4
 previous learnt global stage: fused 1, registered 1, flow 6.5e-5 px.)
 """
 
+import contextlib
 import json
 import logging
 from pathlib import Path
@@ -303,7 +304,7 @@ def test_the_onnx_engine_refuses_settings_of_another_type_by_name(tmp_path):
             OnnxFusionEngine(foreign, **kwargs)
 
 
-def test_half_export_keeps_float32_inputs_and_outputs(match_checkpoint, tmp_path):
+def test_half_export_keeps_float32_inputs_and_outputs(match_checkpoint, tmp_path, caplog):
     report = export_onnx(match_checkpoint, tmp_path / 'half.onnx', half=True)
     assert report.precision == 'float16' and report.max_abs_diff
     model = onnx.load(str(tmp_path / 'half.onnx'))
@@ -311,7 +312,13 @@ def test_half_export_keeps_float32_inputs_and_outputs(match_checkpoint, tmp_path
     assert all(v.type.tensor_type.elem_type == float32
                for v in list(model.graph.input) + list(model.graph.output))
     assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer)
-    assert OnnxFusionEngine(tmp_path / 'half.onnx', threads=1).half is True
+    with caplog.at_level(logging.WARNING, logger='tarfuse_ros.core.onnx_backend'):
+        assert OnnxFusionEngine(tmp_path / 'half.onnx', threads=1).half is True
+    # On the CPU it is no faster than float32, and less exact: it was run without a word.
+    assert [record.getMessage() for record in caplog.records] == [
+        f"{tmp_path / 'half.onnx'} is a float16 export (tarfuse-export --half) run on the CPU, "
+        f'where onnxruntime runs it no faster than a float32 export and less exactly; for '
+        f'the CPU, export without --half']
 
 
 def test_half_export_keeps_the_orientation_global_stage_float32(tmp_path):
@@ -523,6 +530,73 @@ def test_export_tool_names_the_outputs_it_wrote(tmp_path, capsys):
     assert (f"run it: fuse_node --ros-args -p backend:=onnxruntime -p 'weights:={out}' "
             f"(ros2 launch tarfuse_ros fuse.launch.py backend:=onnxruntime 'weights:={out}');"
             in printed), printed
+
+
+@pytest.mark.parametrize('moment', ['importing onnxruntime', 'tracing'])
+def test_sigterm_mid_export_stops_as_ctrl_c_does_and_writes_nothing(tmp_path, moment):
+    # SIGTERM (timeout, a job scheduler) killed the export at once (exit status -15), where
+    # every other tool stops as on Ctrl-C: exit 130 and one line saying what was left undone.
+    # Once stopped so, a SIGTERM while onnxruntime was imported (it turns the interrupt into
+    # an ImportError) was reported as 'needs the onnxruntime package', exit 2.
+    import signal
+    medical = share_dir() / 'models' / 'tarfuse_medical.safetensors'
+    out = tmp_path / 'medical.onnx'
+    out.write_bytes(b'an earlier export')  # left as it was
+    process = subprocess.Popen(
+        [sys.executable, '-m', 'tarfuse_ros.tools.export', str(medical), '--out', str(out),
+         '--threads', '1', '--no-scale-search'],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def mapped(name):
+        try:
+            return name in Path(f'/proc/{process.pid}/maps').read_text()
+        except OSError:  # it has exited
+            return False
+
+    # export_onnx imports onnxruntime (for its check), then maps the checkpoint while it loads
+    # it, then traces: polled without a pause, the first marker lands inside the import.
+    marks = [(True, 'onnxruntime')] + (
+        [(True, medical.name), (False, medical.name)] if moment == 'tracing' else [])
+    for present, name in marks:
+        while process.poll() is None and mapped(name) != present:
+            pass
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert not stdout and stderr == (
+        f'tarfuse-export: interrupted: the export was not finished and no ONNX file was '
+        f'written ({out} is as it was)\n')
+    assert out.read_bytes() == b'an earlier export'
+    assert sorted(tmp_path.iterdir()) == [out]  # no temporary left beside it
+
+
+def test_a_stop_while_the_onnx_file_is_put_in_place_waits_for_it(
+        tmp_path, capsys, monkeypatch):
+    # A SIGTERM in the last instant (the file replaced, the summary not yet printed) said 'no
+    # ONNX file was written' of a file that was: the write is whole, and the tool says so.
+    import os
+    import signal
+    from tarfuse_ros.core import export as export_module
+    real_output = export_module.atomic_output
+
+    @contextlib.contextmanager
+    def signalled_output(path):
+        with real_output(path) as temporary:
+            yield temporary
+            os.kill(os.getpid(), signal.SIGTERM)  # a real signal, as the file goes in place
+
+    monkeypatch.setattr(export_module, 'atomic_output', signalled_output)
+    out = tmp_path / 'medical.onnx'
+    code = export_tool.main([str(share_dir() / 'models' / 'tarfuse_medical.safetensors'),
+                             '--out', str(out), '--no-verify', '--threads', '1',
+                             '--no-scale-search'])
+    captured = capsys.readouterr()
+    assert code == 130 and not captured.out, captured
+    assert captured.err == (f'tarfuse-export: interrupted once {out} was written whole; the '
+                            f'summary was not printed\n')
+    assert [o.name for o in onnx.load(str(out)).graph.output] == [
+        'fused', 'flow', 'registered_ir']
+    assert sorted(tmp_path.iterdir()) == [out]
 
 
 @pytest.fixture(scope='module')
@@ -739,6 +813,33 @@ def test_a_bad_onnx_file_is_refused_with_one_clear_error(tmp_path):
     assert 'tarfuse-export WEIGHTS --out MODEL.onnx --no-scale-search' in str(raised.value)
 
 
+@pytest.mark.parametrize('stamp', ['ir_version', 'opset'])
+def test_an_onnx_file_too_new_for_this_onnxruntime_says_so_and_what_to_do(tmp_path, stamp):
+    # An export of --opset 23 on a workstation, run on a robot's older onnxruntime: the
+    # reason, after the C++ signature onnxruntime names, was cut off at 300 characters
+    # ('... model.cc:256 onnxruntime::Model::Model(onnx::ModelProto&&, const ...'), and the
+    # advice was to export a file, which it was.
+    import onnxruntime
+    proto = onnx.load(str(_foreign_onnx(tmp_path)))
+    if stamp == 'ir_version':
+        proto.ir_version, words = 99, 'Unsupported model IR version: 99'
+    else:
+        proto.opset_import[0].version, words = 99, 'ONNX Runtime only *guarantees* support'
+    path = tmp_path / 'newer.onnx'
+    onnx.save(proto, str(path))
+    for load in (OnnxFusionEngine, read_onnx_metadata):
+        with pytest.raises(OnnxModelError) as raised:
+            load(path)
+        message = str(raised.value)
+        assert message.startswith(f'{path} was written for a newer onnxruntime than this one '
+                                  f'({onnxruntime.__version__}): {words}'), message
+        assert message.endswith('; export it again with an opset this onnxruntime loads '
+                                '(tarfuse-export WEIGHTS.safetensors --out MODEL.onnx, opset '
+                                '17 by default), or install a newer onnxruntime'), message
+        assert 'onnxruntime_src' not in message and '\n' not in message
+        assert '99' in message and 'is not a loadable' not in message, message
+
+
 def _with_metadata(source, path, model=None, export=None):
     """Write ``source`` (an export's ModelProto, left as it is) to ``path``, metadata updated."""
     proto = onnx.ModelProto()
@@ -761,7 +862,13 @@ def test_edited_onnx_metadata_is_refused_by_name(shipped_onnx, tmp_path, roadsce
               'num_classes (3) must be >= 1 and equal len(class_names) (2'),
              ({'input_min_long_side': -4}, None, 'input_min_long_side must be an integer >= 0'),
              (None, {'size_multiple': 0}, 'size_multiple 0 and min_side 64, not 32'),
-             (None, {'min_side': 'x'}, "min_side 'x', not 32 and an integer >= 0")]
+             (None, {'min_side': 'x'}, "min_side 'x', not 32 and an integer >= 0"),
+             # It was read raw: any other value ran the file as float32 (engine.half false).
+             (None, {'precision': 'fp16'}, "precision 'fp16', not one of ('float32', "
+                                           "'float16')"),
+             # Every frame failed ('its det output holds 3 classes but its metadata names 0').
+             ({'detect': False}, None, 'its metadata says detect false but its graph has a '
+                                       'det output')]
     source = onnx.load(str(shipped_onnx))
     for index, (model, export, words) in enumerate(cases):
         path = _with_metadata(source, tmp_path / f'edited{index}.onnx', model, export)
@@ -777,6 +884,36 @@ def test_edited_onnx_metadata_is_refused_by_name(shipped_onnx, tmp_path, roadsce
     with pytest.raises(OnnxModelError, match='its det output holds 3 classes but its metadata '
                                              'names 1 '):
         engine.infer(ir, vi)
+
+
+def test_absent_metadata_fields_take_the_checkpoint_loaders_defaults(
+        shipped_onnx, tmp_path, roadscene_pair, caplog):
+    # The engine read class names, global_stage, global_min_side and input_min_long_side raw
+    # from the metadata: without class_names and num_classes (the checkpoint loader's
+    # defaults: person, bicycle, car) every frame failed as 'the metadata was edited', and
+    # without global_stage (default true) frames below global_min_side ran unwarned.
+    from tarfuse_ros.core.model_config import TarFuseConfig
+    proto = onnx.load(str(shipped_onnx))
+    entry = next(entry for entry in proto.metadata_props if entry.key == CONFIG_KEY)
+    header = json.loads(entry.value)
+    for key in ('class_names', 'num_classes', 'global_stage'):
+        del header['model'][key]
+    entry.value = json.dumps(header)
+    path = tmp_path / 'absent_fields.onnx'
+    onnx.save(proto, str(path))
+    engine = OnnxFusionEngine(path, threads=1)
+    assert engine.class_names == ('person', 'bicycle', 'car')
+    assert engine.config == TarFuseConfig.from_dict(header['model']).to_dict()
+    assert engine.config['global_min_side'] == 160 and engine.config['global_stage'] is True
+    assert engine.checkpoint_config == header  # the metadata as written
+    ir, vi = roadscene_pair
+    result = engine.infer(ir, vi)
+    assert result.detections and {d.class_name for d in result.detections} <= {
+        'person', 'bicycle', 'car'}
+    small = [cv2.resize(image, (100, 74), interpolation=cv2.INTER_AREA) for image in (ir, vi)]
+    with caplog.at_level(logging.WARNING, logger='tarfuse_ros.core.onnx_backend'):
+        engine.infer(*small)
+    assert "100x74 frame is below the global stage's min side (160 px)" in caplog.text
 
 
 def test_an_onnx_file_with_damaged_weights_is_refused_instead_of_giving_nan(

@@ -187,6 +187,24 @@ def test_run_time_changes_are_applied_and_fixed_ones_refused_with_the_reason():
         apply_updates(params, {'iou_threshold': -0.1})
 
 
+def test_run_time_changes_an_onnx_graph_cannot_honour_are_refused_with_the_export_to_make():
+    # Break test (backend onnxruntime): the graph has its global stage built in. A run-time
+    # change must not be accepted (nothing would change) nor answered 'restart the node with
+    # -p ...' (the restart would fail): the refusal names the export or backend to use.
+    params = params_from_values({'backend': 'onnxruntime', 'weights': '/tmp/model.onnx'})
+    for name, value, words in (
+            ('registration.fine_passes', 2, '--fine-passes 2) and leave this parameter -1'),
+            ('registration.global_track', 5, 'use backend torch, or leave it 0'),
+            ('registration.global_every', 3, 'use backend torch, or leave both at 1'),
+            ('registration.scale_search', False, '--no-scale-search) and leave this parameter')):
+        with pytest.raises(ValueError) as raised:
+            apply_updates(params, {name: value})
+        message = str(raised.value)
+        assert message.startswith(f'{name} cannot change while the node runs, and ') and (
+            'would be refused at start-up too' in message and words in message
+            and ' -p ' not in message), message
+
+
 def test_max_rate_changes_at_run_time_and_a_negative_one_is_refused():
     params = _defaults()
     assert params.max_rate == 0.0 and params.sync_infrared_time_offset == 0.0
