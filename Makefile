@@ -12,7 +12,9 @@ PYTEST_ARGS ?=
 # Test processes (pytest-xdist, a test file each at a time; each process a test run of its own
 # on DDS): two where the machine has two cores or more (about three quarters of one process's
 # time on two), else 0, which runs them in make's own.
-PYTEST_WORKERS ?= $(shell [ "$$(nproc)" -ge 2 ] && echo 2 || echo 0)
+# (nproc without OMP_NUM_THREADS, which it would print instead of the cores.)
+PYTEST_WORKERS ?= $(shell [ "$$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)" -ge 2 ] \
+	&& echo 2 || echo 0)
 
 .PHONY: setup demo test bench clean ros-install
 
