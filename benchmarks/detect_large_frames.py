@@ -15,6 +15,8 @@ are compared on the same fused features. Confidence 0.001 and NMS IoU 0.6, and t
 
 Prints one line per size and value (mAP@0.5, mAP@0.5:0.95, AP@0.5 per class) and writes them
 as JSON to ``--out``. The set's ``classes.txt`` must name the model's classes in its order.
+A bad option, or a set, split or checkpoint it cannot use, is refused in one line with exit
+status 2 before any pair runs; a pair that cannot be read or run ends it with status 1.
 """
 
 import argparse
@@ -134,9 +136,14 @@ def main(argv=None):
             raise ValueError(f'{dataset_dir}: classes.txt names {names}, the model {classes}')
         for value in max_sides:  # refused values before any pair runs
             replace(engine.model.config, detect_max_long_side=value)
-        start = time.monotonic()
-        results = score(dataset_dir, stems, engine, sizes, max_sides, classes)
     except (argparse.ArgumentTypeError, OSError, ValueError) as exc:
+        # Refused before any pair runs: a usage error, exit status 2 as the other benchmarks.
+        print(f'detect_large_frames: {exc}', file=sys.stderr)
+        return 2
+    start = time.monotonic()
+    try:
+        results = score(dataset_dir, stems, engine, sizes, max_sides, classes)
+    except (OSError, ValueError) as exc:  # a pair that cannot be read or run
         print(f'detect_large_frames: {exc}', file=sys.stderr)
         return 1
     rows = []

@@ -153,14 +153,16 @@ def import_or_stop(module, signals=(signal.SIGINT,)):
     return None if stop.requested else loaded
 
 
-def _script(module, program):
+def _script(module, program, signals=(signal.SIGINT,)):
     """Return the console script of ``program``: :func:`import_or_stop`, then ``module.main()``.
 
     Exit status 130 after a Ctrl-C while importing, with one line, and for one that ``main``
-    lets through (a tool's own handling says more).
+    lets through (a tool's own handling says more). ``signals``: those that stop the import so;
+    SIGTERM too for the tools that stop on it as on Ctrl-C (a SIGTERM while they imported
+    PyTorch killed them silently, status 143).
     """
     def script():
-        tool = import_or_stop(module)
+        tool = import_or_stop(module, signals)
         if tool is None:
             print(f'{program}: interrupted while starting; nothing was done', file=sys.stderr)
             return 130
@@ -183,13 +185,15 @@ def _script(module, program):
     return script
 
 
-train = _script('tarfuse_ros.tools.train', 'tarfuse-train')
-evaluate = _script('tarfuse_ros.tools.evaluate', 'tarfuse-eval')
+# The tools whose main stops on SIGTERM as on Ctrl-C (README, "Stopping a tool").
+_TERM = (signal.SIGINT, signal.SIGTERM)
+train = _script('tarfuse_ros.tools.train', 'tarfuse-train', _TERM)
+evaluate = _script('tarfuse_ros.tools.evaluate', 'tarfuse-eval', _TERM)
 make_bag = _script('tarfuse_ros.tools.make_bag', 'tarfuse-make-bag')
-play = _script('tarfuse_ros.tools.play_bag', 'tarfuse-play')
-demo = _script('tarfuse_ros.tools.demo', 'tarfuse-demo')
-fuse = _script('tarfuse_ros.tools.fuse', 'tarfuse-fuse')
+play = _script('tarfuse_ros.tools.play_bag', 'tarfuse-play', _TERM)
+demo = _script('tarfuse_ros.tools.demo', 'tarfuse-demo', _TERM)
+fuse = _script('tarfuse_ros.tools.fuse', 'tarfuse-fuse', _TERM)
 export = _script('tarfuse_ros.tools.export', 'tarfuse-export')
-pseudo_label = _script('tarfuse_ros.tools.pseudo_label', 'tarfuse-pseudo-label')
+pseudo_label = _script('tarfuse_ros.tools.pseudo_label', 'tarfuse-pseudo-label', _TERM)
 calibrate = _script('tarfuse_ros.tools.calibrate', 'tarfuse-calibrate')
 time_offset = _script('tarfuse_ros.tools.time_offset', 'tarfuse-time-offset')

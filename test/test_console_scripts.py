@@ -112,3 +112,19 @@ def test_ctrl_c_from_the_terminal_while_pytorch_loads(tmp_path):
     assert process.returncode == 130, (stdout, stderr)  # --help: 0, had the import ended
     assert stderr == 'tarfuse-train: interrupted while starting; nothing was done\n'
     assert stdout == ''
+
+
+@pytest.mark.parametrize('name', ['tarfuse-fuse', 'tarfuse-demo', 'tarfuse-train'])
+def test_sigterm_while_a_script_imports_stops_it_as_ctrl_c_does(name, tmp_path):
+    # README: tarfuse-demo and tarfuse-fuse (and train, eval, play, pseudo-label) stop on
+    # SIGTERM as on Ctrl-C, also while loading their libraries; a SIGTERM then killed them
+    # with no line (status -15, 143 in a shell).
+    _, module, function = next(s for s in console_scripts() if s[0] == name)
+    script = tmp_path / name
+    script.write_text(CTRL_C_AT_THE_FIRST_LIBRARY.replace('signal.SIGINT', 'signal.SIGTERM')
+                      + SCRIPT.format(module=module, function=function))
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                            timeout=120, cwd=tmp_path)
+    assert (result.returncode, result.stderr) == (
+        130, f'{name}: interrupted while starting; nothing was done\n'), result.stderr
+    assert result.stdout == '' and list(tmp_path.iterdir()) == [script]

@@ -72,8 +72,9 @@ def test_the_figures_are_tarfuse_evals_ap(tmp_path):
 
 
 def test_a_refused_setting_stops_before_any_pair(capsys):
+    """A usage error: exit status 2, as every benchmark's (README, "Tests and benchmarks")."""
     assert detect_large_frames.main(['--data', str(SOURCE), '--sizes', '640x480',
-                                     '--max-long-side', '100']) == 1
+                                     '--max-long-side', '100']) == 2
     assert 'detect_max_long_side must be 0 or a multiple of 32' in capsys.readouterr().err
 
 
@@ -82,8 +83,16 @@ def test_a_refused_setting_stops_before_any_pair(capsys):
     ('--max-pairs', '-1', '--max-pairs must be >= 1, got -1'),  # all pairs but the last
     ('--max-pairs', '0', '--max-pairs must be >= 1, got 0'),  # no pair, mAP nan
     ('--max-long-side', '0,1e3', "--max-long-side takes comma-separated integers, got '0,1e3'"),
+    ('--sizes', '12', "size must be WxH, e.g. 1280x1024, got '12'"),
+    ('--split', 'nosuch', "split 'nosuch' not found in"),
 ])
 def test_bad_options_are_one_line_errors(capsys, option, value, message):
-    assert detect_large_frames.main(['--data', str(SOURCE), '--split', 'det_labelled',
-                                     '--sizes', '640x480', option, value]) == 1
-    assert capsys.readouterr().err == f'detect_large_frames: {message}\n'
+    """Refused before any pair runs with exit status 2 (it was 1: README says 2)."""
+    args = ['--data', str(SOURCE), '--split', 'det_labelled', '--sizes', '640x480']
+    if option in args:
+        args[args.index(option) + 1] = value
+    else:
+        args += [option, value]
+    assert detect_large_frames.main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f'detect_large_frames: {message}') and err.count('\n') == 1, err

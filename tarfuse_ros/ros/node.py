@@ -579,6 +579,12 @@ class TarFuseNode(Node):
             raise StartupError(
                 f'cannot start the model on device {params.device!r}: {exc}. Use -p device:=cpu '
                 f'or -p allow_cpu_fallback:=true, or check the CUDA driver') from exc
+        if not self.context.ok():
+            # A SIGTERM (ros2 launch stopping) while the model loaded shut the context down
+            # without interrupting the load: stop quietly here. The start-up lines logged next
+            # each printed 'Failed to publish log message to rosout: publisher's context is
+            # invalid'.
+            raise ExternalShutdownException()
         if not onnx:  # running with them: a later node of this process must ask as many
             with _TORCH_THREADS_LOCK:
                 _TORCH_THREADS[id(self)] = (self.get_fully_qualified_name(), threads)
