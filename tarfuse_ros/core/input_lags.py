@@ -23,7 +23,11 @@ are interpolated with it).
 from collections import deque
 import statistics
 
-__all__ = ['LagCheck']
+__all__ = ['LagCheck', 'MAX_INFRARED_TIME_OFFSET_S']
+
+# s: the most sync.infrared_time_offset corrects, either way (its range); cameras whose lags
+# differ by more have clocks apart (the node's check, the bag tools' check of a recording).
+MAX_INFRARED_TIME_OFFSET_S = 1.0
 
 
 class LagCheck:

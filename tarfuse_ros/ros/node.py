@@ -78,7 +78,7 @@ from tarfuse_ros.core.fine_passes import NoFineStageError
 from tarfuse_ros.core.global_stream import PARAMETERS, StreamSettingError
 from tarfuse_ros.core.health import HealthSettings, RegistrationHealth
 from tarfuse_ros.core.images import check_frame_size
-from tarfuse_ros.core.input_lags import LagCheck
+from tarfuse_ros.core.input_lags import LagCheck, MAX_INFRARED_TIME_OFFSET_S
 from tarfuse_ros.core.pairing import NearestPairCheck
 from tarfuse_ros.core.rate import StampRateLimit
 from tarfuse_ros.core.sizes import PORTRAIT_ADVICE, portrait_beside_landscape
@@ -101,7 +101,7 @@ from tarfuse_ros.ros.params import command_line_type_errors, NodeParams
 from tarfuse_ros.ros.params import decimal_numbers
 from tarfuse_ros.ros.params import declare_node_parameters, fine_passes, parameter_updates
 from tarfuse_ros.ros.params import parameter_source, ParameterValueError
-from tarfuse_ros.ros.params import PARAMETER_SPECS, params_files_for_other_nodes
+from tarfuse_ros.ros.params import params_files_for_other_nodes
 from tarfuse_ros.ros.params import refinement_settings, registration_prior, reported_descriptor
 from tarfuse_ros.ros.params import unknown_parameters, unknown_qos_overrides
 from tarfuse_ros.ros.params import wrong_type_reason
@@ -115,9 +115,6 @@ _INPUT_NAMES = ('infrared', 'visible')
 _INPUT_TOPICS = ('infrared/image_raw', 'visible/image_raw')
 # The visible camera's camera_info when remapped; else the visible image topic's sibling.
 _INFO_TOPIC = 'visible/camera_info'
-# The largest sync.infrared_time_offset (s, either way): stamps further apart are clocks apart.
-_MAX_TIME_OFFSET_S = next(spec.high for spec in PARAMETER_SPECS
-                          if spec.name == 'sync.infrared_time_offset')
 _FUSED_TOPIC = 'fused/image_raw'
 # Outputs that take REP-2003 QoS overrides (the fused image's compressed topic too).
 _OUTPUT_TOPICS = (_FUSED_TOPIC, 'fused/camera_info', 'detections', 'registered/image_raw',
@@ -141,7 +138,7 @@ _CLOCK_APART_S = 10.0
 _CLOCK_APART_MESSAGES = 3
 # The IR and visible lags (arrival minus stamp) compared over this many images (about 0.4 s
 # of a 30 Hz and a 9 Hz camera, 1.5 s of two 5 Hz ones); differing by more than
-# _MAX_TIME_OFFSET_S (what sync.infrared_time_offset cannot correct), the clocks are apart.
+# MAX_INFRARED_TIME_OFFSET_S (what sync.infrared_time_offset cannot correct), the clocks are apart.
 _LAG_WINDOW = 15
 
 
@@ -1582,11 +1579,11 @@ class TarFuseNode(Node):
             rule += (f'; the IR stamps with sync.infrared_time_offset='
                      f'{params.sync_infrared_time_offset} s')
         said = f'latest stamps differ by {gap:.3f} s'
-        if gap > _MAX_TIME_OFFSET_S:
+        if gap > MAX_INFRARED_TIME_OFFSET_S:
             return (f"{said} ({rule}): the drivers' clocks are that far apart (two computers "
                     f"whose clocks are not synchronised, a driver stamping with the camera's own "
                     f'clock): synchronise them (chrony, PTP) or stamp with the system time; '
-                    f'sync.infrared_time_offset corrects at most {_MAX_TIME_OFFSET_S:g} s')
+                    f'sync.infrared_time_offset corrects at most {MAX_INFRARED_TIME_OFFSET_S:g} s')
         late = self._partners_gone(params)
         if late is not None:
             return f'{said} ({rule}): {late}'
@@ -1688,7 +1685,7 @@ class TarFuseNode(Node):
         Said only while both inputs flow (``fresh``), beyond what the offset can correct.
         """
         difference = self._lags.difference_s()
-        if not all(fresh) or difference is None or abs(difference) <= _MAX_TIME_OFFSET_S:
+        if not all(fresh) or difference is None or abs(difference) <= MAX_INFRARED_TIME_OFFSET_S:
             return []
         ir, visible = self._topics
         ahead, behind = (ir, visible) if difference < 0 else (visible, ir)
@@ -1704,7 +1701,7 @@ class TarFuseNode(Node):
                 f'images reach this node seconds later than the {ahead} ones (a slow link); '
                 f'synchronise the clocks (chrony, PTP) or stamp with the system time '
                 f'(sync.infrared_time_offset corrects a constant offset of at most '
-                f'{_MAX_TIME_OFFSET_S:g} s)']
+                f'{MAX_INFRARED_TIME_OFFSET_S:g} s)']
 
     def _lag_difference_status(self):
         """Return the lags' difference for /diagnostics ('+0.012'), or how many are held."""

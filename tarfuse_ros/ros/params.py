@@ -23,6 +23,7 @@ from tarfuse_ros.core.backends import BACKENDS
 from tarfuse_ros.core.fine_passes import MAX_FINE_PASSES
 from tarfuse_ros.core.global_stream import check_stream_settings, MAX_GLOBAL_EVERY
 from tarfuse_ros.core.global_stream import MAX_GLOBAL_TRACK, MAX_GLOBAL_WINDOW, PARAMETERS
+from tarfuse_ros.core.input_lags import MAX_INFRARED_TIME_OFFSET_S
 from tarfuse_ros.core.paths import default_weights_path
 from tarfuse_ros.core.sizes import MAX_ENLARGED_LONG_SIDE, MIN_SHRUNK_LONG_SIDE
 
@@ -180,7 +181,8 @@ PARAMETER_SPECS = (
               'copy of its header; the outputs keep the visible header): the stamp the visible '
               'driver gives an instant minus the stamp the infrared driver gives the same '
               'instant, e.g. -0.06 when the infrared driver stamps its frames 60 ms later. '
-              'Restart to change.', low=-1.0, high=1.0),
+              'Restart to change.', low=-MAX_INFRARED_TIME_OFFSET_S,
+              high=MAX_INFRARED_TIME_OFFSET_S),
     ParamSpec('qos.reliability', 'qos_reliability', 'str',
               'Reliability of the input subscriptions. Restart to change.',
               allowed=RELIABILITY_VALUES),

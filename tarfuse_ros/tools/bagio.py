@@ -15,6 +15,7 @@ from rosbags.interfaces import (
     Nodetype, Qos, QosDurability, QosHistory, QosLiveliness, QosReliability, QosTime)
 from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 from rosbags.typesys import get_types_from_msg, get_typestore, Stores
+from tarfuse_ros.core.input_lags import MAX_INFRARED_TIME_OFFSET_S
 
 __all__ = [
     'BAG_VERSION',
@@ -42,8 +43,6 @@ __all__ = [
 
 # rosbag2 metadata version 8 (QoS profiles as a YAML string) is read by Humble and Jazzy alike.
 BAG_VERSION = 8
-# s: the most the node's sync.infrared_time_offset corrects, either way
-MAX_IR_TIME_OFFSET_S = 1.0
 
 
 def offered_qos(reliable=True, depth=10):
@@ -348,7 +347,7 @@ def camera_topics(path, ir_topic, vi_topic):
     return ir_bag, vi_bag
 
 
-def clocks_apart_problem(lags_ns, ir_topic, vi_topic, limit_s=MAX_IR_TIME_OFFSET_S):
+def clocks_apart_problem(lags_ns, ir_topic, vi_topic, limit_s=MAX_INFRARED_TIME_OFFSET_S):
     """Return why two cameras' stamps of a bag cannot be paired (clocks apart), or None.
 
     Each camera's lag is the median of its messages' header stamp minus the time the recorder
