@@ -66,10 +66,11 @@ try:
 except ImportError:  # Humble
     from rclpy.qos_event import SubscriptionEventCallbacks
 from rclpy.exceptions import ParameterException
-from rclpy.executors import ExternalShutdownException
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.qos_overriding_options import InvalidQosOverridesError, QoSOverridingOptions
+from rclpy.signals import install_signal_handlers, SignalHandlerOptions
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from tarfuse_ros.core.checkpoint_header import CheckpointError, read_checkpoint_config
 from tarfuse_ros.core.cpus import default_cpu_threads, default_threads_reason
@@ -245,12 +246,16 @@ class TarFuseNode(Node):
     weights, or an unavailable CUDA device.
     """
 
+    # The thread running __init__, while it runs (None once built): see get_logger.
+    _builder = None
+
     def __init__(self, node_name='tarfuse', argv=(), given_argv=None, **kwargs):
         """Build the node; ``argv``: the arguments rcl read, ``given_argv``: as given.
 
         ``given_argv`` names the parameters files as the user gave them (``argv`` may name
         rewritten copies, gone once rcl read them: :func:`main`); None: ``argv``.
         """
+        self._builder = threading.get_ident()
         try:
             super().__init__(node_name, **kwargs)
         except ParameterException as exc:  # rclpy's own parameters, e.g. use_sim_time:=1
@@ -451,8 +456,23 @@ class TarFuseNode(Node):
             self.get_logger().info(
                 f'model {params.weights} has no detection head (model.detect: false): the '
                 f'detections topic is not advertised and publish.detections has no effect')
+        self._builder = None
 
     # -- start-up ------------------------------------------------------------------------------
+    def get_logger(self):
+        """Return the node's logger; while the node is built, stop if the context is shut down.
+
+        In a program that builds the node under rclpy's signal handlers (not :func:`main`:
+        :class:`_StartUpStop`), a SIGTERM or Ctrl-C shuts the context down from a thread of
+        rclpy's without interrupting the constructor: each start-up line logged after it
+        printed rcl's 'Failed to publish log message to rosout: publisher's context is
+        invalid'. Raises :class:`rclpy.executors.ExternalShutdownException` (a requested stop)
+        instead of returning the logger then.
+        """
+        if threading.get_ident() == self._builder and not self.context.ok():
+            raise ExternalShutdownException()
+        return super().get_logger()
+
     def _check_weights(self, params):
         """Check the weights file without loading a model; return whether the model detects.
 
@@ -2048,12 +2068,37 @@ def _as_given(message, argv, given):
     return message
 
 
+class _StartUpStop:
+    """SIGINT / SIGTERM handler of :func:`main`: ``KeyboardInterrupt`` while the node starts.
+
+    Python runs it in the main thread between two statements, so the node's construction
+    stops where it is, its context still valid. rclpy's own handlers, installed once the node
+    runs, shut the context down from a thread of their own while the constructor ran on: each
+    start-up line logged after it printed rcl's 'Failed to publish log message to rosout:
+    publisher's context is invalid', and an executor built then a traceback. They call this one
+    after theirs (rclpy chains the handler it replaced), which then does nothing: the stop is
+    theirs, and one stop only (a second signal must not interrupt the clean-up).
+    """
+
+    def __init__(self):
+        self.starting = True
+
+    def __call__(self, signum, frame):
+        if self.starting:
+            self.starting = False
+            raise KeyboardInterrupt
+
+
 def main(args=None):
     """Run the node until Ctrl-C / SIGTERM; return the process exit code."""
     argv = given = sys.argv if args is None else args
     logger = rclpy.logging.get_logger('tarfuse')
     node = None
     code = 0
+    stop = _StartUpStop()
+    before = {number: signal.signal(number, stop)
+              for number in (signal.SIGINT, signal.SIGTERM)
+              if signal.getsignal(number) is not signal.SIG_IGN}  # a background job's SIGINT
     try:
         with tempfile.TemporaryDirectory(prefix='tarfuse_params_') as folder:
             # A hand-edited number list ([1, 0.02, ...]) would stop rcl itself, an integer for a
@@ -2062,13 +2107,18 @@ def main(args=None):
             for note in notes:
                 logger.warning(note)
             try:
-                rclpy.init(args=argv)  # reads the parameters files now
+                # rclpy's signal handlers once the node runs (_StartUpStop).
+                rclpy.init(args=argv, signal_handler_options=SignalHandlerOptions.NO)
             except Exception as exc:  # noqa: BLE001 - rcl refuses the arguments (RCLError)
                 said = _as_given(str(exc), argv, given)
                 raise StartupError(f'the ROS arguments cannot be parsed: {said}; '
                                    f'{_argument_hint(said)}') from exc
         node = TarFuseNode(argv=argv, given_argv=given)
-        rclpy.spin(node)
+        executor = SingleThreadedExecutor(context=node.context)
+        executor.add_node(node)
+        install_signal_handlers(SignalHandlerOptions.ALL)
+        stop.starting = False
+        executor.spin()
     except StartupError as exc:
         logger.fatal(str(exc))
         code = 1
@@ -2077,11 +2127,12 @@ def main(args=None):
     except Exception:
         if rclpy.ok():
             raise
-        # A signal (SIGTERM from ros2 launch) shut the context down while the node was being
-        # built: a requested stop, not a failure.
+        # A signal shut the context down while the node spun up: a requested stop, not a
+        # failure.
     finally:
         # Shutting down already (the stop is bounded): a second Ctrl-C, which ros2 launch and a
         # terminal both send, must not interrupt the worker's join and abort the process.
+        stop.starting = False
         previous = {number: signal.signal(number, signal.SIG_IGN)
                     for number in (signal.SIGINT, signal.SIGTERM)}
         stopped = node is None or node.stop()
@@ -2098,7 +2149,7 @@ def main(args=None):
             settle_stderr()  # the codec capture's relay has passed the warning above on
             os._exit(code)
         for number, handler in previous.items():
-            signal.signal(number, handler)
+            signal.signal(number, before.get(number, handler))
     return code
 
 
