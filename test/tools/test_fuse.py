@@ -1,6 +1,7 @@
 """tarfuse-fuse on image files, folders, two videos of different frame rates and bad inputs."""
 
 import json
+import re
 import shutil
 import subprocess
 
@@ -727,7 +728,6 @@ def test_an_unreadable_cpu_limit_is_a_usage_error(tmp_path, capsys, monkeypatch)
 def test_ctrl_c_mid_run_accounts_for_the_pair_it_stopped(tmp_path):
     # The summary read '4 pair(s) in, 3 fused out, 0 failed': the pair being fused when
     # Ctrl-C came counted as neither. A real SIGINT once the first pairs are written.
-    import re
     import signal
     import sys
     import time
@@ -768,9 +768,15 @@ def _copies_of_the_samples(folder, copies, size=None):
                 cv2.imwrite(str(folder / sub / f'{copy}_{stem}.png'), img)
 
 
+# The temporaries of tarfuse_ros.core.files.atomic_output that a killed run leaves: the file
+# being written, <name>.<8 hex digits>.tmp, or one claimed a moment before, <name>.<hex>.new.
+_TEMPORARY = re.compile(r'.+\.[0-9a-f]{8}\.(tmp|new)')
+
+
 def _outputs(out):
-    """Return the output files in ``out`` (not a killed run's hidden temporaries)."""
-    return [path for path in out.rglob('*') if path.is_file() and not path.name.startswith('.')]
+    """Return the output files in ``out`` (not a killed run's temporaries)."""
+    return [path for path in out.rglob('*')
+            if path.is_file() and not _TEMPORARY.fullmatch(path.name)]
 
 
 def _every_output_whole(out):
@@ -788,7 +794,6 @@ def test_sigterm_mid_run_stops_as_ctrl_c_does_with_every_pair_written_whole(tmp_
     # SIGTERM (timeout, a job scheduler) killed the run: exit status -15, no summary, the
     # fused PNG being written cut short ('libpng error: Read Error') and the pair's other
     # outputs, and those waiting to be written, lost.
-    import re
     import signal
     import sys
     import time
