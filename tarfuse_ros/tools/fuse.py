@@ -72,7 +72,8 @@ its own); 130 after Ctrl-C or SIGTERM (the pairs fused by then are written first
 Each output file is written under a temporary name beside it (``<name>.<8 hex digits>.tmp``,
 for the video ``.tmp`` and its suffix: :func:`tarfuse_ros.core.files.atomic_output`) and renamed
 once whole: a run killed outright (SIGKILL) leaves no file cut short under an output's name
-(only such a temporary), and of two runs into one folder at once each file is one run's whole.
+(only such a temporary; the next run that writes the video removes a killed run's temporary
+video), and of two runs into one folder at once each file is one run's whole.
 """
 
 import argparse
@@ -92,7 +93,8 @@ import cv2
 import numpy as np
 import PIL.Image
 from tarfuse_ros.console import StopRequest
-from tarfuse_ros.core.files import atomic_output, is_truncated_jpeg_data, write_text_atomic
+from tarfuse_ros.core.files import (atomic_output, is_truncated_jpeg_data, remove_stale_outputs,
+                                    write_text_atomic)
 from tarfuse_ros.core.fine_passes import check_fine_passes, fine_passes_option, OPTION_OWN
 from tarfuse_ros.core.global_stream import check_stream_settings, OPTIONS, StreamSettingError
 from tarfuse_ros.core.sizes import PORTRAIT_ADVICE, portrait_beside_landscape
@@ -579,12 +581,15 @@ class _Outputs:
             # OpenCV's FFmpeg writers crop an odd width or height to an even one; its own
             # Motion JPEG writer keeps the visible size.
             choices = [('.avi', 'MJPG', cv2.CAP_OPENCV_MJPEG)]
+        stem = Path(visible_path).stem
+        for suffix in ('.avi', '.mp4'):  # a killed run's temporary video, as large as a video
+            remove_stale_outputs(self.out / f'{stem}_fused{suffix}')
         for suffix, fourcc, api in choices:
             # Written under a temporary name of its own (two runs into one folder wrote into
             # one file, and the second to finish stopped with a traceback: its temporary was
             # gone), with the same suffix (it picks the container), that replaces the video of
             # an earlier run only once a frame is in it (close).
-            path = self.out / f'{Path(visible_path).stem}_fused{suffix}'
+            path = self.out / f'{stem}_fused{suffix}'
             output = ExitStack()
             temporary = output.enter_context(atomic_output(path, keep_suffix=True))
             writer = cv2.VideoWriter(str(temporary), api, cv2.VideoWriter_fourcc(*fourcc), fps,

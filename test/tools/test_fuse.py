@@ -586,6 +586,34 @@ def test_two_runs_at_once_into_one_folder_each_write_a_whole_video(tmp_path):
     assert len(_frames(out / 'visible_fused.mp4')) == 30
 
 
+def test_the_next_run_removes_the_temporary_video_of_a_killed_run(tmp_path, capsys):
+    # SIGKILL (out of memory, kill -9) while the video was written left its temporary, as
+    # large as the video, in --out for good (visible_fused.mp4.<hex>.tmp.mp4: `ls *.mp4`
+    # lists it).
+    import signal
+    import sys
+    import time
+    _write_y4m(tmp_path / 'visible.y4m', 10, 30, (224, 160))
+    _write_y4m(tmp_path / 'thermal.y4m', 10, 30, (224, 160))
+    out = tmp_path / 'out'
+    args = ['--ir', tmp_path / 'thermal.y4m', '--visible', tmp_path / 'visible.y4m',
+            '--out', out, '--no-scale-search']
+    process = subprocess.Popen([sys.executable, '-m', 'tarfuse_ros.tools.fuse', '--threads', '1',
+                                *map(str, args)], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while process.poll() is None and time.monotonic() < deadline and \
+            not list(out.glob('visible_fused.mp4.*.tmp.mp4')):
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.communicate(timeout=60)
+    assert process.returncode == -signal.SIGKILL
+    assert len(list(out.glob('visible_fused.mp4.*.tmp.mp4'))) == 1
+    status, stdout, _ = _run(capsys, *args)
+    assert status == 0 and '30 frame(s) in, 30 fused out, 0 failed' in stdout, stdout
+    assert sorted(path.name for path in out.iterdir()) == ['visible_fused.mp4']
+
+
 def test_a_video_of_strips_is_refused_once_before_the_model_loads(tmp_path, capsys):
     _write_y4m(tmp_path / 'visible.y4m', 10, 3, (200, 16))
     _write_y4m(tmp_path / 'thermal.y4m', 10, 3, (64, 48))
