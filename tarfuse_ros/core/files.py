@@ -185,8 +185,8 @@ def output_problem(path, folder=False):
     return None
 
 
-def _create_temporary(path, folder):
-    """Create an empty file (or folder) beside ``path`` under a new name.
+def _create_temporary(path, folder, suffix=''):
+    """Create an empty file (or folder) beside ``path`` under a new name ending in ``suffix``.
 
     It is created as ``open()`` and ``mkdir`` create them, so its mode (returned) is 0o666 (a
     folder: 0o777) less the umask: the umask is read without setting it (``os.umask`` would
@@ -195,8 +195,9 @@ def _create_temporary(path, folder):
     that takes that right away (0o222).
 
     It is made as ``<name>.<hex>.new``, claimed (an exclusive ``flock``), and only then given
-    its ``.tmp`` name: made under that name, a run's :func:`remove_stale_outputs` could find it
-    unclaimed between its creation and the lock, and remove the output being written.
+    its ``<name>.<hex>.tmp<suffix>`` name: made under that name, a run's
+    :func:`remove_stale_outputs` could find it unclaimed between its creation and the lock, and
+    remove the output being written.
 
     Returns:
         ``(temporary, mode, claim)``: ``claim`` the descriptor holding the lock, to close when
@@ -204,8 +205,9 @@ def _create_temporary(path, folder):
 
     """
     while True:
-        temporary = path.with_name(f'{path.name}.{secrets.token_hex(4)}.tmp')
-        made = temporary.with_suffix('.new')
+        token = secrets.token_hex(4)
+        temporary = path.with_name(f'{path.name}.{token}.tmp{suffix}')
+        made = path.with_name(f'{path.name}.{token}.new')
         try:
             if folder:
                 made.mkdir(mode=0o777)
@@ -231,7 +233,7 @@ def _create_temporary(path, folder):
 
 
 @contextmanager
-def atomic_output(path, folder=False):
+def atomic_output(path, folder=False, keep_suffix=False):
     """Yield a temporary path beside ``path``; move it to ``path`` when the block succeeds.
 
     Write the file (or, with ``folder=True``, fill the folder) at the yielded path. On success a
@@ -248,9 +250,16 @@ def atomic_output(path, folder=False):
     keeps the mode of the one it replaces, as a file rewritten by ``open()`` does: a ``chmod``
     given to it stays.
 
+    The temporary is ``<name>.<8 hex digits>.tmp`` beside ``path``, a new name for every
+    writer (two processes writing one output at once each write their own; the last to finish
+    leaves its whole file).
+
     Args:
         path: the final file or folder.
         folder: the output is a folder (e.g. a training state of several files).
+        keep_suffix: the temporary's name ends in ``path``'s suffix too
+            (``<name>.<hex>.tmp.mp4`` for ``<stem>.mp4``), for writers that pick the format by
+            the name (OpenCV's ``VideoWriter``, ``cv2.imwrite``).
 
     Yields:
         :class:`pathlib.Path` of the temporary file (empty) or of the empty folder.
@@ -260,7 +269,7 @@ def atomic_output(path, folder=False):
     path.parent.mkdir(parents=True, exist_ok=True)
     # The temporary is claimed while it is written: one no process claims was left by a writer
     # that was killed (remove_stale_outputs).
-    temporary, mode, claim = _create_temporary(path, folder)
+    temporary, mode, claim = _create_temporary(path, folder, path.suffix if keep_suffix else '')
     try:
         yield temporary
         if folder:
@@ -291,11 +300,13 @@ def remove_stale_outputs(path):
     """Remove the temporary files (folders) of ``atomic_output(path)`` killed writers left.
 
     A writer killed while it wrote its file or filled its folder (SIGKILL, the machine off)
-    leaves it beside ``path`` as ``<name>.<8 hex digits>.tmp``; a writer that is still running
-    claims its own (:func:`atomic_output`), which stays, and so does anything of another name.
+    leaves it beside ``path`` as ``<name>.<8 hex digits>.tmp`` (``.tmp<suffix>`` with
+    ``keep_suffix``); a writer that is still running claims its own (:func:`atomic_output`),
+    which stays, and so does anything of another name.
     """
     path = Path(path)
-    pattern = re.compile(re.escape(path.name) + r'\.[0-9a-f]{8}\.tmp')
+    pattern = re.compile(re.escape(path.name) + r'\.[0-9a-f]{8}\.tmp'
+                         + f'(?:{re.escape(path.suffix)})?')
     if path.parent.is_dir():
         remove_unclaimed(found for found in path.parent.iterdir()
                          if pattern.fullmatch(found.name))

@@ -27,7 +27,8 @@ around it, for what the bridge leaves to its callers or does differently:
 * compressed output carries image_transport's ``format`` (``'bgr8; jpeg compressed bgr8'``);
 * image_transport's ``compressedDepth`` transport (a 16UC1 / 32FC1 thermal image): its 12-byte
   header, then a 16-bit PNG, decoded as compressed_depth_image_transport does (the 32FC1
-  inverse quantisation); on the plain compressed transport such a payload is refused by name.
+  inverse quantisation; its ``format`` read by :mod:`tarfuse_ros.core.compressed_depth`); on
+  the plain compressed transport such a payload is refused by name.
 
 The bag tools (``tarfuse_ros.tools.bagio``) decode and encode through the same functions, so
 the project has one codec.
@@ -41,7 +42,6 @@ Functions:
     compressed_depth_msg_to_array(msg, max_pixels=MAX_DECODED_PIXELS, codec_warnings=None)
         -> (array, kind)                         a compressedDepth CompressedImage -> ndarray
     compressed_depth_size(msg, max_pixels=MAX_DECODED_PIXELS) -> (height, width) or None
-    compressed_depth_format(fmt) -> (encoding, codec)
     array_to_compressed_depth_msg(array, header=None, encoding=None, ...) -> CompressedImage
     jpeg_of_16_bit_image(msg) -> the 16-bit encoding a CompressedImage holds as 8-bit JPEG, or None
     array_to_image_msg(array, encoding, header) -> sensor_msgs/Image
@@ -72,11 +72,14 @@ import PIL.Image
 import PIL.PngImagePlugin
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
+from tarfuse_ros.core.compressed_depth import (compressed_depth_format,
+                                               compressed_depth_format_string, DEPTH_KINDS,
+                                               names_compressed_depth)
 from tarfuse_ros.core.sizes import MAX_DECODED_PIXELS
 from tarfuse_ros.ros import stderr_relay
 
 __all__ = ['array_to_compressed_depth_msg', 'array_to_compressed_msg', 'array_to_image_msg',
-           'compressed_depth_format', 'compressed_depth_msg_to_array', 'compressed_depth_size',
+           'compressed_depth_msg_to_array', 'compressed_depth_size',
            'compressed_msg_to_array', 'compressed_size', 'COMPRESSED_DEPTH_HEADER_BYTES',
            'COMPRESSED_FORMATS', 'detections_to_msg', 'image_msg_to_array',
            'jpeg_of_16_bit_image', 'load_bridge', 'MAX_DECODED_PIXELS', 'restamped',
@@ -316,7 +319,7 @@ def compressed_size(msg, max_pixels=MAX_DECODED_PIXELS):
     set for a process that imported it already.)
     """
     fmt = str(msg.format)
-    if 'compresseddepth' in fmt.lower():
+    if names_compressed_depth(fmt):
         raise ValueError(
             f'compressed format {fmt!r} is a compressedDepth payload (a 12-byte header before '
             f'the image), which the compressed transport does not decode: subscribe '
@@ -415,41 +418,10 @@ def _check_png(data, fmt, what='compressed payload'):
 # publisher's byte order (little-endian on every ROS platform). Only 32FC1 images use them.
 COMPRESSED_DEPTH_HEADER_BYTES = 12
 _DEPTH_HEADER = struct.Struct('<iff')
-# Encodings the codec takes (one channel of 16 or 32 bits) -> the kind we return.
-_DEPTH_KINDS = {'16uc1': 'gray16', 'mono16': 'gray16', '32fc1': 'float32'}
 # The codec's publisher defaults (compressed_depth_publisher.cpp): depth_max 10.0 (m; a 16-bit
 # value above depth_max * 1000 is sent as 0), depth_quantization 100.0, png_level 9.
 DEPTH_MAX_DEFAULT = 10.0
 DEPTH_QUANTIZATION_DEFAULT = 100.0
-
-
-def compressed_depth_format(fmt):
-    """Return ``(encoding, codec)`` of a compressedDepth ``format``; raise ``ValueError``.
-
-    As compressed_depth_image_transport reads it: the encoding is the text before the first
-    ``;``; the codec is ``'png'`` for no ``;`` (its older publishers), ``'... compressedDepth
-    png'`` or a bare ``'... compressedDepth'``, ``'rvl'`` for ``'... compressedDepth rvl'``.
-    Raises ``ValueError`` for any other ``format`` (a plain compressed payload's, e.g.
-    ``'mono16; png compressed mono16'``) and for an encoding the codec does not write (it
-    takes one channel of 16 or 32 bits: ``16UC1`` / ``mono16``, ``32FC1``).
-    """
-    encoding, separator, rest = str(fmt).partition(';')
-    encoding = encoding.strip()
-    if not separator or 'compressedDepth png' in rest:
-        codec = 'png'
-    elif 'compressedDepth rvl' in rest:
-        codec = 'rvl'
-    elif 'compressedDepth' in rest and 'compressedDepth ' not in rest:
-        codec = 'png'
-    else:
-        raise ValueError(f'format {fmt!r} is no compressedDepth format (expected e.g. '
-                         f"'16UC1; compressedDepth png'); a plain compressed image belongs on "
-                         f'<base>/compressed (infrared.transport: compressed)')
-    if encoding.lower() not in _DEPTH_KINDS:
-        raise ValueError(f'compressedDepth encoding {encoding!r} (format {fmt!r}) is not '
-                         f'supported; the codec writes one channel of 16 or 32 bits: 16UC1, '
-                         f'mono16 or 32FC1')
-    return encoding, codec
 
 
 def compressed_depth_size(msg, max_pixels=MAX_DECODED_PIXELS):
@@ -462,9 +434,9 @@ def compressed_depth_size(msg, max_pixels=MAX_DECODED_PIXELS):
     None where the sides are unknown but the count fits (above Pillow's own bomb limit).
     Raises ``ValueError`` naming the cause for an empty payload, one of 12 bytes or fewer (the
     codec decodes nothing then either), a ``format`` that is no compressedDepth one
-    (:func:`compressed_depth_format`), an RVL payload (not supported: no well-kept Python
-    decoder), bytes after the header that are no PNG, a corrupt or truncated PNG, too large
-    a size.
+    (:func:`~tarfuse_ros.core.compressed_depth.compressed_depth_format`), an RVL payload (not
+    supported: no well-kept Python decoder), bytes after the header that are no PNG, a corrupt
+    or truncated PNG, too large a size.
     """
     fmt, size = str(msg.format), len(msg.data)
     if size == 0:
@@ -491,7 +463,8 @@ def compressed_depth_msg_to_array(msg, max_pixels=MAX_DECODED_PIXELS, codec_warn
     The layout is that of compressed_depth_image_transport (ros-perception/
     image_transport_plugins, ``codec.cpp`` and ``compression_common.h``): a 12-byte header
     (int32 format, float32 depthQuantA, float32 depthQuantB) before a 16-bit grey PNG.
-    ``format`` is ``'<encoding>; compressedDepth png'`` (:func:`compressed_depth_format`).
+    ``format`` is ``'<encoding>; compressedDepth png'``
+    (:func:`~tarfuse_ros.core.compressed_depth.compressed_depth_format`).
 
     Returns ``(array, kind)`` as :func:`image_msg_to_array` gives the raw image:
 
@@ -530,7 +503,7 @@ def compressed_depth_msg_to_array(msg, max_pixels=MAX_DECODED_PIXELS, codec_warn
         raise ValueError(f'compressedDepth payload (format {fmt!r}) decodes to shape '
                          f'{image.shape} and dtype {image.dtype}, where the codec writes a '
                          f'16-bit one-channel PNG')
-    if _DEPTH_KINDS[encoding.lower()] == 'gray16':
+    if DEPTH_KINDS[encoding.lower()] == 'gray16':
         return _owned(image), 'gray16'
     _, quant_a, quant_b = _DEPTH_HEADER.unpack(bytes(msg.data[:_DEPTH_HEADER.size]))
     if not (math.isfinite(quant_a) and math.isfinite(quant_b)):
@@ -578,7 +551,7 @@ def array_to_compressed_depth_msg(array, header=None, encoding=None,
                          f'{getattr(array, "shape", None)} {getattr(array, "dtype", None)}')
     floating = array.dtype == np.float32
     encoding = encoding or ('32FC1' if floating else '16UC1')
-    if _DEPTH_KINDS.get(encoding.lower()) != ('float32' if floating else 'gray16'):
+    if DEPTH_KINDS.get(encoding.lower()) != ('float32' if floating else 'gray16'):
         raise ValueError(f'encoding {encoding!r} does not fit a {array.dtype} image '
                          f'(16UC1 or mono16 for uint16, 32FC1 for float32)')
     quant_a = quant_b = np.float32(0.0)
@@ -600,7 +573,7 @@ def array_to_compressed_depth_msg(array, header=None, encoding=None,
         raise ValueError(f'OpenCV cannot encode a {coded.shape} uint16 PNG')
     msg = CompressedImage()
     msg.header = _copy_header(header) if header is not None else Header()
-    msg.format = f'{encoding}; compressedDepth png'
+    msg.format = compressed_depth_format_string(encoding)
     msg.data = _DEPTH_HEADER.pack(0, float(quant_a), float(quant_b)) + png.tobytes()
     return msg
 

@@ -69,17 +69,18 @@ videos: no visible frame with an IR frame near it), weights or device that canno
 ``.onnx`` file, ``--detections`` with a model without detection head or into label files not
 its own); 130 after Ctrl-C or SIGTERM (the pairs fused by then are written first).
 
-Each output file is written under a hidden temporary name beside it and renamed once whole: a
-run killed outright (SIGKILL) leaves no file cut short under an output's name, and of two runs
-into one folder at once each file is one run's whole.
+Each output file is written under a temporary name beside it (``<name>.<8 hex digits>.tmp``,
+for the video ``.tmp`` and its suffix: :func:`tarfuse_ros.core.files.atomic_output`) and renamed
+once whole: a run killed outright (SIGKILL) leaves no file cut short under an output's name
+(only such a temporary; the next run that writes the video removes a killed run's temporary
+video), and of two runs into one folder at once each file is one run's whole.
 """
 
 import argparse
+from contextlib import ExitStack, suppress
 from dataclasses import dataclass, field
-import io
 import json
 import math
-import os
 from pathlib import Path
 import queue
 import signal
@@ -92,7 +93,8 @@ import cv2
 import numpy as np
 import PIL.Image
 from tarfuse_ros.console import StopRequest
-from tarfuse_ros.core.files import is_truncated_jpeg_data
+from tarfuse_ros.core.files import (atomic_output, is_truncated_jpeg_data, remove_stale_outputs,
+                                    write_text_atomic)
 from tarfuse_ros.core.fine_passes import check_fine_passes, fine_passes_option, OPTION_OWN
 from tarfuse_ros.core.global_stream import check_stream_settings, OPTIONS, StreamSettingError
 from tarfuse_ros.core.sizes import PORTRAIT_ADVICE, portrait_beside_landscape
@@ -500,28 +502,26 @@ def flow_to_colour(flow_px):
     return cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR)
 
 
-def _write_whole(path, data):
-    """Write ``data`` (bytes) to ``path`` through a hidden temporary file beside it, renamed.
-
-    A run stopped meanwhile (SIGKILL, a power cut) leaves no cut file under the output's name,
-    and of two runs writing into one folder at once each file is one run's whole (written in
-    place, a PNG was cut short or held the end of the other run's).
-    """
-    path = Path(path)
-    temporary = path.with_name(f'.{path.name}.{os.getpid()}.partial')
-    try:
-        temporary.write_bytes(data)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-
-
+# Every output file is written whole (atomic_output): a run stopped meanwhile (SIGKILL, a power
+# cut) leaves no cut file under the output's name, and of two runs writing into one folder at
+# once each file is one run's whole (written in place, a PNG was cut short or held the end of
+# the other run's).
 def _imwrite(path, img):
     ok, data = cv2.imencode(Path(path).suffix, img)
     if not ok:
         raise OSError(f'{path}: OpenCV could not encode the image')
-    _write_whole(path, data.tobytes())
+    with atomic_output(path) as temporary:
+        temporary.write_bytes(data.tobytes())
+
+
+class _NoFrame(Exception):
+    """Leaves the fused video's :func:`atomic_output` without a video: no frame was written."""
+
+
+def _drop(output):
+    """Close ``output`` (an ``ExitStack`` holding an :func:`atomic_output`) writing nothing."""
+    with suppress(_NoFrame), output:
+        raise _NoFrame
 
 
 def _yolo_lines(detections, height, width):
@@ -581,21 +581,25 @@ class _Outputs:
             # OpenCV's FFmpeg writers crop an odd width or height to an even one; its own
             # Motion JPEG writer keeps the visible size.
             choices = [('.avi', 'MJPG', cv2.CAP_OPENCV_MJPEG)]
+        stem = Path(visible_path).stem
+        for suffix in ('.avi', '.mp4'):  # a killed run's temporary video, as large as a video
+            remove_stale_outputs(self.out / f'{stem}_fused{suffix}')
         for suffix, fourcc, api in choices:
-            # Written under a temporary name (same suffix: it picks the container) that
-            # replaces the video of an earlier run only once a frame is in it. The process id
-            # keeps two runs into one folder apart (both wrote into one file, and the second
-            # to finish stopped with a traceback: its temporary was gone).
-            path = self.out / f'{Path(visible_path).stem}_fused{suffix}'
-            partial = path.with_name(f'.{path.stem}.{os.getpid()}.partial{suffix}')
-            writer = cv2.VideoWriter(str(partial), api, cv2.VideoWriter_fourcc(*fourcc), fps,
+            # Written under a temporary name of its own (two runs into one folder wrote into
+            # one file, and the second to finish stopped with a traceback: its temporary was
+            # gone), with the same suffix (it picks the container), that replaces the video of
+            # an earlier run only once a frame is in it (close).
+            path = self.out / f'{stem}_fused{suffix}'
+            output = ExitStack()
+            temporary = output.enter_context(atomic_output(path, keep_suffix=True))
+            writer = cv2.VideoWriter(str(temporary), api, cv2.VideoWriter_fourcc(*fourcc), fps,
                                      size)
             if writer.isOpened():
                 self._video, self._video_size = writer, size
-                self.video_path, self._partial = path, partial
+                self.video_path, self._video_output = path, output
                 return
             writer.release()
-            partial.unlink(missing_ok=True)
+            _drop(output)
         names = ' nor '.join(fourcc for _, fourcc, _ in choices)
         raise OSError(f'OpenCV cannot write a {size[0]}x{size[1]} video into {self.out} '
                       f'(neither {names})')
@@ -612,10 +616,10 @@ class _Outputs:
             self._video.release()
             self._video = None
             if self.written == 0:  # a container without frames does not even open
-                self._partial.unlink(missing_ok=True)
+                _drop(self._video_output)
                 self.video_path = None
             else:
-                os.replace(self._partial, self.video_path)
+                self._video_output.close()  # the whole video replaces an earlier run's
 
     def _run(self):
         while True:
@@ -645,16 +649,16 @@ class _Outputs:
         if self.registered:
             _imwrite(self.out / 'registered' / f'{name}.png', result.registered_ir)
         if self.flow:
-            flow = io.BytesIO()
-            np.save(flow, result.flow_px.astype(np.float32))
-            _write_whole(self.out / 'flow' / f'{name}.npy', flow.getvalue())
+            with atomic_output(self.out / 'flow' / f'{name}.npy') as temporary, \
+                    open(temporary, 'wb') as handle:  # a name np.save would add .npy to
+                np.save(handle, result.flow_px.astype(np.float32))
             _imwrite(self.out / 'flow' / f'{name}.png', flow_to_colour(result.flow_px))
         if self.detections:
             record = _detections_record(name, result, info)
-            _write_whole(self.out / 'detections' / f'{name}.json',
-                         json.dumps(record, indent=2).encode())
-            _write_whole(self.out / 'labels' / f'{name}.txt', _yolo_lines(
-                result.detections, record['height'], record['width']).encode())
+            write_text_atomic(self.out / 'detections' / f'{name}.json',
+                              json.dumps(record, indent=2))
+            write_text_atomic(self.out / 'labels' / f'{name}.txt', _yolo_lines(
+                result.detections, record['height'], record['width']))
 
 
 # --------------------------------------------------------------------------------------------

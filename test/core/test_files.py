@@ -3,6 +3,7 @@
 import errno
 import os
 from pathlib import Path
+import re
 import shutil
 import signal
 import stat
@@ -13,7 +14,8 @@ import threading
 import pytest
 
 from tarfuse_ros.core.files import (atomic_output, is_truncated_jpeg, is_truncated_jpeg_data,
-                                    lock_exclusive, output_problem, write_text_atomic)
+                                    lock_exclusive, output_problem, remove_stale_outputs,
+                                    write_text_atomic)
 
 SAMPLES = Path(__file__).resolve().parents[2] / 'samples'
 
@@ -179,6 +181,33 @@ def test_a_folder_being_filled_is_never_removed_as_a_killed_writers(tmp_path):
         remover.wait()
     assert (tmp_path / 'state' / 'state.json').read_text() == '1999'
     assert sorted(path.name for path in tmp_path.iterdir()) == ['state']
+
+
+def test_a_temporary_keeps_the_suffix_a_writer_picks_its_format_by_and_goes_stale_alike(
+        tmp_path):
+    """A writer may pick the format by the name: OpenCV's VideoWriter (tarfuse-fuse's video).
+
+    With ``keep_suffix`` the temporary ends in the output's suffix; a killed writer's such
+    temporary is removed by :func:`remove_stale_outputs`, a live writer's is not.
+    """
+    video = tmp_path / 'visible_fused.mp4'
+    with atomic_output(video, keep_suffix=True) as temporary:
+        assert re.fullmatch(r'visible_fused\.mp4\.[0-9a-f]{8}\.tmp\.mp4', temporary.name)
+        temporary.write_bytes(b'frames')
+        remove_stale_outputs(video)
+        assert temporary.read_bytes() == b'frames'
+    assert video.read_bytes() == b'frames'
+    killed = subprocess.run([
+        sys.executable, '-c',
+        'import os, signal, sys\nfrom tarfuse_ros.core.files import atomic_output\n'
+        'with atomic_output(sys.argv[1], keep_suffix=True) as temporary:\n'
+        '    temporary.write_bytes(b"half")\n    os.kill(os.getpid(), signal.SIGKILL)\n',
+        str(video)])
+    assert killed.returncode == -signal.SIGKILL
+    assert len(list(tmp_path.glob('visible_fused.mp4.*.tmp.mp4'))) == 1
+    remove_stale_outputs(video)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ['visible_fused.mp4']
+    assert video.read_bytes() == b'frames'
 
 
 def _closed(descriptor):

@@ -1,6 +1,7 @@
 """tarfuse-fuse on image files, folders, two videos of different frame rates and bad inputs."""
 
 import json
+import re
 import shutil
 import subprocess
 
@@ -585,6 +586,34 @@ def test_two_runs_at_once_into_one_folder_each_write_a_whole_video(tmp_path):
     assert len(_frames(out / 'visible_fused.mp4')) == 30
 
 
+def test_the_next_run_removes_the_temporary_video_of_a_killed_run(tmp_path, capsys):
+    # SIGKILL (out of memory, kill -9) while the video was written left its temporary, as
+    # large as the video, in --out for good (visible_fused.mp4.<hex>.tmp.mp4: `ls *.mp4`
+    # lists it).
+    import signal
+    import sys
+    import time
+    _write_y4m(tmp_path / 'visible.y4m', 10, 30, (224, 160))
+    _write_y4m(tmp_path / 'thermal.y4m', 10, 30, (224, 160))
+    out = tmp_path / 'out'
+    args = ['--ir', tmp_path / 'thermal.y4m', '--visible', tmp_path / 'visible.y4m',
+            '--out', out, '--no-scale-search']
+    process = subprocess.Popen([sys.executable, '-m', 'tarfuse_ros.tools.fuse', '--threads', '1',
+                                *map(str, args)], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while process.poll() is None and time.monotonic() < deadline and \
+            not list(out.glob('visible_fused.mp4.*.tmp.mp4')):
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.communicate(timeout=60)
+    assert process.returncode == -signal.SIGKILL
+    assert len(list(out.glob('visible_fused.mp4.*.tmp.mp4'))) == 1
+    status, stdout, _ = _run(capsys, *args)
+    assert status == 0 and '30 frame(s) in, 30 fused out, 0 failed' in stdout, stdout
+    assert sorted(path.name for path in out.iterdir()) == ['visible_fused.mp4']
+
+
 def test_a_video_of_strips_is_refused_once_before_the_model_loads(tmp_path, capsys):
     _write_y4m(tmp_path / 'visible.y4m', 10, 3, (200, 16))
     _write_y4m(tmp_path / 'thermal.y4m', 10, 3, (64, 48))
@@ -727,7 +756,6 @@ def test_an_unreadable_cpu_limit_is_a_usage_error(tmp_path, capsys, monkeypatch)
 def test_ctrl_c_mid_run_accounts_for_the_pair_it_stopped(tmp_path):
     # The summary read '4 pair(s) in, 3 fused out, 0 failed': the pair being fused when
     # Ctrl-C came counted as neither. A real SIGINT once the first pairs are written.
-    import re
     import signal
     import sys
     import time
@@ -768,9 +796,15 @@ def _copies_of_the_samples(folder, copies, size=None):
                 cv2.imwrite(str(folder / sub / f'{copy}_{stem}.png'), img)
 
 
+# The temporaries of tarfuse_ros.core.files.atomic_output that a killed run leaves: the file
+# being written, <name>.<8 hex digits>.tmp, or one claimed a moment before, <name>.<hex>.new.
+_TEMPORARY = re.compile(r'.+\.[0-9a-f]{8}\.(tmp|new)')
+
+
 def _outputs(out):
-    """Return the output files in ``out`` (not a killed run's hidden temporaries)."""
-    return [path for path in out.rglob('*') if path.is_file() and not path.name.startswith('.')]
+    """Return the output files in ``out`` (not a killed run's temporaries)."""
+    return [path for path in out.rglob('*')
+            if path.is_file() and not _TEMPORARY.fullmatch(path.name)]
 
 
 def _every_output_whole(out):
@@ -788,7 +822,6 @@ def test_sigterm_mid_run_stops_as_ctrl_c_does_with_every_pair_written_whole(tmp_
     # SIGTERM (timeout, a job scheduler) killed the run: exit status -15, no summary, the
     # fused PNG being written cut short ('libpng error: Read Error') and the pair's other
     # outputs, and those waiting to be written, lost.
-    import re
     import signal
     import sys
     import time
