@@ -37,7 +37,8 @@ import numpy as np
 
 __all__ = ['ChangeLog', 'MotionSignal', 'OffsetMonitor', 'TimeOffsetEstimate',
            'correlation_at_offsets', 'estimate_problem', 'estimate_time_offset',
-           'estimate_warnings', 'frame_for_motion', 'motion_signal', 'signal_from_changes']
+           'estimate_warnings', 'frame_for_motion', 'motion_signal', 'rounded_offset',
+           'signal_from_changes']
 
 MAX_SIDE = 160  # px: the motion signal's frame size (long side)
 STEP_S = 0.002  # s: the step of the candidate offsets before the parabola's refinement
@@ -463,6 +464,15 @@ PEAK_MARGIN = 0.1  # another peak within this of the highest: ambiguous
 # Parts of the recording with clear peaks of their own that disagree by more than this many
 # frame intervals of the slower camera: no one offset fits (a chance peak, drifting stamps).
 MAX_SPREAD_INTERVALS = 3
+
+
+def rounded_offset(offset_s):
+    """Return ``offset_s`` (s) rounded to the millisecond, as the tools print and write it.
+
+    An estimate within half a millisecond below zero gives 0.0, not -0.0 (printed ``-0``).
+    """
+    value = round(float(offset_s), 3)
+    return 0.0 if value == 0 else value
 
 
 def estimate_problem(estimate, max_offset_s, min_correlation=MIN_CORRELATION):

@@ -242,7 +242,7 @@ def _found_time_offset(args):
 
     """
     from tarfuse_ros.core.time_offset import (estimate_problem, estimate_time_offset,
-                                              estimate_warnings)
+                                              estimate_warnings, rounded_offset)
     from tarfuse_ros.tools import time_offset as tool
 
     def warn(text):
@@ -261,8 +261,8 @@ def _found_time_offset(args):
                          f'alike)')
     for note in estimate_warnings(estimate):  # as tarfuse-time-offset warns (drifting stamps)
         warn(note)
-    value = round(estimate.offset_s, 3)
-    print(f'IR time offset found from the recording: {value:+g} s (motion correlation '
+    value = rounded_offset(estimate.offset_s)
+    print(f'IR time offset found from the recording: {value:g} s (motion correlation '
           f'{estimate.correlation:.2f}); pairing with it', flush=True)
     return value
 

@@ -452,3 +452,32 @@ def test_a_lone_mcap_file_is_read_as_a_bag(tmp_path, capsys):
     assert main(['--bag', str(text)]) == 2
     assert (f'{text} is a file; a bag is a folder holding metadata.yaml (or a lone .mcap '
             f'file)') in capsys.readouterr().err
+
+
+def test_an_estimate_that_rounds_to_minus_zero_is_printed_and_written_as_0(tmp_path, capsys):
+    # An estimate of -0.2 ms printed infrared_time_offset:=-0 and 'best offset -0.000 s', and
+    # was written as -0.0; calibrate --infrared-time-offset auto printed '-0 s'.
+    from tarfuse_ros.core.time_offset import estimate_time_offset
+    from tarfuse_ros.tools.calibrate import main as calibrate
+    from tarfuse_ros.tools.time_offset import read_motion_signals
+    # IR stamped 18.8 ms late: this simulated rig's estimate is 18.6 ms off, -0.24 ms.
+    case = simulation.Case('pan', duration=10.0, ir_latency=0.0188)
+    bag = write_raw_bag(tmp_path / 'alike', case, lambda frame: (frame, 'mono8'))
+    signals = read_motion_signals(bag, IR_TOPIC, VI_TOPIC)
+    for max_offset_s in (0.5, 1.0):  # the tool's default search, calibrate's
+        found = estimate_time_offset(signals['vi'][0], signals['ir'][0], max_offset_s).offset_s
+        assert -0.0005 < found < 0, found  # else the bag tests nothing: change the latency
+    out = tmp_path / 'offset.yaml'
+    topics = ['--bag', str(bag), '--infrared-topic', IR_TOPIC, '--visible-topic', VI_TOPIC]
+    assert main(topics + ['--out', str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert 'best offset 0.000 s (IR and visible stamped alike' in printed, printed
+    assert 'infrared_time_offset:=0\n' in printed and 'infrared_time_offset: 0\n' in printed
+    assert 'infrared_time_offset: 0.0\n' in out.read_text()
+    assert calibrate(topics + ['--infrared-time-offset', 'auto', '--pairs-count', '1',
+                               '--slop', '0.1', '--iterations', '1', '--max-side', '64',
+                               '--min-inliers', '0', '--threads', '1',
+                               '--out', str(tmp_path / 'prior.yaml')]) == 0
+    printed = capsys.readouterr().out
+    assert 'IR time offset found from the recording: 0 s' in printed, printed
+    assert 'infrared_time_offset: 0.0\n' in (tmp_path / 'prior.yaml').read_text()
