@@ -14,7 +14,10 @@ people and cars crossing both views; a still scene or a steady pan cannot be pla
 Prints the estimate, the peak correlation of the two cameras' motion signals, the estimate of
 each of ``--windows`` parts of the recording on its own (how much it moves), and how to pass
 it to the node; with ``--out``, writes a node parameters file (``/**: ros__parameters: sync:
-infrared_time_offset``); with ``--plot``, the correlation curve as an image.
+infrared_time_offset``); with ``--plot``, the correlation curve as an image. Warns when the
+parts' offsets move one way through the recording, the first and the last part's more than
+0.05 s (the node's default ``sync.slop``) apart, naming both and their times: stamps that
+drift, which no fixed offset pairs (:func:`~tarfuse_ros.core.time_offset.estimate_warnings`).
 
 Exit status: 0 with an estimate, 1 when the recording gives none to trust (too little shared
 motion, a curve flat around its peak, two peaks, a peak at the edge of ``--max-offset``: the
@@ -213,7 +216,8 @@ def build_parser():
                              'takes up to 1 s; default 0.5)')
     parser.add_argument('--windows', type=int, default=3,
                         help='parts of the recording also estimated on their own, to see how '
-                             'much the estimate moves (0: none; default 3)')
+                             'much the estimate moves and warn of drifting stamps (0: none; '
+                             'default 3)')
     parser.add_argument('--min-correlation', type=float, default=MIN_CORRELATION,
                         help='least peak correlation of the motion signals to accept, in '
                              f'[0, 1] (default {MIN_CORRELATION:g})')
