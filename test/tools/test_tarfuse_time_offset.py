@@ -505,3 +505,11 @@ def test_an_estimate_that_rounds_to_minus_zero_is_printed_and_written_as_0(tmp_p
     printed = capsys.readouterr().out
     assert 'IR time offset found from the recording: 0 s' in printed, printed
     assert 'infrared_time_offset: 0.0\n' in (tmp_path / 'prior.yaml').read_text()
+
+
+def test_the_drift_warning_names_the_node_s_default_slop():
+    # The warning says the node pairs within its default sync.slop: one value, kept apart in
+    # core (which imports no ROS), must stay the node's.
+    from tarfuse_ros.core.time_offset import PAIRING_TOLERANCE_S
+    from tarfuse_ros.ros.params import NodeParams
+    assert PAIRING_TOLERANCE_S == NodeParams.sync_slop
