@@ -20,6 +20,7 @@ fitted prior and fitting the composed flow (:func:`calibrate`, ``iterations > 1`
 fit where the network underestimates large offsets.
 """
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 import math
 
@@ -282,7 +283,9 @@ def calibrate(pairs, make_engine, iterations=2, threshold_px=DEFAULT_THRESHOLD_P
 
     Args:
         pairs: sequence of ``(name, ir, vi)`` images as the engine takes them; every IR must
-            have one size and every visible image one size.
+            have one size and every visible image one size. Each pair is taken from it once to
+            check the sizes and once per iteration, never all at once: a sequence that reads
+            a pair when indexed keeps about one in memory (an iterator is listed first).
         make_engine: ``make_engine(prior)`` -> an engine (``FusionEngine`` or the onnxruntime
             one) running with the registration prior ``prior`` (None: none).
         iterations: model runs per pair: each after the first uses the prior fitted before it
@@ -298,13 +301,15 @@ def calibrate(pairs, make_engine, iterations=2, threshold_px=DEFAULT_THRESHOLD_P
         ValueError: no pair, mixed image sizes, ``iterations < 1``, or no fit.
 
     """
-    pairs = list(pairs)
-    if not pairs:
+    if not isinstance(pairs, Sequence):
+        pairs = list(pairs)
+    if not len(pairs):
         raise ValueError('no pair to calibrate from')
     if int(iterations) < 1:
         raise ValueError(f'iterations must be >= 1, got {iterations}')
-    ir_sizes = {(ir.shape[1], ir.shape[0]) for _, ir, _ in pairs}
-    vi_sizes = {(vi.shape[1], vi.shape[0]) for _, _, vi in pairs}
+    sizes = {((ir.shape[1], ir.shape[0]), (vi.shape[1], vi.shape[0])) for _, ir, vi in pairs}
+    ir_sizes = {ir_wh for ir_wh, _ in sizes}
+    vi_sizes = {vi_wh for _, vi_wh in sizes}
     if len(ir_sizes) != 1 or len(vi_sizes) != 1:
         raise ValueError(f'the pairs hold several image sizes (IR {sorted(ir_sizes)}, visible '
                          f'{sorted(vi_sizes)}); calibrate one rig (one size per camera) at a time')

@@ -37,7 +37,8 @@ import numpy as np
 
 __all__ = ['ChangeLog', 'MotionSignal', 'OffsetMonitor', 'TimeOffsetEstimate',
            'correlation_at_offsets', 'estimate_problem', 'estimate_time_offset',
-           'estimate_warnings', 'frame_for_motion', 'motion_signal', 'signal_from_changes']
+           'estimate_warnings', 'frame_for_motion', 'motion_signal', 'rounded_offset',
+           'signal_from_changes']
 
 MAX_SIDE = 160  # px: the motion signal's frame size (long side)
 STEP_S = 0.002  # s: the step of the candidate offsets before the parabola's refinement
@@ -322,6 +323,8 @@ class TimeOffsetEstimate:
         window_sharpness: the same for each part (NaN for a part with no peak).
         offsets_s, correlations: the candidate offsets (s) and their correlations (the curve).
         separation_s: the distance (s) from the peak beyond which ``runner_up`` is sought.
+        window_spans_s: ``(start_s, stop_s)`` of each part, in seconds of visible stamps since
+            the two recordings first overlap.
 
     """
 
@@ -335,6 +338,7 @@ class TimeOffsetEstimate:
     offsets_s: np.ndarray
     correlations: np.ndarray
     separation_s: float
+    window_spans_s: tuple = ()
 
     def window_spread_s(self, min_correlation=0.0, min_sharpness=0.0):
         """Return the range (s) of the estimates of the parts with a clear peak.
@@ -397,7 +401,7 @@ def estimate_time_offset(visible, infrared, max_offset_s=0.5, windows=3, step_s=
     runner_up = float('nan')
     if offset is not None:
         runner_up = _second_peak(offsets, correlations, offset, separation)
-    found, found_values, found_sharpness = [], [], []
+    found, found_values, found_sharpness, spans = [], [], [], []
     if windows and offset is not None:
         start = max(visible.times_s[0], infrared.times_s[0] + offset)
         stop = min(visible.times_s[-1], infrared.times_s[-1] + offset)
@@ -412,10 +416,11 @@ def estimate_time_offset(visible, infrared, max_offset_s=0.5, windows=3, step_s=
             found_values.append(window_value)
             found_sharpness.append(float('nan') if window_offset is None
                                    else _sharpness(offsets, curve, window_offset))
+            spans.append((float(low - start), float(high - start)))
     sharpness = float('nan') if offset is None else _sharpness(offsets, correlations, offset)
     return TimeOffsetEstimate(offset, value, runner_up, tuple(found), tuple(found_values),
                               sharpness, tuple(found_sharpness), offsets, correlations,
-                              separation)
+                              separation, tuple(spans))
 
 
 def _fine_peak(visible, infrared, offsets, correlations, step_s, max_offset_s):
@@ -463,6 +468,19 @@ PEAK_MARGIN = 0.1  # another peak within this of the highest: ambiguous
 # Parts of the recording with clear peaks of their own that disagree by more than this many
 # frame intervals of the slower camera: no one offset fits (a chance peak, drifting stamps).
 MAX_SPREAD_INTERVALS = 3
+# s: the node's default sync.slop (tarfuse_ros.ros.params). An offset wrong by more than this
+# pairs each image with none, or with another than the one captured with it: the offsets of
+# the first and last parts of a recording further apart drift more than a fixed offset pairs.
+PAIRING_TOLERANCE_S = 0.05
+
+
+def rounded_offset(offset_s):
+    """Return ``offset_s`` (s) rounded to the millisecond, as the tools print and write it.
+
+    An estimate within half a millisecond below zero gives 0.0, not -0.0 (printed ``-0``).
+    """
+    value = round(float(offset_s), 3)
+    return 0.0 if value == 0 else value
 
 
 def estimate_problem(estimate, max_offset_s, min_correlation=MIN_CORRELATION):
@@ -509,18 +527,29 @@ def estimate_problem(estimate, max_offset_s, min_correlation=MIN_CORRELATION):
     return None
 
 
-def estimate_warnings(estimate, min_correlation=MIN_CORRELATION):
+def estimate_warnings(estimate, min_correlation=MIN_CORRELATION,
+                      tolerance_s=PAIRING_TOLERANCE_S):
     """Return notes on an accepted ``estimate`` that its user should see (possibly none).
 
-    Parts of the recording whose own estimates (with a clear peak) spread over more than the
-    slower camera's frame interval: the offset drifts over the recording, or a part's motion
-    is weak; a part without a clear peak is named too.
+    The parts of the recording with a clear peak (a peak correlation of ``min_correlation``
+    and a sharpness of :data:`MIN_SHARPNESS` at least) are compared:
+
+    * their offsets move one way through the recording and the first and the last part's are
+      more than ``tolerance_s`` (s; :data:`PAIRING_TOLERANCE_S`, the node's default
+      ``sync.slop``) apart: the stamps drift, and no fixed offset pairs the whole recording
+      (the note names both parts' offsets and times);
+    * else, they spread over more than the slower camera's frame interval: the offset drifts,
+      or a part's motion is weak;
+    * a part without a clear peak is named too.
     """
     notes = []
     clear = [(value >= min_correlation and sharp >= MIN_SHARPNESS)
              for value, sharp in zip(estimate.window_correlations, estimate.window_sharpness)]
+    drift = _drift(estimate, clear, tolerance_s)
     spread = estimate.window_spread_s(min_correlation, MIN_SHARPNESS)
-    if spread > estimate.separation_s:
+    if drift is not None:
+        notes.append(drift)
+    elif spread > estimate.separation_s:
         interval_ms = 1000 * estimate.separation_s
         notes.append(f'the parts of the recording disagree by {1000 * spread:.0f} ms, more '
                      f'than the frame interval of the slower camera ({interval_ms:.0f} ms): '
@@ -531,6 +560,29 @@ def estimate_warnings(estimate, min_correlation=MIN_CORRELATION):
         notes.append(f'{unclear} of {len(clear)} parts of the recording have no clear peak of '
                      f'their own (too little motion there)')
     return notes
+
+
+def _drift(estimate, clear, tolerance_s):
+    """Return the note on an offset drifting by more than ``tolerance_s`` (s), or None.
+
+    Drifting: the clear parts' offsets move one way through the recording (a part's chance
+    error moves them back and forth), the first and the last more than ``tolerance_s`` apart.
+    """
+    parts = [(offset, span) for offset, span, sure in zip(
+        estimate.window_offsets_s, estimate.window_spans_s, clear) if sure]
+    if len(parts) < 2:
+        return None
+    steps = np.diff([offset for offset, _ in parts])
+    (first, (start, end)), (last, (later, stop)) = parts[0], parts[-1]
+    if abs(last - first) <= tolerance_s or not ((steps >= 0).all() or (steps <= 0).all()):
+        return None
+    return (f'the offset drifts through the recording: {rounded_offset(first):+.3f} s in its '
+            f'part {start:.1f}-{end:.1f} s, {rounded_offset(last):+.3f} s in its part '
+            f'{later:.1f}-{stop:.1f} s '
+            f'({1000 * abs(last - first):.0f} ms apart, more than the {tolerance_s:g} s within '
+            f'which the node pairs images at its default sync.slop): a fixed offset cannot '
+            f'pair the whole recording; the clocks of the two cameras drift apart: stamp both '
+            f'from one clock (synchronise them, e.g. with PTP)')
 
 
 # A monitor's window must hold this many frame intervals of the slower camera: over fewer

@@ -14,7 +14,9 @@
    away, the IR stamps first corrected by ``--infrared-time-offset`` (added to each, as the
    node's ``sync.infrared_time_offset`` does: give the node's value to pair the same frames;
    ``auto`` finds it from the recording's motion as ``tarfuse-time-offset`` does, exit 1 when
-   the recording gives none to trust, and writes it to ``PRIOR.yaml`` too).
+   the recording gives none to trust, and writes it to ``PRIOR.yaml`` too). The pairs are
+   not held: each is read again (from its files, or from the bag where it was recorded)
+   whenever it is used, so memory holds about one pair however many are chosen.
 2. Runs the model (:class:`~tarfuse_ros.core.engine.FusionEngine`, or the onnxruntime backend
    for an ``.onnx`` file) on them and fits ONE homography to the predicted flows
    (:func:`tarfuse_ros.core.calibration.calibrate`: texture-weighted points, MAGSAC++); with
@@ -42,6 +44,7 @@ parameters file: they would be lost), weights or device that cannot be loaded).
 """
 
 import argparse
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -53,8 +56,8 @@ from tarfuse_ros.core.calibration import MIN_ALIGNMENT_GAIN
 from tarfuse_ros.core.files import other_node_parameters, output_problem
 from tarfuse_ros.core.prior import PARAMETER_NAMES
 
-__all__ = ['bag_pairs', 'build_parser', 'downscale_pairs', 'folder_pairs', 'main',
-           'spread_indices']
+__all__ = ['LazyPairs', 'bag_pairs', 'build_parser', 'downscale_pairs', 'folder_pairs', 'main',
+           'shrunk_size', 'spread_indices']
 
 PROG = 'tarfuse-calibrate'
 DEFAULT_IR_TOPIC = '/infrared/image_raw'
@@ -64,6 +67,29 @@ _SHOWN_STEMS = 5  # unpaired stems named per folder
 
 class UsageError(ValueError):
     """The command cannot run at all (exit status 2); the message says why."""
+
+
+class LazyPairs(Sequence):
+    """The chosen ``(name, ir, vi)`` pairs, each read when it is asked for and not kept.
+
+    ``read(index)`` returns pair ``index`` (0 <= index < ``count``). The model runs on every
+    pair once per ``--iterations`` and its images are checked and scored besides: holding them
+    all took 6.5 MB a 1080p pair, so each use reads the pair again, and memory holds about one.
+    """
+
+    def __init__(self, count, read):
+        self._count, self._read = int(count), read
+
+    def __len__(self):
+        return self._count
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(self._count))]
+        position = index + self._count if index < 0 else index
+        if not 0 <= position < self._count:
+            raise IndexError(f'pair {index} of {self._count}')
+        return self._read(position)
 
 
 def spread_indices(total, count):
@@ -76,17 +102,18 @@ def spread_indices(total, count):
 
 
 def folder_pairs(pairs_dir, count, split='all'):
-    """Return ``[(stem, ir, vi)]``: ``count`` pairs spread over a data-set folder's split.
+    """Return :class:`LazyPairs` of ``(stem, ir, vi)``: ``count`` pairs over a folder's split.
 
     The images are as stored (``tarfuse-fuse``'s :func:`~tarfuse_ros.tools.fuse.read_image`:
-    8- or 16-bit, or float such as a 32-bit TIFF); the engine normalises them. With split
-    ``'all'``, images whose stem is in only one of ``ir/`` and ``vi/`` are left out with a
-    warning on stderr (how many per folder, the first few stems).
+    8- or 16-bit, or float such as a 32-bit TIFF), read from their files each time a pair is
+    asked for; the engine normalises them. With split ``'all'``, images whose stem is in only
+    one of ``ir/`` and ``vi/`` are left out with a warning on stderr (how many per folder, the
+    first few stems).
 
     Raises:
         UsageError: not a data-set folder, unknown split, a split file listing a stem twice,
-            no pair (the unpaired stems are named), or an unreadable image (or one the engine
-            does not take).
+            or no pair (the unpaired stems are named); when a pair is read, an unreadable
+            image (or one the engine does not take).
 
     """
     from tarfuse_ros.core import data
@@ -102,39 +129,41 @@ def folder_pairs(pairs_dir, count, split='all'):
                          + ''.join(f'; {note}' for note in unpaired))
     for note in unpaired:
         print(f'{PROG}: warning: {note}', file=sys.stderr, flush=True)
-    pairs = []
-    for index in spread_indices(len(stems), count):
+    chosen = [stems[index] for index in spread_indices(len(stems), count)]
+
+    def read(index):
         try:
             # As stored, as tarfuse-fuse reads them (8/16-bit, float TIFF...): the engine
             # normalises them; its own preparation refuses here what it could not run.
-            paths = data.pair_files(pairs_dir, stems[index])
+            paths = data.pair_files(pairs_dir, chosen[index])
             ir, vi = read_image(paths[0]), read_image(paths[1])
             prepare_pair(ir, vi, names=tuple(str(path) for path in paths))
         except (OSError, ValueError) as exc:  # the input's fault, not the fit's
-            raise UsageError(f'pair {stems[index]!r}: {exc}; remove or replace it') from exc
-        pairs.append((stems[index], ir, vi))
-    return pairs
+            raise UsageError(f'pair {chosen[index]!r}: {exc}; remove or replace it') from exc
+        return chosen[index], ir, vi
+    return LazyPairs(len(chosen), read)
 
 
 def bag_pairs(bag_dir, count, ir_topic=DEFAULT_IR_TOPIC, vi_topic=DEFAULT_VI_TOPIC,
               slop_s=0.05, ir_offset_s=0.0):
-    """Return ``[(name, ir, vi)]``: ``count`` pairs spread over a rosbag2 recording.
+    """Return :class:`LazyPairs` of ``(name, ir, vi)``: ``count`` pairs over a rosbag2 recording.
 
     Visible images are chosen evenly over the recording (by header stamp); each is paired with
     the IR image of nearest header stamp plus ``ir_offset_s`` (the node's
     ``sync.infrared_time_offset``: the visible stamp of an instant minus the IR stamp of the
     same instant), at most ``slop_s`` away (else it is left out, with a warning on stderr
     giving how many and how far their nearest IR images are). ``name`` is the visible stamp
-    as ``sec.nanosec``.
+    as ``sec.nanosec``. A pair's two messages are read from the bag (at the times they were
+    recorded) each time the pair is asked for.
 
     Raises:
         UsageError: unreadable bag, missing topics, one topic given for both cameras, or no
-            pair within ``slop_s``.
+            pair within ``slop_s``; when a pair is read, an image that cannot be decoded.
 
     """
     from rosbags.rosbag2 import Reader
     from tarfuse_ros.tools.bagio import (bag_read_problem, camera_topics, clocks_apart_problem,
-                                         header_stamp_ns, image_to_array, read_messages)
+                                         header_stamp_ns, image_to_array, jazzy_typestore)
 
     try:
         ir_bag, vi_bag = camera_topics(bag_dir, ir_topic, vi_topic)
@@ -142,18 +171,20 @@ def bag_pairs(bag_dir, count, ir_topic=DEFAULT_IR_TOPIC, vi_topic=DEFAULT_VI_TOP
         raise UsageError(str(exc)) from exc
     try:
         with Reader(Path(bag_dir)) as reader:
-            stamps = {ir_bag: [], vi_bag: []}
+            # Per topic: each header stamp and when its first message was recorded (ns), to
+            # read a chosen image again there.
+            stamps = {ir_bag: {}, vi_bag: {}}
             lags = {ir_bag: [], vi_bag: []}  # header stamp - time recorded (ns)
             wanted = [c for c in reader.connections if c.topic in stamps]
             for connection, recorded, raw in reader.messages(connections=wanted):
                 stamp = header_stamp_ns(raw)
-                stamps[connection.topic].append(stamp)
+                stamps[connection.topic].setdefault(stamp, recorded)
                 if stamp:  # a zero stamp (the node refuses it) says nothing of the clock
                     lags[connection.topic].append(stamp - recorded)
     except Exception as exc:  # noqa: BLE001 - rosbags raises several error types
         raise UsageError(bag_read_problem(bag_dir, exc)) from exc
-    vi_stamps = sorted(set(stamps[vi_bag]))
-    ir_stamps = np.array(sorted(set(stamps[ir_bag])), dtype=np.int64)
+    vi_stamps = sorted(stamps[vi_bag])
+    ir_stamps = np.array(sorted(stamps[ir_bag]), dtype=np.int64)
     empty = [topic for topic in (ir_bag, vi_bag) if not stamps[topic]]
     if empty:  # named: a camera that never sent, a topic recorded under another name
         raise UsageError(f'the bag has no message on {" nor on ".join(map(repr, empty))} (its '
@@ -187,39 +218,66 @@ def bag_pairs(bag_dir, count, ir_topic=DEFAULT_IR_TOPIC, vi_topic=DEFAULT_VI_TOP
               f'IR image within --slop {slop_s} s (nearest {min(gaps):.3f}-{max(gaps):.3f} s '
               f'away{corrected_by}), left out; {hint}',
               file=sys.stderr, flush=True)
-    ir_wanted = set(chosen.values())
-    images = {}
-    for topic, _, _, raw, msg in read_messages(bag_dir, topics=[ir_bag, vi_bag]):
-        stamp = header_stamp_ns(raw)
-        key = (topic, stamp)
-        if key in images or not ((topic == vi_bag and stamp in chosen)
-                                 or (topic == ir_bag and stamp in ir_wanted)):
-            continue
-        try:
-            images[key] = image_to_array(msg, topic)[0]
-        except ValueError as exc:
-            raise UsageError(f'{topic} at {stamp} ns: {exc}') from exc
-    pairs = []
-    for stamp, ir_stamp in sorted(chosen.items()):
+    chosen = sorted(chosen.items())
+    typestore = jazzy_typestore()
+
+    def image(reader, topic, stamp):
+        """Return the image of the first message of ``topic`` stamped ``stamp``."""
+        at = stamps[topic][stamp]
+        connections = [c for c in reader.connections if c.topic == topic]
+        for connection, _, raw in reader.messages(connections=connections, start=at,
+                                                  stop=at + 1):
+            if header_stamp_ns(raw) == stamp:
+                try:
+                    return image_to_array(typestore.deserialize_cdr(raw, connection.msgtype),
+                                          topic)[0]
+                except ValueError as exc:
+                    raise UsageError(f'{topic} at {stamp} ns: {exc}') from exc
+        raise UsageError(f'{topic} at {stamp} ns: no longer in the bag {str(bag_dir)!r} (was '
+                         f'it changed while calibrating?)')
+
+    def read(index):
+        stamp, ir_stamp = chosen[index]
         sec, nanosec = divmod(stamp, 1_000_000_000)
-        pairs.append((f'{sec}.{nanosec:09d}', images[(ir_bag, ir_stamp)],
-                      images[(vi_bag, stamp)]))
-    return pairs
+        try:
+            with Reader(Path(bag_dir)) as reader:
+                return (f'{sec}.{nanosec:09d}', image(reader, ir_bag, ir_stamp),
+                        image(reader, vi_bag, stamp))
+        except UsageError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - rosbags raises several error types
+            raise UsageError(bag_read_problem(bag_dir, exc)) from exc
+    return LazyPairs(len(chosen), read)
+
+
+def shrunk_size(width, height, max_side):
+    """Return ``(width, height)`` shrunk so that the longer side is at most ``max_side`` (px).
+
+    The aspect ratio is kept (rounded to whole pixels); a smaller size is returned as it is.
+    """
+    scale = max_side / max(width, height)
+    if scale >= 1.0:
+        return width, height
+    return max(1, round(width * scale)), max(1, round(height * scale))
 
 
 def downscale_pairs(pairs, max_side):
     """Return the pairs with each image shrunk (``INTER_AREA``) so its longer side <= max_side.
 
-    Both sizes keep their aspect ratio (rounded to whole pixels), so a prior fitted on the
-    result scales back to the recorded sizes (:meth:`RegistrationPrior.homography_for`).
+    Both sizes keep their aspect ratio (:func:`shrunk_size`), so a prior fitted on the result
+    scales back to the recorded sizes (:meth:`RegistrationPrior.homography_for`). The result
+    is :class:`LazyPairs`: each pair is shrunk when it is asked for (read from ``pairs`` then).
     """
     def shrink(img):
-        scale = max_side / max(img.shape[:2])
-        if scale >= 1.0:
+        size = shrunk_size(img.shape[1], img.shape[0], max_side)
+        if size == (img.shape[1], img.shape[0]):
             return img
-        size = (max(1, round(img.shape[1] * scale)), max(1, round(img.shape[0] * scale)))
         return cv2.resize(img, size, interpolation=cv2.INTER_AREA)
-    return [(name, shrink(ir), shrink(vi)) for name, ir, vi in pairs]
+
+    def read(index):
+        name, ir, vi = pairs[index]
+        return name, shrink(ir), shrink(vi)
+    return LazyPairs(len(pairs), read)
 
 
 def _offset_or_auto(text):
@@ -242,7 +300,7 @@ def _found_time_offset(args):
 
     """
     from tarfuse_ros.core.time_offset import (estimate_problem, estimate_time_offset,
-                                              estimate_warnings)
+                                              estimate_warnings, rounded_offset)
     from tarfuse_ros.tools import time_offset as tool
 
     def warn(text):
@@ -261,8 +319,8 @@ def _found_time_offset(args):
                          f'alike)')
     for note in estimate_warnings(estimate):  # as tarfuse-time-offset warns (drifting stamps)
         warn(note)
-    value = round(estimate.offset_s, 3)
-    print(f'IR time offset found from the recording: {value:+g} s (motion correlation '
+    value = rounded_offset(estimate.offset_s)
+    print(f'IR time offset found from the recording: {value:g} s (motion correlation '
           f'{estimate.correlation:.2f}); pairing with it', flush=True)
     return value
 
@@ -421,14 +479,27 @@ def _listed(names, shown=4):
     return ', '.join(names[:shown]) + more
 
 
-def _rig_sizes(pairs):
+def _survey(pairs):
+    """Return ``[(name, ir_wh, visible_wh, constant)]`` of the pairs, reading each once.
+
+    Sizes as ``(width, height)``; ``constant`` names the images of one value everywhere
+    (``'IR'``, ``'visible'``).
+    """
+    return [(name, (ir.shape[1], ir.shape[0]), (vi.shape[1], vi.shape[0]),
+             [label for label, image in (('IR', ir), ('visible', vi))
+              if np.ptp(np.asarray(image)) == 0])
+            for name, ir, vi in pairs]
+
+
+def _rig_sizes(survey):
     """Return the pairs' ``(IR, visible)`` sizes as ``(width, height)``; UsageError if several.
 
-    Checked at the recorded sizes, before ``--max-side`` could make two sizes one.
+    Of :func:`_survey`'s rows; checked at the recorded sizes, before ``--max-side`` could make
+    two sizes one.
     """
     sizes = {}
-    for name, ir, vi in pairs:
-        sizes.setdefault(((ir.shape[1], ir.shape[0]), (vi.shape[1], vi.shape[0])), name)
+    for name, ir_wh, vi_wh, _ in survey:
+        sizes.setdefault((ir_wh, vi_wh), name)
     if len(sizes) > 1:
         listed = '; '.join(f'{name!r}: IR {ir[0]}x{ir[1]}, visible {vi[0]}x{vi[1]}'
                            for (ir, vi), name in sizes.items())
@@ -437,15 +508,13 @@ def _rig_sizes(pairs):
     return next(iter(sizes))
 
 
-def _constant_images(pairs):
+def _constant_images(survey):
     """Raise UsageError naming the pairs that hold a constant image (nothing to register).
 
-    A lens cap, a closed shutter or a dead camera: the flow there follows the frame's border
-    only, and a prior fitted to it is nonsense.
+    Of :func:`_survey`'s rows. A lens cap, a closed shutter or a dead camera: the flow there
+    follows the frame's border only, and a prior fitted to it is nonsense.
     """
-    constant = [f'{name!r} ({label})' for name, ir, vi in pairs
-                for label, image in (('IR', ir), ('visible', vi))
-                if np.ptp(np.asarray(image)) == 0]
+    constant = [f'{name!r} ({label})' for name, _, _, labels in survey for label in labels]
     if constant:
         raise UsageError(f'constant image (one value everywhere: a lens cap, a closed shutter?) '
                          f'in pair(s) {", ".join(constant)}: nothing to register; calibrate on '
@@ -511,7 +580,8 @@ def main(argv=None):
             print(f'{PROG}: iteration {iteration + 1}/{args.iterations}, pair {index + 1}/'
                   f'{len(pairs)} ({name})', file=sys.stderr, flush=True)
 
-        ir_wh, vi_wh = _rig_sizes(pairs)
+        survey = _survey(pairs)
+        ir_wh, vi_wh = _rig_sizes(survey)
         if initial is None and portrait_beside_landscape(ir_wh, vi_wh):
             # The network finds small misalignments: a quarter turn is beyond any flow it
             # predicts, and the pairs' fits only disagreed (exit 1, "featureless IR?").
@@ -520,7 +590,7 @@ def main(argv=None):
                              f'{PORTRAIT_ADVICE}, and no flow of the model turns it; rotate '
                              f'the images of that camera first (its driver, an image_rotate '
                              f'node), or give an --initial-prior that turns it')
-        _constant_images(pairs)
+        _constant_images(survey)
         if initial is not None:  # the recording's fault, found before the model runs
             try:
                 initial.homography_for(ir_wh, vi_wh)
@@ -529,13 +599,11 @@ def main(argv=None):
                                  f'leave --initial-prior out)') from exc
         if args.max_side is not None:
             pairs = downscale_pairs(pairs, args.max_side)
-            run_wh = (pairs[0][2].shape[1], pairs[0][2].shape[0])
+            run_ir_wh = shrunk_size(*ir_wh, args.max_side)
+            run_wh = shrunk_size(*vi_wh, args.max_side)
             if initial is not None:
-                initial = make_prior(initial.homography_for(
-                    (pairs[0][1].shape[1], pairs[0][1].shape[0]),
-                    (pairs[0][2].shape[1], pairs[0][2].shape[0])),
-                    (pairs[0][1].shape[1], pairs[0][1].shape[0]),
-                    (pairs[0][2].shape[1], pairs[0][2].shape[0]))
+                initial = make_prior(initial.homography_for(run_ir_wh, run_wh), run_ir_wh,
+                                     run_wh)
         result = calibrate(pairs, make_engine, iterations=args.iterations,
                            threshold_px=args.threshold_px, initial_prior=initial,
                            progress=progress)

@@ -14,7 +14,10 @@ people and cars crossing both views; a still scene or a steady pan cannot be pla
 Prints the estimate, the peak correlation of the two cameras' motion signals, the estimate of
 each of ``--windows`` parts of the recording on its own (how much it moves), and how to pass
 it to the node; with ``--out``, writes a node parameters file (``/**: ros__parameters: sync:
-infrared_time_offset``); with ``--plot``, the correlation curve as an image.
+infrared_time_offset``); with ``--plot``, the correlation curve as an image. Warns when the
+parts' offsets move one way through the recording, the first and the last part's more than
+0.05 s (the node's default ``sync.slop``) apart, naming both and their times: stamps that
+drift, which no fixed offset pairs (:func:`~tarfuse_ros.core.time_offset.estimate_warnings`).
 
 Exit status: 0 with an estimate, 1 when the recording gives none to trust (too little shared
 motion, a curve flat around its peak, two peaks, a peak at the edge of ``--max-offset``: the
@@ -35,7 +38,7 @@ from tarfuse_ros.core.files import other_node_parameters, output_problem
 # Ctrl-C meanwhile: tarfuse_ros.console).
 from tarfuse_ros.core.time_offset import ChangeLog, estimate_problem, estimate_time_offset
 from tarfuse_ros.core.time_offset import estimate_warnings, frame_for_motion, MAX_SIDE
-from tarfuse_ros.core.time_offset import MIN_CORRELATION, MIN_INTERVALS
+from tarfuse_ros.core.time_offset import MIN_CORRELATION, MIN_INTERVALS, rounded_offset
 from tarfuse_ros.core.time_offset import signal_from_changes, STEP_S
 
 __all__ = ['build_parser', 'main', 'read_motion_signals', 'write_offset_yaml']
@@ -170,6 +173,12 @@ def write_offset_yaml(path, offset_s, comments=()):
     write_text_atomic(Path(path), '\n'.join(lines + [text]))  # a Ctrl-C leaves no half file
 
 
+def _signed(value, digits=3):
+    """Return ``value`` with its sign and ``digits`` decimals; one that rounds to 0 unsigned."""
+    text = f'{value:+.{digits}f}'
+    return text[1:] if float(text) == 0 else text
+
+
 def _plot(path, estimate):
     import matplotlib
     matplotlib.use('Agg')
@@ -178,7 +187,7 @@ def _plot(path, estimate):
     axes.plot(1000 * estimate.offsets_s, estimate.correlations, lw=1.2)
     if estimate.offset_s is not None:
         axes.axvline(1000 * estimate.offset_s, color='C3', lw=1,
-                     label=f'estimate {1000 * estimate.offset_s:+.0f} ms')
+                     label=f'estimate {_signed(1000 * estimate.offset_s, 0)} ms')
         axes.legend(loc='lower right')
     axes.set_xlabel('IR time offset (ms): sync.infrared_time_offset')
     axes.set_ylabel('motion correlation')
@@ -207,7 +216,8 @@ def build_parser():
                              'takes up to 1 s; default 0.5)')
     parser.add_argument('--windows', type=int, default=3,
                         help='parts of the recording also estimated on their own, to see how '
-                             'much the estimate moves (0: none; default 3)')
+                             'much the estimate moves and warn of drifting stamps (0: none; '
+                             'default 3)')
     parser.add_argument('--min-correlation', type=float, default=MIN_CORRELATION,
                         help='least peak correlation of the motion signals to accept, in '
                              f'[0, 1] (default {MIN_CORRELATION:g})')
@@ -300,12 +310,14 @@ def _run(args):
         print(f'wrote {args.plot}')
     problem = estimate_problem(estimate, args.max_offset, args.min_correlation)
     if estimate.offset_s is not None:
-        late = -1000 * estimate.offset_s
-        print(f'best offset {estimate.offset_s:+.3f} s (IR stamped {abs(late):.0f} ms '
-              f'{"later" if late >= 0 else "earlier"} than the visible camera), correlation '
+        value = rounded_offset(estimate.offset_s)
+        timing = ('IR and visible stamped alike, to the millisecond' if value == 0 else
+                  f'IR stamped {abs(1000 * value):.0f} ms '
+                  f'{"later" if value < 0 else "earlier"} than the visible camera')
+        print(f'best offset {_signed(value)} s ({timing}), correlation '
               f'{estimate.correlation:.2f}, sharpness {estimate.sharpness:.2f}')
     if estimate.window_offsets_s:
-        parts = ', '.join('none' if offset is None else f'{offset:+.3f} s (r {value:.2f})'
+        parts = ', '.join('none' if offset is None else f'{_signed(offset)} s (r {value:.2f})'
                           for offset, value in zip(estimate.window_offsets_s,
                                                    estimate.window_correlations))
         print(f'the {len(estimate.window_offsets_s)} parts of the recording alone: {parts}')
@@ -314,7 +326,7 @@ def _run(args):
         return 1
     for note in estimate_warnings(estimate, args.min_correlation):
         warn(note)
-    value = round(estimate.offset_s, 3)
+    value = rounded_offset(estimate.offset_s)
     print(f'set it: ros2 launch tarfuse_ros fuse.launch.py infrared_time_offset:={value:g}\n'
           f'    or: the node parameter sync.infrared_time_offset: {value:g}')
     if args.out is not None:

@@ -1,5 +1,7 @@
 """The IR time offset from two cameras' motion signals (tarfuse_ros.core.time_offset)."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from tarfuse_ros.core.time_offset import estimate_problem, estimate_time_offset
@@ -81,6 +83,40 @@ def test_an_ir_camera_stamped_late_gives_a_negative_offset_as_the_node_takes_it(
         assert len(estimate.window_offsets_s) == 3
         assert estimate.window_spread_s() < 0.02
         assert estimate_warnings(estimate) == []
+
+
+def test_ir_stamps_drifting_140_ms_are_named_with_the_offsets_and_times_of_both_ends():
+    # IR stamps drifting 7 ms a second over 20 s: the parts peaked 101 ms apart, under the
+    # 9 Hz IR's frame interval (111 ms), and no note said that one offset cannot pair them.
+    speed = stop_and_go(seed=3)
+    steady = sampled(speed, 9.0, start=0.031, latency=0.06)
+    drifting = MotionSignal(steady.times_s + 0.007 * steady.times_s, steady.values,
+                            steady.max_gap_s)
+    estimate = estimate_time_offset(sampled(speed, 30.0, start=0.004), drifting)
+    assert estimate_problem(estimate, 0.5) is None
+    first, last = estimate.window_offsets_s[0], estimate.window_offsets_s[-1]
+    assert first > estimate.window_offsets_s[1] > last  # later and later IR stamps
+    (note,) = estimate_warnings(estimate)
+    assert note.startswith(f'the offset drifts through the recording: {first:+.3f} s in its '
+                           f'part 0.0-6.6 s, {last:+.3f} s in its part 13.3-19.9 s '
+                           f'({1000 * (first - last):.0f} ms apart, more than the 0.05 s'), note
+    assert 'a fixed offset cannot pair the whole recording' in note
+    assert estimate_warnings(estimate, tolerance_s=0.2) == []  # 130 ms: within 0.2 s
+
+
+def test_parts_that_disagree_back_and_forth_are_not_named_a_drift():
+    speed = stop_and_go(seed=3)
+    estimate = estimate_time_offset(sampled(speed, 30.0, start=0.004),
+                                    sampled(speed, 9.0, start=0.031, latency=0.06))
+    # The middle part off by 120 ms (too little motion there, a chance peak): first and last
+    # agree, so the offset does not drift.
+    offsets = (-0.06, 0.06, -0.06)
+    assert estimate_warnings(replace(estimate, window_offsets_s=offsets))[0].startswith(
+        'the parts of the recording disagree by 120 ms')
+    # One way, but 40 ms from the first part to the last: within the 50 ms the node pairs in.
+    for offsets, drifts in (((-0.06, -0.08, -0.1), False), ((-0.06, -0.09, -0.12), True)):
+        notes = estimate_warnings(replace(estimate, window_offsets_s=offsets))
+        assert any('drifts' in note for note in notes) == drifts, offsets
 
 
 def test_the_estimate_does_not_depend_on_which_camera_is_faster():

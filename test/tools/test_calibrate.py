@@ -624,3 +624,52 @@ def test_the_infrared_time_offset_pairs_ir_stamped_late_with_the_visible_image_o
     printed = capsys.readouterr()
     assert code == 0, printed.err
     assert load_prior_yaml(out) is not None
+
+
+def test_the_chosen_pairs_are_read_one_at_a_time_not_held_all_at_once(tmp_path, capsys):
+    # Every chosen pair was held from reading to the end, and downscaled copies beside them
+    # (6.5 MB a 1080p pair): 8 pairs of 1280x1024 peaked 6 pairs (31 MB) above 2 pairs.
+    import tracemalloc
+    bag = tmp_path / 'large_bag'
+    make_bag(ROOT / 'samples', bag, rate=10.0, size=(1280, 1024), loops=2,
+             ir_transport='compressed', vi_transport='compressed')
+    pair_bytes = 1280 * 1024 * (3 + 1)  # bgr8 visible, mono8 IR
+    peaks = {}
+    for count in (2, 8):
+        out = tmp_path / f'prior_{count}.yaml'
+        tracemalloc.start()
+        try:
+            code = calibrate.main(['--bag', str(bag), '--out', str(out), '--pairs-count',
+                                   str(count), '--iterations', '2', '--max-side', '64',
+                                   '--min-inliers', '0', '--min-alignment-gain', '-2',
+                                   '--threads', '1'])
+            peaks[count] = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        printed = capsys.readouterr()
+        assert code == 0, printed.err
+        assert f'pair {count}/{count}' in printed.err
+    assert peaks[8] - peaks[2] < pair_bytes, {n: f'{peak / 1e6:.1f} MB'
+                                              for n, peak in peaks.items()}
+
+
+def test_pairs_read_one_at_a_time_give_the_prior_of_the_pairs_held_in_memory(tmp_path, capsys):
+    # As the command fitted before its pairs were read one at a time: all of them decoded
+    # into memory at once, then the model run on them twice.
+    from tarfuse_ros.core.calibration import calibrate as fit
+    from tarfuse_ros.tools.bagio import header_stamp_ns, image_to_array, read_messages
+    bag = tmp_path / 'late_bag'
+    make_bag(ROOT / 'samples', bag, rate=10.0, size=(160, 128), offset_ms=20.0, loops=2)
+    out = tmp_path / 'p.yaml'
+    code = calibrate.main(['--bag', str(bag), '--out', str(out), '--infrared-time-offset',
+                           '-0.02', '--pairs-count', '4', '--iterations', '2',
+                           '--min-inliers', '0', '--min-alignment-gain', '-2', '--threads', '1'])
+    assert code == 0, capsys.readouterr().err
+    images = {(topic, header_stamp_ns(raw)): image_to_array(msg)[0]
+              for topic, _, _, raw, msg in read_messages(bag)}
+    vi_stamps = sorted(stamp for topic, stamp in images if topic == '/visible/image_raw')
+    held = [(str(stamp), images[('/infrared/image_raw', stamp + 20_000_000)],
+             images[('/visible/image_raw', stamp)])
+            for stamp in (vi_stamps[index] for index in calibrate.spread_indices(10, 4))]
+    expected = fit(held, calibrate._engine_factory(None, 'cpu'), iterations=2).prior
+    assert np.array_equal(load_prior_yaml(out).homography, expected.homography)
