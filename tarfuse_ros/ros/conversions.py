@@ -541,8 +541,10 @@ def array_to_compressed_depth_msg(array, header=None, encoding=None,
     ``B = 1 - A / depth_max`` (``q`` = ``depth_quantization``) to the 16-bit
     ``A / value + B`` (truncated), 0 for a value at or above ``depth_max`` or NaN; A and B go
     into the header. ``format`` is ``'<encoding>; compressedDepth png'``; ``header`` is copied.
-    Raises ``ValueError`` for another dtype or shape, an encoding that does not fit it, or a
-    float image with values of 0 or less (the inverse is undefined there).
+    Raises ``ValueError`` for another dtype or shape, an encoding that does not fit it, a
+    float image with values of 0 or less (the inverse is undefined there), or one whose
+    smallest value codes past 16 bits (``A (1 / min - 1 / depth_max) + 1`` >= 65536; the
+    message gives the largest ``depth_quantization`` that fits).
     """
     import cv2
     if not isinstance(array, np.ndarray) or array.ndim != 2 or 0 in array.shape or (
@@ -566,7 +568,11 @@ def array_to_compressed_depth_msg(array, header=None, encoding=None,
         with np.errstate(divide='ignore', invalid='ignore', over='ignore'):
             inverse = quant_a / array + quant_b
         inverse = np.where(array < np.float32(depth_max), inverse, 0.0)
-        coded = np.clip(np.nan_to_num(inverse, nan=0.0), 0, 65535).astype(np.uint16)
+        inverse = np.nan_to_num(inverse, nan=0.0)
+        if inverse.max() >= 65536:  # the codec's 16 bits overflow: decoded far off
+            raise ValueError(_depth_overflow(array, depth_max, depth_quantization,
+                                             float(inverse.max())))
+        coded = np.clip(inverse, 0, 65535).astype(np.uint16)
     ok, png = cv2.imencode('.png', np.ascontiguousarray(coded),
                            [cv2.IMWRITE_PNG_COMPRESSION, int(png_level)])
     if not ok:
@@ -576,6 +582,18 @@ def array_to_compressed_depth_msg(array, header=None, encoding=None,
     msg.format = compressed_depth_format_string(encoding)
     msg.data = _DEPTH_HEADER.pack(0, float(quant_a), float(quant_b)) + png.tobytes()
     return msg
+
+
+def _depth_overflow(array, depth_max, depth_quantization, largest):
+    """Return the error for a float image whose smallest value codes past 16 bits."""
+    smallest = float(array[np.isfinite(array) & (array < np.float32(depth_max))].min())
+    # A (1 / smallest - 1 / depth_max) + 1 < 65536, with A = q (q + 1), solved for q.
+    quant_a = 65535.0 / (1.0 / smallest - 1.0 / depth_max)
+    limit = (math.sqrt(1.0 + 4.0 * quant_a) - 1.0) / 2.0
+    return (f'compressedDepth codes the smallest value, {smallest:g}, as {largest:.0f}, past '
+            f'its 16 bits (65535), at depth_quantization {depth_quantization:g} and depth_max '
+            f'{depth_max:g} (it would decode far off): give a depth_quantization below '
+            f'{limit:.6g}')
 
 
 def image_msg_to_motion_array(msg, max_side, codec_warnings=None):

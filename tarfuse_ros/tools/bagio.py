@@ -234,21 +234,23 @@ def compressed_cdr(array, fmt, frame_id, stamp_ns):
     return serialize_message(array_to_compressed_msg(array, _header(frame_id, stamp_ns), fmt))
 
 
-def compressed_depth_cdr(array, encoding, frame_id, stamp_ns):
+def compressed_depth_cdr(array, encoding, frame_id, stamp_ns, **options):
     """
     Return the raw CDR of a ``CompressedImage`` of image_transport's compressedDepth transport.
 
-    ``array``: (H, W) uint16 (``encoding`` ``'mono16'`` or ``'16UC1'``), written as
+    ``array``: (H, W) uint16 (``encoding`` ``'mono16'`` or ``'16UC1'``) or float32
+    (``'32FC1'``, coded by its quantised inverse), written as
     :func:`tarfuse_ros.ros.conversions.array_to_compressed_depth_msg` does (12-byte header, then
-    a 16-bit PNG; ``format`` ``'mono16; compressedDepth png'``). Raises ``ValueError`` for
-    anything else.
+    a 16-bit PNG; ``format`` ``'<encoding>; compressedDepth png'``); ``options``
+    (``depth_max``, ``depth_quantization``) go to it. Raises ``ValueError`` for anything else,
+    or for a float image the codec's 16 bits cannot hold.
     """
     from rclpy.serialization import serialize_message
     from tarfuse_ros.ros.conversions import array_to_compressed_depth_msg
     if stamp_ns < 0:
         raise ValueError(f'stamp must be >= 0 ns, got {stamp_ns}')
     return serialize_message(array_to_compressed_depth_msg(
-        array, _header(frame_id, stamp_ns), encoding=encoding))
+        array, _header(frame_id, stamp_ns), encoding=encoding, **options))
 
 
 def array_to_image(typestore, array, encoding, frame_id, stamp_ns):

@@ -9,10 +9,11 @@ would give. With
 ``--ir-transport compressed`` / ``--vi-transport compressed`` a camera is written as
 ``sensor_msgs/msg/CompressedImage`` on ``<topic>/compressed`` instead, as image_transport
 records it (IR: PNG, 16-bit for mono16; visible: JPEG or PNG); ``--ir-transport
-compressedDepth`` writes a mono16 IR on ``<topic>/compressedDepth`` as image_transport's
-compressedDepth plugin does (12-byte header, 16-bit PNG). Images are encoded by
-cv_bridge, as the node decodes them. The bag plays with ``tarfuse-play`` or, on a ROS install,
-``ros2 bag play``.
+compressedDepth`` writes a mono16 or 32FC1 IR on ``<topic>/compressedDepth`` as
+image_transport's compressedDepth plugin does (12-byte header, 16-bit PNG; a 32FC1 image by its
+quantised inverse, with the plugin's ``--depth-max`` and ``--depth-quantization``). Images are
+encoded by cv_bridge, as the node decodes them. The bag plays with ``tarfuse-play`` or, on a
+ROS install, ``ros2 bag play``.
 
 Example::
 
@@ -63,6 +64,9 @@ class BagSummary:
     ir_topic: str
     vi_topic: str
     stems: list
+    # A 32FC1 IR on compressedDepth: the largest difference of a value the node decodes from
+    # the image's (its units; the codec's quantisation); None for any other IR.
+    ir_max_error: float = None
 
 
 def ir_to_mono16(ir8):
@@ -143,6 +147,40 @@ def _load_ir(path, size, encoding):
     return ir
 
 
+def _check_depth_coding(path, ir, depth_max, depth_quantization):
+    """
+    Return how far the node decodes a 32FC1 IR image sent on compressedDepth from its values.
+
+    ``ir``: (H, W) float32, coded with the publisher's ``depth_max`` and ``depth_quantization``
+    and decoded as the node decodes it; the result is the largest absolute difference (the
+    image's units). Raises ``ValueError`` naming ``path`` and the option to change where the
+    codec would not carry the image: a value at or above ``depth_max`` (or NaN: sent as 0,
+    which the node decodes as NaN and refuses the frame for), one of 0 or less (the inverse is
+    undefined), a smallest value that needs more than 16 bits.
+    """
+    from tarfuse_ros.ros.conversions import array_to_compressed_depth_msg
+    from tarfuse_ros.ros.conversions import compressed_depth_msg_to_array
+    finite = np.isfinite(ir)
+    if not finite.all() or (ir <= 0).any():
+        raise ValueError(f'IR image {path} holds {int((~finite).sum())} NaN or inf values and '
+                         f'{int((ir <= 0).sum())} of 0 or less: compressedDepth codes a 32FC1 '
+                         f'image by its inverse and needs values > 0 (kelvin, not degrees '
+                         f'Celsius), or use --ir-transport raw')
+    largest = float(ir.max())
+    if largest >= depth_max:
+        raise ValueError(f'IR image {path} has values up to {largest:g}, not below --depth-max '
+                         f'{depth_max:g}: compressedDepth would send them as 0, decoded as NaN '
+                         f'(the node refuses such a frame); give a --depth-max above '
+                         f'{largest:g} (for 250-400 K: --depth-max 400 --depth-quantization '
+                         f'6000)')
+    try:
+        decoded, _ = compressed_depth_msg_to_array(array_to_compressed_depth_msg(
+            ir, depth_max=depth_max, depth_quantization=depth_quantization))
+    except ValueError as exc:
+        raise ValueError(f'IR image {path}: {exc} (--depth-max, --depth-quantization)') from None
+    return float(np.abs(decoded - ir).max())
+
+
 def _load_vi(path, size, encoding):
     # As stored, like the IR image (IMREAD_UNCHANGED) and tarfuse-fuse: an EXIF orientation
     # would turn the visible image alone.
@@ -160,7 +198,8 @@ def make_bag(pairs_dir, out, *, split=None, rate=10.0, ir_encoding='mono8', vi_e
              vi_frame='visible_optical_frame', ir_topic='/infrared/image_raw',
              vi_topic='/visible/image_raw', loops=1, seed=0, start_time_s=DEFAULT_START_TIME_S,
              size=None, ir_size=None, ir_dir='ir', vi_dir='vi', max_pairs=None,
-             ir_transport='raw', vi_transport='raw', vi_format='jpeg'):
+             ir_transport='raw', vi_transport='raw', vi_format='jpeg', depth_max=None,
+             depth_quantization=None):
     """
     Write a rosbag2 (MCAP) directory ``out`` from the pairs in ``pairs_dir``; return a summary.
 
@@ -172,8 +211,12 @@ def make_bag(pairs_dir, out, *, split=None, rate=10.0, ir_encoding='mono8', vi_e
     (``'raw'`` or ``'compressed'``) choose ``sensor_msgs/msg/Image`` on the topic or
     ``sensor_msgs/msg/CompressedImage`` on ``<topic>/compressed`` (IR as PNG, visible as
     ``vi_format``: ``'jpeg'`` or ``'png'``); ``ir_transport`` ``'compressedDepth'`` (with
-    ``ir_encoding`` mono16) writes the IR on ``<topic>/compressedDepth`` as image_transport's
-    compressedDepth plugin does.
+    ``ir_encoding`` mono16 or 32FC1) writes the IR on ``<topic>/compressedDepth`` as
+    image_transport's compressedDepth plugin does, a 32FC1 image quantised by the plugin's
+    ``depth_max`` and ``depth_quantization`` (its defaults, 10 and 100, where None): every IR
+    value must then be > 0 and below ``depth_max``, the smallest coded in 16 bits
+    (``ValueError`` naming the image and the option to change otherwise);
+    ``summary.ir_max_error`` says how far the node's decoded values are off.
     """
     if not 0 < rate <= MAX_RATE_HZ:  # NaN too; above it the period rounds to 0 ns
         raise ValueError(f'rate must be > 0 and at most {MAX_RATE_HZ:g} Hz, got {rate}')
@@ -211,11 +254,23 @@ def make_bag(pairs_dir, out, *, split=None, rate=10.0, ir_encoding='mono8', vi_e
                                      ('vi_transport', vi_transport, TRANSPORTS)):
         if transport not in allowed:
             raise ValueError(f'{name} must be one of {allowed}, got {transport!r}')
-    if ir_transport == 'compressedDepth' and ir_encoding != 'mono16':
-        raise ValueError(f'compressedDepth carries 16-bit counts (or floats the codec codes by '
-                         f'their inverse, which a {ir_encoding} IR from images with 0 in them '
-                         f'has none for): use --ir-encoding mono16 with --ir-transport '
-                         f'compressedDepth')
+    if ir_transport == 'compressedDepth' and ir_encoding == 'mono8':
+        raise ValueError('compressedDepth carries 16-bit counts or floats (the codec codes '
+                         'them by their inverse): use --ir-encoding mono16 or 32FC1 with '
+                         '--ir-transport compressedDepth')
+    depth_coded = ir_transport == 'compressedDepth' and ir_encoding == '32FC1'
+    if not depth_coded and (depth_max, depth_quantization) != (None, None):
+        raise ValueError('depth_max and depth_quantization (--depth-max, --depth-quantization) '
+                         'quantise a 32FC1 IR on compressedDepth: give them with --ir-encoding '
+                         '32FC1 --ir-transport compressedDepth')
+    from tarfuse_ros.ros.conversions import DEPTH_MAX_DEFAULT, DEPTH_QUANTIZATION_DEFAULT
+    depth_max = DEPTH_MAX_DEFAULT if depth_max is None else depth_max
+    depth_quantization = (DEPTH_QUANTIZATION_DEFAULT if depth_quantization is None
+                          else depth_quantization)
+    for name, value in (('depth_max (--depth-max)', depth_max),
+                        ('depth_quantization (--depth-quantization)', depth_quantization)):
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(f'{name} must be a finite number > 0, got {value}')
     # Compared as stored (a compressed camera on <topic>/compressed) and as tarfuse-play names
     # them (a relative name in '/'): '/v' compressed and '/v/compressed' put both cameras on
     # one topic, an Image and a CompressedImage stream in one.
@@ -259,6 +314,10 @@ def make_bag(pairs_dir, out, *, split=None, rate=10.0, ir_encoding='mono8', vi_e
     # Read every image before creating the bag, so a bad file leaves no half-written bag.
     images = [(stem, _load_ir(ir_path, ir_size, ir_encoding), _load_vi(vi_path, size, vi_encoding))
               for stem, ir_path, vi_path in pairs]
+    ir_max_error = None
+    if depth_coded:  # the node's decoding refuses what the codec cannot carry
+        ir_max_error = max(_check_depth_coding(ir_path, ir, depth_max, depth_quantization)
+                           for (_, ir_path, _), (_, ir, _) in zip(pairs, images))
     out = Path(out)
     if out.exists():  # checked here too: what is at out after a failure below is ours
         raise ValueError(f'output bag {out} exists already; remove it or choose another --out')
@@ -292,7 +351,9 @@ def make_bag(pairs_dir, out, *, split=None, rate=10.0, ir_encoding='mono8', vi_e
                     if transport == 'compressed':
                         data = compressed_cdr(array, fmt, frame, stamp_ns)
                     elif transport == 'compressedDepth':
-                        data = compressed_depth_cdr(array, encoding, frame, stamp_ns)
+                        data = compressed_depth_cdr(
+                            array, encoding, frame, stamp_ns, depth_max=depth_max,
+                            depth_quantization=depth_quantization)
                     else:
                         data = image_cdr(array, encoding, frame, stamp_ns)
                     writer.write(conn, stamp_ns, data)
@@ -311,10 +372,12 @@ def make_bag(pairs_dir, out, *, split=None, rate=10.0, ir_encoding='mono8', vi_e
                 # like a whole one.
                 shutil.rmtree(out, ignore_errors=True)
     return BagSummary(path=out, pairs=len(stems), messages=count, start_ns=start_ns,
-                      end_ns=last_ns, ir_topic=ir_topic, vi_topic=vi_topic, stems=stems)
+                      end_ns=last_ns, ir_topic=ir_topic, vi_topic=vi_topic, stems=stems,
+                      ir_max_error=ir_max_error)
 
 
 def build_parser():
+    from tarfuse_ros.ros.conversions import DEPTH_MAX_DEFAULT, DEPTH_QUANTIZATION_DEFAULT
     parser = argparse.ArgumentParser(
         prog='tarfuse-make-bag', description=__doc__.split('\n\n')[0],
         formatter_class=HelpFormatter)
@@ -331,8 +394,14 @@ def build_parser():
     parser.add_argument('--vi-encoding', choices=('bgr8', 'rgb8', 'mono8'), default='bgr8')
     parser.add_argument('--ir-transport', choices=IR_TRANSPORTS, default='raw',
                         help='compressed: CompressedImage (PNG) on <ir-topic>/compressed; '
-                             "compressedDepth (with --ir-encoding mono16): image_transport's "
-                             'compressedDepth on <ir-topic>/compressedDepth')
+                             'compressedDepth (with --ir-encoding mono16 or 32FC1): '
+                             "image_transport's compressedDepth on <ir-topic>/compressedDepth")
+    parser.add_argument('--depth-max', type=float, default=None,
+                        help="32FC1 on compressedDepth: the publisher's depth_max, above every "
+                             f'IR value (default {DEPTH_MAX_DEFAULT:g}; 400 for kelvin)')
+    parser.add_argument('--depth-quantization', type=float, default=None,
+                        help="32FC1 on compressedDepth: the publisher's depth_quantization "
+                             f'(default {DEPTH_QUANTIZATION_DEFAULT:g}; 6000 for 250-400 K)')
     parser.add_argument('--vi-transport', choices=TRANSPORTS, default='raw',
                         help='compressed: CompressedImage (JPEG/PNG) on <vi-topic>/compressed')
     parser.add_argument('--vi-format', choices=('jpeg', 'png'), default='jpeg',
@@ -372,7 +441,8 @@ def main(argv=None):
             start_time_s=args.start_time, size=args.size, ir_size=args.ir_size,
             ir_dir=args.ir_dir, vi_dir=args.vi_dir, max_pairs=args.max_pairs,
             ir_transport=args.ir_transport, vi_transport=args.vi_transport,
-            vi_format=args.vi_format)
+            vi_format=args.vi_format, depth_max=args.depth_max,
+            depth_quantization=args.depth_quantization)
     except ValueError as error:
         print(f'tarfuse-make-bag: error: {error}', file=sys.stderr)
         return 2
@@ -382,6 +452,9 @@ def main(argv=None):
     span = (summary.end_ns - summary.start_ns) / 1e9
     print(f'wrote {summary.path}: {summary.pairs} pairs, {summary.messages} messages on '
           f'{summary.vi_topic} and {summary.ir_topic}, {span:.2f} s')
+    if summary.ir_max_error is not None:
+        print(f'the IR decodes up to {summary.ir_max_error:.3g} (in its units) off its values '
+              f'(compressedDepth quantisation; a larger --depth-quantization makes it smaller)')
     return 0
 
 

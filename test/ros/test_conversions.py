@@ -1064,6 +1064,24 @@ def test_a_32fc1_compressed_depth_payload_decodes_by_the_codec_s_inverse_quantis
     assert np.abs(decoded - kelvin).max() < 0.01
 
 
+def test_our_compressed_depth_encoder_refuses_a_float_value_its_16_bits_cannot_hold():
+    # 100 K codes as A (1/100 - 1/400) + 1 = 270046 at q 6000: it was clipped to 65535 and
+    # decoded as 231.5 K without a word. q(q + 1) (1/100 - 1/400) + 1 < 65536: q < 2955.51.
+    kelvin = np.array([[100.0, 300.0], [350.0, 399.0]], np.float32)
+    with pytest.raises(ValueError, match=r'codes the smallest value, 100, as 270046, past its '
+                                         r'16 bits .*give a depth_quantization below 2955\.51'):
+        array_to_compressed_depth_msg(kelvin, header(), depth_max=400.0,
+                                      depth_quantization=6000.0)
+    with pytest.raises(ValueError, match='as 65558, past its 16 bits'):
+        array_to_compressed_depth_msg(kelvin, header(), depth_max=400.0,
+                                      depth_quantization=2956.0)
+    # The largest quantisation that fits keeps the coldest pixel within its step.
+    msg = array_to_compressed_depth_msg(kelvin, header(), depth_max=400.0,
+                                        depth_quantization=2955.0)
+    decoded, _ = compressed_depth_msg_to_array(msg)
+    np.testing.assert_allclose(decoded, kelvin, atol=0.02)
+
+
 def test_a_32fc1_compressed_depth_payload_with_values_the_codec_coded_0_is_refused_by_count():
     # The codec sends a value at or above its depth_max (default 10) as 0, decoded as NaN; a
     # raw 32FC1 image with NaN is refused, and so is this one, saying what to change.

@@ -7,8 +7,10 @@ raw. The test process encodes real sample images with our encoder of the codec's
 what the node publishes with the engine's result on the same IR sent raw.
 """
 
+import shutil
 import time
 
+import cv2
 from node_harness import assert_start_up_fails, compressed_depth_msg, HEIGHT, image_msg
 from node_harness import make_checkpoint, NodeProcess, running_node
 from node_harness import png_stating, Probe, random_domain_id, sample_pair, SAMPLES
@@ -20,7 +22,7 @@ from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CompressedImage
 from tarfuse_ros.core.engine import FusionEngine
 from tarfuse_ros.ros.conversions import compressed_depth_msg_to_array, image_msg_to_array
-from tarfuse_ros.tools import play_bag
+from tarfuse_ros.tools import make_bag as make_bag_tool, play_bag
 from tarfuse_ros.tools.bagio import read_messages
 from tarfuse_ros.tools.make_bag import make_bag
 
@@ -184,18 +186,35 @@ def test_the_visible_input_on_compressed_depth_is_refused_at_start_up():
         "use 'raw' or 'compressed'", '-p visible.transport:=compressedDepth'])
 
 
+def _kelvin_pairs(folder, count):
+    """Write the first ``count`` sample pairs with the IR as float32 TIFFs of kelvin."""
+    (folder / 'ir').mkdir(parents=True)
+    (folder / 'vi').mkdir()
+    for path in sorted((SAMPLES / 'ir').glob('*.jpg'))[:count]:
+        ir8 = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+        kelvin = (280.0 + ir8.astype(np.float32) * np.float32(0.2)).astype(np.float32)
+        assert cv2.imwrite(str(folder / 'ir' / f'{path.stem}.tiff'), kelvin)
+        shutil.copy(SAMPLES / 'vi' / path.name, folder / 'vi')
+    return folder
+
+
+@pytest.mark.parametrize('encoding', ['mono16', '32FC1'])
 def test_a_bag_made_with_ir_transport_compressed_depth_plays_through_the_node(
-        setup, tmp_path, capsys, monkeypatch):
-    node, _, _, domain = setup
+        setup, tmp_path, capsys, monkeypatch, encoding):
+    node, _, engine, domain = setup
     bag = tmp_path / 'depth_bag'
-    summary = make_bag(SAMPLES, bag, rate=5.0, ir_encoding='mono16', size=(WIDTH, HEIGHT),
-                       max_pairs=3, ir_transport='compressedDepth')
+    pairs, options = SAMPLES, {}
+    if encoding == '32FC1':  # a radiometric camera's kelvin, quantised for 250-400 K
+        pairs = _kelvin_pairs(tmp_path / 'kelvin', 3)
+        options = {'depth_max': 400.0, 'depth_quantization': 6000.0}
+    summary = make_bag(pairs, bag, rate=5.0, ir_encoding=encoding, size=(WIDTH, HEIGHT),
+                       max_pairs=3, ir_transport='compressedDepth', **options)
     messages = list(read_messages(bag))
     assert {(topic, msgtype) for topic, msgtype, _t, _raw, _msg in messages} == {
         ('/infrared/image_raw/compressedDepth', 'sensor_msgs/msg/CompressedImage'),
         ('/visible/image_raw', 'sensor_msgs/msg/Image')}
     ir = [msg for topic, _m, _t, _raw, msg in messages if topic.endswith('compressedDepth')]
-    assert {msg.format for msg in ir} == {'mono16; compressedDepth png'}
+    assert {msg.format for msg in ir} == {f'{encoding}; compressedDepth png'}
     record = tmp_path / 'outputs'
     monkeypatch.setenv('ROS_DOMAIN_ID', str(domain))  # tarfuse-play joins the node's domain
     code = play_bag.main([str(bag), '--wait-for-subscribers', '1', '--wait-timeout', '60',
@@ -206,6 +225,17 @@ def test_a_bag_made_with_ir_transport_compressed_depth_plays_through_the_node(
                 for topic, _m, _t, _raw, m in read_messages(record) if topic == '/fused/image_raw'}
     vi_stamps = [summary.start_ns + k * 200_000_000 for k in range(3)]
     assert answered <= set(vi_stamps) and vi_stamps[-1] in answered, (answered, vi_stamps)
+    # The last pair is fused as the IR image make-bag read, sent raw (32FC1: within the
+    # codec's quantisation, 0.002 K at 331 K, far below one level of the stretched image).
+    fused, = [m for topic, _m, _t, _raw, m in read_messages(record)
+              if topic == '/fused/image_raw' and m.header.stamp.sec * 1_000_000_000
+              + m.header.stamp.nanosec == vi_stamps[-1]]
+    stem = summary.stems[-1]
+    ir_path, = (pairs / 'ir').glob(f'{stem}.*')
+    ir_read = make_bag_tool._load_ir(ir_path, (WIDTH, HEIGHT), encoding)
+    vi = make_bag_tool._load_vi(pairs / 'vi' / f'{stem}.jpg', (WIDTH, HEIGHT), 'bgr8')
+    expected = engine.infer(image_msg_to_array(image_msg(ir_read, encoding, 0, IR_FRAME))[0], vi)
+    assert np.abs(_pixels(fused) - expected.fused).max() <= 1
     assert node.alive()
 
 

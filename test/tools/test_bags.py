@@ -12,6 +12,7 @@ from pathlib import Path
 import re
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import threading
@@ -190,13 +191,85 @@ def test_make_bag_writes_a_mono16_ir_as_image_transport_s_compressed_depth(tmp_p
     counts, kind = compressed_depth_msg_to_array(ir_msg)
     assert kind == 'gray16'
     np.testing.assert_array_equal(counts, ir_to_mono16(ir8))
-    for encoding in ('mono8', '32FC1'):  # the codec carries 16-bit counts or positive floats
-        with pytest.raises(ValueError, match='use --ir-encoding mono16 with --ir-transport '
-                                             'compressedDepth'):
-            make_bag(SAMPLES, tmp_path / encoding, ir_encoding=encoding,
-                     ir_transport='compressedDepth')
+    # The codec carries 16-bit counts or positive floats.
+    with pytest.raises(ValueError, match='use --ir-encoding mono16 or 32FC1 with --ir-transport '
+                                         'compressedDepth'):
+        make_bag(SAMPLES, tmp_path / 'mono8', ir_encoding='mono8',
+                 ir_transport='compressedDepth')
+    with pytest.raises(ValueError, match='quantise a 32FC1 IR on compressedDepth'):
+        make_bag(SAMPLES, tmp_path / 'mono16', ir_encoding='mono16',
+                 ir_transport='compressedDepth', depth_max=65.5)
     with pytest.raises(ValueError, match='vi_transport must be one of'):
         make_bag(SAMPLES, tmp_path / 'vi', vi_transport='compressedDepth')
+
+
+def _float_pairs(folder, to_float, stem='FLIR_00122'):
+    """Write a pair folder of one sample pair, its IR as a float32 TIFF; return (it, the IR)."""
+    (folder / 'ir').mkdir(parents=True)
+    (folder / 'vi').mkdir()
+    ir = to_float(cv2.imread(str(SAMPLES / 'ir' / f'{stem}.jpg'), cv2.IMREAD_GRAYSCALE))
+    assert ir.dtype == np.float32 and cv2.imwrite(str(folder / 'ir' / f'{stem}.tiff'), ir)
+    shutil.copy(SAMPLES / 'vi' / f'{stem}.jpg', folder / 'vi')
+    return folder, ir
+
+
+def test_make_bag_writes_a_32fc1_ir_as_compressed_depth_that_decodes_within_its_step(
+        tmp_path, capsys):
+    """A radiometric camera's kelvin on compressedDepth: the codec's header, then the inverse.
+
+    It was refused ('use --ir-encoding mono16'). Decoded as the node decodes it, the image comes
+    back within the quantisation the tool states, T^2 / (A - T) at the hottest pixel.
+    """
+    pairs, kelvin = _float_pairs(tmp_path / 'pairs', lambda ir8: (
+        np.float32(250.0) + ir8.astype(np.float32) * np.float32(0.5)).astype(np.float32))
+    out = tmp_path / 'bag'
+    code = make_bag_tool.main(['--pairs', str(pairs), '--out', str(out), '--ir-encoding',
+                               '32FC1', '--ir-transport', 'compressedDepth', '--depth-max',
+                               '400', '--depth-quantization', '6000'])
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    topic = IR + '/compressedDepth'
+    ir_type, _bag_ns, _raw, msg = _by_topic(out)[topic][0]
+    assert (ir_type, msg.format) == ('sensor_msgs/msg/CompressedImage',
+                                     '32FC1; compressedDepth png')
+    quant_a = 6000.0 * 6001.0
+    header = struct.unpack('<iff', bytes(msg.data[:12]))
+    assert header == pytest.approx((0, quant_a, 1.0 - quant_a / 400.0))
+    decoded, kind = image_to_array(msg, topic)  # the node's compressedDepth decoding
+    assert kind == 'float32' and decoded.shape == kelvin.shape
+    # Truncated to the level below A / T + B: decoded at most T^2 / (A - T) above T, 0.004 K
+    # at 377.5 K (a little below T by float32 rounding).
+    hottest = float(kelvin.max())
+    step = hottest ** 2 / (quant_a - hottest)
+    error = decoded - kelvin
+    assert error.max() <= step and error.min() > -step / 50, (error.min(), error.max())
+    assert np.abs(error).max() > 0  # quantised, not the image sent raw
+    said = f'{np.abs(error).max():.3g}'
+    assert f'the IR decodes up to {said} (in its units) off its values' in printed.out
+
+
+def test_make_bag_refuses_a_32fc1_ir_compressed_depth_cannot_carry_naming_the_option(tmp_path):
+    pairs, kelvin = _float_pairs(tmp_path / 'kelvin', lambda ir8: (
+        np.float32(250.0) + ir8.astype(np.float32) * np.float32(0.5)).astype(np.float32))
+    options = {'ir_encoding': '32FC1', 'ir_transport': 'compressedDepth'}
+    hottest = f'{float(kelvin.max()):g}'
+    # The codec's default depth_max, 10: every value would be sent as 0 (NaN to the node).
+    with pytest.raises(ValueError, match=rf'has values up to {hottest}, not below --depth-max '
+                                         rf'10: .*give a --depth-max above {hottest}'):
+        make_bag(pairs, tmp_path / 'default', **options)
+    with pytest.raises(ValueError, match=r'codes the smallest value, .*past its 16 bits .*give '
+                                         r'a depth_quantization below [0-9.]+ '
+                                         r'\(--depth-max, --depth-quantization\)'):
+        make_bag(pairs, tmp_path / 'fine', depth_max=400.0, depth_quantization=20000.0,
+                 **options)
+    celsius, _ = _float_pairs(tmp_path / 'celsius', lambda ir8: (
+        ir8.astype(np.float32) / 255 * 30 - 10).astype(np.float32))
+    with pytest.raises(ValueError, match=r'needs values > 0 \(kelvin, not degrees Celsius\)'):
+        make_bag(celsius, tmp_path / 'celsius_bag', depth_max=400.0, **options)
+    for name, bad in (('depth_max', 0.0), ('depth_quantization', float('nan'))):
+        with pytest.raises(ValueError, match=f'{name} .* must be a finite number > 0'):
+            make_bag(pairs, tmp_path / name, **options, **{name: bad})
+    assert not list(tmp_path.glob('*bag')) and not (tmp_path / 'fine').exists()
 
 
 def test_make_bag_writes_a_float_ir_of_temperatures_as_32fc1(tmp_path, capsys):
