@@ -25,6 +25,7 @@ import pytest
 from tarfuse_ros.core.checkpoint import read_checkpoint_config, save_checkpoint
 from tarfuse_ros.core.engine import FusionEngine
 from tarfuse_ros.core.export import export_onnx, VERIFY_TOLERANCES
+from tarfuse_ros.core.fine_passes import BuiltInFinePassesError
 from tarfuse_ros.core.model import yolo
 from tarfuse_ros.core.model.tarfuse import build_model
 from tarfuse_ros.core.onnx_backend import CONFIG_KEY, nms_rows, ONNX_KEY, ONNX_OUTPUTS
@@ -223,6 +224,17 @@ def test_fine_passes_export_and_are_recorded_in_the_metadata(match_checkpoint, t
         recorded[name] = tuple(model[field] for field in fields)
     assert recorded == {'one.onnx': (4, 1, True), 'none.onnx': (0, 4, False)}
     assert len(graphs['none.onnx'].graph.node) < len(graphs['one.onnx'].graph.node)
+    # The onnxruntime engine reads the count from the metadata: its own is taken (it was
+    # refused as any count), another refused with the graph's count and the export to make.
+    for name, own in (('one.onnx', 1), ('none.onnx', 0)):
+        for asked in (None, own):
+            assert OnnxFusionEngine(tmp_path / name, fine_passes=asked).fine_passes == own
+    with pytest.raises(BuiltInFinePassesError) as raised:
+        OnnxFusionEngine(tmp_path / 'one.onnx', fine_passes=3)
+    assert raised.value.built_in == 1 and (
+        f'3 fine passes asked for, but the ONNX graph {tmp_path / "one.onnx"} runs the 1 fine '
+        f'passes it was exported with, built in: export one with 3 (tarfuse-export '
+        f'WEIGHTS.safetensors --out MODEL.onnx --fine-passes 3)') in str(raised.value)
     # Out of range, and passes for a checkpoint without a fine stage: usage errors.
     assert export_tool.main([str(path), '--out', str(tmp_path / 'bad.onnx'), '--fine-passes',
                              '9']) == 2
@@ -247,17 +259,16 @@ def _foreign_onnx(tmp_path):
     return foreign
 
 
-def test_the_onnx_engine_refuses_fine_passes_naming_the_export_option(tmp_path):
-    # The graph has its fine passes built in, as its scales.
+def test_the_onnx_engine_refuses_fine_passes_out_of_range_before_reading_the_file(tmp_path):
+    # The graph has its fine passes built in, as its scales: a count is compared with the
+    # graph's own once the file is read (test_fine_passes_export_...), one out of range first.
     foreign = _foreign_onnx(tmp_path)
-    for passes in (0, 2):
-        with pytest.raises(ValueError, match=f'fine_passes={passes} needs the torch engine'):
+    for passes in (9, -1, True):
+        with pytest.raises(ValueError, match=r'fine_passes must be an integer in \[0, 8\]'):
             OnnxFusionEngine(foreign, fine_passes=passes)
-    with pytest.raises(ValueError) as raised:
-        OnnxFusionEngine(foreign, fine_passes=0)
-    assert 'tarfuse-export WEIGHTS --out MODEL.onnx --fine-passes N' in str(raised.value)
-    with pytest.raises(OnnxModelError):  # None: the graph's own; the file is then read
-        OnnxFusionEngine(foreign, fine_passes=None)
+    for passes in (None, 2):  # the file is then read
+        with pytest.raises(OnnxModelError):
+            OnnxFusionEngine(foreign, fine_passes=passes)
 
 
 def test_the_onnx_engine_takes_numpy_integer_threads(tmp_path):
