@@ -61,7 +61,10 @@ def main(argv=None):
 
     SIGTERM stops it as Ctrl-C does (it killed the export, exit status -15), and only the
     first of these signals stops it: one line says so, with exit status 130, and ``--out`` is
-    as before (:func:`~tarfuse_ros.core.export.export_onnx` puts the file in place whole).
+    as before (:func:`~tarfuse_ros.core.export.export_onnx` puts the file in place whole). A
+    stop that a library swallowed meanwhile (caught the ``KeyboardInterrupt``) stops it too:
+    the stop is remembered (``StopRequest.requested``) and asked for before the file goes in
+    place.
     """
     args = build_parser().parse_args(argv)
     previous = {}
@@ -106,7 +109,8 @@ def _main(args, stop):
     try:
         report = export_onnx(args.weights, args.out, half=args.half, opset=args.opset,
                              verify=not args.no_verify, scale_search=not args.no_scale_search,
-                             fine_passes=args.fine_passes)
+                             fine_passes=args.fine_passes,
+                             interrupted=lambda: stop.requested)
     except (CheckpointError, ValueError, ExportError, OSError) as exc:
         if stop.requested:
             # A library turned the stop into an error of its own: a SIGTERM while onnxruntime

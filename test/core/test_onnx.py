@@ -610,6 +610,38 @@ def test_a_stop_while_the_onnx_file_is_put_in_place_waits_for_it(
     assert sorted(tmp_path.iterdir()) == [out]
 
 
+def test_a_stop_a_library_swallows_mid_export_still_stops_it(tmp_path, capsys, monkeypatch):
+    # A library that catches the KeyboardInterrupt a SIGTERM raised in it (a bare except
+    # around an optional import) let the export run on: the file was replaced and the tool
+    # printed its summary, exit status 0.
+    import os
+    import signal
+    from tarfuse_ros.core import export as export_module
+    real_load = export_module.load_checkpoint
+    swallowed = []
+
+    def load_swallowing_a_stop(*args, **kwargs):
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)  # a real signal, as the checkpoint loads
+        except KeyboardInterrupt:
+            swallowed.append(True)
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(export_module, 'load_checkpoint', load_swallowing_a_stop)
+    out = tmp_path / 'medical.onnx'
+    out.write_bytes(b'an earlier export')  # left as it was
+    code = export_tool.main([str(share_dir() / 'models' / 'tarfuse_medical.safetensors'),
+                             '--out', str(out), '--no-verify', '--threads', '1',
+                             '--no-scale-search'])
+    captured = capsys.readouterr()
+    assert swallowed == [True]
+    assert code == 130 and not captured.out, captured
+    assert captured.err == (f'tarfuse-export: interrupted: the export was not finished and no '
+                            f'ONNX file was written ({out} is as it was)\n')
+    assert out.read_bytes() == b'an earlier export'
+    assert sorted(tmp_path.iterdir()) == [out]  # no temporary left beside it
+
+
 @pytest.fixture(scope='module')
 def engines(shipped_onnx):
     torch.set_num_threads(1)
