@@ -119,6 +119,16 @@ def _main(args, stop):
             raise KeyboardInterrupt from None
         print(f'{PROG}: error: {exc}', file=sys.stderr)
         return 1 if isinstance(exc, (ExportError, OSError)) else 2
+    try:  # the file is in place, whole: a stop now must not say that none was written
+        _print_summary(args, report)
+    except KeyboardInterrupt:
+        raise InterruptedWhenComplete(report, f'interrupted once {report.path} was written'
+                                      ) from None
+    return 0
+
+
+def _print_summary(args, report):
+    """Print what was written (read back from the file) and how to run it."""
     size_mib = report.path.stat().st_size / 2**20
     inputs, outputs = _graph_names(report.path)
     print(f'wrote {report.path} ({size_mib:.1f} MiB, opset {report.opset}, {report.precision}; '
@@ -148,7 +158,6 @@ def _main(args, stop):
           f'{shlex.quote(f"--onnx={report.path}")} --minShapes=ir:1x1x256x320,vi:1x1x256x320 '
           f'--optShapes=ir:1x1x512x640,vi:1x1x512x640 '
           f'--maxShapes=ir:1x1x1024x1280,vi:1x1x1024x1280 --fp16 --saveEngine=tarfuse.engine')
-    return 0
 
 
 def _graph_names(path):

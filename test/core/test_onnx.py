@@ -642,6 +642,30 @@ def test_a_stop_a_library_swallows_mid_export_still_stops_it(tmp_path, capsys, m
     assert sorted(tmp_path.iterdir()) == [out]  # no temporary left beside it
 
 
+def test_a_stop_after_the_file_was_written_says_it_was(tmp_path, capsys, monkeypatch):
+    # A SIGTERM while the tool read the written file back for its summary said 'the export
+    # was not finished and no ONNX file was written' of a file that was.
+    import os
+    import signal
+    real_names = export_tool._graph_names
+
+    def names_then_a_stop(path):
+        os.kill(os.getpid(), signal.SIGTERM)  # a real signal, as the file is read back
+        return real_names(path)
+
+    monkeypatch.setattr(export_tool, '_graph_names', names_then_a_stop)
+    out = tmp_path / 'medical.onnx'
+    code = export_tool.main([str(share_dir() / 'models' / 'tarfuse_medical.safetensors'),
+                             '--out', str(out), '--no-verify', '--threads', '1',
+                             '--no-scale-search'])
+    captured = capsys.readouterr()
+    assert code == 130 and not captured.out, captured
+    assert captured.err == (f'tarfuse-export: interrupted once {out} was written whole; the '
+                            f'summary was not printed\n')
+    assert [o.name for o in onnx.load(str(out)).graph.output] == [
+        'fused', 'flow', 'registered_ir']
+
+
 @pytest.fixture(scope='module')
 def engines(shipped_onnx):
     torch.set_num_threads(1)
