@@ -58,6 +58,22 @@ def get_args_parser():
     return parser
 
 
+def check_args(args):
+    """Raise ``ValueError`` naming a bad argument, before either part prints or runs."""
+    from tarfuse_ros.core import data
+    from tarfuse_ros.core.images import check_frame_size
+    from tarfuse_ros.core.refine import RefinementSettings
+    data.read_split(args.pairs)  # a missing folder, or one without ir/ and vi/
+    if 'refine' not in args.parts:
+        return
+    for alpha in args.alphas:
+        RefinementSettings(alpha=alpha, min_alignment=args.min_alignment)
+    if not np.isfinite(args.offset).all():
+        raise ValueError(f'--offset must be finite pixels, got {list(args.offset)}')
+    width, height = args.size
+    check_frame_size(np.empty((height, width), np.uint8), '--size')
+
+
 def rig_homography(width, height):
     """Return the rig at ``width x height``: 640x512 with 5 % wider FOV, roll, offset, tilt."""
     c, s = np.cos(np.radians(1.5)), np.sin(np.radians(1.5))
@@ -156,6 +172,7 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(args.threads)
     try:
+        check_args(args)  # each part prints as it goes: a later part's error came after
         if 'calibrate' in args.parts:
             calibrate_figures(args)
         if 'refine' in args.parts:

@@ -82,6 +82,23 @@ def test_a_bad_argument_is_named_in_one_line(script, args, message, tmp_path):
     _refused(script, args, message, tmp_path)
 
 
+@pytest.mark.parametrize('args, message', [
+    (['--pairs', 'missing'], "bench_refine: error: data set folder 'missing' does not exist"),
+    (['--alphas', '0.1', '5'], 'bench_refine: error: alpha must be in (0, 1], got 5.0'),
+    (['--min-alignment', '2'], 'bench_refine: error: min_alignment must be'),
+    (['--offset', 'nan', '0'], 'bench_refine: error: --offset must be finite pixels, got'),
+    (['--size', '12', '12'], 'bench_refine: error: --size is 12x12: both sides must be at '
+                             'least 16 pixels')])
+def test_bench_refine_checks_every_argument_before_its_first_figure(args, message, tmp_path):
+    """Both parts (the default): a bad argument is refused before either prints or runs.
+
+    A missing --pairs printed the calibration's header on stdout first; a bad refine argument
+    (--alphas 5) was named after minutes of calibration.
+    """
+    done = _refused('bench_refine', args, message, tmp_path)
+    assert done.stdout == '', done.stdout
+
+
 @pytest.mark.parametrize('script, option, args', OUTPUTS)
 def test_an_output_in_a_missing_folder_is_refused_first(script, option, args, tmp_path):
     """The figures were lost: open() raised FileNotFoundError once the run was done."""
@@ -91,7 +108,10 @@ def test_an_output_in_a_missing_folder_is_refused_first(script, option, args, tm
 
 
 def _refused(script, args, message, folder):
-    """Run a benchmark in ``folder`` (empty, and it must stay so); check it refuses ``args``."""
+    """Run a benchmark in ``folder`` (empty, and it must stay so); check it refuses ``args``.
+
+    Return the finished process (its ``stdout`` and ``stderr``).
+    """
     path = os.pathsep.join([str(ROOT), os.environ.get('PYTHONPATH', '')])
     env = dict(os.environ, PYTHONPATH=path)  # this checkout's package
     done = subprocess.run([sys.executable, str(ROOT / 'benchmarks' / f'{script}.py'), *args],
@@ -99,6 +119,7 @@ def _refused(script, args, message, folder):
     assert done.returncode == 2, (done.stdout, done.stderr)
     assert message in done.stderr and 'Traceback' not in done.stderr, done.stderr
     assert list(folder.iterdir()) == []
+    return done
 
 
 def test_an_output_that_exists_in_a_folder_one_cannot_write_to_is_taken(tmp_path):

@@ -236,8 +236,14 @@ def _verify(blob, graph, shape, precision, threads):
     return diffs
 
 
+def _stop_if(interrupted):
+    """Raise ``KeyboardInterrupt`` where ``interrupted`` (None or a callable) says so."""
+    if interrupted is not None and interrupted():
+        raise KeyboardInterrupt
+
+
 def export_onnx(weights, output, half=False, opset=MIN_OPSET, verify=True, scale_search=True,
-                fine_passes=None):
+                fine_passes=None, interrupted=None):
     """Export a ``.safetensors`` checkpoint to an ONNX file (see the module docstring).
 
     Args:
@@ -264,6 +270,10 @@ def export_onnx(weights, output, half=False, opset=MIN_OPSET, verify=True, scale
             None: the checkpoint's own; 0: none (the metadata's config then records
             ``global_fine_cell`` 0 and ``global_fine_check`` false); 1-8: that many (it records
             ``global_fine_passes``). ``report.fine_passes`` says what the graph runs.
+        interrupted: None, or a callable that says whether a stop (SIGINT, SIGTERM) reached the
+            process (``StopRequest.requested``): one that a library swallowed (caught the
+            ``KeyboardInterrupt`` raised in it) stops the export all the same, before the
+            slow work and before the file is put in place (``KeyboardInterrupt``).
 
     Returns:
         :class:`ExportReport`.
@@ -272,7 +282,7 @@ def export_onnx(weights, output, half=False, opset=MIN_OPSET, verify=True, scale
         CheckpointError: missing or invalid checkpoint.
         ExportError: tracing failed or the graph does not match PyTorch.
         KeyboardInterrupt: Ctrl-C (or a SIGTERM a program turned into one) before the file
-            was put in place: ``output`` is as it was.
+            was put in place, or ``interrupted()`` true then: ``output`` is as it was.
         InterruptedWhenComplete: (a ``KeyboardInterrupt``) SIGINT or SIGTERM on the main
             thread while the file was put in place: it was written whole first; ``result``
             is the :class:`ExportReport`.
@@ -298,6 +308,7 @@ def export_onnx(weights, output, half=False, opset=MIN_OPSET, verify=True, scale
             raise ValueError(f'{needed_for} needs the {module} package, which cannot be '
                              f'imported ({error}): pip install {module} in this Python '
                              f'environment') from None
+    _stop_if(interrupted)  # a stop swallowed in an import: before minutes of tracing
     import onnx
     from tarfuse_ros.core.engine import _min_input_side, fine_passes_of, fuse_conv_bn
     from tarfuse_ros.core.engine import scale_search_off, set_fine_passes
@@ -390,6 +401,7 @@ def export_onnx(weights, output, half=False, opset=MIN_OPSET, verify=True, scale
         report.verify_shape = (check_shape[0], 1) + check_shape[1:]
         report.max_abs_diff = _verify(blob, graph, report.verify_shape, precision,
                                       torch.get_num_threads())
+    _stop_if(interrupted)  # swallowed while loading, tracing or checking: output as it was
     stops = []
     # A stop while the file is put in place waits for it: the file is then whole, and the
     # caller is told so (it could not tell a stop just after os.replace from one before).

@@ -8,8 +8,8 @@ and :func:`~tarfuse_ros.core.engine.set_fine_passes`.
 import argparse
 import numbers
 
-__all__ = ['KEYWORD_OWN', 'MAX_FINE_PASSES', 'NoFineStageError', 'OPTION_OWN', 'check_fine_passes',
-           'fine_passes_option']
+__all__ = ['BuiltInFinePassesError', 'KEYWORD_OWN', 'MAX_FINE_PASSES', 'NoFineStageError',
+           'OPTION_OWN', 'check_fine_passes', 'fine_passes_option']
 
 # The most fine passes an inference setting may ask for: the shipped model runs 4, and the
 # passes converge well before 8 (OrientationMatcher, fine_tolerance).
@@ -26,6 +26,19 @@ class NoFineStageError(ValueError):
     A ``ValueError`` of its own so that a program can name its own setting (the node:
     ``registration.fine_passes``) beside the checkpoint's reason.
     """
+
+
+class BuiltInFinePassesError(ValueError):
+    """Fine passes asked of an ONNX graph that has another count built in (at its export).
+
+    ``built_in``: the count the graph runs (0: none). A ``ValueError`` of its own so that a
+    program can name its own setting and the count to ask for instead.
+    """
+
+    def __init__(self, message, built_in):
+        """Say ``message`` of a graph that runs ``built_in`` fine passes."""
+        super().__init__(message)
+        self.built_in = built_in
 
 
 def check_fine_passes(fine_passes, name='fine_passes', own=KEYWORD_OWN):

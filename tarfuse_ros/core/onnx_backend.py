@@ -38,6 +38,7 @@ import time
 import cv2
 import numpy as np
 from tarfuse_ros.core.files import is_safetensors, is_torch_pickle, plain_zip_problem
+from tarfuse_ros.core.fine_passes import BuiltInFinePassesError, check_fine_passes
 from tarfuse_ros.core.global_stream import check_stream_settings
 from tarfuse_ros.core.pair_engine import (check_finite_outputs, check_flags,
                                           check_ir_percentiles, outputs_to_frame, PairEngine,
@@ -168,6 +169,18 @@ def _session_error(path, error):
     return OnnxModelError(
         f'{path} is not a loadable ONNX model ({reason[:300]}); export one with '
         f'tarfuse-export WEIGHTS.safetensors --out MODEL.onnx')
+
+
+def _graph_fine_passes(model):
+    """Return the fine passes an exported graph of the parsed config ``model`` runs (0: none).
+
+    As :func:`~tarfuse_ros.core.engine.fine_passes_of` counts them on the torch model: only an
+    orientation global stage with a fine cell has them (an export with ``--fine-passes 0``
+    records ``global_fine_cell`` 0).
+    """
+    orientation = (model.registration == 'match' and model.global_stage
+                   and model.global_features == 'orientation')
+    return int(model.global_fine_passes) if orientation and model.global_fine_cell > 0 else 0
 
 
 def _metadata(path, session):
@@ -380,9 +393,11 @@ class OnnxFusionEngine(PairEngine):
         scale_search: True only: the graph runs the scales it was exported with
             (``ValueError`` for False: export with ``tarfuse-export WEIGHTS --out MODEL.onnx
             --no-scale-search``).
-        fine_passes: None only: the graph runs the global stage's fine passes it was exported
-            with (``ValueError`` otherwise: export with ``tarfuse-export WEIGHTS --out
-            MODEL.onnx --fine-passes N``).
+        fine_passes: None or the graph's own count (:attr:`fine_passes`, from its metadata):
+            the graph runs the global stage's fine passes it was exported with built in
+            (:class:`~tarfuse_ros.core.fine_passes.BuiltInFinePassesError` for another count
+            in [0, 8]: export with ``tarfuse-export WEIGHTS --out MODEL.onnx --fine-passes
+            N``).
         global_every, global_window: 1 only, global_track: 0 only (``ValueError`` otherwise):
             the graph runs its global stage on every pair (the stream settings are the torch
             engine's).
@@ -421,11 +436,7 @@ class OnnxFusionEngine(PairEngine):
                              'scales it was exported with built in; export one without the '
                              'search instead (tarfuse-export WEIGHTS --out MODEL.onnx '
                              '--no-scale-search)')
-        if fine_passes is not None:
-            raise ValueError(f'fine_passes={fine_passes!r} needs the torch engine: an ONNX graph '
-                             f'has the fine passes it was exported with built in; export one '
-                             f'with that many instead (tarfuse-export WEIGHTS --out MODEL.onnx '
-                             f'--fine-passes N)')
+        check_fine_passes(fine_passes)  # compared with the graph's own once it is read
         check_stream_settings(global_every, global_window, global_track, None)
         if (global_every, global_window, global_track) != (1, 1, 0):
             raise ValueError('global_every / global_window other than 1 and global_track other '
@@ -483,6 +494,14 @@ class OnnxFusionEngine(PairEngine):
                          'onnxruntime runs it no faster than a float32 export and less exactly; '
                          'for the CPU, export without --half', self._weights)
         model = self._model_config  # parsed: absent fields at the checkpoint loader's defaults
+        self._fine_passes = _graph_fine_passes(model)
+        if fine_passes is not None and fine_passes != self._fine_passes:
+            raise BuiltInFinePassesError(
+                f'{fine_passes} fine passes asked for, but the ONNX graph {self._weights} runs '
+                f'the {self._fine_passes} fine passes it was exported with, built in: export '
+                f'one with {fine_passes} (tarfuse-export WEIGHTS.safetensors --out MODEL.onnx '
+                f'--fine-passes {fine_passes}), or ask for its own count',
+                self._fine_passes)
         self._detects = 'det' in [arg.name for arg in self._session.get_outputs()]
         super().__init__(model.class_names, model.num_classes, registration_prior,
                          conf_threshold, iou_threshold, max_detections, classes)
@@ -508,6 +527,14 @@ class OnnxFusionEngine(PairEngine):
     def detects(self):
         """Whether the export has a ``det`` output (False: detections are always empty)."""
         return self._detects
+
+    @property
+    def fine_passes(self):
+        """How many fine passes the graph's global stage runs (0: none, or no such stage).
+
+        Built in at the export (``tarfuse-export --fine-passes``), read from its metadata.
+        """
+        return self._fine_passes
 
     @property
     def device(self):

@@ -75,7 +75,7 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from tarfuse_ros.core.checkpoint_header import CheckpointError, read_checkpoint_config
 from tarfuse_ros.core.cpus import default_cpu_threads, default_threads_reason
 from tarfuse_ros.core.drawing import draw_detections
-from tarfuse_ros.core.fine_passes import NoFineStageError
+from tarfuse_ros.core.fine_passes import BuiltInFinePassesError, NoFineStageError
 from tarfuse_ros.core.global_stream import PARAMETERS, StreamSettingError
 from tarfuse_ros.core.health import HealthSettings, RegistrationHealth
 from tarfuse_ros.core.images import check_frame_size
@@ -100,7 +100,8 @@ from tarfuse_ros.ros.diagnostics import WarningThrottle
 from tarfuse_ros.ros.params import apply_updates, canonical_parameters
 from tarfuse_ros.ros.params import command_line_type_errors, NodeParams
 from tarfuse_ros.ros.params import decimal_numbers
-from tarfuse_ros.ros.params import declare_node_parameters, fine_passes, parameter_updates
+from tarfuse_ros.ros.params import declare_node_parameters, fine_passes
+from tarfuse_ros.ros.params import graph_fine_passes_problem, parameter_updates
 from tarfuse_ros.ros.params import parameter_source, ParameterValueError
 from tarfuse_ros.ros.params import params_files_for_other_nodes
 from tarfuse_ros.ros.params import refinement_settings, registration_prior, reported_descriptor
@@ -583,6 +584,8 @@ class TarFuseNode(Node):
                 input_max_long_side=params.input_max_long_side)
         except model_error(params.backend) as exc:
             raise _model_file_error(exc, params) from exc
+        except BuiltInFinePassesError as exc:  # checked once the ONNX graph's metadata is read
+            raise StartupError(graph_fine_passes_problem(params, exc.built_in)) from exc
         except NoFineStageError as exc:  # the engine's words name its argument, not ours
             raise StartupError(
                 f'registration.fine_passes {params.registration_fine_passes}: {exc}; set '
@@ -628,7 +631,11 @@ class TarFuseNode(Node):
         elif not params.registration_scale_search:
             self.get_logger().info('global stage scale search off '
                                    '(registration.scale_search false): scale 1.0 only')
-        if fine_passes(params) is not None and not scales:  # 0: 1-8 were refused above
+        if fine_passes(params) is not None and onnx:  # another count was refused above
+            self.get_logger().info(
+                f"registration.fine_passes {params.registration_fine_passes}: the ONNX graph's "
+                f'own count (it was exported with these fine passes built in)')
+        elif fine_passes(params) is not None and not scales:  # 0: 1-8 were refused above
             self.get_logger().info(
                 f'registration.fine_passes {params.registration_fine_passes} has no effect: '
                 f'the model has no orientation global stage ({params.weights})')
@@ -1421,7 +1428,9 @@ class TarFuseNode(Node):
             old = self._params
             try:
                 # Everything that can refuse the update first, so a refusal changes nothing.
-                new = apply_updates(old, parameter_updates(parameters))
+                new = apply_updates(old, parameter_updates(parameters),
+                                    self._engine.fine_passes if old.backend == 'onnxruntime'
+                                    else None)
                 changed = {f for f in _RUNTIME_ENGINE_FIELDS + _HEALTH_FIELDS
                            if getattr(new, f) != getattr(old, f)}
                 ids = (_class_ids(new.classes, self._engine.class_names)

@@ -31,7 +31,8 @@ __all__ = [
     'INFRARED_TRANSPORT_VALUES', 'NodeParams', 'ParameterValueError', 'ParamSpec',
     'PARAMETER_SPECS', 'RELIABILITY_VALUES', 'TRANSPORT_VALUES',
     'apply_updates', 'canonical_parameters', 'decimal_numbers', 'declare_node_parameters',
-    'declared_descriptor', 'descriptor_for', 'fine_passes', 'parameter_source',
+    'declared_descriptor', 'descriptor_for', 'fine_passes', 'graph_fine_passes_problem',
+    'parameter_source',
     'parameter_updates', 'params_file_sections', 'params_files_for_other_nodes',
     'params_from_values',
     'refinement_settings', 'registration_prior', 'reported_descriptor', 'section_applies',
@@ -220,8 +221,8 @@ PARAMETER_SPECS = (
               "How many fine passes (on 4 px cells) refine the global stage's map: a CPU speed "
               "knob, no retraining; -1 = the model's own (the shipped one: 4), 0 = none, else "
               '1-8. Fewer passes save CPU time and cost some accuracy (README, model card). '
-              'Backend torch only (an ONNX graph has its passes built in: tarfuse-export '
-              '--fine-passes). Restart to change.',
+              'With backend onnxruntime -1 or the count the ONNX graph was exported with '
+              '(it has its passes built in: tarfuse-export --fine-passes). Restart to change.',
               low=-1, high=MAX_FINE_PASSES),
     ParamSpec('registration.global_every', 'registration_global_every', 'int',
               'For one rigid rig: once it holds global_window fits, the global stage fits '
@@ -515,8 +516,27 @@ def _check_value(spec, value):
             f'{spec.name}={value!r} is not allowed; use one of: {", ".join(spec.allowed)}')
 
 
-def validate_params(params):
-    """Check every field of a :class:`NodeParams`; raise ``ValueError`` naming the bad one."""
+def graph_fine_passes_problem(params, built_in):
+    """Return why ``params`` cannot run an ONNX graph with ``built_in`` fine passes, or None.
+
+    With backend onnxruntime, ``registration.fine_passes`` takes -1 or the count the graph was
+    exported with (``built_in``, 0-8; it has them built in); None for any other backend.
+    """
+    passes = params.registration_fine_passes
+    if params.backend != 'onnxruntime' or passes in (-1, built_in):
+        return None
+    return (f'registration.fine_passes {passes}: the ONNX graph {params.weights} runs the '
+            f'{built_in} fine passes it was exported with, built in; export one with {passes} '
+            f'(tarfuse-export WEIGHTS.safetensors --out MODEL.onnx --fine-passes {passes}) and '
+            f"run it, or set registration.fine_passes to {built_in} or -1 (the graph's own)")
+
+
+def validate_params(params, graph_fine_passes=None):
+    """Check every field of a :class:`NodeParams`; raise ``ValueError`` naming the bad one.
+
+    ``graph_fine_passes``: with backend onnxruntime, the fine passes the ONNX graph runs, once
+    its metadata was read (:func:`graph_fine_passes_problem`); None: not known, not checked.
+    """
     # Said as FusionEngine and tarfuse-fuse say them, with the parameters' names (their ranges
     # too: they are the engine's).
     check_stream_settings(params.registration_global_every, params.registration_global_window,
@@ -541,12 +561,10 @@ def validate_params(params):
             'scales it was exported with built in; use backend torch, or export the graph '
             'without the search (tarfuse-export WEIGHTS --out MODEL.onnx --no-scale-search) '
             'and leave this parameter true')
-    if params.backend == 'onnxruntime' and params.registration_fine_passes != -1:
-        raise ValueError(
-            f'registration.fine_passes={params.registration_fine_passes} needs backend torch: '
-            f'an ONNX graph has the fine passes it was exported with built in; use backend '
-            f'torch, or export the graph with them (tarfuse-export WEIGHTS --out MODEL.onnx '
-            f'--fine-passes {params.registration_fine_passes}) and leave this parameter -1')
+    problem = (None if graph_fine_passes is None
+               else graph_fine_passes_problem(params, graph_fine_passes))
+    if problem:
+        raise ValueError(problem)
     stream = params.registration_global_every > 1 or params.registration_global_window > 1
     if params.backend == 'onnxruntime' and stream:
         raise ValueError(
@@ -596,12 +614,14 @@ def params_from_values(values):
     return validate_params(NodeParams(**kwargs))
 
 
-def apply_updates(current, updates):
+def apply_updates(current, updates, graph_fine_passes=None):
     """Return ``current`` with ``{parameter name: value}`` applied, or raise ``ValueError``.
 
     Only parameters marked as run-time changeable may change; setting a fixed parameter to its
     current value is accepted; a value of None (``ros2 param delete``) is refused.  Names that
-    are not ours (``use_sim_time``, ``qos_overrides.*``) are ignored.
+    are not ours (``use_sim_time``, ``qos_overrides.*``) are ignored. ``graph_fine_passes``:
+    as :func:`validate_params` (the refusal of a fixed parameter says when a restart with the
+    new value would fail too).
     """
     changes = {}
     for name, value in updates.items():
@@ -615,7 +635,7 @@ def apply_updates(current, updates):
         if value == getattr(current, spec.field):
             continue
         if not spec.runtime:
-            problem = _start_up_problem(current, spec, value)
+            problem = _start_up_problem(current, spec, value, graph_fine_passes)
             if problem:  # a restart with it would fail too: say why, not how to restart
                 raise ValueError(f'{name} cannot change while the node runs, and {value!r} '
                                  f'would be refused at start-up too (with the other parameters '
@@ -626,7 +646,8 @@ def apply_updates(current, updates):
                 f'-p {name}:={_command_line_value(value)} instead')
         _check_value(spec, value)
         changes[spec.field] = value
-    return validate_params(replace(current, **changes)) if changes else current
+    return (validate_params(replace(current, **changes), graph_fine_passes) if changes
+            else current)
 
 
 def _value_in_use(spec, value):
@@ -637,15 +658,16 @@ def _value_in_use(spec, value):
     return value
 
 
-def _start_up_problem(current, spec, value):
+def _start_up_problem(current, spec, value, graph_fine_passes=None):
     """Return why the node would refuse ``value`` for ``spec`` at start-up, or None.
 
     The other parameters keep their current values (a value valid only with others changed
-    too, e.g. ``backend`` onnxruntime with an ``.onnx`` file as ``weights``, says so).
+    too, e.g. ``backend`` onnxruntime with an ``.onnx`` file as ``weights``, says so);
+    ``graph_fine_passes``: as :func:`validate_params`.
     """
     try:
         _check_value(spec, value)
-        validate_params(replace(current, **{spec.field: value}))
+        validate_params(replace(current, **{spec.field: value}), graph_fine_passes)
     except ValueError as exc:
         return str(exc)
     return None

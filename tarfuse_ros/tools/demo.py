@@ -50,7 +50,11 @@ NODE_NAME = '/tarfuse'  # the fusion node's default name, as the demo starts it
 
 
 class DemoError(RuntimeError):
-    """The demo could not run (missing weights or samples, the node failed, no output)."""
+    """The demo ran and failed (no quiet ROS domain, the node failed, no output).
+
+    Refused options and inputs (missing weights or samples, a bad ``--out``) are
+    ``ValueError``s: usage errors, said before any work.
+    """
 
 
 def default_samples_dir():
@@ -381,7 +385,10 @@ def run_demo(out='output/demo', weights=None, device='cpu', samples=None,
              max_pairs=None, params_file=None, startup_timeout=180.0, png_count=4,
              linger=3.0, node_params=(), log=print, interrupted=None, ir_encoding='mono8'):
     """
-    Run the whole demo; return the summary dict (raises DemoError / ValueError).
+    Run the whole demo; return the summary dict.
+
+    Raises ``ValueError`` for a refused option or input (before the node starts; the outputs
+    of an earlier run as they were), :class:`DemoError` when the demo ran and failed.
 
     ``node_params`` are extra ``name:=value`` node parameters (after the params file; a
     ``<camera>.transport`` there or in the params file sets that camera's topic in the bag
@@ -408,24 +415,24 @@ def run_demo(out='output/demo', weights=None, device='cpu', samples=None,
         check_frame_size(np.empty((height, width), np.uint8), '--size')
     weights = Path(weights) if weights else paths.default_weights_path()
     if not weights.is_file():
-        raise DemoError(f'no weights at {weights}: pass --weights PATH.safetensors, or train '
-                        'the default model (tarfuse-train, see models/MODEL_CARD.md)')
+        raise ValueError(f'no weights at {weights}: pass --weights PATH.safetensors, or train '
+                         'the default model (tarfuse-train, see models/MODEL_CARD.md)')
     samples = Path(samples) if samples else default_samples_dir()
     for folder in (samples / ir_dir, samples / 'vi'):
         if not folder.is_dir():
-            raise DemoError(f'{folder} is not a folder: --samples needs vi/ and the IR folder '
-                            f'--ir-dir ({ir_dir}; --ir-dir ir for a folder of ir/ and vi/)')
+            raise ValueError(f'{folder} is not a folder: --samples needs vi/ and the IR folder '
+                             f'--ir-dir ({ir_dir}; --ir-dir ir for a folder of ir/ and vi/)')
     params_file = Path(params_file) if params_file else paths.config_path('tarfuse.yaml')
     if not params_file.is_file():
-        raise DemoError(f'node parameters file {params_file} not found')
+        raise ValueError(f'node parameters file {params_file} not found')
     out = Path(out)
     problem = output_problem(out, folder=True)
     if problem:
-        raise DemoError(f'--out {str(out)!r} cannot be used ({problem})')
+        raise ValueError(f'--out {str(out)!r} cannot be used ({problem})')
     if out.is_dir() and any(out.iterdir()) and not (out / MARKER).is_file():
-        raise DemoError(f'--out {str(out)!r} is not empty and no earlier demo wrote it (no '
-                        f'{MARKER} file in it): pass a new or empty folder, or the folder of an '
-                        'earlier demo run (whose outputs are replaced)')
+        raise ValueError(f'--out {str(out)!r} is not empty and no earlier demo wrote it (no '
+                         f'{MARKER} file in it): pass a new or empty folder, or the folder of '
+                         'an earlier demo run (whose outputs are replaced)')
     # Discovery on this machine only, unless the shell chose a range: the default one reaches
     # the local network, where a robot's nodes may use the same domain. Set in this process's
     # environment too, which the player and recorder read when they start.
@@ -590,6 +597,11 @@ def build_parser():
 
 
 def main(argv=None):
+    """Entry point of ``tarfuse-demo``; return the exit status.
+
+    0 done, 1 the demo ran and failed (:class:`DemoError`), 2 a refused option or input (as
+    argparse's own refusals and every other tool's usage errors), 130 stopped (Ctrl-C, SIGTERM).
+    """
     args = build_parser().parse_args(argv)
     # A Ctrl-C reaches the node as well (one process group) and may stop it before this
     # process handles its own: remember the stop so a node that exits then is no error.
@@ -604,7 +616,10 @@ def main(argv=None):
                  params_file=args.params_file, startup_timeout=args.startup_timeout,
                  png_count=args.pngs,
                  node_params=args.param, interrupted=lambda: stop.requested)
-    except (DemoError, ValueError) as error:
+    except ValueError as error:  # refused before the node started
+        print(f'tarfuse-demo: error: {error}', file=sys.stderr)
+        return 2
+    except DemoError as error:
         print(f'tarfuse-demo: error: {error}', file=sys.stderr)
         return 1
     except KeyboardInterrupt:

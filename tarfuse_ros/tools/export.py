@@ -61,7 +61,10 @@ def main(argv=None):
 
     SIGTERM stops it as Ctrl-C does (it killed the export, exit status -15), and only the
     first of these signals stops it: one line says so, with exit status 130, and ``--out`` is
-    as before (:func:`~tarfuse_ros.core.export.export_onnx` puts the file in place whole).
+    as before (:func:`~tarfuse_ros.core.export.export_onnx` puts the file in place whole). A
+    stop that a library swallowed meanwhile (caught the ``KeyboardInterrupt``) stops it too:
+    the stop is remembered (``StopRequest.requested``) and asked for before the file goes in
+    place.
     """
     args = build_parser().parse_args(argv)
     previous = {}
@@ -106,7 +109,8 @@ def _main(args, stop):
     try:
         report = export_onnx(args.weights, args.out, half=args.half, opset=args.opset,
                              verify=not args.no_verify, scale_search=not args.no_scale_search,
-                             fine_passes=args.fine_passes)
+                             fine_passes=args.fine_passes,
+                             interrupted=lambda: stop.requested)
     except (CheckpointError, ValueError, ExportError, OSError) as exc:
         if stop.requested:
             # A library turned the stop into an error of its own: a SIGTERM while onnxruntime
@@ -115,6 +119,16 @@ def _main(args, stop):
             raise KeyboardInterrupt from None
         print(f'{PROG}: error: {exc}', file=sys.stderr)
         return 1 if isinstance(exc, (ExportError, OSError)) else 2
+    try:  # the file is in place, whole: a stop now must not say that none was written
+        _print_summary(args, report)
+    except KeyboardInterrupt:
+        raise InterruptedWhenComplete(report, f'interrupted once {report.path} was written'
+                                      ) from None
+    return 0
+
+
+def _print_summary(args, report):
+    """Print what was written (read back from the file) and how to run it."""
     size_mib = report.path.stat().st_size / 2**20
     inputs, outputs = _graph_names(report.path)
     print(f'wrote {report.path} ({size_mib:.1f} MiB, opset {report.opset}, {report.precision}; '
@@ -144,7 +158,6 @@ def _main(args, stop):
           f'{shlex.quote(f"--onnx={report.path}")} --minShapes=ir:1x1x256x320,vi:1x1x256x320 '
           f'--optShapes=ir:1x1x512x640,vi:1x1x512x640 '
           f'--maxShapes=ir:1x1x1024x1280,vi:1x1x1024x1280 --fp16 --saveEngine=tarfuse.engine')
-    return 0
 
 
 def _graph_names(path):

@@ -25,6 +25,7 @@ import pytest
 from tarfuse_ros.core.checkpoint import read_checkpoint_config, save_checkpoint
 from tarfuse_ros.core.engine import FusionEngine
 from tarfuse_ros.core.export import export_onnx, VERIFY_TOLERANCES
+from tarfuse_ros.core.fine_passes import BuiltInFinePassesError
 from tarfuse_ros.core.model import yolo
 from tarfuse_ros.core.model.tarfuse import build_model
 from tarfuse_ros.core.onnx_backend import CONFIG_KEY, nms_rows, ONNX_KEY, ONNX_OUTPUTS
@@ -223,6 +224,17 @@ def test_fine_passes_export_and_are_recorded_in_the_metadata(match_checkpoint, t
         recorded[name] = tuple(model[field] for field in fields)
     assert recorded == {'one.onnx': (4, 1, True), 'none.onnx': (0, 4, False)}
     assert len(graphs['none.onnx'].graph.node) < len(graphs['one.onnx'].graph.node)
+    # The onnxruntime engine reads the count from the metadata: its own is taken (it was
+    # refused as any count), another refused with the graph's count and the export to make.
+    for name, own in (('one.onnx', 1), ('none.onnx', 0)):
+        for asked in (None, own):
+            assert OnnxFusionEngine(tmp_path / name, fine_passes=asked).fine_passes == own
+    with pytest.raises(BuiltInFinePassesError) as raised:
+        OnnxFusionEngine(tmp_path / 'one.onnx', fine_passes=3)
+    assert raised.value.built_in == 1 and (
+        f'3 fine passes asked for, but the ONNX graph {tmp_path / "one.onnx"} runs the 1 fine '
+        f'passes it was exported with, built in: export one with 3 (tarfuse-export '
+        f'WEIGHTS.safetensors --out MODEL.onnx --fine-passes 3)') in str(raised.value)
     # Out of range, and passes for a checkpoint without a fine stage: usage errors.
     assert export_tool.main([str(path), '--out', str(tmp_path / 'bad.onnx'), '--fine-passes',
                              '9']) == 2
@@ -247,17 +259,16 @@ def _foreign_onnx(tmp_path):
     return foreign
 
 
-def test_the_onnx_engine_refuses_fine_passes_naming_the_export_option(tmp_path):
-    # The graph has its fine passes built in, as its scales.
+def test_the_onnx_engine_refuses_fine_passes_out_of_range_before_reading_the_file(tmp_path):
+    # The graph has its fine passes built in, as its scales: a count is compared with the
+    # graph's own once the file is read (test_fine_passes_export_...), one out of range first.
     foreign = _foreign_onnx(tmp_path)
-    for passes in (0, 2):
-        with pytest.raises(ValueError, match=f'fine_passes={passes} needs the torch engine'):
+    for passes in (9, -1, True):
+        with pytest.raises(ValueError, match=r'fine_passes must be an integer in \[0, 8\]'):
             OnnxFusionEngine(foreign, fine_passes=passes)
-    with pytest.raises(ValueError) as raised:
-        OnnxFusionEngine(foreign, fine_passes=0)
-    assert 'tarfuse-export WEIGHTS --out MODEL.onnx --fine-passes N' in str(raised.value)
-    with pytest.raises(OnnxModelError):  # None: the graph's own; the file is then read
-        OnnxFusionEngine(foreign, fine_passes=None)
+    for passes in (None, 2):  # the file is then read
+        with pytest.raises(OnnxModelError):
+            OnnxFusionEngine(foreign, fine_passes=passes)
 
 
 def test_the_onnx_engine_takes_numpy_integer_threads(tmp_path):
@@ -597,6 +608,62 @@ def test_a_stop_while_the_onnx_file_is_put_in_place_waits_for_it(
     assert [o.name for o in onnx.load(str(out)).graph.output] == [
         'fused', 'flow', 'registered_ir']
     assert sorted(tmp_path.iterdir()) == [out]
+
+
+def test_a_stop_a_library_swallows_mid_export_still_stops_it(tmp_path, capsys, monkeypatch):
+    # A library that catches the KeyboardInterrupt a SIGTERM raised in it (a bare except
+    # around an optional import) let the export run on: the file was replaced and the tool
+    # printed its summary, exit status 0.
+    import os
+    import signal
+    from tarfuse_ros.core import export as export_module
+    real_load = export_module.load_checkpoint
+    swallowed = []
+
+    def load_swallowing_a_stop(*args, **kwargs):
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)  # a real signal, as the checkpoint loads
+        except KeyboardInterrupt:
+            swallowed.append(True)
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(export_module, 'load_checkpoint', load_swallowing_a_stop)
+    out = tmp_path / 'medical.onnx'
+    out.write_bytes(b'an earlier export')  # left as it was
+    code = export_tool.main([str(share_dir() / 'models' / 'tarfuse_medical.safetensors'),
+                             '--out', str(out), '--no-verify', '--threads', '1',
+                             '--no-scale-search'])
+    captured = capsys.readouterr()
+    assert swallowed == [True]
+    assert code == 130 and not captured.out, captured
+    assert captured.err == (f'tarfuse-export: interrupted: the export was not finished and no '
+                            f'ONNX file was written ({out} is as it was)\n')
+    assert out.read_bytes() == b'an earlier export'
+    assert sorted(tmp_path.iterdir()) == [out]  # no temporary left beside it
+
+
+def test_a_stop_after_the_file_was_written_says_it_was(tmp_path, capsys, monkeypatch):
+    # A SIGTERM while the tool read the written file back for its summary said 'the export
+    # was not finished and no ONNX file was written' of a file that was.
+    import os
+    import signal
+    real_names = export_tool._graph_names
+
+    def names_then_a_stop(path):
+        os.kill(os.getpid(), signal.SIGTERM)  # a real signal, as the file is read back
+        return real_names(path)
+
+    monkeypatch.setattr(export_tool, '_graph_names', names_then_a_stop)
+    out = tmp_path / 'medical.onnx'
+    code = export_tool.main([str(share_dir() / 'models' / 'tarfuse_medical.safetensors'),
+                             '--out', str(out), '--no-verify', '--threads', '1',
+                             '--no-scale-search'])
+    captured = capsys.readouterr()
+    assert code == 130 and not captured.out, captured
+    assert captured.err == (f'tarfuse-export: interrupted once {out} was written whole; the '
+                            f'summary was not printed\n')
+    assert [o.name for o in onnx.load(str(out)).graph.output] == [
+        'fused', 'flow', 'registered_ir']
 
 
 @pytest.fixture(scope='module')

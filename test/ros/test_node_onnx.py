@@ -125,3 +125,31 @@ def test_onnxruntime_start_up_errors_say_what_to_do(case, tmp_path):
                                  '-p backend:=onnxruntime']),
     }[case]
     assert_start_up_fails(dict({'backend': 'onnxruntime'}, **params), words)
+
+
+def test_fine_passes_equal_to_the_graphs_own_are_accepted(exported):
+    # The shipped model's export runs its 4 fine passes (the metadata says so):
+    # -p registration.fine_passes:=4 asks for what the graph runs. It was refused as if any
+    # count needed backend torch.
+    with running_node({'backend': 'onnxruntime', 'registration.fine_passes': 4}, exported,
+                      ready_timeout=120.0) as (node, probe):
+        lines = [line for line in node.log().splitlines()
+                 if 'registration.fine_passes 4' in line]
+        # At run time another count is refused with why a restart would fail too (not 'restart
+        # the node with -p registration.fine_passes:=2'); -1 (the same graph) with the restart.
+        refused, = probe.set_parameters(registration__fine_passes=2)
+        restart, = probe.set_parameters(registration__fine_passes=-1)
+    assert len(lines) == 1 and lines[0].startswith('[INFO] '), node.log()
+    assert "the ONNX graph's own count" in lines[0], lines[0]
+    assert not refused.successful and 'would be refused at start-up too' in refused.reason and (
+        'runs the 4 fine passes it was exported with' in refused.reason), refused.reason
+    assert not restart.successful and (
+        'restart the node with -p registration.fine_passes:=-1' in restart.reason), restart.reason
+
+
+def test_fine_passes_other_than_the_graphs_own_name_its_count_and_the_export_option(exported):
+    assert_start_up_fails(
+        {'backend': 'onnxruntime', 'weights': str(exported), 'registration.fine_passes': 2},
+        ['registration.fine_passes 2', 'runs the 4 fine passes it was exported with',
+         'tarfuse-export WEIGHTS.safetensors --out MODEL.onnx --fine-passes 2',
+         'or set registration.fine_passes to 4 or -1'])

@@ -1,6 +1,6 @@
 """Node parameters: descriptors, defaults, validation, run-time changes, YAML coverage."""
 
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 import re
 import textwrap
@@ -15,11 +15,11 @@ from tarfuse_ros.core.paths import default_weights_path
 from tarfuse_ros.ros.params import _rcl_type, command_line_type_errors
 from tarfuse_ros.ros.params import apply_updates, canonical_parameters, decimal_numbers
 from tarfuse_ros.ros.params import declare_node_parameters, declared_descriptor
-from tarfuse_ros.ros.params import descriptor_for
+from tarfuse_ros.ros.params import descriptor_for, graph_fine_passes_problem
 from tarfuse_ros.ros.params import NodeParams, parameter_source, PARAMETER_SPECS
 from tarfuse_ros.ros.params import ParameterValueError
 from tarfuse_ros.ros.params import params_files_for_other_nodes, params_from_values
-from tarfuse_ros.ros.params import reported_descriptor, wrong_type_reason
+from tarfuse_ros.ros.params import reported_descriptor, validate_params, wrong_type_reason
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -127,9 +127,6 @@ def test_a_stream_setting_describes_every_parameter_it_is_refused_with(name, val
     ({'registration.fine_passes': -2}, 'registration.fine_passes=-2 is outside [-1, 8]'),
     ({'registration.fine_passes': 1.5}, 'registration.fine_passes must be an integer'),
     ({'registration.fine_passes': True}, 'registration.fine_passes must be a number'),
-    ({'registration.fine_passes': 0, 'backend': 'onnxruntime', 'weights': 'm.onnx'},
-     'registration.fine_passes=0 needs backend torch.*tarfuse-export WEIGHTS --out MODEL.onnx '
-     '--fine-passes 0'),
     ({'registration.global_every': 0},
      'registration.global_every must be an integer in [1, 10000], got 0'),
     ({'registration.global_window': 1.5}, 'registration.global_window must be'),
@@ -193,16 +190,39 @@ def test_run_time_changes_an_onnx_graph_cannot_honour_are_refused_with_the_expor
     # -p ...' (the restart would fail): the refusal names the export or backend to use.
     params = params_from_values({'backend': 'onnxruntime', 'weights': '/tmp/model.onnx'})
     for name, value, words in (
-            ('registration.fine_passes', 2, '--fine-passes 2) and leave this parameter -1'),
+            ('registration.fine_passes', 2, 'the ONNX graph /tmp/model.onnx runs the 4 fine '
+                                            'passes it was exported with, built in; export one '
+                                            'with 2 (tarfuse-export WEIGHTS.safetensors --out '
+                                            'MODEL.onnx --fine-passes 2) and run it, or set '
+                                            'registration.fine_passes to 4 or -1'),
             ('registration.global_track', 5, 'use backend torch, or leave it 0'),
             ('registration.global_every', 3, 'use backend torch, or leave both at 1'),
             ('registration.scale_search', False, '--no-scale-search) and leave this parameter')):
         with pytest.raises(ValueError) as raised:
-            apply_updates(params, {name: value})
+            apply_updates(params, {name: value}, graph_fine_passes=4)
         message = str(raised.value)
         assert message.startswith(f'{name} cannot change while the node runs, and ') and (
             'would be refused at start-up too' in message and words in message
             and ' -p ' not in message), message
+    # The graph's own count (and -1) a restart takes: said so.
+    for passes in (4, -1):
+        with pytest.raises(ValueError, match='restart the node with -p '
+                                             f'registration.fine_passes:={passes} instead'):
+            apply_updates(replace(params, registration_fine_passes=4 if passes == -1 else -1),
+                          {'registration.fine_passes': passes}, graph_fine_passes=4)
+
+
+def test_fine_passes_with_backend_onnxruntime_are_checked_against_the_graphs_own():
+    # The graph's own count is only known once its metadata is read (the node's start-up): a
+    # count was refused with onnxruntime whatever the graph ran.
+    params = params_from_values({'backend': 'onnxruntime', 'weights': '/tmp/model.onnx',
+                                 'registration.fine_passes': 2})
+    assert validate_params(params, graph_fine_passes=2) == params
+    with pytest.raises(ValueError, match='registration.fine_passes 2: the ONNX graph '
+                                         '/tmp/model.onnx runs the 0 fine passes'):
+        validate_params(params, graph_fine_passes=0)
+    assert graph_fine_passes_problem(replace(params, registration_fine_passes=-1), 0) is None
+    assert graph_fine_passes_problem(replace(params, backend='torch'), 0) is None
 
 
 def test_max_rate_changes_at_run_time_and_a_negative_one_is_refused():

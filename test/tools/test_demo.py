@@ -210,16 +210,32 @@ def test_a_node_on_simulated_time_gets_the_bag_s_clock(weights, tmp_path, capsys
 
 def test_demo_says_what_to_do_without_weights(tmp_path, capsys):
     missing = tmp_path / 'none.safetensors'
-    assert demo.main(['--out', str(tmp_path / 'o'), '--weights', str(missing)]) == 1
+    assert demo.main(['--out', str(tmp_path / 'o'), '--weights', str(missing)]) == 2
     err = capsys.readouterr().err
     assert 'no weights at' in err and str(missing) in err and '--weights' in err
     assert not (tmp_path / 'o').exists()
 
 
+@pytest.mark.parametrize('flags, message', [
+    (['--param', 'confidence_threshold=0.4'],
+     "node parameter must look like name:=value, got 'confidence_threshold=0.4'"),
+    (['--params-file', 'no_such.yaml'], 'node parameters file no_such.yaml not found')])
+def test_refused_options_exit_2_as_argparse_and_every_other_tool_say_usage_errors(
+        weights, tmp_path, capsys, flags, message):
+    """A refused option exited 1, as a demo whose node failed; argparse's own refusals exit 2."""
+    out = tmp_path / 'o'
+    assert demo.main(['--out', str(out), '--weights', str(weights), *flags]) == 2
+    assert capsys.readouterr().err == f'tarfuse-demo: error: {message}\n'
+    with pytest.raises(SystemExit) as raised:
+        demo.main(['--out', str(out), '--rate', 'fast'])
+    assert raised.value.code == 2
+    assert not out.exists()
+
+
 def test_demo_refuses_an_unusable_out_before_any_work(tmp_path, capsys):
     a_file = tmp_path / 'a_file'
     a_file.write_text('x')
-    assert demo.main(['--out', str(a_file)]) == 1
+    assert demo.main(['--out', str(a_file)]) == 2
     assert 'is a file, not a folder' in capsys.readouterr().err
 
 
@@ -234,7 +250,7 @@ def test_demo_refuses_bad_numbers_before_any_work(weights, tmp_path, capsys, fla
     >= 0, got nan' (the player's option, not the demo's); --pngs -1 wrote none silently.
     """
     out = tmp_path / 'o'
-    assert demo.main(['--out', str(out), '--weights', str(weights), *flags]) == 1
+    assert demo.main(['--out', str(out), '--weights', str(weights), *flags]) == 2
     err = capsys.readouterr().err
     assert err == f'tarfuse-demo: error: {message}\n'
     assert not out.exists()
@@ -260,7 +276,7 @@ def test_a_bad_bag_option_keeps_the_earlier_demo_s_outputs(
              'input_bag/metadata.yaml': 'bag'}
     for name, text in files.items():
         (out / name).write_text(text)
-    assert demo.main(['--out', str(out), '--weights', str(weights), *flags]) == 1
+    assert demo.main(['--out', str(out), '--weights', str(weights), *flags]) == 2
     assert capsys.readouterr().err == f'tarfuse-demo: error: {message}\n'
     assert {name: (out / name).read_text() for name in files} == files
     assert sorted(p.name for p in out.iterdir()) == sorted(
@@ -276,7 +292,7 @@ def test_demo_refuses_a_folder_of_other_files_and_deletes_none(weights, tmp_path
     for name, text in files.items():
         (mine / name).write_text(text)
     assert demo.main(['--out', str(mine), '--weights', str(weights), '--max-pairs', '1',
-                      '--loops', '1', '--size', '128x96', '--pngs', '0']) == 1
+                      '--loops', '1', '--size', '128x96', '--pngs', '0']) == 2
     err = capsys.readouterr().err
     assert f"--out '{mine}' is not empty and no earlier demo wrote it" in err
     assert 'pass a new or empty folder' in err
@@ -481,7 +497,7 @@ def test_a_folder_of_your_own_pairs_is_refused_or_run_with_the_demo_s_own_option
     assert cv2.imwrite(str(pairs / 'ir' / 'a.png'), 27315 + 16 * ir.astype('uint16'))
     shutil.copy(ROOT / 'samples' / 'vi' / 'FLIR_00122.jpg', pairs / 'vi' / 'a.jpg')
     out = tmp_path / 'demo'
-    assert demo.main(['--out', str(out), '--weights', str(weights), '--samples', str(pairs)]) == 1
+    assert demo.main(['--out', str(out), '--weights', str(weights), '--samples', str(pairs)]) == 2
     err = capsys.readouterr().err
     assert (f'{pairs}/synthetic_misaligned/ir_warp is not a folder: --samples needs vi/ and the '
             f'IR folder --ir-dir (synthetic_misaligned/ir_warp; --ir-dir ir for a folder of ir/ '
@@ -489,7 +505,7 @@ def test_a_folder_of_your_own_pairs_is_refused_or_run_with_the_demo_s_own_option
     assert not out.exists()
     command = ['--out', str(out), '--weights', str(weights), '--samples', str(pairs),
                '--ir-dir', 'ir', '--loops', '1', '--size', '128x96', '--pngs', '0']
-    assert demo.main(command) == 1
+    assert demo.main(command) == 2
     assert 'use --ir-encoding mono16' in capsys.readouterr().err  # now an option of the demo
     assert demo.main(command + ['--ir-encoding', 'mono16']) == 0, capsys.readouterr().err
     summary = json.loads((out / 'summary.json').read_text())
