@@ -83,6 +83,7 @@ import json
 import math
 from pathlib import Path
 import queue
+import shutil
 import signal
 import sys
 import threading
@@ -524,6 +525,29 @@ def _drop(output):
         raise _NoFrame
 
 
+def _video_problem(path, frames):
+    """Return why the video file ``path`` does not hold its ``frames`` frames, or None.
+
+    OpenCV's ``VideoWriter`` reports no failed write (a full disk, a file size limit): it
+    leaves a file cut short, an MPEG-4 without its index (unreadable) or an AVI whose header
+    counts no frame. The file is opened, its frame count read from the container and its last
+    frame decoded (not every frame: a long video would be read again whole).
+    """
+    capture = cv2.VideoCapture(str(path))
+    try:
+        if not capture.isOpened():
+            return 'cannot be opened'
+        count = capture.get(cv2.CAP_PROP_FRAME_COUNT)
+        if count != frames:
+            return f'holds {count:g} of them'
+        capture.set(cv2.CAP_PROP_POS_FRAMES, frames - 1)
+        if not capture.read()[0]:
+            return 'ends before its last frame'
+    finally:
+        capture.release()
+    return None
+
+
 def _yolo_lines(detections, height, width):
     """Return the YOLO label file of detections (boxes of no area at 6 decimals left out)."""
     from tarfuse_ros.core.data import yolo_label_text
@@ -552,6 +576,7 @@ class _Outputs:
         self.out = Path(out)
         self.registered, self.flow, self.detections = registered, flow, detections
         self.video_path = None
+        self.video_failed = False  # frames were written, but the video file is not whole
         self._video = None
         self._report = report
         self.written = 0
@@ -597,6 +622,7 @@ class _Outputs:
             if writer.isOpened():
                 self._video, self._video_size = writer, size
                 self.video_path, self._video_output = path, output
+                self._video_temporary = temporary
                 return
             writer.release()
             _drop(output)
@@ -609,17 +635,33 @@ class _Outputs:
         self._queue.put((name, result, info))
 
     def close(self):
-        """Write what is queued, then close the video (dropped if it holds no frame)."""
+        """Write what is queued, then close the video.
+
+        The video is dropped (an earlier run's stays) if it holds no frame, or not every frame
+        written (a failure: :func:`_video_problem`; no pair counts as written then).
+        """
         self._queue.put(None)
         self._thread.join()
-        if self._video is not None:
-            self._video.release()
-            self._video = None
-            if self.written == 0:  # a container without frames does not even open
-                _drop(self._video_output)
-                self.video_path = None
-            else:
-                self._video_output.close()  # the whole video replaces an earlier run's
+        if self._video is None:
+            return
+        self._video.release()
+        self._video = None
+        problem = None
+        if self.written:
+            problem = _video_problem(self._video_temporary, self.written)
+        if not problem and self.written:
+            self._video_output.close()  # the whole video replaces an earlier run's
+            return
+        _drop(self._video_output)  # a container without frames does not even open
+        path, self.video_path = self.video_path, None
+        if problem:
+            free = shutil.disk_usage(self.out).free / 1e6
+            reason = (f'cannot write the fused video {path}: of the {self.written} frames '
+                      f'written, the file OpenCV left {problem} (a full disk? {free:.1f} MB '
+                      f'free in {self.out}); no video was put in place')
+            self.failures.append((path.name, reason))
+            self._report(f'{PROG}: {reason}')
+            self.written, self.video_failed = 0, True
 
     def _run(self):
         while True:
@@ -801,7 +843,8 @@ def _summary_lines(plan, summary, outputs, engine, threads):
     elif outputs.video_path is not None:
         written = [str(outputs.video_path)]
     else:
-        written = ['no video (no frame fused)']
+        why = 'not written whole' if outputs.video_failed else 'no frame fused'
+        written = [f'no video ({why})']
     written += [str(outputs.out / name) for wanted, name in (
         (outputs.registered, 'registered'), (outputs.flow, 'flow'),
         (outputs.detections, 'detections'), (outputs.detections, 'labels')) if wanted]

@@ -998,3 +998,44 @@ def test_a_portrait_ir_beside_a_landscape_visible_image_is_warned_once(tmp_path,
                     f'is stretched to the visible frame, not rotated; rotate those images '
                     f'first (said once for these sizes)'], stderr
     assert '3 pair(s) in, 3 fused out' in stdout
+
+
+def _fuse_process(args, file_size_limit=None):
+    """Run tarfuse-fuse ARGS in a child process, its files capped at ``file_size_limit`` bytes.
+
+    The cap (RLIMIT_FSIZE; Python ignores SIGXFSZ, so a write past it fails with EFBIG) stands
+    for a disk that fills up while the outputs are written, without a small file system.
+    """
+    import resource
+    import sys
+
+    def cap():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (file_size_limit, file_size_limit))
+
+    return subprocess.run([sys.executable, '-m', 'tarfuse_ros.tools.fuse', '--threads', '1',
+                           *map(str, args)], capture_output=True, text=True, timeout=300,
+                          preexec_fn=None if file_size_limit is None else cap)
+
+
+def test_a_video_cut_short_by_a_full_disk_is_a_failure_and_keeps_the_earlier_one(tmp_path):
+    # OpenCV's VideoWriter says nothing when its writes fail: a disk that filled up left an
+    # MPEG-4 without its index (no frame readable) in place of the earlier run's whole video,
+    # and the run said '30 fused out, 0 failed', exit status 0.
+    _write_y4m(tmp_path / 'visible.y4m', 10, 30, (224, 160))
+    _write_y4m(tmp_path / 'thermal.y4m', 10, 30, (224, 160))
+    out = tmp_path / 'out'
+    args = ['--ir', tmp_path / 'thermal.y4m', '--visible', tmp_path / 'visible.y4m',
+            '--out', out, '--no-scale-search']
+    first = _fuse_process(args)
+    assert first.returncode == 0, first.stderr
+    video = out / 'visible_fused.mp4'
+    whole = video.read_bytes()
+    assert len(_frames(video)) == 30 and len(whole) > 60_000
+    full = _fuse_process(args, file_size_limit=60_000)
+    assert full.returncode == 1, full.stdout + full.stderr
+    assert '30 frame(s) in, 0 fused out, 1 failed' in full.stdout, full.stdout
+    assert (f'cannot write the fused video {video}: of the 30 frames written, the file OpenCV '
+            f'left cannot be opened (a full disk?') in full.stderr, full.stderr
+    assert 'outputs: no video (not written whole)' in full.stdout, full.stdout
+    assert video.read_bytes() == whole
+    assert sorted(path.name for path in out.iterdir()) == ['visible_fused.mp4']
