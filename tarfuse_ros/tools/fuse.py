@@ -79,6 +79,7 @@ video), and of two runs into one folder at once each file is one run's whole.
 import argparse
 from contextlib import ExitStack, suppress
 from dataclasses import dataclass, field
+import io
 import json
 import math
 from pathlib import Path
@@ -94,8 +95,7 @@ import cv2
 import numpy as np
 import PIL.Image
 from tarfuse_ros.console import StopRequest
-from tarfuse_ros.core.files import (atomic_output, is_truncated_jpeg_data, remove_stale_outputs,
-                                    write_text_atomic)
+from tarfuse_ros.core.files import atomic_output, is_truncated_jpeg_data, remove_stale_outputs
 from tarfuse_ros.core.fine_passes import check_fine_passes, fine_passes_option, OPTION_OWN
 from tarfuse_ros.core.global_stream import check_stream_settings, OPTIONS, StreamSettingError
 from tarfuse_ros.core.sizes import PORTRAIT_ADVICE, portrait_beside_landscape
@@ -507,12 +507,27 @@ def flow_to_colour(flow_px):
 # cut) leaves no cut file under the output's name, and of two runs writing into one folder at
 # once each file is one run's whole (written in place, a PNG was cut short or held the end of
 # the other run's).
+def _write_file(path, data):
+    """Write the bytes ``data`` to the output file ``path`` whole (:func:`atomic_output`).
+
+    Raises:
+        OSError: naming ``path`` and the cause (``'<path>: No space left on device'``; the
+            error of the write names no file, that of the temporary's creation the
+            temporary's name).
+
+    """
+    try:
+        with atomic_output(path) as temporary:
+            temporary.write_bytes(data)
+    except OSError as exc:
+        raise OSError(f'{path}: {exc.strerror or exc}') from exc
+
+
 def _imwrite(path, img):
     ok, data = cv2.imencode(Path(path).suffix, img)
     if not ok:
         raise OSError(f'{path}: OpenCV could not encode the image')
-    with atomic_output(path) as temporary:
-        temporary.write_bytes(data.tobytes())
+    _write_file(path, data.tobytes())
 
 
 class _NoFrame(Exception):
@@ -591,8 +606,8 @@ class _Outputs:
             if wanted:
                 (self.out / folder).mkdir(parents=True, exist_ok=True)
         if detections:
-            (self.out / 'labels' / 'classes.txt').write_text(''.join(
-                f'{name}\n' for name in class_names))
+            _write_file(self.out / 'labels' / 'classes.txt',
+                        ''.join(f'{name}\n' for name in class_names).encode('utf-8'))
         self._queue = queue.Queue(maxsize=_WRITE_QUEUE)
         self._thread = threading.Thread(target=self._run, name='fuse-write', daemon=True)
         self._thread.start()
@@ -691,16 +706,18 @@ class _Outputs:
         if self.registered:
             _imwrite(self.out / 'registered' / f'{name}.png', result.registered_ir)
         if self.flow:
-            with atomic_output(self.out / 'flow' / f'{name}.npy') as temporary, \
-                    open(temporary, 'wb') as handle:  # a name np.save would add .npy to
-                np.save(handle, result.flow_px.astype(np.float32))
+            # Saved to memory first: np.save's failed write said '307832 requested and 26592
+            # written', naming neither the file nor the cause (a full disk).
+            npy = io.BytesIO()
+            np.save(npy, result.flow_px.astype(np.float32))
+            _write_file(self.out / 'flow' / f'{name}.npy', npy.getvalue())
             _imwrite(self.out / 'flow' / f'{name}.png', flow_to_colour(result.flow_px))
         if self.detections:
             record = _detections_record(name, result, info)
-            write_text_atomic(self.out / 'detections' / f'{name}.json',
-                              json.dumps(record, indent=2))
-            write_text_atomic(self.out / 'labels' / f'{name}.txt', _yolo_lines(
-                result.detections, record['height'], record['width']))
+            _write_file(self.out / 'detections' / f'{name}.json',
+                        json.dumps(record, indent=2).encode('utf-8'))
+            _write_file(self.out / 'labels' / f'{name}.txt', _yolo_lines(
+                result.detections, record['height'], record['width']).encode('utf-8'))
 
 
 # --------------------------------------------------------------------------------------------

@@ -1039,3 +1039,19 @@ def test_a_video_cut_short_by_a_full_disk_is_a_failure_and_keeps_the_earlier_one
     assert 'outputs: no video (not written whole)' in full.stdout, full.stdout
     assert video.read_bytes() == whole
     assert sorted(path.name for path in out.iterdir()) == ['visible_fused.mp4']
+
+
+def test_an_output_a_full_disk_cuts_short_is_named_with_the_cause(tmp_path):
+    # np.save's failed write was reported as 'cannot write its outputs: 350844 requested and
+    # 249968 written', naming neither the file nor the cause, and a failed PNG write as
+    # '[Errno 28] No space left on device' without its file.
+    stem = STEMS[0]
+    out = tmp_path / 'out'
+    run = _fuse_process(['--ir', SAMPLES / 'ir' / f'{stem}.jpg', '--visible',
+                         SAMPLES / 'vi' / f'{stem}.jpg', '--out', out, '--flow',
+                         '--no-scale-search'], file_size_limit=1_000_000)
+    assert run.returncode == 1, run.stdout + run.stderr
+    npy = out / 'flow' / f'{stem}.npy'
+    assert f'{stem}: cannot write its outputs: {npy}: File too large' in run.stderr, run.stderr
+    assert '1 pair(s) in, 0 fused out, 1 failed' in run.stdout, run.stdout
+    assert sorted(path.name for path in (out / 'flow').iterdir()) == []
