@@ -72,8 +72,8 @@ its own); 130 after Ctrl-C or SIGTERM (the pairs fused by then are written first
 Each output file is written under a temporary name beside it (``<name>.<8 hex digits>.tmp``,
 for the video ``.tmp`` and its suffix: :func:`tarfuse_ros.core.files.atomic_output`) and renamed
 once whole: a run killed outright (SIGKILL) leaves no file cut short under an output's name
-(only such a temporary; the next run that writes the video removes a killed run's temporary
-video), and of two runs into one folder at once each file is one run's whole.
+(only such a temporary, which the next run writing into that folder, or writing that video,
+removes), and of two runs into one folder at once each file is one run's whole.
 """
 
 import argparse
@@ -95,7 +95,8 @@ import cv2
 import numpy as np
 import PIL.Image
 from tarfuse_ros.console import StopRequest
-from tarfuse_ros.core.files import atomic_output, is_truncated_jpeg_data, remove_stale_outputs
+from tarfuse_ros.core.files import (atomic_output, is_truncated_jpeg_data, remove_stale_outputs,
+                                    remove_stale_temporaries)
 from tarfuse_ros.core.fine_passes import check_fine_passes, fine_passes_option, OPTION_OWN
 from tarfuse_ros.core.global_stream import check_stream_settings, OPTIONS, StreamSettingError
 from tarfuse_ros.core.sizes import PORTRAIT_ADVICE, portrait_beside_landscape
@@ -597,14 +598,16 @@ class _Outputs:
         self.written = 0
         self.failures = []
         self.out.mkdir(parents=True, exist_ok=True)
-        if video is None:
-            (self.out / 'fused').mkdir(parents=True, exist_ok=True)
-        else:
+        if video is not None:
             self._open_video(*video)
-        for wanted, folder in ((registered, 'registered'), (flow, 'flow'),
-                               (detections, 'detections'), (detections, 'labels')):
+        for wanted, folder in ((video is None, 'fused'), (registered, 'registered'),
+                               (flow, 'flow'), (detections, 'detections'),
+                               (detections, 'labels')):
             if wanted:
                 (self.out / folder).mkdir(parents=True, exist_ok=True)
+                # A killed run's temporaries (<name>.<hex>.tmp) stayed for good, a flow's as
+                # large as its .npy.
+                remove_stale_temporaries(self.out / folder, _OUTPUT_SUFFIXES[folder])
         if detections:
             _write_file(self.out / 'labels' / 'classes.txt',
                         ''.join(f'{name}\n' for name in class_names).encode('utf-8'))

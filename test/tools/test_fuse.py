@@ -1055,3 +1055,37 @@ def test_an_output_a_full_disk_cuts_short_is_named_with_the_cause(tmp_path):
     assert f'{stem}: cannot write its outputs: {npy}: File too large' in run.stderr, run.stderr
     assert '1 pair(s) in, 0 fused out, 1 failed' in run.stdout, run.stdout
     assert sorted(path.name for path in (out / 'flow').iterdir()) == []
+
+
+def test_the_next_run_removes_the_temporaries_a_killed_run_left_in_its_folders(tmp_path, capsys):
+    # A run killed while it wrote a pair's files left <name>.<hex>.tmp beside them for good
+    # (a flow's as large as its .npy), however often the command was run again.
+    import signal
+    import sys
+    from tarfuse_ros.core.files import atomic_output
+    stem = STEMS[0]
+    out = tmp_path / 'out'
+    killed_writer = ('import os, signal, sys\n'
+                     'from tarfuse_ros.core.files import atomic_output\n'
+                     'with atomic_output(sys.argv[1]) as temporary:\n'
+                     '    temporary.write_bytes(b"half of a file")\n'
+                     '    os.kill(os.getpid(), signal.SIGKILL)\n')
+    for name in ('fused/a.png', 'flow/a.npy', 'flow/a.png', 'registered/a.png'):
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        writer = subprocess.run([sys.executable, '-c', killed_writer, str(out / name)])
+        assert writer.returncode == -signal.SIGKILL
+    left = sorted(path.relative_to(out).as_posix() for path in out.rglob('*.tmp'))
+    assert [re.sub(r'\.[0-9a-f]{8}\.tmp$', '', name) for name in left] == [
+        'flow/a.npy', 'flow/a.png', 'fused/a.png', 'registered/a.png']
+    (out / 'fused' / 'notes.tmp').write_text('not ours')
+    with atomic_output(out / 'fused' / 'b.png') as live:  # another run's, being written
+        status, stdout, _ = _run(capsys, '--ir', SAMPLES / 'ir' / f'{stem}.jpg', '--visible',
+                                 SAMPLES / 'vi' / f'{stem}.jpg', '--out', out, '--flow',
+                                 '--no-scale-search')
+        assert status == 0, stdout
+        assert sorted(path.name for path in (out / 'fused').iterdir()) == sorted(
+            [f'{stem}.png', live.name, 'notes.tmp'])
+    assert sorted(path.name for path in (out / 'flow').iterdir()) == [f'{stem}.npy',
+                                                                      f'{stem}.png']
+    # --registered was not asked for: that folder is left as it was.
+    assert [path.name for path in (out / 'registered').iterdir()] == [left[-1].split('/')[1]]
