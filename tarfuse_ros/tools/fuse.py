@@ -95,8 +95,8 @@ import cv2
 import numpy as np
 import PIL.Image
 from tarfuse_ros.console import StopRequest
-from tarfuse_ros.core.files import (atomic_output, is_truncated_jpeg_data, remove_stale_outputs,
-                                    remove_stale_temporaries)
+from tarfuse_ros.core.files import (atomic_output, is_truncated_jpeg_data, output_problem,
+                                    remove_stale_outputs, remove_stale_temporaries)
 from tarfuse_ros.core.fine_passes import check_fine_passes, fine_passes_option, OPTION_OWN
 from tarfuse_ros.core.global_stream import check_stream_settings, OPTIONS, StreamSettingError
 from tarfuse_ros.core.sizes import PORTRAIT_ADVICE, portrait_beside_landscape
@@ -963,6 +963,22 @@ def _inputs_among_outputs(args, kind):
     return None
 
 
+def _unwritable_output(args, kind):
+    """Return why ``args.out`` or an output folder of this run cannot be written, or None.
+
+    Checked before the model loads (:func:`~tarfuse_ros.core.files.output_problem`): a
+    read-only ``--out`` (or ``fused/`` in it) had every pair fused, then each named as failed.
+    """
+    folders = [args.out] + [args.out / name for wanted, name in (
+        (kind != 'video', 'fused'), (args.registered, 'registered'), (args.flow, 'flow'),
+        (args.detections, 'detections'), (args.detections, 'labels')) if wanted]
+    for folder in folders:
+        problem = output_problem(folder, folder=True)
+        if problem:
+            return problem
+    return None
+
+
 def _foreign_labels(out):
     """Return the label files in ``out/labels`` that tarfuse-fuse did not write.
 
@@ -1077,6 +1093,10 @@ def _main(args):
         overwritten = _inputs_among_outputs(args, plan.kind)
         if overwritten:
             raise UsageError(f'{overwritten}; give another --out')
+        unwritable = _unwritable_output(args, plan.kind)
+        if unwritable:
+            raise UsageError(f'--out {str(args.out)!r} cannot be written ({unwritable}); give '
+                             f'another --out')
         from tarfuse_ros.core.images import check_frame_size
         for each in plan.videos:  # every frame would be refused: say it once, before the model
             width, height = each.size

@@ -1089,3 +1089,19 @@ def test_the_next_run_removes_the_temporaries_a_killed_run_left_in_its_folders(t
                                                                       f'{stem}.png']
     # --registered was not asked for: that folder is left as it was.
     assert [path.name for path in (out / 'registered').iterdir()] == [left[-1].split('/')[1]]
+
+
+def test_an_output_folder_that_cannot_be_written_is_refused_before_the_model_loads(tmp_path,
+                                                                                   capsys):
+    # A read-only fused/ (here a link to /proc/self, which not even root can write into) had
+    # the model loaded and every pair fused, then each named as failed (exit status 1).
+    stem = STEMS[0]
+    out = tmp_path / 'out'
+    out.mkdir()
+    (out / 'fused').symlink_to('/proc/self')
+    status, stdout, stderr = _run(capsys, '--ir', SAMPLES / 'ir' / f'{stem}.jpg', '--visible',
+                                  SAMPLES / 'vi' / f'{stem}.jpg', '--out', out)
+    assert status == 2, stdout + stderr
+    assert stderr == (f"tarfuse-fuse: error: --out '{out}' cannot be written (folder "
+                      f'{out / "fused"} is not writable); give another --out\n')
+    assert stdout == ''
