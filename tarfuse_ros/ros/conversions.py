@@ -584,12 +584,21 @@ def array_to_compressed_depth_msg(array, header=None, encoding=None,
     return msg
 
 
+def largest_depth_quantization(smallest, depth_max):
+    """Return the depth_quantization above which ``smallest`` codes past the codec's 16 bits.
+
+    ``smallest`` > 0 and below ``depth_max`` (the image's units): the 32FC1 code
+    ``A (1 / smallest - 1 / depth_max) + 1``, with ``A = q (q + 1)``, stays below 65536 for a
+    ``q`` below the returned one (the finest quantisation the image can be sent with).
+    """
+    quant_a = 65535.0 / (1.0 / smallest - 1.0 / depth_max)
+    return (math.sqrt(1.0 + 4.0 * quant_a) - 1.0) / 2.0
+
+
 def _depth_overflow(array, depth_max, depth_quantization, largest):
     """Return the error for a float image whose smallest value codes past 16 bits."""
     smallest = float(array[np.isfinite(array) & (array < np.float32(depth_max))].min())
-    # A (1 / smallest - 1 / depth_max) + 1 < 65536, with A = q (q + 1), solved for q.
-    quant_a = 65535.0 / (1.0 / smallest - 1.0 / depth_max)
-    limit = (math.sqrt(1.0 + 4.0 * quant_a) - 1.0) / 2.0
+    limit = largest_depth_quantization(smallest, depth_max)
     return (f'compressedDepth codes the smallest value, {smallest:g}, as {largest:.0f}, past '
             f'its 16 bits (65535), at depth_quantization {depth_quantization:g} and depth_max '
             f'{depth_max:g} (it would decode far off): give a depth_quantization below '

@@ -154,31 +154,47 @@ def _check_depth_coding(path, ir, depth_max, depth_quantization):
     ``ir``: (H, W) float32, coded with the publisher's ``depth_max`` and ``depth_quantization``
     and decoded as the node decodes it; the result is the largest absolute difference (the
     image's units). Raises ``ValueError`` naming ``path`` and the option to change where the
-    codec would not carry the image: a value at or above ``depth_max`` (or NaN: sent as 0,
-    which the node decodes as NaN and refuses the frame for), one of 0 or less (the inverse is
-    undefined), a smallest value that needs more than 16 bits.
+    codec would not carry the image: a value at or above ``depth_max`` (compared in float32, as
+    the codec compares; or NaN: sent as 0, which the node decodes as NaN and refuses the frame
+    for), one of 0 or less (the inverse is undefined), a smallest value that needs more than 16
+    bits, a ``depth_quantization`` so coarse that the decoded image is further off than its
+    own range of values (its contrast lost: all of 273-324 K decoded as 400 K at 10).
     """
     from tarfuse_ros.ros.conversions import array_to_compressed_depth_msg
     from tarfuse_ros.ros.conversions import compressed_depth_msg_to_array
+    from tarfuse_ros.ros.conversions import largest_depth_quantization
     finite = np.isfinite(ir)
     if not finite.all() or (ir <= 0).any():
         raise ValueError(f'IR image {path} holds {int((~finite).sum())} NaN or inf values and '
                          f'{int((ir <= 0).sum())} of 0 or less: compressedDepth codes a 32FC1 '
                          f'image by its inverse and needs values > 0 (kelvin, not degrees '
                          f'Celsius), or use --ir-transport raw')
-    largest = float(ir.max())
-    if largest >= depth_max:
+    smallest, largest = float(ir.min()), float(ir.max())
+    if not largest < np.float32(depth_max):  # 324.15 as float32 is below 324.15
         raise ValueError(f'IR image {path} has values up to {largest:g}, not below --depth-max '
                          f'{depth_max:g}: compressedDepth would send them as 0, decoded as NaN '
                          f'(the node refuses such a frame); give a --depth-max above '
                          f'{largest:g} (for 250-400 K: --depth-max 400 --depth-quantization '
                          f'6000)')
     try:
-        decoded, _ = compressed_depth_msg_to_array(array_to_compressed_depth_msg(
-            ir, depth_max=depth_max, depth_quantization=depth_quantization))
+        msg = array_to_compressed_depth_msg(ir, depth_max=depth_max,
+                                            depth_quantization=depth_quantization)
     except ValueError as exc:
         raise ValueError(f'IR image {path}: {exc} (--depth-max, --depth-quantization)') from None
-    return float(np.abs(decoded - ir).max())
+    try:
+        error = float(np.abs(compressed_depth_msg_to_array(msg)[0] - ir).max())
+    except ValueError:  # every value is below depth_max: decoded as inf by a step too coarse
+        error = math.inf
+    if largest > smallest and not error < largest - smallest:
+        off = 'as infinite' if math.isinf(error) else f'up to {error:.3g} off'
+        raise ValueError(
+            f'IR image {path} (values {smallest:g} to {largest:g}) would decode {off} at '
+            f'--depth-quantization {depth_quantization:g} (--depth-max {depth_max:g}), more '
+            f'than its own range: the node would receive it without its contrast; give a '
+            f'larger --depth-quantization (below '
+            f'{largest_depth_quantization(smallest, depth_max):.6g}, which fits its smallest '
+            f"value in the codec's 16 bits)")
+    return error
 
 
 def _load_vi(path, size, encoding):
