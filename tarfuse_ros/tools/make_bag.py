@@ -140,6 +140,13 @@ def _load_ir(path, size, encoding):
                          f'images (--ir-encoding mono8 or mono16) or float ones (32FC1)')
     if encoding == '32FC1':  # as stored: temperatures, or counts as their values
         ir = ir.astype(np.float32)
+        finite = np.isfinite(ir)
+        if not finite.all():  # the bag was written, each such frame refused by the node
+            nan = int(np.isnan(ir).sum())
+            inf = int(ir.size - finite.sum()) - nan
+            raise ValueError(f'IR image {path} holds {nan} NaN and {inf} inf values: the node '
+                             f'refuses a float frame with any (on every transport); write the '
+                             f'image with a value in their place')
     if size is not None:
         ir = cv2.resize(ir, size, interpolation=cv2.INTER_AREA)
     if encoding == 'mono16' and ir.dtype == np.uint8:
@@ -153,22 +160,21 @@ def _check_depth_coding(path, ir, depth_max, depth_quantization):
 
     ``ir``: (H, W) float32, coded with the publisher's ``depth_max`` and ``depth_quantization``
     and decoded as the node decodes it; the result is the largest absolute difference (the
-    image's units). Raises ``ValueError`` naming ``path`` and the option to change where the
-    codec would not carry the image: a value at or above ``depth_max`` (compared in float32, as
-    the codec compares; or NaN: sent as 0, which the node decodes as NaN and refuses the frame
-    for), one of 0 or less (the inverse is undefined), a smallest value that needs more than 16
-    bits, a ``depth_quantization`` so coarse that the decoded image is further off than its
-    own range of values (its contrast lost: all of 273-324 K decoded as 400 K at 10).
+    image's units; NaN and inf refused before). Raises ``ValueError`` naming ``path`` and the
+    option to change where the codec would not carry the image: a value at or above
+    ``depth_max`` (compared in float32, as the codec compares: sent as 0, which the node
+    decodes as NaN and refuses the frame for), one of 0 or less (the inverse is undefined), a
+    smallest value that needs more than 16 bits, a ``depth_quantization`` so coarse that the
+    decoded image is further off than its own range of values (its contrast lost: all of
+    273-324 K decoded as 400 K at 10).
     """
     from tarfuse_ros.ros.conversions import array_to_compressed_depth_msg
     from tarfuse_ros.ros.conversions import compressed_depth_msg_to_array
     from tarfuse_ros.ros.conversions import largest_depth_quantization
-    finite = np.isfinite(ir)
-    if not finite.all() or (ir <= 0).any():
-        raise ValueError(f'IR image {path} holds {int((~finite).sum())} NaN or inf values and '
-                         f'{int((ir <= 0).sum())} of 0 or less: compressedDepth codes a 32FC1 '
-                         f'image by its inverse and needs values > 0 (kelvin, not degrees '
-                         f'Celsius), or use --ir-transport raw')
+    if (ir <= 0).any():  # NaN and inf were refused as the image was read (_load_ir)
+        raise ValueError(f'IR image {path} holds {int((ir <= 0).sum())} values of 0 or less: '
+                         f'compressedDepth codes a 32FC1 image by its inverse and needs values '
+                         f'> 0 (kelvin, not degrees Celsius), or use --ir-transport raw')
     smallest, largest = float(ir.min()), float(ir.max())
     if not largest < np.float32(depth_max):  # 324.15 as float32 is below 324.15
         raise ValueError(f'IR image {path} has values up to {largest:g}, not below --depth-max '

@@ -315,6 +315,32 @@ def test_make_bag_compares_the_ir_with_depth_max_as_the_codec_does_in_float32(tm
                  depth_max=324.15, depth_quantization=6000.0)
 
 
+def test_make_bag_refuses_a_float_ir_with_nan_or_inf_the_node_would_refuse(tmp_path, capsys):
+    """A float TIFF with NaN or inf (a camera's dead pixels) is named, on every transport.
+
+    Raw 32FC1, the bag was written without a word and the node refused every such frame
+    ('float image holds 4 NaN and 0 inf values'); on compressedDepth it was refused with 'or use
+    --ir-transport raw', which did not help.
+    """
+    for bad in (np.nan, np.inf, -np.inf):
+        def with_bad_pixels(ir8, bad=bad):
+            kelvin = (np.float32(273.15) + ir8.astype(np.float32) * np.float32(0.2))
+            kelvin[10:12, 10:12] = bad
+            return kelvin.astype(np.float32)
+        pairs, _ = _float_pairs(tmp_path / f'pairs_{bad}', with_bad_pixels)
+        nan, inf = (4, 0) if np.isnan(bad) else (0, 4)
+        for transport, coding in (('raw', []), ('compressedDepth', [
+                '--depth-max', '400', '--depth-quantization', '6000'])):
+            out = tmp_path / f'bag_{bad}_{transport}'
+            code = make_bag_tool.main(['--pairs', str(pairs), '--out', str(out), '--ir-encoding',
+                                       '32FC1', '--ir-transport', transport, *coding])
+            err = capsys.readouterr().err
+            assert code == 2 and not out.exists(), err
+            assert (f'FLIR_00122.tiff holds {nan} NaN and {inf} inf values: the node refuses a '
+                    f'float frame with any (on every transport)') in err, err
+            assert '--ir-transport raw' not in err
+
+
 def test_make_bag_writes_a_float_ir_of_temperatures_as_32fc1(tmp_path, capsys):
     """A 32-bit TIFF of temperatures, which tarfuse-fuse and the node (32FC1) take, goes in.
 
