@@ -50,6 +50,7 @@ MONO16_GAIN = 16
 TRANSPORTS = ('raw', 'compressed')
 IR_TRANSPORTS = TRANSPORTS + ('compressedDepth',)
 MAX_RATE_HZ = 1e9  # one stamp a nanosecond
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 @dataclass
@@ -291,8 +292,10 @@ def make_bag(pairs_dir, out, *, split=None, rate=10.0, ir_encoding='mono8', vi_e
                           else depth_quantization)
     for name, value in (('depth_max (--depth-max)', depth_max),
                         ('depth_quantization (--depth-quantization)', depth_quantization)):
-        if not (math.isfinite(value) and value > 0):
-            raise ValueError(f'{name} must be a finite number > 0, got {value}')
+        # The codec takes them as float32: 1e39 was inf there (and overflow warnings here).
+        if not (math.isfinite(value) and 0 < value <= FLOAT32_MAX):
+            raise ValueError(f'{name} must be a finite number > 0, at most {FLOAT32_MAX:g} '
+                             f"(the codec's float32), got {value}")
     # Compared as stored (a compressed camera on <topic>/compressed) and as tarfuse-play names
     # them (a relative name in '/'): '/v' compressed and '/v/compressed' put both cameras on
     # one topic, an Image and a CompressedImage stream in one.

@@ -266,8 +266,11 @@ def test_make_bag_refuses_a_32fc1_ir_compressed_depth_cannot_carry_naming_the_op
         ir8.astype(np.float32) / 255 * 30 - 10).astype(np.float32))
     with pytest.raises(ValueError, match=r'needs values > 0 \(kelvin, not degrees Celsius\)'):
         make_bag(celsius, tmp_path / 'celsius_bag', depth_max=400.0, **options)
-    for name, bad in (('depth_max', 0.0), ('depth_quantization', float('nan'))):
-        with pytest.raises(ValueError, match=f'{name} .* must be a finite number > 0'):
+    # 1e39 is inf as the codec's float32 (B = 1 - A / inf): the bag was written.
+    for name, bad in (('depth_max', 0.0), ('depth_quantization', float('nan')),
+                      ('depth_max', 1e39)):
+        with pytest.raises(ValueError, match=f'{name} .* must be a finite number > 0, at most '
+                                             f"3.40282e[+]38 \\(the codec's float32\\)"):
             make_bag(pairs, tmp_path / name, **options, **{name: bad})
     assert not list(tmp_path.glob('*bag')) and not (tmp_path / 'fine').exists()
 
