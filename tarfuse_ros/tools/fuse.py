@@ -664,10 +664,8 @@ class _Outputs:
             return
         self._video.release()
         self._video = None
-        problem = None
-        if self.written:
-            problem = _video_problem(self._video_temporary, self.written)
-        if not problem and self.written:
+        problem = _video_problem(self._video_temporary, self.written) if self.written else None
+        if self.written and problem is None:
             self._video_output.close()  # the whole video replaces an earlier run's
             return
         _drop(self._video_output)  # a container without frames does not even open

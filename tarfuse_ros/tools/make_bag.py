@@ -237,8 +237,9 @@ def make_bag(pairs_dir, out, *, split=None, rate=10.0, ir_encoding='mono8', vi_e
     ``ir_encoding`` mono16 or 32FC1) writes the IR on ``<topic>/compressedDepth`` as
     image_transport's compressedDepth plugin does, a 32FC1 image quantised by the plugin's
     ``depth_max`` and ``depth_quantization`` (its defaults, 10 and 100, where None): every IR
-    value must then be > 0 and below ``depth_max``, the smallest coded in 16 bits
-    (``ValueError`` naming the image and the option to change otherwise);
+    value must then be > 0 and below ``depth_max``, the smallest coded in 16 bits, the
+    quantisation finer than the image's range of values (``ValueError`` naming the image and
+    the option to change otherwise); a 32FC1 IR with NaN or inf is refused on every transport;
     ``summary.ir_max_error`` says how far the node's decoded values are off.
     """
     if not 0 < rate <= MAX_RATE_HZ:  # NaN too; above it the period rounds to 0 ns
