@@ -18,7 +18,8 @@ import zipfile
 __all__ = ['atomic_output', 'claim_folder', 'file_sha256', 'is_safetensors', 'is_torch_pickle',
            'is_truncated_jpeg', 'is_truncated_jpeg_data', 'lock_exclusive', 'looks_like_onnx',
            'other_node_parameters', 'output_problem', 'plain_zip_members', 'plain_zip_problem',
-           'remove_stale_outputs', 'remove_unclaimed', 'write_text_atomic']
+           'remove_stale_outputs', 'remove_stale_temporaries', 'remove_unclaimed',
+           'write_text_atomic']
 
 
 def file_sha256(path):
@@ -310,6 +311,22 @@ def remove_stale_outputs(path):
     if path.parent.is_dir():
         remove_unclaimed(found for found in path.parent.iterdir()
                          if pattern.fullmatch(found.name))
+
+
+def remove_stale_temporaries(folder, suffixes):
+    """Remove the temporary files of ``atomic_output`` killed writers left in ``folder``.
+
+    For a tool that writes many outputs into one folder (one per image), where
+    :func:`remove_stale_outputs` for each would list the folder once per file: the temporaries
+    (``<name>.<8 hex digits>.tmp``) of the outputs whose name ends in one of ``suffixes``
+    (``('.png',)``) that no live process claims are removed in one listing; a live writer's,
+    and anything of another name, stay.
+    """
+    folder = Path(folder)
+    pattern = re.compile('.+(?:' + '|'.join(re.escape(suffix) for suffix in suffixes)
+                         + r')\.[0-9a-f]{8}\.tmp')
+    if folder.is_dir():
+        remove_unclaimed(found for found in folder.iterdir() if pattern.fullmatch(found.name))
 
 
 def claim_folder(folder):

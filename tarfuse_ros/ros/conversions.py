@@ -542,7 +542,8 @@ def array_to_compressed_depth_msg(array, header=None, encoding=None,
     ``A / value + B`` (truncated), 0 for a value at or above ``depth_max`` or NaN; A and B go
     into the header. ``format`` is ``'<encoding>; compressedDepth png'``; ``header`` is copied.
     Raises ``ValueError`` for another dtype or shape, an encoding that does not fit it, a
-    float image with values of 0 or less (the inverse is undefined there), or one whose
+    float image with values of 0 or less (the inverse is undefined there), a
+    ``depth_quantization`` whose A or B is not a finite float32, or an image whose
     smallest value codes past 16 bits (``A (1 / min - 1 / depth_max) + 1`` >= 65536; the
     message gives the largest ``depth_quantization`` that fits).
     """
@@ -562,9 +563,15 @@ def array_to_compressed_depth_msg(array, header=None, encoding=None,
         if (array[np.isfinite(array)] <= 0).any():
             raise ValueError('compressedDepth codes a float image by its inverse: values must '
                              'be > 0')
-        quant_a = np.float32(depth_quantization) * (np.float32(depth_quantization)
-                                                    + np.float32(1.0))
-        quant_b = np.float32(1.0) - quant_a / np.float32(depth_max)
+        with np.errstate(over='ignore', invalid='ignore'):
+            quant_a = np.float32(depth_quantization) * (np.float32(depth_quantization)
+                                                        + np.float32(1.0))
+            quant_b = np.float32(1.0) - quant_a / np.float32(depth_max)
+        if not (np.isfinite(quant_a) and np.isfinite(quant_b)):
+            # inf - inf: every value was coded 0 (NaN to the node), past the 16-bit check.
+            raise ValueError(f'depth_quantization {depth_quantization:g} gives the codec '
+                             f'parameters A = {float(quant_a):g}, B = {float(quant_b):g}, not '
+                             f'finite in its float32 header: give a smaller depth_quantization')
         with np.errstate(divide='ignore', invalid='ignore', over='ignore'):
             inverse = quant_a / array + quant_b
         inverse = np.where(array < np.float32(depth_max), inverse, 0.0)
@@ -584,12 +591,21 @@ def array_to_compressed_depth_msg(array, header=None, encoding=None,
     return msg
 
 
+def largest_depth_quantization(smallest, depth_max):
+    """Return the depth_quantization above which ``smallest`` codes past the codec's 16 bits.
+
+    ``smallest`` > 0 and below ``depth_max`` (the image's units): the 32FC1 code
+    ``A (1 / smallest - 1 / depth_max) + 1``, with ``A = q (q + 1)``, stays below 65536 for a
+    ``q`` below the returned one (the finest quantisation the image can be sent with).
+    """
+    quant_a = 65535.0 / (1.0 / smallest - 1.0 / depth_max)
+    return (math.sqrt(1.0 + 4.0 * quant_a) - 1.0) / 2.0
+
+
 def _depth_overflow(array, depth_max, depth_quantization, largest):
     """Return the error for a float image whose smallest value codes past 16 bits."""
     smallest = float(array[np.isfinite(array) & (array < np.float32(depth_max))].min())
-    # A (1 / smallest - 1 / depth_max) + 1 < 65536, with A = q (q + 1), solved for q.
-    quant_a = 65535.0 / (1.0 / smallest - 1.0 / depth_max)
-    limit = (math.sqrt(1.0 + 4.0 * quant_a) - 1.0) / 2.0
+    limit = largest_depth_quantization(smallest, depth_max)
     return (f'compressedDepth codes the smallest value, {smallest:g}, as {largest:.0f}, past '
             f'its 16 bits (65535), at depth_quantization {depth_quantization:g} and depth_max '
             f'{depth_max:g} (it would decode far off): give a depth_quantization below '

@@ -72,17 +72,19 @@ its own); 130 after Ctrl-C or SIGTERM (the pairs fused by then are written first
 Each output file is written under a temporary name beside it (``<name>.<8 hex digits>.tmp``,
 for the video ``.tmp`` and its suffix: :func:`tarfuse_ros.core.files.atomic_output`) and renamed
 once whole: a run killed outright (SIGKILL) leaves no file cut short under an output's name
-(only such a temporary; the next run that writes the video removes a killed run's temporary
-video), and of two runs into one folder at once each file is one run's whole.
+(only such a temporary, which the next run writing into that folder, or writing that video,
+removes), and of two runs into one folder at once each file is one run's whole.
 """
 
 import argparse
 from contextlib import ExitStack, suppress
 from dataclasses import dataclass, field
+import io
 import json
 import math
 from pathlib import Path
 import queue
+import shutil
 import signal
 import sys
 import threading
@@ -93,8 +95,8 @@ import cv2
 import numpy as np
 import PIL.Image
 from tarfuse_ros.console import StopRequest
-from tarfuse_ros.core.files import (atomic_output, is_truncated_jpeg_data, remove_stale_outputs,
-                                    write_text_atomic)
+from tarfuse_ros.core.files import (atomic_output, is_truncated_jpeg_data, output_problem,
+                                    remove_stale_outputs, remove_stale_temporaries)
 from tarfuse_ros.core.fine_passes import check_fine_passes, fine_passes_option, OPTION_OWN
 from tarfuse_ros.core.global_stream import check_stream_settings, OPTIONS, StreamSettingError
 from tarfuse_ros.core.sizes import PORTRAIT_ADVICE, portrait_beside_landscape
@@ -506,12 +508,27 @@ def flow_to_colour(flow_px):
 # cut) leaves no cut file under the output's name, and of two runs writing into one folder at
 # once each file is one run's whole (written in place, a PNG was cut short or held the end of
 # the other run's).
+def _write_file(path, data):
+    """Write the bytes ``data`` to the output file ``path`` whole (:func:`atomic_output`).
+
+    Raises:
+        OSError: naming ``path`` and the cause (``'<path>: No space left on device'``; the
+            error of the write names no file, that of the temporary's creation the
+            temporary's name).
+
+    """
+    try:
+        with atomic_output(path) as temporary:
+            temporary.write_bytes(data)
+    except OSError as exc:
+        raise OSError(f'{path}: {exc.strerror or exc}') from exc
+
+
 def _imwrite(path, img):
     ok, data = cv2.imencode(Path(path).suffix, img)
     if not ok:
         raise OSError(f'{path}: OpenCV could not encode the image')
-    with atomic_output(path) as temporary:
-        temporary.write_bytes(data.tobytes())
+    _write_file(path, data.tobytes())
 
 
 class _NoFrame(Exception):
@@ -522,6 +539,29 @@ def _drop(output):
     """Close ``output`` (an ``ExitStack`` holding an :func:`atomic_output`) writing nothing."""
     with suppress(_NoFrame), output:
         raise _NoFrame
+
+
+def _video_problem(path, frames):
+    """Return why the video file ``path`` does not hold its ``frames`` frames, or None.
+
+    OpenCV's ``VideoWriter`` reports no failed write (a full disk, a file size limit): it
+    leaves a file cut short, an MPEG-4 without its index (unreadable) or an AVI whose header
+    counts no frame. The file is opened, its frame count read from the container and its last
+    frame decoded (not every frame: a long video would be read again whole).
+    """
+    capture = cv2.VideoCapture(str(path))
+    try:
+        if not capture.isOpened():
+            return 'cannot be opened'
+        count = capture.get(cv2.CAP_PROP_FRAME_COUNT)
+        if count != frames:
+            return f'holds {count:g} of them'
+        capture.set(cv2.CAP_PROP_POS_FRAMES, frames - 1)
+        if not capture.read()[0]:
+            return 'ends before its last frame'
+    finally:
+        capture.release()
+    return None
 
 
 def _yolo_lines(detections, height, width):
@@ -552,22 +592,25 @@ class _Outputs:
         self.out = Path(out)
         self.registered, self.flow, self.detections = registered, flow, detections
         self.video_path = None
+        self.video_failed = False  # frames were written, but the video file is not whole
         self._video = None
         self._report = report
         self.written = 0
         self.failures = []
         self.out.mkdir(parents=True, exist_ok=True)
-        if video is None:
-            (self.out / 'fused').mkdir(parents=True, exist_ok=True)
-        else:
+        if video is not None:
             self._open_video(*video)
-        for wanted, folder in ((registered, 'registered'), (flow, 'flow'),
-                               (detections, 'detections'), (detections, 'labels')):
+        for wanted, folder in ((video is None, 'fused'), (registered, 'registered'),
+                               (flow, 'flow'), (detections, 'detections'),
+                               (detections, 'labels')):
             if wanted:
                 (self.out / folder).mkdir(parents=True, exist_ok=True)
+                # A killed run's temporaries (<name>.<hex>.tmp) stayed for good, a flow's as
+                # large as its .npy.
+                remove_stale_temporaries(self.out / folder, _OUTPUT_SUFFIXES[folder])
         if detections:
-            (self.out / 'labels' / 'classes.txt').write_text(''.join(
-                f'{name}\n' for name in class_names))
+            _write_file(self.out / 'labels' / 'classes.txt',
+                        ''.join(f'{name}\n' for name in class_names).encode('utf-8'))
         self._queue = queue.Queue(maxsize=_WRITE_QUEUE)
         self._thread = threading.Thread(target=self._run, name='fuse-write', daemon=True)
         self._thread.start()
@@ -597,6 +640,7 @@ class _Outputs:
             if writer.isOpened():
                 self._video, self._video_size = writer, size
                 self.video_path, self._video_output = path, output
+                self._video_temporary = temporary
                 return
             writer.release()
             _drop(output)
@@ -609,17 +653,31 @@ class _Outputs:
         self._queue.put((name, result, info))
 
     def close(self):
-        """Write what is queued, then close the video (dropped if it holds no frame)."""
+        """Write what is queued, then close the video.
+
+        The video is dropped (an earlier run's stays) if it holds no frame, or not every frame
+        written (a failure: :func:`_video_problem`; no pair counts as written then).
+        """
         self._queue.put(None)
         self._thread.join()
-        if self._video is not None:
-            self._video.release()
-            self._video = None
-            if self.written == 0:  # a container without frames does not even open
-                _drop(self._video_output)
-                self.video_path = None
-            else:
-                self._video_output.close()  # the whole video replaces an earlier run's
+        if self._video is None:
+            return
+        self._video.release()
+        self._video = None
+        problem = _video_problem(self._video_temporary, self.written) if self.written else None
+        if self.written and problem is None:
+            self._video_output.close()  # the whole video replaces an earlier run's
+            return
+        _drop(self._video_output)  # a container without frames does not even open
+        path, self.video_path = self.video_path, None
+        if problem:
+            free = shutil.disk_usage(self.out).free / 1e6
+            reason = (f'cannot write the fused video {path}: of the {self.written} frames '
+                      f'written, the file OpenCV left {problem} (a full disk? {free:.1f} MB '
+                      f'free in {self.out}); no video was put in place')
+            self.failures.append((path.name, reason))
+            self._report(f'{PROG}: {reason}')
+            self.written, self.video_failed = 0, True
 
     def _run(self):
         while True:
@@ -649,16 +707,18 @@ class _Outputs:
         if self.registered:
             _imwrite(self.out / 'registered' / f'{name}.png', result.registered_ir)
         if self.flow:
-            with atomic_output(self.out / 'flow' / f'{name}.npy') as temporary, \
-                    open(temporary, 'wb') as handle:  # a name np.save would add .npy to
-                np.save(handle, result.flow_px.astype(np.float32))
+            # Saved to memory first: np.save's failed write said '307832 requested and 26592
+            # written', naming neither the file nor the cause (a full disk).
+            npy = io.BytesIO()
+            np.save(npy, result.flow_px.astype(np.float32))
+            _write_file(self.out / 'flow' / f'{name}.npy', npy.getvalue())
             _imwrite(self.out / 'flow' / f'{name}.png', flow_to_colour(result.flow_px))
         if self.detections:
             record = _detections_record(name, result, info)
-            write_text_atomic(self.out / 'detections' / f'{name}.json',
-                              json.dumps(record, indent=2))
-            write_text_atomic(self.out / 'labels' / f'{name}.txt', _yolo_lines(
-                result.detections, record['height'], record['width']))
+            _write_file(self.out / 'detections' / f'{name}.json',
+                        json.dumps(record, indent=2).encode('utf-8'))
+            _write_file(self.out / 'labels' / f'{name}.txt', _yolo_lines(
+                result.detections, record['height'], record['width']).encode('utf-8'))
 
 
 # --------------------------------------------------------------------------------------------
@@ -801,7 +861,8 @@ def _summary_lines(plan, summary, outputs, engine, threads):
     elif outputs.video_path is not None:
         written = [str(outputs.video_path)]
     else:
-        written = ['no video (no frame fused)']
+        why = 'not written whole' if outputs.video_failed else 'no frame fused'
+        written = [f'no video ({why})']
     written += [str(outputs.out / name) for wanted, name in (
         (outputs.registered, 'registered'), (outputs.flow, 'flow'),
         (outputs.detections, 'detections'), (outputs.detections, 'labels')) if wanted]
@@ -897,6 +958,22 @@ def _inputs_among_outputs(args, kind):
                     if (args.out / name / f'{stem}{suffix}').resolve() == given.resolve():
                         return (f'{option} {str(given)!r} is an output file of tarfuse-fuse '
                                 f'(--out {str(args.out)!r}): it would be replaced')
+    return None
+
+
+def _unwritable_output(args, kind):
+    """Return why ``args.out`` or an output folder of this run cannot be written, or None.
+
+    Checked before the model loads (:func:`~tarfuse_ros.core.files.output_problem`): a
+    read-only ``--out`` (or ``fused/`` in it) had every pair fused, then each named as failed.
+    """
+    folders = [args.out] + [args.out / name for wanted, name in (
+        (kind != 'video', 'fused'), (args.registered, 'registered'), (args.flow, 'flow'),
+        (args.detections, 'detections'), (args.detections, 'labels')) if wanted]
+    for folder in folders:
+        problem = output_problem(folder, folder=True)
+        if problem:
+            return problem
     return None
 
 
@@ -1014,6 +1091,10 @@ def _main(args):
         overwritten = _inputs_among_outputs(args, plan.kind)
         if overwritten:
             raise UsageError(f'{overwritten}; give another --out')
+        unwritable = _unwritable_output(args, plan.kind)
+        if unwritable:
+            raise UsageError(f'--out {str(args.out)!r} cannot be written ({unwritable}); give '
+                             f'another --out')
         from tarfuse_ros.core.images import check_frame_size
         for each in plan.videos:  # every frame would be refused: say it once, before the model
             width, height = each.size

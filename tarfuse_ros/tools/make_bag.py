@@ -50,6 +50,7 @@ MONO16_GAIN = 16
 TRANSPORTS = ('raw', 'compressed')
 IR_TRANSPORTS = TRANSPORTS + ('compressedDepth',)
 MAX_RATE_HZ = 1e9  # one stamp a nanosecond
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 @dataclass
@@ -140,6 +141,13 @@ def _load_ir(path, size, encoding):
                          f'images (--ir-encoding mono8 or mono16) or float ones (32FC1)')
     if encoding == '32FC1':  # as stored: temperatures, or counts as their values
         ir = ir.astype(np.float32)
+        finite = np.isfinite(ir)
+        if not finite.all():  # the bag was written, each such frame refused by the node
+            nan = int(np.isnan(ir).sum())
+            inf = int(ir.size - finite.sum()) - nan
+            raise ValueError(f'IR image {path} holds {nan} NaN and {inf} inf values: the node '
+                             f'refuses a float frame with any (on every transport); write the '
+                             f'image with a value in their place')
     if size is not None:
         ir = cv2.resize(ir, size, interpolation=cv2.INTER_AREA)
     if encoding == 'mono16' and ir.dtype == np.uint8:
@@ -153,32 +161,47 @@ def _check_depth_coding(path, ir, depth_max, depth_quantization):
 
     ``ir``: (H, W) float32, coded with the publisher's ``depth_max`` and ``depth_quantization``
     and decoded as the node decodes it; the result is the largest absolute difference (the
-    image's units). Raises ``ValueError`` naming ``path`` and the option to change where the
-    codec would not carry the image: a value at or above ``depth_max`` (or NaN: sent as 0,
-    which the node decodes as NaN and refuses the frame for), one of 0 or less (the inverse is
-    undefined), a smallest value that needs more than 16 bits.
+    image's units; NaN and inf refused before). Raises ``ValueError`` naming ``path`` and the
+    option to change where the codec would not carry the image: a value at or above
+    ``depth_max`` (compared in float32, as the codec compares: sent as 0, which the node
+    decodes as NaN and refuses the frame for), one of 0 or less (the inverse is undefined), a
+    smallest value that needs more than 16 bits, a ``depth_quantization`` so coarse that the
+    decoded image is further off than its own range of values (its contrast lost: all of
+    273-324 K decoded as 400 K at 10).
     """
     from tarfuse_ros.ros.conversions import array_to_compressed_depth_msg
     from tarfuse_ros.ros.conversions import compressed_depth_msg_to_array
-    finite = np.isfinite(ir)
-    if not finite.all() or (ir <= 0).any():
-        raise ValueError(f'IR image {path} holds {int((~finite).sum())} NaN or inf values and '
-                         f'{int((ir <= 0).sum())} of 0 or less: compressedDepth codes a 32FC1 '
-                         f'image by its inverse and needs values > 0 (kelvin, not degrees '
-                         f'Celsius), or use --ir-transport raw')
-    largest = float(ir.max())
-    if largest >= depth_max:
+    from tarfuse_ros.ros.conversions import largest_depth_quantization
+    if (ir <= 0).any():  # NaN and inf were refused as the image was read (_load_ir)
+        raise ValueError(f'IR image {path} holds {int((ir <= 0).sum())} values of 0 or less: '
+                         f'compressedDepth codes a 32FC1 image by its inverse and needs values '
+                         f'> 0 (kelvin, not degrees Celsius), or use --ir-transport raw')
+    smallest, largest = float(ir.min()), float(ir.max())
+    if not largest < np.float32(depth_max):  # 324.15 as float32 is below 324.15
         raise ValueError(f'IR image {path} has values up to {largest:g}, not below --depth-max '
                          f'{depth_max:g}: compressedDepth would send them as 0, decoded as NaN '
                          f'(the node refuses such a frame); give a --depth-max above '
                          f'{largest:g} (for 250-400 K: --depth-max 400 --depth-quantization '
                          f'6000)')
     try:
-        decoded, _ = compressed_depth_msg_to_array(array_to_compressed_depth_msg(
-            ir, depth_max=depth_max, depth_quantization=depth_quantization))
+        msg = array_to_compressed_depth_msg(ir, depth_max=depth_max,
+                                            depth_quantization=depth_quantization)
     except ValueError as exc:
         raise ValueError(f'IR image {path}: {exc} (--depth-max, --depth-quantization)') from None
-    return float(np.abs(decoded - ir).max())
+    try:
+        error = float(np.abs(compressed_depth_msg_to_array(msg)[0] - ir).max())
+    except ValueError:  # every value is below depth_max: decoded as inf by a step too coarse
+        error = math.inf
+    if largest > smallest and not error < largest - smallest:
+        off = 'as infinite' if math.isinf(error) else f'up to {error:.3g} off'
+        raise ValueError(
+            f'IR image {path} (values {smallest:g} to {largest:g}) would decode {off} at '
+            f'--depth-quantization {depth_quantization:g} (--depth-max {depth_max:g}), more '
+            f'than its own range: the node would receive it without its contrast; give a '
+            f'larger --depth-quantization (below '
+            f'{largest_depth_quantization(smallest, depth_max):.6g}, which fits its smallest '
+            f"value in the codec's 16 bits)")
+    return error
 
 
 def _load_vi(path, size, encoding):
@@ -214,8 +237,9 @@ def make_bag(pairs_dir, out, *, split=None, rate=10.0, ir_encoding='mono8', vi_e
     ``ir_encoding`` mono16 or 32FC1) writes the IR on ``<topic>/compressedDepth`` as
     image_transport's compressedDepth plugin does, a 32FC1 image quantised by the plugin's
     ``depth_max`` and ``depth_quantization`` (its defaults, 10 and 100, where None): every IR
-    value must then be > 0 and below ``depth_max``, the smallest coded in 16 bits
-    (``ValueError`` naming the image and the option to change otherwise);
+    value must then be > 0 and below ``depth_max``, the smallest coded in 16 bits, the
+    quantisation finer than the image's range of values (``ValueError`` naming the image and
+    the option to change otherwise); a 32FC1 IR with NaN or inf is refused on every transport;
     ``summary.ir_max_error`` says how far the node's decoded values are off.
     """
     if not 0 < rate <= MAX_RATE_HZ:  # NaN too; above it the period rounds to 0 ns
@@ -269,8 +293,10 @@ def make_bag(pairs_dir, out, *, split=None, rate=10.0, ir_encoding='mono8', vi_e
                           else depth_quantization)
     for name, value in (('depth_max (--depth-max)', depth_max),
                         ('depth_quantization (--depth-quantization)', depth_quantization)):
-        if not (math.isfinite(value) and value > 0):
-            raise ValueError(f'{name} must be a finite number > 0, got {value}')
+        # The codec takes them as float32: 1e39 was inf there (and overflow warnings here).
+        if not (math.isfinite(value) and 0 < value <= FLOAT32_MAX):
+            raise ValueError(f'{name} must be a finite number > 0, at most {FLOAT32_MAX:g} '
+                             f"(the codec's float32), got {value}")
     # Compared as stored (a compressed camera on <topic>/compressed) and as tarfuse-play names
     # them (a relative name in '/'): '/v' compressed and '/v/compressed' put both cameras on
     # one topic, an Image and a CompressedImage stream in one.

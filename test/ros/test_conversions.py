@@ -7,6 +7,7 @@ no-distro venv, the distro's on a ROS install.
 import io
 import os
 from pathlib import Path
+import re
 import signal
 import struct
 import subprocess
@@ -1080,6 +1081,20 @@ def test_our_compressed_depth_encoder_refuses_a_float_value_its_16_bits_cannot_h
                                         depth_quantization=2955.0)
     decoded, _ = compressed_depth_msg_to_array(msg)
     np.testing.assert_allclose(decoded, kelvin, atol=0.02)
+
+
+def test_our_compressed_depth_encoder_refuses_a_quantization_past_its_float32_header():
+    # q 1e30: A = q (q + 1) is inf in float32, B = 1 - A / depth_max -inf, every value coded
+    # inf - inf = NaN, written as 0 past the 16-bit check: a payload the node decodes as all
+    # NaN, returned without a word.
+    kelvin = np.array([[280.0, 300.0], [350.0, 399.0]], np.float32)
+    for quantization, depth_max in ((1e30, 400.0), (1e19, 1e-3)):
+        given = re.escape(f'{quantization:g}')
+        with pytest.raises(ValueError, match=rf'depth_quantization {given} gives the codec '
+                                             r'parameters A = .*, not finite in its float32 '
+                                             r'header: give a smaller'):
+            array_to_compressed_depth_msg(kelvin, header(), depth_max=depth_max,
+                                          depth_quantization=quantization)
 
 
 def test_a_32fc1_compressed_depth_payload_with_values_the_codec_coded_0_is_refused_by_count():

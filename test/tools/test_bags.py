@@ -266,10 +266,82 @@ def test_make_bag_refuses_a_32fc1_ir_compressed_depth_cannot_carry_naming_the_op
         ir8.astype(np.float32) / 255 * 30 - 10).astype(np.float32))
     with pytest.raises(ValueError, match=r'needs values > 0 \(kelvin, not degrees Celsius\)'):
         make_bag(celsius, tmp_path / 'celsius_bag', depth_max=400.0, **options)
-    for name, bad in (('depth_max', 0.0), ('depth_quantization', float('nan'))):
-        with pytest.raises(ValueError, match=f'{name} .* must be a finite number > 0'):
+    # 1e39 is inf as the codec's float32 (B = 1 - A / inf): the bag was written.
+    for name, bad in (('depth_max', 0.0), ('depth_quantization', float('nan')),
+                      ('depth_max', 1e39)):
+        with pytest.raises(ValueError, match=f'{name} .* must be a finite number > 0, at most '
+                                             f"3.40282e[+]38 \\(the codec's float32\\)"):
             make_bag(pairs, tmp_path / name, **options, **{name: bad})
     assert not list(tmp_path.glob('*bag')) and not (tmp_path / 'fine').exists()
+
+
+def test_make_bag_refuses_a_depth_quantization_too_coarse_for_the_contrast(tmp_path, capsys):
+    """A tiny --depth-quantization is refused, naming the option, not written or misexplained.
+
+    At 10 every value of 273-324 K decoded as 400 K (a flat image), the bag written with only
+    'decodes up to 127 off'; at 1e-6 as infinite, refused with 'raise its
+    compressedDepth.depth_max above the largest value it sends', though every value was below
+    it.
+    """
+    pairs, kelvin = _float_pairs(tmp_path / 'kelvin', lambda ir8: (
+        np.float32(273.15) + ir8.astype(np.float32) * np.float32(0.2)).astype(np.float32))
+    coldest, hottest = f'{float(kelvin.min()):g}', f'{float(kelvin.max()):g}'
+    for quantization in ('10', '1e-06'):
+        out = tmp_path / f'bag_{quantization}'
+        code = make_bag_tool.main(['--pairs', str(pairs), '--out', str(out), '--ir-encoding',
+                                   '32FC1', '--ir-transport', 'compressedDepth', '--depth-max',
+                                   '400', '--depth-quantization', quantization])
+        err = capsys.readouterr().err
+        assert code == 2 and not out.exists(), err
+        assert re.search(rf'\(values {coldest} to {hottest}\) would decode (up to [0-9.]+ off|as '
+                         rf'infinite) at --depth-quantization {quantization} \(--depth-max '
+                         rf'400\), more than its own range: .* give a larger '
+                         rf'--depth-quantization \(below 75[0-9.]+, which fits', err), err
+        assert 'depth_max above' not in err
+    # A finer one is taken: its error is stated, smaller than the image's range.
+    code = make_bag_tool.main(['--pairs', str(pairs), '--out', str(tmp_path / 'bag'),
+                               '--ir-encoding', '32FC1', '--ir-transport', 'compressedDepth',
+                               '--depth-max', '400', '--depth-quantization', '100'])
+    assert code == 0 and 'the IR decodes up to' in capsys.readouterr().out
+
+
+def test_make_bag_compares_the_ir_with_depth_max_as_the_codec_does_in_float32(tmp_path):
+    # 324.15 K stored as float32 is 324.1499939 < 324.15: let through, it was sent as 0 (the
+    # codec compares in float32) and refused by the node's decoder as '35 NaN values'.
+    pairs, kelvin = _float_pairs(tmp_path / 'kelvin', lambda ir8: (
+        np.float32(273.15) + ir8.astype(np.float32) * np.float32(0.2)).astype(np.float32))
+    hottest = float(kelvin.max())
+    assert hottest < 324.15 and np.float32(hottest) == np.float32(324.15)
+    with pytest.raises(ValueError, match=r'has values up to 324.15, not below --depth-max '
+                                         r'324.15: compressedDepth would send them as 0'):
+        make_bag(pairs, tmp_path / 'bag', ir_encoding='32FC1', ir_transport='compressedDepth',
+                 depth_max=324.15, depth_quantization=6000.0)
+
+
+def test_make_bag_refuses_a_float_ir_with_nan_or_inf_the_node_would_refuse(tmp_path, capsys):
+    """A float TIFF with NaN or inf (a camera's dead pixels) is named, on every transport.
+
+    Raw 32FC1, the bag was written without a word and the node refused every such frame
+    ('float image holds 4 NaN and 0 inf values'); on compressedDepth it was refused with 'or use
+    --ir-transport raw', which did not help.
+    """
+    for bad in (np.nan, np.inf, -np.inf):
+        def with_bad_pixels(ir8, bad=bad):
+            kelvin = (np.float32(273.15) + ir8.astype(np.float32) * np.float32(0.2))
+            kelvin[10:12, 10:12] = bad
+            return kelvin.astype(np.float32)
+        pairs, _ = _float_pairs(tmp_path / f'pairs_{bad}', with_bad_pixels)
+        nan, inf = (4, 0) if np.isnan(bad) else (0, 4)
+        for transport, coding in (('raw', []), ('compressedDepth', [
+                '--depth-max', '400', '--depth-quantization', '6000'])):
+            out = tmp_path / f'bag_{bad}_{transport}'
+            code = make_bag_tool.main(['--pairs', str(pairs), '--out', str(out), '--ir-encoding',
+                                       '32FC1', '--ir-transport', transport, *coding])
+            err = capsys.readouterr().err
+            assert code == 2 and not out.exists(), err
+            assert (f'FLIR_00122.tiff holds {nan} NaN and {inf} inf values: the node refuses a '
+                    f'float frame with any (on every transport)') in err, err
+            assert '--ir-transport raw' not in err
 
 
 def test_make_bag_writes_a_float_ir_of_temperatures_as_32fc1(tmp_path, capsys):

@@ -998,3 +998,110 @@ def test_a_portrait_ir_beside_a_landscape_visible_image_is_warned_once(tmp_path,
                     f'is stretched to the visible frame, not rotated; rotate those images '
                     f'first (said once for these sizes)'], stderr
     assert '3 pair(s) in, 3 fused out' in stdout
+
+
+def _fuse_process(args, file_size_limit=None):
+    """Run tarfuse-fuse ARGS in a child process, its files capped at ``file_size_limit`` bytes.
+
+    The cap (RLIMIT_FSIZE; Python ignores SIGXFSZ, so a write past it fails with EFBIG) stands
+    for a disk that fills up while the outputs are written, without a small file system.
+    """
+    import resource
+    import sys
+
+    def cap():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (file_size_limit, file_size_limit))
+
+    return subprocess.run([sys.executable, '-m', 'tarfuse_ros.tools.fuse', '--threads', '1',
+                           *map(str, args)], capture_output=True, text=True, timeout=300,
+                          preexec_fn=None if file_size_limit is None else cap)
+
+
+def test_a_video_cut_short_by_a_full_disk_is_a_failure_and_keeps_the_earlier_one(tmp_path):
+    # OpenCV's VideoWriter says nothing when its writes fail: a disk that filled up left an
+    # MPEG-4 without its index (no frame readable) in place of the earlier run's whole video,
+    # and the run said '30 fused out, 0 failed', exit status 0.
+    _write_y4m(tmp_path / 'visible.y4m', 10, 30, (224, 160))
+    _write_y4m(tmp_path / 'thermal.y4m', 10, 30, (224, 160))
+    out = tmp_path / 'out'
+    args = ['--ir', tmp_path / 'thermal.y4m', '--visible', tmp_path / 'visible.y4m',
+            '--out', out, '--no-scale-search']
+    first = _fuse_process(args)
+    assert first.returncode == 0, first.stderr
+    video = out / 'visible_fused.mp4'
+    whole = video.read_bytes()
+    assert len(_frames(video)) == 30 and len(whole) > 60_000
+    full = _fuse_process(args, file_size_limit=60_000)
+    assert full.returncode == 1, full.stdout + full.stderr
+    assert '30 frame(s) in, 0 fused out, 1 failed' in full.stdout, full.stdout
+    assert (f'cannot write the fused video {video}: of the 30 frames written, the file OpenCV '
+            f'left cannot be opened (a full disk?') in full.stderr, full.stderr
+    assert 'outputs: no video (not written whole)' in full.stdout, full.stdout
+    assert video.read_bytes() == whole
+    assert sorted(path.name for path in out.iterdir()) == ['visible_fused.mp4']
+
+
+def test_an_output_a_full_disk_cuts_short_is_named_with_the_cause(tmp_path):
+    # np.save's failed write was reported as 'cannot write its outputs: 350844 requested and
+    # 249968 written', naming neither the file nor the cause, and a failed PNG write as
+    # '[Errno 28] No space left on device' without its file.
+    stem = STEMS[0]
+    out = tmp_path / 'out'
+    run = _fuse_process(['--ir', SAMPLES / 'ir' / f'{stem}.jpg', '--visible',
+                         SAMPLES / 'vi' / f'{stem}.jpg', '--out', out, '--flow',
+                         '--no-scale-search'], file_size_limit=1_000_000)
+    assert run.returncode == 1, run.stdout + run.stderr
+    npy = out / 'flow' / f'{stem}.npy'
+    assert f'{stem}: cannot write its outputs: {npy}: File too large' in run.stderr, run.stderr
+    assert '1 pair(s) in, 0 fused out, 1 failed' in run.stdout, run.stdout
+    assert sorted(path.name for path in (out / 'flow').iterdir()) == []
+
+
+def test_the_next_run_removes_the_temporaries_a_killed_run_left_in_its_folders(tmp_path, capsys):
+    # A run killed while it wrote a pair's files left <name>.<hex>.tmp beside them for good
+    # (a flow's as large as its .npy), however often the command was run again.
+    import signal
+    import sys
+    from tarfuse_ros.core.files import atomic_output
+    stem = STEMS[0]
+    out = tmp_path / 'out'
+    killed_writer = ('import os, signal, sys\n'
+                     'from tarfuse_ros.core.files import atomic_output\n'
+                     'with atomic_output(sys.argv[1]) as temporary:\n'
+                     '    temporary.write_bytes(b"half of a file")\n'
+                     '    os.kill(os.getpid(), signal.SIGKILL)\n')
+    for name in ('fused/a.png', 'flow/a.npy', 'flow/a.png', 'registered/a.png'):
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        writer = subprocess.run([sys.executable, '-c', killed_writer, str(out / name)])
+        assert writer.returncode == -signal.SIGKILL
+    left = sorted(path.relative_to(out).as_posix() for path in out.rglob('*.tmp'))
+    assert [re.sub(r'\.[0-9a-f]{8}\.tmp$', '', name) for name in left] == [
+        'flow/a.npy', 'flow/a.png', 'fused/a.png', 'registered/a.png']
+    (out / 'fused' / 'notes.tmp').write_text('not ours')
+    with atomic_output(out / 'fused' / 'b.png') as live:  # another run's, being written
+        status, stdout, _ = _run(capsys, '--ir', SAMPLES / 'ir' / f'{stem}.jpg', '--visible',
+                                 SAMPLES / 'vi' / f'{stem}.jpg', '--out', out, '--flow',
+                                 '--no-scale-search')
+        assert status == 0, stdout
+        assert sorted(path.name for path in (out / 'fused').iterdir()) == sorted(
+            [f'{stem}.png', live.name, 'notes.tmp'])
+    assert sorted(path.name for path in (out / 'flow').iterdir()) == [f'{stem}.npy',
+                                                                      f'{stem}.png']
+    # --registered was not asked for: that folder is left as it was.
+    assert [path.name for path in (out / 'registered').iterdir()] == [left[-1].split('/')[1]]
+
+
+def test_an_output_folder_that_cannot_be_written_is_refused_before_the_model_loads(tmp_path,
+                                                                                   capsys):
+    # A read-only fused/ (here a link to /proc/self, which not even root can write into) had
+    # the model loaded and every pair fused, then each named as failed (exit status 1).
+    stem = STEMS[0]
+    out = tmp_path / 'out'
+    out.mkdir()
+    (out / 'fused').symlink_to('/proc/self')
+    status, stdout, stderr = _run(capsys, '--ir', SAMPLES / 'ir' / f'{stem}.jpg', '--visible',
+                                  SAMPLES / 'vi' / f'{stem}.jpg', '--out', out)
+    assert status == 2, stdout + stderr
+    assert stderr == (f"tarfuse-fuse: error: --out '{out}' cannot be written (folder "
+                      f'{out / "fused"} is not writable); give another --out\n')
+    assert stdout == ''
