@@ -47,6 +47,7 @@ import argparse
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime, timezone
+import hashlib
 from pathlib import Path
 import sys
 
@@ -75,10 +76,14 @@ class LazyPairs(Sequence):
     ``read(index)`` returns pair ``index`` (0 <= index < ``count``). The model runs on every
     pair once per ``--iterations`` and its images are checked and scored besides: holding them
     all took 6.5 MB a 1080p pair, so each use reads the pair again, and memory holds about one.
+    A digest of each pair's images is kept instead: a pair read again must be the pair first
+    read, else :class:`UsageError` says that ``source`` (the recording, as the user gave it)
+    changed while calibrating (a bag recorded again into its folder, an image replaced).
     """
 
-    def __init__(self, count, read):
-        self._count, self._read = int(count), read
+    def __init__(self, count, read, source):
+        self._count, self._read, self._source = int(count), read, source
+        self._digests = {}
 
     def __len__(self):
         return self._count
@@ -89,7 +94,23 @@ class LazyPairs(Sequence):
         position = index + self._count if index < 0 else index
         if not 0 <= position < self._count:
             raise IndexError(f'pair {index} of {self._count}')
-        return self._read(position)
+        pair = self._read(position)
+        digest = _pair_digest(*pair[1:])
+        if self._digests.setdefault(position, digest) != digest:
+            raise UsageError(f'pair {pair[0]!r} changed since it was first read: {self._source} '
+                             f'was changed while calibrating (recorded again, an image '
+                             f'replaced?); calibrate again on a recording left alone meanwhile')
+        return pair
+
+
+def _pair_digest(ir, vi):
+    """Return a digest of two images: their shapes, dtypes and pixels."""
+    digest = hashlib.blake2b(digest_size=16)
+    for image in (ir, vi):
+        image = np.ascontiguousarray(image)
+        digest.update(f'{image.shape} {image.dtype}'.encode())
+        digest.update(image.data)
+    return digest.digest()
 
 
 def spread_indices(total, count):
@@ -141,7 +162,7 @@ def folder_pairs(pairs_dir, count, split='all'):
         except (OSError, ValueError) as exc:  # the input's fault, not the fit's
             raise UsageError(f'pair {chosen[index]!r}: {exc}; remove or replace it') from exc
         return chosen[index], ir, vi
-    return LazyPairs(len(chosen), read)
+    return LazyPairs(len(chosen), read, f'the folder {str(pairs_dir)!r}')
 
 
 def bag_pairs(bag_dir, count, ir_topic=DEFAULT_IR_TOPIC, vi_topic=DEFAULT_VI_TOPIC,
@@ -247,7 +268,7 @@ def bag_pairs(bag_dir, count, ir_topic=DEFAULT_IR_TOPIC, vi_topic=DEFAULT_VI_TOP
             raise
         except Exception as exc:  # noqa: BLE001 - rosbags raises several error types
             raise UsageError(bag_read_problem(bag_dir, exc)) from exc
-    return LazyPairs(len(chosen), read)
+    return LazyPairs(len(chosen), read, f'the bag {str(bag_dir)!r}')
 
 
 def shrunk_size(width, height, max_side):
@@ -277,7 +298,7 @@ def downscale_pairs(pairs, max_side):
     def read(index):
         name, ir, vi = pairs[index]
         return name, shrink(ir), shrink(vi)
-    return LazyPairs(len(pairs), read)
+    return LazyPairs(len(pairs), read, 'the recording')
 
 
 def _offset_or_auto(text):
