@@ -196,20 +196,31 @@ def bag_pairs(bag_dir, count, ir_topic=DEFAULT_IR_TOPIC, vi_topic=DEFAULT_VI_TOP
             # read a chosen image again there.
             stamps = {ir_bag: {}, vi_bag: {}}
             lags = {ir_bag: [], vi_bag: []}  # header stamp - time recorded (ns)
+            zero = {ir_bag: 0, vi_bag: 0}  # messages stamped 0 (the node refuses them)
             wanted = [c for c in reader.connections if c.topic in stamps]
             for connection, recorded, raw in reader.messages(connections=wanted):
                 stamp = header_stamp_ns(raw)
+                if not stamp:
+                    zero[connection.topic] += 1
+                    continue
                 stamps[connection.topic].setdefault(stamp, recorded)
-                if stamp:  # a zero stamp (the node refuses it) says nothing of the clock
-                    lags[connection.topic].append(stamp - recorded)
+                lags[connection.topic].append(stamp - recorded)
     except Exception as exc:  # noqa: BLE001 - rosbags raises several error types
         raise UsageError(bag_read_problem(bag_dir, exc)) from exc
     vi_stamps = sorted(stamps[vi_bag])
     ir_stamps = np.array(sorted(stamps[ir_bag]), dtype=np.int64)
+    for topic, zeros in zero.items():
+        if zeros and stamps[topic]:
+            print(f'{PROG}: warning: {zeros} of {zeros + len(lags[topic])} images on {topic!r} '
+                  f'have a zero header stamp (the node refuses them), left out',
+                  file=sys.stderr, flush=True)
     empty = [topic for topic in (ir_bag, vi_bag) if not stamps[topic]]
     if empty:  # named: a camera that never sent, a topic recorded under another name
-        raise UsageError(f'the bag has no message on {" nor on ".join(map(repr, empty))} (its '
-                         f'topic is recorded, but empty); record both cameras')
+        stamped_zero = [f'{zero[topic]} on {topic!r}' for topic in empty if zero[topic]]
+        raise UsageError(f'the bag has no message on {" nor on ".join(map(repr, empty))} ('
+                         + (f'its images all have a zero header stamp, which the node '
+                            f'refuses: {", ".join(stamped_zero)}; stamp them' if stamped_zero
+                            else 'its topic is recorded, but empty') + '); record both cameras')
     problem = clocks_apart_problem(lags, ir_bag, vi_bag) if all(lags.values()) else None
     if problem is not None:  # the nearest stamps would be images of other instants
         raise UsageError(problem)
