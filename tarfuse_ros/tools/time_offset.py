@@ -17,7 +17,9 @@ it to the node; with ``--out``, writes a node parameters file (``/**: ros__param
 infrared_time_offset``); with ``--plot``, the correlation curve as an image. Warns when the
 parts' offsets move one way through the recording, the first and the last part's more than
 0.05 s (the node's default ``sync.slop``) apart, naming both and their times: stamps that
-drift, which no fixed offset pairs (:func:`~tarfuse_ros.core.time_offset.estimate_warnings`).
+drift, which no fixed offset pairs (:func:`~tarfuse_ros.core.time_offset.estimate_warnings`);
+parts of fewer than 40 frame intervals of the slower camera (a recording shorter than about
+14 s of a 9 Hz camera) are too short to tell that from chance, and the warning says so.
 
 Exit status: 0 with an estimate, 1 when the recording gives none to trust (too little shared
 motion, a curve flat around its peak, two peaks, a peak at the edge of ``--max-offset``: the
