@@ -39,7 +39,8 @@ several rigs) or it lines the pairs up hardly better than by chance (cameras tha
 one scene: any smooth flow is fitted well), 2 for usage errors (bad options, missing paths or
 topics, fewer than 1 pair, an unreadable image, a constant image (a lens cap: nothing to
 register), pairs of several image sizes, cameras whose stamps are more than 1 s apart (clocks
-apart), an ``--out`` that is a folder, cannot be written or holds other node parameters (a full
+apart) or jump back more than 1 s (a driver restarted), a recording changed while it is read,
+an ``--out`` that is a folder, cannot be written or holds other node parameters (a full
 parameters file: they would be lost), weights or device that cannot be loaded).
 """
 
@@ -184,7 +185,8 @@ def bag_pairs(bag_dir, count, ir_topic=DEFAULT_IR_TOPIC, vi_topic=DEFAULT_VI_TOP
     """
     from rosbags.rosbag2 import Reader
     from tarfuse_ros.tools.bagio import (bag_read_problem, camera_topics, clocks_apart_problem,
-                                         header_stamp_ns, image_to_array, jazzy_typestore)
+                                         header_stamp_ns, image_to_array, jazzy_typestore,
+                                         stamp_jump_problem)
 
     try:
         ir_bag, vi_bag = camera_topics(bag_dir, ir_topic, vi_topic)
@@ -197,6 +199,7 @@ def bag_pairs(bag_dir, count, ir_topic=DEFAULT_IR_TOPIC, vi_topic=DEFAULT_VI_TOP
             stamps = {ir_bag: {}, vi_bag: {}}
             lags = {ir_bag: [], vi_bag: []}  # header stamp - time recorded (ns)
             zero = {ir_bag: 0, vi_bag: 0}  # messages stamped 0 (the node refuses them)
+            recorded_stamps = {ir_bag: [], vi_bag: []}  # in the order recorded: a clock reset?
             wanted = [c for c in reader.connections if c.topic in stamps]
             for connection, recorded, raw in reader.messages(connections=wanted):
                 stamp = header_stamp_ns(raw)
@@ -205,6 +208,7 @@ def bag_pairs(bag_dir, count, ir_topic=DEFAULT_IR_TOPIC, vi_topic=DEFAULT_VI_TOP
                     continue
                 stamps[connection.topic].setdefault(stamp, recorded)
                 lags[connection.topic].append(stamp - recorded)
+                recorded_stamps[connection.topic].append(stamp)
     except Exception as exc:  # noqa: BLE001 - rosbags raises several error types
         raise UsageError(bag_read_problem(bag_dir, exc)) from exc
     vi_stamps = sorted(stamps[vi_bag])
@@ -222,6 +226,8 @@ def bag_pairs(bag_dir, count, ir_topic=DEFAULT_IR_TOPIC, vi_topic=DEFAULT_VI_TOP
                             f'refuses: {", ".join(stamped_zero)}; stamp them' if stamped_zero
                             else 'its topic is recorded, but empty') + '); record both cameras')
     problem = clocks_apart_problem(lags, ir_bag, vi_bag) if all(lags.values()) else None
+    for topic in (ir_bag, vi_bag):
+        problem = problem or stamp_jump_problem(recorded_stamps[topic], topic)
     if problem is not None:  # the nearest stamps would be images of other instants
         raise UsageError(problem)
     offset_ns = round(ir_offset_s * 1e9)  # as the node rounds sync.infrared_time_offset

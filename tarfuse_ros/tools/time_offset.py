@@ -26,7 +26,8 @@ Exit status: 0 with an estimate, 1 when the recording gives none to trust (too l
 motion, a curve flat around its peak, two peaks, a peak at the edge of ``--max-offset``: the
 reason is printed, no ``--out`` file written; the ``--plot`` curve is, to see why), 2 for
 usage errors (bad options, a missing bag or topic, too few usable frames, cameras whose stamps
-are more than 1 s apart: clocks apart, an ``--out`` file holding other node parameters, such as
+are more than 1 s apart: clocks apart, a camera whose stamps jump back more than 1 s: a driver
+restarted, an ``--out`` file holding other node parameters, such as
 ``tarfuse-calibrate``'s prior, that it would replace), 130 on Ctrl-C.
 """
 
@@ -88,7 +89,7 @@ def read_motion_signals(bag_dir, ir_topic=DEFAULT_IR_TOPIC, vi_topic=DEFAULT_VI_
     from tarfuse_ros.ros.conversions import image_msg_to_motion_array
     from tarfuse_ros.tools.bagio import is_compressed_depth_topic
     from tarfuse_ros.tools.bagio import (bag_read_problem, camera_topics, clocks_apart_problem,
-                                         header_stamp_ns, read_messages)
+                                         header_stamp_ns, read_messages, stamp_jump_problem)
 
     try:
         ir_bag, vi_bag = camera_topics(bag_dir, ir_topic, vi_topic)
@@ -103,6 +104,7 @@ def read_motion_signals(bag_dir, ir_topic=DEFAULT_IR_TOPIC, vi_topic=DEFAULT_VI_
     pending = {'ir': [], 'vi': []}  # heaps of (stamp_ns, arrival, frame)
     stamps = {'ir': set(), 'vi': set()}
     lags = {ir_bag: [], vi_bag: []}  # header stamp - time recorded (ns): clocks apart?
+    recorded_stamps = {ir_bag: [], vi_bag: []}  # in the order recorded: a clock reset?
     counts = {'ir': 0, 'vi': 0}
     skipped = {'ir': [], 'vi': []}
 
@@ -128,6 +130,7 @@ def read_motion_signals(bag_dir, ir_topic=DEFAULT_IR_TOPIC, vi_topic=DEFAULT_VI_
                 skipped[camera].append('a zero header stamp (the node refuses it)')
                 continue
             lags[topic].append(stamp - recorded)
+            recorded_stamps[topic].append(stamp)
             try:
                 if is_compressed_depth_topic(topic):
                     frame = frame_for_motion(compressed_depth_msg_to_array(msg)[0])
@@ -143,6 +146,8 @@ def read_motion_signals(bag_dir, ir_topic=DEFAULT_IR_TOPIC, vi_topic=DEFAULT_VI_
     except Exception as exc:  # noqa: BLE001 - rosbags raises several error types
         raise UsageError(bag_read_problem(bag_dir, exc)) from exc
     problem = clocks_apart_problem(lags, ir_bag, vi_bag) if all(lags.values()) else None
+    for topic in (ir_bag, vi_bag):  # else two timelines merged by stamp, a wrong offset
+        problem = problem or stamp_jump_problem(recorded_stamps[topic], topic)
     if problem is not None:  # else a peak by chance, or "too little motion"
         raise UsageError(problem)
     out = {}

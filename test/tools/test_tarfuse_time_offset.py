@@ -435,6 +435,39 @@ def test_windows_shows_more_parts_without_refusing_the_offset_of_a_steady_rig(tm
     assert value == pytest.approx(-0.06, abs=0.025)
 
 
+def test_ir_stamps_jumping_back_mid_recording_are_named_by_both_tools(tmp_path, capsys):
+    # The IR driver restarted 9 s into 12 s, its clock 2 s behind: its later images were
+    # merged into the earlier ones by stamp (reported at 10.8 Hz for a 9 Hz camera), the
+    # offset came out at -0.111 s (truth -0.06) and was accepted; tarfuse-calibrate paired
+    # visible images with IR images taken 2 s later.
+    from tarfuse_ros.tools.bagio import image_cdr
+    from tarfuse_ros.tools.calibrate import main as calibrate
+    start_ns = int(1_700_000_000 * 1e9)
+
+    def encode(frame, stamp_ns, camera):
+        if camera == 'ir' and stamp_ns - start_ns > 9e9:
+            stamp_ns -= 2_000_000_000
+        return [image_cdr(frame, 'mono8' if camera == 'ir' else 'bgr8', camera, stamp_ns)]
+
+    kind = 'sensor_msgs/msg/Image'
+    bag = _write(tmp_path / 'restarted', simulation.Case('pan', duration=12.0),
+                 {'ir': (IR_TOPIC, kind, encode), 'vi': (VI_TOPIC, kind, encode)})
+    topics = ['--bag', str(bag), '--infrared-topic', IR_TOPIC, '--visible-topic', VI_TOPIC]
+    said = re.compile(rf'error: the {IR_TOPIC} stamps jump back (\d\.\d{{3}}) s after its '
+                      r'image (\d+) of 108 \(the driver restarted, or its clock was reset\)')
+    out = tmp_path / 'offset.yaml'
+    assert main(topics + ['--out', str(out)]) == 2
+    err = capsys.readouterr().err
+    found = said.search(err)
+    assert found is not None, err
+    assert 1.8 < float(found.group(1)) <= 2.0 and 75 <= int(found.group(2)) <= 85, err
+    assert not out.exists()
+    prior = tmp_path / 'prior.yaml'
+    assert calibrate(topics + ['--out', str(prior), '--threads', '1']) == 2
+    assert said.search(capsys.readouterr().err) is not None
+    assert not prior.exists()
+
+
 def test_calibrate_auto_warns_of_drifting_stamps_as_tarfuse_time_offset_does(tmp_path, capsys):
     # IR stamps drifting 30 ms a second: tarfuse-time-offset warns that the offset drifts;
     # calibrate --infrared-time-offset auto paired with the same estimate without a word.
