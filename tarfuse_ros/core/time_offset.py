@@ -472,6 +472,11 @@ MAX_SPREAD_INTERVALS = 3
 # pairs each image with none, or with another than the one captured with it: the offsets of
 # the first and last parts of a recording further apart drift more than a fixed offset pairs.
 PAIRING_TOLERANCE_S = 0.05
+# The parts of a recording must each hold this many frame intervals of the slower camera for
+# their offsets to tell drifting stamps: parts of a steady rig's recording (IR 9 Hz, 60 ms
+# late) of 10 s (30 intervals) moved one way by more than PAIRING_TOLERANCE_S in 3 of 16
+# simulated recordings (127 ms apart at most), of 14 s and 20 s (42, 60) in none of 24.
+DRIFT_MIN_INTERVALS = 40
 
 
 def rounded_offset(offset_s):
@@ -537,7 +542,9 @@ def estimate_warnings(estimate, min_correlation=MIN_CORRELATION,
     * their offsets move one way through the recording and the first and the last part's are
       more than ``tolerance_s`` (s; :data:`PAIRING_TOLERANCE_S`, the node's default
       ``sync.slop``) apart: the stamps drift, and no fixed offset pairs the whole recording
-      (the note names both parts' offsets and times);
+      (the note names both parts' offsets and times); with parts of fewer than
+      :data:`DRIFT_MIN_INTERVALS` frame intervals of the slower camera the note says instead
+      that they are too short to tell a drift from chance, and how long to record;
     * else, they spread over more than the slower camera's frame interval: the offset drifts,
       or a part's motion is weak;
     * a part without a clear peak is named too.
@@ -566,7 +573,9 @@ def _drift(estimate, clear, tolerance_s):
     """Return the note on an offset drifting by more than ``tolerance_s`` (s), or None.
 
     Drifting: the clear parts' offsets move one way through the recording (a part's chance
-    error moves them back and forth), the first and the last more than ``tolerance_s`` apart.
+    error moves them back and forth), the first and the last more than ``tolerance_s`` apart,
+    in parts of :data:`DRIFT_MIN_INTERVALS` frame intervals at least (shorter ones: a note that
+    they cannot tell).
     """
     parts = [(offset, span) for offset, span, sure in zip(
         estimate.window_offsets_s, estimate.window_spans_s, clear) if sure]
@@ -576,13 +585,20 @@ def _drift(estimate, clear, tolerance_s):
     (first, (start, end)), (last, (later, stop)) = parts[0], parts[-1]
     if abs(last - first) <= tolerance_s or not ((steps >= 0).all() or (steps <= 0).all()):
         return None
-    return (f'the offset drifts through the recording: {rounded_offset(first):+.3f} s in its '
-            f'part {start:.1f}-{end:.1f} s, {rounded_offset(last):+.3f} s in its part '
-            f'{later:.1f}-{stop:.1f} s '
-            f'({1000 * abs(last - first):.0f} ms apart, more than the {tolerance_s:g} s within '
-            f'which the node pairs images at its default sync.slop): a fixed offset cannot '
-            f'pair the whole recording; the clocks of the two cameras drift apart: stamp both '
-            f'from one clock (synchronise them, e.g. with PTP)')
+    ends = (f'{rounded_offset(first):+.3f} s in its part {start:.1f}-{end:.1f} s, '
+            f'{rounded_offset(last):+.3f} s in its part {later:.1f}-{stop:.1f} s '
+            f'({1000 * abs(last - first):.0f} ms apart')
+    intervals = (end - start) / estimate.separation_s
+    if intervals < DRIFT_MIN_INTERVALS:  # the parts' own errors move them that far
+        needed_s = len(estimate.window_offsets_s) * DRIFT_MIN_INTERVALS * estimate.separation_s
+        return (f'the offsets of the parts of the recording move one way: {ends}), but parts '
+                f'of {intervals:.0f} frame intervals of the slower camera, fewer than '
+                f'{DRIFT_MIN_INTERVALS}, are too short to tell drifting stamps from chance; '
+                f'record {needed_s:.0f} s or more to check')
+    return (f'the offset drifts through the recording: {ends}, more than the '
+            f'{tolerance_s:g} s within which the node pairs images at its default sync.slop): a '
+            f'fixed offset cannot pair the whole recording; the clocks of the two cameras drift '
+            f'apart: stamp both from one clock (synchronise them, e.g. with PTP)')
 
 
 # A monitor's window must hold this many frame intervals of the slower camera: over fewer

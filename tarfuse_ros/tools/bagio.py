@@ -37,6 +37,7 @@ __all__ = [
     'open_writer',
     'read_messages',
     'replace_header_stamp',
+    'stamp_jump_problem',
     'type_has_header',
     'unfinished_mcap_problem',
 ]
@@ -383,6 +384,45 @@ def clocks_apart_problem(lags_ns, ir_topic, vi_topic, limit_s=MAX_INFRARED_TIME_
             f"camera's images that long either); synchronise the clocks (chrony, PTP) or "
             f'stamp with the system time, and record again (sync.infrared_time_offset '
             f'corrects at most {limit_s:g} s)')
+
+
+def stamp_jump_problem(stamps_ns, topic, limit_s=1.0, run=3):
+    """Return why a topic's header stamps, in the order recorded, are not one timeline, or None.
+
+    They jump back: ``run`` consecutive messages or more stamped more than ``limit_s`` (s)
+    before the newest stamp recorded before them (a driver restarted, its clock was reset; the
+    node's time offset check starts over at such a jump). A message or two recorded late are
+    no jump (their images are left out or put back in order).
+
+    Args:
+        stamps_ns: the topic's header stamps (ns) in the order they were recorded, zero
+            stamps left out.
+        topic: the bag topic, named in the sentence.
+        limit_s: how far back (s) a stamp may lie.
+        run: how many consecutive messages so far back make a jump.
+
+    Returns:
+        None, or the reason as a sentence naming the topic, how far back and after which image.
+
+    """
+    limit_ns, newest, first, count = round(limit_s * 1e9), None, 0, 0
+    for index, stamp in enumerate(stamps_ns):
+        if newest is not None and stamp < newest - limit_ns:
+            if not count:
+                first, back_s = index, (newest - stamp) / 1e9
+            count += 1
+            if count >= run:
+                break
+        else:
+            count = 0
+        newest = stamp if newest is None else max(newest, stamp)
+    else:
+        return None
+    return (f'the {topic} stamps jump back {back_s:.3f} s after its image {first} of '
+            f'{len(stamps_ns)} (the driver restarted, or its clock was reset): the images after '
+            f'it are stamped on another timeline than those before, and stamps would pair '
+            f'images of other instants; use a recording without the jump (record again, or '
+            f'cut the bag before it)')
 
 
 def check_topic_name(name, what):

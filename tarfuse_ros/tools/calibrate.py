@@ -39,7 +39,8 @@ several rigs) or it lines the pairs up hardly better than by chance (cameras tha
 one scene: any smooth flow is fitted well), 2 for usage errors (bad options, missing paths or
 topics, fewer than 1 pair, an unreadable image, a constant image (a lens cap: nothing to
 register), pairs of several image sizes, cameras whose stamps are more than 1 s apart (clocks
-apart), an ``--out`` that is a folder, cannot be written or holds other node parameters (a full
+apart) or jump back more than 1 s (a driver restarted), a recording changed while it is read,
+an ``--out`` that is a folder, cannot be written or holds other node parameters (a full
 parameters file: they would be lost), weights or device that cannot be loaded).
 """
 
@@ -47,6 +48,7 @@ import argparse
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime, timezone
+import hashlib
 from pathlib import Path
 import sys
 
@@ -75,10 +77,14 @@ class LazyPairs(Sequence):
     ``read(index)`` returns pair ``index`` (0 <= index < ``count``). The model runs on every
     pair once per ``--iterations`` and its images are checked and scored besides: holding them
     all took 6.5 MB a 1080p pair, so each use reads the pair again, and memory holds about one.
+    A digest of each pair's images is kept instead: a pair read again must be the pair first
+    read, else :class:`UsageError` says that ``source`` (the recording, as the user gave it)
+    changed while calibrating (a bag recorded again into its folder, an image replaced).
     """
 
-    def __init__(self, count, read):
-        self._count, self._read = int(count), read
+    def __init__(self, count, read, source):
+        self._count, self._read, self._source = int(count), read, source
+        self._digests = {}
 
     def __len__(self):
         return self._count
@@ -89,7 +95,23 @@ class LazyPairs(Sequence):
         position = index + self._count if index < 0 else index
         if not 0 <= position < self._count:
             raise IndexError(f'pair {index} of {self._count}')
-        return self._read(position)
+        pair = self._read(position)
+        digest = _pair_digest(*pair[1:])
+        if self._digests.setdefault(position, digest) != digest:
+            raise UsageError(f'pair {pair[0]!r} changed since it was first read: {self._source} '
+                             f'was changed while calibrating (recorded again, an image '
+                             f'replaced?); calibrate again on a recording left alone meanwhile')
+        return pair
+
+
+def _pair_digest(ir, vi):
+    """Return a digest of two images: their shapes, dtypes and pixels."""
+    digest = hashlib.blake2b(digest_size=16)
+    for image in (ir, vi):
+        image = np.ascontiguousarray(image)
+        digest.update(f'{image.shape} {image.dtype}'.encode())
+        digest.update(image.data)
+    return digest.digest()
 
 
 def spread_indices(total, count):
@@ -141,7 +163,7 @@ def folder_pairs(pairs_dir, count, split='all'):
         except (OSError, ValueError) as exc:  # the input's fault, not the fit's
             raise UsageError(f'pair {chosen[index]!r}: {exc}; remove or replace it') from exc
         return chosen[index], ir, vi
-    return LazyPairs(len(chosen), read)
+    return LazyPairs(len(chosen), read, f'the folder {str(pairs_dir)!r}')
 
 
 def bag_pairs(bag_dir, count, ir_topic=DEFAULT_IR_TOPIC, vi_topic=DEFAULT_VI_TOPIC,
@@ -163,7 +185,8 @@ def bag_pairs(bag_dir, count, ir_topic=DEFAULT_IR_TOPIC, vi_topic=DEFAULT_VI_TOP
     """
     from rosbags.rosbag2 import Reader
     from tarfuse_ros.tools.bagio import (bag_read_problem, camera_topics, clocks_apart_problem,
-                                         header_stamp_ns, image_to_array, jazzy_typestore)
+                                         header_stamp_ns, image_to_array, jazzy_typestore,
+                                         stamp_jump_problem)
 
     try:
         ir_bag, vi_bag = camera_topics(bag_dir, ir_topic, vi_topic)
@@ -175,21 +198,36 @@ def bag_pairs(bag_dir, count, ir_topic=DEFAULT_IR_TOPIC, vi_topic=DEFAULT_VI_TOP
             # read a chosen image again there.
             stamps = {ir_bag: {}, vi_bag: {}}
             lags = {ir_bag: [], vi_bag: []}  # header stamp - time recorded (ns)
+            zero = {ir_bag: 0, vi_bag: 0}  # messages stamped 0 (the node refuses them)
+            recorded_stamps = {ir_bag: [], vi_bag: []}  # in the order recorded: a clock reset?
             wanted = [c for c in reader.connections if c.topic in stamps]
             for connection, recorded, raw in reader.messages(connections=wanted):
                 stamp = header_stamp_ns(raw)
+                if not stamp:
+                    zero[connection.topic] += 1
+                    continue
                 stamps[connection.topic].setdefault(stamp, recorded)
-                if stamp:  # a zero stamp (the node refuses it) says nothing of the clock
-                    lags[connection.topic].append(stamp - recorded)
+                lags[connection.topic].append(stamp - recorded)
+                recorded_stamps[connection.topic].append(stamp)
     except Exception as exc:  # noqa: BLE001 - rosbags raises several error types
         raise UsageError(bag_read_problem(bag_dir, exc)) from exc
     vi_stamps = sorted(stamps[vi_bag])
     ir_stamps = np.array(sorted(stamps[ir_bag]), dtype=np.int64)
+    for topic, zeros in zero.items():
+        if zeros and stamps[topic]:
+            print(f'{PROG}: warning: {zeros} of {zeros + len(lags[topic])} images on {topic!r} '
+                  f'have a zero header stamp (the node refuses them), left out',
+                  file=sys.stderr, flush=True)
     empty = [topic for topic in (ir_bag, vi_bag) if not stamps[topic]]
     if empty:  # named: a camera that never sent, a topic recorded under another name
-        raise UsageError(f'the bag has no message on {" nor on ".join(map(repr, empty))} (its '
-                         f'topic is recorded, but empty); record both cameras')
+        stamped_zero = [f'{zero[topic]} on {topic!r}' for topic in empty if zero[topic]]
+        raise UsageError(f'the bag has no message on {" nor on ".join(map(repr, empty))} ('
+                         + (f'its images all have a zero header stamp, which the node '
+                            f'refuses: {", ".join(stamped_zero)}; stamp them' if stamped_zero
+                            else 'its topic is recorded, but empty') + '); record both cameras')
     problem = clocks_apart_problem(lags, ir_bag, vi_bag) if all(lags.values()) else None
+    for topic in (ir_bag, vi_bag):
+        problem = problem or stamp_jump_problem(recorded_stamps[topic], topic)
     if problem is not None:  # the nearest stamps would be images of other instants
         raise UsageError(problem)
     offset_ns = round(ir_offset_s * 1e9)  # as the node rounds sync.infrared_time_offset
@@ -247,7 +285,7 @@ def bag_pairs(bag_dir, count, ir_topic=DEFAULT_IR_TOPIC, vi_topic=DEFAULT_VI_TOP
             raise
         except Exception as exc:  # noqa: BLE001 - rosbags raises several error types
             raise UsageError(bag_read_problem(bag_dir, exc)) from exc
-    return LazyPairs(len(chosen), read)
+    return LazyPairs(len(chosen), read, f'the bag {str(bag_dir)!r}')
 
 
 def shrunk_size(width, height, max_side):
@@ -277,7 +315,7 @@ def downscale_pairs(pairs, max_side):
     def read(index):
         name, ir, vi = pairs[index]
         return name, shrink(ir), shrink(vi)
-    return LazyPairs(len(pairs), read)
+    return LazyPairs(len(pairs), read, 'the recording')
 
 
 def _offset_or_auto(text):

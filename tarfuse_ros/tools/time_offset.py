@@ -12,18 +12,22 @@ stamped 60 ms late). Record the rig moving in a way that varies: turning and sto
 people and cars crossing both views; a still scene or a steady pan cannot be placed in time.
 
 Prints the estimate, the peak correlation of the two cameras' motion signals, the estimate of
-each of ``--windows`` parts of the recording on its own (how much it moves), and how to pass
+each of ``--windows`` parts of the recording on its own (how much it moves; the verdict and the
+warnings compare three parts whatever ``--windows`` is), and how to pass
 it to the node; with ``--out``, writes a node parameters file (``/**: ros__parameters: sync:
 infrared_time_offset``); with ``--plot``, the correlation curve as an image. Warns when the
 parts' offsets move one way through the recording, the first and the last part's more than
 0.05 s (the node's default ``sync.slop``) apart, naming both and their times: stamps that
-drift, which no fixed offset pairs (:func:`~tarfuse_ros.core.time_offset.estimate_warnings`).
+drift, which no fixed offset pairs (:func:`~tarfuse_ros.core.time_offset.estimate_warnings`);
+parts of fewer than 40 frame intervals of the slower camera (a recording shorter than about
+14 s of a 9 Hz camera) are too short to tell that from chance, and the warning says so.
 
 Exit status: 0 with an estimate, 1 when the recording gives none to trust (too little shared
 motion, a curve flat around its peak, two peaks, a peak at the edge of ``--max-offset``: the
 reason is printed, no ``--out`` file written; the ``--plot`` curve is, to see why), 2 for
 usage errors (bad options, a missing bag or topic, too few usable frames, cameras whose stamps
-are more than 1 s apart: clocks apart, an ``--out`` file holding other node parameters, such as
+are more than 1 s apart: clocks apart, a camera whose stamps jump back more than 1 s: a driver
+restarted, an ``--out`` file holding other node parameters, such as
 ``tarfuse-calibrate``'s prior, that it would replace), 130 on Ctrl-C.
 """
 
@@ -41,7 +45,8 @@ from tarfuse_ros.core.time_offset import estimate_warnings, frame_for_motion, MA
 from tarfuse_ros.core.time_offset import MIN_CORRELATION, MIN_INTERVALS, rounded_offset
 from tarfuse_ros.core.time_offset import signal_from_changes, STEP_S
 
-__all__ = ['build_parser', 'main', 'read_motion_signals', 'write_offset_yaml']
+__all__ = ['JUDGED_WINDOWS', 'build_parser', 'main', 'read_motion_signals',
+           'write_offset_yaml']
 
 PROG = 'tarfuse-time-offset'
 DEFAULT_IR_TOPIC = '/infrared/image_raw'
@@ -50,6 +55,10 @@ DEFAULT_VI_TOPIC = '/visible/image_raw'
 # the edge is refused, so a smaller search could find nothing
 MIN_MAX_OFFSET_S = 0.01
 _REORDER = 32  # images per camera held to put messages recorded out of stamp order back
+# The parts of the recording whose estimates the verdict and the warnings compare, whatever
+# --windows shows (as calibrate's auto and the node's check): with none or one, a chance peak
+# was accepted; with twenty parts of 0.6 s, their chance peaks refused a good estimate.
+JUDGED_WINDOWS = 3
 
 
 class UsageError(ValueError):
@@ -80,7 +89,7 @@ def read_motion_signals(bag_dir, ir_topic=DEFAULT_IR_TOPIC, vi_topic=DEFAULT_VI_
     from tarfuse_ros.ros.conversions import image_msg_to_motion_array
     from tarfuse_ros.tools.bagio import is_compressed_depth_topic
     from tarfuse_ros.tools.bagio import (bag_read_problem, camera_topics, clocks_apart_problem,
-                                         header_stamp_ns, read_messages)
+                                         header_stamp_ns, read_messages, stamp_jump_problem)
 
     try:
         ir_bag, vi_bag = camera_topics(bag_dir, ir_topic, vi_topic)
@@ -95,6 +104,7 @@ def read_motion_signals(bag_dir, ir_topic=DEFAULT_IR_TOPIC, vi_topic=DEFAULT_VI_
     pending = {'ir': [], 'vi': []}  # heaps of (stamp_ns, arrival, frame)
     stamps = {'ir': set(), 'vi': set()}
     lags = {ir_bag: [], vi_bag: []}  # header stamp - time recorded (ns): clocks apart?
+    recorded_stamps = {ir_bag: [], vi_bag: []}  # in the order recorded: a clock reset?
     counts = {'ir': 0, 'vi': 0}
     skipped = {'ir': [], 'vi': []}
 
@@ -120,6 +130,7 @@ def read_motion_signals(bag_dir, ir_topic=DEFAULT_IR_TOPIC, vi_topic=DEFAULT_VI_
                 skipped[camera].append('a zero header stamp (the node refuses it)')
                 continue
             lags[topic].append(stamp - recorded)
+            recorded_stamps[topic].append(stamp)
             try:
                 if is_compressed_depth_topic(topic):
                     frame = frame_for_motion(compressed_depth_msg_to_array(msg)[0])
@@ -135,6 +146,8 @@ def read_motion_signals(bag_dir, ir_topic=DEFAULT_IR_TOPIC, vi_topic=DEFAULT_VI_
     except Exception as exc:  # noqa: BLE001 - rosbags raises several error types
         raise UsageError(bag_read_problem(bag_dir, exc)) from exc
     problem = clocks_apart_problem(lags, ir_bag, vi_bag) if all(lags.values()) else None
+    for topic in (ir_bag, vi_bag):  # else two timelines merged by stamp, a wrong offset
+        problem = problem or stamp_jump_problem(recorded_stamps[topic], topic)
     if problem is not None:  # else a peak by chance, or "too little motion"
         raise UsageError(problem)
     out = {}
@@ -214,10 +227,12 @@ def build_parser():
     parser.add_argument('--max-offset', type=float, default=0.5, metavar='SECONDS',
                         help='largest offset tried either way, in [0.01, 1] s (the node '
                              'takes up to 1 s; default 0.5)')
-    parser.add_argument('--windows', type=int, default=3,
-                        help='parts of the recording also estimated on their own, to see how '
-                             'much the estimate moves and warn of drifting stamps (0: none; '
-                             'default 3)')
+    parser.add_argument('--windows', type=int, default=JUDGED_WINDOWS,
+                        help='parts of the recording also estimated on their own and printed, '
+                             'to see how much the estimate moves (0: none; default '
+                             f'{JUDGED_WINDOWS}); whether the estimate is trusted and the '
+                             f'warnings of drifting stamps compare {JUDGED_WINDOWS} parts, '
+                             'whatever this is')
     parser.add_argument('--min-correlation', type=float, default=MIN_CORRELATION,
                         help='least peak correlation of the motion signals to accept, in '
                              f'[0, 1] (default {MIN_CORRELATION:g})')
@@ -304,7 +319,9 @@ def _run(args):
     print(f'IR: {_images(*signals["ir"])}, visible: {_images(*signals["vi"])}, '
           f'{signals["vi"][3]:.1f} s of visible stamps')
     estimate = estimate_time_offset(vi, ir, max_offset_s=args.max_offset,
-                                    windows=args.windows)
+                                    windows=JUDGED_WINDOWS)
+    shown = estimate if args.windows == JUDGED_WINDOWS else estimate_time_offset(
+        vi, ir, max_offset_s=args.max_offset, windows=args.windows)
     if args.plot is not None:
         _plot(args.plot, estimate)
         print(f'wrote {args.plot}')
@@ -316,11 +333,11 @@ def _run(args):
                   f'{"later" if value < 0 else "earlier"} than the visible camera')
         print(f'best offset {_signed(value)} s ({timing}), correlation '
               f'{estimate.correlation:.2f}, sharpness {estimate.sharpness:.2f}')
-    if estimate.window_offsets_s:
+    if shown.window_offsets_s:
         parts = ', '.join('none' if offset is None else f'{_signed(offset)} s (r {value:.2f})'
-                          for offset, value in zip(estimate.window_offsets_s,
-                                                   estimate.window_correlations))
-        print(f'the {len(estimate.window_offsets_s)} parts of the recording alone: {parts}')
+                          for offset, value in zip(shown.window_offsets_s,
+                                                   shown.window_correlations))
+        print(f'the {len(shown.window_offsets_s)} parts of the recording alone: {parts}')
     if problem is not None:
         print(f'{PROG}: no offset to trust: {problem}', file=sys.stderr)
         return 1

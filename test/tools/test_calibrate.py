@@ -673,3 +673,93 @@ def test_pairs_read_one_at_a_time_give_the_prior_of_the_pairs_held_in_memory(tmp
             for stamp in (vi_stamps[index] for index in calibrate.spread_indices(10, 4))]
     expected = fit(held, calibrate._engine_factory(None, 'cpu'), iterations=2).prior
     assert np.array_equal(load_prior_yaml(out).homography, expected.homography)
+
+
+def test_a_bag_rewritten_while_calibrating_is_named_not_fitted_on_other_images(
+        tmp_path, capsys, monkeypatch):
+    # The pairs are read again from the bag whenever they are used: a bag recorded again
+    # into the same folder (same stamps, other scenes or sizes) gave the model other images
+    # than those checked, without a word (a prior of other pairs, or exit 1 'several image
+    # sizes' when the size changed).
+    import shutil
+    bag = tmp_path / 'bag'
+    make_bag(ROOT / 'samples', bag, rate=10.0, size=(160, 128), max_pairs=3)
+    pairs = calibrate.bag_pairs(bag, 3)
+    name, _, _ = pairs[1]
+    shutil.rmtree(bag)
+    make_bag(ROOT / 'test' / 'data' / 'datasets' / 'cvc14_misaligned', bag, rate=10.0,
+             size=(160, 128), max_pairs=3)
+    pairs[0]  # never read before: taken as it is now
+    with pytest.raises(calibrate.UsageError, match=rf"pair '{name}' changed since it was "
+                                                   rf"first read: .*'{bag}'"):
+        pairs[1]
+
+    # The command: the bag recorded again at another size after the pairs were checked.
+    shutil.rmtree(bag)
+    make_bag(ROOT / 'samples', bag, rate=10.0, size=(160, 128), max_pairs=2)
+    surveyed = calibrate._survey
+
+    def survey_then_record_again(pairs):
+        rows = surveyed(pairs)
+        shutil.rmtree(bag)
+        make_bag(ROOT / 'samples', bag, rate=10.0, size=(200, 100), max_pairs=2)
+        return rows
+    monkeypatch.setattr(calibrate, '_survey', survey_then_record_again)
+    out = tmp_path / 'p.yaml'
+    code = calibrate.main(['--bag', str(bag), '--out', str(out), '--iterations', '1',
+                           '--threads', '1'])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert 'changed since it was first read' in err and 'several image sizes' not in err, err
+    assert not out.exists()
+
+
+def test_a_folder_image_replaced_while_calibrating_is_named(rig_folder, tmp_path):
+    import shutil
+    folder = _rig_copy(rig_folder, tmp_path / 'rig', lambda ir: ir)
+    pairs = calibrate.folder_pairs(folder, 2)
+    stem, _, _ = pairs[0]
+    ir_file = next((folder / 'ir').glob(f'{stem}.*'))
+    other = next(path for path in sorted((folder / 'ir').iterdir()) if path != ir_file)
+    shutil.copyfile(other, ir_file)  # the same size, another scene
+    with pytest.raises(calibrate.UsageError, match=rf"pair '{stem}' changed since it was "
+                                                   rf"first read: .*'{folder}'"):
+        pairs[0]
+
+
+def test_images_with_a_zero_stamp_are_left_out_and_named_not_paired_or_blamed_on_slop(
+        tmp_path, capsys):
+    # A driver's first visible image stamped 0 (before its clock was set), as the node refuses
+    # it: it was chosen as the recording's first pair and left out as 'nearest IR images
+    # 1700000000.000 s away; raise --slop', and with --pairs-count 1 the command exited 2
+    # on it.
+    from tarfuse_ros.tools.bagio import image_cdr, jazzy_typestore, offered_qos, open_writer
+    typestore = jazzy_typestore()
+
+    def write(bag, stamps):
+        """Write three pairs at 10 Hz, ``stamps(index, at) -> (visible, IR)`` header stamps."""
+        writer = open_writer(bag, typestore)
+        connections = {camera: writer.add_connection(
+            f'/{camera}/image_raw', 'sensor_msgs/msg/Image', typestore=typestore,
+            offered_qos_profiles=offered_qos()) for camera in ('infrared', 'visible')}
+        for index, stem in enumerate(data.read_split(ROADSCENE)[:3]):
+            ir, vi = (cv2.resize(image, (160, 128)) for image in data.load_pair(ROADSCENE, stem))
+            at = 1_700_000_000_000_000_000 + index * 100_000_000
+            vi_stamp, ir_stamp = stamps(index, at)
+            writer.write(connections['visible'], at, image_cdr(vi, 'bgr8', 'vi', vi_stamp))
+            writer.write(connections['infrared'], at, image_cdr(ir, 'mono8', 'ir', ir_stamp))
+        writer.close()
+        return bag
+
+    write(tmp_path / 'bag', lambda index, at: (0 if index == 0 else at, at))
+    pairs = calibrate.bag_pairs(tmp_path / 'bag', 1)
+    err = capsys.readouterr().err
+    assert [name for name, _, _ in pairs] == ['1700000000.100000000'], err
+    assert ("1 of 3 images on '/visible/image_raw' have a zero header stamp (the node refuses "
+            'them), left out') in err, err
+    assert '--slop' not in err
+    assert len(calibrate.bag_pairs(tmp_path / 'bag', 3)) == 2
+    # An IR driver that never stamps: named as such, not as an empty topic.
+    with pytest.raises(calibrate.UsageError, match=r"no message on '/infrared/image_raw' \(its "
+                                                   r'images all have a zero header stamp'):
+        calibrate.bag_pairs(write(tmp_path / 'unstamped', lambda index, at: (at, 0)), 3)
