@@ -267,8 +267,7 @@ def test_start_up_failure_exits_non_zero_with_a_clear_message(outcomes, case):
 
 
 def _reached(node, moment):
-    """Whether the starting node reached ``moment``: importing PyTorch, its model loaded, or
-    its inputs subscribed."""
+    """Whether the starting node reached ``moment``: importing, model_loaded or subscribed."""
     if moment == 'model_loaded':  # logged at the end of the model load, before subscribing
         return 'global stage scale search' in node.log()
     if moment == 'subscribed':  # logged before the outputs' timers and the 'ready' line
