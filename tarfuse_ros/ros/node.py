@@ -2125,7 +2125,10 @@ def main(args=None):
         node = TarFuseNode(argv=argv, given_argv=given)
         executor = SingleThreadedExecutor(context=node.context)
         executor.add_node(node)
-        install_signal_handlers(SignalHandlerOptions.ALL)
+        # A SIGINT ignored from the start (a shell's background job) stays ignored once the
+        # node runs, as while it started: rclpy's handlers took it over.
+        install_signal_handlers(SignalHandlerOptions.ALL if signal.SIGINT in before
+                                else SignalHandlerOptions.SIGTERM)
         stop.starting = False
         executor.spin()
     except StartupError as exc:

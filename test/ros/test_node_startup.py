@@ -8,7 +8,7 @@ import sys
 import time
 
 from node_harness import image_msg, make_checkpoint, NodeProcess, Probe, random_domain_id
-from node_harness import ROOT, sample_pair, VISIBLE_FRAME
+from node_harness import ROOT, running_node, sample_pair, VISIBLE_FRAME
 import numpy as np
 import pytest
 from rclpy.qos import ReliabilityPolicy
@@ -299,6 +299,25 @@ def test_a_stop_signal_during_start_up_exits_quietly(moment, sig):
         assert 'rosout' not in log, log
     finally:
         node.close()
+
+
+def test_a_node_started_with_sigint_ignored_ignores_it_once_running_and_stops_on_sigterm():
+    """A shell's background job (SIGINT ignored) keeps ignoring SIGINT once it runs.
+
+    The node kept SIGINT ignored while it started, then rclpy's handlers took it over: the
+    terminal's Ctrl-C stopped a background node once it ran, not before. SIGTERM stops it.
+    """
+    with running_node({}, sigint_ignored=True) as (node, probe):
+        node.process.send_signal(signal.SIGINT)
+        time.sleep(0.5)  # a stop begun by it ends the node within seconds
+        stamp = time.time_ns()
+        probe.publish_pair(*probe.good_pair(stamp))
+        assert probe.wait_for_outputs(stamp, timeout=60.0), \
+            f'no answer after a SIGINT it ignores (exit code {node.wait(0)}):\n{node.log()}'
+        code, _ = node.stop(signal.SIGTERM, timeout=60.0)
+        log = node.log()
+        assert code == 0, f'exit code {code}:\n{log}'
+        assert 'Traceback' not in log and 'rosout' not in log, log
 
 
 def test_a_qos_override_sets_that_output_publishers_qos(tmp_path):
