@@ -2132,6 +2132,9 @@ def main(args=None):
         stop.starting = False
         executor.spin()
     except StartupError as exc:
+        # The start is over: a stop now (one who read the line, ros2 launch) must not raise
+        # KeyboardInterrupt out of this handler, a traceback under the FATAL line.
+        stop.starting = False
         logger.fatal(str(exc))
         code = 1
     except (KeyboardInterrupt, ExternalShutdownException):

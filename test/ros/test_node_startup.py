@@ -468,6 +468,40 @@ def test_a_stop_swallowed_during_the_import_still_stops_the_node():
     assert 'exit code 0' in output and 'ready' not in output, output
 
 
+_STOP_AFTER_THE_FATAL_LINE = '''
+import os, signal, sys, time
+from rclpy.impl.rcutils_logger import RcutilsLogger
+
+fatal = RcutilsLogger.fatal
+
+def fatal_then_stop(self, message, **kwargs):
+    """The start-up's FATAL line is out; then the stop of one who read it, or of ros2 launch."""
+    said = fatal(self, message, **kwargs)
+    os.kill(os.getpid(), signal.{signal})
+    time.sleep(1.0)
+    return said
+
+RcutilsLogger.fatal = fatal_then_stop
+from tarfuse_ros.ros import fuse_node
+sys.exit(fuse_node.main(['fuse_node', '--ros-args', '-p', 'registration.fine_passes:=99']))
+'''
+
+
+@pytest.mark.parametrize('sig', ['SIGINT', 'SIGTERM'])
+def test_a_stop_signal_just_after_a_refused_start_exits_1_without_a_traceback(sig):
+    """A Ctrl-C or SIGTERM right after the FATAL line: exit 1, the FATAL line, no traceback.
+
+    It raised KeyboardInterrupt out of the FATAL's handling: three chained tracebacks.
+    """
+    env = dict(os.environ, ROS_DOMAIN_ID=str(random_domain_id()))
+    process = subprocess.run([sys.executable, '-c', _STOP_AFTER_THE_FATAL_LINE.format(signal=sig)],
+                             env=env, capture_output=True, text=True, timeout=90)
+    output = process.stdout + process.stderr
+    assert process.returncode == 1, output
+    assert 'FATAL' in output and 'registration.fine_passes=99 is outside [-1, 8]' in output
+    assert 'Traceback' not in output and 'KeyboardInterrupt' not in output, output
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason='needs a machine without CUDA')
 def test_the_cpu_fallback_is_logged_once():
     """With allow_cpu_fallback the node runs on the CPU and says so once, naming why."""
