@@ -1428,9 +1428,10 @@ class TarFuseNode(Node):
             old = self._params
             try:
                 # Everything that can refuse the update first, so a refusal changes nothing.
+                onnx = old.backend == 'onnxruntime'
                 new = apply_updates(old, parameter_updates(parameters),
-                                    self._engine.fine_passes if old.backend == 'onnxruntime'
-                                    else None)
+                                    self._engine.fine_passes if onnx else None,
+                                    not onnx or self._engine.orientation_stage)
                 changed = {f for f in _RUNTIME_ENGINE_FIELDS + _HEALTH_FIELDS
                            if getattr(new, f) != getattr(old, f)}
                 ids = (_class_ids(new.classes, self._engine.class_names)
