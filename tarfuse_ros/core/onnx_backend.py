@@ -39,6 +39,7 @@ import cv2
 import numpy as np
 from tarfuse_ros.core.files import is_safetensors, is_torch_pickle, plain_zip_problem
 from tarfuse_ros.core.fine_passes import BuiltInFinePassesError, check_fine_passes
+from tarfuse_ros.core.fine_passes import NoFineStageError
 from tarfuse_ros.core.global_stream import check_stream_settings
 from tarfuse_ros.core.pair_engine import (check_finite_outputs, check_flags,
                                           check_ir_percentiles, outputs_to_frame, PairEngine,
@@ -397,7 +398,8 @@ class OnnxFusionEngine(PairEngine):
             the graph runs the global stage's fine passes it was exported with built in
             (:class:`~tarfuse_ros.core.fine_passes.BuiltInFinePassesError` for another count
             in [0, 8]: export with ``tarfuse-export WEIGHTS --out MODEL.onnx --fine-passes
-            N``).
+            N``; :class:`~tarfuse_ros.core.fine_passes.NoFineStageError` for 1-8 of a graph
+            without an orientation global stage, as ``FusionEngine``).
         global_every, global_window: 1 only, global_track: 0 only (``ValueError`` otherwise):
             the graph runs its global stage on every pair (the stream settings are the torch
             engine's).
@@ -494,7 +496,16 @@ class OnnxFusionEngine(PairEngine):
                          'onnxruntime runs it no faster than a float32 export and less exactly; '
                          'for the CPU, export without --half', self._weights)
         model = self._model_config  # parsed: absent fields at the checkpoint loader's defaults
+        orientation = (model.registration == 'match' and model.global_stage
+                       and model.global_features == 'orientation')
+        self._orientation_stage = bool(orientation)
         self._fine_passes = _graph_fine_passes(model)
+        if fine_passes and not orientation:  # as FusionEngine: no export would run them
+            raise NoFineStageError(
+                f'{fine_passes} fine passes asked for, but the ONNX graph {self._weights} has '
+                f'no fine stage (no orientation global stage: registration '
+                f'{model.registration!r}, global_stage {model.global_stage}, global_features '
+                f"{model.global_features!r}): only 0 or the graph's own count apply")
         if fine_passes is not None and fine_passes != self._fine_passes:
             raise BuiltInFinePassesError(
                 f'{fine_passes} fine passes asked for, but the ONNX graph {self._weights} runs '
@@ -513,8 +524,6 @@ class OnnxFusionEngine(PairEngine):
         # PyTorch enlarges frames below the global stage's min side for its fit, the graph
         # cannot (README, ONNX): such frames get other maps here, said once per engine.
         # (The torch model has that stage, and enlarges, only with these three fields.)
-        orientation = (model.registration == 'match' and model.global_stage
-                       and model.global_features == 'orientation')
         self._global_min_side = model.global_min_side if orientation else 0
         self._small_frame_warned = False
         # Small frames are enlarged for the graph as the torch engine does (the checkpoint's
@@ -535,6 +544,11 @@ class OnnxFusionEngine(PairEngine):
         Built in at the export (``tarfuse-export --fine-passes``), read from its metadata.
         """
         return self._fine_passes
+
+    @property
+    def orientation_stage(self):
+        """Whether the graph has the orientation global stage (False: no fine passes apply)."""
+        return self._orientation_stage
 
     @property
     def device(self):

@@ -1428,9 +1428,10 @@ class TarFuseNode(Node):
             old = self._params
             try:
                 # Everything that can refuse the update first, so a refusal changes nothing.
+                onnx = old.backend == 'onnxruntime'
                 new = apply_updates(old, parameter_updates(parameters),
-                                    self._engine.fine_passes if old.backend == 'onnxruntime'
-                                    else None)
+                                    self._engine.fine_passes if onnx else None,
+                                    not onnx or self._engine.orientation_stage)
                 changed = {f for f in _RUNTIME_ENGINE_FIELDS + _HEALTH_FIELDS
                            if getattr(new, f) != getattr(old, f)}
                 ids = (_class_ids(new.classes, self._engine.class_names)
@@ -2125,10 +2126,16 @@ def main(args=None):
         node = TarFuseNode(argv=argv, given_argv=given)
         executor = SingleThreadedExecutor(context=node.context)
         executor.add_node(node)
-        install_signal_handlers(SignalHandlerOptions.ALL)
+        # A SIGINT ignored from the start (a shell's background job) stays ignored once the
+        # node runs, as while it started: rclpy's handlers took it over.
+        install_signal_handlers(SignalHandlerOptions.ALL if signal.SIGINT in before
+                                else SignalHandlerOptions.SIGTERM)
         stop.starting = False
         executor.spin()
     except StartupError as exc:
+        # The start is over: a stop now (one who read the line, ros2 launch) must not raise
+        # KeyboardInterrupt out of this handler, a traceback under the FATAL line.
+        stop.starting = False
         logger.fatal(str(exc))
         code = 1
     except (KeyboardInterrupt, ExternalShutdownException):

@@ -516,26 +516,34 @@ def _check_value(spec, value):
             f'{spec.name}={value!r} is not allowed; use one of: {", ".join(spec.allowed)}')
 
 
-def graph_fine_passes_problem(params, built_in):
+def graph_fine_passes_problem(params, built_in, fine_stage=True):
     """Return why ``params`` cannot run an ONNX graph with ``built_in`` fine passes, or None.
 
     With backend onnxruntime, ``registration.fine_passes`` takes -1 or the count the graph was
     exported with (``built_in``, 0-8; it has them built in); None for any other backend.
+    ``fine_stage`` False: the graph has no orientation global stage, so no export of its
+    checkpoint runs fine passes (said instead of the export to make).
     """
     passes = params.registration_fine_passes
     if params.backend != 'onnxruntime' or passes in (-1, built_in):
         return None
+    if not fine_stage:
+        return (f'registration.fine_passes {passes}: the ONNX graph {params.weights} has no '
+                f'fine stage (no orientation global stage), so no fine passes apply; set '
+                f"registration.fine_passes to 0 or -1 (the model's own)")
     return (f'registration.fine_passes {passes}: the ONNX graph {params.weights} runs the '
             f'{built_in} fine passes it was exported with, built in; export one with {passes} '
             f'(tarfuse-export WEIGHTS.safetensors --out MODEL.onnx --fine-passes {passes}) and '
             f"run it, or set registration.fine_passes to {built_in} or -1 (the graph's own)")
 
 
-def validate_params(params, graph_fine_passes=None):
+def validate_params(params, graph_fine_passes=None, graph_fine_stage=True):
     """Check every field of a :class:`NodeParams`; raise ``ValueError`` naming the bad one.
 
     ``graph_fine_passes``: with backend onnxruntime, the fine passes the ONNX graph runs, once
     its metadata was read (:func:`graph_fine_passes_problem`); None: not known, not checked.
+    ``graph_fine_stage``: whether that graph has an orientation global stage (as
+    :func:`graph_fine_passes_problem`'s ``fine_stage``).
     """
     # Said as FusionEngine and tarfuse-fuse say them, with the parameters' names (their ranges
     # too: they are the engine's).
@@ -562,7 +570,7 @@ def validate_params(params, graph_fine_passes=None):
             'without the search (tarfuse-export WEIGHTS --out MODEL.onnx --no-scale-search) '
             'and leave this parameter true')
     problem = (None if graph_fine_passes is None
-               else graph_fine_passes_problem(params, graph_fine_passes))
+               else graph_fine_passes_problem(params, graph_fine_passes, graph_fine_stage))
     if problem:
         raise ValueError(problem)
     stream = params.registration_global_every > 1 or params.registration_global_window > 1
@@ -614,14 +622,14 @@ def params_from_values(values):
     return validate_params(NodeParams(**kwargs))
 
 
-def apply_updates(current, updates, graph_fine_passes=None):
+def apply_updates(current, updates, graph_fine_passes=None, graph_fine_stage=True):
     """Return ``current`` with ``{parameter name: value}`` applied, or raise ``ValueError``.
 
     Only parameters marked as run-time changeable may change; setting a fixed parameter to its
     current value is accepted; a value of None (``ros2 param delete``) is refused.  Names that
-    are not ours (``use_sim_time``, ``qos_overrides.*``) are ignored. ``graph_fine_passes``:
-    as :func:`validate_params` (the refusal of a fixed parameter says when a restart with the
-    new value would fail too).
+    are not ours (``use_sim_time``, ``qos_overrides.*``) are ignored. ``graph_fine_passes``,
+    ``graph_fine_stage``: as :func:`validate_params` (the refusal of a fixed parameter says when
+    a restart with the new value would fail too).
     """
     changes = {}
     for name, value in updates.items():
@@ -635,7 +643,8 @@ def apply_updates(current, updates, graph_fine_passes=None):
         if value == getattr(current, spec.field):
             continue
         if not spec.runtime:
-            problem = _start_up_problem(current, spec, value, graph_fine_passes)
+            problem = _start_up_problem(current, spec, value, graph_fine_passes,
+                                        graph_fine_stage)
             if problem:  # a restart with it would fail too: say why, not how to restart
                 raise ValueError(f'{name} cannot change while the node runs, and {value!r} '
                                  f'would be refused at start-up too (with the other parameters '
@@ -646,8 +655,8 @@ def apply_updates(current, updates, graph_fine_passes=None):
                 f'-p {name}:={_command_line_value(value)} instead')
         _check_value(spec, value)
         changes[spec.field] = value
-    return (validate_params(replace(current, **changes), graph_fine_passes) if changes
-            else current)
+    return (validate_params(replace(current, **changes), graph_fine_passes, graph_fine_stage)
+            if changes else current)
 
 
 def _value_in_use(spec, value):
@@ -658,16 +667,17 @@ def _value_in_use(spec, value):
     return value
 
 
-def _start_up_problem(current, spec, value, graph_fine_passes=None):
+def _start_up_problem(current, spec, value, graph_fine_passes=None, graph_fine_stage=True):
     """Return why the node would refuse ``value`` for ``spec`` at start-up, or None.
 
     The other parameters keep their current values (a value valid only with others changed
     too, e.g. ``backend`` onnxruntime with an ``.onnx`` file as ``weights``, says so);
-    ``graph_fine_passes``: as :func:`validate_params`.
+    ``graph_fine_passes``, ``graph_fine_stage``: as :func:`validate_params`.
     """
     try:
         _check_value(spec, value)
-        validate_params(replace(current, **{spec.field: value}), graph_fine_passes)
+        validate_params(replace(current, **{spec.field: value}), graph_fine_passes,
+                        graph_fine_stage)
     except ValueError as exc:
         return str(exc)
     return None

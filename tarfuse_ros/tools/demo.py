@@ -9,10 +9,11 @@
    (``ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST`` unless the environment sets a range);
 3. plays the bag into it over DDS with ``tarfuse-play``, recording ``fused/image_raw``,
    ``detections``, ``registered/image_raw`` and ``/diagnostics`` into another bag;
-4. stops the node cleanly (SIGINT, before its ``diagnostics.input_timeout`` runs out after the
-   bag's end: no warning of stopped cameras) and writes ``summary.json``, ``summary.md`` and a
-   few fused PNGs (decoded from the recorded bag) under the output folder, and prints the
-   summary.
+4. stops the node cleanly (SIGINT, or SIGTERM where the demo was started with SIGINT ignored
+   as a shell's background job, which its node then ignores too; before its
+   ``diagnostics.input_timeout`` runs out after the bag's end: no warning of stopped cameras)
+   and writes ``summary.json``, ``summary.md`` and a few fused PNGs (decoded from the recorded
+   bag) under the output folder, and prints the summary.
 """
 
 import argparse
@@ -363,11 +364,11 @@ def _quiet_domain(exclude, candidates=None, tries=20):
                     f'demo elsewhere')
 
 
-def _stop_node(process, timeout=20.0):
-    """SIGINT the node (as Ctrl-C would); escalate to SIGTERM / SIGKILL; return (code, clean)."""
+def _stop_node(process, sig=signal.SIGINT, timeout=20.0):
+    """Send ``sig`` to the node; escalate to SIGTERM / SIGKILL; return (code, clean)."""
     if process.poll() is not None:
         return process.returncode, False
-    process.send_signal(signal.SIGINT)
+    process.send_signal(sig)
     try:
         return process.wait(timeout), True
     except subprocess.TimeoutExpired:
@@ -486,6 +487,10 @@ def run_demo(out='output/demo', weights=None, device='cpu', samples=None,
     log(f'tarfuse-demo: starting the node (on a private ROS_DOMAIN_ID={domain_id}, '
         f'ROS_AUTOMATIC_DISCOVERY_RANGE={discovery}: {where}; log {log_path})')
     started = time.monotonic()
+    # Ctrl-C stops the node (as it would); a SIGINT this process ignores (a shell's background
+    # job) the node inherits and ignores too: SIGTERM then, which it stops on as cleanly.
+    stop_signal = (signal.SIGTERM if signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+                   else signal.SIGINT)
     with open(log_path, 'w') as node_log:
         process = subprocess.Popen(command, stdout=node_log, stderr=subprocess.STDOUT, env=env)
 
@@ -536,7 +541,7 @@ def run_demo(out='output/demo', weights=None, device='cpu', samples=None,
             raise KeyboardInterrupt from None
         raise DemoError(str(error)) from None
     finally:
-        code, clean = _stop_node(process)
+        code, clean = _stop_node(process, stop_signal)
         clean = clean and code == 0
     if stats.interrupted:  # Ctrl-C / SIGTERM: the player stopped early; no summary of a part
         raise KeyboardInterrupt

@@ -25,7 +25,7 @@ import pytest
 from tarfuse_ros.core.checkpoint import read_checkpoint_config, save_checkpoint
 from tarfuse_ros.core.engine import FusionEngine
 from tarfuse_ros.core.export import export_onnx, VERIFY_TOLERANCES
-from tarfuse_ros.core.fine_passes import BuiltInFinePassesError
+from tarfuse_ros.core.fine_passes import BuiltInFinePassesError, NoFineStageError
 from tarfuse_ros.core.model import yolo
 from tarfuse_ros.core.model.tarfuse import build_model
 from tarfuse_ros.core.onnx_backend import CONFIG_KEY, nms_rows, ONNX_KEY, ONNX_OUTPUTS
@@ -244,6 +244,23 @@ def test_fine_passes_export_and_are_recorded_in_the_metadata(match_checkpoint, t
     assert '2 fine passes asked for, but this checkpoint has no fine stage' in (
         capsys.readouterr().err)
     assert not (tmp_path / 'bad.onnx').exists()
+
+
+def test_fine_passes_asked_of_a_graph_without_a_global_stage_say_none_apply(match_checkpoint,
+                                                                            tmp_path):
+    # The default architecture has no orientation global stage, hence no fine passes: the
+    # refusal said 'export one with 2 (... --fine-passes 2)', which tarfuse-export refuses for
+    # this checkpoint. As the torch engine: NoFineStageError, 0 or the model's own apply.
+    path = tmp_path / 'match.onnx'
+    export_onnx(match_checkpoint, path, verify=False)
+    assert OnnxFusionEngine(path, fine_passes=0).fine_passes == 0
+    with pytest.raises(NoFineStageError) as raised:
+        OnnxFusionEngine(path, fine_passes=2)
+    message = str(raised.value)
+    assert '2 fine passes asked for, but the ONNX graph' in message
+    assert 'has no fine stage (no orientation global stage' in message
+    assert "only 0 or the graph's own count apply" in message
+    assert '--fine-passes' not in message, message
 
 
 def _foreign_onnx(tmp_path):

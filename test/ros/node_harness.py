@@ -157,8 +157,11 @@ class NodeProcess:
     """The fusion node running in a child process on ``domain_id``."""
 
     def __init__(self, domain_id, parameters, namespace='/', env=None, params_files=(),
-                 remaps=(), program=None):
-        """Start the node (or ``program``: a script of nodes; ``namespace`` None: theirs)."""
+                 remaps=(), program=None, sigint_ignored=False):
+        """Start the node (or ``program``: a script of nodes; ``namespace`` None: theirs).
+
+        ``sigint_ignored``: start it with SIGINT ignored, as a shell starts a background job.
+        """
         self.log_file = tempfile.NamedTemporaryFile(
             prefix='tarfuse_node_', suffix='.log', delete=False)
         environment = dict(os.environ if env is None else env)
@@ -180,8 +183,10 @@ class NodeProcess:
         for rule in remaps:  # 'from:=to'
             command += ['-r', rule]
         self.command = command
+        ignore = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if sigint_ignored else None
         self.process = subprocess.Popen(command, cwd=ROOT, env=environment,
-                                        stdout=self.log_file, stderr=subprocess.STDOUT)
+                                        stdout=self.log_file, stderr=subprocess.STDOUT,
+                                        preexec_fn=ignore)
 
     def alive(self):
         return self.process.poll() is None

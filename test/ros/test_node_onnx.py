@@ -8,11 +8,12 @@ onnxruntime engine gives in this process.
 import time
 
 import cv2
-from node_harness import assert_start_up_fails, HEIGHT, running_node
+from node_harness import assert_start_up_fails, HEIGHT, make_checkpoint, running_node
 from node_harness import sample_pair, WIDTH
 import numpy as np
 import onnx
 import pytest
+from tarfuse_ros.core.export import export_onnx
 from tarfuse_ros.core.onnx_backend import OnnxFusionEngine
 from tarfuse_ros.core.paths import default_weights_path
 
@@ -145,6 +146,27 @@ def test_fine_passes_equal_to_the_graphs_own_are_accepted(exported):
         'runs the 4 fine passes it was exported with' in refused.reason), refused.reason
     assert not restart.successful and (
         'restart the node with -p registration.fine_passes:=-1' in restart.reason), restart.reason
+
+
+def test_fine_passes_of_a_graph_without_a_global_stage_are_refused_as_none_apply(tmp_path):
+    # The default architecture has no orientation global stage: the refusal said to export a
+    # graph with 2 passes (tarfuse-export refuses that checkpoint), not that none apply.
+    checkpoint = tmp_path / 'plain.safetensors'
+    make_checkpoint(checkpoint)
+    export_onnx(checkpoint, tmp_path / 'plain.onnx', verify=False)
+    assert_start_up_fails(
+        {'backend': 'onnxruntime', 'weights': str(tmp_path / 'plain.onnx'),
+         'registration.fine_passes': 2},
+        ['registration.fine_passes 2', 'has no fine stage (no orientation global stage',
+         "set registration.fine_passes to 0 or -1 (the model's own)"])
+    # At run time too (it said to export a graph with 2 passes and restart with it).
+    with running_node({'backend': 'onnxruntime'}, tmp_path / 'plain.onnx',
+                      ready_timeout=120.0) as (node, probe):
+        refused, = probe.set_parameters(registration__fine_passes=2)
+    assert not refused.successful and 'would be refused at start-up too' in refused.reason and (
+        'has no fine stage (no orientation global stage), so no fine passes apply; set '
+        'registration.fine_passes to 0 or -1' in refused.reason), refused.reason
+    assert '--fine-passes' not in refused.reason, refused.reason
 
 
 def test_fine_passes_other_than_the_graphs_own_name_its_count_and_the_export_option(exported):

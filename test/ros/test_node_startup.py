@@ -8,7 +8,7 @@ import sys
 import time
 
 from node_harness import image_msg, make_checkpoint, NodeProcess, Probe, random_domain_id
-from node_harness import ROOT, sample_pair, VISIBLE_FRAME
+from node_harness import ROOT, running_node, sample_pair, VISIBLE_FRAME
 import numpy as np
 import pytest
 from rclpy.qos import ReliabilityPolicy
@@ -300,6 +300,25 @@ def test_a_stop_signal_during_start_up_exits_quietly(moment, sig):
         node.close()
 
 
+def test_a_node_started_with_sigint_ignored_ignores_it_once_running_and_stops_on_sigterm():
+    """A shell's background job (SIGINT ignored) keeps ignoring SIGINT once it runs.
+
+    The node kept SIGINT ignored while it started, then rclpy's handlers took it over: the
+    terminal's Ctrl-C stopped a background node once it ran, not before. SIGTERM stops it.
+    """
+    with running_node({}, sigint_ignored=True) as (node, probe):
+        node.process.send_signal(signal.SIGINT)
+        time.sleep(0.5)  # a stop begun by it ends the node within seconds
+        stamp = time.time_ns()
+        probe.publish_pair(*probe.good_pair(stamp))
+        assert probe.wait_for_outputs(stamp, timeout=60.0), \
+            f'no answer after a SIGINT it ignores (exit code {node.wait(0)}):\n{node.log()}'
+        code, _ = node.stop(signal.SIGTERM, timeout=60.0)
+        log = node.log()
+        assert code == 0, f'exit code {code}:\n{log}'
+        assert 'Traceback' not in log and 'rosout' not in log, log
+
+
 def test_a_qos_override_sets_that_output_publishers_qos(tmp_path):
     """A REP-2003 override in a params file reaches its output; the others keep the default."""
     weights = tmp_path / 'random.safetensors'
@@ -446,6 +465,40 @@ def test_a_stop_swallowed_during_the_import_still_stops_the_node():
             output = process.communicate()[0]
     assert process.returncode == 0, output
     assert 'exit code 0' in output and 'ready' not in output, output
+
+
+_STOP_AFTER_THE_FATAL_LINE = '''
+import os, signal, sys, time
+from rclpy.impl.rcutils_logger import RcutilsLogger
+
+fatal = RcutilsLogger.fatal
+
+def fatal_then_stop(self, message, **kwargs):
+    """The start-up's FATAL line is out; then the stop of one who read it, or of ros2 launch."""
+    said = fatal(self, message, **kwargs)
+    os.kill(os.getpid(), signal.{signal})
+    time.sleep(1.0)
+    return said
+
+RcutilsLogger.fatal = fatal_then_stop
+from tarfuse_ros.ros import fuse_node
+sys.exit(fuse_node.main(['fuse_node', '--ros-args', '-p', 'registration.fine_passes:=99']))
+'''
+
+
+@pytest.mark.parametrize('sig', ['SIGINT', 'SIGTERM'])
+def test_a_stop_signal_just_after_a_refused_start_exits_1_without_a_traceback(sig):
+    """A Ctrl-C or SIGTERM right after the FATAL line: exit 1, the FATAL line, no traceback.
+
+    It raised KeyboardInterrupt out of the FATAL's handling: three chained tracebacks.
+    """
+    env = dict(os.environ, ROS_DOMAIN_ID=str(random_domain_id()))
+    process = subprocess.run([sys.executable, '-c', _STOP_AFTER_THE_FATAL_LINE.format(signal=sig)],
+                             env=env, capture_output=True, text=True, timeout=90)
+    output = process.stdout + process.stderr
+    assert process.returncode == 1, output
+    assert 'FATAL' in output and 'registration.fine_passes=99 is outside [-1, 8]' in output
+    assert 'Traceback' not in output and 'KeyboardInterrupt' not in output, output
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason='needs a machine without CUDA')

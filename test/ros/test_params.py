@@ -223,6 +223,12 @@ def test_fine_passes_with_backend_onnxruntime_are_checked_against_the_graphs_own
         validate_params(params, graph_fine_passes=0)
     assert graph_fine_passes_problem(replace(params, registration_fine_passes=-1), 0) is None
     assert graph_fine_passes_problem(replace(params, backend='torch'), 0) is None
+    # A graph without an orientation global stage: no export runs passes, none apply.
+    problem = graph_fine_passes_problem(params, 0, fine_stage=False)
+    assert 'has no fine stage (no orientation global stage), so no fine passes apply' in (
+        problem) and '--fine-passes' not in problem, problem
+    assert graph_fine_passes_problem(replace(params, registration_fine_passes=0), 0,
+                                     fine_stage=False) is None
 
 
 def test_max_rate_changes_at_run_time_and_a_negative_one_is_refused():

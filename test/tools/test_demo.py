@@ -459,6 +459,26 @@ def test_sigterm_stops_the_demo_and_its_node(weights, tmp_path):
     assert left == [] and not (out / 'summary.md').exists()
 
 
+@pytest.mark.dds
+def test_a_demo_started_with_sigint_ignored_stops_its_node_cleanly(weights, tmp_path):
+    """A background job's demo (SIGINT ignored, which its node inherits) stops its node cleanly.
+
+    The node keeps an inherited SIGINT ignored: the demo's SIGINT went unheard until its
+    SIGTERM 20 s later, after the node's input timeout ('node_clean_shutdown': false).
+    """
+    out = tmp_path / 'background'
+    process = subprocess.run(
+        [sys.executable, '-m', 'tarfuse_ros.tools.demo', '--out', str(out), '--weights',
+         str(weights), '--max-pairs', '2', '--loops', '1', '--rate', '2', '--size', '128x96',
+         '--pngs', '1'],
+        capture_output=True, text=True, cwd=ROOT, timeout=300,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    assert process.returncode == 0, process.stdout + process.stderr + _read(out / 'node.log')
+    summary = json.loads((out / 'summary.json').read_text())
+    assert summary['node_clean_shutdown'] is True, _read(out / 'node.log')
+    assert summary['node_exit_code'] == 0
+
+
 def test_help_says_what_leaving_an_option_out_does(capsys):
     """``--help`` read 'default: the shipped model (default: None)' after --weights."""
     with pytest.raises(SystemExit):
