@@ -155,34 +155,67 @@ def _load_ir(path, size, encoding):
     return ir
 
 
+def _two_digits_past(value, up):
+    """Return the number of two significant digits next above (``up``) or below ``value`` > 0."""
+    unit = 10.0 ** (math.floor(math.log10(value)) - 1)
+    steps = math.floor(value / unit) + 1 if up else math.ceil(value / unit) - 1
+    return float(f'{steps * unit:.6g}')  # 0.51, not 0.51000000000000001
+
+
+def _check_depth_range(irs, depth_max):
+    """
+    Refuse 32FC1 IR images compressedDepth cannot carry at ``depth_max``, with options that can.
+
+    ``irs``: ``[(path, ir)]``, each ``ir`` (H, W) float32 (NaN and inf refused as it was read).
+    Raises ``ValueError`` naming the image for a value of 0 or less (the codec codes the
+    inverse), and naming the image with the largest value where it is not below ``depth_max``
+    (compared in float32, as the codec compares: sent as 0, which the node decodes as NaN and
+    refuses the frame for). The latter gives a ``--depth-max`` and ``--depth-quantization`` for
+    the values of all of ``irs``: a two-digit depth_max above the largest, and the largest
+    two-digit quantisation that codes the smallest in 16 bits at it.
+    """
+    from tarfuse_ros.ros.conversions import largest_depth_quantization
+    for path, ir in irs:
+        if (ir <= 0).any():
+            raise ValueError(f'IR image {path} holds {int((ir <= 0).sum())} values of 0 or '
+                             f'less: compressedDepth codes a 32FC1 image by its inverse and '
+                             f'needs values > 0 (kelvin, not degrees Celsius), or use '
+                             f'--ir-transport raw')
+    hottest, hottest_ir = max(irs, key=lambda item: float(item[1].max()))
+    largest = float(hottest_ir.max())
+    if largest < np.float32(depth_max):  # 324.15 as float32 is below 324.15
+        return
+    smallest = min(float(ir.min()) for _, ir in irs)
+    # Above the next float32 too: the codec compares in float32, 0.51 may round to 0.50999999.
+    fitting_max = _two_digits_past(float(np.nextafter(np.float32(largest), np.float32(np.inf))),
+                                   up=True)
+    # A little below the limit: at it the smallest value codes as 65536, just below it the
+    # codec's float32 arithmetic can still reach that.
+    fitting_quantization = _two_digits_past(
+        0.999 * largest_depth_quantization(smallest, fitting_max), up=False)
+    raise ValueError(f'IR image {hottest} has values up to {largest:g}, not below --depth-max '
+                     f'{depth_max:g}: compressedDepth would send them as 0, decoded as NaN (the '
+                     f'node refuses such a frame); give a --depth-max above {largest:g} (for '
+                     f'these images, {smallest:g} to {largest:g}: --depth-max {fitting_max:g} '
+                     f'--depth-quantization {fitting_quantization:g})')
+
+
 def _check_depth_coding(path, ir, depth_max, depth_quantization):
     """
     Return how far the node decodes a 32FC1 IR image sent on compressedDepth from its values.
 
-    ``ir``: (H, W) float32, coded with the publisher's ``depth_max`` and ``depth_quantization``
-    and decoded as the node decodes it; the result is the largest absolute difference (the
-    image's units; NaN and inf refused before). Raises ``ValueError`` naming ``path`` and the
-    option to change where the codec would not carry the image: a value at or above
-    ``depth_max`` (compared in float32, as the codec compares: sent as 0, which the node
-    decodes as NaN and refuses the frame for), one of 0 or less (the inverse is undefined), a
-    smallest value that needs more than 16 bits, a ``depth_quantization`` so coarse that the
-    decoded image is further off than its own range of values (its contrast lost: all of
-    273-324 K decoded as 400 K at 10).
+    ``ir``: (H, W) float32, every value > 0 and below ``depth_max`` (:func:`_check_depth_range`),
+    coded with the publisher's ``depth_max`` and ``depth_quantization`` and decoded as the node
+    decodes it; the result is the largest absolute difference (the image's units). Raises
+    ``ValueError`` naming ``path`` and the option to change where the codec would not carry
+    the image: a smallest value that needs more than 16 bits, a ``depth_quantization`` so
+    coarse that the decoded image is further off than its own range of values (its contrast
+    lost: all of 273-324 K decoded as 400 K at 10).
     """
     from tarfuse_ros.ros.conversions import array_to_compressed_depth_msg
     from tarfuse_ros.ros.conversions import compressed_depth_msg_to_array
     from tarfuse_ros.ros.conversions import largest_depth_quantization
-    if (ir <= 0).any():  # NaN and inf were refused as the image was read (_load_ir)
-        raise ValueError(f'IR image {path} holds {int((ir <= 0).sum())} values of 0 or less: '
-                         f'compressedDepth codes a 32FC1 image by its inverse and needs values '
-                         f'> 0 (kelvin, not degrees Celsius), or use --ir-transport raw')
     smallest, largest = float(ir.min()), float(ir.max())
-    if not largest < np.float32(depth_max):  # 324.15 as float32 is below 324.15
-        raise ValueError(f'IR image {path} has values up to {largest:g}, not below --depth-max '
-                         f'{depth_max:g}: compressedDepth would send them as 0, decoded as NaN '
-                         f'(the node refuses such a frame); give a --depth-max above '
-                         f'{largest:g} (for 250-400 K: --depth-max 400 --depth-quantization '
-                         f'6000)')
     try:
         msg = array_to_compressed_depth_msg(ir, depth_max=depth_max,
                                             depth_quantization=depth_quantization)
@@ -342,6 +375,8 @@ def make_bag(pairs_dir, out, *, split=None, rate=10.0, ir_encoding='mono8', vi_e
               for stem, ir_path, vi_path in pairs]
     ir_max_error = None
     if depth_coded:  # the node's decoding refuses what the codec cannot carry
+        _check_depth_range([(ir_path, ir) for (_, ir_path, _), (_, ir, _) in zip(pairs, images)],
+                           depth_max)
         ir_max_error = max(_check_depth_coding(ir_path, ir, depth_max, depth_quantization)
                            for (_, ir_path, _), (_, ir, _) in zip(pairs, images))
     out = Path(out)

@@ -275,6 +275,35 @@ def test_make_bag_refuses_a_32fc1_ir_compressed_depth_cannot_carry_naming_the_op
     assert not list(tmp_path.glob('*bag')) and not (tmp_path / 'fine').exists()
 
 
+def test_following_the_depth_max_hint_makes_the_bag(tmp_path, capsys):
+    """The --depth-max hint is computed from the images' values: following it works.
+
+    It said 'for 250-400 K: --depth-max 400 --depth-quantization 6000' whatever the images
+    held; for 8-bit images sent as 32FC1 (values 4-255) that quantisation codes their smallest
+    value past 16 bits, and the run following the hint was refused.
+    """
+    pairs = tmp_path / 'pairs'
+    for side in ('ir', 'vi'):
+        (pairs / side).mkdir(parents=True)
+        for stem in ('FLIR_04229', 'FLIR_04968'):  # smallest IR values 20 and 4, largest 255
+            shutil.copy(SAMPLES / side / f'{stem}.jpg', pairs / side)
+    out = tmp_path / 'bag'
+    argv = ['--pairs', str(pairs), '--out', str(out), '--ir-encoding', '32FC1',
+            '--ir-transport', 'compressedDepth']
+    assert make_bag_tool.main(argv) == 2 and not out.exists()
+    err = capsys.readouterr().err
+    hint = re.search(r'give a --depth-max above 255 \(.*(--depth-max \S+) '
+                     r'(--depth-quantization [^\s)]+)\)', err)
+    assert hint, err
+    code = make_bag_tool.main(argv + hint.group(1).split() + hint.group(2).split())
+    printed = capsys.readouterr()
+    assert code == 0, (hint.group(0), printed.err)
+    assert '(for these images, 4 to 255: --depth-max 260 ' in err  # two digits past 255
+    decoded, _kind = image_to_array(_by_topic(out)[IR + '/compressedDepth'][0][3],
+                                    IR + '/compressedDepth')
+    assert np.isfinite(decoded).all() and decoded.min() > 0 and decoded.max() < 256
+
+
 def test_make_bag_refuses_a_depth_quantization_too_coarse_for_the_contrast(tmp_path, capsys):
     """A tiny --depth-quantization is refused, naming the option, not written or misexplained.
 
