@@ -25,14 +25,13 @@ import argparse
 from dataclasses import dataclass
 import math
 from pathlib import Path
-import shutil
 import sys
 
 import cv2
 import numpy as np
 
 from tarfuse_ros.console import HelpFormatter
-from tarfuse_ros.core.files import output_problem
+from tarfuse_ros.core.files import atomic_output, output_problem, remove_stale_outputs
 from tarfuse_ros.core.layout import image_path, read_split, unpaired_stems
 from tarfuse_ros.core.sizes import MAX_ENLARGED_LONG_SIDE
 from tarfuse_ros.tools.bagio import check_topic_name, compressed_cdr, compressed_depth_cdr
@@ -273,7 +272,10 @@ def make_bag(pairs_dir, out, *, split=None, rate=10.0, ir_encoding='mono8', vi_e
     value must then be > 0 and below ``depth_max``, the smallest coded in 16 bits, the
     quantisation finer than the image's range of values (``ValueError`` naming the image and
     the option to change otherwise); a 32FC1 IR with NaN or inf is refused on every transport;
-    ``summary.ir_max_error`` says how far the node's decoded values are off.
+    ``summary.ir_max_error`` says how far the node's decoded values are off. The bag is written
+    in a temporary folder beside ``out`` (``<name>.<8 hex digits>.tmp``) and renamed to ``out``
+    when complete; one a killed run left is removed by the next run. ``ValueError`` if ``out``
+    exists already.
     """
     if not 0 < rate <= MAX_RATE_HZ:  # NaN too; above it the period rounds to 0 ns
         raise ValueError(f'rate must be > 0 and at most {MAX_RATE_HZ:g} Hz, got {rate}')
@@ -380,58 +382,59 @@ def make_bag(pairs_dir, out, *, split=None, rate=10.0, ir_encoding='mono8', vi_e
         ir_max_error = max(_check_depth_coding(ir_path, ir, depth_max, depth_quantization)
                            for (_, ir_path, _), (_, ir, _) in zip(pairs, images))
     out = Path(out)
-    if out.exists():  # checked here too: what is at out after a failure below is ours
+    remove_stale_outputs(out)  # the temporary folder of a run that was killed
+    if out.exists():  # checked here too, after reading every image
         raise ValueError(f'output bag {out} exists already; remove it or choose another --out')
-    writer, complete = None, False
     count, last_ns, stems = 0, start_ns, []
-    try:
-        writer = open_writer(out)
-        # A camera driver's publisher: reliable, keep last 10 (matches any subscriber).
-        cameras = {}
-        for key, topic, transport, encoding, fmt in (
-                ('vi', vi_topic, vi_transport, vi_encoding, vi_format),
-                ('ir', ir_topic, ir_transport, ir_encoding, 'png')):
-            if transport != 'raw':
-                topic, msgtype = f'{topic}/{transport}', 'sensor_msgs/msg/CompressedImage'
-            else:
-                msgtype = 'sensor_msgs/msg/Image'
-            conn = writer.add_connection(topic, msgtype, typestore=typestore,
-                                         offered_qos_profiles=offered_qos())
-            cameras[key] = (conn, transport, encoding, fmt)
-        vi_topic, ir_topic = cameras['vi'][0].topic, cameras['ir'][0].topic
-        k = 0
-        for _loop in range(loops):
-            for stem, ir, vi in images:
-                vi_ns = start_ns + k * period_ns
-                jitter = rng.uniform(-jitter_ms, jitter_ms) if jitter_ms > 0 else 0.0
-                ir_ns = vi_ns + int(round((offset_ms + jitter) * 1e6))
-                messages = [(vi_ns, cameras['vi'], vi, vi_frame),
-                            (ir_ns, cameras['ir'], ir, ir_frame)]
-                for stamp_ns, camera, array, frame in sorted(messages, key=lambda m: m[0]):
-                    conn, transport, encoding, fmt = camera
-                    if transport == 'compressed':
-                        data = compressed_cdr(array, fmt, frame, stamp_ns)
-                    elif transport == 'compressedDepth':
-                        data = compressed_depth_cdr(
-                            array, encoding, frame, stamp_ns, depth_max=depth_max,
-                            depth_quantization=depth_quantization)
-                    else:
-                        data = image_cdr(array, encoding, frame, stamp_ns)
-                    writer.write(conn, stamp_ns, data)
-                    count += 1
-                    last_ns = max(last_ns, stamp_ns)
-                stems.append(stem)
-                k += 1
-        complete = True
-    finally:
+    # Written in a temporary folder beside out, renamed to out when complete: a run that is
+    # interrupted, fails or is killed leaves no bag at out that plays like a whole one.
+    with atomic_output(out, folder=True) as temporary:
+        # rosbags names the storage file after its folder: the bag is made in a folder of
+        # out's name, its files then moved up (out/<name>.mcap, as ros2 bag record names it).
+        bag = temporary / out.name
+        writer = open_writer(bag)
         try:
-            if writer is not None:
-                writer.close()
+            # A camera driver's publisher: reliable, keep last 10 (matches any subscriber).
+            cameras = {}
+            for key, topic, transport, encoding, fmt in (
+                    ('vi', vi_topic, vi_transport, vi_encoding, vi_format),
+                    ('ir', ir_topic, ir_transport, ir_encoding, 'png')):
+                if transport != 'raw':
+                    topic, msgtype = f'{topic}/{transport}', 'sensor_msgs/msg/CompressedImage'
+                else:
+                    msgtype = 'sensor_msgs/msg/Image'
+                conn = writer.add_connection(topic, msgtype, typestore=typestore,
+                                             offered_qos_profiles=offered_qos())
+                cameras[key] = (conn, transport, encoding, fmt)
+            vi_topic, ir_topic = cameras['vi'][0].topic, cameras['ir'][0].topic
+            k = 0
+            for _loop in range(loops):
+                for stem, ir, vi in images:
+                    vi_ns = start_ns + k * period_ns
+                    jitter = rng.uniform(-jitter_ms, jitter_ms) if jitter_ms > 0 else 0.0
+                    ir_ns = vi_ns + int(round((offset_ms + jitter) * 1e6))
+                    messages = [(vi_ns, cameras['vi'], vi, vi_frame),
+                                (ir_ns, cameras['ir'], ir, ir_frame)]
+                    for stamp_ns, camera, array, frame in sorted(messages, key=lambda m: m[0]):
+                        conn, transport, encoding, fmt = camera
+                        if transport == 'compressed':
+                            data = compressed_cdr(array, fmt, frame, stamp_ns)
+                        elif transport == 'compressedDepth':
+                            data = compressed_depth_cdr(
+                                array, encoding, frame, stamp_ns, depth_max=depth_max,
+                                depth_quantization=depth_quantization)
+                        else:
+                            data = image_cdr(array, encoding, frame, stamp_ns)
+                        writer.write(conn, stamp_ns, data)
+                        count += 1
+                        last_ns = max(last_ns, stamp_ns)
+                    stems.append(stem)
+                    k += 1
         finally:
-            if not complete:
-                # Interrupted (Ctrl-C) or failed while writing: the truncated bag would play
-                # like a whole one.
-                shutil.rmtree(out, ignore_errors=True)
+            writer.close()
+        for written in bag.iterdir():
+            written.rename(temporary / written.name)
+        bag.rmdir()
     return BagSummary(path=out, pairs=len(stems), messages=count, start_ns=start_ns,
                       end_ns=last_ns, ir_topic=ir_topic, vi_topic=vi_topic, stems=stems,
                       ir_max_error=ir_max_error)

@@ -488,17 +488,47 @@ def test_ctrl_c_while_writing_leaves_no_truncated_bag(tmp_path):
          str(out), '--size', '320x256', '--loops', '400'],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        deadline = time.monotonic() + 60
-        while not any(out.glob('*.mcap')) and time.monotonic() < deadline:
-            time.sleep(0.005)
-        assert any(out.glob('*.mcap'))  # writing
+        _wait_for_mcap_data(tmp_path)
         process.send_signal(signal.SIGINT)
         output, _ = process.communicate(timeout=60)
     finally:
         process.kill()
     assert process.returncode == 130, output
     assert output == f'tarfuse-make-bag: interrupted; no bag written to {out}\n'
+    assert not any(tmp_path.iterdir())  # neither the bag nor its temporary folder
+
+
+def _wait_for_mcap_data(folder, timeout_s=60):
+    """Wait until an MCAP file under ``folder`` holds messages (more than 64 KiB)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if any(path.stat().st_size > 65536 for path in folder.rglob('*.mcap')):
+            return
+        time.sleep(0.005)
+    raise AssertionError(f'no MCAP file is being written under {folder}')
+
+
+def test_a_killed_make_bag_leaves_no_partial_bag_and_the_next_run_makes_it(tmp_path):
+    """A SIGKILL while writing left a partial bag at --out; the next run said 'exists already'."""
+    out = tmp_path / 'long'
+    process = subprocess.Popen(
+        [sys.executable, '-m', 'tarfuse_ros.tools.make_bag', '--pairs', str(SAMPLES), '--out',
+         str(out), '--size', '320x256', '--loops', '400'],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_for_mcap_data(tmp_path)
+        process.kill()  # SIGKILL: no handler, no clean-up runs
+        process.wait(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == -signal.SIGKILL
     assert not out.exists()
+    left, = tmp_path.iterdir()  # the temporary folder, named as one
+    assert re.fullmatch(r'long\.[0-9a-f]{8}\.tmp', left.name), left
+    summary = make_bag(SAMPLES, out, max_pairs=2, size=(64, 48))
+    assert summary.pairs == 2 and [p.name for p in tmp_path.iterdir()] == ['long']
+    assert sorted(p.name for p in out.iterdir()) == ['long.mcap', 'metadata.yaml']
+    assert sum(len(messages) for messages in _by_topic(out).values()) == 4
 
 
 def test_an_output_bag_that_cannot_be_written_is_named_without_a_traceback(
