@@ -602,6 +602,23 @@ def largest_depth_quantization(smallest, depth_max):
     return (math.sqrt(1.0 + 4.0 * quant_a) - 1.0) / 2.0
 
 
+def largest_kept_count(depth_max):
+    """Return the largest 16-bit value the compressedDepth publisher sends as it is.
+
+    The plugin (``encodeCompressedDepthImage``, 16-bit branch) casts ``depth_max`` x 1000 (a
+    double) to ``uint16_t``, truncating, and sends every value above the result as 0: 10000
+    at its default ``depth_max`` 10 (metres as millimetres). Raises ``ValueError`` where
+    ``depth_max`` x 1000 is not in [0, 65536): the cast is undefined there in C++ (it wraps
+    on common compilers: ``depth_max`` 100 keeps values up to 34464 only).
+    """
+    scaled = depth_max * 1000.0
+    if not 0 <= scaled < 65536:  # NaN too
+        raise ValueError(f'depth_max {depth_max:g} of a 16-bit image on compressedDepth must be '
+                         f'below 65.536: the publisher casts depth_max x 1000 to 16 bits, '
+                         f'undefined (it wraps) past 65535')
+    return int(scaled)
+
+
 def _depth_overflow(array, depth_max, depth_quantization, largest):
     """Return the error for a float image whose smallest value codes past 16 bits."""
     smallest = float(array[np.isfinite(array) & (array < np.float32(depth_max))].min())

@@ -11,7 +11,9 @@ would give. With
 records it (IR: PNG, 16-bit for mono16; visible: JPEG or PNG); ``--ir-transport
 compressedDepth`` writes a mono16 or 32FC1 IR on ``<topic>/compressedDepth`` as
 image_transport's compressedDepth plugin does (12-byte header, 16-bit PNG; a 32FC1 image by its
-quantised inverse, with the plugin's ``--depth-max`` and ``--depth-quantization``). Images are
+quantised inverse, with the plugin's ``--depth-max`` and ``--depth-quantization``; mono16
+counts as they are, all at most ``--depth-max`` x 1000, which the plugin sends as 0 above).
+Images are
 encoded by cv_bridge, as the node decodes them. The bag plays with ``tarfuse-play`` or, on a
 ROS install, ``ros2 bag play``.
 
@@ -199,6 +201,33 @@ def _check_depth_range(irs, depth_max):
                      f'--depth-quantization {fitting_quantization:g})')
 
 
+def _check_kept_counts(irs, depth_max):
+    """
+    Refuse mono16 IR images with counts the compressedDepth publisher would send as 0.
+
+    ``irs``: ``[(path, ir)]``, each ``ir`` (H, W) uint16. image_transport's compressedDepth
+    plugin sends a 16-bit value above ``depth_max`` x 1000 as 0
+    (:func:`~tarfuse_ros.ros.conversions.largest_kept_count`), where this tool's encoder
+    would keep it: ``ValueError`` naming the image with the largest count and a
+    ``--depth-max`` that keeps every count of ``irs``.
+    """
+    from tarfuse_ros.ros.conversions import largest_kept_count
+    kept = largest_kept_count(depth_max)
+    hottest, hottest_ir = max(irs, key=lambda item: int(item[1].max()))
+    largest = int(hottest_ir.max())
+    if largest <= kept:
+        return
+    fitting = math.ceil(largest / 1000)
+    if fitting * 1000 >= 65536:  # past the publisher's 16-bit cast: just above the count
+        fitting = (largest + 0.5) / 1000
+    above = sum(int((ir > kept).sum()) for _, ir in irs)
+    raise ValueError(f'IR image {hottest} has counts up to {largest}, above --depth-max '
+                     f"{depth_max:g} x 1000 ({kept}): image_transport's compressedDepth "
+                     f'publisher sends such counts as 0 ({above} of them in these images); '
+                     f"give a --depth-max of at least {fitting:g}, as the publisher's "
+                     f'depth_max')
+
+
 def _check_depth_coding(path, ir, depth_max, depth_quantization):
     """
     Return how far the node decodes a 32FC1 IR image sent on compressedDepth from its values.
@@ -268,7 +297,10 @@ def make_bag(pairs_dir, out, *, split=None, rate=10.0, ir_encoding='mono8', vi_e
     ``vi_format``: ``'jpeg'`` or ``'png'``); ``ir_transport`` ``'compressedDepth'`` (with
     ``ir_encoding`` mono16 or 32FC1) writes the IR on ``<topic>/compressedDepth`` as
     image_transport's compressedDepth plugin does, a 32FC1 image quantised by the plugin's
-    ``depth_max`` and ``depth_quantization`` (its defaults, 10 and 100, where None): every IR
+    ``depth_max`` and ``depth_quantization`` (its defaults, 10 and 100, where None), a mono16
+    one as it is, each count at most ``depth_max`` x 1000 (the plugin sends larger ones as 0;
+    ``depth_max`` below 65.536, ``ValueError`` naming the image and ``--depth-max``
+    otherwise); for a 32FC1 one every IR
     value must then be > 0 and below ``depth_max``, the smallest coded in 16 bits, the
     quantisation finer than the image's range of values (``ValueError`` naming the image and
     the option to change otherwise); a 32FC1 IR with NaN or inf is refused on every transport;
@@ -318,10 +350,14 @@ def make_bag(pairs_dir, out, *, split=None, rate=10.0, ir_encoding='mono8', vi_e
                          'them by their inverse): use --ir-encoding mono16 or 32FC1 with '
                          '--ir-transport compressedDepth')
     depth_coded = ir_transport == 'compressedDepth' and ir_encoding == '32FC1'
-    if not depth_coded and (depth_max, depth_quantization) != (None, None):
-        raise ValueError('depth_max and depth_quantization (--depth-max, --depth-quantization) '
-                         'quantise a 32FC1 IR on compressedDepth: give them with --ir-encoding '
-                         '32FC1 --ir-transport compressedDepth')
+    depth_capped = ir_transport == 'compressedDepth' and ir_encoding == 'mono16'
+    if ir_transport != 'compressedDepth' and depth_max is not None:
+        raise ValueError("depth_max (--depth-max) is the compressedDepth publisher's: give it "
+                         'with --ir-transport compressedDepth')
+    if not depth_coded and depth_quantization is not None:
+        raise ValueError('depth_quantization (--depth-quantization) quantises a 32FC1 IR on '
+                         'compressedDepth: give it with --ir-encoding 32FC1 --ir-transport '
+                         'compressedDepth')
     from tarfuse_ros.ros.conversions import DEPTH_MAX_DEFAULT, DEPTH_QUANTIZATION_DEFAULT
     depth_max = DEPTH_MAX_DEFAULT if depth_max is None else depth_max
     depth_quantization = (DEPTH_QUANTIZATION_DEFAULT if depth_quantization is None
@@ -332,6 +368,12 @@ def make_bag(pairs_dir, out, *, split=None, rate=10.0, ir_encoding='mono8', vi_e
         if not (math.isfinite(value) and 0 < value <= FLOAT32_MAX):
             raise ValueError(f'{name} must be a finite number > 0, at most {FLOAT32_MAX:g} '
                              f"(the codec's float32), got {value}")
+    if depth_capped:
+        from tarfuse_ros.ros.conversions import largest_kept_count
+        try:
+            largest_kept_count(depth_max)
+        except ValueError as exc:
+            raise ValueError(f'--depth-max: {exc}') from None
     # Compared as stored (a compressed camera on <topic>/compressed) and as tarfuse-play names
     # them (a relative name in '/'): '/v' compressed and '/v/compressed' put both cameras on
     # one topic, an Image and a CompressedImage stream in one.
@@ -376,6 +418,9 @@ def make_bag(pairs_dir, out, *, split=None, rate=10.0, ir_encoding='mono8', vi_e
     images = [(stem, _load_ir(ir_path, ir_size, ir_encoding), _load_vi(vi_path, size, vi_encoding))
               for stem, ir_path, vi_path in pairs]
     ir_max_error = None
+    if depth_capped:  # the publisher would send the counts above its cap as 0
+        _check_kept_counts([(ir_path, ir) for (_, ir_path, _), (_, ir, _) in zip(pairs, images)],
+                           depth_max)
     if depth_coded:  # the node's decoding refuses what the codec cannot carry
         _check_depth_range([(ir_path, ir) for (_, ir_path, _), (_, ir, _) in zip(pairs, images)],
                            depth_max)
@@ -461,8 +506,9 @@ def build_parser():
                              'compressedDepth (with --ir-encoding mono16 or 32FC1): '
                              "image_transport's compressedDepth on <ir-topic>/compressedDepth")
     parser.add_argument('--depth-max', type=float, default=None,
-                        help="32FC1 on compressedDepth: the publisher's depth_max, above every "
-                             f'IR value (default {DEPTH_MAX_DEFAULT:g}; 400 for kelvin)')
+                        help="compressedDepth: the publisher's depth_max; 32FC1: above every "
+                             f'IR value (default {DEPTH_MAX_DEFAULT:g}; 400 for kelvin); mono16: '
+                             'at least every count / 1000, below 65.536 (32 for the samples)')
     parser.add_argument('--depth-quantization', type=float, default=None,
                         help="32FC1 on compressedDepth: the publisher's depth_quantization "
                              f'(default {DEPTH_QUANTIZATION_DEFAULT:g}; 6000 for 250-400 K)')

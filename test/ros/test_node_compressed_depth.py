@@ -203,7 +203,7 @@ def test_a_bag_made_with_ir_transport_compressed_depth_plays_through_the_node(
         setup, tmp_path, capsys, monkeypatch, encoding):
     node, _, engine, domain = setup
     bag = tmp_path / 'depth_bag'
-    pairs, options = SAMPLES, {}
+    pairs, options = SAMPLES, {'depth_max': 32.0}  # the publisher keeps counts up to 32000
     if encoding == '32FC1':  # a radiometric camera's kelvin, quantised for 250-400 K
         pairs = _kelvin_pairs(tmp_path / 'kelvin', 3)
         options = {'depth_max': 400.0, 'depth_quantization': 6000.0}

@@ -178,7 +178,7 @@ def test_make_bag_writes_a_mono16_ir_as_image_transport_s_compressed_depth(tmp_p
     out = tmp_path / 'depth'
     code = make_bag_tool.main(['--pairs', str(SAMPLES), '--out', str(out), '--max-pairs', '1',
                                '--size', '128x96', '--ir-encoding', 'mono16',
-                               '--ir-transport', 'compressedDepth'])
+                               '--ir-transport', 'compressedDepth', '--depth-max', '32'])
     assert code == 0, capsys.readouterr().err
     topics = _by_topic(out)
     assert sorted(topics) == [IR + '/compressedDepth', VI]
@@ -196,11 +196,50 @@ def test_make_bag_writes_a_mono16_ir_as_image_transport_s_compressed_depth(tmp_p
                                          'compressedDepth'):
         make_bag(SAMPLES, tmp_path / 'mono8', ir_encoding='mono8',
                  ir_transport='compressedDepth')
-    with pytest.raises(ValueError, match='quantise a 32FC1 IR on compressedDepth'):
+    with pytest.raises(ValueError, match='quantises a 32FC1 IR on compressedDepth'):
         make_bag(SAMPLES, tmp_path / 'mono16', ir_encoding='mono16',
-                 ir_transport='compressedDepth', depth_max=65.5)
+                 ir_transport='compressedDepth', depth_max=32.0, depth_quantization=100.0)
+    with pytest.raises(ValueError, match=r'depth_max \(--depth-max\) is the compressedDepth '
+                                         r"publisher's: give it with --ir-transport "
+                                         r'compressedDepth'):
+        make_bag(SAMPLES, tmp_path / 'raw', ir_encoding='mono16', depth_max=32.0)
     with pytest.raises(ValueError, match='vi_transport must be one of'):
         make_bag(SAMPLES, tmp_path / 'vi', vi_transport='compressedDepth')
+
+
+def test_make_bag_refuses_mono16_counts_the_compressed_depth_publisher_sends_as_0(
+        tmp_path, capsys):
+    """Counts above --depth-max x 1000 are refused naming the option, as the plugin zeroes them.
+
+    image_transport's compressedDepth publisher sends a 16-bit value above
+    ``uint16(depth_max * 1000)`` as 0 (10000 at its default depth_max 10); make-bag kept the
+    samples' counts (27315-31395) as they were, a bag no camera could have recorded.
+    """
+    out = tmp_path / 'bag'
+    argv = ['--pairs', str(SAMPLES), '--out', str(out), '--max-pairs', '2', '--size', '64x48',
+            '--ir-encoding', 'mono16', '--ir-transport', 'compressedDepth']
+    assert make_bag_tool.main(argv) == 2 and not out.exists()
+    err = capsys.readouterr().err
+    assert re.search(r'IR image \S+ has counts up to 31[0-9]{3}, above --depth-max 10 x 1000 '
+                     r"\(10000\): image_transport's compressedDepth publisher sends such counts "
+                     r'as 0 \([0-9]+ of them in these images\); give a --depth-max of at least '
+                     r'32,', err), err
+    # As the plugin truncates depth_max x 1000: 31.394 keeps up to 31394, 31.395 up to 31395.
+    hottest = max(int(make_bag_tool._load_ir(ir, (64, 48), 'mono16').max())
+                  for _stem, ir, _vi in make_bag_tool.list_pairs(SAMPLES)[:2])
+    below, at = f'{(hottest - 1) / 1000:g}', f'{hottest / 1000:g}'
+    assert make_bag_tool.main(argv + ['--depth-max', below]) == 2
+    assert f'above --depth-max {below} x 1000 ({hottest - 1})' in capsys.readouterr().err
+    assert make_bag_tool.main(argv + ['--depth-max', at]) == 0, capsys.readouterr().err
+    counts = [image_to_array(msg, topic)[0] for topic, _type, _bag_ns, _raw, msg
+              in read_messages(out) if topic == IR + '/compressedDepth']
+    assert len(counts) == 2 and max(int(c.max()) for c in counts) == hottest
+    assert min(int(c.min()) for c in counts) >= MONO16_OFFSET  # none sent as 0
+    # Past 65.535 the publisher's 16-bit cast of depth_max x 1000 wraps.
+    assert make_bag_tool.main(argv[:3] + [str(tmp_path / 'wraps')] + argv[4:]
+                              + ['--depth-max', '100']) == 2
+    assert ('--depth-max: depth_max 100 of a 16-bit image on compressedDepth must be below '
+            '65.536') in capsys.readouterr().err
 
 
 def _float_pairs(folder, to_float, stem='FLIR_00122'):

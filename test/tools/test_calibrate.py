@@ -117,8 +117,9 @@ def calibrate_truth_at_640():
                                                        ('compressedDepth', 'mono16')])
 def test_calibrate_a_bag_with_compressed_topics(tmp_path, capsys, ir_transport, ir_encoding):
     bag = tmp_path / 'rig_bag'
+    depth = {'depth_max': 32.0} if ir_transport == 'compressedDepth' else {}  # counts kept
     make_bag(ROOT / 'samples', bag, rate=10.0, size=(160, 128), ir_transport=ir_transport,
-             ir_encoding=ir_encoding, vi_transport='compressed', max_pairs=3)
+             ir_encoding=ir_encoding, vi_transport='compressed', max_pairs=3, **depth)
     out = tmp_path / 'bag_prior.yaml'
     code = calibrate.main(['--bag', str(bag), '--out', str(out), '--pairs-count', '2',
                            '--iterations', '1', '--threads', '2'])
