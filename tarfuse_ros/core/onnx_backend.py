@@ -551,6 +551,15 @@ class OnnxFusionEngine(PairEngine):
         return self._orientation_stage
 
     @property
+    def fine_stage(self):
+        """Whether fine passes 1-8 may apply to the graph (as ``FusionEngine.fine_stage``).
+
+        :attr:`orientation_stage`: an export of its checkpoint may run them (one exported with
+        ``--fine-passes 0`` records no fine cell, so the graph cannot tell more).
+        """
+        return self._orientation_stage
+
+    @property
     def device(self):
         """``'cpu'`` or ``'cuda:N'``: where onnxruntime runs the graph."""
         return self._device

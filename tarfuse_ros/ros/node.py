@@ -1431,7 +1431,7 @@ class TarFuseNode(Node):
                 onnx = old.backend == 'onnxruntime'
                 new = apply_updates(old, parameter_updates(parameters),
                                     self._engine.fine_passes if onnx else None,
-                                    not onnx or self._engine.orientation_stage)
+                                    self._engine.fine_stage)
                 changed = {f for f in _RUNTIME_ENGINE_FIELDS + _HEALTH_FIELDS
                            if getattr(new, f) != getattr(old, f)}
                 ids = (_class_ids(new.classes, self._engine.class_names)

@@ -229,6 +229,12 @@ def test_fine_passes_with_backend_onnxruntime_are_checked_against_the_graphs_own
         problem) and '--fine-passes' not in problem, problem
     assert graph_fine_passes_problem(replace(params, registration_fine_passes=0), 0,
                                      fine_stage=False) is None
+    # A checkpoint without one (backend torch): said alike, whatever the graph count (none).
+    torch = replace(params, backend='torch', weights='/tmp/medical.safetensors')
+    with pytest.raises(ValueError, match='registration.fine_passes 2: the model '
+                                         '/tmp/medical.safetensors has no fine stage'):
+        validate_params(torch, fine_stage=False)
+    assert validate_params(replace(torch, registration_fine_passes=0), fine_stage=False)
 
 
 def test_max_rate_changes_at_run_time_and_a_negative_one_is_refused():
