@@ -29,7 +29,7 @@ from tarfuse_ros.core.sizes import MAX_ENLARGED_LONG_SIDE, MIN_SHRUNK_LONG_SIDE
 
 __all__ = [
     'INFRARED_TRANSPORT_VALUES', 'NodeParams', 'ParameterValueError', 'ParamSpec',
-    'PARAMETER_SPECS', 'RELIABILITY_VALUES', 'TRANSPORT_VALUES',
+    'PARAMETER_SPECS', 'RELIABILITY_VALUES', 'TRANSPORT_VALUES', 'UNRECORDED_FINE_PASSES',
     'apply_updates', 'canonical_parameters', 'decimal_numbers', 'declare_node_parameters',
     'declared_descriptor', 'descriptor_for', 'fine_passes', 'graph_fine_passes_problem',
     'parameter_source',
@@ -516,6 +516,10 @@ def _check_value(spec, value):
             f'{spec.name}={value!r} is not allowed; use one of: {", ".join(spec.allowed)}')
 
 
+# graph_fine_passes of an ONNX graph whose metadata does not record its count: -1 only applies.
+UNRECORDED_FINE_PASSES = 'unrecorded'
+
+
 def graph_fine_passes_problem(params, built_in, fine_stage=True):
     """Return why the loaded model cannot run ``registration.fine_passes`` of ``params``, or None.
 
@@ -523,7 +527,9 @@ def graph_fine_passes_problem(params, built_in, fine_stage=True):
     orientation global stage, or a checkpoint's ``global_fine_cell`` 0), so no fine passes
     apply: 0 or -1 only (said instead of an export to make), with either backend.
     ``built_in``: with backend onnxruntime, the count the graph was exported with (0-8; it has
-    them built in), so -1 or that count only; None: not checked (backend torch).
+    them built in), so -1 or that count only; :data:`UNRECORDED_FINE_PASSES` where its metadata
+    does not record the count (the engine's ``fine_passes`` None), so -1 only; None: not
+    checked (backend torch).
     """
     passes = params.registration_fine_passes
     onnx = params.backend == 'onnxruntime'
@@ -534,6 +540,12 @@ def graph_fine_passes_problem(params, built_in, fine_stage=True):
                 f"registration.fine_passes to 0 or -1 (the model's own)")
     if not onnx or built_in is None or passes in (-1, built_in):
         return None
+    if built_in == UNRECORDED_FINE_PASSES:
+        return (f'registration.fine_passes {passes}: the metadata of the ONNX graph '
+                f'{params.weights} does not record how many fine passes it runs (no '
+                f"global_fine_passes), so only -1 (the graph's own) applies; set "
+                f'registration.fine_passes to -1, or export the graph again with tarfuse-export '
+                f'WEIGHTS.safetensors --out MODEL.onnx to record its count')
     return (f'registration.fine_passes {passes}: the ONNX graph {params.weights} runs the '
             f'{built_in} fine passes it was exported with, built in; export one with {passes} '
             f'(tarfuse-export WEIGHTS.safetensors --out MODEL.onnx --fine-passes {passes}) and '
