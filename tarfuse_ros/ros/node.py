@@ -638,7 +638,12 @@ class TarFuseNode(Node):
         elif not params.registration_scale_search:
             self.get_logger().info('global stage scale search off '
                                    '(registration.scale_search false): scale 1.0 only')
-        if fine_passes(params) is not None and onnx:  # another count was refused above
+        if fine_passes(params) is not None and onnx and not engine.fine_stage:  # 0, as torch's
+            self.get_logger().info(
+                f'registration.fine_passes {params.registration_fine_passes} has no effect: '
+                f'the ONNX graph has no fine stage (no orientation global stage: '
+                f'{params.weights})')
+        elif fine_passes(params) is not None and onnx:  # another count was refused above
             self.get_logger().info(
                 f"registration.fine_passes {params.registration_fine_passes}: the ONNX graph's "
                 f'own count (it was exported with these fine passes built in)')

@@ -160,10 +160,17 @@ def test_fine_passes_of_a_graph_without_a_global_stage_are_refused_as_none_apply
          'registration.fine_passes': 2},
         ['registration.fine_passes 2', 'has no fine stage (no orientation global stage',
          "set registration.fine_passes to 0 or -1 (the model's own)"])
-    # At run time too (it said to export a graph with 2 passes and restart with it).
-    with running_node({'backend': 'onnxruntime'}, tmp_path / 'plain.onnx',
-                      ready_timeout=120.0) as (node, probe):
+    # At run time too (it said to export a graph with 2 passes and restart with it). 0 starts,
+    # said to have no effect (it said "the ONNX graph's own count (it was exported with these
+    # fine passes built in)").
+    with running_node({'backend': 'onnxruntime', 'registration.fine_passes': 0},
+                      tmp_path / 'plain.onnx', ready_timeout=120.0) as (node, probe):
         refused, = probe.set_parameters(registration__fine_passes=2)
+        lines = [line for line in node.log().splitlines()
+                 if 'registration.fine_passes 0' in line]
+    assert len(lines) == 1 and lines[0].startswith('[INFO] ') and lines[0].endswith(
+        f'registration.fine_passes 0 has no effect: the ONNX graph has no fine stage (no '
+        f'orientation global stage: {tmp_path / "plain.onnx"})'), lines
     assert not refused.successful and 'would be refused at start-up too' in refused.reason and (
         'has no fine stage (no orientation global stage), so no fine passes apply; set '
         'registration.fine_passes to 0 or -1' in refused.reason), refused.reason
