@@ -422,6 +422,10 @@ class FusionEngine(PairEngine):
         self._weights = Path(weights)
         if not scale_search:
             scale_search_off(model)
+        matcher = getattr(model.registration, 'global_matcher', None)
+        # The checkpoint's, before fine_passes 0 takes its fine cell away (a restart with 1-8
+        # runs them).
+        self._fine_stage = matcher is not None and matcher.fine_cell > 0
         set_fine_passes(model, fine_passes)
         self._fused_layers = fuse_conv_bn(model) if fuse_bn else 0
         self._channels_last = bool(channels_last)
@@ -558,6 +562,15 @@ class FusionEngine(PairEngine):
     def fine_passes(self):
         """How many fine passes the orientation global stage runs (0: none, or no such stage)."""
         return fine_passes_of(self._model)
+
+    @property
+    def fine_stage(self):
+        """Whether the checkpoint has a fine stage (False: 1-8 fine passes apply to none).
+
+        As :func:`set_fine_passes` refuses them: an orientation global stage with a fine cell,
+        as the checkpoint was saved (``fine_passes=0`` leaves it True).
+        """
+        return self._fine_stage
 
     # -- inference ---------------------------------------------------------------------------
     def forward_tensors(self, ir, vi, valid_size=None):

@@ -31,8 +31,9 @@ class NoFineStageError(ValueError):
 class BuiltInFinePassesError(ValueError):
     """Fine passes asked of an ONNX graph that has another count built in (at its export).
 
-    ``built_in``: the count the graph runs (0: none). A ``ValueError`` of its own so that a
-    program can name its own setting and the count to ask for instead.
+    ``built_in``: the count the graph runs (0: none; None: its metadata does not record it,
+    only the graph's own applies). A ``ValueError`` of its own so that a program can name its
+    own setting and the count to ask for instead.
     """
 
     def __init__(self, message, built_in):

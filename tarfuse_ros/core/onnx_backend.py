@@ -172,16 +172,19 @@ def _session_error(path, error):
         f'tarfuse-export WEIGHTS.safetensors --out MODEL.onnx')
 
 
-def _graph_fine_passes(model):
+def _graph_fine_passes(model, recorded=True):
     """Return the fine passes an exported graph of the parsed config ``model`` runs (0: none).
 
     As :func:`~tarfuse_ros.core.engine.fine_passes_of` counts them on the torch model: only an
     orientation global stage with a fine cell has them (an export with ``--fine-passes 0``
-    records ``global_fine_cell`` 0).
+    records ``global_fine_cell`` 0). None where the graph has them but ``recorded`` is False
+    (its metadata has no ``global_fine_passes``: the parsed default is not the graph's count).
     """
     orientation = (model.registration == 'match' and model.global_stage
                    and model.global_features == 'orientation')
-    return int(model.global_fine_passes) if orientation and model.global_fine_cell > 0 else 0
+    if not orientation or model.global_fine_cell <= 0:
+        return 0
+    return int(model.global_fine_passes) if recorded else None
 
 
 def _metadata(path, session):
@@ -399,7 +402,9 @@ class OnnxFusionEngine(PairEngine):
             (:class:`~tarfuse_ros.core.fine_passes.BuiltInFinePassesError` for another count
             in [0, 8]: export with ``tarfuse-export WEIGHTS --out MODEL.onnx --fine-passes
             N``; :class:`~tarfuse_ros.core.fine_passes.NoFineStageError` for 1-8 of a graph
-            without an orientation global stage, as ``FusionEngine``).
+            without an orientation global stage, as ``FusionEngine``). None only where the
+            metadata does not record the count (``BuiltInFinePassesError`` with ``built_in``
+            None for 0-8: export again to record it).
         global_every, global_window: 1 only, global_track: 0 only (``ValueError`` otherwise):
             the graph runs its global stage on every pair (the stream settings are the torch
             engine's).
@@ -499,13 +504,20 @@ class OnnxFusionEngine(PairEngine):
         orientation = (model.registration == 'match' and model.global_stage
                        and model.global_features == 'orientation')
         self._orientation_stage = bool(orientation)
-        self._fine_passes = _graph_fine_passes(model)
+        self._fine_passes = _graph_fine_passes(
+            model, 'global_fine_passes' in self._checkpoint_config['model'])
         if fine_passes and not orientation:  # as FusionEngine: no export would run them
             raise NoFineStageError(
                 f'{fine_passes} fine passes asked for, but the ONNX graph {self._weights} has '
                 f'no fine stage (no orientation global stage: registration '
                 f'{model.registration!r}, global_stage {model.global_stage}, global_features '
                 f"{model.global_features!r}): only 0 or the graph's own count apply")
+        if fine_passes is not None and self._fine_passes is None:
+            raise BuiltInFinePassesError(
+                f'{fine_passes} fine passes asked for, but the metadata of the ONNX graph '
+                f'{self._weights} does not record how many it runs (no global_fine_passes): '
+                f'only its own count applies (None); export it again with tarfuse-export '
+                f'WEIGHTS.safetensors --out MODEL.onnx to record it', None)
         if fine_passes is not None and fine_passes != self._fine_passes:
             raise BuiltInFinePassesError(
                 f'{fine_passes} fine passes asked for, but the ONNX graph {self._weights} runs '
@@ -541,13 +553,24 @@ class OnnxFusionEngine(PairEngine):
     def fine_passes(self):
         """How many fine passes the graph's global stage runs (0: none, or no such stage).
 
-        Built in at the export (``tarfuse-export --fine-passes``), read from its metadata.
+        Built in at the export (``tarfuse-export --fine-passes``), read from its metadata;
+        None where a graph with an orientation global stage and a fine cell has no
+        ``global_fine_passes`` in its metadata (the count is not known).
         """
         return self._fine_passes
 
     @property
     def orientation_stage(self):
         """Whether the graph has the orientation global stage (False: no fine passes apply)."""
+        return self._orientation_stage
+
+    @property
+    def fine_stage(self):
+        """Whether fine passes 1-8 may apply to the graph (as ``FusionEngine.fine_stage``).
+
+        :attr:`orientation_stage`: an export of its checkpoint may run them (one exported with
+        ``--fine-passes 0`` records no fine cell, so the graph cannot tell more).
+        """
         return self._orientation_stage
 
     @property

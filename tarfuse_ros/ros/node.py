@@ -106,6 +106,7 @@ from tarfuse_ros.ros.params import parameter_source, ParameterValueError
 from tarfuse_ros.ros.params import params_files_for_other_nodes
 from tarfuse_ros.ros.params import refinement_settings, registration_prior, reported_descriptor
 from tarfuse_ros.ros.params import unknown_parameters, unknown_qos_overrides
+from tarfuse_ros.ros.params import UNRECORDED_FINE_PASSES
 from tarfuse_ros.ros.params import wrong_type_reason
 from vision_msgs.msg import Detection2DArray
 
@@ -209,6 +210,11 @@ def visible_camera_info_topic(node):
     image = node.resolve_topic_name(_INPUT_TOPICS[VISIBLE])
     return camera_info_topic(image), (f'beside the visible image topic {image}; remap '
                                       f'{_INFO_TOPIC} to read another')
+
+
+def _graph_count(fine_passes):
+    """Return an ONNX graph's fine passes for the parameter checks (None: not recorded)."""
+    return UNRECORDED_FINE_PASSES if fine_passes is None else fine_passes
 
 
 def _class_ids(names, class_names):
@@ -585,7 +591,8 @@ class TarFuseNode(Node):
         except model_error(params.backend) as exc:
             raise _model_file_error(exc, params) from exc
         except BuiltInFinePassesError as exc:  # checked once the ONNX graph's metadata is read
-            raise StartupError(graph_fine_passes_problem(params, exc.built_in)) from exc
+            problem = graph_fine_passes_problem(params, _graph_count(exc.built_in))
+            raise StartupError(problem) from exc
         except NoFineStageError as exc:  # the engine's words name its argument, not ours
             raise StartupError(
                 f'registration.fine_passes {params.registration_fine_passes}: {exc}; set '
@@ -631,7 +638,12 @@ class TarFuseNode(Node):
         elif not params.registration_scale_search:
             self.get_logger().info('global stage scale search off '
                                    '(registration.scale_search false): scale 1.0 only')
-        if fine_passes(params) is not None and onnx:  # another count was refused above
+        if fine_passes(params) is not None and onnx and not engine.fine_stage:  # 0, as torch's
+            self.get_logger().info(
+                f'registration.fine_passes {params.registration_fine_passes} has no effect: '
+                f'the ONNX graph has no fine stage (no orientation global stage: '
+                f'{params.weights})')
+        elif fine_passes(params) is not None and onnx:  # another count was refused above
             self.get_logger().info(
                 f"registration.fine_passes {params.registration_fine_passes}: the ONNX graph's "
                 f'own count (it was exported with these fine passes built in)')
@@ -1430,8 +1442,8 @@ class TarFuseNode(Node):
                 # Everything that can refuse the update first, so a refusal changes nothing.
                 onnx = old.backend == 'onnxruntime'
                 new = apply_updates(old, parameter_updates(parameters),
-                                    self._engine.fine_passes if onnx else None,
-                                    not onnx or self._engine.orientation_stage)
+                                    _graph_count(self._engine.fine_passes) if onnx else None,
+                                    self._engine.fine_stage)
                 changed = {f for f in _RUNTIME_ENGINE_FIELDS + _HEALTH_FIELDS
                            if getattr(new, f) != getattr(old, f)}
                 ids = (_class_ids(new.classes, self._engine.class_names)

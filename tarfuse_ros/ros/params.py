@@ -29,7 +29,7 @@ from tarfuse_ros.core.sizes import MAX_ENLARGED_LONG_SIDE, MIN_SHRUNK_LONG_SIDE
 
 __all__ = [
     'INFRARED_TRANSPORT_VALUES', 'NodeParams', 'ParameterValueError', 'ParamSpec',
-    'PARAMETER_SPECS', 'RELIABILITY_VALUES', 'TRANSPORT_VALUES',
+    'PARAMETER_SPECS', 'RELIABILITY_VALUES', 'TRANSPORT_VALUES', 'UNRECORDED_FINE_PASSES',
     'apply_updates', 'canonical_parameters', 'decimal_numbers', 'declare_node_parameters',
     'declared_descriptor', 'descriptor_for', 'fine_passes', 'graph_fine_passes_problem',
     'parameter_source',
@@ -516,34 +516,49 @@ def _check_value(spec, value):
             f'{spec.name}={value!r} is not allowed; use one of: {", ".join(spec.allowed)}')
 
 
-def graph_fine_passes_problem(params, built_in, fine_stage=True):
-    """Return why ``params`` cannot run an ONNX graph with ``built_in`` fine passes, or None.
+# graph_fine_passes of an ONNX graph whose metadata does not record its count: -1 only applies.
+UNRECORDED_FINE_PASSES = 'unrecorded'
 
-    With backend onnxruntime, ``registration.fine_passes`` takes -1 or the count the graph was
-    exported with (``built_in``, 0-8; it has them built in); None for any other backend.
-    ``fine_stage`` False: the graph has no orientation global stage, so no export of its
-    checkpoint runs fine passes (said instead of the export to make).
+
+def graph_fine_passes_problem(params, built_in, fine_stage=True):
+    """Return why the loaded model cannot run ``registration.fine_passes`` of ``params``, or None.
+
+    ``fine_stage`` False: the model (the checkpoint, or the ONNX graph) has no fine stage (no
+    orientation global stage, or a checkpoint's ``global_fine_cell`` 0), so no fine passes
+    apply: 0 or -1 only (said instead of an export to make), with either backend.
+    ``built_in``: with backend onnxruntime, the count the graph was exported with (0-8; it has
+    them built in), so -1 or that count only; :data:`UNRECORDED_FINE_PASSES` where its metadata
+    does not record the count (the engine's ``fine_passes`` None), so -1 only; None: not
+    checked (backend torch).
     """
     passes = params.registration_fine_passes
-    if params.backend != 'onnxruntime' or passes in (-1, built_in):
-        return None
-    if not fine_stage:
-        return (f'registration.fine_passes {passes}: the ONNX graph {params.weights} has no '
+    onnx = params.backend == 'onnxruntime'
+    if passes > 0 and not fine_stage:
+        model = 'ONNX graph' if onnx else 'model'
+        return (f'registration.fine_passes {passes}: the {model} {params.weights} has no '
                 f'fine stage (no orientation global stage), so no fine passes apply; set '
                 f"registration.fine_passes to 0 or -1 (the model's own)")
+    if not onnx or built_in is None or passes in (-1, built_in):
+        return None
+    if built_in == UNRECORDED_FINE_PASSES:
+        return (f'registration.fine_passes {passes}: the metadata of the ONNX graph '
+                f'{params.weights} does not record how many fine passes it runs (no '
+                f"global_fine_passes), so only -1 (the graph's own) applies; set "
+                f'registration.fine_passes to -1, or export the graph again with tarfuse-export '
+                f'WEIGHTS.safetensors --out MODEL.onnx to record its count')
     return (f'registration.fine_passes {passes}: the ONNX graph {params.weights} runs the '
             f'{built_in} fine passes it was exported with, built in; export one with {passes} '
             f'(tarfuse-export WEIGHTS.safetensors --out MODEL.onnx --fine-passes {passes}) and '
             f"run it, or set registration.fine_passes to {built_in} or -1 (the graph's own)")
 
 
-def validate_params(params, graph_fine_passes=None, graph_fine_stage=True):
+def validate_params(params, graph_fine_passes=None, fine_stage=True):
     """Check every field of a :class:`NodeParams`; raise ``ValueError`` naming the bad one.
 
-    ``graph_fine_passes``: with backend onnxruntime, the fine passes the ONNX graph runs, once
-    its metadata was read (:func:`graph_fine_passes_problem`); None: not known, not checked.
-    ``graph_fine_stage``: whether that graph has an orientation global stage (as
-    :func:`graph_fine_passes_problem`'s ``fine_stage``).
+    Known once the model loaded (:func:`graph_fine_passes_problem`): ``graph_fine_passes``,
+    with backend onnxruntime the fine passes the ONNX graph runs (its metadata; None: not
+    known, not checked); ``fine_stage``, whether the model has a fine stage (True: not
+    checked).
     """
     # Said as FusionEngine and tarfuse-fuse say them, with the parameters' names (their ranges
     # too: they are the engine's).
@@ -569,8 +584,7 @@ def validate_params(params, graph_fine_passes=None, graph_fine_stage=True):
             'scales it was exported with built in; use backend torch, or export the graph '
             'without the search (tarfuse-export WEIGHTS --out MODEL.onnx --no-scale-search) '
             'and leave this parameter true')
-    problem = (None if graph_fine_passes is None
-               else graph_fine_passes_problem(params, graph_fine_passes, graph_fine_stage))
+    problem = graph_fine_passes_problem(params, graph_fine_passes, fine_stage)
     if problem:
         raise ValueError(problem)
     stream = params.registration_global_every > 1 or params.registration_global_window > 1
@@ -622,13 +636,13 @@ def params_from_values(values):
     return validate_params(NodeParams(**kwargs))
 
 
-def apply_updates(current, updates, graph_fine_passes=None, graph_fine_stage=True):
+def apply_updates(current, updates, graph_fine_passes=None, fine_stage=True):
     """Return ``current`` with ``{parameter name: value}`` applied, or raise ``ValueError``.
 
     Only parameters marked as run-time changeable may change; setting a fixed parameter to its
     current value is accepted; a value of None (``ros2 param delete``) is refused.  Names that
     are not ours (``use_sim_time``, ``qos_overrides.*``) are ignored. ``graph_fine_passes``,
-    ``graph_fine_stage``: as :func:`validate_params` (the refusal of a fixed parameter says when
+    ``fine_stage``: as :func:`validate_params` (the refusal of a fixed parameter says when
     a restart with the new value would fail too).
     """
     changes = {}
@@ -644,7 +658,7 @@ def apply_updates(current, updates, graph_fine_passes=None, graph_fine_stage=Tru
             continue
         if not spec.runtime:
             problem = _start_up_problem(current, spec, value, graph_fine_passes,
-                                        graph_fine_stage)
+                                        fine_stage)
             if problem:  # a restart with it would fail too: say why, not how to restart
                 raise ValueError(f'{name} cannot change while the node runs, and {value!r} '
                                  f'would be refused at start-up too (with the other parameters '
@@ -655,7 +669,7 @@ def apply_updates(current, updates, graph_fine_passes=None, graph_fine_stage=Tru
                 f'-p {name}:={_command_line_value(value)} instead')
         _check_value(spec, value)
         changes[spec.field] = value
-    return (validate_params(replace(current, **changes), graph_fine_passes, graph_fine_stage)
+    return (validate_params(replace(current, **changes), graph_fine_passes, fine_stage)
             if changes else current)
 
 
@@ -667,17 +681,17 @@ def _value_in_use(spec, value):
     return value
 
 
-def _start_up_problem(current, spec, value, graph_fine_passes=None, graph_fine_stage=True):
+def _start_up_problem(current, spec, value, graph_fine_passes=None, fine_stage=True):
     """Return why the node would refuse ``value`` for ``spec`` at start-up, or None.
 
     The other parameters keep their current values (a value valid only with others changed
     too, e.g. ``backend`` onnxruntime with an ``.onnx`` file as ``weights``, says so);
-    ``graph_fine_passes``, ``graph_fine_stage``: as :func:`validate_params`.
+    ``graph_fine_passes``, ``fine_stage``: as :func:`validate_params`.
     """
     try:
         _check_value(spec, value)
         validate_params(replace(current, **{spec.field: value}), graph_fine_passes,
-                        graph_fine_stage)
+                        fine_stage)
     except ValueError as exc:
         return str(exc)
     return None

@@ -717,7 +717,10 @@ def test_fine_passes_are_refused_out_of_range_and_without_a_fine_stage(tmp_path)
             assert "only 0 or the checkpoint's own count apply" in str(raised.value)
         # None or 0: nothing to change, the model runs as saved.
         for passes in (None, 0):
-            assert FusionEngine(path, cuda_graph='off', fine_passes=passes).fine_passes == 0
+            engine = FusionEngine(path, cuda_graph='off', fine_passes=passes)
+            assert engine.fine_passes == 0 and not engine.fine_stage
+    # The shipped model has one, with 0 passes asked for too (a restart with 1-8 runs them).
+    assert FusionEngine(cuda_graph='off', fine_passes=0).fine_stage
 
 
 def _resized_and_by_hand(weights, pair, frame, network, interpolation, **setting):

@@ -246,6 +246,28 @@ def test_fine_passes_export_and_are_recorded_in_the_metadata(match_checkpoint, t
     assert not (tmp_path / 'bad.onnx').exists()
 
 
+def test_a_graph_whose_metadata_lacks_its_fine_passes_takes_only_its_own(shipped_onnx,
+                                                                         tmp_path):
+    # The metadata's count was read as the checkpoint loader's default (1) while the graph
+    # runs another (the shipped model's 4): fine_passes 1 was taken as the graph's own.
+    proto = onnx.load(str(shipped_onnx))
+    entry, = (entry for entry in proto.metadata_props if entry.key == CONFIG_KEY)
+    config = json.loads(entry.value)
+    assert config['model'].pop('global_fine_passes') == 4
+    entry.value = json.dumps(config)
+    path = tmp_path / 'unrecorded.onnx'
+    onnx.save(proto, str(path))
+    assert OnnxFusionEngine(path).fine_passes is None
+    for asked in (0, 1, 4):
+        with pytest.raises(BuiltInFinePassesError) as raised:
+            OnnxFusionEngine(path, fine_passes=asked)
+        assert raised.value.built_in is None and (
+            f'{asked} fine passes asked for, but the metadata of the ONNX graph {path} does not '
+            f'record how many it runs (no global_fine_passes): only its own count applies '
+            f'(None); export it again with tarfuse-export') in str(raised.value), (
+            str(raised.value))
+
+
 def test_fine_passes_asked_of_a_graph_without_a_global_stage_say_none_apply(match_checkpoint,
                                                                             tmp_path):
     # The default architecture has no orientation global stage, hence no fine passes: the

@@ -5,6 +5,7 @@ own process and must answer a real sample pair with the images and detections th
 onnxruntime engine gives in this process.
 """
 
+import json
 import time
 
 import cv2
@@ -14,7 +15,7 @@ import numpy as np
 import onnx
 import pytest
 from tarfuse_ros.core.export import export_onnx
-from tarfuse_ros.core.onnx_backend import OnnxFusionEngine
+from tarfuse_ros.core.onnx_backend import CONFIG_KEY, OnnxFusionEngine
 from tarfuse_ros.core.paths import default_weights_path
 
 pytestmark = pytest.mark.dds
@@ -159,14 +160,43 @@ def test_fine_passes_of_a_graph_without_a_global_stage_are_refused_as_none_apply
          'registration.fine_passes': 2},
         ['registration.fine_passes 2', 'has no fine stage (no orientation global stage',
          "set registration.fine_passes to 0 or -1 (the model's own)"])
-    # At run time too (it said to export a graph with 2 passes and restart with it).
-    with running_node({'backend': 'onnxruntime'}, tmp_path / 'plain.onnx',
-                      ready_timeout=120.0) as (node, probe):
+    # At run time too (it said to export a graph with 2 passes and restart with it). 0 starts,
+    # said to have no effect (it said "the ONNX graph's own count (it was exported with these
+    # fine passes built in)").
+    with running_node({'backend': 'onnxruntime', 'registration.fine_passes': 0},
+                      tmp_path / 'plain.onnx', ready_timeout=120.0) as (node, probe):
         refused, = probe.set_parameters(registration__fine_passes=2)
+        lines = [line for line in node.log().splitlines()
+                 if 'registration.fine_passes 0' in line]
+    assert len(lines) == 1 and lines[0].startswith('[INFO] ') and lines[0].endswith(
+        f'registration.fine_passes 0 has no effect: the ONNX graph has no fine stage (no '
+        f'orientation global stage: {tmp_path / "plain.onnx"})'), lines
     assert not refused.successful and 'would be refused at start-up too' in refused.reason and (
         'has no fine stage (no orientation global stage), so no fine passes apply; set '
         'registration.fine_passes to 0 or -1' in refused.reason), refused.reason
     assert '--fine-passes' not in refused.reason, refused.reason
+
+
+def test_a_graph_whose_metadata_lacks_its_fine_passes_takes_minus_one_only(exported, tmp_path):
+    # The metadata's count was read as the checkpoint loader's default (1), while the graph
+    # runs the shipped model's 4: registration.fine_passes 1 started, 4 was refused.
+    proto = onnx.load(str(exported))
+    entry, = (entry for entry in proto.metadata_props if entry.key == CONFIG_KEY)
+    config = json.loads(entry.value)
+    del config['model']['global_fine_passes']
+    entry.value = json.dumps(config)
+    path = tmp_path / 'unrecorded.onnx'
+    onnx.save(proto, str(path))
+    why = (f'the metadata of the ONNX graph {path} does not record how many fine passes it runs '
+           "(no global_fine_passes), so only -1 (the graph's own) applies; set "
+           'registration.fine_passes to -1, or export the graph again with tarfuse-export')
+    assert_start_up_fails(
+        {'backend': 'onnxruntime', 'weights': str(path), 'registration.fine_passes': 1},
+        ['registration.fine_passes 1', why])
+    with running_node({'backend': 'onnxruntime'}, path, ready_timeout=120.0) as (node, probe):
+        refused, = probe.set_parameters(registration__fine_passes=4)
+    assert not refused.successful and 'would be refused at start-up too' in refused.reason and (
+        why in refused.reason), refused.reason
 
 
 def test_fine_passes_other_than_the_graphs_own_name_its_count_and_the_export_option(exported):

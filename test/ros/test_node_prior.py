@@ -14,7 +14,7 @@ from pathlib import Path
 import time
 
 from node_harness import assert_start_up_fails, HEIGHT, NodeProcess, Probe, random_domain_id
-from node_harness import image_msg, sample_pair, VISIBLE_FRAME, WIDTH
+from node_harness import image_msg, running_node, sample_pair, VISIBLE_FRAME, WIDTH
 import numpy as np
 import pytest
 import rclpy
@@ -252,6 +252,23 @@ def test_node_refuses_fine_passes_for_a_model_without_a_fine_stage_naming_the_pa
          'registration.fine_passes': '2'},
         ('registration.fine_passes 2', 'no orientation global stage',
          'set registration.fine_passes to 0 or -1'))
+
+
+def test_fine_passes_changed_at_run_time_on_a_model_without_a_fine_stage_say_none_apply():
+    # It said 'restart the node with -p registration.fine_passes:=2', which the start-up
+    # refuses (the test above).
+    medical = share_dir() / 'models' / 'tarfuse_medical.safetensors'
+    with running_node({}, medical, ready_timeout=120.0) as (node, probe):
+        refused, = probe.set_parameters(registration__fine_passes=2)
+        restart, = probe.set_parameters(registration__fine_passes=0)
+    assert not refused.successful and 'would be refused at start-up too' in refused.reason and (
+        f'the model {medical} has no fine stage (no orientation global stage), so no fine '
+        'passes apply; set registration.fine_passes to 0 or -1' in refused.reason), (
+        refused.reason)
+    assert ' -p ' not in refused.reason, refused.reason
+    # 0 a restart takes: said so.
+    assert not restart.successful and (
+        'restart the node with -p registration.fine_passes:=0' in restart.reason), restart.reason
 
 
 @pytest.mark.parametrize('value', ['-2', '9'])

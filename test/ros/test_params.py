@@ -19,7 +19,8 @@ from tarfuse_ros.ros.params import descriptor_for, graph_fine_passes_problem
 from tarfuse_ros.ros.params import NodeParams, parameter_source, PARAMETER_SPECS
 from tarfuse_ros.ros.params import ParameterValueError
 from tarfuse_ros.ros.params import params_files_for_other_nodes, params_from_values
-from tarfuse_ros.ros.params import reported_descriptor, validate_params, wrong_type_reason
+from tarfuse_ros.ros.params import reported_descriptor, UNRECORDED_FINE_PASSES
+from tarfuse_ros.ros.params import validate_params, wrong_type_reason
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -229,6 +230,22 @@ def test_fine_passes_with_backend_onnxruntime_are_checked_against_the_graphs_own
         problem) and '--fine-passes' not in problem, problem
     assert graph_fine_passes_problem(replace(params, registration_fine_passes=0), 0,
                                      fine_stage=False) is None
+    # A graph whose metadata does not record its count: -1 only, and why.
+    for passes in (0, 2):
+        problem = graph_fine_passes_problem(replace(params, registration_fine_passes=passes),
+                                            UNRECORDED_FINE_PASSES)
+        assert problem.startswith(f'registration.fine_passes {passes}: the metadata of the ONNX '
+                                  'graph /tmp/model.onnx does not record how many fine passes '
+                                  "it runs (no global_fine_passes), so only -1 (the graph's "
+                                  'own) applies'), problem
+    assert graph_fine_passes_problem(replace(params, registration_fine_passes=-1),
+                                     UNRECORDED_FINE_PASSES) is None
+    # A checkpoint without one (backend torch): said alike, whatever the graph count (none).
+    torch = replace(params, backend='torch', weights='/tmp/medical.safetensors')
+    with pytest.raises(ValueError, match='registration.fine_passes 2: the model '
+                                         '/tmp/medical.safetensors has no fine stage'):
+        validate_params(torch, fine_stage=False)
+    assert validate_params(replace(torch, registration_fine_passes=0), fine_stage=False)
 
 
 def test_max_rate_changes_at_run_time_and_a_negative_one_is_refused():
