@@ -61,6 +61,22 @@ if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+@pytest.fixture(autouse=True)
+def _signal_handlers_put_back():
+    """Put SIGINT's and SIGTERM's handlers back after each test.
+
+    A tool's ``main`` stopped by a signal in this process ignores both from then on (its
+    process would be ending): every later test of the process, and every process it started,
+    then ignored Ctrl-C (a node started with SIGINT ignored keeps ignoring it).
+    """
+    numbers = (signal.SIGINT, signal.SIGTERM)
+    handlers = {number: signal.getsignal(number) for number in numbers}
+    yield
+    for number, handler in handlers.items():
+        if handler is not None and signal.getsignal(number) is not handler:
+            signal.signal(number, handler)
+
+
 # Real data the tests use, inside the repository (no ../shared needed): samples/ (five RoadScene
 # test pairs) and test/data/datasets (small excerpts of the shared sets; sources in its README).
 SAMPLES = Path(__file__).resolve().parents[1] / 'samples'

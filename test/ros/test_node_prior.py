@@ -279,8 +279,7 @@ def test_node_refuses_fine_passes_out_of_range_at_start_up(value):
 
 @pytest.mark.parametrize('name, value', [('registration.scale_search', 'false'),
                                          ('registration.global_every', '5'),
-                                         ('registration.global_track', '10'),
-                                         ('registration.fine_passes', '0')])
+                                         ('registration.global_track', '10')])
 def test_node_refuses_a_torch_only_setting_with_onnxruntime_naming_it(tmp_path, name, value):
     model = tmp_path / 'model.onnx'
     model.write_bytes(b'not read: the parameters are checked first')
