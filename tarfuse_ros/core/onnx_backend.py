@@ -560,16 +560,12 @@ class OnnxFusionEngine(PairEngine):
         return self._fine_passes
 
     @property
-    def orientation_stage(self):
-        """Whether the graph has the orientation global stage (False: no fine passes apply)."""
-        return self._orientation_stage
-
-    @property
     def fine_stage(self):
         """Whether fine passes 1-8 may apply to the graph (as ``FusionEngine.fine_stage``).
 
-        :attr:`orientation_stage`: an export of its checkpoint may run them (one exported with
-        ``--fine-passes 0`` records no fine cell, so the graph cannot tell more).
+        Whether the graph has the orientation global stage: an export of its checkpoint may run
+        them (one exported with ``--fine-passes 0`` records no fine cell, so the graph cannot
+        tell more).
         """
         return self._orientation_stage
 

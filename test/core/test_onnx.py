@@ -447,13 +447,18 @@ def test_export_tool_usage_errors(tmp_path, capsys):
     assert not list(tmp_path.glob('*.onnx'))
 
 
+def _export_medical(out):
+    """Run ``tarfuse-export`` on the medical model (small, quick) to ``out``; return its status."""
+    return export_tool.main([str(share_dir() / 'models' / 'tarfuse_medical.safetensors'),
+                             '--out', str(out), '--no-verify', '--threads', '1',
+                             '--no-scale-search'])
+
+
 def test_export_tool_refuses_an_out_it_cannot_write_before_exporting(tmp_path, capsys):
     # It ran the whole export (minutes for the shipped model), then failed writing (exit 1).
     (tmp_path / 'file').write_text('not a folder')
     out = tmp_path / 'file' / 'onnx' / 'medical.onnx'
-    code = export_tool.main([str(share_dir() / 'models' / 'tarfuse_medical.safetensors'),
-                             '--out', str(out), '--no-verify', '--threads', '1',
-                             '--no-scale-search'])
+    code = _export_medical(out)
     captured = capsys.readouterr()
     assert code == 2, captured.err
     assert captured.err == (f"tarfuse-export: error: --out '{out}' cannot be written "
@@ -564,9 +569,7 @@ def test_export_tool_refuses_to_overwrite_its_checkpoint(tmp_path, capsys):
 def test_export_tool_names_the_outputs_it_wrote(tmp_path, capsys):
     # The medical model has no detection head: no det output, and the tool must not claim one.
     out = tmp_path / 'my models' / 'medical.onnx'
-    code = export_tool.main([str(share_dir() / 'models' / 'tarfuse_medical.safetensors'),
-                             '--out', str(out), '--no-verify', '--threads', '1',
-                             '--no-scale-search'])
+    code = _export_medical(out)
     printed = capsys.readouterr().out
     assert code == 0, printed
     # No orientation global stage: nothing to leave out, and the tool says so.
@@ -637,9 +640,7 @@ def test_a_stop_while_the_onnx_file_is_put_in_place_waits_for_it(
 
     monkeypatch.setattr(export_module, 'atomic_output', signalled_output)
     out = tmp_path / 'medical.onnx'
-    code = export_tool.main([str(share_dir() / 'models' / 'tarfuse_medical.safetensors'),
-                             '--out', str(out), '--no-verify', '--threads', '1',
-                             '--no-scale-search'])
+    code = _export_medical(out)
     captured = capsys.readouterr()
     assert code == 130 and not captured.out, captured
     assert captured.err == (f'tarfuse-export: interrupted once {out} was written whole; the '
@@ -669,9 +670,7 @@ def test_a_stop_a_library_swallows_mid_export_still_stops_it(tmp_path, capsys, m
     monkeypatch.setattr(export_module, 'load_checkpoint', load_swallowing_a_stop)
     out = tmp_path / 'medical.onnx'
     out.write_bytes(b'an earlier export')  # left as it was
-    code = export_tool.main([str(share_dir() / 'models' / 'tarfuse_medical.safetensors'),
-                             '--out', str(out), '--no-verify', '--threads', '1',
-                             '--no-scale-search'])
+    code = _export_medical(out)
     captured = capsys.readouterr()
     assert swallowed == [True]
     assert code == 130 and not captured.out, captured
@@ -694,9 +693,7 @@ def test_a_stop_after_the_file_was_written_says_it_was(tmp_path, capsys, monkeyp
 
     monkeypatch.setattr(export_tool, '_graph_names', names_then_a_stop)
     out = tmp_path / 'medical.onnx'
-    code = export_tool.main([str(share_dir() / 'models' / 'tarfuse_medical.safetensors'),
-                             '--out', str(out), '--no-verify', '--threads', '1',
-                             '--no-scale-search'])
+    code = _export_medical(out)
     captured = capsys.readouterr()
     assert code == 130 and not captured.out, captured
     assert captured.err == (f'tarfuse-export: interrupted once {out} was written whole; the '
