@@ -2161,8 +2161,8 @@ def main(args=None):
         # Shutting down already (the stop is bounded): a second Ctrl-C, which ros2 launch and a
         # terminal both send, must not interrupt the worker's join and abort the process.
         stop.starting = False
-        previous = {number: signal.signal(number, signal.SIG_IGN)
-                    for number in (signal.SIGINT, signal.SIGTERM)}
+        for number in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(number, signal.SIG_IGN)
         stopped = node is None or node.stop()
         if not stopped:
             logger.warning('the worker was still inside the model 10 s after the stop: '
@@ -2176,8 +2176,8 @@ def main(args=None):
             sys.stderr.flush()
             settle_stderr()  # the codec capture's relay has passed the warning above on
             os._exit(code)
-        for number, handler in previous.items():
-            signal.signal(number, before.get(number, handler))
+        for number, handler in before.items():  # a SIGINT ignored from the start stays so
+            signal.signal(number, handler)
     return code
 
 
