@@ -21,9 +21,11 @@ import math
 import os
 from pathlib import Path
 import shlex
+import signal
 import sys
 import time
 
+from tarfuse_ros.console import interrupts_held
 from tarfuse_ros.core.runtime import resolve_device
 from tarfuse_ros.training import logs, steps
 from tarfuse_ros.training.datasets import (build_dataset, check_class_map,
@@ -352,9 +354,17 @@ class Trainer:
             getattr(self.model, part).eval()
         self._reseed_epoch(epoch)
         acc = steps.Accumulator()
-        bar = tqdm(self.train_loader, desc=f'epoch {epoch + 1}/{self.epochs}', leave=False,
-                   disable=not progress, dynamic_ncols=True,
-                   mininterval=1.0 if sys.stderr.isatty() else 30.0)
+        # A Ctrl-C inside tqdm's constructor left a bar half built, whose __del__ then printed
+        # a traceback ('tqdm' object has no attribute 'pos') under the stop's lines: one that
+        # came meanwhile is raised again once the bar is whole, to the tool's own handler.
+        stops = []
+        with interrupts_held(stops):
+            bar = tqdm(self.train_loader, desc=f'epoch {epoch + 1}/{self.epochs}', leave=False,
+                       disable=not progress, dynamic_ncols=True,
+                       mininterval=1.0 if sys.stderr.isatty() else 30.0)
+        if stops:
+            bar.close()
+            signal.raise_signal(stops[0])
         lr, stopped = 0.0, False
         for index, batch in enumerate(bar):
             parts, lr = self.train_step(batch, epoch)
