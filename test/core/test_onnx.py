@@ -454,6 +454,15 @@ def _export_medical(out):
                              '--no-scale-search'])
 
 
+def _assert_stopped_once_written_whole(code, captured, out):
+    """Assert the export stopped (130) with its one line, once ``out`` was written whole."""
+    assert code == 130 and not captured.out, captured
+    assert captured.err == (f'tarfuse-export: interrupted once {out} was written whole; the '
+                            f'summary was not printed\n')
+    assert [o.name for o in onnx.load(str(out)).graph.output] == [
+        'fused', 'flow', 'registered_ir']
+
+
 def test_export_tool_refuses_an_out_it_cannot_write_before_exporting(tmp_path, capsys):
     # It ran the whole export (minutes for the shipped model), then failed writing (exit 1).
     (tmp_path / 'file').write_text('not a folder')
@@ -640,13 +649,7 @@ def test_a_stop_while_the_onnx_file_is_put_in_place_waits_for_it(
 
     monkeypatch.setattr(export_module, 'atomic_output', signalled_output)
     out = tmp_path / 'medical.onnx'
-    code = _export_medical(out)
-    captured = capsys.readouterr()
-    assert code == 130 and not captured.out, captured
-    assert captured.err == (f'tarfuse-export: interrupted once {out} was written whole; the '
-                            f'summary was not printed\n')
-    assert [o.name for o in onnx.load(str(out)).graph.output] == [
-        'fused', 'flow', 'registered_ir']
+    _assert_stopped_once_written_whole(_export_medical(out), capsys.readouterr(), out)
     assert sorted(tmp_path.iterdir()) == [out]
 
 
@@ -693,13 +696,7 @@ def test_a_stop_after_the_file_was_written_says_it_was(tmp_path, capsys, monkeyp
 
     monkeypatch.setattr(export_tool, '_graph_names', names_then_a_stop)
     out = tmp_path / 'medical.onnx'
-    code = _export_medical(out)
-    captured = capsys.readouterr()
-    assert code == 130 and not captured.out, captured
-    assert captured.err == (f'tarfuse-export: interrupted once {out} was written whole; the '
-                            f'summary was not printed\n')
-    assert [o.name for o in onnx.load(str(out)).graph.output] == [
-        'fused', 'flow', 'registered_ir']
+    _assert_stopped_once_written_whole(_export_medical(out), capsys.readouterr(), out)
 
 
 @pytest.fixture(scope='module')
